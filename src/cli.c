@@ -1,0 +1,53 @@
+/* cli — see cli.h. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "pesc %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see pesc %s --help)\n", cmd);
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+int cli_fail(const char *cmd, const pesc_error *err)
+{
+    fprintf(stderr, "pesc %s: %s\n", cmd, err->msg);
+    return 1;
+}
+
+int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+               const struct option *longopts)
+{
+    opterr = 0;
+    int before = optind;
+    int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+    if (c != '?' && c != ':')
+        return c;
+    const char *arg = optind - 1 >= before && optind - 1 < argc ? argv[optind - 1] : "?";
+    if (optopt && c == ':')
+        cli_usage_error(cmd, "option -%c needs a value", optopt);
+    else if (optopt)
+        cli_usage_error(cmd, "unknown option -%c", optopt);
+    else
+        cli_usage_error(cmd, "unknown option or missing value: %s", arg);
+    return '?';
+}
+
+int cli_parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}

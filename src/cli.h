@@ -1,0 +1,25 @@
+/* cli — what every command shares: usage and runtime error lines, option parsing helpers.
+ * Exit status: 0 success, 1 runtime failure (one line on stderr), 2 bad usage. */
+#ifndef PESC_CLI_H
+#define PESC_CLI_H
+
+#include <getopt.h>
+
+#include "util.h"
+
+enum { EXIT_USAGE = 2 };
+
+/* "pesc CMD: message (see pesc CMD --help)" on stderr; returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "pesc CMD: message" on stderr; returns 1. */
+int cli_fail(const char *cmd, const pesc_error *err);
+
+/* getopt_long with our own messages. Returns the option, -1 at the end, or '?' after printing
+ * a usage error for an unknown option or a missing argument. */
+int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+               const struct option *longopts);
+
+/* Strict integer parsing: the whole string, within [min, max]. 0 or -1. */
+int cli_parse_long(const char *s, long min, long max, long *out);
+
+#endif

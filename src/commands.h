@@ -1,0 +1,10 @@
+/* commands — one function per `pesc` command; main.c only dispatches. Each takes the
+ * command's own argv (argv[0] is the command name) and returns the exit status. */
+#ifndef PESC_COMMANDS_H
+#define PESC_COMMANDS_H
+
+int cmd_eval(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_devices(int argc, char **argv);
+
+#endif

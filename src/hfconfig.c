@@ -1,0 +1,259 @@
+/* hfconfig — see hfconfig.h. */
+#include "hfconfig.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/cpu_ops.h"
+
+#define SUPPORTED "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+
+/* Reads an integer key; `required` keys that are absent are an error. */
+static int get_int(json_t *root, const char *key, int required, int fallback, int *out,
+                   const char *where, pesc_error *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return pesc_fail(err, "%s: \"%s\" is missing", where, key);
+        *out = fallback;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1 << 30)
+        return pesc_fail(err, "%s: \"%s\" must be a non-negative integer", where, key);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int get_number(json_t *root, const char *key, double fallback, double *out,
+                      const char *where, pesc_error *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = fallback;
+        return 0;
+    }
+    if (!json_is_number(v))
+        return pesc_fail(err, "%s: \"%s\" must be a number", where, key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int get_bool(json_t *root, const char *key, int fallback, int *out, const char *where,
+                    pesc_error *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = fallback;
+        return 0;
+    }
+    if (!json_is_boolean(v))
+        return pesc_fail(err, "%s: \"%s\" must be true or false", where, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int parse_architecture(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    json_t *archs = json_object_get(root, "architectures");
+    const char *arch = NULL;
+    if (json_is_array(archs) && json_array_size(archs) == 1)
+        arch = json_string_value(json_array_get(archs, 0));
+    if (!arch)
+        return pesc_fail(err, "%s: \"architectures\" must name one model class; supported: "
+                         SUPPORTED, where);
+    if (strcmp(arch, "LlamaForCausalLM") && strcmp(arch, "MistralForCausalLM") &&
+        strcmp(arch, "Qwen2ForCausalLM"))
+        return pesc_fail(err, "%s: architecture %s is not supported; supported: " SUPPORTED,
+                         where, arch);
+    snprintf(c->architecture, sizeof c->architecture, "%s", arch);
+    const char *type = json_string_value(json_object_get(root, "model_type"));
+    snprintf(c->model_type, sizeof c->model_type, "%s", type ? type : "");
+    const char *act = json_string_value(json_object_get(root, "hidden_act"));
+    if (act && strcmp(act, "silu") != 0)
+        return pesc_fail(err, "%s: hidden_act \"%s\" is not supported (only silu)", where, act);
+    return 0;
+}
+
+static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    c->rope_type = HF_ROPE_DEFAULT;
+    c->rope_factor = 1.0;
+    json_t *rs = json_object_get(root, "rope_scaling");
+    if (!rs || json_is_null(rs))
+        return 0;
+    if (!json_is_object(rs))
+        return pesc_fail(err, "%s: \"rope_scaling\" must be an object or null", where);
+    const char *type = json_string_value(json_object_get(rs, "rope_type"));
+    if (!type)
+        type = json_string_value(json_object_get(rs, "type"));
+    if (!type)
+        return pesc_fail(err, "%s: rope_scaling has no \"rope_type\"", where);
+    if (get_number(rs, "factor", 1.0, &c->rope_factor, where, err) != 0)
+        return -1;
+    if (!(c->rope_factor > 0))
+        return pesc_fail(err, "%s: rope_scaling factor must be positive", where);
+    if (strcmp(type, "default") == 0) {
+        c->rope_type = HF_ROPE_DEFAULT;
+    } else if (strcmp(type, "linear") == 0) {
+        c->rope_type = HF_ROPE_LINEAR;
+    } else if (strcmp(type, "llama3") == 0) {
+        c->rope_type = HF_ROPE_LLAMA3;
+        if (get_number(rs, "low_freq_factor", 1.0, &c->rope_low_freq_factor, where, err) ||
+            get_number(rs, "high_freq_factor", 4.0, &c->rope_high_freq_factor, where, err) ||
+            get_int(rs, "original_max_position_embeddings", 1, 0, &c->rope_original_max_position,
+                    where, err))
+            return -1;
+        if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+            return pesc_fail(err, "%s: llama3 rope_scaling needs high_freq_factor > "
+                             "low_freq_factor", where);
+    } else {
+        return pesc_fail(err, "%s: rope_scaling type \"%s\" is not supported; supported: "
+                         "linear, llama3", where, type);
+    }
+    return 0;
+}
+
+/* Family-specific switches: biases and attention windows. */
+static int parse_family(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    int mlp_bias = 0, use_window = 0;
+    c->qkv_bias = c->o_bias = 0;
+    c->sliding_window = 0;
+    if (strcmp(c->architecture, "Qwen2ForCausalLM") == 0) {
+        c->qkv_bias = 1;
+        if (get_bool(root, "use_sliding_window", 0, &use_window, where, err))
+            return -1;
+        if (use_window)
+            return pesc_fail(err, "%s: use_sliding_window=true is not supported for Qwen2", where);
+    } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0) {
+        int attention_bias = 0;
+        if (get_bool(root, "attention_bias", 0, &attention_bias, where, err) ||
+            get_bool(root, "mlp_bias", 0, &mlp_bias, where, err))
+            return -1;
+        if (mlp_bias)
+            return pesc_fail(err, "%s: mlp_bias=true is not supported", where);
+        c->qkv_bias = c->o_bias = attention_bias;
+    } else if (get_int(root, "sliding_window", 0, 0, &c->sliding_window, where, err)) {
+        return -1;
+    }
+    return 0;
+}
+
+static int check_shapes(const hf_config *c, const char *where, pesc_error *err)
+{
+    if (c->vocab_size <= 0 || c->hidden_size <= 0 || c->intermediate_size <= 0 ||
+        c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0)
+        return pesc_fail(err, "%s: sizes must be positive (vocab_size, hidden_size, "
+                         "intermediate_size, num_hidden_layers, num_attention_heads, "
+                         "num_key_value_heads, head_dim)", where);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return pesc_fail(err, "%s: num_attention_heads (%d) must be a multiple of "
+                         "num_key_value_heads (%d)", where, c->n_heads, c->n_kv_heads);
+    if (c->head_dim % 2 != 0 || c->head_dim > CPU_MAX_HEAD_DIM)
+        return pesc_fail(err, "%s: head_dim %d must be even and at most %d", where, c->head_dim,
+                         CPU_MAX_HEAD_DIM);
+    if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0))
+        return pesc_fail(err, "%s: rms_norm_eps and rope_theta must be positive", where);
+    return 0;
+}
+
+int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_error *err)
+{
+    memset(c, 0, sizeof *c);
+    json_error_t jerr;
+    json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return pesc_fail(err, "%s: not valid JSON (line %d, column %d: %s)", where, jerr.line,
+                         jerr.column, jerr.text);
+    int rc = -1;
+    if (!json_is_object(root)) {
+        pesc_fail(err, "%s: must be a JSON object", where);
+        goto out;
+    }
+    if (parse_architecture(c, root, where, err) ||
+        get_int(root, "vocab_size", 1, 0, &c->vocab_size, where, err) ||
+        get_int(root, "hidden_size", 1, 0, &c->hidden_size, where, err) ||
+        get_int(root, "intermediate_size", 1, 0, &c->intermediate_size, where, err) ||
+        get_int(root, "num_hidden_layers", 1, 0, &c->n_layers, where, err) ||
+        get_int(root, "num_attention_heads", 1, 0, &c->n_heads, where, err))
+        goto out;
+    if (get_int(root, "num_key_value_heads", 0, c->n_heads, &c->n_kv_heads, where, err) ||
+        get_int(root, "head_dim", 0, c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
+                where, err) ||
+        get_number(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, where, err) ||
+        get_number(root, "rope_theta", 10000.0, &c->rope_theta, where, err) ||
+        get_int(root, "max_position_embeddings", 0, 2048, &c->max_position_embeddings, where,
+                err) ||
+        get_bool(root, "tie_word_embeddings", 0, &c->tie_word_embeddings, where, err) ||
+        parse_rope_scaling(c, root, where, err) || parse_family(c, root, where, err) ||
+        check_shapes(c, where, err))
+        goto out;
+    json_t *bos = json_object_get(root, "bos_token_id");
+    json_t *eos = json_object_get(root, "eos_token_id");
+    c->bos_token_id = json_is_integer(bos) ? (int)json_integer_value(bos) : -1;
+    /* eos may be a list (llama 3.1); the first is the one a template appends. */
+    if (json_is_array(eos))
+        eos = json_array_get(eos, 0);
+    c->eos_token_id = json_is_integer(eos) ? (int)json_integer_value(eos) : -1;
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+int hfconfig_load(hf_config *c, const char *dir, pesc_error *err)
+{
+    char *path = pesc_path_join(dir, "config.json");
+    char *text = NULL;
+    int rc = pesc_read_file(path, &text, NULL, err);
+    if (rc != 0)
+        pesc_fail_prefix(err, "%s is not a Hugging Face model directory", dir);
+    else
+        rc = hfconfig_parse(c, text, path, err);
+    free(text);
+    free(path);
+    return rc;
+}
+
+void hfconfig_inv_freq(const hf_config *c, float *inv_freq)
+{
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        /* HF computes base ** (arange(0, dim, 2) / dim) with integer exponents in float32 */
+        float exponent = (float)(2 * i) / (float)c->head_dim;
+        double f = 1.0 / pow(c->rope_theta, (double)exponent);
+        if (c->rope_type == HF_ROPE_LINEAR) {
+            f /= c->rope_factor;
+        } else if (c->rope_type == HF_ROPE_LLAMA3) {
+            double old_len = c->rope_original_max_position;
+            double low_wavelen = old_len / c->rope_low_freq_factor;
+            double high_wavelen = old_len / c->rope_high_freq_factor;
+            double wavelen = 2.0 * M_PI / f;
+            if (wavelen > low_wavelen) {
+                f /= c->rope_factor;
+            } else if (wavelen >= high_wavelen) {
+                double smooth = (old_len / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        inv_freq[i] = (float)f;
+    }
+}
+
+long long hfconfig_param_count(const hf_config *c)
+{
+    long long C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    long long q = (long long)c->n_heads * c->head_dim, kv = (long long)c->n_kv_heads * c->head_dim;
+    long long layer = 2 * C                         /* two norms */
+                      + C * q + 2 * C * kv + q * C  /* q, k, v, o */
+                      + 3 * C * F;                  /* gate, up, down */
+    if (c->qkv_bias)
+        layer += q + 2 * kv;
+    if (c->o_bias)
+        layer += C;
+    return V * C * (c->tie_word_embeddings ? 1 : 2) + C + layer * c->n_layers;
+}

@@ -1,0 +1,48 @@
+/* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
+ * MistralForCausalLM, Qwen2ForCausalLM. Anything else is refused with a message that lists
+ * what is supported. Also derives RoPE's inverse frequencies (default, linear, llama3).
+ *
+ * Must not: touch weights or backends. */
+#ifndef PESC_HFCONFIG_H
+#define PESC_HFCONFIG_H
+
+#include "util.h"
+
+typedef enum hf_rope_type { HF_ROPE_DEFAULT, HF_ROPE_LINEAR, HF_ROPE_LLAMA3 } hf_rope_type;
+
+typedef struct hf_config {
+    char architecture[64];       /* "LlamaForCausalLM" */
+    char model_type[32];         /* "llama" */
+    int vocab_size;
+    int hidden_size;             /* d_model */
+    int intermediate_size;       /* FFN width */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;              /* grouped-query attention: n_heads % n_kv_heads == 0 */
+    int head_dim;
+    double rms_norm_eps;
+    double rope_theta;
+    hf_rope_type rope_type;
+    double rope_factor;
+    double rope_low_freq_factor, rope_high_freq_factor;   /* llama3 */
+    int rope_original_max_position;                       /* llama3 */
+    int max_position_embeddings;
+    int tie_word_embeddings;
+    int qkv_bias;                /* qwen2, or llama's attention_bias */
+    int o_bias;                  /* llama's attention_bias */
+    int sliding_window;          /* mistral; 0 = none */
+    int bos_token_id, eos_token_id;   /* -1 when absent */
+} hf_config;
+
+/* Parses config.json text; `where` names the file in messages. */
+int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_error *err);
+/* Reads DIR/config.json. */
+int hfconfig_load(hf_config *c, const char *dir, pesc_error *err);
+
+/* inv_freq (head_dim / 2) as Hugging Face computes it for the config's rope type. */
+void hfconfig_inv_freq(const hf_config *c, float *inv_freq);
+
+/* Number of parameters the config implies (tied embeddings counted once). */
+long long hfconfig_param_count(const hf_config *c);
+
+#endif

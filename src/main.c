@@ -1,0 +1,58 @@
+/* main — `pesc` command dispatch. Nothing else lives here (DESIGN section 3). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "config.h"
+
+static const char overview[] =
+    "usage: pesc COMMAND [OPTIONS]\n"
+    "\n"
+    "pesc turns a dense Llama-family model into a Mixture-of-Experts with Parameter-Efficient\n"
+    "Sparsity Crafting and instruction-tunes it, live, from the terminal.\n"
+    "\n"
+    "Commands in this build:\n"
+    "  eval      mean next-token loss of a model over a dataset\n"
+    "  inspect   summary of a model directory, safetensors file or dataset\n"
+    "  devices   compute devices this build can use\n"
+    "\n"
+    "Not in this build yet: the workbench (pesc with no command, tui, view), train, generate,\n"
+    "tokenize, fetch, export, bench.\n"
+    "\n"
+    "  pesc COMMAND --help    options of one command\n"
+    "  pesc --version         version and built backends\n"
+    "  man pesc               the manual\n";
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+} command;
+
+static const command commands[] = {
+    {"eval", cmd_eval},
+    {"inspect", cmd_inspect},
+    {"devices", cmd_devices},
+};
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(overview, stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+#ifdef HAVE_CUDA
+        printf("pesc %s (backends: cpu, cuda)\n", PACKAGE_VERSION);
+#else
+        printf("pesc %s (backends: cpu)\n", PACKAGE_VERSION);
+#endif
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "pesc: unknown command '%s' (see pesc --help)\n", argv[1]);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,45 @@
+/* util — error reporting, checked allocation and small file helpers shared by every module.
+ *
+ * Errors a user can cause travel back as a status plus a `pesc_error` whose message is one
+ * line that names the thing (file, tensor, flag) and says how to fix it. Programmer errors
+ * assert. Nothing here keeps global state. */
+#ifndef PESC_UTIL_H
+#define PESC_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PESC_ERROR_MAX 1024
+
+typedef struct pesc_error {
+    char msg[PESC_ERROR_MAX];
+} pesc_error;
+
+/* Writes the message (printf format) into err when err is non-NULL; always returns -1 so that
+ * `return pesc_fail(err, ...)` reads naturally. */
+int pesc_fail(pesc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prefixes an existing message: "context: old message". Returns -1. */
+int pesc_fail_prefix(pesc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Allocation that cannot fail: out of memory prints a message and aborts (after the
+ * registered cleanup hook, which the TUI uses to restore the terminal). */
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+void pesc_set_oom_hook(void (*hook)(void));
+
+/* Reads a whole file into a NUL-terminated buffer. */
+int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err);
+
+/* "dir/name" in a fresh allocation. */
+char *pesc_path_join(const char *dir, const char *name);
+
+/* Overflow-checked size arithmetic: returns 0 and sets *out, or -1 on overflow. */
+int pesc_mul_size(size_t a, size_t b, size_t *out);
+
+/* Monotonic seconds. */
+double pesc_now(void);
+
+#endif
