@@ -346,7 +346,7 @@ static int compare_spans(const void *a, const void *b)
     return (x->end > y->end) - (x->end < y->end);
 }
 
-/* Two tensors sharing bytes would alias on write-back and mean the header is corrupt. Empty
+/* Two tensors sharing bytes mean a corrupt header (the reference reader refuses them too). Empty
  * tensors occupy no bytes and cannot overlap anything. */
 static int check_overlaps(const st_file *f, const data_region *region, pesc_error *err)
 {
