@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
@@ -29,15 +30,19 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
     opterr = 0;
     int before = optind;
     int c = getopt_long(argc, argv, shortopts, longopts, NULL);
-    if (c != '?' && c != ':')
+    if (c != '?')
         return c;
     const char *arg = optind - 1 >= before && optind - 1 < argc ? argv[optind - 1] : "?";
-    if (optopt && c == ':')
+    /* getopt reports a missing value by setting optopt to the option it belongs to */
+    int known = optopt && (strncmp(arg, "--", 2) == 0 || strchr(shortopts, optopt));
+    if (known && strncmp(arg, "--", 2) == 0)
+        cli_usage_error(cmd, "option %s needs a value", arg);
+    else if (known)
         cli_usage_error(cmd, "option -%c needs a value", optopt);
     else if (optopt)
         cli_usage_error(cmd, "unknown option -%c", optopt);
     else
-        cli_usage_error(cmd, "unknown option or missing value: %s", arg);
+        cli_usage_error(cmd, "unknown option %s", arg);
     return '?';
 }
 

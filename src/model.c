@@ -109,7 +109,7 @@ static int load_param(model *m, const st_set *set, const param_spec *p, float *s
                          file->path, p->name, got, want);
     }
     if (st_to_f32(t, staging, err) != 0)
-        return -1;
+        return pesc_fail_prefix(err, "%s", file->path);
     backend_upload(m->backend, *p->slot, staging, t->n_elements * sizeof(float));
     return 0;
 }

@@ -1,0 +1,100 @@
+#!/bin/sh
+# cli.sh — the pesc command line as a user meets it: exit statuses, one-line errors, and
+# `pesc eval` / `pesc inspect` on the PyTorch reference models.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+data="$top_srcdir/tests/reference/data"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-cli.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+pass() { echo "ok   $*"; }
+
+# expect STATUS PATTERN DESCRIPTION -- COMMAND...: exit status and a pattern in stdout+stderr;
+# a failure (status 1 or 2) must say so in exactly one line on stderr.
+expect() {
+  want=$1; pattern=$2; what=$3; shift 4
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  got=$?
+  if [ "$got" -ne "$want" ]; then
+    fail "$what: exit $got, wanted $want: $(head -c 300 "$tmp/err")"
+  elif ! cat "$tmp/out" "$tmp/err" | grep -q -- "$pattern"; then
+    fail "$what: output lacks '$pattern': $(cat "$tmp/out" "$tmp/err" | head -c 300)"
+  elif [ "$want" -ne 0 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
+    fail "$what: error is not one line: $(cat "$tmp/err")"
+  else
+    pass "$what"
+  fi
+}
+
+# close A B TOL: |A - B| <= TOL * |B|
+close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= t * m) }'; }
+
+expect 0 "^pesc [0-9]" "--version" -- "$pesc" --version
+expect 0 "usage: pesc COMMAND" "--help" -- "$pesc" --help
+for cmd in eval inspect devices; do
+  expect 0 "usage: pesc $cmd" "$cmd --help" -- "$pesc" "$cmd" --help
+done
+expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
+expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
+expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
+expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x
+expect 2 "\-\-format yaml" "unsupported format" -- "$pesc" eval --model x --data y --format yaml
+expect 1 "unknown backend" "unknown backend" -- "$pesc" eval --model x --data y --backend tpu
+expect 0 "^cpu " "devices" -- "$pesc" devices
+
+# eval against the reference: the loss PyTorch computed in float64
+m="$data/llama-gqa-f32"
+expect 0 '"loss"' "eval --json" -- "$pesc" eval --model "$m" --data "$m/records.jsonl" --json
+loss=$(sed -n 's/.*"loss": \([^,]*\),.*/\1/p' "$tmp/out")
+tokens=$(sed -n 's/.*"tokens": \([0-9]*\),.*/\1/p' "$tmp/out")
+want=$(sed -n 's/^ *"loss": \([0-9.e-]*\),$/\1/p' "$m/expected.json" | tail -n 1)
+if [ -n "$loss" ] && close "$loss" 4.728069026134456 1e-5 && [ "$tokens" = 48 ]; then
+  pass "eval loss $loss over $tokens tokens matches PyTorch"
+else
+  fail "eval loss '$loss' tokens '$tokens' (wanted 4.728069026134456, 48; expected.json says $want)"
+fi
+m2="$data/mistral-sharded-f16"
+expect 0 "loss 4.5451" "eval, sharded F16 checkpoint, text output" -- \
+  "$pesc" eval --model "$m2" --data "$m2/records.jsonl"
+
+# bad inputs: one line naming the thing
+expect 1 "$tmp/nowhere" "missing model directory" -- "$pesc" eval --model "$tmp/nowhere" --data "$m/records.jsonl"
+expect 1 "$tmp/none.jsonl" "missing data file" -- "$pesc" eval --model "$m" --data "$tmp/none.jsonl"
+printf '{"input_ids": [1, 2, 3]}\n{"input_ids": [1, 2\n' >"$tmp/bad.jsonl"
+expect 1 "bad.jsonl:2: not valid JSON" "malformed JSONL names the line" -- \
+  "$pesc" eval --model "$m" --data "$tmp/bad.jsonl"
+printf '{"input_ids": [1, 64]}\n' >"$tmp/oov.jsonl"
+expect 1 "oov.jsonl:1: \"input_ids\"\[1\] = 64 is outside the vocabulary" "token outside the vocabulary" -- \
+  "$pesc" eval --model "$m" --data "$tmp/oov.jsonl"
+printf '{"input_ids": [1, 2], "labels": [1]}\n' >"$tmp/labels.jsonl"
+expect 1 "\"labels\" has 1 entries" "labels of the wrong length" -- \
+  "$pesc" eval --model "$m" --data "$tmp/labels.jsonl"
+printf '{"input_ids": [5]}\n' >"$tmp/single.jsonl"
+expect 1 "no token is predicted" "nothing to predict" -- "$pesc" eval --model "$m" --data "$tmp/single.jsonl"
+
+mkdir "$tmp/gpt2" "$tmp/wide"
+sed 's/LlamaForCausalLM/GPT2LMHeadModel/' "$m/config.json" >"$tmp/gpt2/config.json"
+cp "$m/model.safetensors" "$tmp/gpt2/"
+expect 1 "supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM" "unsupported architecture" -- \
+  "$pesc" eval --model "$tmp/gpt2" --data "$m/records.jsonl"
+sed 's/"intermediate_size": 96/"intermediate_size": 128/' "$m/config.json" >"$tmp/wide/config.json"
+cp "$m/model.safetensors" "$tmp/wide/"
+expect 1 "has shape \[96, 64\] but config.json implies \[128, 64\]" "tensor shape disagrees with config.json" -- \
+  "$pesc" eval --model "$tmp/wide" --data "$m/records.jsonl"
+head -c 1000 "$m/model.safetensors" >"$tmp/wide/model.safetensors"
+expect 1 "model.safetensors" "truncated safetensors" -- "$pesc" eval --model "$tmp/wide" --data "$m/records.jsonl"
+
+# inspect
+expect 0 "parameters" "inspect a model directory" -- "$pesc" inspect "$m"
+grep -q "LlamaForCausalLM" "$tmp/out" && grep -q "llama3" "$tmp/out" || fail "inspect: architecture or rope missing"
+expect 0 "tensors       21 in 2 files" "inspect a sharded model" -- "$pesc" inspect "$m2"
+expect 0 "model.layers.0.mlp.down_proj.weight" "inspect a safetensors file" -- "$pesc" inspect "$m/model.safetensors"
+expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/records.jsonl"
+expect 1 "no such file" "inspect a missing path" -- "$pesc" inspect "$tmp/nothing"
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,117 @@
+/* test_hfconfig — config.json parsing: defaults, every supported family, and the refusals. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "hfconfig.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                       \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                        \
+            printf(__VA_ARGS__);                                               \
+            printf("\n");                                                      \
+            failures++;                                                        \
+        }                                                                      \
+    } while (0)
+
+#define BASE "\"vocab_size\": 100, \"hidden_size\": 64, \"intermediate_size\": 128, " \
+             "\"num_hidden_layers\": 2, \"num_attention_heads\": 8"
+
+static void expect_error(const char *json, const char *needle)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, json, "cfg.json", &err);
+    CHECK(rc == -1, "accepted: %s", json);
+    CHECK(rc == -1 && strstr(err.msg, needle) && strstr(err.msg, "cfg.json"),
+          "message \"%s\" should name cfg.json and contain \"%s\"", err.msg, needle);
+}
+
+static void test_defaults(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE "}", "x", &err);
+    CHECK(rc == 0, "llama defaults: %s", err.msg);
+    CHECK(c.n_kv_heads == 8 && c.head_dim == 8, "kv heads %d head_dim %d", c.n_kv_heads, c.head_dim);
+    CHECK(c.rope_theta == 10000.0 && c.rope_type == HF_ROPE_DEFAULT, "rope defaults");
+    CHECK(!c.tie_word_embeddings && !c.qkv_bias && !c.sliding_window, "switches off by default");
+    CHECK(hfconfig_param_count(&c) == 2 * 100 * 64 + 64 +
+          2 * (2 * 64 + 4 * 64 * 64 + 3 * 64 * 128), "param count %lld", hfconfig_param_count(&c));
+}
+
+static void test_families(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, "{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE
+                            ", \"num_key_value_heads\": 2, \"tie_word_embeddings\": true, "
+                            "\"sliding_window\": 4096, \"use_sliding_window\": false}", "x", &err);
+    CHECK(rc == 0 && c.qkv_bias && !c.o_bias && c.tie_word_embeddings && c.n_kv_heads == 2 &&
+          c.sliding_window == 0, "qwen2: %s", err.msg);
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"MistralForCausalLM\"], " BASE
+                        ", \"sliding_window\": 4096, \"head_dim\": 16}", "x", &err);
+    CHECK(rc == 0 && c.sliding_window == 4096 && c.head_dim == 16, "mistral: %s", err.msg);
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                        ", \"attention_bias\": true, \"eos_token_id\": [7, 9], \"bos_token_id\": 1}",
+                        "x", &err);
+    CHECK(rc == 0 && c.qkv_bias && c.o_bias && c.eos_token_id == 7 && c.bos_token_id == 1,
+          "llama attention_bias: %s", err.msg);
+}
+
+static void test_rope(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    float f[4];
+    int rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                            ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0}}", "x", &err);
+    CHECK(rc == 0 && c.rope_type == HF_ROPE_LINEAR, "linear: %s", err.msg);
+    hfconfig_inv_freq(&c, f);
+    CHECK(fabs(f[0] - 0.25) < 1e-7 && fabs(f[1] - 0.25 * pow(10000.0, -0.25)) < 1e-7,
+          "linear inv_freq %g %g", f[0], f[1]);
+    /* llama3: wavelengths 2pi*10000^(i/4) = 6.28, 62.8, 628, 6283 against original 64 with
+     * low 1, high 4: thresholds 64 and 16 — kept, scaled, scaled, scaled; none smoothed */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"rope_scaling\": "
+                        "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                        "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}}",
+                        "x", &err);
+    CHECK(rc == 0 && c.rope_type == HF_ROPE_LLAMA3, "llama3: %s", err.msg);
+    hfconfig_inv_freq(&c, f);
+    double base1 = pow(10000.0, -0.25), wavelen1 = 2 * M_PI / base1;
+    double smooth = (64.0 / wavelen1 - 1.0) / 3.0;
+    double want1 = (1 - smooth) * base1 / 8 + smooth * base1;
+    CHECK(fabs(f[0] - 1.0) < 1e-7, "llama3 high frequency kept: %g", f[0]);
+    CHECK(fabs(f[1] - want1) < 1e-7 * want1, "llama3 medium frequency smoothed: %g vs %g", f[1], want1);
+    CHECK(fabs(f[3] - pow(10000.0, -0.75) / 8) < 1e-9, "llama3 low frequency scaled: %g", f[3]);
+}
+
+int main(void)
+{
+    test_defaults();
+    test_families();
+    test_rope();
+    expect_error("{", "not valid JSON");
+    expect_error("[1]", "JSON object");
+    expect_error("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}",
+                 "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM");
+    expect_error("{" BASE "}", "architectures");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 10}", "hidden_size");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 3}",
+                 "multiple");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 2}}", "yarn");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"hidden_act\": \"gelu\"}",
+                 "gelu");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"hidden_size\": \"64\"}",
+                 "hidden_size");
+    expect_error("{\"architectures\": [\"Qwen2ForCausalLM\"], " BASE ", \"use_sliding_window\": true}",
+                 "use_sliding_window");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"mlp_bias\": true}",
+                 "mlp_bias");
+    printf("%d failure%s\n", failures, failures == 1 ? "" : "s");
+    return failures ? 1 : 0;
+}
