@@ -71,4 +71,87 @@ void residual_forward(pesc_backend *b, float *out, const float *x, const float *
 void crossentropy_forward(pesc_backend *b, float *losses, const float *logits,
                           const int32_t *targets, int N, int V);
 
+/* ---- PESC routing and adapters ------------------------------------------------------------ */
+
+/* From router logits (N, E): the top-k experts of each token in descending order
+ * (topk_idx (N, K)), their gate weights softmax(logits over the kept k) (topk_w (N, K)), the
+ * softmax over all E (probs (N, E), for the load-balancing loss) and the log-sum-exp over all
+ * E (lse (N), for the z-loss). */
+void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float *probs,
+                       float *lse, const float *logits, int N, int E, int K);
+
+/* Gradient of the router logits (overwritten, (N, E)) from the gate weights' gradient
+ * dtopk_w (N, K), the load-balancing term and the z-loss term:
+ *   through w = softmax(logits[topk]):  dr_T = w * (dw - sum(w * dw))
+ *   aux (sum_i g_i * mean_n probs[n,i], g = aux_grad (E)): dr += p * (g - sum(p * g)) / N
+ *   z (z_scale * sum_n lse_n^2):  dr += 2 * z_scale * lse_n * p.
+ * aux_grad may be NULL (no aux term). */
+void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
+                        const int32_t *topk_idx, const float *topk_w, const float *probs,
+                        const float *lse, const float *aux_grad, float z_scale, int N, int E,
+                        int K);
+
+/* The adapters of one PESC layer over tokens grouped by expert. perm (N*K) lists (token, slot)
+ * pairs as token*K + slot, grouped by expert; offsets (E+1, HOST memory) bounds each group.
+ * For every pair j of expert e, with h_j = h[token] (times mask_j when mask (N*K, C) is not
+ * NULL: dropout):
+ *   gathered_j = h_j,  pre_j = D_e gathered_j,  act_j = GELU(pre_j),
+ *   y[token] += scale * topk_w[token, slot] * U_e act_j.
+ * h (N, C); down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act (N*K, R) are saved
+ * for the backward pass; scratch (N*K, C). y is accumulated into. */
+void moe_adapter_forward(pesc_backend *b, float *y, float *gathered, float *pre, float *act,
+                         float *scratch, const float *h, const float *mask, const float *down,
+                         const float *up, const int32_t *perm, const int *offsets,
+                         const float *topk_w, int N, int K, int E, int C, int R, float scale);
+
+/* Backward of moe_adapter_forward: accumulates dh (N, C) and, when not NULL, ddown (E, R, C)
+ * and dup (E, C, R); overwrites dtopk_w (N, K). scratch (N*K, C), scratch_r (N*K, R). */
+void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, float *dtopk_w,
+                          float *scratch, float *scratch_r, const float *dy,
+                          const float *gathered, const float *pre, const float *act,
+                          const float *mask, const float *down, const float *up,
+                          const int32_t *perm, const int *offsets, const float *topk_w, int N,
+                          int K, int E, int C, int R, float scale);
+
+/* ---- backward ops: gradients are ACCUMULATED (+=) unless the comment says overwritten;
+ * a weight gradient pointer of NULL means the weight is frozen and its gradient is skipped. */
+
+void embedding_backward(pesc_backend *b, float *dtable, const float *dout, const int32_t *tokens,
+                        int N, int C);
+/* dinp (N, C) += dout @ weight; dweight (OC, C) += dout^T @ inp; dbias (OC) += colsum(dout). */
+void matmul_backward(pesc_backend *b, float *dinp, float *dweight, float *dbias,
+                     const float *dout, const float *inp, const float *weight, int N, int C,
+                     int OC);
+void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float *dout,
+                      const float *inp, const float *weight, const float *rstd, int N, int C);
+/* dinp (overwritten; may equal dout) = the inverse rotation of dout. */
+void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_t *pos,
+                   const float *inv_freq, int N, int H, int D);
+/* dq, dk, dv overwritten. out and lse are attention_forward's. */
+void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout,
+                        const float *q, const float *k, const float *v, const float *out,
+                        const float *lse, int B, int T, int Hq, int Hkv, int D, int window);
+/* dgate, dup overwritten (dgate may equal dout). */
+void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout,
+                     const float *gate, const float *up, size_t n);
+/* dlogits (N, V) overwritten with (softmax - onehot(target)) * scale; rows with target < 0
+ * become 0. May equal logits. */
+void crossentropy_backward(pesc_backend *b, float *dlogits, const float *logits,
+                           const int32_t *targets, float scale, int N, int V);
+
+/* ---- vectors and the optimizer ------------------------------------------------------------ */
+
+void vector_zero(pesc_backend *b, float *x, size_t n);
+/* y += alpha * x */
+void vector_axpy(pesc_backend *b, float *y, const float *x, float alpha, size_t n);
+void vector_scale(pesc_backend *b, float *x, float alpha, size_t n);
+/* sum of squares, accumulated in double */
+double vector_sumsq(pesc_backend *b, const float *x, size_t n);
+
+/* One AdamW step as torch.optim.AdamW: p -= lr*wd*p; m, v moments; bias-corrected update.
+ * step counts from 1. */
+void adamw_update(pesc_backend *b, float *params, const float *grads, float *m, float *v,
+                  size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
+                  int step);
+
 #endif

@@ -1,4 +1,5 @@
-/* model — see model.h. */
+/* model — loading: config.json and the safetensors weights of a Hugging Face checkpoint, laid
+ * out in one backend allocation. Crafting is in model_craft.c, the passes in model_forward.c. */
 #include "model.h"
 
 #include <inttypes.h>
@@ -7,19 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model_internal.h"
 #include "safetensors.h"
 
 /* ---- weight layout ------------------------------------------------------------------------ */
 
-typedef struct param_spec {
-    char name[96];
-    float **slot;
-    int ndim;
-    int64_t shape[2];
-} param_spec;
-
 typedef struct param_list {
-    param_spec *items;
+    model_tensor *items;
+    float ***slots;              /* where each tensor's pointer goes in the model */
     int n, cap;
 } param_list;
 
@@ -32,16 +28,19 @@ static void add_param(param_list *list, float **slot, int64_t rows, int64_t cols
     if (list->n == list->cap) {
         list->cap = list->cap ? 2 * list->cap : 64;
         list->items = xrealloc(list->items, (size_t)list->cap * sizeof *list->items);
+        list->slots = xrealloc(list->slots, (size_t)list->cap * sizeof *list->slots);
     }
-    param_spec *p = &list->items[list->n++];
+    model_tensor *p = &list->items[list->n];
+    memset(p, 0, sizeof *p);
+    list->slots[list->n++] = slot;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(p->name, sizeof p->name, fmt, ap);
     va_end(ap);
-    p->slot = slot;
     p->ndim = cols ? 2 : 1;
     p->shape[0] = rows;
     p->shape[1] = cols;
+    p->n = (size_t)rows * (size_t)(cols ? cols : 1);
 }
 
 /* Every tensor the config implies, with the Hugging Face name and shape. */
@@ -75,12 +74,7 @@ static void list_params(model *m, param_list *list)
         add_param(list, &m->lm_head, V, C, "lm_head.weight");
 }
 
-static size_t spec_elements(const param_spec *p)
-{
-    return (size_t)p->shape[0] * (size_t)(p->ndim == 2 ? p->shape[1] : 1);
-}
-
-static void format_shape(char *buf, size_t len, int ndim, const int64_t *shape)
+void model_format_shape(char *buf, size_t len, int ndim, const int64_t *shape)
 {
     size_t used = (size_t)snprintf(buf, len, "[");
     for (int i = 0; i < ndim && used < len; i++)
@@ -89,28 +83,22 @@ static void format_shape(char *buf, size_t len, int ndim, const int64_t *shape)
         snprintf(buf + used, len - used, "]");
 }
 
-/* Finds, checks and uploads one tensor; staging is a host buffer large enough for it. */
-static int load_param(model *m, const st_set *set, const param_spec *p, float *staging,
-                      pesc_error *err)
+int model_upload_tensor(model *m, const model_tensor *t, const st_tensor *src, const char *where,
+                        const char *expectation, float *staging, pesc_error *err)
 {
-    const st_file *file = NULL;
-    const st_tensor *t = st_set_find(set, p->name, &file);
-    if (!t)
-        return pesc_fail(err, "%s: tensor %s is missing (the checkpoint does not match its "
-                         "config.json)", set->dir, p->name);
-    int same = t->ndim == p->ndim;
-    for (int i = 0; same && i < p->ndim; i++)
-        same = t->shape[i] == p->shape[i];
+    int same = src->ndim == t->ndim;
+    for (int i = 0; same && i < t->ndim; i++)
+        same = src->shape[i] == t->shape[i];
     if (!same) {
         char want[64], got[64];
-        format_shape(want, sizeof want, p->ndim, p->shape);
-        format_shape(got, sizeof got, t->ndim, t->shape);
-        return pesc_fail(err, "%s: tensor %s has shape %s but config.json implies %s",
-                         file->path, p->name, got, want);
+        model_format_shape(want, sizeof want, t->ndim, t->shape);
+        model_format_shape(got, sizeof got, src->ndim, src->shape);
+        return pesc_fail(err, "%s: tensor %s has shape %s but %s %s", where, t->name, got,
+                         expectation, want);
     }
-    if (st_to_f32(t, staging, err) != 0)
-        return pesc_fail_prefix(err, "%s", file->path);
-    backend_upload(m->backend, *p->slot, staging, t->n_elements * sizeof(float));
+    if (st_to_f32(src, staging, err) != 0)
+        return pesc_fail_prefix(err, "%s", where);
+    backend_upload(m->backend, t->data, staging, t->n * sizeof(float));
     return 0;
 }
 
@@ -120,28 +108,36 @@ static int load_weights(model *m, const char *dir, pesc_error *err)
     list_params(m, &list);
     size_t total = 0, largest = 0;
     for (int i = 0; i < list.n; i++) {
-        size_t n = spec_elements(&list.items[i]);
-        total += (n + 15) & ~(size_t)15;   /* keep every tensor 64-byte aligned */
-        largest = n > largest ? n : largest;
+        total += model_pad(list.items[i].n);
+        largest = list.items[i].n > largest ? list.items[i].n : largest;
     }
-    m->n_params = 0;
     int rc = -1;
     st_set set = {0};
     float *staging = NULL;
+    m->base_tensors = list.items;
+    m->n_base_tensors = list.n;
     if (st_set_open(&set, dir, err) != 0)
         goto out;
     m->param_block = backend_alloc(m->backend, total * sizeof(float), err);
     if (!m->param_block)
         goto out;
+    m->n_params = 0;
     staging = xmalloc(largest * sizeof(float));
     float *cursor = m->param_block;
     for (int i = 0; i < list.n; i++) {
-        size_t n = spec_elements(&list.items[i]);
-        *list.items[i].slot = cursor;
-        cursor += (n + 15) & ~(size_t)15;
-        if (load_param(m, &set, &list.items[i], staging, err) != 0)
+        model_tensor *t = &list.items[i];
+        t->data = *list.slots[i] = cursor;
+        cursor += model_pad(t->n);
+        const st_file *file = NULL;
+        const st_tensor *src = st_set_find(&set, t->name, &file);
+        if (!src) {
+            pesc_fail(err, "%s: tensor %s is missing (the checkpoint does not match its "
+                      "config.json)", set.dir, t->name);
             goto out;
-        m->n_params += (long long)n;
+        }
+        if (model_upload_tensor(m, t, src, file->path, "config.json implies", staging, err))
+            goto out;
+        m->n_params += (long long)t->n;
     }
     if (m->config.tie_word_embeddings)
         m->lm_head = m->embed;
@@ -149,7 +145,7 @@ static int load_weights(model *m, const char *dir, pesc_error *err)
 out:
     free(staging);
     st_set_close(&set);
-    free(list.items);
+    free(list.slots);
     return rc;
 }
 
@@ -181,156 +177,19 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
 void model_free(model *m)
 {
     if (m->backend) {
+        model_free_activations(m);
         backend_free(m->backend, m->param_block);
-        backend_free(m->backend, m->act_block);
         backend_free(m->backend, m->inv_freq);
+        backend_free(m->backend, m->crafted_block);
+        backend_free(m->backend, m->grad_block);
     }
     free(m->layers);
+    free(m->pesc_layers);
+    free(m->base_tensors);
+    if (m->trainables != m->base_tensors)
+        free(m->trainables);
+    free(m->route_counts);
     memset(m, 0, sizeof *m);
-}
-
-/* ---- activations -------------------------------------------------------------------------- */
-
-/* Grows the activation block to hold N tokens; logits are kept to a bounded slice. */
-static int ensure_activations(model *m, int N, pesc_error *err)
-{
-    if (N <= m->act.capacity)
-        return 0;
-    const hf_config *c = &m->config;
-    size_t C = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
-    size_t q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
-    size_t V = (size_t)c->vocab_size;
-    /* ~64 MiB of float logits at most, and never fewer than one row */
-    size_t rows = (64u << 20) / (V * sizeof(float));
-    rows = rows < 1 ? 1 : rows > (size_t)N ? (size_t)N : rows;
-    size_t n = (size_t)N;
-    size_t floats[] = {n * C, n * C, n * q, n * kv, n * kv, n * q, n * C, n * F, n * F,
-                       rows * V, rows};
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof floats / sizeof *floats; i++)
-        total += (floats[i] + 15) & ~(size_t)15;
-    total += 3 * ((n + 15) & ~(size_t)15);   /* tokens, targets, positions (int32) */
-    backend_free(m->backend, m->act_block);
-    m->act.capacity = 0;
-    m->act_block = backend_alloc(m->backend, total * sizeof(float), err);
-    if (!m->act_block)
-        return -1;
-    float *cursor = m->act_block;
-    float **slots[] = {&m->act.x, &m->act.xn, &m->act.q, &m->act.k, &m->act.v, &m->act.att,
-                       &m->act.proj, &m->act.gate, &m->act.up, &m->act.logits, &m->act.losses};
-    for (size_t i = 0; i < sizeof slots / sizeof *slots; i++) {
-        *slots[i] = cursor;
-        cursor += (floats[i] + 15) & ~(size_t)15;
-    }
-    int32_t **ints[] = {&m->act.tokens, &m->act.targets, &m->act.pos};
-    for (size_t i = 0; i < 3; i++) {
-        *ints[i] = (int32_t *)cursor;
-        cursor += (n + 15) & ~(size_t)15;
-    }
-    m->act.capacity = N;
-    m->act.logit_rows = (int)rows;
-    return 0;
-}
-
-/* ---- forward ------------------------------------------------------------------------------ */
-
-static void attention_block(model *m, const model_layer *L, int B, int T)
-{
-    const hf_config *c = &m->config;
-    pesc_backend *b = m->backend;
-    model_activations *a = &m->act;
-    int N = B * T, C = c->hidden_size, D = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
-    rmsnorm_forward(b, a->xn, NULL, a->x, L->attn_norm, N, C, (float)c->rms_norm_eps);
-    matmul_forward(b, a->q, a->xn, L->wq, L->bq, N, C, Hq * D);
-    matmul_forward(b, a->k, a->xn, L->wk, L->bk, N, C, Hkv * D);
-    matmul_forward(b, a->v, a->xn, L->wv, L->bv, N, C, Hkv * D);
-    rope_forward(b, a->q, a->q, a->pos, m->inv_freq, N, Hq, D);
-    rope_forward(b, a->k, a->k, a->pos, m->inv_freq, N, Hkv, D);
-    attention_forward(b, a->att, NULL, a->q, a->k, a->v, B, T, Hq, Hkv, D, c->sliding_window);
-    matmul_forward(b, a->proj, a->att, L->wo, L->bo, N, Hq * D, C);
-    residual_forward(b, a->x, a->x, a->proj, (size_t)N * C);
-}
-
-static void ffn_block(model *m, const model_layer *L, int N)
-{
-    const hf_config *c = &m->config;
-    pesc_backend *b = m->backend;
-    model_activations *a = &m->act;
-    int C = c->hidden_size, F = c->intermediate_size;
-    rmsnorm_forward(b, a->xn, NULL, a->x, L->ffn_norm, N, C, (float)c->rms_norm_eps);
-    matmul_forward(b, a->gate, a->xn, L->w_gate, NULL, N, C, F);
-    matmul_forward(b, a->up, a->xn, L->w_up, NULL, N, C, F);
-    swiglu_forward(b, a->gate, a->gate, a->up, (size_t)N * F);
-    matmul_forward(b, a->proj, a->gate, L->w_down, NULL, N, F, C);
-    residual_forward(b, a->x, a->x, a->proj, (size_t)N * C);
-}
-
-int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err)
-{
-    const hf_config *c = &m->config;
-    int N = B * T;
-    if (B <= 0 || T <= 0)
-        return pesc_fail(err, "model: empty batch");
-    for (int i = 0; i < N; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            return pesc_fail(err, "token id %d is outside the model's vocabulary (%d tokens)",
-                             tokens[i], c->vocab_size);
-    if (ensure_activations(m, N, err) != 0)
-        return -1;
-    int32_t *pos = xmalloc((size_t)N * sizeof *pos);
-    for (int i = 0; i < N; i++)
-        pos[i] = i % T;
-    backend_upload(m->backend, m->act.pos, pos, (size_t)N * sizeof *pos);
-    backend_upload(m->backend, m->act.tokens, tokens, (size_t)N * sizeof *tokens);
-    free(pos);
-    m->B = B;
-    m->T = T;
-
-    embedding_forward(m->backend, m->act.x, m->act.tokens, m->embed, N, c->hidden_size);
-    for (int l = 0; l < c->n_layers; l++) {
-        attention_block(m, &m->layers[l], B, T);
-        ffn_block(m, &m->layers[l], N);
-    }
-    rmsnorm_forward(m->backend, m->act.xn, NULL, m->act.x, m->final_norm, N, c->hidden_size,
-                    (float)c->rms_norm_eps);
-    return 0;
-}
-
-int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
-              float *logits_out, pesc_error *err)
-{
-    const hf_config *c = &m->config;
-    int N = m->B * m->T, C = c->hidden_size, V = c->vocab_size;
-    if (N <= 0)
-        return pesc_fail(err, "model_nll: no forward pass to score");
-    for (int i = 0; i < N; i++)
-        if (targets[i] >= V)
-            return pesc_fail(err, "label %d is outside the model's vocabulary (%d tokens)",
-                             targets[i], V);
-    backend_upload(m->backend, m->act.targets, targets, (size_t)N * sizeof *targets);
-    float *losses = xmalloc((size_t)m->act.logit_rows * sizeof *losses);
-    double sum = 0.0;
-    long long counted = 0;
-    for (int start = 0; start < N; start += m->act.logit_rows) {
-        int rows = N - start < m->act.logit_rows ? N - start : m->act.logit_rows;
-        matmul_forward(m->backend, m->act.logits, m->act.xn + (size_t)start * C, m->lm_head, NULL,
-                       rows, C, V);
-        crossentropy_forward(m->backend, m->act.losses, m->act.logits, m->act.targets + start,
-                             rows, V);
-        backend_download(m->backend, losses, m->act.losses, (size_t)rows * sizeof *losses);
-        if (logits_out)
-            backend_download(m->backend, logits_out + (size_t)start * V, m->act.logits,
-                             (size_t)rows * V * sizeof(float));
-        for (int i = 0; i < rows; i++)
-            if (targets[start + i] >= 0) {
-                sum += losses[i];
-                counted++;
-            }
-    }
-    free(losses);
-    *nll = sum;
-    *count = counted;
-    return 0;
 }
 
 void model_shift_targets(int32_t *targets, const int32_t *ids, const int32_t *labels, int T)

@@ -1,10 +1,11 @@
 /* model — a Llama-family decoder on a backend: weights loaded from a Hugging Face checkpoint,
- * the forward pass, and next-token losses.
+ * PESC crafting (routers + adapters on every FFN, optional LoRA), the forward pass, the
+ * backward pass of the trainable part, and next-token losses.
  *
- * Owns: the weight layout (one backend allocation carved into tensors), the activation
- * buffers, the order of ops. Must not: parse files itself (safetensors.c, hfconfig.c do) or
- * touch the device except through the backend. Later issues add the PESC layers, backward
- * and KV-cache generation here. */
+ * Owns: the weight layout (one backend allocation carved into tensors, the trainables in
+ * another, gradients mirroring them), the activation buffers, the order of ops.
+ * Must not: parse files itself (safetensors.c, hfconfig.c do) or touch the device except
+ * through the backend. KV-cache generation arrives with the generate command. */
 #ifndef PESC_MODEL_H
 #define PESC_MODEL_H
 
@@ -12,6 +13,7 @@
 
 #include "backend.h"
 #include "hfconfig.h"
+#include "pesc.h"
 #include "util.h"
 
 /* Shapes use C = hidden_size, F = intermediate_size, D = head_dim, Hq / Hkv = heads. */
@@ -26,41 +28,134 @@ typedef struct model_layer {
     float *w_down;               /* (C, F) */
 } model_layer;
 
-/* Buffers for `capacity` tokens, carved from one backend allocation. */
+/* The crafted part of one layer: in the trainable block. LoRA pairs are NULL where off. */
+typedef struct pesc_layer {
+    float *router;               /* (E, C) */
+    float *down;                 /* (E, R, C) adapter_down of every expert */
+    float *up;                   /* (E, C, R) adapter_up of every expert */
+    float *lora_a[LORA_SITES];   /* (rank, in) */
+    float *lora_b[LORA_SITES];   /* (out, rank) */
+} pesc_layer;
+
+/* What one layer's forward keeps for its backward (N tokens). In inference every layer
+ * shares one set. Routing fields are NULL in a dense model; lora_t[site] where LoRA is off. */
+typedef struct layer_acts {
+    float *x_in;                 /* (N, C) residual stream entering the layer */
+    float *xn1, *rstd1;          /* (N, C), (N) attention norm */
+    float *q, *k, *v;            /* (N, Hq*D), (N, Hkv*D) x2, after RoPE */
+    float *att, *lse;            /* (N, Hq*D), (B, Hq, T) */
+    float *x_mid;                /* (N, C) after the attention residual */
+    float *xn2, *rstd2;          /* (N, C), (N) FFN norm: the FFN's and router's input */
+    float *gate, *up, *act;      /* (N, F) pre-activation gate, up, silu(gate) * up */
+    float *h;                    /* (N, C) frozen FFN output, computed once per token */
+    float *router_logits, *probs, *router_lse;   /* (N, E), (N, E), (N) */
+    int32_t *topk_idx;           /* (N, K) */
+    float *topk_w;               /* (N, K) */
+    int32_t *perm;               /* (N*K) (token, slot) pairs grouped by expert */
+    int *offsets;                /* (E+1) host memory: group bounds */
+    float *gathered, *pre, *gelu;   /* (N*K, C), (N*K, R), (N*K, R) */
+    float *mask;                 /* (N*K, C) dropout mask, NULL when off */
+    float *lora_t[LORA_SITES];   /* (N, rank) scaled LoRA inner activations */
+} layer_acts;
+
+/* Activation buffers for `capacity` tokens, carved from one backend allocation. */
 typedef struct model_activations {
     int capacity;                /* tokens */
+    int per_layer;               /* 1: each layer keeps its own (training) */
     int logit_rows;              /* tokens whose logits are materialised at once */
-    float *x;                    /* (N, C) residual stream */
-    float *xn;                   /* (N, C) normed input of the current block */
-    float *q;                    /* (N, Hq*D) */
-    float *k, *v;                /* (N, Hkv*D) */
-    float *att;                  /* (N, Hq*D) */
-    float *proj;                 /* (N, C) */
-    float *gate, *up;            /* (N, F) */
+    layer_acts *layers;          /* (n_layers) */
+    float *x;                    /* (N, C) residual stream leaving the last layer */
+    float *xn, *rstd;            /* (N, C), (N) final norm */
     float *logits;               /* (logit_rows, V) */
     float *losses;               /* (logit_rows) */
+    float *scratch;              /* (N*K or N, max(C, F, Hq*D)) */
+    float *scratch_r;            /* (N*K, R) */
     int32_t *tokens, *targets, *pos;   /* (N) */
+    /* gradients (training only) */
+    float *dx, *dxn, *dh;        /* (N, C) */
+    float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D) */
+    float *dgate, *dup, *dact;   /* (N, F) */
+    float *drouter, *dtopk_w;    /* (N, E), (N, K) */
+    float *aux_grad;             /* (E) d aux / d P of the layer being differentiated */
+    float *dlora;                /* (N, rank) */
 } model_activations;
+
+/* Losses of the last training forward (before any scaling for accumulation). */
+typedef struct model_losses {
+    double ce;                   /* mean NLL over the counted targets */
+    double aux;                  /* load balancing, summed over layers */
+    double z;                    /* router z-loss, summed over layers */
+    long long targets;           /* counted (non-ignored) targets */
+} model_losses;
+
+/* A named trainable tensor (a view into the trainable block). */
+typedef struct model_tensor {
+    char name[96];
+    float *data;
+    int ndim;
+    int64_t shape[2];
+    size_t n;
+} model_tensor;
 
 typedef struct model {
     hf_config config;
     pesc_backend *backend;       /* not owned */
-    void *param_block;           /* every weight, one allocation */
+    void *param_block;           /* every base weight, one allocation */
     long long n_params;
     float *embed;                /* (V, C) */
     float *lm_head;              /* (V, C); equals embed when tied */
     float *final_norm;           /* (C) */
     float *inv_freq;             /* (D/2) */
     model_layer *layers;         /* (n_layers) */
+    model_tensor *base_tensors;  /* named views of every base weight, checkpoint order */
+    int n_base_tensors;
+
+    /* crafting (model_craft) */
+    int crafted;                 /* PESC layers present */
+    pesc_options pesc;
+    pesc_layer *pesc_layers;     /* (n_layers) when crafted */
+    float *train_block;          /* trainables: the crafted block, or param_block in full mode */
+    size_t n_train;              /* floats in train_block */
+    float *grad_block;           /* (n_train) gradients, same layout */
+    void *crafted_block;         /* allocation behind the PESC trainables */
+    model_tensor *trainables;    /* named views, in file order */
+    int n_trainables;
+    uint64_t rng;                /* dropout */
+    int *route_counts;           /* (n_layers, E) assignments of the last forward, host */
+
     model_activations act;
     void *act_block;
     int B, T;                    /* shape of the last forward */
+    model_losses losses;
 } model;
 
 /* Loads config.json and the safetensors weights of a model directory onto backend b. Every
  * tensor is checked against the shape config.json implies. */
 int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err);
 void model_free(model *m);
+
+/* Crafts the loaded dense model: adds routers (Kaiming-uniform), adapters (down
+ * Kaiming-uniform, up = 0, so the crafted model equals the dense one exactly) and LoRA pairs
+ * (A Kaiming-uniform, B = 0), and allocates their gradients. In full mode nothing is added:
+ * every base weight becomes trainable. seed drives the initialisation and dropout. */
+int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err);
+
+/* Reads trainables by name from a safetensors file (Camelidae names for routers and adapters;
+ * `...{q,k,v,o}_proj.lora_{A,B}.weight`, `...mlp.{gate,up,down}_proj.lora_{A,B}.weight`). When
+ * the model is not crafted yet, the file's __metadata__ (num_experts, topk, adapter_dim,
+ * moe_scaling, lora_rank, lora_alpha) says how to craft it first. Every trainable must be in
+ * the file with its shape. */
+int model_load_trainables(model *m, const char *path, pesc_error *err);
+/* Writes the trainables with that metadata (atomically). */
+int model_save_trainables(model *m, const char *path, pesc_error *err);
+
+/* Training: forward with every activation kept, the losses, and the backward pass, adding
+ * loss_scale * d(ce + aux + z)/d(trainable) into grad_block (zero it with model_zero_grad
+ * first; accumulation over micro-batches is repeated calls). tokens and targets are host
+ * arrays (B*T); targets as from model_shift_targets. dropout: apply adapter dropout. */
+int model_train_step(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                     float loss_scale, int dropout, model_losses *out, pesc_error *err);
+void model_zero_grad(model *m);
 
 /* Runs B sequences of T tokens (tokens: host array, B*T) through the decoder up to the final
  * norm. Positions restart at 0 in every sequence. */

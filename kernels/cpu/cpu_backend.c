@@ -36,28 +36,6 @@ static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes)
         memcpy(dst, src, bytes);
 }
 
-/* The op table's slots take the context first; the CPU ops need none. */
-static void embedding_slot(void *c, float *o, const int32_t *t, const float *w, int N, int C)
-{ (void)c; cpu_embedding_forward(o, t, w, N, C); }
-static void matmul_slot(void *c, float *o, const float *x, const float *w, const float *bias,
-                        int N, int C, int OC)
-{ (void)c; cpu_matmul_forward(o, x, w, bias, N, C, OC); }
-static void rmsnorm_slot(void *c, float *o, float *r, const float *x, const float *w, int N, int C,
-                         float eps)
-{ (void)c; cpu_rmsnorm_forward(o, r, x, w, N, C, eps); }
-static void rope_slot(void *c, float *o, const float *x, const int32_t *p, const float *f, int N,
-                      int H, int D)
-{ (void)c; cpu_rope_forward(o, x, p, f, N, H, D); }
-static void attention_slot(void *c, float *o, float *l, const float *q, const float *k,
-                           const float *v, int B, int T, int Hq, int Hkv, int D, int window)
-{ (void)c; cpu_attention_forward(o, l, q, k, v, B, T, Hq, Hkv, D, window); }
-static void swiglu_slot(void *c, float *o, const float *g, const float *u, size_t n)
-{ (void)c; cpu_swiglu_forward(o, g, u, n); }
-static void residual_slot(void *c, float *o, const float *x, const float *y, size_t n)
-{ (void)c; cpu_residual_forward(o, x, y, n); }
-static void crossentropy_slot(void *c, float *l, const float *x, const int32_t *t, int N, int V)
-{ (void)c; cpu_crossentropy_forward(l, x, t, N, V); }
-
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .free_context = cpu_free_context,
@@ -67,14 +45,30 @@ static const backend_ops cpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .synchronize = NULL,
-    .embedding_forward = embedding_slot,
-    .matmul_forward = matmul_slot,
-    .rmsnorm_forward = rmsnorm_slot,
-    .rope_forward = rope_slot,
-    .attention_forward = attention_slot,
-    .swiglu_forward = swiglu_slot,
-    .residual_forward = residual_slot,
-    .crossentropy_forward = crossentropy_slot,
+    .embedding_forward = cpu_embedding_forward,
+    .matmul_forward = cpu_matmul_forward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rope_forward = cpu_rope_forward,
+    .attention_forward = cpu_attention_forward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .residual_forward = cpu_residual_forward,
+    .crossentropy_forward = cpu_crossentropy_forward,
+    .moe_route_forward = cpu_moe_route_forward,
+    .moe_route_backward = cpu_moe_route_backward,
+    .moe_adapter_forward = cpu_moe_adapter_forward,
+    .moe_adapter_backward = cpu_moe_adapter_backward,
+    .embedding_backward = cpu_embedding_backward,
+    .matmul_backward = cpu_matmul_backward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_backward = cpu_rope_backward,
+    .attention_backward = cpu_attention_backward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .crossentropy_backward = cpu_crossentropy_backward,
+    .vector_zero = cpu_vector_zero,
+    .vector_axpy = cpu_vector_axpy,
+    .vector_scale = cpu_vector_scale,
+    .vector_sumsq = cpu_vector_sumsq,
+    .adamw_update = cpu_adamw_update,
 };
 
 int cpu_backend_init(const backend_ops **ops, void **ctx, pesc_error *err)

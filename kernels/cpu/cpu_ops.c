@@ -7,16 +7,18 @@
 #include <math.h>
 #include <string.h>
 
-void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table, int N, int C)
+void cpu_embedding_forward(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C)
 {
+    (void)ctx;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++)
         memcpy(out + (size_t)n * C, table + (size_t)tokens[n] * C, (size_t)C * sizeof(float));
 }
 
-void cpu_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias,
                         int N, int C, int OC)
 {
+    (void)ctx;
     /* most of the time is spent here */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, weight, C,
                 0.0f, out, OC);
@@ -30,9 +32,10 @@ void cpu_matmul_forward(float *out, const float *inp, const float *weight, const
     }
 }
 
-void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N,
+void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N,
                          int C, float eps)
 {
+    (void)ctx;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
@@ -48,9 +51,10 @@ void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float 
     }
 }
 
-void cpu_rope_forward(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
+void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq,
                       int N, int H, int D)
 {
+    (void)ctx;
     int half = D / 2;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -100,9 +104,10 @@ static void attention_row(float *out, float *lse, const float *q, const float *k
         *lse = (float)(m + log(l));
 }
 
-void cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
+void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k,
                            const float *v, int B, int T, int Hq, int Hkv, int D, int window)
 {
+    (void)ctx;
     assert(D <= CPU_MAX_HEAD_DIM && Hq % Hkv == 0);
     int group = Hq / Hkv;
     double scale = 1.0 / sqrt((double)D);
@@ -122,8 +127,9 @@ void cpu_attention_forward(float *out, float *lse, const float *q, const float *
             }
 }
 
-void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n)
+void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
 {
+    (void)ctx;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
@@ -131,16 +137,18 @@ void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n
     }
 }
 
-void cpu_residual_forward(float *out, const float *x, const float *y, size_t n)
+void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n)
 {
+    (void)ctx;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         out[i] = x[i] + y[i];
 }
 
-void cpu_crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N,
+void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N,
                               int V)
 {
+    (void)ctx;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) {

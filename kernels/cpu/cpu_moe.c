@@ -1,0 +1,180 @@
+/* cpu_moe — PESC routing and the expert adapters on the CPU.
+ *
+ * The shared FFN output h is computed once per token elsewhere; here each expert's adapter
+ * runs as two matrix products over just the (token, slot) pairs routed to it:
+ * gather -> GEMM -> GELU -> GEMM -> weighted scatter-add. Nothing is computed for experts a
+ * token did not pick. */
+#include "cpu/cpu_ops.h"
+
+#include <assert.h>
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#define MAX_EXPERTS 256
+
+void cpu_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse,
+                           const float *logits, int N, int E, int K)
+{
+    (void)ctx;
+    assert(K >= 1 && K <= E && E <= MAX_EXPERTS);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *r = logits + (size_t)n * E;
+        int32_t *idx = topk_idx + (size_t)n * K;
+        unsigned char taken[MAX_EXPERTS] = {0};
+        /* k is small: repeated arg-max, the lower index winning a tie */
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++)
+                if (!taken[e] && (best < 0 || r[e] > r[best]))
+                    best = e;
+            taken[best] = 1;
+            idx[j] = best;
+        }
+        double m = r[idx[0]], sum = 0.0, kept = 0.0;
+        for (int e = 0; e < E; e++)
+            sum += exp((double)r[e] - m);
+        for (int e = 0; e < E; e++)
+            probs[(size_t)n * E + e] = (float)(exp((double)r[e] - m) / sum);
+        lse[n] = (float)(m + log(sum));
+        for (int j = 0; j < K; j++)
+            kept += exp((double)r[idx[j]] - m);
+        for (int j = 0; j < K; j++)
+            topk_w[(size_t)n * K + j] = (float)(exp((double)r[idx[j]] - m) / kept);
+    }
+}
+
+void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
+                            const int32_t *topk_idx, const float *topk_w, const float *probs,
+                            const float *lse, const float *aux_grad, float z_scale, int N, int E,
+                            int K)
+{
+    (void)ctx;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *dr = dlogits + (size_t)n * E;
+        const float *p = probs + (size_t)n * E;
+        const float *w = topk_w + (size_t)n * K, *dw = dtopk_w + (size_t)n * K;
+        double pg = 0.0, wdw = 0.0;
+        if (aux_grad)
+            for (int e = 0; e < E; e++)
+                pg += (double)p[e] * aux_grad[e];
+        for (int e = 0; e < E; e++) {
+            double g = aux_grad ? (double)p[e] * (aux_grad[e] - pg) / N : 0.0;
+            dr[e] = (float)(g + 2.0 * z_scale * lse[n] * p[e]);
+        }
+        for (int j = 0; j < K; j++)
+            wdw += (double)w[j] * dw[j];
+        for (int j = 0; j < K; j++)
+            dr[topk_idx[(size_t)n * K + j]] += (float)(w[j] * (dw[j] - wdw));
+    }
+}
+
+static double gelu(double x) { return 0.5 * x * (1.0 + erf(x * M_SQRT1_2)); }
+
+static double gelu_grad(double x)
+{
+    return 0.5 * (1.0 + erf(x * M_SQRT1_2)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
+}
+
+void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, float *act,
+                             float *scratch, const float *h, const float *mask, const float *down,
+                             const float *up, const int32_t *perm, const int *offsets,
+                             const float *topk_w, int N, int K, int E, int C, int R, float scale)
+{
+    (void)ctx;
+    (void)N;
+    for (int e = 0; e < E; e++) {
+        int first = offsets[e], n = offsets[e + 1] - offsets[e];
+        if (n == 0)
+            continue;
+        float *g = gathered + (size_t)first * C, *a = pre + (size_t)first * R;
+        float *s = act + (size_t)first * R, *o = scratch + (size_t)first * C;
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < n; j++) {
+            const float *src = h + (size_t)(perm[first + j] / K) * C;
+            float *dst = g + (size_t)j * C;
+            const float *mk = mask ? mask + (size_t)(first + j) * C : NULL;
+            for (int c = 0; c < C; c++)
+                dst[c] = mk ? src[c] * mk[c] : src[c];
+        }
+        /* pre (n, R) = gathered (n, C) @ D_e^T;  out (n, C) = GELU(pre) @ U_e^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, C, 1.0f, g, C,
+                    down + (size_t)e * R * C, C, 0.0f, a, R);
+        for (size_t i = 0; i < (size_t)n * R; i++)
+            s[i] = (float)gelu(a[i]);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, C, R, 1.0f, s, R,
+                    up + (size_t)e * C * R, R, 0.0f, o, C);
+        /* an expert appears once per token, so the rows of one group never collide */
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < n; j++) {
+            int pair = perm[first + j];
+            float weight = scale * topk_w[pair];
+            float *dst = y + (size_t)(pair / K) * C;
+            const float *src = o + (size_t)j * C;
+            for (int c = 0; c < C; c++)
+                dst[c] += weight * src[c];
+        }
+    }
+}
+
+void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, float *dtopk_w,
+                              float *scratch, float *scratch_r, const float *dy,
+                              const float *gathered, const float *pre, const float *act,
+                              const float *mask, const float *down, const float *up,
+                              const int32_t *perm, const int *offsets, const float *topk_w, int N,
+                              int K, int E, int C, int R, float scale)
+{
+    (void)ctx;
+    (void)N;
+    for (int e = 0; e < E; e++) {
+        int first = offsets[e], n = offsets[e + 1] - offsets[e];
+        if (n == 0)
+            continue;
+        const float *g = gathered + (size_t)first * C, *a = pre + (size_t)first * R;
+        const float *s = act + (size_t)first * R;
+        const float *D = down + (size_t)e * R * C, *U = up + (size_t)e * C * R;
+        float *dyg = scratch + (size_t)first * C, *p = scratch_r + (size_t)first * R;
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < n; j++)
+            memcpy(dyg + (size_t)j * C, dy + (size_t)(perm[first + j] / K) * C,
+                   (size_t)C * sizeof *dyg);
+        /* p (n, R) = dy_g @ U_e: the gate weight's gradient is scale * p . act, and the
+         * adapter's hidden gradient is scale * w * p */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, C, 1.0f, dyg, C, U, R, 0.0f,
+                    p, R);
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < n; j++) {
+            int pair = perm[first + j];
+            float w = scale * topk_w[pair];
+            float *pj = p + (size_t)j * R, *dyj = dyg + (size_t)j * C;
+            const float *sj = s + (size_t)j * R, *aj = a + (size_t)j * R;
+            double dw = 0.0;
+            for (int r = 0; r < R; r++) {
+                dw += (double)pj[r] * sj[r];
+                pj[r] = (float)(w * pj[r] * gelu_grad(aj[r]));   /* now d pre */
+            }
+            dtopk_w[pair] = (float)(scale * dw);
+            for (int c = 0; c < C; c++)
+                dyj[c] *= w;                                    /* now d out */
+        }
+        if (dup)   /* dU_e (C, R) += dout^T @ act */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, R, n, 1.0f, dyg, C, s, R,
+                        1.0f, dup + (size_t)e * C * R, R);
+        if (ddown) /* dD_e (R, C) += dpre^T @ gathered */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, C, n, 1.0f, p, R, g, C, 1.0f,
+                        ddown + (size_t)e * R * C, C);
+        /* d gathered (n, C) = dpre @ D_e, scattered back through the dropout mask */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, R, 1.0f, p, R, D, C, 0.0f,
+                    dyg, C);
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < n; j++) {
+            float *dst = dh + (size_t)(perm[first + j] / K) * C;
+            const float *src = dyg + (size_t)j * C;
+            const float *mk = mask ? mask + (size_t)(first + j) * C : NULL;
+            for (int c = 0; c < C; c++)
+                dst[c] += mk ? src[c] * mk[c] : src[c];
+        }
+    }
+}

@@ -1,0 +1,363 @@
+/* model_craft — PESC crafting: routers, expert adapters and LoRA pairs added to a loaded dense
+ * model, their initialisation, names and files (Camelidae tensor names, DESIGN section 1). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "model_internal.h"
+#include "safetensors.h"
+
+/* ---- layout ------------------------------------------------------------------------------- */
+
+static void site_shape(const model *m, int site, int *in, int *out)
+{
+    const hf_config *c = &m->config;
+    int C = c->hidden_size, F = c->intermediate_size;
+    int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    switch (site) {
+    case LORA_Q: *in = C; *out = q; break;
+    case LORA_K: case LORA_V: *in = C; *out = kv; break;
+    case LORA_O: *in = q; *out = C; break;
+    case LORA_GATE: case LORA_UP: *in = C; *out = F; break;
+    default: *in = F; *out = C; break;
+    }
+}
+
+static const char *site_module(int site)
+{
+    static const char *const names[LORA_SITES] = {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    return names[site];
+}
+
+static int lora_on(const model *m, int site)
+{
+    return m->pesc.lora_rank > 0 && (m->pesc.lora_targets & (1u << site));
+}
+
+typedef struct tensor_list {
+    model_tensor *items;
+    float ***slots;
+    int n, cap;
+} tensor_list;
+
+static void add_tensor(tensor_list *list, float **slot, float *data, int64_t rows, int64_t cols,
+                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static void add_tensor(tensor_list *list, float **slot, float *data, int64_t rows, int64_t cols,
+                       const char *fmt, ...)
+{
+    if (list->n == list->cap) {
+        list->cap = list->cap ? 2 * list->cap : 64;
+        list->items = xrealloc(list->items, (size_t)list->cap * sizeof *list->items);
+        list->slots = xrealloc(list->slots, (size_t)list->cap * sizeof *list->slots);
+    }
+    model_tensor *t = &list->items[list->n];
+    memset(t, 0, sizeof *t);
+    list->slots[list->n++] = slot;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->name, sizeof t->name, fmt, ap);
+    va_end(ap);
+    t->data = data;
+    t->ndim = 2;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+    t->n = (size_t)rows * (size_t)cols;
+}
+
+/* The crafted tensors in file order. Experts' adapters are views into one (E, R, C) and one
+ * (E, C, R) array per layer, so each expert's product is one GEMM on contiguous memory. */
+static void list_crafted(model *m, tensor_list *list)
+{
+    const hf_config *c = &m->config;
+    int C = c->hidden_size, E = m->pesc.experts, R = m->pesc.adapter_dim, r = m->pesc.lora_rank;
+    for (int l = 0; l < c->n_layers; l++) {
+        pesc_layer *P = &m->pesc_layers[l];
+        add_tensor(list, &P->router, NULL, E, C, "model.layers.%d.mlp.moe_adapter.router.weight", l);
+        for (int e = 0; e < E; e++) {
+            add_tensor(list, e ? NULL : &P->down, NULL, R, C,
+                       "model.layers.%d.mlp.moe_adapter.experts.expert_%d.adapter_down.weight", l, e);
+            add_tensor(list, e ? NULL : &P->up, NULL, C, R,
+                       "model.layers.%d.mlp.moe_adapter.experts.expert_%d.adapter_up.weight", l, e);
+        }
+        for (int s = 0; s < LORA_SITES; s++) {
+            if (!lora_on(m, s))
+                continue;
+            int in, out;
+            site_shape(m, s, &in, &out);
+            add_tensor(list, &P->lora_a[s], NULL, r, in, "model.layers.%d.%s.lora_A.weight", l,
+                       site_module(s));
+            add_tensor(list, &P->lora_b[s], NULL, out, r, "model.layers.%d.%s.lora_B.weight", l,
+                       site_module(s));
+        }
+    }
+}
+
+/* Places the adapters so that expert e's down/up follow expert 0's contiguously. */
+static size_t place_crafted(model *m, tensor_list *list, float *base)
+{
+    size_t at = 0;
+    int E = m->pesc.experts;
+    for (int i = 0; i < list->n; i++) {
+        model_tensor *t = &list->items[i];
+        int expert_block = strstr(t->name, ".experts.expert_0.") != NULL;
+        if (strstr(t->name, ".experts.expert_") && !expert_block) {
+            /* expert e > 0: right after expert e-1 of the same kind (two entries back) */
+            t->data = list->items[i - 2].data ? list->items[i - 2].data + t->n : NULL;
+            continue;
+        }
+        t->data = base ? base + at : NULL;
+        at += model_pad(t->n * (expert_block ? (size_t)E : 1));
+        if (list->slots[i])
+            *list->slots[i] = t->data;
+    }
+    return at;
+}
+
+/* ---- initialisation ----------------------------------------------------------------------- */
+
+static uint64_t next_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);   /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* nn.Linear's default: Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
+static void kaiming_uniform(float *out, size_t n, int fan_in, uint64_t *rng)
+{
+    double bound = 1.0 / sqrt((double)fan_in);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (float)((2.0 * ((double)(next_random(rng) >> 11) / 9007199254740992.0) - 1.0) *
+                         bound);
+}
+
+static void init_crafted(model *m, const tensor_list *list)
+{
+    size_t largest = 0;
+    for (int i = 0; i < list->n; i++)
+        largest = list->items[i].n > largest ? list->items[i].n : largest;
+    float *host = xmalloc(largest * sizeof *host);
+    for (int i = 0; i < list->n; i++) {
+        const model_tensor *t = &list->items[i];
+        /* adapter_up and lora_B start at zero: the crafted model equals the dense one */
+        int zero = strstr(t->name, "adapter_up") || strstr(t->name, "lora_B");
+        if (zero)
+            memset(host, 0, t->n * sizeof *host);
+        else
+            kaiming_uniform(host, t->n, (int)t->shape[1], &m->rng);
+        backend_upload(m->backend, t->data, host, t->n * sizeof *host);
+    }
+    free(host);
+}
+
+int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
+{
+    if (m->crafted || m->grad_block)
+        return pesc_fail(err, "the model is crafted already");
+    if (pesc_options_check(o, err) != 0)
+        return -1;
+    m->pesc = *o;
+    m->rng = seed ? seed : 0x5eed;
+    if (o->mode == TRAIN_FULL) {
+        /* every base weight trains, in place */
+        m->train_block = m->param_block;
+        m->n_train = 0;
+        for (int i = 0; i < m->n_base_tensors; i++)
+            m->n_train += model_pad(m->base_tensors[i].n);
+        m->trainables = m->base_tensors;
+        m->n_trainables = m->n_base_tensors;
+    } else {
+        m->pesc_layers = xcalloc((size_t)m->config.n_layers, sizeof *m->pesc_layers);
+        tensor_list list = {0};
+        list_crafted(m, &list);
+        m->n_train = place_crafted(m, &list, NULL);
+        m->crafted_block = backend_alloc(m->backend, m->n_train * sizeof(float), err);
+        if (!m->crafted_block) {
+            free(list.items);
+            free(list.slots);
+            return -1;
+        }
+        m->train_block = m->crafted_block;
+        vector_zero(m->backend, m->train_block, m->n_train);
+        place_crafted(m, &list, m->train_block);
+        init_crafted(m, &list);
+        free(list.slots);
+        m->trainables = list.items;
+        m->n_trainables = list.n;
+        m->crafted = 1;
+        m->route_counts = xcalloc((size_t)m->config.n_layers * (size_t)o->experts, sizeof(int));
+    }
+    m->grad_block = backend_alloc(m->backend, m->n_train * sizeof(float), err);
+    if (!m->grad_block)
+        return -1;
+    model_zero_grad(m);
+    model_free_activations(m);   /* the activation layout changes with routing */
+    return 0;
+}
+
+void model_zero_grad(model *m)
+{
+    if (m->grad_block)
+        vector_zero(m->backend, m->grad_block, m->n_train);
+}
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+static int meta_int(const st_file *f, const char *key, int *out, pesc_error *err)
+{
+    const char *v = st_meta(f, key);
+    char *end;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || end == v || *end || x < 0 || x > 1 << 20)
+        return pesc_fail(err, "%s: __metadata__ has no valid \"%s\" (is this a pesc adapter "
+                         "file?)", f->path, key);
+    *out = (int)x;
+    return 0;
+}
+
+static int meta_float(const st_file *f, const char *key, float fallback, float *out,
+                      pesc_error *err)
+{
+    const char *v = st_meta(f, key);
+    if (!v) {
+        *out = fallback;
+        return 0;
+    }
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !isfinite(x))
+        return pesc_fail(err, "%s: __metadata__ \"%s\" = \"%s\" is not a number", f->path, key, v);
+    *out = (float)x;
+    return 0;
+}
+
+/* The crafting a file describes, from its metadata. */
+static int options_from_file(const st_file *f, pesc_options *o, pesc_error *err)
+{
+    pesc_options_default(o);
+    /* a file of plain weights (no crafting metadata) is a full-mode file */
+    const char *mode = st_meta(f, "pesc_mode");
+    if ((mode && strcmp(mode, "full") == 0) || !st_meta(f, "num_experts")) {
+        o->mode = TRAIN_FULL;
+        return 0;
+    }
+    if (meta_int(f, "num_experts", &o->experts, err) || meta_int(f, "topk", &o->top_k, err) ||
+        meta_int(f, "adapter_dim", &o->adapter_dim, err) ||
+        meta_float(f, "moe_scaling", 0.25f, &o->adapter_scale, err))
+        return -1;
+    if (st_meta(f, "lora_rank") && (meta_int(f, "lora_rank", &o->lora_rank, err) ||
+                                    meta_float(f, "lora_alpha", 16.0f, &o->lora_alpha, err)))
+        return -1;
+    if (st_meta(f, "lora_targets") &&
+        pesc_parse_lora_targets(st_meta(f, "lora_targets"), &o->lora_targets, err) != 0)
+        return pesc_fail_prefix(err, "%s", f->path);
+    if (o->experts < 1 || o->top_k < 1 || o->top_k > o->experts || o->adapter_dim < 1)
+        return pesc_fail(err, "%s: __metadata__ describes an impossible crafting (experts %d, "
+                         "topk %d, adapter_dim %d)", f->path, o->experts, o->top_k, o->adapter_dim);
+    return 0;
+}
+
+static int same_crafting(const pesc_options *a, const pesc_options *b)
+{
+    if (a->mode != b->mode)
+        return 0;
+    if (a->mode == TRAIN_FULL)
+        return 1;
+    return a->experts == b->experts && a->top_k == b->top_k && a->adapter_dim == b->adapter_dim &&
+           a->lora_rank == b->lora_rank &&
+           (a->lora_rank == 0 || a->lora_targets == b->lora_targets);
+}
+
+int model_load_trainables(model *m, const char *path, pesc_error *err)
+{
+    st_file f = {0};
+    if (st_open(&f, path, err) != 0)
+        return -1;
+    pesc_options wanted;
+    int rc = -1;
+    float *staging = NULL;
+    if (options_from_file(&f, &wanted, err) != 0)
+        goto out;
+    if (!m->grad_block) {
+        if (model_craft(m, &wanted, 0, err) != 0)
+            goto out;
+    } else if (!same_crafting(&m->pesc, &wanted)) {
+        pesc_fail(err, "%s: crafted with experts %d, top-k %d, adapter-dim %d, lora-rank %d; "
+                  "the model has %d, %d, %d, %d", path, wanted.experts, wanted.top_k,
+                  wanted.adapter_dim, wanted.lora_rank, m->pesc.experts, m->pesc.top_k,
+                  m->pesc.adapter_dim, m->pesc.lora_rank);
+        goto out;
+    }
+    /* the file's scale wins: it is part of the trained function */
+    m->pesc.adapter_scale = wanted.adapter_scale;
+    m->pesc.lora_alpha = wanted.lora_alpha;
+    size_t largest = 0;
+    for (int i = 0; i < m->n_trainables; i++)
+        largest = m->trainables[i].n > largest ? m->trainables[i].n : largest;
+    staging = xmalloc(largest * sizeof *staging);
+    for (int i = 0; i < m->n_trainables; i++) {
+        const model_tensor *t = &m->trainables[i];
+        const st_tensor *src = st_find(&f, t->name);
+        if (!src) {
+            pesc_fail(err, "%s: tensor %s is missing (the file was saved from a different "
+                      "crafting)", path, t->name);
+            goto out;
+        }
+        if (model_upload_tensor(m, t, src, path, "the crafted model needs", staging, err))
+            goto out;
+    }
+    rc = 0;
+out:
+    free(staging);
+    st_close(&f);
+    return rc;
+}
+
+int model_save_trainables(model *m, const char *path, pesc_error *err)
+{
+    if (!m->grad_block)
+        return pesc_fail(err, "nothing to save: the model is not crafted");
+    size_t total = 0;
+    for (int i = 0; i < m->n_trainables; i++)
+        total += m->trainables[i].n;
+    float *host = xmalloc((total ? total : 1) * sizeof *host);
+    st_write_tensor *out = xcalloc((size_t)m->n_trainables, sizeof *out);
+    size_t at = 0;
+    for (int i = 0; i < m->n_trainables; i++) {
+        const model_tensor *t = &m->trainables[i];
+        backend_download(m->backend, host + at, t->data, t->n * sizeof *host);
+        out[i] = (st_write_tensor){.name = t->name, .dtype = ST_F32, .ndim = t->ndim,
+                                   .shape = {t->shape[0], t->shape[1]}, .data = host + at};
+        at += t->n;
+    }
+    char experts[16], topk[16], dim[16], scale[32], rank[16], alpha[32], targets[64] = "";
+    const pesc_options *o = &m->pesc;
+    snprintf(experts, sizeof experts, "%d", o->experts);
+    snprintf(topk, sizeof topk, "%d", o->top_k);
+    snprintf(dim, sizeof dim, "%d", o->adapter_dim);
+    snprintf(scale, sizeof scale, "%.9g", (double)o->adapter_scale);
+    snprintf(rank, sizeof rank, "%d", o->lora_rank);
+    snprintf(alpha, sizeof alpha, "%.9g", (double)o->lora_alpha);
+    for (int s = 0; s < LORA_SITES; s++)
+        if (o->lora_targets & (1u << s))
+            snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s%s",
+                     targets[0] ? "," : "", pesc_lora_site_name(s));
+    const char *keys[] = {"format", "num_experts", "topk", "adapter_dim", "moe_scaling",
+                          "lora_rank", "lora_alpha", "lora_targets"};
+    const char *values[] = {"pt", experts, topk, dim, scale, rank, alpha, targets};
+    const char *full_keys[] = {"format", "pesc_mode"};
+    const char *full_values[] = {"pt", "full"};
+    int full = o->mode == TRAIN_FULL;
+    int rc = st_write(path, out, m->n_trainables, full ? full_keys : keys,
+                      full ? full_values : values, full ? 2 : (o->lora_rank ? 8 : 5), err);
+    free(out);
+    free(host);
+    return rc;
+}

@@ -1,0 +1,548 @@
+/* model_forward — the passes: forward (inference and training), next-token losses, and the
+ * backward pass of whatever is trainable.
+ *
+ * One forward serves both uses: in inference every layer writes the same activation buffers,
+ * in training each layer keeps its own for the backward pass. A PESC layer runs the frozen
+ * FFN once per token, then only the adapters its tokens picked (DESIGN section 1). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "model_internal.h"
+
+/* ---- activation buffers ------------------------------------------------------------------- */
+
+typedef struct carver {
+    void ***slots;
+    size_t *counts;              /* in 4-byte elements */
+    int n, cap;
+} carver;
+
+static void want(carver *c, void *slot, size_t count)
+{
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 128;
+        c->slots = xrealloc(c->slots, (size_t)c->cap * sizeof *c->slots);
+        c->counts = xrealloc(c->counts, (size_t)c->cap * sizeof *c->counts);
+    }
+    c->slots[c->n] = slot;
+    c->counts[c->n++] = count;
+}
+
+static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+/* One layer's buffers; in inference x_in and x_mid are the shared residual stream. */
+static void want_layer(model *m, carver *c, layer_acts *a, size_t N, int training)
+{
+    const hf_config *cf = &m->config;
+    size_t C = (size_t)cf->hidden_size, F = (size_t)cf->intermediate_size;
+    size_t q = (size_t)cf->n_heads * cf->head_dim, kv = (size_t)cf->n_kv_heads * cf->head_dim;
+    if (training) {
+        want(c, &a->x_in, N * C);
+        want(c, &a->x_mid, N * C);
+    }
+    want(c, &a->xn1, N * C);
+    want(c, &a->rstd1, N);
+    want(c, &a->q, N * q);
+    want(c, &a->k, N * kv);
+    want(c, &a->v, N * kv);
+    want(c, &a->att, N * q);
+    want(c, &a->lse, N * (size_t)cf->n_heads);
+    want(c, &a->xn2, N * C);
+    want(c, &a->rstd2, N);
+    want(c, &a->gate, N * F);
+    want(c, &a->up, N * F);
+    want(c, &a->act, N * F);
+    want(c, &a->h, N * C);
+    if (m->crafted) {
+        size_t E = (size_t)m->pesc.experts, K = (size_t)m->pesc.top_k;
+        size_t R = (size_t)m->pesc.adapter_dim;
+        want(c, &a->router_logits, N * E);
+        want(c, &a->probs, N * E);
+        want(c, &a->router_lse, N);
+        want(c, &a->topk_idx, N * K);
+        want(c, &a->topk_w, N * K);
+        want(c, &a->perm, N * K);
+        want(c, &a->gathered, N * K * C);
+        want(c, &a->pre, N * K * R);
+        want(c, &a->gelu, N * K * R);
+        if (training && m->pesc.adapter_dropout > 0)
+            want(c, &a->mask, N * K * C);
+        for (int s = 0; s < LORA_SITES; s++)
+            if (m->pesc.lora_rank > 0 && (m->pesc.lora_targets & (1u << s)))
+                want(c, &a->lora_t[s], N * (size_t)m->pesc.lora_rank);
+    }
+}
+
+static void want_gradients(model *m, carver *c, size_t N)
+{
+    const hf_config *cf = &m->config;
+    model_activations *a = &m->act;
+    size_t C = (size_t)cf->hidden_size, F = (size_t)cf->intermediate_size;
+    size_t q = (size_t)cf->n_heads * cf->head_dim, kv = (size_t)cf->n_kv_heads * cf->head_dim;
+    want(c, &a->dx, N * C);
+    want(c, &a->dxn, N * C);
+    want(c, &a->dh, N * C);
+    want(c, &a->dq, N * q);
+    want(c, &a->dk, N * kv);
+    want(c, &a->dv, N * kv);
+    want(c, &a->datt, N * q);
+    want(c, &a->dgate, N * F);
+    want(c, &a->dup, N * F);
+    want(c, &a->dact, N * F);
+    if (m->crafted) {
+        want(c, &a->drouter, N * (size_t)m->pesc.experts);
+        want(c, &a->dtopk_w, N * (size_t)m->pesc.top_k);
+        want(c, &a->aux_grad, (size_t)m->pesc.experts);
+        if (m->pesc.lora_rank > 0)
+            want(c, &a->dlora, N * (size_t)m->pesc.lora_rank);
+    }
+}
+
+void model_free_activations(model *m)
+{
+    model_activations *a = &m->act;
+    if (a->layers)
+        for (int l = 0; l < m->config.n_layers; l++)
+            free(a->layers[l].offsets);
+    free(a->layers);
+    if (m->backend)
+        backend_free(m->backend, m->act_block);
+    m->act_block = NULL;
+    memset(a, 0, sizeof *a);
+}
+
+int model_ensure_activations(model *m, int B, int T, int training, pesc_error *err)
+{
+    int N = B * T;
+    if (N <= m->act.capacity && m->act.per_layer == training)
+        return 0;
+    model_free_activations(m);
+    const hf_config *cf = &m->config;
+    model_activations *a = &m->act;
+    size_t n = (size_t)N, C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
+    size_t K = m->crafted ? (size_t)m->pesc.top_k : 1;
+    size_t rows = (64u << 20) / (V * sizeof(float));   /* ~64 MiB of logits at most */
+    rows = rows < 1 ? 1 : rows > n ? n : rows;
+    size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
+    a->layers = xcalloc((size_t)cf->n_layers, sizeof *a->layers);
+    carver c = {0};
+    for (int l = 0; l < (training ? cf->n_layers : 1); l++)
+        want_layer(m, &c, &a->layers[l], n, training);
+    want(&c, &a->x, n * C);
+    want(&c, &a->xn, n * C);
+    want(&c, &a->rstd, n);
+    want(&c, &a->logits, rows * V);
+    want(&c, &a->losses, rows);
+    want(&c, &a->scratch, n * K * widest);
+    if (m->crafted)
+        want(&c, &a->scratch_r, n * K * (size_t)m->pesc.adapter_dim);
+    want(&c, &a->tokens, n);
+    want(&c, &a->targets, n);
+    want(&c, &a->pos, n);
+    if (training)
+        want_gradients(m, &c, n);
+    size_t total = 0;
+    for (int i = 0; i < c.n; i++)
+        total += model_pad(c.counts[i]);
+    m->act_block = backend_alloc(m->backend, total * sizeof(float), err);
+    if (m->act_block) {
+        float *cursor = m->act_block;
+        for (int i = 0; i < c.n; i++) {
+            *c.slots[i] = cursor;
+            cursor += model_pad(c.counts[i]);
+        }
+    }
+    free(c.slots);
+    free(c.counts);
+    if (!m->act_block) {
+        model_free_activations(m);
+        return -1;
+    }
+    for (int l = 0; l < cf->n_layers; l++) {
+        layer_acts *L = &a->layers[l];
+        if (!training && l > 0)
+            *L = a->layers[0];   /* inference: one set for every layer */
+        if (!training)
+            L->x_in = L->x_mid = a->x;
+        L->offsets = m->crafted ? xcalloc((size_t)m->pesc.experts + 1, sizeof(int)) : NULL;
+    }
+    a->capacity = N;
+    a->per_layer = training;
+    a->logit_rows = (int)rows;
+    return 0;
+}
+
+/* ---- linear layers with optional LoRA ----------------------------------------------------- */
+
+typedef struct linear {
+    const float *weight, *bias;  /* (out, in), (out) or NULL */
+    const float *lora_a, *lora_b;   /* (rank, in), (out, rank) or NULL */
+    int in, out;
+} linear;
+
+static linear site_linear(const model *m, int l, int site)
+{
+    const hf_config *c = &m->config;
+    const model_layer *L = &m->layers[l];
+    int C = c->hidden_size, F = c->intermediate_size;
+    int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    linear lin = {0};
+    switch (site) {
+    case LORA_Q: lin = (linear){L->wq, L->bq, NULL, NULL, C, q}; break;
+    case LORA_K: lin = (linear){L->wk, L->bk, NULL, NULL, C, kv}; break;
+    case LORA_V: lin = (linear){L->wv, L->bv, NULL, NULL, C, kv}; break;
+    case LORA_O: lin = (linear){L->wo, L->bo, NULL, NULL, q, C}; break;
+    case LORA_GATE: lin = (linear){L->w_gate, NULL, NULL, NULL, C, F}; break;
+    case LORA_UP: lin = (linear){L->w_up, NULL, NULL, NULL, C, F}; break;
+    default: lin = (linear){L->w_down, NULL, NULL, NULL, F, C}; break;
+    }
+    if (m->crafted) {
+        lin.lora_a = m->pesc_layers[l].lora_a[site];
+        lin.lora_b = m->pesc_layers[l].lora_b[site];
+    }
+    return lin;
+}
+
+static float lora_scale(const model *m)
+{
+    return m->pesc.lora_rank > 0 ? m->pesc.lora_alpha / (float)m->pesc.lora_rank : 0.0f;
+}
+
+/* out = inp W^T + b + (alpha/rank) (inp A^T) B^T; the scaled inner product t is kept. */
+static void linear_forward(model *m, int l, int site, layer_acts *a, float *out,
+                           const float *inp, int N)
+{
+    pesc_backend *b = m->backend;
+    linear lin = site_linear(m, l, site);
+    matmul_forward(b, out, inp, lin.weight, lin.bias, N, lin.in, lin.out);
+    if (!lin.lora_a)
+        return;
+    int r = m->pesc.lora_rank;
+    float *t = a->lora_t[site];
+    matmul_forward(b, t, inp, lin.lora_a, NULL, N, lin.in, r);
+    vector_scale(b, t, lora_scale(m), (size_t)N * r);
+    matmul_forward(b, m->act.scratch, t, lin.lora_b, NULL, N, r, lin.out);
+    vector_axpy(b, out, m->act.scratch, 1.0f, (size_t)N * lin.out);
+}
+
+/* dinp += dout (W + s B A); gradients of whatever in W, b, A, B is trainable. */
+static void linear_backward(model *m, int l, int site, layer_acts *a, float *dinp,
+                            const float *dout, const float *inp, int N)
+{
+    pesc_backend *b = m->backend;
+    linear lin = site_linear(m, l, site);
+    matmul_backward(b, dinp, model_grad_of(m, lin.weight), model_grad_of(m, lin.bias), dout, inp,
+                    lin.weight, N, lin.in, lin.out);
+    if (!lin.lora_a)
+        return;
+    int r = m->pesc.lora_rank;
+    float *dt = m->act.dlora;
+    vector_zero(b, dt, (size_t)N * r);
+    matmul_backward(b, dt, model_grad_of(m, lin.lora_b), NULL, dout, a->lora_t[site],
+                    lin.lora_b, N, r, lin.out);
+    vector_scale(b, dt, lora_scale(m), (size_t)N * r);
+    matmul_backward(b, dinp, model_grad_of(m, lin.lora_a), NULL, dt, inp, lin.lora_a, N, lin.in, r);
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+static double uniform01(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return (double)(*state >> 11) / 9007199254740992.0;
+}
+
+/* Groups (token, slot) pairs by expert with a counting sort, on the host: the group sizes
+ * decide the GEMM shapes, so they are needed here anyway (on a GPU this is the one place a
+ * step waits for the device). Also takes the load-balancing and z-loss values. */
+static void route_layer(model *m, int l, layer_acts *a, int N, int dropout)
+{
+    pesc_backend *b = m->backend;
+    int E = m->pesc.experts, K = m->pesc.top_k, NK = N * K;
+    int32_t *idx = xmalloc((size_t)NK * sizeof *idx), *perm = xmalloc((size_t)NK * sizeof *perm);
+    float *probs = xmalloc((size_t)N * E * sizeof *probs), *lse = xmalloc((size_t)N * sizeof *lse);
+    backend_download(b, idx, a->topk_idx, (size_t)NK * sizeof *idx);
+    backend_download(b, probs, a->probs, (size_t)N * E * sizeof *probs);
+    backend_download(b, lse, a->router_lse, (size_t)N * sizeof *lse);
+    int *counts = m->route_counts + (size_t)l * E, *off = a->offsets;
+    memset(counts, 0, (size_t)E * sizeof *counts);
+    for (int i = 0; i < NK; i++)
+        counts[idx[i]]++;
+    off[0] = 0;
+    for (int e = 0; e < E; e++)
+        off[e + 1] = off[e] + counts[e];
+    int *fill = xmalloc((size_t)E * sizeof *fill);
+    memcpy(fill, off, (size_t)E * sizeof *fill);
+    for (int i = 0; i < NK; i++)
+        perm[fill[idx[i]]++] = i;
+    backend_upload(b, a->perm, perm, (size_t)NK * sizeof *perm);
+    /* Switch loss: alpha * E * sum_i f_i P_i; z-loss: z * mean(lse^2) */
+    double aux = 0.0, z = 0.0;
+    for (int e = 0; e < E; e++) {
+        double mean_p = 0.0;
+        for (int n = 0; n < N; n++)
+            mean_p += probs[(size_t)n * E + e];
+        aux += (double)counts[e] / NK * (mean_p / N);
+    }
+    for (int n = 0; n < N; n++)
+        z += (double)lse[n] * lse[n];
+    m->losses.aux += m->pesc.aux_coef * E * aux;
+    m->losses.z += m->pesc.z_coef * z / N;
+    if (dropout && a->mask) {
+        size_t n = (size_t)NK * m->config.hidden_size;
+        float keep = 1.0f / (1.0f - m->pesc.adapter_dropout), *mask = xmalloc(n * sizeof *mask);
+        for (size_t i = 0; i < n; i++)
+            mask[i] = uniform01(&m->rng) < m->pesc.adapter_dropout ? 0.0f : keep;
+        backend_upload(b, a->mask, mask, n * sizeof *mask);
+        free(mask);
+    }
+    free(fill);
+    free(idx);
+    free(perm);
+    free(probs);
+    free(lse);
+}
+
+/* ---- forward ------------------------------------------------------------------------------ */
+
+static void attention_block(model *m, int l, layer_acts *a, int B, int T)
+{
+    const hf_config *c = &m->config;
+    pesc_backend *b = m->backend;
+    int N = B * T, C = c->hidden_size, D = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
+    rmsnorm_forward(b, a->xn1, a->rstd1, a->x_in, m->layers[l].attn_norm, N, C,
+                    (float)c->rms_norm_eps);
+    linear_forward(m, l, LORA_Q, a, a->q, a->xn1, N);
+    linear_forward(m, l, LORA_K, a, a->k, a->xn1, N);
+    linear_forward(m, l, LORA_V, a, a->v, a->xn1, N);
+    rope_forward(b, a->q, a->q, m->act.pos, m->inv_freq, N, Hq, D);
+    rope_forward(b, a->k, a->k, m->act.pos, m->inv_freq, N, Hkv, D);
+    attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D, c->sliding_window);
+    /* h is free until the FFN writes it; scratch holds LoRA's product */
+    linear_forward(m, l, LORA_O, a, a->h, a->att, N);
+    residual_forward(b, a->x_mid, a->x_in, a->h, (size_t)N * C);
+}
+
+/* x_out = x_mid + h + s * sum_k w_k U_k GELU(D_k h), with h = FFN(norm(x_mid)) once. */
+static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int dropout)
+{
+    const hf_config *c = &m->config;
+    pesc_backend *b = m->backend;
+    int C = c->hidden_size, F = c->intermediate_size;
+    rmsnorm_forward(b, a->xn2, a->rstd2, a->x_mid, m->layers[l].ffn_norm, N, C,
+                    (float)c->rms_norm_eps);
+    linear_forward(m, l, LORA_GATE, a, a->gate, a->xn2, N);
+    linear_forward(m, l, LORA_UP, a, a->up, a->xn2, N);
+    swiglu_forward(b, a->act, a->gate, a->up, (size_t)N * F);
+    linear_forward(m, l, LORA_DOWN, a, a->h, a->act, N);
+    residual_forward(b, x_out, a->x_mid, a->h, (size_t)N * C);
+    if (!m->crafted)
+        return;
+    const pesc_layer *P = &m->pesc_layers[l];
+    int E = m->pesc.experts, K = m->pesc.top_k;
+    matmul_forward(b, a->router_logits, a->xn2, P->router, NULL, N, C, E);
+    moe_route_forward(b, a->topk_idx, a->topk_w, a->probs, a->router_lse, a->router_logits, N, E,
+                      K);
+    route_layer(m, l, a, N, dropout);
+    moe_adapter_forward(b, x_out, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
+                        dropout ? a->mask : NULL, P->down, P->up, a->perm, a->offsets,
+                        a->topk_w, N, K, E, C, m->pesc.adapter_dim, m->pesc.adapter_scale);
+}
+
+/* training keeps every layer's activations; dropout applies the adapter dropout (training
+ * only, and only where the options ask for it). */
+static int forward_all(model *m, const int32_t *tokens, int B, int T, int training, int dropout,
+                       pesc_error *err)
+{
+    const hf_config *c = &m->config;
+    int N = B * T;
+    if (B <= 0 || T <= 0)
+        return pesc_fail(err, "model: empty batch");
+    for (int i = 0; i < N; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return pesc_fail(err, "token id %d is outside the model's vocabulary (%d tokens)",
+                             tokens[i], c->vocab_size);
+    if (model_ensure_activations(m, B, T, training, err) != 0)
+        return -1;
+    model_activations *a = &m->act;
+    int32_t *pos = xmalloc((size_t)N * sizeof *pos);
+    for (int i = 0; i < N; i++)
+        pos[i] = i % T;
+    backend_upload(m->backend, a->pos, pos, (size_t)N * sizeof *pos);
+    backend_upload(m->backend, a->tokens, tokens, (size_t)N * sizeof *tokens);
+    free(pos);
+    m->B = B;
+    m->T = T;
+    m->losses = (model_losses){0};
+    embedding_forward(m->backend, a->layers[0].x_in, a->tokens, m->embed, N, c->hidden_size);
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_acts *L = &a->layers[l];
+        float *x_out = training && l + 1 < c->n_layers ? a->layers[l + 1].x_in : a->x;
+        attention_block(m, l, L, B, T);
+        ffn_block(m, l, L, x_out, N, training && dropout);
+    }
+    rmsnorm_forward(m->backend, a->xn, a->rstd, a->x, m->final_norm, N, c->hidden_size,
+                    (float)c->rms_norm_eps);
+    return 0;
+}
+
+int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err)
+{
+    return forward_all(m, tokens, B, T, 0, 0, err);
+}
+
+static int check_targets(const model *m, const int32_t *targets, int N, long long *count,
+                         pesc_error *err)
+{
+    *count = 0;
+    for (int i = 0; i < N; i++) {
+        if (targets[i] >= m->config.vocab_size)
+            return pesc_fail(err, "label %d is outside the model's vocabulary (%d tokens)",
+                             targets[i], m->config.vocab_size);
+        *count += targets[i] >= 0;
+    }
+    return 0;
+}
+
+/* Logits a slice of rows at a time: loss of each row, and, when scale_grad != 0, the head's
+ * backward (dxn rows and the LM head's gradient when it trains). */
+static double head_pass(model *m, const int32_t *targets, float scale_grad, float *logits_out)
+{
+    const hf_config *c = &m->config;
+    pesc_backend *b = m->backend;
+    model_activations *a = &m->act;
+    int N = m->B * m->T, C = c->hidden_size, V = c->vocab_size;
+    float *losses = xmalloc((size_t)a->logit_rows * sizeof *losses);
+    double sum = 0.0;
+    if (scale_grad != 0.0f)
+        vector_zero(b, a->dxn, (size_t)N * C);
+    for (int start = 0; start < N; start += a->logit_rows) {
+        int rows = N - start < a->logit_rows ? N - start : a->logit_rows;
+        const float *xn = a->xn + (size_t)start * C;
+        matmul_forward(b, a->logits, xn, m->lm_head, NULL, rows, C, V);
+        crossentropy_forward(b, a->losses, a->logits, a->targets + start, rows, V);
+        backend_download(b, losses, a->losses, (size_t)rows * sizeof *losses);
+        if (logits_out)
+            backend_download(b, logits_out + (size_t)start * V, a->logits,
+                             (size_t)rows * V * sizeof(float));
+        for (int i = 0; i < rows; i++)
+            if (targets[start + i] >= 0)
+                sum += losses[i];
+        if (scale_grad == 0.0f)
+            continue;
+        crossentropy_backward(b, a->logits, a->logits, a->targets + start, scale_grad, rows, V);
+        matmul_backward(b, a->dxn + (size_t)start * C, model_grad_of(m, m->lm_head), NULL,
+                        a->logits, xn, m->lm_head, rows, C, V);
+    }
+    free(losses);
+    return sum;
+}
+
+int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
+              float *logits_out, pesc_error *err)
+{
+    int N = m->B * m->T;
+    if (N <= 0)
+        return pesc_fail(err, "model_nll: no forward pass to score");
+    if (check_targets(m, targets, N, count, err) != 0)
+        return -1;
+    backend_upload(m->backend, m->act.targets, targets, (size_t)N * sizeof *targets);
+    *nll = head_pass(m, targets, 0.0f, logits_out);
+    return 0;
+}
+
+/* ---- backward ----------------------------------------------------------------------------- */
+
+/* In: act.dx = d loss / d x_out of layer l. Out: act.dx = d loss / d x_in. */
+static void layer_backward(model *m, int l, float loss_scale)
+{
+    const hf_config *c = &m->config;
+    pesc_backend *b = m->backend;
+    model_activations *g = &m->act;
+    layer_acts *a = &g->layers[l];
+    const model_layer *L = &m->layers[l];
+    int N = m->B * m->T, C = c->hidden_size, F = c->intermediate_size, D = c->head_dim;
+    int Hq = c->n_heads, Hkv = c->n_kv_heads;
+    /* x_out = x_mid + h + adapters(h): h receives dx directly and through the adapters */
+    vector_zero(b, g->dh, (size_t)N * C);
+    vector_axpy(b, g->dh, g->dx, 1.0f, (size_t)N * C);
+    vector_zero(b, g->dxn, (size_t)N * C);
+    if (m->crafted) {
+        const pesc_layer *P = &m->pesc_layers[l];
+        int E = m->pesc.experts, K = m->pesc.top_k;
+        moe_adapter_backward(b, g->dh, model_grad_of(m, P->down), model_grad_of(m, P->up),
+                             g->dtopk_w, g->scratch, g->scratch_r, g->dx, a->gathered, a->pre,
+                             a->gelu, a->mask, P->down, P->up, a->perm, a->offsets, a->topk_w, N,
+                             K, E, C, m->pesc.adapter_dim, m->pesc.adapter_scale);
+        /* d aux / d P_i = alpha * E * f_i, f from this forward's counts */
+        float *aux_grad = xmalloc((size_t)E * sizeof *aux_grad);
+        for (int e = 0; e < E; e++)
+            aux_grad[e] = loss_scale * m->pesc.aux_coef * E *
+                          (float)m->route_counts[(size_t)l * E + e] / (float)(N * K);
+        backend_upload(b, g->aux_grad, aux_grad, (size_t)E * sizeof *aux_grad);
+        free(aux_grad);
+        moe_route_backward(b, g->drouter, g->dtopk_w, a->topk_idx, a->topk_w, a->probs,
+                           a->router_lse, g->aux_grad, loss_scale * m->pesc.z_coef / N, N, E, K);
+        matmul_backward(b, g->dxn, model_grad_of(m, P->router), NULL, g->drouter, a->xn2,
+                        P->router, N, C, E);
+    }
+    vector_zero(b, g->dact, (size_t)N * F);
+    linear_backward(m, l, LORA_DOWN, a, g->dact, g->dh, a->act, N);
+    swiglu_backward(b, g->dgate, g->dup, g->dact, a->gate, a->up, (size_t)N * F);
+    linear_backward(m, l, LORA_GATE, a, g->dxn, g->dgate, a->xn2, N);
+    linear_backward(m, l, LORA_UP, a, g->dxn, g->dup, a->xn2, N);
+    rmsnorm_backward(b, g->dx, model_grad_of(m, L->ffn_norm), g->dxn, a->x_mid, L->ffn_norm,
+                     a->rstd2, N, C);
+    /* now dx = d / d x_mid */
+    vector_zero(b, g->datt, (size_t)N * Hq * D);
+    linear_backward(m, l, LORA_O, a, g->datt, g->dx, a->att, N);
+    attention_backward(b, g->dq, g->dk, g->dv, g->datt, a->q, a->k, a->v, a->att, a->lse, m->B,
+                       m->T, Hq, Hkv, D, c->sliding_window);
+    rope_backward(b, g->dq, g->dq, g->pos, m->inv_freq, N, Hq, D);
+    rope_backward(b, g->dk, g->dk, g->pos, m->inv_freq, N, Hkv, D);
+    vector_zero(b, g->dxn, (size_t)N * C);
+    linear_backward(m, l, LORA_Q, a, g->dxn, g->dq, a->xn1, N);
+    linear_backward(m, l, LORA_K, a, g->dxn, g->dk, a->xn1, N);
+    linear_backward(m, l, LORA_V, a, g->dxn, g->dv, a->xn1, N);
+    rmsnorm_backward(b, g->dx, model_grad_of(m, L->attn_norm), g->dxn, a->x_in, L->attn_norm,
+                     a->rstd1, N, C);
+}
+
+int model_train_step(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                     float loss_scale, int dropout, model_losses *out, pesc_error *err)
+{
+    const hf_config *c = &m->config;
+    if (!m->grad_block)
+        return pesc_fail(err, "model_train_step: craft the model first (model_craft)");
+    int N = B * T;
+    long long count;
+    if (check_targets(m, targets, N, &count, err) != 0 ||
+        forward_all(m, tokens, B, T, 1, dropout, err) != 0)
+        return -1;
+    model_activations *a = &m->act;
+    pesc_backend *b = m->backend;
+    backend_upload(b, a->targets, targets, (size_t)N * sizeof *targets);
+    /* nothing to predict (every label ignored): the routing losses still train */
+    float ce_scale = count ? loss_scale / (float)count : 0.0f;
+    if (ce_scale == 0.0f)
+        vector_zero(b, a->dxn, (size_t)N * c->hidden_size);
+    double nll = head_pass(m, targets, ce_scale, NULL);
+    m->losses.ce = count ? nll / (double)count : 0.0;
+    m->losses.targets = count;
+    vector_zero(b, a->dx, (size_t)N * c->hidden_size);
+    rmsnorm_backward(b, a->dx, model_grad_of(m, m->final_norm), a->dxn, a->x, m->final_norm,
+                     a->rstd, N, c->hidden_size);
+    for (int l = c->n_layers - 1; l >= 0; l--)
+        layer_backward(m, l, loss_scale);
+    float *dembed = model_grad_of(m, m->embed);
+    if (dembed)
+        embedding_backward(b, dembed, a->dx, a->tokens, N, c->hidden_size);
+    if (out)
+        *out = m->losses;
+    return 0;
+}

@@ -1,0 +1,55 @@
+/* optim — AdamW with float32 state, global-norm clipping and learning-rate schedules, over one
+ * contiguous block of trainable parameters on a backend.
+ *
+ * Must not: know what the parameters are. */
+#ifndef PESC_OPTIM_H
+#define PESC_OPTIM_H
+
+#include <stddef.h>
+
+#include "backend.h"
+#include "util.h"
+
+typedef enum optim_schedule {
+    SCHEDULE_CONSTANT,           /* constant with linear warmup (default) */
+    SCHEDULE_COSINE,             /* warmup, then half a cosine down to 0 */
+    SCHEDULE_LINEAR              /* warmup, then linear down to 0 */
+} optim_schedule;
+
+typedef struct optim_config {
+    float lr;                    /* peak learning rate, 2e-4 */
+    float beta1, beta2, eps;     /* 0.9, 0.999, 1e-8 */
+    float weight_decay;          /* 0 */
+    float clip;                  /* global gradient norm limit, 0.3; 0 = off */
+    optim_schedule schedule;
+    long warmup;                 /* steps */
+    long total_steps;            /* for cosine and linear */
+} optim_config;
+
+typedef struct optimizer {
+    optim_config config;
+    pesc_backend *backend;       /* not owned */
+    float *m, *v;                /* (n) moments, backend memory */
+    size_t n;
+    long step;                   /* updates taken so far */
+} optimizer;
+
+void optim_config_default(optim_config *c);
+int optim_parse_schedule(const char *name, optim_schedule *out, pesc_error *err);
+const char *optim_schedule_name(optim_schedule s);
+
+/* The schedule's learning rate for update number `step` (0-based), as Hugging Face's
+ * get_{constant,cosine,linear}_schedule_with_warmup: during warmup lr * step / warmup. */
+double optim_lr_at(const optim_config *c, long step);
+
+int optim_init(optimizer *o, pesc_backend *b, size_t n, const optim_config *c, pesc_error *err);
+void optim_free(optimizer *o);
+
+/* Global L2 norm of grads (n). */
+double optim_grad_norm(optimizer *o, const float *grads);
+
+/* Clips grads to config.clip by global norm (as torch.nn.utils.clip_grad_norm_), then takes one
+ * AdamW step with learning rate lr. *norm_out (optional) receives the norm before clipping. */
+void optim_step(optimizer *o, float *params, float *grads, double lr, double *norm_out);
+
+#endif

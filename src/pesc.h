@@ -1,0 +1,48 @@
+/* pesc — the crafting options of Parameter-Efficient Sparsity Crafting (DESIGN section 1) and
+ * their command-line flags.
+ *
+ * Owns: the options, their defaults, parsing and validation. Must not: touch weights (model.c
+ * holds the crafted tensors; this module only says what to craft). */
+#ifndef PESC_PESC_H
+#define PESC_PESC_H
+
+#include "util.h"
+
+typedef enum pesc_train_mode { TRAIN_PESC, TRAIN_FULL } pesc_train_mode;
+
+/* Where LoRA can sit: the attention and FFN projections. */
+enum { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_SITES };
+
+typedef struct pesc_options {
+    pesc_train_mode mode;        /* pesc: routers + adapters (+ LoRA); full: every weight */
+    int experts;                 /* E, 8 */
+    int top_k;                   /* K, 2 */
+    int adapter_dim;             /* R, 64 */
+    float adapter_scale;         /* s (moe_scaling), 0.25 */
+    float adapter_dropout;       /* on the adapter input while training, 0.1 */
+    float aux_coef;              /* alpha of the Switch load-balancing loss, 0.01 */
+    float z_coef;                /* router z-loss, 0 */
+    int lora_rank;               /* 0 = no LoRA */
+    float lora_alpha;            /* 16 */
+    unsigned lora_targets;       /* bit (1 << LORA_*) per site; all seven by default */
+} pesc_options;
+
+void pesc_options_default(pesc_options *o);
+
+/* "q,k,v,o,gate,up,down" (any subset) into a bit mask. */
+int pesc_parse_lora_targets(const char *list, unsigned *mask, pesc_error *err);
+const char *pesc_lora_site_name(int site);    /* "q", ..., "down" */
+
+/* The crafting flags shared by every command that builds a PESC model. pesc_option_table
+ * returns getopt long options (terminated) whose `val` is >= PESC_OPT_BASE; pesc_apply_option
+ * takes one of them with its argument. Returns 0, or -1 with a message naming the flag. */
+#define PESC_OPT_BASE 0x1000
+struct option;
+const struct option *pesc_option_table(void);
+int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err);
+/* Checks that the options fit together (top-k at most the number of experts). */
+int pesc_options_check(const pesc_options *o, pesc_error *err);
+/* Usage lines for --help. */
+extern const char pesc_options_help[];
+
+#endif

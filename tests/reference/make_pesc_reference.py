@@ -1,0 +1,572 @@
+#!/usr/bin/python3
+"""Exact float64 ground truth for PESC crafting, its backward pass and AdamW.
+
+Run with the system Python (Debian's python3-torch / python3-numpy):
+
+    /usr/bin/python3 tests/reference/make_pesc_reference.py
+
+For every case below this writes, under tests/reference/data/<case>/:
+
+  config.json              HF LlamaForCausalLM config of the dense base model
+  model.safetensors        the base weights (F32, HF names)
+  trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
+  batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
+  grads.safetensors        d(total loss)/d(trainable) at the initial point (F64, same names)
+  expected.json            losses, logits, gradient norm, 10 AdamW steps (see pesc_math.md)
+
+The maths is stated in tests/reference/pesc_math.md; the comments in pesc_forward() repeat it.
+Everything is computed in float64 from the stored F32 values (exactly upcast), with one
+thread, so a rerun writes byte-identical files.  The script checks itself:
+
+  * its batched dense forward equals make_reference.forward() row by row;
+  * with every adapter_up = 0 (and every lora_B = 0) the crafted model's CE equals the dense
+    model's CE exactly (bit for bit);
+  * autograd gradients agree with central finite differences on a few entries of every
+    kind of trainable (routing is checked not to change under the perturbation);
+  * top-k routing is decisive: the gap between the k-th and (k+1)-th router logit is
+    > MIN_MARGIN for every token and layer, at the initial point and before every AdamW step.
+"""
+
+import json
+import math
+import os
+import struct
+import sys
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import make_reference as mr  # noqa: E402  (rms_norm, rotate_half, inv_freq_of, forward, ...)
+
+assert sys.byteorder == "little"
+
+DATA = os.path.join(HERE, "data")
+F64 = torch.float64
+MIN_MARGIN = 1e-6      # required by the spec; the margins actually seen are printed (and far larger)
+B, T = 2, 12           # batch rows x tokens per row
+N_STEPS = 10
+
+# --------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------
+
+def base_config(kv_heads):
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 48,
+        "max_position_embeddings": 64,
+        "mlp_bias": False,
+        "model_type": "llama",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": kv_heads,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": mr.TRANSFORMERS_VERSION,
+        "use_cache": True,
+        "vocab_size": 64,
+    }
+
+
+OPTIM = {
+    "optimizer": "adamw",        # exactly torch.optim.AdamW (decoupled weight decay)
+    "lr": 1e-2,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "eps": 1e-8,
+    "schedule": "constant_with_warmup",
+    "warmup_steps": 3,           # lr factor = step/3 for step < 3, else 1 (step 0 has lr 0)
+    "max_grad_norm": 0.3,        # torch.nn.utils.clip_grad_norm_
+    "steps": N_STEPS,
+}
+
+LORA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
+
+CASES = [
+    {"name": "pesc-e4k1", "base_seed": 3001, "init_seed": 4009, "batch_seed": 5001, "kv_heads": 4,
+     "mode": "pesc", "num_experts": 4, "topk": 1, "adapter_dim": 8, "moe_scaling": 0.25,
+     "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 0, "lora_alpha": 0, "weight_decay": 0.0},
+    {"name": "pesc-e8k2-gqa", "base_seed": 3002, "init_seed": 4004, "batch_seed": 5002, "kv_heads": 2,
+     "mode": "pesc", "num_experts": 8, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25,
+     "aux_coef": 0.01, "z_coef": 0.0, "lora_rank": 0, "lora_alpha": 0, "weight_decay": 0.0},
+    # same base model as pesc-e4k1
+    {"name": "pesc-lora", "base_seed": 3001, "init_seed": 4005, "batch_seed": 5003, "kv_heads": 4,
+     "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25,
+     "aux_coef": 0.01, "z_coef": 0.0, "lora_rank": 4, "lora_alpha": 8, "weight_decay": 0.0},
+    # same base model as pesc-e4k1, every weight trainable, no PESC layers
+    {"name": "pesc-full", "base_seed": 3001, "init_seed": 4004, "batch_seed": 5004, "kv_heads": 4,
+     "mode": "full", "num_experts": 0, "topk": 0, "adapter_dim": 0, "moe_scaling": 0.0,
+     "aux_coef": 0.0, "z_coef": 0.0, "lora_rank": 0, "lora_alpha": 0, "weight_decay": 0.01},
+]
+
+# --------------------------------------------------------------------------
+# safetensors writer (F32 / F64, custom __metadata__)
+# --------------------------------------------------------------------------
+
+ST_DTYPE = {torch.float32: "F32", torch.float64: "F64"}
+
+
+def write_safetensors(path, tensors, metadata):
+    header = {"__metadata__": metadata}
+    blobs = []
+    off = 0
+    for name, t in tensors:
+        b = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": ST_DTYPE[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hj += b" " * ((-len(hj)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)))
+        f.write(hj)
+        for b in blobs:
+            f.write(b)
+
+
+# --------------------------------------------------------------------------
+# Weights, trainables, batch
+# --------------------------------------------------------------------------
+
+
+def base_weights(case):
+    spec = {"name": case["name"], "seed": case["base_seed"], "dtype": torch.float32,
+            "config": base_config(case["kv_heads"])}
+    return mr.make_weights(spec)  # ordered [(name, F32 tensor)]
+
+
+def lora_shapes(cfg):
+    H, I = cfg["hidden_size"], cfg["intermediate_size"]
+    hd = mr.head_dim_of(cfg)
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    # target -> (module prefix inside the layer, out_features, in_features)
+    return {
+        "q": ("self_attn.q_proj", nh * hd, H),
+        "k": ("self_attn.k_proj", nkv * hd, H),
+        "v": ("self_attn.v_proj", nkv * hd, H),
+        "o": ("self_attn.o_proj", H, nh * hd),
+        "gate": ("mlp.gate_proj", I, H),
+        "up": ("mlp.up_proj", I, H),
+        "down": ("mlp.down_proj", H, I),
+    }
+
+
+def init_trainables(case, cfg, base):
+    """Ordered [(name, F32 tensor)] of every trainable's initial value."""
+    if case["mode"] == "full":
+        return [(n, t.clone()) for n, t in base]
+    g = torch.Generator().manual_seed(case["init_seed"])
+
+    def randn(shape, std):
+        return (torch.randn(*shape, generator=g, dtype=torch.float32) * std).to(torch.float32)
+
+    H = cfg["hidden_size"]
+    E, R = case["num_experts"], case["adapter_dim"]
+    out = []
+    for l in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d.mlp.moe_adapter." % l
+        out.append((p + "router.weight", randn((E, H), 0.5)))            # std 0.5: decisive routing
+        for e in range(E):
+            q = p + "experts.expert_%d." % e
+            out.append((q + "adapter_down.weight", randn((R, H), 0.3)))
+            out.append((q + "adapter_up.weight", randn((H, R), 0.1)))    # NON-zero on purpose
+    if case["lora_rank"]:
+        r = case["lora_rank"]
+        shapes = lora_shapes(cfg)
+        for l in range(cfg["num_hidden_layers"]):
+            for tgt in LORA_TARGETS:
+                mod, o, i = shapes[tgt]
+                p = "model.layers.%d.%s." % (l, mod)
+                out.append((p + "lora_A.weight", randn((r, i), 0.2)))
+                out.append((p + "lora_B.weight", randn((o, r), 0.1)))    # NON-zero on purpose
+    return out
+
+
+def make_batch(case, V):
+    g = torch.Generator().manual_seed(case["batch_seed"])
+    ids = torch.randint(0, V, (B, T), generator=g).tolist()
+    labels = [list(r) for r in ids]
+    # row 0: a masked 4-token "prompt"; row 1: a masked 2-token prompt, a masked middle token,
+    # a masked last token, and one label that differs from its input token.
+    for t in range(4):
+        labels[0][t] = -100
+    for t in range(2):
+        labels[1][t] = -100
+    labels[1][6] = -100
+    labels[1][T - 1] = -100
+    labels[1][8] = (ids[1][8] + 5) % V
+    return ids, labels
+
+
+# --------------------------------------------------------------------------
+# The model (float64)
+# --------------------------------------------------------------------------
+
+
+def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
+    """Return dict(logits [B,T,V], ce, aux, z, total, margin).
+
+    Wb: name -> float64 base weight (frozen, or the trainables themselves in full mode).
+    P:  name -> float64 trainable (routers, adapters, LoRA); unused in full mode.
+    crafted=False runs the plain dense model (no PESC, no LoRA).
+    dt: compute dtype (float64 for every written number; float32 only for the f32 replay check).
+    """
+    Bn, Tn = len(ids), len(ids[0])
+    H = cfg["hidden_size"]
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = mr.head_dim_of(cfg)
+    n_rep = nh // nkv
+    eps = cfg["rms_norm_eps"]
+    pesc = crafted and case["mode"] == "pesc"
+    lora = pesc and case["lora_rank"] > 0
+    E, K, s = case["num_experts"], case["topk"], case["moe_scaling"]
+    shapes = lora_shapes(cfg)
+
+    def W(layer, tgt):
+        # LoRA (PEFT convention, no dropout): W_eff = W + (alpha / rank) * B @ A,
+        # A [rank, in], B [out, rank].
+        mod = shapes[tgt][0]
+        name = "model.layers.%d.%s" % (layer, mod)
+        w = Wb[name + ".weight"]
+        if lora:
+            w = w + (case["lora_alpha"] / case["lora_rank"]) * (P[name + ".lora_B.weight"] @ P[name + ".lora_A.weight"])
+        return w
+
+    # RoPE (rotate-half; positions restart at 0 in every row)
+    inv_freq = mr.inv_freq_of(cfg, dt)
+    freqs = torch.outer(torch.arange(Tn, dtype=dt), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos(), emb.sin()                                    # [T, hd]
+    causal = torch.arange(Tn).unsqueeze(0) <= torch.arange(Tn).unsqueeze(1)  # [q, k]: k <= q
+
+    idt = torch.tensor(ids, dtype=torch.long)
+    x = Wb["model.embed_tokens.weight"][idt]                           # [B, T, H]
+    aux = torch.zeros((), dtype=dt)
+    z = torch.zeros((), dtype=dt)
+    margin = math.inf
+    routes = []
+    for l in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d." % l
+        # --- attention (HF Llama eager) ---
+        hn = mr.rms_norm(x, Wb[p + "input_layernorm.weight"], eps)
+        q = (hn @ W(l, "q").t()).view(Bn, Tn, nh, hd).transpose(1, 2)   # [B, nh, T, hd]
+        k = (hn @ W(l, "k").t()).view(Bn, Tn, nkv, hd).transpose(1, 2)
+        v = (hn @ W(l, "v").t()).view(Bn, Tn, nkv, hd).transpose(1, 2)
+        q = q * cos + mr.rotate_half(q) * sin
+        k = k * cos + mr.rotate_half(k) * sin
+        k = k[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)  # repeat_kv
+        v = v[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)
+        sc = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+        sc = sc.masked_fill(~causal, float("-inf"))
+        a = (torch.softmax(sc, dim=-1) @ v).transpose(1, 2).reshape(Bn, Tn, nh * hd)
+        x = x + a @ W(l, "o").t()
+        # --- FFN / PESC layer ---
+        xn = mr.rms_norm(x, Wb[p + "post_attention_layernorm.weight"], eps)   # x of DESIGN §1
+        h = (F.silu(xn @ W(l, "gate").t()) * (xn @ W(l, "up").t())) @ W(l, "down").t()  # frozen FFN, once
+        if pesc:
+            pm = p + "mlp.moe_adapter."
+            N = Bn * Tn
+            xf = xn.reshape(N, H)
+            hf = h.reshape(N, H)
+            r = xf @ P[pm + "router.weight"].t()                       # router logits [N, E]
+            srt = torch.sort(r.detach(), dim=-1, descending=True).values
+            if K < E:
+                margin = min(margin, float((srt[:, K - 1] - srt[:, K]).min()))
+            topv, topi = torch.topk(r, K, dim=-1)                      # T = top-k indices
+            routes.append([tuple(v) for v in topi.sort(dim=-1).values.tolist()])
+            w = torch.softmax(topv, dim=-1)                            # softmax over the k kept logits
+            # every expert's adapter on every token (reference only; unselected ones get no
+            # gradient because they are never used):  A_e = U_e GELU_erf(D_e h)
+            ad = torch.stack([
+                F.gelu(hf @ P[pm + "experts.expert_%d.adapter_down.weight" % e].t())
+                @ P[pm + "experts.expert_%d.adapter_up.weight" % e].t()
+                for e in range(E)], dim=1)                             # [N, E, H]
+            sel = ad.gather(1, topi.unsqueeze(-1).expand(N, K, H))     # [N, K, H]
+            y = hf + s * (w.unsqueeze(-1) * sel).sum(1)                # h + s * sum_i w_i U_i GELU(D_i h)
+            h = y.view(Bn, Tn, H)
+            # Switch load balancing: alpha * E * sum_i f_i P_i
+            #   f_i = (# (token, slot) assignments to i) / (N*K), no gradient
+            #   P_i = mean over all N tokens of softmax over ALL E logits
+            f = F.one_hot(topi, E).to(dt).sum(dim=(0, 1)) / (N * K)
+            Pm = torch.softmax(r, dim=-1).mean(0)
+            aux = aux + case["aux_coef"] * E * (f * Pm).sum()
+            # router z-loss: z_coef * mean over tokens of logsumexp(r)^2
+            z = z + case["z_coef"] * (torch.logsumexp(r, dim=-1) ** 2).mean()
+        x = x + h
+    x = mr.rms_norm(x, Wb["model.norm.weight"], eps)
+    logits = x @ Wb["lm_head.weight"].t()                              # [B, T, V]
+    # CE: logits[b, t] predicts labels[b, t+1]; -100 ignored; mean over all kept targets of the batch
+    lab = torch.tensor(labels, dtype=torch.long)[:, 1:].reshape(-1)
+    lp = torch.log_softmax(logits[:, :-1].reshape(-1, logits.shape[-1]), dim=-1)
+    keep = lab != -100
+    ce = -lp[keep].gather(1, lab[keep].unsqueeze(1)).mean()
+    total = ce + aux + z
+    return {"logits": logits, "ce": ce, "aux": aux, "z": z, "total": total, "margin": margin, "routes": routes}
+
+
+def routing_of(cfg, case, Wb, P, ids):
+    """Top-k expert indices per layer (to check that a perturbation does not reroute)."""
+    with torch.no_grad():
+        return pesc_forward(cfg, case, Wb, P, ids, [[-100] * len(r) for r in ids])["routes"]
+
+
+# --------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------
+
+
+def kind_of(name):
+    parts = name.split(".")
+    if "lora_A" in parts or "lora_B" in parts:
+        return parts[-3] + "." + parts[-2]             # e.g. q_proj.lora_A
+    if "moe_adapter" in parts:
+        return parts[-2]                               # router / adapter_down / adapter_up
+    if name.startswith("model.layers."):
+        return parts[-2]                               # q_proj, input_layernorm, ...
+    return name
+
+
+def fd_check(cfg, case, Wb, P, train, ids, labels, grads):
+    """Central differences on two entries of every kind of trainable: the one with the largest
+    |gradient| and a pseudo-random one with a non-zero gradient."""
+    names = list(train.keys())
+    kinds = {}
+    for n in names:
+        kinds.setdefault(kind_of(n), []).append(n)
+    g = torch.Generator().manual_seed(case["init_seed"] + 77)
+    h = 1e-6
+    worst = 0.0
+    checked = 0
+    route0 = routing_of(cfg, case, Wb, P, ids)
+    for kind, ns in sorted(kinds.items()):
+        best = max(ns, key=lambda n: float(grads[n].abs().max()))
+        picks = [(best, int(grads[best].abs().argmax()))]
+        rn = ns[int(torch.randint(0, len(ns), (1,), generator=g))]
+        nz = torch.nonzero(grads[rn].reshape(-1) != 0).reshape(-1)   # skip exact zeros (absent embedding rows)
+        picks.append((rn, int(nz[int(torch.randint(0, nz.numel(), (1,), generator=g))])))
+        for n, idx in picks:
+            t = train[n]
+            flat = t.view(-1)
+            old = float(flat[idx])
+            vals = []
+            for d in (+h, -h):
+                with torch.no_grad():
+                    flat[idx] = old + d
+                    assert routing_of(cfg, case, Wb, P, ids) == route0, "perturbation changed routing"
+                    vals.append(float(pesc_forward(cfg, case, Wb, P, ids, labels)["total"]))
+                    flat[idx] = old
+            fd = (vals[0] - vals[1]) / (2 * h)
+            an = float(grads[n].view(-1)[idx])
+            err = abs(fd - an) / max(abs(an), 1e-4)
+            worst = max(worst, err)
+            assert err < 1e-5, (case["name"], n, idx, fd, an, err)
+            assert an != 0.0, (case["name"], n, idx, "zero gradient entry picked")
+            checked += 1
+    return checked, worst
+
+
+def zero_adapter_check(cfg, case, Wb, P, ids, labels):
+    """U = 0 (and LoRA B = 0): crafted CE must equal dense CE exactly."""
+    if case["mode"] != "pesc":
+        return
+    P0 = {n: (torch.zeros_like(t) if (n.endswith("adapter_up.weight") or n.endswith("lora_B.weight")) else t)
+          for n, t in P.items()}
+    with torch.no_grad():
+        c = pesc_forward(cfg, case, Wb, P0, ids, labels)
+        d = pesc_forward(cfg, case, Wb, P0, ids, labels, crafted=False)
+    assert float(c["ce"]) == float(d["ce"]), (case["name"], float(c["ce"]), float(d["ce"]))
+    assert torch.equal(c["logits"], d["logits"])
+
+
+def dense_matches_make_reference(cfg, Wb, ids, case):
+    with torch.no_grad():
+        d = pesc_forward(cfg, case, Wb, {}, ids, [[-100] * len(r) for r in ids], crafted=False)
+        for b in range(len(ids)):
+            ref = mr.forward(cfg, Wb, ids[b], F64)
+            assert torch.allclose(d["logits"][b], ref, rtol=1e-12, atol=1e-12), case["name"]
+
+
+# --------------------------------------------------------------------------
+# Build one case
+# --------------------------------------------------------------------------
+
+
+def train_steps(cfg, case, base, init, ids, labels, dt):
+    """N_STEPS of torch.optim.AdamW + constant-with-warmup + clip_grad_norm_ on the same batch,
+    starting from the stored initial trainables, computing in dtype dt.  Returns (history,
+    sum of all trainables after the last step, sum of their absolute values, final forward)."""
+    names = [n for n, _ in init]
+    train = {n: t.to(dt).clone().requires_grad_(True) for n, t in init}
+    if case["mode"] == "full":
+        Wb, P = train, {}
+    else:
+        Wb, P = {n: t.to(dt) for n, t in base}, train
+    params = [train[n] for n in names]
+    opt = torch.optim.AdamW(params, lr=OPTIM["lr"], betas=(OPTIM["beta1"], OPTIM["beta2"]), eps=OPTIM["eps"],
+                            weight_decay=case["weight_decay"], amsgrad=False, foreach=False, maximize=False)
+    wu = OPTIM["warmup_steps"]
+    # HF get_constant_schedule_with_warmup: factor step/warmup for step < warmup, else 1
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: float(st) / float(max(1, wu)) if st < wu else 1.0)
+    hist = {"steps": [], "step_ce": [], "step_aux": [], "step_z": [], "step_grad_norm": [], "step_lr": [],
+            "step_min_margin": []}
+    for _ in range(N_STEPS):
+        opt.zero_grad(set_to_none=True)
+        o = pesc_forward(cfg, case, Wb, P, ids, labels, dt=dt)
+        assert o["margin"] > MIN_MARGIN, (case["name"], "margin", o["margin"])
+        o["total"].backward()
+        # torch: coef = max_norm / (norm + 1e-6), clamped to <= 1, grads *= coef
+        gn = float(torch.nn.utils.clip_grad_norm_(params, OPTIM["max_grad_norm"]))
+        hist["step_lr"].append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        hist["steps"].append(float(o["total"]))
+        hist["step_ce"].append(float(o["ce"]))
+        hist["step_aux"].append(float(o["aux"]))
+        hist["step_z"].append(float(o["z"]))
+        hist["step_grad_norm"].append(gn)
+        hist["step_min_margin"].append(o["margin"] if o["margin"] != math.inf else None)
+    with torch.no_grad():
+        checksum = 0.0
+        abssum = 0.0
+        for n in names:
+            checksum += float(train[n].to(F64).sum())
+            abssum += float(train[n].to(F64).abs().sum())
+        fin = pesc_forward(cfg, case, Wb, P, ids, labels, dt=dt)
+    return hist, checksum, abssum, fin
+
+
+def build(case):
+    cfg = base_config(case["kv_heads"])
+    outdir = os.path.join(DATA, case["name"])
+    os.makedirs(outdir, exist_ok=True)
+    for fn in os.listdir(outdir):
+        os.remove(os.path.join(outdir, fn))
+
+    base = base_weights(case)
+    init = init_trainables(case, cfg, base)
+    ids, labels = make_batch(case, cfg["vocab_size"])
+
+    with open(os.path.join(outdir, "config.json"), "w") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    write_safetensors(os.path.join(outdir, "model.safetensors"), base, {"format": "pt"})
+    meta = {"format": "pt"}
+    if case["mode"] == "pesc":
+        meta.update({"num_experts": str(case["num_experts"]), "topk": str(case["topk"]),
+                     "adapter_dim": str(case["adapter_dim"]), "moe_scaling": repr(case["moe_scaling"])})
+        if case["lora_rank"]:
+            meta.update({"lora_rank": str(case["lora_rank"]), "lora_alpha": str(case["lora_alpha"])})
+    write_safetensors(os.path.join(outdir, "trainables.safetensors"), init, meta)
+    with open(os.path.join(outdir, "batch.json"), "w") as f:
+        f.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
+
+    # float64 working copies (exact upcasts of the stored F32 values)
+    full = case["mode"] == "full"
+    train = {n: t.to(F64).clone().requires_grad_(True) for n, t in init}
+    if full:
+        Wb, P = train, {}
+    else:
+        Wb, P = {n: t.to(F64) for n, t in base}, train
+
+    dense_matches_make_reference(cfg, {n: t.to(F64) for n, t in base}, ids, case)
+    zero_adapter_check(cfg, case, Wb, P, ids, labels)
+
+    # ---- initial point: losses, logits, gradients ----
+    out = pesc_forward(cfg, case, Wb, P, ids, labels)
+    names = [n for n, _ in init]
+    for l, layer in enumerate(out["routes"]):   # every expert gets >= 1 token, so no gradient is trivially 0
+        assert len({e for tok in layer for e in tok}) == case["num_experts"], (case["name"], "unused expert", l)
+    gl = torch.autograd.grad(out["total"], [train[n] for n in names])
+    grads = dict(zip(names, gl))
+    for n in names:
+        assert float(grads[n].abs().max()) > 0 or full, ("all-zero gradient", case["name"], n)
+    gnorm = float(torch.norm(torch.stack([torch.norm(g, 2.0) for g in gl]), 2.0))
+    assert out["margin"] > MIN_MARGIN, (case["name"], out["margin"])
+    write_safetensors(os.path.join(outdir, "grads.safetensors"), [(n, grads[n].detach().clone()) for n in names],
+                      {"format": "pt"})
+
+    nfd, fdworst = fd_check(cfg, case, Wb, P, train, ids, labels, grads)
+
+    # ---- 10 AdamW steps on the same batch ----
+    hist, checksum, abssum, fin = train_steps(cfg, case, base, init, ids, labels, F64)
+    # the same run in float32 (torch's own f32 arithmetic): how far an f32 implementation may drift
+    h32, cs32, as32, _ = train_steps(cfg, case, base, init, ids, labels, torch.float32)
+    f32_rel = max(abs(a - b) / abs(a) for a, b in zip(hist["steps"], h32["steps"]))
+    assert f32_rel < 1e-5, (case["name"], "f32 replay drifts", f32_rel)
+    assert abs(cs32 - checksum) < 1e-3, (case["name"], "f32 replay checksum", cs32, checksum)
+
+    config = {
+        "mode": case["mode"],
+        "base": {k: cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                     "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "rope_theta",
+                                     "tie_word_embeddings")},
+        "head_dim": mr.head_dim_of(cfg),
+        "batch": B, "seq": T,
+        "num_experts": case["num_experts"], "topk": case["topk"], "adapter_dim": case["adapter_dim"],
+        "moe_scaling": case["moe_scaling"], "adapter_dropout": 0.0, "adapter_act": "gelu_erf",
+        "aux_coef": case["aux_coef"], "z_coef": case["z_coef"],
+        "lora_rank": case["lora_rank"], "lora_alpha": case["lora_alpha"],
+        "lora_scaling": (case["lora_alpha"] / case["lora_rank"]) if case["lora_rank"] else 0.0,
+        "lora_targets": LORA_TARGETS if case["lora_rank"] else [],
+        "lora_dropout": 0.0,
+        "weight_decay": case["weight_decay"],
+        "weight_decay_on": "every trainable" if case["weight_decay"] else "none",
+    }
+    config.update(OPTIM)
+    expected = {
+        "config": config,
+        "loss": float(out["ce"]),
+        "aux_loss": float(out["aux"]),
+        "z_loss": float(out["z"]),
+        "total": float(out["total"]),
+        "grad_norm": gnorm,
+        "min_router_margin": out["margin"] if out["margin"] != math.inf else None,
+        "trainable_names": names,
+        "num_trainable_params": int(sum(t.numel() for _, t in init)),
+        "logits": out["logits"].detach().tolist(),
+        "steps": hist["steps"],
+        "step_ce": hist["step_ce"],
+        "step_aux": hist["step_aux"],
+        "step_z": hist["step_z"],
+        "step_grad_norm": hist["step_grad_norm"],
+        "step_lr": hist["step_lr"],
+        "step_min_margin": hist["step_min_margin"],
+        "final_total": float(fin["total"]),
+        "final_trainables_checksum": checksum,
+        "final_trainables_abs_sum": abssum,
+        # float32 replay of the same 10 steps by torch (informative, for choosing tolerances)
+        "f32_replay": {"steps": h32["steps"], "steps_max_rel_err": f32_rel,
+                       "final_trainables_checksum": cs32, "final_trainables_abs_sum": as32},
+    }
+    with open(os.path.join(outdir, "expected.json"), "w") as f:
+        f.write(json.dumps(expected) + "\n")
+
+    mm = [m for m in hist["step_min_margin"] if m is not None] + ([out["margin"]] if out["margin"] != math.inf else [])
+    print("%-14s CE %.12f aux %.12g z %.12g total %.12f |g| %.10g  steps %.6f -> %.6f  checksum %.10g  "
+          "min margin %s  fd %d entries, worst rel err %.1e"
+          % (case["name"], float(out["ce"]), float(out["aux"]), float(out["z"]), float(out["total"]), gnorm,
+             hist["steps"][0], hist["steps"][-1], checksum, ("%.3g" % min(mm)) if mm else "n/a", nfd, fdworst))
+
+
+def main():
+    torch.manual_seed(0)       # nothing uses the global generator
+    torch.set_num_threads(1)   # fixed reduction order
+    os.makedirs(DATA, exist_ok=True)
+    for case in CASES:
+        build(case)
+
+
+if __name__ == "__main__":
+    main()
