@@ -166,9 +166,9 @@ void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dou
     b->ops->swiglu_backward(b->context, dgate, dup, dout, gate, up, n);
 }
 
-void crossentropy_backward(pesc_backend *b, float *dlogits, const float *logits, const int32_t *targets, float scale, int N, int V)
+void crossentropy_backward(pesc_backend *b, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V)
 {
-    b->ops->crossentropy_backward(b->context, dlogits, logits, targets, scale, N, V);
+    b->ops->crossentropy_backward(b->context, dlogits, losses, logits, targets, scale, N, V);
 }
 
 void vector_zero(pesc_backend *b, float *x, size_t n)

@@ -135,8 +135,9 @@ void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const 
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout,
                      const float *gate, const float *up, size_t n);
 /* dlogits (N, V) overwritten with (softmax - onehot(target)) * scale; rows with target < 0
- * become 0. May equal logits. */
-void crossentropy_backward(pesc_backend *b, float *dlogits, const float *logits,
+ * become 0. May equal logits. losses (N), when not NULL, receives what crossentropy_forward
+ * would, from the same softmax (training needs both; one pass over the logits). */
+void crossentropy_backward(pesc_backend *b, float *dlogits, float *losses, const float *logits,
                            const int32_t *targets, float scale, int N, int V);
 
 /* ---- vectors and the optimizer ------------------------------------------------------------ */

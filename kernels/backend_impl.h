@@ -34,7 +34,7 @@ typedef struct backend_ops {
     void (*rope_backward)(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
     void (*attention_backward)(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window);
     void (*swiglu_backward)(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
-    void (*crossentropy_backward)(void *ctx, float *dlogits, const float *logits, const int32_t *targets, float scale, int N, int V);
+    void (*crossentropy_backward)(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
     void (*vector_zero)(void *ctx, float *x, size_t n);
     void (*vector_axpy)(void *ctx, float *y, const float *x, float alpha, size_t n);
     void (*vector_scale)(void *ctx, float *x, float alpha, size_t n);

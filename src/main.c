@@ -16,9 +16,10 @@ static const char overview[] =
     "  eval      mean next-token loss of a model over a dataset\n"
     "  inspect   summary of a model directory, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
+    "  bench     training-step throughput and MFU on a random PESC model\n"
     "\n"
     "Not in this build yet: the workbench (pesc with no command, tui, view), train, generate,\n"
-    "tokenize, fetch, export, bench.\n"
+    "tokenize, fetch, export.\n"
     "\n"
     "  pesc COMMAND --help    options of one command\n"
     "  pesc --version         version and built backends\n"
@@ -33,6 +34,7 @@ static const command commands[] = {
     {"eval", cmd_eval},
     {"inspect", cmd_inspect},
     {"devices", cmd_devices},
+    {"bench", cmd_bench},
 };
 
 int main(int argc, char **argv)

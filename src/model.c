@@ -3,6 +3,7 @@
 #include "model.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,32 +103,46 @@ int model_upload_tensor(model *m, const model_tensor *t, const st_tensor *src, c
     return 0;
 }
 
+/* Lists the tensors, allocates the block and points every tensor into it. */
+static int layout_weights(model *m, param_list *list, size_t *largest, pesc_error *err)
+{
+    list_params(m, list);
+    size_t total = 0;
+    *largest = 0;
+    for (int i = 0; i < list->n; i++) {
+        total += model_pad(list->items[i].n);
+        *largest = list->items[i].n > *largest ? list->items[i].n : *largest;
+    }
+    m->base_tensors = list->items;
+    m->n_base_tensors = list->n;
+    m->param_block = backend_alloc(m->backend, total * sizeof(float), err);
+    if (!m->param_block)
+        return -1;
+    float *cursor = m->param_block;
+    m->n_params = 0;
+    for (int i = 0; i < list->n; i++) {
+        model_tensor *t = &list->items[i];
+        t->data = *list->slots[i] = cursor;
+        cursor += model_pad(t->n);
+        m->n_params += (long long)t->n;
+    }
+    if (m->config.tie_word_embeddings)
+        m->lm_head = m->embed;
+    return 0;
+}
+
 static int load_weights(model *m, const char *dir, pesc_error *err)
 {
     param_list list = {0};
-    list_params(m, &list);
-    size_t total = 0, largest = 0;
-    for (int i = 0; i < list.n; i++) {
-        total += model_pad(list.items[i].n);
-        largest = list.items[i].n > largest ? list.items[i].n : largest;
-    }
+    size_t largest;
     int rc = -1;
     st_set set = {0};
     float *staging = NULL;
-    m->base_tensors = list.items;
-    m->n_base_tensors = list.n;
-    if (st_set_open(&set, dir, err) != 0)
+    if (st_set_open(&set, dir, err) != 0 || layout_weights(m, &list, &largest, err) != 0)
         goto out;
-    m->param_block = backend_alloc(m->backend, total * sizeof(float), err);
-    if (!m->param_block)
-        goto out;
-    m->n_params = 0;
     staging = xmalloc(largest * sizeof(float));
-    float *cursor = m->param_block;
     for (int i = 0; i < list.n; i++) {
         model_tensor *t = &list.items[i];
-        t->data = *list.slots[i] = cursor;
-        cursor += model_pad(t->n);
         const st_file *file = NULL;
         const st_tensor *src = st_set_find(&set, t->name, &file);
         if (!src) {
@@ -137,16 +152,28 @@ static int load_weights(model *m, const char *dir, pesc_error *err)
         }
         if (model_upload_tensor(m, t, src, file->path, "config.json implies", staging, err))
             goto out;
-        m->n_params += (long long)t->n;
     }
-    if (m->config.tie_word_embeddings)
-        m->lm_head = m->embed;
     rc = 0;
 out:
     free(staging);
     st_set_close(&set);
     free(list.slots);
+    if (!m->base_tensors)
+        free(list.items);
     return rc;
+}
+
+static int upload_inv_freq(model *m, pesc_error *err)
+{
+    pesc_backend *b = m->backend;
+    int half = m->config.head_dim / 2;
+    float *inv_freq = xmalloc((size_t)half * sizeof(float));
+    hfconfig_inv_freq(&m->config, inv_freq);
+    m->inv_freq = backend_alloc(b, (size_t)half * sizeof(float), err);
+    if (m->inv_freq)
+        backend_upload(b, m->inv_freq, inv_freq, (size_t)half * sizeof(float));
+    free(inv_freq);
+    return m->inv_freq ? 0 : -1;
 }
 
 int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
@@ -156,18 +183,48 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
     if (hfconfig_load(&m->config, dir, err) != 0)
         return -1;
     m->layers = xcalloc((size_t)m->config.n_layers, sizeof *m->layers);
-    if (load_weights(m, dir, err) != 0) {
+    if (load_weights(m, dir, err) != 0 || upload_inv_freq(m, err) != 0) {
         model_free(m);
         return -1;
     }
-    int half = m->config.head_dim / 2;
-    float *inv_freq = xmalloc((size_t)half * sizeof(float));
-    hfconfig_inv_freq(&m->config, inv_freq);
-    m->inv_freq = backend_alloc(b, (size_t)half * sizeof(float), err);
-    if (m->inv_freq)
-        backend_upload(b, m->inv_freq, inv_freq, (size_t)half * sizeof(float));
-    free(inv_freq);
-    if (!m->inv_freq) {
+    return 0;
+}
+
+/* Norm weights 1, everything else U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a model that computes
+ * like a real one, for benchmarks and tests. */
+int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t seed,
+                      pesc_error *err)
+{
+    memset(m, 0, sizeof *m);
+    m->backend = b;
+    m->config = *c;
+    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
+    param_list list = {0};
+    size_t largest;
+    if (layout_weights(m, &list, &largest, err) != 0) {
+        free(list.slots);
+        if (!m->base_tensors)
+            free(list.items);
+        model_free(m);
+        return -1;
+    }
+    free(list.slots);
+    float *host = xmalloc(largest * sizeof *host);
+    uint64_t state = seed ? seed : 1;
+    for (int i = 0; i < m->n_base_tensors; i++) {
+        const model_tensor *t = &m->base_tensors[i];
+        double bound = t->ndim == 2 ? 1.0 / sqrt((double)t->shape[1]) : 0.0;
+        for (size_t j = 0; j < t->n; j++) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            double u = (double)(state >> 11) / 9007199254740992.0;
+            host[j] = t->ndim == 2 ? (float)((2.0 * u - 1.0) * bound) : 1.0f;
+        }
+        backend_upload(b, t->data, host, t->n * sizeof *host);
+    }
+    free(host);
+    if (upload_inv_freq(m, err) != 0) {
         model_free(m);
         return -1;
     }

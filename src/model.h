@@ -134,6 +134,10 @@ typedef struct model {
 int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err);
 void model_free(model *m);
 
+/* A model of the given shape with random weights (benchmarks, tests); no files. */
+int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t seed,
+                      pesc_error *err);
+
 /* Crafts the loaded dense model: adds routers (Kaiming-uniform), adapters (down
  * Kaiming-uniform, up = 0, so the crafted model equals the dense one exactly) and LoRA pairs
  * (A Kaiming-uniform, B = 0), and allocates their gradients. In full mode nothing is added:

@@ -425,7 +425,11 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
         int rows = N - start < a->logit_rows ? N - start : a->logit_rows;
         const float *xn = a->xn + (size_t)start * C;
         matmul_forward(b, a->logits, xn, m->lm_head, NULL, rows, C, V);
-        crossentropy_forward(b, a->losses, a->logits, a->targets + start, rows, V);
+        if (scale_grad != 0.0f)
+            crossentropy_backward(b, a->logits, a->losses, a->logits, a->targets + start,
+                                  scale_grad, rows, V);
+        else
+            crossentropy_forward(b, a->losses, a->logits, a->targets + start, rows, V);
         backend_download(b, losses, a->losses, (size_t)rows * sizeof *losses);
         if (logits_out)
             backend_download(b, logits_out + (size_t)start * V, a->logits,
@@ -435,7 +439,6 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
                 sum += losses[i];
         if (scale_grad == 0.0f)
             continue;
-        crossentropy_backward(b, a->logits, a->logits, a->targets + start, scale_grad, rows, V);
         matmul_backward(b, a->dxn + (size_t)start * C, model_grad_of(m, m->lm_head), NULL,
                         a->logits, xn, m->lm_head, rows, C, V);
     }

@@ -1,4 +1,8 @@
 /* cpu_backend — the CPU backend's table: float32 in host memory, ops from cpu_ops.c. */
+#include "config.h"
+
+#include <cblas.h>
+
 #include "backend_impl.h"
 #include "cpu/cpu_ops.h"
 
@@ -78,6 +82,10 @@ int cpu_backend_init(const backend_ops **ops, void **ctx, pesc_error *err)
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
+#endif
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+    /* the process-wide OpenBLAS pool stays at one thread: cpu_gemm splits products itself */
+    openblas_set_num_threads(1);
 #endif
     snprintf(c->device, sizeof c->device, "CPU, %d thread%s, OpenBLAS", threads,
              threads == 1 ? "" : "s");

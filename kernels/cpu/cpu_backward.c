@@ -31,10 +31,10 @@ void cpu_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, c
 {
     (void)ctx;
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight,
+        cpu_gemm(0, 0, N, C, OC, 1.0f, dout, OC, weight,
                     C, 1.0f, dinp, C);
     if (dweight)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C,
+        cpu_gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C,
                     1.0f, dweight, C);
     if (!dbias)
         return;
@@ -97,54 +97,56 @@ void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t 
 }
 
 /* One (sequence, kv head) group: the query heads sharing it write only their own dq rows and
- * this group's dk, dv, so groups run in parallel without locks. Softmax probabilities are
- * recomputed from the saved log-sum-exp instead of being stored (T^2 per head). */
+ * this group's dk, dv, so groups run in parallel without locks. Per block of query rows the
+ * probabilities are recomputed from the saved log-sum-exp (nothing T x T is stored), and the
+ * five products are GEMMs. */
 static void attention_backward_group(float *dq, float *dk, float *dv, const float *dout,
                                      const float *q, const float *k, const float *v,
-                                     const float *out, const float *lse, int b, int g, int T,
-                                     int Hq, int Hkv, int D, int window, double *dk_acc,
-                                     double *dv_acc)
+                                     const float *out, const float *lse, int T, int group,
+                                     int q_stride, int kv_stride, int D, int window, float *p,
+                                     float *dp)
 {
-    int group = Hq / Hkv, q_stride = Hq * D, kv_stride = Hkv * D;
-    double scale = 1.0 / sqrt((double)D);
-    memset(dk_acc, 0, (size_t)T * D * sizeof *dk_acc);
-    memset(dv_acc, 0, (size_t)T * D * sizeof *dv_acc);
-    const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
-    const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
-    for (int h = g * group; h < (g + 1) * group; h++) {
-        for (int t = 0; t < T; t++) {
-            size_t row = ((size_t)b * T + t) * q_stride + (size_t)h * D;
-            const float *qt = q + row, *dot_ = dout + row, *ot = out + row;
-            double row_lse = lse[((size_t)b * Hq + h) * T + t], delta = 0.0;
-            double dq_acc[CPU_MAX_HEAD_DIM] = {0};
-            for (int d = 0; d < D; d++)
-                delta += (double)dot_[d] * ot[d];
-            int first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
-            for (int s = first; s <= t; s++) {
-                const float *ks = kb + (size_t)s * kv_stride, *vs = vb + (size_t)s * kv_stride;
-                double score = 0.0, dp = 0.0;
-                for (int d = 0; d < D; d++) {
-                    score += (double)qt[d] * ks[d];
-                    dp += (double)dot_[d] * vs[d];
-                }
-                double p = exp(score * scale - row_lse);
-                double ds = p * (dp - delta) * scale;
-                for (int d = 0; d < D; d++) {
-                    dq_acc[d] += ds * ks[d];
-                    dk_acc[(size_t)s * D + d] += ds * qt[d];
-                    dv_acc[(size_t)s * D + d] += p * dot_[d];
+    float scale = 1.0f / sqrtf((float)D);
+    for (int t = 0; t < T; t++) {
+        memset(dk + (size_t)t * kv_stride, 0, (size_t)D * sizeof *dk);
+        memset(dv + (size_t)t * kv_stride, 0, (size_t)D * sizeof *dv);
+    }
+    for (int h = 0; h < group; h++) {
+        const float *qh = q + (size_t)h * D, *doh = dout + (size_t)h * D, *oh = out + (size_t)h * D;
+        float *dqh = dq + (size_t)h * D;
+        const float *lse_h = lse + (size_t)h * T;
+        for (int t0 = 0; t0 < T; t0 += CPU_ATTENTION_BLOCK) {
+            int rows = T - t0 < CPU_ATTENTION_BLOCK ? T - t0 : CPU_ATTENTION_BLOCK;
+            int key0 = window > 0 && t0 - window + 1 > 0 ? t0 - window + 1 : 0;
+            int keys = t0 + rows - key0;
+            const float *qb = qh + (size_t)t0 * q_stride, *dob = doh + (size_t)t0 * q_stride;
+            const float *kv0 = k + (size_t)key0 * kv_stride, *vv0 = v + (size_t)key0 * kv_stride;
+            cpu_gemm(0, 1, rows, keys, D, 1.0f, qb, q_stride, kv0, kv_stride, 0.0f, p, keys);
+            cpu_gemm(0, 1, rows, keys, D, 1.0f, dob, q_stride, vv0, kv_stride, 0.0f, dp, keys);
+            for (int i = 0; i < rows; i++) {
+                int t = t0 + i;
+                int lo = (window > 0 && t - window + 1 > 0 ? t - window + 1 : 0) - key0;
+                int hi = t - key0;
+                const float *o_row = oh + (size_t)t * q_stride, *do_row = dob + (size_t)i * q_stride;
+                float delta = 0.0f;
+                for (int d = 0; d < D; d++)
+                    delta += do_row[d] * o_row[d];
+                float *pr = p + (size_t)i * keys, *dpr = dp + (size_t)i * keys;
+                for (int j = 0; j < keys; j++) {
+                    float prob = j >= lo && j <= hi ? expf(pr[j] * scale - lse_h[t]) : 0.0f;
+                    pr[j] = prob;
+                    dpr[j] = prob * (dpr[j] - delta) * scale;   /* now dS */
                 }
             }
-            for (int d = 0; d < D; d++)
-                dq[row + d] = (float)dq_acc[d];
+            /* dQ = dS K;  dK += dS^T Q;  dV += P^T dO */
+            cpu_gemm(0, 0, rows, D, keys, 1.0f, dp, keys, kv0, kv_stride, 0.0f,
+                     dqh + (size_t)t0 * q_stride, q_stride);
+            cpu_gemm(1, 0, keys, D, rows, 1.0f, dp, keys, qb, q_stride, 1.0f,
+                     dk + (size_t)key0 * kv_stride, kv_stride);
+            cpu_gemm(1, 0, keys, D, rows, 1.0f, p, keys, dob, q_stride, 1.0f,
+                     dv + (size_t)key0 * kv_stride, kv_stride);
         }
     }
-    for (int s = 0; s < T; s++)
-        for (int d = 0; d < D; d++) {
-            size_t at = ((size_t)b * T + s) * kv_stride + (size_t)g * D + d;
-            dk[at] = (float)dk_acc[(size_t)s * D + d];
-            dv[at] = (float)dv_acc[(size_t)s * D + d];
-        }
 }
 
 void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout,
@@ -153,18 +155,24 @@ void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const fl
 {
     (void)ctx;
     assert(D <= CPU_MAX_HEAD_DIM && Hq % Hkv == 0);
+    int group = Hq / Hkv, q_stride = Hq * D, kv_stride = Hkv * D;
 #pragma omp parallel
     {
-        double *dk_acc = malloc((size_t)T * D * sizeof *dk_acc);
-        double *dv_acc = malloc((size_t)T * D * sizeof *dv_acc);
-        assert(dk_acc && dv_acc);
+        float *p = malloc((size_t)CPU_ATTENTION_BLOCK * T * sizeof *p);
+        float *dp = malloc((size_t)CPU_ATTENTION_BLOCK * T * sizeof *dp);
+        assert(p && dp);
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (int b = 0; b < B; b++)
-            for (int g = 0; g < Hkv; g++)
-                attention_backward_group(dq, dk, dv, dout, q, k, v, out, lse, b, g, T, Hq, Hkv,
-                                         D, window, dk_acc, dv_acc);
-        free(dk_acc);
-        free(dv_acc);
+            for (int g = 0; g < Hkv; g++) {
+                size_t q_off = (size_t)b * T * q_stride + (size_t)g * group * D;
+                size_t kv_off = (size_t)b * T * kv_stride + (size_t)g * D;
+                attention_backward_group(dq + q_off, dk + kv_off, dv + kv_off, dout + q_off,
+                                         q + q_off, k + kv_off, v + kv_off, out + q_off,
+                                         lse + ((size_t)b * Hq + (size_t)g * group) * T, T, group,
+                                         q_stride, kv_stride, D, window, p, dp);
+            }
+        free(p);
+        free(dp);
     }
 }
 
@@ -180,7 +188,7 @@ void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
     }
 }
 
-void cpu_crossentropy_backward(void *ctx, float *dlogits, const float *logits,
+void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits,
                                const int32_t *targets, float scale, int N, int V)
 {
     (void)ctx;
@@ -188,22 +196,29 @@ void cpu_crossentropy_backward(void *ctx, float *dlogits, const float *logits,
     for (int n = 0; n < N; n++) {
         const float *row = logits + (size_t)n * V;
         float *drow = dlogits + (size_t)n * V;
-        if (targets[n] < 0) {
+        int target = targets[n];
+        if (target < 0) {
             memset(drow, 0, (size_t)V * sizeof *drow);
+            if (losses)
+                losses[n] = 0.0f;
             continue;
         }
         float m = row[0];
         for (int i = 1; i < V; i++)
             m = row[i] > m ? row[i] : m;
+        float target_logit = row[target];   /* read before drow (may alias) overwrites it */
         double sum = 0.0;
-        for (int i = 0; i < V; i++)
-            sum += exp((double)row[i] - m);
-        double inv = 1.0 / sum;
-        int target = targets[n];
         for (int i = 0; i < V; i++) {
-            double p = exp((double)row[i] - m) * inv;
-            drow[i] = (float)((p - (i == target)) * scale);
+            float e = expf(row[i] - m);
+            drow[i] = e;
+            sum += e;
         }
+        float inv = (float)(1.0 / sum) * scale;
+        for (int i = 0; i < V; i++)
+            drow[i] *= inv;
+        drow[target] -= scale;
+        if (losses)
+            losses[n] = (float)(log(sum) + m - target_logit);
     }
 }
 

@@ -100,11 +100,11 @@ void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, f
                 dst[c] = mk ? src[c] * mk[c] : src[c];
         }
         /* pre (n, R) = gathered (n, C) @ D_e^T;  out (n, C) = GELU(pre) @ U_e^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, C, 1.0f, g, C,
+        cpu_gemm(0, 1, n, R, C, 1.0f, g, C,
                     down + (size_t)e * R * C, C, 0.0f, a, R);
         for (size_t i = 0; i < (size_t)n * R; i++)
             s[i] = (float)gelu(a[i]);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, C, R, 1.0f, s, R,
+        cpu_gemm(0, 1, n, C, R, 1.0f, s, R,
                     up + (size_t)e * C * R, R, 0.0f, o, C);
         /* an expert appears once per token, so the rows of one group never collide */
 #pragma omp parallel for schedule(static)
@@ -142,7 +142,7 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
                    (size_t)C * sizeof *dyg);
         /* p (n, R) = dy_g @ U_e: the gate weight's gradient is scale * p . act, and the
          * adapter's hidden gradient is scale * w * p */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, R, C, 1.0f, dyg, C, U, R, 0.0f,
+        cpu_gemm(0, 0, n, R, C, 1.0f, dyg, C, U, R, 0.0f,
                     p, R);
 #pragma omp parallel for schedule(static)
         for (int j = 0; j < n; j++) {
@@ -160,13 +160,13 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
                 dyj[c] *= w;                                    /* now d out */
         }
         if (dup)   /* dU_e (C, R) += dout^T @ act */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, R, n, 1.0f, dyg, C, s, R,
+            cpu_gemm(1, 0, C, R, n, 1.0f, dyg, C, s, R,
                         1.0f, dup + (size_t)e * C * R, R);
         if (ddown) /* dD_e (R, C) += dpre^T @ gathered */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, C, n, 1.0f, p, R, g, C, 1.0f,
+            cpu_gemm(1, 0, R, C, n, 1.0f, p, R, g, C, 1.0f,
                         ddown + (size_t)e * R * C, C);
         /* d gathered (n, C) = dpre @ D_e, scattered back through the dropout mask */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, R, 1.0f, p, R, D, C, 0.0f,
+        cpu_gemm(0, 0, n, C, R, 1.0f, p, R, D, C, 0.0f,
                     dyg, C);
 #pragma omp parallel for schedule(static)
         for (int j = 0; j < n; j++) {

@@ -5,7 +5,45 @@
 #include <assert.h>
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* OpenBLAS runs single-threaded (cpu_backend.c sets it) and the work is split here instead:
+ * one thread pool for everything, no OpenBLAS threads spinning against OpenMP ones. */
+void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc)
+{
+    enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+    enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+    int threads = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel())
+        threads = omp_get_max_threads();
+#endif
+    if (threads == 1 || (double)M * N * K < (double)(1 << 18)) {
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* split the longer of M and N into one panel per thread */
+    int split_m = M >= N;
+    int len = split_m ? M : N;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int part = 0; part < threads; part++) {
+        int lo = (int)((long)len * part / threads), hi = (int)((long)len * (part + 1) / threads);
+        if (hi <= lo)
+            continue;
+        if (split_m)
+            cblas_sgemm(CblasRowMajor, ta, tb, hi - lo, N, K, alpha,
+                        A + (size_t)lo * (trans_a ? 1 : (size_t)lda), lda, B, ldb, beta,
+                        C + (size_t)lo * ldc, ldc);
+        else
+            cblas_sgemm(CblasRowMajor, ta, tb, M, hi - lo, K, alpha, A, lda,
+                        B + (size_t)lo * (trans_b ? (size_t)ldb : 1), ldb, beta, C + lo, ldc);
+    }
+}
 
 void cpu_embedding_forward(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C)
 {
@@ -20,7 +58,7 @@ void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *we
 {
     (void)ctx;
     /* most of the time is spent here */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, weight, C,
+    cpu_gemm(0, 1, N, OC, C, 1.0f, inp, C, weight, C,
                 0.0f, out, OC);
     if (!bias)
         return;
@@ -72,36 +110,52 @@ void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *po
     }
 }
 
-/* One query row against its keys with an online softmax: no score buffer, one pass, the
- * running sums in double. */
-static void attention_row(float *out, float *lse, const float *q, const float *k, const float *v,
-                          int first, int last, int kv_stride, int D, double scale)
+/* Attention runs per (sequence, head) on blocks of CPU_ATTENTION_BLOCK query rows: scores for a
+ * block against the keys it can see are one GEMM, the softmax is row-wise, the output one more
+ * GEMM. Causality also cuts the work: a block never touches keys after its last row. */
+
+
+/* First key a query at t may see. */
+static int first_key(int t, int window) { return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; }
+
+/* Softmax of scores (rows, keys) in place, masking keys outside [first_key(t), t]; writes each
+ * row's log-sum-exp (of the scaled scores). */
+static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int keys, int window,
+                          float scale, float *lse_out)
 {
-    double acc[CPU_MAX_HEAD_DIM] = {0};
-    double m = -INFINITY, l = 0.0;
-    for (int s = first; s <= last; s++) {
-        const float *ks = k + (size_t)s * kv_stride;
-        double dot = 0.0;
-        for (int d = 0; d < D; d++)
-            dot += (double)q[d] * ks[d];
-        double score = dot * scale;
-        if (score > m) {
-            double correction = exp(m - score);
-            l *= correction;
-            for (int d = 0; d < D; d++)
-                acc[d] *= correction;
-            m = score;
+    for (int i = 0; i < rows; i++) {
+        int t = t0 + i, lo = first_key(t, window) - key0, hi = t - key0;   /* visible [lo, hi] */
+        float *row = scores + (size_t)i * ld, m = -INFINITY;
+        for (int j = lo; j <= hi; j++)
+            m = row[j] * scale > m ? row[j] * scale : m;
+        double sum = 0.0;
+        for (int j = 0; j < keys; j++) {
+            float p = j >= lo && j <= hi ? expf(row[j] * scale - m) : 0.0f;
+            row[j] = p;
+            sum += p;
         }
-        double p = exp(score - m);
-        l += p;
-        const float *vs = v + (size_t)s * kv_stride;
-        for (int d = 0; d < D; d++)
-            acc[d] += p * vs[d];
+        float inv = (float)(1.0 / sum);
+        for (int j = lo; j <= hi; j++)
+            row[j] *= inv;
+        if (lse_out)
+            lse_out[i] = m + (float)log(sum);
     }
-    for (int d = 0; d < D; d++)
-        out[d] = (float)(acc[d] / l);
-    if (lse)
-        *lse = (float)(m + log(l));
+}
+
+static void attention_head(float *out, float *lse, const float *q, const float *k, const float *v,
+                           int T, int q_stride, int kv_stride, int D, int window, float *scores)
+{
+    float scale = 1.0f / sqrtf((float)D);
+    for (int t0 = 0; t0 < T; t0 += CPU_ATTENTION_BLOCK) {
+        int rows = T - t0 < CPU_ATTENTION_BLOCK ? T - t0 : CPU_ATTENTION_BLOCK;
+        int key0 = first_key(t0, window), keys = t0 + rows - key0;
+        /* scores (rows, keys) = Q_block K_visible^T */
+        cpu_gemm(0, 1, rows, keys, D, 1.0f, q + (size_t)t0 * q_stride, q_stride,
+                 k + (size_t)key0 * kv_stride, kv_stride, 0.0f, scores, keys);
+        block_softmax(scores, keys, t0, rows, key0, keys, window, scale, lse ? lse + t0 : NULL);
+        cpu_gemm(0, 0, rows, D, keys, 1.0f, scores, keys, v + (size_t)key0 * kv_stride, kv_stride,
+                 0.0f, out + (size_t)t0 * q_stride, q_stride);
+    }
 }
 
 void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k,
@@ -109,22 +163,22 @@ void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, co
 {
     (void)ctx;
     assert(D <= CPU_MAX_HEAD_DIM && Hq % Hkv == 0);
-    int group = Hq / Hkv;
-    double scale = 1.0 / sqrt((double)D);
-    int q_stride = Hq * D, kv_stride = Hkv * D;
-#pragma omp parallel for collapse(3) schedule(dynamic, 16)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < Hq; h++)
-            for (int t = 0; t < T; t++) {
-                size_t row = (size_t)b * T + t;
-                int first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
-                const float *kb = k + (size_t)b * T * kv_stride + (size_t)(h / group) * D;
-                const float *vb = v + (size_t)b * T * kv_stride + (size_t)(h / group) * D;
-                attention_row(out + row * q_stride + (size_t)h * D,
-                              lse ? lse + ((size_t)b * Hq + h) * T + t : NULL,
-                              q + row * q_stride + (size_t)h * D, kb, vb, first, t, kv_stride, D,
-                              scale);
+    int group = Hq / Hkv, q_stride = Hq * D, kv_stride = Hkv * D;
+#pragma omp parallel
+    {
+        float *scores = malloc((size_t)CPU_ATTENTION_BLOCK * T * sizeof *scores);
+        assert(scores);
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < Hq; h++) {
+                size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+                size_t kv_off = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
+                attention_head(out + q_off, lse ? lse + ((size_t)b * Hq + h) * T : NULL,
+                               q + q_off, k + kv_off, v + kv_off, T, q_stride, kv_stride, D,
+                               window, scores);
             }
+        free(scores);
+    }
 }
 
 void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)

@@ -8,8 +8,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Attention keeps one query row's accumulator on the stack. */
+/* Attention's backward keeps one query row's accumulator on the stack. */
 #define CPU_MAX_HEAD_DIM 512
+/* Query rows per attention block (forward and backward). */
+#define CPU_ATTENTION_BLOCK 64
+
+/* C (M, N) = alpha op(A) op(B) + beta C, row-major as CBLAS, split across the OpenMP threads
+ * (single-threaded inside a parallel region). trans_a / trans_b: 0 or 1. */
+void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
 
 void cpu_embedding_forward(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
 void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
@@ -29,7 +36,7 @@ void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *d
 void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
 void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window);
 void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
-void cpu_crossentropy_backward(void *ctx, float *dlogits, const float *logits, const int32_t *targets, float scale, int N, int V);
+void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
 void cpu_vector_zero(void *ctx, float *x, size_t n);
 void cpu_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n);
 void cpu_vector_scale(void *ctx, float *x, float alpha, size_t n);

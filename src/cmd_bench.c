@@ -1,0 +1,289 @@
+/* cmd_bench — `pesc bench`: training-step throughput and MFU on random weights.
+ *
+ * FLOPs are counted from the shapes with frozen-base accounting: a frozen product costs its
+ * forward and its input gradient (4 per weight per token), a trainable one also its weight
+ * gradient (6); attention is counted causally. The peak is the backend's own best
+ * single-precision GEMM rate, measured in the same run, so MFU compares like with like on a
+ * noisy shared machine. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cli.h"
+#include "commands.h"
+#include "model.h"
+#include "optim.h"
+#include "pesc.h"
+
+static const char bench_usage[] =
+    "usage: pesc bench [--json] [shape options] [crafting options]\n"
+    "\n"
+    "Times PESC training steps (forward, backward, AdamW) on a random model and reports\n"
+    "tokens/s, ms/step, FLOPs/token (frozen-base accounting), GFLOP/s, the backend's measured\n"
+    "GEMM peak and MFU.\n"
+    "\n"
+    "  --dim C --layers L --heads H --kv-heads H --ffn F --vocab V   model shape\n"
+    "                     (256, 4, 8, 8, 704, 4096)\n"
+    "  --seq T --batch B  tokens per step (256, 8)\n"
+    "  --steps N          timed steps after one warm-up step; the median counts (5)\n"
+    "  --backend B        auto, cpu or cuda\n"
+    "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
+    "                     peak_gflops, mfu, and the shape\n"
+    "crafting options:\n";
+
+typedef struct bench_options {
+    hf_config shape;
+    pesc_options pesc;
+    int seq, batch, steps, json;
+    const char *backend;
+} bench_options;
+
+enum { OPT_DIM = 1, OPT_LAYERS, OPT_HEADS, OPT_KV_HEADS, OPT_FFN, OPT_VOCAB, OPT_SEQ, OPT_BATCH,
+       OPT_STEPS, OPT_BACKEND, OPT_JSON, OPT_HELP };
+
+static struct option *bench_option_table(void)
+{
+    static const struct option own[] = {
+        {"dim", required_argument, NULL, OPT_DIM}, {"layers", required_argument, NULL, OPT_LAYERS},
+        {"heads", required_argument, NULL, OPT_HEADS},
+        {"kv-heads", required_argument, NULL, OPT_KV_HEADS},
+        {"ffn", required_argument, NULL, OPT_FFN}, {"vocab", required_argument, NULL, OPT_VOCAB},
+        {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
+        {"steps", required_argument, NULL, OPT_STEPS},
+        {"backend", required_argument, NULL, OPT_BACKEND},
+        {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, OPT_HELP}};
+    static struct option table[64];
+    if (!table[0].name) {
+        size_t n = sizeof own / sizeof *own, i = 0;
+        memcpy(table, own, sizeof own);
+        for (const struct option *p = pesc_option_table(); p->name; p++)
+            table[n + i++] = *p;
+    }
+    return table;
+}
+
+static int shape_flag(bench_options *o, int c, const char *arg)
+{
+    static const char *const names[] = {"", "--dim", "--layers", "--heads", "--kv-heads", "--ffn",
+                                        "--vocab", "--seq", "--batch", "--steps"};
+    int *slots[] = {NULL, &o->shape.hidden_size, &o->shape.n_layers, &o->shape.n_heads,
+                    &o->shape.n_kv_heads, &o->shape.intermediate_size, &o->shape.vocab_size,
+                    &o->seq, &o->batch, &o->steps};
+    long v;
+    if (cli_parse_long(arg, 1, 1 << 24, &v) != 0)
+        return cli_usage_error("bench", "%s %s: expected a positive integer", names[c], arg);
+    *slots[c] = (int)v;
+    return 0;
+}
+
+static int parse_bench(bench_options *o, int argc, char **argv)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->shape.architecture, sizeof o->shape.architecture, "LlamaForCausalLM");
+    o->shape.hidden_size = 256;
+    o->shape.n_layers = 4;
+    o->shape.n_heads = 8;
+    o->shape.n_kv_heads = 8;
+    o->shape.intermediate_size = 704;
+    o->shape.vocab_size = 4096;
+    o->shape.rms_norm_eps = 1e-5;
+    o->shape.rope_theta = 10000.0;
+    o->seq = 256;
+    o->batch = 8;
+    o->steps = 5;
+    o->backend = "auto";
+    pesc_options_default(&o->pesc);
+    int c;
+    pesc_error err;
+    while ((c = cli_getopt("bench", argc, argv, "h", bench_option_table())) != -1) {
+        if (c >= PESC_OPT_BASE) {
+            if (pesc_apply_option(&o->pesc, c, optarg, &err) != 0)
+                return cli_usage_error("bench", "%s", err.msg);
+        } else if (c >= OPT_DIM && c <= OPT_STEPS) {
+            if (shape_flag(o, c, optarg) != 0)
+                return EXIT_USAGE;
+        } else if (c == OPT_BACKEND) {
+            o->backend = optarg;
+        } else if (c == OPT_JSON) {
+            o->json = 1;
+        } else if (c == OPT_HELP || c == 'h') {
+            fputs(bench_usage, stdout);
+            fputs(pesc_options_help, stdout);
+            return 0;
+        } else {
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("bench", "unexpected argument '%s'", argv[optind]);
+    hf_config *s = &o->shape;
+    if (s->hidden_size % s->n_heads || s->n_heads % s->n_kv_heads || (s->hidden_size / s->n_heads) % 2)
+        return cli_usage_error("bench", "--dim %d must split into --heads %d even head sizes, "
+                               "and --heads into --kv-heads %d groups", s->hidden_size, s->n_heads,
+                               s->n_kv_heads);
+    s->head_dim = s->hidden_size / s->n_heads;
+    if (pesc_options_check(&o->pesc, &err) != 0)
+        return cli_usage_error("bench", "%s", err.msg);
+    return -1;
+}
+
+/* FLOPs per token of one training step (see the file comment). */
+static double flops_per_token(const bench_options *o)
+{
+    const hf_config *c = &o->shape;
+    const pesc_options *p = &o->pesc;
+    double C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    double per_layer = C * q + 2 * C * kv + q * C + 3 * C * F;
+    double base = per_layer * c->n_layers + V * C;
+    double t_avg = (o->seq + 1) / 2.0;
+    double attention = 12.0 * t_avg * q * c->n_layers;
+    if (p->mode == TRAIN_FULL)
+        return 6.0 * base + attention;
+    double routing = 6.0 * C * p->experts + 12.0 * p->top_k * C * p->adapter_dim;
+    double lora = 0.0;
+    if (p->lora_rank > 0) {
+        double in_out[LORA_SITES] = {C + q, C + kv, C + kv, q + C, C + F, C + F, F + C};
+        for (int s = 0; s < LORA_SITES; s++)
+            if (p->lora_targets & (1u << s))
+                lora += 6.0 * p->lora_rank * in_out[s];
+    }
+    return 4.0 * base + attention + (routing + lora) * c->n_layers;
+}
+
+static int compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of several GEMMs at the model's FFN product and at 1024^3, whichever shape runs
+ * faster: the same statistic as the step time, so a busy moment does not favour either. */
+static double measure_peak(pesc_backend *b, const bench_options *o, pesc_error *err)
+{
+    int shapes[2][3] = {{o->seq * o->batch, o->shape.hidden_size, o->shape.intermediate_size},
+                        {1024, 1024, 1024}};
+    double best = 0.0, rates[9];
+    for (int s = 0; s < 2; s++) {
+        int N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
+        size_t bytes = ((size_t)N * C + (size_t)OC * C + (size_t)N * OC) * sizeof(float);
+        float *buf = backend_alloc(b, bytes, err);
+        if (!buf)
+            return -1.0;
+        vector_zero(b, buf, bytes / sizeof(float));
+        float *x = buf, *w = x + (size_t)N * C, *out = w + (size_t)OC * C;
+        matmul_forward(b, out, x, w, NULL, N, C, OC);   /* warm-up */
+        for (int rep = 0; rep < 9; rep++) {
+            double t0 = pesc_now();
+            matmul_forward(b, out, x, w, NULL, N, C, OC);
+            backend_synchronize(b);
+            rates[rep] = 2.0 * N * C * OC / (pesc_now() - t0) / 1e9;
+        }
+        qsort(rates, 9, sizeof *rates, compare_double);
+        best = rates[4] > best ? rates[4] : best;
+        backend_free(b, buf);
+    }
+    return best;
+}
+
+/* Random non-zero trainables, so the adapters do real work. */
+static void randomize_trainables(model *m)
+{
+    uint64_t state = 42;
+    for (int i = 0; i < m->n_trainables; i++) {
+        const model_tensor *t = &m->trainables[i];
+        float *host = xmalloc(t->n * sizeof *host);
+        double bound = 1.0 / sqrt((double)(t->ndim == 2 ? t->shape[1] : 1));
+        for (size_t j = 0; j < t->n; j++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            host[j] = (float)(((double)(state >> 11) / 9007199254740992.0 * 2.0 - 1.0) * bound);
+        }
+        backend_upload(m->backend, t->data, host, t->n * sizeof *host);
+        free(host);
+    }
+}
+
+static int run_steps(model *m, optimizer *opt, const bench_options *o, double *step_s,
+                     model_losses *last, pesc_error *err)
+{
+    int N = o->seq * o->batch;
+    int32_t *tokens = xmalloc((size_t)N * sizeof *tokens), *targets = xmalloc((size_t)N * sizeof *targets);
+    uint64_t state = 7;
+    for (int i = 0; i < N; i++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        tokens[i] = (int32_t)((state >> 33) % (uint64_t)o->shape.vocab_size);
+    }
+    for (int b = 0; b < o->batch; b++)
+        model_shift_targets(targets + (size_t)b * o->seq, tokens + (size_t)b * o->seq, NULL, o->seq);
+    double *times = xcalloc((size_t)o->steps + 1, sizeof *times);
+    int rc = 0;
+    for (int step = 0; step <= o->steps && rc == 0; step++) {
+        double t0 = pesc_now();
+        model_zero_grad(m);
+        rc = model_train_step(m, tokens, targets, o->batch, o->seq, 1.0f, 1, last, err);
+        if (rc == 0)
+            optim_step(opt, m->train_block, m->grad_block, 1e-4, NULL);
+        backend_synchronize(m->backend);
+        times[step] = pesc_now() - t0;
+    }
+    /* step 0 warms caches and allocates; the median of the rest resists a busy machine */
+    qsort(times + 1, (size_t)o->steps, sizeof *times, compare_double);
+    *step_s = times[1 + o->steps / 2];
+    free(times);
+    free(tokens);
+    free(targets);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    bench_options o;
+    int status = parse_bench(&o, argc, argv);
+    if (status >= 0)
+        return status;
+    pesc_error err = {{0}};
+    pesc_backend *b = backend_new(o.backend, &err);
+    if (!b)
+        return cli_fail("bench", &err);
+    model m = {0};
+    optimizer opt = {0};
+    optim_config oc;
+    optim_config_default(&oc);
+    double step_s = 0.0, peak;
+    model_losses losses = {0};
+    status = 1;
+    if (model_init_random(&m, &o.shape, b, 1, &err) != 0 || model_craft(&m, &o.pesc, 1, &err) != 0)
+        goto out;
+    randomize_trainables(&m);
+    if (optim_init(&opt, b, m.n_train, &oc, &err) != 0 ||
+        run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0 || (peak = measure_peak(b, &o, &err)) < 0)
+        goto out;
+    double tokens = (double)o.seq * o.batch, fpt = flops_per_token(&o);
+    double tps = tokens / step_s, gflops = tps * fpt / 1e9;
+    if (o.json)
+        printf("{\"tokens_per_s\": %.1f, \"step_ms\": %.3f, \"flops_per_token\": %.0f, "
+               "\"gflops\": %.2f, \"peak_gflops\": %.2f, \"mfu\": %.4f, \"backend\": \"%s\", "
+               "\"device\": \"%s\", \"dim\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
+               "\"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"experts\": %d, "
+               "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
+               "\"loss\": %.6f}\n",
+               tps, step_s * 1e3, fpt, gflops, peak, gflops / peak, backend_name(b),
+               backend_device(b), o.shape.hidden_size, o.shape.n_layers, o.shape.n_heads,
+               o.shape.n_kv_heads, o.shape.intermediate_size, o.shape.vocab_size, o.seq, o.batch,
+               o.pesc.experts, o.pesc.top_k, o.pesc.adapter_dim,
+               o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, losses.ce);
+    else
+        printf("%s: %.0f tokens/s, %.1f ms/step, %.2f MFLOP/token, %.1f GFLOP/s of %.1f peak "
+               "(MFU %.1f%%)\n", backend_device(b), tps, step_s * 1e3, fpt / 1e6, gflops, peak,
+               100.0 * gflops / peak);
+    status = 0;
+out:
+    if (status != 0)
+        cli_fail("bench", &err);
+    optim_free(&opt);
+    model_free(&m);
+    backend_delete(b);
+    return status;
+}

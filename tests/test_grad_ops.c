@@ -1,0 +1,327 @@
+/* test_grad_ops — every backward op of the CPU backend against central finite differences.
+ *
+ * For an op y = f(x1, x2, ...), the scalar L = sum(dy * y) with a fixed random dy has
+ * dL/dx = the op's backward given dout = dy. Each input gets a sample of entries perturbed by
+ * +-eps, L recomputed in double from the float op; the analytic and numeric gradients must agree
+ * within 1e-3 normalized error (float32 differences bound it; a wrong sign, factor or index
+ * is off by O(1)). Exit 0 pass, 1 fail. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+
+#define TOL 1e-3
+#define EPS 1e-2f
+#define SAMPLES 24
+
+static pesc_backend *be;
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static int failures;
+
+static double uniform(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+static float *randoms(size_t n, double scale)
+{
+    float *x = malloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)((2.0 * uniform() - 1.0) * scale);
+    return x;
+}
+
+static double dot(const float *a, const float *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+/* Compares grad (analytic) of x (n) with finite differences of loss(). */
+static void check_input(const char *op, const char *input, float *x, size_t n, const float *grad,
+                        double (*loss)(void))
+{
+    double diff = 0.0, norm = 0.0;
+    for (int s = 0; s < SAMPLES; s++) {
+        size_t i = (size_t)(uniform() * n) % n;
+        float keep = x[i];
+        x[i] = keep + EPS;
+        double up = loss();
+        x[i] = keep - EPS;
+        double down = loss();
+        x[i] = keep;
+        double numeric = (up - down) / (2.0 * EPS);
+        diff += (numeric - grad[i]) * (numeric - grad[i]);
+        norm += numeric * numeric;
+    }
+    double err = sqrt(diff) / (sqrt(norm) + 1e-12);
+    int ok = err <= TOL && norm > 0;
+    printf("%-4s %-44s d/d%-8s %.2e\n", ok ? "ok" : "FAIL", op, input, err);
+    failures += !ok;
+}
+
+/* ---- matmul --------------------------------------------------------------------------------- */
+enum { MN = 7, MC = 9, MO = 5 };
+static float *mm_x, *mm_w, *mm_b, *mm_dy;
+static double matmul_loss(void)
+{
+    float out[MN * MO];
+    matmul_forward(be, out, mm_x, mm_w, mm_b, MN, MC, MO);
+    return dot(out, mm_dy, MN * MO);
+}
+static void test_matmul(void)
+{
+    mm_x = randoms(MN * MC, 1); mm_w = randoms(MO * MC, 1); mm_b = randoms(MO, 1); mm_dy = randoms(MN * MO, 1);
+    float *dx = calloc(MN * MC, sizeof *dx), *dw = calloc(MO * MC, sizeof *dw), *db = calloc(MO, sizeof *db);
+    matmul_backward(be, dx, dw, db, mm_dy, mm_x, mm_w, MN, MC, MO);
+    check_input("matmul_backward", "inp", mm_x, MN * MC, dx, matmul_loss);
+    check_input("matmul_backward", "weight", mm_w, MO * MC, dw, matmul_loss);
+    check_input("matmul_backward", "bias", mm_b, MO, db, matmul_loss);
+    free(dx); free(dw); free(db); free(mm_x); free(mm_w); free(mm_b); free(mm_dy);
+}
+
+/* ---- rmsnorm -------------------------------------------------------------------------------- */
+enum { RN = 5, RC = 12 };
+static float *rn_x, *rn_w, *rn_dy;
+static double rmsnorm_loss(void)
+{
+    float out[RN * RC];
+    rmsnorm_forward(be, out, NULL, rn_x, rn_w, RN, RC, 1e-5f);
+    return dot(out, rn_dy, RN * RC);
+}
+static void test_rmsnorm(void)
+{
+    rn_x = randoms(RN * RC, 2); rn_w = randoms(RC, 1); rn_dy = randoms(RN * RC, 1);
+    float out[RN * RC], rstd[RN], *dx = calloc(RN * RC, sizeof *dx), *dw = calloc(RC, sizeof *dw);
+    rmsnorm_forward(be, out, rstd, rn_x, rn_w, RN, RC, 1e-5f);
+    rmsnorm_backward(be, dx, dw, rn_dy, rn_x, rn_w, rstd, RN, RC);
+    check_input("rmsnorm_backward", "inp", rn_x, RN * RC, dx, rmsnorm_loss);
+    check_input("rmsnorm_backward", "weight", rn_w, RC, dw, rmsnorm_loss);
+    free(dx); free(dw); free(rn_x); free(rn_w); free(rn_dy);
+}
+
+/* ---- rope ----------------------------------------------------------------------------------- */
+enum { PN = 6, PH = 2, PD = 8 };
+static float *rp_x, *rp_dy, rp_freq[PD / 2];
+static int32_t rp_pos[PN] = {0, 1, 2, 7, 30, 511};
+static double rope_loss(void)
+{
+    float out[PN * PH * PD];
+    rope_forward(be, out, rp_x, rp_pos, rp_freq, PN, PH, PD);
+    return dot(out, rp_dy, PN * PH * PD);
+}
+static void test_rope(void)
+{
+    rp_x = randoms(PN * PH * PD, 1); rp_dy = randoms(PN * PH * PD, 1);
+    for (int i = 0; i < PD / 2; i++)
+        rp_freq[i] = powf(10000.0f, -2.0f * i / PD);
+    float dx[PN * PH * PD];
+    rope_backward(be, dx, rp_dy, rp_pos, rp_freq, PN, PH, PD);
+    check_input("rope_backward", "inp", rp_x, PN * PH * PD, dx, rope_loss);
+    free(rp_x); free(rp_dy);
+}
+
+/* ---- attention ------------------------------------------------------------------------------ */
+static int at_B, at_T, at_Hq, at_Hkv, at_D, at_window;
+static float *at_q, *at_k, *at_v, *at_dy;
+static double attention_loss(void)
+{
+    size_t n = (size_t)at_B * at_T * at_Hq * at_D;
+    float *out = malloc(n * sizeof *out);
+    attention_forward(be, out, NULL, at_q, at_k, at_v, at_B, at_T, at_Hq, at_Hkv, at_D, at_window);
+    double l = dot(out, at_dy, n);
+    free(out);
+    return l;
+}
+static void test_attention(int B, int T, int Hq, int Hkv, int D, int window)
+{
+    at_B = B; at_T = T; at_Hq = Hq; at_Hkv = Hkv; at_D = D; at_window = window;
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
+    at_q = randoms(nq, 1); at_k = randoms(nkv, 1); at_v = randoms(nkv, 1); at_dy = randoms(nq, 1);
+    float *out = malloc(nq * sizeof *out), *lse = malloc((size_t)B * Hq * T * sizeof *lse);
+    float *dq = malloc(nq * sizeof *dq), *dk = malloc(nkv * sizeof *dk), *dv = malloc(nkv * sizeof *dv);
+    attention_forward(be, out, lse, at_q, at_k, at_v, B, T, Hq, Hkv, D, window);
+    attention_backward(be, dq, dk, dv, at_dy, at_q, at_k, at_v, out, lse, B, T, Hq, Hkv, D, window);
+    char name[64];
+    snprintf(name, sizeof name, "attention_backward T%d Hq%d Hkv%d window %d", T, Hq, Hkv, window);
+    check_input(name, "q", at_q, nq, dq, attention_loss);
+    check_input(name, "k", at_k, nkv, dk, attention_loss);
+    check_input(name, "v", at_v, nkv, dv, attention_loss);
+    free(out); free(lse); free(dq); free(dk); free(dv); free(at_q); free(at_k); free(at_v); free(at_dy);
+}
+
+/* ---- swiglu, embedding, cross-entropy ------------------------------------------------------- */
+enum { SN = 40 };
+static float *sw_g, *sw_u, *sw_dy;
+static double swiglu_loss(void)
+{
+    float out[SN];
+    swiglu_forward(be, out, sw_g, sw_u, SN);
+    return dot(out, sw_dy, SN);
+}
+static void test_swiglu(void)
+{
+    sw_g = randoms(SN, 4); sw_u = randoms(SN, 2); sw_dy = randoms(SN, 1);
+    float dg[SN], du[SN];
+    swiglu_backward(be, dg, du, sw_dy, sw_g, sw_u, SN);
+    check_input("swiglu_backward", "gate", sw_g, SN, dg, swiglu_loss);
+    check_input("swiglu_backward", "up", sw_u, SN, du, swiglu_loss);
+    free(sw_g); free(sw_u); free(sw_dy);
+}
+
+enum { EN = 9, EV = 5, EC = 6 };
+static float *em_table, *em_dy;
+static int32_t em_tokens[EN] = {0, 3, 3, 1, 4, 3, 0, 2, 3};
+static double embedding_loss(void)
+{
+    float out[EN * EC];
+    embedding_forward(be, out, em_tokens, em_table, EN, EC);
+    return dot(out, em_dy, EN * EC);
+}
+static void test_embedding(void)
+{
+    em_table = randoms(EV * EC, 1); em_dy = randoms(EN * EC, 1);
+    float *dt = calloc(EV * EC, sizeof *dt);
+    embedding_backward(be, dt, em_dy, em_tokens, EN, EC);
+    check_input("embedding_backward (repeated tokens)", "table", em_table, EV * EC, dt, embedding_loss);
+    free(dt); free(em_table); free(em_dy);
+}
+
+enum { CN = 6, CV = 11 };
+static float *ce_logits;
+static int32_t ce_targets[CN] = {3, -100, 0, 10, 5, 5};
+static double ce_loss(void)
+{
+    float losses[CN];
+    crossentropy_forward(be, losses, ce_logits, ce_targets, CN, CV);
+    double s = 0.0;
+    for (int i = 0; i < CN; i++)
+        s += 0.7 * losses[i];
+    return s;
+}
+static void test_crossentropy(void)
+{
+    ce_logits = randoms(CN * CV, 3);
+    float d[CN * CV], losses[CN], want[CN];
+    crossentropy_backward(be, d, losses, ce_logits, ce_targets, 0.7f, CN, CV);
+    check_input("crossentropy_backward (scale 0.7, one ignored)", "logits", ce_logits, CN * CV, d, ce_loss);
+    crossentropy_forward(be, want, ce_logits, ce_targets, CN, CV);
+    double worst = 0.0;
+    for (int i = 0; i < CN; i++)
+        worst = fmax(worst, fabs(losses[i] - want[i]));
+    printf("%-4s %-44s %-11s %.2e\n", worst < 1e-5 ? "ok" : "FAIL", "crossentropy_backward losses", "", worst);
+    failures += worst >= 1e-5;
+}
+
+/* ---- routing -------------------------------------------------------------------------------- */
+enum { RTN = 10, RTE = 6, RTK = 2 };
+static float *rt_logits, *rt_dw, rt_aux[RTE];
+static const float rt_z = 0.3f;
+static double route_loss(void)
+{
+    int32_t idx[RTN * RTK];
+    float w[RTN * RTK], p[RTN * RTE], lse[RTN];
+    moe_route_forward(be, idx, w, p, lse, rt_logits, RTN, RTE, RTK);
+    double l = dot(w, rt_dw, RTN * RTK);
+    for (int e = 0; e < RTE; e++) {
+        double mean = 0.0;
+        for (int n = 0; n < RTN; n++)
+            mean += p[n * RTE + e];
+        l += rt_aux[e] * mean / RTN;
+    }
+    for (int n = 0; n < RTN; n++)
+        l += rt_z * (double)lse[n] * lse[n];
+    return l;
+}
+static void test_route(void)
+{
+    /* well-separated logits, so +-eps never changes which experts are picked */
+    rt_logits = malloc(RTN * RTE * sizeof *rt_logits);
+    for (int n = 0; n < RTN; n++)
+        for (int e = 0; e < RTE; e++)
+            rt_logits[n * RTE + e] = (float)(0.5 * ((e * 7 + n * 3) % RTE) + 0.2 * uniform());
+    rt_dw = randoms(RTN * RTK, 1);
+    for (int e = 0; e < RTE; e++)
+        rt_aux[e] = (float)uniform();
+    int32_t idx[RTN * RTK];
+    float w[RTN * RTK], p[RTN * RTE], lse[RTN], dr[RTN * RTE];
+    moe_route_forward(be, idx, w, p, lse, rt_logits, RTN, RTE, RTK);
+    moe_route_backward(be, dr, rt_dw, idx, w, p, lse, rt_aux, rt_z, RTN, RTE, RTK);
+    check_input("moe_route_backward (gates + aux + z)", "logits", rt_logits, RTN * RTE, dr, route_loss);
+    free(rt_logits); free(rt_dw);
+}
+
+/* ---- adapters ------------------------------------------------------------------------------- */
+enum { AN = 8, AK = 2, AE = 3, AC = 10, AR = 4 };
+static float *ad_h, *ad_down, *ad_up, *ad_w, *ad_mask, *ad_dy;
+static int32_t ad_perm[AN * AK];
+static int ad_off[AE + 1];
+static double adapter_loss(void)
+{
+    float y[AN * AC] = {0}, g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR], scratch[AN * AK * AC];
+    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, ad_mask, ad_down, ad_up, ad_perm, ad_off,
+                        ad_w, AN, AK, AE, AC, AR, 0.25f);
+    return dot(y, ad_dy, AN * AC);
+}
+static void test_adapter(void)
+{
+    ad_h = randoms(AN * AC, 1); ad_down = randoms(AE * AR * AC, 1); ad_up = randoms(AE * AC * AR, 1);
+    ad_w = randoms(AN * AK, 1); ad_dy = randoms(AN * AC, 1);
+    ad_mask = malloc(AN * AK * AC * sizeof *ad_mask);
+    for (int i = 0; i < AN * AK * AC; i++)
+        ad_mask[i] = uniform() < 0.2 ? 0.0f : 1.25f;
+    /* token n picks experts n % 3 and (n + 1) % 3; group the pairs by expert */
+    int k = 0;
+    for (int e = 0; e < AE; e++) {
+        ad_off[e] = k;
+        for (int n = 0; n < AN; n++)
+            for (int s = 0; s < AK; s++)
+                if ((n + s) % AE == e)
+                    ad_perm[k++] = n * AK + s;
+    }
+    ad_off[AE] = k;
+    float y[AN * AC] = {0}, g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR];
+    float scratch[AN * AK * AC], scratch_r[AN * AK * AR];
+    float dh[AN * AC] = {0}, dd[AE * AR * AC] = {0}, du[AE * AC * AR] = {0}, dw[AN * AK];
+    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, ad_mask, ad_down, ad_up, ad_perm, ad_off,
+                        ad_w, AN, AK, AE, AC, AR, 0.25f);
+    moe_adapter_backward(be, dh, dd, du, dw, scratch, scratch_r, ad_dy, g, pre, act, ad_mask,
+                         ad_down, ad_up, ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
+    check_input("moe_adapter_backward (with dropout mask)", "h", ad_h, AN * AC, dh, adapter_loss);
+    check_input("moe_adapter_backward", "down", ad_down, AE * AR * AC, dd, adapter_loss);
+    check_input("moe_adapter_backward", "up", ad_up, AE * AC * AR, du, adapter_loss);
+    check_input("moe_adapter_backward", "gate w", ad_w, AN * AK, dw, adapter_loss);
+    free(ad_h); free(ad_down); free(ad_up); free(ad_w); free(ad_mask); free(ad_dy);
+}
+
+int main(void)
+{
+    pesc_error err;
+    be = backend_new("cpu", &err);
+    if (!be) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 99;
+    }
+    test_matmul();
+    test_rmsnorm();
+    test_rope();
+    test_attention(2, 9, 4, 2, 8, 0);
+    test_attention(1, 13, 2, 1, 6, 4);
+    test_attention(1, 70, 2, 2, 4, 0);   /* more rows than one attention block */
+    test_swiglu();
+    test_embedding();
+    test_crossentropy();
+    test_route();
+    test_adapter();
+    backend_delete(be);
+    printf("%d failure%s\n", failures, failures == 1 ? "" : "s");
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,281 @@
+/* test_pesc — properties of crafting and training that no reference file pins:
+ *   - at step 0 the crafted model's loss equals the dense model's exactly (U = 0, LoRA B = 0);
+ *   - steps on the load-balancing loss alone move a router biased to one expert toward balance;
+ *   - adapter files round-trip (Camelidae names, metadata) into a fresh, uncrafted model;
+ *   - gradient accumulation: two half-scaled micro-batches give one batch's gradient;
+ *   - the learning-rate schedules follow Hugging Face's formulas.
+ * Exit 0 pass, 1 fail. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "model.h"
+#include "optim.h"
+#include "safetensors.h"
+
+static int failures;
+static pesc_backend *be;
+
+#define CHECK(cond, ...)                                                                   \
+    do {                                                                                   \
+        int ok_ = (cond);                                                                  \
+        printf("%-4s ", ok_ ? "ok" : "FAIL");                                              \
+        printf(__VA_ARGS__);                                                               \
+        printf("\n");                                                                      \
+        failures += !ok_;                                                                  \
+    } while (0)
+
+static void die(const pesc_error *err)
+{
+    printf("FAIL %s\n", err->msg);
+    exit(1);
+}
+
+/* Mean next-token loss over a few fixed sequences. */
+static double dataset_loss(model *m)
+{
+    static const int32_t ids[3][12] = {{1, 5, 9, 2, 33, 17, 4, 60, 12, 3, 8, 41},
+                                       {7, 7, 7, 20, 21, 22, 23, 1, 0, 5, 63, 2},
+                                       {50, 40, 30, 20, 10, 0, 11, 22, 33, 44, 55, 62}};
+    double total = 0.0;
+    long long count = 0;
+    pesc_error err;
+    for (int r = 0; r < 3; r++) {
+        int32_t targets[12];
+        double nll;
+        long long n;
+        model_shift_targets(targets, ids[r], NULL, 12);
+        if (model_forward(m, ids[r], 1, 12, &err) != 0 || model_nll(m, targets, &nll, &n, NULL, &err))
+            die(&err);
+        total += nll;
+        count += n;
+    }
+    return total / (double)count;
+}
+
+static void test_step0_equality(const char *root)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/reference/data/llama-gqa-f32", root);
+    model m;
+    pesc_error err;
+    if (model_load(&m, dir, be, &err) != 0)
+        die(&err);
+    double dense = dataset_loss(&m);
+    pesc_options o;
+    pesc_options_default(&o);
+    o.adapter_dim = 16;
+    o.lora_rank = 4;
+    if (model_craft(&m, &o, 7, &err) != 0)
+        die(&err);
+    double crafted = dataset_loss(&m);
+    CHECK(crafted == dense, "step 0: crafted loss %.9g == dense loss %.9g (E 8, k 2, LoRA 4)",
+          crafted, dense);
+    model_free(&m);
+}
+
+/* A one-layer random model whose tokens all carry a large positive channel 0, and a router
+ * that sends everything to expert 0 through it. */
+static void biased_model(model *m, int E, int K)
+{
+    hf_config c = {.vocab_size = 32, .hidden_size = 16, .intermediate_size = 24, .n_layers = 1,
+                   .n_heads = 2, .n_kv_heads = 2, .head_dim = 8, .rms_norm_eps = 1e-5,
+                   .rope_theta = 10000.0};
+    pesc_error err;
+    if (model_init_random(m, &c, be, 3, &err) != 0)
+        die(&err);
+    float embed[32 * 16];
+    backend_download(be, embed, m->embed, sizeof embed);
+    for (int v = 0; v < 32; v++)
+        embed[v * 16] = 3.0f;
+    backend_upload(be, m->embed, embed, sizeof embed);
+    pesc_options o;
+    pesc_options_default(&o);
+    o.experts = E;
+    o.top_k = K;
+    o.adapter_dim = 4;
+    o.adapter_dropout = 0.0f;
+    o.aux_coef = 1.0f;
+    if (model_craft(m, &o, 3, &err) != 0)
+        die(&err);
+    float router[8 * 16] = {0};
+    backend_download(be, router, m->pesc_layers[0].router, (size_t)E * 16 * sizeof(float));
+    router[0] = 4.0f;
+    backend_upload(be, m->pesc_layers[0].router, router, (size_t)E * 16 * sizeof(float));
+}
+
+static double imbalance(const model *m)
+{
+    int E = m->pesc.experts, most = 0, total = 0;
+    for (int e = 0; e < E; e++) {
+        most = m->route_counts[e] > most ? m->route_counts[e] : most;
+        total += m->route_counts[e];
+    }
+    return most / ((double)total / E);
+}
+
+static void test_aux_balances(void)
+{
+    model m;
+    biased_model(&m, 4, 1);
+    int32_t tokens[64], targets[64];
+    for (int i = 0; i < 64; i++) {
+        tokens[i] = (i * 7 + 3) % 32;
+        targets[i] = -100;   /* no cross-entropy: the aux loss alone */
+    }
+    optim_config oc;
+    optim_config_default(&oc);
+    oc.lr = 0.05f;
+    oc.clip = 0.0f;
+    optimizer opt;
+    pesc_error err;
+    model_losses losses;
+    if (optim_init(&opt, be, m.n_train, &oc, &err) != 0)
+        die(&err);
+    double first = 0.0, first_aux = 0.0;
+    for (int step = 0; step < 100; step++) {
+        model_zero_grad(&m);
+        if (model_train_step(&m, tokens, targets, 4, 16, 1.0f, 0, &losses, &err) != 0)
+            die(&err);
+        if (step == 0) {
+            first = imbalance(&m);
+            first_aux = losses.aux;
+        }
+        optim_step(&opt, m.train_block, m.grad_block, oc.lr, NULL);
+    }
+    double last = imbalance(&m);
+    CHECK(first > 3.5 && last < 0.8 * first && losses.aux < first_aux,
+          "aux loss alone: max/mean load %.2f -> %.2f, aux %.4f -> %.4f over 100 steps", first, last,
+          first_aux, losses.aux);
+    optim_free(&opt);
+    model_free(&m);
+}
+
+static void test_roundtrip(const char *root)
+{
+    char dir[1024], path[1200];
+    snprintf(dir, sizeof dir, "%s/tests/reference/data/qwen2-bias-f32", root);
+    snprintf(path, sizeof path, "%s/pesc-adapters-%d.safetensors",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    model a, b;
+    pesc_error err;
+    pesc_options o;
+    pesc_options_default(&o);
+    o.experts = 4;
+    o.adapter_dim = 8;
+    o.adapter_scale = 0.5f;
+    o.lora_rank = 2;
+    o.lora_targets = (1u << LORA_Q) | (1u << LORA_DOWN);
+    if (model_load(&a, dir, be, &err) != 0 || model_craft(&a, &o, 11, &err) != 0)
+        die(&err);
+    /* give every trainable a value, so a missed tensor shows */
+    float *host = malloc(a.n_train * sizeof *host);
+    for (size_t i = 0; i < a.n_train; i++)
+        host[i] = (float)sin((double)i * 0.37) * 0.2f;
+    backend_upload(be, a.train_block, host, a.n_train * sizeof *host);
+    free(host);
+    double before = dataset_loss(&a);
+    if (model_save_trainables(&a, path, &err) != 0 || model_load(&b, dir, be, &err) != 0 ||
+        model_load_trainables(&b, path, &err) != 0)
+        die(&err);
+    double after = dataset_loss(&b);
+    CHECK(after == before && b.pesc.experts == 4 && b.pesc.top_k == 2 && b.pesc.lora_rank == 2 &&
+          b.pesc.lora_targets == o.lora_targets && b.pesc.adapter_scale == 0.5f,
+          "adapter file round trip: loss %.9g == %.9g, crafting restored from metadata", after, before);
+    st_file f = {0};
+    int named = st_open(&f, path, &err) == 0 &&
+                st_find(&f, "model.layers.1.mlp.moe_adapter.experts.expert_3.adapter_up.weight") &&
+                st_find(&f, "model.layers.0.mlp.moe_adapter.router.weight") &&
+                st_find(&f, "model.layers.0.self_attn.q_proj.lora_A.weight") &&
+                st_meta(&f, "num_experts") && strcmp(st_meta(&f, "num_experts"), "4") == 0 &&
+                strcmp(st_meta(&f, "moe_scaling"), "0.5") == 0 && strcmp(st_meta(&f, "topk"), "2") == 0 &&
+                strcmp(st_meta(&f, "adapter_dim"), "8") == 0;
+    CHECK(named, "adapter file carries Camelidae names and string metadata");
+    st_close(&f);
+    /* a file from another crafting is refused with a message naming it */
+    model c;
+    pesc_options other = o;
+    other.experts = 8;
+    if (model_load(&c, dir, be, &err) != 0 || model_craft(&c, &other, 1, &err) != 0)
+        die(&err);
+    int refused = model_load_trainables(&c, path, &err) != 0 && strstr(err.msg, path);
+    CHECK(refused, "mismatched crafting refused: %s", err.msg);
+    unlink(path);
+    model_free(&a);
+    model_free(&b);
+    model_free(&c);
+}
+
+static void test_accumulation(void)
+{
+    model m;
+    biased_model(&m, 4, 2);
+    m.pesc.aux_coef = 0.01f;
+    int32_t tokens[32], targets[32];
+    for (int i = 0; i < 32; i++)
+        tokens[i] = (i * 5 + 1) % 32;
+    for (int b = 0; b < 2; b++)
+        model_shift_targets(targets + 16 * b, tokens + 16 * b, NULL, 16);
+    memcpy(tokens + 16, tokens, 16 * sizeof *tokens);   /* two identical sequences */
+    memcpy(targets + 16, targets, 16 * sizeof *targets);
+    pesc_error err;
+    float *whole = malloc(m.n_train * sizeof *whole), *parts = malloc(m.n_train * sizeof *parts);
+    model_zero_grad(&m);
+    if (model_train_step(&m, tokens, targets, 2, 16, 1.0f, 0, NULL, &err) != 0)
+        die(&err);
+    backend_download(be, whole, m.grad_block, m.n_train * sizeof *whole);
+    model_zero_grad(&m);
+    for (int i = 0; i < 2; i++)
+        if (model_train_step(&m, tokens, targets, 1, 16, 0.5f, 0, NULL, &err) != 0)
+            die(&err);
+    backend_download(be, parts, m.grad_block, m.n_train * sizeof *parts);
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < m.n_train; i++) {
+        diff += ((double)whole[i] - parts[i]) * ((double)whole[i] - parts[i]);
+        norm += (double)whole[i] * whole[i];
+    }
+    CHECK(norm > 0 && sqrt(diff / norm) < 1e-5,
+          "gradient accumulation: 2 x 0.5 micro-batches == 1 batch (normalized error %.1e)",
+          sqrt(diff / norm));
+    free(whole);
+    free(parts);
+    model_free(&m);
+}
+
+static void test_schedules(void)
+{
+    optim_config c;
+    optim_config_default(&c);
+    c.lr = 1.0f;
+    c.warmup = 10;
+    c.total_steps = 110;
+    int ok = optim_lr_at(&c, 0) == 0.0 && fabs(optim_lr_at(&c, 5) - 0.5) < 1e-12 &&
+             optim_lr_at(&c, 10) == 1.0 && optim_lr_at(&c, 100) == 1.0;
+    c.schedule = SCHEDULE_COSINE;
+    ok = ok && fabs(optim_lr_at(&c, 60) - 0.5) < 1e-12 && fabs(optim_lr_at(&c, 110)) < 1e-12 &&
+         fabs(optim_lr_at(&c, 35) - 0.5 * (1 + cos(M_PI * 0.25))) < 1e-12;
+    c.schedule = SCHEDULE_LINEAR;
+    ok = ok && fabs(optim_lr_at(&c, 35) - 0.75) < 1e-12 && optim_lr_at(&c, 200) == 0.0 &&
+         fabs(optim_lr_at(&c, 3) - 0.3) < 1e-12;
+    CHECK(ok, "schedules: constant-with-warmup, cosine and linear as Hugging Face defines them");
+}
+
+int main(void)
+{
+    const char *root = getenv("top_srcdir");
+    pesc_error err;
+    be = backend_new("cpu", &err);
+    if (!be)
+        die(&err);
+    test_step0_equality(root ? root : ".");
+    test_aux_balances();
+    test_roundtrip(root ? root : ".");
+    test_accumulation();
+    test_schedules();
+    backend_delete(be);
+    printf("%d failure%s\n", failures, failures == 1 ? "" : "s");
+    return failures ? 1 : 0;
+}
