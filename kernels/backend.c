@@ -68,6 +68,11 @@ void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes)
     b->ops->download(b->context, dst, src, bytes);
 }
 
+void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes)
+{
+    b->ops->copy(b->context, dst, src, bytes);
+}
+
 void backend_synchronize(pesc_backend *b)
 {
     if (b->ops->synchronize)
@@ -99,6 +104,11 @@ void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *
 void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window)
 {
     b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D, window);
+}
+
+void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window)
+{
+    b->ops->attention_cached_forward(b->context, out, q, k_cache, v_cache, n, past, Hq, Hkv, D, window);
 }
 
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n)

@@ -30,6 +30,8 @@ void backend_free(pesc_backend *b, void *p);
 void backend_upload(pesc_backend *b, void *dst, const void *src, size_t bytes);
 void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes);
 void backend_synchronize(pesc_backend *b);
+/* Copies bytes between two buffers of the backend. */
+void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
 
 /* ---- forward ops ---------------------------------------------------------------------------- */
 
@@ -59,6 +61,12 @@ void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *
  * lse (B, Hq, T) receives each row's log-sum-exp for the backward pass and may be NULL. */
 void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k,
                        const float *v, int B, int T, int Hq, int Hkv, int D, int window);
+
+/* Generation: n new query rows (n, Hq, D) at positions past .. past+n-1 of one sequence,
+ * against a KV cache (past+n, Hkv, D) that already holds their own keys and values. */
+void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache,
+                              const float *v_cache, int n, int past, int Hq, int Hkv, int D,
+                              int window);
 
 /* out (n) = silu(gate) * up, elementwise. */
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n);

@@ -15,12 +15,14 @@ typedef struct backend_ops {
     void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
     void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
     void (*synchronize)(void *ctx);                          /* optional */
+    void (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
 
     void (*embedding_forward)(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
     void (*matmul_forward)(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
     void (*rmsnorm_forward)(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
     void (*rope_forward)(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D);
     void (*attention_forward)(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window);
+    void (*attention_cached_forward)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window);
     void (*swiglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
     void (*residual_forward)(void *ctx, float *out, const float *x, const float *y, size_t n);
     void (*crossentropy_forward)(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);

@@ -239,6 +239,8 @@ void model_free(model *m)
         backend_free(m->backend, m->inv_freq);
         backend_free(m->backend, m->crafted_block);
         backend_free(m->backend, m->grad_block);
+        backend_free(m->backend, m->k_cache);
+        backend_free(m->backend, m->v_cache);
     }
     free(m->layers);
     free(m->pesc_layers);
@@ -246,6 +248,7 @@ void model_free(model *m)
     if (m->trainables != m->base_tensors)
         free(m->trainables);
     free(m->route_counts);
+    free(m->last_experts);
     memset(m, 0, sizeof *m);
 }
 

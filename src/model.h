@@ -122,6 +122,11 @@ typedef struct model {
     int n_trainables;
     uint64_t rng;                /* dropout */
     int *route_counts;           /* (n_layers, E) assignments of the last forward, host */
+    int32_t *last_experts;       /* (n_layers, K) experts of the last token of the last forward */
+
+    /* generation: keys and values of every layer for the tokens so far */
+    float *k_cache, *v_cache;    /* (n_layers, capacity, Hkv*D) each */
+    int cache_capacity, cache_len;
 
     model_activations act;
     void *act_block;
@@ -171,6 +176,14 @@ int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err
  * sequences never hold (N, V) at once. */
 int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
               float *logits_out, pesc_error *err);
+
+/* Generation with a KV cache. model_cache_reset empties the cache (allocating room for
+ * `capacity` tokens); model_decode appends n tokens (a prompt, then one token at a time) and
+ * writes the logits (V) of the last one into logits (host). Uses the current weights with no
+ * dropout. *experts (optional, n_layers * K) receives the last token's experts per layer. */
+int model_cache_reset(model *m, int capacity, pesc_error *err);
+int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t *experts,
+                 pesc_error *err);
 
 /* Next-token targets of one record as Hugging Face shifts them: target[t] = labels[t+1],
  * the last position gets -100. labels may be NULL (then the ids are the labels). */

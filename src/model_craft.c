@@ -193,6 +193,7 @@ int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
         m->n_trainables = list.n;
         m->crafted = 1;
         m->route_counts = xcalloc((size_t)m->config.n_layers * (size_t)o->experts, sizeof(int));
+        m->last_experts = xcalloc((size_t)m->config.n_layers * (size_t)o->top_k, sizeof(int32_t));
     }
     m->grad_block = backend_alloc(m->backend, m->n_train * sizeof(float), err);
     if (!m->grad_block)

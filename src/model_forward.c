@@ -273,6 +273,7 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout)
     memset(counts, 0, (size_t)E * sizeof *counts);
     for (int i = 0; i < NK; i++)
         counts[idx[i]]++;
+    memcpy(m->last_experts + (size_t)l * K, idx + (size_t)(N - 1) * K, (size_t)K * sizeof *idx);
     off[0] = 0;
     for (int e = 0; e < E; e++)
         off[e + 1] = off[e] + counts[e];
@@ -310,7 +311,9 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout)
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
-static void attention_block(model *m, int l, layer_acts *a, int B, int T)
+/* past < 0: B sequences of T tokens on their own; past >= 0: one sequence of T new tokens
+ * after `past` cached ones (generation). */
+static void attention_block(model *m, int l, layer_acts *a, int B, int T, int past)
 {
     const hf_config *c = &m->config;
     pesc_backend *b = m->backend;
@@ -322,7 +325,16 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T)
     linear_forward(m, l, LORA_V, a, a->v, a->xn1, N);
     rope_forward(b, a->q, a->q, m->act.pos, m->inv_freq, N, Hq, D);
     rope_forward(b, a->k, a->k, m->act.pos, m->inv_freq, N, Hkv, D);
-    attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D, c->sliding_window);
+    if (past >= 0) {
+        size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_capacity * row;
+        float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
+        backend_copy(b, kc + (size_t)past * row, a->k, (size_t)T * row * sizeof(float));
+        backend_copy(b, vc + (size_t)past * row, a->v, (size_t)T * row * sizeof(float));
+        attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, c->sliding_window);
+    } else {
+        attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D,
+                          c->sliding_window);
+    }
     /* h is free until the FFN writes it; scratch holds LoRA's product */
     linear_forward(m, l, LORA_O, a, a->h, a->att, N);
     residual_forward(b, a->x_mid, a->x_in, a->h, (size_t)N * C);
@@ -357,7 +369,7 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
 /* training keeps every layer's activations; dropout applies the adapter dropout (training
  * only, and only where the options ask for it). */
 static int forward_all(model *m, const int32_t *tokens, int B, int T, int training, int dropout,
-                       pesc_error *err)
+                       int past, pesc_error *err)
 {
     const hf_config *c = &m->config;
     int N = B * T;
@@ -372,7 +384,7 @@ static int forward_all(model *m, const int32_t *tokens, int B, int T, int traini
     model_activations *a = &m->act;
     int32_t *pos = xmalloc((size_t)N * sizeof *pos);
     for (int i = 0; i < N; i++)
-        pos[i] = i % T;
+        pos[i] = past >= 0 ? past + i : i % T;
     backend_upload(m->backend, a->pos, pos, (size_t)N * sizeof *pos);
     backend_upload(m->backend, a->tokens, tokens, (size_t)N * sizeof *tokens);
     free(pos);
@@ -383,7 +395,7 @@ static int forward_all(model *m, const int32_t *tokens, int B, int T, int traini
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *L = &a->layers[l];
         float *x_out = training && l + 1 < c->n_layers ? a->layers[l + 1].x_in : a->x;
-        attention_block(m, l, L, B, T);
+        attention_block(m, l, L, B, T, past);
         ffn_block(m, l, L, x_out, N, training && dropout);
     }
     rmsnorm_forward(m->backend, a->xn, a->rstd, a->x, m->final_norm, N, c->hidden_size,
@@ -393,7 +405,7 @@ static int forward_all(model *m, const int32_t *tokens, int B, int T, int traini
 
 int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err)
 {
-    return forward_all(m, tokens, B, T, 0, 0, err);
+    return forward_all(m, tokens, B, T, 0, 0, -1, err);
 }
 
 static int check_targets(const model *m, const int32_t *targets, int N, long long *count,
@@ -525,7 +537,7 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets, in
     int N = B * T;
     long long count;
     if (check_targets(m, targets, N, &count, err) != 0 ||
-        forward_all(m, tokens, B, T, 1, dropout, err) != 0)
+        forward_all(m, tokens, B, T, 1, dropout, -1, err) != 0)
         return -1;
     model_activations *a = &m->act;
     pesc_backend *b = m->backend;
@@ -547,5 +559,50 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets, in
         embedding_backward(b, dembed, a->dx, a->tokens, N, c->hidden_size);
     if (out)
         *out = m->losses;
+    return 0;
+}
+
+/* ---- generation --------------------------------------------------------------------------- */
+
+int model_cache_reset(model *m, int capacity, pesc_error *err)
+{
+    m->cache_len = 0;
+    if (capacity <= m->cache_capacity)
+        return 0;
+    const hf_config *c = &m->config;
+    size_t bytes = (size_t)c->n_layers * capacity * c->n_kv_heads * c->head_dim * sizeof(float);
+    backend_free(m->backend, m->k_cache);
+    backend_free(m->backend, m->v_cache);
+    m->cache_capacity = 0;
+    m->k_cache = backend_alloc(m->backend, bytes, err);
+    m->v_cache = m->k_cache ? backend_alloc(m->backend, bytes, err) : NULL;
+    if (!m->v_cache)
+        return -1;
+    m->cache_capacity = capacity;
+    return 0;
+}
+
+int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t *experts,
+                 pesc_error *err)
+{
+    const hf_config *c = &m->config;
+    if (n <= 0)
+        return pesc_fail(err, "model_decode: no tokens");
+    if (m->cache_len + n > m->cache_capacity)
+        return pesc_fail(err, "the generation is %d tokens long; the cache holds %d",
+                         m->cache_len + n, m->cache_capacity);
+    if (forward_all(m, tokens, 1, n, 0, 0, m->cache_len, err) != 0)
+        return -1;
+    m->cache_len += n;
+    /* logits of the last position only */
+    int C = c->hidden_size, V = c->vocab_size;
+    matmul_forward(m->backend, m->act.logits, m->act.xn + (size_t)(n - 1) * C, m->lm_head, NULL, 1,
+                   C, V);
+    backend_download(m->backend, logits, m->act.logits, (size_t)V * sizeof(float));
+    if (experts && m->crafted) {
+        int K = m->pesc.top_k;
+        /* inference shares one set of buffers across layers: routing kept by route_layer */
+        memcpy(experts, m->last_experts, (size_t)c->n_layers * K * sizeof *experts);
+    }
     return 0;
 }

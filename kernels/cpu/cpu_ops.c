@@ -142,17 +142,20 @@ static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int
     }
 }
 
+/* T query rows at positions past .. past+T-1 against keys 0 .. past+T-1 (the keys before
+ * `past` come from a KV cache when generating). */
 static void attention_head(float *out, float *lse, const float *q, const float *k, const float *v,
-                           int T, int q_stride, int kv_stride, int D, int window, float *scores)
+                           int T, int past, int q_stride, int kv_stride, int D, int window,
+                           float *scores)
 {
     float scale = 1.0f / sqrtf((float)D);
     for (int t0 = 0; t0 < T; t0 += CPU_ATTENTION_BLOCK) {
         int rows = T - t0 < CPU_ATTENTION_BLOCK ? T - t0 : CPU_ATTENTION_BLOCK;
-        int key0 = first_key(t0, window), keys = t0 + rows - key0;
+        int p0 = past + t0, key0 = first_key(p0, window), keys = p0 + rows - key0;
         /* scores (rows, keys) = Q_block K_visible^T */
         cpu_gemm(0, 1, rows, keys, D, 1.0f, q + (size_t)t0 * q_stride, q_stride,
                  k + (size_t)key0 * kv_stride, kv_stride, 0.0f, scores, keys);
-        block_softmax(scores, keys, t0, rows, key0, keys, window, scale, lse ? lse + t0 : NULL);
+        block_softmax(scores, keys, p0, rows, key0, keys, window, scale, lse ? lse + t0 : NULL);
         cpu_gemm(0, 0, rows, D, keys, 1.0f, scores, keys, v + (size_t)key0 * kv_stride, kv_stride,
                  0.0f, out + (size_t)t0 * q_stride, q_stride);
     }
@@ -174,9 +177,29 @@ void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, co
                 size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
                 size_t kv_off = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
                 attention_head(out + q_off, lse ? lse + ((size_t)b * Hq + h) * T : NULL,
-                               q + q_off, k + kv_off, v + kv_off, T, q_stride, kv_stride, D,
+                               q + q_off, k + kv_off, v + kv_off, T, 0, q_stride, kv_stride, D,
                                window, scores);
             }
+        free(scores);
+    }
+}
+
+void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
+                                  const float *v_cache, int n, int past, int Hq, int Hkv, int D,
+                                  int window)
+{
+    (void)ctx;
+    assert(Hq % Hkv == 0);
+    int group = Hq / Hkv, q_stride = Hq * D, kv_stride = Hkv * D;
+#pragma omp parallel
+    {
+        float *scores = malloc((size_t)CPU_ATTENTION_BLOCK * (past + n) * sizeof *scores);
+        assert(scores);
+#pragma omp for schedule(dynamic, 1)
+        for (int h = 0; h < Hq; h++)
+            attention_head(out + (size_t)h * D, NULL, q + (size_t)h * D,
+                           k_cache + (size_t)(h / group) * D, v_cache + (size_t)(h / group) * D, n,
+                           past, q_stride, kv_stride, D, window, scores);
         free(scores);
     }
 }

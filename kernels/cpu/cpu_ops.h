@@ -23,6 +23,9 @@ void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *we
 void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
 void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D);
 void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window);
+void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
+                                  const float *v_cache, int n, int past, int Hq, int Hkv, int D,
+                                  int window);
 void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n);
 void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);

@@ -1,0 +1,25 @@
+/* sample — picking the next token from logits: greedy, temperature, top-k, top-p, with an RNG
+ * of its own (so sampling mid-training never disturbs the training RNG).
+ * Must not: know about models or tokenizers. */
+#ifndef PESC_SAMPLE_H
+#define PESC_SAMPLE_H
+
+#include <stdint.h>
+
+typedef struct sampler {
+    float temperature;           /* 0 = greedy */
+    int top_k;                   /* 0 = off */
+    float top_p;                 /* 1 = off */
+    uint64_t rng;
+    /* scratch, grown on demand */
+    float *probs;
+    int *order;
+    int capacity;
+} sampler;
+
+void sampler_init(sampler *s, float temperature, int top_k, float top_p, uint64_t seed);
+void sampler_free(sampler *s);
+/* Next token from logits (V). Ties in greedy mode go to the lower id. */
+int sampler_next(sampler *s, const float *logits, int V);
+
+#endif
