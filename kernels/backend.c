@@ -101,9 +101,9 @@ void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *
     b->ops->rope_forward(b->context, out, inp, pos, inv_freq, N, H, D);
 }
 
-void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window)
+void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
 {
-    b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D, window);
+    b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
 }
 
 void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window)
@@ -166,9 +166,9 @@ void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_
     b->ops->rope_backward(b->context, dinp, dout, pos, inv_freq, N, H, D);
 }
 
-void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window)
+void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
 {
-    b->ops->attention_backward(b->context, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window);
+    b->ops->attention_backward(b->context, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, seg_start);
 }
 
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n)

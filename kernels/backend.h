@@ -57,10 +57,13 @@ void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *
 /* Causal grouped-query attention over B sequences of T tokens.
  * q (N, Hq, D), k and v (N, Hkv, D), out (N, Hq, D); query head h reads kv head h / (Hq/Hkv).
  * Scores are scaled by 1/sqrt(D). window > 0 limits each query at t to keys s with
- * t - window < s <= t (sliding-window attention); 0 means unlimited.
+ * t - window < s <= t (sliding-window attention); 0 means unlimited. seg_start (B, T), when
+ * not NULL, packs several documents in a row: the query at t sees only keys s >= seg_start[t],
+ * the row position where its document begins.
  * lse (B, Hq, T) receives each row's log-sum-exp for the backward pass and may be NULL. */
 void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k,
-                       const float *v, int B, int T, int Hq, int Hkv, int D, int window);
+                       const float *v, int B, int T, int Hq, int Hkv, int D, int window,
+                       const int32_t *seg_start);
 
 /* Generation: n new query rows (n, Hq, D) at positions past .. past+n-1 of one sequence,
  * against a KV cache (past+n, Hkv, D) that already holds their own keys and values. */
@@ -138,7 +141,8 @@ void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_
 /* dq, dk, dv overwritten. out and lse are attention_forward's. */
 void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
-                        const float *lse, int B, int T, int Hq, int Hkv, int D, int window);
+                        const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
+                        const int32_t *seg_start);
 /* dgate, dup overwritten (dgate may equal dout). */
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout,
                      const float *gate, const float *up, size_t n);

@@ -222,7 +222,7 @@ static int run_steps(model *m, optimizer *opt, const bench_options *o, double *s
     for (int step = 0; step <= o->steps && rc == 0; step++) {
         double t0 = pesc_now();
         model_zero_grad(m);
-        rc = model_train_step(m, tokens, targets, o->batch, o->seq, 1.0f, 1, last, err);
+        rc = model_train_step(m, tokens, targets, NULL, o->batch, o->seq, 1.0f, 1, last, err);
         if (rc == 0)
             optim_step(opt, m->train_block, m->grad_block, 1e-4, NULL);
         backend_synchronize(m->backend);

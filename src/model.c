@@ -247,8 +247,12 @@ void model_free(model *m)
     free(m->base_tensors);
     if (m->trainables != m->base_tensors)
         free(m->trainables);
-    free(m->route_counts);
-    free(m->last_experts);
+    free(m->routing.counts);
+    free(m->routing.first);
+    free(m->routing.gate_sum);
+    free(m->routing.entropy);
+    free(m->routing.source_counts);
+    free(m->routing.last_experts);
     memset(m, 0, sizeof *m);
 }
 

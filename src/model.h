@@ -71,6 +71,8 @@ typedef struct model_activations {
     float *scratch;              /* (N*K or N, max(C, F, Hq*D)) */
     float *scratch_r;            /* (N*K, R) */
     int32_t *tokens, *targets, *pos;   /* (N) */
+    int32_t *seg;                /* (N) row position where each token's document starts */
+    int packed;                  /* seg is in use */
     /* gradients (training only) */
     float *dx, *dxn, *dh;        /* (N, C) */
     float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D) */
@@ -87,6 +89,28 @@ typedef struct model_losses {
     double z;                    /* router z-loss, summed over layers */
     long long targets;           /* counted (non-ignored) targets */
 } model_losses;
+
+/* Routing of the last forward, counted on the host while grouping tokens (free: the counts
+ * are needed for the GEMM shapes anyway). L = n_layers, E = experts. */
+#define MODEL_MAX_SOURCES 16
+typedef struct model_routing {
+    int *counts;                 /* (L, E) (token, slot) assignments */
+    int *first;                  /* (L, E) first choices (slot 0) */
+    double *gate_sum;            /* (L, E) sum of gate weights of the assignments */
+    double *entropy;             /* (L) mean entropy of the softmax over all E */
+    int *source_counts;          /* (MODEL_MAX_SOURCES, L, E) assignments per --data source */
+    int n_sources;               /* sources seen in the last forward (max index + 1) */
+    int32_t *last_experts;       /* (L, K) experts of the last token */
+    long long tokens;            /* tokens routed in the last forward */
+} model_routing;
+
+/* How a training batch is laid out when rows are packed with several documents. Any field
+ * may be NULL: positions 0..T-1 per row, one document per row, no source statistics. */
+typedef struct model_layout {
+    const int32_t *positions;    /* (B*T) position within the document */
+    const int32_t *doc_ids;      /* (B*T) document within the row; attention stays inside it */
+    const int32_t *sources;      /* (B*T) --data index of each token, -1 for padding */
+} model_layout;
 
 /* A named trainable tensor (a view into the trainable block). */
 typedef struct model_tensor {
@@ -121,8 +145,8 @@ typedef struct model {
     model_tensor *trainables;    /* named views, in file order */
     int n_trainables;
     uint64_t rng;                /* dropout */
-    int *route_counts;           /* (n_layers, E) assignments of the last forward, host */
-    int32_t *last_experts;       /* (n_layers, K) experts of the last token of the last forward */
+    model_routing routing;       /* when crafted */
+    const int32_t *cur_sources;  /* host, during a forward with a layout */
 
     /* generation: keys and values of every layer for the tokens so far */
     float *k_cache, *v_cache;    /* (n_layers, capacity, Hkv*D) each */
@@ -161,9 +185,11 @@ int model_save_trainables(model *m, const char *path, pesc_error *err);
 /* Training: forward with every activation kept, the losses, and the backward pass, adding
  * loss_scale * d(ce + aux + z)/d(trainable) into grad_block (zero it with model_zero_grad
  * first; accumulation over micro-batches is repeated calls). tokens and targets are host
- * arrays (B*T); targets as from model_shift_targets. dropout: apply adapter dropout. */
-int model_train_step(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
-                     float loss_scale, int dropout, model_losses *out, pesc_error *err);
+ * arrays (B*T); targets as from model_shift_targets; layout may be NULL (see model_layout).
+ * dropout: apply adapter dropout. */
+int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
+                     const model_layout *layout, int B, int T, float loss_scale, int dropout,
+                     model_losses *out, pesc_error *err);
 void model_zero_grad(model *m);
 
 /* Runs B sequences of T tokens (tokens: host array, B*T) through the decoder up to the final

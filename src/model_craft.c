@@ -192,8 +192,14 @@ int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
         m->trainables = list.items;
         m->n_trainables = list.n;
         m->crafted = 1;
-        m->route_counts = xcalloc((size_t)m->config.n_layers * (size_t)o->experts, sizeof(int));
-        m->last_experts = xcalloc((size_t)m->config.n_layers * (size_t)o->top_k, sizeof(int32_t));
+        size_t L = (size_t)m->config.n_layers, E = (size_t)o->experts;
+        model_routing *r = &m->routing;
+        r->counts = xcalloc(L * E, sizeof *r->counts);
+        r->first = xcalloc(L * E, sizeof *r->first);
+        r->gate_sum = xcalloc(L * E, sizeof *r->gate_sum);
+        r->entropy = xcalloc(L, sizeof *r->entropy);
+        r->source_counts = xcalloc(MODEL_MAX_SOURCES * L * E, sizeof *r->source_counts);
+        r->last_experts = xcalloc(L * (size_t)o->top_k, sizeof *r->last_experts);
     }
     m->grad_block = backend_alloc(m->backend, m->n_train * sizeof(float), err);
     if (!m->grad_block)

@@ -142,6 +142,7 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     want(&c, &a->tokens, n);
     want(&c, &a->targets, n);
     want(&c, &a->pos, n);
+    want(&c, &a->seg, n);
     if (training)
         want_gradients(m, &c, n);
     size_t total = 0;
@@ -257,6 +258,45 @@ static double uniform01(uint64_t *state)
     return (double)(*state >> 11) / 9007199254740992.0;
 }
 
+/* The statistics of DESIGN section 2, taken from what grouping downloads anyway. */
+static int *count_routing(model *m, int l, const int32_t *idx, const float *w, const float *probs,
+                          int N)
+{
+    model_routing *r = &m->routing;
+    int E = m->pesc.experts, K = m->pesc.top_k, L = m->config.n_layers;
+    int *counts = r->counts + (size_t)l * E, *first = r->first + (size_t)l * E;
+    double *gate = r->gate_sum + (size_t)l * E;
+    memset(counts, 0, (size_t)E * sizeof *counts);
+    memset(first, 0, (size_t)E * sizeof *first);
+    memset(gate, 0, (size_t)E * sizeof *gate);
+    for (int s = 0; s < MODEL_MAX_SOURCES; s++)
+        memset(r->source_counts + ((size_t)s * L + l) * E, 0, (size_t)E * sizeof(int));
+    if (l == 0)
+        r->n_sources = 0;
+    double entropy = 0.0;
+    for (int n = 0; n < N; n++) {
+        int src = m->cur_sources ? m->cur_sources[n] : -1;
+        for (int j = 0; j < K; j++) {
+            int e = idx[n * K + j];
+            counts[e]++;
+            first[e] += j == 0;
+            gate[e] += w[n * K + j];
+            if (src >= 0 && src < MODEL_MAX_SOURCES)
+                r->source_counts[((size_t)src * L + l) * E + e]++;
+        }
+        if (src >= r->n_sources && src < MODEL_MAX_SOURCES)
+            r->n_sources = src + 1;
+        for (int e = 0; e < E; e++) {
+            double p = probs[(size_t)n * E + e];
+            entropy -= p > 0 ? p * log(p) : 0.0;
+        }
+    }
+    r->entropy[l] = entropy / N;
+    r->tokens = N;
+    memcpy(r->last_experts + (size_t)l * K, idx + (size_t)(N - 1) * K, (size_t)K * sizeof *idx);
+    return counts;
+}
+
 /* Groups (token, slot) pairs by expert with a counting sort, on the host: the group sizes
  * decide the GEMM shapes, so they are needed here anyway (on a GPU this is the one place a
  * step waits for the device). Also takes the load-balancing and z-loss values. */
@@ -266,14 +306,14 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout)
     int E = m->pesc.experts, K = m->pesc.top_k, NK = N * K;
     int32_t *idx = xmalloc((size_t)NK * sizeof *idx), *perm = xmalloc((size_t)NK * sizeof *perm);
     float *probs = xmalloc((size_t)N * E * sizeof *probs), *lse = xmalloc((size_t)N * sizeof *lse);
+    float *w = xmalloc((size_t)NK * sizeof *w);
     backend_download(b, idx, a->topk_idx, (size_t)NK * sizeof *idx);
+    backend_download(b, w, a->topk_w, (size_t)NK * sizeof *w);
     backend_download(b, probs, a->probs, (size_t)N * E * sizeof *probs);
     backend_download(b, lse, a->router_lse, (size_t)N * sizeof *lse);
-    int *counts = m->route_counts + (size_t)l * E, *off = a->offsets;
-    memset(counts, 0, (size_t)E * sizeof *counts);
-    for (int i = 0; i < NK; i++)
-        counts[idx[i]]++;
-    memcpy(m->last_experts + (size_t)l * K, idx + (size_t)(N - 1) * K, (size_t)K * sizeof *idx);
+    int *off = a->offsets;
+    int *counts = count_routing(m, l, idx, w, probs, N);
+    free(w);
     off[0] = 0;
     for (int e = 0; e < E; e++)
         off[e + 1] = off[e] + counts[e];
@@ -333,7 +373,7 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, c->sliding_window);
     } else {
         attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D,
-                          c->sliding_window);
+                          c->sliding_window, m->act.packed ? m->act.seg : NULL);
     }
     /* h is free until the FFN writes it; scratch holds LoRA's product */
     linear_forward(m, l, LORA_O, a, a->h, a->att, N);
@@ -368,8 +408,8 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
 
 /* training keeps every layer's activations; dropout applies the adapter dropout (training
  * only, and only where the options ask for it). */
-static int forward_all(model *m, const int32_t *tokens, int B, int T, int training, int dropout,
-                       int past, pesc_error *err)
+static int forward_all(model *m, const int32_t *tokens, const model_layout *layout, int B, int T,
+                       int training, int dropout, int past, pesc_error *err)
 {
     const hf_config *c = &m->config;
     int N = B * T;
@@ -384,8 +424,18 @@ static int forward_all(model *m, const int32_t *tokens, int B, int T, int traini
     model_activations *a = &m->act;
     int32_t *pos = xmalloc((size_t)N * sizeof *pos);
     for (int i = 0; i < N; i++)
-        pos[i] = past >= 0 ? past + i : i % T;
+        pos[i] = past >= 0 ? past + i : layout && layout->positions ? layout->positions[i] : i % T;
     backend_upload(m->backend, a->pos, pos, (size_t)N * sizeof *pos);
+    a->packed = layout && layout->doc_ids;
+    if (a->packed) {
+        /* where each token's document starts within its row */
+        for (int i = 0; i < N; i++) {
+            int t = i % T;
+            pos[i] = t > 0 && layout->doc_ids[i] == layout->doc_ids[i - 1] ? pos[i - 1] : t;
+        }
+        backend_upload(m->backend, a->seg, pos, (size_t)N * sizeof *pos);
+    }
+    m->cur_sources = layout ? layout->sources : NULL;
     backend_upload(m->backend, a->tokens, tokens, (size_t)N * sizeof *tokens);
     free(pos);
     m->B = B;
@@ -405,7 +455,7 @@ static int forward_all(model *m, const int32_t *tokens, int B, int T, int traini
 
 int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err)
 {
-    return forward_all(m, tokens, B, T, 0, 0, -1, err);
+    return forward_all(m, tokens, NULL, B, T, 0, 0, -1, err);
 }
 
 static int check_targets(const model *m, const int32_t *targets, int N, long long *count,
@@ -498,7 +548,7 @@ static void layer_backward(model *m, int l, float loss_scale)
         float *aux_grad = xmalloc((size_t)E * sizeof *aux_grad);
         for (int e = 0; e < E; e++)
             aux_grad[e] = loss_scale * m->pesc.aux_coef * E *
-                          (float)m->route_counts[(size_t)l * E + e] / (float)(N * K);
+                          (float)m->routing.counts[(size_t)l * E + e] / (float)(N * K);
         backend_upload(b, g->aux_grad, aux_grad, (size_t)E * sizeof *aux_grad);
         free(aux_grad);
         moe_route_backward(b, g->drouter, g->dtopk_w, a->topk_idx, a->topk_w, a->probs,
@@ -517,7 +567,7 @@ static void layer_backward(model *m, int l, float loss_scale)
     vector_zero(b, g->datt, (size_t)N * Hq * D);
     linear_backward(m, l, LORA_O, a, g->datt, g->dx, a->att, N);
     attention_backward(b, g->dq, g->dk, g->dv, g->datt, a->q, a->k, a->v, a->att, a->lse, m->B,
-                       m->T, Hq, Hkv, D, c->sliding_window);
+                       m->T, Hq, Hkv, D, c->sliding_window, g->packed ? g->seg : NULL);
     rope_backward(b, g->dq, g->dq, g->pos, m->inv_freq, N, Hq, D);
     rope_backward(b, g->dk, g->dk, g->pos, m->inv_freq, N, Hkv, D);
     vector_zero(b, g->dxn, (size_t)N * C);
@@ -528,8 +578,9 @@ static void layer_backward(model *m, int l, float loss_scale)
                      a->rstd1, N, C);
 }
 
-int model_train_step(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
-                     float loss_scale, int dropout, model_losses *out, pesc_error *err)
+int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
+                     const model_layout *layout, int B, int T, float loss_scale, int dropout,
+                     model_losses *out, pesc_error *err)
 {
     const hf_config *c = &m->config;
     if (!m->grad_block)
@@ -537,7 +588,7 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets, in
     int N = B * T;
     long long count;
     if (check_targets(m, targets, N, &count, err) != 0 ||
-        forward_all(m, tokens, B, T, 1, dropout, -1, err) != 0)
+        forward_all(m, tokens, layout, B, T, 1, dropout, -1, err) != 0)
         return -1;
     model_activations *a = &m->act;
     pesc_backend *b = m->backend;
@@ -591,7 +642,7 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
     if (m->cache_len + n > m->cache_capacity)
         return pesc_fail(err, "the generation is %d tokens long; the cache holds %d",
                          m->cache_len + n, m->cache_capacity);
-    if (forward_all(m, tokens, 1, n, 0, 0, m->cache_len, err) != 0)
+    if (forward_all(m, tokens, NULL, 1, n, 0, 0, m->cache_len, err) != 0)
         return -1;
     m->cache_len += n;
     /* logits of the last position only */
@@ -602,7 +653,7 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
     if (experts && m->crafted) {
         int K = m->pesc.top_k;
         /* inference shares one set of buffers across layers: routing kept by route_layer */
-        memcpy(experts, m->last_experts, (size_t)c->n_layers * K * sizeof *experts);
+        memcpy(experts, m->routing.last_experts, (size_t)c->n_layers * K * sizeof *experts);
     }
     return 0;
 }

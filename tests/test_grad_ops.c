@@ -131,31 +131,37 @@ static void test_rope(void)
 
 /* ---- attention ------------------------------------------------------------------------------ */
 static int at_B, at_T, at_Hq, at_Hkv, at_D, at_window;
+static int32_t *at_seg;   /* packed documents, or NULL */
 static float *at_q, *at_k, *at_v, *at_dy;
 static double attention_loss(void)
 {
     size_t n = (size_t)at_B * at_T * at_Hq * at_D;
     float *out = malloc(n * sizeof *out);
-    attention_forward(be, out, NULL, at_q, at_k, at_v, at_B, at_T, at_Hq, at_Hkv, at_D, at_window);
+    attention_forward(be, out, NULL, at_q, at_k, at_v, at_B, at_T, at_Hq, at_Hkv, at_D, at_window, at_seg);
     double l = dot(out, at_dy, n);
     free(out);
     return l;
 }
-static void test_attention(int B, int T, int Hq, int Hkv, int D, int window)
+static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed)
 {
     at_B = B; at_T = T; at_Hq = Hq; at_Hkv = Hkv; at_D = D; at_window = window;
+    at_seg = packed ? malloc((size_t)B * T * sizeof *at_seg) : NULL;
+    for (int i = 0; packed && i < B * T; i++)
+        at_seg[i] = (i % T) / 4 * 4;   /* a document every 4 tokens */
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
     at_q = randoms(nq, 1); at_k = randoms(nkv, 1); at_v = randoms(nkv, 1); at_dy = randoms(nq, 1);
     float *out = malloc(nq * sizeof *out), *lse = malloc((size_t)B * Hq * T * sizeof *lse);
     float *dq = malloc(nq * sizeof *dq), *dk = malloc(nkv * sizeof *dk), *dv = malloc(nkv * sizeof *dv);
-    attention_forward(be, out, lse, at_q, at_k, at_v, B, T, Hq, Hkv, D, window);
-    attention_backward(be, dq, dk, dv, at_dy, at_q, at_k, at_v, out, lse, B, T, Hq, Hkv, D, window);
+    attention_forward(be, out, lse, at_q, at_k, at_v, B, T, Hq, Hkv, D, window, at_seg);
+    attention_backward(be, dq, dk, dv, at_dy, at_q, at_k, at_v, out, lse, B, T, Hq, Hkv, D, window, at_seg);
     char name[64];
-    snprintf(name, sizeof name, "attention_backward T%d Hq%d Hkv%d window %d", T, Hq, Hkv, window);
+    snprintf(name, sizeof name, "attention_backward T%d Hq%d Hkv%d window %d%s", T, Hq, Hkv, window,
+             packed ? " packed" : "");
     check_input(name, "q", at_q, nq, dq, attention_loss);
     check_input(name, "k", at_k, nkv, dk, attention_loss);
     check_input(name, "v", at_v, nkv, dv, attention_loss);
     free(out); free(lse); free(dq); free(dk); free(dv); free(at_q); free(at_k); free(at_v); free(at_dy);
+    free(at_seg);
 }
 
 /* ---- swiglu, embedding, cross-entropy ------------------------------------------------------- */
@@ -313,9 +319,11 @@ int main(void)
     test_matmul();
     test_rmsnorm();
     test_rope();
-    test_attention(2, 9, 4, 2, 8, 0);
-    test_attention(1, 13, 2, 1, 6, 4);
-    test_attention(1, 70, 2, 2, 4, 0);   /* more rows than one attention block */
+    test_attention(2, 9, 4, 2, 8, 0, 0);
+    test_attention(1, 13, 2, 1, 6, 4, 0);
+    test_attention(1, 70, 2, 2, 4, 0, 0);   /* more rows than one attention block */
+    test_attention(2, 11, 2, 1, 4, 0, 1);
+    test_attention(1, 70, 2, 2, 4, 3, 1);
     test_swiglu();
     test_embedding();
     test_crossentropy();

@@ -149,8 +149,13 @@ static void test_rope(pesc_backend *b, int N, int H, int D)
 }
 
 /* Naive attention with an explicit score vector and a separate softmax pass. */
-static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D, int window)
+/* packed: rows hold documents starting every 5 tokens (seg_start), attention stays inside. */
+static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D, int window,
+                           int packed)
 {
+    int32_t *seg = packed ? (int32_t *)alloc_floats(b, (size_t)B * T) : NULL;
+    for (int i = 0; packed && i < B * T; i++)
+        seg[i] = (i % T) / 5 * 5;
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
     float *q = alloc_floats(b, nq), *k = alloc_floats(b, nkv), *v = alloc_floats(b, nkv);
     float *out = alloc_floats(b, nq), *lse = alloc_floats(b, (size_t)B * Hq * T);
@@ -159,7 +164,7 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
     fill(q, nq, 2.0);
     fill(k, nkv, 2.0);
     fill(v, nkv, 1.0);
-    attention_forward(b, out, lse, q, k, v, B, T, Hq, Hkv, D, window);
+    attention_forward(b, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg);
     for (int bb = 0; bb < B; bb++)
         for (int h = 0; h < Hq; h++)
             for (int t = 0; t < T; t++) {
@@ -167,7 +172,8 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
                 const float *qr = q + (((size_t)bb * T + t) * Hq + h) * D;
                 double m = -INFINITY, sum = 0.0;
                 for (int s = 0; s < T; s++) {
-                    int visible = s <= t && (window <= 0 || t - s < window);
+                    int visible = s <= t && (window <= 0 || t - s < window) &&
+                                  (!seg || s >= seg[(size_t)bb * T + t]);
                     scores[s] = -INFINITY;
                     if (!visible)
                         continue;
@@ -192,13 +198,13 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
                 want_lse[((size_t)bb * Hq + h) * T + t] = m + log(sum);
             }
     char name[96];
-    snprintf(name, sizeof name, "attention_forward B%d T%d Hq%d Hkv%d D%d window %d", B, T, Hq,
-             Hkv, D, window);
+    snprintf(name, sizeof name, "attention_forward B%d T%d Hq%d Hkv%d D%d window %d%s", B, T, Hq,
+             Hkv, D, window, packed ? " packed" : "");
     check(name, out, want, nq, 1e-6);
     check("attention_forward lse", lse, want_lse, (size_t)B * Hq * T, 1e-6);
     free(want); free(want_lse); free(scores);
     backend_free(b, q); backend_free(b, k); backend_free(b, v);
-    backend_free(b, out); backend_free(b, lse);
+    backend_free(b, out); backend_free(b, lse); backend_free(b, seg);
 }
 
 static void test_elementwise(pesc_backend *b, size_t n)
@@ -261,9 +267,12 @@ int main(void)
     test_embedding(b, 29, 50, 24);
     test_rmsnorm(b, 17, 96, 1e-5f);
     test_rope(b, 13, 3, 32);
-    test_attention(b, 2, 19, 4, 2, 16, 0);
-    test_attention(b, 1, 23, 6, 1, 8, 5);
-    test_attention(b, 3, 7, 2, 2, 64, 0);
+    test_attention(b, 2, 19, 4, 2, 16, 0, 0);
+    test_attention(b, 1, 23, 6, 1, 8, 5, 0);
+    test_attention(b, 3, 7, 2, 2, 64, 0, 0);
+    test_attention(b, 2, 150, 2, 1, 16, 0, 0);   /* several query blocks */
+    test_attention(b, 2, 90, 4, 2, 8, 0, 1);
+    test_attention(b, 1, 37, 2, 2, 8, 3, 1);
     test_elementwise(b, 10007);
     test_crossentropy(b, 21, 300);
     backend_delete(b);

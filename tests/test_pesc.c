@@ -112,8 +112,8 @@ static double imbalance(const model *m)
 {
     int E = m->pesc.experts, most = 0, total = 0;
     for (int e = 0; e < E; e++) {
-        most = m->route_counts[e] > most ? m->route_counts[e] : most;
-        total += m->route_counts[e];
+        most = m->routing.counts[e] > most ? m->routing.counts[e] : most;
+        total += m->routing.counts[e];
     }
     return most / ((double)total / E);
 }
@@ -139,7 +139,7 @@ static void test_aux_balances(void)
     double first = 0.0, first_aux = 0.0;
     for (int step = 0; step < 100; step++) {
         model_zero_grad(&m);
-        if (model_train_step(&m, tokens, targets, 4, 16, 1.0f, 0, &losses, &err) != 0)
+        if (model_train_step(&m, tokens, targets, NULL, 4, 16, 1.0f, 0, &losses, &err) != 0)
             die(&err);
         if (step == 0) {
             first = imbalance(&m);
@@ -225,12 +225,12 @@ static void test_accumulation(void)
     pesc_error err;
     float *whole = malloc(m.n_train * sizeof *whole), *parts = malloc(m.n_train * sizeof *parts);
     model_zero_grad(&m);
-    if (model_train_step(&m, tokens, targets, 2, 16, 1.0f, 0, NULL, &err) != 0)
+    if (model_train_step(&m, tokens, targets, NULL, 2, 16, 1.0f, 0, NULL, &err) != 0)
         die(&err);
     backend_download(be, whole, m.grad_block, m.n_train * sizeof *whole);
     model_zero_grad(&m);
     for (int i = 0; i < 2; i++)
-        if (model_train_step(&m, tokens, targets, 1, 16, 0.5f, 0, NULL, &err) != 0)
+        if (model_train_step(&m, tokens, targets, NULL, 1, 16, 0.5f, 0, NULL, &err) != 0)
             die(&err);
     backend_download(be, parts, m.grad_block, m.n_train * sizeof *parts);
     double diff = 0.0, norm = 0.0;
@@ -326,6 +326,74 @@ static void test_sampler(void)
           ones / 20000.0);
 }
 
+/* Two documents packed in one row (positions restart, attention stays inside each) train
+ * exactly like the same documents in rows of their own. */
+static void test_packing(const char *root)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/reference/data/llama-gqa-f32", root);
+    model m;
+    pesc_error err;
+    pesc_options o;
+    pesc_options_default(&o);
+    o.aux_coef = 0.0f;   /* padding tokens are routed too: keep the comparison to the CE */
+    o.adapter_dropout = 0.0f;
+    if (model_load(&m, dir, be, &err) != 0 || model_craft(&m, &o, 2, &err) != 0)
+        die(&err);
+    float *host = malloc(m.n_train * sizeof *host);
+    for (size_t i = 0; i < m.n_train; i++)
+        host[i] = (float)sin((double)i * 0.07) * 0.2f;
+    backend_upload(be, m.train_block, host, m.n_train * sizeof *host);
+    enum { A = 7, Bn = 9 };
+    int32_t a[A] = {3, 9, 27, 17, 51, 25, 11}, b[Bn] = {2, 4, 8, 16, 32, 0, 63, 5, 40};
+    /* packed: one row of 16 */
+    int32_t ids[16], targets[16], pos[16], docs[16], src[16];
+    memcpy(ids, a, sizeof a);
+    memcpy(ids + A, b, sizeof b);
+    model_shift_targets(targets, a, NULL, A);
+    model_shift_targets(targets + A, b, NULL, Bn);
+    for (int i = 0; i < 16; i++) {
+        pos[i] = i < A ? i : i - A;
+        docs[i] = src[i] = i < A ? 0 : 1;
+    }
+    model_layout layout = {pos, docs, src};
+    float *packed = malloc(m.n_train * sizeof *packed), *apart = malloc(m.n_train * sizeof *apart);
+    model_losses lp, la;
+    model_zero_grad(&m);
+    if (model_train_step(&m, ids, targets, &layout, 1, 16, 1.0f, 0, &lp, &err) != 0)
+        die(&err);
+    int per_source = m.routing.n_sources == 2 &&
+                     m.routing.source_counts[0] + m.routing.source_counts[1] +
+                             m.routing.source_counts[2] + m.routing.source_counts[3] > 0;
+    backend_download(be, packed, m.grad_block, m.n_train * sizeof *packed);
+    /* apart: two rows of 9, the first padded with ignored targets */
+    int32_t ids2[18] = {0}, targets2[18];
+    memcpy(ids2, a, sizeof a);
+    memcpy(ids2 + 9, b, sizeof b);
+    for (int i = 0; i < 18; i++)
+        targets2[i] = -100;
+    model_shift_targets(targets2, a, NULL, A);
+    targets2[A - 1] = -100;
+    model_shift_targets(targets2 + 9, b, NULL, Bn);
+    model_zero_grad(&m);
+    if (model_train_step(&m, ids2, targets2, NULL, 2, 9, 1.0f, 0, &la, &err) != 0)
+        die(&err);
+    backend_download(be, apart, m.grad_block, m.n_train * sizeof *apart);
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < m.n_train; i++) {
+        diff += ((double)packed[i] - apart[i]) * ((double)packed[i] - apart[i]);
+        norm += (double)apart[i] * apart[i];
+    }
+    CHECK(fabs(lp.ce - la.ce) < 1e-5 * la.ce && lp.targets == la.targets && norm > 0 &&
+              sqrt(diff / norm) < 1e-5 && per_source,
+          "packing: loss %.7f == %.7f, gradients (error %.1e), per-source routing counted", lp.ce,
+          la.ce, sqrt(diff / norm));
+    free(host);
+    free(packed);
+    free(apart);
+    model_free(&m);
+}
+
 static void test_schedules(void)
 {
     optim_config c;
@@ -358,6 +426,7 @@ int main(void)
     test_schedules();
     test_kv_cache(root ? root : ".");
     test_sampler();
+    test_packing(root ? root : ".");
     backend_delete(be);
     printf("%d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;

@@ -190,7 +190,7 @@ static void check_case(pesc_backend *b, const char *root, const char *name)
     /* backward */
     model_losses losses;
     model_zero_grad(&m);
-    if (model_train_step(&m, tokens, targets, B, T, 1.0f, 0, &losses, &err) != 0) {
+    if (model_train_step(&m, tokens, targets, NULL, B, T, 1.0f, 0, &losses, &err) != 0) {
         printf("FAIL %s: %s\n", name, err.msg);
         failures++;
         goto out;
@@ -213,7 +213,7 @@ static void check_case(pesc_backend *b, const char *root, const char *name)
     double worst = 0.0, norm0 = 0.0;
     for (size_t i = 0; i < json_array_size(steps); i++) {
         model_zero_grad(&m);
-        if (model_train_step(&m, tokens, targets, B, T, 1.0f, 0, &losses, &err) != 0)
+        if (model_train_step(&m, tokens, targets, NULL, B, T, 1.0f, 0, &losses, &err) != 0)
             break;
         double total = losses.ce + losses.aux + losses.z;
         double e = rel(total, json_number_value(json_array_get(steps, i)));

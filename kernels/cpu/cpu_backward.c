@@ -103,8 +103,8 @@ void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t 
 static void attention_backward_group(float *dq, float *dk, float *dv, const float *dout,
                                      const float *q, const float *k, const float *v,
                                      const float *out, const float *lse, int T, int group,
-                                     int q_stride, int kv_stride, int D, int window, float *p,
-                                     float *dp)
+                                     int q_stride, int kv_stride, int D, int window,
+                                     const int32_t *seg, float *p, float *dp)
 {
     float scale = 1.0f / sqrtf((float)D);
     for (int t = 0; t < T; t++) {
@@ -117,7 +117,7 @@ static void attention_backward_group(float *dq, float *dk, float *dv, const floa
         const float *lse_h = lse + (size_t)h * T;
         for (int t0 = 0; t0 < T; t0 += CPU_ATTENTION_BLOCK) {
             int rows = T - t0 < CPU_ATTENTION_BLOCK ? T - t0 : CPU_ATTENTION_BLOCK;
-            int key0 = window > 0 && t0 - window + 1 > 0 ? t0 - window + 1 : 0;
+            int key0 = cpu_first_key(t0, window, seg);
             int keys = t0 + rows - key0;
             const float *qb = qh + (size_t)t0 * q_stride, *dob = doh + (size_t)t0 * q_stride;
             const float *kv0 = k + (size_t)key0 * kv_stride, *vv0 = v + (size_t)key0 * kv_stride;
@@ -125,7 +125,7 @@ static void attention_backward_group(float *dq, float *dk, float *dv, const floa
             cpu_gemm(0, 1, rows, keys, D, 1.0f, dob, q_stride, vv0, kv_stride, 0.0f, dp, keys);
             for (int i = 0; i < rows; i++) {
                 int t = t0 + i;
-                int lo = (window > 0 && t - window + 1 > 0 ? t - window + 1 : 0) - key0;
+                int lo = cpu_first_key(t, window, seg) - key0;
                 int hi = t - key0;
                 const float *o_row = oh + (size_t)t * q_stride, *do_row = dob + (size_t)i * q_stride;
                 float delta = 0.0f;
@@ -151,7 +151,8 @@ static void attention_backward_group(float *dq, float *dk, float *dv, const floa
 
 void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout,
                             const float *q, const float *k, const float *v, const float *out,
-                            const float *lse, int B, int T, int Hq, int Hkv, int D, int window)
+                            const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
+                            const int32_t *seg_start)
 {
     (void)ctx;
     assert(D <= CPU_MAX_HEAD_DIM && Hq % Hkv == 0);
@@ -169,7 +170,8 @@ void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const fl
                 attention_backward_group(dq + q_off, dk + kv_off, dv + kv_off, dout + q_off,
                                          q + q_off, k + kv_off, v + kv_off, out + q_off,
                                          lse + ((size_t)b * Hq + (size_t)g * group) * T, T, group,
-                                         q_stride, kv_stride, D, window, p, dp);
+                                         q_stride, kv_stride, D, window,
+                                         seg_start ? seg_start + (size_t)b * T : NULL, p, dp);
             }
         free(p);
         free(dp);

@@ -116,15 +116,13 @@ void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *po
 
 
 /* First key a query at t may see. */
-static int first_key(int t, int window) { return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; }
-
-/* Softmax of scores (rows, keys) in place, masking keys outside [first_key(t), t]; writes each
- * row's log-sum-exp (of the scaled scores). */
+/* Softmax of scores (rows, keys) in place, masking keys outside [cpu_first_key(t), t]; writes
+ * each row's log-sum-exp (of the scaled scores). */
 static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int keys, int window,
-                          float scale, float *lse_out)
+                          const int32_t *seg, float scale, float *lse_out)
 {
     for (int i = 0; i < rows; i++) {
-        int t = t0 + i, lo = first_key(t, window) - key0, hi = t - key0;   /* visible [lo, hi] */
+        int t = t0 + i, lo = cpu_first_key(t, window, seg) - key0, hi = t - key0;   /* [lo, hi] */
         float *row = scores + (size_t)i * ld, m = -INFINITY;
         for (int j = lo; j <= hi; j++)
             m = row[j] * scale > m ? row[j] * scale : m;
@@ -146,23 +144,25 @@ static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int
  * `past` come from a KV cache when generating). */
 static void attention_head(float *out, float *lse, const float *q, const float *k, const float *v,
                            int T, int past, int q_stride, int kv_stride, int D, int window,
-                           float *scores)
+                           const int32_t *seg, float *scores)
 {
     float scale = 1.0f / sqrtf((float)D);
     for (int t0 = 0; t0 < T; t0 += CPU_ATTENTION_BLOCK) {
         int rows = T - t0 < CPU_ATTENTION_BLOCK ? T - t0 : CPU_ATTENTION_BLOCK;
-        int p0 = past + t0, key0 = first_key(p0, window), keys = p0 + rows - key0;
+        int p0 = past + t0, key0 = cpu_first_key(p0, window, seg), keys = p0 + rows - key0;
         /* scores (rows, keys) = Q_block K_visible^T */
         cpu_gemm(0, 1, rows, keys, D, 1.0f, q + (size_t)t0 * q_stride, q_stride,
                  k + (size_t)key0 * kv_stride, kv_stride, 0.0f, scores, keys);
-        block_softmax(scores, keys, p0, rows, key0, keys, window, scale, lse ? lse + t0 : NULL);
+        block_softmax(scores, keys, p0, rows, key0, keys, window, seg, scale,
+                      lse ? lse + t0 : NULL);
         cpu_gemm(0, 0, rows, D, keys, 1.0f, scores, keys, v + (size_t)key0 * kv_stride, kv_stride,
                  0.0f, out + (size_t)t0 * q_stride, q_stride);
     }
 }
 
 void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k,
-                           const float *v, int B, int T, int Hq, int Hkv, int D, int window)
+                           const float *v, int B, int T, int Hq, int Hkv, int D, int window,
+                           const int32_t *seg_start)
 {
     (void)ctx;
     assert(D <= CPU_MAX_HEAD_DIM && Hq % Hkv == 0);
@@ -178,7 +178,7 @@ void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, co
                 size_t kv_off = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
                 attention_head(out + q_off, lse ? lse + ((size_t)b * Hq + h) * T : NULL,
                                q + q_off, k + kv_off, v + kv_off, T, 0, q_stride, kv_stride, D,
-                               window, scores);
+                               window, seg_start ? seg_start + (size_t)b * T : NULL, scores);
             }
         free(scores);
     }
@@ -199,7 +199,7 @@ void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const f
         for (int h = 0; h < Hq; h++)
             attention_head(out + (size_t)h * D, NULL, q + (size_t)h * D,
                            k_cache + (size_t)(h / group) * D, v_cache + (size_t)(h / group) * D, n,
-                           past, q_stride, kv_stride, D, window, scores);
+                           past, q_stride, kv_stride, D, window, NULL, scores);
         free(scores);
     }
 }

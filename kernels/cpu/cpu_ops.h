@@ -13,6 +13,15 @@
 /* Query rows per attention block (forward and backward). */
 #define CPU_ATTENTION_BLOCK 64
 
+/* The first key a query at row position t may see: its own document's start (seg, row-local,
+ * may be NULL) and the sliding window's. Non-decreasing in t, so a block of queries sees one
+ * contiguous run of keys. */
+static inline int cpu_first_key(int t, int window, const int32_t *seg)
+{
+    int lo = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+    return seg && seg[t] > lo ? seg[t] : lo;
+}
+
 /* C (M, N) = alpha op(A) op(B) + beta C, row-major as CBLAS, split across the OpenMP threads
  * (single-threaded inside a parallel region). trans_a / trans_b: 0 or 1. */
 void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
@@ -22,7 +31,7 @@ void cpu_embedding_forward(void *ctx, float *out, const int32_t *tokens, const f
 void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
 void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
 void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D);
-void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window);
+void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
                                   const float *v_cache, int n, int past, int Hq, int Hkv, int D,
                                   int window);
@@ -37,7 +46,7 @@ void cpu_embedding_backward(void *ctx, float *dtable, const float *dout, const i
 void cpu_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
 void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
 void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
-void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window);
+void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
 void cpu_vector_zero(void *ctx, float *x, size_t n);
