@@ -17,9 +17,10 @@ static const char overview[] =
     "  inspect   summary of a model directory, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
     "  bench     training-step throughput and MFU on a random PESC model\n"
+    "  fetch     download files and models (hf://, http(s)://) into the cache\n"
     "\n"
     "Not in this build yet: the workbench (pesc with no command, tui, view), train, generate,\n"
-    "tokenize, fetch, export.\n"
+    "tokenize, export.\n"
     "\n"
     "  pesc COMMAND --help    options of one command\n"
     "  pesc --version         version and built backends\n"
@@ -35,6 +36,7 @@ static const command commands[] = {
     {"inspect", cmd_inspect},
     {"devices", cmd_devices},
     {"bench", cmd_bench},
+    {"fetch", cmd_fetch},
 };
 
 int main(int argc, char **argv)

@@ -1,0 +1,218 @@
+/* cmd_fetch — `pesc fetch`: downloads files and whole models into the cache (or -o PATH)
+ * and prints where each one is. Progress goes to stderr: bars on a terminal, plain lines
+ * otherwise; the paths go to stdout, one a line, in the order of the arguments. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "fetch.h"
+#include "fetch_view.h"
+
+static const char fetch_usage[] =
+    "usage: pesc fetch URL... [-o PATH] [--sha256 HEX] [--jobs N] [--quiet]\n"
+    "\n"
+    "Downloads each URL into the cache ($XDG_CACHE_HOME/pesc, default ~/.cache/pesc) and\n"
+    "prints the local path of each, one a line. A complete file already in the cache is\n"
+    "reused; an interrupted download resumes where it stopped.\n"
+    "\n"
+    "URLs:\n"
+    "  hf://datasets/OWNER/NAME/PATH[@REV]   a file of a dataset on the hub\n"
+    "  hf://OWNER/NAME/PATH[@REV]            a file of a model repository\n"
+    "  hf://OWNER/NAME[@REV]                 a whole model: config, tokenizer, safetensors\n"
+    "  http://... https://...\n"
+    "\n"
+    "  -o PATH         with one URL: the file to write (or a directory to write it into);\n"
+    "                  with several: a directory\n"
+    "  --sha256 HEX    expected SHA-256 of the file (one URL); a mismatch deletes it\n"
+    "  -j, --jobs N    transfers at once (default 4)\n"
+    "  -q, --quiet     no progress on stderr\n"
+    "\n"
+    "Environment: HF_TOKEN (sent to the hub only), PESC_HF_ENDPOINT, XDG_CACHE_HOME,\n"
+    "http_proxy/https_proxy/no_proxy, CURL_CA_BUNDLE, SSL_CERT_FILE, SSL_CERT_DIR.\n";
+
+typedef struct fetch_cli {
+    const char *output, *sha256;
+    int jobs, quiet;
+    char **urls;
+    int n_urls;
+} fetch_cli;
+
+static int parse_fetch(fetch_cli *o, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"output", required_argument, NULL, 'o'}, {"sha256", required_argument, NULL, 's'},
+        {"jobs", required_argument, NULL, 'j'},   {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+    *o = (fetch_cli){.jobs = 4};
+    int c;
+    long jobs;
+    while ((c = cli_getopt("fetch", argc, argv, "o:j:qh", longopts)) != -1) {
+        switch (c) {
+        case 'o': o->output = optarg; break;
+        case 's': o->sha256 = optarg; break;
+        case 'j':
+            if (cli_parse_long(optarg, 1, 64, &jobs) != 0)
+                return cli_usage_error("fetch", "--jobs %s: expected a number from 1 to 64",
+                                       optarg);
+            o->jobs = (int)jobs;
+            break;
+        case 'q': o->quiet = 1; break;
+        case 'h': fputs(fetch_usage, stdout); return 0;
+        default: return EXIT_USAGE;
+        }
+    }
+    o->urls = argv + optind;
+    o->n_urls = argc - optind;
+    if (o->n_urls == 0)
+        return cli_usage_error("fetch", "no URL given");
+    int files = 0;
+    for (int i = 0; i < o->n_urls; i++) {
+        const char *url = o->urls[i];
+        if (!fetch_is_url(url))
+            return cli_usage_error("fetch", "%s: not a URL (use hf://, http:// or https://)",
+                                   url);
+        if (fetch_is_model_url(url)) {
+            if (o->output || o->sha256)
+                return cli_usage_error("fetch", "%s is a whole model: -o and --sha256 apply to "
+                                       "single files", url);
+            continue;
+        }
+        files++;
+        char *request, *cached;
+        pesc_error err = {{0}};
+        if (fetch_map_url(url, NULL, &request, &cached, &err) != 0)
+            return cli_usage_error("fetch", "%s", err.msg);
+        free(request);
+        free(cached);
+    }
+    if (o->sha256) {
+        if (files != 1)
+            return cli_usage_error("fetch", "--sha256 needs exactly one file URL");
+        size_t n = strlen(o->sha256);
+        if (n != 64 || strspn(o->sha256, "0123456789abcdefABCDEF") != n)
+            return cli_usage_error("fetch", "--sha256 %s: expected 64 hex digits", o->sha256);
+    }
+    return -1;   /* go on */
+}
+
+/* ---- where each file goes ------------------------------------------------------------------ */
+
+static int is_directory(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The -o destination of url, or NULL for the cache. */
+static char *output_path(const fetch_cli *o, const char *url)
+{
+    if (!o->output)
+        return NULL;
+    if (o->n_urls == 1 && !is_directory(o->output))
+        return xstrdup(o->output);
+    char *request, *cached;
+    if (fetch_map_url(url, NULL, &request, &cached, NULL) != 0)
+        return NULL;   /* checked when parsing */
+    const char *base = strrchr(cached, '/');
+    char *path = pesc_path_join(o->output, base ? base + 1 : cached);
+    free(request);
+    free(cached);
+    return path;
+}
+
+/* ---- the command ---------------------------------------------------------------------------- */
+
+typedef struct fetch_item {
+    int id;                       /* fetcher id of a file, -1 for a model */
+    char *path;                   /* the result */
+    pesc_error err;
+    int failed;
+} fetch_item;
+
+/* Queues every file; two URLs may not share one -o destination. */
+static int queue_files(const fetch_cli *o, fetcher *f, fetch_item *items)
+{
+    for (int i = 0; i < o->n_urls; i++) {
+        items[i].id = -1;
+        if (fetch_is_model_url(o->urls[i]))
+            continue;
+        char *dest = output_path(o, o->urls[i]);
+        for (int j = 0; dest && j < i; j++)
+            if (items[j].path && strcmp(items[j].path, dest) == 0) {
+                cli_usage_error("fetch", "%s and %s would both be saved as %s", o->urls[j],
+                                o->urls[i], dest);
+                free(dest);
+                return -1;
+            }
+        items[i].path = dest;   /* held until the result replaces it */
+    }
+    for (int i = 0; i < o->n_urls; i++) {
+        if (fetch_is_model_url(o->urls[i]))
+            continue;
+        items[i].id = fetcher_add(f, o->urls[i], items[i].path, o->sha256, 0, &items[i].err);
+        items[i].failed = items[i].id < 0;
+        free(items[i].path);
+        items[i].path = NULL;
+    }
+    return 0;
+}
+
+static void collect_results(const fetch_cli *o, fetcher *f, fetch_item *items)
+{
+    /* models one after the other (each fetches its files in parallel) while files run */
+    for (int i = 0; i < o->n_urls; i++)
+        if (fetch_is_model_url(o->urls[i]))
+            items[i].failed = fetcher_get_model(f, o->urls[i], &items[i].path,
+                                                &items[i].err) != 0;
+    for (int i = 0; i < o->n_urls; i++) {
+        if (items[i].id < 0)
+            continue;
+        fetcher_wait(f, items[i].id, -1);
+        items[i].failed = fetcher_result(f, items[i].id, &items[i].path, &items[i].err) != 0;
+    }
+}
+
+int cmd_fetch(int argc, char **argv)
+{
+    fetch_cli o;
+    int status = parse_fetch(&o, argc, argv);
+    if (status >= 0)
+        return status;
+    pesc_error err = {{0}};
+    fetch_options options = {.jobs = o.jobs};
+    fetcher *f = fetcher_new(&options, &err);
+    if (!f)
+        return cli_fail("fetch", &err);
+    fetch_item *items = xcalloc((size_t)o.n_urls, sizeof *items);
+    if (queue_files(&o, f, items) != 0) {
+        fetcher_delete(f);
+        for (int i = 0; i < o.n_urls; i++)
+            free(items[i].path);
+        free(items);
+        return EXIT_USAGE;
+    }
+    fetch_view *view = o.quiet ? NULL : fetch_view_start(f);
+    collect_results(&o, f, items);
+    fetch_view_stop(view);
+    status = 0;
+    for (int i = 0; i < o.n_urls; i++) {
+        if (items[i].failed) {
+            cli_fail("fetch", &items[i].err);
+            status = 1;
+        } else {
+            printf("%s\n", items[i].path);
+        }
+        free(items[i].path);
+    }
+    free(items);
+    fetcher_delete(f);
+    if (fflush(stdout) != 0) {
+        pesc_fail(&err, "writing to standard output: %s", strerror(errno));
+        return cli_fail("fetch", &err);
+    }
+    return status;
+}

@@ -1,0 +1,220 @@
+#!/bin/sh
+# fetch.sh — downloads, end to end, against tests/httpd on 127.0.0.1 (nothing leaves the
+# machine): writes the server's files, starts it on two ephemeral ports, runs test_fetch
+# (the engine) and then `pesc fetch` as a user runs it.
+# PESC_TEST_VALGRIND=1 runs test_fetch under valgrind (slower; leaks fail the test).
+set -u
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+httpd="$top_builddir/tests/httpd"
+test_fetch="$top_builddir/tests/test_fetch"
+for prog in "$pesc" "$httpd" "$test_fetch"; do
+  [ -x "$prog" ] || { echo "fetch.sh: $prog is not built (set top_builddir)" >&2; exit 99; }
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-fetch.XXXXXX") || exit 99
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 99' INT TERM
+failures=0
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+pass() { echo "ok   $*"; }
+
+# ---- the server's files -----------------------------------------------------------------------
+root="$tmp/root"
+files="$root/files"
+mkdir -p "$files" "$root/hub/datasets/tester/chat/main" "$root/hub/datasets/tester/chat/v1"
+printf 'hello pesc\n' >"$files/small.txt"
+printf 'redirected\n' >"$files/redir.txt"
+printf 'same origin\n' >"$files/self.txt"
+head -c 1500000 /dev/urandom >"$files/big.bin"
+head -c 600000 /dev/urandom >"$files/change.bin"
+head -c 700000 /dev/urandom >"$files/change.bin.v2"
+i=0
+while [ $i -lt 200 ]; do
+  printf '{"instruction": "say %d", "output": "%d"}\n' $i $i
+  i=$((i + 1))
+done >"$files/data.jsonl"
+gzip -n -c "$files/data.jsonl" >"$root/hub/datasets/tester/chat/main/train.jsonl.gz"
+cp "$files/data.jsonl" "$root/hub/datasets/tester/chat/v1/train.jsonl"
+
+model() {   # model NAME FILE...: a model repository with small stand-in files
+  dir="$root/hub/models/tester/$1/main"; shift
+  mkdir -p "$dir"
+  for f in "$@"; do head -c 3000 /dev/urandom >"$dir/$f"; done
+}
+model tiny config.json tokenizer.json model-00001-of-00002.safetensors \
+  model-00002-of-00002.safetensors
+cat >"$root/hub/models/tester/tiny/main/model.safetensors.index.json" <<'EOF'
+{"metadata": {"total_size": 6000},
+ "weight_map": {"a.weight": "model-00001-of-00002.safetensors",
+                "b.weight": "model-00002-of-00002.safetensors",
+                "c.weight": "model-00002-of-00002.safetensors"}}
+EOF
+touch "$root/hub/models/tester/tiny/.private"
+model single config.json tokenizer_config.json model.safetensors
+model badsha config.json model.safetensors
+echo 1111111111111111111111111111111111111111111111111111111111111111 \
+  >"$root/hub/models/tester/badsha/main/model.safetensors.linked-etag"
+model noweights config.json
+
+# ---- the server ---------------------------------------------------------------------------------
+token="pesc-test-token-$$"
+log="$tmp/http.log"
+"$httpd" --root "$root" --ports "$tmp/ports" --log "$log" --token "$token" --lifetime 150 &
+server_pid=$!
+i=0
+while [ ! -s "$tmp/ports" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+[ -s "$tmp/ports" ] || { echo "fetch.sh: the test server did not start" >&2; exit 99; }
+read -r port_a port_b <"$tmp/ports"
+base="http://127.0.0.1:$port_a"
+
+# nothing from the caller's environment may send these requests elsewhere
+unset HF_TOKEN HF_ENDPOINT http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+no_proxy='*'; NO_PROXY='*'
+PESC_HF_ENDPOINT="$base/hub"
+PESC_FETCH_BACKOFF_MS=20
+PESC_FETCH_STALL_S=1
+PESC_FETCH_RETRIES=3
+XDG_CACHE_HOME="$tmp/cache"
+PESC_TEST_ROOT=$root PESC_TEST_LOG=$log PESC_TEST_TOKEN=$token
+PESC_TEST_PORT_A=$port_a PESC_TEST_PORT_B=$port_b
+export no_proxy NO_PROXY PESC_HF_ENDPOINT PESC_FETCH_BACKOFF_MS PESC_FETCH_STALL_S \
+  PESC_FETCH_RETRIES XDG_CACHE_HOME PESC_TEST_ROOT PESC_TEST_LOG PESC_TEST_TOKEN \
+  PESC_TEST_PORT_A PESC_TEST_PORT_B
+
+# ---- the engine -----------------------------------------------------------------------------------
+if [ "${PESC_TEST_VALGRIND:-0}" = 1 ] && command -v valgrind >/dev/null 2>&1; then
+  valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite -q \
+    "$test_fetch"
+else
+  "$test_fetch"
+fi
+rc=$?
+[ $rc -eq 0 ] && pass "test_fetch" || fail "test_fetch (exit $rc)"
+
+# ---- the command ----------------------------------------------------------------------------------
+# expect STATUS PATTERN DESCRIPTION -- COMMAND...: exit status and a pattern in stdout+stderr;
+# a failure must say so in exactly one line on stderr.
+expect() {
+  want=$1; pattern=$2; what=$3; shift 4
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  got=$?
+  if [ "$got" -ne "$want" ]; then
+    fail "$what: exit $got, wanted $want: $(head -c 300 "$tmp/err")"
+  elif ! cat "$tmp/out" "$tmp/err" | grep -q -- "$pattern"; then
+    fail "$what: output lacks '$pattern': $(cat "$tmp/out" "$tmp/err" | head -c 300)"
+  elif [ "$want" -ne 0 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
+    fail "$what: error is not one line: $(cat "$tmp/err")"
+  else
+    pass "$what"
+  fi
+}
+# requests COUNT TARGET: the server log holds COUNT requests for exactly TARGET
+requests() { grep -c " target=$2 " "$log"; }
+
+expect 0 "usage: pesc fetch" "fetch --help" -- "$pesc" fetch --help
+expect 2 "no URL" "fetch without URL" -- "$pesc" fetch
+expect 2 "not a URL" "fetch of a plain path" -- "$pesc" fetch data.jsonl
+expect 2 "--jobs" "fetch --jobs 0" -- "$pesc" fetch --jobs 0 "$base/f/small.txt"
+expect 2 "64 hex" "fetch --sha256 bad" -- "$pesc" fetch --sha256 abc "$base/f/small.txt"
+expect 2 "OWNER/NAME" "fetch of a malformed hf URL" -- "$pesc" fetch hf://justone
+expect 2 "whole model" "-o with a whole model" -- "$pesc" fetch -o "$tmp/x" hf://tester/single
+
+expect 0 "$XDG_CACHE_HOME/pesc/url/" "fetch prints the cached path" -- \
+  "$pesc" fetch "$base/f/small.txt?k=cli"
+if cmp -s "$(cat "$tmp/out")" "$files/small.txt"; then pass "cached file content"
+else fail "cached file content"; fi
+
+expect 0 "$tmp/one.txt" "fetch -o FILE" -- "$pesc" fetch -q -o "$tmp/one.txt" "$base/f/small.txt"
+cmp -s "$tmp/one.txt" "$files/small.txt" && pass "-o FILE content" || fail "-o FILE content"
+
+expect 0 "big.bin" "fetch -o DIR --jobs 2 of three URLs" -- "$pesc" fetch --jobs 2 \
+  -o "$tmp/dir" "$base/f/small.txt" "$base/f/big.bin" "hf://datasets/tester/chat/train.jsonl@v1"
+if [ "$(sed -n 2p "$tmp/out")" = "$tmp/dir/big.bin" ] && cmp -s "$tmp/dir/big.bin" "$files/big.bin" \
+   && cmp -s "$tmp/dir/train.jsonl" "$files/data.jsonl"; then
+  pass "paths in argument order, contents right"
+else
+  fail "paths or contents of -o DIR: $(cat "$tmp/out")"
+fi
+
+expect 1 "$base/f/nothing.txt" "404 names the URL" -- "$pesc" fetch "$base/f/nothing.txt"
+expect 1 "SHA-256 mismatch" "wrong --sha256" -- "$pesc" fetch -o "$tmp/bad.txt" \
+  --sha256 0000000000000000000000000000000000000000000000000000000000000000 "$base/f/small.txt"
+[ ! -e "$tmp/bad.txt" ] && [ ! -e "$tmp/bad.txt.part" ] && pass "no file after a mismatch" \
+  || fail "a file was left after a checksum mismatch"
+
+expect 0 "retrying" "retries are reported on stderr" -- "$pesc" fetch \
+  "$base/f/small.txt?fail=1&code=503&k=cli503"
+
+expect 0 "$XDG_CACHE_HOME/pesc/hf/models/tester/single/main" "fetch of a whole model" -- \
+  "$pesc" fetch hf://tester/single
+[ -f "$(cat "$tmp/out")/model.safetensors" ] && pass "model weights in the directory" \
+  || fail "model weights missing"
+
+HF_TOKEN="wrong-$token" expect 1 "HF_TOKEN was sent" "a refused token is named, not shown" -- \
+  "$pesc" fetch hf://tester/tiny/config.json
+grep -q "wrong-$token" "$tmp/out" "$tmp/err" && fail "the token was printed" \
+  || pass "the token is not printed"
+
+# A full disk (here: a file size limit) fails cleanly, keeps the part, and a rerun resumes.
+target="/f/big.bin?k=full"
+(ulimit -f 1000; trap '' XFSZ; exec "$pesc" fetch -q -o "$tmp/full.bin" "$base$target") \
+  >"$tmp/out" 2>"$tmp/err"
+rc=$?
+if [ $rc -eq 1 ] && grep -q "kept" "$tmp/err" && [ ! -e "$tmp/full.bin" ] && \
+   [ -s "$tmp/full.bin.part" ] && [ "$(wc -l <"$tmp/err")" -eq 1 ]; then
+  pass "a write failure is one clear line and keeps the partial file"
+else
+  fail "write failure: exit $rc: $(cat "$tmp/err")"
+fi
+kept=$(wc -c <"$tmp/full.bin.part" | tr -d ' ')
+expect 0 "$tmp/full.bin" "the rerun completes it" -- "$pesc" fetch -q -o "$tmp/full.bin" \
+  "$base$target"
+cmp -s "$tmp/full.bin" "$files/big.bin" && pass "resumed file content" \
+  || fail "resumed file content"
+grep " target=$target " "$log" | tail -n 1 | grep -q "range=bytes=$kept-" \
+  && pass "the rerun asked for bytes $kept onwards" \
+  || fail "the rerun did not resume: $(grep " target=$target " "$log" | tail -n 1)"
+
+# Two processes after the same file: one downloads, the other waits for it (a lock on the
+# part); both end with the right file, and it is downloaded once.
+target="/f/big.bin?stall=1&k=two"
+"$pesc" fetch -q "$base$target" >"$tmp/out1" 2>"$tmp/err1" &
+first=$!
+sleep 0.3
+"$pesc" fetch "$base$target" >"$tmp/out2" 2>"$tmp/err2"
+rc2=$?
+wait $first
+rc1=$?
+if [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && cmp -s "$(cat "$tmp/out1")" "$files/big.bin" && \
+   [ "$(cat "$tmp/out1")" = "$(cat "$tmp/out2")" ] && [ "$(requests 2 "$target")" -eq 2 ]; then
+  pass "two processes share one download"
+else
+  fail "two processes: exit $rc1/$rc2, $(grep -c " target=$target " "$log") requests: \
+$(cat "$tmp/err1" "$tmp/err2")"
+fi
+
+# On a terminal: progress bars (script(1) gives the command a pseudo-terminal).
+if command -v script >/dev/null 2>&1; then
+  script -qec "'$pesc' fetch '$base/f/small.txt?fail=1&code=429&retry_after=1&k=tty'" \
+    "$tmp/typescript" >/dev/null 2>&1 </dev/null
+  if grep -q "\[\.\.\.\.\.\.\.\.\.\.\.\.\.\.\.\.\.\.\.\.\]" "$tmp/typescript" && \
+     grep -q "429" "$tmp/typescript"; then
+    pass "a terminal gets progress bars"
+  else
+    fail "no progress bar on a terminal: $(head -c 400 "$tmp/typescript")"
+  fi
+else
+  echo "skip progress bars: script(1) not found"
+fi
+
+[ $(requests 1 "/f/small.txt?k=cli") -eq 1 ] && pass "one request for one file" \
+  || fail "unexpected requests for /f/small.txt?k=cli"
+
+echo "fetch.sh: $failures failure(s)"
+[ $failures -eq 0 ]
