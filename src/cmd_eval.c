@@ -3,28 +3,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "cli.h"
 #include "commands.h"
 #include "dataset.h"
+#include "fetch_view.h"
 #include "model.h"
+#include "template.h"
+#include "tokenizer.h"
 
 static const char eval_usage[] =
-    "usage: pesc eval --model DIR --data FILE [--format auto|tokens] [--backend auto|cpu|cuda]\n"
-    "                 [--json]\n"
+    "usage: pesc eval --model DIR|URL [--adapters FILE] --data FILE|URL [--format F]\n"
+    "                 [--template NAME] [--tokenizer FILE] [--backend auto|cpu|cuda] [--json]\n"
     "\n"
     "Mean next-token negative log-likelihood of the model over every predicted token of every\n"
-    "record (labels of -100 are ignored), and its perplexity.\n"
+    "record (labels of -100 are ignored), and its perplexity. A bad record is an error here\n"
+    "(skipping it would change the score).\n"
     "\n"
-    "  --model DIR      Hugging Face model directory (config.json + safetensors)\n"
-    "  --data FILE      dataset; format tokens: JSONL {\"input_ids\": [...], \"labels\": [...]}\n"
-    "  --format F       auto (default) or tokens\n"
+    "  --model DIR      Hugging Face model directory (config.json + safetensors), or an\n"
+    "                   hf://OWNER/NAME[@REV] or http(s) URL, downloaded to the cache first\n"
+    "  --adapters FILE  PESC routers, adapters and LoRA saved by pesc (safetensors with\n"
+    "                   Camelidae names); the model is crafted as the file says\n"
+    "  --data FILE      dataset: JSONL or a JSON array, plain, .gz or .zst; or a URL\n"
+    "  --format F       auto (default: per record, from its keys), camelidae, alpaca, sharegpt,\n"
+    "                   openai, metamath, magicoder, text, or tokens ({\"input_ids\", \"labels\"})\n"
+    "  --template NAME  chat template for text formats: camelidae (default), alpaca, chatml,\n"
+    "                   llama2, llama3, mistral, plain; only assistant tokens are scored\n"
+    "  --tokenizer FILE tokenizer.json for text formats (default: DIR/tokenizer.json)\n"
     "  --backend B      auto (default), cpu or cuda\n"
     "  --json           print {\"loss\": L, \"tokens\": N, \"ppl\": P}\n";
 
 typedef struct eval_options {
-    const char *model_dir, *data, *format, *backend;
+    const char *model_dir, *data, *format, *backend, *template_name, *tokenizer, *adapters;
     int json;
 } eval_options;
 
@@ -33,8 +45,11 @@ static int parse_eval(eval_options *o, int argc, char **argv)
     static const struct option longopts[] = {
         {"model", required_argument, NULL, 'm'}, {"data", required_argument, NULL, 'd'},
         {"format", required_argument, NULL, 'f'}, {"backend", required_argument, NULL, 'b'},
-        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-    *o = (eval_options){.format = "auto", .backend = "auto"};
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'},
+        {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'k'},
+        {"adapters", required_argument, NULL, 'a'},
+        {NULL, 0, NULL, 0}};
+    *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae"};
     int c;
     while ((c = cli_getopt("eval", argc, argv, "h", longopts)) != -1) {
         switch (c) {
@@ -43,6 +58,9 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         case 'f': o->format = optarg; break;
         case 'b': o->backend = optarg; break;
         case 'j': o->json = 1; break;
+        case 'T': o->template_name = optarg; break;
+        case 'k': o->tokenizer = optarg; break;
+        case 'a': o->adapters = optarg; break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }
@@ -53,9 +71,13 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         return cli_usage_error("eval", "--model DIR is required");
     if (!o->data)
         return cli_usage_error("eval", "--data FILE is required");
-    if (strcmp(o->format, "auto") != 0 && strcmp(o->format, "tokens") != 0)
-        return cli_usage_error("eval", "--format %s: supported formats are auto and tokens "
-                               "(text formats need the tokenizer, not in this build)", o->format);
+    ds_format format;
+    pesc_error err;
+    if (ds_format_parse(o->format, &format, &err) != 0)
+        return cli_usage_error("eval", "%s", err.msg);
+    if (!template_find(o->template_name))
+        return cli_usage_error("eval", "--template %s: known templates are %s", o->template_name,
+                               template_list());
     return -1;   /* go on */
 }
 
@@ -86,6 +108,31 @@ static int score_records(model *m, const ds_records *d, double *nll, long long *
     return 0;
 }
 
+/* Reads the records; text formats need the tokenizer (--tokenizer, or the model's own, which
+ * auto only loads when the model directory has one). */
+static int load_data(const eval_options *o, const char *model_dir, const char *data,
+                     ds_records *d, int vocab_size, tokenizer **tok, pesc_error *err)
+{
+    ds_load_options lo = {.vocab_size = vocab_size, .strict = 1,
+                          .tpl = template_find(o->template_name)};
+    ds_format_parse(o->format, &lo.format, err);
+    if (lo.format != DS_TOKENS) {
+        char *path = o->tokenizer ? xstrdup(o->tokenizer) : pesc_path_join(model_dir, "tokenizer.json");
+        /* auto needs a tokenizer only for text records: a missing file is fine until one comes,
+         * but a file that is there and broken is reported now */
+        if (o->tokenizer || lo.format != DS_AUTO || access(path, F_OK) == 0) {
+            *tok = tok_load(path, err);
+            if (!*tok) {
+                free(path);
+                return -1;
+            }
+        }
+        free(path);
+        lo.tok = *tok;   /* auto: records that need text then say a tokenizer is missing */
+    }
+    return dataset_load(d, data, &lo, err);
+}
+
 int cmd_eval(int argc, char **argv)
 {
     eval_options o;
@@ -98,11 +145,17 @@ int cmd_eval(int argc, char **argv)
         return cli_fail("eval", &err);
     model m = {0};
     ds_records d = {0};
+    tokenizer *tok = NULL;
+    char *model_dir = NULL, *data = NULL;
     double nll = 0.0, t0 = pesc_now();
     long long count = 0;
     status = 1;
-    if (model_load(&m, o.model_dir, b, &err) != 0 ||
-        dataset_load_tokens(&d, o.data, m.config.vocab_size, &err) != 0 ||
+    /* URLs are downloaded to the cache first (progress on stderr); paths pass through */
+    if (fetch_view_resolve_model(o.model_dir, &model_dir, &err) != 0 ||
+        fetch_view_url_to_cache(o.data, &data, &err) != 0 ||
+        model_load(&m, model_dir, b, &err) != 0 ||
+        (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0) ||
+        load_data(&o, model_dir, data, &d, m.config.vocab_size, &tok, &err) != 0 ||
         score_records(&m, &d, &nll, &count, &err) != 0)
         goto out;
     if (count == 0) {
@@ -121,6 +174,9 @@ out:
     if (status != 0)
         cli_fail("eval", &err);
     dataset_free(&d);
+    tok_delete(tok);
+    free(model_dir);
+    free(data);
     model_free(&m);
     backend_delete(b);
     return status;

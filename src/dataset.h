@@ -1,31 +1,145 @@
-/* dataset — instruction records turned into token ids and labels.
+/* dataset — instruction datasets turned into token ids, loss labels and training batches.
  *
- * This first cut reads the `tokens` format: JSONL, one record a line,
- * {"input_ids": [ints], "labels": [ints]} with labels optional (-100 = ignored) and, when
- * present, as long as input_ids. Text formats, templates and packing arrive with the
- * tokenizer issue. Must not: know about models beyond the vocabulary size it checks ids
- * against. */
+ * Formats (`--format`): camelidae ({"instruction": system, "conversation": [{"input",
+ * "output"}...]}, or a non-empty "corpus" = plain text), alpaca (instruction, input, output),
+ * sharegpt / SlimOrca (conversations [{from, value}]), openai (messages [{role, content}]),
+ * metamath (query, response), magicoder (instruction/response or problem/solution), text
+ * ({"text": ...}, a JSON string, or a plain line), tokens ({"input_ids": [...], "labels":
+ * [...]}); auto decides per record from its keys. Files are JSONL or one JSON array, plain,
+ * .gz or .zst, read front to back with bounded memory (a JSON array is cut into its elements
+ * by a string-aware scanner; one element is parsed at a time).
+ *
+ * A bad record is skipped with a warning naming file and line and counted; `strict` makes it
+ * fatal. An empty dataset is an error.
+ *
+ * Batches (dataset_next_batch): B rows of T tokens. Without packing a row holds one record,
+ * truncated to T (counted). With packing, whole records are laid end to end while they fit;
+ * positions restart at 0 for every document and doc_ids tell documents apart, so a model
+ * lets token i attend to token j only when j <= i and doc_ids match. Every token carries the
+ * index of the --data it came from. Order: per epoch, each source contributes its records
+ * `weight` times (fractional weights draw a seeded subset), shuffled with the seed; the
+ * cursor (epoch, position) saves and restores the exact place.
+ *
+ * Owns: records, their order and the batch arrays. Must not: know about models beyond the
+ * vocabulary size it checks ids against. */
 #ifndef PESC_DATASET_H
 #define PESC_DATASET_H
 
 #include <stdint.h>
+#include <stdio.h>
 
+#include "template.h"
+#include "tokenizer.h"
 #include "util.h"
 
 typedef struct ds_record {
     int32_t *ids;                /* (len) */
-    int32_t *labels;             /* (len), or NULL: the ids are the labels */
+    int32_t *labels;             /* (len), or NULL: the ids are the labels; -100 = no loss */
     int len;
+    int source;                  /* which --data (0-based) */
+    long line;                   /* where it starts in its file (1-based) */
 } ds_record;
 
 typedef struct ds_records {
     ds_record *items;
     int n;
+    long skipped;                /* bad records skipped (with warnings) */
 } ds_records;
+
+typedef enum ds_format {
+    DS_AUTO, DS_CAMELIDAE, DS_ALPACA, DS_SHAREGPT, DS_OPENAI, DS_METAMATH, DS_MAGICODER,
+    DS_TEXT, DS_TOKENS
+} ds_format;
+
+/* "auto", "camelidae", ...: 0, or -1 with a message listing the names. */
+int ds_format_parse(const char *name, ds_format *out, pesc_error *err);
+const char *ds_format_name(ds_format f);
+
+/* How a file is read into records. */
+typedef struct ds_load_options {
+    ds_format format;
+    tokenizer *tok;              /* needed by every format but tokens */
+    const chat_template *tpl;    /* NULL: camelidae */
+    int vocab_size;              /* > 0: ids and labels are checked against it */
+    int strict;                  /* a bad record is fatal */
+    FILE *warn;                  /* where skip warnings go (the first few); NULL: silent */
+    int source;                  /* recorded in every record */
+} ds_load_options;
 
 /* Reads a tokens-format JSONL file. vocab_size > 0 makes an id or label outside
  * [0, vocab_size) an error naming the line. Blank lines are skipped. */
 int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_error *err);
+/* Any format, appended to d (which may hold records of other sources). */
+int dataset_load(ds_records *d, const char *path, const ds_load_options *o, pesc_error *err);
 void dataset_free(ds_records *d);
+
+/* One --data argument: PATH or PATH:WEIGHT (weight > 0, default 1). */
+typedef struct ds_source {
+    char path[4096];
+    double weight;
+} ds_source;
+int ds_source_parse(ds_source *s, const char *arg, pesc_error *err);
+
+/* ------------------------------------------------------------------ batches ---------- */
+
+typedef struct ds_options {
+    int batch;                   /* B rows */
+    int seq;                     /* T tokens a row */
+    int pack;                    /* several documents a row */
+    int shuffle;                 /* seeded shuffle every epoch */
+    uint64_t seed;
+    int epochs;                  /* 0: endless */
+} ds_options;
+
+typedef struct ds_batch {
+    int B, T;
+    int32_t *ids;                /* (B, T) padding: the pad id (or EOS, or 0) */
+    int32_t *labels;             /* (B, T) unshifted, HF style; -100 = no loss */
+    int32_t *targets;            /* (B, T) next-token target of each position: the label of
+                                    token t+1 of the same document, else -100 (what
+                                    model_train_step takes) */
+    int32_t *positions;          /* (B, T) 0.. within each document; 0 on padding */
+    int32_t *doc_ids;            /* (B, T) document within the row, 0..; -1 on padding */
+    int32_t *sources;            /* (B, T) --data index; -1 on padding */
+    int *row_tokens;             /* (B) tokens used by each row */
+    int rows;                    /* rows filled (the last batch may have fewer than B) */
+    long epoch;                  /* epoch of the batch's first record */
+    long long n_targets;         /* targets that are not -100 */
+} ds_batch;
+
+void ds_batch_init(ds_batch *b, int B, int T);
+void ds_batch_free(ds_batch *b);
+
+/* Exactly where the next batch starts. fingerprint ties it to the data and options. */
+typedef struct ds_cursor {
+    long epoch;
+    long position;               /* into the epoch's order */
+    uint64_t fingerprint;
+} ds_cursor;
+
+typedef struct ds_stats {
+    long records, skipped, truncated;
+    long long tokens;
+    long long truncated_tokens;  /* tokens cut off by truncation */
+    int n_sources;
+    long *source_records;        /* (n_sources) */
+} ds_stats;
+
+typedef struct dataset dataset;
+
+/* Loads every source (lo->source is set per source), then prepares epoch 0. */
+dataset *dataset_open(const ds_source *sources, int n_sources, const ds_load_options *lo,
+                      const ds_options *o, pesc_error *err);
+void dataset_delete(dataset *ds);
+
+/* Fills b (initialized for o->batch x o->seq) with the next batch: returns the rows filled,
+ * 0 when the last epoch is done. */
+int dataset_next_batch(dataset *ds, ds_batch *b);
+
+ds_cursor dataset_cursor(const dataset *ds);
+/* Restores a cursor; an error when it was saved with other data or options. */
+int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err);
+const ds_stats *dataset_stats(const dataset *ds);
+const ds_records *dataset_records(const dataset *ds);
 
 #endif

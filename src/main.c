@@ -17,10 +17,11 @@ static const char overview[] =
     "  inspect   summary of a model directory, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
     "  bench     training-step throughput and MFU on a random PESC model\n"
+    "  tokenize  text to token ids with a Hugging Face tokenizer.json\n"
     "  fetch     download files and models (hf://, http(s)://) into the cache\n"
     "\n"
     "Not in this build yet: the workbench (pesc with no command, tui, view), train, generate,\n"
-    "tokenize, export.\n"
+    "export.\n"
     "\n"
     "  pesc COMMAND --help    options of one command\n"
     "  pesc --version         version and built backends\n"
@@ -36,6 +37,7 @@ static const command commands[] = {
     {"inspect", cmd_inspect},
     {"devices", cmd_devices},
     {"bench", cmd_bench},
+    {"tokenize", cmd_tokenize},
     {"fetch", cmd_fetch},
 };
 

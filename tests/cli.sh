@@ -57,6 +57,17 @@ if [ -n "$loss" ] && close "$loss" 4.728069026134456 1e-5 && [ "$tokens" = 48 ];
 else
   fail "eval loss '$loss' tokens '$tokens' (wanted 4.728069026134456, 48; expected.json says $want)"
 fi
+# PESC adapters from a file: the loss PyTorch computed for the crafted model
+p="$data/pesc-e4k1"
+expect 0 '"loss"' "eval --adapters" -- "$pesc" eval --model "$p" --adapters "$p/trainables.safetensors" --data "$p/records.jsonl" --json
+loss=$(sed -n 's/.*"loss": \([^,]*\),.*/\1/p' "$tmp/out")
+if [ -n "$loss" ] && close "$loss" 4.868344877774743 1e-5; then
+  pass "eval --adapters loss $loss matches PyTorch"
+else
+  fail "eval --adapters loss '$loss' (wanted 4.868344877774743)"
+fi
+expect 1 "has shape \[4, 32\] but the crafted model needs \[4, 64\]" "adapters for another base model" -- \
+  "$pesc" eval --model "$m" --adapters "$p/trainables.safetensors" --data "$p/records.jsonl"
 m2="$data/mistral-sharded-f16"
 expect 0 "loss 4.5451" "eval, sharded F16 checkpoint, text output" -- \
   "$pesc" eval --model "$m2" --data "$m2/records.jsonl"

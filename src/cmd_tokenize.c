@@ -1,0 +1,168 @@
+/* cmd_tokenize — `pesc tokenize`: text on stdin to token ids on stdout. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "stream.h"
+#include "tokenizer.h"
+
+static const char tokenize_usage[] =
+    "usage: pesc tokenize (--tokenizer FILE | --model DIR) [--jsonl] [--no-special] [--decode]\n"
+    "\n"
+    "Encodes standard input with a Hugging Face tokenizer.json, exactly as the tokenizers\n"
+    "library's encode(text) does, and prints the ids.\n"
+    "\n"
+    "  --tokenizer FILE  a tokenizer.json (tokenizer_config.json beside it is read when present)\n"
+    "  --model DIR       a model directory holding tokenizer.json\n"
+    "  --jsonl           each input line is a JSON string; each output line the JSON array of\n"
+    "                    its ids (without it: all of stdin is one text, ids space-separated)\n"
+    "  --no-special      do not add the post-processor's special tokens (BOS, ...)\n"
+    "  --decode          the reverse: each input line is a JSON array of ids, each output line\n"
+    "                    the JSON string HF decode(ids, skip_special_tokens=false) gives\n";
+
+typedef struct tokenize_options {
+    const char *tokenizer, *model;
+    int jsonl, no_special, decode;
+} tokenize_options;
+
+static int parse_tokenize(tokenize_options *o, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"tokenizer", required_argument, NULL, 't'}, {"model", required_argument, NULL, 'm'},
+        {"jsonl", no_argument, NULL, 'j'}, {"no-special", no_argument, NULL, 'n'},
+        {"decode", no_argument, NULL, 'd'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    *o = (tokenize_options){0};
+    int c;
+    while ((c = cli_getopt("tokenize", argc, argv, "h", longopts)) != -1) {
+        switch (c) {
+        case 't': o->tokenizer = optarg; break;
+        case 'm': o->model = optarg; break;
+        case 'j': o->jsonl = 1; break;
+        case 'n': o->no_special = 1; break;
+        case 'd': o->decode = 1; break;
+        case 'h': fputs(tokenize_usage, stdout); return 0;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("tokenize", "unexpected argument '%s'", argv[optind]);
+    if (!o->tokenizer == !o->model)
+        return cli_usage_error("tokenize", "give exactly one of --tokenizer FILE or --model DIR");
+    return -1;
+}
+
+static void print_ids(const tok_ids *ids, int json)
+{
+    if (json) putchar('[');
+    for (int i = 0; i < ids->n; i++)
+        printf(i ? (json ? ", %d" : " %d") : "%d", ids->ids[i]);
+    puts(json ? "]" : "");
+}
+
+static int encode_line(tokenizer *t, const char *line, size_t len, long line_no, unsigned flags,
+                       pesc_error *err)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (!json_is_string(v)) {
+        json_decref(v);
+        return pesc_fail(err, "stdin:%ld: expected a JSON string per line", line_no);
+    }
+    tok_ids ids = {0};
+    int rc = tok_encode(t, json_string_value(v), json_string_length(v), flags, &ids, err);
+    json_decref(v);
+    if (rc == 0)
+        print_ids(&ids, 1);
+    tok_ids_free(&ids);
+    return rc ? pesc_fail_prefix(err, "stdin:%ld", line_no) : 0;
+}
+
+static int decode_line(tokenizer *t, const char *line, size_t len, long line_no, pesc_error *err)
+{
+    json_t *v = json_loadb(line, len, 0, NULL);
+    if (!json_is_array(v)) {
+        json_decref(v);
+        return pesc_fail(err, "stdin:%ld: expected a JSON array of ids per line", line_no);
+    }
+    tok_ids ids = {0};
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x)
+        tok_ids_push(&ids, (int32_t)json_integer_value(x));
+    json_decref(v);
+    size_t n;
+    char *text = tok_decode(t, ids.ids, ids.n, 0, &n);
+    json_t *s = json_stringn(text, n);
+    char *dump = json_dumps(s, JSON_ENCODE_ANY | JSON_ENSURE_ASCII);
+    puts(dump);
+    free(dump);
+    json_decref(s);
+    free(text);
+    tok_ids_free(&ids);
+    return 0;
+}
+
+int cmd_tokenize(int argc, char **argv)
+{
+    tokenize_options o;
+    int status = parse_tokenize(&o, argc, argv);
+    if (status >= 0)
+        return status;
+    pesc_error err = {{0}};
+    tokenizer *t = o.tokenizer ? tok_load(o.tokenizer, &err) : tok_load_dir(o.model, &err);
+    if (!t)
+        return cli_fail("tokenize", &err);
+    unsigned flags = o.no_special ? 0 : TOK_ADD_SPECIAL;
+    pesc_stream *in = stream_open("-", &err);
+    status = 1;
+    if (!in)
+        goto out;
+    if (o.jsonl || o.decode) {
+        const char *line;
+        long line_no;
+        ssize_t len;
+        while ((len = stream_getline(in, &line, &line_no, &err)) >= 0) {
+            if (len == 0)
+                continue;
+            if ((o.decode ? decode_line(t, line, (size_t)len, line_no, &err)
+                          : encode_line(t, line, (size_t)len, line_no, flags, &err)) != 0)
+                goto out;
+        }
+        if (len == -2)
+            goto out;
+    } else {
+        char *text = NULL;
+        size_t n = 0, cap = 0;
+        ssize_t got;
+        do {
+            if (n + 65536 > cap)
+                text = xrealloc(text, cap = 2 * cap + 65536);
+            got = stream_read(in, text + n, cap - n, &err);
+            if (got > 0)
+                n += (size_t)got;
+        } while (got > 0);
+        tok_ids ids = {0};
+        int rc = got < 0 ? -1 : tok_encode(t, text ? text : "", n, flags, &ids, &err);
+        if (rc == 0)
+            print_ids(&ids, 0);
+        tok_ids_free(&ids);
+        free(text);
+        if (rc != 0)
+            goto out;
+    }
+    if (fflush(stdout) != 0) {
+        pesc_fail(&err, "writing the ids to stdout failed");
+        goto out;
+    }
+    status = 0;
+out:
+    if (status != 0)
+        cli_fail("tokenize", &err);
+    stream_close(in);
+    tok_delete(t);
+    return status;
+}

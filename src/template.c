@@ -1,0 +1,308 @@
+/* template — see template.h. */
+#include "template.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Each part is a format with placeholders {bos} {eos} {system} {user} {assistant}. */
+struct chat_template {
+    const char *name;
+    const char *start;            /* once, before everything */
+    const char *system;           /* NULL: the system text is merged into the first user turn */
+    const char *system_merge;     /* how: a format with {system} and {user} */
+    const char *default_system;   /* used when a conversation has none (alpaca), else NULL */
+    const char *user;             /* a user turn up to where the assistant's text begins */
+    const char *assistant;        /* labeled from {assistant} to the end (its end marker) */
+    const char *separator;        /* between an assistant turn and the next user turn */
+};
+
+static const chat_template templates[] = {
+    {.name = "camelidae", .start = "{bos}", .system = "### System:\n{system}\n",
+     .user = "### Human:\n{user}\n### Assistant:\n", .assistant = "{assistant}{eos}",
+     .separator = "\n"},
+    {.name = "alpaca", .start = "{bos}", .system = "{system}\n\n",
+     .default_system = "Below is an instruction that describes a task. Write a response that "
+                       "appropriately completes the request.",
+     .user = "### Instruction:\n{user}\n\n### Response:\n", .assistant = "{assistant}{eos}",
+     .separator = "\n\n"},
+    {.name = "chatml", .start = "", .system = "<|im_start|>system\n{system}<|im_end|>\n",
+     .user = "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
+     .assistant = "{assistant}<|im_end|>", .separator = "\n"},
+    {.name = "llama2", .start = "", .system = NULL,
+     .system_merge = "<<SYS>>\n{system}\n<</SYS>>\n\n{user}", .user = "{bos}[INST] {user} [/INST]",
+     .assistant = " {assistant} {eos}", .separator = ""},
+    {.name = "llama3", .start = "{bos}",
+     .system = "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+     .user = "<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n",
+     .assistant = "{assistant}<|eot_id|>", .separator = ""},
+    {.name = "mistral", .start = "{bos}", .system = NULL, .system_merge = "{system}\n\n{user}",
+     .user = "[INST] {user} [/INST]", .assistant = "{assistant}{eos}", .separator = ""},
+    {.name = "plain", .start = "{bos}", .system = "{system}\n\n", .user = "{user}\n",
+     .assistant = "{assistant}{eos}", .separator = "\n"},
+};
+
+enum { N_TEMPLATES = sizeof templates / sizeof *templates };
+
+const chat_template *template_find(const char *name)
+{
+    for (int i = 0; i < N_TEMPLATES; i++)
+        if (strcmp(templates[i].name, name) == 0)
+            return &templates[i];
+    return NULL;
+}
+
+const char *template_name(const chat_template *tpl) { return tpl->name; }
+
+const char *template_list(void)
+{
+    return "camelidae, alpaca, chatml, llama2, llama3, mistral, plain";
+}
+
+/* ------------------------------------------------------------------ rendering -------- */
+
+typedef struct render {
+    char *s;
+    size_t len, cap;
+    size_t *bounds;     /* (2 * n_spans) labeled [start, end) byte ranges */
+    int n_bounds, bounds_cap;
+} render;
+
+static void put(render *r, const char *p, size_t n)
+{
+    if (r->len + n + 1 > r->cap) {
+        r->cap = 2 * (r->len + n + 1) + 256;
+        r->s = xrealloc(r->s, r->cap);
+    }
+    memcpy(r->s + r->len, p, n);
+    r->len += n;
+    r->s[r->len] = '\0';
+}
+
+static void mark(render *r)
+{
+    if (r->n_bounds == r->bounds_cap) {
+        r->bounds_cap = r->bounds_cap ? 2 * r->bounds_cap : 8;
+        r->bounds = xrealloc(r->bounds, (size_t)r->bounds_cap * sizeof *r->bounds);
+    }
+    r->bounds[r->n_bounds++] = r->len;
+}
+
+typedef struct fill {
+    const char *system, *user, *assistant;
+    size_t system_len, user_len, assistant_len;
+    const char *bos, *eos;
+} fill;
+
+/* Expands fmt; with label, the text from {assistant} to the end of fmt is one labeled span. */
+static void expand(render *r, const char *fmt, const fill *f, int label)
+{
+    while (*fmt) {
+        const char *open = strchr(fmt, '{');
+        if (!open) {
+            put(r, fmt, strlen(fmt));
+            break;
+        }
+        put(r, fmt, (size_t)(open - fmt));
+        const char *close = strchr(open, '}');
+        size_t n = close ? (size_t)(close - open - 1) : 0;
+        if (close && n == 3 && memcmp(open + 1, "bos", 3) == 0) put(r, f->bos, strlen(f->bos));
+        else if (close && n == 3 && memcmp(open + 1, "eos", 3) == 0) put(r, f->eos, strlen(f->eos));
+        else if (close && n == 6 && memcmp(open + 1, "system", 6) == 0) put(r, f->system, f->system_len);
+        else if (close && n == 4 && memcmp(open + 1, "user", 4) == 0) put(r, f->user, f->user_len);
+        else if (close && n == 9 && memcmp(open + 1, "assistant", 9) == 0) {
+            if (label)
+                mark(r);
+            put(r, f->assistant, f->assistant_len);
+        } else {
+            put(r, open, 1);
+            fmt = open + 1;
+            continue;
+        }
+        fmt = close + 1;
+    }
+    if (label)
+        mark(r);
+}
+
+static const char *token_text(const tokenizer *t, int32_t id)
+{
+    const char *s = id >= 0 ? tok_token(t, id) : NULL;
+    return s ? s : "";
+}
+
+/* Renders the conversation; with prompt, stops after the next assistant header. */
+static int render_conversation(const chat_template *tpl, const tokenizer *t,
+                               const tpl_message *msgs, int n, int prompt, render *r,
+                               pesc_error *err)
+{
+    fill f = {.bos = token_text(t, tok_bos(t)), .eos = token_text(t, tok_eos(t))};
+    int i = 0;
+    if (n > 0 && msgs[0].role == ROLE_SYSTEM) {
+        f.system = msgs[0].content;
+        f.system_len = msgs[0].len;
+        i = 1;
+    } else if (tpl->default_system) {
+        f.system = tpl->default_system;
+        f.system_len = strlen(tpl->default_system);
+    }
+    expand(r, tpl->start, &f, 0);
+    if (f.system_len && tpl->system)
+        expand(r, tpl->system, &f, 0);
+    int turns = 0, merged_system = 0;
+    char *merged = NULL;
+    for (; i < n; i++) {
+        const tpl_message *m = &msgs[i];
+        if (m->role == ROLE_SYSTEM) {
+            free(merged);
+            return pesc_fail(err, "a system message may only come first");
+        }
+        if (m->role == ROLE_USER) {
+            if (turns > 0)
+                expand(r, tpl->separator, &f, 0);
+            f.user = m->content;
+            f.user_len = m->len;
+            if (!tpl->system && f.system_len && !merged_system) {
+                render tmp = {0};
+                expand(&tmp, tpl->system_merge, &f, 0);
+                merged = tmp.s;
+                f.user = merged;
+                f.user_len = tmp.len;
+                free(tmp.bounds);
+                merged_system = 1;
+            }
+            expand(r, tpl->user, &f, 0);
+            turns++;
+            /* the prompt ends at the last user turn's assistant header */
+            if (prompt && i == n - 1)
+                break;
+            continue;
+        }
+        if (turns == 0 || (i > 0 && msgs[i - 1].role == ROLE_ASSISTANT)) {
+            free(merged);
+            return pesc_fail(err, "message %d: an assistant message must follow a user message", i + 1);
+        }
+        f.assistant = m->content;
+        f.assistant_len = m->len;
+        expand(r, tpl->assistant, &f, !prompt);
+    }
+    free(merged);
+    if (turns == 0)
+        return pesc_fail(err, "a conversation needs at least one user message");
+    if (prompt && msgs[n - 1].role != ROLE_USER)
+        return pesc_fail(err, "a prompt must end with a user message");
+    return 0;
+}
+
+/* How many leading tokens of text[0, end) agree with the full encoding; *straddles is set
+ * when the full encoding has a token that crosses offset end. */
+static int agreeing_prefix(tokenizer *t, const char *text, size_t end, const tok_ids *full,
+                           int *straddles, pesc_error *err)
+{
+    tok_ids prefix = {0};
+    if (tok_encode(t, text, end, 0, &prefix, err) != 0)
+        return -1;
+    int n = 0;
+    while (n < prefix.n && n < full->n && prefix.ids[n] == full->ids[n])
+        n++;
+    *straddles = n < prefix.n;
+    tok_ids_free(&prefix);
+    return n;
+}
+
+static int encode_render(tokenizer *t, const render *r, tok_ids *ids, tok_ids *labels,
+                         pesc_error *err)
+{
+    tok_ids full = {0};
+    if (tok_encode(t, r->s ? r->s : "", r->len, 0, &full, err) != 0)
+        return -1;
+    int base = ids->n, rc = 0, labeled = 0;
+    for (int i = 0; i < full.n; i++) {
+        tok_ids_push(ids, full.ids[i]);
+        if (labels)
+            tok_ids_push(labels, -100);
+    }
+    for (int k = 0; labels && k + 1 < r->n_bounds; k += 2) {
+        int cross_a, cross_b;
+        int a = agreeing_prefix(t, r->s, r->bounds[k], &full, &cross_a, err);
+        int b = a < 0 ? -1 : agreeing_prefix(t, r->s, r->bounds[k + 1], &full, &cross_b, err);
+        if (a < 0 || b < 0) {
+            rc = -1;
+            break;
+        }
+        /* a token crossing a boundary lies partly outside the span: it gets no label */
+        for (int i = a + cross_a; i < b; i++)
+            labels->ids[base + i] = full.ids[i];
+        labeled += b > a + cross_a ? b - a - cross_a : 0;
+    }
+    tok_ids_free(&full);
+    if (rc == 0 && labels && labeled == 0)
+        return pesc_fail(err, "no assistant token is left to train on");
+    return rc;
+}
+
+int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,
+                    tok_ids *ids, tok_ids *labels, pesc_error *err)
+{
+    render r = {0};
+    int has_assistant = 0;
+    for (int i = 0; i < n; i++)
+        has_assistant |= msgs[i].role == ROLE_ASSISTANT && msgs[i].len > 0;
+    int rc = has_assistant ? 0 : pesc_fail(err, "no assistant message with text to train on");
+    if (rc == 0)
+        rc = render_conversation(tpl, t, msgs, n, 0, &r, err);
+    if (rc == 0)
+        rc = encode_render(t, &r, ids, labels, err);
+    free(r.s);
+    free(r.bounds);
+    return rc;
+}
+
+int template_encode_text(const chat_template *tpl, tokenizer *t, const char *text, size_t len,
+                         tok_ids *ids, tok_ids *labels, pesc_error *err)
+{
+    fill f = {.bos = token_text(t, tok_bos(t)), .eos = token_text(t, tok_eos(t))};
+    render r = {0};
+    /* the template's own start decides whether a BOS leads (llama2 puts it in each turn) */
+    if (strstr(tpl->start, "{bos}") || strstr(tpl->user, "{bos}"))
+        put(&r, f.bos, strlen(f.bos));
+    put(&r, text, len);
+    put(&r, f.eos, strlen(f.eos));
+    int base = ids->n;
+    int rc = tok_encode(t, r.s ? r.s : "", r.len, 0, ids, err);
+    if (rc == 0 && ids->n == base)
+        rc = pesc_fail(err, "empty text");
+    for (int i = base; rc == 0 && labels && i < ids->n; i++)
+        tok_ids_push(labels, ids->ids[i]);
+    free(r.s);
+    return rc;
+}
+
+int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_message *msgs,
+                           int n, tok_ids *ids, pesc_error *err)
+{
+    render r = {0};
+    int rc = render_conversation(tpl, t, msgs, n, 1, &r, err);
+    if (rc == 0)
+        rc = tok_encode(t, r.s ? r.s : "", r.len, 0, ids, err);
+    free(r.s);
+    free(r.bounds);
+    return rc;
+}
+
+int template_stop_ids(const chat_template *tpl, const tokenizer *t, int32_t *out, int max)
+{
+    int n = 0;
+    if (tok_eos(t) >= 0 && n < max)
+        out[n++] = tok_eos(t);
+    /* the end marker: what follows {assistant}, trimmed of spaces, when it is one token */
+    const char *end = strstr(tpl->assistant, "{assistant}") + strlen("{assistant}");
+    while (*end == ' ')
+        end++;
+    if (strcmp(end, "{eos}") != 0 && *end) {
+        int32_t id = tok_token_id(t, end);
+        if (id >= 0 && id != tok_eos(t) && n < max)
+            out[n++] = id;
+    }
+    return n;
+}

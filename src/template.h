@@ -1,0 +1,55 @@
+/* template — chat templates: a conversation rendered to token ids with a loss mask.
+ *
+ * Named templates: camelidae (the paper's, DESIGN section 1; the default), alpaca, chatml,
+ * llama2, llama3, mistral, plain. A conversation is rendered to one string and encoded once
+ * (as HF's apply_chat_template + encode would); the labels keep the ids of every assistant
+ * span (content and its end marker, e.g. "</s>" or "<|im_end|>") and are -100 elsewhere, so
+ * every assistant turn of a multi-turn record is trained. Label boundaries come from encoding
+ * the rendered prefixes; a token that straddles a boundary counts as outside the span.
+ *
+ * Owns: the template table. Must not: read files or know dataset formats. */
+#ifndef PESC_TEMPLATE_H
+#define PESC_TEMPLATE_H
+
+#include <stddef.h>
+
+#include "tokenizer.h"
+#include "util.h"
+
+typedef struct chat_template chat_template;
+
+typedef enum tpl_role { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT } tpl_role;
+
+typedef struct tpl_message {
+    tpl_role role;
+    const char *content;      /* UTF-8, not necessarily NUL-terminated */
+    size_t len;
+} tpl_message;
+
+/* The template called name, or NULL. */
+const chat_template *template_find(const char *name);
+const char *template_name(const chat_template *tpl);
+/* "camelidae, alpaca, chatml, llama2, llama3, mistral, plain" */
+const char *template_list(void);
+
+/* Renders messages (a system message may come first; then user/assistant turns) and appends
+ * the ids and labels (same length; -100 = no loss) to ids/labels. A conversation must hold at
+ * least one assistant message with content. */
+int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,
+                    tok_ids *ids, tok_ids *labels, pesc_error *err);
+
+/* Plain text as a training document: BOS (when the template uses one) + text + EOS, every
+ * token labeled. */
+int template_encode_text(const chat_template *tpl, tokenizer *t, const char *text, size_t len,
+                         tok_ids *ids, tok_ids *labels, pesc_error *err);
+
+/* The prompt for generation: messages (system?, user, [assistant, user]...) rendered up to and
+ * including the assistant header of the next turn, so the model continues as the assistant. */
+int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_message *msgs,
+                           int n, tok_ids *ids, pesc_error *err);
+
+/* Ids that end an assistant turn: the tokenizer's EOS and the template's end marker when that
+ * is one token. Returns how many were written (at most max). */
+int template_stop_ids(const chat_template *tpl, const tokenizer *t, int32_t *out, int max);
+
+#endif

@@ -1,0 +1,132 @@
+/* test_template — every named template renders the expected text, labels exactly the
+ * assistant spans (content and end marker) of every turn, and renders generation prompts. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "template.h"
+#include "tokenizer/fixture.h"
+
+static int failures;
+
+#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, __VA_ARGS__); \
+                              fputc('\n', stderr); } } while (0)
+
+static tpl_message msg(tpl_role role, const char *s)
+{
+    return (tpl_message){role, s, strlen(s)};
+}
+
+/* The decoded text of the ids, and of the labeled ids only (spans joined by '|'). */
+static void decode_parts(tokenizer *t, const tok_ids *ids, const tok_ids *labels, char **all,
+                         char **labeled)
+{
+    *all = tok_decode(t, ids->ids, ids->n, 0, NULL);
+    size_t cap = 16, len = 0;
+    char *out = calloc(1, cap);
+    for (int i = 0; i < ids->n;) {
+        if (labels->ids[i] == -100) { i++; continue; }
+        int j = i;
+        while (j < ids->n && labels->ids[j] != -100) {
+            CHECK(labels->ids[j] == ids->ids[j], "a label differs from its id");
+            j++;
+        }
+        char *span = tok_decode(t, ids->ids + i, j - i, 0, NULL);
+        size_t n = strlen(span);
+        while (len + n + 2 > cap) out = realloc(out, cap *= 2);
+        if (len) out[len++] = '|';
+        memcpy(out + len, span, n + 1);
+        len += n;
+        free(span);
+        i = j;
+    }
+    *labeled = out;
+}
+
+static void expect_render(tokenizer *t, const char *name, const tpl_message *m, int n,
+                          const char *want_all, const char *want_labeled)
+{
+    const chat_template *tpl = template_find(name);
+    CHECK(tpl != NULL, "template %s missing", name);
+    if (!tpl) return;
+    tok_ids ids = {0}, labels = {0};
+    pesc_error err = {{0}};
+    int rc = template_encode(tpl, t, m, n, &ids, &labels, &err);
+    CHECK(rc == 0, "%s: %s", name, err.msg);
+    CHECK(ids.n == labels.n, "%s: ids and labels differ in length", name);
+    char *all, *labeled;
+    decode_parts(t, &ids, &labels, &all, &labeled);
+    CHECK(strcmp(all, want_all) == 0, "%s rendered:\n%s\nwant:\n%s", name, all, want_all);
+    CHECK(strcmp(labeled, want_labeled) == 0, "%s labeled:\n%s\nwant:\n%s", name, labeled,
+          want_labeled);
+    free(all);
+    free(labeled);
+    tok_ids_free(&ids);
+    tok_ids_free(&labels);
+}
+
+int main(void)
+{
+    tokenizer *t = fixture_tokenizer();
+    if (!t)
+        return 99;
+    tpl_message two[] = {msg(ROLE_SYSTEM, "Be brief."), msg(ROLE_USER, "hello"),
+                         msg(ROLE_ASSISTANT, "hi there"), msg(ROLE_USER, "2+2?"),
+                         msg(ROLE_ASSISTANT, "4")};
+    expect_render(t, "camelidae", two, 5,
+        "<s>### System:\nBe brief.\n### Human:\nhello\n### Assistant:\nhi there</s>\n"
+        "### Human:\n2+2?\n### Assistant:\n4</s>", "hi there</s>|4</s>");
+    /* no system: the System line is dropped (DESIGN section 1) */
+    expect_render(t, "camelidae", two + 1, 2,
+        "<s>### Human:\nhello\n### Assistant:\nhi there</s>", "hi there</s>");
+    expect_render(t, "chatml", two, 5,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
+        "<|im_start|>assistant\nhi there<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>", "hi there<|im_end|>|4<|im_end|>");
+    expect_render(t, "llama2", two, 5,
+        "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nhello [/INST] hi there </s><s>[INST] 2+2? "
+        "[/INST] 4 </s>", "hi there </s>|4 </s>");
+    expect_render(t, "mistral", two + 1, 4,
+        "<s>[INST] hello [/INST]hi there</s>[INST] 2+2? [/INST]4</s>", "hi there</s>|4</s>");
+    expect_render(t, "llama3", two + 1, 2,
+        "<s><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>"
+        "assistant<|end_header_id|>\n\nhi there<|eot_id|>", "hi there<|eot_id|>");
+    expect_render(t, "alpaca", two + 1, 2,
+        "<s>Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nhello\n\n### Response:\nhi there</s>",
+        "hi there</s>");
+    expect_render(t, "plain", two + 1, 2, "<s>hello\nhi there</s>", "hi there</s>");
+
+    /* prompts for generation end at the assistant header */
+    pesc_error err = {{0}};
+    tok_ids ids = {0};
+    CHECK(template_encode_prompt(template_find("chatml"), t, two, 2, &ids, &err) == 0, "%s", err.msg);
+    char *prompt = tok_decode(t, ids.ids, ids.n, 0, NULL);
+    CHECK(strcmp(prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello"
+                 "<|im_end|>\n<|im_start|>assistant\n") == 0, "chatml prompt: %s", prompt);
+    free(prompt);
+    tok_ids_free(&ids);
+    int32_t stops[4];
+    int n = template_stop_ids(template_find("chatml"), t, stops, 4);
+    CHECK(n == 2 && stops[0] == 301 && stops[1] == 303, "chatml stops: %d ids", n);
+
+    /* errors a dataset can cause */
+    tok_ids labels = {0};
+    tpl_message only_user[] = {msg(ROLE_USER, "hello")};
+    CHECK(template_encode(template_find("camelidae"), t, only_user, 1, &ids, &labels, &err) == -1,
+          "a conversation without an assistant turn must fail");
+    tpl_message two_assistants[] = {msg(ROLE_USER, "a"), msg(ROLE_ASSISTANT, "b"),
+                                    msg(ROLE_ASSISTANT, "c")};
+    CHECK(template_encode(template_find("camelidae"), t, two_assistants, 3, &ids, &labels, &err) == -1,
+          "two assistant turns in a row must fail");
+    CHECK(template_find("nonesuch") == NULL, "unknown template must be NULL");
+    tok_ids_free(&ids);
+    tok_ids_free(&labels);
+    tok_delete(t);
+    if (failures) {
+        fprintf(stderr, "test_template: %d failures\n", failures);
+        return 1;
+    }
+    printf("test_template: all templates render and label as expected\n");
+    return 0;
+}

@@ -1,0 +1,161 @@
+/* test_tokenizer — what needs no downloaded file: NFC/NFKC/NFD against Python's unicodedata
+ * (tests/tokenizer/normalization.jsonl) through a byte-fallback tokenizer built here, streaming
+ * decode of partial characters, invalid input and load errors. test_tokenizer_hf compares
+ * with Hugging Face on real tokenizer files. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tokenizer.h"
+
+static int failures;
+
+#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, __VA_ARGS__); \
+                              fputc('\n', stderr); } } while (0)
+
+static char *path_in(const char *dir, const char *rel)
+{
+    size_t n = strlen(dir) + strlen(rel) + 2;
+    char *p = malloc(n);
+    snprintf(p, n, "%s/%s", dir, rel);
+    return p;
+}
+
+/* A tokenizer whose vocabulary is the 256 byte tokens: encode(x) spells the normalized x
+ * byte by byte, so decode(encode(x)) is the normalization of x. */
+static tokenizer *byte_tokenizer(const char *normalizer, pesc_error *err)
+{
+    char path[] = "/tmp/pesc-test-tokXXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "{\"normalizer\": %s, \"pre_tokenizer\": null, \"post_processor\": null,\n"
+               " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteFallback\"},"
+               " {\"type\": \"Fuse\"}]},\n \"added_tokens\": [],\n"
+               " \"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"merges\": [], \"vocab\": {",
+            normalizer);
+    for (int b = 0; b < 256; b++)
+        fprintf(f, "%s\"<0x%02X>\": %d", b ? ", " : "", b, b);
+    fprintf(f, "}}}\n");
+    fclose(f);
+    tokenizer *t = tok_load(path, err);
+    unlink(path);
+    return t;
+}
+
+static void test_normalization(const char *srcdir)
+{
+    static const char *const forms[][2] = {{"nfc", "NFC"}, {"nfkc", "NFKC"}, {"nfd", "NFD"}};
+    char *path = path_in(srcdir, "tests/tokenizer/normalization.jsonl");
+    for (int k = 0; k < 3; k++) {
+        char spec[64];
+        snprintf(spec, sizeof spec, "{\"type\": \"%s\"}", forms[k][1]);
+        pesc_error err = {{0}};
+        tokenizer *t = byte_tokenizer(spec, &err);
+        CHECK(t != NULL, "byte tokenizer (%s): %s", forms[k][1], err.msg);
+        FILE *f = fopen(path, "r");
+        CHECK(f != NULL, "cannot open %s", path);
+        char *line = NULL;
+        size_t cap = 0;
+        int rows = 0, bad = 0;
+        while (t && f && getline(&line, &cap, f) > 0) {
+            json_t *row = json_loads(line, 0, NULL);
+            json_t *text = json_object_get(row, "text"), *want = json_object_get(row, forms[k][0]);
+            tok_ids ids = {0};
+            tok_encode(t, json_string_value(text), json_string_length(text), 0, &ids, &err);
+            size_t n;
+            char *got = tok_decode(t, ids.ids, ids.n, 0, &n);
+            if (n != json_string_length(want) || memcmp(got, json_string_value(want), n) != 0) {
+                if (bad < 5)
+                    fprintf(stderr, "%s row %d: got %s want %s\n", forms[k][1], rows + 1, got,
+                            json_string_value(want));
+                bad++;
+            }
+            free(got);
+            tok_ids_free(&ids);
+            json_decref(row);
+            rows++;
+        }
+        CHECK(bad == 0 && rows > 0, "%s: %d of %d texts differ from Python's unicodedata",
+              forms[k][1], bad, rows);
+        printf("%s: %d texts, %d mismatches (Unicode %s)\n", forms[k][1], rows, bad,
+               tok_unicode_version());
+        free(line);
+        if (f)
+            fclose(f);
+        tok_delete(t);
+    }
+    free(path);
+}
+
+/* Held-back partial characters: "é" = C3 A9 split over two byte tokens. */
+static void test_stream_partial(void)
+{
+    pesc_error err = {{0}};
+    tokenizer *t = byte_tokenizer("null", &err);
+    CHECK(t != NULL, "byte tokenizer: %s", err.msg);
+    if (!t)
+        return;
+    tok_stream s;
+    tok_stream_init(&s, t, 0);
+    size_t n;
+    const char *out = tok_stream_push(&s, 0xC3, &n);
+    CHECK(n == 0, "stream: a lone lead byte must be held back (got %zu bytes)", n);
+    out = tok_stream_push(&s, 0xA9, &n);
+    CHECK(n == 2 && memcmp(out, "\xc3\xa9", 2) == 0, "stream: completed character expected");
+    out = tok_stream_push(&s, 0xF0, &n);
+    out = tok_stream_push(&s, 0x9F, &n);
+    CHECK(n == 0, "stream: an incomplete 4-byte character must be held back");
+    out = tok_stream_push(&s, 'a', &n);
+    CHECK(n == 4 && memcmp(out, "\xef\xbf\xbd" "a", 4) == 0,
+          "stream: a broken sequence becomes U+FFFD then the next character (got %zu)", n);
+    out = tok_stream_push(&s, 0xE2, &n);
+    out = tok_stream_flush(&s, &n);
+    CHECK(n == 3 && memcmp(out, "\xef\xbf\xbd", 3) == 0, "stream: flush gives U+FFFD");
+    tok_stream_free(&s);
+    tok_ids ids = {0};
+    CHECK(tok_encode(t, "a\xff", 2, 0, &ids, &err) == -1 && strstr(err.msg, "UTF-8"),
+          "invalid UTF-8 input must fail (%s)", err.msg);
+    tok_ids_free(&ids);
+    tok_delete(t);
+}
+
+static void test_load_errors(void)
+{
+    char path[] = "/tmp/pesc-test-tokXXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "w");
+    fputs("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", f);
+    fclose(f);
+    pesc_error err = {{0}};
+    tokenizer *t = tok_load(path, &err);
+    CHECK(!t && strstr(err.msg, "Unigram") && strstr(err.msg, path),
+          "an unsupported model must be named with the file: %s", err.msg);
+    f = fopen(path, "w");
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+          " \"pre_tokenizer\": {\"type\": \"Whitespace\"}}", f);
+    fclose(f);
+    t = tok_load(path, &err);
+    CHECK(!t && strstr(err.msg, "Whitespace"), "an unsupported pre-tokenizer must be named: %s",
+          err.msg);
+    tok_delete(t);
+    unlink(path);
+}
+
+int main(void)
+{
+    const char *srcdir = getenv("top_srcdir");
+    if (!srcdir)
+        srcdir = ".";
+    test_normalization(srcdir);
+    test_stream_partial();
+    test_load_errors();
+    if (failures) {
+        fprintf(stderr, "test_tokenizer: %d failures\n", failures);
+        return 1;
+    }
+    return 0;
+}
