@@ -7,6 +7,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_fetch(int argc, char **argv);
 

@@ -16,11 +16,12 @@ static const char overview[] =
     "  eval      mean next-token loss of a model over a dataset\n"
     "  inspect   summary of a model directory, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
+    "  train     craft and instruction-tune a model without a screen (--headless)\n"
     "  bench     training-step throughput and MFU on a random PESC model\n"
     "  tokenize  text to token ids with a Hugging Face tokenizer.json\n"
     "  fetch     download files and models (hf://, http(s)://) into the cache\n"
     "\n"
-    "Not in this build yet: the workbench (pesc with no command, tui, view), train, generate,\n"
+    "Not in this build yet: the workbench (pesc with no command, tui, view), generate,\n"
     "export.\n"
     "\n"
     "  pesc COMMAND --help    options of one command\n"
@@ -37,6 +38,7 @@ static const command commands[] = {
     {"inspect", cmd_inspect},
     {"devices", cmd_devices},
     {"bench", cmd_bench},
+    {"train", cmd_train},
     {"tokenize", cmd_tokenize},
     {"fetch", cmd_fetch},
 };

@@ -1,0 +1,366 @@
+/* checkpoint — see checkpoint.h. */
+#include "checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "safetensors.h"
+
+#define STATE_FILE "state.json"
+#define TRAINABLES_FILE "trainables.safetensors"
+#define OPTIMIZER_FILE "optimizer.safetensors"
+
+/* ---- small file helpers ------------------------------------------------------------------- */
+
+static int fsync_path(const char *path, int directory)
+{
+    int fd = open(path, (directory ? O_DIRECTORY : 0) | O_RDONLY);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static int remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return unlink(path);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char *p = pesc_path_join(path, e->d_name);
+        remove_tree(p);
+        free(p);
+    }
+    closedir(d);
+    return rmdir(path);
+}
+
+static int write_text_file(const char *path, const char *text, pesc_error *err)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return pesc_fail(err, "%s: %s", path, strerror(errno));
+    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int saved = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok)
+        return pesc_fail(err, "%s: %s (is the disk full?)", path, strerror(saved));
+    return 0;
+}
+
+/* ---- state.json --------------------------------------------------------------------------- */
+
+static json_t *hex64(uint64_t v)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%016" PRIx64, v);
+    return json_string(buf);
+}
+
+static char *state_json(const checkpoint_state *st)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "step", json_integer(st->step));
+    json_object_set_new(o, "total_steps", json_integer(st->total_steps));
+    json_object_set_new(o, "lr_override", st->lr_override >= 0 ? json_real(st->lr_override) : json_null());
+    json_object_set_new(o, "lr_scale", json_real(st->lr_scale));
+    json_object_set_new(o, "aux_coef", json_real(st->aux_coef));
+    json_object_set_new(o, "model_rng", hex64(st->model_rng));
+    json_t *cur = json_object();
+    json_object_set_new(cur, "epoch", json_integer(st->cursor.epoch));
+    json_object_set_new(cur, "position", json_integer(st->cursor.position));
+    json_object_set_new(cur, "fingerprint", hex64(st->cursor.fingerprint));
+    json_object_set_new(o, "data_cursor", cur);
+    json_object_set_new(o, "tokens", json_integer(st->tokens));
+    json_object_set_new(o, "elapsed_s", json_real(st->elapsed_s));
+    json_object_set_new(o, "nan_skipped", json_integer(st->nan_skipped));
+    json_object_set_new(o, "base_fingerprint", hex64(st->base_fingerprint));
+    json_t *run = json_object();
+    const pesc_options *p = &st->pesc;
+    json_object_set_new(run, "train", json_string(p->mode == TRAIN_FULL ? "full" : "pesc"));
+    json_object_set_new(run, "experts", json_integer(p->experts));
+    json_object_set_new(run, "top_k", json_integer(p->top_k));
+    json_object_set_new(run, "adapter_dim", json_integer(p->adapter_dim));
+    json_object_set_new(run, "adapter_scale", json_real(p->adapter_scale));
+    json_object_set_new(run, "adapter_dropout", json_real(p->adapter_dropout));
+    json_object_set_new(run, "z_coef", json_real(p->z_coef));
+    json_object_set_new(run, "lora_rank", json_integer(p->lora_rank));
+    json_object_set_new(run, "lora_alpha", json_real(p->lora_alpha));
+    json_object_set_new(run, "lora_targets", json_integer(p->lora_targets));
+    json_object_set_new(run, "seq", json_integer(st->seq));
+    json_object_set_new(run, "batch", json_integer(st->batch));
+    json_object_set_new(run, "grad_accum", json_integer(st->grad_accum));
+    json_object_set_new(run, "seed", hex64(st->seed));
+    json_object_set_new(o, "run", run);
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    return text;
+}
+
+static uint64_t parse_hex(json_t *v)
+{
+    const char *s = json_string_value(v);
+    return s ? strtoull(s, NULL, 16) : 0;
+}
+
+int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err)
+{
+    char *path = pesc_path_join(dir, STATE_FILE);
+    json_error_t jerr;
+    json_t *o = json_load_file(path, 0, &jerr);
+    if (!o || !json_is_object(o)) {
+        pesc_fail(err, "%s: %s (not a pesc checkpoint?)", path, o ? "not a JSON object" : jerr.text);
+        json_decref(o);
+        free(path);
+        return -1;
+    }
+    memset(st, 0, sizeof *st);
+    st->step = (long)json_integer_value(json_object_get(o, "step"));
+    st->total_steps = (long)json_integer_value(json_object_get(o, "total_steps"));
+    json_t *lr = json_object_get(o, "lr_override");
+    st->lr_override = json_is_number(lr) ? json_number_value(lr) : -1.0;
+    st->lr_scale = json_number_value(json_object_get(o, "lr_scale"));
+    st->aux_coef = json_number_value(json_object_get(o, "aux_coef"));
+    st->model_rng = parse_hex(json_object_get(o, "model_rng"));
+    json_t *cur = json_object_get(o, "data_cursor");
+    st->cursor.epoch = (long)json_integer_value(json_object_get(cur, "epoch"));
+    st->cursor.position = (long)json_integer_value(json_object_get(cur, "position"));
+    st->cursor.fingerprint = parse_hex(json_object_get(cur, "fingerprint"));
+    st->tokens = json_integer_value(json_object_get(o, "tokens"));
+    st->elapsed_s = json_number_value(json_object_get(o, "elapsed_s"));
+    st->nan_skipped = (long)json_integer_value(json_object_get(o, "nan_skipped"));
+    st->base_fingerprint = parse_hex(json_object_get(o, "base_fingerprint"));
+    json_t *run = json_object_get(o, "run");
+    pesc_options *p = &st->pesc;
+    pesc_options_default(p);
+    const char *mode = json_string_value(json_object_get(run, "train"));
+    p->mode = mode && !strcmp(mode, "full") ? TRAIN_FULL : TRAIN_PESC;
+    p->experts = (int)json_integer_value(json_object_get(run, "experts"));
+    p->top_k = (int)json_integer_value(json_object_get(run, "top_k"));
+    p->adapter_dim = (int)json_integer_value(json_object_get(run, "adapter_dim"));
+    p->adapter_scale = (float)json_number_value(json_object_get(run, "adapter_scale"));
+    p->adapter_dropout = (float)json_number_value(json_object_get(run, "adapter_dropout"));
+    p->z_coef = (float)json_number_value(json_object_get(run, "z_coef"));
+    p->lora_rank = (int)json_integer_value(json_object_get(run, "lora_rank"));
+    p->lora_alpha = (float)json_number_value(json_object_get(run, "lora_alpha"));
+    p->lora_targets = (unsigned)json_integer_value(json_object_get(run, "lora_targets"));
+    st->seq = (int)json_integer_value(json_object_get(run, "seq"));
+    st->batch = (int)json_integer_value(json_object_get(run, "batch"));
+    st->grad_accum = (int)json_integer_value(json_object_get(run, "grad_accum"));
+    st->seed = parse_hex(json_object_get(run, "seed"));
+    p->aux_coef = (float)st->aux_coef;
+    json_decref(o);
+    free(path);
+    if (st->step < 0 || st->batch <= 0 || st->seq <= 0)
+        return pesc_fail(err, "%s/%s: incomplete (missing step, batch or seq)", dir, STATE_FILE);
+    return 0;
+}
+
+/* ---- saving ------------------------------------------------------------------------------- */
+
+static int save_optimizer(const char *path, model *m, optimizer *opt, pesc_error *err)
+{
+    float *host = xmalloc(2 * opt->n * sizeof *host);
+    backend_download(m->backend, host, opt->m, opt->n * sizeof *host);
+    backend_download(m->backend, host + opt->n, opt->v, opt->n * sizeof *host);
+    char step[32];
+    snprintf(step, sizeof step, "%ld", opt->step);
+    st_write_tensor t[2] = {
+        {.name = "adam_m", .dtype = ST_F32, .ndim = 1, .shape = {(int64_t)opt->n}, .data = host},
+        {.name = "adam_v", .dtype = ST_F32, .ndim = 1, .shape = {(int64_t)opt->n}, .data = host + opt->n}};
+    const char *keys[] = {"format", "adam_step"}, *values[] = {"pt", step};
+    int rc = st_write(path, t, 2, keys, values, 2, err);
+    free(host);
+    return rc;
+}
+
+static int is_checkpoint_name(const char *name, long *step)
+{
+    char *end;
+    if (strncmp(name, "step-", 5) != 0)
+        return 0;
+    *step = strtol(name + 5, &end, 10);
+    return end != name + 5 && *end == '\0';
+}
+
+/* Removes stale temporary checkpoints and all but the newest `keep`. */
+static void prune(const char *save_dir, int keep)
+{
+    DIR *d = opendir(save_dir);
+    if (!d)
+        return;
+    long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long step;
+        if (strncmp(e->d_name, ".tmp-step-", 10) == 0) {
+            char *p = pesc_path_join(save_dir, e->d_name);
+            remove_tree(p);
+            free(p);
+        } else if (is_checkpoint_name(e->d_name, &step) && n < 4096) {
+            steps[n++] = step;
+        }
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++) {
+        int newer = 0;
+        for (int j = 0; j < n; j++)
+            newer += steps[j] > steps[i];
+        if (newer >= keep) {
+            char name[64];
+            snprintf(name, sizeof name, "step-%08ld", steps[i]);
+            char *p = pesc_path_join(save_dir, name);
+            remove_tree(p);
+            free(p);
+        }
+    }
+}
+
+int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
+                    const checkpoint_state *st, char **saved, pesc_error *err)
+{
+    if (mkdir(save_dir, 0755) != 0 && errno != EEXIST)
+        return pesc_fail(err, "%s: %s", save_dir, strerror(errno));
+    char name[64], tmp_name[96];
+    snprintf(name, sizeof name, "step-%08ld", st->step);
+    snprintf(tmp_name, sizeof tmp_name, ".tmp-step-%08ld-%d", st->step, (int)getpid());
+    char *final = pesc_path_join(save_dir, name), *tmp = pesc_path_join(save_dir, tmp_name);
+    char *trainables = pesc_path_join(tmp, TRAINABLES_FILE);
+    char *moments = pesc_path_join(tmp, OPTIMIZER_FILE), *state = pesc_path_join(tmp, STATE_FILE);
+    char *text = state_json(st);
+    int rc = -1;
+    remove_tree(tmp);
+    if (mkdir(tmp, 0755) != 0) {
+        pesc_fail(err, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (model_save_trainables(m, trainables, err) != 0 || save_optimizer(moments, m, opt, err) ||
+        write_text_file(state, text, err) != 0)
+        goto out;
+    fsync_path(tmp, 1);
+    remove_tree(final);   /* a checkpoint of the same step (saved again after a resume) */
+    if (rename(tmp, final) != 0) {
+        pesc_fail(err, "%s: %s", final, strerror(errno));
+        goto out;
+    }
+    fsync_path(save_dir, 1);
+    prune(save_dir, keep);
+    if (saved)
+        *saved = xstrdup(final);
+    rc = 0;
+out:
+    if (rc != 0)
+        remove_tree(tmp);
+    free(text);
+    free(state);
+    free(moments);
+    free(trainables);
+    free(tmp);
+    free(final);
+    return rc;
+}
+
+/* ---- loading ------------------------------------------------------------------------------ */
+
+int checkpoint_find(const char *path, char **dir, pesc_error *err)
+{
+    char *state = pesc_path_join(path, STATE_FILE);
+    int direct = access(state, R_OK) == 0;
+    free(state);
+    if (direct) {
+        *dir = xstrdup(path);
+        return 0;
+    }
+    DIR *d = opendir(path);
+    if (!d)
+        return pesc_fail(err, "%s: %s", path, strerror(errno));
+    long best = -1, step;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (is_checkpoint_name(e->d_name, &step) && step > best) {
+            char *p = pesc_path_join(path, e->d_name), *s = pesc_path_join(p, STATE_FILE);
+            if (access(s, R_OK) == 0)
+                best = step;
+            free(s);
+            free(p);
+        }
+    closedir(d);
+    if (best < 0)
+        return pesc_fail(err, "%s: no checkpoint here (expected state.json, or step-N "
+                         "directories written by --save)", path);
+    char name[64];
+    snprintf(name, sizeof name, "step-%08ld", best);
+    *dir = pesc_path_join(path, name);
+    return 0;
+}
+
+int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err)
+{
+    char *trainables = pesc_path_join(dir, TRAINABLES_FILE);
+    char *moments = pesc_path_join(dir, OPTIMIZER_FILE);
+    st_file f = {0};
+    int rc = -1;
+    if (model_load_trainables(m, trainables, err) != 0 || st_open(&f, moments, err) != 0)
+        goto out;
+    const st_tensor *mt = st_find(&f, "adam_m"), *vt = st_find(&f, "adam_v");
+    const char *step = st_meta(&f, "adam_step");
+    if (!mt || !vt || !step || mt->n_elements != opt->n || vt->n_elements != opt->n ||
+        mt->dtype != ST_F32 || vt->dtype != ST_F32) {
+        pesc_fail(err, "%s: AdamW moments missing or sized for another model (%zu values "
+                  "expected)", moments, opt->n);
+        goto out;
+    }
+    float *host = xmalloc(opt->n * sizeof *host);
+    st_to_f32(mt, host, err);
+    backend_upload(m->backend, opt->m, host, opt->n * sizeof *host);
+    st_to_f32(vt, host, err);
+    backend_upload(m->backend, opt->v, host, opt->n * sizeof *host);
+    free(host);
+    opt->step = strtol(step, NULL, 10);
+    rc = 0;
+out:
+    st_close(&f);
+    free(moments);
+    free(trainables);
+    return rc;
+}
+
+uint64_t checkpoint_fingerprint(model *m)
+{
+    uint64_t h = 0xcbf29ce484222325ull;   /* FNV-1a */
+#define MIX(ptr, len)                                                                      \
+    do {                                                                                   \
+        const unsigned char *p_ = (const unsigned char *)(ptr);                            \
+        for (size_t i_ = 0; i_ < (size_t)(len); i_++)                                      \
+            h = (h ^ p_[i_]) * 0x100000001b3ull;                                           \
+    } while (0)
+    const hf_config *c = &m->config;
+    MIX(c->architecture, strlen(c->architecture));
+    int dims[] = {c->vocab_size, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads,
+                  c->n_kv_heads, c->head_dim};
+    MIX(dims, sizeof dims);
+    for (int i = 0; i < m->n_base_tensors; i++) {
+        const model_tensor *t = &m->base_tensors[i];
+        float sample[16];
+        size_t n = t->n < 16 ? t->n : 16;
+        MIX(t->name, strlen(t->name));
+        MIX(t->shape, sizeof t->shape);
+        backend_download(m->backend, sample, t->data, n * sizeof *sample);
+        MIX(sample, n * sizeof *sample);
+    }
+#undef MIX
+    return h;
+}

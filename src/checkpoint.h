@@ -1,0 +1,51 @@
+/* checkpoint — a training run saved so it continues exactly: the trainables (Camelidae names),
+ * the AdamW moments and state.json (step, schedule position, live overrides, RNG, data
+ * cursor, the run's shape, a fingerprint of the base model).
+ *
+ * A checkpoint is DIR/step-NNNNNNNN/; it is written under a temporary name, every file
+ * fsync'd, then renamed, so a kill at any instant leaves the previous one whole. The newest
+ * `keep` are kept. Must not: know about threads or the UI. */
+#ifndef PESC_CHECKPOINT_H
+#define PESC_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "dataset.h"
+#include "model.h"
+#include "optim.h"
+#include "util.h"
+
+typedef struct checkpoint_state {
+    long step;                   /* optimizer steps done */
+    long total_steps;
+    double lr_override;          /* < 0: none */
+    double lr_scale;             /* halvings after non-finite steps */
+    double aux_coef;             /* live value (may be overridden) */
+    uint64_t model_rng;          /* dropout */
+    ds_cursor cursor;
+    long long tokens;
+    double elapsed_s;
+    long nan_skipped;
+    uint64_t base_fingerprint;
+    /* what must match to continue */
+    pesc_options pesc;
+    int seq, batch, grad_accum;
+    uint64_t seed;
+} checkpoint_state;
+
+/* Saves; *saved (optional) receives the checkpoint's directory (malloc'd). */
+int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
+                    const checkpoint_state *st, char **saved, pesc_error *err);
+
+/* path is a checkpoint or a save directory (its newest complete checkpoint is taken). */
+int checkpoint_find(const char *path, char **dir, pesc_error *err);
+int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err);
+/* Loads trainables and moments into a model crafted as st->pesc says and an optimizer sized
+ * for it. */
+int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err);
+
+/* A fingerprint of the base model: config.json and every base tensor's name, shape and a
+ * sample of its values. */
+uint64_t checkpoint_fingerprint(model *m);
+
+#endif

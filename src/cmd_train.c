@@ -1,0 +1,123 @@
+/* cmd_train — `pesc train --headless`: the training session with no screen. Progress goes to
+ * standard output (one line rewritten in place on a terminal, plain periodic lines
+ * otherwise), every stat to the --log JSONL, and --control opens the command socket. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "control.h"
+#include "session.h"
+#include "train_options.h"
+
+static const char train_usage[] =
+    "usage: pesc train --headless [TRAIN OPTIONS]\n"
+    "\n"
+    "Crafts the model into a PESC Mixture-of-Experts (or trains every weight with --train\n"
+    "full) and instruction-tunes it without a screen. Ctrl-C finishes the step, saves (with\n"
+    "--save) and exits 0; a second Ctrl-C exits at once, the last checkpoint intact.\n"
+    "\n";
+
+static volatile sig_atomic_t interrupts;
+
+static void on_signal(int sig)
+{
+    if (sig == SIGINT && interrupts > 0)
+        _exit(130);   /* the second Ctrl-C: leave now; checkpoints are written atomically */
+    interrupts++;
+}
+
+static void format_eta(char *buf, size_t n, double s)
+{
+    if (s < 0)
+        snprintf(buf, n, "?");
+    else if (s < 120)
+        snprintf(buf, n, "%.0fs", s);
+    else if (s < 7200)
+        snprintf(buf, n, "%.0fm%02.0fs", s / 60 - 0.5 < 0 ? 0 : (double)(long)(s / 60),
+                 s - 60.0 * (long)(s / 60));
+    else
+        snprintf(buf, n, "%.1fh", s / 3600);
+}
+
+static void print_progress(const session_progress *p, int tty, int final)
+{
+    char eta[32];
+    format_eta(eta, sizeof eta, p->eta_s);
+    if (p->step == 0)
+        return;
+    printf("%sstep %ld/%ld  loss %.4f  aux %.4f  lr %.3g  %.0f tok/s  ETA %s%s", tty ? "\r" : "",
+           p->step, p->total_steps, p->loss, p->aux_loss, p->lr, p->tokens_per_s, eta,
+           tty ? "   " : "\n");
+    if (tty && final)
+        printf("\n");
+    fflush(stdout);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    train_config c;
+    train_config_default(&c);
+    int status = train_config_parse(&c, "train", argc, argv);
+    if (status == TRAIN_HELP) {
+        fputs(train_usage, stdout);
+        fputs(train_options_help, stdout);
+        fputs(pesc_options_help, stdout);
+        return 0;
+    }
+    if (status >= 0)
+        return status;
+    c.headless = 1;
+    pesc_error err = {{0}};
+    session *s = session_new(&c, &err);
+    if (!s)
+        return cli_fail("train", &err);
+    control_server *ctl = NULL;
+    if (c.control_path && !(ctl = control_open(c.control_path, session_monitor(s), &err))) {
+        session_delete(s);
+        return cli_fail("train", &err);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (session_start(s, &err) != 0) {
+        control_close(ctl);
+        session_delete(s);
+        return cli_fail("train", &err);
+    }
+    int tty = isatty(STDOUT_FILENO), stopping = 0;
+    double last_line = 0.0;
+    session_progress p;
+    for (;;) {
+        struct timespec nap = {0, 200 * 1000 * 1000};
+        nanosleep(&nap, NULL);
+        if (interrupts && !stopping) {
+            char reply[128];
+            session_command(s, "stop", reply, sizeof reply);
+            fprintf(stderr, "\npesc train: stopping after this step%s (Ctrl-C again to quit now)\n",
+                    c.save_dir ? " and saving" : "");
+            stopping = 1;
+        }
+        session_get_progress(s, &p);
+        if (p.state >= MONITOR_FINISHED)
+            break;
+        double now = pesc_now();
+        if (now - last_line >= (tty ? 0.5 : 10.0)) {
+            print_progress(&p, tty, 0);
+            last_line = now;
+        }
+    }
+    status = session_wait(s);
+    session_get_progress(s, &p);
+    print_progress(&p, tty, 1);
+    control_close(ctl);
+    if (status != 0)
+        fprintf(stderr, "pesc train: %s\n", session_error(s));
+    session_delete(s);
+    return status;
+}

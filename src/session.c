@@ -1,0 +1,1083 @@
+/* session — see session.h.
+ *
+ * The trainer thread runs trainer_main: take commands, train one step, publish. Everything
+ * both threads touch lives in `shared` under `lock`; the rest of the struct is the
+ * trainer's (or, before start and after wait, the owner's). */
+#include "session.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "dataset.h"
+#include "fetch_view.h"
+#include "model.h"
+#include "optim.h"
+#include "sample.h"
+#include "template.h"
+#include "tokenizer.h"
+
+#define QUEUE 32
+
+typedef enum command_kind {
+    CMD_PAUSE, CMD_RESUME, CMD_LR, CMD_LR_SCALE, CMD_AUX, CMD_SAVE, CMD_STOP, CMD_GENERATE
+} command_kind;
+
+typedef struct command {
+    command_kind kind;
+    double value;
+    int max_tokens, layer;
+    float temperature, top_p;
+    char prompt[512];
+} command;
+
+struct session {
+    train_config cfg;
+    char *model_dir;
+    char *data_paths[STATS_MAX_SOURCES];
+    ds_source sources[STATS_MAX_SOURCES];
+    pesc_backend *backend;
+    model m;
+    tokenizer *tok;
+    const chat_template *tpl;
+    dataset *data;
+    ds_batch batch;
+    optimizer opt;
+    stats_run run;
+    FILE *log;
+    int log_failed;
+
+    /* trainer state */
+    long step, start_step, total_steps, nan_skipped, nan_run;
+    long long tokens;
+    double lr_override, lr_scale, elapsed_before, t_start, last_save;
+    int inject_nan;
+    int paused;
+    uint64_t fingerprint;        /* of the base model as loaded */
+    stats_record *record;
+    float *previous;             /* trainables before the update, for the update ratio */
+    sampler sampler;
+
+    /* shared with other threads */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    command queue[QUEUE];
+    int q_head, q_len;
+    monitor_view *shared;
+    int stop_requested;
+    session_progress progress;
+
+    pthread_t thread;
+    int started;
+    int status;
+    char error[PESC_ERROR_MAX];
+    monitor face;
+};
+
+/* ---- publishing (trainer side; the lock is taken here) ------------------------------------ */
+
+static void publish_event(session *s, const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void log_line(session *s, char *json)
+{
+    if (s->log && !s->log_failed) {
+        if (fputs(json, s->log) < 0 || fputc('\n', s->log) < 0 || fflush(s->log) != 0) {
+            /* reported once; training goes on without the log */
+            s->log_failed = 1;
+            fprintf(stderr, "pesc: the log %s cannot be written (%s); going on without it\n",
+                    s->cfg.log_path, strerror(errno));
+        }
+    }
+    free(json);
+}
+
+static void publish_event(session *s, const char *kind, const char *fmt, ...)
+{
+    stats_event e = {.step = s->step, .elapsed_s = s->elapsed_before + pesc_now() - s->t_start};
+    snprintf(e.kind, sizeof e.kind, "%s", kind);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.text, sizeof e.text, fmt, ap);
+    va_end(ap);
+    log_line(s, stats_event_json(&e));
+    pthread_mutex_lock(&s->lock);
+    monitor_view *v = s->shared;
+    if (v->n_events == MONITOR_EVENTS) {
+        memmove(v->events, v->events + 1, (MONITOR_EVENTS - 1) * sizeof *v->events);
+        v->n_events--;
+    }
+    v->events[v->n_events++] = e;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void set_state(session *s, monitor_state state, const char *message)
+{
+    pthread_mutex_lock(&s->lock);
+    s->shared->state = state;
+    s->progress.state = state;
+    if (message)
+        snprintf(s->shared->message, sizeof s->shared->message, "%.255s", message);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Appends a step to the shared history; full scalar history keeps every other point. */
+static void publish_step(session *s, const stats_record *r)
+{
+    pthread_mutex_lock(&s->lock);
+    monitor_view *v = s->shared;
+    if (!v->last)
+        v->last = stats_record_new(r->shape);
+    stats_record_copy(v->last, r);
+    if (v->n_points == MONITOR_HISTORY) {
+        for (int i = 0; i < MONITOR_HISTORY / 2; i++)
+            v->points[i] = v->points[2 * i + 1];
+        v->n_points = MONITOR_HISTORY / 2;
+    }
+    v->points[v->n_points++] = (monitor_point){r->step, (float)r->loss, (float)r->aux_loss,
+                                               (float)r->lr, (float)r->grad_norm,
+                                               (float)r->tokens_per_s};
+    size_t le = (size_t)r->shape.n_layers * r->shape.n_experts;
+    if (le && r->load) {
+        if (!v->loads)
+            v->loads = xcalloc(MONITOR_LOAD_HISTORY * le, sizeof *v->loads);
+        if (v->n_loads == MONITOR_LOAD_HISTORY) {
+            memmove(v->loads, v->loads + le, (MONITOR_LOAD_HISTORY - 1) * le * sizeof *v->loads);
+            memmove(v->load_steps, v->load_steps + 1, (MONITOR_LOAD_HISTORY - 1) * sizeof(long));
+            v->n_loads--;
+        }
+        memcpy(v->loads + (size_t)v->n_loads * le, r->load, le * sizeof *v->loads);
+        v->load_steps[v->n_loads++] = r->step;
+    }
+    v->since_save_s = s->last_save > 0 ? pesc_now() - s->last_save : -1.0;
+    session_progress *p = &s->progress;
+    p->step = r->step;
+    p->total_steps = r->total_steps;
+    p->loss = r->loss;
+    p->aux_loss = r->aux_loss;
+    p->lr = r->lr;
+    p->tokens_per_s = r->tokens_per_s;
+    p->eta_s = r->eta_s;
+    p->elapsed_s = r->elapsed_s;
+    p->nan_skipped = s->nan_skipped;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- statistics of a step ----------------------------------------------------------------- */
+
+static double resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return (double)resident * (double)sysconf(_SC_PAGESIZE);
+}
+
+/* Loads, gate weights and entropy from the model's routing counts (summed over the step's
+ * micro-batches by the caller), and adapter norms with their update ratios. */
+static void fill_routing(session *s, stats_record *r, const int *counts, const int *first,
+                         const double *gate, const int *source_counts, const double *entropy,
+                         int micro)
+{
+    model *m = &s->m;
+    int L = r->shape.n_layers, E = r->shape.n_experts, S = r->shape.n_sources;
+    if (!E)
+        return;
+    size_t R = (size_t)m->pesc.adapter_dim, C = (size_t)m->config.hidden_size;
+    for (int l = 0; l < L; l++) {
+        double total = 0.0, total_first = 0.0;
+        for (int e = 0; e < E; e++) {
+            total += counts[l * E + e];
+            total_first += first[l * E + e];
+        }
+        for (int e = 0; e < E; e++) {
+            int i = l * E + e;
+            r->load[i] = total > 0 ? (float)(counts[i] / total) : 0.0f;
+            r->first[i] = total_first > 0 ? (float)(first[i] / total_first) : 0.0f;
+            r->gate[i] = counts[i] > 0 ? (float)(gate[i] / counts[i]) : 0.0f;
+            const float *down = m->pesc_layers[l].down + (size_t)e * R * C;
+            const float *up = m->pesc_layers[l].up + (size_t)e * C * R;
+            double nd = vector_sumsq(s->backend, down, R * C), nu = vector_sumsq(s->backend, up, C * R);
+            r->norm_down[i] = (float)sqrt(nd);
+            r->norm_up[i] = (float)sqrt(nu);
+            if (s->previous) {
+                /* previous holds (before - after) for the trainables, same layout */
+                const float *dd = s->previous + (down - m->train_block);
+                const float *du = s->previous + (up - m->train_block);
+                double delta = vector_sumsq(s->backend, dd, R * C) + vector_sumsq(s->backend, du, C * R);
+                r->update_ratio[i] = nd + nu > 0 ? (float)sqrt(delta / (nd + nu)) : 0.0f;
+            }
+        }
+        r->entropy[l] = (float)(entropy[l] / micro);
+        for (int src = 0; src < S; src++) {
+            double t = 0.0;
+            const int *row = source_counts + ((size_t)src * L + l) * E;
+            for (int e = 0; e < E; e++)
+                t += row[e];
+            for (int e = 0; e < E; e++)
+                r->source_load[((size_t)src * L + l) * E + e] = t > 0 ? (float)(row[e] / t) : 0.0f;
+        }
+    }
+    stats_record_derive(r);
+}
+
+/* ---- commands ----------------------------------------------------------------------------- */
+
+static int parse_number(const char *s, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+        end++;
+    if (end == s || *end || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* generate [max=N] [temp=T] [top_p=P] [layer=L] PROMPT */
+static int parse_generate(const char *args, command *c, char *reply, size_t n)
+{
+    c->max_tokens = 64;
+    c->temperature = 0.0f;
+    c->top_p = 1.0f;
+    c->layer = 0;
+    const char *p = args;
+    for (;;) {
+        while (*p == ' ')
+            p++;
+        const char *eq = strchr(p, '='), *space = strchr(p, ' ');
+        if (!eq || (space && space < eq))
+            break;
+        char key[16];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - p), p);
+        double v;
+        char value[32];
+        size_t len = space ? (size_t)(space - eq - 1) : strlen(eq + 1);
+        snprintf(value, sizeof value, "%.*s", (int)len, eq + 1);
+        if (parse_number(value, &v) != 0) {
+            snprintf(reply, n, "error: generate: %s=%s is not a number", key, value);
+            return -1;
+        }
+        if (!strcmp(key, "max") && v >= 1 && v <= 4096)
+            c->max_tokens = (int)v;
+        else if (!strcmp(key, "temp") && v >= 0 && v <= 10)
+            c->temperature = (float)v;
+        else if (!strcmp(key, "top_p") && v > 0 && v <= 1)
+            c->top_p = (float)v;
+        else if (!strcmp(key, "layer") && v >= 0 && v < 4096)
+            c->layer = (int)v;
+        else {
+            snprintf(reply, n, "error: generate: %s=%s is unknown or out of range (max 1-4096, "
+                     "temp 0-10, top_p 0-1, layer)", key, value);
+            return -1;
+        }
+        p += (eq - p) + 1 + len;
+    }
+    while (*p == ' ')
+        p++;
+    size_t len = strcspn(p, "\r\n");
+    if (len == 0) {
+        snprintf(reply, n, "error: generate needs a prompt");
+        return -1;
+    }
+    snprintf(c->prompt, sizeof c->prompt, "%.*s", (int)len, p);
+    return 0;
+}
+
+/* Validates at once (so the reply can say what is wrong); the trainer applies it later. */
+static int parse_command(const char *line, command *c, char *reply, size_t n)
+{
+    while (*line == ' ')
+        line++;
+    char word[16];
+    size_t len = strcspn(line, " \r\n");
+    snprintf(word, sizeof word, "%.*s", (int)(len < sizeof word ? len : sizeof word - 1), line);
+    const char *arg = line + len;
+    while (*arg == ' ')
+        arg++;
+    memset(c, 0, sizeof *c);
+    static const struct { const char *name; command_kind kind; } plain[] = {
+        {"pause", CMD_PAUSE}, {"resume", CMD_RESUME}, {"save", CMD_SAVE}, {"stop", CMD_STOP}};
+    for (size_t i = 0; i < sizeof plain / sizeof *plain; i++)
+        if (!strcmp(word, plain[i].name)) {
+            if (*arg && *arg != '\r' && *arg != '\n') {
+                snprintf(reply, n, "error: %s takes no argument", word);
+                return -1;
+            }
+            c->kind = plain[i].kind;
+            snprintf(reply, n, "ok: %s", word);
+            return 0;
+        }
+    if (!strcmp(word, "lr")) {
+        int relative = *arg == '*';
+        if (parse_number(arg + relative, &c->value) != 0 || c->value < 0 ||
+            (relative && c->value == 0) || c->value > 10) {
+            snprintf(reply, n, "error: lr takes a value (lr 1e-4) or a factor (lr *0.5)");
+            return -1;
+        }
+        c->kind = relative ? CMD_LR_SCALE : CMD_LR;
+        snprintf(reply, n, "ok: lr %s%g", relative ? "*" : "", c->value);
+        return 0;
+    }
+    if (!strcmp(word, "aux")) {
+        if (parse_number(arg, &c->value) != 0 || c->value < 0 || c->value > 1e3) {
+            snprintf(reply, n, "error: aux takes a coefficient (aux 0.02)");
+            return -1;
+        }
+        c->kind = CMD_AUX;
+        snprintf(reply, n, "ok: aux %g", c->value);
+        return 0;
+    }
+    if (!strcmp(word, "generate")) {
+        if (parse_generate(arg, c, reply, n) != 0)
+            return -1;
+        c->kind = CMD_GENERATE;
+        snprintf(reply, n, "ok: generating up to %d tokens", c->max_tokens);
+        return 0;
+    }
+    snprintf(reply, n, "error: unknown command '%s' (pause, resume, lr, aux, save, stop, "
+             "generate)", word);
+    return -1;
+}
+
+void session_command(session *s, const char *line, char *reply, size_t reply_len)
+{
+    command c;
+    if (parse_command(line, &c, reply, reply_len) != 0)
+        return;
+    pthread_mutex_lock(&s->lock);
+    if (s->shared->state >= MONITOR_FINISHED) {
+        snprintf(reply, reply_len, "error: the run has ended");
+    } else if (s->q_len == QUEUE) {
+        snprintf(reply, reply_len, "error: too many commands waiting; try again");
+    } else {
+        s->queue[(s->q_head + s->q_len++) % QUEUE] = c;
+        if (c.kind == CMD_STOP)
+            s->stop_requested = 1;
+        pthread_cond_signal(&s->wake);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static int take_command(session *s, command *c)
+{
+    pthread_mutex_lock(&s->lock);
+    int got = s->q_len > 0;
+    if (got) {
+        *c = s->queue[s->q_head];
+        s->q_head = (s->q_head + 1) % QUEUE;
+        s->q_len--;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return got;
+}
+
+/* ---- generation --------------------------------------------------------------------------- */
+
+static void generation_append(session *s, const char *text, size_t len, int expert)
+{
+    pthread_mutex_lock(&s->lock);
+    monitor_view *v = s->shared;
+    size_t used = strlen(v->generated);
+    if (used + len + 1 > sizeof v->generated)
+        len = sizeof v->generated - used - 1;
+    memcpy(v->generated + used, text, len);
+    memset(v->token_expert + used, expert < 0 ? 255 : expert, len);
+    v->generated[used + len] = '\0';
+    v->n_generated_tokens++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The prompt's ids: through the chat template when there is a tokenizer, else "ids:1,2,3". */
+static int prompt_ids(session *s, const char *prompt, tok_ids *ids, pesc_error *err)
+{
+    if (!s->tok) {
+        if (strncmp(prompt, "ids:", 4) != 0)
+            return pesc_fail(err, "this run has no tokenizer; give the prompt as ids:1,2,3");
+        for (const char *p = prompt + 4; *p;) {
+            char *end;
+            long id = strtol(p, &end, 10);
+            if (end == p || id < 0 || id >= s->m.config.vocab_size)
+                return pesc_fail(err, "prompt ids must be integers below %d",
+                                 s->m.config.vocab_size);
+            tok_ids_push(ids, (int32_t)id);
+            p = *end == ',' ? end + 1 : end;
+        }
+        return ids->n ? 0 : pesc_fail(err, "empty prompt");
+    }
+    tpl_message msg = {.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
+    return template_encode_prompt(s->tpl, s->tok, &msg, 1, ids, err);
+}
+
+static void process_command(session *s, const command *c, int in_generation);
+
+/* Runs one prompt to its end: the current weights, no dropout, the sampler's own RNG, so the
+ * training that follows is exactly what it would have been without it. */
+static void generate(session *s, const command *c)
+{
+    model *m = &s->m;
+    tok_ids ids = {0};
+    pesc_error err = {{0}};
+    float *logits = xmalloc((size_t)m->config.vocab_size * sizeof *logits);
+    int K = m->crafted ? m->pesc.top_k : 1;
+    int32_t *experts = xcalloc((size_t)m->config.n_layers * K, sizeof *experts);
+    int32_t stops[4];
+    int n_stops = s->tok ? template_stop_ids(s->tpl, s->tok, stops, 4) : 0;
+    tok_stream stream;
+    if (s->tok)
+        tok_stream_init(&stream, s->tok, 1);
+    pthread_mutex_lock(&s->lock);
+    s->shared->generating = 1;
+    snprintf(s->shared->prompt, sizeof s->shared->prompt, "%s", c->prompt);
+    s->shared->generated[0] = '\0';
+    s->shared->n_generated_tokens = 0;
+    s->shared->generation_layer = c->layer < m->config.n_layers ? c->layer : 0;
+    pthread_mutex_unlock(&s->lock);
+    int layer = c->layer < m->config.n_layers ? c->layer : 0;
+    if (prompt_ids(s, c->prompt, &ids, &err) != 0 ||
+        model_cache_reset(m, ids.n + c->max_tokens, &err) != 0 ||
+        model_decode(m, ids.ids, ids.n, logits, experts, &err) != 0) {
+        publish_event(s, "generate", "error: %s", err.msg);
+        goto out;
+    }
+    sampler_free(&s->sampler);
+    sampler_init(&s->sampler, c->temperature, 0, c->top_p, s->cfg.seed ^ 0x6a09e667f3bcc909ull);
+    int produced = 0;
+    for (; produced < c->max_tokens; produced++) {
+        int32_t next = sampler_next(&s->sampler, logits, m->config.vocab_size);
+        int stop = 0;
+        for (int i = 0; i < n_stops; i++)
+            stop |= next == stops[i];
+        if (stop)
+            break;
+        if (model_decode(m, &next, 1, logits, experts, &err) != 0) {
+            publish_event(s, "generate", "error: %s", err.msg);
+            break;
+        }
+        /* the expert shown is the one that picked this token at the chosen layer */
+        int expert = m->crafted ? experts[layer * K] : -1;
+        char text[32];
+        size_t len = 0;
+        const char *piece = text;
+        if (s->tok)
+            piece = tok_stream_push(&stream, next, &len);
+        else
+            len = (size_t)snprintf(text, sizeof text, " %d", next);
+        generation_append(s, piece, len, expert);
+        command c2;
+        while (take_command(s, &c2))   /* commands are taken between generated tokens too */
+            process_command(s, &c2, 1);
+        if (s->stop_requested)
+            break;
+    }
+    if (s->tok) {
+        size_t len = 0;
+        const char *rest = tok_stream_flush(&stream, &len);
+        if (len)
+            generation_append(s, rest, len, -1);
+    }
+    publish_event(s, "generate", "%d tokens for: %.160s", produced, c->prompt);
+out:
+    if (s->tok)
+        tok_stream_free(&stream);
+    pthread_mutex_lock(&s->lock);
+    s->shared->generating = 0;
+    pthread_mutex_unlock(&s->lock);
+    free(experts);
+    free(logits);
+    tok_ids_free(&ids);
+}
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+static void fill_state(session *s, checkpoint_state *st)
+{
+    memset(st, 0, sizeof *st);
+    st->step = s->step;
+    st->total_steps = s->total_steps;
+    st->lr_override = s->lr_override;
+    st->lr_scale = s->lr_scale;
+    st->aux_coef = s->m.pesc.aux_coef;
+    st->model_rng = s->m.rng;
+    st->cursor = dataset_cursor(s->data);
+    st->tokens = s->tokens;
+    st->elapsed_s = s->elapsed_before + pesc_now() - s->t_start;
+    st->nan_skipped = s->nan_skipped;
+    st->base_fingerprint = s->fingerprint;
+    st->pesc = s->m.pesc;
+    st->seq = s->cfg.seq;
+    st->batch = s->cfg.batch;
+    st->grad_accum = s->cfg.grad_accum;
+    st->seed = s->cfg.seed;
+}
+
+static int save_now(session *s)
+{
+    if (!s->cfg.save_dir) {
+        publish_event(s, "save", "not saved: no --save DIR was given");
+        return -1;
+    }
+    checkpoint_state st;
+    pesc_error err = {{0}};
+    char *where = NULL;
+    set_state(s, MONITOR_SAVING, NULL);
+    fill_state(s, &st);
+    int rc = checkpoint_save(s->cfg.save_dir, s->cfg.keep, &s->m, &s->opt, &st, &where, &err);
+    set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
+    if (rc != 0) {
+        publish_event(s, "error", "save failed: %s", err.msg);
+        return -1;
+    }
+    s->last_save = pesc_now();
+    publish_event(s, "save", "%s", where);
+    free(where);
+    return 0;
+}
+
+/* ---- the trainer ------------------------------------------------------------------------- */
+
+static double current_lr(session *s)
+{
+    double lr = s->lr_override >= 0 ? s->lr_override : optim_lr_at(&s->cfg.optim, s->step);
+    return lr * s->lr_scale;
+}
+
+static void process_command(session *s, const command *c, int in_generation)
+{
+    switch (c->kind) {
+    case CMD_PAUSE:
+        if (!s->paused) {
+            s->paused = 1;
+            set_state(s, MONITOR_PAUSED, "paused");
+            publish_event(s, "pause", "paused at step %ld", s->step);
+        }
+        break;
+    case CMD_RESUME:
+        if (s->paused) {
+            s->paused = 0;
+            set_state(s, MONITOR_RUNNING, "running");
+            publish_event(s, "resume", "resumed at step %ld", s->step);
+        }
+        break;
+    case CMD_LR:
+    case CMD_LR_SCALE: {
+        double before = current_lr(s) / s->lr_scale;
+        s->lr_override = c->kind == CMD_LR ? c->value : before * c->value;
+        publish_event(s, "lr", "learning rate %.6g (was %.6g)", s->lr_override * s->lr_scale,
+                      before * s->lr_scale);
+        break;
+    }
+    case CMD_AUX:
+        publish_event(s, "aux", "aux coefficient %.6g (was %.6g)", c->value, s->m.pesc.aux_coef);
+        s->m.pesc.aux_coef = (float)c->value;
+        break;
+    case CMD_SAVE: save_now(s); break;
+    case CMD_STOP: break;   /* stop_requested is already set */
+    case CMD_GENERATE:
+        if (in_generation)
+            publish_event(s, "generate", "busy: one prompt at a time");
+        else
+            generate(s, c);
+        break;
+    }
+}
+
+/* Global norm of the gradients, or NaN when any is not finite. */
+static double gradient_norm(session *s)
+{
+    return sqrt(vector_sumsq(s->backend, s->m.grad_block, s->m.n_train));
+}
+
+typedef struct step_counts {
+    int *counts, *first, *sources;
+    double *gate, *entropy;
+} step_counts;
+
+static void add_routing(session *s, step_counts *sc)
+{
+    const model_routing *r = &s->m.routing;
+    int L = s->m.config.n_layers, E = s->m.pesc.experts;
+    for (int i = 0; i < L * E; i++) {
+        sc->counts[i] += r->counts[i];
+        sc->first[i] += r->first[i];
+        sc->gate[i] += r->gate_sum[i];
+    }
+    for (int i = 0; i < MODEL_MAX_SOURCES * L * E; i++)
+        sc->sources[i] += r->source_counts[i];
+    for (int l = 0; l < L; l++)
+        sc->entropy[l] += r->entropy[l];
+}
+
+/* One optimizer step over grad_accum micro-batches. 0: done a step (or skipped a
+ * non-finite one); 1: the data is exhausted; -1: failed (err). */
+static int train_step(session *s, pesc_error *err)
+{
+    model *m = &s->m;
+    double t0 = pesc_now(), ce = 0.0, aux = 0.0, z = 0.0;
+    long long tokens = 0;
+    int micro = 0, L = m->config.n_layers, E = m->crafted ? m->pesc.experts : 0;
+    step_counts sc = {0};
+    if (E) {
+        sc.counts = xcalloc((size_t)L * E, sizeof(int));
+        sc.first = xcalloc((size_t)L * E, sizeof(int));
+        sc.sources = xcalloc((size_t)MODEL_MAX_SOURCES * L * E, sizeof(int));
+        sc.gate = xcalloc((size_t)L * E, sizeof(double));
+        sc.entropy = xcalloc((size_t)L, sizeof(double));
+    }
+    int rc = 0;
+    model_zero_grad(m);
+    for (int a = 0; a < s->cfg.grad_accum; a++) {
+        int rows = dataset_next_batch(s->data, &s->batch);
+        if (rows == 0)
+            break;
+        model_layout layout = {s->batch.positions, s->batch.doc_ids, s->batch.sources};
+        model_losses l;
+        if (model_train_step(m, s->batch.ids, s->batch.targets, &layout, rows, s->batch.T,
+                             1.0f / (float)s->cfg.grad_accum, 1, &l, err) != 0) {
+            rc = -1;
+            goto out;
+        }
+        ce += l.ce;
+        aux += l.aux;
+        z += l.z;
+        for (int r = 0; r < rows; r++)
+            tokens += s->batch.row_tokens[r];
+        if (E)
+            add_routing(s, &sc);
+        micro++;
+    }
+    if (micro == 0) {
+        rc = 1;
+        goto out;
+    }
+    ce /= micro;
+    aux /= micro;
+    z /= micro;
+    if (s->inject_nan > 0) {
+        s->inject_nan--;
+        vector_scale(s->backend, m->grad_block, NAN, m->n_train);
+    }
+    double norm = gradient_norm(s), lr = current_lr(s);
+    if (!isfinite(norm) || !isfinite(ce) || !isfinite(aux) || !isfinite(z)) {
+        s->nan_skipped++;
+        s->nan_run++;
+        publish_event(s, "nan-skip", "step %ld skipped: non-finite %s (%ld in a row)", s->step + 1,
+                      isfinite(ce) ? "gradients" : "loss", s->nan_run);
+        if (s->nan_run >= s->cfg.nan_limit) {
+            s->lr_scale *= 0.5;
+            s->nan_run = 0;
+            publish_event(s, "lr", "learning rate halved after %d non-finite steps: %.6g",
+                          s->cfg.nan_limit, current_lr(s));
+        }
+        goto out;
+    }
+    s->nan_run = 0;
+    if (m->crafted && s->previous)
+        backend_copy(s->backend, s->previous, m->train_block, m->n_train * sizeof(float));
+    optim_step(&s->opt, m->train_block, m->grad_block, lr, NULL);
+    if (m->crafted && s->previous)   /* previous = before - after */
+        vector_axpy(s->backend, s->previous, m->train_block, -1.0f, m->n_train);
+    s->step++;
+    s->tokens += tokens;
+    stats_record *r = s->record;
+    double now = pesc_now(), elapsed = s->elapsed_before + now - s->t_start;
+    r->step = s->step;
+    r->total_steps = s->total_steps;
+    r->epoch = (double)s->batch.epoch;
+    r->tokens = s->tokens;
+    r->loss = ce;
+    r->aux_loss = aux;
+    r->z_loss = z;
+    r->lr = lr;
+    r->lr_overridden = s->lr_override >= 0;
+    r->grad_norm = norm;
+    r->step_s = now - t0;
+    r->tokens_per_s = (double)tokens / (now - t0);
+    r->elapsed_s = elapsed;
+    /* the pace of this process's steps, not counting a resumed run's earlier ones */
+    r->eta_s = s->total_steps > 0 ? (double)(s->total_steps - s->step) * (now - s->t_start) /
+                                        (double)(s->step - s->start_step) : -1.0;
+    r->rss_bytes = resident_bytes();
+    r->device_bytes = 0.0;
+    if (E)
+        fill_routing(s, r, sc.counts, sc.first, sc.gate, sc.sources, sc.entropy, micro);
+    log_line(s, stats_record_json(r));
+    publish_step(s, r);
+    if (s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0)
+        save_now(s);
+out:
+    free(sc.counts);
+    free(sc.first);
+    free(sc.sources);
+    free(sc.gate);
+    free(sc.entropy);
+    return rc;
+}
+
+static void *trainer_main(void *arg)
+{
+    session *s = arg;
+    pesc_error err = {{0}};
+    s->t_start = pesc_now();
+    s->start_step = s->step;
+    set_state(s, MONITOR_RUNNING, "running");
+    publish_event(s, "begin", "training from step %ld of %ld", s->step, s->total_steps);
+    monitor_state end = MONITOR_FINISHED;
+    for (;;) {
+        command c;
+        while (take_command(s, &c))
+            process_command(s, &c, 0);
+        pthread_mutex_lock(&s->lock);
+        int stop = s->stop_requested;
+        if (!stop && s->paused && s->q_len == 0) {
+            /* paused: sleep until a command comes */
+            pthread_cond_wait(&s->wake, &s->lock);
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (stop) {
+            end = MONITOR_STOPPED;
+            break;
+        }
+        if (s->paused)
+            continue;
+        if (s->total_steps > 0 && s->step >= s->total_steps)
+            break;
+        int rc = train_step(s, &err);
+        if (rc == 1)
+            break;
+        if (rc < 0) {
+            end = MONITOR_FAILED;
+            snprintf(s->error, sizeof s->error, "%s", err.msg);
+            publish_event(s, "error", "%s", err.msg);
+            break;
+        }
+    }
+    if (end != MONITOR_FAILED && s->cfg.save_dir)
+        save_now(s);
+    publish_event(s, end == MONITOR_FINISHED ? "finish" : end == MONITOR_STOPPED ? "stop" : "error",
+                  "at step %ld", s->step);
+    set_state(s, end, end == MONITOR_FAILED ? s->error : end == MONITOR_STOPPED ? "stopped" : "finished");
+    s->status = end == MONITOR_FAILED ? 1 : 0;
+    return NULL;
+}
+
+/* ---- setting up --------------------------------------------------------------------------- */
+
+/* The built-in demo: model and data installed under the package data directory, or found in
+ * the build tree when pesc runs from there. */
+static char *demo_dir(void)
+{
+    const char *env = getenv("PESC_DEMO_DIR");
+    if (env)
+        return xstrdup(env);
+    if (access("data/demo/config.json", R_OK) == 0)
+        return xstrdup("data/demo");
+    return xstrdup(PESC_DATADIR "/demo");
+}
+
+static int load_tokenizer(session *s, pesc_error *err)
+{
+    if (s->cfg.tokenizer) {
+        s->tok = tok_load(s->cfg.tokenizer, err);
+        return s->tok ? 0 : -1;
+    }
+    char *path = pesc_path_join(s->model_dir, "tokenizer.json");
+    int present = access(path, R_OK) == 0;
+    free(path);
+    if (present && !(s->tok = tok_load_dir(s->model_dir, err)))
+        return -1;
+    return 0;
+}
+
+static int open_data(session *s, pesc_error *err)
+{
+    const train_config *c = &s->cfg;
+    for (int i = 0; i < c->n_sources; i++) {
+        s->sources[i] = c->sources[i];
+        if (fetch_view_url_to_cache(c->sources[i].path, &s->data_paths[i], err) != 0)
+            return -1;
+        snprintf(s->sources[i].path, sizeof s->sources[i].path, "%s", s->data_paths[i]);
+    }
+    ds_load_options lo = {.tok = s->tok, .tpl = s->tpl, .vocab_size = s->m.config.vocab_size,
+                          .strict = c->strict, .warn = c->headless ? stderr : NULL};
+    if (ds_format_parse(c->format, &lo.format, err) != 0)
+        return -1;
+    ds_options o = {.batch = c->batch, .seq = c->seq, .pack = c->pack, .shuffle = 1,
+                    .seed = c->seed, .epochs = c->steps ? 0 : (c->epochs ? c->epochs : 1)};
+    s->data = dataset_open(s->sources, c->n_sources, &lo, &o, err);
+    if (!s->data)
+        return -1;
+    ds_batch_init(&s->batch, c->batch, c->seq);
+    return 0;
+}
+
+/* Steps in the run: --steps, or the batches the epochs hold (counted by a dry pass). */
+static long count_steps(session *s)
+{
+    if (s->cfg.steps)
+        return s->cfg.steps;
+    ds_cursor start = dataset_cursor(s->data);
+    long batches = 0;
+    while (dataset_next_batch(s->data, &s->batch) > 0)
+        batches++;
+    pesc_error err;
+    dataset_seek(s->data, &start, &err);
+    return (batches + s->cfg.grad_accum - 1) / s->cfg.grad_accum;
+}
+
+static int check_resumable(session *s, const checkpoint_state *st, const char *dir,
+                           pesc_error *err)
+{
+    const pesc_options *a = &st->pesc, *b = &s->m.pesc;
+    if (st->base_fingerprint != s->fingerprint)
+        return pesc_fail(err, "--resume %s: saved from a different base model than %s", dir,
+                         s->model_dir);
+    if (a->mode != b->mode || a->experts != b->experts || a->top_k != b->top_k ||
+        a->adapter_dim != b->adapter_dim || a->lora_rank != b->lora_rank ||
+        (a->lora_rank && a->lora_targets != b->lora_targets))
+        return pesc_fail(err, "--resume %s: saved with --train %s --experts %d --top-k %d "
+                         "--adapter-dim %d --lora-rank %d; this run asks for %s %d %d %d %d", dir,
+                         a->mode == TRAIN_FULL ? "full" : "pesc", a->experts, a->top_k,
+                         a->adapter_dim, a->lora_rank, b->mode == TRAIN_FULL ? "full" : "pesc",
+                         b->experts, b->top_k, b->adapter_dim, b->lora_rank);
+    if (st->seq != s->cfg.seq || st->batch != s->cfg.batch || st->grad_accum != s->cfg.grad_accum)
+        return pesc_fail(err, "--resume %s: saved with --seq %d --batch %d --grad-accum %d; this "
+                         "run asks for %d %d %d", dir, st->seq, st->batch, st->grad_accum,
+                         s->cfg.seq, s->cfg.batch, s->cfg.grad_accum);
+    return 0;
+}
+
+static int resume(session *s, pesc_error *err)
+{
+    char *dir = NULL;
+    checkpoint_state st;
+    int rc = -1;
+    if (checkpoint_find(s->cfg.resume, &dir, err) != 0 || checkpoint_read_state(dir, &st, err) ||
+        check_resumable(s, &st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err) ||
+        dataset_seek(s->data, &st.cursor, err) != 0)
+        goto out;
+    s->step = st.step;
+    s->lr_override = st.lr_override;
+    s->lr_scale = st.lr_scale > 0 ? st.lr_scale : 1.0;
+    s->m.pesc.aux_coef = (float)st.aux_coef;
+    s->m.rng = st.model_rng;
+    s->tokens = st.tokens;
+    s->elapsed_before = st.elapsed_s;
+    s->nan_skipped = st.nan_skipped;
+    rc = 0;
+out:
+    if (rc != 0)
+        pesc_fail_prefix(err, "cannot resume");
+    free(dir);
+    return rc;
+}
+
+static void describe_run(session *s)
+{
+    stats_run *r = &s->run;
+    const model *m = &s->m;
+    snprintf(r->model, sizeof r->model, "%s", s->cfg.model ? s->cfg.model : "demo");
+    snprintf(r->backend, sizeof r->backend, "%s", backend_device(s->backend));
+    r->shape.n_layers = m->config.n_layers;
+    r->shape.n_experts = m->crafted ? m->pesc.experts : 0;
+    r->shape.top_k = m->crafted ? m->pesc.top_k : 0;
+    r->shape.n_sources = s->cfg.n_sources;
+    for (int i = 0; i < s->cfg.n_sources; i++) {
+        const char *slash = strrchr(s->cfg.sources[i].path, '/');
+        snprintf(r->sources[i], sizeof r->sources[i], "%.127s",
+                 slash ? slash + 1 : s->cfg.sources[i].path);
+    }
+    r->total_steps = s->total_steps;
+    r->adapter_dim = m->pesc.adapter_dim;
+    r->adapter_scale = m->pesc.adapter_scale;
+}
+
+static int setup(session *s, pesc_error *err)
+{
+    train_config *c = &s->cfg;
+    s->backend = backend_new(c->backend, err);
+    if (!s->backend)
+        return -1;
+    if (c->model) {
+        if (fetch_view_resolve_model(c->model, &s->model_dir, err) != 0)
+            return -1;
+    } else {
+        s->model_dir = demo_dir();
+    }
+    s->tpl = template_find(c->template_name);
+    if (model_load(&s->m, s->model_dir, s->backend, err) != 0 || load_tokenizer(s, err) != 0 ||
+        open_data(s, err) != 0)
+        return -1;
+    s->fingerprint = checkpoint_fingerprint(&s->m);   /* before full mode trains the weights */
+    if (model_craft(&s->m, &c->pesc, c->seed, err) != 0)
+        return -1;
+    s->total_steps = count_steps(s);
+    c->optim.total_steps = s->total_steps;
+    if (optim_init(&s->opt, s->backend, s->m.n_train, &c->optim, err) != 0)
+        return -1;
+    if (c->resume && resume(s, err) != 0)
+        return -1;
+    if (s->m.crafted) {
+        s->previous = backend_alloc(s->backend, s->m.n_train * sizeof(float), err);
+        if (!s->previous)
+            return -1;
+    }
+    describe_run(s);
+    s->record = stats_record_new(s->run.shape);
+    s->shared->run = s->run;
+    if (c->log_path) {
+        s->log = fopen(c->log_path, c->resume ? "a" : "w");
+        if (!s->log)
+            return pesc_fail(err, "--log %s: %s", c->log_path, strerror(errno));
+        log_line(s, stats_run_json(&s->run));
+    }
+    return 0;
+}
+
+/* ---- lifetime ----------------------------------------------------------------------------- */
+
+static int view_snapshot(void *ctx, monitor_view *v);
+static void view_command(void *ctx, const char *line, char *reply, size_t n)
+{
+    session_command(ctx, line, reply, n);
+}
+static void view_close(void *ctx) { (void)ctx; }
+
+static const monitor_ops session_monitor_ops = {
+    .snapshot = view_snapshot, .command = view_command, .close = view_close};
+
+session *session_new(const train_config *c, pesc_error *err)
+{
+    session *s = xcalloc(1, sizeof *s);
+    s->cfg = *c;
+    s->lr_override = -1.0;
+    s->lr_scale = 1.0;
+    s->status = 1;
+    s->last_save = -1.0;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    s->shared = monitor_view_new();
+    s->shared->state = MONITOR_STARTING;
+    s->shared->since_save_s = -1.0;
+    s->face = (monitor){&session_monitor_ops, s};
+    if (setup(s, err) != 0) {
+        session_delete(s);
+        return NULL;
+    }
+    return s;
+}
+
+int session_start(session *s, pesc_error *err)
+{
+    int rc = pthread_create(&s->thread, NULL, trainer_main, s);
+    if (rc != 0)
+        return pesc_fail(err, "cannot start the trainer thread: %s", strerror(rc));
+    s->started = 1;
+    return 0;
+}
+
+int session_wait(session *s)
+{
+    if (s->started) {
+        pthread_join(s->thread, NULL);
+        s->started = 0;
+    }
+    return s->status;
+}
+
+const char *session_error(const session *s) { return s->error; }
+
+void session_delete(session *s)
+{
+    if (!s)
+        return;
+    if (s->started) {
+        pthread_mutex_lock(&s->lock);
+        s->stop_requested = 1;
+        pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+        session_wait(s);
+    }
+    if (s->log)
+        fclose(s->log);
+    stats_record_delete(s->record);
+    sampler_free(&s->sampler);
+    if (s->backend)
+        backend_free(s->backend, s->previous);
+    optim_free(&s->opt);
+    ds_batch_free(&s->batch);
+    dataset_delete(s->data);
+    tok_delete(s->tok);
+    model_free(&s->m);
+    backend_delete(s->backend);
+    for (int i = 0; i < STATS_MAX_SOURCES; i++)
+        free(s->data_paths[i]);
+    free(s->model_dir);
+    monitor_view_delete(s->shared);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+monitor *session_monitor(session *s) { return &s->face; }
+
+/* A private copy for the caller; arrays are reallocated when the shape changed. */
+static int view_snapshot(void *ctx, monitor_view *v)
+{
+    session *s = ctx;
+    pthread_mutex_lock(&s->lock);
+    const monitor_view *src = s->shared;
+    stats_record *last = v->last;
+    float *loads = v->loads;
+    memcpy(v, src, sizeof *v);
+    v->last = last;
+    v->loads = loads;
+    if (src->last) {
+        if (v->last && (v->last->shape.n_layers != src->last->shape.n_layers ||
+                        v->last->shape.n_experts != src->last->shape.n_experts ||
+                        v->last->shape.n_sources != src->last->shape.n_sources)) {
+            stats_record_delete(v->last);
+            v->last = NULL;
+        }
+        if (!v->last)
+            v->last = stats_record_new(src->last->shape);
+        stats_record_copy(v->last, src->last);
+    } else {
+        stats_record_delete(v->last);
+        v->last = NULL;
+    }
+    size_t le = (size_t)src->run.shape.n_layers * src->run.shape.n_experts;
+    if (src->loads && le) {
+        if (!v->loads)
+            v->loads = xcalloc(MONITOR_LOAD_HISTORY * le, sizeof *v->loads);
+        memcpy(v->loads, src->loads, (size_t)src->n_loads * le * sizeof *v->loads);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+void session_get_progress(session *s, session_progress *p)
+{
+    pthread_mutex_lock(&s->lock);
+    *p = s->progress;
+    p->state = s->shared->state;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void session_inject_nan(session *s, int n)
+{
+    /* read by the trainer between steps; a test sets it before start or while paused */
+    s->inject_nan = n;
+}

@@ -1,0 +1,86 @@
+/* stats — what a training run reports: one record per step, events, and their JSONL form
+ * (the run log of `--log`, schema in man/pesc-log.5).
+ *
+ * Owns: the record layout, its (de)serialisation. Must not: know about threads or screens;
+ * session.c fills records, sinks and the UI read them. */
+#ifndef PESC_STATS_H
+#define PESC_STATS_H
+
+#include <stddef.h>
+
+#include "util.h"
+
+#define STATS_MAX_SOURCES 16
+
+typedef struct stats_shape {
+    int n_layers;                /* L */
+    int n_experts;               /* E; 0 for a dense (full-mode) run */
+    int top_k;
+    int n_sources;               /* S: --data sources */
+} stats_shape;
+
+/* One optimizer step. Arrays are row-major, (L, E) unless noted; load-like arrays are
+ * fractions of the layer's (token, slot) assignments over the step (each row sums to 1). */
+typedef struct stats_record {
+    long step;                   /* optimizer updates done, 1-based */
+    long total_steps;            /* planned; 0 = unknown (epochs with an endless source) */
+    double epoch;                /* fractional */
+    long long tokens;            /* tokens trained on so far */
+    double loss, aux_loss, z_loss;
+    double lr;                   /* in effect for this step */
+    int lr_overridden;           /* set from the keyboard or control socket */
+    double grad_norm;            /* before clipping */
+    double tokens_per_s, step_s, elapsed_s, eta_s;   /* eta < 0: unknown */
+    double rss_bytes, device_bytes;
+    stats_shape shape;
+    float *load;                 /* (L, E) share of the top-k assignments */
+    float *first;                /* (L, E) share of the first choices */
+    float *gate;                 /* (L, E) mean gate weight of the assignments */
+    float *norm_down, *norm_up;  /* (L, E) Frobenius norms of D and U */
+    float *update_ratio;         /* (L, E) ||update|| / ||D, U|| of this step */
+    float *entropy;              /* (L) mean router entropy, nats */
+    float *imbalance;            /* (L) max / mean of load */
+    float *cv;                   /* (L) coefficient of variation of load */
+    float *source_load;          /* (S, L, E) share of each source's assignments */
+} stats_record;
+
+/* Lifetime pair; arrays are sized from the shape (NULL when E = 0). */
+stats_record *stats_record_new(stats_shape shape);
+void stats_record_delete(stats_record *r);
+/* Copies a record into one of the same shape. */
+void stats_record_copy(stats_record *dst, const stats_record *src);
+/* Fills imbalance and cv from load. */
+void stats_record_derive(stats_record *r);
+
+/* Events: pause, resume, lr, aux, save, nan-skip, generate, start, stop, error, ... */
+typedef struct stats_event {
+    long step;
+    double elapsed_s;
+    char kind[16];
+    char text[240];
+} stats_event;
+
+/* JSONL: one object per line, no newline inside. Step records carry at least step, loss,
+ * aux_loss, lr, grad_norm, tokens_per_s and load; events carry "event". The first line of a
+ * log is a "start" event with the run's shape and configuration (stats_run). */
+typedef struct stats_run {
+    stats_shape shape;
+    char model[256];             /* model directory or "demo" */
+    char backend[96];
+    char sources[STATS_MAX_SOURCES][128];   /* --data names, for the per-source view */
+    long total_steps;
+    int adapter_dim;
+    double adapter_scale;
+} stats_run;
+
+char *stats_record_json(const stats_record *r);            /* malloc'd, no newline */
+char *stats_event_json(const stats_event *e);
+char *stats_run_json(const stats_run *run);
+
+/* Parsing a log line: returns 1 for a step record (into *r, allocated or reused when the
+ * shape matches), 2 for an event (into *e), 3 for the start line (into *run), -1 with a
+ * message for a malformed line. */
+int stats_parse_line(const char *line, stats_record **r, stats_event *e, stats_run *run,
+                     pesc_error *err);
+
+#endif

@@ -1,0 +1,235 @@
+/* train_options — see train_options.h. */
+#include "train_options.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "template.h"
+
+const char train_options_help[] =
+    "model and data:\n"
+    "  --model DIR|URL      Hugging Face model directory or hf:// URL (default: the demo)\n"
+    "  --data PATH|URL[:W]  dataset, repeatable; W = mixture weight (default 1)\n"
+    "  --format F           auto, camelidae, alpaca, sharegpt, openai, metamath, magicoder,\n"
+    "                       text, tokens (auto)\n"
+    "  --template NAME      camelidae (default), alpaca, chatml, llama2, llama3, mistral, plain\n"
+    "  --tokenizer FILE     tokenizer.json (default: the model's)\n"
+    "  --seq T --batch B    tokens per row and rows per micro-batch (512, 8)\n"
+    "  --grad-accum N       micro-batches per optimizer step (1)\n"
+    "  --pack               pack several records into a row\n"
+    "  --steps N | --epochs N   length of the run (default: one epoch)\n"
+    "  --strict             a bad record stops the run instead of being skipped\n"
+    "optimizer:\n"
+    "  --lr X               peak learning rate (2e-4)\n"
+    "  --schedule S         constant (with warmup), cosine, linear (constant)\n"
+    "  --warmup N           warmup steps (0)\n"
+    "  --weight-decay X     AdamW weight decay (0)\n"
+    "  --clip X             global gradient-norm limit, 0 = off (0.3)\n"
+    "  --seed N             data order, initialisation and dropout (1)\n"
+    "  --backend B          auto, cpu or cuda (auto)\n"
+    "checkpoints and logs:\n"
+    "  --save DIR           checkpoint directory; --save-every N steps; --keep N (3)\n"
+    "  --resume DIR         continue a run from its checkpoint (or its save directory)\n"
+    "  --log FILE           JSONL metrics log (man pesc-log)\n"
+    "  --control PATH       UNIX socket taking pause, resume, lr, aux, save, stop, generate\n"
+    "  --sink NAME          metric sink (csv, tensorboard, ...), repeatable\n"
+    "  --plugin FILE        load a plugin module, repeatable\n"
+    "  --nan-limit N        non-finite steps in a row before the LR is halved (3)\n"
+    "crafting:\n";
+
+void train_config_default(train_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->format = "auto";
+    c->template_name = "camelidae";
+    c->seq = 512;
+    c->batch = 8;
+    c->grad_accum = 1;
+    optim_config_default(&c->optim);
+    pesc_options_default(&c->pesc);
+    c->seed = 1;
+    c->backend = "auto";
+    c->keep = 3;
+    c->nan_limit = 3;
+}
+
+enum {
+    OPT_MODEL = 1, OPT_DATA, OPT_FORMAT, OPT_TEMPLATE, OPT_TOKENIZER, OPT_SEQ, OPT_BATCH,
+    OPT_ACCUM, OPT_PACK, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
+    OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
+    OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_HELP
+};
+
+static const struct option *option_table(void)
+{
+    static const struct option own[] = {
+        {"model", required_argument, NULL, OPT_MODEL}, {"data", required_argument, NULL, OPT_DATA},
+        {"format", required_argument, NULL, OPT_FORMAT},
+        {"template", required_argument, NULL, OPT_TEMPLATE},
+        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+        {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
+        {"grad-accum", required_argument, NULL, OPT_ACCUM}, {"pack", no_argument, NULL, OPT_PACK},
+        {"steps", required_argument, NULL, OPT_STEPS},
+        {"epochs", required_argument, NULL, OPT_EPOCHS},
+        {"strict", no_argument, NULL, OPT_STRICT}, {"lr", required_argument, NULL, OPT_LR},
+        {"schedule", required_argument, NULL, OPT_SCHEDULE},
+        {"warmup", required_argument, NULL, OPT_WARMUP},
+        {"weight-decay", required_argument, NULL, OPT_WD},
+        {"clip", required_argument, NULL, OPT_CLIP}, {"seed", required_argument, NULL, OPT_SEED},
+        {"backend", required_argument, NULL, OPT_BACKEND},
+        {"save", required_argument, NULL, OPT_SAVE},
+        {"save-every", required_argument, NULL, OPT_SAVE_EVERY},
+        {"keep", required_argument, NULL, OPT_KEEP},
+        {"resume", required_argument, NULL, OPT_RESUME}, {"log", required_argument, NULL, OPT_LOG},
+        {"control", required_argument, NULL, OPT_CONTROL},
+        {"sink", required_argument, NULL, OPT_SINK},
+        {"plugin", required_argument, NULL, OPT_PLUGIN},
+        {"nan-limit", required_argument, NULL, OPT_NAN},
+        {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
+    static struct option table[80];
+    if (!table[0].name) {
+        size_t n = sizeof own / sizeof *own, i = 0;
+        memcpy(table, own, sizeof own);
+        for (const struct option *p = pesc_option_table(); p->name; p++)
+            table[n + i++] = *p;
+    }
+    return table;
+}
+
+static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
+                  double *out)
+{
+    char *end;
+    double v = strtod(arg, &end);
+    if (end == arg || *end || !(v >= min && v <= max))
+        return cli_usage_error(cmd, "%s %s: expected a number from %g to %g", flag, arg, min, max);
+    *out = v;
+    return 0;
+}
+
+static int integer(const char *cmd, const char *flag, const char *arg, long min, long max,
+                   long *out)
+{
+    if (cli_parse_long(arg, min, max, out) != 0)
+        return cli_usage_error(cmd, "%s %s: expected an integer from %ld to %ld", flag, arg, min,
+                               max);
+    return 0;
+}
+
+/* One option; returns 0, or EXIT_USAGE after reporting. */
+static int apply(train_config *c, const char *cmd, int opt, const char *arg)
+{
+    pesc_error err;
+    long v = 0;
+    double x = 0;
+    switch (opt) {
+    case OPT_MODEL: c->model = arg; return 0;
+    case OPT_DATA:
+        if (c->n_sources == STATS_MAX_SOURCES)
+            return cli_usage_error(cmd, "--data: at most %d sources", STATS_MAX_SOURCES);
+        if (ds_source_parse(&c->sources[c->n_sources], arg, &err) != 0)
+            return cli_usage_error(cmd, "%s", err.msg);
+        c->n_sources++;
+        return 0;
+    case OPT_FORMAT: {
+        ds_format f;
+        if (ds_format_parse(arg, &f, &err) != 0)
+            return cli_usage_error(cmd, "%s", err.msg);
+        c->format = arg;
+        return 0;
+    }
+    case OPT_TEMPLATE:
+        if (!template_find(arg))
+            return cli_usage_error(cmd, "--template %s: known templates are %s", arg,
+                                   template_list());
+        c->template_name = arg;
+        return 0;
+    case OPT_TOKENIZER: c->tokenizer = arg; return 0;
+    case OPT_SEQ:
+        if (integer(cmd, "--seq", arg, 2, 1 << 20, &v)) return EXIT_USAGE;
+        c->seq = (int)v; return 0;
+    case OPT_BATCH:
+        if (integer(cmd, "--batch", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
+        c->batch = (int)v; return 0;
+    case OPT_ACCUM:
+        if (integer(cmd, "--grad-accum", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
+        c->grad_accum = (int)v; return 0;
+    case OPT_PACK: c->pack = 1; return 0;
+    case OPT_STEPS: return integer(cmd, "--steps", arg, 1, 1L << 40, &c->steps) ? EXIT_USAGE : 0;
+    case OPT_EPOCHS:
+        if (integer(cmd, "--epochs", arg, 1, 1 << 20, &v)) return EXIT_USAGE;
+        c->epochs = (int)v; return 0;
+    case OPT_STRICT: c->strict = 1; return 0;
+    case OPT_LR:
+        if (number(cmd, "--lr", arg, 0, 10, &x)) return EXIT_USAGE;
+        c->optim.lr = (float)x; return 0;
+    case OPT_SCHEDULE:
+        return optim_parse_schedule(arg, &c->optim.schedule, &err) ? cli_usage_error(cmd, "%s", err.msg) : 0;
+    case OPT_WARMUP: return integer(cmd, "--warmup", arg, 0, 1L << 40, &c->optim.warmup) ? EXIT_USAGE : 0;
+    case OPT_WD:
+        if (number(cmd, "--weight-decay", arg, 0, 10, &x)) return EXIT_USAGE;
+        c->optim.weight_decay = (float)x; return 0;
+    case OPT_CLIP:
+        if (number(cmd, "--clip", arg, 0, 1e9, &x)) return EXIT_USAGE;
+        c->optim.clip = (float)x; return 0;
+    case OPT_SEED:
+        if (integer(cmd, "--seed", arg, 0, 0x7fffffffffffffffL, &v)) return EXIT_USAGE;
+        c->seed = (uint64_t)v; return 0;
+    case OPT_BACKEND: c->backend = arg; return 0;
+    case OPT_SAVE: c->save_dir = arg; return 0;
+    case OPT_SAVE_EVERY: return integer(cmd, "--save-every", arg, 1, 1L << 40, &c->save_every) ? EXIT_USAGE : 0;
+    case OPT_KEEP:
+        if (integer(cmd, "--keep", arg, 1, 1000, &v)) return EXIT_USAGE;
+        c->keep = (int)v; return 0;
+    case OPT_RESUME: c->resume = arg; return 0;
+    case OPT_LOG: c->log_path = arg; return 0;
+    case OPT_CONTROL: c->control_path = arg; return 0;
+    case OPT_SINK:
+        if (c->n_sinks == TRAIN_MAX_SINKS)
+            return cli_usage_error(cmd, "--sink: at most %d", TRAIN_MAX_SINKS);
+        c->sinks[c->n_sinks++] = arg; return 0;
+    case OPT_PLUGIN:
+        if (c->n_plugins == TRAIN_MAX_SINKS)
+            return cli_usage_error(cmd, "--plugin: at most %d", TRAIN_MAX_SINKS);
+        c->plugins[c->n_plugins++] = arg; return 0;
+    case OPT_NAN:
+        if (integer(cmd, "--nan-limit", arg, 1, 1000000, &v)) return EXIT_USAGE;
+        c->nan_limit = (int)v; return 0;
+    case OPT_HEADLESS: c->headless = 1; return 0;
+    default:
+        if (opt >= PESC_OPT_BASE) {
+            if (pesc_apply_option(&c->pesc, opt, arg, &err) != 0)
+                return cli_usage_error(cmd, "%s", err.msg);
+            return 0;
+        }
+        return EXIT_USAGE;
+    }
+}
+
+int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
+{
+    int opt;
+    while ((opt = cli_getopt(cmd, argc, argv, "h", option_table())) != -1) {
+        if (opt == OPT_HELP || opt == 'h')
+            return TRAIN_HELP;
+        if (opt == '?')
+            return EXIT_USAGE;
+        int rc = apply(c, cmd, opt, optarg);
+        if (rc != 0)
+            return rc;
+    }
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    pesc_error err;
+    if (pesc_options_check(&c->pesc, &err) != 0)
+        return cli_usage_error(cmd, "%s", err.msg);
+    if (c->model && c->n_sources == 0)
+        return cli_usage_error(cmd, "--model needs --data (the demo data fits only the demo "
+                               "model)");
+    if (c->steps && c->epochs)
+        return cli_usage_error(cmd, "give --steps or --epochs, not both");
+    return -1;
+}

@@ -1,0 +1,52 @@
+/* train_options — the TRAIN OPTIONS of DESIGN section 5, shared by `pesc tui` and
+ * `pesc train`: parsing, defaults, help text. Must not: load anything. */
+#ifndef PESC_TRAIN_OPTIONS_H
+#define PESC_TRAIN_OPTIONS_H
+
+#include <stdint.h>
+
+#include "dataset.h"
+#include "optim.h"
+#include "pesc.h"
+#include "stats.h"
+#include "util.h"
+
+#define TRAIN_MAX_SINKS 8
+
+typedef struct train_config {
+    const char *model;           /* directory or URL; NULL: the built-in demo */
+    ds_source sources[STATS_MAX_SOURCES];
+    int n_sources;
+    const char *format, *template_name, *tokenizer;
+    int seq, batch, grad_accum, pack, strict;
+    long steps;                  /* 0: by epochs */
+    int epochs;                  /* 0 with steps 0: one epoch */
+    optim_config optim;
+    pesc_options pesc;
+    uint64_t seed;
+    const char *backend;
+    const char *save_dir;
+    long save_every;             /* steps; 0: only at the end and on request */
+    int keep;                    /* checkpoints kept */
+    const char *resume;
+    const char *log_path;
+    const char *control_path;
+    const char *sinks[TRAIN_MAX_SINKS];
+    int n_sinks;
+    const char *plugins[TRAIN_MAX_SINKS];
+    int n_plugins;
+    int nan_limit;               /* non-finite steps in a row before the LR is halved */
+    int headless;
+} train_config;
+
+void train_config_default(train_config *c);
+
+/* Parses argv (argv[0] is the command name). Returns -1 to go on, TRAIN_HELP when --help was
+ * asked (the command prints its usage), or 2 after a usage error, already reported. */
+#define TRAIN_HELP 0x100
+int train_config_parse(train_config *c, const char *cmd, int argc, char **argv);
+
+/* Help text of the shared options. */
+extern const char train_options_help[];
+
+#endif
