@@ -1,0 +1,117 @@
+#!/bin/sh
+# train.sh — pesc train --headless as a user drives it: the JSONL log, the control socket,
+# Ctrl-C (finish the step, save, exit 0), kill -9 during saves (the last checkpoint always
+# loads), and resuming on a mismatched run refused.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+sockcmd="$top_builddir/tests/sockcmd"
+base="$top_srcdir/tests/reference/data/llama-gqa-f32"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-train.XXXXXX") || exit 99
+pids=""
+trap 'for p in $pids; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
+failures=0
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+pass() { echo "ok   $*"; }
+
+# 64 records of 20 random ids below the model's vocabulary of 64
+awk 'BEGIN { srand(7); for (r = 0; r < 64; r++) { printf "{\"input_ids\": ["; for (t = 0; t < 20; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); print "]}" } }' >"$tmp/data.jsonl"
+common="--model $base --data $tmp/data.jsonl --seq 24 --batch 4 --experts 4 --adapter-dim 8 --lr 1e-2 --backend cpu"
+
+# a short run: progress lines, the log, the final checkpoint
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 6 --log "$tmp/run.jsonl" --save "$tmp/ck" >"$tmp/out" 2>"$tmp/err"
+status=$?
+steps=$(grep -c '"loss"' "$tmp/run.jsonl" 2>/dev/null)
+if [ $status -eq 0 ] && [ "$steps" = 6 ] && head -n 1 "$tmp/run.jsonl" | grep -q '"event":"start"' &&
+   grep -q 'step 6/6' "$tmp/out" && [ -f "$tmp/ck/step-00000006/state.json" ] &&
+   grep -q '"load":\[\[' "$tmp/run.jsonl"; then
+  pass "headless run: 6 step records with loads in the log, progress lines, final checkpoint"
+else
+  fail "headless run: exit $status, $steps step records: $(head -c 300 "$tmp/err")"
+fi
+
+# the control socket: replies, effects in the log, malformed lines refused
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --log "$tmp/live.jsonl" --control "$tmp/sock" >/dev/null 2>&1 &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 100); do [ -S "$tmp/sock" ] && break; sleep 0.1; done
+mode=$(stat -c %a "$tmp/sock" 2>/dev/null)
+r1=$("$sockcmd" "$tmp/sock" "lr 0.004")
+r2=$("$sockcmd" "$tmp/sock" "frobnicate")
+r3=$("$sockcmd" "$tmp/sock" "lr *0.5")
+r4=$("$sockcmd" "$tmp/sock" "pause")
+sleep 0.5
+before=$(grep -c '"loss"' "$tmp/live.jsonl")
+sleep 0.5
+after=$(grep -c '"loss"' "$tmp/live.jsonl")
+r5=$("$sockcmd" "$tmp/sock" "stop")
+wait $pid
+status=$?
+if [ "$mode" = 600 ] && [ "$r1" = "ok: lr 0.004" ] && case "$r2" in "error: unknown command"*) true ;; *) false ;; esac &&
+   [ "$r3" = "ok: lr *0.5" ] && [ "$r4" = "ok: pause" ] && [ "$before" = "$after" ] && [ "$r5" = "ok: stop" ] &&
+   [ $status -eq 0 ] && grep -q '"lr":0.004,"lr_overridden":true' "$tmp/live.jsonl" &&
+   grep -q '"event":"lr".*"text":"learning rate 0.002 (was 0.004)"' "$tmp/live.jsonl" &&
+   grep -q '"event":"pause"' "$tmp/live.jsonl" && [ ! -e "$tmp/sock" ]; then
+  pass "control socket (mode $mode): lr, lr *0.5, pause holds the steps, stop; a bad line is refused"
+else
+  fail "control socket: mode '$mode' replies '$r1' '$r2' '$r3' '$r4' '$r5', steps $before/$after, exit $status"
+fi
+
+# Ctrl-C: finish the step, save, exit 0
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --save "$tmp/int" --log "$tmp/int.jsonl" >/dev/null 2>"$tmp/int.err" &
+pid=$!
+pids="$pids $pid"
+# a background job starts with SIGINT ignored until pesc installs its handler: wait for a step
+for _ in $(seq 200); do grep -q '"loss"' "$tmp/int.jsonl" 2>/dev/null && break; sleep 0.05; done
+kill -INT $pid
+wait $pid
+status=$?
+if [ $status -eq 0 ] && ls "$tmp/int" | grep -q '^step-' && grep -q "stopping after this step" "$tmp/int.err"; then
+  pass "SIGINT: the step finishes, a checkpoint is saved, exit 0"
+else
+  fail "SIGINT: exit $status, checkpoints: $(ls "$tmp/int" 2>&1)"
+fi
+
+# kill -9 at random moments of a run that saves every step: the newest checkpoint resumes
+# and trains on (a background job of a script ignores SIGINT until pesc installs its handler,
+# so the resumed run is ended with SIGTERM once it has logged a step)
+ok=1
+for i in 1 2 3 4 5; do
+  # shellcheck disable=SC2086
+  "$pesc" train --headless $common --steps 100000 --save "$tmp/k9" --save-every 1 --keep 2 >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do ls "$tmp/k9" 2>/dev/null | grep -q '^step-' && break; sleep 0.05; done
+  sleep "0.$i"
+  kill -9 $pid
+  wait $pid 2>/dev/null
+  rm -f "$tmp/k9.jsonl"
+  # shellcheck disable=SC2086
+  "$pesc" train --headless $common --steps 100000 --resume "$tmp/k9" --save "$tmp/k9" --keep 2 \
+      --log "$tmp/k9.jsonl" >/dev/null 2>"$tmp/k9.err" &
+  pid=$!
+  for _ in $(seq 100); do grep -q '"loss"' "$tmp/k9.jsonl" 2>/dev/null && break; sleep 0.1; done
+  kill -TERM $pid
+  if ! wait $pid || ! grep -q '"loss"' "$tmp/k9.jsonl"; then
+    ok=0
+    echo "resume after kill -9 #$i failed: $(cat "$tmp/k9.err")"
+  fi
+done
+[ $ok = 1 ] && pass "kill -9 during saves, 5 times: the last checkpoint always resumes and trains on" ||
+  fail "kill -9 during saves left a checkpoint that does not load"
+
+# resuming with another shape is refused with what differs
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --seq 16 --steps 10 --resume "$tmp/ck" >"$tmp/out" 2>"$tmp/err"
+status=$?
+if [ $status -eq 1 ] && grep -q "saved with --seq 24" "$tmp/err" && [ "$(wc -l <"$tmp/err")" -eq 1 ]; then
+  pass "resume with another --seq refused: $(cat "$tmp/err")"
+else
+  fail "resume with another --seq: exit $status: $(cat "$tmp/err")"
+fi
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]
