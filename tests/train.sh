@@ -43,7 +43,8 @@ r1=$("$sockcmd" "$tmp/sock" "lr 0.004")
 r2=$("$sockcmd" "$tmp/sock" "frobnicate")
 r3=$("$sockcmd" "$tmp/sock" "lr *0.5")
 r4=$("$sockcmd" "$tmp/sock" "pause")
-sleep 0.5
+# the step in flight finishes first: measure once the pause is in the log
+for _ in $(seq 100); do grep -q '"event":"pause"' "$tmp/live.jsonl" && break; sleep 0.05; done
 before=$(grep -c '"loss"' "$tmp/live.jsonl")
 sleep 0.5
 after=$(grep -c '"loss"' "$tmp/live.jsonl")
@@ -52,7 +53,7 @@ wait $pid
 status=$?
 if [ "$mode" = 600 ] && [ "$r1" = "ok: lr 0.004" ] && case "$r2" in "error: unknown command"*) true ;; *) false ;; esac &&
    [ "$r3" = "ok: lr *0.5" ] && [ "$r4" = "ok: pause" ] && [ "$before" = "$after" ] && [ "$r5" = "ok: stop" ] &&
-   [ $status -eq 0 ] && grep -q '"lr":0.004,"lr_overridden":true' "$tmp/live.jsonl" &&
+   [ $status -eq 0 ] && grep -q '"event":"lr".*"text":"learning rate 0.004 (was 0.01)"' "$tmp/live.jsonl" &&
    grep -q '"event":"lr".*"text":"learning rate 0.002 (was 0.004)"' "$tmp/live.jsonl" &&
    grep -q '"event":"pause"' "$tmp/live.jsonl" && [ ! -e "$tmp/sock" ]; then
   pass "control socket (mode $mode): lr, lr *0.5, pause holds the steps, stop; a bad line is refused"
