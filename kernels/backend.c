@@ -8,22 +8,32 @@
 
 pesc_backend *backend_new(const char *name, pesc_error *err)
 {
-    if (strcmp(name, "cuda") == 0) {
-#ifdef HAVE_CUDA
-        pesc_fail(err, "--backend cuda: the CUDA compute ops are not part of this build yet; "
-                       "use --backend cpu (or auto)");
-#else
-        pesc_fail(err, "--backend cuda: this pesc was built without CUDA; reconfigure with "
-                       "--with-cuda=DIR, or use --backend cpu");
-#endif
-        return NULL;
-    }
-    if (strcmp(name, "cpu") != 0 && strcmp(name, "auto") != 0) {
+    int want_cuda = strcmp(name, "cuda") == 0, want_auto = strcmp(name, "auto") == 0;
+    if (!want_cuda && !want_auto && strcmp(name, "cpu") != 0) {
         pesc_fail(err, "--backend %s: unknown backend; choose auto, cpu or cuda", name);
         return NULL;
     }
-    /* auto falls back to the CPU, which is registered last (STYLE: ggml). */
     pesc_backend *b = xcalloc(1, sizeof *b);
+#ifdef HAVE_CUDA
+    if (want_cuda || want_auto) {
+        /* auto: a usable GPU, else the CPU (why the GPU was passed over is not an error) */
+        pesc_error why;
+        if (cuda_backend_init(&b->ops, &b->context, want_cuda ? err : &why) == 0)
+            return b;
+        if (want_cuda) {
+            free(b);
+            return NULL;
+        }
+    }
+#else
+    if (want_cuda) {
+        pesc_fail(err, "--backend cuda: this pesc was built without CUDA; reconfigure with "
+                       "--with-cuda=DIR, or use --backend cpu");
+        free(b);
+        return NULL;
+    }
+#endif
+    /* the CPU is registered last, as the fallback (STYLE: ggml) */
     if (cpu_backend_init(&b->ops, &b->context, err) != 0) {
         free(b);
         return NULL;
@@ -77,6 +87,11 @@ void backend_synchronize(pesc_backend *b)
 {
     if (b->ops->synchronize)
         b->ops->synchronize(b->context);
+}
+
+int backend_check(pesc_backend *b, pesc_error *err)
+{
+    return b->ops->check ? b->ops->check(b->context, err) : 0;
 }
 
 /* ---- ops: each forwards to the backend's slot ---------------------------------------------- */

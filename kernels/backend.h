@@ -32,6 +32,12 @@ void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes)
 void backend_synchronize(pesc_backend *b);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
+/* Device errors do not stop the program: a backend that fails (a CUDA or cuBLAS error, a
+ * kernel fault) records the first failure, turns every later op into a no-op, and downloads
+ * zeros. backend_check waits for the queued work and returns 0, or -1 with that failure
+ * ("CUDA backend: <call> failed at <file>:<line>: <reason>"); call it once per step. The CPU
+ * backend never fails and returns 0. */
+int backend_check(pesc_backend *b, pesc_error *err);
 
 /* ---- forward ops ---------------------------------------------------------------------------- */
 

@@ -518,7 +518,7 @@ int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
         return -1;
     backend_upload(m->backend, m->act.targets, targets, (size_t)N * sizeof *targets);
     *nll = head_pass(m, targets, 0.0f, logits_out);
-    return 0;
+    return backend_check(m->backend, err);
 }
 
 /* ---- backward ----------------------------------------------------------------------------- */
@@ -610,7 +610,7 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
         embedding_backward(b, dembed, a->dx, a->tokens, N, c->hidden_size);
     if (out)
         *out = m->losses;
-    return 0;
+    return backend_check(b, err);   /* a device error surfaces here, once per step */
 }
 
 /* ---- generation --------------------------------------------------------------------------- */
@@ -650,6 +650,8 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
     matmul_forward(m->backend, m->act.logits, m->act.xn + (size_t)(n - 1) * C, m->lm_head, NULL, 1,
                    C, V);
     backend_download(m->backend, logits, m->act.logits, (size_t)V * sizeof(float));
+    if (backend_check(m->backend, err) != 0)
+        return -1;
     if (experts && m->crafted) {
         int K = m->pesc.top_k;
         /* inference shares one set of buffers across layers: routing kept by route_layer */

@@ -8,6 +8,7 @@ programs="test_safetensors test_stream test_pesc test_pesc_reference test_grad_o
 
 if command -v valgrind >/dev/null 2>&1; then
     run() { OMP_NUM_THREADS=1 valgrind --error-exitcode=1 --leak-check=full \
+                --suppressions="${top_srcdir:-.}/tests/valgrind.supp" \
                 --errors-for-leak-kinds=definite -q "$@"; }
 else
     echo "valgrind.sh: valgrind not found on PATH; running the programs without it"

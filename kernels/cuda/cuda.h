@@ -23,6 +23,12 @@ extern "C" {
 int cuda_device_count(pesc_error *why_none);
 int cuda_device_query(int index, cuda_device_info *info, pesc_error *err);
 
+/* The dense-product rate of cuBLAS on device 0 (tests/gpu/gemm_peak, tests/gpu/device-check):
+ * the median of `reps` timed (M x K) @ (K x N) products on random data with fp32
+ * accumulation. precision: "bf16" (bf16 in and out), "tf32" or "fp32" (fp32 in and out).
+ * Returns TFLOP/s, or -1 with a message. */
+double cuda_gemm_rate(int M, int N, int K, const char *precision, int reps, pesc_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,511 @@
+// cuda_attention — fused causal grouped-query attention: forward (with the log-sum-exp kept
+// for the backward), the KV-cache variant for generation, and the backward. Nothing T x T is
+// ever stored: scores live in registers a tile of keys at a time with an online softmax
+// (flash-attention style), and the backward recomputes them from the saved log-sum-exp.
+//
+// Masks, as on the CPU: a query at absolute position p sees keys s with
+// first_key(p) <= s <= p, first_key taking the sliding window and the packed document's start
+// (seg_start) into account. first_key is non-decreasing in p, so a tile of queries sees one
+// contiguous run of keys and a tile of keys is seen by one contiguous run of queries.
+//
+// Layout of the work (fp32 on the CUDA cores; D up to 256):
+//  - forward and dQ: a block of 4 warps takes 16 query rows of one (sequence, head); each warp
+//    carries 4 rows. Keys come through shared memory 32 at a time; lane j scores key j against
+//    the warp's rows, the softmax statistics are warp reductions, and for the products with V
+//    (or K) each lane owns the head-dimension elements lane, lane + 32, ...
+//  - dK and dV: a block takes 16 keys of one (sequence, kv head), each warp 4 keys, and walks
+//    every query row of every query head of the group that sees them, 32 rows at a time with
+//    lane i on row i. dK and dV are written once, by their owner: no atomics, so the backward
+//    is deterministic.
+#include <climits>
+#include <cstdio>
+
+#include "cuda/cuda_common.cuh"
+
+#define ATT_WARPS 4
+#define ATT_ROWS 4                          // query rows per warp (forward, dQ)
+#define ATT_QTILE (ATT_WARPS * ATT_ROWS)    // query rows per block (forward, dQ)
+#define ATT_KTILE 32                        // keys per shared tile (forward, dQ)
+#define ATT_KEYS 4                          // keys per warp (dK, dV)
+#define ATT_KBLOCK (ATT_WARPS * ATT_KEYS)   // keys per block (dK, dV)
+#define ATT_RTILE 32                        // query rows per shared tile (dK, dV)
+#define ATT_MAX_D 256
+
+__device__ __forceinline__ int first_key(int p, int window, const int32_t *seg)
+{
+    int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    return seg && seg[p] > lo ? seg[p] : lo;
+}
+
+// ---- forward ----------------------------------------------------------------------------------
+
+// q, out (B*T, Hq, D); k, v (B*kv_len, Hkv, D); query row t of a sequence sits at absolute
+// position past + t (past = 0, kv_len = T in training; B = 1 with a KV cache). seg (B, T) or
+// NULL (only with past = 0); lse (B, Hq, T) or NULL. NC = ceil(D / 32) rounded up to 1, 2, 4, 8.
+template <int NC>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+attention_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
+                         int T, int past, int kv_len, int Hq, int Hkv, int D, int window,
+                         const int32_t *seg_start, float scale)
+{
+    extern __shared__ float smem[];
+    float *qs = smem;                              // (ATT_QTILE, D)
+    float *ks = qs + ATT_QTILE * D;                // (ATT_KTILE, D + 1): lane j reads row j
+    float *vs = ks + ATT_KTILE * (D + 1);          // (ATT_KTILE, D)
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int h = blockIdx.y, b = blockIdx.z, g = h / (Hq / Hkv);
+    int t0 = blockIdx.x * ATT_QTILE;
+    int rows_here = min(ATT_QTILE, T - t0);
+    const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
+    size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    const float *qb = q + (size_t)b * T * q_stride + (size_t)h * D;
+    const float *kb = k + (size_t)b * kv_len * kv_stride + (size_t)g * D;
+    const float *vb = v + (size_t)b * kv_len * kv_stride + (size_t)g * D;
+
+    for (int i = threadIdx.x; i < ATT_QTILE * D; i += blockDim.x) {
+        int r = i / D, d = i % D;
+        qs[i] = r < rows_here ? qb[(size_t)(t0 + r) * q_stride + d] : 0.0f;
+    }
+    int lo[ATT_ROWS], hi[ATT_ROWS];
+    float m[ATT_ROWS], l[ATT_ROWS], acc[ATT_ROWS][NC];
+#pragma unroll
+    for (int r = 0; r < ATT_ROWS; r++) {
+        int t = t0 + warp * ATT_ROWS + r;
+        hi[r] = t < T ? past + t : -1;             // an empty range for rows past the end
+        lo[r] = t < T ? first_key(past + t, window, seg) : 0;
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+            acc[r][c] = 0.0f;
+    }
+    int key_lo = first_key(past + t0, window, seg), key_hi = past + t0 + rows_here - 1;
+    for (int s0 = key_lo; s0 <= key_hi; s0 += ATT_KTILE) {
+        __syncthreads();   // the previous tile is consumed (and qs is written, the first time)
+        for (int i = threadIdx.x; i < ATT_KTILE * D; i += blockDim.x) {
+            int j = i / D, d = i % D, s = s0 + j;
+            bool in = s <= key_hi;
+            ks[j * (D + 1) + d] = in ? kb[(size_t)s * kv_stride + d] : 0.0f;
+            vs[j * D + d] = in ? vb[(size_t)s * kv_stride + d] : 0.0f;
+        }
+        __syncthreads();
+        int s = s0 + lane;
+        float sc[ATT_ROWS];
+#pragma unroll
+        for (int r = 0; r < ATT_ROWS; r++)
+            sc[r] = 0.0f;
+        const float *krow = ks + lane * (D + 1);
+        const float *qrow = qs + warp * ATT_ROWS * D;
+        for (int d = 0; d < D; d++) {
+            float kd = krow[d];
+#pragma unroll
+            for (int r = 0; r < ATT_ROWS; r++)
+                sc[r] += qrow[r * D + d] * kd;
+        }
+        float p[ATT_ROWS];
+#pragma unroll
+        for (int r = 0; r < ATT_ROWS; r++) {
+            bool visible = s >= lo[r] && s <= hi[r];
+            float x = visible ? sc[r] * scale : -INFINITY;
+            float m_new = fmaxf(m[r], warp_max(x));
+            p[r] = 0.0f;
+            if (m_new == -INFINITY)   // nothing visible to this row yet (warp-uniform)
+                continue;
+            p[r] = visible ? expf(x - m_new) : 0.0f;
+            float correction = expf(m[r] - m_new);
+            l[r] = l[r] * correction + warp_sum(p[r]);
+#pragma unroll
+            for (int c = 0; c < NC; c++)
+                acc[r][c] *= correction;
+            m[r] = m_new;
+        }
+        for (int j = 0; j < ATT_KTILE; j++) {
+            float vj[NC];
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                int d = lane + 32 * c;
+                vj[c] = d < D ? vs[j * D + d] : 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < ATT_ROWS; r++) {
+                float pj = __shfl_sync(0xffffffffu, p[r], j);
+#pragma unroll
+                for (int c = 0; c < NC; c++)
+                    acc[r][c] += pj * vj[c];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ATT_ROWS; r++) {
+        int t = t0 + warp * ATT_ROWS + r;
+        if (t >= T)
+            continue;
+        float inv = 1.0f / l[r];
+        float *orow = out + ((size_t)b * T + t) * q_stride + (size_t)h * D;
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            int d = lane + 32 * c;
+            if (d < D)
+                orow[d] = acc[r][c] * inv;
+        }
+        if (lse && lane == 0)
+            lse[((size_t)b * Hq + h) * T + t] = m[r] + logf(l[r]);
+    }
+}
+
+static int chunks_for(int D)
+{
+    int nc = (D + 31) / 32;
+    return nc <= 1 ? 1 : nc <= 2 ? 2 : nc <= 4 ? 4 : 8;
+}
+
+static bool head_dim_ok(cuda_context *c, int D, int Hq, int Hkv)
+{
+    if (D >= 1 && D <= ATT_MAX_D && Hkv >= 1 && Hq % Hkv == 0)
+        return true;
+    char what[120];
+    snprintf(what, sizeof what, "attention with head dimension %d and %d/%d heads (the kernels "
+             "take D <= %d and whole groups)", D, Hq, Hkv, ATT_MAX_D);
+    cuda_check_rc(c, cudaErrorInvalidValue, what, __FILE__, __LINE__);
+    return false;
+}
+
+template <int NC>
+static void launch_forward(cuda_context *c, float *out, float *lse, const float *q,
+                           const float *k, const float *v, int B, int T, int past, int kv_len,
+                           int Hq, int Hkv, int D, int window, const int32_t *seg)
+{
+    size_t smem = ((size_t)ATT_QTILE * D + (size_t)ATT_KTILE * (D + 1) + (size_t)ATT_KTILE * D) *
+                  sizeof(float);
+    if (!cuda_shared_limit(c, (const void *)attention_forward_kernel<NC>, smem))
+        return;
+    dim3 grid((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
+    attention_forward_kernel<NC><<<grid, ATT_WARPS * 32, smem, c->stream>>>(
+        out, lse, q, k, v, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D));
+    CUDA_LAUNCHED(c);
+}
+
+static void forward_any(cuda_context *c, float *out, float *lse, const float *q, const float *k,
+                        const float *v, int B, int T, int past, int kv_len, int Hq, int Hkv,
+                        int D, int window, const int32_t *seg)
+{
+    if (!head_dim_ok(c, D, Hq, Hkv) || T <= 0 || B <= 0)
+        return;
+    switch (chunks_for(D)) {
+    case 1: launch_forward<1>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
+    case 2: launch_forward<2>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
+    case 4: launch_forward<4>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
+    default: launch_forward<8>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
+    }
+}
+
+extern "C" void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q,
+                                       const float *k, const float *v, int B, int T, int Hq,
+                                       int Hkv, int D, int window, const int32_t *seg_start)
+{
+    CUDA_OP(ctx);
+    forward_any(c, out, lse, q, k, v, B, T, 0, T, Hq, Hkv, D, window, seg_start);
+}
+
+extern "C" void cuda_attention_cached_forward(void *ctx, float *out, const float *q,
+                                              const float *k_cache, const float *v_cache, int n,
+                                              int past, int Hq, int Hkv, int D, int window)
+{
+    CUDA_OP(ctx);
+    forward_any(c, out, NULL, q, k_cache, v_cache, 1, n, past, past + n, Hq, Hkv, D, window,
+                NULL);
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+// delta (B, Hq, T) = rowsum(dout * out): one warp per row.
+__global__ void attention_delta_kernel(float *delta, const float *dout, const float *out, int B,
+                                       int T, int Hq, int D)
+{
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= (size_t)B * T * Hq)
+        return;
+    // row enumerates (b, t, h) in memory order; delta is stored (b, h, t)
+    size_t bt = row / Hq;
+    int h = (int)(row % Hq), t = (int)(bt % T), b = (int)(bt / T);
+    const float *dr = dout + row * D, *orow = out + row * D;
+    float s = 0.0f;
+    for (int d = lane; d < D; d += 32)
+        s += dr[d] * orow[d];
+    s = warp_sum(s);
+    if (lane == 0)
+        delta[((size_t)b * Hq + h) * T + t] = s;
+}
+
+// dQ for 16 query rows of one (sequence, head): dq = scale * sum_s P (dP - delta) k_s with
+// P = exp(q.k scale - lse) and dP = dout.v. Overwrites dq.
+template <int NC>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+attention_dq_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
+                    const float *lse, const float *delta, int T, int Hq, int Hkv, int D,
+                    int window, const int32_t *seg_start, float scale)
+{
+    extern __shared__ float smem[];
+    float *qs = smem;                              // (ATT_QTILE, D)
+    float *dos = qs + ATT_QTILE * D;               // (ATT_QTILE, D)
+    float *ks = dos + ATT_QTILE * D;               // (ATT_KTILE, D + 1)
+    float *vs = ks + ATT_KTILE * (D + 1);          // (ATT_KTILE, D + 1)
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int h = blockIdx.y, b = blockIdx.z, g = h / (Hq / Hkv);
+    int t0 = blockIdx.x * ATT_QTILE;
+    int rows_here = min(ATT_QTILE, T - t0);
+    const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
+    size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+    const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
+    const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
+
+    for (int i = threadIdx.x; i < ATT_QTILE * D; i += blockDim.x) {
+        int r = i / D, d = i % D;
+        bool in = r < rows_here;
+        qs[i] = in ? q[q_off + (size_t)(t0 + r) * q_stride + d] : 0.0f;
+        dos[i] = in ? dout[q_off + (size_t)(t0 + r) * q_stride + d] : 0.0f;
+    }
+    int lo[ATT_ROWS], hi[ATT_ROWS];
+    float row_lse[ATT_ROWS], row_delta[ATT_ROWS], acc[ATT_ROWS][NC];
+#pragma unroll
+    for (int r = 0; r < ATT_ROWS; r++) {
+        int t = t0 + warp * ATT_ROWS + r;
+        bool in = t < T;
+        hi[r] = in ? t : -1;
+        lo[r] = in ? first_key(t, window, seg) : 0;
+        row_lse[r] = in ? lse[((size_t)b * Hq + h) * T + t] : 0.0f;
+        row_delta[r] = in ? delta[((size_t)b * Hq + h) * T + t] : 0.0f;
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+            acc[r][c] = 0.0f;
+    }
+    int key_lo = first_key(t0, window, seg), key_hi = t0 + rows_here - 1;
+    for (int s0 = key_lo; s0 <= key_hi; s0 += ATT_KTILE) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < ATT_KTILE * D; i += blockDim.x) {
+            int j = i / D, d = i % D, s = s0 + j;
+            bool in = s <= key_hi;
+            ks[j * (D + 1) + d] = in ? kb[(size_t)s * kv_stride + d] : 0.0f;
+            vs[j * (D + 1) + d] = in ? vb[(size_t)s * kv_stride + d] : 0.0f;
+        }
+        __syncthreads();
+        int s = s0 + lane;
+        float qk[ATT_ROWS], dov[ATT_ROWS];
+#pragma unroll
+        for (int r = 0; r < ATT_ROWS; r++)
+            qk[r] = dov[r] = 0.0f;
+        const float *krow = ks + lane * (D + 1), *vrow = vs + lane * (D + 1);
+        const float *qrow = qs + warp * ATT_ROWS * D, *dorow = dos + warp * ATT_ROWS * D;
+        for (int d = 0; d < D; d++) {
+            float kd = krow[d], vd = vrow[d];
+#pragma unroll
+            for (int r = 0; r < ATT_ROWS; r++) {
+                qk[r] += qrow[r * D + d] * kd;
+                dov[r] += dorow[r * D + d] * vd;
+            }
+        }
+        float ds[ATT_ROWS];
+#pragma unroll
+        for (int r = 0; r < ATT_ROWS; r++) {
+            bool visible = s >= lo[r] && s <= hi[r];
+            float p = visible ? expf(qk[r] * scale - row_lse[r]) : 0.0f;
+            ds[r] = p * (dov[r] - row_delta[r]) * scale;
+        }
+        for (int j = 0; j < ATT_KTILE; j++) {
+            float kj[NC];
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                int d = lane + 32 * c;
+                kj[c] = d < D ? ks[j * (D + 1) + d] : 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < ATT_ROWS; r++) {
+                float dsj = __shfl_sync(0xffffffffu, ds[r], j);
+#pragma unroll
+                for (int c = 0; c < NC; c++)
+                    acc[r][c] += dsj * kj[c];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ATT_ROWS; r++) {
+        int t = t0 + warp * ATT_ROWS + r;
+        if (t >= T)
+            continue;
+        float *row = dq + q_off + (size_t)t * q_stride;
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            int d = lane + 32 * c;
+            if (d < D)
+                row[d] = acc[r][c];
+        }
+    }
+}
+
+// dK, dV for 16 keys of one (sequence, kv head), over every query head of the group:
+// dv_s = sum_t P dout_t, dk_s = sum_t dS q_t with dS = P (dP - delta) scale. Overwrites both.
+template <int NC>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+attention_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k,
+                      const float *v, const float *lse, const float *delta, int T, int Hq,
+                      int Hkv, int D, int window, const int32_t *seg_start, float scale)
+{
+    extern __shared__ float smem[];
+    float *ks = smem;                              // (ATT_KBLOCK, D)
+    float *vs = ks + ATT_KBLOCK * D;               // (ATT_KBLOCK, D)
+    float *qs = vs + ATT_KBLOCK * D;               // (ATT_RTILE, D + 1): lane i reads row i
+    float *dos = qs + ATT_RTILE * (D + 1);         // (ATT_RTILE, D + 1)
+    float *lse_s = dos + ATT_RTILE * (D + 1);      // (ATT_RTILE)
+    float *delta_s = lse_s + ATT_RTILE;            // (ATT_RTILE)
+    int *lo_s = (int *)(delta_s + ATT_RTILE);      // (ATT_RTILE) first visible key per row
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
+    int s0 = blockIdx.x * ATT_KBLOCK;
+    int keys_here = min(ATT_KBLOCK, T - s0), s_last = s0 + keys_here - 1;
+    const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
+    size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    size_t kv_off = (size_t)b * T * kv_stride + (size_t)g * D;
+
+    for (int i = threadIdx.x; i < ATT_KBLOCK * D; i += blockDim.x) {
+        int j = i / D, d = i % D;
+        bool in = j < keys_here;
+        ks[i] = in ? k[kv_off + (size_t)(s0 + j) * kv_stride + d] : 0.0f;
+        vs[i] = in ? v[kv_off + (size_t)(s0 + j) * kv_stride + d] : 0.0f;
+    }
+    float dk_acc[ATT_KEYS][NC], dv_acc[ATT_KEYS][NC];
+#pragma unroll
+    for (int kk = 0; kk < ATT_KEYS; kk++)
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+            dk_acc[kk][c] = dv_acc[kk][c] = 0.0f;
+    const float *kw = ks + warp * ATT_KEYS * D, *vw = vs + warp * ATT_KEYS * D;
+    for (int hh = 0; hh < group; hh++) {
+        int h = g * group + hh;
+        size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+        const float *lse_h = lse + ((size_t)b * Hq + h) * T;
+        const float *delta_h = delta + ((size_t)b * Hq + h) * T;
+        // rows from the first key on, until a row's first visible key passes the last key
+        for (int r0 = s0; r0 < T && first_key(r0, window, seg) <= s_last; r0 += ATT_RTILE) {
+            __syncthreads();   // the previous tile is consumed (and ks, vs written at first)
+            for (int i = threadIdx.x; i < ATT_RTILE * D; i += blockDim.x) {
+                int r = i / D, d = i % D, t = r0 + r;
+                bool in = t < T;
+                qs[r * (D + 1) + d] = in ? q[q_off + (size_t)t * q_stride + d] : 0.0f;
+                dos[r * (D + 1) + d] = in ? dout[q_off + (size_t)t * q_stride + d] : 0.0f;
+            }
+            for (int r = threadIdx.x; r < ATT_RTILE; r += blockDim.x) {
+                int t = r0 + r;
+                bool in = t < T;
+                lse_s[r] = in ? lse_h[t] : 0.0f;
+                delta_s[r] = in ? delta_h[t] : 0.0f;
+                lo_s[r] = in ? first_key(t, window, seg) : INT_MAX;
+            }
+            __syncthreads();
+            int t = r0 + lane;
+            const float *qrow = qs + lane * (D + 1), *dorow = dos + lane * (D + 1);
+            float qk[ATT_KEYS], dov[ATT_KEYS];
+#pragma unroll
+            for (int kk = 0; kk < ATT_KEYS; kk++)
+                qk[kk] = dov[kk] = 0.0f;
+            for (int d = 0; d < D; d++) {
+                float qd = qrow[d], dod = dorow[d];
+#pragma unroll
+                for (int kk = 0; kk < ATT_KEYS; kk++) {
+                    qk[kk] += qd * kw[kk * D + d];
+                    dov[kk] += dod * vw[kk * D + d];
+                }
+            }
+            float p[ATT_KEYS], ds[ATT_KEYS];
+#pragma unroll
+            for (int kk = 0; kk < ATT_KEYS; kk++) {
+                int s = s0 + warp * ATT_KEYS + kk;
+                bool visible = s <= s_last && s <= t && s >= lo_s[lane];
+                p[kk] = visible ? expf(qk[kk] * scale - lse_s[lane]) : 0.0f;
+                ds[kk] = p[kk] * (dov[kk] - delta_s[lane]) * scale;
+            }
+            for (int i = 0; i < ATT_RTILE; i++) {
+                float qi[NC], doi[NC];
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    int d = lane + 32 * c;
+                    qi[c] = d < D ? qs[i * (D + 1) + d] : 0.0f;
+                    doi[c] = d < D ? dos[i * (D + 1) + d] : 0.0f;
+                }
+#pragma unroll
+                for (int kk = 0; kk < ATT_KEYS; kk++) {
+                    float pi = __shfl_sync(0xffffffffu, p[kk], i);
+                    float dsi = __shfl_sync(0xffffffffu, ds[kk], i);
+#pragma unroll
+                    for (int c = 0; c < NC; c++) {
+                        dv_acc[kk][c] += pi * doi[c];
+                        dk_acc[kk][c] += dsi * qi[c];
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int kk = 0; kk < ATT_KEYS; kk++) {
+        int s = s0 + warp * ATT_KEYS + kk;
+        if (s > s_last)
+            continue;
+        float *dkr = dk + kv_off + (size_t)s * kv_stride, *dvr = dv + kv_off + (size_t)s * kv_stride;
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            int d = lane + 32 * c;
+            if (d < D) {
+                dkr[d] = dk_acc[kk][c];
+                dvr[d] = dv_acc[kk][c];
+            }
+        }
+    }
+}
+
+template <int NC>
+static void launch_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
+                            const float *q, const float *k, const float *v, const float *lse,
+                            const float *delta, int B, int T, int Hq, int Hkv, int D, int window,
+                            const int32_t *seg)
+{
+    float scale = 1.0f / sqrtf((float)D);
+    size_t smem_dq = (2 * (size_t)ATT_QTILE * D + 2 * (size_t)ATT_KTILE * (D + 1)) * sizeof(float);
+    size_t smem_kv = (2 * (size_t)ATT_KBLOCK * D + 2 * (size_t)ATT_RTILE * (D + 1) +
+                      3 * (size_t)ATT_RTILE) * sizeof(float);
+    if (!cuda_shared_limit(c, (const void *)attention_dq_kernel<NC>, smem_dq) ||
+        !cuda_shared_limit(c, (const void *)attention_dkdv_kernel<NC>, smem_kv))
+        return;
+    dim3 grid_q((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
+    attention_dq_kernel<NC><<<grid_q, ATT_WARPS * 32, smem_dq, c->stream>>>(
+        dq, dout, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+    dim3 grid_kv((T + ATT_KBLOCK - 1) / ATT_KBLOCK, Hkv, B);
+    attention_dkdv_kernel<NC><<<grid_kv, ATT_WARPS * 32, smem_kv, c->stream>>>(
+        dk, dv, dout, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv,
+                                        const float *dout, const float *q, const float *k,
+                                        const float *v, const float *out, const float *lse,
+                                        int B, int T, int Hq, int Hkv, int D, int window,
+                                        const int32_t *seg_start)
+{
+    CUDA_OP(ctx);
+    if (!head_dim_ok(c, D, Hq, Hkv) || T <= 0 || B <= 0)
+        return;
+    size_t rows = (size_t)B * T * Hq;
+    float *delta = (float *)cuda_op_work(c, rows * sizeof(float));
+    if (!delta)
+        return;
+    attention_delta_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, c->stream>>>(delta, dout, out,
+                                                                             B, T, Hq, D);
+    if (!CUDA_LAUNCHED(c))
+        return;
+    switch (chunks_for(D)) {
+    case 1: launch_backward<1>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
+    case 2: launch_backward<2>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
+    case 4: launch_backward<4>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
+    default: launch_backward<8>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
+    }
+}

@@ -1,0 +1,401 @@
+// cuda_backend — the CUDA backend's table: device memory, the one stream, the sticky error,
+// and the dense products through cuBLAS (cuda_gemm). The other ops live in cuda_ops.cu,
+// cuda_attention.cu and cuda_moe.cu.
+//
+// Host synchronisation happens only where the interface hands data to the host: download
+// (route_layer's routing counts, the per-slice losses), vector_sumsq (the clipping norm),
+// synchronize and backend_check. Uploads from pageable memory are staged by the driver and
+// return without waiting for the device.
+#include <cuda_bf16.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda/cuda_common.cuh"
+
+extern "C" {
+#include "cuda/cuda.h"
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+static void record_failure(cuda_context *c, const char *call, const char *file, int line,
+                           const char *what)
+{
+    if (c->failed)
+        return;
+    c->failed = 1;
+    snprintf(c->error, sizeof c->error, "CUDA backend: %s failed at %s:%d: %s", call, file, line,
+             what);
+}
+
+bool cuda_check_rc(cuda_context *c, cudaError_t rc, const char *call, const char *file, int line)
+{
+    if (rc == cudaSuccess)
+        return true;
+    record_failure(c, call, file, line, cudaGetErrorString(rc));
+    return false;
+}
+
+bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const char *file,
+                     int line)
+{
+    if (rc == CUBLAS_STATUS_SUCCESS)
+        return true;
+    record_failure(c, call, file, line, cublasGetStatusString(rc));
+    return false;
+}
+
+static int cuda_check(void *ctx, pesc_error *err)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (!c->failed)
+        CUDA_CHECK(c, cudaStreamSynchronize(c->stream));   // host sync: faults of the step
+    if (!c->failed)
+        return 0;
+    return pesc_fail(err, "%s", c->error);
+}
+
+// ---- memory ---------------------------------------------------------------------------------
+
+static void *cuda_alloc(void *ctx, size_t bytes)
+{
+    (void)ctx;
+    void *p = NULL;
+    cudaError_t rc = cudaMalloc(&p, bytes ? bytes : 256);
+    if (rc != cudaSuccess) {
+        cudaGetLastError();   // out of memory is not sticky: backend_alloc reports it
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(void *ctx, void *p)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    CUDA_CHECK(c, cudaFree(p));   // waits for work that may still use p
+}
+
+static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    CUDA_OP(ctx);
+    CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+}
+
+// Host sync: the host reads the data next. After a failure the host gets zeros, which are
+// harmless as indices and counts; the failure itself is reported by backend_check.
+static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (!c->failed && CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
+                                                    c->stream)))
+        CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+    if (c->failed)
+        memset(dst, 0, bytes);
+}
+
+static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    CUDA_OP(ctx);
+    if (dst != src)
+        CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+}
+
+static void cuda_synchronize(void *ctx)
+{
+    CUDA_OP(ctx);
+    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+}
+
+void *cuda_scratch(cuda_context *c, void **area, size_t *area_bytes, size_t bytes)
+{
+    if (bytes <= *area_bytes)
+        return *area;
+    size_t want = bytes + bytes / 4;
+    if (*area) {
+        CUDA_CHECK(c, cudaStreamSynchronize(c->stream));   // the old area may be in use
+        cudaFree(*area);
+        *area = NULL;
+        *area_bytes = 0;
+    }
+    if (!CUDA_CHECK(c, cudaMalloc(area, want)))
+        return NULL;
+    *area_bytes = want;
+    return *area;
+}
+
+bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
+{
+    if (bytes <= 48 * 1024)
+        return true;
+    if ((int)bytes > c->max_shared) {
+        char what[160];
+        snprintf(what, sizeof what, "a kernel needs %zu bytes of shared memory, the device "
+                 "gives %d (head dimension too large)", bytes, c->max_shared);
+        record_failure(c, "attention launch", __FILE__, __LINE__, what);
+        return false;
+    }
+    return CUDA_CHECK(c, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)bytes));
+}
+
+// ---- dense products -------------------------------------------------------------------------
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16_rn(in[i]);
+}
+
+// cuBLAS is column-major: the row-major C = op(A) op(B) is the column-major
+// C^T = op(B)^T op(A)^T, so B goes first and the dimensions swap.
+void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, int N, int K,
+                    float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                    float *C, int ldc)
+{
+    if (c->failed || M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {   // an empty sum: C = beta C; only beta 0 and 1 occur
+        if (beta == 0.0f)
+            CUDA_CHECK(c, cudaMemset2DAsync(C, (size_t)ldc * sizeof(float), 0,
+                                            (size_t)N * sizeof(float), (size_t)M, c->stream));
+        return;
+    }
+    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (math != CUDA_MATH_BF16) {
+        cublasComputeType_t compute = math == CUDA_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                 : CUBLAS_COMPUTE_32F;
+        CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb,
+                                     A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute,
+                                     CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+    // bf16 operands, fp32 accumulation and result: each operand is converted once per product
+    // (its stored extent: the last row is only as wide as the matrix)
+    size_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+    size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+    size_t a_n = (a_rows - 1) * lda + a_cols, b_n = (b_rows - 1) * ldb + b_cols;
+    size_t a_bytes = (a_n * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
+    char *work = (char *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
+                                      a_bytes + b_n * sizeof(__nv_bfloat16));
+    if (!work)
+        return;
+    __nv_bfloat16 *a16 = (__nv_bfloat16 *)work, *b16 = (__nv_bfloat16 *)(work + a_bytes);
+    to_bf16_kernel<<<cuda_blocks(a_n, 256), 256, 0, c->stream>>>(a16, A, a_n);
+    to_bf16_kernel<<<cuda_blocks(b_n, 256), 256, 0, c->stream>>>(b16, B, b_n);
+    if (!CUDA_LAUNCHED(c))
+        return;
+    CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, b16, CUDA_R_16BF, ldb,
+                                 a16, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void cuda_gemm(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    cuda_gemm_math(c, c->math, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// Products with few outputs (routers: E columns; LoRA's inner rank) run in plain fp32: they
+// cost little, and the router's top-k choice flips on rounding that bf16 would add.
+#define CUDA_FP32_MAX_OUT 64
+static int math_for(const cuda_context *c, int OC)
+{
+    return OC <= CUDA_FP32_MAX_OUT ? CUDA_MATH_FP32 : c->math;
+}
+
+__global__ void add_bias_kernel(float *out, const float *bias, size_t N, int OC)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < N * OC;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] += bias[i % OC];
+}
+
+extern "C" void cuda_matmul_forward(void *ctx, float *out, const float *inp, const float *weight,
+                                    const float *bias, int N, int C, int OC)
+{
+    CUDA_OP(ctx);
+    cuda_gemm_math(c, math_for(c, OC), 0, 1, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
+    if (bias) {
+        add_bias_kernel<<<cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream>>>(out, bias,
+                                                                                 (size_t)N, OC);
+        CUDA_LAUNCHED(c);
+    }
+}
+
+extern "C" void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias,
+                                     const float *dout, const float *inp, const float *weight,
+                                     int N, int C, int OC)
+{
+    CUDA_OP(ctx);
+    int math = math_for(c, OC);
+    if (dinp)
+        cuda_gemm_math(c, math, 0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
+    if (dweight)
+        cuda_gemm_math(c, math, 1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+    if (dbias)
+        cuda_column_sum(c, dbias, dout, NULL, NULL, N, OC);
+}
+
+// ---- column sums in a fixed order: partial sums over row chunks, then the chunks in order ---
+
+__global__ void column_partial_kernel(float *partial, const float *a, const float *b,
+                                      const float *row_scale, int N, int C)
+{
+    int col = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+    if (col >= C)
+        return;
+    int lo = (int)((long long)N * chunk / CUDA_COLSUM_CHUNKS);
+    int hi = (int)((long long)N * (chunk + 1) / CUDA_COLSUM_CHUNKS);
+    float s = 0.0f;
+    for (int n = lo; n < hi; n++) {
+        float v = a[(size_t)n * C + col];
+        s += b ? v * b[(size_t)n * C + col] * row_scale[n] : v;
+    }
+    partial[(size_t)chunk * C + col] = s;
+}
+
+__global__ void column_finish_kernel(float *out, const float *partial, int C)
+{
+    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= C)
+        return;
+    double s = 0.0;
+    for (int chunk = 0; chunk < CUDA_COLSUM_CHUNKS; chunk++)
+        s += partial[(size_t)chunk * C + col];
+    out[col] += (float)s;
+}
+
+void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b,
+                     const float *row_scale, int N, int C)
+{
+    float *partial = (float *)cuda_op_work(c, (size_t)CUDA_COLSUM_CHUNKS * C * sizeof(float));
+    if (!partial)
+        return;
+    dim3 grid((C + 255) / 256, CUDA_COLSUM_CHUNKS);
+    column_partial_kernel<<<grid, 256, 0, c->stream>>>(partial, a, b, row_scale, N, C);
+    column_finish_kernel<<<(C + 255) / 256, 256, 0, c->stream>>>(out, partial, C);
+    CUDA_LAUNCHED(c);
+}
+
+// ---- the table ------------------------------------------------------------------------------
+
+static void cuda_free_context(void *ctx)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (!c)
+        return;
+    if (c->stream)
+        cudaStreamSynchronize(c->stream);
+    cudaFree(c->gemm_work);
+    cudaFree(c->op_work);
+    cudaFree(c->partials);
+    if (c->cublas)
+        cublasDestroy(c->cublas);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+static const char *cuda_device_text(void *ctx) { return ((cuda_context *)ctx)->device_text; }
+
+static const backend_ops cuda_ops = {
+    .name = "cuda",
+    .free_context = cuda_free_context,
+    .device = cuda_device_text,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .synchronize = cuda_synchronize,
+    .copy = cuda_copy,
+    .embedding_forward = cuda_embedding_forward,
+    .matmul_forward = cuda_matmul_forward,
+    .rmsnorm_forward = cuda_rmsnorm_forward,
+    .rope_forward = cuda_rope_forward,
+    .attention_forward = cuda_attention_forward,
+    .attention_cached_forward = cuda_attention_cached_forward,
+    .swiglu_forward = cuda_swiglu_forward,
+    .residual_forward = cuda_residual_forward,
+    .crossentropy_forward = cuda_crossentropy_forward,
+    .moe_route_forward = cuda_moe_route_forward,
+    .moe_route_backward = cuda_moe_route_backward,
+    .moe_adapter_forward = cuda_moe_adapter_forward,
+    .moe_adapter_backward = cuda_moe_adapter_backward,
+    .embedding_backward = cuda_embedding_backward,
+    .matmul_backward = cuda_matmul_backward,
+    .rmsnorm_backward = cuda_rmsnorm_backward,
+    .rope_backward = cuda_rope_backward,
+    .attention_backward = cuda_attention_backward,
+    .swiglu_backward = cuda_swiglu_backward,
+    .crossentropy_backward = cuda_crossentropy_backward,
+    .vector_zero = cuda_vector_zero,
+    .vector_axpy = cuda_vector_axpy,
+    .vector_scale = cuda_vector_scale,
+    .vector_sumsq = cuda_vector_sumsq,
+    .adamw_update = cuda_adamw_update,
+    .check = cuda_check,
+};
+
+static int parse_math(const char *s, int *math, pesc_error *err)
+{
+    if (!s || !*s || strcmp(s, "bf16") == 0)
+        *math = CUDA_MATH_BF16;
+    else if (strcmp(s, "tf32") == 0)
+        *math = CUDA_MATH_TF32;
+    else if (strcmp(s, "fp32") == 0)
+        *math = CUDA_MATH_FP32;
+    else
+        return pesc_fail(err, "PESC_CUDA_MATH=%s: choose bf16, tf32 or fp32", s);
+    return 0;
+}
+
+// The device is PESC_CUDA_DEVICE (default 0); products in PESC_CUDA_MATH (default bf16).
+extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error *err)
+{
+    pesc_error why;
+    int count = cuda_device_count(&why);
+    if (count == 0)
+        return pesc_fail(err, "--backend cuda: %s", why.msg);
+    const char *dev = getenv("PESC_CUDA_DEVICE");
+    int index = dev && *dev ? atoi(dev) : 0;
+    if (index < 0 || index >= count)
+        return pesc_fail(err, "PESC_CUDA_DEVICE=%s: this machine has %d CUDA device%s", dev,
+                         count, count == 1 ? "" : "s");
+    cuda_context *c = (cuda_context *)calloc(1, sizeof *c);
+    if (!c)
+        return pesc_fail(err, "CUDA backend: out of host memory");
+    if (parse_math(getenv("PESC_CUDA_MATH"), &c->math, err) != 0) {
+        free(c);
+        return -1;
+    }
+    c->device = index;
+    cudaDeviceProp prop;
+    if (CUDA_CHECK(c, cudaSetDevice(index)) && CUDA_CHECK(c, cudaGetDeviceProperties(&prop, index)) &&
+        CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) &&
+        CUBLAS_CHECK(c, cublasCreate(&c->cublas)) &&
+        CUBLAS_CHECK(c, cublasSetStream(c->cublas, c->stream)) &&
+        CUBLAS_CHECK(c, cublasSetMathMode(c->cublas, c->math == CUDA_MATH_FP32
+                                                         ? CUBLAS_PEDANTIC_MATH
+                                                         : CUBLAS_DEFAULT_MATH)) &&
+        CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double)))) {
+        c->max_shared = (int)prop.sharedMemPerBlockOptin;
+        static const char *const math_names[] = {"bf16", "tf32", "fp32"};
+        snprintf(c->device_text, sizeof c->device_text,
+                 "%s (sm_%d%d, %.0f GiB), cuBLAS %s products, fp32 tensors", prop.name,
+                 prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
+                 math_names[c->math]);
+    }
+    if (c->failed) {
+        pesc_fail(err, "--backend cuda: %s", c->error);
+        cudaGetLastError();
+        cuda_free_context(c);
+        return -1;
+    }
+    *ops = &cuda_ops;
+    *ctx = c;
+    return 0;
+}

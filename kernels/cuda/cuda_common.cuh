@@ -1,0 +1,171 @@
+// cuda_common — what the CUDA backend's .cu files share: the context, the one checking macro,
+// launch helpers, and the declarations of every op (cuda_backend.cu puts them in the table).
+//
+// Errors: no CUDA or cuBLAS call aborts. CUDA_CHECK / CUBLAS_CHECK record the first failure
+// (call, file, line, message) in the context and every later op becomes a no-op; the trainer
+// reads the failure with backend_check() (or sees it at the next download). Asynchronous
+// faults of a kernel surface at the next call that synchronises (download, synchronize,
+// backend_check, vector_sumsq).
+//
+// Precision: every tensor the interface passes is float32 in device memory. Dense products
+// run on the tensor cores: bf16 operands with fp32 accumulation and fp32 results (the default;
+// operands are converted inside the op), or TF32, or plain fp32 (PESC_CUDA_MATH=bf16|tf32|fp32).
+// Products with at most 64 outputs (the router, LoRA's inner product) always run in fp32.
+// Everything else (norms, softmaxes, attention, routing, AdamW) computes in fp32, with the
+// reductions that decide accuracy in fp32 or double.
+#ifndef PESC_CUDA_COMMON_CUH
+#define PESC_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "backend_impl.h"
+}
+
+enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32 };
+
+// Blocks of the two-stage reductions (sums of squares, column sums): fixed, so every
+// reduction adds in the same order on every run (determinism).
+#define CUDA_REDUCE_BLOCKS 256
+#define CUDA_COLSUM_CHUNKS 64
+
+typedef struct cuda_context {
+    int device;
+    cudaStream_t stream;         // every op and copy runs in order on this one stream
+    cublasHandle_t cublas;
+    int math;                    // enum cuda_math, for the dense products
+    int max_shared;              // opt-in dynamic shared memory per block, bytes
+    char device_text[320];
+    int failed;                  // sticky: the first error, kept until the backend is deleted
+    char error[480];
+    // Scratch that grows on demand. gemm_work holds bf16 copies of product operands; op_work
+    // belongs to the op running (inverse permutations, partial sums, attention's deltas) and
+    // is never touched by cuda_gemm, so an op may hold it across its products.
+    void *gemm_work;
+    size_t gemm_work_bytes;
+    void *op_work;
+    size_t op_work_bytes;
+    double *partials;            // (CUDA_REDUCE_BLOCKS + 1) doubles
+} cuda_context;
+
+bool cuda_check_rc(cuda_context *c, cudaError_t rc, const char *call, const char *file, int line);
+bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const char *file,
+                     int line);
+#define CUDA_CHECK(c, call) cuda_check_rc((c), (call), #call, __FILE__, __LINE__)
+#define CUBLAS_CHECK(c, call) cublas_check_rc((c), (call), #call, __FILE__, __LINE__)
+// After a kernel launch: configuration errors show at once, faults later (see above).
+#define CUDA_LAUNCHED(c) cuda_check_rc((c), cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+// The start of every op: the context, and nothing more to do once something has failed.
+#define CUDA_OP(ctx)                                                                             \
+    cuda_context *c = (cuda_context *)(ctx);                                                     \
+    if (c->failed)                                                                               \
+        return
+
+// A device buffer of at least `bytes` from one of the context's scratch areas (NULL, with the
+// error recorded, when the device is out of memory). Growing waits for the device.
+void *cuda_scratch(cuda_context *c, void **area, size_t *area_bytes, size_t bytes);
+static inline void *cuda_op_work(cuda_context *c, size_t bytes)
+{
+    return cuda_scratch(c, &c->op_work, &c->op_work_bytes, bytes);
+}
+
+// Blocks of `threads` covering n elements, capped for grid-stride loops.
+static inline unsigned cuda_blocks(size_t n, int threads)
+{
+    size_t b = (n + (size_t)threads - 1) / (size_t)threads;
+    return (unsigned)(b < 1 ? 1 : b > 65535u * 8u ? 65535u * 8u : b);
+}
+
+// Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB;
+// false (error recorded) when the device cannot give that much.
+bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes);
+
+// Row-major C (M, N) = alpha op(A) op(B) + beta C, as cpu_gemm, in the context's precision
+// (cuda_gemm) or a given one (enum cuda_math).
+void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, int N, int K,
+                    float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                    float *C, int ldc);
+void cuda_gemm(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+// out[c] += sum over rows n of a[n, c] (* b[n, c] * scale[n] when b is not NULL): bias and
+// norm-weight gradients, in a fixed order.
+void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b,
+                     const float *row_scale, int N, int C);
+
+// ---- warp and block reductions (blockDim.x a multiple of 32, at most 1024) ------------------
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Every thread of the block gets the result; `shared` holds 32 floats.
+__device__ __forceinline__ float block_sum(float v, float *shared)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0)
+        shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float *shared)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+// ---- the ops (same names and argument order as the CPU's, with the cuda_ prefix) ----------
+
+extern "C" {
+void cuda_embedding_forward(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
+void cuda_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
+void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void cuda_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
+void cuda_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window);
+void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
+void cuda_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n);
+void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
+void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, int N, int E, int K);
+void cuda_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
+void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, float *act, float *scratch, const float *h, const float *mask, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);
+void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, float *dtopk_w, float *scratch, float *scratch_r, const float *dy, const float *gathered, const float *pre, const float *act, const float *mask, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);
+void cuda_embedding_backward(void *ctx, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
+void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
+void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
+void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
+void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+void cuda_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
+void cuda_vector_zero(void *ctx, float *x, size_t n);
+void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n);
+void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n);
+double cuda_vector_sumsq(void *ctx, const float *x, size_t n);
+void cuda_adamw_update(void *ctx, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step);
+}
+
+#endif

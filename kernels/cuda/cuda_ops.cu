@@ -1,0 +1,383 @@
+// cuda_ops — the row-wise and elementwise ops on the GPU: embedding, RMSNorm, RoPE, SwiGLU,
+// residual, the fused cross-entropy, vectors and AdamW, forward and backward. Same semantics
+// as kernels/cpu (the specification); fp32 throughout. Where several threads would add into
+// one element, the sums go through a fixed order instead of atomics, so two identical runs
+// give identical numbers.
+#include "cuda/cuda_common.cuh"
+
+#define GRID_STRIDE(i, n)                                                                        \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                    \
+         i += (size_t)gridDim.x * blockDim.x)
+
+// ---- embedding ------------------------------------------------------------------------------
+
+__global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *table,
+                                         int N, int C)
+{
+    GRID_STRIDE(i, (size_t)N * C)
+    {
+        size_t n = i / C, col = i % C;
+        out[i] = table[(size_t)tokens[n] * C + col];
+    }
+}
+
+extern "C" void cuda_embedding_forward(void *ctx, float *out, const int32_t *tokens,
+                                       const float *table, int N, int C)
+{
+    CUDA_OP(ctx);
+    embedding_forward_kernel<<<cuda_blocks((size_t)N * C, 256), 256, 0, c->stream>>>(
+        out, tokens, table, N, C);
+    CUDA_LAUNCHED(c);
+}
+
+// One thread per column walks the tokens in order: a token repeated in the batch adds in the
+// same order every run (only the full-training mode trains the table).
+__global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *tokens,
+                                          int N, int C)
+{
+    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= C)
+        return;
+    for (int n = 0; n < N; n++)
+        dtable[(size_t)tokens[n] * C + col] += dout[(size_t)n * C + col];
+}
+
+extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *dout,
+                                        const int32_t *tokens, int N, int C)
+{
+    CUDA_OP(ctx);
+    embedding_backward_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(dtable, dout, tokens, N, C);
+    CUDA_LAUNCHED(c);
+}
+
+// ---- RMSNorm: one block per row ---------------------------------------------------------------
+
+__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp,
+                                       const float *weight, int C, float eps)
+{
+    __shared__ float shared[32];
+    const float *x = inp + (size_t)blockIdx.x * C;
+    float *y = out + (size_t)blockIdx.x * C;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        ss += x[i] * x[i];
+    ss = block_sum(ss, shared);
+    float r = rsqrtf(ss / C + eps);
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        y[i] = weight[i] * (x[i] * r);
+    if (rstd && threadIdx.x == 0)
+        rstd[blockIdx.x] = r;
+}
+
+extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp,
+                                     const float *weight, int N, int C, float eps)
+{
+    CUDA_OP(ctx);
+    rmsnorm_forward_kernel<<<N, 256, 0, c->stream>>>(out, rstd, inp, weight, C, eps);
+    CUDA_LAUNCHED(c);
+}
+
+// dx += r w dy - r^3 / C * x * sum(w dy x)
+__global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp,
+                                        const float *weight, const float *rstd, int C)
+{
+    __shared__ float shared[32];
+    size_t row = (size_t)blockIdx.x * C;
+    const float *x = inp + row, *dy = dout + row;
+    float *dx = dinp + row;
+    float dot = 0.0f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        dot += weight[i] * dy[i] * x[i];
+    dot = block_sum(dot, shared);
+    float r = rstd[blockIdx.x], k = r * r * r * dot / C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        dx[i] += r * weight[i] * dy[i] - k * x[i];
+}
+
+extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout,
+                                      const float *inp, const float *weight, const float *rstd,
+                                      int N, int C)
+{
+    CUDA_OP(ctx);
+    rmsnorm_backward_kernel<<<N, 256, 0, c->stream>>>(dinp, dout, inp, weight, rstd, C);
+    CUDA_LAUNCHED(c);
+    if (dweight)   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
+        cuda_column_sum(c, dweight, dout, inp, rstd, N, C);
+}
+
+// ---- RoPE (rotate-half): one thread per (token, frequency), all heads ------------------------
+
+// direction +1 rotates (forward), -1 rotates back (backward). The angle is formed in double,
+// as on the CPU: positions times frequencies reach thousands of radians.
+__global__ void rope_kernel(float *out, const float *inp, const int32_t *pos,
+                            const float *inv_freq, int N, int H, int D, float direction)
+{
+    int half = D / 2;
+    GRID_STRIDE(idx, (size_t)N * half)
+    {
+        size_t n = idx / half;
+        int i = (int)(idx % half);
+        double angle = (double)pos[n] * inv_freq[i];
+        float cs = (float)cos(angle), sn = direction * (float)sin(angle);
+        for (int h = 0; h < H; h++) {
+            size_t base = ((size_t)n * H + h) * D;
+            float x1 = inp[base + i], x2 = inp[base + i + half];
+            out[base + i] = x1 * cs - x2 * sn;
+            out[base + i + half] = x2 * cs + x1 * sn;
+        }
+    }
+}
+
+extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos,
+                                  const float *inv_freq, int N, int H, int D)
+{
+    CUDA_OP(ctx);
+    rope_kernel<<<cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream>>>(
+        out, inp, pos, inv_freq, N, H, D, 1.0f);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos,
+                                   const float *inv_freq, int N, int H, int D)
+{
+    CUDA_OP(ctx);
+    rope_kernel<<<cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream>>>(
+        dinp, dout, pos, inv_freq, N, H, D, -1.0f);
+    CUDA_LAUNCHED(c);
+}
+
+// ---- elementwise ------------------------------------------------------------------------------
+
+__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout,
+                                       const float *gate, const float *up, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i], u = up[i];
+        dup[i] = d * g * sig;
+        dgate[i] = d * u * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+__global__ void residual_kernel(float *out, const float *x, const float *y, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = x[i] + y[i];
+}
+
+__global__ void axpy_kernel(float *y, const float *x, float alpha, size_t n)
+{
+    GRID_STRIDE(i, n) y[i] += alpha * x[i];
+}
+
+__global__ void scale_kernel(float *x, float alpha, size_t n)
+{
+    GRID_STRIDE(i, n) x[i] *= alpha;
+}
+
+extern "C" void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *up,
+                                    size_t n)
+{
+    CUDA_OP(ctx);
+    swiglu_forward_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(out, gate, up, n);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
+                                     const float *gate, const float *up, size_t n)
+{
+    CUDA_OP(ctx);
+    swiglu_backward_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(dgate, dup, dout, gate,
+                                                                       up, n);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_residual_forward(void *ctx, float *out, const float *x, const float *y,
+                                      size_t n)
+{
+    CUDA_OP(ctx);
+    residual_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(out, x, y, n);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
+{
+    CUDA_OP(ctx);
+    CUDA_CHECK(c, cudaMemsetAsync(x, 0, n * sizeof *x, c->stream));
+}
+
+extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n)
+{
+    CUDA_OP(ctx);
+    axpy_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(y, x, alpha, n);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n)
+{
+    CUDA_OP(ctx);
+    scale_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(x, alpha, n);
+    CUDA_LAUNCHED(c);
+}
+
+// ---- sum of squares: fixed blocks of doubles, then the blocks in order -----------------------
+
+__global__ void sumsq_partial_kernel(double *partials, const float *x, size_t n)
+{
+    __shared__ double shared[256];
+    double s = 0.0;
+    GRID_STRIDE(i, n) s += (double)x[i] * x[i];
+    shared[threadIdx.x] = s;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if ((int)threadIdx.x < stride)
+            shared[threadIdx.x] += shared[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        partials[blockIdx.x] = shared[0];
+}
+
+__global__ void sumsq_finish_kernel(double *partials)
+{
+    double s = 0.0;
+    for (int b = 0; b < CUDA_REDUCE_BLOCKS; b++)
+        s += partials[b];
+    partials[CUDA_REDUCE_BLOCKS] = s;
+}
+
+// Host sync: the result goes to the host (the gradient-clipping norm).
+extern "C" double cuda_vector_sumsq(void *ctx, const float *x, size_t n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    double s = NAN;
+    if (c->failed)
+        return s;
+    sumsq_partial_kernel<<<CUDA_REDUCE_BLOCKS, 256, 0, c->stream>>>(c->partials, x, n);
+    sumsq_finish_kernel<<<1, 1, 0, c->stream>>>(c->partials);
+    if (CUDA_LAUNCHED(c) &&
+        CUDA_CHECK(c, cudaMemcpyAsync(&s, c->partials + CUDA_REDUCE_BLOCKS, sizeof s,
+                                      cudaMemcpyDeviceToHost, c->stream)) &&
+        CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
+        return s;
+    return NAN;
+}
+
+// ---- AdamW ----------------------------------------------------------------------------------
+
+__global__ void adamw_kernel(float *params, const float *grads, float *m, float *v, size_t n,
+                             float lr, float beta1, float beta2, float eps, float weight_decay,
+                             float step_size, float sqrt_c2)
+{
+    GRID_STRIDE(i, n)
+    {
+        float g = grads[i], p = params[i] * (1.0f - lr * weight_decay);
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        params[i] = p - step_size * mi / (sqrtf(vi) / sqrt_c2 + eps);
+    }
+}
+
+extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads, float *m,
+                                  float *v, size_t n, float lr, float beta1, float beta2,
+                                  float eps, float weight_decay, int step)
+{
+    CUDA_OP(ctx);
+    double correction1 = 1.0 - pow(beta1, step), correction2 = 1.0 - pow(beta2, step);
+    adamw_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(
+        params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay,
+        (float)(lr / correction1), (float)sqrt(correction2));
+    CUDA_LAUNCHED(c);
+}
+
+// ---- cross-entropy: one block per row, the logits read from device memory twice -------------
+
+#define CE_THREADS 512
+
+// The row's max and sum of exp(logit - max); every thread gets both.
+__device__ void row_softmax_stats(const float *row, int V, float *m_out, float *sum_out,
+                                  float *shared)
+{
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        m = fmaxf(m, row[i]);
+    m = block_max(m, shared);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        s += expf(row[i] - m);
+    *sum_out = block_sum(s, shared);
+    *m_out = m;
+}
+
+__global__ void crossentropy_forward_kernel(float *losses, const float *logits,
+                                            const int32_t *targets, int V)
+{
+    __shared__ float shared[32];
+    int target = targets[blockIdx.x];
+    if (target < 0) {
+        if (threadIdx.x == 0)
+            losses[blockIdx.x] = 0.0f;
+        return;
+    }
+    const float *row = logits + (size_t)blockIdx.x * V;
+    float m, sum;
+    row_softmax_stats(row, V, &m, &sum, shared);
+    if (threadIdx.x == 0)
+        losses[blockIdx.x] = logf(sum) + m - row[target];
+}
+
+// dlogits may equal logits: the target's logit is read, and both reductions finish (their
+// barriers), before any thread writes; each thread then rewrites only the elements it read.
+__global__ void crossentropy_backward_kernel(float *dlogits, float *losses, const float *logits,
+                                             const int32_t *targets, float scale, int V)
+{
+    __shared__ float shared[32];
+    int target = targets[blockIdx.x];
+    const float *row = logits + (size_t)blockIdx.x * V;
+    float *drow = dlogits + (size_t)blockIdx.x * V;
+    if (target < 0) {
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            drow[i] = 0.0f;
+        if (losses && threadIdx.x == 0)
+            losses[blockIdx.x] = 0.0f;
+        return;
+    }
+    float target_logit = row[target];
+    float m, sum;
+    row_softmax_stats(row, V, &m, &sum, shared);
+    float inv = scale / sum;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float d = expf(row[i] - m) * inv;
+        drow[i] = i == target ? d - scale : d;
+    }
+    if (losses && threadIdx.x == 0)
+        losses[blockIdx.x] = logf(sum) + m - target_logit;
+}
+
+extern "C" void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits,
+                                          const int32_t *targets, int N, int V)
+{
+    CUDA_OP(ctx);
+    crossentropy_forward_kernel<<<N, CE_THREADS, 0, c->stream>>>(losses, logits, targets, V);
+    CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_crossentropy_backward(void *ctx, float *dlogits, float *losses,
+                                           const float *logits, const int32_t *targets,
+                                           float scale, int N, int V)
+{
+    CUDA_OP(ctx);
+    crossentropy_backward_kernel<<<N, CE_THREADS, 0, c->stream>>>(dlogits, losses, logits,
+                                                                  targets, scale, V);
+    CUDA_LAUNCHED(c);
+}

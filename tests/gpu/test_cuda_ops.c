@@ -1,0 +1,403 @@
+/* test_cuda_ops — every CUDA op against its CPU twin (the specification) on fresh random
+ * inputs. Both backends get the same inputs; outputs and accumulated gradients are compared
+ * by normalized error: fp32 ops tightly, dense products within bf16 bounds (and tightly again
+ * with PESC_CUDA_MATH=fp32). Exit 77 without a usable GPU. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_test.h"
+
+static pesc_backend *cpu, *gpu;
+
+/* One tensor on both backends with the same contents; the CPU copy is host memory. */
+typedef struct twin {
+    void *c, *g;
+    size_t bytes;
+} twin;
+
+static twin twin_alloc(size_t bytes)
+{
+    pesc_error err;
+    twin t = {backend_alloc(cpu, bytes, &err), NULL, bytes};
+    if (!t.c || !(t.g = backend_alloc(gpu, bytes, &err)))
+        gpu_test_die(&err);
+    return t;
+}
+
+static void twin_sync(twin t) { backend_upload(gpu, t.g, t.c, t.bytes); }
+
+static twin twin_random(size_t n, double scale)
+{
+    twin t = twin_alloc(n * sizeof(float));
+    float *x = t.c;
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)((2.0 * gpu_test_uniform() - 1.0) * scale);
+    twin_sync(t);
+    return t;
+}
+
+static twin twin_ints(size_t n, int lo, int hi)
+{
+    twin t = twin_alloc(n * sizeof(int32_t));
+    int32_t *x = t.c;
+    for (size_t i = 0; i < n; i++)
+        x[i] = lo + (int32_t)(gpu_test_uniform() * (hi - lo + 1)) % (hi - lo + 1);
+    twin_sync(t);
+    return t;
+}
+
+static void twin_free(twin t)
+{
+    backend_free(cpu, t.c);
+    backend_free(gpu, t.g);
+}
+
+#define F(t) ((float *)(t).c)
+#define G(t) ((float *)(t).g)
+#define FI(t) ((int32_t *)(t).c)
+#define GI(t) ((int32_t *)(t).g)
+
+static void compare(const char *what, twin t, double tol)
+{
+    size_t n = t.bytes / sizeof(float);
+    float *got = malloc(t.bytes);
+    backend_download(gpu, got, t.g, t.bytes);
+    double e = gpu_test_error(got, F(t), n);
+    char bound[48];
+    snprintf(bound, sizeof bound, "normalized error, tolerance %.0e", tol);
+    gpu_test_verdict(e <= tol && isfinite(e), what, e, bound);
+    free(got);
+}
+
+static void compare_ints(const char *what, twin t)
+{
+    size_t n = t.bytes / sizeof(int32_t), wrong = 0;
+    int32_t *got = malloc(t.bytes);
+    backend_download(gpu, got, t.g, t.bytes);
+    for (size_t i = 0; i < n; i++)
+        wrong += got[i] != FI(t)[i];
+    gpu_test_verdict(wrong == 0, what, (double)wrong, "entries that differ");
+    free(got);
+}
+
+/* ---- dense products ---------------------------------------------------------------------- */
+
+static void test_matmul(int N, int C, int OC, double tol, const char *tag)
+{
+    char name[96];
+    twin x = twin_random((size_t)N * C, 1.0), w = twin_random((size_t)OC * C, 0.5);
+    twin bias = twin_random(OC, 1.0), out = twin_random((size_t)N * OC, 1.0);
+    twin dout = twin_random((size_t)N * OC, 1.0), dx = twin_random((size_t)N * C, 1.0);
+    twin dw = twin_random((size_t)OC * C, 1.0), db = twin_random(OC, 1.0);
+    matmul_forward(cpu, F(out), F(x), F(w), F(bias), N, C, OC);
+    matmul_forward(gpu, G(out), G(x), G(w), G(bias), N, C, OC);
+    snprintf(name, sizeof name, "%s matmul_forward %dx%d @ %dx%d + bias", tag, N, C, OC, C);
+    compare(name, out, tol);
+    matmul_backward(cpu, F(dx), F(dw), F(db), F(dout), F(x), F(w), N, C, OC);
+    matmul_backward(gpu, G(dx), G(dw), G(db), G(dout), G(x), G(w), N, C, OC);
+    snprintf(name, sizeof name, "%s matmul_backward dinp (accumulated)", tag);
+    compare(name, dx, tol);
+    snprintf(name, sizeof name, "%s matmul_backward dweight (accumulated)", tag);
+    compare(name, dw, tol);
+    snprintf(name, sizeof name, "%s matmul_backward dbias (accumulated)", tag);
+    compare(name, db, 1e-5);
+    twin_free(x); twin_free(w); twin_free(bias); twin_free(out);
+    twin_free(dout); twin_free(dx); twin_free(dw); twin_free(db);
+}
+
+/* ---- row-wise and elementwise ops ---------------------------------------------------------- */
+
+static void test_embedding(int N, int V, int C)
+{
+    twin tokens = twin_ints(N, 0, V / 4);   /* repeats, so the backward adds into shared rows */
+    twin table = twin_random((size_t)V * C, 1.0), out = twin_random((size_t)N * C, 1.0);
+    twin dout = twin_random((size_t)N * C, 1.0), dtable = twin_random((size_t)V * C, 1.0);
+    embedding_forward(cpu, F(out), FI(tokens), F(table), N, C);
+    embedding_forward(gpu, G(out), GI(tokens), G(table), N, C);
+    compare("embedding_forward", out, 0.0);
+    embedding_backward(cpu, F(dtable), F(dout), FI(tokens), N, C);
+    embedding_backward(gpu, G(dtable), G(dout), GI(tokens), N, C);
+    compare("embedding_backward (accumulated, repeated tokens)", dtable, 1e-6);
+    twin_free(tokens); twin_free(table); twin_free(out); twin_free(dout); twin_free(dtable);
+}
+
+static void test_rmsnorm(int N, int C)
+{
+    twin x = twin_random((size_t)N * C, 2.0), w = twin_random(C, 1.0);
+    twin out = twin_random((size_t)N * C, 1.0), rstd = twin_random(N, 1.0);
+    twin dout = twin_random((size_t)N * C, 1.0), dx = twin_random((size_t)N * C, 1.0);
+    twin dw = twin_random(C, 1.0);
+    rmsnorm_forward(cpu, F(out), F(rstd), F(x), F(w), N, C, 1e-5f);
+    rmsnorm_forward(gpu, G(out), G(rstd), G(x), G(w), N, C, 1e-5f);
+    compare("rmsnorm_forward out", out, 1e-5);
+    compare("rmsnorm_forward rstd", rstd, 1e-5);
+    rmsnorm_backward(cpu, F(dx), F(dw), F(dout), F(x), F(w), F(rstd), N, C);
+    rmsnorm_backward(gpu, G(dx), G(dw), G(dout), G(x), G(w), G(rstd), N, C);
+    compare("rmsnorm_backward dinp (accumulated)", dx, 1e-5);
+    compare("rmsnorm_backward dweight (accumulated)", dw, 1e-5);
+    twin_free(x); twin_free(w); twin_free(out); twin_free(rstd);
+    twin_free(dout); twin_free(dx); twin_free(dw);
+}
+
+static void test_rope(int N, int H, int D)
+{
+    twin pos = twin_ints(N, 0, 4000), freq = twin_alloc((size_t)D / 2 * sizeof(float));
+    for (int i = 0; i < D / 2; i++)
+        F(freq)[i] = (float)pow(10000.0, -2.0 * i / D);
+    twin_sync(freq);
+    twin x = twin_random((size_t)N * H * D, 1.0);
+    rope_forward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D);   /* in place, as the model does */
+    rope_forward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D);
+    compare("rope_forward (in place, positions to 4000)", x, 1e-5);
+    rope_backward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D);
+    rope_backward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D);
+    compare("rope_backward (in place)", x, 1e-5);
+    twin_free(pos); twin_free(freq); twin_free(x);
+}
+
+static void test_elementwise(size_t n)
+{
+    twin a = twin_random(n, 4.0), b = twin_random(n, 2.0), out = twin_random(n, 1.0);
+    twin d = twin_random(n, 1.0), da = twin_random(n, 1.0), db = twin_random(n, 1.0);
+    swiglu_forward(cpu, F(out), F(a), F(b), n);
+    swiglu_forward(gpu, G(out), G(a), G(b), n);
+    compare("swiglu_forward", out, 1e-6);
+    swiglu_backward(cpu, F(da), F(db), F(d), F(a), F(b), n);
+    swiglu_backward(gpu, G(da), G(db), G(d), G(a), G(b), n);
+    compare("swiglu_backward dgate", da, 1e-6);
+    compare("swiglu_backward dup", db, 1e-6);
+    residual_forward(cpu, F(out), F(out), F(a), n);
+    residual_forward(gpu, G(out), G(out), G(a), n);
+    compare("residual_forward (aliased)", out, 1e-7);
+    vector_axpy(cpu, F(out), F(b), -0.75f, n);
+    vector_axpy(gpu, G(out), G(b), -0.75f, n);
+    compare("vector_axpy", out, 1e-7);
+    vector_scale(cpu, F(out), 1.5f, n);
+    vector_scale(gpu, G(out), 1.5f, n);
+    compare("vector_scale", out, 1e-7);
+    double want = vector_sumsq(cpu, F(out), n), got = vector_sumsq(gpu, G(out), n);
+    double rel = fabs(got - want) / want;
+    gpu_test_verdict(rel < 1e-9, "vector_sumsq", rel, "relative error, tolerance 1e-9");
+    /* AdamW: params a, grads b, moments from d and |db| */
+    for (size_t i = 0; i < n; i++)
+        F(db)[i] = fabsf(F(db)[i]);
+    twin_sync(db);
+    for (int step = 1; step <= 3; step++) {
+        adamw_update(cpu, F(a), F(b), F(d), F(db), n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, step);
+        adamw_update(gpu, G(a), G(b), G(d), G(db), n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, step);
+    }
+    compare("adamw_update params (3 steps)", a, 1e-6);
+    compare("adamw_update m", d, 1e-6);
+    compare("adamw_update v", db, 1e-6);
+    vector_zero(cpu, F(out), n);
+    vector_zero(gpu, G(out), n);
+    float *got_zero = malloc(n * sizeof *got_zero);
+    backend_download(gpu, got_zero, G(out), n * sizeof *got_zero);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n; i++)
+        nonzero += got_zero[i] != 0.0f;
+    gpu_test_verdict(nonzero == 0, "vector_zero", (double)nonzero, "nonzero entries");
+    free(got_zero);
+    twin_free(a); twin_free(b); twin_free(out); twin_free(d); twin_free(da); twin_free(db);
+}
+
+static void test_crossentropy(int N, int V)
+{
+    twin logits = twin_random((size_t)N * V, 6.0), targets = twin_ints(N, 0, V - 1);
+    for (int n = 0; n < N; n += 5)
+        FI(targets)[n] = -100;
+    twin_sync(targets);
+    twin losses = twin_random(N, 1.0);
+    crossentropy_forward(cpu, F(losses), F(logits), FI(targets), N, V);
+    crossentropy_forward(gpu, G(losses), G(logits), GI(targets), N, V);
+    compare("crossentropy_forward (every 5th ignored)", losses, 1e-5);
+    twin losses2 = twin_random(N, 1.0);
+    crossentropy_backward(cpu, F(logits), F(losses2), F(logits), FI(targets), 0.37f, N, V);
+    crossentropy_backward(gpu, G(logits), G(losses2), G(logits), GI(targets), 0.37f, N, V);
+    compare("crossentropy_backward dlogits (in place)", logits, 1e-5);
+    compare("crossentropy_backward losses", losses2, 1e-5);
+    twin_free(logits); twin_free(targets); twin_free(losses); twin_free(losses2);
+}
+
+/* ---- attention --------------------------------------------------------------------------- */
+
+static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed)
+{
+    int N = B * T;
+    char name[128], shape[80];
+    snprintf(shape, sizeof shape, "B%d T%d H%d/%d D%d%s%s", B, T, Hq, Hkv, D,
+             window ? " window" : "", packed ? " packed" : "");
+    twin q = twin_random((size_t)N * Hq * D, 1.0), k = twin_random((size_t)N * Hkv * D, 1.0);
+    twin v = twin_random((size_t)N * Hkv * D, 1.0), out = twin_random((size_t)N * Hq * D, 1.0);
+    twin lse = twin_random((size_t)N * Hq, 1.0), dout = twin_random((size_t)N * Hq * D, 1.0);
+    twin dq = twin_random((size_t)N * Hq * D, 1.0), dk = twin_random((size_t)N * Hkv * D, 1.0);
+    twin dv = twin_random((size_t)N * Hkv * D, 1.0), seg = twin_alloc((size_t)N * sizeof(int32_t));
+    for (int b = 0; b < B; b++)   /* documents of random length */
+        for (int t = 0, start = 0; t < T; t++) {
+            if (t > 0 && gpu_test_uniform() < 0.04)
+                start = t;
+            FI(seg)[b * T + t] = start;
+        }
+    twin_sync(seg);
+    const int32_t *sc = packed ? FI(seg) : NULL, *sg = packed ? GI(seg) : NULL;
+    attention_forward(cpu, F(out), F(lse), F(q), F(k), F(v), B, T, Hq, Hkv, D, window, sc);
+    attention_forward(gpu, G(out), G(lse), G(q), G(k), G(v), B, T, Hq, Hkv, D, window, sg);
+    snprintf(name, sizeof name, "attention_forward out %s", shape);
+    compare(name, out, 1e-5);
+    snprintf(name, sizeof name, "attention_forward lse %s", shape);
+    compare(name, lse, 1e-5);
+    /* the backward from the CPU's forward on both, so each op is judged on its own */
+    twin_sync(out);
+    twin_sync(lse);
+    attention_backward(cpu, F(dq), F(dk), F(dv), F(dout), F(q), F(k), F(v), F(out), F(lse), B, T,
+                       Hq, Hkv, D, window, sc);
+    attention_backward(gpu, G(dq), G(dk), G(dv), G(dout), G(q), G(k), G(v), G(out), G(lse), B, T,
+                       Hq, Hkv, D, window, sg);
+    snprintf(name, sizeof name, "attention_backward dq %s", shape);
+    compare(name, dq, 1e-4);
+    snprintf(name, sizeof name, "attention_backward dk %s", shape);
+    compare(name, dk, 1e-4);
+    snprintf(name, sizeof name, "attention_backward dv %s", shape);
+    compare(name, dv, 1e-4);
+    twin_free(q); twin_free(k); twin_free(v); twin_free(out); twin_free(lse); twin_free(dout);
+    twin_free(dq); twin_free(dk); twin_free(dv); twin_free(seg);
+}
+
+static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int window)
+{
+    int L = past + n;
+    twin q = twin_random((size_t)n * Hq * D, 1.0), kc = twin_random((size_t)L * Hkv * D, 1.0);
+    twin vc = twin_random((size_t)L * Hkv * D, 1.0), out = twin_random((size_t)n * Hq * D, 1.0);
+    attention_cached_forward(cpu, F(out), F(q), F(kc), F(vc), n, past, Hq, Hkv, D, window);
+    attention_cached_forward(gpu, G(out), G(q), G(kc), G(vc), n, past, Hq, Hkv, D, window);
+    char name[96];
+    snprintf(name, sizeof name, "attention_cached_forward n%d past%d D%d%s", n, past, D,
+             window ? " window" : "");
+    compare(name, out, 1e-5);
+    twin_free(q); twin_free(kc); twin_free(vc); twin_free(out);
+}
+
+/* ---- routing and adapters ------------------------------------------------------------------ */
+
+static void test_moe(int N, int E, int K, int C, int R, int with_mask, double tol)
+{
+    int NK = N * K;
+    twin logits = twin_random((size_t)N * E, 3.0), idx = twin_alloc((size_t)NK * sizeof(int32_t));
+    twin w = twin_random(NK, 1.0), probs = twin_random((size_t)N * E, 1.0), lse = twin_random(N, 1.0);
+    moe_route_forward(cpu, FI(idx), F(w), F(probs), F(lse), F(logits), N, E, K);
+    moe_route_forward(gpu, GI(idx), G(w), G(probs), G(lse), G(logits), N, E, K);
+    compare_ints("moe_route_forward topk_idx", idx);
+    compare("moe_route_forward topk_w", w, 1e-6);
+    compare("moe_route_forward probs", probs, 1e-6);
+    compare("moe_route_forward lse", lse, 1e-6);
+    /* later ops read the CPU's routing on both */
+    twin_sync(idx); twin_sync(w); twin_sync(probs); twin_sync(lse);
+    twin dw = twin_random(NK, 1.0), aux = twin_random(E, 0.1), dlogits = twin_random((size_t)N * E, 1.0);
+    moe_route_backward(cpu, F(dlogits), F(dw), FI(idx), F(w), F(probs), F(lse), F(aux), 0.01f, N, E, K);
+    moe_route_backward(gpu, G(dlogits), G(dw), GI(idx), G(w), G(probs), G(lse), G(aux), 0.01f, N, E, K);
+    compare("moe_route_backward dlogits", dlogits, 1e-5);
+
+    /* group the pairs by expert as route_layer does */
+    int *offsets = calloc((size_t)E + 1, sizeof *offsets), *fill = calloc((size_t)E, sizeof *fill);
+    twin perm = twin_alloc((size_t)NK * sizeof(int32_t));
+    for (int i = 0; i < NK; i++)
+        offsets[FI(idx)[i] + 1]++;
+    for (int e = 0; e < E; e++)
+        offsets[e + 1] += offsets[e];
+    memcpy(fill, offsets, (size_t)E * sizeof *fill);
+    for (int i = 0; i < NK; i++)
+        FI(perm)[fill[FI(idx)[i]]++] = i;
+    twin_sync(perm);
+    twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
+    twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
+    twin mask = twin_alloc((size_t)NK * C * sizeof(float));
+    for (size_t i = 0; i < (size_t)NK * C; i++)
+        F(mask)[i] = gpu_test_uniform() < 0.1 ? 0.0f : 1.0f / 0.9f;
+    twin_sync(mask);
+    twin gathered = twin_random((size_t)NK * C, 1.0), pre = twin_random((size_t)NK * R, 1.0);
+    twin act = twin_random((size_t)NK * R, 1.0), scratch = twin_random((size_t)NK * C, 1.0);
+    twin scratch_r = twin_random((size_t)NK * R, 1.0);
+    const float *mc = with_mask ? F(mask) : NULL, *mg = with_mask ? G(mask) : NULL;
+    moe_adapter_forward(cpu, F(y), F(gathered), F(pre), F(act), F(scratch), F(h), mc, F(down),
+                        F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_forward(gpu, G(y), G(gathered), G(pre), G(act), G(scratch), G(h), mg, G(down),
+                        G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
+    compare(with_mask ? "moe_adapter_forward y (accumulated, dropout)"
+                      : "moe_adapter_forward y (accumulated)", y, 1e-4 + tol / 10);
+    compare("moe_adapter_forward gathered", gathered, 1e-7);
+    compare("moe_adapter_forward pre", pre, tol);
+    compare("moe_adapter_forward act", act, tol);
+    twin_sync(pre); twin_sync(act);
+    twin dy = twin_random((size_t)N * C, 1.0), dh = twin_random((size_t)N * C, 1.0);
+    twin ddown = twin_random((size_t)E * R * C, 1.0), dup = twin_random((size_t)E * C * R, 1.0);
+    twin dtopk = twin_random(NK, 1.0);
+    moe_adapter_backward(cpu, F(dh), F(ddown), F(dup), F(dtopk), F(scratch), F(scratch_r), F(dy),
+                         F(gathered), F(pre), F(act), mc, F(down), F(up), FI(perm), offsets, F(w),
+                         N, K, E, C, R, 0.25f);
+    moe_adapter_backward(gpu, G(dh), G(ddown), G(dup), G(dtopk), G(scratch), G(scratch_r), G(dy),
+                         G(gathered), G(pre), G(act), mg, G(down), G(up), GI(perm), offsets, G(w),
+                         N, K, E, C, R, 0.25f);
+    compare("moe_adapter_backward dh (accumulated)", dh, tol);
+    compare("moe_adapter_backward ddown (accumulated)", ddown, tol);
+    compare("moe_adapter_backward dup (accumulated)", dup, tol);
+    compare("moe_adapter_backward dtopk_w", dtopk, tol);
+    free(offsets);
+    free(fill);
+    twin_free(logits); twin_free(idx); twin_free(w); twin_free(probs); twin_free(lse);
+    twin_free(dw); twin_free(aux); twin_free(dlogits); twin_free(perm); twin_free(h);
+    twin_free(down); twin_free(up); twin_free(y); twin_free(mask); twin_free(gathered);
+    twin_free(pre); twin_free(act); twin_free(scratch); twin_free(scratch_r); twin_free(dy);
+    twin_free(dh); twin_free(ddown); twin_free(dup); twin_free(dtopk);
+}
+
+int main(void)
+{
+    gpu_test_seed();
+    gpu = gpu_test_cuda_or_skip();
+    pesc_error err;
+    cpu = backend_new("cpu", &err);
+    if (!cpu)
+        gpu_test_die(&err);
+
+    /* bf16 operands: relative rounding 2^-9 per operand, fp32 accumulation */
+    const double bf16_tol = 1e-2;
+    test_matmul(300, 200, 150, bf16_tol, "bf16");
+    test_matmul(1, 64, 4096, bf16_tol, "bf16");
+    test_embedding(257, 1000, 96);
+    test_rmsnorm(129, 1000);
+    test_rope(77, 6, 64);
+    test_elementwise(100003);
+    test_crossentropy(37, 32000);
+    test_attention(2, 100, 4, 2, 32, 0, 0);
+    test_attention(2, 130, 4, 1, 64, 0, 1);
+    test_attention(1, 200, 2, 2, 80, 33, 0);
+    test_attention(3, 64, 8, 2, 128, 17, 1);
+    test_attention(1, 40, 2, 1, 256, 0, 0);
+    test_attention_cached(1, 57, 4, 2, 64, 0);
+    test_attention_cached(7, 90, 4, 2, 32, 20);
+    test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
+    test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
+    if (backend_check(gpu, &err) != 0) {
+        printf("FAIL %s\n", err.msg);
+        gpu_test_failures++;
+    }
+    backend_delete(gpu);
+
+    /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
+    setenv("PESC_CUDA_MATH", "fp32", 1);
+    gpu = gpu_test_cuda_or_skip();
+    test_matmul(300, 200, 150, 1e-5, "fp32");
+    test_moe(300, 8, 2, 96, 16, 1, 1e-5);
+    setenv("PESC_CUDA_MATH", "tf32", 1);
+    backend_delete(gpu);
+    gpu = gpu_test_cuda_or_skip();
+    test_matmul(300, 200, 150, 5e-3, "tf32");
+    if (backend_check(gpu, &err) != 0) {
+        printf("FAIL %s\n", err.msg);
+        gpu_test_failures++;
+    }
+    backend_delete(gpu);
+    backend_delete(cpu);
+    printf("%d failure%s\n", gpu_test_failures, gpu_test_failures == 1 ? "" : "s");
+    return gpu_test_failures ? 1 : 0;
+}

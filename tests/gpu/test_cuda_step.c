@@ -1,0 +1,156 @@
+/* test_cuda_step — whole training steps on the CUDA backend against the CPU backend: the same
+ * random model, crafted the same way, on the same batch. The losses must agree within 1e-2
+ * relative and the gradients of every trainable (one vector) must have cosine >= 0.999; two
+ * identical GPU runs of several AdamW steps must give identical losses. Exit 77 without a GPU. */
+#include <string.h>
+
+#include "gpu_test.h"
+#include "model.h"
+#include "optim.h"
+
+enum { BATCH = 2, SEQ = 64 };
+
+static void build(model *m, pesc_backend *b, int full, pesc_error *err)
+{
+    hf_config c = {.vocab_size = 512, .hidden_size = 128, .intermediate_size = 352,
+                   .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .head_dim = 32,
+                   .rms_norm_eps = 1e-5, .rope_theta = 10000.0, .bos_token_id = -1,
+                   .eos_token_id = -1};
+    snprintf(c.architecture, sizeof c.architecture, "LlamaForCausalLM");
+    pesc_options o;
+    pesc_options_default(&o);
+    o.experts = 4;
+    o.top_k = 2;
+    o.adapter_dim = 16;
+    o.z_coef = 1e-3f;
+    if (full)
+        o.mode = TRAIN_FULL;
+    else
+        o.lora_rank = 4;
+    if (model_init_random(m, &c, b, 5, err) != 0 || model_craft(m, &o, 9, err) != 0)
+        gpu_test_die(err);
+    if (full)
+        return;
+    /* adapters' up and LoRA's B start at zero: give every trainable the same random values
+     * on both backends so that each gradient is nonzero */
+    uint64_t state = 77;
+    for (int i = 0; i < m->n_trainables; i++) {
+        const model_tensor *t = &m->trainables[i];
+        float *host = malloc(t->n * sizeof *host);
+        double bound = 1.0 / sqrt((double)(t->ndim == 2 ? t->shape[1] : 1));
+        for (size_t j = 0; j < t->n; j++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            host[j] = (float)(((double)(state >> 11) / 9007199254740992.0 * 2.0 - 1.0) * bound);
+        }
+        backend_upload(b, t->data, host, t->n * sizeof *host);
+        free(host);
+    }
+}
+
+static void batch(int32_t *tokens, int32_t *targets, int32_t *doc_ids, uint64_t seed)
+{
+    for (int i = 0; i < BATCH * SEQ; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        tokens[i] = (int32_t)((seed >> 33) % 512);
+        doc_ids[i] = (i % SEQ) / 24;   /* three documents per row */
+    }
+    for (int b = 0; b < BATCH; b++)
+        model_shift_targets(targets + b * SEQ, tokens + b * SEQ, NULL, SEQ);
+}
+
+static void compare_step(pesc_backend *cpu, pesc_backend *gpu, int full, int packed)
+{
+    pesc_error err;
+    model mc, mg;
+    build(&mc, cpu, full, &err);
+    build(&mg, gpu, full, &err);
+    int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ], docs[BATCH * SEQ];
+    batch(tokens, targets, docs, 123);
+    model_layout layout = {.doc_ids = docs};
+    model_losses lc, lg;
+    model_zero_grad(&mc);
+    model_zero_grad(&mg);
+    if (model_train_step(&mc, tokens, targets, packed ? &layout : NULL, BATCH, SEQ, 1.0f, 0, &lc,
+                         &err) != 0 ||
+        model_train_step(&mg, tokens, targets, packed ? &layout : NULL, BATCH, SEQ, 1.0f, 0, &lg,
+                         &err) != 0 ||
+        backend_check(gpu, &err) != 0)
+        gpu_test_die(&err);
+    const char *tag = full ? (packed ? "full, packed" : "full") : (packed ? "pesc+lora, packed" : "pesc+lora");
+    char what[96];
+    double rel = fabs(lg.ce - lc.ce) / fabs(lc.ce);
+    snprintf(what, sizeof what, "%s: cross-entropy %.5f vs cpu %.5f", tag, lg.ce, lc.ce);
+    gpu_test_verdict(rel <= 1e-2, what, rel, "relative, <= 1e-2");
+    if (!full) {
+        double rel_aux = fabs(lg.aux - lc.aux) / (fabs(lc.aux) + 1e-12);
+        snprintf(what, sizeof what, "%s: aux loss %.6f vs cpu %.6f", tag, lg.aux, lc.aux);
+        gpu_test_verdict(rel_aux <= 1e-2, what, rel_aux, "relative, <= 1e-2");
+    }
+    size_t n = mc.n_train;
+    float *g = malloc(n * sizeof *g);
+    backend_download(gpu, g, mg.grad_block, n * sizeof *g);
+    const float *want = mc.grad_block;   /* CPU memory is host memory */
+    double dot = 0.0, ng = 0.0, nw = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        dot += (double)g[i] * want[i];
+        ng += (double)g[i] * g[i];
+        nw += (double)want[i] * want[i];
+    }
+    double cosine = dot / (sqrt(ng * nw) + 1e-300);
+    snprintf(what, sizeof what, "%s: gradient cosine over %zu trainables", tag, n);
+    gpu_test_verdict(cosine >= 0.999 && nw > 0, what, cosine, ">= 0.999");
+    free(g);
+    model_free(&mc);
+    model_free(&mg);
+}
+
+/* Several AdamW steps with dropout on; the losses of each step. */
+static void run_steps(pesc_backend *gpu, double *losses, int steps)
+{
+    pesc_error err;
+    model m;
+    optimizer opt = {0};
+    optim_config oc;
+    optim_config_default(&oc);
+    build(&m, gpu, 0, &err);
+    if (optim_init(&opt, gpu, m.n_train, &oc, &err) != 0)
+        gpu_test_die(&err);
+    int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ], docs[BATCH * SEQ];
+    for (int s = 0; s < steps; s++) {
+        batch(tokens, targets, docs, 1000 + s);
+        model_losses l;
+        model_zero_grad(&m);
+        if (model_train_step(&m, tokens, targets, NULL, BATCH, SEQ, 1.0f, 1, &l, &err) != 0)
+            gpu_test_die(&err);
+        optim_step(&opt, m.train_block, m.grad_block, 1e-3, NULL);
+        losses[s] = l.ce + l.aux + l.z;
+    }
+    if (backend_check(gpu, &err) != 0)
+        gpu_test_die(&err);
+    optim_free(&opt);
+    model_free(&m);
+}
+
+int main(void)
+{
+    gpu_test_seed();
+    pesc_backend *gpu = gpu_test_cuda_or_skip();
+    pesc_error err;
+    pesc_backend *cpu = backend_new("cpu", &err);
+    if (!cpu)
+        gpu_test_die(&err);
+    compare_step(cpu, gpu, 0, 0);
+    compare_step(cpu, gpu, 0, 1);
+    compare_step(cpu, gpu, 1, 0);
+    enum { STEPS = 4 };
+    double first[STEPS], second[STEPS];
+    run_steps(gpu, first, STEPS);
+    run_steps(gpu, second, STEPS);
+    int same = memcmp(first, second, sizeof first) == 0;
+    gpu_test_verdict(same && first[STEPS - 1] != first[0], "two identical runs: identical losses",
+                     first[STEPS - 1], "last loss");
+    backend_delete(cpu);
+    backend_delete(gpu);
+    printf("%d failure%s\n", gpu_test_failures, gpu_test_failures == 1 ? "" : "s");
+    return gpu_test_failures ? 1 : 0;
+}
