@@ -1,22 +1,29 @@
-/* cmd_eval — `pesc eval`: mean next-token loss of a model over a dataset. */
+/* cmd_eval — `pesc eval`: mean next-token loss of a model over a dataset, and with --routing
+ * how a crafted model's routers spread each data source over the experts (issue 9; the
+ * paper's Fig. 4). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "backend.h"
 #include "cli.h"
 #include "commands.h"
 #include "dataset.h"
+#include "demo.h"
 #include "fetch_view.h"
 #include "model.h"
+#include "plugin.h"
 #include "template.h"
 #include "tokenizer.h"
 
 static const char eval_usage[] =
-    "usage: pesc eval --model DIR|URL [--adapters FILE] --data FILE|URL [--format F]\n"
-    "                 [--template NAME] [--tokenizer FILE] [--backend auto|cpu|cuda] [--json]\n"
+    "usage: pesc eval --model DIR|URL [--adapters FILE] (--data FILE|URL... | --demo)\n"
+    "                 [--format F] [--template NAME] [--tokenizer FILE] [--backend auto|cpu|cuda]\n"
+    "                 [--routing] [--records N] [--plugin FILE]... [--json]\n"
     "\n"
     "Mean next-token negative log-likelihood of the model over every predicted token of every\n"
     "record (labels of -100 are ignored), and its perplexity. A bad record is an error here\n"
@@ -26,18 +33,34 @@ static const char eval_usage[] =
     "                   hf://OWNER/NAME[@REV] or http(s) URL, downloaded to the cache first\n"
     "  --adapters FILE  PESC routers, adapters and LoRA saved by pesc (safetensors with\n"
     "                   Camelidae names); the model is crafted as the file says\n"
-    "  --data FILE      dataset: JSONL or a JSON array, plain, .gz or .zst; or a URL\n"
+    "  --data FILE      dataset: JSONL or a JSON array, plain, .gz or .zst; or a URL. Repeat it\n"
+    "                   for several sources (scored together; --routing tells them apart)\n"
+    "  --demo           the built-in demo data, one source per task family (pesc demo-data)\n"
+    "  --records N      records per family with --demo (default 200)\n"
     "  --format F       auto (default: per record, from its keys), camelidae, alpaca, sharegpt,\n"
-    "                   openai, metamath, magicoder, text, or tokens ({\"input_ids\", \"labels\"})\n"
+    "                   openai, metamath, magicoder, text, tokens ({\"input_ids\", \"labels\"}),\n"
+    "                   or a format plugin's (pesc plugins lists them)\n"
+    "  --plugin FILE    load a plugin module (repeatable); $PESC_PLUGIN_PATH and the install\n"
+    "                   directory are searched too\n"
     "  --template NAME  chat template for text formats: camelidae (default), alpaca, chatml,\n"
     "                   llama2, llama3, mistral, plain; only assistant tokens are scored\n"
     "  --tokenizer FILE tokenizer.json for text formats (default: DIR/tokenizer.json)\n"
     "  --backend B      auto (default), cpu or cuda\n"
-    "  --json           print {\"loss\": L, \"tokens\": N, \"ppl\": P}\n";
+    "  --routing        for a crafted model: each source's share of the (token, slot) expert\n"
+    "                   assignments per layer, over every token of its records, and the mean\n"
+    "                   Jensen-Shannon divergence (bits, 0..1) between the sources per layer\n"
+    "  --json           print {\"loss\": L, \"tokens\": N, \"ppl\": P} (and \"routing\")\n";
+
+enum { EVAL_MAX_SOURCES = 64, EVAL_DEMO_RECORDS = 200 };
 
 typedef struct eval_options {
-    const char *model_dir, *data, *format, *backend, *template_name, *tokenizer, *adapters;
-    int json;
+    const char *model_dir, *format, *backend, *template_name, *tokenizer, *adapters;
+    const char *data[EVAL_MAX_SOURCES];
+    int n_data;
+    int json, routing, demo;
+    long demo_records;
+    const char *plugins[EVAL_MAX_SOURCES];
+    int n_plugins;
 } eval_options;
 
 static int parse_eval(eval_options *o, int argc, char **argv)
@@ -47,20 +70,38 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         {"format", required_argument, NULL, 'f'}, {"backend", required_argument, NULL, 'b'},
         {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'},
         {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'k'},
-        {"adapters", required_argument, NULL, 'a'},
+        {"adapters", required_argument, NULL, 'a'}, {"routing", no_argument, NULL, 'r'},
+        {"demo", no_argument, NULL, 'D'}, {"records", required_argument, NULL, 'n'},
+        {"plugin", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0}};
-    *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae"};
+    *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae",
+                        .demo_records = EVAL_DEMO_RECORDS};
     int c;
     while ((c = cli_getopt("eval", argc, argv, "h", longopts)) != -1) {
         switch (c) {
         case 'm': o->model_dir = optarg; break;
-        case 'd': o->data = optarg; break;
+        case 'd':
+            if (o->n_data == EVAL_MAX_SOURCES)
+                return cli_usage_error("eval", "at most %d --data sources", EVAL_MAX_SOURCES);
+            o->data[o->n_data++] = optarg;
+            break;
+        case 'r': o->routing = 1; break;
+        case 'D': o->demo = 1; break;
+        case 'n':
+            if (cli_parse_long(optarg, 1, 1000000, &o->demo_records) != 0)
+                return cli_usage_error("eval", "--records %s: expected 1..1000000", optarg);
+            break;
         case 'f': o->format = optarg; break;
         case 'b': o->backend = optarg; break;
         case 'j': o->json = 1; break;
         case 'T': o->template_name = optarg; break;
         case 'k': o->tokenizer = optarg; break;
         case 'a': o->adapters = optarg; break;
+        case 'P':
+            if (o->n_plugins == EVAL_MAX_SOURCES)
+                return cli_usage_error("eval", "at most %d --plugin options", EVAL_MAX_SOURCES);
+            o->plugins[o->n_plugins++] = optarg;
+            break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }
@@ -69,21 +110,91 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         return cli_usage_error("eval", "unexpected argument '%s'", argv[optind]);
     if (!o->model_dir)
         return cli_usage_error("eval", "--model DIR is required");
-    if (!o->data)
-        return cli_usage_error("eval", "--data FILE is required");
-    ds_format format;
-    pesc_error err;
-    if (ds_format_parse(o->format, &format, &err) != 0)
-        return cli_usage_error("eval", "%s", err.msg);
+    if (!o->n_data && !o->demo)
+        return cli_usage_error("eval", "--data FILE (or --demo) is required");
+    if (o->n_data && o->demo)
+        return cli_usage_error("eval", "--demo and --data do not go together");
     if (!template_find(o->template_name))
         return cli_usage_error("eval", "--template %s: known templates are %s", o->template_name,
                                template_list());
     return -1;   /* go on */
 }
 
+/* Per source: tokens seen and (token, slot) assignments per layer and expert, summed over
+ * records from the counts every forward of a crafted model takes anyway. One record is one
+ * source, so its forward's counts are that source's. */
+typedef struct routing_tally {
+    int n_sources, L, E, K;
+    long long *tokens;           /* (n_sources) */
+    long long *counts;           /* (n_sources, L, E) */
+} routing_tally;
+
+static void tally_init(routing_tally *t, const model *m, int n_sources)
+{
+    *t = (routing_tally){.n_sources = n_sources, .L = m->config.n_layers, .E = m->pesc.experts,
+                         .K = m->pesc.top_k};
+    t->tokens = xcalloc((size_t)n_sources, sizeof *t->tokens);
+    t->counts = xcalloc((size_t)n_sources * t->L * t->E, sizeof *t->counts);
+}
+
+static void tally_free(routing_tally *t)
+{
+    free(t->tokens);
+    free(t->counts);
+}
+
+static void tally_add(routing_tally *t, const model *m, int source)
+{
+    long long *c = t->counts + (size_t)source * t->L * t->E;
+    for (int i = 0; i < t->L * t->E; i++)
+        c[i] += m->routing.counts[i];
+    t->tokens[source] += m->routing.tokens;
+}
+
+/* Share of expert e in source s's assignments at layer l (0 when the source has none). */
+static double tally_share(const routing_tally *t, int s, int l, int e)
+{
+    long long total = t->tokens[s] * t->K;
+    return total ? (double)t->counts[((size_t)s * t->L + l) * t->E + e] / (double)total : 0.0;
+}
+
+/* Jensen-Shannon divergence in bits (0: the same distribution, 1: disjoint). */
+static double js_divergence(const double *p, const double *q, int n)
+{
+    double d = 0.0;
+    for (int i = 0; i < n; i++) {
+        double mid = 0.5 * (p[i] + q[i]);
+        if (p[i] > 0) d += 0.5 * p[i] * log2(p[i] / mid);
+        if (q[i] > 0) d += 0.5 * q[i] * log2(q[i] / mid);
+    }
+    return d;
+}
+
+/* Mean over pairs of sources with tokens; -1 when fewer than two have any. */
+static double tally_divergence(const routing_tally *t, int l)
+{
+    double *p = xmalloc((size_t)t->E * sizeof *p), *q = xmalloc((size_t)t->E * sizeof *q);
+    double sum = 0.0;
+    int pairs = 0;
+    for (int a = 0; a < t->n_sources; a++)
+        for (int b = a + 1; b < t->n_sources; b++) {
+            if (!t->tokens[a] || !t->tokens[b])
+                continue;
+            for (int e = 0; e < t->E; e++) {
+                p[e] = tally_share(t, a, l, e);
+                q[e] = tally_share(t, b, l, e);
+            }
+            sum += js_divergence(p, q, t->E);
+            pairs++;
+        }
+    free(p);
+    free(q);
+    return pairs ? sum / pairs : -1.0;
+}
+
 /* Scores every record; one record at a time keeps memory to the longest record. */
-static int score_records(model *m, const ds_records *d, double *nll, long long *count,
-                         pesc_error *err)
+static int score_records(model *m, const ds_records *d, routing_tally *tally, double *nll,
+                         long long *count, pesc_error *err)
 {
     *nll = 0.0;
     *count = 0;
@@ -101,6 +212,8 @@ static int score_records(model *m, const ds_records *d, double *nll, long long *
             free(targets);
             return pesc_fail_prefix(err, "record %d", i + 1);
         }
+        if (tally)
+            tally_add(tally, m, r->source);
         *nll += record_nll;
         *count += record_count;
     }
@@ -108,19 +221,54 @@ static int score_records(model *m, const ds_records *d, double *nll, long long *
     return 0;
 }
 
-/* Reads the records; text formats need the tokenizer (--tokenizer, or the model's own, which
- * auto only loads when the model directory has one). */
-static int load_data(const eval_options *o, const char *model_dir, const char *data,
-                     ds_records *d, int vocab_size, tokenizer **tok, pesc_error *err)
+/* The sources: --data files (URLs fetched first) or the demo's families. names[i] is what
+ * the output calls source i. */
+typedef struct eval_sources {
+    int n;
+    char *paths[EVAL_MAX_SOURCES];     /* a local file, or a demo source ("demo:reverse,...") */
+    const char *names[EVAL_MAX_SOURCES];
+} eval_sources;
+
+static int resolve_sources(const eval_options *o, eval_sources *s, pesc_error *err)
+{
+    if (o->demo) {
+        for (int f = 0; f < DEMO_FAMILIES; f++) {
+            char spec[128];
+            snprintf(spec, sizeof spec, "demo:%s,records=%ld", demo_family_name(f), o->demo_records);
+            s->paths[s->n] = xstrdup(spec);
+            s->names[s->n++] = demo_family_name(f);
+        }
+        return 0;
+    }
+    for (int i = 0; i < o->n_data; i++) {
+        /* URLs are downloaded to the cache first (progress on stderr); paths pass through */
+        if (fetch_view_url_to_cache(o->data[i], &s->paths[s->n], err) != 0)
+            return -1;
+        s->names[s->n++] = o->data[i];
+    }
+    return 0;
+}
+
+static void free_sources(eval_sources *s)
+{
+    for (int i = 0; i < s->n; i++)
+        free(s->paths[i]);
+}
+
+/* Reads the records of every source; text formats need the tokenizer (--tokenizer, or the
+ * model's own, which auto only loads when the model directory has one). */
+static int load_data(const eval_options *o, const char *model_dir, const eval_sources *s,
+                     const ds_formats *formats, ds_records *d, int vocab_size, tokenizer **tok,
+                     pesc_error *err)
 {
     ds_load_options lo = {.vocab_size = vocab_size, .strict = 1,
-                          .tpl = template_find(o->template_name)};
-    ds_format_parse(o->format, &lo.format, err);
-    if (lo.format != DS_TOKENS) {
+                          .tpl = template_find(o->template_name), .formats = formats};
+    ds_formats_parse(formats, o->format, &lo.format, err);
+    if (lo.format != DS_TOKENS || o->demo) {
         char *path = o->tokenizer ? xstrdup(o->tokenizer) : pesc_path_join(model_dir, "tokenizer.json");
         /* auto needs a tokenizer only for text records: a missing file is fine until one comes,
          * but a file that is there and broken is reported now */
-        if (o->tokenizer || lo.format != DS_AUTO || access(path, F_OK) == 0) {
+        if (o->tokenizer || o->demo || lo.format != DS_AUTO || access(path, F_OK) == 0) {
             *tok = tok_load(path, err);
             if (!*tok) {
                 free(path);
@@ -130,7 +278,88 @@ static int load_data(const eval_options *o, const char *model_dir, const char *d
         free(path);
         lo.tok = *tok;   /* auto: records that need text then say a tokenizer is missing */
     }
-    return dataset_load(d, data, &lo, err);
+    for (int i = 0; i < s->n; i++) {
+        lo.source = i;
+        if ((o->demo ? demo_load(d, s->paths[i], &lo, err)
+                     : dataset_load(d, s->paths[i], &lo, err)) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void print_routing_text(const routing_tally *t, const eval_sources *s)
+{
+    int width = 10;
+    for (int i = 0; i < s->n; i++)
+        width = (int)strlen(s->names[i]) > width ? (int)strlen(s->names[i]) : width;
+    width = width > 40 ? 40 : width;
+    printf("routing: %d layers, %d experts, top-%d; each source's share of its (token, slot) "
+           "assignments\n", t->L, t->E, t->K);
+    double mean = 0.0;
+    int layers_with = 0;
+    for (int l = 0; l < t->L; l++) {
+        printf("layer %-*d", width - 4, l);
+        for (int e = 0; e < t->E; e++) {
+            char head[16];
+            snprintf(head, sizeof head, "e%d", e);
+            printf(" %7s", head);
+        }
+        printf("  tokens\n");
+        for (int i = 0; i < s->n; i++) {
+            printf("  %-*.*s", width, width, s->names[i]);
+            for (int e = 0; e < t->E; e++)
+                printf(" %7.3f", tally_share(t, i, l, e));
+            printf("  %lld\n", t->tokens[i]);
+        }
+        double js = tally_divergence(t, l);
+        if (js >= 0) {
+            printf("  divergence between sources (mean pairwise Jensen-Shannon, bits): %.4f\n", js);
+            mean += js;
+            layers_with++;
+        }
+    }
+    if (layers_with)
+        printf("mean divergence over layers: %.4f\n", mean / layers_with);
+    else
+        printf("divergence: needs two sources with tokens\n");
+}
+
+static void print_routing_json(const routing_tally *t, const eval_sources *s)
+{
+    printf(", \"routing\": {\"layers\": %d, \"experts\": %d, \"top_k\": %d, \"sources\": [",
+           t->L, t->E, t->K);
+    for (int i = 0; i < s->n; i++) {
+        json_t *name = json_string(s->names[i]);
+        char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
+        printf("%s{\"name\": %s, \"tokens\": %lld, \"share\": [", i ? ", " : "",
+               quoted ? quoted : "\"?\"", t->tokens[i]);
+        free(quoted);
+        json_decref(name);
+        for (int l = 0; l < t->L; l++) {
+            printf("%s[", l ? ", " : "");
+            for (int e = 0; e < t->E; e++)
+                printf("%s%.6g", e ? ", " : "", tally_share(t, i, l, e));
+            printf("]");
+        }
+        printf("]}");
+    }
+    printf("], \"divergence\": [");
+    double mean = 0.0;
+    int layers_with = 0;
+    for (int l = 0; l < t->L; l++) {
+        double js = tally_divergence(t, l);
+        if (js >= 0) {
+            printf("%s%.6g", l ? ", " : "", js);
+            mean += js;
+            layers_with++;
+        } else {
+            printf("%snull", l ? ", " : "");
+        }
+    }
+    if (layers_with)
+        printf("], \"mean_divergence\": %.6g}", mean / layers_with);
+    else
+        printf("], \"mean_divergence\": null}");
 }
 
 int cmd_eval(int argc, char **argv)
@@ -140,44 +369,79 @@ int cmd_eval(int argc, char **argv)
     if (status >= 0)
         return status;
     pesc_error err = {{0}};
-    pesc_backend *b = backend_new(o.backend, &err);
-    if (!b)
+    /* formats: the built-ins and the plugins' (--plugin, $PESC_PLUGIN_PATH, installed) */
+    pesc_plugins *plugins = plugins_open(o.plugins, o.n_plugins, &err);
+    ds_formats *formats = plugins ? plugins_formats(plugins, &err) : NULL;
+    ds_format format;
+    if (!formats) {
+        plugins_delete(plugins);
         return cli_fail("eval", &err);
+    }
+    if (ds_formats_parse(formats, o.format, &format, &err) != 0) {
+        ds_formats_delete(formats);
+        plugins_delete(plugins);
+        return cli_usage_error("eval", "%s", err.msg);
+    }
+    pesc_backend *b = backend_new(o.backend, &err);
+    if (!b) {
+        ds_formats_delete(formats);
+        plugins_delete(plugins);
+        return cli_fail("eval", &err);
+    }
     model m = {0};
     ds_records d = {0};
     tokenizer *tok = NULL;
-    char *model_dir = NULL, *data = NULL;
+    char *model_dir = NULL;
+    eval_sources sources = {0};
+    routing_tally tally = {0};
     double nll = 0.0, t0 = pesc_now();
     long long count = 0;
     status = 1;
-    /* URLs are downloaded to the cache first (progress on stderr); paths pass through */
     if (fetch_view_resolve_model(o.model_dir, &model_dir, &err) != 0 ||
-        fetch_view_url_to_cache(o.data, &data, &err) != 0 ||
+        resolve_sources(&o, &sources, &err) != 0 ||
         model_load(&m, model_dir, b, &err) != 0 ||
-        (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0) ||
-        load_data(&o, model_dir, data, &d, m.config.vocab_size, &tok, &err) != 0 ||
-        score_records(&m, &d, &nll, &count, &err) != 0)
+        (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0))
+        goto out;
+    if (o.routing && !m.crafted) {
+        pesc_fail(&err, "--routing needs a crafted model: give its routers and adapters with "
+                  "--adapters FILE");
+        goto out;
+    }
+    if (load_data(&o, model_dir, &sources, formats, &d, m.config.vocab_size, &tok, &err) != 0)
+        goto out;
+    if (o.routing)
+        tally_init(&tally, &m, sources.n);
+    if (score_records(&m, &d, o.routing ? &tally : NULL, &nll, &count, &err) != 0)
         goto out;
     if (count == 0) {
         pesc_fail(&err, "%s: no token is predicted (every record is one token long or fully "
-                  "masked with -100)", o.data);
+                  "masked with -100)", sources.names[0]);
         goto out;
     }
     double loss = nll / (double)count;
-    if (o.json)
-        printf("{\"loss\": %.9g, \"tokens\": %lld, \"ppl\": %.9g}\n", loss, count, exp(loss));
-    else
+    if (o.json) {
+        printf("{\"loss\": %.9g, \"tokens\": %lld, \"ppl\": %.9g", loss, count, exp(loss));
+        if (o.routing)
+            print_routing_json(&tally, &sources);
+        printf("}\n");
+    } else {
         printf("loss %.6f  ppl %.4f  tokens %lld  records %d  (%s, %.2f s)\n", loss, exp(loss),
                count, d.n, backend_device(b), pesc_now() - t0);
+        if (o.routing)
+            print_routing_text(&tally, &sources);
+    }
     status = 0;
 out:
     if (status != 0)
         cli_fail("eval", &err);
+    tally_free(&tally);
     dataset_free(&d);
     tok_delete(tok);
     free(model_dir);
-    free(data);
+    free_sources(&sources);
     model_free(&m);
     backend_delete(b);
+    ds_formats_delete(formats);
+    plugins_delete(plugins);   /* last: the formats' tables live in the modules */
     return status;
 }

@@ -71,6 +71,8 @@ int cmd_train(int argc, char **argv)
     if (status >= 0)
         return status;
     c.headless = 1;
+    if (!c.model && !c.init_config && c.n_sources == 0)
+        train_config_demo(&c);   /* the built-in demo, without a screen */
     pesc_error err = {{0}};
     session *s = session_new(&c, &err);
     if (!s)

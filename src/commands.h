@@ -10,5 +10,9 @@ int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_fetch(int argc, char **argv);
+int cmd_plugins(int argc, char **argv);
+int cmd_view(int argc, char **argv);
+int cmd_tui(int argc, char **argv);
+int cmd_demo_data(int argc, char **argv);
 
 #endif

@@ -4,131 +4,287 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "demo.h"
 #include "stream.h"
 
-/* ========================================================= tokens-format records ===== */
+/* ===================================================== the host side of a format ===== */
 
-/* Reads an array of integers; labels may hold -100, ids may not. */
-static int read_ids(json_t *array, const char *key, int allow_ignore, int vocab_size,
-                    int32_t **out, int *len, const char *path, long line, pesc_error *err)
-{
-    if (!json_is_array(array))
-        return pesc_fail(err, "%s:%ld: \"%s\" must be an array of token ids", path, line, key);
-    size_t n = json_array_size(array);
-    if (n == 0 || n > (1u << 24))
-        return pesc_fail(err, "%s:%ld: \"%s\" must hold between 1 and %u ids", path, line, key,
-                         1u << 24);
-    int32_t *ids = xmalloc(n * sizeof *ids);
-    for (size_t i = 0; i < n; i++) {
-        json_t *v = json_array_get(array, i);
-        json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
-        int ok = json_is_integer(v) && ((allow_ignore && id == -100) ||
-                 (id >= 0 && (vocab_size <= 0 || id < vocab_size)));
-        if (!ok) {
-            free(ids);
-            if (!json_is_integer(v))
-                return pesc_fail(err, "%s:%ld: \"%s\"[%zu] is not an integer", path, line, key, i);
-            return pesc_fail(err, "%s:%ld: \"%s\"[%zu] = %lld is outside the vocabulary "
-                             "(0..%d%s)", path, line, key, i, (long long)id, vocab_size - 1,
-                             allow_ignore ? ", or -100 to ignore" : "");
-        }
-        ids[i] = (int32_t)id;
-    }
-    *out = ids;
-    *len = (int)n;
-    return 0;
-}
-
-static int tokens_record(ds_record *r, json_t *root, int vocab_size, const char *path, long line,
-                         pesc_error *err)
-{
-    int label_len = 0;
-    if (read_ids(json_object_get(root, "input_ids"), "input_ids", 0, vocab_size, &r->ids,
-                 &r->len, path, line, err) != 0)
-        return -1;
-    json_t *labels = json_object_get(root, "labels");
-    if (labels && !json_is_null(labels)) {
-        if (read_ids(labels, "labels", 1, vocab_size, &r->labels, &label_len, path, line, err))
-            return -1;
-        if (label_len != r->len)
-            return pesc_fail(err, "%s:%ld: \"labels\" has %d entries but \"input_ids\" has %d",
-                             path, line, label_len, r->len);
-    }
-    return 0;
-}
-
-/* ================================================================ formats ============ */
-
-static const char *const format_names[] = {
-    [DS_AUTO] = "auto", [DS_CAMELIDAE] = "camelidae", [DS_ALPACA] = "alpaca",
-    [DS_SHAREGPT] = "sharegpt", [DS_OPENAI] = "openai", [DS_METAMATH] = "metamath",
-    [DS_MAGICODER] = "magicoder", [DS_TEXT] = "text", [DS_TOKENS] = "tokens",
+/* What a format's convert (or a source's next) gave for one record; contents are copies. */
+struct pesc_record_out {
+    tpl_message *msgs;           /* (n_msgs) */
+    int n_msgs, cap_msgs;
+    char *text;                  /* a plain document */
+    size_t text_len;
+    int32_t *ids, *labels;       /* (n_ids) pre-tokenized; labels may be NULL */
+    int n_ids;
+    unsigned kinds;              /* OUT_* given */
+    int vocab_size;              /* > 0: what the built-in tokens format checks against */
+    int failed;
+    char err[PESC_ERROR_MAX / 2];
 };
 
-int ds_format_parse(const char *name, ds_format *out, pesc_error *err)
+enum { OUT_MESSAGES = 1, OUT_TEXT = 2, OUT_TOKENS = 4 };
+
+static void out_free(pesc_record_out *out)
 {
-    for (int i = 0; i <= DS_TOKENS; i++)
-        if (strcmp(name, format_names[i]) == 0) {
-            *out = (ds_format)i;
-            return 0;
-        }
-    return pesc_fail(err, "--format %s: not a known format (auto, camelidae, alpaca, sharegpt, "
-                     "openai, metamath, magicoder, text, tokens)", name);
+    for (int i = 0; i < out->n_msgs; i++)
+        free((char *)out->msgs[i].content);
+    free(out->msgs);
+    free(out->text);
+    free(out->ids);
+    free(out->labels);
 }
 
-const char *ds_format_name(ds_format f) { return format_names[f]; }
-
-/* The format a record's keys imply. */
-static ds_format detect_format(json_t *o)
+static char *copy_bytes(const char *s, size_t n)
 {
-    if (json_is_string(o)) return DS_TEXT;
-    if (json_object_get(o, "input_ids")) return DS_TOKENS;
-    if (json_object_get(o, "conversation") || json_object_get(o, "corpus")) return DS_CAMELIDAE;
-    if (json_object_get(o, "conversations")) return DS_SHAREGPT;
-    if (json_object_get(o, "messages")) return DS_OPENAI;
-    if (json_object_get(o, "query") && json_object_get(o, "response")) return DS_METAMATH;
-    if (json_object_get(o, "problem") && json_object_get(o, "solution")) return DS_MAGICODER;
-    if (json_object_get(o, "instruction") && json_object_get(o, "response")) return DS_MAGICODER;
-    if (json_object_get(o, "instruction") && json_object_get(o, "output")) return DS_ALPACA;
-    if (json_object_get(o, "text")) return DS_TEXT;
-    return DS_AUTO;
+    char *c = xmalloc(n + 1);
+    if (n)
+        memcpy(c, s, n);
+    c[n] = '\0';
+    return c;
 }
 
-typedef struct msg_list {
-    tpl_message *v;
-    int n, cap;
-    char *owned[2];              /* joined strings made here */
-} msg_list;
+static json_t *as_json(const pesc_json *v) { return (json_t *)v; }
 
-static void msg_add(msg_list *l, tpl_role role, json_t *s)
+static pesc_json_type host_type(const pesc_json *v)
 {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 8;
-        l->v = xrealloc(l->v, (size_t)l->cap * sizeof *l->v);
+    switch (v ? json_typeof(as_json(v)) : JSON_NULL) {
+    case JSON_OBJECT: return PESC_JSON_OBJECT;
+    case JSON_ARRAY: return PESC_JSON_ARRAY;
+    case JSON_STRING: return PESC_JSON_STRING;
+    case JSON_INTEGER: return PESC_JSON_INTEGER;
+    case JSON_REAL: return PESC_JSON_REAL;
+    case JSON_TRUE: case JSON_FALSE: return PESC_JSON_BOOL;
+    case JSON_NULL: break;
     }
-    l->v[l->n++] = (tpl_message){role, json_string_value(s), json_string_length(s)};
+    return PESC_JSON_NULL;
 }
 
-static int need_string(json_t *o, const char *key, json_t **out, const char *what,
-                       pesc_error *err)
+static const pesc_json *host_get(const pesc_json *o, const char *key)
 {
-    *out = json_object_get(o, key);
-    if (!json_is_string(*out))
-        return pesc_fail(err, "%s: \"%s\" must be a string", what, key);
+    return o && key ? (const pesc_json *)json_object_get(as_json(o), key) : NULL;
+}
+
+static const char *host_string(const pesc_json *v, size_t *len)
+{
+    if (!v || !json_is_string(as_json(v)))
+        return NULL;
+    if (len)
+        *len = json_string_length(as_json(v));
+    return json_string_value(as_json(v));
+}
+
+static size_t host_array_size(const pesc_json *v) { return v ? json_array_size(as_json(v)) : 0; }
+
+static const pesc_json *host_array_get(const pesc_json *a, size_t i)
+{
+    return a ? (const pesc_json *)json_array_get(as_json(a), i) : NULL;
+}
+
+static int host_integer(const pesc_json *v, long long *out)
+{
+    if (!v || !json_is_integer(as_json(v)))
+        return -1;
+    *out = (long long)json_integer_value(as_json(v));
     return 0;
 }
 
-static int role_of(const char *s, tpl_role *role)
+static int host_fail(pesc_record_out *out, const char *message)
 {
-    static const struct { const char *name; tpl_role role; } roles[] = {
-        {"system", ROLE_SYSTEM}, {"human", ROLE_USER}, {"user", ROLE_USER},
-        {"gpt", ROLE_ASSISTANT}, {"assistant", ROLE_ASSISTANT}, {"model", ROLE_ASSISTANT},
-        {"bot", ROLE_ASSISTANT}, {"chatgpt", ROLE_ASSISTANT}};
-    for (size_t i = 0; i < sizeof roles / sizeof *roles; i++)
-        if (strcmp(s, roles[i].name) == 0) {
+    if (!out->failed) {
+        out->failed = 1;
+        snprintf(out->err, sizeof out->err, "%s", message ? message : "bad record");
+    }
+    return -1;
+}
+
+static void host_message(pesc_record_out *out, pesc_role role, const char *text, size_t len)
+{
+    static const tpl_role roles[] = {[PESC_ROLE_SYSTEM] = ROLE_SYSTEM,
+                                     [PESC_ROLE_USER] = ROLE_USER,
+                                     [PESC_ROLE_ASSISTANT] = ROLE_ASSISTANT};
+    if ((unsigned)role > PESC_ROLE_ASSISTANT || (!text && len)) {
+        host_fail(out, "the format gave a message with an unknown role or no text");
+        return;
+    }
+    if (out->n_msgs == out->cap_msgs) {
+        out->cap_msgs = out->cap_msgs ? 2 * out->cap_msgs : 8;
+        out->msgs = xrealloc(out->msgs, (size_t)out->cap_msgs * sizeof *out->msgs);
+    }
+    out->msgs[out->n_msgs++] = (tpl_message){roles[role], copy_bytes(text, len), len};
+    out->kinds |= OUT_MESSAGES;
+}
+
+static void host_text(pesc_record_out *out, const char *text, size_t len)
+{
+    if ((out->kinds & OUT_TEXT) || (!text && len)) {
+        host_fail(out, "the format gave the text of a record twice, or none");
+        return;
+    }
+    out->text = copy_bytes(text ? text : "", len);
+    out->text_len = len;
+    out->kinds |= OUT_TEXT;
+}
+
+static void host_tokens(pesc_record_out *out, const int32_t *ids, const int32_t *labels, size_t n)
+{
+    if ((out->kinds & OUT_TOKENS) || !ids || n == 0 || n > (1u << 24)) {
+        host_fail(out, "the format gave token ids twice, or not between 1 and 16777216 of them");
+        return;
+    }
+    out->ids = xmalloc(n * sizeof *out->ids);
+    memcpy(out->ids, ids, n * sizeof *ids);
+    if (labels) {
+        out->labels = xmalloc(n * sizeof *out->labels);
+        memcpy(out->labels, labels, n * sizeof *labels);
+    }
+    out->n_ids = (int)n;
+    out->kinds |= OUT_TOKENS;
+}
+
+static const pesc_format_host format_host = {
+    .size = sizeof format_host, .type = host_type, .get = host_get, .string = host_string,
+    .array_size = host_array_size, .array_get = host_array_get, .integer = host_integer,
+    .message = host_message, .text = host_text, .tokens = host_tokens, .fail = host_fail,
+};
+
+/* ================================================================ built-in formats ===== */
+
+/* They read records through the host only, exactly as a plugin format does. */
+
+static int failf(const pesc_format_host *h, pesc_record_out *out, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int failf(const pesc_format_host *h, pesc_record_out *out, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return h->fail(out, msg);
+}
+
+static int has(const pesc_format_host *h, const pesc_json *o, const char *key)
+{
+    return h->get(o, key) != NULL;
+}
+
+/* *s = o[key], a string; otherwise a failure "what: "key" must be a string". */
+static int need_string(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                       const char *key, const char *what, const char **s, size_t *len)
+{
+    *s = h->string(h->get(o, key), len);
+    return *s ? 0 : failf(h, out, "%s: \"%s\" must be a string", what, key);
+}
+
+/* A user turn and its answer, from two string keys. */
+static int question_answer(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                           const char *question, const char *answer, const char *what)
+{
+    const char *q, *a;
+    size_t lq, la;
+    if (need_string(h, out, o, question, what, &q, &lq) ||
+        need_string(h, out, o, answer, what, &a, &la))
+        return -1;
+    h->message(out, PESC_ROLE_USER, q, lq);
+    h->message(out, PESC_ROLE_ASSISTANT, a, la);
+    return 0;
+}
+
+/* text: {"text": ...}, a JSON string, or a plain line */
+static int text_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    if (h->type(o) == PESC_JSON_STRING)
+        return 100;
+    return has(h, o, "text") ? 10 : 0;
+}
+
+static int text_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    size_t n = 0;
+    const char *s = h->string(o, &n);
+    if (!s)
+        s = h->string(h->get(o, "text"), &n);
+    if (!s)
+        return h->fail(out, "a text record needs \"text\": string");
+    h->text(out, s, n);
+    return 0;
+}
+
+/* camelidae: {"instruction": system, "conversation": [{"input", "output"}...]} or "corpus" */
+static int camelidae_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    return has(h, o, "conversation") || has(h, o, "corpus") ? 80 : 0;
+}
+
+static int camelidae_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    size_t n = 0;
+    const char *corpus = h->string(h->get(o, "corpus"), &n);
+    if (corpus && n > 0) {
+        h->text(out, corpus, n);
+        return 0;
+    }
+    const char *system = h->string(h->get(o, "instruction"), &n);
+    if (system && n > 0)
+        h->message(out, PESC_ROLE_SYSTEM, system, n);
+    const pesc_json *conversation = h->get(o, "conversation");
+    size_t turns = h->array_size(conversation);
+    if (h->type(conversation) != PESC_JSON_ARRAY || turns == 0)
+        return h->fail(out, "\"conversation\" must be a non-empty array (or give \"corpus\")");
+    for (size_t i = 0; i < turns; i++)
+        if (question_answer(h, out, h->array_get(conversation, i), "input", "output",
+                            "conversation[]") != 0)
+            return -1;
+    return 0;
+}
+
+/* alpaca: instruction, input (optional), output, system (optional) */
+static int alpaca_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    return has(h, o, "instruction") && has(h, o, "output") ? 30 : 0;
+}
+
+static int alpaca_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    const char *instruction, *output, *system, *input;
+    size_t li, lo, ls = 0, lx = 0;
+    if (need_string(h, out, o, "instruction", "alpaca", &instruction, &li) ||
+        need_string(h, out, o, "output", "alpaca", &output, &lo))
+        return -1;
+    system = h->string(h->get(o, "system"), &ls);
+    input = h->string(h->get(o, "input"), &lx);
+    if (system && ls > 0)
+        h->message(out, PESC_ROLE_SYSTEM, system, ls);
+    if (input && lx > 0) {
+        /* instruction and input in one user turn, as the Alpaca prompt shows them */
+        char *joined = xmalloc(li + lx + 2);
+        memcpy(joined, instruction, li);
+        memcpy(joined + li, "\n\n", 2);
+        memcpy(joined + li + 2, input, lx);
+        h->message(out, PESC_ROLE_USER, joined, li + lx + 2);
+        free(joined);
+    } else {
+        h->message(out, PESC_ROLE_USER, instruction, li);
+    }
+    h->message(out, PESC_ROLE_ASSISTANT, output, lo);
+    return 0;
+}
+
+static int role_of(const char *s, size_t len, pesc_role *role)
+{
+    static const struct { const char *name; pesc_role role; } roles[] = {
+        {"system", PESC_ROLE_SYSTEM}, {"human", PESC_ROLE_USER}, {"user", PESC_ROLE_USER},
+        {"gpt", PESC_ROLE_ASSISTANT}, {"assistant", PESC_ROLE_ASSISTANT},
+        {"model", PESC_ROLE_ASSISTANT}, {"bot", PESC_ROLE_ASSISTANT},
+        {"chatgpt", PESC_ROLE_ASSISTANT}};
+    for (size_t i = 0; s && i < sizeof roles / sizeof *roles; i++)
+        if (strlen(roles[i].name) == len && memcmp(s, roles[i].name, len) == 0) {
             *role = roles[i].role;
             return 0;
         }
@@ -136,165 +292,342 @@ static int role_of(const char *s, tpl_role *role)
 }
 
 /* A list of turns: [{role_key, content_key}] as sharegpt and openai store them. */
-static int turns(json_t *array, const char *list_key, const char *role_key,
-                 const char *content_key, msg_list *m, pesc_error *err)
+static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                 const char *list_key, const char *role_key, const char *content_key)
 {
-    if (!json_is_array(array) || json_array_size(array) == 0)
-        return pesc_fail(err, "\"%s\" must be a non-empty array", list_key);
-    size_t i;
-    json_t *t;
-    json_array_foreach(array, i, t) {
-        json_t *r = json_object_get(t, role_key), *c = json_object_get(t, content_key);
-        tpl_role role;
-        if (!json_is_string(r) || role_of(json_string_value(r), &role) != 0)
-            return pesc_fail(err, "%s[%zu].%s must be system, user/human or assistant/gpt",
-                             list_key, i, role_key);
-        if (!json_is_string(c))
-            return pesc_fail(err, "%s[%zu].%s must be a string", list_key, i, content_key);
-        msg_add(m, role, c);
+    const pesc_json *list = h->get(o, list_key);
+    size_t n = h->array_size(list);
+    if (h->type(list) != PESC_JSON_ARRAY || n == 0)
+        return failf(h, out, "\"%s\" must be a non-empty array", list_key);
+    for (size_t i = 0; i < n; i++) {
+        const pesc_json *t = h->array_get(list, i);
+        size_t lr = 0, lc = 0;
+        const char *r = h->string(h->get(t, role_key), &lr);
+        const char *c = h->string(h->get(t, content_key), &lc);
+        pesc_role role;
+        if (role_of(r, lr, &role) != 0)
+            return failf(h, out, "%s[%zu].%s must be system, user/human or assistant/gpt",
+                         list_key, i, role_key);
+        if (!c)
+            return failf(h, out, "%s[%zu].%s must be a string", list_key, i, content_key);
+        h->message(out, role, c, lc);
     }
     return 0;
 }
 
-/* Fills m (or *text for plain-text records) from one JSON record. */
-static int record_messages(json_t *o, ds_format f, msg_list *m, json_t **text, pesc_error *err)
+static int sharegpt_detect(const pesc_format_host *h, const pesc_json *o)
 {
-    json_t *a, *b, *c;
-    *text = NULL;
-    if (f == DS_AUTO && (f = detect_format(o)) == DS_AUTO)
-        return pesc_fail(err, "no known format fits this record's keys (use --format)");
-    if (f != DS_TEXT && !json_is_object(o))
-        return pesc_fail(err, "a %s record must be a JSON object", format_names[f]);
-    switch (f) {
-    case DS_TEXT:
-        *text = json_is_string(o) ? o : json_object_get(o, "text");
-        if (!json_is_string(*text))
-            return pesc_fail(err, "a text record needs \"text\": string");
-        return 0;
-    case DS_CAMELIDAE: {
-        json_t *corpus = json_object_get(o, "corpus");
-        if (json_is_string(corpus) && json_string_length(corpus) > 0) {
-            *text = corpus;
-            return 0;
-        }
-        json_t *sys = json_object_get(o, "instruction"), *conv = json_object_get(o, "conversation");
-        if (json_is_string(sys) && json_string_length(sys) > 0)
-            msg_add(m, ROLE_SYSTEM, sys);
-        if (!json_is_array(conv) || json_array_size(conv) == 0)
-            return pesc_fail(err, "\"conversation\" must be a non-empty array (or give \"corpus\")");
-        size_t i;
-        json_t *t;
-        json_array_foreach(conv, i, t) {
-            if (need_string(t, "input", &a, "conversation[]", err) ||
-                need_string(t, "output", &b, "conversation[]", err))
-                return -1;
-            msg_add(m, ROLE_USER, a);
-            msg_add(m, ROLE_ASSISTANT, b);
-        }
-        return 0;
-    }
-    case DS_ALPACA: {
-        if (need_string(o, "instruction", &a, "alpaca", err) || need_string(o, "output", &c, "alpaca", err))
-            return -1;
-        b = json_object_get(o, "input");
-        json_t *sys = json_object_get(o, "system");
-        if (json_is_string(sys) && json_string_length(sys) > 0)
-            msg_add(m, ROLE_SYSTEM, sys);
-        if (json_is_string(b) && json_string_length(b) > 0) {
-            /* instruction and input in one user turn, as the Alpaca prompt shows them */
-            size_t la = json_string_length(a), lb = json_string_length(b);
-            char *joined = xmalloc(la + lb + 3);
-            memcpy(joined, json_string_value(a), la);
-            memcpy(joined + la, "\n\n", 2);
-            memcpy(joined + la + 2, json_string_value(b), lb + 1);
-            m->owned[0] = joined;
-            if (m->n == m->cap) {
-                m->cap = m->cap ? 2 * m->cap : 8;
-                m->v = xrealloc(m->v, (size_t)m->cap * sizeof *m->v);
-            }
-            m->v[m->n++] = (tpl_message){ROLE_USER, joined, la + lb + 2};
-        } else {
-            msg_add(m, ROLE_USER, a);
-        }
-        msg_add(m, ROLE_ASSISTANT, c);
-        return 0;
-    }
-    case DS_SHAREGPT:
-        return turns(json_object_get(o, "conversations"), "conversations", "from", "value", m, err);
-    case DS_OPENAI:
-        return turns(json_object_get(o, "messages"), "messages", "role", "content", m, err);
-    case DS_METAMATH:
-        if (need_string(o, "query", &a, "metamath", err) || need_string(o, "response", &b, "metamath", err))
-            return -1;
-        msg_add(m, ROLE_USER, a);
-        msg_add(m, ROLE_ASSISTANT, b);
-        return 0;
-    case DS_MAGICODER:
-        if (json_object_get(o, "problem")) {
-            if (need_string(o, "problem", &a, "magicoder", err) ||
-                need_string(o, "solution", &b, "magicoder", err))
-                return -1;
-        } else if (need_string(o, "instruction", &a, "magicoder", err) ||
-                   need_string(o, "response", &b, "magicoder", err)) {
-            return -1;
-        }
-        msg_add(m, ROLE_USER, a);
-        msg_add(m, ROLE_ASSISTANT, b);
-        return 0;
-    case DS_AUTO: case DS_TOKENS:
-        break;
-    }
-    return pesc_fail(err, "internal: format %d", (int)f);
+    return has(h, o, "conversations") ? 70 : 0;
 }
 
-/* One parsed JSON value -> one record. Errors name nothing; the caller adds file:line. */
-static int make_record(ds_record *r, json_t *o, const ds_load_options *lo, const char *path,
-                       long line, pesc_error *err)
+static int sharegpt_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
 {
-    memset(r, 0, sizeof *r);
-    r->source = lo->source;
-    r->line = line;
-    ds_format f = lo->format == DS_AUTO ? detect_format(o) : lo->format;
-    if (f == DS_TOKENS) {
-        if (!json_is_object(o))
-            return pesc_fail(err, "%s:%ld: a record must be a JSON object with \"input_ids\"",
-                             path, line);
-        return tokens_record(r, o, lo->vocab_size, path, line, err);
+    return turns(h, out, o, "conversations", "from", "value");
+}
+
+static int openai_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    return has(h, o, "messages") ? 60 : 0;
+}
+
+static int openai_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    return turns(h, out, o, "messages", "role", "content");
+}
+
+static int metamath_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    return has(h, o, "query") && has(h, o, "response") ? 50 : 0;
+}
+
+static int metamath_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    return question_answer(h, out, o, "query", "response", "metamath");
+}
+
+static int magicoder_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    return (has(h, o, "problem") && has(h, o, "solution")) ||
+           (has(h, o, "instruction") && has(h, o, "response")) ? 40 : 0;
+}
+
+static int magicoder_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    if (has(h, o, "problem"))
+        return question_answer(h, out, o, "problem", "solution", "magicoder");
+    return question_answer(h, out, o, "instruction", "response", "magicoder");
+}
+
+/* tokens: {"input_ids": [...], "labels": [...]}; labels may hold -100, ids may not. The
+ * vocabulary check is here (not only in the host) for messages that name the key. */
+static int read_ids(const pesc_format_host *h, pesc_record_out *out, const pesc_json *array,
+                    const char *key, int allow_ignore, int32_t **ids_out, size_t *len)
+{
+    if (h->type(array) != PESC_JSON_ARRAY)
+        return failf(h, out, "\"%s\" must be an array of token ids", key);
+    size_t n = h->array_size(array);
+    if (n == 0 || n > (1u << 24))
+        return failf(h, out, "\"%s\" must hold between 1 and %u ids", key, 1u << 24);
+    int vocab_size = out->vocab_size;
+    int32_t *ids = xmalloc(n * sizeof *ids);
+    for (size_t i = 0; i < n; i++) {
+        long long id;
+        if (h->integer(h->array_get(array, i), &id) != 0) {
+            free(ids);
+            return failf(h, out, "\"%s\"[%zu] is not an integer", key, i);
+        }
+        if (!((allow_ignore && id == -100) ||
+              (id >= 0 && id <= INT32_MAX && (vocab_size <= 0 || id < vocab_size)))) {
+            free(ids);
+            return failf(h, out, "\"%s\"[%zu] = %lld is outside the vocabulary (0..%d%s)", key,
+                         i, id, vocab_size - 1, allow_ignore ? ", or -100 to ignore" : "");
+        }
+        ids[i] = (int32_t)id;
+    }
+    *ids_out = ids;
+    *len = n;
+    return 0;
+}
+
+static int tokens_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    return has(h, o, "input_ids") ? 90 : 0;
+}
+
+static int tokens_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    int32_t *ids = NULL, *labels = NULL;
+    size_t n = 0, n_labels = 0;
+    const pesc_json *l = h->get(o, "labels");
+    int rc = read_ids(h, out, h->get(o, "input_ids"), "input_ids", 0, &ids, &n);
+    if (rc == 0 && l && h->type(l) != PESC_JSON_NULL) {
+        rc = read_ids(h, out, l, "labels", 1, &labels, &n_labels);
+        if (rc == 0 && n_labels != n)
+            rc = failf(h, out, "\"labels\" has %zu entries but \"input_ids\" has %zu",
+                       n_labels, n);
+    }
+    if (rc == 0)
+        h->tokens(out, ids, labels, n);
+    free(ids);
+    free(labels);
+    return rc;
+}
+
+#define FORMAT_OPS(fmt, fl) \
+    static const pesc_format_ops fmt##_ops = {.size = sizeof(pesc_format_ops), .flags = (fl), \
+                                              .detect = fmt##_detect, .convert = fmt##_convert}
+FORMAT_OPS(camelidae, 0);
+FORMAT_OPS(alpaca, 0);
+FORMAT_OPS(sharegpt, 0);
+FORMAT_OPS(openai, 0);
+FORMAT_OPS(metamath, 0);
+FORMAT_OPS(magicoder, 0);
+FORMAT_OPS(text, PESC_FORMAT_LINES);
+FORMAT_OPS(tokens, 0);
+
+#define BUILTIN "built-in"
+/* At the indices of ds_format; every registry starts with these. */
+static const ds_format_info builtin_formats[] = {
+    [DS_AUTO] = {"auto", "per record, the format whose keys fit best", BUILTIN, NULL},
+    [DS_CAMELIDAE] = {"camelidae", "{\"instruction\", \"conversation\": [{\"input\", "
+                      "\"output\"}]} or {\"corpus\"}", BUILTIN, &camelidae_ops},
+    [DS_ALPACA] = {"alpaca", "{\"instruction\", \"input\", \"output\"}", BUILTIN, &alpaca_ops},
+    [DS_SHAREGPT] = {"sharegpt", "{\"conversations\": [{\"from\", \"value\"}]} (SlimOrca)",
+                     BUILTIN, &sharegpt_ops},
+    [DS_OPENAI] = {"openai", "{\"messages\": [{\"role\", \"content\"}]}", BUILTIN, &openai_ops},
+    [DS_METAMATH] = {"metamath", "{\"query\", \"response\"}", BUILTIN, &metamath_ops},
+    [DS_MAGICODER] = {"magicoder", "{\"instruction\", \"response\"} or {\"problem\", "
+                      "\"solution\"}", BUILTIN, &magicoder_ops},
+    [DS_TEXT] = {"text", "{\"text\"}, a JSON string, or a plain line", BUILTIN, &text_ops},
+    [DS_TOKENS] = {"tokens", "{\"input_ids\", \"labels\"}: token ids, no tokenizer", BUILTIN,
+                   &tokens_ops},
+    /* More built-ins register here, after DS_TOKENS, through the same table: the generated
+     * instruction data of the built-in demo (src/demo.c). */
+    {"demo", DEMO_FORMAT_DESCRIPTION, BUILTIN, &demo_format_ops},
+};
+enum { N_BUILTIN_FORMATS = (int)(sizeof builtin_formats / sizeof *builtin_formats) };
+
+/* ====================================================================== registry ===== */
+
+struct ds_formats {
+    ds_format_info *items;       /* (n) the built-ins first */
+    int n, cap;
+};
+
+ds_formats *ds_formats_new(void)
+{
+    ds_formats *f = xcalloc(1, sizeof *f);
+    f->cap = N_BUILTIN_FORMATS + 8;
+    f->items = xmalloc((size_t)f->cap * sizeof *f->items);
+    memcpy(f->items, builtin_formats, sizeof builtin_formats);
+    f->n = N_BUILTIN_FORMATS;
+    return f;
+}
+
+void ds_formats_delete(ds_formats *f)
+{
+    if (!f)
+        return;
+    free(f->items);
+    free(f);
+}
+
+int ds_formats_count(const ds_formats *f) { return f ? f->n : N_BUILTIN_FORMATS; }
+
+const ds_format_info *ds_formats_get(const ds_formats *f, ds_format index)
+{
+    int i = (int)index;
+    if (i < 0 || i >= ds_formats_count(f))
+        return NULL;
+    return f ? &f->items[i] : &builtin_formats[i];
+}
+
+int ds_formats_add(ds_formats *f, const char *name, const char *description,
+                   const pesc_format_ops *ops, const char *origin, pesc_error *err)
+{
+    ds_format taken;
+    if (!name || !*name)
+        return pesc_fail(err, "%s: a dataset format needs a name", origin);
+    if (ds_formats_parse(f, name, &taken, NULL) == 0)
+        return pesc_fail(err, "%s: format '%s' is already defined by %s", origin, name,
+                         ds_formats_get(f, taken)->origin);
+    if (!ops || !(ops->convert || (ops->open && ops->next)))
+        return pesc_fail(err, "%s: format '%s' has neither convert nor open and next", origin,
+                         name);
+    if (f->n == f->cap) {
+        f->cap *= 2;
+        f->items = xrealloc(f->items, (size_t)f->cap * sizeof *f->items);
+    }
+    f->items[f->n++] = (ds_format_info){name, description ? description : "", origin, ops};
+    return 0;
+}
+
+int ds_formats_parse(const ds_formats *f, const char *name, ds_format *out, pesc_error *err)
+{
+    int n = ds_formats_count(f);
+    for (int i = 0; i < n; i++)
+        if (strcmp(name, ds_formats_get(f, (ds_format)i)->name) == 0) {
+            *out = (ds_format)i;
+            return 0;
+        }
+    char names[512] = "";
+    size_t used = 0;
+    for (int i = 0; i < n && used < sizeof names; i++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                                 ds_formats_get(f, (ds_format)i)->name);
+    return pesc_fail(err, "--format %s: not a known format (%s%s)", name, names,
+                     f ? "" : "; plugins add more, see pesc plugins");
+}
+
+int ds_format_parse(const char *name, ds_format *out, pesc_error *err)
+{
+    return ds_formats_parse(NULL, name, out, err);
+}
+
+const char *ds_format_name(ds_format f)
+{
+    const ds_format_info *info = ds_formats_get(NULL, f);
+    return info ? info->name : "plugin format";
+}
+
+/* `--format auto` for one record: the highest detect score, ties to the first registered. */
+static ds_format detect_format(const ds_formats *f, const pesc_json *o)
+{
+    int best = 0, n = ds_formats_count(f);
+    ds_format chosen = DS_AUTO;
+    for (int i = 1; i < n; i++) {
+        const pesc_format_ops *ops = ds_formats_get(f, (ds_format)i)->ops;
+        int score = ops->detect && ops->convert ? ops->detect(&format_host, o) : 0;
+        if (score > best) {
+            best = score;
+            chosen = (ds_format)i;
+        }
+    }
+    return chosen;
+}
+
+/* ===================================================== what a format gave -> a record ===== */
+
+/* Turns out into r: token ids checked, or messages/text rendered with the chat template.
+ * Errors name nothing; the caller adds where. */
+static int finish_record(ds_record *r, pesc_record_out *out, int rc, const char *format,
+                         const ds_load_options *lo, pesc_error *err)
+{
+    if (rc != 0 || out->failed)
+        return pesc_fail(err, "%s", out->failed ? out->err : "the format failed without a reason");
+    if (out->kinds == 0)
+        return pesc_fail(err, "format %s gave nothing for this record", format);
+    if (out->kinds & (out->kinds - 1))
+        return pesc_fail(err, "format %s gave more than one of messages, text and token ids",
+                         format);
+    if (out->kinds == OUT_TOKENS) {
+        for (int i = 0; i < out->n_ids; i++) {
+            int32_t id = out->ids[i], label = out->labels ? out->labels[i] : id;
+            if (id < 0 || (lo->vocab_size > 0 && id >= lo->vocab_size) ||
+                (label != -100 && (label < 0 || (lo->vocab_size > 0 && label >= lo->vocab_size))))
+                return pesc_fail(err, "token %d (id %d, label %d) is outside the vocabulary "
+                                 "(0..%d; labels may also be -100)", i, id, label,
+                                 lo->vocab_size - 1);
+        }
+        r->ids = out->ids;
+        r->labels = out->labels;
+        r->len = out->n_ids;
+        out->ids = out->labels = NULL;
+        return 0;
     }
     if (!lo->tok)
-        return pesc_fail(err, "%s:%ld: a %s record needs a tokenizer (--tokenizer or a model "
-                         "directory with tokenizer.json)", path, line, format_names[f]);
+        return pesc_fail(err, "a %s record needs a tokenizer (--tokenizer or a model "
+                         "directory with tokenizer.json)", format);
     const chat_template *tpl = lo->tpl ? lo->tpl : template_find("camelidae");
-    msg_list m = {0};
-    json_t *text;
     tok_ids ids = {0}, labels = {0};
-    int rc = record_messages(o, f, &m, &text, err);
-    if (rc == 0)
-        rc = text ? template_encode_text(tpl, lo->tok, json_string_value(text),
-                                         json_string_length(text), &ids, &labels, err)
-                  : template_encode(tpl, lo->tok, m.v, m.n, &ids, &labels, err);
+    rc = out->kinds == OUT_TEXT
+             ? template_encode_text(tpl, lo->tok, out->text, out->text_len, &ids, &labels, err)
+             : template_encode(tpl, lo->tok, out->msgs, out->n_msgs, &ids, &labels, err);
     for (int i = 0; rc == 0 && lo->vocab_size > 0 && i < ids.n; i++)
         if (ids.ids[i] >= lo->vocab_size)
             rc = pesc_fail(err, "token id %d is outside the model's vocabulary (%d): the "
                            "tokenizer does not belong to this model", ids.ids[i], lo->vocab_size);
     if (rc == 0 && ids.n > (1 << 24))
         rc = pesc_fail(err, "record of %d tokens is too long", ids.n);
-    if (rc == 0) {
-        r->ids = ids.ids;
-        r->len = ids.n;
-        int all = 1;
-        for (int i = 0; i < labels.n && all; i++)
-            all = labels.ids[i] == ids.ids[i];
-        if (all) tok_ids_free(&labels);
-        else r->labels = labels.ids;
-    } else {
+    if (rc != 0) {
         tok_ids_free(&ids);
         tok_ids_free(&labels);
-        pesc_fail_prefix(err, "%s:%ld", path, line);
+        return -1;
     }
-    free(m.v);
-    free(m.owned[0]);
-    free(m.owned[1]);
+    r->ids = ids.ids;
+    r->len = ids.n;
+    int all = 1;
+    for (int i = 0; i < labels.n && all; i++)
+        all = labels.ids[i] == ids.ids[i];
+    if (all) tok_ids_free(&labels);
+    else r->labels = labels.ids;
+    return 0;
+}
+
+/* One parsed JSON value -> one record; errors carry path:line. */
+static int make_record(ds_record *r, json_t *o, const ds_load_options *lo, const char *path,
+                       long line, pesc_error *err)
+{
+    memset(r, 0, sizeof *r);
+    r->source = lo->source;
+    r->line = line;
+    ds_format f = lo->format;
+    if (f == DS_AUTO && (f = detect_format(lo->formats, (const pesc_json *)o)) == DS_AUTO)
+        return pesc_fail(err, "%s:%ld: no known format fits this record's keys (use --format)",
+                         path, line);
+    const ds_format_info *info = ds_formats_get(lo->formats, f);
+    if (!info || !info->ops || !info->ops->convert)
+        return pesc_fail(err, "%s:%ld: format %s does not read JSON records", path, line,
+                         info ? info->name : "?");
+    if (!(info->ops->flags & PESC_FORMAT_LINES) && !json_is_object(o))
+        return pesc_fail(err, "%s:%ld: a %s record must be a JSON object", path, line,
+                         info->name);
+    pesc_record_out out = {.vocab_size = lo->vocab_size};
+    int rc = info->ops->convert(&format_host, (const pesc_json *)o, &out);
+    rc = finish_record(r, &out, rc, info->name, lo, err);
+    out_free(&out);
+    if (rc != 0)
+        pesc_fail_prefix(err, "%s:%ld", path, line);
     return rc;
 }
 
@@ -405,8 +738,115 @@ static int rd_next(reader *r, pesc_error *err)
 
 enum { MAX_WARNINGS_SHOWN = 10 };
 
+/* A record that could not be used: fatal with strict, else a warning (the first few). */
+static int bad_record(const ds_load_options *lo, const pesc_error *rec_err, long *skipped,
+                      pesc_error *err)
+{
+    if (lo->strict) {
+        if (err)
+            *err = *rec_err;
+        return -1;
+    }
+    if (lo->warn && *skipped < MAX_WARNINGS_SHOWN)
+        fprintf(lo->warn, "warning: %s (record skipped)\n", rec_err->msg);
+    (*skipped)++;
+    return 0;
+}
+
+/* The common end of a load: the skip summary, and an empty source is an error. */
+static int finish_load(ds_records *d, int before, long skipped, const char *path,
+                       const ds_load_options *lo, int rc, pesc_error *err)
+{
+    if (rc == 0 && lo->warn && skipped > MAX_WARNINGS_SHOWN)
+        fprintf(lo->warn, "warning: %s: %ld records skipped in all\n", path, skipped);
+    d->skipped += skipped;
+    if (rc == 0 && d->n == before)
+        rc = pesc_fail(err, "%s: no usable records%s", path,
+                       skipped ? " (every record was skipped; see the warnings)" : "");
+    return rc;
+}
+
+static ds_record *next_slot(ds_records *d, int *capacity)
+{
+    if (d->n == *capacity) {
+        *capacity = *capacity ? 2 * *capacity : 256;
+        d->items = xrealloc(d->items, (size_t)*capacity * sizeof *d->items);
+    }
+    return &d->items[d->n];
+}
+
+/* The source format that reads path itself: the one named, or (auto) the surest probe. */
+static const ds_format_info *source_format(const ds_load_options *lo, const char *path)
+{
+    const ds_format_info *info = ds_formats_get(lo->formats, lo->format);
+    if (lo->format != DS_AUTO)
+        return info && info->ops && info->ops->open ? info : NULL;
+    int best = 0, n = ds_formats_count(lo->formats);
+    const ds_format_info *chosen = NULL;
+    for (int i = 1; i < n; i++) {
+        info = ds_formats_get(lo->formats, (ds_format)i);
+        int score = info->ops->open && info->ops->probe ? info->ops->probe(path) : 0;
+        if (score > best) {
+            best = score;
+            chosen = info;
+        }
+    }
+    return chosen;
+}
+
+/* Records a source format makes itself (open/next/close). */
+static int load_source(ds_records *d, const char *path, const ds_format_info *info,
+                       const ds_load_options *lo, pesc_error *err)
+{
+    const pesc_format_ops *ops = info->ops;
+    char why[512] = "";
+    void *source = ops->open(path, why, sizeof why);
+    if (!source)
+        return pesc_fail(err, "%s: %s", path, why[0] ? why : "the source cannot be opened");
+    int capacity = d->n, before = d->n, rc = 0;
+    long skipped = 0;
+    for (long index = 1;; index++) {
+        pesc_record_out out = {.vocab_size = lo->vocab_size};
+        pesc_error rec_err = {{0}};
+        ds_record *r = next_slot(d, &capacity);
+        memset(r, 0, sizeof *r);
+        r->source = lo->source;
+        r->line = index;
+        int got = ops->next(&format_host, source, &out);
+        if (got == 0) {
+            out_free(&out);
+            break;
+        }
+        if (got == -2) {
+            rc = pesc_fail(err, "%s: record %ld: %s", path, index,
+                           out.failed ? out.err : "the source failed");
+            out_free(&out);
+            break;
+        }
+        int ok = finish_record(r, &out, got == 1 ? 0 : -1, info->name, lo, &rec_err) == 0;
+        out_free(&out);
+        if (ok) {
+            d->n++;
+            continue;
+        }
+        pesc_fail_prefix(&rec_err, "%s: record %ld", path, index);
+        if ((rc = bad_record(lo, &rec_err, &skipped, err)) != 0)
+            break;
+    }
+    ops->close(source);
+    return finish_load(d, before, skipped, path, lo, rc, err);
+}
+
 int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pesc_error *err)
 {
+    const ds_format_info *source = source_format(lo, path);
+    if (source)
+        return load_source(d, path, source, lo, err);
+    const ds_format_info *named = ds_formats_get(lo->formats, lo->format);
+    if (!named)
+        return pesc_fail(err, "%s: format %d is not in this registry", path, (int)lo->format);
+    /* plain (non-JSON) lines are documents for auto and for formats that take lines */
+    int lines = lo->format == DS_AUTO || (named->ops->flags & PESC_FORMAT_LINES);
     reader *r = xcalloc(1, sizeof *r);
     r->path = path;
     r->line = 1;
@@ -423,44 +863,30 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                     r->item[strspn(r->item, " \t")] != '"';
         json_error_t jerr;
         pesc_error rec_err = {{0}};
-        if (plain && (lo->format == DS_TEXT || lo->format == DS_AUTO))
-            o = json_string(r->item);   /* a plain text line is a document */
+        if (plain && lines)
+            o = json_string(r->item);   /* a plain line is one string record */
         else
             o = json_loadb(r->item, r->item_len, JSON_DECODE_ANY, &jerr);
-        if (d->n == capacity) {
-            capacity = capacity ? 2 * capacity : 256;
-            d->items = xrealloc(d->items, (size_t)capacity * sizeof *d->items);
-        }
+        ds_record *rec = next_slot(d, &capacity);
         int ok;
         if (!o) {
             pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %s)", path, r->item_line,
                       jerr.column, jerr.text);
             ok = 0;
         } else {
-            ok = make_record(&d->items[d->n], o, lo, path, r->item_line, &rec_err) == 0;
+            ok = make_record(rec, o, lo, path, r->item_line, &rec_err) == 0;
         }
         json_decref(o);
         if (ok) {
             d->n++;
             continue;
         }
-        if (lo->strict) {
-            *err = rec_err;
-            rc = -1;
+        if ((rc = bad_record(lo, &rec_err, &skipped, err)) != 0)
             break;
-        }
-        if (lo->warn && skipped < MAX_WARNINGS_SHOWN)
-            fprintf(lo->warn, "warning: %s (record skipped)\n", rec_err.msg);
-        skipped++;
     }
     if (got < 0)
         rc = -1;
-    if (rc == 0 && lo->warn && skipped > MAX_WARNINGS_SHOWN)
-        fprintf(lo->warn, "warning: %s: %ld records skipped in all\n", path, skipped);
-    d->skipped += skipped;
-    if (rc == 0 && d->n == before)
-        rc = pesc_fail(err, "%s: no usable records%s", path,
-                       skipped ? " (every record was skipped; see the warnings)" : "");
+    rc = finish_load(d, before, skipped, path, lo, rc, err);
     stream_close(r->s);
     free(r->item);
     free(r);

@@ -5,7 +5,9 @@
  * sharegpt / SlimOrca (conversations [{from, value}]), openai (messages [{role, content}]),
  * metamath (query, response), magicoder (instruction/response or problem/solution), text
  * ({"text": ...}, a JSON string, or a plain line), tokens ({"input_ids": [...], "labels":
- * [...]}); auto decides per record from its keys. Files are JSONL or one JSON array, plain,
+ * [...]}); auto decides per record from its keys. Every format, built-in or from a plugin,
+ * is a `pesc_format_ops` table (plugins/pesc-plugin.h) in a registry (ds_formats): auto asks
+ * each one's detect, a source format (open/next) makes its own records. Files are JSONL or one JSON array, plain,
  * .gz or .zst, read front to back with bounded memory (a JSON array is cut into its elements
  * by a string-aware scanner; one element is parsed at a time).
  *
@@ -28,6 +30,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "pesc-plugin.h"
 #include "template.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -46,14 +49,37 @@ typedef struct ds_records {
     long skipped;                /* bad records skipped (with warnings) */
 } ds_records;
 
+/* A format is an index into a registry; the built-ins hold these fixed places in every one,
+ * formats added by plugins follow them. */
 typedef enum ds_format {
     DS_AUTO, DS_CAMELIDAE, DS_ALPACA, DS_SHAREGPT, DS_OPENAI, DS_METAMATH, DS_MAGICODER,
     DS_TEXT, DS_TOKENS
 } ds_format;
 
-/* "auto", "camelidae", ...: 0, or -1 with a message listing the names. */
+/* Built-in names only ("auto", "camelidae", ...): 0, or -1 with a message listing them. */
 int ds_format_parse(const char *name, ds_format *out, pesc_error *err);
 const char *ds_format_name(ds_format f);
+
+typedef struct ds_format_info {
+    const char *name;
+    const char *description;
+    const char *origin;          /* "built-in", or the plugin file */
+    const pesc_format_ops *ops;  /* NULL for auto */
+} ds_format_info;
+
+/* The registry: the built-ins, then whatever is added (plugins: see plugin.h). */
+typedef struct ds_formats ds_formats;
+ds_formats *ds_formats_new(void);
+void ds_formats_delete(ds_formats *f);
+/* ops, name, description and origin must outlive the registry. A taken name, or a table
+ * without convert (or open/next), is an error. */
+int ds_formats_add(ds_formats *f, const char *name, const char *description,
+                   const pesc_format_ops *ops, const char *origin, pesc_error *err);
+/* f NULL: the built-ins. Index 0 is auto. */
+int ds_formats_count(const ds_formats *f);
+const ds_format_info *ds_formats_get(const ds_formats *f, ds_format index);
+/* Any registered name; the message lists them all. */
+int ds_formats_parse(const ds_formats *f, const char *name, ds_format *out, pesc_error *err);
 
 /* How a file is read into records. */
 typedef struct ds_load_options {
@@ -64,6 +90,7 @@ typedef struct ds_load_options {
     int strict;                  /* a bad record is fatal */
     FILE *warn;                  /* where skip warnings go (the first few); NULL: silent */
     int source;                  /* recorded in every record */
+    const ds_formats *formats;   /* where `format` points; NULL: the built-ins */
 } ds_load_options;
 
 /* Reads a tokens-format JSONL file. vocab_size > 0 makes an id or label outside

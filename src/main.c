@@ -7,12 +7,14 @@
 #include "config.h"
 
 static const char overview[] =
-    "usage: pesc COMMAND [OPTIONS]\n"
+    "usage: pesc [COMMAND [OPTIONS]]\n"
     "\n"
     "pesc turns a dense Llama-family model into a Mixture-of-Experts with Parameter-Efficient\n"
-    "Sparsity Crafting and instruction-tunes it, live, from the terminal.\n"
+    "Sparsity Crafting and instruction-tunes it, live, from the terminal. With no command it\n"
+    "opens the workbench on the built-in demo.\n"
     "\n"
-    "Commands in this build:\n"
+    "Commands:\n"
+    "  tui       the workbench on a chosen model and data\n"
     "  eval      mean next-token loss of a model over a dataset\n"
     "  inspect   summary of a model directory, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
@@ -20,9 +22,11 @@ static const char overview[] =
     "  bench     training-step throughput and MFU on a random PESC model\n"
     "  tokenize  text to token ids with a Hugging Face tokenizer.json\n"
     "  fetch     download files and models (hf://, http(s)://) into the cache\n"
+    "  plugins   dataset formats and metric sinks: built-in and plugin modules\n"
+    "  view      the workbench on a headless run's log (--attach SOCKET to steer it)\n"
+    "  demo-data the built-in demo's instruction data, as camelidae JSONL\n"
     "\n"
-    "Not in this build yet: the workbench (pesc with no command, tui, view), generate,\n"
-    "export.\n"
+    "Not in this build yet: generate, export.\n"
     "\n"
     "  pesc COMMAND --help    options of one command\n"
     "  pesc --version         version and built backends\n"
@@ -41,11 +45,19 @@ static const command commands[] = {
     {"train", cmd_train},
     {"tokenize", cmd_tokenize},
     {"fetch", cmd_fetch},
+    {"plugins", cmd_plugins},
+    {"view", cmd_view},
+    {"tui", cmd_tui},
+    {"demo-data", cmd_demo_data},
 };
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+    if (argc < 2) {
+        char *demo[] = {(char *)"tui", NULL};
+        return cmd_tui(1, demo);
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
         fputs(overview, stdout);
         return 0;

@@ -904,6 +904,22 @@ static void describe_run(session *s)
     r->adapter_scale = m->pesc.adapter_scale;
 }
 
+/* The model: a checkpoint directory, or random weights of a config.json's shape. */
+static int load_model(session *s, pesc_error *err)
+{
+    if (!s->cfg.init_config)
+        return model_load(&s->m, s->model_dir, s->backend, err);
+    hf_config shape;
+    char *text = NULL;
+    int rc = pesc_read_file(s->cfg.init_config, &text, NULL, err);
+    if (rc == 0)
+        rc = hfconfig_parse(&shape, text, s->cfg.init_config, err);
+    free(text);
+    if (rc == 0)
+        rc = model_init_random(&s->m, &shape, s->backend, s->cfg.seed, err);
+    return rc;
+}
+
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
@@ -913,12 +929,18 @@ static int setup(session *s, pesc_error *err)
     if (c->model) {
         if (fetch_view_resolve_model(c->model, &s->model_dir, err) != 0)
             return -1;
+    } else if (c->init_config) {
+        s->model_dir = xstrdup(c->init_config);   /* its directory stands in for a model's */
+        char *slash = strrchr(s->model_dir, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            strcpy(s->model_dir, ".");
     } else {
         s->model_dir = demo_dir();
     }
     s->tpl = template_find(c->template_name);
-    if (model_load(&s->m, s->model_dir, s->backend, err) != 0 || load_tokenizer(s, err) != 0 ||
-        open_data(s, err) != 0)
+    if (load_model(s, err) != 0 || load_tokenizer(s, err) != 0 || open_data(s, err) != 0)
         return -1;
     s->fingerprint = checkpoint_fingerprint(&s->m);   /* before full mode trains the weights */
     if (model_craft(&s->m, &c->pesc, c->seed, err) != 0)

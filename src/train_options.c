@@ -12,6 +12,8 @@
 const char train_options_help[] =
     "model and data:\n"
     "  --model DIR|URL      Hugging Face model directory or hf:// URL (default: the demo)\n"
+    "  --init-config FILE   start from random weights of the shape a config.json gives\n"
+    "                       (pre-training a base model, as tools/make-demo-base does)\n"
     "  --data PATH|URL[:W]  dataset, repeatable; W = mixture weight (default 1)\n"
     "  --format F           auto, camelidae, alpaca, sharegpt, openai, metamath, magicoder,\n"
     "                       text, tokens (auto)\n"
@@ -56,8 +58,27 @@ void train_config_default(train_config *c)
     c->nan_limit = 3;
 }
 
+void train_config_demo(train_config *c)
+{
+    static const char *const families[] = {"arithmetic", "reverse", "sort", "count", "case",
+                                           "lookup"};
+    for (int i = 0; i < 6 && c->n_sources < STATS_MAX_SOURCES; i++) {
+        snprintf(c->sources[c->n_sources].path, sizeof c->sources[0].path, "demo:%s",
+                 families[i]);
+        c->sources[c->n_sources++].weight = 1.0;
+    }
+    c->format = "demo";
+    c->seq = 64;
+    c->batch = 16;
+    c->pack = 1;
+    c->optim.lr = 2e-3f;
+    c->optim.warmup = 20;
+    if (!c->steps && !c->epochs)
+        c->steps = 100000;   /* the demo goes on until the person quits */
+}
+
 enum {
-    OPT_MODEL = 1, OPT_DATA, OPT_FORMAT, OPT_TEMPLATE, OPT_TOKENIZER, OPT_SEQ, OPT_BATCH,
+    OPT_MODEL = 1, OPT_INIT, OPT_DATA, OPT_FORMAT, OPT_TEMPLATE, OPT_TOKENIZER, OPT_SEQ, OPT_BATCH,
     OPT_ACCUM, OPT_PACK, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_HELP
@@ -67,6 +88,7 @@ static const struct option *option_table(void)
 {
     static const struct option own[] = {
         {"model", required_argument, NULL, OPT_MODEL}, {"data", required_argument, NULL, OPT_DATA},
+        {"init-config", required_argument, NULL, OPT_INIT},
         {"format", required_argument, NULL, OPT_FORMAT},
         {"template", required_argument, NULL, OPT_TEMPLATE},
         {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
@@ -127,6 +149,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     double x = 0;
     switch (opt) {
     case OPT_MODEL: c->model = arg; return 0;
+    case OPT_INIT: c->init_config = arg; return 0;
     case OPT_DATA:
         if (c->n_sources == STATS_MAX_SOURCES)
             return cli_usage_error(cmd, "--data: at most %d sources", STATS_MAX_SOURCES);
@@ -226,7 +249,9 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     pesc_error err;
     if (pesc_options_check(&c->pesc, &err) != 0)
         return cli_usage_error(cmd, "%s", err.msg);
-    if (c->model && c->n_sources == 0)
+    if (c->init_config && c->model)
+        return cli_usage_error(cmd, "give --model or --init-config, not both");
+    if ((c->model || c->init_config) && c->n_sources == 0)
         return cli_usage_error(cmd, "--model needs --data (the demo data fits only the demo "
                                "model)");
     if (c->steps && c->epochs)

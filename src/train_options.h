@@ -15,6 +15,7 @@
 
 typedef struct train_config {
     const char *model;           /* directory or URL; NULL: the built-in demo */
+    const char *init_config;     /* a config.json: start from random weights of that shape */
     ds_source sources[STATS_MAX_SOURCES];
     int n_sources;
     const char *format, *template_name, *tokenizer;
@@ -40,6 +41,9 @@ typedef struct train_config {
 } train_config;
 
 void train_config_default(train_config *c);
+/* The built-in demo (`pesc` with no arguments): the demo model and one source per task family
+ * of the generated data, so the routing view shows the families apart. */
+void train_config_demo(train_config *c);
 
 /* Parses argv (argv[0] is the command name). Returns -1 to go on, TRAIN_HELP when --help was
  * asked (the command prints its usage), or 2 after a usage error, already reported. */

@@ -34,7 +34,7 @@ expect() {
 close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= t * m) }'; }
 
 expect 0 "^pesc [0-9]" "--version" -- "$pesc" --version
-expect 0 "usage: pesc COMMAND" "--help" -- "$pesc" --help
+expect 0 "usage: pesc \[COMMAND" "--help" -- "$pesc" --help
 for cmd in eval inspect devices; do
   expect 0 "usage: pesc $cmd" "$cmd --help" -- "$pesc" "$cmd" --help
 done

@@ -1,0 +1,69 @@
+/* cmd_tui — `pesc tui` and `pesc` with no arguments: the training session with the ncurses
+ * workbench in front of it (DESIGN section 2: the UI on the main thread, the trainer on its
+ * own). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "control.h"
+#include "session.h"
+#include "train_options.h"
+#include "ui.h"
+
+static const char tui_usage[] =
+    "usage: pesc tui [TRAIN OPTIONS]\n"
+    "       pesc                     the built-in demo\n"
+    "\n"
+    "Crafts the model into a PESC Mixture-of-Experts and instruction-tunes it while the\n"
+    "workbench shows the routing of every layer, the losses and the adapter norms. Space\n"
+    "pauses, + and - change the learning rate, / asks the model a question, ? lists the keys.\n"
+    "Without --model and --data: the built-in demo model and its generated tasks.\n"
+    "\n";
+
+int cmd_tui(int argc, char **argv)
+{
+    train_config c;
+    train_config_default(&c);
+    int status = train_config_parse(&c, "tui", argc, argv);
+    if (status == TRAIN_HELP) {
+        fputs(tui_usage, stdout);
+        fputs(train_options_help, stdout);
+        fputs(pesc_options_help, stdout);
+        return 0;
+    }
+    if (status >= 0)
+        return status;
+    if (!c.model && !c.init_config && c.n_sources == 0)
+        train_config_demo(&c);
+    pesc_error err = {{0}};
+    session *s = session_new(&c, &err);
+    if (!s) {
+        if (!c.model && !c.init_config)
+            fprintf(stderr, "pesc: the demo cannot start: %s (was pesc installed, or is it run "
+                            "from its build tree?)\n", err.msg);
+        else
+            cli_fail("tui", &err);
+        return 1;
+    }
+    control_server *ctl = NULL;
+    if (c.control_path && !(ctl = control_open(c.control_path, session_monitor(s), &err))) {
+        session_delete(s);
+        return cli_fail("tui", &err);
+    }
+    if (session_start(s, &err) != 0) {
+        control_close(ctl);
+        session_delete(s);
+        return cli_fail("tui", &err);
+    }
+    ui_options o = {.title = c.model ? c.model : "demo", .live = 1};
+    int ui_status = ui_run(session_monitor(s), &o);
+    char reply[128];
+    session_command(s, "stop", reply, sizeof reply);
+    status = session_wait(s);
+    control_close(ctl);
+    if (status != 0)
+        fprintf(stderr, "pesc tui: %s\n", session_error(s));
+    session_delete(s);
+    return status ? status : ui_status;
+}

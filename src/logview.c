@@ -1,0 +1,419 @@
+/* logview — see logview.h. */
+#include "logview.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "util.h"
+
+#define READ_BUDGET_S 0.03       /* per snapshot, so a long log loads over a few frames */
+#define REPLY_TIMEOUT_MS 2000
+#define STALL_S 30.0             /* a running log that has been quiet this long says so */
+
+typedef struct logview {
+    char *path, *socket_path;
+    int fd, sock;
+    off_t offset;
+    ino_t inode;
+    char *pending;               /* a line read in part */
+    size_t pending_len, pending_cap;
+    double last_growth;          /* when a line last arrived (monotonic) */
+    long bad_lines;
+    /* what has been read */
+    monitor_state state;
+    char message[256];
+    int have_run;
+    stats_run run;
+    stats_record *last;          /* the latest step */
+    double save_elapsed;         /* < 0: never */
+    monitor_point points[MONITOR_HISTORY];
+    int n_points, stride, skipped;
+    float *loads;                /* ring of (MONITOR_LOAD_HISTORY, L, E) */
+    long load_steps[MONITOR_LOAD_HISTORY];
+    int load_head, n_loads;
+    size_t load_le;
+    stats_event events[MONITOR_EVENTS];   /* ring */
+    int event_head, n_events;
+    char prompt[512];
+    char generated[MONITOR_GENERATION];
+} logview;
+
+/* ---- reading ------------------------------------------------------------------------------ */
+
+static void forget_history(logview *lv)
+{
+    lv->state = MONITOR_STARTING;
+    lv->message[0] = '\0';
+    lv->have_run = 0;
+    memset(&lv->run, 0, sizeof lv->run);
+    stats_record_delete(lv->last);
+    lv->last = NULL;
+    lv->save_elapsed = -1;
+    lv->n_points = lv->skipped = 0;
+    lv->stride = 1;
+    lv->load_head = lv->n_loads = 0;
+    lv->event_head = lv->n_events = 0;
+    lv->prompt[0] = lv->generated[0] = '\0';
+    lv->pending_len = 0;
+    lv->offset = 0;
+    lv->bad_lines = 0;
+}
+
+/* Keeps MONITOR_HISTORY evenly spaced points: when full, every other one goes and from then
+ * on only every stride-th step is kept. */
+static void add_point(logview *lv, const stats_record *r)
+{
+    if (++lv->skipped < lv->stride && lv->n_points > 0)
+        return;
+    lv->skipped = 0;
+    if (lv->n_points == MONITOR_HISTORY) {
+        for (int i = 0; i < MONITOR_HISTORY / 2; i++)
+            lv->points[i] = lv->points[2 * i + 1];
+        lv->n_points = MONITOR_HISTORY / 2;
+        lv->stride *= 2;
+    }
+    lv->points[lv->n_points++] = (monitor_point){
+        .step = r->step, .loss = (float)r->loss, .aux_loss = (float)r->aux_loss, .lr = (float)r->lr,
+        .grad_norm = (float)r->grad_norm, .tokens_per_s = (float)r->tokens_per_s};
+}
+
+static void add_loads(logview *lv, const stats_record *r)
+{
+    size_t le = (size_t)r->shape.n_layers * (size_t)r->shape.n_experts;
+    if (!r->load || le == 0)
+        return;
+    if (le != lv->load_le) {
+        free(lv->loads);
+        lv->loads = xmalloc((size_t)MONITOR_LOAD_HISTORY * le * sizeof(float));
+        lv->load_le = le;
+        lv->load_head = lv->n_loads = 0;
+    }
+    memcpy(lv->loads + (size_t)lv->load_head * le, r->load, le * sizeof(float));
+    lv->load_steps[lv->load_head] = r->step;
+    lv->load_head = (lv->load_head + 1) % MONITOR_LOAD_HISTORY;
+    if (lv->n_loads < MONITOR_LOAD_HISTORY)
+        lv->n_loads++;
+}
+
+static int run_over(monitor_state s)
+{
+    return s == MONITOR_FINISHED || s == MONITOR_STOPPED || s == MONITOR_FAILED;
+}
+
+static void add_event(logview *lv, const stats_event *e)
+{
+    lv->events[lv->event_head] = *e;
+    lv->event_head = (lv->event_head + 1) % MONITOR_EVENTS;
+    if (lv->n_events < MONITOR_EVENTS)
+        lv->n_events++;
+    const char *k = e->kind;
+    if (strcmp(k, "pause") == 0)
+        lv->state = MONITOR_PAUSED;
+    else if (strcmp(k, "resume") == 0)
+        lv->state = MONITOR_RUNNING;
+    else if (strcmp(k, "save") == 0)
+        lv->save_elapsed = e->elapsed_s;
+    else if (strcmp(k, "stop") == 0)
+        lv->state = MONITOR_STOPPED;
+    else if (strcmp(k, "finish") == 0 || strcmp(k, "done") == 0 || strcmp(k, "end") == 0)
+        lv->state = MONITOR_FINISHED;
+    else if (strcmp(k, "error") == 0 || strcmp(k, "fail") == 0) {
+        lv->state = MONITOR_FAILED;
+        snprintf(lv->message, sizeof lv->message, "%s", e->text);
+    } else if (strcmp(k, "generate") == 0) {
+        snprintf(lv->generated, sizeof lv->generated, "%s", e->text);
+    }
+}
+
+static void parse_line(logview *lv, const char *line)
+{
+    if (line[0] == '\0')
+        return;
+    stats_event e;
+    stats_run run;
+    pesc_error err;
+    int kind = stats_parse_line(line, &lv->last, &e, &run, &err);
+    if (kind == 3) {
+        lv->run = run;
+        lv->have_run = 1;
+        lv->state = MONITOR_RUNNING;
+    } else if (kind == 2) {
+        add_event(lv, &e);
+    } else if (kind == 1) {
+        stats_record_derive(lv->last);   /* imbalance and cv, also for logs that leave them out */
+        add_point(lv, lv->last);
+        add_loads(lv, lv->last);
+        if (!run_over(lv->state) && lv->state != MONITOR_PAUSED)
+            lv->state = MONITOR_RUNNING;
+    } else {
+        lv->bad_lines++;
+    }
+}
+
+static void take_lines(logview *lv, const char *buf, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (buf[i] != '\n') {
+            if (lv->pending_len + 2 > lv->pending_cap) {
+                lv->pending_cap = lv->pending_cap ? 2 * lv->pending_cap : 4096;
+                lv->pending = xrealloc(lv->pending, lv->pending_cap);
+            }
+            lv->pending[lv->pending_len++] = buf[i];
+            continue;
+        }
+        if (!lv->pending)
+            continue;
+        lv->pending[lv->pending_len] = '\0';
+        parse_line(lv, lv->pending);
+        lv->pending_len = 0;
+    }
+}
+
+/* Opens the log again when it was replaced, and starts over when it was truncated. */
+static void check_file(logview *lv)
+{
+    struct stat st;
+    if (stat(lv->path, &st) == 0 && (lv->fd < 0 || st.st_ino != lv->inode)) {
+        int fd = open(lv->path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            if (lv->fd >= 0)
+                close(lv->fd);
+            lv->fd = fd;
+            lv->inode = st.st_ino;
+            forget_history(lv);
+            return;
+        }
+    }
+    if (lv->fd >= 0 && fstat(lv->fd, &st) == 0 && st.st_size < lv->offset) {
+        forget_history(lv);
+        lseek(lv->fd, 0, SEEK_SET);
+    }
+}
+
+static void read_more(logview *lv)
+{
+    check_file(lv);
+    if (lv->fd < 0)
+        return;
+    char buf[65536];
+    double start = pesc_now();
+    for (;;) {
+        ssize_t n = pread(lv->fd, buf, sizeof buf, lv->offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        lv->offset += n;
+        take_lines(lv, buf, (size_t)n);
+        lv->last_growth = pesc_now();
+        if (pesc_now() - start > READ_BUDGET_S)
+            break;
+    }
+}
+
+/* ---- the monitor -------------------------------------------------------------------------- */
+
+static void copy_history(const logview *lv, monitor_view *v)
+{
+    v->n_points = lv->n_points;
+    memcpy(v->points, lv->points, (size_t)lv->n_points * sizeof *v->points);
+    size_t le = lv->load_le;
+    v->n_loads = 0;
+    if (lv->n_loads > 0) {
+        free(v->loads);
+        v->loads = xmalloc((size_t)lv->n_loads * le * sizeof(float));
+        for (int i = 0; i < lv->n_loads; i++) {
+            int slot = (lv->load_head - lv->n_loads + i + MONITOR_LOAD_HISTORY) % MONITOR_LOAD_HISTORY;
+            memcpy(v->loads + (size_t)i * le, lv->loads + (size_t)slot * le, le * sizeof(float));
+            v->load_steps[i] = lv->load_steps[slot];
+        }
+        v->n_loads = lv->n_loads;
+    }
+    v->n_events = lv->n_events;
+    for (int i = 0; i < lv->n_events; i++)
+        v->events[i] = lv->events[(lv->event_head - lv->n_events + i + MONITOR_EVENTS) % MONITOR_EVENTS];
+}
+
+static int logview_snapshot(void *ctx, monitor_view *v)
+{
+    logview *lv = ctx;
+    read_more(lv);
+    v->state = lv->state;
+    if (lv->state == MONITOR_RUNNING && pesc_now() - lv->last_growth > STALL_S)
+        snprintf(v->message, sizeof v->message, "no new lines in %s for %.0f s", lv->path,
+                 pesc_now() - lv->last_growth);
+    else if (lv->bad_lines && !lv->message[0])
+        snprintf(v->message, sizeof v->message, "%ld malformed lines skipped", lv->bad_lines);
+    else
+        snprintf(v->message, sizeof v->message, "%s", lv->message);
+    v->run = lv->run;
+    if (lv->last) {
+        if (!lv->have_run) {
+            v->run.shape = lv->last->shape;
+            snprintf(v->run.model, sizeof v->run.model, "%s", lv->path);
+        }
+        stats_shape s = lv->last->shape;
+        if (!v->last || v->last->shape.n_layers != s.n_layers || v->last->shape.n_experts != s.n_experts ||
+            v->last->shape.n_sources != s.n_sources) {
+            stats_record_delete(v->last);
+            v->last = stats_record_new(s);
+        }
+        stats_record_copy(v->last, lv->last);
+        if (lv->save_elapsed >= 0)
+            v->since_save_s = lv->last->elapsed_s - lv->save_elapsed;
+        else
+            v->since_save_s = -1;
+    } else {
+        stats_record_delete(v->last);
+        v->last = NULL;
+        v->since_save_s = -1;
+    }
+    copy_history(lv, v);
+    v->generating = 0;
+    snprintf(v->prompt, sizeof v->prompt, "%s", lv->prompt);
+    snprintf(v->generated, sizeof v->generated, "%s", lv->generated);
+    v->n_generated_tokens = 0;
+    memset(v->token_expert, 255, sizeof v->token_expert);
+    v->generation_layer = 0;
+    return 0;
+}
+
+static int connect_control(logview *lv, pesc_error *err)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(lv->socket_path) >= sizeof addr.sun_path)
+        return pesc_fail(err, "control socket %s: path too long", lv->socket_path);
+    strcpy(addr.sun_path, lv->socket_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return pesc_fail(err, "control socket %s: %s", lv->socket_path, strerror(errno));
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        int e = errno;
+        close(fd);
+        return pesc_fail(err, "control socket %s: %s", lv->socket_path, strerror(e));
+    }
+    lv->sock = fd;
+    return 0;
+}
+
+/* One line out, one line back (at most REPLY_TIMEOUT_MS). */
+static int exchange(logview *lv, const char *line, char *reply, size_t len, pesc_error *err)
+{
+    if (lv->sock < 0 && connect_control(lv, err) != 0)
+        return -1;
+    size_t n = strlen(line);
+    char *out = xmalloc(n + 2);
+    memcpy(out, line, n);
+    out[n++] = '\n';
+    for (size_t done = 0; done < n;) {
+        ssize_t w = send(lv->sock, out + done, n - done, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            free(out);
+            return pesc_fail(err, "control socket %s: %s", lv->socket_path, strerror(errno));
+        }
+        done += (size_t)w;
+    }
+    free(out);
+    size_t got = 0;
+    double deadline = pesc_now() + REPLY_TIMEOUT_MS / 1000.0;
+    while (got + 1 < len) {
+        int left = (int)((deadline - pesc_now()) * 1000);
+        struct pollfd p = {.fd = lv->sock, .events = POLLIN};
+        if (left <= 0 || poll(&p, 1, left) <= 0)
+            return pesc_fail(err, "control socket %s: no reply within %d s", lv->socket_path,
+                             REPLY_TIMEOUT_MS / 1000);
+        ssize_t r = recv(lv->sock, reply + got, 1, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return pesc_fail(err, "control socket %s: the run closed it", lv->socket_path);
+        if (reply[got] == '\n')
+            break;
+        got++;
+    }
+    reply[got] = '\0';
+    return 0;
+}
+
+static void logview_command(void *ctx, const char *line, char *reply, size_t len)
+{
+    logview *lv = ctx;
+    if (!lv->socket_path) {
+        snprintf(reply, len, "error: read-only view of %s; pesc view --attach SOCKET steers the run",
+                 lv->path);
+        return;
+    }
+    pesc_error err;
+    if (exchange(lv, line, reply, len, &err) != 0) {
+        if (lv->sock >= 0)
+            close(lv->sock);
+        lv->sock = -1;
+        snprintf(reply, len, "error: %s", err.msg);
+    }
+}
+
+static void logview_close(void *ctx)
+{
+    logview *lv = ctx;
+    if (!lv)
+        return;
+    if (lv->fd >= 0)
+        close(lv->fd);
+    if (lv->sock >= 0)
+        close(lv->sock);
+    stats_record_delete(lv->last);
+    free(lv->loads);
+    free(lv->pending);
+    free(lv->path);
+    free(lv->socket_path);
+    free(lv);
+}
+
+static const monitor_ops logview_ops = {
+    .snapshot = logview_snapshot,
+    .command = logview_command,
+    .close = logview_close,
+};
+
+int logview_open(monitor *m, const char *log_path, const char *control_socket, pesc_error *err)
+{
+    logview *lv = xcalloc(1, sizeof *lv);
+    lv->fd = lv->sock = -1;
+    lv->path = xstrdup(log_path);
+    forget_history(lv);
+    struct stat st;
+    lv->fd = open(log_path, O_RDONLY | O_CLOEXEC);
+    if (lv->fd < 0 || fstat(lv->fd, &st) != 0) {
+        pesc_fail(err, "%s: %s", log_path, strerror(errno));
+        logview_close(lv);
+        return -1;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        pesc_fail(err, "%s: a directory, not a run log", log_path);
+        logview_close(lv);
+        return -1;
+    }
+    lv->inode = st.st_ino;
+    lv->last_growth = pesc_now();
+    if (control_socket) {
+        lv->socket_path = xstrdup(control_socket);
+        if (connect_control(lv, err) != 0) {
+            logview_close(lv);
+            return -1;
+        }
+    }
+    m->ops = &logview_ops;
+    m->ctx = lv;
+    return 0;
+}

@@ -1,0 +1,19 @@
+/* logview — a `monitor` over a headless run's JSONL log (`pesc view`): reads the whole log,
+ * then follows it as it grows, like tail -f (a truncated or replaced file is read again from
+ * the start). History (losses, loads, events) is built from every line.
+ *
+ * With a control socket (`--attach`), commands go to the run: one line out, one line back.
+ * Without one, commands are refused with a reply that says how to steer.
+ *
+ * Owns: the file descriptor, the socket and everything read so far. Must not: block for long;
+ * a snapshot reads at most a few tens of milliseconds of log, a command waits at most 2 s. */
+#ifndef PESC_LOGVIEW_H
+#define PESC_LOGVIEW_H
+
+#include "monitor.h"
+
+/* Opens the log (it must exist) and, when control_socket is not NULL, connects to the run.
+ * Fills m; m->ops->close(m->ctx) releases it. */
+int logview_open(monitor *m, const char *log_path, const char *control_socket, pesc_error *err);
+
+#endif

@@ -1,0 +1,406 @@
+/* sink — see sink.h. */
+#include "sink.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ===================================================== the built-in jsonl sink ===== */
+
+/* The run log: the start line, then one line per step and per event, flushed as written so
+ * that `pesc view` follows a live run. */
+typedef struct jsonl_sink {
+    FILE *f;
+    char path[4096];
+} jsonl_sink;
+
+static int jsonl_line(jsonl_sink *j, const char *json, char *err, size_t errlen)
+{
+    if (!json)
+        return 0;
+    if (fputs(json, j->f) < 0 || fputc('\n', j->f) == EOF || fflush(j->f) != 0) {
+        snprintf(err, errlen, "%s: %s", j->path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int jsonl_close(void *self, char *err, size_t errlen)
+{
+    jsonl_sink *j = self;
+    int rc = 0;
+    if (fclose(j->f) != 0) {
+        snprintf(err, errlen, "%s: %s", j->path, strerror(errno));
+        rc = -1;
+    }
+    free(j);
+    return rc;
+}
+
+static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, char *err,
+                        size_t errlen)
+{
+    jsonl_sink *j = xcalloc(1, sizeof *j);
+    if (c->target)
+        snprintf(j->path, sizeof j->path, "%s", c->target);
+    else
+        snprintf(j->path, sizeof j->path, "%s.jsonl", c->base);
+    j->f = fopen(j->path, c->resume ? "a" : "w");
+    if (!j->f) {
+        snprintf(err, errlen, "%s: %s", j->path, strerror(errno));
+        free(j);
+        return NULL;
+    }
+    if (jsonl_line(j, run->json, err, errlen) != 0) {
+        char ignored[64];
+        jsonl_close(j, ignored, sizeof ignored);
+        return NULL;
+    }
+    return j;
+}
+
+static int jsonl_record(void *self, const pesc_step *step, char *err, size_t errlen)
+{
+    return jsonl_line(self, step->json, err, errlen);
+}
+
+static int jsonl_event(void *self, const pesc_event *event, char *err, size_t errlen)
+{
+    return jsonl_line(self, event->json, err, errlen);
+}
+
+static const pesc_sink_ops jsonl_ops = {
+    .size = sizeof jsonl_ops, .open = jsonl_open, .record = jsonl_record,
+    .event = jsonl_event, .close = jsonl_close};
+
+static const struct {
+    const char *name, *description;
+    const pesc_sink_ops *ops;
+} builtin_sinks[] = {
+    {"jsonl", "the run log (--log FILE): one JSON object a line, man pesc-log(5)", &jsonl_ops},
+};
+enum { N_BUILTIN_SINKS = (int)(sizeof builtin_sinks / sizeof *builtin_sinks) };
+
+int sinks_builtin(const char *name)
+{
+    for (int i = 0; i < N_BUILTIN_SINKS; i++)
+        if (strcmp(name, builtin_sinks[i].name) == 0)
+            return 1;
+    return 0;
+}
+
+const char *sinks_builtin_name(int i, const char **description)
+{
+    if (i < 0 || i >= N_BUILTIN_SINKS)
+        return NULL;
+    if (description)
+        *description = builtin_sinks[i].description;
+    return builtin_sinks[i].name;
+}
+
+/* ================================================================== the sink set ===== */
+
+typedef struct sink_slot {
+    char spec[4200];             /* as given: NAME[:TARGET] */
+    char name[PESC_PLUGIN_NAME_MAX + 1];
+    const pesc_sink_ops *ops;
+    void *self;                  /* NULL: never opened or disabled */
+} sink_slot;
+
+enum { MAX_PENDING = 8 };
+
+struct sink_set {
+    sink_slot *slots;
+    int n, live, failed;
+    sink_options opt;
+    char *base;
+    /* the scalars and histograms of a step, tags made once per shape */
+    stats_shape shape;
+    pesc_scalar *scalars;
+    size_t n_scalars;
+    char *tags;                  /* every tag, NUL-separated */
+    pesc_histogram histograms[2];
+    /* reports not yet sent as events (sent after the dispatch that caused them) */
+    char pending[MAX_PENDING][400];
+    int n_pending;
+    long last_step;
+    double last_elapsed;
+};
+
+static double wall_clock(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Reported once: the callback (or stderr) now, a "sink" event to the others afterwards. */
+static void disable(sink_set *s, sink_slot *slot, const char *why)
+{
+    char message[320];
+    snprintf(message, sizeof message, "%s; the sink is disabled and the run goes on",
+             why[0] ? why : "failed without a reason");
+    if (slot->self) {
+        char ignored[256];
+        slot->ops->close(slot->self, ignored, sizeof ignored);
+        slot->self = NULL;
+        s->live--;
+    }
+    s->failed++;
+    if (s->opt.report)
+        s->opt.report(s->opt.report_ctx, slot->name, message);
+    else
+        fprintf(stderr, "pesc: sink %s: %s\n", slot->name, message);
+    if (s->n_pending < MAX_PENDING)
+        snprintf(s->pending[s->n_pending++], sizeof s->pending[0], "%s: %s", slot->name,
+                 message);
+}
+
+static void dispatch_event(sink_set *s, const stats_event *e)
+{
+    char *json = stats_event_json(e);
+    pesc_event event = {.size = sizeof event, .step = e->step, .wall_time = wall_clock(),
+                        .elapsed_s = e->elapsed_s, .kind = e->kind, .text = e->text,
+                        .json = json};
+    for (int i = 0; i < s->n; i++) {
+        sink_slot *slot = &s->slots[i];
+        char why[256] = "";
+        if (slot->self && slot->ops->event && slot->ops->event(slot->self, &event, why,
+                                                              sizeof why) != 0)
+            disable(s, slot, why);
+    }
+    free(json);
+}
+
+/* The reports of the last dispatch, as events; a sink failing on those queues more, and each
+ * sink fails once, so this ends. */
+static void send_pending(sink_set *s)
+{
+    for (int k = 0; k < s->n_pending; k++) {
+        stats_event e = {.step = s->last_step, .elapsed_s = s->last_elapsed};
+        snprintf(e.kind, sizeof e.kind, "sink");
+        snprintf(e.text, sizeof e.text, "%s", s->pending[k]);
+        dispatch_event(s, &e);
+    }
+    s->n_pending = 0;
+}
+
+/* ---- scalars and histograms of a record ---------------------------------------------- */
+
+static const char *const fixed_tags[] = {"loss", "aux_loss", "z_loss", "lr", "grad_norm",
+                                         "tokens_per_s", "step_s", "epoch", "tokens"};
+enum { N_FIXED = (int)(sizeof fixed_tags / sizeof *fixed_tags) };
+
+static void make_tags(sink_set *s, stats_shape shape)
+{
+    int L = shape.n_experts > 0 ? shape.n_layers : 0, E = shape.n_experts;
+    size_t n = N_FIXED + (size_t)L * 2 + (size_t)L * (size_t)E, room = n * 40, used = 0;
+    free(s->scalars);
+    free(s->tags);
+    s->shape = shape;
+    s->scalars = xcalloc(n, sizeof *s->scalars);
+    s->tags = xmalloc(room);
+    s->n_scalars = 0;
+#define TAG(...) (s->scalars[s->n_scalars++].tag = s->tags + used, \
+                  used += (size_t)snprintf(s->tags + used, room - used, __VA_ARGS__) + 1)
+    for (int i = 0; i < N_FIXED; i++)
+        TAG("%s", fixed_tags[i]);
+    for (int l = 0; l < L; l++)
+        TAG("entropy/layer_%02d", l);
+    for (int l = 0; l < L; l++)
+        TAG("imbalance/layer_%02d", l);
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++)
+            TAG("load/layer_%02d/expert_%d", l, e);
+#undef TAG
+    s->histograms[0].tag = "adapter_norm/down";
+    s->histograms[1].tag = "adapter_norm/up";
+}
+
+static void fill_values(sink_set *s, const stats_record *r)
+{
+    if (r->shape.n_layers != s->shape.n_layers || r->shape.n_experts != s->shape.n_experts)
+        make_tags(s, r->shape);
+    double fixed[N_FIXED] = {r->loss, r->aux_loss, r->z_loss, r->lr, r->grad_norm,
+                             r->tokens_per_s, r->step_s, r->epoch, (double)r->tokens};
+    size_t k = 0;
+    for (int i = 0; i < N_FIXED; i++)
+        s->scalars[k++].value = fixed[i];
+    int L = s->shape.n_experts > 0 ? s->shape.n_layers : 0, E = s->shape.n_experts;
+    for (int l = 0; l < L; l++)
+        s->scalars[k++].value = r->entropy ? r->entropy[l] : 0.0;
+    for (int l = 0; l < L; l++)
+        s->scalars[k++].value = r->imbalance ? r->imbalance[l] : 0.0;
+    for (int i = 0; i < L * E; i++)
+        s->scalars[k++].value = r->load ? r->load[i] : 0.0;
+    s->histograms[0].values = r->norm_down;
+    s->histograms[1].values = r->norm_up;
+    s->histograms[0].n = s->histograms[1].n = (size_t)L * (size_t)E;
+}
+
+/* ---- lifetime -------------------------------------------------------------------------- */
+
+static const pesc_sink_ops *find_ops(const sink_options *o, const char *name)
+{
+    for (int i = 0; i < N_BUILTIN_SINKS; i++)
+        if (strcmp(name, builtin_sinks[i].name) == 0)
+            return builtin_sinks[i].ops;
+    const pesc_plugin *p = plugins_find(o->plugins, PESC_PLUGIN_SINK, name);
+    return p ? p->sink : NULL;
+}
+
+/* "csv, tensorboard" of the plugins found, for the unknown-name message. */
+static void sink_names(const pesc_plugins *p, char *out, size_t cap)
+{
+    size_t used = (size_t)snprintf(out, cap, "built-in: jsonl");
+    int first = 1;
+    for (int i = 0; i < plugins_count(p) && used < cap; i++) {
+        const plugin_info *info = plugins_get(p, i);
+        if (info->plugin && info->kind == PESC_PLUGIN_SINK) {
+            used += (size_t)snprintf(out + used, cap - used, "%s%s", first ? "; plugins: " : ", ",
+                                     info->name);
+            first = 0;
+        }
+    }
+}
+
+static int parse_spec(sink_set *s, const char *spec, sink_slot *slot, pesc_error *err)
+{
+    const char *colon = strchr(spec, ':');
+    size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
+    if (n == 0 || n > PESC_PLUGIN_NAME_MAX || (colon && !colon[1]) ||
+        strlen(spec) >= sizeof slot->spec)
+        return pesc_fail(err, "--sink '%s': expected NAME or NAME:TARGET", spec);
+    memcpy(slot->name, spec, n);
+    slot->name[n] = '\0';
+    snprintf(slot->spec, sizeof slot->spec, "%s", spec);
+    slot->ops = find_ops(&s->opt, slot->name);
+    if (!slot->ops) {
+        char names[512];
+        sink_names(s->opt.plugins, names, sizeof names);
+        return pesc_fail(err, "--sink %s: no sink of that name (%s; see pesc plugins, and "
+                         "PESC_PLUGIN_PATH or --plugin FILE for others)", slot->name, names);
+    }
+    for (int i = 0; i < s->n; i++)
+        if (strcmp(s->slots[i].spec, spec) == 0)
+            return pesc_fail(err, "--sink %s is given twice", spec);
+    return 0;
+}
+
+sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run,
+                     const sink_options *o, pesc_error *err)
+{
+    sink_set *s = xcalloc(1, sizeof *s);
+    if (o)
+        s->opt = *o;
+    s->base = xstrdup(s->opt.base && *s->opt.base ? s->opt.base : "pesc-run");
+    s->opt.base = s->base;
+    s->slots = xcalloc(n_specs > 0 ? (size_t)n_specs : 1, sizeof *s->slots);
+    for (int i = 0; i < n_specs; i++) {
+        if (parse_spec(s, specs[i], &s->slots[s->n], err) != 0) {
+            sinks_close(s);
+            return NULL;
+        }
+        s->n++;
+    }
+    make_tags(s, run->shape);
+
+    const char *sources[STATS_MAX_SOURCES];
+    int n_sources = run->shape.n_sources < STATS_MAX_SOURCES ? run->shape.n_sources
+                                                             : STATS_MAX_SOURCES;
+    for (int i = 0; i < n_sources; i++)
+        sources[i] = run->sources[i];
+    char *json = stats_run_json(run);
+    pesc_run_info info = {
+        .size = sizeof info, .n_layers = run->shape.n_layers, .n_experts = run->shape.n_experts,
+        .top_k = run->shape.top_k, .n_sources = n_sources, .sources = sources,
+        .model = run->model, .backend = run->backend, .total_steps = run->total_steps,
+        .adapter_dim = run->adapter_dim, .adapter_scale = run->adapter_scale, .json = json};
+    int rc = 0;
+    for (int i = 0; i < s->n; i++) {
+        sink_slot *slot = &s->slots[i];
+        const char *colon = strchr(slot->spec, ':');
+        pesc_sink_config config = {.size = sizeof config, .target = colon ? colon + 1 : NULL,
+                                   .base = s->base, .resume = s->opt.resume};
+        char why[256] = "";
+        slot->self = slot->ops->open(&config, &info, why, sizeof why);
+        if (slot->self) {
+            s->live++;
+        } else if (s->opt.strict_open) {
+            rc = pesc_fail(err, "--sink %s: %s", slot->spec, why[0] ? why : "cannot open");
+            break;
+        } else {
+            disable(s, slot, why);
+        }
+    }
+    free(json);
+    if (rc != 0) {
+        s->n_pending = 0;
+        s->opt.report = NULL;
+        sinks_close(s);
+        return NULL;
+    }
+    send_pending(s);
+    return s;
+}
+
+void sinks_record(sink_set *s, const stats_record *r)
+{
+    if (!s || s->live == 0)
+        return;
+    s->last_step = r->step;
+    s->last_elapsed = r->elapsed_s;
+    fill_values(s, r);
+    char *json = stats_record_json(r);
+    pesc_step step = {.size = sizeof step, .step = r->step, .wall_time = wall_clock(),
+                      .elapsed_s = r->elapsed_s, .scalars = s->scalars,
+                      .n_scalars = s->n_scalars, .histograms = s->histograms,
+                      .n_histograms = s->histograms[0].values && s->histograms[1].values ? 2 : 0,
+                      .json = json};
+    for (int i = 0; i < s->n; i++) {
+        sink_slot *slot = &s->slots[i];
+        char why[256] = "";
+        if (slot->self && slot->ops->record(slot->self, &step, why, sizeof why) != 0)
+            disable(s, slot, why);
+    }
+    free(json);
+    send_pending(s);
+}
+
+void sinks_event(sink_set *s, const stats_event *e)
+{
+    if (!s || s->live == 0)
+        return;
+    s->last_step = e->step;
+    s->last_elapsed = e->elapsed_s;
+    dispatch_event(s, e);
+    send_pending(s);
+}
+
+void sinks_close(sink_set *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->n; i++) {
+        sink_slot *slot = &s->slots[i];
+        char why[256] = "";
+        if (slot->self) {
+            void *self = slot->self;
+            slot->self = NULL;
+            s->live--;
+            if (slot->ops->close(self, why, sizeof why) != 0)
+                disable(s, slot, why);
+        }
+    }
+    s->n_pending = 0;   /* nobody is left to hear them */
+    free(s->slots);
+    free(s->scalars);
+    free(s->tags);
+    free(s->base);
+    free(s);
+}
+
+int sinks_active(const sink_set *s) { return s ? s->live : 0; }
+int sinks_failed(const sink_set *s) { return s ? s->failed : 0; }

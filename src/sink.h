@@ -1,0 +1,66 @@
+/* sink — metric sinks: where a run's step records and events go besides the screen.
+ *
+ * A sink is a `pesc_sink_ops` table (plugins/pesc-plugin.h): the built-in `jsonl` (the run
+ * log of --log, man pesc-log(5)) and any sink plugin (`csv`, `tensorboard`, ...) are opened
+ * and fed the same way. `--sink NAME[:TARGET]` names one; without TARGET a sink derives its
+ * output from the base path (jsonl: BASE.jsonl, csv: BASE.csv, tensorboard: BASE.tb/).
+ *
+ * Each record is handed to every sink once: as named scalars ("loss", "aux_loss", "z_loss",
+ * "lr", "grad_norm", "tokens_per_s", "step_s", "epoch", "tokens", "entropy/layer_03",
+ * "imbalance/layer_03", "load/layer_03/expert_5"), histograms ("adapter_norm/down",
+ * "adapter_norm/up": the (L, E) Frobenius norms) and the log line (stats_record_json).
+ *
+ * A sink that fails (cannot open its file, full disk) is reported ONCE — through the report
+ * callback and as a "sink" event to the sinks still working (so the log records it) — then
+ * closed and left out; the run goes on. Nothing here stops training.
+ *
+ * Threads: one thread (the trainer) calls everything, between steps. The report callback must
+ * not call back into this sink set.
+ *
+ * Owns: the open sinks and the scalar tags of the run. Must not: know about sessions,
+ * screens, or where plugins come from (a pesc_plugins registry is passed in). */
+#ifndef PESC_SINK_H
+#define PESC_SINK_H
+
+#include "pesc-plugin.h"
+#include "plugin.h"
+#include "stats.h"
+#include "util.h"
+
+typedef struct sink_set sink_set;
+
+/* A sink was disabled: name is the --sink name, message one line that says what and where. */
+typedef void (*sink_report_fn)(void *ctx, const char *name, const char *message);
+
+typedef struct sink_options {
+    const char *base;            /* stem for default outputs; NULL: "pesc-run" */
+    const pesc_plugins *plugins; /* where non-built-in sinks come from; NULL: built-ins only */
+    int resume;                  /* append to existing outputs (jsonl, csv) */
+    int strict_open;             /* a sink that cannot open is an error, not a report */
+    sink_report_fn report;       /* NULL: "pesc: sink NAME: message" on stderr */
+    void *report_ctx;
+} sink_options;
+
+/* specs: "NAME" or "NAME:TARGET", e.g. "jsonl:run.jsonl" (what --log FILE means),
+ * "tensorboard:runs/tb", "csv". An unknown name, a malformed spec or the same output named
+ * twice is an error (-1 / NULL with a message); a sink that cannot open is reported and left
+ * out (or an error with strict_open). The "start" line of the log is written here. */
+sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run,
+                     const sink_options *o, pesc_error *err);
+/* Every working sink gets the record / event. */
+void sinks_record(sink_set *s, const stats_record *r);
+void sinks_event(sink_set *s, const stats_event *e);
+/* Closes every sink (flushing); a failure there is reported like any other. Accepts NULL. */
+void sinks_close(sink_set *s);
+
+/* Sinks still working. */
+int sinks_active(const sink_set *s);
+/* Sinks reported and disabled so far. */
+int sinks_failed(const sink_set *s);
+
+/* 1 when name is a built-in sink ("jsonl"). */
+int sinks_builtin(const char *name);
+/* Built-in sink i (NULL past the end): name and one-line description. */
+const char *sinks_builtin_name(int i, const char **description);
+
+#endif

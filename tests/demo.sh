@@ -1,0 +1,130 @@
+#!/bin/sh
+# demo.sh — `pesc demo-data` as a user meets it, and `pesc eval --routing` on the crafted
+# reference model (tests/reference/data/pesc-e4k1) with its two records as two sources.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+p="$top_srcdir/tests/reference/data/pesc-e4k1"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-demo.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+pass() { echo "ok   $*"; }
+
+# expect STATUS PATTERN DESCRIPTION -- COMMAND...: exit status and a pattern in stdout+stderr;
+# a failure (status 1 or 2) must say so in exactly one line on stderr.
+expect() {
+  want=$1; pattern=$2; what=$3; shift 4
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  got=$?
+  if [ "$got" -ne "$want" ]; then
+    fail "$what: exit $got, wanted $want: $(head -c 300 "$tmp/err")"
+  elif ! cat "$tmp/out" "$tmp/err" | grep -q -- "$pattern"; then
+    fail "$what: output lacks '$pattern': $(cat "$tmp/out" "$tmp/err" | head -c 300)"
+  elif [ "$want" -ne 0 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
+    fail "$what: error is not one line: $(cat "$tmp/err")"
+  else
+    pass "$what"
+  fi
+}
+
+# ---- demo-data ----
+expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help
+expect 0 "demo-data" "listed in pesc --help" -- "$pesc" --help
+expect 2 "\-o FILE is required" "demo-data without -o" -- "$pesc" demo-data
+expect 2 "\-\-family nope: the families are arithmetic" "unknown family" -- "$pesc" demo-data -o x --family nope
+expect 2 "\-\-records 0" "zero records" -- "$pesc" demo-data -o x --records 0
+expect 2 "\-\-seed -1" "negative seed" -- "$pesc" demo-data -o x --seed -1
+expect 1 "$tmp/no/such/dir/d.jsonl" "unwritable output names the file" -- "$pesc" demo-data -o "$tmp/no/such/dir/d.jsonl"
+
+"$pesc" demo-data -o "$tmp/all.jsonl" || fail "demo-data -o FILE"
+[ "$(wc -l <"$tmp/all.jsonl")" -eq 6000 ] || fail "demo-data wrote $(wc -l <"$tmp/all.jsonl") records, wanted 6000"
+for family in arithmetic reverse sort count case lookup; do
+  n=$(grep -c "\"source\": \"$family\"" "$tmp/all.jsonl")
+  [ "$n" -eq 1000 ] || fail "family $family: $n records, wanted 1000"
+done
+"$pesc" demo-data -o "$tmp/again.jsonl" && cmp -s "$tmp/all.jsonl" "$tmp/again.jsonl" \
+  && pass "same seed, same file" || fail "demo-data is not reproducible"
+"$pesc" demo-data -o - --records 50 --seed 7 >"$tmp/seed7.jsonl"
+cmp -s "$tmp/seed7.jsonl" "$tmp/all.jsonl" && fail "--seed changes nothing"
+head -n 50 "$tmp/all.jsonl" | cmp -s - "$tmp/seed7.jsonl" && fail "--seed 7 gives the default records"
+"$pesc" demo-data -o - --records 50 --seed 7 | cmp -s - "$tmp/seed7.jsonl" \
+  && pass "--seed is reproducible" || fail "--seed 7 twice differs"
+"$pesc" demo-data -o "$tmp/rev.jsonl" --family reverse --records 20
+if [ "$(grep -c '"source": "reverse"' "$tmp/rev.jsonl")" -eq 20 ] &&
+   grep -q '"input": "reverse: [a-z]*", "output": "[a-z]*"' "$tmp/rev.jsonl"; then
+  pass "--family reverse"
+else
+  fail "--family reverse: $(head -n 2 "$tmp/rev.jsonl")"
+fi
+# the reverse answers, checked by the shell
+bad=$(sed -n 's/.*"input": "reverse: \([a-z]*\)", "output": "\([a-z]*\)".*/\1 \2/p' "$tmp/rev.jsonl" |
+      while read -r word answer; do
+        [ "$(printf '%s' "$word" | rev)" = "$answer" ] || echo "$word"
+      done)
+[ -z "$bad" ] && pass "reverse answers" || fail "wrong reversal of: $bad"
+# arithmetic answers, checked by awk
+awk -F'"' '/"source": "arithmetic"/ { split($10, t, /[-+]/); want = index($10, "+") ? t[1] + t[2] : t[1] - t[2];
+     if (want != $14 && bad++ == 0) print } END { exit bad > 0 }' "$tmp/all.jsonl" \
+  && pass "arithmetic answers" || fail "arithmetic answers are wrong"
+
+# ---- eval --routing on the crafted reference model, one record per source ----
+head -n 1 "$p/records.jsonl" >"$tmp/first.jsonl"
+tail -n 1 "$p/records.jsonl" >"$tmp/second.jsonl"
+a="$p/trainables.safetensors"
+expect 0 '"routing"' "eval --routing --json" -- "$pesc" eval --model "$p" --adapters "$a" \
+  --data "$tmp/first.jsonl" --data "$tmp/second.jsonl" --routing --json
+cp "$tmp/out" "$tmp/routing.json"
+# the scores are the same as without --routing, and as for one file with both records
+loss=$(sed -n 's/.*"loss": \([^,]*\),.*/\1/p' "$tmp/routing.json")
+awk -v a="$loss" 'BEGIN { d = a - 4.868344877774743; exit !(d < 5e-5 && d > -5e-5) }' \
+  && pass "two sources: the loss PyTorch computed" || fail "two sources: loss '$loss'"
+/usr/bin/python3 - "$tmp/routing.json" <<'PY' && pass "routing figures are consistent" || fail "routing figures"
+import json, math, sys
+r = json.load(open(sys.argv[1]))["routing"]
+assert r["layers"] == 2 and r["experts"] == 4 and r["top_k"] == 1, r
+assert [s["name"].rsplit("/", 1)[1] for s in r["sources"]] == ["first.jsonl", "second.jsonl"]
+assert all(s["tokens"] == 12 for s in r["sources"]), r["sources"]
+for s in r["sources"]:
+    for layer in s["share"]:
+        assert len(layer) == 4 and abs(sum(layer) - 1) < 1e-5, layer
+        assert all(abs(x * 12 - round(x * 12)) < 1e-4 for x in layer), layer   # counts / 12
+def js(p, q):
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+    kl = lambda x: sum(a * math.log2(a / c) for a, c in zip(x, m) if a > 0)
+    return (kl(p) + kl(q)) / 2
+for l in range(2):
+    want = js(r["sources"][0]["share"][l], r["sources"][1]["share"][l])
+    assert abs(r["divergence"][l] - want) < 1e-5 and 0 < want <= 1, (l, r["divergence"], want)
+assert abs(r["mean_divergence"] - sum(r["divergence"]) / 2) < 1e-5
+PY
+# a source alone routes its tokens as it does next to another
+"$pesc" eval --model "$p" --adapters "$a" --data "$tmp/first.jsonl" --routing --json >"$tmp/alone.json"
+/usr/bin/python3 - "$tmp/routing.json" "$tmp/alone.json" <<'PY' && pass "routing of a source alone" || fail "routing of a source alone differs"
+import json, sys
+both, alone = (json.load(open(f))["routing"] for f in sys.argv[1:3])
+assert both["sources"][0]["share"] == alone["sources"][0]["share"]
+assert alone["divergence"] == [None, None] and alone["mean_divergence"] is None
+PY
+expect 0 "divergence between sources (mean pairwise Jensen-Shannon, bits): 0\.[0-9]" \
+  "eval --routing text" -- "$pesc" eval --model "$p" --adapters "$a" --data "$tmp/first.jsonl" \
+  --data "$tmp/second.jsonl" --routing
+grep -q "^mean divergence over layers: 0\.[0-9]" "$tmp/out" || fail "text: no mean divergence"
+[ "$(grep -c "first.jsonl" "$tmp/out")" -eq 2 ] || fail "text: a row per source and layer"
+expect 1 "\-\-routing needs a crafted model" "eval --routing of a dense model" -- \
+  "$pesc" eval --model "$p" --data "$tmp/first.jsonl" --routing
+expect 2 "\-\-demo and \-\-data" "--demo with --data" -- "$pesc" eval --model "$p" --demo --data x
+expect 2 "\-\-data FILE (or \-\-demo) is required" "eval without data" -- "$pesc" eval --model "$p"
+
+# the demo families as sources need the demo model (data/demo), made by tools/make-demo-base
+d="$top_srcdir/data/demo"
+if [ -f "$d/model.safetensors" ]; then
+  expect 0 "^loss " "eval --demo on the demo base model" -- "$pesc" eval --model "$d" --demo --records 5
+else
+  echo "skip eval --demo (no demo base model yet; tools/make-demo-base)"
+fi
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]

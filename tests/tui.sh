@@ -1,0 +1,110 @@
+#!/bin/sh
+# tui.sh — the live workbench end to end: `pesc tui` on a tiny model under tmux, keys sent with
+# send-keys, the screen read with capture-pane. The panels are there; Space pauses and the
+# step counter stops; + raises the LR in the status line and in the JSONL log; a prompt gets
+# an answer; a resize to 40x12 and back keeps it running; q asks, then saves and stops.
+# Skips (77) without tmux or before `pesc tui` exists. PESC_TUI_ARGS overrides the run's
+# options (default: the built-in demo), PESC_TUI_PROMPT the prompt (a run without a tokenizer
+# takes ids:1,2,3).
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+command -v tmux >/dev/null 2>&1 || { echo "SKIP: tmux is not installed (tools/install-deps)"; exit 77; }
+"$pesc" tui --help >/dev/null 2>&1 || { echo "SKIP: this build has no pesc tui"; exit 77; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-tui.XXXXXX") || exit 99
+sock="pesc-tui-$$"
+trap 'tmux -L "$sock" kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
+failures=0
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+pass() { echo "ok   $*"; }
+
+export LANG=C.UTF-8 LC_ALL=C.UTF-8
+screen() { tmux -L "$sock" capture-pane -p -t tui 2>/dev/null; }
+wait_for() {   # wait_for PATTERN [SECONDS]
+  i=0
+  while [ "$i" -lt $((${2:-10} * 10)) ]; do
+    screen | grep -Eq -- "$1" && return 0
+    sleep 0.1
+    i=$((i + 1))
+  done
+  return 1
+}
+check() {   # check PATTERN DESCRIPTION [SECONDS]
+  if wait_for "$1" "${3:-10}"; then pass "$2"; else fail "$2: no '$1' on screen:"; screen | sed 's/^/    | /'; fi
+}
+keys() { tmux -L "$sock" send-keys -t tui "$@"; }
+step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\).*/\1/p' | head -n 1; }
+lr_now() { screen | sed -n 's/^ lr \([0-9.e+-]*\).*/\1/p' | head -n 1; }
+
+args=${PESC_TUI_ARGS:---steps 100000 --seed 1}
+# shellcheck disable=SC2086
+tmux -L "$sock" -f /dev/null new-session -d -s tui -x 100 -y 30 \
+  "$pesc tui $args --log $tmp/run.jsonl --save $tmp/ck 2>$tmp/stderr; echo \$? >$tmp/status; sleep 60"
+
+check "RUNNING" "the run starts" 60
+for panel in "Routing" "Loss" "Adapter norms" "Prompt"; do
+  check "$panel" "panel '$panel' is shown"
+done
+# the first steps can be slow on a busy machine: wait for two (the first runs at the warmup's
+# LR of 0) before measuring
+check "step ([2-9]|[1-9][0-9])" "the first steps are done" 60
+a=$(step_now); sleep 4; b=$(step_now)
+[ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ] && pass "steps go on ($a -> $b)" || fail "the step counter does not move ($a -> $b)"
+
+lr_before=$(lr_now)
+keys +
+check " lr [0-9.e+-]+\\*" "+ marks the LR as set by hand"
+lr_after=$(lr_now)
+awk -v a="$lr_before" -v b="$lr_after" 'BEGIN { exit !(a > 0 && b / a > 1.2 && b / a < 1.3) }' \
+  && pass "+ raises the LR x1.25 in the status line ($lr_before -> $lr_after)" \
+  || fail "+: the status line LR went $lr_before -> $lr_after"
+i=0; while ! grep -q '"lr_overridden":true' "$tmp/run.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+grep -q '"lr_overridden":true' "$tmp/run.jsonl" && pass "the new LR is in the JSONL log" || fail "no overridden LR in the log"
+
+keys Space
+check "PAUSED" "Space pauses"
+sleep 0.5; a=$(step_now); sleep 1.5; b=$(step_now)
+[ -n "$a" ] && [ "$a" = "$b" ] && pass "paused: the step counter stops at $a" || fail "paused, but steps moved ($a -> $b)"
+
+prompt=${PESC_TUI_PROMPT:-Hello}
+keys / "$prompt" Enter
+# the answer: a line in the console (between its frame and the input line) that is neither
+# the echoed prompt nor an event
+answered=0
+for _ in $(seq 300); do
+  if screen | awk -v p="› $prompt" '
+      /┌─ Prompt/ { inside = 1; next }
+      inside && /❯/ { inside = 0 }
+      inside { line = $0; gsub(/│/, "", line); sub(/^ +/, "", line)
+               if (length(line) > 0 && index($0, p) == 0 && line !~ /^step [0-9]/) found = 1 }
+      END { exit !found }'; then
+    answered=1
+    break
+  fi
+  sleep 0.1
+done
+[ $answered = 1 ] && pass "a prompt gets an answer" || { fail "no answer to the prompt:"; screen | sed 's/^/    | /'; }
+keys Escape
+
+tmux -L "$sock" resize-window -t tui -x 40 -y 12
+sleep 0.5
+check "PAUSED" "resized to 40x12: still drawing"
+tmux -L "$sock" resize-window -t tui -x 100 -y 30
+check "Adapter norms" "resized back to 100x30"
+keys Space
+check "RUNNING" "Space resumes"
+
+keys q
+check "Save a checkpoint and stop the run" "q asks first"
+keys y
+i=0; while [ ! -s "$tmp/status" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+[ "$(cat "$tmp/status" 2>/dev/null)" = 0 ] && pass "y saves, stops and exits 0" \
+  || fail "quit: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+ls "$tmp/ck" 2>/dev/null | grep -q . && pass "a checkpoint was saved on the way out" || fail "no checkpoint in $tmp/ck"
+
+if [ "$failures" -ne 0 ]; then
+  echo "$failures failures"
+  exit 1
+fi
+exit 0

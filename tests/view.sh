@@ -1,0 +1,145 @@
+#!/bin/sh
+# view.sh — `pesc view` on synthetic run logs under tmux, read back with capture-pane: the
+# panels are there, the views and keys work, the log is followed as it grows, --attach steers
+# the run (pause, LR, prompt), resizing to 40x12 and back keeps it running, q leaves with 0.
+# Needs no terminal of its own: tmux runs detached on a private socket, killed at the end.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+fake="$top_builddir/tests/ui_fake_run"
+command -v tmux >/dev/null 2>&1 || { echo "SKIP: tmux is not installed (tools/install-deps)"; exit 77; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-view.XXXXXX") || exit 99
+sock="pesc-view-$$"
+fake_pid=""
+cleanup() {
+  tmux -L "$sock" kill-server 2>/dev/null
+  [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+failures=0
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+pass() { echo "ok   $*"; }
+
+export LANG=C.UTF-8 LC_ALL=C.UTF-8
+screen() { tmux -L "$sock" capture-pane -p -t view 2>/dev/null; }
+# wait_for PATTERN [SECONDS]: until the screen shows the pattern (grep -E)
+wait_for() {
+  i=0
+  while [ "$i" -lt $((${2:-5} * 10)) ]; do
+    screen | grep -Eq -- "$1" && return 0
+    sleep 0.1
+    i=$((i + 1))
+  done
+  return 1
+}
+check() {   # check PATTERN DESCRIPTION [SECONDS]
+  if wait_for "$1" "${3:-5}"; then pass "$2"; else fail "$2: no '$1' on screen:"; screen | sed 's/^/    | /'; fi
+}
+keys() { tmux -L "$sock" send-keys -t view "$@"; }
+starts=0
+start() {   # start COLS ROWS COMMAND...: the view in a fresh tmux server (a new socket each time)
+  tmux -L "$sock" kill-server 2>/dev/null
+  starts=$((starts + 1))
+  sock="pesc-view-$$-$starts"
+  rm -f "$tmp/status"
+  cols=$1 rows=$2
+  shift 2
+  tmux -L "$sock" -f /dev/null new-session -d -s view -x "$cols" -y "$rows" \
+    "$* 2>$tmp/stderr; echo \$? >$tmp/status; sleep 30"
+}
+step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\)\/.*/\1/p' | head -n 1; }
+
+# ---- usage errors, without a terminal ---------------------------------------------------------
+"$pesc" view >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 2 ] && grep -q "pesc view: which run log" "$tmp/err" && pass "view without a log: usage error" \
+  || fail "view without a log: exit $st: $(cat "$tmp/err")"
+"$pesc" view "$tmp/missing.jsonl" >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "missing.jsonl" "$tmp/err" \
+  && pass "missing log: one line, exit 1" || fail "missing log: exit $st: $(cat "$tmp/err")"
+"$pesc" view --help | grep -q "usage: pesc view" && pass "view --help" || fail "view --help"
+
+# ---- a finished run ---------------------------------------------------------------------------
+"$fake" "$tmp/done.jsonl" --steps 60 || exit 99
+start 100 30 "$pesc" view "$tmp/done.jsonl"
+check "FINISHED" "finished run shows FINISHED"
+check "step 60/60" "status line shows the last step"
+for panel in "Routing: all slots" "Loss" "Adapter norms" "Prompt"; do
+  check "$panel" "panel '$panel' is shown"
+done
+check "L0 +33 .*▲1" "layer 0's hot expert is marked"
+check "L3 .* 0 .*✕1" "layer 3's idle expert is marked"
+check "finish +all steps done" "events are listed"
+keys v
+check "Routing: first choice" "v: first-choice view"
+keys v v
+check "source-a " "v: per-source view names the sources"
+keys v
+check "Routing: layer history, layer 0" "v: one layer's history"
+keys 2 z
+check "whole run, z zoom" "2 z: loss over the whole run"
+keys '?'
+check "any key closes this help" "? shows the help"
+keys x
+wait_for "any key closes" 1 && sleep 0.3
+screen | grep -q "any key closes" && fail "help did not close" || pass "help closes"
+keys Space
+check "error: read-only view" "steering a read-only view says how to attach"
+
+tmux -L "$sock" resize-window -t view -x 40 -y 12
+check "step 60/60" "resized to 40x12: still drawing"
+screen | grep -q "Adapter norms" && fail "40x12 should fold the norms panel" || pass "40x12 folds panels away"
+keys Tab
+check "Adapter norms" "Tab at 40x12 moves to the next panel"
+tmux -L "$sock" resize-window -t view -x 100 -y 30
+check "Routing" "resized back to 100x30: routing again"
+check "Prompt" "resized back to 100x30: console again"
+keys q
+i=0; while [ ! -s "$tmp/status" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+[ "$(cat "$tmp/status" 2>/dev/null)" = 0 ] && pass "q leaves with status 0" \
+  || fail "q: status '$(cat "$tmp/status" 2>/dev/null)' $(cat "$tmp/stderr")"
+
+# ---- no colours: character shades --------------------------------------------------------------
+start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
+check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
+keys q
+
+# ---- a growing log, steered through its control socket -----------------------------------------
+"$fake" "$tmp/live.jsonl" --steps 2000 --interval-ms 40 --control "$tmp/control.sock" &
+fake_pid=$!
+i=0; while [ ! -S "$tmp/control.sock" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+start 100 30 "$pesc" view "$tmp/live.jsonl" --attach "$tmp/control.sock"
+check "RUNNING" "live log: RUNNING"
+a=$(step_now); sleep 1; b=$(step_now)
+[ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ] && pass "the log is followed ($a -> $b)" \
+  || fail "the step counter did not move ($a -> $b)"
+keys Space
+check "PAUSED" "Space pauses the run"
+sleep 0.3; a=$(step_now); sleep 0.8; b=$(step_now)
+[ -n "$a" ] && [ "$a" = "$b" ] && pass "paused: the step counter stops at $a" || fail "paused but steps moved ($a -> $b)"
+grep -q '"event":"pause"' "$tmp/live.jsonl" && pass "pause reached the run" || fail "no pause event in the log"
+keys +
+check "ok: lr 0.00025" "+ gets the run's reply"
+keys Space
+check "RUNNING" "Space resumes"
+check "lr 2.50e-04\\*" "+ shows the new LR, marked as set by hand"
+grep -q '"event":"lr"' "$tmp/live.jsonl" && pass "the LR change is in the log" || fail "no lr event in the log"
+keys / "hello there" Enter
+check "echo: there" "a prompt gets an answer"
+tmux -L "$sock" resize-window -t view -x 40 -y 12
+sleep 0.5
+tmux -L "$sock" resize-window -t view -x 100 -y 30
+check "Adapter norms" "resize to 40x12 and back while following"
+keys Escape
+sleep 0.2
+keys q
+i=0; while [ ! -s "$tmp/status" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+[ "$(cat "$tmp/status" 2>/dev/null)" = 0 ] && pass "q detaches with status 0" || fail "q: status '$(cat "$tmp/status" 2>/dev/null)'"
+kill -0 "$fake_pid" 2>/dev/null && pass "the run goes on after the view leaves" || fail "the run ended with the view"
+
+if [ "$failures" -ne 0 ]; then
+  echo "$failures failures"
+  exit 1
+fi
+exit 0

@@ -1,0 +1,192 @@
+/* panel_console — talk to the model while it trains: a prompt line with editing and history,
+ * the answer streaming in (each token coloured by the expert it was routed to at a chosen
+ * layer, when asked), the sampling settings; the run's recent events while nothing has been
+ * generated. */
+#include <stdio.h>
+#include <string.h>
+#include <wchar.h>
+
+#include "ui_internal.h"
+
+/* Lays text out in `width` columns from (line, col); draw: only lines in [first, first + rows)
+ * are drawn, at y0 + line - first. colours: per byte the expert, 255 none; NULL for attr.
+ * Returns the line after the last. */
+static int flow(ui_context *ui, WINDOW *w, const char *text, const unsigned char *colours, int attr,
+                int width, int line, int *col, int first, int rows, int y0, int x0)
+{
+    mbstate_t st;
+    memset(&st, 0, sizeof st);
+    size_t len = strlen(text);
+    for (size_t i = 0; i < len;) {
+        wchar_t wc;
+        size_t n = mbrtowc(&wc, text + i, len - i, &st);
+        if (n == (size_t)-1 || n == (size_t)-2 || n == 0) {
+            memset(&st, 0, sizeof st);
+            n = 1;
+            wc = L'?';
+        }
+        if (wc == L'\n') {
+            line++;
+            *col = 0;
+            i += n;
+            continue;
+        }
+        int cw = wcwidth(wc);
+        if (cw <= 0) {
+            i += n;
+            continue;
+        }
+        if (*col + cw > width) {
+            line++;
+            *col = 0;
+        }
+        if (w && line >= first && line < first + rows) {
+            int a = attr;
+            if (colours && ui->colour_tokens && ui->theme.colour && colours[i] != 255)
+                a = (int)COLOR_PAIR(PAIR_EXPERT0 + colours[i] % 8);
+            wattron(w, a);
+            if (wc == L'?' && n == 1 && text[i] != '?')
+                mvwaddch(w, y0 + line - first, x0 + *col, '?');
+            else
+                mvwaddnstr(w, y0 + line - first, x0 + *col, text + i, (int)n);
+            wattroff(w, a);
+        }
+        *col += cw;
+        i += n;
+    }
+    return line;
+}
+
+/* The prompt and the answer, scrolled so the newest line is at the bottom. */
+static void draw_answer(ui_context *ui, WINDOW *w, const monitor_view *v, int y0, int rows, int width)
+{
+    int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    char prompt[600];
+    snprintf(prompt, sizeof prompt, "%s %s\n", ui->theme.utf8 ? "\u203a" : ">", v->prompt);
+    for (int pass = 0, total = 0; pass < 2; pass++) {
+        int first = total > rows ? total - rows : 0;
+        WINDOW *target = pass ? w : NULL;
+        int col = 0;
+        int line = v->prompt[0] ? flow(ui, target, prompt, NULL, dim, width, 0, &col, first, rows, y0, 2) : 0;
+        if (v->generated[0] || v->generating) {
+            line = flow(ui, target, v->generated, v->token_expert, (int)A_BOLD, width, line, &col, first,
+                        rows, y0, 2);
+        } else {
+            /* nothing came: the run's word on it (an error, usually) is its last generate event */
+            for (int i = v->n_events - 1; i >= 0; i--)
+                if (strcmp(v->events[i].kind, "generate") == 0) {
+                    line = flow(ui, target, v->events[i].text, NULL,
+                                theme_attr(&ui->theme, PAIR_WARN, A_NORMAL), width, line, &col, first,
+                                rows, y0, 2);
+                    break;
+                }
+        }
+        total = line + 1;
+    }
+}
+
+static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0, int rows, int width)
+{
+    int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    if (v->n_events == 0) {
+        draw_text(w, y0, 2, width, dim, "no events yet; press / to ask the model something");
+        return;
+    }
+    int first = v->n_events > rows ? v->n_events - rows : 0;
+    for (int i = first; i < v->n_events; i++) {
+        const stats_event *e = &v->events[i];
+        char s[320];
+        snprintf(s, sizeof s, "step %-6ld ", e->step);
+        int x = 2 + draw_text(w, y0 + i - first, 2, width, dim, s);
+        int pair = strcmp(e->kind, "error") == 0 || strcmp(e->kind, "nan-skip") == 0 ? PAIR_BAD
+                 : strcmp(e->kind, "pause") == 0 || strcmp(e->kind, "lr") == 0 ? PAIR_WARN : PAIR_GOOD;
+        snprintf(s, sizeof s, "%-9s", e->kind);
+        x += draw_text(w, y0 + i - first, x, width + 2 - x, theme_attr(&ui->theme, pair, A_BOLD), s);
+        draw_text(w, y0 + i - first, x, width + 2 - x, 0, e->text);
+    }
+}
+
+static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
+{
+    int h = getmaxy(w);
+    char right[128];
+    int L = v->last ? v->last->shape.n_layers : v->run.shape.n_layers;
+    if (ui->gen_layer >= L && L > 0)
+        ui->gen_layer = L - 1;
+    snprintf(right, sizeof right, "temp %.2g  top-p %.2g  max %d  colours %s", ui->gen_temperature,
+             ui->gen_top_p, ui->gen_max_tokens, ui->colour_tokens ? "on" : "off");
+    if (ui->colour_tokens)
+        snprintf(right + strlen(right), sizeof right - strlen(right), " at L%d", ui->gen_layer);
+    int focused = ui->focus == PANEL_CONSOLE;
+    int width = draw_frame(ui, w, v->generating ? "Prompt: generating" : "Prompt", right, focused);
+    int rows = h - 3;
+    if (rows > 0) {
+        if (v->prompt[0] || v->generated[0])
+            draw_answer(ui, w, v, 1, rows, width - 2);
+        else
+            draw_events(ui, w, v, 1, rows, width - 2);
+    }
+    /* the input line */
+    int y = h - 2;
+    int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    int editing = ui->mode == MODE_PROMPT;
+    int x = 1 + draw_text(w, y, 1, 2, editing ? theme_attr(&ui->theme, PAIR_FOCUS, A_BOLD) | (int)A_BOLD : dim,
+                          ui->theme.utf8 ? "\u276f " : "> ");
+    lineedit *e = &ui->prompt;
+    int room = width - 2;
+    if (!editing && e->len == 0) {
+        draw_text(w, y, x, room, dim, ui->opt->read_only ? "read-only: pesc view --attach SOCKET to talk to the run"
+                                                         : "press / to type a prompt, Enter sends it");
+        return;
+    }
+    int first = lineedit_scroll(e, room);
+    int n = e->len - first < room ? e->len - first : room;
+    wmove(w, y, x);
+    waddnwstr(w, e->text + first, n);
+    if (editing) {
+        ui->cursor_win = w;
+        ui->cursor_y = y;
+        ui->cursor_x = x + e->cursor - first;
+    }
+}
+
+static int console_key(ui_context *ui, int key, const monitor_view *v)
+{
+    int L = v && v->last ? v->last->shape.n_layers : 1;
+    switch (key) {
+    case '\n': case '\r': case KEY_ENTER: ui->mode = MODE_PROMPT; return UI_HANDLED;
+    case 't': ui->gen_temperature = ui->gen_temperature > 0.1 ? ui->gen_temperature - 0.1 : 0; return UI_HANDLED;
+    case 'T': ui->gen_temperature = ui->gen_temperature < 1.9 ? ui->gen_temperature + 0.1 : 2; return UI_HANDLED;
+    case 'o': ui->gen_top_p = ui->gen_top_p > 0.1 ? ui->gen_top_p - 0.05 : 0.05; return UI_HANDLED;
+    case 'O': ui->gen_top_p = ui->gen_top_p < 0.95 ? ui->gen_top_p + 0.05 : 1; return UI_HANDLED;
+    case 'm': ui->gen_max_tokens = ui->gen_max_tokens > 8 ? ui->gen_max_tokens / 2 : 8; return UI_HANDLED;
+    case 'M': ui->gen_max_tokens = ui->gen_max_tokens < 4096 ? ui->gen_max_tokens * 2 : 4096; return UI_HANDLED;
+    case '<': case KEY_LEFT: if (ui->gen_layer > 0) ui->gen_layer--; return UI_HANDLED;
+    case '>': case KEY_RIGHT: if (ui->gen_layer + 1 < L) ui->gen_layer++; return UI_HANDLED;
+    case 'c': ui->colour_tokens = !ui->colour_tokens; return UI_HANDLED;
+    default: return UI_IGNORED;
+    }
+}
+
+const ui_panel_class console_panel_class = {
+    .title = "Prompt",
+    .hint = "Enter type  tT oO mM <> c",
+    .draw = console_draw,
+    .key = console_key,
+};
+
+/* Downloads: drawn from the fetcher's snapshot once a session exposes it; until then the
+ * panel says so (the layout keeps its slot). */
+static void downloads_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
+{
+    (void)v;
+    int width = draw_frame(ui, w, "Downloads", NULL, ui->focus == PANEL_DOWNLOADS);
+    draw_text(w, 1, 2, width - 2, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), "no downloads running");
+}
+
+const ui_panel_class downloads_panel_class = {
+    .title = "Downloads",
+    .hint = "",
+    .draw = downloads_draw,
+    .key = NULL,
+};

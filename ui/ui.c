@@ -1,0 +1,852 @@
+/* ui — the workbench's main loop: terminal setup and restore, signals, the layout's windows,
+ * the status line, the key bar, the help and quit dialogs, and key dispatch (see ui.h). */
+#include "ui.h"
+
+#include <locale.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "ui_internal.h"
+#include "util.h"
+
+/* ---- process-wide state -------------------------------------------------------------------
+ * Signal handlers take no argument, so what they touch lives here and nowhere else: the flag
+ * they set, and the terminal settings a crash handler puts back (written once before curses
+ * starts, read-only after). Everything else is in ui_context. */
+static struct {
+    volatile sig_atomic_t interrupts;    /* SIGINT, SIGTERM, SIGHUP seen */
+    volatile sig_atomic_t curses_on;
+    int have_termios;
+    struct termios termios;
+} ui_process;
+
+static void on_interrupt(int sig)
+{
+    (void)sig;
+    ui_process.interrupts++;
+}
+
+/* A crash: put the terminal back with async-signal-safe calls only, then die as before. */
+static void on_crash(int sig)
+{
+    if (ui_process.curses_on) {
+        static const char reset[] = "\033[0m\033[?25h\033[?1049l\r\n";
+        if (ui_process.have_termios)
+            tcsetattr(STDIN_FILENO, TCSAFLUSH, &ui_process.termios);
+        ssize_t ignored = write(STDOUT_FILENO, reset, sizeof reset - 1);
+        (void)ignored;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* Out of memory and exit() from anywhere: leave curses first. */
+static void restore_terminal_hook(void)
+{
+    if (ui_process.curses_on && !isendwin())
+        endwin();
+    ui_process.curses_on = 0;
+}
+
+static void install_signals(struct sigaction *old_int, struct sigaction *old_term,
+                            struct sigaction *old_hup)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, old_int);
+    sigaction(SIGTERM, &sa, old_term);
+    sigaction(SIGHUP, &sa, old_hup);
+    sa.sa_handler = on_crash;
+    sa.sa_flags = SA_RESETHAND;
+    static const int crashes[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+    for (size_t i = 0; i < sizeof crashes / sizeof *crashes; i++)
+        sigaction(crashes[i], &sa, NULL);
+}
+
+/* ---- theme -------------------------------------------------------------------------------- */
+
+static int no_color_env(void)
+{
+    const char *s = getenv("NO_COLOR");
+    return s && *s;
+}
+
+static void theme_init(ui_theme *t, const ui_options *o)
+{
+    memset(t, 0, sizeof *t);
+    const char *cs = setlocale(LC_CTYPE, NULL);
+    t->utf8 = cs && (strstr(cs, "UTF-8") || strstr(cs, "utf8") || strstr(cs, "UTF8") ||
+                     strstr(cs, "utf-8"));
+    if (o->no_color || no_color_env() || !has_colors())
+        return;
+    start_color();
+    use_default_colors();
+    t->colour = 1;
+    int rich = COLORS >= 256;
+    init_pair(PAIR_TITLE, COLOR_CYAN, -1);
+    init_pair(PAIR_BORDER, rich ? 240 : COLOR_BLUE, -1);
+    init_pair(PAIR_FOCUS, COLOR_CYAN, -1);
+    init_pair(PAIR_DIM, rich ? 245 : COLOR_WHITE, -1);
+    init_pair(PAIR_GOOD, COLOR_GREEN, -1);
+    init_pair(PAIR_WARN, COLOR_YELLOW, -1);
+    init_pair(PAIR_BAD, COLOR_RED, -1);
+    init_pair(PAIR_RAW, rich ? 67 : COLOR_BLUE, -1);
+    init_pair(PAIR_SMOOTH, rich ? 51 : COLOR_CYAN, -1);
+    init_pair(PAIR_AUX, rich ? 213 : COLOR_MAGENTA, -1);
+    init_pair(PAIR_KEY, COLOR_BLACK, COLOR_CYAN);
+    init_pair(PAIR_KEYLABEL, -1, -1);
+    init_pair(PAIR_RUN, COLOR_BLACK, COLOR_GREEN);
+    init_pair(PAIR_PAUSE, COLOR_BLACK, COLOR_YELLOW);
+    init_pair(PAIR_STOP, COLOR_WHITE, COLOR_RED);
+    init_pair(PAIR_SELECT, COLOR_BLACK, COLOR_CYAN);
+    static const short experts8[8] = {COLOR_RED, COLOR_GREEN, COLOR_YELLOW, COLOR_BLUE,
+                                      COLOR_MAGENTA, COLOR_CYAN, COLOR_WHITE, COLOR_RED};
+    static const short experts256[8] = {203, 83, 221, 75, 213, 87, 215, 141};
+    for (int i = 0; i < 8; i++)
+        init_pair((short)(PAIR_EXPERT0 + i), rich ? experts256[i] : experts8[i], -1);
+    /* the heat scale runs dark (idle) through green (even) to red (hot) */
+    static const short heat256[] = {17, 18, 24, 30, 36, 72, 107, 143, 179, 214, 208, 202, 196};
+    static const short heat8[] = {COLOR_BLUE, COLOR_CYAN, COLOR_GREEN, COLOR_YELLOW, COLOR_RED};
+    const short *heat = rich ? heat256 : heat8;
+    t->heat_steps = rich ? (int)(sizeof heat256 / sizeof *heat256) : 5;
+    for (int i = 0; i < t->heat_steps; i++) {
+        short fg = i < t->heat_steps / 2 ? COLOR_WHITE : COLOR_BLACK;
+        init_pair((short)(PAIR_HEAT0 + i), fg, heat[i]);
+    }
+}
+
+/* ---- messages and commands ---------------------------------------------------------------- */
+
+void ui_notice(ui_context *ui, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ui->message, sizeof ui->message, fmt, ap);
+    va_end(ap);
+    ui->message_at = pesc_now();
+}
+
+void ui_send(ui_context *ui, const char *fmt, ...)
+{
+    char line[1024], reply[256] = "";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    monitor_command(ui->m, line, reply, sizeof reply);
+    ui_notice(ui, "%s", reply[0] ? reply : "ok");
+}
+
+static int message_fresh(const ui_context *ui)
+{
+    return ui->message[0] && pesc_now() - ui->message_at < 6.0;
+}
+
+/* ---- windows ------------------------------------------------------------------------------ */
+
+typedef struct ui_windows_extra {
+    WINDOW *status, *keys;
+} ui_windows_extra;
+
+static const ui_panel_class *const panel_classes[PANEL_COUNT] = {
+    [PANEL_ROUTING] = &routing_panel_class, [PANEL_LOSS] = &loss_panel_class,
+    [PANEL_NORMS] = &norms_panel_class, [PANEL_CONSOLE] = &console_panel_class,
+    [PANEL_DOWNLOADS] = &downloads_panel_class,
+};
+
+static int routing_cols_wanted(const ui_context *ui)
+{
+    int E = ui->have_view ? ui->view->run.shape.n_experts : 0;
+    if (E <= 0)
+        return 0;
+    int cell = E <= 8 ? 5 : E <= 16 ? 4 : E <= 32 ? 3 : 1;
+    return 2 + 4 + E * cell + 14 + 2;   /* frame, layer label, cells, imbalance and markers */
+}
+
+static void delete_windows(ui_context *ui, ui_windows_extra *x)
+{
+    for (int p = 0; p < PANEL_COUNT; p++) {
+        if (ui->win[p])
+            delwin(ui->win[p]);
+        ui->win[p] = NULL;
+    }
+    if (x->status)
+        delwin(x->status);
+    if (x->keys)
+        delwin(x->keys);
+    x->status = x->keys = NULL;
+}
+
+static WINDOW *window_for(layout_rect r)
+{
+    return layout_visible(r) ? newwin(r.h, r.w, r.y, r.x) : NULL;
+}
+
+/* Recomputes the layout; new windows only when it changed. */
+static void update_layout(ui_context *ui, ui_windows_extra *x, int force)
+{
+    int rows, cols;
+    getmaxyx(stdscr, rows, cols);
+    layout_request rq = {.cols = cols, .rows = rows, .focus = ui->focus,
+                         .maximised = ui->maximised, .routing_cols = routing_cols_wanted(ui)};
+    layout lo;
+    layout_compute(&rq, &lo);
+    if (!force && rows == ui->rows && cols == ui->cols && memcmp(&lo, &ui->lo, sizeof lo) == 0)
+        return;
+    delete_windows(ui, x);
+    ui->lo = lo;
+    ui->rows = rows;
+    ui->cols = cols;
+    for (int p = 0; p < PANEL_COUNT; p++)
+        ui->win[p] = window_for(lo.panel[p]);
+    x->status = window_for(lo.status);
+    x->keys = window_for(lo.keys);
+    clearok(curscr, TRUE);
+}
+
+/* ---- status line -------------------------------------------------------------------------- */
+
+/* Writes segments left to right; once one does not fit, the rest of the row is left out. */
+typedef struct row_writer {
+    WINDOW *w;
+    int y, x, end, full;
+} row_writer;
+
+static void row_put(row_writer *rw, int attr, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void row_put(row_writer *rw, int attr, const char *fmt, ...)
+{
+    if (rw->full)
+        return;
+    char s[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s, sizeof s, fmt, ap);
+    va_end(ap);
+    int cols = text_columns(s);
+    if (rw->x + cols > rw->end) {
+        rw->full = 1;
+        return;
+    }
+    rw->x += draw_text(rw->w, rw->y, rw->x, cols, attr, s);
+}
+
+static const char *state_badge(const ui_context *ui, monitor_state s, int *pair)
+{
+    int u = ui->theme.utf8;
+    switch (s) {
+    case MONITOR_STARTING: *pair = PAIR_PAUSE; return u ? " \u2026 STARTING " : " STARTING ";
+    case MONITOR_RUNNING: *pair = PAIR_RUN; return u ? " \u25b6 RUNNING " : " > RUNNING ";
+    case MONITOR_PAUSED: *pair = PAIR_PAUSE; return u ? " \u2016 PAUSED " : " || PAUSED ";
+    case MONITOR_SAVING: *pair = PAIR_PAUSE; return " SAVING ";
+    case MONITOR_FINISHED: *pair = PAIR_RUN; return u ? " \u2713 FINISHED " : " FINISHED ";
+    case MONITOR_STOPPED: *pair = PAIR_STOP; return u ? " \u25a0 STOPPED " : " STOPPED ";
+    case MONITOR_FAILED: *pair = PAIR_STOP; return u ? " \u2717 FAILED " : " FAILED ";
+    }
+    *pair = PAIR_STOP;
+    return " ? ";
+}
+
+static void draw_status(ui_context *ui, WINDOW *w)
+{
+    werase(w);
+    int h, wd;
+    getmaxyx(w, h, wd);
+    const monitor_view *v = ui->view;
+    const stats_record *r = ui->have_view ? v->last : NULL;
+    int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    int val = A_BOLD;
+    row_writer rw = {.w = w, .y = 0, .x = 0, .end = wd};
+    row_put(&rw, theme_attr(&ui->theme, PAIR_TITLE, A_BOLD) | (int)A_BOLD, " pesc ");
+    int pair;
+    const char *badge = state_badge(ui, ui->have_view ? v->state : MONITOR_STARTING, &pair);
+    row_put(&rw, theme_attr(&ui->theme, pair, A_REVERSE) | (int)A_BOLD, "%s", badge);
+    row_put(&rw, 0, " ");
+    if (!r) {
+        row_put(&rw, dim, "%s", ui->have_view ? "waiting for the first step" : "connecting");
+    } else {
+        long total = r->total_steps > 0 ? r->total_steps : v->run.total_steps;
+        row_put(&rw, dim, "step ");
+        if (total > 0) {
+            row_put(&rw, val, "%ld/%ld", r->step, total);
+            int bar = wd >= 100 ? 12 : 6;
+            if (!rw.full && rw.x + bar + 7 < rw.end) {
+                row_put(&rw, 0, " ");
+                draw_bar(ui, w, 0, rw.x, bar, (double)r->step / (double)total,
+                         theme_attr(&ui->theme, PAIR_GOOD, A_NORMAL));
+                rw.x += bar;
+                row_put(&rw, dim, " %3.0f%%", 100.0 * (double)r->step / (double)total);
+            }
+        } else {
+            row_put(&rw, val, "%ld", r->step);
+        }
+        char a[32], b[32];
+        format_si((double)r->tokens, a, sizeof a);
+        format_si(r->tokens_per_s, b, sizeof b);
+        row_put(&rw, dim, "  ep ");
+        row_put(&rw, val, "%.2f", r->epoch);
+        row_put(&rw, dim, "  tok ");
+        row_put(&rw, val, "%s", a);
+        row_put(&rw, dim, "  ");
+        row_put(&rw, val, "%s", b);
+        row_put(&rw, dim, " tok/s");
+        format_duration_short(r->eta_s, a, sizeof a);
+        row_put(&rw, dim, "  ETA ");
+        row_put(&rw, val, "%s", a);
+        if (h == 1) {
+            row_put(&rw, dim, "  lr ");
+            row_put(&rw, val, "%.2e%s", r->lr, r->lr_overridden ? "*" : "");
+        }
+    }
+    if (h < 2)
+        return;
+    rw = (row_writer){.w = w, .y = 1, .x = 0, .end = wd};
+    if (r) {
+        row_put(&rw, dim, " lr ");
+        row_put(&rw, r->lr_overridden ? theme_attr(&ui->theme, PAIR_WARN, A_BOLD) | (int)A_BOLD : val,
+                "%.2e%s", r->lr, r->lr_overridden ? "*" : "");
+        row_put(&rw, dim, "  gn ");
+        row_put(&rw, val, "%.3g", r->grad_norm);
+        char a[32];
+        format_bytes_short(r->rss_bytes, a, sizeof a);
+        row_put(&rw, dim, "  rss ");
+        row_put(&rw, val, "%s", a);
+        if (r->device_bytes > 0) {
+            format_bytes_short(r->device_bytes, a, sizeof a);
+            row_put(&rw, dim, "  dev ");
+            row_put(&rw, val, "%s", a);
+        }
+    }
+    if (ui->have_view && v->run.backend[0]) {
+        row_put(&rw, dim, "  ");
+        row_put(&rw, 0, "%s", v->run.backend);
+    }
+    if (ui->have_view) {
+        char a[32];
+        format_duration_short(v->since_save_s, a, sizeof a);
+        row_put(&rw, dim, "  saved ");
+        row_put(&rw, val, "%s", v->since_save_s < 0 ? "never" : a);
+        if (v->since_save_s >= 0)
+            row_put(&rw, dim, " ago");
+    }
+    if (message_fresh(ui)) {
+        int attr = strncmp(ui->message, "error", 5) == 0 ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD)
+                                                         : theme_attr(&ui->theme, PAIR_GOOD, A_BOLD);
+        int room = wd - rw.x - 3;
+        int cols = text_columns(ui->message);
+        if (room >= 12)
+            draw_text(w, 1, cols < room ? wd - 1 - cols : rw.x + 2, room, attr, ui->message);
+    }
+}
+
+/* ---- key bar ------------------------------------------------------------------------------ */
+
+typedef struct key_label {
+    const char *key, *label;
+} key_label;
+
+static void draw_keys_list(ui_context *ui, WINDOW *w, const key_label *k, int n, const char *tail)
+{
+    int wd = getmaxx(w);
+    int x = 0;
+    int key_attr = theme_attr(&ui->theme, PAIR_KEY, A_REVERSE);
+    for (int i = 0; i < n; i++) {
+        int need = text_columns(k[i].key) + text_columns(k[i].label) + 1;
+        if (x + need > wd)
+            break;
+        x += draw_text(w, 0, x, wd - x, key_attr, k[i].key);
+        x += draw_text(w, 0, x, wd - x, 0, k[i].label);
+        x += draw_text(w, 0, x, wd - x, 0, " ");
+    }
+    if (tail && x + text_columns(tail) + 2 <= wd)
+        draw_text(w, 0, wd - text_columns(tail) - 1, wd, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), tail);
+}
+
+static void draw_mini_prompt(ui_context *ui, WINDOW *w)
+{
+    const char *label = ui->mini == MINI_LR ? " learning rate (e.g. 2e-4, *0.5): "
+                      : ui->mini == MINI_AUX ? " aux loss coefficient: " : " command: ";
+    int wd = getmaxx(w);
+    int x = draw_text(w, 0, 0, wd, theme_attr(&ui->theme, PAIR_KEY, A_REVERSE), label);
+    int room = wd - x - 1;
+    lineedit *e = &ui->mini_line;
+    int first = lineedit_scroll(e, room);
+    wmove(w, 0, x + 1);
+    waddnwstr(w, e->text + first, room < e->len - first ? room : e->len - first);
+    ui->cursor_win = w;
+    ui->cursor_y = 0;
+    ui->cursor_x = x + 1 + e->cursor - first;
+}
+
+static void draw_keys(ui_context *ui, WINDOW *w)
+{
+    werase(w);
+    if (ui->mode == MODE_MINI) {
+        draw_mini_prompt(ui, w);
+        return;
+    }
+    if (ui->lo.status.h < 2 && message_fresh(ui)) {
+        draw_text(w, 0, 1, getmaxx(w) - 1, A_BOLD, ui->message);
+        return;
+    }
+    if (ui->mode == MODE_PROMPT) {
+        static const key_label k[] = {{"Enter", "Send"}, {"Esc", "Back"}, {"\u2191\u2193", "History"},
+                                      {"^U", "Clear"}, {"Tab", "Panel"}};
+        static const key_label ka[] = {{"Enter", "Send"}, {"Esc", "Back"}, {"Up/Dn", "History"},
+                                       {"^U", "Clear"}, {"Tab", "Panel"}};
+        draw_keys_list(ui, w, ui->theme.utf8 ? k : ka, 5, NULL);
+        return;
+    }
+    static const key_label steer[] = {{"?", "Help"}, {"Spc", "Pause"}, {"+-", "LR"}, {"l", "SetLR"},
+                                      {"a", "Aux"}, {"s", "Save"}, {"/", "Prompt"}, {"Tab", "Panel"},
+                                      {"f", "Full"}, {"q", "Quit"}};
+    static const key_label watch[] = {{"?", "Help"}, {"Tab", "Panel"}, {"1-4", "Go"},
+                                      {"f", "Full"}, {"q", "Quit"}};
+    const ui_panel_class *pc = panel_classes[ui->focus];
+    if (ui->opt->read_only)
+        draw_keys_list(ui, w, watch, 5, pc->hint);
+    else
+        draw_keys_list(ui, w, steer, 10, pc->hint);
+}
+
+/* ---- dialogs ------------------------------------------------------------------------------ */
+
+static WINDOW *centred(ui_context *ui, int h, int w)
+{
+    h = h < ui->rows ? h : ui->rows;
+    w = w < ui->cols ? w : ui->cols;
+    return newwin(h, w, (ui->rows - h) / 2, (ui->cols - w) / 2);
+}
+
+static void draw_help(ui_context *ui)
+{
+    static const char *const lines[] = {
+        "Space      pause / resume the run",
+        "+  -       learning rate x1.25 / /1.25",
+        "l          type an exact learning rate (or *factor)",
+        "a          aux loss coefficient",
+        "s          save a checkpoint now",
+        "/  p       type a prompt for the live model",
+        ":          type any control command",
+        "Tab  1-5   next panel / routing, loss, norms, console, downloads",
+        "f          the focused panel full screen; Esc back",
+        "q  F10     quit (a live run is saved and stopped first)",
+        "",
+        "Routing    Up/Down layer, v view: all / 1st / 2nd / per source /",
+        "           one layer's history; Left/Right layer",
+        "Loss       z recent window / whole run",
+        "Norms      v |U| heatmap / |D| heatmap / bars with trend",
+        "Console    t T temperature, o O top-p, m M max tokens,",
+        "           < > layer for colours, c colour tokens by expert",
+        "",
+        "any key closes this help",
+    };
+    int n = (int)(sizeof lines / sizeof *lines);
+    WINDOW *w = centred(ui, n + 4, 70);
+    if (!w)
+        return;
+    werase(w);
+    draw_frame(ui, w, "Help", "pesc workbench", 1);
+    for (int i = 0; i < n; i++)
+        draw_text(w, 2 + i, 3, getmaxx(w) - 5, i == n - 1 ? theme_attr(&ui->theme, PAIR_DIM, A_NORMAL) : 0, lines[i]);
+    wnoutrefresh(w);
+    delwin(w);
+}
+
+static void draw_dialog(ui_context *ui, const char *title, const char *line1, const char *line2)
+{
+    int width = text_columns(line1) + 6;
+    if (text_columns(line2) + 6 > width)
+        width = text_columns(line2) + 6;
+    WINDOW *w = centred(ui, 6, width);
+    if (!w)
+        return;
+    werase(w);
+    draw_frame(ui, w, title, NULL, 1);
+    draw_text(w, 2, 3, getmaxx(w) - 4, A_BOLD, line1);
+    draw_text(w, 3, 3, getmaxx(w) - 4, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), line2);
+    wnoutrefresh(w);
+    delwin(w);
+}
+
+/* ---- drawing a frame ---------------------------------------------------------------------- */
+
+static void draw_all(ui_context *ui, ui_windows_extra *x)
+{
+    ui->cursor_win = NULL;
+    if (ui->lo.too_small) {
+        werase(stdscr);
+        mvwaddnstr(stdscr, 0, 0, "pesc: terminal too small", ui->cols);
+        wnoutrefresh(stdscr);
+        doupdate();
+        return;
+    }
+    for (int p = 0; p < PANEL_COUNT; p++) {
+        if (!ui->win[p])
+            continue;
+        werase(ui->win[p]);
+        panel_classes[p]->draw(ui, ui->win[p], ui->view);
+        wnoutrefresh(ui->win[p]);
+    }
+    if (x->status) {
+        draw_status(ui, x->status);
+        wnoutrefresh(x->status);
+    }
+    if (x->keys) {
+        draw_keys(ui, x->keys);
+        wnoutrefresh(x->keys);
+    }
+    if (ui->mode == MODE_HELP)
+        draw_help(ui);
+    else if (ui->mode == MODE_CONFIRM_QUIT)
+        draw_dialog(ui, "Quit", "Save a checkpoint and stop the run?",
+                    "y / Enter: save and quit     n / Esc: keep training");
+    else if (ui->mode == MODE_STOPPING)
+        draw_dialog(ui, "Stopping", "Saving and stopping the run...", "q: leave without waiting");
+    if (ui->cursor_win && (ui->mode == MODE_PROMPT || ui->mode == MODE_MINI)) {
+        curs_set(1);
+        wmove(ui->cursor_win, ui->cursor_y, ui->cursor_x);
+        wnoutrefresh(ui->cursor_win);
+    } else {
+        curs_set(0);
+    }
+    doupdate();
+}
+
+/* ---- keys --------------------------------------------------------------------------------- */
+
+#define KEY_ESC 27
+#define CTRL_KEY(c) ((c) & 0x1f)
+
+/* Shared by the two line prompts; returns 1 when the key was an editing key. */
+static int edit_key(lineedit *e, int is_code, wint_t ch)
+{
+    if (is_code) {
+        switch (ch) {
+        case KEY_LEFT: lineedit_key_press(e, LE_LEFT); return 1;
+        case KEY_RIGHT: lineedit_key_press(e, LE_RIGHT); return 1;
+        case KEY_HOME: lineedit_key_press(e, LE_HOME); return 1;
+        case KEY_END: lineedit_key_press(e, LE_END); return 1;
+        case KEY_BACKSPACE: lineedit_key_press(e, LE_BACKSPACE); return 1;
+        case KEY_DC: lineedit_key_press(e, LE_DELETE); return 1;
+        case KEY_UP: lineedit_key_press(e, LE_HISTORY_UP); return 1;
+        case KEY_DOWN: lineedit_key_press(e, LE_HISTORY_DOWN); return 1;
+        default: return 0;
+        }
+    }
+    switch (ch) {
+    case 127: case 8: lineedit_key_press(e, LE_BACKSPACE); return 1;
+    case CTRL_KEY('a'): lineedit_key_press(e, LE_HOME); return 1;
+    case CTRL_KEY('e'): lineedit_key_press(e, LE_END); return 1;
+    case CTRL_KEY('b'): lineedit_key_press(e, LE_LEFT); return 1;
+    case CTRL_KEY('f'): lineedit_key_press(e, LE_RIGHT); return 1;
+    case CTRL_KEY('d'): lineedit_key_press(e, LE_DELETE); return 1;
+    case CTRL_KEY('k'): lineedit_key_press(e, LE_KILL_TO_END); return 1;
+    case CTRL_KEY('u'): lineedit_key_press(e, LE_KILL_TO_START); return 1;
+    case CTRL_KEY('w'): lineedit_key_press(e, LE_KILL_WORD); return 1;
+    case CTRL_KEY('p'): lineedit_key_press(e, LE_HISTORY_UP); return 1;
+    case CTRL_KEY('n'): lineedit_key_press(e, LE_HISTORY_DOWN); return 1;
+    default:
+        if (ch >= 32 && ch != 127) {
+            lineedit_insert(e, (wchar_t)ch);
+            return 1;
+        }
+        return 0;
+    }
+}
+
+static void send_prompt(ui_context *ui)
+{
+    char text[LINEEDIT_MAX * 4 + 1];
+    if (lineedit_utf8(&ui->prompt, text, sizeof text) <= 0) {
+        ui_notice(ui, "error: type a prompt first");
+        return;
+    }
+    lineedit_remember(&ui->prompt);
+    ui_send(ui, "generate max=%d temp=%g top_p=%g layer=%d %s", ui->gen_max_tokens,
+            ui->gen_temperature, ui->gen_top_p, ui->gen_layer, text);
+    lineedit_clear(&ui->prompt);
+}
+
+static void send_mini(ui_context *ui)
+{
+    char text[LINEEDIT_MAX * 4 + 1];
+    if (lineedit_utf8(&ui->mini_line, text, sizeof text) <= 0)
+        return;
+    lineedit_remember(&ui->mini_line);
+    if (ui->mini == MINI_LR)
+        ui_send(ui, "lr %s", text);
+    else if (ui->mini == MINI_AUX)
+        ui_send(ui, "aux %s", text);
+    else
+        ui_send(ui, "%s", text);
+}
+
+static int run_is_over(const monitor_view *v)
+{
+    return v->state == MONITOR_FINISHED || v->state == MONITOR_STOPPED || v->state == MONITOR_FAILED;
+}
+
+static void begin_stop(ui_context *ui)
+{
+    ui_send(ui, "save");
+    ui_send(ui, "stop");
+    ui->mode = MODE_STOPPING;
+    ui->stop_asked_at = pesc_now();
+}
+
+static void ask_quit(ui_context *ui)
+{
+    if (ui->opt->live && ui->have_view && !run_is_over(ui->view))
+        ui->mode = MODE_CONFIRM_QUIT;
+    else
+        ui->quit = 1;
+}
+
+static void focus_panel(ui_context *ui, ui_panel_id p)
+{
+    ui->focus = p;
+    if (p != PANEL_CONSOLE && ui->mode == MODE_PROMPT)
+        ui->mode = MODE_NORMAL;
+}
+
+static void start_mini(ui_context *ui, ui_mini_kind kind)
+{
+    ui->mode = MODE_MINI;
+    ui->mini = kind;
+    lineedit_clear(&ui->mini_line);
+}
+
+/* Keys every panel shares; returns 0 when the key is not one of them. */
+static int global_key(ui_context *ui, int is_code, wint_t ch)
+{
+    if (is_code) {
+        switch (ch) {
+        case KEY_F(1): ui->mode = MODE_HELP; return 1;
+        case KEY_F(10): ask_quit(ui); return 1;
+        case KEY_BTAB: focus_panel(ui, layout_next_panel(ui->focus, -1, 0)); return 1;
+        default: return 0;
+        }
+    }
+    switch (ch) {
+    case ' ':
+        ui_send(ui, ui->have_view && ui->view->state == MONITOR_PAUSED ? "resume" : "pause");
+        return 1;
+    case '+': case '=': ui_send(ui, "lr *1.25"); return 1;
+    case '-': case '_': ui_send(ui, "lr *0.8"); return 1;
+    case 'l': start_mini(ui, MINI_LR); return 1;
+    case 'a': start_mini(ui, MINI_AUX); return 1;
+    case ':': start_mini(ui, MINI_COMMAND); return 1;
+    case 's': ui_send(ui, "save"); return 1;
+    case '/': case 'p':
+        ui->focus = PANEL_CONSOLE;
+        ui->mode = MODE_PROMPT;
+        return 1;
+    case '\t': focus_panel(ui, layout_next_panel(ui->focus, 1, 0)); return 1;
+    case '1': case '2': case '3': case '4': case '5':
+        focus_panel(ui, (ui_panel_id)(ch - '1'));
+        return 1;
+    case 'f': ui->maximised = !ui->maximised; return 1;
+    case KEY_ESC: ui->maximised = 0; return 1;
+    case '?': case 'h': ui->mode = MODE_HELP; return 1;
+    case 'q': ask_quit(ui); return 1;
+    case CTRL_KEY('l'): clearok(curscr, TRUE); return 1;
+    default: return 0;
+    }
+}
+
+static void handle_key(ui_context *ui, int is_code, wint_t ch)
+{
+    switch (ui->mode) {
+    case MODE_HELP:
+        ui->mode = MODE_NORMAL;
+        return;
+    case MODE_CONFIRM_QUIT:
+        if ((!is_code && (ch == 'y' || ch == 'Y' || ch == '\n' || ch == '\r')) || (is_code && ch == KEY_F(10)))
+            begin_stop(ui);
+        else if ((!is_code && (ch == 'n' || ch == 'N' || ch == KEY_ESC || ch == 'q')))
+            ui->mode = MODE_NORMAL;
+        return;
+    case MODE_STOPPING:
+        if (!is_code && (ch == 'q' || ch == 'Q'))
+            ui->quit = 1;
+        return;
+    case MODE_MINI:
+        if (!is_code && (ch == '\n' || ch == '\r')) {
+            send_mini(ui);
+            ui->mode = MODE_NORMAL;
+        } else if (!is_code && ch == KEY_ESC) {
+            ui->mode = MODE_NORMAL;
+        } else {
+            edit_key(&ui->mini_line, is_code, ch);
+        }
+        return;
+    case MODE_PROMPT:
+        if (!is_code && (ch == '\n' || ch == '\r'))
+            send_prompt(ui);
+        else if (!is_code && ch == KEY_ESC)
+            ui->mode = MODE_NORMAL;
+        else if (!is_code && ch == '\t')
+            focus_panel(ui, layout_next_panel(ui->focus, 1, 0));
+        else if (is_code && ch == KEY_BTAB)
+            focus_panel(ui, layout_next_panel(ui->focus, -1, 0));
+        else if (is_code && (ch == KEY_F(1) || ch == KEY_F(10)))
+            global_key(ui, is_code, ch);
+        else
+            edit_key(&ui->prompt, is_code, ch);
+        return;
+    case MODE_NORMAL:
+        break;
+    }
+    if (is_code && ch == KEY_RESIZE)
+        return;
+    const ui_panel_class *pc = panel_classes[ui->focus];
+    /* a panel's own keys are arrows and letters the global set leaves free */
+    int code = is_code ? (int)ch : (ch < 256 ? (int)ch : -1);
+    if (pc->key && code >= 0 && !(code == ' ' || code == '\t') &&
+        (pc->key(ui, is_code ? code : code, ui->view) & UI_HANDLED))
+        return;
+    global_key(ui, is_code, ch);
+}
+
+/* ---- the loop ----------------------------------------------------------------------------- */
+
+static void context_init(ui_context *ui, monitor *m, const ui_options *o)
+{
+    memset(ui, 0, sizeof *ui);
+    ui->m = m;
+    ui->opt = o;
+    ui->view = monitor_view_new();
+    lineedit_init(&ui->prompt);
+    lineedit_init(&ui->mini_line);
+    ui->gen_max_tokens = 128;
+    ui->gen_temperature = 0.8;
+    ui->gen_top_p = 0.95;
+    ui->gen_layer = 0;
+    ui->colour_tokens = 1;
+}
+
+static void context_free(ui_context *ui)
+{
+    monitor_view_delete(ui->view);
+    lineedit_free(&ui->prompt);
+    lineedit_free(&ui->mini_line);
+    free(ui->norm_trend);
+}
+
+static int take_snapshot(ui_context *ui)
+{
+    if (monitor_snapshot(ui->m, ui->view) != 0) {
+        if (ui->have_view && ui->view->state != MONITOR_FAILED && !run_is_over(ui->view)) {
+            ui->view->state = MONITOR_STOPPED;
+            ui_notice(ui, "the run is gone");
+        }
+        return -1;
+    }
+    ui->have_view = 1;
+    return 0;
+}
+
+/* Sends save and stop once on the first interrupt of a live run; a second one leaves. */
+static void handle_interrupts(ui_context *ui, int *seen)
+{
+    int n = ui_process.interrupts;
+    if (n == *seen)
+        return;
+    *seen = n;
+    if (ui->opt->live && ui->mode != MODE_STOPPING && ui->have_view && !run_is_over(ui->view))
+        begin_stop(ui);
+    else
+        ui->quit = 1;
+}
+
+int ui_run(monitor *m, const ui_options *o)
+{
+    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
+        fprintf(stderr, "pesc: the workbench needs a terminal on standard input and output\n");
+        return 1;
+    }
+    setlocale(LC_ALL, "");
+    ui_context ui;
+    context_init(&ui, m, o);
+    ui_process.interrupts = 0;
+    ui_process.have_termios = tcgetattr(STDIN_FILENO, &ui_process.termios) == 0;
+    struct sigaction old_int, old_term, old_hup;
+    install_signals(&old_int, &old_term, &old_hup);
+    pesc_set_oom_hook(restore_terminal_hook);
+
+    SCREEN *screen = newterm(NULL, stdout, stdin);
+    if (!screen) {
+        fprintf(stderr, "pesc: cannot use the terminal '%s' (set TERM)\n",
+                getenv("TERM") ? getenv("TERM") : "");
+        context_free(&ui);
+        return 1;
+    }
+    ui_process.curses_on = 1;
+    cbreak();
+    noecho();
+    nonl();
+    keypad(stdscr, TRUE);
+    set_escdelay(25);
+    curs_set(0);
+    theme_init(&ui.theme, o);
+    refresh();
+
+    double hz = o->refresh_hz > 0 && o->refresh_hz < 10 ? o->refresh_hz : 10;
+    double interval = 1.0 / hz, next_snapshot = 0;
+    int seen_interrupts = 0, dirty = 1;
+    ui_windows_extra extra = {0};
+    take_snapshot(&ui);
+    update_layout(&ui, &extra, 1);
+    while (!ui.quit) {
+        handle_interrupts(&ui, &seen_interrupts);
+        double now = pesc_now();
+        if (now >= next_snapshot) {
+            take_snapshot(&ui);
+            next_snapshot = now + interval;
+            dirty = 1;
+            if (ui.mode == MODE_STOPPING && run_is_over(ui.view))
+                ui.quit = 1;
+        }
+        if (ui.quit)
+            break;
+        if (dirty) {
+            update_layout(&ui, &extra, 0);
+            draw_all(&ui, &extra);
+            dirty = 0;
+        }
+        int wait_ms = (int)((next_snapshot - pesc_now()) * 1000);
+        wtimeout(stdscr, wait_ms < 0 ? 0 : wait_ms > 100 ? 100 : wait_ms);
+        wint_t ch;
+        int r = wget_wch(stdscr, &ch);
+        if (r == ERR)
+            continue;
+        if (r == KEY_CODE_YES && ch == KEY_RESIZE)
+            update_layout(&ui, &extra, 1);
+        handle_key(&ui, r == KEY_CODE_YES, ch);
+        dirty = 1;
+    }
+
+    delete_windows(&ui, &extra);
+    endwin();
+    delscreen(screen);
+    ui_process.curses_on = 0;
+    pesc_set_oom_hook(NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGHUP, &old_hup, NULL);
+    int status = 0;
+    if (ui.have_view && ui.view->state == MONITOR_FAILED) {
+        fprintf(stderr, "pesc: the run failed: %s\n", ui.view->message[0] ? ui.view->message : "no reason given");
+        status = 1;
+    }
+    context_free(&ui);
+    return status;
+}
