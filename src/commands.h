@@ -13,6 +13,7 @@ int cmd_fetch(int argc, char **argv);
 int cmd_plugins(int argc, char **argv);
 int cmd_view(int argc, char **argv);
 int cmd_tui(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 int cmd_demo_data(int argc, char **argv);
 
 #endif

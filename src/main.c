@@ -19,6 +19,7 @@ static const char overview[] =
     "  inspect   summary of a model directory, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
     "  train     craft and instruction-tune a model without a screen (--headless)\n"
+    "  generate  answer a prompt with a model (and its adapters), streaming\n"
     "  bench     training-step throughput and MFU on a random PESC model\n"
     "  tokenize  text to token ids with a Hugging Face tokenizer.json\n"
     "  fetch     download files and models (hf://, http(s)://) into the cache\n"
@@ -26,7 +27,7 @@ static const char overview[] =
     "  view      the workbench on a headless run's log (--attach SOCKET to steer it)\n"
     "  demo-data the built-in demo's instruction data, as camelidae JSONL\n"
     "\n"
-    "Not in this build yet: generate, export.\n"
+    "Not in this build yet: export.\n"
     "\n"
     "  pesc COMMAND --help    options of one command\n"
     "  pesc --version         version and built backends\n"
@@ -48,6 +49,7 @@ static const command commands[] = {
     {"plugins", cmd_plugins},
     {"view", cmd_view},
     {"tui", cmd_tui},
+    {"generate", cmd_generate},
     {"demo-data", cmd_demo_data},
 };
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sink.h"
 
@@ -350,6 +351,47 @@ int plugins_scan_dir(pesc_plugins *p, const char *dir, const char *origin)
     return loaded;
 }
 
+/* pesc run from its build tree finds the modules built beside it: those libtool would
+ * install into a plugins directory (their .la's libdir ends in /plugins; test-only modules
+ * point elsewhere). */
+static int installable(const char *la_text)
+{
+    const char *libdir = strstr(la_text, "\nlibdir='");
+    if (!libdir)
+        return 0;
+    libdir += 9;
+    const char *end = strchr(libdir, '\'');
+    return end && end - libdir >= 8 && strncmp(end - 8, "/plugins", 8) == 0;
+}
+
+static void scan_build_tree(pesc_plugins *p)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 64);
+    char *slash = n > 0 ? (exe[n] = '\0', strrchr(exe, '/')) : NULL;
+    if (!slash)
+        return;
+    strcpy(slash, "/plugins");
+    DIR *d = opendir(exe);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len < 4 || strcmp(e->d_name + len - 3, ".la") != 0)
+            continue;
+        char *la = pesc_path_join(exe, e->d_name), *text = NULL;
+        if (pesc_read_file(la, &text, NULL, NULL) == 0 && installable(text)) {
+            char so[4200];
+            snprintf(so, sizeof so, "%s/.libs/%.*s.so", exe, (int)(len - 3), e->d_name);
+            if (access(so, R_OK) == 0)
+                plugins_load_file(p, so, "build tree", NULL);
+        }
+        free(text);
+        free(la);
+    }
+    if (d)
+        closedir(d);
+}
+
 void plugins_scan_default(pesc_plugins *p)
 {
     const char *env = getenv("PESC_PLUGIN_PATH");
@@ -360,6 +402,7 @@ void plugins_scan_default(pesc_plugins *p)
         free(copy);
     }
     plugins_scan_dir(p, PESC_PLUGINDIR, "pkglibdir");
+    scan_build_tree(p);
 }
 
 pesc_plugins *plugins_open(const char *const *files, int n_files, pesc_error *err)

@@ -20,7 +20,9 @@
 #include "fetch_view.h"
 #include "model.h"
 #include "optim.h"
+#include "plugin.h"
 #include "sample.h"
+#include "sink.h"
 #include "template.h"
 #include "tokenizer.h"
 
@@ -51,8 +53,9 @@ struct session {
     ds_batch batch;
     optimizer opt;
     stats_run run;
-    FILE *log;
-    int log_failed;
+    pesc_plugins *plugins;       /* --plugin modules and the plugin search path */
+    ds_formats *formats;         /* built-in and plugin dataset formats */
+    sink_set *sinks;             /* the JSONL log and --sink outputs */
 
     /* trainer state */
     long step, start_step, total_steps, nan_skipped, nan_run;
@@ -86,17 +89,29 @@ struct session {
 static void publish_event(session *s, const char *kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static void log_line(session *s, char *json)
+/* Shown to the front end only: a failing sink reports once, and the sink set itself logs
+ * the failure to the sinks still working. */
+static void show_event(session *s, const stats_event *e)
 {
-    if (s->log && !s->log_failed) {
-        if (fputs(json, s->log) < 0 || fputc('\n', s->log) < 0 || fflush(s->log) != 0) {
-            /* reported once; training goes on without the log */
-            s->log_failed = 1;
-            fprintf(stderr, "pesc: the log %s cannot be written (%s); going on without it\n",
-                    s->cfg.log_path, strerror(errno));
-        }
+    pthread_mutex_lock(&s->lock);
+    monitor_view *v = s->shared;
+    if (v->n_events == MONITOR_EVENTS) {
+        memmove(v->events, v->events + 1, (MONITOR_EVENTS - 1) * sizeof *v->events);
+        v->n_events--;
     }
-    free(json);
+    v->events[v->n_events++] = *e;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void sink_failed(void *ctx, const char *name, const char *message)
+{
+    session *s = ctx;
+    stats_event e = {.step = s->step};
+    snprintf(e.kind, sizeof e.kind, "sink");
+    snprintf(e.text, sizeof e.text, "%.40s disabled: %.180s", name, message);
+    if (s->cfg.headless)
+        fprintf(stderr, "pesc: sink %s: %s\n", name, message);
+    show_event(s, &e);
 }
 
 static void publish_event(session *s, const char *kind, const char *fmt, ...)
@@ -107,15 +122,9 @@ static void publish_event(session *s, const char *kind, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(e.text, sizeof e.text, fmt, ap);
     va_end(ap);
-    log_line(s, stats_event_json(&e));
-    pthread_mutex_lock(&s->lock);
-    monitor_view *v = s->shared;
-    if (v->n_events == MONITOR_EVENTS) {
-        memmove(v->events, v->events + 1, (MONITOR_EVENTS - 1) * sizeof *v->events);
-        v->n_events--;
-    }
-    v->events[v->n_events++] = e;
-    pthread_mutex_unlock(&s->lock);
+    if (s->sinks)
+        sinks_event(s->sinks, &e);
+    show_event(s, &e);
 }
 
 static void set_state(session *s, monitor_state state, const char *message)
@@ -713,7 +722,8 @@ static int train_step(session *s, pesc_error *err)
     r->device_bytes = 0.0;
     if (E)
         fill_routing(s, r, sc.counts, sc.first, sc.gate, sc.sources, sc.entropy, micro);
-    log_line(s, stats_record_json(r));
+    if (s->sinks)
+        sinks_record(s->sinks, r);
     publish_step(s, r);
     if (s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0)
         save_now(s);
@@ -811,8 +821,9 @@ static int open_data(session *s, pesc_error *err)
         snprintf(s->sources[i].path, sizeof s->sources[i].path, "%s", s->data_paths[i]);
     }
     ds_load_options lo = {.tok = s->tok, .tpl = s->tpl, .vocab_size = s->m.config.vocab_size,
-                          .strict = c->strict, .warn = c->headless ? stderr : NULL};
-    if (ds_format_parse(c->format, &lo.format, err) != 0)
+                          .strict = c->strict, .warn = c->headless ? stderr : NULL,
+                          .formats = s->formats};
+    if (ds_formats_parse(s->formats, c->format, &lo.format, err) != 0)
         return -1;
     ds_options o = {.batch = c->batch, .seq = c->seq, .pack = c->pack, .shuffle = 1,
                     .seed = c->seed, .epochs = c->steps ? 0 : (c->epochs ? c->epochs : 1)};
@@ -920,6 +931,33 @@ static int load_model(session *s, pesc_error *err)
     return rc;
 }
 
+/* --log FILE is the built-in jsonl sink, first; then every --sink. A log that cannot be
+ * opened stops the run before it starts; a sink failing later only disables itself. */
+static int open_sinks(session *s, pesc_error *err)
+{
+    const train_config *c = &s->cfg;
+    const char *specs[TRAIN_MAX_SINKS + 1];
+    char log_spec[4200];
+    int n = 0;
+    if (c->log_path) {
+        snprintf(log_spec, sizeof log_spec, "jsonl:%s", c->log_path);
+        specs[n++] = log_spec;
+    }
+    for (int i = 0; i < c->n_sinks; i++)
+        specs[n++] = c->sinks[i];
+    if (n == 0)
+        return 0;
+    char base[4096];
+    snprintf(base, sizeof base, "%s", c->log_path ? c->log_path : c->save_dir ? c->save_dir : "pesc-run");
+    char *dot = strrchr(base, '.');
+    if (c->log_path && dot && strcmp(dot, ".jsonl") == 0)
+        *dot = '\0';
+    sink_options o = {.base = base, .plugins = s->plugins, .resume = c->resume != NULL,
+                      .strict_open = 1, .report = sink_failed, .report_ctx = s};
+    s->sinks = sinks_open(specs, n, &s->run, &o, err);
+    return s->sinks ? 0 : -1;
+}
+
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
@@ -940,6 +978,9 @@ static int setup(session *s, pesc_error *err)
         s->model_dir = demo_dir();
     }
     s->tpl = template_find(c->template_name);
+    if (!(s->plugins = plugins_open(c->plugins, c->n_plugins, err)) ||
+        !(s->formats = plugins_formats(s->plugins, err)))
+        return -1;
     if (load_model(s, err) != 0 || load_tokenizer(s, err) != 0 || open_data(s, err) != 0)
         return -1;
     s->fingerprint = checkpoint_fingerprint(&s->m);   /* before full mode trains the weights */
@@ -959,13 +1000,7 @@ static int setup(session *s, pesc_error *err)
     describe_run(s);
     s->record = stats_record_new(s->run.shape);
     s->shared->run = s->run;
-    if (c->log_path) {
-        s->log = fopen(c->log_path, c->resume ? "a" : "w");
-        if (!s->log)
-            return pesc_fail(err, "--log %s: %s", c->log_path, strerror(errno));
-        log_line(s, stats_run_json(&s->run));
-    }
-    return 0;
+    return open_sinks(s, err);
 }
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
@@ -1032,8 +1067,7 @@ void session_delete(session *s)
         pthread_mutex_unlock(&s->lock);
         session_wait(s);
     }
-    if (s->log)
-        fclose(s->log);
+    sinks_close(s->sinks);
     stats_record_delete(s->record);
     sampler_free(&s->sampler);
     if (s->backend)
@@ -1043,11 +1077,13 @@ void session_delete(session *s)
     dataset_delete(s->data);
     tok_delete(s->tok);
     model_free(&s->m);
+    ds_formats_delete(s->formats);
     backend_delete(s->backend);
     for (int i = 0; i < STATS_MAX_SOURCES; i++)
         free(s->data_paths[i]);
     free(s->model_dir);
     monitor_view_delete(s->shared);
+    plugins_delete(s->plugins);   /* last: sinks and formats may live in its modules */
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->lock);
     free(s);

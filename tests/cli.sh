@@ -35,7 +35,7 @@ close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -
 
 expect 0 "^pesc [0-9]" "--version" -- "$pesc" --version
 expect 0 "usage: pesc \[COMMAND" "--help" -- "$pesc" --help
-for cmd in eval inspect devices; do
+for cmd in eval inspect devices generate train tui bench; do
   expect 0 "usage: pesc $cmd" "$cmd --help" -- "$pesc" "$cmd" --help
 done
 expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
@@ -98,6 +98,14 @@ expect 1 "has shape \[96, 64\] but config.json implies \[128, 64\]" "tensor shap
   "$pesc" eval --model "$tmp/wide" --data "$m/records.jsonl"
 head -c 1000 "$m/model.safetensors" >"$tmp/wide/model.safetensors"
 expect 1 "model.safetensors" "truncated safetensors" -- "$pesc" eval --model "$tmp/wide" --data "$m/records.jsonl"
+
+# generate: the demo base model answers a lookup it learned while pre-training, greedily
+demo="$top_srcdir/data/demo"
+expect 0 "^Paris$" "generate on the demo model" -- "$pesc" generate --model "$demo" --prompt "capital: France"
+printf 'capital: France\n' >"$tmp/prompt.txt"
+expect 0 "^Paris$" "generate reads the prompt from standard input" -- sh -c "'$pesc' generate --model '$demo' <'$tmp/prompt.txt'"
+expect 2 "\-\-model DIR is required" "generate without --model" -- "$pesc" generate --prompt hi
+expect 1 "tokenizer.json" "generate on a model without a tokenizer" -- "$pesc" generate --model "$m" --prompt hi
 
 # inspect
 expect 0 "parameters" "inspect a model directory" -- "$pesc" inspect "$m"

@@ -32,6 +32,19 @@ else
   fail "headless run: exit $status, $steps step records: $(head -c 300 "$tmp/err")"
 fi
 
+# metric sinks: csv beside the log; a sink on a full disk is reported once and training goes on
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 4 --log "$tmp/s.jsonl" --sink csv --sink "csv:/dev/full" \
+  >/dev/null 2>"$tmp/s.err"
+status=$?
+rows=$(grep -c '^[0-9]' "$tmp/s.csv" 2>/dev/null)
+if [ $status -eq 0 ] && [ "$rows" = 4 ] && [ "$(grep -c 'sink csv' "$tmp/s.err")" = 1 ] &&
+   grep -q '"event":"sink"' "$tmp/s.jsonl" && [ "$(grep -c '"loss"' "$tmp/s.jsonl")" = 4 ]; then
+  pass "--sink csv writes a row a step; a full-disk sink is reported once, training goes on"
+else
+  fail "sinks: exit $status, $rows csv rows: $(cat "$tmp/s.err")"
+fi
+
 # the control socket: replies, effects in the log, malformed lines refused
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 100000 --log "$tmp/live.jsonl" --control "$tmp/sock" >/dev/null 2>&1 &

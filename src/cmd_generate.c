@@ -1,0 +1,198 @@
+/* cmd_generate — `pesc generate`: a prompt through the chat template, the answer streamed to
+ * standard output token by token (KV cache, greedy or sampled). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cli.h"
+#include "commands.h"
+#include "fetch_view.h"
+#include "model.h"
+#include "sample.h"
+#include "template.h"
+#include "tokenizer.h"
+
+static const char generate_usage[] =
+    "usage: pesc generate --model DIR|URL [--adapters FILE] [--prompt TEXT] [--max-tokens N]\n"
+    "                     [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+    "                     [--template NAME] [--tokenizer FILE] [--raw] [--backend B]\n"
+    "\n"
+    "Answers a prompt (from --prompt, or standard input) with the model, streaming the text as\n"
+    "it comes. Stops at the end of the assistant turn (EOS or the template's end marker) or\n"
+    "after --max-tokens.\n"
+    "\n"
+    "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model)\n"
+    "  --temperature T   0 = greedy (default 0)\n"
+    "  --top-p P --top-k K   sampling cut-offs (1, 0 = off)\n"
+    "  --seed S          sampling seed (1)\n"
+    "  --template NAME   chat template (camelidae)\n"
+    "  --raw             the prompt as it is, no template\n";
+
+typedef struct generate_options {
+    const char *model, *adapters, *prompt, *template_name, *tokenizer, *backend;
+    long max_tokens, top_k, seed;
+    double temperature, top_p;
+    int raw;
+} generate_options;
+
+static int number(const char *flag, const char *arg, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(arg, &end);
+    if (end == arg || *end || !(v >= lo && v <= hi))
+        return cli_usage_error("generate", "%s %s: expected a number from %g to %g", flag, arg,
+                               lo, hi);
+    *out = v;
+    return 0;
+}
+
+static int parse_generate(generate_options *o, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, 'm'}, {"adapters", required_argument, NULL, 'a'},
+        {"prompt", required_argument, NULL, 'p'}, {"max-tokens", required_argument, NULL, 'n'},
+        {"temperature", required_argument, NULL, 't'}, {"top-p", required_argument, NULL, 'P'},
+        {"top-k", required_argument, NULL, 'k'}, {"seed", required_argument, NULL, 's'},
+        {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'z'},
+        {"raw", no_argument, NULL, 'r'}, {"backend", required_argument, NULL, 'b'},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    *o = (generate_options){.max_tokens = 256, .top_p = 1.0, .seed = 1, .backend = "auto",
+                            .template_name = "camelidae"};
+    int c;
+    while ((c = cli_getopt("generate", argc, argv, "h", longopts)) != -1) {
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'a': o->adapters = optarg; break;
+        case 'p': o->prompt = optarg; break;
+        case 'n':
+            if (cli_parse_long(optarg, 1, 1 << 20, &o->max_tokens) != 0)
+                return cli_usage_error("generate", "--max-tokens %s: a positive integer", optarg);
+            break;
+        case 't':
+            if (number("--temperature", optarg, 0, 10, &o->temperature)) return EXIT_USAGE;
+            break;
+        case 'P':
+            if (number("--top-p", optarg, 1e-6, 1, &o->top_p)) return EXIT_USAGE;
+            break;
+        case 'k':
+            if (cli_parse_long(optarg, 0, 1 << 20, &o->top_k) != 0)
+                return cli_usage_error("generate", "--top-k %s: an integer >= 0", optarg);
+            break;
+        case 's':
+            if (cli_parse_long(optarg, 0, 0x7fffffffffffffffL, &o->seed) != 0)
+                return cli_usage_error("generate", "--seed %s: an integer >= 0", optarg);
+            break;
+        case 'T': o->template_name = optarg; break;
+        case 'z': o->tokenizer = optarg; break;
+        case 'r': o->raw = 1; break;
+        case 'b': o->backend = optarg; break;
+        case 'h': fputs(generate_usage, stdout); return 0;
+        default: return EXIT_USAGE;
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("generate", "unexpected argument '%s'", argv[optind]);
+    if (!o->model)
+        return cli_usage_error("generate", "--model DIR is required");
+    if (!template_find(o->template_name))
+        return cli_usage_error("generate", "--template %s: known templates are %s",
+                               o->template_name, template_list());
+    return -1;
+}
+
+/* The prompt from --prompt or all of standard input, without a trailing newline. */
+static char *read_prompt(const generate_options *o)
+{
+    if (o->prompt)
+        return xstrdup(o->prompt);
+    size_t cap = 4096, n = 0, got;
+    char *text = xmalloc(cap);
+    while ((got = fread(text + n, 1, cap - n - 1, stdin)) > 0)
+        if ((n += got) + 1 >= cap)
+            text = xrealloc(text, cap *= 2);
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        n--;
+    text[n] = '\0';
+    return text;
+}
+
+static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
+                          const generate_options *o, const char *prompt, pesc_error *err)
+{
+    tok_ids ids = {0};
+    int rc = -1;
+    tpl_message msg = {.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
+    if ((o->raw ? tok_encode(tok, prompt, strlen(prompt), TOK_ADD_SPECIAL, &ids, err)
+                : template_encode_prompt(tpl, tok, &msg, 1, &ids, err)) != 0)
+        return -1;
+    int32_t stops[4];
+    int n_stops = template_stop_ids(tpl, tok, stops, 4);
+    float *logits = xmalloc((size_t)m->config.vocab_size * sizeof *logits);
+    sampler s;
+    sampler_init(&s, (float)o->temperature, (int)o->top_k, (float)o->top_p, (uint64_t)o->seed);
+    tok_stream stream;
+    tok_stream_init(&stream, tok, 1);
+    if (model_cache_reset(m, ids.n + (int)o->max_tokens, err) != 0 ||
+        model_decode(m, ids.ids, ids.n, logits, NULL, err) != 0)
+        goto out;
+    for (long produced = 0; produced < o->max_tokens; produced++) {
+        int32_t next = sampler_next(&s, logits, m->config.vocab_size);
+        int stop = 0;
+        for (int i = 0; i < n_stops; i++)
+            stop |= next == stops[i];
+        if (stop)
+            break;
+        size_t len = 0;
+        const char *piece = tok_stream_push(&stream, next, &len);
+        fwrite(piece, 1, len, stdout);
+        fflush(stdout);
+        if (produced + 1 < o->max_tokens && model_decode(m, &next, 1, logits, NULL, err) != 0)
+            goto out;
+    }
+    size_t len = 0;
+    const char *rest = tok_stream_flush(&stream, &len);
+    fwrite(rest, 1, len, stdout);
+    printf("\n");
+    rc = 0;
+out:
+    tok_stream_free(&stream);
+    sampler_free(&s);
+    free(logits);
+    tok_ids_free(&ids);
+    return rc;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    generate_options o;
+    int status = parse_generate(&o, argc, argv);
+    if (status >= 0)
+        return status;
+    pesc_error err = {{0}};
+    pesc_backend *b = backend_new(o.backend, &err);
+    if (!b)
+        return cli_fail("generate", &err);
+    model m = {0};
+    tokenizer *tok = NULL;
+    char *dir = NULL, *prompt = NULL;
+    status = 1;
+    if (fetch_view_resolve_model(o.model, &dir, &err) != 0 ||
+        model_load(&m, dir, b, &err) != 0 ||
+        (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0) ||
+        !(tok = o.tokenizer ? tok_load(o.tokenizer, &err) : tok_load_dir(dir, &err)))
+        goto out;
+    prompt = read_prompt(&o);
+    if (run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err) != 0)
+        goto out;
+    status = 0;
+out:
+    if (status != 0)
+        cli_fail("generate", &err);
+    free(prompt);
+    free(dir);
+    tok_delete(tok);
+    model_free(&m);
+    backend_delete(b);
+    return status;
+}
