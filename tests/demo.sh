@@ -9,26 +9,9 @@ p="$top_srcdir/tests/reference/data/pesc-e4k1"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-demo.XXXXXX") || exit 99
 trap 'rm -rf "$tmp"' EXIT
 failures=0
+. "${top_srcdir:-.}/tests/lib.sh"
 
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
-pass() { echo "ok   $*"; }
 
-# expect STATUS PATTERN DESCRIPTION -- COMMAND...: exit status and a pattern in stdout+stderr;
-# a failure (status 1 or 2) must say so in exactly one line on stderr.
-expect() {
-  want=$1; pattern=$2; what=$3; shift 4
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  if [ "$got" -ne "$want" ]; then
-    fail "$what: exit $got, wanted $want: $(head -c 300 "$tmp/err")"
-  elif ! cat "$tmp/out" "$tmp/err" | grep -q -- "$pattern"; then
-    fail "$what: output lacks '$pattern': $(cat "$tmp/out" "$tmp/err" | head -c 300)"
-  elif [ "$want" -ne 0 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
-    fail "$what: error is not one line: $(cat "$tmp/err")"
-  else
-    pass "$what"
-  fi
-}
 
 # ---- demo-data ----
 expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help

@@ -21,8 +21,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 99' INT TERM
 failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
-pass() { echo "ok   $*"; }
+. "${top_srcdir:-.}/tests/lib.sh"
 
 # ---- the server's files -----------------------------------------------------------------------
 root="$tmp/root"
@@ -98,22 +97,6 @@ rc=$?
 [ $rc -eq 0 ] && pass "test_fetch" || fail "test_fetch (exit $rc)"
 
 # ---- the command ----------------------------------------------------------------------------------
-# expect STATUS PATTERN DESCRIPTION -- COMMAND...: exit status and a pattern in stdout+stderr;
-# a failure must say so in exactly one line on stderr.
-expect() {
-  want=$1; pattern=$2; what=$3; shift 4
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  if [ "$got" -ne "$want" ]; then
-    fail "$what: exit $got, wanted $want: $(head -c 300 "$tmp/err")"
-  elif ! cat "$tmp/out" "$tmp/err" | grep -q -- "$pattern"; then
-    fail "$what: output lacks '$pattern': $(cat "$tmp/out" "$tmp/err" | head -c 300)"
-  elif [ "$want" -ne 0 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
-    fail "$what: error is not one line: $(cat "$tmp/err")"
-  else
-    pass "$what"
-  fi
-}
 # requests COUNT TARGET: the server log holds COUNT requests for exactly TARGET
 requests() { grep -c " target=$2 " "$log"; }
 

@@ -14,29 +14,13 @@ model="$top_srcdir/tests/reference/data/llama-gqa-f32"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-plugins.XXXXXX") || exit 99
 trap 'rm -rf "$tmp"' EXIT
 failures=0
+. "${top_srcdir:-.}/tests/lib.sh"
 unset PESC_PLUGIN_PATH
 
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
-pass() { echo "ok   $*"; }
 
 [ -f "$plugins/.libs/csv.so" ] && [ -f "$plugins/.libs/example_format.so" ] ||
   { echo "the plugin modules are not built in $plugins/.libs"; exit 99; }
 
-# expect STATUS PATTERN DESCRIPTION -- COMMAND...: as in cli.sh
-expect() {
-  want=$1; pattern=$2; what=$3; shift 4
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  if [ "$got" -ne "$want" ]; then
-    fail "$what: exit $got, wanted $want: $(head -c 300 "$tmp/err")"
-  elif ! cat "$tmp/out" "$tmp/err" | grep -q -- "$pattern"; then
-    fail "$what: output lacks '$pattern': $(cat "$tmp/out" "$tmp/err" | head -c 400)"
-  elif [ "$want" -ne 0 ] && [ "$(wc -l <"$tmp/err")" -ne 1 ]; then
-    fail "$what: error is not one line: $(cat "$tmp/err")"
-  else
-    pass "$what"
-  fi
-}
 
 expect 0 "usage: pesc plugins" "plugins --help" -- "$pesc" plugins --help
 expect 0 "jsonl *built-in" "plugins without modules lists the built-ins" -- env PESC_PLUGIN_PATH="" "$pesc" plugins

@@ -12,8 +12,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-train.XXXXXX") || exit 99
 pids=""
 trap 'for p in $pids; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
 failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
-pass() { echo "ok   $*"; }
+. "${top_srcdir:-.}/tests/lib.sh"
 
 # 64 records of 20 random ids below the model's vocabulary of 64
 awk 'BEGIN { srand(7); for (r = 0; r < 64; r++) { printf "{\"input_ids\": ["; for (t = 0; t < 20; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); print "]}" } }' >"$tmp/data.jsonl"
