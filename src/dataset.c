@@ -950,15 +950,6 @@ struct dataset {
     uint64_t fingerprint;
 };
 
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double uniform(uint64_t *state) { return (double)(splitmix(state) >> 11) * 0x1p-53; }
 
 /* Epoch e's order: each record weight times (the fraction drawn), then shuffled. */
 static void build_order(dataset *ds, long epoch)
@@ -969,7 +960,7 @@ static void build_order(dataset *ds, long epoch)
     for (int i = 0; i < ds->rec.n; i++) {
         double w = ds->weights[ds->rec.items[i].source];
         long copies = (long)floor(w);
-        if (uniform(&rng) < w - floor(w))
+        if (pesc_splitmix_uniform(&rng) < w - floor(w))
             copies++;
         for (long k = 0; k < copies; k++) {
             if (ds->n_order == cap) {
@@ -981,7 +972,7 @@ static void build_order(dataset *ds, long epoch)
     }
     if (ds->opt.shuffle)
         for (long i = ds->n_order - 1; i > 0; i--) {
-            long j = (long)(splitmix(&rng) % (uint64_t)(i + 1));
+            long j = (long)(pesc_splitmix64(&rng) % (uint64_t)(i + 1));
             uint32_t tmp = ds->order[i];
             ds->order[i] = ds->order[j];
             ds->order[j] = tmp;

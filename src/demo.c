@@ -91,19 +91,10 @@ static int in_lexicon(const char *word, size_t len)
 
 /* ======================================================= generators =================== */
 
-/* splitmix64: small, fast, and the same on every platform. */
-static uint64_t next_u64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in [lo, hi]. The modulo bias is far below anything a demo could notice. */
 static int uniform_int(uint64_t *state, int lo, int hi)
 {
-    return lo + (int)(next_u64(state) % (uint64_t)(hi - lo + 1));
+    return lo + (int)(pesc_splitmix64(state) % (uint64_t)(hi - lo + 1));
 }
 
 /* A made-up lowercase word of lo..hi letters that is not a word of the fixed texts. */
@@ -204,9 +195,9 @@ void demo_generate_family(uint64_t seed, int family, long index, demo_record *ou
     };
     /* each (seed, family, index) gets its own stream: records are independent */
     uint64_t st = seed;
-    st = next_u64(&st) ^ (uint64_t)(family + 1) * 0xD1B54A32D192ED03ull;
-    st = next_u64(&st) ^ (uint64_t)index * 0x8CB92BA72F3D8DD7ull;
-    next_u64(&st);
+    st = pesc_splitmix64(&st) ^ (uint64_t)(family + 1) * 0xD1B54A32D192ED03ull;
+    st = pesc_splitmix64(&st) ^ (uint64_t)index * 0x8CB92BA72F3D8DD7ull;
+    pesc_splitmix64(&st);
     memset(out, 0, sizeof *out);
     out->family = family;
     out->system = uniform_int(&st, 0, 3) == 0

@@ -215,10 +215,7 @@ int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t se
         const model_tensor *t = &m->base_tensors[i];
         double bound = t->ndim == 2 ? 1.0 / sqrt((double)t->shape[1]) : 0.0;
         for (size_t j = 0; j < t->n; j++) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            double u = (double)(state >> 11) / 9007199254740992.0;
+            double u = pesc_xorshift_uniform(&state);
             host[j] = t->ndim == 2 ? (float)((2.0 * u - 1.0) * bound) : 1.0f;
         }
         backend_upload(b, t->data, host, t->n * sizeof *host);

@@ -121,21 +121,12 @@ static size_t place_crafted(model *m, tensor_list *list, float *base)
 
 /* ---- initialisation ----------------------------------------------------------------------- */
 
-static uint64_t next_random(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);   /* splitmix64 */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* nn.Linear's default: Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
 static void kaiming_uniform(float *out, size_t n, int fan_in, uint64_t *rng)
 {
     double bound = 1.0 / sqrt((double)fan_in);
     for (size_t i = 0; i < n; i++)
-        out[i] = (float)((2.0 * ((double)(next_random(rng) >> 11) / 9007199254740992.0) - 1.0) *
-                         bound);
+        out[i] = (float)((2.0 * pesc_splitmix_uniform(rng) - 1.0) * bound);
 }
 
 static void init_crafted(model *m, const tensor_list *list)

@@ -250,14 +250,6 @@ static void linear_backward(model *m, int l, int site, layer_acts *a, float *din
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
-static double uniform01(uint64_t *state)
-{
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    return (double)(*state >> 11) / 9007199254740992.0;
-}
-
 /* The statistics of DESIGN section 2, taken from what grouping downloads anyway. */
 static int *count_routing(model *m, int l, const int32_t *idx, const float *w, const float *probs,
                           int N)
@@ -338,7 +330,7 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout)
         size_t n = (size_t)NK * m->config.hidden_size;
         float keep = 1.0f / (1.0f - m->pesc.adapter_dropout), *mask = xmalloc(n * sizeof *mask);
         for (size_t i = 0; i < n; i++)
-            mask[i] = uniform01(&m->rng) < m->pesc.adapter_dropout ? 0.0f : keep;
+            mask[i] = pesc_xorshift_uniform(&m->rng) < m->pesc.adapter_dropout ? 0.0f : keep;
         backend_upload(b, a->mask, mask, n * sizeof *mask);
         free(mask);
     }

@@ -24,14 +24,6 @@ void sampler_free(sampler *s)
     memset(s, 0, sizeof *s);
 }
 
-static double next_uniform(sampler *s)
-{
-    uint64_t z = (s->rng += 0x9e3779b97f4a7c15ull);   /* splitmix64 */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return (double)((z ^ (z >> 31)) >> 11) / 9007199254740992.0;
-}
-
 static int by_probability(const void *a, const void *b, void *probs)
 {
     const float *p = probs;
@@ -85,7 +77,7 @@ int sampler_next(sampler *s, const float *logits, int V)
         for (int i = 0; i < keep; i++)
             sum += s->probs[s->order[i]];
     }
-    double r = next_uniform(s) * sum, acc = 0.0;
+    double r = pesc_splitmix_uniform(&s->rng) * sum, acc = 0.0;
     for (int i = 0; i < keep; i++) {
         acc += s->probs[s->order[i]];
         if (r < acc)

@@ -128,6 +128,27 @@ int pesc_mul_size(size_t a, size_t b, size_t *out)
     return 0;
 }
 
+uint64_t pesc_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+double pesc_splitmix_uniform(uint64_t *state)
+{
+    return (double)(pesc_splitmix64(state) >> 11) * 0x1p-53;
+}
+
+double pesc_xorshift_uniform(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return (double)(*state >> 11) * 0x1p-53;
+}
+
 double pesc_now(void)
 {
     struct timespec ts;

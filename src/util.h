@@ -39,6 +39,12 @@ char *pesc_path_join(const char *dir, const char *name);
 /* Overflow-checked size arithmetic: returns 0 and sets *out, or -1 on overflow. */
 int pesc_mul_size(size_t a, size_t b, size_t *out);
 
+/* Seeded random numbers, the same on every platform, for everything that must reproduce
+ * (initialisation, dropout, data order, sampling). The state advances with each call. */
+uint64_t pesc_splitmix64(uint64_t *state);
+double pesc_splitmix_uniform(uint64_t *state);   /* [0, 1), from the top 53 bits */
+double pesc_xorshift_uniform(uint64_t *state);   /* [0, 1); xorshift64, state must not be 0 */
+
 /* Monotonic seconds. */
 double pesc_now(void);
 
