@@ -43,26 +43,15 @@ typedef struct bench_options {
 enum { OPT_DIM = 1, OPT_LAYERS, OPT_HEADS, OPT_KV_HEADS, OPT_FFN, OPT_VOCAB, OPT_SEQ, OPT_BATCH,
        OPT_STEPS, OPT_BACKEND, OPT_JSON, OPT_HELP };
 
-static struct option *bench_option_table(void)
-{
-    static const struct option own[] = {
-        {"dim", required_argument, NULL, OPT_DIM}, {"layers", required_argument, NULL, OPT_LAYERS},
-        {"heads", required_argument, NULL, OPT_HEADS},
-        {"kv-heads", required_argument, NULL, OPT_KV_HEADS},
-        {"ffn", required_argument, NULL, OPT_FFN}, {"vocab", required_argument, NULL, OPT_VOCAB},
-        {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
-        {"steps", required_argument, NULL, OPT_STEPS},
-        {"backend", required_argument, NULL, OPT_BACKEND},
-        {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, OPT_HELP}};
-    static struct option table[64];
-    if (!table[0].name) {
-        size_t n = sizeof own / sizeof *own, i = 0;
-        memcpy(table, own, sizeof own);
-        for (const struct option *p = pesc_option_table(); p->name; p++)
-            table[n + i++] = *p;
-    }
-    return table;
-}
+static const struct option bench_options_own[] = {
+    {"dim", required_argument, NULL, OPT_DIM}, {"layers", required_argument, NULL, OPT_LAYERS},
+    {"heads", required_argument, NULL, OPT_HEADS},
+    {"kv-heads", required_argument, NULL, OPT_KV_HEADS},
+    {"ffn", required_argument, NULL, OPT_FFN}, {"vocab", required_argument, NULL, OPT_VOCAB},
+    {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"backend", required_argument, NULL, OPT_BACKEND},
+    {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int shape_flag(bench_options *o, int c, const char *arg)
 {
@@ -97,7 +86,10 @@ static int parse_bench(bench_options *o, int argc, char **argv)
     pesc_options_default(&o->pesc);
     int c;
     pesc_error err;
-    while ((c = cli_getopt("bench", argc, argv, "h", bench_option_table())) != -1) {
+    struct option table[64];
+    pesc_option_merge(table, 64, bench_options_own,
+                      sizeof bench_options_own / sizeof *bench_options_own);
+    while ((c = cli_getopt("bench", argc, argv, "h", table)) != -1) {
         if (c >= PESC_OPT_BASE) {
             if (pesc_apply_option(&o->pesc, c, optarg, &err) != 0)
                 return cli_usage_error("bench", "%s", err.msg);

@@ -1,6 +1,7 @@
 /* pesc — see pesc.h. */
 #include "pesc.h"
 
+#include <assert.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdlib.h>
@@ -77,6 +78,19 @@ const struct option *pesc_option_table(void)
         {NULL, 0, NULL, 0},
     };
     return table;
+}
+
+void pesc_option_merge(struct option *table, size_t cap, const struct option *own,
+                       size_t n_own)
+{
+    size_t n = 0;
+    for (; n < n_own; n++)
+        table[n] = own[n];
+    for (const struct option *p = pesc_option_table(); p->name; p++) {
+        assert(n + 1 < cap);
+        table[n++] = *p;
+    }
+    table[n] = (struct option){NULL, 0, NULL, 0};
 }
 
 static int parse_int(const char *flag, const char *arg, int min, int max, int *out,

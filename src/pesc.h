@@ -6,6 +6,8 @@
 #ifndef PESC_PESC_H
 #define PESC_PESC_H
 
+#include <stddef.h>
+
 #include "util.h"
 
 typedef enum pesc_train_mode { TRAIN_PESC, TRAIN_FULL } pesc_train_mode;
@@ -39,6 +41,10 @@ const char *pesc_lora_site_name(int site);    /* "q", ..., "down" */
 #define PESC_OPT_BASE 0x1000
 struct option;
 const struct option *pesc_option_table(void);
+/* Writes a command's own options followed by the crafting options, terminated, into table
+ * (cap entries, enough for both: asserted). */
+void pesc_option_merge(struct option *table, size_t cap, const struct option *own,
+                       size_t n_own);
 int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err);
 /* Checks that the options fit together (top-k at most the number of experts). */
 int pesc_options_check(const pesc_options *o, pesc_error *err);

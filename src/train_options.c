@@ -84,42 +84,31 @@ enum {
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_HELP
 };
 
-static const struct option *option_table(void)
-{
-    static const struct option own[] = {
-        {"model", required_argument, NULL, OPT_MODEL}, {"data", required_argument, NULL, OPT_DATA},
-        {"init-config", required_argument, NULL, OPT_INIT},
-        {"format", required_argument, NULL, OPT_FORMAT},
-        {"template", required_argument, NULL, OPT_TEMPLATE},
-        {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
-        {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
-        {"grad-accum", required_argument, NULL, OPT_ACCUM}, {"pack", no_argument, NULL, OPT_PACK},
-        {"steps", required_argument, NULL, OPT_STEPS},
-        {"epochs", required_argument, NULL, OPT_EPOCHS},
-        {"strict", no_argument, NULL, OPT_STRICT}, {"lr", required_argument, NULL, OPT_LR},
-        {"schedule", required_argument, NULL, OPT_SCHEDULE},
-        {"warmup", required_argument, NULL, OPT_WARMUP},
-        {"weight-decay", required_argument, NULL, OPT_WD},
-        {"clip", required_argument, NULL, OPT_CLIP}, {"seed", required_argument, NULL, OPT_SEED},
-        {"backend", required_argument, NULL, OPT_BACKEND},
-        {"save", required_argument, NULL, OPT_SAVE},
-        {"save-every", required_argument, NULL, OPT_SAVE_EVERY},
-        {"keep", required_argument, NULL, OPT_KEEP},
-        {"resume", required_argument, NULL, OPT_RESUME}, {"log", required_argument, NULL, OPT_LOG},
-        {"control", required_argument, NULL, OPT_CONTROL},
-        {"sink", required_argument, NULL, OPT_SINK},
-        {"plugin", required_argument, NULL, OPT_PLUGIN},
-        {"nan-limit", required_argument, NULL, OPT_NAN},
-        {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
-    static struct option table[80];
-    if (!table[0].name) {
-        size_t n = sizeof own / sizeof *own, i = 0;
-        memcpy(table, own, sizeof own);
-        for (const struct option *p = pesc_option_table(); p->name; p++)
-            table[n + i++] = *p;
-    }
-    return table;
-}
+static const struct option train_options_own[] = {
+    {"model", required_argument, NULL, OPT_MODEL}, {"data", required_argument, NULL, OPT_DATA},
+    {"init-config", required_argument, NULL, OPT_INIT},
+    {"format", required_argument, NULL, OPT_FORMAT},
+    {"template", required_argument, NULL, OPT_TEMPLATE},
+    {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
+    {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
+    {"grad-accum", required_argument, NULL, OPT_ACCUM}, {"pack", no_argument, NULL, OPT_PACK},
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"epochs", required_argument, NULL, OPT_EPOCHS},
+    {"strict", no_argument, NULL, OPT_STRICT}, {"lr", required_argument, NULL, OPT_LR},
+    {"schedule", required_argument, NULL, OPT_SCHEDULE},
+    {"warmup", required_argument, NULL, OPT_WARMUP},
+    {"weight-decay", required_argument, NULL, OPT_WD},
+    {"clip", required_argument, NULL, OPT_CLIP}, {"seed", required_argument, NULL, OPT_SEED},
+    {"backend", required_argument, NULL, OPT_BACKEND},
+    {"save", required_argument, NULL, OPT_SAVE},
+    {"save-every", required_argument, NULL, OPT_SAVE_EVERY},
+    {"keep", required_argument, NULL, OPT_KEEP},
+    {"resume", required_argument, NULL, OPT_RESUME}, {"log", required_argument, NULL, OPT_LOG},
+    {"control", required_argument, NULL, OPT_CONTROL},
+    {"sink", required_argument, NULL, OPT_SINK},
+    {"plugin", required_argument, NULL, OPT_PLUGIN},
+    {"nan-limit", required_argument, NULL, OPT_NAN},
+    {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
                   double *out)
@@ -229,7 +218,10 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
 int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
 {
     int opt;
-    while ((opt = cli_getopt(cmd, argc, argv, "h", option_table())) != -1) {
+    struct option table[80];
+    pesc_option_merge(table, 80, train_options_own,
+                      sizeof train_options_own / sizeof *train_options_own);
+    while ((opt = cli_getopt(cmd, argc, argv, "h", table)) != -1) {
         if (opt == OPT_HELP || opt == 'h')
             return TRAIN_HELP;
         if (opt == '?')
