@@ -63,27 +63,15 @@ model noweights config.json
 
 # ---- the server ---------------------------------------------------------------------------------
 token="pesc-test-token-$$"
-log="$tmp/http.log"
-"$httpd" --root "$root" --ports "$tmp/ports" --log "$log" --token "$token" --lifetime 150 &
-server_pid=$!
-i=0
-while [ ! -s "$tmp/ports" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
-[ -s "$tmp/ports" ] || { echo "fetch.sh: the test server did not start" >&2; exit 99; }
-read -r port_a port_b <"$tmp/ports"
-base="http://127.0.0.1:$port_a"
-
-# nothing from the caller's environment may send these requests elsewhere
-unset HF_TOKEN HF_ENDPOINT http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-no_proxy='*'; NO_PROXY='*'
+start_httpd "$root" --token "$token" --lifetime 150
 PESC_HF_ENDPOINT="$base/hub"
 PESC_FETCH_BACKOFF_MS=20
 PESC_FETCH_STALL_S=1
 PESC_FETCH_RETRIES=3
-XDG_CACHE_HOME="$tmp/cache"
 PESC_TEST_ROOT=$root PESC_TEST_LOG=$log PESC_TEST_TOKEN=$token
 PESC_TEST_PORT_A=$port_a PESC_TEST_PORT_B=$port_b
-export no_proxy NO_PROXY PESC_HF_ENDPOINT PESC_FETCH_BACKOFF_MS PESC_FETCH_STALL_S \
-  PESC_FETCH_RETRIES XDG_CACHE_HOME PESC_TEST_ROOT PESC_TEST_LOG PESC_TEST_TOKEN \
+export PESC_HF_ENDPOINT PESC_FETCH_BACKOFF_MS PESC_FETCH_STALL_S \
+  PESC_FETCH_RETRIES PESC_TEST_ROOT PESC_TEST_LOG PESC_TEST_TOKEN \
   PESC_TEST_PORT_A PESC_TEST_PORT_B
 
 # ---- the engine -----------------------------------------------------------------------------------

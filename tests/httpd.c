@@ -16,6 +16,7 @@
  *     redirect=PORT|self       302 to the same file on 127.0.0.1:PORT, or a relative /f/NAME
  *     v2=1                     requests N >= 2 serve NAME.v2 (the file "changed")
  *     noetag=1                 no ETag
+ *     rate=B                   the body at about B bytes per second (a slow link)
  *   /hub/[datasets/]O/N/resolve/R/P   the hub: ROOT/hub/{datasets,models}/O/N/R/P; a repo
  *                              with a .private file needs "Authorization: Bearer TOKEN";
  *                              *.safetensors answer 302 to port B's /lfs/... with
@@ -191,9 +192,29 @@ static void wait_for_hangup(int fd)
     }
 }
 
-/* Serves a file with Range/If-Range; cut and stall are the behaviours of /f/ options. */
-static void serve_file(connection *c, const request *r, const char *file, int with_etag,
-                       int cut, int stall, const char *extra_headers)
+/* How serve_file misbehaves: the /f/ options; all 0 is a plain, correct server. */
+typedef struct file_behaviour {
+    int no_etag, cut, stall;
+    long rate;                   /* body bytes per second; 0: as fast as the socket takes */
+} file_behaviour;
+
+/* Sends n bytes; with a rate, in tenth-of-a-second slices. */
+static int send_paced(int fd, const char *data, size_t n, long rate)
+{
+    size_t slice = rate > 0 ? (size_t)(rate / 10 > 0 ? rate / 10 : 1) : n;
+    for (size_t at = 0; at < n; at += slice) {
+        size_t k = n - at < slice ? n - at : slice;
+        if (send_all(fd, data + at, k) != 0)
+            return -1;
+        if (rate > 0 && at + k < n)
+            nanosleep(&(struct timespec){0, 100000000L}, NULL);
+    }
+    return 0;
+}
+
+/* Serves a file with Range/If-Range, behaving as `how` says. */
+static void serve_file(connection *c, const request *r, const char *file,
+                       const file_behaviour *how, const char *extra_headers)
 {
     char *data = NULL;
     size_t size = 0;
@@ -203,7 +224,7 @@ static void serve_file(connection *c, const request *r, const char *file, int wi
     }
     char hash[FETCH_SHA256_HEX_LEN + 1], etag[32] = "";
     fetch_sha256_buffer(data, size, hash);
-    if (with_etag)
+    if (!how->no_etag)
         snprintf(etag, sizeof etag, "\"%.16s\"", hash);
     long long start = 0, end = (long long)size - 1;
     int partial = 0;
@@ -236,10 +257,11 @@ static void serve_file(connection *c, const request *r, const char *file, int wi
     int h = snprintf(head, sizeof head, "HTTP/1.1 %d X\r\nContent-Length: %lld\r\n%s%s%s"
                      "Accept-Ranges: bytes\r\nConnection: close\r\n\r\n", status, length,
                      range_header, etag_header, extra_headers ? extra_headers : "");
-    long long body = cut || stall ? length / 2 : length, sent = 0;
-    if (send_all(c->fd, head, (size_t)h) == 0 && send_all(c->fd, data + start, (size_t)body) == 0)
+    long long body = how->cut || how->stall ? length / 2 : length, sent = 0;
+    if (send_all(c->fd, head, (size_t)h) == 0 &&
+        send_paced(c->fd, data + start, (size_t)body, how->rate) == 0)
         sent = body;
-    if (stall)
+    if (how->stall)
         wait_for_hangup(c->fd);
     log_request(c->s, r, status, sent);
     free(data);
@@ -275,8 +297,11 @@ static void route_files(connection *c, const request *r)
     char file[4096];
     snprintf(file, sizeof file, "%s/files/%s%s", c->s->root, name,
              n >= 2 && query_long(r->query, "v2", 0) ? ".v2" : "");
-    serve_file(c, r, file, !query_long(r->query, "noetag", 0),
-               n <= query_long(r->query, "cut", 0), n <= query_long(r->query, "stall", 0), NULL);
+    file_behaviour b = {.no_etag = query_long(r->query, "noetag", 0) != 0,
+                        .cut = n <= query_long(r->query, "cut", 0),
+                        .stall = n <= query_long(r->query, "stall", 0),
+                        .rate = query_long(r->query, "rate", 0)};
+    serve_file(c, r, file, &b, NULL);
 }
 
 /* The hub: /hub/[datasets/]OWNER/NAME/resolve/REV/PATH. */
@@ -334,7 +359,7 @@ static void route_hub(connection *c, const request *r)
         respond_simple(c, r, 302, extra);
         return;
     }
-    serve_file(c, r, file, 1, 0, 0, NULL);
+    serve_file(c, r, file, &(file_behaviour){0}, NULL);
 }
 
 static void route_lfs(connection *c, const request *r)
@@ -346,7 +371,7 @@ static void route_lfs(connection *c, const request *r)
         return;
     }
     snprintf(file, sizeof file, "%s/hub/%s", c->s->root, rest);
-    serve_file(c, r, file, 1, 0, 0, NULL);
+    serve_file(c, r, file, &(file_behaviour){0}, NULL);
 }
 
 /* ---- connections ------------------------------------------------------------------------- */

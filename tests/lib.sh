@@ -23,3 +23,59 @@ expect() {
 
 # close A B TOL: |A - B| <= TOL * |B|
 close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= t * m) }'; }
+
+# ---- the workbench under tmux (tui.sh, tui-fetch.sh, view.sh) ----------------------------------
+# $sock names a private tmux server, $win the session the workbench runs in.
+screen() { tmux -L "$sock" capture-pane -p -t "$win" 2>/dev/null; }
+wait_for() {   # wait_for PATTERN [SECONDS]: until the screen shows the pattern (grep -E)
+  i=0
+  while [ "$i" -lt $((${2:-10} * 10)) ]; do
+    screen | grep -Eq -- "$1" && return 0
+    sleep 0.1
+    i=$((i + 1))
+  done
+  return 1
+}
+check() {   # check PATTERN DESCRIPTION [SECONDS]
+  if wait_for "$1" "${3:-10}"; then pass "$2"; else fail "$2: no '$1' on screen:"; screen | sed 's/^/    | /'; fi
+}
+keys() { tmux -L "$sock" send-keys -t "$win" "$@"; }
+# tui_start COLS ROWS COMMAND...: COMMAND in a fresh detached tmux server of that size (a new
+# socket each time); its stderr goes to $tmp/stderr, its exit status to $tmp/status.
+starts=0
+tui_start() {
+  [ -n "${sock:-}" ] && tmux -L "$sock" kill-server 2>/dev/null
+  starts=$((starts + 1))
+  sock="pesc-$win-$$-$starts"
+  rm -f "$tmp/status"
+  cols=$1 rows=$2
+  shift 2
+  tmux -L "$sock" -f /dev/null new-session -d -s "$win" -x "$cols" -y "$rows" \
+    "$* 2>$tmp/stderr; echo \$? >$tmp/status; sleep 60"
+}
+# wait_status FILE [SECONDS]: until FILE (where the tmux command writes its exit status) is there
+wait_status() {
+  i=0
+  while [ ! -s "$1" ] && [ "$i" -lt $((${2:-30} * 10)) ]; do sleep 0.1; i=$((i + 1)); done
+  cat "$1" 2>/dev/null
+}
+
+# ---- the test HTTP server (fetch.sh, tui-fetch.sh) ---------------------------------------------
+# start_httpd ROOT [OPTIONS...]: tests/httpd on two ephemeral ports of 127.0.0.1, logging to
+# $tmp/http.log; sets server_pid, port_a, port_b and base (port A's URL). The caller's cleanup
+# kills $server_pid. Nothing from the caller's environment may send requests elsewhere.
+start_httpd() {
+  root=$1; shift
+  log="$tmp/http.log"
+  "$top_builddir/tests/httpd" --root "$root" --ports "$tmp/ports" --log "$log" "$@" &
+  server_pid=$!
+  i=0
+  while [ ! -s "$tmp/ports" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+  [ -s "$tmp/ports" ] || { echo "the test server did not start" >&2; exit 99; }
+  read -r port_a port_b <"$tmp/ports"
+  base="http://127.0.0.1:$port_a"
+  unset HF_TOKEN HF_ENDPOINT http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+  no_proxy='*'; NO_PROXY='*'
+  XDG_CACHE_HOME="$tmp/cache"
+  export no_proxy NO_PROXY XDG_CACHE_HOME
+}

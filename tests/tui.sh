@@ -13,34 +13,18 @@ pesc="$top_builddir/pesc"
 command -v tmux >/dev/null 2>&1 || { echo "SKIP: tmux is not installed (tools/install-deps)"; exit 77; }
 "$pesc" tui --help >/dev/null 2>&1 || { echo "SKIP: this build has no pesc tui"; exit 77; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-tui.XXXXXX") || exit 99
-sock="pesc-tui-$$"
+sock=
 trap 'tmux -L "$sock" kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
 failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
-pass() { echo "ok   $*"; }
+win=tui
+. "$top_srcdir/tests/lib.sh"
 
 export LANG=C.UTF-8 LC_ALL=C.UTF-8
-screen() { tmux -L "$sock" capture-pane -p -t tui 2>/dev/null; }
-wait_for() {   # wait_for PATTERN [SECONDS]
-  i=0
-  while [ "$i" -lt $((${2:-10} * 10)) ]; do
-    screen | grep -Eq -- "$1" && return 0
-    sleep 0.1
-    i=$((i + 1))
-  done
-  return 1
-}
-check() {   # check PATTERN DESCRIPTION [SECONDS]
-  if wait_for "$1" "${3:-10}"; then pass "$2"; else fail "$2: no '$1' on screen:"; screen | sed 's/^/    | /'; fi
-}
-keys() { tmux -L "$sock" send-keys -t tui "$@"; }
 step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\).*/\1/p' | head -n 1; }
 lr_now() { screen | sed -n 's/^ lr \([0-9.e+-]*\).*/\1/p' | head -n 1; }
 
 args=${PESC_TUI_ARGS:---steps 100000 --seed 1}
-# shellcheck disable=SC2086
-tmux -L "$sock" -f /dev/null new-session -d -s tui -x 100 -y 30 \
-  "$pesc tui $args --log $tmp/run.jsonl --save $tmp/ck 2>$tmp/stderr; echo \$? >$tmp/status; sleep 60"
+tui_start 100 30 "$pesc" tui "$args" --log "$tmp/run.jsonl" --save "$tmp/ck"
 
 check "RUNNING" "the run starts" 60
 for panel in "Routing" "Loss" "Adapter norms" "Prompt"; do
@@ -98,8 +82,7 @@ check "RUNNING" "Space resumes"
 keys q
 check "Save a checkpoint and stop the run" "q asks first"
 keys y
-i=0; while [ ! -s "$tmp/status" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-[ "$(cat "$tmp/status" 2>/dev/null)" = 0 ] && pass "y saves, stops and exits 0" \
+[ "$(wait_status "$tmp/status")" = 0 ] && pass "y saves, stops and exits 0" \
   || fail "quit: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
 ls "$tmp/ck" 2>/dev/null | grep -q . && pass "a checkpoint was saved on the way out" || fail "no checkpoint in $tmp/ck"
 

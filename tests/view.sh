@@ -10,7 +10,7 @@ pesc="$top_builddir/pesc"
 fake="$top_builddir/tests/ui_fake_run"
 command -v tmux >/dev/null 2>&1 || { echo "SKIP: tmux is not installed (tools/install-deps)"; exit 77; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-view.XXXXXX") || exit 99
-sock="pesc-view-$$"
+sock=
 fake_pid=""
 cleanup() {
   tmux -L "$sock" kill-server 2>/dev/null
@@ -19,36 +19,10 @@ cleanup() {
 }
 trap cleanup EXIT
 failures=0
-fail() { echo "FAIL $*"; failures=$((failures + 1)); }
-pass() { echo "ok   $*"; }
+win=view
+. "$top_srcdir/tests/lib.sh"
 
 export LANG=C.UTF-8 LC_ALL=C.UTF-8
-screen() { tmux -L "$sock" capture-pane -p -t view 2>/dev/null; }
-# wait_for PATTERN [SECONDS]: until the screen shows the pattern (grep -E)
-wait_for() {
-  i=0
-  while [ "$i" -lt $((${2:-5} * 10)) ]; do
-    screen | grep -Eq -- "$1" && return 0
-    sleep 0.1
-    i=$((i + 1))
-  done
-  return 1
-}
-check() {   # check PATTERN DESCRIPTION [SECONDS]
-  if wait_for "$1" "${3:-5}"; then pass "$2"; else fail "$2: no '$1' on screen:"; screen | sed 's/^/    | /'; fi
-}
-keys() { tmux -L "$sock" send-keys -t view "$@"; }
-starts=0
-start() {   # start COLS ROWS COMMAND...: the view in a fresh tmux server (a new socket each time)
-  tmux -L "$sock" kill-server 2>/dev/null
-  starts=$((starts + 1))
-  sock="pesc-view-$$-$starts"
-  rm -f "$tmp/status"
-  cols=$1 rows=$2
-  shift 2
-  tmux -L "$sock" -f /dev/null new-session -d -s view -x "$cols" -y "$rows" \
-    "$* 2>$tmp/stderr; echo \$? >$tmp/status; sleep 30"
-}
 step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\)\/.*/\1/p' | head -n 1; }
 
 # ---- usage errors, without a terminal ---------------------------------------------------------
@@ -62,7 +36,7 @@ step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\)\/.*/\1/p' | head -n 1; }
 
 # ---- a finished run ---------------------------------------------------------------------------
 "$fake" "$tmp/done.jsonl" --steps 60 || exit 99
-start 100 30 "$pesc" view "$tmp/done.jsonl"
+tui_start 100 30 "$pesc" view "$tmp/done.jsonl"
 check "FINISHED" "finished run shows FINISHED"
 check "step 60/60" "status line shows the last step"
 for panel in "Routing: all slots" "Loss" "Adapter norms" "Prompt"; do
@@ -96,12 +70,11 @@ tmux -L "$sock" resize-window -t view -x 100 -y 30
 check "Routing" "resized back to 100x30: routing again"
 check "Prompt" "resized back to 100x30: console again"
 keys q
-i=0; while [ ! -s "$tmp/status" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-[ "$(cat "$tmp/status" 2>/dev/null)" = 0 ] && pass "q leaves with status 0" \
+[ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q leaves with status 0" \
   || fail "q: status '$(cat "$tmp/status" 2>/dev/null)' $(cat "$tmp/stderr")"
 
 # ---- no colours: character shades --------------------------------------------------------------
-start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
+tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
 check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
 keys q
 
@@ -109,7 +82,7 @@ keys q
 "$fake" "$tmp/live.jsonl" --steps 2000 --interval-ms 40 --control "$tmp/control.sock" &
 fake_pid=$!
 i=0; while [ ! -S "$tmp/control.sock" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-start 100 30 "$pesc" view "$tmp/live.jsonl" --attach "$tmp/control.sock"
+tui_start 100 30 "$pesc" view "$tmp/live.jsonl" --attach "$tmp/control.sock"
 check "RUNNING" "live log: RUNNING"
 a=$(step_now); sleep 1; b=$(step_now)
 [ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ] && pass "the log is followed ($a -> $b)" \
@@ -134,8 +107,7 @@ check "Adapter norms" "resize to 40x12 and back while following"
 keys Escape
 sleep 0.2
 keys q
-i=0; while [ ! -s "$tmp/status" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-[ "$(cat "$tmp/status" 2>/dev/null)" = 0 ] && pass "q detaches with status 0" || fail "q: status '$(cat "$tmp/status" 2>/dev/null)'"
+[ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q detaches with status 0" || fail "q: status '$(cat "$tmp/status" 2>/dev/null)'"
 kill -0 "$fake_pid" 2>/dev/null && pass "the run goes on after the view leaves" || fail "the run ended with the view"
 
 if [ "$failures" -ne 0 ]; then
