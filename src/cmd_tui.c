@@ -1,13 +1,13 @@
 /* cmd_tui — `pesc tui` and `pesc` with no arguments: the training session with the ncurses
  * workbench in front of it (DESIGN section 2: the UI on the main thread, the trainer on its
- * own). */
+ * own). URLs in --model and --data download first, inside the workbench (launcher.h). */
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
 #include "commands.h"
 #include "control.h"
-#include "session.h"
+#include "launcher.h"
 #include "train_options.h"
 #include "ui.h"
 
@@ -37,8 +37,8 @@ int cmd_tui(int argc, char **argv)
     if (!c.model && !c.init_config && c.n_sources == 0)
         train_config_demo(&c);
     pesc_error err = {{0}};
-    session *s = session_new(&c, &err);
-    if (!s) {
+    launcher *l = launcher_new(&c, &err);
+    if (!l) {
         if (!c.model && !c.init_config)
             fprintf(stderr, "pesc: the demo cannot start: %s (was pesc installed, or is it run "
                             "from its build tree?)\n", err.msg);
@@ -47,23 +47,16 @@ int cmd_tui(int argc, char **argv)
         return 1;
     }
     control_server *ctl = NULL;
-    if (c.control_path && !(ctl = control_open(c.control_path, session_monitor(s), &err))) {
-        session_delete(s);
-        return cli_fail("tui", &err);
-    }
-    if (session_start(s, &err) != 0) {
-        control_close(ctl);
-        session_delete(s);
+    if (c.control_path && !(ctl = control_open(c.control_path, launcher_monitor(l), &err))) {
+        launcher_delete(l);
         return cli_fail("tui", &err);
     }
     ui_options o = {.title = c.model ? c.model : "demo", .live = 1};
-    int ui_status = ui_run(session_monitor(s), &o);
-    char reply[128];
-    session_command(s, "stop", reply, sizeof reply);
-    status = session_wait(s);
+    int ui_status = ui_run(launcher_monitor(l), &o);
+    status = launcher_finish(l);
     control_close(ctl);
-    if (status != 0)
-        fprintf(stderr, "pesc tui: %s\n", session_error(s));
-    session_delete(s);
+    if (status != 0 && ui_status == 0)
+        fprintf(stderr, "pesc tui: %s\n", launcher_error(l));
+    launcher_delete(l);
     return status ? status : ui_status;
 }

@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 
+#include "fetch.h"
 #include "stats.h"
 
 typedef enum monitor_state {
@@ -25,6 +26,7 @@ typedef enum monitor_state {
 #define MONITOR_LOAD_HISTORY 512 /* steps of (L, E) loads kept for the per-layer history view */
 #define MONITOR_EVENTS 64
 #define MONITOR_GENERATION 8192  /* bytes of generated text kept */
+#define MONITOR_DOWNLOADS 16     /* transfers shown at once */
 
 typedef struct monitor_point {
     long step;
@@ -55,6 +57,9 @@ typedef struct monitor_view {
     unsigned char token_expert[MONITOR_GENERATION];   /* first-choice expert of each byte's
                                                           token at generation_layer; 255: none */
     int generation_layer;
+    /* downloads before the run (launcher.h): running ones first; 0 when none to show */
+    int n_downloads;
+    fetch_progress downloads[MONITOR_DOWNLOADS];
 } monitor_view;
 
 monitor_view *monitor_view_new(void);

@@ -175,13 +175,65 @@ const ui_panel_class console_panel_class = {
     .key = console_key,
 };
 
-/* Downloads: drawn from the fetcher's snapshot once a session exposes it; until then the
- * panel says so (the layout keeps its slot). */
+/* Downloads: one row per transfer from the view (running ones first, see launcher.h):
+ *   name  [#######.....]  42%  12.3M/29.0M  1.2M/s  0:14
+ * and, for a transfer that has ended or waits for a retry, its state or message instead of
+ * the numbers. */
+static void download_row(ui_context *ui, WINDOW *w, int y, int width, const fetch_progress *p)
+{
+    int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    int name_w = width / 3 < 12 ? 12 : width / 3;
+    int bar_w = width - name_w - 40 >= 24 ? 24 : width - name_w - 40;
+    int x = 2;
+    draw_text(w, y, x, name_w, A_BOLD, p->name);
+    x += name_w + 1;
+    double t = p->total > 0 ? (double)p->done / (double)p->total : 0;
+    if (bar_w >= 6) {
+        int pair = p->state == FETCH_FAILED ? PAIR_BAD : fetch_state_final(p->state) ? PAIR_GOOD
+                                                                                     : PAIR_RUN;
+        draw_bar(ui, w, y, x, bar_w, fetch_state_final(p->state) && p->state != FETCH_FAILED ? 1 : t,
+                 theme_attr(&ui->theme, pair, A_NORMAL));
+        x += bar_w + 1;
+    }
+    char done[32], total[32], rate[32], eta[32], text[320];
+    format_bytes_short((double)p->done, done, sizeof done);
+    format_bytes_short((double)p->total, total, sizeof total);
+    format_bytes_short(p->rate, rate, sizeof rate);
+    format_duration_short(p->eta_s, eta, sizeof eta);
+    int attr = dim;
+    if (p->state == FETCH_RUNNING) {
+        if (p->total > 0)
+            snprintf(text, sizeof text, "%3.0f%%  %s/%s  %s/s  %s", 100 * t, done, total, rate, eta);
+        else
+            snprintf(text, sizeof text, "%s  %s/s", done, rate);
+        attr = 0;
+    } else if (p->state == FETCH_FAILED || p->state == FETCH_RETRY_WAIT) {
+        snprintf(text, sizeof text, "%s", p->message);
+        attr = theme_attr(&ui->theme, p->state == FETCH_FAILED ? PAIR_BAD : PAIR_WARN, A_BOLD);
+    } else if (p->state == FETCH_DONE) {
+        snprintf(text, sizeof text, "done  %s in %.1f s", done, p->elapsed_s);
+    } else if (p->state == FETCH_CACHED) {
+        snprintf(text, sizeof text, "in the cache  %s", done);
+    } else {
+        snprintf(text, sizeof text, "%s", fetch_state_name(p->state));
+    }
+    draw_text(w, y, x, width + 1 - x, attr, text);
+}
+
 static void downloads_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
 {
-    (void)v;
-    int width = draw_frame(ui, w, "Downloads", NULL, ui->focus == PANEL_DOWNLOADS);
-    draw_text(w, 1, 2, width - 2, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), "no downloads running");
+    int running = 0;
+    for (int i = 0; i < v->n_downloads; i++)
+        running += !fetch_state_final(v->downloads[i].state);
+    char right[48] = "";
+    if (v->n_downloads > 0)
+        snprintf(right, sizeof right, "%d running", running);
+    int width = draw_frame(ui, w, "Downloads", right, ui->focus == PANEL_DOWNLOADS);
+    int h = getmaxy(w) - 2;
+    if (v->n_downloads == 0)
+        draw_text(w, 1, 2, width - 2, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), "no downloads");
+    for (int i = 0; i < v->n_downloads && i < h; i++)
+        download_row(ui, w, 1 + i, width - 2, &v->downloads[i]);
 }
 
 const ui_panel_class downloads_panel_class = {

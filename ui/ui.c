@@ -162,6 +162,11 @@ static const ui_panel_class *const panel_classes[PANEL_COUNT] = {
     [PANEL_DOWNLOADS] = &downloads_panel_class,
 };
 
+static int have_downloads(const ui_context *ui)
+{
+    return ui->have_view && ui->view->n_downloads > 0;
+}
+
 static int routing_cols_wanted(const ui_context *ui)
 {
     int E = ui->have_view ? ui->view->run.shape.n_experts : 0;
@@ -196,7 +201,8 @@ static void update_layout(ui_context *ui, ui_windows_extra *x, int force)
     int rows, cols;
     getmaxyx(stdscr, rows, cols);
     layout_request rq = {.cols = cols, .rows = rows, .focus = ui->focus,
-                         .maximised = ui->maximised, .routing_cols = routing_cols_wanted(ui)};
+                         .maximised = ui->maximised, .routing_cols = routing_cols_wanted(ui),
+                         .download_rows = ui->have_view ? ui->view->n_downloads : 0};
     layout lo;
     layout_compute(&rq, &lo);
     if (!force && rows == ui->rows && cols == ui->cols && memcmp(&lo, &ui->lo, sizeof lo) == 0)
@@ -270,7 +276,9 @@ static void draw_status(ui_context *ui, WINDOW *w)
     row_put(&rw, theme_attr(&ui->theme, pair, A_REVERSE) | (int)A_BOLD, "%s", badge);
     row_put(&rw, 0, " ");
     if (!r) {
-        row_put(&rw, dim, "%s", ui->have_view ? "waiting for the first step" : "connecting");
+        row_put(&rw, dim, "%s", !ui->have_view ? "connecting"
+                                : v->state == MONITOR_STARTING && v->message[0] ? v->message
+                                                                                : "waiting for the first step");
     } else {
         long total = r->total_steps > 0 ? r->total_steps : v->run.total_steps;
         row_put(&rw, dim, "step ");
@@ -631,7 +639,7 @@ static int global_key(ui_context *ui, int is_code, wint_t ch)
         switch (ch) {
         case KEY_F(1): ui->mode = MODE_HELP; return 1;
         case KEY_F(10): ask_quit(ui); return 1;
-        case KEY_BTAB: focus_panel(ui, layout_next_panel(ui->focus, -1, 0)); return 1;
+        case KEY_BTAB: focus_panel(ui, layout_next_panel(ui->focus, -1, have_downloads(ui))); return 1;
         default: return 0;
         }
     }
@@ -649,7 +657,7 @@ static int global_key(ui_context *ui, int is_code, wint_t ch)
         ui->focus = PANEL_CONSOLE;
         ui->mode = MODE_PROMPT;
         return 1;
-    case '\t': focus_panel(ui, layout_next_panel(ui->focus, 1, 0)); return 1;
+    case '\t': focus_panel(ui, layout_next_panel(ui->focus, 1, have_downloads(ui))); return 1;
     case '1': case '2': case '3': case '4': case '5':
         focus_panel(ui, (ui_panel_id)(ch - '1'));
         return 1;
@@ -694,9 +702,9 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
         else if (!is_code && ch == KEY_ESC)
             ui->mode = MODE_NORMAL;
         else if (!is_code && ch == '\t')
-            focus_panel(ui, layout_next_panel(ui->focus, 1, 0));
+            focus_panel(ui, layout_next_panel(ui->focus, 1, have_downloads(ui)));
         else if (is_code && ch == KEY_BTAB)
-            focus_panel(ui, layout_next_panel(ui->focus, -1, 0));
+            focus_panel(ui, layout_next_panel(ui->focus, -1, have_downloads(ui)));
         else if (is_code && (ch == KEY_F(1) || ch == KEY_F(10)))
             global_key(ui, is_code, ch);
         else

@@ -1,0 +1,82 @@
+#!/bin/sh
+# tui-fetch.sh — `pesc tui --data URL` downloads inside the workbench: under tmux, against
+# tests/httpd on 127.0.0.1 serving the file slowly, the Downloads panel shows the transfer
+# with its progress while the status line says it is downloading; then training starts on the
+# downloaded file. A stop during the download keeps the partial file and the next start
+# resumes it; a 404 is a failed run that names the URL, and q then exits 1 with one line.
+# Skips (77) without tmux.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+command -v tmux >/dev/null 2>&1 || { echo "SKIP: tmux is not installed (tools/install-deps)"; exit 77; }
+[ -x "$top_builddir/tests/httpd" ] || { echo "tui-fetch.sh: tests/httpd is not built" >&2; exit 99; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-tui-fetch.XXXXXX") || exit 99
+sock=
+server_pid=
+cleanup() {
+  [ -n "$sock" ] && tmux -L "$sock" kill-server 2>/dev/null
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 99' INT TERM
+failures=0
+win=tui
+. "$top_srcdir/tests/lib.sh"
+export LANG=C.UTF-8 LC_ALL=C.UTF-8
+
+mkdir -p "$tmp/root/files"
+"$pesc" demo-data -o "$tmp/root/files/tasks.jsonl" --records 400 >/dev/null 2>&1 \
+  || { echo "tui-fetch.sh: pesc demo-data failed" >&2; exit 99; }
+size=$(wc -c <"$tmp/root/files/tasks.jsonl" | tr -d ' ')
+rate=$((size / 6))   # about six seconds for the whole file: long enough to watch
+start_httpd "$tmp/root" --lifetime 240
+cache_file() { find "$XDG_CACHE_HOME/pesc" -name "$1" 2>/dev/null | head -n 1; }
+run="--steps 100000 --seed 1 --save $tmp/ck"
+
+# ---- a stop while downloading keeps the part -----------------------------------------------------
+tui_start 100 30 "$pesc" tui --data "'$base/f/tasks.jsonl?rate=$rate'" $run
+check "Downloads" "the Downloads panel opens" 20
+check "tasks\\.jsonl .*[0-9]+%" "the transfer is shown with its progress"
+check "STARTING .*downloading" "the status line says it is downloading"
+keys q
+check "Save a checkpoint and stop the run" "q asks first"
+keys y
+[ "$(wait_status "$tmp/status")" = 0 ] && pass "stopping during the download exits 0" \
+  || fail "stop while downloading: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+part=$(cache_file "tasks.jsonl*.part")
+[ -n "$part" ] && [ -s "$part" ] && [ -z "$(cache_file tasks.jsonl)" ] \
+  && pass "the partial download is kept ($(wc -c <"$part" | tr -d ' ') of $size bytes)" \
+  || fail "no partial file kept in the cache: $(find "$XDG_CACHE_HOME" 2>&1)"
+
+# ---- the next start resumes it and trains on the file --------------------------------------------
+tui_start 100 30 "$pesc" tui --data "'$base/f/tasks.jsonl?rate=$rate'" $run
+check "tasks\\.jsonl" "the resumed transfer is shown" 20
+check "RUNNING" "training starts after the download" 90
+check "step ([2-9]|[1-9][0-9])" "steps are taken on the downloaded data" 90
+cmp -s "$(cache_file tasks.jsonl)" "$tmp/root/files/tasks.jsonl" && pass "the cached file is complete and right" \
+  || fail "the cached file differs from the served one"
+grep " target=/f/tasks.jsonl?rate=$rate " "$log" | tail -n 1 | grep -q "range=bytes=[1-9]" \
+  && pass "the second start asked only for the rest" \
+  || fail "no resume: $(grep " target=/f/tasks.jsonl" "$log" | tail -n 1)"
+keys q
+keys y
+[ "$(wait_status "$tmp/status" 60)" = 0 ] && pass "q saves, stops and exits 0" \
+  || fail "quit: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+
+# ---- a missing file is a failed run that names the URL -------------------------------------------
+tui_start 100 30 "$pesc" tui --data "$base/f/nothing.jsonl" $run
+check "FAILED" "a 404 fails the run" 20
+check "nothing\\.jsonl" "the failure names the file"
+keys q
+status=$(wait_status "$tmp/status" 10)
+if [ "$status" = 1 ] && grep -q "$base/f/nothing.jsonl" "$tmp/stderr" && \
+   [ "$(wc -l <"$tmp/stderr")" -eq 1 ]; then
+  pass "q leaves with 1 and one line naming the URL"
+else
+  fail "404: status '$status', stderr: $(cat "$tmp/stderr")"
+fi
+
+echo "tui-fetch.sh: $failures failure(s)"
+[ "$failures" -eq 0 ]
