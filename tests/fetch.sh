@@ -187,5 +187,35 @@ fi
 [ $(requests 1 "/f/small.txt?k=cli") -eq 1 ] && pass "one request for one file" \
   || fail "unexpected requests for /f/small.txt?k=cli"
 
+# HTTPS: openssl s_server with a certificate made here. Certificates are verified (a
+# self-signed one fails with one line that says how to fix it), and the CA-bundle variables are
+# honoured, CURL_CA_BUNDLE before SSL_CERT_FILE as curl(1) does.
+if command -v openssl >/dev/null 2>&1 && \
+   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+     -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1" \
+     -keyout "$tmp/tls.key" -out "$tmp/tls.pem" >/dev/null 2>&1; then
+  (cd "$files" && exec openssl s_server -accept 127.0.0.1:0 -WWW -cert "$tmp/tls.pem" \
+     -key "$tmp/tls.key" >"$tmp/tls.out" 2>&1) &
+  tls_pid=$!
+  i=0
+  while ! grep -q "^ACCEPT" "$tmp/tls.out" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+  tls_url="https://127.0.0.1:$(sed -n 's/^ACCEPT .*:\([0-9]*\)$/\1/p' "$tmp/tls.out")/small.txt"
+  unset CURL_CA_BUNDLE SSL_CERT_FILE SSL_CERT_DIR
+  expect 1 "certificate.*CURL_CA_BUNDLE" "an untrusted certificate is refused" -- \
+    "$pesc" fetch -q -o "$tmp/tls0.txt" "$tls_url"
+  [ ! -e "$tmp/tls0.txt" ] && pass "nothing is written from an untrusted server" \
+    || fail "a file came from an untrusted server"
+  CURL_CA_BUNDLE="$tmp/tls.pem" expect 0 "$tmp/tls1.txt" "HTTPS with CURL_CA_BUNDLE" -- \
+    "$pesc" fetch -q -o "$tmp/tls1.txt" "$tls_url"
+  SSL_CERT_FILE="$tmp/tls.pem" expect 0 "$tmp/tls2.txt" "HTTPS with SSL_CERT_FILE" -- \
+    "$pesc" fetch -q -o "$tmp/tls2.txt" "$tls_url"
+  cmp -s "$tmp/tls1.txt" "$files/small.txt" && cmp -s "$tmp/tls2.txt" "$files/small.txt" \
+    && pass "HTTPS content" || fail "HTTPS content differs"
+  kill "$tls_pid" 2>/dev/null
+  wait "$tls_pid" 2>/dev/null
+else
+  echo "skip HTTPS: openssl (Debian package openssl) cannot make a test certificate"
+fi
+
 echo "fetch.sh: $failures failure(s)"
 [ $failures -eq 0 ]
