@@ -22,8 +22,9 @@
 
 static const char eval_usage[] =
     "usage: pesc eval --model DIR|URL [--adapters FILE] (--data FILE|URL... | --demo)\n"
-    "                 [--format F] [--template NAME] [--tokenizer FILE] [--backend auto|cpu|cuda]\n"
-    "                 [--routing] [--records N] [--plugin FILE]... [--json]\n"
+    "                 [--format F] [--template NAME] [--tokenizer FILE|URL]\n"
+    "                 [--backend auto|cpu|cuda] [--routing] [--records N] [--plugin FILE]...\n"
+    "                 [--json]\n"
     "\n"
     "Mean next-token negative log-likelihood of the model over every predicted token of every\n"
     "record (labels of -100 are ignored), and its perplexity. A bad record is an error here\n"
@@ -265,7 +266,11 @@ static int load_data(const eval_options *o, const char *model_dir, const eval_so
                           .tpl = template_find(o->template_name), .formats = formats};
     ds_formats_parse(formats, o->format, &lo.format, err);
     if (lo.format != DS_TOKENS || o->demo) {
-        char *path = o->tokenizer ? xstrdup(o->tokenizer) : pesc_path_join(model_dir, "tokenizer.json");
+        char *path = NULL;
+        if (o->tokenizer && fetch_view_url_to_cache(o->tokenizer, &path, err) != 0)
+            return -1;
+        if (!path)
+            path = pesc_path_join(model_dir, "tokenizer.json");
         /* auto needs a tokenizer only for text records: a missing file is fine until one comes,
          * but a file that is there and broken is reported now */
         if (o->tokenizer || o->demo || lo.format != DS_AUTO || access(path, F_OK) == 0) {

@@ -16,7 +16,7 @@
 static const char generate_usage[] =
     "usage: pesc generate --model DIR|URL [--adapters FILE] [--prompt TEXT] [--max-tokens N]\n"
     "                     [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-    "                     [--template NAME] [--tokenizer FILE] [--raw] [--backend B]\n"
+    "                     [--template NAME] [--tokenizer FILE|URL] [--raw] [--backend B]\n"
     "\n"
     "Answers a prompt (from --prompt, or standard input) with the model, streaming the text as\n"
     "it comes. Stops at the end of the assistant turn (EOS or the template's end marker) or\n"
@@ -175,12 +175,13 @@ int cmd_generate(int argc, char **argv)
         return cli_fail("generate", &err);
     model m = {0};
     tokenizer *tok = NULL;
-    char *dir = NULL, *prompt = NULL;
+    char *dir = NULL, *tokenizer_path = NULL, *prompt = NULL;
     status = 1;
     if (fetch_view_resolve_model(o.model, &dir, &err) != 0 ||
         model_load(&m, dir, b, &err) != 0 ||
         (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0) ||
-        !(tok = o.tokenizer ? tok_load(o.tokenizer, &err) : tok_load_dir(dir, &err)))
+        (o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||
+        !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : tok_load_dir(dir, &err)))
         goto out;
     prompt = read_prompt(&o);
     if (run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err) != 0)
@@ -191,6 +192,7 @@ out:
         cli_fail("generate", &err);
     free(prompt);
     free(dir);
+    free(tokenizer_path);
     tok_delete(tok);
     model_free(&m);
     backend_delete(b);

@@ -6,17 +6,21 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "fetch_view.h"
 #include "stream.h"
 #include "tokenizer.h"
 
 static const char tokenize_usage[] =
-    "usage: pesc tokenize (--tokenizer FILE | --model DIR) [--jsonl] [--no-special] [--decode]\n"
+    "usage: pesc tokenize (--tokenizer FILE|URL | --model DIR|URL) [--jsonl] [--no-special]\n"
+    "                     [--decode]\n"
     "\n"
     "Encodes standard input with a Hugging Face tokenizer.json, exactly as the tokenizers\n"
     "library's encode(text) does, and prints the ids.\n"
     "\n"
-    "  --tokenizer FILE  a tokenizer.json (tokenizer_config.json beside it is read when present)\n"
-    "  --model DIR       a model directory holding tokenizer.json\n"
+    "  --tokenizer FILE  a tokenizer.json (tokenizer_config.json beside it is read when present);\n"
+    "                    a URL downloads the file alone\n"
+    "  --model DIR       a model directory holding tokenizer.json; hf://OWNER/NAME downloads\n"
+    "                    only its tokenizer files\n"
     "  --jsonl           each input line is a JSON string; each output line the JSON array of\n"
     "                    its ids (without it: all of stdin is one text, ids space-separated)\n"
     "  --no-special      do not add the post-processor's special tokens (BOS, ...)\n"
@@ -113,7 +117,12 @@ int cmd_tokenize(int argc, char **argv)
     if (status >= 0)
         return status;
     pesc_error err = {{0}};
-    tokenizer *t = o.tokenizer ? tok_load(o.tokenizer, &err) : tok_load_dir(o.model, &err);
+    char *local = NULL;
+    tokenizer *t = NULL;
+    if (o.tokenizer ? fetch_view_url_to_cache(o.tokenizer, &local, &err) == 0
+                    : fetch_view_resolve_tokenizer(o.model, &local, &err) == 0)
+        t = o.tokenizer ? tok_load(local, &err) : tok_load_dir(local, &err);
+    free(local);
     if (!t)
         return cli_fail("tokenize", &err);
     unsigned flags = o.no_special ? 0 : TOK_ADD_SPECIAL;

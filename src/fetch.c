@@ -1703,6 +1703,28 @@ static int wait_files(fetcher *f, const int *ids, int n, int n_required, int *pr
     return rc;
 }
 
+int fetcher_get_tokenizer(fetcher *f, const char *url, char **dir, pesc_error *err)
+{
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json",
+                                        "special_tokens_map.json"};
+    enum { n = sizeof names / sizeof *names };
+    model_source m;
+    if (model_source_init(f, url, &m, err) != 0)
+        return -1;
+    int ids[n], present[n], rc = -1;
+    for (int i = 0; i < n; i++)
+        if ((ids[i] = model_add(f, &m, names[i], i > 0, err)) < 0)
+            goto out;
+    if (wait_files(f, ids, n, 1, present, err) != 0)
+        goto out;
+    *dir = m.dir;
+    m.dir = NULL;
+    rc = 0;
+out:
+    model_source_free(&m);
+    return rc;
+}
+
 int fetcher_get_model(fetcher *f, const char *url, char **dir, pesc_error *err)
 {
     model_source m;

@@ -138,6 +138,9 @@ int fetcher_result(fetcher *f, int id, char **path, pesc_error *err);
 int fetcher_get(fetcher *f, const char *url, const char *sha256, char **path,
                 pesc_error *err);
 int fetcher_get_model(fetcher *f, const char *url, char **dir, pesc_error *err);
+/* Only a model's tokenizer files (tokenizer.json; tokenizer_config.json and
+ * special_tokens_map.json where the repository has them) into the model's cache directory. */
+int fetcher_get_tokenizer(fetcher *f, const char *url, char **dir, pesc_error *err);
 
 /* Asks a transfer (or FETCH_ALL) to stop; its part stays for a later resume. */
 void fetcher_cancel(fetcher *f, int id);

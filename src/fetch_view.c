@@ -212,7 +212,9 @@ void fetch_view_stop(fetch_view *v)
 
 /* ---- the one-call helpers, with progress ------------------------------------------------- */
 
-static int with_view(const char *url, char **out, int model, pesc_error *err)
+typedef enum fetch_kind { FETCH_FILE, FETCH_MODEL, FETCH_TOKENIZER } fetch_kind;
+
+static int with_view(const char *url, char **out, fetch_kind kind, pesc_error *err)
 {
     if (!fetch_is_url(url)) {
         *out = xstrdup(url);
@@ -222,7 +224,9 @@ static int with_view(const char *url, char **out, int model, pesc_error *err)
     if (!f)
         return -1;
     fetch_view *v = fetch_view_start(f);
-    int rc = model ? fetcher_get_model(f, url, out, err) : fetcher_get(f, url, NULL, out, err);
+    int rc = kind == FETCH_MODEL       ? fetcher_get_model(f, url, out, err)
+             : kind == FETCH_TOKENIZER ? fetcher_get_tokenizer(f, url, out, err)
+                                       : fetcher_get(f, url, NULL, out, err);
     fetch_view_stop(v);
     fetcher_delete(f);
     return rc;
@@ -230,10 +234,15 @@ static int with_view(const char *url, char **out, int model, pesc_error *err)
 
 int fetch_view_url_to_cache(const char *url, char **path, pesc_error *err)
 {
-    return with_view(url, path, 0, err);
+    return with_view(url, path, FETCH_FILE, err);
 }
 
 int fetch_view_resolve_model(const char *url, char **dir, pesc_error *err)
 {
-    return with_view(url, dir, 1, err);
+    return with_view(url, dir, FETCH_MODEL, err);
+}
+
+int fetch_view_resolve_tokenizer(const char *url, char **dir, pesc_error *err)
+{
+    return with_view(url, dir, FETCH_TOKENIZER, err);
 }

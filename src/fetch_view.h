@@ -21,5 +21,8 @@ void fetch_view_stop(fetch_view *v);
  * takes --data URL or --model URL calls. A local path is copied as it is. */
 int fetch_view_url_to_cache(const char *url, char **path, pesc_error *err);
 int fetch_view_resolve_model(const char *url, char **dir, pesc_error *err);
+/* A model URL's tokenizer files only (fetcher_get_tokenizer), for commands that need no
+ * weights; a local directory is copied. */
+int fetch_view_resolve_tokenizer(const char *url, char **dir, pesc_error *err);
 
 #endif

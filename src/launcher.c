@@ -18,6 +18,7 @@
 struct launcher {
     train_config cfg;            /* URLs replaced by local paths once downloaded */
     char *model_dir;             /* the downloaded model (cfg.model points here) */
+    char *tokenizer_path;        /* the downloaded --tokenizer (cfg.tokenizer points here) */
     fetcher *fetcher;            /* NULL without URLs */
     pthread_t thread;
     int thread_running;
@@ -38,7 +39,7 @@ struct launcher {
 
 static int has_urls(const train_config *c)
 {
-    if (fetch_is_url(c->model))
+    if (fetch_is_url(c->model) || fetch_is_url(c->tokenizer))
         return 1;
     for (int i = 0; i < c->n_sources; i++)
         if (fetch_is_url(c->sources[i].path))
@@ -56,8 +57,8 @@ static void set_phase(launcher *l, monitor_state state, const char *message)
 
 /* ---- the downloads, then the session -------------------------------------------------------- */
 
-/* Queues every data URL (they run side by side, up to the fetcher's --jobs), fetches the
- * model, then collects the data files into cfg. */
+/* Queues every data URL and the tokenizer's (they run side by side, up to the fetcher's
+ * jobs), fetches the model, then collects the files into cfg. */
 static int download_all(launcher *l, pesc_error *err)
 {
     train_config *c = &l->cfg;
@@ -68,10 +69,20 @@ static int download_all(launcher *l, pesc_error *err)
             (ids[i] = fetcher_add(l->fetcher, c->sources[i].path, NULL, NULL, 0, err)) < 0)
             return -1;
     }
+    int tokenizer_id = -1;
+    if (fetch_is_url(c->tokenizer) &&
+        (tokenizer_id = fetcher_add(l->fetcher, c->tokenizer, NULL, NULL, 0, err)) < 0)
+        return -1;
     if (fetch_is_url(c->model)) {
         if (fetcher_get_model(l->fetcher, c->model, &l->model_dir, err) != 0)
             return -1;
         c->model = l->model_dir;
+    }
+    if (tokenizer_id >= 0) {
+        fetcher_wait(l->fetcher, tokenizer_id, -1);
+        if (fetcher_result(l->fetcher, tokenizer_id, &l->tokenizer_path, err) != 0)
+            return -1;
+        c->tokenizer = l->tokenizer_path;
     }
     for (int i = 0; i < c->n_sources; i++) {
         if (ids[i] < 0)
@@ -266,6 +277,7 @@ void launcher_delete(launcher *l)
     session_delete(l->session);
     fetcher_delete(l->fetcher);
     free(l->model_dir);
+    free(l->tokenizer_path);
     pthread_mutex_destroy(&l->lock);
     free(l);
 }

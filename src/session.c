@@ -800,7 +800,11 @@ static char *demo_dir(void)
 static int load_tokenizer(session *s, pesc_error *err)
 {
     if (s->cfg.tokenizer) {
-        s->tok = tok_load(s->cfg.tokenizer, err);
+        char *path;
+        if (fetch_view_url_to_cache(s->cfg.tokenizer, &path, err) != 0)
+            return -1;
+        s->tok = tok_load(path, err);
+        free(path);
         return s->tok ? 0 : -1;
     }
     char *path = pesc_path_join(s->model_dir, "tokenizer.json");

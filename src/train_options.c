@@ -18,7 +18,7 @@ const char train_options_help[] =
     "  --format F           auto, camelidae, alpaca, sharegpt, openai, metamath, magicoder,\n"
     "                       text, tokens (auto)\n"
     "  --template NAME      camelidae (default), alpaca, chatml, llama2, llama3, mistral, plain\n"
-    "  --tokenizer FILE     tokenizer.json (default: the model's)\n"
+    "  --tokenizer FILE|URL tokenizer.json (default: the model's)\n"
     "  --seq T --batch B    tokens per row and rows per micro-batch (512, 8)\n"
     "  --grad-accum N       micro-batches per optimizer step (1)\n"
     "  --pack               pack several records into a row\n"

@@ -187,6 +187,27 @@ fi
 [ $(requests 1 "/f/small.txt?k=cli") -eq 1 ] && pass "one request for one file" \
   || fail "unexpected requests for /f/small.txt?k=cli"
 
+# Tokenizers from URLs: a model repository gives only its tokenizer files (never the
+# weights), and a --tokenizer URL the one file; the ids equal the local files'.
+demo="${top_srcdir:-.}/data/demo"
+tok_repo="$root/hub/models/tester/tok/main"
+mkdir -p "$tok_repo"
+cp "$demo/tokenizer.json" "$demo/tokenizer_config.json" "$demo/config.json" "$tok_repo/"
+head -c 100000 /dev/urandom >"$tok_repo/model.safetensors"
+cp "$demo/tokenizer.json" "$files/tok.json"
+echo "reverse: pesc" >"$tmp/text"
+"$pesc" tokenize --model "$demo" <"$tmp/text" >"$tmp/ids.local" 2>&1
+expect 0 "" "tokenize --model hf://..." -- sh -c '"$1" tokenize --model hf://tester/tok <"$2"' \
+  - "$pesc" "$tmp/text"
+cmp -s "$tmp/out" "$tmp/ids.local" && pass "tokenize --model URL: the local files' ids" \
+  || fail "tokenize --model URL: $(cat "$tmp/out") vs $(cat "$tmp/ids.local")"
+grep -q "tester/tok/resolve/main/model.safetensors" "$log" \
+  && fail "tokenize --model URL downloaded the weights" || pass "tokenize fetches no weights"
+expect 0 "" "tokenize --tokenizer URL" -- sh -c '"$1" tokenize --tokenizer "$2" <"$3"' \
+  - "$pesc" "$base/f/tok.json" "$tmp/text"
+cmp -s "$tmp/out" "$tmp/ids.local" && pass "tokenize --tokenizer URL: the local file's ids" \
+  || fail "tokenize --tokenizer URL: $(cat "$tmp/out") vs $(cat "$tmp/ids.local")"
+
 # HTTPS: openssl s_server with a certificate made here. Certificates are verified (a
 # self-signed one fails with one line that says how to fix it), and the CA-bundle variables are
 # honoured, CURL_CA_BUNDLE before SSL_CERT_FILE as curl(1) does.
