@@ -208,6 +208,17 @@ expect 0 "" "tokenize --tokenizer URL" -- sh -c '"$1" tokenize --tokenizer "$2" 
 cmp -s "$tmp/out" "$tmp/ids.local" && pass "tokenize --tokenizer URL: the local file's ids" \
   || fail "tokenize --tokenizer URL: $(cat "$tmp/out") vs $(cat "$tmp/ids.local")"
 
+# Proxies: http_proxy sends the request to the proxy (here the test server, which answers
+# requests in absolute form); no_proxy bypasses it.
+expect 0 "" "http_proxy is used" -- env http_proxy="$base" no_proxy= NO_PROXY= \
+  "$pesc" fetch -q -o "$tmp/proxied.txt" "http://pesc-proxy-test.invalid/f/small.txt?k=proxy"
+grep -q " target=http://pesc-proxy-test.invalid/f/small.txt?k=proxy " "$log" && \
+  cmp -s "$tmp/proxied.txt" "$files/small.txt" && pass "the proxy got the request in absolute form" \
+  || fail "no proxied request in the server log"
+expect 0 "" "no_proxy bypasses the proxy" -- env http_proxy=http://127.0.0.1:9 \
+  no_proxy=127.0.0.1 NO_PROXY=127.0.0.1 "$pesc" fetch -q -o "$tmp/direct.txt" \
+  "$base/f/small.txt?k=noproxy"
+
 # HTTPS: openssl s_server with a certificate made here. Certificates are verified (a
 # self-signed one fails with one line that says how to fix it), and the CA-bundle variables are
 # honoured, CURL_CA_BUNDLE before SSL_CERT_FILE as curl(1) does.

@@ -21,7 +21,9 @@
  *                              with a .private file needs "Authorization: Bearer TOKEN";
  *                              *.safetensors answer 302 to port B's /lfs/... with
  *                              X-Linked-Etag (P.linked-etag overrides the computed hash)
- *   /lfs/PATH                  ROOT/hub/PATH, plain */
+ *   /lfs/PATH                  ROOT/hub/PATH, plain
+ * A request in absolute form (GET http://HOST/PATH, as sent to a proxy) is routed by its path
+ * and logged with the whole URL as its target. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -415,7 +417,12 @@ static int read_request(connection *c, request *r)
     header_into(head, "Range", r->range, sizeof r->range);
     header_into(head, "If-Range", r->if_range, sizeof r->if_range);
     header_into(head, "Authorization", r->authorization, sizeof r->authorization);
-    snprintf(r->path, sizeof r->path, "%s", r->target);
+    const char *origin_form = r->target;
+    if (strncmp(r->target, "http://", 7) == 0) {   /* absolute form: we were asked as a proxy */
+        const char *slash = strchr(r->target + 7, '/');
+        origin_form = slash ? slash : "/";
+    }
+    snprintf(r->path, sizeof r->path, "%s", origin_form);
     char *q = strchr(r->path, '?');
     if (q)
         *q = '\0';
