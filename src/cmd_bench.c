@@ -29,19 +29,20 @@ static const char bench_usage[] =
     "  --seq T --batch B  tokens per step (256, 8)\n"
     "  --steps N          timed steps after one warm-up step; the median counts (5)\n"
     "  --backend B        auto, cpu or cuda\n"
+    "  --recompute        activation recomputation (as pesc train --recompute)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
-    "                     peak_gflops, mfu, and the shape\n"
+    "                     peak_gflops, mfu, activation_bytes, and the shape\n"
     "crafting options:\n";
 
 typedef struct bench_options {
     hf_config shape;
     pesc_options pesc;
-    int seq, batch, steps, json;
+    int seq, batch, steps, json, recompute;
     const char *backend;
 } bench_options;
 
 enum { OPT_DIM = 1, OPT_LAYERS, OPT_HEADS, OPT_KV_HEADS, OPT_FFN, OPT_VOCAB, OPT_SEQ, OPT_BATCH,
-       OPT_STEPS, OPT_BACKEND, OPT_JSON, OPT_HELP };
+       OPT_STEPS, OPT_BACKEND, OPT_RECOMPUTE, OPT_JSON, OPT_HELP };
 
 static const struct option bench_options_own[] = {
     {"dim", required_argument, NULL, OPT_DIM}, {"layers", required_argument, NULL, OPT_LAYERS},
@@ -51,6 +52,7 @@ static const struct option bench_options_own[] = {
     {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
     {"steps", required_argument, NULL, OPT_STEPS},
     {"backend", required_argument, NULL, OPT_BACKEND},
+    {"recompute", no_argument, NULL, OPT_RECOMPUTE},
     {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int shape_flag(bench_options *o, int c, const char *arg)
@@ -98,6 +100,8 @@ static int parse_bench(bench_options *o, int argc, char **argv)
                 return EXIT_USAGE;
         } else if (c == OPT_BACKEND) {
             o->backend = optarg;
+        } else if (c == OPT_RECOMPUTE) {
+            o->recompute = 1;
         } else if (c == OPT_JSON) {
             o->json = 1;
         } else if (c == OPT_HELP || c == 'h') {
@@ -249,6 +253,7 @@ int cmd_bench(int argc, char **argv)
     if (model_init_random(&m, &o.shape, b, 1, &err) != 0 || model_craft(&m, &o.pesc, 1, &err) != 0)
         goto out;
     randomize_trainables(&m);
+    m.recompute = o.recompute;
     if (optim_init(&opt, b, m.n_train, &oc, &err) != 0 ||
         run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0 || (peak = measure_peak(b, &o, &err)) < 0)
         goto out;
@@ -260,16 +265,18 @@ int cmd_bench(int argc, char **argv)
                "\"device\": \"%s\", \"dim\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
                "\"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"experts\": %d, "
                "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
-               "\"loss\": %.6f}\n",
+               "\"recompute\": %s, \"activation_bytes\": %zu, \"loss\": %.6f}\n",
                tps, step_s * 1e3, fpt, gflops, peak, gflops / peak, backend_name(b),
                backend_device(b), o.shape.hidden_size, o.shape.n_layers, o.shape.n_heads,
                o.shape.n_kv_heads, o.shape.intermediate_size, o.shape.vocab_size, o.seq, o.batch,
                o.pesc.experts, o.pesc.top_k, o.pesc.adapter_dim,
-               o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, losses.ce);
+               o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, o.recompute ? "true" : "false",
+               m.act.bytes, losses.ce);
     else
         printf("%s: %.0f tokens/s, %.1f ms/step, %.2f MFLOP/token, %.1f GFLOP/s of %.1f peak "
-               "(MFU %.1f%%)\n", backend_device(b), tps, step_s * 1e3, fpt / 1e6, gflops, peak,
-               100.0 * gflops / peak);
+               "(MFU %.1f%%), activations %.1f MiB%s\n", backend_device(b), tps, step_s * 1e3,
+               fpt / 1e6, gflops, peak, 100.0 * gflops / peak, (double)m.act.bytes / 1048576.0,
+               o.recompute ? " (recomputed)" : "");
     status = 0;
 out:
     if (status != 0)

@@ -61,7 +61,10 @@ typedef struct layer_acts {
 /* Activation buffers for `capacity` tokens, carved from one backend allocation. */
 typedef struct model_activations {
     int capacity;                /* tokens */
+    size_t bytes;                /* the whole allocation */
     int per_layer;               /* 1: each layer keeps its own (training) */
+    int recompute;               /* training keeps only each layer's x_in (model.recompute) */
+    uint64_t *mask_rng;          /* (n_layers) host: dropout RNG state at each layer's mask */
     int logit_rows;              /* tokens whose logits are materialised at once */
     layer_acts *layers;          /* (n_layers) */
     float *x;                    /* (N, C) residual stream leaving the last layer */
@@ -145,6 +148,8 @@ typedef struct model {
     model_tensor *trainables;    /* named views, in file order */
     int n_trainables;
     uint64_t rng;                /* dropout */
+    int recompute;               /* training: keep only each layer's input and run the layer
+                                    again in the backward pass (less memory, ~1/3 more work) */
     model_routing routing;       /* when crafted */
     const int32_t *cur_sources;  /* host, during a forward with a layout */
 

@@ -33,16 +33,21 @@ static void want(carver *c, void *slot, size_t count)
 
 static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-/* One layer's buffers; in inference x_in and x_mid are the shared residual stream. */
-static void want_layer(model *m, carver *c, layer_acts *a, size_t N, int training)
+/* Which buffers a layer set holds: inference (x_in and x_mid are the shared residual
+ * stream), training (everything, per layer), or the one working set that every layer shares
+ * under recomputation (everything but x_in, which each layer keeps for itself). */
+typedef enum layer_set { SET_INFERENCE, SET_TRAINING, SET_RECOMPUTE } layer_set;
+
+static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set set)
 {
     const hf_config *cf = &m->config;
     size_t C = (size_t)cf->hidden_size, F = (size_t)cf->intermediate_size;
     size_t q = (size_t)cf->n_heads * cf->head_dim, kv = (size_t)cf->n_kv_heads * cf->head_dim;
-    if (training) {
+    int training = set != SET_INFERENCE;
+    if (set == SET_TRAINING)
         want(c, &a->x_in, N * C);
+    if (training)
         want(c, &a->x_mid, N * C);
-    }
     want(c, &a->xn1, N * C);
     want(c, &a->rstd1, N);
     want(c, &a->q, N * q);
@@ -108,6 +113,7 @@ void model_free_activations(model *m)
         for (int l = 0; l < m->config.n_layers; l++)
             free(a->layers[l].offsets);
     free(a->layers);
+    free(a->mask_rng);
     if (m->backend)
         backend_free(m->backend, m->act_block);
     m->act_block = NULL;
@@ -116,8 +122,8 @@ void model_free_activations(model *m)
 
 int model_ensure_activations(model *m, int B, int T, int training, pesc_error *err)
 {
-    int N = B * T;
-    if (N <= m->act.capacity && m->act.per_layer == training)
+    int N = B * T, recompute = training && m->recompute;
+    if (N <= m->act.capacity && m->act.per_layer == training && m->act.recompute == recompute)
         return 0;
     model_free_activations(m);
     const hf_config *cf = &m->config;
@@ -129,8 +135,15 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
     a->layers = xcalloc((size_t)cf->n_layers, sizeof *a->layers);
     carver c = {0};
-    for (int l = 0; l < (training ? cf->n_layers : 1); l++)
-        want_layer(m, &c, &a->layers[l], n, training);
+    layer_acts work = {0};       /* under recomputation: what every layer shares */
+    for (int l = 0; l < (training ? cf->n_layers : 1); l++) {
+        if (recompute)
+            want(&c, &a->layers[l].x_in, n * C);
+        else
+            want_layer(m, &c, &a->layers[l], n, training ? SET_TRAINING : SET_INFERENCE);
+    }
+    if (recompute)
+        want_layer(m, &c, &work, n, SET_RECOMPUTE);
     want(&c, &a->x, n * C);
     want(&c, &a->xn, n * C);
     want(&c, &a->rstd, n);
@@ -166,12 +179,20 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
         layer_acts *L = &a->layers[l];
         if (!training && l > 0)
             *L = a->layers[0];   /* inference: one set for every layer */
+        if (recompute) {
+            float *x_in = L->x_in;
+            *L = work;
+            L->x_in = x_in;
+        }
         if (!training)
             L->x_in = L->x_mid = a->x;
         L->offsets = m->crafted ? xcalloc((size_t)m->pesc.experts + 1, sizeof(int)) : NULL;
     }
     a->capacity = N;
+    a->bytes = total * sizeof(float);
     a->per_layer = training;
+    a->recompute = recompute;
+    a->mask_rng = recompute ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_rng) : NULL;
     a->logit_rows = (int)rows;
     return 0;
 }
@@ -291,21 +312,26 @@ static int *count_routing(model *m, int l, const int32_t *idx, const float *w, c
 
 /* Groups (token, slot) pairs by expert with a counting sort, on the host: the group sizes
  * decide the GEMM shapes, so they are needed here anyway (on a GPU this is the one place a
- * step waits for the device). Also takes the load-balancing and z-loss values. */
-static void route_layer(model *m, int l, layer_acts *a, int N, int dropout)
+ * step waits for the device). Also takes the load-balancing and z-loss values and the routing
+ * statistics. replay: the layer's forward again for the backward pass (recomputation): the
+ * same grouping and dropout mask, and nothing counted twice. */
+static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int replay)
 {
     pesc_backend *b = m->backend;
     int E = m->pesc.experts, K = m->pesc.top_k, NK = N * K;
     int32_t *idx = xmalloc((size_t)NK * sizeof *idx), *perm = xmalloc((size_t)NK * sizeof *perm);
-    float *probs = xmalloc((size_t)N * E * sizeof *probs), *lse = xmalloc((size_t)N * sizeof *lse);
-    float *w = xmalloc((size_t)NK * sizeof *w);
     backend_download(b, idx, a->topk_idx, (size_t)NK * sizeof *idx);
-    backend_download(b, w, a->topk_w, (size_t)NK * sizeof *w);
-    backend_download(b, probs, a->probs, (size_t)N * E * sizeof *probs);
-    backend_download(b, lse, a->router_lse, (size_t)N * sizeof *lse);
+    int *counts = replay ? m->routing.counts + (size_t)l * E : NULL;
+    float *probs = NULL;
+    if (!replay) {
+        probs = xmalloc((size_t)N * E * sizeof *probs);
+        float *w = xmalloc((size_t)NK * sizeof *w);
+        backend_download(b, w, a->topk_w, (size_t)NK * sizeof *w);
+        backend_download(b, probs, a->probs, (size_t)N * E * sizeof *probs);
+        counts = count_routing(m, l, idx, w, probs, N);
+        free(w);
+    }
     int *off = a->offsets;
-    int *counts = count_routing(m, l, idx, w, probs, N);
-    free(w);
     off[0] = 0;
     for (int e = 0; e < E; e++)
         off[e + 1] = off[e] + counts[e];
@@ -314,31 +340,43 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout)
     for (int i = 0; i < NK; i++)
         perm[fill[idx[i]]++] = i;
     backend_upload(b, a->perm, perm, (size_t)NK * sizeof *perm);
-    /* Switch loss: alpha * E * sum_i f_i P_i; z-loss: z * mean(lse^2) */
-    double aux = 0.0, z = 0.0;
-    for (int e = 0; e < E; e++) {
-        double mean_p = 0.0;
-        for (int n = 0; n < N; n++)
-            mean_p += probs[(size_t)n * E + e];
-        aux += (double)counts[e] / NK * (mean_p / N);
-    }
-    for (int n = 0; n < N; n++)
-        z += (double)lse[n] * lse[n];
-    m->losses.aux += m->pesc.aux_coef * E * aux;
-    m->losses.z += m->pesc.z_coef * z / N;
-    if (dropout && a->mask) {
-        size_t n = (size_t)NK * m->config.hidden_size;
-        float keep = 1.0f / (1.0f - m->pesc.adapter_dropout), *mask = xmalloc(n * sizeof *mask);
-        for (size_t i = 0; i < n; i++)
-            mask[i] = pesc_xorshift_uniform(&m->rng) < m->pesc.adapter_dropout ? 0.0f : keep;
-        backend_upload(b, a->mask, mask, n * sizeof *mask);
-        free(mask);
-    }
     free(fill);
     free(idx);
     free(perm);
-    free(probs);
-    free(lse);
+    if (!replay) {
+        /* Switch loss: alpha * E * sum_i f_i P_i; z-loss: z * mean(lse^2) */
+        float *lse = xmalloc((size_t)N * sizeof *lse);
+        backend_download(b, lse, a->router_lse, (size_t)N * sizeof *lse);
+        double aux = 0.0, z = 0.0;
+        for (int e = 0; e < E; e++) {
+            double mean_p = 0.0;
+            for (int n = 0; n < N; n++)
+                mean_p += probs[(size_t)n * E + e];
+            aux += (double)counts[e] / NK * (mean_p / N);
+        }
+        for (int n = 0; n < N; n++)
+            z += (double)lse[n] * lse[n];
+        m->losses.aux += m->pesc.aux_coef * E * aux;
+        m->losses.z += m->pesc.z_coef * z / N;
+        free(lse);
+        free(probs);
+    }
+    if (dropout && a->mask) {
+        /* under recomputation the replay draws the mask again from the state it started at */
+        uint64_t replay_rng, *rng = &m->rng;
+        if (m->act.mask_rng && replay) {
+            replay_rng = m->act.mask_rng[l];
+            rng = &replay_rng;
+        } else if (m->act.mask_rng) {
+            m->act.mask_rng[l] = m->rng;
+        }
+        size_t n = (size_t)NK * m->config.hidden_size;
+        float keep = 1.0f / (1.0f - m->pesc.adapter_dropout), *mask = xmalloc(n * sizeof *mask);
+        for (size_t i = 0; i < n; i++)
+            mask[i] = pesc_xorshift_uniform(rng) < m->pesc.adapter_dropout ? 0.0f : keep;
+        backend_upload(b, a->mask, mask, n * sizeof *mask);
+        free(mask);
+    }
 }
 
 /* ---- forward ------------------------------------------------------------------------------ */
@@ -373,7 +411,8 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
 }
 
 /* x_out = x_mid + h + s * sum_k w_k U_k GELU(D_k h), with h = FFN(norm(x_mid)) once. */
-static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int dropout)
+static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int dropout,
+                      int replay)
 {
     const hf_config *c = &m->config;
     pesc_backend *b = m->backend;
@@ -392,7 +431,7 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
     matmul_forward(b, a->router_logits, a->xn2, P->router, NULL, N, C, E);
     moe_route_forward(b, a->topk_idx, a->topk_w, a->probs, a->router_lse, a->router_logits, N, E,
                       K);
-    route_layer(m, l, a, N, dropout);
+    route_layer(m, l, a, N, dropout, replay);
     moe_adapter_forward(b, x_out, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
                         dropout ? a->mask : NULL, P->down, P->up, a->perm, a->offsets,
                         a->topk_w, N, K, E, C, m->pesc.adapter_dim, m->pesc.adapter_scale);
@@ -438,7 +477,7 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
         layer_acts *L = &a->layers[l];
         float *x_out = training && l + 1 < c->n_layers ? a->layers[l + 1].x_in : a->x;
         attention_block(m, l, L, B, T, past);
-        ffn_block(m, l, L, x_out, N, training && dropout);
+        ffn_block(m, l, L, x_out, N, training && dropout, 0);
     }
     rmsnorm_forward(m->backend, a->xn, a->rstd, a->x, m->final_norm, N, c->hidden_size,
                     (float)c->rms_norm_eps);
@@ -595,8 +634,15 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
     vector_zero(b, a->dx, (size_t)N * c->hidden_size);
     rmsnorm_backward(b, a->dx, model_grad_of(m, m->final_norm), a->dxn, a->x, m->final_norm,
                      a->rstd, N, c->hidden_size);
-    for (int l = c->n_layers - 1; l >= 0; l--)
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        if (a->recompute && l + 1 < c->n_layers) {
+            /* the shared set holds the top layer's activations; the others run again from
+             * their inputs (the output goes to x, which the final norm no longer needs) */
+            attention_block(m, l, &a->layers[l], B, T, -1);
+            ffn_block(m, l, &a->layers[l], a->x, N, dropout, 1);
+        }
         layer_backward(m, l, loss_scale);
+    }
     float *dembed = model_grad_of(m, m->embed);
     if (dembed)
         embedding_backward(b, dembed, a->dx, a->tokens, N, c->hidden_size);

@@ -990,6 +990,7 @@ static int setup(session *s, pesc_error *err)
     s->fingerprint = checkpoint_fingerprint(&s->m);   /* before full mode trains the weights */
     if (model_craft(&s->m, &c->pesc, c->seed, err) != 0)
         return -1;
+    s->m.recompute = c->recompute;
     s->total_steps = count_steps(s);
     c->optim.total_steps = s->total_steps;
     if (optim_init(&s->opt, s->backend, s->m.n_train, &c->optim, err) != 0)

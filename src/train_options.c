@@ -22,6 +22,8 @@ const char train_options_help[] =
     "  --seq T --batch B    tokens per row and rows per micro-batch (512, 8)\n"
     "  --grad-accum N       micro-batches per optimizer step (1)\n"
     "  --pack               pack several records into a row\n"
+    "  --recompute          keep only each layer's input for the backward pass and run the\n"
+    "                       layer again there: activation memory / layers, ~1/3 more compute\n"
     "  --steps N | --epochs N   length of the run (default: one epoch)\n"
     "  --strict             a bad record stops the run instead of being skipped\n"
     "optimizer:\n"
@@ -79,7 +81,7 @@ void train_config_demo(train_config *c)
 
 enum {
     OPT_MODEL = 1, OPT_INIT, OPT_DATA, OPT_FORMAT, OPT_TEMPLATE, OPT_TOKENIZER, OPT_SEQ, OPT_BATCH,
-    OPT_ACCUM, OPT_PACK, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
+    OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_HELP
 };
@@ -92,6 +94,7 @@ static const struct option train_options_own[] = {
     {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
     {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
     {"grad-accum", required_argument, NULL, OPT_ACCUM}, {"pack", no_argument, NULL, OPT_PACK},
+    {"recompute", no_argument, NULL, OPT_RECOMPUTE},
     {"steps", required_argument, NULL, OPT_STEPS},
     {"epochs", required_argument, NULL, OPT_EPOCHS},
     {"strict", no_argument, NULL, OPT_STRICT}, {"lr", required_argument, NULL, OPT_LR},
@@ -164,6 +167,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         if (integer(cmd, "--grad-accum", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
         c->grad_accum = (int)v; return 0;
     case OPT_PACK: c->pack = 1; return 0;
+    case OPT_RECOMPUTE: c->recompute = 1; return 0;
     case OPT_STEPS: return integer(cmd, "--steps", arg, 1, 1L << 40, &c->steps) ? EXIT_USAGE : 0;
     case OPT_EPOCHS:
         if (integer(cmd, "--epochs", arg, 1, 1 << 20, &v)) return EXIT_USAGE;

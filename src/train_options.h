@@ -20,6 +20,7 @@ typedef struct train_config {
     int n_sources;
     const char *format, *template_name, *tokenizer;
     int seq, batch, grad_accum, pack, strict;
+    int recompute;               /* activation recomputation (model.recompute) */
     long steps;                  /* 0: by epochs */
     int epochs;                  /* 0 with steps 0: one epoch */
     optim_config optim;

@@ -31,6 +31,16 @@ else
   fail "headless run: exit $status, $steps step records: $(head -c 300 "$tmp/err")"
 fi
 
+# --recompute: the same run, the same losses to the last digit
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 6 --recompute --log "$tmp/rc.jsonl" >/dev/null 2>&1
+losses() { sed -n 's/.*"loss":\([^,]*\),.*/\1/p' "$1"; }
+if [ "$(losses "$tmp/rc.jsonl" | wc -l)" = 6 ] && [ "$(losses "$tmp/rc.jsonl")" = "$(losses "$tmp/run.jsonl")" ]; then
+  pass "--recompute: the six losses equal the run's without it"
+else
+  fail "--recompute: losses $(losses "$tmp/rc.jsonl" | tr '\n' ' ') vs $(losses "$tmp/run.jsonl" | tr '\n' ' ')"
+fi
+
 # metric sinks: csv beside the log; a sink on a full disk is reported once and training goes on
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 4 --log "$tmp/s.jsonl" --sink csv --sink "csv:/dev/full" \
