@@ -3,6 +3,7 @@
 
 #include "backend_impl.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +88,34 @@ void backend_synchronize(pesc_backend *b)
 {
     if (b->ops->synchronize)
         b->ops->synchronize(b->context);
+}
+
+/* MemAvailable and MemTotal from /proc/meminfo. */
+static int host_memory(backend_memory *out)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    unsigned long long kib;
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) {
+            out->available = (size_t)kib * 1024;
+            found |= 1;
+        } else if (sscanf(line, "MemTotal: %llu kB", &kib) == 1) {
+            out->total = (size_t)kib * 1024;
+            found |= 2;
+        }
+    }
+    fclose(f);
+    return found == 3 ? 0 : -1;
+}
+
+int backend_memory_info(pesc_backend *b, backend_memory *out)
+{
+    *out = (backend_memory){0};
+    return b->ops->memory ? b->ops->memory(b->context, out) : host_memory(out);
 }
 
 int backend_check(pesc_backend *b, pesc_error *err)

@@ -30,6 +30,13 @@ void backend_free(pesc_backend *b, void *p);
 void backend_upload(pesc_backend *b, void *dst, const void *src, size_t bytes);
 void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes);
 void backend_synchronize(pesc_backend *b);
+/* The memory the backend computes in: the GPU's for CUDA (used = total - free, as nvidia-smi
+ * shows it), the host's for the CPU (used = 0: the process's RSS says it; available =
+ * MemAvailable). 0, or -1 when it cannot be read. */
+typedef struct backend_memory {
+    size_t used, available, total;
+} backend_memory;
+int backend_memory_info(pesc_backend *b, backend_memory *out);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
 /* Device errors do not stop the program: a backend that fails (a CUDA or cuBLAS error, a

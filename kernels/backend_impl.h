@@ -42,6 +42,8 @@ typedef struct backend_ops {
     void (*vector_scale)(void *ctx, float *x, float alpha, size_t n);
     double (*vector_sumsq)(void *ctx, const float *x, size_t n);
     void (*adamw_update)(void *ctx, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step);
+    /* optional (backend.c answers for the host memory without it): see backend_memory_info */
+    int (*memory)(void *ctx, backend_memory *out);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */
     int (*check)(void *ctx, pesc_error *err);
 } backend_ops;

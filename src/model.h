@@ -196,6 +196,10 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
                      const model_layout *layout, int B, int T, float loss_scale, int dropout,
                      model_losses *out, pesc_error *err);
 void model_zero_grad(model *m);
+/* Bytes of the activation and gradient buffers a pass over B x T tokens allocates (training:
+ * as model_train_step; recompute: as under model.recompute), for the memory estimate a run
+ * makes before it starts. */
+size_t model_activation_bytes(model *m, int B, int T, int training, int recompute);
 
 /* Runs B sequences of T tokens (tokens: host array, B*T) through the decoder up to the final
  * norm. Positions restart at 0 in every sequence. */

@@ -120,6 +120,60 @@ void model_free_activations(model *m)
     memset(a, 0, sizeof *a);
 }
 
+/* Every buffer of a training or inference pass over n tokens, into c; returns the floats in
+ * all (padded). a->layers (n_layers) and work receive the slots. */
+static size_t plan_activations(model *m, carver *c, model_activations *a, layer_acts *work,
+                               size_t n, int training, int recompute)
+{
+    const hf_config *cf = &m->config;
+    size_t C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
+    size_t K = m->crafted ? (size_t)m->pesc.top_k : 1;
+    size_t rows = (64u << 20) / (V * sizeof(float));   /* ~64 MiB of logits at most */
+    rows = rows < 1 ? 1 : rows > n ? n : rows;
+    a->logit_rows = (int)rows;
+    size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
+    for (int l = 0; l < (training ? cf->n_layers : 1); l++) {
+        if (recompute)
+            want(c, &a->layers[l].x_in, n * C);
+        else
+            want_layer(m, c, &a->layers[l], n, training ? SET_TRAINING : SET_INFERENCE);
+    }
+    if (recompute)
+        want_layer(m, c, work, n, SET_RECOMPUTE);
+    want(c, &a->x, n * C);
+    want(c, &a->xn, n * C);
+    want(c, &a->rstd, n);
+    want(c, &a->logits, rows * V);
+    want(c, &a->losses, rows);
+    want(c, &a->scratch, n * K * widest);
+    if (m->crafted)
+        want(c, &a->scratch_r, n * K * (size_t)m->pesc.adapter_dim);
+    want(c, &a->tokens, n);
+    want(c, &a->targets, n);
+    want(c, &a->pos, n);
+    want(c, &a->seg, n);
+    if (training)
+        want_gradients(m, c, n);
+    size_t total = 0;
+    for (int i = 0; i < c->n; i++)
+        total += model_pad(c->counts[i]);
+    return total;
+}
+
+size_t model_activation_bytes(model *m, int B, int T, int training, int recompute)
+{
+    model_activations a = {0};
+    a.layers = xcalloc((size_t)m->config.n_layers, sizeof *a.layers);
+    layer_acts work = {0};
+    carver c = {0};
+    size_t total = plan_activations(m, &c, &a, &work, (size_t)B * T, training,
+                                    training && recompute);
+    free(c.slots);
+    free(c.counts);
+    free(a.layers);
+    return total * sizeof(float);
+}
+
 int model_ensure_activations(model *m, int B, int T, int training, pesc_error *err)
 {
     int N = B * T, recompute = training && m->recompute;
@@ -128,39 +182,10 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     model_free_activations(m);
     const hf_config *cf = &m->config;
     model_activations *a = &m->act;
-    size_t n = (size_t)N, C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
-    size_t K = m->crafted ? (size_t)m->pesc.top_k : 1;
-    size_t rows = (64u << 20) / (V * sizeof(float));   /* ~64 MiB of logits at most */
-    rows = rows < 1 ? 1 : rows > n ? n : rows;
-    size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
     a->layers = xcalloc((size_t)cf->n_layers, sizeof *a->layers);
     carver c = {0};
     layer_acts work = {0};       /* under recomputation: what every layer shares */
-    for (int l = 0; l < (training ? cf->n_layers : 1); l++) {
-        if (recompute)
-            want(&c, &a->layers[l].x_in, n * C);
-        else
-            want_layer(m, &c, &a->layers[l], n, training ? SET_TRAINING : SET_INFERENCE);
-    }
-    if (recompute)
-        want_layer(m, &c, &work, n, SET_RECOMPUTE);
-    want(&c, &a->x, n * C);
-    want(&c, &a->xn, n * C);
-    want(&c, &a->rstd, n);
-    want(&c, &a->logits, rows * V);
-    want(&c, &a->losses, rows);
-    want(&c, &a->scratch, n * K * widest);
-    if (m->crafted)
-        want(&c, &a->scratch_r, n * K * (size_t)m->pesc.adapter_dim);
-    want(&c, &a->tokens, n);
-    want(&c, &a->targets, n);
-    want(&c, &a->pos, n);
-    want(&c, &a->seg, n);
-    if (training)
-        want_gradients(m, &c, n);
-    size_t total = 0;
-    for (int i = 0; i < c.n; i++)
-        total += model_pad(c.counts[i]);
+    size_t total = plan_activations(m, &c, a, &work, (size_t)N, training, recompute);
     m->act_block = backend_alloc(m->backend, total * sizeof(float), err);
     if (m->act_block) {
         float *cursor = m->act_block;
@@ -193,7 +218,6 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     a->per_layer = training;
     a->recompute = recompute;
     a->mask_rng = recompute ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_rng) : NULL;
-    a->logit_rows = (int)rows;
     return 0;
 }
 

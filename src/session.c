@@ -719,7 +719,8 @@ static int train_step(session *s, pesc_error *err)
     r->eta_s = s->total_steps > 0 ? (double)(s->total_steps - s->step) * (now - s->t_start) /
                                         (double)(s->step - s->start_step) : -1.0;
     r->rss_bytes = resident_bytes();
-    r->device_bytes = 0.0;
+    backend_memory mem;
+    r->device_bytes = backend_memory_info(s->backend, &mem) == 0 ? (double)mem.used : 0.0;
     if (E)
         fill_routing(s, r, sc.counts, sc.first, sc.gate, sc.sources, sc.entropy, micro);
     if (s->sinks)
@@ -962,6 +963,34 @@ static int open_sinks(session *s, pesc_error *err)
     return s->sinks ? 0 : -1;
 }
 
+static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024.0); }
+
+/* Before anything big is allocated: what training still needs (activations and gradients of
+ * one micro-batch, AdamW's two moments, the update-ratio copy) against what the backend's
+ * memory has free. A run that cannot fit is refused with the numbers and what to change. */
+static int check_memory(session *s, pesc_error *err)
+{
+    const train_config *c = &s->cfg;
+    backend_memory mem;
+    if (backend_memory_info(s->backend, &mem) != 0)
+        return 0;   /* unknown: let the allocations speak */
+    size_t acts = model_activation_bytes(&s->m, c->batch, c->seq, 1, c->recompute);
+    size_t state = s->m.n_train * sizeof(float) * (s->m.crafted ? 3 : 2);
+    size_t need = acts + state;
+    if (need <= mem.available / 100 * 95)
+        return 0;
+    char hint[160] = "";
+    if (!c->recompute)
+        snprintf(hint, sizeof hint, ", or add --recompute (activations %.1f GiB)",
+                 gib(model_activation_bytes(&s->m, c->batch, c->seq, 1, 1)));
+    return pesc_fail(err, "training needs %.1f GiB more memory (activations %.1f GiB for --batch %d "
+                     "x --seq %d, optimizer state %.1f GiB) but %s has %.1f GiB free: lower "
+                     "--batch (raising --grad-accum keeps the batch) or --seq%s",
+                     gib(need), gib(acts), c->batch, c->seq, gib(state),
+                     strcmp(backend_name(s->backend), "cpu") == 0 ? "the machine" : "the GPU",
+                     gib(mem.available), hint);
+}
+
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
@@ -991,6 +1020,8 @@ static int setup(session *s, pesc_error *err)
     if (model_craft(&s->m, &c->pesc, c->seed, err) != 0)
         return -1;
     s->m.recompute = c->recompute;
+    if (check_memory(s, err) != 0)
+        return -1;
     s->total_steps = count_steps(s);
     c->optim.total_steps = s->total_steps;
     if (optim_init(&s->opt, s->backend, s->m.n_train, &c->optim, err) != 0)

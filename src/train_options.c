@@ -239,6 +239,10 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     pesc_error err;
     if (pesc_options_check(&c->pesc, &err) != 0)
         return cli_usage_error(cmd, "%s", err.msg);
+    if ((long)c->batch * c->seq > TRAIN_MAX_TOKENS)
+        return cli_usage_error(cmd, "--batch %d x --seq %d: at most %d tokens per micro-batch "
+                               "(use --grad-accum for larger batches)", c->batch, c->seq,
+                               TRAIN_MAX_TOKENS);
     if (c->init_config && c->model)
         return cli_usage_error(cmd, "give --model or --init-config, not both");
     if ((c->model || c->init_config) && c->n_sources == 0)

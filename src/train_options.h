@@ -13,6 +13,9 @@
 
 #define TRAIN_MAX_SINKS 8
 
+/* Tokens in one micro-batch (--batch x --seq) at most: index arithmetic stays in int. */
+#define TRAIN_MAX_TOKENS (1 << 24)
+
 typedef struct train_config {
     const char *model;           /* directory or URL; NULL: the built-in demo */
     const char *init_config;     /* a config.json: start from random weights of that shape */

@@ -41,6 +41,17 @@ else
   fail "--recompute: losses $(losses "$tmp/rc.jsonl" | tr '\n' ' ') vs $(losses "$tmp/run.jsonl" | tr '\n' ' ')"
 fi
 
+# a run that cannot fit in memory is refused before it allocates, with the numbers and the fix
+avail_gib=$(awk '/^MemAvailable:/ { printf "%d", $2 / 1048576 }' /proc/meminfo 2>/dev/null)
+if [ -n "$avail_gib" ] && [ "$avail_gib" -lt 200 ]; then
+  expect 1 "needs .* GiB more memory .*--recompute" "a run too big for memory is refused" -- \
+    "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 32768 --batch 512 --steps 1
+else
+  echo "skip the memory refusal: this machine has ${avail_gib:-unknown} GiB available"
+fi
+expect 2 "at most 16777216 tokens" "a micro-batch over 2^24 tokens is a usage error" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 32768 --batch 1024
+
 # metric sinks: csv beside the log; a sink on a full disk is reported once and training goes on
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 4 --log "$tmp/s.jsonl" --sink csv --sink "csv:/dev/full" \

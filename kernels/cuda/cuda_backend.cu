@@ -77,6 +77,22 @@ static void cuda_free(void *ctx, void *p)
     CUDA_CHECK(c, cudaFree(p));   // waits for work that may still use p
 }
 
+// The device's memory as nvidia-smi counts it: used = total - free (this process's allocations,
+// its CUDA context, and anything else on the GPU).
+static int cuda_memory(void *ctx, backend_memory *out)
+{
+    (void)ctx;
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    out->available = free_bytes;
+    out->total = total;
+    out->used = total - free_bytes;
+    return 0;
+}
+
 static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
 {
     CUDA_OP(ctx);
@@ -337,6 +353,7 @@ static const backend_ops cuda_ops = {
     .vector_scale = cuda_vector_scale,
     .vector_sumsq = cuda_vector_sumsq,
     .adamw_update = cuda_adamw_update,
+    .memory = cuda_memory,
     .check = cuda_check,
 };
 
