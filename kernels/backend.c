@@ -235,6 +235,11 @@ void vector_axpy(pesc_backend *b, float *y, const float *x, float alpha, size_t 
     b->ops->vector_axpy(b->context, y, x, alpha, n);
 }
 
+void dropout_mask(pesc_backend *b, float *mask, size_t n, float p, uint64_t seed)
+{
+    b->ops->dropout_mask(b->context, mask, n, p, seed);
+}
+
 void vector_scale(pesc_backend *b, float *x, float alpha, size_t n)
 {
     b->ops->vector_scale(b->context, x, alpha, n);

@@ -171,6 +171,9 @@ void vector_zero(pesc_backend *b, float *x, size_t n);
 /* y += alpha * x */
 void vector_axpy(pesc_backend *b, float *y, const float *x, float alpha, size_t n);
 void vector_scale(pesc_backend *b, float *x, float alpha, size_t n);
+/* mask[i] = 0 with probability p, else 1 / (1 - p): the draw of dropout_hash.h, the same on
+ * every backend for the same seed. */
+void dropout_mask(pesc_backend *b, float *mask, size_t n, float p, uint64_t seed);
 /* sum of squares, accumulated in double */
 double vector_sumsq(pesc_backend *b, const float *x, size_t n);
 

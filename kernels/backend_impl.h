@@ -41,6 +41,7 @@ typedef struct backend_ops {
     void (*vector_axpy)(void *ctx, float *y, const float *x, float alpha, size_t n);
     void (*vector_scale)(void *ctx, float *x, float alpha, size_t n);
     double (*vector_sumsq)(void *ctx, const float *x, size_t n);
+    void (*dropout_mask)(void *ctx, float *mask, size_t n, float p, uint64_t seed);
     void (*adamw_update)(void *ctx, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step);
     /* optional (backend.c answers for the host memory without it): see backend_memory_info */
     int (*memory)(void *ctx, backend_memory *out);

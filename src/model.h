@@ -64,7 +64,7 @@ typedef struct model_activations {
     size_t bytes;                /* the whole allocation */
     int per_layer;               /* 1: each layer keeps its own (training) */
     int recompute;               /* training keeps only each layer's x_in (model.recompute) */
-    uint64_t *mask_rng;          /* (n_layers) host: dropout RNG state at each layer's mask */
+    uint64_t *mask_seed;         /* (n_layers) host: each layer's dropout seed, for the replay */
     int logit_rows;              /* tokens whose logits are materialised at once */
     layer_acts *layers;          /* (n_layers) */
     float *x;                    /* (N, C) residual stream leaving the last layer */

@@ -113,7 +113,7 @@ void model_free_activations(model *m)
         for (int l = 0; l < m->config.n_layers; l++)
             free(a->layers[l].offsets);
     free(a->layers);
-    free(a->mask_rng);
+    free(a->mask_seed);
     if (m->backend)
         backend_free(m->backend, m->act_block);
     m->act_block = NULL;
@@ -217,7 +217,7 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     a->bytes = total * sizeof(float);
     a->per_layer = training;
     a->recompute = recompute;
-    a->mask_rng = recompute ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_rng) : NULL;
+    a->mask_seed = recompute ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_seed) : NULL;
     return 0;
 }
 
@@ -386,20 +386,12 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int 
         free(probs);
     }
     if (dropout && a->mask) {
-        /* under recomputation the replay draws the mask again from the state it started at */
-        uint64_t replay_rng, *rng = &m->rng;
-        if (m->act.mask_rng && replay) {
-            replay_rng = m->act.mask_rng[l];
-            rng = &replay_rng;
-        } else if (m->act.mask_rng) {
-            m->act.mask_rng[l] = m->rng;
-        }
-        size_t n = (size_t)NK * m->config.hidden_size;
-        float keep = 1.0f / (1.0f - m->pesc.adapter_dropout), *mask = xmalloc(n * sizeof *mask);
-        for (size_t i = 0; i < n; i++)
-            mask[i] = pesc_xorshift_uniform(rng) < m->pesc.adapter_dropout ? 0.0f : keep;
-        backend_upload(b, a->mask, mask, n * sizeof *mask);
-        free(mask);
+        /* one draw per mask; the backend makes it from the seed (on the GPU, on the GPU), and
+         * recomputation draws the same mask again from the seed kept for the layer */
+        uint64_t seed = replay ? m->act.mask_seed[l] : pesc_splitmix64(&m->rng);
+        if (m->act.mask_seed)
+            m->act.mask_seed[l] = seed;
+        dropout_mask(b, a->mask, (size_t)NK * m->config.hidden_size, m->pesc.adapter_dropout, seed);
     }
 }
 

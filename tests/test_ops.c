@@ -225,6 +225,37 @@ static void test_elementwise(pesc_backend *b, size_t n)
     backend_free(b, g); backend_free(b, u); backend_free(b, out);
 }
 
+/* dropout_mask: zeros at rate p (within 5 standard deviations), every kept value exactly
+ * 1/(1-p), the same seed the same mask, another seed another, neighbours independent (pairs of
+ * zeros at rate p^2), and p = 0 keeps everything at 1. */
+static void test_dropout(pesc_backend *b, size_t n, float p)
+{
+    float *m1 = alloc_floats(b, n), *m2 = alloc_floats(b, n), *m3 = alloc_floats(b, n);
+    uint64_t seed = (uint64_t)(uniform() * 9007199254740992.0);
+    dropout_mask(b, m1, n, p, seed);
+    dropout_mask(b, m2, n, p, seed);
+    dropout_mask(b, m3, n, p, seed + 1);
+    float keep = 1.0f / (1.0f - p);
+    size_t zeros = 0, pairs = 0, odd = 0, differ = 0;
+    for (size_t i = 0; i < n; i++) {
+        zeros += m1[i] == 0.0f;
+        odd += m1[i] != 0.0f && m1[i] != keep;
+        pairs += i > 0 && m1[i] == 0.0f && m1[i - 1] == 0.0f;
+        differ += m1[i] != m3[i];
+    }
+    double rate = (double)zeros / n, pair_rate = (double)pairs / (n - 1);
+    double sigma = sqrt(p * (1.0 - p) / n), pair_sigma = sqrt((double)p * p / n);
+    int ok = fabs(rate - p) < 5 * sigma && fabs(pair_rate - (double)p * p) < 5 * pair_sigma + 1e-4 &&
+             odd == 0 && memcmp(m1, m2, n * sizeof *m1) == 0 && differ > n / 20;
+    dropout_mask(b, m2, n, 0.0f, seed);
+    for (size_t i = 0; i < n; i++)
+        ok = ok && m2[i] == 1.0f;
+    printf("%-4s dropout_mask p %.2f: drop rate %.4f, zero pairs %.4f, reproducible\n",
+           ok ? "ok" : "FAIL", p, rate, pair_rate);
+    failures += !ok;
+    backend_free(b, m1); backend_free(b, m2); backend_free(b, m3);
+}
+
 static void test_crossentropy(pesc_backend *b, int N, int V)
 {
     float *logits = alloc_floats(b, (size_t)N * V), *losses = alloc_floats(b, (size_t)N);
@@ -275,6 +306,8 @@ int main(void)
     test_attention(b, 1, 37, 2, 2, 8, 3, 1);
     test_elementwise(b, 10007);
     test_crossentropy(b, 21, 300);
+    test_dropout(b, 1000003, 0.1f);
+    test_dropout(b, 100003, 0.5f);
     backend_delete(b);
     printf("%d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;

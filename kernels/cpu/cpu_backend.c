@@ -73,6 +73,7 @@ static const backend_ops cpu_ops = {
     .vector_zero = cpu_vector_zero,
     .vector_axpy = cpu_vector_axpy,
     .vector_scale = cpu_vector_scale,
+    .dropout_mask = cpu_dropout_mask,
     .vector_sumsq = cpu_vector_sumsq,
     .adamw_update = cpu_adamw_update,
 };

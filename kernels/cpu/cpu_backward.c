@@ -2,6 +2,7 @@
  * and what it overwrites). Gradients of products go through CBLAS; row-wise work is split
  * with OpenMP so that no two threads write the same element. */
 #include "cpu/cpu_ops.h"
+#include "dropout_hash.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -238,6 +239,15 @@ void cpu_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n)
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         y[i] += alpha * x[i];
+}
+
+void cpu_dropout_mask(void *ctx, float *mask, size_t n, float p, uint64_t seed)
+{
+    (void)ctx;
+    float keep = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        mask[i] = pesc_dropout_uniform(seed, i) < p ? 0.0f : keep;
 }
 
 void cpu_vector_scale(void *ctx, float *x, float alpha, size_t n)

@@ -352,6 +352,7 @@ static const backend_ops cuda_ops = {
     .vector_axpy = cuda_vector_axpy,
     .vector_scale = cuda_vector_scale,
     .vector_sumsq = cuda_vector_sumsq,
+    .dropout_mask = cuda_dropout_mask,
     .adamw_update = cuda_adamw_update,
     .memory = cuda_memory,
     .check = cuda_check,

@@ -4,6 +4,7 @@
 // one element, the sums go through a fixed order instead of atomics, so two identical runs
 // give identical numbers.
 #include "cuda/cuda_common.cuh"
+#include "dropout_hash.h"
 
 #define GRID_STRIDE(i, n)                                                                        \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                    \
@@ -218,6 +219,20 @@ extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alph
 {
     CUDA_OP(ctx);
     axpy_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(y, x, alpha, n);
+    CUDA_LAUNCHED(c);
+}
+
+__global__ void dropout_mask_kernel(float *mask, size_t n, float p, float keep, uint64_t seed)
+{
+    GRID_STRIDE(i, n) mask[i] = pesc_dropout_uniform(seed, i) < p ? 0.0f : keep;
+}
+
+// The mask is made where it is used: no host loop, no upload (DESIGN: no host work per token).
+extern "C" void cuda_dropout_mask(void *ctx, float *mask, size_t n, float p, uint64_t seed)
+{
+    CUDA_OP(ctx);
+    dropout_mask_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(mask, n, p, 1.0f / (1.0f - p),
+                                                                    seed);
     CUDA_LAUNCHED(c);
 }
 

@@ -189,6 +189,9 @@ static void test_elementwise(size_t n)
     compare("adamw_update params (3 steps)", a, 1e-6);
     compare("adamw_update m", d, 1e-6);
     compare("adamw_update v", db, 1e-6);
+    dropout_mask(cpu, F(out), n, 0.1f, 12345);
+    dropout_mask(gpu, G(out), n, 0.1f, 12345);
+    compare("dropout_mask (bit for bit)", out, 0.0);
     vector_zero(cpu, F(out), n);
     vector_zero(gpu, G(out), n);
     float *got_zero = malloc(n * sizeof *got_zero);
