@@ -112,6 +112,12 @@ static int host_memory(backend_memory *out)
     return found == 3 ? 0 : -1;
 }
 
+void backend_freeze(pesc_backend *b, const float *p, size_t n)
+{
+    if (b->ops->freeze)
+        b->ops->freeze(b->context, p, n);
+}
+
 int backend_memory_info(pesc_backend *b, backend_memory *out)
 {
     *out = (backend_memory){0};

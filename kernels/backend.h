@@ -30,6 +30,11 @@ void backend_free(pesc_backend *b, void *p);
 void backend_upload(pesc_backend *b, void *dst, const void *src, size_t bytes);
 void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes);
 void backend_synchronize(pesc_backend *b);
+/* A promise that the n floats at p (the frozen base weights of a PESC model) will not change
+ * until p is freed or another region is frozen: a backend may keep a faster copy for its
+ * products (CUDA: a bf16 mirror, made once, instead of a conversion in every product). NULL
+ * forgets the region. A no-op where a backend has no use for it (the CPU). */
+void backend_freeze(pesc_backend *b, const float *p, size_t n);
 /* The memory the backend computes in: the GPU's for CUDA (used = total - free, as nvidia-smi
  * shows it), the host's for the CPU (used = 0: the process's RSS says it; available =
  * MemAvailable). 0, or -1 when it cannot be read. */

@@ -118,6 +118,7 @@ static int layout_weights(model *m, param_list *list, size_t *largest, pesc_erro
     m->param_block = backend_alloc(m->backend, total * sizeof(float), err);
     if (!m->param_block)
         return -1;
+    m->param_floats = total;
     float *cursor = m->param_block;
     m->n_params = 0;
     for (int i = 0; i < list->n; i++) {

@@ -129,6 +129,7 @@ typedef struct model {
     pesc_backend *backend;       /* not owned */
     void *param_block;           /* every base weight, one allocation */
     long long n_params;
+    size_t param_floats;         /* floats in param_block (tensors padded) */
     float *embed;                /* (V, C) */
     float *lm_head;              /* (V, C); equals embed when tied */
     float *final_norm;           /* (C) */

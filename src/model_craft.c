@@ -197,6 +197,8 @@ int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
         return -1;
     model_zero_grad(m);
     model_free_activations(m);   /* the activation layout changes with routing */
+    if (o->mode != TRAIN_FULL)   /* the base stays as it is from here on */
+        backend_freeze(m->backend, m->param_block, m->param_floats);
     return 0;
 }
 

@@ -71,9 +71,60 @@ static void *cuda_alloc(void *ctx, size_t bytes)
     return p;
 }
 
+// ---- the frozen region -------------------------------------------------------------------
+
+static void forget_frozen(cuda_context *c)
+{
+    if (c->frozen16)
+        CUDA_CHECK(c, cudaFree(c->frozen16));   // waits for products still reading it
+    c->frozen = NULL;
+    c->frozen_n = 0;
+    c->frozen16 = NULL;
+}
+
+// Whether [p, p + bytes) overlaps the frozen region: a write there makes the mirror stale.
+static bool touches_frozen(const cuda_context *c, const void *p, size_t bytes)
+{
+    const char *a = (const char *)p, *f = (const char *)c->frozen;
+    return c->frozen && a < f + c->frozen_n * sizeof(float) && f < a + bytes;
+}
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n);
+
+static void cuda_freeze(void *ctx, const float *p, size_t n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    forget_frozen(c);
+    if (!p || n == 0 || c->failed || c->math != CUDA_MATH_BF16)
+        return;
+    void *mirror = NULL;
+    if (cudaMalloc(&mirror, n * sizeof(__nv_bfloat16)) != cudaSuccess) {
+        cudaGetLastError();   // no room for the mirror: products convert as before
+        return;
+    }
+    to_bf16_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>((__nv_bfloat16 *)mirror, p, n);
+    if (!CUDA_LAUNCHED(c)) {
+        cudaFree(mirror);
+        return;
+    }
+    c->frozen = p;
+    c->frozen_n = n;
+    c->frozen16 = mirror;
+}
+
+// The mirror of [p, p + n) when it lies inside the frozen region, else NULL.
+static const __nv_bfloat16 *frozen_mirror(const cuda_context *c, const float *p, size_t n)
+{
+    if (!c->frozen || p < c->frozen || p + n > c->frozen + c->frozen_n)
+        return NULL;
+    return (const __nv_bfloat16 *)c->frozen16 + (p - c->frozen);
+}
+
 static void cuda_free(void *ctx, void *p)
 {
     cuda_context *c = (cuda_context *)ctx;
+    if (p && p == c->frozen)
+        forget_frozen(c);
     CUDA_CHECK(c, cudaFree(p));   // waits for work that may still use p
 }
 
@@ -96,6 +147,8 @@ static int cuda_memory(void *ctx, backend_memory *out)
 static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
 {
     CUDA_OP(ctx);
+    if (touches_frozen(c, dst, bytes))
+        forget_frozen(c);   // the promise is broken: products convert again
     CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
 }
 
@@ -114,6 +167,8 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
 static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     CUDA_OP(ctx);
+    if (touches_frozen(c, dst, bytes))
+        forget_frozen(c);
     if (dst != src)
         CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
 }
@@ -190,18 +245,28 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
         return;
     }
     // bf16 operands, fp32 accumulation and result: each operand is converted once per product
-    // (its stored extent: the last row is only as wide as the matrix)
+    // (its stored extent: the last row is only as wide as the matrix), unless it lies in the
+    // frozen region, whose mirror is ready
     size_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
     size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     size_t a_n = (a_rows - 1) * lda + a_cols, b_n = (b_rows - 1) * ldb + b_cols;
-    size_t a_bytes = (a_n * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
-    char *work = (char *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
-                                      a_bytes + b_n * sizeof(__nv_bfloat16));
-    if (!work)
+    const __nv_bfloat16 *a_frozen = frozen_mirror(c, A, a_n), *b_frozen = frozen_mirror(c, B, b_n);
+    size_t a_bytes = a_frozen ? 0 : (a_n * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
+    size_t b_bytes = b_frozen ? 0 : b_n * sizeof(__nv_bfloat16);
+    char *work = NULL;
+    if (a_bytes + b_bytes > 0 &&
+        !(work = (char *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes, a_bytes + b_bytes)))
         return;
-    __nv_bfloat16 *a16 = (__nv_bfloat16 *)work, *b16 = (__nv_bfloat16 *)(work + a_bytes);
-    to_bf16_kernel<<<cuda_blocks(a_n, 256), 256, 0, c->stream>>>(a16, A, a_n);
-    to_bf16_kernel<<<cuda_blocks(b_n, 256), 256, 0, c->stream>>>(b16, B, b_n);
+    const __nv_bfloat16 *a16 = a_frozen, *b16 = b_frozen;
+    if (!a_frozen) {
+        a16 = (const __nv_bfloat16 *)work;
+        to_bf16_kernel<<<cuda_blocks(a_n, 256), 256, 0, c->stream>>>((__nv_bfloat16 *)work, A, a_n);
+    }
+    if (!b_frozen) {
+        b16 = (const __nv_bfloat16 *)(work + a_bytes);
+        to_bf16_kernel<<<cuda_blocks(b_n, 256), 256, 0, c->stream>>>(
+            (__nv_bfloat16 *)(work + a_bytes), B, b_n);
+    }
     if (!CUDA_LAUNCHED(c))
         return;
     CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, b16, CUDA_R_16BF, ldb,
@@ -306,6 +371,7 @@ static void cuda_free_context(void *ctx)
         return;
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    cudaFree(c->frozen16);
     cudaFree(c->gemm_work);
     cudaFree(c->op_work);
     cudaFree(c->partials);
@@ -354,6 +420,7 @@ static const backend_ops cuda_ops = {
     .vector_sumsq = cuda_vector_sumsq,
     .dropout_mask = cuda_dropout_mask,
     .adamw_update = cuda_adamw_update,
+    .freeze = cuda_freeze,
     .memory = cuda_memory,
     .check = cuda_check,
 };

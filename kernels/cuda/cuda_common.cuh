@@ -9,7 +9,8 @@
 //
 // Precision: every tensor the interface passes is float32 in device memory. Dense products
 // run on the tensor cores: bf16 operands with fp32 accumulation and fp32 results (the default;
-// operands are converted inside the op), or TF32, or plain fp32 (PESC_CUDA_MATH=bf16|tf32|fp32).
+// operands are converted inside the op, except those in the frozen region, whose bf16 mirror
+// is made once), or TF32, or plain fp32 (PESC_CUDA_MATH=bf16|tf32|fp32).
 // Products with at most 64 outputs (the router, LoRA's inner product) always run in fp32.
 // Everything else (norms, softmaxes, attention, routing, AdamW) computes in fp32, with the
 // reductions that decide accuracy in fp32 or double.
@@ -49,6 +50,11 @@ typedef struct cuda_context {
     void *op_work;
     size_t op_work_bytes;
     double *partials;            // (CUDA_REDUCE_BLOCKS + 1) doubles
+    // The frozen region (backend_freeze: the base weights in PESC mode) and its bf16 mirror,
+    // which every product reading from the region uses instead of converting its operand.
+    const float *frozen;         // NULL: none
+    size_t frozen_n;             // floats
+    void *frozen16;              // (frozen_n) __nv_bfloat16
 } cuda_context;
 
 bool cuda_check_rc(cuda_context *c, cudaError_t rc, const char *call, const char *file, int line);
