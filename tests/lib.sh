@@ -60,6 +60,16 @@ wait_status() {
   cat "$1" 2>/dev/null
 }
 
+# quit_confirmed DESCRIPTION [SECONDS]: q, its question on screen, y; then the exit status
+# must be 0
+quit_confirmed() {
+  keys q
+  check "Save a checkpoint and stop the run" "q asks first"
+  keys y
+  [ "$(wait_status "$tmp/status" "${2:-30}")" = 0 ] && pass "$1" \
+    || fail "$1: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+}
+
 # ---- the test HTTP server (fetch.sh, tui-fetch.sh) ---------------------------------------------
 # start_httpd ROOT [OPTIONS...]: tests/httpd on two ephemeral ports of 127.0.0.1, logging to
 # $tmp/http.log; sets server_pid, port_a, port_b and base (port A's URL). The caller's cleanup

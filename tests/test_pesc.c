@@ -328,24 +328,34 @@ static void test_sampler(void)
           ones / 20000.0);
 }
 
+/* The small GQA reference model crafted with o, every trainable set to a sine wave of the
+ * given frequency (non-zero, so adapters and LoRA do real work). */
+static void crafted_reference(model *m, const char *root, const pesc_options *o, uint64_t seed,
+                              double frequency)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/reference/data/llama-gqa-f32", root);
+    pesc_error err;
+    if (model_load(m, dir, be, &err) != 0 || model_craft(m, o, seed, &err) != 0)
+        die(&err);
+    float *host = malloc(m->n_train * sizeof *host);
+    for (size_t i = 0; i < m->n_train; i++)
+        host[i] = (float)sin((double)i * frequency) * 0.2f;
+    backend_upload(be, m->train_block, host, m->n_train * sizeof *host);
+    free(host);
+}
+
 /* Two documents packed in one row (positions restart, attention stays inside each) train
  * exactly like the same documents in rows of their own. */
 static void test_packing(const char *root)
 {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/tests/reference/data/llama-gqa-f32", root);
     model m;
     pesc_error err;
     pesc_options o;
     pesc_options_default(&o);
     o.aux_coef = 0.0f;   /* padding tokens are routed too: keep the comparison to the CE */
     o.adapter_dropout = 0.0f;
-    if (model_load(&m, dir, be, &err) != 0 || model_craft(&m, &o, 2, &err) != 0)
-        die(&err);
-    float *host = malloc(m.n_train * sizeof *host);
-    for (size_t i = 0; i < m.n_train; i++)
-        host[i] = (float)sin((double)i * 0.07) * 0.2f;
-    backend_upload(be, m.train_block, host, m.n_train * sizeof *host);
+    crafted_reference(&m, root, &o, 2, 0.07);
     enum { A = 7, Bn = 9 };
     int32_t a[A] = {3, 9, 27, 17, 51, 25, 11}, b[Bn] = {2, 4, 8, 16, 32, 0, 63, 5, 40};
     /* packed: one row of 16 */
@@ -390,7 +400,6 @@ static void test_packing(const char *root)
               sqrt(diff / norm) < 1e-5 && per_source,
           "packing: loss %.7f == %.7f, gradients (error %.1e), per-source routing counted", lp.ce,
           la.ce, sqrt(diff / norm));
-    free(host);
     free(packed);
     free(apart);
     model_free(&m);
@@ -400,8 +409,6 @@ static void test_packing(const char *root)
 static void recompute_run(const char *root, int recompute, float *grads, model_losses *losses,
                           int *counts, size_t *bytes, size_t *n_train)
 {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/tests/reference/data/llama-gqa-f32", root);
     model m;
     pesc_error err;
     pesc_options o;
@@ -409,13 +416,8 @@ static void recompute_run(const char *root, int recompute, float *grads, model_l
     o.adapter_dropout = 0.2f;
     o.z_coef = 0.001f;
     o.lora_rank = 4;
-    if (model_load(&m, dir, be, &err) != 0 || model_craft(&m, &o, 5, &err) != 0)
-        die(&err);
+    crafted_reference(&m, root, &o, 5, 0.13);
     m.recompute = recompute;
-    float *host = malloc(m.n_train * sizeof *host);
-    for (size_t i = 0; i < m.n_train; i++)
-        host[i] = (float)sin((double)i * 0.13) * 0.2f;   /* every trainable non-zero */
-    backend_upload(be, m.train_block, host, m.n_train * sizeof *host);
     int32_t ids[24], targets[24], pos[24], docs[24], src[24];
     for (int i = 0; i < 24; i++) {
         ids[i] = (i * 11 + 3) % 64;
@@ -437,7 +439,6 @@ static void recompute_run(const char *root, int recompute, float *grads, model_l
     memcpy(counts, m.routing.counts, (size_t)(n < 64 ? n : 64) * sizeof *counts);
     *bytes = m.act.bytes;
     *n_train = m.n_train;
-    free(host);
     model_free(&m);
 }
 

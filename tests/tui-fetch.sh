@@ -40,11 +40,7 @@ tui_start 100 30 "$pesc" tui --data "'$base/f/tasks.jsonl?rate=$rate'" $run
 check "Downloads" "the Downloads panel opens" 20
 check "tasks\\.jsonl .*[0-9]+%" "the transfer is shown with its progress"
 check "STARTING .*downloading" "the status line says it is downloading"
-keys q
-check "Save a checkpoint and stop the run" "q asks first"
-keys y
-[ "$(wait_status "$tmp/status")" = 0 ] && pass "stopping during the download exits 0" \
-  || fail "stop while downloading: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+quit_confirmed "stopping during the download exits 0"
 part=$(cache_file "tasks.jsonl*.part")
 [ -n "$part" ] && [ -s "$part" ] && [ -z "$(cache_file tasks.jsonl)" ] \
   && pass "the partial download is kept ($(wc -c <"$part" | tr -d ' ') of $size bytes)" \
@@ -60,10 +56,7 @@ cmp -s "$(cache_file tasks.jsonl)" "$tmp/root/files/tasks.jsonl" && pass "the ca
 grep " target=/f/tasks.jsonl?rate=$rate " "$log" | tail -n 1 | grep -q "range=bytes=[1-9]" \
   && pass "the second start asked only for the rest" \
   || fail "no resume: $(grep " target=/f/tasks.jsonl" "$log" | tail -n 1)"
-keys q
-keys y
-[ "$(wait_status "$tmp/status" 60)" = 0 ] && pass "q saves, stops and exits 0" \
-  || fail "quit: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+quit_confirmed "q saves, stops and exits 0" 60
 
 # ---- a missing file is a failed run that names the URL -------------------------------------------
 tui_start 100 30 "$pesc" tui --data "$base/f/nothing.jsonl" $run

@@ -79,11 +79,7 @@ check "Adapter norms" "resized back to 100x30"
 keys Space
 check "RUNNING" "Space resumes"
 
-keys q
-check "Save a checkpoint and stop the run" "q asks first"
-keys y
-[ "$(wait_status "$tmp/status")" = 0 ] && pass "y saves, stops and exits 0" \
-  || fail "quit: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+quit_confirmed "y saves, stops and exits 0"
 ls "$tmp/ck" 2>/dev/null | grep -q . && pass "a checkpoint was saved on the way out" || fail "no checkpoint in $tmp/ck"
 
 if [ "$failures" -ne 0 ]; then
