@@ -8,10 +8,10 @@
 // backend_check, vector_sumsq).
 //
 // Precision: every tensor the interface passes is float32 in device memory. Dense products
-// run on the tensor cores: bf16 operands with fp32 accumulation and fp32 results (the default;
-// operands are converted inside the op, except those in the frozen region, whose bf16 mirror
-// is made once), or TF32, or plain fp32 (PESC_CUDA_MATH=bf16|tf32|fp32).
-// Products with at most 64 outputs (the router, LoRA's inner product) always run in fp32.
+// run on the tensor cores: TF32 (the default), or bf16 operands with fp32 accumulation and fp32
+// results (operands are converted inside the op, except those in the frozen region, whose bf16
+// mirror is made once), or plain fp32 (PESC_CUDA_MATH=tf32|bf16|fp32).
+// Products with at most 64 inputs or outputs (the router, both LoRA products) run in fp32.
 // Everything else (norms, softmaxes, attention, routing, AdamW) computes in fp32, with the
 // reductions that decide accuracy in fp32 or double.
 #ifndef PESC_CUDA_COMMON_CUH
