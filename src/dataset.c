@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -548,9 +549,22 @@ static ds_format detect_format(const ds_formats *f, const pesc_json *o)
 
 /* ===================================================== what a format gave -> a record ===== */
 
-/* Turns out into r: token ids checked, or messages/text rendered with the chat template.
+/* A record's tokens on their way to the store: owned arrays, labels NULL or (len). */
+typedef struct record_tokens {
+    int32_t *ids, *labels;
+    int len;
+} record_tokens;
+
+static void record_tokens_free(record_tokens *t)
+{
+    free(t->ids);
+    free(t->labels);
+    memset(t, 0, sizeof *t);
+}
+
+/* Turns out into t: token ids checked, or messages/text rendered with the chat template.
  * Errors name nothing; the caller adds where. */
-static int finish_record(ds_record *r, pesc_record_out *out, int rc, const char *format,
+static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const char *format,
                          const ds_load_options *lo, pesc_error *err)
 {
     if (rc != 0 || out->failed)
@@ -569,9 +583,9 @@ static int finish_record(ds_record *r, pesc_record_out *out, int rc, const char 
                                  "(0..%d; labels may also be -100)", i, id, label,
                                  lo->vocab_size - 1);
         }
-        r->ids = out->ids;
-        r->labels = out->labels;
-        r->len = out->n_ids;
+        t->ids = out->ids;
+        t->labels = out->labels;
+        t->len = out->n_ids;
         out->ids = out->labels = NULL;
         return 0;
     }
@@ -594,23 +608,16 @@ static int finish_record(ds_record *r, pesc_record_out *out, int rc, const char 
         tok_ids_free(&labels);
         return -1;
     }
-    r->ids = ids.ids;
-    r->len = ids.n;
-    int all = 1;
-    for (int i = 0; i < labels.n && all; i++)
-        all = labels.ids[i] == ids.ids[i];
-    if (all) tok_ids_free(&labels);
-    else r->labels = labels.ids;
+    t->ids = ids.ids;
+    t->labels = labels.ids;
+    t->len = ids.n;
     return 0;
 }
 
-/* One parsed JSON value -> one record; errors carry path:line. */
-static int make_record(ds_record *r, json_t *o, const ds_load_options *lo, const char *path,
+/* One parsed JSON value -> one record's tokens; errors carry path:line. */
+static int make_record(record_tokens *t, json_t *o, const ds_load_options *lo, const char *path,
                        long line, pesc_error *err)
 {
-    memset(r, 0, sizeof *r);
-    r->source = lo->source;
-    r->line = line;
     ds_format f = lo->format;
     if (f == DS_AUTO && (f = detect_format(lo->formats, (const pesc_json *)o)) == DS_AUTO)
         return pesc_fail(err, "%s:%ld: no known format fits this record's keys (use --format)",
@@ -624,7 +631,7 @@ static int make_record(ds_record *r, json_t *o, const ds_load_options *lo, const
                          info->name);
     pesc_record_out out = {.vocab_size = lo->vocab_size};
     int rc = info->ops->convert(&format_host, (const pesc_json *)o, &out);
-    rc = finish_record(r, &out, rc, info->name, lo, err);
+    rc = finish_record(t, &out, rc, info->name, lo, err);
     out_free(&out);
     if (rc != 0)
         pesc_fail_prefix(err, "%s:%ld", path, line);
@@ -753,17 +760,21 @@ static int bad_record(const ds_load_options *lo, const pesc_error *rec_err, long
     return 0;
 }
 
-/* The common end of a load: the skip summary, and an empty source is an error. */
-static int finish_load(ds_records *d, int before, long skipped, const char *path,
-                       const ds_load_options *lo, int rc, pesc_error *err)
+/* ================================================== records in the token store ===== */
+
+/* Between a record's append and the mapping at the end of its load, ids is NULL and labels
+ * is NULL or this marker (the record has labels); map_records points both into the store. */
+static const int32_t labels_pending[1];
+
+/* Where a load starts, so that a failed one can leave d as it found it. */
+typedef struct load_mark {
+    int records;
+    int64_t values;              /* in the store */
+} load_mark;
+
+static load_mark mark_load(const ds_records *d)
 {
-    if (rc == 0 && lo->warn && skipped > MAX_WARNINGS_SHOWN)
-        fprintf(lo->warn, "warning: %s: %ld records skipped in all\n", path, skipped);
-    d->skipped += skipped;
-    if (rc == 0 && d->n == before)
-        rc = pesc_fail(err, "%s: no usable records%s", path,
-                       skipped ? " (every record was skipped; see the warnings)" : "");
-    return rc;
+    return (load_mark){d->n, d->store ? token_store_length(d->store) : 0};
 }
 
 static ds_record *next_slot(ds_records *d, int *capacity)
@@ -773,6 +784,67 @@ static ds_record *next_slot(ds_records *d, int *capacity)
         d->items = xrealloc(d->items, (size_t)*capacity * sizeof *d->items);
     }
     return &d->items[d->n];
+}
+
+/* Appends a record: its tokens to the store (labels only where some differ from the ids:
+ * NULL labels mean the same to every reader), its place to the index. A store that cannot
+ * be made or written is fatal to the load, not a bad record. */
+static int keep_record(ds_records *d, int *capacity, const record_tokens *t, int source,
+                       long line, pesc_error *err)
+{
+    if (d->n == INT_MAX)
+        return pesc_fail(err, "more than %d records: split the data", INT_MAX);
+    if (!d->store && !(d->store = token_store_new(err)))
+        return -1;
+    size_t n = (size_t)t->len;
+    int has_labels = t->labels && n > 0 && memcmp(t->labels, t->ids, n * sizeof *t->ids) != 0;
+    int64_t offset = token_store_length(d->store);
+    if (token_store_append(d->store, t->ids, n, err) != 0 ||
+        (has_labels && token_store_append(d->store, t->labels, n, err) != 0))
+        return -1;
+    ds_record *r = next_slot(d, capacity);
+    *r = (ds_record){.labels = has_labels ? labels_pending : NULL, .offset = offset,
+                     .len = t->len, .source = source, .line = line};
+    d->n++;
+    return 0;
+}
+
+/* Points every record into the store's mapping. The store is mapped once a load has appended
+ * its last record, not as the file grows: loading never reads tokens back, so mapping earlier
+ * would only cost remaps, and one mapping per --data keeps every pointer still for the whole
+ * run (the index keeps offsets, so the records of earlier loads move with the new mapping). */
+static int map_records(ds_records *d, pesc_error *err)
+{
+    const int32_t *base;
+    if (!d->store)
+        return 0;
+    if (token_store_map(d->store, &base, err) != 0)
+        return -1;
+    for (int i = 0; i < d->n; i++) {
+        ds_record *r = &d->items[i];
+        r->ids = base ? base + r->offset : NULL;   /* NULL: an empty store, records of 0 tokens */
+        r->labels = r->labels ? r->ids + r->len : NULL;
+    }
+    return 0;
+}
+
+/* The common end of a load: the skip summary, an empty source is an error, the new records
+ * are mapped; a load that failed leaves d with the records it had. */
+static int finish_load(ds_records *d, load_mark start, long skipped, const char *path,
+                       const ds_load_options *lo, int rc, pesc_error *err)
+{
+    if (rc == 0 && lo->warn && skipped > MAX_WARNINGS_SHOWN)
+        fprintf(lo->warn, "warning: %s: %ld records skipped in all\n", path, skipped);
+    d->skipped += skipped;
+    if (rc == 0 && d->n == start.records)
+        rc = pesc_fail(err, "%s: no usable records%s", path,
+                       skipped ? " (every record was skipped; see the warnings)" : "");
+    if (rc == 0 && map_records(d, err) == 0)
+        return 0;
+    d->n = start.records;
+    if (d->store)
+        token_store_truncate(d->store, start.values, NULL);
+    return -1;
 }
 
 /* The source format that reads path itself: the one named, or (auto) the surest probe. */
@@ -803,15 +875,13 @@ static int load_source(ds_records *d, const char *path, const ds_format_info *in
     void *source = ops->open(path, why, sizeof why);
     if (!source)
         return pesc_fail(err, "%s: %s", path, why[0] ? why : "the source cannot be opened");
-    int capacity = d->n, before = d->n, rc = 0;
+    load_mark start = mark_load(d);
+    int capacity = d->n, rc = 0;
     long skipped = 0;
     for (long index = 1;; index++) {
         pesc_record_out out = {.vocab_size = lo->vocab_size};
         pesc_error rec_err = {{0}};
-        ds_record *r = next_slot(d, &capacity);
-        memset(r, 0, sizeof *r);
-        r->source = lo->source;
-        r->line = index;
+        record_tokens t = {0};
         int got = ops->next(&format_host, source, &out);
         if (got == 0) {
             out_free(&out);
@@ -823,10 +893,13 @@ static int load_source(ds_records *d, const char *path, const ds_format_info *in
             out_free(&out);
             break;
         }
-        int ok = finish_record(r, &out, got == 1 ? 0 : -1, info->name, lo, &rec_err) == 0;
+        int ok = finish_record(&t, &out, got == 1 ? 0 : -1, info->name, lo, &rec_err) == 0;
         out_free(&out);
         if (ok) {
-            d->n++;
+            rc = keep_record(d, &capacity, &t, lo->source, index, err);
+            record_tokens_free(&t);
+            if (rc != 0)
+                break;
             continue;
         }
         pesc_fail_prefix(&rec_err, "%s: record %ld", path, index);
@@ -834,7 +907,7 @@ static int load_source(ds_records *d, const char *path, const ds_format_info *in
             break;
     }
     ops->close(source);
-    return finish_load(d, before, skipped, path, lo, rc, err);
+    return finish_load(d, start, skipped, path, lo, rc, err);
 }
 
 int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pesc_error *err)
@@ -855,7 +928,8 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
         free(r);
         return -1;
     }
-    int capacity = d->n, rc = 0, before = d->n, got;
+    load_mark start = mark_load(d);
+    int capacity = d->n, rc = 0, got;
     long skipped = 0;
     while ((got = rd_next(r, err)) > 0) {
         json_t *o = NULL;
@@ -867,18 +941,21 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
             o = json_string(r->item);   /* a plain line is one string record */
         else
             o = json_loadb(r->item, r->item_len, JSON_DECODE_ANY, &jerr);
-        ds_record *rec = next_slot(d, &capacity);
+        record_tokens t = {0};
         int ok;
         if (!o) {
             pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %s)", path, r->item_line,
                       jerr.column, jerr.text);
             ok = 0;
         } else {
-            ok = make_record(rec, o, lo, path, r->item_line, &rec_err) == 0;
+            ok = make_record(&t, o, lo, path, r->item_line, &rec_err) == 0;
         }
         json_decref(o);
         if (ok) {
-            d->n++;
+            rc = keep_record(d, &capacity, &t, lo->source, r->item_line, err);
+            record_tokens_free(&t);
+            if (rc != 0)
+                break;
             continue;
         }
         if ((rc = bad_record(lo, &rec_err, &skipped, err)) != 0)
@@ -886,7 +963,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     }
     if (got < 0)
         rc = -1;
-    rc = finish_load(d, before, skipped, path, lo, rc, err);
+    rc = finish_load(d, start, skipped, path, lo, rc, err);
     stream_close(r->s);
     free(r->item);
     free(r);
@@ -905,10 +982,7 @@ int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_er
 
 void dataset_free(ds_records *d)
 {
-    for (int i = 0; i < d->n; i++) {
-        free(d->items[i].ids);
-        free(d->items[i].labels);
-    }
+    token_store_delete(d->store);
     free(d->items);
     memset(d, 0, sizeof *d);
 }

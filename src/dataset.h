@@ -9,7 +9,9 @@
  * is a `pesc_format_ops` table (plugins/pesc-plugin.h) in a registry (ds_formats): auto asks
  * each one's detect, a source format (open/next) makes its own records. Files are JSONL or one JSON array, plain,
  * .gz or .zst, read front to back with bounded memory (a JSON array is cut into its elements
- * by a string-aware scanner; one element is parsed at a time).
+ * by a string-aware scanner; one element is parsed at a time). The token ids and labels go
+ * to a token store in $TMPDIR, so memory grows with the number of records, not with their
+ * tokens.
  *
  * A bad record is skipped with a warning naming file and line and counted; `strict` makes it
  * fatal. An empty dataset is an error.
@@ -32,12 +34,19 @@
 
 #include "pesc-plugin.h"
 #include "template.h"
+#include "token_store.h"
 #include "tokenizer.h"
 #include "util.h"
 
+/* Records keep their tokens in a token store (token_store.h: a temporary file read through a
+ * mapping), not on the heap; what stays in memory is this index, 40 bytes a record (a 1 GB
+ * file of 1 kB records: about 40 MB, next to gigabytes of tokens). ids and labels point into
+ * the mapping: valid from the return of the load that made the record until the next load
+ * into the same ds_records or dataset_free, and read-only. */
 typedef struct ds_record {
-    int32_t *ids;                /* (len) */
-    int32_t *labels;             /* (len), or NULL: the ids are the labels; -100 = no loss */
+    const int32_t *ids;          /* (len) */
+    const int32_t *labels;       /* (len), or NULL: the ids are the labels; -100 = no loss */
+    int64_t offset;              /* where ids start in the store (values); labels follow them */
     int len;
     int source;                  /* which --data (0-based) */
     long line;                   /* where it starts in its file (1-based) */
@@ -47,6 +56,7 @@ typedef struct ds_records {
     ds_record *items;
     int n;
     long skipped;                /* bad records skipped (with warnings) */
+    token_store *store;          /* every record's tokens; made by the first load */
 } ds_records;
 
 /* A format is an index into a registry; the built-ins hold these fixed places in every one,
@@ -96,7 +106,8 @@ typedef struct ds_load_options {
 /* Reads a tokens-format JSONL file. vocab_size > 0 makes an id or label outside
  * [0, vocab_size) an error naming the line. Blank lines are skipped. */
 int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_error *err);
-/* Any format, appended to d (which may hold records of other sources). */
+/* Any format, appended to d (which may hold records of other sources). On failure d keeps
+ * the records it had. */
 int dataset_load(ds_records *d, const char *path, const ds_load_options *o, pesc_error *err);
 void dataset_free(ds_records *d);
 

@@ -322,28 +322,12 @@ int demo_load(ds_records *d, const char *spec, const ds_load_options *o, pesc_er
     if (!o->tok)
         return pesc_fail(err, "%s: the demo data needs a tokenizer (--tokenizer or a model "
                          "directory with tokenizer.json)", spec);
-    if (s.records > (1L << 30) - d->n)
-        return pesc_fail(err, "%s: too many records", spec);
-    d->items = xrealloc(d->items, (size_t)(d->n + s.records) * sizeof *d->items);
-    for (long i = 0; i < s.records; i++) {
-        demo_record r;
-        demo_spec_record(&s, i, &r);
-        tok_ids ids = {0}, labels = {0};
-        int rc = demo_encode(&r, o->tok, o->tpl, &ids, &labels, err);
-        for (int k = 0; rc == 0 && o->vocab_size > 0 && k < ids.n; k++)
-            if (ids.ids[k] >= o->vocab_size)
-                rc = pesc_fail(err, "token id %d is outside the model's vocabulary (%d): the "
-                               "tokenizer does not belong to this model", ids.ids[k],
-                               o->vocab_size);
-        if (rc != 0) {
-            tok_ids_free(&ids);
-            tok_ids_free(&labels);
-            return pesc_fail_prefix(err, "%s: record %ld", spec, i + 1);
-        }
-        d->items[d->n++] = (ds_record){.ids = ids.ids, .labels = labels.ids, .len = ids.n,
-                                       .source = o->source, .line = i + 1};
-    }
-    return 0;
+    /* the `demo` format below, through the path every dataset takes (and its token store) */
+    ds_load_options as_demo = *o;
+    as_demo.strict = 1;
+    if (ds_formats_parse(o->formats, "demo", &as_demo.format, err) != 0)
+        return -1;
+    return dataset_load(d, spec, &as_demo, err);
 }
 
 /* ======================================================= the `demo` format ============ */

@@ -87,7 +87,8 @@ int demo_encode(const demo_record *r, tokenizer *t, const chat_template *tpl, to
 
 /* The dataset format `demo`: appends the records of the source `spec` (see demo_spec_parse)
  * to d, encoded with o->tok and o->tpl, each with source o->source; ids are checked against
- * o->vocab_size when it is > 0. Records appear in spec order (line = index + 1). */
+ * o->vocab_size when it is > 0. Records appear in spec order (line = index + 1). This is
+ * dataset_load with the `demo` format below, strict: any bad record is an error. */
 int demo_load(ds_records *d, const char *spec, const ds_load_options *o, pesc_error *err);
 
 /* The same source as a dataset format (plugins/pesc-plugin.h, a source format: open takes

@@ -1,9 +1,13 @@
 /* test_dataset — formats (JSONL, JSON array, gzip), skipped and strict bad records, mixture
  * weights, truncation, packing (positions and document ids), seeded order and an exact cursor
- * round trip. */
+ * round trip; the token store: records read back exactly, batches the same as before it, and
+ * one-line errors for a TMPDIR that is missing or full. */
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -199,6 +203,253 @@ static void test_batches(void)
     ds_batch_free(&batch);
 }
 
+/* ---- the token store ------------------------------------------------------------------------ */
+
+/* A record as written to a tokens file, to compare with what the store gives back. */
+typedef struct written {
+    int32_t *ids, *labels;       /* (len); labels NULL: none written */
+    int len;
+    int same_labels;             /* the labels written equal the ids: read back as none */
+} written;
+
+static void write_ids(FILE *f, const char *key, const int32_t *v, int n)
+{
+    fprintf(f, "\"%s\": [", key);
+    for (int k = 0; k < n; k++)
+        fprintf(f, k ? ",%d" : "%d", v[k]);
+    fputc(']', f);
+}
+
+/* n records of 1..200 tokens, the middle one of 300000 (past the store's 1 MiB buffer), each
+ * with no labels, labels equal to its ids, or labels masked with -100, as a tokens file. */
+static written *write_random_tokens(const char *name, int n, uint64_t seed, char *path)
+{
+    written *w = calloc((size_t)n, sizeof *w);
+    snprintf(path, 512, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < n; i++) {
+        int len = i == n / 2 ? 300000 : 1 + (int)(pesc_splitmix64(&seed) % 200);
+        int kind = (int)(pesc_splitmix64(&seed) % 3);   /* none, the same, masked */
+        w[i].len = len;
+        w[i].ids = malloc((size_t)len * sizeof(int32_t));
+        w[i].labels = kind ? malloc((size_t)len * sizeof(int32_t)) : NULL;
+        w[i].same_labels = kind == 1;
+        for (int k = 0; k < len; k++) {
+            w[i].ids[k] = (int32_t)(pesc_splitmix64(&seed) % 50000);
+            if (kind)
+                w[i].labels[k] = kind == 2 && (k == 0 || pesc_splitmix64(&seed) % 3 == 0)
+                                     ? -100 : w[i].ids[k];
+        }
+        fputc('{', f);
+        write_ids(f, "input_ids", w[i].ids, len);
+        if (kind) {
+            fputs(", ", f);
+            write_ids(f, "labels", w[i].labels, len);
+        }
+        fputs("}\n", f);
+    }
+    fclose(f);
+    return w;
+}
+
+static void free_written(written *w, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(w[i].ids);
+        free(w[i].labels);
+    }
+    free(w);
+}
+
+/* Record i of the tokens file written as w, loaded as source `source`. */
+static int read_back(const ds_record *r, const written *w, int i, int source)
+{
+    const int32_t *labels = w[i].same_labels ? NULL : w[i].labels;
+    size_t bytes = (size_t)w[i].len * sizeof(int32_t);
+    return r->len == w[i].len && r->source == source && r->line == i + 1 &&
+           memcmp(r->ids, w[i].ids, bytes) == 0 && !r->labels == !labels &&
+           (!labels || memcmp(r->labels, labels, bytes) == 0);
+}
+
+/* Records [first, first + n) of d against the file written as w. */
+static int count_unequal(const ds_records *d, int first, const written *w, int n, int source)
+{
+    int bad = 0;
+    for (int i = 0; i < n && first + i < d->n; i++)
+        bad += !read_back(&d->items[first + i], w, i, source);
+    return bad;
+}
+
+static void test_store_round_trip(void)
+{
+    enum { N_A = 1500, N_B = 700 };
+    char a[512], b[512];
+    written *wa = write_random_tokens("random-a.jsonl", N_A, 1, a);
+    written *wb = write_random_tokens("random-b.jsonl", N_B, 2, b);
+    ds_records d = {0};
+    pesc_error err = {{0}};
+    ds_load_options lo = {.format = DS_TOKENS, .strict = 1};
+    CHECK(dataset_load(&d, a, &lo, &err) == 0 && d.n == N_A, "random a: %s", err.msg);
+    CHECK(count_unequal(&d, 0, wa, N_A, 0) == 0, "records of a differ from what was written");
+    /* a second load maps the store again: the first file's records must move with it */
+    lo.source = 1;
+    CHECK(dataset_load(&d, b, &lo, &err) == 0 && d.n == N_A + N_B, "random b: %s", err.msg);
+    int bad = count_unequal(&d, 0, wa, N_A, 0) + count_unequal(&d, N_A, wb, N_B, 1);
+    CHECK(bad == 0, "%d of %d records read back differently from the store", bad, d.n);
+    dataset_free(&d);
+    free_written(wa, N_A);
+    free_written(wb, N_B);
+}
+
+/* A missing TMPDIR, and a full one (a file size limit makes writes fail as a full disk
+ * does): one line naming the directory and the fix, and the records loaded before stay. */
+static void test_store_errors(void)
+{
+    enum { N = 40 };
+    char path[512], first[512], missing[600], *saved = NULL;
+    if (getenv("TMPDIR"))
+        saved = strdup(getenv("TMPDIR"));
+    written *w = write_random_tokens("store-errors.jsonl", N, 3, path);
+    write_numbers("store-first.jsonl", 7000, 10, first);
+    ds_records d = {0};
+    pesc_error err = {{0}};
+    ds_load_options lo = {.format = DS_TOKENS, .strict = 1};
+
+    snprintf(missing, sizeof missing, "%s/no-such-dir", dir);
+    setenv("TMPDIR", missing, 1);
+    CHECK(dataset_load(&d, path, &lo, &err) == -1 && strstr(err.msg, missing) &&
+          strstr(err.msg, "set TMPDIR") && !strchr(err.msg, '\n') && d.n == 0,
+          "a missing TMPDIR: %s", err.msg);
+    dataset_free(&d);
+
+    setenv("TMPDIR", dir, 1);
+    CHECK(dataset_load(&d, first, &lo, &err) == 0 && d.n == 10, "before the limit: %s", err.msg);
+    struct rlimit limit, small;
+    CHECK(getrlimit(RLIMIT_FSIZE, &limit) == 0, "getrlimit");
+    small = limit;
+    small.rlim_cur = 256 * 1024;   /* the file holds 1.2 MB of tokens */
+    signal(SIGXFSZ, SIG_IGN);      /* the write fails with EFBIG instead of killing us */
+    CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0, "setrlimit");
+    int rc = dataset_load(&d, path, &lo, &err);
+    setrlimit(RLIMIT_FSIZE, &limit);
+    signal(SIGXFSZ, SIG_DFL);
+    CHECK(rc == -1 && strstr(err.msg, dir) && strstr(err.msg, "cannot grow past") &&
+          strstr(err.msg, "TMPDIR") && !strchr(err.msg, '\n'), "a full store: %s", err.msg);
+    CHECK(d.n == 10 && d.items[9].ids[0] == 7009 && d.items[9].labels[2] == 7009,
+          "a failed load keeps the records before it (%d)", d.n);
+    /* with room again, the same file loads after them and reads back exactly */
+    CHECK(dataset_load(&d, path, &lo, &err) == 0 && d.n == 10 + N, "after the limit: %s",
+          err.msg);
+    CHECK(count_unequal(&d, 10, w, N, 0) == 0 && d.items[9].ids[0] == 7009,
+          "records after a failed load differ");
+    dataset_free(&d);
+    if (saved)
+        setenv("TMPDIR", saved, 1);
+    else
+        unsetenv("TMPDIR");
+    free(saved);
+    free_written(w, N);
+}
+
+/* ---- the same batches as before the token store -------------------------------------------- */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Every batch of the run, its statistics and its order in one number. */
+static uint64_t hash_batches(const ds_source *src, int n_src, const ds_load_options *lo,
+                             const ds_options *o, long *batches)
+{
+    pesc_error err = {{0}};
+    dataset *ds = dataset_open(src, n_src, lo, o, &err);
+    CHECK(ds != NULL, "open: %s", err.msg);
+    if (!ds)
+        return 0;
+    const ds_stats *st = dataset_stats(ds);
+    long long counts[] = {st->records, st->skipped, st->tokens, st->truncated,
+                          st->truncated_tokens};
+    uint64_t h = fnv(0xcbf29ce484222325ull, counts, sizeof counts);
+    ds_batch b;
+    ds_batch_init(&b, o->batch, o->seq);
+    *batches = 0;
+    while (dataset_next_batch(ds, &b) > 0) {
+        size_t n = (size_t)b.rows * (size_t)b.T * sizeof(int32_t);
+        const int32_t *arrays[] = {b.ids, b.labels, b.targets, b.positions, b.doc_ids, b.sources};
+        for (size_t k = 0; k < sizeof arrays / sizeof *arrays; k++)
+            h = fnv(h, arrays[k], n);
+        h = fnv(h, b.row_tokens, (size_t)b.rows * sizeof *b.row_tokens);
+        long long more[] = {b.rows, b.epoch, b.n_targets};
+        h = fnv(h, more, sizeof more);
+        (*batches)++;
+    }
+    ds_batch_free(&b);
+    dataset_delete(ds);
+    return h;
+}
+
+/* Alpaca records of seeded random words (text through the tokenizer and template). */
+static void write_alpaca(const char *name, int n, uint64_t seed, char *path)
+{
+    static const char *words[] = {"the", "model", "routes", "each", "token", "to", "two",
+                                  "experts", "adapter", "sparse", "hello", "world", "data",
+                                  "why", "is", "sky", "blue", "write", "a", "poem", "sum"};
+    enum { N_WORDS = sizeof words / sizeof *words };
+    snprintf(path, 512, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < n; i++) {
+        const char *keys[] = {"instruction", "input", "output"};
+        fputc('{', f);
+        for (int k = 0; k < 3; k++) {
+            int count = k == 1 ? (int)(pesc_splitmix64(&seed) % 6)
+                               : 1 + (int)(pesc_splitmix64(&seed) % (k == 2 ? 60 : 12));
+            fprintf(f, "%s\"%s\": \"", k ? ", " : "", keys[k]);
+            for (int j = 0; j < count; j++)
+                fprintf(f, j ? " %s" : "%s", words[pesc_splitmix64(&seed) % N_WORDS]);
+            fputc('"', f);
+        }
+        fputs("}\n", f);
+    }
+    fclose(f);
+}
+
+/* Text, tokens and a source format through mixture weights, packing, truncation and two
+ * shuffled epochs: the batches must be what the code gave before the token store (the
+ * expected numbers were computed then; a change to batching must explain itself here). */
+static void test_same_batches(tokenizer *t)
+{
+    char alpaca[512];
+    written *w;
+    ds_source src[3];
+    pesc_error err = {{0}};
+    write_alpaca("batches-alpaca.jsonl", 3000, 11, alpaca);
+    w = write_random_tokens("batches-tokens.jsonl", 1000, 12, src[1].path);
+    free_written(w, 1000);
+    snprintf(src[0].path, sizeof src[0].path, "%s", alpaca);
+    src[0].weight = 1.0;
+    src[1].weight = 1.5;
+    CHECK(ds_source_parse(&src[2], "demo:seed=3,records=500:0.5", &err) == 0, "%s", err.msg);
+    ds_load_options lo = {.format = DS_AUTO, .tok = t, .strict = 1};
+    static const struct { ds_options o; uint64_t want; long batches; } runs[] = {
+        {{.batch = 4, .seq = 96, .pack = 1, .shuffle = 1, .seed = 11, .epochs = 2},
+         0x65260082a0412063ull, 2331},
+        {{.batch = 3, .seq = 40, .pack = 0, .shuffle = 1, .seed = 5, .epochs = 1},
+         0x1ca55b6334b11ebeull, 1571},
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        long batches = 0;
+        uint64_t h = hash_batches(src, 3, &lo, &runs[i].o, &batches);
+        CHECK(h == runs[i].want && batches == runs[i].batches,
+              "run %zu: batches hash to %#018llx over %ld batches; before the token store "
+              "%#018llx over %ld", i, (unsigned long long)h, batches,
+              (unsigned long long)runs[i].want, runs[i].batches);
+    }
+}
+
 int main(void)
 {
     if (!mkdtemp(dir))
@@ -209,6 +460,9 @@ int main(void)
     test_formats(t);
     test_array_gzip_and_bad_records(t);
     test_batches();
+    test_store_round_trip();
+    test_store_errors();
+    test_same_batches(t);
     tok_delete(t);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -218,6 +472,7 @@ int main(void)
         fprintf(stderr, "test_dataset: %d failures\n", failures);
         return 1;
     }
-    printf("test_dataset: formats, bad records, mixture, packing and cursor as expected\n");
+    printf("test_dataset: formats, bad records, mixture, packing, cursor and token store as "
+           "expected\n");
     return 0;
 }
