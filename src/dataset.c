@@ -1,6 +1,7 @@
 /* dataset — see dataset.h. */
 #include "dataset.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -1179,41 +1180,72 @@ static void place(ds_batch *b, int row, int at, const ds_record *r, int n, int d
     }
 }
 
-int dataset_next_batch(dataset *ds, ds_batch *b)
+/* The padding after the `used` tokens of a row. */
+static void end_row(ds_batch *b, int row, int used, int32_t pad)
 {
-    int T = b->T;
-    b->rows = 0;
-    b->n_targets = 0;
-    b->epoch = ds->epoch;
-    for (int row = 0; row < b->B; row++) {
+    size_t base = (size_t)row * (size_t)b->T;
+    for (int i = used; i < b->T; i++) {
+        b->ids[base + i] = pad;
+        b->labels[base + i] = b->targets[base + i] = -100;
+        b->positions[base + i] = 0;
+        b->doc_ids[base + i] = -1;
+        b->sources[base + i] = -1;
+    }
+    b->row_tokens[row] = used;
+}
+
+/* Lays the next batch of B rows of T tokens into b, or with b NULL only moves past it: which
+ * record goes where depends on lengths alone, so counting batches reads no token (and does
+ * not page the token store in). Returns the rows filled. */
+static int next_rows(dataset *ds, ds_batch *b, int B, int T)
+{
+    int rows = 0;
+    if (b) {
+        b->n_targets = 0;
+        b->epoch = ds->epoch;
+    }
+    for (int row = 0; row < B; row++) {
         int used = 0, doc = 0;
         const ds_record *r;
         while ((r = peek_record(ds)) != NULL) {
             int n = r->len < T ? r->len : T;
             if (used + n > T)
                 break;   /* does not fit: next row (a record is never split) */
-            if (used == 0 && doc == 0 && row == 0)
+            if (b && used == 0 && doc == 0 && row == 0)
                 b->epoch = ds->epoch;
-            place(b, row, used, r, n, doc++);
+            if (b)
+                place(b, row, used, r, n, doc);
+            doc++;
             used += n;
             ds->position++;
             if (!ds->opt.pack)
                 break;
         }
-        size_t base = (size_t)row * (size_t)T;
-        for (int i = used; i < T; i++) {
-            b->ids[base + i] = ds->pad;
-            b->labels[base + i] = b->targets[base + i] = -100;
-            b->positions[base + i] = 0;
-            b->doc_ids[base + i] = -1;
-            b->sources[base + i] = -1;
-        }
-        b->row_tokens[row] = used;
+        if (b)
+            end_row(b, row, used, ds->pad);
         if (used == 0)
             break;
-        b->rows++;
+        rows++;
     }
-    return b->rows;
+    if (b)
+        b->rows = rows;
+    return rows;
+}
+
+int dataset_next_batch(dataset *ds, ds_batch *b)
+{
+    return next_rows(ds, b, b->B, b->T);
+}
+
+long dataset_count_batches(dataset *ds, int B, int T)
+{
+    assert(ds->opt.epochs > 0);
+    ds_cursor start = dataset_cursor(ds);
+    long batches = 0;
+    while (next_rows(ds, NULL, B, T) > 0)
+        batches++;
+    dataset_seek(ds, &start, NULL);   /* its own cursor: cannot fail */
+    return batches;
 }
 
 ds_cursor dataset_cursor(const dataset *ds)

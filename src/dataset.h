@@ -173,6 +173,10 @@ void dataset_delete(dataset *ds);
 /* Fills b (initialized for o->batch x o->seq) with the next batch: returns the rows filled,
  * 0 when the last epoch is done. */
 int dataset_next_batch(dataset *ds, ds_batch *b);
+/* The batches of B rows of T tokens that dataset_next_batch gives from the cursor to the end
+ * of the last epoch (o->epochs > 0), from the records' lengths: no token is read, and the
+ * cursor stays where it is. */
+long dataset_count_batches(dataset *ds, int B, int T);
 
 ds_cursor dataset_cursor(const dataset *ds);
 /* Restores a cursor; an error when it was saved with other data or options. */

@@ -839,17 +839,12 @@ static int open_data(session *s, pesc_error *err)
     return 0;
 }
 
-/* Steps in the run: --steps, or the batches the epochs hold (counted by a dry pass). */
+/* Steps in the run: --steps, or the batches the epochs hold (counted from the lengths). */
 static long count_steps(session *s)
 {
     if (s->cfg.steps)
         return s->cfg.steps;
-    ds_cursor start = dataset_cursor(s->data);
-    long batches = 0;
-    while (dataset_next_batch(s->data, &s->batch) > 0)
-        batches++;
-    pesc_error err;
-    dataset_seek(s->data, &start, &err);
+    long batches = dataset_count_batches(s->data, s->cfg.batch, s->cfg.seq);
     return (batches + s->cfg.grad_accum - 1) / s->cfg.grad_accum;
 }
 

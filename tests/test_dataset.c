@@ -361,7 +361,8 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
     return h;
 }
 
-/* Every batch of the run, its statistics and its order in one number. */
+/* Every batch of the run, its statistics and its order in one number; the count from the
+ * lengths alone must agree. */
 static uint64_t hash_batches(const ds_source *src, int n_src, const ds_load_options *lo,
                              const ds_options *o, long *batches)
 {
@@ -374,6 +375,7 @@ static uint64_t hash_batches(const ds_source *src, int n_src, const ds_load_opti
     long long counts[] = {st->records, st->skipped, st->tokens, st->truncated,
                           st->truncated_tokens};
     uint64_t h = fnv(0xcbf29ce484222325ull, counts, sizeof counts);
+    long counted = dataset_count_batches(ds, o->batch, o->seq);
     ds_batch b;
     ds_batch_init(&b, o->batch, o->seq);
     *batches = 0;
@@ -387,6 +389,7 @@ static uint64_t hash_batches(const ds_source *src, int n_src, const ds_load_opti
         h = fnv(h, more, sizeof more);
         (*batches)++;
     }
+    CHECK(counted == *batches, "counted %ld batches from the lengths, %ld came", counted, *batches);
     ds_batch_free(&b);
     dataset_delete(ds);
     return h;
