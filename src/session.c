@@ -911,6 +911,8 @@ static void describe_run(session *s)
                  slash ? slash + 1 : s->cfg.sources[i].path);
     }
     r->total_steps = s->total_steps;
+    r->data_records = dataset_stats(s->data)->records;
+    r->data_tokens = dataset_stats(s->data)->tokens;
     r->adapter_dim = m->pesc.adapter_dim;
     r->adapter_scale = m->pesc.adapter_scale;
 }

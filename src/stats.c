@@ -189,6 +189,8 @@ char *stats_run_json(const stats_run *run)
     json_object_set_new(o, "adapter_dim", json_integer(run->adapter_dim));
     set_real(o, "adapter_scale", run->adapter_scale);
     json_object_set_new(o, "total_steps", json_integer(run->total_steps));
+    json_object_set_new(o, "data_records", json_integer(run->data_records));
+    json_object_set_new(o, "data_tokens", json_integer(run->data_tokens));
     json_t *sources = json_array();
     for (int s = 0; s < run->shape.n_sources; s++)
         json_array_append_new(sources, json_string(run->sources[s]));
@@ -241,6 +243,8 @@ static int parse_run(json_t *o, stats_run *run)
     run->adapter_dim = (int)int_or(o, "adapter_dim", 0);
     run->adapter_scale = real_or(o, "adapter_scale", 0.0);
     run->total_steps = (long)int_or(o, "total_steps", 0);
+    run->data_records = (long)int_or(o, "data_records", 0);
+    run->data_tokens = int_or(o, "data_tokens", 0);
     json_t *sources = json_object_get(o, "sources");
     size_t n = json_is_array(sources) ? json_array_size(sources) : 0;
     run->shape.n_sources = (int)(n < STATS_MAX_SOURCES ? n : STATS_MAX_SOURCES);

@@ -71,6 +71,8 @@ typedef struct stats_run {
     long total_steps;
     int adapter_dim;
     double adapter_scale;
+    long data_records;           /* the records loaded from every --data, and their tokens */
+    long long data_tokens;
 } stats_run;
 
 char *stats_record_json(const stats_record *r);            /* malloc'd, no newline */
