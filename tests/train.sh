@@ -1,7 +1,8 @@
 #!/bin/sh
 # train.sh — pesc train --headless as a user drives it: the JSONL log, the control socket,
 # Ctrl-C (finish the step, save, exit 0), kill -9 during saves (the last checkpoint always
-# loads), and resuming on a mismatched run refused.
+# loads), the token store in TMPDIR (left clean, its errors), and resuming on a mismatched
+# run refused.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -136,6 +137,30 @@ for i in 1 2 3 4 5; do
 done
 [ $ok = 1 ] && pass "kill -9 during saves, 5 times: the last checkpoint always resumes and trains on" ||
   fail "kill -9 during saves left a checkpoint that does not load"
+
+# the token store: nothing left in TMPDIR while a run goes or after kill -9; a missing or
+# full TMPDIR is one line that names it (a file size limit fails writes as a full disk does)
+mkdir "$tmp/store"
+# shellcheck disable=SC2086
+TMPDIR="$tmp/store" "$pesc" train --headless $common --steps 100000 --log "$tmp/store.jsonl" >/dev/null 2>&1 &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 100); do grep -q '"loss"' "$tmp/store.jsonl" 2>/dev/null && break; sleep 0.1; done
+during=$(ls -A "$tmp/store")
+kill -9 $pid
+wait $pid 2>/dev/null
+if grep -q '"data_records":64,"data_tokens":1280' "$tmp/store.jsonl" && [ -z "$during" ] &&
+   [ -z "$(ls -A "$tmp/store")" ]; then
+  pass "token store: the start line counts 64 records of 1280 tokens; TMPDIR stays empty, also after kill -9"
+else
+  fail "token store: in TMPDIR during the run '$during', after kill -9 '$(ls -A "$tmp/store")'; $(head -n 1 "$tmp/store.jsonl")"
+fi
+# shellcheck disable=SC2086
+expect 1 "token store in $tmp/missing.*set TMPDIR" "a missing TMPDIR is named" -- \
+  env TMPDIR="$tmp/missing" "$pesc" train --headless $common --steps 1
+# shellcheck disable=SC2086
+expect 1 "token store in $tmp/store cannot grow past .*TMPDIR" "a full TMPDIR is named" -- \
+  env TMPDIR="$tmp/store" sh -c 'ulimit -f 1; trap "" XFSZ; exec "$@"' sh "$pesc" train --headless $common --steps 1
 
 # resuming with another shape is refused with what differs
 # shellcheck disable=SC2086
