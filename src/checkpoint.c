@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -17,48 +16,6 @@
 #define STATE_FILE "state.json"
 #define TRAINABLES_FILE "trainables.safetensors"
 #define OPTIMIZER_FILE "optimizer.safetensors"
-
-/* ---- small file helpers ------------------------------------------------------------------- */
-
-static int fsync_path(const char *path, int directory)
-{
-    int fd = open(path, (directory ? O_DIRECTORY : 0) | O_RDONLY);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-static int remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return unlink(path);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char *p = pesc_path_join(path, e->d_name);
-        remove_tree(p);
-        free(p);
-    }
-    closedir(d);
-    return rmdir(path);
-}
-
-static int write_text_file(const char *path, const char *text, pesc_error *err)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return pesc_fail(err, "%s: %s", path, strerror(errno));
-    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int saved = errno;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok)
-        return pesc_fail(err, "%s: %s (is the disk full?)", path, strerror(saved));
-    return 0;
-}
 
 /* ---- state.json --------------------------------------------------------------------------- */
 
@@ -195,7 +152,8 @@ static int is_checkpoint_name(const char *name, long *step)
     return end != name + 5 && *end == '\0';
 }
 
-/* Removes stale temporary checkpoints and all but the newest `keep`. */
+/* Removes stale temporary checkpoints (".tmp-step-N-PID" and its ".old", from
+ * pesc_dir_begin / pesc_dir_commit) and all but the newest `keep`. */
 static void prune(const char *save_dir, int keep)
 {
     DIR *d = opendir(save_dir);
@@ -208,7 +166,7 @@ static void prune(const char *save_dir, int keep)
         long step;
         if (strncmp(e->d_name, ".tmp-step-", 10) == 0) {
             char *p = pesc_path_join(save_dir, e->d_name);
-            remove_tree(p);
+            pesc_remove_tree(p);
             free(p);
         } else if (is_checkpoint_name(e->d_name, &step) && n < 4096) {
             steps[n++] = step;
@@ -223,7 +181,7 @@ static void prune(const char *save_dir, int keep)
             char name[64];
             snprintf(name, sizeof name, "step-%08ld", steps[i]);
             char *p = pesc_path_join(save_dir, name);
-            remove_tree(p);
+            pesc_remove_tree(p);
             free(p);
         }
     }
@@ -234,36 +192,29 @@ int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
 {
     if (mkdir(save_dir, 0755) != 0 && errno != EEXIST)
         return pesc_fail(err, "%s: %s", save_dir, strerror(errno));
-    char name[64], tmp_name[96];
+    char name[64];
     snprintf(name, sizeof name, "step-%08ld", st->step);
-    snprintf(tmp_name, sizeof tmp_name, ".tmp-step-%08ld-%d", st->step, (int)getpid());
-    char *final = pesc_path_join(save_dir, name), *tmp = pesc_path_join(save_dir, tmp_name);
+    char *final = pesc_path_join(save_dir, name), *tmp = NULL;
+    if (pesc_dir_begin(final, &tmp, err) != 0) {
+        free(final);
+        return -1;
+    }
     char *trainables = pesc_path_join(tmp, TRAINABLES_FILE);
     char *moments = pesc_path_join(tmp, OPTIMIZER_FILE), *state = pesc_path_join(tmp, STATE_FILE);
     char *text = state_json(st);
     int rc = -1;
-    remove_tree(tmp);
-    if (mkdir(tmp, 0755) != 0) {
-        pesc_fail(err, "%s: %s", tmp, strerror(errno));
-        goto out;
-    }
+    /* a checkpoint of the same step (saved again after a resume) is replaced */
     if (model_save_trainables(m, trainables, err) != 0 || save_optimizer(moments, m, opt, err) ||
-        write_text_file(state, text, err) != 0)
+        pesc_write_file(state, text, strlen(text), err) != 0 ||
+        pesc_dir_commit(tmp, final, err) != 0)
         goto out;
-    fsync_path(tmp, 1);
-    remove_tree(final);   /* a checkpoint of the same step (saved again after a resume) */
-    if (rename(tmp, final) != 0) {
-        pesc_fail(err, "%s: %s", final, strerror(errno));
-        goto out;
-    }
-    fsync_path(save_dir, 1);
     prune(save_dir, keep);
     if (saved)
         *saved = xstrdup(final);
     rc = 0;
 out:
     if (rc != 0)
-        remove_tree(tmp);
+        pesc_dir_abort(tmp);
     free(text);
     free(state);
     free(moments);

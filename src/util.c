@@ -1,12 +1,16 @@
 /* util — see util.h. */
 #include "util.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int pesc_fail(pesc_error *err, const char *fmt, ...)
 {
@@ -118,6 +122,136 @@ char *pesc_path_join(const char *dir, const char *name)
         p[a] = '/';
     memcpy(p + a + slash, name, b + 1);
     return p;
+}
+
+/* ---- files that are whole or absent --------------------------------------------------------- */
+
+int pesc_write_file(const char *path, const void *data, size_t len, pesc_error *err)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return pesc_fail(err, "%s: %s", path, strerror(errno));
+    int ok = fwrite(data, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int saved = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok)
+        return pesc_fail(err, "%s: %s (is the disk full?)", path, strerror(saved));
+    return 0;
+}
+
+int pesc_copy_file(const char *from, const char *to, pesc_error *err)
+{
+    char *data = NULL;
+    size_t len = 0;
+    int rc = pesc_read_file(from, &data, &len, err);
+    if (rc == 0)
+        rc = pesc_write_file(to, data, len, err);
+    free(data);
+    return rc;
+}
+
+int pesc_remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return unlink(path);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char *p = pesc_path_join(path, e->d_name);
+        pesc_remove_tree(p);
+        free(p);
+    }
+    closedir(d);
+    return rmdir(path);
+}
+
+/* Best effort: some filesystems refuse fsync on directories. */
+static void fsync_directory(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* final without trailing slashes, split into its parent ("." when none) and its name. */
+static void split_path(const char *final, char **parent, char **name)
+{
+    char *copy = xstrdup(final);
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/')
+        copy[--n] = '\0';
+    char *slash = strrchr(copy, '/');
+    if (!slash) {
+        *parent = xstrdup(".");
+        *name = copy;
+        return;
+    }
+    *name = xstrdup(slash + 1);
+    if (slash == copy)
+        slash[1] = '\0';   /* a directory at the root */
+    else
+        *slash = '\0';
+    *parent = copy;
+}
+
+int pesc_dir_begin(const char *final, char **tmp, pesc_error *err)
+{
+    char *parent, *name;
+    split_path(final, &parent, &name);
+    size_t len = strlen(name) + 32;
+    char *tmp_name = xmalloc(len);
+    snprintf(tmp_name, len, ".tmp-%s-%ld", name, (long)getpid());
+    *tmp = pesc_path_join(parent, tmp_name);
+    free(tmp_name);
+    free(name);
+    pesc_remove_tree(*tmp);   /* left by an earlier process of the same id */
+    if (mkdir(*tmp, 0755) != 0) {
+        pesc_fail(err, "%s: cannot create a directory in %s: %s", final, parent, strerror(errno));
+        free(parent);
+        free(*tmp);
+        *tmp = NULL;
+        return -1;
+    }
+    free(parent);
+    return 0;
+}
+
+int pesc_dir_commit(const char *tmp, const char *final, pesc_error *err)
+{
+    fsync_directory(tmp);
+    size_t len = strlen(tmp) + 8;
+    char *aside = xmalloc(len);
+    snprintf(aside, len, "%s.old", tmp);
+    struct stat st;
+    int replacing = lstat(final, &st) == 0;
+    int rc = 0;
+    if (replacing && rename(final, aside) != 0) {
+        rc = pesc_fail(err, "%s: cannot move the existing one aside: %s", final, strerror(errno));
+    } else if (rename(tmp, final) != 0) {
+        rc = pesc_fail(err, "%s: cannot rename %s into place: %s", final, tmp, strerror(errno));
+        if (replacing)
+            rename(aside, final);   /* put the old one back */
+    } else {
+        char *parent, *name;
+        split_path(final, &parent, &name);
+        fsync_directory(parent);
+        free(parent);
+        free(name);
+        if (replacing)
+            pesc_remove_tree(aside);
+    }
+    free(aside);
+    return rc;
+}
+
+void pesc_dir_abort(const char *tmp)
+{
+    if (tmp)
+        pesc_remove_tree(tmp);
 }
 
 int pesc_mul_size(size_t a, size_t b, size_t *out)

@@ -36,6 +36,26 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err);
 /* "dir/name" in a fresh allocation. */
 char *pesc_path_join(const char *dir, const char *name);
 
+/* Writes len bytes to path and fsyncs them (a text file, a copy); the message of a failure
+ * names the file and suggests a full disk. pesc_copy_file copies a (small) file that way. */
+int pesc_write_file(const char *path, const void *data, size_t len, pesc_error *err);
+int pesc_copy_file(const char *from, const char *to, pesc_error *err);
+
+/* Removes a file or a directory with everything under it. 0, or -1 (errno) when the top
+ * could not be removed. */
+int pesc_remove_tree(const char *path);
+
+/* Directories that appear whole or not at all: pesc_dir_begin creates an empty temporary
+ * directory beside `final` (".tmp-NAME-PID" in final's parent, removing a stale one of that
+ * name) and returns its path in *tmp (malloc'd). The caller writes and fsyncs files into it,
+ * then pesc_dir_commit renames it to `final`: an existing `final` is first moved aside
+ * (".tmp-NAME-PID.old") and removed only after the rename, so a kill at any instant leaves
+ * either the old directory or the new one under the final name, never a half-written one.
+ * pesc_dir_abort removes the temporary directory after a failure. */
+int pesc_dir_begin(const char *final, char **tmp, pesc_error *err);
+int pesc_dir_commit(const char *tmp, const char *final, pesc_error *err);
+void pesc_dir_abort(const char *tmp);
+
 /* Overflow-checked size arithmetic: returns 0 and sets *out, or -1 on overflow. */
 int pesc_mul_size(size_t a, size_t b, size_t *out);
 
