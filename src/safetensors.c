@@ -501,7 +501,6 @@ static int write_tensor_size(const char *path, const st_write_tensor *t, size_t 
     }
     if (pesc_mul_size(count, st_dtype_size(t->dtype), nbytes) != 0)
         return tensor_fail(err, path, t->name, "byte size overflows");
-    assert(t->data || *nbytes == 0);
     return 0;
 }
 
@@ -595,14 +594,27 @@ static int write_all(int fd, const void *buf, size_t len, const char *path, pesc
 
 static int write_temp(const char *path, const char *temp, const uint8_t *header,
                       size_t header_len, const st_write_tensor *tensors, const size_t *sizes,
-                      int n_tensors, pesc_error *err)
+                      int n_tensors, st_fill_fn fill, void *fill_ctx, pesc_error *err)
 {
     int fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return pesc_fail(err, "%s: cannot create %s: %s", path, temp, strerror(errno));
     int rc = write_all(fd, header, header_len, path, err);
-    for (int i = 0; i < n_tensors && rc == 0; i++)
-        rc = write_all(fd, tensors[i].data, sizes[i], path, err);
+    size_t staging_len = 0;
+    for (int i = 0; i < n_tensors; i++)
+        if (!tensors[i].data && sizes[i] > staging_len)
+            staging_len = sizes[i];
+    void *staging = staging_len ? xmalloc(staging_len) : NULL;
+    for (int i = 0; i < n_tensors && rc == 0; i++) {
+        const void *data = tensors[i].data;
+        if (!data && sizes[i] > 0) {
+            rc = fill(fill_ctx, i, staging, sizes[i], err);
+            data = staging;
+        }
+        if (rc == 0)
+            rc = write_all(fd, data, sizes[i], path, err);
+    }
+    free(staging);
     /* Without fsync a crash after rename could leave the final name pointing at a hole. */
     if (rc == 0 && fsync(fd) != 0)
         rc = pesc_fail(err, "%s: fsync failed: %s", path, strerror(errno));
@@ -631,6 +643,14 @@ int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
              const char *const *meta_keys, const char *const *meta_values, int n_meta,
              pesc_error *err)
 {
+    return st_write_streamed(path, tensors, n_tensors, NULL, NULL, meta_keys, meta_values,
+                             n_meta, err);
+}
+
+int st_write_streamed(const char *path, const st_write_tensor *tensors, int n_tensors,
+                      st_fill_fn fill, void *fill_ctx, const char *const *meta_keys,
+                      const char *const *meta_values, int n_meta, pesc_error *err)
+{
     size_t *sizes = xcalloc((size_t)n_tensors, sizeof *sizes);
     uint8_t *header = NULL;
     size_t header_len = 0;
@@ -639,12 +659,15 @@ int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
         free(sizes);
         return -1;
     }
+    for (int i = 0; i < n_tensors; i++)
+        assert(tensors[i].data || fill || sizes[i] == 0);
     char temp[4096];
     int rc = 0;
     if ((size_t)snprintf(temp, sizeof temp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof temp)
         rc = pesc_fail(err, "%s: path is too long", path);
     if (rc == 0)
-        rc = write_temp(path, temp, header, header_len, tensors, sizes, n_tensors, err);
+        rc = write_temp(path, temp, header, header_len, tensors, sizes, n_tensors, fill,
+                        fill_ctx, err);
     if (rc == 0 && rename(temp, path) != 0)
         rc = pesc_fail(err, "%s: cannot rename %s into place: %s", path, temp, strerror(errno));
     if (rc == 0)

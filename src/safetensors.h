@@ -78,6 +78,15 @@ int st_write(const char *path, const st_write_tensor *tensors, int n_tensors,
              const char *const *meta_keys, const char *const *meta_values, int n_meta,
              pesc_error *err);
 
+/* st_write for files too large to hold in memory: every tensor whose data is NULL (and whose
+ * size is not 0) gets its bytes from fill(ctx, index into tensors, buf, nbytes) just before
+ * they are written, one tensor at a time (export streams weights off the device this way).
+ * A failing fill fails the write and leaves nothing behind. */
+typedef int (*st_fill_fn)(void *ctx, int index, void *buf, size_t nbytes, pesc_error *err);
+int st_write_streamed(const char *path, const st_write_tensor *tensors, int n_tensors,
+                      st_fill_fn fill, void *fill_ctx, const char *const *meta_keys,
+                      const char *const *meta_values, int n_meta, pesc_error *err);
+
 /* A checkpoint directory: model.safetensors, or model.safetensors.index.json and its shards.
  * Every tensor the index names must be in the shard it names. */
 typedef struct st_set {

@@ -244,6 +244,53 @@ static void test_roundtrip(const char *dir)
     free(path);
 }
 
+/* Tensors without data get their bytes from the fill callback, as if they had been passed;
+ * ctx holds each tensor's first value (NULL: the callback fails). */
+static int fill_ramp(void *ctx, int index, void *buf, size_t nbytes, pesc_error *err)
+{
+    const float *starts = ctx;
+    if (!starts)
+        return pesc_fail(err, "the device is gone");
+    float *out = buf;
+    for (size_t i = 0; i < nbytes / sizeof *out; i++)
+        out[i] = starts[index] + (float)i;
+    return 0;
+}
+
+static void test_streamed(const char *dir)
+{
+    static const float starts[3] = {1, 0, 100}, direct[3] = {7, 8, 9};
+    char *path = pesc_path_join(dir, "streamed.safetensors");
+    const st_write_tensor t[3] = {{"small", ST_F32, 1, {3}, NULL},
+                                  {"direct", ST_F32, 1, {3}, direct},
+                                  {"large", ST_F32, 2, {4, 5}, NULL}};
+    pesc_error err = {{0}};
+    CHECK(st_write_streamed(path, t, 3, fill_ramp, (void *)starts, NULL, NULL, 0, &err) == 0,
+          "streamed write: %s", err.msg);
+    st_file f;
+    if (st_open(&f, path, &err) == 0) {
+        const st_tensor *small = st_find(&f, "small"), *large = st_find(&f, "large");
+        const st_tensor *plain = st_find(&f, "direct");
+        float a[3], b[20], c[3];
+        CHECK(small && large && plain && st_to_f32(small, a, &err) == 0 &&
+              st_to_f32(large, b, &err) == 0 && st_to_f32(plain, c, &err) == 0,
+              "streamed tensors missing");
+        CHECK(a[0] == 1 && a[2] == 3 && b[0] == 100 && b[19] == 119 && c[1] == 8,
+              "streamed values differ: %g %g %g %g %g", a[0], a[2], b[0], b[19], c[1]);
+        st_close(&f);
+    } else {
+        CHECK(0, "st_open of a streamed file: %s", err.msg);
+    }
+    /* a fill that fails leaves nothing behind: neither the file nor a temporary */
+    char *failed = pesc_path_join(dir, "failed.safetensors");
+    CHECK(st_write_streamed(failed, t, 3, fill_ramp, NULL, NULL, NULL, 0, &err) == -1 &&
+          strstr(err.msg, "device is gone"),
+          "failing fill: %s", err.msg);
+    CHECK(!file_exists(failed) && temp_files_in(dir) == 0, "a failed fill left a file behind");
+    free(failed);
+    free(path);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* writer refusals                                                                          */
 
@@ -717,6 +764,7 @@ int main(void)
     int iterations = iterations_env ? atoi(iterations_env) : 400;
 
     test_roundtrip(template);
+    test_streamed(template);
     test_write_refusals(template);
     test_single_dir(template);
     test_sharded_dir(template);
