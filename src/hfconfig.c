@@ -160,6 +160,33 @@ static int check_shapes(const hf_config *c, const char *where, pesc_error *err)
     return 0;
 }
 
+/* The crafting of an exported PESC model; absent keys mean a dense model. */
+static int parse_crafting(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    c->moe_scaling = 0.25;
+    if (get_int(root, "num_experts", 0, 0, &c->num_experts, where, err) != 0)
+        return -1;
+    if (c->num_experts == 0)
+        return 0;
+    static const char *const needed[] = {"topk", "adapter_dim"};
+    for (int i = 0; i < 2; i++)
+        if (!json_object_get(root, needed[i]))
+            return pesc_fail(err, "%s: \"num_experts\" makes this a PESC model, but \"%s\" is "
+                             "missing (an exported model has topk and adapter_dim)", where,
+                             needed[i]);
+    if (get_int(root, "topk", 1, 0, &c->topk, where, err) ||
+        get_int(root, "adapter_dim", 1, 0, &c->adapter_dim, where, err) ||
+        get_number(root, "moe_scaling", 0.25, &c->moe_scaling, where, err))
+        return -1;
+    if (c->num_experts > 256 || c->topk < 1 || c->topk > c->num_experts || c->adapter_dim < 1 ||
+        !(c->moe_scaling >= 0) || !isfinite(c->moe_scaling))
+        return pesc_fail(err, "%s: num_experts %d, topk %d, adapter_dim %d, moe_scaling %g do "
+                         "not describe a PESC model (1 <= topk <= num_experts <= 256, "
+                         "adapter_dim >= 1, moe_scaling >= 0)", where, c->num_experts, c->topk,
+                         c->adapter_dim, c->moe_scaling);
+    return 0;
+}
+
 int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_error *err)
 {
     memset(c, 0, sizeof *c);
@@ -189,7 +216,7 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
                 err) ||
         get_bool(root, "tie_word_embeddings", 0, &c->tie_word_embeddings, where, err) ||
         parse_rope_scaling(c, root, where, err) || parse_family(c, root, where, err) ||
-        check_shapes(c, where, err))
+        check_shapes(c, where, err) || parse_crafting(c, root, where, err))
         goto out;
     json_t *bos = json_object_get(root, "bos_token_id");
     json_t *eos = json_object_get(root, "eos_token_id");

@@ -1,6 +1,8 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
- * MistralForCausalLM, Qwen2ForCausalLM. Anything else is refused with a message that lists
- * what is supported. Also derives RoPE's inverse frequencies (default, linear, llama3).
+ * MistralForCausalLM, Qwen2ForCausalLM, and the PESC keys of an exported (crafted) model
+ * (num_experts, topk, adapter_dim, moe_scaling, as Camelidae writes them). Anything else is
+ * refused with a message that lists what is supported. Also derives RoPE's inverse
+ * frequencies (default, linear, llama3).
  *
  * Must not: touch weights or backends. */
 #ifndef PESC_HFCONFIG_H
@@ -32,6 +34,12 @@ typedef struct hf_config {
     int o_bias;                  /* llama's attention_bias */
     int sliding_window;          /* mistral; 0 = none */
     int bos_token_id, eos_token_id;   /* -1 when absent */
+    /* A PESC model exported by pesc export (Camelidae's keys): routers and adapters are in
+     * its safetensors. num_experts 0 = a dense model (the keys are absent). */
+    int num_experts;             /* E */
+    int topk;                    /* K */
+    int adapter_dim;             /* R */
+    double moe_scaling;          /* s, 0.25 when absent */
 } hf_config;
 
 /* Parses config.json text; `where` names the file in messages. */

@@ -132,32 +132,52 @@ static int layout_weights(model *m, param_list *list, size_t *largest, pesc_erro
     return 0;
 }
 
-static int load_weights(model *m, const char *dir, pesc_error *err)
+int model_upload_named(model *m, const model_tensor *tensors, int n, model_find_fn find,
+                       const void *source, const char *where, const char *missing,
+                       const char *expectation, pesc_error *err)
+{
+    size_t largest = 0;
+    for (int i = 0; i < n; i++)
+        largest = tensors[i].n > largest ? tensors[i].n : largest;
+    float *staging = xmalloc((largest ? largest : 1) * sizeof *staging);
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const char *file = where;
+        const st_tensor *src = find(source, tensors[i].name, &file);
+        if (!src)
+            rc = pesc_fail(err, "%s: tensor %s is missing (%s)", where, tensors[i].name, missing);
+        else
+            rc = model_upload_tensor(m, &tensors[i], src, file, expectation, staging, err);
+    }
+    free(staging);
+    return rc;
+}
+
+const st_tensor *model_find_in_set(const void *set, const char *name, const char **file)
+{
+    const st_file *f = NULL;
+    const st_tensor *t = st_set_find(set, name, &f);
+    if (t)
+        *file = f->path;
+    return t;
+}
+
+const st_tensor *model_find_in_file(const void *file, const char *name, const char **path)
+{
+    const st_file *f = file;
+    *path = f->path;
+    return st_find(f, name);
+}
+
+static int load_weights(model *m, const st_set *set, pesc_error *err)
 {
     param_list list = {0};
     size_t largest;
-    int rc = -1;
-    st_set set = {0};
-    float *staging = NULL;
-    if (st_set_open(&set, dir, err) != 0 || layout_weights(m, &list, &largest, err) != 0)
-        goto out;
-    staging = xmalloc(largest * sizeof(float));
-    for (int i = 0; i < list.n; i++) {
-        model_tensor *t = &list.items[i];
-        const st_file *file = NULL;
-        const st_tensor *src = st_set_find(&set, t->name, &file);
-        if (!src) {
-            pesc_fail(err, "%s: tensor %s is missing (the checkpoint does not match its "
-                      "config.json)", set.dir, t->name);
-            goto out;
-        }
-        if (model_upload_tensor(m, t, src, file->path, "config.json implies", staging, err))
-            goto out;
-    }
-    rc = 0;
-out:
-    free(staging);
-    st_set_close(&set);
+    int rc = layout_weights(m, &list, &largest, err);
+    if (rc == 0)
+        rc = model_upload_named(m, list.items, list.n, model_find_in_set, set, set->dir,
+                                "the checkpoint does not match its config.json",
+                                "config.json implies", err);
     free(list.slots);
     if (!m->base_tensors)
         free(list.items);
@@ -184,11 +204,18 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
     if (hfconfig_load(&m->config, dir, err) != 0)
         return -1;
     m->layers = xcalloc((size_t)m->config.n_layers, sizeof *m->layers);
-    if (load_weights(m, dir, err) != 0 || upload_inv_freq(m, err) != 0) {
+    st_set set = {0};
+    int rc = st_set_open(&set, dir, err);
+    if (rc == 0)
+        rc = load_weights(m, &set, err);
+    if (rc == 0)
+        rc = upload_inv_freq(m, err);
+    if (rc == 0 && m->config.num_experts > 0)
+        rc = model_load_crafted(m, &set, err);
+    st_set_close(&set);
+    if (rc != 0)
         model_free(m);
-        return -1;
-    }
-    return 0;
+    return rc;
 }
 
 /* Norm weights 1, everything else U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a model that computes

@@ -165,7 +165,9 @@ typedef struct model {
 } model;
 
 /* Loads config.json and the safetensors weights of a model directory onto backend b. Every
- * tensor is checked against the shape config.json implies. */
+ * tensor is checked against the shape config.json implies. A directory written by pesc export
+ * (config.json with num_experts, topk, adapter_dim, moe_scaling) comes back crafted, its
+ * routers and adapters loaded: a missing or misshapen one is an error naming the tensor. */
 int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err);
 void model_free(model *m);
 
@@ -178,6 +180,16 @@ int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t se
  * (A Kaiming-uniform, B = 0), and allocates their gradients. In full mode nothing is added:
  * every base weight becomes trainable. seed drives the initialisation and dropout. */
 int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err);
+
+/* On a crafted model, model_craft crafts again with the options given (they must keep the
+ * experts, top-k and adapter width): routers, adapters and LoRA pairs both craftings share keep
+ * their values, new LoRA pairs start with B = 0, so the model computes what it did. Full mode
+ * is refused there (it would drop the routers and adapters).
+ *
+ * model_merge_lora folds every LoRA pair into its frozen weight, W += (alpha / rank) B A, and
+ * crafts the model again without LoRA: the same function up to float32 rounding, with the
+ * weights Camelidae's modeling code expects. Nothing to do without LoRA. */
+int model_merge_lora(model *m, pesc_error *err);
 
 /* Reads trainables by name from a safetensors file (Camelidae names for routers and adapters;
  * `...{q,k,v,o}_proj.lora_{A,B}.weight`, `...mlp.{gate,up,down}_proj.lora_{A,B}.weight`). When

@@ -148,12 +148,10 @@ static void init_crafted(model *m, const tensor_list *list)
     free(host);
 }
 
-int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
+/* Adds the crafted tensors (or, in full mode, makes every base weight trainable), freshly
+ * initialised, and their gradients. */
+static int craft_fresh(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
 {
-    if (m->crafted || m->grad_block)
-        return pesc_fail(err, "the model is crafted already");
-    if (pesc_options_check(o, err) != 0)
-        return -1;
     m->pesc = *o;
     m->rng = seed ? seed : 0x5eed;
     if (o->mode == TRAIN_FULL) {
@@ -200,6 +198,164 @@ int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
     if (o->mode != TRAIN_FULL)   /* the base stays as it is from here on */
         backend_freeze(m->backend, m->param_block, m->param_floats);
     return 0;
+}
+
+/* Takes the crafted part off a crafted model (the base weights stay). */
+static void uncraft(model *m)
+{
+    backend_free(m->backend, m->crafted_block);
+    backend_free(m->backend, m->grad_block);
+    free(m->pesc_layers);
+    free(m->trainables);
+    model_routing *r = &m->routing;
+    free(r->counts);
+    free(r->first);
+    free(r->gate_sum);
+    free(r->entropy);
+    free(r->source_counts);
+    free(r->last_experts);
+    memset(r, 0, sizeof *r);
+    m->crafted_block = m->grad_block = NULL;
+    m->train_block = NULL;
+    m->pesc_layers = NULL;
+    m->trainables = NULL;
+    m->n_trainables = 0;
+    m->n_train = 0;
+    m->crafted = 0;
+    model_free_activations(m);
+}
+
+/* Crafts a crafted model again with other LoRA settings (or hyperparameters): routers,
+ * adapters and any LoRA pair both craftings have keep their values; new ones start as a
+ * fresh crafting's do (LoRA B = 0, so the function is unchanged). */
+static int recraft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
+{
+    const pesc_options *had = &m->pesc;
+    if (o->mode == TRAIN_FULL)
+        return pesc_fail(err, "the model is a crafted PESC model: --train full would drop its "
+                         "routers and adapters (train its dense base model instead)");
+    if (o->experts != had->experts || o->top_k != had->top_k || o->adapter_dim != had->adapter_dim)
+        return pesc_fail(err, "the model is crafted with %d experts, top-k %d, adapter-dim %d; "
+                         "it cannot be crafted again with %d, %d, %d", had->experts, had->top_k,
+                         had->adapter_dim, o->experts, o->top_k, o->adapter_dim);
+    size_t n_old = m->n_train;
+    float *saved = xmalloc((n_old ? n_old : 1) * sizeof *saved);
+    backend_download(m->backend, saved, m->train_block, n_old * sizeof *saved);
+    model_tensor *old = m->trainables;   /* kept for the names; offsets into saved */
+    int n_old_tensors = m->n_trainables;
+    size_t *offsets = xmalloc((size_t)(n_old_tensors ? n_old_tensors : 1) * sizeof *offsets);
+    for (int j = 0; j < n_old_tensors; j++)
+        offsets[j] = (size_t)(old[j].data - m->train_block);
+    m->trainables = NULL;
+    uncraft(m);
+    int rc = craft_fresh(m, o, seed, err);
+    for (int i = 0; rc == 0 && i < m->n_trainables; i++) {
+        const model_tensor *t = &m->trainables[i];
+        for (int j = 0; j < n_old_tensors; j++)
+            if (old[j].n == t->n && strcmp(old[j].name, t->name) == 0) {
+                backend_upload(m->backend, t->data, saved + offsets[j], t->n * sizeof *saved);
+                break;
+            }
+    }
+    free(offsets);
+    free(old);
+    free(saved);
+    return rc;
+}
+
+int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
+{
+    if (pesc_options_check(o, err) != 0)
+        return -1;
+    if (m->crafted)
+        return recraft(m, o, seed, err);
+    if (m->grad_block)
+        return pesc_fail(err, "the model trains every weight already (--train full); it cannot "
+                         "be crafted");
+    return craft_fresh(m, o, seed, err);
+}
+
+/* out (rows, cols) = in (cols, rows) transposed. */
+static void transpose(float *out, const float *in, int rows, int cols)
+{
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++)
+            out[(size_t)i * cols + j] = in[(size_t)j * rows + i];
+}
+
+static float *site_weight(model *m, int l, int site)
+{
+    model_layer *L = &m->layers[l];
+    float *const weights[LORA_SITES] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+    return weights[site];
+}
+
+int model_merge_lora(model *m, pesc_error *err)
+{
+    if (!m->crafted || m->pesc.lora_rank == 0)
+        return 0;
+    int r = m->pesc.lora_rank;
+    float scale = m->pesc.lora_alpha / (float)r;
+    size_t largest = 0;
+    for (int s = 0; s < LORA_SITES; s++) {
+        int in, out;
+        site_shape(m, s, &in, &out);
+        largest = (size_t)in * out > largest ? (size_t)in * out : largest;
+    }
+    int max_in = m->config.hidden_size > m->config.intermediate_size ? m->config.hidden_size
+                                                                     : m->config.intermediate_size;
+    int q = m->config.n_heads * m->config.head_dim;
+    max_in = q > max_in ? q : max_in;
+    float *delta = backend_alloc(m->backend, largest * sizeof(float), err);
+    float *a_t = backend_alloc(m->backend, (size_t)max_in * r * sizeof(float), err);
+    float *host = xmalloc((size_t)max_in * r * sizeof *host);
+    float *host_t = xmalloc((size_t)max_in * r * sizeof *host_t);
+    int rc = delta && a_t ? 0 : -1;
+    for (int l = 0; rc == 0 && l < m->config.n_layers; l++)
+        for (int s = 0; s < LORA_SITES; s++) {
+            if (!lora_on(m, s))
+                continue;
+            int in, out;
+            site_shape(m, s, &in, &out);
+            /* W (out, in) += scale * B (out, r) @ A (r, in); matmul_forward multiplies by a
+             * transposed weight, so it gets A^T (in, r) */
+            backend_download(m->backend, host, m->pesc_layers[l].lora_a[s],
+                             (size_t)r * in * sizeof *host);
+            transpose(host_t, host, in, r);
+            backend_upload(m->backend, a_t, host_t, (size_t)in * r * sizeof *host_t);
+            matmul_forward(m->backend, delta, m->pesc_layers[l].lora_b[s], a_t, NULL, out, r, in);
+            vector_axpy(m->backend, site_weight(m, l, s), delta, scale, (size_t)out * in);
+        }
+    free(host_t);
+    free(host);
+    if (m->backend) {
+        backend_free(m->backend, a_t);
+        backend_free(m->backend, delta);
+    }
+    if (rc != 0)
+        return -1;
+    /* the pairs are in the weights now: craft again without them */
+    pesc_options o = m->pesc;
+    o.lora_rank = 0;
+    return model_craft(m, &o, m->rng, err);
+}
+
+int model_load_crafted(model *m, const st_set *set, pesc_error *err)
+{
+    const hf_config *c = &m->config;
+    pesc_options o;
+    pesc_options_default(&o);
+    o.experts = c->num_experts;
+    o.top_k = c->topk;
+    o.adapter_dim = c->adapter_dim;
+    o.adapter_scale = (float)c->moe_scaling;
+    if (model_craft(m, &o, 0, err) != 0)
+        return -1;
+    char missing[160];
+    snprintf(missing, sizeof missing, "config.json makes this a PESC model with num_experts %d, "
+             "topk %d, adapter_dim %d; export it again", c->num_experts, c->topk, c->adapter_dim);
+    return model_upload_named(m, m->trainables, m->n_trainables, model_find_in_set, set,
+                              set->dir, missing, "config.json implies", err);
 }
 
 void model_zero_grad(model *m)
@@ -282,11 +438,20 @@ int model_load_trainables(model *m, const char *path, pesc_error *err)
         return -1;
     pesc_options wanted;
     int rc = -1;
-    float *staging = NULL;
     if (options_from_file(&f, &wanted, err) != 0)
         goto out;
     if (!m->grad_block) {
         if (model_craft(m, &wanted, 0, err) != 0)
+            goto out;
+    } else if (m->crafted && wanted.mode == TRAIN_PESC && wanted.experts == m->pesc.experts &&
+               wanted.top_k == m->pesc.top_k && wanted.adapter_dim == m->pesc.adapter_dim &&
+               !same_crafting(&m->pesc, &wanted)) {
+        /* a crafted model (an exported one) and a file with other LoRA pairs: take the file's */
+        pesc_options o = m->pesc;
+        o.lora_rank = wanted.lora_rank;
+        o.lora_alpha = wanted.lora_alpha;
+        o.lora_targets = wanted.lora_targets;
+        if (model_craft(m, &o, m->rng, err) != 0)
             goto out;
     } else if (!same_crafting(&m->pesc, &wanted)) {
         pesc_fail(err, "%s: crafted with experts %d, top-k %d, adapter-dim %d, lora-rank %d; "
@@ -298,24 +463,10 @@ int model_load_trainables(model *m, const char *path, pesc_error *err)
     /* the file's scale wins: it is part of the trained function */
     m->pesc.adapter_scale = wanted.adapter_scale;
     m->pesc.lora_alpha = wanted.lora_alpha;
-    size_t largest = 0;
-    for (int i = 0; i < m->n_trainables; i++)
-        largest = m->trainables[i].n > largest ? m->trainables[i].n : largest;
-    staging = xmalloc(largest * sizeof *staging);
-    for (int i = 0; i < m->n_trainables; i++) {
-        const model_tensor *t = &m->trainables[i];
-        const st_tensor *src = st_find(&f, t->name);
-        if (!src) {
-            pesc_fail(err, "%s: tensor %s is missing (the file was saved from a different "
-                      "crafting)", path, t->name);
-            goto out;
-        }
-        if (model_upload_tensor(m, t, src, path, "the crafted model needs", staging, err))
-            goto out;
-    }
-    rc = 0;
+    rc = model_upload_named(m, m->trainables, m->n_trainables, model_find_in_file, &f, path,
+                            "the file was saved from a different crafting",
+                            "the crafted model needs", err);
 out:
-    free(staging);
     st_close(&f);
     return rc;
 }

@@ -89,11 +89,35 @@ static void test_rope(void)
     CHECK(fabs(f[3] - pow(10000.0, -0.75) / 8) < 1e-9, "llama3 low frequency scaled: %g", f[3]);
 }
 
+/* An exported PESC model: Camelidae's keys; absent keys mean a dense model. */
+static void test_crafting(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE "}", "x", &err);
+    CHECK(rc == 0 && c.num_experts == 0, "dense: num_experts %d", c.num_experts);
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                        ", \"num_experts\": 8, \"topk\": 2, \"adapter_dim\": 64, "
+                        "\"moe_scaling\": 0.5, \"output_router_logits\": false}", "x", &err);
+    CHECK(rc == 0 && c.num_experts == 8 && c.topk == 2 && c.adapter_dim == 64 &&
+          c.moe_scaling == 0.5, "crafted: %s", err.msg);
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                        ", \"num_experts\": 4, \"topk\": 1, \"adapter_dim\": 8}", "x", &err);
+    CHECK(rc == 0 && c.moe_scaling == 0.25, "moe_scaling defaults to 0.25: %g", c.moe_scaling);
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"num_experts\": 4, \"adapter_dim\": 8}", "\"topk\" is missing");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"num_experts\": 4, \"topk\": 5, \"adapter_dim\": 8}", "topk 5");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                 ", \"num_experts\": 4, \"topk\": 2, \"adapter_dim\": 0}", "adapter_dim 0");
+}
+
 int main(void)
 {
     test_defaults();
     test_families();
     test_rope();
+    test_crafting();
     expect_error("{", "not valid JSON");
     expect_error("[1]", "JSON object");
     expect_error("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}",

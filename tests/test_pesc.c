@@ -2,6 +2,8 @@
  *   - at step 0 the crafted model's loss equals the dense model's exactly (U = 0, LoRA B = 0);
  *   - steps on the load-balancing loss alone move a router biased to one expert toward balance;
  *   - adapter files round-trip (Camelidae names, metadata) into a fresh, uncrafted model;
+ *   - crafting a crafted model again keeps its routers and adapters; merged LoRA keeps the
+ *     logits;
  *   - gradient accumulation: two half-scaled micro-batches give one batch's gradient;
  *   - the learning-rate schedules follow Hugging Face's formulas;
  *   - activation recomputation gives bit-identical losses, gradients and routing statistics
@@ -210,6 +212,90 @@ static void test_roundtrip(const char *root)
     model_free(&a);
     model_free(&b);
     model_free(&c);
+}
+
+/* Every trainable gets a value (LoRA B and adapter_up too), so nothing is zero by chance. */
+static void fill_trainables(model *m)
+{
+    float *host = malloc(m->n_train * sizeof *host);
+    for (size_t i = 0; i < m->n_train; i++)
+        host[i] = (float)sin((double)i * 0.37) * 0.2f;
+    backend_upload(be, m->train_block, host, m->n_train * sizeof *host);
+    free(host);
+}
+
+/* The logits (12 x V) of one fixed sequence. */
+static float *sequence_logits(model *m)
+{
+    static const int32_t ids[12] = {1, 5, 9, 2, 33, 17, 4, 60, 12, 3, 8, 41};
+    int32_t targets[12];
+    model_shift_targets(targets, ids, NULL, 12);
+    float *logits = malloc(12 * (size_t)m->config.vocab_size * sizeof *logits);
+    double nll;
+    long long n;
+    pesc_error err;
+    if (model_forward(m, ids, 1, 12, &err) != 0 || model_nll(m, targets, &nll, &n, logits, &err))
+        die(&err);
+    return logits;
+}
+
+/* Crafting a crafted model again keeps routers and adapters (new LoRA starts at B = 0); merging
+ * LoRA into the weights keeps the function and leaves routers and adapters as they were. */
+static void test_recraft_and_merge(const char *root)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/reference/data/qwen2-bias-f32", root);
+    model m;
+    pesc_error err;
+    pesc_options o;
+    pesc_options_default(&o);
+    o.experts = 4;
+    o.adapter_dim = 8;
+    if (model_load(&m, dir, be, &err) != 0 || model_craft(&m, &o, 11, &err) != 0)
+        die(&err);
+    fill_trainables(&m);
+    double before = dataset_loss(&m);
+    float router[4];
+    backend_download(be, router, m.pesc_layers[1].router, sizeof router);
+    o.lora_rank = 2;
+    o.lora_alpha = 8.0f;
+    if (model_craft(&m, &o, 5, &err) != 0)
+        die(&err);
+    double after = dataset_loss(&m);
+    float router_after[4];
+    backend_download(be, router_after, m.pesc_layers[1].router, sizeof router_after);
+    CHECK(after == before && m.pesc.lora_rank == 2 &&
+          memcmp(router, router_after, sizeof router) == 0,
+          "crafting again with LoRA keeps routers and adapters: loss %.9g == %.9g", after, before);
+    o.experts = 8;
+    CHECK(model_craft(&m, &o, 5, &err) != 0 && strstr(err.msg, "crafted with 4 experts"),
+          "crafting again with other experts refused: %s", err.msg);
+
+    /* LoRA with values, merged */
+    fill_trainables(&m);
+    int V = m.config.vocab_size;
+    float *with_lora = sequence_logits(&m), wq[8], wq_merged[8];
+    backend_download(be, wq, m.layers[0].wq, sizeof wq);
+    backend_download(be, router, m.pesc_layers[1].router, sizeof router);
+    int lora_tensors = m.n_trainables;
+    if (model_merge_lora(&m, &err) != 0)
+        die(&err);
+    float *merged = sequence_logits(&m);
+    backend_download(be, wq_merged, m.layers[0].wq, sizeof wq_merged);
+    backend_download(be, router_after, m.pesc_layers[1].router, sizeof router_after);
+    double diff = 0.0, moved = 0.0;
+    for (int i = 0; i < 12 * V; i++)
+        diff = fmax(diff, fabs((double)merged[i] - with_lora[i]));
+    for (int i = 0; i < 8; i++)
+        moved = fmax(moved, fabs((double)wq_merged[i] - wq[i]));
+    CHECK(diff < 1e-5 && moved > 1e-3 && m.pesc.lora_rank == 0 &&
+          m.n_trainables == 2 * (1 + 2 * 4) && lora_tensors > m.n_trainables &&
+          memcmp(router, router_after, sizeof router) == 0,
+          "LoRA merged into the weights (q_proj moved by %.3g): logits within %.3g of the "
+          "unmerged model, routers kept, no LoRA left", moved, diff);
+    free(with_lora);
+    free(merged);
+    model_free(&m);
 }
 
 static void test_accumulation(void)
@@ -493,6 +579,7 @@ int main(void)
     test_step0_equality(root ? root : ".");
     test_aux_balances();
     test_roundtrip(root ? root : ".");
+    test_recraft_and_merge(root ? root : ".");
     test_accumulation();
     test_schedules();
     test_kv_cache(root ? root : ".");
