@@ -60,6 +60,12 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(run, "batch", json_integer(st->batch));
     json_object_set_new(run, "grad_accum", json_integer(st->grad_accum));
     json_object_set_new(run, "seed", hex64(st->seed));
+    json_object_set_new(run, "model",
+                        st->base_model[0] ? json_string(st->base_model) : json_null());
+    if (st->init_config[0])
+        json_object_set_new(run, "init_config", json_string(st->init_config));
+    if (st->tokenizer[0])
+        json_object_set_new(run, "tokenizer", json_string(st->tokenizer));
     json_object_set_new(o, "run", run);
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(o);
@@ -70,6 +76,12 @@ static uint64_t parse_hex(json_t *v)
 {
     const char *s = json_string_value(v);
     return s ? strtoull(s, NULL, 16) : 0;
+}
+
+/* A JSON string into buf; "" when it is absent or not a string. */
+static void copy_string(char *buf, size_t n, json_t *v)
+{
+    snprintf(buf, n, "%s", json_is_string(v) ? json_string_value(v) : "");
 }
 
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err)
@@ -117,6 +129,9 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->batch = (int)json_integer_value(json_object_get(run, "batch"));
     st->grad_accum = (int)json_integer_value(json_object_get(run, "grad_accum"));
     st->seed = parse_hex(json_object_get(run, "seed"));
+    copy_string(st->base_model, sizeof st->base_model, json_object_get(run, "model"));
+    copy_string(st->init_config, sizeof st->init_config, json_object_get(run, "init_config"));
+    copy_string(st->tokenizer, sizeof st->tokenizer, json_object_get(run, "tokenizer"));
     p->aux_coef = (float)st->aux_coef;
     json_decref(o);
     free(path);
@@ -285,6 +300,14 @@ int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err)
 out:
     st_close(&f);
     free(moments);
+    free(trainables);
+    return rc;
+}
+
+int checkpoint_load_weights(const char *dir, model *m, pesc_error *err)
+{
+    char *trainables = pesc_path_join(dir, TRAINABLES_FILE);
+    int rc = model_load_trainables(m, trainables, err);
     free(trainables);
     return rc;
 }

@@ -1,6 +1,6 @@
 /* checkpoint — a training run saved so it continues exactly: the trainables (Camelidae names),
  * the AdamW moments and state.json (step, schedule position, live overrides, RNG, data
- * cursor, the run's shape, a fingerprint of the base model).
+ * cursor, the run's shape, where the base model is and a fingerprint of it).
  *
  * A checkpoint is DIR/step-NNNNNNNN/; it is written under a temporary name, every file
  * fsync'd, then renamed, so a kill at any instant leaves the previous one whole. The newest
@@ -27,6 +27,13 @@ typedef struct checkpoint_state {
     double elapsed_s;
     long nan_skipped;
     uint64_t base_fingerprint;
+    /* Where the base came from, so that export finds it without --model: an absolute model
+     * directory, or the --init-config file of a run that started from random weights (the
+     * seed makes them again). Empty in checkpoints written before pesc export. tokenizer is
+     * the run's --tokenizer file, empty when it used the model's own. */
+    char base_model[4096];
+    char init_config[4096];
+    char tokenizer[4096];
     /* what must match to continue */
     pesc_options pesc;
     int seq, batch, grad_accum;
@@ -43,6 +50,10 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
 /* Loads trainables and moments into a model crafted as st->pesc says and an optimizer sized
  * for it. */
 int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err);
+
+/* Loads only the trained weights (no AdamW moments) into a model, crafting it as the file's
+ * metadata says: what export needs. */
+int checkpoint_load_weights(const char *dir, model *m, pesc_error *err);
 
 /* A fingerprint of the base model: config.json and every base tensor's name, shape and a
  * sample of its values. */

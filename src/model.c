@@ -256,6 +256,20 @@ int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t se
     return 0;
 }
 
+int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64_t seed,
+                      pesc_error *err)
+{
+    hf_config shape;
+    char *text = NULL;
+    int rc = pesc_read_file(config_path, &text, NULL, err);
+    if (rc == 0)
+        rc = hfconfig_parse(&shape, text, config_path, err);
+    free(text);
+    if (rc == 0)
+        rc = model_init_random(m, &shape, b, seed, err);
+    return rc;
+}
+
 void model_free(model *m)
 {
     if (m->backend) {

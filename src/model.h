@@ -174,6 +174,9 @@ void model_free(model *m);
 /* A model of the given shape with random weights (benchmarks, tests); no files. */
 int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t seed,
                       pesc_error *err);
+/* The same from a config.json file (--init-config): the seed makes the same weights again. */
+int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64_t seed,
+                      pesc_error *err);
 
 /* Crafts the loaded dense model: adds routers (Kaiming-uniform), adapters (down
  * Kaiming-uniform, up = 0, so the crafted model equals the dense one exactly) and LoRA pairs
@@ -190,6 +193,8 @@ int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
  * crafts the model again without LoRA: the same function up to float32 rounding, with the
  * weights Camelidae's modeling code expects. Nothing to do without LoRA. */
 int model_merge_lora(model *m, pesc_error *err);
+/* The frozen weight a LoRA site of a layer adapts (wq for LORA_Q, ...). */
+float *model_lora_weight(const model *m, int layer, int site);
 
 /* Reads trainables by name from a safetensors file (Camelidae names for routers and adapters;
  * `...{q,k,v,o}_proj.lora_{A,B}.weight`, `...mlp.{gate,up,down}_proj.lora_{A,B}.weight`). When

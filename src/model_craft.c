@@ -283,9 +283,9 @@ static void transpose(float *out, const float *in, int rows, int cols)
             out[(size_t)i * cols + j] = in[(size_t)j * rows + i];
 }
 
-static float *site_weight(model *m, int l, int site)
+float *model_lora_weight(const model *m, int layer, int site)
 {
-    model_layer *L = &m->layers[l];
+    const model_layer *L = &m->layers[layer];
     float *const weights[LORA_SITES] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
     return weights[site];
 }
@@ -324,7 +324,7 @@ int model_merge_lora(model *m, pesc_error *err)
             transpose(host_t, host, in, r);
             backend_upload(m->backend, a_t, host_t, (size_t)in * r * sizeof *host_t);
             matmul_forward(m->backend, delta, m->pesc_layers[l].lora_b[s], a_t, NULL, out, r, in);
-            vector_axpy(m->backend, site_weight(m, l, s), delta, scale, (size_t)out * in);
+            vector_axpy(m->backend, model_lora_weight(m, l, s), delta, scale, (size_t)out * in);
         }
     free(host_t);
     free(host);

@@ -118,10 +118,17 @@ static int parse_float(const char *flag, const char *arg, double min, double max
 int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err)
 {
     switch (val) {
-    case OPT_EXPERTS: return parse_int("--experts", arg, 1, 256, &o->experts, err);
-    case OPT_TOP_K: return parse_int("--top-k", arg, 1, 256, &o->top_k, err);
-    case OPT_ADAPTER_DIM: return parse_int("--adapter-dim", arg, 1, 65536, &o->adapter_dim, err);
+    case OPT_EXPERTS:
+        o->given |= PESC_GIVEN_EXPERTS;
+        return parse_int("--experts", arg, 1, 256, &o->experts, err);
+    case OPT_TOP_K:
+        o->given |= PESC_GIVEN_TOP_K;
+        return parse_int("--top-k", arg, 1, 256, &o->top_k, err);
+    case OPT_ADAPTER_DIM:
+        o->given |= PESC_GIVEN_ADAPTER_DIM;
+        return parse_int("--adapter-dim", arg, 1, 65536, &o->adapter_dim, err);
     case OPT_ADAPTER_SCALE:
+        o->given |= PESC_GIVEN_ADAPTER_SCALE;
         return parse_float("--adapter-scale", arg, 0.0, 1e6, &o->adapter_scale, err);
     case OPT_ADAPTER_DROPOUT:
         return parse_float("--adapter-dropout", arg, 0.0, 0.99, &o->adapter_dropout, err);

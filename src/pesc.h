@@ -27,7 +27,15 @@ typedef struct pesc_options {
     int lora_rank;               /* 0 = no LoRA */
     float lora_alpha;            /* 16 */
     unsigned lora_targets;       /* bit (1 << LORA_*) per site; all seven by default */
+    unsigned given;              /* PESC_GIVEN_* bits: set on the command line, not defaults */
 } pesc_options;
+
+/* What pesc_apply_option records in `given`: a crafted model's own values win over defaults
+ * but not over flags that contradict them (those are refused). */
+enum {
+    PESC_GIVEN_EXPERTS = 1u << 0, PESC_GIVEN_TOP_K = 1u << 1, PESC_GIVEN_ADAPTER_DIM = 1u << 2,
+    PESC_GIVEN_ADAPTER_SCALE = 1u << 3
+};
 
 void pesc_options_default(pesc_options *o);
 

@@ -6,6 +6,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -511,6 +512,13 @@ out:
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
 
+/* path made absolute into buf ("" for NULL; the path as it is when it cannot be resolved). */
+static void absolute_path(char *buf, size_t n, const char *path)
+{
+    char resolved[PATH_MAX];
+    snprintf(buf, n, "%s", !path ? "" : realpath(path, resolved) ? resolved : path);
+}
+
 static void fill_state(session *s, checkpoint_state *st)
 {
     memset(st, 0, sizeof *st);
@@ -530,6 +538,11 @@ static void fill_state(session *s, checkpoint_state *st)
     st->batch = s->cfg.batch;
     st->grad_accum = s->cfg.grad_accum;
     st->seed = s->cfg.seed;
+    /* absolute, so that export finds the base from any directory */
+    absolute_path(st->init_config, sizeof st->init_config, s->cfg.init_config);
+    if (!s->cfg.init_config)
+        absolute_path(st->base_model, sizeof st->base_model, s->model_dir);
+    absolute_path(st->tokenizer, sizeof st->tokenizer, s->cfg.tokenizer);
 }
 
 static int save_now(session *s)
@@ -922,15 +935,36 @@ static int load_model(session *s, pesc_error *err)
 {
     if (!s->cfg.init_config)
         return model_load(&s->m, s->model_dir, s->backend, err);
-    hf_config shape;
-    char *text = NULL;
-    int rc = pesc_read_file(s->cfg.init_config, &text, NULL, err);
-    if (rc == 0)
-        rc = hfconfig_parse(&shape, text, s->cfg.init_config, err);
-    free(text);
-    if (rc == 0)
-        rc = model_init_random(&s->m, &shape, s->backend, s->cfg.seed, err);
-    return rc;
+    return model_init_config(&s->m, s->cfg.init_config, s->backend, s->cfg.seed, err);
+}
+
+/* A model written by pesc export comes crafted: its experts, top-k, adapter width and scale
+ * are part of the trained model, so the run takes them; a flag that asks for other values is
+ * refused rather than silently ignored. LoRA and the training hyperparameters are the run's. */
+static int adopt_crafting(session *s, pesc_error *err)
+{
+    pesc_options *want = &s->cfg.pesc;
+    const pesc_options *has = &s->m.pesc;
+    if (want->mode == TRAIN_FULL)
+        return pesc_fail(err, "--train full: %s is a crafted PESC model (num_experts %d); full "
+                         "mode trains a dense model, so give its dense base", s->model_dir,
+                         has->experts);
+    static const struct { unsigned bit; const char *flag, *key; } keys[] = {
+        {PESC_GIVEN_EXPERTS, "--experts", "num_experts"}, {PESC_GIVEN_TOP_K, "--top-k", "topk"},
+        {PESC_GIVEN_ADAPTER_DIM, "--adapter-dim", "adapter_dim"},
+        {PESC_GIVEN_ADAPTER_SCALE, "--adapter-scale", "moe_scaling"}};
+    const double asked[] = {want->experts, want->top_k, want->adapter_dim, want->adapter_scale};
+    const double own[] = {has->experts, has->top_k, has->adapter_dim, has->adapter_scale};
+    for (int i = 0; i < 4; i++)
+        if ((want->given & keys[i].bit) && asked[i] != own[i])
+            return pesc_fail(err, "%s %g: %s/config.json has %s %g, and a crafted model keeps its "
+                             "own (leave the flag out)", keys[i].flag, asked[i], s->model_dir,
+                             keys[i].key, own[i]);
+    want->experts = has->experts;
+    want->top_k = has->top_k;
+    want->adapter_dim = has->adapter_dim;
+    want->adapter_scale = has->adapter_scale;
+    return 0;
 }
 
 /* --log FILE is the built-in jsonl sink, first; then every --sink. A log that cannot be
@@ -1014,6 +1048,9 @@ static int setup(session *s, pesc_error *err)
     if (load_model(s, err) != 0 || load_tokenizer(s, err) != 0 || open_data(s, err) != 0)
         return -1;
     s->fingerprint = checkpoint_fingerprint(&s->m);   /* before full mode trains the weights */
+    if (s->m.crafted && adopt_crafting(s, err) != 0)
+        return -1;
+    /* on an exported model this crafts again, keeping its routers and adapters */
     if (model_craft(&s->m, &c->pesc, c->seed, err) != 0)
         return -1;
     s->m.recompute = c->recompute;
