@@ -15,5 +15,6 @@ int cmd_view(int argc, char **argv);
 int cmd_tui(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_demo_data(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 #endif

@@ -20,14 +20,13 @@ static const char overview[] =
     "  devices   compute devices this build can use\n"
     "  train     craft and instruction-tune a model without a screen (--headless)\n"
     "  generate  answer a prompt with a model (and its adapters), streaming\n"
+    "  export    a checkpoint as a Camelidae-layout model directory\n"
     "  bench     training-step throughput and MFU on a random PESC model\n"
     "  tokenize  text to token ids with a Hugging Face tokenizer.json\n"
     "  fetch     download files and models (hf://, http(s)://) into the cache\n"
     "  plugins   dataset formats and metric sinks: built-in and plugin modules\n"
     "  view      the workbench on a headless run's log (--attach SOCKET to steer it)\n"
     "  demo-data the built-in demo's instruction data, as camelidae JSONL\n"
-    "\n"
-    "Not in this build yet: export.\n"
     "\n"
     "  pesc COMMAND --help    options of one command\n"
     "  pesc --version         version and built backends\n"
@@ -51,6 +50,7 @@ static const command commands[] = {
     {"tui", cmd_tui},
     {"generate", cmd_generate},
     {"demo-data", cmd_demo_data},
+    {"export", cmd_export},
 };
 
 int main(int argc, char **argv)

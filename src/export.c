@@ -1,0 +1,345 @@
+/* export — see export.h. */
+#include "export.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "fetch_view.h"
+#include "model.h"
+#include "safetensors.h"
+
+/* What travels with the weights when the base has it. */
+static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json",
+                                         "special_tokens_map.json", "generation_config.json",
+                                         "tokenizer.model"};
+
+/* ---- the base of a checkpoint ------------------------------------------------------------- */
+
+typedef struct export_base {
+    char *dir;                   /* the model directory; NULL for an --init-config run */
+    char *config;                /* its config.json, or the --init-config file */
+} export_base;
+
+static void base_free(export_base *b)
+{
+    free(b->dir);
+    free(b->config);
+}
+
+/* --model, else what state.json recorded; checkpoints from before export recorded nothing. */
+static int find_base(const export_options *o, const checkpoint_state *st, const char *ckpt,
+                     export_base *b, pesc_error *err)
+{
+    if (o->base) {
+        if (fetch_view_resolve_model(o->base, &b->dir, err) != 0)
+            return -1;
+    } else if (st->base_model[0]) {
+        if (access(st->base_model, R_OK) != 0)
+            return pesc_fail(err, "%s/state.json: its base model %s is not there any more (%s); "
+                             "name it with --model DIR", ckpt, st->base_model, strerror(errno));
+        b->dir = xstrdup(st->base_model);
+    } else if (st->init_config[0]) {
+        if (access(st->init_config, R_OK) != 0)
+            return pesc_fail(err, "%s/state.json: the run started from --init-config %s, which "
+                             "is not there any more (%s); name a base with --model DIR", ckpt,
+                             st->init_config, strerror(errno));
+        b->config = xstrdup(st->init_config);
+        return 0;
+    } else {
+        return pesc_fail(err, "%s/state.json does not say which base model was trained (the "
+                         "checkpoint is older than pesc export); name it with --model DIR", ckpt);
+    }
+    b->config = pesc_path_join(b->dir, "config.json");
+    return 0;
+}
+
+static int load_base(model *m, const export_base *b, const checkpoint_state *st,
+                     pesc_backend *be, pesc_error *err)
+{
+    if (b->dir)
+        return model_load(m, b->dir, be, err);
+    return model_init_config(m, b->config, be, st->seed, err);
+}
+
+/* ---- the output directory ----------------------------------------------------------------- */
+
+static int is_empty_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    struct dirent *e;
+    int empty = 1;
+    while (empty && (e = readdir(d)))
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
+/* 1 when `inner` (an existing path) is `outer` or lies under it. */
+static int lies_within(const char *inner, const char *outer)
+{
+    char a[PATH_MAX], b[PATH_MAX];
+    if (!inner || !realpath(inner, a) || !realpath(outer, b))
+        return 0;
+    size_t n = strlen(b);
+    return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/' || n == 1);
+}
+
+/* Refuses an out that exists and is not empty (without force), and one that holds the
+ * checkpoint or the base: replacing it would destroy what is being exported. */
+static int check_out(const export_options *o, const char *ckpt, const export_base *b,
+                     pesc_error *err)
+{
+    struct stat st;
+    if (lstat(o->out, &st) != 0)
+        return 0;
+    const char *inside = lies_within(ckpt, o->out) ? ckpt
+                         : lies_within(b->dir, o->out) ? b->dir
+                         : lies_within(b->config, o->out) ? b->config : NULL;
+    if (inside)
+        return pesc_fail(err, "-o %s holds %s, which this export reads; choose another -o",
+                         o->out, inside);
+    if (!o->force && !(S_ISDIR(st.st_mode) && is_empty_dir(o->out)))
+        return pesc_fail(err, "-o %s already exists and is not empty; choose another directory "
+                         "or add --force to replace it", o->out);
+    return 0;
+}
+
+/* ---- config.json -------------------------------------------------------------------------- */
+
+/* The shortest decimal that reads back as the same float: 0.1f is written 0.1. */
+static double short_decimal(float f)
+{
+    char buf[32];
+    for (int digits = 6; digits < 9; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, (double)f);
+        if ((float)strtod(buf, NULL) == f)
+            return strtod(buf, NULL);
+    }
+    return (double)f;
+}
+
+/* The digits every real in v needs to read back exactly (at least printf's 6, which keeps
+ * 10000.0 out of exponent form): jansson writes all reals with one precision, and 17 would
+ * turn the base's 1e-05 into 1.0000000000000001e-05. */
+static int real_digits(json_t *v)
+{
+    int most = 6;
+    if (json_is_real(v)) {
+        double x = json_real_value(v);
+        char buf[40];
+        for (; most < 17; most++) {
+            snprintf(buf, sizeof buf, "%.*g", most, x);
+            if (strtod(buf, NULL) == x)
+                break;
+        }
+    } else if (json_is_object(v)) {
+        const char *key;
+        json_t *item;
+        json_object_foreach(v, key, item) {
+            int d = real_digits(item);
+            most = d > most ? d : most;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item) {
+            int d = real_digits(item);
+            most = d > most ? d : most;
+        }
+    }
+    return most;
+}
+
+static int write_config(const export_base *b, const model *m, const char *path, pesc_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(b->config, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return pesc_fail(err, "%s: not valid JSON (line %d: %s)", b->config, jerr.line, jerr.text);
+    static const char *const keys[] = {"num_experts", "topk", "adapter_dim", "moe_scaling",
+                                       "output_router_logits"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        json_object_del(root, keys[i]);
+    if (m->crafted) {
+        const pesc_options *p = &m->pesc;
+        json_object_set_new(root, "num_experts", json_integer(p->experts));
+        json_object_set_new(root, "topk", json_integer(p->top_k));
+        json_object_set_new(root, "adapter_dim", json_integer(p->adapter_dim));
+        json_object_set_new(root, "moe_scaling", json_real(short_decimal(p->adapter_scale)));
+        json_object_set_new(root, "output_router_logits", json_false());
+    }
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
+                                      JSON_REAL_PRECISION(real_digits(root)));
+    json_decref(root);
+    size_t len = strlen(text);
+    text = xrealloc(text, len + 2);
+    strcpy(text + len, "\n");
+    int rc = pesc_write_file(path, text, len + 1, err);
+    free(text);
+    return rc;
+}
+
+/* ---- model.safetensors -------------------------------------------------------------------- */
+
+typedef struct weight_writer {
+    pesc_backend *backend;
+    const float **device;        /* (n) where a tensor without file data lives on the backend */
+} weight_writer;
+
+static int fill_from_device(void *ctx, int index, void *buf, size_t nbytes, pesc_error *err)
+{
+    const weight_writer *w = ctx;
+    backend_download(w->backend, buf, w->device[index], nbytes);
+    return backend_check(w->backend, err);
+}
+
+static int lora_merged_into(const model *m, int rank, unsigned sites, const float *w)
+{
+    for (int l = 0; rank > 0 && l < m->config.n_layers; l++)
+        for (int s = 0; s < LORA_SITES; s++)
+            if ((sites & (1u << s)) && model_lora_weight(m, l, s) == w)
+                return 1;
+    return 0;
+}
+
+/* base: the base's files (NULL for random weights). A base weight training left alone is the
+ * file's own bytes; everything else comes off the backend in F32. */
+static int write_weights(const model *m, const st_set *base, int lora_rank, unsigned lora_sites,
+                         const char *path, export_report *r, pesc_error *err)
+{
+    int full = m->pesc.mode == TRAIN_FULL;
+    int n = m->n_base_tensors + (m->crafted ? m->n_trainables : 0);
+    st_write_tensor *t = xcalloc((size_t)n, sizeof *t);
+    weight_writer w = {m->backend, xcalloc((size_t)n, sizeof *w.device)};
+    for (int i = 0; i < n; i++) {
+        int is_base = i < m->n_base_tensors;
+        const model_tensor *mt = is_base ? &m->base_tensors[i]
+                                         : &m->trainables[i - m->n_base_tensors];
+        const st_tensor *src = is_base && base ? st_set_find(base, mt->name, NULL) : NULL;
+        int kept = src && !full && !lora_merged_into(m, lora_rank, lora_sites, mt->data) &&
+                   (src->dtype == ST_F32 || src->dtype == ST_F16 || src->dtype == ST_BF16);
+        t[i] = (st_write_tensor){.name = mt->name, .dtype = kept ? src->dtype : ST_F32,
+                                 .ndim = mt->ndim, .shape = {mt->shape[0], mt->shape[1]},
+                                 .data = kept ? src->data : NULL};
+        w.device[i] = kept ? NULL : mt->data;
+        r->kept += kept;
+        r->bytes += (double)mt->n * (double)st_dtype_size(t[i].dtype);
+    }
+    r->tensors = n;
+    const char *keys[] = {"format"}, *values[] = {"pt"};   /* transformers checks it */
+    int rc = st_write_streamed(path, t, n, fill_from_device, &w, keys, values, 1, err);
+    free(w.device);
+    free(t);
+    return rc;
+}
+
+/* ---- the whole directory ------------------------------------------------------------------ */
+
+static int copy_side_files(const export_base *b, const checkpoint_state *st, const char *tmp,
+                           pesc_error *err)
+{
+    for (size_t i = 0; b->dir && i < sizeof side_files / sizeof *side_files; i++) {
+        char *from = pesc_path_join(b->dir, side_files[i]), *to = pesc_path_join(tmp, side_files[i]);
+        int rc = access(from, R_OK) == 0 ? pesc_copy_file(from, to, err) : 0;
+        free(from);
+        free(to);
+        if (rc != 0)
+            return -1;
+    }
+    if (!st->tokenizer[0])
+        return 0;
+    /* the run's own --tokenizer is the one its model was trained with */
+    char *to = pesc_path_join(tmp, "tokenizer.json");
+    int rc = pesc_copy_file(st->tokenizer, to, err);
+    free(to);
+    if (rc != 0)
+        return pesc_fail_prefix(err, "the run's --tokenizer");
+    return 0;
+}
+
+static int write_dir(const export_options *o, const export_base *b, const checkpoint_state *st,
+                     const model *m, const st_set *base, int lora_rank, unsigned lora_sites,
+                     export_report *r, pesc_error *err)
+{
+    char *tmp = NULL;
+    if (pesc_dir_begin(o->out, &tmp, err) != 0)
+        return -1;
+    char *config = pesc_path_join(tmp, "config.json");
+    char *weights = pesc_path_join(tmp, "model.safetensors");
+    int rc = -1;
+    if (write_config(b, m, config, err) == 0 &&
+        write_weights(m, base, lora_rank, lora_sites, weights, r, err) == 0 &&
+        copy_side_files(b, st, tmp, err) == 0 && pesc_dir_commit(tmp, o->out, err) == 0)
+        rc = 0;
+    if (rc != 0)
+        pesc_dir_abort(tmp);
+    free(weights);
+    free(config);
+    free(tmp);
+    return rc;
+}
+
+int export_checkpoint(const export_options *o, export_report *r, pesc_error *err)
+{
+    memset(r, 0, sizeof *r);
+    struct stat sb;
+    if (stat(o->checkpoint, &sb) != 0)
+        return pesc_fail(err, "%s: no such checkpoint (give a step-N directory or the --save "
+                         "directory of a run)", o->checkpoint);
+    char *ckpt = NULL;
+    checkpoint_state st;
+    export_base b = {0};
+    model m = {0};
+    st_set base = {0};
+    pesc_backend *be = NULL;
+    int rc = -1;
+    if (checkpoint_find(o->checkpoint, &ckpt, err) != 0 ||
+        checkpoint_read_state(ckpt, &st, err) != 0 || find_base(o, &st, ckpt, &b, err) != 0 ||
+        check_out(o, ckpt, &b, err) != 0)
+        goto out;
+    /* merging is a few products per layer: the CPU does it, whatever trained the model */
+    if (!(be = backend_new("cpu", err)) || load_base(&m, &b, &st, be, err) != 0 ||
+        (b.dir && st_set_open(&base, b.dir, err) != 0))
+        goto out;
+    if (st.base_fingerprint && checkpoint_fingerprint(&m) != st.base_fingerprint) {
+        pesc_fail(err, "%s was trained on another base model than %s (their fingerprints "
+                  "differ); name the base it was trained on with --model DIR", ckpt,
+                  b.dir ? b.dir : b.config);
+        goto out;
+    }
+    if (checkpoint_load_weights(ckpt, &m, err) != 0)
+        goto out;
+    int lora_rank = m.crafted ? m.pesc.lora_rank : 0;
+    unsigned lora_sites = m.pesc.lora_targets;
+    if (model_merge_lora(&m, err) != 0 ||
+        write_dir(o, &b, &st, &m, b.dir ? &base : NULL, lora_rank, lora_sites, r, err) != 0)
+        goto out;
+    snprintf(r->checkpoint, sizeof r->checkpoint, "%s", ckpt);
+    snprintf(r->base, sizeof r->base, "%s", b.dir ? b.dir : b.config);
+    r->step = st.step;
+    r->full = m.pesc.mode == TRAIN_FULL;
+    r->experts = m.crafted ? m.pesc.experts : 0;
+    r->top_k = m.crafted ? m.pesc.top_k : 0;
+    r->adapter_dim = m.crafted ? m.pesc.adapter_dim : 0;
+    r->adapter_scale = m.crafted ? m.pesc.adapter_scale : 0.0;
+    r->lora_rank = lora_rank;
+    rc = 0;
+out:
+    st_set_close(&base);
+    model_free(&m);
+    backend_delete(be);
+    base_free(&b);
+    free(ckpt);
+    return rc;
+}

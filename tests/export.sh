@@ -1,0 +1,183 @@
+#!/bin/sh
+# export.sh — pesc export as a user drives it, on the demo model: a checkpoint becomes a
+# Camelidae-layout directory that eval, generate and train load directly and that computes what
+# base + adapters computed (LoRA merged in, full-mode weights as trained); the checkpoint
+# remembers its base; bad inputs fail in one line.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+demo="$top_srcdir/data/demo"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-export.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+. "${top_srcdir:-.}/tests/lib.sh"
+
+"$pesc" demo-data -o "$tmp/d.jsonl" --records 16 --seed 5 >/dev/null || exit 99
+# one batch holds all 16 records, so a run's first step sees exactly what eval scores
+common="--data $tmp/d.jsonl --seq 64 --batch 16 --lr 1e-2 --backend cpu --adapter-dropout 0"
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$demo" $common --experts 4 --adapter-dim 8 --steps 4 \
+  --save "$tmp/ck" >/dev/null 2>"$tmp/train.err" || { echo "training failed: $(cat "$tmp/train.err")"; exit 99; }
+ck="$tmp/ck/step-00000004"
+
+# eval_loss ARGS...: the loss of pesc eval --json (empty on failure)
+eval_loss() { "$pesc" eval "$@" --data "$tmp/d.jsonl" --json 2>/dev/null | sed -n 's/.*"loss": \([^,]*\),.*/\1/p'; }
+greedy() { "$pesc" generate "$@" --prompt "sort: dbca" --max-tokens 12 2>&1; }
+# first_loss LOG: the loss of the first step record
+first_loss() { grep -m 1 '"loss"' "$1" | sed -n 's/.*"loss":\([^,]*\),.*/\1/p'; }
+
+# the checkpoint names its base, absolutely
+if grep -q "\"model\": \"/.*data/demo\"" "$ck/state.json"; then
+  pass "state.json names the base model by its absolute path"
+else
+  fail "state.json lacks the base model: $(grep '"model"' "$ck/state.json")"
+fi
+
+# ---- a PESC checkpoint, exported --------------------------------------------------------------
+expect 0 "4 experts, top-2, adapter_dim 8" "export a PESC checkpoint" -- "$pesc" export "$tmp/ck" -o "$tmp/exp"
+if grep -q '"num_experts": 4' "$tmp/exp/config.json" && grep -q '"topk": 2' "$tmp/exp/config.json" &&
+   grep -q '"adapter_dim": 8' "$tmp/exp/config.json" && grep -q '"moe_scaling": 0.25' "$tmp/exp/config.json" &&
+   grep -q '"architectures": \[' "$tmp/exp/config.json" && grep -q '"rms_norm_eps": 1e-05\|"rms_norm_eps": 1e-5' "$tmp/exp/config.json" &&
+   cmp -s "$demo/tokenizer.json" "$tmp/exp/tokenizer.json" && cmp -s "$demo/tokenizer_config.json" "$tmp/exp/tokenizer_config.json" &&
+   [ -z "$(ls -A "$tmp" | grep '^\.tmp-')" ]; then
+  pass "config.json has Camelidae's keys, the tokenizer files are copied, no temporary left"
+else
+  fail "exported directory: $(ls -A "$tmp/exp" "$tmp"); $(cat "$tmp/exp/config.json")"
+fi
+"$pesc" inspect "$tmp/exp/model.safetensors" >"$tmp/tensors"
+if grep -q 'F32   \[4, 128\]  model.layers.3.mlp.moe_adapter.router.weight' "$tmp/tensors" &&
+   grep -q '\[8, 128\]  model.layers.0.mlp.moe_adapter.experts.expert_3.adapter_down.weight' "$tmp/tensors" &&
+   grep -q '\[128, 8\]  model.layers.2.mlp.moe_adapter.experts.expert_0.adapter_up.weight' "$tmp/tensors" &&
+   grep -q 'model.layers.0.mlp.gate_proj.weight' "$tmp/tensors" && grep -q 'metadata format = pt' "$tmp/tensors"; then
+  pass "model.safetensors holds base weights, routers and adapters under the Camelidae names"
+else
+  fail "exported tensors: $(head -c 600 "$tmp/tensors")"
+fi
+
+with_adapters=$(eval_loss --model "$demo" --adapters "$ck/trainables.safetensors")
+exported=$(eval_loss --model "$tmp/exp")
+dense=$(eval_loss --model "$demo")
+if [ -n "$exported" ] && [ "$exported" = "$with_adapters" ] && [ "$exported" != "$dense" ]; then
+  pass "eval: exported model $exported == base + adapters $with_adapters (dense base: $dense)"
+else
+  fail "eval: exported '$exported', base + adapters '$with_adapters', dense '$dense'"
+fi
+a=$(greedy --model "$demo" --adapters "$ck/trainables.safetensors")
+b=$(greedy --model "$tmp/exp")
+if [ -n "$a" ] && [ "$a" = "$b" ]; then
+  pass "generate, greedy: the same answer from both ('$b')"
+else
+  fail "generate: base + adapters '$a', exported '$b'"
+fi
+
+# ---- further tuning from the exported model ---------------------------------------------------
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$tmp/exp" $common --steps 2 --log "$tmp/more.jsonl" --save "$tmp/ck2" >/dev/null 2>"$tmp/err"
+status=$?
+step0=$(first_loss "$tmp/more.jsonl")
+if [ $status -eq 0 ] && [ -n "$step0" ] && close "$step0" "$exported" 1e-6 &&
+   grep -q '"experts":4,"top_k":2,"adapter_dim":8' "$tmp/more.jsonl"; then
+  pass "training on from the export: first loss $step0 == its eval loss $exported (4 experts taken from config.json)"
+else
+  fail "training on from the export: exit $status, first loss '$step0' vs '$exported': $(cat "$tmp/err")"
+fi
+# with new LoRA pairs (B = 0) the start is the same model
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$tmp/exp" $common --lora-rank 4 --steps 1 --log "$tmp/lora0.jsonl" >/dev/null 2>"$tmp/err"
+step0=$(first_loss "$tmp/lora0.jsonl")
+if [ -n "$step0" ] && close "$step0" "$exported" 1e-6; then
+  pass "training on with --lora-rank 4: first loss $step0 == the export's $exported"
+else
+  fail "training on with LoRA: first loss '$step0' vs '$exported': $(cat "$tmp/err")"
+fi
+# shellcheck disable=SC2086
+expect 1 "\-\-experts 8: .*num_experts 4" "training on with another --experts is refused" -- \
+  "$pesc" train --headless --model "$tmp/exp" $common --experts 8 --steps 1
+# shellcheck disable=SC2086
+expect 1 "\-\-train full: .*crafted" "training on with --train full is refused" -- \
+  "$pesc" train --headless --model "$tmp/exp" $common --train full --steps 1
+# the continued run exports again, onto the exported model as its base
+expect 0 "exported" "export a run that trained on from an export" -- "$pesc" export "$tmp/ck2" -o "$tmp/out2"
+again=$(eval_loss --model "$tmp/out2")
+cont=$(eval_loss --model "$tmp/exp" --adapters "$tmp/ck2/step-00000002/trainables.safetensors")
+if [ -n "$again" ] && [ "$again" = "$cont" ] && [ "$again" != "$exported" ]; then
+  pass "second export $again == export + its new adapters $cont"
+else
+  fail "second export '$again', export + adapters '$cont', first export '$exported'"
+fi
+
+# ---- LoRA merged ------------------------------------------------------------------------------
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$demo" $common --experts 4 --adapter-dim 8 --lora-rank 4 --steps 4 \
+  --save "$tmp/ckl" >/dev/null 2>"$tmp/err" || fail "LoRA training: $(cat "$tmp/err")"
+expect 0 "LoRA      rank 4, merged into the weights" "export merges LoRA" -- "$pesc" export "$tmp/ckl" -o "$tmp/outl"
+with_lora=$(eval_loss --model "$demo" --adapters "$tmp/ckl/step-00000004/trainables.safetensors")
+merged=$(eval_loss --model "$tmp/outl")
+# the merged weights really moved: applying the LoRA pairs once more changes the loss
+twice=$(eval_loss --model "$tmp/outl" --adapters "$tmp/ckl/step-00000004/trainables.safetensors")
+if [ -n "$merged" ] && close "$merged" "$with_lora" 1e-6 && [ -n "$twice" ] && ! close "$twice" "$merged" 1e-3 &&
+   ! "$pesc" inspect "$tmp/outl/model.safetensors" | grep -q lora_; then
+  pass "LoRA merged: exported $merged vs base + adapters $with_lora; LoRA twice gives $twice; no lora_ tensors left"
+else
+  fail "LoRA merge: exported '$merged', base + adapters '$with_lora', twice '$twice'"
+fi
+a=$(greedy --model "$demo" --adapters "$tmp/ckl/step-00000004/trainables.safetensors")
+b=$(greedy --model "$tmp/outl")
+[ -n "$a" ] && [ "$a" = "$b" ] && pass "generate, greedy, LoRA merged: the same answer ('$b')" ||
+  fail "generate with LoRA: base + adapters '$a', exported '$b'"
+
+# ---- full mode: a dense model with the trained weights ----------------------------------------
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$demo" $common --train full --lr 1e-3 --steps 2 --save "$tmp/ckf" >/dev/null 2>"$tmp/err" ||
+  fail "full training: $(cat "$tmp/err")"
+expect 0 "dense, every weight as trained" "export a --train full checkpoint" -- "$pesc" export "$tmp/ckf" -o "$tmp/outf"
+full=$(eval_loss --model "$tmp/outf")
+trained=$(eval_loss --model "$demo" --adapters "$tmp/ckf/step-00000002/trainables.safetensors")
+if [ -n "$full" ] && [ "$full" = "$trained" ] && [ "$full" != "$dense" ] && ! grep -q num_experts "$tmp/outf/config.json"; then
+  pass "full mode: exported dense model $full == the trained weights $trained"
+else
+  fail "full mode: exported '$full', trained '$trained', dense '$dense'"
+fi
+
+# ---- bad inputs: one line, the CLI contract's exit codes --------------------------------------
+expect 2 "CHECKPOINT is required" "export without a checkpoint" -- "$pesc" export -o "$tmp/x"
+expect 2 "\-o DIR is required" "export without -o" -- "$pesc" export "$tmp/ck"
+expect 1 "$tmp/nowhere: no such checkpoint" "nonexistent checkpoint" -- "$pesc" export "$tmp/nowhere" -o "$tmp/x"
+mkdir "$tmp/empty"
+expect 1 "no checkpoint here" "a directory that is no checkpoint" -- "$pesc" export "$tmp/empty" -o "$tmp/x"
+# a checkpoint from before export: no base in state.json
+cp -r "$ck" "$tmp/old"
+sed -e '/"model": /d' -e 's/\("seed": "[0-9a-f]*"\),$/\1/' "$ck/state.json" >"$tmp/old/state.json"
+expect 1 "does not say which base model.*\-\-model DIR" "old checkpoint without --model" -- "$pesc" export "$tmp/old" -o "$tmp/x"
+expect 0 "exported" "old checkpoint with --model" -- "$pesc" export "$tmp/old" -o "$tmp/outold" --model "$demo"
+[ "$(eval_loss --model "$tmp/outold")" = "$exported" ] && pass "old checkpoint + --model exports the same model" ||
+  fail "old checkpoint + --model: a different model"
+expect 1 "trained on another base model" "--model names another base" -- \
+  "$pesc" export "$ck" -o "$tmp/x" --model "$top_srcdir/tests/reference/data/llama-gqa-f32"
+# an existing, non-empty DIR is kept unless --force
+mkdir "$tmp/taken" && echo keep >"$tmp/taken/marker"
+expect 1 "already exists and is not empty.*\-\-force" "DIR exists" -- "$pesc" export "$ck" -o "$tmp/taken"
+[ -f "$tmp/taken/marker" ] && pass "the existing DIR is untouched" || fail "the existing DIR was changed"
+expect 0 "exported" "--force replaces DIR" -- "$pesc" export "$ck" -o "$tmp/taken" --force
+[ ! -e "$tmp/taken/marker" ] && [ -f "$tmp/taken/model.safetensors" ] && pass "--force: the new directory is in place" ||
+  fail "--force: $(ls "$tmp/taken")"
+expect 1 "holds .*step-00000004" "-o over the checkpoint itself" -- "$pesc" export "$ck" -o "$tmp/ck" --force
+[ -f "$ck/state.json" ] && pass "the checkpoint survived" || fail "the checkpoint was removed"
+[ -z "$(ls -A "$tmp" | grep '^\.tmp-')" ] && pass "no temporary directory left after the failures" ||
+  fail "temporary directories left: $(ls -A "$tmp")"
+[ ! -e "$tmp/x" ] && pass "no DIR written by a failed export" || fail "a failed export wrote $tmp/x"
+
+# a damaged export: a router renamed in the header, or config.json that does not fit the tensors
+cp -r "$tmp/exp" "$tmp/bad"
+off=$(grep -boa 'model.layers.0.mlp.moe_adapter.router' "$tmp/bad/model.safetensors" | head -n 1 | cut -d: -f1)
+printf 'R' | dd of="$tmp/bad/model.safetensors" bs=1 seek=$((off + 31)) conv=notrunc 2>/dev/null
+expect 1 "tensor model.layers.0.mlp.moe_adapter.router.weight is missing" "a missing router tensor" -- \
+  "$pesc" eval --model "$tmp/bad" --data "$tmp/d.jsonl"
+cp -r "$tmp/exp" "$tmp/bad2"
+sed -i 's/"adapter_dim": 8/"adapter_dim": 16/' "$tmp/bad2/config.json"
+expect 1 "adapter_down.weight has shape \[8, 128\] but config.json implies \[16, 128\]" "a misshapen adapter" -- \
+  "$pesc" generate --model "$tmp/bad2" --prompt hi
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]
