@@ -1,9 +1,14 @@
-/* cmd_inspect — `pesc inspect PATH`: what a model directory, safetensors file or dataset holds. */
+/* cmd_inspect — `pesc inspect PATH`: what a model directory (dense or exported PESC), a
+ * checkpoint, a safetensors file or a dataset holds. */
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
 #include "dataset.h"
@@ -13,7 +18,10 @@
 static const char inspect_usage[] =
     "usage: pesc inspect PATH\n"
     "\n"
-    "  a model directory   its config, parameter count, tensor dtypes and files\n"
+    "  a model directory   its config, parameter count, tensor dtypes and files; for a model\n"
+    "                      written by pesc export, its experts, top-k and adapters\n"
+    "  a checkpoint        (a step-N directory, or a --save directory: its checkpoints and the\n"
+    "                      newest) step, crafting, LoRA, run shape, base model, trainables\n"
     "  a .safetensors file every tensor's name, dtype and shape, and the metadata\n"
     "  a .jsonl dataset    (tokens format) records, tokens and lengths\n";
 
@@ -55,13 +63,131 @@ static int inspect_model(const char *dir)
     printf("\n");
     if (c.sliding_window)
         printf("window        %d\n", c.sliding_window);
-    printf("parameters    %lld (%.2f M)\n", hfconfig_param_count(&c),
-           (double)hfconfig_param_count(&c) / 1e6);
+    long long params = hfconfig_param_count(&c);
+    if (c.num_experts > 0) {
+        /* per layer: a router (E, C) and E adapters (R, C) + (C, R) */
+        long long crafted = (long long)c.n_layers * c.num_experts * c.hidden_size *
+                            (1 + 2LL * c.adapter_dim);
+        printf("crafted       PESC: %d experts, top-%d, adapter_dim %d, moe_scaling %g "
+               "(%lld router and adapter parameters)\n", c.num_experts, c.topk, c.adapter_dim,
+               c.moe_scaling, crafted);
+        params += crafted;
+    }
+    printf("parameters    %lld (%.2f M)\n", params, (double)params / 1e6);
     printf("tensors       %zu in %d file%s\n", st_set_count(&set), set.n_files,
            set.n_files == 1 ? "" : "s");
     print_dtype_counts(&set);
     st_set_close(&set);
     return 0;
+}
+
+static void print_lora_sites(unsigned sites)
+{
+    for (int s = 0, first = 1; s < LORA_SITES; s++)
+        if (sites & (1u << s)) {
+            printf("%s%s", first ? "" : ",", pesc_lora_site_name(s));
+            first = 0;
+        }
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The step-N checkpoints of a save directory, oldest first, on one line. */
+static void print_saved(const char *save_dir)
+{
+    DIR *d = opendir(save_dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char **names = NULL;
+    int n = 0;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, "step-", 5) == 0) {
+            names = xrealloc(names, (size_t)(n + 1) * sizeof *names);
+            names[n++] = xstrdup(e->d_name);
+        }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, compare_names);
+    printf("save dir      %s: %d checkpoint%s:", save_dir, n, n == 1 ? "" : "s");
+    for (int i = 0; i < n; i++) {
+        printf(" %s", names[i]);
+        free(names[i]);
+    }
+    printf("\n");
+    free(names);
+}
+
+static int inspect_checkpoint(const char *path, const char *dir)
+{
+    pesc_error err = {{0}};
+    checkpoint_state st;
+    if (checkpoint_read_state(dir, &st, &err) != 0)
+        return cli_fail("inspect", &err);
+    if (strcmp(path, dir) != 0)
+        print_saved(path);
+    const pesc_options *p = &st.pesc;
+    printf("checkpoint    %s\n", dir);
+    printf("step          %ld of %ld (%lld tokens, %.1f s", st.step, st.total_steps, st.tokens,
+           st.elapsed_s);
+    if (st.nan_skipped)
+        printf(", %ld non-finite steps skipped", st.nan_skipped);
+    printf(")\n");
+    if (p->mode == TRAIN_FULL) {
+        printf("training      full: every weight of the dense model\n");
+    } else {
+        printf("training      PESC: %d experts, top-%d, adapter_dim %d, moe_scaling %g\n",
+               p->experts, p->top_k, p->adapter_dim, (double)p->adapter_scale);
+        if (p->lora_rank) {
+            printf("LoRA          rank %d, alpha %g, on ", p->lora_rank, (double)p->lora_alpha);
+            print_lora_sites(p->lora_targets);
+            printf("\n");
+        }
+    }
+    printf("run           seq %d, batch %d, grad-accum %d, aux %g\n", st.seq, st.batch,
+           st.grad_accum, st.aux_coef);
+    if (st.base_model[0])
+        printf("base          %s", st.base_model);
+    else if (st.init_config[0])
+        printf("base          random weights of %s", st.init_config);
+    else
+        printf("base          not recorded (saved before pesc export: give pesc export --model)");
+    printf(" (fingerprint %016" PRIx64 ")\n", st.base_fingerprint);
+    char *trainables = pesc_path_join(dir, "trainables.safetensors");
+    st_file f = {0};
+    if (st_open(&f, trainables, &err) == 0) {
+        size_t values = 0;
+        for (int i = 0; i < f.n_tensors; i++)
+            values += f.tensors[i].n_elements;
+        printf("trainables    %d tensors, %zu parameters (%.2f M)\n", f.n_tensors, values,
+               (double)values / 1e6);
+        st_close(&f);
+    } else {
+        printf("trainables    unreadable: %s\n", err.msg);
+    }
+    free(trainables);
+    return 0;
+}
+
+static int inspect_directory(const char *path)
+{
+    char *config = pesc_path_join(path, "config.json");
+    int is_model = access(config, F_OK) == 0;
+    free(config);
+    char *dir = NULL;
+    pesc_error err;
+    if (is_model)
+        return inspect_model(path);
+    if (checkpoint_find(path, &dir, &err) != 0) {
+        pesc_fail(&err, "%s: neither a model directory (config.json) nor a checkpoint "
+                  "(state.json, or the step-N directories of --save)", path);
+        return cli_fail("inspect", &err);
+    }
+    int rc = inspect_checkpoint(path, dir);
+    free(dir);
+    return rc;
 }
 
 static int inspect_safetensors(const char *path)
@@ -133,7 +259,7 @@ int cmd_inspect(int argc, char **argv)
         return cli_fail("inspect", &err);
     }
     if (S_ISDIR(st.st_mode))
-        return inspect_model(path);
+        return inspect_directory(path);
     if (ends_with(path, ".jsonl") || ends_with(path, ".json"))
         return inspect_tokens(path);
     return inspect_safetensors(path);

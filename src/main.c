@@ -16,7 +16,7 @@ static const char overview[] =
     "Commands:\n"
     "  tui       the workbench on a chosen model and data\n"
     "  eval      mean next-token loss of a model over a dataset\n"
-    "  inspect   summary of a model directory, safetensors file or dataset\n"
+    "  inspect   summary of a model directory, checkpoint, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
     "  train     craft and instruction-tune a model without a screen (--headless)\n"
     "  generate  answer a prompt with a model (and its adapters), streaming\n"

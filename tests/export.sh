@@ -2,7 +2,7 @@
 # export.sh — pesc export as a user drives it, on the demo model: a checkpoint becomes a
 # Camelidae-layout directory that eval, generate and train load directly and that computes what
 # base + adapters computed (LoRA merged in, full-mode weights as trained); the checkpoint
-# remembers its base; bad inputs fail in one line.
+# remembers its base; bad inputs fail in one line; inspect describes checkpoints and exports.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -178,6 +178,12 @@ cp -r "$tmp/exp" "$tmp/bad2"
 sed -i 's/"adapter_dim": 8/"adapter_dim": 16/' "$tmp/bad2/config.json"
 expect 1 "adapter_down.weight has shape \[8, 128\] but config.json implies \[16, 128\]" "a misshapen adapter" -- \
   "$pesc" generate --model "$tmp/bad2" --prompt hi
+
+# ---- inspect ------------------------------------------------------------------------------------
+expect 0 "crafted       PESC: 4 experts, top-2, adapter_dim 8" "inspect an exported model" -- "$pesc" inspect "$tmp/exp"
+expect 0 "base          /.*data/demo" "inspect a checkpoint" -- "$pesc" inspect "$ck"
+expect 0 "LoRA          rank 4" "inspect a save directory (newest checkpoint)" -- "$pesc" inspect "$tmp/ckl"
+expect 0 "not recorded" "inspect an old checkpoint" -- "$pesc" inspect "$tmp/old"
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
