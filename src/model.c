@@ -286,12 +286,7 @@ void model_free(model *m)
     free(m->base_tensors);
     if (m->trainables != m->base_tensors)
         free(m->trainables);
-    free(m->routing.counts);
-    free(m->routing.first);
-    free(m->routing.gate_sum);
-    free(m->routing.entropy);
-    free(m->routing.source_counts);
-    free(m->routing.last_experts);
+    model_routing_free(&m->routing);
     memset(m, 0, sizeof *m);
 }
 

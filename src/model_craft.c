@@ -200,14 +200,8 @@ static int craft_fresh(model *m, const pesc_options *o, uint64_t seed, pesc_erro
     return 0;
 }
 
-/* Takes the crafted part off a crafted model (the base weights stay). */
-static void uncraft(model *m)
+void model_routing_free(model_routing *r)
 {
-    backend_free(m->backend, m->crafted_block);
-    backend_free(m->backend, m->grad_block);
-    free(m->pesc_layers);
-    free(m->trainables);
-    model_routing *r = &m->routing;
     free(r->counts);
     free(r->first);
     free(r->gate_sum);
@@ -215,6 +209,16 @@ static void uncraft(model *m)
     free(r->source_counts);
     free(r->last_experts);
     memset(r, 0, sizeof *r);
+}
+
+/* Takes the crafted part off a crafted model (the base weights stay). */
+static void uncraft(model *m)
+{
+    backend_free(m->backend, m->crafted_block);
+    backend_free(m->backend, m->grad_block);
+    free(m->pesc_layers);
+    free(m->trainables);
+    model_routing_free(&m->routing);
     m->crafted_block = m->grad_block = NULL;
     m->train_block = NULL;
     m->pesc_layers = NULL;

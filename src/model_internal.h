@@ -42,6 +42,9 @@ const st_tensor *model_find_in_file(const void *file, const char *name, const ch
  * and adapters from the same files (model_craft.c). */
 int model_load_crafted(model *m, const st_set *set, pesc_error *err);
 
+/* Frees the routing statistics of a crafted model (accepts a zeroed struct) and zeroes it. */
+void model_routing_free(model_routing *r);
+
 /* Activations for B*T tokens: shared by all layers for inference, per layer (and with the
  * gradient buffers) for training. */
 int model_ensure_activations(model *m, int B, int T, int training, pesc_error *err);
