@@ -16,7 +16,7 @@ failures=0
 
 expect 0 "^pesc [0-9]" "--version" -- "$pesc" --version
 expect 0 "usage: pesc \[COMMAND" "--help" -- "$pesc" --help
-for cmd in eval inspect devices generate train tui bench; do
+for cmd in eval inspect devices generate train tui bench export; do
   expect 0 "usage: pesc $cmd" "$cmd --help" -- "$pesc" "$cmd" --help
 done
 expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
