@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,6 +199,33 @@ static void split_path(const char *final, char **parent, char **name)
     *parent = copy;
 }
 
+/* Removes ".tmp-NAME-PID" (and ".old") directories in parent left by processes that are gone:
+ * a write killed half-way leaves one. A live process's are its own business. */
+static void remove_stale(const char *parent, const char *name)
+{
+    DIR *d = opendir(parent);
+    if (!d)
+        return;
+    size_t prefix_len = strlen(name) + 6;
+    char *prefix = xmalloc(prefix_len + 1);
+    snprintf(prefix, prefix_len + 1, ".tmp-%s-", name);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, prefix, prefix_len) != 0)
+            continue;
+        char *end;
+        long pid = strtol(e->d_name + prefix_len, &end, 10);
+        if (end == e->d_name + prefix_len || (*end && strcmp(end, ".old") != 0) || pid <= 0 ||
+            (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH)))
+            continue;
+        char *path = pesc_path_join(parent, e->d_name);
+        pesc_remove_tree(path);
+        free(path);
+    }
+    closedir(d);
+    free(prefix);
+}
+
 int pesc_dir_begin(const char *final, char **tmp, pesc_error *err)
 {
     char *parent, *name;
@@ -207,8 +235,8 @@ int pesc_dir_begin(const char *final, char **tmp, pesc_error *err)
     snprintf(tmp_name, len, ".tmp-%s-%ld", name, (long)getpid());
     *tmp = pesc_path_join(parent, tmp_name);
     free(tmp_name);
+    remove_stale(parent, name);   /* ours from an earlier process of this id too */
     free(name);
-    pesc_remove_tree(*tmp);   /* left by an earlier process of the same id */
     if (mkdir(*tmp, 0755) != 0) {
         pesc_fail(err, "%s: cannot create a directory in %s: %s", final, parent, strerror(errno));
         free(parent);

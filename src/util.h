@@ -46,8 +46,8 @@ int pesc_copy_file(const char *from, const char *to, pesc_error *err);
 int pesc_remove_tree(const char *path);
 
 /* Directories that appear whole or not at all: pesc_dir_begin creates an empty temporary
- * directory beside `final` (".tmp-NAME-PID" in final's parent, removing a stale one of that
- * name) and returns its path in *tmp (malloc'd). The caller writes and fsyncs files into it,
+ * directory beside `final` (".tmp-NAME-PID" in final's parent, first removing those of NAME
+ * that processes no longer running left behind) and returns its path in *tmp (malloc'd). The caller writes and fsyncs files into it,
  * then pesc_dir_commit renames it to `final`: an existing `final` is first moved aside
  * (".tmp-NAME-PID.old") and removed only after the rename, so a kill at any instant leaves
  * either the old directory or the new one under the final name, never a half-written one.

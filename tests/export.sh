@@ -140,6 +140,23 @@ else
   fail "full mode: exported '$full', trained '$trained', dense '$dense'"
 fi
 
+# ---- a BF16 base: weights training left alone stay BF16, LoRA-merged ones become F32 ------------
+bf16="$top_srcdir/tests/reference/data/llama-bf16-tied"
+"$pesc" train --headless --model "$bf16" --data "$bf16/records.jsonl" --seq 24 --batch 4 --experts 4 \
+  --adapter-dim 8 --lora-rank 2 --lora-targets q --lr 1e-2 --backend cpu --steps 3 --save "$tmp/ckb" \
+  >/dev/null 2>"$tmp/err" || fail "BF16 training: $(cat "$tmp/err")"
+expect 0 "exported" "export a run on a BF16 base" -- "$pesc" export "$tmp/ckb" -o "$tmp/outb"
+kept=$("$pesc" eval --model "$bf16" --adapters "$tmp/ckb/step-00000003/trainables.safetensors" \
+  --data "$bf16/records.jsonl" --json | sed -n 's/.*"loss": \([^,]*\),.*/\1/p')
+outb=$("$pesc" eval --model "$tmp/outb" --data "$bf16/records.jsonl" --json | sed -n 's/.*"loss": \([^,]*\),.*/\1/p')
+# 29 base tensors: the 3 q_proj merged (F32), 26 copied as BF16; 3 routers + 24 adapters F32
+if "$pesc" inspect "$tmp/outb" | grep -q "dtypes         F32 x30 BF16 x26" && [ -n "$outb" ] &&
+   close "$outb" "$kept" 1e-6 && grep -q '"type": "linear"' "$tmp/outb/config.json"; then
+  pass "BF16 base: 26 untouched weights stay BF16, merged ones F32; loss $outb vs $kept"
+else
+  fail "BF16 base: $("$pesc" inspect "$tmp/outb" 2>&1 | grep dtypes), loss '$outb' vs '$kept'"
+fi
+
 # ---- bad inputs: one line, the CLI contract's exit codes --------------------------------------
 expect 2 "CHECKPOINT is required" "export without a checkpoint" -- "$pesc" export -o "$tmp/x"
 expect 2 "\-o DIR is required" "export without -o" -- "$pesc" export "$tmp/ck"
@@ -167,6 +184,18 @@ expect 1 "holds .*step-00000004" "-o over the checkpoint itself" -- "$pesc" expo
 [ -z "$(ls -A "$tmp" | grep '^\.tmp-')" ] && pass "no temporary directory left after the failures" ||
   fail "temporary directories left: $(ls -A "$tmp")"
 [ ! -e "$tmp/x" ] && pass "no DIR written by a failed export" || fail "a failed export wrote $tmp/x"
+
+# killed mid-write (SIGXFSZ past a 100 KB file size limit): DIR never appears half-written
+mkdir "$tmp/cut"
+(ulimit -f 200; exec "$pesc" export "$ck" -o "$tmp/cut/model") >/dev/null 2>&1
+status=$?
+left=$(ls -A "$tmp/cut" | grep -c '^\.tmp-model-')
+"$pesc" export "$ck" -o "$tmp/cut/model" >/dev/null 2>&1
+if [ $status -ne 0 ] && [ "$left" = 1 ] && [ "$(ls -A "$tmp/cut")" = model ]; then
+  pass "an export killed while writing leaves no DIR (exit $status), and the next one clears its temporary"
+else
+  fail "killed export: exit $status, $left temporary, then: $(ls -A "$tmp/cut")"
+fi
 
 # a damaged export: a router renamed in the header, or config.json that does not fit the tensors
 cp -r "$tmp/exp" "$tmp/bad"
