@@ -44,6 +44,7 @@ typedef struct command {
 struct session {
     train_config cfg;
     char *model_dir;
+    char *tokenizer_path;        /* --tokenizer, downloaded when it was a URL */
     char *data_paths[STATS_MAX_SOURCES];
     ds_source sources[STATS_MAX_SOURCES];
     pesc_backend *backend;
@@ -542,7 +543,7 @@ static void fill_state(session *s, checkpoint_state *st)
     absolute_path(st->init_config, sizeof st->init_config, s->cfg.init_config);
     if (!s->cfg.init_config)
         absolute_path(st->base_model, sizeof st->base_model, s->model_dir);
-    absolute_path(st->tokenizer, sizeof st->tokenizer, s->cfg.tokenizer);
+    absolute_path(st->tokenizer, sizeof st->tokenizer, s->tokenizer_path);
 }
 
 static int save_now(session *s)
@@ -814,11 +815,9 @@ static char *demo_dir(void)
 static int load_tokenizer(session *s, pesc_error *err)
 {
     if (s->cfg.tokenizer) {
-        char *path;
-        if (fetch_view_url_to_cache(s->cfg.tokenizer, &path, err) != 0)
+        if (fetch_view_url_to_cache(s->cfg.tokenizer, &s->tokenizer_path, err) != 0)
             return -1;
-        s->tok = tok_load(path, err);
-        free(path);
+        s->tok = tok_load(s->tokenizer_path, err);
         return s->tok ? 0 : -1;
     }
     char *path = pesc_path_join(s->model_dir, "tokenizer.json");
@@ -1152,6 +1151,7 @@ void session_delete(session *s)
     for (int i = 0; i < STATS_MAX_SOURCES; i++)
         free(s->data_paths[i]);
     free(s->model_dir);
+    free(s->tokenizer_path);
     monitor_view_delete(s->shared);
     plugins_delete(s->plugins);   /* last: sinks and formats may live in its modules */
     pthread_cond_destroy(&s->wake);
