@@ -215,13 +215,28 @@ static void test_roundtrip(const char *root)
 }
 
 /* Every trainable gets a value (LoRA B and adapter_up too), so nothing is zero by chance. */
-static void fill_trainables(model *m)
+/* Every trainable set to a sine wave of the given frequency (non-zero, so adapters and LoRA do
+ * real work). */
+static void fill_trainables(model *m, double frequency)
 {
     float *host = malloc(m->n_train * sizeof *host);
     for (size_t i = 0; i < m->n_train; i++)
-        host[i] = (float)sin((double)i * 0.37) * 0.2f;
+        host[i] = (float)sin((double)i * frequency) * 0.2f;
     backend_upload(be, m->train_block, host, m->n_train * sizeof *host);
     free(host);
+}
+
+/* One of the reference models (tests/reference/data/NAME) crafted with o, its trainables
+ * filled as fill_trainables does. */
+static void crafted_reference(model *m, const char *root, const char *name, const pesc_options *o,
+                              uint64_t seed, double frequency)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/reference/data/%s", root, name);
+    pesc_error err;
+    if (model_load(m, dir, be, &err) != 0 || model_craft(m, o, seed, &err) != 0)
+        die(&err);
+    fill_trainables(m, frequency);
 }
 
 /* The logits (12 x V) of one fixed sequence. */
@@ -243,17 +258,13 @@ static float *sequence_logits(model *m)
  * LoRA into the weights keeps the function and leaves routers and adapters as they were. */
 static void test_recraft_and_merge(const char *root)
 {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/tests/reference/data/qwen2-bias-f32", root);
     model m;
     pesc_error err;
     pesc_options o;
     pesc_options_default(&o);
     o.experts = 4;
     o.adapter_dim = 8;
-    if (model_load(&m, dir, be, &err) != 0 || model_craft(&m, &o, 11, &err) != 0)
-        die(&err);
-    fill_trainables(&m);
+    crafted_reference(&m, root, "qwen2-bias-f32", &o, 11, 0.37);
     double before = dataset_loss(&m);
     float router[4];
     backend_download(be, router, m.pesc_layers[1].router, sizeof router);
@@ -272,7 +283,7 @@ static void test_recraft_and_merge(const char *root)
           "crafting again with other experts refused: %s", err.msg);
 
     /* LoRA with values, merged */
-    fill_trainables(&m);
+    fill_trainables(&m, 0.37);
     int V = m.config.vocab_size;
     float *with_lora = sequence_logits(&m), wq[8], wq_merged[8];
     backend_download(be, wq, m.layers[0].wq, sizeof wq);
@@ -414,23 +425,6 @@ static void test_sampler(void)
           ones / 20000.0);
 }
 
-/* The small GQA reference model crafted with o, every trainable set to a sine wave of the
- * given frequency (non-zero, so adapters and LoRA do real work). */
-static void crafted_reference(model *m, const char *root, const pesc_options *o, uint64_t seed,
-                              double frequency)
-{
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/tests/reference/data/llama-gqa-f32", root);
-    pesc_error err;
-    if (model_load(m, dir, be, &err) != 0 || model_craft(m, o, seed, &err) != 0)
-        die(&err);
-    float *host = malloc(m->n_train * sizeof *host);
-    for (size_t i = 0; i < m->n_train; i++)
-        host[i] = (float)sin((double)i * frequency) * 0.2f;
-    backend_upload(be, m->train_block, host, m->n_train * sizeof *host);
-    free(host);
-}
-
 /* Two documents packed in one row (positions restart, attention stays inside each) train
  * exactly like the same documents in rows of their own. */
 static void test_packing(const char *root)
@@ -441,7 +435,7 @@ static void test_packing(const char *root)
     pesc_options_default(&o);
     o.aux_coef = 0.0f;   /* padding tokens are routed too: keep the comparison to the CE */
     o.adapter_dropout = 0.0f;
-    crafted_reference(&m, root, &o, 2, 0.07);
+    crafted_reference(&m, root, "llama-gqa-f32", &o, 2, 0.07);
     enum { A = 7, Bn = 9 };
     int32_t a[A] = {3, 9, 27, 17, 51, 25, 11}, b[Bn] = {2, 4, 8, 16, 32, 0, 63, 5, 40};
     /* packed: one row of 16 */
@@ -502,7 +496,7 @@ static void recompute_run(const char *root, int recompute, float *grads, model_l
     o.adapter_dropout = 0.2f;
     o.z_coef = 0.001f;
     o.lora_rank = 4;
-    crafted_reference(&m, root, &o, 5, 0.13);
+    crafted_reference(&m, root, "llama-gqa-f32", &o, 5, 0.13);
     m.recompute = recompute;
     int32_t ids[24], targets[24], pos[24], docs[24], src[24];
     for (int i = 0; i < 24; i++) {
