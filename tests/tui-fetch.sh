@@ -26,12 +26,12 @@ win=tui
 . "$top_srcdir/tests/lib.sh"
 export LANG=C.UTF-8 LC_ALL=C.UTF-8
 
-mkdir -p "$tmp/root/files"
-"$pesc" demo-data -o "$tmp/root/files/tasks.jsonl" --records 400 >/dev/null 2>&1 \
+mkdir -p "$tmp/served/files"
+"$pesc" demo-data -o "$tmp/served/files/tasks.jsonl" --records 400 >/dev/null 2>&1 \
   || { echo "tui-fetch.sh: pesc demo-data failed" >&2; exit 99; }
-size=$(wc -c <"$tmp/root/files/tasks.jsonl" | tr -d ' ')
+size=$(wc -c <"$tmp/served/files/tasks.jsonl" | tr -d ' ')
 rate=$((size / 6))   # about six seconds for the whole file: long enough to watch
-start_httpd "$tmp/root" --lifetime 240
+start_httpd "$tmp/served" --lifetime 240
 cache_file() { find "$XDG_CACHE_HOME/pesc" -name "$1" 2>/dev/null | head -n 1; }
 run="--steps 100000 --seed 1 --save $tmp/ck"
 
@@ -51,7 +51,7 @@ tui_start 100 30 "$pesc" tui --data "'$base/f/tasks.jsonl?rate=$rate'" $run
 check "tasks\\.jsonl" "the resumed transfer is shown" 20
 check "RUNNING" "training starts after the download" 90
 check "step ([2-9]|[1-9][0-9])" "steps are taken on the downloaded data" 90
-cmp -s "$(cache_file tasks.jsonl)" "$tmp/root/files/tasks.jsonl" && pass "the cached file is complete and right" \
+cmp -s "$(cache_file tasks.jsonl)" "$tmp/served/files/tasks.jsonl" && pass "the cached file is complete and right" \
   || fail "the cached file differs from the served one"
 grep " target=/f/tasks.jsonl?rate=$rate " "$log" | tail -n 1 | grep -q "range=bytes=[1-9]" \
   && pass "the second start asked only for the rest" \
