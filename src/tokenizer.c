@@ -379,6 +379,7 @@ struct tokenizer {
     int n_ids, ids_cap;
     merge_map merges;
     int byte_fallback, fuse_unk, ignore_merges;
+    int space_split;               /* pieces may be cut before a space mark (space_split_safe) */
     int32_t unk_id;
     char *prefix, *suffix;         /* continuing_subword_prefix, end_of_word_suffix */
     int32_t byte_ids[256];         /* <0xXX> tokens for byte fallback, -1 if absent */
@@ -1238,6 +1239,22 @@ static int check_utf8(const char *s, size_t len, pesc_error *err)
     return 0;
 }
 
+#define SPACE_MARK "\xe2\x96\x81"   /* U+2581, the Metaspace and SentencePiece space */
+
+/* One piece through BPE, cut into words before each space mark that follows another character
+ * where the vocabulary makes that exact (space_split_safe). */
+static void bpe_piece(tokenizer *t, const char *w, size_t len, tok_ids *out)
+{
+    size_t start = 0;
+    if (t->space_split)
+        for (size_t i = 1; i + 3 <= len; i++)
+            if (memcmp(w + i, SPACE_MARK, 3) == 0 && !(i >= 3 && memcmp(w + i - 3, SPACE_MARK, 3) == 0)) {
+                bpe_cached(t, w + start, i - start, out);
+                start = i;
+            }
+    bpe_cached(t, w + start, len - start, out);
+}
+
 static void encode_text(tokenizer *t, const char *s, size_t len, int at_start, unsigned flags,
                         tok_ids *out)
 {
@@ -1257,7 +1274,7 @@ static void encode_text(tokenizer *t, const char *s, size_t len, int at_start, u
         piece_list *p = pretokenize(t, text + segs.v[i].off, segs.v[i].len,
                                     at_start && segs.v[i].off == 0);
         for (int k = 0; k < p->n; k++)
-            bpe_cached(t, p->text.s + p->v[k].off, p->v[k].len, out);
+            bpe_piece(t, p->text.s + p->v[k].off, p->v[k].len, out);
     }
     free(segs.v);
     free(text);
@@ -1930,6 +1947,26 @@ static int load_post(tokenizer *t, json_t *p, pesc_error *err)
     return 0;
 }
 
+/* 1 when no token of the vocabulary has the space mark right after another character. Then
+ * no merge ever joins across the point before a mark that follows a non-mark, so a piece can
+ * be cut there and each part encoded alone with exactly the same ids. It matters for
+ * SentencePiece-style models (Llama 2): with no pre-tokenizer a whole text is one piece, too
+ * long for the word cache; cut, it becomes words the cache serves. */
+static int space_split_safe(const tokenizer *t)
+{
+    if (t->prefix || t->suffix || strmap_get(&t->vocab, SPACE_MARK, 3, -1) < 0)
+        return 0;
+    for (int i = 0; i < t->n_ids; i++) {
+        const char *s = t->id_text[i];
+        if (!s || !*s)
+            continue;
+        for (const char *p = strstr(s + 1, SPACE_MARK); p; p = strstr(p + 1, SPACE_MARK))
+            if (p - s < 3 || memcmp(p - 3, SPACE_MARK, 3) != 0)
+                return 0;
+    }
+    return 1;
+}
+
 static int load_model(tokenizer *t, json_t *m, pesc_error *err)
 {
     const char *type = jstr(m, "type");
@@ -1999,6 +2036,7 @@ static int load_model(tokenizer *t, json_t *m, pesc_error *err)
         merge_put(&t->merges, ia, ib, (int32_t)i, ij);
     }
     free(joined.s);
+    t->space_split = space_split_safe(t);
     return 0;
 }
 

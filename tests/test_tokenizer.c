@@ -46,6 +46,52 @@ static tokenizer *byte_tokenizer(const char *normalizer, pesc_error *err)
     return t;
 }
 
+/* A tokenizer from its JSON text. */
+static tokenizer *json_tokenizer(const char *json, pesc_error *err)
+{
+    char path[] = "/tmp/pesc-test-tokXXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "w");
+    fputs(json, f);
+    fclose(f);
+    tokenizer *t = tok_load(path, err);
+    unlink(path);
+    return t;
+}
+
+/* Long pieces are cut before a space mark only where no token spans that point: with a
+ * token "a\u2581" the cut would change the ids, so it must not happen; without one it must
+ * not change them. Pieces longer than the word cache's limit, so BPE runs on them. */
+static void test_space_split(void)
+{
+    static const char *const cases[] = {
+        /* "a▁" merges first: a cut before ▁ would give a, ▁b instead of a▁, b */
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"\u2581\": 2,"
+        " \"a\u2581\": 3, \"\u2581b\": 4}, \"merges\": [\"a \u2581\", \"\u2581 b\"]}}",
+        /* no token spans the cut: a, ▁b either way */
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"\u2581\": 2,"
+        " \"\u2581b\": 4}, \"merges\": [\"\u2581 b\"]}}"};
+    static const int32_t want[2][2] = {{3, 1}, {0, 4}};
+    char text[40 * 5 + 1] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(text, "a\xe2\x96\x81" "b");   /* "a▁b", 40 times: 200 bytes, one piece */
+    for (int c = 0; c < 2; c++) {
+        pesc_error err = {{0}};
+        tokenizer *t = json_tokenizer(cases[c], &err);
+        tok_ids ids = {0};
+        int ok = t && tok_encode(t, text, strlen(text), 0, &ids, &err) == 0 && ids.n == 80;
+        for (int i = 0; ok && i < 80; i++)
+            ok = ids.ids[i] == want[c][i % 2];
+        CHECK(ok, "space-mark cut %s: %d ids, first %d %d (%s)",
+              c == 0 ? "refused where a token spans it" : "exact where none does", ids.n,
+              ids.n > 0 ? ids.ids[0] : -1, ids.n > 1 ? ids.ids[1] : -1, err.msg);
+        tok_ids_free(&ids);
+        tok_delete(t);
+    }
+}
+
 static void test_normalization(const char *srcdir)
 {
     static const char *const forms[][2] = {{"nfc", "NFC"}, {"nfkc", "NFKC"}, {"nfd", "NFD"}};
@@ -153,6 +199,7 @@ int main(void)
     test_normalization(srcdir);
     test_stream_partial();
     test_load_errors();
+    test_space_split();
     if (failures) {
         fprintf(stderr, "test_tokenizer: %d failures\n", failures);
         return 1;
