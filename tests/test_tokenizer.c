@@ -23,33 +23,12 @@ static char *path_in(const char *dir, const char *rel)
     return p;
 }
 
-/* A tokenizer whose vocabulary is the 256 byte tokens: encode(x) spells the normalized x
- * byte by byte, so decode(encode(x)) is the normalization of x. */
-static tokenizer *byte_tokenizer(const char *normalizer, pesc_error *err)
-{
-    char path[] = "/tmp/pesc-test-tokXXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return NULL;
-    FILE *f = fdopen(fd, "w");
-    fprintf(f, "{\"normalizer\": %s, \"pre_tokenizer\": null, \"post_processor\": null,\n"
-               " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteFallback\"},"
-               " {\"type\": \"Fuse\"}]},\n \"added_tokens\": [],\n"
-               " \"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"merges\": [], \"vocab\": {",
-            normalizer);
-    for (int b = 0; b < 256; b++)
-        fprintf(f, "%s\"<0x%02X>\": %d", b ? ", " : "", b, b);
-    fprintf(f, "}}}\n");
-    fclose(f);
-    tokenizer *t = tok_load(path, err);
-    unlink(path);
-    return t;
-}
-
 /* A tokenizer from its JSON text. */
 static tokenizer *json_tokenizer(const char *json, pesc_error *err)
 {
-    char path[] = "/tmp/pesc-test-tokXXXXXX";
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/pesc-test-tokXXXXXX", dir && *dir ? dir : "/tmp");
     int fd = mkstemp(path);
     if (fd < 0)
         return NULL;
@@ -59,6 +38,23 @@ static tokenizer *json_tokenizer(const char *json, pesc_error *err)
     tokenizer *t = tok_load(path, err);
     unlink(path);
     return t;
+}
+
+/* A tokenizer whose vocabulary is the 256 byte tokens: encode(x) spells the normalized x
+ * byte by byte, so decode(encode(x)) is the normalization of x. */
+static tokenizer *byte_tokenizer(const char *normalizer, pesc_error *err)
+{
+    char json[8192];
+    int n = snprintf(json, sizeof json,
+                     "{\"normalizer\": %s, \"pre_tokenizer\": null, \"post_processor\": null,\n"
+                     " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteFallback\"},"
+                     " {\"type\": \"Fuse\"}]},\n \"added_tokens\": [],\n"
+                     " \"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"merges\": [],"
+                     " \"vocab\": {", normalizer);
+    for (int b = 0; b < 256; b++)
+        n += snprintf(json + n, sizeof json - (size_t)n, "%s\"<0x%02X>\": %d", b ? ", " : "", b, b);
+    snprintf(json + n, sizeof json - (size_t)n, "}}}\n");
+    return json_tokenizer(json, err);
 }
 
 /* Long pieces are cut before a space mark only where no token spans that point: with a
@@ -171,7 +167,9 @@ static void test_stream_partial(void)
 
 static void test_load_errors(void)
 {
-    char path[] = "/tmp/pesc-test-tokXXXXXX";
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/pesc-test-tokXXXXXX", dir && *dir ? dir : "/tmp");
     int fd = mkstemp(path);
     FILE *f = fdopen(fd, "w");
     fputs("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", f);
