@@ -7,6 +7,87 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- profiling ------------------------------------------------------------------------------ */
+
+struct backend_profile {
+    backend_profile_entry *entries;
+    int n, cap;
+};
+
+void backend_profile_start(pesc_backend *b)
+{
+    if (!b->profile)
+        b->profile = xcalloc(1, sizeof *b->profile);
+    b->profile->n = 0;
+}
+
+static int slower_first(const void *x, const void *y)
+{
+    double a = ((const backend_profile_entry *)x)->seconds;
+    double c = ((const backend_profile_entry *)y)->seconds;
+    return (a < c) - (a > c);
+}
+
+int backend_profile_stop(pesc_backend *b, backend_profile_entry **entries)
+{
+    struct backend_profile *p = b->profile;
+    *entries = NULL;
+    if (!p)
+        return -1;
+    b->profile = NULL;
+    int n = p->n;
+    qsort(p->entries, (size_t)n, sizeof *p->entries, slower_first);
+    *entries = p->entries;
+    free(p);
+    return n;
+}
+
+static double profile_begin(pesc_backend *b)
+{
+    backend_synchronize(b);
+    return pesc_now();
+}
+
+static void profile_end(pesc_backend *b, double t0, const char *op)
+{
+    backend_synchronize(b);
+    double dt = pesc_now() - t0;
+    struct backend_profile *p = b->profile;
+    int i = 0;
+    while (i < p->n && strcmp(p->entries[i].op, op) != 0)
+        i++;
+    if (i == p->n) {
+        if (p->n == p->cap) {
+            p->cap = p->cap ? 2 * p->cap : 32;
+            p->entries = xrealloc(p->entries, (size_t)p->cap * sizeof *p->entries);
+        }
+        memset(&p->entries[i], 0, sizeof p->entries[i]);
+        snprintf(p->entries[i].op, sizeof p->entries[i].op, "%s", op);
+        p->n++;
+    }
+    p->entries[i].seconds += dt;
+    p->entries[i].calls++;
+}
+
+/* An op's call, timed into the running profile when there is one. */
+#define PROFILED(b, op, call)                                                                    \
+    do {                                                                                         \
+        if (!(b)->profile) {                                                                     \
+            call;                                                                                \
+        } else {                                                                                 \
+            double t0_ = profile_begin(b);                                                       \
+            call;                                                                                \
+            profile_end((b), t0_, (op));                                                         \
+        }                                                                                        \
+    } while (0)
+
+/* A product's entry: its op and its input and output widths (which say which weight it is). */
+static const char *matmul_key(char key[64], const char *op, int C, int OC)
+{
+    snprintf(key, 64, "%s %dx%d", op, C, OC);
+    return key;
+}
+
 pesc_backend *backend_new(const char *name, pesc_error *err)
 {
     int want_cuda = strcmp(name, "cuda") == 0, want_auto = strcmp(name, "auto") == 0;
@@ -48,6 +129,9 @@ void backend_delete(pesc_backend *b)
         return;
     if (b->ops && b->ops->free_context)
         b->ops->free_context(b->context);
+    if (b->profile)
+        free(b->profile->entries);
+    free(b->profile);
     free(b);
 }
 
@@ -71,17 +155,17 @@ void backend_free(pesc_backend *b, void *p)
 
 void backend_upload(pesc_backend *b, void *dst, const void *src, size_t bytes)
 {
-    b->ops->upload(b->context, dst, src, bytes);
+    PROFILED(b, __func__, b->ops->upload(b->context, dst, src, bytes));
 }
 
 void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes)
 {
-    b->ops->download(b->context, dst, src, bytes);
+    PROFILED(b, __func__, b->ops->download(b->context, dst, src, bytes));
 }
 
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes)
 {
-    b->ops->copy(b->context, dst, src, bytes);
+    PROFILED(b, __func__, b->ops->copy(b->context, dst, src, bytes));
 }
 
 void backend_synchronize(pesc_backend *b)
@@ -133,130 +217,134 @@ int backend_check(pesc_backend *b, pesc_error *err)
 
 void embedding_forward(pesc_backend *b, float *out, const int32_t *tokens, const float *table, int N, int C)
 {
-    b->ops->embedding_forward(b->context, out, tokens, table, N, C);
+    PROFILED(b, __func__, b->ops->embedding_forward(b->context, out, tokens, table, N, C));
 }
 
 void matmul_forward(pesc_backend *b, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC)
 {
-    b->ops->matmul_forward(b->context, out, inp, weight, bias, N, C, OC);
+    char key[64];
+    PROFILED(b, matmul_key(key, "matmul_forward", C, OC), b->ops->matmul_forward(b->context, out, inp, weight, bias, N, C, OC));
 }
 
 void rmsnorm_forward(pesc_backend *b, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps)
 {
-    b->ops->rmsnorm_forward(b->context, out, rstd, inp, weight, N, C, eps);
+    PROFILED(b, __func__, b->ops->rmsnorm_forward(b->context, out, rstd, inp, weight, N, C, eps));
 }
 
 void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D)
 {
-    b->ops->rope_forward(b->context, out, inp, pos, inv_freq, N, H, D);
+    PROFILED(b, __func__, b->ops->rope_forward(b->context, out, inp, pos, inv_freq, N, H, D));
 }
 
 void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
 {
-    b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
+    PROFILED(b, __func__, b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start));
 }
 
 void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window)
 {
-    b->ops->attention_cached_forward(b->context, out, q, k_cache, v_cache, n, past, Hq, Hkv, D, window);
+    PROFILED(b, __func__, b->ops->attention_cached_forward(b->context, out, q, k_cache, v_cache, n, past, Hq, Hkv, D, window));
 }
 
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n)
 {
-    b->ops->swiglu_forward(b->context, out, gate, up, n);
+    PROFILED(b, __func__, b->ops->swiglu_forward(b->context, out, gate, up, n));
 }
 
 void residual_forward(pesc_backend *b, float *out, const float *x, const float *y, size_t n)
 {
-    b->ops->residual_forward(b->context, out, x, y, n);
+    PROFILED(b, __func__, b->ops->residual_forward(b->context, out, x, y, n));
 }
 
 void crossentropy_forward(pesc_backend *b, float *losses, const float *logits, const int32_t *targets, int N, int V)
 {
-    b->ops->crossentropy_forward(b->context, losses, logits, targets, N, V);
+    PROFILED(b, __func__, b->ops->crossentropy_forward(b->context, losses, logits, targets, N, V));
 }
 
 void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, int N, int E, int K)
 {
-    b->ops->moe_route_forward(b->context, topk_idx, topk_w, probs, lse, logits, N, E, K);
+    PROFILED(b, __func__, b->ops->moe_route_forward(b->context, topk_idx, topk_w, probs, lse, logits, N, E, K));
 }
 
 void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K)
 {
-    b->ops->moe_route_backward(b->context, dlogits, dtopk_w, topk_idx, topk_w, probs, lse, aux_grad, z_scale, N, E, K);
+    PROFILED(b, __func__, b->ops->moe_route_backward(b->context, dlogits, dtopk_w, topk_idx, topk_w, probs, lse, aux_grad, z_scale, N, E, K));
 }
 
 void moe_adapter_forward(pesc_backend *b, float *y, float *gathered, float *pre, float *act, float *scratch, const float *h, const float *mask, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
-    b->ops->moe_adapter_forward(b->context, y, gathered, pre, act, scratch, h, mask, down, up, perm, offsets, topk_w, N, K, E, C, R, scale);
+    PROFILED(b, __func__, b->ops->moe_adapter_forward(b->context, y, gathered, pre, act, scratch, h, mask, down, up, perm, offsets, topk_w, N, K, E, C, R, scale));
 }
 
 void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, float *dtopk_w, float *scratch, float *scratch_r, const float *dy, const float *gathered, const float *pre, const float *act, const float *mask, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
-    b->ops->moe_adapter_backward(b->context, dh, ddown, dup, dtopk_w, scratch, scratch_r, dy, gathered, pre, act, mask, down, up, perm, offsets, topk_w, N, K, E, C, R, scale);
+    PROFILED(b, __func__, b->ops->moe_adapter_backward(b->context, dh, ddown, dup, dtopk_w, scratch, scratch_r, dy, gathered, pre, act, mask, down, up, perm, offsets, topk_w, N, K, E, C, R, scale));
 }
 
 void embedding_backward(pesc_backend *b, float *dtable, const float *dout, const int32_t *tokens, int N, int C)
 {
-    b->ops->embedding_backward(b->context, dtable, dout, tokens, N, C);
+    PROFILED(b, __func__, b->ops->embedding_backward(b->context, dtable, dout, tokens, N, C));
 }
 
 void matmul_backward(pesc_backend *b, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC)
 {
-    b->ops->matmul_backward(b->context, dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    char key[64];
+    PROFILED(b, matmul_key(key, "matmul_backward", C, OC), b->ops->matmul_backward(b->context, dinp, dweight, dbias, dout, inp, weight, N, C, OC));
 }
 
 void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C)
 {
-    b->ops->rmsnorm_backward(b->context, dinp, dweight, dout, inp, weight, rstd, N, C);
+    PROFILED(b, __func__, b->ops->rmsnorm_backward(b->context, dinp, dweight, dout, inp, weight, rstd, N, C));
 }
 
 void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D)
 {
-    b->ops->rope_backward(b->context, dinp, dout, pos, inv_freq, N, H, D);
+    PROFILED(b, __func__, b->ops->rope_backward(b->context, dinp, dout, pos, inv_freq, N, H, D));
 }
 
 void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
 {
-    b->ops->attention_backward(b->context, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, seg_start);
+    PROFILED(b, __func__, b->ops->attention_backward(b->context, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, seg_start));
 }
 
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n)
 {
-    b->ops->swiglu_backward(b->context, dgate, dup, dout, gate, up, n);
+    PROFILED(b, __func__, b->ops->swiglu_backward(b->context, dgate, dup, dout, gate, up, n));
 }
 
 void crossentropy_backward(pesc_backend *b, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V)
 {
-    b->ops->crossentropy_backward(b->context, dlogits, losses, logits, targets, scale, N, V);
+    PROFILED(b, __func__, b->ops->crossentropy_backward(b->context, dlogits, losses, logits, targets, scale, N, V));
 }
 
 void vector_zero(pesc_backend *b, float *x, size_t n)
 {
-    b->ops->vector_zero(b->context, x, n);
+    PROFILED(b, __func__, b->ops->vector_zero(b->context, x, n));
 }
 
 void vector_axpy(pesc_backend *b, float *y, const float *x, float alpha, size_t n)
 {
-    b->ops->vector_axpy(b->context, y, x, alpha, n);
+    PROFILED(b, __func__, b->ops->vector_axpy(b->context, y, x, alpha, n));
 }
 
 void dropout_mask(pesc_backend *b, float *mask, size_t n, float p, uint64_t seed)
 {
-    b->ops->dropout_mask(b->context, mask, n, p, seed);
+    PROFILED(b, __func__, b->ops->dropout_mask(b->context, mask, n, p, seed));
 }
 
 void vector_scale(pesc_backend *b, float *x, float alpha, size_t n)
 {
-    b->ops->vector_scale(b->context, x, alpha, n);
+    PROFILED(b, __func__, b->ops->vector_scale(b->context, x, alpha, n));
 }
 
 double vector_sumsq(pesc_backend *b, const float *x, size_t n)
 {
-    return b->ops->vector_sumsq(b->context, x, n);
+    double sum = 0.0;
+    PROFILED(b, __func__, sum = b->ops->vector_sumsq(b->context, x, n));
+    return sum;
 }
 
 void adamw_update(pesc_backend *b, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step)
 {
-    b->ops->adamw_update(b->context, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
+    PROFILED(b, __func__, b->ops->adamw_update(b->context, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step));
 }

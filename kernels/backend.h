@@ -51,6 +51,20 @@ void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
  * backend never fails and returns 0. */
 int backend_check(pesc_backend *b, pesc_error *err);
 
+/* Per-op timing, for `pesc bench --profile`. While a profile runs, every op waits for the
+ * backend's queued work before and after it, and its wall time adds to an entry named after
+ * the op (a product also by its shape, "matmul_forward 2048x5632"): the sum shows where a step
+ * goes, at the price of the overlap between host and device that the waits remove.
+ * backend_profile_stop ends the run and returns its entries, slowest first (the caller frees
+ * them), or -1 when none ran. */
+typedef struct backend_profile_entry {
+    char op[64];
+    double seconds;
+    long calls;
+} backend_profile_entry;
+void backend_profile_start(pesc_backend *b);
+int backend_profile_stop(pesc_backend *b, backend_profile_entry **entries);
+
 /* ---- forward ops ---------------------------------------------------------------------------- */
 
 /* out (N, C) = table[tokens] with table (V, C). */

@@ -50,9 +50,12 @@ typedef struct backend_ops {
     int (*check)(void *ctx, pesc_error *err);
 } backend_ops;
 
+struct backend_profile;   /* backend.c: the entries of a profile run (backend_profile_start) */
+
 struct pesc_backend {
     const backend_ops *ops;
     void *context;
+    struct backend_profile *profile;   /* NULL: not profiling */
 };
 
 /* Each backend's constructor: fills *ctx, or returns -1 with a message. */

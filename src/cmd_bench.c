@@ -30,19 +30,22 @@ static const char bench_usage[] =
     "  --steps N          timed steps after one warm-up step; the median counts (5)\n"
     "  --backend B        auto, cpu or cuda\n"
     "  --recompute        activation recomputation (as pesc train --recompute)\n"
+    "  --profile          then time every op of the same steps, waiting for the device around\n"
+    "                     each, and print where a step goes (ms and share per op)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
-    "                     peak_gflops, mfu, activation_bytes, and the shape\n"
+    "                     peak_gflops, mfu, activation_bytes, and the shape (with --profile,\n"
+    "                     profile_step_ms and profile: [{op, calls_per_step, ms_per_step}])\n"
     "crafting options:\n";
 
 typedef struct bench_options {
     hf_config shape;
     pesc_options pesc;
-    int seq, batch, steps, json, recompute;
+    int seq, batch, steps, json, recompute, profile;
     const char *backend;
 } bench_options;
 
 enum { OPT_DIM = 1, OPT_LAYERS, OPT_HEADS, OPT_KV_HEADS, OPT_FFN, OPT_VOCAB, OPT_SEQ, OPT_BATCH,
-       OPT_STEPS, OPT_BACKEND, OPT_RECOMPUTE, OPT_JSON, OPT_HELP };
+       OPT_STEPS, OPT_BACKEND, OPT_RECOMPUTE, OPT_PROFILE, OPT_JSON, OPT_HELP };
 
 static const struct option bench_options_own[] = {
     {"dim", required_argument, NULL, OPT_DIM}, {"layers", required_argument, NULL, OPT_LAYERS},
@@ -53,6 +56,7 @@ static const struct option bench_options_own[] = {
     {"steps", required_argument, NULL, OPT_STEPS},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"recompute", no_argument, NULL, OPT_RECOMPUTE},
+    {"profile", no_argument, NULL, OPT_PROFILE},
     {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int shape_flag(bench_options *o, int c, const char *arg)
@@ -102,6 +106,8 @@ static int parse_bench(bench_options *o, int argc, char **argv)
             o->backend = optarg;
         } else if (c == OPT_RECOMPUTE) {
             o->recompute = 1;
+        } else if (c == OPT_PROFILE) {
+            o->profile = 1;
         } else if (c == OPT_JSON) {
             o->json = 1;
         } else if (c == OPT_HELP || c == 'h') {
@@ -233,6 +239,55 @@ static int run_steps(model *m, optimizer *opt, const bench_options *o, double *s
     return rc;
 }
 
+/* The same steps again with every op timed (backend_profile_start); per-step figures. */
+typedef struct bench_profile {
+    backend_profile_entry *ops;
+    int n, steps;
+    double step_s;   /* the profiled step, waits included */
+} bench_profile;
+
+static int profile_steps(model *m, optimizer *opt, const bench_options *o, bench_profile *p,
+                         pesc_error *err)
+{
+    model_losses losses;
+    double step_s;
+    backend_profile_start(m->backend);
+    double t0 = pesc_now();
+    int rc = run_steps(m, opt, o, &step_s, &losses, err);
+    p->steps = o->steps + 1;   /* run_steps' first step counts here: it is warm by now */
+    p->step_s = (pesc_now() - t0) / p->steps;
+    p->n = backend_profile_stop(m->backend, &p->ops);
+    return rc;
+}
+
+static void print_profile(const bench_profile *p, double step_s, int json)
+{
+    double ops_s = 0.0;
+    for (int i = 0; i < p->n; i++)
+        ops_s += p->ops[i].seconds / p->steps;
+    if (json) {
+        printf(", \"profile_step_ms\": %.3f, \"profile\": [", p->step_s * 1e3);
+        for (int i = 0; i < p->n; i++)
+            printf("%s{\"op\": \"%s\", \"calls_per_step\": %.2f, \"ms_per_step\": %.4f}",
+                   i ? ", " : "", p->ops[i].op, (double)p->ops[i].calls / p->steps,
+                   p->ops[i].seconds / p->steps * 1e3);
+        printf("]");
+        return;
+    }
+    printf("profile of %d steps, every op waited for: %.1f ms/step (%.2fx the step above)\n",
+           p->steps, p->step_s * 1e3, p->step_s / step_s);
+    printf("  %-40s %10s %10s %7s\n", "op (a product: inputs x outputs)", "calls/step", "ms/step",
+           "share");
+    for (int i = 0; i < p->n; i++) {
+        double ms = p->ops[i].seconds / p->steps * 1e3;
+        printf("  %-40s %10.1f %10.2f %6.1f%%\n", p->ops[i].op, (double)p->ops[i].calls / p->steps,
+               ms, 100.0 * ms / (p->step_s * 1e3));
+    }
+    double rest = p->step_s - ops_s;
+    printf("  %-40s %10s %10.2f %6.1f%%\n", "between ops (host work, waits)", "", rest * 1e3,
+           100.0 * rest / p->step_s);
+}
+
 int cmd_bench(int argc, char **argv)
 {
     bench_options o;
@@ -254,8 +309,10 @@ int cmd_bench(int argc, char **argv)
         goto out;
     randomize_trainables(&m);
     m.recompute = o.recompute;
+    bench_profile prof = {0};
     if (optim_init(&opt, b, m.n_train, &oc, &err) != 0 ||
-        run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0 || (peak = measure_peak(b, &o, &err)) < 0)
+        run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0 || (peak = measure_peak(b, &o, &err)) < 0 ||
+        (o.profile && profile_steps(&m, &opt, &o, &prof, &err) != 0))
         goto out;
     double tokens = (double)o.seq * o.batch, fpt = flops_per_token(&o);
     double tps = tokens / step_s, gflops = tps * fpt / 1e9;
@@ -265,7 +322,7 @@ int cmd_bench(int argc, char **argv)
                "\"device\": \"%s\", \"dim\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
                "\"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"experts\": %d, "
                "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
-               "\"recompute\": %s, \"activation_bytes\": %zu, \"loss\": %.6f}\n",
+               "\"recompute\": %s, \"activation_bytes\": %zu, \"loss\": %.6f",
                tps, step_s * 1e3, fpt, gflops, peak, gflops / peak, backend_name(b),
                backend_device(b), o.shape.hidden_size, o.shape.n_layers, o.shape.n_heads,
                o.shape.n_kv_heads, o.shape.intermediate_size, o.shape.vocab_size, o.seq, o.batch,
@@ -277,10 +334,15 @@ int cmd_bench(int argc, char **argv)
                "(MFU %.1f%%), activations %.1f MiB%s\n", backend_device(b), tps, step_s * 1e3,
                fpt / 1e6, gflops, peak, 100.0 * gflops / peak, (double)m.act.bytes / 1048576.0,
                o.recompute ? " (recomputed)" : "");
+    if (o.profile)
+        print_profile(&prof, step_s, o.json);
+    if (o.json)
+        printf("}\n");
     status = 0;
 out:
     if (status != 0)
         cli_fail("bench", &err);
+    free(prof.ops);
     optim_free(&opt);
     model_free(&m);
     backend_delete(b);

@@ -96,5 +96,19 @@ expect 0 "model.layers.0.mlp.down_proj.weight" "inspect a safetensors file" -- "
 expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/records.jsonl"
 expect 1 "no such file" "inspect a missing path" -- "$pesc" inspect "$tmp/nothing"
 
+# bench --profile: every op of the step has its row, products by shape, counted per step
+small="--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 --seq 32 --batch 2"
+expect 0 "^profile of 2 steps" "bench --profile" -- "$pesc" bench $small --steps 1 --profile --backend cpu
+row() { awk -v op="$1" 'substr($0, 3, 40) ~ "^" op " *$" { print $(NF - 2), $(NF - 1) }' "$tmp/out"; }
+for want in "attention_forward:2.0" "attention_backward:2.0" "moe_adapter_forward:2.0" \
+            "matmul_forward 64x128:4.0" "matmul_backward 128x64:2.0" "adamw_update:1.0"; do
+  calls=$(row "${want%:*}" | cut -d' ' -f1)
+  [ "$calls" = "${want#*:}" ] || fail "bench --profile: '${want%:*}' $calls calls/step, wanted ${want#*:}"
+done
+rest=$(awk '/between ops/ { print $(NF - 1) }' "$tmp/out")
+awk -v r="$rest" 'BEGIN { exit !(r != "" && r >= 0) }' ||
+  fail "bench --profile: the ops add up to more than the step (between ops: '$rest' ms)"
+expect 0 '"profile": \[{"op": "' "bench --profile --json" -- "$pesc" bench $small --steps 1 --profile --json --backend cpu
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
