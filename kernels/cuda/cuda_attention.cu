@@ -199,12 +199,23 @@ static void forward_any(cuda_context *c, float *out, float *lse, const float *q,
     }
 }
 
+static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q, const float *k,
+                         const float *v, int B, int T, int Hq, int Hkv, int D, int window,
+                         const int32_t *seg);
+static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
+                          const float *q, const float *k, const float *v, const float *out,
+                          const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
+                          const int32_t *seg);
+
 extern "C" void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q,
                                        const float *k, const float *v, int B, int T, int Hq,
                                        int Hkv, int D, int window, const int32_t *seg_start)
 {
     CUDA_OP(ctx);
-    forward_any(c, out, lse, q, k, v, B, T, 0, T, Hq, Hkv, D, window, seg_start);
+    if (c->attention == CUDA_ATTENTION_GEMM && head_dim_ok(c, D, Hq, Hkv) && T > 0 && B > 0)
+        gemm_forward(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
+    else
+        forward_any(c, out, lse, q, k, v, B, T, 0, T, Hq, Hkv, D, window, seg_start);
 }
 
 extern "C" void cuda_attention_cached_forward(void *ctx, float *out, const float *q,
@@ -494,6 +505,10 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
     CUDA_OP(ctx);
     if (!head_dim_ok(c, D, Hq, Hkv) || T <= 0 || B <= 0)
         return;
+    if (c->attention == CUDA_ATTENTION_GEMM) {
+        gemm_backward(c, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, seg_start);
+        return;
+    }
     size_t rows = (size_t)B * T * Hq;
     float *delta = (float *)cuda_op_work(c, rows * sizeof(float));
     if (!delta)
@@ -508,4 +523,246 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
     case 4: launch_backward<4>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
     default: launch_backward<8>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
     }
+}
+
+// ---- the tensor-core path: cuBLAS products over tiles of scores ------------------------------
+//
+// PESC_CUDA_ATTENTION=gemm. The kernels above run in fp32 on the CUDA cores; at a TinyLlama
+// shape (T 2048) they took about half of an H200's step. Here the four products of attention
+// run through cuBLAS in the context's math (tf32 by default) and only the softmax is a kernel
+// of ours. Scores are materialised for a chunk of query rows at a time, against the keys that
+// chunk can see (k0 .. q1 - 1): the tile is at most ATT_TILE_BYTES, and the backward holds two.
+//
+// The products want every (sequence, head) at one stride, so q, k, v (and dout) are first
+// copied head-major, (B, Hq, T, D), with k and v repeated over the query heads of their group;
+// dK and dV come back summed over the group, in a fixed order (deterministic).
+#define ATT_TILE_BYTES ((size_t)128 << 20)
+
+// xh (B, Hq, T, D) from x (B*T, H, D): head h of xh is head h / rep of x.
+__global__ void heads_gather_kernel(float *xh, const float *x, int B, int T, int Hq, int H,
+                                    int D, int rep)
+{
+    GRID_STRIDE(i, (size_t)B * Hq * T * D) {
+        int d = (int)(i % D);
+        size_t r = i / D;
+        int t = (int)(r % T);
+        r /= T;
+        int h = (int)(r % Hq), b = (int)(r / Hq);
+        xh[i] = x[(((size_t)b * T + t) * H + h / rep) * D + d];
+    }
+}
+
+// x (B*T, H, D) = the sum over the rep heads of xh (B, H * rep, T, D) that belong to each head.
+__global__ void heads_scatter_kernel(float *x, const float *xh, int B, int T, int H, int D,
+                                     int rep)
+{
+    GRID_STRIDE(i, (size_t)B * T * H * D) {
+        int d = (int)(i % D);
+        size_t r = i / D;
+        int g = (int)(r % H);
+        r /= H;
+        int t = (int)(r % T), b = (int)(r / T);
+        const float *src = xh + (((size_t)b * H * rep + (size_t)g * rep) * T + t) * D + d;
+        float s = 0.0f;
+        for (int j = 0; j < rep; j++)
+            s += src[(size_t)j * T * D];
+        x[i] = s;
+    }
+}
+
+// A tile of scores s (nbh * C rows, nk columns): row r is query q0 + r % C of (sequence, head)
+// bh0 + r / C, column j is key k0 + j. One block a row.
+struct tile_shape {
+    int C, nk, q0, k0, bh0, Hq, T, window;
+    const int32_t *seg;
+};
+
+__device__ __forceinline__ void tile_row(const tile_shape &ts, int r, int *bh, int *t, int *lo,
+                                         int *hi)
+{
+    *bh = ts.bh0 + r / ts.C;
+    *t = ts.q0 + r % ts.C;
+    const int32_t *seg = ts.seg ? ts.seg + (size_t)(*bh / ts.Hq) * ts.T : NULL;
+    *lo = first_key(*t, ts.window, seg) - ts.k0;   // the visible columns, lo .. hi
+    *hi = *t - ts.k0;
+}
+
+// Forward, in place: scaled scores become probabilities (0 where masked); lse (B, Hq, T).
+__global__ void tile_softmax_kernel(float *s, float *lse, tile_shape ts)
+{
+    __shared__ float red[32];
+    int bh, t, lo, hi;
+    tile_row(ts, blockIdx.x, &bh, &t, &lo, &hi);
+    float *row = s + (size_t)blockIdx.x * ts.nk;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < ts.nk; j += blockDim.x)
+        if (j >= lo && j <= hi)
+            m = fmaxf(m, row[j]);
+    m = block_max(m, red);
+    float l = 0.0f;
+    for (int j = threadIdx.x; j < ts.nk; j += blockDim.x)
+        if (j >= lo && j <= hi)
+            l += expf(row[j] - m);
+    float z = m + logf(block_sum(l, red));
+    for (int j = threadIdx.x; j < ts.nk; j += blockDim.x)
+        row[j] = j >= lo && j <= hi ? expf(row[j] - z) : 0.0f;
+    if (lse && threadIdx.x == 0)
+        lse[(size_t)bh * ts.T + t] = z;
+}
+
+// Backward, in place: s holds the scaled scores and dp holds dout.v; s becomes P (from the
+// saved lse) and dp becomes dS = P (dP - delta). lse and delta (B, Hq, T).
+__global__ void tile_backward_kernel(float *s, float *dp, const float *lse, const float *delta,
+                                     tile_shape ts)
+{
+    int bh, t, lo, hi;
+    tile_row(ts, blockIdx.x, &bh, &t, &lo, &hi);
+    float *row = s + (size_t)blockIdx.x * ts.nk, *drow = dp + (size_t)blockIdx.x * ts.nk;
+    float z = lse[(size_t)bh * ts.T + t], dl = delta[(size_t)bh * ts.T + t];
+    for (int j = threadIdx.x; j < ts.nk; j += blockDim.x) {
+        float p = j >= lo && j <= hi ? expf(row[j] - z) : 0.0f;
+        row[j] = p;
+        drow[j] = p * (drow[j] - dl);
+    }
+}
+
+// Row-major C_i (M, N) = alpha op(A_i) op(B_i) + beta C_i for i < batch, the operands of i at
+// i times their strides (cuda_gemm's convention, batched), in the context's math.
+static void gemm_batched(cuda_context *c, int trans_a, int trans_b, int M, int N, int K,
+                         float alpha, const float *A, int lda, long long sa, const float *B,
+                         int ldb, long long sb, float beta, float *C, int ldc, long long sc,
+                         int batch)
+{
+    if (c->failed)
+        return;
+    cublasComputeType_t compute = c->math == CUDA_MATH_TF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                  : c->math == CUDA_MATH_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                              : CUBLAS_COMPUTE_32F;
+    CUBLAS_CHECK(c, cublasGemmStridedBatchedEx(
+                        c->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                        trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUDA_R_32F, ldb,
+                        sb, A, CUDA_R_32F, lda, sa, &beta, C, CUDA_R_32F, ldc, sc, batch, compute,
+                        CUBLAS_GEMM_DEFAULT));
+}
+
+// The chunking: C query rows of nbh (sequence, head)s a tile, C a multiple of 16 where T allows.
+static void tile_plan(int B, int T, int Hq, int *C, int *nbh)
+{
+    size_t row = (size_t)T * sizeof(float), all = (size_t)B * Hq;
+    size_t rows = ATT_TILE_BYTES / (all * row);
+    if (rows >= 16) {
+        *C = rows >= (size_t)T ? T : (int)(rows & ~(size_t)15);
+        *nbh = (int)all;
+        return;
+    }
+    *C = T < 16 ? T : 16;
+    size_t n = ATT_TILE_BYTES / ((size_t)*C * row);
+    *nbh = (int)(n < 1 ? 1 : n > all ? all : n);
+}
+
+// The device scratch of the gemm path: head-major buffers of (B, Hq, T, D) floats, then tiles.
+static float *gemm_work(cuda_context *c, size_t head_buffers, size_t nh, int tiles, size_t tile,
+                        size_t extra)
+{
+    return (float *)cuda_op_work(c, (head_buffers * nh + tiles * tile + extra) * sizeof(float));
+}
+
+static unsigned tile_threads(int nk) { return nk >= 512 ? 256 : nk >= 128 ? 128 : 32; }
+
+static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q, const float *k,
+                         const float *v, int B, int T, int Hq, int Hkv, int D, int window,
+                         const int32_t *seg)
+{
+    int rep = Hq / Hkv, C, nbh;
+    tile_plan(B, T, Hq, &C, &nbh);
+    size_t nh = (size_t)B * Hq * T * D, tile = (size_t)nbh * C * T;
+    float *qh = gemm_work(c, 4, nh, 1, tile, 0);
+    if (!qh)
+        return;
+    float *kh = qh + nh, *vh = kh + nh, *oh = vh + nh, *s = oh + nh;
+    unsigned blocks = cuda_blocks(nh, 256);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(qh, q, B, T, Hq, Hq, D, 1);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(kh, k, B, T, Hq, Hkv, D, rep);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(vh, v, B, T, Hq, Hkv, D, rep);
+    if (!CUDA_LAUNCHED(c))
+        return;
+    float scale = 1.0f / sqrtf((float)D);
+    long long hs = (long long)T * D;
+    for (int bh0 = 0; bh0 < B * Hq; bh0 += nbh) {
+        int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
+        size_t off = (size_t)bh0 * hs;
+        for (int q0 = 0; q0 < T; q0 += C) {
+            int rows = T - q0 < C ? T - q0 : C, q1 = q0 + rows;
+            int k0 = window > 0 && q0 - window + 1 > 0 ? q0 - window + 1 : 0, nk = q1 - k0;
+            long long st = (long long)rows * nk;
+            gemm_batched(c, 0, 1, rows, nk, D, scale, qh + off + (size_t)q0 * D, D, hs,
+                         kh + off + (size_t)k0 * D, D, hs, 0.0f, s, nk, st, n);
+            tile_shape ts = {rows, nk, q0, k0, bh0, Hq, T, window, seg};
+            tile_softmax_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(s, lse,
+                                                                                          ts);
+            if (!CUDA_LAUNCHED(c))
+                return;
+            gemm_batched(c, 0, 0, rows, D, nk, 1.0f, s, nk, st, vh + off + (size_t)k0 * D, D, hs,
+                         0.0f, oh + off + (size_t)q0 * D, D, hs, n);
+        }
+    }
+    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(out, oh, B, T, Hq, D, 1);
+    CUDA_LAUNCHED(c);
+}
+
+static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
+                          const float *q, const float *k, const float *v, const float *out,
+                          const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
+                          const int32_t *seg)
+{
+    int rep = Hq / Hkv, C, nbh;
+    tile_plan(B, T, Hq, &C, &nbh);
+    size_t nh = (size_t)B * Hq * T * D, tile = (size_t)nbh * C * T, rows_all = (size_t)B * Hq * T;
+    float *qh = gemm_work(c, 7, nh, 2, tile, rows_all);
+    if (!qh)
+        return;
+    float *kh = qh + nh, *vh = kh + nh, *doh = vh + nh, *dqh = doh + nh, *dkh = dqh + nh;
+    float *dvh = dkh + nh, *s = dvh + nh, *dp = s + tile, *delta = dp + tile;
+    unsigned blocks = cuda_blocks(nh, 256);
+    attention_delta_kernel<<<(unsigned)((rows_all + 7) / 8), 256, 0, c->stream>>>(delta, dout,
+                                                                                 out, B, T, Hq, D);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(qh, q, B, T, Hq, Hq, D, 1);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(kh, k, B, T, Hq, Hkv, D, rep);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(vh, v, B, T, Hq, Hkv, D, rep);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(doh, dout, B, T, Hq, Hq, D, 1);
+    if (!CUDA_LAUNCHED(c) ||
+        !CUDA_CHECK(c, cudaMemsetAsync(dkh, 0, 2 * nh * sizeof(float), c->stream)))   // dkh, dvh
+        return;
+    float scale = 1.0f / sqrtf((float)D);
+    long long hs = (long long)T * D;
+    for (int bh0 = 0; bh0 < B * Hq; bh0 += nbh) {
+        int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
+        size_t off = (size_t)bh0 * hs;
+        for (int q0 = 0; q0 < T; q0 += C) {
+            int rows = T - q0 < C ? T - q0 : C, q1 = q0 + rows;
+            int k0 = window > 0 && q0 - window + 1 > 0 ? q0 - window + 1 : 0, nk = q1 - k0;
+            long long st = (long long)rows * nk;
+            const float *qc = qh + off + (size_t)q0 * D, *doc = doh + off + (size_t)q0 * D;
+            const float *kc = kh + off + (size_t)k0 * D, *vc = vh + off + (size_t)k0 * D;
+            gemm_batched(c, 0, 1, rows, nk, D, scale, qc, D, hs, kc, D, hs, 0.0f, s, nk, st, n);
+            gemm_batched(c, 0, 1, rows, nk, D, 1.0f, doc, D, hs, vc, D, hs, 0.0f, dp, nk, st, n);
+            tile_shape ts = {rows, nk, q0, k0, bh0, Hq, T, window, seg};
+            tile_backward_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(
+                s, dp, lse, delta, ts);
+            if (!CUDA_LAUNCHED(c))
+                return;
+            // dV += P^T dout, dQ = scale dS K, dK += scale dS^T Q
+            gemm_batched(c, 1, 0, nk, D, rows, 1.0f, s, nk, st, doc, D, hs, 1.0f,
+                         dvh + off + (size_t)k0 * D, D, hs, n);
+            gemm_batched(c, 0, 0, rows, D, nk, scale, dp, nk, st, kc, D, hs, 0.0f,
+                         dqh + off + (size_t)q0 * D, D, hs, n);
+            gemm_batched(c, 1, 0, nk, D, rows, scale, dp, nk, st, qc, D, hs, 1.0f,
+                         dkh + off + (size_t)k0 * D, D, hs, n);
+        }
+    }
+    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dq, dqh, B, T, Hq, D, 1);
+    blocks = cuda_blocks((size_t)B * T * Hkv * D, 256);
+    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dk, dkh, B, T, Hkv, D, rep);
+    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dv, dvh, B, T, Hkv, D, rep);
+    CUDA_LAUNCHED(c);
 }

@@ -439,6 +439,17 @@ static int parse_math(const char *s, int *math, pesc_error *err)
     return 0;
 }
 
+static int parse_attention(const char *s, int *attention, pesc_error *err)
+{
+    if (!s || !*s || strcmp(s, "fused") == 0)
+        *attention = CUDA_ATTENTION_FUSED;
+    else if (strcmp(s, "gemm") == 0)
+        *attention = CUDA_ATTENTION_GEMM;
+    else
+        return pesc_fail(err, "PESC_CUDA_ATTENTION=%s: choose fused or gemm", s);
+    return 0;
+}
+
 // The device is PESC_CUDA_DEVICE (default 0); products in PESC_CUDA_MATH (default tf32: while
 // activations are fp32, bf16 products pay a conversion of each activation operand, and on an
 // H200 tf32 was faster: 4.9 vs 27.8 ms/step at the standard shape, 498 vs 541 at TinyLlama's,
@@ -457,7 +468,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     cuda_context *c = (cuda_context *)calloc(1, sizeof *c);
     if (!c)
         return pesc_fail(err, "CUDA backend: out of host memory");
-    if (parse_math(getenv("PESC_CUDA_MATH"), &c->math, err) != 0) {
+    if (parse_math(getenv("PESC_CUDA_MATH"), &c->math, err) != 0 ||
+        parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0) {
         free(c);
         return -1;
     }
@@ -474,9 +486,10 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         c->max_shared = (int)prop.sharedMemPerBlockOptin;
         static const char *const math_names[] = {"bf16", "tf32", "fp32"};
         snprintf(c->device_text, sizeof c->device_text,
-                 "%s (sm_%d%d, %.0f GiB), cuBLAS %s products, fp32 tensors", prop.name,
-                 prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
-                 math_names[c->math]);
+                 "%s (sm_%d%d, %.0f GiB), cuBLAS %s products, %s attention, fp32 tensors",
+                 prop.name, prop.major, prop.minor,
+                 (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), math_names[c->math],
+                 c->attention == CUDA_ATTENTION_GEMM ? "gemm" : "fused");
     }
     if (c->failed) {
         pesc_fail(err, "--backend cuda: %s", c->error);

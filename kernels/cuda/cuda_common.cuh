@@ -27,6 +27,9 @@ extern "C" {
 }
 
 enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32 };
+// Training attention (PESC_CUDA_ATTENTION): the fused fp32 kernels, or cuBLAS products over
+// tiles of scores on the tensor cores (cuda_attention.cu says which does what).
+enum cuda_attention { CUDA_ATTENTION_FUSED, CUDA_ATTENTION_GEMM };
 
 // Blocks of the two-stage reductions (sums of squares, column sums): fixed, so every
 // reduction adds in the same order on every run (determinism).
@@ -38,6 +41,7 @@ typedef struct cuda_context {
     cudaStream_t stream;         // every op and copy runs in order on this one stream
     cublasHandle_t cublas;
     int math;                    // enum cuda_math, for the dense products
+    int attention;               // enum cuda_attention
     int max_shared;              // opt-in dynamic shared memory per block, bytes
     char device_text[320];
     int failed;                  // sticky: the first error, kept until the backend is deleted
@@ -85,6 +89,11 @@ static inline unsigned cuda_blocks(size_t n, int threads)
     size_t b = (n + (size_t)threads - 1) / (size_t)threads;
     return (unsigned)(b < 1 ? 1 : b > 65535u * 8u ? 65535u * 8u : b);
 }
+
+// A grid-stride loop of i over [0, n).
+#define GRID_STRIDE(i, n)                                                                        \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                    \
+         i += (size_t)gridDim.x * blockDim.x)
 
 // Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB;
 // false (error recorded) when the device cannot give that much.

@@ -14,9 +14,6 @@
 // threads add into one element and the result is deterministic.
 #include "cuda/cuda_common.cuh"
 
-#define GRID_STRIDE(i, n)                                                                        \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                    \
-         i += (size_t)gridDim.x * blockDim.x)
 
 // ---- routing --------------------------------------------------------------------------------
 

@@ -6,9 +6,6 @@
 #include "cuda/cuda_common.cuh"
 #include "dropout_hash.h"
 
-#define GRID_STRIDE(i, n)                                                                        \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                    \
-         i += (size_t)gridDim.x * blockDim.x)
 
 // ---- embedding ------------------------------------------------------------------------------
 

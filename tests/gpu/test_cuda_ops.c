@@ -1,7 +1,9 @@
 /* test_cuda_ops — every CUDA op against its CPU twin (the specification) on fresh random
  * inputs. Both backends get the same inputs; outputs and accumulated gradients are compared
  * by normalized error: fp32 ops tightly, dense products within bf16 bounds (and tightly again
- * with PESC_CUDA_MATH=fp32). Exit 77 without a usable GPU. */
+ * with PESC_CUDA_MATH=fp32). Attention runs on both paths (PESC_CUDA_ATTENTION): fused
+ * tightly, gemm tightly in fp32 (its layouts) and within tf32 and bf16 bounds. Exit 77 without
+ * a usable GPU. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -224,11 +226,12 @@ static void test_crossentropy(int N, int V)
 
 /* ---- attention --------------------------------------------------------------------------- */
 
-static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed)
+static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed,
+                           const char *path, double tol_fwd, double tol_bwd)
 {
     int N = B * T;
     char name[128], shape[80];
-    snprintf(shape, sizeof shape, "B%d T%d H%d/%d D%d%s%s", B, T, Hq, Hkv, D,
+    snprintf(shape, sizeof shape, "%s B%d T%d H%d/%d D%d%s%s", path, B, T, Hq, Hkv, D,
              window ? " window" : "", packed ? " packed" : "");
     twin q = twin_random((size_t)N * Hq * D, 1.0), k = twin_random((size_t)N * Hkv * D, 1.0);
     twin v = twin_random((size_t)N * Hkv * D, 1.0), out = twin_random((size_t)N * Hq * D, 1.0);
@@ -246,9 +249,9 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
     attention_forward(cpu, F(out), F(lse), F(q), F(k), F(v), B, T, Hq, Hkv, D, window, sc);
     attention_forward(gpu, G(out), G(lse), G(q), G(k), G(v), B, T, Hq, Hkv, D, window, sg);
     snprintf(name, sizeof name, "attention_forward out %s", shape);
-    compare(name, out, 1e-5);
+    compare(name, out, tol_fwd);
     snprintf(name, sizeof name, "attention_forward lse %s", shape);
-    compare(name, lse, 1e-5);
+    compare(name, lse, tol_fwd);
     /* the backward from the CPU's forward on both, so each op is judged on its own */
     twin_sync(out);
     twin_sync(lse);
@@ -257,13 +260,27 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
     attention_backward(gpu, G(dq), G(dk), G(dv), G(dout), G(q), G(k), G(v), G(out), G(lse), B, T,
                        Hq, Hkv, D, window, sg);
     snprintf(name, sizeof name, "attention_backward dq %s", shape);
-    compare(name, dq, 1e-4);
+    compare(name, dq, tol_bwd);
     snprintf(name, sizeof name, "attention_backward dk %s", shape);
-    compare(name, dk, 1e-4);
+    compare(name, dk, tol_bwd);
     snprintf(name, sizeof name, "attention_backward dv %s", shape);
-    compare(name, dv, 1e-4);
+    compare(name, dv, tol_bwd);
     twin_free(q); twin_free(k); twin_free(v); twin_free(out); twin_free(lse); twin_free(dout);
     twin_free(dq); twin_free(dk); twin_free(dv); twin_free(seg);
+}
+
+/* Packed documents, sliding windows, grouped heads, head dimensions up to 256, and sequences
+ * long enough that the gemm path cuts its score tiles (T 2048 x 64 heads: 8 chunks of 256
+ * query rows, each against the keys its window reaches). */
+static void test_attention_shapes(const char *path, double tol_fwd, double tol_bwd)
+{
+    test_attention(2, 100, 4, 2, 32, 0, 0, path, tol_fwd, tol_bwd);
+    test_attention(2, 130, 4, 1, 64, 0, 1, path, tol_fwd, tol_bwd);
+    test_attention(1, 200, 2, 2, 80, 33, 0, path, tol_fwd, tol_bwd);
+    test_attention(3, 64, 8, 2, 128, 17, 1, path, tol_fwd, tol_bwd);
+    test_attention(1, 40, 2, 1, 256, 0, 0, path, tol_fwd, tol_bwd);
+    test_attention(1, 2048, 64, 8, 16, 0, 0, path, tol_fwd, tol_bwd);
+    test_attention(1, 2048, 64, 8, 16, 300, 1, path, tol_fwd, tol_bwd);
 }
 
 static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int window)
@@ -357,6 +374,7 @@ int main(void)
 {
     gpu_test_seed();
     setenv("PESC_CUDA_MATH", "bf16", 1);   /* the coarsest math first; the default is tf32 */
+    setenv("PESC_CUDA_ATTENTION", "fused", 1);
     gpu = gpu_test_cuda_or_skip();
     pesc_error err;
     cpu = backend_new("cpu", &err);
@@ -372,11 +390,7 @@ int main(void)
     test_rope(77, 6, 64);
     test_elementwise(100003);
     test_crossentropy(37, 32000);
-    test_attention(2, 100, 4, 2, 32, 0, 0);
-    test_attention(2, 130, 4, 1, 64, 0, 1);
-    test_attention(1, 200, 2, 2, 80, 33, 0);
-    test_attention(3, 64, 8, 2, 128, 17, 1);
-    test_attention(1, 40, 2, 1, 256, 0, 0);
+    test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */
     test_attention_cached(1, 57, 4, 2, 64, 0);
     test_attention_cached(7, 90, 4, 2, 32, 20);
     test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
@@ -389,13 +403,20 @@ int main(void)
 
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
     setenv("PESC_CUDA_MATH", "fp32", 1);
+    setenv("PESC_CUDA_ATTENTION", "gemm", 1);
     gpu = gpu_test_cuda_or_skip();
     test_matmul(300, 200, 150, 1e-5, "fp32");
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
+    test_attention_shapes("gemm fp32", 1e-5, 1e-4);
     setenv("PESC_CUDA_MATH", "tf32", 1);
     backend_delete(gpu);
     gpu = gpu_test_cuda_or_skip();
     test_matmul(300, 200, 150, 5e-3, "tf32");
+    test_attention_shapes("gemm tf32", 5e-3, 1e-2);
+    backend_delete(gpu);
+    setenv("PESC_CUDA_MATH", "bf16", 1);
+    gpu = gpu_test_cuda_or_skip();
+    test_attention_shapes("gemm bf16", 2e-2, 3e-2);
     if (backend_check(gpu, &err) != 0) {
         printf("FAIL %s\n", err.msg);
         gpu_test_failures++;
