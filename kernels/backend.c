@@ -344,6 +344,11 @@ double vector_sumsq(pesc_backend *b, const float *x, size_t n)
     return sum;
 }
 
+void vector_sumsq_chunks(pesc_backend *b, double *out, const float *x, size_t chunk, int n)
+{
+    PROFILED(b, __func__, b->ops->vector_sumsq_chunks(b->context, out, x, chunk, n));
+}
+
 void adamw_update(pesc_backend *b, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step)
 {
     PROFILED(b, __func__, b->ops->adamw_update(b->context, params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step));

@@ -73,10 +73,15 @@ double optim_grad_norm(optimizer *o, const float *grads)
 
 void optim_step(optimizer *o, float *params, float *grads, double lr, double *norm_out)
 {
-    const optim_config *c = &o->config;
     double norm = optim_grad_norm(o, grads);
     if (norm_out)
         *norm_out = norm;
+    optim_step_norm(o, params, grads, lr, norm);
+}
+
+void optim_step_norm(optimizer *o, float *params, float *grads, double lr, double norm)
+{
+    const optim_config *c = &o->config;
     if (c->clip > 0) {
         double coef = c->clip / (norm + 1e-6);
         if (coef < 1.0)

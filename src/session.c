@@ -206,7 +206,18 @@ static void fill_routing(session *s, stats_record *r, const int *counts, const i
     if (!E)
         return;
     size_t R = (size_t)m->pesc.adapter_dim, C = (size_t)m->config.hidden_size;
+    /* a layer's experts are consecutive chunks of its down and up tensors (and of previous,
+     * which has the trainables' layout): one reduction per tensor, not one per expert, since
+     * on a GPU each is a wait for the device */
+    double *nd = xmalloc(4 * (size_t)E * sizeof *nd), *nu = nd + E, *dd = nu + E, *du = dd + E;
     for (int l = 0; l < L; l++) {
+        const float *down = m->pesc_layers[l].down, *up = m->pesc_layers[l].up;
+        vector_sumsq_chunks(s->backend, nd, down, R * C, E);
+        vector_sumsq_chunks(s->backend, nu, up, C * R, E);
+        if (s->previous) {   /* previous holds (before - after) for the trainables */
+            vector_sumsq_chunks(s->backend, dd, s->previous + (down - m->train_block), R * C, E);
+            vector_sumsq_chunks(s->backend, du, s->previous + (up - m->train_block), C * R, E);
+        }
         double total = 0.0, total_first = 0.0;
         for (int e = 0; e < E; e++) {
             total += counts[l * E + e];
@@ -217,17 +228,11 @@ static void fill_routing(session *s, stats_record *r, const int *counts, const i
             r->load[i] = total > 0 ? (float)(counts[i] / total) : 0.0f;
             r->first[i] = total_first > 0 ? (float)(first[i] / total_first) : 0.0f;
             r->gate[i] = counts[i] > 0 ? (float)(gate[i] / counts[i]) : 0.0f;
-            const float *down = m->pesc_layers[l].down + (size_t)e * R * C;
-            const float *up = m->pesc_layers[l].up + (size_t)e * C * R;
-            double nd = vector_sumsq(s->backend, down, R * C), nu = vector_sumsq(s->backend, up, C * R);
-            r->norm_down[i] = (float)sqrt(nd);
-            r->norm_up[i] = (float)sqrt(nu);
+            r->norm_down[i] = (float)sqrt(nd[e]);
+            r->norm_up[i] = (float)sqrt(nu[e]);
             if (s->previous) {
-                /* previous holds (before - after) for the trainables, same layout */
-                const float *dd = s->previous + (down - m->train_block);
-                const float *du = s->previous + (up - m->train_block);
-                double delta = vector_sumsq(s->backend, dd, R * C) + vector_sumsq(s->backend, du, C * R);
-                r->update_ratio[i] = nd + nu > 0 ? (float)sqrt(delta / (nd + nu)) : 0.0f;
+                double w = nd[e] + nu[e];
+                r->update_ratio[i] = w > 0 ? (float)sqrt((dd[e] + du[e]) / w) : 0.0f;
             }
         }
         r->entropy[l] = (float)(entropy[l] / micro);
@@ -240,6 +245,7 @@ static void fill_routing(session *s, stats_record *r, const int *counts, const i
                 r->source_load[((size_t)src * L + l) * E + e] = t > 0 ? (float)(row[e] / t) : 0.0f;
         }
     }
+    free(nd);
     stats_record_derive(r);
 }
 
@@ -620,7 +626,7 @@ static void process_command(session *s, const command *c, int in_generation)
 /* Global norm of the gradients, or NaN when any is not finite. */
 static double gradient_norm(session *s)
 {
-    return sqrt(vector_sumsq(s->backend, s->m.grad_block, s->m.n_train));
+    return optim_grad_norm(&s->opt, s->m.grad_block);
 }
 
 typedef struct step_counts {
@@ -709,7 +715,7 @@ static int train_step(session *s, pesc_error *err)
     s->nan_run = 0;
     if (m->crafted && s->previous)
         backend_copy(s->backend, s->previous, m->train_block, m->n_train * sizeof(float));
-    optim_step(&s->opt, m->train_block, m->grad_block, lr, NULL);
+    optim_step_norm(&s->opt, m->train_block, m->grad_block, lr, norm);
     if (m->crafted && s->previous)   /* previous = before - after */
         vector_axpy(s->backend, s->previous, m->train_block, -1.0f, m->n_train);
     s->step++;

@@ -221,6 +221,16 @@ static void test_elementwise(pesc_backend *b, size_t n)
     for (size_t i = 0; i < n; i++)
         want[i] = (double)g[i] + u[i];
     check("residual_forward", out, want, n, 1e-7);
+    /* sums of squares of consecutive chunks: each exactly vector_sumsq of its chunk */
+    enum { CHUNKS = 7 };
+    double sums[CHUNKS];
+    size_t chunk = n / CHUNKS;
+    vector_sumsq_chunks(b, sums, g, chunk, CHUNKS);
+    int same = 1;
+    for (int i = 0; i < CHUNKS; i++)
+        same &= sums[i] == vector_sumsq(b, g + (size_t)i * chunk, chunk) && sums[i] > 0.0;
+    printf("%-4s vector_sumsq_chunks: each chunk's vector_sumsq\n", same ? "ok" : "FAIL");
+    failures += !same;
     free(want);
     backend_free(b, g); backend_free(b, u); backend_free(b, out);
 }

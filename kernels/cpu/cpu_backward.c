@@ -268,6 +268,12 @@ double cpu_vector_sumsq(void *ctx, const float *x, size_t n)
     return s;
 }
 
+void cpu_vector_sumsq_chunks(void *ctx, double *out, const float *x, size_t chunk, int n)
+{
+    for (int i = 0; i < n; i++)   /* chunk by chunk: the very sums vector_sumsq gives */
+        out[i] = cpu_vector_sumsq(ctx, x + (size_t)i * chunk, chunk);
+}
+
 void cpu_adamw_update(void *ctx, float *params, const float *grads, float *m, float *v, size_t n,
                       float lr, float beta1, float beta2, float eps, float weight_decay, int step)
 {

@@ -3,7 +3,8 @@
 // cuda_attention.cu and cuda_moe.cu.
 //
 // Host synchronisation happens only where the interface hands data to the host: download
-// (route_layer's routing counts, the per-slice losses), vector_sumsq (the clipping norm),
+// (route_layer's routing counts, the per-slice losses), vector_sumsq (the clipping norm) and
+// vector_sumsq_chunks (the adapters' norms, once per layer and tensor),
 // synchronize and backend_check. Uploads from pageable memory are staged by the driver and
 // return without waiting for the device.
 #include <cuda_bf16.h>
@@ -419,6 +420,7 @@ static const backend_ops cuda_ops = {
     .vector_axpy = cuda_vector_axpy,
     .vector_scale = cuda_vector_scale,
     .vector_sumsq = cuda_vector_sumsq,
+    .vector_sumsq_chunks = cuda_vector_sumsq_chunks,
     .dropout_mask = cuda_dropout_mask,
     .adamw_update = cuda_adamw_update,
     .freeze = cuda_freeze,

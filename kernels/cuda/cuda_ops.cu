@@ -242,9 +242,12 @@ extern "C" void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n)
 
 // ---- sum of squares: fixed blocks of doubles, then the blocks in order -----------------------
 
+// Chunk blockIdx.y of n consecutive chunks (one chunk: vector_sumsq): its partial sums go to
+// partials + blockIdx.y * CUDA_REDUCE_BLOCKS, the same for a chunk whatever the others.
 __global__ void sumsq_partial_kernel(double *partials, const float *x, size_t n)
 {
     __shared__ double shared[256];
+    x += (size_t)blockIdx.y * n;
     double s = 0.0;
     GRID_STRIDE(i, n) s += (double)x[i] * x[i];
     shared[threadIdx.x] = s;
@@ -255,15 +258,19 @@ __global__ void sumsq_partial_kernel(double *partials, const float *x, size_t n)
         __syncthreads();
     }
     if (threadIdx.x == 0)
-        partials[blockIdx.x] = shared[0];
+        partials[(size_t)blockIdx.y * CUDA_REDUCE_BLOCKS + blockIdx.x] = shared[0];
 }
 
-__global__ void sumsq_finish_kernel(double *partials)
+// sums[i] = the partials of chunk i, in order; one thread a chunk.
+__global__ void sumsq_finish_kernel(double *sums, const double *partials, int chunks)
 {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= chunks)
+        return;
     double s = 0.0;
     for (int b = 0; b < CUDA_REDUCE_BLOCKS; b++)
-        s += partials[b];
-    partials[CUDA_REDUCE_BLOCKS] = s;
+        s += partials[(size_t)i * CUDA_REDUCE_BLOCKS + b];
+    sums[i] = s;
 }
 
 // Host sync: the result goes to the host (the gradient-clipping norm).
@@ -274,13 +281,42 @@ extern "C" double cuda_vector_sumsq(void *ctx, const float *x, size_t n)
     if (c->failed)
         return s;
     sumsq_partial_kernel<<<CUDA_REDUCE_BLOCKS, 256, 0, c->stream>>>(c->partials, x, n);
-    sumsq_finish_kernel<<<1, 1, 0, c->stream>>>(c->partials);
+    sumsq_finish_kernel<<<1, 1, 0, c->stream>>>(c->partials + CUDA_REDUCE_BLOCKS, c->partials, 1);
     if (CUDA_LAUNCHED(c) &&
         CUDA_CHECK(c, cudaMemcpyAsync(&s, c->partials + CUDA_REDUCE_BLOCKS, sizeof s,
                                       cudaMemcpyDeviceToHost, c->stream)) &&
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
         return s;
     return NAN;
+}
+
+// Host sync, once: the sums of every chunk come down together.
+extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x, size_t chunk,
+                                         int n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    for (int i = 0; i < n; i++)
+        out[i] = NAN;
+    if (c->failed || n <= 0)
+        return;
+    double *partials = (double *)cuda_op_work(c, (size_t)n * (CUDA_REDUCE_BLOCKS + 1) *
+                                                     sizeof(double));
+    if (!partials)
+        return;
+    double *sums = partials + (size_t)n * CUDA_REDUCE_BLOCKS;
+    for (int i0 = 0; i0 < n; i0 += 65535) {   // gridDim.y's limit
+        int m = n - i0 < 65535 ? n - i0 : 65535;
+        sumsq_partial_kernel<<<dim3(CUDA_REDUCE_BLOCKS, m), 256, 0, c->stream>>>(
+            partials + (size_t)i0 * CUDA_REDUCE_BLOCKS, x + (size_t)i0 * chunk, chunk);
+    }
+    sumsq_finish_kernel<<<(n + 127) / 128, 128, 0, c->stream>>>(sums, partials, n);
+    if (CUDA_LAUNCHED(c) &&
+        CUDA_CHECK(c, cudaMemcpyAsync(out, sums, (size_t)n * sizeof(double),
+                                      cudaMemcpyDeviceToHost, c->stream)) &&
+        CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
+        return;
+    for (int i = 0; i < n; i++)
+        out[i] = NAN;
 }
 
 // ---- AdamW ----------------------------------------------------------------------------------

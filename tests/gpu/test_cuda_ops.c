@@ -180,6 +180,21 @@ static void test_elementwise(size_t n)
     double want = vector_sumsq(cpu, F(out), n), got = vector_sumsq(gpu, G(out), n);
     double rel = fabs(got - want) / want;
     gpu_test_verdict(rel < 1e-9, "vector_sumsq", rel, "relative error, tolerance 1e-9");
+    /* per chunk: the GPU's own vector_sumsq exactly, the CPU's within rounding */
+    enum { CHUNKS = 5 };
+    double sums_gpu[CHUNKS], sums_cpu[CHUNKS], worst = 0.0;
+    size_t chunk = n / CHUNKS;
+    int same = 1;
+    vector_sumsq_chunks(gpu, sums_gpu, G(out), chunk, CHUNKS);
+    vector_sumsq_chunks(cpu, sums_cpu, F(out), chunk, CHUNKS);
+    for (int i = 0; i < CHUNKS; i++) {
+        same &= sums_gpu[i] == vector_sumsq(gpu, G(out) + (size_t)i * chunk, chunk);
+        double r = fabs(sums_gpu[i] - sums_cpu[i]) / sums_cpu[i];
+        worst = r > worst || !isfinite(r) ? r : worst;
+    }
+    gpu_test_verdict(same, "vector_sumsq_chunks = vector_sumsq per chunk", (double)!same,
+                     "chunks that differ");
+    gpu_test_verdict(worst < 1e-9, "vector_sumsq_chunks", worst, "relative error, tolerance 1e-9");
     /* AdamW: params a, grads b, moments from d and |db| */
     for (size_t i = 0; i < n; i++)
         F(db)[i] = fabsf(F(db)[i]);
