@@ -424,6 +424,29 @@ static int options_from_file(const st_file *f, pesc_options *o, pesc_error *err)
     return 0;
 }
 
+/* "--train full", or "experts 8, top-k 2, adapter-dim 64, LoRA rank 4 on q,v" */
+static const char *crafting_text(const pesc_options *o, char *buf, size_t n)
+{
+    if (o->mode == TRAIN_FULL) {
+        snprintf(buf, n, "--train full (every weight)");
+        return buf;
+    }
+    int at = snprintf(buf, n, "experts %d, top-k %d, adapter-dim %d", o->experts, o->top_k,
+                      o->adapter_dim);
+    if (o->lora_rank == 0) {
+        snprintf(buf + at, n - (size_t)at, ", no LoRA");
+        return buf;
+    }
+    at += snprintf(buf + at, n - (size_t)at, ", LoRA rank %d on ", o->lora_rank);
+    const char *sep = "";
+    for (int site = 0; site < LORA_SITES && (size_t)at < n; site++)
+        if (o->lora_targets & (1u << site)) {
+            at += snprintf(buf + at, n - (size_t)at, "%s%s", sep, pesc_lora_site_name(site));
+            sep = ",";
+        }
+    return buf;
+}
+
 static int same_crafting(const pesc_options *a, const pesc_options *b)
 {
     if (a->mode != b->mode)
@@ -458,10 +481,16 @@ int model_load_trainables(model *m, const char *path, pesc_error *err)
         if (model_craft(m, &o, m->rng, err) != 0)
             goto out;
     } else if (!same_crafting(&m->pesc, &wanted)) {
-        pesc_fail(err, "%s: crafted with experts %d, top-k %d, adapter-dim %d, lora-rank %d; "
-                  "the model has %d, %d, %d, %d", path, wanted.experts, wanted.top_k,
-                  wanted.adapter_dim, wanted.lora_rank, m->pesc.experts, m->pesc.top_k,
-                  m->pesc.adapter_dim, m->pesc.lora_rank);
+        char file_has[160], model_has[160];
+        crafting_text(&wanted, file_has, sizeof file_has);
+        crafting_text(&m->pesc, model_has, sizeof model_has);
+        if (wanted.mode == TRAIN_FULL)
+            pesc_fail(err, "%s was saved by a --train full run; this model is crafted (%s): give "
+                      "it with the base that run trained, or export its checkpoint (pesc export) "
+                      "and use that as --model", path, model_has);
+        else
+            pesc_fail(err, "%s was crafted with %s; the model has %s: give it with the model it "
+                      "was trained on", path, file_has, model_has);
         goto out;
     }
     /* the file's scale wins: it is part of the trained function */

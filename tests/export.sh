@@ -139,6 +139,9 @@ if [ -n "$full" ] && [ "$full" = "$trained" ] && [ "$full" != "$dense" ] && ! gr
 else
   fail "full mode: exported '$full', trained '$trained', dense '$dense'"
 fi
+expect 1 "saved by a --train full run; this model is crafted (experts 4, top-k 2, adapter-dim 8, no LoRA): give it with the base" \
+  "full-mode trainables on an exported PESC model: the mismatch named" -- \
+  "$pesc" eval --model "$tmp/exp" --adapters "$tmp/ckf/step-00000002/trainables.safetensors" --data "$tmp/d.jsonl"
 
 # ---- a BF16 base: weights training left alone stay BF16, LoRA-merged ones become F32 ------------
 bf16="$top_srcdir/tests/reference/data/llama-bf16-tied"
