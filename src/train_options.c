@@ -70,11 +70,15 @@ void train_config_demo(train_config *c)
         c->sources[c->n_sources++].weight = 1.0;
     }
     c->format = "demo";
-    c->seq = 64;
-    c->batch = 16;
     c->pack = 1;
-    c->optim.lr = 2e-3f;
-    c->optim.warmup = 20;
+    if (!(c->given & TRAIN_GIVEN_SEQ))
+        c->seq = 64;
+    if (!(c->given & TRAIN_GIVEN_BATCH))
+        c->batch = 16;
+    if (!(c->given & TRAIN_GIVEN_LR))
+        c->optim.lr = 2e-3f;
+    if (!(c->given & TRAIN_GIVEN_WARMUP))
+        c->optim.warmup = 20;
     if (!c->steps && !c->epochs)
         c->steps = 100000;   /* the demo goes on until the person quits */
 }
@@ -159,10 +163,14 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_TOKENIZER: c->tokenizer = arg; return 0;
     case OPT_SEQ:
         if (integer(cmd, "--seq", arg, 2, 1 << 20, &v)) return EXIT_USAGE;
-        c->seq = (int)v; return 0;
+        c->seq = (int)v;
+        c->given |= TRAIN_GIVEN_SEQ;
+        return 0;
     case OPT_BATCH:
         if (integer(cmd, "--batch", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
-        c->batch = (int)v; return 0;
+        c->batch = (int)v;
+        c->given |= TRAIN_GIVEN_BATCH;
+        return 0;
     case OPT_ACCUM:
         if (integer(cmd, "--grad-accum", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
         c->grad_accum = (int)v; return 0;
@@ -175,10 +183,15 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_STRICT: c->strict = 1; return 0;
     case OPT_LR:
         if (number(cmd, "--lr", arg, 0, 10, &x)) return EXIT_USAGE;
-        c->optim.lr = (float)x; return 0;
+        c->optim.lr = (float)x;
+        c->given |= TRAIN_GIVEN_LR;
+        return 0;
     case OPT_SCHEDULE:
         return optim_parse_schedule(arg, &c->optim.schedule, &err) ? cli_usage_error(cmd, "%s", err.msg) : 0;
-    case OPT_WARMUP: return integer(cmd, "--warmup", arg, 0, 1L << 40, &c->optim.warmup) ? EXIT_USAGE : 0;
+    case OPT_WARMUP:
+        if (integer(cmd, "--warmup", arg, 0, 1L << 40, &c->optim.warmup)) return EXIT_USAGE;
+        c->given |= TRAIN_GIVEN_WARMUP;
+        return 0;
     case OPT_WD:
         if (number(cmd, "--weight-decay", arg, 0, 10, &x)) return EXIT_USAGE;
         c->optim.weight_decay = (float)x; return 0;

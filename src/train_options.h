@@ -42,11 +42,16 @@ typedef struct train_config {
     int n_plugins;
     int nan_limit;               /* non-finite steps in a row before the LR is halved */
     int headless;
+    unsigned given;              /* TRAIN_GIVEN_*: what the command line set */
 } train_config;
+
+/* Options the built-in demo has its own defaults for, when the command line leaves them. */
+enum { TRAIN_GIVEN_SEQ = 1, TRAIN_GIVEN_BATCH = 2, TRAIN_GIVEN_LR = 4, TRAIN_GIVEN_WARMUP = 8 };
 
 void train_config_default(train_config *c);
 /* The built-in demo (`pesc` with no arguments): the demo model and one source per task family
- * of the generated data, so the routing view shows the families apart. */
+ * of the generated data, so the routing view shows the families apart; its --seq, --batch,
+ * --lr and --warmup unless the command line gave them. */
 void train_config_demo(train_config *c);
 
 /* Parses argv (argv[0] is the command name). Returns -1 to go on, TRAIN_HELP when --help was

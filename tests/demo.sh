@@ -13,6 +13,18 @@ failures=0
 
 
 
+# ---- the built-in demo keeps what the command line sets ----
+# (it once replaced --batch, --seq, --lr and --warmup with its own defaults, 16 x 64 at 2e-3)
+"$pesc" train --headless --steps 1 --batch 4 --lr 1e-3 --warmup 0 --log "$tmp/given.jsonl" \
+  >/dev/null 2>"$tmp/err" || fail "demo training with --batch 4: $(cat "$tmp/err")"
+tokens=$(sed -n 's/^{"step":1,.*"tokens":\([0-9]*\),.*/\1/p' "$tmp/given.jsonl")
+lr=$(sed -n 's/^{"step":1,.*"lr":\([0-9.e-]*\),.*/\1/p' "$tmp/given.jsonl")
+if [ -n "$tokens" ] && [ "$tokens" -gt 0 ] && [ "$tokens" -le 256 ] && close "$lr" 1e-3 1e-6; then
+  pass "demo: --batch 4 packs $tokens tokens (<= 4 x 64), --lr 1e-3 --warmup 0 trains at $lr"
+else
+  fail "demo ignored the command line: $tokens tokens (wanted <= 256), lr '$lr' (wanted 1e-3)"
+fi
+
 # ---- demo-data ----
 expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help
 expect 0 "demo-data" "listed in pesc --help" -- "$pesc" --help
