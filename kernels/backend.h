@@ -196,8 +196,8 @@ void dropout_mask(pesc_backend *b, float *mask, size_t n, float p, uint64_t seed
 /* sum of squares, accumulated in double */
 double vector_sumsq(pesc_backend *b, const float *x, size_t n);
 /* out[i] = vector_sumsq of x[i * chunk .. (i + 1) * chunk) for i < n, the same value as that
- * call gives, with one wait for the device instead of n: the adapters' norms (E experts of a
- * layer at once). out is host memory. */
+ * call gives. out (n doubles) is in the backend's memory, so nothing waits for the device: the
+ * adapters' norms, E experts of a layer a call, come to the host in one download a step. */
 void vector_sumsq_chunks(pesc_backend *b, double *out, const float *x, size_t chunk, int n);
 
 /* One AdamW step as torch.optim.AdamW: p -= lr*wd*p; m, v moments; bias-corrected update.

@@ -68,6 +68,7 @@ struct session {
     uint64_t fingerprint;        /* of the base model as loaded */
     stats_record *record;
     float *previous;             /* trainables before the update, for the update ratio */
+    double *norm_sums;           /* (4, L, E) in the backend: the adapters' sums of squares */
     sampler sampler;
 
     /* shared with other threads */
@@ -207,17 +208,25 @@ static void fill_routing(session *s, stats_record *r, const int *counts, const i
         return;
     size_t R = (size_t)m->pesc.adapter_dim, C = (size_t)m->config.hidden_size;
     /* a layer's experts are consecutive chunks of its down and up tensors (and of previous,
-     * which has the trainables' layout): one reduction per tensor, not one per expert, since
-     * on a GPU each is a wait for the device */
-    double *nd = xmalloc(4 * (size_t)E * sizeof *nd), *nu = nd + E, *dd = nu + E, *du = dd + E;
+     * which has the trainables' layout): one reduction per tensor, into the backend, and one
+     * download for the step (on a GPU a reduction per expert was a wait per expert) */
+    size_t LE = (size_t)L * E;
     for (int l = 0; l < L; l++) {
         const float *down = m->pesc_layers[l].down, *up = m->pesc_layers[l].up;
-        vector_sumsq_chunks(s->backend, nd, down, R * C, E);
-        vector_sumsq_chunks(s->backend, nu, up, C * R, E);
+        double *at = s->norm_sums + (size_t)l * E;
+        vector_sumsq_chunks(s->backend, at, down, R * C, E);
+        vector_sumsq_chunks(s->backend, at + LE, up, C * R, E);
         if (s->previous) {   /* previous holds (before - after) for the trainables */
-            vector_sumsq_chunks(s->backend, dd, s->previous + (down - m->train_block), R * C, E);
-            vector_sumsq_chunks(s->backend, du, s->previous + (up - m->train_block), C * R, E);
+            vector_sumsq_chunks(s->backend, at + 2 * LE, s->previous + (down - m->train_block),
+                                R * C, E);
+            vector_sumsq_chunks(s->backend, at + 3 * LE, s->previous + (up - m->train_block),
+                                C * R, E);
         }
+    }
+    double *sums = xmalloc(4 * LE * sizeof *sums);
+    backend_download(s->backend, sums, s->norm_sums, (s->previous ? 4 : 2) * LE * sizeof *sums);
+    for (int l = 0; l < L; l++) {
+        const double *nd = sums + (size_t)l * E, *nu = nd + LE, *dd = nu + LE, *du = dd + LE;
         double total = 0.0, total_first = 0.0;
         for (int e = 0; e < E; e++) {
             total += counts[l * E + e];
@@ -245,7 +254,7 @@ static void fill_routing(session *s, stats_record *r, const int *counts, const i
                 r->source_load[((size_t)src * L + l) * E + e] = t > 0 ? (float)(row[e] / t) : 0.0f;
         }
     }
-    free(nd);
+    free(sums);
     stats_record_derive(r);
 }
 
@@ -1068,8 +1077,9 @@ static int setup(session *s, pesc_error *err)
     if (c->resume && resume(s, err) != 0)
         return -1;
     if (s->m.crafted) {
+        size_t sums = 4 * (size_t)s->m.config.n_layers * s->m.pesc.experts * sizeof(double);
         s->previous = backend_alloc(s->backend, s->m.n_train * sizeof(float), err);
-        if (!s->previous)
+        if (!s->previous || !(s->norm_sums = backend_alloc(s->backend, sums, err)))
             return -1;
     }
     describe_run(s);
@@ -1147,6 +1157,8 @@ void session_delete(session *s)
     sampler_free(&s->sampler);
     if (s->backend)
         backend_free(s->backend, s->previous);
+    if (s->backend)
+        backend_free(s->backend, s->norm_sums);
     optim_free(&s->opt);
     ds_batch_free(&s->batch);
     dataset_delete(s->data);

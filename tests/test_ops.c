@@ -225,7 +225,7 @@ static void test_elementwise(pesc_backend *b, size_t n)
     enum { CHUNKS = 7 };
     double sums[CHUNKS];
     size_t chunk = n / CHUNKS;
-    vector_sumsq_chunks(b, sums, g, chunk, CHUNKS);
+    vector_sumsq_chunks(b, sums, g, chunk, CHUNKS);   /* the CPU's memory is the host's */
     int same = 1;
     for (int i = 0; i < CHUNKS; i++)
         same &= sums[i] == vector_sumsq(b, g + (size_t)i * chunk, chunk) && sums[i] > 0.0;

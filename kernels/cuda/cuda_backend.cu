@@ -3,8 +3,7 @@
 // cuda_attention.cu and cuda_moe.cu.
 //
 // Host synchronisation happens only where the interface hands data to the host: download
-// (route_layer's routing counts, the per-slice losses), vector_sumsq (the clipping norm) and
-// vector_sumsq_chunks (the adapters' norms, once per layer and tensor),
+// (route_layer's routing counts, the per-slice losses), vector_sumsq (the clipping norm),
 // synchronize and backend_check. Uploads from pageable memory are staged by the driver and
 // return without waiting for the device.
 #include <cuda_bf16.h>

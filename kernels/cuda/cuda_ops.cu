@@ -290,33 +290,23 @@ extern "C" double cuda_vector_sumsq(void *ctx, const float *x, size_t n)
     return NAN;
 }
 
-// Host sync, once: the sums of every chunk come down together.
+// No host sync: the sums stay on the device (out) until the caller downloads them.
 extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x, size_t chunk,
                                          int n)
 {
-    cuda_context *c = (cuda_context *)ctx;
-    for (int i = 0; i < n; i++)
-        out[i] = NAN;
-    if (c->failed || n <= 0)
+    CUDA_OP(ctx);
+    if (n <= 0)
         return;
-    double *partials = (double *)cuda_op_work(c, (size_t)n * (CUDA_REDUCE_BLOCKS + 1) *
-                                                     sizeof(double));
+    double *partials = (double *)cuda_op_work(c, (size_t)n * CUDA_REDUCE_BLOCKS * sizeof(double));
     if (!partials)
         return;
-    double *sums = partials + (size_t)n * CUDA_REDUCE_BLOCKS;
     for (int i0 = 0; i0 < n; i0 += 65535) {   // gridDim.y's limit
         int m = n - i0 < 65535 ? n - i0 : 65535;
         sumsq_partial_kernel<<<dim3(CUDA_REDUCE_BLOCKS, m), 256, 0, c->stream>>>(
             partials + (size_t)i0 * CUDA_REDUCE_BLOCKS, x + (size_t)i0 * chunk, chunk);
     }
-    sumsq_finish_kernel<<<(n + 127) / 128, 128, 0, c->stream>>>(sums, partials, n);
-    if (CUDA_LAUNCHED(c) &&
-        CUDA_CHECK(c, cudaMemcpyAsync(out, sums, (size_t)n * sizeof(double),
-                                      cudaMemcpyDeviceToHost, c->stream)) &&
-        CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
-        return;
-    for (int i = 0; i < n; i++)
-        out[i] = NAN;
+    sumsq_finish_kernel<<<(n + 127) / 128, 128, 0, c->stream>>>(out, partials, n);
+    CUDA_LAUNCHED(c);
 }
 
 // ---- AdamW ----------------------------------------------------------------------------------

@@ -185,7 +185,10 @@ static void test_elementwise(size_t n)
     double sums_gpu[CHUNKS], sums_cpu[CHUNKS], worst = 0.0;
     size_t chunk = n / CHUNKS;
     int same = 1;
-    vector_sumsq_chunks(gpu, sums_gpu, G(out), chunk, CHUNKS);
+    twin sums = twin_alloc(CHUNKS * sizeof(double));   /* the GPU's sums stay on the GPU */
+    vector_sumsq_chunks(gpu, sums.g, G(out), chunk, CHUNKS);
+    backend_download(gpu, sums_gpu, sums.g, sizeof sums_gpu);
+    twin_free(sums);
     vector_sumsq_chunks(cpu, sums_cpu, F(out), chunk, CHUNKS);
     for (int i = 0; i < CHUNKS; i++) {
         same &= sums_gpu[i] == vector_sumsq(gpu, G(out) + (size_t)i * chunk, chunk);
