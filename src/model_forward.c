@@ -65,6 +65,7 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         size_t E = (size_t)m->pesc.experts, K = (size_t)m->pesc.top_k;
         size_t R = (size_t)m->pesc.adapter_dim;
         want(c, &a->router_logits, N * E);
+        /* these four one after another: route_layer downloads them as one span */
         want(c, &a->probs, N * E);
         want(c, &a->router_lse, N);
         want(c, &a->topk_idx, N * K);
@@ -343,18 +344,28 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int 
 {
     pesc_backend *b = m->backend;
     int E = m->pesc.experts, K = m->pesc.top_k, NK = N * K;
-    int32_t *idx = xmalloc((size_t)NK * sizeof *idx), *perm = xmalloc((size_t)NK * sizeof *perm);
-    backend_download(b, idx, a->topk_idx, (size_t)NK * sizeof *idx);
-    int *counts = replay ? m->routing.counts + (size_t)l * E : NULL;
-    float *probs = NULL;
+    int32_t *perm = xmalloc((size_t)NK * sizeof *perm);
+    /* one download (each is a round trip to a GPU): the top-k choices alone when replaying;
+     * otherwise the span that want_layer carves probs, router_lse, topk_idx and topk_w in */
+    const char *lo = (const char *)a->topk_idx, *hi = (const char *)(a->topk_idx + NK);
     if (!replay) {
-        probs = xmalloc((size_t)N * E * sizeof *probs);
-        float *w = xmalloc((size_t)NK * sizeof *w);
-        backend_download(b, w, a->topk_w, (size_t)NK * sizeof *w);
-        backend_download(b, probs, a->probs, (size_t)N * E * sizeof *probs);
-        counts = count_routing(m, l, idx, w, probs, N);
-        free(w);
+        const char *starts[] = {(const char *)a->probs, (const char *)a->router_lse,
+                                (const char *)a->topk_w};
+        const char *ends[] = {(const char *)(a->probs + (size_t)N * E),
+                              (const char *)(a->router_lse + N), (const char *)(a->topk_w + NK)};
+        for (int i = 0; i < 3; i++) {
+            lo = starts[i] < lo ? starts[i] : lo;
+            hi = ends[i] > hi ? ends[i] : hi;
+        }
     }
+    char *host = xmalloc((size_t)(hi - lo));
+    backend_download(b, host, lo, (size_t)(hi - lo));
+#define ROUTING_VIEW(type, device) ((type *)(host + ((const char *)(device) - lo)))
+    int32_t *idx = ROUTING_VIEW(int32_t, a->topk_idx);
+    int *counts = replay ? m->routing.counts + (size_t)l * E : NULL;
+    const float *probs = replay ? NULL : ROUTING_VIEW(const float, a->probs);
+    if (!replay)
+        counts = count_routing(m, l, idx, ROUTING_VIEW(const float, a->topk_w), probs, N);
     int *off = a->offsets;
     off[0] = 0;
     for (int e = 0; e < E; e++)
@@ -365,12 +376,10 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int 
         perm[fill[idx[i]]++] = i;
     backend_upload(b, a->perm, perm, (size_t)NK * sizeof *perm);
     free(fill);
-    free(idx);
     free(perm);
     if (!replay) {
         /* Switch loss: alpha * E * sum_i f_i P_i; z-loss: z * mean(lse^2) */
-        float *lse = xmalloc((size_t)N * sizeof *lse);
-        backend_download(b, lse, a->router_lse, (size_t)N * sizeof *lse);
+        const float *lse = ROUTING_VIEW(const float, a->router_lse);
         double aux = 0.0, z = 0.0;
         for (int e = 0; e < E; e++) {
             double mean_p = 0.0;
@@ -382,9 +391,9 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int 
             z += (double)lse[n] * lse[n];
         m->losses.aux += m->pesc.aux_coef * E * aux;
         m->losses.z += m->pesc.z_coef * z / N;
-        free(lse);
-        free(probs);
     }
+#undef ROUTING_VIEW
+    free(host);
     if (dropout && a->mask) {
         /* one draw per mask; the backend makes it from the seed (on the GPU, on the GPU), and
          * recomputation draws the same mask again from the seed kept for the layer */
