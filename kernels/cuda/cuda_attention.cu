@@ -626,6 +626,16 @@ __global__ void tile_backward_kernel(float *s, float *dp, const float *lse, cons
     }
 }
 
+// Query rows q0 .. q0 + C - 1 (fewer at the end) of the (sequence, head)s from bh0, against
+// the keys they can see: from k0, as far back as the window reaches, to their last.
+static tile_shape tile_at(int bh0, int q0, int C, int Hq, int T, int window, const int32_t *seg)
+{
+    int rows = T - q0 < C ? T - q0 : C;
+    int k0 = window > 0 && q0 - window + 1 > 0 ? q0 - window + 1 : 0;
+    tile_shape ts = {rows, q0 + rows - k0, q0, k0, bh0, Hq, T, window, seg};
+    return ts;
+}
+
 // Row-major C_i (M, N) = alpha op(A_i) op(B_i) + beta C_i for i < batch, the operands of i at
 // i times their strides (cuda_gemm's convention, batched), in the context's math.
 static void gemm_batched(cuda_context *c, int trans_a, int trans_b, int M, int N, int K,
@@ -667,13 +677,23 @@ static float *gemm_work(cuda_context *c, size_t head_buffers, size_t nh, int til
     return (float *)cuda_op_work(c, (head_buffers * nh + tiles * tile + extra) * sizeof(float));
 }
 
+// q, k, v head-major into qh, kh, vh (B, Hq, T, D), k and v repeated over their group.
+static void gather_qkv(cuda_context *c, float *qh, float *kh, float *vh, const float *q,
+                       const float *k, const float *v, int B, int T, int Hq, int Hkv, int D)
+{
+    unsigned blocks = cuda_blocks((size_t)B * Hq * T * D, 256);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(qh, q, B, T, Hq, Hq, D, 1);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(kh, k, B, T, Hq, Hkv, D, Hq / Hkv);
+    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(vh, v, B, T, Hq, Hkv, D, Hq / Hkv);
+}
+
 static unsigned tile_threads(int nk) { return nk >= 512 ? 256 : nk >= 128 ? 128 : 32; }
 
 static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q, const float *k,
                          const float *v, int B, int T, int Hq, int Hkv, int D, int window,
                          const int32_t *seg)
 {
-    int rep = Hq / Hkv, C, nbh;
+    int C, nbh;
     tile_plan(B, T, Hq, &C, &nbh);
     size_t nh = (size_t)B * Hq * T * D, tile = (size_t)nbh * C * T;
     float *qh = gemm_work(c, 4, nh, 1, tile, 0);
@@ -681,9 +701,7 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
         return;
     float *kh = qh + nh, *vh = kh + nh, *oh = vh + nh, *s = oh + nh;
     unsigned blocks = cuda_blocks(nh, 256);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(qh, q, B, T, Hq, Hq, D, 1);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(kh, k, B, T, Hq, Hkv, D, rep);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(vh, v, B, T, Hq, Hkv, D, rep);
+    gather_qkv(c, qh, kh, vh, q, k, v, B, T, Hq, Hkv, D);
     if (!CUDA_LAUNCHED(c))
         return;
     float scale = 1.0f / sqrtf((float)D);
@@ -692,12 +710,11 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
         int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
         size_t off = (size_t)bh0 * hs;
         for (int q0 = 0; q0 < T; q0 += C) {
-            int rows = T - q0 < C ? T - q0 : C, q1 = q0 + rows;
-            int k0 = window > 0 && q0 - window + 1 > 0 ? q0 - window + 1 : 0, nk = q1 - k0;
+            tile_shape ts = tile_at(bh0, q0, C, Hq, T, window, seg);
+            int rows = ts.C, nk = ts.nk, k0 = ts.k0;
             long long st = (long long)rows * nk;
             gemm_batched(c, 0, 1, rows, nk, D, scale, qh + off + (size_t)q0 * D, D, hs,
                          kh + off + (size_t)k0 * D, D, hs, 0.0f, s, nk, st, n);
-            tile_shape ts = {rows, nk, q0, k0, bh0, Hq, T, window, seg};
             tile_softmax_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(s, lse,
                                                                                           ts);
             if (!CUDA_LAUNCHED(c))
@@ -726,9 +743,7 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     unsigned blocks = cuda_blocks(nh, 256);
     attention_delta_kernel<<<(unsigned)((rows_all + 7) / 8), 256, 0, c->stream>>>(delta, dout,
                                                                                  out, B, T, Hq, D);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(qh, q, B, T, Hq, Hq, D, 1);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(kh, k, B, T, Hq, Hkv, D, rep);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(vh, v, B, T, Hq, Hkv, D, rep);
+    gather_qkv(c, qh, kh, vh, q, k, v, B, T, Hq, Hkv, D);
     heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(doh, dout, B, T, Hq, Hq, D, 1);
     if (!CUDA_LAUNCHED(c) ||
         !CUDA_CHECK(c, cudaMemsetAsync(dkh, 0, 2 * nh * sizeof(float), c->stream)))   // dkh, dvh
@@ -739,14 +754,13 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
         int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
         size_t off = (size_t)bh0 * hs;
         for (int q0 = 0; q0 < T; q0 += C) {
-            int rows = T - q0 < C ? T - q0 : C, q1 = q0 + rows;
-            int k0 = window > 0 && q0 - window + 1 > 0 ? q0 - window + 1 : 0, nk = q1 - k0;
+            tile_shape ts = tile_at(bh0, q0, C, Hq, T, window, seg);
+            int rows = ts.C, nk = ts.nk, k0 = ts.k0;
             long long st = (long long)rows * nk;
             const float *qc = qh + off + (size_t)q0 * D, *doc = doh + off + (size_t)q0 * D;
             const float *kc = kh + off + (size_t)k0 * D, *vc = vh + off + (size_t)k0 * D;
             gemm_batched(c, 0, 1, rows, nk, D, scale, qc, D, hs, kc, D, hs, 0.0f, s, nk, st, n);
             gemm_batched(c, 0, 1, rows, nk, D, 1.0f, doc, D, hs, vc, D, hs, 0.0f, dp, nk, st, n);
-            tile_shape ts = {rows, nk, q0, k0, bh0, Hq, T, window, seg};
             tile_backward_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(
                 s, dp, lse, delta, ts);
             if (!CUDA_LAUNCHED(c))
