@@ -1003,7 +1003,8 @@ static int open_sinks(session *s, pesc_error *err)
     if (c->log_path && dot && strcmp(dot, ".jsonl") == 0)
         *dot = '\0';
     sink_options o = {.base = base, .plugins = s->plugins, .resume = c->resume != NULL,
-                      .strict_open = 1, .report = sink_failed, .report_ctx = s};
+                      .strict_open = 1, .first_is_log = c->log_path != NULL,
+                      .report = sink_failed, .report_ctx = s};
     s->sinks = sinks_open(specs, n, &s->run, &o, err);
     return s->sinks ? 0 : -1;
 }

@@ -49,7 +49,8 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
         snprintf(j->path, sizeof j->path, "%s.jsonl", c->base);
     j->f = fopen(j->path, c->resume ? "a" : "w");
     if (!j->f) {
-        snprintf(err, errlen, "%s: %s", j->path, strerror(errno));
+        snprintf(err, errlen, "cannot create the run log %s: %s (name a file in a writable "
+                 "directory that exists)", j->path, strerror(errno));
         free(j);
         return NULL;
     }
@@ -329,7 +330,9 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
         if (slot->self) {
             s->live++;
         } else if (s->opt.strict_open) {
-            rc = pesc_fail(err, "--sink %s: %s", slot->spec, why[0] ? why : "cannot open");
+            rc = pesc_fail(err, "%s%s: %s", i == 0 && s->opt.first_is_log ? "--log" : "--sink ",
+                           i == 0 && s->opt.first_is_log ? "" : slot->spec,
+                           why[0] ? why : "cannot open");
             break;
         } else {
             disable(s, slot, why);

@@ -37,6 +37,7 @@ typedef struct sink_options {
     const pesc_plugins *plugins; /* where non-built-in sinks come from; NULL: built-ins only */
     int resume;                  /* append to existing outputs (jsonl, csv) */
     int strict_open;             /* a sink that cannot open is an error, not a report */
+    int first_is_log;            /* specs[0] is what --log FILE asked for: say --log */
     sink_report_fn report;       /* NULL: "pesc: sink NAME: message" on stderr */
     void *report_ctx;
 } sink_options;

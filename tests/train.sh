@@ -52,6 +52,9 @@ else
 fi
 expect 2 "at most 16777216 tokens" "a micro-batch over 2^24 tokens is a usage error" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 32768 --batch 1024
+expect 1 "^pesc train: \-\-log: cannot create the run log $tmp/no/dir/run.jsonl: .*writable directory" \
+  "a --log in a missing directory is named as --log, with the fix" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/no/dir/run.jsonl"
 
 # metric sinks: csv beside the log; a sink on a full disk is reported once and training goes on
 # shellcheck disable=SC2086
