@@ -102,6 +102,8 @@ void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, f
         /* pre (n, R) = gathered (n, C) @ D_e^T;  out (n, C) = GELU(pre) @ U_e^T */
         cpu_gemm(0, 1, n, R, C, 1.0f, g, C,
                     down + (size_t)e * R * C, C, 0.0f, a, R);
+        /* erf is the costly part of an adapter this small: every thread takes a share */
+#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)n * R; i++)
             s[i] = (float)gelu(a[i]);
         cpu_gemm(0, 1, n, C, R, 1.0f, s, R,
