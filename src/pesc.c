@@ -24,9 +24,10 @@ const char pesc_options_help[] =
     "  --aux-coef A         load-balancing loss coefficient (0.01)\n"
     "  --z-coef Z           router z-loss coefficient (0)\n"
     "  --lora-rank N        LoRA rank on the frozen projections (0 = off)\n"
-    "  --lora-alpha A       LoRA alpha (16)\n"
-    "  --lora-targets LIST  LoRA sites, from q,k,v,o,gate,up,down (all)\n"
-    "  --train pesc|full    train routers + adapters (pesc), or every weight (full)\n";
+    "  --lora-alpha A       LoRA alpha (16; needs --lora-rank)\n"
+    "  --lora-targets LIST  LoRA sites, from q,k,v,o,gate,up,down (all; needs --lora-rank)\n"
+    "  --train pesc|full    train routers + adapters (pesc), or every weight (full: the\n"
+    "                       options that shape experts or LoRA above do not apply)\n";
 
 void pesc_options_default(pesc_options *o)
 {
@@ -134,9 +135,15 @@ int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err
         return parse_float("--adapter-dropout", arg, 0.0, 0.99, &o->adapter_dropout, err);
     case OPT_AUX_COEF: return parse_float("--aux-coef", arg, 0.0, 1e6, &o->aux_coef, err);
     case OPT_Z_COEF: return parse_float("--z-coef", arg, 0.0, 1e6, &o->z_coef, err);
-    case OPT_LORA_RANK: return parse_int("--lora-rank", arg, 0, 65536, &o->lora_rank, err);
-    case OPT_LORA_ALPHA: return parse_float("--lora-alpha", arg, 0.0, 1e6, &o->lora_alpha, err);
-    case OPT_LORA_TARGETS: return pesc_parse_lora_targets(arg, &o->lora_targets, err);
+    case OPT_LORA_RANK:
+        o->given |= PESC_GIVEN_LORA_RANK;
+        return parse_int("--lora-rank", arg, 0, 65536, &o->lora_rank, err);
+    case OPT_LORA_ALPHA:
+        o->given |= PESC_GIVEN_LORA_ALPHA;
+        return parse_float("--lora-alpha", arg, 0.0, 1e6, &o->lora_alpha, err);
+    case OPT_LORA_TARGETS:
+        o->given |= PESC_GIVEN_LORA_TARGETS;
+        return pesc_parse_lora_targets(arg, &o->lora_targets, err);
     case OPT_TRAIN:
         if (strcmp(arg, "pesc") == 0)
             o->mode = TRAIN_PESC;
@@ -151,8 +158,23 @@ int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err
 
 int pesc_options_check(const pesc_options *o, pesc_error *err)
 {
-    if (o->mode == TRAIN_FULL)
+    /* options that shape the crafted model mean nothing to a dense one: say so rather than
+     * train every weight when the person asked for experts or LoRA */
+    static const struct { unsigned bit; const char *flag; } shaping[] = {
+        {PESC_GIVEN_EXPERTS, "--experts"}, {PESC_GIVEN_TOP_K, "--top-k"},
+        {PESC_GIVEN_ADAPTER_DIM, "--adapter-dim"}, {PESC_GIVEN_ADAPTER_SCALE, "--adapter-scale"},
+        {PESC_GIVEN_LORA_RANK, "--lora-rank"}, {PESC_GIVEN_LORA_ALPHA, "--lora-alpha"},
+        {PESC_GIVEN_LORA_TARGETS, "--lora-targets"}};
+    if (o->mode == TRAIN_FULL) {
+        for (size_t i = 0; i < sizeof shaping / sizeof *shaping; i++)
+            if (o->given & shaping[i].bit)
+                return pesc_fail(err, "%s shapes a PESC model; --train full trains the dense "
+                                 "model's every weight: drop one of them", shaping[i].flag);
         return 0;
+    }
+    if (o->lora_rank == 0 && (o->given & (PESC_GIVEN_LORA_ALPHA | PESC_GIVEN_LORA_TARGETS)))
+        return pesc_fail(err, "%s without --lora-rank: LoRA is off at rank 0; add --lora-rank R",
+                         o->given & PESC_GIVEN_LORA_TARGETS ? "--lora-targets" : "--lora-alpha");
     if (o->top_k > o->experts)
         return pesc_fail(err, "--top-k %d is larger than --experts %d", o->top_k, o->experts);
     return 0;

@@ -203,10 +203,15 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->seed = (uint64_t)v; return 0;
     case OPT_BACKEND: c->backend = arg; return 0;
     case OPT_SAVE: c->save_dir = arg; return 0;
-    case OPT_SAVE_EVERY: return integer(cmd, "--save-every", arg, 1, 1L << 40, &c->save_every) ? EXIT_USAGE : 0;
+    case OPT_SAVE_EVERY:
+        if (integer(cmd, "--save-every", arg, 1, 1L << 40, &c->save_every)) return EXIT_USAGE;
+        c->given |= TRAIN_GIVEN_SAVE_EVERY;
+        return 0;
     case OPT_KEEP:
         if (integer(cmd, "--keep", arg, 1, 1000, &v)) return EXIT_USAGE;
-        c->keep = (int)v; return 0;
+        c->keep = (int)v;
+        c->given |= TRAIN_GIVEN_KEEP;
+        return 0;
     case OPT_RESUME: c->resume = arg; return 0;
     case OPT_LOG: c->log_path = arg; return 0;
     case OPT_CONTROL: c->control_path = arg; return 0;
@@ -263,5 +268,8 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
                                "model)");
     if (c->steps && c->epochs)
         return cli_usage_error(cmd, "give --steps or --epochs, not both");
+    if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
+        return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
+                               c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
     return -1;
 }

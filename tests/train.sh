@@ -52,6 +52,13 @@ else
 fi
 expect 2 "at most 16777216 tokens" "a micro-batch over 2^24 tokens is a usage error" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 32768 --batch 1024
+# options that would do nothing are refused up front, with what to add or drop
+expect 2 "\-\-save-every needs \-\-save DIR" "--save-every without --save" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save-every 1
+expect 2 "\-\-lora-targets without \-\-lora-rank: .*add \-\-lora-rank R" "--lora-targets without a rank" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --lora-targets q
+expect 2 "\-\-lora-rank shapes a PESC model; \-\-train full" "LoRA with --train full" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --train full --lora-rank 4
 expect 1 "^pesc train: \-\-log: cannot create the run log $tmp/no/dir/run.jsonl: .*writable directory" \
   "a --log in a missing directory is named as --log, with the fix" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/no/dir/run.jsonl"
