@@ -60,6 +60,7 @@ typedef struct eval_options {
     int n_data;
     int json, routing, demo;
     long demo_records;
+    int records_given;
     const char *plugins[EVAL_MAX_SOURCES];
     int n_plugins;
 } eval_options;
@@ -91,6 +92,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         case 'n':
             if (cli_parse_long(optarg, 1, 1000000, &o->demo_records) != 0)
                 return cli_usage_error("eval", "--records %s: expected 1..1000000", optarg);
+            o->records_given = 1;
             break;
         case 'f': o->format = optarg; break;
         case 'b': o->backend = optarg; break;
@@ -115,6 +117,9 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         return cli_usage_error("eval", "--data FILE (or --demo) is required");
     if (o->n_data && o->demo)
         return cli_usage_error("eval", "--demo and --data do not go together");
+    if (o->records_given && !o->demo)
+        return cli_usage_error("eval", "--records counts --demo's records per family; a --data "
+                               "file is scored whole (cut it first to score part of it)");
     if (!template_find(o->template_name))
         return cli_usage_error("eval", "--template %s: known templates are %s", o->template_name,
                                template_list());

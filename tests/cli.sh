@@ -23,6 +23,7 @@ expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x
+expect 2 "\-\-records counts \-\-demo's records" "eval --records without --demo" -- "$pesc" eval --model x --data y --records 5
 expect 2 "\-\-format yaml" "unsupported format" -- "$pesc" eval --model x --data y --format yaml
 expect 1 "unknown backend" "unknown backend" -- "$pesc" eval --model x --data y --backend tpu
 expect 0 "^cpu " "devices" -- "$pesc" devices
