@@ -24,7 +24,7 @@ static const char generate_usage[] =
     "\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model)\n"
     "  --temperature T   0 = greedy (default 0)\n"
-    "  --top-p P --top-k K   sampling cut-offs (1, 0 = off)\n"
+    "  --top-p P --top-k K   sampling cut-offs (1, 0 = off; with --temperature > 0)\n"
     "  --seed S          sampling seed (1)\n"
     "  --template NAME   chat template (camelidae)\n"
     "  --raw             the prompt as it is, no template\n";
@@ -34,6 +34,8 @@ typedef struct generate_options {
     long max_tokens, top_k, seed;
     double temperature, top_p;
     int raw;
+    const char *cut_given;   /* --top-p or --top-k, when one was given */
+    int template_given;
 } generate_options;
 
 static int number(const char *flag, const char *arg, double lo, double hi, double *out)
@@ -74,16 +76,21 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             break;
         case 'P':
             if (number("--top-p", optarg, 1e-6, 1, &o->top_p)) return EXIT_USAGE;
+            o->cut_given = "--top-p";
             break;
         case 'k':
             if (cli_parse_long(optarg, 0, 1 << 20, &o->top_k) != 0)
                 return cli_usage_error("generate", "--top-k %s: an integer >= 0", optarg);
+            o->cut_given = "--top-k";
             break;
         case 's':
             if (cli_parse_long(optarg, 0, 0x7fffffffffffffffL, &o->seed) != 0)
                 return cli_usage_error("generate", "--seed %s: an integer >= 0", optarg);
             break;
-        case 'T': o->template_name = optarg; break;
+        case 'T':
+            o->template_name = optarg;
+            o->template_given = 1;
+            break;
         case 'z': o->tokenizer = optarg; break;
         case 'r': o->raw = 1; break;
         case 'b': o->backend = optarg; break;
@@ -98,6 +105,12 @@ static int parse_generate(generate_options *o, int argc, char **argv)
     if (!template_find(o->template_name))
         return cli_usage_error("generate", "--template %s: known templates are %s",
                                o->template_name, template_list());
+    if (o->raw && o->template_given)
+        return cli_usage_error("generate", "--raw sends the prompt as it is and --template %s "
+                               "wraps it: choose one", o->template_name);
+    if (o->cut_given && o->temperature == 0.0)
+        return cli_usage_error("generate", "%s cuts what sampling draws from, but --temperature "
+                               "0 (the default) is greedy: add --temperature T", o->cut_given);
     return -1;
 }
 

@@ -87,6 +87,10 @@ expect 0 "^Paris$" "generate on the demo model" -- "$pesc" generate --model "$de
 printf 'capital: France\n' >"$tmp/prompt.txt"
 expect 0 "^Paris$" "generate reads the prompt from standard input" -- sh -c "'$pesc' generate --model '$demo' <'$tmp/prompt.txt'"
 expect 2 "\-\-model DIR is required" "generate without --model" -- "$pesc" generate --prompt hi
+expect 2 "\-\-top-p cuts what sampling draws from.*add \-\-temperature T" "generate --top-p while greedy" -- \
+  "$pesc" generate --model "$demo" --prompt hi --top-p 0.5
+expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --template" -- \
+  "$pesc" generate --model "$demo" --prompt hi --raw --template chatml
 expect 1 "tokenizer.json" "generate on a model without a tokenizer" -- "$pesc" generate --model "$m" --prompt hi
 
 # inspect
