@@ -34,6 +34,9 @@ int cmd_tui(int argc, char **argv)
     }
     if (status >= 0)
         return status;
+    if (c.headless)
+        return cli_usage_error("tui", "--headless is the run without the workbench: that is "
+                               "pesc train --headless");
     if (!c.model && !c.init_config && c.n_sources == 0)
         train_config_demo(&c);
     pesc_error err = {{0}};

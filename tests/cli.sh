@@ -20,6 +20,7 @@ for cmd in eval inspect devices generate train tui bench export; do
   expect 0 "usage: pesc $cmd" "$cmd --help" -- "$pesc" "$cmd" --help
 done
 expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
+expect 2 "that is pesc train \-\-headless" "tui --headless points to train" -- "$pesc" tui --headless
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x
