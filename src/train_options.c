@@ -153,7 +153,10 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
             return cli_usage_error(cmd, "%s", err.msg);
         c->n_sources++;
         return 0;
-    case OPT_FORMAT: c->format = arg; return 0;   /* checked once plugins are loaded */
+    case OPT_FORMAT:   /* checked once plugins are loaded */
+        c->format = arg;
+        c->given |= TRAIN_GIVEN_FORMAT;
+        return 0;
     case OPT_TEMPLATE:
         if (!template_find(arg))
             return cli_usage_error(cmd, "--template %s: known templates are %s", arg,
@@ -268,6 +271,9 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
                                "model)");
     if (c->steps && c->epochs)
         return cli_usage_error(cmd, "give --steps or --epochs, not both");
+    if (!c->model && !c->init_config && c->n_sources == 0 && (c->given & TRAIN_GIVEN_FORMAT))
+        return cli_usage_error(cmd, "--format %s describes --data files; the built-in demo "
+                               "(no --data) has its own", c->format);
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
                                c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");

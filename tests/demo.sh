@@ -25,6 +25,9 @@ else
   fail "demo ignored the command line: $tokens tokens (wanted <= 256), lr '$lr' (wanted 1e-3)"
 fi
 
+expect 2 "\-\-format alpaca describes \-\-data files" "demo training refuses a --format it would ignore" -- \
+  "$pesc" train --headless --steps 1 --format alpaca
+
 # ---- demo-data ----
 expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help
 expect 0 "demo-data" "listed in pesc --help" -- "$pesc" --help
