@@ -1156,10 +1156,10 @@ void session_delete(session *s)
     sinks_close(s->sinks);
     stats_record_delete(s->record);
     sampler_free(&s->sampler);
-    if (s->backend)
+    if (s->backend) {
         backend_free(s->backend, s->previous);
-    if (s->backend)
         backend_free(s->backend, s->norm_sums);
+    }
     optim_free(&s->opt);
     ds_batch_free(&s->batch);
     dataset_delete(s->data);
