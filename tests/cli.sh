@@ -19,6 +19,16 @@ expect 0 "usage: pesc \[COMMAND" "--help" -- "$pesc" --help
 for cmd in eval inspect devices generate train tui bench export; do
   expect 0 "usage: pesc $cmd" "$cmd --help" -- "$pesc" "$cmd" --help
 done
+# every command of pesc --help has its man page, and make install installs every page
+for cmd in $("$pesc" --help | awk '/^Commands:/ { on = 1; next } on && /^  [a-z]/ { print $1 } on && /^$/ { exit }'); do
+  page="man/pesc-$cmd.1"
+  [ -f "$top_srcdir/$page" ] || fail "$cmd has no man page ($page)"
+done
+for page in "$top_srcdir"/man/*.[157]; do
+  cat "$top_srcdir/Makefile.am" "$top_srcdir"/mk/*.am | grep "dist_man_MANS" -A 3 |
+    grep -q "man/$(basename "$page")" ||
+    fail "$(basename "$page") is in no dist_man_MANS (Makefile.am, mk/*.am): make install leaves it out"
+done
 expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
 expect 2 "that is pesc train \-\-headless" "tui --headless points to train" -- "$pesc" tui --headless
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
