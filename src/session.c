@@ -383,6 +383,10 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
     command c;
     if (parse_command(line, &c, reply, reply_len) != 0)
         return;
+    if (c.kind == CMD_SAVE && !s->cfg.save_dir) {   /* cfg is fixed once the session runs */
+        snprintf(reply, reply_len, "error: save needs a run started with --save DIR");
+        return;
+    }
     pthread_mutex_lock(&s->lock);
     if (s->shared->state >= MONITOR_FINISHED) {
         snprintf(reply, reply_len, "error: the run has ended");

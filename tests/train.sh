@@ -87,6 +87,7 @@ r1=$("$sockcmd" "$tmp/sock" "lr 0.004")
 r2=$("$sockcmd" "$tmp/sock" "frobnicate")
 r3=$("$sockcmd" "$tmp/sock" "lr *0.5")
 r4=$("$sockcmd" "$tmp/sock" "pause")
+r6=$("$sockcmd" "$tmp/sock" "save")   # this run has no --save
 # the step in flight finishes first: measure once the pause is in the log
 for _ in $(seq 100); do grep -q '"event":"pause"' "$tmp/live.jsonl" && break; sleep 0.05; done
 before=$(grep -c '"loss"' "$tmp/live.jsonl")
@@ -97,12 +98,13 @@ wait $pid
 status=$?
 if [ "$mode" = 600 ] && [ "$r1" = "ok: lr 0.004" ] && case "$r2" in "error: unknown command"*) true ;; *) false ;; esac &&
    [ "$r3" = "ok: lr *0.5" ] && [ "$r4" = "ok: pause" ] && [ "$before" = "$after" ] && [ "$r5" = "ok: stop" ] &&
+   [ "$r6" = "error: save needs a run started with --save DIR" ] &&
    [ $status -eq 0 ] && grep -q '"event":"lr".*"text":"learning rate 0.004 (was 0.01)"' "$tmp/live.jsonl" &&
    grep -q '"event":"lr".*"text":"learning rate 0.002 (was 0.004)"' "$tmp/live.jsonl" &&
    grep -q '"event":"pause"' "$tmp/live.jsonl" && [ ! -e "$tmp/sock" ]; then
-  pass "control socket (mode $mode): lr, lr *0.5, pause holds the steps, stop; a bad line is refused"
+  pass "control socket (mode $mode): lr, lr *0.5, pause holds the steps, stop; a bad line and a save without --save are refused"
 else
-  fail "control socket: mode '$mode' replies '$r1' '$r2' '$r3' '$r4' '$r5', steps $before/$after, exit $status"
+  fail "control socket: mode '$mode' replies '$r1' '$r2' '$r3' '$r4' '$r5' '$r6', steps $before/$after, exit $status"
 fi
 
 # Ctrl-C: finish the step, save, exit 0
