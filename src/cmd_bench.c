@@ -304,12 +304,12 @@ int cmd_bench(int argc, char **argv)
     optim_config_default(&oc);
     double step_s = 0.0, peak;
     model_losses losses = {0};
+    bench_profile prof = {0};
     status = 1;
     if (model_init_random(&m, &o.shape, b, 1, &err) != 0 || model_craft(&m, &o.pesc, 1, &err) != 0)
         goto out;
     randomize_trainables(&m);
     m.recompute = o.recompute;
-    bench_profile prof = {0};
     if (optim_init(&opt, b, m.n_train, &oc, &err) != 0 ||
         run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0 || (peak = measure_peak(b, &o, &err)) < 0 ||
         (o.profile && profile_steps(&m, &opt, &o, &prof, &err) != 0))
