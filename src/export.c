@@ -95,8 +95,9 @@ static int lies_within(const char *inner, const char *outer)
     return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/' || n == 1);
 }
 
-/* Refuses an out that exists and is not empty (without force), and one that holds the
- * checkpoint or the base: replacing it would destroy what is being exported. */
+/* Refuses an out that exists and is not empty (without force), one that is not a directory,
+ * and one that holds the checkpoint or the base: replacing it would destroy what is being
+ * exported. */
 static int check_out(const export_options *o, const char *ckpt, const export_base *b,
                      pesc_error *err)
 {
@@ -109,6 +110,9 @@ static int check_out(const export_options *o, const char *ckpt, const export_bas
     if (inside)
         return pesc_fail(err, "-o %s holds %s, which this export reads; choose another -o",
                          o->out, inside);
+    if (!S_ISDIR(st.st_mode))   /* --force replaces a directory of outputs, never a file */
+        return pesc_fail(err, "-o %s is a file, not a directory; choose a directory (--force "
+                         "does not replace files)", o->out);
     if (!o->force && !(S_ISDIR(st.st_mode) && is_empty_dir(o->out)))
         return pesc_fail(err, "-o %s already exists and is not empty; choose another directory "
                          "or add --force to replace it", o->out);

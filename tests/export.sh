@@ -180,6 +180,10 @@ mkdir "$tmp/taken" && echo keep >"$tmp/taken/marker"
 expect 1 "already exists and is not empty.*\-\-force" "DIR exists" -- "$pesc" export "$ck" -o "$tmp/taken"
 [ -f "$tmp/taken/marker" ] && pass "the existing DIR is untouched" || fail "the existing DIR was changed"
 expect 0 "exported" "--force replaces DIR" -- "$pesc" export "$ck" -o "$tmp/taken" --force
+echo precious >"$tmp/afile"
+expect 1 "afile is a file, not a directory" "-o naming a file is refused, even with --force" -- \
+  "$pesc" export "$ck" -o "$tmp/afile" --force
+[ "$(cat "$tmp/afile")" = precious ] || fail "-o FILE --force: the file was touched"
 [ ! -e "$tmp/taken/marker" ] && [ -f "$tmp/taken/model.safetensors" ] && pass "--force: the new directory is in place" ||
   fail "--force: $(ls "$tmp/taken")"
 expect 1 "holds .*step-00000004" "-o over the checkpoint itself" -- "$pesc" export "$ck" -o "$tmp/ck" --force
