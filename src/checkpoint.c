@@ -202,6 +202,20 @@ static void prune(const char *save_dir, int keep)
     }
 }
 
+int checkpoint_prepare(const char *save_dir, pesc_error *err)
+{
+    struct stat st;
+    if (mkdir(save_dir, 0755) != 0 && errno != EEXIST)
+        return pesc_fail(err, "--save %s: cannot create it: %s (name a directory whose parent "
+                         "exists and is writable)", save_dir, strerror(errno));
+    if (stat(save_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return pesc_fail(err, "--save %s is not a directory; name a directory for the "
+                         "checkpoints", save_dir);
+    if (access(save_dir, W_OK | X_OK) != 0)
+        return pesc_fail(err, "--save %s: cannot write in it: %s", save_dir, strerror(errno));
+    return 0;
+}
+
 int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
                     const checkpoint_state *st, char **saved, pesc_error *err)
 {

@@ -565,21 +565,21 @@ static void fill_state(session *s, checkpoint_state *st)
     absolute_path(st->tokenizer, sizeof st->tokenizer, s->tokenizer_path);
 }
 
-static int save_now(session *s)
+/* 0, or -1 with the reason in *err (and in the log's events). */
+static int save_now(session *s, pesc_error *err)
 {
     if (!s->cfg.save_dir) {
         publish_event(s, "save", "not saved: no --save DIR was given");
-        return -1;
+        return pesc_fail(err, "not saved: no --save DIR was given");
     }
     checkpoint_state st;
-    pesc_error err = {{0}};
     char *where = NULL;
     set_state(s, MONITOR_SAVING, NULL);
     fill_state(s, &st);
-    int rc = checkpoint_save(s->cfg.save_dir, s->cfg.keep, &s->m, &s->opt, &st, &where, &err);
+    int rc = checkpoint_save(s->cfg.save_dir, s->cfg.keep, &s->m, &s->opt, &st, &where, err);
     set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
     if (rc != 0) {
-        publish_event(s, "error", "save failed: %s", err.msg);
+        publish_event(s, "error", "save failed: %s", err->msg);
         return -1;
     }
     s->last_save = pesc_now();
@@ -625,7 +625,11 @@ static void process_command(session *s, const command *c, int in_generation)
         publish_event(s, "aux", "aux coefficient %.6g (was %.6g)", c->value, s->m.pesc.aux_coef);
         s->m.pesc.aux_coef = (float)c->value;
         break;
-    case CMD_SAVE: save_now(s); break;
+    case CMD_SAVE: {
+        pesc_error ignored;   /* reported as an event; the run goes on */
+        save_now(s, &ignored);
+        break;
+    }
     case CMD_STOP: break;   /* stop_requested is already set */
     case CMD_GENERATE:
         if (in_generation)
@@ -759,8 +763,10 @@ static int train_step(session *s, pesc_error *err)
     if (s->sinks)
         sinks_record(s->sinks, r);
     publish_step(s, r);
-    if (s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0)
-        save_now(s);
+    if (s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0) {
+        pesc_error ignored;   /* reported as an event; the next one may succeed */
+        save_now(s, &ignored);
+    }
 out:
     free(sc.counts);
     free(sc.first);
@@ -808,8 +814,11 @@ static void *trainer_main(void *arg)
             break;
         }
     }
-    if (end != MONITOR_FAILED && s->cfg.save_dir)
-        save_now(s);
+    if (end != MONITOR_FAILED && s->cfg.save_dir && save_now(s, &err) != 0) {
+        /* the run's result would be lost without a word: the run fails, naming why */
+        end = MONITOR_FAILED;
+        snprintf(s->error, sizeof s->error, "the final checkpoint was not saved: %.900s", err.msg);
+    }
     publish_event(s, end == MONITOR_FINISHED ? "finish" : end == MONITOR_STOPPED ? "stop" : "error",
                   "at step %ld", s->step);
     set_state(s, end, end == MONITOR_FAILED ? s->error : end == MONITOR_STOPPED ? "stopped" : "finished");
@@ -1044,6 +1053,8 @@ static int check_memory(session *s, pesc_error *err)
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
+    if (c->save_dir && checkpoint_prepare(c->save_dir, err) != 0)   /* before any work */
+        return -1;
     s->backend = backend_new(c->backend, err);
     if (!s->backend)
         return -1;

@@ -52,6 +52,31 @@ else
 fi
 expect 2 "at most 16777216 tokens" "a micro-batch over 2^24 tokens is a usage error" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 32768 --batch 1024
+# --save is checked before the first step: a file, or a directory that cannot be made
+echo precious >"$tmp/not-a-dir"
+expect 1 "\-\-save $tmp/not-a-dir is not a directory" "--save naming a file is refused before training" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/not-a-dir"
+expect 1 "\-\-save $tmp/no/dir: cannot create it" "--save in a missing parent is refused before training" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/no/dir"
+[ "$(cat "$tmp/not-a-dir")" = precious ] || fail "--save FILE: the file was touched"
+# a final checkpoint that cannot be written fails the run, saying so (its result is not lost
+# without a word): the save directory is replaced by a file while the run trains
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 --save "$tmp/gone" \
+  --control "$tmp/gone.sock" >/dev/null 2>"$tmp/gone.err" &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 100); do [ -S "$tmp/gone.sock" ] && break; sleep 0.1; done
+rm -rf "$tmp/gone" && : >"$tmp/gone"
+"$sockcmd" "$tmp/gone.sock" stop >/dev/null
+wait $pid
+status=$?
+if [ $status -eq 1 ] && grep -q "the final checkpoint was not saved: .*gone" "$tmp/gone.err" &&
+   [ "$(wc -l <"$tmp/gone.err")" -eq 1 ]; then
+  pass "a final checkpoint that cannot be written fails the run in one line"
+else
+  fail "final save failure: exit $status, stderr: $(cat "$tmp/gone.err")"
+fi
+
 # options that would do nothing are refused up front, with what to add or drop
 expect 2 "\-\-save-every needs \-\-save DIR" "--save-every without --save" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save-every 1
