@@ -219,8 +219,8 @@ int checkpoint_prepare(const char *save_dir, pesc_error *err)
 int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
                     const checkpoint_state *st, char **saved, pesc_error *err)
 {
-    if (mkdir(save_dir, 0755) != 0 && errno != EEXIST)
-        return pesc_fail(err, "%s: %s", save_dir, strerror(errno));
+    if (checkpoint_prepare(save_dir, err) != 0)
+        return -1;
     char name[64];
     snprintf(name, sizeof name, "step-%08ld", st->step);
     char *final = pesc_path_join(save_dir, name), *tmp = NULL;

@@ -40,11 +40,11 @@ typedef struct checkpoint_state {
     uint64_t seed;
 } checkpoint_state;
 
-/* Saves; *saved (optional) receives the checkpoint's directory (malloc'd). */
-/* Makes save_dir (one level, as checkpoint_save does) or checks that it is a directory this
- * process can write in: a run checks before its first step, not when its first checkpoint is
- * due. */
+/* Makes save_dir (one level) or checks that it is a directory this process can write in: a run
+ * checks before its first step, not when its first checkpoint is due. */
 int checkpoint_prepare(const char *save_dir, pesc_error *err);
+/* Saves (preparing save_dir first); *saved (optional) receives the checkpoint's directory
+ * (malloc'd). */
 int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
                     const checkpoint_state *st, char **saved, pesc_error *err);
 
