@@ -103,6 +103,8 @@ expect 2 "\-\-top-p cuts what sampling draws from.*add \-\-temperature T" "gener
 expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --template" -- \
   "$pesc" generate --model "$demo" --prompt hi --raw --template chatml
 expect 1 "tokenizer.json" "generate on a model without a tokenizer" -- "$pesc" generate --model "$m" --prompt hi
+expect 2 "\-\-no-special is for encoding" "tokenize --decode with --no-special" -- \
+  sh -c 'echo "[1]" | "$1" tokenize --model "$2" --decode --no-special' sh "$pesc" "$demo"
 
 # inspect
 expect 0 "parameters" "inspect a model directory" -- "$pesc" inspect "$m"
