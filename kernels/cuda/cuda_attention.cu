@@ -636,6 +636,20 @@ static tile_shape tile_at(int bh0, int q0, int C, int Hq, int T, int window, con
     return ts;
 }
 
+// Every tile of the plan (C rows of nbh heads): visit(ts, n, off) with n the (sequence, head)s
+// of the tile and off the first one's offset in a head-major buffer.
+template <typename Visit>
+static void for_each_tile(int B, int T, int Hq, int D, int C, int nbh, int window,
+                          const int32_t *seg, Visit visit)
+{
+    for (int bh0 = 0; bh0 < B * Hq; bh0 += nbh) {
+        int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
+        for (int q0 = 0; q0 < T; q0 += C)
+            if (!visit(tile_at(bh0, q0, C, Hq, T, window, seg), n, (size_t)bh0 * T * D))
+                return;
+    }
+}
+
 // Row-major C_i (M, N) = alpha op(A_i) op(B_i) + beta C_i for i < batch, the operands of i at
 // i times their strides (cuda_gemm's convention, batched), in the context's math.
 static void gemm_batched(cuda_context *c, int trans_a, int trans_b, int M, int N, int K,
@@ -706,23 +720,20 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
         return;
     float scale = 1.0f / sqrtf((float)D);
     long long hs = (long long)T * D;
-    for (int bh0 = 0; bh0 < B * Hq; bh0 += nbh) {
-        int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
-        size_t off = (size_t)bh0 * hs;
-        for (int q0 = 0; q0 < T; q0 += C) {
-            tile_shape ts = tile_at(bh0, q0, C, Hq, T, window, seg);
-            int rows = ts.C, nk = ts.nk, k0 = ts.k0;
-            long long st = (long long)rows * nk;
-            gemm_batched(c, 0, 1, rows, nk, D, scale, qh + off + (size_t)q0 * D, D, hs,
-                         kh + off + (size_t)k0 * D, D, hs, 0.0f, s, nk, st, n);
-            tile_softmax_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(s, lse,
-                                                                                          ts);
-            if (!CUDA_LAUNCHED(c))
-                return;
-            gemm_batched(c, 0, 0, rows, D, nk, 1.0f, s, nk, st, vh + off + (size_t)k0 * D, D, hs,
-                         0.0f, oh + off + (size_t)q0 * D, D, hs, n);
-        }
-    }
+    for_each_tile(B, T, Hq, D, C, nbh, window, seg, [&](const tile_shape &ts, int n, size_t off) {
+        int rows = ts.C, nk = ts.nk, q0 = ts.q0, k0 = ts.k0;
+        long long st = (long long)rows * nk;
+        gemm_batched(c, 0, 1, rows, nk, D, scale, qh + off + (size_t)q0 * D, D, hs,
+                     kh + off + (size_t)k0 * D, D, hs, 0.0f, s, nk, st, n);
+        tile_softmax_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(s, lse, ts);
+        if (!CUDA_LAUNCHED(c))
+            return false;
+        gemm_batched(c, 0, 0, rows, D, nk, 1.0f, s, nk, st, vh + off + (size_t)k0 * D, D, hs,
+                     0.0f, oh + off + (size_t)q0 * D, D, hs, n);
+        return true;
+    });
+    if (c->failed)
+        return;
     heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(out, oh, B, T, Hq, D, 1);
     CUDA_LAUNCHED(c);
 }
@@ -750,30 +761,28 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
         return;
     float scale = 1.0f / sqrtf((float)D);
     long long hs = (long long)T * D;
-    for (int bh0 = 0; bh0 < B * Hq; bh0 += nbh) {
-        int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
-        size_t off = (size_t)bh0 * hs;
-        for (int q0 = 0; q0 < T; q0 += C) {
-            tile_shape ts = tile_at(bh0, q0, C, Hq, T, window, seg);
-            int rows = ts.C, nk = ts.nk, k0 = ts.k0;
-            long long st = (long long)rows * nk;
-            const float *qc = qh + off + (size_t)q0 * D, *doc = doh + off + (size_t)q0 * D;
-            const float *kc = kh + off + (size_t)k0 * D, *vc = vh + off + (size_t)k0 * D;
-            gemm_batched(c, 0, 1, rows, nk, D, scale, qc, D, hs, kc, D, hs, 0.0f, s, nk, st, n);
-            gemm_batched(c, 0, 1, rows, nk, D, 1.0f, doc, D, hs, vc, D, hs, 0.0f, dp, nk, st, n);
-            tile_backward_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(
-                s, dp, lse, delta, ts);
-            if (!CUDA_LAUNCHED(c))
-                return;
-            // dV += P^T dout, dQ = scale dS K, dK += scale dS^T Q
-            gemm_batched(c, 1, 0, nk, D, rows, 1.0f, s, nk, st, doc, D, hs, 1.0f,
-                         dvh + off + (size_t)k0 * D, D, hs, n);
-            gemm_batched(c, 0, 0, rows, D, nk, scale, dp, nk, st, kc, D, hs, 0.0f,
-                         dqh + off + (size_t)q0 * D, D, hs, n);
-            gemm_batched(c, 1, 0, nk, D, rows, scale, dp, nk, st, qc, D, hs, 1.0f,
-                         dkh + off + (size_t)k0 * D, D, hs, n);
-        }
-    }
+    for_each_tile(B, T, Hq, D, C, nbh, window, seg, [&](const tile_shape &ts, int n, size_t off) {
+        int rows = ts.C, nk = ts.nk, q0 = ts.q0, k0 = ts.k0;
+        long long st = (long long)rows * nk;
+        const float *qc = qh + off + (size_t)q0 * D, *doc = doh + off + (size_t)q0 * D;
+        const float *kc = kh + off + (size_t)k0 * D, *vc = vh + off + (size_t)k0 * D;
+        gemm_batched(c, 0, 1, rows, nk, D, scale, qc, D, hs, kc, D, hs, 0.0f, s, nk, st, n);
+        gemm_batched(c, 0, 1, rows, nk, D, 1.0f, doc, D, hs, vc, D, hs, 0.0f, dp, nk, st, n);
+        tile_backward_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(
+            s, dp, lse, delta, ts);
+        if (!CUDA_LAUNCHED(c))
+            return false;
+        // dV += P^T dout, dQ = scale dS K, dK += scale dS^T Q
+        gemm_batched(c, 1, 0, nk, D, rows, 1.0f, s, nk, st, doc, D, hs, 1.0f,
+                     dvh + off + (size_t)k0 * D, D, hs, n);
+        gemm_batched(c, 0, 0, rows, D, nk, scale, dp, nk, st, kc, D, hs, 0.0f,
+                     dqh + off + (size_t)q0 * D, D, hs, n);
+        gemm_batched(c, 1, 0, nk, D, rows, scale, dp, nk, st, qc, D, hs, 1.0f,
+                     dkh + off + (size_t)k0 * D, D, hs, n);
+        return true;
+    });
+    if (c->failed)
+        return;
     heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dq, dqh, B, T, Hq, D, 1);
     blocks = cuda_blocks((size_t)B * T * Hkv * D, 256);
     heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dk, dkh, B, T, Hkv, D, rep);
