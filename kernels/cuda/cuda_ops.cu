@@ -273,18 +273,29 @@ __global__ void sumsq_finish_kernel(double *sums, const double *partials, int ch
     sums[i] = s;
 }
 
+// sums[i] = the sum of squares of x[i chunk .. (i + 1) chunk) for i < n; partials holds
+// n * CUDA_REDUCE_BLOCKS doubles. Nothing waits.
+static bool launch_sumsq(cuda_context *c, double *sums, double *partials, const float *x,
+                         size_t chunk, int n)
+{
+    for (int i0 = 0; i0 < n; i0 += 65535) {   // gridDim.y's limit
+        int m = n - i0 < 65535 ? n - i0 : 65535;
+        sumsq_partial_kernel<<<dim3(CUDA_REDUCE_BLOCKS, m), 256, 0, c->stream>>>(
+            partials + (size_t)i0 * CUDA_REDUCE_BLOCKS, x + (size_t)i0 * chunk, chunk);
+    }
+    sumsq_finish_kernel<<<(n + 127) / 128, 128, 0, c->stream>>>(sums, partials, n);
+    return CUDA_LAUNCHED(c);
+}
+
 // Host sync: the result goes to the host (the gradient-clipping norm).
 extern "C" double cuda_vector_sumsq(void *ctx, const float *x, size_t n)
 {
     cuda_context *c = (cuda_context *)ctx;
-    double s = NAN;
+    double s = NAN, *sum = c->partials + CUDA_REDUCE_BLOCKS;
     if (c->failed)
         return s;
-    sumsq_partial_kernel<<<CUDA_REDUCE_BLOCKS, 256, 0, c->stream>>>(c->partials, x, n);
-    sumsq_finish_kernel<<<1, 1, 0, c->stream>>>(c->partials + CUDA_REDUCE_BLOCKS, c->partials, 1);
-    if (CUDA_LAUNCHED(c) &&
-        CUDA_CHECK(c, cudaMemcpyAsync(&s, c->partials + CUDA_REDUCE_BLOCKS, sizeof s,
-                                      cudaMemcpyDeviceToHost, c->stream)) &&
+    if (launch_sumsq(c, sum, c->partials, x, n, 1) &&
+        CUDA_CHECK(c, cudaMemcpyAsync(&s, sum, sizeof s, cudaMemcpyDeviceToHost, c->stream)) &&
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
         return s;
     return NAN;
@@ -298,15 +309,8 @@ extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x,
     if (n <= 0)
         return;
     double *partials = (double *)cuda_op_work(c, (size_t)n * CUDA_REDUCE_BLOCKS * sizeof(double));
-    if (!partials)
-        return;
-    for (int i0 = 0; i0 < n; i0 += 65535) {   // gridDim.y's limit
-        int m = n - i0 < 65535 ? n - i0 : 65535;
-        sumsq_partial_kernel<<<dim3(CUDA_REDUCE_BLOCKS, m), 256, 0, c->stream>>>(
-            partials + (size_t)i0 * CUDA_REDUCE_BLOCKS, x + (size_t)i0 * chunk, chunk);
-    }
-    sumsq_finish_kernel<<<(n + 127) / 128, 128, 0, c->stream>>>(out, partials, n);
-    CUDA_LAUNCHED(c);
+    if (partials)
+        launch_sumsq(c, out, partials, x, chunk, n);
 }
 
 // ---- AdamW ----------------------------------------------------------------------------------
