@@ -27,7 +27,7 @@ const char pesc_options_help[] =
     "  --lora-alpha A       LoRA alpha (16; needs --lora-rank)\n"
     "  --lora-targets LIST  LoRA sites, from q,k,v,o,gate,up,down (all; needs --lora-rank)\n"
     "  --train pesc|full    train routers + adapters (pesc), or every weight (full: the\n"
-    "                       options that shape experts or LoRA above do not apply)\n";
+    "                       options above are refused, but for a dropout or coefficient 0)\n";
 
 void pesc_options_default(pesc_options *o)
 {
@@ -132,9 +132,14 @@ int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err
         o->given |= PESC_GIVEN_ADAPTER_SCALE;
         return parse_float("--adapter-scale", arg, 0.0, 1e6, &o->adapter_scale, err);
     case OPT_ADAPTER_DROPOUT:
+        o->given |= PESC_GIVEN_ADAPTER_DROPOUT;
         return parse_float("--adapter-dropout", arg, 0.0, 0.99, &o->adapter_dropout, err);
-    case OPT_AUX_COEF: return parse_float("--aux-coef", arg, 0.0, 1e6, &o->aux_coef, err);
-    case OPT_Z_COEF: return parse_float("--z-coef", arg, 0.0, 1e6, &o->z_coef, err);
+    case OPT_AUX_COEF:
+        o->given |= PESC_GIVEN_AUX_COEF;
+        return parse_float("--aux-coef", arg, 0.0, 1e6, &o->aux_coef, err);
+    case OPT_Z_COEF:
+        o->given |= PESC_GIVEN_Z_COEF;
+        return parse_float("--z-coef", arg, 0.0, 1e6, &o->z_coef, err);
     case OPT_LORA_RANK:
         o->given |= PESC_GIVEN_LORA_RANK;
         return parse_int("--lora-rank", arg, 0, 65536, &o->lora_rank, err);
@@ -170,6 +175,17 @@ int pesc_options_check(const pesc_options *o, pesc_error *err)
             if (o->given & shaping[i].bit)
                 return pesc_fail(err, "%s shapes a PESC model; --train full trains the dense "
                                  "model's every weight: drop one of them", shaping[i].flag);
+        /* the regularisers act on routers and adapters, which a dense model has none of; a
+         * zero asks for nothing and is let through */
+        const struct { unsigned bit; const char *flag; float value; } regularisers[] = {
+            {PESC_GIVEN_ADAPTER_DROPOUT, "--adapter-dropout", o->adapter_dropout},
+            {PESC_GIVEN_AUX_COEF, "--aux-coef", o->aux_coef},
+            {PESC_GIVEN_Z_COEF, "--z-coef", o->z_coef}};
+        for (size_t i = 0; i < sizeof regularisers / sizeof *regularisers; i++)
+            if ((o->given & regularisers[i].bit) && regularisers[i].value > 0.0f)
+                return pesc_fail(err, "%s %g acts on PESC routers and adapters; --train full "
+                                 "has none: drop %s or train pesc", regularisers[i].flag,
+                                 (double)regularisers[i].value, regularisers[i].flag);
         return 0;
     }
     if (o->lora_rank == 0 && (o->given & (PESC_GIVEN_LORA_ALPHA | PESC_GIVEN_LORA_TARGETS)))

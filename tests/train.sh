@@ -84,6 +84,9 @@ expect 2 "\-\-lora-targets without \-\-lora-rank: .*add \-\-lora-rank R" "--lora
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --lora-targets q
 expect 2 "\-\-lora-rank shapes a PESC model; \-\-train full" "LoRA with --train full" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --train full --lora-rank 4
+expect 2 "\-\-aux-coef 0.05 acts on PESC routers and adapters; \-\-train full has none: drop \-\-aux-coef" \
+  "a routing regulariser with --train full" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --train full --aux-coef 0.05
 expect 1 "^pesc train: \-\-log: cannot create the run log $tmp/no/dir/run.jsonl: .*writable directory" \
   "a --log in a missing directory is named as --log, with the fix" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/no/dir/run.jsonl"
