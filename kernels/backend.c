@@ -208,6 +208,11 @@ int backend_memory_info(pesc_backend *b, backend_memory *out)
     return b->ops->memory ? b->ops->memory(b->context, out) : host_memory(out);
 }
 
+size_t backend_attention_work_bytes(pesc_backend *b, int B, int T, int Hq, int Hkv, int D)
+{
+    return b->ops->attention_work ? b->ops->attention_work(b->context, B, T, Hq, Hkv, D) : 0;
+}
+
 int backend_check(pesc_backend *b, pesc_error *err)
 {
     return b->ops->check ? b->ops->check(b->context, err) : 0;

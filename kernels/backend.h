@@ -42,6 +42,10 @@ typedef struct backend_memory {
     size_t used, available, total;
 } backend_memory;
 int backend_memory_info(pesc_backend *b, backend_memory *out);
+/* Bytes of scratch the backend's own attention backward takes at this shape, beyond the
+ * buffers it is handed, for the memory estimate a run makes before it starts: 0 where that
+ * scratch is small (the CPU backend's lives in host memory, a few rows per thread). */
+size_t backend_attention_work_bytes(pesc_backend *b, int B, int T, int Hq, int Hkv, int D);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
 /* Device errors do not stop the program: a backend that fails (a CUDA or cuBLAS error, a

@@ -1025,15 +1025,19 @@ static int open_sinks(session *s, pesc_error *err)
 static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024.0); }
 
 /* Before anything big is allocated: what training still needs (activations and gradients of
- * one micro-batch, AdamW's two moments, the update-ratio copy) against what the backend's
- * memory has free. A run that cannot fit is refused with the numbers and what to change. */
+ * one micro-batch, attention's scratch on the backend, AdamW's two moments, the update-ratio
+ * copy) against what the backend's memory has free. A run that cannot fit is refused with the
+ * numbers and what to change. */
 static int check_memory(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
     backend_memory mem;
     if (backend_memory_info(s->backend, &mem) != 0)
         return 0;   /* unknown: let the allocations speak */
-    size_t acts = model_activation_bytes(&s->m, c->batch, c->seq, 1, c->recompute);
+    const hf_config *cf = &s->m.config;
+    size_t work = backend_attention_work_bytes(s->backend, c->batch, c->seq, cf->n_heads,
+                                               cf->n_kv_heads, cf->head_dim);
+    size_t acts = model_activation_bytes(&s->m, c->batch, c->seq, 1, c->recompute) + work;
     size_t state = s->m.n_train * sizeof(float) * (s->m.crafted ? 3 : 2);
     size_t need = acts + state;
     if (need <= mem.available / 100 * 95)
@@ -1041,10 +1045,10 @@ static int check_memory(session *s, pesc_error *err)
     char hint[160] = "";
     if (!c->recompute)
         snprintf(hint, sizeof hint, ", or add --recompute (activations %.1f GiB)",
-                 gib(model_activation_bytes(&s->m, c->batch, c->seq, 1, 1)));
-    return pesc_fail(err, "training needs %.1f GiB more memory (activations %.1f GiB for --batch %d "
-                     "x --seq %d, optimizer state %.1f GiB) but %s has %.1f GiB free: lower "
-                     "--batch (raising --grad-accum keeps the batch) or --seq%s",
+                 gib(model_activation_bytes(&s->m, c->batch, c->seq, 1, 1) + work));
+    return pesc_fail(err, "training needs %.1f GiB more memory (activations and scratch %.1f "
+                     "GiB for --batch %d x --seq %d, optimizer state %.1f GiB) but %s has %.1f "
+                     "GiB free: lower --batch (raising --grad-accum keeps the batch) or --seq%s",
                      gib(need), gib(acts), c->batch, c->seq, gib(state),
                      strcmp(backend_name(s->backend), "cpu") == 0 ? "the machine" : "the GPU",
                      gib(mem.available), hint);

@@ -685,10 +685,21 @@ static void tile_plan(int B, int T, int Hq, int *C, int *nbh)
 }
 
 // The device scratch of the gemm path: head-major buffers of (B, Hq, T, D) floats, then tiles.
+// The backward's is the larger: q, k, v, dout, dq, dk, dv head-major, two tiles (scores and
+// their gradient) and a delta per row.
+enum { GEMM_BACKWARD_HEADS = 7, GEMM_BACKWARD_TILES = 2 };
+
+static size_t gemm_work_floats(size_t head_buffers, size_t nh, int tiles, size_t tile,
+                               size_t extra)
+{
+    return head_buffers * nh + tiles * tile + extra;
+}
+
 static float *gemm_work(cuda_context *c, size_t head_buffers, size_t nh, int tiles, size_t tile,
                         size_t extra)
 {
-    return (float *)cuda_op_work(c, (head_buffers * nh + tiles * tile + extra) * sizeof(float));
+    return (float *)cuda_op_work(c, gemm_work_floats(head_buffers, nh, tiles, tile, extra) *
+                                        sizeof(float));
 }
 
 // q, k, v head-major into qh, kh, vh (B, Hq, T, D), k and v repeated over their group.
@@ -746,7 +757,7 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     int rep = Hq / Hkv, C, nbh;
     tile_plan(B, T, Hq, &C, &nbh);
     size_t nh = (size_t)B * Hq * T * D, tile = (size_t)nbh * C * T, rows_all = (size_t)B * Hq * T;
-    float *qh = gemm_work(c, 7, nh, 2, tile, rows_all);
+    float *qh = gemm_work(c, GEMM_BACKWARD_HEADS, nh, GEMM_BACKWARD_TILES, tile, rows_all);
     if (!qh)
         return;
     float *kh = qh + nh, *vh = kh + nh, *doh = vh + nh, *dqh = doh + nh, *dkh = dqh + nh;
@@ -788,4 +799,19 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dk, dkh, B, T, Hkv, D, rep);
     heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dv, dvh, B, T, Hkv, D, rep);
     CUDA_LAUNCHED(c);
+}
+
+// The op scratch attention's backward takes (the forward's is smaller): a delta per row for
+// the fused kernels, gemm_backward's buffers for the tensor-core path.
+extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    (void)Hkv;
+    size_t rows_all = (size_t)B * Hq * T;
+    if (c->attention != CUDA_ATTENTION_GEMM)
+        return rows_all * sizeof(float);
+    int C, nbh;
+    tile_plan(B, T, Hq, &C, &nbh);
+    return gemm_work_floats(GEMM_BACKWARD_HEADS, rows_all * D, GEMM_BACKWARD_TILES,
+                            (size_t)nbh * C * T, rows_all) * sizeof(float);
 }

@@ -424,6 +424,7 @@ static const backend_ops cuda_ops = {
     .adamw_update = cuda_adamw_update,
     .freeze = cuda_freeze,
     .memory = cuda_memory,
+    .attention_work = cuda_attention_work,
     .check = cuda_check,
 };
 
