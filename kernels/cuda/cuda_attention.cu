@@ -531,12 +531,12 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
 // shape (T 2048) they took near two thirds of an H200 step. Here the four products of attention
 // run through cuBLAS in the context's math (tf32 by default) and only the softmax is a kernel
 // of ours. Scores are materialised for a chunk of query rows at a time, against the keys that
-// chunk can see (k0 .. q1 - 1): the tile is at most ATT_TILE_BYTES, and the backward holds two.
+// chunk can see (k0 .. q1 - 1): the tile is at most PESC_CUDA_ATTENTION_TILE bytes (128 MiB;
+// more only where 16 rows of one head need it), and the backward holds two.
 //
 // The products want every (sequence, head) at one stride, so q, k, v (and dout) are first
 // copied head-major, (B, Hq, T, D), with k and v repeated over the query heads of their group;
 // dK and dV come back summed over the group, in a fixed order (deterministic).
-#define ATT_TILE_BYTES ((size_t)128 << 20)
 
 // xh (B, Hq, T, D) from x (B*T, H, D): head h of xh is head h / rep of x.
 __global__ void heads_gather_kernel(float *xh, const float *x, int B, int T, int Hq, int H,
@@ -669,18 +669,19 @@ static void gemm_batched(cuda_context *c, int trans_a, int trans_b, int M, int N
                         CUBLAS_GEMM_DEFAULT));
 }
 
-// The chunking: C query rows of nbh (sequence, head)s a tile, C a multiple of 16 where T allows.
-static void tile_plan(int B, int T, int Hq, int *C, int *nbh)
+// The chunking: C query rows of nbh (sequence, head)s a tile of at most `budget` bytes, C a
+// multiple of 16 where T allows.
+static void tile_plan(size_t budget, int B, int T, int Hq, int *C, int *nbh)
 {
     size_t row = (size_t)T * sizeof(float), all = (size_t)B * Hq;
-    size_t rows = ATT_TILE_BYTES / (all * row);
+    size_t rows = budget / (all * row);
     if (rows >= 16) {
         *C = rows >= (size_t)T ? T : (int)(rows & ~(size_t)15);
         *nbh = (int)all;
         return;
     }
     *C = T < 16 ? T : 16;
-    size_t n = ATT_TILE_BYTES / ((size_t)*C * row);
+    size_t n = budget / ((size_t)*C * row);
     *nbh = (int)(n < 1 ? 1 : n > all ? all : n);
 }
 
@@ -719,7 +720,7 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
                          const int32_t *seg)
 {
     int C, nbh;
-    tile_plan(B, T, Hq, &C, &nbh);
+    tile_plan(c->att_tile_bytes, B, T, Hq, &C, &nbh);
     size_t nh = (size_t)B * Hq * T * D, tile = (size_t)nbh * C * T;
     float *qh = gemm_work(c, 4, nh, 1, tile, 0);
     if (!qh)
@@ -755,7 +756,7 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
                           const int32_t *seg)
 {
     int rep = Hq / Hkv, C, nbh;
-    tile_plan(B, T, Hq, &C, &nbh);
+    tile_plan(c->att_tile_bytes, B, T, Hq, &C, &nbh);
     size_t nh = (size_t)B * Hq * T * D, tile = (size_t)nbh * C * T, rows_all = (size_t)B * Hq * T;
     float *qh = gemm_work(c, GEMM_BACKWARD_HEADS, nh, GEMM_BACKWARD_TILES, tile, rows_all);
     if (!qh)
@@ -811,7 +812,7 @@ extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, 
     if (c->attention != CUDA_ATTENTION_GEMM)
         return rows_all * sizeof(float);
     int C, nbh;
-    tile_plan(B, T, Hq, &C, &nbh);
+    tile_plan(c->att_tile_bytes, B, T, Hq, &C, &nbh);
     return gemm_work_floats(GEMM_BACKWARD_HEADS, rows_all * D, GEMM_BACKWARD_TILES,
                             (size_t)nbh * C * T, rows_all) * sizeof(float);
 }

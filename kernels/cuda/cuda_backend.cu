@@ -8,6 +8,7 @@
 // return without waiting for the device.
 #include <cuda_bf16.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -452,6 +453,24 @@ static int parse_attention(const char *s, int *attention, pesc_error *err)
     return 0;
 }
 
+// PESC_CUDA_ATTENTION_TILE: bytes of one tile of scores on the gemm path (128 MiB). Smaller
+// saves device memory at some speed; the tests make it tiny so small shapes cut their tiles
+// every way a long sequence does.
+static int parse_tile(const char *s, size_t *bytes, pesc_error *err)
+{
+    *bytes = (size_t)128 << 20;
+    if (!s || !*s)
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *end || errno || v < 1 || v > ((unsigned long long)1 << 40) || *s == '-')
+        return pesc_fail(err, "PESC_CUDA_ATTENTION_TILE=%s: give a number of bytes from 1 to "
+                         "2^40 (default 134217728)", s);
+    *bytes = (size_t)v;
+    return 0;
+}
+
 // The device is PESC_CUDA_DEVICE (default 0); products in PESC_CUDA_MATH (default tf32: while
 // activations are fp32, bf16 products pay a conversion of each activation operand, and on an
 // H200 tf32 was faster: 4.9 vs 27.8 ms/step at the standard shape, 498 vs 541 at TinyLlama's,
@@ -471,7 +490,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     if (!c)
         return pesc_fail(err, "CUDA backend: out of host memory");
     if (parse_math(getenv("PESC_CUDA_MATH"), &c->math, err) != 0 ||
-        parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0) {
+        parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0 ||
+        parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0) {
         free(c);
         return -1;
     }

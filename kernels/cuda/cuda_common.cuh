@@ -42,6 +42,7 @@ typedef struct cuda_context {
     cublasHandle_t cublas;
     int math;                    // enum cuda_math, for the dense products
     int attention;               // enum cuda_attention
+    size_t att_tile_bytes;       // the gemm path's budget for a tile of scores
     int max_shared;              // opt-in dynamic shared memory per block, bytes
     char device_text[320];
     int failed;                  // sticky: the first error, kept until the backend is deleted

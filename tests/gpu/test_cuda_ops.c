@@ -288,8 +288,9 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
 }
 
 /* Packed documents, sliding windows, grouped heads, head dimensions up to 256, and sequences
- * long enough that the gemm path cuts its score tiles (T 2048 x 64 heads: 8 chunks of 256
- * query rows, each against the keys its window reaches). */
+ * long enough that the gemm path cuts its score tiles at its default 128 MiB (T 2048 x 64
+ * heads: 8 chunks of 256 query rows; 2 x 2000 x 64: 16 chunks of 128, the last of 80 rows,
+ * each against the keys its window reaches). */
 static void test_attention_shapes(const char *path, double tol_fwd, double tol_bwd)
 {
     test_attention(2, 100, 4, 2, 32, 0, 0, path, tol_fwd, tol_bwd);
@@ -298,7 +299,16 @@ static void test_attention_shapes(const char *path, double tol_fwd, double tol_b
     test_attention(3, 64, 8, 2, 128, 17, 1, path, tol_fwd, tol_bwd);
     test_attention(1, 40, 2, 1, 256, 0, 0, path, tol_fwd, tol_bwd);
     test_attention(1, 2048, 64, 8, 16, 0, 0, path, tol_fwd, tol_bwd);
-    test_attention(1, 2048, 64, 8, 16, 300, 1, path, tol_fwd, tol_bwd);
+    test_attention(2, 2000, 64, 8, 16, 300, 1, path, tol_fwd, tol_bwd);
+}
+
+/* Under a 64 KiB tile the gemm path must also split the (sequence, head)s: 2 x 8 heads of
+ * T 300 go 3 at a time (the last alone), in 19 chunks of 16 query rows (the last of 12). */
+static void test_attention_small_tiles(const char *path, double tol_fwd, double tol_bwd)
+{
+    test_attention(2, 300, 8, 2, 32, 0, 1, path, tol_fwd, tol_bwd);
+    test_attention(2, 300, 8, 4, 16, 50, 1, path, tol_fwd, tol_bwd);
+    test_attention(3, 64, 8, 2, 128, 17, 1, path, tol_fwd, tol_bwd);
 }
 
 static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int window)
@@ -426,6 +436,11 @@ int main(void)
     test_matmul(300, 200, 150, 1e-5, "fp32");
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
     test_attention_shapes("gemm fp32", 1e-5, 1e-4);
+    backend_delete(gpu);
+    setenv("PESC_CUDA_ATTENTION_TILE", "65536", 1);
+    gpu = gpu_test_cuda_or_skip();
+    test_attention_small_tiles("gemm fp32 64K tiles", 1e-5, 1e-4);
+    unsetenv("PESC_CUDA_ATTENTION_TILE");
     setenv("PESC_CUDA_MATH", "tf32", 1);
     backend_delete(gpu);
     gpu = gpu_test_cuda_or_skip();
