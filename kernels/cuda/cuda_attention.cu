@@ -627,11 +627,13 @@ __global__ void tile_backward_kernel(float *s, float *dp, const float *lse, cons
 }
 
 // Query rows q0 .. q0 + C - 1 (fewer at the end) of the (sequence, head)s from bh0, against
-// the keys they can see: from k0, as far back as the window reaches, to their last.
+// the keys they can see: from k0, as far back as the window reaches (rounded down to a multiple
+// of 16, the rows masking the extra keys, so the products' operands and the tile's rows stay
+// aligned for the tensor cores), to their last.
 static tile_shape tile_at(int bh0, int q0, int C, int Hq, int T, int window, const int32_t *seg)
 {
     int rows = T - q0 < C ? T - q0 : C;
-    int k0 = window > 0 && q0 - window + 1 > 0 ? q0 - window + 1 : 0;
+    int k0 = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) & ~15 : 0;
     tile_shape ts = {rows, q0 + rows - k0, q0, k0, bh0, Hq, T, window, seg};
     return ts;
 }
