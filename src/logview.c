@@ -261,12 +261,7 @@ static int logview_snapshot(void *ctx, monitor_view *v)
             v->run.shape = lv->last->shape;
             snprintf(v->run.model, sizeof v->run.model, "%s", lv->path);
         }
-        stats_shape s = lv->last->shape;
-        if (!v->last || v->last->shape.n_layers != s.n_layers || v->last->shape.n_experts != s.n_experts ||
-            v->last->shape.n_sources != s.n_sources) {
-            stats_record_delete(v->last);
-            v->last = stats_record_new(s);
-        }
+        v->last = stats_record_fit(v->last, lv->last->shape);
         stats_record_copy(v->last, lv->last);
         if (lv->save_elapsed >= 0)
             v->since_save_s = lv->last->elapsed_s - lv->save_elapsed;

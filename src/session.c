@@ -145,8 +145,7 @@ static void publish_step(session *s, const stats_record *r)
 {
     pthread_mutex_lock(&s->lock);
     monitor_view *v = s->shared;
-    if (!v->last)
-        v->last = stats_record_new(r->shape);
+    v->last = stats_record_fit(v->last, r->shape);
     stats_record_copy(v->last, r);
     if (v->n_points == MONITOR_HISTORY) {
         for (int i = 0; i < MONITOR_HISTORY / 2; i++)
@@ -1211,14 +1210,7 @@ static int view_snapshot(void *ctx, monitor_view *v)
     v->last = last;
     v->loads = loads;
     if (src->last) {
-        if (v->last && (v->last->shape.n_layers != src->last->shape.n_layers ||
-                        v->last->shape.n_experts != src->last->shape.n_experts ||
-                        v->last->shape.n_sources != src->last->shape.n_sources)) {
-            stats_record_delete(v->last);
-            v->last = NULL;
-        }
-        if (!v->last)
-            v->last = stats_record_new(src->last->shape);
+        v->last = stats_record_fit(v->last, src->last->shape);
         stats_record_copy(v->last, src->last);
     } else {
         stats_record_delete(v->last);

@@ -54,6 +54,15 @@ void stats_record_delete(stats_record *r)
     free(r);
 }
 
+stats_record *stats_record_fit(stats_record *r, stats_shape shape)
+{
+    if (r && r->shape.n_layers == shape.n_layers && r->shape.n_experts == shape.n_experts &&
+        r->shape.n_sources == shape.n_sources)
+        return r;
+    stats_record_delete(r);
+    return stats_record_new(shape);
+}
+
 void stats_record_copy(stats_record *dst, const stats_record *src)
 {
     stats_record keep = *dst;
@@ -272,15 +281,7 @@ static stats_shape shape_of(json_t *o)
 static int parse_step(json_t *o, stats_record **rp)
 {
     stats_shape shape = shape_of(o);
-    stats_record *r = *rp;
-    if (r && (r->shape.n_layers != shape.n_layers || r->shape.n_experts != shape.n_experts ||
-              r->shape.n_sources != shape.n_sources)) {
-        stats_record_delete(r);
-        r = NULL;
-    }
-    if (!r)
-        r = stats_record_new(shape);
-    *rp = r;
+    stats_record *r = *rp = stats_record_fit(*rp, shape);
     r->step = (long)int_or(o, "step", 0);
     r->total_steps = (long)int_or(o, "total_steps", 0);
     r->epoch = real_or(o, "epoch", 0.0);

@@ -47,6 +47,8 @@ typedef struct stats_record {
 /* Lifetime pair; arrays are sized from the shape (NULL when E = 0). */
 stats_record *stats_record_new(stats_shape shape);
 void stats_record_delete(stats_record *r);
+/* r when it has this shape, else a new record of it (r deleted; r may be NULL). */
+stats_record *stats_record_fit(stats_record *r, stats_shape shape);
 /* Copies a record into one of the same shape. */
 void stats_record_copy(stats_record *dst, const stats_record *src);
 /* Fills imbalance and cv from load. */
