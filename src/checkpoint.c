@@ -168,8 +168,10 @@ static int is_checkpoint_name(const char *name, long *step)
 }
 
 /* Removes stale temporary checkpoints (".tmp-step-N-PID" and its ".old", from
- * pesc_dir_begin / pesc_dir_commit) and all but the newest `keep`. */
-static void prune(const char *save_dir, int keep)
+ * pesc_dir_begin / pesc_dir_commit) and all but the newest `keep` of those up to step `upto`:
+ * checkpoint_claim has made sure that those are this run's, so a checkpoint past the run's
+ * own step is never touched. */
+static void prune(const char *save_dir, int keep, long upto)
 {
     DIR *d = opendir(save_dir);
     if (!d)
@@ -183,7 +185,7 @@ static void prune(const char *save_dir, int keep)
             char *p = pesc_path_join(save_dir, e->d_name);
             pesc_remove_tree(p);
             free(p);
-        } else if (is_checkpoint_name(e->d_name, &step) && n < 4096) {
+        } else if (is_checkpoint_name(e->d_name, &step) && step <= upto && n < 4096) {
             steps[n++] = step;
         }
     }
@@ -200,6 +202,57 @@ static void prune(const char *save_dir, int keep)
             free(p);
         }
     }
+}
+
+/* The newest checkpoint step in dir past `after` (-1 for any), or -1 when there is none. */
+static long newest_step_after(const char *dir, long after)
+{
+    DIR *d = opendir(dir);
+    long best = -1, step;
+    struct dirent *e;
+    if (!d)
+        return -1;
+    while ((e = readdir(d)))
+        if (is_checkpoint_name(e->d_name, &step) && step > after && step > best)
+            best = step;
+    closedir(d);
+    return best;
+}
+
+/* 1 when a and b name the same existing directory. */
+static int same_directory(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_step,
+                     pesc_error *err)
+{
+    if (!resumed) {
+        long other = newest_step_after(save_dir, -1);
+        if (other >= 0)
+            return pesc_fail(err, "--save %s already holds another run's checkpoints (step-%08ld); "
+                             "continue that run with --resume %s, or name an empty directory",
+                             save_dir, other, save_dir);
+        return 0;
+    }
+    char *parent = xstrdup(resumed), *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = '\0';
+    int from_here = same_directory(slash ? parent : ".", save_dir);
+    free(parent);
+    long other = newest_step_after(save_dir, from_here ? resumed_step : -1);
+    if (other < 0)
+        return 0;
+    if (from_here)
+        return pesc_fail(err, "--save %s holds step-%08ld, past the resumed step %ld, and this "
+                         "run would overwrite it; save this branch of the run in another "
+                         "directory", save_dir, other, resumed_step);
+    return pesc_fail(err, "--save %s already holds another run's checkpoints (step-%08ld), and "
+                     "this run continues %s; name an empty directory, or save where it was "
+                     "saved", save_dir, other, resumed);
 }
 
 int checkpoint_prepare(const char *save_dir, pesc_error *err)
@@ -237,7 +290,7 @@ int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
         pesc_write_file(state, text, strlen(text), err) != 0 ||
         pesc_dir_commit(tmp, final, err) != 0)
         goto out;
-    prune(save_dir, keep);
+    prune(save_dir, keep, st->step);
     if (saved)
         *saved = xstrdup(final);
     rc = 0;

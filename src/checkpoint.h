@@ -43,6 +43,12 @@ typedef struct checkpoint_state {
 /* Makes save_dir (one level) or checks that it is a directory this process can write in: a run
  * checks before its first step, not when its first checkpoint is due. */
 int checkpoint_prepare(const char *save_dir, pesc_error *err);
+/* Refuses a save_dir that holds checkpoints this run does not continue: those of another run
+ * (when the run is not resumed from save_dir itself), or, when it is, those past the resumed
+ * step, which the run would overwrite. resumed is the checkpoint the run continues (NULL for
+ * none). Saving then rotates out only the run's own checkpoints. */
+int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_step,
+                     pesc_error *err);
 /* Saves (preparing save_dir first); *saved (optional) receives the checkpoint's directory
  * (malloc'd). */
 int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,

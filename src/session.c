@@ -1053,10 +1053,29 @@ static int check_memory(session *s, pesc_error *err)
                      gib(mem.available), hint);
 }
 
+/* --save DIR must be writable and hold no checkpoint this run would overwrite or rotate out
+ * without continuing it; checked before any work. */
+static int check_save_dir(const train_config *c, pesc_error *err)
+{
+    char *dir = NULL;
+    checkpoint_state st;
+    int rc = -1;
+    if (checkpoint_prepare(c->save_dir, err) != 0)
+        return -1;
+    if (!c->resume)
+        return checkpoint_claim(c->save_dir, NULL, 0, err);
+    if (checkpoint_find(c->resume, &dir, err) != 0 || checkpoint_read_state(dir, &st, err) != 0)
+        pesc_fail_prefix(err, "cannot resume");
+    else
+        rc = checkpoint_claim(c->save_dir, dir, st.step, err);
+    free(dir);
+    return rc;
+}
+
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
-    if (c->save_dir && checkpoint_prepare(c->save_dir, err) != 0)   /* before any work */
+    if (c->save_dir && check_save_dir(c, err) != 0)
         return -1;
     s->backend = backend_new(c->backend, err);
     if (!s->backend)

@@ -21,13 +21,14 @@ common="--model $base --data $tmp/data.jsonl --seq 24 --batch 4 --experts 4 --ad
 
 # a short run: progress lines, the log, the final checkpoint
 # shellcheck disable=SC2086
-"$pesc" train --headless $common --steps 6 --log "$tmp/run.jsonl" --save "$tmp/ck" >"$tmp/out" 2>"$tmp/err"
+"$pesc" train --headless $common --steps 6 --log "$tmp/run.jsonl" --save "$tmp/ck" --save-every 3 >"$tmp/out" 2>"$tmp/err"
 status=$?
 steps=$(grep -c '"loss"' "$tmp/run.jsonl" 2>/dev/null)
 if [ $status -eq 0 ] && [ "$steps" = 6 ] && head -n 1 "$tmp/run.jsonl" | grep -q '"event":"start"' &&
    grep -q 'step 6/6' "$tmp/out" && [ -f "$tmp/ck/step-00000006/state.json" ] &&
+   [ -f "$tmp/ck/step-00000003/state.json" ] &&
    grep -q '"load":\[\[' "$tmp/run.jsonl"; then
-  pass "headless run: 6 step records with loads in the log, progress lines, final checkpoint"
+  pass "headless run: 6 step records with loads in the log, progress lines, checkpoints at 3 and 6"
 else
   fail "headless run: exit $status, $steps step records: $(head -c 300 "$tmp/err")"
 fi
@@ -59,6 +60,25 @@ expect 1 "\-\-save $tmp/not-a-dir is not a directory" "--save naming a file is r
 expect 1 "\-\-save $tmp/no/dir: cannot create it" "--save in a missing parent is refused before training" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/no/dir"
 [ "$(cat "$tmp/not-a-dir")" = precious ] || fail "--save FILE: the file was touched"
+# checkpoints a run does not continue are never overwritten or rotated out: a fresh run into
+# another run's save directory, a resumed run into a third one, and a run resumed from an
+# older step into its own directory (it would overwrite the newer steps) are all refused
+before=$(ls -l "$tmp/ck"/*)
+# shellcheck disable=SC2086
+expect 1 "\-\-save $tmp/ck already holds another run's checkpoints (step-00000006); continue that run with --resume $tmp/ck" \
+  "a fresh run into another run's save directory is refused" -- \
+  "$pesc" train --headless $common --steps 1 --save "$tmp/ck" --keep 1
+# shellcheck disable=SC2086
+expect 1 "\-\-save $tmp/ck holds step-00000006, past the resumed step 3" \
+  "a run resumed from step 3 into its own directory holding step 6 is refused" -- \
+  "$pesc" train --headless $common --steps 8 --resume "$tmp/ck/step-00000003" --save "$tmp/ck" --keep 1
+mkdir "$tmp/third" && cp -r "$tmp/ck/step-00000003" "$tmp/third/"
+# shellcheck disable=SC2086
+expect 1 "\-\-save $tmp/third already holds another run's checkpoints (step-00000003), and this run continues $tmp/ck/step-00000006" \
+  "a resumed run into a third run's save directory is refused" -- \
+  "$pesc" train --headless $common --steps 8 --resume "$tmp/ck" --save "$tmp/third" --keep 1
+[ "$(ls -l "$tmp/ck"/*)" = "$before" ] && [ -f "$tmp/third/step-00000003/state.json" ] ||
+  fail "a refused --save touched checkpoints: $(ls -R "$tmp/ck" "$tmp/third")"
 # a final checkpoint that cannot be written fails the run, saying so (its result is not lost
 # without a word): the save directory is replaced by a file while the run trains
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 --save "$tmp/gone" \
@@ -156,8 +176,10 @@ fi
 # so the resumed run is ended with SIGTERM once it has logged a step)
 ok=1
 for i in 1 2 3 4 5; do
+  again=""   # after the first round the directory holds this run's checkpoints: continue it
+  [ "$i" -gt 1 ] && again="--resume $tmp/k9"
   # shellcheck disable=SC2086
-  "$pesc" train --headless $common --steps 100000 --save "$tmp/k9" --save-every 1 --keep 2 >/dev/null 2>&1 &
+  "$pesc" train --headless $common --steps 100000 $again --save "$tmp/k9" --save-every 1 --keep 2 >/dev/null 2>&1 &
   pid=$!
   for _ in $(seq 100); do ls "$tmp/k9" 2>/dev/null | grep -q '^step-' && break; sleep 0.05; done
   sleep "0.$i"
