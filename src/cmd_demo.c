@@ -70,16 +70,22 @@ int cmd_demo_data(int argc, char **argv)
     demo_spec_complete(&spec);
 
     pesc_error err = {{0}};
-    int to_stdout = strcmp(output, "-") == 0;
-    FILE *f = to_stdout ? stdout : fopen(output, "w");
-    if (!f) {
-        pesc_fail(&err, "%s: %s", output, strerror(errno));
-        return cli_fail("demo-data", &err);
+    int rc;
+    if (strcmp(output, "-") == 0) {
+        rc = demo_write_jsonl(stdout, &spec, "standard output", &err);
+        if (rc == 0 && fflush(stdout) != 0)
+            rc = pesc_fail(&err, "standard output: %s", strerror(errno));
+        return rc == 0 ? 0 : cli_fail("demo-data", &err);
     }
-    int rc = demo_write_jsonl(f, &spec, output, &err);
-    if (rc == 0 && (to_stdout ? fflush(f) : fclose(f)) != 0)
-        rc = pesc_fail(&err, "%s: %s", output, strerror(errno));
-    else if (rc != 0 && !to_stdout)
-        fclose(f);
+    char *tmp;   /* an existing FILE is replaced only by a whole one */
+    FILE *f = pesc_file_begin(output, &tmp, &err);
+    if (!f)
+        return cli_fail("demo-data", &err);
+    rc = demo_write_jsonl(f, &spec, output, &err);
+    if (rc == 0)
+        rc = pesc_file_commit(f, tmp, output, &err);
+    else
+        pesc_file_abort(f, tmp);
+    free(tmp);
     return rc == 0 ? 0 : cli_fail("demo-data", &err);
 }

@@ -129,15 +129,19 @@ char *pesc_path_join(const char *dir, const char *name)
 
 int pesc_write_file(const char *path, const void *data, size_t len, pesc_error *err)
 {
-    FILE *f = fopen(path, "wb");
+    char *tmp;
+    FILE *f = pesc_file_begin(path, &tmp, err);
     if (!f)
-        return pesc_fail(err, "%s: %s", path, strerror(errno));
-    int ok = fwrite(data, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int saved = errno;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok)
-        return pesc_fail(err, "%s: %s (is the disk full?)", path, strerror(saved));
-    return 0;
+        return -1;
+    if (fwrite(data, 1, len, f) != len) {
+        pesc_fail(err, "%s: %s (is the disk full?)", path, strerror(errno));
+        pesc_file_abort(f, tmp);
+        free(tmp);
+        return -1;
+    }
+    int rc = pesc_file_commit(f, tmp, path, err);
+    free(tmp);
+    return rc;
 }
 
 int pesc_copy_file(const char *from, const char *to, pesc_error *err)
@@ -226,17 +230,26 @@ static void remove_stale(const char *parent, const char *name)
     free(prefix);
 }
 
-int pesc_dir_begin(const char *final, char **tmp, pesc_error *err)
+/* ".tmp-NAME-PID" beside final (malloc'd), after removing those that dead processes left;
+ * *parent (malloc'd) is final's directory. */
+static char *temporary_beside(const char *final, char **parent)
 {
-    char *parent, *name;
-    split_path(final, &parent, &name);
+    char *name;
+    split_path(final, parent, &name);
     size_t len = strlen(name) + 32;
     char *tmp_name = xmalloc(len);
     snprintf(tmp_name, len, ".tmp-%s-%ld", name, (long)getpid());
-    *tmp = pesc_path_join(parent, tmp_name);
+    char *tmp = pesc_path_join(*parent, tmp_name);
     free(tmp_name);
-    remove_stale(parent, name);   /* ours from an earlier process of this id too */
+    remove_stale(*parent, name);   /* ours from an earlier process of this id too */
     free(name);
+    return tmp;
+}
+
+int pesc_dir_begin(const char *final, char **tmp, pesc_error *err)
+{
+    char *parent;
+    *tmp = temporary_beside(final, &parent);
     if (mkdir(*tmp, 0755) != 0) {
         pesc_fail(err, "%s: cannot create a directory in %s: %s", final, parent, strerror(errno));
         free(parent);
@@ -280,6 +293,65 @@ void pesc_dir_abort(const char *tmp)
 {
     if (tmp)
         pesc_remove_tree(tmp);
+}
+
+FILE *pesc_file_begin(const char *final, char **tmp, pesc_error *err)
+{
+    struct stat st;
+    *tmp = NULL;
+    if (stat(final, &st) == 0 && S_ISDIR(st.st_mode)) {
+        pesc_fail(err, "%s is a directory; name a file to write", final);
+        return NULL;
+    }
+    if (stat(final, &st) == 0 && !S_ISREG(st.st_mode)) {   /* /dev/null, a pipe */
+        FILE *f = fopen(final, "wb");
+        if (!f)
+            pesc_fail(err, "%s: %s", final, strerror(errno));
+        return f;
+    }
+    char *parent;
+    *tmp = temporary_beside(final, &parent);
+    FILE *f = fopen(*tmp, "wb");
+    if (!f) {
+        pesc_fail(err, "%s: cannot create a file in %s: %s", final, parent, strerror(errno));
+        free(*tmp);
+        *tmp = NULL;
+    }
+    free(parent);
+    return f;
+}
+
+int pesc_file_commit(FILE *f, const char *tmp, const char *final, pesc_error *err)
+{
+    int ok = fflush(f) == 0 && (!tmp || fsync(fileno(f)) == 0);
+    int saved = errno;
+    ok = fclose(f) == 0 && ok;
+    if (!tmp)
+        return ok ? 0 : pesc_fail(err, "%s: %s", final, strerror(saved ? saved : errno));
+    if (!ok) {
+        unlink(tmp);
+        return pesc_fail(err, "%s: %s (is the disk full?); the old file, if any, is untouched",
+                         final, strerror(saved ? saved : errno));
+    }
+    if (rename(tmp, final) != 0) {
+        saved = errno;
+        unlink(tmp);
+        return pesc_fail(err, "%s: cannot rename %s into place: %s", final, tmp, strerror(saved));
+    }
+    char *parent, *name;
+    split_path(final, &parent, &name);
+    fsync_directory(parent);
+    free(parent);
+    free(name);
+    return 0;
+}
+
+void pesc_file_abort(FILE *f, const char *tmp)
+{
+    if (f)
+        fclose(f);
+    if (tmp)
+        unlink(tmp);
 }
 
 int pesc_mul_size(size_t a, size_t b, size_t *out)

@@ -7,6 +7,7 @@
 #define PESC_UTIL_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #define PESC_ERROR_MAX 1024
@@ -36,9 +37,19 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err);
 /* "dir/name" in a fresh allocation. */
 char *pesc_path_join(const char *dir, const char *name);
 
-/* Writes len bytes to path and fsyncs them (a text file, a copy); the message of a failure
- * names the file and suggests a full disk. pesc_copy_file copies a (small) file that way. */
+/* Writes len bytes to path and fsyncs them (a text file, a copy), through pesc_file_begin:
+ * an existing file is replaced only by a whole one. The message of a failure names the file
+ * and suggests a full disk. pesc_copy_file copies a (small) file that way. */
 int pesc_write_file(const char *path, const void *data, size_t len, pesc_error *err);
+/* Files that appear whole or not at all, for output written as a stream: pesc_file_begin
+ * opens ".tmp-NAME-PID" beside `final` (removing those that dead processes left) and returns
+ * its path in *tmp (malloc'd); pesc_file_commit flushes, fsyncs and closes it and renames it
+ * over `final`, so an existing file is replaced only by a complete one; pesc_file_abort
+ * closes and removes it after a failure. A `final` that exists and is not a regular file (a
+ * device, a pipe) is written directly, with *tmp NULL. */
+FILE *pesc_file_begin(const char *final, char **tmp, pesc_error *err);
+int pesc_file_commit(FILE *f, const char *tmp, const char *final, pesc_error *err);
+void pesc_file_abort(FILE *f, const char *tmp);
 int pesc_copy_file(const char *from, const char *to, pesc_error *err);
 
 /* Removes a file or a directory with everything under it. 0, or -1 (errno) when the top

@@ -45,6 +45,14 @@ for family in arithmetic reverse sort count case lookup; do
 done
 "$pesc" demo-data -o "$tmp/again.jsonl" && cmp -s "$tmp/all.jsonl" "$tmp/again.jsonl" \
   && pass "same seed, same file" || fail "demo-data is not reproducible"
+# a full disk (a file size limit fails writes as one does) leaves an existing FILE whole
+mkdir "$tmp/full" && cp "$tmp/all.jsonl" "$tmp/full/d.jsonl"
+expect 1 "$tmp/full/d.jsonl: .*is the disk full" "a full disk is one line that names the file" -- \
+  sh -c 'ulimit -f 64; trap "" XFSZ; exec "$@"' sh "$pesc" demo-data -o "$tmp/full/d.jsonl" --seed 3
+cmp -s "$tmp/all.jsonl" "$tmp/full/d.jsonl" && [ "$(ls -A "$tmp/full")" = d.jsonl ] &&
+  pass "... and the existing file is untouched, no temporary left" ||
+  fail "a full disk changed the existing file or left $(ls -A "$tmp/full")"
+expect 1 "$tmp/full is a directory" "a directory as -o is called one" -- "$pesc" demo-data -o "$tmp/full"
 "$pesc" demo-data -o - --records 50 --seed 7 >"$tmp/seed7.jsonl"
 cmp -s "$tmp/seed7.jsonl" "$tmp/all.jsonl" && fail "--seed changes nothing"
 head -n 50 "$tmp/all.jsonl" | cmp -s - "$tmp/seed7.jsonl" && fail "--seed 7 gives the default records"
