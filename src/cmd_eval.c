@@ -429,6 +429,11 @@ int cmd_eval(int argc, char **argv)
         goto out;
     }
     double loss = nll / (double)count;
+    if (!isfinite(loss)) {
+        pesc_fail(&err, "the loss is %g: the model overflows on this data (its weights or "
+                  "--adapters are finite; try --backend cpu to rule out the device)", loss);
+        goto out;
+    }
     if (o.json) {
         printf("{\"loss\": %.9g, \"tokens\": %lld, \"ppl\": %.9g", loss, count, exp(loss));
         if (o.routing)

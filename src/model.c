@@ -99,6 +99,12 @@ int model_upload_tensor(model *m, const model_tensor *t, const st_tensor *src, c
     }
     if (st_to_f32(src, staging, err) != 0)
         return pesc_fail_prefix(err, "%s", where);
+    /* one NaN would make every step non-finite: name it here rather than skip steps later */
+    for (size_t i = 0; i < t->n; i++)
+        if (!isfinite(staging[i]))
+            return pesc_fail(err, "%s: tensor %s holds %s at element %zu: the file is damaged "
+                             "(fetch or save it again)", where, t->name,
+                             isnan(staging[i]) ? "NaN" : "inf", i);
     backend_upload(m->backend, t->data, staging, t->n * sizeof(float));
     return 0;
 }

@@ -28,6 +28,9 @@
 #include "tokenizer.h"
 
 #define QUEUE 32
+/* Halvings of the learning rate, each after --nan-limit non-finite steps in a row, before a
+ * run whose steps stay non-finite fails. */
+#define NAN_HALVINGS 10
 
 typedef enum command_kind {
     CMD_PAUSE, CMD_RESUME, CMD_LR, CMD_LR_SCALE, CMD_AUX, CMD_SAVE, CMD_STOP, CMD_GENERATE
@@ -720,9 +723,16 @@ static int train_step(session *s, pesc_error *err)
         s->nan_run++;
         publish_event(s, "nan-skip", "step %ld skipped: non-finite %s (%ld in a row)", s->step + 1,
                       isfinite(ce) ? "gradients" : "loss", s->nan_run);
-        if (s->nan_run >= s->cfg.nan_limit) {
+        if (s->nan_run % s->cfg.nan_limit == 0) {
+            /* a model or data that hold NaN or inf would skip steps forever */
+            if (s->nan_run / s->cfg.nan_limit > NAN_HALVINGS) {
+                rc = pesc_fail(err, "step %ld: %ld steps in a row were non-finite, also after "
+                               "halving the learning rate %d times: the weights or the data "
+                               "hold NaN or inf, or --lr is far too high", s->step + 1,
+                               s->nan_run, NAN_HALVINGS);
+                goto out;
+            }
             s->lr_scale *= 0.5;
-            s->nan_run = 0;
             publish_event(s, "lr", "learning rate halved after %d non-finite steps: %.6g",
                           s->cfg.nan_limit, current_lr(s));
         }

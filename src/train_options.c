@@ -41,7 +41,8 @@ const char train_options_help[] =
     "  --control PATH       UNIX socket taking pause, resume, lr, aux, save, stop, generate\n"
     "  --sink NAME          metric sink (csv, tensorboard, ...), repeatable\n"
     "  --plugin FILE        load a plugin module, repeatable\n"
-    "  --nan-limit N        non-finite steps in a row before the LR is halved (3)\n"
+    "  --nan-limit N        non-finite steps in a row before the LR is halved (3); the run\n"
+    "                       fails when they go on after 10 halvings\n"
     "crafting:\n";
 
 void train_config_default(train_config *c)

@@ -208,6 +208,34 @@ static void test_nan(void)
     session_delete(s);
 }
 
+/* steps that stay non-finite (NaN weights or data) end the run as failed after the LR has
+ * been halved 10 times, rather than skipping steps forever */
+static void test_nan_forever(void)
+{
+    train_config c;
+    config(&c, 100000);
+    c.nan_limit = 2;
+    pesc_error err = {{0}};
+    session *s = session_new(&c, &err);
+    if (!s) {
+        printf("FAIL %s\n", err.msg);
+        failures++;
+        return;
+    }
+    session_inject_nan(s, 1000000);
+    session_start(s, &err);
+    int status = session_wait(s);
+    session_progress p;
+    session_get_progress(s, &p);
+    const char *why = session_error(s);
+    CHECK(status == 1 && p.step == 0 && why &&
+              strstr(why, "22 steps in a row were non-finite, also after halving the learning "
+                          "rate 10 times"),
+          "a run whose steps stay NaN fails after 22 skips: status %d: %s", status,
+          why ? why : "(no error)");
+    session_delete(s);
+}
+
 static void test_commands(void)
 {
     train_config c;
@@ -272,6 +300,7 @@ int main(void)
     test_generation_interleaved();
     test_resume();
     test_nan();
+    test_nan_forever();
     test_commands();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);

@@ -224,6 +224,16 @@ expect 1 "token store in $tmp/missing.*set TMPDIR" "a missing TMPDIR is named" -
 expect 1 "token store in $tmp/store cannot grow past .*TMPDIR" "a full TMPDIR is named" -- \
   env TMPDIR="$tmp/store" sh -c 'ulimit -f 1; trap "" XFSZ; exec "$@"' sh "$pesc" train --headless $common --steps 1
 
+# a NaN in the base weights is named when the model loads (training would skip every step),
+# by train and by eval alike
+mkdir "$tmp/nanbase" && cp "$base/config.json" "$base/model.safetensors" "$tmp/nanbase/"
+header=$(od -An -tu8 -N8 "$base/model.safetensors" | tr -d ' ')
+printf '\000\000\300\177' | dd of="$tmp/nanbase/model.safetensors" bs=1 seek=$((8 + header + 4)) conv=notrunc 2>/dev/null
+expect 1 "model.safetensors: tensor .* holds NaN at element 1: the file is damaged" "train: a NaN weight is named at load" -- \
+  "$pesc" train --headless --model "$tmp/nanbase" --data "$tmp/data.jsonl" --steps 1 --backend cpu
+expect 1 "model.safetensors: tensor .* holds NaN at element 1" "eval: a NaN weight is named at load" -- \
+  "$pesc" eval --model "$tmp/nanbase" --data "$tmp/data.jsonl" --backend cpu
+
 # resuming with another shape is refused with what differs
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --seq 16 --steps 10 --resume "$tmp/ck" >"$tmp/out" 2>"$tmp/err"
