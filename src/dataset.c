@@ -998,8 +998,9 @@ int ds_source_parse(ds_source *s, const char *arg, pesc_error *err)
         errno = 0;
         double w = strtod(colon + 1, &end);
         if (*end == '\0' && errno == 0) {
-            if (!(w > 0) || !isfinite(w))
-                return pesc_fail(err, "--data %s: the weight after ':' must be > 0", arg);
+            if (!(w > 0) || !(w <= DS_MAX_WEIGHT))
+                return pesc_fail(err, "--data %s: the weight after ':' must be > 0 and at most "
+                                 "%g (each record is taken W times an epoch)", arg, DS_MAX_WEIGHT);
             s->weight = w;
             n = (size_t)(colon - arg);
         }
@@ -1072,6 +1073,24 @@ static uint64_t fingerprint(const dataset *ds)
     return h;
 }
 
+/* The weights must leave an epoch at least one record on average (an empty one would be
+ * drawn again and again) and at most DS_MAX_EPOCH (the order is 4 bytes a record). */
+static int check_epoch_size(const dataset *ds, pesc_error *err)
+{
+    double expected = 0.0, most = 0.0;
+    for (int i = 0; i < ds->stats.n_sources; i++) {
+        expected += ds->weights[i] * (double)ds->stats.source_records[i];
+        most += ceil(ds->weights[i]) * (double)ds->stats.source_records[i];
+    }
+    if (ds->rec.n > 0 && expected < 1.0)
+        return pesc_fail(err, "the --data weights make an epoch of %.3g records on average; "
+                         "raise them so that one holds at least one record", expected);
+    if (most > DS_MAX_EPOCH)
+        return pesc_fail(err, "the --data weights make an epoch of up to %.3g records, more "
+                         "than %d; lower them", most, DS_MAX_EPOCH);
+    return 0;
+}
+
 dataset *dataset_open(const ds_source *sources, int n_sources, const ds_load_options *lo,
                       const ds_options *o, pesc_error *err)
 {
@@ -1104,6 +1123,10 @@ dataset *dataset_open(const ds_source *sources, int n_sources, const ds_load_opt
             ds->stats.truncated++;
             ds->stats.truncated_tokens += len - o->seq;
         }
+    }
+    if (check_epoch_size(ds, err) != 0) {
+        dataset_delete(ds);
+        return NULL;
     }
     ds->pad = lo->tok ? (tok_pad(lo->tok) >= 0 ? tok_pad(lo->tok) : tok_eos(lo->tok)) : 0;
     if (ds->pad < 0)

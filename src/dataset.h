@@ -111,7 +111,11 @@ int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_er
 int dataset_load(ds_records *d, const char *path, const ds_load_options *o, pesc_error *err);
 void dataset_free(ds_records *d);
 
-/* One --data argument: PATH or PATH:WEIGHT (weight > 0, default 1). */
+/* One --data argument: PATH or PATH:WEIGHT (0 < weight <= DS_MAX_WEIGHT, default 1: each
+ * record is taken W times an epoch, the fraction drawn at random). An epoch holds at most
+ * DS_MAX_EPOCH records. */
+#define DS_MAX_WEIGHT 1000.0
+#define DS_MAX_EPOCH (1 << 28)
 typedef struct ds_source {
     char path[4096];
     double weight;

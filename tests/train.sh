@@ -224,6 +224,13 @@ expect 1 "token store in $tmp/missing.*set TMPDIR" "a missing TMPDIR is named" -
 expect 1 "token store in $tmp/store cannot grow past .*TMPDIR" "a full TMPDIR is named" -- \
   env TMPDIR="$tmp/store" sh -c 'ulimit -f 1; trap "" XFSZ; exec "$@"' sh "$pesc" train --headless $common --steps 1
 
+# --data weights that would leave every epoch empty, or make one of billions of records, are
+# refused before the first step (both once spun forever)
+expect 2 "the weight after ':' must be > 0 and at most 1000" "--data FILE:1e30 is a usage error" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl:1e30" --steps 1 --backend cpu
+expect 1 "the \-\-data weights make an epoch of 6.4e-299 records on average" "--data FILE:1e-300 is refused" -- \
+  timeout 60 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl:1e-300" --steps 1 --backend cpu
+
 # a NaN in the base weights is named when the model loads (training would skip every step),
 # by train and by eval alike
 mkdir "$tmp/nanbase" && cp "$base/config.json" "$base/model.safetensors" "$tmp/nanbase/"
