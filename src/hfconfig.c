@@ -10,6 +10,25 @@
 
 #define SUPPORTED "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
 
+/* Bounds far past every released model's, so that a damaged config.json is refused here
+ * rather than by an allocation of its absurd size. */
+static const struct {
+    const char *key;
+    int max;
+} int_limits[] = {
+    {"vocab_size", 1 << 22}, {"hidden_size", 1 << 16}, {"intermediate_size", 1 << 18},
+    {"num_hidden_layers", 1024}, {"num_attention_heads", 1024}, {"num_key_value_heads", 1024},
+    {"head_dim", 1 << 12}, {"num_experts", 1024}, {"topk", 1024}, {"adapter_dim", 1 << 16},
+};
+
+static int int_limit(const char *key)
+{
+    for (size_t i = 0; i < sizeof int_limits / sizeof *int_limits; i++)
+        if (strcmp(int_limits[i].key, key) == 0)
+            return int_limits[i].max;
+    return 1 << 30;   /* positions, windows */
+}
+
 /* Reads an integer key; `required` keys that are absent are an error. */
 static int get_int(json_t *root, const char *key, int required, int fallback, int *out,
                    const char *where, pesc_error *err)
@@ -21,8 +40,9 @@ static int get_int(json_t *root, const char *key, int required, int fallback, in
         *out = fallback;
         return 0;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1 << 30)
-        return pesc_fail(err, "%s: \"%s\" must be a non-negative integer", where, key);
+    int max = int_limit(key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)
+        return pesc_fail(err, "%s: \"%s\" must be an integer from 0 to %d", where, key, max);
     *out = (int)json_integer_value(v);
     return 0;
 }
