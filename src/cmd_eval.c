@@ -199,21 +199,29 @@ static double tally_divergence(const routing_tally *t, int l)
 }
 
 /* Scores every record; one record at a time keeps memory to the longest record. */
+/* Records past the model's context (max_position_embeddings) are scored on their first
+ * context's worth of tokens, as training cuts them at --seq; *cut counts them. */
 static int score_records(model *m, const ds_records *d, routing_tally *tally, double *nll,
-                         long long *count, pesc_error *err)
+                         long long *count, int *cut, pesc_error *err)
 {
     *nll = 0.0;
     *count = 0;
+    *cut = 0;
     int32_t *targets = NULL;
-    int cap = 0;
+    int cap = 0, context = m->config.max_position_embeddings;
     for (int i = 0; i < d->n; i++) {
         const ds_record *r = &d->items[i];
-        if (r->len > cap)
-            targets = xrealloc(targets, (size_t)(cap = r->len) * sizeof *targets);
-        model_shift_targets(targets, r->ids, r->labels, r->len);
+        int len = r->len;
+        if (context > 0 && len > context) {
+            len = context;
+            (*cut)++;
+        }
+        if (len > cap)
+            targets = xrealloc(targets, (size_t)(cap = len) * sizeof *targets);
+        model_shift_targets(targets, r->ids, r->labels, len);
         double record_nll;
         long long record_count;
-        if (model_forward(m, r->ids, 1, r->len, err) != 0 ||
+        if (model_forward(m, r->ids, 1, len, err) != 0 ||
             model_nll(m, targets, &record_nll, &record_count, NULL, err) != 0) {
             free(targets);
             return pesc_fail_prefix(err, "record %d", i + 1);
@@ -421,8 +429,14 @@ int cmd_eval(int argc, char **argv)
         goto out;
     if (o.routing)
         tally_init(&tally, &m, sources.n);
-    if (score_records(&m, &d, o.routing ? &tally : NULL, &nll, &count, &err) != 0)
+    int cut = 0;
+    if (score_records(&m, &d, o.routing ? &tally : NULL, &nll, &count, &cut, &err) != 0)
         goto out;
+    if (cut)
+        fprintf(stderr, "pesc eval: note: %d record%s longer than the model's context of %d "
+                "tokens (max_position_embeddings) scored on the first %d\n", cut,
+                cut == 1 ? "" : "s", m.config.max_position_embeddings,
+                m.config.max_position_embeddings);
     if (count == 0) {
         pesc_fail(&err, "%s: no token is predicted (every record is one token long or fully "
                   "masked with -100)", sources.names[0]);

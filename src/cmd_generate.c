@@ -146,10 +146,19 @@ static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
     sampler_init(&s, (float)o->temperature, (int)o->top_k, (float)o->top_p, (uint64_t)o->seed);
     tok_stream stream;
     tok_stream_init(&stream, tok, 1);
-    if (model_cache_reset(m, ids.n + (int)o->max_tokens, err) != 0 ||
+    /* the model's context bounds the prompt and the answer together */
+    long context = m->config.max_position_embeddings, max_tokens = o->max_tokens, produced = 0;
+    if (context > 0 && ids.n >= context) {
+        pesc_fail(err, "the prompt is %d tokens, and the model's context "
+                  "(max_position_embeddings) is %ld: shorten it", ids.n, context);
+        goto out;
+    }
+    if (context > 0 && ids.n + max_tokens > context)
+        max_tokens = context - ids.n;
+    if (model_cache_reset(m, ids.n + (int)max_tokens, err) != 0 ||
         model_decode(m, ids.ids, ids.n, logits, NULL, err) != 0)
         goto out;
-    for (long produced = 0; produced < o->max_tokens; produced++) {
+    for (; produced < max_tokens; produced++) {
         int32_t next = sampler_next(&s, logits, m->config.vocab_size);
         int stop = 0;
         for (int i = 0; i < n_stops; i++)
@@ -160,13 +169,16 @@ static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
         const char *piece = tok_stream_push(&stream, next, &len);
         fwrite(piece, 1, len, stdout);
         fflush(stdout);
-        if (produced + 1 < o->max_tokens && model_decode(m, &next, 1, logits, NULL, err) != 0)
+        if (produced + 1 < max_tokens && model_decode(m, &next, 1, logits, NULL, err) != 0)
             goto out;
     }
     size_t len = 0;
     const char *rest = tok_stream_flush(&stream, &len);
     fwrite(rest, 1, len, stdout);
     printf("\n");
+    if (max_tokens < o->max_tokens && produced == max_tokens)
+        fprintf(stderr, "pesc generate: note: stopped after %ld tokens at the model's context "
+                "of %ld (max_position_embeddings)\n", produced, context);
     rc = 0;
 out:
     tok_stream_free(&stream);

@@ -133,6 +133,22 @@ static void publish_event(session *s, const char *kind, const char *fmt, ...)
     show_event(s, &e);
 }
 
+/* An event the user must not miss: a headless run, whose stdout is progress lines, also
+ * says it on stderr. */
+static void publish_warning(session *s, const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void publish_warning(session *s, const char *kind, const char *fmt, ...)
+{
+    char text[sizeof ((stats_event *)0)->text];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    publish_event(s, kind, "%s", text);
+    if (s->cfg.headless)
+        fprintf(stderr, "pesc train: %s\n", text);
+}
+
 static void set_state(session *s, monitor_state state, const char *message)
 {
     pthread_mutex_lock(&s->lock);
@@ -478,8 +494,13 @@ static void generate(session *s, const command *c)
     s->shared->generation_layer = c->layer < m->config.n_layers ? c->layer : 0;
     pthread_mutex_unlock(&s->lock);
     int layer = c->layer < m->config.n_layers ? c->layer : 0;
-    if (prompt_ids(s, c->prompt, &ids, &err) != 0 ||
-        model_cache_reset(m, ids.n + c->max_tokens, &err) != 0 ||
+    /* the model's context bounds the prompt and the answer together */
+    int context = m->config.max_position_embeddings, max_tokens = c->max_tokens;
+    if (prompt_ids(s, c->prompt, &ids, &err) == 0 && context > 0 && ids.n >= context)
+        pesc_fail(&err, "the prompt is %d tokens, and the model's context is %d", ids.n, context);
+    else if (context > 0 && ids.n + max_tokens > context)
+        max_tokens = context - ids.n;
+    if (err.msg[0] || model_cache_reset(m, ids.n + max_tokens, &err) != 0 ||
         model_decode(m, ids.ids, ids.n, logits, experts, &err) != 0) {
         publish_event(s, "generate", "error: %s", err.msg);
         goto out;
@@ -487,7 +508,7 @@ static void generate(session *s, const command *c)
     sampler_free(&s->sampler);
     sampler_init(&s->sampler, c->temperature, 0, c->top_p, s->cfg.seed ^ 0x6a09e667f3bcc909ull);
     int produced = 0;
-    for (; produced < c->max_tokens; produced++) {
+    for (; produced < max_tokens; produced++) {
         int32_t next = sampler_next(&s->sampler, logits, m->config.vocab_size);
         int stop = 0;
         for (int i = 0; i < n_stops; i++)
@@ -520,7 +541,9 @@ static void generate(session *s, const command *c)
         if (len)
             generation_append(s, rest, len, -1);
     }
-    publish_event(s, "generate", "%d tokens for: %.160s", produced, c->prompt);
+    publish_event(s, "generate", "%d tokens%s for: %.160s", produced,
+                  max_tokens < c->max_tokens && produced == max_tokens
+                      ? " (the model's context is full)" : "", c->prompt);
 out:
     if (s->tok)
         tok_stream_free(&stream);
@@ -733,8 +756,8 @@ static int train_step(session *s, pesc_error *err)
                 goto out;
             }
             s->lr_scale *= 0.5;
-            publish_event(s, "lr", "learning rate halved after %d non-finite steps: %.6g",
-                          s->cfg.nan_limit, current_lr(s));
+            publish_warning(s, "lr", "learning rate halved after %d non-finite steps: %.6g",
+                            s->cfg.nan_limit, current_lr(s));
         }
         goto out;
     }
@@ -773,8 +796,9 @@ static int train_step(session *s, pesc_error *err)
         sinks_record(s->sinks, r);
     publish_step(s, r);
     if (s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0) {
-        pesc_error ignored;   /* reported as an event; the next one may succeed */
-        save_now(s, &ignored);
+        pesc_error failed;   /* an event, and the run goes on: the next one may succeed */
+        if (save_now(s, &failed) != 0 && s->cfg.headless)
+            fprintf(stderr, "pesc train: save failed, training goes on: %s\n", failed.msg);
     }
 out:
     free(sc.counts);
@@ -1107,7 +1131,13 @@ static int setup(session *s, pesc_error *err)
     if (!(s->plugins = plugins_open(c->plugins, c->n_plugins, err)) ||
         !(s->formats = plugins_formats(s->plugins, err)))
         return -1;
-    if (load_model(s, err) != 0 || load_tokenizer(s, err) != 0 || open_data(s, err) != 0)
+    if (load_model(s, err) != 0)
+        return -1;
+    /* the default rows are no longer than the model's context */
+    int context = s->m.config.max_position_embeddings;
+    if (!(c->given & TRAIN_GIVEN_SEQ) && context >= 2 && c->seq > context)
+        c->seq = context;
+    if (load_tokenizer(s, err) != 0 || open_data(s, err) != 0)
         return -1;
     s->fingerprint = checkpoint_fingerprint(&s->m);   /* before full mode trains the weights */
     if (s->m.crafted && adopt_crafting(s, err) != 0)
@@ -1133,7 +1163,13 @@ static int setup(session *s, pesc_error *err)
     describe_run(s);
     s->record = stats_record_new(s->run.shape);
     s->shared->run = s->run;
-    return open_sinks(s, err);
+    if (open_sinks(s, err) != 0)
+        return -1;
+    if (context > 0 && c->seq > context)
+        publish_warning(s, "note", "--seq %d is past the model's context of %d tokens "
+                        "(max_position_embeddings): it was never trained on later positions",
+                        c->seq, s->m.config.max_position_embeddings);
+    return 0;
 }
 
 /* ---- lifetime ----------------------------------------------------------------------------- */

@@ -50,6 +50,9 @@ if [ -n "$loss" ] && close "$loss" 4.728069026134456 1e-5 && [ "$tokens" = 48 ];
 else
   fail "eval loss '$loss' tokens '$tokens' (wanted 4.728069026134456, 48; expected.json says $want)"
 fi
+awk 'BEGIN { printf "{\"input_ids\": ["; for (t = 0; t < 200; t++) printf "%s%d", t ? ", " : "", t % 64; print "]}" }' >"$tmp/long.jsonl"
+expect 0 "1 record longer than the model's context of 128 tokens (max_position_embeddings) scored on the first 128" \
+  "eval cuts a record at the model's context, and says so" -- "$pesc" eval --model "$m" --data "$tmp/long.jsonl" --backend cpu
 # PESC adapters from a file: the loss PyTorch computed for the crafted model
 p="$data/pesc-e4k1"
 expect 0 '"loss"' "eval --adapters" -- "$pesc" eval --model "$p" --adapters "$p/trainables.safetensors" --data "$p/records.jsonl" --json
@@ -102,6 +105,12 @@ expect 2 "\-\-top-p cuts what sampling draws from.*add \-\-temperature T" "gener
   "$pesc" generate --model "$demo" --prompt hi --top-p 0.5
 expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --template" -- \
   "$pesc" generate --model "$demo" --prompt hi --raw --template chatml
+# the model's context (128 positions for the demo) bounds the prompt and the answer together
+long_prompt=$(printf 'x %.0s' $(seq 60))
+expect 0 "stopped after 7 tokens at the model's context of 128" "generate stops at the model's context" -- \
+  "$pesc" generate --model "$demo" --raw --prompt "$long_prompt" --max-tokens 50
+expect 1 "the prompt is 241 tokens, and the model's context (max_position_embeddings) is 128" \
+  "a prompt past the model's context is refused" -- "$pesc" generate --model "$demo" --raw --prompt "$long_prompt$long_prompt"
 expect 1 "tokenizer.json" "generate on a model without a tokenizer" -- "$pesc" generate --model "$m" --prompt hi
 expect 2 "\-\-no-special is for encoding" "tokenize --decode with --no-special" -- \
   sh -c 'echo "[1]" | "$1" tokenize --model "$2" --decode --no-special' sh "$pesc" "$demo"

@@ -97,6 +97,23 @@ else
   fail "final save failure: exit $status, stderr: $(cat "$tmp/gone.err")"
 fi
 
+# a periodic checkpoint that cannot be written is said on stderr, and the run goes on
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 --save "$tmp/gone2" \
+  --save-every 1 --control "$tmp/gone2.sock" >/dev/null 2>"$tmp/gone2.err" &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 100); do [ -S "$tmp/gone2.sock" ] && break; sleep 0.1; done
+rm -rf "$tmp/gone2" && : >"$tmp/gone2"
+for _ in $(seq 100); do grep -q "save failed" "$tmp/gone2.err" && break; sleep 0.1; done
+"$sockcmd" "$tmp/gone2.sock" stop >/dev/null
+wait $pid
+grep -q "^pesc train: save failed, training goes on: .*gone2" "$tmp/gone2.err" &&
+  pass "a failed periodic save is said on stderr" || fail "periodic save failure: $(head -c 300 "$tmp/gone2.err")"
+# --seq past the model's context (128 positions) is said on stderr
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --seq 200 --backend cpu >/dev/null 2>"$tmp/err"
+grep -q "^pesc train: --seq 200 is past the model's context of 128 tokens" "$tmp/err" &&
+  pass "--seq past max_position_embeddings is noted" || fail "--seq 200: $(cat "$tmp/err")"
+
 # options that would do nothing are refused up front, with what to add or drop
 expect 2 "\-\-save-every needs \-\-save DIR" "--save-every without --save" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save-every 1
