@@ -46,6 +46,13 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
     return '?';
 }
 
+int cli_backend(const char *cmd, const char *name)
+{
+    if (strcmp(name, "auto") == 0 || strcmp(name, "cpu") == 0 || strcmp(name, "cuda") == 0)
+        return 0;
+    return cli_usage_error(cmd, "--backend %s: unknown backend; choose auto, cpu or cuda", name);
+}
+
 int cli_parse_long(const char *s, long min, long max, long *out)
 {
     char *end;

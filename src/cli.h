@@ -19,6 +19,9 @@ int cli_fail(const char *cmd, const pesc_error *err);
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts);
 
+/* --backend NAME: auto, cpu or cuda; 0, or EXIT_USAGE after a usage error line. */
+int cli_backend(const char *cmd, const char *name);
+
 /* Strict integer parsing: the whole string, within [min, max]. 0 or -1. */
 int cli_parse_long(const char *s, long min, long max, long *out);
 

@@ -103,6 +103,8 @@ static int parse_bench(bench_options *o, int argc, char **argv)
             if (shape_flag(o, c, optarg) != 0)
                 return EXIT_USAGE;
         } else if (c == OPT_BACKEND) {
+            if (cli_backend("bench", optarg) != 0)
+                return EXIT_USAGE;
             o->backend = optarg;
         } else if (c == OPT_RECOMPUTE) {
             o->recompute = 1;

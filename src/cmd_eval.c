@@ -95,7 +95,11 @@ static int parse_eval(eval_options *o, int argc, char **argv)
             o->records_given = 1;
             break;
         case 'f': o->format = optarg; break;
-        case 'b': o->backend = optarg; break;
+        case 'b':
+            if (cli_backend("eval", optarg) != 0)
+                return EXIT_USAGE;
+            o->backend = optarg;
+            break;
         case 'j': o->json = 1; break;
         case 'T': o->template_name = optarg; break;
         case 'k': o->tokenizer = optarg; break;

@@ -93,7 +93,11 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             break;
         case 'z': o->tokenizer = optarg; break;
         case 'r': o->raw = 1; break;
-        case 'b': o->backend = optarg; break;
+        case 'b':
+            if (cli_backend("generate", optarg) != 0)
+                return EXIT_USAGE;
+            o->backend = optarg;
+            break;
         case 'h': fputs(generate_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }

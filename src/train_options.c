@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "dataset.h"
+#include "plugin.h"
 #include "template.h"
 
 const char train_options_help[] =
@@ -206,7 +208,9 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_SEED:
         if (integer(cmd, "--seed", arg, 0, 0x7fffffffffffffffL, &v)) return EXIT_USAGE;
         c->seed = (uint64_t)v; return 0;
-    case OPT_BACKEND: c->backend = arg; return 0;
+    case OPT_BACKEND:
+        if (cli_backend(cmd, arg) != 0) return EXIT_USAGE;
+        c->backend = arg; return 0;
     case OPT_SAVE: c->save_dir = arg; return 0;
     case OPT_SAVE_EVERY:
         if (integer(cmd, "--save-every", arg, 1, 1L << 40, &c->save_every)) return EXIT_USAGE;
@@ -240,6 +244,25 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         }
         return EXIT_USAGE;
     }
+}
+
+/* An unknown --format is a usage error like any bad option value; the formats are known only
+ * once the plugins are open (the run opens them again; a plugin that fails to open is the
+ * run's error to report). -1, or EXIT_USAGE after the message. */
+static int check_format(const train_config *c, const char *cmd)
+{
+    if (!(c->given & TRAIN_GIVEN_FORMAT))
+        return -1;
+    pesc_error err = {{0}};
+    pesc_plugins *plugins = plugins_open(c->plugins, c->n_plugins, &err);
+    ds_formats *formats = plugins ? plugins_formats(plugins, &err) : NULL;
+    ds_format format;
+    int rc = -1;
+    if (formats && ds_formats_parse(formats, c->format, &format, &err) != 0)
+        rc = cli_usage_error(cmd, "%s", err.msg);
+    ds_formats_delete(formats);
+    plugins_delete(plugins);
+    return rc;
 }
 
 int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
@@ -279,5 +302,5 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
                                c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
-    return -1;
+    return check_format(c, cmd);
 }

@@ -36,7 +36,14 @@ expect 2 "option --model needs a value" "option without its value" -- "$pesc" ev
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x
 expect 2 "\-\-records counts \-\-demo's records" "eval --records without --demo" -- "$pesc" eval --model x --data y --records 5
 expect 2 "\-\-format yaml" "unsupported format" -- "$pesc" eval --model x --data y --format yaml
-expect 1 "unknown backend" "unknown backend" -- "$pesc" eval --model x --data y --backend tpu
+for cmd in eval generate bench train tui; do
+  expect 2 "\-\-backend tpu: unknown backend; choose auto, cpu or cuda" "$cmd: unknown backend is a usage error" -- \
+    "$pesc" "$cmd" --backend tpu
+done
+for cmd in train tui; do
+  expect 2 "\-\-format foo: not a known format" "$cmd: unknown --format is a usage error" -- \
+    "$pesc" "$cmd" --model x --data y --format foo
+done
 expect 0 "^cpu " "devices" -- "$pesc" devices
 
 # eval against the reference: the loss PyTorch computed in float64
