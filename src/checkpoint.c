@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,10 +73,58 @@ static char *state_json(const checkpoint_state *st)
     return text;
 }
 
-static uint64_t parse_hex(json_t *v)
+/* Reading state.json strictly: a damaged or hand-edited file must not resume a run at step 0
+ * or with a negative coefficient. The first problem is kept in err. */
+typedef struct state_reader {
+    const char *path;
+    pesc_error *err;
+    int failed;
+} state_reader;
+
+#define REQUIRED (-INFINITY)   /* as a fallback: the key must be there */
+
+static void bad_value(state_reader *r, const char *key, const char *what)
 {
-    const char *s = json_string_value(v);
-    return s ? strtoull(s, NULL, 16) : 0;
+    if (!r->failed)
+        pesc_fail(r->err, "%s: \"%s\" %s (the file is damaged: resume from another checkpoint)",
+                  r->path, key, what);
+    r->failed = 1;
+}
+
+static long read_integer(state_reader *r, json_t *obj, const char *key, long min, double fallback)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v && fallback != REQUIRED)
+        return (long)fallback;
+    if (!json_is_integer(v) || json_integer_value(v) < min) {
+        char what[64];
+        snprintf(what, sizeof what, "must be an integer, at least %ld", min);
+        bad_value(r, key, what);
+        return min;
+    }
+    return (long)json_integer_value(v);
+}
+
+static double read_number(state_reader *r, json_t *obj, const char *key, double fallback)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v && fallback != REQUIRED)
+        return fallback;
+    if (!json_is_number(v) || !(json_number_value(v) >= 0) || !isfinite(json_number_value(v))) {
+        bad_value(r, key, "must be a finite number, at least 0");
+        return 0.0;
+    }
+    return json_number_value(v);
+}
+
+static uint64_t read_hex(state_reader *r, json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    char *end = NULL;
+    uint64_t v = s ? strtoull(s, &end, 16) : 0;
+    if (!s || end == s || *end)
+        bad_value(r, key, "must be a hexadecimal string");
+    return v;
 }
 
 /* A JSON string into buf; "" when it is absent or not a string. */
@@ -95,49 +144,60 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
         free(path);
         return -1;
     }
+    state_reader r = {.path = path, .err = err};
     memset(st, 0, sizeof *st);
-    st->step = (long)json_integer_value(json_object_get(o, "step"));
-    st->total_steps = (long)json_integer_value(json_object_get(o, "total_steps"));
+    st->step = read_integer(&r, o, "step", 0, REQUIRED);
+    st->total_steps = read_integer(&r, o, "total_steps", 0, REQUIRED);
     json_t *lr = json_object_get(o, "lr_override");
-    st->lr_override = json_is_number(lr) ? json_number_value(lr) : -1.0;
-    st->lr_scale = json_number_value(json_object_get(o, "lr_scale"));
-    st->aux_coef = json_number_value(json_object_get(o, "aux_coef"));
-    st->model_rng = parse_hex(json_object_get(o, "model_rng"));
+    st->lr_override = json_is_null(lr) || !lr ? -1.0 : read_number(&r, o, "lr_override", REQUIRED);
+    st->lr_scale = read_number(&r, o, "lr_scale", 1.0);
+    st->aux_coef = read_number(&r, o, "aux_coef", REQUIRED);
+    st->model_rng = read_hex(&r, o, "model_rng");
     json_t *cur = json_object_get(o, "data_cursor");
-    st->cursor.epoch = (long)json_integer_value(json_object_get(cur, "epoch"));
-    st->cursor.position = (long)json_integer_value(json_object_get(cur, "position"));
-    st->cursor.fingerprint = parse_hex(json_object_get(cur, "fingerprint"));
-    st->tokens = json_integer_value(json_object_get(o, "tokens"));
-    st->elapsed_s = json_number_value(json_object_get(o, "elapsed_s"));
-    st->nan_skipped = (long)json_integer_value(json_object_get(o, "nan_skipped"));
-    st->base_fingerprint = parse_hex(json_object_get(o, "base_fingerprint"));
+    if (!json_is_object(cur))
+        bad_value(&r, "data_cursor", "must be an object");
+    st->cursor.epoch = read_integer(&r, cur, "epoch", 0, REQUIRED);
+    st->cursor.position = read_integer(&r, cur, "position", 0, REQUIRED);
+    st->cursor.fingerprint = read_hex(&r, cur, "fingerprint");
+    st->tokens = read_integer(&r, o, "tokens", 0, 0);
+    st->elapsed_s = read_number(&r, o, "elapsed_s", 0.0);
+    st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, 0);
+    st->base_fingerprint = read_hex(&r, o, "base_fingerprint");
     json_t *run = json_object_get(o, "run");
+    if (!json_is_object(run))
+        bad_value(&r, "run", "must be an object");
     pesc_options *p = &st->pesc;
     pesc_options_default(p);
-    const char *mode = json_string_value(json_object_get(run, "train"));
-    p->mode = mode && !strcmp(mode, "full") ? TRAIN_FULL : TRAIN_PESC;
-    p->experts = (int)json_integer_value(json_object_get(run, "experts"));
-    p->top_k = (int)json_integer_value(json_object_get(run, "top_k"));
-    p->adapter_dim = (int)json_integer_value(json_object_get(run, "adapter_dim"));
-    p->adapter_scale = (float)json_number_value(json_object_get(run, "adapter_scale"));
-    p->adapter_dropout = (float)json_number_value(json_object_get(run, "adapter_dropout"));
-    p->z_coef = (float)json_number_value(json_object_get(run, "z_coef"));
-    p->lora_rank = (int)json_integer_value(json_object_get(run, "lora_rank"));
-    p->lora_alpha = (float)json_number_value(json_object_get(run, "lora_alpha"));
-    p->lora_targets = (unsigned)json_integer_value(json_object_get(run, "lora_targets"));
-    st->seq = (int)json_integer_value(json_object_get(run, "seq"));
-    st->batch = (int)json_integer_value(json_object_get(run, "batch"));
-    st->grad_accum = (int)json_integer_value(json_object_get(run, "grad_accum"));
-    st->seed = parse_hex(json_object_get(run, "seed"));
+    json_t *mode = json_object_get(run, "train");
+    if (mode && !(json_is_string(mode) && (!strcmp(json_string_value(mode), "pesc") ||
+                                           !strcmp(json_string_value(mode), "full"))))
+        bad_value(&r, "train", "must be \"pesc\" or \"full\"");
+    p->mode = mode && !strcmp(json_string_value(mode), "full") ? TRAIN_FULL : TRAIN_PESC;
+    p->experts = (int)read_integer(&r, run, "experts", 0, REQUIRED);
+    p->top_k = (int)read_integer(&r, run, "top_k", 0, REQUIRED);
+    p->adapter_dim = (int)read_integer(&r, run, "adapter_dim", 0, REQUIRED);
+    p->adapter_scale = (float)read_number(&r, run, "adapter_scale", REQUIRED);
+    p->adapter_dropout = (float)read_number(&r, run, "adapter_dropout", 0.0);
+    p->z_coef = (float)read_number(&r, run, "z_coef", 0.0);
+    p->lora_rank = (int)read_integer(&r, run, "lora_rank", 0, 0);
+    p->lora_alpha = (float)read_number(&r, run, "lora_alpha", p->lora_alpha);
+    p->lora_targets = (unsigned)read_integer(&r, run, "lora_targets", 0, p->lora_targets);
+    st->seq = (int)read_integer(&r, run, "seq", 1, REQUIRED);
+    st->batch = (int)read_integer(&r, run, "batch", 1, REQUIRED);
+    st->grad_accum = (int)read_integer(&r, run, "grad_accum", 1, REQUIRED);
+    st->seed = read_hex(&r, run, "seed");
     copy_string(st->base_model, sizeof st->base_model, json_object_get(run, "model"));
     copy_string(st->init_config, sizeof st->init_config, json_object_get(run, "init_config"));
     copy_string(st->tokenizer, sizeof st->tokenizer, json_object_get(run, "tokenizer"));
     p->aux_coef = (float)st->aux_coef;
+    pesc_error check;
+    if (!r.failed && p->mode == TRAIN_PESC && pesc_options_check(p, &check) != 0) {
+        pesc_fail(err, "%s: the crafting is invalid: %s", path, check.msg);
+        r.failed = 1;
+    }
     json_decref(o);
     free(path);
-    if (st->step < 0 || st->batch <= 0 || st->seq <= 0)
-        return pesc_fail(err, "%s/%s: incomplete (missing step, batch or seq)", dir, STATE_FILE);
-    return 0;
+    return r.failed ? -1 : 0;
 }
 
 /* ---- saving ------------------------------------------------------------------------------- */

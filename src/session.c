@@ -952,6 +952,11 @@ static int resume(session *s, pesc_error *err)
         check_resumable(s, &st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err) ||
         dataset_seek(s->data, &st.cursor, err) != 0)
         goto out;
+    if (s->total_steps > 0 && st.step >= s->total_steps) {
+        pesc_fail(err, "--resume %s is at step %ld, and this run ends at step %ld: raise --steps "
+                  "(or --epochs) to train further", dir, st.step, s->total_steps);
+        goto out;
+    }
     s->step = st.step;
     s->lr_override = st.lr_override;
     s->lr_scale = st.lr_scale > 0 ? st.lr_scale : 1.0;

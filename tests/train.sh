@@ -258,6 +258,23 @@ expect 1 "model.safetensors: tensor .* holds NaN at element 1: the file is damag
 expect 1 "model.safetensors: tensor .* holds NaN at element 1" "eval: a NaN weight is named at load" -- \
   "$pesc" eval --model "$tmp/nanbase" --data "$tmp/data.jsonl" --backend cpu
 
+# a damaged state.json is refused, naming the key, rather than resumed at step 0 or with a
+# negative coefficient
+for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"train": "bogus",/' \
+            's/"step": 6/"step": "six"/'; do
+  rm -rf "$tmp/bad" && cp -r "$tmp/ck/step-00000006" "$tmp/bad"
+  sed "$edit" "$tmp/ck/step-00000006/state.json" >"$tmp/bad/state.json"
+  key=$(printf '%s' "$edit" | sed 's/^[^"]*"\([a-z_]*\)".*/\1/')
+  # shellcheck disable=SC2086
+  expect 1 "state.json: \"$key\" .*the file is damaged" "a state.json with $edit is refused" -- \
+    "$pesc" train --headless $common --steps 10 --resume "$tmp/bad"
+done
+
+# resuming a run already at or past --steps says so, rather than exiting 0 having done nothing
+# shellcheck disable=SC2086
+expect 1 "cannot resume: \-\-resume $tmp/ck/step-00000006 is at step 6, and this run ends at step 4: raise \-\-steps" \
+  "--resume past --steps is refused" -- "$pesc" train --headless $common --steps 4 --resume "$tmp/ck"
+
 # resuming with another shape is refused with what differs
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --seq 16 --steps 10 --resume "$tmp/ck" >"$tmp/out" 2>"$tmp/err"
