@@ -13,6 +13,8 @@
  *     fail=K&code=C            requests N <= K get status C (with retry_after=S: Retry-After)
  *     cut=K                    requests N <= K send half the body, then close
  *     stall=K                  requests N <= K send half the body, then go silent
+ *     send=B                   cut and stall send B body bytes (at most) instead of half:
+ *                              cut=99&send=10 is a server that drops after 10 bytes each time
  *     redirect=PORT|self       302 to the same file on 127.0.0.1:PORT, or a relative /f/NAME
  *     v2=1                     requests N >= 2 serve NAME.v2 (the file "changed")
  *     noetag=1                 no ETag
@@ -197,6 +199,7 @@ static void wait_for_hangup(int fd)
 /* How serve_file misbehaves: the /f/ options; all 0 is a plain, correct server. */
 typedef struct file_behaviour {
     int no_etag, cut, stall;
+    long long send;              /* body bytes before a cut or stall; 0: half the body */
     long rate;                   /* body bytes per second; 0: as fast as the socket takes */
 } file_behaviour;
 
@@ -259,7 +262,9 @@ static void serve_file(connection *c, const request *r, const char *file,
     int h = snprintf(head, sizeof head, "HTTP/1.1 %d X\r\nContent-Length: %lld\r\n%s%s%s"
                      "Accept-Ranges: bytes\r\nConnection: close\r\n\r\n", status, length,
                      range_header, etag_header, extra_headers ? extra_headers : "");
-    long long body = how->cut || how->stall ? length / 2 : length, sent = 0;
+    long long body = length, sent = 0;
+    if (how->cut || how->stall)
+        body = how->send <= 0 ? length / 2 : how->send < length ? how->send : length;
     if (send_all(c->fd, head, (size_t)h) == 0 &&
         send_paced(c->fd, data + start, (size_t)body, how->rate) == 0)
         sent = body;
@@ -302,6 +307,7 @@ static void route_files(connection *c, const request *r)
     file_behaviour b = {.no_etag = query_long(r->query, "noetag", 0) != 0,
                         .cut = n <= query_long(r->query, "cut", 0),
                         .stall = n <= query_long(r->query, "stall", 0),
+                        .send = query_long(r->query, "send", 0),
                         .rate = query_long(r->query, "rate", 0)};
     serve_file(c, r, file, &b, NULL);
 }
