@@ -27,6 +27,8 @@
 #define MAX_REDIRECTS 10
 #define MAX_BACKOFF_S 60.0
 #define MAX_RETRY_AFTER_S 3600.0
+#define PROGRESS_BYTES (64 * 1024)   /* how much further a download must get to count as
+                                        progress: see schedule_retry */
 #define PUBLISH_INTERVAL_S 0.1
 #define RATE_SAMPLES 7               /* the rate is measured over the last 3 seconds */
 #define RATE_SAMPLE_S 0.5
@@ -485,7 +487,9 @@ typedef struct transfer {
     fetch_sha256 hash;           /* of the part's first `offset + received` bytes */
     int64_t offset;              /* part bytes before this try */
     int64_t received;            /* bytes this try wrote */
-    int failures;                /* consecutive tries without progress */
+    int failures;                /* tries in a row that made no progress */
+    int64_t progress_mark;       /* where the download stood when failures last started
+                                    over (bytes kept for the next try) */
     int body_started, body_to_file, restart, write_errno;
     long status;
     int64_t content_length, range_start, range_total;
@@ -758,6 +762,13 @@ static void send_request(fetcher *f, transfer *t)
     f->running++;
 }
 
+/* Whether the next try may ask for the rest of the part: without a strong validator a
+ * resumed range could splice two versions of a file. */
+static int can_resume(const transfer *t)
+{
+    return t->validator[0] && !starts_with(t->validator, "W/");
+}
+
 /* Starts a try of a queued transfer; returns 1 when it now occupies a slot. */
 static int start_try(fetcher *f, transfer *t, double now)
 {
@@ -784,8 +795,7 @@ static int start_try(fetcher *f, transfer *t, double now)
         fail_transfer(f, t, &err);
         return 0;
     }
-    if (t->offset > 0 && (!t->validator[0] || starts_with(t->validator, "W/"))) {
-        /* without a strong validator a resumed range could splice two versions of a file */
+    if (t->offset > 0 && !can_resume(t)) {
         t->offset = 0;
         fetch_sha256_init(&t->hash);
     }
@@ -801,6 +811,8 @@ static int start_try(fetcher *f, transfer *t, double now)
     t->linked_sha[0] = '\0';
     if (first)
         t->started_at = now;
+    if (t->pub.attempt == 0)
+        t->progress_mark = t->offset;   /* bytes from an earlier run are no progress of ours */
     t->rate_count = t->rate_next = 0;   /* a new try measures its own rate */
     pthread_mutex_lock(&f->lock);
     t->pub.attempt++;
@@ -938,25 +950,66 @@ static size_t on_body(char *data, size_t size, size_t count, void *arg)
 
 /* ---- the worker: judging a finished try --------------------------------------------------- */
 
+/* Whether the try that just failed moved the download on; t->offset is what the next try
+ * keeps. A user on a flaky link needs two things: a large download that keeps moving, a few
+ * megabytes per connection over many reconnects, must get there; and a server that sends a
+ * few bytes and then drops or stalls, every time, must not hold pesc forever. So the count of
+ * failed tries starts over only once the download stands PROGRESS_BYTES further than where
+ * it stood when the count last started over: small gains add up to that, and bytes that a
+ * server without resume sends again from the start are not counted twice. Every new start
+ * of the count needs that many more bytes of the file, so the tries are bounded. */
+static int made_progress(transfer *t)
+{
+    if (t->offset < t->progress_mark + PROGRESS_BYTES)
+        return 0;
+    t->progress_mark = t->offset;
+    return 1;
+}
+
+/* The failure after the last try: what happened, how often, and what the user can do. */
+static void give_up(fetcher *f, transfer *t, const char *why)
+{
+    int tries = t->failures;
+    pthread_mutex_lock(&f->lock);
+    int attempts = t->pub.attempt;
+    pthread_mutex_unlock(&f->lock);
+    char count[96];
+    if (attempts > tries)
+        snprintf(count, sizeof count, "%d tries in a row without progress (%d in all)", tries,
+                 attempts);
+    else
+        snprintf(count, sizeof count, "%d tr%s", tries, tries == 1 ? "y" : "ies");
+    pesc_error err;
+    if (t->offset > 0 && can_resume(t))
+        pesc_fail(&err, "%s: %s; gave up after %s; the %lld bytes received are kept in %s: "
+                  "run again to resume", t->url, why, count, (long long)t->offset, t->part);
+    else
+        pesc_fail(&err, "%s: %s; gave up after %s; check the URL and the network, then run "
+                  "again (PESC_FETCH_RETRIES sets the number of retries)", t->url, why, count);
+    close_part(t);
+    fail_transfer(f, t, &err);
+}
+
 static void schedule_retry(fetcher *f, transfer *t, const char *why, double now)
 {
-    t->failures = t->received > 0 ? 1 : t->failures + 1;
+    t->failures = made_progress(t) ? 0 : t->failures + 1;
     if (t->failures > f->retries) {
-        pesc_error err;
-        pesc_fail(&err, "%s: %s; gave up after %d tr%s", t->url, why, t->failures,
-                  t->failures == 1 ? "y" : "ies");
-        close_part(t);
-        fail_transfer(f, t, &err);
+        give_up(f, t, why);
         return;
     }
-    double delay = (double)f->backoff_ms / 1000.0 * (double)(1 << (t->failures - 1));
+    int doublings = t->failures > 0 ? t->failures - 1 : 0;
+    double delay = (double)f->backoff_ms / 1000.0 * (double)(1 << doublings);
     if (delay > MAX_BACKOFF_S)
         delay = MAX_BACKOFF_S;
     if (t->retry_after_s > delay)
         delay = t->retry_after_s;
     t->next_try_at = now + delay;
-    publish_state(f, t, FETCH_RETRY_WAIT, "%s, retrying in %.1f s (try %d of %d)", why, delay,
-                  t->failures + 1, f->retries + 1);
+    if (t->failures == 0)
+        publish_state(f, t, FETCH_RETRY_WAIT, "%s, retrying in %.1f s (progress made)", why,
+                      delay);
+    else
+        publish_state(f, t, FETCH_RETRY_WAIT, "%s, retrying in %.1f s (try %d of %d)", why,
+                      delay, t->failures + 1, f->retries + 1);
     pthread_mutex_lock(&f->lock);
     t->pub.retries++;
     memcpy(t->pub.last_retry, t->pub.message, sizeof t->pub.last_retry);

@@ -29,10 +29,17 @@
  * TLS peers are verified; libcurl honours http_proxy/https_proxy/no_proxy, and
  * CURL_CA_BUNDLE, SSL_CERT_FILE (CA file) and SSL_CERT_DIR (CA directory) are passed on.
  *
+ * Retries: a failed try is retried after a delay (doubled each time) while the tries in a row
+ * that made no progress number at most 1 + retries. Progress is the download standing 64 KiB
+ * further than where it stood when that count last started over (fetch.c, made_progress):
+ * a download that keeps moving over many reconnects gets there, a server that sends a few
+ * bytes and then drops or stalls every time is given up on.
+ *
  * Tuning for tests and unusual links (environment, read by fetcher_new when the option is
  * left 0): PESC_FETCH_BACKOFF_MS (first retry delay, doubled each time, default 1000),
- * PESC_FETCH_RETRIES (retries after the first try, default 5), PESC_FETCH_STALL_S (a
- * transfer that receives nothing for this long is retried, default 60). */
+ * PESC_FETCH_RETRIES (retries after the first try without progress, default 5),
+ * PESC_FETCH_STALL_S (a transfer that receives nothing for this long is retried, default
+ * 60). */
 #ifndef PESC_FETCH_H
 #define PESC_FETCH_H
 
@@ -71,7 +78,8 @@ typedef struct fetch_options {
     const char *hf_endpoint;     /* default $PESC_HF_ENDPOINT, $HF_ENDPOINT, the hub */
     const char *token;           /* default $HF_TOKEN; "" sends none */
     int jobs;                    /* transfers at once, default 4 */
-    int retries;                 /* retries after the first try; <0 means none; default 5 */
+    int retries;                 /* retries after the first try without progress (see
+                                    above); <0 means none; default 5 */
     long backoff_ms;             /* first retry delay, doubled each retry; default 1000 */
     long stall_s;                /* no byte for this long: retry; default 60 */
     long connect_timeout_s;      /* default 30 */

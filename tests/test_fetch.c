@@ -88,11 +88,12 @@ static char *new_cache(const char *name)
     return fmt("%s/%s", base_dir, name);
 }
 
-static fetcher *new_fetcher(const char *cache, const char *with_token, int jobs, long stall_s)
+static fetcher *new_fetcher_retrying(const char *cache, const char *with_token, int jobs,
+                                     long stall_s, int retries)
 {
     char *endpoint = fmt("http://127.0.0.1:%d/hub", port_a);
     fetch_options o = {.cache_dir = cache, .hf_endpoint = endpoint,
-                       .token = with_token ? with_token : "", .jobs = jobs, .retries = 3,
+                       .token = with_token ? with_token : "", .jobs = jobs, .retries = retries,
                        .backoff_ms = 20, .stall_s = stall_s};
     pesc_error err = {{0}};
     fetcher *f = fetcher_new(&o, &err);
@@ -102,6 +103,11 @@ static fetcher *new_fetcher(const char *cache, const char *with_token, int jobs,
         exit(1);
     }
     return f;
+}
+
+static fetcher *new_fetcher(const char *cache, const char *with_token, int jobs, long stall_s)
+{
+    return new_fetcher_retrying(cache, with_token, jobs, stall_s, 3);
 }
 
 /* One fetch on a fresh fetcher; rc as fetcher_get. */
@@ -378,6 +384,66 @@ static void test_give_up(void)
     int n = hits(target, port_a, h, 8, 4);
     check(rc == -1 && strstr(err.msg, "503") && strstr(err.msg, "gave up") && n == 4,
           "503 forever: 1 + 3 retries, then a clear error (%d requests: %s)", n, err.msg);
+    free(url);
+    free(cache);
+}
+
+/* A server that sends a few bytes and then drops or stalls, every time, is given up on after
+ * 1 + retries tries; a download that moves on by more than a few bytes a try goes on. */
+static void test_no_progress(void)
+{
+    const char *target = "/f/big.bin?cut=20&send=10&k=few";
+    char *cache = new_cache("few"), *url = url_a(target), *path = NULL;
+    pesc_error err = {{0}};
+    int rc = get(cache, url, NULL, NULL, &path, &err);
+    hit h[24];
+    usleep(100000);
+    int n = hits(target, port_a, h, 24, 4);
+    check(rc == -1 && n == 4 && strstr(err.msg, url) && strstr(err.msg, "gave up after 4 tries") &&
+          strstr(err.msg, "run again to resume") && !strchr(err.msg, '\n'),
+          "10 bytes a try, then a cut: 1 + 3 retries, then one line naming the URL (%d requests: "
+          "%s)", n, err.msg);
+    free(url);
+    free(cache);
+
+    /* without resume every try starts over: only getting further than before counts */
+    target = "/f/big.bin?cut=20&send=100000&noetag=1&k=over";
+    cache = new_cache("over");
+    url = url_a(target);
+    rc = get(cache, url, NULL, NULL, &path, &err);
+    usleep(100000);
+    n = hits(target, port_a, h, 24, 5);
+    check(rc == -1 && n == 5 && strstr(err.msg, "4 tries in a row without progress (5 in all)"),
+          "a server without resume that cuts at the same byte each time: the first try is "
+          "progress, 4 more are not (%d requests: %s)", n, err.msg);
+    free(url);
+    free(cache);
+
+    /* the same for a server that goes silent after a few bytes, with 1 retry */
+    target = "/f/big.bin?stall=3&send=10&k=stallfew";
+    cache = new_cache("stallfew");
+    url = url_a(target);
+    fetcher *f = new_fetcher_retrying(cache, NULL, 4, 1, 1);
+    rc = fetcher_get(f, url, NULL, &path, &err);
+    fetcher_delete(f);
+    n = hits(target, port_a, h, 24, 2);
+    check(rc == -1 && n == 2 && strstr(err.msg, "stalled") && strstr(err.msg, "gave up"),
+          "10 bytes a try, then silence: 2 tries with 1 retry (%d requests: %s)", n, err.msg);
+    free(url);
+    free(cache);
+
+    /* 100 kB a connection: many more reconnects than retries, and the file arrives */
+    target = "/f/big.bin?cut=99&send=100000&k=steady";
+    cache = new_cache("steady");
+    url = url_a(target);
+    char *want = server_file("big.bin");
+    rc = get(cache, url, NULL, NULL, &path, &err);
+    n = hits(target, port_a, h, 24, 15);
+    check(rc == 0 && same_file(path, want) && n == 15,
+          "a download that moves on 100 kB a try gets there over 15 tries (%d requests: %s)", n,
+          rc ? err.msg : "same bytes");
+    free(path);
+    free(want);
     free(url);
     free(cache);
 }
@@ -790,6 +856,7 @@ int main(void)
     test_retry_503();
     test_retry_after_429();
     test_give_up();
+    test_no_progress();
     test_404();
     test_stall();
     test_redirect_token();
