@@ -13,7 +13,7 @@
 #include "fetch_view.h"
 
 static const char fetch_usage[] =
-    "usage: pesc fetch URL... [-o PATH] [--sha256 HEX] [--jobs N] [--quiet]\n"
+    "usage: pesc fetch URL... [-o PATH] [--sha256 HEX] [--jobs N] [--retries N] [--quiet]\n"
     "\n"
     "Downloads each URL into the cache ($XDG_CACHE_HOME/pesc, default ~/.cache/pesc) and\n"
     "prints the local path of each, one a line. A complete file already in the cache is\n"
@@ -29,6 +29,9 @@ static const char fetch_usage[] =
     "                  with several: a directory\n"
     "  --sha256 HEX    expected SHA-256 of the file (one URL); a mismatch deletes it\n"
     "  -j, --jobs N    transfers at once (default 4)\n"
+    "  --retries N     retries before a file is given up (0 to 30; default\n"
+    "                  $PESC_FETCH_RETRIES, else 5). Only tries without progress count: one\n"
+    "                  that moves the download 64 KiB on starts the count over\n"
     "  -q, --quiet     no progress on stderr\n"
     "\n"
     "Environment: HF_TOKEN (sent to the hub only), PESC_HF_ENDPOINT, XDG_CACHE_HOME,\n"
@@ -37,6 +40,7 @@ static const char fetch_usage[] =
 typedef struct fetch_cli {
     const char *output, *sha256;
     int jobs, quiet;
+    int retries;                  /* -1 when not given: the environment, then 5 */
     char **urls;
     int n_urls;
 } fetch_cli;
@@ -46,10 +50,11 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'}, {"sha256", required_argument, NULL, 's'},
         {"jobs", required_argument, NULL, 'j'},   {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
-    *o = (fetch_cli){.jobs = 4};
+        {"retries", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    *o = (fetch_cli){.jobs = 4, .retries = -1};
     int c;
-    long jobs;
+    long jobs, retries;
     while ((c = cli_getopt("fetch", argc, argv, "o:j:qh", longopts)) != -1) {
         switch (c) {
         case 'o': o->output = optarg; break;
@@ -59,6 +64,12 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
                 return cli_usage_error("fetch", "--jobs %s: expected a number from 1 to 64",
                                        optarg);
             o->jobs = (int)jobs;
+            break;
+        case 'r':
+            if (cli_parse_long(optarg, 0, 30, &retries) != 0)
+                return cli_usage_error("fetch", "--retries %s: expected a number from 0 to 30",
+                                       optarg);
+            o->retries = (int)retries;
             break;
         case 'q': o->quiet = 1; break;
         case 'h': fputs(fetch_usage, stdout); return 0;
@@ -183,7 +194,10 @@ int cmd_fetch(int argc, char **argv)
     if (status >= 0)
         return status;
     pesc_error err = {{0}};
-    fetch_options options = {.jobs = o.jobs};
+    /* fetch_options.retries: 0 is "the default", below 0 "none" */
+    fetch_options options = {.jobs = o.jobs, .retries = o.retries < 0    ? 0
+                                                       : o.retries == 0 ? -1
+                                                                        : o.retries};
     fetcher *f = fetcher_new(&options, &err);
     if (!f)
         return cli_fail("fetch", &err);

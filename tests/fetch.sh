@@ -122,6 +122,15 @@ expect 1 "SHA-256 mismatch" "wrong --sha256" -- "$pesc" fetch -o "$tmp/bad.txt" 
 expect 0 "retrying" "retries are reported on stderr" -- "$pesc" fetch \
   "$base/f/small.txt?fail=1&code=503&k=cli503"
 
+# A server that drops every connection after 10 bytes: --retries 1 gives up after two tries,
+# with one line that names the URL.
+expect 2 "--retries" "fetch --retries 31" -- "$pesc" fetch --retries 31 "$base/f/small.txt"
+target="/f/big.bin?cut=20&send=10&k=cli-few"
+expect 1 "$base$target: .*gave up after 2 tries" "--retries 1 against a server that sends 10 \
+bytes a try" -- "$pesc" fetch -q --retries 1 -o "$tmp/few.bin" "$base$target"
+[ "$(requests 2 "$target")" -eq 2 ] && pass "two requests with --retries 1" \
+  || fail "--retries 1: $(requests 2 "$target") requests"
+
 expect 0 "$XDG_CACHE_HOME/pesc/hf/models/tester/single/main" "fetch of a whole model" -- \
   "$pesc" fetch hf://tester/single
 [ -f "$(cat "$tmp/out")/model.safetensors" ] && pass "model weights in the directory" \
