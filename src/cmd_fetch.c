@@ -13,7 +13,8 @@
 #include "fetch_view.h"
 
 static const char fetch_usage[] =
-    "usage: pesc fetch URL... [-o PATH] [--sha256 HEX] [--jobs N] [--retries N] [--quiet]\n"
+    "usage: pesc fetch URL... [-o PATH] [--sha256 HEX] [--force] [--jobs N] [--retries N]\n"
+    "                  [--quiet]\n"
     "\n"
     "Downloads each URL into the cache ($XDG_CACHE_HOME/pesc, default ~/.cache/pesc) and\n"
     "prints the local path of each, one a line. A complete file already in the cache is\n"
@@ -26,8 +27,13 @@ static const char fetch_usage[] =
     "  http://... https://...\n"
     "\n"
     "  -o PATH         with one URL: the file to write (or a directory to write it into);\n"
-    "                  with several: a directory\n"
-    "  --sha256 HEX    expected SHA-256 of the file (one URL); a mismatch deletes it\n"
+    "                  with several: a directory. A file already there is refused unless\n"
+    "                  --sha256 or --force says what to do with it\n"
+    "  --sha256 HEX    expected SHA-256 of the file (one URL); a mismatch deletes the\n"
+    "                  download. A file already there is kept when it matches, else\n"
+    "                  replaced by a download that does\n"
+    "  -f, --force     download even when the file is already there (in the cache or at\n"
+    "                  -o), replacing it once the new copy is complete\n"
     "  -j, --jobs N    transfers at once (default 4)\n"
     "  --retries N     retries before a file is given up (0 to 30; default\n"
     "                  $PESC_FETCH_RETRIES, else 5). Only tries without progress count: one\n"
@@ -39,7 +45,7 @@ static const char fetch_usage[] =
 
 typedef struct fetch_cli {
     const char *output, *sha256;
-    int jobs, quiet;
+    int jobs, quiet, force;
     int retries;                  /* -1 when not given: the environment, then 5 */
     char **urls;
     int n_urls;
@@ -50,12 +56,12 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'}, {"sha256", required_argument, NULL, 's'},
         {"jobs", required_argument, NULL, 'j'},   {"quiet", no_argument, NULL, 'q'},
-        {"retries", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"retries", required_argument, NULL, 'r'}, {"force", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     *o = (fetch_cli){.jobs = 4, .retries = -1};
     int c;
     long jobs, retries;
-    while ((c = cli_getopt("fetch", argc, argv, "o:j:qh", longopts)) != -1) {
+    while ((c = cli_getopt("fetch", argc, argv, "o:j:qfh", longopts)) != -1) {
         switch (c) {
         case 'o': o->output = optarg; break;
         case 's': o->sha256 = optarg; break;
@@ -72,6 +78,7 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
             o->retries = (int)retries;
             break;
         case 'q': o->quiet = 1; break;
+        case 'f': o->force = 1; break;
         case 'h': fputs(fetch_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }
@@ -87,9 +94,9 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
             return cli_usage_error("fetch", "%s: not a URL (use hf://, http:// or https://)",
                                    url);
         if (fetch_is_model_url(url)) {
-            if (o->output || o->sha256)
-                return cli_usage_error("fetch", "%s is a whole model: -o and --sha256 apply to "
-                                       "single files", url);
+            if (o->output || o->sha256 || o->force)
+                return cli_usage_error("fetch", "%s is a whole model: -o, --sha256 and --force "
+                                       "apply to single files", url);
             continue;
         }
         files++;
@@ -144,6 +151,19 @@ typedef struct fetch_item {
     int failed;
 } fetch_item;
 
+/* A file at an -o destination may be anything; only --sha256 can show that it is this URL's
+ * content, and only --force may replace it. Otherwise it is refused, before any request,
+ * rather than reported as downloaded. */
+static int refuse_existing(const fetch_cli *o, const char *url, const char *dest,
+                           pesc_error *err)
+{
+    struct stat st;
+    if (o->sha256 || o->force || lstat(dest, &st) != 0)
+        return 0;
+    return pesc_fail(err, "%s: %s already exists; pass --force to replace it, or --sha256 HEX "
+                     "to keep it when it matches", url, dest);
+}
+
 /* Queues every file; two URLs may not share one -o destination. */
 static int queue_files(const fetch_cli *o, fetcher *f, fetch_item *items)
 {
@@ -164,8 +184,13 @@ static int queue_files(const fetch_cli *o, fetcher *f, fetch_item *items)
     for (int i = 0; i < o->n_urls; i++) {
         if (fetch_is_model_url(o->urls[i]))
             continue;
-        items[i].id = fetcher_add(f, o->urls[i], items[i].path, o->sha256, 0, &items[i].err);
-        items[i].failed = items[i].id < 0;
+        if (items[i].path && refuse_existing(o, o->urls[i], items[i].path, &items[i].err) != 0) {
+            items[i].failed = 1;
+        } else {
+            items[i].id = fetcher_add(f, o->urls[i], items[i].path, o->sha256,
+                                      o->force ? FETCH_REPLACE : 0, &items[i].err);
+            items[i].failed = items[i].id < 0;
+        }
         free(items[i].path);
         items[i].path = NULL;
     }

@@ -475,7 +475,7 @@ typedef struct transfer {
     char *request_url;           /* first hop */
     char *dest, *part, *etag_path;
     char expected_sha[FETCH_SHA256_HEX_LEN + 1];   /* "" when none was given */
-    int optional;
+    unsigned flags;              /* FETCH_OPTIONAL, FETCH_REPLACE */
 
     /* the worker's alone */
     CURL *easy;
@@ -678,11 +678,12 @@ static int open_part(fetcher *f, transfer *t, pesc_error *err)
     return 0;
 }
 
-/* A complete file under the final name is reused; with an expected hash it must match. */
+/* A complete file under the final name is reused, unless the caller asked for a new copy;
+ * with an expected hash it must match. */
 static int reuse_cached(fetcher *f, transfer *t)
 {
     struct stat st;
-    if (stat(t->dest, &st) != 0 || !S_ISREG(st.st_mode))
+    if ((t->flags & FETCH_REPLACE) || stat(t->dest, &st) != 0 || !S_ISREG(st.st_mode))
         return 0;
     if (t->expected_sha[0]) {
         publish_state(f, t, FETCH_VERIFYING, "checking the cached copy");
@@ -693,7 +694,8 @@ static int reuse_cached(fetcher *f, transfer *t)
     pthread_mutex_lock(&f->lock);
     t->pub.done = t->pub.total = st.st_size;
     pthread_mutex_unlock(&f->lock);
-    publish_state(f, t, FETCH_CACHED, "in the cache");
+    publish_state(f, t, FETCH_CACHED, t->expected_sha[0] ? "already there, SHA-256 checked"
+                                                         : "in the cache");
     return 1;
 }
 
@@ -1144,7 +1146,7 @@ static void judge_http_status(fetcher *f, transfer *t, double now)
         schedule_retry(f, t, "HTTP 416 for the resumed range, starting over", now);
         return;
     }
-    if (s == 404 && t->optional) {
+    if (s == 404 && (t->flags & FETCH_OPTIONAL)) {
         if (t->offset == 0)
             unlink(t->part);
         close_part(t);
@@ -1459,7 +1461,7 @@ static void display_name(const char *url, char *out, size_t cap)
 }
 
 int fetcher_add(fetcher *f, const char *url, const char *dest, const char *sha256,
-                int optional, pesc_error *err)
+                unsigned flags, pesc_error *err)
 {
     if (sha256 && !is_sha256_hex(sha256))
         return pesc_fail(err, "%s: expected SHA-256 must be 64 hex digits", url);
@@ -1494,7 +1496,7 @@ int fetcher_add(fetcher *f, const char *url, const char *dest, const char *sha25
         snprintf(t->expected_sha, sizeof t->expected_sha, "%s", sha256);
         lowercase(t->expected_sha);
     }
-    t->optional = optional;
+    t->flags = flags;
     t->content_length = t->range_start = t->range_total = -1;
     t->pub.state = FETCH_QUEUED;
     t->pub.total = -1;
@@ -1676,7 +1678,7 @@ static int model_add(fetcher *f, const model_source *m, const char *name, int op
 {
     char *url = str_printf("%s%s%s", m->url_prefix, name, m->url_suffix);
     char *dest = pesc_path_join(m->dir, name);
-    int id = fetcher_add(f, url, dest, NULL, optional, err);
+    int id = fetcher_add(f, url, dest, NULL, optional ? FETCH_OPTIONAL : 0, err);
     free(url);
     free(dest);
     return id;

@@ -91,7 +91,7 @@ typedef enum fetch_state {
     FETCH_RETRY_WAIT,            /* failed try; waits for the next (see message) */
     FETCH_VERIFYING,             /* hashing a cached or resumed file */
     FETCH_DONE,                  /* downloaded and verified */
-    FETCH_CACHED,                /* found complete in the cache */
+    FETCH_CACHED,                /* found complete in the cache (or at dest) */
     FETCH_ABSENT,                /* optional file the server does not have (404) */
     FETCH_FAILED,                /* gave up; message says why */
     FETCH_CANCELLED
@@ -125,13 +125,21 @@ fetcher *fetcher_new(const fetch_options *options, pesc_error *err);
  * Accepts NULL. */
 void fetcher_delete(fetcher *f);
 
+/* fetcher_add flags. */
+enum {
+    FETCH_OPTIONAL = 1,          /* a 404 ends the transfer as FETCH_ABSENT, not as a failure */
+    FETCH_REPLACE = 2            /* a file already at dest is not reused: it is downloaded
+                                    again and replaced once the new copy is complete */
+};
+
 /* Queues a download and returns its id (>= 0), or -1 with err for a URL that cannot be
  * mapped. dest NULL: the cache path for the URL, else that file (its directory is made).
- * sha256: NULL or 64 hex digits the content must hash to. optional: a 404 ends the
- * transfer as FETCH_ABSENT instead of failing. Adding a destination that is already queued
+ * A file already at dest is taken as it is (FETCH_CACHED) unless flags has FETCH_REPLACE;
+ * with sha256 (NULL or 64 hex digits the content must hash to) only when it matches, else
+ * it is replaced by a download that does. Adding a destination that is already queued
  * returns the existing id. Thread-safe. */
 int fetcher_add(fetcher *f, const char *url, const char *dest, const char *sha256,
-                int optional, pesc_error *err);
+                unsigned flags, pesc_error *err);
 
 /* Waits until transfer id (or, with FETCH_ALL, every transfer) has ended, or timeout_s
  * passed (negative: no limit). 1 ended, 0 not yet. Thread-safe. */

@@ -60,7 +60,7 @@ static void print_ended(const fetch_progress *p)
     if (p->state == FETCH_DONE)
         fprintf(stderr, "pesc: %s: %s in %.1f s\n", p->name, size, p->elapsed_s);
     else if (p->state == FETCH_CACHED)
-        fprintf(stderr, "pesc: %s: %s, in the cache\n", p->name, size);
+        fprintf(stderr, "pesc: %s: %s, %s\n", p->name, size, p->message);
     else if (p->state == FETCH_ABSENT)
         fprintf(stderr, "pesc: %s: not in the repository (optional)\n", p->name);
 }

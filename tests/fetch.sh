@@ -95,6 +95,7 @@ expect 2 "--jobs" "fetch --jobs 0" -- "$pesc" fetch --jobs 0 "$base/f/small.txt"
 expect 2 "64 hex" "fetch --sha256 bad" -- "$pesc" fetch --sha256 abc "$base/f/small.txt"
 expect 2 "OWNER/NAME" "fetch of a malformed hf URL" -- "$pesc" fetch hf://justone
 expect 2 "whole model" "-o with a whole model" -- "$pesc" fetch -o "$tmp/x" hf://tester/single
+expect 2 "whole model" "--force with a whole model" -- "$pesc" fetch --force hf://tester/single
 
 expect 0 "$XDG_CACHE_HOME/pesc/url/" "fetch prints the cached path" -- \
   "$pesc" fetch "$base/f/small.txt?k=cli"
@@ -112,6 +113,33 @@ if [ "$(sed -n 2p "$tmp/out")" = "$tmp/dir/big.bin" ] && cmp -s "$tmp/dir/big.bi
 else
   fail "paths or contents of -o DIR: $(cat "$tmp/out")"
 fi
+
+# -o onto a file that is there already: not taken as the download, not overwritten, no
+# request; --force replaces it only with a complete new copy; --sha256 proves it.
+printf 'mine\n' >"$tmp/mine.txt"
+target="/f/small.txt?k=exists"
+expect 1 "$base$target: $tmp/mine.txt already exists; pass --force" \
+  "-o onto an existing file is refused" -- "$pesc" fetch -o "$tmp/mine.txt" "$base$target"
+[ "$(cat "$tmp/mine.txt")" = mine ] && [ "$(requests 0 "$target")" -eq 0 ] \
+  && pass "the existing file is untouched and nothing was requested" \
+  || fail "-o onto an existing file: $(cat "$tmp/mine.txt"), $(requests 0 "$target") requests"
+expect 1 "gave up" "--force against a failing server" -- "$pesc" fetch -q --force \
+  --retries 0 -o "$tmp/mine.txt" "$base/f/small.txt?fail=9&code=503&k=force503"
+[ "$(cat "$tmp/mine.txt")" = mine ] && pass "a failed --force download keeps the old file" \
+  || fail "a failed --force download changed the file: $(cat "$tmp/mine.txt")"
+expect 0 "$tmp/mine.txt" "--force replaces an existing file" -- "$pesc" fetch -q --force \
+  -o "$tmp/mine.txt" "$base$target"
+cmp -s "$tmp/mine.txt" "$files/small.txt" && pass "--force content" || fail "--force content"
+sha=$(sha256sum "$files/small.txt" | cut -d ' ' -f 1)
+expect 0 "SHA-256 checked" "--sha256 keeps an existing file that matches" -- "$pesc" fetch \
+  --sha256 "$sha" -o "$tmp/mine.txt" "$base/f/small.txt?k=exists-sha"
+[ "$(requests 0 "/f/small.txt?k=exists-sha")" -eq 0 ] && pass "no request for a proven file" \
+  || fail "a file with the right SHA-256 was downloaded again"
+printf 'mine\n' >"$tmp/mine.txt"
+expect 0 "$tmp/mine.txt" "--sha256 replaces an existing file that does not match" -- \
+  "$pesc" fetch -q --sha256 "$sha" -o "$tmp/mine.txt" "$base/f/small.txt?k=exists-sha"
+cmp -s "$tmp/mine.txt" "$files/small.txt" && pass "--sha256 replacement content" \
+  || fail "--sha256 replacement content"
 
 expect 1 "$base/f/nothing.txt" "404 names the URL" -- "$pesc" fetch "$base/f/nothing.txt"
 expect 1 "SHA-256 mismatch" "wrong --sha256" -- "$pesc" fetch -o "$tmp/bad.txt" \
