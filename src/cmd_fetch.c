@@ -149,6 +149,7 @@ typedef struct fetch_item {
     char *path;                   /* the result */
     pesc_error err;
     int failed;
+    int repeats;                  /* an earlier argument that is the same download, or -1 */
 } fetch_item;
 
 /* A file at an -o destination may be anything; only --sha256 can show that it is this URL's
@@ -197,15 +198,30 @@ static int queue_files(const fetch_cli *o, fetcher *f, fetch_item *items)
     return 0;
 }
 
+/* An argument may name the same download as an earlier one (a URL given twice, or two
+ * spellings of one hub file, which the fetcher queues once): it shares that one's result,
+ * so that a failure is reported once. */
+static void find_repeats(const fetch_cli *o, fetch_item *items)
+{
+    for (int i = 0; i < o->n_urls; i++) {
+        items[i].repeats = -1;
+        int model = fetch_is_model_url(o->urls[i]);
+        for (int j = 0; j < i && items[i].repeats < 0; j++)
+            if ((items[i].id >= 0 && items[j].id == items[i].id) ||
+                (model && strcmp(o->urls[j], o->urls[i]) == 0))
+                items[i].repeats = j;
+    }
+}
+
 static void collect_results(const fetch_cli *o, fetcher *f, fetch_item *items)
 {
     /* models one after the other (each fetches its files in parallel) while files run */
     for (int i = 0; i < o->n_urls; i++)
-        if (fetch_is_model_url(o->urls[i]))
+        if (fetch_is_model_url(o->urls[i]) && items[i].repeats < 0)
             items[i].failed = fetcher_get_model(f, o->urls[i], &items[i].path,
                                                 &items[i].err) != 0;
     for (int i = 0; i < o->n_urls; i++) {
-        if (items[i].id < 0)
+        if (items[i].id < 0 || items[i].repeats >= 0)
             continue;
         fetcher_wait(f, items[i].id, -1);
         items[i].failed = fetcher_result(f, items[i].id, &items[i].path, &items[i].err) != 0;
@@ -234,19 +250,23 @@ int cmd_fetch(int argc, char **argv)
         free(items);
         return EXIT_USAGE;
     }
+    find_repeats(&o, items);
     fetch_view *view = o.quiet ? NULL : fetch_view_start(f);
     collect_results(&o, f, items);
     fetch_view_stop(view);
     status = 0;
     for (int i = 0; i < o.n_urls; i++) {
-        if (items[i].failed) {
-            cli_fail("fetch", &items[i].err);
+        const fetch_item *result = items[i].repeats >= 0 ? &items[items[i].repeats] : &items[i];
+        if (result->failed) {
+            if (result == &items[i])   /* one line per download, not per argument */
+                cli_fail("fetch", &result->err);
             status = 1;
         } else {
-            printf("%s\n", items[i].path);
+            printf("%s\n", result->path);
         }
-        free(items[i].path);
     }
+    for (int i = 0; i < o.n_urls; i++)
+        free(items[i].path);
     free(items);
     fetcher_delete(f);
     if (fflush(stdout) != 0) {

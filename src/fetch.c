@@ -579,12 +579,15 @@ static void publish_state(fetcher *f, transfer *t, fetch_state state, const char
     pthread_mutex_unlock(&f->lock);
 }
 
-/* Fails with a full-length message (pub.message keeps the first 255 bytes for the UI). */
+/* Fails with "URL: why", so that every failure names its own download, however many fail
+ * for the same reason (pub.message keeps the first 255 bytes for the UI). */
 static void fail_transfer(fetcher *f, transfer *t, const pesc_error *why)
 {
-    publish_state(f, t, FETCH_FAILED, "%s", why->msg);
+    pesc_error named;
+    pesc_fail(&named, "%s: %s", t->url, why->msg);
+    publish_state(f, t, FETCH_FAILED, "%s", named.msg);
     pthread_mutex_lock(&f->lock);
-    t->failure = *why;
+    t->failure = named;
     pthread_mutex_unlock(&f->lock);
 }
 
@@ -793,7 +796,7 @@ static int start_try(fetcher *f, transfer *t, double now)
         }
     }
     if (!t->easy && !(t->easy = curl_easy_init())) {
-        pesc_fail(&err, "%s: libcurl could not start a transfer", t->url);
+        pesc_fail(&err, "libcurl could not start a transfer");
         fail_transfer(f, t, &err);
         return 0;
     }
@@ -983,11 +986,11 @@ static void give_up(fetcher *f, transfer *t, const char *why)
         snprintf(count, sizeof count, "%d tr%s", tries, tries == 1 ? "y" : "ies");
     pesc_error err;
     if (t->offset > 0 && can_resume(t))
-        pesc_fail(&err, "%s: %s; gave up after %s; the %lld bytes received are kept in %s: "
-                  "run again to resume", t->url, why, count, (long long)t->offset, t->part);
+        pesc_fail(&err, "%s; gave up after %s; the %lld bytes received are kept in %s: "
+                  "run again to resume", why, count, (long long)t->offset, t->part);
     else
-        pesc_fail(&err, "%s: %s; gave up after %s; check the URL and the network, then run "
-                  "again (PESC_FETCH_RETRIES sets the number of retries)", t->url, why, count);
+        pesc_fail(&err, "%s; gave up after %s; check the URL and the network, then run "
+                  "again (PESC_FETCH_RETRIES sets the number of retries)", why, count);
     close_part(t);
     fail_transfer(f, t, &err);
 }
@@ -1030,8 +1033,8 @@ static void finish_download(fetcher *f, transfer *t)
         close_part(t);
         unlink(t->part);
         unlink(t->etag_path);
-        pesc_fail(&err, "%s: SHA-256 mismatch: expected %s, got %s (%s); the download was "
-                  "deleted", t->url, want, got,
+        pesc_fail(&err, "SHA-256 mismatch: expected %s, got %s (%s); the download was "
+                  "deleted", want, got,
                   t->expected_sha[0] ? "check --sha256" : "as the hub reported");
         fail_transfer(f, t, &err);
         return;
@@ -1071,14 +1074,14 @@ static void follow_redirect(fetcher *f, transfer *t)
     curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_URL, &location);
     pesc_error err;
     if (!location || !(starts_with(location, "http://") || starts_with(location, "https://"))) {
-        pesc_fail(&err, "%s: HTTP %ld redirect to %s, which is not an http(s) URL", t->url,
-                  t->status, location ? "a location" : "nowhere");
+        pesc_fail(&err, "HTTP %ld redirect to %s, which is not an http(s) URL", t->status,
+                  location ? "a location" : "nowhere");
         close_part(t);
         fail_transfer(f, t, &err);
         return;
     }
     if (++t->redirects > MAX_REDIRECTS) {
-        pesc_fail(&err, "%s: more than %d redirects", t->url, MAX_REDIRECTS);
+        pesc_fail(&err, "more than %d redirects", MAX_REDIRECTS);
         close_part(t);
         fail_transfer(f, t, &err);
         return;
@@ -1154,16 +1157,16 @@ static void judge_http_status(fetcher *f, transfer *t, double now)
         return;
     }
     if (s == 404 || s == 410)
-        pesc_fail(&err, "%s: not found (HTTP %ld); check the repository, file name and "
-                  "revision", t->url, s);
+        pesc_fail(&err, "not found (HTTP %ld); check the repository, file name and "
+                  "revision", s);
     else if (s == 401 || s == 403)
-        pesc_fail(&err, "%s: HTTP %ld, access denied; %s", t->url, s,
+        pesc_fail(&err, "HTTP %ld, access denied; %s", s,
                   !t->hop_is_hub ? "the server refused the request"
                   : f->token     ? "HF_TOKEN was sent: check that it can read this repository "
                                    "(gated repositories need their terms accepted)"
                                  : "set HF_TOKEN to a hub token that can read this repository");
     else
-        pesc_fail(&err, "%s: HTTP %ld", t->url, s);
+        pesc_fail(&err, "HTTP %ld", s);
     if (t->offset == 0)
         unlink(t->part);
     close_part(t);
@@ -1204,13 +1207,12 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, double now)
         return;
     }
     if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE)
-        pesc_fail(&err, "%s: TLS certificate check failed: %s (set CURL_CA_BUNDLE or "
-                  "SSL_CERT_FILE to your CA bundle)", t->url, detail);
+        pesc_fail(&err, "TLS certificate check failed: %s (set CURL_CA_BUNDLE or "
+                  "SSL_CERT_FILE to your CA bundle)", detail);
     else if (rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY)
-        pesc_fail(&err, "%s: %s (check the URL, the network and proxy settings)", t->url,
-                  detail);
+        pesc_fail(&err, "%s (check the URL, the network and proxy settings)", detail);
     else
-        pesc_fail(&err, "%s: %s", t->url, detail);
+        pesc_fail(&err, "%s", detail);
     close_part(t);
     fail_transfer(f, t, &err);
 }
@@ -1502,6 +1504,7 @@ int fetcher_add(fetcher *f, const char *url, const char *dest, const char *sha25
     t->pub.total = -1;
     t->pub.eta_s = -1;
     display_name(t->url, t->pub.name, sizeof t->pub.name);
+    snprintf(t->pub.url, sizeof t->pub.url, "%s", t->url);
     snprintf(t->pub.message, sizeof t->pub.message, "queued");
 
     pthread_mutex_lock(&f->lock);

@@ -107,6 +107,8 @@ typedef struct fetch_progress {
     int id;
     fetch_state state;
     char name[160];              /* what to show: the URL's last path part, or the repo file */
+    char url[512];               /* the URL without credentials, for lines that must tell
+                                    two downloads of one name apart */
     int64_t done;                /* bytes on disk (a resumed part counts) */
     int64_t total;               /* -1 while unknown */
     double rate;                 /* bytes/s, smoothed over a few seconds; 0 when idle */

@@ -124,8 +124,10 @@ static void view_draw(fetch_view *v)
     double t = pesc_now();
     for (int i = 0; i < n; i++) {
         const fetch_progress *p = &now[i], *old = &v->seen[i];
-        if (!v->tty && p->retries > old->retries)   /* even when it has ended since */
-            fprintf(stderr, "pesc: %s: %s\n", p->name, p->last_retry);
+        /* even when it has ended since; by URL, as the failure would be: two files of one
+         * name must not give two lines alike */
+        if (!v->tty && p->retries > old->retries)
+            fprintf(stderr, "pesc: %s: %s\n", p->url, p->last_retry);
         if (fetch_state_final(p->state)) {
             if (!fetch_state_final(old->state))
                 print_ended(p);

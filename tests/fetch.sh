@@ -142,6 +142,34 @@ cmp -s "$tmp/mine.txt" "$files/small.txt" && pass "--sha256 replacement content"
   || fail "--sha256 replacement content"
 
 expect 1 "$base/f/nothing.txt" "404 names the URL" -- "$pesc" fetch "$base/f/nothing.txt"
+expect 1 "$base/f/nothing.txt" "a URL given twice fails in one line" -- "$pesc" fetch \
+  "$base/f/nothing.txt" "$base/f/nothing.txt"
+
+# Two dead URLs whose files share a name: each line on stderr, the retries' included, names
+# its own URL, no line comes twice, and each URL's failure is one line.
+dead_d="$base/f/d/same.txt?fail=99&code=503"
+dead_e="$base/f/e/same.txt?fail=99&code=503"
+"$pesc" fetch --retries 2 "$dead_d" "$dead_e" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+if [ $rc -eq 1 ] && [ -z "$(sort "$tmp/err" | uniq -d)" ] && \
+   ! grep -v "^pesc[a-z ]*: $base/f/[de]/same.txt" "$tmp/err" | grep -q . && \
+   [ "$(grep -c "^pesc fetch: $dead_d: HTTP 503; gave up" "$tmp/err")" -eq 1 ] && \
+   [ "$(grep -c "^pesc fetch: $dead_e: HTTP 503; gave up" "$tmp/err")" -eq 1 ]; then
+  pass "two dead URLs of one file name: every line names its own URL, once"
+else
+  fail "two dead URLs: exit $rc: $(cat "$tmp/err")"
+fi
+# ... and so does a local failure that both share
+"$pesc" fetch -q -o "$tmp/one.txt/sub" "$base/f/small.txt?k=nodir" "$base/f/redir.txt?k=nodir" \
+  >"$tmp/out" 2>"$tmp/err"
+rc=$?
+if [ $rc -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 2 ] && \
+   grep -q "^pesc fetch: $base/f/small.txt?k=nodir: cannot create directory" "$tmp/err" && \
+   grep -q "^pesc fetch: $base/f/redir.txt?k=nodir: cannot create directory" "$tmp/err"; then
+  pass "an -o directory that cannot be made: one line per URL, each naming it"
+else
+  fail "-o under a file: exit $rc: $(cat "$tmp/err")"
+fi
 expect 1 "SHA-256 mismatch" "wrong --sha256" -- "$pesc" fetch -o "$tmp/bad.txt" \
   --sha256 0000000000000000000000000000000000000000000000000000000000000000 "$base/f/small.txt"
 [ ! -e "$tmp/bad.txt" ] && [ ! -e "$tmp/bad.txt.part" ] && pass "no file after a mismatch" \

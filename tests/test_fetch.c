@@ -823,8 +823,9 @@ static void test_unwritable_cache(void)
     char *path = NULL;
     pesc_error err = {{0}};
     int rc = get(cache, url, NULL, NULL, &path, &err);
-    check(rc == -1 && strstr(err.msg, "XDG_CACHE_HOME") && strstr(err.msg, "Not a directory"),
-          "an unusable cache directory is a clear error (%s)", err.msg);
+    check(rc == -1 && strncmp(err.msg, url, strlen(url)) == 0 &&
+          strstr(err.msg, "XDG_CACHE_HOME") && strstr(err.msg, "Not a directory"),
+          "an unusable cache directory is a clear error that names the URL (%s)", err.msg);
     free(url);
     free(cache);
     free(blocker);
