@@ -28,7 +28,7 @@
 #define MAX_BACKOFF_S 60.0
 #define MAX_RETRY_AFTER_S 3600.0
 #define PROGRESS_BYTES (64 * 1024)   /* how much further a download must get to count as
-                                        progress: see schedule_retry */
+                                        progress: see made_progress */
 #define PUBLISH_INTERVAL_S 0.1
 #define RATE_SAMPLES 7               /* the rate is measured over the last 3 seconds */
 #define RATE_SAMPLE_S 0.5
@@ -978,12 +978,13 @@ static void give_up(fetcher *f, transfer *t, const char *why)
     pthread_mutex_lock(&f->lock);
     int attempts = t->pub.attempt;
     pthread_mutex_unlock(&f->lock);
+    const char *plural = tries == 1 ? "y" : "ies";
     char count[96];
     if (attempts > tries)
-        snprintf(count, sizeof count, "%d tries in a row without progress (%d in all)", tries,
-                 attempts);
+        snprintf(count, sizeof count, "%d tr%s in a row without progress (%d in all)", tries,
+                 plural, attempts);
     else
-        snprintf(count, sizeof count, "%d tr%s", tries, tries == 1 ? "y" : "ies");
+        snprintf(count, sizeof count, "%d tr%s", tries, plural);
     pesc_error err;
     if (t->offset > 0 && can_resume(t))
         pesc_fail(&err, "%s; gave up after %s; the %lld bytes received are kept in %s: "
