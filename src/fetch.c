@@ -569,7 +569,7 @@ static void publish_state(fetcher *f, transfer *t, fetch_state state, const char
         vsnprintf(t->pub.message, sizeof t->pub.message, fmt, ap);
         va_end(ap);
     }
-    if (state == FETCH_FAILED)
+    if (state == FETCH_FAILED && !t->failure.msg[0])   /* fail_transfer sets it whole first */
         snprintf(t->failure.msg, sizeof t->failure.msg, "%s", t->pub.message);
     if (fetch_state_final(state)) {
         t->pub.rate = 0;
@@ -585,10 +585,10 @@ static void fail_transfer(fetcher *f, transfer *t, const pesc_error *why)
 {
     pesc_error named;
     pesc_fail(&named, "%s: %s", t->url, why->msg);
-    publish_state(f, t, FETCH_FAILED, "%s", named.msg);
-    pthread_mutex_lock(&f->lock);
+    pthread_mutex_lock(&f->lock);   /* whole before FAILED is seen: the UI's copy is cut */
     t->failure = named;
     pthread_mutex_unlock(&f->lock);
+    publish_state(f, t, FETCH_FAILED, "%s", named.msg);
 }
 
 static void publish_progress(fetcher *f, transfer *t, double now)
