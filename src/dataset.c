@@ -771,11 +771,12 @@ static const int32_t labels_pending[1];
 typedef struct load_mark {
     int records;
     int64_t values;              /* in the store */
+    long long predicted;
 } load_mark;
 
 static load_mark mark_load(const ds_records *d)
 {
-    return (load_mark){d->n, d->store ? token_store_length(d->store) : 0};
+    return (load_mark){d->n, d->store ? token_store_length(d->store) : 0, d->predicted};
 }
 
 static ds_record *next_slot(ds_records *d, int *capacity)
@@ -803,6 +804,8 @@ static int keep_record(ds_records *d, int *capacity, const record_tokens *t, int
     if (token_store_append(d->store, t->ids, n, err) != 0 ||
         (has_labels && token_store_append(d->store, t->labels, n, err) != 0))
         return -1;
+    for (size_t i = 1; i < n; i++)
+        d->predicted += !t->labels || t->labels[i] != -100;
     ds_record *r = next_slot(d, capacity);
     *r = (ds_record){.labels = has_labels ? labels_pending : NULL, .offset = offset,
                      .len = t->len, .source = source, .line = line};
@@ -843,6 +846,7 @@ static int finish_load(ds_records *d, load_mark start, long skipped, const char 
     if (rc == 0 && map_records(d, err) == 0)
         return 0;
     d->n = start.records;
+    d->predicted = start.predicted;
     if (d->store)
         token_store_truncate(d->store, start.values, NULL);
     return -1;
@@ -1082,6 +1086,9 @@ static int check_epoch_size(const dataset *ds, pesc_error *err)
         expected += ds->weights[i] * (double)ds->stats.source_records[i];
         most += ceil(ds->weights[i]) * (double)ds->stats.source_records[i];
     }
+    if (ds->rec.n > 0 && ds->rec.predicted == 0)
+        return pesc_fail(err, "the --data records have no token to learn: every label is -100 "
+                         "(or every record is one token long); check the data's masking");
     if (ds->rec.n > 0 && expected < 1.0)
         return pesc_fail(err, "the --data weights make an epoch of %.3g records on average; "
                          "raise them so that one holds at least one record", expected);

@@ -56,6 +56,7 @@ typedef struct ds_records {
     ds_record *items;
     int n;
     long skipped;                /* bad records skipped (with warnings) */
+    long long predicted;         /* tokens with a loss: a next token whose label is not -100 */
     token_store *store;          /* every record's tokens; made by the first load */
 } ds_records;
 

@@ -248,6 +248,11 @@ expect 2 "the weight after ':' must be > 0 and at most 1000" "--data FILE:1e30 i
 expect 1 "the \-\-data weights make an epoch of 6.4e-299 records on average" "--data FILE:1e-300 is refused" -- \
   timeout 60 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl:1e-300" --steps 1 --backend cpu
 
+# data with nothing to learn (every label masked) is refused, rather than trained at loss 0
+printf '{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, -100, -100]}\n{"input_ids": [5, 6, 7], "labels": [5, -100, -100]}\n' >"$tmp/masked.jsonl"
+expect 1 "the \-\-data records have no token to learn: every label is -100" "all-masked data is refused" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/masked.jsonl" --steps 1 --backend cpu
+
 # a NaN in the base weights is named when the model loads (training would skip every step),
 # by train and by eval alike
 mkdir "$tmp/nanbase" && cp "$base/config.json" "$base/model.safetensors" "$tmp/nanbase/"
