@@ -157,6 +157,7 @@ static int inspect_checkpoint(const char *path, const char *dir)
     printf(" (fingerprint %016" PRIx64 ")\n", st.base_fingerprint);
     char *trainables = pesc_path_join(dir, "trainables.safetensors");
     st_file f = {0};
+    int rc = 0;
     if (st_open(&f, trainables, &err) == 0) {
         size_t values = 0;
         for (int i = 0; i < f.n_tensors; i++)
@@ -164,11 +165,13 @@ static int inspect_checkpoint(const char *path, const char *dir)
         printf("trainables    %d tensors, %zu parameters (%.2f M)\n", f.n_tensors, values,
                (double)values / 1e6);
         st_close(&f);
-    } else {
-        printf("trainables    unreadable: %s\n", err.msg);
+    } else {   /* the rest was worth showing; the checkpoint still cannot be resumed */
+        printf("trainables    unreadable\n");
+        fflush(stdout);
+        rc = cli_fail("inspect", &err);
     }
     free(trainables);
-    return 0;
+    return rc;
 }
 
 static int inspect_directory(const char *path)

@@ -220,6 +220,9 @@ expect 0 "crafted       PESC: 4 experts, top-2, adapter_dim 8" "inspect an expor
 expect 0 "base          /.*data/demo" "inspect a checkpoint" -- "$pesc" inspect "$ck"
 expect 0 "LoRA          rank 4" "inspect a save directory (newest checkpoint)" -- "$pesc" inspect "$tmp/ckl"
 expect 0 "not recorded" "inspect an old checkpoint" -- "$pesc" inspect "$tmp/old"
+rm -rf "$tmp/broken" && cp -r "$ck" "$tmp/broken" && printf 'junk' >"$tmp/broken/trainables.safetensors"
+expect 1 "trainables.safetensors" "inspect of a checkpoint with damaged trainables fails in one line" -- \
+  "$pesc" inspect "$tmp/broken"
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
