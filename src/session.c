@@ -750,9 +750,9 @@ static int train_step(session *s, pesc_error *err)
             /* a model or data that hold NaN or inf would skip steps forever */
             if (s->nan_run / s->cfg.nan_limit > NAN_HALVINGS) {
                 rc = pesc_fail(err, "step %ld: %ld steps in a row were non-finite, also after "
-                               "halving the learning rate %d times: the weights or the data "
-                               "hold NaN or inf, or --lr is far too high", s->step + 1,
-                               s->nan_run, NAN_HALVINGS);
+                               "halving the learning rate %d times: the model has diverged "
+                               "or overflows on this data; resume from an earlier checkpoint "
+                               "with a lower --lr", s->step + 1, s->nan_run, NAN_HALVINGS);
                 goto out;
             }
             s->lr_scale *= 0.5;
