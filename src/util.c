@@ -90,6 +90,14 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
     FILE *f = fopen(path, "rb");
     if (!f)
         return pesc_fail(err, "%s: %s", path, strerror(errno));
+    /* fopen opens a directory too; only the first read fails, with a bare "read error" */
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        pesc_fail(err, "%s is a directory, not a file", path);
+        errno = EISDIR;
+        return -1;
+    }
     size_t cap = 4096, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {

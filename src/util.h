@@ -31,7 +31,8 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 void pesc_set_oom_hook(void (*hook)(void));
 
-/* Reads a whole file into a NUL-terminated buffer. */
+/* Reads a whole file into a NUL-terminated buffer. A directory fails with errno EISDIR and
+ * a message that calls it one. */
 int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err);
 
 /* "dir/name" in a fresh allocation. */

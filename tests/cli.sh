@@ -78,6 +78,9 @@ expect 0 "loss 4.5451" "eval, sharded F16 checkpoint, text output" -- \
 # bad inputs: one line naming the thing
 expect 1 "$tmp/nowhere" "missing model directory" -- "$pesc" eval --model "$tmp/nowhere" --data "$m/records.jsonl"
 expect 1 "$tmp/none.jsonl" "missing data file" -- "$pesc" eval --model "$m" --data "$tmp/none.jsonl"
+mkdir -p "$tmp/cfgdir/config.json"
+expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
+  "$pesc" inspect "$tmp/cfgdir"
 printf '{"input_ids": [1, 2, 3]}\n{"input_ids": [1, 2\n' >"$tmp/bad.jsonl"
 expect 1 "bad.jsonl:2: not valid JSON" "malformed JSONL names the line" -- \
   "$pesc" eval --model "$m" --data "$tmp/bad.jsonl"
