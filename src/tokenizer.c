@@ -12,6 +12,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <pcre2.h>
 #include <stdio.h>
@@ -1677,6 +1678,39 @@ const char *tok_chat_template(const tokenizer *t) { return t->chat_template; }
 
 /* ========================================================================= loading ===== */
 
+/* Appends how to fix it to the message already in err. Returns -1. */
+static int fail_fix(pesc_error *err, const char *fix)
+{
+    if (!err)
+        return -1;
+    char msg[PESC_ERROR_MAX];
+    snprintf(msg, sizeof msg, "%s", err->msg);
+    return pesc_fail(err, "%s: %s", msg, fix);
+}
+
+/* The JSON document in the file at path, or NULL with a message that names the file: one
+ * that cannot be read as pesc_read_file says (errno EISDIR for a directory), one that is not
+ * JSON with the position where jansson knows one and then `fix`. */
+static json_t *read_json(const char *path, const char *fix, pesc_error *err)
+{
+    char *text;
+    size_t len;
+    if (pesc_read_file(path, &text, &len, err) != 0)
+        return NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    free(text);
+    if (!root) {
+        if (jerr.line > 0)
+            pesc_fail(err, "%s is not valid JSON (line %d, column %d: %s): %s", path, jerr.line,
+                      jerr.column, jerr.text, fix);
+        else
+            pesc_fail(err, "%s is not valid JSON (%s): %s", path, jerr.text, fix);
+        errno = 0;
+    }
+    return root;
+}
+
 static const char *jstr(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -2144,10 +2178,14 @@ static void load_config(tokenizer *t, const char *path)
 
 tokenizer *tok_load(const char *path, pesc_error *err)
 {
-    json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = read_json(path, "repair it or download it again", err);
     if (!root) {
-        pesc_fail(err, "%s: %s (line %d)", path, jerr.text, jerr.line);
+        if (errno == EISDIR) {
+            const char *slash = strrchr(path, '/');
+            fail_fix(err, strcmp(slash ? slash + 1 : path, "tokenizer.json") == 0
+                              ? "put the tokenizer.json file in its place"
+                              : "name the tokenizer.json file itself");
+        }
         return NULL;
     }
     tokenizer *t = xcalloc(1, sizeof *t);

@@ -125,6 +125,10 @@ expect 1 "tokenizer.json" "generate on a model without a tokenizer" -- "$pesc" g
 expect 2 "\-\-no-special is for encoding" "tokenize --decode with --no-special" -- \
   sh -c 'echo "[1]" | "$1" tokenize --model "$2" --decode --no-special' sh "$pesc" "$demo"
 
+# tokenize: bad tokenizer files and bad input, one line naming the file or the id
+expect 1 "demo is a directory, not a file: name the tokenizer.json file itself" "tokenize --tokenizer DIR" -- \
+  sh -c 'echo hi | "$1" tokenize --tokenizer "$2"' sh "$pesc" "$demo"
+
 # inspect
 expect 0 "parameters" "inspect a model directory" -- "$pesc" inspect "$m"
 grep -q "LlamaForCausalLM" "$tmp/out" && grep -q "llama3" "$tmp/out" || fail "inspect: architecture or rope missing"

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tokenizer.h"
@@ -23,21 +24,40 @@ static char *path_in(const char *dir, const char *rel)
     return p;
 }
 
-/* A tokenizer from its JSON text. */
-static tokenizer *json_tokenizer(const char *json, pesc_error *err)
+/* A directory of this test's own, so that the tokenizer_config.json beside a tokenizer.json
+ * is always the one the test wrote (or none). */
+static char scratch[4096];
+
+static void write_text(const char *path, const char *text)
 {
-    const char *dir = getenv("TMPDIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/pesc-test-tokXXXXXX", dir && *dir ? dir : "/tmp");
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return NULL;
-    FILE *f = fdopen(fd, "w");
-    fputs(json, f);
-    fclose(f);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "cannot write %s", path);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* A tokenizer from its JSON text (and the text of tokenizer_config.json beside it, or none
+ * when config is NULL). */
+static tokenizer *json_tokenizer_config(const char *json, const char *config, pesc_error *err)
+{
+    char *path = path_in(scratch, "tokenizer.json");
+    char *config_path = path_in(scratch, "tokenizer_config.json");
+    write_text(path, json);
+    if (config)
+        write_text(config_path, config);
     tokenizer *t = tok_load(path, err);
     unlink(path);
+    unlink(config_path);
+    free(path);
+    free(config_path);
     return t;
+}
+
+static tokenizer *json_tokenizer(const char *json, pesc_error *err)
+{
+    return json_tokenizer_config(json, NULL, err);
 }
 
 /* A tokenizer whose vocabulary is the 256 byte tokens: encode(x) spells the normalized x
@@ -167,26 +187,38 @@ static void test_stream_partial(void)
 
 static void test_load_errors(void)
 {
-    const char *dir = getenv("TMPDIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/pesc-test-tokXXXXXX", dir && *dir ? dir : "/tmp");
-    int fd = mkstemp(path);
-    FILE *f = fdopen(fd, "w");
-    fputs("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", f);
-    fclose(f);
+    char *path = path_in(scratch, "tokenizer.json");
+    write_text(path, "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
     pesc_error err = {{0}};
     tokenizer *t = tok_load(path, &err);
     CHECK(!t && strstr(err.msg, "Unigram") && strstr(err.msg, path),
           "an unsupported model must be named with the file: %s", err.msg);
-    f = fopen(path, "w");
-    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
-          " \"pre_tokenizer\": {\"type\": \"Whitespace\"}}", f);
-    fclose(f);
+    write_text(path, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+               " \"pre_tokenizer\": {\"type\": \"Whitespace\"}}");
     t = tok_load(path, &err);
     CHECK(!t && strstr(err.msg, "Whitespace"), "an unsupported pre-tokenizer must be named: %s",
           err.msg);
-    tok_delete(t);
+    write_text(path, "{\"model\": {\"type\": \"BPE\",\n \"vocab\": {\"a\": 0,}}}");
+    t = tok_load(path, &err);
+    CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "not valid JSON (line 2, column"),
+          "invalid JSON must name the file and the line: %s", err.msg);
     unlink(path);
+
+    /* nothing there: the file and why, with no position ("line -1") that does not exist */
+    t = tok_load(path, &err);
+    CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "No such file") && !strstr(err.msg, "line"),
+          "a missing file must be named, without a position: %s", err.msg);
+    /* a directory given for the file, and a directory in the file's place */
+    t = tok_load(scratch, &err);
+    CHECK(!t && strstr(err.msg, scratch) && strstr(err.msg, "is a directory, not a file") &&
+          strstr(err.msg, "name the tokenizer.json file itself"),
+          "a directory given for tokenizer.json must be called one: %s", err.msg);
+    CHECK(mkdir(path, 0700) == 0, "cannot make %s", path);
+    t = tok_load_dir(scratch, &err);
+    CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "is a directory, not a file"),
+          "a directory named tokenizer.json must be called one: %s", err.msg);
+    rmdir(path);
+    free(path);
 }
 
 int main(void)
@@ -194,10 +226,17 @@ int main(void)
     const char *srcdir = getenv("top_srcdir");
     if (!srcdir)
         srcdir = ".";
+    const char *tmp = getenv("TMPDIR");
+    snprintf(scratch, sizeof scratch, "%s/pesc-test-tokXXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(scratch)) {
+        perror(scratch);
+        return 99;
+    }
     test_normalization(srcdir);
     test_stream_partial();
     test_load_errors();
     test_space_split();
+    pesc_remove_tree(scratch);
     if (failures) {
         fprintf(stderr, "test_tokenizer: %d failures\n", failures);
         return 1;
