@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "tokenizer_unicode.h"
 
@@ -1690,15 +1691,15 @@ static int fail_fix(pesc_error *err, const char *fix)
 
 /* The JSON document in the file at path, or NULL with a message that names the file: one
  * that cannot be read as pesc_read_file says (errno EISDIR for a directory), one that is not
- * JSON with the position where jansson knows one and then `fix`. */
-static json_t *read_json(const char *path, const char *fix, pesc_error *err)
+ * JSON with the position where jansson knows one and then `fix` (errno 0). */
+static json_t *read_json(const char *path, size_t flags, const char *fix, pesc_error *err)
 {
     char *text;
     size_t len;
     if (pesc_read_file(path, &text, &len, err) != 0)
         return NULL;
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, 0, &jerr);
+    json_t *root = json_loadb(text, len, flags, &jerr);
     free(text);
     if (!root) {
         if (jerr.line > 0)
@@ -2131,12 +2132,69 @@ static void build_byte_alphabet(tokenizer *t)
     }
 }
 
-/* bos/eos/pad: tokenizer_config.json names them as a string or {"content": ...}. */
-static int32_t config_token(tokenizer *t, json_t *cfg, const char *key)
+/* What a JSON value is, for a message that says what was found instead. */
+static const char *json_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+/* bos/eos/pad: tokenizer_config.json names them as a string, {"content": ...} (an
+ * AddedToken) or null; *id is -1 when the name is absent or not a token. Any other value is
+ * refused rather than passed over, since a BOS silently lost changes every encoding. */
+static int config_token(tokenizer *t, json_t *cfg, const char *key, const char *cfg_path,
+                        int32_t *id, pesc_error *err)
 {
     json_t *v = json_object_get(cfg, key);
+    *id = -1;
+    if (!v || json_is_null(v))
+        return 0;
     const char *name = json_is_string(v) ? json_string_value(v) : jstr(v, "content");
-    return name ? tok_token_id(t, name) : -1;
+    if (!name)
+        return pesc_fail(err, "%s: \"%s\" is %s%s; write the token itself, e.g. \"<s>\", or "
+                         "{\"content\": \"<s>\"}, or null", cfg_path, key, json_kind(v),
+                         json_is_object(v) ? " without a \"content\" string" : "");
+    *id = tok_token_id(t, name);
+    return 0;
+}
+
+/* chat_template: a Jinja string, null, or a list of {"name": ..., "template": ...} of which
+ * the one named "default" is the template (as transformers picks it). */
+static int config_chat_template(tokenizer *t, json_t *cfg, const char *cfg_path,
+                                pesc_error *err)
+{
+    json_t *v = json_object_get(cfg, "chat_template");
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        t->chat_template = xstrdup(json_string_value(v));
+        return 0;
+    }
+    size_t i;
+    json_t *item;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, item) {
+            const char *name = jstr(item, "name"), *tpl = jstr(item, "template");
+            if (!name || !tpl)
+                return pesc_fail(err, "%s: \"chat_template\"[%zu] is not {\"name\": ..., "
+                                 "\"template\": ...}; correct it or remove the entry",
+                                 cfg_path, i);
+            if (strcmp(name, "default") == 0 && !t->chat_template)
+                t->chat_template = xstrdup(tpl);
+        }
+        return 0;
+    }
+    return pesc_fail(err, "%s: \"chat_template\" is %s; it must be a Jinja template string, a "
+                     "list of {\"name\": ..., \"template\": ...}, or null", cfg_path,
+                     json_kind(v));
 }
 
 static int32_t first_known(tokenizer *t, const char *const *names)
@@ -2149,23 +2207,35 @@ static int32_t first_known(tokenizer *t, const char *const *names)
     return -1;
 }
 
-static void load_config(tokenizer *t, const char *path)
+/* tokenizer_config.json beside path, when there is one. Its absence is fine (the post-
+ * processor and the usual spellings name bos/eos); a file that is there but unreadable or
+ * malformed is an error, not a silent fallback. */
+static int load_config(tokenizer *t, const char *path, pesc_error *err)
 {
     char *dir = xstrdup(path), *slash = strrchr(dir, '/');
     if (slash) slash[1] = '\0'; else dir[0] = '\0';
     char *cfg_path = pesc_path_join(*dir ? dir : ".", "tokenizer_config.json");
-    json_t *cfg = json_load_file(cfg_path, 0, NULL);
+    static const char *const fix = "correct it, or remove it (the file is optional)";
     static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<bos>", NULL};
     static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>",
                                             NULL};
     t->bos = t->eos = t->pad = -1;
-    if (cfg) {
-        t->bos = config_token(t, cfg, "bos_token");
-        t->eos = config_token(t, cfg, "eos_token");
-        t->pad = config_token(t, cfg, "pad_token");
-        const char *tpl = jstr(cfg, "chat_template");
-        if (tpl)
-            t->chat_template = xstrdup(tpl);
+    int rc = 0;
+    struct stat st;
+    if (stat(cfg_path, &st) == 0 || errno != ENOENT) {
+        /* as reals, integers past 64 bits parse: transformers writes model_max_length as
+         * int(1e30) = 1000000000000000019884624838656 */
+        json_t *cfg = read_json(cfg_path, JSON_DECODE_INT_AS_REAL, fix, err);
+        if (!cfg)
+            rc = errno == 0 ? -1 : fail_fix(err, fix);   /* errno 0: the JSON was bad */
+        else if (!json_is_object(cfg))
+            rc = pesc_fail(err, "%s holds %s, not a JSON object: %s", cfg_path, json_kind(cfg),
+                           fix);
+        else if (config_token(t, cfg, "bos_token", cfg_path, &t->bos, err) != 0 ||
+                 config_token(t, cfg, "eos_token", cfg_path, &t->eos, err) != 0 ||
+                 config_token(t, cfg, "pad_token", cfg_path, &t->pad, err) != 0 ||
+                 config_chat_template(t, cfg, cfg_path, err) != 0)
+            rc = -1;
         json_decref(cfg);
     }
     if (t->bos < 0)
@@ -2174,11 +2244,12 @@ static void load_config(tokenizer *t, const char *path)
         t->eos = first_known(t, eos_names);
     free(cfg_path);
     free(dir);
+    return rc;
 }
 
 tokenizer *tok_load(const char *path, pesc_error *err)
 {
-    json_t *root = read_json(path, "repair it or download it again", err);
+    json_t *root = read_json(path, 0, "repair it or download it again", err);
     if (!root) {
         if (errno == EISDIR) {
             const char *slash = strrchr(path, '/');
@@ -2206,12 +2277,15 @@ tokenizer *tok_load(const char *path, pesc_error *err)
         regex_compile(&t->word_char, "\\w", 2, 0, err) != 0)
         goto out;
     build_tries(t);
-    load_config(t, path);
     rc = 0;
 out:
     json_decref(root);
-    if (rc != 0) {
+    if (rc != 0)
         pesc_fail_prefix(err, "%s", path);
+    /* its messages name tokenizer_config.json, not tokenizer.json */
+    else if (load_config(t, path, err) != 0)
+        rc = -1;
+    if (rc != 0) {
         tok_delete(t);
         return NULL;
     }

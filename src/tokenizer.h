@@ -34,7 +34,7 @@ void tok_ids_push(tok_ids *v, int32_t id);
 void tok_ids_free(tok_ids *v);
 
 /* Reads tokenizer.json; tokenizer_config.json beside it (optional) supplies the bos/eos/pad
- * token names. */
+ * token names and the chat template. Either file malformed is an error naming it. */
 tokenizer *tok_load(const char *path, pesc_error *err);
 /* DIR/tokenizer.json. */
 tokenizer *tok_load_dir(const char *model_dir, pesc_error *err);
@@ -88,7 +88,8 @@ int tok_is_special(const tokenizer *t, int32_t id);
 int32_t tok_bos(const tokenizer *t);
 int32_t tok_eos(const tokenizer *t);
 int32_t tok_pad(const tokenizer *t);
-/* The `chat_template` string of tokenizer_config.json, or NULL. */
+/* The `chat_template` of tokenizer_config.json (a string, or the one named "default" of a
+ * list), or NULL. */
 const char *tok_chat_template(const tokenizer *t);
 
 /* The Unicode version of the normalization tables. */

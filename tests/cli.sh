@@ -128,6 +128,13 @@ expect 2 "\-\-no-special is for encoding" "tokenize --decode with --no-special" 
 # tokenize: bad tokenizer files and bad input, one line naming the file or the id
 expect 1 "demo is a directory, not a file: name the tokenizer.json file itself" "tokenize --tokenizer DIR" -- \
   sh -c 'echo hi | "$1" tokenize --tokenizer "$2"' sh "$pesc" "$demo"
+mkdir "$tmp/tok"
+cp "$demo/tokenizer.json" "$tmp/tok/"
+printf '{"bos_token": 1}\n' >"$tmp/tok/tokenizer_config.json"
+expect 1 "tokenizer_config.json: \"bos_token\" is a number" "tokenizer_config.json field of the wrong type" -- \
+  sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
+rm "$tmp/tok/tokenizer_config.json"
+expect 0 "^1 " "tokenize without tokenizer_config.json" -- sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
 
 # inspect
 expect 0 "parameters" "inspect a model directory" -- "$pesc" inspect "$m"

@@ -221,6 +221,52 @@ static void test_load_errors(void)
     free(path);
 }
 
+/* tokenizer_config.json: optional, but when it is there it must be well formed. */
+static void test_config(void)
+{
+    static const char json[] =
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"<s>\": 0, \"</s>\": 1, \"a\": 2},"
+        " \"merges\": []}}";
+    static const struct {
+        const char *config, *want;   /* want: NULL to load, else a part of the message */
+    } cases[] = {
+        {NULL, NULL},
+        /* model_max_length as transformers writes it, past 64 bits (Llama 2, Llama 3) */
+        {"{\"bos_token\": \"</s>\", \"eos_token\": {\"content\": \"<s>\"}, \"pad_token\": null,"
+         " \"model_max_length\": 1000000000000000019884624838656}", NULL},
+        {"{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"},"
+         " {\"name\": \"default\", \"template\": \"D\"}]}", NULL},
+        {"{\"bos_token\": \"<s>\",", "tokenizer_config.json is not valid JSON (line 1, column"},
+        {"", "tokenizer_config.json is not valid JSON"},
+        {"[\"<s>\"]", "tokenizer_config.json holds an array, not a JSON object"},
+        {"{\"bos_token\": 5}", "tokenizer_config.json: \"bos_token\" is a number; write the token"},
+        {"{\"eos_token\": [\"</s>\"]}", "\"eos_token\" is an array"},
+        {"{\"pad_token\": {\"id\": 1}}", "\"pad_token\" is an object without a \"content\""},
+        {"{\"chat_template\": true}", "\"chat_template\" is a boolean"},
+        {"{\"chat_template\": [\"x\"]}", "\"chat_template\"[0] is not {\"name\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        pesc_error err = {{0}};
+        tokenizer *t = json_tokenizer_config(json, cases[i].config, &err);
+        if (!cases[i].want) {
+            CHECK(t != NULL, "config %s must load: %s", cases[i].config ? cases[i].config : "absent",
+                  err.msg);
+        } else {
+            CHECK(!t && strstr(err.msg, cases[i].want) && !strchr(err.msg, '\n'),
+                  "config %s: the message must say '%s': %s", cases[i].config, cases[i].want,
+                  err.msg);
+        }
+        if (t && i == 1)
+            CHECK(tok_bos(t) == 1 && tok_eos(t) == 0 && tok_pad(t) == -1,
+                  "bos/eos/pad from the config: %d %d %d", tok_bos(t), tok_eos(t), tok_pad(t));
+        if (t && i == 2)
+            CHECK(tok_chat_template(t) && strcmp(tok_chat_template(t), "D") == 0,
+                  "the chat template named \"default\" must be taken: %s",
+                  tok_chat_template(t) ? tok_chat_template(t) : "(none)");
+        tok_delete(t);
+    }
+}
+
 int main(void)
 {
     const char *srcdir = getenv("top_srcdir");
@@ -236,6 +282,7 @@ int main(void)
     test_stream_partial();
     test_load_errors();
     test_space_split();
+    test_config();
     pesc_remove_tree(scratch);
     if (failures) {
         fprintf(stderr, "test_tokenizer: %d failures\n", failures);
