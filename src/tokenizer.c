@@ -1712,6 +1712,21 @@ static json_t *read_json(const char *path, size_t flags, const char *fix, pesc_e
     return root;
 }
 
+/* What a JSON value is, for a message that says what was found instead. */
+static const char *json_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER:
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
 static const char *jstr(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -1930,15 +1945,29 @@ static int load_decoder(tokenizer *t, json_t *d, int *fused, pesc_error *err)
     return 0;
 }
 
-static int template_ids(json_t *special, const char *name, tok_ids *out, pesc_error *err)
+/* Appends the ids of special token `name` of a TemplateProcessing. Each must be a token of
+ * the vocabulary: an id past it would be emitted as it is, in front of every text. */
+static int template_ids(const tokenizer *t, json_t *special, const char *name, tok_ids *out,
+                        pesc_error *err)
 {
     json_t *ids = json_object_get(json_object_get(special, name), "ids");
-    if (!json_is_array(ids))
-        return pesc_fail(err, "TemplateProcessing: special token \"%s\" has no ids", name);
+    if (!json_is_array(ids) || json_array_size(ids) == 0)
+        return pesc_fail(err, "post_processor: the template uses special token \"%s\" but "
+                         "\"special_tokens\" gives it no ids; add {\"%s\": {\"id\": \"%s\", "
+                         "\"ids\": [ID]}} there", name, name, name);
     size_t i;
     json_t *v;
-    json_array_foreach(ids, i, v)
-        tok_ids_push(out, (int32_t)json_integer_value(v));
+    json_array_foreach(ids, i, v) {
+        json_int_t id = json_integer_value(v);
+        if (!json_is_integer(v))
+            return pesc_fail(err, "post_processor: special_tokens[\"%s\"].ids[%zu] is not an "
+                             "integer; write the id of %s", name, i, name);
+        if (id < 0 || id >= t->n_ids || !t->id_text[id])
+            return pesc_fail(err, "post_processor: special_tokens[\"%s\"].ids[%zu] = %lld is "
+                             "not in the vocabulary (%d ids); write the id of %s", name, i,
+                             (long long)id, t->n_ids, name);
+        tok_ids_push(out, (int32_t)id);
+    }
     return 0;
 }
 
@@ -1948,37 +1977,47 @@ static int load_post(tokenizer *t, json_t *p, pesc_error *err)
         return 0;
     const char *type = jstr(p, "type");
     if (!type)
-        return pesc_fail(err, "post_processor without a \"type\"");
+        return pesc_fail(err, "post_processor must be null or an object with a \"type\" "
+                         "(supported: TemplateProcessing, ByteLevel, Sequence)");
     if (strcmp(type, "ByteLevel") == 0)
         return 0;   /* offsets only */
+    size_t i;
     if (strcmp(type, "Sequence") == 0) {
-        json_t *list = json_object_get(p, "processors");
-        size_t i;
-        json_t *v;
+        json_t *list = json_object_get(p, "processors"), *v;
+        if (!json_is_array(list))
+            return pesc_fail(err, "post_processor: a Sequence needs a \"processors\" array");
         json_array_foreach(list, i, v)
             if (load_post(t, v, err) != 0)
                 return -1;
         return 0;
     }
     if (strcmp(type, "TemplateProcessing") != 0)
-        return pesc_fail(err, "post-processor \"%s\" is not supported (supported: "
-                         "TemplateProcessing, ByteLevel, Sequence)", type);
+        return pesc_fail(err, "post_processor \"%s\" is not supported (supported: "
+                         "TemplateProcessing, ByteLevel, Sequence, or null)", type);
     json_t *single = json_object_get(p, "single"), *special = json_object_get(p, "special_tokens");
-    size_t i;
     json_t *item;
-    int seen_sequence = 0;
+    int sequences = 0;
+    if (!json_is_array(single))
+        return pesc_fail(err, "post_processor: TemplateProcessing needs a \"single\" template, "
+                         "an array such as [{\"SpecialToken\": {\"id\": \"<s>\"}}, "
+                         "{\"Sequence\": {\"id\": \"A\"}}]");
     json_array_foreach(single, i, item) {
-        json_t *st = json_object_get(item, "SpecialToken");
-        if (json_object_get(item, "Sequence")) {
-            seen_sequence = 1;
-        } else if (st) {
-            if (template_ids(special, jstr(st, "id") ? jstr(st, "id") : "",
-                             seen_sequence ? &t->post_suffix : &t->post_prefix, err) != 0)
+        const char *name = jstr(json_object_get(item, "SpecialToken"), "id");
+        if (json_is_object(json_object_get(item, "Sequence"))) {
+            sequences++;
+        } else if (name) {
+            if (template_ids(t, special, name, sequences ? &t->post_suffix : &t->post_prefix,
+                             err) != 0)
                 return -1;
         } else {
-            return pesc_fail(err, "TemplateProcessing: items must be SpecialToken or Sequence");
+            return pesc_fail(err, "post_processor: single[%zu] must be {\"SpecialToken\": "
+                             "{\"id\": NAME}} or {\"Sequence\": {\"id\": \"A\"}}", i);
         }
     }
+    if (sequences != 1)
+        return pesc_fail(err, "post_processor: the single template has %d Sequence items; it "
+                         "needs exactly one, {\"Sequence\": {\"id\": \"A\"}}, where the text "
+                         "goes", sequences);
     return 0;
 }
 
@@ -2129,21 +2168,6 @@ static void build_byte_alphabet(tokenizer *t)
         int printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae);
         t->byte_char[b] = printable ? (uint32_t)b : (uint32_t)(256 + n++);
         t->char_byte[t->byte_char[b]] = (int16_t)b;
-    }
-}
-
-/* What a JSON value is, for a message that says what was found instead. */
-static const char *json_kind(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER:
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
     }
 }
 

@@ -135,6 +135,9 @@ expect 1 "tokenizer_config.json: \"bos_token\" is a number" "tokenizer_config.js
   sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
 rm "$tmp/tok/tokenizer_config.json"
 expect 0 "^1 " "tokenize without tokenizer_config.json" -- sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
+sed '/"ids": \[/{n;s/1/99999/}' "$demo/tokenizer.json" >"$tmp/tok/tokenizer.json"
+expect 1 "tokenizer.json: post_processor: special_tokens\[\"<s>\"\].ids\[0\] = 99999 is not in the vocabulary" \
+  "a BOS id outside the vocabulary in the post-processor" -- sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
 
 # inspect
 expect 0 "parameters" "inspect a model directory" -- "$pesc" inspect "$m"

@@ -221,6 +221,77 @@ static void test_load_errors(void)
     free(path);
 }
 
+/* The post-processors real files use load and add their tokens; anything else, or a
+ * template that would drop or garble the BOS, is refused with tokenizer.json named. */
+static void test_post_processor(void)
+{
+#define SPECIAL(name) "{\"SpecialToken\": {\"id\": \"" name "\", \"type_id\": 0}}"
+#define TEXT "{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}"
+#define SPECIALS(ids) "\"special_tokens\": {\"<s>\": {\"id\": \"<s>\", \"ids\": " ids \
+                      ", \"tokens\": [\"<s>\"]}, \"</s>\": {\"id\": \"</s>\", \"ids\": [1]}}"
+#define LLAMA2 "{\"type\": \"TemplateProcessing\", \"single\": [" SPECIAL("<s>") ", " TEXT "],"  \
+               " \"pair\": [], " SPECIALS("[0]") "}"
+    static const struct {
+        const char *post;
+        const char *want;   /* the ids of "a" (vocabulary <s> 0, </s> 1, a 2), or the error */
+    } cases[] = {
+        {"null", "2"},
+        {"{\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": false}", "2"},
+        {LLAMA2, "0 2"},                                                 /* Llama 2, Gemma */
+        {"{\"type\": \"Sequence\", \"processors\": [{\"type\": \"ByteLevel\"}, " LLAMA2 "]}",
+         "0 2"},                                                         /* Meta's Llama 3 */
+        {"{\"type\": \"TemplateProcessing\", \"single\": [" SPECIAL("<s>") ", " TEXT ", "
+         SPECIAL("</s>") "], " SPECIALS("[0]") "}", "0 2 1"},
+        {"{\"type\": \"RobertaProcessing\"}", "post_processor \"RobertaProcessing\" is not supported"},
+        {"\"TemplateProcessing\"", "post_processor must be null or an object with a \"type\""},
+        {"{\"type\": \"Sequence\", \"processors\": {}}", "a Sequence needs a \"processors\" array"},
+        {"{\"type\": \"Sequence\", \"processors\": [{\"type\": \"BertProcessing\"}]}",
+         "\"BertProcessing\" is not supported"},
+        {"{\"type\": \"TemplateProcessing\", \"single\": \"<s> $A\", " SPECIALS("[0]") "}",
+         "TemplateProcessing needs a \"single\" template"},
+        {"{\"type\": \"TemplateProcessing\", \"single\": [" SPECIAL("<s>") "], " SPECIALS("[0]") "}",
+         "the single template has 0 Sequence items"},
+        {"{\"type\": \"TemplateProcessing\", \"single\": [" SPECIAL("<bos>") ", " TEXT "], "
+         SPECIALS("[0]") "}", "special token \"<bos>\" but \"special_tokens\" gives it no ids"},
+        {"{\"type\": \"TemplateProcessing\", \"single\": [" SPECIAL("<s>") ", " TEXT "], "
+         SPECIALS("[999999]") "}", "special_tokens[\"<s>\"].ids[0] = 999999 is not in the vocabulary (3 ids)"},
+        {"{\"type\": \"TemplateProcessing\", \"single\": [" SPECIAL("<s>") ", " TEXT "], "
+         SPECIALS("[\"0\"]") "}", "special_tokens[\"<s>\"].ids[0] is not an integer"},
+        {"{\"type\": \"TemplateProcessing\", \"single\": [{\"Special\": {}}, " TEXT "], "
+         SPECIALS("[0]") "}", "single[0] must be {\"SpecialToken\""},
+    };
+#undef LLAMA2
+#undef SPECIALS
+#undef TEXT
+#undef SPECIAL
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char json[4096];
+        snprintf(json, sizeof json,
+                 "{\"post_processor\": %s, \"model\": {\"type\": \"BPE\", \"vocab\": "
+                 "{\"<s>\": 0, \"</s>\": 1, \"a\": 2}, \"merges\": []}}", cases[i].post);
+        pesc_error err = {{0}};
+        tokenizer *t = json_tokenizer(json, &err);
+        int is_ids = cases[i].want[0] >= '0' && cases[i].want[0] <= '9';
+        if (is_ids) {
+            tok_ids ids = {0};
+            char got[64] = "";
+            if (t && tok_encode(t, "a", 1, TOK_ADD_SPECIAL, &ids, &err) == 0)
+                for (int k = 0; k < ids.n; k++)
+                    snprintf(got + strlen(got), sizeof got - strlen(got), "%s%d", k ? " " : "",
+                             ids.ids[k]);
+            CHECK(strcmp(got, cases[i].want) == 0, "post_processor %s: ids [%s], want [%s] (%s)",
+                  cases[i].post, got, cases[i].want, err.msg);
+            tok_ids_free(&ids);
+        } else {
+            CHECK(!t && strstr(err.msg, "tokenizer.json: post_processor") &&
+                  strstr(err.msg, cases[i].want),
+                  "post_processor %s must be refused with '%s': %s", cases[i].post, cases[i].want,
+                  t ? "(loaded)" : err.msg);
+        }
+        tok_delete(t);
+    }
+}
+
 /* tokenizer_config.json: optional, but when it is there it must be well formed. */
 static void test_config(void)
 {
@@ -283,6 +354,7 @@ int main(void)
     test_load_errors();
     test_space_split();
     test_config();
+    test_post_processor();
     pesc_remove_tree(scratch);
     if (failures) {
         fprintf(stderr, "test_tokenizer: %d failures\n", failures);
