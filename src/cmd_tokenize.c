@@ -25,7 +25,8 @@ static const char tokenize_usage[] =
     "                    its ids (without it: all of stdin is one text, ids space-separated)\n"
     "  --no-special      do not add the post-processor's special tokens (BOS, ...)\n"
     "  --decode          the reverse: each input line is a JSON array of ids, each output line\n"
-    "                    the JSON string HF decode(ids, skip_special_tokens=false) gives\n";
+    "                    the JSON string HF decode(ids, skip_special_tokens=false) gives; an id\n"
+    "                    that is not an integer of the vocabulary is an error\n";
 
 typedef struct tokenize_options {
     const char *tokenizer, *model;
@@ -88,19 +89,50 @@ static int encode_line(tokenizer *t, const char *line, size_t len, long line_no,
     return rc ? pesc_fail_prefix(err, "stdin:%ld", line_no) : 0;
 }
 
-static int decode_line(tokenizer *t, const char *line, size_t len, long line_no, pesc_error *err)
+/* The ids of one --decode line. Each must be a token of the vocabulary: tok_decode drops
+ * unknown ids, and a typo would otherwise come back as a shorter text with no word. */
+static int parse_ids(const tokenizer *t, json_t *array, long line_no, tok_ids *ids,
+                     pesc_error *err)
 {
-    json_t *v = json_loadb(line, len, 0, NULL);
-    if (!json_is_array(v)) {
-        json_decref(v);
-        return pesc_fail(err, "stdin:%ld: expected a JSON array of ids per line", line_no);
-    }
-    tok_ids ids = {0};
+    int n_vocab = tok_vocab_size(t);
     size_t i;
     json_t *x;
-    json_array_foreach(v, i, x)
-        tok_ids_push(&ids, (int32_t)json_integer_value(x));
+    json_array_foreach(array, i, x) {
+        json_int_t id = json_integer_value(x);
+        if (!json_is_integer(x)) {
+            char *text = json_dumps(x, JSON_ENCODE_ANY | JSON_COMPACT);
+            pesc_fail(err, "stdin:%ld: entry %zu, %.40s, is not a token id: ids are integers "
+                      "from 0 to %d (a vocabulary of %d)", line_no, i, text ? text : "?",
+                      n_vocab - 1, n_vocab);
+            free(text);
+            return -1;
+        }
+        if (id < 0 || id >= n_vocab || !tok_token(t, (int32_t)id))
+            return pesc_fail(err, "stdin:%ld: entry %zu, id %lld, is not in the vocabulary: ids "
+                             "run from 0 to %d (a vocabulary of %d)", line_no, i, (long long)id,
+                             n_vocab - 1, n_vocab);
+        tok_ids_push(ids, (int32_t)id);
+    }
+    return 0;
+}
+
+static int decode_line(tokenizer *t, const char *line, size_t len, long line_no, pesc_error *err)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(line, len, 0, &jerr);
+    if (!json_is_array(v)) {
+        json_decref(v);
+        return v ? pesc_fail(err, "stdin:%ld: expected a JSON array of ids per line", line_no)
+                 : pesc_fail(err, "stdin:%ld: expected a JSON array of ids per line (column "
+                             "%d: %s)", line_no, jerr.column, jerr.text);
+    }
+    tok_ids ids = {0};
+    int rc = parse_ids(t, v, line_no, &ids, err);
     json_decref(v);
+    if (rc != 0) {
+        tok_ids_free(&ids);
+        return -1;
+    }
     size_t n;
     char *text = tok_decode(t, ids.ids, ids.n, 0, &n);
     json_t *s = json_stringn(text, n);

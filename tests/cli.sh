@@ -135,6 +135,16 @@ expect 1 "tokenizer_config.json: \"bos_token\" is a number" "tokenizer_config.js
   sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
 rm "$tmp/tok/tokenizer_config.json"
 expect 0 "^1 " "tokenize without tokenizer_config.json" -- sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
+# --decode: every entry an id of the vocabulary, or an input error (status 1, as for bad data)
+decode() { printf '%s\n' "$1" >"$tmp/ids"; "$pesc" tokenize --model "$demo" --decode <"$tmp/ids"; }
+expect 0 '^"<s>' "tokenize --decode" -- decode '[1, 330]'
+expect 1 "stdin:1: entry 1, id 999999999, is not in the vocabulary: ids run from 0 to [0-9]* (a vocabulary of [0-9]*)" \
+  "tokenize --decode, an id outside the vocabulary" -- decode '[1, 999999999]'
+expect 1 "entry 0, id -1, is not in the vocabulary" "tokenize --decode, a negative id" -- decode '[-1]'
+expect 1 "entry 0, id 4294967297, is not in the vocabulary" "tokenize --decode, an id past 32 bits" -- decode '[4294967297]'
+expect 1 'stdin:1: entry 0, "12abc", is not a token id: ids are integers from 0 to [0-9]* (a vocabulary of' \
+  "tokenize --decode, a string id" -- decode '["12abc"]'
+expect 1 "entry 1, 1.5, is not a token id" "tokenize --decode, a fractional id" -- decode '[1, 1.5]'
 sed '/"ids": \[/{n;s/1/99999/}' "$demo/tokenizer.json" >"$tmp/tok/tokenizer.json"
 expect 1 "tokenizer.json: post_processor: special_tokens\[\"<s>\"\].ids\[0\] = 99999 is not in the vocabulary" \
   "a BOS id outside the vocabulary in the post-processor" -- sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
