@@ -170,7 +170,9 @@ static int write_config(const export_base *b, const model *m, const char *path, 
     json_error_t jerr;
     json_t *root = json_load_file(b->config, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return pesc_fail(err, "%s: not valid JSON (line %d: %s)", b->config, jerr.line, jerr.text);
+        return jerr.line < 0 ? pesc_fail(err, "%s: %s", b->config, jerr.text)   /* unreadable */
+                             : pesc_fail(err, "%s: not valid JSON (line %d: %s)", b->config,
+                                         jerr.line, jerr.text);
     static const char *const keys[] = {"num_experts", "topk", "adapter_dim", "moe_scaling",
                                        "output_router_logits"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
