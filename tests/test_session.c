@@ -50,15 +50,23 @@ static void config(train_config *c, long steps)
     c->backend = "cpu";
 }
 
-static session *start(const train_config *c)
+/* A started session whose first nan_steps steps get NaN gradients. */
+static session *start_with_nan(const train_config *c, int nan_steps)
 {
     pesc_error err = {{0}};
     session *s = session_new(c, &err);
+    if (s && nan_steps)
+        session_inject_nan(s, nan_steps);
     if (!s || session_start(s, &err) != 0) {
         printf("FAIL session: %s\n", err.msg);
         exit(1);
     }
     return s;
+}
+
+static session *start(const train_config *c)
+{
+    return start_with_nan(c, 0);
 }
 
 /* Runs to the end and returns the per-step losses (malloc'd, n). */
@@ -166,14 +174,7 @@ static void test_nan(void)
     snprintf(save, sizeof save, "%s/nan", tmp);
     c.save_dir = save;
     pesc_error err = {{0}};
-    session *s = session_new(&c, &err);
-    if (!s) {
-        printf("FAIL %s\n", err.msg);
-        failures++;
-        return;
-    }
-    session_inject_nan(s, 2);
-    session_start(s, &err);
+    session *s = start_with_nan(&c, 2);
     session_wait(s);
     session_progress p;
     session_get_progress(s, &p);
@@ -215,15 +216,7 @@ static void test_nan_forever(void)
     train_config c;
     config(&c, 100000);
     c.nan_limit = 2;
-    pesc_error err = {{0}};
-    session *s = session_new(&c, &err);
-    if (!s) {
-        printf("FAIL %s\n", err.msg);
-        failures++;
-        return;
-    }
-    session_inject_nan(s, 1000000);
-    session_start(s, &err);
+    session *s = start_with_nan(&c, 1000000);
     int status = session_wait(s);
     session_progress p;
     session_get_progress(s, &p);
