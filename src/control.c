@@ -55,14 +55,15 @@ static void serve(control_server *c, int fd)
             monitor_command(c->m, buf, reply, sizeof reply);
             size_t len = strlen(reply);
             reply[len++] = '\n';
-            if (write(fd, reply, len) != (ssize_t)len)
+            /* MSG_NOSIGNAL: a client gone before its reply must not kill the run */
+            if (send(fd, reply, len, MSG_NOSIGNAL) != (ssize_t)len)
                 return;
             used -= (size_t)(nl + 1 - buf);
             memmove(buf, nl + 1, used);
         }
         if (used == sizeof buf - 1) {   /* an endless line: refuse it and drop the client */
             static const char too_long[] = "error: command line too long\n";
-            if (write(fd, too_long, sizeof too_long - 1) < 0)
+            if (send(fd, too_long, sizeof too_long - 1, MSG_NOSIGNAL) < 0)
                 return;
             return;
         }
@@ -169,7 +170,7 @@ int control_send(const char *path, const char *line, char *reply, size_t reply_l
     }
     size_t len = strlen(line);
     int rc = -1;
-    if (write(fd, line, len) == (ssize_t)len && write(fd, "\n", 1) == 1) {
+    if (send(fd, line, len, MSG_NOSIGNAL) == (ssize_t)len && send(fd, "\n", 1, MSG_NOSIGNAL) == 1) {
         size_t used = 0;
         ssize_t got;
         while (used + 1 < reply_len && (got = read(fd, reply + used, 1)) == 1 && reply[used] != '\n')

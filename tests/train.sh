@@ -97,6 +97,20 @@ else
   fail "final save failure: exit $status, stderr: $(cat "$tmp/gone.err")"
 fi
 
+# control clients that hang up before their reply do not end the run (it once died of SIGPIPE)
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 \
+  --control "$tmp/hup.sock" >/dev/null 2>"$tmp/hup.err" &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 100); do [ -S "$tmp/hup.sock" ] && break; sleep 0.1; done
+for _ in 1 2 3 4 5; do "$sockcmd" --hang-up "$tmp/hup.sock" "lr 1e-3"; done
+sleep 0.5
+reply=$("$sockcmd" "$tmp/hup.sock" stop)
+wait $pid
+status=$?
+[ $status -eq 0 ] && [ "$reply" = "ok: stop" ] && pass "clients that hang up before their reply leave the run going" ||
+  fail "after clients hung up: exit $status, reply '$reply', $(head -c 300 "$tmp/hup.err")"
+
 # a periodic checkpoint that cannot be written is said on stderr, and the run goes on
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 --save "$tmp/gone2" \
   --save-every 1 --control "$tmp/gone2.sock" >/dev/null 2>"$tmp/gone2.err" &
