@@ -948,7 +948,11 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
             o = json_loadb(r->item, r->item_len, JSON_DECODE_ANY, &jerr);
         record_tokens t = {0};
         int ok;
-        if (!o) {
+        if (!o && plain && lines) {   /* json_string refuses only invalid UTF-8 */
+            pesc_fail(&rec_err, "%s:%ld: not valid UTF-8 text; convert the file to UTF-8",
+                      path, r->item_line);
+            ok = 0;
+        } else if (!o) {
             pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %s)", path, r->item_line,
                       jerr.column, jerr.text);
             ok = 0;

@@ -115,6 +115,10 @@ expect 2 "\-\-top-p cuts what sampling draws from.*add \-\-temperature T" "gener
   "$pesc" generate --model "$demo" --prompt hi --top-p 0.5
 expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --template" -- \
   "$pesc" generate --model "$demo" --prompt hi --raw --template chatml
+# a plain-text line that is not UTF-8 is named as such (the message once read uninitialised memory)
+printf 'plain \377 line\n' >"$tmp/latin1.txt"
+expect 1 "latin1.txt:1: not valid UTF-8 text" "a non-UTF-8 text line is named" -- \
+  "$pesc" eval --model "$demo" --data "$tmp/latin1.txt"
 # the model's context (128 positions for the demo) bounds the prompt and the answer together
 long_prompt=$(printf 'x %.0s' $(seq 60))
 expect 0 "stopped after 7 tokens at the model's context of 128" "generate stops at the model's context" -- \
