@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1034,6 +1035,46 @@ static int adopt_crafting(session *s, pesc_error *err)
 
 /* --log FILE is the built-in jsonl sink, first; then every --sink. A log that cannot be
  * opened stops the run before it starts; a sink failing later only disables itself. */
+/* 1 when a and b name the same existing file or directory. */
+static int same_inode(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* An output (the log, a sink's file) must not be one of the run's inputs: opening it for
+ * writing would truncate a --data file, the tokenizer, or a file of the model directory or
+ * the resumed checkpoint before the first step. */
+static int check_output(const session *s, const char *what, const char *path, pesc_error *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return 0;   /* a new file: nothing to lose */
+    const char *input = NULL;
+    for (int i = 0; i < s->cfg.n_sources && !input; i++)
+        if (same_inode(path, s->data_paths[i]))
+            input = "a --data file";
+    if (!input && same_inode(path, s->tokenizer_path))
+        input = "the --tokenizer file";
+    if (!input && same_inode(path, s->cfg.init_config))
+        input = "the --init-config file";
+    char *parent = xstrdup(path), *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = '\0';
+    const char *dir = slash ? (slash == parent ? "/" : parent) : ".";
+    if (!input && same_inode(dir, s->model_dir))
+        input = "a file of the model directory";
+    if (!input && s->cfg.resume && (same_inode(dir, s->cfg.resume) ||
+                                    same_inode(path, s->cfg.resume)))
+        input = "a file of the resumed checkpoint";
+    free(parent);
+    if (input)
+        return pesc_fail(err, "%s %s is %s of this run, and writing it would destroy it; name "
+                         "another file", what, path, input);
+    return 0;
+}
+
 static int open_sinks(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
@@ -1044,8 +1085,14 @@ static int open_sinks(session *s, pesc_error *err)
         snprintf(log_spec, sizeof log_spec, "jsonl:%s", c->log_path);
         specs[n++] = log_spec;
     }
-    for (int i = 0; i < c->n_sinks; i++)
+    if (c->log_path && check_output(s, "--log", c->log_path, err) != 0)
+        return -1;
+    for (int i = 0; i < c->n_sinks; i++) {
+        const char *target = strchr(c->sinks[i], ':');   /* NAME:TARGET */
+        if (target && check_output(s, "--sink target", target + 1, err) != 0)
+            return -1;
         specs[n++] = c->sinks[i];
+    }
     if (n == 0)
         return 0;
     char base[4096];

@@ -97,6 +97,16 @@ else
   fail "final save failure: exit $status, stderr: $(cat "$tmp/gone.err")"
 fi
 
+# the log never overwrites an input of the run: the data, or a file of the model directory
+cp "$tmp/data.jsonl" "$tmp/data.copy"
+expect 1 "\-\-log $tmp/data.jsonl is a \-\-data file of this run" "--log naming the --data file is refused" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/data.jsonl"
+cmp -s "$tmp/data.jsonl" "$tmp/data.copy" || fail "--log onto the data changed it"
+mkdir "$tmp/logbase" && cp "$base/config.json" "$base/model.safetensors" "$tmp/logbase/"
+expect 1 "model.safetensors is a file of the model directory of this run" "--log naming the model's weights is refused" -- \
+  "$pesc" train --headless --model "$tmp/logbase" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/logbase/model.safetensors"
+cmp -s "$base/model.safetensors" "$tmp/logbase/model.safetensors" || fail "--log onto the weights changed them"
+
 # control clients that hang up before their reply do not end the run (it once died of SIGPIPE)
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 \
   --control "$tmp/hup.sock" >/dev/null 2>"$tmp/hup.err" &
