@@ -279,14 +279,6 @@ static long newest_step_after(const char *dir, long after)
     return best;
 }
 
-/* 1 when a and b name the same existing directory. */
-static int same_directory(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_step,
                      pesc_error *err)
 {
@@ -298,10 +290,8 @@ int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_ste
                              save_dir, other, save_dir);
         return 0;
     }
-    char *parent = xstrdup(resumed), *slash = strrchr(parent, '/');
-    if (slash)
-        *slash = '\0';
-    int from_here = same_directory(slash ? parent : ".", save_dir);
+    char *parent = pesc_parent_dir(resumed);
+    int from_here = pesc_same_file(parent, save_dir);
     free(parent);
     long other = newest_step_after(save_dir, from_here ? resumed_step : -1);
     if (other < 0)

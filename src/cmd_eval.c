@@ -202,9 +202,9 @@ static double tally_divergence(const routing_tally *t, int l)
     return pairs ? sum / pairs : -1.0;
 }
 
-/* Scores every record; one record at a time keeps memory to the longest record. */
-/* Records past the model's context (max_position_embeddings) are scored on their first
- * context's worth of tokens, as training cuts them at --seq; *cut counts them. */
+/* Scores every record; one record at a time keeps memory to the longest record. Records past
+ * the model's context (max_position_embeddings) are scored on their first context's worth of
+ * tokens, as training cuts them at --seq; *cut counts them. */
 static int score_records(model *m, const ds_records *d, routing_tally *tally, double *nll,
                          long long *count, int *cut, pesc_error *err)
 {

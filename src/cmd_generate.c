@@ -150,16 +150,8 @@ static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
     sampler_init(&s, (float)o->temperature, (int)o->top_k, (float)o->top_p, (uint64_t)o->seed);
     tok_stream stream;
     tok_stream_init(&stream, tok, 1);
-    /* the model's context bounds the prompt and the answer together */
-    long context = m->config.max_position_embeddings, max_tokens = o->max_tokens, produced = 0;
-    if (context > 0 && ids.n >= context) {
-        pesc_fail(err, "the prompt is %d tokens, and the model's context "
-                  "(max_position_embeddings) is %ld: shorten it", ids.n, context);
-        goto out;
-    }
-    if (context > 0 && ids.n + max_tokens > context)
-        max_tokens = context - ids.n;
-    if (model_cache_reset(m, ids.n + (int)max_tokens, err) != 0 ||
+    long produced = 0, max_tokens = model_answer_room(m, ids.n, (int)o->max_tokens, err);
+    if (max_tokens < 0 || model_cache_reset(m, ids.n + (int)max_tokens, err) != 0 ||
         model_decode(m, ids.ids, ids.n, logits, NULL, err) != 0)
         goto out;
     for (; produced < max_tokens; produced++) {
@@ -182,7 +174,7 @@ static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
     printf("\n");
     if (max_tokens < o->max_tokens && produced == max_tokens)
         fprintf(stderr, "pesc generate: note: stopped after %ld tokens at the model's context "
-                "of %ld (max_position_embeddings)\n", produced, context);
+                "of %d (max_position_embeddings)\n", produced, m->config.max_position_embeddings);
     rc = 0;
 out:
     tok_stream_free(&stream);

@@ -235,6 +235,9 @@ int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
  * writes the logits (V) of the last one into logits (host). Uses the current weights with no
  * dropout. *experts (optional, n_layers * K) receives the last token's experts per layer. */
 int model_cache_reset(model *m, int capacity, pesc_error *err);
+/* How many of `wanted` answer tokens fit after a prompt of n tokens in the model's context
+ * (max_position_embeddings): wanted, or fewer; -1 (err says so) when the prompt fills it. */
+int model_answer_room(const model *m, int n, int wanted, pesc_error *err);
 int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t *experts,
                  pesc_error *err);
 

@@ -696,6 +696,17 @@ int model_cache_reset(model *m, int capacity, pesc_error *err)
     return 0;
 }
 
+int model_answer_room(const model *m, int n, int wanted, pesc_error *err)
+{
+    int context = m->config.max_position_embeddings;
+    if (context <= 0)
+        return wanted;
+    if (n >= context)
+        return pesc_fail(err, "the prompt is %d tokens, and the model's context "
+                         "(max_position_embeddings) is %d: shorten it", n, context);
+    return wanted < context - n ? wanted : context - n;
+}
+
 int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t *experts,
                  pesc_error *err)
 {

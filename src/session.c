@@ -495,13 +495,10 @@ static void generate(session *s, const command *c)
     s->shared->generation_layer = c->layer < m->config.n_layers ? c->layer : 0;
     pthread_mutex_unlock(&s->lock);
     int layer = c->layer < m->config.n_layers ? c->layer : 0;
-    /* the model's context bounds the prompt and the answer together */
-    int context = m->config.max_position_embeddings, max_tokens = c->max_tokens;
-    if (prompt_ids(s, c->prompt, &ids, &err) == 0 && context > 0 && ids.n >= context)
-        pesc_fail(&err, "the prompt is %d tokens, and the model's context is %d", ids.n, context);
-    else if (context > 0 && ids.n + max_tokens > context)
-        max_tokens = context - ids.n;
-    if (err.msg[0] || model_cache_reset(m, ids.n + max_tokens, &err) != 0 ||
+    int max_tokens = -1;
+    if (prompt_ids(s, c->prompt, &ids, &err) != 0 ||
+        (max_tokens = model_answer_room(m, ids.n, c->max_tokens, &err)) < 0 ||
+        model_cache_reset(m, ids.n + max_tokens, &err) != 0 ||
         model_decode(m, ids.ids, ids.n, logits, experts, &err) != 0) {
         publish_event(s, "generate", "error: %s", err.msg);
         goto out;
@@ -1035,14 +1032,6 @@ static int adopt_crafting(session *s, pesc_error *err)
 
 /* --log FILE is the built-in jsonl sink, first; then every --sink. A log that cannot be
  * opened stops the run before it starts; a sink failing later only disables itself. */
-/* 1 when a and b name the same existing file or directory. */
-static int same_inode(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /* An output (the log, a sink's file) must not be one of the run's inputs: opening it for
  * writing would truncate a --data file, the tokenizer, or a file of the model directory or
  * the resumed checkpoint before the first step. */
@@ -1053,22 +1042,18 @@ static int check_output(const session *s, const char *what, const char *path, pe
         return 0;   /* a new file: nothing to lose */
     const char *input = NULL;
     for (int i = 0; i < s->cfg.n_sources && !input; i++)
-        if (same_inode(path, s->data_paths[i]))
+        if (pesc_same_file(path, s->data_paths[i]))
             input = "a --data file";
-    if (!input && same_inode(path, s->tokenizer_path))
+    if (!input && pesc_same_file(path, s->tokenizer_path))
         input = "the --tokenizer file";
-    if (!input && same_inode(path, s->cfg.init_config))
+    if (!input && pesc_same_file(path, s->cfg.init_config))
         input = "the --init-config file";
-    char *parent = xstrdup(path), *slash = strrchr(parent, '/');
-    if (slash)
-        *slash = '\0';
-    const char *dir = slash ? (slash == parent ? "/" : parent) : ".";
-    if (!input && same_inode(dir, s->model_dir))
+    char *dir = pesc_parent_dir(path);
+    if (!input && pesc_same_file(dir, s->model_dir))
         input = "a file of the model directory";
-    if (!input && s->cfg.resume && (same_inode(dir, s->cfg.resume) ||
-                                    same_inode(path, s->cfg.resume)))
+    if (!input && (pesc_same_file(dir, s->cfg.resume) || pesc_same_file(path, s->cfg.resume)))
         input = "a file of the resumed checkpoint";
-    free(parent);
+    free(dir);
     if (input)
         return pesc_fail(err, "%s %s is %s of this run, and writing it would destroy it; name "
                          "another file", what, path, input);

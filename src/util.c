@@ -211,6 +211,21 @@ static void split_path(const char *final, char **parent, char **name)
     *parent = copy;
 }
 
+int pesc_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+char *pesc_parent_dir(const char *path)
+{
+    char *parent, *name;
+    split_path(path, &parent, &name);
+    free(name);
+    return parent;
+}
+
 /* Removes ".tmp-NAME-PID" (and ".old") directories in parent left by processes that are gone:
  * a write killed half-way leaves one. A live process's are its own business. */
 static void remove_stale(const char *parent, const char *name)
@@ -307,11 +322,12 @@ FILE *pesc_file_begin(const char *final, char **tmp, pesc_error *err)
 {
     struct stat st;
     *tmp = NULL;
-    if (stat(final, &st) == 0 && S_ISDIR(st.st_mode)) {
+    int exists = stat(final, &st) == 0;
+    if (exists && S_ISDIR(st.st_mode)) {
         pesc_fail(err, "%s is a directory; name a file to write", final);
         return NULL;
     }
-    if (stat(final, &st) == 0 && !S_ISREG(st.st_mode)) {   /* /dev/null, a pipe */
+    if (exists && !S_ISREG(st.st_mode)) {   /* /dev/null, a pipe */
         FILE *f = fopen(final, "wb");
         if (!f)
             pesc_fail(err, "%s: %s", final, strerror(errno));

@@ -53,6 +53,11 @@ int pesc_file_commit(FILE *f, const char *tmp, const char *final, pesc_error *er
 void pesc_file_abort(FILE *f, const char *tmp);
 int pesc_copy_file(const char *from, const char *to, pesc_error *err);
 
+/* 1 when a and b name the same existing file or directory (NULL names none). */
+int pesc_same_file(const char *a, const char *b);
+/* The directory path lies in ("." when it names none), malloc'd. */
+char *pesc_parent_dir(const char *path);
+
 /* Removes a file or a directory with everything under it. 0, or -1 (errno) when the top
  * could not be removed. */
 int pesc_remove_tree(const char *path);
