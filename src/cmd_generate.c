@@ -1,5 +1,6 @@
 /* cmd_generate — `pesc generate`: a prompt through the chat template, the answer streamed to
  * standard output token by token (KV cache, greedy or sampled). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,7 +165,10 @@ static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
         size_t len = 0;
         const char *piece = tok_stream_push(&stream, next, &len);
         fwrite(piece, 1, len, stdout);
-        fflush(stdout);
+        if (fflush(stdout) != 0) {   /* nobody can read the answer: stop making it */
+            pesc_fail(err, "cannot write to standard output: %s", strerror(errno));
+            goto out;
+        }
         if (produced + 1 < max_tokens && model_decode(m, &next, 1, logits, NULL, err) != 0)
             goto out;
     }

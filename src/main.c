@@ -1,4 +1,5 @@
 /* main — `pesc` command dispatch. Nothing else lives here (DESIGN section 3). */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -53,16 +54,33 @@ static const command commands[] = {
     {"export", cmd_export},
 };
 
+/* Output that never reached its file is a failure, as for any Unix filter (`pesc eval >
+ * /dev/full` must not exit 0): stdout is flushed and checked once, after every command. A
+ * command that has already failed has said why. */
+static int finish_output(const char *cmd, int rc)
+{
+    int failed = ferror(stdout);
+    errno = 0;
+    if (fflush(stdout) != 0)
+        failed = 1;
+    if (!failed || rc != 0)
+        return rc;
+    fprintf(stderr, "pesc%s%s: cannot write to standard output%s%s; free space on its "
+            "device or send it elsewhere\n", cmd ? " " : "", cmd ? cmd : "",
+            errno ? ": " : "", errno ? strerror(errno) : "");
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
         char *demo[] = {(char *)"tui", NULL};
-        return cmd_tui(1, demo);
+        return finish_output(NULL, cmd_tui(1, demo));
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
         fputs(overview, stdout);
-        return 0;
+        return finish_output(NULL, 0);
     }
     if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
 #ifdef HAVE_CUDA
@@ -70,11 +88,11 @@ int main(int argc, char **argv)
 #else
         printf("pesc %s (backends: cpu)\n", PACKAGE_VERSION);
 #endif
-        return 0;
+        return finish_output(NULL, 0);
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (strcmp(argv[1], commands[i].name) == 0)
-            return commands[i].run(argc - 1, argv + 1);
+            return finish_output(argv[1], commands[i].run(argc - 1, argv + 1));
     fprintf(stderr, "pesc: unknown command '%s' (see pesc --help)\n", argv[1]);
     return EXIT_USAGE;
 }

@@ -57,6 +57,15 @@ if [ -n "$loss" ] && close "$loss" 4.728069026134456 1e-5 && [ "$tokens" = 48 ];
 else
   fail "eval loss '$loss' tokens '$tokens' (wanted 4.728069026134456, 48; expected.json says $want)"
 fi
+# output that cannot be written is a failure of every command, in one line naming stdout
+if [ -w /dev/full ]; then
+  for args in "--version" "--help" "plugins" "devices" "inspect $m" "eval --model $m --data $m/records.jsonl" \
+      "generate --model $top_srcdir/data/demo --prompt hi --max-tokens 8 --backend cpu"; do
+    # shellcheck disable=SC2086 # the arguments are words
+    expect 1 "cannot write to standard output: No space left on device" "pesc $args >/dev/full fails" -- \
+      sh -c '"$0" "$@" >/dev/full' "$pesc" $args
+  done
+fi
 awk 'BEGIN { printf "{\"input_ids\": ["; for (t = 0; t < 200; t++) printf "%s%d", t ? ", " : "", t % 64; print "]}" }' >"$tmp/long.jsonl"
 expect 0 "1 record longer than the model's context of 128 tokens (max_position_embeddings) scored on the first 128" \
   "eval cuts a record at the model's context, and says so" -- "$pesc" eval --model "$m" --data "$tmp/long.jsonl" --backend cpu
