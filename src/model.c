@@ -122,10 +122,12 @@ static int layout_weights(model *m, param_list *list, size_t *largest, pesc_erro
     m->base_tensors = list->items;
     m->n_base_tensors = list->n;
     m->param_block = backend_alloc(m->backend, total * sizeof(float), err);
-    if (!m->param_block)   /* the size comes from config.json: say so */
-        return pesc_fail_prefix(err, "the weights of config.json's shape (%.2f billion "
-                                "parameters, %.1f GiB as fp32) do not fit",
-                                (double)total / 1e9, (double)total * sizeof(float) / 1073741824.0);
+    if (!m->param_block)   /* the size comes from the shape (config.json's, or bench's): say so */
+        return pesc_fail_prefix(err, "the weights (%d layers, hidden %d, intermediate %d, vocab %d: %.2f "
+                                "billion parameters, %.1f GiB as fp32) do not fit",
+                                m->config.n_layers, m->config.hidden_size, m->config.intermediate_size,
+                                m->config.vocab_size, (double)total / 1e9,
+                                (double)total * sizeof(float) / 1073741824.0);
     m->param_floats = total;
     float *cursor = m->param_block;
     m->n_params = 0;
