@@ -77,14 +77,23 @@ static const char *env_or_null(const char *name)
     return v && *v ? v : NULL;
 }
 
-static long env_long(const char *name, long fallback)
+/* A number from the environment: unset or empty gives the fallback; anything but a whole
+ * number in [min, max] is refused, naming the variable, rather than quietly ignored. */
+static int env_long(const char *name, long fallback, long min, long max, long *out,
+                    pesc_error *err)
 {
     const char *v = env_or_null(name);
+    *out = fallback;
     if (!v)
-        return fallback;
+        return 0;
     char *end;
+    errno = 0;
     long n = strtol(v, &end, 10);
-    return *end || n < 0 ? fallback : n;
+    if (errno || end == v || *end || n < min || n > max)
+        return pesc_fail(err, "%s=%s: expected a whole number from %ld to %ld; fix or unset it",
+                         name, v, min, max);
+    *out = n;
+    return 0;
 }
 
 /* Makes every directory of path (which names a directory). */
@@ -1348,6 +1357,11 @@ static char *default_cache_dir(pesc_error *err)
 fetcher *fetcher_new(const fetch_options *options, pesc_error *err)
 {
     fetch_options o = options ? *options : (fetch_options){0};
+    long retries, backoff_ms, stall_s;
+    if (env_long("PESC_FETCH_RETRIES", 5, 0, 30, &retries, err) != 0 ||
+        env_long("PESC_FETCH_BACKOFF_MS", 1000, 0, 3600000, &backoff_ms, err) != 0 ||
+        env_long("PESC_FETCH_STALL_S", 60, 1, 86400, &stall_s, err) != 0)
+        return NULL;
     char *cache_dir = o.cache_dir ? xstrdup(o.cache_dir) : default_cache_dir(err);
     if (!cache_dir)
         return NULL;
@@ -1372,13 +1386,11 @@ fetcher *fetcher_new(const fetch_options *options, pesc_error *err)
                                                                  : NULL;
     f->ca_dir = env_or_null("SSL_CERT_DIR") ? xstrdup(getenv("SSL_CERT_DIR")) : NULL;
     f->jobs = o.jobs > 0 ? o.jobs : 4;
-    f->retries = o.retries > 0 ? o.retries : o.retries < 0 ? 0 : (int)env_long("PESC_FETCH_RETRIES", 5);
+    f->retries = o.retries > 0 ? o.retries : o.retries < 0 ? 0 : (int)retries;
     if (f->retries > 30)
         f->retries = 30;
-    f->backoff_ms = o.backoff_ms > 0 ? o.backoff_ms : env_long("PESC_FETCH_BACKOFF_MS", 1000);
-    f->stall_s = o.stall_s > 0 ? o.stall_s : env_long("PESC_FETCH_STALL_S", 60);
-    if (f->stall_s < 1)
-        f->stall_s = 1;
+    f->backoff_ms = o.backoff_ms > 0 ? o.backoff_ms : backoff_ms;
+    f->stall_s = o.stall_s > 0 ? o.stall_s : stall_s;
     f->connect_timeout_s = o.connect_timeout_s > 0 ? o.connect_timeout_s : 30;
     pthread_mutex_init(&f->lock, NULL);
     pthread_condattr_t attr;

@@ -180,6 +180,12 @@ expect 0 "retrying" "retries are reported on stderr" -- "$pesc" fetch \
 
 # A server that drops every connection after 10 bytes: --retries 1 gives up after two tries,
 # with one line that names the URL.
+for bad in abc 999 -1 3x; do
+  expect 1 "PESC_FETCH_RETRIES=$bad: expected a whole number from 0 to 30" \
+    "PESC_FETCH_RETRIES=$bad is refused, not ignored" -- \
+    env PESC_FETCH_RETRIES="$bad" "$pesc" fetch -o "$tmp/never.txt" "$base/f/small.txt"
+done
+[ -e "$tmp/never.txt" ] && fail "a refused PESC_FETCH_RETRIES still fetched"
 expect 2 "--retries" "fetch --retries 31" -- "$pesc" fetch --retries 31 "$base/f/small.txt"
 target="/f/big.bin?cut=20&send=10&k=cli-few"
 expect 1 "$base$target: .*gave up after 2 tries" "--retries 1 against a server that sends 10 \
