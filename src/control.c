@@ -12,12 +12,25 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* Clients are served side by side by the one control thread (poll), so an attached view that
+ * keeps its connection open does not lock out a command from another terminal. Each client
+ * has its own line buffer; commands run one at a time, in the order they arrive. */
+#define CONTROL_CLIENTS 16
+#define CONTROL_LINE 1024        /* bytes of one command line, with its newline */
+
+typedef struct control_client {
+    int fd;                      /* -1: a free slot */
+    size_t used;
+    char line[CONTROL_LINE];
+} control_client;
+
 struct control_server {
     char *path;
     int listen_fd;
     int wake[2];                 /* a byte here ends the thread */
     monitor *m;
     pthread_t thread;
+    control_client clients[CONTROL_CLIENTS];   /* the control thread's own */
 };
 
 static int socket_address(const char *path, struct sockaddr_un *a, pesc_error *err)
@@ -31,62 +44,100 @@ static int socket_address(const char *path, struct sockaddr_un *a, pesc_error *e
     return 0;
 }
 
-/* Serves one connection until it closes or the server stops. */
-static void serve(control_server *c, int fd)
+/* Sends all of text or fails. MSG_DONTWAIT: a client that does not read its replies must not
+ * stall the others, so once its socket is full it is dropped. MSG_NOSIGNAL: a client gone
+ * before its reply must not kill the run. */
+static int send_line(int fd, const char *text, size_t len)
 {
-    char buf[1024];
-    size_t used = 0;
-    for (;;) {
-        struct pollfd p[2] = {{fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
-            return;
-        if (p[1].revents)
-            return;
-        if (!(p[0].revents & (POLLIN | POLLHUP)))
-            continue;
-        ssize_t got = read(fd, buf + used, sizeof buf - 1 - used);
-        if (got <= 0)
-            return;
-        used += (size_t)got;
-        char *nl;
-        while ((nl = memchr(buf, '\n', used))) {
-            *nl = '\0';
-            char reply[512];
-            monitor_command(c->m, buf, reply, sizeof reply);
-            size_t len = strlen(reply);
-            reply[len++] = '\n';
-            /* MSG_NOSIGNAL: a client gone before its reply must not kill the run */
-            if (send(fd, reply, len, MSG_NOSIGNAL) != (ssize_t)len)
-                return;
-            used -= (size_t)(nl + 1 - buf);
-            memmove(buf, nl + 1, used);
-        }
-        if (used == sizeof buf - 1) {   /* an endless line: refuse it and drop the client */
-            static const char too_long[] = "error: command line too long\n";
-            if (send(fd, too_long, sizeof too_long - 1, MSG_NOSIGNAL) < 0)
-                return;
-            return;
-        }
+    return send(fd, text, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len ? 0 : -1;
+}
+
+static void client_drop(control_client *cl)
+{
+    close(cl->fd);
+    cl->fd = -1;
+    cl->used = 0;
+}
+
+/* Reads what the client sent and answers each whole line. -1: the client is done (it hung
+ * up, sent an endless line, or stopped reading its replies) and is to be dropped. */
+static int client_read(control_server *c, control_client *cl)
+{
+    ssize_t got = read(cl->fd, cl->line + cl->used, sizeof cl->line - 1 - cl->used);
+    if (got < 0 && errno == EINTR)
+        return 0;
+    if (got <= 0)
+        return -1;
+    cl->used += (size_t)got;
+    char *nl;
+    while ((nl = memchr(cl->line, '\n', cl->used))) {
+        *nl = '\0';
+        char reply[512];
+        monitor_command(c->m, cl->line, reply, sizeof reply);
+        size_t len = strlen(reply);
+        reply[len++] = '\n';
+        if (send_line(cl->fd, reply, len) != 0)
+            return -1;
+        cl->used -= (size_t)(nl + 1 - cl->line);
+        memmove(cl->line, nl + 1, cl->used);
     }
+    if (cl->used == sizeof cl->line - 1) {   /* an endless line: refuse it and drop the client */
+        static const char too_long[] = "error: command line too long\n";
+        send_line(cl->fd, too_long, sizeof too_long - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static void client_accept(control_server *c)
+{
+    int fd = accept(c->listen_fd, NULL, NULL);
+    if (fd < 0)
+        return;
+    for (int i = 0; i < CONTROL_CLIENTS; i++)
+        if (c->clients[i].fd < 0) {
+            c->clients[i].fd = fd;
+            c->clients[i].used = 0;
+            return;
+        }
+    char full[128];
+    int len = snprintf(full, sizeof full, "error: too many clients on this control socket "
+                       "(%d); close one and try again\n", CONTROL_CLIENTS);
+    send_line(fd, full, (size_t)len);
+    close(fd);
 }
 
 static void *control_main(void *arg)
 {
     control_server *c = arg;
     for (;;) {
-        struct pollfd p[2] = {{c->listen_fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
-            break;
-        if (p[1].revents)
-            break;
-        if (p[0].revents & POLLIN) {
-            int fd = accept(c->listen_fd, NULL, NULL);
-            if (fd >= 0) {
-                serve(c, fd);
-                close(fd);
+        struct pollfd p[2 + CONTROL_CLIENTS];
+        control_client *polled[CONTROL_CLIENTS];
+        int n = 0;
+        p[0] = (struct pollfd){c->wake[0], POLLIN, 0};
+        p[1] = (struct pollfd){c->listen_fd, POLLIN, 0};
+        for (int i = 0; i < CONTROL_CLIENTS; i++)
+            if (c->clients[i].fd >= 0) {
+                p[2 + n] = (struct pollfd){c->clients[i].fd, POLLIN, 0};
+                polled[n++] = &c->clients[i];
             }
+        if (poll(p, (nfds_t)(2 + n), -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
         }
+        if (p[0].revents)
+            break;
+        /* clients first: the slots of those that hung up are free for the next ones */
+        for (int k = 0; k < n; k++)
+            if (p[2 + k].revents && client_read(c, polled[k]) != 0)
+                client_drop(polled[k]);
+        if (p[1].revents & POLLIN)
+            client_accept(c);
     }
+    for (int i = 0; i < CONTROL_CLIENTS; i++)
+        if (c->clients[i].fd >= 0)
+            client_drop(&c->clients[i]);
     return NULL;
 }
 
@@ -108,12 +159,14 @@ control_server *control_open(const char *path, monitor *m, pesc_error *err)
     }
     control_server *c = xcalloc(1, sizeof *c);
     c->m = m;
+    for (int i = 0; i < CONTROL_CLIENTS; i++)
+        c->clients[i].fd = -1;
     c->path = xstrdup(path);
     c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     mode_t old = umask(0177);   /* the socket is born 0600 */
     int bound = c->listen_fd >= 0 && bind(c->listen_fd, (struct sockaddr *)&a, sizeof a) == 0;
     umask(old);
-    if (!bound || listen(c->listen_fd, 4) != 0 || pipe(c->wake) != 0) {
+    if (!bound || listen(c->listen_fd, CONTROL_CLIENTS) != 0 || pipe(c->wake) != 0) {
         pesc_fail(err, "--control %s: %s", path, strerror(errno));
         if (c->listen_fd >= 0)
             close(c->listen_fd);
@@ -169,17 +222,20 @@ int control_send(const char *path, const char *line, char *reply, size_t reply_l
         return 0;
     }
     size_t len = strlen(line);
-    int rc = -1;
-    if (send(fd, line, len, MSG_NOSIGNAL) == (ssize_t)len && send(fd, "\n", 1, MSG_NOSIGNAL) == 1) {
-        size_t used = 0;
-        ssize_t got;
-        while (used + 1 < reply_len && (got = read(fd, reply + used, 1)) == 1 && reply[used] != '\n')
-            used++;
-        reply[used] = '\0';
-        rc = used > 0 ? 0 : pesc_fail(err, "%s: no reply", path);
-    } else {
-        pesc_fail(err, "%s: %s", path, strerror(errno));
-    }
+    int sent = send(fd, line, len, MSG_NOSIGNAL) == (ssize_t)len &&
+               send(fd, "\n", 1, MSG_NOSIGNAL) == 1;
+    int send_errno = errno;
+    /* read even when the line did not go out: a server with no room for another client
+     * says so and hangs up, maybe before the line arrived */
+    size_t used = 0;
+    ssize_t got;
+    while (used + 1 < reply_len && (got = read(fd, reply + used, 1)) == 1 && reply[used] != '\n')
+        used++;
+    reply[used] = '\0';
     close(fd);
-    return rc;
+    if (used > 0)
+        return 0;
+    if (!sent)
+        return pesc_fail(err, "%s: %s", path, strerror(send_errno));
+    return pesc_fail(err, "%s: no reply", path);
 }

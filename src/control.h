@@ -1,5 +1,7 @@
 /* control — the `--control PATH` socket: a local UNIX socket (mode 0600) on its own thread
  * that takes the monitor's command lines, one per line, and answers each with one line.
+ * Up to 16 clients are served at once (an attached view keeps its connection open); one
+ * more gets a one-line refusal. The monitor is called from the control thread only.
  * Must not: interpret commands itself (the monitor does). */
 #ifndef PESC_CONTROL_H
 #define PESC_CONTROL_H

@@ -1,7 +1,12 @@
-/* sockcmd — sends one command line to a --control socket and prints the reply (tests); with
- * --hang-up it closes the connection without waiting for the reply, as an impatient client
- * does. */
+/* sockcmd — sends one command line to a --control socket and prints the reply (tests).
+ *   sockcmd SOCKET LINE             one line, its reply on stdout
+ *   sockcmd --hang-up SOCKET LINE   closes the connection without waiting for the reply, as
+ *                                   an impatient client does
+ *   sockcmd --hold N SOCKET LINE    N connections at once, as attached views keep theirs:
+ *                                   LINE on each, each reply on stdout as it comes, then all
+ *                                   are held open until it is killed */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -9,26 +14,59 @@
 
 #include "control.h"
 
-static int hang_up(const char *path, const char *line)
+static int connect_to(const char *path)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
     if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
         perror(path);
-        return 1;
+        if (fd >= 0)
+            close(fd);
+        return -1;
     }
-    int ok = write(fd, line, strlen(line)) == (ssize_t)strlen(line) && write(fd, "\n", 1) == 1;
+    return fd;
+}
+
+static int send_line(int fd, const char *line)
+{
+    return write(fd, line, strlen(line)) == (ssize_t)strlen(line) && write(fd, "\n", 1) == 1;
+}
+
+static int hang_up(const char *path, const char *line)
+{
+    int fd = connect_to(path);
+    if (fd < 0)
+        return 1;
+    int ok = send_line(fd, line);
     close(fd);
     return ok ? 0 : 1;
+}
+
+static int hold(int n, const char *path, const char *line)
+{
+    for (int i = 0; i < n; i++) {
+        int fd = connect_to(path);   /* left open until the process ends */
+        if (fd < 0 || !send_line(fd, line))
+            return 1;
+        char c;
+        while (read(fd, &c, 1) == 1 && c != '\n')
+            putchar(c);
+        putchar('\n');
+        fflush(stdout);
+    }
+    for (;;)
+        pause();
 }
 
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--hang-up") == 0)
         return hang_up(argv[2], argv[3]);
+    if (argc == 5 && strcmp(argv[1], "--hold") == 0 && atoi(argv[2]) > 0)
+        return hold(atoi(argv[2]), argv[3], argv[4]);
     if (argc != 3) {
-        fprintf(stderr, "usage: sockcmd [--hang-up] SOCKET LINE\n");
+        fprintf(stderr, "usage: sockcmd [--hang-up | --hold N] SOCKET LINE\n");
         return 2;
     }
     char reply[512];

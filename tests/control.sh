@@ -1,0 +1,81 @@
+#!/bin/sh
+# control.sh — the --control socket of a headless run as several clients use it: an attached
+# view's open connection does not lock out other clients, a client past the limit is refused
+# in one line, and the run stops cleanly while clients are still connected.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+sockcmd="$top_builddir/tests/sockcmd"
+base="$top_srcdir/tests/reference/data/llama-gqa-f32"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-control.XXXXXX") || exit 99
+pids=""
+trap 'for p in $pids; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
+failures=0
+. "$top_srcdir/tests/lib.sh"
+
+# 64 records of 20 random ids below the model's vocabulary of 64
+awk 'BEGIN { srand(7); for (r = 0; r < 64; r++) { printf "{\"input_ids\": ["; for (t = 0; t < 20; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); print "]}" } }' >"$tmp/data.jsonl"
+csock="$tmp/control.sock"
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 --experts 4 \
+  --adapter-dim 8 --backend cpu --steps 1000000 --log "$tmp/run.jsonl" --control "$csock" \
+  >/dev/null 2>"$tmp/run.err" &
+run=$!
+pids="$pids $run"
+for _ in $(seq 300); do [ -S "$csock" ] && break; sleep 0.1; done
+[ -S "$csock" ] || { echo "the run did not open its control socket: $(cat "$tmp/run.err")"; exit 99; }
+
+# lines: wait until FILE has N lines (a held client has its replies), at most 30 s
+lines() {
+  for _ in $(seq 300); do [ "$(wc -l <"$1")" -ge "$2" ] && return 0; sleep 0.1; done
+  return 1
+}
+
+# one client stays connected, as `pesc view --attach` does; another still gets its replies
+"$sockcmd" --hold 1 "$csock" resume >"$tmp/held1" &
+held1=$!
+pids="$pids $held1"
+lines "$tmp/held1" 1
+reply=$(timeout 30 "$sockcmd" "$csock" "lr 0.004")
+[ "$reply" = "ok: lr 0.004" ] && [ "$(cat "$tmp/held1")" = "ok: resume" ] \
+  && pass "a command is answered while another client stays connected" \
+  || fail "with a client connected, 'lr 0.004' got '$reply' (the held one '$(cat "$tmp/held1")')"
+
+# sixteen at once are served; the seventeenth is refused in one line, not left hanging
+"$sockcmd" --hold 15 "$csock" resume >"$tmp/held15" &
+held15=$!
+pids="$pids $held15"
+lines "$tmp/held15" 15
+served=$(grep -c '^ok: resume$' "$tmp/held15")
+reply=$(timeout 30 "$sockcmd" "$csock" pause 2>&1)
+[ "$served" = 15 ] && [ "$reply" = "error: too many clients on this control socket (16); close one and try again" ] \
+  && pass "16 clients served at once, the 17th refused: $reply" \
+  || fail "16 clients: $served of 15 more served; the 17th got '$reply'"
+
+# the slots of clients that left are free again
+kill "$held15"
+wait "$held15" 2>/dev/null
+reply=$(timeout 30 "$sockcmd" "$csock" "aux 0.02")
+[ "$reply" = "ok: aux 0.02" ] && pass "clients that left make room for new ones" \
+  || fail "after 15 clients left, 'aux 0.02' got '$reply'"
+
+# stop with a client still connected: the run ends, the socket is removed
+reply=$(timeout 30 "$sockcmd" "$csock" stop)
+status=
+for _ in $(seq 300); do kill -0 "$run" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$run" 2>/dev/null; then
+  fail "the run did not end within 30 s of 'stop' ('$reply') with a client connected"
+else
+  wait "$run"
+  status=$?
+  [ "$reply" = "ok: stop" ] && [ "$status" -eq 0 ] && [ ! -e "$csock" ] \
+    && pass "stop with a client connected: the run ends (exit 0) and removes its socket" \
+    || fail "stop with a client connected: reply '$reply', exit $status: $(cat "$tmp/run.err")"
+fi
+
+if [ "$failures" -ne 0 ]; then
+  echo "$failures failures"
+  exit 1
+fi
+exit 0
