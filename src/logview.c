@@ -300,26 +300,28 @@ static int connect_control(logview *lv, pesc_error *err)
     return 0;
 }
 
-/* One line out, one line back (at most REPLY_TIMEOUT_MS). */
-static int exchange(logview *lv, const char *line, char *reply, size_t len, pesc_error *err)
+static int send_all(int fd, const char *line)
 {
-    if (lv->sock < 0 && connect_control(lv, err) != 0)
-        return -1;
     size_t n = strlen(line);
     char *out = xmalloc(n + 2);
     memcpy(out, line, n);
     out[n++] = '\n';
-    for (size_t done = 0; done < n;) {
-        ssize_t w = send(lv->sock, out + done, n - done, MSG_NOSIGNAL);
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = send(fd, out + done, n - done, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0) {
-            free(out);
-            return pesc_fail(err, "control socket %s: %s", lv->socket_path, strerror(errno));
-        }
+        if (w <= 0)
+            break;
         done += (size_t)w;
     }
     free(out);
+    return done == n ? 0 : -1;
+}
+
+/* One reply line, waiting at most REPLY_TIMEOUT_MS. */
+static int read_reply(logview *lv, char *reply, size_t len, pesc_error *err)
+{
     size_t got = 0;
     double deadline = pesc_now() + REPLY_TIMEOUT_MS / 1000.0;
     while (got + 1 < len) {
@@ -341,6 +343,34 @@ static int exchange(logview *lv, const char *line, char *reply, size_t len, pesc
     return 0;
 }
 
+static void disconnect_control(logview *lv)
+{
+    if (lv->sock >= 0)
+        close(lv->sock);
+    lv->sock = -1;
+}
+
+/* One line out, one line back. A connection the run has hung up on (it had no room for
+ * another client, or it was restarted on the same socket) is given up and made afresh, once;
+ * the line never reached the run, so sending it again repeats nothing. */
+static int exchange(logview *lv, const char *line, char *reply, size_t len, pesc_error *err)
+{
+    for (int attempt = 0;; attempt++) {
+        if (lv->sock < 0 && connect_control(lv, err) != 0)
+            return -1;
+        if (send_all(lv->sock, line) == 0)
+            return read_reply(lv, reply, len, err);
+        int send_errno = errno;
+        /* the run's word on why it hung up (too many clients) may be waiting */
+        int said = read_reply(lv, reply, len, err) == 0;
+        disconnect_control(lv);
+        if (said)
+            return 0;
+        if (attempt == 1)
+            return pesc_fail(err, "control socket %s: %s", lv->socket_path, strerror(send_errno));
+    }
+}
+
 static void logview_command(void *ctx, const char *line, char *reply, size_t len)
 {
     logview *lv = ctx;
@@ -351,9 +381,7 @@ static void logview_command(void *ctx, const char *line, char *reply, size_t len
     }
     pesc_error err;
     if (exchange(lv, line, reply, len, &err) != 0) {
-        if (lv->sock >= 0)
-            close(lv->sock);
-        lv->sock = -1;
+        disconnect_control(lv);
         snprintf(reply, len, "error: %s", err.msg);
     }
 }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # control.sh — the --control socket of a headless run as several clients use it: an attached
 # view's open connection does not lock out other clients, a client past the limit is refused
-# in one line, and the run stops cleanly while clients are still connected.
+# in one line (a view so refused gets in once there is room), and the run stops cleanly while
+# clients are still connected. The view part runs under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -10,8 +11,10 @@ sockcmd="$top_builddir/tests/sockcmd"
 base="$top_srcdir/tests/reference/data/llama-gqa-f32"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-control.XXXXXX") || exit 99
 pids=""
-trap 'for p in $pids; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
+sock=
+trap '[ -n "$sock" ] && tmux -L "$sock" kill-server 2>/dev/null; for p in $pids; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
 failures=0
+win=control
 . "$top_srcdir/tests/lib.sh"
 
 # 64 records of 20 random ids below the model's vocabulary of 64
@@ -25,6 +28,7 @@ run=$!
 pids="$pids $run"
 for _ in $(seq 300); do [ -S "$csock" ] && break; sleep 0.1; done
 [ -S "$csock" ] || { echo "the run did not open its control socket: $(cat "$tmp/run.err")"; exit 99; }
+export LANG=C.UTF-8 LC_ALL=C.UTF-8
 
 # lines: wait until FILE has N lines (a held client has its replies), at most 30 s
 lines() {
@@ -53,9 +57,29 @@ reply=$(timeout 30 "$sockcmd" "$csock" pause 2>&1)
   && pass "16 clients served at once, the 17th refused: $reply" \
   || fail "16 clients: $served of 15 more served; the 17th got '$reply'"
 
-# the slots of clients that left are free again
+# a view attached past the limit hears why, and gets in once a slot is free
+if command -v tmux >/dev/null 2>&1; then
+  tui_start 100 30 "$pesc" view "$tmp/run.jsonl" --attach "$csock"
+  check "RUNNING" "a 17th client: the view starts, following the log"
+  keys Space
+  check "too many clients" "the view's command is refused, saying why"
+fi
 kill "$held15"
 wait "$held15" 2>/dev/null
+if command -v tmux >/dev/null 2>&1; then
+  keys Space
+  check "ok: pause" "once clients left, the view's next command gets through"
+  check "PAUSED" "the pause shows in the log"
+  keys Space
+  check "ok: resume" "and the one after it"
+  keys q
+  [ "$(wait_status "$tmp/status" 10)" = 0 ] && pass "q leaves the view with status 0" \
+    || fail "q: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+else
+  echo "SKIP the view past the limit: tmux is not installed"
+fi
+
+# the slots of clients that left are free again
 reply=$(timeout 30 "$sockcmd" "$csock" "aux 0.02")
 [ "$reply" = "ok: aux 0.02" ] && pass "clients that left make room for new ones" \
   || fail "after 15 clients left, 'aux 0.02' got '$reply'"
