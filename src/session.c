@@ -291,8 +291,15 @@ static int parse_number(const char *s, double *out)
     return 0;
 }
 
-/* generate [max=N] [temp=T] [top_p=P] [layer=L] PROMPT */
-static int parse_generate(const char *args, command *c, char *reply, size_t n)
+static int out_of_range(char *reply, size_t n, const char *key, const char *value,
+                        const char *range)
+{
+    snprintf(reply, n, "error: generate: %s=%s is out of range: %s", key, value, range);
+    return -1;
+}
+
+/* generate [max=N] [temp=T] [top_p=P] [layer=L] PROMPT, layer below n_layers */
+static int parse_generate(const char *args, int n_layers, command *c, char *reply, size_t n)
 {
     c->max_tokens = 64;
     c->temperature = 0.0f;
@@ -309,23 +316,39 @@ static int parse_generate(const char *args, command *c, char *reply, size_t n)
         snprintf(key, sizeof key, "%.*s", (int)(eq - p), p);
         double v;
         char value[32];
-        size_t len = space ? (size_t)(space - eq - 1) : strlen(eq + 1);
+        size_t len = space ? (size_t)(space - eq - 1) : strcspn(eq + 1, "\r\n");
         snprintf(value, sizeof value, "%.*s", (int)len, eq + 1);
+        if (len >= sizeof value) {
+            snprintf(reply, n, "error: generate: the value of %s is %zu characters, too long for "
+                     "a number", key, len);
+            return -1;
+        }
         if (parse_number(value, &v) != 0) {
             snprintf(reply, n, "error: generate: %s=%s is not a number", key, value);
             return -1;
         }
-        if (!strcmp(key, "max") && v >= 1 && v <= 4096)
+        int whole = v == floor(v);
+        if (!strcmp(key, "max")) {
+            if (!whole || v < 1 || v > 4096)
+                return out_of_range(reply, n, key, value, "a whole number of tokens, 1 to 4096");
             c->max_tokens = (int)v;
-        else if (!strcmp(key, "temp") && v >= 0 && v <= 10)
+        } else if (!strcmp(key, "temp")) {
+            if (v < 0 || v > 10)
+                return out_of_range(reply, n, key, value, "0 (greedy) to 10");
             c->temperature = (float)v;
-        else if (!strcmp(key, "top_p") && v > 0 && v <= 1)
+        } else if (!strcmp(key, "top_p")) {
+            if (v <= 0 || v > 1)
+                return out_of_range(reply, n, key, value, "above 0, at most 1");
             c->top_p = (float)v;
-        else if (!strcmp(key, "layer") && v >= 0 && v < 4096)
+        } else if (!strcmp(key, "layer")) {
+            char range[64];
+            snprintf(range, sizeof range, "the model's layers are 0 to %d", n_layers - 1);
+            if (!whole || v < 0 || v >= n_layers)
+                return out_of_range(reply, n, key, value, range);
             c->layer = (int)v;
-        else {
-            snprintf(reply, n, "error: generate: %s=%s is unknown or out of range (max 1-4096, "
-                     "temp 0-10, top_p 0-1, layer)", key, value);
+        } else {
+            snprintf(reply, n, "error: generate: unknown setting '%s' (max, temp, top_p, layer)",
+                     key);
             return -1;
         }
         p += (eq - p) + 1 + len;
@@ -337,12 +360,17 @@ static int parse_generate(const char *args, command *c, char *reply, size_t n)
         snprintf(reply, n, "error: generate needs a prompt");
         return -1;
     }
+    if (len >= sizeof c->prompt) {
+        snprintf(reply, n, "error: generate: the prompt is %zu bytes; at most %zu", len,
+                 sizeof c->prompt - 1);
+        return -1;
+    }
     snprintf(c->prompt, sizeof c->prompt, "%.*s", (int)len, p);
     return 0;
 }
 
 /* Validates at once (so the reply can say what is wrong); the trainer applies it later. */
-static int parse_command(const char *line, command *c, char *reply, size_t n)
+static int parse_command(const char *line, int n_layers, command *c, char *reply, size_t n)
 {
     while (*line == ' ')
         line++;
@@ -352,6 +380,8 @@ static int parse_command(const char *line, command *c, char *reply, size_t n)
     const char *arg = line + len;
     while (*arg == ' ')
         arg++;
+    int shown = (int)strcspn(arg, "\r\n");   /* of arg, in a reply */
+    shown = shown < 40 ? shown : 40;
     memset(c, 0, sizeof *c);
     static const struct { const char *name; command_kind kind; } plain[] = {
         {"pause", CMD_PAUSE}, {"resume", CMD_RESUME}, {"save", CMD_SAVE}, {"stop", CMD_STOP}};
@@ -369,7 +399,8 @@ static int parse_command(const char *line, command *c, char *reply, size_t n)
         int relative = *arg == '*';
         if (parse_number(arg + relative, &c->value) != 0 || c->value < 0 ||
             (relative && c->value == 0) || c->value > 10) {
-            snprintf(reply, n, "error: lr takes a value (lr 1e-4) or a factor (lr *0.5)");
+            snprintf(reply, n, "error: lr '%.*s': give a rate from 0 to 10 (lr 1e-4) or a factor "
+                     "above 0 up to 10 (lr *0.5)", shown, arg);
             return -1;
         }
         c->kind = relative ? CMD_LR_SCALE : CMD_LR;
@@ -378,7 +409,8 @@ static int parse_command(const char *line, command *c, char *reply, size_t n)
     }
     if (!strcmp(word, "aux")) {
         if (parse_number(arg, &c->value) != 0 || c->value < 0 || c->value > 1e3) {
-            snprintf(reply, n, "error: aux takes a coefficient (aux 0.02)");
+            snprintf(reply, n, "error: aux '%.*s': give a coefficient from 0 to 1000 (aux 0.02)",
+                     shown, arg);
             return -1;
         }
         c->kind = CMD_AUX;
@@ -386,7 +418,7 @@ static int parse_command(const char *line, command *c, char *reply, size_t n)
         return 0;
     }
     if (!strcmp(word, "generate")) {
-        if (parse_generate(arg, c, reply, n) != 0)
+        if (parse_generate(arg, n_layers, c, reply, n) != 0)
             return -1;
         c->kind = CMD_GENERATE;
         snprintf(reply, n, "ok: generating up to %d tokens", c->max_tokens);
@@ -400,7 +432,7 @@ static int parse_command(const char *line, command *c, char *reply, size_t n)
 void session_command(session *s, const char *line, char *reply, size_t reply_len)
 {
     command c;
-    if (parse_command(line, &c, reply, reply_len) != 0)
+    if (parse_command(line, s->m.config.n_layers, &c, reply, reply_len) != 0)
         return;
     if (c.kind == CMD_SAVE && !s->cfg.save_dir) {   /* cfg is fixed once the session runs */
         snprintf(reply, reply_len, "error: save needs a run started with --save DIR");

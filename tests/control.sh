@@ -1,8 +1,9 @@
 #!/bin/sh
 # control.sh — the --control socket of a headless run as several clients use it: an attached
 # view's open connection does not lock out other clients, a client past the limit is refused
-# in one line (a view so refused gets in once there is room), and the run stops cleanly while
-# clients are still connected. The view part runs under tmux when it is installed.
+# in one line (a view so refused gets in once there is room), arguments out of range are
+# refused naming their range, and the run stops cleanly while clients are still
+# connected. The view part runs under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -83,6 +84,41 @@ fi
 reply=$(timeout 30 "$sockcmd" "$csock" "aux 0.02")
 [ "$reply" = "ok: aux 0.02" ] && pass "clients that left make room for new ones" \
   || fail "after 15 clients left, 'aux 0.02' got '$reply'"
+
+# out-of-range and malformed arguments are refused, naming the argument and its range
+refused() {   # refused LINE PATTERN: the reply to LINE is an error matching PATTERN (grep -E)
+  reply=$(timeout 30 "$sockcmd" "$csock" "$1")
+  case "$reply" in
+    "error: "*) echo "$reply" | grep -Eq -- "$2" && pass "'$(printf %.50s "$1")' refused: $reply" \
+                  || fail "'$(printf %.50s "$1")': the reply '$reply' lacks '$2'" ;;
+    *) fail "'$(printf %.50s "$1")' was not refused: '$reply'" ;;
+  esac
+}
+refused "generate layer=99 ids:1,2" "layer=99 .*layers are 0 to 1"
+refused "generate layer=2 ids:1,2" "layer=2 .*layers are 0 to 1"
+refused "generate layer=-1 ids:1,2" "layer=-1 .*layers are 0 to 1"
+refused "generate layer=0.5 ids:1,2" "layer=0.5 .*layers are 0 to 1"
+refused "generate max=1.5 ids:1,2" "max=1.5 .*whole number of tokens, 1 to 4096"
+refused "generate max=0 ids:1,2" "max=0 .*1 to 4096"
+refused "generate max=5000 ids:1,2" "max=5000 .*1 to 4096"
+refused "generate max=$(printf '0%.0s' $(seq 40))1 ids:1,2" "the value of max is 41 characters"
+refused "generate max=12abc ids:1,2" "max=12abc is not a number"
+refused "generate temp=-1 ids:1,2" "temp=-1 .*0 \(greedy\) to 10"
+refused "generate top_p=0 ids:1,2" "top_p=0 .*above 0, at most 1"
+refused "generate top_p=1e999 ids:1,2" "top_p=1e999 is not a number"
+refused "generate heat=1 ids:1,2" "unknown setting 'heat'"
+refused "generate ids:$(printf '1,%.0s' $(seq 300))1" "the prompt is 605 bytes; at most 511"
+refused "lr 11" "lr '11': .*0 to 10"
+refused "lr -1" "lr '-1': .*0 to 10"
+refused "lr 1e-4x" "lr '1e-4x'"
+refused "lr *0" "lr '\*0': .*factor above 0"
+refused "aux -0.5" "aux '-0.5': .*0 to 1000"
+refused "aux 2000" "aux '2000': .*0 to 1000"
+refused "pause now" "pause takes no argument"
+reply=$(timeout 30 "$sockcmd" "$csock" "generate layer=1 max=3 temp=0.5 top_p=0.9 ids:1,2")
+[ "$reply" = "ok: generating up to 3 tokens" ] && pass "a generate within every range is taken" \
+  || fail "a generate within range got '$reply'"
+for _ in $(seq 300); do grep -q '"event":"generate".*for: ids:1,2' "$tmp/run.jsonl" && break; sleep 0.1; done
 
 # stop with a client still connected: the run ends, the socket is removed
 reply=$(timeout 30 "$sockcmd" "$csock" stop)
