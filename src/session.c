@@ -80,6 +80,7 @@ struct session {
     pthread_cond_t wake;
     command queue[QUEUE];
     int q_head, q_len;
+    int generate_taken;          /* a generate is queued or running: another is refused */
     monitor_view *shared;
     int stop_requested;
     session_progress progress;
@@ -443,10 +444,15 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
         snprintf(reply, reply_len, "error: the run has ended");
     } else if (s->q_len == QUEUE) {
         snprintf(reply, reply_len, "error: too many commands waiting; try again");
+    } else if (c.kind == CMD_GENERATE && s->generate_taken) {
+        snprintf(reply, reply_len, "error: busy: a generate is already running; send it again "
+                 "once its answer is in");
     } else {
         s->queue[(s->q_head + s->q_len++) % QUEUE] = c;
         if (c.kind == CMD_STOP)
             s->stop_requested = 1;
+        if (c.kind == CMD_GENERATE)
+            s->generate_taken = 1;
         pthread_cond_signal(&s->wake);
     }
     pthread_mutex_unlock(&s->lock);
@@ -579,6 +585,7 @@ out:
         tok_stream_free(&stream);
     pthread_mutex_lock(&s->lock);
     s->shared->generating = 0;
+    s->generate_taken = 0;
     pthread_mutex_unlock(&s->lock);
     free(experts);
     free(logits);

@@ -2,7 +2,7 @@
 # control.sh — the --control socket of a headless run as several clients use it: an attached
 # view's open connection does not lock out other clients, a client past the limit is refused
 # in one line (a view so refused gets in once there is room), arguments out of range are
-# refused naming their range, and the run stops cleanly while clients are still
+# refused naming their range, a second generate is refused while one runs, and the run stops cleanly while clients are still
 # connected. The view part runs under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -119,6 +119,22 @@ reply=$(timeout 30 "$sockcmd" "$csock" "generate layer=1 max=3 temp=0.5 top_p=0.
 [ "$reply" = "ok: generating up to 3 tokens" ] && pass "a generate within every range is taken" \
   || fail "a generate within range got '$reply'"
 for _ in $(seq 300); do grep -q '"event":"generate".*for: ids:1,2' "$tmp/run.jsonl" && break; sleep 0.1; done
+
+# generates sent together: one runs, the others are told it is busy; every "ok" has its answer
+g="generate max=4096 ids:3,4"
+timeout 60 "$sockcmd" "$csock" "$g" "$g" "$g" "$g" "$g" >"$tmp/gen"
+oks=$(grep -c '^ok: generating up to 4096 tokens$' "$tmp/gen")
+busy=$(grep -c '^error: busy: a generate is already running' "$tmp/gen")
+answers=0 busy_events=0
+for _ in $(seq 300); do
+  answers=$(grep -c '"event":"generate".*tokens.* for: ids:3,4' "$tmp/run.jsonl")
+  busy_events=$(grep -c '"event":"generate".*"text":"busy' "$tmp/run.jsonl")
+  [ $((answers + busy_events)) -ge "$oks" ] && break
+  sleep 0.1
+done
+[ "$oks" -ge 1 ] && [ $((oks + busy)) = 5 ] && [ "$answers" = "$oks" ] && [ "$busy_events" = 0 ] \
+  && pass "5 generates at once: $oks taken and answered, $busy refused as busy" \
+  || fail "5 generates at once: replies '$(tr '\n' '|' <"$tmp/gen")', $answers answers and $busy_events busy events in the log"
 
 # stop with a client still connected: the run ends, the socket is removed
 reply=$(timeout 30 "$sockcmd" "$csock" stop)

@@ -1,5 +1,7 @@
 /* sockcmd — sends one command line to a --control socket and prints the reply (tests).
  *   sockcmd SOCKET LINE             one line, its reply on stdout
+ *   sockcmd SOCKET LINE LINE...     the lines in one write, so they arrive together, and a
+ *                                   reply for each on stdout
  *   sockcmd --hang-up SOCKET LINE   closes the connection without waiting for the reply, as
  *                                   an impatient client does
  *   sockcmd --hold N SOCKET LINE    N connections at once, as attached views keep theirs:
@@ -43,17 +45,43 @@ static int hang_up(const char *path, const char *line)
     return ok ? 0 : 1;
 }
 
+/* Copies one reply line to stdout; 0, or -1 when the server hung up first. */
+static int print_reply(int fd)
+{
+    char c;
+    ssize_t got;
+    while ((got = read(fd, &c, 1)) == 1 && c != '\n')
+        putchar(c);
+    putchar('\n');
+    fflush(stdout);
+    return got == 1 ? 0 : -1;
+}
+
+static int together(const char *path, char **lines, int n)
+{
+    size_t len = 0;
+    for (int i = 0; i < n; i++)
+        len += strlen(lines[i]) + 1;
+    char *all = malloc(len + 1), *at = all;
+    for (int i = 0; i < n; i++)
+        at += sprintf(at, "%s\n", lines[i]);
+    int fd = connect_to(path);
+    int ok = fd >= 0 && write(fd, all, len) == (ssize_t)len;
+    for (int i = 0; ok && i < n; i++)
+        ok = print_reply(fd) == 0;
+    free(all);
+    if (fd >= 0)
+        close(fd);
+    return ok ? 0 : 1;
+}
+
 static int hold(int n, const char *path, const char *line)
 {
     for (int i = 0; i < n; i++) {
         int fd = connect_to(path);   /* left open until the process ends */
         if (fd < 0 || !send_line(fd, line))
             return 1;
-        char c;
-        while (read(fd, &c, 1) == 1 && c != '\n')
-            putchar(c);
-        putchar('\n');
-        fflush(stdout);
+        print_reply(fd);
     }
     for (;;)
         pause();
@@ -65,10 +93,12 @@ int main(int argc, char **argv)
         return hang_up(argv[2], argv[3]);
     if (argc == 5 && strcmp(argv[1], "--hold") == 0 && atoi(argv[2]) > 0)
         return hold(atoi(argv[2]), argv[3], argv[4]);
-    if (argc != 3) {
-        fprintf(stderr, "usage: sockcmd [--hang-up | --hold N] SOCKET LINE\n");
+    if (argc < 3 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: sockcmd [--hang-up | --hold N] SOCKET LINE | SOCKET LINE...\n");
         return 2;
     }
+    if (argc > 3)
+        return together(argv[1], argv + 2, argc - 2);
     char reply[512];
     pesc_error err;
     if (control_send(argv[1], argv[2], reply, sizeof reply, &err) != 0) {
