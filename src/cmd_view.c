@@ -29,7 +29,7 @@ int cmd_view(int argc, char **argv)
         {"no-colour", no_argument, NULL, 'n'}, {"refresh", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char *attach = NULL;
-    ui_options o = {.read_only = 1};
+    ui_options o = {.command = "pesc view", .read_only = 1};
     long hz = 10;
     int c;
     while ((c = cli_getopt("view", argc, argv, "h", longopts)) != -1) {

@@ -33,6 +33,10 @@ step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\)\/.*/\1/p' | head -n 1; }
 [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "missing.jsonl" "$tmp/err" \
   && pass "missing log: one line, exit 1" || fail "missing log: exit $st: $(cat "$tmp/err")"
 "$pesc" view --help | grep -q "usage: pesc view" && pass "view --help" || fail "view --help"
+: >"$tmp/empty.jsonl"
+"$pesc" view "$tmp/empty.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: the workbench needs a terminal" "$tmp/err" \
+  && pass "no terminal: one line, named 'pesc view:', exit 1" || fail "no terminal: exit $st: $(cat "$tmp/err")"
 
 # ---- a finished run ---------------------------------------------------------------------------
 "$fake" "$tmp/done.jsonl" --steps 60 || exit 99

@@ -777,8 +777,10 @@ static void handle_interrupts(ui_context *ui, int *seen)
 
 int ui_run(monitor *m, const ui_options *o)
 {
+    const char *command = o->command ? o->command : "pesc";
     if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
-        fprintf(stderr, "pesc: the workbench needs a terminal on standard input and output\n");
+        fprintf(stderr, "%s: the workbench needs a terminal on standard input and output\n",
+                command);
         return 1;
     }
     setlocale(LC_ALL, "");
@@ -792,7 +794,7 @@ int ui_run(monitor *m, const ui_options *o)
 
     SCREEN *screen = newterm(NULL, stdout, stdin);
     if (!screen) {
-        fprintf(stderr, "pesc: cannot use the terminal '%s' (set TERM)\n",
+        fprintf(stderr, "%s: cannot use the terminal '%s' (set TERM)\n", command,
                 getenv("TERM") ? getenv("TERM") : "");
         context_free(&ui);
         return 1;
@@ -852,7 +854,8 @@ int ui_run(monitor *m, const ui_options *o)
     sigaction(SIGHUP, &old_hup, NULL);
     int status = 0;
     if (ui.have_view && ui.view->state == MONITOR_FAILED) {
-        fprintf(stderr, "pesc: the run failed: %s\n", ui.view->message[0] ? ui.view->message : "no reason given");
+        fprintf(stderr, "%s: the run failed: %s\n", command,
+                ui.view->message[0] ? ui.view->message : "no reason given");
         status = 1;
     }
     context_free(&ui);
