@@ -1,7 +1,9 @@
 #!/bin/sh
 # view.sh — `pesc view` on synthetic run logs under tmux, read back with capture-pane: the
 # panels are there, the views and keys work, the log is followed as it grows, --attach steers
-# the run (pause, LR, prompt), resizing to 40x12 and back keeps it running, q leaves with 0.
+# the run (pause, LR, prompt), resizing to 40x12 and back keeps it running, q leaves with 0;
+# a failed run's reason reaches stderr under "pesc view:" with the log's control characters
+# shown as escapes.
 # Needs no terminal of its own: tmux runs detached on a private socket, killed at the end.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -81,6 +83,22 @@ keys q
 tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
 check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
 keys q
+
+# ---- a failed run: its reason on stderr, the log's control characters made visible ----------
+{
+  printf '%s\n' '{"event":"begin","step":0,"elapsed_s":0,"text":"training"}'
+  printf '%s\n' '{"event":"error","step":1,"elapsed_s":1,"text":"disk \u001b[31mred\u001b[0m\rback\u0007 bell \u009b2J c1"}'
+} >"$tmp/failed.jsonl"
+tui_start 100 30 "$pesc" view "$tmp/failed.jsonl"
+check "FAILED" "a failed run shows FAILED"
+check 'disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1' "the event's control characters are shown as escapes"
+keys q
+st=$(wait_status "$tmp/status" 5)
+[ "$st" = 1 ] && [ "$(wc -l <"$tmp/stderr")" -eq 1 ] &&
+  grep -q '^pesc view: the run failed: disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1$' "$tmp/stderr" &&
+  ! tr -d '\n' <"$tmp/stderr" | LC_ALL=C grep -q '[[:cntrl:]]' && ! grep -q "$(printf '\302\233')" "$tmp/stderr" \
+  && pass "q on a failed run: exit 1, one line naming 'pesc view:', no control characters" \
+  || fail "failed run: status '$st', stderr: $(od -c "$tmp/stderr" | head -n 6)"
 
 # ---- a growing log, steered through its control socket -----------------------------------------
 "$fake" "$tmp/live.jsonl" --steps 2000 --interval-ms 40 --control "$tmp/control.sock" &
