@@ -57,6 +57,9 @@ static int parse_tokenize(tokenize_options *o, int argc, char **argv)
         return cli_usage_error("tokenize", "unexpected argument '%s'", argv[optind]);
     if (!o->tokenizer == !o->model)
         return cli_usage_error("tokenize", "give exactly one of --tokenizer FILE or --model DIR");
+    if (!*(o->tokenizer ? o->tokenizer : o->model))
+        return cli_usage_error("tokenize", "--%s '': an empty path names nothing",
+                               o->tokenizer ? "tokenizer" : "model");
     if (o->decode && o->no_special)
         return cli_usage_error("tokenize", "--no-special is for encoding; --decode writes every "
                                "id's text, special ones included (as HF's decode does)");

@@ -879,7 +879,8 @@ static int load_source(ds_records *d, const char *path, const ds_format_info *in
     char why[512] = "";
     void *source = ops->open(path, why, sizeof why);
     if (!source)
-        return pesc_fail(err, "%s: %s", path, why[0] ? why : "the source cannot be opened");
+        return pesc_fail(err, "%s: %s", pesc_path_shown(path),
+                         why[0] ? why : "the source cannot be opened");
     load_mark start = mark_load(d);
     int capacity = d->n, rc = 0;
     long skipped = 0;

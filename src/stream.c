@@ -50,7 +50,7 @@ pesc_stream *stream_open(const char *path, pesc_error *err)
 {
     int fd = strcmp(path, "-") == 0 ? dup(0) : open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        pesc_fail(err, "%s: %s", path, strerror(errno));
+        pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(errno));
         return NULL;
     }
     pesc_stream *s = xcalloc(1, sizeof *s);

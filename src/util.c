@@ -40,6 +40,11 @@ int pesc_fail_prefix(pesc_error *err, const char *fmt, ...)
     return -1;
 }
 
+const char *pesc_path_shown(const char *path)
+{
+    return path && *path ? path : "''";
+}
+
 static void (*oom_hook)(void);
 
 void pesc_set_oom_hook(void (*hook)(void))
@@ -89,7 +94,7 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return pesc_fail(err, "%s: %s", path, strerror(errno));
+        return pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(errno));
     /* fopen opens a directory too; only the first read fails, with a bare "read error" */
     struct stat st;
     if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
@@ -269,9 +274,18 @@ static char *temporary_beside(const char *final, char **parent)
     return tmp;
 }
 
+/* An empty name would become a temporary in the working directory and a rename to "". */
+static int refuse_empty(const char *final, const char *what, pesc_error *err)
+{
+    return *final ? 0 : pesc_fail(err, "'': an empty path names no %s to write", what);
+}
+
 int pesc_dir_begin(const char *final, char **tmp, pesc_error *err)
 {
     char *parent;
+    *tmp = NULL;
+    if (refuse_empty(final, "directory", err) != 0)
+        return -1;
     *tmp = temporary_beside(final, &parent);
     if (mkdir(*tmp, 0755) != 0) {
         pesc_fail(err, "%s: cannot create a directory in %s: %s", final, parent, strerror(errno));
@@ -322,6 +336,8 @@ FILE *pesc_file_begin(const char *final, char **tmp, pesc_error *err)
 {
     struct stat st;
     *tmp = NULL;
+    if (refuse_empty(final, "file", err) != 0)
+        return NULL;
     int exists = stat(final, &st) == 0;
     if (exists && S_ISDIR(st.st_mode)) {
         pesc_fail(err, "%s is a directory; name a file to write", final);

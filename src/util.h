@@ -23,6 +23,10 @@ int pesc_fail(pesc_error *err, const char *fmt, ...) __attribute__((format(print
 /* Prefixes an existing message: "context: old message". Returns -1. */
 int pesc_fail_prefix(pesc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A path as a message shows it: itself, or '' when it is empty (": No such file or directory"
+ * would name nothing). For the messages of a failed open, read or write. */
+const char *pesc_path_shown(const char *path);
+
 /* Allocation that cannot fail: out of memory prints a message and aborts (after the
  * registered cleanup hook, which the TUI uses to restore the terminal). */
 void *xmalloc(size_t n);

@@ -1,6 +1,7 @@
 #!/bin/sh
-# demo.sh — `pesc demo-data` as a user meets it, and `pesc eval --routing` on the crafted
-# reference model (tests/reference/data/pesc-e4k1) with its two records as two sources.
+# demo.sh — `pesc demo-data` as a user meets it, inputs a user gets wrong on the demo model
+# (empty paths), and `pesc eval --routing` on the crafted reference model
+# (tests/reference/data/pesc-e4k1) with its two records as two sources.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -27,6 +28,19 @@ fi
 
 expect 2 "\-\-format alpaca describes \-\-data files" "demo training refuses a --format it would ignore" -- \
   "$pesc" train --headless --steps 1 --format alpaca
+
+# ---- inputs a user gets wrong, on the demo model ----
+d="$top_srcdir/data/demo"
+
+# an empty path is named as '' (or is a usage error), and nothing is written for it
+expect 2 "PATH '' is empty" "inspect ''" -- "$pesc" inspect ""
+expect 2 "\-\-model '': an empty path" "tokenize --model ''" -- "$pesc" tokenize --model ""
+expect 1 "^pesc eval: '': No such file" "eval --data '' names the path as ''" -- \
+  "$pesc" eval --model "$d" --data ""
+mkdir "$tmp/cwd"
+expect 1 "'': an empty path names no file" "demo-data -o ''" -- \
+  sh -c 'cd "$1" && exec "$2" demo-data -o "" --records 2' sh "$tmp/cwd" "$(cd "$(dirname "$pesc")" && pwd)/pesc"
+[ -z "$(ls -A "$tmp/cwd")" ] && pass "... and leaves no temporary behind" || fail "-o '' left $(ls -A "$tmp/cwd")"
 
 # ---- demo-data ----
 expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help
@@ -125,7 +139,6 @@ expect 2 "\-\-demo and \-\-data" "--demo with --data" -- "$pesc" eval --model "$
 expect 2 "\-\-data FILE (or \-\-demo) is required" "eval without data" -- "$pesc" eval --model "$p"
 
 # the demo families as sources need the demo model (data/demo), made by tools/make-demo-base
-d="$top_srcdir/data/demo"
 if [ -f "$d/model.safetensors" ]; then
   expect 0 "^loss " "eval --demo on the demo base model" -- "$pesc" eval --model "$d" --demo --records 5
 else

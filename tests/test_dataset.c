@@ -1,6 +1,6 @@
 /* test_dataset — formats (JSONL, JSON array, gzip), skipped and strict bad records, mixture
  * weights, truncation, packing (positions and document ids), seeded order and an exact cursor
- * round trip; the token store: records read back exactly, batches the same as before it, and
+ * round trip; messages for empty paths; the token store: records read back exactly, batches the same as before it, and
  * one-line errors for a TMPDIR that is missing or full. */
 #include <signal.h>
 #include <stdint.h>
@@ -201,6 +201,27 @@ static void test_batches(void)
           "unshuffled order, one record a row");
     dataset_delete(ds);
     ds_batch_free(&batch);
+}
+
+/* Messages that name a path show an empty one as '', and an empty output path is refused
+ * before anything is written. */
+static void test_empty_paths(void)
+{
+    ds_records d = {0};
+    pesc_error err = {{0}};
+    ds_load_options lo = {.format = DS_TOKENS, .strict = 1};
+    CHECK(dataset_load(&d, "", &lo, &err) == -1 && strncmp(err.msg, "'': ", 4) == 0,
+          "an empty --data path: %s", err.msg);
+    char *text = NULL;
+    CHECK(pesc_read_file("", &text, NULL, &err) == -1 && strncmp(err.msg, "'': ", 4) == 0,
+          "reading '': %s", err.msg);
+    CHECK(pesc_write_file("", "x", 1, &err) == -1 && strstr(err.msg, "'': an empty path"),
+          "writing '': %s", err.msg);
+    char *tmp = NULL;
+    CHECK(pesc_dir_begin("", &tmp, &err) == -1 && !tmp && strstr(err.msg, "'': an empty path"),
+          "a directory '': %s", err.msg);
+    pesc_dir_abort(tmp);
+    free(tmp);
 }
 
 /* ---- the token store ------------------------------------------------------------------------ */
@@ -463,6 +484,7 @@ int main(void)
     test_formats(t);
     test_array_gzip_and_bad_records(t);
     test_batches();
+    test_empty_paths();
     test_store_round_trip();
     test_store_errors();
     test_same_batches(t);
