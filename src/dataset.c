@@ -360,6 +360,19 @@ static int magicoder_convert(const pesc_format_host *h, const pesc_json *o, pesc
     return question_answer(h, out, o, "instruction", "response", "magicoder");
 }
 
+/* What is wrong with a token id, for a message: "is outside the vocabulary (0..V-1)", or
+ * without a vocabulary to check against (pesc inspect) "is not a token id (0 or more)";
+ * labels may also be -100. */
+static const char *id_problem(char *buf, size_t n, int vocab_size, int allow_ignore)
+{
+    const char *ignore = allow_ignore ? ", or -100 to ignore" : "";
+    if (vocab_size > 0)
+        snprintf(buf, n, "is outside the vocabulary (0..%d%s)", vocab_size - 1, ignore);
+    else
+        snprintf(buf, n, "is not a token id (0 or more%s)", ignore);
+    return buf;
+}
+
 /* tokens: {"input_ids": [...], "labels": [...]}; labels may hold -100, ids may not. The
  * vocabulary check is here (not only in the host) for messages that name the key. */
 static int read_ids(const pesc_format_host *h, pesc_record_out *out, const pesc_json *array,
@@ -380,9 +393,10 @@ static int read_ids(const pesc_format_host *h, pesc_record_out *out, const pesc_
         }
         if (!((allow_ignore && id == -100) ||
               (id >= 0 && id <= INT32_MAX && (vocab_size <= 0 || id < vocab_size)))) {
+            char problem[96];
             free(ids);
-            return failf(h, out, "\"%s\"[%zu] = %lld is outside the vocabulary (0..%d%s)", key,
-                         i, id, vocab_size - 1, allow_ignore ? ", or -100 to ignore" : "");
+            return failf(h, out, "\"%s\"[%zu] = %lld %s", key, i, id,
+                         id_problem(problem, sizeof problem, vocab_size, allow_ignore));
         }
         ids[i] = (int32_t)id;
     }
@@ -578,11 +592,11 @@ static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const c
     if (out->kinds == OUT_TOKENS) {
         for (int i = 0; i < out->n_ids; i++) {
             int32_t id = out->ids[i], label = out->labels ? out->labels[i] : id;
+            char problem[96];
             if (id < 0 || (lo->vocab_size > 0 && id >= lo->vocab_size) ||
                 (label != -100 && (label < 0 || (lo->vocab_size > 0 && label >= lo->vocab_size))))
-                return pesc_fail(err, "token %d (id %d, label %d) is outside the vocabulary "
-                                 "(0..%d; labels may also be -100)", i, id, label,
-                                 lo->vocab_size - 1);
+                return pesc_fail(err, "token %d (id %d, label %d) %s", i, id, label,
+                                 id_problem(problem, sizeof problem, lo->vocab_size, 1));
         }
         t->ids = out->ids;
         t->labels = out->labels;

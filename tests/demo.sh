@@ -1,6 +1,6 @@
 #!/bin/sh
 # demo.sh — `pesc demo-data` as a user meets it, inputs a user gets wrong on the demo model
-# (empty paths), and `pesc eval --routing` on the crafted reference model
+# (empty paths, negative token ids), and `pesc eval --routing` on the crafted reference model
 # (tests/reference/data/pesc-e4k1) with its two records as two sources.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -41,6 +41,11 @@ mkdir "$tmp/cwd"
 expect 1 "'': an empty path names no file" "demo-data -o ''" -- \
   sh -c 'cd "$1" && exec "$2" demo-data -o "" --records 2' sh "$tmp/cwd" "$(cd "$(dirname "$pesc")" && pwd)/pesc"
 [ -z "$(ls -A "$tmp/cwd")" ] && pass "... and leaves no temporary behind" || fail "-o '' left $(ls -A "$tmp/cwd")"
+
+# inspect checks ids against no vocabulary: a negative one is no token id, with no "(0..-1)"
+printf '{"input_ids": [1, -5, 3]}\n' >"$tmp/negative.jsonl"
+expect 1 "negative.jsonl:1: \"input_ids\"\[1\] = -5 is not a token id (0 or more)$" \
+  "inspect of a tokens file with a negative id" -- "$pesc" inspect "$tmp/negative.jsonl"
 
 # ---- demo-data ----
 expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help

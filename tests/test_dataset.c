@@ -224,6 +224,20 @@ static void test_empty_paths(void)
     free(tmp);
 }
 
+/* Without a vocabulary to check against (pesc inspect), a negative id is no token id; the
+ * message gives no range like "0..-1". */
+static void test_negative_ids(void)
+{
+    ds_records d = {0};
+    pesc_error err = {{0}};
+    const char *path = write_file("negative.jsonl", "{\"input_ids\": [1, -5]}\n", 0);
+    CHECK(dataset_load_tokens(&d, path, 0, &err) == -1 && strstr(err.msg, "is not a token id") &&
+          !strstr(err.msg, "..-1"), "a negative id: %s", err.msg);
+    path = write_file("negative-label.jsonl", "{\"input_ids\": [1, 5], \"labels\": [-100, -7]}\n", 0);
+    CHECK(dataset_load_tokens(&d, path, 0, &err) == -1 && strstr(err.msg, "or -100 to ignore") &&
+          !strstr(err.msg, "..-1"), "a negative label: %s", err.msg);
+}
+
 /* ---- the token store ------------------------------------------------------------------------ */
 
 /* A record as written to a tokens file, to compare with what the store gives back. */
@@ -485,6 +499,7 @@ int main(void)
     test_array_gzip_and_bad_records(t);
     test_batches();
     test_empty_paths();
+    test_negative_ids();
     test_store_round_trip();
     test_store_errors();
     test_same_batches(t);
