@@ -173,10 +173,13 @@ int cmd_tokenize(int argc, char **argv)
         long line_no;
         ssize_t len;
         while ((len = stream_getline(in, &line, &line_no, &err)) >= 0) {
-            if (len == 0)
+            size_t n = (size_t)len;
+            if (line_no == 1)
+                line = pesc_skip_bom(line, &n);
+            if (n == 0)
                 continue;
-            if ((o.decode ? decode_line(t, line, (size_t)len, line_no, &err)
-                          : encode_line(t, line, (size_t)len, line_no, flags, &err)) != 0)
+            if ((o.decode ? decode_line(t, line, n, line_no, &err)
+                          : encode_line(t, line, n, line_no, flags, &err)) != 0)
                 goto out;
         }
         if (len == -2)

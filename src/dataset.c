@@ -699,6 +699,22 @@ static void item_put(reader *r, char c)
     r->item[r->item_len] = '\0';
 }
 
+/* Reads the file's first bytes and steps over a UTF-8 byte order mark there: otherwise the
+ * first record would be a plain line (or bad JSON) that starts with it. 0, or -1 on error. */
+static int rd_skip_bom(reader *r, pesc_error *err)
+{
+    while (r->len < 3 && !r->eof) {
+        ssize_t got = stream_read(r->s, r->buf + r->len, sizeof r->buf - r->len, err);
+        if (got < 0)
+            return -1;
+        r->eof = got == 0;
+        r->len += (size_t)got;
+    }
+    if (r->len >= 3 && memcmp(r->buf, PESC_BOM, 3) == 0)
+        r->pos = 3;
+    return 0;
+}
+
 /* The next JSON text (or plain line) into r->item: 1, 0 at the end, -1 on error. */
 static int rd_next(reader *r, pesc_error *err)
 {
@@ -706,6 +722,8 @@ static int rd_next(reader *r, pesc_error *err)
     r->item_len = 0;
     if (!r->started) {   /* '[' first means one JSON array; anything else is lines */
         r->started = 1;
+        if (rd_skip_bom(r, err) != 0)
+            return -1;
         while ((c = rd_byte(r, err)) == ' ' || c == '\t' || c == '\r' || c == '\n')
             ;
         if (c == -2) return -1;

@@ -167,12 +167,16 @@ static int real_digits(json_t *v)
 
 static int write_config(const export_base *b, const model *m, const char *path, pesc_error *err)
 {
+    char *base_text;
+    size_t base_len;
+    if (pesc_read_file(b->config, &base_text, &base_len, err) != 0)
+        return -1;
     json_error_t jerr;
-    json_t *root = json_load_file(b->config, JSON_REJECT_DUPLICATES, &jerr);
+    const char *body = pesc_skip_bom(base_text, &base_len);   /* before base_len is read */
+    json_t *root = json_loadb(body, base_len, JSON_REJECT_DUPLICATES, &jerr);
+    free(base_text);
     if (!root)
-        return jerr.line < 0 ? pesc_fail(err, "%s: %s", b->config, jerr.text)   /* unreadable */
-                             : pesc_fail(err, "%s: not valid JSON (line %d: %s)", b->config,
-                                         jerr.line, jerr.text);
+        return pesc_fail(err, "%s: not valid JSON (line %d: %s)", b->config, jerr.line, jerr.text);
     static const char *const keys[] = {"num_experts", "topk", "adapter_dim", "moe_scaling",
                                        "output_router_logits"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)

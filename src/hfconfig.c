@@ -211,7 +211,7 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
 {
     memset(c, 0, sizeof *c);
     json_error_t jerr;
-    json_t *root = json_loads(json_text, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loads(pesc_skip_bom(json_text, NULL), JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
         return pesc_fail(err, "%s: not valid JSON (line %d, column %d: %s)", where, jerr.line,
                          jerr.column, jerr.text);

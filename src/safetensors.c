@@ -760,7 +760,8 @@ static int open_index(st_set *s, const char *index, pesc_error *err)
     if (pesc_read_file(index, &text, &len, err) != 0)
         return -1;
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *body = pesc_skip_bom(text, &len);   /* before len is read */
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     free(text);
     if (!root)
         return pesc_fail(err, "%s: not valid JSON: %s (line %d, column %d)", index, jerr.text,

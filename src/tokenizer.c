@@ -1699,7 +1699,8 @@ static json_t *read_json(const char *path, size_t flags, const char *fix, pesc_e
     if (pesc_read_file(path, &text, &len, err) != 0)
         return NULL;
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, flags, &jerr);
+    const char *body = pesc_skip_bom(text, &len);   /* before len is read */
+    json_t *root = json_loadb(body, len, flags, &jerr);
     free(text);
     if (!root) {
         if (jerr.line > 0)

@@ -126,6 +126,16 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
     return 0;
 }
 
+const char *pesc_skip_bom(const char *text, size_t *len)
+{
+    size_t n = len ? *len : strlen(text);
+    if (n < 3 || memcmp(text, PESC_BOM, 3) != 0)
+        return text;
+    if (len)
+        *len = n - 3;
+    return text + 3;
+}
+
 char *pesc_path_join(const char *dir, const char *name)
 {
     size_t a = strlen(dir), b = strlen(name);

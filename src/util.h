@@ -39,6 +39,11 @@ void pesc_set_oom_hook(void (*hook)(void));
  * a message that calls it one. */
 int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err);
 
+/* text past a leading UTF-8 byte order mark (EF BB BF), which some editors write at the start
+ * of a text file and JSON parsers refuse; *len (when not NULL) loses its 3 bytes too. */
+const char *pesc_skip_bom(const char *text, size_t *len);
+#define PESC_BOM "\xef\xbb\xbf"
+
 /* "dir/name" in a fresh allocation. */
 char *pesc_path_join(const char *dir, const char *name);
 

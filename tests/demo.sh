@@ -1,6 +1,6 @@
 #!/bin/sh
 # demo.sh — `pesc demo-data` as a user meets it, inputs a user gets wrong on the demo model
-# (empty paths, negative token ids), and `pesc eval --routing` on the crafted reference model
+# (byte order marks, empty paths, negative token ids), and `pesc eval --routing` on the crafted reference model
 # (tests/reference/data/pesc-e4k1) with its two records as two sources.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -31,6 +31,37 @@ expect 2 "\-\-format alpaca describes \-\-data files" "demo training refuses a -
 
 # ---- inputs a user gets wrong, on the demo model ----
 d="$top_srcdir/data/demo"
+"$pesc" demo-data -o "$tmp/eight.jsonl" --records 8 --seed 3 >/dev/null || exit 99
+# eval_json ARGS...: what pesc eval --json prints (empty on failure)
+eval_json() { "$pesc" eval --backend cpu --json "$@" 2>/dev/null; }
+
+# a UTF-8 byte order mark (as some Windows editors save) before config.json, tokenizer.json,
+# tokenizer_config.json, a sharded model's index, a data file or the lines of tokenize --jsonl
+# changes nothing
+bom=$(printf '\357\273\277')
+mkdir "$tmp/bom"
+for f in config.json tokenizer.json tokenizer_config.json eight.jsonl; do
+  src="$d/$f"; [ "$f" = eight.jsonl ] && src="$tmp/$f"
+  { printf '%s' "$bom"; cat "$src"; } >"$tmp/bom/$f"
+done
+ln -s "$(cd "$d" && pwd)/model.safetensors" "$tmp/bom/model.safetensors"
+plain=$(eval_json --model "$d" --data "$tmp/eight.jsonl")
+marked=$(eval_json --model "$tmp/bom" --data "$tmp/bom/eight.jsonl")
+if [ -n "$plain" ] && [ "$plain" = "$marked" ]; then
+  pass "byte order marks in the model's JSON files and the data: the same eval ($marked)"
+else
+  fail "byte order marks: eval '$marked', without them '$plain'"
+fi
+sharded="$top_srcdir/tests/reference/data/mistral-sharded-f16"
+mkdir "$tmp/shards" && cp "$sharded"/model-0000* "$sharded/config.json" "$tmp/shards/"
+{ printf '%s' "$bom"; cat "$sharded/model.safetensors.index.json"; } >"$tmp/shards/model.safetensors.index.json"
+plain=$(eval_json --model "$sharded" --data "$sharded/records.jsonl")
+marked=$(eval_json --model "$tmp/shards" --data "$sharded/records.jsonl")
+[ -n "$plain" ] && [ "$plain" = "$marked" ] && pass "... and in a sharded model's index" ||
+  fail "a byte order mark in model.safetensors.index.json: eval '$marked', without it '$plain'"
+a=$(printf '"hi"\n' | "$pesc" tokenize --model "$d" --jsonl)
+b=$(printf '%s"hi"\n' "$bom" | "$pesc" tokenize --model "$d" --jsonl 2>&1)
+[ -n "$a" ] && [ "$a" = "$b" ] && pass "tokenize --jsonl skips a byte order mark" || fail "tokenize --jsonl after a BOM: '$b', wanted '$a'"
 
 # an empty path is named as '' (or is a usage error), and nothing is written for it
 expect 2 "PATH '' is empty" "inspect ''" -- "$pesc" inspect ""

@@ -215,6 +215,15 @@ sed -i 's/"adapter_dim": 8/"adapter_dim": 16/' "$tmp/bad2/config.json"
 expect 1 "adapter_down.weight has shape \[8, 128\] but config.json implies \[16, 128\]" "a misshapen adapter" -- \
   "$pesc" generate --model "$tmp/bad2" --prompt hi
 
+# a base whose config.json starts with a UTF-8 byte order mark exports the same model
+mkdir "$tmp/bombase"
+for f in model.safetensors tokenizer.json tokenizer_config.json; do cp "$demo/$f" "$tmp/bombase/"; done
+{ printf '\357\273\277'; cat "$demo/config.json"; } >"$tmp/bombase/config.json"
+expect 0 "exported" "export onto a base whose config.json has a byte order mark" -- \
+  "$pesc" export "$ck" -o "$tmp/outbom" --model "$tmp/bombase"
+[ "$(eval_loss --model "$tmp/outbom")" = "$exported" ] && pass "... and it is the same model" ||
+  fail "a BOM base exports another model: $(eval_loss --model "$tmp/outbom") vs $exported"
+
 # ---- inspect ------------------------------------------------------------------------------------
 expect 0 "crafted       PESC: 4 experts, top-2, adapter_dim 8" "inspect an exported model" -- "$pesc" inspect "$tmp/exp"
 expect 0 "base          /.*data/demo" "inspect a checkpoint" -- "$pesc" inspect "$ck"

@@ -1,4 +1,4 @@
-/* test_dataset — formats (JSONL, JSON array, gzip), skipped and strict bad records, mixture
+/* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), skipped and strict bad records, mixture
  * weights, truncation, packing (positions and document ids), seeded order and an exact cursor
  * round trip; messages for empty paths; the token store: records read back exactly, batches the same as before it, and
  * one-line errors for a TMPDIR that is missing or full. */
@@ -201,6 +201,31 @@ static void test_batches(void)
           "unshuffled order, one record a row");
     dataset_delete(ds);
     ds_batch_free(&batch);
+}
+
+/* A UTF-8 byte order mark before the first record (JSONL or a JSON array) is not part of it:
+ * the record keeps its format instead of becoming a plain line of text. */
+static void test_bom(tokenizer *t)
+{
+    static const char *const files[][2] = {
+        {"bom.jsonl", "\xef\xbb\xbf{\"query\": \"1+1\", \"response\": \"2\"}\n{\"text\": \"x\"}\n"},
+        {"bom.json", "\xef\xbb\xbf[{\"query\": \"1+1\", \"response\": \"2\"}, {\"text\": \"x\"}]"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        const char *path = write_file(files[i][0], files[i][1], 0);
+        ds_records d = {0};
+        pesc_error err = {{0}};
+        ds_load_options lo = {.format = DS_AUTO, .tok = t, .strict = 1};
+        int rc = dataset_load(&d, path, &lo, &err);
+        CHECK(rc == 0 && d.n == 2, "%s: %s", files[i][0], err.msg);
+        if (rc == 0) {
+            char *text = decode_record(t, &d.items[0]);
+            CHECK(strcmp(text, "<s>### Human:\n1+1\n### Assistant:\n2</s>") == 0,
+                  "%s: the first record after a BOM reads as %s", files[i][0], text);
+            free(text);
+        }
+        dataset_free(&d);
+    }
 }
 
 /* Messages that name a path show an empty one as '', and an empty output path is refused
@@ -498,6 +523,7 @@ int main(void)
     test_formats(t);
     test_array_gzip_and_bad_records(t);
     test_batches();
+    test_bom(t);
     test_empty_paths();
     test_negative_ids();
     test_store_round_trip();
