@@ -22,11 +22,12 @@ static const char tokenize_usage[] =
     "  --model DIR       a model directory holding tokenizer.json; hf://OWNER/NAME downloads\n"
     "                    only its tokenizer files\n"
     "  --jsonl           each input line is a JSON string; each output line the JSON array of\n"
-    "                    its ids (without it: all of stdin is one text, ids space-separated)\n"
+    "                    its ids, a blank line for a blank one (without it: all of stdin is one\n"
+    "                    text, ids space-separated)\n"
     "  --no-special      do not add the post-processor's special tokens (BOS, ...)\n"
     "  --decode          the reverse: each input line is a JSON array of ids, each output line\n"
-    "                    the JSON string HF decode(ids, skip_special_tokens=false) gives; an id\n"
-    "                    that is not an integer of the vocabulary is an error\n";
+    "                    the JSON string HF decode(ids, skip_special_tokens=false) gives (blank\n"
+    "                    for blank); an id that is not an integer of the vocabulary is an error\n";
 
 typedef struct tokenize_options {
     const char *tokenizer, *model;
@@ -176,8 +177,10 @@ int cmd_tokenize(int argc, char **argv)
             size_t n = (size_t)len;
             if (line_no == 1)
                 line = pesc_skip_bom(line, &n);
-            if (n == 0)
+            if (strspn(line, " \t\r") >= n) {   /* a blank line stays one: line i is line i */
+                putchar('\n');
                 continue;
+            }
             if ((o.decode ? decode_line(t, line, n, line_no, &err)
                           : encode_line(t, line, n, line_no, flags, &err)) != 0)
                 goto out;

@@ -1,6 +1,6 @@
 #!/bin/sh
 # demo.sh — `pesc demo-data` as a user meets it, inputs a user gets wrong on the demo model
-# (byte order marks, empty paths, negative token ids), and `pesc eval --routing` on the crafted reference model
+# (byte order marks, blank lines, empty paths, negative token ids), and `pesc eval --routing` on the crafted reference model
 # (tests/reference/data/pesc-e4k1) with its two records as two sources.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -62,6 +62,18 @@ marked=$(eval_json --model "$tmp/shards" --data "$sharded/records.jsonl")
 a=$(printf '"hi"\n' | "$pesc" tokenize --model "$d" --jsonl)
 b=$(printf '%s"hi"\n' "$bom" | "$pesc" tokenize --model "$d" --jsonl 2>&1)
 [ -n "$a" ] && [ "$a" = "$b" ] && pass "tokenize --jsonl skips a byte order mark" || fail "tokenize --jsonl after a BOM: '$b', wanted '$a'"
+
+# tokenize --jsonl and --decode keep one output line per input line, blank ones too
+printf '"a"\n\n"b"\n \n' | "$pesc" tokenize --model "$d" --jsonl >"$tmp/ids.jsonl" 2>"$tmp/err"
+"$pesc" tokenize --model "$d" --decode <"$tmp/ids.jsonl" >"$tmp/text.jsonl" 2>>"$tmp/err"
+b_ids=$(printf '"b"\n' | "$pesc" tokenize --model "$d" --jsonl)
+if [ "$(wc -l <"$tmp/ids.jsonl")" -eq 4 ] && [ -z "$(sed -n 2p "$tmp/ids.jsonl")" ] &&
+   [ "$(sed -n 3p "$tmp/ids.jsonl")" = "$b_ids" ] && [ -z "$(sed -n 4p "$tmp/ids.jsonl")" ] &&
+   [ "$(wc -l <"$tmp/text.jsonl")" -eq 4 ] && [ "$(sed -n 3p "$tmp/text.jsonl")" = '"<s>b"' ]; then
+  pass "tokenize --jsonl: a blank line for a blank line, and back through --decode"
+else
+  fail "tokenize blank lines: $(cat "$tmp/ids.jsonl" "$tmp/text.jsonl" "$tmp/err" | tr '\n' '|')"
+fi
 
 # an empty path is named as '' (or is a usage error), and nothing is written for it
 expect 2 "PATH '' is empty" "inspect ''" -- "$pesc" inspect ""
