@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "demo.h"
 #include "stream.h"
@@ -1029,6 +1030,12 @@ void dataset_free(ds_records *d)
     memset(d, 0, sizeof *d);
 }
 
+/* 1 when path names something that exists (a file name, not a URL). */
+static int exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
 int ds_source_parse(ds_source *s, const char *arg, pesc_error *err)
 {
     s->weight = 1.0;
@@ -1038,12 +1045,32 @@ int ds_source_parse(ds_source *s, const char *arg, pesc_error *err)
         char *end;
         errno = 0;
         double w = strtod(colon + 1, &end);
-        if (*end == '\0' && errno == 0) {
+        int number = *end == '\0' && errno == 0;
+        int prefix_exists = 0;
+        if (colon > arg) {   /* the path before the last ':' */
+            char *prefix = copy_bytes(arg, (size_t)(colon - arg));
+            prefix_exists = exists(prefix);
+            free(prefix);
+        }
+        if (number) {
+            /* a file whose name ends in ":NUMBER" reads as PATH:WEIGHT; say how to name it */
+            const char *file = exists(arg) ? arg : NULL;
+            if (file && !prefix_exists)
+                return pesc_fail(err, "--data %s: '%s' is read as a weight after the path %.*s, "
+                                 "which does not exist; to read the file %s, give %s:1", arg,
+                                 colon, (int)(colon - arg), arg, file, file);
             if (!(w > 0) || !(w <= DS_MAX_WEIGHT))
                 return pesc_fail(err, "--data %s: the weight after ':' must be > 0 and at most "
-                                 "%g (each record is taken W times an epoch)", arg, DS_MAX_WEIGHT);
+                                 "%g (each record is taken W times an epoch)%s%s%s", arg,
+                                 DS_MAX_WEIGHT, file ? "; to read the file, give " : "",
+                                 file ? file : "", file ? ":1" : "");
             s->weight = w;
             n = (size_t)(colon - arg);
+        } else if (prefix_exists && !strchr(colon, '/') && !exists(arg)) {
+            /* PATH:W with a W that is no number: PATH exists, the whole does not */
+            return pesc_fail(err, "--data %s: no such file, and '%s' is no weight: a weight "
+                             "after ':' is a number > 0 and at most %g", arg, colon + 1,
+                             DS_MAX_WEIGHT);
         }
     }
     if (n == 0 || n >= sizeof s->path)

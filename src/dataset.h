@@ -114,7 +114,9 @@ void dataset_free(ds_records *d);
 
 /* One --data argument: PATH or PATH:WEIGHT (0 < weight <= DS_MAX_WEIGHT, default 1: each
  * record is taken W times an epoch, the fraction drawn at random). An epoch holds at most
- * DS_MAX_EPOCH records. */
+ * DS_MAX_EPOCH records. A number after the last ':' is a weight; where that reading meets a
+ * file named like PATH:WEIGHT, or a PATH before a ':' that is no number, the message says how
+ * the argument was read (it looks at which of those files exist). */
 #define DS_MAX_WEIGHT 1000.0
 #define DS_MAX_EPOCH (1 << 28)
 typedef struct ds_source {

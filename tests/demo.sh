@@ -1,6 +1,6 @@
 #!/bin/sh
 # demo.sh — `pesc demo-data` as a user meets it, inputs a user gets wrong on the demo model
-# (byte order marks, blank lines, empty paths, negative token ids), and `pesc eval --routing` on the crafted reference model
+# (byte order marks, blank lines, empty paths, PATH:WEIGHT, negative token ids), and `pesc eval --routing` on the crafted reference model
 # (tests/reference/data/pesc-e4k1) with its two records as two sources.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -84,6 +84,13 @@ mkdir "$tmp/cwd"
 expect 1 "'': an empty path names no file" "demo-data -o ''" -- \
   sh -c 'cd "$1" && exec "$2" demo-data -o "" --records 2' sh "$tmp/cwd" "$(cd "$(dirname "$pesc")" && pwd)/pesc"
 [ -z "$(ls -A "$tmp/cwd")" ] && pass "... and leaves no temporary behind" || fail "-o '' left $(ls -A "$tmp/cwd")"
+
+# a file whose name ends in :NUMBER: the number is a weight, and the message says so
+cp "$tmp/eight.jsonl" "$tmp/x:5"
+expect 2 "':5' is read as a weight .*give $tmp/x:5:1" "--data FILE:5 where FILE:5 is the file" -- \
+  "$pesc" train --headless --model "$d" --data "$tmp/x:5" --steps 1 --backend cpu
+expect 2 "'abc' is no weight" "--data FILE:abc where FILE exists" -- \
+  "$pesc" train --headless --model "$d" --data "$tmp/eight.jsonl:abc" --steps 1 --backend cpu
 
 # inspect checks ids against no vocabulary: a negative one is no token id, with no "(0..-1)"
 printf '{"input_ids": [1, -5, 3]}\n' >"$tmp/negative.jsonl"

@@ -1,7 +1,8 @@
-/* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), skipped and strict bad records, mixture
- * weights, truncation, packing (positions and document ids), seeded order and an exact cursor
- * round trip; messages for empty paths; the token store: records read back exactly, batches the same as before it, and
- * one-line errors for a TMPDIR that is missing or full. */
+/* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), skipped and strict bad
+ * records, mixture weights and how PATH:WEIGHT is read, truncation, packing (positions and
+ * document ids), seeded order and an exact cursor round trip; messages for empty paths and
+ * negative ids; the token store: records read back exactly, batches the same as before it,
+ * and one-line errors for a TMPDIR that is missing or full. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -226,6 +227,31 @@ static void test_bom(tokenizer *t)
         }
         dataset_free(&d);
     }
+}
+
+/* --data PATH:W reads a number after the last ':' as a weight; where a file's own name ends so,
+ * or the weight is no number, the message says how it was read. */
+static void test_source_hints(void)
+{
+    ds_source s;
+    pesc_error err = {{0}};
+    char arg[600], file[512];
+    snprintf(file, sizeof file, "%s", write_file("w:5", "{\"input_ids\": [1, 2]}\n", 0));
+    CHECK(ds_source_parse(&s, file, &err) == -1 && strstr(err.msg, "is read as a weight") &&
+          strstr(err.msg, ":5:1"), "a file named w:5: %s", err.msg);
+    snprintf(arg, sizeof arg, "%s:1", file);
+    CHECK(ds_source_parse(&s, arg, &err) == 0 && strcmp(s.path, file) == 0 && s.weight == 1.0,
+          "w:5:1 names the file w:5: %s", err.msg);
+    /* z and z:0 both exist: z:0 is z with a weight of 0, refused with the way to read z:0 */
+    write_file("z", "{\"input_ids\": [1, 2]}\n", 0);
+    snprintf(file, sizeof file, "%s", write_file("z:0", "{\"input_ids\": [1, 2]}\n", 0));
+    CHECK(ds_source_parse(&s, file, &err) == -1 && strstr(err.msg, "must be > 0") &&
+          strstr(err.msg, ":0:1"), "z:0 beside z: %s", err.msg);
+    snprintf(arg, sizeof arg, "%s:abc", write_file("real.jsonl", "{\"input_ids\": [1, 2]}\n", 0));
+    CHECK(ds_source_parse(&s, arg, &err) == -1 && strstr(err.msg, "'abc' is no weight"),
+          "a weight that is no number: %s", err.msg);
+    CHECK(ds_source_parse(&s, "hf://owner/name/data.jsonl", &err) == 0 &&
+          strcmp(s.path, "hf://owner/name/data.jsonl") == 0, "a URL is no PATH:WEIGHT");
 }
 
 /* Messages that name a path show an empty one as '', and an empty output path is refused
@@ -524,6 +550,7 @@ int main(void)
     test_array_gzip_and_bad_records(t);
     test_batches();
     test_bom(t);
+    test_source_hints();
     test_empty_paths();
     test_negative_ids();
     test_store_round_trip();
