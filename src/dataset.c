@@ -1141,6 +1141,46 @@ static uint64_t fingerprint(const dataset *ds)
     return h;
 }
 
+/* The index of r's first predicted token (the first label after the first token that is not
+ * -100), or r->len when it has none. Reads the labels up to there, the prompt, no further. */
+static int first_predicted(const ds_record *r)
+{
+    if (!r->labels)
+        return r->len > 1 ? 1 : r->len;
+    for (int i = 1; i < r->len; i++)
+        if (r->labels[i] != -100)
+            return i;
+    return r->len;
+}
+
+/* A row holds a record's first `seq` tokens, so only the answers among them are learnt. Counts
+ * the records whose answers all lie past them (stats.answers_cut), and refuses data that
+ * leaves nothing to learn at all. */
+static int check_answers(dataset *ds, int seq, pesc_error *err)
+{
+    if (ds->rec.n > 0 && ds->rec.predicted == 0)
+        return pesc_fail(err, "the --data records have no token to learn: every label is -100 "
+                         "(or every record is one token long); check the data's masking");
+    long answered = 0;
+    int needed = INT_MAX;   /* the shortest --seq that would reach an answer */
+    for (int i = 0; i < ds->rec.n; i++) {
+        const ds_record *r = &ds->rec.items[i];
+        int first = first_predicted(r);
+        if (first == r->len)
+            continue;   /* nothing to learn in it, however long the rows */
+        if (first < seq)
+            answered++;
+        else
+            ds->stats.answers_cut++;
+        needed = first + 1 < needed ? first + 1 : needed;
+    }
+    if (ds->rec.n > 0 && answered == 0)
+        return pesc_fail(err, "the --data records have no token to learn within --seq %d: every "
+                         "answer lies past the first %d tokens of its record; raise --seq (to "
+                         "at least %d for the first answer)", seq, seq, needed);
+    return 0;
+}
+
 /* The weights must leave an epoch at least one record on average (an empty one would be
  * drawn again and again) and at most DS_MAX_EPOCH (the order is 4 bytes a record). */
 static int check_epoch_size(const dataset *ds, pesc_error *err)
@@ -1150,9 +1190,6 @@ static int check_epoch_size(const dataset *ds, pesc_error *err)
         expected += ds->weights[i] * (double)ds->stats.source_records[i];
         most += ceil(ds->weights[i]) * (double)ds->stats.source_records[i];
     }
-    if (ds->rec.n > 0 && ds->rec.predicted == 0)
-        return pesc_fail(err, "the --data records have no token to learn: every label is -100 "
-                         "(or every record is one token long); check the data's masking");
     if (ds->rec.n > 0 && expected < 1.0)
         return pesc_fail(err, "the --data weights make an epoch of %.3g records on average; "
                          "raise them so that one holds at least one record", expected);
@@ -1195,7 +1232,7 @@ dataset *dataset_open(const ds_source *sources, int n_sources, const ds_load_opt
             ds->stats.truncated_tokens += len - o->seq;
         }
     }
-    if (check_epoch_size(ds, err) != 0) {
+    if (check_answers(ds, o->seq, err) != 0 || check_epoch_size(ds, err) != 0) {
         dataset_delete(ds);
         return NULL;
     }

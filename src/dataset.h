@@ -17,7 +17,8 @@
  * fatal. An empty dataset is an error.
  *
  * Batches (dataset_next_batch): B rows of T tokens. Without packing a row holds one record,
- * truncated to T (counted). With packing, whole records are laid end to end while they fit;
+ * truncated to T (counted), and only the answers in those T tokens are learnt: data with none
+ * there is refused, and the records that lose every answer are counted. With packing, whole records are laid end to end while they fit;
  * positions restart at 0 for every document and doc_ids tell documents apart, so a model
  * lets token i attend to token j only when j <= i and doc_ids match. Every token carries the
  * index of the --data it came from. Order: per epoch, each source contributes its records
@@ -166,6 +167,8 @@ typedef struct ds_stats {
     long records, skipped, truncated;
     long long tokens;
     long long truncated_tokens;  /* tokens cut off by truncation */
+    long answers_cut;            /* records with answers (labels), none of them in the first
+                                    --seq tokens: truncation leaves them nothing to learn */
     int n_sources;
     long *source_records;        /* (n_sources) */
 } ds_stats;

@@ -1245,6 +1245,11 @@ static int setup(session *s, pesc_error *err)
         publish_warning(s, "note", "--seq %d is past the model's context of %d tokens "
                         "(max_position_embeddings): it was never trained on later positions",
                         c->seq, s->m.config.max_position_embeddings);
+    const ds_stats *data = dataset_stats(s->data);
+    if (data->answers_cut)
+        publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "
+                        "answers lie past it); they train nothing, raise --seq to learn them",
+                        c->seq, data->answers_cut, data->records);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # demo.sh — `pesc demo-data` as a user meets it, inputs a user gets wrong on the demo model
-# (byte order marks, blank lines, empty paths, PATH:WEIGHT, negative token ids), and `pesc eval --routing` on the crafted reference model
+# (byte order marks, blank lines, empty paths, PATH:WEIGHT, answers past --seq, negative
+# token ids), and `pesc eval --routing` on the crafted reference model
 # (tests/reference/data/pesc-e4k1) with its two records as two sources.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -91,6 +92,17 @@ expect 2 "':5' is read as a weight .*give $tmp/x:5:1" "--data FILE:5 where FILE:
   "$pesc" train --headless --model "$d" --data "$tmp/x:5" --steps 1 --backend cpu
 expect 2 "'abc' is no weight" "--data FILE:abc where FILE exists" -- \
   "$pesc" train --headless --model "$d" --data "$tmp/eight.jsonl:abc" --steps 1 --backend cpu
+
+# an answer past --seq (a long question) is nothing to learn: refused alone, noted among others
+awk 'BEGIN { q = ""; for (i = 0; i < 60; i++) q = q "ab "; printf "{\"instruction\": \"\", \"conversation\": [{\"input\": \"%s\", \"output\": \"yes\"}]}\n", q }' >"$tmp/late.jsonl"
+expect 1 "no token to learn within \-\-seq 32: .*raise \-\-seq" "answers all past --seq are refused" -- \
+  "$pesc" train --headless --model "$d" --data "$tmp/late.jsonl" --seq 32 --steps 1 --backend cpu
+cat "$tmp/late.jsonl" "$tmp/eight.jsonl" >"$tmp/some-late.jsonl"
+expect 0 "records with no answer within \-\-seq 32: 1 of 9" "a record whose answer is past --seq is noted" -- \
+  "$pesc" train --headless --model "$d" --data "$tmp/some-late.jsonl" --seq 32 --batch 4 --steps 1 \
+  --backend cpu --log "$tmp/late-log.jsonl"
+grep -q '"event":"note".*no answer within --seq 32: 1 of 9' "$tmp/late-log.jsonl" &&
+  pass "... in the log too" || fail "no note in the log: $(grep event "$tmp/late-log.jsonl")"
 
 # inspect checks ids against no vocabulary: a negative one is no token id, with no "(0..-1)"
 printf '{"input_ids": [1, -5, 3]}\n' >"$tmp/negative.jsonl"

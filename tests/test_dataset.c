@@ -1,8 +1,8 @@
 /* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), skipped and strict bad
- * records, mixture weights and how PATH:WEIGHT is read, truncation, packing (positions and
- * document ids), seeded order and an exact cursor round trip; messages for empty paths and
- * negative ids; the token store: records read back exactly, batches the same as before it,
- * and one-line errors for a TMPDIR that is missing or full. */
+ * records, mixture weights and how PATH:WEIGHT is read, truncation and the answers it leaves,
+ * packing (positions and document ids), seeded order and an exact cursor round trip; messages
+ * for empty paths and negative ids; the token store: records read back exactly, batches the
+ * same as before it, and one-line errors for a TMPDIR that is missing or full. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -227,6 +227,40 @@ static void test_bom(tokenizer *t)
         }
         dataset_free(&d);
     }
+}
+
+/* Only the answers in a row's first --seq tokens are learnt: data with none there is refused
+ * with a message naming --seq, and records that lose all theirs are counted. */
+static void test_answers_within_seq(void)
+{
+    /* the answer (labels other than -100) starts at token 6 */
+    const char *late = "{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8], "
+                       "\"labels\": [-100, -100, -100, -100, -100, -100, 7, 8]}\n";
+    char body[512];
+    ds_source src;
+    pesc_error err = {{0}};
+    ds_load_options lo = {.format = DS_TOKENS};
+    ds_options o = {.batch = 2, .seq = 4, .pack = 0, .shuffle = 0, .seed = 1, .epochs = 1};
+    snprintf(src.path, sizeof src.path, "%s", write_file("late.jsonl", late, 0));
+    src.weight = 1.0;
+    dataset *ds = dataset_open(&src, 1, &lo, &o, &err);
+    CHECK(!ds && strstr(err.msg, "no token to learn within --seq 4") &&
+          strstr(err.msg, "raise --seq (to at least 7"), "answers past --seq: %s",
+          ds ? "accepted" : err.msg);
+    dataset_delete(ds);
+    o.seq = 7;
+    ds = dataset_open(&src, 1, &lo, &o, &err);
+    CHECK(ds && dataset_stats(ds)->answers_cut == 0, "--seq 7 reaches the answer: %s", err.msg);
+    dataset_delete(ds);
+    /* next to a short record, the long one is counted, not refused */
+    snprintf(body, sizeof body, "%s{\"input_ids\": [1, 2, 3], \"labels\": [-100, 2, 3]}\n", late);
+    snprintf(src.path, sizeof src.path, "%s", write_file("mixed.jsonl", body, 0));
+    o.seq = 4;
+    ds = dataset_open(&src, 1, &lo, &o, &err);
+    CHECK(ds && dataset_stats(ds)->answers_cut == 1 && dataset_stats(ds)->truncated == 1,
+          "one record without an answer within --seq: %s, %ld", ds ? "" : err.msg,
+          ds ? dataset_stats(ds)->answers_cut : -1);
+    dataset_delete(ds);
 }
 
 /* --data PATH:W reads a number after the last ':' as a weight; where a file's own name ends so,
@@ -550,6 +584,7 @@ int main(void)
     test_array_gzip_and_bad_records(t);
     test_batches();
     test_bom(t);
+    test_answers_within_seq();
     test_source_hints();
     test_empty_paths();
     test_negative_ids();
