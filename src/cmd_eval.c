@@ -436,16 +436,22 @@ int cmd_eval(int argc, char **argv)
     int cut = 0;
     if (score_records(&m, &d, o.routing ? &tally : NULL, &nll, &count, &cut, &err) != 0)
         goto out;
+    if (count == 0) {
+        if (cut)   /* the answers may well be there, past what the model can see */
+            pesc_fail(&err, "%s: no token is predicted within the model's context of %d tokens "
+                      "(max_position_embeddings): %d of %d records are longer and cut there, and "
+                      "any answer they hold lies past it; shorten their prompts",
+                      sources.names[0], m.config.max_position_embeddings, cut, d.n);
+        else
+            pesc_fail(&err, "%s: no token is predicted (every record is one token long or fully "
+                      "masked with -100)", sources.names[0]);
+        goto out;
+    }
     if (cut)
         fprintf(stderr, "pesc eval: note: %d record%s longer than the model's context of %d "
                 "tokens (max_position_embeddings) scored on the first %d\n", cut,
                 cut == 1 ? "" : "s", m.config.max_position_embeddings,
                 m.config.max_position_embeddings);
-    if (count == 0) {
-        pesc_fail(&err, "%s: no token is predicted (every record is one token long or fully "
-                  "masked with -100)", sources.names[0]);
-        goto out;
-    }
     double loss = nll / (double)count;
     if (!isfinite(loss)) {
         pesc_fail(&err, "the loss is %g: the model overflows on this data (its weights or "

@@ -1,7 +1,7 @@
 #!/bin/sh
 # demo.sh — `pesc demo-data` as a user meets it, inputs a user gets wrong on the demo model
-# (byte order marks, blank lines, empty paths, PATH:WEIGHT, answers past --seq, negative
-# token ids), and `pesc eval --routing` on the crafted reference model
+# (byte order marks, blank lines, empty paths, PATH:WEIGHT, answers past --seq or the
+# context, negative token ids), and `pesc eval --routing` on the crafted reference model
 # (tests/reference/data/pesc-e4k1) with its two records as two sources.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -103,6 +103,12 @@ expect 0 "records with no answer within \-\-seq 32: 1 of 9" "a record whose answ
   --backend cpu --log "$tmp/late-log.jsonl"
 grep -q '"event":"note".*no answer within --seq 32: 1 of 9' "$tmp/late-log.jsonl" &&
   pass "... in the log too" || fail "no note in the log: $(grep event "$tmp/late-log.jsonl")"
+
+# eval sees the model's context (128 tokens on the demo), not --seq: a question longer than
+# that leaves nothing to score, and the one line says so
+awk 'BEGIN { q = ""; for (i = 0; i < 200; i++) q = q "ab "; printf "{\"instruction\": \"\", \"conversation\": [{\"input\": \"%s\", \"output\": \"yes\"}]}\n", q }' >"$tmp/beyond.jsonl"
+expect 1 "no token is predicted within the model's context of 128 tokens .*lies past it" \
+  "eval of a record whose answer is past the context" -- "$pesc" eval --model "$d" --data "$tmp/beyond.jsonl"
 
 # inspect checks ids against no vocabulary: a negative one is no token id, with no "(0..-1)"
 printf '{"input_ids": [1, -5, 3]}\n' >"$tmp/negative.jsonl"
