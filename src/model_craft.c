@@ -398,12 +398,31 @@ static int meta_float(const st_file *f, const char *key, float fallback, float *
     return 0;
 }
 
+/* 1 when f holds a router or an adapter: a crafted model's weights. */
+static int holds_crafted(const st_file *f)
+{
+    for (int i = 0; i < f->n_tensors; i++)
+        if (strstr(f->tensors[i].name, ".mlp.moe_adapter."))
+            return 1;
+    return 0;
+}
+
 /* The crafting a file describes, from its metadata. */
 static int options_from_file(const st_file *f, pesc_options *o, pesc_error *err)
 {
     pesc_options_default(o);
-    /* a file of plain weights (no crafting metadata) is a full-mode file */
+    /* a file of plain weights (no crafting metadata) is a full-mode file, unless it has routers
+     * and adapters: then it is the model.safetensors of pesc export, whose crafting (top-k,
+     * scale) is in the config.json beside it; taken as full weights, they would be dropped */
     const char *mode = st_meta(f, "pesc_mode");
+    if (!mode && !st_meta(f, "num_experts") && holds_crafted(f)) {
+        char *dir = pesc_parent_dir(f->path);
+        pesc_fail(err, "%s is an exported PESC model (base weights, routers and adapters), not "
+                  "a trainables file: give its directory as --model %s, without --adapters",
+                  f->path, dir);
+        free(dir);
+        return -1;
+    }
     if ((mode && strcmp(mode, "full") == 0) || !st_meta(f, "num_experts")) {
         o->mode = TRAIN_FULL;
         return 0;

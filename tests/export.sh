@@ -2,7 +2,8 @@
 # export.sh — pesc export as a user drives it, on the demo model: a checkpoint becomes a
 # Camelidae-layout directory that eval, generate and train load directly and that computes what
 # base + adapters computed (LoRA merged in, full-mode weights as trained); the checkpoint
-# remembers its base; bad inputs fail in one line; inspect describes checkpoints and exports.
+# remembers its base; bad inputs fail in one line (the export's model.safetensors as --adapters
+# among them); inspect describes checkpoints and exports.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -215,6 +216,13 @@ sed -i 's/"adapter_dim": 8/"adapter_dim": 16/' "$tmp/bad2/config.json"
 expect 1 "adapter_down.weight has shape \[8, 128\] but config.json implies \[16, 128\]" "a misshapen adapter" -- \
   "$pesc" generate --model "$tmp/bad2" --prompt hi
 
+# the export's model.safetensors is a model, not a trainables file: --adapters refuses it (taken
+# as --train full weights, its routers and adapters were dropped without a word)
+expect 1 "$tmp/exp/model.safetensors is an exported PESC model.*give its directory as \-\-model $tmp/exp, without \-\-adapters" \
+  "--adapters EXPORT/model.safetensors is refused, naming the directory" -- \
+  "$pesc" eval --model "$demo" --adapters "$tmp/exp/model.safetensors" --data "$tmp/d.jsonl"
+expect 1 "is an exported PESC model" "... on the exported model too" -- \
+  "$pesc" generate --model "$tmp/exp" --adapters "$tmp/exp/model.safetensors" --prompt hi
 # a base whose config.json starts with a UTF-8 byte order mark exports the same model
 mkdir "$tmp/bombase"
 for f in model.safetensors tokenizer.json tokenizer_config.json; do cp "$demo/$f" "$tmp/bombase/"; done
