@@ -77,6 +77,7 @@ int cmd_train(int argc, char **argv)
     session *s = session_new(&c, &err);
     if (!s)
         return cli_fail("train", &err);
+    /* the socket before the session opens its log: a run refused for it has truncated nothing */
     control_server *ctl = NULL;
     if (c.control_path && !(ctl = control_open(c.control_path, session_monitor(s), &err))) {
         session_delete(s);

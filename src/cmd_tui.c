@@ -49,8 +49,11 @@ int cmd_tui(int argc, char **argv)
             cli_fail("tui", &err);
         return 1;
     }
+    /* the socket before the run opens its log: a run refused for it has truncated nothing */
     control_server *ctl = NULL;
-    if (c.control_path && !(ctl = control_open(c.control_path, launcher_monitor(l), &err))) {
+    if ((c.control_path && !(ctl = control_open(c.control_path, launcher_monitor(l), &err))) ||
+        launcher_start(l, &err) != 0) {
+        control_close(ctl);
         launcher_delete(l);
         return cli_fail("tui", &err);
     }

@@ -97,16 +97,24 @@ static int download_all(launcher *l, pesc_error *err)
     return 0;
 }
 
-/* Makes and starts the session; 0, or -1 with err. A stop that came meanwhile wins. */
-static int launch_session(launcher *l, pesc_error *err)
+/* Makes the session (nothing written yet); 0, or -1 with err. */
+static int make_session(launcher *l, pesc_error *err)
 {
     session *s = session_new(&l->cfg, err);
     if (!s)
         return -1;
     pthread_mutex_lock(&l->lock);
     l->session = s;
+    pthread_mutex_unlock(&l->lock);
+    return 0;
+}
+
+/* Starts the session made; 0, or -1 with err. A stop that came meanwhile wins. */
+static int start_session(launcher *l, pesc_error *err)
+{
+    pthread_mutex_lock(&l->lock);
     int go = !l->stopping;
-    int rc = go ? session_start(s, err) : 0;
+    int rc = go ? session_start(l->session, err) : 0;
     l->started = go && rc == 0;
     pthread_mutex_unlock(&l->lock);
     return rc;
@@ -127,7 +135,7 @@ static void *launcher_main(void *arg)
     int rc = download_all(l, &err);
     if (rc == 0 && !is_stopping(l)) {
         set_phase(l, MONITOR_STARTING, "loading the model and the data");
-        rc = launch_session(l, &err);
+        rc = make_session(l, &err) != 0 ? -1 : start_session(l, &err);
     }
     if (is_stopping(l) && !l->started)
         set_phase(l, MONITOR_STOPPED, "stopped before training began (downloads resume next time)");
@@ -221,26 +229,30 @@ launcher *launcher_new(const train_config *c, pesc_error *err)
     l->state = MONITOR_STARTING;
     l->downloads_ended_at = -1;
     pthread_mutex_init(&l->lock, NULL);
+    int rc = 0;
     if (!has_urls(c)) {
-        if (launch_session(l, err) != 0) {
-            launcher_delete(l);
-            return NULL;
-        }
-        return l;
+        rc = make_session(l, err);
+    } else {
+        snprintf(l->message, sizeof l->message, "downloading");
+        if (!(l->fetcher = fetcher_new(NULL, err)))
+            rc = -1;
     }
-    snprintf(l->message, sizeof l->message, "downloading");
-    if (!(l->fetcher = fetcher_new(NULL, err))) {
-        launcher_delete(l);
-        return NULL;
-    }
-    int rc = pthread_create(&l->thread, NULL, launcher_main, l);
     if (rc != 0) {
-        pesc_fail(err, "cannot start the download thread: %s", strerror(rc));
         launcher_delete(l);
         return NULL;
     }
-    l->thread_running = 1;
     return l;
+}
+
+int launcher_start(launcher *l, pesc_error *err)
+{
+    if (!l->fetcher)
+        return start_session(l, err);
+    int rc = pthread_create(&l->thread, NULL, launcher_main, l);
+    if (rc != 0)
+        return pesc_fail(err, "cannot start the download thread: %s", strerror(rc));
+    l->thread_running = 1;
+    return 0;
 }
 
 monitor *launcher_monitor(launcher *l) { return &l->face; }

@@ -7,7 +7,9 @@
  * load is a FAILED run with the reason.
  *
  * Without URLs the session is made synchronously by launcher_new, so a bad local path fails
- * with a one-line error before any screen is drawn, exactly as before.
+ * with a one-line error before any screen is drawn, exactly as before. Nothing is written
+ * (the log, the sinks) before launcher_start: the front end takes its --control socket in
+ * between, so a run refused for it has truncated no file.
  *
  * Threads: launcher_new/finish/delete belong to the caller's thread; the monitor may be
  * called from any thread (the UI, the control socket). Must not: draw anything. */
@@ -20,9 +22,12 @@
 
 typedef struct launcher launcher;
 
-/* Starts the run: at once (local paths) or after the downloads (on the launcher's thread).
- * NULL with err when it cannot start at all. */
+/* Makes the run (local paths) or gets ready to download (URLs); nothing runs yet. NULL with
+ * err when it cannot start at all. */
 launcher *launcher_new(const train_config *c, pesc_error *err);
+/* Starts the run: at once (local paths: the session opens its outputs, which may refuse it,
+ * -1 with err) or after the downloads (on the launcher's thread). */
+int launcher_start(launcher *l, pesc_error *err);
 /* What front ends watch and steer. Until the session runs, commands other than `stop` answer
  * with an error that says the run is still starting; `stop` cancels the downloads (their
  * .part files stay for the next start to resume). */

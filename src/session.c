@@ -1239,17 +1239,6 @@ static int setup(session *s, pesc_error *err)
     describe_run(s);
     s->record = stats_record_new(s->run.shape);
     s->shared->run = s->run;
-    if (open_sinks(s, err) != 0)
-        return -1;
-    if (context > 0 && c->seq > context)
-        publish_warning(s, "note", "--seq %d is past the model's context of %d tokens "
-                        "(max_position_embeddings): it was never trained on later positions",
-                        c->seq, s->m.config.max_position_embeddings);
-    const ds_stats *data = dataset_stats(s->data);
-    if (data->answers_cut)
-        publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "
-                        "answers lie past it); they train nothing, raise --seq to learn them",
-                        c->seq, data->answers_cut, data->records);
     return 0;
 }
 
@@ -1288,6 +1277,20 @@ session *session_new(const train_config *c, pesc_error *err)
 
 int session_start(session *s, pesc_error *err)
 {
+    /* the outputs last: whatever can refuse the run (and the front end's --control socket,
+     * taken between session_new and here) has refused it before a file is truncated */
+    if (open_sinks(s, err) != 0)
+        return -1;
+    int context = s->m.config.max_position_embeddings;
+    if (context > 0 && s->cfg.seq > context)
+        publish_warning(s, "note", "--seq %d is past the model's context of %d tokens "
+                        "(max_position_embeddings): it was never trained on later positions",
+                        s->cfg.seq, context);
+    const ds_stats *data = dataset_stats(s->data);
+    if (data->answers_cut)
+        publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "
+                        "answers lie past it); they train nothing, raise --seq to learn them",
+                        s->cfg.seq, data->answers_cut, data->records);
     int rc = pthread_create(&s->thread, NULL, trainer_main, s);
     if (rc != 0)
         return pesc_fail(err, "cannot start the trainer thread: %s", strerror(rc));

@@ -19,8 +19,12 @@
 typedef struct session session;
 
 /* Loads the model (downloading a URL first), the tokenizer and data, crafts or resumes; the
- * trainer is not running yet. *err says what failed. */
+ * trainer is not running yet, and no output file (the log, a sink's) is opened: a front end
+ * takes what can still refuse the run (its --control socket) before session_start. *err says
+ * what failed. */
 session *session_new(const train_config *c, pesc_error *err);
+/* Opens the log and the sinks (refusing the run, with err, when one cannot be had; then none
+ * was truncated), then starts the trainer. */
 int session_start(session *s, pesc_error *err);
 /* Waits for the trainer to end (finished, stopped or failed); returns the exit status:
  * 0 finished or stopped cleanly, 1 failed (session_error says why). */

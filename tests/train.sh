@@ -177,6 +177,18 @@ r2=$("$sockcmd" "$tmp/sock" "frobnicate")
 r3=$("$sockcmd" "$tmp/sock" "lr *0.5")
 r4=$("$sockcmd" "$tmp/sock" "pause")
 r6=$("$sockcmd" "$tmp/sock" "save")   # this run has no --save
+# a second run refused for its --control socket has not touched its log: the socket is taken
+# before any output file is opened, by train and by tui alike
+echo precious >"$tmp/keep.jsonl"
+for cmd in "train --headless" tui; do
+  # shellcheck disable=SC2086
+  expect 1 "\-\-control $tmp/sock: another run is listening there" "$cmd: a --control socket in use refuses the run" -- \
+    "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/sock"
+  # shellcheck disable=SC2086
+  expect 1 "\-\-control $tmp/no/dir/sock: No such file" "$cmd: a --control socket in a missing directory refuses the run" -- \
+    "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/no/dir/sock"
+done
+[ "$(cat "$tmp/keep.jsonl")" = precious ] || fail "a run refused for its --control socket truncated its --log"
 # the step in flight finishes first: measure once the pause is in the log
 for _ in $(seq 100); do grep -q '"event":"pause"' "$tmp/live.jsonl" && break; sleep 0.05; done
 before=$(grep -c '"loss"' "$tmp/live.jsonl")
