@@ -1,6 +1,7 @@
 /* csv — a metric sink plugin: one row per optimizer step, one column per scalar.
  *
- * `--sink csv[:FILE]` (default BASE.csv). Columns: step, wall_time, elapsed_s, then every
+ * `--sink csv[:FILE]` (default BASE.csv, which a fresh run refuses to replace when it is already
+ * there: only a FILE named for it is truncated). Columns: step, wall_time, elapsed_s, then every
  * scalar of the step in the order pesc gives them (loss, aux_loss, z_loss, lr, grad_norm,
  * tokens_per_s, step_s, epoch, tokens, entropy/layer_NN, imbalance/layer_NN,
  * load/layer_NN/expert_E). The header is written with the first step (not when a resumed
@@ -9,6 +10,7 @@
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,9 +43,19 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
         snprintf(c->path, sizeof c->path, "%s", config->target);
     else
         snprintf(c->path, sizeof c->path, "%s.csv", config->base ? config->base : "pesc-run");
-    c->f = fopen(c->path, config->resume ? "a" : "w");
+    if (config->resume || config->target) {
+        c->f = fopen(c->path, config->resume ? "a" : "w");
+    } else {   /* a BASE.csv already there may be another run's: a fresh run does not replace it */
+        int fd = open(c->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        c->f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    }
     if (!c->f) {
-        io_error(c, err, errlen);
+        if (errno == EEXIST)
+            snprintf(err, errlen, "%s is already there, and this run was not told to replace it: "
+                     "name the file (--sink csv:FILE), remove it, or continue its run with "
+                     "--resume", c->path);
+        else
+            io_error(c, err, errlen);
         free(c);
         return NULL;
     }

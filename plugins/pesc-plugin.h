@@ -128,7 +128,9 @@ typedef struct pesc_run_info {
 typedef struct pesc_sink_config {
     size_t size;
     /* NAME:TARGET of --sink, or NULL when only NAME was given: then derive the output from
-     * base (a path stem: csv writes BASE.csv, tensorboard BASE.tb/) */
+     * base (a path stem: csv writes BASE.csv, tensorboard BASE.tb/). A derived file that is
+     * already there is not the user's to lose: a fresh run (resume 0) refuses it, naming it,
+     * rather than truncate it (open it with O_EXCL). */
     const char *target;
     const char *base;
     int resume;                          /* a resumed run: append to what is there */

@@ -2,10 +2,13 @@
 #include "sink.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ===================================================== the built-in jsonl sink ===== */
 
@@ -39,18 +42,45 @@ static int jsonl_close(void *self, char *err, size_t errlen)
     return rc;
 }
 
+/* The log's file: its target, or BASE.jsonl. */
+static void jsonl_path(char *path, size_t n, const char *target, const char *base)
+{
+    if (target)
+        snprintf(path, n, "%s", target);
+    else
+        snprintf(path, n, "%s.jsonl", base);
+}
+
+static void cannot_create(char *err, size_t errlen, const char *path, int error)
+{
+    snprintf(err, errlen, "cannot create the run log %s: %s (name a file in a writable "
+             "directory that exists)", path, strerror(error));
+}
+
+/* A file the user did not name (BASE.jsonl of --sink jsonl) that is already there is not
+ * replaced by a fresh run: it may be another run's. */
+static void exists_unnamed(char *err, size_t errlen, const char *path)
+{
+    snprintf(err, errlen, "%s is already there, and this run was not told to replace it: name "
+             "the file (--sink jsonl:FILE), remove it, or continue its run with --resume", path);
+}
+
 static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, char *err,
                         size_t errlen)
 {
     jsonl_sink *j = xcalloc(1, sizeof *j);
-    if (c->target)
-        snprintf(j->path, sizeof j->path, "%s", c->target);
-    else
-        snprintf(j->path, sizeof j->path, "%s.jsonl", c->base);
-    j->f = fopen(j->path, c->resume ? "a" : "w");
+    jsonl_path(j->path, sizeof j->path, c->target, c->base);
+    if (c->resume || c->target) {
+        j->f = fopen(j->path, c->resume ? "a" : "w");
+    } else {
+        int fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        j->f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    }
     if (!j->f) {
-        snprintf(err, errlen, "cannot create the run log %s: %s (name a file in a writable "
-                 "directory that exists)", j->path, strerror(errno));
+        if (errno == EEXIST)
+            exists_unnamed(err, errlen, j->path);
+        else
+            cannot_create(err, errlen, j->path, errno);
         free(j);
         return NULL;
     }
@@ -290,6 +320,40 @@ static int parse_spec(sink_set *s, const char *spec, sink_slot *slot, pesc_error
     return 0;
 }
 
+/* What opening the built-in log would refuse, asked before any sink opens, so that a run
+ * refused for one of its outputs has truncated no other (plugin sinks, whose files only they
+ * know, open before the log: what they refuse, they refuse before the log is touched).
+ * 0, or -1 with the reason in why. */
+static int check_log_output(const sink_set *s, const char *target, char *why, size_t n)
+{
+    char path[4096];
+    jsonl_path(path, sizeof path, target, s->base);
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (!target && !s->opt.resume)
+            exists_unnamed(why, n, path);
+        else if (S_ISDIR(st.st_mode))
+            snprintf(why, n, "%s is a directory; name a file for the run log", path);
+        else if (access(path, W_OK) != 0)
+            snprintf(why, n, "cannot write the run log %s: %s", path, strerror(errno));
+        return why[0] ? -1 : 0;
+    }
+    char *parent = pesc_parent_dir(path);
+    int writable = access(parent, W_OK | X_OK) == 0;
+    if (!writable)
+        cannot_create(why, n, path, errno);
+    free(parent);
+    return writable ? 0 : -1;
+}
+
+/* The error of output i (strict_open): "--log: why" or "--sink SPEC: why". */
+static int open_failed(const sink_set *s, int i, const char *why, pesc_error *err)
+{
+    int log = i == 0 && s->opt.first_is_log;
+    return pesc_fail(err, "%s%s: %s", log ? "--log" : "--sink ", log ? "" : s->slots[i].spec,
+                     why[0] ? why : "cannot open");
+}
+
 sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run,
                      const sink_options *o, pesc_error *err)
 {
@@ -320,24 +384,31 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
         .model = run->model, .backend = run->backend, .total_steps = run->total_steps,
         .adapter_dim = run->adapter_dim, .adapter_scale = run->adapter_scale, .json = json};
     int rc = 0;
-    for (int i = 0; i < s->n; i++) {
-        sink_slot *slot = &s->slots[i];
-        const char *colon = strchr(slot->spec, ':');
-        pesc_sink_config config = {.size = sizeof config, .target = colon ? colon + 1 : NULL,
-                                   .base = s->base, .resume = s->opt.resume};
-        char why[256] = "";
-        slot->self = slot->ops->open(&config, &info, why, sizeof why);
-        if (slot->self) {
-            s->live++;
-        } else if (s->opt.strict_open) {
-            rc = pesc_fail(err, "%s%s: %s", i == 0 && s->opt.first_is_log ? "--log" : "--sink ",
-                           i == 0 && s->opt.first_is_log ? "" : slot->spec,
-                           why[0] ? why : "cannot open");
-            break;
-        } else {
-            disable(s, slot, why);
-        }
+    for (int i = 0; i < s->n && s->opt.strict_open && rc == 0; i++) {
+        const char *colon = strchr(s->slots[i].spec, ':');
+        char why[4096 + 256] = "";   /* room for a path */
+        if (s->slots[i].ops == &jsonl_ops &&
+            check_log_output(s, colon ? colon + 1 : NULL, why, sizeof why) != 0)
+            rc = open_failed(s, i, why, err);
     }
+    /* plugins first, the log last (see check_log_output) */
+    for (int pass = 0; pass < 2 && rc == 0; pass++)
+        for (int i = 0; i < s->n && rc == 0; i++) {
+            sink_slot *slot = &s->slots[i];
+            if ((slot->ops == &jsonl_ops) != pass)
+                continue;
+            const char *colon = strchr(slot->spec, ':');
+            pesc_sink_config config = {.size = sizeof config, .target = colon ? colon + 1 : NULL,
+                                       .base = s->base, .resume = s->opt.resume};
+            char why[256] = "";
+            slot->self = slot->ops->open(&config, &info, why, sizeof why);
+            if (slot->self)
+                s->live++;
+            else if (s->opt.strict_open)
+                rc = open_failed(s, i, why, err);
+            else
+                disable(s, slot, why);
+        }
     free(json);
     if (rc != 0) {
         s->n_pending = 0;

@@ -3,7 +3,8 @@
  * A sink is a `pesc_sink_ops` table (plugins/pesc-plugin.h): the built-in `jsonl` (the run
  * log of --log, man pesc-log(5)) and any sink plugin (`csv`, `tensorboard`, ...) are opened
  * and fed the same way. `--sink NAME[:TARGET]` names one; without TARGET a sink derives its
- * output from the base path (jsonl: BASE.jsonl, csv: BASE.csv, tensorboard: BASE.tb/).
+ * output from the base path (jsonl: BASE.jsonl, csv: BASE.csv, tensorboard: BASE.tb/), and a
+ * fresh run refuses such a file when it is already there (it was not told to replace it).
  *
  * Each record is handed to every sink once: as named scalars ("loss", "aux_loss", "z_loss",
  * "lr", "grad_norm", "tokens_per_s", "step_s", "epoch", "tokens", "entropy/layer_03",
@@ -45,7 +46,9 @@ typedef struct sink_options {
 /* specs: "NAME" or "NAME:TARGET", e.g. "jsonl:run.jsonl" (what --log FILE means),
  * "tensorboard:runs/tb", "csv". An unknown name, a malformed spec or the same output named
  * twice is an error (-1 / NULL with a message); a sink that cannot open is reported and left
- * out (or an error with strict_open). The "start" line of the log is written here. */
+ * out (or an error with strict_open: then what the built-in log would refuse is checked
+ * before anything opens, and plugin sinks open before it, so a refused set has truncated no
+ * log). The "start" line of the log is written here. */
 sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run,
                      const sink_options *o, pesc_error *err);
 /* Every working sink gets the record / event. */

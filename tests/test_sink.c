@@ -494,6 +494,52 @@ static void test_bad_specs(const pesc_plugins *plugins)
     CHECK(!sinks_open(plugin_sink, 1, &run, &o, &err), "no plugins, no csv");
 }
 
+/* A file the run was not told to write (BASE.jsonl, BASE.csv) that is already there is not
+ * replaced by a fresh run; a resumed one appends. A sink refused leaves the log untouched. */
+static void test_unnamed_outputs(const pesc_plugins *plugins)
+{
+    stats_run run = {.shape = {.n_layers = L, .n_experts = E, .top_k = 2}};
+    char base[600], path[700], log[700];
+    snprintf(base, sizeof base, "%s/old", dir);
+    sink_options o = {.base = base, .plugins = plugins, .strict_open = 1};
+    pesc_error err = {{0}};
+    const char *names[] = {"jsonl", "csv"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s.%s", base, names[i]);
+        FILE *f = fopen(path, "w");
+        fputs("precious\n", f);
+        fclose(f);
+        o.resume = 0;
+        CHECK(!sinks_open(&names[i], 1, &run, &o, &err) && strstr(err.msg, path) &&
+              strstr(err.msg, "already there") && strstr(err.msg, "--resume"),
+              "a fresh run and an existing %s: %s", path, err.msg);
+        o.resume = 1;
+        sinks_close(sinks_open(&names[i], 1, &run, &o, &err));
+        f = fopen(path, "r");
+        char line[64] = "";
+        CHECK(f && fgets(line, sizeof line, f) && strcmp(line, "precious\n") == 0,
+              "%s: the first line is now '%s'", path, line);
+        if (f)
+            fclose(f);
+    }
+    /* the log is named first but opens last: the csv refused, it is still whole */
+    snprintf(log, sizeof log, "jsonl:%s/kept.jsonl", dir);
+    FILE *f = fopen(log + 6, "w");
+    fputs("precious\n", f);
+    fclose(f);
+    const char *specs[] = {log, "csv"};
+    o.resume = 0;
+    o.first_is_log = 1;
+    CHECK(!sinks_open(specs, 2, &run, &o, &err) && strstr(err.msg, "--sink csv: "),
+          "the csv refused beside a log: %s", err.msg);
+    f = fopen(log + 6, "r");
+    char line[64] = "";
+    CHECK(f && fgets(line, sizeof line, f) && strcmp(line, "precious\n") == 0,
+          "a run refused for its csv truncated the log: '%s'", line);
+    if (f)
+        fclose(f);
+}
+
 int main(void)
 {
     make_crc_table();
@@ -517,6 +563,7 @@ int main(void)
     }
     test_sinks(plugins);
     test_bad_specs(plugins);
+    test_unnamed_outputs(plugins);
     plugins_delete(plugins);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

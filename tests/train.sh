@@ -164,6 +164,36 @@ if [ $status -eq 0 ] && [ "$rows" = 4 ] && [ "$(grep -c 'sink csv' "$tmp/s.err")
 else
   fail "sinks: exit $status, $rows csv rows: $(cat "$tmp/s.err")"
 fi
+# a file the run was not told to write (BASE.csv, beside the log or in the working directory)
+# is not replaced by a fresh run; the refusal comes before the log is truncated, and a log
+# that cannot be made is found before a named sink's file is truncated
+cp "$tmp/s.csv" "$tmp/s.csv.before" && cp "$tmp/s.jsonl" "$tmp/s.jsonl.before"
+# shellcheck disable=SC2086
+expect 1 "\-\-sink csv: $tmp/s.csv is already there, and this run was not told to replace it: name the file (\-\-sink csv:FILE), remove it, or continue its run with \-\-resume" \
+  "--sink csv refuses an existing BASE.csv it was not named" -- \
+  "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl" --sink csv
+cmp -s "$tmp/s.csv" "$tmp/s.csv.before" && cmp -s "$tmp/s.jsonl" "$tmp/s.jsonl.before" ||
+  fail "a run refused for its --sink csv changed the csv or truncated the log"
+mkdir "$tmp/cwd" && echo precious >"$tmp/cwd/pesc-run.csv"
+absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
+expect 1 "\-\-sink csv: pesc-run.csv is already there" "--sink csv refuses an existing ./pesc-run.csv" -- \
+  sh -c 'cd "$1" && shift && exec "$@"' sh "$tmp/cwd" "$(absolute "$pesc")" train --headless \
+  --model "$(absolute "$base")" --data "$tmp/data.jsonl" --backend cpu --steps 1 --sink csv
+echo precious >"$tmp/named.csv"
+# shellcheck disable=SC2086
+expect 1 "\-\-log: cannot create the run log $tmp/no/dir/x.jsonl" "a log that cannot be made is refused before any sink opens" -- \
+  "$pesc" train --headless $common --steps 1 --log "$tmp/no/dir/x.jsonl" --sink "csv:$tmp/named.csv"
+[ "$(cat "$tmp/cwd/pesc-run.csv" "$tmp/named.csv")" = "precious
+precious" ] || fail "a refused run touched pesc-run.csv or a named --sink file"
+# a resumed run appends to BASE.csv: one header, every step's row
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 2 --save "$tmp/cs" --sink csv >/dev/null 2>"$tmp/err" &&
+  "$pesc" train --headless $common --steps 4 --resume "$tmp/cs" --save "$tmp/cs" --sink csv >/dev/null 2>>"$tmp/err"
+if [ "$(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ')" = "step 1 2 3 4 " ]; then
+  pass "--resume appends to BASE.csv"
+else
+  fail "--resume and --sink csv: $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(cat "$tmp/err")"
+fi
 
 # the control socket: replies, effects in the log, malformed lines refused
 # shellcheck disable=SC2086
