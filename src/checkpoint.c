@@ -3,12 +3,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,6 +19,7 @@
 #define STATE_FILE "state.json"
 #define TRAINABLES_FILE "trainables.safetensors"
 #define OPTIMIZER_FILE "optimizer.safetensors"
+#define LOCK_FILE ".lock"            /* checkpoint_lock's; not a checkpoint */
 
 /* ---- state.json --------------------------------------------------------------------------- */
 
@@ -303,6 +306,48 @@ int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_ste
     return pesc_fail(err, "--save %s already holds another run's checkpoints (step-%08ld), and "
                      "this run continues %s; name an empty directory, or save where it was "
                      "saved", save_dir, other, resumed);
+}
+
+/* The pid is only for the message of a run refused here: without it the lock holds all the
+ * same. */
+static void record_holder(int fd)
+{
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        return;
+}
+
+int checkpoint_lock(const char *save_dir, pesc_error *err)
+{
+    char *path = pesc_path_join(save_dir, LOCK_FILE);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        pesc_fail(err, "--save %s: cannot create its lock file %s: %s", save_dir, path,
+                  strerror(errno));
+    } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int error = errno;
+        char recorded[24] = "", holder[32] = "";
+        if (pread(fd, recorded, sizeof recorded - 1, 0) > 0 && strtol(recorded, NULL, 10) > 0)
+            snprintf(holder, sizeof holder, " (pid %ld)", strtol(recorded, NULL, 10));
+        if (error == EWOULDBLOCK)
+            pesc_fail(err, "--save %s is in use by another run%s; wait for it to end, or save "
+                      "in another directory", save_dir, holder);
+        else
+            pesc_fail(err, "--save %s: cannot lock %s: %s", save_dir, path, strerror(error));
+        close(fd);
+        fd = -1;
+    } else {
+        record_holder(fd);
+    }
+    free(path);
+    return fd;
+}
+
+void checkpoint_unlock(int lock)
+{
+    if (lock >= 0)
+        close(lock);   /* releases the flock */
 }
 
 int checkpoint_prepare(const char *save_dir, pesc_error *err)

@@ -43,6 +43,14 @@ typedef struct checkpoint_state {
 /* Makes save_dir (one level) or checks that it is a directory this process can write in: a run
  * checks before its first step, not when its first checkpoint is due. */
 int checkpoint_prepare(const char *save_dir, pesc_error *err);
+/* Takes save_dir for this run until checkpoint_unlock: an exclusive flock on save_dir/.lock,
+ * which records the holder's pid. A second run on the directory (which would pass
+ * checkpoint_claim too while the first has saved nothing, then rotate the first's
+ * checkpoints out) is refused at once. The lock goes with the process, so a killed run
+ * leaves nothing that blocks the next; the file stays, and is no checkpoint. Returns the
+ * lock, or -1 with err. */
+int checkpoint_lock(const char *save_dir, pesc_error *err);
+void checkpoint_unlock(int lock);   /* accepts -1 */
 /* Refuses a save_dir that holds checkpoints this run does not continue: those of another run
  * (when the run is not resumed from save_dir itself), or, when it is, those past the resumed
  * step, which the run would overwrite. resumed is the checkpoint the run continues (NULL for

@@ -62,6 +62,7 @@ struct session {
     pesc_plugins *plugins;       /* --plugin modules and the plugin search path */
     ds_formats *formats;         /* built-in and plugin dataset formats */
     sink_set *sinks;             /* the JSONL log and --sink outputs */
+    int save_lock;               /* checkpoint_lock of --save DIR; -1: none */
 
     /* trainer state */
     long step, start_step, total_steps, nan_skipped, nan_run;
@@ -1163,14 +1164,17 @@ static int check_memory(session *s, pesc_error *err)
                      gib(mem.available), hint);
 }
 
-/* --save DIR must be writable and hold no checkpoint this run would overwrite or rotate out
- * without continuing it; checked before any work. */
-static int check_save_dir(const train_config *c, pesc_error *err)
+/* --save DIR must be writable, not in use by another run (the lock is the session's from
+ * now on) and hold no checkpoint this run would overwrite or rotate out without continuing
+ * it; checked before any work. */
+static int check_save_dir(session *s, pesc_error *err)
 {
+    const train_config *c = &s->cfg;
     char *dir = NULL;
     checkpoint_state st;
     int rc = -1;
-    if (checkpoint_prepare(c->save_dir, err) != 0)
+    if (checkpoint_prepare(c->save_dir, err) != 0 ||
+        (s->save_lock = checkpoint_lock(c->save_dir, err)) < 0)
         return -1;
     if (!c->resume)
         return checkpoint_claim(c->save_dir, NULL, 0, err);
@@ -1185,7 +1189,7 @@ static int check_save_dir(const train_config *c, pesc_error *err)
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
-    if (c->save_dir && check_save_dir(c, err) != 0)
+    if (c->save_dir && check_save_dir(s, err) != 0)
         return -1;
     s->backend = backend_new(c->backend, err);
     if (!s->backend)
@@ -1262,6 +1266,7 @@ session *session_new(const train_config *c, pesc_error *err)
     s->lr_scale = 1.0;
     s->status = 1;
     s->last_save = -1.0;
+    s->save_lock = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);
     s->shared = monitor_view_new();
@@ -1339,6 +1344,7 @@ void session_delete(session *s)
     free(s->model_dir);
     free(s->tokenizer_path);
     monitor_view_delete(s->shared);
+    checkpoint_unlock(s->save_lock);
     plugins_delete(s->plugins);   /* last: sinks and formats may live in its modules */
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->lock);

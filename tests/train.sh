@@ -79,6 +79,22 @@ expect 1 "\-\-save $tmp/third already holds another run's checkpoints (step-0000
   "$pesc" train --headless $common --steps 8 --resume "$tmp/ck" --save "$tmp/third" --keep 1
 [ "$(ls -l "$tmp/ck"/*)" = "$before" ] && [ -f "$tmp/third/step-00000003/state.json" ] ||
   fail "a refused --save touched checkpoints: $(ls -R "$tmp/ck" "$tmp/third")"
+# two runs on one --save DIR would both find it empty, then rotate out each other's
+# checkpoints: while a run holds DIR, a second is refused at once, naming the holder, and
+# writes nothing (a run killed with -9 holds nothing: see the kill -9 test)
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --save "$tmp/busy" --control "$tmp/busy.sock" >/dev/null 2>&1 &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 100); do [ -S "$tmp/busy.sock" ] && break; sleep 0.1; done
+# shellcheck disable=SC2086
+expect 1 "\-\-save $tmp/busy is in use by another run (pid $pid); wait for it to end, or save in another directory" \
+  "a second run on a --save DIR in use is refused" -- \
+  "$pesc" train --headless $common --steps 1 --save "$tmp/busy" --log "$tmp/busy.jsonl"
+[ "$(ls -A "$tmp/busy")" = .lock ] && [ ! -e "$tmp/busy.jsonl" ] ||
+  fail "a run refused for a --save DIR in use wrote: $(ls -A "$tmp/busy" "$tmp/busy.jsonl" 2>&1)"
+"$sockcmd" "$tmp/busy.sock" stop >/dev/null
+wait $pid
 # a final checkpoint that cannot be written fails the run, saying so (its result is not lost
 # without a word): the save directory is replaced by a file while the run trains
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 --save "$tmp/gone" \
