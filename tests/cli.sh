@@ -44,6 +44,18 @@ for cmd in train tui; do
   expect 2 "\-\-format foo: not a known format" "$cmd: unknown --format is a usage error" -- \
     "$pesc" "$cmd" --model x --data y --format foo
 done
+# an empty path names no file: a usage error naming the option (--control '' once ran on
+# without a socket, --log '' was blamed on --sink and exited 1)
+for cmd in train tui; do
+  for flag in --model --init-config --tokenizer --save --resume --log --control --plugin; do
+    expect 2 "pesc $cmd: $flag '': the path is empty; name " "$cmd $flag '' is a usage error" -- \
+      "$pesc" "$cmd" "$flag" ""
+  done
+  for spec in "" "csv:" ":x"; do
+    expect 2 "\-\-sink '$spec': expected NAME or NAME:TARGET, neither empty" "$cmd --sink '$spec' is a usage error" -- \
+      "$pesc" "$cmd" --sink "$spec"
+  done
+done
 expect 0 "^cpu " "devices" -- "$pesc" devices
 
 # eval against the reference: the loss PyTorch computed in float64
