@@ -403,29 +403,51 @@ out:
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
+/* 0 when dir/state.json can be read, else the errno that says why not. */
+static int state_unreadable(const char *dir)
+{
+    char *state = pesc_path_join(dir, STATE_FILE);
+    int error = access(state, R_OK) == 0 ? 0 : errno;
+    free(state);
+    return error;
+}
+
 int checkpoint_find(const char *path, char **dir, pesc_error *err)
 {
-    char *state = pesc_path_join(path, STATE_FILE);
-    int direct = access(state, R_OK) == 0;
-    free(state);
-    if (direct) {
+    int error = state_unreadable(path);
+    if (error == 0) {
         *dir = xstrdup(path);
         return 0;
     }
+    if (error != ENOENT && error != ENOTDIR)   /* a checkpoint, or a directory, not readable */
+        return pesc_fail(err, "%s/" STATE_FILE ": %s (make it readable)", path,
+                         strerror(error));
     DIR *d = opendir(path);
     if (!d)
         return pesc_fail(err, "%s: %s", path, strerror(errno));
-    long best = -1, step;
+    /* the newest readable checkpoint, and the newest that is not (with why) */
+    long best = -1, bad = -1, step;
+    int bad_error = 0;
     struct dirent *e;
     while ((e = readdir(d)))
         if (is_checkpoint_name(e->d_name, &step) && step > best) {
-            char *p = pesc_path_join(path, e->d_name), *s = pesc_path_join(p, STATE_FILE);
-            if (access(s, R_OK) == 0)
+            char *p = pesc_path_join(path, e->d_name);
+            if ((error = state_unreadable(p)) == 0) {
                 best = step;
-            free(s);
+            } else if (step > bad) {
+                bad = step;
+                bad_error = error;
+            }
             free(p);
         }
     closedir(d);
+    /* one that vanished (replaced by a save of the same step, or rotated out) is passed over;
+     * one that cannot be read is not, rather than resume an older one without a word */
+    if (bad > best && (best < 0 || bad_error != ENOENT))
+        return pesc_fail(err, "%s/step-%08ld/" STATE_FILE ": %s (%s)", path, bad,
+                         strerror(bad_error), bad_error == ENOENT ?
+                         "not a complete checkpoint, and there is no other here" :
+                         "make it readable, or name an older step-N directory");
     if (best < 0)
         return pesc_fail(err, "%s: no checkpoint here (expected state.json, or step-N "
                          "directories written by --save)", path);

@@ -357,6 +357,35 @@ for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"tra
     "$pesc" train --headless $common --steps 10 --resume "$tmp/bad"
 done
 
+# a checkpoint that cannot be read is named with what is wrong, not "no checkpoint here", and
+# an older one is not resumed in its place without a word
+mkdir -p "$tmp/incomplete/step-00000001"
+# shellcheck disable=SC2086
+expect 1 "$tmp/incomplete/step-00000001/state.json: No such file or directory (not a complete checkpoint" \
+  "--resume of a save directory whose only step-N lacks state.json names it" -- \
+  "$pesc" train --headless $common --steps 10 --resume "$tmp/incomplete"
+mkdir -p "$tmp/mixed/step-00000009" && cp -r "$tmp/ck/step-00000003" "$tmp/mixed/" &&
+  ln -s state.json "$tmp/mixed/step-00000009/state.json"   # a link to itself: never readable
+# shellcheck disable=SC2086
+expect 1 "$tmp/mixed/step-00000009/state.json: .*(make it readable, or name an older step-N directory)" \
+  "an unreadable newest checkpoint is named, not passed over for an older one" -- \
+  "$pesc" train --headless $common --steps 10 --resume "$tmp/mixed"
+if [ "$(id -u)" = 0 ]; then
+  echo "skip the unreadable-permission checkpoints: root reads everything"
+else
+  mkdir "$tmp/unread" && cp -r "$tmp/ck/step-00000006" "$tmp/unread/"
+  for target in "$tmp/unread/step-00000006/state.json" "$tmp/unread/step-00000006"; do
+    chmod 000 "$target"
+    for at in "$tmp/unread" "$tmp/unread/step-00000006"; do
+      # shellcheck disable=SC2086
+      expect 1 "$tmp/unread/step-00000006/state.json: Permission denied (make it readable" \
+        "--resume $at with $(basename "$target") unreadable names the file" -- \
+        "$pesc" train --headless $common --steps 10 --resume "$at"
+    done
+    chmod u+rwx "$target"
+  done
+fi
+
 # resuming a run already at or past --steps says so, rather than exiting 0 having done nothing
 # shellcheck disable=SC2086
 expect 1 "cannot resume: \-\-resume $tmp/ck/step-00000006 is at step 6, and this run ends at step 4: raise \-\-steps" \
