@@ -82,7 +82,7 @@ expect 2 "\-\-model '': an empty path" "tokenize --model ''" -- "$pesc" tokenize
 expect 1 "^pesc eval: '': No such file" "eval --data '' names the path as ''" -- \
   "$pesc" eval --model "$d" --data ""
 mkdir "$tmp/cwd"
-expect 1 "'': an empty path names no file" "demo-data -o ''" -- \
+expect 2 "\-o '': expected a file name, or - for standard output" "demo-data -o '' is a usage error" -- \
   sh -c 'cd "$1" && exec "$2" demo-data -o "" --records 2' sh "$tmp/cwd" "$(cd "$(dirname "$pesc")" && pwd)/pesc"
 [ -z "$(ls -A "$tmp/cwd")" ] && pass "... and leaves no temporary behind" || fail "-o '' left $(ls -A "$tmp/cwd")"
 
