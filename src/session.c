@@ -509,7 +509,7 @@ static int prompt_ids(session *s, const char *prompt, tok_ids *ids, pesc_error *
     return template_encode_prompt(s->tpl, s->tok, &msg, 1, ids, err);
 }
 
-static void process_command(session *s, const command *c, int in_generation);
+static void process_command(session *s, const command *c);
 
 /* Runs one prompt to its end: the current weights, no dropout, the sampler's own RNG, so the
  * training that follows is exactly what it would have been without it. */
@@ -568,7 +568,7 @@ static void generate(session *s, const command *c)
         generation_append(s, piece, len, expert);
         command c2;
         while (take_command(s, &c2))   /* commands are taken between generated tokens too */
-            process_command(s, &c2, 1);
+            process_command(s, &c2);
         if (s->stop_requested)
             break;
     }
@@ -659,7 +659,7 @@ static double current_lr(session *s)
     return lr * s->lr_scale;
 }
 
-static void process_command(session *s, const command *c, int in_generation)
+static void process_command(session *s, const command *c)
 {
     switch (c->kind) {
     case CMD_PAUSE:
@@ -694,11 +694,8 @@ static void process_command(session *s, const command *c, int in_generation)
         break;
     }
     case CMD_STOP: break;   /* stop_requested is already set */
-    case CMD_GENERATE:
-        if (in_generation)
-            publish_event(s, "generate", "busy: one prompt at a time");
-        else
-            generate(s, c);
+    case CMD_GENERATE:   /* session_command refuses a second one while this one runs */
+        generate(s, c);
         break;
     }
 }
@@ -859,7 +856,7 @@ static void *trainer_main(void *arg)
     for (;;) {
         command c;
         while (take_command(s, &c))
-            process_command(s, &c, 0);
+            process_command(s, &c);
         pthread_mutex_lock(&s->lock);
         int stop = s->stop_requested;
         if (!stop && s->paused && s->q_len == 0) {
