@@ -1,6 +1,7 @@
 /* checkpoint — see checkpoint.h. */
 #include "checkpoint.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -221,13 +222,19 @@ static int save_optimizer(const char *path, model *m, optimizer *opt, pesc_error
     return rc;
 }
 
-static int is_checkpoint_name(const char *name, long *step)
+/* Only the names pesc writes ("step-%08ld"): a user's "step-3" (an export, say) or "step- 7"
+ * beside them is neither listed, resumed nor rotated out. */
+int checkpoint_name_step(const char *name, long *step)
 {
-    char *end;
-    if (strncmp(name, "step-", 5) != 0)
+    if (strncmp(name, "step-", 5) != 0 || !isdigit((unsigned char)name[5]))
         return 0;
+    char *end, canonical[32];
+    errno = 0;
     *step = strtol(name + 5, &end, 10);
-    return end != name + 5 && *end == '\0';
+    if (errno || *end)
+        return 0;
+    snprintf(canonical, sizeof canonical, "step-%08ld", *step);
+    return strcmp(name, canonical) == 0;
 }
 
 /* Removes stale temporary checkpoints (".tmp-step-N-PID" and its ".old", from
@@ -248,7 +255,7 @@ static void prune(const char *save_dir, int keep, long upto)
             char *p = pesc_path_join(save_dir, e->d_name);
             pesc_remove_tree(p);
             free(p);
-        } else if (is_checkpoint_name(e->d_name, &step) && step <= upto && n < 4096) {
+        } else if (checkpoint_name_step(e->d_name, &step) && step <= upto && n < 4096) {
             steps[n++] = step;
         }
     }
@@ -276,7 +283,7 @@ static long newest_step_after(const char *dir, long after)
     if (!d)
         return -1;
     while ((e = readdir(d)))
-        if (is_checkpoint_name(e->d_name, &step) && step > after && step > best)
+        if (checkpoint_name_step(e->d_name, &step) && step > after && step > best)
             best = step;
     closedir(d);
     return best;
@@ -430,7 +437,7 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
     int bad_error = 0;
     struct dirent *e;
     while ((e = readdir(d)))
-        if (is_checkpoint_name(e->d_name, &step) && step > best) {
+        if (checkpoint_name_step(e->d_name, &step) && step > best) {
             char *p = pesc_path_join(path, e->d_name);
             if ((error = state_unreadable(p)) == 0) {
                 best = step;

@@ -62,6 +62,9 @@ int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_ste
 int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
                     const checkpoint_state *st, char **saved, pesc_error *err);
 
+/* 1 and the step when name is a checkpoint directory's name as pesc writes it (step-%08ld),
+ * else 0. */
+int checkpoint_name_step(const char *name, long *step);
 /* path is a checkpoint or a save directory (its newest complete checkpoint is taken). */
 int checkpoint_find(const char *path, char **dir, pesc_error *err);
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err);

@@ -104,8 +104,9 @@ static void print_saved(const char *save_dir)
     struct dirent *e;
     char **names = NULL;
     int n = 0;
+    long step;
     while ((e = readdir(d)))
-        if (strncmp(e->d_name, "step-", 5) == 0) {
+        if (checkpoint_name_step(e->d_name, &step)) {
             names = xrealloc(names, (size_t)(n + 1) * sizeof *names);
             names[n++] = xstrdup(e->d_name);
         }

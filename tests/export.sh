@@ -235,6 +235,19 @@ expect 0 "exported" "export onto a base whose config.json has a byte order mark"
 # ---- inspect ------------------------------------------------------------------------------------
 expect 0 "crafted       PESC: 4 experts, top-2, adapter_dim 8" "inspect an exported model" -- "$pesc" inspect "$tmp/exp"
 expect 0 "base          /.*data/demo" "inspect a checkpoint" -- "$pesc" inspect "$ck"
+# an export the user wrote into the save directory as step-4 is not a checkpoint: inspect does
+# not list it, and a run that continues the directory is not refused for it
+cp -r "$tmp/ck" "$tmp/ck4"
+expect 0 "step-4 beside step-00000004" "export into SAVE/step-4" -- sh -c \
+  '"$0" export "$1" -o "$1/step-4" >/dev/null && echo "step-4 beside $(ls "$1" | grep -v step-4)"' "$pesc" "$tmp/ck4"
+expect 0 "save dir      $tmp/ck4: 1 checkpoint: step-00000004$" "inspect SAVE lists only pesc's step-N" -- \
+  "$pesc" inspect "$tmp/ck4"
+# shellcheck disable=SC2086
+expect 0 "step 5/5" "a run continues SAVE beside its step-4 export" -- "$pesc" train --headless \
+  --model "$demo" $common --experts 4 --adapter-dim 8 --steps 5 --resume "$tmp/ck4" --save "$tmp/ck4" --keep 1
+[ -f "$tmp/ck4/step-4/model.safetensors" ] && [ -f "$tmp/ck4/step-00000005/state.json" ] &&
+  [ ! -e "$tmp/ck4/step-00000004" ] && pass "--keep 1 rotated step-00000004 out and left the export" ||
+  fail "after --keep 1: $(ls "$tmp/ck4")"
 expect 0 "LoRA          rank 4" "inspect a save directory (newest checkpoint)" -- "$pesc" inspect "$tmp/ckl"
 expect 0 "not recorded" "inspect an old checkpoint" -- "$pesc" inspect "$tmp/old"
 rm -rf "$tmp/broken" && cp -r "$ck" "$tmp/broken" && printf 'junk' >"$tmp/broken/trainables.safetensors"
