@@ -455,9 +455,11 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
                          strerror(bad_error), bad_error == ENOENT ?
                          "not a complete checkpoint, and there is no other here" :
                          "make it readable, or name an older step-N directory");
-    if (best < 0)
-        return pesc_fail(err, "%s: no checkpoint here (expected state.json, or step-N "
-                         "directories written by --save)", path);
+    if (best < 0) {
+        pesc_fail(err, "%s: no checkpoint here (expected state.json, or step-N directories "
+                  "written by --save)", path);
+        return CHECKPOINT_NONE;
+    }
     char name[64];
     snprintf(name, sizeof name, "step-%08ld", best);
     *dir = pesc_path_join(path, name);

@@ -65,7 +65,9 @@ int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
 /* 1 and the step when name is a checkpoint directory's name as pesc writes it (step-%08ld),
  * else 0. */
 int checkpoint_name_step(const char *name, long *step);
-/* path is a checkpoint or a save directory (its newest complete checkpoint is taken). */
+/* path is a checkpoint or a save directory (its newest complete checkpoint is taken).
+ * CHECKPOINT_NONE when path holds no checkpoint at all, -1 when one is there but unreadable. */
+enum { CHECKPOINT_NONE = -2 };
 int checkpoint_find(const char *path, char **dir, pesc_error *err);
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err);
 /* Loads trainables and moments into a model crafted as st->pesc says and an optimizer sized

@@ -184,11 +184,12 @@ static int inspect_directory(const char *path)
     pesc_error err;
     if (is_model)
         return inspect_model(path);
-    if (checkpoint_find(path, &dir, &err) != 0) {
+    int found = checkpoint_find(path, &dir, &err);
+    if (found == CHECKPOINT_NONE)
         pesc_fail(&err, "%s: neither a model directory (config.json) nor a checkpoint "
                   "(state.json, or the step-N directories of --save)", path);
+    if (found != 0)   /* else a checkpoint that cannot be read: its own message says why */
         return cli_fail("inspect", &err);
-    }
     int rc = inspect_checkpoint(path, dir);
     free(dir);
     return rc;

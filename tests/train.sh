@@ -370,6 +370,8 @@ mkdir -p "$tmp/mixed/step-00000009" && cp -r "$tmp/ck/step-00000003" "$tmp/mixed
 expect 1 "$tmp/mixed/step-00000009/state.json: .*(make it readable, or name an older step-N directory)" \
   "an unreadable newest checkpoint is named, not passed over for an older one" -- \
   "$pesc" train --headless $common --steps 10 --resume "$tmp/mixed"
+expect 1 "$tmp/mixed/step-00000009/state.json: .*(make it readable" \
+  "inspect names the unreadable checkpoint too" -- "$pesc" inspect "$tmp/mixed"
 if [ "$(id -u)" = 0 ]; then
   echo "skip the unreadable-permission checkpoints: root reads everything"
 else
