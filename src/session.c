@@ -1281,6 +1281,7 @@ int session_start(session *s, pesc_error *err)
 {
     /* the outputs last: whatever can refuse the run (and the front end's --control socket,
      * taken between session_new and here) has refused it before a file is truncated */
+    s->t_start = pesc_now();   /* the notes below are at the run's start, not the epoch's */
     if (open_sinks(s, err) != 0)
         return -1;
     int context = s->m.config.max_position_embeddings;
