@@ -53,6 +53,15 @@ int cli_backend(const char *cmd, const char *name)
     return cli_usage_error(cmd, "--backend %s: unknown backend; choose auto, cpu or cuda", name);
 }
 
+int cli_path(const char *cmd, const char *flag, const char *arg, const char *what,
+             const char **out)
+{
+    if (!*arg)
+        return cli_usage_error(cmd, "%s '': the path is empty; name %s", flag, what);
+    *out = arg;
+    return 0;
+}
+
 int cli_parse_long(const char *s, long min, long max, long *out)
 {
     char *end;

@@ -22,6 +22,12 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
 /* --backend NAME: auto, cpu or cuda; 0, or EXIT_USAGE after a usage error line. */
 int cli_backend(const char *cmd, const char *name);
 
+/* A path option's or argument's value: an empty one names no file (--log "" and --control ""
+ * once ran on as if absent, or were blamed on another option). 0 and *out = arg, or
+ * EXIT_USAGE after "FLAG '': the path is empty; name WHAT". */
+int cli_path(const char *cmd, const char *flag, const char *arg, const char *what,
+             const char **out);
+
 /* Strict integer parsing: the whole string, within [min, max]. 0 or -1. */
 int cli_parse_long(const char *s, long min, long max, long *out);
 

@@ -81,11 +81,16 @@ static int parse_eval(eval_options *o, int argc, char **argv)
     int c;
     while ((c = cli_getopt("eval", argc, argv, "h", longopts)) != -1) {
         switch (c) {
-        case 'm': o->model_dir = optarg; break;
+        case 'm':
+            if (cli_path("eval", "--model", optarg, "a model directory or URL", &o->model_dir))
+                return EXIT_USAGE;
+            break;
         case 'd':
             if (o->n_data == EVAL_MAX_SOURCES)
                 return cli_usage_error("eval", "at most %d --data sources", EVAL_MAX_SOURCES);
-            o->data[o->n_data++] = optarg;
+            if (cli_path("eval", "--data", optarg, "a dataset file or URL",
+                         &o->data[o->n_data++]))
+                return EXIT_USAGE;
             break;
         case 'r': o->routing = 1; break;
         case 'D': o->demo = 1; break;
@@ -102,12 +107,21 @@ static int parse_eval(eval_options *o, int argc, char **argv)
             break;
         case 'j': o->json = 1; break;
         case 'T': o->template_name = optarg; break;
-        case 'k': o->tokenizer = optarg; break;
-        case 'a': o->adapters = optarg; break;
+        case 'k':
+            if (cli_path("eval", "--tokenizer", optarg, "a tokenizer.json or its URL",
+                         &o->tokenizer))
+                return EXIT_USAGE;
+            break;
+        case 'a':
+            if (cli_path("eval", "--adapters", optarg, "a safetensors file", &o->adapters))
+                return EXIT_USAGE;
+            break;
         case 'P':
             if (o->n_plugins == EVAL_MAX_SOURCES)
                 return cli_usage_error("eval", "at most %d --plugin options", EVAL_MAX_SOURCES);
-            o->plugins[o->n_plugins++] = optarg;
+            if (cli_path("eval", "--plugin", optarg, "a plugin module",
+                         &o->plugins[o->n_plugins++]))
+                return EXIT_USAGE;
             break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: return EXIT_USAGE;

@@ -33,8 +33,15 @@ static int parse_export(export_options *o, int argc, char **argv)
     int c;
     while ((c = cli_getopt("export", argc, argv, "ho:", longopts)) != -1) {
         switch (c) {
-        case 'o': o->out = optarg; break;
-        case 'm': o->base = optarg; break;
+        case 'o':
+            if (cli_path("export", "-o", optarg, "the directory to write", &o->out))
+                return EXIT_USAGE;
+            break;
+        case 'm':
+            if (cli_path("export", "--model", optarg, "the base model directory or URL",
+                         &o->base))
+                return EXIT_USAGE;
+            break;
         case 'f': o->force = 1; break;
         case 'h': fputs(export_usage, stdout); return 0;
         default: return EXIT_USAGE;
@@ -47,7 +54,10 @@ static int parse_export(export_options *o, int argc, char **argv)
                                argv[optind]);
     if (!o->checkpoint)
         return cli_usage_error("export", "CHECKPOINT is required");
-    if (!o->out || !o->out[0])
+    if (cli_path("export", "CHECKPOINT", o->checkpoint, "a step-N or --save directory",
+                 &o->checkpoint))
+        return EXIT_USAGE;
+    if (!o->out)
         return cli_usage_error("export", "-o DIR is required");
     return -1;   /* go on */
 }

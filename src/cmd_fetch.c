@@ -63,7 +63,10 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
     long jobs, retries;
     while ((c = cli_getopt("fetch", argc, argv, "o:j:qfh", longopts)) != -1) {
         switch (c) {
-        case 'o': o->output = optarg; break;
+        case 'o':
+            if (cli_path("fetch", "-o", optarg, "the file to write", &o->output))
+                return EXIT_USAGE;
+            break;
         case 's': o->sha256 = optarg; break;
         case 'j':
             if (cli_parse_long(optarg, 1, 64, &jobs) != 0)

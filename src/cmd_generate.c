@@ -65,8 +65,14 @@ static int parse_generate(generate_options *o, int argc, char **argv)
     int c;
     while ((c = cli_getopt("generate", argc, argv, "h", longopts)) != -1) {
         switch (c) {
-        case 'm': o->model = optarg; break;
-        case 'a': o->adapters = optarg; break;
+        case 'm':
+            if (cli_path("generate", "--model", optarg, "a model directory or URL", &o->model))
+                return EXIT_USAGE;
+            break;
+        case 'a':
+            if (cli_path("generate", "--adapters", optarg, "a safetensors file", &o->adapters))
+                return EXIT_USAGE;
+            break;
         case 'p': o->prompt = optarg; break;
         case 'n':
             if (cli_parse_long(optarg, 1, 1 << 20, &o->max_tokens) != 0)
@@ -92,7 +98,11 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             o->template_name = optarg;
             o->template_given = 1;
             break;
-        case 'z': o->tokenizer = optarg; break;
+        case 'z':
+            if (cli_path("generate", "--tokenizer", optarg, "a tokenizer.json or its URL",
+                         &o->tokenizer))
+                return EXIT_USAGE;
+            break;
         case 'r': o->raw = 1; break;
         case 'b':
             if (cli_backend("generate", optarg) != 0)

@@ -48,7 +48,13 @@ int cmd_plugins(int argc, char **argv)
     int n_files = 0, c;
     while ((c = cli_getopt("plugins", argc, argv, "h", longopts)) != -1) {
         switch (c) {
-        case 'P': files[n_files++] = optarg; break;
+        case 'P':
+            if (cli_path("plugins", "--plugin", optarg, "a plugin module",
+                         &files[n_files++])) {
+                free(files);
+                return EXIT_USAGE;
+            }
+            break;
         case 'h':
             printf(plugins_usage, plugins_install_dir());
             free(files);

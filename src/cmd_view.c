@@ -34,7 +34,10 @@ int cmd_view(int argc, char **argv)
     int c;
     while ((c = cli_getopt("view", argc, argv, "h", longopts)) != -1) {
         switch (c) {
-        case 'a': attach = optarg; break;
+        case 'a':
+            if (cli_path("view", "--attach", optarg, "the run's --control socket", &attach))
+                return EXIT_USAGE;
+            break;
         case 'n': o.no_color = 1; break;
         case 'r':
             if (cli_parse_long(optarg, 1, 10, &hz) != 0)
@@ -48,7 +51,9 @@ int cmd_view(int argc, char **argv)
         return cli_usage_error("view", "which run log? pesc view RUN.jsonl");
     if (optind + 1 < argc)
         return cli_usage_error("view", "unexpected argument '%s'", argv[optind + 1]);
-    const char *path = argv[optind];
+    const char *path;
+    if (cli_path("view", "RUN.jsonl", argv[optind], "the run's --log file", &path))
+        return EXIT_USAGE;
     monitor m;
     pesc_error err;
     if (logview_open(&m, path, attach, &err) != 0)

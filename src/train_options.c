@@ -143,17 +143,6 @@ static int integer(const char *cmd, const char *flag, const char *arg, long min,
     return 0;
 }
 
-/* A path option's value: an empty one names no file (--log "" and --control "" once ran
- * on as if absent, or were blamed on another option). */
-static int path_value(const char *cmd, const char *flag, const char *arg, const char *what,
-                      const char **out)
-{
-    if (!*arg)
-        return cli_usage_error(cmd, "%s '': the path is empty; name %s", flag, what);
-    *out = arg;
-    return 0;
-}
-
 /* --sink NAME or NAME:TARGET, neither part empty; whether NAME exists is known once the
  * plugins are open. */
 static int sink_value(const char *cmd, const char *arg)
@@ -173,9 +162,9 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     double x = 0;
     switch (opt) {
     case OPT_MODEL:
-        return path_value(cmd, "--model", arg, "a model directory or URL", &c->model);
+        return cli_path(cmd, "--model", arg, "a model directory or URL", &c->model);
     case OPT_INIT:
-        return path_value(cmd, "--init-config", arg, "a config.json", &c->init_config);
+        return cli_path(cmd, "--init-config", arg, "a config.json", &c->init_config);
     case OPT_DATA:
         if (c->n_sources == STATS_MAX_SOURCES)
             return cli_usage_error(cmd, "--data: at most %d sources", STATS_MAX_SOURCES);
@@ -194,7 +183,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->template_name = arg;
         return 0;
     case OPT_TOKENIZER:
-        return path_value(cmd, "--tokenizer", arg, "a tokenizer.json or its URL", &c->tokenizer);
+        return cli_path(cmd, "--tokenizer", arg, "a tokenizer.json or its URL", &c->tokenizer);
     case OPT_SEQ:
         if (integer(cmd, "--seq", arg, 2, 1 << 20, &v)) return EXIT_USAGE;
         c->seq = (int)v;
@@ -239,7 +228,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         if (cli_backend(cmd, arg) != 0) return EXIT_USAGE;
         c->backend = arg; return 0;
     case OPT_SAVE:
-        return path_value(cmd, "--save", arg, "the directory for checkpoints", &c->save_dir);
+        return cli_path(cmd, "--save", arg, "the directory for checkpoints", &c->save_dir);
     case OPT_SAVE_EVERY:
         if (integer(cmd, "--save-every", arg, 1, 1L << 40, &c->save_every)) return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_SAVE_EVERY;
@@ -250,10 +239,10 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->given |= TRAIN_GIVEN_KEEP;
         return 0;
     case OPT_RESUME:
-        return path_value(cmd, "--resume", arg, "a checkpoint or a save directory", &c->resume);
-    case OPT_LOG: return path_value(cmd, "--log", arg, "the log file", &c->log_path);
+        return cli_path(cmd, "--resume", arg, "a checkpoint or a save directory", &c->resume);
+    case OPT_LOG: return cli_path(cmd, "--log", arg, "the log file", &c->log_path);
     case OPT_CONTROL:
-        return path_value(cmd, "--control", arg, "the socket to make", &c->control_path);
+        return cli_path(cmd, "--control", arg, "the socket to make", &c->control_path);
     case OPT_SINK:
         if (c->n_sinks == TRAIN_MAX_SINKS)
             return cli_usage_error(cmd, "--sink: at most %d", TRAIN_MAX_SINKS);
@@ -263,7 +252,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_PLUGIN:
         if (c->n_plugins == TRAIN_MAX_SINKS)
             return cli_usage_error(cmd, "--plugin: at most %d", TRAIN_MAX_SINKS);
-        if (path_value(cmd, "--plugin", arg, "a plugin module", &c->plugins[c->n_plugins]) != 0)
+        if (cli_path(cmd, "--plugin", arg, "a plugin module", &c->plugins[c->n_plugins]) != 0)
             return EXIT_USAGE;
         c->n_plugins++;
         return 0;

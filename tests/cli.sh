@@ -56,6 +56,27 @@ for cmd in train tui; do
       "$pesc" "$cmd" --sink "$spec"
   done
 done
+# ... in every other command too (eval --model '' once loaded the working directory)
+while IFS='|' read -r flag args; do
+  # shellcheck disable=SC2086 # the arguments are words
+  expect 2 "$flag '': the path is empty; name " "${args%% *} $flag '' is a usage error" -- "$pesc" $args ""
+done <<'EOF'
+--model|eval --demo --model
+--adapters|eval --model m --demo --adapters
+--tokenizer|eval --model m --demo --tokenizer
+--data|eval --model m --data
+--plugin|eval --model m --demo --plugin
+--model|generate --prompt hi --model
+--adapters|generate --model m --adapters
+--tokenizer|generate --model m --tokenizer
+-o|export ck -o
+--model|export ck -o x --model
+CHECKPOINT|export -o x
+--attach|view log --attach
+RUN.jsonl|view
+-o|fetch http://127.0.0.1:9/x -o
+--plugin|plugins --plugin
+EOF
 expect 0 "^cpu " "devices" -- "$pesc" devices
 
 # eval against the reference: the loss PyTorch computed in float64

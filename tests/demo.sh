@@ -79,7 +79,7 @@ fi
 # an empty path is named as '' (or is a usage error), and nothing is written for it
 expect 2 "PATH '' is empty" "inspect ''" -- "$pesc" inspect ""
 expect 2 "\-\-model '': an empty path" "tokenize --model ''" -- "$pesc" tokenize --model ""
-expect 1 "^pesc eval: '': No such file" "eval --data '' names the path as ''" -- \
+expect 2 "^pesc eval: \-\-data '': the path is empty" "eval --data '' is a usage error" -- \
   "$pesc" eval --model "$d" --data ""
 mkdir "$tmp/cwd"
 expect 2 "\-o '': expected a file name, or - for standard output" "demo-data -o '' is a usage error" -- \
