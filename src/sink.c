@@ -320,6 +320,15 @@ static int parse_spec(sink_set *s, const char *spec, sink_slot *slot, pesc_error
     return 0;
 }
 
+int sinks_check_spec(const pesc_plugins *plugins, const char *spec, pesc_error *err)
+{
+    sink_set s = {.opt = {.plugins = plugins}};
+    sink_slot *slot = xcalloc(1, sizeof *slot);
+    int rc = parse_spec(&s, spec, slot, err);
+    free(slot);
+    return rc;
+}
+
 /* What opening the built-in log would refuse, asked before any sink opens, so that a run
  * refused for one of its outputs has truncated no other (plugin sinks, whose files only they
  * know, open before the log: what they refuse, they refuse before the log is touched).

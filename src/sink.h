@@ -62,6 +62,9 @@ int sinks_active(const sink_set *s);
 /* Sinks reported and disabled so far. */
 int sinks_failed(const sink_set *s);
 
+/* Whether spec (NAME[:TARGET]) names a sink, built in or of plugins: 0, or -1 with the
+ * message a run would give. For option checking before a run. */
+int sinks_check_spec(const pesc_plugins *plugins, const char *spec, pesc_error *err);
 /* 1 when name is a built-in sink ("jsonl"). */
 int sinks_builtin(const char *name);
 /* Built-in sink i (NULL past the end): name and one-line description. */

@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "dataset.h"
 #include "plugin.h"
+#include "sink.h"
 #include "template.h"
 
 const char train_options_help[] =
@@ -270,20 +271,28 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     }
 }
 
-/* An unknown --format is a usage error like any bad option value; the formats are known only
- * once the plugins are open (the run opens them again; a plugin that fails to open is the
- * run's error to report). -1, or EXIT_USAGE after the message. */
-static int check_format(const train_config *c, const char *cmd)
+/* An unknown --format or --sink name is a usage error like any bad option value; they are
+ * known only once the plugins are open (the run opens them again; a plugin that fails to open
+ * is the run's error to report). -1, or EXIT_USAGE after the message. */
+static int check_plugin_names(const train_config *c, const char *cmd)
 {
-    if (!(c->given & TRAIN_GIVEN_FORMAT))
+    if (!(c->given & TRAIN_GIVEN_FORMAT) && c->n_sinks == 0)
         return -1;
     pesc_error err = {{0}};
     pesc_plugins *plugins = plugins_open(c->plugins, c->n_plugins, &err);
-    ds_formats *formats = plugins ? plugins_formats(plugins, &err) : NULL;
+    ds_formats *formats = plugins && (c->given & TRAIN_GIVEN_FORMAT)
+                              ? plugins_formats(plugins, &err) : NULL;
     ds_format format;
     int rc = -1;
     if (formats && ds_formats_parse(formats, c->format, &format, &err) != 0)
         rc = cli_usage_error(cmd, "%s", err.msg);
+    for (int i = 0; plugins && rc < 0 && i < c->n_sinks; i++) {
+        if (sinks_check_spec(plugins, c->sinks[i], &err) != 0)
+            rc = cli_usage_error(cmd, "%s", err.msg);
+        for (int j = 0; rc < 0 && j < i; j++)
+            if (strcmp(c->sinks[j], c->sinks[i]) == 0)
+                rc = cli_usage_error(cmd, "--sink %s is given twice", c->sinks[i]);
+    }
     ds_formats_delete(formats);
     plugins_delete(plugins);
     return rc;
@@ -326,5 +335,5 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
                                c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
-    return check_format(c, cmd);
+    return check_plugin_names(c, cmd);
 }

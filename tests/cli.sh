@@ -51,6 +51,10 @@ for cmd in train tui; do
     expect 2 "pesc $cmd: $flag '': the path is empty; name " "$cmd $flag '' is a usage error" -- \
       "$pesc" "$cmd" "$flag" ""
   done
+  expect 2 "\-\-sink nope: no sink of that name (built-in: jsonl" "$cmd: an unknown --sink is a usage error" -- \
+    "$pesc" "$cmd" --sink nope
+  expect 2 "\-\-sink jsonl is given twice" "$cmd: a --sink given twice is a usage error" -- \
+    "$pesc" "$cmd" --sink jsonl --sink jsonl
   for spec in "" "csv:" ":x"; do
     expect 2 "\-\-sink '$spec': expected NAME or NAME:TARGET, neither empty" "$cmd --sink '$spec' is a usage error" -- \
       "$pesc" "$cmd" --sink "$spec"
