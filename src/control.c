@@ -167,7 +167,13 @@ control_server *control_open(const char *path, monitor *m, pesc_error *err)
     int bound = c->listen_fd >= 0 && bind(c->listen_fd, (struct sockaddr *)&a, sizeof a) == 0;
     umask(old);
     if (!bound || listen(c->listen_fd, CONTROL_CLIENTS) != 0 || pipe(c->wake) != 0) {
-        pesc_fail(err, "--control %s: %s", path, strerror(errno));
+        int e = errno;
+        const char *fix = e == ENOENT || e == ENOTDIR ? "; its directory does not exist: create "
+                                                        "it, or name a path in another"
+                          : e == EACCES || e == EROFS ? "; name a path in a directory you can "
+                                                        "write"
+                                                      : "";
+        pesc_fail(err, "--control %s: %s%s", path, strerror(e), fix);
         if (c->listen_fd >= 0)
             close(c->listen_fd);
         free(c->path);

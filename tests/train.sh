@@ -231,7 +231,7 @@ for cmd in "train --headless" tui; do
   expect 1 "\-\-control $tmp/sock: another run is listening there" "$cmd: a --control socket in use refuses the run" -- \
     "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/sock"
   # shellcheck disable=SC2086
-  expect 1 "\-\-control $tmp/no/dir/sock: No such file" "$cmd: a --control socket in a missing directory refuses the run" -- \
+  expect 1 "\-\-control $tmp/no/dir/sock: No such file or directory; its directory does not exist: create it" "$cmd: a --control socket in a missing directory refuses the run, saying why" -- \
     "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/no/dir/sock"
 done
 [ "$(cat "$tmp/keep.jsonl")" = precious ] || fail "a run refused for its --control socket truncated its --log"
