@@ -355,6 +355,22 @@ static int check_log_output(const sink_set *s, const char *target, char *why, si
     return writable ? 0 : -1;
 }
 
+/* Whether two paths name one file, made yet or not: the same file, or the same name in the
+ * same directory. */
+static int same_target(const char *a, const char *b)
+{
+    if (strcmp(a, b) == 0 || pesc_same_file(a, b))
+        return 1;
+    const char *na = strrchr(a, '/'), *nb = strrchr(b, '/');
+    if (strcmp(na ? na + 1 : a, nb ? nb + 1 : b) != 0)
+        return 0;
+    char *da = pesc_parent_dir(a), *db = pesc_parent_dir(b);
+    int same = pesc_same_file(da, db);
+    free(da);
+    free(db);
+    return same;
+}
+
 /* The error of output i (strict_open): "--log: why" or "--sink SPEC: why". */
 static int open_failed(const sink_set *s, int i, const char *why, pesc_error *err)
 {
@@ -396,7 +412,21 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
     for (int i = 0; i < s->n && s->opt.strict_open && rc == 0; i++) {
         const char *colon = strchr(s->slots[i].spec, ':');
         char why[4096 + 256] = "";   /* room for a path */
-        if (s->slots[i].ops == &jsonl_ops &&
+        /* two JSONL outputs on one file would interleave: say which they are */
+        for (int j = 0; j < i && rc == 0 && s->slots[i].ops == &jsonl_ops; j++) {
+            const char *c2 = strchr(s->slots[j].spec, ':');
+            char path[4096], other[4096];
+            jsonl_path(path, sizeof path, colon ? colon + 1 : NULL, s->base);
+            jsonl_path(other, sizeof other, c2 ? c2 + 1 : NULL, s->base);
+            if (s->slots[j].ops == &jsonl_ops && same_target(path, other)) {
+                snprintf(why, sizeof why, "it would write %.2000s, which %.1000s already writes; "
+                         "the log has every record: drop this --sink, or name another file "
+                         "(--sink jsonl:FILE)", path,
+                         j == 0 && s->opt.first_is_log ? "--log" : s->slots[j].spec);
+                rc = open_failed(s, i, why, err);
+            }
+        }
+        if (rc == 0 && s->slots[i].ops == &jsonl_ops &&
             check_log_output(s, colon ? colon + 1 : NULL, why, sizeof why) != 0)
             rc = open_failed(s, i, why, err);
     }

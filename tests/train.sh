@@ -190,6 +190,13 @@ expect 1 "\-\-sink csv: $tmp/s.csv is already there, and this run was not told t
   "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl" --sink csv
 cmp -s "$tmp/s.csv" "$tmp/s.csv.before" && cmp -s "$tmp/s.jsonl" "$tmp/s.jsonl.before" ||
   fail "a run refused for its --sink csv changed the csv or truncated the log"
+# --sink jsonl beside --log writes the log's own file: refused, saying so (it once blamed an
+# "already there" file, the log itself)
+# shellcheck disable=SC2086
+expect 1 "\-\-sink jsonl: it would write $tmp/s.jsonl, which \-\-log already writes" \
+  "--sink jsonl on the --log file is refused, naming --log" -- \
+  "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl" --sink jsonl
+cmp -s "$tmp/s.jsonl" "$tmp/s.jsonl.before" || fail "a run refused for --sink jsonl truncated the log"
 mkdir "$tmp/cwd" && echo precious >"$tmp/cwd/pesc-run.csv"
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
 expect 1 "\-\-sink csv: pesc-run.csv is already there" "--sink csv refuses an existing ./pesc-run.csv" -- \
