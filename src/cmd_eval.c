@@ -451,14 +451,19 @@ int cmd_eval(int argc, char **argv)
     if (score_records(&m, &d, o.routing ? &tally : NULL, &nll, &count, &cut, &err) != 0)
         goto out;
     if (count == 0) {
+        char what[600];   /* the one source, or all of them */
+        int used = 0;
+        for (int i = 0; i < sources.n && used < (int)sizeof what; i++)
+            used += snprintf(what + used, sizeof what - (size_t)used, "%s%s",
+                             i == 0 ? "" : i + 1 == sources.n ? " and " : ", ", sources.names[i]);
         if (cut)   /* the answers may well be there, past what the model can see */
             pesc_fail(&err, "%s: no token is predicted within the model's context of %d tokens "
                       "(max_position_embeddings): %d of %d records are longer and cut there, and "
                       "any answer they hold lies past it; shorten their prompts",
-                      sources.names[0], m.config.max_position_embeddings, cut, d.n);
+                      what, m.config.max_position_embeddings, cut, d.n);
         else
             pesc_fail(&err, "%s: no token is predicted (every record is one token long or fully "
-                      "masked with -100)", sources.names[0]);
+                      "masked with -100)", what);
         goto out;
     }
     if (cut)

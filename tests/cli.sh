@@ -94,6 +94,10 @@ if [ -n "$loss" ] && close "$loss" 4.728069026134456 1e-5 && [ "$tokens" = 48 ];
 else
   fail "eval loss '$loss' tokens '$tokens' (wanted 4.728069026134456, 48; expected.json says $want)"
 fi
+# nothing to score in several sources: the one line names them all, not the first
+printf '{"input_ids": [1]}\n' >"$tmp/one.jsonl" && cp "$tmp/one.jsonl" "$tmp/two.jsonl"
+expect 1 "$tmp/one.jsonl and $tmp/two.jsonl: no token is predicted" "eval with nothing to score names every source" -- \
+  "$pesc" eval --model "$m" --data "$tmp/one.jsonl" --data "$tmp/two.jsonl"
 # output that cannot be written is a failure of every command, in one line naming stdout
 if [ -w /dev/full ]; then
   for args in "--version" "--help" "plugins" "devices" "inspect $m" "eval --model $m --data $m/records.jsonl" \
