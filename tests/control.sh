@@ -2,8 +2,9 @@
 # control.sh — the --control socket of a headless run as several clients use it: an attached
 # view's open connection does not lock out other clients, a client past the limit is refused
 # in one line (a view so refused gets in once there is room), arguments out of range are
-# refused naming their range, a second generate is refused while one runs, and the run stops cleanly while clients are still
-# connected. The view part runs under tmux when it is installed.
+# refused naming their range, a second generate is refused while one runs, and the run stops
+# cleanly while clients are still connected. The view part runs under tmux when it is
+# installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
