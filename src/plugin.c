@@ -3,12 +3,14 @@
 #include "plugin.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <dlfcn.h>
 #include <limits.h>
 #include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sink.h"
@@ -280,7 +282,10 @@ static plugin_entry *add_entry(pesc_plugins *p, const char *path, const char *or
 static int load(pesc_plugins *p, const char *path, const char *origin, pesc_error *err)
 {
     char real[PATH_MAX];
-    if (!realpath(path, real))
+    struct stat st;
+    int missing = !realpath(path, real) || stat(real, &st) != 0;
+    int saved = errno;
+    if (missing)
         snprintf(real, sizeof real, "%s", path);
     for (int i = 0; i < p->n; i++)
         if (p->items[i]->handle && strcmp(p->items[i]->realpath, real) == 0)
@@ -290,9 +295,14 @@ static int load(pesc_plugins *p, const char *path, const char *origin, pesc_erro
     char *problem = e->info.problem;
     size_t cap = sizeof e->info.problem;
     dlerror();
-    /* RTLD_NOW: an unresolved symbol fails here, with the linker's message */
-    e->handle = dlopen(real, RTLD_NOW | RTLD_LOCAL);
-    if (!e->handle) {
+    /* Only the file named: never a search of the library path for a bare name, and never
+     * a FIFO or device, whose open would block or read forever. RTLD_NOW: an unresolved
+     * symbol fails here, with the linker's message. */
+    if (missing)
+        snprintf(problem, cap, "cannot load it: %s", strerror(saved));
+    else if (!S_ISREG(st.st_mode))
+        snprintf(problem, cap, "not a regular file; name a plugin module's .so file");
+    else if (!(e->handle = dlopen(real, RTLD_NOW | RTLD_LOCAL))) {
         const char *why = dlerror();
         snprintf(problem, cap, "cannot load it: %s", why ? why : "unknown reason");
     } else if (check_module(e, problem, cap) == 0) {

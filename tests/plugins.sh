@@ -35,6 +35,13 @@ expect 1 "bad_abi.so: it was built for plugin ABI 999" "a --plugin of another AB
   "$pesc" plugins --plugin "$broken/.libs/bad_abi.so"
 expect 1 "no_entry.so: no pesc_plugin_entry symbol" "a --plugin without the entry symbol" -- \
   "$pesc" plugins --plugin "$broken/.libs/no_entry.so"
+# --plugin is the file named: a FIFO must not block dlopen's read, a bare name that is no file
+# here must not be looked up on the library path (libc.so.6 would be found there)
+mkfifo "$tmp/fifo.so"
+expect 1 "fifo.so: not a regular file" "a --plugin FIFO is refused, not waited on" -- \
+  timeout 10 "$pesc" plugins --plugin "$tmp/fifo.so"
+expect 1 "libc.so.6: cannot load it: No such file" "a --plugin bare name is not searched for" -- \
+  sh -c 'cd "$1" && exec "$2" plugins --plugin libc.so.6' sh "$tmp" "$(cd "$top_builddir" && pwd)/pesc"
 
 # a 36-token tokenizer within the reference model's 64-id vocabulary: characters, <unk> for
 # the rest, <s> and </s> for the template
