@@ -268,6 +268,12 @@ int cmd_inspect(int argc, char **argv)
     }
     if (S_ISDIR(st.st_mode))
         return inspect_directory(path);
+    if (!S_ISREG(st.st_mode)) {   /* a FIFO would block, a device read forever */
+        pesc_error err;
+        pesc_fail(&err, "%s: not a regular file; name a model directory, a checkpoint, a "
+                  ".safetensors file or a .jsonl dataset", path);
+        return cli_fail("inspect", &err);
+    }
     if (ends_with(path, ".jsonl") || ends_with(path, ".json"))
         return inspect_tokens(path);
     return inspect_safetensors(path);

@@ -210,6 +210,10 @@ expect 0 "tensors       21 in 2 files" "inspect a sharded model" -- "$pesc" insp
 expect 0 "model.layers.0.mlp.down_proj.weight" "inspect a safetensors file" -- "$pesc" inspect "$m/model.safetensors"
 expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/records.jsonl"
 expect 1 "no such file" "inspect a missing path" -- "$pesc" inspect "$tmp/nothing"
+mkfifo "$tmp/fifo.jsonl"   # its open would block; /dev/zero as a dataset would fill memory
+expect 1 "fifo.jsonl: not a regular file" "inspect a FIFO" -- timeout 10 "$pesc" inspect "$tmp/fifo.jsonl"
+ln -s /dev/zero "$tmp/zero.jsonl"
+expect 1 "zero.jsonl: not a regular file" "inspect a device" -- timeout 10 "$pesc" inspect "$tmp/zero.jsonl"
 
 # bench --profile: every op of the step has its row, products by shape, counted per step
 small="--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 --seq 32 --batch 2"
