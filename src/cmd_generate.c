@@ -73,10 +73,16 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             if (cli_path("generate", "--adapters", optarg, "a safetensors file", &o->adapters))
                 return EXIT_USAGE;
             break;
-        case 'p': o->prompt = optarg; break;
+        case 'p':
+            if (!*optarg)
+                return cli_usage_error("generate", "--prompt '' is empty: give the text to "
+                                       "answer");
+            o->prompt = optarg;
+            break;
         case 'n':
             if (cli_parse_long(optarg, 1, 1 << 20, &o->max_tokens) != 0)
-                return cli_usage_error("generate", "--max-tokens %s: a positive integer", optarg);
+                return cli_usage_error("generate", "--max-tokens %s: a whole number from 1 to "
+                                       "1048576", optarg);
             break;
         case 't':
             if (number("--temperature", optarg, 0, 10, &o->temperature)) return EXIT_USAGE;
@@ -87,7 +93,8 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             break;
         case 'k':
             if (cli_parse_long(optarg, 0, 1 << 20, &o->top_k) != 0)
-                return cli_usage_error("generate", "--top-k %s: an integer >= 0", optarg);
+                return cli_usage_error("generate", "--top-k %s: a whole number from 0 to "
+                                       "1048576", optarg);
             o->cut_given = "--top-k";
             break;
         case 's':
@@ -129,20 +136,45 @@ static int parse_generate(generate_options *o, int argc, char **argv)
     return -1;
 }
 
-/* The prompt from --prompt or all of standard input, without a trailing newline. */
-static char *read_prompt(const generate_options *o)
+/* The prompt from --prompt or all of standard input, without a trailing newline; NULL with
+ * err set when it is empty, not text (a NUL byte) or past PROMPT_MAX, so that
+ * `pesc generate </dev/zero` stops at once instead of reading until memory runs out. */
+#define PROMPT_MAX (64L << 20)
+static char *read_prompt(const generate_options *o, pesc_error *err)
 {
     if (o->prompt)
         return xstrdup(o->prompt);
     size_t cap = 4096, n = 0, got;
     char *text = xmalloc(cap);
-    while ((got = fread(text + n, 1, cap - n - 1, stdin)) > 0)
-        if ((n += got) + 1 >= cap)
+    while ((got = fread(text + n, 1, cap - n - 1, stdin)) > 0) {
+        if (memchr(text + n, '\0', got)) {
+            pesc_fail(err, "standard input holds a NUL byte: the prompt must be text");
+            goto fail;
+        }
+        if ((n += got) > PROMPT_MAX) {
+            pesc_fail(err, "standard input is over %ld MiB: too long for a prompt",
+                      PROMPT_MAX >> 20);
+            goto fail;
+        }
+        if (n + 1 >= cap)
             text = xrealloc(text, cap *= 2);
+    }
+    if (ferror(stdin)) {
+        pesc_fail(err, "cannot read the prompt from standard input: %s", strerror(errno));
+        goto fail;
+    }
     while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
         n--;
     text[n] = '\0';
+    if (n == 0) {
+        pesc_fail(err, "standard input held no prompt: pipe the text to answer in, or give "
+                  "--prompt TEXT");
+        goto fail;
+    }
     return text;
+fail:
+    free(text);
+    return NULL;
 }
 
 static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
@@ -212,13 +244,14 @@ int cmd_generate(int argc, char **argv)
     tokenizer *tok = NULL;
     char *dir = NULL, *tokenizer_path = NULL, *prompt = NULL;
     status = 1;
+    if (!(prompt = read_prompt(&o, &err)))
+        goto out;
     if (fetch_view_resolve_model(o.model, &dir, &err) != 0 ||
         model_load(&m, dir, b, &err) != 0 ||
         (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0) ||
         (o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||
         !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : tok_load_dir(dir, &err)))
         goto out;
-    prompt = read_prompt(&o);
     if (run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err) != 0)
         goto out;
     status = 0;

@@ -176,6 +176,15 @@ expect 0 "stopped after 7 tokens at the model's context of 128" "generate stops 
 expect 1 "the prompt is 241 tokens, and the model's context (max_position_embeddings) is 128" \
   "a prompt past the model's context is refused" -- "$pesc" generate --model "$demo" --raw --prompt "$long_prompt$long_prompt"
 expect 1 "tokenizer.json" "generate on a model without a tokenizer" -- "$pesc" generate --model "$m" --prompt hi
+# the prompt must be text: an empty stdin, a NUL byte (</dev/zero once read until memory ran
+# out) and --prompt '' are refused in one line; --max-tokens names its bounds
+expect 1 "standard input held no prompt" "generate on an empty standard input" -- \
+  sh -c '"$1" generate --model "$2" </dev/null' sh "$pesc" "$demo"
+expect 1 "standard input holds a NUL byte" "generate on /dev/zero" -- \
+  sh -c 'ulimit -v 4000000; exec timeout 20 "$1" generate --model "$2" </dev/zero' sh "$pesc" "$demo"
+expect 2 "\-\-prompt '' is empty" "generate --prompt ''" -- "$pesc" generate --model "$demo" --prompt ""
+expect 2 "\-\-max-tokens 1048577: a whole number from 1 to 1048576" "generate --max-tokens past its bound" -- \
+  "$pesc" generate --model "$demo" --prompt hi --max-tokens 1048577
 expect 2 "\-\-no-special is for encoding" "tokenize --decode with --no-special" -- \
   sh -c 'echo "[1]" | "$1" tokenize --model "$2" --decode --no-special' sh "$pesc" "$demo"
 
