@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "fetch_view.h"
 #include "model.h"
 #include "safetensors.h"
+#include "util.h"
 
 /* What travels with the weights when the base has it. */
 static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json",
@@ -101,6 +103,13 @@ static int lies_within(const char *inner, const char *outer)
 static int check_out(const export_options *o, const char *ckpt, const export_base *b,
                      pesc_error *err)
 {
+    /* inside the checkpoint, the export would go with it when --keep rotates it away */
+    char *parent = xstrdup(o->out);
+    int within = lies_within(dirname(parent), ckpt);
+    free(parent);
+    if (within)
+        return pesc_fail(err, "-o %s lies inside the checkpoint %s, and would be deleted with "
+                         "it; choose a directory outside it", o->out, ckpt);
     struct stat st;
     if (lstat(o->out, &st) != 0)
         return 0;
@@ -110,6 +119,9 @@ static int check_out(const export_options *o, const char *ckpt, const export_bas
     if (inside)
         return pesc_fail(err, "-o %s holds %s, which this export reads; choose another -o",
                          o->out, inside);
+    if (S_ISLNK(st.st_mode))
+        return pesc_fail(err, "-o %s is a symbolic link; name the directory itself (--force "
+                         "does not replace links)", o->out);
     if (!S_ISDIR(st.st_mode))   /* --force replaces a directory of outputs, never a file */
         return pesc_fail(err, "-o %s is a file, not a directory; choose a directory (--force "
                          "does not replace files)", o->out);

@@ -185,6 +185,13 @@ echo precious >"$tmp/afile"
 expect 1 "afile is a file, not a directory" "-o naming a file is refused, even with --force" -- \
   "$pesc" export "$ck" -o "$tmp/afile" --force
 [ "$(cat "$tmp/afile")" = precious ] || fail "-o FILE --force: the file was touched"
+# a link is named as one (it was called a file); inside the checkpoint, --keep would delete it
+mkdir "$tmp/real" && ln -s real "$tmp/link"
+expect 1 "link is a symbolic link; name the directory itself" "-o naming a link to a directory" -- \
+  "$pesc" export "$ck" -o "$tmp/link"
+expect 1 "lies inside the checkpoint" "-o inside the checkpoint is refused" -- \
+  "$pesc" export "$ck" -o "$ck/exported"
+[ ! -e "$ck/exported" ] && pass "nothing written inside the checkpoint" || fail "$ck/exported was written"
 [ ! -e "$tmp/taken/marker" ] && [ -f "$tmp/taken/model.safetensors" ] && pass "--force: the new directory is in place" ||
   fail "--force: $(ls "$tmp/taken")"
 expect 1 "holds .*step-00000004" "-o over the checkpoint itself" -- "$pesc" export "$ck" -o "$tmp/ck" --force
