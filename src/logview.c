@@ -27,6 +27,7 @@ typedef struct logview {
     ino_t inode;
     char *pending;               /* a line read in part */
     size_t pending_len, pending_cap;
+    int overlong;   /* the pending line passed LINE_MAX_BYTES: skipped to its newline */
     double last_growth;          /* when a line last arrived (monotonic) */
     long bad_lines;
     /* what has been read */
@@ -65,6 +66,7 @@ static void forget_history(logview *lv)
     lv->event_head = lv->n_events = 0;
     lv->prompt[0] = lv->generated[0] = '\0';
     lv->pending_len = 0;
+    lv->overlong = 0;
     lv->offset = 0;
     lv->bad_lines = 0;
 }
@@ -198,15 +200,29 @@ static void parse_line(logview *lv, const char *line)
     }
 }
 
+#define LINE_MAX_BYTES (16u << 20)
+
 static void take_lines(logview *lv, const char *buf, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        if (buf[i] != '\n' && lv->overlong)
+            continue;
+        if (buf[i] != '\n' && lv->pending_len >= LINE_MAX_BYTES) {
+            lv->overlong = 1;   /* not a log line (a pesc line is kilobytes): no memory for it */
+            continue;
+        }
         if (buf[i] != '\n') {
             if (lv->pending_len + 2 > lv->pending_cap) {
                 lv->pending_cap = lv->pending_cap ? 2 * lv->pending_cap : 4096;
                 lv->pending = xrealloc(lv->pending, lv->pending_cap);
             }
             lv->pending[lv->pending_len++] = buf[i];
+            continue;
+        }
+        if (lv->overlong) {
+            lv->bad_lines++;
+            lv->overlong = 0;
+            lv->pending_len = 0;
             continue;
         }
         if (!lv->pending)
@@ -221,7 +237,8 @@ static void take_lines(logview *lv, const char *buf, size_t n)
 static void check_file(logview *lv)
 {
     struct stat st;
-    if (stat(lv->path, &st) == 0 && (lv->fd < 0 || st.st_ino != lv->inode)) {
+    if (stat(lv->path, &st) == 0 && S_ISREG(st.st_mode) &&
+        (lv->fd < 0 || st.st_ino != lv->inode)) {   /* a FIFO put there would block open */
         int fd = open(lv->path, O_RDONLY | O_CLOEXEC);
         if (fd >= 0) {
             if (lv->fd >= 0)
@@ -455,7 +472,8 @@ int logview_open(monitor *m, const char *log_path, const char *control_socket, p
     lv->path = xstrdup(log_path);
     forget_history(lv);
     struct stat st;
-    lv->fd = open(log_path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO's open would wait for a writer (harmless for a regular file) */
+    lv->fd = open(log_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (lv->fd < 0 || fstat(lv->fd, &st) != 0) {
         pesc_fail(err, "%s: %s", log_path, strerror(errno));
         logview_close(lv);
@@ -463,6 +481,12 @@ int logview_open(monitor *m, const char *log_path, const char *control_socket, p
     }
     if (S_ISDIR(st.st_mode)) {
         pesc_fail(err, "%s: a directory, not a run log", log_path);
+        logview_close(lv);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {   /* a FIFO or device cannot be followed, nor re-read */
+        pesc_fail(err, "%s: not a regular file; name the --log file of pesc train --headless",
+                  log_path);
         logview_close(lv);
         return -1;
     }

@@ -40,6 +40,14 @@ step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\)\/.*/\1/p' | head -n 1; }
 [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: the workbench needs a terminal" "$tmp/err" \
   && pass "no terminal: one line, named 'pesc view:', exit 1" || fail "no terminal: exit $st: $(cat "$tmp/err")"
 
+# a FIFO's open once waited for a writer, before the terminal; a device is no log either
+mkfifo "$tmp/fifo.jsonl"
+for f in "$tmp/fifo.jsonl" /dev/zero; do
+  timeout 10 "$pesc" view "$f" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+  [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "not a regular file" "$tmp/err" \
+    && pass "view $f: not a regular file, exit 1" || fail "view $f: exit $st: $(cat "$tmp/err")"
+done
+
 # ---- a finished run ---------------------------------------------------------------------------
 "$fake" "$tmp/done.jsonl" --steps 60 || exit 99
 tui_start 100 30 "$pesc" view "$tmp/done.jsonl"
@@ -83,6 +91,27 @@ keys q
 tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
 check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
 keys q
+
+# ---- a log replaced by a FIFO while viewed; a line of 64 MiB --------------------------------
+# hwm FILE: the peak resident KiB of the view whose pid is in FILE
+hwm() { awk '/^VmHWM/ { print $2 }' "/proc/$(cat "$1")/status" 2>/dev/null; }
+cp "$tmp/done.jsonl" "$tmp/swap.jsonl"
+tui_start 100 30 sh -c "'echo \$\$ >$tmp/pid; exec $pesc view $tmp/swap.jsonl'"
+check "FINISHED" "a log to be replaced is shown"
+base=$(hwm "$tmp/pid")
+rm "$tmp/swap.jsonl" && mkfifo "$tmp/swap.jsonl"   # the view's reopen once blocked on it
+sleep 0.5
+keys q
+[ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "a log replaced by a FIFO: q still leaves" \
+  || fail "log replaced by a FIFO: status '$(cat "$tmp/status" 2>/dev/null)' $(cat "$tmp/stderr")"
+{ head -c 67108864 /dev/zero | tr '\0' x; echo; cat "$tmp/done.jsonl"; } >"$tmp/long.jsonl"
+tui_start 100 30 sh -c "'echo \$\$ >$tmp/pid; exec $pesc view $tmp/long.jsonl'"
+check "step 60/60" "the lines after a 64 MiB line are read" 20
+long=$(hwm "$tmp/pid")
+[ -n "$base" ] && [ -n "$long" ] && [ $((long - base)) -lt 49152 ] && pass "the long line is not held in memory" \
+  || fail "a 64 MiB line grew the view from ${base:-?} to ${long:-?} KiB"
+keys q
+rm -f "$tmp/long.jsonl"
 
 # ---- a failed run: its reason on stderr, the log's control characters made visible ----------
 {
