@@ -70,6 +70,13 @@ for _ in $(seq 300); do
 done
 [ $answered = 1 ] && pass "a prompt gets an answer" || { fail "no answer to the prompt:"; screen | sed 's/^/    | /'; }
 keys Escape
+# wide characters take two columns each: 60 of them once ran past the frame onto the line below
+keys / C-u
+keys -l "$(printf '世%.0s' $(seq 60))end"
+check "世end +│$" "a line of wide characters scrolls inside the frame"
+screen | grep -q "^世" && { fail "wide characters spilled out of the prompt line:"; screen | sed 's/^/    | /'; } ||
+  pass "nothing spills below the prompt line"
+keys C-u Escape
 
 tmux -L "$sock" resize-window -t tui -x 40 -y 12
 sleep 0.5

@@ -233,3 +233,31 @@ void format_duration_short(double s, char *out, size_t cap)
     else
         snprintf(out, cap, "%dd%02d", (int)(s / 86400), (int)s % 86400 / 3600);
 }
+
+/* The terminal columns of text[a..b); a character wcwidth does not know takes one. */
+static int wide_columns(const wchar_t *text, int a, int b)
+{
+    int cols = 0;
+    for (int i = a; i < b; i++) {
+        int c = wcwidth(text[i]);
+        cols += c < 0 ? 1 : c;
+    }
+    return cols;
+}
+
+int draw_lineedit(WINDOW *w, int y, int x, int room, const lineedit *e)
+{
+    int first = 0, before = wide_columns(e->text, 0, e->cursor), n = 0, used = 0;
+    for (; first < e->cursor && before > room - 1; first++)
+        before -= wide_columns(e->text, first, first + 1);
+    while (first + n < e->len) {
+        int c = wide_columns(e->text, first + n, first + n + 1);
+        if (used + c > room)
+            break;
+        used += c;
+        n++;
+    }
+    wmove(w, y, x);
+    waddnwstr(w, e->text + first, n);
+    return x + before;
+}

@@ -133,10 +133,3 @@ int lineedit_utf8(const lineedit *e, char *out, size_t cap)
     out[n] = '\0';
     return (int)n;
 }
-
-int lineedit_scroll(const lineedit *e, int width)
-{
-    if (width <= 1 || e->cursor < width - 1)
-        return 0;
-    return e->cursor - (width - 1);
-}

@@ -39,7 +39,5 @@ void lineedit_remember(lineedit *e);
 /* The text as UTF-8 (the locale's multibyte encoding); returns the byte length, -1 when a
  * character cannot be encoded. */
 int lineedit_utf8(const lineedit *e, char *out, size_t cap);
-/* The first visible character when `width` columns show the line with the cursor in view. */
-int lineedit_scroll(const lineedit *e, int width);
 
 #endif

@@ -139,14 +139,11 @@ static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
                                                          : "press / to type a prompt, Enter sends it");
         return;
     }
-    int first = lineedit_scroll(e, room);
-    int n = e->len - first < room ? e->len - first : room;
-    wmove(w, y, x);
-    waddnwstr(w, e->text + first, n);
+    int cursor_x = draw_lineedit(w, y, x, room, e);
     if (editing) {
         ui->cursor_win = w;
         ui->cursor_y = y;
-        ui->cursor_x = x + e->cursor - first;
+        ui->cursor_x = cursor_x;
     }
 }
 

@@ -385,12 +385,9 @@ static void draw_mini_prompt(ui_context *ui, WINDOW *w)
     int x = draw_text(w, 0, 0, wd, theme_attr(&ui->theme, PAIR_KEY, A_REVERSE), label);
     int room = wd - x - 1;
     lineedit *e = &ui->mini_line;
-    int first = lineedit_scroll(e, room);
-    wmove(w, 0, x + 1);
-    waddnwstr(w, e->text + first, room < e->len - first ? room : e->len - first);
     ui->cursor_win = w;
     ui->cursor_y = 0;
-    ui->cursor_x = x + 1 + e->cursor - first;
+    ui->cursor_x = draw_lineedit(w, 0, x + 1, room, e);
 }
 
 static void draw_keys(ui_context *ui, WINDOW *w)

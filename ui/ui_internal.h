@@ -132,5 +132,8 @@ void format_bytes_short(double v, char *out, size_t cap);
 void format_duration_short(double s, char *out, size_t cap);
 /* Display columns of a UTF-8 string. */
 int text_columns(const char *s);
+/* Draws the line being edited at (y, x) in `room` columns, scrolled to show the cursor;
+ * returns the cursor's column. By columns, not characters: a wide character takes two. */
+int draw_lineedit(WINDOW *w, int y, int x, int room, const lineedit *e);
 
 #endif
