@@ -690,14 +690,25 @@ static int rd_byte(reader *r, pesc_error *err)
     return c;
 }
 
-static void item_put(reader *r, char c)
+/* A record's text is held whole while it is parsed: one longer than this is not an
+ * instruction record (a file without newlines, or a device), and is refused before it has
+ * taken the machine's memory. */
+#define DS_MAX_RECORD_BYTES ((size_t)64 << 20)
+
+/* Appends c to the current item: 0, or -1 with the message when the record is too long. */
+static int item_put(reader *r, char c, pesc_error *err)
 {
+    if (r->item_len >= DS_MAX_RECORD_BYTES)
+        return pesc_fail(err, "%s:%ld: a record longer than %zu MiB; a JSONL file holds one "
+                         "record a line (is this the right file?)", r->path, r->item_line,
+                         DS_MAX_RECORD_BYTES >> 20);
     if (r->item_len + 2 > r->item_cap) {
         r->item_cap = r->item_cap ? 2 * r->item_cap : 4096;
         r->item = xrealloc(r->item, r->item_cap);
     }
     r->item[r->item_len++] = c;
     r->item[r->item_len] = '\0';
+    return 0;
 }
 
 /* Reads the file's first bytes and steps over a UTF-8 byte order mark there: otherwise the
@@ -737,7 +748,8 @@ static int rd_next(reader *r, pesc_error *err)
             r->item_len = 0;
             r->item_line = r->line;
             while ((c = rd_byte(r, err)) >= 0 && c != '\n')
-                item_put(r, (char)c);
+                if (item_put(r, (char)c, err) != 0)
+                    return -1;
             if (c == -2) return -1;
             if (r->item_len && r->item[r->item_len - 1] == '\r')
                 r->item[--r->item_len] = '\0';
@@ -762,7 +774,8 @@ static int rd_next(reader *r, pesc_error *err)
             if (c == '\n') r->line--;
             return 1;
         }
-        item_put(r, (char)c);
+        if (item_put(r, (char)c, err) != 0)
+            return -1;
         if (in_string) {
             if (escape) escape = 0;
             else if (c == '\\') escape = 1;
