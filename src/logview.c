@@ -308,7 +308,8 @@ static int logview_snapshot(void *ctx, monitor_view *v)
         snprintf(v->message, sizeof v->message, "no new lines in %s for %.0f s", lv->path,
                  pesc_now() - lv->last_growth);
     else if (lv->bad_lines && !lv->message[0])
-        snprintf(v->message, sizeof v->message, "%ld malformed lines skipped", lv->bad_lines);
+        snprintf(v->message, sizeof v->message, "%ld malformed line%s skipped", lv->bad_lines,
+                 lv->bad_lines == 1 ? "" : "s");
     else
         snprintf(v->message, sizeof v->message, "%s", lv->message);
     v->run = lv->run;
