@@ -66,8 +66,8 @@ int cmd_demo_data(int argc, char **argv)
         return cli_usage_error("demo-data", "unexpected argument '%s'", argv[optind]);
     if (!output)
         return cli_usage_error("demo-data", "-o FILE is required");
-    if (!*output)
-        return cli_usage_error("demo-data", "-o '': expected a file name, or - for standard output");
+    if (cli_path("demo-data", "-o", output, "a file, or - for standard output", &output))
+        return EXIT_USAGE;
     spec.records = records;
     demo_spec_complete(&spec);
 

@@ -256,10 +256,10 @@ int cmd_inspect(int argc, char **argv)
     }
     if (argc != 2)
         return cli_usage_error("inspect", argc < 2 ? "PATH is required" : "one PATH at a time");
-    const char *path = argv[1];
-    if (!*path)
-        return cli_usage_error("inspect", "PATH '' is empty: name a model directory, a "
-                               "checkpoint, a .safetensors file or a .jsonl dataset");
+    const char *path;
+    if (cli_path("inspect", "PATH", argv[1], "a model directory, a checkpoint, a .safetensors "
+                 "file or a .jsonl dataset", &path))
+        return EXIT_USAGE;
     struct stat st;
     if (stat(path, &st) != 0) {
         pesc_error err;

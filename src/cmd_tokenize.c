@@ -45,8 +45,14 @@ static int parse_tokenize(tokenize_options *o, int argc, char **argv)
     int c;
     while ((c = cli_getopt("tokenize", argc, argv, "h", longopts)) != -1) {
         switch (c) {
-        case 't': o->tokenizer = optarg; break;
-        case 'm': o->model = optarg; break;
+        case 't':
+            if (cli_path("tokenize", "--tokenizer", optarg, "a tokenizer.json", &o->tokenizer))
+                return EXIT_USAGE;
+            break;
+        case 'm':
+            if (cli_path("tokenize", "--model", optarg, "a model directory", &o->model))
+                return EXIT_USAGE;
+            break;
         case 'j': o->jsonl = 1; break;
         case 'n': o->no_special = 1; break;
         case 'd': o->decode = 1; break;
@@ -58,9 +64,6 @@ static int parse_tokenize(tokenize_options *o, int argc, char **argv)
         return cli_usage_error("tokenize", "unexpected argument '%s'", argv[optind]);
     if (!o->tokenizer == !o->model)
         return cli_usage_error("tokenize", "give exactly one of --tokenizer FILE or --model DIR");
-    if (!*(o->tokenizer ? o->tokenizer : o->model))
-        return cli_usage_error("tokenize", "--%s '': an empty path names nothing",
-                               o->tokenizer ? "tokenizer" : "model");
     if (o->decode && o->no_special)
         return cli_usage_error("tokenize", "--no-special is for encoding; --decode writes every "
                                "id's text, special ones included (as HF's decode does)");

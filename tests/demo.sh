@@ -77,12 +77,12 @@ else
 fi
 
 # an empty path is named as '' (or is a usage error), and nothing is written for it
-expect 2 "PATH '' is empty" "inspect ''" -- "$pesc" inspect ""
-expect 2 "\-\-model '': an empty path" "tokenize --model ''" -- "$pesc" tokenize --model ""
+expect 2 "PATH '': the path is empty; name a model directory" "inspect ''" -- "$pesc" inspect ""
+expect 2 "\-\-model '': the path is empty; name a model directory" "tokenize --model ''" -- "$pesc" tokenize --model ""
 expect 2 "^pesc eval: \-\-data '': the path is empty" "eval --data '' is a usage error" -- \
   "$pesc" eval --model "$d" --data ""
 mkdir "$tmp/cwd"
-expect 2 "\-o '': expected a file name, or - for standard output" "demo-data -o '' is a usage error" -- \
+expect 2 "\-o '': the path is empty; name a file, or - for standard output" "demo-data -o '' is a usage error" -- \
   sh -c 'cd "$1" && exec "$2" demo-data -o "" --records 2' sh "$tmp/cwd" "$(cd "$(dirname "$pesc")" && pwd)/pesc"
 [ -z "$(ls -A "$tmp/cwd")" ] && pass "... and leaves no temporary behind" || fail "-o '' left $(ls -A "$tmp/cwd")"
 
