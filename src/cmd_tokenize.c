@@ -210,11 +210,7 @@ int cmd_tokenize(int argc, char **argv)
         if (rc != 0)
             goto out;
     }
-    if (fflush(stdout) != 0) {
-        pesc_fail(&err, "writing the ids to stdout failed");
-        goto out;
-    }
-    status = 0;
+    status = 0;   /* main checks that the ids reached standard output */
 out:
     if (status != 0)
         cli_fail("tokenize", &err);

@@ -106,10 +106,11 @@ expect 1 "$tmp/one.jsonl and $tmp/two.jsonl: no token is predicted" "eval with n
 # output that cannot be written is a failure of every command, in one line naming stdout
 if [ -w /dev/full ]; then
   for args in "--version" "--help" "plugins" "devices" "inspect $m" "eval --model $m --data $m/records.jsonl" \
-      "generate --model $top_srcdir/data/demo --prompt hi --max-tokens 8 --backend cpu"; do
+      "generate --model $top_srcdir/data/demo --prompt hi --max-tokens 8 --backend cpu" \
+      "demo-data -o - --records 3" "tokenize --model $top_srcdir/data/demo"; do
     # shellcheck disable=SC2086 # the arguments are words
     expect 1 "cannot write to standard output: No space left on device" "pesc $args >/dev/full fails" -- \
-      sh -c '"$0" "$@" >/dev/full' "$pesc" $args
+      sh -c '"$0" "$@" </dev/null >/dev/full' "$pesc" $args
   done
 fi
 awk 'BEGIN { printf "{\"input_ids\": ["; for (t = 0; t < 200; t++) printf "%s%d", t ? ", " : "", t % 64; print "]}" }' >"$tmp/long.jsonl"
