@@ -410,13 +410,14 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
         .adapter_dim = run->adapter_dim, .adapter_scale = run->adapter_scale, .json = json};
     int rc = 0;
     for (int i = 0; i < s->n && s->opt.strict_open && rc == 0; i++) {
+        if (s->slots[i].ops != &jsonl_ops)
+            continue;
         const char *colon = strchr(s->slots[i].spec, ':');
-        char why[4096 + 256] = "";   /* room for a path */
+        char why[4096 + 256] = "", path[4096], other[4096];   /* room for a path */
+        jsonl_path(path, sizeof path, colon ? colon + 1 : NULL, s->base);
         /* two JSONL outputs on one file would interleave: say which they are */
-        for (int j = 0; j < i && rc == 0 && s->slots[i].ops == &jsonl_ops; j++) {
+        for (int j = 0; j < i && rc == 0; j++) {
             const char *c2 = strchr(s->slots[j].spec, ':');
-            char path[4096], other[4096];
-            jsonl_path(path, sizeof path, colon ? colon + 1 : NULL, s->base);
             jsonl_path(other, sizeof other, c2 ? c2 + 1 : NULL, s->base);
             if (s->slots[j].ops == &jsonl_ops && same_target(path, other)) {
                 snprintf(why, sizeof why, "it would write %.2000s, which %.1000s already writes; "
@@ -426,8 +427,7 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
                 rc = open_failed(s, i, why, err);
             }
         }
-        if (rc == 0 && s->slots[i].ops == &jsonl_ops &&
-            check_log_output(s, colon ? colon + 1 : NULL, why, sizeof why) != 0)
+        if (rc == 0 && check_log_output(s, colon ? colon + 1 : NULL, why, sizeof why) != 0)
             rc = open_failed(s, i, why, err);
     }
     /* plugins first, the log last (see check_log_output) */
