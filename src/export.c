@@ -4,7 +4,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,8 +103,8 @@ static int check_out(const export_options *o, const char *ckpt, const export_bas
                      pesc_error *err)
 {
     /* inside the checkpoint, the export would go with it when --keep rotates it away */
-    char *parent = xstrdup(o->out);
-    int within = lies_within(dirname(parent), ckpt);
+    char *parent = pesc_parent_dir(o->out);
+    int within = lies_within(parent, ckpt);
     free(parent);
     if (within)
         return pesc_fail(err, "-o %s lies inside the checkpoint %s, and would be deleted with "
