@@ -18,10 +18,10 @@
  *
  * Batches (dataset_next_batch): B rows of T tokens. Without packing a row holds one record,
  * truncated to T (counted), and only the answers in those T tokens are learnt: data with none
- * there is refused, and the records that lose every answer are counted. With packing, whole records are laid end to end while they fit;
- * positions restart at 0 for every document and doc_ids tell documents apart, so a model
- * lets token i attend to token j only when j <= i and doc_ids match. Every token carries the
- * index of the --data it came from. Order: per epoch, each source contributes its records
+ * there is refused, and the records that lose every answer are counted. With packing, whole
+ * records are laid end to end while they fit; positions restart at 0 for every document and
+ * doc_ids tell documents apart, so a model lets token i attend to token j only when j <= i and
+ * doc_ids match. Every token carries the index of the --data it came from. Order: per epoch, each source contributes its records
  * `weight` times (fractional weights draw a seeded subset), shuffled with the seed; the
  * cursor (epoch, position) saves and restores the exact place.
  *
