@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include "backend_impl.h"
+#include "cuda/cuda.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,25 +97,19 @@ pesc_backend *backend_new(const char *name, pesc_error *err)
         return NULL;
     }
     pesc_backend *b = xcalloc(1, sizeof *b);
-#ifdef HAVE_CUDA
     if (want_cuda || want_auto) {
         /* auto: a usable GPU, else the CPU (why the GPU was passed over is not an error) */
         pesc_error why;
-        if (cuda_backend_init(&b->ops, &b->context, want_cuda ? err : &why) == 0)
+        const cuda_module *cuda = cuda_load(&why);
+        if (cuda && cuda->backend_init(&b->ops, &b->context, want_cuda ? err : &why) == 0)
             return b;
         if (want_cuda) {
+            if (!cuda)
+                pesc_fail(err, "--backend cuda: %s", why.msg);
             free(b);
             return NULL;
         }
     }
-#else
-    if (want_cuda) {
-        pesc_fail(err, "--backend cuda: this pesc was built without CUDA; reconfigure with "
-                       "--with-cuda=DIR, or use --backend cpu");
-        free(b);
-        return NULL;
-    }
-#endif
     /* the CPU is registered last, as the fallback (STYLE: ggml) */
     if (cpu_backend_init(&b->ops, &b->context, err) != 0) {
         free(b);

@@ -63,7 +63,5 @@ struct pesc_backend {
 
 /* Each backend's constructor: fills *ctx, or returns -1 with a message. */
 int cpu_backend_init(const backend_ops **ops, void **ctx, pesc_error *err);
-/* kernels/cuda/cuda_backend.cu; present only in builds with CUDA (HAVE_CUDA). */
-int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error *err);
 
 #endif

@@ -13,13 +13,14 @@ static const char devices_usage[] =
     "usage: pesc devices\n"
     "\n"
     "Lists the backends this build has and, when it was built with CUDA, every GPU with its\n"
-    "memory. Without a GPU or driver it says \"no CUDA device\" and exits 0.\n";
+    "memory. Without a GPU or driver it says \"no CUDA device\" and exits 0; when the CUDA\n"
+    "module (pesc-cuda.so) is missing or cannot be loaded, its line says why.\n";
 
 static void list_cuda(void)
 {
-#ifdef HAVE_CUDA
     pesc_error why = {{0}};
-    int n = cuda_device_count(&why);
+    const cuda_module *cuda = cuda_load(&why);
+    int n = cuda ? cuda->device_count(&why) : 0;
     if (n == 0) {
         printf("cuda    %s\n", why.msg);
         return;
@@ -27,7 +28,7 @@ static void list_cuda(void)
     for (int i = 0; i < n; i++) {
         cuda_device_info info;
         pesc_error err = {{0}};
-        if (cuda_device_query(i, &info, &err) != 0) {
+        if (cuda->device_query(i, &info, &err) != 0) {
             printf("cuda:%d  %s\n", i, err.msg);
             continue;
         }
@@ -35,9 +36,6 @@ static void list_cuda(void)
                info.major, info.minor, info.multiprocessors,
                (double)info.total_bytes / (1u << 30), (double)info.free_bytes / (1u << 30));
     }
-#else
-    printf("cuda    not built (reconfigure with --with-cuda=DIR)\n");
-#endif
 }
 
 int cmd_devices(int argc, char **argv)

@@ -6,6 +6,8 @@
 // (route_layer's routing counts, the per-slice losses), vector_sumsq (the clipping norm),
 // synchronize and backend_check. Uploads from pageable memory are staged by the driver and
 // return without waiting for the device.
+#include "config.h"
+
 #include <cuda_bf16.h>
 
 #include <cerrno>
@@ -523,3 +525,9 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     *ctx = c;
     return 0;
 }
+
+// What pesc finds when it opens this module (kernels/cuda/cuda_load.c).
+extern "C" __attribute__((visibility("default"))) const cuda_module pesc_cuda_module = {
+    PACKAGE_VERSION, sizeof(backend_ops), cuda_device_count, cuda_device_query, cuda_gemm_rate,
+    cuda_backend_init,
+};

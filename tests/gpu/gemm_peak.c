@@ -8,7 +8,8 @@
 int main(void)
 {
     pesc_error err;
-    if (cuda_device_count(&err) == 0) {
+    const cuda_module *cuda = cuda_load(&err);
+    if (!cuda || cuda->device_count(&err) == 0) {
         printf("SKIP: %s\n", err.msg);
         return 77;
     }
@@ -17,8 +18,8 @@ int main(void)
     double best[2] = {0.0, 0.0};
     for (int p = 0; p < 2; p++)
         for (int s = 0; s < 2; s++) {
-            double r = cuda_gemm_rate(shapes[s][0], shapes[s][1], shapes[s][2], precisions[p], 10,
-                                      &err);
+            double r = cuda->gemm_rate(shapes[s][0], shapes[s][1], shapes[s][2], precisions[p], 10,
+                                       &err);
             if (r < 0) {
                 fprintf(stderr, "gemm_peak: %s\n", err.msg);
                 return 1;
