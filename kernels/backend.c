@@ -98,17 +98,22 @@ pesc_backend *backend_new(const char *name, pesc_error *err)
     }
     pesc_backend *b = xcalloc(1, sizeof *b);
     if (want_cuda || want_auto) {
-        /* auto: a usable GPU, else the CPU (why the GPU was passed over is not an error) */
         pesc_error why;
-        const cuda_module *cuda = cuda_load(&why);
-        if (cuda && cuda->backend_init(&b->ops, &b->context, want_cuda ? err : &why) == 0)
-            return b;
+        const cuda_module *cuda;
+        int status = cuda_load(&cuda, &why);
+        if (status == 0) {
+            /* auto: no device here is no fault; a device that failed to start is */
+            status = cuda->device_count(&why) > 0 ? -1 : 1;
+            if (status < 0 && cuda->backend_init(&b->ops, &b->context, &why) == 0)
+                return b;
+        }
         if (want_cuda) {
-            if (!cuda)
-                pesc_fail(err, "--backend cuda: %s", why.msg);
+            pesc_fail(err, "--backend cuda: %s", why.msg);
             free(b);
             return NULL;
         }
+        if (status < 0)
+            snprintf(b->gpu_passed_over, sizeof b->gpu_passed_over, "%s", why.msg);
     }
     /* the CPU is registered last, as the fallback (STYLE: ggml) */
     if (cpu_backend_init(&b->ops, &b->context, err) != 0) {
@@ -131,6 +136,7 @@ void backend_delete(pesc_backend *b)
 }
 
 const char *backend_name(const pesc_backend *b) { return b->ops->name; }
+const char *backend_gpu_passed_over(const pesc_backend *b) { return b->gpu_passed_over; }
 const char *backend_device(const pesc_backend *b) { return b->ops->device(b->context); }
 
 void *backend_alloc(pesc_backend *b, size_t bytes, pesc_error *err)

@@ -23,6 +23,10 @@ pesc_backend *backend_new(const char *name, pesc_error *err);
 void backend_delete(pesc_backend *b);
 const char *backend_name(const pesc_backend *b);       /* "cpu" */
 const char *backend_device(const pesc_backend *b);     /* "CPU, 2 threads, OpenBLAS" */
+/* Why "auto" runs on the CPU although a GPU might have been used: the CUDA module could not
+ * be opened, or a device was found but would not start. "" when auto found no GPU to try
+ * (no driver, no device, a build without CUDA), and for cpu and cuda. */
+const char *backend_gpu_passed_over(const pesc_backend *b);
 
 /* Memory. backend_alloc returns NULL with a message when the backend is out of memory. */
 void *backend_alloc(pesc_backend *b, size_t bytes, pesc_error *err);

@@ -59,6 +59,7 @@ struct pesc_backend {
     const backend_ops *ops;
     void *context;
     struct backend_profile *profile;   /* NULL: not profiling */
+    char gpu_passed_over[PESC_ERROR_MAX];   /* backend_gpu_passed_over */
 };
 
 /* Each backend's constructor: fills *ctx, or returns -1 with a message. */

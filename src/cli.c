@@ -24,6 +24,18 @@ int cli_fail(const char *cmd, const pesc_error *err)
     return 1;
 }
 
+pesc_backend *cli_backend_new(const char *cmd, const char *name)
+{
+    pesc_error err;
+    pesc_backend *b = backend_new(name, &err);
+    if (!b)
+        cli_fail(cmd, &err);
+    else if (*backend_gpu_passed_over(b))
+        fprintf(stderr, "pesc %s: note: --backend auto runs on the CPU: %s\n", cmd,
+                backend_gpu_passed_over(b));
+    return b;
+}
+
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts)
 {

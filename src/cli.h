@@ -5,6 +5,7 @@
 
 #include <getopt.h>
 
+#include "backend.h"
 #include "util.h"
 
 enum { EXIT_USAGE = 2 };
@@ -21,6 +22,9 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
 
 /* --backend NAME: auto, cpu or cuda; 0, or EXIT_USAGE after a usage error line. */
 int cli_backend(const char *cmd, const char *name);
+/* backend_new for a command: NULL after its error line. When auto passed over a GPU that
+ * might have worked (backend_gpu_passed_over), says so in a note line on stderr. */
+pesc_backend *cli_backend_new(const char *cmd, const char *name);
 
 /* A path option's or argument's value: an empty one names no file (--log "" and --control ""
  * once ran on as if absent, or were blamed on another option). 0 and *out = arg, or

@@ -297,9 +297,9 @@ int cmd_bench(int argc, char **argv)
     if (status >= 0)
         return status;
     pesc_error err = {{0}};
-    pesc_backend *b = backend_new(o.backend, &err);
+    pesc_backend *b = cli_backend_new("bench", o.backend);
     if (!b)
-        return cli_fail("bench", &err);
+        return 1;
     model m = {0};
     optimizer opt = {0};
     optim_config oc;

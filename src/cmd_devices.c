@@ -19,8 +19,8 @@ static const char devices_usage[] =
 static void list_cuda(void)
 {
     pesc_error why = {{0}};
-    const cuda_module *cuda = cuda_load(&why);
-    int n = cuda ? cuda->device_count(&why) : 0;
+    const cuda_module *cuda;
+    int n = cuda_load(&cuda, &why) == 0 ? cuda->device_count(&why) : 0;
     if (n == 0) {
         printf("cuda    %s\n", why.msg);
         return;

@@ -418,11 +418,11 @@ int cmd_eval(int argc, char **argv)
         plugins_delete(plugins);
         return cli_usage_error("eval", "%s", err.msg);
     }
-    pesc_backend *b = backend_new(o.backend, &err);
+    pesc_backend *b = cli_backend_new("eval", o.backend);
     if (!b) {
         ds_formats_delete(formats);
         plugins_delete(plugins);
-        return cli_fail("eval", &err);
+        return 1;
     }
     model m = {0};
     ds_records d = {0};

@@ -237,9 +237,9 @@ int cmd_generate(int argc, char **argv)
     if (status >= 0)
         return status;
     pesc_error err = {{0}};
-    pesc_backend *b = backend_new(o.backend, &err);
+    pesc_backend *b = cli_backend_new("generate", o.backend);
     if (!b)
-        return cli_fail("generate", &err);
+        return 1;
     model m = {0};
     tokenizer *tok = NULL;
     char *dir = NULL, *tokenizer_path = NULL, *prompt = NULL;

@@ -1284,6 +1284,9 @@ int session_start(session *s, pesc_error *err)
     s->t_start = pesc_now();   /* the notes below are at the run's start, not the epoch's */
     if (open_sinks(s, err) != 0)
         return -1;
+    if (*backend_gpu_passed_over(s->backend))
+        publish_warning(s, "note", "--backend auto runs on the CPU: %s",
+                        backend_gpu_passed_over(s->backend));
     int context = s->m.config.max_position_embeddings;
     if (context > 0 && s->cfg.seq > context)
         publish_warning(s, "note", "--seq %d is past the model's context of %d tokens "

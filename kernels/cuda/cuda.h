@@ -44,13 +44,14 @@ extern "C" {
 /* The module's one exported symbol. */
 extern const cuda_module pesc_cuda_module;
 
-/* Loads the module once per process (later calls return the same table) and returns it, or
- * NULL with the reason in why: this pesc was built without CUDA, there is no NVIDIA driver
- * (libcuda.so.1 is not loaded: then the module, and cuBLAS with it, is not even opened), the
- * module or a library it needs is missing, or it is from another build. It is looked for at
- * $PESC_CUDA_MODULE when that is set, else beside a pesc run from its build tree, else in
+/* Loads the module once per process (later calls give the same answer) into *module and
+ * returns 0. Without a GPU to use it returns 1: this pesc was built without CUDA, or there is
+ * no NVIDIA driver (libcuda.so.1 is not loaded, so the module, and cuBLAS with it, is not even
+ * opened). When the module or a library it needs is missing, or it is from another build, -1.
+ * why says which, in one line. The module is looked for at $PESC_CUDA_MODULE when that is set
+ * (then opened even without a driver), else beside a pesc run from its build tree, else in
  * pkglibdir (kernels/cuda/cuda_load.c). Thread-safe. */
-const cuda_module *cuda_load(pesc_error *why);
+int cuda_load(const cuda_module **module, pesc_error *why);
 
 /* The module's own functions (kernels/cuda/), reached from outside only through the table. */
 int cuda_device_count(pesc_error *why_none);

@@ -482,11 +482,13 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     pesc_error why;
     int count = cuda_device_count(&why);
     if (count == 0)
-        return pesc_fail(err, "--backend cuda: %s", why.msg);
+        return pesc_fail(err, "%s", why.msg);
     const char *dev = getenv("PESC_CUDA_DEVICE");
-    int index = dev && *dev ? atoi(dev) : 0;
-    if (index < 0 || index >= count)
-        return pesc_fail(err, "PESC_CUDA_DEVICE=%s: this machine has %d CUDA device%s", dev,
+    char *end = NULL;
+    long index = dev && *dev ? strtol(dev, &end, 10) : 0;
+    if (dev && *dev && (*end || index < 0 || index >= count))
+        return pesc_fail(err, "PESC_CUDA_DEVICE=%s: give a device number from 0 to %d (this "
+                         "machine has %d CUDA device%s; see pesc devices)", dev, count - 1,
                          count, count == 1 ? "" : "s");
     cuda_context *c = (cuda_context *)calloc(1, sizeof *c);
     if (!c)
@@ -497,9 +499,10 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         free(c);
         return -1;
     }
-    c->device = index;
+    c->device = (int)index;
     cudaDeviceProp prop;
-    if (CUDA_CHECK(c, cudaSetDevice(index)) && CUDA_CHECK(c, cudaGetDeviceProperties(&prop, index)) &&
+    if (CUDA_CHECK(c, cudaSetDevice(c->device)) &&
+        CUDA_CHECK(c, cudaGetDeviceProperties(&prop, c->device)) &&
         CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) &&
         CUBLAS_CHECK(c, cublasCreate(&c->cublas)) &&
         CUBLAS_CHECK(c, cublasSetStream(c->cublas, c->stream)) &&
@@ -516,7 +519,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                  c->attention == CUDA_ATTENTION_GEMM ? "gemm" : "fused");
     }
     if (c->failed) {
-        pesc_fail(err, "--backend cuda: %s", c->error);
+        pesc_fail(err, "%s", c->error);
         cudaGetLastError();
         cuda_free_context(c);
         return -1;

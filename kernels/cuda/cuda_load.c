@@ -25,6 +25,7 @@
 
 static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
 static const cuda_module *loaded;
+static int load_status;
 static pesc_error load_failure;   /* why the one attempt failed; later calls repeat it */
 static int attempted;
 
@@ -84,45 +85,49 @@ static const cuda_module *open_module(const char *path, const char *found_by, pe
     return m;   /* never closed: the CUDA runtime does not expect to be unloaded */
 }
 
-static const cuda_module *load(pesc_error *why)
+static int load(const cuda_module **module, pesc_error *why)
 {
     const char *env = getenv("PESC_CUDA_MODULE");
     if (env && *env)   /* asked for by name: opened even without a driver */
-        return open_module(env, "$PESC_CUDA_MODULE", why);
+        return (*module = open_module(env, "$PESC_CUDA_MODULE", why)) ? 0 : -1;
     /* cudart opens the driver's libcuda.so.1 itself; without it no device can be used, and
      * saying so here spares the cost of opening cuBLAS */
     void *driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
     if (!driver) {
         pesc_fail(why, "no CUDA device (no NVIDIA driver: libcuda.so.1 was not found)");
-        return NULL;
+        return 1;
     }
     dlclose(driver);
     char path[4200];
     if (build_tree_module(path, sizeof path) == 0)
-        return open_module(path, "the build tree", why);
-    return open_module(PESC_CUDA_MODULE_DIR "/" MODULE_NAME ".so", "pkglibdir", why);
+        *module = open_module(path, "the build tree", why);
+    else
+        *module = open_module(PESC_CUDA_MODULE_DIR "/" MODULE_NAME ".so", "pkglibdir", why);
+    return *module ? 0 : -1;
 }
 
-const cuda_module *cuda_load(pesc_error *why)
+int cuda_load(const cuda_module **module, pesc_error *why)
 {
     pthread_mutex_lock(&load_lock);
     if (!attempted) {
         attempted = 1;
-        loaded = load(&load_failure);
+        load_status = load(&loaded, &load_failure);
     }
-    const cuda_module *m = loaded;
-    if (!m && why)
+    *module = loaded;
+    int status = load_status;
+    if (status != 0 && why)
         *why = load_failure;
     pthread_mutex_unlock(&load_lock);
-    return m;
+    return status;
 }
 
 #else
 
-const cuda_module *cuda_load(pesc_error *why)
+int cuda_load(const cuda_module **module, pesc_error *why)
 {
+    *module = NULL;
     pesc_fail(why, "this pesc was built without CUDA; reconfigure with --with-cuda=DIR");
-    return NULL;
+    return 1;
 }
 
 #endif

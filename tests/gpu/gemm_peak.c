@@ -8,8 +8,8 @@
 int main(void)
 {
     pesc_error err;
-    const cuda_module *cuda = cuda_load(&err);
-    if (!cuda || cuda->device_count(&err) == 0) {
+    const cuda_module *cuda;
+    if (cuda_load(&cuda, &err) != 0 || cuda->device_count(&err) == 0) {
         printf("SKIP: %s\n", err.msg);
         return 77;
     }

@@ -2,7 +2,7 @@
 # module.sh — the CUDA module (pesc-cuda.so) as pesc opens it: commands that want no GPU do
 # not load cuBLAS at all; without a driver, `auto` and `pesc devices` say so without opening
 # the module; a missing, foreign or stale module is one line naming the file, and --backend
-# auto then runs on the CPU. Needs no GPU.
+# auto then runs on the CPU with a note saying why. Needs no GPU.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -51,6 +51,9 @@ if grep -q "libcuda.so.1 was not found" "$tmp/devices"; then
       pass "pesc $args without a driver does not open the module"
     fi
   done
+  "$pesc" eval --model "$m" --data "$m/records.jsonl" >/dev/null 2>"$tmp/err"
+  grep -q "auto" "$tmp/err" && fail "auto without a driver printed a note: $(cat "$tmp/err")" ||
+    pass "auto without a driver is silent: a CPU machine is no fault"
   expect 1 "^pesc eval: --backend cuda: no CUDA device (no NVIDIA driver" \
     "--backend cuda without a driver" -- "$pesc" eval --model "$m" --data "$m/records.jsonl" --backend cuda
 fi
@@ -69,6 +72,9 @@ case $? in
   0) pass "a GPU test opens the build tree's module (and found a GPU)" ;;
   *) fail "a GPU test with the build tree's module: $(cat "$tmp/out")" ;;
 esac
+env LD_LIBRARY_PATH="$tmp/driver" "$pesc" eval --model "$m" --data "$m/records.jsonl" >/dev/null 2>"$tmp/err"
+grep -q "auto" "$tmp/err" && fail "auto without a usable driver printed a note: $(cat "$tmp/err")" ||
+  pass "auto with no usable device is silent"
 expect 0 "^cuda.*(pkglibdir)\|^cuda.*no NVIDIA driver is loaded\|^cuda:0" \
   "a pesc outside the build tree looks in pkglibdir" -- env LD_LIBRARY_PATH="$tmp/driver" "$tmp/bin/pesc" devices
 
@@ -89,6 +95,14 @@ expect 1 "cannot be loaded: .*junk.so" "--backend cuda, a module that is not a l
   env PESC_CUDA_MODULE="$tmp/junk.so" "$pesc" eval --model "$m" --data "$m/records.jsonl" --backend cuda
 expect 0 '"loss"' "--backend auto with a stale module runs on the CPU" -- \
   env PESC_CUDA_MODULE="$stale" "$pesc" eval --model "$m" --data "$m/records.jsonl" --json
+grep -q "^pesc eval: note: --backend auto runs on the CPU: .*another build" "$tmp/err" &&
+  pass "eval says why auto passed the GPU over" || fail "eval's note on auto: $(cat "$tmp/err")"
+awk 'BEGIN { for (r = 0; r < 8; r++) print "{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8]}" }' >"$tmp/data.jsonl"
+expect 0 "^pesc train: --backend auto runs on the CPU: .*another build" \
+  "train says why auto passed the GPU over" -- env PESC_CUDA_MODULE="$stale" "$pesc" train \
+  --headless --model "$m" --data "$tmp/data.jsonl" --seq 8 --batch 2 --steps 1 --log "$tmp/run.jsonl"
+grep -q '"event":"note".*--backend auto runs on the CPU' "$tmp/run.jsonl" &&
+  pass "the run's log keeps that note" || fail "no note on auto in the log: $(head -c 600 "$tmp/run.jsonl")"
 expect 0 "is from another build" "devices names a stale module" -- \
   env PESC_CUDA_MODULE="$stale" "$pesc" devices
 
