@@ -15,6 +15,8 @@
  *     stall=K                  requests N <= K send half the body, then go silent
  *     send=B                   cut and stall send B body bytes (at most) instead of half:
  *                              cut=99&send=10 is a server that drops after 10 bytes each time
+ *     trickle=K                requests N <= K send the body at 5 bytes per second: never
+ *                              silent, never getting anywhere
  *     redirect=PORT|self       302 to the same file on 127.0.0.1:PORT, or a relative /f/NAME
  *     v2=1                     requests N >= 2 serve NAME.v2 (the file "changed")
  *     noetag=1                 no ETag
@@ -196,6 +198,8 @@ static void wait_for_hangup(int fd)
     }
 }
 
+#define TRICKLE_RATE 5               /* bytes per second of trickle=K */
+
 /* How serve_file misbehaves: the /f/ options; all 0 is a plain, correct server. */
 typedef struct file_behaviour {
     int no_etag, cut, stall;
@@ -203,16 +207,19 @@ typedef struct file_behaviour {
     long rate;                   /* body bytes per second; 0: as fast as the socket takes */
 } file_behaviour;
 
-/* Sends n bytes; with a rate, in tenth-of-a-second slices. */
+/* Sends n bytes; with a rate, in tenth-of-a-second slices (a byte at a time below 10 bytes
+ * per second). */
 static int send_paced(int fd, const char *data, size_t n, long rate)
 {
     size_t slice = rate > 0 ? (size_t)(rate / 10 > 0 ? rate / 10 : 1) : n;
+    long pause_ns = rate > 0 ? (long)(1e9 * (double)slice / (double)rate) : 0;
+    struct timespec pause = {pause_ns / 1000000000L, pause_ns % 1000000000L};
     for (size_t at = 0; at < n; at += slice) {
         size_t k = n - at < slice ? n - at : slice;
         if (send_all(fd, data + at, k) != 0)
             return -1;
         if (rate > 0 && at + k < n)
-            nanosleep(&(struct timespec){0, 100000000L}, NULL);
+            nanosleep(&pause, NULL);
     }
     return 0;
 }
@@ -308,7 +315,9 @@ static void route_files(connection *c, const request *r)
                         .cut = n <= query_long(r->query, "cut", 0),
                         .stall = n <= query_long(r->query, "stall", 0),
                         .send = query_long(r->query, "send", 0),
-                        .rate = query_long(r->query, "rate", 0)};
+                        .rate = n <= query_long(r->query, "trickle", 0)
+                                     ? TRICKLE_RATE
+                                     : query_long(r->query, "rate", 0)};
     serve_file(c, r, file, &b, NULL);
 }
 
