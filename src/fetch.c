@@ -30,6 +30,8 @@
 #define PROGRESS_BYTES (64 * 1024)   /* how much further a download must get to count as
                                         progress: see made_progress */
 #define PUBLISH_INTERVAL_S 0.1
+#define STALL_MIN_BYTES 1024         /* a try that receives less in stall_s seconds is
+                                        stalled; see try_stalled */
 #define RATE_SAMPLES 7               /* the rate is measured over the last 3 seconds */
 #define RATE_SAMPLE_S 0.5
 #define MODEL_MARKER ".pesc-complete"
@@ -508,6 +510,8 @@ typedef struct transfer {
     double retry_after_s;
     double next_try_at, started_at, published_at;
     double last_data_at;         /* when this request last received anything */
+    double window_at;            /* start of the current stall window (see try_stalled) */
+    int64_t window_bytes;        /* bytes (headers and body) received since window_at */
     double rate_at[RATE_SAMPLES];   /* ring of (time, bytes on disk) every half second */
     int64_t rate_bytes[RATE_SAMPLES];
     int rate_next, rate_count;
@@ -771,7 +775,8 @@ static void send_request(fetcher *f, transfer *t)
     t->content_length = t->range_start = t->range_total = -1;
     t->retry_after_s = 0;
     t->errbuf[0] = '\0';
-    t->last_data_at = pesc_now();
+    t->last_data_at = t->window_at = pesc_now();
+    t->window_bytes = 0;
     curl_multi_add_handle(f->multi, t->easy);
     f->running++;
 }
@@ -840,6 +845,13 @@ static int start_try(fetcher *f, transfer *t, double now)
 
 /* ---- the worker: libcurl callbacks -------------------------------------------------------- */
 
+/* Every byte of a response, header or body, keeps the try alive (see try_stalled). */
+static void note_received(transfer *t, size_t n)
+{
+    t->last_data_at = pesc_now();
+    t->window_bytes += (int64_t)n;
+}
+
 /* "Name: value" when line starts with name (any case); the value trimmed into out. */
 static int header_value(const char *line, size_t n, const char *name, char *out, size_t cap)
 {
@@ -862,7 +874,7 @@ static size_t on_header(char *line, size_t size, size_t count, void *arg)
     transfer *t = arg;
     size_t n = size * count;
     char value[256];
-    t->last_data_at = pesc_now();
+    note_received(t, n);
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
         /* a new response (a proxy's CONNECT reply comes first): forget the last one's */
         t->content_length = t->range_start = t->range_total = -1;
@@ -942,7 +954,7 @@ static size_t on_body(char *data, size_t size, size_t count, void *arg)
 {
     transfer *t = arg;
     size_t n = size * count;
-    t->last_data_at = pesc_now();
+    note_received(t, n);
     if (!t->body_started && start_body(t) != 0)
         return 0;
     if (!t->body_to_file)
@@ -1183,8 +1195,9 @@ static void judge_http_status(fetcher *f, transfer *t, double now)
     fail_transfer(f, t, &err);
 }
 
-/* A try (one request) has ended with rc; decide what comes next. */
-static void judge_try(fetcher *f, transfer *t, CURLcode rc, double now)
+/* A try (one request) has ended with rc; decide what comes next. why: the worker's reason
+ * when it ended the try itself (a stall), else NULL for libcurl's. */
+static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, double now)
 {
     curl_multi_remove_handle(f->multi, t->easy);
     f->running--;
@@ -1211,9 +1224,9 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, double now)
         return;
     }
     t->offset += t->received;
-    const char *detail = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
+    const char *detail = why ? why : t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
     if (retryable_curl_error(rc)) {
-        schedule_retry(f, t, rc == CURLE_OPERATION_TIMEDOUT ? "stalled" : detail, now);
+        schedule_retry(f, t, detail, now);
         return;
     }
     if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE)
@@ -1235,6 +1248,35 @@ static int is_cancelled(fetcher *f, transfer *t)
     int c = t->cancel;
     pthread_mutex_unlock(&f->lock);
     return c;
+}
+
+/* Whether the running try t is stalled at `now`; if so, why says how, for the retry message.
+ * Checked here rather than with CURLOPT_LOW_SPEED_*, whose speed is an average over several
+ * seconds and which names no byte count. Two ways to stall:
+ *   silence: nothing for stall_s seconds (a link that went dead);
+ *   a trickle: fewer than STALL_MIN_BYTES in a window of stall_s seconds. A server or proxy
+ *   that sends a byte every 30 s never falls silent, and would hold a multi-GB download for
+ *   days. Windows follow one another from the request on, so a trickle is noticed at most
+ *   2 * stall_s after it begins. 1 KiB a minute (17 bytes/s) is far below any real link,
+ *   even a congested mobile one, which moves tens of KiB in that time; a lower stall_s
+ *   asks for the same 1 KiB sooner (PESC_FETCH_STALL_S=1: 1 KiB/s). */
+static int try_stalled(const fetcher *f, transfer *t, double now, char *why, size_t cap)
+{
+    double stall_s = (double)f->stall_s, window_s = now - t->window_at;
+    if (now - t->last_data_at > stall_s) {
+        snprintf(why, cap, "stalled: 0 bytes in the last %ld s", f->stall_s);
+        return 1;
+    }
+    if (window_s < stall_s)
+        return 0;
+    if (t->window_bytes < STALL_MIN_BYTES) {
+        snprintf(why, cap, "stalled: %lld bytes in the last %.0f s", (long long)t->window_bytes,
+                 window_s);
+        return 1;
+    }
+    t->window_at = now;
+    t->window_bytes = 0;
+    return 0;
 }
 
 /* Cancels what was asked to stop, starts what may start; returns the wait until the next
@@ -1267,10 +1309,9 @@ static double schedule(fetcher *f, double now)
         if (state == FETCH_RUNNING) {
             if (now - t->published_at >= PUBLISH_INTERVAL_S)
                 publish_progress(f, t, now);
-            /* checked here rather than with CURLOPT_LOW_SPEED_*, whose speed is an average
-             * over several seconds: a link that went silent is noticed after stall_s */
-            if (now - t->last_data_at > (double)f->stall_s)
-                judge_try(f, t, CURLE_OPERATION_TIMEDOUT, now);
+            char why[96];
+            if (try_stalled(f, t, now, why, sizeof why))
+                judge_try(f, t, CURLE_OPERATION_TIMEDOUT, why, now);
             continue;
         }
         if (t->next_try_at > now) {
@@ -1298,7 +1339,7 @@ static void collect_finished(fetcher *f)
         publish_progress(f, t, now);
         if (is_cancelled(f, t))
             continue;   /* schedule() takes it out */
-        judge_try(f, t, rc, now);
+        judge_try(f, t, rc, NULL, now);
     }
 }
 

@@ -31,6 +31,7 @@ printf 'hello pesc\n' >"$files/small.txt"
 printf 'redirected\n' >"$files/redir.txt"
 printf 'same origin\n' >"$files/self.txt"
 head -c 1500000 /dev/urandom >"$files/big.bin"
+head -c 8192 /dev/urandom >"$files/slow.bin"
 head -c 600000 /dev/urandom >"$files/change.bin"
 head -c 700000 /dev/urandom >"$files/change.bin.v2"
 i=0

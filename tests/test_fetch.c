@@ -478,6 +478,60 @@ static void test_stall(void)
     free(cache);
 }
 
+/* One transfer of target (the server's file `name`) on a fresh fetcher with a 1 s stall
+ * limit, waited for at most wait_s: a try that the fetcher never ends must not hang the test.
+ * *p is its last progress; returns 1 when it ended with the file, *took the seconds it took. */
+static int get_watched(const char *cache_name, const char *target, const char *name,
+                       double wait_s, fetch_progress *p, double *took)
+{
+    char *cache = new_cache(cache_name), *url = url_a(target), *path = NULL;
+    char *want = server_file(name);
+    pesc_error err = {{0}};
+    fetcher *f = new_fetcher(cache, NULL, 4, 1);
+    double t0 = pesc_now();
+    int id = fetcher_add(f, url, NULL, NULL, 0, &err);
+    int ended = id >= 0 && fetcher_wait(f, id, wait_s);
+    *took = pesc_now() - t0;
+    fetcher_snapshot(f, p, 1);
+    int ok = ended && fetcher_result(f, id, &path, &err) == 0 && same_file(path, want);
+    fetcher_delete(f);
+    free(path);
+    free(want);
+    free(url);
+    free(cache);
+    return ok;
+}
+
+/* A server that keeps a try alive with a few bytes a second never falls silent; the try
+ * counts as stalled once a second (the stall limit) brings under 1 KiB. A slow but real
+ * link, 4 KiB a second, is left alone. */
+static void test_trickle(void)
+{
+    const char *target = "/f/big.bin?trickle=1&k=trickle";
+    fetch_progress p = {0};
+    double took;
+    int ok = get_watched("trickle", target, "big.bin", 10, &p, &took);
+    long long bytes = -1;
+    int matched = 0;
+    sscanf(p.last_retry, "stalled: %lld bytes in the last 1 s%n", &bytes, &matched);
+    check(ok && took < 5, "5 bytes a second: the try is retried and the file arrives (%.1f s, "
+          "state %s)", took, fetch_state_name(p.state));
+    check(p.retries == 1 && matched > 0 && bytes > 0 && bytes < 1024,
+          "the retry says how little arrived (%d retries: %s)", p.retries, p.last_retry);
+    hit h[4];
+    int n = hits(target, port_a, h, 4, 2);
+    check(n == 2 && strncmp(h[1].range, "bytes=", 6) == 0 && h[1].status == 206,
+          "the try after the trickle resumed with a range (%s)", n == 2 ? h[1].range : "-");
+
+    target = "/f/slow.bin?rate=4096&k=slowlink";
+    memset(&p, 0, sizeof p);
+    ok = get_watched("slowlink", target, "slow.bin", 10, &p, &took);
+    n = hits(target, port_a, h, 4, 1);
+    check(ok && p.retries == 0 && n == 1 && took > 1.5,
+          "4 KiB a second over 2 s: one try, no retry (%.1f s, %d requests: %s)", took, n,
+          p.last_retry);
+}
+
 static void test_redirect_token(void)
 {
     char *target = fmt("/f/redir.txt?redirect=%d", port_b);
@@ -854,6 +908,7 @@ int main(void)
     test_no_progress();
     test_404();
     test_stall();
+    test_trickle();
     test_redirect_token();
     test_checksum();
     test_gzip_dataset();
