@@ -116,6 +116,20 @@ refused "lr *0" "lr '\*0': .*factor above 0"
 refused "aux -0.5" "aux '-0.5': .*0 to 1000"
 refused "aux 2000" "aux '2000': .*0 to 1000"
 refused "pause now" "pause takes no argument"
+
+# a reply quotes what the client sent, but never its control bytes: an escape sequence (here
+# one that retitles an xterm) comes back as \xNN, and at most 15 bytes of an unknown word
+esc=$(printf '\033')
+commands="(pause, resume, lr, aux, save, stop, generate)"
+reply=$(timeout 30 "$sockcmd" "$csock" "$(printf 'x\033]0;owned\007\t\\q')")
+[ "$reply" = "error: unknown command 'x\\x1b]0;owned\\x07\\x09\\x5cq' $commands" ] \
+  && pass "control bytes in an unknown command come back escaped: $reply" \
+  || fail "an unknown command with control bytes got '$(printf %s "$reply" | cat -v)'"
+reply=$(timeout 30 "$sockcmd" "$csock" "$(printf "$esc%.0s" $(seq 200))")
+want=$(printf '\\x1b%.0s' $(seq 15))
+[ "$reply" = "error: unknown command '$want' $commands" ] \
+  && pass "200 escape bytes: 15 quoted, escaped, in one line" \
+  || fail "200 escape bytes got '$(printf %s "$reply" | cat -v)'"
 reply=$(timeout 30 "$sockcmd" "$csock" "generate layer=1 max=3 temp=0.5 top_p=0.9 ids:1,2")
 [ "$reply" = "ok: generating up to 3 tokens" ] && pass "a generate within every range is taken" \
   || fail "a generate within range got '$reply'"
