@@ -53,26 +53,6 @@ static int send_line(int fd, const char *text, size_t len)
     return send(fd, text, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len ? 0 : -1;
 }
 
-/* Writes reply into out (room for 4 * strlen(reply) + 2 bytes) as one line that a terminal
- * shows as it is, and returns its length with the newline. A reply may quote what the client
- * sent ("error: unknown command 'X'"), and a client can send escape sequences that would
- * redraw or retitle the terminal of whoever reads the reply: so every byte outside printable
- * ASCII, a newline included, becomes \xNN, and so does the backslash, so that a quoted word
- * can be read back exactly. */
-static size_t escape_reply(const char *reply, char *out)
-{
-    size_t len = 0;
-    for (const unsigned char *p = (const unsigned char *)reply; *p; p++) {
-        if (*p >= ' ' && *p <= '~' && *p != '\\')
-            out[len++] = (char)*p;
-        else
-            len += (size_t)sprintf(out + len, "\\x%02x", *p);
-    }
-    out[len++] = '\n';
-    out[len] = '\0';
-    return len;
-}
-
 static void client_drop(control_client *cl)
 {
     close(cl->fd);
@@ -93,9 +73,14 @@ static int client_read(control_server *c, control_client *cl)
     char *nl;
     while ((nl = memchr(cl->line, '\n', cl->used))) {
         *nl = '\0';
-        char reply[CONTROL_REPLY], escaped[4 * CONTROL_REPLY + 2];
+        /* a reply may quote what the client sent ("error: unknown command 'X'"), and a
+         * client can send escape sequences that would redraw or retitle the terminal of
+         * whoever reads the reply: it goes out as one line with its control bytes shown */
+        char reply[CONTROL_REPLY], shown[4 * CONTROL_REPLY + 2];
         monitor_command(c->m, cl->line, reply, sizeof reply);
-        if (send_line(cl->fd, escaped, escape_reply(reply, escaped)) != 0)
+        size_t len = pesc_show_controls(shown, sizeof shown - 1, reply);
+        shown[len++] = '\n';
+        if (send_line(cl->fd, shown, len) != 0)
             return -1;
         cl->used -= (size_t)(nl + 1 - cl->line);
         memmove(cl->line, nl + 1, cl->used);

@@ -126,6 +126,35 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
     return 0;
 }
 
+size_t pesc_show_controls(char *out, size_t cap, const char *text)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    size_t n = 0;
+    while (*p) {
+        char one[8];
+        size_t len = 1, used = 1;
+        if (*p < 0x20 || *p == 0x7f)
+            len = (size_t)snprintf(one, sizeof one, "\\x%02x", *p);
+        else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            len = (size_t)snprintf(one, sizeof one, "\\u%04x", p[1]), used = 2;
+        else
+            one[0] = (char)*p;
+        if (n + len >= cap) {
+            if ((*p & 0xc0) == 0x80) {   /* do not end in the middle of a UTF-8 character */
+                while (n > 0 && ((unsigned char)out[n - 1] & 0xc0) == 0x80)
+                    n--;
+                n -= n > 0;
+            }
+            break;
+        }
+        memcpy(out + n, one, len);
+        n += len;
+        p += used;
+    }
+    out[n] = '\0';
+    return n;
+}
+
 const char *pesc_skip_bom(const char *text, size_t *len)
 {
     size_t n = len ? *len : strlen(text);

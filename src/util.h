@@ -27,6 +27,13 @@ int pesc_fail_prefix(pesc_error *err, const char *fmt, ...) __attribute__((forma
  * would name nothing). For the messages of a failed open, read or write. */
 const char *pesc_path_shown(const char *path);
 
+/* text as a terminal may show it, in out (cap bytes, at least 1): C0 controls and DEL as
+ * \xNN, C1 controls (as UTF-8 encodes them) as \u00NN, so that text from a log or a socket
+ * cannot move the cursor, recolour, retitle or clear the terminal. Every other byte, UTF-8
+ * included, is kept. Cut short on a character boundary when it does not fit. Returns the
+ * length written. */
+size_t pesc_show_controls(char *out, size_t cap, const char *text);
+
 /* Allocation that cannot fail: out of memory prints a message and aborts (after the
  * registered cleanup hook, which the TUI uses to restore the terminal). */
 void *xmalloc(size_t n);

@@ -118,13 +118,19 @@ refused "aux 2000" "aux '2000': .*0 to 1000"
 refused "pause now" "pause takes no argument"
 
 # a reply quotes what the client sent, but never its control bytes: an escape sequence (here
-# one that retitles an xterm) comes back as \xNN, and at most 15 bytes of an unknown word
+# one that retitles an xterm) comes back as \xNN, a C1 control as \u00NN, UTF-8 as it is, and
+# at most 15 bytes of an unknown word
 esc=$(printf '\033')
 commands="(pause, resume, lr, aux, save, stop, generate)"
-reply=$(timeout 30 "$sockcmd" "$csock" "$(printf 'x\033]0;owned\007\t\\q')")
-[ "$reply" = "error: unknown command 'x\\x1b]0;owned\\x07\\x09\\x5cq' $commands" ] \
+reply=$(timeout 30 "$sockcmd" "$csock" "$(printf 'x\033]0;owned\007\tq')")
+[ "$reply" = "error: unknown command 'x\\x1b]0;owned\\x07\\x09q' $commands" ] \
   && pass "control bytes in an unknown command come back escaped: $reply" \
   || fail "an unknown command with control bytes got '$(printf %s "$reply" | cat -v)'"
+reply=$(timeout 30 "$sockcmd" "$csock" "$(printf 'h\303\251\302\233x')")
+want=$(printf 'h\303\251\\u009bx')
+[ "$reply" = "error: unknown command '$want' $commands" ] \
+  && pass "UTF-8 in a reply is kept, a C1 control escaped: $reply" \
+  || fail "UTF-8 and C1 in an unknown command got '$(printf %s "$reply" | cat -v)'"
 reply=$(timeout 30 "$sockcmd" "$csock" "$(printf "$esc%.0s" $(seq 200))")
 want=$(printf '\\x1b%.0s' $(seq 15))
 [ "$reply" = "error: unknown command '$want' $commands" ] \
