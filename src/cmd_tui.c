@@ -43,7 +43,7 @@ int cmd_tui(int argc, char **argv)
     launcher *l = launcher_new(&c, &err);
     if (!l) {
         if (!c.model && !c.init_config)
-            fprintf(stderr, "pesc: the demo cannot start: %s (was pesc installed, or is it run "
+            fprintf(stderr, "pesc tui: the demo cannot start: %s (was pesc installed, or is it run "
                             "from its build tree?)\n", err.msg);
         else
             cli_fail("tui", &err);
@@ -57,7 +57,7 @@ int cmd_tui(int argc, char **argv)
         launcher_delete(l);
         return cli_fail("tui", &err);
     }
-    ui_options o = {.title = c.model ? c.model : "demo", .live = 1};
+    ui_options o = {.command = "pesc tui", .title = c.model ? c.model : "demo", .live = 1};
     int ui_status = ui_run(launcher_monitor(l), &o);
     status = launcher_finish(l);
     control_close(ctl);

@@ -31,6 +31,11 @@ for page in "$top_srcdir"/man/*.[157]; do
 done
 expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
 expect 2 "that is pesc train \-\-headless" "tui --headless points to train" -- "$pesc" tui --headless
+# the workbench's own errors name it, as every command's do
+expect 1 "^pesc tui: the workbench needs a terminal" "tui without a terminal names 'pesc tui:'" -- \
+  sh -c "'$pesc' tui </dev/null"
+expect 1 "^pesc tui: the demo cannot start: " "tui without its demo names 'pesc tui:'" -- \
+  env PESC_DEMO_DIR="$tmp/no-demo" "$pesc" tui
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x

@@ -10,7 +10,7 @@
 #include "monitor.h"
 
 typedef struct ui_options {
-    const char *command;         /* begins its lines on stderr ("pesc view"); NULL: "pesc" */
+    const char *command;         /* begins its lines on stderr ("pesc tui"); NULL: "pesc" */
     const char *title;           /* what is shown: "demo", a model name, a log path */
     int live;                    /* the run lives in this process: quitting saves and stops it */
     int read_only;               /* commands are refused (a log without --attach): the key bar
