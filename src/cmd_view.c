@@ -54,9 +54,16 @@ int cmd_view(int argc, char **argv)
     const char *path;
     if (cli_path("view", "RUN.jsonl", argv[optind], "the run's --log file", &path))
         return EXIT_USAGE;
+    long stall_s = 30;
+    const char *stall = getenv("PESC_VIEW_STALL_S");
+    if (stall && cli_parse_long(stall, 1, 86400, &stall_s) != 0) {
+        fprintf(stderr, "pesc view: PESC_VIEW_STALL_S=%s: expected a whole number of seconds "
+                        "from 1 to 86400; fix or unset it\n", stall);
+        return 1;
+    }
     monitor m;
     pesc_error err;
-    if (logview_open(&m, path, attach, &err) != 0)
+    if (logview_open(&m, path, attach, (double)stall_s, &err) != 0)
         return cli_fail("view", &err);
     o.title = path;
     o.read_only = attach == NULL;

@@ -18,7 +18,6 @@
 
 #define READ_BUDGET_S 0.03       /* per snapshot, so a long log loads over a few frames */
 #define REPLY_TIMEOUT_MS 2000
-#define STALL_S 30.0             /* a running log that has been quiet this long says so */
 
 typedef struct logview {
     char *path, *socket_path;
@@ -29,6 +28,7 @@ typedef struct logview {
     size_t pending_len, pending_cap;
     int overlong;   /* the pending line passed LINE_MAX_BYTES: skipped to its newline */
     double last_growth;          /* when a line last arrived (monotonic) */
+    double stall_s;              /* a running log quiet this long says so */
     long bad_lines;
     /* what has been read */
     monitor_state state;
@@ -299,19 +299,27 @@ static void copy_history(const logview *lv, monitor_view *v)
         v->events[i] = lv->events[(lv->event_head - lv->n_events + i + MONITOR_EVENTS) % MONITOR_EVENTS];
 }
 
+/* The status line's standing note: a quiet log first (the run may be stuck), then the
+ * malformed lines skipped, so that a narrow screen cuts the lesser of the two. */
+static void write_note(const logview *lv, char *note, size_t cap)
+{
+    size_t used = 0;
+    double quiet = pesc_now() - lv->last_growth;
+    note[0] = '\0';
+    if (lv->state == MONITOR_RUNNING && quiet > lv->stall_s)
+        used = (size_t)snprintf(note, cap, "no new lines for %.0f s", quiet);
+    if (lv->bad_lines && used < cap)
+        snprintf(note + used, cap - used, "%s%ld malformed line%s skipped", used ? "; " : "",
+                 lv->bad_lines, lv->bad_lines == 1 ? "" : "s");
+}
+
 static int logview_snapshot(void *ctx, monitor_view *v)
 {
     logview *lv = ctx;
     read_more(lv);
     v->state = lv->state;
-    if (lv->state == MONITOR_RUNNING && pesc_now() - lv->last_growth > STALL_S)
-        snprintf(v->message, sizeof v->message, "no new lines in %s for %.0f s", lv->path,
-                 pesc_now() - lv->last_growth);
-    else if (lv->bad_lines && !lv->message[0])
-        snprintf(v->message, sizeof v->message, "%ld malformed line%s skipped", lv->bad_lines,
-                 lv->bad_lines == 1 ? "" : "s");
-    else
-        snprintf(v->message, sizeof v->message, "%s", lv->message);
+    snprintf(v->message, sizeof v->message, "%s", lv->message);
+    write_note(lv, v->note, sizeof v->note);
     v->run = lv->run;
     if (lv->last) {
         if (!lv->have_run) {
@@ -466,11 +474,14 @@ static const monitor_ops logview_ops = {
     .close = logview_close,
 };
 
-int logview_open(monitor *m, const char *log_path, const char *control_socket, pesc_error *err)
+int logview_open(monitor *m, const char *log_path, const char *control_socket, double stall_s,
+                 pesc_error *err)
 {
+    assert(stall_s > 0);
     logview *lv = xcalloc(1, sizeof *lv);
     lv->fd = lv->sock = -1;
     lv->path = xstrdup(log_path);
+    lv->stall_s = stall_s;
     forget_history(lv);
     struct stat st;
     /* O_NONBLOCK: a FIFO's open would wait for a writer (harmless for a regular file) */

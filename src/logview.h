@@ -13,7 +13,9 @@
 #include "monitor.h"
 
 /* Opens the log (it must exist) and, when control_socket is not NULL, connects to the run.
- * Fills m; m->ops->close(m->ctx) releases it. */
-int logview_open(monitor *m, const char *log_path, const char *control_socket, pesc_error *err);
+ * A running log without a new line for stall_s seconds says so in the view's note, as do
+ * malformed lines skipped. Fills m; m->ops->close(m->ctx) releases it. */
+int logview_open(monitor *m, const char *log_path, const char *control_socket, double stall_s,
+                 pesc_error *err);
 
 #endif

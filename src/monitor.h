@@ -37,6 +37,9 @@ typedef struct monitor_point {
 typedef struct monitor_view {
     monitor_state state;
     char message[256];           /* why it stopped or failed; the last command's reply */
+    char note[256];              /* what the status line keeps showing about the source while
+                                    it holds: a log gone quiet, malformed lines skipped; "" when
+                                    nothing (a live run has none) */
     stats_run run;               /* model, backend, sources, shape */
     stats_record *last;          /* the latest step; NULL before the first */
     double since_save_s;         /* < 0: never saved */

@@ -2,6 +2,7 @@
 # view.sh — `pesc view` on synthetic run logs under tmux, read back with capture-pane: the
 # panels are there, the views and keys work, the log is followed as it grows, --attach steers
 # the run (pause, LR, prompt), resizing to 40x12 and back keeps it running, q leaves with 0;
+# malformed lines are counted on the status line, after the note of a log gone quiet;
 # a failed run's reason reaches stderr under "pesc view:" with the log's control characters
 # shown as escapes.
 # Needs no terminal of its own: tmux runs detached on a private socket, killed at the end.
@@ -91,6 +92,23 @@ keys q
 tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
 check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
 keys q
+
+# ---- malformed lines: counted on the status line for the whole view, after a quiet log's note ---
+{ head -n 3 "$tmp/done.jsonl"; echo 'not a record'; tail -n +4 "$tmp/done.jsonl"; } >"$tmp/bad.jsonl"
+tui_start 100 30 "$pesc" view "$tmp/bad.jsonl"
+check "FINISHED" "a log with a malformed line is shown to its end"
+check "1 malformed line skipped" "the skipped line is counted on the status line once steps are shown"
+keys q
+# no finish event: a running log that has gone quiet; the last line is cut off
+{ head -n 3 "$tmp/done.jsonl"; echo 'not a record'; tail -n +4 "$tmp/done.jsonl" | grep -v '"event":"finish"'
+  echo '{"event":'; } >"$tmp/quiet.jsonl"
+tui_start 130 30 env PESC_VIEW_STALL_S=1 "$pesc" view "$tmp/quiet.jsonl"
+check "RUNNING .*step 60/60" "a quiet log is shown running"
+check "no new lines for [0-9]+ s; 2 malformed lines skipped" "the quiet log's note comes first, the count after it"
+keys q
+PESC_VIEW_STALL_S=0 "$pesc" view "$tmp/quiet.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: PESC_VIEW_STALL_S=0: " "$tmp/err" \
+  && pass "PESC_VIEW_STALL_S=0 is refused in one line" || fail "PESC_VIEW_STALL_S=0: exit $st: $(cat "$tmp/err")"
 
 # ---- a log replaced by a FIFO while viewed; a line of 64 MiB --------------------------------
 # hwm FILE: the peak resident KiB of the view whose pid is in FILE

@@ -244,6 +244,15 @@ static void row_put(row_writer *rw, int attr, const char *fmt, ...)
     rw->x += draw_text(rw->w, rw->y, rw->x, cols, attr, s);
 }
 
+/* Text at the row's right end, or cut short after its segments when it does not fit there. */
+static void row_put_right(const row_writer *rw, int attr, const char *s)
+{
+    int room = rw->end - rw->x - 3;
+    int cols = text_columns(s);
+    if (room >= 12)
+        draw_text(rw->w, rw->y, cols < room ? rw->end - 1 - cols : rw->x + 2, room, attr, s);
+}
+
 static const char *state_badge(const ui_context *ui, monitor_state s, int *pair)
 {
     int u = ui->theme.utf8;
@@ -344,14 +353,13 @@ static void draw_status(ui_context *ui, WINDOW *w)
         if (v->since_save_s >= 0)
             row_put(&rw, dim, " ago");
     }
-    if (message_fresh(ui)) {
-        int attr = strncmp(ui->message, "error", 5) == 0 ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD)
-                                                         : theme_attr(&ui->theme, PAIR_GOOD, A_BOLD);
-        int room = wd - rw.x - 3;
-        int cols = text_columns(ui->message);
-        if (room >= 12)
-            draw_text(w, 1, cols < room ? wd - 1 - cols : rw.x + 2, room, attr, ui->message);
-    }
+    /* a reply for a few seconds, then the source's note again */
+    if (message_fresh(ui))
+        row_put_right(&rw, strncmp(ui->message, "error", 5) == 0 ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD)
+                                                                 : theme_attr(&ui->theme, PAIR_GOOD, A_BOLD),
+                      ui->message);
+    else if (ui->have_view && v->note[0])
+        row_put_right(&rw, theme_attr(&ui->theme, PAIR_WARN, A_BOLD), v->note);
 }
 
 /* ---- key bar ------------------------------------------------------------------------------ */
@@ -414,11 +422,14 @@ static void draw_keys(ui_context *ui, WINDOW *w)
                                       {"f", "Full"}, {"q", "Quit"}};
     static const key_label watch[] = {{"?", "Help"}, {"Tab", "Panel"}, {"1-4", "Go"},
                                       {"f", "Full"}, {"q", "Quit"}};
-    const ui_panel_class *pc = panel_classes[ui->focus];
+    /* with a one-row status area the source's note takes the place of the panel's keys */
+    const char *tail = panel_classes[ui->focus]->hint;
+    if (ui->lo.status.h < 2 && ui->have_view && ui->view->note[0])
+        tail = ui->view->note;
     if (ui->opt->read_only)
-        draw_keys_list(ui, w, watch, 5, pc->hint);
+        draw_keys_list(ui, w, watch, 5, tail);
     else
-        draw_keys_list(ui, w, steer, 10, pc->hint);
+        draw_keys_list(ui, w, steer, 10, tail);
 }
 
 /* ---- dialogs ------------------------------------------------------------------------------ */
