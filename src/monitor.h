@@ -7,6 +7,7 @@
  * Commands are text lines, the same as the control socket's:
  *   pause | resume | lr VALUE | lr *FACTOR | aux VALUE | save | stop
  *   generate [max=N] [temp=T] [top_p=P] [layer=L] PROMPT
+ * (in PROMPT, "\n" stands for a line break and "\\" for a backslash, since a line has none)
  * Each returns at once with a one-line reply ("ok: ..." or "error: ..."); its effect shows in
  * a later snapshot. */
 #ifndef PESC_MONITOR_H

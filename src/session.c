@@ -300,6 +300,23 @@ static int out_of_range(char *reply, size_t n, const char *key, const char *valu
     return -1;
 }
 
+/* A command is one line, so a prompt's line breaks travel as "\n" and its backslashes as
+ * "\\" (the workbench writes them so); any other backslash stays as it is. Decodes s[0..len)
+ * into out and returns the decoded length, which is cap or more when it did not fit. */
+static size_t unescape_prompt(const char *s, size_t len, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++, n++) {
+        char c = s[i];
+        if (c == '\\' && i + 1 < len && (s[i + 1] == 'n' || s[i + 1] == '\\'))
+            c = s[++i] == 'n' ? '\n' : '\\';
+        if (n + 1 < cap)
+            out[n] = c;
+    }
+    out[n < cap ? n : cap - 1] = '\0';
+    return n;
+}
+
 /* generate [max=N] [temp=T] [top_p=P] [layer=L] PROMPT, layer below n_layers */
 static int parse_generate(const char *args, int n_layers, command *c, char *reply, size_t n)
 {
@@ -362,12 +379,12 @@ static int parse_generate(const char *args, int n_layers, command *c, char *repl
         snprintf(reply, n, "error: generate needs a prompt");
         return -1;
     }
+    len = unescape_prompt(p, len, c->prompt, sizeof c->prompt);
     if (len >= sizeof c->prompt) {
         snprintf(reply, n, "error: generate: the prompt is %zu bytes; at most %zu", len,
                  sizeof c->prompt - 1);
         return -1;
     }
-    snprintf(c->prompt, sizeof c->prompt, "%.*s", (int)len, p);
     return 0;
 }
 

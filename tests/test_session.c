@@ -2,7 +2,8 @@
  *   - prompts answered mid-training leave the run's losses exactly as without them;
  *   - a resumed run continues bit for bit (float losses) from its checkpoint;
  *   - non-finite steps are skipped, counted, halve the LR after --nan-limit, never saved;
- *   - commands: replies, lr and aux changes, malformed lines change nothing;
+ *   - commands: replies, lr and aux changes, malformed lines change nothing, a prompt's
+ *     escaped line breaks and backslashes are decoded;
  *   - resuming on another base model or crafting is refused with what differs.
  * Exit 0 pass, 1 fail. */
 #include <math.h>
@@ -263,6 +264,14 @@ static void test_commands(void)
     CHECK(ok && fabs(p2.lr - 0.002) < 1e-12 && v->last && v->last->lr_overridden &&
               p1.state == MONITOR_PAUSED && p2.step == p1.step,
           "lr 0.004 then *0.5 gives %g (overridden), paused holds the step at %ld", p2.lr, p2.step);
+    /* a command is one line: a prompt's line break travels as \n, a backslash as \\ */
+    session_command(s, "generate max=1 ids:1\\n2 \\\\n", reply, sizeof reply);
+    for (int i = 0; i < 2000 && !v->prompt[0]; i++) {
+        nap();
+        monitor_snapshot(session_monitor(s), v);
+    }
+    CHECK(strncmp(reply, "ok", 2) == 0 && strcmp(v->prompt, "ids:1\n2 \\n") == 0,
+          "generate decodes its prompt's \\n and \\\\ (reply '%s', prompt '%s')", reply, v->prompt);
     session_command(s, "stop", reply, sizeof reply);
     session_wait(s);
     session_get_progress(s, &p2);
