@@ -40,6 +40,9 @@ check() {   # check PATTERN DESCRIPTION [SECONDS]
   if wait_for "$1" "${3:-10}"; then pass "$2"; else fail "$2: no '$1' on screen:"; screen | sed 's/^/    | /'; fi
 }
 keys() { tmux -L "$sock" send-keys -t "$win" "$@"; }
+# paste_text TEXT: TEXT pasted as a terminal pastes, its line breaks as CR; wrapped in the
+# bracketed-paste markers while the program in the pane has that mode on
+paste_text() { tmux -L "$sock" set-buffer -b pasted "$1" && tmux -L "$sock" paste-buffer -p -d -b pasted -t "$win"; }
 # tui_start COLS ROWS COMMAND...: COMMAND in a fresh detached tmux server of that size (a new
 # socket each time); its stderr goes to $tmp/stderr, its exit status to $tmp/status.
 starts=0

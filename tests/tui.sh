@@ -2,7 +2,8 @@
 # tui.sh — the live workbench end to end: `pesc tui` on a tiny model under tmux, keys sent with
 # send-keys, the screen read with capture-pane. The panels are there; Space pauses and the
 # step counter stops; + raises the LR in the status line and in the JSONL log; a prompt gets
-# an answer; a resize to 40x12 and back keeps it running; q asks, then saves and stops.
+# an answer, a pasted one of two lines is sent once with both; a resize to 40x12 and back
+# keeps it running; q asks, then saves and stops.
 # Skips (77) without tmux or before `pesc tui` exists. PESC_TUI_ARGS overrides the run's
 # options (default: the built-in demo), PESC_TUI_PROMPT the prompt (a run without a tokenizer
 # takes ids:1,2,3).
@@ -69,6 +70,23 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 [ $answered = 1 ] && pass "a prompt gets an answer" || { fail "no answer to the prompt:"; screen | sed 's/^/    | /'; }
+# a paste (bracketed, which the workbench turns on) of two lines is one prompt: its line break
+# stays in it, shown as ⏎, and the Enter after it sends both lines; the console echoes them on
+# two lines and the run logs one generate for them
+generates() { grep -c '"event":"generate"' "$tmp/run.jsonl"; }
+i=0; while [ "$(generates)" -lt 1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+before=$(generates)
+paste_text "$(printf 'first line\nsecond line')"
+check "❯ first line⏎second line" "a pasted line break stays in the prompt, shown as ⏎"
+keys Enter
+check "› first line *│" "the pasted prompt is echoed, its first line alone"
+screen | grep -A1 "› first line *│" | grep -q "│ *second line *│" \
+  && pass "the pasted prompt's second line is echoed below its first" \
+  || { fail "the pasted prompt is not echoed on two lines:"; screen | sed 's/^/    | /'; }
+i=0; while [ "$(generates)" -le "$before" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+sleep 1
+[ "$(generates)" -eq $((before + 1)) ] && pass "a paste of two lines, then Enter: one generate" \
+  || fail "a paste of two lines: $(($(generates) - before)) generate events"
 keys Escape
 # wide characters take two columns each: 60 of them once ran past the frame onto the line below
 keys / C-u

@@ -104,6 +104,28 @@ static void fill_step(fake_run *f)
         event(f, "finish", "all steps done");
 }
 
+/* The PROMPT of "generate [KEY=VALUE]... PROMPT", its "\n" and "\\" decoded as a run
+ * decodes them (monitor.h). */
+static void prompt_of(const char *args, char *out, size_t cap)
+{
+    for (;;) {
+        while (*args == ' ')
+            args++;
+        const char *eq = strchr(args, '='), *space = strchr(args, ' ');
+        if (!eq || (space && space < eq))
+            break;
+        args = space ? space : eq + strlen(eq);
+    }
+    size_t n = 0;
+    for (; *args && n + 1 < cap; args++) {
+        char c = *args;
+        if (c == '\\' && (args[1] == 'n' || args[1] == '\\'))
+            c = *++args == 'n' ? '\n' : '\\';
+        out[n++] = c;
+    }
+    out[n] = '\0';
+}
+
 static void answer(fake_run *f, const char *line, char *reply, size_t cap)
 {
     char text[240];
@@ -136,7 +158,8 @@ static void answer(fake_run *f, const char *line, char *reply, size_t cap)
         f->stopped = 1;
         snprintf(reply, cap, "ok: stopping");
     } else if (strncmp(line, "generate ", 9) == 0) {
-        const char *prompt = strrchr(line, ' ') + 1;
+        char prompt[200];
+        prompt_of(line + 9, prompt, sizeof prompt);
         snprintf(text, sizeof text, "echo: %s", prompt);
         event(f, "generate", text);
         snprintf(reply, cap, "ok: generating");

@@ -1,7 +1,8 @@
 #!/bin/sh
 # view.sh — `pesc view` on synthetic run logs under tmux, read back with capture-pane: the
 # panels are there, the views and keys work, the log is followed as it grows, --attach steers
-# the run (pause, LR, prompt), resizing to 40x12 and back keeps it running, q leaves with 0;
+# the run (pause, LR, prompt, a pasted prompt of two lines), resizing to 40x12 and back keeps it
+# running, q leaves with 0 and bracketed paste off, as Ctrl-Z does until fg;
 # malformed lines are counted on the status line, after the note of a log gone quiet;
 # a failed run's reason reaches stderr under "pesc view:" with the log's control characters
 # shown as escapes.
@@ -110,6 +111,24 @@ PESC_VIEW_STALL_S=0 "$pesc" view "$tmp/quiet.jsonl" </dev/null >/dev/null 2>"$tm
 [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: PESC_VIEW_STALL_S=0: " "$tmp/err" \
   && pass "PESC_VIEW_STALL_S=0 is refused in one line" || fail "PESC_VIEW_STALL_S=0: exit $st: $(cat "$tmp/err")"
 
+# ---- Ctrl-Z: the shell gets plain pastes while the view is stopped; after fg they are marked again
+tmux -L "$sock" kill-server 2>/dev/null
+sock="pesc-$win-$$-shell"
+tmux -L "$sock" -f /dev/null new-session -d -s "$win" -x 100 -y 30 "env PS1='$ ' sh -i"
+keys "$pesc view $tmp/done.jsonl" Enter
+check "FINISHED" "the view runs under an interactive shell"
+keys C-z
+check "Stopped" "Ctrl-Z stops the view"
+paste_text "at the shell"
+check "at the shell" "a paste while the view is stopped reaches the shell"
+screen | grep -q "200~" && fail "bracketed paste stays on while the view is stopped: $(screen | grep "200~")" \
+  || pass "Ctrl-Z turns bracketed paste off"
+keys C-u fg Enter
+check "FINISHED" "fg brings the view back"
+paste_text "$(printf 'one\ntwo')"
+check "❯ one⏎two" "after fg a paste is marked again"
+keys Escape q
+
 # ---- a log replaced by a FIFO while viewed; a line of 64 MiB --------------------------------
 # hwm FILE: the peak resident KiB of the view whose pid is in FILE
 hwm() { awk '/^VmHWM/ { print $2 }' "/proc/$(cat "$1")/status" 2>/dev/null; }
@@ -168,7 +187,17 @@ check "RUNNING" "Space resumes"
 check "lr 2.50e-04\\*" "+ shows the new LR, marked as set by hand"
 grep -q '"event":"lr"' "$tmp/live.jsonl" && pass "the LR change is in the log" || fail "no lr event in the log"
 keys / "hello there" Enter
-check "echo: there" "a prompt gets an answer"
+check "echo: hello there" "a prompt gets an answer"
+# pasted text comes marked (bracketed paste, which the view turns on): a paste of two lines is
+# one prompt, its line break kept (shown as ⏎) and sent with it by the Enter that follows
+paste_text "$(printf 'first line\nsecond line')"
+check "❯ first line⏎second line" "a pasted line break stays in the prompt, shown as ⏎"
+keys Enter
+check "echo: first line" "the pasted prompt gets an answer"
+n=$(grep -c '"event":"generate"' "$tmp/live.jsonl")
+[ "$n" -eq 2 ] && grep -q '"text":"echo: first line\\nsecond line"' "$tmp/live.jsonl" \
+  && pass "a paste of two lines, then Enter: one prompt with both lines" \
+  || fail "a paste of two lines: $n prompts: $(grep '"event":"generate"' "$tmp/live.jsonl")"
 tmux -L "$sock" resize-window -t view -x 40 -y 12
 sleep 0.5
 tmux -L "$sock" resize-window -t view -x 100 -y 30
@@ -177,6 +206,11 @@ keys Escape
 sleep 0.2
 keys q
 [ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q detaches with status 0" || fail "q: status '$(cat "$tmp/status" 2>/dev/null)'"
+# the terminal echoes a paste now: without its markers, once the view has turned the mode off
+paste_text "pasted after the view"
+check "pasted after the view" "a paste after the view reaches the terminal"
+screen | grep -q "200~" && fail "the view left bracketed paste on: $(screen | grep "200~")" \
+  || pass "the view turns bracketed paste off as it leaves"
 kill -0 "$fake_pid" 2>/dev/null && pass "the run goes on after the view leaves" || fail "the run ended with the view"
 
 if [ "$failures" -ne 0 ]; then

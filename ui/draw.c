@@ -245,7 +245,7 @@ static int wide_columns(const wchar_t *text, int a, int b)
     return cols;
 }
 
-int draw_lineedit(WINDOW *w, int y, int x, int room, const lineedit *e)
+int draw_lineedit(ui_context *ui, WINDOW *w, int y, int x, int room, const lineedit *e)
 {
     int first = 0, before = wide_columns(e->text, 0, e->cursor), n = 0, used = 0;
     for (; first < e->cursor && before > room - 1; first++)
@@ -258,6 +258,13 @@ int draw_lineedit(WINDOW *w, int y, int x, int room, const lineedit *e)
         n++;
     }
     wmove(w, y, x);
-    waddnwstr(w, e->text + first, n);
+    for (int i = first; i < first + n; i++) {
+        if (e->text[i] != L'\n')
+            waddnwstr(w, &e->text[i], 1);
+        else if (ui->theme.utf8)
+            waddwstr(w, L"\u23ce");
+        else
+            waddch(w, '|' | A_REVERSE);
+    }
     return x + before;
 }

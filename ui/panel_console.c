@@ -139,7 +139,7 @@ static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
                                                          : "press / to type a prompt, Enter sends it");
         return;
     }
-    int cursor_x = draw_lineedit(w, y, x, room, e);
+    int cursor_x = draw_lineedit(ui, w, y, x, room, e);
     if (editing) {
         ui->cursor_win = w;
         ui->cursor_y = y;

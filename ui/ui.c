@@ -17,14 +17,28 @@
 
 /* ---- process-wide state -------------------------------------------------------------------
  * Signal handlers take no argument, so what they touch lives here and nowhere else: the flag
- * they set, and the terminal settings a crash handler puts back (written once before curses
- * starts, read-only after). Everything else is in ui_context. */
+ * they set, the terminal settings a crash handler puts back (written once before curses
+ * starts, read-only after) and the suspend handler curses installed. Everything else is in
+ * ui_context. */
 static struct {
     volatile sig_atomic_t interrupts;    /* SIGINT, SIGTERM, SIGHUP seen */
     volatile sig_atomic_t curses_on;
     int have_termios;
     struct termios termios;
+    struct sigaction curses_suspend;     /* curses' SIGTSTP handler, which on_suspend wraps */
 } ui_process;
+
+/* Bracketed paste (xterm's mode 2004): the terminal wraps pasted text in ESC[200~ ... ESC[201~
+ * so that the prompt can take it as text (see paste_key). Written with write() alone, so the
+ * signal handlers can turn it off too; a terminal without the mode ignores both. */
+static const char paste_mode_on[] = "\033[?2004h", paste_mode_off[] = "\033[?2004l";
+
+static void set_paste_mode(int on)
+{
+    const char *s = on ? paste_mode_on : paste_mode_off;
+    ssize_t ignored = write(STDOUT_FILENO, s, strlen(s));
+    (void)ignored;
+}
 
 static void on_interrupt(int sig)
 {
@@ -36,7 +50,7 @@ static void on_interrupt(int sig)
 static void on_crash(int sig)
 {
     if (ui_process.curses_on) {
-        static const char reset[] = "\033[0m\033[?25h\033[?1049l\r\n";
+        static const char reset[] = "\033[0m\033[?25h\033[?2004l\033[?1049l\r\n";
         if (ui_process.have_termios)
             tcsetattr(STDIN_FILENO, TCSAFLUSH, &ui_process.termios);
         ssize_t ignored = write(STDOUT_FILENO, reset, sizeof reset - 1);
@@ -49,9 +63,42 @@ static void on_crash(int sig)
 /* Out of memory and exit() from anywhere: leave curses first. */
 static void restore_terminal_hook(void)
 {
-    if (ui_process.curses_on && !isendwin())
+    if (ui_process.curses_on && !isendwin()) {
+        set_paste_mode(0);
         endwin();
+    }
     ui_process.curses_on = 0;
+}
+
+/* Ctrl-Z: curses' handler leaves the screen, stops the process and redraws once continued.
+ * Around it the paste mode goes off, so that the shell is not sent marked-up pastes, and on
+ * again after fg (a shell's line editor turns it off when it has read a line). */
+static void on_suspend(int sig)
+{
+    set_paste_mode(0);
+    ui_process.curses_suspend.sa_handler(sig);
+    set_paste_mode(1);
+}
+
+/* Wraps the SIGTSTP handler newterm installed; none (the signal was ignored) is left alone. */
+static void wrap_suspend(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGTSTP, NULL, &ui_process.curses_suspend) != 0 ||
+        ui_process.curses_suspend.sa_flags & SA_SIGINFO ||
+        ui_process.curses_suspend.sa_handler == SIG_DFL ||
+        ui_process.curses_suspend.sa_handler == SIG_IGN)
+        return;
+    sa = ui_process.curses_suspend;
+    sa.sa_handler = on_suspend;
+    sigaction(SIGTSTP, &sa, NULL);
+}
+
+static void unwrap_suspend(void)
+{
+    struct sigaction now;
+    if (sigaction(SIGTSTP, NULL, &now) == 0 && now.sa_handler == on_suspend)
+        sigaction(SIGTSTP, &ui_process.curses_suspend, NULL);
 }
 
 static void install_signals(struct sigaction *old_int, struct sigaction *old_term,
@@ -395,7 +442,7 @@ static void draw_mini_prompt(ui_context *ui, WINDOW *w)
     lineedit *e = &ui->mini_line;
     ui->cursor_win = w;
     ui->cursor_y = 0;
-    ui->cursor_x = draw_lineedit(w, 0, x + 1, room, e);
+    ui->cursor_x = draw_lineedit(ui, w, 0, x + 1, room, e);
 }
 
 static void draw_keys(ui_context *ui, WINDOW *w)
@@ -449,7 +496,8 @@ static void draw_help(ui_context *ui)
         "l          type an exact learning rate (or *factor)",
         "a          aux loss coefficient",
         "s          save a checkpoint now",
-        "/  p       type a prompt for the live model",
+        "/  p       type a prompt for the live model; a paste keeps its",
+        "           line breaks, and Enter sends it whole",
         ":          type any control command",
         "Tab  1-5   next panel / routing, loss, norms, console, downloads",
         "f          the focused panel full screen; Esc back",
@@ -578,16 +626,38 @@ static int edit_key(lineedit *e, int is_code, wint_t ch)
     }
 }
 
+/* A command is one line (monitor.h): a prompt's line breaks go as "\n", backslashes as "\\".
+ * out has room for twice the text. */
+static void escape_prompt(const char *text, char *out)
+{
+    for (; *text; text++) {
+        if (*text == '\n' || *text == '\\') {
+            *out++ = '\\';
+            *out++ = *text == '\n' ? 'n' : '\\';
+        } else {
+            *out++ = *text;
+        }
+    }
+    *out = '\0';
+}
+
 static void send_prompt(ui_context *ui)
 {
-    char text[LINEEDIT_MAX * 4 + 1];
+    char text[LINEEDIT_MAX * 4 + 1], escaped[2 * sizeof text], line[1024];
     if (lineedit_utf8(&ui->prompt, text, sizeof text) <= 0) {
         ui_notice(ui, "error: type a prompt first");
         return;
     }
+    escape_prompt(text, escaped);
+    /* cut short, the line would still be a prompt, only not the one typed */
+    if (snprintf(line, sizeof line, "generate max=%d temp=%g top_p=%g layer=%d %s",
+                 ui->gen_max_tokens, ui->gen_temperature, ui->gen_top_p, ui->gen_layer,
+                 escaped) >= (int)sizeof line) {
+        ui_notice(ui, "error: the prompt is too long to send (%zu bytes)", strlen(text));
+        return;
+    }
     lineedit_remember(&ui->prompt);
-    ui_send(ui, "generate max=%d temp=%g top_p=%g layer=%d %s", ui->gen_max_tokens,
-            ui->gen_temperature, ui->gen_top_p, ui->gen_layer, text);
+    ui_send(ui, "%s", line);
     lineedit_clear(&ui->prompt);
 }
 
@@ -678,8 +748,96 @@ static int global_key(ui_context *ui, int is_code, wint_t ch)
     }
 }
 
+/* ---- pasting ------------------------------------------------------------------------------ */
+
+/* A key code that no terminfo key has taken (xterm's modified keys take those after KEY_MAX). */
+static int unused_key_code(int from)
+{
+    for (int code = from;; code++) {
+        char *bound = keybound(code, 0);
+        if (!bound)
+            return code;
+        free(bound);
+    }
+}
+
+/* Makes a paste marker a key of its own (ncurses 6.4 binds none), so that keypad mode turns
+ * its escape sequence into one key instead of Esc and four more keys. */
+static int paste_marker_key(const char *marker, int from)
+{
+    int code = key_defined(marker);
+    if (code > 0)
+        return code;
+    code = unused_key_code(from);
+    define_key(marker, code);
+    return code;
+}
+
+static void define_paste_keys(ui_context *ui)
+{
+    ui->paste_begin_key = paste_marker_key("\033[200~", KEY_MAX + 1);
+    ui->paste_end_key = paste_marker_key("\033[201~", ui->paste_begin_key + 1);
+}
+
+/* Takes the keys of a bracketed paste: the markers, and all between them, which is text for
+ * the line being edited, never a command (a pasted 'q' or 'y' answers no dialog). A paste
+ * outside a prompt opens the console's, as / does. Line breaks (CR, LF or CR LF) stay in the
+ * console's prompt, since a prompt may have several lines, so that Enter afterwards sends it
+ * whole; in the LR, aux and command lines they become spaces, as tabs do everywhere. Returns
+ * 0 when the key is no part of a paste. */
+static int paste_key(ui_context *ui, int is_code, wint_t ch)
+{
+    if (is_code && (int)ch == ui->paste_begin_key) {
+        ui->pasting = 1;
+        ui->paste_after_cr = ui->paste_dropped = 0;
+        ui->paste_last_at = pesc_now();
+        if (ui->mode == MODE_NORMAL) {
+            ui->focus = PANEL_CONSOLE;
+            ui->mode = MODE_PROMPT;
+        }
+        return 1;
+    }
+    if (is_code && (int)ch == ui->paste_end_key) {
+        ui->pasting = 0;
+        if (ui->paste_dropped)
+            ui_notice(ui, "error: the line holds %d characters; %d pasted ones were left out",
+                      LINEEDIT_MAX, ui->paste_dropped);
+        return 1;
+    }
+    if (!ui->pasting)
+        return 0;
+    ui->paste_last_at = pesc_now();
+    lineedit *e = ui->mode == MODE_PROMPT ? &ui->prompt : ui->mode == MODE_MINI ? &ui->mini_line : NULL;
+    int after_cr = ui->paste_after_cr;
+    ui->paste_after_cr = !is_code && ch == '\r';
+    if (!e || is_code || (after_cr && ch == '\n'))
+        return 1;
+    wchar_t c = (wchar_t)ch;
+    if (c == L'\r' || c == L'\n')
+        c = e == &ui->prompt ? L'\n' : L' ';
+    else if (c == L'\t')
+        c = L' ';
+    else if (c < 32 || c == 127)
+        return 1;
+    if (lineedit_insert(e, c) != 0)
+        ui->paste_dropped++;
+    return 1;
+}
+
+/* A paste whose end marker never came (cut off on its way) ends after a second without keys,
+ * so that the keys are commands again. */
+static void paste_idle(ui_context *ui)
+{
+    if (ui->pasting && pesc_now() - ui->paste_last_at > 1.0)
+        ui->pasting = 0;
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
 static void handle_key(ui_context *ui, int is_code, wint_t ch)
 {
+    if (paste_key(ui, is_code, ch))
+        return;
     switch (ui->mode) {
     case MODE_HELP:
         ui->mode = MODE_NORMAL;
@@ -812,6 +970,9 @@ int ui_run(monitor *m, const ui_options *o)
     noecho();
     nonl();
     keypad(stdscr, TRUE);
+    define_paste_keys(&ui);
+    set_paste_mode(1);
+    wrap_suspend();
     set_escdelay(25);
     curs_set(0);
     theme_init(&ui.theme, o);
@@ -844,8 +1005,10 @@ int ui_run(monitor *m, const ui_options *o)
         wtimeout(stdscr, wait_ms < 0 ? 0 : wait_ms > 100 ? 100 : wait_ms);
         wint_t ch;
         int r = wget_wch(stdscr, &ch);
-        if (r == ERR)
+        if (r == ERR) {
+            paste_idle(&ui);
             continue;
+        }
         if (r == KEY_CODE_YES && ch == KEY_RESIZE)
             update_layout(&ui, &extra, 1);
         handle_key(&ui, r == KEY_CODE_YES, ch);
@@ -853,6 +1016,8 @@ int ui_run(monitor *m, const ui_options *o)
     }
 
     delete_windows(&ui, &extra);
+    unwrap_suspend();
+    set_paste_mode(0);
     endwin();
     delscreen(screen);
     ui_process.curses_on = 0;

@@ -87,6 +87,12 @@ struct ui_context {
     int quit;
     WINDOW *cursor_win;          /* where the text cursor goes while typing */
     int cursor_y, cursor_x;
+    /* bracketed paste: the key codes its two markers were given, and the paste under way */
+    int paste_begin_key, paste_end_key;
+    int pasting;                 /* between the markers: keys are text, never commands */
+    int paste_after_cr;          /* the last pasted key was CR (CR LF is one line break) */
+    int paste_dropped;           /* pasted characters the line had no room for */
+    double paste_last_at;        /* when the paste's last key came */
     /* routing */
     routing_view_kind routing_view;
     int routing_layer;
@@ -133,7 +139,9 @@ void format_duration_short(double s, char *out, size_t cap);
 /* Display columns of a UTF-8 string. */
 int text_columns(const char *s);
 /* Draws the line being edited at (y, x) in `room` columns, scrolled to show the cursor;
- * returns the cursor's column. By columns, not characters: a wide character takes two. */
-int draw_lineedit(WINDOW *w, int y, int x, int room, const lineedit *e);
+ * returns the cursor's column. By columns, not characters: a wide character takes two. A
+ * line break (a pasted prompt's) shows as one column: a return symbol, or a reversed '|'
+ * without UTF-8. */
+int draw_lineedit(ui_context *ui, WINDOW *w, int y, int x, int room, const lineedit *e);
 
 #endif
