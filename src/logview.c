@@ -112,39 +112,15 @@ static int run_over(monitor_state s)
     return s == MONITOR_FINISHED || s == MONITOR_STOPPED || s == MONITOR_FAILED;
 }
 
-/* Text from the log reaches the screen and, when the run failed, stderr: control characters
- * (C0, DEL, and C1 as UTF-8 encodes them) are shown as \xNN or \uNNNN, so that a log cannot
- * move the cursor, recolour or clear the terminal. Cut short, on a character boundary, when
- * the escaped text does not fit in cap bytes. */
+/* Text from the log reaches the screen and, when the run failed, stderr: its control
+ * characters are shown (pesc_show_controls), so that a log cannot move the cursor, recolour
+ * or clear the terminal. In place, within cap bytes. */
 static void show_controls(char *text, size_t cap)
 {
     char shown[256];
     assert(cap <= sizeof shown);
-    const unsigned char *p = (const unsigned char *)text;
-    size_t n = 0;
-    while (*p) {
-        char one[8];
-        size_t len = 1, used = 1;
-        if (*p < 0x20 || *p == 0x7f)
-            len = (size_t)snprintf(one, sizeof one, "\\x%02x", *p);
-        else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
-            len = (size_t)snprintf(one, sizeof one, "\\u%04x", p[1]), used = 2;
-        else
-            one[0] = (char)*p;
-        if (n + len >= cap) {
-            if ((*p & 0xc0) == 0x80) {   /* do not end in the middle of a UTF-8 character */
-                while (n > 0 && ((unsigned char)shown[n - 1] & 0xc0) == 0x80)
-                    n--;
-                n -= n > 0;
-            }
-            break;
-        }
-        memcpy(shown + n, one, len);
-        n += len;
-        p += used;
-    }
-    shown[n] = '\0';
-    memcpy(text, shown, n + 1);
+    pesc_show_controls(shown, cap, text);
+    memcpy(text, shown, strlen(shown) + 1);
 }
 
 static void add_event(logview *lv, const stats_event *logged)
