@@ -37,6 +37,9 @@ int cmd_tui(int argc, char **argv)
     if (c.headless)
         return cli_usage_error("tui", "--headless is the run without the workbench: that is "
                                "pesc train --headless");
+    /* before the run opens (and truncates) its log, and before a model loads for nothing */
+    if (ui_terminal_check("pesc tui") != 0)
+        return 1;
     if (!c.model && !c.init_config && c.n_sources == 0)
         train_config_demo(&c);
     pesc_error err = {{0}};

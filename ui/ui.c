@@ -941,14 +941,20 @@ static void handle_interrupts(ui_context *ui, int *seen)
         ui->quit = 1;
 }
 
+int ui_terminal_check(const char *command)
+{
+    if (isatty(STDIN_FILENO) && isatty(STDOUT_FILENO))
+        return 0;
+    fprintf(stderr, "%s: the workbench needs a terminal on standard input and output\n",
+            command);
+    return 1;
+}
+
 int ui_run(monitor *m, const ui_options *o)
 {
     const char *command = o->command ? o->command : "pesc";
-    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
-        fprintf(stderr, "%s: the workbench needs a terminal on standard input and output\n",
-                command);
+    if (ui_terminal_check(command) != 0)
         return 1;
-    }
     setlocale(LC_ALL, "");
     ui_context ui;
     context_init(&ui, m, o);

@@ -19,6 +19,11 @@ typedef struct ui_options {
     int no_color;                /* character shades instead of colours (NO_COLOR also does it) */
 } ui_options;
 
+/* 0 when standard input and output are a terminal the workbench can use, else 1 after
+ * "COMMAND: the workbench needs a terminal ..." on stderr. ui_run checks it too; a command
+ * that starts work first (a run that opens its log) checks it before that. */
+int ui_terminal_check(const char *command);
+
 /* Runs the workbench until the person quits (or, for a live run, until the run has stopped
  * after q). Restores the terminal on every way out. Returns the exit status: 0, or 1 when the
  * terminal could not be used or the run failed (one line on stderr after the screen is
