@@ -119,7 +119,7 @@ static void sink_failed(void *ctx, const char *name, const char *message)
     snprintf(e.kind, sizeof e.kind, "sink");
     snprintf(e.text, sizeof e.text, "%.40s disabled: %.180s", name, message);
     if (s->cfg.headless)
-        fprintf(stderr, "pesc: sink %s: %s\n", name, message);
+        fprintf(stderr, "pesc train: sink %s: %s\n", name, message);
     show_event(s, &e);
 }
 
