@@ -174,7 +174,7 @@ expect 1 "^pesc train: \-\-log: cannot create the run log $tmp/no/dir/run.jsonl:
   >/dev/null 2>"$tmp/s.err"
 status=$?
 rows=$(grep -c '^[0-9]' "$tmp/s.csv" 2>/dev/null)
-if [ $status -eq 0 ] && [ "$rows" = 4 ] && [ "$(grep -c 'sink csv' "$tmp/s.err")" = 1 ] &&
+if [ $status -eq 0 ] && [ "$rows" = 4 ] && [ "$(grep -c '^pesc train: sink csv' "$tmp/s.err")" = 1 ] &&
    grep -q '"event":"sink"' "$tmp/s.jsonl" && [ "$(grep -c '"loss"' "$tmp/s.jsonl")" = 4 ]; then
   pass "--sink csv writes a row a step; a full-disk sink is reported once, training goes on"
 else
@@ -234,12 +234,13 @@ r6=$("$sockcmd" "$tmp/sock" "save")   # this run has no --save
 # before any output file is opened, by train and by tui alike
 echo precious >"$tmp/keep.jsonl"
 for cmd in "train --headless" tui; do
+  tty=; [ "$cmd" = tui ] && tty=on_tty   # tui refuses to start without a terminal
   # shellcheck disable=SC2086
   expect 1 "\-\-control $tmp/sock: another run is listening there" "$cmd: a --control socket in use refuses the run" -- \
-    "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/sock"
+    $tty "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/sock"
   # shellcheck disable=SC2086
   expect 1 "\-\-control $tmp/no/dir/sock: No such file or directory; its directory does not exist: create it" "$cmd: a --control socket in a missing directory refuses the run, saying why" -- \
-    "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/no/dir/sock"
+    $tty "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/no/dir/sock"
 done
 [ "$(cat "$tmp/keep.jsonl")" = precious ] || fail "a run refused for its --control socket truncated its --log"
 # the step in flight finishes first: measure once the pause is in the log
