@@ -39,14 +39,9 @@ expect 1 "^pesc tui: the workbench needs a terminal" "tui --log without a termin
   sh -c "'$pesc' tui --log '$tmp/kept.jsonl' </dev/null"
 [ "$(cat "$tmp/kept.jsonl")" = '{"kept": 1}' ] && pass "tui without a terminal leaves its --log alone" ||
   fail "tui without a terminal rewrote its --log: $(head -c 200 "$tmp/kept.jsonl")"
-# on a terminal (script(1) gives it one), which tui wants before anything else
-if command -v script >/dev/null 2>&1; then
-  PESC_DEMO_DIR="$tmp/no-demo" script -qec "'$pesc' tui" /dev/null </dev/null >"$tmp/out" 2>&1
-  st=$?
-  [ "$st" -eq 1 ] && [ "$(grep -c . "$tmp/out")" -eq 1 ] && grep -q "^pesc tui: the demo cannot start: " "$tmp/out" &&
-    pass "tui without its demo names 'pesc tui:'" ||
-    fail "tui without its demo: exit $st: $(head -c 300 "$tmp/out")"
-fi
+# on a terminal, which tui wants before anything else
+expect 1 "^pesc tui: the demo cannot start: " "tui without its demo names 'pesc tui:'" -- \
+  on_tty env PESC_DEMO_DIR="$tmp/no-demo" "$pesc" tui
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x

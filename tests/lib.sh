@@ -21,6 +21,15 @@ expect() {
   fi
 }
 
+# on_tty COMMAND...: runs it with a terminal (script(1), a pseudo-terminal) on standard input
+# and output and its stderr still ours, for a command that wants a terminal before anything
+# else (pesc tui). Stopped after 60 s, so a workbench that did start cannot hang the test.
+on_tty() {
+  cmdline=""
+  for a in "$@"; do cmdline="$cmdline '$(printf %s "$a" | sed "s/'/'\\\\''/g")'"; done
+  timeout 60 script -qec "$cmdline 2>&3" /dev/null 3>&2 </dev/null
+}
+
 # close A B TOL: |A - B| <= TOL * |B|
 close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= t * m) }'; }
 
