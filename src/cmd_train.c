@@ -17,8 +17,9 @@ static const char train_usage[] =
     "usage: pesc train --headless [TRAIN OPTIONS]\n"
     "\n"
     "Crafts the model into a PESC Mixture-of-Experts (or trains every weight with --train\n"
-    "full) and instruction-tunes it without a screen. Ctrl-C finishes the step, saves (with\n"
-    "--save) and exits 0; a second Ctrl-C exits at once, the last checkpoint intact.\n"
+    "full) and instruction-tunes it without a screen. Ctrl-C, SIGTERM or a hang-up (SIGHUP:\n"
+    "the SSH session gone) finishes the step, saves (with --save) and exits 0; a second\n"
+    "Ctrl-C exits at once, the last checkpoint intact.\n"
     "\n";
 
 static volatile sig_atomic_t interrupts;
@@ -28,6 +29,23 @@ static void on_signal(int sig)
     if (sig == SIGINT && interrupts > 0)
         _exit(130);   /* the second Ctrl-C: leave now; checkpoints are written atomically */
     interrupts++;
+}
+
+/* Ctrl-C, SIGTERM and a hang-up (an SSH session that drops takes the run's terminal with it)
+ * stop the run as the stop command does: finish the step, save. A SIGHUP ignored when pesc
+ * started (nohup) stays ignored. Standard output that goes away (a `| tee` ended by the same
+ * hang-up, a `| head`) ends the progress lines, not the run: SIGPIPE would kill it unsaved;
+ * the exit status says that output was lost (main.c), once the run has ended. */
+static void catch_signals(void)
+{
+    struct sigaction sa, hup;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (sigaction(SIGHUP, NULL, &hup) == 0 && hup.sa_handler != SIG_IGN)
+        sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
 }
 
 static void format_eta(char *buf, size_t n, double s)
@@ -47,7 +65,7 @@ static void print_progress(const session_progress *p, int tty, int final)
 {
     char eta[32];
     format_eta(eta, sizeof eta, p->eta_s);
-    if (p->step == 0)
+    if (p->step == 0 || ferror(stdout))
         return;
     printf("%sstep %ld/%ld  loss %.4f  aux %.4f  lr %.3g  %.0f tok/s  ETA %s%s", tty ? "\r" : "",
            p->step, p->total_steps, p->loss, p->aux_loss, p->lr, p->tokens_per_s, eta,
@@ -83,11 +101,7 @@ int cmd_train(int argc, char **argv)
         session_delete(s);
         return cli_fail("train", &err);
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    catch_signals();
     if (session_start(s, &err) != 0) {
         control_close(ctl);
         session_delete(s);

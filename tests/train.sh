@@ -1,8 +1,8 @@
 #!/bin/sh
 # train.sh — pesc train --headless as a user drives it: the JSONL log, the control socket,
-# Ctrl-C (finish the step, save, exit 0), kill -9 during saves (the last checkpoint always
-# loads), the token store in TMPDIR (left clean, its errors), and resuming on a mismatched
-# run refused.
+# Ctrl-C, SIGHUP and a closed stdout (finish the step, save), kill -9 during saves (the last
+# checkpoint always loads), the token store in TMPDIR (left clean, its errors), and resuming
+# on a mismatched run refused.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -276,6 +276,50 @@ if [ $status -eq 0 ] && ls "$tmp/int" | grep -q '^step-' && grep -q "stopping af
   pass "SIGINT: the step finishes, a checkpoint is saved, exit 0"
 else
   fail "SIGINT: exit $status, checkpoints: $(ls "$tmp/int" 2>&1)"
+fi
+
+# a hang-up (the SSH session gone) stops the run as Ctrl-C does: saved, the log closed, exit 0
+# (it once killed the run unsaved, exit 129); under nohup, which ignores SIGHUP, it goes on
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --save "$tmp/hup" --log "$tmp/hup.jsonl" >/dev/null 2>&1 &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 200); do grep -q '"loss"' "$tmp/hup.jsonl" 2>/dev/null && break; sleep 0.05; done
+kill -HUP $pid
+wait $pid
+status=$?
+if [ $status -eq 0 ] && ls "$tmp/hup" | grep -q '^step-' && tail -n 1 "$tmp/hup.jsonl" | grep -q '"event":"stop"'; then
+  pass "SIGHUP: the step finishes, a checkpoint is saved, the log ends with stop, exit 0"
+else
+  fail "SIGHUP: exit $status, checkpoints: $(ls "$tmp/hup" 2>&1), last log line $(tail -n 1 "$tmp/hup.jsonl" | head -c 100)"
+fi
+# shellcheck disable=SC2086
+nohup "$pesc" train --headless $common --steps 100000 --log "$tmp/nohup.jsonl" >/dev/null 2>&1 &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 200); do grep -q '"loss"' "$tmp/nohup.jsonl" 2>/dev/null && break; sleep 0.05; done
+kill -HUP $pid
+sleep 0.3
+if kill -0 $pid 2>/dev/null; then pass "SIGHUP under nohup: the run goes on"; else fail "SIGHUP under nohup ended the run"; fi
+kill -TERM $pid
+wait $pid
+# standard output that goes away (a `| tee` ended by the hang-up) does not kill the run (it
+# once died of SIGPIPE, unsaved): it trains on, and stops saved; the exit says output was lost
+# shellcheck disable=SC2086
+( "$pesc" train --headless $common --steps 100000 --save "$tmp/pipe" --log "$tmp/pipe.jsonl" 2>"$tmp/pipe.err" &
+  echo $! >"$tmp/pipe.pid"; wait $!; echo $? >"$tmp/pipe.status" ) | true &
+for _ in $(seq 100); do [ -s "$tmp/pipe.pid" ] && break; sleep 0.05; done
+pid=$(cat "$tmp/pipe.pid")
+pids="$pids $pid"
+for _ in $(seq 200); do [ "$(cat "$tmp/pipe.jsonl" 2>/dev/null | grep -c '"loss"')" -gt 20 ] && break; sleep 0.05; done
+kill -TERM "$pid"
+for _ in $(seq 300); do [ -s "$tmp/pipe.status" ] && break; sleep 0.1; done
+if [ "$(cat "$tmp/pipe.status" 2>/dev/null)" = 1 ] && ls "$tmp/pipe" | grep -q '^step-' &&
+   tail -n 1 "$tmp/pipe.jsonl" | grep -q '"event":"stop"' &&
+   [ "$(grep -c "cannot write to standard output" "$tmp/pipe.err")" = 1 ]; then
+  pass "a closed standard output: the run trains on, stops saved on SIGTERM, exit 1 naming stdout"
+else
+  fail "closed stdout: exit '$(cat "$tmp/pipe.status" 2>/dev/null)', checkpoints: $(ls "$tmp/pipe" 2>&1), $(cat "$tmp/pipe.err")"
 fi
 
 # kill -9 at random moments of a run that saves every step: the newest checkpoint resumes
