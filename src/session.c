@@ -68,6 +68,7 @@ struct session {
     long step, start_step, total_steps, nan_skipped, nan_run;
     long long tokens;
     double lr_override, lr_scale, elapsed_before, t_start, last_save;
+    char resume_note[512];       /* live values of the checkpoint a flag replaced, for a note */
     int inject_nan;
     int paused;
     uint64_t fingerprint;        /* of the base model as loaded */
@@ -973,25 +974,90 @@ static long count_steps(session *s)
     return (batches + s->cfg.grad_accum - 1) / s->cfg.grad_accum;
 }
 
+/* "q,v" into buf: the LoRA sites of a mask. */
+static const char *lora_sites(unsigned mask, char *buf, size_t n)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int site = 0; site < LORA_SITES && at < n; site++)
+        if (mask & (1u << site))
+            at += (size_t)snprintf(buf + at, n - at, "%s%s", at ? "," : "",
+                                   pesc_lora_site_name(site));
+    return buf;
+}
+
+/* What a checkpoint must share with the run that continues it: the base weights, the crafting
+ * (the trained tensors' shapes, and the scales that are part of the trained function when
+ * the command line asks for others: silently keeping the checkpoint's would ignore the flag)
+ * and the batch shape the data cursor counts in. The first difference is named in flags, both
+ * values, and what to give. */
 static int check_resumable(session *s, const checkpoint_state *st, const char *dir,
                            pesc_error *err)
 {
     const pesc_options *a = &st->pesc, *b = &s->m.pesc;
-    if (st->base_fingerprint != s->fingerprint)
+    const train_config *c = &s->cfg;
+    if (st->base_fingerprint != s->fingerprint) {
+        int from_model = *st->base_model != '\0';
+        const char *from = from_model ? st->base_model : st->init_config;
+        if (*from)
+            return pesc_fail(err, "--resume %s was trained on %s; this run loads %s, whose "
+                             "weights differ: give %s %s to continue it", dir, from,
+                             s->model_dir, from_model ? "--model" : "--init-config", from);
         return pesc_fail(err, "--resume %s: saved from a different base model than %s", dir,
                          s->model_dir);
-    if (a->mode != b->mode || a->experts != b->experts || a->top_k != b->top_k ||
-        a->adapter_dim != b->adapter_dim || a->lora_rank != b->lora_rank ||
-        (a->lora_rank && a->lora_targets != b->lora_targets))
-        return pesc_fail(err, "--resume %s: saved with --train %s --experts %d --top-k %d "
-                         "--adapter-dim %d --lora-rank %d; this run asks for %s %d %d %d %d", dir,
-                         a->mode == TRAIN_FULL ? "full" : "pesc", a->experts, a->top_k,
-                         a->adapter_dim, a->lora_rank, b->mode == TRAIN_FULL ? "full" : "pesc",
-                         b->experts, b->top_k, b->adapter_dim, b->lora_rank);
-    if (st->seq != s->cfg.seq || st->batch != s->cfg.batch || st->grad_accum != s->cfg.grad_accum)
-        return pesc_fail(err, "--resume %s: saved with --seq %d --batch %d --grad-accum %d; this "
-                         "run asks for %d %d %d", dir, st->seq, st->batch, st->grad_accum,
-                         s->cfg.seq, s->cfg.batch, s->cfg.grad_accum);
+    }
+    if (a->mode != b->mode)
+        return pesc_fail(err, "--resume %s was saved by a --train %s run; this run asks for "
+                         "--train %s: give --train %s to continue it", dir,
+                         a->mode == TRAIN_FULL ? "full" : "pesc",
+                         b->mode == TRAIN_FULL ? "full" : "pesc",
+                         a->mode == TRAIN_FULL ? "full" : "pesc");
+    char flag[64] = "";
+    double saved = 0, asked = 0;
+    if (a->mode == TRAIN_PESC) {
+        const struct { const char *flag; double saved, asked; int differs; } shape[] = {
+            {"--experts", a->experts, b->experts, a->experts != b->experts},
+            {"--top-k", a->top_k, b->top_k, a->top_k != b->top_k},
+            {"--adapter-dim", a->adapter_dim, b->adapter_dim, a->adapter_dim != b->adapter_dim},
+            {"--lora-rank", a->lora_rank, b->lora_rank, a->lora_rank != b->lora_rank},
+            {"--adapter-scale", a->adapter_scale, c->pesc.adapter_scale,
+             (c->pesc.given & PESC_GIVEN_ADAPTER_SCALE) && a->adapter_scale != c->pesc.adapter_scale},
+            {"--lora-alpha", a->lora_alpha, c->pesc.lora_alpha,
+             a->lora_rank && (c->pesc.given & PESC_GIVEN_LORA_ALPHA) &&
+             a->lora_alpha != c->pesc.lora_alpha}};
+        for (size_t i = 0; i < sizeof shape / sizeof *shape && !*flag; i++)
+            if (shape[i].differs) {
+                snprintf(flag, sizeof flag, "%s", shape[i].flag);
+                saved = shape[i].saved;
+                asked = shape[i].asked;
+            }
+        if (!*flag && a->lora_rank && a->lora_targets != b->lora_targets) {
+            char had[64], has[64];
+            return pesc_fail(err, "--resume %s was saved with --lora-targets %s; this run asks "
+                             "for --lora-targets %s: give --lora-targets %s to continue it", dir,
+                             lora_sites(a->lora_targets, had, sizeof had),
+                             lora_sites(b->lora_targets, has, sizeof has), had);
+        }
+    }
+    const struct { const char *flag; double saved, asked; } batch[] = {
+        {"--seq", st->seq, c->seq}, {"--batch", st->batch, c->batch},
+        {"--grad-accum", st->grad_accum, c->grad_accum}};
+    for (size_t i = 0; i < sizeof batch / sizeof *batch && !*flag; i++)
+        if (batch[i].saved != batch[i].asked) {
+            snprintf(flag, sizeof flag, "%s", batch[i].flag);
+            saved = batch[i].saved;
+            asked = batch[i].asked;
+        }
+    if (*flag)
+        return pesc_fail(err, "--resume %s was saved with %s %g; this run asks for %s %g: give "
+                         "%s %g to continue it (another value starts a new run: leave out "
+                         "--resume)", dir, flag, saved, flag, asked, flag, saved);
+    /* the data order is the seed's: the cursor would point into another order */
+    if (st->seed != c->seed)
+        return pesc_fail(err, "--resume %s was saved with --seed %llu; this run asks for "
+                         "--seed %llu: give --seed %llu to continue it", dir,
+                         (unsigned long long)st->seed, (unsigned long long)c->seed,
+                         (unsigned long long)st->seed);
     return 0;
 }
 
@@ -1010,9 +1076,26 @@ static int resume(session *s, pesc_error *err)
         goto out;
     }
     s->step = st.step;
-    s->lr_override = st.lr_override;
-    s->lr_scale = st.lr_scale > 0 ? st.lr_scale : 1.0;
-    s->m.pesc.aux_coef = (float)st.aux_coef;
+    /* the live values carry on, unless the command line gives new ones: a --lr or --aux-coef
+     * typed on resuming (a lower --lr after a divergence, say) is what the run uses, and
+     * what it replaces is noted once the log is open */
+    size_t n = sizeof s->resume_note, at = 0;
+    if (!(s->cfg.given & TRAIN_GIVEN_LR)) {
+        s->lr_override = st.lr_override;
+        s->lr_scale = st.lr_scale > 0 ? st.lr_scale : 1.0;
+    } else if (st.lr_override >= 0 || st.lr_scale != 1.0) {
+        at += (size_t)snprintf(s->resume_note, n, "--lr %g replaces the checkpoint's %s %g "
+                               "(leave --lr out to keep it)", (double)s->cfg.optim.lr,
+                               st.lr_override >= 0 ? "learning rate set while it ran,"
+                                                   : "learning-rate factor after non-finite steps,",
+                               st.lr_override >= 0 ? st.lr_override * st.lr_scale : st.lr_scale);
+    }
+    if (!(s->cfg.pesc.given & PESC_GIVEN_AUX_COEF))
+        s->m.pesc.aux_coef = (float)st.aux_coef;
+    else if ((float)st.aux_coef != s->m.pesc.aux_coef && at < n)
+        snprintf(s->resume_note + at, n - at, "%s--aux-coef %g replaces the checkpoint's %g "
+                 "(leave --aux-coef out to keep it)", at ? "; " : "", (double)s->m.pesc.aux_coef,
+                 st.aux_coef);
     s->m.rng = st.model_rng;
     s->tokens = st.tokens;
     s->elapsed_before = st.elapsed_s;
@@ -1309,6 +1392,8 @@ int session_start(session *s, pesc_error *err)
         publish_warning(s, "note", "--seq %d is past the model's context of %d tokens "
                         "(max_position_embeddings): it was never trained on later positions",
                         s->cfg.seq, context);
+    if (*s->resume_note)
+        publish_warning(s, "note", "%s", s->resume_note);
     const ds_stats *data = dataset_stats(s->data);
     if (data->answers_cut)
         publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "

@@ -159,8 +159,9 @@ static void test_resume(void)
     snprintf(other, sizeof other, "%s/../pesc-e4k1", base);
     r.model = other;
     x = session_new(&r, &err);
-    CHECK(!x && strstr(err.msg, "different base model"), "resume on another base refused: %s",
-          err.msg);
+    CHECK(!x && strstr(err.msg, "whose weights differ: give --model /") &&
+          strstr(err.msg, "/llama-gqa-f32 to continue it"),
+          "resume on another base refused, naming the run's base: %s", err.msg);
     session_delete(x);
     free(whole);
     free(rest);

@@ -455,5 +455,47 @@ else
   fail "resume with another --seq: exit $status: $(cat "$tmp/err")"
 fi
 
+# every other difference is named in its flag, with the value that continues the run: the
+# scales that are part of the trained function when given (they were once silently replaced
+# by the checkpoint's), LoRA targets (once shown as two equal numbers), --train, --seed
+# shellcheck disable=SC2086
+for case in "--adapter-scale 0.5|--adapter-scale 0.25; this run asks for --adapter-scale 0.5: give --adapter-scale 0.25" \
+            "--experts 8|--experts 4; this run asks for --experts 8: give --experts 4" \
+            "--seed 5|--seed 1; this run asks for --seed 5: give --seed 1"; do
+  expect 1 "was saved with ${case#*|}" "resume with ${case%%|*} refused, naming it" -- \
+    "$pesc" train --headless $common --steps 10 --resume "$tmp/ck" ${case%%|*}
+done
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 1 --lora-rank 2 --lora-targets q,v --save "$tmp/lora" >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect 1 "saved with \-\-lora-targets q,v; this run asks for \-\-lora-targets q: give \-\-lora-targets q,v" \
+  "resume with other --lora-targets names them" -- \
+  "$pesc" train --headless $common --steps 2 --lora-rank 2 --lora-targets q --resume "$tmp/lora"
+# shellcheck disable=SC2086
+expect 1 "saved with \-\-lora-alpha 16; this run asks for \-\-lora-alpha 64" "resume with another --lora-alpha refused" -- \
+  "$pesc" train --headless $common --steps 2 --lora-rank 2 --lora-targets q,v --lora-alpha 64 --resume "$tmp/lora"
+expect 1 "was saved by a \-\-train pesc run; this run asks for \-\-train full: give \-\-train pesc" \
+  "resume of a PESC run with --train full refused" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 --backend cpu \
+  --train full --steps 10 --resume "$tmp/ck"
+
+# --lr and --aux-coef given on resuming are the run's, over the live values the checkpoint
+# holds (a learning rate set while it ran once won over a lower --lr given after a divergence)
+cp -r "$tmp/ck/step-00000006" "$tmp/live"
+sed -i 's/"lr_override": null/"lr_override": 0.004/' "$tmp/live/state.json"
+nolr=$(printf '%s' "$common" | sed 's/ --lr [^ ]*//')
+# shellcheck disable=SC2086
+"$pesc" train --headless $nolr --steps 7 --resume "$tmp/live" --log "$tmp/carry.jsonl" >/dev/null 2>&1
+# shellcheck disable=SC2086
+"$pesc" train --headless $nolr --steps 7 --resume "$tmp/live" --lr 1e-3 --aux-coef 0.05 \
+  --save "$tmp/given" --log "$tmp/given.jsonl" >/dev/null 2>"$tmp/given.err"
+if grep -q '"step":7,.*"lr":0.004' "$tmp/carry.jsonl" && grep -q '"step":7,.*"lr":0.001' "$tmp/given.jsonl" &&
+   grep -q '"aux_coef": 0.05' "$tmp/given/step-00000007/state.json" &&
+   grep -q "^pesc train: \-\-lr 0.001 replaces the checkpoint's learning rate set while it ran, 0.004 (leave \-\-lr out to keep it); \-\-aux-coef 0.05 replaces" "$tmp/given.err"; then
+  pass "resume: the live lr carries on; --lr and --aux-coef given replace the checkpoint's, noted"
+else
+  fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
+fi
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
