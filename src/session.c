@@ -1395,6 +1395,11 @@ int session_start(session *s, pesc_error *err)
     if (*s->resume_note)
         publish_warning(s, "note", "%s", s->resume_note);
     const ds_stats *data = dataset_stats(s->data);
+    if (data->truncated)   /* tokens no step will see: said, not lost without a word */
+        publish_warning(s, "note", "records longer than --seq %d: %ld of %ld, cut to their first "
+                        "%d tokens (%lld of %lld tokens never trained on); raise --seq to "
+                        "train on them", s->cfg.seq, data->truncated, data->records, s->cfg.seq,
+                        data->truncated_tokens, data->tokens);
     if (data->answers_cut)
         publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "
                         "answers lie past it); they train nothing, raise --seq to learn them",

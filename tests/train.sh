@@ -382,6 +382,16 @@ expect 2 "the weight after ':' must be > 0 and at most 1000" "--data FILE:1e30 i
 expect 1 "the \-\-data weights make an epoch of 6.4e-299 records on average" "--data FILE:1e-300 is refused" -- \
   timeout 60 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl:1e-300" --steps 1 --backend cpu
 
+# records longer than --seq are cut, with --pack too: the tokens no step sees are noted (they
+# were once dropped without a word)
+awk 'BEGIN { for (r = 0; r < 5; r++) { n = r < 3 ? 40 : 20; printf "{\"input_ids\": ["; for (t = 0; t < n; t++) printf "%s%d", t ? ", " : "", (r + t) % 64; print "]}" } }' >"$tmp/long.jsonl"
+for pack in "" --pack; do
+  # shellcheck disable=SC2086
+  expect 0 "^pesc train: records longer than \-\-seq 24: 3 of 5, cut to their first 24 tokens (48 of 160 tokens never trained on); raise \-\-seq" \
+    "records cut to --seq are noted ${pack:-without --pack}" -- \
+    "$pesc" train --headless --model "$base" --data "$tmp/long.jsonl" --seq 24 --batch 2 --steps 1 --backend cpu $pack
+done
+
 # data with nothing to learn (every label masked) is refused, rather than trained at loss 0
 printf '{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, -100, -100]}\n{"input_ids": [5, 6, 7], "labels": [5, -100, -100]}\n' >"$tmp/masked.jsonl"
 expect 1 "the \-\-data records have no token to learn: every label is -100" "all-masked data is refused" -- \
