@@ -69,6 +69,7 @@ struct session {
     long long tokens;
     double lr_override, lr_scale, elapsed_before, t_start, last_save;
     char resume_note[512];       /* live values of the checkpoint a flag replaced, for a note */
+    char *last_checkpoint;       /* saved by this run, or resumed from; NULL: none */
     int inject_nan;
     int paused;
     uint64_t fingerprint;        /* of the base model as loaded */
@@ -665,7 +666,8 @@ static int save_now(session *s, pesc_error *err)
     }
     s->last_save = pesc_now();
     publish_event(s, "save", "%s", where);
-    free(where);
+    free(s->last_checkpoint);
+    s->last_checkpoint = where;
     return 0;
 }
 
@@ -802,10 +804,21 @@ static int train_step(session *s, pesc_error *err)
         if (s->nan_run % s->cfg.nan_limit == 0) {
             /* a model or data that hold NaN or inf would skip steps forever */
             if (s->nan_run / s->cfg.nan_limit > NAN_HALVINGS) {
+                /* where to go from: the advice once named "an earlier checkpoint" also when
+                 * the run had none */
+                char advice[600];
+                if (s->last_checkpoint)
+                    snprintf(advice, sizeof advice, "resume from %.500s (the last checkpoint) "
+                             "with a lower --lr", s->last_checkpoint);
+                else
+                    snprintf(advice, sizeof advice, "no checkpoint of this run was saved%s: "
+                             "start again with a lower --lr", s->cfg.save_dir
+                             ? " (--save-every N keeps some on the way)"
+                             : " (--save DIR --save-every N keeps some on the way)");
                 rc = pesc_fail(err, "step %ld: %ld steps in a row were non-finite, also after "
                                "halving the learning rate %d times: the model has diverged "
-                               "or overflows on this data; resume from an earlier checkpoint "
-                               "with a lower --lr", s->step + 1, s->nan_run, NAN_HALVINGS);
+                               "or overflows on this data; %s", s->step + 1, s->nan_run,
+                               NAN_HALVINGS, advice);
                 goto out;
             }
             s->lr_scale *= 0.5;
@@ -1076,6 +1089,7 @@ static int resume(session *s, pesc_error *err)
         goto out;
     }
     s->step = st.step;
+    s->last_checkpoint = xstrdup(dir);
     /* the live values carry on, unless the command line gives new ones: a --lr or --aux-coef
      * typed on resuming (a lower --lr after a divergence, say) is what the run uses, and
      * what it replaces is noted once the log is open */
@@ -1451,6 +1465,7 @@ void session_delete(session *s)
         free(s->data_paths[i]);
     free(s->model_dir);
     free(s->tokenizer_path);
+    free(s->last_checkpoint);
     monitor_view_delete(s->shared);
     checkpoint_unlock(s->save_lock);
     plugins_delete(s->plugins);   /* last: sinks and formats may live in its modules */

@@ -2,6 +2,8 @@
  *   - prompts answered mid-training leave the run's losses exactly as without them;
  *   - a resumed run continues bit for bit (float losses) from its checkpoint;
  *   - non-finite steps are skipped, counted, halve the LR after --nan-limit, never saved;
+ *     a run that stays non-finite fails naming the checkpoint to resume from, or that none
+ *     was saved;
  *   - commands: replies, lr and aux changes, malformed lines change nothing, a prompt's
  *     escaped line breaks and backslashes are decoded;
  *   - resuming on another base model or crafting is refused with what differs.
@@ -225,9 +227,41 @@ static void test_nan_forever(void)
     const char *why = session_error(s);
     CHECK(status == 1 && p.step == 0 && why &&
               strstr(why, "22 steps in a row were non-finite, also after halving the learning "
-                          "rate 10 times"),
+                          "rate 10 times") &&
+              strstr(why, "no checkpoint of this run was saved (--save DIR --save-every N"),
           "a run whose steps stay NaN fails after 22 skips: status %d: %s", status,
           why ? why : "(no error)");
+    session_delete(s);
+}
+
+/* a run that diverges after it has saved names that checkpoint to resume from (it once
+ * said "an earlier checkpoint" whether or not there was one) */
+static void test_nan_after_save(void)
+{
+    train_config c;
+    config(&c, 100000);
+    c.nan_limit = 1;
+    char save[300], reply[256];
+    snprintf(save, sizeof save, "%s/diverged", tmp);
+    c.save_dir = save;
+    c.save_every = 2;
+    session *s = start(&c);
+    wait_step(s, 2);
+    session_command(s, "pause", reply, sizeof reply);
+    session_progress p;
+    do {
+        nap();
+        session_get_progress(s, &p);
+    } while (p.state != MONITOR_PAUSED);
+    session_inject_nan(s, 1000000);   /* while paused: the trainer reads it between steps */
+    long saved = p.step / 2 * 2;
+    session_command(s, "resume", reply, sizeof reply);
+    int status = session_wait(s);
+    char want[400];
+    snprintf(want, sizeof want, "resume from %s/step-%08ld (the last checkpoint) with a lower --lr",
+             save, saved);
+    CHECK(status == 1 && strstr(session_error(s), want), "a run diverged after step %ld says: %s",
+          saved, session_error(s));
     session_delete(s);
 }
 
@@ -304,6 +338,7 @@ int main(void)
     test_resume();
     test_nan();
     test_nan_forever();
+    test_nan_after_save();
     test_commands();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
