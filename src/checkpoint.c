@@ -64,6 +64,8 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(run, "seq", json_integer(st->seq));
     json_object_set_new(run, "batch", json_integer(st->batch));
     json_object_set_new(run, "grad_accum", json_integer(st->grad_accum));
+    if (st->pack >= 0)
+        json_object_set_new(run, "pack", json_boolean(st->pack));
     json_object_set_new(run, "seed", hex64(st->seed));
     json_object_set_new(run, "model",
                         st->base_model[0] ? json_string(st->base_model) : json_null());
@@ -189,6 +191,10 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->seq = (int)read_integer(&r, run, "seq", 1, REQUIRED);
     st->batch = (int)read_integer(&r, run, "batch", 1, REQUIRED);
     st->grad_accum = (int)read_integer(&r, run, "grad_accum", 1, REQUIRED);
+    json_t *pack = json_object_get(run, "pack");
+    if (pack && !json_is_boolean(pack))
+        bad_value(&r, "pack", "must be true or false");
+    st->pack = pack ? json_is_true(pack) : -1;
     st->seed = read_hex(&r, run, "seed");
     copy_string(st->base_model, sizeof st->base_model, json_object_get(run, "model"));
     copy_string(st->init_config, sizeof st->init_config, json_object_get(run, "init_config"));

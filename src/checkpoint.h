@@ -37,6 +37,7 @@ typedef struct checkpoint_state {
     /* what must match to continue */
     pesc_options pesc;
     int seq, batch, grad_accum;
+    int pack;                    /* -1: not recorded (a checkpoint written before it was) */
     uint64_t seed;
 } checkpoint_state;
 

@@ -1401,12 +1401,14 @@ int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err)
 {
     if (c->fingerprint != ds->fingerprint)
         return pesc_fail(err, "the saved data cursor belongs to other data or batch options "
-                         "(records, tokens, seed, --seq, --batch, --pack or weights changed)");
+                         "(records, tokens, seed, --seq, --batch, --pack or weights changed): "
+                         "give the --data files and :W weights the run had");
     if (c->epoch < 0 || c->position < 0)
-        return pesc_fail(err, "the saved data cursor is invalid");
+        return pesc_fail(err, "the saved data cursor is invalid (the state is damaged)");
     build_order(ds, c->epoch);
     if (c->position > ds->n_order)
-        return pesc_fail(err, "the saved data cursor is past the end of epoch %ld", c->epoch);
+        return pesc_fail(err, "the saved data cursor is past the end of epoch %ld (the state "
+                         "is damaged)", c->epoch);
     ds->position = c->position;
     return 0;
 }

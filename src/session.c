@@ -639,6 +639,7 @@ static void fill_state(session *s, checkpoint_state *st)
     st->seq = s->cfg.seq;
     st->batch = s->cfg.batch;
     st->grad_accum = s->cfg.grad_accum;
+    st->pack = s->cfg.pack;
     st->seed = s->cfg.seed;
     /* absolute, so that export finds the base from any directory */
     absolute_path(st->init_config, sizeof st->init_config, s->cfg.init_config);
@@ -1065,6 +1066,10 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
         return pesc_fail(err, "--resume %s was saved with %s %g; this run asks for %s %g: give "
                          "%s %g to continue it (another value starts a new run: leave out "
                          "--resume)", dir, flag, saved, flag, asked, flag, saved);
+    if (st->pack >= 0 && st->pack != c->pack)
+        return pesc_fail(err, "--resume %s was saved %s --pack; this run %s: %s --pack to "
+                         "continue it", dir, st->pack ? "with" : "without",
+                         c->pack ? "packs" : "does not pack", st->pack ? "add" : "leave out");
     /* the data order is the seed's: the cursor would point into another order */
     if (st->seed != c->seed)
         return pesc_fail(err, "--resume %s was saved with --seed %llu; this run asks for "
@@ -1080,9 +1085,12 @@ static int resume(session *s, pesc_error *err)
     checkpoint_state st;
     int rc = -1;
     if (checkpoint_find(s->cfg.resume, &dir, err) != 0 || checkpoint_read_state(dir, &st, err) ||
-        check_resumable(s, &st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err) ||
-        dataset_seek(s->data, &st.cursor, err) != 0)
+        check_resumable(s, &st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err))
         goto out;
+    if (dataset_seek(s->data, &st.cursor, err) != 0) {
+        pesc_fail_prefix(err, "--resume %s", dir);
+        goto out;
+    }
     if (s->total_steps > 0 && st.step >= s->total_steps) {
         pesc_fail(err, "--resume %s is at step %ld, and this run ends at step %ld: raise --steps "
                   "(or --epochs) to train further", dir, st.step, s->total_steps);

@@ -410,7 +410,7 @@ expect 1 "model.safetensors: tensor .* holds NaN at element 1" "eval: a NaN weig
 # a damaged state.json is refused, naming the key, rather than resumed at step 0 or with a
 # negative coefficient
 for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"train": "bogus",/' \
-            's/"step": 6/"step": "six"/'; do
+            's/"step": 6/"step": "six"/' 's/"pack": false/"pack": 3/'; do
   rm -rf "$tmp/bad" && cp -r "$tmp/ck/step-00000006" "$tmp/bad"
   sed "$edit" "$tmp/ck/step-00000006/state.json" >"$tmp/bad/state.json"
   key=$(printf '%s' "$edit" | sed 's/^[^"]*"\([a-z_]*\)".*/\1/')
@@ -475,6 +475,14 @@ for case in "--adapter-scale 0.5|--adapter-scale 0.25; this run asks for --adapt
   expect 1 "was saved with ${case#*|}" "resume with ${case%%|*} refused, naming it" -- \
     "$pesc" train --headless $common --steps 10 --resume "$tmp/ck" ${case%%|*}
 done
+# shellcheck disable=SC2086
+expect 1 "\-\-resume $tmp/ck/step-00000006 was saved without \-\-pack; this run packs: leave out \-\-pack" \
+  "resume with --pack refused, naming it" -- "$pesc" train --headless $common --steps 10 --resume "$tmp/ck" --pack
+cat "$tmp/data.jsonl" "$tmp/data.jsonl" >"$tmp/data2.jsonl"
+# shellcheck disable=SC2086
+expect 1 "\-\-resume $tmp/ck/step-00000006: the saved data cursor belongs to other data .*give the \-\-data files" \
+  "resume on other --data refused, naming the checkpoint" -- \
+  "$pesc" train --headless $(printf '%s' "$common" | sed "s|$tmp/data.jsonl|$tmp/data2.jsonl|") --steps 10 --resume "$tmp/ck"
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 1 --lora-rank 2 --lora-targets q,v --save "$tmp/lora" >/dev/null 2>&1
 # shellcheck disable=SC2086
