@@ -789,6 +789,12 @@ static int train_step(session *s, pesc_error *err)
         rc = 1;
         goto out;
     }
+    /* each micro-batch added 1/grad_accum of its gradient: the last step of a run whose data
+     * ends early holds fewer, and its gradient (and the norm clipped and logged) is the mean
+     * of those, not a fraction of it */
+    if (micro < s->cfg.grad_accum)
+        vector_scale(s->backend, m->grad_block, (float)s->cfg.grad_accum / (float)micro,
+                     m->n_train);
     ce /= micro;
     aux /= micro;
     z /= micro;

@@ -43,6 +43,21 @@ else
   fail "--recompute: losses $(losses "$tmp/rc.jsonl" | tr '\n' ' ') vs $(losses "$tmp/run.jsonl" | tr '\n' ' ')"
 fi
 
+# a step short of --grad-accum micro-batches (the data ends first) takes their mean gradient:
+# one batch of 4 records under --grad-accum 1 and 3 gives one step of the same gradient norm
+# (it was once a third of it)
+head -n 4 "$tmp/data.jsonl" >"$tmp/four.jsonl"
+for ga in 1 3; do
+  "$pesc" train --headless --model "$base" --data "$tmp/four.jsonl" --seq 24 --batch 4 --experts 4 \
+    --adapter-dim 8 --backend cpu --epochs 1 --grad-accum $ga --log "$tmp/ga$ga.jsonl" >/dev/null 2>&1
+done
+norm() { sed -n 's/.*"grad_norm":\([^,]*\),.*/\1/p' "$1"; }
+if [ -n "$(norm "$tmp/ga1.jsonl")" ] && close "$(norm "$tmp/ga3.jsonl")" "$(norm "$tmp/ga1.jsonl")" 1e-5; then
+  pass "a step with fewer micro-batches than --grad-accum: the mean gradient (norm $(norm "$tmp/ga3.jsonl"))"
+else
+  fail "short --grad-accum step: norm $(norm "$tmp/ga3.jsonl") vs $(norm "$tmp/ga1.jsonl") with --grad-accum 1"
+fi
+
 # a run that cannot fit in memory is refused before it allocates, with the numbers and the fix
 avail_gib=$(awk '/^MemAvailable:/ { printf "%d", $2 / 1048576 }' /proc/meminfo 2>/dev/null)
 if [ -n "$avail_gib" ] && [ "$avail_gib" -lt 200 ]; then
