@@ -1016,13 +1016,22 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
 {
     const pesc_options *a = &st->pesc, *b = &s->m.pesc;
     const train_config *c = &s->cfg;
+    /* the data order is the seed's: the cursor would point into another order; and the
+     * random weights of an --init-config run are, so its seed comes before its weights */
+    int seed_differs = st->seed != c->seed;
+    if (seed_differs && (*st->init_config || st->base_fingerprint == s->fingerprint))
+        return pesc_fail(err, "--resume %s was saved with --seed %llu; this run asks for "
+                         "--seed %llu: give --seed %llu to continue it", dir,
+                         (unsigned long long)st->seed, (unsigned long long)c->seed,
+                         (unsigned long long)st->seed);
     if (st->base_fingerprint != s->fingerprint) {
         int from_model = *st->base_model != '\0';
         const char *from = from_model ? st->base_model : st->init_config;
         if (*from)
             return pesc_fail(err, "--resume %s was trained on %s; this run loads %s, whose "
                              "weights differ: give %s %s to continue it", dir, from,
-                             s->model_dir, from_model ? "--model" : "--init-config", from);
+                             c->init_config ? c->init_config : s->model_dir,
+                             from_model ? "--model" : "--init-config", from);
         return pesc_fail(err, "--resume %s: saved from a different base model than %s", dir,
                          s->model_dir);
     }
@@ -1076,12 +1085,6 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
         return pesc_fail(err, "--resume %s was saved %s --pack; this run %s: %s --pack to "
                          "continue it", dir, st->pack ? "with" : "without",
                          c->pack ? "packs" : "does not pack", st->pack ? "add" : "leave out");
-    /* the data order is the seed's: the cursor would point into another order */
-    if (st->seed != c->seed)
-        return pesc_fail(err, "--resume %s was saved with --seed %llu; this run asks for "
-                         "--seed %llu: give --seed %llu to continue it", dir,
-                         (unsigned long long)st->seed, (unsigned long long)c->seed,
-                         (unsigned long long)st->seed);
     return 0;
 }
 

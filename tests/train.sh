@@ -512,6 +512,16 @@ expect 1 "was saved by a \-\-train pesc run; this run asks for \-\-train full: g
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 --backend cpu \
   --train full --steps 10 --resume "$tmp/ck"
 
+# a run from --init-config: its random weights are the seed's, so another --seed is named as
+# such (it was once "whose weights differ: give --init-config", the file already given)
+init="--init-config $base/config.json --data $tmp/data.jsonl --seq 24 --batch 4 --backend cpu --train full"
+# shellcheck disable=SC2086
+"$pesc" train --headless $init --steps 1 --save "$tmp/ic" >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect 1 "was saved with \-\-seed 1; this run asks for \-\-seed 3: give \-\-seed 1" \
+  "resume of an --init-config run with another --seed names the seed" -- \
+  "$pesc" train --headless $init --steps 2 --seed 3 --resume "$tmp/ic"
+
 # --lr and --aux-coef given on resuming are the run's, over the live values the checkpoint
 # holds (a learning rate set while it ran once won over a lower --lr given after a divergence)
 cp -r "$tmp/ck/step-00000006" "$tmp/live"
