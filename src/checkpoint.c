@@ -145,7 +145,9 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     json_error_t jerr;
     json_t *o = json_load_file(path, 0, &jerr);
     if (!o || !json_is_object(o)) {
-        pesc_fail(err, "%s: %s (not a pesc checkpoint?)", path, o ? "not a JSON object" : jerr.text);
+        /* a hand edit or a copy cut short: said as the key checks below say it */
+        pesc_fail(err, "%s: %s (the file is damaged, or not a pesc checkpoint's: resume from "
+                  "another checkpoint)", path, o ? "not a JSON object" : jerr.text);
         json_decref(o);
         free(path);
         return -1;

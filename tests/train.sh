@@ -434,6 +434,14 @@ for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"tra
     "$pesc" train --headless $common --steps 10 --resume "$tmp/bad"
 done
 
+# a state.json cut short (a copy interrupted, a hand edit) is named, with what to do
+rm -rf "$tmp/cut" && cp -r "$tmp/ck/step-00000006" "$tmp/cut"
+head -c 200 "$tmp/ck/step-00000006/state.json" >"$tmp/cut/state.json"
+# shellcheck disable=SC2086
+expect 1 "$tmp/cut/state.json: .*(the file is damaged, or not a pesc checkpoint's: resume from another checkpoint)" \
+  "a state.json cut short is refused, saying what to do" -- \
+  "$pesc" train --headless $common --steps 10 --resume "$tmp/cut"
+
 # a checkpoint that cannot be read is named with what is wrong, not "no checkpoint here", and
 # an older one is not resumed in its place without a word
 mkdir -p "$tmp/incomplete/step-00000001"
