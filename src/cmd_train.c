@@ -1,6 +1,7 @@
 /* cmd_train — `pesc train --headless`: the training session with no screen. Progress goes to
  * standard output (one line rewritten in place on a terminal, plain periodic lines
  * otherwise), every stat to the --log JSONL, and --control opens the command socket. */
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,13 +23,28 @@ static const char train_usage[] =
     "Ctrl-C exits at once, the last checkpoint intact.\n"
     "\n";
 
-static volatile sig_atomic_t interrupts;
+static volatile sig_atomic_t interrupts, hung_up;
 
 static void on_signal(int sig)
 {
     if (sig == SIGINT && interrupts > 0)
         _exit(130);   /* the second Ctrl-C: leave now; checkpoints are written atomically */
+    if (sig == SIGHUP)
+        hung_up = 1;
     interrupts++;
+}
+
+/* After a hang-up the terminal is gone, and with it the progress lines: that is no failure of
+ * the run (main.c fails a command whose output was lost), so what stdio still holds goes to
+ * /dev/null and the exit status is the run's. */
+static void forget_lost_terminal(void)
+{
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+        dup2(null, STDOUT_FILENO);
+        close(null);
+    }
+    clearerr(stdout);
 }
 
 /* Ctrl-C, SIGTERM and a hang-up (an SSH session that drops takes the run's terminal with it)
@@ -132,6 +148,8 @@ int cmd_train(int argc, char **argv)
     status = session_wait(s);
     session_get_progress(s, &p);
     print_progress(&p, tty, 1);
+    if (hung_up)
+        forget_lost_terminal();
     control_close(ctl);
     if (status != 0)
         fprintf(stderr, "pesc train: %s\n", session_error(s));

@@ -308,6 +308,28 @@ if [ $status -eq 0 ] && ls "$tmp/hup" | grep -q '^step-' && tail -n 1 "$tmp/hup.
 else
   fail "SIGHUP: exit $status, checkpoints: $(ls "$tmp/hup" 2>&1), last log line $(tail -n 1 "$tmp/hup.jsonl" | head -c 100)"
 fi
+# the same with the terminal itself gone (its progress lines with it): still exit 0, not a
+# failure to write standard output
+# shellcheck disable=SC2086
+/usr/bin/python3 - "$pesc" train --headless $common --steps 100000 --save "$tmp/ptyhup" --log "$tmp/ptyhup.jsonl" \
+  >"$tmp/ptyhup.status" 2>"$tmp/ptyhup.err" <<'PY'
+import os, pty, signal, subprocess, sys, time
+master, slave = pty.openpty()
+run = subprocess.Popen(sys.argv[1:], stdin=slave, stdout=slave)
+os.close(slave)
+start = time.time()
+while time.time() - start < 30 and b"step" not in os.read(master, 4096):
+    pass
+os.close(master)   # the terminal goes away, then the hang-up comes
+run.send_signal(signal.SIGHUP)
+print(run.wait())
+PY
+if [ "$(cat "$tmp/ptyhup.status")" = 0 ] && ls "$tmp/ptyhup" | grep -q '^step-' &&
+   ! grep -q "standard output" "$tmp/ptyhup.err"; then
+  pass "SIGHUP with the terminal gone: saved, exit 0"
+else
+  fail "SIGHUP with the terminal gone: exit '$(cat "$tmp/ptyhup.status")', $(ls "$tmp/ptyhup" 2>&1), $(cat "$tmp/ptyhup.err")"
+fi
 # shellcheck disable=SC2086
 nohup "$pesc" train --headless $common --steps 100000 --log "$tmp/nohup.jsonl" >/dev/null 2>&1 &
 pid=$!
