@@ -348,7 +348,11 @@ wait $pid
 for _ in $(seq 100); do [ -s "$tmp/pipe.pid" ] && break; sleep 0.05; done
 pid=$(cat "$tmp/pipe.pid")
 pids="$pids $pid"
-for _ in $(seq 200); do [ "$(cat "$tmp/pipe.jsonl" 2>/dev/null | grep -c '"loss"')" -gt 20 ] && break; sleep 0.05; done
+for _ in $(seq 200); do
+  n=$(grep -c '"loss"' "$tmp/pipe.jsonl" 2>/dev/null)
+  [ "${n:-0}" -gt 20 ] && break
+  sleep 0.05
+done
 kill -TERM "$pid"
 for _ in $(seq 300); do [ -s "$tmp/pipe.status" ] && break; sleep 0.1; done
 if [ "$(cat "$tmp/pipe.status" 2>/dev/null)" = 1 ] && ls "$tmp/pipe" | grep -q '^step-' &&
@@ -524,7 +528,7 @@ done
 expect 1 "\-\-resume $tmp/ck/step-00000006 was saved without \-\-pack; this run packs: leave out \-\-pack" \
   "resume with --pack refused, naming it" -- "$pesc" train --headless $common --steps 10 --resume "$tmp/ck" --pack
 cat "$tmp/data.jsonl" "$tmp/data.jsonl" >"$tmp/data2.jsonl"
-# shellcheck disable=SC2086
+# shellcheck disable=SC2046 # the options are words
 expect 1 "\-\-resume $tmp/ck/step-00000006: the saved data cursor belongs to other data .*give the \-\-data files" \
   "resume on other --data refused, naming the checkpoint" -- \
   "$pesc" train --headless $(printf '%s' "$common" | sed "s|$tmp/data.jsonl|$tmp/data2.jsonl|") --steps 10 --resume "$tmp/ck"
