@@ -1041,46 +1041,35 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
                          a->mode == TRAIN_FULL ? "full" : "pesc",
                          b->mode == TRAIN_FULL ? "full" : "pesc",
                          a->mode == TRAIN_FULL ? "full" : "pesc");
-    char flag[64] = "";
-    double saved = 0, asked = 0;
-    if (a->mode == TRAIN_PESC) {
-        const struct { const char *flag; double saved, asked; int differs; } shape[] = {
-            {"--experts", a->experts, b->experts, a->experts != b->experts},
-            {"--top-k", a->top_k, b->top_k, a->top_k != b->top_k},
-            {"--adapter-dim", a->adapter_dim, b->adapter_dim, a->adapter_dim != b->adapter_dim},
-            {"--lora-rank", a->lora_rank, b->lora_rank, a->lora_rank != b->lora_rank},
-            {"--adapter-scale", a->adapter_scale, c->pesc.adapter_scale,
-             (c->pesc.given & PESC_GIVEN_ADAPTER_SCALE) && a->adapter_scale != c->pesc.adapter_scale},
-            {"--lora-alpha", a->lora_alpha, c->pesc.lora_alpha,
-             a->lora_rank && (c->pesc.given & PESC_GIVEN_LORA_ALPHA) &&
-             a->lora_alpha != c->pesc.lora_alpha}};
-        for (size_t i = 0; i < sizeof shape / sizeof *shape && !*flag; i++)
-            if (shape[i].differs) {
-                snprintf(flag, sizeof flag, "%s", shape[i].flag);
-                saved = shape[i].saved;
-                asked = shape[i].asked;
-            }
-        if (!*flag && a->lora_rank && a->lora_targets != b->lora_targets) {
-            char had[64], has[64];
-            return pesc_fail(err, "--resume %s was saved with --lora-targets %s; this run asks "
-                             "for --lora-targets %s: give --lora-targets %s to continue it", dir,
-                             lora_sites(a->lora_targets, had, sizeof had),
-                             lora_sites(b->lora_targets, has, sizeof has), had);
-        }
+    /* the numbers to match, in the order they are named; the crafting's only for PESC runs */
+    int pesc = a->mode == TRAIN_PESC;
+    const struct { const char *flag; double saved, asked; int differs; } match[] = {
+        {"--experts", a->experts, b->experts, pesc && a->experts != b->experts},
+        {"--top-k", a->top_k, b->top_k, pesc && a->top_k != b->top_k},
+        {"--adapter-dim", a->adapter_dim, b->adapter_dim, pesc && a->adapter_dim != b->adapter_dim},
+        {"--lora-rank", a->lora_rank, b->lora_rank, pesc && a->lora_rank != b->lora_rank},
+        {"--adapter-scale", a->adapter_scale, c->pesc.adapter_scale,
+         pesc && (c->pesc.given & PESC_GIVEN_ADAPTER_SCALE) &&
+         a->adapter_scale != c->pesc.adapter_scale},
+        {"--lora-alpha", a->lora_alpha, c->pesc.lora_alpha,
+         pesc && a->lora_rank && (c->pesc.given & PESC_GIVEN_LORA_ALPHA) &&
+         a->lora_alpha != c->pesc.lora_alpha},
+        {"--seq", st->seq, c->seq, st->seq != c->seq},
+        {"--batch", st->batch, c->batch, st->batch != c->batch},
+        {"--grad-accum", st->grad_accum, c->grad_accum, st->grad_accum != c->grad_accum}};
+    for (size_t i = 0; i < sizeof match / sizeof *match; i++)
+        if (match[i].differs)
+            return pesc_fail(err, "--resume %s was saved with %s %g; this run asks for %s %g: "
+                             "give %s %g to continue it (another value starts a new run: leave "
+                             "out --resume)", dir, match[i].flag, match[i].saved, match[i].flag,
+                             match[i].asked, match[i].flag, match[i].saved);
+    if (pesc && a->lora_rank && a->lora_targets != b->lora_targets) {
+        char had[64], has[64];
+        return pesc_fail(err, "--resume %s was saved with --lora-targets %s; this run asks for "
+                         "--lora-targets %s: give --lora-targets %s to continue it", dir,
+                         lora_sites(a->lora_targets, had, sizeof had),
+                         lora_sites(b->lora_targets, has, sizeof has), had);
     }
-    const struct { const char *flag; double saved, asked; } batch[] = {
-        {"--seq", st->seq, c->seq}, {"--batch", st->batch, c->batch},
-        {"--grad-accum", st->grad_accum, c->grad_accum}};
-    for (size_t i = 0; i < sizeof batch / sizeof *batch && !*flag; i++)
-        if (batch[i].saved != batch[i].asked) {
-            snprintf(flag, sizeof flag, "%s", batch[i].flag);
-            saved = batch[i].saved;
-            asked = batch[i].asked;
-        }
-    if (*flag)
-        return pesc_fail(err, "--resume %s was saved with %s %g; this run asks for %s %g: give "
-                         "%s %g to continue it (another value starts a new run: leave out "
-                         "--resume)", dir, flag, saved, flag, asked, flag, saved);
     if (st->pack >= 0 && st->pack != c->pack)
         return pesc_fail(err, "--resume %s was saved %s --pack; this run %s: %s --pack to "
                          "continue it", dir, st->pack ? "with" : "without",
