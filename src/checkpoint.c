@@ -66,6 +66,10 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(run, "grad_accum", json_integer(st->grad_accum));
     if (st->pack >= 0)
         json_object_set_new(run, "pack", json_boolean(st->pack));
+    if (st->run_lr >= 0)
+        json_object_set_new(run, "lr", json_real(st->run_lr));
+    if (st->run_aux_coef >= 0)
+        json_object_set_new(run, "aux_coef", json_real(st->run_aux_coef));
     json_object_set_new(run, "seed", hex64(st->seed));
     json_object_set_new(run, "model",
                         st->base_model[0] ? json_string(st->base_model) : json_null());
@@ -197,6 +201,8 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     if (pack && !json_is_boolean(pack))
         bad_value(&r, "pack", "must be true or false");
     st->pack = pack ? json_is_true(pack) : -1;
+    st->run_lr = read_number(&r, run, "lr", -1.0);
+    st->run_aux_coef = read_number(&r, run, "aux_coef", -1.0);
     st->seed = read_hex(&r, run, "seed");
     copy_string(st->base_model, sizeof st->base_model, json_object_get(run, "model"));
     copy_string(st->init_config, sizeof st->init_config, json_object_get(run, "init_config"));

@@ -38,6 +38,8 @@ typedef struct checkpoint_state {
     pesc_options pesc;
     int seq, batch, grad_accum;
     int pack;                    /* -1: not recorded (a checkpoint written before it was) */
+    double run_lr, run_aux_coef; /* the run's --lr and --aux-coef, before any live change;
+                                    -1: not recorded */
     uint64_t seed;
 } checkpoint_state;
 

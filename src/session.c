@@ -640,6 +640,8 @@ static void fill_state(session *s, checkpoint_state *st)
     st->batch = s->cfg.batch;
     st->grad_accum = s->cfg.grad_accum;
     st->pack = s->cfg.pack;
+    st->run_lr = s->cfg.optim.lr;
+    st->run_aux_coef = s->cfg.pesc.aux_coef;
     st->seed = s->cfg.seed;
     /* absolute, so that export finds the base from any directory */
     absolute_path(st->init_config, sizeof st->init_config, s->cfg.init_config);
@@ -1096,21 +1098,25 @@ static int resume(session *s, pesc_error *err)
     }
     s->step = st.step;
     s->last_checkpoint = xstrdup(dir);
-    /* the live values carry on, unless the command line gives new ones: a --lr or --aux-coef
-     * typed on resuming (a lower --lr after a divergence, say) is what the run uses, and
-     * what it replaces is noted once the log is open */
+    /* the live values carry on, unless the command line asks for another --lr or --aux-coef
+     * than the run had (a lower --lr after a divergence, say): then the flag's is the run's,
+     * and what it replaces is noted once the log is open. The run's own value repeated (the
+     * same command with --resume added) keeps what was set while it went. */
+    const train_config *c = &s->cfg;
+    int new_lr = (c->given & TRAIN_GIVEN_LR) && (float)st.run_lr != c->optim.lr;
+    int new_aux = (c->pesc.given & PESC_GIVEN_AUX_COEF) && (float)st.run_aux_coef != c->pesc.aux_coef;
     size_t n = sizeof s->resume_note, at = 0;
-    if (!(s->cfg.given & TRAIN_GIVEN_LR)) {
+    if (!new_lr) {
         s->lr_override = st.lr_override;
         s->lr_scale = st.lr_scale > 0 ? st.lr_scale : 1.0;
     } else if (st.lr_override >= 0 || st.lr_scale != 1.0) {
         at += (size_t)snprintf(s->resume_note, n, "--lr %g replaces the checkpoint's %s %g "
-                               "(leave --lr out to keep it)", (double)s->cfg.optim.lr,
+                               "(leave --lr out to keep it)", (double)c->optim.lr,
                                st.lr_override >= 0 ? "learning rate set while it ran,"
                                                    : "learning-rate factor after non-finite steps,",
                                st.lr_override >= 0 ? st.lr_override * st.lr_scale : st.lr_scale);
     }
-    if (!(s->cfg.pesc.given & PESC_GIVEN_AUX_COEF))
+    if (!new_aux)
         s->m.pesc.aux_coef = (float)st.aux_coef;
     else if ((float)st.aux_coef != s->m.pesc.aux_coef && at < n)
         snprintf(s->resume_note + at, n - at, "%s--aux-coef %g replaces the checkpoint's %g "

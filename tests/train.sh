@@ -556,22 +556,26 @@ expect 1 "was saved with \-\-seed 1; this run asks for \-\-seed 3: give \-\-seed
   "resume of an --init-config run with another --seed names the seed" -- \
   "$pesc" train --headless $init --steps 2 --seed 3 --resume "$tmp/ic"
 
-# --lr and --aux-coef given on resuming are the run's, over the live values the checkpoint
-# holds (a learning rate set while it ran once won over a lower --lr given after a divergence)
+# a --lr or --aux-coef other than the run's, given on resuming, is the run's, over the live
+# values the checkpoint holds (a learning rate set while it ran once won over a lower --lr
+# given after a divergence); left out, or the run's own repeated, the live values carry on
 cp -r "$tmp/ck/step-00000006" "$tmp/live"
 sed -i 's/"lr_override": null/"lr_override": 0.004/' "$tmp/live/state.json"
 nolr=$(printf '%s' "$common" | sed 's/ --lr [^ ]*//')
 # shellcheck disable=SC2086
 "$pesc" train --headless $nolr --steps 7 --resume "$tmp/live" --log "$tmp/carry.jsonl" >/dev/null 2>&1
 # shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 7 --resume "$tmp/live" --log "$tmp/same.jsonl" >/dev/null 2>&1
+# shellcheck disable=SC2086
 "$pesc" train --headless $nolr --steps 7 --resume "$tmp/live" --lr 1e-3 --aux-coef 0.05 \
   --save "$tmp/given" --log "$tmp/given.jsonl" >/dev/null 2>"$tmp/given.err"
-if grep -q '"step":7,.*"lr":0.004' "$tmp/carry.jsonl" && grep -q '"step":7,.*"lr":0.001' "$tmp/given.jsonl" &&
+if grep -q '"step":7,.*"lr":0.004' "$tmp/carry.jsonl" && grep -q '"step":7,.*"lr":0.004' "$tmp/same.jsonl" &&
+   grep -q '"step":7,.*"lr":0.001' "$tmp/given.jsonl" &&
    grep -q '"aux_coef": 0.05' "$tmp/given/step-00000007/state.json" &&
    grep -q "^pesc train: \-\-lr 0.001 replaces the checkpoint's learning rate set while it ran, 0.004 (leave \-\-lr out to keep it); \-\-aux-coef 0.05 replaces" "$tmp/given.err"; then
-  pass "resume: the live lr carries on; --lr and --aux-coef given replace the checkpoint's, noted"
+  pass "resume: the live lr carries on, also under the run's own --lr; another --lr and --aux-coef replace it, noted"
 else
-  fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
+  fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/same.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
 fi
 
 echo "$failures failure(s)"
