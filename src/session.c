@@ -68,6 +68,9 @@ struct session {
     long step, start_step, total_steps, nan_skipped, nan_run;
     long long tokens;
     double lr_override, lr_scale, elapsed_before, t_start, last_save;
+    /* what the last checkpoint holds: the step, and the commands taken by then (one may have
+     * changed the LR or the aux coefficient); the final save is skipped when both still hold */
+    long saved_step, commands, saved_commands;
     char resume_note[512];       /* live values of the checkpoint a flag replaced, for a note */
     char *last_checkpoint;       /* saved by this run, or resumed from; NULL: none */
     int inject_nan;
@@ -668,6 +671,8 @@ static int save_now(session *s, pesc_error *err)
         return -1;
     }
     s->last_save = pesc_now();
+    s->saved_step = s->step;
+    s->saved_commands = s->commands;
     publish_event(s, "save", "%s", where);
     free(s->last_checkpoint);
     s->last_checkpoint = where;
@@ -684,6 +689,7 @@ static double current_lr(session *s)
 
 static void process_command(session *s, const command *c)
 {
+    s->commands++;
     switch (c->kind) {
     case CMD_PAUSE:
         if (!s->paused) {
@@ -922,7 +928,10 @@ static void *trainer_main(void *arg)
             break;
         }
     }
-    if (end != MONITOR_FAILED && s->cfg.save_dir && save_now(s, &err) != 0) {
+    /* the final checkpoint, unless the last one already holds this very state (a periodic
+     * save on the last step: a second would double a write as large as the trainables) */
+    int saved = s->saved_step == s->step && s->saved_commands == s->commands;
+    if (end != MONITOR_FAILED && s->cfg.save_dir && !saved && save_now(s, &err) != 0) {
         /* the run's result would be lost without a word: the run fails, naming why */
         end = MONITOR_FAILED;
         snprintf(s->error, sizeof s->error, "the final checkpoint was not saved: %.900s", err.msg);
@@ -1389,6 +1398,7 @@ session *session_new(const train_config *c, pesc_error *err)
     s->lr_scale = 1.0;
     s->status = 1;
     s->last_save = -1.0;
+    s->saved_step = -1;
     s->save_lock = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);

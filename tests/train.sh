@@ -32,6 +32,10 @@ if [ $status -eq 0 ] && [ "$steps" = 6 ] && head -n 1 "$tmp/run.jsonl" | grep -q
 else
   fail "headless run: exit $status, $steps step records: $(head -c 300 "$tmp/err")"
 fi
+# the periodic save on the last step is the final checkpoint: step 6 is written once
+saves=$(grep -c '"event":"save"' "$tmp/run.jsonl")
+[ "$saves" = 2 ] && pass "a periodic save on the last step is not written again at the end" ||
+  fail "a run saving every 3 of 6 steps logged $saves saves, wanted 2: $(grep '"save"' "$tmp/run.jsonl")"
 
 # --recompute: the same run, the same losses to the last digit
 # shellcheck disable=SC2086
