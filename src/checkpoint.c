@@ -44,6 +44,7 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(cur, "epoch", json_integer(st->cursor.epoch));
     json_object_set_new(cur, "position", json_integer(st->cursor.position));
     json_object_set_new(cur, "fingerprint", hex64(st->cursor.fingerprint));
+    json_object_set_new(cur, "content", hex64(st->cursor.content));
     json_object_set_new(o, "data_cursor", cur);
     json_object_set_new(o, "tokens", json_integer(st->tokens));
     json_object_set_new(o, "elapsed_s", json_real(st->elapsed_s));
@@ -171,6 +172,8 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->cursor.epoch = read_integer(&r, cur, "epoch", 0, REQUIRED);
     st->cursor.position = read_integer(&r, cur, "position", 0, REQUIRED);
     st->cursor.fingerprint = read_hex(&r, cur, "fingerprint");
+    /* absent from checkpoints written before it was kept: such a cursor is not checked on it */
+    st->cursor.content = json_object_get(cur, "content") ? read_hex(&r, cur, "content") : 0;
     st->tokens = read_integer(&r, o, "tokens", 0, 0);
     st->elapsed_s = read_number(&r, o, "elapsed_s", 0.0);
     st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, 0);

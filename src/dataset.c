@@ -1104,7 +1104,7 @@ struct dataset {
     uint32_t *order;             /* this epoch's record indices */
     long n_order;
     long epoch, position;
-    uint64_t fingerprint;
+    uint64_t fingerprint, content;
 };
 
 
@@ -1152,6 +1152,25 @@ static uint64_t fingerprint(const dataset *ds)
         h = (h ^ w) * 0x100000001b3ull;
     }
     return h;
+}
+
+/* What the records hold, in their order: the same counts over other files, or the same files
+ * given in another order, would put the saved cursor on other records. Never 0 (which a
+ * cursor from before it was kept holds). */
+static uint64_t content_hash(const dataset *ds)
+{
+    const uint64_t prime = 0x100000001b3ull;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < ds->rec.n; i++) {
+        const ds_record *r = &ds->rec.items[i];
+        h = (h ^ (uint64_t)r->source) * prime;
+        h = (h ^ (uint64_t)r->len) * prime;
+        for (int t = 0; t < r->len; t++)
+            h = (h ^ (uint32_t)r->ids[t]) * prime;
+        for (int t = 0; r->labels && t < r->len; t++)
+            h = (h ^ (uint32_t)r->labels[t]) * prime;
+    }
+    return h ? h : 1;
 }
 
 /* The index of r's first predicted token (the first label after the first token that is not
@@ -1254,6 +1273,7 @@ dataset *dataset_open(const ds_source *sources, int n_sources, const ds_load_opt
         ds->pad = 0;
     build_order(ds, 0);
     ds->fingerprint = fingerprint(ds);
+    ds->content = content_hash(ds);
     return ds;
 }
 
@@ -1394,7 +1414,7 @@ long dataset_count_batches(dataset *ds, int B, int T)
 
 ds_cursor dataset_cursor(const dataset *ds)
 {
-    return (ds_cursor){ds->epoch, ds->position, ds->fingerprint};
+    return (ds_cursor){ds->epoch, ds->position, ds->fingerprint, ds->content};
 }
 
 int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err)
@@ -1403,6 +1423,10 @@ int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err)
         return pesc_fail(err, "the saved data cursor belongs to other data or batch options "
                          "(records, tokens, seed, --seq, --batch, --pack or weights changed): "
                          "give the --data files and :W weights the run had");
+    if (c->content && c->content != ds->content)
+        return pesc_fail(err, "the saved data cursor belongs to other data: the records hold "
+                         "other tokens, or come in another order, though their counts are the "
+                         "same: give the --data files the run had, in its order");
     if (c->epoch < 0 || c->position < 0)
         return pesc_fail(err, "the saved data cursor is invalid (the state is damaged)");
     build_order(ds, c->epoch);

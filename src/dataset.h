@@ -160,7 +160,9 @@ void ds_batch_free(ds_batch *b);
 typedef struct ds_cursor {
     long epoch;
     long position;               /* into the epoch's order */
-    uint64_t fingerprint;
+    uint64_t fingerprint;        /* the counts and the batch options */
+    uint64_t content;            /* every record's source, ids and labels, in order; 0: not
+                                    known (a checkpoint written before it was kept) */
 } ds_cursor;
 
 typedef struct ds_stats {

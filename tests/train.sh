@@ -536,6 +536,18 @@ cat "$tmp/data.jsonl" "$tmp/data.jsonl" >"$tmp/data2.jsonl"
 expect 1 "\-\-resume $tmp/ck/step-00000006: the saved data cursor belongs to other data .*give the \-\-data files" \
   "resume on other --data refused, naming the checkpoint" -- \
   "$pesc" train --headless $(printf '%s' "$common" | sed "s|$tmp/data.jsonl|$tmp/data2.jsonl|") --steps 10 --resume "$tmp/ck"
+# the same records in another order: the same counts and tokens, other records under the cursor
+tac "$tmp/data.jsonl" >"$tmp/data-reversed.jsonl"
+# shellcheck disable=SC2046 # the options are words
+expect 1 "\-\-resume $tmp/ck/step-00000006: the saved data cursor belongs to other data: the records hold other tokens, or come in another order" \
+  "resume on the same records in another order refused" -- \
+  "$pesc" train --headless $(printf '%s' "$common" | sed "s|$tmp/data.jsonl|$tmp/data-reversed.jsonl|") --steps 10 --resume "$tmp/ck"
+# a checkpoint from before the content was kept still resumes on its data
+mkdir "$tmp/old" && cp -r "$tmp/ck/step-00000006" "$tmp/old/"
+sed -i '/"content": /d; s/"fingerprint": "\([0-9a-f]*\)",/"fingerprint": "\1"/' "$tmp/old/step-00000006/state.json"
+# shellcheck disable=SC2086
+expect 0 "step 7/7" "a checkpoint without the data's content resumes" -- \
+  "$pesc" train --headless $common --steps 7 --resume "$tmp/old/step-00000006"
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 1 --lora-rank 2 --lora-targets q,v --save "$tmp/lora" >/dev/null 2>&1
 # shellcheck disable=SC2086
