@@ -108,6 +108,7 @@ int cmd_train(int argc, char **argv)
     if (!c.model && !c.init_config && c.n_sources == 0)
         train_config_demo(&c);   /* the built-in demo, without a screen */
     pesc_error err = {{0}};
+    c.command = "pesc train";
     session *s = session_new(&c, &err);
     if (!s)
         return cli_fail("train", &err);

@@ -43,6 +43,7 @@ int cmd_tui(int argc, char **argv)
     if (!c.model && !c.init_config && c.n_sources == 0)
         train_config_demo(&c);
     pesc_error err = {{0}};
+    c.command = "pesc tui";   /* a local model loads before the screen is drawn: say so */
     launcher *l = launcher_new(&c, &err);
     if (!l) {
         if (!c.model && !c.init_config)

@@ -233,6 +233,7 @@ launcher *launcher_new(const train_config *c, pesc_error *err)
     if (!has_urls(c)) {
         rc = make_session(l, err);
     } else {
+        l->cfg.command = NULL;   /* made behind the screen, which stderr must not draw on */
         snprintf(l->message, sizeof l->message, "downloading");
         if (!(l->fetcher = fetcher_new(NULL, err)))
             rc = -1;

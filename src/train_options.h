@@ -42,6 +42,10 @@ typedef struct train_config {
     int n_plugins;
     int nan_limit;               /* non-finite steps in a row before the LR is halved */
     int headless;
+    /* "pesc train", "pesc tui": while the run is made (the model loads, the data is
+     * tokenized), what it is doing shows on stderr when that is a terminal, in one line
+     * cleared again; NULL: nothing */
+    const char *command;
     unsigned given;              /* TRAIN_GIVEN_*: what the command line set */
 } train_config;
 
