@@ -434,8 +434,10 @@ int cmd_eval(int argc, char **argv)
     long long count = 0;
     status = 1;
     if (fetch_view_resolve_model(o.model_dir, &model_dir, &err) != 0 ||
-        resolve_sources(&o, &sources, &err) != 0 ||
-        model_load(&m, model_dir, b, &err) != 0 ||
+        resolve_sources(&o, &sources, &err) != 0)
+        goto out;
+    pesc_show_phase("pesc eval", "loading the model from %s", pesc_path_shown(model_dir));
+    if (model_load(&m, model_dir, b, &err) != 0 ||
         (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0))
         goto out;
     if (o.routing && !m.crafted) {
@@ -443,13 +445,16 @@ int cmd_eval(int argc, char **argv)
                   "--adapters FILE");
         goto out;
     }
+    pesc_show_phase("pesc eval", "reading and tokenizing the data");
     if (load_data(&o, model_dir, &sources, formats, &d, m.config.vocab_size, &tok, &err) != 0)
         goto out;
+    pesc_show_phase("pesc eval", "scoring %d record%s", d.n, d.n == 1 ? "" : "s");
     if (o.routing)
         tally_init(&tally, &m, sources.n);
     int cut = 0;
     if (score_records(&m, &d, o.routing ? &tally : NULL, &nll, &count, &cut, &err) != 0)
         goto out;
+    pesc_show_phase("pesc eval", NULL);
     if (count == 0) {
         char what[600];   /* the one source, or all of them */
         int used = 0;
@@ -490,8 +495,10 @@ int cmd_eval(int argc, char **argv)
     }
     status = 0;
 out:
-    if (status != 0)
+    if (status != 0) {
+        pesc_show_phase("pesc eval", NULL);
         cli_fail("eval", &err);
+    }
     tally_free(&tally);
     dataset_free(&d);
     tok_delete(tok);

@@ -246,18 +246,23 @@ int cmd_generate(int argc, char **argv)
     status = 1;
     if (!(prompt = read_prompt(&o, &err)))
         goto out;
-    if (fetch_view_resolve_model(o.model, &dir, &err) != 0 ||
-        model_load(&m, dir, b, &err) != 0 ||
+    if (fetch_view_resolve_model(o.model, &dir, &err) != 0)
+        goto out;
+    pesc_show_phase("pesc generate", "loading the model from %s", pesc_path_shown(dir));
+    if (model_load(&m, dir, b, &err) != 0 ||
         (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0) ||
         (o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||
         !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : tok_load_dir(dir, &err)))
         goto out;
+    pesc_show_phase("pesc generate", NULL);   /* the answer starts on a clean line */
     if (run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err) != 0)
         goto out;
     status = 0;
 out:
-    if (status != 0)
+    if (status != 0) {
+        pesc_show_phase("pesc generate", NULL);
         cli_fail("generate", &err);
+    }
     free(prompt);
     free(dir);
     free(tokenizer_path);

@@ -1318,26 +1318,6 @@ static int check_save_dir(session *s, pesc_error *err)
     return rc;
 }
 
-/* The phase of a slow start (a 7B model loads for a minute, a large dataset tokenizes for
- * longer), on a terminal's stderr, in one line that the next phase and show_phase(s, NULL)
- * clear: the workbench's screen and the headless progress line come after it. */
-static void show_phase(session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void show_phase(session *s, const char *fmt, ...)
-{
-    if (!s->cfg.command || !isatty(STDERR_FILENO))
-        return;
-    fputs("\r\033[K", stderr);
-    if (fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        fprintf(stderr, "%s: ", s->cfg.command);
-        vfprintf(stderr, fmt, ap);
-        fputs("...", stderr);
-        va_end(ap);
-    }
-    fflush(stderr);
-}
-
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
@@ -1363,17 +1343,17 @@ static int setup(session *s, pesc_error *err)
     if (!(s->plugins = plugins_open(c->plugins, c->n_plugins, err)) ||
         !(s->formats = plugins_formats(s->plugins, err)))
         return -1;
-    show_phase(s, "loading the model from %s", pesc_path_shown(s->model_dir));
+    pesc_show_phase(c->command, "loading the model from %s", pesc_path_shown(s->model_dir));
     if (load_model(s, err) != 0)
         return -1;
     /* the default rows are no longer than the model's context */
     int context = s->m.config.max_position_embeddings;
     if (!(c->given & TRAIN_GIVEN_SEQ) && context >= 2 && c->seq > context)
         c->seq = context;
-    show_phase(s, "reading and tokenizing the data");
+    pesc_show_phase(c->command, "reading and tokenizing the data");
     if (load_tokenizer(s, err) != 0 || open_data(s, err) != 0)
         return -1;
-    show_phase(s, "crafting the model");
+    pesc_show_phase(c->command, "crafting the model");
     s->fingerprint = checkpoint_fingerprint(&s->m);   /* before full mode trains the weights */
     if (s->m.crafted && adopt_crafting(s, err) != 0)
         return -1;
@@ -1388,7 +1368,7 @@ static int setup(session *s, pesc_error *err)
     if (optim_init(&s->opt, s->backend, s->m.n_train, &c->optim, err) != 0)
         return -1;
     if (c->resume)
-        show_phase(s, "loading the checkpoint %s", c->resume);
+        pesc_show_phase(c->command, "loading the checkpoint %s", c->resume);
     if (c->resume && resume(s, err) != 0)
         return -1;
     if (s->m.crafted) {
@@ -1432,7 +1412,8 @@ session *session_new(const train_config *c, pesc_error *err)
     s->shared->since_save_s = -1.0;
     s->face = (monitor){&session_monitor_ops, s};
     int rc = setup(s, err);
-    show_phase(s, NULL);   /* the error line, the screen or the progress starts clean */
+    /* the error line, the screen or the progress starts on a clean line */
+    pesc_show_phase(s->cfg.command, NULL);
     if (rc != 0) {
         session_delete(s);
         return NULL;

@@ -126,6 +126,22 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
     return 0;
 }
 
+void pesc_show_phase(const char *who, const char *fmt, ...)
+{
+    if (!who || !isatty(STDERR_FILENO))
+        return;
+    fputs("\r\033[K", stderr);
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "%s: ", who);
+        vfprintf(stderr, fmt, ap);
+        fputs("...", stderr);
+        va_end(ap);
+    }
+    fflush(stderr);
+}
+
 size_t pesc_show_controls(char *out, size_t cap, const char *text)
 {
     const unsigned char *p = (const unsigned char *)text;

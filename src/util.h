@@ -34,6 +34,12 @@ const char *pesc_path_shown(const char *path);
  * length written. */
 size_t pesc_show_controls(char *out, size_t cap, const char *text);
 
+/* A slow phase of a command's start ("loading the model from DIR"), for the person watching:
+ * "WHO: what..." in one line on stderr when that is a terminal, nothing otherwise. The next
+ * phase replaces the line; fmt NULL clears it, before the command's own output or an error.
+ * who NULL: nothing. */
+void pesc_show_phase(const char *who, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Allocation that cannot fail: out of memory prints a message and aborts (after the
  * registered cleanup hook, which the TUI uses to restore the terminal). */
 void *xmalloc(size_t n);
