@@ -29,7 +29,7 @@ static int parse_export(export_options *o, int argc, char **argv)
         {"output", required_argument, NULL, 'o'}, {"model", required_argument, NULL, 'm'},
         {"force", no_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
-    *o = (export_options){0};
+    *o = (export_options){.command = "pesc export"};
     int c;
     while ((c = cli_getopt("export", argc, argv, "ho:", longopts)) != -1) {
         switch (c) {

@@ -330,6 +330,7 @@ int export_checkpoint(const export_options *o, export_report *r, pesc_error *err
         check_out(o, ckpt, &b, err) != 0)
         goto out;
     /* merging is a few products per layer: the CPU does it, whatever trained the model */
+    pesc_show_phase(o->command, "loading the base model from %s", b.dir ? b.dir : b.config);
     if (!(be = backend_new("cpu", err)) || load_base(&m, &b, &st, be, err) != 0 ||
         (b.dir && st_set_open(&base, b.dir, err) != 0))
         goto out;
@@ -339,8 +340,10 @@ int export_checkpoint(const export_options *o, export_report *r, pesc_error *err
                   b.dir ? b.dir : b.config);
         goto out;
     }
+    pesc_show_phase(o->command, "loading %s", ckpt);
     if (checkpoint_load_weights(ckpt, &m, err) != 0)
         goto out;
+    pesc_show_phase(o->command, "writing %s", o->out);
     int lora_rank = m.crafted ? m.pesc.lora_rank : 0;
     unsigned lora_sites = m.pesc.lora_targets;
     if (model_merge_lora(&m, err) != 0 ||
@@ -357,6 +360,7 @@ int export_checkpoint(const export_options *o, export_report *r, pesc_error *err
     r->lora_rank = lora_rank;
     rc = 0;
 out:
+    pesc_show_phase(o->command, NULL);   /* the report or the error on a clean line */
     st_set_close(&base);
     model_free(&m);
     backend_delete(be);

@@ -29,6 +29,8 @@ typedef struct export_options {
     const char *out;             /* the directory to write */
     const char *base;            /* --model DIR|URL: the base, instead of state.json's */
     int force;                   /* replace an existing, non-empty out */
+    const char *command;         /* "pesc export": its phases on a terminal's stderr
+                                    (pesc_show_phase); NULL: none */
 } export_options;
 
 /* What was written, for the command's summary. */
