@@ -176,14 +176,13 @@ expect 1 "model.safetensors" "truncated safetensors" -- "$pesc" eval --model "$t
 demo="$top_srcdir/data/demo"
 expect 0 "^Paris$" "generate on the demo model" -- "$pesc" generate --model "$demo" --prompt "capital: France"
 # on a terminal, loading says so in a line the answer (or the score) then starts over
-last_line() { tr '\r' '\n' <"$1" | sed 's/^.\[K//' | grep -v '^$' | tail -n 1; }
 script -qec "'$pesc' generate --model '$demo' --prompt 'capital: France'" /dev/null </dev/null >"$tmp/tty.out" 2>&1
-grep -q "pesc generate: loading the model from" "$tmp/tty.out" && [ "$(last_line "$tmp/tty.out")" = Paris ] &&
+grep -q "pesc generate: loading the model from" "$tmp/tty.out" && [ "$(tty_lines "$tmp/tty.out" | tail -n 1)" = Paris ] &&
   pass "generate on a terminal: a loading line, then the answer on a clean line" ||
   fail "generate on a terminal: $(cat -v "$tmp/tty.out" | head -c 300)"
 script -qec "'$pesc' eval --model '$m' --data '$m/records.jsonl'" /dev/null </dev/null >"$tmp/tty.out" 2>&1
 grep -q "pesc eval: loading the model from.*pesc eval: scoring 5 records" "$tmp/tty.out" &&
-  last_line "$tmp/tty.out" | grep -q "^loss " &&
+  tty_lines "$tmp/tty.out" | tail -n 1 | grep -q "^loss " &&
   pass "eval on a terminal: its phases, then the score on a clean line" ||
   fail "eval on a terminal: $(cat -v "$tmp/tty.out" | head -c 300)"
 printf 'capital: France\n' >"$tmp/prompt.txt"

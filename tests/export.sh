@@ -40,7 +40,7 @@ expect 0 "4 experts, top-2, adapter_dim 8" "export a PESC checkpoint" -- "$pesc"
 # on a terminal, the phases (loading, writing) show in a line the report then starts over
 script -qec "'$pesc' export '$tmp/ck' -o '$tmp/exp-tty'" /dev/null </dev/null >"$tmp/tty.out" 2>&1
 grep -q "pesc export: loading the base model from .*pesc export: writing $tmp/exp-tty" "$tmp/tty.out" &&
-  tr '\r' '\n' <"$tmp/tty.out" | sed 's/^.\[K//' | grep -q "^exported $tmp/ck" &&
+  tty_lines "$tmp/tty.out" | grep -q "^exported $tmp/ck" &&
   pass "export on a terminal: its phases, then the report on clean lines" ||
   fail "export on a terminal: $(cat -v "$tmp/tty.out" | head -c 400)"
 if grep -q '"num_experts": 4' "$tmp/exp/config.json" && grep -q '"topk": 2' "$tmp/exp/config.json" &&

@@ -30,6 +30,11 @@ on_tty() {
   timeout 60 script -qec "$cmdline 2>&3" /dev/null 3>&2 </dev/null
 }
 
+# tty_lines FILE: what a command wrote on a terminal (script(1)'s typescript) as lines: each
+# carriage return a line break, and the erase-line code that begins a rewritten line
+# (pesc_show_phase's) and the empty lines left out.
+tty_lines() { tr '\r' '\n' <"$1" | sed 's/^.\[K//' | grep -v '^$'; }
+
 # close A B TOL: |A - B| <= TOL * |B|
 close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= t * m) }'; }
 

@@ -37,13 +37,13 @@ fi
 # shellcheck disable=SC2086
 script -qec "'$pesc' train --headless $common --steps 1" /dev/null </dev/null >"$tmp/tty.out" 2>&1
 grep -q "pesc train: loading the model from .*pesc train: reading and tokenizing the data" "$tmp/tty.out" &&
-  tr '\r' '\n' <"$tmp/tty.out" | grep -v '^.\[K$' | tail -n 2 | grep -q "^step 1/1" &&
+  tty_lines "$tmp/tty.out" | tail -n 1 | grep -q "^step 1/1" &&
   pass "on a terminal, the start's phases show, and the progress line replaces them" ||
   fail "phases on a terminal: $(cat -v "$tmp/tty.out" | head -c 400)"
 grep -q "loading the model" "$tmp/err" && fail "without a terminal the phases were printed: $(head -c 300 "$tmp/err")"
 # shellcheck disable=SC2086
 script -qec "'$pesc' train --headless $common --steps 1 --data '$tmp/missing.jsonl'" /dev/null </dev/null >"$tmp/tty.out" 2>&1
-tr '\r' '\n' <"$tmp/tty.out" | sed 's/^.\[K//' | grep -v '^$' | tail -n 1 | grep -q "^pesc train: .*missing.jsonl" &&
+tty_lines "$tmp/tty.out" | tail -n 1 | grep -q "^pesc train: .*missing.jsonl" &&
   pass "on a terminal, an error after the phases is a clean line of its own" ||
   fail "an error after the phases: $(cat -v "$tmp/tty.out" | head -c 400)"
 # the periodic save on the last step is the final checkpoint: step 6 is written once
