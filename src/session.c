@@ -68,9 +68,9 @@ struct session {
     long step, start_step, total_steps, nan_skipped, nan_run;
     long long tokens;
     double lr_override, lr_scale, elapsed_before, t_start, last_save;
-    /* what the last checkpoint holds: the step, and the commands taken by then (one may have
-     * changed the LR or the aux coefficient); the final save is skipped when both still hold */
-    long saved_step, commands, saved_commands;
+    /* what the last checkpoint holds: the step, and the live changes (lr, aux) made by then;
+     * the final save is skipped when both still hold */
+    long saved_step, live_changes, saved_changes;
     char resume_note[512];       /* live values of the checkpoint a flag replaced, for a note */
     char *last_checkpoint;       /* saved by this run, or resumed from; NULL: none */
     int inject_nan;
@@ -672,7 +672,7 @@ static int save_now(session *s, pesc_error *err)
     }
     s->last_save = pesc_now();
     s->saved_step = s->step;
-    s->saved_commands = s->commands;
+    s->saved_changes = s->live_changes;
     publish_event(s, "save", "%s", where);
     free(s->last_checkpoint);
     s->last_checkpoint = where;
@@ -689,7 +689,6 @@ static double current_lr(session *s)
 
 static void process_command(session *s, const command *c)
 {
-    s->commands++;
     switch (c->kind) {
     case CMD_PAUSE:
         if (!s->paused) {
@@ -707,6 +706,7 @@ static void process_command(session *s, const command *c)
         break;
     case CMD_LR:
     case CMD_LR_SCALE: {
+        s->live_changes++;
         double before = current_lr(s) / s->lr_scale;
         s->lr_override = c->kind == CMD_LR ? c->value : before * c->value;
         publish_event(s, "lr", "learning rate %.6g (was %.6g)", s->lr_override * s->lr_scale,
@@ -714,6 +714,7 @@ static void process_command(session *s, const command *c)
         break;
     }
     case CMD_AUX:
+        s->live_changes++;
         publish_event(s, "aux", "aux coefficient %.6g (was %.6g)", c->value, s->m.pesc.aux_coef);
         s->m.pesc.aux_coef = (float)c->value;
         break;
@@ -930,7 +931,7 @@ static void *trainer_main(void *arg)
     }
     /* the final checkpoint, unless the last one already holds this very state (a periodic
      * save on the last step: a second would double a write as large as the trainables) */
-    int saved = s->saved_step == s->step && s->saved_commands == s->commands;
+    int saved = s->saved_step == s->step && s->saved_changes == s->live_changes;
     if (end != MONITOR_FAILED && s->cfg.save_dir && !saved && save_now(s, &err) != 0) {
         /* the run's result would be lost without a word: the run fails, naming why */
         end = MONITOR_FAILED;
@@ -1107,6 +1108,13 @@ static int resume(session *s, pesc_error *err)
     }
     s->step = st.step;
     s->last_checkpoint = xstrdup(dir);
+    char *parent = pesc_parent_dir(dir);
+    if (pesc_same_file(parent, s->cfg.save_dir)) {
+        /* it is this run's last checkpoint: stopped at once, the run would write it again */
+        s->saved_step = st.step;
+        s->saved_changes = s->live_changes;
+    }
+    free(parent);
     /* the live values carry on, unless the command line asks for another --lr or --aux-coef
      * than the run had (a lower --lr after a divergence, say): then the flag's is the run's,
      * and what it replaces is noted once the log is open. The run's own value repeated (the

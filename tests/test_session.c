@@ -165,6 +165,33 @@ static void test_resume(void)
           strstr(err.msg, "/llama-gqa-f32 to continue it"),
           "resume on another base refused, naming the run's base: %s", err.msg);
     session_delete(x);
+    /* stopped before its first step, a run resumed from its own --save directory has nothing
+     * new to save (it once wrote the checkpoint it came from again), unless a live change
+     * came first */
+    for (int change = 0; change < 2; change++) {
+        config(&r, 20);
+        r.resume = save;
+        r.save_dir = save;
+        x = session_new(&r, &err);
+        char reply[128];
+        if (x && change)
+            session_command(x, "lr 0.004", reply, sizeof reply);
+        if (x)
+            session_command(x, "stop", reply, sizeof reply);
+        int saves = -1;
+        if (x && session_start(x, &err) == 0) {
+            session_wait(x);
+            monitor_view *v = monitor_view_new();
+            monitor_snapshot(session_monitor(x), v);
+            saves = 0;
+            for (int i = 0; i < v->n_events; i++)
+                saves += strcmp(v->events[i].kind, "save") == 0;
+            monitor_view_delete(v);
+        }
+        session_delete(x);
+        CHECK(saves == change, "resumed from its --save and stopped at once%s: %d saves, wanted %d",
+              change ? " after an lr" : "", saves, change);
+    }
     free(whole);
     free(rest);
 }
