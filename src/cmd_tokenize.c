@@ -162,8 +162,12 @@ int cmd_tokenize(int argc, char **argv)
     char *local = NULL;
     tokenizer *t = NULL;
     if (o.tokenizer ? fetch_view_url_to_cache(o.tokenizer, &local, &err) == 0
-                    : fetch_view_resolve_tokenizer(o.model, &local, &err) == 0)
+                    : fetch_view_resolve_tokenizer(o.model, &local, &err) == 0) {
+        /* a large vocabulary takes seconds (Gemma 3's: 262k tokens) */
+        pesc_show_phase("pesc tokenize", "loading the tokenizer from %s", pesc_path_shown(local));
         t = o.tokenizer ? tok_load(local, &err) : tok_load_dir(local, &err);
+        pesc_show_phase("pesc tokenize", NULL);
+    }
     free(local);
     if (!t)
         return cli_fail("tokenize", &err);

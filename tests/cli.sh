@@ -180,6 +180,12 @@ script -qec "'$pesc' generate --model '$demo' --prompt 'capital: France'" /dev/n
 grep -q "pesc generate: loading the model from" "$tmp/tty.out" && [ "$(tty_lines "$tmp/tty.out" | tail -n 1)" = Paris ] &&
   pass "generate on a terminal: a loading line, then the answer on a clean line" ||
   fail "generate on a terminal: $(cat -v "$tmp/tty.out" | head -c 300)"
+ids=$(printf hi | "$pesc" tokenize --model "$demo")
+script -qec "printf hi | '$pesc' tokenize --model '$demo'" /dev/null </dev/null >"$tmp/tty.out" 2>&1
+grep -q "pesc tokenize: loading the tokenizer from" "$tmp/tty.out" && [ -n "$ids" ] &&
+  [ "$(tty_lines "$tmp/tty.out" | tail -n 1)" = "$ids" ] &&
+  pass "tokenize on a terminal: a loading line, then the ids on a clean line" ||
+  fail "tokenize on a terminal ($ids): $(cat -v "$tmp/tty.out" | head -c 300)"
 script -qec "'$pesc' eval --model '$m' --data '$m/records.jsonl'" /dev/null </dev/null >"$tmp/tty.out" 2>&1
 grep -q "pesc eval: loading the model from.*pesc eval: scoring 5 records" "$tmp/tty.out" &&
   tty_lines "$tmp/tty.out" | tail -n 1 | grep -q "^loss " &&
