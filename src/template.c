@@ -158,6 +158,14 @@ static int render_conversation(const chat_template *tpl, const tokenizer *t,
             return pesc_fail(err, "a system message may only come first");
         }
         if (m->role == ROLE_USER) {
+            /* a user turn ends in the assistant's header, so a second one in a row would
+             * follow an empty, unended assistant turn */
+            if (turns > 0 && msgs[i - 1].role == ROLE_USER) {
+                free(merged);
+                return pesc_fail(err, "message %d: a user message must follow an assistant "
+                                 "message (two user messages in a row: join them into one)",
+                                 i + 1);
+            }
             if (turns > 0)
                 expand(r, tpl->separator, &f, 0);
             f.user = m->content;

@@ -32,7 +32,8 @@ const char *template_name(const chat_template *tpl);
 /* "camelidae, alpaca, chatml, llama2, llama3, mistral, plain" */
 const char *template_list(void);
 
-/* Renders messages (a system message may come first; then user/assistant turns) and appends
+/* Renders messages (a system message may come first; then user and assistant turns in turn,
+ * starting with a user's: two of one role in a row are an error naming the message) and appends
  * the ids and labels (same length; -100 = no loss) to ids/labels. A conversation must hold at
  * least one assistant message with content. */
 int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,

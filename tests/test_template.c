@@ -119,6 +119,13 @@ int main(void)
                                     msg(ROLE_ASSISTANT, "c")};
     CHECK(template_encode(template_find("camelidae"), t, two_assistants, 3, &ids, &labels, &err) == -1,
           "two assistant turns in a row must fail");
+    /* two user turns in a row would leave an empty assistant header between them */
+    tpl_message two_users[] = {msg(ROLE_USER, "a"), msg(ROLE_USER, "b"), msg(ROLE_ASSISTANT, "c")};
+    CHECK(template_encode(template_find("chatml"), t, two_users, 3, &ids, &labels, &err) == -1 &&
+          strstr(err.msg, "message 2") && strstr(err.msg, "user"),
+          "two user turns in a row must fail naming the message: %s", err.msg);
+    CHECK(template_encode_prompt(template_find("chatml"), t, two_users, 2, &ids, &err) == -1,
+          "a prompt with two user turns in a row must fail");
     CHECK(template_find("nonesuch") == NULL, "unknown template must be NULL");
     tok_ids_free(&ids);
     tok_ids_free(&labels);
