@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "demo.h"
@@ -281,20 +282,104 @@ static int alpaca_convert(const pesc_format_host *h, const pesc_json *o, pesc_re
 
 static int role_of(const char *s, size_t len, pesc_role *role)
 {
+    /* chatgpt, bing and bard answer in the ShareGPT dumps; developer is OpenAI's newer
+     * name for the system message */
     static const struct { const char *name; pesc_role role; } roles[] = {
-        {"system", PESC_ROLE_SYSTEM}, {"human", PESC_ROLE_USER}, {"user", PESC_ROLE_USER},
+        {"system", PESC_ROLE_SYSTEM}, {"developer", PESC_ROLE_SYSTEM},
+        {"human", PESC_ROLE_USER}, {"user", PESC_ROLE_USER},
         {"gpt", PESC_ROLE_ASSISTANT}, {"assistant", PESC_ROLE_ASSISTANT},
         {"model", PESC_ROLE_ASSISTANT}, {"bot", PESC_ROLE_ASSISTANT},
-        {"chatgpt", PESC_ROLE_ASSISTANT}};
+        {"chatgpt", PESC_ROLE_ASSISTANT}, {"bing", PESC_ROLE_ASSISTANT},
+        {"bard", PESC_ROLE_ASSISTANT}};
     for (size_t i = 0; s && i < sizeof roles / sizeof *roles; i++)
-        if (strlen(roles[i].name) == len && memcmp(s, roles[i].name, len) == 0) {
+        if (strlen(roles[i].name) == len && strncasecmp(s, roles[i].name, len) == 0) {
             *role = roles[i].role;
             return 0;
         }
     return -1;
 }
 
-/* A list of turns: [{role_key, content_key}] as sharegpt and openai store them. */
+/* Turns whose role names a tool: the chat templates have no place for them. */
+static int is_tool_role(const char *s, size_t len)
+{
+    static const char *const tools[] = {"tool", "function", "function_call", "observation",
+                                        "ipython", "tool_call", "tool_response"};
+    for (size_t i = 0; s && i < sizeof tools / sizeof *tools; i++)
+        if (strlen(tools[i]) == len && memcmp(s, tools[i], len) == 0)
+            return 1;
+    return 0;
+}
+
+/* A turn's content: a string, or (OpenAI) a list of parts [{"type": "text", "text"}...]
+ * whose texts are joined as Hugging Face chat templates join them, with nothing between.
+ * *joined is set when the text was built (the caller frees it). */
+static int turn_content(const pesc_format_host *h, pesc_record_out *out, const pesc_json *t,
+                        const char *where, const char *content_key, const char **text,
+                        size_t *len, char **joined)
+{
+    const pesc_json *c = h->get(t, content_key);
+    *joined = NULL;
+    if ((*text = h->string(c, len)) != NULL)
+        return 0;
+    if ((!c || h->type(c) == PESC_JSON_NULL) && (has(h, t, "tool_calls") || has(h, t, "function_call")))
+        return failf(h, out, "%s is a tool call (\"%s\"): the chat templates have no tool "
+                     "turns; leave tool-calling records out of the data", where,
+                     has(h, t, "tool_calls") ? "tool_calls" : "function_call");
+    if (h->type(c) != PESC_JSON_ARRAY)
+        return failf(h, out, "%s.%s must be a string (or a list of text parts)", where,
+                     content_key);
+    size_t n = h->array_size(c), used = 0;
+    char *buf = NULL;
+    for (size_t k = 0; k < n; k++) {
+        const pesc_json *part = h->array_get(c, k);
+        size_t lt = 0, lp = 0;
+        const char *type = h->string(h->get(part, "type"), &lt);
+        const char *piece = h->string(h->get(part, "text"), &lp);
+        if (!type || lt != 4 || memcmp(type, "text", 4) != 0 || !piece) {
+            free(buf);
+            return failf(h, out, "%s.%s[%zu] is %s%.*s%s: only text parts (\"type\": \"text\", "
+                         "\"text\": string) can be trained on", where, content_key, k,
+                         type ? "a part of type \"" : "not a text part", type ? (int)lt : 0,
+                         type ? type : "", type ? "\"" : "");
+        }
+        buf = xrealloc(buf, used + lp + 1);
+        memcpy(buf + used, piece, lp);
+        used += lp;
+        buf[used] = '\0';
+    }
+    *joined = buf;
+    *text = buf ? buf : "";
+    *len = used;
+    return 0;
+}
+
+/* The system prompt some datasets keep beside the turns ("system": LLaMA-Factory's ShareGPT,
+ * "system_prompt": OpenHermes); NULL when absent or empty. */
+static int top_level_system(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                            const char **system, size_t *len)
+{
+    static const char *const keys[] = {"system", "system_prompt"};
+    *system = NULL;
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+        const pesc_json *v = h->get(o, keys[i]);
+        if (!v || h->type(v) == PESC_JSON_NULL)
+            continue;
+        size_t n = 0;
+        const char *s = h->string(v, &n);
+        if (!s)
+            return failf(h, out, "\"%s\" must be a string", keys[i]);
+        if (n == 0)
+            continue;
+        if (*system && (n != *len || memcmp(s, *system, n) != 0))
+            return failf(h, out, "\"system\" and \"system_prompt\" differ: keep one");
+        *system = s;
+        *len = n;
+    }
+    return 0;
+}
+
+/* A list of turns: [{role_key, content_key}] as sharegpt and openai store them, after a
+ * top-level system prompt when the record has one. */
 static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
                  const char *list_key, const char *role_key, const char *content_key)
 {
@@ -302,18 +387,36 @@ static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_jso
     size_t n = h->array_size(list);
     if (h->type(list) != PESC_JSON_ARRAY || n == 0)
         return failf(h, out, "\"%s\" must be a non-empty array", list_key);
+    const char *system;
+    size_t ls = 0;
+    if (top_level_system(h, out, o, &system, &ls) != 0)
+        return -1;
+    if (system)
+        h->message(out, PESC_ROLE_SYSTEM, system, ls);
     for (size_t i = 0; i < n; i++) {
         const pesc_json *t = h->array_get(list, i);
         size_t lr = 0, lc = 0;
         const char *r = h->string(h->get(t, role_key), &lr);
-        const char *c = h->string(h->get(t, content_key), &lc);
+        const char *c;
+        char where[96], *joined;
         pesc_role role;
+        snprintf(where, sizeof where, "%s[%zu]", list_key, i);
         if (role_of(r, lr, &role) != 0)
-            return failf(h, out, "%s[%zu].%s must be system, user/human or assistant/gpt",
-                         list_key, i, role_key);
-        if (!c)
-            return failf(h, out, "%s[%zu].%s must be a string", list_key, i, content_key);
-        h->message(out, role, c, lc);
+            return failf(h, out, "%s.%s is %s%.*s%s: pesc reads system, user (human) and "
+                         "assistant (gpt) turns%s", where, role_key, r ? "\"" : "not a string",
+                         r ? (int)lr : 0, r ? r : "", r ? "\"" : "",
+                         is_tool_role(r, lr) ? "; the chat templates have no tool turns: "
+                                               "leave tool-calling records out of the data" : "");
+        if (turn_content(h, out, t, where, content_key, &c, &lc, &joined) != 0)
+            return -1;
+        if (system && role == PESC_ROLE_SYSTEM && lc > 0 && (lc != ls || memcmp(c, system, lc))) {
+            free(joined);
+            return failf(h, out, "a top-level system prompt and a system turn (%s) differ: "
+                         "keep one", where);
+        }
+        if (!(system && role == PESC_ROLE_SYSTEM))   /* the same system prompt twice: once */
+            h->message(out, role, c, lc);
+        free(joined);
     }
     return 0;
 }
@@ -449,9 +552,10 @@ static const ds_format_info builtin_formats[] = {
     [DS_CAMELIDAE] = {"camelidae", "{\"instruction\", \"conversation\": [{\"input\", "
                       "\"output\"}]} or {\"corpus\"}", BUILTIN, &camelidae_ops},
     [DS_ALPACA] = {"alpaca", "{\"instruction\", \"input\", \"output\"}", BUILTIN, &alpaca_ops},
-    [DS_SHAREGPT] = {"sharegpt", "{\"conversations\": [{\"from\", \"value\"}]} (SlimOrca)",
-                     BUILTIN, &sharegpt_ops},
-    [DS_OPENAI] = {"openai", "{\"messages\": [{\"role\", \"content\"}]}", BUILTIN, &openai_ops},
+    [DS_SHAREGPT] = {"sharegpt", "{\"conversations\": [{\"from\", \"value\"}], \"system\"?} "
+                     "(SlimOrca, OpenHermes)", BUILTIN, &sharegpt_ops},
+    [DS_OPENAI] = {"openai", "{\"messages\": [{\"role\", \"content\": string or text parts}]}",
+                   BUILTIN, &openai_ops},
     [DS_METAMATH] = {"metamath", "{\"query\", \"response\"}", BUILTIN, &metamath_ops},
     [DS_MAGICODER] = {"magicoder", "{\"instruction\", \"response\"} or {\"problem\", "
                       "\"solution\"}", BUILTIN, &magicoder_ops},

@@ -2,7 +2,8 @@
  *
  * Formats (`--format`): camelidae ({"instruction": system, "conversation": [{"input",
  * "output"}...]}, or a non-empty "corpus" = plain text), alpaca (instruction, input, output),
- * sharegpt / SlimOrca (conversations [{from, value}]), openai (messages [{role, content}]),
+ * sharegpt / SlimOrca (conversations [{from, value}], a "system" or "system_prompt" beside
+ * them), openai (messages [{role, content}], content a string or a list of text parts),
  * metamath (query, response), magicoder (instruction/response or problem/solution), text
  * ({"text": ...}, a JSON string, or a plain line), tokens ({"input_ids": [...], "labels":
  * [...]}); auto decides per record from its keys. Every format, built-in or from a plugin,

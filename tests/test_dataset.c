@@ -83,6 +83,93 @@ static void test_formats(tokenizer *t)
     }
 }
 
+/* One JSONL line loaded strictly with the camelidae template: 0 and its text and labeled
+ * spans (joined by '|'), or -1 and the message. */
+static int load_line(tokenizer *t, const char *line, char *text, char *labeled, size_t n,
+                     pesc_error *err)
+{
+    char body[2048];
+    snprintf(body, sizeof body, "%s\n", line);
+    ds_records d = {0};
+    ds_load_options lo = {.format = DS_AUTO, .tok = t, .strict = 1};
+    if (dataset_load(&d, write_file("shape.jsonl", body, 0), &lo, err) != 0)
+        return -1;
+    const ds_record *r = &d.items[0];
+    char *all = decode_record(t, r);
+    snprintf(text, n, "%s", all);
+    free(all);
+    labeled[0] = '\0';
+    for (int i = 0; i < r->len;) {
+        if (r->labels && r->labels[i] == -100) { i++; continue; }
+        int j = i;
+        while (j < r->len && (!r->labels || r->labels[j] != -100)) j++;
+        char *span = tok_decode(t, r->ids + i, j - i, 0, NULL);
+        size_t used = strlen(labeled);
+        snprintf(labeled + used, n - used, "%s%s", used ? "|" : "", span);
+        free(span);
+        i = j;
+    }
+    dataset_free(&d);
+    return 0;
+}
+
+/* Shapes of the public instruction datasets: read with every turn and only the answers
+ * labeled, or refused with a message that names the turn and what to do. */
+static void test_dataset_shapes(tokenizer *t)
+{
+    static const struct { const char *name, *line, *want, *want_labeled; } read[] = {
+        /* LLaMA-Factory's ShareGPT keeps the system prompt beside the turns, OpenHermes as
+         * system_prompt; the same prompt as a system turn too is taken once */
+        {"sharegpt system", "{\"system\": \"S\", \"conversations\": [{\"from\": \"human\", \"value\": "
+         "\"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         "<s>### System:\nS\n### Human:\nq\n### Assistant:\na</s>", "a</s>"},
+        {"system_prompt", "{\"system_prompt\": \"S\", \"conversations\": [{\"from\": \"system\", "
+         "\"value\": \"S\"}, {\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         "<s>### System:\nS\n### Human:\nq\n### Assistant:\na</s>", "a</s>"},
+        {"bing", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"bing\", "
+         "\"value\": \"a\"}, {\"from\": \"Human\", \"value\": \"r\"}, {\"from\": \"bard\", \"value\": \"b\"}]}",
+         "<s>### Human:\nq\n### Assistant:\na</s>\n### Human:\nr\n### Assistant:\nb</s>", "a</s>|b</s>"},
+        /* OpenAI content as a list of text parts, a developer message as the system's */
+        {"content parts", "{\"messages\": [{\"role\": \"developer\", \"content\": \"S\"}, {\"role\": "
+         "\"user\", \"content\": [{\"type\": \"text\", \"text\": \"q\"}, {\"type\": \"text\", \"text\": "
+         "\" more\"}]}, {\"role\": \"assistant\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}]}]}",
+         "<s>### System:\nS\n### Human:\nq more\n### Assistant:\na</s>", "a</s>"},
+    };
+    char text[1024], labeled[1024];
+    for (size_t i = 0; i < sizeof read / sizeof *read; i++) {
+        pesc_error err = {{0}};
+        int rc = load_line(t, read[i].line, text, labeled, sizeof text, &err);
+        CHECK(rc == 0, "%s: %s", read[i].name, err.msg);
+        if (rc != 0)
+            continue;
+        CHECK(strcmp(text, read[i].want) == 0, "%s: got %s", read[i].name, text);
+        CHECK(strcmp(labeled, read[i].want_labeled) == 0, "%s: labeled %s", read[i].name, labeled);
+    }
+    static const struct { const char *name, *line, *want[3]; } refused[] = {
+        {"tool role", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"tool\", "
+         "\"value\": \"r\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         {"shape.jsonl:1", "conversations[1].from is \"tool\"", "no tool turns"}},
+        {"tool call", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", "
+         "\"content\": null, \"tool_calls\": []}]}", {"shape.jsonl:1", "messages[1] is a tool call", ""}},
+        {"image part", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}, "
+         "{\"role\": \"assistant\", \"content\": \"a\"}]}",
+         {"messages[0].content[0]", "\"image_url\"", "only text parts"}},
+        {"two systems", "{\"system\": \"S\", \"conversations\": [{\"from\": \"system\", \"value\": \"T\"}, "
+         "{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         {"conversations[0]", "differ", "keep one"}},
+        {"two users", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"human\", "
+         "\"value\": \"r\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", {"shape.jsonl:1", "join them", ""}},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        pesc_error err = {{0}};
+        int rc = load_line(t, refused[i].line, text, labeled, sizeof text, &err);
+        CHECK(rc == -1, "%s: must be refused", refused[i].name);
+        for (int k = 0; k < 3; k++)
+            CHECK(rc == 0 || strstr(err.msg, refused[i].want[k]), "%s: \"%s\" not in: %s",
+                  refused[i].name, refused[i].want[k], err.msg);
+    }
+}
+
 static void test_array_gzip_and_bad_records(tokenizer *t)
 {
     /* a JSON array over several lines, gzip-compressed, with a string holding ']' and '}' */
@@ -581,6 +668,7 @@ int main(void)
     if (!t)
         return 99;
     test_formats(t);
+    test_dataset_shapes(t);
     test_array_gzip_and_bad_records(t);
     test_batches();
     test_bom(t);
