@@ -248,6 +248,43 @@ static int camelidae_convert(const pesc_format_host *h, const pesc_json *o, pesc
     return 0;
 }
 
+/* The user turn of an instruction record: "instruction", and after a blank line the
+ * optional "input" (Alpaca) or "context" (Dolly) it works on, as the Alpaca prompt shows
+ * them. */
+static int instruction_turn(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                            const char *what)
+{
+    static const char *const extra_keys[] = {"input", "context"};
+    const char *instruction, *extra = NULL;
+    size_t li, lx = 0;
+    if (need_string(h, out, o, "instruction", what, &instruction, &li))
+        return -1;
+    for (size_t i = 0; i < sizeof extra_keys / sizeof *extra_keys; i++) {
+        const pesc_json *v = h->get(o, extra_keys[i]);
+        size_t n = 0;
+        const char *s = h->string(v, &n);
+        if (v && h->type(v) != PESC_JSON_NULL && !s)
+            return failf(h, out, "%s: \"%s\" must be a string", what, extra_keys[i]);
+        if (s && n > 0 && extra)
+            return failf(h, out, "%s: both \"input\" and \"context\": keep one", what);
+        if (s && n > 0) {
+            extra = s;
+            lx = n;
+        }
+    }
+    if (!extra || li == 0) {
+        h->message(out, PESC_ROLE_USER, extra ? extra : instruction, extra ? lx : li);
+        return 0;
+    }
+    char *joined = xmalloc(li + lx + 2);
+    memcpy(joined, instruction, li);
+    memcpy(joined + li, "\n\n", 2);
+    memcpy(joined + li + 2, extra, lx);
+    h->message(out, PESC_ROLE_USER, joined, li + lx + 2);
+    free(joined);
+    return 0;
+}
+
 /* alpaca: instruction, input (optional), output, system (optional) */
 static int alpaca_detect(const pesc_format_host *h, const pesc_json *o)
 {
@@ -256,26 +293,15 @@ static int alpaca_detect(const pesc_format_host *h, const pesc_json *o)
 
 static int alpaca_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
 {
-    const char *instruction, *output, *system, *input;
-    size_t li, lo, ls = 0, lx = 0;
-    if (need_string(h, out, o, "instruction", "alpaca", &instruction, &li) ||
-        need_string(h, out, o, "output", "alpaca", &output, &lo))
+    const char *output, *system;
+    size_t lo, ls = 0;
+    if (need_string(h, out, o, "output", "alpaca", &output, &lo))
         return -1;
     system = h->string(h->get(o, "system"), &ls);
-    input = h->string(h->get(o, "input"), &lx);
     if (system && ls > 0)
         h->message(out, PESC_ROLE_SYSTEM, system, ls);
-    if (input && lx > 0) {
-        /* instruction and input in one user turn, as the Alpaca prompt shows them */
-        char *joined = xmalloc(li + lx + 2);
-        memcpy(joined, instruction, li);
-        memcpy(joined + li, "\n\n", 2);
-        memcpy(joined + li + 2, input, lx);
-        h->message(out, PESC_ROLE_USER, joined, li + lx + 2);
-        free(joined);
-    } else {
-        h->message(out, PESC_ROLE_USER, instruction, li);
-    }
+    if (instruction_turn(h, out, o, "alpaca") != 0)
+        return -1;
     h->message(out, PESC_ROLE_ASSISTANT, output, lo);
     return 0;
 }
@@ -461,7 +487,14 @@ static int magicoder_convert(const pesc_format_host *h, const pesc_json *o, pesc
 {
     if (has(h, o, "problem"))
         return question_answer(h, out, o, "problem", "solution", "magicoder");
-    return question_answer(h, out, o, "instruction", "response", "magicoder");
+    /* Dolly's records are instruction, context, response: the context goes with it */
+    const char *response;
+    size_t lr;
+    if (need_string(h, out, o, "response", "magicoder", &response, &lr) ||
+        instruction_turn(h, out, o, "magicoder") != 0)
+        return -1;
+    h->message(out, PESC_ROLE_ASSISTANT, response, lr);
+    return 0;
 }
 
 /* What is wrong with a token id, for a message: "is outside the vocabulary (0..V-1)", or
@@ -557,8 +590,8 @@ static const ds_format_info builtin_formats[] = {
     [DS_OPENAI] = {"openai", "{\"messages\": [{\"role\", \"content\": string or text parts}]}",
                    BUILTIN, &openai_ops},
     [DS_METAMATH] = {"metamath", "{\"query\", \"response\"}", BUILTIN, &metamath_ops},
-    [DS_MAGICODER] = {"magicoder", "{\"instruction\", \"response\"} or {\"problem\", "
-                      "\"solution\"}", BUILTIN, &magicoder_ops},
+    [DS_MAGICODER] = {"magicoder", "{\"instruction\", \"response\", \"context\"?} (Dolly) or "
+                      "{\"problem\", \"solution\"}", BUILTIN, &magicoder_ops},
     [DS_TEXT] = {"text", "{\"text\"}, a JSON string, or a plain line", BUILTIN, &text_ops},
     [DS_TOKENS] = {"tokens", "{\"input_ids\", \"labels\"}: token ids, no tokenizer", BUILTIN,
                    &tokens_ops},

@@ -134,6 +134,12 @@ static void test_dataset_shapes(tokenizer *t)
          "\"user\", \"content\": [{\"type\": \"text\", \"text\": \"q\"}, {\"type\": \"text\", \"text\": "
          "\" more\"}]}, {\"role\": \"assistant\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}]}]}",
          "<s>### System:\nS\n### Human:\nq more\n### Assistant:\na</s>", "a</s>"},
+        /* Dolly: instruction, context, response; the context is what the answer reads */
+        {"dolly", "{\"instruction\": \"who?\", \"context\": \"the text\", \"response\": \"him\", "
+         "\"category\": \"closed_qa\"}", "<s>### Human:\nwho?\n\nthe text\n### Assistant:\nhim</s>",
+         "him</s>"},
+        {"alpaca empty input", "{\"instruction\": \"do\", \"input\": \"\", \"output\": \"y\"}",
+         "<s>### Human:\ndo\n### Assistant:\ny</s>", "y</s>"},
     };
     char text[1024], labeled[1024];
     for (size_t i = 0; i < sizeof read / sizeof *read; i++) {
@@ -159,6 +165,8 @@ static void test_dataset_shapes(tokenizer *t)
          {"conversations[0]", "differ", "keep one"}},
         {"two users", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"human\", "
          "\"value\": \"r\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", {"shape.jsonl:1", "join them", ""}},
+        {"input not text", "{\"instruction\": \"do\", \"input\": 5, \"output\": \"y\"}",
+         {"shape.jsonl:1", "\"input\" must be a string", ""}},
     };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
         pesc_error err = {{0}};
