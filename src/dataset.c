@@ -767,14 +767,42 @@ static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const c
     return 0;
 }
 
+/* Why auto found no format for o: a wrapper around the records ({"data": [...]}) says how to
+ * take them out; anything else names its keys, to be renamed to a format's. */
+static int no_format(const json_t *o, const char *path, long line, pesc_error *err)
+{
+    const char *key;
+    json_t *value;
+    char keys[256] = "";
+    size_t used = 0;
+    int shown = 0;
+    json_object_foreach((json_t *)o, key, value) {
+        if (json_is_array(value) && json_is_object(json_array_get(value, 0)))
+            return pesc_fail(err, "%s:%ld: an object holding an array \"%s\" of records, not a "
+                             "record: pesc reads JSONL (a record a line) or one JSON array; take "
+                             "the records out with jq -c '.%s[]' %s > records.jsonl", path, line,
+                             key, key, path);
+        if (shown < 6 && used < sizeof keys)
+            used += (size_t)snprintf(keys + used, sizeof keys - used, "%s\"%s\"",
+                                     shown ? ", " : "", key);
+        shown++;
+    }
+    if (!json_is_object(o) || shown == 0)
+        return pesc_fail(err, "%s:%ld: no known format reads this record (an empty object or "
+                         "no object); see pesc plugins for what each format reads", path, line);
+    return pesc_fail(err, "%s:%ld: no known format reads a record with the keys %s%s: rename "
+                     "them to those of a format (pesc plugins lists each format's keys), or "
+                     "give --format to see what that format misses", path, line, keys,
+                     shown > 6 ? ", ..." : "");
+}
+
 /* One parsed JSON value -> one record's tokens; errors carry path:line. */
 static int make_record(record_tokens *t, json_t *o, const ds_load_options *lo, const char *path,
                        long line, pesc_error *err)
 {
     ds_format f = lo->format;
     if (f == DS_AUTO && (f = detect_format(lo->formats, (const pesc_json *)o)) == DS_AUTO)
-        return pesc_fail(err, "%s:%ld: no known format fits this record's keys (use --format)",
-                         path, line);
+        return no_format(o, path, line, err);
     const ds_format_info *info = ds_formats_get(lo->formats, f);
     if (!info || !info->ops || !info->ops->convert)
         return pesc_fail(err, "%s:%ld: format %s does not read JSON records", path, line,
@@ -1118,7 +1146,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
         return -1;
     }
     load_mark start = mark_load(d);
-    int capacity = d->n, rc = 0, got;
+    int capacity = d->n, rc = 0, got, first = 1;
     long skipped = 0;
     while ((got = rd_next(r, err)) > 0) {
         json_t *o = NULL;
@@ -1136,6 +1164,14 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
             pesc_fail(&rec_err, "%s:%ld: not valid UTF-8 text; convert the file to UTF-8",
                       path, r->item_line);
             ok = 0;
+        } else if (!o && !r->array && first && strspn(r->item, " \t{") == r->item_len) {
+            /* a lone "{" first: one JSON document over many lines, where every line would be
+             * skipped as bad JSON (and "}" read as a text record) */
+            rc = pesc_fail(err, "%s:%ld: a JSON object over several lines: pesc reads JSONL (a "
+                           "record a line) or one JSON array; write a record a line, e.g. "
+                           "jq -c '.data[]' %s > records.jsonl for {\"data\": [...]}", path,
+                           r->item_line, path);
+            break;
         } else if (!o) {
             pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %s)", path, r->item_line,
                       jerr.column, jerr.text);
@@ -1144,6 +1180,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
             ok = make_record(&t, o, lo, path, r->item_line, &rec_err) == 0;
         }
         json_decref(o);
+        first = 0;
         if (ok) {
             rc = keep_record(d, &capacity, &t, lo->source, r->item_line, err);
             record_tokens_free(&t);

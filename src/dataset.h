@@ -16,7 +16,9 @@
  * tokens.
  *
  * A bad record is skipped with a warning naming file and line and counted; `strict` makes it
- * fatal. An empty dataset is an error.
+ * fatal. An empty dataset is an error, and so is a file that starts with one JSON object over
+ * several lines (neither JSONL nor an array). A record no format reads is named by its keys,
+ * or, when it wraps an array of records ({"data": [...]}), by how to take them out.
  *
  * Batches (dataset_next_batch): B rows of T tokens. Without packing a row holds one record,
  * truncated to T (counted), and only the answers in those T tokens are learnt: data with none

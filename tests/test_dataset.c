@@ -178,6 +178,33 @@ static void test_dataset_shapes(tokenizer *t)
     }
 }
 
+/* Files laid out otherwise than JSONL or one JSON array, and records no format reads: the
+ * message says what the file holds and how to get records out of it. */
+static void test_file_shapes(tokenizer *t)
+{
+    static const struct { const char *name, *body, *want[2]; int strict; } cases[] = {
+        {"wrapper", "{\"data\": [{\"instruction\": \"do\", \"output\": \"y\"}]}\n",
+         {"wrapped.json:1: an object holding an array \"data\"", "jq -c '.data[]'"}, 1},
+        /* not strict: it is the file, not a record, so it stops the load all the same */
+        {"pretty", "{\n  \"instruction\": \"do\",\n  \"output\": \"y\"\n}\n",
+         {"wrapped.json:1: a JSON object over several lines", "a record a line"}, 0},
+        {"keys", "{\"prompt\": \"q\", \"completion\": \"a\"}\n",
+         {"no known format reads a record with the keys \"prompt\", \"completion\"",
+          "pesc plugins"}, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        ds_records d = {0};
+        pesc_error err = {{0}};
+        ds_load_options lo = {.format = DS_AUTO, .tok = t, .strict = cases[i].strict};
+        int rc = dataset_load(&d, write_file("wrapped.json", cases[i].body, 0), &lo, &err);
+        CHECK(rc == -1, "%s: must be refused", cases[i].name);
+        for (int k = 0; k < 2; k++)
+            CHECK(rc == 0 || strstr(err.msg, cases[i].want[k]), "%s: \"%s\" not in: %s",
+                  cases[i].name, cases[i].want[k], err.msg);
+        dataset_free(&d);
+    }
+}
+
 static void test_array_gzip_and_bad_records(tokenizer *t)
 {
     /* a JSON array over several lines, gzip-compressed, with a string holding ']' and '}' */
@@ -677,6 +704,7 @@ int main(void)
         return 99;
     test_formats(t);
     test_dataset_shapes(t);
+    test_file_shapes(t);
     test_array_gzip_and_bad_records(t);
     test_batches();
     test_bom(t);
