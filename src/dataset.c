@@ -467,13 +467,17 @@ static int openai_convert(const pesc_format_host *h, const pesc_json *o, pesc_re
     return turns(h, out, o, "messages", "role", "content");
 }
 
+/* metamath: query, response; or GSM8K's question, answer (the data MetaMath grew from) */
 static int metamath_detect(const pesc_format_host *h, const pesc_json *o)
 {
-    return has(h, o, "query") && has(h, o, "response") ? 50 : 0;
+    return (has(h, o, "query") && has(h, o, "response")) ||
+           (has(h, o, "question") && has(h, o, "answer")) ? 50 : 0;
 }
 
 static int metamath_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
 {
+    if (!has(h, o, "query") && has(h, o, "question"))
+        return question_answer(h, out, o, "question", "answer", "metamath");
     return question_answer(h, out, o, "query", "response", "metamath");
 }
 
@@ -589,7 +593,8 @@ static const ds_format_info builtin_formats[] = {
                      "(SlimOrca, OpenHermes)", BUILTIN, &sharegpt_ops},
     [DS_OPENAI] = {"openai", "{\"messages\": [{\"role\", \"content\": string or text parts}]}",
                    BUILTIN, &openai_ops},
-    [DS_METAMATH] = {"metamath", "{\"query\", \"response\"}", BUILTIN, &metamath_ops},
+    [DS_METAMATH] = {"metamath", "{\"query\", \"response\"} or {\"question\", \"answer\"} "
+                     "(GSM8K)", BUILTIN, &metamath_ops},
     [DS_MAGICODER] = {"magicoder", "{\"instruction\", \"response\", \"context\"?} (Dolly) or "
                       "{\"problem\", \"solution\"}", BUILTIN, &magicoder_ops},
     [DS_TEXT] = {"text", "{\"text\"}, a JSON string, or a plain line", BUILTIN, &text_ops},

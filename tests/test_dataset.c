@@ -138,6 +138,8 @@ static void test_dataset_shapes(tokenizer *t)
         {"dolly", "{\"instruction\": \"who?\", \"context\": \"the text\", \"response\": \"him\", "
          "\"category\": \"closed_qa\"}", "<s>### Human:\nwho?\n\nthe text\n### Assistant:\nhim</s>",
          "him</s>"},
+        {"gsm8k", "{\"question\": \"2+2?\", \"answer\": \"4\\n#### 4\"}",
+         "<s>### Human:\n2+2?\n### Assistant:\n4\n#### 4</s>", "4\n#### 4</s>"},
         {"alpaca empty input", "{\"instruction\": \"do\", \"input\": \"\", \"output\": \"y\"}",
          "<s>### Human:\ndo\n### Assistant:\ny</s>", "y</s>"},
     };
