@@ -379,6 +379,23 @@ static int turn_content(const pesc_format_host *h, pesc_record_out *out, const p
     return 0;
 }
 
+/* OpenAI's fine-tuning data marks an assistant turn "weight": 0 to keep it as context only;
+ * 1 (or none) trains it. The host's message has no such flag (plugins have no use for it
+ * yet), so the built-in marks the message it has just given. */
+static int turn_weight(const pesc_format_host *h, pesc_record_out *out, const pesc_json *t,
+                       const char *where, pesc_role role)
+{
+    const pesc_json *w = h->get(t, "weight");
+    long long weight = 1;
+    if (!w || h->type(w) == PESC_JSON_NULL)
+        return 0;
+    if (h->integer(w, &weight) != 0 || (weight != 0 && weight != 1))
+        return failf(h, out, "%s.weight must be 0 (not trained) or 1", where);
+    if (weight == 0 && role == PESC_ROLE_ASSISTANT && !out->failed)
+        out->msgs[out->n_msgs - 1].role = ROLE_ASSISTANT_UNTRAINED;
+    return 0;
+}
+
 /* The system prompt some datasets keep beside the turns ("system": LLaMA-Factory's ShareGPT,
  * "system_prompt": OpenHermes); NULL when absent or empty. */
 static int top_level_system(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
@@ -443,6 +460,8 @@ static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_jso
         if (!(system && role == PESC_ROLE_SYSTEM))   /* the same system prompt twice: once */
             h->message(out, role, c, lc);
         free(joined);
+        if (turn_weight(h, out, t, where, role) != 0)
+            return -1;
     }
     return 0;
 }

@@ -186,13 +186,13 @@ static int render_conversation(const chat_template *tpl, const tokenizer *t,
                 break;
             continue;
         }
-        if (turns == 0 || (i > 0 && msgs[i - 1].role == ROLE_ASSISTANT)) {
+        if (turns == 0 || (i > 0 && msgs[i - 1].role != ROLE_USER)) {
             free(merged);
             return pesc_fail(err, "message %d: an assistant message must follow a user message", i + 1);
         }
         f.assistant = m->content;
         f.assistant_len = m->len;
-        expand(r, tpl->assistant, &f, !prompt);
+        expand(r, tpl->assistant, &f, !prompt && m->role == ROLE_ASSISTANT);
     }
     free(merged);
     if (turns == 0)

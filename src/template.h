@@ -18,7 +18,11 @@
 
 typedef struct chat_template chat_template;
 
-typedef enum tpl_role { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT } tpl_role;
+/* ROLE_ASSISTANT_UNTRAINED: an assistant turn kept as context, without loss (OpenAI's
+ * "weight": 0). */
+typedef enum tpl_role {
+    ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_ASSISTANT_UNTRAINED
+} tpl_role;
 
 typedef struct tpl_message {
     tpl_role role;
@@ -35,7 +39,7 @@ const char *template_list(void);
 /* Renders messages (a system message may come first; then user and assistant turns in turn,
  * starting with a user's: two of one role in a row are an error naming the message) and appends
  * the ids and labels (same length; -100 = no loss) to ids/labels. A conversation must hold at
- * least one assistant message with content. */
+ * least one (trained) assistant message with content. */
 int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,
                     tok_ids *ids, tok_ids *labels, pesc_error *err);
 

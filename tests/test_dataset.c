@@ -138,6 +138,11 @@ static void test_dataset_shapes(tokenizer *t)
         {"dolly", "{\"instruction\": \"who?\", \"context\": \"the text\", \"response\": \"him\", "
          "\"category\": \"closed_qa\"}", "<s>### Human:\nwho?\n\nthe text\n### Assistant:\nhim</s>",
          "him</s>"},
+        /* OpenAI fine-tuning data: an assistant turn of weight 0 is context, not trained */
+        {"weight 0", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": "
+         "\"assistant\", \"content\": \"a\", \"weight\": 0}, {\"role\": \"user\", \"content\": \"r\"}, "
+         "{\"role\": \"assistant\", \"content\": \"b\", \"weight\": 1}]}",
+         "<s>### Human:\nq\n### Assistant:\na</s>\n### Human:\nr\n### Assistant:\nb</s>", "b</s>"},
         {"gsm8k", "{\"question\": \"2+2?\", \"answer\": \"4\\n#### 4\"}",
          "<s>### Human:\n2+2?\n### Assistant:\n4\n#### 4</s>", "4\n#### 4</s>"},
         {"alpaca empty input", "{\"instruction\": \"do\", \"input\": \"\", \"output\": \"y\"}",
@@ -167,6 +172,8 @@ static void test_dataset_shapes(tokenizer *t)
          {"conversations[0]", "differ", "keep one"}},
         {"two users", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"human\", "
          "\"value\": \"r\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", {"shape.jsonl:1", "join them", ""}},
+        {"weight", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": "
+         "\"assistant\", \"content\": \"a\", \"weight\": 0.5}]}", {"messages[1].weight", "0 (not trained) or 1", ""}},
         {"input not text", "{\"instruction\": \"do\", \"input\": 5, \"output\": \"y\"}",
          {"shape.jsonl:1", "\"input\" must be a string", ""}},
     };
