@@ -1196,6 +1196,12 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                            "jq -c '.data[]' %s > records.jsonl for {\"data\": [...]}", path,
                            r->item_line, path);
             break;
+        } else if (!o && strstr(jerr.text, "unable to decode byte")) {
+            /* jansson's words for bytes that are not UTF-8: the JSON may be fine */
+            pesc_fail(&rec_err, "%s:%ld: not valid UTF-8 (column %d: %s); convert the file to "
+                      "UTF-8, e.g. iconv -f latin1 -t utf-8", path, r->item_line, jerr.column,
+                      jerr.text);
+            ok = 0;
         } else if (!o) {
             pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %s)", path, r->item_line,
                       jerr.column, jerr.text);

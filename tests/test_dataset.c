@@ -197,6 +197,8 @@ static void test_file_shapes(tokenizer *t)
         /* not strict: it is the file, not a record, so it stops the load all the same */
         {"pretty", "{\n  \"instruction\": \"do\",\n  \"output\": \"y\"\n}\n",
          {"wrapped.json:1: a JSON object over several lines", "a record a line"}, 0},
+        {"latin1", "{\"instruction\": \"caf\xe9\", \"output\": \"y\"}\n",
+         {"wrapped.json:1: not valid UTF-8", "convert the file to UTF-8"}, 1},
         {"keys", "{\"prompt\": \"q\", \"completion\": \"a\"}\n",
          {"no known format reads a record with the keys \"prompt\", \"completion\"",
           "pesc plugins"}, 1},
