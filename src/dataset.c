@@ -226,6 +226,9 @@ static int camelidae_detect(const pesc_format_host *h, const pesc_json *o)
     return has(h, o, "conversation") || has(h, o, "corpus") ? 80 : 0;
 }
 
+static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                 const char *list_key, const char *role_key, const char *content_key);
+
 static int camelidae_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
 {
     size_t n = 0;
@@ -234,6 +237,10 @@ static int camelidae_convert(const pesc_format_host *h, const pesc_json *o, pesc
         h->text(out, corpus, n);
         return 0;
     }
+    /* LMSYS-Chat-1M and WildChat also call their list "conversation", of OpenAI's turns */
+    const pesc_json *first = h->array_get(h->get(o, "conversation"), 0);
+    if (has(h, first, "role") && !has(h, first, "input"))
+        return turns(h, out, o, "conversation", "role", "content");
     const char *system = h->string(h->get(o, "instruction"), &n);
     if (system && n > 0)
         h->message(out, PESC_ROLE_SYSTEM, system, n);
@@ -606,7 +613,8 @@ FORMAT_OPS(tokens, 0);
 static const ds_format_info builtin_formats[] = {
     [DS_AUTO] = {"auto", "per record, the format whose keys fit best", BUILTIN, NULL},
     [DS_CAMELIDAE] = {"camelidae", "{\"instruction\", \"conversation\": [{\"input\", "
-                      "\"output\"}]} or {\"corpus\"}", BUILTIN, &camelidae_ops},
+                      "\"output\"}]} or {\"corpus\"}; [{\"role\", \"content\"}] turns (LMSYS)",
+                      BUILTIN, &camelidae_ops},
     [DS_ALPACA] = {"alpaca", "{\"instruction\", \"input\", \"output\"}", BUILTIN, &alpaca_ops},
     [DS_SHAREGPT] = {"sharegpt", "{\"conversations\": [{\"from\", \"value\"}], \"system\"?} "
                      "(SlimOrca, OpenHermes)", BUILTIN, &sharegpt_ops},

@@ -1,7 +1,8 @@
 /* dataset — instruction datasets turned into token ids, loss labels and training batches.
  *
  * Formats (`--format`): camelidae ({"instruction": system, "conversation": [{"input",
- * "output"}...]}, or a non-empty "corpus" = plain text), alpaca (instruction, input, output),
+ * "output"}...]}, or a non-empty "corpus" = plain text; a "conversation" of [{role, content}]
+ * turns, as LMSYS-Chat-1M and WildChat keep them, is read as openai's), alpaca (instruction, input, output),
  * sharegpt / SlimOrca (conversations [{from, value}], a "system" or "system_prompt" beside
  * them), openai (messages [{role, content}], content a string or a list of text parts, an
  * assistant turn of "weight": 0 kept as context without loss),

@@ -143,6 +143,10 @@ static void test_dataset_shapes(tokenizer *t)
          "\"assistant\", \"content\": \"a\", \"weight\": 0}, {\"role\": \"user\", \"content\": \"r\"}, "
          "{\"role\": \"assistant\", \"content\": \"b\", \"weight\": 1}]}",
          "<s>### Human:\nq\n### Assistant:\na</s>\n### Human:\nr\n### Assistant:\nb</s>", "b</s>"},
+        /* LMSYS-Chat-1M and WildChat: "conversation" holds OpenAI's turns */
+        {"lmsys", "{\"conversation_id\": \"x\", \"conversation\": [{\"content\": \"q\", \"role\": "
+         "\"user\"}, {\"content\": \"a\", \"role\": \"assistant\"}], \"turn\": 1}",
+         "<s>### Human:\nq\n### Assistant:\na</s>", "a</s>"},
         {"gsm8k", "{\"question\": \"2+2?\", \"answer\": \"4\\n#### 4\"}",
          "<s>### Human:\n2+2?\n### Assistant:\n4\n#### 4</s>", "4\n#### 4</s>"},
         {"alpaca empty input", "{\"instruction\": \"do\", \"input\": \"\", \"output\": \"y\"}",
