@@ -192,7 +192,8 @@ static int render_conversation(const chat_template *tpl, const tokenizer *t,
         }
         f.assistant = m->content;
         f.assistant_len = m->len;
-        expand(r, tpl->assistant, &f, !prompt && m->role == ROLE_ASSISTANT);
+        /* an empty answer is context: its end marker alone would teach answering nothing */
+        expand(r, tpl->assistant, &f, !prompt && m->role == ROLE_ASSISTANT && m->len > 0);
     }
     free(merged);
     if (turns == 0)

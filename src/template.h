@@ -39,7 +39,7 @@ const char *template_list(void);
 /* Renders messages (a system message may come first; then user and assistant turns in turn,
  * starting with a user's: two of one role in a row are an error naming the message) and appends
  * the ids and labels (same length; -100 = no loss) to ids/labels. A conversation must hold at
- * least one (trained) assistant message with content. */
+ * least one (trained) assistant message with content; an empty one is rendered, unlabeled. */
 int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,
                     tok_ids *ids, tok_ids *labels, pesc_error *err);
 

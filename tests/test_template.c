@@ -97,6 +97,20 @@ int main(void)
         "hi there</s>");
     expect_render(t, "plain", two + 1, 2, "<s>hello\nhi there</s>", "hi there</s>");
 
+    /* an empty answer (a failed reply in a scraped chat) stays as context: labeling its end
+     * marker would teach the model to answer nothing */
+    tpl_message empty_answer[] = {msg(ROLE_USER, "hello"), msg(ROLE_ASSISTANT, ""),
+                                  msg(ROLE_USER, "2+2?"), msg(ROLE_ASSISTANT, "4")};
+    expect_render(t, "chatml", empty_answer, 4,
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n<|im_start|>user\n"
+        "2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>", "4<|im_end|>");
+    /* so is an assistant turn marked untrained (OpenAI's "weight": 0) */
+    tpl_message untrained[] = {msg(ROLE_USER, "hello"), msg(ROLE_ASSISTANT_UNTRAINED, "hi there"),
+                               msg(ROLE_USER, "2+2?"), msg(ROLE_ASSISTANT, "4")};
+    expect_render(t, "camelidae", untrained, 4,
+        "<s>### Human:\nhello\n### Assistant:\nhi there</s>\n### Human:\n2+2?\n### Assistant:\n4</s>",
+        "4</s>");
+
     /* prompts for generation end at the assistant header */
     pesc_error err = {{0}};
     tok_ids ids = {0};
