@@ -959,8 +959,17 @@ static int rd_next(reader *r, pesc_error *err)
     while ((c = rd_byte(r, err)) == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ',')
         ;
     if (c == -2) return -1;
-    if (c == ']' || c == -1)
-        return c == ']' ? 0 : pesc_fail(err, "%s:%ld: the JSON array is not closed", r->path, r->line);
+    if (c == -1)
+        return pesc_fail(err, "%s:%ld: the JSON array is not closed", r->path, r->line);
+    if (c == ']') {
+        /* only blanks may follow: a second array (files joined with cat) would be lost */
+        while ((c = rd_byte(r, err)) == ' ' || c == '\t' || c == '\r' || c == '\n')
+            ;
+        if (c == -2) return -1;
+        return c == -1 ? 0 : pesc_fail(err, "%s:%ld: more after the JSON array's closing ']': a "
+                                       "file holds one array (to join arrays: jq -s add)",
+                                       r->path, r->line);
+    }
     r->item_line = r->line;
     int depth = 0, in_string = 0, escape = 0;
     for (;; c = rd_byte(r, err)) {

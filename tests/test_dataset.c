@@ -203,6 +203,9 @@ static void test_file_shapes(tokenizer *t)
          {"wrapped.json:1: a JSON object over several lines", "a record a line"}, 0},
         {"latin1", "{\"instruction\": \"caf\xe9\", \"output\": \"y\"}\n",
          {"wrapped.json:1: not valid UTF-8", "convert the file to UTF-8"}, 1},
+        /* two arrays, as cat joins two files: the second would be lost */
+        {"two arrays", "[{\"text\": \"a\"}]\n[{\"text\": \"b\"}]\n",
+         {"wrapped.json:2: more after the JSON array's closing ']'", "jq -s add"}, 0},
         {"keys", "{\"prompt\": \"q\", \"completion\": \"a\"}\n",
          {"no known format reads a record with the keys \"prompt\", \"completion\"",
           "pesc plugins"}, 1},
