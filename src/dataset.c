@@ -480,6 +480,10 @@ static int sharegpt_detect(const pesc_format_host *h, const pesc_json *o)
 
 static int sharegpt_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
 {
+    /* many sets keep OpenAI's role/content turns under "conversations" */
+    const pesc_json *first = h->array_get(h->get(o, "conversations"), 0);
+    if (has(h, first, "role") && !has(h, first, "from"))
+        return turns(h, out, o, "conversations", "role", "content");
     return turns(h, out, o, "conversations", "from", "value");
 }
 
@@ -616,8 +620,8 @@ static const ds_format_info builtin_formats[] = {
                       "\"output\"}]} or {\"corpus\"}; [{\"role\", \"content\"}] turns (LMSYS)",
                       BUILTIN, &camelidae_ops},
     [DS_ALPACA] = {"alpaca", "{\"instruction\", \"input\", \"output\"}", BUILTIN, &alpaca_ops},
-    [DS_SHAREGPT] = {"sharegpt", "{\"conversations\": [{\"from\", \"value\"}], \"system\"?} "
-                     "(SlimOrca, OpenHermes)", BUILTIN, &sharegpt_ops},
+    [DS_SHAREGPT] = {"sharegpt", "{\"conversations\": [{\"from\", \"value\"} or {\"role\", "
+                     "\"content\"}], \"system\"?} (SlimOrca, OpenHermes)", BUILTIN, &sharegpt_ops},
     [DS_OPENAI] = {"openai", "{\"messages\": [{\"role\", \"content\": string or text parts}]}",
                    BUILTIN, &openai_ops},
     [DS_METAMATH] = {"metamath", "{\"query\", \"response\"} or {\"question\", \"answer\"} "

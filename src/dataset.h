@@ -3,8 +3,8 @@
  * Formats (`--format`): camelidae ({"instruction": system, "conversation": [{"input",
  * "output"}...]}, or a non-empty "corpus" = plain text; a "conversation" of [{role, content}]
  * turns, as LMSYS-Chat-1M and WildChat keep them, is read as openai's), alpaca (instruction, input, output),
- * sharegpt / SlimOrca (conversations [{from, value}], a "system" or "system_prompt" beside
- * them), openai (messages [{role, content}], content a string or a list of text parts, an
+ * sharegpt / SlimOrca (conversations [{from, value}] or [{role, content}], a "system" or
+ * "system_prompt" beside them), openai (messages [{role, content}], content a string or a list of text parts, an
  * assistant turn of "weight": 0 kept as context without loss),
  * metamath (query, response, or GSM8K's question, answer), magicoder (instruction/response, with Dolly's context, or
  * problem/solution; an alpaca input or a Dolly context joins the instruction), text

@@ -147,6 +147,9 @@ static void test_dataset_shapes(tokenizer *t)
         {"lmsys", "{\"conversation_id\": \"x\", \"conversation\": [{\"content\": \"q\", \"role\": "
          "\"user\"}, {\"content\": \"a\", \"role\": \"assistant\"}], \"turn\": 1}",
          "<s>### Human:\nq\n### Assistant:\na</s>", "a</s>"},
+        {"sharegpt roles", "{\"conversations\": [{\"role\": \"user\", \"content\": \"q\"}, "
+         "{\"role\": \"assistant\", \"content\": \"a\"}]}", "<s>### Human:\nq\n### Assistant:\na</s>",
+         "a</s>"},
         {"gsm8k", "{\"question\": \"2+2?\", \"answer\": \"4\\n#### 4\"}",
          "<s>### Human:\n2+2?\n### Assistant:\n4\n#### 4</s>", "4\n#### 4</s>"},
         {"alpaca empty input", "{\"instruction\": \"do\", \"input\": \"\", \"output\": \"y\"}",
