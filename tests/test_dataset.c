@@ -1,5 +1,7 @@
-/* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), skipped and strict bad
- * records, mixture weights and how PATH:WEIGHT is read, truncation and the answers it leaves,
+/* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), the shapes of public
+ * instruction sets (ShareGPT, OpenAI, LMSYS, Dolly, GSM8K variants: every turn read, only
+ * answers labeled, or one message naming the turn), files that are neither JSONL nor one
+ * array, skipped and strict bad records, mixture weights and how PATH:WEIGHT is read, truncation and the answers it leaves,
  * packing (positions and document ids), seeded order and an exact cursor round trip; messages
  * for empty paths and negative ids; the token store: records read back exactly, batches the
  * same as before it, and one-line errors for a TMPDIR that is missing or full. */
