@@ -2245,7 +2245,7 @@ static int load_config(tokenizer *t, const char *path, pesc_error *err)
     static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>",
                                             NULL};
     t->bos = t->eos = t->pad = -1;
-    int rc = 0;
+    int rc = 0, bos_null = 0;
     struct stat st;
     if (stat(cfg_path, &st) == 0 || errno != ENOENT) {
         /* as reals, integers past 64 bits parse: transformers writes model_max_length as
@@ -2261,9 +2261,12 @@ static int load_config(tokenizer *t, const char *path, pesc_error *err)
                  config_token(t, cfg, "pad_token", cfg_path, &t->pad, err) != 0 ||
                  config_chat_template(t, cfg, cfg_path, err) != 0)
             rc = -1;
+        bos_null = json_is_null(json_object_get(cfg, "bos_token"));
         json_decref(cfg);
     }
-    if (t->bos < 0)
+    /* "bos_token": null says the model has none (Qwen): "<s>" may still be an ordinary
+     * token of its vocabulary, and a guess would put it before every record */
+    if (t->bos < 0 && !bos_null)
         t->bos = t->post_prefix.n ? t->post_prefix.ids[0] : first_known(t, bos_names);
     if (t->eos < 0)
         t->eos = first_known(t, eos_names);

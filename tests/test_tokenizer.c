@@ -336,6 +336,17 @@ static void test_config(void)
                   tok_chat_template(t) ? tok_chat_template(t) : "(none)");
         tok_delete(t);
     }
+    /* "bos_token": null (Qwen's config) is no BOS, although "<s>" is in the vocabulary; with
+     * the key absent, the usual spelling stands in */
+    pesc_error err = {{0}};
+    tokenizer *t = json_tokenizer_config(json, "{\"bos_token\": null}", &err);
+    CHECK(t && tok_bos(t) == -1, "bos_token null: no BOS, got %d (%s)", t ? tok_bos(t) : -2,
+          err.msg);
+    tok_delete(t);
+    t = json_tokenizer_config(json, "{\"eos_token\": \"</s>\"}", &err);
+    CHECK(t && tok_bos(t) == 0, "bos_token absent: \"<s>\" is the BOS, got %d (%s)",
+          t ? tok_bos(t) : -2, err.msg);
+    tok_delete(t);
 }
 
 int main(void)
