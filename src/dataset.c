@@ -354,7 +354,8 @@ static int turn_content(const pesc_format_host *h, pesc_record_out *out, const p
     *joined = NULL;
     if ((*text = h->string(c, len)) != NULL)
         return 0;
-    if ((!c || h->type(c) == PESC_JSON_NULL) && (has(h, t, "tool_calls") || has(h, t, "function_call")))
+    if ((!c || h->type(c) == PESC_JSON_NULL) &&
+        (has(h, t, "tool_calls") || has(h, t, "function_call")))
         return failf(h, out, "%s is a tool call (\"%s\"): the chat templates have no tool "
                      "turns; leave tool-calling records out of the data", where,
                      has(h, t, "tool_calls") ? "tool_calls" : "function_call");
