@@ -329,6 +329,12 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
                                "model)");
     if (c->steps && c->epochs)
         return cli_usage_error(cmd, "give --steps or --epochs, not both");
+    if ((double)c->optim.lr * c->optim.weight_decay >= 1)
+        return cli_usage_error(cmd, "--lr %g with --weight-decay %g: AdamW scales the weights by "
+                               "1 - lr x decay each step, here %g, which wipes them out; give a "
+                               "product below 1 (the usual decay is 0 to 0.1)",
+                               (double)c->optim.lr, (double)c->optim.weight_decay,
+                               1 - (double)c->optim.lr * c->optim.weight_decay);
     if (!c->model && !c->init_config && c->n_sources == 0 && (c->given & TRAIN_GIVEN_FORMAT))
         return cli_usage_error(cmd, "--format %s describes --data files; the built-in demo "
                                "(no --data) has its own", c->format);

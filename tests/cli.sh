@@ -55,6 +55,11 @@ for cmd in train tui; do
   expect 2 "\-\-format foo: not a known format" "$cmd: unknown --format is a usage error" -- \
     "$pesc" "$cmd" --model x --data y --format foo
 done
+# AdamW's decay multiplies the weights by 1 - lr x decay: at 1 or more it wipes them out
+for cmd in train tui; do
+  expect 2 "\-\-lr 2 with \-\-weight-decay 0.5: .* here 0, which wipes them out" \
+    "$cmd: lr x weight decay of 1 is a usage error" -- "$pesc" "$cmd" --lr 2 --weight-decay 0.5
+done
 # an empty path names no file: a usage error naming the option (--control '' once ran on
 # without a socket, --log '' was blamed on --sink and exited 1)
 for cmd in train tui; do
