@@ -114,20 +114,33 @@ static int run_over(monitor_state s)
 
 /* Text from the log reaches the screen and, when the run failed, stderr: its control
  * characters are shown (pesc_show_controls), so that a log cannot move the cursor, recolour
- * or clear the terminal. In place, within cap bytes. */
-static void show_controls(char *text, size_t cap)
+ * or clear the terminal. A newline is kept when keep_newlines (the screen draws it: a line
+ * break in an answer, a mark in a one-line event) and shown as \x0a otherwise. In place,
+ * within cap bytes. */
+static void show_controls(char *text, size_t cap, int keep_newlines)
 {
     char shown[256];
+    size_t n = 0;
     assert(cap <= sizeof shown);
-    pesc_show_controls(shown, cap, text);
-    memcpy(text, shown, strlen(shown) + 1);
+    for (char *line = text;;) {
+        char *nl = keep_newlines ? strchr(line, '\n') : NULL;
+        if (nl)
+            *nl = '\0';
+        n += pesc_show_controls(shown + n, cap - n, line);
+        if (!nl || n + 2 > cap)
+            break;
+        shown[n++] = '\n';
+        shown[n] = '\0';
+        line = nl + 1;
+    }
+    memcpy(text, shown, n + 1);
 }
 
 static void add_event(logview *lv, const stats_event *logged)
 {
     stats_event shown = *logged, *e = &shown;
-    show_controls(e->kind, sizeof e->kind);
-    show_controls(e->text, sizeof e->text);
+    show_controls(e->kind, sizeof e->kind, 0);
+    show_controls(e->text, sizeof e->text, 1);
     lv->events[lv->event_head] = *e;
     lv->event_head = (lv->event_head + 1) % MONITOR_EVENTS;
     if (lv->n_events < MONITOR_EVENTS)
@@ -145,7 +158,7 @@ static void add_event(logview *lv, const stats_event *logged)
         lv->state = MONITOR_FINISHED;
     else if (strcmp(k, "error") == 0 || strcmp(k, "fail") == 0) {
         lv->state = MONITOR_FAILED;
-        snprintf(lv->message, sizeof lv->message, "%s", e->text);
+        pesc_show_controls(lv->message, sizeof lv->message, e->text);   /* one line */
     } else if (strcmp(k, "generate") == 0) {
         snprintf(lv->generated, sizeof lv->generated, "%s", e->text);
     }

@@ -153,15 +153,16 @@ rm -f "$tmp/long.jsonl"
 # ---- a failed run: its reason on stderr, the log's control characters made visible ----------
 {
   printf '%s\n' '{"event":"begin","step":0,"elapsed_s":0,"text":"training"}'
-  printf '%s\n' '{"event":"error","step":1,"elapsed_s":1,"text":"disk \u001b[31mred\u001b[0m\rback\u0007 bell \u009b2J c1"}'
+  printf '%s\n' '{"event":"error","step":1,"elapsed_s":1,"text":"disk \u001b[31mred\u001b[0m\rback\u0007 bell \u009b2J c1\nline 2"}'
 } >"$tmp/failed.jsonl"
 tui_start 100 30 "$pesc" view "$tmp/failed.jsonl"
 check "FAILED" "a failed run shows FAILED"
-check 'disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1' "the event's control characters are shown as escapes"
+check 'disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1⏎line 2' \
+  "the event's control characters are shown as escapes, a newline as a mark"
 keys q
 st=$(wait_status "$tmp/status" 5)
 [ "$st" = 1 ] && [ "$(wc -l <"$tmp/stderr")" -eq 1 ] &&
-  grep -q '^pesc view: the run failed: disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1$' "$tmp/stderr" &&
+  grep -q '^pesc view: the run failed: disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1\\x0aline 2$' "$tmp/stderr" &&
   ! tr -d '\n' <"$tmp/stderr" | LC_ALL=C grep -q '[[:cntrl:]]' && ! grep -q "$(printf '\302\233')" "$tmp/stderr" \
   && pass "q on a failed run: exit 1, one line naming 'pesc view:', no control characters" \
   || fail "failed run: status '$st', stderr: $(od -c "$tmp/stderr" | head -n 6)"

@@ -1,6 +1,7 @@
 /* draw — the workbench's shared drawing helpers and number formats (see ui_internal.h). */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <wchar.h>
 
@@ -48,7 +49,13 @@ int draw_text(WINDOW *w, int y, int x, int width, int attr, const char *s)
     wmove(w, y, x);
     while (*s && used < width) {
         int c = next_char(s, &bytes);
-        if (c < 0) {
+        if (*s == '\n') {   /* a line break in one line of text (a pasted prompt): a mark */
+            if (MB_CUR_MAX > 1)
+                waddwstr(w, L"\u23ce");
+            else
+                waddch(w, '|' | A_REVERSE);
+            used++;
+        } else if (c < 0) {
             waddch(w, '?');
             used++;
         } else if (used + c <= width) {
