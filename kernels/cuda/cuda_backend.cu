@@ -53,19 +53,28 @@ bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const
 static int cuda_check(void *ctx, pesc_error *err)
 {
     cuda_context *c = (cuda_context *)ctx;
-    if (!c->failed)
+    if (!c->failed && cuda_device_current(c))
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream));   // host sync: faults of the step
     if (!c->failed)
         return 0;
     return pesc_fail(err, "%s", c->error);
 }
 
+bool cuda_device_current(cuda_context *c)
+{
+    int current = -1;
+    return CUDA_CHECK(c, cudaGetDevice(&current)) &&
+           (current == c->device || CUDA_CHECK(c, cudaSetDevice(c->device)));
+}
+
 // ---- memory ---------------------------------------------------------------------------------
 
 static void *cuda_alloc(void *ctx, size_t bytes)
 {
-    (void)ctx;
+    cuda_context *c = (cuda_context *)ctx;
     void *p = NULL;
+    if (!cuda_device_current(c))
+        return NULL;
     cudaError_t rc = cudaMalloc(&p, bytes ? bytes : 256);
     if (rc != cudaSuccess) {
         cudaGetLastError();   // out of memory is not sticky: backend_alloc reports it
@@ -97,6 +106,8 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n);
 static void cuda_freeze(void *ctx, const float *p, size_t n)
 {
     cuda_context *c = (cuda_context *)ctx;
+    if (!cuda_device_current(c))
+        return;
     forget_frozen(c);
     if (!p || n == 0 || c->failed || c->math != CUDA_MATH_BF16)
         return;
@@ -126,6 +137,8 @@ static const __nv_bfloat16 *frozen_mirror(const cuda_context *c, const float *p,
 static void cuda_free(void *ctx, void *p)
 {
     cuda_context *c = (cuda_context *)ctx;
+    if (!cuda_device_current(c))
+        return;
     if (p && p == c->frozen)
         forget_frozen(c);
     CUDA_CHECK(c, cudaFree(p));   // waits for work that may still use p
@@ -135,8 +148,9 @@ static void cuda_free(void *ctx, void *p)
 // its CUDA context, and anything else on the GPU).
 static int cuda_memory(void *ctx, backend_memory *out)
 {
-    (void)ctx;
     size_t free_bytes = 0, total = 0;
+    if (!cuda_device_current((cuda_context *)ctx))
+        return -1;
     if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
         cudaGetLastError();
         return -1;
@@ -160,8 +174,8 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
 static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
 {
     cuda_context *c = (cuda_context *)ctx;
-    if (!c->failed && CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
-                                                    c->stream)))
+    if (!c->failed && cuda_device_current(c) &&
+        CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream)))
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
     if (c->failed)
         memset(dst, 0, bytes);
@@ -373,6 +387,8 @@ static void cuda_free_context(void *ctx)
     cuda_context *c = (cuda_context *)ctx;
     if (!c)
         return;
+    if (cudaSetDevice(c->device) != cudaSuccess)   // the buffers, handle and stream below are its
+        cudaGetLastError();
     if (c->stream)
         cudaStreamSynchronize(c->stream);
     cudaFree(c->frozen16);

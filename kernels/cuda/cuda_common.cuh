@@ -70,10 +70,16 @@ bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const
 // After a kernel launch: configuration errors show at once, faults later (see above).
 #define CUDA_LAUNCHED(c) cuda_check_rc((c), cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
-// The start of every op: the context, and nothing more to do once something has failed.
+// The CUDA runtime's current device belongs to the host thread, and the thread that runs the
+// ops (the trainer's) is not the one that made the backend: every entry point makes the
+// backend's device current (a query when it already is). False, error recorded, if it cannot.
+bool cuda_device_current(cuda_context *c);
+
+// The start of every op: the context, on its device, and nothing more to do once something
+// has failed.
 #define CUDA_OP(ctx)                                                                             \
     cuda_context *c = (cuda_context *)(ctx);                                                     \
-    if (c->failed)                                                                               \
+    if (c->failed || !cuda_device_current(c))                                                    \
         return
 
 // A device buffer of at least `bytes` from one of the context's scratch areas (NULL, with the

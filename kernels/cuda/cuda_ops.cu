@@ -292,7 +292,7 @@ extern "C" double cuda_vector_sumsq(void *ctx, const float *x, size_t n)
 {
     cuda_context *c = (cuda_context *)ctx;
     double s = NAN, *sum = c->partials + CUDA_REDUCE_BLOCKS;
-    if (c->failed)
+    if (c->failed || !cuda_device_current(c))
         return s;
     if (launch_sumsq(c, sum, c->partials, x, n, 1) &&
         CUDA_CHECK(c, cudaMemcpyAsync(&s, sum, sizeof s, cudaMemcpyDeviceToHost, c->stream)) &&
