@@ -203,7 +203,7 @@ void *cuda_scratch(cuda_context *c, void **area, size_t *area_bytes, size_t byte
     size_t want = bytes + bytes / 4;
     if (*area) {
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream));   // the old area may be in use
-        cudaFree(*area);
+        CUDA_CHECK(c, cudaFree(*area));
         *area = NULL;
         *area_bytes = 0;
     }
