@@ -82,6 +82,18 @@ static void compare_ints(const char *what, twin t)
     free(got);
 }
 
+/* Ends a phase: the backend's first failure, if any (a cuBLAS or CUDA error there otherwise
+ * shows only as the zeros the later downloads gave), then the backend goes. */
+static void gpu_finish(void)
+{
+    pesc_error err;
+    if (backend_check(gpu, &err) != 0) {
+        printf("FAIL %s\n", err.msg);
+        gpu_test_failures++;
+    }
+    backend_delete(gpu);
+}
+
 /* ---- dense products ---------------------------------------------------------------------- */
 
 static void test_matmul(int N, int C, int OC, double tol, const char *tag)
@@ -423,11 +435,7 @@ int main(void)
     test_attention_cached(7, 90, 4, 2, 32, 20);
     test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
     test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
-    if (backend_check(gpu, &err) != 0) {
-        printf("FAIL %s\n", err.msg);
-        gpu_test_failures++;
-    }
-    backend_delete(gpu);
+    gpu_finish();
 
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
     setenv("PESC_CUDA_MATH", "fp32", 1);
@@ -436,25 +444,21 @@ int main(void)
     test_matmul(300, 200, 150, 1e-5, "fp32");
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
     test_attention_shapes("gemm fp32", 1e-5, 1e-4);
-    backend_delete(gpu);
+    gpu_finish();
     setenv("PESC_CUDA_ATTENTION_TILE", "65536", 1);
     gpu = gpu_test_cuda_or_skip();
     test_attention_small_tiles("gemm fp32 64K tiles", 1e-5, 1e-4);
     unsetenv("PESC_CUDA_ATTENTION_TILE");
     setenv("PESC_CUDA_MATH", "tf32", 1);
-    backend_delete(gpu);
+    gpu_finish();
     gpu = gpu_test_cuda_or_skip();
     test_matmul(300, 200, 150, 5e-3, "tf32");
     test_attention_shapes("gemm tf32", 5e-3, 1e-2);
-    backend_delete(gpu);
+    gpu_finish();
     setenv("PESC_CUDA_MATH", "bf16", 1);
     gpu = gpu_test_cuda_or_skip();
     test_attention_shapes("gemm bf16", 2e-2, 3e-2);
-    if (backend_check(gpu, &err) != 0) {
-        printf("FAIL %s\n", err.msg);
-        gpu_test_failures++;
-    }
-    backend_delete(gpu);
+    gpu_finish();
     backend_delete(cpu);
     printf("%d failure%s\n", gpu_test_failures, gpu_test_failures == 1 ? "" : "s");
     return gpu_test_failures ? 1 : 0;
