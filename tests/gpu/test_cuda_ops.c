@@ -82,6 +82,17 @@ static void compare_ints(const char *what, twin t)
     free(got);
 }
 
+/* The CUDA backend of a later phase (PESC_CUDA_MATH, PESC_CUDA_ATTENTION as set now). The first
+ * phase found a usable GPU, so failing to start now is an error, not a skip: a device fault in
+ * an earlier phase leaves the process's CUDA context unusable, and exit 77 would hide it. */
+static void gpu_again(void)
+{
+    pesc_error err;
+    if (!(gpu = backend_new("cuda", &err)))
+        gpu_test_die(&err);
+    printf("device: %s\n", backend_device(gpu));
+}
+
 /* Ends a phase: the backend's first failure, if any (a cuBLAS or CUDA error there otherwise
  * shows only as the zeros the later downloads gave), then the backend goes. */
 static void gpu_finish(void)
@@ -440,23 +451,23 @@ int main(void)
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
     setenv("PESC_CUDA_MATH", "fp32", 1);
     setenv("PESC_CUDA_ATTENTION", "gemm", 1);
-    gpu = gpu_test_cuda_or_skip();
+    gpu_again();
     test_matmul(300, 200, 150, 1e-5, "fp32");
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
     test_attention_shapes("gemm fp32", 1e-5, 1e-4);
     gpu_finish();
     setenv("PESC_CUDA_ATTENTION_TILE", "65536", 1);
-    gpu = gpu_test_cuda_or_skip();
+    gpu_again();
     test_attention_small_tiles("gemm fp32 64K tiles", 1e-5, 1e-4);
     unsetenv("PESC_CUDA_ATTENTION_TILE");
     setenv("PESC_CUDA_MATH", "tf32", 1);
     gpu_finish();
-    gpu = gpu_test_cuda_or_skip();
+    gpu_again();
     test_matmul(300, 200, 150, 5e-3, "tf32");
     test_attention_shapes("gemm tf32", 5e-3, 1e-2);
     gpu_finish();
     setenv("PESC_CUDA_MATH", "bf16", 1);
-    gpu = gpu_test_cuda_or_skip();
+    gpu_again();
     test_attention_shapes("gemm bf16", 2e-2, 3e-2);
     gpu_finish();
     backend_delete(cpu);
