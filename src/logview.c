@@ -317,8 +317,9 @@ static int logview_snapshot(void *ctx, monitor_view *v)
         }
         v->last = stats_record_fit(v->last, lv->last->shape);
         stats_record_copy(v->last, lv->last);
+        /* the final save comes after the last step's record: it is the newest thing, 0 s */
         if (lv->save_elapsed >= 0)
-            v->since_save_s = lv->last->elapsed_s - lv->save_elapsed;
+            v->since_save_s = fmax(lv->last->elapsed_s - lv->save_elapsed, 0.0);
         else
             v->since_save_s = -1;
     } else {
