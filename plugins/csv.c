@@ -3,8 +3,9 @@
  * `--sink csv[:FILE]` (default BASE.csv, which a fresh run refuses to replace when it is already
  * there: only a FILE named for it is truncated). Columns: step, wall_time, elapsed_s, then every
  * scalar of the step in the order pesc gives them (loss, aux_loss, z_loss, lr, grad_norm,
- * tokens_per_s, step_s, epoch, tokens, entropy/layer_NN, imbalance/layer_NN,
- * load/layer_NN/expert_E). The header is written with the first step (not when a resumed
+ * tokens_per_s, step_s, epoch, tokens, eval_loss, entropy/layer_NN, imbalance/layer_NN,
+ * load/layer_NN/expert_E); a value not measured at a step (eval_loss between evaluations)
+ * is an empty cell. The header is written with the first step (not when a resumed
  * run appends to a file that has content). Rows are flushed as written, so a spreadsheet or
  * `tail -f` sees them live. Events are not written (they are in the JSONL log).
  *
@@ -102,8 +103,13 @@ static int csv_record(void *self, const pesc_step *step, char *err, size_t errle
         return -1;
     }
     fprintf(c->f, "%ld,%.6f,%.6g", step->step, step->wall_time, step->elapsed_s);
-    for (size_t i = 0; i < step->n_scalars; i++)
-        fprintf(c->f, ",%.9g", step->scalars[i].value);
+    for (size_t i = 0; i < step->n_scalars; i++) {   /* NaN: not measured, an empty cell */
+        double v = step->scalars[i].value;
+        if (v == v)
+            fprintf(c->f, ",%.9g", v);
+        else
+            fputc(',', c->f);
+    }
     fputc('\n', c->f);
     if (ferror(c->f) || fflush(c->f) != 0)
         return io_error(c, err, errlen);

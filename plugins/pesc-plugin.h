@@ -155,7 +155,8 @@ typedef struct pesc_step {
     long step;                           /* 1-based */
     double wall_time;                    /* seconds since the Unix epoch */
     double elapsed_s;                    /* since the run started */
-    /* everything numeric about the step, the same tags and order every step of a run */
+    /* everything numeric about the step, the same tags and order every step of a run; a
+     * value is NaN at a step that did not measure it (eval_loss between evaluations) */
     const pesc_scalar *scalars;
     size_t n_scalars;
     const pesc_histogram *histograms;

@@ -13,7 +13,8 @@
  *             min 1, max 2, num 3, sum 4, sum_squares 5, bucket_limit 6 and bucket 7, packed
  *             doubles; bucket i counts values in (bucket_limit[i-1], bucket_limit[i]])
  * One Event per step holds every scalar pesc gives (loss, aux_loss, lr, grad_norm,
- * tokens_per_s, load/layer_NN/expert_E, ...) and the histograms (adapter norms).
+ * tokens_per_s, load/layer_NN/expert_E, ...) but those it did not measure at the step (NaN:
+ * eval_loss between evaluations), and the histograms (adapter norms).
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
 #include <errno.h>
@@ -295,6 +296,8 @@ static int tb_record(void *self, const pesc_step *step, char *err, size_t errlen
     tb_sink *t = self;
     t->summary.n = 0;
     for (size_t i = 0; i < step->n_scalars; i++) {
+        if (step->scalars[i].value != step->scalars[i].value)
+            continue;   /* NaN: not measured at this step (eval_loss between evaluations) */
         t->value.n = 0;
         pb_string(&t->value, 1, step->scalars[i].tag, strlen(step->scalars[i].tag));
         pb_float(&t->value, 2, (float)step->scalars[i].value);

@@ -75,18 +75,15 @@ static void forget_history(logview *lv)
  * on only every stride-th step is kept. */
 static void add_point(logview *lv, const stats_record *r)
 {
-    if (++lv->skipped < lv->stride && lv->n_points > 0)
+    /* a step with an evaluation is always kept: there are few of them */
+    if (++lv->skipped < lv->stride && lv->n_points > 0 && r->eval_tokens == 0)
         return;
     lv->skipped = 0;
     if (lv->n_points == MONITOR_HISTORY) {
-        for (int i = 0; i < MONITOR_HISTORY / 2; i++)
-            lv->points[i] = lv->points[2 * i + 1];
-        lv->n_points = MONITOR_HISTORY / 2;
+        lv->n_points = monitor_points_thin(lv->points, lv->n_points);
         lv->stride *= 2;
     }
-    lv->points[lv->n_points++] = (monitor_point){
-        .step = r->step, .loss = (float)r->loss, .aux_loss = (float)r->aux_loss, .lr = (float)r->lr,
-        .grad_norm = (float)r->grad_norm, .tokens_per_s = (float)r->tokens_per_s};
+    lv->points[lv->n_points++] = monitor_point_of(r);
 }
 
 static void add_loads(logview *lv, const stats_record *r)

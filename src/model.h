@@ -230,6 +230,12 @@ int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err
 int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
               float *logits_out, pesc_error *err);
 
+/* Held-out scoring inside a training run: model_forward (no dropout) then model_nll, in the
+ * training buffers the run already holds when B x T fits them, so scoring between steps
+ * allocates nothing. */
+int model_score(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                double *nll, long long *count, pesc_error *err);
+
 /* Generation with a KV cache. model_cache_reset empties the cache (allocating room for
  * `capacity` tokens); model_decode appends n tokens (a prompt, then one token at a time) and
  * writes the logits (V) of the last one into logits (host). Uses the current weights with no

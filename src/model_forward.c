@@ -577,6 +577,15 @@ int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
     return backend_check(m->backend, err);
 }
 
+int model_score(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                double *nll, long long *count, pesc_error *err)
+{
+    int kept = m->act.per_layer && B * T <= m->act.capacity;
+    if (forward_all(m, tokens, NULL, B, T, kept, 0, -1, err) != 0)
+        return -1;
+    return model_nll(m, targets, nll, count, NULL, err);
+}
+
 /* ---- backward ----------------------------------------------------------------------------- */
 
 /* In: act.dx = d loss / d x_out of layer l. Out: act.dx = d loss / d x_in. */

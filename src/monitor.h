@@ -32,7 +32,14 @@ typedef enum monitor_state {
 typedef struct monitor_point {
     long step;
     float loss, aux_loss, lr, grad_norm, tokens_per_s;
+    float eval_loss;             /* NAN: no held-out evaluation at this step */
 } monitor_point;
+
+/* The point of a step record. */
+monitor_point monitor_point_of(const stats_record *r);
+/* Keeps every other point of a full history (n even), the later of each pair, and with it an
+ * evaluation the earlier one held: evaluations are few and are not thinned away. Returns n/2. */
+int monitor_points_thin(monitor_point *p, int n);
 
 /* A private copy of everything the screen shows; allocate with monitor_view_new. */
 typedef struct monitor_view {

@@ -34,7 +34,8 @@
 #define NAN_HALVINGS 10
 
 typedef enum command_kind {
-    CMD_PAUSE, CMD_RESUME, CMD_LR, CMD_LR_SCALE, CMD_AUX, CMD_SAVE, CMD_STOP, CMD_GENERATE
+    CMD_PAUSE, CMD_RESUME, CMD_LR, CMD_LR_SCALE, CMD_AUX, CMD_SAVE, CMD_EVAL, CMD_STOP,
+    CMD_GENERATE
 } command_kind;
 
 typedef struct command {
@@ -57,6 +58,12 @@ struct session {
     const chat_template *tpl;
     dataset *data;
     ds_batch batch;
+    /* --eval-data: the held-out records, and when they are scored next */
+    char *eval_paths[TRAIN_MAX_EVAL];
+    ds_records eval;
+    int *eval_order;             /* the records longest first: a pass is as long as its first */
+    long eval_every;
+    int eval_requested;          /* the eval command: after the next step */
     optimizer opt;
     stats_run run;
     pesc_plugins *plugins;       /* --plugin modules and the plugin search path */
@@ -174,14 +181,9 @@ static void publish_step(session *s, const stats_record *r)
     monitor_view *v = s->shared;
     v->last = stats_record_fit(v->last, r->shape);
     stats_record_copy(v->last, r);
-    if (v->n_points == MONITOR_HISTORY) {
-        for (int i = 0; i < MONITOR_HISTORY / 2; i++)
-            v->points[i] = v->points[2 * i + 1];
-        v->n_points = MONITOR_HISTORY / 2;
-    }
-    v->points[v->n_points++] = (monitor_point){r->step, (float)r->loss, (float)r->aux_loss,
-                                               (float)r->lr, (float)r->grad_norm,
-                                               (float)r->tokens_per_s};
+    if (v->n_points == MONITOR_HISTORY)
+        v->n_points = monitor_points_thin(v->points, v->n_points);
+    v->points[v->n_points++] = monitor_point_of(r);
     size_t le = (size_t)r->shape.n_layers * r->shape.n_experts;
     if (le && r->load) {
         if (!v->loads)
@@ -408,7 +410,8 @@ static int parse_command(const char *line, int n_layers, command *c, char *reply
     shown = shown < 40 ? shown : 40;
     memset(c, 0, sizeof *c);
     static const struct { const char *name; command_kind kind; } plain[] = {
-        {"pause", CMD_PAUSE}, {"resume", CMD_RESUME}, {"save", CMD_SAVE}, {"stop", CMD_STOP}};
+        {"pause", CMD_PAUSE}, {"resume", CMD_RESUME}, {"save", CMD_SAVE}, {"eval", CMD_EVAL},
+        {"stop", CMD_STOP}};
     for (size_t i = 0; i < sizeof plain / sizeof *plain; i++)
         if (!strcmp(word, plain[i].name)) {
             if (*arg && *arg != '\r' && *arg != '\n') {
@@ -448,7 +451,7 @@ static int parse_command(const char *line, int n_layers, command *c, char *reply
         snprintf(reply, n, "ok: generating up to %d tokens", c->max_tokens);
         return 0;
     }
-    snprintf(reply, n, "error: unknown command '%s' (pause, resume, lr, aux, save, stop, "
+    snprintf(reply, n, "error: unknown command '%s' (pause, resume, lr, aux, save, eval, stop, "
              "generate)", word);
     return -1;
 }
@@ -462,6 +465,12 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
         snprintf(reply, reply_len, "error: save needs a run started with --save DIR");
         return;
     }
+    if (c.kind == CMD_EVAL && s->eval.n == 0) {
+        snprintf(reply, reply_len, "error: eval needs a run started with --eval-data FILE");
+        return;
+    }
+    if (c.kind == CMD_EVAL)
+        snprintf(reply, reply_len, "ok: eval after the next step");
     pthread_mutex_lock(&s->lock);
     if (s->shared->state >= MONITOR_FINISHED) {
         snprintf(reply, reply_len, "error: the run has ended");
@@ -723,6 +732,9 @@ static void process_command(session *s, const command *c)
         save_now(s, &ignored);
         break;
     }
+    case CMD_EVAL:
+        s->eval_requested = 1;
+        break;
     case CMD_STOP: break;   /* stop_requested is already set */
     case CMD_GENERATE:   /* session_command refuses a second one while this one runs */
         generate(s, c);
@@ -734,6 +746,69 @@ static void process_command(session *s, const command *c)
 static double gradient_norm(session *s)
 {
     return optim_grad_norm(&s->opt, s->m.grad_block);
+}
+
+/* ---- held-out evaluation ------------------------------------------------------------------ */
+
+/* Scores the --eval-data records with the weights as they are: one record a row, cut at --seq
+ * as training cuts them, --batch rows a pass as long as its longest record, no dropout. The mean next-token loss over the
+ * trained tokens goes in r (eval_loss, eval_tokens). 0, 1 when a stop came first (r says
+ * nothing), or -1. */
+static int evaluate(session *s, stats_record *r, pesc_error *err)
+{
+    int B = s->cfg.batch;
+    int32_t *tokens = xmalloc(2 * (size_t)B * s->cfg.seq * sizeof *tokens);
+    double nll = 0, t0 = pesc_now();
+    long long count = 0;
+    int rc = 0;
+    for (int first = 0; first < s->eval.n && rc == 0; first += B) {
+        pthread_mutex_lock(&s->lock);
+        int stop = s->stop_requested;
+        pthread_mutex_unlock(&s->lock);
+        if (stop) {
+            rc = 1;
+            break;
+        }
+        int rows = s->eval.n - first < B ? s->eval.n - first : B;
+        int T = s->eval.items[s->eval_order[first]].len;
+        T = T < s->cfg.seq ? T : s->cfg.seq;
+        int32_t *targets = tokens + (size_t)rows * T;
+        for (int i = 0; i < rows; i++) {
+            const ds_record *d = &s->eval.items[s->eval_order[first + i]];
+            int len = d->len < T ? d->len : T;
+            int32_t *row = tokens + (size_t)i * T, *target = targets + (size_t)i * T;
+            memcpy(row, d->ids, (size_t)len * sizeof *row);
+            memset(row + len, 0, (size_t)(T - len) * sizeof *row);   /* after the record: */
+            model_shift_targets(target, d->ids, d->labels, len);       /* no loss, unseen */
+            for (int t = len; t < T; t++)
+                target[t] = -100;
+        }
+        double part;
+        long long n;
+        if (model_score(&s->m, tokens, targets, rows, T, &part, &n, err) != 0) {
+            rc = pesc_fail_prefix(err, "--eval-data");
+            break;
+        }
+        nll += part;
+        count += n;
+    }
+    free(tokens);
+    if (rc != 0)
+        return rc;
+    if (count == 0)   /* open_eval made sure some token is trained within --seq */
+        return pesc_fail(err, "--eval-data: no trained token within --seq %d", s->cfg.seq);
+    r->eval_loss = nll / (double)count;
+    r->eval_tokens = count;
+    publish_event(s, "eval", "eval loss %.4f over %lld tokens of %d records (%.1f s)",
+                  r->eval_loss, count, s->eval.n, pesc_now() - t0);
+    return 0;
+}
+
+/* After this step: every eval_every steps, after the last, and when the eval command asked. */
+static int eval_due(const session *s)
+{
+    return s->eval.n > 0 && (s->step % s->eval_every == 0 || s->eval_requested ||
+                             (s->total_steps > 0 && s->step == s->total_steps));
 }
 
 typedef struct step_counts {
@@ -874,6 +949,14 @@ static int train_step(session *s, pesc_error *err)
     r->device_bytes = backend_memory_info(s->backend, &mem) == 0 ? (double)mem.used : 0.0;
     if (E)
         fill_routing(s, r, sc.counts, sc.first, sc.gate, sc.sources, sc.entropy, micro);
+    r->eval_tokens = 0;
+    if (eval_due(s)) {
+        s->eval_requested = 0;
+        if (evaluate(s, r, err) < 0) {
+            rc = -1;
+            goto out;
+        }
+    }
     if (s->sinks)
         sinks_record(s->sinks, r);
     publish_step(s, r);
@@ -994,6 +1077,63 @@ static int open_data(session *s, pesc_error *err)
     if (!s->data)
         return -1;
     ds_batch_init(&s->batch, c->batch, c->seq);
+    return 0;
+}
+
+typedef struct eval_entry {
+    int len, index;
+} eval_entry;
+
+static int longest_first(const void *pa, const void *pb)
+{
+    const eval_entry *a = pa, *b = pb;
+    return a->len != b->len ? (a->len < b->len) - (a->len > b->len) : a->index - b->index;
+}
+
+/* The --eval-data records, read as the training data is (format, template, tokenizer); at
+ * least one trained token within --seq, or the run is refused before it starts. */
+static int open_eval(session *s, pesc_error *err)
+{
+    const train_config *c = &s->cfg;
+    ds_load_options lo = {.tok = s->tok, .tpl = s->tpl, .vocab_size = s->m.config.vocab_size,
+                          .strict = c->strict, .warn = c->headless ? stderr : NULL,
+                          .formats = s->formats};
+    /* the built-in demo's own format makes its data; held-out files are read as --format
+     * says, or auto */
+    const char *format = c->given & TRAIN_GIVEN_FORMAT ? c->format : "auto";
+    if (ds_formats_parse(s->formats, format, &lo.format, err) != 0)
+        return -1;
+    for (int i = 0; i < c->n_eval; i++) {
+        if (fetch_view_url_to_cache(c->eval_paths[i], &s->eval_paths[i], err) != 0 ||
+            dataset_load(&s->eval, s->eval_paths[i], &lo, err) != 0)
+            return pesc_fail_prefix(err, "--eval-data");
+    }
+    int32_t *targets = xmalloc((size_t)c->seq * sizeof *targets);
+    long long trained = 0;
+    for (int i = 0; i < s->eval.n && trained == 0; i++) {
+        const ds_record *d = &s->eval.items[i];
+        int len = d->len < c->seq ? d->len : c->seq;
+        model_shift_targets(targets, d->ids, d->labels, len);
+        for (int t = 0; t < len; t++)
+            trained += targets[t] >= 0;
+    }
+    free(targets);
+    if (trained == 0)
+        return pesc_fail(err, "--eval-data %s: %s", c->eval_paths[0], s->eval.n == 0
+                         ? "no records to score" : "no record has a trained token within "
+                         "--seq (an answer, or text): nothing to score");
+    eval_entry *order = xmalloc((size_t)s->eval.n * sizeof *order);
+    for (int i = 0; i < s->eval.n; i++)
+        order[i] = (eval_entry){s->eval.items[i].len, i};
+    qsort(order, (size_t)s->eval.n, sizeof *order, longest_first);
+    s->eval_order = xmalloc((size_t)s->eval.n * sizeof *s->eval_order);
+    for (int i = 0; i < s->eval.n; i++)
+        s->eval_order[i] = order[i].index;
+    free(order);
+    /* ten evaluations over a run of known length, unless --eval-every says */
+    s->eval_every = c->eval_every;
+    if (s->eval_every == 0)
+        s->eval_every = s->total_steps >= 10 ? s->total_steps / 10 : 1;
     return 0;
 }
 
@@ -1373,6 +1513,11 @@ static int setup(session *s, pesc_error *err)
         return -1;
     s->total_steps = count_steps(s);
     c->optim.total_steps = s->total_steps;
+    if (c->n_eval) {
+        pesc_show_phase(c->command, "reading and tokenizing the held-out data");
+        if (open_eval(s, err) != 0)
+            return -1;
+    }
     if (optim_init(&s->opt, s->backend, s->m.n_train, &c->optim, err) != 0)
         return -1;
     if (c->resume)
@@ -1495,6 +1640,10 @@ void session_delete(session *s)
     optim_free(&s->opt);
     ds_batch_free(&s->batch);
     dataset_delete(s->data);
+    dataset_free(&s->eval);
+    free(s->eval_order);
+    for (int i = 0; i < TRAIN_MAX_EVAL; i++)
+        free(s->eval_paths[i]);
     tok_delete(s->tok);
     model_free(&s->m);
     ds_formats_delete(s->formats);

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,8 +221,10 @@ static void send_pending(sink_set *s)
 
 /* ---- scalars and histograms of a record ---------------------------------------------- */
 
+/* eval_loss is NaN on the steps without a held-out evaluation (pesc-plugin(7)) */
 static const char *const fixed_tags[] = {"loss", "aux_loss", "z_loss", "lr", "grad_norm",
-                                         "tokens_per_s", "step_s", "epoch", "tokens"};
+                                         "tokens_per_s", "step_s", "epoch", "tokens",
+                                         "eval_loss"};
 enum { N_FIXED = (int)(sizeof fixed_tags / sizeof *fixed_tags) };
 
 static void make_tags(sink_set *s, stats_shape shape)
@@ -255,7 +258,8 @@ static void fill_values(sink_set *s, const stats_record *r)
     if (r->shape.n_layers != s->shape.n_layers || r->shape.n_experts != s->shape.n_experts)
         make_tags(s, r->shape);
     double fixed[N_FIXED] = {r->loss, r->aux_loss, r->z_loss, r->lr, r->grad_norm,
-                             r->tokens_per_s, r->step_s, r->epoch, (double)r->tokens};
+                             r->tokens_per_s, r->step_s, r->epoch, (double)r->tokens,
+                             r->eval_tokens > 0 ? r->eval_loss : NAN};
     size_t k = 0;
     for (int i = 0; i < N_FIXED; i++)
         s->scalars[k++].value = fixed[i];

@@ -157,6 +157,10 @@ char *stats_record_json(const stats_record *r)
     set_real(o, "eta_s", r->eta_s);
     set_real(o, "rss_bytes", r->rss_bytes);
     set_real(o, "device_bytes", r->device_bytes);
+    if (r->eval_tokens > 0) {
+        set_real(o, "eval_loss", r->eval_loss);
+        json_object_set_new(o, "eval_tokens", json_integer(r->eval_tokens));
+    }
     int L = r->shape.n_layers, E = r->shape.n_experts;
     if (r->load) {
         const float *const le_arrays[] = {r->load, r->first, r->gate, r->norm_down, r->norm_up,
@@ -298,6 +302,8 @@ static int parse_step(json_t *o, stats_record **rp)
     r->eta_s = real_or(o, "eta_s", -1.0);
     r->rss_bytes = real_or(o, "rss_bytes", 0.0);
     r->device_bytes = real_or(o, "device_bytes", 0.0);
+    r->eval_tokens = int_or(o, "eval_tokens", 0);
+    r->eval_loss = r->eval_tokens > 0 ? real_or(o, "eval_loss", NAN) : 0.0;
     if (r->load) {
         int L = shape.n_layers, E = shape.n_experts;
         float *const le_arrays[] = {r->load, r->first, r->gate, r->norm_down, r->norm_up,
@@ -345,6 +351,26 @@ int stats_parse_line(const char *line, stats_record **r, stats_event *e, stats_r
 }
 
 /* ---- monitor views ------------------------------------------------------------------------ */
+
+monitor_point monitor_point_of(const stats_record *r)
+{
+    return (monitor_point){.step = r->step, .loss = (float)r->loss,
+                           .aux_loss = (float)r->aux_loss, .lr = (float)r->lr,
+                           .grad_norm = (float)r->grad_norm,
+                           .tokens_per_s = (float)r->tokens_per_s,
+                           .eval_loss = r->eval_tokens > 0 ? (float)r->eval_loss : NAN};
+}
+
+int monitor_points_thin(monitor_point *p, int n)
+{
+    for (int i = 0; i < n / 2; i++) {
+        float earlier = p[2 * i].eval_loss;
+        p[i] = p[2 * i + 1];
+        if (isnan(p[i].eval_loss))
+            p[i].eval_loss = earlier;
+    }
+    return n / 2;
+}
 
 monitor_view *monitor_view_new(void)
 {

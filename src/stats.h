@@ -32,6 +32,10 @@ typedef struct stats_record {
     double grad_norm;            /* before clipping */
     double tokens_per_s, step_s, elapsed_s, eta_s;   /* eta < 0: unknown */
     double rss_bytes, device_bytes;
+    /* the held-out evaluation run after this step (--eval-data): mean next-token loss over
+     * eval_tokens targets; eval_tokens 0: none this step */
+    double eval_loss;
+    long long eval_tokens;
     stats_shape shape;
     float *load;                 /* (L, E) share of the top-k assignments */
     float *first;                /* (L, E) share of the first choices */
@@ -54,7 +58,7 @@ void stats_record_copy(stats_record *dst, const stats_record *src);
 /* Fills imbalance and cv from load. */
 void stats_record_derive(stats_record *r);
 
-/* Events: pause, resume, lr, aux, save, nan-skip, generate, start, stop, error, ... */
+/* Events: pause, resume, lr, aux, save, eval, nan-skip, generate, start, stop, error, ... */
 typedef struct stats_event {
     long step;
     double elapsed_s;

@@ -30,6 +30,9 @@ const char train_options_help[] =
     "                       layer again there: activation memory / layers, ~1/3 more compute\n"
     "  --steps N | --epochs N   length of the run (default: one epoch)\n"
     "  --strict             a bad record stops the run instead of being skipped\n"
+    "  --eval-data PATH|URL held-out data (same --format), repeatable: its mean loss on the\n"
+    "                       trained tokens after every --eval-every N steps (ten times over\n"
+    "                       the run) and after the last\n"
     "optimizer:\n"
     "  --lr X               peak learning rate (2e-4)\n"
     "  --schedule S         constant (with warmup), cosine, linear (constant)\n"
@@ -43,7 +46,8 @@ const char train_options_help[] =
     "                       steps; --keep N (3)\n"
     "  --resume DIR         continue a run from its checkpoint (or its save directory)\n"
     "  --log FILE           JSONL metrics log (man pesc-log)\n"
-    "  --control PATH       UNIX socket taking pause, resume, lr, aux, save, stop, generate\n"
+    "  --control PATH       UNIX socket taking pause, resume, lr, aux, save, eval, stop,\n"
+    "                       generate\n"
     "  --sink NAME[:FILE]   metric sink (csv, tensorboard, ...), repeatable; without FILE it\n"
     "                       writes beside the log, never over a file already there\n"
     "  --plugin FILE        load a plugin module, repeatable\n"
@@ -94,7 +98,8 @@ enum {
     OPT_MODEL = 1, OPT_INIT, OPT_DATA, OPT_FORMAT, OPT_TEMPLATE, OPT_TOKENIZER, OPT_SEQ, OPT_BATCH,
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
-    OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_HELP
+    OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
+    OPT_EVAL_EVERY, OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -122,6 +127,8 @@ static const struct option train_options_own[] = {
     {"sink", required_argument, NULL, OPT_SINK},
     {"plugin", required_argument, NULL, OPT_PLUGIN},
     {"nan-limit", required_argument, NULL, OPT_NAN},
+    {"eval-data", required_argument, NULL, OPT_EVAL_DATA},
+    {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
@@ -257,6 +264,18 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
             return EXIT_USAGE;
         c->n_plugins++;
         return 0;
+    case OPT_EVAL_DATA:
+        if (c->n_eval == TRAIN_MAX_EVAL)
+            return cli_usage_error(cmd, "--eval-data: at most %d", TRAIN_MAX_EVAL);
+        if (cli_path(cmd, "--eval-data", arg, "a held-out dataset or its URL",
+                     &c->eval_paths[c->n_eval]) != 0)
+            return EXIT_USAGE;
+        c->n_eval++;
+        return 0;
+    case OPT_EVAL_EVERY:
+        if (integer(cmd, "--eval-every", arg, 1, 1L << 40, &c->eval_every)) return EXIT_USAGE;
+        c->given |= TRAIN_GIVEN_EVAL_EVERY;
+        return 0;
     case OPT_NAN:
         if (integer(cmd, "--nan-limit", arg, 1, 1000000, &v)) return EXIT_USAGE;
         c->nan_limit = (int)v; return 0;
@@ -338,6 +357,9 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     if (!c->model && !c->init_config && c->n_sources == 0 && (c->given & TRAIN_GIVEN_FORMAT))
         return cli_usage_error(cmd, "--format %s describes --data files; the built-in demo "
                                "(no --data) has its own", c->format);
+    if (!c->n_eval && (c->given & TRAIN_GIVEN_EVAL_EVERY))
+        return cli_usage_error(cmd, "--eval-every needs --eval-data FILE, the held-out data to "
+                               "score");
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
                                c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");

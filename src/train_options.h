@@ -12,6 +12,7 @@
 #include "util.h"
 
 #define TRAIN_MAX_SINKS 8
+#define TRAIN_MAX_EVAL 8
 
 /* Tokens in one micro-batch (--batch x --seq) at most: index arithmetic stays in int. */
 #define TRAIN_MAX_TOKENS (1 << 24)
@@ -24,6 +25,11 @@ typedef struct train_config {
     const char *format, *template_name, *tokenizer;
     int seq, batch, grad_accum, pack, strict;
     int recompute;               /* activation recomputation (model.recompute) */
+    /* held-out data scored during the run (--eval-data), every eval_every steps (0: ten
+     * times over the run) and after the last */
+    const char *eval_paths[TRAIN_MAX_EVAL];
+    int n_eval;
+    long eval_every;
     long steps;                  /* 0: by epochs */
     int epochs;                  /* 0 with steps 0: one epoch */
     optim_config optim;
@@ -51,7 +57,8 @@ typedef struct train_config {
 
 /* Options the built-in demo has its own defaults for, when the command line leaves them. */
 enum { TRAIN_GIVEN_SEQ = 1, TRAIN_GIVEN_BATCH = 2, TRAIN_GIVEN_LR = 4, TRAIN_GIVEN_WARMUP = 8,
-       TRAIN_GIVEN_SAVE_EVERY = 16, TRAIN_GIVEN_KEEP = 32, TRAIN_GIVEN_FORMAT = 64 };
+       TRAIN_GIVEN_SAVE_EVERY = 16, TRAIN_GIVEN_KEEP = 32, TRAIN_GIVEN_FORMAT = 64,
+       TRAIN_GIVEN_EVAL_EVERY = 128 };
 
 void train_config_default(train_config *c);
 /* The built-in demo (`pesc` with no arguments): the demo model and one source per task family

@@ -121,7 +121,7 @@ refused "pause now" "pause takes no argument"
 # one that retitles an xterm) comes back as \xNN, a C1 control as \u00NN, UTF-8 as it is, and
 # at most 15 bytes of an unknown word
 esc=$(printf '\033')
-commands="(pause, resume, lr, aux, save, stop, generate)"
+commands="(pause, resume, lr, aux, save, eval, stop, generate)"
 reply=$(timeout 30 "$sockcmd" "$csock" "$(printf 'x\033]0;owned\007\tq')")
 [ "$reply" = "error: unknown command 'x\\x1b]0;owned\\x07\\x09q' $commands" ] \
   && pass "control bytes in an unknown command come back escaped: $reply" \

@@ -43,6 +43,10 @@ static void on_report(void *ctx, const char *name, const char *message)
 
 static double loss_at(int step) { return 2.0 - 0.25 * step; }
 
+/* the held-out data is scored after step 2 only */
+#define EVAL_STEP 2
+#define EVAL_LOSS 1.625
+
 static void fill(stats_record *r, int step)
 {
     r->step = step;
@@ -55,6 +59,8 @@ static void fill(stats_record *r, int step)
     r->step_s = 0.1;
     r->elapsed_s = 0.1 * step;
     r->tokens = 128LL * step;
+    r->eval_loss = step == EVAL_STEP ? EVAL_LOSS : 0.0;
+    r->eval_tokens = step == EVAL_STEP ? 96 : 0;
     for (int i = 0; i < L * E; i++) {
         r->load[i] = (float)((i % E) + 1) / 10.0f;
         r->norm_down[i] = (float)(i + step);
@@ -284,6 +290,13 @@ static void check_step_event(const event *ev, int step, double t0)
     }
     CHECK(find_value(ev, "imbalance/layer_01") && find_value(ev, "entropy/layer_00"),
           "per-layer scalars");
+    /* measured at one step: there it is, elsewhere it is left out (NaN, never written) */
+    const value *eval = find_value(ev, "eval_loss");
+    if (step == EVAL_STEP)
+        CHECK(eval && eval->has_simple && eval->simple == (float)EVAL_LOSS,
+              "step %d: eval_loss %g", step, eval ? eval->simple : -1.0);
+    else
+        CHECK(!eval, "step %d: an eval_loss where none was measured", step);
     const value *h = find_value(ev, "adapter_norm/down");
     CHECK(h && h->has_histo, "step %d: adapter_norm/down histogram", step);
     if (!h)
@@ -361,14 +374,15 @@ static void check_csv(const char *path)
     char line[8192];
     int rows = 0;
     const char *want_head = "step,wall_time,elapsed_s,loss,aux_loss,z_loss,lr,grad_norm,"
-                            "tokens_per_s,step_s,epoch,tokens,entropy/layer_00,entropy/layer_01,"
-                            "imbalance/layer_00,imbalance/layer_01,load/layer_00/expert_0,";
+                            "tokens_per_s,step_s,epoch,tokens,eval_loss,entropy/layer_00,"
+                            "entropy/layer_01,imbalance/layer_00,imbalance/layer_01,"
+                            "load/layer_00/expert_0,";
     CHECK(fgets(line, sizeof line, f) && strncmp(line, want_head, strlen(want_head)) == 0,
           "csv header: %s", line);
     int columns = 1;
     for (char *c = line; *c; c++)
         columns += *c == ',';
-    CHECK(columns == 3 + 9 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
+    CHECK(columns == 3 + 10 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
           "csv: %d columns", columns);
     while (fgets(line, sizeof line, f)) {
         rows++;
@@ -380,6 +394,12 @@ static void check_csv(const char *path)
         for (char *c = line; *c; c++)
             n += *c == ',';
         CHECK(n == columns, "csv row %d has %d fields", rows, n);
+        /* eval_loss, the 13th field: a value after the evaluation, empty on other steps */
+        const char *cell = line;
+        for (int k = 1; k < 13 && cell; k++)
+            cell = strchr(cell, ',') ? strchr(cell, ',') + 1 : NULL;
+        CHECK(cell && (rows == EVAL_STEP ? strtod(cell, NULL) == EVAL_LOSS : *cell == ','),
+              "csv row %d: eval_loss cell '%.12s'", rows, cell ? cell : "");
     }
     CHECK(rows == STEPS, "csv rows %d", rows);
     fclose(f);
@@ -403,7 +423,11 @@ static void check_jsonl(const char *path)
         starts += kind == 3 && lines == 0;
         steps += kind == 1;
         if (kind == 1)
-            CHECK(r->step == steps && r->loss == loss_at(steps), "jsonl step %d", steps);
+            CHECK(r->step == steps && r->loss == loss_at(steps) &&
+                  r->eval_tokens == (steps == EVAL_STEP ? 96 : 0) &&
+                  (steps != EVAL_STEP || r->eval_loss == EVAL_LOSS) &&
+                  (steps == EVAL_STEP) == (strstr(line, "\"eval_loss\"") != NULL),
+                  "jsonl step %d: eval %g over %lld", steps, r->eval_loss, r->eval_tokens);
         sink_events += kind == 2 && strcmp(e.kind, "sink") == 0;
         pauses += kind == 2 && strcmp(e.kind, "pause") == 0;
         lines++;

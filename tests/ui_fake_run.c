@@ -1,7 +1,7 @@
 /* ui_fake_run — a stand-in for a headless run, for the `pesc view` tests: writes a run log
- * with the stats writers (a start line, step records with recognisable routing, events) and,
- * with --control, answers the control socket's commands the way a run does (pause, resume,
- * lr, aux, save, stop, generate), logging each as an event.
+ * with the stats writers (a start line, step records with recognisable routing and a held-out
+ * loss every 20 steps, events) and, with --control, answers the control socket's commands the
+ * way a run does (pause, resume, lr, aux, save, stop, generate), logging each as an event.
  *
  *   ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]
  *                   [--layers L] [--experts E] [--sources S]
@@ -59,6 +59,8 @@ static void fill_step(fake_run *f)
     r->tokens = f->step * 2048;
     r->loss = 2.0 + 8.0 / (1.0 + f->step * 0.05) + 0.15 * sin(f->step * 0.7);
     r->aux_loss = 0.01 + 0.002 * cos(f->step * 0.3);
+    r->eval_tokens = f->step % 20 == 0 ? 512 : 0;   /* held-out data scored every 20 steps */
+    r->eval_loss = r->eval_tokens ? 2.5 + 6.0 / (1.0 + f->step * 0.04) : 0.0;
     r->lr = f->lr;
     r->lr_overridden = f->lr_overridden;
     r->grad_norm = 1.0 + 0.2 * sin(f->step);

@@ -55,6 +55,7 @@ done
 tui_start 100 30 "$pesc" view "$tmp/done.jsonl"
 check "FINISHED" "finished run shows FINISHED"
 check "step 60/60" "status line shows the last step"
+check "eval 4.265" "the loss legend shows the last held-out loss (step 60)"
 for panel in "Routing: all slots" "Loss" "Adapter norms" "Prompt"; do
   check "$panel" "panel '$panel' is shown"
 done

@@ -1,5 +1,6 @@
-/* panel_loss — training loss over steps (raw and smoothed) with the aux loss under it, on
- * braille charts with axis labels and the current values; the recent window or the whole run. */
+/* panel_loss — training loss over steps (raw and smoothed), the held-out loss of the
+ * evaluations (--eval-data) joined by lines, and the aux loss under them, on braille charts
+ * with axis labels and the current values; the recent window or the whole run. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,22 @@ static void smooth(const double *x, int n, double *out)
         weight = SMOOTHING * weight + (1 - SMOOTHING);
         out[i] = avg / weight;
     }
+}
+
+/* The evaluations (NaN between them) joined: the steps between two are filled in on the line
+ * from one to the next, so the chart draws a curve through them. Returns the index of the
+ * last evaluation, or -1. */
+static int join_evaluations(double *x, int n)
+{
+    int last = -1;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(x[i]))
+            continue;
+        for (int j = last + 1; last >= 0 && j < i; j++)
+            x[j] = x[last] + (x[i] - x[last]) * (j - last) / (i - last);
+        last = i;
+    }
+    return last;
 }
 
 /* The label of v on an axis whose largest magnitude is top, so both ends read alike. */
@@ -91,16 +108,19 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
         draw_text(w, 2, 2, width - 2, dim, "waiting for the first step");
         return;
     }
-    double *raw = xmalloc((size_t)total * 3 * sizeof(double));
-    double *smoothed = raw + total, *aux = raw + 2 * total;
+    double *raw = xmalloc((size_t)total * 4 * sizeof(double));
+    double *smoothed = raw + total, *aux = raw + 2 * total, *eval = raw + 3 * total;
     for (int i = 0; i < total; i++) {
         raw[i] = v->points[i].loss;
         aux[i] = v->points[i].aux_loss;
+        eval[i] = v->points[i].eval_loss;
     }
     smooth(raw, total, smoothed);
+    int last_eval = join_evaluations(eval, total);
 
     int a_raw = theme_attr(&ui->theme, PAIR_RAW, A_DIM), a_smooth = theme_attr(&ui->theme, PAIR_SMOOTH, A_BOLD) | (int)A_BOLD;
     int a_aux = theme_attr(&ui->theme, PAIR_AUX, A_NORMAL);
+    int a_eval = theme_attr(&ui->theme, PAIR_EVAL, A_UNDERLINE) | (int)A_BOLD;
     /* the legend, with the current values: each name in its series' colour */
     char s[96];
     int x = 2;
@@ -110,6 +130,11 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     snprintf(s, sizeof s, "%.3f ", smoothed[total - 1]);
     x += draw_text(w, 1, x, width - x + 1, a_smooth, "smoothed ");
     x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
+    if (last_eval >= 0) {
+        snprintf(s, sizeof s, "%.3f ", eval[last_eval]);
+        x += draw_text(w, 1, x, width - x + 1, a_eval, "eval ");
+        x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
+    }
     snprintf(s, sizeof s, "%.4g", aux[total - 1]);
     x += draw_text(w, 1, x, width - x + 1, a_aux, "aux ");
     draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
@@ -117,9 +142,10 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     int chart_rows = h - 4;      /* frame, legend, step axis */
     int aux_rows = chart_rows >= 8 ? chart_rows / 4 : 0;
     int main_rows = chart_rows - aux_rows;
-    const double *main_series[2] = {raw + first, smoothed + first};
-    int main_attrs[2] = {a_raw, a_smooth};
-    draw_chart(ui, w, 2, 1, main_rows, width, main_series, 2, n, main_attrs, "loss");
+    const double *main_series[3] = {raw + first, smoothed + first, eval + first};
+    int main_attrs[3] = {a_raw, a_smooth, a_eval};
+    draw_chart(ui, w, 2, 1, main_rows, width, main_series, last_eval >= 0 ? 3 : 2, n,
+               main_attrs, "loss");
     if (aux_rows > 0) {
         const double *aux_series[1] = {aux + first};
         draw_chart(ui, w, 2 + main_rows, 1, aux_rows, width, aux_series, 1, n, &a_aux, "aux");

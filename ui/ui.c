@@ -154,6 +154,7 @@ static void theme_init(ui_theme *t, const ui_options *o)
     init_pair(PAIR_PAUSE, COLOR_BLACK, COLOR_YELLOW);
     init_pair(PAIR_STOP, COLOR_WHITE, COLOR_RED);
     init_pair(PAIR_SELECT, COLOR_BLACK, COLOR_CYAN);
+    init_pair(PAIR_EVAL, rich ? 214 : COLOR_YELLOW, -1);
     static const short experts8[8] = {COLOR_RED, COLOR_GREEN, COLOR_YELLOW, COLOR_BLUE,
                                       COLOR_MAGENTA, COLOR_CYAN, COLOR_WHITE, COLOR_RED};
     static const short experts256[8] = {203, 83, 221, 75, 213, 87, 215, 141};

@@ -1,0 +1,99 @@
+#!/bin/sh
+# heldout.sh — --eval-data: the held-out loss a run logs is the one pesc eval gives the
+# checkpoint of that step; when it is measured (--eval-every, the last step, the eval
+# command); where it goes (the log, csv); and the refusals.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+sockcmd="$top_builddir/tests/sockcmd"
+base="$top_srcdir/tests/reference/data/llama-gqa-f32"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-heldout.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+. "${top_srcdir:-.}/tests/lib.sh"
+
+# records of random ids below the model's vocabulary of 64: 48 to train on, 11 held out of
+# lengths 3 to 33 (past --seq 24: cut as training cuts them), some with untrained labels
+awk 'BEGIN { srand(7); for (r = 0; r < 48; r++) { printf "{\"input_ids\": ["; for (t = 0; t < 20; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); print "]}" } }' >"$tmp/train.jsonl"
+awk 'BEGIN { srand(11); for (r = 0; r < 11; r++) { n = 3 + 3 * r; printf "{\"input_ids\": ["; for (t = 0; t < n; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); printf "], \"labels\": ["; for (t = 0; t < n; t++) printf "%s%d", t ? ", " : "", t < n / 2 ? -100 : int(rand() * 64); print "]}" } }' >"$tmp/heldout.jsonl"
+common="--model $base --data $tmp/train.jsonl --seq 24 --batch 4 --experts 4 --adapter-dim 8 --lr 1e-2 --backend cpu --format tokens"
+
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 7 --eval-data "$tmp/heldout.jsonl" --eval-every 3 \
+  --log "$tmp/run.jsonl" --save "$tmp/ck" --save-every 3 --sink csv >"$tmp/out" 2>"$tmp/err"
+status=$?
+evaluated=$(grep '"loss"' "$tmp/run.jsonl" | grep '"eval_loss"' | sed 's/.*"step":\([0-9]*\),.*/\1/' | tr '\n' ' ')
+[ $status -eq 0 ] && [ "$evaluated" = "3 6 7 " ] &&
+  [ "$(grep -c '"event":"eval"' "$tmp/run.jsonl")" = 3 ] &&
+  pass "--eval-every 3 of 7 steps: the held-out loss at steps 3, 6 and the last, with an event each" ||
+  fail "evaluations at steps '$evaluated' (exit $status): $(head -c 300 "$tmp/err")"
+
+# the logged loss is pesc eval's of the checkpoint saved at that step; pesc eval scores whole
+# records, so it gets the held-out records cut at --seq 24 as the run cut them
+cut_at_24() {
+  sed 's/^{"input_ids": \[\([^]]*\)\], "labels": \[\([^]]*\)\]}$/\1|\2/' "$1" | while IFS='|' read -r ids labels; do
+    ids=$(printf '%s' "$ids" | tr ',' '\n' | head -n 24 | paste -sd, -)
+    labels=$(printf '%s' "$labels" | tr ',' '\n' | head -n 24 | paste -sd, -)
+    printf '{"input_ids": [%s], "labels": [%s]}\n' "$ids" "$labels"
+  done
+}
+logged=$(grep '"step":6,' "$tmp/run.jsonl" | grep '"eval_loss"' | sed 's/.*"eval_loss":\([^,]*\),.*/\1/')
+cut_at_24 "$tmp/heldout.jsonl" >"$tmp/heldout24.jsonl"
+"$pesc" eval --model "$base" --adapters "$tmp/ck/step-00000006/trainables.safetensors" \
+  --data "$tmp/heldout24.jsonl" --format tokens --backend cpu --json >"$tmp/eval.json" 2>"$tmp/eval.err"
+scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
+[ -n "$logged" ] && [ -n "$scored" ] && close "$logged" "$scored" 1e-5 &&
+  pass "the held-out loss logged at step 6 ($logged) is pesc eval's of the step-6 checkpoint" ||
+  fail "held-out loss at step 6: logged '$logged', pesc eval '$scored' $(head -c 200 "$tmp/eval.err")"
+
+# csv: an eval_loss column, empty on the steps without an evaluation
+col=$(head -n 1 "$tmp/run.csv" | tr ',' '\n' | grep -n '^eval_loss$' | cut -d: -f1)
+cells=$(awk -F, -v c="${col:-0}" 'NR > 1 { printf "%s%s", (NR > 2 ? " " : ""), ($c == "" ? "-" : "x") }' "$tmp/run.csv")
+[ -n "$col" ] && [ "$cells" = "- - x - - x x" ] &&
+  pass "csv: eval_loss filled at steps 3, 6 and 7 only" ||
+  fail "csv eval_loss column ${col:-missing}: '$cells'"
+
+# the default is ten evaluations over the run: every 2 of 20 steps
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 20 --eval-data "$tmp/heldout.jsonl" --log "$tmp/ten.jsonl" >/dev/null 2>&1
+n=$(grep -c '"eval_loss"' "$tmp/ten.jsonl")
+[ "$n" = 10 ] && pass "without --eval-every: ten evaluations over 20 steps" ||
+  fail "without --eval-every: $n evaluations over 20 steps"
+
+# the eval command: an evaluation after the next step
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --eval-data "$tmp/heldout.jsonl" --eval-every 100000 \
+  --log "$tmp/cmd.jsonl" --control "$tmp/c.sock" >/dev/null 2>&1 &
+run=$!
+i=0; while [ ! -S "$tmp/c.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+reply=$(timeout 30 "$sockcmd" "$tmp/c.sock" eval)
+i=0; while ! grep -q '"eval_loss"' "$tmp/cmd.jsonl" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+timeout 30 "$sockcmd" "$tmp/c.sock" stop >/dev/null
+wait $run
+[ "$reply" = "ok: eval after the next step" ] && [ "$(grep -c '"eval_loss"' "$tmp/cmd.jsonl")" = 1 ] &&
+  pass "the eval command: one evaluation after the next step" ||
+  fail "eval command: reply '$reply', $(grep -c '"eval_loss"' "$tmp/cmd.jsonl") evaluations"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --control "$tmp/d.sock" >/dev/null 2>&1 &
+run=$!
+i=0; while [ ! -S "$tmp/d.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+reply=$(timeout 30 "$sockcmd" "$tmp/d.sock" eval)
+timeout 30 "$sockcmd" "$tmp/d.sock" stop >/dev/null
+wait $run
+[ "$reply" = "error: eval needs a run started with --eval-data FILE" ] &&
+  pass "the eval command without --eval-data is refused" || fail "eval without --eval-data: '$reply'"
+
+# refusals: before the run starts, one line naming the file
+# shellcheck disable=SC2086
+expect 1 "\-\-eval-data: .*missing.jsonl" "a missing --eval-data file" -- \
+  "$pesc" train --headless $common --steps 1 --eval-data "$tmp/missing.jsonl"
+printf '{"input_ids": [1, 2, 3], "labels": [-100, -100, -100]}\n' >"$tmp/untrained.jsonl"
+# shellcheck disable=SC2086
+expect 1 "\-\-eval-data .*untrained.jsonl: no record has a trained token" "held-out data with nothing to score" -- \
+  "$pesc" train --headless $common --steps 1 --eval-data "$tmp/untrained.jsonl"
+# shellcheck disable=SC2086
+expect 2 "\-\-eval-every needs \-\-eval-data" "--eval-every without --eval-data" -- \
+  "$pesc" train --headless $common --eval-every 5
+
+[ "$failures" -eq 0 ]
