@@ -36,8 +36,10 @@ enum { OUT_MESSAGES = 1, OUT_TEXT = 2, OUT_TOKENS = 4 };
 
 static void out_free(pesc_record_out *out)
 {
-    for (int i = 0; i < out->n_msgs; i++)
+    for (int i = 0; i < out->n_msgs; i++) {
         free((char *)out->msgs[i].content);
+        free((char *)out->msgs[i].where);
+    }
     free(out->msgs);
     free(out->text);
     free(out->ids);
@@ -120,7 +122,8 @@ static void host_message(pesc_record_out *out, pesc_role role, const char *text,
         out->cap_msgs = out->cap_msgs ? 2 * out->cap_msgs : 8;
         out->msgs = xrealloc(out->msgs, (size_t)out->cap_msgs * sizeof *out->msgs);
     }
-    out->msgs[out->n_msgs++] = (tpl_message){roles[role], copy_bytes(text, len), len};
+    out->msgs[out->n_msgs++] = (tpl_message){.role = roles[role], .content = copy_bytes(text, len),
+                                             .len = len};
     out->kinds |= OUT_MESSAGES;
 }
 
@@ -248,10 +251,12 @@ static int camelidae_convert(const pesc_format_host *h, const pesc_json *o, pesc
     size_t turns = h->array_size(conversation);
     if (h->type(conversation) != PESC_JSON_ARRAY || turns == 0)
         return h->fail(out, "\"conversation\" must be a non-empty array (or give \"corpus\")");
-    for (size_t i = 0; i < turns; i++)
-        if (question_answer(h, out, h->array_get(conversation, i), "input", "output",
-                            "conversation[]") != 0)
+    for (size_t i = 0; i < turns; i++) {
+        char where[48];
+        snprintf(where, sizeof where, "conversation[%zu]", i);
+        if (question_answer(h, out, h->array_get(conversation, i), "input", "output", where) != 0)
             return -1;
+    }
     return 0;
 }
 
@@ -404,6 +409,15 @@ static int turn_weight(const pesc_format_host *h, pesc_record_out *out, const pe
     return 0;
 }
 
+/* Names the message just given by the JSON path it was read from, so that the chat
+ * template's errors count as the turn errors here do (the host's message takes no path:
+ * plugins have their own records to name). */
+static void name_message(pesc_record_out *out, const char *where)
+{
+    if (!out->failed)
+        out->msgs[out->n_msgs - 1].where = copy_bytes(where, strlen(where));
+}
+
 /* The system prompt some datasets keep beside the turns ("system": LLaMA-Factory's ShareGPT,
  * "system_prompt": OpenHermes); NULL when absent or empty. */
 static int top_level_system(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
@@ -465,8 +479,10 @@ static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_jso
             return failf(h, out, "a top-level system prompt and a system turn (%s) differ: "
                          "keep one", where);
         }
-        if (!(system && role == PESC_ROLE_SYSTEM))   /* the same system prompt twice: once */
+        if (!(system && role == PESC_ROLE_SYSTEM)) {   /* the same system prompt twice: once */
             h->message(out, role, c, lc);
+            name_message(out, where);
+        }
         free(joined);
         if (turn_weight(h, out, t, where, role) != 0)
             return -1;

@@ -214,9 +214,11 @@ int demo_messages(const demo_record *r, tpl_message msgs[3])
 {
     int n = 0;
     if (r->system[0])
-        msgs[n++] = (tpl_message){ROLE_SYSTEM, r->system, strlen(r->system)};
-    msgs[n++] = (tpl_message){ROLE_USER, r->input, strlen(r->input)};
-    msgs[n++] = (tpl_message){ROLE_ASSISTANT, r->output, strlen(r->output)};
+        msgs[n++] = (tpl_message){.role = ROLE_SYSTEM, .content = r->system,
+                                  .len = strlen(r->system)};
+    msgs[n++] = (tpl_message){.role = ROLE_USER, .content = r->input, .len = strlen(r->input)};
+    msgs[n++] = (tpl_message){.role = ROLE_ASSISTANT, .content = r->output,
+                              .len = strlen(r->output)};
     return n;
 }
 

@@ -1,6 +1,7 @@
 /* template — see template.h. */
 #include "template.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,6 +132,16 @@ static const char *token_text(const tokenizer *t, int32_t id)
     return s ? s : "";
 }
 
+/* How an error names msgs[i]: by the JSON path it was read from, so that one numbering (from
+ * 0, as jq counts) runs through every message about a record; else by its index. */
+static const char *message_name(const tpl_message *msgs, int i, char *buf, size_t n)
+{
+    if (msgs[i].where)
+        return msgs[i].where;
+    snprintf(buf, n, "message %d (counting from 0)", i);
+    return buf;
+}
+
 /* Renders the conversation; with prompt, stops after the next assistant header. */
 static int render_conversation(const chat_template *tpl, const tokenizer *t,
                                const tpl_message *msgs, int n, int prompt, render *r,
@@ -150,21 +161,22 @@ static int render_conversation(const chat_template *tpl, const tokenizer *t,
     if (f.system_len && tpl->system)
         expand(r, tpl->system, &f, 0);
     int turns = 0, merged_system = 0;
-    char *merged = NULL;
+    char *merged = NULL, name[64];
     for (; i < n; i++) {
         const tpl_message *m = &msgs[i];
         if (m->role == ROLE_SYSTEM) {
             free(merged);
-            return pesc_fail(err, "a system message may only come first");
+            return pesc_fail(err, "%s: a system message may only come first",
+                             message_name(msgs, i, name, sizeof name));
         }
         if (m->role == ROLE_USER) {
             /* a user turn ends in the assistant's header, so a second one in a row would
              * follow an empty, unended assistant turn */
             if (turns > 0 && msgs[i - 1].role == ROLE_USER) {
                 free(merged);
-                return pesc_fail(err, "message %d: a user message must follow an assistant "
-                                 "message (two user messages in a row: join them into one)",
-                                 i + 1);
+                return pesc_fail(err, "%s: a user message must follow an assistant message "
+                                 "(two user messages in a row: join them into one)",
+                                 message_name(msgs, i, name, sizeof name));
             }
             if (turns > 0)
                 expand(r, tpl->separator, &f, 0);
@@ -188,7 +200,8 @@ static int render_conversation(const chat_template *tpl, const tokenizer *t,
         }
         if (turns == 0 || (i > 0 && msgs[i - 1].role != ROLE_USER)) {
             free(merged);
-            return pesc_fail(err, "message %d: an assistant message must follow a user message", i + 1);
+            return pesc_fail(err, "%s: an assistant message must follow a user message",
+                             message_name(msgs, i, name, sizeof name));
         }
         f.assistant = m->content;
         f.assistant_len = m->len;

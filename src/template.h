@@ -28,6 +28,8 @@ typedef struct tpl_message {
     tpl_role role;
     const char *content;      /* UTF-8, not necessarily NUL-terminated */
     size_t len;
+    const char *where;        /* where it was read from, as the data's JSON path
+                                 ("messages[2]"), to name it in errors; NULL: its index */
 } tpl_message;
 
 /* The template called name, or NULL. */
@@ -37,7 +39,8 @@ const char *template_name(const chat_template *tpl);
 const char *template_list(void);
 
 /* Renders messages (a system message may come first; then user and assistant turns in turn,
- * starting with a user's: two of one role in a row are an error naming the message) and appends
+ * starting with a user's: two of one role in a row are an error naming the message by its
+ * where, else by its index from 0) and appends
  * the ids and labels (same length; -100 = no loss) to ids/labels. A conversation must hold at
  * least one (trained) assistant message with content; an empty one is rendered, unlabeled. */
 int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,

@@ -180,9 +180,24 @@ static void test_dataset_shapes(tokenizer *t)
          "{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
          {"conversations[0]", "differ", "keep one"}},
         {"two users", "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"human\", "
-         "\"value\": \"r\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", {"shape.jsonl:1", "join them", ""}},
+         "\"value\": \"r\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         {"shape.jsonl:1", "conversations[1]: a user message must follow", "join them"}},
+        /* the template's errors count from 0 as the turn errors do, in the file's own list
+         * (the system prompt beside it is no turn of it) */
+        {"two users, system", "{\"system\": \"S\", \"messages\": [{\"role\": \"user\", "
+         "\"content\": \"q\"}, {\"role\": \"user\", \"content\": \"r\"}, {\"role\": "
+         "\"assistant\", \"content\": \"a\"}]}",
+         {"shape.jsonl:1: messages[1]: a user message", "", ""}},
+        {"system later", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": "
+         "\"assistant\", \"content\": \"a\"}, {\"role\": \"system\", \"content\": \"S\"}]}",
+         {"messages[2]: a system message may only come first", "", ""}},
+        {"assistant first", "{\"conversations\": [{\"from\": \"gpt\", \"value\": \"a\"}]}",
+         {"conversations[0]: an assistant message must follow a user message", "", ""}},
         {"weight", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": "
          "\"assistant\", \"content\": \"a\", \"weight\": 0.5}]}", {"messages[1].weight", "0 (not trained) or 1", ""}},
+        {"camelidae turn", "{\"instruction\": \"S\", \"conversation\": [{\"input\": \"q\", "
+         "\"output\": \"a\"}, {\"input\": \"r\", \"output\": 7}]}",
+         {"conversation[1]: \"output\" must be a string", "", ""}},
         {"input not text", "{\"instruction\": \"do\", \"input\": 5, \"output\": \"y\"}",
          {"shape.jsonl:1", "\"input\" must be a string", ""}},
     };

@@ -14,7 +14,7 @@ static int failures;
 
 static tpl_message msg(tpl_role role, const char *s)
 {
-    return (tpl_message){role, s, strlen(s)};
+    return (tpl_message){.role = role, .content = s, .len = strlen(s)};
 }
 
 /* The decoded text of the ids, and of the labeled ids only (spans joined by '|'). */
@@ -136,8 +136,16 @@ int main(void)
     /* two user turns in a row would leave an empty assistant header between them */
     tpl_message two_users[] = {msg(ROLE_USER, "a"), msg(ROLE_USER, "b"), msg(ROLE_ASSISTANT, "c")};
     CHECK(template_encode(template_find("chatml"), t, two_users, 3, &ids, &labels, &err) == -1 &&
-          strstr(err.msg, "message 2") && strstr(err.msg, "user"),
+          strstr(err.msg, "message 1 (counting from 0)") && strstr(err.msg, "user"),
           "two user turns in a row must fail naming the message: %s", err.msg);
+    /* a message read from data is named by its JSON path, not by its place among the
+     * messages (a system prompt beside the turns comes first there) */
+    tpl_message from_data[] = {msg(ROLE_SYSTEM, "S"), msg(ROLE_USER, "a"), msg(ROLE_USER, "b"),
+                               msg(ROLE_ASSISTANT, "c")};
+    from_data[2].where = "messages[1]";
+    CHECK(template_encode(template_find("chatml"), t, from_data, 4, &ids, &labels, &err) == -1 &&
+          strncmp(err.msg, "messages[1]: a user message must follow", 39) == 0,
+          "the message's JSON path must name it: %s", err.msg);
     CHECK(template_encode_prompt(template_find("chatml"), t, two_users, 2, &ids, &err) == -1,
           "a prompt with two user turns in a row must fail");
     CHECK(template_find("nonesuch") == NULL, "unknown template must be NULL");
