@@ -280,13 +280,19 @@ int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *m
     return rc;
 }
 
+/* Whether a document rendered for tpl starts with BOS: the template's own start decides
+ * (llama2 puts it in each user turn). */
+static int starts_with_bos(const chat_template *tpl)
+{
+    return strstr(tpl->start, "{bos}") || strstr(tpl->user, "{bos}");
+}
+
 int template_encode_text(const chat_template *tpl, tokenizer *t, const char *text, size_t len,
                          tok_ids *ids, tok_ids *labels, pesc_error *err)
 {
     fill f = {.bos = token_text(t, tok_bos(t)), .eos = token_text(t, tok_eos(t))};
     render r = {0};
-    /* the template's own start decides whether a BOS leads (llama2 puts it in each turn) */
-    if (strstr(tpl->start, "{bos}") || strstr(tpl->user, "{bos}"))
+    if (starts_with_bos(tpl))
         put(&r, f.bos, strlen(f.bos));
     put(&r, text, len);
     put(&r, f.eos, strlen(f.eos));
@@ -298,6 +304,16 @@ int template_encode_text(const chat_template *tpl, tokenizer *t, const char *tex
         tok_ids_push(labels, ids->ids[i]);
     free(r.s);
     return rc;
+}
+
+int template_encode_bare(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,
+                         tok_ids *ids, tok_ids *labels, pesc_error *err)
+{
+    /* a template of nothing but a document's frame, so the spans are labeled as in chats */
+    const chat_template bare = {.name = "bare", .start = starts_with_bos(tpl) ? "{bos}" : "",
+                                .system = "{system}", .user = "{user}",
+                                .assistant = "{assistant}{eos}", .separator = ""};
+    return template_encode(&bare, t, msgs, n, ids, labels, err);
 }
 
 int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_message *msgs,

@@ -51,6 +51,13 @@ int template_encode(const chat_template *tpl, tokenizer *t, const tpl_message *m
 int template_encode_text(const chat_template *tpl, tokenizer *t, const char *text, size_t len,
                          tok_ids *ids, tok_ids *labels, pesc_error *err);
 
+/* Messages laid end to end as plain text, with no chat template: BOS when the template
+ * uses one (as template_encode_text), each assistant message followed by EOS and labeled,
+ * the rest context. A prompt and its completion, as OpenAI's legacy fine-tuning files and
+ * TRL's prompt-completion datasets mean them. */
+int template_encode_bare(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,
+                         tok_ids *ids, tok_ids *labels, pesc_error *err);
+
 /* The prompt for generation: messages (system?, user, [assistant, user]...) rendered up to and
  * including the assistant header of the next turn, so the model continues as the assistant. */
 int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_message *msgs,

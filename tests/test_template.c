@@ -43,15 +43,20 @@ static void decode_parts(tokenizer *t, const tok_ids *ids, const tok_ids *labels
     *labeled = out;
 }
 
-static void expect_render(tokenizer *t, const char *name, const tpl_message *m, int n,
-                          const char *want_all, const char *want_labeled)
+typedef int encode_fn(const chat_template *tpl, tokenizer *t, const tpl_message *msgs, int n,
+                      tok_ids *ids, tok_ids *labels, pesc_error *err);
+
+/* m encoded by encode with template name: the whole text, and the labeled spans joined by '|' */
+static void expect_encoding(tokenizer *t, const char *name, encode_fn *encode,
+                            const tpl_message *m, int n, const char *want_all,
+                            const char *want_labeled)
 {
     const chat_template *tpl = template_find(name);
     CHECK(tpl != NULL, "template %s missing", name);
     if (!tpl) return;
     tok_ids ids = {0}, labels = {0};
     pesc_error err = {{0}};
-    int rc = template_encode(tpl, t, m, n, &ids, &labels, &err);
+    int rc = encode(tpl, t, m, n, &ids, &labels, &err);
     CHECK(rc == 0, "%s: %s", name, err.msg);
     CHECK(ids.n == labels.n, "%s: ids and labels differ in length", name);
     char *all, *labeled;
@@ -63,6 +68,12 @@ static void expect_render(tokenizer *t, const char *name, const tpl_message *m, 
     free(labeled);
     tok_ids_free(&ids);
     tok_ids_free(&labels);
+}
+
+static void expect_render(tokenizer *t, const char *name, const tpl_message *m, int n,
+                          const char *want_all, const char *want_labeled)
+{
+    expect_encoding(t, name, template_encode, m, n, want_all, want_labeled);
 }
 
 int main(void)
@@ -110,6 +121,15 @@ int main(void)
     expect_render(t, "camelidae", untrained, 4,
         "<s>### Human:\nhello\n### Assistant:\nhi there</s>\n### Human:\n2+2?\n### Assistant:\n4</s>",
         "4</s>");
+
+    /* with no chat template (prompt/completion strings): the text end to end, BOS where the
+     * template puts one first (llama2 in its user turn, chatml nowhere), EOS after each
+     * answer, only the answers and their EOS labeled */
+    tpl_message pairs[] = {msg(ROLE_USER, "2+2="), msg(ROLE_ASSISTANT, "4"),
+                           msg(ROLE_USER, " and 3+3="), msg(ROLE_ASSISTANT, "6")};
+    expect_encoding(t, "llama2", template_encode_bare, pairs, 4, "<s>2+2=4</s> and 3+3=6</s>",
+                    "4</s>|6</s>");
+    expect_encoding(t, "chatml", template_encode_bare, pairs, 2, "2+2=4</s>", "4</s>");
 
     /* prompts for generation end at the assistant header */
     pesc_error err = {{0}};
