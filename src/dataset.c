@@ -392,6 +392,13 @@ static int turn_content(const pesc_format_host *h, pesc_record_out *out, const p
     return 0;
 }
 
+/* Keeps the assistant message just given as context, without loss. */
+static void keep_as_context(pesc_record_out *out)
+{
+    if (!out->failed)
+        out->msgs[out->n_msgs - 1].role = ROLE_ASSISTANT_UNTRAINED;
+}
+
 /* OpenAI's fine-tuning data marks an assistant turn "weight": 0 to keep it as context only;
  * 1 (or none) trains it. The host's message has no such flag (plugins have no use for it
  * yet), so the built-in marks the message it has just given. */
@@ -404,8 +411,8 @@ static int turn_weight(const pesc_format_host *h, pesc_record_out *out, const pe
         return 0;
     if (h->integer(w, &weight) != 0 || (weight != 0 && weight != 1))
         return failf(h, out, "%s.weight must be 0 (not trained) or 1", where);
-    if (weight == 0 && role == PESC_ROLE_ASSISTANT && !out->failed)
-        out->msgs[out->n_msgs - 1].role = ROLE_ASSISTANT_UNTRAINED;
+    if (weight == 0 && role == PESC_ROLE_ASSISTANT)
+        keep_as_context(out);
     return 0;
 }
 
@@ -443,21 +450,14 @@ static int top_level_system(const pesc_format_host *h, pesc_record_out *out, con
     return 0;
 }
 
-/* A list of turns: [{role_key, content_key}] as sharegpt and openai store them, after a
- * top-level system prompt when the record has one. */
-static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
-                 const char *list_key, const char *role_key, const char *content_key)
+/* The turns of one list, [{role_key, content_key}], after the system prompt the record
+ * keeps beside them (system, ls; NULL: none), which a system turn may only repeat; with
+ * context, the assistant turns are kept without loss. */
+static int list_turns(const pesc_format_host *h, pesc_record_out *out, const char *list_key,
+                      const pesc_json *list, const char *role_key, const char *content_key,
+                      const char *system, size_t ls, int context)
 {
-    const pesc_json *list = h->get(o, list_key);
     size_t n = h->array_size(list);
-    if (h->type(list) != PESC_JSON_ARRAY || n == 0)
-        return failf(h, out, "\"%s\" must be a non-empty array", list_key);
-    const char *system;
-    size_t ls = 0;
-    if (top_level_system(h, out, o, &system, &ls) != 0)
-        return -1;
-    if (system)
-        h->message(out, PESC_ROLE_SYSTEM, system, ls);
     for (size_t i = 0; i < n; i++) {
         const pesc_json *t = h->array_get(list, i);
         size_t lr = 0, lc = 0;
@@ -486,8 +486,41 @@ static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_jso
         free(joined);
         if (turn_weight(h, out, t, where, role) != 0)
             return -1;
+        if (context && role == PESC_ROLE_ASSISTANT)
+            keep_as_context(out);
     }
     return 0;
+}
+
+/* Lists of turns as sharegpt and openai store them, after a top-level system prompt when the
+ * record has one: lists[0..n_lists) in order are one conversation, and the assistant turns
+ * of all but the last are context, without loss (the prompt before a completion). */
+static int turn_lists(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                      const char *const *lists, int n_lists, const char *role_key,
+                      const char *content_key)
+{
+    for (int k = 0; k < n_lists; k++) {
+        const pesc_json *list = h->get(o, lists[k]);
+        if (h->type(list) != PESC_JSON_ARRAY || h->array_size(list) == 0)
+            return failf(h, out, "\"%s\" must be a non-empty array", lists[k]);
+    }
+    const char *system;
+    size_t ls = 0;
+    if (top_level_system(h, out, o, &system, &ls) != 0)
+        return -1;
+    if (system)
+        h->message(out, PESC_ROLE_SYSTEM, system, ls);
+    for (int k = 0; k < n_lists; k++)
+        if (list_turns(h, out, lists[k], h->get(o, lists[k]), role_key, content_key, system, ls,
+                       k < n_lists - 1) != 0)
+            return -1;
+    return 0;
+}
+
+static int turns(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
+                 const char *list_key, const char *role_key, const char *content_key)
+{
+    return turn_lists(h, out, o, &list_key, 1, role_key, content_key);
 }
 
 static int sharegpt_detect(const pesc_format_host *h, const pesc_json *o)
