@@ -90,8 +90,8 @@ typedef struct pesc_format_ops {
     unsigned flags;                      /* PESC_FORMAT_* */
     /* `--format auto`: how sure this format is that the record is one of its own, 0 (not
      * mine) to 100; the highest score wins, ties go to the format registered first (the
-     * built-ins: text 10-100, alpaca 30, magicoder 40, metamath 50, openai 60, sharegpt 70,
-     * camelidae 80, tokens 90). NULL: never chosen by auto. */
+     * built-ins: completion 5, text 10-100, alpaca 30, magicoder 40, metamath 50, openai 60,
+     * sharegpt 70, camelidae 80, tokens 90). NULL: never chosen by auto. */
     int (*detect)(const pesc_format_host *h, const pesc_json *record);
     /* The record to messages, text or tokens through h; 0, or h->fail(...). Required. */
     int (*convert)(const pesc_format_host *h, const pesc_json *record, pesc_record_out *out);

@@ -22,6 +22,8 @@
 struct pesc_record_out {
     tpl_message *msgs;           /* (n_msgs) */
     int n_msgs, cap_msgs;
+    int bare;                    /* the messages are plain text end to end, no chat template
+                                    (prompt/completion strings; set by that built-in) */
     char *text;                  /* a plain document */
     size_t text_len;
     int32_t *ids, *labels;       /* (n_ids) pre-tokenized; labels may be NULL */
@@ -547,6 +549,45 @@ static int openai_convert(const pesc_format_host *h, const pesc_json *o, pesc_re
     return turns(h, out, o, "messages", "role", "content");
 }
 
+/* completion: {"prompt", "completion"}, as OpenAI's legacy fine-tuning files and TRL's
+ * prompt-completion datasets keep them. Two strings are plain text, the completion right
+ * after the prompt with no chat template (what both mean by them); two lists of messages are
+ * one conversation for the chat template. Only the completion is trained. */
+static int completion_detect(const pesc_format_host *h, const pesc_json *o)
+{
+    /* below every other format: a record that one of them reads today stays its */
+    return has(h, o, "prompt") && has(h, o, "completion") ? 5 : 0;
+}
+
+static int completion_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
+{
+    static const char *const keys[] = {"prompt", "completion"};
+    pesc_json_type types[2];
+    for (int k = 0; k < 2; k++) {
+        types[k] = h->type(h->get(o, keys[k]));
+        if (types[k] != PESC_JSON_STRING && types[k] != PESC_JSON_ARRAY)
+            return failf(h, out, "\"%s\" must be a string (plain text) or a list of {\"role\", "
+                         "\"content\"} messages", keys[k]);
+    }
+    if (types[0] != types[1])
+        return failf(h, out, "\"prompt\" is a %s but \"completion\" a %s: give both as strings "
+                     "(plain text, no chat template) or both as lists of {\"role\", \"content\"} "
+                     "messages (one conversation for the chat template)",
+                     types[0] == PESC_JSON_STRING ? "string" : "list",
+                     types[1] == PESC_JSON_STRING ? "string" : "list");
+    size_t lp = 0, lc = 0;
+    const char *prompt = h->string(h->get(o, "prompt"), &lp);
+    const char *completion = h->string(h->get(o, "completion"), &lc);
+    if (completion ? lc == 0 : h->array_size(h->get(o, "completion")) == 0)
+        return h->fail(out, "\"completion\" is empty: give the answer to train on");
+    if (!completion)
+        return turn_lists(h, out, o, keys, 2, "role", "content");
+    h->message(out, PESC_ROLE_USER, prompt, lp);
+    h->message(out, PESC_ROLE_ASSISTANT, completion, lc);
+    out->bare = 1;
+    return 0;
+}
+
 /* metamath: query, response; or GSM8K's question, answer (the data MetaMath grew from) */
 static int metamath_detect(const pesc_format_host *h, const pesc_json *o)
 {
@@ -661,6 +702,7 @@ FORMAT_OPS(metamath, 0);
 FORMAT_OPS(magicoder, 0);
 FORMAT_OPS(text, PESC_FORMAT_LINES);
 FORMAT_OPS(tokens, 0);
+FORMAT_OPS(completion, 0);
 
 #define BUILTIN "built-in"
 /* At the indices of ds_format; every registry starts with these. */
@@ -681,7 +723,10 @@ static const ds_format_info builtin_formats[] = {
     [DS_TEXT] = {"text", "{\"text\"}, a JSON string, or a plain line", BUILTIN, &text_ops},
     [DS_TOKENS] = {"tokens", "{\"input_ids\", \"labels\"}: token ids, no tokenizer", BUILTIN,
                    &tokens_ops},
-    /* More built-ins register here, after DS_TOKENS, through the same table: the generated
+    [DS_COMPLETION] = {"completion", "{\"prompt\", \"completion\"}: strings as plain text "
+                       "(OpenAI's legacy files), or lists of messages (TRL)", BUILTIN,
+                       &completion_ops},
+    /* More built-ins register here, after the named ones, through the same table: the generated
      * instruction data of the built-in demo (src/demo.c). */
     {"demo", DEMO_FORMAT_DESCRIPTION, BUILTIN, &demo_format_ops},
 };
@@ -833,9 +878,12 @@ static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const c
                          "directory with tokenizer.json)", format);
     const chat_template *tpl = lo->tpl ? lo->tpl : template_find("camelidae");
     tok_ids ids = {0}, labels = {0};
-    rc = out->kinds == OUT_TEXT
-             ? template_encode_text(tpl, lo->tok, out->text, out->text_len, &ids, &labels, err)
-             : template_encode(tpl, lo->tok, out->msgs, out->n_msgs, &ids, &labels, err);
+    if (out->kinds == OUT_TEXT)
+        rc = template_encode_text(tpl, lo->tok, out->text, out->text_len, &ids, &labels, err);
+    else if (out->bare)
+        rc = template_encode_bare(tpl, lo->tok, out->msgs, out->n_msgs, &ids, &labels, err);
+    else
+        rc = template_encode(tpl, lo->tok, out->msgs, out->n_msgs, &ids, &labels, err);
     for (int i = 0; rc == 0 && lo->vocab_size > 0 && i < ids.n; i++)
         if (ids.ids[i] >= lo->vocab_size)
             rc = pesc_fail(err, "token id %d is outside the model's vocabulary (%d): the "

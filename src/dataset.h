@@ -9,7 +9,9 @@
  * metamath (query, response, or GSM8K's question, answer), magicoder (instruction/response, with Dolly's context, or
  * problem/solution; an alpaca input or a Dolly context joins the instruction), text
  * ({"text": ...}, a JSON string, or a plain line), tokens ({"input_ids": [...], "labels":
- * [...]}); auto decides per record from its keys. Every format, built-in or from a plugin,
+ * [...]}), completion ({"prompt", "completion"}: two strings are plain text with no chat
+ * template, two lists of messages one conversation; only the completion trained); auto
+ * decides per record from its keys. Every format, built-in or from a plugin,
  * is a `pesc_format_ops` table (plugins/pesc-plugin.h) in a registry (ds_formats): auto asks
  * each one's detect, a source format (open/next) makes its own records. Files are JSONL or one JSON array, plain,
  * .gz or .zst, read front to back with bounded memory (a JSON array is cut into its elements
@@ -71,7 +73,7 @@ typedef struct ds_records {
  * formats added by plugins follow them. */
 typedef enum ds_format {
     DS_AUTO, DS_CAMELIDAE, DS_ALPACA, DS_SHAREGPT, DS_OPENAI, DS_METAMATH, DS_MAGICODER,
-    DS_TEXT, DS_TOKENS
+    DS_TEXT, DS_TOKENS, DS_COMPLETION
 } ds_format;
 
 /* Built-in names only ("auto", "camelidae", ...): 0, or -1 with a message listing them. */

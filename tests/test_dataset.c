@@ -1,10 +1,11 @@
 /* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), the shapes of public
- * instruction sets (ShareGPT, OpenAI, LMSYS, Dolly, GSM8K variants: every turn read, only
- * answers labeled, or one message naming the turn), files that are neither JSONL nor one
- * array, skipped and strict bad records, mixture weights and how PATH:WEIGHT is read, truncation and the answers it leaves,
- * packing (positions and document ids), seeded order and an exact cursor round trip; messages
- * for empty paths and negative ids; the token store: records read back exactly, batches the
- * same as before it, and one-line errors for a TMPDIR that is missing or full. */
+ * instruction sets (ShareGPT, OpenAI, LMSYS, Dolly, GSM8K variants, prompt/completion pairs:
+ * every turn read, only answers labeled, or one message naming the turn), prompt/completion
+ * strings to exact ids and labels, files that are neither JSONL nor one array, skipped and
+ * strict bad records, mixture weights and how PATH:WEIGHT is read, truncation and the answers
+ * it leaves, packing (positions and document ids), seeded order and an exact cursor round trip;
+ * messages for empty paths and negative ids; the token store: records read back exactly,
+ * batches the same as before it, and one-line errors for a TMPDIR that is missing or full. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -66,6 +67,7 @@ static void test_formats(tokenizer *t)
         {"magicoder", "{\"problem\": \"p\", \"solution\": \"s\"}", "<s>### Human:\np\n### Assistant:\ns</s>"},
         {"magicoder2", "{\"instruction\": \"i\", \"response\": \"r\"}", "<s>### Human:\ni\n### Assistant:\nr</s>"},
         {"text", "{\"text\": \"hello world\"}", "<s>hello world</s>"},
+        {"completion", "{\"prompt\": \"2+2=\", \"completion\": \"4\"}", "<s>2+2=4</s>"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char body[1024];
@@ -156,6 +158,22 @@ static void test_dataset_shapes(tokenizer *t)
          "<s>### Human:\n2+2?\n### Assistant:\n4\n#### 4</s>", "4\n#### 4</s>"},
         {"alpaca empty input", "{\"instruction\": \"do\", \"input\": \"\", \"output\": \"y\"}",
          "<s>### Human:\ndo\n### Assistant:\ny</s>", "y</s>"},
+        /* TRL's conversational prompt-completion: one conversation, only the completion's
+         * answers trained; a record another format reads stays its own */
+        {"prompt-completion messages", "{\"prompt\": [{\"role\": \"system\", \"content\": "
+         "\"S\"}, {\"role\": \"user\", \"content\": \"q\"}], \"completion\": [{\"role\": "
+         "\"assistant\", \"content\": \"a\"}]}",
+         "<s>### System:\nS\n### Human:\nq\n### Assistant:\na</s>", "a</s>"},
+        {"prompt-completion context", "{\"prompt\": [{\"role\": \"user\", \"content\": \"q\"}, "
+         "{\"role\": \"assistant\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": "
+         "\"r\"}], \"completion\": [{\"role\": \"assistant\", \"content\": \"b\"}]}",
+         "<s>### Human:\nq\n### Assistant:\na</s>\n### Human:\nr\n### Assistant:\nb</s>",
+         "b</s>"},
+        {"text beside a completion", "{\"text\": \"t\", \"prompt\": \"q\", \"completion\": "
+         "\"a\"}", "<s>t</s>", "<s>t</s>"},
+        {"messages beside a completion", "{\"prompt\": \"q\", \"completion\": \"a\", "
+         "\"messages\": [{\"role\": \"user\", \"content\": \"r\"}, {\"role\": \"assistant\", "
+         "\"content\": \"b\"}]}", "<s>### Human:\nr\n### Assistant:\nb</s>", "b</s>"},
     };
     char text[1024], labeled[1024];
     for (size_t i = 0; i < sizeof read / sizeof *read; i++) {
@@ -200,6 +218,23 @@ static void test_dataset_shapes(tokenizer *t)
          {"conversation[1]: \"output\" must be a string", "", ""}},
         {"input not text", "{\"instruction\": \"do\", \"input\": 5, \"output\": \"y\"}",
          {"shape.jsonl:1", "\"input\" must be a string", ""}},
+        /* prompt/completion records that cannot be read as one */
+        {"mixed", "{\"prompt\": \"q\", \"completion\": [{\"role\": \"assistant\", "
+         "\"content\": \"a\"}]}", {"shape.jsonl:1: \"prompt\" is a string but \"completion\" a "
+         "list", "both as strings", "both as lists"}},
+        {"empty completion", "{\"prompt\": \"q\", \"completion\": \"\"}",
+         {"shape.jsonl:1: \"completion\" is empty", "give the answer", ""}},
+        {"no completion turns", "{\"prompt\": [{\"role\": \"user\", \"content\": \"q\"}], "
+         "\"completion\": []}", {"shape.jsonl:1: \"completion\" is empty", "", ""}},
+        {"prompt number", "{\"prompt\": 5, \"completion\": \"a\"}",
+         {"shape.jsonl:1: \"prompt\" must be a string", "or a list of", ""}},
+        {"completion tool", "{\"prompt\": [{\"role\": \"user\", \"content\": \"q\"}], "
+         "\"completion\": [{\"role\": \"tool\", \"content\": \"r\"}]}",
+         {"completion[0].role is \"tool\"", "no tool turns", ""}},
+        {"completion order", "{\"prompt\": [{\"role\": \"user\", \"content\": \"q\"}, "
+         "{\"role\": \"assistant\", \"content\": \"a\"}], \"completion\": [{\"role\": "
+         "\"assistant\", \"content\": \"b\"}]}",
+         {"shape.jsonl:1: completion[0]: an assistant message must follow a user", "", ""}},
     };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
         pesc_error err = {{0}};
@@ -208,6 +243,53 @@ static void test_dataset_shapes(tokenizer *t)
         for (int k = 0; k < 3; k++)
             CHECK(rc == 0 || strstr(err.msg, refused[i].want[k]), "%s: \"%s\" not in: %s",
                   refused[i].name, refused[i].want[k], err.msg);
+    }
+}
+
+/* {"prompt", "completion"} strings: the text is the prompt and the completion end to end, with
+ * no chat template; BOS as the template puts one before a document (llama2's does, chatml's
+ * does not), EOS after the completion, and only the completion and EOS labeled. Ids of the
+ * fixture: bytes as themselves ('2' 50, '+' 43, '=' 61, '4' 52), "hell" 258, <s> 300,
+ * </s> 301. */
+static void test_prompt_completion_ids(tokenizer *t)
+{
+    enum { NO = -100 };
+    static const struct {
+        const char *name, *line, *template_name;
+        int n;
+        int32_t ids[8], labels[8];
+    } cases[] = {
+        {"strings", "{\"prompt\": \"2+2=\", \"completion\": \"4\"}", "llama2", 7,
+         {300, 50, 43, 50, 61, 52, 301}, {NO, NO, NO, NO, NO, 52, 301}},
+        {"no BOS", "{\"prompt\": \"2+2=\", \"completion\": \"4\"}", "chatml", 6,
+         {50, 43, 50, 61, 52, 301}, {NO, NO, NO, NO, 52, 301}},
+        /* "hell" straddles the boundary: partly prompt, so it is not learnt */
+        {"straddling token", "{\"prompt\": \"hel\", \"completion\": \"lo\"}", "camelidae", 4,
+         {300, 258, 'o', 301}, {NO, NO, 'o', 301}},
+        {"empty prompt", "{\"prompt\": \"\", \"completion\": \"4\"}", "camelidae", 3,
+         {300, 52, 301}, {NO, 52, 301}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char body[256];
+        snprintf(body, sizeof body, "%s\n", cases[i].line);
+        ds_records d = {0};
+        pesc_error err = {{0}};
+        ds_load_options lo = {.format = DS_COMPLETION, .tok = t, .strict = 1,
+                              .tpl = template_find(cases[i].template_name)};
+        int rc = dataset_load(&d, write_file("completion.jsonl", body, 0), &lo, &err);
+        CHECK(rc == 0 && d.n == 1, "%s: %s", cases[i].name, err.msg);
+        if (rc != 0)
+            continue;
+        const ds_record *r = &d.items[0];
+        int same = r->len == cases[i].n && r->labels;
+        for (int k = 0; same && k < r->len; k++)
+            same = r->ids[k] == cases[i].ids[k] && r->labels[k] == cases[i].labels[k];
+        CHECK(same, "%s: %d tokens, first id %d label %d", cases[i].name, r->len,
+              r->len ? r->ids[0] : -1, r->len && r->labels ? r->labels[0] : -1);
+        for (int k = 0; !same && k < r->len; k++)
+            fprintf(stderr, "  %d: id %d label %d\n", k, r->ids[k],
+                    r->labels ? r->labels[k] : r->ids[k]);
+        dataset_free(&d);
     }
 }
 
@@ -226,8 +308,8 @@ static void test_file_shapes(tokenizer *t)
         /* two arrays, as cat joins two files: the second would be lost */
         {"two arrays", "[{\"text\": \"a\"}]\n[{\"text\": \"b\"}]\n",
          {"wrapped.json:2: more after the JSON array's closing ']'", "jq -s add"}, 0},
-        {"keys", "{\"prompt\": \"q\", \"completion\": \"a\"}\n",
-         {"no known format reads a record with the keys \"prompt\", \"completion\"",
+        {"keys", "{\"source\": \"q\", \"target\": \"a\"}\n",
+         {"no known format reads a record with the keys \"source\", \"target\"",
           "pesc plugins"}, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -742,6 +824,7 @@ int main(void)
         return 99;
     test_formats(t);
     test_dataset_shapes(t);
+    test_prompt_completion_ids(t);
     test_file_shapes(t);
     test_array_gzip_and_bad_records(t);
     test_batches();
