@@ -549,6 +549,31 @@ static int openai_convert(const pesc_format_host *h, const pesc_json *o, pesc_re
     return turns(h, out, o, "messages", "role", "content");
 }
 
+/* Preference data, for DPO-style training, which pesc does not do: pairs of a "chosen" and a
+ * "rejected" answer (TRL's preference datasets), or completions marked good or bad by a
+ * "label" (KTO's unpaired ones). NULL for any other record; else why it is refused and how
+ * to train on the good answers, in buf. */
+static const char *preference_data(const pesc_format_host *h, const pesc_json *o, char *buf,
+                                   size_t n)
+{
+    const pesc_json *label = h->get(o, "label");
+    if (has(h, o, "completion") && h->type(label) == PESC_JSON_BOOL) {
+        snprintf(buf, n, "a completion with a true/false \"label\" is preference data (KTO), "
+                 "for DPO-style training, which pesc does not do; to train on the good ones, "
+                 "keep them: jq -c 'select(.label) | del(.label)'");
+        return buf;
+    }
+    if (!has(h, o, "chosen") && !has(h, o, "rejected"))
+        return NULL;
+    const char *take = has(h, o, "prompt") ? "{prompt, completion: .chosen}"
+                       : h->type(h->get(o, "chosen")) == PESC_JSON_ARRAY ? "{messages: .chosen}"
+                                                                          : "{text: .chosen}";
+    snprintf(buf, n, "a record with \"chosen\" and \"rejected\" answers is preference data, for "
+             "DPO-style training, which pesc does not do, and no format reads \"chosen\" alone; "
+             "to train on the chosen answers, take them out: jq -c '%s'", take);
+    return buf;
+}
+
 /* completion: {"prompt", "completion"}, as OpenAI's legacy fine-tuning files and TRL's
  * prompt-completion datasets keep them. Two strings are plain text, the completion right
  * after the prompt with no chat template (what both mean by them); two lists of messages are
@@ -562,6 +587,9 @@ static int completion_detect(const pesc_format_host *h, const pesc_json *o)
 static int completion_convert(const pesc_format_host *h, const pesc_json *o, pesc_record_out *out)
 {
     static const char *const keys[] = {"prompt", "completion"};
+    char why[512];
+    if (preference_data(h, o, why, sizeof why))
+        return h->fail(out, why);
     pesc_json_type types[2];
     for (int k = 0; k < 2; k++) {
         types[k] = h->type(h->get(o, keys[k]));
@@ -901,15 +929,19 @@ static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const c
     return 0;
 }
 
-/* Why auto found no format for o: a wrapper around the records ({"data": [...]}) says how to
- * take them out; anything else names its keys, to be renamed to a format's. */
+/* Why auto found no format for o: preference data says what it is for (before the wrapper
+ * test: its "chosen" may be a list of messages); a wrapper around the records ({"data":
+ * [...]}) says how to take them out; anything else names its keys, to be renamed to a
+ * format's. */
 static int no_format(const json_t *o, const char *path, long line, pesc_error *err)
 {
     const char *key;
     json_t *value;
-    char keys[256] = "";
+    char keys[256] = "", why[512];
     size_t used = 0;
     int shown = 0;
+    if (preference_data(&format_host, (const pesc_json *)o, why, sizeof why))
+        return pesc_fail(err, "%s:%ld: %s", path, line, why);
     json_object_foreach((json_t *)o, key, value) {
         if (json_is_array(value) && json_is_object(json_array_get(value, 0)))
             return pesc_fail(err, "%s:%ld: an object holding an array \"%s\" of records, not a "

@@ -1,11 +1,12 @@
 /* test_dataset — formats (JSONL, JSON array, gzip, a byte order mark), the shapes of public
  * instruction sets (ShareGPT, OpenAI, LMSYS, Dolly, GSM8K variants, prompt/completion pairs:
- * every turn read, only answers labeled, or one message naming the turn), prompt/completion
- * strings to exact ids and labels, files that are neither JSONL nor one array, skipped and
- * strict bad records, mixture weights and how PATH:WEIGHT is read, truncation and the answers
- * it leaves, packing (positions and document ids), seeded order and an exact cursor round trip;
- * messages for empty paths and negative ids; the token store: records read back exactly,
- * batches the same as before it, and one-line errors for a TMPDIR that is missing or full. */
+ * every turn read, only answers labeled, or one message naming the turn; preference data
+ * refused with what to do), prompt/completion strings to exact ids and labels, files that are
+ * neither JSONL nor one array, skipped and strict bad records, mixture weights and how
+ * PATH:WEIGHT is read, truncation and the answers it leaves, packing (positions and document
+ * ids), seeded order and an exact cursor round trip; messages for empty paths and negative ids;
+ * the token store: records read back exactly, batches the same as before it, and one-line
+ * errors for a TMPDIR that is missing or full. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -218,7 +219,7 @@ static void test_dataset_shapes(tokenizer *t)
          {"conversation[1]: \"output\" must be a string", "", ""}},
         {"input not text", "{\"instruction\": \"do\", \"input\": 5, \"output\": \"y\"}",
          {"shape.jsonl:1", "\"input\" must be a string", ""}},
-        /* prompt/completion records that cannot be read as one */
+        /* prompt/completion records that cannot be read as one, and preference data */
         {"mixed", "{\"prompt\": \"q\", \"completion\": [{\"role\": \"assistant\", "
          "\"content\": \"a\"}]}", {"shape.jsonl:1: \"prompt\" is a string but \"completion\" a "
          "list", "both as strings", "both as lists"}},
@@ -235,6 +236,16 @@ static void test_dataset_shapes(tokenizer *t)
          "{\"role\": \"assistant\", \"content\": \"a\"}], \"completion\": [{\"role\": "
          "\"assistant\", \"content\": \"b\"}]}",
          {"shape.jsonl:1: completion[0]: an assistant message must follow a user", "", ""}},
+        {"preference", "{\"prompt\": \"q\", \"chosen\": \"a\", \"rejected\": \"b\"}",
+         {"shape.jsonl:1: a record with \"chosen\" and \"rejected\" answers is preference data",
+          "DPO-style training, which pesc does not do", "jq -c '{prompt, completion: .chosen}'"}},
+        {"preference, implicit prompt", "{\"chosen\": [{\"role\": \"user\", \"content\": \"q\"}, "
+         "{\"role\": \"assistant\", \"content\": \"a\"}], \"rejected\": [{\"role\": \"user\", "
+         "\"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}",
+         {"preference data", "no format reads \"chosen\" alone", "jq -c '{messages: .chosen}'"}},
+        {"KTO", "{\"prompt\": \"q\", \"completion\": \"a\", \"label\": false}",
+         {"shape.jsonl:1: a completion with a true/false \"label\" is preference data (KTO)",
+          "pesc does not do", "jq -c 'select(.label) | del(.label)'"}},
     };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
         pesc_error err = {{0}};
