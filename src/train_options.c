@@ -19,7 +19,7 @@ const char train_options_help[] =
     "                       (pre-training a base model, as tools/make-demo-base does)\n"
     "  --data PATH|URL[:W]  dataset, repeatable; W = mixture weight (default 1)\n"
     "  --format F           auto, camelidae, alpaca, sharegpt, openai, metamath, magicoder,\n"
-    "                       text, tokens (auto)\n"
+    "                       text, tokens, completion (auto)\n"
     "  --template NAME      camelidae (default), alpaca, chatml, llama2, llama3, mistral, plain\n"
     "  --tokenizer FILE|URL tokenizer.json (default: the model's)\n"
     "  --seq T --batch B    tokens per row and rows per micro-batch (512 or the model's\n"
