@@ -252,7 +252,20 @@ static int encode_render(tokenizer *t, const render *r, tok_ids *ids, tok_ids *l
             rc = -1;
             break;
         }
-        /* a token crossing a boundary lies partly outside the span: it gets no label */
+        /* a token crossing a boundary lies partly outside the span: it gets no label, but
+         * for the spaces before an answer that SentencePiece folds into its first word
+         * ("▁hi" of llama2's "[/INST] {assistant}"): that token is the answer's */
+        size_t at = r->bounds[k];
+        while (cross_a && at > 0 && r->s[at - 1] == ' ')
+            at--;
+        if (at < r->bounds[k]) {
+            int cross_at, before = agreeing_prefix(t, r->s, at, &full, &cross_at, err);
+            if (before < 0) {
+                rc = -1;
+                break;
+            }
+            cross_a = before == a && !cross_at ? 0 : cross_a;
+        }
         for (int i = a + cross_a; i < b; i++)
             labels->ids[base + i] = full.ids[i];
         labeled += b > a + cross_a ? b - a - cross_a : 0;
