@@ -15,6 +15,9 @@ struct chat_template {
     const char *user;             /* a user turn up to where the assistant's text begins */
     const char *assistant;        /* labeled from {assistant} to the end (its end marker) */
     const char *separator;        /* between an assistant turn and the next user turn */
+    /* after the assistant header of the last answer and of a generation prompt, untrained:
+     * Qwen3's empty thinking block (its template's non-thinking mode); NULL: none */
+    const char *final_header;
 };
 
 static const chat_template templates[] = {
@@ -29,6 +32,10 @@ static const chat_template templates[] = {
     {.name = "chatml", .start = "", .system = "<|im_start|>system\n{system}<|im_end|>\n",
      .user = "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
      .assistant = "{assistant}<|im_end|>", .separator = "\n"},
+    {.name = "qwen3", .start = "", .system = "<|im_start|>system\n{system}<|im_end|>\n",
+     .user = "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
+     .assistant = "{assistant}<|im_end|>", .separator = "\n",
+     .final_header = "<think>\n\n</think>\n\n"},
     {.name = "llama2", .start = "", .system = NULL,
      .system_merge = "<<SYS>>\n{system}\n<</SYS>>\n\n{user}", .user = "{bos}[INST] {user} [/INST]",
      .assistant = " {assistant} {eos}", .separator = ""},
@@ -57,7 +64,7 @@ const char *template_name(const chat_template *tpl) { return tpl->name; }
 
 const char *template_list(void)
 {
-    return "camelidae, alpaca, chatml, llama2, llama3, mistral, plain";
+    return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, plain";
 }
 
 /* ------------------------------------------------------------------ rendering -------- */
@@ -193,6 +200,13 @@ static int render_conversation(const chat_template *tpl, const tokenizer *t,
             }
             expand(r, tpl->user, &f, 0);
             turns++;
+            /* before the last answer, unless it brings its own thinking, and in a prompt */
+            int final = prompt ? i == n - 1
+                               : i == n - 2 && msgs[n - 1].role != ROLE_USER &&
+                                     !(msgs[n - 1].len >= 7 &&
+                                       memcmp(msgs[n - 1].content, "<think>", 7) == 0);
+            if (tpl->final_header && final)
+                put(r, tpl->final_header, strlen(tpl->final_header));
             /* the prompt ends at the last user turn's assistant header */
             if (prompt && i == n - 1)
                 break;

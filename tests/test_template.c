@@ -76,26 +76,39 @@ static void expect_render(tokenizer *t, const char *name, const tpl_message *m, 
     expect_encoding(t, name, template_encode, m, n, want_all, want_labeled);
 }
 
-/* The templates on the real tokenizers of their model families (tools/fetch-tokenizers; a
- * missing file skips its cases): the first token of an answer that the template opens with a
- * space is SentencePiece's "▁word", which holds that space. It is the answer's, and trained. */
-static void real_tokenizers(void)
+/* A real tokenizer of a model family (tools/fetch-tokenizers), or NULL: its cases skipped. */
+static tokenizer *real_tokenizer(const char *name)
 {
     const char *srcdir = getenv("top_srcdir");
     char path[4096];
-    snprintf(path, sizeof path, "%s/tests/tokenizer/files/llama2/tokenizer.json",
-             srcdir ? srcdir : ".");
+    snprintf(path, sizeof path, "%s/tests/tokenizer/files/%s/tokenizer.json",
+             srcdir ? srcdir : ".", name);
     pesc_error err = {{0}};
     tokenizer *t = tok_load(path, &err);
-    if (!t) {
-        printf("llama2 tokenizer missing (tools/fetch-tokenizers): its cases skipped\n");
-        return;
-    }
+    if (!t)
+        printf("%s tokenizer missing (tools/fetch-tokenizers): its cases skipped\n", name);
+    return t;
+}
+
+/* The templates on the real tokenizers of their model families. */
+static void real_tokenizers(void)
+{
     tpl_message chat[] = {msg(ROLE_USER, "hello"), msg(ROLE_ASSISTANT, "hi there"),
                           msg(ROLE_USER, "2+2?"), msg(ROLE_ASSISTANT, "4")};
-    expect_render(t, "llama2", chat, 4,
-        "<s> [INST] hello [/INST] hi there </s><s> [INST] 2+2? [/INST] 4 </s>",
-        "hi there </s>|4 </s>");
+    /* the first token of an answer that the template opens with a space is SentencePiece's
+     * "▁word", which holds that space: it is the answer's, and trained */
+    tokenizer *t = real_tokenizer("llama2");
+    if (t)
+        expect_render(t, "llama2", chat, 4,
+            "<s> [INST] hello [/INST] hi there </s><s> [INST] 2+2? [/INST] 4 </s>",
+            "hi there </s>|4 </s>");
+    tok_delete(t);
+    /* Qwen3's thinking markers are special tokens of their own: the block stays untrained */
+    if ((t = real_tokenizer("qwen3")))
+        expect_render(t, "qwen3", chat, 4,
+            "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nhi there<|im_end|>\n"
+            "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+            "4<|im_end|>", "hi there<|im_end|>|4<|im_end|>");
     tok_delete(t);
 }
 
@@ -118,6 +131,18 @@ int main(void)
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
         "<|im_start|>assistant\nhi there<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
         "<|im_start|>assistant\n4<|im_end|>", "hi there<|im_end|>|4<|im_end|>");
+    /* Qwen3's own template (non-thinking): an empty thinking block opens the last answer,
+     * untrained; earlier answers have none; an answer with its own thinking keeps it */
+    expect_render(t, "qwen3", two, 5,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n"
+        "<|im_start|>assistant\nhi there<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>",
+        "hi there<|im_end|>|4<|im_end|>");
+    tpl_message thought[] = {msg(ROLE_USER, "2+2?"),
+                             msg(ROLE_ASSISTANT, "<think>\nadd\n</think>\n\n4")};
+    expect_render(t, "qwen3", thought, 2,
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\nadd\n</think>\n\n4"
+        "<|im_end|>", "<think>\nadd\n</think>\n\n4<|im_end|>");
     expect_render(t, "llama2", two, 5,
         "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nhello [/INST] hi there </s><s>[INST] 2+2? "
         "[/INST] 4 </s>", "hi there </s>|4 </s>");
@@ -162,6 +187,13 @@ int main(void)
     char *prompt = tok_decode(t, ids.ids, ids.n, 0, NULL);
     CHECK(strcmp(prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello"
                  "<|im_end|>\n<|im_start|>assistant\n") == 0, "chatml prompt: %s", prompt);
+    free(prompt);
+    tok_ids_free(&ids);
+    CHECK(template_encode_prompt(template_find("qwen3"), t, two, 2, &ids, &err) == 0, "%s", err.msg);
+    prompt = tok_decode(t, ids.ids, ids.n, 0, NULL);
+    CHECK(strcmp(prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello"
+                 "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n") == 0,
+          "a qwen3 prompt ends in the empty thinking block: %s", prompt);
     free(prompt);
     tok_ids_free(&ids);
     int32_t stops[4];
