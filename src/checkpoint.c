@@ -67,6 +67,8 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(run, "grad_accum", json_integer(st->grad_accum));
     if (st->pack >= 0)
         json_object_set_new(run, "pack", json_boolean(st->pack));
+    if (st->eval_split > 0)
+        json_object_set_new(run, "eval_split", json_real(st->eval_split));
     if (st->run_lr >= 0)
         json_object_set_new(run, "lr", json_real(st->run_lr));
     if (st->run_aux_coef >= 0)
@@ -204,6 +206,7 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     if (pack && !json_is_boolean(pack))
         bad_value(&r, "pack", "must be true or false");
     st->pack = pack ? json_is_true(pack) : -1;
+    st->eval_split = read_number(&r, run, "eval_split", 0.0);
     st->run_lr = read_number(&r, run, "lr", -1.0);
     st->run_aux_coef = read_number(&r, run, "aux_coef", -1.0);
     st->seed = read_hex(&r, run, "seed");

@@ -38,6 +38,7 @@ typedef struct checkpoint_state {
     pesc_options pesc;
     int seq, batch, grad_accum;
     int pack;                    /* -1: not recorded (a checkpoint written before it was) */
+    double eval_split;           /* --data records held out (--eval-split); 0: none */
     double run_lr, run_aux_coef; /* the run's --lr and --aux-coef, before any live change;
                                     -1: not recorded */
     uint64_t seed;

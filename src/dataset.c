@@ -1452,6 +1452,8 @@ int ds_source_parse(ds_source *s, const char *arg, pesc_error *err)
 
 struct dataset {
     ds_records rec;
+    ds_record *held;             /* (n_held) kept out of training: ds_options.holdout */
+    int n_held;
     ds_options opt;
     double *weights;             /* (n_sources) */
     ds_stats stats;
@@ -1540,6 +1542,49 @@ static int first_predicted(const ds_record *r)
     return r->len;
 }
 
+/* Moves the records ds_options.holdout asks for out of ds->rec into ds->held: a seeded choice
+ * of them, in file order on both sides. */
+static int hold_out(dataset *ds, pesc_error *err)
+{
+    double h = ds->opt.holdout;
+    int n = ds->rec.n;
+    long k = h < 1 ? lround(h * n) : (long)h;
+    if (k < 1)
+        return pesc_fail(err, "--eval-split %g of %d records holds out none: raise it (a "
+                         "fraction, or a count of records)", h, n);
+    if (k >= n)
+        return pesc_fail(err, "--eval-split %g of %d records leaves none to train on: lower it",
+                         h, n);
+    int *pick = xmalloc((size_t)n * sizeof *pick);
+    char *held = xcalloc((size_t)n, 1);
+    for (int i = 0; i < n; i++)
+        pick[i] = i;
+    uint64_t rng = ds->opt.seed ^ 0x6a09e667f3bcc909ull;   /* its own stream, not an epoch's */
+    for (long i = 0; i < k; i++) {   /* the first k of a seeded shuffle */
+        long j = i + (long)(pesc_splitmix64(&rng) % (uint64_t)(n - i));
+        int tmp = pick[i];
+        pick[i] = pick[j];
+        pick[j] = tmp;
+        held[pick[i]] = 1;
+    }
+    ds->held = xmalloc((size_t)k * sizeof *ds->held);
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        ds_record *r = &ds->rec.items[i];
+        if (!held[i]) {
+            ds->rec.items[kept++] = *r;
+            continue;
+        }
+        ds->held[ds->n_held++] = *r;
+        for (int t = 1; t < r->len; t++)   /* their tokens to learn are no longer training's */
+            ds->rec.predicted -= !r->labels || r->labels[t] != -100;
+    }
+    ds->rec.n = kept;
+    free(pick);
+    free(held);
+    return 0;
+}
+
 /* A row holds a record's first `seq` tokens, so only the answers among them are learnt. Counts
  * the records whose answers all lie past them (stats.answers_cut), and refuses data that
  * leaves nothing to learn at all. */
@@ -1609,6 +1654,16 @@ dataset *dataset_open(const ds_source *sources, int n_sources, const ds_load_opt
         }
         ds->stats.source_records[i] = ds->rec.n - before;
     }
+    if (ds->opt.holdout > 0) {
+        if (hold_out(ds, err) != 0) {
+            dataset_delete(ds);
+            return NULL;
+        }
+        for (int i = 0; i < n_sources; i++)
+            ds->stats.source_records[i] = 0;
+        for (int i = 0; i < ds->rec.n; i++)
+            ds->stats.source_records[ds->rec.items[i].source]++;
+    }
     ds->stats.records = ds->rec.n;
     ds->stats.skipped = ds->rec.skipped;
     for (int i = 0; i < ds->rec.n; i++) {
@@ -1637,6 +1692,7 @@ void dataset_delete(dataset *ds)
     if (!ds)
         return;
     dataset_free(&ds->rec);
+    free(ds->held);
     free(ds->weights);
     free(ds->stats.source_records);
     free(ds->order);
@@ -1794,3 +1850,9 @@ int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err)
 
 const ds_stats *dataset_stats(const dataset *ds) { return &ds->stats; }
 const ds_records *dataset_records(const dataset *ds) { return &ds->rec; }
+
+const ds_record *dataset_held_out(const dataset *ds, int *n)
+{
+    *n = ds->n_held;
+    return ds->held;
+}

@@ -143,6 +143,9 @@ typedef struct ds_options {
     int shuffle;                 /* seeded shuffle every epoch */
     uint64_t seed;
     int epochs;                  /* 0: endless */
+    /* records held out of training for evaluation (--eval-split): a fraction of them when
+     * below 1, else a count; 0: none. Which ones follows the seed. */
+    double holdout;
 } ds_options;
 
 typedef struct ds_batch {
@@ -203,5 +206,8 @@ ds_cursor dataset_cursor(const dataset *ds);
 int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err);
 const ds_stats *dataset_stats(const dataset *ds);
 const ds_records *dataset_records(const dataset *ds);
+/* The records ds_options.holdout kept out of training (*n of them; NULL and 0 without). Valid
+ * as long as ds. */
+const ds_record *dataset_held_out(const dataset *ds, int *n);
 
 #endif

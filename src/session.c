@@ -58,9 +58,12 @@ struct session {
     const chat_template *tpl;
     dataset *data;
     ds_batch batch;
-    /* --eval-data: the held-out records, and when they are scored next */
+    /* held-out records, and when they are scored next: those of --eval-data, read into
+     * eval_data, or those --eval-split kept out of the dataset */
     char *eval_paths[TRAIN_MAX_EVAL];
-    ds_records eval;
+    ds_records eval_data;
+    const ds_record *eval;
+    int n_eval;
     int *eval_order;             /* the records longest first: a pass is as long as its first */
     long eval_every;
     int eval_requested;          /* the eval command: after the next step */
@@ -465,8 +468,9 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
         snprintf(reply, reply_len, "error: save needs a run started with --save DIR");
         return;
     }
-    if (c.kind == CMD_EVAL && s->eval.n == 0) {
-        snprintf(reply, reply_len, "error: eval needs a run started with --eval-data FILE");
+    if (c.kind == CMD_EVAL && s->n_eval == 0) {
+        snprintf(reply, reply_len, "error: eval needs a run started with --eval-data FILE or "
+                 "--eval-split X");
         return;
     }
     if (c.kind == CMD_EVAL)
@@ -652,6 +656,7 @@ static void fill_state(session *s, checkpoint_state *st)
     st->batch = s->cfg.batch;
     st->grad_accum = s->cfg.grad_accum;
     st->pack = s->cfg.pack;
+    st->eval_split = s->cfg.eval_split;
     st->run_lr = s->cfg.optim.lr;
     st->run_aux_coef = s->cfg.pesc.aux_coef;
     st->seed = s->cfg.seed;
@@ -761,7 +766,7 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
     double nll = 0, t0 = pesc_now();
     long long count = 0;
     int rc = 0;
-    for (int first = 0; first < s->eval.n && rc == 0; first += B) {
+    for (int first = 0; first < s->n_eval && rc == 0; first += B) {
         pthread_mutex_lock(&s->lock);
         int stop = s->stop_requested;
         pthread_mutex_unlock(&s->lock);
@@ -769,12 +774,12 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
             rc = 1;
             break;
         }
-        int rows = s->eval.n - first < B ? s->eval.n - first : B;
-        int T = s->eval.items[s->eval_order[first]].len;
+        int rows = s->n_eval - first < B ? s->n_eval - first : B;
+        int T = s->eval[s->eval_order[first]].len;
         T = T < s->cfg.seq ? T : s->cfg.seq;
         int32_t *targets = tokens + (size_t)rows * T;
         for (int i = 0; i < rows; i++) {
-            const ds_record *d = &s->eval.items[s->eval_order[first + i]];
+            const ds_record *d = &s->eval[s->eval_order[first + i]];
             int len = d->len < T ? d->len : T;
             int32_t *row = tokens + (size_t)i * T, *target = targets + (size_t)i * T;
             memcpy(row, d->ids, (size_t)len * sizeof *row);
@@ -786,7 +791,7 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
         double part;
         long long n;
         if (model_score(&s->m, tokens, targets, rows, T, &part, &n, err) != 0) {
-            rc = pesc_fail_prefix(err, "--eval-data");
+            rc = pesc_fail_prefix(err, "held-out data");
             break;
         }
         nll += part;
@@ -796,18 +801,18 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
     if (rc != 0)
         return rc;
     if (count == 0)   /* open_eval made sure some token is trained within --seq */
-        return pesc_fail(err, "--eval-data: no trained token within --seq %d", s->cfg.seq);
+        return pesc_fail(err, "held-out data: no trained token within --seq %d", s->cfg.seq);
     r->eval_loss = nll / (double)count;
     r->eval_tokens = count;
     publish_event(s, "eval", "eval loss %.4f over %lld tokens of %d records (%.1f s)",
-                  r->eval_loss, count, s->eval.n, pesc_now() - t0);
+                  r->eval_loss, count, s->n_eval, pesc_now() - t0);
     return 0;
 }
 
 /* After this step: every eval_every steps, after the last, and when the eval command asked. */
 static int eval_due(const session *s)
 {
-    return s->eval.n > 0 && (s->step % s->eval_every == 0 || s->eval_requested ||
+    return s->n_eval > 0 && (s->step % s->eval_every == 0 || s->eval_requested ||
                              (s->total_steps > 0 && s->step == s->total_steps));
 }
 
@@ -1072,6 +1077,7 @@ static int open_data(session *s, pesc_error *err)
     if (ds_formats_parse(s->formats, c->format, &lo.format, err) != 0)
         return -1;
     ds_options o = {.batch = c->batch, .seq = c->seq, .pack = c->pack, .shuffle = 1,
+                    .holdout = c->eval_split,
                     .seed = c->seed, .epochs = c->steps ? 0 : (c->epochs ? c->epochs : 1)};
     s->data = dataset_open(s->sources, c->n_sources, &lo, &o, err);
     if (!s->data)
@@ -1090,9 +1096,8 @@ static int longest_first(const void *pa, const void *pb)
     return a->len != b->len ? (a->len < b->len) - (a->len > b->len) : a->index - b->index;
 }
 
-/* The --eval-data records, read as the training data is (format, template, tokenizer); at
- * least one trained token within --seq, or the run is refused before it starts. */
-static int open_eval(session *s, pesc_error *err)
+/* The --eval-data files into eval_data. */
+static int read_eval_data(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
     ds_load_options lo = {.tok = s->tok, .tpl = s->tpl, .vocab_size = s->m.config.vocab_size,
@@ -1105,13 +1110,33 @@ static int open_eval(session *s, pesc_error *err)
         return -1;
     for (int i = 0; i < c->n_eval; i++) {
         if (fetch_view_url_to_cache(c->eval_paths[i], &s->eval_paths[i], err) != 0 ||
-            dataset_load(&s->eval, s->eval_paths[i], &lo, err) != 0)
+            dataset_load(&s->eval_data, s->eval_paths[i], &lo, err) != 0)
             return pesc_fail_prefix(err, "--eval-data");
+    }
+    return 0;
+}
+
+/* The held-out records: the --eval-data files, read as the training data is (format,
+ * template, tokenizer), or the records --eval-split kept out of the --data; at least one
+ * trained token within --seq, or the run is refused before it starts. */
+static int open_eval(session *s, pesc_error *err)
+{
+    const train_config *c = &s->cfg;
+    char what[600];
+    if (c->eval_split > 0) {
+        s->eval = dataset_held_out(s->data, &s->n_eval);
+        snprintf(what, sizeof what, "--eval-split %g", c->eval_split);
+    } else if (read_eval_data(s, err) != 0) {
+        return -1;
+    } else {
+        s->eval = s->eval_data.items;
+        s->n_eval = s->eval_data.n;
+        snprintf(what, sizeof what, "--eval-data %.500s", c->eval_paths[0]);
     }
     int32_t *targets = xmalloc((size_t)c->seq * sizeof *targets);
     long long trained = 0;
-    for (int i = 0; i < s->eval.n && trained == 0; i++) {
-        const ds_record *d = &s->eval.items[i];
+    for (int i = 0; i < s->n_eval && trained == 0; i++) {
+        const ds_record *d = &s->eval[i];
         int len = d->len < c->seq ? d->len : c->seq;
         model_shift_targets(targets, d->ids, d->labels, len);
         for (int t = 0; t < len; t++)
@@ -1119,15 +1144,15 @@ static int open_eval(session *s, pesc_error *err)
     }
     free(targets);
     if (trained == 0)
-        return pesc_fail(err, "--eval-data %s: %s", c->eval_paths[0], s->eval.n == 0
-                         ? "no records to score" : "no record has a trained token within "
-                         "--seq (an answer, or text): nothing to score");
-    eval_entry *order = xmalloc((size_t)s->eval.n * sizeof *order);
-    for (int i = 0; i < s->eval.n; i++)
-        order[i] = (eval_entry){s->eval.items[i].len, i};
-    qsort(order, (size_t)s->eval.n, sizeof *order, longest_first);
-    s->eval_order = xmalloc((size_t)s->eval.n * sizeof *s->eval_order);
-    for (int i = 0; i < s->eval.n; i++)
+        return pesc_fail(err, "%s: %s", what, s->n_eval == 0 ? "no records to score"
+                         : "no record has a trained token within --seq (an answer, or text): "
+                         "nothing to score");
+    eval_entry *order = xmalloc((size_t)s->n_eval * sizeof *order);
+    for (int i = 0; i < s->n_eval; i++)
+        order[i] = (eval_entry){s->eval[i].len, i};
+    qsort(order, (size_t)s->n_eval, sizeof *order, longest_first);
+    s->eval_order = xmalloc((size_t)s->n_eval * sizeof *s->eval_order);
+    for (int i = 0; i < s->n_eval; i++)
         s->eval_order[i] = order[i].index;
     free(order);
     /* ten evaluations over a run of known length, unless --eval-every says */
@@ -1221,6 +1246,17 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
                          "--lora-targets %s: give --lora-targets %s to continue it", dir,
                          lora_sites(a->lora_targets, had, sizeof had),
                          lora_sites(b->lora_targets, has, sizeof has), had);
+    }
+    /* the records held out are not trained on: another choice is other training data */
+    if (st->eval_split != c->eval_split) {
+        char had[64] = "no --eval-split", asks[64] = "none";
+        if (st->eval_split > 0)
+            snprintf(had, sizeof had, "--eval-split %g", st->eval_split);
+        if (c->eval_split > 0)
+            snprintf(asks, sizeof asks, "--eval-split %g", c->eval_split);
+        return pesc_fail(err, "--resume %s was saved with %s; this run asks for %s: %s to "
+                         "continue it (the held-out records are not trained on)", dir, had, asks,
+                         st->eval_split > 0 ? "give that --eval-split" : "leave --eval-split out");
     }
     if (st->pack >= 0 && st->pack != c->pack)
         return pesc_fail(err, "--resume %s was saved %s --pack; this run %s: %s --pack to "
@@ -1513,8 +1549,9 @@ static int setup(session *s, pesc_error *err)
         return -1;
     s->total_steps = count_steps(s);
     c->optim.total_steps = s->total_steps;
-    if (c->n_eval) {
-        pesc_show_phase(c->command, "reading and tokenizing the held-out data");
+    if (c->n_eval || c->eval_split > 0) {
+        if (c->n_eval)
+            pesc_show_phase(c->command, "reading and tokenizing the held-out data");
         if (open_eval(s, err) != 0)
             return -1;
     }
@@ -1597,6 +1634,9 @@ int session_start(session *s, pesc_error *err)
                         "%d tokens (%lld of %lld tokens never trained on); raise --seq to "
                         "train on them", s->cfg.seq, data->truncated, data->records, s->cfg.seq,
                         data->truncated_tokens, data->tokens);
+    if (s->cfg.eval_split > 0)
+        publish_event(s, "note", "--eval-split %g: %d records held out of training, scored "
+                      "every %ld steps", s->cfg.eval_split, s->n_eval, s->eval_every);
     if (data->answers_cut)
         publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "
                         "answers lie past it); they train nothing, raise --seq to learn them",
@@ -1640,7 +1680,7 @@ void session_delete(session *s)
     optim_free(&s->opt);
     ds_batch_free(&s->batch);
     dataset_delete(s->data);
-    dataset_free(&s->eval);
+    dataset_free(&s->eval_data);
     free(s->eval_order);
     for (int i = 0; i < TRAIN_MAX_EVAL; i++)
         free(s->eval_paths[i]);

@@ -2,6 +2,7 @@
 #include "train_options.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,8 @@ const char train_options_help[] =
     "  --eval-data PATH|URL held-out data (same --format), repeatable: its mean loss on the\n"
     "                       trained tokens after every --eval-every N steps (ten times over\n"
     "                       the run) and after the last\n"
+    "  --eval-split X       or hold out that fraction (below 1) or count of the --data\n"
+    "                       records, chosen by --seed, and score them so\n"
     "optimizer:\n"
     "  --lr X               peak learning rate (2e-4)\n"
     "  --schedule S         constant (with warmup), cosine, linear (constant)\n"
@@ -100,7 +103,7 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_HELP
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -130,6 +133,7 @@ static const struct option train_options_own[] = {
     {"nan-limit", required_argument, NULL, OPT_NAN},
     {"eval-data", required_argument, NULL, OPT_EVAL_DATA},
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
+    {"eval-split", required_argument, NULL, OPT_EVAL_SPLIT},
     {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
@@ -273,6 +277,13 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
             return EXIT_USAGE;
         c->n_eval++;
         return 0;
+    case OPT_EVAL_SPLIT:
+        if (number(cmd, "--eval-split", arg, 0, 1e9, &x)) return EXIT_USAGE;
+        if (x <= 0 || (x >= 1 && x != floor(x)))
+            return cli_usage_error(cmd, "--eval-split %s: give a fraction of the records above 0 "
+                                   "and below 1 (0.05), or a whole count of them (200)", arg);
+        c->eval_split = x;
+        return 0;
     case OPT_EVAL_EVERY:
         if (integer(cmd, "--eval-every", arg, 1, 1L << 40, &c->eval_every)) return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_EVAL_EVERY;
@@ -358,9 +369,11 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     if (!c->model && !c->init_config && c->n_sources == 0 && (c->given & TRAIN_GIVEN_FORMAT))
         return cli_usage_error(cmd, "--format %s describes --data files; the built-in demo "
                                "(no --data) has its own", c->format);
-    if (!c->n_eval && (c->given & TRAIN_GIVEN_EVAL_EVERY))
-        return cli_usage_error(cmd, "--eval-every needs --eval-data FILE, the held-out data to "
-                               "score");
+    if (c->n_eval && c->eval_split > 0)
+        return cli_usage_error(cmd, "give --eval-data or --eval-split, not both");
+    if (!c->n_eval && c->eval_split == 0 && (c->given & TRAIN_GIVEN_EVAL_EVERY))
+        return cli_usage_error(cmd, "--eval-every needs --eval-data FILE or --eval-split X, the "
+                               "held-out data to score");
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
                                c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");

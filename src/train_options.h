@@ -25,10 +25,11 @@ typedef struct train_config {
     const char *format, *template_name, *tokenizer;
     int seq, batch, grad_accum, pack, strict;
     int recompute;               /* activation recomputation (model.recompute) */
-    /* held-out data scored during the run (--eval-data), every eval_every steps (0: ten
-     * times over the run) and after the last */
+    /* held-out data scored during the run (--eval-data, or --eval-split of --data), every
+     * eval_every steps (0: ten times over the run) and after the last */
     const char *eval_paths[TRAIN_MAX_EVAL];
     int n_eval;
+    double eval_split;           /* or --data records held out: a fraction (< 1) or a count */
     long eval_every;
     long steps;                  /* 0: by epochs */
     int epochs;                  /* 0 with steps 0: one epoch */

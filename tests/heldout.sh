@@ -1,7 +1,8 @@
 #!/bin/sh
 # heldout.sh — --eval-data: the held-out loss a run logs is the one pesc eval gives the
 # checkpoint of that step; when it is measured (--eval-every, the last step, the eval
-# command); where it goes (the log, csv); and the refusals.
+# command); where it goes (the log, csv); --eval-split (records of --data held out); and the
+# refusals.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -81,8 +82,51 @@ i=0; while [ ! -S "$tmp/d.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1));
 reply=$(timeout 30 "$sockcmd" "$tmp/d.sock" eval)
 timeout 30 "$sockcmd" "$tmp/d.sock" stop >/dev/null
 wait $run
-[ "$reply" = "error: eval needs a run started with --eval-data FILE" ] &&
+[ "$reply" = "error: eval needs a run started with --eval-data FILE or --eval-split X" ] &&
   pass "the eval command without --eval-data is refused" || fail "eval without --eval-data: '$reply'"
+
+# --eval-split: records of --data held out (a seeded choice), not trained on, scored alike
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 4 --eval-split 0.25 --eval-every 2 --log "$tmp/split.jsonl" \
+  --save "$tmp/splitck" >/dev/null 2>"$tmp/err"
+status=$?
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 4 --eval-split 12 --eval-every 2 --log "$tmp/split12.jsonl" \
+  >/dev/null 2>&1
+split_losses() { grep '"eval_loss"' "$1" | sed 's/.*"eval_loss":\([^,]*\),.*/\1/' | tr '\n' ' '; }
+[ $status -eq 0 ] && grep -q '"data_records":36' "$tmp/split.jsonl" &&
+  grep -q '"text":"--eval-split 0.25: 12 records held out of training' "$tmp/split.jsonl" &&
+  [ "$(split_losses "$tmp/split.jsonl" | wc -w)" = 2 ] &&
+  [ "$(split_losses "$tmp/split.jsonl")" = "$(split_losses "$tmp/split12.jsonl")" ] &&
+  pass "--eval-split 0.25 of 48: 36 records trained, 12 scored; a count of 12 holds out the same" ||
+  fail "--eval-split: exit $status, $(grep -o '"data_records":[0-9]*' "$tmp/split.jsonl"), losses" \
+    "'$(split_losses "$tmp/split.jsonl")' vs '$(split_losses "$tmp/split12.jsonl")': $(head -c 200 "$tmp/err")"
+# another split is other training data: resuming with it is refused, naming both
+# shellcheck disable=SC2086
+expect 1 "was saved with \-\-eval-split 0.25; this run asks for \-\-eval-split 0.5: give that" \
+  "resuming with another --eval-split" -- \
+  "$pesc" train --headless $common --steps 6 --eval-split 0.5 --resume "$tmp/splitck"
+# shellcheck disable=SC2086
+expect 1 "was saved with \-\-eval-split 0.25; this run asks for none: give that" \
+  "resuming without the run's --eval-split" -- \
+  "$pesc" train --headless $common --steps 6 --resume "$tmp/splitck"
+# shellcheck disable=SC2086
+expect 0 "step 6/6" "resuming with the run's --eval-split" -- \
+  "$pesc" train --headless $common --steps 6 --eval-split 0.25 --resume "$tmp/splitck"
+for bad in 0 1.5 -1 x; do
+  # shellcheck disable=SC2086
+  expect 2 "\-\-eval-split $bad: " "--eval-split $bad is a usage error" -- \
+    "$pesc" train --headless $common --eval-split "$bad"
+done
+# shellcheck disable=SC2086
+expect 1 "\-\-eval-split 48 of 48 records leaves none to train on" "--eval-split of every record" -- \
+  "$pesc" train --headless $common --eval-split 48
+# shellcheck disable=SC2086
+expect 1 "\-\-eval-split 0.001 of 48 records holds out none" "--eval-split of no record" -- \
+  "$pesc" train --headless $common --eval-split 0.001
+# shellcheck disable=SC2086
+expect 2 "give \-\-eval-data or \-\-eval-split, not both" "--eval-data with --eval-split" -- \
+  "$pesc" train --headless $common --eval-split 0.1 --eval-data "$tmp/heldout.jsonl"
 
 # refusals: before the run starts, one line naming the file
 # shellcheck disable=SC2086
@@ -93,7 +137,7 @@ printf '{"input_ids": [1, 2, 3], "labels": [-100, -100, -100]}\n' >"$tmp/untrain
 expect 1 "\-\-eval-data .*untrained.jsonl: no record has a trained token" "held-out data with nothing to score" -- \
   "$pesc" train --headless $common --steps 1 --eval-data "$tmp/untrained.jsonl"
 # shellcheck disable=SC2086
-expect 2 "\-\-eval-every needs \-\-eval-data" "--eval-every without --eval-data" -- \
+expect 2 "\-\-eval-every needs \-\-eval-data FILE or \-\-eval-split X" "--eval-every without held-out data" -- \
   "$pesc" train --headless $common --eval-every 5
 
 [ "$failures" -eq 0 ]
