@@ -49,6 +49,10 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(o, "tokens", json_integer(st->tokens));
     json_object_set_new(o, "elapsed_s", json_real(st->elapsed_s));
     json_object_set_new(o, "nan_skipped", json_integer(st->nan_skipped));
+    if (st->best_step >= 0) {
+        json_object_set_new(o, "best_eval_loss", json_real(st->best_eval_loss));
+        json_object_set_new(o, "best_step", json_integer(st->best_step));
+    }
     json_object_set_new(o, "base_fingerprint", hex64(st->base_fingerprint));
     json_t *run = json_object();
     const pesc_options *p = &st->pesc;
@@ -179,6 +183,9 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->tokens = read_integer(&r, o, "tokens", 0, 0);
     st->elapsed_s = read_number(&r, o, "elapsed_s", 0.0);
     st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, 0);
+    st->best_step = json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, 0) : -1;
+    st->best_eval_loss = st->best_step >= 0 ? read_number(&r, o, "best_eval_loss", REQUIRED)
+                                            : 0.0;
     st->base_fingerprint = read_hex(&r, o, "base_fingerprint");
     json_t *run = json_object_get(o, "run");
     if (!json_is_object(run))
@@ -258,10 +265,11 @@ int checkpoint_name_step(const char *name, long *step)
 }
 
 /* Removes stale temporary checkpoints (".tmp-step-N-PID" and its ".old", from
- * pesc_dir_begin / pesc_dir_commit) and all but the newest `keep` of those up to step `upto`:
+ * pesc_dir_begin / pesc_dir_commit; ".tmp-best-PID") and all but the newest `keep` of those
+ * up to step `upto` and the one of step `kept` (--keep-best's):
  * checkpoint_claim has made sure that those are this run's, so a checkpoint past the run's
  * own step is never touched. */
-static void prune(const char *save_dir, int keep, long upto)
+static void prune(const char *save_dir, int keep, long upto, long kept)
 {
     DIR *d = opendir(save_dir);
     if (!d)
@@ -271,7 +279,7 @@ static void prune(const char *save_dir, int keep, long upto)
     struct dirent *e;
     while ((e = readdir(d))) {
         long step;
-        if (strncmp(e->d_name, ".tmp-step-", 10) == 0) {
+        if (strncmp(e->d_name, ".tmp-step-", 10) == 0 || strncmp(e->d_name, ".tmp-best-", 10) == 0) {
             char *p = pesc_path_join(save_dir, e->d_name);
             pesc_remove_tree(p);
             free(p);
@@ -284,7 +292,7 @@ static void prune(const char *save_dir, int keep, long upto)
         int newer = 0;
         for (int j = 0; j < n; j++)
             newer += steps[j] > steps[i];
-        if (newer >= keep) {
+        if (newer >= keep && steps[i] != kept) {
             char name[64];
             snprintf(name, sizeof name, "step-%08ld", steps[i]);
             char *p = pesc_path_join(save_dir, name);
@@ -391,7 +399,7 @@ int checkpoint_prepare(const char *save_dir, pesc_error *err)
     return 0;
 }
 
-int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
+int checkpoint_save(const char *save_dir, int keep, long kept, model *m, optimizer *opt,
                     const checkpoint_state *st, char **saved, pesc_error *err)
 {
     if (checkpoint_prepare(save_dir, err) != 0)
@@ -412,7 +420,7 @@ int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
         pesc_write_file(state, text, strlen(text), err) != 0 ||
         pesc_dir_commit(tmp, final, err) != 0)
         goto out;
-    prune(save_dir, keep, st->step);
+    prune(save_dir, keep, st->step, kept);
     if (saved)
         *saved = xstrdup(final);
     rc = 0;
@@ -425,6 +433,25 @@ out:
     free(trainables);
     free(tmp);
     free(final);
+    return rc;
+}
+
+int checkpoint_mark_best(const char *save_dir, int keep, long step, pesc_error *err)
+{
+    char target[64], name[64];
+    snprintf(target, sizeof target, "step-%08ld", step);
+    snprintf(name, sizeof name, ".tmp-best-%ld", (long)getpid());
+    char *tmp = pesc_path_join(save_dir, name), *best = pesc_path_join(save_dir, "best");
+    int rc = 0;
+    unlink(tmp);
+    if (symlink(target, tmp) != 0 || rename(tmp, best) != 0) {
+        rc = pesc_fail(err, "%s: %s (the best checkpoint is %s)", best, strerror(errno), target);
+        unlink(tmp);
+    } else {
+        prune(save_dir, keep, step, step);
+    }
+    free(tmp);
+    free(best);
     return rc;
 }
 

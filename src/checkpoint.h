@@ -39,6 +39,10 @@ typedef struct checkpoint_state {
     int seq, batch, grad_accum;
     int pack;                    /* -1: not recorded (a checkpoint written before it was) */
     double eval_split;           /* --data records held out (--eval-split); 0: none */
+    /* --keep-best: the lowest held-out loss so far and the step of its checkpoint (-1:
+     * none yet, or not kept) */
+    double best_eval_loss;
+    long best_step;
     double run_lr, run_aux_coef; /* the run's --lr and --aux-coef, before any live change;
                                     -1: not recorded */
     uint64_t seed;
@@ -61,10 +65,15 @@ void checkpoint_unlock(int lock);   /* accepts -1 */
  * none). Saving then rotates out only the run's own checkpoints. */
 int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_step,
                      pesc_error *err);
-/* Saves (preparing save_dir first); *saved (optional) receives the checkpoint's directory
- * (malloc'd). */
-int checkpoint_save(const char *save_dir, int keep, model *m, optimizer *opt,
+/* Saves (preparing save_dir first) and rotates out all but the newest `keep` of the run's
+ * checkpoints, and the one of step `kept` (-1: none), which stays; *saved (optional) receives
+ * the checkpoint's directory (malloc'd). */
+int checkpoint_save(const char *save_dir, int keep, long kept, model *m, optimizer *opt,
                     const checkpoint_state *st, char **saved, pesc_error *err);
+/* Points save_dir/best at the checkpoint of that step (a relative symbolic link, replaced
+ * atomically), then rotates as checkpoint_save does with that one kept: the best before it
+ * goes unless it is among the newest `keep`. */
+int checkpoint_mark_best(const char *save_dir, int keep, long step, pesc_error *err);
 
 /* 1 and the step when name is a checkpoint directory's name as pesc writes it (step-%08ld),
  * else 0. */

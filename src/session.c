@@ -67,6 +67,11 @@ struct session {
     int *eval_order;             /* the records longest first: a pass is as long as its first */
     long eval_every;
     int eval_requested;          /* the eval command: after the next step */
+    /* --keep-best: the lowest held-out loss so far; the step of save_dir/best (-1: none),
+     * kept out of rotation, and its loss; a save due for a new lowest */
+    double best_eval, best_kept_loss;
+    long best_kept;
+    int best_due;
     optimizer opt;
     stats_run run;
     pesc_plugins *plugins;       /* --plugin modules and the plugin search path */
@@ -657,6 +662,9 @@ static void fill_state(session *s, checkpoint_state *st)
     st->grad_accum = s->cfg.grad_accum;
     st->pack = s->cfg.pack;
     st->eval_split = s->cfg.eval_split;
+    /* what save_dir/best holds once this save is in: this one when it is for a new lowest */
+    st->best_step = s->best_due ? s->step : s->best_kept;
+    st->best_eval_loss = s->best_due ? s->best_eval : s->best_kept_loss;
     st->run_lr = s->cfg.optim.lr;
     st->run_aux_coef = s->cfg.pesc.aux_coef;
     st->seed = s->cfg.seed;
@@ -678,7 +686,8 @@ static int save_now(session *s, pesc_error *err)
     char *where = NULL;
     set_state(s, MONITOR_SAVING, NULL);
     fill_state(s, &st);
-    int rc = checkpoint_save(s->cfg.save_dir, s->cfg.keep, &s->m, &s->opt, &st, &where, err);
+    int rc = checkpoint_save(s->cfg.save_dir, s->cfg.keep, s->best_kept, &s->m, &s->opt, &st,
+                             &where, err);
     set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
     if (rc != 0) {
         publish_event(s, "error", "save failed: %s", err->msg);
@@ -687,7 +696,20 @@ static int save_now(session *s, pesc_error *err)
     s->last_save = pesc_now();
     s->saved_step = s->step;
     s->saved_changes = s->live_changes;
-    publish_event(s, "save", "%s", where);
+    if (s->best_due) {
+        pesc_error failed;   /* an event: the checkpoint itself is in */
+        if (checkpoint_mark_best(s->cfg.save_dir, s->cfg.keep, s->step, &failed) != 0) {
+            publish_event(s, "error", "%s", failed.msg);
+        } else {
+            s->best_kept = s->step;
+            s->best_kept_loss = s->best_eval;
+        }
+        s->best_due = 0;
+    }
+    if (s->best_kept == s->step)
+        publish_event(s, "save", "%s (best: held-out loss %.4f)", where, s->best_kept_loss);
+    else
+        publish_event(s, "save", "%s", where);
     free(s->last_checkpoint);
     s->last_checkpoint = where;
     return 0;
@@ -961,11 +983,15 @@ static int train_step(session *s, pesc_error *err)
             rc = -1;
             goto out;
         }
+        if (s->cfg.keep_best && r->eval_tokens > 0 && r->eval_loss < s->best_eval) {
+            s->best_eval = r->eval_loss;
+            s->best_due = 1;
+        }
     }
     if (s->sinks)
         sinks_record(s->sinks, r);
     publish_step(s, r);
-    if (s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0) {
+    if ((s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0) || s->best_due) {
         pesc_error failed;   /* an event, and the run goes on: the next one may succeed */
         if (save_now(s, &failed) != 0 && s->cfg.headless)
             fprintf(stderr, "pesc train: save failed, training goes on: %s\n", failed.msg);
@@ -1319,6 +1345,10 @@ static int resume(session *s, pesc_error *err)
     s->tokens = st.tokens;
     s->elapsed_before = st.elapsed_s;
     s->nan_skipped = st.nan_skipped;
+    if (st.best_step >= 0) {   /* the run's best so far: a new one must beat it */
+        s->best_kept = st.best_step;
+        s->best_kept_loss = s->best_eval = st.best_eval_loss;
+    }
     rc = 0;
 out:
     if (rc != 0)
@@ -1594,6 +1624,8 @@ session *session_new(const train_config *c, pesc_error *err)
     s->status = 1;
     s->last_save = -1.0;
     s->saved_step = -1;
+    s->best_kept = -1;
+    s->best_eval = INFINITY;
     s->save_lock = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);

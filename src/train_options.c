@@ -48,6 +48,8 @@ const char train_options_help[] =
     "checkpoints and logs:\n"
     "  --save DIR           checkpoint directory, held by this run alone; --save-every N\n"
     "                       steps; --keep N (3)\n"
+    "  --keep-best          also save at each new lowest held-out loss and keep that\n"
+    "                       checkpoint out of rotation, as DIR/best\n"
     "  --resume DIR         continue a run from its checkpoint (or its save directory)\n"
     "  --log FILE           JSONL metrics log (man pesc-log)\n"
     "  --control PATH       UNIX socket taking pause, resume, lr, aux, save, eval, stop,\n"
@@ -103,7 +105,7 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_HELP
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_KEEP_BEST, OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -134,6 +136,7 @@ static const struct option train_options_own[] = {
     {"eval-data", required_argument, NULL, OPT_EVAL_DATA},
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"eval-split", required_argument, NULL, OPT_EVAL_SPLIT},
+    {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
     {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
@@ -284,6 +287,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
                                    "and below 1 (0.05), or a whole count of them (200)", arg);
         c->eval_split = x;
         return 0;
+    case OPT_KEEP_BEST: c->keep_best = 1; return 0;
     case OPT_EVAL_EVERY:
         if (integer(cmd, "--eval-every", arg, 1, 1L << 40, &c->eval_every)) return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_EVAL_EVERY;
@@ -374,6 +378,9 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     if (!c->n_eval && c->eval_split == 0 && (c->given & TRAIN_GIVEN_EVAL_EVERY))
         return cli_usage_error(cmd, "--eval-every needs --eval-data FILE or --eval-split X, the "
                                "held-out data to score");
+    if (c->keep_best && (!c->save_dir || (!c->n_eval && c->eval_split == 0)))
+        return cli_usage_error(cmd, "--keep-best keeps the checkpoint of the lowest held-out "
+                               "loss: it needs --save DIR and --eval-data FILE or --eval-split X");
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
                                c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");

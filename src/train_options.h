@@ -31,6 +31,7 @@ typedef struct train_config {
     int n_eval;
     double eval_split;           /* or --data records held out: a fraction (< 1) or a count */
     long eval_every;
+    int keep_best;               /* save at each new lowest held-out loss; keep it, save/best */
     long steps;                  /* 0: by epochs */
     int epochs;                  /* 0 with steps 0: one epoch */
     optim_config optim;

@@ -128,6 +128,29 @@ expect 1 "\-\-eval-split 0.001 of 48 records holds out none" "--eval-split of no
 expect 2 "give \-\-eval-data or \-\-eval-split, not both" "--eval-data with --eval-split" -- \
   "$pesc" train --headless $common --eval-split 0.1 --eval-data "$tmp/heldout.jsonl"
 
+# --keep-best: a save at each new lowest held-out loss, kept out of rotation as DIR/best (here
+# the loss rises after step 1 at this learning rate, so --keep 1 alone would lose it)
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --lr 5e-2 --steps 6 --eval-data "$tmp/heldout.jsonl" --eval-every 1 \
+  --save "$tmp/best" --save-every 3 --keep 1 --keep-best --log "$tmp/best.jsonl" >/dev/null 2>"$tmp/err"
+status=$?
+eval_at() { grep "\"step\":$2," "$1" | grep -o '"eval_loss":[^,]*' | cut -d: -f2; }
+lowest=$(grep -o '"step":[0-9]*,.*"eval_loss":[^,]*' "$tmp/best.jsonl" | sed 's/"step":\([0-9]*\),.*"eval_loss":\(.*\)/\2 \1/' | sort -g | head -n 1 | cut -d' ' -f2)
+dirs=$(cd "$tmp/best" && ls | tr '\n' ' ')
+target=$(readlink "$tmp/best/best")
+"$pesc" eval --model "$base" --adapters "$tmp/best/best/trainables.safetensors" --data "$tmp/heldout24.jsonl" \
+  --format tokens --backend cpu --json >"$tmp/eval.json" 2>"$tmp/eval.err"
+scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
+[ $status -eq 0 ] && [ -n "$lowest" ] && [ "$lowest" != 6 ] &&
+  [ "$target" = "$(printf 'step-%08d' "$lowest")" ] &&
+  [ "$dirs" = "best $(printf 'step-%08d' "$lowest") step-00000006 " ] &&
+  close "$(eval_at "$tmp/best.jsonl" "$lowest")" "$scored" 1e-5 &&
+  pass "--keep-best: best -> the step of the lowest held-out loss ($lowest), kept beside --keep 1's newest" ||
+  fail "--keep-best: exit $status, lowest at step '$lowest', dirs '$dirs', best -> '$target', scored '$scored': $(head -c 200 "$tmp/err")"
+# shellcheck disable=SC2086
+expect 2 "\-\-keep-best keeps the checkpoint of the lowest held-out loss: it needs \-\-save DIR" \
+  "--keep-best without held-out data" -- "$pesc" train --headless $common --save "$tmp/x" --keep-best
+
 # refusals: before the run starts, one line naming the file
 # shellcheck disable=SC2086
 expect 1 "\-\-eval-data: .*missing.jsonl" "a missing --eval-data file" -- \
