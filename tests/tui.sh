@@ -26,7 +26,8 @@ lr_now() { screen | sed -n 's/^ lr \([0-9.e+-]*\).*/\1/p' | head -n 1; }
 
 # no warmup: the demo's rising LR would move between reading it and pressing + (the x1.25
 # check failed so on a slow machine)
-args=${PESC_TUI_ARGS:---steps 100000 --seed 1 --warmup 0}
+"$pesc" demo-data -o "$tmp/held.jsonl" --records 24 --seed 9 || exit 99
+args=${PESC_TUI_ARGS:---steps 100000 --seed 1 --warmup 0 --eval-data $tmp/held.jsonl}
 tui_start 100 30 "$pesc" tui "$args" --log "$tmp/run.jsonl" --save "$tmp/ck"
 
 check "RUNNING" "the run starts" 60
@@ -47,6 +48,14 @@ awk -v a="$lr_before" -v b="$lr_after" 'BEGIN { exit !(a > 0 && b / a > 1.2 && b
   || fail "+: the status line LR went $lr_before -> $lr_after"
 i=0; while ! grep -q '"lr_overridden":true' "$tmp/run.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 grep -q '"lr_overridden":true' "$tmp/run.jsonl" && pass "the new LR is in the JSONL log" || fail "no overridden LR in the log"
+
+# e: the held-out data scored after the next step (a line through it on the loss chart)
+if [ -z "${PESC_TUI_ARGS:-}" ]; then
+  keys e
+  i=0; while ! grep -q '"eval_loss"' "$tmp/run.jsonl" && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  grep -q '"event":"eval"' "$tmp/run.jsonl" && check "eval [0-9]+\.[0-9]+" "e: an evaluation, its loss in the loss legend" ||
+    fail "e: no evaluation in the log"
+fi
 
 keys Space
 check "PAUSED" "Space pauses"

@@ -497,6 +497,7 @@ static void draw_help(ui_context *ui)
         "l          type an exact learning rate (or *factor)",
         "a          aux loss coefficient",
         "s          save a checkpoint now",
+        "e          score the held-out data after the next step",
         "/  p       type a prompt for the live model; a paste keeps its",
         "           line breaks, and Enter sends it whole",
         ":          type any control command",
@@ -732,6 +733,7 @@ static int global_key(ui_context *ui, int is_code, wint_t ch)
     case 'a': start_mini(ui, MINI_AUX); return 1;
     case ':': start_mini(ui, MINI_COMMAND); return 1;
     case 's': ui_send(ui, "save"); return 1;
+    case 'e': ui_send(ui, "eval"); return 1;
     case '/': case 'p':
         ui->focus = PANEL_CONSOLE;
         ui->mode = MODE_PROMPT;
