@@ -28,7 +28,8 @@ static const char fetch_usage[] =
     "\n"
     "  -o PATH         with one URL: the file to write (or a directory to write it into);\n"
     "                  with several: a directory. A file already there is refused unless\n"
-    "                  --sha256 or --force says what to do with it\n"
+    "                  --sha256 or --force says what to do with it (never a device or\n"
+    "                  FIFO)\n"
     "  --sha256 HEX    expected SHA-256 of the file (one URL); a mismatch deletes the\n"
     "                  download. A file already there is kept when it matches, else\n"
     "                  replaced by a download that does\n"
@@ -157,12 +158,20 @@ typedef struct fetch_item {
 
 /* A file at an -o destination may be anything; only --sha256 can show that it is this URL's
  * content, and only --force may replace it. Otherwise it is refused, before any request,
- * rather than reported as downloaded. */
+ * rather than reported as downloaded. What is not a file (a device such as /dev/null, a FIFO,
+ * a socket, or a link to one) is refused even then: the download would be renamed over it,
+ * and --sha256 would read /dev/zero forever. */
 static int refuse_existing(const fetch_cli *o, const char *url, const char *dest,
                            pesc_error *err)
 {
     struct stat st;
-    if (o->sha256 || o->force || lstat(dest, &st) != 0)
+    if (lstat(dest, &st) != 0)
+        return 0;
+    if (stat(dest, &st) == 0 && !S_ISREG(st.st_mode))   /* a link's target counts */
+        return pesc_fail(err, "%s: %s is not a regular file (a device, FIFO or socket), which "
+                         "pesc fetch never replaces; choose a file name or a directory for -o",
+                         url, dest);
+    if (o->sha256 || o->force)
         return 0;
     return pesc_fail(err, "%s: %s already exists; pass --force to replace it, or --sha256 HEX "
                      "to keep it when it matches", url, dest);

@@ -321,5 +321,19 @@ else
   echo "skip HTTPS: openssl (Debian package openssl) cannot make a test certificate"
 fi
 
+# -o onto something that is not a file (a FIFO here; /dev/null for a user, run as root) is
+# never replaced, not even with --force or --sha256: the download would be renamed over it.
+if mkfifo "$tmp/fifo" 2>/dev/null; then
+  for how in --force "--sha256 $sha"; do
+    # shellcheck disable=SC2086
+    expect 1 "$tmp/fifo is not a regular file" "-o FIFO with $how is refused" -- \
+      "$pesc" fetch -q $how -o "$tmp/fifo" "$base/f/small.txt?k=fifo"
+    [ -p "$tmp/fifo" ] && pass "-o FIFO with $how: the FIFO is still there" \
+      || fail "-o FIFO with $how: the FIFO was replaced"
+  done
+else
+  echo "skip -o FIFO: mkfifo failed"
+fi
+
 echo "fetch.sh: $failures failure(s)"
 [ $failures -eq 0 ]
