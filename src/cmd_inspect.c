@@ -250,15 +250,22 @@ static int ends_with(const char *s, const char *suffix)
 
 int cmd_inspect(int argc, char **argv)
 {
-    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    /* an option it does not know is bad usage, not a path that is missing */
+    static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = cli_getopt("inspect", argc, argv, "h", longopts)) != -1) {
+        if (c != 'h')
+            return EXIT_USAGE;
         fputs(inspect_usage, stdout);
         return 0;
     }
-    if (argc != 2)
-        return cli_usage_error("inspect", argc < 2 ? "PATH is required" : "one PATH at a time");
+    if (argc - optind != 1)
+        return cli_usage_error("inspect", optind == argc ? "PATH is required"
+                                                         : "one PATH at a time");
     const char *path;
-    if (cli_path("inspect", "PATH", argv[1], "a model directory, a checkpoint, a .safetensors "
-                 "file or a .jsonl dataset", &path))
+    if (cli_path("inspect", "PATH", argv[optind], "a model directory, a checkpoint, a "
+                 ".safetensors file or a .jsonl dataset", &path))
         return EXIT_USAGE;
     struct stat st;
     if (stat(path, &st) != 0) {

@@ -282,5 +282,10 @@ expect 1 "the weights (32 layers, hidden 4096, intermediate 11008, vocab 32000: 
   "bench: weights that do not fit name the shape" -- sh -c 'ulimit -v 2000000 && exec "$0" "$@"' "$pesc" bench \
   --dim 4096 --layers 32 --heads 32 --kv-heads 32 --ffn 11008 --vocab 32000 --backend cpu
 
+# inspect: an unknown option is bad usage (2), not a path that is missing (1); -- ends options
+expect 2 "unknown option --bogus" "inspect --bogus is a usage error" -- "$pesc" inspect --bogus
+expect 1 "^pesc inspect: --bogus: no such file" "inspect -- --bogus is a path" -- \
+  "$pesc" inspect -- --bogus
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
