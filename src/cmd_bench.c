@@ -16,6 +16,7 @@
 #include "model.h"
 #include "optim.h"
 #include "pesc.h"
+#include "train_options.h"
 
 static const char bench_usage[] =
     "usage: pesc bench [--json] [shape options] [crafting options]\n"
@@ -26,7 +27,7 @@ static const char bench_usage[] =
     "\n"
     "  --dim C --layers L --heads H --kv-heads H --ffn F --vocab V   model shape\n"
     "                     (256, 4, 8, 8, 704, 4096)\n"
-    "  --seq T --batch B  tokens per step (256, 8)\n"
+    "  --seq T --batch B  tokens per step (256, 8; at most 16777216 in all)\n"
     "  --steps N          timed steps after one warm-up step; the median counts (5)\n"
     "  --backend B        auto, cpu or cuda\n"
     "  --recompute        activation recomputation (as pesc train --recompute)\n"
@@ -128,6 +129,9 @@ static int parse_bench(bench_options *o, int argc, char **argv)
                                "and --heads into --kv-heads %d groups", s->hidden_size, s->n_heads,
                                s->n_kv_heads);
     s->head_dim = s->hidden_size / s->n_heads;
+    if ((long)o->batch * o->seq > TRAIN_MAX_TOKENS)   /* as pesc train: indices stay in int */
+        return cli_usage_error("bench", "--batch %d x --seq %d: at most %d tokens per step",
+                               o->batch, o->seq, TRAIN_MAX_TOKENS);
     if (pesc_options_check(&o->pesc, &err) != 0)
         return cli_usage_error("bench", "%s", err.msg);
     return -1;

@@ -287,5 +287,9 @@ expect 2 "unknown option --bogus" "inspect --bogus is a usage error" -- "$pesc" 
 expect 1 "^pesc inspect: --bogus: no such file" "inspect -- --bogus is a path" -- \
   "$pesc" inspect -- --bogus
 
+# bench: --seq x --batch past pesc train's limit is bad usage (it overflowed int: a crash)
+expect 2 "at most 16777216 tokens per step" "bench --seq 65536 --batch 65536 is refused" -- \
+  "$pesc" bench --seq 65536 --batch 65536 --backend cpu
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
