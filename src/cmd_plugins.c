@@ -20,6 +20,8 @@ static const char plugins_usage[] =
     "  $PESC_PLUGIN_PATH   directories separated by ':' (a libtool build directory works:\n"
     "                      its .libs/ is searched too)\n"
     "  %s\n"
+    "  the build tree      a pesc run from where it was built: the modules built beside it\n"
+    "                      (plugins/.libs/)\n"
     "\n"
     "Writing a plugin: man pesc-plugin(7).\n";
 
@@ -74,7 +76,7 @@ int cmd_plugins(int argc, char **argv)
     if (!p)
         return cli_fail("plugins", &err);
 
-    printf("plugin ABI %u; search path: --plugin, $PESC_PLUGIN_PATH, %s\n\n",
+    printf("plugin ABI %u; search path: --plugin, $PESC_PLUGIN_PATH, %s, the build tree\n\n",
            PESC_PLUGIN_ABI_VERSION, plugins_install_dir());
     printf("dataset formats (--format NAME)\n");
     for (int i = 1; i < ds_formats_count(NULL); i++) {

@@ -291,5 +291,11 @@ expect 1 "^pesc inspect: --bogus: no such file" "inspect -- --bogus is a path" -
 expect 2 "at most 16777216 tokens per step" "bench --seq 65536 --batch 65536 is refused" -- \
   "$pesc" bench --seq 65536 --batch 65536 --backend cpu
 
+# plugins: every place a listed module comes from is one that --help names (pesc run from its
+# build tree finds the modules built beside it)
+expect 0 "(build tree)" "plugins from the build tree" -- env PESC_PLUGIN_PATH= "$pesc" plugins
+grep -q "^plugin ABI.*the build tree" "$tmp/out" || fail "plugins: the header's search path lacks the build tree"
+"$pesc" plugins --help | grep -q "the build tree" || fail "plugins --help does not name the build tree"
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
