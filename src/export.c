@@ -318,6 +318,9 @@ int export_checkpoint(const export_options *o, export_report *r, pesc_error *err
     if (stat(o->checkpoint, &sb) != 0)
         return pesc_fail(err, "%s: no such checkpoint (give a step-N directory or the --save "
                          "directory of a run)", o->checkpoint);
+    if (!S_ISDIR(sb.st_mode))   /* its state.json, trainables.safetensors: name the directory */
+        return pesc_fail(err, "%s is a file, not a checkpoint (give the step-N directory that "
+                         "holds it, or the --save directory of a run)", o->checkpoint);
     char *ckpt = NULL;
     checkpoint_state st;
     export_base b = {0};

@@ -267,5 +267,11 @@ rm -rf "$tmp/broken" && cp -r "$ck" "$tmp/broken" && printf 'junk' >"$tmp/broken
 expect 1 "trainables.safetensors" "inspect of a checkpoint with damaged trainables fails in one line" -- \
   "$pesc" inspect "$tmp/broken"
 
+# a file of a checkpoint as CHECKPOINT: the message says to name its directory, not
+# "Not a directory"
+expect 1 "trainables.safetensors is a file, not a checkpoint (give the step-N directory" \
+  "export of a checkpoint's file names the directory to give" -- \
+  "$pesc" export "$ck/trainables.safetensors" -o "$tmp/x"
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
