@@ -26,7 +26,8 @@ static const char fetch_usage[] =
     "  hf://OWNER/NAME[@REV]                 a whole model: config, tokenizer, safetensors\n"
     "  http://... https://...\n"
     "\n"
-    "  -o PATH         with one URL: the file to write (or a directory to write it into);\n"
+    "  -o PATH         with one URL: the file to write (or a directory to write it into:\n"
+    "                  one that exists, or PATH/ to make it);\n"
     "                  with several: a directory. A file already there is refused unless\n"
     "                  --sha256 or --force says what to do with it (never a device or\n"
     "                  FIFO)\n"
@@ -129,12 +130,15 @@ static int is_directory(const char *path)
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* The -o destination of url, or NULL for the cache. */
+/* The -o destination of url, or NULL for the cache. One URL's -o is a file unless it is a
+ * directory already or ends in '/' (which names a directory to make: as a file name, it
+ * left DIR/.part behind and failed to rename it onto DIR/). */
 static char *output_path(const fetch_cli *o, const char *url)
 {
     if (!o->output)
         return NULL;
-    if (o->n_urls == 1 && !is_directory(o->output))
+    size_t n = strlen(o->output);
+    if (o->n_urls == 1 && !is_directory(o->output) && o->output[n - 1] != '/')
         return xstrdup(o->output);
     char *request, *cached;
     if (fetch_map_url(url, NULL, &request, &cached, NULL) != 0)

@@ -335,5 +335,12 @@ else
   echo "skip -o FIFO: mkfifo failed"
 fi
 
+# -o DIR/ with one URL names a directory to make, not a file called "DIR/" (which left
+# DIR/.part behind and failed to rename it)
+expect 0 "^$tmp/newdir/small.txt$" "-o DIR/ makes the directory and writes into it" -- \
+  "$pesc" fetch -q -o "$tmp/newdir/" "$base/f/small.txt?k=slash"
+cmp -s "$tmp/newdir/small.txt" "$files/small.txt" && [ ! -e "$tmp/newdir/.part" ] \
+  && pass "-o DIR/ content, no .part left" || fail "-o DIR/: $(ls -a "$tmp/newdir" 2>&1)"
+
 echo "fetch.sh: $failures failure(s)"
 [ $failures -eq 0 ]
