@@ -297,5 +297,13 @@ expect 0 "(build tree)" "plugins from the build tree" -- env PESC_PLUGIN_PATH= "
 grep -q "^plugin ABI.*the build tree" "$tmp/out" || fail "plugins: the header's search path lacks the build tree"
 "$pesc" plugins --help | grep -q "the build tree" || fail "plugins --help does not name the build tree"
 
+# pesc(1) shows these commands in its SYNOPSIS and names their pages in SEE ALSO
+for cmd in generate export inspect tokenize fetch bench devices plugins demo-data; do
+  sed 's/\\-/-/g' "$top_srcdir/man/pesc.1" | sed -n '/^.SH SYNOPSIS/,/^.SH DESCRIPTION/p' |
+    grep -q "^.B pesc $cmd\b" || fail "pesc(1): the SYNOPSIS lacks pesc $cmd"
+  sed 's/\\-/-/g' "$top_srcdir/man/pesc.1" | sed -n '/^.SH SEE ALSO/,$p' |
+    grep -q "pesc-$cmd (1)" || fail "pesc(1): SEE ALSO lacks pesc-$cmd(1)"
+done
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
