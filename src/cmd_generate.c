@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "cli.h"
@@ -230,6 +231,21 @@ out:
     return rc;
 }
 
+/* The model's own tokenizer.json. A model directory may come without one (weights and
+ * config only): that is a --tokenizer to give, not just a missing file. */
+static tokenizer *model_tokenizer(const char *dir, pesc_error *err)
+{
+    char *path = pesc_path_join(dir, "tokenizer.json");
+    tokenizer *t = NULL;
+    if (access(path, F_OK) != 0)
+        pesc_fail(err, "%s has no tokenizer.json; give the model's tokenizer with --tokenizer "
+                  "FILE|URL", dir);
+    else
+        t = tok_load(path, err);
+    free(path);
+    return t;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     generate_options o;
@@ -252,7 +268,7 @@ int cmd_generate(int argc, char **argv)
     if (model_load(&m, dir, b, &err) != 0 ||
         (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0) ||
         (o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||
-        !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : tok_load_dir(dir, &err)))
+        !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : model_tokenizer(dir, &err)))
         goto out;
     pesc_show_phase("pesc generate", NULL);   /* the answer starts on a clean line */
     if (run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err) != 0)

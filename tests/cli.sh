@@ -305,5 +305,10 @@ for cmd in generate export inspect tokenize fetch bench devices plugins demo-dat
     grep -q "pesc-$cmd (1)" || fail "pesc(1): SEE ALSO lacks pesc-$cmd(1)"
 done
 
+# generate on a model directory without tokenizer.json says to give --tokenizer
+expect 1 "llama-gqa-f32 has no tokenizer.json; give the model's tokenizer with --tokenizer" \
+  "generate on a model without a tokenizer names --tokenizer" -- \
+  "$pesc" generate --model "$data/llama-gqa-f32" --prompt hi --backend cpu
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
