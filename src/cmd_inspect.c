@@ -23,7 +23,8 @@ static const char inspect_usage[] =
     "  a checkpoint        (a step-N directory, or a --save directory: its checkpoints and the\n"
     "                      newest) step, crafting, LoRA, run shape, base model, trainables\n"
     "  a .safetensors file every tensor's name, dtype and shape, and the metadata\n"
-    "  a .jsonl dataset    (tokens format) records, tokens and lengths\n";
+    "  a .jsonl dataset    (tokens format) records, tokens and lengths\n"
+    "  config.json, state.json  the model directory or checkpoint that holds it\n";
 
 static const char *rope_name(hf_rope_type t)
 {
@@ -280,6 +281,15 @@ int cmd_inspect(int argc, char **argv)
         pesc_fail(&err, "%s: not a regular file; name a model directory, a checkpoint, a "
                   ".safetensors file or a .jsonl dataset", path);
         return cli_fail("inspect", &err);
+    }
+    /* a model's config.json or a checkpoint's state.json stands for its directory: read as
+     * a dataset, it was "a JSON object over several lines" */
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (strcmp(base, "config.json") == 0 || strcmp(base, "state.json") == 0) {
+        char *dir = pesc_parent_dir(path);
+        int rc = inspect_directory(dir);
+        free(dir);
+        return rc;
     }
     if (ends_with(path, ".jsonl") || ends_with(path, ".json"))
         return inspect_tokens(path);

@@ -310,5 +310,9 @@ expect 1 "llama-gqa-f32 has no tokenizer.json; give the model's tokenizer with -
   "generate on a model without a tokenizer names --tokenizer" -- \
   "$pesc" generate --model "$data/llama-gqa-f32" --prompt hi --backend cpu
 
+# inspect of a model's config.json describes the model, not "a JSON object over several lines"
+expect 0 "^architecture  LlamaForCausalLM" "inspect DIR/config.json describes the model" -- \
+  "$pesc" inspect "$data/llama-gqa-f32/config.json"
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
