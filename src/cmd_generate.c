@@ -20,9 +20,9 @@ static const char generate_usage[] =
     "                     [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
     "                     [--template NAME] [--tokenizer FILE|URL] [--raw] [--backend B]\n"
     "\n"
-    "Answers a prompt (from --prompt, or standard input) with the model, streaming the text as\n"
-    "it comes. Stops at the end of the assistant turn (EOS or the template's end marker) or\n"
-    "after --max-tokens.\n"
+    "Answers a prompt (from --prompt, or standard input: at a terminal, end it with Ctrl-D)\n"
+    "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
+    "(EOS or the template's end marker) or after --max-tokens.\n"
     "\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model)\n"
     "  --temperature T   0 = greedy (default 0)\n"
@@ -145,6 +145,10 @@ static char *read_prompt(const generate_options *o, pesc_error *err)
 {
     if (o->prompt)
         return xstrdup(o->prompt);
+    /* without it, a person at a terminal saw nothing and took the wait for input for a hang */
+    if (isatty(STDIN_FILENO))
+        pesc_show_phase("pesc generate", "type the prompt, then Ctrl-D on a line of its own "
+                        "(or give --prompt TEXT)");
     size_t cap = 4096, n = 0, got;
     char *text = xmalloc(cap);
     while ((got = fread(text + n, 1, cap - n - 1, stdin)) > 0) {

@@ -314,5 +314,15 @@ expect 1 "llama-gqa-f32 has no tokenizer.json; give the model's tokenizer with -
 expect 0 "^architecture  LlamaForCausalLM" "inspect DIR/config.json describes the model" -- \
   "$pesc" inspect "$data/llama-gqa-f32/config.json"
 
+# generate without --prompt at a terminal says it waits for the prompt (it looked hung)
+if command -v script >/dev/null 2>&1; then
+  (sleep 1; printf '\004'; sleep 3) | timeout 30 script -qec "'$pesc' generate --model \
+'$top_srcdir/data/demo' --backend cpu" "$tmp/typescript" >/dev/null 2>&1
+  grep -q "type the prompt, then Ctrl-D" "$tmp/typescript" && pass "generate at a terminal asks for the prompt" \
+    || fail "generate at a terminal does not ask for the prompt: $(tr -d '\r' <"$tmp/typescript" | head -c 300)"
+else
+  echo "skip generate at a terminal: script(1) not found"
+fi
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
