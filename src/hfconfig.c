@@ -8,7 +8,7 @@
 
 #include "cpu/cpu_ops.h"
 
-#define SUPPORTED "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+#define SUPPORTED "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -85,7 +85,7 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
         return pesc_fail(err, "%s: \"architectures\" must name one model class; supported: "
                          SUPPORTED, where);
     if (strcmp(arch, "LlamaForCausalLM") && strcmp(arch, "MistralForCausalLM") &&
-        strcmp(arch, "Qwen2ForCausalLM"))
+        strcmp(arch, "Qwen2ForCausalLM") && strcmp(arch, "Qwen3ForCausalLM"))
         return pesc_fail(err, "%s: architecture %s is not supported; supported: " SUPPORTED,
                          where, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
@@ -140,14 +140,22 @@ static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pes
 static int parse_family(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     int mlp_bias = 0, use_window = 0;
-    c->qkv_bias = c->o_bias = 0;
+    c->qkv_bias = c->o_bias = c->qk_norm = 0;
     c->sliding_window = 0;
-    if (strcmp(c->architecture, "Qwen2ForCausalLM") == 0) {
-        c->qkv_bias = 1;
+    int qwen2 = strcmp(c->architecture, "Qwen2ForCausalLM") == 0;
+    if (qwen2 || strcmp(c->architecture, "Qwen3ForCausalLM") == 0) {
+        /* Qwen2: q/k/v biases; Qwen3: attention_bias (false in its releases) and QK-norm */
+        int attention_bias = 0;
+        if (!qwen2 && get_bool(root, "attention_bias", 0, &attention_bias, where, err))
+            return -1;
+        c->qkv_bias = qwen2 || attention_bias;
+        c->o_bias = attention_bias;
+        c->qk_norm = !qwen2;
         if (get_bool(root, "use_sliding_window", 0, &use_window, where, err))
             return -1;
         if (use_window)
-            return pesc_fail(err, "%s: use_sliding_window=true is not supported for Qwen2", where);
+            return pesc_fail(err, "%s: use_sliding_window=true is not supported for %s", where,
+                             qwen2 ? "Qwen2" : "Qwen3");
     } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0) {
         int attention_bias = 0;
         if (get_bool(root, "attention_bias", 0, &attention_bias, where, err) ||
@@ -302,5 +310,7 @@ long long hfconfig_param_count(const hf_config *c)
         layer += q + 2 * kv;
     if (c->o_bias)
         layer += C;
+    if (c->qk_norm)
+        layer += 2 * c->head_dim;
     return V * C * (c->tie_word_embeddings ? 1 : 2) + C + layer * c->n_layers;
 }

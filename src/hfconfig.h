@@ -30,7 +30,8 @@ typedef struct hf_config {
     int rope_original_max_position;                       /* llama3 */
     int max_position_embeddings;
     int tie_word_embeddings;
-    int qkv_bias;                /* qwen2, or llama's attention_bias */
+    int qkv_bias;                /* qwen2, or llama's and qwen3's attention_bias */
+    int qk_norm;                 /* qwen3: each head of q and k RMS-normed (q_norm, k_norm) */
     int o_bias;                  /* llama's attention_bias */
     int sliding_window;          /* mistral; 0 = none */
     int bos_token_id, eos_token_id;   /* -1 when absent */

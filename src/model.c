@@ -65,6 +65,12 @@ static void list_params(model *m, param_list *list)
         }
         if (c->o_bias)
             add_param(list, &L->bo, C, 0, "model.layers.%d.self_attn.o_proj.bias", l);
+        if (c->qk_norm) {
+            add_param(list, &L->q_norm, c->head_dim, 0, "model.layers.%d.self_attn.q_norm.weight",
+                      l);
+            add_param(list, &L->k_norm, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight",
+                      l);
+        }
         add_param(list, &L->ffn_norm, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
         add_param(list, &L->w_gate, F, C, "model.layers.%d.mlp.gate_proj.weight", l);
         add_param(list, &L->w_up, F, C, "model.layers.%d.mlp.up_proj.weight", l);

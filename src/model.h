@@ -23,6 +23,7 @@ typedef struct model_layer {
     float *wk, *bk;              /* (Hkv*D, C), (Hkv*D) or NULL */
     float *wv, *bv;              /* (Hkv*D, C), (Hkv*D) or NULL */
     float *wo, *bo;              /* (C, Hq*D), (C) or NULL */
+    float *q_norm, *k_norm;      /* (D) each head's RMSNorm of q and k (qwen3), or NULL */
     float *ffn_norm;             /* (C) */
     float *w_gate, *w_up;        /* (F, C) */
     float *w_down;               /* (C, F) */
@@ -43,6 +44,8 @@ typedef struct layer_acts {
     float *x_in;                 /* (N, C) residual stream entering the layer */
     float *xn1, *rstd1;          /* (N, C), (N) attention norm */
     float *q, *k, *v;            /* (N, Hq*D), (N, Hkv*D) x2, after RoPE */
+    float *q_raw, *k_raw;        /* qk_norm: q and k before their norms, (N, Hq*D), (N, Hkv*D) */
+    float *rstd_q, *rstd_k;      /* qk_norm: (N*Hq), (N*Hkv) */
     float *att, *lse;            /* (N, Hq*D), (B, Hq, T) */
     float *x_mid;                /* (N, C) after the attention residual */
     float *xn2, *rstd2;          /* (N, C), (N) FFN norm: the FFN's and router's input */
@@ -79,6 +82,7 @@ typedef struct model_activations {
     /* gradients (training only) */
     float *dx, *dxn, *dh;        /* (N, C) */
     float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D) */
+    float *dq_raw, *dk_raw;      /* qk_norm: the gradients before the norms, as dq and dk */
     float *dgate, *dup, *dact;   /* (N, F) */
     float *drouter, *dtopk_w;    /* (N, E), (N, K) */
     float *aux_grad;             /* (E) d aux / d P of the layer being differentiated */

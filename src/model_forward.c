@@ -53,6 +53,12 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
     want(c, &a->q, N * q);
     want(c, &a->k, N * kv);
     want(c, &a->v, N * kv);
+    if (cf->qk_norm) {
+        want(c, &a->q_raw, N * q);
+        want(c, &a->k_raw, N * kv);
+        want(c, &a->rstd_q, N * (size_t)cf->n_heads);
+        want(c, &a->rstd_k, N * (size_t)cf->n_kv_heads);
+    }
     want(c, &a->att, N * q);
     want(c, &a->lse, N * (size_t)cf->n_heads);
     want(c, &a->xn2, N * C);
@@ -94,6 +100,10 @@ static void want_gradients(model *m, carver *c, size_t N)
     want(c, &a->dq, N * q);
     want(c, &a->dk, N * kv);
     want(c, &a->dv, N * kv);
+    if (cf->qk_norm) {
+        want(c, &a->dq_raw, N * q);
+        want(c, &a->dk_raw, N * kv);
+    }
     want(c, &a->datt, N * q);
     want(c, &a->dgate, N * F);
     want(c, &a->dup, N * F);
@@ -415,8 +425,17 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
     int N = B * T, C = c->hidden_size, D = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
     rmsnorm_forward(b, a->xn1, a->rstd1, a->x_in, m->layers[l].attn_norm, N, C,
                     (float)c->rms_norm_eps);
-    linear_forward(m, l, LORA_Q, a, a->q, a->xn1, N);
-    linear_forward(m, l, LORA_K, a, a->k, a->xn1, N);
+    if (c->qk_norm) {   /* each head of q and k RMS-normed before RoPE (Qwen3) */
+        const model_layer *L = &m->layers[l];
+        float eps = (float)c->rms_norm_eps;
+        linear_forward(m, l, LORA_Q, a, a->q_raw, a->xn1, N);
+        linear_forward(m, l, LORA_K, a, a->k_raw, a->xn1, N);
+        rmsnorm_forward(b, a->q, a->rstd_q, a->q_raw, L->q_norm, N * Hq, D, eps);
+        rmsnorm_forward(b, a->k, a->rstd_k, a->k_raw, L->k_norm, N * Hkv, D, eps);
+    } else {
+        linear_forward(m, l, LORA_Q, a, a->q, a->xn1, N);
+        linear_forward(m, l, LORA_K, a, a->k, a->xn1, N);
+    }
     linear_forward(m, l, LORA_V, a, a->v, a->xn1, N);
     rope_forward(b, a->q, a->q, m->act.pos, m->inv_freq, N, Hq, D);
     rope_forward(b, a->k, a->k, m->act.pos, m->inv_freq, N, Hkv, D);
@@ -635,9 +654,20 @@ static void layer_backward(model *m, int l, float loss_scale)
                        m->T, Hq, Hkv, D, c->sliding_window, g->packed ? g->seg : NULL);
     rope_backward(b, g->dq, g->dq, g->pos, m->inv_freq, N, Hq, D);
     rope_backward(b, g->dk, g->dk, g->pos, m->inv_freq, N, Hkv, D);
+    float *dq = g->dq, *dk = g->dk;   /* of the projections' outputs */
+    if (c->qk_norm) {
+        dq = g->dq_raw;
+        dk = g->dk_raw;
+        vector_zero(b, dq, (size_t)N * Hq * D);
+        vector_zero(b, dk, (size_t)N * Hkv * D);
+        rmsnorm_backward(b, dq, model_grad_of(m, L->q_norm), g->dq, a->q_raw, L->q_norm,
+                         a->rstd_q, N * Hq, D);
+        rmsnorm_backward(b, dk, model_grad_of(m, L->k_norm), g->dk, a->k_raw, L->k_norm,
+                         a->rstd_k, N * Hkv, D);
+    }
     vector_zero(b, g->dxn, (size_t)N * C);
-    linear_backward(m, l, LORA_Q, a, g->dxn, g->dq, a->xn1, N);
-    linear_backward(m, l, LORA_K, a, g->dxn, g->dk, a->xn1, N);
+    linear_backward(m, l, LORA_Q, a, g->dxn, dq, a->xn1, N);
+    linear_backward(m, l, LORA_K, a, g->dxn, dk, a->xn1, N);
     linear_backward(m, l, LORA_V, a, g->dxn, g->dv, a->xn1, N);
     rmsnorm_backward(b, g->dx, model_grad_of(m, L->attn_norm), g->dxn, a->x_in, L->attn_norm,
                      a->rstd1, N, C);

@@ -60,6 +60,22 @@ static void test_families(void)
                         "x", &err);
     CHECK(rc == 0 && c.qkv_bias && c.o_bias && c.eos_token_id == 7 && c.bos_token_id == 1,
           "llama attention_bias: %s", err.msg);
+    /* Qwen3: no biases (attention_bias false), each head of q and k RMS-normed, head_dim given */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE
+                        ", \"head_dim\": 32, \"attention_bias\": false, \"use_sliding_window\": "
+                        "false, \"sliding_window\": null, \"tie_word_embeddings\": true}", "x", &err);
+    CHECK(rc == 0 && c.qk_norm && !c.qkv_bias && !c.o_bias && c.head_dim == 32 &&
+          c.sliding_window == 0, "qwen3: %s", err.msg);
+    CHECK(hfconfig_param_count(&c) == 100 * 64 + 64 +   /* tied; q, k, v, o of 8 heads of 32 */
+          2 * (2 * 64 + 4 * 64 * 8 * 32 + 3 * 64 * 128 + 2 * 32),
+          "qwen3 param count %lld", hfconfig_param_count(&c));
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE
+                        ", \"attention_bias\": true}", "x", &err);
+    CHECK(rc == 0 && c.qk_norm && c.qkv_bias && c.o_bias, "qwen3 attention_bias: %s", err.msg);
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE
+                        ", \"use_sliding_window\": true}", "x", &err);
+    CHECK(rc != 0 && strstr(err.msg, "use_sliding_window=true is not supported for Qwen3"),
+          "qwen3 sliding window refused: %s", err.msg);
 }
 
 static void test_rope(void)
