@@ -3,9 +3,9 @@
 
 Run with the system Python (Debian's python3-torch / python3-numpy):
 
-    /usr/bin/python3 tests/reference/make_reference.py
+    /usr/bin/python3 tests/reference/make_reference.py [NAME...]
 
-For every model below this writes, under tests/reference/data/<name>/:
+For every model (or only the NAMEd ones) below this writes, under tests/reference/data/<name>/:
 
   config.json                 HF-style config (sorted keys, indent 2, like HF's save_pretrained)
   model.safetensors           or model-0000k-of-00002.safetensors + model.safetensors.index.json
@@ -13,7 +13,8 @@ For every model below this writes, under tests/reference/data/<name>/:
   expected.json               exact float64 logits and losses
 
 The forward pass is written out by hand in torch, following transformers'
-LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM eager code paths.
+LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM eager code
+paths.
 Everything is computed in float64 from the weights *as stored* (bf16/f16 values
 rounded first, then upcast), so expected.json holds the exact answers that a
 lower-precision implementation approximates.  The output is deterministic:
@@ -174,6 +175,45 @@ MODELS = [
             "vocab_size": 64,
         },
     },
+    {
+        # Qwen3: no q/k/v biases, QK-norm (an RMSNorm over each head of q and k, before RoPE),
+        # and an explicit head_dim: 4 heads x 16 = 64 != hidden 48.  Keys as in Qwen3-0.6B's config.
+        "name": "qwen3-qknorm-f32",
+        "seed": 1005,
+        "dtype": torch.float32,
+        "shards": 1,
+        "config": {
+            "architectures": ["Qwen3ForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "head_dim": 16,
+            "hidden_act": "silu",
+            "hidden_size": 48,
+            "initializer_range": 0.02,
+            "intermediate_size": 80,
+            "max_position_embeddings": 256,
+            "max_window_layers": 2,
+            "model_type": "qwen3",
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06,
+            "rope_scaling": None,
+            # an integer, as in the published Qwen3 configs
+            "rope_theta": 1000000,
+            # null in real Qwen3 configs; unused anyway because use_sliding_window is false
+            "sliding_window": None,
+            "tie_word_embeddings": True,
+            "torch_dtype": "float32",
+            # Qwen3 needs transformers >= 4.51
+            "transformers_version": "4.51.0",
+            "use_cache": True,
+            "use_sliding_window": False,
+            "vocab_size": 64,
+        },
+    },
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -183,12 +223,14 @@ RECORD_LENGTHS = {
     "qwen2-bias-f32": [9, 1, 18, 4, 19],
     "llama-bf16-tied": [3, 1, 17, 11],
     "mistral-sharded-f16": [1, 20, 7, 18, 12],
+    "qwen3-qknorm-f32": [4, 19, 1, 14],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
     "qwen2-bias-f32": 2,
     "llama-bf16-tied": 3,
     "mistral-sharded-f16": 3,
+    "qwen3-qknorm-f32": 3,
 }
 
 # --------------------------------------------------------------------------
@@ -198,17 +240,23 @@ LABELED_INDEX = {
 
 def head_dim_of(cfg):
     # LlamaConfig / MistralConfig: head_dim = config.head_dim if given, else hidden_size // num_attention_heads.
-    # Qwen2 always uses hidden_size // num_attention_heads.
+    # Qwen2 always uses hidden_size // num_attention_heads; Qwen3 uses config.head_dim.
     hd = cfg.get("head_dim")
     if hd is None:
         hd = cfg["hidden_size"] // cfg["num_attention_heads"]
     return hd
 
 
+def has_qk_norm(cfg):
+    # Qwen3Attention: q_norm / k_norm (Qwen3RMSNorm over head_dim, eps rms_norm_eps) on every head
+    # of q and k, after the projection and before RoPE.
+    return cfg["model_type"] == "qwen3"
+
+
 def sliding_window_of(cfg):
     if cfg["model_type"] == "mistral":
         return cfg.get("sliding_window")
-    if cfg["model_type"] == "qwen2":
+    if cfg["model_type"] in ("qwen2", "qwen3"):
         # Only active when use_sliding_window is true (and then only for layers >= max_window_layers);
         # all models here have it false.
         assert not cfg.get("use_sliding_window", False)
@@ -270,7 +318,8 @@ def make_weights(spec):
     nh = cfg["num_attention_heads"]
     nkv = cfg["num_key_value_heads"]
     hd = head_dim_of(cfg)
-    qwen = cfg["model_type"] == "qwen2"
+    qwen = cfg["model_type"] == "qwen2"  # q/k/v biases (Qwen3 has none: attention_bias false)
+    qk_norm = has_qk_norm(cfg)
     tied = cfg["tie_word_embeddings"]
 
     def lin_std(fan_in):
@@ -295,6 +344,10 @@ def make_weights(spec):
         if qwen:
             w.append((p + "self_attn.v_proj.bias", randn((nkv * hd,), 0.2)))
         w.append((p + "self_attn.o_proj.weight", randn((H, nh * hd), lin_std(nh * hd))))
+        if qk_norm:
+            # like the layernorms: around 1, so that a missing norm shows
+            w.append((p + "self_attn.q_norm.weight", randn((hd,), 0.1, 1.0)))
+            w.append((p + "self_attn.k_norm.weight", randn((hd,), 0.1, 1.0)))
         w.append((p + "post_attention_layernorm.weight", randn((H,), 0.1, 1.0)))
         w.append((p + "mlp.gate_proj.weight", randn((I, H), lin_std(H))))
         w.append((p + "mlp.up_proj.weight", randn((I, H), lin_std(H))))
@@ -418,8 +471,14 @@ def forward(cfg, W, ids, dtype):
         q = linear(h, W[p + "self_attn.q_proj.weight"], W.get(p + "self_attn.q_proj.bias"))
         k = linear(h, W[p + "self_attn.k_proj.weight"], W.get(p + "self_attn.k_proj.bias"))
         v = linear(h, W[p + "self_attn.v_proj.weight"], W.get(p + "self_attn.v_proj.bias"))
-        q = q.view(T, nh, hd).transpose(0, 1)  # [nh, T, hd]
-        k = k.view(T, nkv, hd).transpose(0, 1)  # [nkv, T, hd]
+        q = q.view(T, nh, hd)
+        k = k.view(T, nkv, hd)
+        if has_qk_norm(cfg):
+            # Qwen3: q = q_norm(q_proj(h).view(T, nh, hd)), same for k; v is not normed
+            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps)
+        q = q.transpose(0, 1)  # [nh, T, hd]
+        k = k.transpose(0, 1)  # [nkv, T, hd]
         v = v.view(T, nkv, hd).transpose(0, 1)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -547,8 +606,13 @@ def main():
     torch.manual_seed(0)  # nothing uses the global generator; every draw has its own seeded Generator
     torch.set_num_threads(1)  # keep reductions in a fixed order
     os.makedirs(DATA, exist_ok=True)
+    # optional arguments: the names of the models to (re)write; default all
+    wanted = sys.argv[1:] or [spec["name"] for spec in MODELS]
+    unknown = set(wanted) - {spec["name"] for spec in MODELS}
+    assert not unknown, "unknown model(s): %s" % ", ".join(sorted(unknown))
     for spec in MODELS:
-        build(spec)
+        if spec["name"] in wanted:
+            build(spec)
 
 
 if __name__ == "__main__":
