@@ -3,11 +3,12 @@
 
 Run with the system Python (Debian's python3-torch / python3-numpy):
 
-    /usr/bin/python3 tests/reference/make_pesc_reference.py
+    /usr/bin/python3 tests/reference/make_pesc_reference.py [CASE...]
 
-For every case below this writes, under tests/reference/data/<case>/:
+For every case below (or only the named ones) this writes, under tests/reference/data/<case>/:
 
-  config.json              HF LlamaForCausalLM config of the dense base model
+  config.json              HF config of the dense base model (LlamaForCausalLM, or Qwen3ForCausalLM
+                           for the pesc-qwen3-* cases)
   model.safetensors        the base weights (F32, HF names)
   trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
   batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
@@ -52,7 +53,10 @@ N_STEPS = 10
 # Cases
 # --------------------------------------------------------------------------
 
-def base_config(kv_heads):
+def base_config(case):
+    if case.get("arch") == "qwen3":
+        return qwen3_base_config(case["kv_heads"])
+    kv_heads = case["kv_heads"]
     return {
         "architectures": ["LlamaForCausalLM"],
         "attention_bias": False,
@@ -77,6 +81,39 @@ def base_config(kv_heads):
         "torch_dtype": "float32",
         "transformers_version": mr.TRANSFORMERS_VERSION,
         "use_cache": True,
+        "vocab_size": 64,
+    }
+
+
+def qwen3_base_config(kv_heads):
+    # Qwen3: no q/k/v biases, QK-norm before RoPE, explicit head_dim (4 x 12 = 48 != hidden 32),
+    # tied embeddings like the small Qwen3 models.  Keys as in Qwen3-0.6B's config.json.
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "head_dim": 12,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 48,
+        "max_position_embeddings": 64,
+        "max_window_layers": 2,
+        "model_type": "qwen3",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 1000000,
+        "sliding_window": None,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "use_sliding_window": False,
         "vocab_size": 64,
     }
 
@@ -109,6 +146,15 @@ CASES = [
     # same base model as pesc-e4k1, every weight trainable, no PESC layers
     {"name": "pesc-full", "base_seed": 3001, "init_seed": 4004, "batch_seed": 5004, "kv_heads": 4,
      "mode": "full", "num_experts": 0, "topk": 0, "adapter_dim": 0, "moe_scaling": 0.0,
+     "aux_coef": 0.0, "z_coef": 0.0, "lora_rank": 0, "lora_alpha": 0, "weight_decay": 0.01},
+    # Qwen3 base (QK-norm, GQA, head_dim 12 with hidden 32, tied): LoRA on every projection,
+    # so the q/k LoRA goes through q_norm/k_norm
+    {"name": "pesc-qwen3-lora", "arch": "qwen3", "base_seed": 3003, "init_seed": 4006, "batch_seed": 5005,
+     "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25,
+     "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8, "weight_decay": 0.0},
+    # same Qwen3 base, every weight trainable (q_norm/k_norm included; no lm_head: tied)
+    {"name": "pesc-qwen3-full", "arch": "qwen3", "base_seed": 3003, "init_seed": 4007, "batch_seed": 5006,
+     "kv_heads": 2, "mode": "full", "num_experts": 0, "topk": 0, "adapter_dim": 0, "moe_scaling": 0.0,
      "aux_coef": 0.0, "z_coef": 0.0, "lora_rank": 0, "lora_alpha": 0, "weight_decay": 0.01},
 ]
 
@@ -144,7 +190,7 @@ def write_safetensors(path, tensors, metadata):
 
 def base_weights(case):
     spec = {"name": case["name"], "seed": case["base_seed"], "dtype": torch.float32,
-            "config": base_config(case["kv_heads"])}
+            "config": base_config(case)}
     return mr.make_weights(spec)  # ordered [(name, F32 tensor)]
 
 
@@ -260,10 +306,17 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
     routes = []
     for l in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % l
-        # --- attention (HF Llama eager) ---
+        # --- attention (HF Llama / Qwen3 eager) ---
         hn = mr.rms_norm(x, Wb[p + "input_layernorm.weight"], eps)
-        q = (hn @ W(l, "q").t()).view(Bn, Tn, nh, hd).transpose(1, 2)   # [B, nh, T, hd]
-        k = (hn @ W(l, "k").t()).view(Bn, Tn, nkv, hd).transpose(1, 2)
+        q = (hn @ W(l, "q").t()).view(Bn, Tn, nh, hd)
+        k = (hn @ W(l, "k").t()).view(Bn, Tn, nkv, hd)
+        if mr.has_qk_norm(cfg):
+            # Qwen3 QK-norm: RMSNorm over each head vector (weights [hd]), after the (LoRA'd)
+            # projection, before RoPE; v is not normed
+            q = mr.rms_norm(q, Wb[p + "self_attn.q_norm.weight"], eps)
+            k = mr.rms_norm(k, Wb[p + "self_attn.k_norm.weight"], eps)
+        q = q.transpose(1, 2)                                          # [B, nh, T, hd]
+        k = k.transpose(1, 2)
         v = (hn @ W(l, "v").t()).view(Bn, Tn, nkv, hd).transpose(1, 2)
         q = q * cos + mr.rotate_half(q) * sin
         k = k * cos + mr.rotate_half(k) * sin
@@ -307,7 +360,8 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             z = z + case["z_coef"] * (torch.logsumexp(r, dim=-1) ** 2).mean()
         x = x + h
     x = mr.rms_norm(x, Wb["model.norm.weight"], eps)
-    logits = x @ Wb["lm_head.weight"].t()                              # [B, T, V]
+    head = Wb["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else Wb["lm_head.weight"]
+    logits = x @ head.t()                                              # [B, T, V]
     # CE: logits[b, t] predicts labels[b, t+1]; -100 ignored; mean over all kept targets of the batch
     lab = torch.tensor(labels, dtype=torch.long)[:, 1:].reshape(-1)
     lp = torch.log_softmax(logits[:, :-1].reshape(-1, logits.shape[-1]), dim=-1)
@@ -448,12 +502,19 @@ def train_steps(cfg, case, base, init, ids, labels, dt):
     return hist, checksum, abssum, fin
 
 
+OUTPUT_FILES = ("config.json", "model.safetensors", "trainables.safetensors", "batch.json",
+                "grads.safetensors", "expected.json")
+
+
 def build(case):
-    cfg = base_config(case["kv_heads"])
+    cfg = base_config(case)
     outdir = os.path.join(DATA, case["name"])
     os.makedirs(outdir, exist_ok=True)
-    for fn in os.listdir(outdir):
-        os.remove(os.path.join(outdir, fn))
+    # remove only what this script writes: pesc-e4k1/records.jsonl (its batch as two records,
+    # used by tests/cli.sh and tests/demo.sh) is committed by hand and must survive a rerun
+    for fn in OUTPUT_FILES:
+        if os.path.exists(os.path.join(outdir, fn)):
+            os.remove(os.path.join(outdir, fn))
 
     base = base_weights(case)
     init = init_trainables(case, cfg, base)
@@ -564,8 +625,13 @@ def main():
     torch.manual_seed(0)       # nothing uses the global generator
     torch.set_num_threads(1)   # fixed reduction order
     os.makedirs(DATA, exist_ok=True)
+    # optional arguments: the names of the cases to (re)write; default all
+    wanted = sys.argv[1:] or [case["name"] for case in CASES]
+    unknown = set(wanted) - {case["name"] for case in CASES}
+    assert not unknown, "unknown case(s): %s" % ", ".join(sorted(unknown))
     for case in CASES:
-        build(case)
+        if case["name"] in wanted:
+            build(case)
 
 
 if __name__ == "__main__":
