@@ -1,7 +1,8 @@
 /* test_pesc_reference — PESC crafting, the backward pass and AdamW against PyTorch.
  *
- * tests/reference/make_pesc_reference.py wrote, in float64, four cases (E=4 K=1 with z-loss;
- * E=8 K=2 with GQA; LoRA on every projection; full mode): a base model, the initial trainables,
+ * tests/reference/make_pesc_reference.py wrote, in float64, six cases (E=4 K=1 with z-loss;
+ * E=8 K=2 with GQA; LoRA on every projection; full mode; and on a Qwen3 base, whose heads of q
+ * and k are RMS-normed, LoRA everywhere and full mode): a base model, the initial trainables,
  * one batch, the losses, the logits, the gradient of every trainable and the losses of 10
  * AdamW steps. Here the same is computed in float32 and compared: losses and logits within
  * 1e-5 relative, gradients within 1e-4 (normalized error per tensor), the step losses within
