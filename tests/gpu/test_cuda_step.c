@@ -1,7 +1,8 @@
 /* test_cuda_step — whole training steps on the CUDA backend against the CPU backend: the same
- * random model, crafted the same way, on the same batch. The losses must agree within 1e-2
- * relative and the gradients of every trainable (one vector) must have cosine >= 0.999; two
- * identical GPU runs of several AdamW steps must give identical losses. Exit 77 without a GPU. */
+ * random model (Llama, and Qwen3 with its per-head norms of q and k), crafted the same way, on
+ * the same batch. The losses must agree within 1e-2 relative and the gradients of every
+ * trainable (one vector) must have cosine >= 0.999; two identical GPU runs of several AdamW
+ * steps must give identical losses. Exit 77 without a GPU. */
 #include <string.h>
 
 #include "gpu_test.h"
@@ -10,13 +11,15 @@
 
 enum { BATCH = 2, SEQ = 64 };
 
-static void build(model *m, pesc_backend *b, int full, pesc_error *err)
+/* qk_norm: Qwen3's RMS norm of every head of q and k */
+static void build(model *m, pesc_backend *b, int full, int qk_norm, pesc_error *err)
 {
     hf_config c = {.vocab_size = 512, .hidden_size = 128, .intermediate_size = 352,
                    .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .head_dim = 32,
                    .rms_norm_eps = 1e-5, .rope_theta = 10000.0, .bos_token_id = -1,
                    .eos_token_id = -1};
-    snprintf(c.architecture, sizeof c.architecture, "LlamaForCausalLM");
+    c.qk_norm = qk_norm;
+    snprintf(c.architecture, sizeof c.architecture, qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM");
     pesc_options o;
     pesc_options_default(&o);
     o.experts = 4;
@@ -58,12 +61,12 @@ static void batch(int32_t *tokens, int32_t *targets, int32_t *doc_ids, uint64_t 
         model_shift_targets(targets + b * SEQ, tokens + b * SEQ, NULL, SEQ);
 }
 
-static void compare_step(pesc_backend *cpu, pesc_backend *gpu, int full, int packed)
+static void compare_step(pesc_backend *cpu, pesc_backend *gpu, int full, int packed, int qk_norm)
 {
     pesc_error err;
     model mc, mg;
-    build(&mc, cpu, full, &err);
-    build(&mg, gpu, full, &err);
+    build(&mc, cpu, full, qk_norm, &err);
+    build(&mg, gpu, full, qk_norm, &err);
     int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ], docs[BATCH * SEQ];
     batch(tokens, targets, docs, 123);
     model_layout layout = {.doc_ids = docs};
@@ -76,7 +79,9 @@ static void compare_step(pesc_backend *cpu, pesc_backend *gpu, int full, int pac
                          &err) != 0 ||
         backend_check(gpu, &err) != 0)
         gpu_test_die(&err);
-    const char *tag = full ? (packed ? "full, packed" : "full") : (packed ? "pesc+lora, packed" : "pesc+lora");
+    char tag[48];
+    snprintf(tag, sizeof tag, "%s%s%s", full ? "full" : "pesc+lora", packed ? ", packed" : "",
+             qk_norm ? ", qwen3" : "");
     char what[96];
     double rel = fabs(lg.ce - lc.ce) / fabs(lc.ce);
     snprintf(what, sizeof what, "%s: cross-entropy %.5f vs cpu %.5f", tag, lg.ce, lc.ce);
@@ -112,7 +117,7 @@ static void run_steps(pesc_backend *gpu, double *losses, int steps)
     optimizer opt = {0};
     optim_config oc;
     optim_config_default(&oc);
-    build(&m, gpu, 0, &err);
+    build(&m, gpu, 0, 0, &err);
     if (optim_init(&opt, gpu, m.n_train, &oc, &err) != 0)
         gpu_test_die(&err);
     int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ], docs[BATCH * SEQ];
@@ -139,9 +144,11 @@ int main(void)
     pesc_backend *cpu = backend_new("cpu", &err);
     if (!cpu)
         gpu_test_die(&err);
-    compare_step(cpu, gpu, 0, 0);
-    compare_step(cpu, gpu, 0, 1);
-    compare_step(cpu, gpu, 1, 0);
+    compare_step(cpu, gpu, 0, 0, 0);
+    compare_step(cpu, gpu, 0, 1, 0);
+    compare_step(cpu, gpu, 1, 0, 0);
+    compare_step(cpu, gpu, 0, 0, 1);   /* q and k normed per head: rmsnorm on N x H rows of D */
+    compare_step(cpu, gpu, 1, 0, 1);   /* and the norms' own gradients */
     enum { STEPS = 4 };
     double first[STEPS], second[STEPS];
     run_steps(gpu, first, STEPS);
