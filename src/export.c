@@ -280,13 +280,24 @@ static int copy_side_files(const export_base *b, const checkpoint_state *st, con
     }
     if (!st->tokenizer[0])
         return 0;
-    /* the run's own --tokenizer is the one its model was trained with */
+    /* the run's own --tokenizer is the one its model was trained with, and so is the
+     * tokenizer_config.json beside it (BOS, EOS, the chat template) or its absence */
     char *to = pesc_path_join(tmp, "tokenizer.json");
     int rc = pesc_copy_file(st->tokenizer, to, err);
     free(to);
     if (rc != 0)
         return pesc_fail_prefix(err, "the run's --tokenizer");
-    return 0;
+    char *dir = pesc_parent_dir(st->tokenizer);
+    char *from = pesc_path_join(dir, "tokenizer_config.json");
+    to = pesc_path_join(tmp, "tokenizer_config.json");
+    if (access(from, R_OK) == 0)
+        rc = pesc_copy_file(from, to, err);
+    else
+        unlink(to);   /* the base's would tell other BOS and EOS than the run used */
+    free(to);
+    free(from);
+    free(dir);
+    return rc != 0 ? pesc_fail_prefix(err, "the run's --tokenizer") : 0;
 }
 
 static int write_dir(const export_options *o, const export_base *b, const checkpoint_state *st,

@@ -355,6 +355,19 @@ int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_mes
     return rc;
 }
 
+const char *template_suggest(const char *jinja)
+{
+    if (!jinja)
+        return NULL;
+    if (strstr(jinja, "<|im_start|>"))
+        return strstr(jinja, "<think>") ? "qwen3" : "chatml";
+    if (strstr(jinja, "<|start_header_id|>"))
+        return "llama3";
+    if (strstr(jinja, "[INST]"))
+        return strstr(jinja, "<<SYS>>") ? "llama2" : "mistral";
+    return NULL;
+}
+
 int template_stop_ids(const chat_template *tpl, const tokenizer *t, int32_t *out, int max)
 {
     int n = 0;

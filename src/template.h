@@ -64,6 +64,11 @@ int template_encode_bare(const chat_template *tpl, tokenizer *t, const tpl_messa
 int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_message *msgs,
                            int n, tok_ids *ids, pesc_error *err);
 
+/* The named template that writes the turn markers of a model's own chat template (the Jinja
+ * text of its tokenizer_config.json): qwen3, chatml, llama3, llama2 or mistral; NULL when
+ * none does. Read from the markers only, so a suggestion, not a proof. */
+const char *template_suggest(const char *jinja);
+
 /* Ids that end an assistant turn: the tokenizer's EOS and the template's end marker when that
  * is one token. Returns how many were written (at most max). */
 int template_stop_ids(const chat_template *tpl, const tokenizer *t, int32_t *out, int max);

@@ -197,6 +197,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
             return cli_usage_error(cmd, "--template %s: known templates are %s", arg,
                                    template_list());
         c->template_name = arg;
+        c->given |= TRAIN_GIVEN_TEMPLATE;
         return 0;
     case OPT_TOKENIZER:
         return cli_path(cmd, "--tokenizer", arg, "a tokenizer.json or its URL", &c->tokenizer);

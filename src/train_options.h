@@ -60,7 +60,7 @@ typedef struct train_config {
 /* Options the built-in demo has its own defaults for, when the command line leaves them. */
 enum { TRAIN_GIVEN_SEQ = 1, TRAIN_GIVEN_BATCH = 2, TRAIN_GIVEN_LR = 4, TRAIN_GIVEN_WARMUP = 8,
        TRAIN_GIVEN_SAVE_EVERY = 16, TRAIN_GIVEN_KEEP = 32, TRAIN_GIVEN_FORMAT = 64,
-       TRAIN_GIVEN_EVAL_EVERY = 128 };
+       TRAIN_GIVEN_EVAL_EVERY = 128, TRAIN_GIVEN_TEMPLATE = 256 };
 
 void train_config_default(train_config *c);
 /* The built-in demo (`pesc` with no arguments): the demo model and one source per task family

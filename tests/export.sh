@@ -273,5 +273,21 @@ expect 1 "trainables.safetensors is a file, not a checkpoint (give the step-N di
   "export of a checkpoint's file names the directory to give" -- \
   "$pesc" export "$ck/trainables.safetensors" -o "$tmp/x"
 
+# a run given --tokenizer FILE: the export carries that tokenizer and the tokenizer_config.json
+# beside it (BOS, EOS, the chat template), or none when it had none, never the base's
+mkdir -p "$tmp/tok-with" "$tmp/tok-bare"
+cp "$demo/tokenizer.json" "$tmp/tok-with/" && cp "$demo/tokenizer.json" "$tmp/tok-bare/"
+sed 's/"model_max_length": 512/"model_max_length": 256/' "$demo/tokenizer_config.json" >"$tmp/tok-with/tokenizer_config.json"
+for t in with bare; do
+  # shellcheck disable=SC2086
+  "$pesc" train --headless --model "$demo" $common --tokenizer "$tmp/tok-$t/tokenizer.json" \
+    --experts 4 --adapter-dim 8 --steps 1 --save "$tmp/ck-$t" >/dev/null 2>&1 &&
+    "$pesc" export "$tmp/ck-$t" -o "$tmp/exp-$t" >/dev/null 2>&1
+done
+cmp -s "$tmp/tok-with/tokenizer_config.json" "$tmp/exp-with/tokenizer_config.json" &&
+  [ -f "$tmp/exp-bare/tokenizer.json" ] && [ ! -e "$tmp/exp-bare/tokenizer_config.json" ] &&
+  pass "export of a --tokenizer run: its tokenizer_config.json, or none, not the base's" ||
+  fail "export of a --tokenizer run: $(ls "$tmp/exp-with" "$tmp/exp-bare" 2>&1 | tr '\n' ' ')"
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]

@@ -104,11 +104,24 @@ static void real_tokenizers(void)
             "hi there </s>|4 </s>");
     tok_delete(t);
     /* Qwen3's thinking markers are special tokens of their own: the block stays untrained */
-    if ((t = real_tokenizer("qwen3")))
+    if ((t = real_tokenizer("qwen3"))) {
         expect_render(t, "qwen3", chat, 4,
             "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\nhi there<|im_end|>\n"
             "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
             "4<|im_end|>", "hi there<|im_end|>|4<|im_end|>");
+        const char *s = template_suggest(tok_chat_template(t));
+        CHECK(s && strcmp(s, "qwen3") == 0, "qwen3's own template suggests %s", s ? s : "none");
+    }
+    tok_delete(t);
+    /* the named template that writes a model's own markers, from its tokenizer_config.json */
+    if ((t = real_tokenizer("llama3"))) {
+        const char *s = template_suggest(tok_chat_template(t));
+        CHECK(s && strcmp(s, "llama3") == 0, "llama3's own template suggests %s", s ? s : "none");
+    }
+    tok_delete(t);
+    if ((t = real_tokenizer("gemma3")))   /* <start_of_turn>: no named template writes it */
+        CHECK(tok_chat_template(t) && !template_suggest(tok_chat_template(t)),
+              "gemma3's own template suggests one of ours");
     tok_delete(t);
 }
 
@@ -225,6 +238,17 @@ int main(void)
     CHECK(template_encode_prompt(template_find("chatml"), t, two_users, 2, &ids, &err) == -1,
           "a prompt with two user turns in a row must fail");
     CHECK(template_find("nonesuch") == NULL, "unknown template must be NULL");
+    static const struct { const char *jinja, *want; } own[] = {
+        {"{{'<|im_start|>' + role}}", "chatml"}, {"<|im_start|>{{'<think>'}}", "qwen3"},
+        {"[INST] <<SYS>>", "llama2"}, {"{{'[INST] '}}", "mistral"},
+        {"<|start_header_id|>", "llama3"}, {"### Human:", NULL}};
+    for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
+        const char *got = template_suggest(own[i].jinja);
+        CHECK(own[i].want ? got && strcmp(got, own[i].want) == 0 : !got,
+              "template_suggest(%s): %s, want %s", own[i].jinja, got ? got : "none",
+              own[i].want ? own[i].want : "none");
+    }
+    CHECK(template_suggest(NULL) == NULL, "no chat template suggests none");
     tok_ids_free(&ids);
     tok_ids_free(&labels);
     tok_delete(t);

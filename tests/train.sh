@@ -608,5 +608,24 @@ else
   fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/same.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
 fi
 
+# the default template on a model with its own chat template: a note names the template that
+# writes the model's markers; none once --template is given
+demo="$top_srcdir/data/demo"
+mkdir -p "$tmp/chatml"
+cp "$demo/tokenizer.json" "$tmp/chatml/"
+printf '{"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{%% for m in messages %%}{{ %s + m.role }}{%% endfor %%}"}\n' \
+  "'<|im_start|>'" >"$tmp/chatml/tokenizer_config.json"
+"$pesc" demo-data -o "$tmp/chat.jsonl" --records 8 --seed 3 >/dev/null || exit 99
+note_of() { "$pesc" train --headless --model "$demo" --tokenizer "$tmp/chatml/tokenizer.json" \
+  --data "$tmp/chat.jsonl" --steps 1 --seq 64 --batch 4 --backend cpu "$@" 2>&1 >/dev/null | grep "chat template"; }
+note=$(note_of)
+case "$note" in
+  "pesc train: the model's chat template (tokenizer_config.json) is chatml's, and records are rendered with camelidae (the default): --template chatml trains"*)
+    [ -z "$(note_of --template camelidae)" ] &&
+      pass "the default template on a chatml model: a note; --template given: none" ||
+      fail "a note although --template was given: $(note_of --template camelidae)" ;;
+  *) fail "no note on a chatml model trained with the default template: '$note'" ;;
+esac
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
