@@ -691,6 +691,12 @@ static int save_now(session *s, pesc_error *err)
     set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
     if (rc != 0) {
         publish_event(s, "error", "save failed: %s", err->msg);
+        if (s->best_due) {
+            /* the weights that scored it are gone by the next save: the next evaluation has
+             * to beat only the best that is kept */
+            s->best_due = 0;
+            s->best_eval = s->best_kept >= 0 ? s->best_kept_loss : INFINITY;
+        }
         return -1;
     }
     s->last_save = pesc_now();

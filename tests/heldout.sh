@@ -150,6 +150,17 @@ scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
 # shellcheck disable=SC2086
 expect 2 "\-\-keep-best keeps the checkpoint of the lowest held-out loss: it needs \-\-save DIR" \
   "--keep-best without held-out data" -- "$pesc" train --headless $common --save "$tmp/x" --keep-best
+# a save for a new lowest that fails (a full disk: a file size limit fails writes as one does)
+# is not tried again on the steps after it: those weights are not the ones that scored it
+# shellcheck disable=SC2086
+sh -c 'ulimit -f 32; trap "" XFSZ; exec "$@"' sh "$pesc" train --headless $common --steps 7 \
+  --eval-data "$tmp/heldout.jsonl" --eval-every 3 --save "$tmp/nospace" --keep-best \
+  --log "$tmp/nospace.jsonl" >/dev/null 2>"$tmp/err"
+tried=$(grep '"event":"error"' "$tmp/nospace.jsonl" | grep '"text":"save failed' |
+  sed 's/.*"step":\([0-9]*\),.*/\1/' | tr '\n' ' ')
+[ "$tried" = "3 6 7 7 " ] &&
+  pass "--keep-best on a full disk: a save tried at each evaluation (3, 6, 7) and the final one" ||
+  fail "--keep-best on a full disk: saves tried at steps '$tried': $(head -c 200 "$tmp/err")"
 
 # refusals: before the run starts, one line naming the file
 # shellcheck disable=SC2086
