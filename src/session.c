@@ -703,13 +703,13 @@ static int save_now(session *s, pesc_error *err)
     s->saved_step = s->step;
     s->saved_changes = s->live_changes;
     if (s->best_due) {
-        pesc_error failed;   /* an event: the checkpoint itself is in */
-        if (checkpoint_mark_best(s->cfg.save_dir, s->cfg.keep, s->step, &failed) != 0) {
+        /* the checkpoint is in and its state.json names it the best: it is kept out of
+         * rotation also when DIR/best cannot point at it, as the error event says */
+        pesc_error failed;
+        if (checkpoint_mark_best(s->cfg.save_dir, s->cfg.keep, s->step, &failed) != 0)
             publish_event(s, "error", "%s", failed.msg);
-        } else {
-            s->best_kept = s->step;
-            s->best_kept_loss = s->best_eval;
-        }
+        s->best_kept = s->step;
+        s->best_kept_loss = s->best_eval;
         s->best_due = 0;
     }
     if (s->best_kept == s->step)

@@ -150,6 +150,18 @@ scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
 # shellcheck disable=SC2086
 expect 2 "\-\-keep-best keeps the checkpoint of the lowest held-out loss: it needs \-\-save DIR" \
   "--keep-best without held-out data" -- "$pesc" train --headless $common --save "$tmp/x" --keep-best
+# DIR/best that cannot be made (here a directory is in its place; a file system without
+# symbolic links alike) is an error event naming the best checkpoint, which is still kept
+mkdir -p "$tmp/nolink/best/mine"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --lr 5e-2 --steps 6 --eval-data "$tmp/heldout.jsonl" --eval-every 1 \
+  --save "$tmp/nolink" --save-every 3 --keep 1 --keep-best --log "$tmp/nolink.jsonl" >/dev/null 2>"$tmp/err"
+status=$?
+named=$(grep '"event":"error"' "$tmp/nolink.jsonl" | sed -n 's/.*(the best checkpoint is \(step-[0-9]*\)).*/\1/p' | tail -n 1)
+[ $status -eq 0 ] && [ "$named" = "$(printf 'step-%08d' "$lowest")" ] && [ -d "$tmp/nolink/$named" ] &&
+  grep -q "\"best_step\": $lowest," "$tmp/nolink/step-00000006/state.json" &&
+  pass "DIR/best not made: the error names $named, kept beside the newest and in state.json" ||
+  fail "DIR/best not made: exit $status, named '$named', left $(cd "$tmp/nolink" && ls | tr '\n' ' ')"
 # a save for a new lowest that fails (a full disk: a file size limit fails writes as one does)
 # is not tried again on the steps after it: those weights are not the ones that scored it
 # shellcheck disable=SC2086
