@@ -1187,10 +1187,11 @@ static int open_eval(session *s, pesc_error *err)
     for (int i = 0; i < s->n_eval; i++)
         s->eval_order[i] = order[i].index;
     free(order);
-    /* ten evaluations over a run of known length, unless --eval-every says */
+    /* ten evaluations over a run of known length, unless --eval-every says: rounded up, as
+     * rounded down a run of 19 steps would be scored after each */
     s->eval_every = c->eval_every;
     if (s->eval_every == 0)
-        s->eval_every = s->total_steps >= 10 ? s->total_steps / 10 : 1;
+        s->eval_every = s->total_steps >= 10 ? (s->total_steps + 9) / 10 : 1;
     return 0;
 }
 

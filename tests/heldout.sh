@@ -61,6 +61,12 @@ cells=$(awk -F, -v c="${col:-0}" 'NR > 1 { printf "%s%s", (NR > 2 ? " " : ""), (
 n=$(grep -c '"eval_loss"' "$tmp/ten.jsonl")
 [ "$n" = 10 ] && pass "without --eval-every: ten evaluations over 20 steps" ||
   fail "without --eval-every: $n evaluations over 20 steps"
+# ... also when the run is no multiple of ten: every 2 of 19 steps, and the last
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 19 --eval-data "$tmp/heldout.jsonl" --log "$tmp/ten19.jsonl" >/dev/null 2>&1
+n=$(grep -c '"eval_loss"' "$tmp/ten19.jsonl")
+[ "$n" = 10 ] && pass "without --eval-every: ten evaluations over 19 steps" ||
+  fail "without --eval-every: $n evaluations over 19 steps"
 
 # the eval command: an evaluation after the next step
 # shellcheck disable=SC2086
