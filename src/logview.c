@@ -72,12 +72,17 @@ static void forget_history(logview *lv)
 }
 
 /* Keeps MONITOR_HISTORY evenly spaced points: when full, every other one goes and from then
- * on only every stride-th step is kept. */
+ * on only every stride-th step is kept. An evaluation at a step in between goes on the last
+ * point kept, as monitor_points_thin moves one: kept as points of their own, evaluations at
+ * every step (--eval-every 1) would fill the history at once, thin it unevenly and double the
+ * stride past INT_MAX. */
 static void add_point(logview *lv, const stats_record *r)
 {
-    /* a step with an evaluation is always kept: there are few of them */
-    if (++lv->skipped < lv->stride && lv->n_points > 0 && r->eval_tokens == 0)
+    if (++lv->skipped < lv->stride && lv->n_points > 0) {
+        if (r->eval_tokens > 0)
+            lv->points[lv->n_points - 1].eval_loss = (float)r->eval_loss;
         return;
+    }
     lv->skipped = 0;
     if (lv->n_points == MONITOR_HISTORY) {
         lv->n_points = monitor_points_thin(lv->points, lv->n_points);

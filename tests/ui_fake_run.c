@@ -1,10 +1,10 @@
 /* ui_fake_run — a stand-in for a headless run, for the `pesc view` tests: writes a run log
  * with the stats writers (a start line, step records with recognisable routing and a held-out
- * loss every 20 steps, events) and, with --control, answers the control socket's commands the
+ * loss every 20 steps or --eval-every N, events) and, with --control, answers the control socket's commands the
  * way a run does (pause, resume, lr, aux, save, stop, generate), logging each as an event.
  *
  *   ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]
- *                   [--layers L] [--experts E] [--sources S]
+ *                   [--layers L] [--experts E] [--sources S] [--eval-every N]
  * Without --interval-ms, writes every step at once and exits. */
 #include <errno.h>
 #include <math.h>
@@ -24,7 +24,7 @@ typedef struct fake_run {
     FILE *log;
     stats_run run;
     stats_record *r;
-    long step, total;
+    long step, total, eval_every;
     double lr, aux_coef, elapsed;
     int lr_overridden, paused, stopped;
 } fake_run;
@@ -59,7 +59,7 @@ static void fill_step(fake_run *f)
     r->tokens = f->step * 2048;
     r->loss = 2.0 + 8.0 / (1.0 + f->step * 0.05) + 0.15 * sin(f->step * 0.7);
     r->aux_loss = 0.01 + 0.002 * cos(f->step * 0.3);
-    r->eval_tokens = f->step % 20 == 0 ? 512 : 0;   /* held-out data scored every 20 steps */
+    r->eval_tokens = f->step % f->eval_every == 0 ? 512 : 0;   /* held-out data scored */
     r->eval_loss = r->eval_tokens ? 2.5 + 6.0 / (1.0 + f->step * 0.04) : 0.0;
     r->lr = f->lr;
     r->lr_overridden = f->lr_overridden;
@@ -232,7 +232,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]\n");
         return 2;
     }
-    fake_run f = {.total = 60, .lr = 2e-4};
+    fake_run f = {.total = 60, .eval_every = 20, .lr = 2e-4};
     long interval = 0;
     const char *control = NULL;
     stats_shape shape = {.n_layers = 4, .n_experts = 8, .top_k = 2, .n_sources = 2};
@@ -243,6 +243,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--layers") == 0) shape.n_layers = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--experts") == 0) shape.n_experts = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--sources") == 0) shape.n_sources = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--eval-every") == 0) f.eval_every = atol(argv[i + 1]);
     }
     f.log = fopen(argv[1], "w");
     if (!f.log) {

@@ -1,6 +1,7 @@
 #!/bin/sh
 # view.sh — `pesc view` on synthetic run logs under tmux, read back with capture-pane: the
-# panels are there, the views and keys work, the log is followed as it grows, --attach steers
+# panels are there, the views and keys work, a long history stays evenly spaced also with
+# held-out losses at every step, the log is followed as it grows, --attach steers
 # the run (pause, LR, prompt, a pasted prompt of two lines), resizing to 40x12 and back keeps it
 # running, q leaves with 0 and bracketed paste off, as Ctrl-Z does until fg;
 # malformed lines are counted on the status line, after the note of a log gone quiet;
@@ -93,6 +94,26 @@ keys q
 # ---- no colours: character shades --------------------------------------------------------------
 tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
 check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
+keys q
+
+# ---- held-out losses at every step of a long run: the history stays evenly spaced -------------
+# the recent loss window spans the steps it does for a run scored every 20 steps, not one point
+# a step, and the legend shows the last held-out loss
+"$fake" "$tmp/every20.jsonl" --steps 10000 || exit 99
+"$fake" "$tmp/every1.jsonl" --steps 10000 --eval-every 1 || exit 99
+loss_from() { screen | sed -n 's/.*││ *step \([0-9][0-9]*\) .*/\1/p' | head -n 1; }
+tui_start 140 30 "$pesc" view "$tmp/every20.jsonl"
+wait_for "FINISHED" 20
+from20=$(loss_from)
+tui_start 140 30 "$pesc" view "$tmp/every1.jsonl"
+wait_for "FINISHED" 20
+from1=$(loss_from)
+if [ -n "$from20" ] && [ "$from1" = "$from20" ] && screen | grep -q "eval 2.515"; then
+  pass "scored at every step of 10000: the recent window from step $from1, as when every 20th"
+else
+  fail "scored at every step: recent window from step '$from1', every 20th from '$from20':"
+  screen | sed 's/^/    | /'
+fi
 keys q
 
 # ---- malformed lines: counted on the status line for the whole view, after a quiet log's note ---
