@@ -6,8 +6,10 @@
  * tokens_per_s, step_s, epoch, tokens, eval_loss, entropy/layer_NN, imbalance/layer_NN,
  * load/layer_NN/expert_E); a value not measured at a step (eval_loss between evaluations)
  * is an empty cell. The header is written with the first step (not when a resumed
- * run appends to a file that has content). Rows are flushed as written, so a spreadsheet or
- * `tail -f` sees them live. Events are not written (they are in the JSONL log).
+ * run appends to a file that has content: then that header must name as many columns as
+ * the run has, or the sink stops before a row lands under the wrong one). Rows are flushed as
+ * written, so a spreadsheet or `tail -f` sees them live. Events are not written (they are in
+ * the JSONL log).
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
 #include <errno.h>
@@ -29,6 +31,25 @@ static int io_error(csv_sink *c, char *err, size_t errlen)
 {
     snprintf(err, errlen, "%s: %s", c->path, strerror(errno ? errno : EIO));
     return -1;
+}
+
+/* The scalars the header line at the top of path names (its fields after step, wall_time and
+ * elapsed_s), or 0 when it cannot be read. */
+static size_t header_columns(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t fields = 1;
+    int ch, quoted = 0;
+    while ((ch = getc(f)) != EOF && (quoted || ch != '\n')) {
+        if (ch == '"')
+            quoted = !quoted;
+        else if (ch == ',' && !quoted)
+            fields++;
+    }
+    fclose(f);
+    return fields > 3 ? fields - 3 : 0;
 }
 
 static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, char *err,
@@ -60,8 +81,11 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
         free(c);
         return NULL;
     }
-    /* appending to rows already there: keep their header */
+    /* appending to rows already there: keep their header, and its columns (a file of a
+     * pesc without eval_loss has one column fewer) */
     c->header_done = config->resume && ftell(c->f) > 0;
+    if (c->header_done)
+        c->columns = header_columns(c->path);
     return c;
 }
 
@@ -95,10 +119,11 @@ static int csv_record(void *self, const pesc_step *step, char *err, size_t errle
         c->header_done = 1;
         c->columns = step->n_scalars;
     } else if (c->columns == 0) {
-        c->columns = step->n_scalars;   /* resumed: trust the file's header */
+        c->columns = step->n_scalars;   /* resumed, its header unread: trust it */
     }
     if (step->n_scalars != c->columns) {
-        snprintf(err, errlen, "%s: a step has %zu scalars but the header has %zu columns",
+        snprintf(err, errlen, "%s: a step has %zu scalars but the header has %zu columns (a "
+                 "file of another run or pesc version: name a new one, --sink csv:FILE)",
                  c->path, step->n_scalars, c->columns);
         return -1;
     }

@@ -250,6 +250,18 @@ if [ "$(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ')" = "step 1 2 3 4 " ]; then
 else
   fail "--resume and --sink csv: $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(cat "$tmp/err")"
 fi
+# ... but not under a header with other columns: here one written before eval_loss (the 13th)
+awk -F, -v OFS=, '{ for (i = 13; i < NF; i++) $i = $(i + 1); NF--; print }' "$tmp/cs.csv" >"$tmp/cs.old"
+cp "$tmp/cs.old" "$tmp/cs.csv"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 6 --resume "$tmp/cs" --save "$tmp/cs" --sink csv >/dev/null 2>"$tmp/err"
+status=$?
+if [ $status -eq 0 ] && cmp -s "$tmp/cs.old" "$tmp/cs.csv" &&
+  grep -q "sink csv: .*cs.csv: a step has [0-9]* scalars but the header has [0-9]* columns" "$tmp/err"; then
+  pass "--resume under a csv header of other columns: the sink stops, no row added"
+else
+  fail "--resume under another csv header: exit $status, rows $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(cat "$tmp/err")"
+fi
 
 # the control socket: replies, effects in the log, malformed lines refused
 # shellcheck disable=SC2086
