@@ -1163,7 +1163,12 @@ static int open_eval(session *s, pesc_error *err)
     } else {
         s->eval = s->eval_data.items;
         s->n_eval = s->eval_data.n;
-        snprintf(what, sizeof what, "--eval-data %.500s", c->eval_paths[0]);
+        /* what is refused below is all of them together, not the first */
+        char others[48] = "";
+        if (c->n_eval > 1)
+            snprintf(others, sizeof others, " and %d other file%s", c->n_eval - 1,
+                     c->n_eval > 2 ? "s" : "");
+        snprintf(what, sizeof what, "--eval-data %.500s%s", c->eval_paths[0], others);
     }
     int32_t *targets = xmalloc((size_t)c->seq * sizeof *targets);
     long long trained = 0;

@@ -188,6 +188,11 @@ printf '{"input_ids": [1, 2, 3], "labels": [-100, -100, -100]}\n' >"$tmp/untrain
 # shellcheck disable=SC2086
 expect 1 "\-\-eval-data .*untrained.jsonl: no record has a trained token" "held-out data with nothing to score" -- \
   "$pesc" train --headless $common --steps 1 --eval-data "$tmp/untrained.jsonl"
+cp "$tmp/untrained.jsonl" "$tmp/untrained2.jsonl"
+# shellcheck disable=SC2086
+expect 1 "\-\-eval-data .*untrained.jsonl and 1 other file: no record has a trained token" \
+  "several --eval-data files with nothing to score are named together" -- \
+  "$pesc" train --headless $common --steps 1 --eval-data "$tmp/untrained.jsonl" --eval-data "$tmp/untrained2.jsonl"
 # shellcheck disable=SC2086
 expect 2 "\-\-eval-every needs \-\-eval-data FILE or \-\-eval-split X" "--eval-every without held-out data" -- \
   "$pesc" train --headless $common --eval-every 5
