@@ -1,8 +1,8 @@
 #!/bin/sh
 # heldout.sh — --eval-data: the held-out loss a run logs is the one pesc eval gives the
 # checkpoint of that step; when it is measured (--eval-every, the last step, the eval
-# command); where it goes (the log, csv); --eval-split (records of --data held out); and the
-# refusals.
+# command); where it goes (the log, csv); --eval-split (records of --data held out);
+# --keep-best, also when DIR/best cannot be made or the disk is full; and the refusals.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
