@@ -118,6 +118,14 @@ static void print_saved(const char *save_dir)
         printf(" %s", names[i]);
         free(names[i]);
     }
+    /* --keep-best's link to the checkpoint of the lowest held-out loss */
+    char *best = pesc_path_join(save_dir, "best"), target[64];
+    ssize_t len = readlink(best, target, sizeof target - 1);
+    if (len > 0) {
+        target[len] = '\0';
+        printf("; best -> %s", target);
+    }
+    free(best);
     printf("\n");
     free(names);
 }
@@ -148,8 +156,14 @@ static int inspect_checkpoint(const char *path, const char *dir)
             printf("\n");
         }
     }
-    printf("run           seq %d, batch %d, grad-accum %d, aux %g\n", st.seq, st.batch,
+    printf("run           seq %d, batch %d, grad-accum %d, aux %g", st.seq, st.batch,
            st.grad_accum, st.aux_coef);
+    if (st.eval_split > 0)
+        printf(", --eval-split %g", st.eval_split);
+    printf("\n");
+    if (st.best_step >= 0)   /* --keep-best: the lowest held-out loss up to this step */
+        printf("best          step-%08ld: held-out loss %.4f\n", st.best_step,
+               st.best_eval_loss);
     if (st.base_model[0])
         printf("base          %s", st.base_model);
     else if (st.init_config[0])

@@ -153,6 +153,12 @@ scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
   close "$(eval_at "$tmp/best.jsonl" "$lowest")" "$scored" 1e-5 &&
   pass "--keep-best: best -> the step of the lowest held-out loss ($lowest), kept beside --keep 1's newest" ||
   fail "--keep-best: exit $status, lowest at step '$lowest', dirs '$dirs', best -> '$target', scored '$scored': $(head -c 200 "$tmp/err")"
+# pesc inspect of the save directory names the best, and its state the step and loss
+"$pesc" inspect "$tmp/best" >"$tmp/inspect" 2>&1
+grep -q "^save dir .*; best -> $target\$" "$tmp/inspect" &&
+  grep -q "^best          $target: held-out loss $(printf '%.4f' "$(eval_at "$tmp/best.jsonl" "$lowest")")\$" "$tmp/inspect" &&
+  pass "pesc inspect of a --keep-best save directory names the best and its loss" ||
+  fail "pesc inspect of a --keep-best save directory: $(cat "$tmp/inspect")"
 # shellcheck disable=SC2086
 expect 2 "\-\-keep-best keeps the checkpoint of the lowest held-out loss: it needs \-\-save DIR" \
   "--keep-best without held-out data" -- "$pesc" train --headless $common --save "$tmp/x" --keep-best
