@@ -87,6 +87,11 @@ struct session {
      * the final save is skipped when both still hold */
     long saved_step, live_changes, saved_changes;
     char resume_note[512];       /* live values of the checkpoint a flag replaced, for a note */
+    /* the data's warnings of skipped records, kept until the log is open: notes there and,
+     * headless, on stderr, also in the workbench, where stderr is the screen */
+    FILE *skips;
+    char *skipped_text;
+    size_t skipped_len;
     char *last_checkpoint;       /* saved by this run, or resumed from; NULL: none */
     int inject_nan;
     int paused;
@@ -1104,7 +1109,7 @@ static int open_data(session *s, pesc_error *err)
         snprintf(s->sources[i].path, sizeof s->sources[i].path, "%s", s->data_paths[i]);
     }
     ds_load_options lo = {.tok = s->tok, .tpl = s->tpl, .vocab_size = s->m.config.vocab_size,
-                          .strict = c->strict, .warn = c->headless ? stderr : NULL,
+                          .strict = c->strict, .warn = s->skips,
                           .formats = s->formats};
     if (ds_formats_parse(s->formats, c->format, &lo.format, err) != 0)
         return -1;
@@ -1133,7 +1138,7 @@ static int read_eval_data(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
     ds_load_options lo = {.tok = s->tok, .tpl = s->tpl, .vocab_size = s->m.config.vocab_size,
-                          .strict = c->strict, .warn = c->headless ? stderr : NULL,
+                          .strict = c->strict, .warn = s->skips,
                           .formats = s->formats};
     /* the built-in demo's own format makes its data; held-out files are read as --format
      * says, or auto */
@@ -1645,7 +1650,9 @@ session *session_new(const train_config *c, pesc_error *err)
     s->shared->state = MONITOR_STARTING;
     s->shared->since_save_s = -1.0;
     s->face = (monitor){&session_monitor_ops, s};
-    int rc = setup(s, err);
+    s->skips = open_memstream(&s->skipped_text, &s->skipped_len);
+    int rc = s->skips ? setup(s, err) : pesc_fail(err, "cannot keep the data's warnings: %s",
+                                                  strerror(errno));
     /* the error line, the screen or the progress starts on a clean line */
     pesc_show_phase(s->cfg.command, NULL);
     if (rc != 0) {
@@ -1679,6 +1686,18 @@ int session_start(session *s, pesc_error *err)
                         "and records are rendered with %s (the default): --template %s trains "
                         "in the model's own format; --template %s keeps this, without the note",
                         own, s->cfg.template_name, own, s->cfg.template_name);
+    if (s->skips) {   /* each line "warning: FILE:LINE: why (record skipped)", or a count */
+        fclose(s->skips);
+        s->skips = NULL;
+        for (char *line = s->skipped_text, *nl; line && *line; line = nl + 1) {
+            nl = strchr(line, '\n');
+            if (nl)
+                *nl = '\0';
+            publish_warning(s, "note", "%s", strncmp(line, "warning: ", 9) ? line : line + 9);
+            if (!nl)
+                break;
+        }
+    }
     if (*s->resume_note)
         publish_warning(s, "note", "%s", s->resume_note);
     const ds_stats *data = dataset_stats(s->data);
@@ -1724,6 +1743,9 @@ void session_delete(session *s)
         session_wait(s);
     }
     sinks_close(s->sinks);
+    if (s->skips)
+        fclose(s->skips);
+    free(s->skipped_text);
     stats_record_delete(s->record);
     sampler_free(&s->sampler);
     if (s->backend) {

@@ -620,6 +620,16 @@ else
   fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/same.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
 fi
 
+# a skipped bad record is said on stderr and in the log (where the workbench and pesc view
+# show it: the workbench's stderr is its screen)
+{ head -n 5 "$tmp/data.jsonl"; echo '{"input_ids": "x"}'; tail -n +6 "$tmp/data.jsonl"; } >"$tmp/bad.jsonl"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --data "$tmp/bad.jsonl" --steps 1 --log "$tmp/bad.log" >/dev/null 2>"$tmp/err"
+grep -q '^pesc train: .*bad.jsonl:6: "input_ids" must be an array of token ids (record skipped)$' "$tmp/err" &&
+  grep -q '"event":"note".*bad.jsonl:6: \\"input_ids\\" must be an array' "$tmp/bad.log" &&
+  pass "a skipped record: a line on stderr and a note in the log" ||
+  fail "a skipped record: stderr '$(cat "$tmp/err")', log notes: $(grep '"note"' "$tmp/bad.log")"
+
 # the default template on a model with its own chat template: a note names the template that
 # writes the model's markers; none once --template is given
 demo="$top_srcdir/data/demo"
