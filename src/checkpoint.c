@@ -279,7 +279,8 @@ static void prune(const char *save_dir, int keep, long upto, long kept)
     struct dirent *e;
     while ((e = readdir(d))) {
         long step;
-        if (strncmp(e->d_name, ".tmp-step-", 10) == 0 || strncmp(e->d_name, ".tmp-best-", 10) == 0) {
+        if (strncmp(e->d_name, ".tmp-step-", 10) == 0 ||
+            strncmp(e->d_name, ".tmp-best-", 10) == 0) {
             char *p = pesc_path_join(save_dir, e->d_name);
             pesc_remove_tree(p);
             free(p);

@@ -788,10 +788,10 @@ static double gradient_norm(session *s)
 
 /* ---- held-out evaluation ------------------------------------------------------------------ */
 
-/* Scores the --eval-data records with the weights as they are: one record a row, cut at --seq
- * as training cuts them, --batch rows a pass as long as its longest record, no dropout. The mean next-token loss over the
- * trained tokens goes in r (eval_loss, eval_tokens). 0, 1 when a stop came first (r says
- * nothing), or -1. */
+/* Scores the held-out records with the weights as they are: one record a row, cut at --seq as
+ * training cuts them, --batch rows a pass as long as its longest record, no dropout. The mean
+ * next-token loss over the trained tokens goes in r (eval_loss, eval_tokens). 0, 1 when a stop
+ * came first (r says nothing), or -1. */
 static int evaluate(session *s, stats_record *r, pesc_error *err)
 {
     int B = s->cfg.batch;

@@ -63,7 +63,8 @@ static void test_families(void)
     /* Qwen3: no biases (attention_bias false), each head of q and k RMS-normed, head_dim given */
     rc = hfconfig_parse(&c, "{\"architectures\": [\"Qwen3ForCausalLM\"], " BASE
                         ", \"head_dim\": 32, \"attention_bias\": false, \"use_sliding_window\": "
-                        "false, \"sliding_window\": null, \"tie_word_embeddings\": true}", "x", &err);
+                        "false, \"sliding_window\": null, \"tie_word_embeddings\": true}", "x",
+                        &err);
     CHECK(rc == 0 && c.qk_norm && !c.qkv_bias && !c.o_bias && c.head_dim == 32 &&
           c.sliding_window == 0, "qwen3: %s", err.msg);
     CHECK(hfconfig_param_count(&c) == 100 * 64 + 64 +   /* tied; q, k, v, o of 8 heads of 32 */

@@ -202,7 +202,8 @@ int main(void)
                  "<|im_end|>\n<|im_start|>assistant\n") == 0, "chatml prompt: %s", prompt);
     free(prompt);
     tok_ids_free(&ids);
-    CHECK(template_encode_prompt(template_find("qwen3"), t, two, 2, &ids, &err) == 0, "%s", err.msg);
+    CHECK(template_encode_prompt(template_find("qwen3"), t, two, 2, &ids, &err) == 0, "%s",
+          err.msg);
     prompt = tok_decode(t, ids.ids, ids.n, 0, NULL);
     CHECK(strcmp(prompt, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello"
                  "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n") == 0,

@@ -1,7 +1,8 @@
 /* ui_fake_run — a stand-in for a headless run, for the `pesc view` tests: writes a run log
  * with the stats writers (a start line, step records with recognisable routing and a held-out
- * loss every 20 steps or --eval-every N, events) and, with --control, answers the control socket's commands the
- * way a run does (pause, resume, lr, aux, save, stop, generate), logging each as an event.
+ * loss every 20 steps or --eval-every N, events) and, with --control, answers the control
+ * socket's commands the way a run does (pause, resume, lr, aux, save, stop, generate), logging
+ * each as an event.
  *
  *   ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]
  *                   [--layers L] [--experts E] [--sources S] [--eval-every N]
