@@ -58,6 +58,7 @@ enum { EVAL_MAX_SOURCES = 64, EVAL_DEMO_RECORDS = 200 };
 
 typedef struct eval_options {
     const char *model_dir, *format, *backend, *template_name, *tokenizer, *adapters;
+    int template_given;
     const char *data[EVAL_MAX_SOURCES];
     int n_data;
     int json, routing, demo;
@@ -108,7 +109,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
             o->backend = optarg;
             break;
         case 'j': o->json = 1; break;
-        case 'T': o->template_name = optarg; break;
+        case 'T': o->template_name = optarg; o->template_given = 1; break;
         case 'k':
             if (cli_path("eval", "--tokenizer", optarg, "a tokenizer.json or its URL",
                          &o->tokenizer))
@@ -450,6 +451,14 @@ int cmd_eval(int argc, char **argv)
     pesc_show_phase("pesc eval", "reading and tokenizing the data");
     if (load_data(&o, model_dir, &sources, formats, &d, m.config.vocab_size, &tok, &err) != 0)
         goto out;
+    const char *own = tok ? template_suggest(tok_chat_template(tok)) : NULL;
+    if (own && !o.template_given && !o.demo && strcmp(o.format, "tokens") != 0 &&
+        strcmp(own, o.template_name) != 0) {
+        pesc_show_phase("pesc eval", NULL);
+        fprintf(stderr, "pesc eval: note: the model's chat template (tokenizer_config.json) is "
+                "%s's; records are rendered with %s (the default): --template %s if the model "
+                "was tuned in its own format\n", own, o.template_name, own);
+    }
     pesc_show_phase("pesc eval", "scoring %d record%s", d.n, d.n == 1 ? "" : "s");
     if (o.routing)
         tally_init(&tally, &m, sources.n);

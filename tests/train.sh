@@ -648,6 +648,10 @@ case "$note" in
       fail "a note although --template was given: $(note_of --template camelidae)" ;;
   *) fail "no note on a chatml model trained with the default template: '$note'" ;;
 esac
+"$pesc" eval --model "$demo" --tokenizer "$tmp/chatml/tokenizer.json" --data "$tmp/chat.jsonl" \
+  --backend cpu 2>"$tmp/err" >/dev/null
+grep -q "^pesc eval: note: the model's chat template (tokenizer_config.json) is chatml's" "$tmp/err" &&
+  pass "pesc eval notes the model's own template too" || fail "pesc eval, no note: $(cat "$tmp/err")"
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
