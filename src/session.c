@@ -799,6 +799,7 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
     double nll = 0, t0 = pesc_now();
     long long count = 0;
     int rc = 0;
+    set_state(s, MONITOR_EVALUATING, NULL);   /* the step counter stands still meanwhile */
     for (int first = 0; first < s->n_eval && rc == 0; first += B) {
         pthread_mutex_lock(&s->lock);
         int stop = s->stop_requested;
@@ -831,6 +832,7 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
         count += n;
     }
     free(tokens);
+    set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
     if (rc != 0)
         return rc;
     if (count == 0)   /* open_eval made sure some token is trained within --seq */

@@ -26,7 +26,8 @@ lr_now() { screen | sed -n 's/^ lr \([0-9.e+-]*\).*/\1/p' | head -n 1; }
 
 # no warmup: the demo's rising LR would move between reading it and pressing + (the x1.25
 # check failed so on a slow machine)
-"$pesc" demo-data -o "$tmp/held.jsonl" --records 24 --seed 9 || exit 99
+# enough held-out records that scoring them takes a few seconds, while the badge says so
+"$pesc" demo-data -o "$tmp/held.jsonl" --records 6000 --seed 9 || exit 99
 args=${PESC_TUI_ARGS:---steps 100000 --seed 1 --warmup 0 --eval-data $tmp/held.jsonl}
 tui_start 100 30 "$pesc" tui "$args" --log "$tmp/run.jsonl" --save "$tmp/ck"
 
@@ -52,7 +53,8 @@ grep -q '"lr_overridden":true' "$tmp/run.jsonl" && pass "the new LR is in the JS
 # e: the held-out data scored after the next step (a line through it on the loss chart)
 if [ -z "${PESC_TUI_ARGS:-}" ]; then
   keys e
-  i=0; while ! grep -q '"eval_loss"' "$tmp/run.jsonl" && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  check "EVALUATING" "e: the status badge says EVALUATING while the held-out data is scored" 30
+  i=0; while ! grep -q '"eval_loss"' "$tmp/run.jsonl" && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
   grep -q '"event":"eval"' "$tmp/run.jsonl" && check "eval [0-9]+\.[0-9]+" "e: an evaluation, its loss in the loss legend" ||
     fail "e: no evaluation in the log"
 fi

@@ -309,6 +309,7 @@ static const char *state_badge(const ui_context *ui, monitor_state s, int *pair)
     case MONITOR_RUNNING: *pair = PAIR_RUN; return u ? " \u25b6 RUNNING " : " > RUNNING ";
     case MONITOR_PAUSED: *pair = PAIR_PAUSE; return u ? " \u2016 PAUSED " : " || PAUSED ";
     case MONITOR_SAVING: *pair = PAIR_PAUSE; return " SAVING ";
+    case MONITOR_EVALUATING: *pair = PAIR_PAUSE; return " EVALUATING ";
     case MONITOR_FINISHED: *pair = PAIR_RUN; return u ? " \u2713 FINISHED " : " FINISHED ";
     case MONITOR_STOPPED: *pair = PAIR_STOP; return u ? " \u25a0 STOPPED " : " STOPPED ";
     case MONITOR_FAILED: *pair = PAIR_STOP; return u ? " \u2717 FAILED " : " FAILED ";
