@@ -19,7 +19,9 @@
 #define READ_BUDGET_S 0.03       /* per snapshot, so a long log loads over a few frames */
 #define REPLY_TIMEOUT_MS 2000
 
-typedef struct logview {
+typedef struct logview logview;
+
+struct logview {
     char *path, *socket_path;
     int fd, sock;
     off_t offset;
@@ -47,7 +49,10 @@ typedef struct logview {
     int event_head, n_events;
     char prompt[512];
     char generated[MONITOR_GENERATION];
-} logview;
+    /* the runs compared with this one: read as it is, their losses alone shown */
+    logview *compared[MONITOR_COMPARED];
+    int n_compared;
+};
 
 /* ---- reading ------------------------------------------------------------------------------ */
 
@@ -269,6 +274,22 @@ static void read_more(logview *lv)
 
 /* ---- the monitor -------------------------------------------------------------------------- */
 
+/* A compared run's losses, under its log's file name. Its log is read here as the followed
+ * one's is; a compared log that stops growing or has malformed lines is drawn as it stands. */
+static void copy_compared(logview *lv, monitor_view *v)
+{
+    v->n_compared = lv->n_compared;
+    for (int i = 0; i < lv->n_compared; i++) {
+        logview *c = lv->compared[i];
+        monitor_series *out = &v->compared[i];
+        read_more(c);
+        const char *slash = strrchr(c->path, '/');
+        pesc_show_controls(out->name, sizeof out->name, slash && slash[1] ? slash + 1 : c->path);
+        out->n_points = c->n_points;
+        memcpy(out->points, c->points, (size_t)c->n_points * sizeof *out->points);
+    }
+}
+
 static void copy_history(const logview *lv, monitor_view *v)
 {
     v->n_points = lv->n_points;
@@ -330,6 +351,7 @@ static int logview_snapshot(void *ctx, monitor_view *v)
         v->since_save_s = -1;
     }
     copy_history(lv, v);
+    copy_compared(lv, v);
     v->generating = 0;
     snprintf(v->prompt, sizeof v->prompt, "%s", lv->prompt);
     snprintf(v->generated, sizeof v->generated, "%s", lv->generated);
@@ -448,6 +470,8 @@ static void logview_close(void *ctx)
     logview *lv = ctx;
     if (!lv)
         return;
+    for (int i = 0; i < lv->n_compared; i++)
+        logview_close(lv->compared[i]);
     if (lv->fd >= 0)
         close(lv->fd);
     if (lv->sock >= 0)
@@ -466,8 +490,9 @@ static const monitor_ops logview_ops = {
     .close = logview_close,
 };
 
-int logview_open(monitor *m, const char *log_path, const char *control_socket, double stall_s,
-                 pesc_error *err)
+/* A log opened for reading: it must be a regular file (a FIFO or device can be neither
+ * followed nor read again). NULL after an error naming it. */
+static logview *open_log(const char *log_path, double stall_s, pesc_error *err)
 {
     assert(stall_s > 0);
     logview *lv = xcalloc(1, sizeof *lv);
@@ -481,21 +506,30 @@ int logview_open(monitor *m, const char *log_path, const char *control_socket, d
     if (lv->fd < 0 || fstat(lv->fd, &st) != 0) {
         pesc_fail(err, "%s: %s", log_path, strerror(errno));
         logview_close(lv);
-        return -1;
+        return NULL;
     }
     if (S_ISDIR(st.st_mode)) {
         pesc_fail(err, "%s: a directory, not a run log", log_path);
         logview_close(lv);
-        return -1;
+        return NULL;
     }
-    if (!S_ISREG(st.st_mode)) {   /* a FIFO or device cannot be followed, nor re-read */
+    if (!S_ISREG(st.st_mode)) {
         pesc_fail(err, "%s: not a regular file; name the --log file of pesc train --headless",
                   log_path);
         logview_close(lv);
-        return -1;
+        return NULL;
     }
     lv->inode = st.st_ino;
     lv->last_growth = pesc_now();
+    return lv;
+}
+
+int logview_open(monitor *m, const char *log_path, const char *control_socket, double stall_s,
+                 pesc_error *err)
+{
+    logview *lv = open_log(log_path, stall_s, err);
+    if (!lv)
+        return -1;
     if (control_socket) {
         lv->socket_path = xstrdup(control_socket);
         if (connect_control(lv, err) != 0) {
@@ -505,5 +539,27 @@ int logview_open(monitor *m, const char *log_path, const char *control_socket, d
     }
     m->ops = &logview_ops;
     m->ctx = lv;
+    return 0;
+}
+
+int logview_compare(monitor *m, const char *log_path, pesc_error *err)
+{
+    assert(m->ops == &logview_ops);
+    logview *lv = m->ctx;
+    if (lv->n_compared == MONITOR_COMPARED)
+        return pesc_fail(err, "%s: at most %d runs to compare", log_path, MONITOR_COMPARED);
+    logview *c = open_log(log_path, lv->stall_s, err);
+    if (!c)
+        return -1;
+    /* what a compared log is shows at once: its first lines are no run's when nothing in them
+     * was a record (an empty log is a run yet to write its first line) */
+    read_more(c);
+    if (c->bad_lines > 0 && !c->have_run && c->n_points == 0 && c->n_events == 0) {
+        pesc_fail(err, "%s: not a run log (no step record or event in its first lines); name "
+                       "the --log file of pesc train --headless", log_path);
+        logview_close(c);
+        return -1;
+    }
+    lv->compared[lv->n_compared++] = c;
     return 0;
 }

@@ -5,7 +5,10 @@
  * With a control socket (`--attach`), commands go to the run: one line out, one line back.
  * Without one, commands are refused with a reply that says how to steer.
  *
- * Owns: the file descriptor, the socket and everything read so far. Must not: block for long;
+ * Runs to compare (`pesc view RUN OTHER...`) are logs read the same way, their losses alone
+ * passed on.
+ *
+ * Owns: the file descriptors, the socket and everything read so far. Must not: block for long;
  * a snapshot reads at most a few tens of milliseconds of log, a command waits at most 2 s. */
 #ifndef PESC_LOGVIEW_H
 #define PESC_LOGVIEW_H
@@ -17,5 +20,10 @@
  * malformed lines skipped. Fills m; m->ops->close(m->ctx) releases it. */
 int logview_open(monitor *m, const char *log_path, const char *control_socket, double stall_s,
                  pesc_error *err);
+
+/* Adds a run to compare with the one m follows (at most MONITOR_COMPARED): its log is checked
+ * now as logview_open checks one, and its first lines must hold a record or be none yet; then
+ * it is followed too, its losses in each snapshot's compared series. Commands never reach it. */
+int logview_compare(monitor *m, const char *log_path, pesc_error *err);
 
 #endif

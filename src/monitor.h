@@ -29,6 +29,7 @@ typedef enum monitor_state {
 #define MONITOR_EVENTS 64
 #define MONITOR_GENERATION 8192  /* bytes of generated text kept */
 #define MONITOR_DOWNLOADS 16     /* transfers shown at once */
+#define MONITOR_COMPARED 4       /* runs compared with the one followed (pesc view A B ...) */
 
 typedef struct monitor_point {
     long step;
@@ -41,6 +42,14 @@ monitor_point monitor_point_of(const stats_record *r);
 /* Keeps every other point of a full history (n even), the later of each pair, and with it an
  * evaluation the earlier one held: evaluations are few and are not thinned away. Returns n/2. */
 int monitor_points_thin(monitor_point *p, int n);
+
+/* A run compared with the one followed: its log's file name and its losses, thinned as the
+ * followed run's are (its stride is its own, so series line up by step, not by index). */
+typedef struct monitor_series {
+    char name[128];
+    int n_points;
+    monitor_point points[MONITOR_HISTORY];   /* oldest first */
+} monitor_series;
 
 /* A private copy of everything the screen shows; allocate with monitor_view_new. */
 typedef struct monitor_view {
@@ -72,6 +81,9 @@ typedef struct monitor_view {
     /* downloads before the run (launcher.h): running ones first; 0 when none to show */
     int n_downloads;
     fetch_progress downloads[MONITOR_DOWNLOADS];
+    /* runs compared with this one (pesc view RUN OTHER...); 0 for a live run */
+    int n_compared;
+    monitor_series compared[MONITOR_COMPARED];
 } monitor_view;
 
 monitor_view *monitor_view_new(void);
