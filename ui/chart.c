@@ -61,30 +61,80 @@ static void line(chart_canvas *c, int x0, int y0, int x1, int y1, int series)
     }
 }
 
-void chart_plot(chart_canvas *c, const double *values, int n, double lo, double hi, int series)
+/* The dot column of x on an axis from x_lo (left edge) to x_hi (right edge); a single step
+ * (x_lo == x_hi) is drawn at the right edge, where the newest point goes. */
+static int dot_x(const chart_canvas *c, double x, double x_lo, double x_hi)
 {
-    int width = c->cols * c->dots_x, height = c->rows * c->dots_y;
-    if (width <= 0 || height <= 0 || n <= 0)
+    int width = c->cols * c->dots_x;
+    if (x_hi <= x_lo)
+        return width - 1;
+    return (int)((x - x_lo) * (width - 1) / (x_hi - x_lo) + 0.5);
+}
+
+static int dot_y(const chart_canvas *c, double value, double lo, double hi)
+{
+    int height = c->rows * c->dots_y;
+    double t = (value - lo) / (hi > lo ? hi - lo : 1.0);
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    return (height - 1) - (int)(t * (height - 1) + 0.5);
+}
+
+/* The segment from (x0, y0) to (x1, y1), cut to the x range: a line from a point off the
+ * canvas ends at the edge, at the value it has there. */
+static void segment(chart_canvas *c, double x0, double y0, double x1, double y1, double x_lo,
+                    double x_hi, double lo, double hi, int series)
+{
+    if (x0 > x1) {
+        double t = x0; x0 = x1; x1 = t;
+        t = y0; y0 = y1; y1 = t;
+    }
+    if (x1 < x_lo || x0 > x_hi)
         return;
-    double span = hi > lo ? hi - lo : 1.0;
-    int have_prev = 0, px = 0, py = 0;
+    if (x0 < x_lo) {
+        y0 += (y1 - y0) * (x_lo - x0) / (x1 - x0);
+        x0 = x_lo;
+    }
+    if (x1 > x_hi) {
+        y1 = y0 + (y1 - y0) * (x_hi - x0) / (x1 - x0);
+        x1 = x_hi;
+    }
+    line(c, dot_x(c, x0, x_lo, x_hi), dot_y(c, y0, lo, hi), dot_x(c, x1, x_lo, x_hi),
+         dot_y(c, y1, lo, hi), series);
+}
+
+/* x NULL: the index is the x position. */
+static void plot(chart_canvas *c, const double *x, const double *values, int n, double x_lo,
+                 double x_hi, double lo, double hi, int series)
+{
+    if (c->cols * c->dots_x <= 0 || c->rows * c->dots_y <= 0)
+        return;
+    int have_prev = 0;
+    double px = 0, py = 0;
     for (int i = 0; i < n; i++) {
         if (!isfinite(values[i])) {
             have_prev = 0;
             continue;
         }
-        int x = n == 1 ? width - 1 : (int)((double)i * (width - 1) / (n - 1) + 0.5);
-        double t = (values[i] - lo) / span;
-        t = t < 0 ? 0 : t > 1 ? 1 : t;
-        int y = (height - 1) - (int)(t * (height - 1) + 0.5);
+        double xi = x ? x[i] : i;
         if (have_prev)
-            line(c, px, py, x, y, series);
-        else
-            set_dot(c, x, y, series);
-        px = x;
-        py = y;
+            segment(c, px, py, xi, values[i], x_lo, x_hi, lo, hi, series);
+        else if (xi >= x_lo && xi <= x_hi)
+            set_dot(c, dot_x(c, xi, x_lo, x_hi), dot_y(c, values[i], lo, hi), series);
+        px = xi;
+        py = values[i];
         have_prev = 1;
     }
+}
+
+void chart_plot(chart_canvas *c, const double *values, int n, double lo, double hi, int series)
+{
+    plot(c, NULL, values, n, 0, n - 1, lo, hi, series);
+}
+
+void chart_plot_xy(chart_canvas *c, const double *x, const double *values, int n, double x_lo,
+                   double x_hi, double lo, double hi, int series)
+{
+    plot(c, x, values, n, x_lo, x_hi, lo, hi, series);
 }
 
 void chart_draw(WINDOW *w, int y, int x, const chart_canvas *c, const int *attrs)

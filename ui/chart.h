@@ -22,6 +22,11 @@ void chart_canvas_free(chart_canvas *c);
 /* Plots values[0..n) left to right across the canvas, joined by lines, scaled so lo is the
  * bottom dot row and hi the top; non-finite values leave a gap. */
 void chart_plot(chart_canvas *c, const double *values, int n, double lo, double hi, int series);
+/* Plots values[i] at x[i] (ascending: steps), x_lo at the left edge and x_hi at the right, so
+ * that series of different lengths and spacings line up; a line to a point outside the range
+ * is cut at the edge, and one from x_lo == x_hi is drawn at the right edge. */
+void chart_plot_xy(chart_canvas *c, const double *x, const double *values, int n, double x_lo,
+                   double x_hi, double lo, double hi, int series);
 
 /* Draws the canvas at (y, x) of w; attrs[series] is the attribute of each series. */
 void chart_draw(WINDOW *w, int y, int x, const chart_canvas *c, const int *attrs);
