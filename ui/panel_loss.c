@@ -1,6 +1,8 @@
 /* panel_loss — training loss over steps (raw and smoothed), the held-out loss of the
  * evaluations (--eval-data) joined by lines, and the aux loss under them, on braille charts
- * with axis labels and the current values; the recent window or the whole run. */
+ * with axis labels and the current values; the recent window or the whole run. Runs compared
+ * with it (pesc view RUN OTHER...) add their smoothed and held-out losses, lined up by step,
+ * each in its own colour and named on a legend row of their own. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,21 +28,43 @@ static void smooth(const double *x, int n, double *out)
     }
 }
 
-/* The evaluations (NaN between them) joined: the steps between two are filled in on the line
- * from one to the next, so the chart draws a curve through them. Returns the index of the
- * last evaluation, or -1. */
-static int join_evaluations(double *x, int n)
+/* One run's curves by step: the loss raw and smoothed, the aux loss, and the evaluations
+ * alone, so that the chart joins them by lines from one to the next. */
+typedef struct run_curves {
+    int n, n_eval;
+    double *step, *raw, *smoothed, *aux;   /* (n) */
+    double *eval_step, *eval;              /* (n_eval) */
+} run_curves;
+
+static void run_curves_init(run_curves *c, const monitor_point *p, int n)
 {
-    int last = -1;
+    double *all = xmalloc((size_t)(n > 0 ? n : 1) * 6 * sizeof(double));   /* one block */
+    *c = (run_curves){.n = n, .step = all, .raw = all + n, .smoothed = all + 2 * n,
+                      .aux = all + 3 * n, .eval_step = all + 4 * n, .eval = all + 5 * n};
     for (int i = 0; i < n; i++) {
-        if (!isfinite(x[i]))
-            continue;
-        for (int j = last + 1; last >= 0 && j < i; j++)
-            x[j] = x[last] + (x[i] - x[last]) * (j - last) / (i - last);
-        last = i;
+        c->step[i] = (double)p[i].step;
+        c->raw[i] = p[i].loss;
+        c->aux[i] = p[i].aux_loss;
+        if (isfinite(p[i].eval_loss)) {
+            c->eval_step[c->n_eval] = c->step[i];
+            c->eval[c->n_eval++] = p[i].eval_loss;
+        }
     }
-    return last;
+    smooth(c->raw, n, c->smoothed);
 }
+
+static void run_curves_free(run_curves *c)
+{
+    free(c->step);
+}
+
+/* One line on a chart: values by step. */
+typedef struct loss_series {
+    const double *step, *value;
+    int n, attr;
+} loss_series;
+
+#define LOSS_SERIES_MAX (3 + 2 * MONITOR_COMPARED)
 
 /* The label of v on an axis whose largest magnitude is top, so both ends read alike. */
 static void axis_label(double v, double top, char *out, size_t cap)
@@ -49,17 +73,25 @@ static void axis_label(double v, double top, char *out, size_t cap)
     snprintf(out, cap, top >= 10000 || (top > 0 && top < 0.001) ? "%.1e" : top < 1 ? "%.4f" : top < 100 ? "%.2f" : "%.0f", v);
 }
 
-/* A chart with y labels at the top and bottom rows. */
-static void draw_chart(ui_context *ui, WINDOW *w, int y, int x, int rows, int cols, const double *const *series,
-                       int n_series, int n, const int *attrs, const char *name)
+/* A chart of the steps from x_lo to x_hi, y labels at the top and bottom rows; the y range
+ * covers the points of every series in those steps. */
+static void draw_chart(ui_context *ui, WINDOW *w, int y, int x, int rows, int cols,
+                       const loss_series *series, int n_series, double x_lo, double x_hi,
+                       const char *name)
 {
     if (rows < 1 || cols < 4)
         return;
     double lo = 0, hi = 0;
     int any = 0;
     for (int s = 0; s < n_series; s++) {
+        const loss_series *ls = &series[s];
+        int a = 0, b = ls->n;   /* the points in the steps shown (steps ascend) */
+        while (a < b && ls->step[a] < x_lo)
+            a++;
+        while (b > a && ls->step[b - 1] > x_hi)
+            b--;
         double l, h;
-        if (chart_range(series[s], n, &l, &h)) {
+        if (chart_range(ls->value + a, b - a, &l, &h)) {
             lo = any && lo < l ? lo : l;
             hi = any && hi > h ? hi : h;
             any = 1;
@@ -84,11 +116,72 @@ static void draw_chart(ui_context *ui, WINDOW *w, int y, int x, int rows, int co
     if (!any)
         return;
     chart_canvas c;
+    int attrs[LOSS_SERIES_MAX];
     chart_canvas_init(&c, rows, cols - axis_w, ui->theme.utf8);
-    for (int s = 0; s < n_series; s++)
-        chart_plot(&c, series[s], n, lo, hi, s);
+    for (int s = 0; s < n_series; s++) {
+        chart_plot_xy(&c, series[s].step, series[s].value, series[s].n, x_lo, x_hi, lo, hi, s);
+        attrs[s] = series[s].attr;
+    }
     chart_draw(w, y, x + axis_w, &c, attrs);
     chart_canvas_free(&c);
+}
+
+/* A compared run's colour; without colours, an attribute none of the first run's lines has. */
+static int compared_attr(ui_context *ui, int i)
+{
+    static const int plain[MONITOR_COMPARED] = {A_REVERSE, A_REVERSE | A_DIM,
+                                                A_UNDERLINE | A_DIM, A_REVERSE | A_UNDERLINE};
+    return theme_attr(&ui->theme, PAIR_COMPARE0 + i, plain[i]);
+}
+
+/* name in at most room columns: without its .jsonl, then with its middle cut out, so that
+ * both the start and the end of names that differ in either still show. */
+static void shorten_name(const char *name, int room, int utf8, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", name);
+    size_t len = strlen(out);
+    if (text_columns(out) <= room)
+        return;
+    if (len > 6 && strcmp(out + len - 6, ".jsonl") == 0)
+        out[len -= 6] = '\0';
+    const char *cut = utf8 ? "\u2026" : "~";
+    char whole[sizeof ((monitor_series *)0)->name];
+    snprintf(whole, sizeof whole, "%s", out);
+    for (size_t keep = len; keep > 0 && text_columns(out) > room; keep--) {
+        size_t head = (keep + 1) / 2, tail = len - (keep - head);
+        while (head > 0 && (whole[head] & 0xC0) == 0x80)   /* whole characters only */
+            head--;
+        while (tail < len && (whole[tail] & 0xC0) == 0x80)
+            tail++;
+        snprintf(out, cap, "%.*s%s%s", (int)head, whole, cut, whole + tail);
+    }
+    if (room < 1 || text_columns(out) > room)
+        out[0] = '\0';
+}
+
+/* The compared runs' row of the legend: a mark in each run's colour, its shortened name and
+ * its latest smoothed loss. */
+static void draw_compared_legend(ui_context *ui, WINDOW *w, int y, int width,
+                                 const monitor_view *v, const run_curves *curves)
+{
+    int room = (width - 1) / v->n_compared, x = 2;
+    for (int i = 0; i < v->n_compared; i++) {
+        char value[32], name[sizeof v->compared[i].name];
+        const run_curves *c = &curves[i];
+        if (c->n > 0)
+            snprintf(value, sizeof value, " %.3f", c->smoothed[c->n - 1]);
+        else
+            snprintf(value, sizeof value, " --");
+        int name_room = room - 2 - (int)strlen(value) - 2;   /* mark, value, gap */
+        shorten_name(v->compared[i].name, name_room, ui->theme.utf8, name, sizeof name);
+        int at = x;
+        const char *mark = ui->theme.utf8 ? "\u2501" : "=";
+        x += draw_text(w, y, x, width - x + 1, compared_attr(ui, i), mark);
+        x += draw_text(w, y, x, width - x + 1, 0, " ");
+        x += draw_text(w, y, x, width - x + 1, 0, name);
+        x += draw_text(w, y, x, width - x + 1, (int)A_BOLD, value);
+        x = at + room > x + 2 ? at + room : x + 2;
+    }
 }
 
 static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
@@ -108,15 +201,10 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
         draw_text(w, 2, 2, width - 2, dim, "waiting for the first step");
         return;
     }
-    double *raw = xmalloc((size_t)total * 4 * sizeof(double));
-    double *smoothed = raw + total, *aux = raw + 2 * total, *eval = raw + 3 * total;
-    for (int i = 0; i < total; i++) {
-        raw[i] = v->points[i].loss;
-        aux[i] = v->points[i].aux_loss;
-        eval[i] = v->points[i].eval_loss;
-    }
-    smooth(raw, total, smoothed);
-    int last_eval = join_evaluations(eval, total);
+    run_curves run, compared[MONITOR_COMPARED];
+    run_curves_init(&run, v->points, total);
+    for (int i = 0; i < v->n_compared; i++)
+        run_curves_init(&compared[i], v->compared[i].points, v->compared[i].n_points);
 
     int a_raw = theme_attr(&ui->theme, PAIR_RAW, A_DIM), a_smooth = theme_attr(&ui->theme, PAIR_SMOOTH, A_BOLD) | (int)A_BOLD;
     int a_aux = theme_attr(&ui->theme, PAIR_AUX, A_NORMAL);
@@ -124,31 +212,46 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     /* the legend, with the current values: each name in its series' colour */
     char s[96];
     int x = 2;
-    snprintf(s, sizeof s, "%.3f ", raw[total - 1]);
+    snprintf(s, sizeof s, "%.3f ", run.raw[total - 1]);
     x += draw_text(w, 1, x, width - x + 1, a_raw, "loss ");
     x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
-    snprintf(s, sizeof s, "%.3f ", smoothed[total - 1]);
+    snprintf(s, sizeof s, "%.3f ", run.smoothed[total - 1]);
     x += draw_text(w, 1, x, width - x + 1, a_smooth, "smoothed ");
     x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
-    if (last_eval >= 0) {
-        snprintf(s, sizeof s, "%.3f ", eval[last_eval]);
+    if (run.n_eval > 0) {
+        snprintf(s, sizeof s, "%.3f ", run.eval[run.n_eval - 1]);
         x += draw_text(w, 1, x, width - x + 1, a_eval, "eval ");
         x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
     }
-    snprintf(s, sizeof s, "%.4g", aux[total - 1]);
+    snprintf(s, sizeof s, "%.4g", run.aux[total - 1]);
     x += draw_text(w, 1, x, width - x + 1, a_aux, "aux ");
     draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
+    int legend_rows = 1;
+    if (v->n_compared > 0)
+        draw_compared_legend(ui, w, 1 + legend_rows++, width, v, compared);
 
-    int chart_rows = h - 4;      /* frame, legend, step axis */
+    /* the zoom is the followed run's steps; compared runs are drawn under its lines */
+    double x_lo = run.step[first], x_hi = run.step[total - 1];
+    loss_series main_series[LOSS_SERIES_MAX];
+    int n_main = 0;
+    for (int i = 0; i < v->n_compared; i++) {
+        const run_curves *c = &compared[i];
+        int a = compared_attr(ui, i);
+        main_series[n_main++] = (loss_series){c->eval_step, c->eval, c->n_eval, a};
+        main_series[n_main++] = (loss_series){c->step, c->smoothed, c->n, a};
+    }
+    main_series[n_main++] = (loss_series){run.step, run.raw, total, a_raw};
+    main_series[n_main++] = (loss_series){run.step, run.smoothed, total, a_smooth};
+    main_series[n_main++] = (loss_series){run.eval_step, run.eval, run.n_eval, a_eval};
+    int chart_rows = h - 3 - legend_rows;   /* frame, legend, step axis */
     int aux_rows = chart_rows >= 8 ? chart_rows / 4 : 0;
     int main_rows = chart_rows - aux_rows;
-    const double *main_series[3] = {raw + first, smoothed + first, eval + first};
-    int main_attrs[3] = {a_raw, a_smooth, a_eval};
-    draw_chart(ui, w, 2, 1, main_rows, width, main_series, last_eval >= 0 ? 3 : 2, n,
-               main_attrs, "loss");
+    draw_chart(ui, w, 1 + legend_rows, 1, main_rows, width, main_series, n_main, x_lo, x_hi,
+               "loss");
     if (aux_rows > 0) {
-        const double *aux_series[1] = {aux + first};
-        draw_chart(ui, w, 2 + main_rows, 1, aux_rows, width, aux_series, 1, n, &a_aux, "aux");
+        loss_series aux = {run.step, run.aux, total, a_aux};
+        draw_chart(ui, w, 1 + legend_rows + main_rows, 1, aux_rows, width, &aux, 1, x_lo, x_hi,
+                   "aux");
     }
     /* the step axis */
     if (h >= 5) {
@@ -159,7 +262,9 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
         if (width - 9 > sw + 14)
             draw_text(w, h - 2, width + 1 - sw, sw, dim, s);
     }
-    free(raw);
+    run_curves_free(&run);
+    for (int i = 0; i < v->n_compared; i++)
+        run_curves_free(&compared[i]);
 }
 
 static int loss_key(ui_context *ui, int key, const monitor_view *v)

@@ -155,6 +155,12 @@ static void theme_init(ui_theme *t, const ui_options *o)
     init_pair(PAIR_STOP, COLOR_WHITE, COLOR_RED);
     init_pair(PAIR_SELECT, COLOR_BLACK, COLOR_CYAN);
     init_pair(PAIR_EVAL, rich ? 214 : COLOR_YELLOW, -1);
+    /* compared runs: away from the first run's blue, cyan and orange */
+    static const short compare8[MONITOR_COMPARED] = {COLOR_GREEN, COLOR_RED, COLOR_WHITE,
+                                                     COLOR_MAGENTA};
+    static const short compare256[MONITOR_COMPARED] = {78, 203, 227, 141};
+    for (int i = 0; i < MONITOR_COMPARED; i++)
+        init_pair((short)(PAIR_COMPARE0 + i), rich ? compare256[i] : compare8[i], -1);
     static const short experts8[8] = {COLOR_RED, COLOR_GREEN, COLOR_YELLOW, COLOR_BLUE,
                                       COLOR_MAGENTA, COLOR_CYAN, COLOR_WHITE, COLOR_RED};
     static const short experts256[8] = {203, 83, 221, 75, 213, 87, 215, 141};
@@ -508,7 +514,8 @@ static void draw_help(ui_context *ui)
         "",
         "Routing    Up/Down layer, v view: all / 1st / 2nd / per source /",
         "           one layer's history; Left/Right layer",
-        "Loss       z recent window / whole run",
+        "Loss       z recent window / whole run (of the first run's steps,",
+        "           when pesc view compares runs)",
         "Norms      v |U| heatmap / |D| heatmap / bars with trend",
         "Console    t T temperature, o O top-p, m M max tokens,",
         "           < > layer for colours, c colour tokens by expert",

@@ -20,7 +20,8 @@ enum {
     PAIR_TITLE = 1, PAIR_BORDER, PAIR_FOCUS, PAIR_DIM, PAIR_GOOD, PAIR_WARN, PAIR_BAD,
     PAIR_RAW, PAIR_SMOOTH, PAIR_AUX, PAIR_KEY, PAIR_KEYLABEL, PAIR_RUN, PAIR_PAUSE, PAIR_STOP,
     PAIR_SELECT, PAIR_EVAL,
-    PAIR_EXPERT0,                                     /* 8 token colours by expert */
+    PAIR_COMPARE0,                                    /* MONITOR_COMPARED runs compared */
+    PAIR_EXPERT0 = PAIR_COMPARE0 + MONITOR_COMPARED,  /* 8 token colours by expert */
     PAIR_HEAT0 = PAIR_EXPERT0 + 8,                    /* UI_HEAT_STEPS background steps */
     PAIR_COUNT_ = PAIR_HEAT0 + 16
 };
