@@ -6,6 +6,8 @@
  *
  *   ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]
  *                   [--layers L] [--experts E] [--sources S] [--eval-every N]
+ *                   [--loss-offset X]
+ * --loss-offset shifts the training loss, so that runs to compare (pesc view A B) differ.
  * Without --interval-ms, writes every step at once and exits. */
 #include <errno.h>
 #include <math.h>
@@ -27,6 +29,7 @@ typedef struct fake_run {
     stats_record *r;
     long step, total, eval_every;
     double lr, aux_coef, elapsed;
+    double loss_offset;
     int lr_overridden, paused, stopped;
 } fake_run;
 
@@ -58,7 +61,7 @@ static void fill_step(fake_run *f)
     r->total_steps = f->total;
     r->epoch = f->step / 50.0;
     r->tokens = f->step * 2048;
-    r->loss = 2.0 + 8.0 / (1.0 + f->step * 0.05) + 0.15 * sin(f->step * 0.7);
+    r->loss = f->loss_offset + 2.0 + 8.0 / (1.0 + f->step * 0.05) + 0.15 * sin(f->step * 0.7);
     r->aux_loss = 0.01 + 0.002 * cos(f->step * 0.3);
     r->eval_tokens = f->step % f->eval_every == 0 ? 512 : 0;   /* held-out data scored */
     r->eval_loss = r->eval_tokens ? 2.5 + 6.0 / (1.0 + f->step * 0.04) : 0.0;
@@ -245,6 +248,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--experts") == 0) shape.n_experts = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--sources") == 0) shape.n_sources = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--eval-every") == 0) f.eval_every = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--loss-offset") == 0) f.loss_offset = atof(argv[i + 1]);
     }
     f.log = fopen(argv[1], "w");
     if (!f.log) {

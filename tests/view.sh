@@ -6,7 +6,9 @@
 # running, q leaves with 0 and bracketed paste off, as Ctrl-Z does until fg;
 # malformed lines are counted on the status line, after the note of a log gone quiet;
 # a failed run's reason reaches stderr under "pesc view:" with the log's control characters
-# shown as escapes.
+# shown as escapes; further logs are runs compared on the loss panel, each named with its latest
+# smoothed loss, followed as they grow, and a compared log that is missing or no run log is an
+# error at start.
 # Needs no terminal of its own: tmux runs detached on a private socket, killed at the end.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -132,6 +134,40 @@ keys q
 PESC_VIEW_STALL_S=0 "$pesc" view "$tmp/quiet.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
 [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: PESC_VIEW_STALL_S=0: " "$tmp/err" \
   && pass "PESC_VIEW_STALL_S=0 is refused in one line" || fail "PESC_VIEW_STALL_S=0: exit $st: $(cat "$tmp/err")"
+
+# ---- runs compared: by step on the loss panel, named with their latest smoothed loss -----------
+# done: 60 steps, smoothed 4.302; higher: 40 steps 1 above it; lower: 200 steps, scored every 7th;
+# bad.jsonl has a malformed line after its first (not fatal); grows.jsonl is empty at first
+"$fake" "$tmp/higher.jsonl" --steps 40 --loss-offset 1 || exit 99
+"$fake" "$tmp/lower.jsonl" --steps 200 --loss-offset -0.5 --eval-every 7 || exit 99
+"$pesc" view "$tmp/done.jsonl" "$tmp/higher.jsonl" "$tmp/other-missing.jsonl" </dev/null >/dev/null \
+  2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: .*other-missing.jsonl" "$tmp/err" \
+  && pass "a missing compared log: one line naming it, exit 1" \
+  || fail "missing compared log: exit $st: $(cat "$tmp/err")"
+echo 'not a record' >"$tmp/notalog.jsonl"
+"$pesc" view "$tmp/done.jsonl" "$tmp/notalog.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] \
+  && grep -q "^pesc view: .*notalog.jsonl: not a run log" "$tmp/err" \
+  && pass "a compared file that is no run log: one line naming it, exit 1" \
+  || fail "compared non-log: exit $st: $(cat "$tmp/err")"
+h="$tmp/higher.jsonl"
+"$pesc" view "$tmp/done.jsonl" "$h" "$h" "$h" "$h" "$h" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 2 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "at most 4" "$tmp/err" \
+  && pass "5 compared logs: usage error, exit 2" || fail "5 compared logs: exit $st: $(cat "$tmp/err")"
+: >"$tmp/grows.jsonl"
+tui_start 140 30 "$pesc" view "$tmp/done.jsonl" "$tmp/higher.jsonl" "$tmp/lower.jsonl" "$tmp/bad.jsonl" \
+  "$tmp/grows.jsonl"
+keys 2 f
+check "higher.jsonl 6.231" "compared: the legend names a shorter run with its smoothed loss"
+check "lower.jsonl 2.275" "compared: and a longer one, scored more often"
+check "bad.jsonl 4.302" "compared: a log with a malformed line is drawn"
+check "grows.jsonl --" "compared: an empty log waits for its first step"
+check "smoothed 4.302 eval 4.265" "compared: the first run's legend is its own"
+check "FINISHED +step 60/60" "compared: the status line is the first run's"
+cat "$tmp/higher.jsonl" >>"$tmp/grows.jsonl"
+check "grows.jsonl 6.231" "compared: a compared log is followed as it grows"
+keys q
 
 # ---- Ctrl-Z: the shell gets plain pastes while the view is stopped; after fg they are marked again
 tmux -L "$sock" kill-server 2>/dev/null
