@@ -176,7 +176,8 @@ status=$?
 pid=$!
 pids="$pids $pid"
 for _ in $(seq 100); do [ -S "$tmp/gone2.sock" ] && break; sleep 0.1; done
-rm -rf "$tmp/gone2" && : >"$tmp/gone2"
+# moved away at once (rm -rf raced the saves writing into it, failed, and left a directory)
+mv "$tmp/gone2" "$tmp/gone2.away" && : >"$tmp/gone2"
 for _ in $(seq 100); do grep -q "save failed" "$tmp/gone2.err" && break; sleep 0.1; done
 "$sockcmd" "$tmp/gone2.sock" stop >/dev/null
 wait $pid
