@@ -81,7 +81,8 @@ typedef struct monitor_view {
     /* downloads before the run (launcher.h): running ones first; 0 when none to show */
     int n_downloads;
     fetch_progress downloads[MONITOR_DOWNLOADS];
-    /* runs compared with this one (pesc view RUN OTHER...); 0 for a live run */
+    /* runs compared with this one (pesc view RUN OTHER...); 0 for a live run. Last: a live
+     * session's snapshot copies the view up to here */
     int n_compared;
     monitor_series compared[MONITOR_COMPARED];
 } monitor_view;

@@ -6,6 +6,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -1788,7 +1789,9 @@ static int view_snapshot(void *ctx, monitor_view *v)
     const monitor_view *src = s->shared;
     stats_record *last = v->last;
     float *loads = v->loads;
-    memcpy(v, src, sizeof *v);
+    /* a live run compares with none: its compared series (the last, and most, of the view)
+     * are not copied under the lock */
+    memcpy(v, src, offsetof(monitor_view, compared));
     v->last = last;
     v->loads = loads;
     if (src->last) {
