@@ -1,10 +1,12 @@
 /* test_layout — the workbench layout at many terminal sizes, without a terminal: every cell
  * belongs to exactly one area, nothing is negative or off screen, the focused panel is always
- * shown, and panels fold away (rather than shrink to nothing) on small terminals. */
+ * shown, and panels fold away (rather than shrink to nothing) on small terminals; and the
+ * chart canvas places series by step (pesc view comparing runs of other lengths). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "chart.h"
 #include "layout.h"
 
 static int failures;
@@ -163,11 +165,50 @@ static void tab_order(void)
     printf("ok   Tab order\n");
 }
 
+/* Which of the canvas's cells hold a dot, as a string of '#' and '.' (one row). */
+static const char *cells(const chart_canvas *c)
+{
+    static char out[64];
+    for (int i = 0; i < c->cols && i < 63; i++)
+        out[i] = c->bits[i] ? '#' : '.';
+    out[c->cols < 63 ? c->cols : 63] = '\0';
+    return out;
+}
+
+static void chart_by_step(void)
+{
+    chart_canvas c;
+    /* steps 0 to 100 over ten cells: a run from step 50 fills only the right half */
+    const double x[] = {50, 75, 100}, y[] = {1, 2, 3};
+    chart_canvas_init(&c, 1, 10, 1);
+    chart_plot_xy(&c, x, y, 3, 0, 100, 0, 4, 0);
+    CHECK(strcmp(cells(&c), ".....#####") == 0, "steps 50-100 of 0-100: %s", cells(&c));
+    chart_canvas_free(&c);
+    /* a line from before the range is cut at its left edge, points past it are not drawn */
+    const double x2[] = {-100, 50, 150, 200}, y2[] = {2, 2, 2, 2};
+    chart_canvas_init(&c, 1, 10, 1);
+    chart_plot_xy(&c, x2, y2, 2, 0, 100, 0, 4, 0);
+    CHECK(strcmp(cells(&c), "######....") == 0, "a line from step -100 to 50: %s", cells(&c));
+    chart_canvas_free(&c);
+    chart_canvas_init(&c, 1, 10, 1);
+    chart_plot_xy(&c, x2 + 2, y2 + 2, 2, 0, 100, 0, 4, 0);
+    CHECK(strcmp(cells(&c), "..........") == 0, "steps past the range: %s", cells(&c));
+    chart_canvas_free(&c);
+    /* one step only (x_lo == x_hi): at the right edge, as chart_plot draws one value */
+    const double one = 7, v = 1;
+    chart_canvas_init(&c, 1, 10, 1);
+    chart_plot_xy(&c, &one, &v, 1, 7, 7, 0, 4, 0);
+    CHECK(strcmp(cells(&c), ".........#") == 0, "a single step: %s", cells(&c));
+    chart_canvas_free(&c);
+    printf("ok   the chart places series by step\n");
+}
+
 int main(void)
 {
     sweep();
     named_sizes();
     tab_order();
+    chart_by_step();
     if (failures)
         printf("%d failures\n", failures);
     return failures ? 1 : 0;
