@@ -1331,7 +1331,8 @@ static int resume(session *s, pesc_error *err)
     s->step = st.step;
     s->last_checkpoint = xstrdup(dir);
     char *parent = pesc_parent_dir(dir);
-    if (pesc_same_file(parent, s->cfg.save_dir)) {
+    int own = pesc_same_file(parent, s->cfg.save_dir);
+    if (own) {
         /* it is this run's last checkpoint: stopped at once, the run would write it again */
         s->saved_step = st.step;
         s->saved_changes = s->live_changes;
@@ -1365,7 +1366,9 @@ static int resume(session *s, pesc_error *err)
     s->tokens = st.tokens;
     s->elapsed_before = st.elapsed_s;
     s->nan_skipped = st.nan_skipped;
-    if (st.best_step >= 0) {   /* the run's best so far: a new one must beat it */
+    /* the run's best so far: a new one must beat it; a branch saved elsewhere starts its own
+     * DIR/best, since the old best is not in its directory */
+    if (st.best_step >= 0 && own) {
         s->best_kept = st.best_step;
         s->best_kept_loss = s->best_eval = st.best_eval_loss;
     }

@@ -159,6 +159,14 @@ grep -q "^save dir .*; best -> $target\$" "$tmp/inspect" &&
   grep -q "^best          $target: held-out loss $(printf '%.4f' "$(eval_at "$tmp/best.jsonl" "$lowest")")\$" "$tmp/inspect" &&
   pass "pesc inspect of a --keep-best save directory names the best and its loss" ||
   fail "pesc inspect of a --keep-best save directory: $(cat "$tmp/inspect")"
+# a branch resumed into another --save directory starts its own DIR/best there (the old
+# best is not in it), where a resume in place has to beat the best it had
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --lr 5e-2 --steps 8 --eval-data "$tmp/heldout.jsonl" --eval-every 1 \
+  --save "$tmp/branch" --keep-best --resume "$tmp/best/step-00000006" >/dev/null 2>"$tmp/err"
+[ -L "$tmp/branch/best" ] && [ "$(readlink "$tmp/branch/best")" = step-00000007 ] &&
+  pass "a branch saved elsewhere: its DIR/best is its own, from its first evaluation" ||
+  fail "a branch with --keep-best: $(ls -l "$tmp/branch" 2>&1) $(head -c 200 "$tmp/err")"
 # shellcheck disable=SC2086
 expect 2 "\-\-keep-best keeps the checkpoint of the lowest held-out loss: it needs \-\-save DIR" \
   "--keep-best without held-out data" -- "$pesc" train --headless $common --save "$tmp/x" --keep-best
