@@ -451,9 +451,8 @@ int cmd_eval(int argc, char **argv)
     pesc_show_phase("pesc eval", "reading and tokenizing the data");
     if (load_data(&o, model_dir, &sources, formats, &d, m.config.vocab_size, &tok, &err) != 0)
         goto out;
-    const char *own = tok ? template_suggest(tok_chat_template(tok)) : NULL;
-    if (own && !o.template_given && !o.demo && strcmp(o.format, "tokens") != 0 &&
-        strcmp(own, o.template_name) != 0) {
+    const char *own = template_model_other(tok, o.template_name);
+    if (own && !o.template_given && !o.demo && strcmp(o.format, "tokens") != 0) {
         pesc_show_phase("pesc eval", NULL);
         fprintf(stderr, "pesc eval: note: the model's chat template (tokenizer_config.json) is "
                 "%s's; records are rendered with %s (the default): --template %s if the model "

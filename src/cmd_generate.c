@@ -275,8 +275,8 @@ int cmd_generate(int argc, char **argv)
         !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : model_tokenizer(dir, &err)))
         goto out;
     pesc_show_phase("pesc generate", NULL);   /* the answer starts on a clean line */
-    const char *own = template_suggest(tok_chat_template(tok));
-    if (own && !o.raw && !o.template_given && strcmp(own, o.template_name) != 0)
+    const char *own = template_model_other(tok, o.template_name);
+    if (own && !o.raw && !o.template_given)
         fprintf(stderr, "pesc generate: note: the model's chat template (tokenizer_config.json) "
                 "is %s's; the prompt is wrapped in %s (the default): --template %s if the model "
                 "was tuned in its own format\n", own, o.template_name, own);

@@ -1685,9 +1685,9 @@ int session_start(session *s, pesc_error *err)
                         s->cfg.seq, context);
     /* the default template on a model that has its own: trained in a format its prompts
      * (and those of other tools) will not use, unless that is what was wanted */
-    const char *own = s->tok ? template_suggest(tok_chat_template(s->tok)) : NULL;
+    const char *own = template_model_other(s->tok, s->cfg.template_name);
     if (own && !(s->cfg.given & TRAIN_GIVEN_TEMPLATE) && strcmp(s->cfg.format, "tokens") != 0 &&
-        strcmp(s->cfg.format, "text") != 0 && strcmp(own, s->cfg.template_name) != 0)
+        strcmp(s->cfg.format, "text") != 0)
         publish_warning(s, "note", "the model's chat template (tokenizer_config.json) is %s's, "
                         "and records are rendered with %s (the default): --template %s trains "
                         "in the model's own format; --template %s keeps this, without the note",

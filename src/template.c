@@ -368,6 +368,12 @@ const char *template_suggest(const char *jinja)
     return NULL;
 }
 
+const char *template_model_other(const tokenizer *t, const char *used)
+{
+    const char *own = t ? template_suggest(tok_chat_template(t)) : NULL;
+    return own && strcmp(own, used) != 0 ? own : NULL;
+}
+
 int template_stop_ids(const chat_template *tpl, const tokenizer *t, int32_t *out, int max)
 {
     int n = 0;

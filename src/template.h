@@ -68,6 +68,9 @@ int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_mes
  * text of its tokenizer_config.json): qwen3, chatml, llama3, llama2 or mistral; NULL when
  * none does. Read from the markers only, so a suggestion, not a proof. */
 const char *template_suggest(const char *jinja);
+/* The template that t's model writes its own turns in (template_suggest of its chat template)
+ * when that is not `used`, for the note of a command that was given no --template; else NULL. */
+const char *template_model_other(const tokenizer *t, const char *used);
 
 /* Ids that end an assistant turn: the tokenizer's EOS and the template's end marker when that
  * is one token. Returns how many were written (at most max). */
