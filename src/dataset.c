@@ -1530,9 +1530,7 @@ static uint64_t content_hash(const dataset *ds)
     return h ? h : 1;
 }
 
-/* The index of r's first predicted token (the first label after the first token that is not
- * -100), or r->len when it has none. Reads the labels up to there, the prompt, no further. */
-static int first_predicted(const ds_record *r)
+int ds_record_first_predicted(const ds_record *r)
 {
     if (!r->labels)
         return r->len > 1 ? 1 : r->len;
@@ -1597,7 +1595,7 @@ static int check_answers(dataset *ds, int seq, pesc_error *err)
     int needed = INT_MAX;   /* the shortest --seq that would reach an answer */
     for (int i = 0; i < ds->rec.n; i++) {
         const ds_record *r = &ds->rec.items[i];
-        int first = first_predicted(r);
+        int first = ds_record_first_predicted(r);
         if (first == r->len)
             continue;   /* nothing to learn in it, however long the rows */
         if (first < seq)

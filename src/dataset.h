@@ -69,6 +69,11 @@ typedef struct ds_records {
     token_store *store;          /* every record's tokens; made by the first load */
 } ds_records;
 
+/* The index of r's first predicted token (the first label after the first token that is not
+ * -100), or r->len when it has none: a row of T tokens trains on r when it is below both.
+ * Reads the labels up to there, the prompt, no further. */
+int ds_record_first_predicted(const ds_record *r);
+
 /* A format is an index into a registry; the built-ins hold these fixed places in every one,
  * formats added by plugins follow them. */
 typedef enum ds_format {

@@ -1178,17 +1178,12 @@ static int open_eval(session *s, pesc_error *err)
                      c->n_eval > 2 ? "s" : "");
         snprintf(what, sizeof what, "--eval-data %.500s%s", c->eval_paths[0], others);
     }
-    int32_t *targets = xmalloc((size_t)c->seq * sizeof *targets);
-    long long trained = 0;
-    for (int i = 0; i < s->n_eval && trained == 0; i++) {
-        const ds_record *d = &s->eval[i];
-        int len = d->len < c->seq ? d->len : c->seq;
-        model_shift_targets(targets, d->ids, d->labels, len);
-        for (int t = 0; t < len; t++)
-            trained += targets[t] >= 0;
+    int trained = 0;
+    for (int i = 0; i < s->n_eval && !trained; i++) {
+        int first = ds_record_first_predicted(&s->eval[i]);
+        trained = first < s->eval[i].len && first < c->seq;
     }
-    free(targets);
-    if (trained == 0)
+    if (!trained)
         return pesc_fail(err, "%s: %s", what, s->n_eval == 0 ? "no records to score"
                          : "no record has a trained token within --seq (an answer, or text): "
                          "nothing to score");
