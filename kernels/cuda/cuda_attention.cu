@@ -21,6 +21,7 @@
 #include <cstdio>
 
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_flash.cuh"
 
 #define ATT_WARPS 4
 #define ATT_ROWS 4                          // query rows per warp (forward, dQ)
@@ -206,13 +207,23 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
                           const float *q, const float *k, const float *v, const float *out,
                           const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
                           const int32_t *seg);
+static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv);
+static void flash_forward_any(cuda_context *c, float *out, float *lse, const float *q,
+                              const float *k, const float *v, int B, int T, int Hq, int Hkv,
+                              int D, int window, const int32_t *seg);
+static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
+                               const float *dout, const float *q, const float *k, const float *v,
+                               const float *lse, const float *delta, int B, int T, int Hq,
+                               int Hkv, int D, int window, const int32_t *seg);
 
 extern "C" void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q,
                                        const float *k, const float *v, int B, int T, int Hq,
                                        int Hkv, int D, int window, const int32_t *seg_start)
 {
     CUDA_OP(ctx);
-    if (c->attention == CUDA_ATTENTION_GEMM && head_dim_ok(c, D, Hq, Hkv) && T > 0 && B > 0)
+    if (flash_takes(c, D, Hq, Hkv) && T > 0 && B > 0)
+        flash_forward_any(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
+    else if (c->attention == CUDA_ATTENTION_GEMM && head_dim_ok(c, D, Hq, Hkv) && T > 0 && B > 0)
         gemm_forward(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
     else
         forward_any(c, out, lse, q, k, v, B, T, 0, T, Hq, Hkv, D, window, seg_start);
@@ -517,6 +528,11 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
                                                                              B, T, Hq, D);
     if (!CUDA_LAUNCHED(c))
         return;
+    if (flash_takes(c, D, Hq, Hkv)) {
+        flash_backward_any(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window,
+                           seg_start);
+        return;
+    }
     switch (chunks_for(D)) {
     case 1: launch_backward<1>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
     case 2: launch_backward<2>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
@@ -817,4 +833,83 @@ extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, 
     tile_plan(c->att_tile_bytes, B, T, Hq, &C, &nbh);
     return gemm_work_floats(GEMM_BACKWARD_HEADS, rows_all * D, GEMM_BACKWARD_TILES,
                             (size_t)nbh * C * T, rows_all) * sizeof(float);
+}
+
+// ---- the tensor-core path: flash attention in bf16 (cuda_flash.cuh) --------------------------
+//
+// PESC_CUDA_ATTENTION=flash, for training's forward and backward; generation's KV-cache
+// forward stays on the fused kernel. Shapes the kernels do not take (flash_shape_ok) and
+// devices before sm_80 run the fused kernels instead.
+
+bool cuda_flash_available(cuda_context *c, int cc_major)
+{
+    cudaFuncAttributes attr;
+    if (cc_major < 8 || !CUDA_CHECK(c, cudaFuncGetAttributes(&attr, flash_forward_kernel<4>)))
+        return false;
+    return attr.binaryVersion >= 80 || attr.ptxVersion >= 80;
+}
+
+static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv)
+{
+    return c->attention == CUDA_ATTENTION_FLASH && c->flash_ok && flash_shape_ok(D, Hq, Hkv);
+}
+
+template <int NCH>
+static void flash_forward(cuda_context *c, float *out, float *lse, const float *q,
+                          const float *k, const float *v, int B, int T, int Hq, int Hkv,
+                          int window, const int32_t *seg)
+{
+    size_t smem = flash_forward_shared(NCH * 16);
+    if (!cuda_shared_limit(c, (const void *)flash_forward_kernel<NCH>, smem))
+        return;
+    dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    flash_forward_kernel<NCH><<<grid, FL_THREADS, smem, c->stream>>>(
+        out, lse, q, k, v, T, Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
+    CUDA_LAUNCHED(c);
+}
+
+template <int NCH>
+static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
+                           const float *q, const float *k, const float *v, const float *lse,
+                           const float *delta, int B, int T, int Hq, int Hkv, int window,
+                           const int32_t *seg)
+{
+    int D = NCH * 16;
+    float scale = 1.0f / sqrtf((float)D);
+    size_t smem_dq = flash_dq_shared(D), smem_kv = flash_dkdv_shared(D);
+    if (!cuda_shared_limit(c, (const void *)flash_dq_kernel<NCH>, smem_dq) ||
+        !cuda_shared_limit(c, (const void *)flash_dkdv_kernel<NCH>, smem_kv))
+        return;
+    dim3 grid_q((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    flash_dq_kernel<NCH><<<grid_q, FL_THREADS, smem_dq, c->stream>>>(
+        dq, dout, q, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hkv, B);
+    flash_dkdv_kernel<NCH><<<grid_kv, FL_THREADS, smem_kv, c->stream>>>(
+        dk, dv, dout, q, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCHED(c);
+}
+
+static void flash_forward_any(cuda_context *c, float *out, float *lse, const float *q,
+                              const float *k, const float *v, int B, int T, int Hq, int Hkv,
+                              int D, int window, const int32_t *seg)
+{
+    switch (D) {
+    case 32: flash_forward<2>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
+    case 64: flash_forward<4>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
+    case 96: flash_forward<6>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
+    default: flash_forward<8>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
+    }
+}
+
+static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
+                               const float *dout, const float *q, const float *k, const float *v,
+                               const float *lse, const float *delta, int B, int T, int Hq,
+                               int Hkv, int D, int window, const int32_t *seg)
+{
+    switch (D) {
+    case 32: flash_backward<2>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 64: flash_backward<4>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 96: flash_backward<6>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    default: flash_backward<8>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    }
 }

@@ -466,8 +466,10 @@ static int parse_attention(const char *s, int *attention, pesc_error *err)
         *attention = CUDA_ATTENTION_FUSED;
     else if (strcmp(s, "gemm") == 0)
         *attention = CUDA_ATTENTION_GEMM;
+    else if (strcmp(s, "flash") == 0)
+        *attention = CUDA_ATTENTION_FLASH;
     else
-        return pesc_fail(err, "PESC_CUDA_ATTENTION=%s: choose fused or gemm", s);
+        return pesc_fail(err, "PESC_CUDA_ATTENTION=%s: choose fused, gemm or flash", s);
     return 0;
 }
 
@@ -527,12 +529,17 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                                                          : CUBLAS_DEFAULT_MATH)) &&
         CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double)))) {
         c->max_shared = (int)prop.sharedMemPerBlockOptin;
+        c->flash_ok = c->attention == CUDA_ATTENTION_FLASH && cuda_flash_available(c, prop.major);
         static const char *const math_names[] = {"bf16", "tf32", "fp32"};
+        const char *attention = c->attention == CUDA_ATTENTION_GEMM ? "gemm"
+                                : c->flash_ok ? "flash"
+                                : c->attention == CUDA_ATTENTION_FLASH ? "fused (flash needs sm_80)"
+                                                                       : "fused";
         snprintf(c->device_text, sizeof c->device_text,
                  "%s (sm_%d%d, %.0f GiB), cuBLAS %s products, %s attention, fp32 tensors",
                  prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), math_names[c->math],
-                 c->attention == CUDA_ATTENTION_GEMM ? "gemm" : "fused");
+                 attention);
     }
     if (c->failed) {
         pesc_fail(err, "%s", c->error);

@@ -27,9 +27,10 @@ extern "C" {
 }
 
 enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32 };
-// Training attention (PESC_CUDA_ATTENTION): the fused fp32 kernels, or cuBLAS products over
-// tiles of scores on the tensor cores (cuda_attention.cu says which does what).
-enum cuda_attention { CUDA_ATTENTION_FUSED, CUDA_ATTENTION_GEMM };
+// Training attention (PESC_CUDA_ATTENTION): the fused fp32 kernels, cuBLAS products over tiles
+// of scores on the tensor cores, or bf16 flash attention on the tensor cores
+// (cuda_attention.cu and cuda_flash.cuh say which does what).
+enum cuda_attention { CUDA_ATTENTION_FUSED, CUDA_ATTENTION_GEMM, CUDA_ATTENTION_FLASH };
 
 // Blocks of the two-stage reductions (sums of squares, column sums): fixed, so every
 // reduction adds in the same order on every run (determinism).
@@ -42,9 +43,10 @@ typedef struct cuda_context {
     cublasHandle_t cublas;
     int math;                    // enum cuda_math, for the dense products
     int attention;               // enum cuda_attention
+    int flash_ok;                // the flash kernels run here (sm_80 or later, built for it)
     size_t att_tile_bytes;       // the gemm path's budget for a tile of scores
     int max_shared;              // opt-in dynamic shared memory per block, bytes
-    char device_text[320];
+    char device_text[400];
     int failed;                  // sticky: the first error, kept until the backend is deleted
     char error[480];
     // Scratch that grows on demand. gemm_work holds bf16 copies of product operands; op_work
@@ -180,6 +182,7 @@ void cuda_embedding_backward(void *ctx, float *dtable, const float *dout, const 
 void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
 void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
 void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+bool cuda_flash_available(cuda_context *c, int cc_major);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);

@@ -1,9 +1,9 @@
 /* test_cuda_ops — every CUDA op against its CPU twin (the specification) on fresh random
  * inputs. Both backends get the same inputs; outputs and accumulated gradients are compared
  * by normalized error: fp32 ops tightly, dense products within bf16 bounds (and tightly again
- * with PESC_CUDA_MATH=fp32). Attention runs on both paths (PESC_CUDA_ATTENTION): fused
- * tightly, gemm tightly in fp32 (its layouts) and within tf32 and bf16 bounds. Exit 77 without
- * a usable GPU. */
+ * with PESC_CUDA_MATH=fp32). Attention runs on every path (PESC_CUDA_ATTENTION): fused
+ * tightly, gemm tightly in fp32 (its layouts) and within tf32 and bf16 bounds, flash within
+ * bf16 bounds. Exit 77 without a usable GPU. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -334,6 +334,20 @@ static void test_attention_small_tiles(const char *path, double tol_fwd, double 
     test_attention(3, 64, 8, 2, 128, 17, 1, path, tol_fwd, tol_bwd);
 }
 
+/* The flash kernels' head dimensions (32, 64, 96, 128), TinyLlama's heads at its length, and a
+ * long packed sequence with a window; bf16 operands. */
+static void test_attention_flash(void)
+{
+    const double fwd = 1e-2, bwd = 2e-2;
+    test_attention(2, 100, 4, 2, 32, 0, 0, "flash", fwd, bwd);
+    test_attention(2, 130, 4, 1, 64, 0, 1, "flash", fwd, bwd);
+    test_attention(1, 200, 2, 2, 96, 33, 0, "flash", fwd, bwd);
+    test_attention(3, 64, 8, 2, 128, 17, 1, "flash", fwd, bwd);
+    test_attention(1, 40, 2, 1, 64, 0, 0, "flash", fwd, bwd);
+    test_attention(1, 2048, 32, 4, 64, 0, 0, "flash", fwd, bwd);
+    test_attention(2, 2000, 8, 8, 128, 300, 1, "flash", fwd, bwd);
+}
+
 static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int window)
 {
     int L = past + n;
@@ -469,6 +483,10 @@ int main(void)
     setenv("PESC_CUDA_MATH", "bf16", 1);
     gpu_again();
     test_attention_shapes("gemm bf16", 2e-2, 3e-2);
+    gpu_finish();
+    setenv("PESC_CUDA_ATTENTION", "flash", 1);
+    gpu_again();
+    test_attention_flash();
     gpu_finish();
     backend_delete(cpu);
     printf("%d failure%s\n", gpu_test_failures, gpu_test_failures == 1 ? "" : "s");
