@@ -1,0 +1,448 @@
+/* test_cuda_emu — the CUDA emulator (tests/emu/cuda_emu.h) that the kernel tests stand on.
+ *
+ * bf16 rounding against hand-worked bit patterns; a wmma GEMM in every layout against a double
+ * loop on the same bf16 inputs; a shared-memory reduction; warp shuffles; every (block, thread)
+ * of a 3-D launch running once; and wmma's preconditions aborting in a child process.
+ * Exit 0 pass, 1 fail. */
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cuda_emu.h"
+
+using namespace nvcuda;
+
+static int failures;
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+__attribute__((format(printf, 2, 3))) static void verdict(bool ok, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(ok ? "ok   " : "FAIL ", stdout);
+    vprintf(fmt, ap);
+    putchar('\n');
+    va_end(ap);
+    failures += !ok;
+}
+
+static double uniform(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+
+static float float_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+template <class T> static T *alloc_aligned(size_t n)
+{
+    T *p = (T *)aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(99);
+    }
+    return p;
+}
+
+/* ---- bf16 rounding --------------------------------------------------------------------------- */
+static void test_bf16(void)
+{
+    static const struct {
+        uint32_t in;
+        uint16_t want;
+        const char *why;
+    } cases[] = {
+        {0x3f800000, 0x3f80, "1.0 is exact"},
+        {0x3f808000, 0x3f80, "1.00390625, a tie, rounds down to even"},
+        {0x3f818000, 0x3f82, "1.01171875, a tie, rounds up to even 1.015625"},
+        {0x3f808001, 0x3f81, "just above a tie rounds up"},
+        {0x3f80ffff, 0x3f81, "just below the next tie rounds down"},
+        {0xc0200000, 0xc020, "-2.5 is exact"},
+        {0x80000000, 0x8000, "-0 keeps its sign"},
+        {0x7f7f7fff, 0x7f7f, "just below a tie at the top stays finite"},
+        {0x7f7fffff, 0x7f80, "FLT_MAX rounds up to infinity"},
+        {0x7f800000, 0x7f80, "infinity"},
+        {0xff800000, 0xff80, "-infinity"},
+        {0x00018000, 0x0002, "a subnormal tie rounds up to even"},
+        {0x00008000, 0x0000, "the smallest subnormal tie rounds down to zero"},
+        {0x7fc00001, 0x7fff, "a quiet NaN becomes the canonical NaN"},
+        {0xffa00000, 0x7fff, "a signalling negative NaN becomes the canonical NaN"},
+    };
+    int bad = 0;
+    for (const auto &c : cases) {
+        float f = float_from_bits(c.in);
+        uint16_t rn = __float2bfloat16_rn(f).bits, plain = __float2bfloat16(f).bits;
+        float back = __bfloat162float(__nv_bfloat16{c.want});
+        bool back_ok = isnan(f) ? isnan(back) : back == float_from_bits((uint32_t)c.want << 16);
+        if (rn != c.want || plain != c.want || !back_ok) {
+            verdict(false, "bf16 of 0x%08x (%s): got 0x%04x/0x%04x, want 0x%04x", c.in, c.why, rn,
+                    plain, c.want);
+            bad++;
+        }
+    }
+    if (!bad)
+        verdict(true, "bf16 rounding and widening: %zu hand-worked cases",
+                sizeof cases / sizeof cases[0]);
+    verdict(__bfloat162float(__float2bfloat16(1.01171875f)) == 1.015625f &&
+                __bfloat162float(__float2bfloat16(1.00390625f)) == 1.0f,
+            "bf16 ties to even on float literals (1.01171875 -> 1.015625, 1.00390625 -> 1.0)");
+}
+
+/* ---- wmma GEMM ------------------------------------------------------------------------------- */
+enum { GEMM_M = 64, GEMM_N = 48, GEMM_K = 32 };
+
+static bool is_row_major(wmma::row_major) { return true; }
+static bool is_row_major(wmma::col_major) { return false; }
+
+/* c (GEMM_M, GEMM_N) row-major = 0.5 * (a @ b + c); a (GEMM_M, GEMM_K) and b (GEMM_K, GEMM_N)
+ * in the layouts given. Two warps per block, each owns one 16x16 tile of c, which goes in and
+ * out through shared memory in c_layout: lane 0's store and the other lanes' reads are ordered
+ * by __syncwarp, as a real kernel needs. */
+template <class LayoutA, class LayoutB> static __global__ void
+gemm_kernel(float *c, const __nv_bfloat16 *a, const __nv_bfloat16 *b, wmma::layout_t c_layout)
+{
+    PESC_DYNAMIC_SHARED(smem);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int tile_row = (blockIdx.y * 2 + warp) * 16, tile_col = blockIdx.x * 16;
+    const bool c_rows = c_layout == wmma::mem_row_major;
+    float *stage = (float *)smem + warp * 16 * 16; /* (16, 16) in c_layout */
+
+    for (int e = lane; e < 256; e += 32)
+        stage[emu_detail::tile_offset(e / 16, e % 16, 16, c_rows)] =
+            c[(tile_row + e / 16) * GEMM_N + tile_col + e % 16];
+    __syncwarp();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::load_matrix_sync(acc, stage, 16, c_layout);
+
+    for (int k0 = 0; k0 < GEMM_K; k0 += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> a_frag;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> b_frag;
+        if (is_row_major(LayoutA()))
+            wmma::load_matrix_sync(a_frag, a + tile_row * GEMM_K + k0, GEMM_K);
+        else
+            wmma::load_matrix_sync(a_frag, a + k0 * GEMM_M + tile_row, GEMM_M);
+        if (is_row_major(LayoutB()))
+            wmma::load_matrix_sync(b_frag, b + k0 * GEMM_N + tile_col, GEMM_N);
+        else
+            wmma::load_matrix_sync(b_frag, b + tile_col * GEMM_K + k0, GEMM_K);
+        wmma::mma_sync(acc, a_frag, b_frag, acc);
+    }
+    for (int i = 0; i < acc.num_elements; i++)
+        acc.x[i] *= 0.5f;
+
+    __syncwarp(); /* every lane has loaded the stage before lane 0 overwrites it */
+    wmma::store_matrix_sync(stage, acc, 16, c_layout);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32)
+        c[(tile_row + e / 16) * GEMM_N + tile_col + e % 16] =
+            stage[emu_detail::tile_offset(e / 16, e % 16, 16, c_rows)];
+}
+
+template <class LayoutA, class LayoutB> static void test_gemm(wmma::layout_t c_layout)
+{
+    const bool a_rows = is_row_major(LayoutA()), b_rows = is_row_major(LayoutB());
+    __nv_bfloat16 *a = alloc_aligned<__nv_bfloat16>(GEMM_M * GEMM_K);
+    __nv_bfloat16 *b = alloc_aligned<__nv_bfloat16>(GEMM_K * GEMM_N);
+    float *c = alloc_aligned<float>(GEMM_M * GEMM_N);
+    std::vector<double> a_value(GEMM_M * GEMM_K), b_value(GEMM_K * GEMM_N), want(GEMM_M * GEMM_N);
+    for (int i = 0; i < GEMM_M; i++)
+        for (int k = 0; k < GEMM_K; k++) {
+            __nv_bfloat16 h = __float2bfloat16((float)(2.0 * uniform() - 1.0));
+            a[emu_detail::tile_offset(i, k, a_rows ? GEMM_K : GEMM_M, a_rows)] = h;
+            a_value[i * GEMM_K + k] = __bfloat162float(h);
+        }
+    for (int k = 0; k < GEMM_K; k++)
+        for (int j = 0; j < GEMM_N; j++) {
+            __nv_bfloat16 h = __float2bfloat16((float)(2.0 * uniform() - 1.0));
+            b[emu_detail::tile_offset(k, j, b_rows ? GEMM_N : GEMM_K, b_rows)] = h;
+            b_value[k * GEMM_N + j] = __bfloat162float(h);
+        }
+    for (int i = 0; i < GEMM_M * GEMM_N; i++)
+        c[i] = (float)(2.0 * uniform() - 1.0);
+    for (int i = 0; i < GEMM_M; i++)
+        for (int j = 0; j < GEMM_N; j++) {
+            double sum = c[i * GEMM_N + j];
+            for (int k = 0; k < GEMM_K; k++)
+                sum += a_value[i * GEMM_K + k] * b_value[k * GEMM_N + j];
+            want[i * GEMM_N + j] = 0.5 * sum;
+        }
+
+    emu_launch(dim3(GEMM_N / 16, GEMM_M / 32), dim3(64), 2 * 16 * 16 * sizeof(float),
+               [&] { gemm_kernel<LayoutA, LayoutB>(c, a, b, c_layout); });
+
+    double diff = 0.0, norm = 0.0;
+    for (int i = 0; i < GEMM_M * GEMM_N; i++) {
+        diff += (c[i] - want[i]) * (c[i] - want[i]);
+        norm += want[i] * want[i];
+    }
+    double err = sqrt(diff / norm);
+    verdict(err <= 1e-6 && isfinite(err),
+            "wmma %dx%d = %dx%d (%s) @ %dx%d (%s) + c (%s): normalized error %.1e", GEMM_M, GEMM_N,
+            GEMM_M, GEMM_K, a_rows ? "row" : "col", GEMM_K, GEMM_N, b_rows ? "row" : "col",
+            c_layout == wmma::mem_row_major ? "row" : "col", err);
+    free(a);
+    free(b);
+    free(c);
+}
+
+/* ---- shared memory and __syncthreads --------------------------------------------------------- */
+/* sums[blockIdx.x] = the sum of the block's blockDim.x values of x, by a tree in shared memory.
+ * fresh[thread] = its shared slot read 0xFF bytes (poisoned) at a 128-byte aligned address. */
+static __global__ void block_sum_kernel(float *sums, int *fresh, const float *x)
+{
+    PESC_DYNAMIC_SHARED(smem);
+    float *partial = (float *)smem; /* (blockDim.x) */
+    const unsigned t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    uint32_t before;
+    memcpy(&before, &partial[t], sizeof before);
+    fresh[i] = before == 0xffffffffu && (uintptr_t)smem % 128 == 0 && isnan(partial[t]);
+    partial[t] = x[i];
+    __syncthreads();
+    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (t < stride)
+            partial[t] += partial[t + stride];
+        __syncthreads();
+    }
+    if (t == 0)
+        sums[blockIdx.x] = partial[0];
+}
+
+/* Threads from 48 on return at once (warps 2 and 3 whole, half of warp 1); the rest still meet
+ * at __syncthreads and __syncwarp. sums[blockIdx.x] = 0 + 1 + ... + 47. */
+static __global__ void early_return_kernel(int *sums)
+{
+    PESC_DYNAMIC_SHARED(smem);
+    int *value = (int *)smem;
+    const unsigned t = threadIdx.x;
+    if (t >= 48)
+        return;
+    value[t] = (int)t;
+    __syncwarp();
+    __syncthreads();
+    if (t == 0) {
+        int sum = 0;
+        for (int j = 0; j < 48; j++)
+            sum += value[j];
+        sums[blockIdx.x] = sum;
+    }
+}
+
+static void test_block_reduction(void)
+{
+    enum { BLOCKS = 5, THREADS = 128 };
+    std::vector<float> x(BLOCKS * THREADS), sums(BLOCKS, -1.0f);
+    std::vector<int> fresh(BLOCKS * THREADS, 0);
+    for (size_t i = 0; i < x.size(); i++)
+        x[i] = (float)(int)(1000.0 * uniform());
+    emu_launch(dim3(BLOCKS), dim3(THREADS), THREADS * sizeof(float),
+               [&] { block_sum_kernel(sums.data(), fresh.data(), x.data()); });
+    int wrong = 0, stale = 0;
+    for (int blk = 0; blk < BLOCKS; blk++) {
+        double want = 0.0;
+        for (int t = 0; t < THREADS; t++)
+            want += x[blk * THREADS + t];
+        wrong += sums[blk] != (float)want;
+    }
+    for (int f : fresh)
+        stale += !f;
+    verdict(!wrong, "__syncthreads tree reduction over %d blocks of %d threads: %d wrong sums",
+            BLOCKS, THREADS, wrong);
+    verdict(
+        !stale,
+        "every block's shared memory starts 128-byte aligned and poisoned (NaN): %d stale reads",
+        stale);
+
+    std::vector<int> early(3, -1);
+    emu_launch(dim3(3), dim3(128), 128 * sizeof(int), [&] { early_return_kernel(early.data()); });
+    verdict(early[0] == 1128 && early[1] == 1128 && early[2] == 1128,
+            "threads that return early drop out of __syncthreads and __syncwarp (sums %d %d %d, "
+            "want 1128)",
+            early[0], early[1], early[2]);
+}
+
+/* ---- warp shuffles --------------------------------------------------------------------------- */
+enum { SHUFFLE_ROUNDS = 40 };
+
+/* For each round r, xor_float[r][i] and xor_int[r][i] = the warp's sum of (id + r) by butterfly;
+ * broadcast[i] = lane 5's id * 3; down[i] / up[i] = the next / previous lane's id (own at the
+ * warp's ends). */
+static __global__ void shuffle_kernel(float *xor_float, int *xor_int, int *broadcast, int *down,
+                                      int *up, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int r = 0; r < SHUFFLE_ROUNDS; r++) {
+        float v = (float)(i + r);
+        int iv = i + r;
+        for (int lane_mask = 16; lane_mask > 0; lane_mask /= 2) {
+            v += __shfl_xor_sync(0xffffffffu, v, lane_mask);
+            iv += __shfl_xor_sync(0xffffffffu, iv, lane_mask);
+        }
+        xor_float[r * n + i] = v;
+        xor_int[r * n + i] = iv;
+    }
+    broadcast[i] = __shfl_sync(0xffffffffu, i * 3, 5);
+    down[i] = __shfl_down_sync(0xffffffffu, i, 1);
+    up[i] = __shfl_up_sync(0xffffffffu, i, 1);
+}
+
+static void test_shuffles(void)
+{
+    enum { BLOCKS = 2, THREADS = 128, N = BLOCKS * THREADS };
+    std::vector<float> xor_float(SHUFFLE_ROUNDS * N);
+    std::vector<int> xor_int(SHUFFLE_ROUNDS * N), broadcast(N), down(N), up(N);
+    emu_launch(dim3(BLOCKS), dim3(THREADS), 0, [&] {
+        shuffle_kernel(xor_float.data(), xor_int.data(), broadcast.data(), down.data(), up.data(),
+                       N);
+    });
+    int wrong_xor = 0, wrong_other = 0;
+    for (int i = 0; i < N; i++) {
+        const int base = i / 32 * 32, lane = i % 32;
+        for (int r = 0; r < SHUFFLE_ROUNDS; r++) {
+            const int want = 32 * (base + r) + 31 * 32 / 2;
+            wrong_xor += xor_float[r * N + i] != (float)want || xor_int[r * N + i] != want;
+        }
+        wrong_other += broadcast[i] != (base + 5) * 3;
+        wrong_other += down[i] != (lane == 31 ? i : i + 1);
+        wrong_other += up[i] != (lane == 0 ? i : i - 1);
+    }
+    verdict(!wrong_xor, "__shfl_xor_sync butterfly sums, float and int, %d rounds: %d wrong",
+            SHUFFLE_ROUNDS, wrong_xor);
+    verdict(!wrong_other, "__shfl_sync broadcast, __shfl_down_sync, __shfl_up_sync: %d wrong",
+            wrong_other);
+}
+
+/* ---- a 3-D launch ---------------------------------------------------------------------------- */
+/* hits[(block, thread)] counts the runs of each pair; mismatches counts threads that saw a
+ * blockDim or gridDim other than the launch's. */
+static __global__ void grid_kernel(std::atomic<int> *hits, std::atomic<int> *mismatches, dim3 grid,
+                                   dim3 block)
+{
+    const unsigned block_id = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    const unsigned thread_id = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    hits[block_id * blockDim.x * blockDim.y * blockDim.z + thread_id]++;
+    if (blockDim.x != block.x || blockDim.y != block.y || blockDim.z != block.z ||
+        gridDim.x != grid.x || gridDim.y != grid.y || gridDim.z != grid.z ||
+        threadIdx.x >= block.x || threadIdx.y >= block.y || threadIdx.z >= block.z ||
+        blockIdx.x >= grid.x || blockIdx.y >= grid.y || blockIdx.z >= grid.z)
+        (*mismatches)++;
+    __syncthreads();
+}
+
+static void test_grid_3d(dim3 grid, dim3 block)
+{
+    const unsigned n = grid.x * grid.y * grid.z * block.x * block.y * block.z;
+    std::unique_ptr<std::atomic<int>[]> hits(new std::atomic<int>[n]());
+    std::atomic<int> mismatches(0);
+    emu_launch(grid, block, 0, [&] { grid_kernel(hits.get(), &mismatches, grid, block); });
+    unsigned not_once = 0;
+    for (unsigned i = 0; i < n; i++)
+        not_once += hits[i] != 1;
+    verdict(!not_once && !mismatches,
+            "grid (%u,%u,%u) x block (%u,%u,%u): %u of %u (block, thread) pairs not run "
+            "exactly once, %d wrong built-ins",
+            grid.x, grid.y, grid.z, block.x, block.y, block.z, not_once, n, mismatches.load());
+}
+
+/* ---- preconditions that abort ---------------------------------------------------------------- */
+static void misaligned_load(void)
+{
+    alignas(32) static __nv_bfloat16 tile[32 * 16];
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> f;
+    wmma::load_matrix_sync(f, tile + 8, 32);
+}
+
+static void odd_ldm_load(void)
+{
+    alignas(32) static __nv_bfloat16 tile[24 * 16];
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> f;
+    wmma::load_matrix_sync(f, tile, 20);
+}
+
+static void odd_ldm_store(void)
+{
+    alignas(32) static float tile[18 * 16];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> f;
+    wmma::fill_fragment(f, 0.0f);
+    wmma::store_matrix_sync(tile, f, 18, wmma::mem_row_major);
+}
+
+static void misaligned_store(void)
+{
+    alignas(32) static float tile[17 * 16];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> f;
+    wmma::fill_fragment(f, 0.0f);
+    wmma::store_matrix_sync(tile + 4, f, 16, wmma::mem_col_major);
+}
+
+static void partial_mask(void) { __syncwarp(0x0000ffffu); }
+
+/* Runs kernel on one warp in a child; passes if the child dies of SIGABRT saying `expect`. */
+static void expect_abort(const char *what, void (*kernel)(void), const char *expect)
+{
+    int fds[2];
+    if (pipe(fds)) {
+        perror("pipe");
+        exit(99);
+    }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit no_core = {0, 0};
+        setrlimit(RLIMIT_CORE, &no_core);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        emu_launch(dim3(1), dim3(32), 0, [&] { kernel(); });
+        _exit(0);
+    }
+    close(fds[1]);
+    char message[512] = "";
+    size_t used = 0;
+    ssize_t got;
+    while ((got = read(fds[0], message + used, sizeof message - 1 - used)) > 0)
+        used += (size_t)got;
+    message[used] = '\0';
+    close(fds[0]);
+    char *newline = strchr(message, '\n');
+    if (newline)
+        *newline = '\0';
+    int status = 0;
+    waitpid(pid, &status, 0);
+    bool ok = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT && strstr(message, expect);
+    verdict(ok, "%s aborts: \"%s\"", what, message);
+}
+
+int main(void)
+{
+    auto start = std::chrono::steady_clock::now();
+    test_bf16();
+    test_gemm<wmma::row_major, wmma::row_major>(wmma::mem_row_major);
+    test_gemm<wmma::row_major, wmma::col_major>(wmma::mem_col_major);
+    test_gemm<wmma::col_major, wmma::row_major>(wmma::mem_row_major);
+    test_gemm<wmma::col_major, wmma::col_major>(wmma::mem_col_major);
+    test_gemm<wmma::col_major, wmma::row_major>(wmma::mem_col_major);
+    test_block_reduction();
+    test_shuffles();
+    test_grid_3d(dim3(3, 2, 2), dim3(32, 2, 2));
+    test_grid_3d(dim3(2, 3, 1), dim3(10, 3, 2));
+    expect_abort("load_matrix_sync 16 bytes off a 32-byte boundary", misaligned_load,
+                 "not 32-byte aligned");
+    expect_abort("load_matrix_sync of bf16 with ldm 20", odd_ldm_load,
+                 "ldm 20 is not a multiple of 8");
+    expect_abort("store_matrix_sync of float with ldm 18", odd_ldm_store,
+                 "ldm 18 is not a multiple of 4");
+    expect_abort("store_matrix_sync 16 bytes off a 32-byte boundary", misaligned_store,
+                 "not 32-byte aligned");
+    expect_abort("__syncwarp with half a mask", partial_mask, "mask 0x0000ffff");
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    printf("test_cuda_emu: %d failures in %.2f s\n", failures, seconds);
+    return failures ? 1 : 0;
+}
