@@ -1,0 +1,155 @@
+// test_flash_emu — the CUDA flash-attention kernels (kernels/cuda/cuda_flash.cuh), their real
+// source, run on the CPU through tests/emu/cuda_emu.h and checked against the CPU backend's
+// attention: forward (output, log-sum-exp) and backward (dq, dk, dv) on fresh random inputs,
+// with grouped heads, sliding windows, packed documents, every head dimension the kernels take,
+// and sequences that end inside a tile. Within bf16 bounds: the kernels' operands are bf16.
+// Outputs start as NaN, so an entry the kernels never write fails. No GPU needed.
+#define PESC_CUDA_EMU 1
+#include "cuda/cuda_flash.cuh"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+#include "gpu/gpu_test.h"
+}
+
+static pesc_backend *cpu;
+
+static float *host_alloc(size_t n)
+{
+    pesc_error err;
+    float *p = (float *)backend_alloc(cpu, n * sizeof(float), &err);
+    if (!p)
+        gpu_test_die(&err);
+    return p;
+}
+
+static float *random_tensor(size_t n)
+{
+    float *x = host_alloc(n);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(2.0 * gpu_test_uniform() - 1.0);
+    return x;
+}
+
+static void poison(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = NAN;
+}
+
+static void compare(const char *what, const char *shape, const float *got, const float *want,
+                    size_t n, double tol)
+{
+    char name[160], bound[48];
+    snprintf(name, sizeof name, "%s %s", what, shape);
+    snprintf(bound, sizeof bound, "normalized error, tolerance %.0e", tol);
+    double e = gpu_test_error(got, want, n);
+    gpu_test_verdict(e <= tol && std::isfinite(e), name, e, bound);
+}
+
+template <int NCH>
+static void run_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                        int B, int T, int Hq, int Hkv, int window, const int32_t *seg)
+{
+    dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    float scale = 1.0f / sqrtf((float)(NCH * 16));
+    emu_launch(grid, dim3(FL_THREADS), flash_forward_shared(NCH * 16), [&] {
+        flash_forward_kernel<NCH>(out, lse, q, k, v, T, Hq, Hkv, window, seg, scale);
+    });
+}
+
+template <int NCH>
+static void run_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                         const float *k, const float *v, const float *lse, const float *delta,
+                         int B, int T, int Hq, int Hkv, int window, const int32_t *seg)
+{
+    float scale = 1.0f / sqrtf((float)(NCH * 16));
+    emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hq, B), dim3(FL_THREADS),
+               flash_dq_shared(NCH * 16), [&] {
+                   flash_dq_kernel<NCH>(dq, dout, q, k, v, lse, delta, T, Hq, Hkv, window, seg,
+                                        scale);
+               });
+    emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hkv, B), dim3(FL_THREADS),
+               flash_dkdv_shared(NCH * 16), [&] {
+                   flash_dkdv_kernel<NCH>(dk, dv, dout, q, k, v, lse, delta, T, Hq, Hkv, window,
+                                          seg, scale);
+               });
+}
+
+template <int NCH>
+static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
+{
+    const int D = NCH * 16;
+    size_t N = (size_t)B * T, nq = N * Hq * D, nkv = N * Hkv * D, rows = N * Hq;
+    char shape[96];
+    snprintf(shape, sizeof shape, "B%d T%d H%d/%d D%d%s%s", B, T, Hq, Hkv, D,
+             window ? " window" : "", packed ? " packed" : "");
+    float *q = random_tensor(nq), *k = random_tensor(nkv), *v = random_tensor(nkv);
+    float *dout = random_tensor(nq);
+    float *out = host_alloc(nq), *lse = host_alloc(rows), *got = host_alloc(nq);
+    float *got_lse = host_alloc(rows);
+    std::vector<int32_t> seg(N);
+    for (int b = 0; b < B; b++)   // documents of random length
+        for (int t = 0, start = 0; t < T; t++) {
+            if (t > 0 && gpu_test_uniform() < 0.04)
+                start = t;
+            seg[(size_t)b * T + t] = start;
+        }
+    const int32_t *sp = packed ? seg.data() : NULL;
+
+    attention_forward(cpu, out, lse, q, k, v, B, T, Hq, Hkv, D, window, sp);
+    poison(got, nq);
+    poison(got_lse, rows);
+    run_forward<NCH>(got, got_lse, q, k, v, B, T, Hq, Hkv, window, sp);
+    compare("flash forward out", shape, got, out, nq, 1e-2);
+    compare("flash forward lse", shape, got_lse, lse, rows, 1e-2);
+
+    // the backward from the CPU's forward, so it is judged on its own
+    float *dq = host_alloc(nq), *dk = host_alloc(nkv), *dv = host_alloc(nkv);
+    float *gdq = host_alloc(nq), *gdk = host_alloc(nkv), *gdv = host_alloc(nkv);
+    float *delta = host_alloc(rows);
+    attention_backward(cpu, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, sp);
+    for (size_t r = 0; r < rows; r++) {   // delta (B, Hq, T) = rowsum(dout * out)
+        size_t bt = r / Hq, h = r % Hq, t = bt % T, b = bt / T;
+        double s = 0.0;
+        for (int d = 0; d < D; d++)
+            s += (double)dout[r * D + d] * out[r * D + d];
+        delta[(b * Hq + h) * T + t] = (float)s;
+    }
+    poison(gdq, nq);
+    poison(gdk, nkv);
+    poison(gdv, nkv);
+    run_backward<NCH>(gdq, gdk, gdv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, sp);
+    compare("flash backward dq", shape, gdq, dq, nq, 2e-2);
+    compare("flash backward dk", shape, gdk, dk, nkv, 2e-2);
+    compare("flash backward dv", shape, gdv, dv, nkv, 2e-2);
+
+    float *all[] = {q, k, v, dout, out, lse, got, got_lse, dq, dk, dv, gdq, gdk, gdv, delta};
+    for (float *p : all)
+        backend_free(cpu, p);
+}
+
+int main(void)
+{
+    pesc_error err;
+    gpu_test_seed();
+    if (!(cpu = backend_new("cpu", &err)))
+        gpu_test_die(&err);
+    // every head dimension; T inside a tile, on a tile's edge, across several; GQA groups of
+    // 1, 2 and 4; windows shorter and longer than a tile; packed documents
+    test_shape<2>(2, 100, 4, 2, 0, false);
+    test_shape<4>(2, 130, 4, 1, 0, true);
+    test_shape<6>(1, 200, 2, 2, 33, false);
+    test_shape<8>(1, 150, 4, 2, 17, true);
+    test_shape<4>(1, 40, 2, 1, 0, false);
+    test_shape<4>(1, 64, 2, 2, 0, true);
+    test_shape<2>(1, 260, 2, 1, 90, true);
+    backend_delete(cpu);
+    printf("%s\n", gpu_test_failures ? "FAILED" : "all passed");
+    return gpu_test_failures ? 1 : 0;
+}
