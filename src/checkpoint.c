@@ -52,6 +52,8 @@ static char *state_json(const checkpoint_state *st)
     if (st->best_step >= 0) {
         json_object_set_new(o, "best_eval_loss", json_real(st->best_eval_loss));
         json_object_set_new(o, "best_step", json_integer(st->best_step));
+        if (st->best_eval_data)
+            json_object_set_new(o, "best_eval_data", hex64(st->best_eval_data));
     }
     json_object_set_new(o, "base_fingerprint", hex64(st->base_fingerprint));
     json_t *run = json_object();
@@ -186,6 +188,8 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->best_step = json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, 0) : -1;
     st->best_eval_loss = st->best_step >= 0 ? read_number(&r, o, "best_eval_loss", REQUIRED)
                                             : 0.0;
+    st->best_eval_data = st->best_step >= 0 && json_object_get(o, "best_eval_data")
+                             ? read_hex(&r, o, "best_eval_data") : 0;
     st->base_fingerprint = read_hex(&r, o, "base_fingerprint");
     json_t *run = json_object_get(o, "run");
     if (!json_is_object(run))

@@ -43,6 +43,8 @@ typedef struct checkpoint_state {
      * none yet, or not kept) */
     double best_eval_loss;
     long best_step;
+    uint64_t best_eval_data;     /* ds_records_hash of the held-out records that loss is on;
+                                    0: not recorded (a checkpoint from before it was) */
     double run_lr, run_aux_coef; /* the run's --lr and --aux-coef, before any live change;
                                     -1: not recorded */
     uint64_t seed;

@@ -1516,10 +1516,15 @@ static uint64_t fingerprint(const dataset *ds)
  * cursor from before it was kept holds). */
 static uint64_t content_hash(const dataset *ds)
 {
+    return ds_records_hash(ds->rec.items, ds->rec.n);
+}
+
+uint64_t ds_records_hash(const ds_record *items, int n)
+{
     const uint64_t prime = 0x100000001b3ull;
     uint64_t h = 0xcbf29ce484222325ull;
-    for (int i = 0; i < ds->rec.n; i++) {
-        const ds_record *r = &ds->rec.items[i];
+    for (int i = 0; i < n; i++) {
+        const ds_record *r = &items[i];
         h = (h ^ (uint64_t)r->source) * prime;
         h = (h ^ (uint64_t)r->len) * prime;
         for (int t = 0; t < r->len; t++)

@@ -74,6 +74,9 @@ typedef struct ds_records {
  * Reads the labels up to there, the prompt, no further. */
 int ds_record_first_predicted(const ds_record *r);
 
+/* A hash of n records' sources, lengths, ids and labels, in order; never 0. */
+uint64_t ds_records_hash(const ds_record *items, int n);
+
 /* A format is an index into a registry; the built-ins hold these fixed places in every one,
  * formats added by plugins follow them. */
 typedef enum ds_format {

@@ -66,6 +66,7 @@ struct session {
     const ds_record *eval;
     int n_eval;
     int *eval_order;             /* the records longest first: a pass is as long as its first */
+    uint64_t eval_hash;          /* ds_records_hash of them: which data a best loss is on */
     long eval_every;
     int eval_requested;          /* the eval command: after the next step */
     /* --keep-best: the lowest held-out loss so far; the step of save_dir/best (-1: none),
@@ -671,6 +672,7 @@ static void fill_state(session *s, checkpoint_state *st)
     /* what save_dir/best holds once this save is in: this one when it is for a new lowest */
     st->best_step = s->best_due ? s->step : s->best_kept;
     st->best_eval_loss = s->best_due ? s->best_eval : s->best_kept_loss;
+    st->best_eval_data = s->eval_hash;
     st->run_lr = s->cfg.optim.lr;
     st->run_aux_coef = s->cfg.pesc.aux_coef;
     st->seed = s->cfg.seed;
@@ -1187,6 +1189,7 @@ static int open_eval(session *s, pesc_error *err)
         return pesc_fail(err, "%s: %s", what, s->n_eval == 0 ? "no records to score"
                          : "no record has a trained token within --seq (an answer, or text): "
                          "nothing to score");
+    s->eval_hash = ds_records_hash(s->eval, s->n_eval);
     eval_entry *order = xmalloc((size_t)s->n_eval * sizeof *order);
     for (int i = 0; i < s->n_eval; i++)
         order[i] = (eval_entry){s->eval[i].len, i};
@@ -1354,18 +1357,24 @@ static int resume(session *s, pesc_error *err)
     if (!new_aux)
         s->m.pesc.aux_coef = (float)st.aux_coef;
     else if ((float)st.aux_coef != s->m.pesc.aux_coef && at < n)
-        snprintf(s->resume_note + at, n - at, "%s--aux-coef %g replaces the checkpoint's %g "
-                 "(leave --aux-coef out to keep it)", at ? "; " : "", (double)s->m.pesc.aux_coef,
-                 st.aux_coef);
+        at += (size_t)snprintf(s->resume_note + at, n - at, "%s--aux-coef %g replaces the "
+                               "checkpoint's %g (leave --aux-coef out to keep it)",
+                               at ? "; " : "", (double)s->m.pesc.aux_coef, st.aux_coef);
     s->m.rng = st.model_rng;
     s->tokens = st.tokens;
     s->elapsed_before = st.elapsed_s;
     s->nan_skipped = st.nan_skipped;
     /* the run's best so far: a new one must beat it; a branch saved elsewhere starts its own
-     * DIR/best, since the old best is not in its directory */
-    if (st.best_step >= 0 && own) {
+     * DIR/best, since the old best is not in its directory; and a loss on other held-out
+     * data is no measure to beat, so the best starts afresh (the note says which it was) */
+    int same_data = !st.best_eval_data || !s->eval_hash || st.best_eval_data == s->eval_hash;
+    if (st.best_step >= 0 && own && same_data) {
         s->best_kept = st.best_step;
         s->best_kept_loss = s->best_eval = st.best_eval_loss;
+    } else if (st.best_step >= 0 && own && s->cfg.keep_best && at < n) {
+        snprintf(s->resume_note + at, n - at, "%sthe held-out data differ from those of the "
+                 "best loss so far (%.4f at step %ld): %.200s/best starts afresh from the next "
+                 "evaluation", at ? "; " : "", st.best_eval_loss, st.best_step, s->cfg.save_dir);
     }
     rc = 0;
 out:

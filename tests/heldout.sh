@@ -167,6 +167,25 @@ grep -q "^save dir .*; best -> $target\$" "$tmp/inspect" &&
 [ -L "$tmp/branch/best" ] && [ "$(readlink "$tmp/branch/best")" = step-00000007 ] &&
   pass "a branch saved elsewhere: its DIR/best is its own, from its first evaluation" ||
   fail "a branch with --keep-best: $(ls -l "$tmp/branch" 2>&1) $(head -c 200 "$tmp/err")"
+# resumed in place on the same held-out data, a new best must beat the old (the loss rises
+# at this rate); on other held-out data the old loss is no measure, and the best starts afresh
+for data in same other; do
+  rm -rf "$tmp/again"
+  cp -R "$tmp/best" "$tmp/again"
+  heldout="$tmp/heldout.jsonl"
+  [ $data = other ] && head -n 6 "$tmp/heldout.jsonl" >"$tmp/heldout6.jsonl" && heldout="$tmp/heldout6.jsonl"
+  # shellcheck disable=SC2086
+  "$pesc" train --headless $common --lr 5e-2 --steps 8 --eval-data "$heldout" --eval-every 1 \
+    --save "$tmp/again" --keep-best --resume "$tmp/again/step-00000006" --log "$tmp/again.jsonl" >/dev/null 2>"$tmp/err"
+  status=$?
+  want=$(printf 'step-%08d' "$lowest")
+  [ $data = other ] && want=step-00000007
+  noted=$(grep -c '"text":"[^"]*the held-out data differ from those of the best loss so far' "$tmp/again.jsonl")
+  [ $status -eq 0 ] && [ "$(readlink "$tmp/again/best")" = "$want" ] &&
+    [ "$noted" = "$([ $data = other ] && echo 1 || echo 0)" ] &&
+    pass "resumed in place on the $data held-out data: best -> $want$([ $data = other ] && echo ', with a note')" ||
+    fail "resumed in place on the $data held-out data: exit $status, best -> '$(readlink "$tmp/again/best")', notes $noted: $(head -c 200 "$tmp/err")"
+done
 # shellcheck disable=SC2086
 expect 2 "\-\-keep-best keeps the checkpoint of the lowest held-out loss: it needs \-\-save DIR" \
   "--keep-best without held-out data" -- "$pesc" train --headless $common --save "$tmp/x" --keep-best
