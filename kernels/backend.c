@@ -272,6 +272,11 @@ void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float 
     PROFILED(b, __func__, b->ops->moe_route_forward(b->context, topk_idx, topk_w, probs, lse, logits, N, E, K));
 }
 
+void moe_group(pesc_backend *b, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S)
+{
+    PROFILED(b, __func__, b->ops->moe_group(b->context, perm, stats, topk_idx, topk_w, probs, lse, sources, N, E, K, S));
+}
+
 void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K)
 {
     PROFILED(b, __func__, b->ops->moe_route_backward(b->context, dlogits, dtopk_w, topk_idx, topk_w, probs, lse, aux_grad, z_scale, N, E, K));

@@ -131,6 +131,22 @@ void crossentropy_forward(pesc_backend *b, float *losses, const float *logits,
 void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float *probs,
                        float *lse, const float *logits, int N, int E, int K);
 
+/* One layer's (token, slot) pairs grouped by expert, and the routing statistics, for the host
+ * to take in one small download (the group sizes decide the adapters' product shapes: on a
+ * GPU that download is the one wait of a layer's forward).
+ *   perm (N*K): the pairs p = n*K + j expert by expert, each expert's in increasing order
+ *   stats (MOE_STATS(E, K, S) doubles): for each expert e, [e] its pairs, [E + e] its first
+ *   choices (slot 0), [2E + e] the sum of their gate weights, [3E + e] the sum over tokens of
+ *   probs[n][e]; [4E] the sum over tokens of the entropy of probs[n] (natural log), [4E + 1]
+ *   the sum of lse[n]^2; [4E + 2 + j] the last token's expert in slot j; then (S, E): the
+ *   pairs by the source of their token, sources (N) (-1, or S and above: counted nowhere;
+ *   NULL with S = 0).
+ * topk_idx, topk_w, probs and lse as moe_route_forward left them. */
+#define MOE_STATS(E, K, S) (4 * (size_t)(E) + 2 + (size_t)(K) + (size_t)(S) * (size_t)(E))
+void moe_group(pesc_backend *b, int32_t *perm, double *stats, const int32_t *topk_idx,
+               const float *topk_w, const float *probs, const float *lse,
+               const int32_t *sources, int N, int E, int K, int S);
+
 /* Gradient of the router logits (overwritten, (N, E)) from the gate weights' gradient
  * dtopk_w (N, K), the load-balancing term and the z-loss term:
  *   through w = softmax(logits[topk]):  dr_T = w * (dw - sum(w * dw))

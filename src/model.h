@@ -79,6 +79,8 @@ typedef struct model_activations {
     int32_t *tokens, *targets, *pos;   /* (N) */
     int32_t *seg;                /* (N) row position where each token's document starts */
     int packed;                  /* seg is in use */
+    int32_t *sources;            /* (N) the --data source of each token (PESC, with a layout) */
+    double *route_stats;         /* MOE_STATS(E, K, MODEL_MAX_SOURCES): a layer's moe_group */
     /* gradients (training only) */
     float *dx, *dxn, *dh;        /* (N, C) */
     float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D) */
@@ -97,8 +99,9 @@ typedef struct model_losses {
     long long targets;           /* counted (non-ignored) targets */
 } model_losses;
 
-/* Routing of the last forward, counted on the host while grouping tokens (free: the counts
- * are needed for the GEMM shapes anyway). L = n_layers, E = experts. */
+/* Routing of the last forward, counted on the backend while grouping tokens (moe_group; the
+ * host takes them with the group sizes, which it needs for the GEMM shapes anyway).
+ * L = n_layers, E = experts. MODEL_MAX_SOURCES is also the CUDA kernels' GROUP_MAX_SOURCES. */
 #define MODEL_MAX_SOURCES 16
 typedef struct model_routing {
     int *counts;                 /* (L, E) (token, slot) assignments */

@@ -71,7 +71,6 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         size_t E = (size_t)m->pesc.experts, K = (size_t)m->pesc.top_k;
         size_t R = (size_t)m->pesc.adapter_dim;
         want(c, &a->router_logits, N * E);
-        /* these four one after another: route_layer downloads them as one span */
         want(c, &a->probs, N * E);
         want(c, &a->router_lse, N);
         want(c, &a->topk_idx, N * K);
@@ -163,6 +162,10 @@ static size_t plan_activations(model *m, carver *c, model_activations *a, layer_
     want(c, &a->targets, n);
     want(c, &a->pos, n);
     want(c, &a->seg, n);
+    if (m->crafted) {
+        want(c, &a->sources, n);
+        want(c, &a->route_stats, 2 * MOE_STATS(m->pesc.experts, m->pesc.top_k, MODEL_MAX_SOURCES));
+    }
     if (training)
         want_gradients(m, c, n);
     size_t total = 0;
@@ -306,111 +309,63 @@ static void linear_backward(model *m, int l, int site, layer_acts *a, float *din
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
-/* The statistics of DESIGN section 2, taken from what grouping downloads anyway. */
-static int *count_routing(model *m, int l, const int32_t *idx, const float *w, const float *probs,
-                          int N)
+/* The statistics of DESIGN section 2 and the layer's aux and z losses, from moe_group's. */
+static void take_routing(model *m, int l, const double *st, int N, int S)
 {
     model_routing *r = &m->routing;
     int E = m->pesc.experts, K = m->pesc.top_k, L = m->config.n_layers;
-    int *counts = r->counts + (size_t)l * E, *first = r->first + (size_t)l * E;
-    double *gate = r->gate_sum + (size_t)l * E;
-    memset(counts, 0, (size_t)E * sizeof *counts);
-    memset(first, 0, (size_t)E * sizeof *first);
-    memset(gate, 0, (size_t)E * sizeof *gate);
-    for (int s = 0; s < MODEL_MAX_SOURCES; s++)
-        memset(r->source_counts + ((size_t)s * L + l) * E, 0, (size_t)E * sizeof(int));
-    if (l == 0)
-        r->n_sources = 0;
-    double entropy = 0.0;
-    for (int n = 0; n < N; n++) {
-        int src = m->cur_sources ? m->cur_sources[n] : -1;
-        for (int j = 0; j < K; j++) {
-            int e = idx[n * K + j];
-            counts[e]++;
-            first[e] += j == 0;
-            gate[e] += w[n * K + j];
-            if (src >= 0 && src < MODEL_MAX_SOURCES)
-                r->source_counts[((size_t)src * L + l) * E + e]++;
-        }
-        if (src >= r->n_sources && src < MODEL_MAX_SOURCES)
-            r->n_sources = src + 1;
-        for (int e = 0; e < E; e++) {
-            double p = probs[(size_t)n * E + e];
-            entropy -= p > 0 ? p * log(p) : 0.0;
-        }
+    const double *by_source = st + 4 * E + 2 + K;
+    for (int e = 0; e < E; e++) {
+        r->counts[(size_t)l * E + e] = (int)st[e];
+        r->first[(size_t)l * E + e] = (int)st[E + e];
+        r->gate_sum[(size_t)l * E + e] = st[2 * E + e];
+        for (int s = 0; s < MODEL_MAX_SOURCES; s++)
+            r->source_counts[((size_t)s * L + l) * E + e] = s < S ? (int)by_source[(size_t)s * E + e] : 0;
     }
-    r->entropy[l] = entropy / N;
+    r->entropy[l] = st[4 * E] / N;
     r->tokens = N;
-    memcpy(r->last_experts + (size_t)l * K, idx + (size_t)(N - 1) * K, (size_t)K * sizeof *idx);
-    return counts;
+    for (int j = 0; j < K; j++)
+        r->last_experts[(size_t)l * K + j] = (int32_t)st[4 * E + 2 + j];
+    /* Switch loss: alpha * E * sum_i f_i P_i; z-loss: z * mean(lse^2) */
+    double aux = 0.0;
+    for (int e = 0; e < E; e++)
+        aux += st[e] / (N * K) * (st[3 * E + e] / N);
+    m->losses.aux += m->pesc.aux_coef * E * aux;
+    m->losses.z += m->pesc.z_coef * st[4 * E + 1] / N;
 }
 
-/* Groups (token, slot) pairs by expert with a counting sort, on the host: the group sizes
- * decide the GEMM shapes, so they are needed here anyway (on a GPU this is the one place a
- * step waits for the device). Also takes the load-balancing and z-loss values and the routing
- * statistics. replay: the layer's forward again for the backward pass (recomputation): the
- * same grouping and dropout mask, and nothing counted twice. */
+/* Groups (token, slot) pairs by expert on the backend (moe_group) and takes the group sizes,
+ * which decide the GEMM shapes, with the statistics in one small download: on a GPU the one
+ * place a layer's forward waits for the device. replay: the layer's forward again for the
+ * backward pass (recomputation): the same grouping and dropout mask, nothing counted twice,
+ * and no wait (the sizes are the forward's). */
 static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int replay)
 {
     pesc_backend *b = m->backend;
-    int E = m->pesc.experts, K = m->pesc.top_k, NK = N * K;
-    int32_t *perm = xmalloc((size_t)NK * sizeof *perm);
-    /* one download (each is a round trip to a GPU): the top-k choices alone when replaying;
-     * otherwise the span that want_layer carves probs, router_lse, topk_idx and topk_w in */
-    const char *lo = (const char *)a->topk_idx, *hi = (const char *)(a->topk_idx + NK);
+    model_activations *g = &m->act;
+    int E = m->pesc.experts, K = m->pesc.top_k, S = m->cur_sources ? MODEL_MAX_SOURCES : 0;
+    moe_group(b, a->perm, g->route_stats, a->topk_idx, a->topk_w, a->probs, a->router_lse,
+              S ? g->sources : NULL, N, E, K, S);
     if (!replay) {
-        const char *starts[] = {(const char *)a->probs, (const char *)a->router_lse,
-                                (const char *)a->topk_w};
-        const char *ends[] = {(const char *)(a->probs + (size_t)N * E),
-                              (const char *)(a->router_lse + N), (const char *)(a->topk_w + NK)};
-        for (int i = 0; i < 3; i++) {
-            lo = starts[i] < lo ? starts[i] : lo;
-            hi = ends[i] > hi ? ends[i] : hi;
-        }
+        size_t n = MOE_STATS(E, K, S);
+        double *st = xmalloc(n * sizeof *st);
+        backend_download(b, st, g->route_stats, n * sizeof *st);
+        take_routing(m, l, st, N, S);
+        free(st);
     }
-    char *host = xmalloc((size_t)(hi - lo));
-    backend_download(b, host, lo, (size_t)(hi - lo));
-#define ROUTING_VIEW(type, device) ((type *)(host + ((const char *)(device) - lo)))
-    int32_t *idx = ROUTING_VIEW(int32_t, a->topk_idx);
-    int *counts = replay ? m->routing.counts + (size_t)l * E : NULL;
-    const float *probs = replay ? NULL : ROUTING_VIEW(const float, a->probs);
-    if (!replay)
-        counts = count_routing(m, l, idx, ROUTING_VIEW(const float, a->topk_w), probs, N);
+    const int *counts = m->routing.counts + (size_t)l * E;
     int *off = a->offsets;
     off[0] = 0;
     for (int e = 0; e < E; e++)
         off[e + 1] = off[e] + counts[e];
-    int *fill = xmalloc((size_t)E * sizeof *fill);
-    memcpy(fill, off, (size_t)E * sizeof *fill);
-    for (int i = 0; i < NK; i++)
-        perm[fill[idx[i]]++] = i;
-    backend_upload(b, a->perm, perm, (size_t)NK * sizeof *perm);
-    free(fill);
-    free(perm);
-    if (!replay) {
-        /* Switch loss: alpha * E * sum_i f_i P_i; z-loss: z * mean(lse^2) */
-        const float *lse = ROUTING_VIEW(const float, a->router_lse);
-        double aux = 0.0, z = 0.0;
-        for (int e = 0; e < E; e++) {
-            double mean_p = 0.0;
-            for (int n = 0; n < N; n++)
-                mean_p += probs[(size_t)n * E + e];
-            aux += (double)counts[e] / NK * (mean_p / N);
-        }
-        for (int n = 0; n < N; n++)
-            z += (double)lse[n] * lse[n];
-        m->losses.aux += m->pesc.aux_coef * E * aux;
-        m->losses.z += m->pesc.z_coef * z / N;
-    }
-#undef ROUTING_VIEW
-    free(host);
     if (dropout && a->mask) {
         /* one draw per mask; the backend makes it from the seed (on the GPU, on the GPU), and
          * recomputation draws the same mask again from the seed kept for the layer */
         uint64_t seed = replay ? m->act.mask_seed[l] : pesc_splitmix64(&m->rng);
         if (m->act.mask_seed)
             m->act.mask_seed[l] = seed;
-        dropout_mask(b, a->mask, (size_t)NK * m->config.hidden_size, m->pesc.adapter_dropout, seed);
+        dropout_mask(b, a->mask, (size_t)N * K * m->config.hidden_size,
+                     m->pesc.adapter_dropout, seed);
     }
 }
 
@@ -511,6 +466,15 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
         backend_upload(m->backend, a->seg, pos, (size_t)N * sizeof *pos);
     }
     m->cur_sources = layout ? layout->sources : NULL;
+    if (m->crafted) {
+        /* the sources seen (max index + 1), and each token's on the backend for moe_group */
+        m->routing.n_sources = 0;
+        for (int i = 0; m->cur_sources && i < N; i++)
+            if (m->cur_sources[i] >= m->routing.n_sources && m->cur_sources[i] < MODEL_MAX_SOURCES)
+                m->routing.n_sources = m->cur_sources[i] + 1;
+        if (m->cur_sources)
+            backend_upload(m->backend, a->sources, m->cur_sources, (size_t)N * sizeof(int32_t));
+    }
     backend_upload(m->backend, a->tokens, tokens, (size_t)N * sizeof *tokens);
     free(pos);
     m->B = B;

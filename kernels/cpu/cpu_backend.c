@@ -80,6 +80,7 @@ static const backend_ops cpu_ops = {
     .residual_forward = cpu_residual_forward,
     .crossentropy_forward = cpu_crossentropy_forward,
     .moe_route_forward = cpu_moe_route_forward,
+    .moe_group = cpu_moe_group,
     .moe_route_backward = cpu_moe_route_backward,
     .moe_adapter_forward = cpu_moe_adapter_forward,
     .moe_adapter_backward = cpu_moe_adapter_backward,

@@ -5,6 +5,7 @@
  * gather -> GEMM -> GELU -> GEMM -> weighted scatter-add. Nothing is computed for experts a
  * token did not pick. */
 #include "cpu/cpu_ops.h"
+#include "backend.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -69,6 +70,46 @@ void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
         for (int j = 0; j < K; j++)
             dr[topk_idx[(size_t)n * K + j]] += (float)(w[j] * (dw[j] - wdw));
     }
+}
+
+/* One pass over the pairs and one over the tokens, in order (each sum adds in token order),
+ * then a counting sort. */
+void cpu_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx,
+                   const float *topk_w, const float *probs, const float *lse,
+                   const int32_t *sources, int N, int E, int K, int S)
+{
+    (void)ctx;
+    assert(E >= 1 && E <= MAX_EXPERTS && K >= 1 && N >= 1);
+    memset(stats, 0, MOE_STATS(E, K, S) * sizeof *stats);
+    double *count = stats, *first = stats + E, *gate = stats + 2 * E, *prob = stats + 3 * E;
+    double *by_source = stats + 4 * E + 2 + K;
+    size_t NK = (size_t)N * K;
+    for (size_t p = 0; p < NK; p++) {
+        int e = topk_idx[p], src = sources ? sources[p / K] : -1;
+        count[e] += 1.0;
+        first[e] += p % K == 0;
+        gate[e] += topk_w[p];
+        if (src >= 0 && src < S)
+            by_source[(size_t)src * E + e] += 1.0;
+    }
+    double entropy = 0.0, z = 0.0;
+    for (int n = 0; n < N; n++) {
+        for (int e = 0; e < E; e++) {
+            double p = probs[(size_t)n * E + e];
+            prob[e] += p;
+            entropy -= p > 0 ? p * log(p) : 0.0;
+        }
+        z += (double)lse[n] * lse[n];
+    }
+    stats[4 * E] = entropy;
+    stats[4 * E + 1] = z;
+    for (int j = 0; j < K; j++)
+        stats[4 * E + 2 + j] = topk_idx[(size_t)(N - 1) * K + j];
+    size_t fill[MAX_EXPERTS];
+    for (int e = 0, at = 0; e < E; at += (int)count[e], e++)
+        fill[e] = (size_t)at;
+    for (size_t p = 0; p < NK; p++)
+        perm[fill[topk_idx[p]]++] = (int32_t)p;
 }
 
 static double gelu(double x) { return 0.5 * x * (1.0 + erf(x * M_SQRT1_2)); }

@@ -40,6 +40,7 @@ void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y,
 void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
 void cpu_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, int N, int E, int K);
 void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
+void cpu_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S);
 void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, float *act, float *scratch, const float *h, const float *mask, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);
 void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, float *dtopk_w, float *scratch, float *scratch_r, const float *dy, const float *gathered, const float *pre, const float *act, const float *mask, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);
 void cpu_embedding_backward(void *ctx, float *dtable, const float *dout, const int32_t *tokens, int N, int C);

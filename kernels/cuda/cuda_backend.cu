@@ -424,6 +424,7 @@ static const backend_ops cuda_ops = {
     .residual_forward = cuda_residual_forward,
     .crossentropy_forward = cuda_crossentropy_forward,
     .moe_route_forward = cuda_moe_route_forward,
+    .moe_group = cuda_moe_group,
     .moe_route_backward = cuda_moe_route_backward,
     .moe_adapter_forward = cuda_moe_adapter_forward,
     .moe_adapter_backward = cuda_moe_adapter_backward,

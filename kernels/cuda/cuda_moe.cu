@@ -1,10 +1,11 @@
 // cuda_moe — PESC routing and the expert adapters on the GPU.
 //
 // Routing (top-k, gate softmax, softmax over all experts, log-sum-exp) and its backward run
-// one thread per token. The grouping of (token, slot) pairs by expert happens on the host in
-// model_forward.c's route_layer, which downloads the routing anyway for its statistics: that
-// download is the step's one synchronisation per layer; `offsets` arrive in host memory and
-// fix the product shapes here without another wait.
+// one thread per token. The grouping of (token, slot) pairs by expert and the routing
+// statistics are computed here too (moe_group, cuda_group.cuh); model_forward.c's route_layer
+// downloads the statistics with the group sizes, MOE_STATS doubles: that download is a
+// forward's one wait per layer (a recomputed layer's replay waits for nothing). `offsets`
+// arrive in host memory and fix the product shapes here without another wait.
 //
 // The adapters of one layer: gather the routed rows (with the dropout mask) into expert order,
 // one product per expert for D_e and for U_e (cuBLAS, bf16 operands with fp32 accumulation by
@@ -13,6 +14,7 @@
 // adapter outputs in slot order. The combine reads through the inverse permutation, so no two
 // threads add into one element and the result is deterministic.
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_group.cuh"
 
 
 // ---- routing --------------------------------------------------------------------------------
@@ -175,6 +177,24 @@ __global__ void adapter_pair_kernel(float *dtopk_w, float *p, float *dyg, const 
         dyj[col] *= w;
     if (threadIdx.x == 0)
         dtopk_w[pair] = scale * dw;
+}
+
+extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx,
+                               const float *topk_w, const float *probs, const float *lse,
+                               const int32_t *sources, int N, int E, int K, int S)
+{
+    CUDA_OP(ctx);
+    if (N <= 0 || S > GROUP_MAX_SOURCES) {
+        if (S > GROUP_MAX_SOURCES)
+            cuda_check_rc(c, cudaErrorInvalidValue, "moe_group: more sources than 16", __FILE__,
+                          __LINE__);
+        return;
+    }
+    group_stats_kernel<<<E + 1, GROUP_THREADS, group_stats_shared(S), c->stream>>>(
+        stats, topk_idx, topk_w, probs, lse, S ? sources : NULL, N, E, K, S);
+    group_perm_kernel<<<E, GROUP_THREADS, group_perm_shared(), c->stream>>>(perm, stats,
+                                                                           topk_idx, N * K);
+    CUDA_LAUNCHED(c);
 }
 
 // ---- the adapters ---------------------------------------------------------------------------
