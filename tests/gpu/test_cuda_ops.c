@@ -382,17 +382,28 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
     moe_route_backward(gpu, G(dlogits), G(dw), GI(idx), G(w), G(probs), G(lse), G(aux), 0.01f, N, E, K);
     compare("moe_route_backward dlogits", dlogits, 1e-5);
 
-    /* group the pairs by expert as route_layer does */
-    int *offsets = calloc((size_t)E + 1, sizeof *offsets), *fill = calloc((size_t)E, sizeof *fill);
+    /* the pairs grouped by expert, with the statistics, on both (sources from -1, padding,
+     * to S, one past the counted); the adapters then get the CPU's grouping */
+    const int S = 3;
+    size_t ns = MOE_STATS(E, K, S);
+    twin sources = twin_ints(N, -1, S), stats = twin_alloc(ns * sizeof(double));
     twin perm = twin_alloc((size_t)NK * sizeof(int32_t));
-    for (int i = 0; i < NK; i++)
-        offsets[FI(idx)[i] + 1]++;
+    moe_group(cpu, FI(perm), (double *)stats.c, FI(idx), F(w), F(probs), F(lse), FI(sources), N,
+              E, K, S);
+    moe_group(gpu, GI(perm), (double *)stats.g, GI(idx), G(w), G(probs), G(lse), GI(sources), N,
+              E, K, S);
+    compare_ints("moe_group perm", perm);
+    double *got = malloc(ns * sizeof *got), worst = 0.0;
+    backend_download(gpu, got, stats.g, ns * sizeof *got);
+    for (size_t i = 0; i < ns; i++) {
+        double want = ((double *)stats.c)[i];
+        worst = fmax(worst, isfinite(got[i]) ? fabs(got[i] - want) / (fabs(want) + 1e-30) : INFINITY);
+    }
+    gpu_test_verdict(worst <= 1e-12, "moe_group stats", worst, "relative, <= 1e-12");
+    free(got);
+    int *offsets = calloc((size_t)E + 1, sizeof *offsets);
     for (int e = 0; e < E; e++)
-        offsets[e + 1] += offsets[e];
-    memcpy(fill, offsets, (size_t)E * sizeof *fill);
-    for (int i = 0; i < NK; i++)
-        FI(perm)[fill[FI(idx)[i]]++] = i;
-    twin_sync(perm);
+        offsets[e + 1] = offsets[e] + (int)((double *)stats.c)[e];
     twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
     twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
     twin mask = twin_alloc((size_t)NK * C * sizeof(float));
@@ -427,7 +438,8 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
     compare("moe_adapter_backward dup (accumulated)", dup, tol);
     compare("moe_adapter_backward dtopk_w", dtopk, tol);
     free(offsets);
-    free(fill);
+    twin_free(sources);
+    twin_free(stats);
     twin_free(logits); twin_free(idx); twin_free(w); twin_free(probs); twin_free(lse);
     twin_free(dw); twin_free(aux); twin_free(dlogits); twin_free(perm); twin_free(h);
     twin_free(down); twin_free(up); twin_free(y); twin_free(mask); twin_free(gathered);
