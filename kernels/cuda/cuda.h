@@ -30,8 +30,9 @@ typedef struct cuda_module {
     int (*device_query)(int index, cuda_device_info *info, pesc_error *err);
     /* The dense-product rate of cuBLAS on device 0 (tests/gpu/gemm_peak,
      * tests/gpu/device-check): the median of `reps` timed (M x K) @ (K x N) products on random
-     * data with fp32 accumulation. precision: "bf16" (bf16 in and out), "tf32" or "fp32" (fp32
-     * in and out). Returns TFLOP/s, or -1 with a message. */
+     * data with fp32 accumulation. precision: "bf16" (bf16 in and out), "tf32", "fast-bf16"
+     * (rounded to bf16 inside cuBLAS) or "fp32" (fp32 in and out). Returns TFLOP/s, or -1 with
+     * a message. */
     double (*gemm_rate)(int M, int N, int K, const char *precision, int reps, pesc_error *err);
     /* The backend's table and context on device PESC_CUDA_DEVICE, or -1 with a message. */
     int (*backend_init)(const struct backend_ops **ops, void **ctx, pesc_error *err);

@@ -254,8 +254,9 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (math != CUDA_MATH_BF16) {
-        cublasComputeType_t compute = math == CUDA_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                 : CUBLAS_COMPUTE_32F;
+        cublasComputeType_t compute = math == CUDA_MATH_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                      : math == CUDA_MATH_FAST_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                    : CUBLAS_COMPUTE_32F;
         CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb,
                                      A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute,
                                      CUBLAS_GEMM_DEFAULT));
@@ -456,8 +457,10 @@ static int parse_math(const char *s, int *math, pesc_error *err)
         *math = CUDA_MATH_BF16;
     else if (strcmp(s, "fp32") == 0)
         *math = CUDA_MATH_FP32;
+    else if (strcmp(s, "fast-bf16") == 0)
+        *math = CUDA_MATH_FAST_BF16;
     else
-        return pesc_fail(err, "PESC_CUDA_MATH=%s: choose bf16, tf32 or fp32", s);
+        return pesc_fail(err, "PESC_CUDA_MATH=%s: choose tf32, bf16, fast-bf16 or fp32", s);
     return 0;
 }
 
@@ -531,7 +534,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double)))) {
         c->max_shared = (int)prop.sharedMemPerBlockOptin;
         c->flash_ok = c->attention == CUDA_ATTENTION_FLASH && cuda_flash_available(c, prop.major);
-        static const char *const math_names[] = {"bf16", "tf32", "fp32"};
+        static const char *const math_names[] = {"bf16", "tf32", "fp32", "fast-bf16"};
         const char *attention = c->attention == CUDA_ATTENTION_GEMM ? "gemm"
                                 : c->flash_ok ? "flash"
                                 : c->attention == CUDA_ATTENTION_FLASH ? "fused (flash needs sm_80)"

@@ -52,8 +52,10 @@ extern "C" double cuda_gemm_rate(int M, int N, int K, const char *precision, int
                                  pesc_error *err)
 {
     bool bf16 = strcmp(precision, "bf16") == 0, tf32 = strcmp(precision, "tf32") == 0;
-    if (!bf16 && !tf32 && strcmp(precision, "fp32") != 0) {
-        pesc_fail(err, "gemm rate: unknown precision '%s' (bf16, tf32, fp32)", precision);
+    bool fast_bf16 = strcmp(precision, "fast-bf16") == 0;   // fp32 in memory, bf16 in the math
+    if (!bf16 && !tf32 && !fast_bf16 && strcmp(precision, "fp32") != 0) {
+        pesc_fail(err, "gemm rate: unknown precision '%s' (bf16, fast-bf16, tf32, fp32)",
+                  precision);
         return -1.0;
     }
     size_t elem = bf16 ? sizeof(__nv_bfloat16) : sizeof(float);
@@ -65,7 +67,9 @@ extern "C" double cuda_gemm_rate(int M, int N, int K, const char *precision, int
     double result = -1.0;
     float alpha = 1.0f, beta = 0.0f;
     cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-    cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute = tf32        ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                  : fast_bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                              : CUBLAS_COMPUTE_32F;
     BENCH_CHECK(cudaSetDevice(0));
     BENCH_CHECK(cudaMalloc(&a, na * elem));
     BENCH_CHECK(cudaMalloc(&b, nb * elem));

@@ -10,7 +10,9 @@
 // Precision: every tensor the interface passes is float32 in device memory. Dense products
 // run on the tensor cores: TF32 (the default), or bf16 operands with fp32 accumulation and fp32
 // results (operands are converted inside the op, except those in the frozen region, whose bf16
-// mirror is made once), or plain fp32 (PESC_CUDA_MATH=tf32|bf16|fp32).
+// mirror is made once), or fp32 operands that cuBLAS rounds to bf16 in its own kernels
+// (CUBLAS_COMPUTE_32F_FAST_16BF: no conversion pass, no copies), or plain fp32
+// (PESC_CUDA_MATH=tf32|bf16|fast-bf16|fp32).
 // Products with at most 64 inputs or outputs (the router, both LoRA products) run in fp32.
 // Everything else (norms, softmaxes, attention, routing, AdamW) computes in fp32, with the
 // reductions that decide accuracy in fp32 or double.
@@ -26,7 +28,7 @@ extern "C" {
 #include "backend_impl.h"
 }
 
-enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32 };
+enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32, CUDA_MATH_FAST_BF16 };
 // Training attention (PESC_CUDA_ATTENTION): the fused fp32 kernels, cuBLAS products over tiles
 // of scores on the tensor cores, or bf16 flash attention on the tensor cores
 // (cuda_attention.cu and cuda_flash.cuh say which does what).

@@ -496,8 +496,12 @@ int main(void)
     gpu_again();
     test_attention_shapes("gemm bf16", 2e-2, 3e-2);
     gpu_finish();
+    /* fp32 operands rounded to bf16 inside cuBLAS; flash attention in bf16 */
+    setenv("PESC_CUDA_MATH", "fast-bf16", 1);
     setenv("PESC_CUDA_ATTENTION", "flash", 1);
     gpu_again();
+    test_matmul(300, 200, 150, bf16_tol, "fast-bf16");
+    test_moe(300, 8, 2, 96, 16, 1, bf16_tol);
     test_attention_flash();
     gpu_finish();
     backend_delete(cpu);
