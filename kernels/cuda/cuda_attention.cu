@@ -49,7 +49,8 @@ attention_forward_kernel(float *out, float *lse, const float *q, const float *k,
                          int T, int past, int kv_len, int Hq, int Hkv, int D, int window,
                          const int32_t *seg_start, float scale)
 {
-    extern __shared__ float smem[];
+    PESC_DYNAMIC_SHARED(att_smem);
+    float *smem = (float *)att_smem;
     float *qs = smem;                              // (ATT_QTILE, D)
     float *ks = qs + ATT_QTILE * D;                // (ATT_KTILE, D + 1): lane j reads row j
     float *vs = ks + ATT_KTILE * (D + 1);          // (ATT_KTILE, D)
@@ -181,8 +182,8 @@ static void launch_forward(cuda_context *c, float *out, float *lse, const float 
     if (!cuda_shared_limit(c, (const void *)attention_forward_kernel<NC>, smem))
         return;
     dim3 grid((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
-    attention_forward_kernel<NC><<<grid, ATT_WARPS * 32, smem, c->stream>>>(
-        out, lse, q, k, v, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D));
+    CUDA_LAUNCH(attention_forward_kernel<NC>, grid, ATT_WARPS * 32, smem, c->stream, out, lse, q, k,
+                v, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D));
     CUDA_LAUNCHED(c);
 }
 
@@ -268,7 +269,8 @@ attention_dq_kernel(float *dq, const float *dout, const float *q, const float *k
                     const float *lse, const float *delta, int T, int Hq, int Hkv, int D,
                     int window, const int32_t *seg_start, float scale)
 {
-    extern __shared__ float smem[];
+    PESC_DYNAMIC_SHARED(att_smem);
+    float *smem = (float *)att_smem;
     float *qs = smem;                              // (ATT_QTILE, D)
     float *dos = qs + ATT_QTILE * D;               // (ATT_QTILE, D)
     float *ks = dos + ATT_QTILE * D;               // (ATT_KTILE, D + 1)
@@ -374,7 +376,8 @@ attention_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, c
                       const float *v, const float *lse, const float *delta, int T, int Hq,
                       int Hkv, int D, int window, const int32_t *seg_start, float scale)
 {
-    extern __shared__ float smem[];
+    PESC_DYNAMIC_SHARED(att_smem);
+    float *smem = (float *)att_smem;
     float *ks = smem;                              // (ATT_KBLOCK, D)
     float *vs = ks + ATT_KBLOCK * D;               // (ATT_KBLOCK, D)
     float *qs = vs + ATT_KBLOCK * D;               // (ATT_RTILE, D + 1): lane i reads row i
@@ -499,11 +502,11 @@ static void launch_backward(cuda_context *c, float *dq, float *dk, float *dv, co
         !cuda_shared_limit(c, (const void *)attention_dkdv_kernel<NC>, smem_kv))
         return;
     dim3 grid_q((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
-    attention_dq_kernel<NC><<<grid_q, ATT_WARPS * 32, smem_dq, c->stream>>>(
-        dq, dout, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+    CUDA_LAUNCH(attention_dq_kernel<NC>, grid_q, ATT_WARPS * 32, smem_dq, c->stream, dq, dout, q, k,
+                v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
     dim3 grid_kv((T + ATT_KBLOCK - 1) / ATT_KBLOCK, Hkv, B);
-    attention_dkdv_kernel<NC><<<grid_kv, ATT_WARPS * 32, smem_kv, c->stream>>>(
-        dk, dv, dout, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+    CUDA_LAUNCH(attention_dkdv_kernel<NC>, grid_kv, ATT_WARPS * 32, smem_kv, c->stream, dk, dv,
+                dout, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
 
@@ -524,8 +527,8 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
     float *delta = (float *)cuda_op_work(c, rows * sizeof(float));
     if (!delta)
         return;
-    attention_delta_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, c->stream>>>(delta, dout, out,
-                                                                             B, T, Hq, D);
+    CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta, dout,
+                out, B, T, Hq, D);
     if (!CUDA_LAUNCHED(c))
         return;
     if (flash_takes(c, D, Hq, Hkv)) {
@@ -727,9 +730,9 @@ static void gather_qkv(cuda_context *c, float *qh, float *kh, float *vh, const f
                        const float *k, const float *v, int B, int T, int Hq, int Hkv, int D)
 {
     unsigned blocks = cuda_blocks((size_t)B * Hq * T * D, 256);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(qh, q, B, T, Hq, Hq, D, 1);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(kh, k, B, T, Hq, Hkv, D, Hq / Hkv);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(vh, v, B, T, Hq, Hkv, D, Hq / Hkv);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, qh, q, B, T, Hq, Hq, D, 1);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, kh, k, B, T, Hq, Hkv, D, Hq / Hkv);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, vh, v, B, T, Hq, Hkv, D, Hq / Hkv);
 }
 
 static unsigned tile_threads(int nk) { return nk >= 512 ? 256 : nk >= 128 ? 128 : 32; }
@@ -756,7 +759,8 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
         long long st = (long long)rows * nk;
         gemm_batched(c, 0, 1, rows, nk, D, scale, qh + off + (size_t)q0 * D, D, hs,
                      kh + off + (size_t)k0 * D, D, hs, 0.0f, s, nk, st, n);
-        tile_softmax_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(s, lse, ts);
+        CUDA_LAUNCH(tile_softmax_kernel, (unsigned)(n * rows), tile_threads(nk), 0, c->stream, s,
+                    lse, ts);
         if (!CUDA_LAUNCHED(c))
             return false;
         gemm_batched(c, 0, 0, rows, D, nk, 1.0f, s, nk, st, vh + off + (size_t)k0 * D, D, hs,
@@ -765,7 +769,7 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
     });
     if (c->failed)
         return;
-    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(out, oh, B, T, Hq, D, 1);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, out, oh, B, T, Hq, D, 1);
     CUDA_LAUNCHED(c);
 }
 
@@ -783,10 +787,10 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     float *kh = qh + nh, *vh = kh + nh, *doh = vh + nh, *dqh = doh + nh, *dkh = dqh + nh;
     float *dvh = dkh + nh, *s = dvh + nh, *dp = s + tile, *delta = dp + tile;
     unsigned blocks = cuda_blocks(nh, 256);
-    attention_delta_kernel<<<(unsigned)((rows_all + 7) / 8), 256, 0, c->stream>>>(delta, dout,
-                                                                                 out, B, T, Hq, D);
+    CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows_all + 7) / 8), 256, 0, c->stream, delta,
+                dout, out, B, T, Hq, D);
     gather_qkv(c, qh, kh, vh, q, k, v, B, T, Hq, Hkv, D);
-    heads_gather_kernel<<<blocks, 256, 0, c->stream>>>(doh, dout, B, T, Hq, Hq, D, 1);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, doh, dout, B, T, Hq, Hq, D, 1);
     if (!CUDA_LAUNCHED(c) ||
         !CUDA_CHECK(c, cudaMemsetAsync(dkh, 0, 2 * nh * sizeof(float), c->stream)))   // dkh, dvh
         return;
@@ -799,8 +803,8 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
         const float *kc = kh + off + (size_t)k0 * D, *vc = vh + off + (size_t)k0 * D;
         gemm_batched(c, 0, 1, rows, nk, D, scale, qc, D, hs, kc, D, hs, 0.0f, s, nk, st, n);
         gemm_batched(c, 0, 1, rows, nk, D, 1.0f, doc, D, hs, vc, D, hs, 0.0f, dp, nk, st, n);
-        tile_backward_kernel<<<(unsigned)(n * rows), tile_threads(nk), 0, c->stream>>>(
-            s, dp, lse, delta, ts);
+        CUDA_LAUNCH(tile_backward_kernel, (unsigned)(n * rows), tile_threads(nk), 0, c->stream, s,
+                    dp, lse, delta, ts);
         if (!CUDA_LAUNCHED(c))
             return false;
         // dV += P^T dout, dQ = scale dS K, dK += scale dS^T Q
@@ -814,10 +818,10 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     });
     if (c->failed)
         return;
-    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dq, dqh, B, T, Hq, D, 1);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, dq, dqh, B, T, Hq, D, 1);
     blocks = cuda_blocks((size_t)B * T * Hkv * D, 256);
-    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dk, dkh, B, T, Hkv, D, rep);
-    heads_scatter_kernel<<<blocks, 256, 0, c->stream>>>(dv, dvh, B, T, Hkv, D, rep);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, dk, dkh, B, T, Hkv, D, rep);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, dv, dvh, B, T, Hkv, D, rep);
     CUDA_LAUNCHED(c);
 }
 
@@ -864,8 +868,8 @@ static void flash_forward(cuda_context *c, float *out, float *lse, const float *
     if (!cuda_shared_limit(c, (const void *)flash_forward_kernel<NCH>, smem))
         return;
     dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    flash_forward_kernel<NCH><<<grid, FL_THREADS, smem, c->stream>>>(
-        out, lse, q, k, v, T, Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
+    CUDA_LAUNCH(flash_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, out, lse, q, k, v, T,
+                Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
     CUDA_LAUNCHED(c);
 }
 
@@ -882,11 +886,11 @@ static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv, con
         !cuda_shared_limit(c, (const void *)flash_dkdv_kernel<NCH>, smem_kv))
         return;
     dim3 grid_q((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    flash_dq_kernel<NCH><<<grid_q, FL_THREADS, smem_dq, c->stream>>>(
-        dq, dout, q, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH(flash_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, v,
+                lse, delta, T, Hq, Hkv, window, seg, scale);
     dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hkv, B);
-    flash_dkdv_kernel<NCH><<<grid_kv, FL_THREADS, smem_kv, c->stream>>>(
-        dk, dv, dout, q, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk, dv, dout, q, k,
+                v, lse, delta, T, Hq, Hkv, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
 

@@ -3,12 +3,10 @@
 // cuda_attention.cu and cuda_moe.cu.
 //
 // Host synchronisation happens only where the interface hands data to the host: download
-// (route_layer's routing counts, the per-slice losses), vector_sumsq (the clipping norm),
-// synchronize and backend_check. Uploads from pageable memory are staged by the driver and
+// (route_layer's routing statistics and group sizes, the per-slice losses), vector_sumsq (the
+// clipping norm), synchronize and backend_check. Uploads from pageable memory are staged by the driver and
 // return without waiting for the device.
 #include "config.h"
-
-#include <cuda_bf16.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -116,7 +114,8 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
         cudaGetLastError();   // no room for the mirror: products convert as before
         return;
     }
-    to_bf16_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>((__nv_bfloat16 *)mirror, p, n);
+    CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(n, 256), 256, 0, c->stream, (__nv_bfloat16 *)mirror, p,
+                n);
     if (!CUDA_LAUNCHED(c)) {
         cudaFree(mirror);
         return;
@@ -278,12 +277,13 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
     const __nv_bfloat16 *a16 = a_frozen, *b16 = b_frozen;
     if (!a_frozen) {
         a16 = (const __nv_bfloat16 *)work;
-        to_bf16_kernel<<<cuda_blocks(a_n, 256), 256, 0, c->stream>>>((__nv_bfloat16 *)work, A, a_n);
+        CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(a_n, 256), 256, 0, c->stream, (__nv_bfloat16 *)work,
+                    A, a_n);
     }
     if (!b_frozen) {
         b16 = (const __nv_bfloat16 *)(work + a_bytes);
-        to_bf16_kernel<<<cuda_blocks(b_n, 256), 256, 0, c->stream>>>(
-            (__nv_bfloat16 *)(work + a_bytes), B, b_n);
+        CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(b_n, 256), 256, 0, c->stream,
+                    (__nv_bfloat16 *)(work + a_bytes), B, b_n);
     }
     if (!CUDA_LAUNCHED(c))
         return;
@@ -320,8 +320,8 @@ extern "C" void cuda_matmul_forward(void *ctx, float *out, const float *inp, con
     CUDA_OP(ctx);
     cuda_gemm_math(c, math_for(c, C, OC), 0, 1, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
     if (bias) {
-        add_bias_kernel<<<cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream>>>(out, bias,
-                                                                                 (size_t)N, OC);
+        CUDA_LAUNCH(add_bias_kernel, cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream, out, bias,
+                    (size_t)N, OC);
         CUDA_LAUNCHED(c);
     }
 }
@@ -376,8 +376,8 @@ void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b
     if (!partial)
         return;
     dim3 grid((C + 255) / 256, CUDA_COLSUM_CHUNKS);
-    column_partial_kernel<<<grid, 256, 0, c->stream>>>(partial, a, b, row_scale, N, C);
-    column_finish_kernel<<<(C + 255) / 256, 256, 0, c->stream>>>(out, partial, C);
+    CUDA_LAUNCH(column_partial_kernel, grid, 256, 0, c->stream, partial, a, b, row_scale, N, C);
+    CUDA_LAUNCH(column_finish_kernel, (C + 255) / 256, 256, 0, c->stream, out, partial, C);
     CUDA_LAUNCHED(c);
 }
 

@@ -1,8 +1,6 @@
 // cuda_bench — cuBLAS's own dense-product rate, the ceiling `pesc bench` and device-check
 // report MFU against. Not part of the training path.
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
+#include "cuda/cuda_api.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -74,8 +72,10 @@ extern "C" double cuda_gemm_rate(int M, int N, int K, const char *precision, int
     BENCH_CHECK(cudaMalloc(&a, na * elem));
     BENCH_CHECK(cudaMalloc(&b, nb * elem));
     BENCH_CHECK(cudaMalloc(&cbuf, nc * elem));
-    bench_fill<<<1024, 256>>>(bf16 ? NULL : (float *)a, bf16 ? (__nv_bfloat16 *)a : NULL, na);
-    bench_fill<<<1024, 256>>>(bf16 ? NULL : (float *)b, bf16 ? (__nv_bfloat16 *)b : NULL, nb);
+    CUDA_LAUNCH(bench_fill, 1024, 256, 0, 0, bf16 ? NULL : (float *)a,
+                bf16 ? (__nv_bfloat16 *)a : NULL, na);
+    CUDA_LAUNCH(bench_fill, 1024, 256, 0, 0, bf16 ? NULL : (float *)b,
+                bf16 ? (__nv_bfloat16 *)b : NULL, nb);
     BENCH_CHECK(cudaGetLastError());
     BENCH_CUBLAS(cublasCreate(&handle));
     BENCH_CHECK(cudaEventCreate(&start));

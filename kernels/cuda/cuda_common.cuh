@@ -19,10 +19,10 @@
 #ifndef PESC_CUDA_COMMON_CUH
 #define PESC_CUDA_COMMON_CUH
 
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "cuda/cuda_api.cuh"
 
 extern "C" {
 #include "backend_impl.h"
@@ -94,11 +94,17 @@ static inline void *cuda_op_work(cuda_context *c, size_t bytes)
     return cuda_scratch(c, &c->op_work, &c->op_work_bytes, bytes);
 }
 
-// Blocks of `threads` covering n elements, capped for grid-stride loops.
+// Blocks of `threads` covering n elements, capped for grid-stride loops (the emulator runs
+// blocks one after another, so there a few blocks do the whole loop).
+#ifdef PESC_CUDA_EMU
+#define CUDA_MAX_BLOCKS 4u
+#else
+#define CUDA_MAX_BLOCKS (65535u * 8u)
+#endif
 static inline unsigned cuda_blocks(size_t n, int threads)
 {
     size_t b = (n + (size_t)threads - 1) / (size_t)threads;
-    return (unsigned)(b < 1 ? 1 : b > 65535u * 8u ? 65535u * 8u : b);
+    return (unsigned)(b < 1 ? 1 : b > CUDA_MAX_BLOCKS ? CUDA_MAX_BLOCKS : b);
 }
 
 // A grid-stride loop of i over [0, n).

@@ -1,6 +1,6 @@
 // cuda_devices — enumerates CUDA devices for `pesc devices` and backend selection. The first
 // piece of CUDA in the tree: it proves the nvcc + libtool path compiles and links.
-#include <cuda_runtime.h>
+#include "cuda/cuda_api.cuh"
 
 #include <cstdio>
 #include <cstring>

@@ -55,8 +55,8 @@ extern "C" void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk
                                        float *lse, const float *logits, int N, int E, int K)
 {
     CUDA_OP(ctx);
-    route_forward_kernel<<<(N + 127) / 128, 128, 0, c->stream>>>(topk_idx, topk_w, probs, lse,
-                                                                 logits, N, E, K);
+    CUDA_LAUNCH(route_forward_kernel, (N + 127) / 128, 128, 0, c->stream, topk_idx, topk_w, probs,
+                lse, logits, N, E, K);
     CUDA_LAUNCHED(c);
 }
 
@@ -91,8 +91,8 @@ extern "C" void cuda_moe_route_backward(void *ctx, float *dlogits, const float *
                                         const float *aux_grad, float z_scale, int N, int E, int K)
 {
     CUDA_OP(ctx);
-    route_backward_kernel<<<(N + 127) / 128, 128, 0, c->stream>>>(
-        dlogits, dtopk_w, topk_idx, topk_w, probs, lse, aux_grad, z_scale, N, E, K);
+    CUDA_LAUNCH(route_backward_kernel, (N + 127) / 128, 128, 0, c->stream, dlogits, dtopk_w,
+                topk_idx, topk_w, probs, lse, aux_grad, z_scale, N, E, K);
     CUDA_LAUNCHED(c);
 }
 
@@ -190,10 +190,10 @@ extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const in
                           __LINE__);
         return;
     }
-    group_stats_kernel<<<E + 1, GROUP_THREADS, group_stats_shared(S), c->stream>>>(
-        stats, topk_idx, topk_w, probs, lse, S ? sources : NULL, N, E, K, S);
-    group_perm_kernel<<<E, GROUP_THREADS, group_perm_shared(), c->stream>>>(perm, stats,
-                                                                           topk_idx, N * K);
+    CUDA_LAUNCH(group_stats_kernel, E + 1, GROUP_THREADS, group_stats_shared(S), c->stream, stats,
+                topk_idx, topk_w, probs, lse, S ? sources : NULL, N, E, K, S);
+    CUDA_LAUNCH(group_perm_kernel, E, GROUP_THREADS, group_perm_shared(), c->stream, perm, stats,
+                topk_idx, N * K);
     CUDA_LAUNCHED(c);
 }
 
@@ -204,7 +204,7 @@ static int32_t *inverse_of(cuda_context *c, const int32_t *perm, int pairs)
     int32_t *inverse = (int32_t *)cuda_op_work(c, (size_t)pairs * sizeof(int32_t));
     if (!inverse)
         return NULL;
-    invert_kernel<<<(pairs + 255) / 256, 256, 0, c->stream>>>(inverse, perm, pairs);
+    CUDA_LAUNCH(invert_kernel, (pairs + 255) / 256, 256, 0, c->stream, inverse, perm, pairs);
     return CUDA_LAUNCHED(c) ? inverse : NULL;
 }
 
@@ -222,8 +222,8 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
     int32_t *inverse = inverse_of(c, perm, pairs);
     if (!inverse)
         return;
-    gather_kernel<<<cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream>>>(
-        gathered, h, mask, perm, pairs, K, C);
+    CUDA_LAUNCH(gather_kernel, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream, gathered, h,
+                mask, perm, pairs, K, C);
     CUDA_LAUNCHED(c);
     // pre (n, R) = gathered (n, C) @ D_e^T per expert, GELU over every row at once,
     // out (n, C) = act (n, R) @ U_e^T per expert
@@ -233,8 +233,8 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
             cuda_gemm(c, 0, 1, n, R, C, 1.0f, gathered + (size_t)first * C, C,
                       down + (size_t)e * R * C, C, 0.0f, pre + (size_t)first * R, R);
     }
-    gelu_kernel<<<cuda_blocks((size_t)pairs * R, 256), 256, 0, c->stream>>>(act, pre,
-                                                                          (size_t)pairs * R);
+    CUDA_LAUNCH(gelu_kernel, cuda_blocks((size_t)pairs * R, 256), 256, 0, c->stream, act, pre,
+                (size_t)pairs * R);
     CUDA_LAUNCHED(c);
     for (int e = 0; e < E; e++) {
         int first = offsets[e], n = offsets[e + 1] - first;
@@ -242,8 +242,8 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
             cuda_gemm(c, 0, 1, n, C, R, 1.0f, act + (size_t)first * R, R,
                       up + (size_t)e * C * R, R, 0.0f, scratch + (size_t)first * C, C);
     }
-    combine_kernel<<<cuda_blocks((size_t)N * C, 256), 256, 0, c->stream>>>(
-        y, scratch, NULL, inverse, topk_w, scale, N, K, C);
+    CUDA_LAUNCH(combine_kernel, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y, scratch,
+                NULL, inverse, topk_w, scale, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -264,8 +264,8 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
     if (!inverse)
         return;
     float *dyg = scratch, *p = scratch_r;
-    gather_kernel<<<cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream>>>(
-        dyg, dy, NULL, perm, pairs, K, C);
+    CUDA_LAUNCH(gather_kernel, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream, dyg, dy,
+                NULL, perm, pairs, K, C);
     CUDA_LAUNCHED(c);
     // p (n, R) = dy_g (n, C) @ U_e (C, R)
     for (int e = 0; e < E; e++) {
@@ -274,8 +274,8 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
             cuda_gemm(c, 0, 0, n, R, C, 1.0f, dyg + (size_t)first * C, C,
                       up + (size_t)e * C * R, R, 0.0f, p + (size_t)first * R, R);
     }
-    adapter_pair_kernel<<<pairs, 256, 0, c->stream>>>(dtopk_w, p, dyg, act, pre, perm, topk_w,
-                                                      scale, C, R);
+    CUDA_LAUNCH(adapter_pair_kernel, pairs, 256, 0, c->stream, dtopk_w, p, dyg, act, pre, perm,
+                topk_w, scale, C, R);
     CUDA_LAUNCHED(c);
     for (int e = 0; e < E; e++) {
         int first = offsets[e], n = offsets[e + 1] - first;
@@ -292,7 +292,7 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
         cuda_gemm(c, 0, 0, n, C, R, 1.0f, dpre_e, R, down + (size_t)e * R * C, C, 0.0f, dout_e,
                   C);
     }
-    combine_kernel<<<cuda_blocks((size_t)N * C, 256), 256, 0, c->stream>>>(
-        dh, dyg, mask, inverse, NULL, 1.0f, N, K, C);
+    CUDA_LAUNCH(combine_kernel, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, dyg, mask,
+                inverse, NULL, 1.0f, N, K, C);
     CUDA_LAUNCHED(c);
 }

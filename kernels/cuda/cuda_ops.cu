@@ -23,8 +23,8 @@ extern "C" void cuda_embedding_forward(void *ctx, float *out, const int32_t *tok
                                        const float *table, int N, int C)
 {
     CUDA_OP(ctx);
-    embedding_forward_kernel<<<cuda_blocks((size_t)N * C, 256), 256, 0, c->stream>>>(
-        out, tokens, table, N, C);
+    CUDA_LAUNCH(embedding_forward_kernel, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, out,
+                tokens, table, N, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -44,7 +44,8 @@ extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *d
                                         const int32_t *tokens, int N, int C)
 {
     CUDA_OP(ctx);
-    embedding_backward_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(dtable, dout, tokens, N, C);
+    CUDA_LAUNCH(embedding_backward_kernel, (C + 127) / 128, 128, 0, c->stream, dtable, dout, tokens,
+                N, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -71,7 +72,7 @@ extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const f
                                      const float *weight, int N, int C, float eps)
 {
     CUDA_OP(ctx);
-    rmsnorm_forward_kernel<<<N, 256, 0, c->stream>>>(out, rstd, inp, weight, C, eps);
+    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream, out, rstd, inp, weight, C, eps);
     CUDA_LAUNCHED(c);
 }
 
@@ -97,7 +98,7 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
                                       int N, int C)
 {
     CUDA_OP(ctx);
-    rmsnorm_backward_kernel<<<N, 256, 0, c->stream>>>(dinp, dout, inp, weight, rstd, C);
+    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, dinp, dout, inp, weight, rstd, C);
     CUDA_LAUNCHED(c);
     if (dweight)   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
         cuda_column_sum(c, dweight, dout, inp, rstd, N, C);
@@ -130,8 +131,8 @@ extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const
                                   const float *inv_freq, int N, int H, int D)
 {
     CUDA_OP(ctx);
-    rope_kernel<<<cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream>>>(
-        out, inp, pos, inv_freq, N, H, D, 1.0f);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, out, inp,
+                pos, inv_freq, N, H, D, 1.0f);
     CUDA_LAUNCHED(c);
 }
 
@@ -139,8 +140,8 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
                                    const float *inv_freq, int N, int H, int D)
 {
     CUDA_OP(ctx);
-    rope_kernel<<<cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream>>>(
-        dinp, dout, pos, inv_freq, N, H, D, -1.0f);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, dinp, dout,
+                pos, inv_freq, N, H, D, -1.0f);
     CUDA_LAUNCHED(c);
 }
 
@@ -185,7 +186,7 @@ extern "C" void cuda_swiglu_forward(void *ctx, float *out, const float *gate, co
                                     size_t n)
 {
     CUDA_OP(ctx);
-    swiglu_forward_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(out, gate, up, n);
+    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, gate, up, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -193,8 +194,8 @@ extern "C" void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const 
                                      const float *gate, const float *up, size_t n)
 {
     CUDA_OP(ctx);
-    swiglu_backward_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(dgate, dup, dout, gate,
-                                                                       up, n);
+    CUDA_LAUNCH(swiglu_backward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, dgate, dup, dout,
+                gate, up, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -202,7 +203,7 @@ extern "C" void cuda_residual_forward(void *ctx, float *out, const float *x, con
                                       size_t n)
 {
     CUDA_OP(ctx);
-    residual_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(out, x, y, n);
+    CUDA_LAUNCH(residual_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, x, y, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -215,7 +216,7 @@ extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
 extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);
-    axpy_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(y, x, alpha, n);
+    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, y, x, alpha, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -228,15 +229,15 @@ __global__ void dropout_mask_kernel(float *mask, size_t n, float p, float keep, 
 extern "C" void cuda_dropout_mask(void *ctx, float *mask, size_t n, float p, uint64_t seed)
 {
     CUDA_OP(ctx);
-    dropout_mask_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(mask, n, p, 1.0f / (1.0f - p),
-                                                                    seed);
+    CUDA_LAUNCH(dropout_mask_kernel, cuda_blocks(n, 256), 256, 0, c->stream, mask, n, p,
+                1.0f / (1.0f - p), seed);
     CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);
-    scale_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(x, alpha, n);
+    CUDA_LAUNCH(scale_kernel, cuda_blocks(n, 256), 256, 0, c->stream, x, alpha, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -280,10 +281,10 @@ static bool launch_sumsq(cuda_context *c, double *sums, double *partials, const 
 {
     for (int i0 = 0; i0 < n; i0 += 65535) {   // gridDim.y's limit
         int m = n - i0 < 65535 ? n - i0 : 65535;
-        sumsq_partial_kernel<<<dim3(CUDA_REDUCE_BLOCKS, m), 256, 0, c->stream>>>(
-            partials + (size_t)i0 * CUDA_REDUCE_BLOCKS, x + (size_t)i0 * chunk, chunk);
+        CUDA_LAUNCH(sumsq_partial_kernel, dim3(CUDA_REDUCE_BLOCKS, m), 256, 0, c->stream,
+                    partials + (size_t)i0 * CUDA_REDUCE_BLOCKS, x + (size_t)i0 * chunk, chunk);
     }
-    sumsq_finish_kernel<<<(n + 127) / 128, 128, 0, c->stream>>>(sums, partials, n);
+    CUDA_LAUNCH(sumsq_finish_kernel, (n + 127) / 128, 128, 0, c->stream, sums, partials, n);
     return CUDA_LAUNCHED(c);
 }
 
@@ -336,9 +337,9 @@ extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads, 
 {
     CUDA_OP(ctx);
     double correction1 = 1.0 - pow(beta1, step), correction2 = 1.0 - pow(beta2, step);
-    adamw_kernel<<<cuda_blocks(n, 256), 256, 0, c->stream>>>(
-        params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay,
-        (float)(lr / correction1), (float)sqrt(correction2));
+    CUDA_LAUNCH(adamw_kernel, cuda_blocks(n, 256), 256, 0, c->stream, params, grads, m, v, n, lr,
+                beta1, beta2, eps, weight_decay, (float)(lr / correction1),
+                (float)sqrt(correction2));
     CUDA_LAUNCHED(c);
 }
 
@@ -410,7 +411,8 @@ extern "C" void cuda_crossentropy_forward(void *ctx, float *losses, const float 
                                           const int32_t *targets, int N, int V)
 {
     CUDA_OP(ctx);
-    crossentropy_forward_kernel<<<N, CE_THREADS, 0, c->stream>>>(losses, logits, targets, V);
+    CUDA_LAUNCH(crossentropy_forward_kernel, N, CE_THREADS, 0, c->stream, losses, logits, targets,
+                V);
     CUDA_LAUNCHED(c);
 }
 
@@ -419,7 +421,7 @@ extern "C" void cuda_crossentropy_backward(void *ctx, float *dlogits, float *los
                                            float scale, int N, int V)
 {
     CUDA_OP(ctx);
-    crossentropy_backward_kernel<<<N, CE_THREADS, 0, c->stream>>>(dlogits, losses, logits,
-                                                                  targets, scale, V);
+    CUDA_LAUNCH(crossentropy_backward_kernel, N, CE_THREADS, 0, c->stream, dlogits, losses, logits,
+                targets, scale, V);
     CUDA_LAUNCHED(c);
 }

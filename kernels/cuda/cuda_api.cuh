@@ -1,0 +1,27 @@
+// cuda_api — the CUDA runtime, cuBLAS and bf16 headers, or, built with -DPESC_CUDA_EMU, their
+// emulation on the CPU (tests/emu/), which runs this backend's own code in make check where no
+// GPU is; and CUDA_LAUNCH, the one way this code launches a kernel (the emulator cannot read
+// <<<...>>>).
+#ifndef PESC_CUDA_API_CUH
+#define PESC_CUDA_API_CUH
+
+#ifdef PESC_CUDA_EMU
+#include "cuda_emu.h"
+#include "cuda_runtime_emu.h"
+#include "cublas_emu.h"
+#define CUDA_LAUNCH(kernel, grid, block, shared, stream, ...)                                    \
+    emu_launch_checked(grid, block, shared, [&] { kernel(__VA_ARGS__); }, (const void *)kernel)
+#else
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#define CUDA_LAUNCH(kernel, grid, block, shared, stream, ...)                                    \
+    kernel<<<grid, block, shared, stream>>>(__VA_ARGS__)
+#endif
+
+// A kernel's dynamic shared memory, 128-byte aligned bytes.
+#ifndef PESC_DYNAMIC_SHARED
+#define PESC_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
+
+#endif
