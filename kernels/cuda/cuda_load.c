@@ -8,7 +8,6 @@
 
 #include "cuda/cuda.h"
 
-#ifdef HAVE_CUDA
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -29,6 +28,7 @@ static int load_status;
 static pesc_error load_failure;   /* why the one attempt failed; later calls repeat it */
 static int attempted;
 
+#ifdef HAVE_CUDA
 /* The module of a pesc run from its build tree: libtool leaves pesc-cuda.la beside the
  * program and the library in .libs/. The GPU tests live two directories down
  * (tests/gpu/), so the program's directory and two above it are tried. */
@@ -53,6 +53,7 @@ static int build_tree_module(char *path, size_t size)
     }
     return -1;
 }
+#endif
 
 static const cuda_module *open_module(const char *path, const char *found_by, pesc_error *why)
 {
@@ -87,9 +88,15 @@ static const cuda_module *open_module(const char *path, const char *found_by, pe
 
 static int load(const cuda_module **module, pesc_error *why)
 {
+    /* asked for by name: opened even without a driver, and in a build without CUDA (the
+     * tests' emulated module, tests/emu) */
     const char *env = getenv("PESC_CUDA_MODULE");
-    if (env && *env)   /* asked for by name: opened even without a driver */
+    if (env && *env)
         return (*module = open_module(env, "$PESC_CUDA_MODULE", why)) ? 0 : -1;
+#ifndef HAVE_CUDA
+    pesc_fail(why, "this pesc was built without CUDA; reconfigure with --with-cuda=DIR");
+    return 1;
+#else
     /* cudart opens the driver's libcuda.so.1 itself; without it no device can be used, and
      * saying so here spares the cost of opening cuBLAS */
     void *driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
@@ -104,6 +111,7 @@ static int load(const cuda_module **module, pesc_error *why)
     else
         *module = open_module(PESC_CUDA_MODULE_DIR "/" MODULE_NAME ".so", "pkglibdir", why);
     return *module ? 0 : -1;
+#endif
 }
 
 int cuda_load(const cuda_module **module, pesc_error *why)
@@ -121,13 +129,3 @@ int cuda_load(const cuda_module **module, pesc_error *why)
     return status;
 }
 
-#else
-
-int cuda_load(const cuda_module **module, pesc_error *why)
-{
-    *module = NULL;
-    pesc_fail(why, "this pesc was built without CUDA; reconfigure with --with-cuda=DIR");
-    return 1;
-}
-
-#endif

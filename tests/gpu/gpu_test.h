@@ -8,12 +8,15 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "backend.h"
 
 static uint64_t gpu_test_rng;
 static int gpu_test_failures;
+/* The backend is the CPU emulator's (tests/gpu/emu.sh): slow, so the longest shapes stay out */
+static int gpu_test_emulated;
 
 static inline void gpu_test_seed(void)
 {
@@ -42,6 +45,7 @@ static inline pesc_backend *gpu_test_cuda_or_skip(void)
         exit(77);
     }
     printf("device: %s\n", backend_device(b));
+    gpu_test_emulated = strstr(backend_device(b), "emulator") != NULL;
     return b;
 }
 
