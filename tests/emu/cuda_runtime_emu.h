@@ -1,0 +1,499 @@
+/* cuda_runtime_emu.h — the host side of the CUDA runtime, emulated on the CPU, for the CUDA
+ * backend compiled as C++ with -DPESC_CUDA_EMU (the kernels run through cuda_emu.h).
+ *
+ * Exactly the calls the backend makes, with CUDA's names, values and error codes. Everything
+ * runs synchronously, so streams and events are bookkeeping. What the emulator adds to help a
+ * test find bugs a GPU would hide or report late:
+ *   - one device, index 0, "CUDA emulator (CPU)", sm_90, 16 GiB; cudaMalloc gives host memory
+ *     filled with 0xFF bytes (NaN as fp32 and bf16), and fails like the device when the 16 GiB
+ *     are taken;
+ *   - the device side of every copy and memset must lie inside one live cudaMalloc block
+ *     (cudaErrorInvalidValue otherwise, which a GPU would report as a fault, or not at all);
+ *   - emu_launch_checked refuses a launch the GPU would refuse (block size, empty grid, dynamic
+ *     shared memory above the kernel's limit) with the error cudaGetLastError then returns.
+ *
+ * As in CUDA, every call that fails also leaves its error for cudaGetLastError, per host
+ * thread. The state that CUDA keeps per process (allocations, streams, events, kernel
+ * attributes) lives in one object behind a mutex: the emulated device, like the real one, is
+ * global. Not emulated: static __shared__ arrays count nothing towards the shared limit; no
+ * asynchronous errors (a kernel that faults crashes the process). */
+#ifndef PESC_CUDA_RUNTIME_EMU_H
+#define PESC_CUDA_RUNTIME_EMU_H
+
+#include "cuda_emu.h"
+
+#include <map>
+#include <set>
+
+/* ---- errors ---------------------------------------------------------------------------------- */
+enum cudaError_t {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInsufficientDriver = 35,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorLaunchFailure = 719,
+};
+typedef cudaError_t cudaError;
+
+inline const char *cudaGetErrorString(cudaError_t error)
+{
+    switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInsufficientDriver:
+        return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unrecognized error code";
+}
+
+namespace emu_detail {
+
+inline thread_local cudaError_t last_error = cudaSuccess;
+
+/* Every runtime call returns through here: a failure is also the thread's last error. */
+inline cudaError_t status(cudaError_t error)
+{
+    if (error != cudaSuccess)
+        last_error = error;
+    return error;
+}
+
+} /* namespace emu_detail */
+
+/* The last error of this thread since the last call, cleared. */
+inline cudaError_t cudaGetLastError()
+{
+    cudaError_t error = emu_detail::last_error;
+    emu_detail::last_error = cudaSuccess;
+    return error;
+}
+
+inline cudaError_t cudaPeekAtLastError() { return emu_detail::last_error; }
+
+/* For a launcher that finds a launch failed in its own way. */
+inline void emu_set_launch_error(cudaError_t error) { emu_detail::status(error); }
+
+/* ---- the device's state ---------------------------------------------------------------------- */
+struct CUstream_st {
+    unsigned flags;
+};
+typedef CUstream_st *cudaStream_t;
+
+struct CUevent_st {
+    bool recorded;
+    std::chrono::steady_clock::time_point when;
+};
+typedef CUevent_st *cudaEvent_t;
+
+namespace emu_detail {
+
+constexpr size_t device_total_bytes = (size_t)16 << 30;
+constexpr size_t default_shared_bytes = 48 * 1024;
+constexpr size_t max_shared_bytes = 227 * 1024; /* sm_90's opt-in maximum per block */
+
+struct device_state {
+    std::mutex mutex;
+    std::map<uintptr_t, size_t> blocks; /* cudaMalloc's live blocks: start -> bytes */
+    size_t allocated = 0;
+    std::set<cudaStream_t> streams;
+    std::set<cudaEvent_t> events;
+    std::map<const void *, size_t> shared_limits; /* kernel -> dynamic shared bytes allowed */
+};
+
+inline device_state &device()
+{
+    static device_state state;
+    return state;
+}
+
+/* Whether [p, p + bytes) lies inside one live cudaMalloc block; the caller holds the mutex. */
+inline bool in_block_locked(const device_state &state, const void *p, size_t bytes)
+{
+    auto after = state.blocks.upper_bound((uintptr_t)p);
+    if (after == state.blocks.begin())
+        return false;
+    auto block = std::prev(after);
+    size_t offset = (uintptr_t)p - block->first;
+    return offset <= block->second && bytes <= block->second - offset;
+}
+
+/* Device memory for a copy, memset or cuBLAS operand: an empty range is always fine. */
+inline bool is_device_range(const void *p, size_t bytes)
+{
+    if (bytes == 0)
+        return true;
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    return in_block_locked(state, p, bytes);
+}
+
+inline bool is_stream(cudaStream_t stream)
+{
+    if (!stream) /* the legacy default stream */
+        return true;
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    return state.streams.count(stream) != 0;
+}
+
+inline bool is_event(cudaEvent_t event)
+{
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    return event && state.events.count(event) != 0;
+}
+
+} /* namespace emu_detail */
+
+/* ---- the device ------------------------------------------------------------------------------ */
+struct cudaDeviceProp {
+    char name[256];
+    size_t totalGlobalMem;
+    size_t sharedMemPerBlock;
+    size_t sharedMemPerBlockOptin;
+    int warpSize;
+    int maxThreadsPerBlock;
+    int major, minor;
+    int multiProcessorCount;
+};
+
+inline cudaError_t cudaGetDeviceCount(int *count)
+{
+    if (!count)
+        return emu_detail::status(cudaErrorInvalidValue);
+    *count = 1;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaSetDevice(int device)
+{
+    return emu_detail::status(device == 0 ? cudaSuccess : cudaErrorInvalidDevice);
+}
+
+inline cudaError_t cudaGetDevice(int *device)
+{
+    if (!device)
+        return emu_detail::status(cudaErrorInvalidValue);
+    *device = 0;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
+{
+    if (!prop)
+        return emu_detail::status(cudaErrorInvalidValue);
+    if (device != 0)
+        return emu_detail::status(cudaErrorInvalidDevice);
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "CUDA emulator (CPU)");
+    prop->totalGlobalMem = emu_detail::device_total_bytes;
+    prop->sharedMemPerBlock = emu_detail::default_shared_bytes;
+    prop->sharedMemPerBlockOptin = emu_detail::max_shared_bytes;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->major = 9, prop->minor = 0;
+    prop->multiProcessorCount = 4;
+    return cudaSuccess;
+}
+
+/* Nothing is ever in flight. */
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4,
+};
+
+/* 256-byte aligned (as cudaMalloc promises), 0xFF bytes, so what a kernel reads before anything
+ * wrote it is NaN rather than a plausible zero. Zero bytes give NULL, as in CUDA. */
+inline cudaError_t cudaMalloc(void **ptr, size_t bytes)
+{
+    using namespace emu_detail;
+    if (!ptr)
+        return status(cudaErrorInvalidValue);
+    *ptr = nullptr;
+    if (bytes == 0)
+        return cudaSuccess;
+    device_state &state = device();
+    {
+        std::lock_guard<std::mutex> lock(state.mutex);
+        if (bytes > device_total_bytes - state.allocated)
+            return status(cudaErrorMemoryAllocation);
+        state.allocated += bytes; /* claimed now, so two threads cannot both take the rest */
+    }
+    void *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    std::lock_guard<std::mutex> lock(state.mutex);
+    if (!p) {
+        state.allocated -= bytes;
+        return status(cudaErrorMemoryAllocation);
+    }
+    memset(p, 0xff, bytes);
+    state.blocks[(uintptr_t)p] = bytes;
+    *ptr = p;
+    return cudaSuccess;
+}
+
+template <class T> inline cudaError_t cudaMalloc(T **ptr, size_t bytes)
+{
+    return cudaMalloc(reinterpret_cast<void **>(ptr), bytes);
+}
+
+inline cudaError_t cudaFree(void *ptr)
+{
+    using namespace emu_detail;
+    if (!ptr)
+        return cudaSuccess;
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    auto block = state.blocks.find((uintptr_t)ptr);
+    if (block == state.blocks.end())
+        return status(cudaErrorInvalidValue);
+    state.allocated -= block->second;
+    state.blocks.erase(block);
+    free(ptr);
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    using namespace emu_detail;
+    if (!free_bytes || !total_bytes)
+        return status(cudaErrorInvalidValue);
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    *total_bytes = device_total_bytes;
+    *free_bytes = device_total_bytes - state.allocated;
+    return cudaSuccess;
+}
+
+/* The kind says which side is device memory; cudaMemcpyDefault and HostToHost check nothing. */
+inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                                   cudaStream_t stream = 0)
+{
+    using namespace emu_detail;
+    if (!is_stream(stream))
+        return status(cudaErrorInvalidResourceHandle);
+    if ((unsigned)kind > cudaMemcpyDefault)
+        return status(cudaErrorInvalidValue);
+    if (bytes == 0)
+        return cudaSuccess;
+    bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    if (!dst || !src || (src_device && !is_device_range(src, bytes)) ||
+        (dst_device && !is_device_range(dst, bytes)))
+        return status(cudaErrorInvalidValue);
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+}
+
+/* Rows of width bytes, pitch bytes apart, set to the low byte of value. */
+inline cudaError_t cudaMemset2DAsync(void *ptr, size_t pitch, int value, size_t width,
+                                     size_t height, cudaStream_t stream = 0)
+{
+    using namespace emu_detail;
+    if (!is_stream(stream))
+        return status(cudaErrorInvalidResourceHandle);
+    if (width == 0 || height == 0)
+        return cudaSuccess;
+    if (width > pitch)
+        return status(cudaErrorInvalidValue);
+    if (!ptr || !is_device_range(ptr, (height - 1) * pitch + width))
+        return status(cudaErrorInvalidValue);
+    for (size_t row = 0; row < height; row++)
+        memset((unsigned char *)ptr + row * pitch, value & 0xff, width);
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream = 0)
+{
+    return cudaMemset2DAsync(ptr, bytes, value, bytes, 1, stream);
+}
+
+inline cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
+{
+    return cudaMemsetAsync(ptr, value, bytes, 0);
+}
+
+/* ---- streams --------------------------------------------------------------------------------- */
+enum { cudaStreamDefault = 0, cudaStreamNonBlocking = 1 };
+
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
+{
+    using namespace emu_detail;
+    if (!stream || flags > cudaStreamNonBlocking)
+        return status(cudaErrorInvalidValue);
+    *stream = new CUstream_st{flags};
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    state.streams.insert(*stream);
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaStreamCreate(cudaStream_t *stream)
+{
+    return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
+}
+
+inline cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    using namespace emu_detail;
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    if (!stream || !state.streams.erase(stream))
+        return status(cudaErrorInvalidResourceHandle);
+    delete stream;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaStreamSynchronize(cudaStream_t stream)
+{
+    return emu_detail::status(emu_detail::is_stream(stream) ? cudaSuccess
+                                                            : cudaErrorInvalidResourceHandle);
+}
+
+/* ---- events: the wall clock when recorded ----------------------------------------------------- */
+inline cudaError_t cudaEventCreate(cudaEvent_t *event)
+{
+    using namespace emu_detail;
+    if (!event)
+        return status(cudaErrorInvalidValue);
+    *event = new CUevent_st{false, {}};
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    state.events.insert(*event);
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaEventDestroy(cudaEvent_t event)
+{
+    using namespace emu_detail;
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    if (!event || !state.events.erase(event))
+        return status(cudaErrorInvalidResourceHandle);
+    delete event;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = 0)
+{
+    using namespace emu_detail;
+    if (!is_event(event) || !is_stream(stream))
+        return status(cudaErrorInvalidResourceHandle);
+    event->when = std::chrono::steady_clock::now();
+    event->recorded = true;
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaEventSynchronize(cudaEvent_t event)
+{
+    return emu_detail::status(emu_detail::is_event(event) ? cudaSuccess
+                                                          : cudaErrorInvalidResourceHandle);
+}
+
+/* Milliseconds from start to stop; both must have been recorded. */
+inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t stop)
+{
+    using namespace emu_detail;
+    if (!ms)
+        return status(cudaErrorInvalidValue);
+    if (!is_event(start) || !is_event(stop) || !start->recorded || !stop->recorded)
+        return status(cudaErrorInvalidResourceHandle);
+    *ms = std::chrono::duration<float, std::milli>(stop->when - start->when).count();
+    return cudaSuccess;
+}
+
+/* ---- kernel attributes and the checked launch ------------------------------------------------ */
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+struct cudaFuncAttributes {
+    size_t sharedSizeBytes;
+    int maxThreadsPerBlock;
+    int maxDynamicSharedSizeBytes;
+    int binaryVersion, ptxVersion;
+};
+
+/* A kernel is known by its address, as the launcher passes it to emu_launch_checked. */
+inline cudaError_t cudaFuncSetAttribute(const void *kernel, cudaFuncAttribute attribute, int value)
+{
+    using namespace emu_detail;
+    if (!kernel || attribute != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+        (size_t)value > max_shared_bytes)
+        return status(cudaErrorInvalidValue);
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    state.shared_limits[kernel] = (size_t)value;
+    return cudaSuccess;
+}
+
+template <class T>
+inline cudaError_t cudaFuncSetAttribute(T *kernel, cudaFuncAttribute attribute, int value)
+{
+    return cudaFuncSetAttribute((const void *)kernel, attribute, value);
+}
+
+namespace emu_detail {
+
+inline size_t shared_limit(const void *kernel)
+{
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    auto limit = state.shared_limits.find(kernel);
+    return limit == state.shared_limits.end() ? default_shared_bytes : limit->second;
+}
+
+} /* namespace emu_detail */
+
+/* Every kernel is built for sm_90 here. */
+template <class T> inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attributes,
+                                                            T *kernel)
+{
+    if (!attributes || !kernel)
+        return emu_detail::status(cudaErrorInvalidValue);
+    memset(attributes, 0, sizeof *attributes);
+    attributes->maxThreadsPerBlock = 1024;
+    attributes->maxDynamicSharedSizeBytes = (int)emu_detail::shared_limit((const void *)kernel);
+    attributes->binaryVersion = 90;
+    attributes->ptxVersion = 90;
+    return cudaSuccess;
+}
+
+/* emu_launch, but a configuration CUDA would refuse is refused the same way: the kernel does
+ * not run, and the error is returned and left for cudaGetLastError. kernel (the address passed
+ * to cudaFuncSetAttribute, or NULL) decides the shared-memory limit: 48 KiB unless raised. */
+inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes,
+                                      const std::function<void()> &body, const void *kernel)
+{
+    using namespace emu_detail;
+    unsigned long threads = (unsigned long)block.x * block.y * block.z;
+    if (threads == 0 || threads > 1024 || block.z > 64)
+        return status(cudaErrorInvalidConfiguration);
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+        grid.z > 65535)
+        return status(cudaErrorInvalidConfiguration);
+    if (shared_bytes > std::min(shared_limit(kernel), max_shared_bytes))
+        return status(cudaErrorInvalidValue);
+    emu_launch(grid, block, shared_bytes, body);
+    return cudaSuccess;
+}
+
+#endif /* PESC_CUDA_RUNTIME_EMU_H */
