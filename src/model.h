@@ -79,6 +79,7 @@ typedef struct model_activations {
     int32_t *tokens, *targets, *pos;   /* (N) */
     int32_t *seg;                /* (N) row position where each token's document starts */
     int packed;                  /* seg is in use */
+    int dropout;                 /* the last forward applied the adapters' dropout masks */
     int32_t *sources;            /* (N) the --data source of each token (PESC, with a layout) */
     double *route_stats;         /* MOE_STATS(E, K, MODEL_MAX_SOURCES): a layer's moe_group */
     /* gradients (training only) */

@@ -466,6 +466,7 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
         backend_upload(m->backend, a->seg, pos, (size_t)N * sizeof *pos);
     }
     m->cur_sources = layout ? layout->sources : NULL;
+    a->dropout = training && dropout;
     if (m->crafted) {
         /* the sources seen (max index + 1), and each token's on the backend for moe_group */
         m->routing.n_sources = 0;
@@ -590,8 +591,9 @@ static void layer_backward(model *m, int l, float loss_scale)
         int E = m->pesc.experts, K = m->pesc.top_k;
         moe_adapter_backward(b, g->dh, model_grad_of(m, P->down), model_grad_of(m, P->up),
                              g->dtopk_w, g->scratch, g->scratch_r, g->dx, a->gathered, a->pre,
-                             a->gelu, a->mask, P->down, P->up, a->perm, a->offsets, a->topk_w, N,
-                             K, E, C, m->pesc.adapter_dim, m->pesc.adapter_scale);
+                             a->gelu, g->dropout ? a->mask : NULL, P->down, P->up, a->perm,
+                             a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
+                             m->pesc.adapter_scale);
         /* d aux / d P_i = alpha * E * f_i, f from this forward's counts */
         float *aux_grad = xmalloc((size_t)E * sizeof *aux_grad);
         for (int e = 0; e < E; e++)

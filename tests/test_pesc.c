@@ -345,6 +345,59 @@ static void test_accumulation(void)
     model_free(&m);
 }
 
+/* A step without dropout on a model crafted with it: the same gradient before and after a step
+ * with dropout (the backward once multiplied by the masks the forward had not applied: a
+ * second layer and LoRA are what take the gradient through the first layer's adapters). */
+static void test_dropout_off(void)
+{
+    hf_config c = {.vocab_size = 32, .hidden_size = 16, .intermediate_size = 24, .n_layers = 2,
+                   .n_heads = 2, .n_kv_heads = 2, .head_dim = 8, .rms_norm_eps = 1e-5,
+                   .rope_theta = 10000.0};
+    pesc_error err;
+    model m;
+    pesc_options o;
+    pesc_options_default(&o);
+    o.experts = 4;
+    o.top_k = 2;
+    o.adapter_dim = 4;
+    o.adapter_dropout = 0.5f;
+    o.lora_rank = 2;
+    if (model_init_random(&m, &c, be, 3, &err) != 0 || model_craft(&m, &o, 3, &err) != 0)
+        die(&err);
+    int32_t tokens[32], targets[32];
+    for (int i = 0; i < 32; i++)
+        tokens[i] = (i * 5 + 1) % 32;
+    for (int b = 0; b < 2; b++)
+        model_shift_targets(targets + 16 * b, tokens + 16 * b, NULL, 16);
+    float *want = malloc(m.n_train * sizeof *want), *got = malloc(m.n_train * sizeof *got);
+    /* the adapters' up projections and LoRA's B start at zero, and so would the gradients
+     * through them */
+    uint64_t state = 5;
+    for (size_t i = 0; i < m.n_train; i++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        want[i] = (float)((double)(state >> 11) / 9007199254740992.0 - 0.5) * 0.5f;
+    }
+    backend_upload(be, m.train_block, want, m.n_train * sizeof *want);
+    int dropout[] = {0, 1, 0};
+    for (int k = 0; k < 3; k++) {
+        model_zero_grad(&m);
+        if (model_train_step(&m, tokens, targets, NULL, 2, 16, 1.0f, dropout[k], NULL, &err) != 0)
+            die(&err);
+        backend_download(be, k == 0 ? want : got, m.grad_block, m.n_train * sizeof *got);
+    }
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < m.n_train; i++) {
+        diff += ((double)want[i] - got[i]) * ((double)want[i] - got[i]);
+        norm += (double)want[i] * want[i];
+    }
+    CHECK(norm > 0 && diff == 0.0,
+          "a step without dropout: the same gradient before and after one with (difference %.1e)",
+          sqrt(diff / norm));
+    free(want);
+    free(got);
+    model_free(&m);
+}
+
 /* Generation with the KV cache: logits after a prompt and after each appended token equal
  * those of a full forward over the same tokens (dense and crafted, with a sliding window). */
 static void test_kv_cache(const char *root)
@@ -575,6 +628,7 @@ int main(void)
     test_roundtrip(root ? root : ".");
     test_recraft_and_merge(root ? root : ".");
     test_accumulation();
+    test_dropout_off();
     test_schedules();
     test_kv_cache(root ? root : ".");
     test_sampler();
