@@ -10,7 +10,8 @@
 #include "cuda_runtime_emu.h"
 #include "cublas_emu.h"
 #define CUDA_LAUNCH(kernel, grid, block, shared, stream, ...)                                    \
-    emu_launch_checked(grid, block, shared, [&] { kernel(__VA_ARGS__); }, (const void *)kernel)
+    ((void)(stream), emu_launch_checked(grid, block, shared, [&] { kernel(__VA_ARGS__); },       \
+                                        (const void *)kernel))
 #else
 #include <cublas_v2.h>
 #include <cuda_bf16.h>

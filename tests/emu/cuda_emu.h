@@ -1,28 +1,32 @@
-/* cuda_emu.h — runs CUDA kernel source, written in a small subset, as host C++ on real threads.
+/* cuda_emu.h — runs CUDA kernel source, written in a small subset, as host C++.
  *
  * The GPU is rarely there when make check runs, so a kernel header compiled with
  * -DPESC_CUDA_EMU includes this file instead of <cuda_bf16.h> and <mma.h>, and a test calls the
- * kernel through emu_launch (g++ -std=c++17 -pthread):
+ * kernel through emu_launch (g++ -std=c++17):
  *
  *     emu_launch(dim3(n_blocks), dim3(128), shared_bytes, [&] { my_kernel(out, in, n); });
  *
- * Every block of the grid runs in turn (x fastest, then y, then z) on blockDim.x*y*z threads
- * that run at once; __syncthreads, __syncwarp and the shuffles are blocking barriers (mutex and
- * condition variable, no spinning), so a block of 128 threads runs on two cores.
+ * Every block of the grid runs in turn (x fastest, then y, then z). Its blockDim.x*y*z threads
+ * are fibers on the calling thread, each with a stack of its own: one runs until it reaches
+ * __syncthreads, __syncwarp or a shuffle, then the next, and a barrier opens once every thread
+ * still running has reached it. The order is fixed, so a run is repeatable; it alternates in
+ * direction, so a thread reading what another writes without a barrier between them reads it
+ * too early one way or the other.
  *
  * What a kernel must respect here (all of it is also right on a GPU):
  *   - warp-collective calls (__syncwarp, __shfl_*_sync, wmma::*_sync) are made by every lane of
  *     the warp, in the same order, with the full mask 0xffffffff (anything else aborts);
  *   - a thread that returns early drops out of __syncthreads and __syncwarp (as on current GPUs),
  *     but its warp must not shuffle with it afterwards; simplest is not to return early;
- *   - a barrier left waiting for PESC_EMU_HANG_SECONDS (60) aborts, naming the barrier, instead of
- *     hanging make check: some thread skipped a barrier the others reached;
+ *   - a barrier that some thread never reaches aborts, naming it, instead of hanging;
  *   - each lane of a wmma fragment holds the whole tile (num_elements = 256 for 16x16), so a
  *     kernel may touch x[] only uniformly (scale every element, fill); store_matrix_sync is
  *     written by lane 0 alone and adds no barrier, so a kernel reading the stored tile from other
- *     lanes needs the __syncwarp it needs on a GPU;
+ *     lanes needs the __syncwarp it needs on a GPU (here a missing one shows as lanes reading
+ *     before lane 0 has run);
  *   - one emu_launch at a time per process; static __shared__ arrays are one object shared by
  *     every block (blocks run one after another), not poisoned between blocks;
+ *   - a thread's stack is 256 KiB;
  *   - min and max are std::min and std::max: both arguments must have the same type. */
 #ifndef PESC_CUDA_EMU_H
 #define PESC_CUDA_EMU_H
@@ -55,9 +59,6 @@
 #define __align__(n) alignas(n)
 #define __shared__ static /* one object for all threads; fine while blocks run one at a time */
 
-#ifndef PESC_EMU_HANG_SECONDS
-#define PESC_EMU_HANG_SECONDS 60
-#endif
 
 struct dim3 {
     unsigned x, y, z;
@@ -68,6 +69,8 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline constexpr int warpSize = 32;
 using std::max;
 using std::min;
+/* CUDA's device math that the C library lacks */
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 
 /* ---- bfloat16: the top half of an fp32, rounded to nearest even ------------------------------ */
 struct __nv_bfloat16 {
@@ -96,15 +99,16 @@ inline float __bfloat162float(__nv_bfloat16 h)
     return f;
 }
 
-/* ---- the launch: barriers, per-block state, the threads -------------------------------------- */
+/* ---- the launch: fibers, barriers, per-block state ------------------------------------------ */
+/* Each CUDA thread of a block is a fiber, a stack of its own, all run by the calling thread:
+ * one runs until it reaches a barrier (or ends), then the next. A barrier passes once every
+ * thread still running has reached it. Switching fibers costs nanoseconds where waking threads
+ * cost tens of microseconds, and the kernels here meet a barrier every few instructions. */
 namespace emu_detail {
 
-/* Every lane of a warp usually fails at once: the first to get here speaks, the rest wait for
- * the abort. */
+/* Every lane of a warp usually fails at once: the first to get here speaks. */
 [[noreturn]] __attribute__((format(printf, 1, 2))) inline void fail(const char *fmt, ...)
 {
-    static std::mutex first;
-    first.lock();
     va_list ap;
     va_start(ap, fmt);
     fputs("cuda_emu: ", stderr);
@@ -114,50 +118,69 @@ namespace emu_detail {
     abort();
 }
 
-/* A reusable barrier for `expected` threads; a thread that has finished the kernel leaves it,
- * so the rest are not kept waiting for it. */
-class barrier {
-  public:
-    void reset(unsigned n) { expected = n, arrived = 0; }
+#if defined(__x86_64__)
+/* Saves the callee-saved registers on the running stack, stores its pointer in *from, and
+ * resumes the stack at `to` (System V x86-64). */
+extern "C" void emu_switch_x64(void **from, void *to);
+__asm__(".text\n"
+        ".weak emu_switch_x64\n"
+        ".type emu_switch_x64, @function\n"
+        "emu_switch_x64:\n"
+        "    pushq %rbp\n    pushq %rbx\n    pushq %r12\n"
+        "    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    popq %r15\n    popq %r14\n    popq %r13\n"
+        "    popq %r12\n    popq %rbx\n    popq %rbp\n"
+        "    ret\n"
+        ".size emu_switch_x64, .-emu_switch_x64\n");
+struct context {
+    void *sp = nullptr;
+};
+inline void context_switch(context &from, context &to) { emu_switch_x64(&from.sp, to.sp); }
+/* A fresh context that starts entry() on the stack [base, base + size). */
+inline void context_make(context &c, unsigned char *base, size_t size, void (*entry)())
+{
+    uintptr_t top = ((uintptr_t)(base + size)) & ~(uintptr_t)15;
+    void **sp = (void **)top;
+    *--sp = nullptr;            /* entry's return address: it never returns */
+    *--sp = (void *)entry;      /* where emu_switch_x64's ret goes */
+    for (int i = 0; i < 6; i++)
+        *--sp = nullptr;        /* rbp rbx r12 r13 r14 r15 */
+    c.sp = sp;
+}
+#else
+} /* namespace emu_detail */
+#include <ucontext.h>
+namespace emu_detail {
+struct context {
+    ucontext_t uc;
+};
+inline void context_switch(context &from, context &to) { swapcontext(&from.uc, &to.uc); }
+inline void context_make(context &c, unsigned char *base, size_t size, void (*entry)())
+{
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = base;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
 
-    template <class OnRelease> void arrive_and_wait(const char *name, OnRelease on_release)
-    {
-        std::unique_lock<std::mutex> lock(mutex);
-        unsigned long my_generation = generation;
-        if (++arrived == expected) {
-            on_release();
-            release();
-            return;
-        }
-        auto deadline =
-            std::chrono::steady_clock::now() + std::chrono::seconds(PESC_EMU_HANG_SECONDS);
-        while (generation == my_generation)
-            if (ready.wait_until(lock, deadline) == std::cv_status::timeout &&
-                generation == my_generation)
-                fail("%s: %u of %u threads waited %d s in block (%u,%u,%u); did one skip it?",
-                     name, arrived, expected, PESC_EMU_HANG_SECONDS, blockIdx.x, blockIdx.y,
-                     blockIdx.z);
-    }
-    void arrive_and_wait(const char *name) { arrive_and_wait(name, [] {}); }
+enum wait_kind { RUNNING, AT_SYNCTHREADS, AT_SYNCWARP };
 
-    void leave()
-    {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (--expected == arrived && arrived > 0)
-            release();
-    }
-
-  private:
-    void release() { arrived = 0, generation++, ready.notify_all(); }
-
-    std::mutex mutex;
-    std::condition_variable ready;
-    unsigned expected = 0, arrived = 0;
-    unsigned long generation = 0;
+struct fiber {
+    context ctx;
+    unsigned tid = 0, lane = 0, warp = 0, shuffle_round = 0;
+    bool done = false;
+    wait_kind waiting = RUNNING;
+    unsigned long generation = 0;   /* of the barrier it waits at */
+    const char *barrier_name = "";
 };
 
 struct warp_state {
-    barrier sync;
+    unsigned live = 0, arrived = 0;
+    unsigned long generation = 0;
     uint64_t slots[2][32]; /* shuffle values; two sets so a round's writes miss the last's reads */
 };
 
@@ -165,21 +188,24 @@ struct launch_state {
     dim3 grid, block;
     unsigned threads;
     size_t shared_bytes;
-    unsigned char *shared; /* (shared_bytes) the running block's dynamic shared memory */
+    unsigned char *shared;          /* (shared_bytes) the running block's dynamic shared memory */
     const std::function<void()> *body;
-    barrier block_sync, end_of_block;
-    std::unique_ptr<warp_state[]> warps;
+    std::vector<fiber> fibers;
+    std::vector<warp_state> warps;
+    unsigned live = 0, arrived = 0; /* the block's threads still running, and at __syncthreads */
+    unsigned long generation = 0;
+    context scheduler;
+    fiber *running = nullptr;
 };
 
 struct thread_state {
     launch_state *launch = nullptr;
-    unsigned lane = 0, warp = 0, shuffle_round = 0;
 };
 inline thread_local thread_state self;
 
 inline launch_state &current(const char *what)
 {
-    if (!self.launch)
+    if (!self.launch || !self.launch->running)
         fail("%s called outside a kernel run by emu_launch", what);
     return *self.launch;
 }
@@ -190,32 +216,136 @@ inline void check_full_mask(unsigned mask, const char *what)
         fail("%s: mask 0x%08x; the emulator runs whole warps only (mask 0xffffffff)", what, mask);
 }
 
-/* Fresh state for the next block; the 0xFF bytes read as NaN in fp32 and bf16, so a kernel that
- * reads shared memory it never wrote gets NaNs rather than plausible zeros. */
-inline void prepare_block(launch_state &launch)
+/* Stacks for the fibers, kept from launch to launch, each with a guard page below it so that a
+ * kernel overflowing its stack faults instead of writing over another's. */
+struct stacks {
+    static constexpr size_t size = 256 * 1024, page = 4096;
+    unsigned char *base = nullptr;
+    unsigned count = 0;
+    unsigned char *get(unsigned i) { return base + i * (size + page) + page; }
+};
+} /* namespace emu_detail */
+#include <sys/mman.h>
+namespace emu_detail {
+inline stacks &stack_pool(unsigned threads)
 {
-    launch.block_sync.reset(launch.threads);
-    for (unsigned w = 0; w * 32 < launch.threads; w++)
-        launch.warps[w].sync.reset(std::min(32u, launch.threads - w * 32));
-    memset(launch.shared, 0xff, launch.shared_bytes);
+    static stacks pool;
+    if (pool.count >= threads)
+        return pool;
+    if (pool.base)
+        munmap(pool.base, pool.count * (stacks::size + stacks::page));
+    size_t bytes = threads * (stacks::size + stacks::page);
+    void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        fail("no memory for the stacks of %u threads", threads);
+    pool.base = (unsigned char *)p, pool.count = threads;
+    for (unsigned i = 0; i < threads; i++)
+        mprotect(pool.base + i * (stacks::size + stacks::page), stacks::page, PROT_NONE);
+    return pool;
 }
 
-inline void run_thread(launch_state &launch, unsigned tid)
+/* Back to the scheduler; returns when this fiber runs again. */
+inline void yield_to_scheduler()
 {
-    const dim3 grid = launch.grid, block = launch.block;
-    self.launch = &launch, self.lane = tid % 32, self.warp = tid / 32;
-    threadIdx = dim3(tid % block.x, tid / block.x % block.y, tid / (block.x * block.y));
-    blockDim = block, gridDim = grid;
-    unsigned long n_blocks = (unsigned long)grid.x * grid.y * grid.z;
-    for (unsigned long b = 0; b < n_blocks; b++) {
-        blockIdx = dim3(b % grid.x, b / grid.x % grid.y, b / ((unsigned long)grid.x * grid.y));
-        self.shuffle_round = 0;
-        (*launch.body)();
-        launch.block_sync.leave();
-        launch.warps[self.warp].sync.leave();
-        launch.end_of_block.arrive_and_wait("end of block", [&] { prepare_block(launch); });
+    launch_state &l = *self.launch;
+    fiber *f = l.running;
+    context_switch(f->ctx, l.scheduler);
+}
+
+inline void fiber_entry()
+{
+    launch_state &l = *self.launch;
+    (*l.body)();
+    fiber *f = l.running;
+    f->done = true;
+    /* leaving: a barrier the rest already wait at may now be complete */
+    l.live--;
+    warp_state &w = l.warps[f->warp];
+    w.live--;
+    if (l.arrived > 0 && l.arrived == l.live)
+        l.arrived = 0, l.generation++;
+    if (w.arrived > 0 && w.arrived == w.live)
+        w.arrived = 0, w.generation++;
+    context_switch(f->ctx, l.scheduler);
+    fail("a finished thread was resumed");
+}
+
+inline bool runnable(const launch_state &l, const fiber &f)
+{
+    if (f.done)
+        return false;
+    if (f.waiting == AT_SYNCTHREADS)
+        return f.generation != l.generation;
+    if (f.waiting == AT_SYNCWARP)
+        return f.generation != l.warps[f.warp].generation;
+    return true;
+}
+
+/* One block: every fiber from the start of the kernel until all have ended. */
+inline void run_block(launch_state &l, stacks &pool)
+{
+    memset(l.shared, 0xff, l.shared_bytes);
+    l.live = l.threads, l.arrived = 0;
+    for (unsigned w = 0; w < l.warps.size(); w++) {
+        l.warps[w].live = std::min(32u, l.threads - w * 32), l.warps[w].arrived = 0;
     }
-    self = thread_state();
+    for (unsigned t = 0; t < l.threads; t++) {
+        fiber &f = l.fibers[t];
+        f.tid = t, f.lane = t % 32, f.warp = t / 32, f.shuffle_round = 0;
+        f.done = false, f.waiting = RUNNING;
+        context_make(f.ctx, pool.get(t), stacks::size, fiber_entry);
+    }
+    const dim3 block = l.block;
+    /* passes alternate in direction, so that a thread reading what another writes without the
+     * barrier between them reads it too early in one pass or the other */
+    bool forward = false;
+    for (unsigned finished = 0; finished < l.threads; forward = !forward) {
+        bool progress = false;
+        for (unsigned i = 0; i < l.threads; i++) {
+            unsigned t = forward ? i : l.threads - 1 - i;
+            fiber &f = l.fibers[t];
+            if (!runnable(l, f))
+                continue;
+            f.waiting = RUNNING;
+            threadIdx = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+            l.running = &f;
+            context_switch(l.scheduler, f.ctx);
+            l.running = nullptr;
+            progress = true;
+            finished += f.done;
+        }
+        if (!progress) {
+            const fiber *stuck = nullptr;
+            for (const fiber &f : l.fibers)
+                if (!f.done)
+                    stuck = &f;
+            fail("%s: threads of block (%u,%u,%u) wait there for ever; did one skip it?",
+                 stuck ? stuck->barrier_name : "a barrier", blockIdx.x, blockIdx.y, blockIdx.z);
+        }
+    }
+}
+
+/* The running fiber waits at its block's (or warp's) barrier until every thread still running
+ * has arrived. */
+inline void arrive_and_wait(wait_kind kind, const char *name)
+{
+    launch_state &l = current(name);
+    fiber *f = l.running;
+    unsigned *arrived, live;
+    unsigned long *generation;
+    if (kind == AT_SYNCTHREADS) {
+        arrived = &l.arrived, live = l.live, generation = &l.generation;
+    } else {
+        warp_state &w = l.warps[f->warp];
+        arrived = &w.arrived, live = w.live, generation = &w.generation;
+    }
+    f->waiting = kind, f->generation = *generation, f->barrier_name = name;
+    if (++*arrived == live) {
+        *arrived = 0, ++*generation;   /* the last one in: all pass, this one too */
+        f->waiting = RUNNING;
+        return;
+    }
+    yield_to_scheduler();
 }
 
 template <class T> inline T shuffle(unsigned mask, T value, int src_lane, const char *what)
@@ -223,14 +353,17 @@ template <class T> inline T shuffle(unsigned mask, T value, int src_lane, const 
     static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 8,
                   "shuffle a value of 8 bytes or less");
     check_full_mask(mask, what);
-    warp_state &warp = current(what).warps[self.warp];
-    uint64_t *slots = warp.slots[self.shuffle_round++ & 1];
-    memcpy(&slots[self.lane], &value, sizeof value);
-    warp.sync.arrive_and_wait(what);
+    launch_state &l = current(what);
+    fiber *f = l.running;
+    uint64_t *slots = l.warps[f->warp].slots[f->shuffle_round++ & 1];
+    memcpy(&slots[f->lane], &value, sizeof value);
+    arrive_and_wait(AT_SYNCWARP, what);
     if (src_lane >= 0 && src_lane < 32) /* out of range: CUDA returns the caller's own value */
         memcpy(&value, &slots[src_lane], sizeof value);
     return value;
 }
+
+inline unsigned lane() { return current("a lane's index").running->lane; }
 
 /* CUDA's preconditions for load_matrix_sync and store_matrix_sync. */
 inline void check_matrix(const char *what, const void *ptr, unsigned ldm, size_t element_size)
@@ -279,16 +412,17 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes,
     if (!launch.shared)
         fail("out of memory for %zu bytes of shared memory", shared_bytes);
     launch.body = &body;
-    launch.warps.reset(new emu_detail::warp_state[(threads + 31) / 32]);
-    launch.end_of_block.reset(launch.threads);
-    emu_detail::prepare_block(launch);
-
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned tid = 0; tid < threads; tid++)
-        pool.emplace_back(emu_detail::run_thread, std::ref(launch), tid);
-    for (std::thread &t : pool)
-        t.join();
+    launch.fibers.resize(threads);
+    launch.warps.resize((threads + 31) / 32);
+    emu_detail::stacks &pool = emu_detail::stack_pool(launch.threads);
+    emu_detail::self.launch = &launch;
+    blockDim = block, gridDim = grid;
+    unsigned long n_blocks = (unsigned long)grid.x * grid.y * grid.z;
+    for (unsigned long b = 0; b < n_blocks; b++) {
+        blockIdx = dim3(b % grid.x, b / grid.x % grid.y, b / ((unsigned long)grid.x * grid.y));
+        emu_detail::run_block(launch, pool);
+    }
+    emu_detail::self = emu_detail::thread_state();
     free(launch.shared);
 }
 
@@ -301,19 +435,17 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes,
 /* ---- barriers and warp exchange -------------------------------------------------------------- */
 inline void __syncthreads()
 {
-    emu_detail::current("__syncthreads").block_sync.arrive_and_wait("__syncthreads");
+    emu_detail::arrive_and_wait(emu_detail::AT_SYNCTHREADS, "__syncthreads");
 }
 
 inline void __syncwarp(unsigned mask = 0xffffffffu)
 {
     emu_detail::check_full_mask(mask, "__syncwarp");
-    emu_detail::current("__syncwarp")
-        .warps[emu_detail::self.warp]
-        .sync.arrive_and_wait("__syncwarp");
+    emu_detail::arrive_and_wait(emu_detail::AT_SYNCWARP, "__syncwarp");
 }
 
-inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_block() {}
+inline void __threadfence() {}
 
 template <class T> inline T __shfl_sync(unsigned mask, T value, int src_lane)
 {
@@ -322,19 +454,18 @@ template <class T> inline T __shfl_sync(unsigned mask, T value, int src_lane)
 
 template <class T> inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask)
 {
-    return emu_detail::shuffle(mask, value, (int)emu_detail::self.lane ^ lane_mask,
+    return emu_detail::shuffle(mask, value, (int)emu_detail::lane() ^ lane_mask,
                                "__shfl_xor_sync");
 }
 
 template <class T> inline T __shfl_down_sync(unsigned mask, T value, unsigned delta)
 {
-    return emu_detail::shuffle(mask, value, (int)(emu_detail::self.lane + delta),
-                               "__shfl_down_sync");
+    return emu_detail::shuffle(mask, value, (int)(emu_detail::lane() + delta), "__shfl_down_sync");
 }
 
 template <class T> inline T __shfl_up_sync(unsigned mask, T value, unsigned delta)
 {
-    return emu_detail::shuffle(mask, value, (int)emu_detail::self.lane - (int)delta,
+    return emu_detail::shuffle(mask, value, (int)emu_detail::lane() - (int)delta,
                                "__shfl_up_sync");
 }
 
@@ -399,7 +530,7 @@ inline void load_matrix_sync(emu_accumulator &f, const float *ptr, unsigned ldm,
 inline void store_matrix_sync(float *ptr, const emu_accumulator &f, unsigned ldm, layout_t layout)
 {
     emu_detail::check_matrix("store_matrix_sync", ptr, ldm, sizeof *ptr);
-    if (emu_detail::self.lane != 0)
+    if (emu_detail::lane() != 0)
         return;
     for (int r = 0; r < f.rows; r++)
         for (int c = 0; c < f.cols; c++)
