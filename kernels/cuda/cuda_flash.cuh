@@ -88,15 +88,15 @@ __host__ __device__ inline size_t flash_warp_bf16()         // a warp's (16, FL_
 }
 __host__ __device__ inline size_t flash_forward_shared(int D)
 {
-    return 3 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    return 5 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_bf16());
 }
 __host__ __device__ inline size_t flash_dq_shared(int D)
 {
-    return 4 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    return 6 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_bf16());
 }
 __host__ __device__ inline size_t flash_dkdv_shared(int D)
 {
-    return 4 * flash_tile_bytes(D) + flash_round(3 * FL_TILE * 4) +
+    return 6 * flash_tile_bytes(D) + flash_round(3 * FL_TILE * 4) +
            FL_WARPS * (2 * flash_warp_f32(D) + 2 * flash_warp_bf16());
 }
 
@@ -113,6 +113,22 @@ __device__ __forceinline__ void flash_load_tile(__nv_bfloat16 *dst, const float 
     }
 }
 
+// The same, split: hi = bf16(x) and lo = bf16(x - hi), so that hi + lo carries about 16 bits
+// of x's mantissa (for the scores, see flash_abt).
+template <int D>
+__device__ __forceinline__ void flash_load_split(__nv_bfloat16 *hi, __nv_bfloat16 *lo,
+                                                 const float *src, size_t stride, int row0,
+                                                 int rows)
+{
+    for (int i = threadIdx.x; i < FL_TILE * D; i += FL_THREADS) {
+        int r = i / D, d = i % D;
+        float x = row0 + r < rows ? src[(size_t)(row0 + r) * stride + d] : 0.0f;
+        __nv_bfloat16 h = __float2bfloat16(x);
+        hi[r * (D + 8) + d] = h;
+        lo[r * (D + 8) + d] = __float2bfloat16(x - __bfloat162float(h));
+    }
+}
+
 namespace flash_wmma = nvcuda::wmma;
 typedef flash_wmma::fragment<flash_wmma::matrix_a, 16, 16, 16, __nv_bfloat16, flash_wmma::row_major>
     flash_a_row;
@@ -123,21 +139,37 @@ typedef flash_wmma::fragment<flash_wmma::matrix_b, 16, 16, 16, __nv_bfloat16, fl
 typedef flash_wmma::fragment<flash_wmma::accumulator, 16, 16, 16, float> flash_acc;
 
 // out (16, 64) fp32 at ld FL_LDS(D) = a (16, D) @ b (64, D)^T: a's rows at lda, b's at ldb.
+// With a_lo and b_lo (the split halves of flash_load_split), the three products
+// a_lo b + a b_lo + a b: the scores. Their error is multiplied by the exponential (a score
+// off by 0.01 is a probability off by 1%), and with plain bf16 operands a whole step's LoRA
+// gradients fell to a cosine of 0.996 against the CPU's.
 template <int NCH>
 __device__ __forceinline__ void flash_abt(float *out, const __nv_bfloat16 *a, int lda,
-                                          const __nv_bfloat16 *b, int ldb)
+                                          const __nv_bfloat16 *b, int ldb,
+                                          const __nv_bfloat16 *a_lo = nullptr,
+                                          const __nv_bfloat16 *b_lo = nullptr)
 {
     constexpr int D = NCH * 16;
 #pragma unroll
     for (int n = 0; n < FL_TILE / 16; n++) {
         flash_acc acc;
         flash_wmma::fill_fragment(acc, 0.0f);
+        size_t bn = (size_t)16 * n * ldb;
 #pragma unroll
         for (int c = 0; c < NCH; c++) {
             flash_a_row fa;
             flash_b_col fb;   // B[k][j] = b[(16 n + j) ldb + 16 c + k]
             flash_wmma::load_matrix_sync(fa, a + 16 * c, lda);
-            flash_wmma::load_matrix_sync(fb, b + (size_t)16 * n * ldb + 16 * c, ldb);
+            if (b_lo) {
+                flash_wmma::load_matrix_sync(fb, b_lo + bn + 16 * c, ldb);
+                flash_wmma::mma_sync(acc, fa, fb, acc);
+            }
+            flash_wmma::load_matrix_sync(fb, b + bn + 16 * c, ldb);
+            if (a_lo) {
+                flash_a_row fa_lo;
+                flash_wmma::load_matrix_sync(fa_lo, a_lo + 16 * c, lda);
+                flash_wmma::mma_sync(acc, fa_lo, fb, acc);
+            }
             flash_wmma::mma_sync(acc, fa, fb, acc);
         }
         flash_wmma::store_matrix_sync(out + 16 * n, acc, FL_LDS(D), flash_wmma::mem_row_major);
@@ -191,10 +223,12 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem;
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)(smem + flash_tile_bytes(D));
-    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 2 * flash_tile_bytes(D));
-    unsigned char *mine = smem + 3 * flash_tile_bytes(D) +
+    size_t tile = flash_tile_bytes(D);
+    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem, *qs_lo = (__nv_bfloat16 *)(smem + tile);
+    __nv_bfloat16 *ks = (__nv_bfloat16 *)(smem + 2 * tile);
+    __nv_bfloat16 *ks_lo = (__nv_bfloat16 *)(smem + 3 * tile);
+    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 4 * tile);
+    unsigned char *mine = smem + 5 * tile +
                           warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
     float *ss = (float *)mine;                                  // scores, then P V
     float *os = (float *)(mine + flash_warp_f32(D));            // the output so far
@@ -208,7 +242,7 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
     const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
     const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
 
-    flash_load_tile<D>(qs, qb, q_stride, t0, T);
+    flash_load_split<D>(qs, qs_lo, qb, q_stride, t0, T);
     for (int i = lane; i < 16 * LDS; i += 32)
         os[i] = 0.0f;
     // lanes 2r, 2r + 1: row r of the warp, columns 32 half .. 32 half + 31 of a tile
@@ -223,12 +257,12 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
 
     for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
         __syncthreads();   // the previous tile is consumed
-        flash_load_tile<D>(ks, kb, kv_stride, s0, T);
+        flash_load_split<D>(ks, ks_lo, kb, kv_stride, s0, T);
         flash_load_tile<D>(vs, vb, kv_stride, s0, T);
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;   // warp-uniform: no row of this warp sees a key of the tile
-        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH);
+        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH, qs_lo + 16 * warp * LDH, ks_lo);
         __syncwarp();
         float x[32], mx = -INFINITY;
 #pragma unroll
@@ -294,10 +328,12 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     size_t tile = flash_tile_bytes(D);
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem, *dos = (__nv_bfloat16 *)(smem + tile);
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)(smem + 2 * tile);
-    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 3 * tile);
-    unsigned char *mine = smem + 4 * tile + warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem, *qs_lo = (__nv_bfloat16 *)(smem + tile);
+    __nv_bfloat16 *dos = (__nv_bfloat16 *)(smem + 2 * tile);
+    __nv_bfloat16 *ks = (__nv_bfloat16 *)(smem + 3 * tile);
+    __nv_bfloat16 *ks_lo = (__nv_bfloat16 *)(smem + 4 * tile);
+    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 5 * tile);
+    unsigned char *mine = smem + 6 * tile + warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
     float *ss = (float *)mine, *dps = (float *)(mine + flash_warp_f32(D));
     __nv_bfloat16 *ds = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
 
@@ -309,7 +345,7 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
     const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
     const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
 
-    flash_load_tile<D>(qs, q + q_off, q_stride, t0, T);
+    flash_load_split<D>(qs, qs_lo, q + q_off, q_stride, t0, T);
     flash_load_tile<D>(dos, dout + q_off, q_stride, t0, T);
     int r = lane >> 1, half = lane & 1, t = tw + r;
     int lo = t < T ? flash_first_key(t, window, seg) : 0, hi = t < T ? t : -1;
@@ -326,12 +362,12 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
 
     for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
         __syncthreads();
-        flash_load_tile<D>(ks, kb, kv_stride, s0, T);
+        flash_load_split<D>(ks, ks_lo, kb, kv_stride, s0, T);
         flash_load_tile<D>(vs, vb, kv_stride, s0, T);
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
-        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH);
+        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH, qs_lo + 16 * warp * LDH, ks_lo);
         flash_abt<NCH>(dps, dos + 16 * warp * LDH, LDH, vs, LDH);
         __syncwarp();
 #pragma unroll 4
@@ -368,12 +404,14 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     size_t tile = flash_tile_bytes(D);
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)smem, *vs = (__nv_bfloat16 *)(smem + tile);
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)(smem + 2 * tile);
-    __nv_bfloat16 *dos = (__nv_bfloat16 *)(smem + 3 * tile);
-    float *lse_s = (float *)(smem + 4 * tile), *delta_s = lse_s + FL_TILE;
+    __nv_bfloat16 *ks = (__nv_bfloat16 *)smem, *ks_lo = (__nv_bfloat16 *)(smem + tile);
+    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 2 * tile);
+    __nv_bfloat16 *qs = (__nv_bfloat16 *)(smem + 3 * tile);
+    __nv_bfloat16 *qs_lo = (__nv_bfloat16 *)(smem + 4 * tile);
+    __nv_bfloat16 *dos = (__nv_bfloat16 *)(smem + 5 * tile);
+    float *lse_s = (float *)(smem + 6 * tile), *delta_s = lse_s + FL_TILE;
     int *lo_s = (int *)(delta_s + FL_TILE);
-    unsigned char *mine = smem + 4 * tile + flash_round(3 * FL_TILE * 4) +
+    unsigned char *mine = smem + 6 * tile + flash_round(3 * FL_TILE * 4) +
                           warp * (2 * flash_warp_f32(D) + 2 * flash_warp_bf16());
     float *ss = (float *)mine, *dps = (float *)(mine + flash_warp_f32(D));   // S^T, dP^T
     __nv_bfloat16 *pt = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
@@ -386,7 +424,7 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t kv_off = (size_t)b * T * kv_stride + (size_t)g * D;
 
-    flash_load_tile<D>(ks, k + kv_off, kv_stride, s0, T);
+    flash_load_split<D>(ks, ks_lo, k + kv_off, kv_stride, s0, T);
     flash_load_tile<D>(vs, v + kv_off, kv_stride, s0, T);
     // lanes 2i, 2i + 1: key i of the warp, query columns 32 half .. 32 half + 31 of a tile
     int i = lane >> 1, half = lane & 1, s = sw + i;
@@ -406,7 +444,7 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
         // rows from the first key on, until a row's first visible key passes the last key
         for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
             __syncthreads();   // the previous tile is consumed
-            flash_load_tile<D>(qs, q + q_off, q_stride, r0, T);
+            flash_load_split<D>(qs, qs_lo, q + q_off, q_stride, r0, T);
             flash_load_tile<D>(dos, dout + q_off, q_stride, r0, T);
             for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
                 int t = r0 + j;
@@ -419,7 +457,8 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
             // warp-uniform: rows all before the warp's first key, or all starting past its last
             if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
                 continue;
-            flash_abt<NCH>(ss, ks + 16 * warp * LDH, LDH, qs, LDH);    // S^T (16 keys, 64 rows)
+            flash_abt<NCH>(ss, ks + 16 * warp * LDH, LDH, qs, LDH,    // S^T (16 keys, 64 rows)
+                           ks_lo + 16 * warp * LDH, qs_lo);
             flash_abt<NCH>(dps, vs + 16 * warp * LDH, LDH, dos, LDH);  // dP^T
             __syncwarp();
 #pragma unroll 4
