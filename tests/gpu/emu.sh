@@ -1,0 +1,68 @@
+#!/bin/sh
+# emu.sh — the CUDA backend's own source, built for the CPU emulator (tests/emu/, the module
+# tests/gpu/pesc-cuda-emu.la), where no GPU is: test_cuda_ops (every op against the CPU, on
+# every attention path and math), test_cuda_step (whole steps against the CPU, and two
+# identical runs, with each training attention path), and pesc itself (`pesc devices`, a
+# `pesc train --backend cuda` run against the same run on the CPU). What it checks: the
+# kernels' indexing, masks and synchronisation, the host side's launches, products, scratch
+# and errors, the module's loading. Not speed, and not the longest attention shapes
+# (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+module="$top_builddir/tests/gpu/.libs/pesc-cuda-emu.so"
+m="$top_srcdir/tests/reference/data/llama-gqa-f32"
+[ -f "$module" ] || { echo "emu.sh: $module is not built"; exit 99; }
+case $module in /*) ;; *) module="$PWD/$module" ;; esac
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-emu.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+. "$top_srcdir/tests/lib.sh"
+PESC_CUDA_MODULE=$module
+export PESC_CUDA_MODULE
+
+run() {
+  echo "== $*"
+  env top_srcdir="$top_srcdir" top_builddir="$top_builddir" "$@"
+  rc=$?
+  [ $rc -eq 0 ] && pass "$*" || fail "$* exited $rc"
+}
+run "$top_builddir/tests/gpu/test_cuda_ops"
+for attention in fused gemm flash; do
+  run env PESC_CUDA_ATTENTION=$attention "$top_builddir/tests/gpu/test_cuda_step"
+done
+
+"$pesc" devices >"$tmp/devices" 2>&1
+grep -q "^cuda:0  CUDA emulator (CPU)" "$tmp/devices" &&
+  pass "pesc devices lists the emulated GPU" || fail "pesc devices: $(cat "$tmp/devices")"
+
+# a run on the emulated GPU against the same run on the CPU: every step's loss, with dropout,
+# packing and recomputation, on the fused and the gemm attention (this model's heads of 16 are
+# below flash attention's 32, and its products too narrow for bf16: test_cuda_step covers
+# those)
+train() {   # log, backend, environment...
+  log=$1 backend=$2
+  shift 2
+  env "$@" "$pesc" train --headless --model "$m" --data "$m/records.jsonl" --format tokens \
+    --seq 16 --batch 2 --pack --recompute --experts 4 --adapter-dim 8 --steps 4 \
+    --backend "$backend" --log "$log" >/dev/null 2>"$tmp/err"
+}
+losses() { grep '"step":' "$1" | grep '"loss"' | sed 's/.*"loss":\([^,]*\),.*/\1/' | tr '\n' ' '; }
+train "$tmp/cpu.jsonl" cpu
+for variant in "tf32 fused 1e-5" "tf32 gemm 1e-4"; do
+  set -- $variant
+  if ! train "$tmp/gpu.jsonl" cuda PESC_CUDA_MATH=$1 PESC_CUDA_ATTENTION=$2; then
+    fail "pesc train --backend cuda ($1, $2): $(head -c 300 "$tmp/err")"
+    continue
+  fi
+  want=$(losses "$tmp/cpu.jsonl") got=$(losses "$tmp/gpu.jsonl") ok=1 i=0
+  for l in $want; do
+    i=$((i + 1))
+    close "$(echo "$got" | cut -d' ' -f$i)" "$l" "$3" || ok=0
+  done
+  [ $ok -eq 1 ] && [ $i -eq 4 ] &&
+    pass "pesc train --backend cuda ($1, $2): the CPU's losses within $3 ($got)" ||
+    fail "pesc train --backend cuda ($1, $2): losses '$got', the CPU's '$want'"
+done
+[ "$failures" -eq 0 ]
