@@ -4,36 +4,10 @@
  * loop on the same bf16 inputs; a shared-memory reduction; warp shuffles; every (block, thread)
  * of a 3-D launch running once; and wmma's preconditions aborting in a child process.
  * Exit 0 pass, 1 fail. */
-#include <signal.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include "cuda_emu.h"
+#include "emu_check.h"
 
 using namespace nvcuda;
-
-static int failures;
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-__attribute__((format(printf, 2, 3))) static void verdict(bool ok, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs(ok ? "ok   " : "FAIL ", stdout);
-    vprintf(fmt, ap);
-    putchar('\n');
-    va_end(ap);
-    failures += !ok;
-}
-
-static double uniform(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
 
 static float float_from_bits(uint32_t u)
 {
@@ -384,39 +358,10 @@ static void misaligned_store(void)
 
 static void partial_mask(void) { __syncwarp(0x0000ffffu); }
 
-/* Runs kernel on one warp in a child; passes if the child dies of SIGABRT saying `expect`. */
-static void expect_abort(const char *what, void (*kernel)(void), const char *expect)
+/* A kernel on one warp, for expect_abort. */
+template <void (*kernel)(void)> static void on_one_warp(void)
 {
-    int fds[2];
-    if (pipe(fds)) {
-        perror("pipe");
-        exit(99);
-    }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        struct rlimit no_core = {0, 0};
-        setrlimit(RLIMIT_CORE, &no_core);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        emu_launch(dim3(1), dim3(32), 0, [&] { kernel(); });
-        _exit(0);
-    }
-    close(fds[1]);
-    char message[512] = "";
-    size_t used = 0;
-    ssize_t got;
-    while ((got = read(fds[0], message + used, sizeof message - 1 - used)) > 0)
-        used += (size_t)got;
-    message[used] = '\0';
-    close(fds[0]);
-    char *newline = strchr(message, '\n');
-    if (newline)
-        *newline = '\0';
-    int status = 0;
-    waitpid(pid, &status, 0);
-    bool ok = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT && strstr(message, expect);
-    verdict(ok, "%s aborts: \"%s\"", what, message);
+    emu_launch(dim3(1), dim3(32), 0, [] { kernel(); });
 }
 
 int main(void)
@@ -432,15 +377,15 @@ int main(void)
     test_shuffles();
     test_grid_3d(dim3(3, 2, 2), dim3(32, 2, 2));
     test_grid_3d(dim3(2, 3, 1), dim3(10, 3, 2));
-    expect_abort("load_matrix_sync 16 bytes off a 32-byte boundary", misaligned_load,
+    expect_abort("load_matrix_sync 16 bytes off a 32-byte boundary", on_one_warp<misaligned_load>,
                  "not 32-byte aligned");
-    expect_abort("load_matrix_sync of bf16 with ldm 20", odd_ldm_load,
+    expect_abort("load_matrix_sync of bf16 with ldm 20", on_one_warp<odd_ldm_load>,
                  "ldm 20 is not a multiple of 8");
-    expect_abort("store_matrix_sync of float with ldm 18", odd_ldm_store,
+    expect_abort("store_matrix_sync of float with ldm 18", on_one_warp<odd_ldm_store>,
                  "ldm 18 is not a multiple of 4");
-    expect_abort("store_matrix_sync 16 bytes off a 32-byte boundary", misaligned_store,
+    expect_abort("store_matrix_sync 16 bytes off a 32-byte boundary", on_one_warp<misaligned_store>,
                  "not 32-byte aligned");
-    expect_abort("__syncwarp with half a mask", partial_mask, "mask 0x0000ffff");
+    expect_abort("__syncwarp with half a mask", on_one_warp<partial_mask>, "mask 0x0000ffff");
     double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     printf("test_cuda_emu: %d failures in %.2f s\n", failures, seconds);

@@ -8,34 +8,11 @@
  * count, copies of each kind, 2-D memset, launch errors and their stickiness, the
  * shared-memory attribute, streams, events and the device's properties.
  * Exit 0 pass, 1 fail. */
-#include <signal.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include "cublas_emu.h"
+#include "emu_check.h"
 
-static int failures;
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-__attribute__((format(printf, 2, 3))) static void verdict(bool ok, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs(ok ? "ok   " : "FAIL ", stdout);
-    vprintf(fmt, ap);
-    putchar('\n');
-    va_end(ap);
-    failures += !ok;
-}
-
-static float uniform(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+/* [-1, 1) */
+static float signed_uniform(void) { return (float)(2.0 * uniform() - 1.0); }
 
 static void *device_alloc(size_t bytes)
 {
@@ -82,7 +59,7 @@ static float *make_operand(const gemm_case &t, size_t count, void **device)
     size_t size = t.in_type == CUDA_R_16BF ? 2 : 4;
     unsigned char *staged = (unsigned char *)malloc(count * size);
     for (size_t i = 0; i < count; i++) {
-        host[i] = uniform();
+        host[i] = signed_uniform();
         if (t.in_type == CUDA_R_16BF) {
             __nv_bfloat16 h = __float2bfloat16_rn(host[i]);
             host[i] = __bfloat162float(h);
@@ -119,7 +96,7 @@ static double run_gemm_case(cublasHandle_t handle, const gemm_case &t)
     unsigned char *c_before = (unsigned char *)malloc(c_count * c_size);
     unsigned char *c_after = (unsigned char *)malloc(c_count * c_size);
     for (size_t i = 0; i < c_count; i++) {
-        float v = t.beta == 0.0f ? NAN : uniform(); /* beta 0: C must not be read */
+        float v = t.beta == 0.0f ? NAN : signed_uniform(); /* beta 0: C must not be read */
         if (t.c_type == CUDA_R_16BF) {
             __nv_bfloat16 h = __float2bfloat16_rn(v);
             memcpy(c_before + 2 * i, &h, 2);
@@ -366,38 +343,6 @@ static void test_gemm_statuses(cublasHandle_t handle)
 }
 
 /* ---- operands outside device memory abort ---------------------------------------------------- */
-/* Runs body in a child; passes if the child dies of SIGABRT saying `expect`. */
-static void expect_abort(const char *what, void (*body)(void), const char *expect)
-{
-    int fds[2];
-    if (pipe(fds)) {
-        perror("pipe");
-        exit(99);
-    }
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        struct rlimit no_core = {0, 0};
-        setrlimit(RLIMIT_CORE, &no_core);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        body();
-        _exit(0);
-    }
-    close(fds[1]);
-    char message[512] = "";
-    size_t used = 0;
-    ssize_t got;
-    while ((got = read(fds[0], message + used, sizeof message - 1 - used)) > 0)
-        used += (size_t)got;
-    message[used] = '\0';
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    verdict(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT && strstr(message, expect),
-            "%s aborts: %.*s", what, (int)strcspn(message, "\n"), message);
-}
-
 static void gemm_on_host_memory(void)
 {
     static float host[64];

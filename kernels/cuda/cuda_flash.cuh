@@ -33,14 +33,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifdef PESC_CUDA_EMU
-#include "cuda_emu.h"
-#else
-#include <cuda_bf16.h>
+#include "cuda/cuda_api.cuh"
+#ifndef PESC_CUDA_EMU
 #include <mma.h>
-#ifndef PESC_DYNAMIC_SHARED
-#define PESC_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
-#endif
 #endif
 
 // wmma's bf16 tiles need sm_80. Built for an older architecture the kernels are empty, and

@@ -19,13 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifdef PESC_CUDA_EMU
-#include "cuda_emu.h"
-#else
-#ifndef PESC_DYNAMIC_SHARED
-#define PESC_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
-#endif
-#endif
+#include "cuda/cuda_api.cuh"
 
 #define GROUP_THREADS 256
 // sources counted on the device, at most (model.h's MODEL_MAX_SOURCES)
