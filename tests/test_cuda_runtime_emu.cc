@@ -365,6 +365,23 @@ static void gemm_past_the_end(void)
                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
+/* A kernel that writes one float past, or before, a 100-float cudaMalloc block. */
+static void write_at(float *x, long i)
+{
+    if (threadIdx.x == 0)
+        x[i] = 1.0f;
+}
+static void kernel_past_the_end(void)
+{
+    float *x = (float *)device_alloc(100 * sizeof(float));
+    emu_launch_checked(dim3(1), dim3(32), 0, [&] { write_at(x, 100); }, (const void *)write_at);
+}
+static void kernel_before_the_start(void)
+{
+    float *x = (float *)device_alloc(100 * sizeof(float));
+    emu_launch_checked(dim3(1), dim3(32), 0, [&] { write_at(x, -1); }, (const void *)write_at);
+}
+
 /* ---- runtime: memory ------------------------------------------------------------------------- */
 static void test_memory(void)
 {
@@ -558,6 +575,10 @@ int main(void)
                  "A of batch 0, 256 bytes at");
     expect_abort("a second batch past the end of C", gemm_past_the_end,
                  "C of batch 1, 256 bytes at");
+    expect_abort("a kernel writing past a cudaMalloc block", kernel_past_the_end,
+                 "a kernel: something wrote up to 4 bytes past the end of a 400-byte cudaMalloc");
+    expect_abort("a kernel writing before a cudaMalloc block", kernel_before_the_start,
+                 "a kernel: something wrote up to 4 bytes before the start of a 400-byte");
     cublasDestroy(handle);
     cudaStreamDestroy(stream);
 

@@ -26,6 +26,8 @@
  *     before lane 0 has run);
  *   - one emu_launch at a time per process; static __shared__ arrays are one object shared by
  *     every block (blocks run one after another), not poisoned between blocks;
+ *   - dynamic shared memory has 256 guard bytes on each side, checked as each block ends: a
+ *     kernel writing outside it aborts;
  *   - a thread's stack is 256 KiB;
  *   - min and max are std::min and std::max: both arguments must have the same type. */
 #ifndef PESC_CUDA_EMU_H
@@ -281,6 +283,23 @@ inline bool runnable(const launch_state &l, const fiber &f)
     return true;
 }
 
+/* Bytes before and after a block's dynamic shared memory, checked when the block ends: a kernel
+ * writing outside the shared memory it launched with is named at once. */
+constexpr size_t shared_guard = 256;
+constexpr unsigned char guard_byte = 0xA5;
+
+inline void check_shared_guards(const launch_state &l)
+{
+    for (size_t i = 0; i < shared_guard; i++) {
+        if (l.shared[-1 - (long)i] != guard_byte)
+            fail("a kernel wrote %zu bytes before its dynamic shared memory (%zu bytes) in block "
+                 "(%u,%u,%u)", i + 1, l.shared_bytes, blockIdx.x, blockIdx.y, blockIdx.z);
+        if (l.shared[l.shared_bytes + i] != guard_byte)
+            fail("a kernel wrote %zu bytes past its dynamic shared memory (%zu bytes) in block "
+                 "(%u,%u,%u)", i + 1, l.shared_bytes, blockIdx.x, blockIdx.y, blockIdx.z);
+    }
+}
+
 /* One block: every fiber from the start of the kernel until all have ended. */
 inline void run_block(launch_state &l, stacks &pool)
 {
@@ -323,6 +342,7 @@ inline void run_block(launch_state &l, stacks &pool)
                  stuck ? stuck->barrier_name : "a barrier", blockIdx.x, blockIdx.y, blockIdx.z);
         }
     }
+    check_shared_guards(l);
 }
 
 /* The running fiber waits at its block's (or warp's) barrier until every thread still running
@@ -408,9 +428,14 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes,
     emu_detail::launch_state launch;
     launch.grid = grid, launch.block = block, launch.threads = (unsigned)threads;
     launch.shared_bytes = shared_bytes;
-    launch.shared = (unsigned char *)aligned_alloc(128, (shared_bytes + 127) / 128 * 128 + 128);
-    if (!launch.shared)
+    using emu_detail::shared_guard;
+    size_t rounded = (shared_bytes + 127) / 128 * 128;
+    unsigned char *shared_base =
+        (unsigned char *)aligned_alloc(128, shared_guard + rounded + shared_guard);
+    if (!shared_base)
         fail("out of memory for %zu bytes of shared memory", shared_bytes);
+    launch.shared = shared_base + shared_guard;
+    memset(shared_base, emu_detail::guard_byte, shared_guard + rounded + shared_guard);
     launch.body = &body;
     launch.fibers.resize(threads);
     launch.warps.resize((threads + 31) / 32);
@@ -423,7 +448,7 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes,
         emu_detail::run_block(launch, pool);
     }
     emu_detail::self = emu_detail::thread_state();
-    free(launch.shared);
+    free(shared_base);
 }
 
 /* In CUDA: extern __shared__ __align__(128) unsigned char name[]. */

@@ -9,6 +9,8 @@
  *     are taken;
  *   - the device side of every copy and memset must lie inside one live cudaMalloc block
  *     (cudaErrorInvalidValue otherwise, which a GPU would report as a fault, or not at all);
+ *   - every block has 256-byte red zones before and after it, checked after every launch and
+ *     at cudaFree: a kernel writing outside its buffer aborts, naming the block;
  *   - emu_launch_checked refuses a launch the GPU would refuse (block size, empty grid, dynamic
  *     shared memory above the kernel's limit) with the error cudaGetLastError then returns.
  *
@@ -100,6 +102,11 @@ namespace emu_detail {
 constexpr size_t device_total_bytes = (size_t)16 << 30;
 constexpr size_t default_shared_bytes = 48 * 1024;
 constexpr size_t max_shared_bytes = 227 * 1024; /* sm_90's opt-in maximum per block */
+/* Bytes before and after every cudaMalloc block, filled with red_byte and checked after every
+ * launch and at cudaFree: a kernel (or copy) that writes outside its buffer is named at once,
+ * where on a GPU it would overwrite a neighbour or fault later. */
+constexpr size_t red_zone = 256;
+constexpr unsigned char red_byte = 0xA5;
 
 struct device_state {
     std::mutex mutex;
@@ -125,6 +132,25 @@ inline bool in_block_locked(const device_state &state, const void *p, size_t byt
     auto block = std::prev(after);
     size_t offset = (uintptr_t)p - block->first;
     return offset <= block->second && bytes <= block->second - offset;
+}
+
+/* Aborts, naming the block and `after`, when something wrote into a red zone of a live block;
+ * the caller holds the mutex. */
+inline void check_red_zones_locked(const device_state &state, const char *after)
+{
+    for (const auto &block : state.blocks) {
+        const unsigned char *p = (const unsigned char *)block.first;
+        size_t bytes = block.second, rounded = (bytes + 255) / 256 * 256;
+        /* the farthest byte written, for the message */
+        for (size_t i = red_zone; i > 0; i--)
+            if (p[-(long)i] != red_byte)
+                fail("%s: something wrote up to %zu bytes before the start of a %zu-byte "
+                     "cudaMalloc block at %p", after, i, bytes, (const void *)p);
+        for (size_t i = rounded + red_zone; i > bytes; i--)
+            if (p[i - 1] != red_byte)
+                fail("%s: something wrote up to %zu bytes past the end of a %zu-byte cudaMalloc "
+                     "block at %p", after, i - bytes, bytes, (const void *)p);
+    }
 }
 
 /* Device memory for a copy, memset or cuBLAS operand: an empty range is always fine. */
@@ -235,13 +261,17 @@ inline cudaError_t cudaMalloc(void **ptr, size_t bytes)
             return status(cudaErrorMemoryAllocation);
         state.allocated += bytes; /* claimed now, so two threads cannot both take the rest */
     }
-    void *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    size_t rounded = (bytes + 255) / 256 * 256;
+    unsigned char *base = (unsigned char *)aligned_alloc(256, red_zone + rounded + red_zone);
     std::lock_guard<std::mutex> lock(state.mutex);
-    if (!p) {
+    if (!base) {
         state.allocated -= bytes;
         return status(cudaErrorMemoryAllocation);
     }
+    unsigned char *p = base + red_zone;
+    memset(base, red_byte, red_zone);
     memset(p, 0xff, bytes);
+    memset(p + bytes, red_byte, rounded - bytes + red_zone);
     state.blocks[(uintptr_t)p] = bytes;
     *ptr = p;
     return cudaSuccess;
@@ -262,9 +292,10 @@ inline cudaError_t cudaFree(void *ptr)
     auto block = state.blocks.find((uintptr_t)ptr);
     if (block == state.blocks.end())
         return status(cudaErrorInvalidValue);
+    check_red_zones_locked(state, "cudaFree");
     state.allocated -= block->second;
     state.blocks.erase(block);
-    free(ptr);
+    free((unsigned char *)ptr - red_zone);
     return cudaSuccess;
 }
 
@@ -493,6 +524,9 @@ inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes
     if (shared_bytes > std::min(shared_limit(kernel), max_shared_bytes))
         return status(cudaErrorInvalidValue);
     emu_launch(grid, block, shared_bytes, body);
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    check_red_zones_locked(state, "a kernel");
     return cudaSuccess;
 }
 
