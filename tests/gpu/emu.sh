@@ -2,7 +2,8 @@
 # emu.sh — the CUDA backend's own source, built for the CPU emulator (tests/emu/, the module
 # tests/gpu/pesc-cuda-emu.la), where no GPU is: test_cuda_ops (every op against the CPU, on
 # every attention path and math), test_cuda_step (whole steps against the CPU, and two
-# identical runs, with each training attention path), and pesc itself (`pesc devices`, a
+# identical runs, with each training attention path, and flash with fast-bf16 products, the
+# pairing the MFU target needs), and pesc itself (`pesc devices`, a
 # `pesc train --backend cuda` run against the same run on the CPU). What it checks: the
 # kernels' indexing, masks and synchronisation, the host side's launches, products, scratch
 # and errors, the module's loading. Not speed, and not the longest attention shapes
@@ -32,6 +33,7 @@ run "$top_builddir/tests/gpu/test_cuda_ops"
 for attention in fused gemm flash; do
   run env PESC_CUDA_ATTENTION=$attention "$top_builddir/tests/gpu/test_cuda_step"
 done
+run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/gpu/test_cuda_step"
 
 "$pesc" devices >"$tmp/devices" 2>&1
 grep -q "^cuda:0  CUDA emulator (CPU)" "$tmp/devices" &&
