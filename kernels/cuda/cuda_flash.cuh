@@ -81,6 +81,11 @@ __host__ __device__ inline size_t flash_warp_bf16()         // a warp's (16, FL_
 {
     return flash_round((size_t)16 * FL_LDP * 2);
 }
+// The i-th (64, D + 8) bf16 tile from the start of a block's shared memory.
+__device__ __forceinline__ __nv_bfloat16 *flash_tile(unsigned char *smem, int D, int i)
+{
+    return (__nv_bfloat16 *)(smem + (size_t)i * flash_tile_bytes(D));
+}
 __host__ __device__ inline size_t flash_forward_shared(int D)
 {
     return 5 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_bf16());
@@ -218,12 +223,10 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    size_t tile = flash_tile_bytes(D);
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem, *qs_lo = (__nv_bfloat16 *)(smem + tile);
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)(smem + 2 * tile);
-    __nv_bfloat16 *ks_lo = (__nv_bfloat16 *)(smem + 3 * tile);
-    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 4 * tile);
-    unsigned char *mine = smem + 5 * tile +
+    __nv_bfloat16 *qs = flash_tile(smem, D, 0), *qs_lo = flash_tile(smem, D, 1);
+    __nv_bfloat16 *ks = flash_tile(smem, D, 2), *ks_lo = flash_tile(smem, D, 3);
+    __nv_bfloat16 *vs = flash_tile(smem, D, 4);
+    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 5) +
                           warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
     float *ss = (float *)mine;                                  // scores, then P V
     float *os = (float *)(mine + flash_warp_f32(D));            // the output so far
@@ -322,13 +325,12 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    size_t tile = flash_tile_bytes(D);
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem, *qs_lo = (__nv_bfloat16 *)(smem + tile);
-    __nv_bfloat16 *dos = (__nv_bfloat16 *)(smem + 2 * tile);
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)(smem + 3 * tile);
-    __nv_bfloat16 *ks_lo = (__nv_bfloat16 *)(smem + 4 * tile);
-    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 5 * tile);
-    unsigned char *mine = smem + 6 * tile + warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    __nv_bfloat16 *qs = flash_tile(smem, D, 0), *qs_lo = flash_tile(smem, D, 1);
+    __nv_bfloat16 *dos = flash_tile(smem, D, 2);
+    __nv_bfloat16 *ks = flash_tile(smem, D, 3), *ks_lo = flash_tile(smem, D, 4);
+    __nv_bfloat16 *vs = flash_tile(smem, D, 5);
+    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 6) +
+                          warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
     float *ss = (float *)mine, *dps = (float *)(mine + flash_warp_f32(D));
     __nv_bfloat16 *ds = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
 
@@ -398,15 +400,13 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    size_t tile = flash_tile_bytes(D);
-    __nv_bfloat16 *ks = (__nv_bfloat16 *)smem, *ks_lo = (__nv_bfloat16 *)(smem + tile);
-    __nv_bfloat16 *vs = (__nv_bfloat16 *)(smem + 2 * tile);
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)(smem + 3 * tile);
-    __nv_bfloat16 *qs_lo = (__nv_bfloat16 *)(smem + 4 * tile);
-    __nv_bfloat16 *dos = (__nv_bfloat16 *)(smem + 5 * tile);
-    float *lse_s = (float *)(smem + 6 * tile), *delta_s = lse_s + FL_TILE;
+    __nv_bfloat16 *ks = flash_tile(smem, D, 0), *ks_lo = flash_tile(smem, D, 1);
+    __nv_bfloat16 *vs = flash_tile(smem, D, 2);
+    __nv_bfloat16 *qs = flash_tile(smem, D, 3), *qs_lo = flash_tile(smem, D, 4);
+    __nv_bfloat16 *dos = flash_tile(smem, D, 5);
+    float *lse_s = (float *)flash_tile(smem, D, 6), *delta_s = lse_s + FL_TILE;
     int *lo_s = (int *)(delta_s + FL_TILE);
-    unsigned char *mine = smem + 6 * tile + flash_round(3 * FL_TILE * 4) +
+    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 6) + flash_round(3 * FL_TILE * 4) +
                           warp * (2 * flash_warp_f32(D) + 2 * flash_warp_bf16());
     float *ss = (float *)mine, *dps = (float *)(mine + flash_warp_f32(D));   // S^T, dP^T
     __nv_bfloat16 *pt = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
