@@ -320,7 +320,8 @@ static void take_routing(model *m, int l, const double *st, int N, int S)
         r->first[(size_t)l * E + e] = (int)st[E + e];
         r->gate_sum[(size_t)l * E + e] = st[2 * E + e];
         for (int s = 0; s < MODEL_MAX_SOURCES; s++)
-            r->source_counts[((size_t)s * L + l) * E + e] = s < S ? (int)by_source[(size_t)s * E + e] : 0;
+            r->source_counts[((size_t)s * L + l) * E + e] =
+                s < S ? (int)by_source[(size_t)s * E + e] : 0;
     }
     r->entropy[l] = st[4 * E] / N;
     r->tokens = N;

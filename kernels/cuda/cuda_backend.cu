@@ -4,8 +4,8 @@
 //
 // Host synchronisation happens only where the interface hands data to the host: download
 // (route_layer's routing statistics and group sizes, the per-slice losses), vector_sumsq (the
-// clipping norm), synchronize and backend_check. Uploads from pageable memory are staged by the driver and
-// return without waiting for the device.
+// clipping norm), synchronize and backend_check. Uploads from pageable memory are staged by
+// the driver and return without waiting for the device.
 #include "config.h"
 
 #include <cerrno>
