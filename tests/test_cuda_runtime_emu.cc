@@ -553,12 +553,36 @@ static void test_device_streams_events(void)
             "cudaDeviceSynchronize; cudaGetErrorString");
 }
 
+/* PESC_EMU_DEVICES=2: a stream belongs to the device current when it was made, a launch into it
+ * from another device is refused, and every host thread starts on device 0. */
+static void test_two_devices(void)
+{
+    setenv("PESC_EMU_DEVICES", "2", 1);
+    int count = 0, other_thread = -1;
+    cudaStream_t stream = nullptr;
+    bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count == 2 &&
+              cudaSetDevice(1) == cudaSuccess && cudaStreamCreate(&stream) == cudaSuccess &&
+              emu_launch_on(stream, dim3(1), dim3(32), 0, [] {}, nullptr) == cudaSuccess;
+    std::thread([&] { cudaGetDevice(&other_thread); }).join();
+    bool refused = cudaSetDevice(0) == cudaSuccess &&
+                   emu_launch_on(stream, dim3(1), dim3(32), 0, [] {}, nullptr) ==
+                       cudaErrorInvalidResourceHandle &&
+                   cudaGetLastError() == cudaErrorInvalidResourceHandle;
+    verdict(ok && refused && other_thread == 0 && cudaSetDevice(2) == cudaErrorInvalidDevice,
+            "two devices: a launch into device 1's stream from device 0 refused; another "
+            "thread starts on device %d", other_thread);
+    cudaGetLastError();
+    cudaStreamDestroy(stream);
+    unsetenv("PESC_EMU_DEVICES");
+}
+
 int main(void)
 {
     auto start = std::chrono::steady_clock::now();
     test_memory();
     test_launches();
     test_device_streams_events();
+    test_two_devices();
 
     cublasHandle_t handle = nullptr;
     cudaStream_t stream = nullptr;

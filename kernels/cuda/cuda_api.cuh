@@ -10,8 +10,7 @@
 #include "cuda_runtime_emu.h"
 #include "cublas_emu.h"
 #define CUDA_LAUNCH(kernel, grid, block, shared, stream, ...)                                    \
-    ((void)(stream), emu_launch_checked(grid, block, shared, [&] { kernel(__VA_ARGS__); },       \
-                                        (const void *)kernel))
+    emu_launch_on(stream, grid, block, shared, [&] { kernel(__VA_ARGS__); }, (const void *)kernel)
 #else
 #include <cublas_v2.h>
 #include <cuda_bf16.h>

@@ -63,6 +63,7 @@ enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
 struct cublasContext {
     cudaStream_t stream;
     cublasMath_t math;
+    int device;                     /* current when it was made: cuBLAS's handles stay there */
 };
 typedef cublasContext *cublasHandle_t;
 
@@ -104,7 +105,7 @@ inline cublasStatus_t cublasCreate(cublasHandle_t *handle)
 {
     if (!handle)
         return CUBLAS_STATUS_INVALID_VALUE;
-    *handle = new cublasContext{nullptr, CUBLAS_DEFAULT_MATH};
+    *handle = new cublasContext{nullptr, CUBLAS_DEFAULT_MATH, emu_detail::current_device};
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -352,6 +353,14 @@ inline cublasStatus_t gemm(const char *call, cublasHandle_t handle, gemm_problem
 {
     if (!handle)
         return CUBLAS_STATUS_NOT_INITIALIZED;
+    /* "the device associated with a cuBLAS context is assumed to remain unchanged": undefined
+     * otherwise, so the emulator stops there */
+    if (handle->device != emu_detail::current_device)
+        emu_detail::fail("%s: a cuBLAS handle made on device %d used while device %d is current",
+                         call, handle->device, emu_detail::current_device);
+    if (handle->stream && handle->stream->device != handle->device)
+        emu_detail::fail("%s: a cuBLAS handle of device %d set to a stream of device %d", call,
+                         handle->device, handle->stream->device);
     auto valid_op = [](cublasOperation_t op) {
         return op == CUBLAS_OP_N || op == CUBLAS_OP_T || op == CUBLAS_OP_C;
     };

@@ -4,9 +4,12 @@
  * Exactly the calls the backend makes, with CUDA's names, values and error codes. Everything
  * runs synchronously, so streams and events are bookkeeping. What the emulator adds to help a
  * test find bugs a GPU would hide or report late:
- *   - one device, index 0, "CUDA emulator (CPU)", sm_90, 16 GiB; cudaMalloc gives host memory
- *     filled with 0xFF bytes (NaN as fp32 and bf16), and fails like the device when the 16 GiB
- *     are taken;
+ *   - PESC_EMU_DEVICES devices (default 1, at most 8), "CUDA emulator (CPU)", sm_90, 16 GiB
+ *     together; the current device is per host thread, a stream belongs to the device current
+ *     when it was made, and a kernel launched into another device's stream is refused, as on a
+ *     GPU (cuBLAS, in cublas_emu.h, aborts on a handle used on another device); cudaMalloc
+ *     gives host memory filled with 0xFF bytes (NaN as fp32 and bf16), and fails like the
+ *     device when the 16 GiB are taken;
  *   - the device side of every copy and memset must lie inside one live cudaMalloc block
  *     (cudaErrorInvalidValue otherwise, which a GPU would report as a fault, or not at all);
  *   - every block has 256-byte red zones before and after it, checked after every launch and
@@ -88,6 +91,7 @@ inline void emu_set_launch_error(cudaError_t error) { emu_detail::status(error);
 /* ---- the device's state ---------------------------------------------------------------------- */
 struct CUstream_st {
     unsigned flags;
+    int device;                     /* current when it was made: its kernels run there */
 };
 typedef CUstream_st *cudaStream_t;
 
@@ -163,6 +167,16 @@ inline bool is_device_range(const void *p, size_t bytes)
     return in_block_locked(state, p, bytes);
 }
 
+/* PESC_EMU_DEVICES (1 to 8, default 1) devices, all alike; the current one is per host
+ * thread, as in CUDA, so a thread that never set it works on device 0. */
+inline int device_count()
+{
+    const char *s = getenv("PESC_EMU_DEVICES");
+    int n = s && *s ? atoi(s) : 1;
+    return n < 1 ? 1 : n > 8 ? 8 : n;
+}
+inline thread_local int current_device = 0;
+
 inline bool is_stream(cudaStream_t stream)
 {
     if (!stream) /* the legacy default stream */
@@ -197,20 +211,23 @@ inline cudaError_t cudaGetDeviceCount(int *count)
 {
     if (!count)
         return emu_detail::status(cudaErrorInvalidValue);
-    *count = 1;
+    *count = emu_detail::device_count();
     return cudaSuccess;
 }
 
 inline cudaError_t cudaSetDevice(int device)
 {
-    return emu_detail::status(device == 0 ? cudaSuccess : cudaErrorInvalidDevice);
+    if (device < 0 || device >= emu_detail::device_count())
+        return emu_detail::status(cudaErrorInvalidDevice);
+    emu_detail::current_device = device;
+    return cudaSuccess;
 }
 
 inline cudaError_t cudaGetDevice(int *device)
 {
     if (!device)
         return emu_detail::status(cudaErrorInvalidValue);
-    *device = 0;
+    *device = emu_detail::current_device;
     return cudaSuccess;
 }
 
@@ -218,7 +235,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
 {
     if (!prop)
         return emu_detail::status(cudaErrorInvalidValue);
-    if (device != 0)
+    if (device < 0 || device >= emu_detail::device_count())
         return emu_detail::status(cudaErrorInvalidDevice);
     memset(prop, 0, sizeof *prop);
     snprintf(prop->name, sizeof prop->name, "CUDA emulator (CPU)");
@@ -372,7 +389,7 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flag
     using namespace emu_detail;
     if (!stream || flags > cudaStreamNonBlocking)
         return status(cudaErrorInvalidValue);
-    *stream = new CUstream_st{flags};
+    *stream = new CUstream_st{flags, current_device};
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
     state.streams.insert(*stream);
@@ -528,6 +545,18 @@ inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes
     std::lock_guard<std::mutex> lock(state.mutex);
     check_red_zones_locked(state, "a kernel");
     return cudaSuccess;
+}
+
+/* emu_launch_checked into a stream, as <<<grid, block, shared, stream>>>: a stream made on
+ * another device than the current one is refused (cudaErrorInvalidResourceHandle), as CUDA
+ * refuses it, since the kernel would run on the current device. */
+inline cudaError_t emu_launch_on(cudaStream_t stream, dim3 grid, dim3 block, size_t shared_bytes,
+                                 const std::function<void()> &body, const void *kernel)
+{
+    using namespace emu_detail;
+    if (!is_stream(stream) || (stream && stream->device != current_device))
+        return status(cudaErrorInvalidResourceHandle);
+    return emu_launch_checked(grid, block, shared_bytes, body, kernel);
 }
 
 #endif /* PESC_CUDA_RUNTIME_EMU_H */

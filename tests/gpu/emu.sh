@@ -3,10 +3,10 @@
 # tests/gpu/pesc-cuda-emu.la), where no GPU is: test_cuda_ops (every op against the CPU, on
 # every attention path and math), test_cuda_step (whole steps against the CPU, and two
 # identical runs, with each training attention path, and flash with fast-bf16 products, the
-# pairing the MFU target needs), and pesc itself (`pesc devices`, a
-# `pesc train --backend cuda` run against the same run on the CPU). What it checks: the
-# kernels' indexing, masks and synchronisation, the host side's launches, products, scratch
-# and errors, the module's loading. Not speed, and not the longest attention shapes
+# pairing the MFU target needs), and pesc itself (`pesc devices`, `pesc train --backend cuda`
+# runs against the same run on the CPU, one on the second of two emulated GPUs). What it
+# checks: the kernels' indexing, masks and synchronisation, the host side's launches, products,
+# scratch, devices and errors, the module's loading. Not speed, and not the longest attention shapes
 # (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -52,10 +52,13 @@ train() {   # log, backend, environment...
 }
 losses() { grep '"step":' "$1" | grep '"loss"' | sed 's/.*"loss":\([^,]*\),.*/\1/' | tr '\n' ' '; }
 train "$tmp/cpu.jsonl" cpu
-for variant in "tf32 fused 1e-5" "tf32 gemm 1e-4"; do
+# and on the second of two GPUs (PESC_CUDA_DEVICE=1): the trainer thread, not the one that
+# made the backend, runs the ops, and a launch from the wrong device is refused
+for variant in "tf32 fused 1e-5 1 0" "tf32 gemm 1e-4 1 0" "tf32 fused 1e-5 2 1"; do
   set -- $variant
-  if ! train "$tmp/gpu.jsonl" cuda PESC_CUDA_MATH=$1 PESC_CUDA_ATTENTION=$2; then
-    fail "pesc train --backend cuda ($1, $2): $(head -c 300 "$tmp/err")"
+  if ! train "$tmp/gpu.jsonl" cuda PESC_CUDA_MATH=$1 PESC_CUDA_ATTENTION=$2 PESC_EMU_DEVICES=$4 \
+      PESC_CUDA_DEVICE=$5; then
+    fail "pesc train --backend cuda ($1, $2, device $5 of $4): $(head -c 300 "$tmp/err")"
     continue
   fi
   want=$(losses "$tmp/cpu.jsonl") got=$(losses "$tmp/gpu.jsonl") ok=1 i=0
@@ -64,7 +67,7 @@ for variant in "tf32 fused 1e-5" "tf32 gemm 1e-4"; do
     close "$(echo "$got" | cut -d' ' -f$i)" "$l" "$3" || ok=0
   done
   [ $ok -eq 1 ] && [ $i -eq 4 ] &&
-    pass "pesc train --backend cuda ($1, $2): the CPU's losses within $3 ($got)" ||
-    fail "pesc train --backend cuda ($1, $2): losses '$got', the CPU's '$want'"
+    pass "pesc train --backend cuda ($1, $2, device $5 of $4): the CPU's losses within $3 ($got)" ||
+    fail "pesc train --backend cuda ($1, $2, device $5 of $4): losses '$got', the CPU's '$want'"
 done
 [ "$failures" -eq 0 ]
