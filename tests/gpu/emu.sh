@@ -4,7 +4,8 @@
 # every attention path and math), test_cuda_step (whole steps against the CPU, and two
 # identical runs, with each training attention path, and flash with fast-bf16 products, the
 # pairing the MFU target needs), and pesc itself (`pesc devices`, `pesc train --backend cuda`
-# runs against the same run on the CPU, one on the second of two emulated GPUs). What it
+# runs against the same run on the CPU, one on the second of two emulated GPUs, and `pesc
+# generate` against the CPU's text). What it
 # checks: the kernels' indexing, masks and synchronisation, the host side's launches, products,
 # scratch, devices and errors, the module's loading. Not speed, and not the longest attention shapes
 # (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
@@ -70,4 +71,14 @@ for variant in "tf32 fused 1e-5 1 0" "tf32 gemm 1e-4 1 0" "tf32 fused 1e-5 2 1";
     pass "pesc train --backend cuda ($1, $2, device $5 of $4): the CPU's losses within $3 ($got)" ||
     fail "pesc train --backend cuda ($1, $2, device $5 of $4): losses '$got', the CPU's '$want'"
 done
+# generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
+demo="$top_srcdir/data/demo"
+for backend in cpu cuda; do
+  "$pesc" generate --model "$demo" --prompt "Once upon a time" --raw --max-tokens 24 \
+    --backend $backend >"$tmp/gen-$backend" 2>"$tmp/err" ||
+    fail "pesc generate --backend $backend: $(head -c 300 "$tmp/err")"
+done
+[ -s "$tmp/gen-cpu" ] && cmp -s "$tmp/gen-cpu" "$tmp/gen-cuda" &&
+  pass "pesc generate --backend cuda: the CPU's 24 greedy tokens" ||
+  fail "pesc generate --backend cuda: '$(cat "$tmp/gen-cuda")', the CPU's '$(cat "$tmp/gen-cpu")'"
 [ "$failures" -eq 0 ]
