@@ -120,7 +120,8 @@ namespace emu_detail {
     abort();
 }
 
-#if defined(__x86_64__)
+/* -DPESC_EMU_UCONTEXT takes the portable path below on x86-64 too (to test it) */
+#if defined(__x86_64__) && !defined(PESC_EMU_UCONTEXT)
 /* Saves the callee-saved registers on the running stack, stores its pointer in *from, and
  * resumes the stack at `to` (System V x86-64). */
 extern "C" void emu_switch_x64(void **from, void *to);
