@@ -358,6 +358,25 @@ static void misaligned_store(void)
 
 static void partial_mask(void) { __syncwarp(0x0000ffffu); }
 
+/* Lane 5 loads another tile, or changes its fragment before the product: the warp's one call
+ * would mix what the lanes hold. */
+static void lane_loads_other_tile(void)
+{
+    alignas(32) static __nv_bfloat16 tiles[2][16 * 16];
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::load_matrix_sync(a, tiles[threadIdx.x == 5], 16);
+}
+static void lane_changes_fragment(void)
+{
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(a, __float2bfloat16(threadIdx.x == 5 ? 2.0f : 1.0f));
+    wmma::fill_fragment(b, __float2bfloat16(1.0f));
+    wmma::fill_fragment(c, 0.0f);
+    wmma::mma_sync(c, a, b, c);
+}
+
 /* A kernel on one warp, for expect_abort. */
 template <void (*kernel)(void)> static void on_one_warp(void)
 {
@@ -386,6 +405,10 @@ int main(void)
     expect_abort("store_matrix_sync 16 bytes off a 32-byte boundary", on_one_warp<misaligned_store>,
                  "not 32-byte aligned");
     expect_abort("__syncwarp with half a mask", on_one_warp<partial_mask>, "mask 0x0000ffff");
+    expect_abort("load_matrix_sync of another tile in one lane", on_one_warp<lane_loads_other_tile>,
+                 "lane 5 of warp 0 in block (0,0,0) made wmma call 0 with other arguments");
+    expect_abort("mma_sync with another fragment in one lane", on_one_warp<lane_changes_fragment>,
+                 "mma_sync: lane 5 of warp 0");
     double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     printf("test_cuda_emu: %d failures in %.2f s\n", failures, seconds);

@@ -20,7 +20,9 @@
  *     but its warp must not shuffle with it afterwards; simplest is not to return early;
  *   - a barrier that some thread never reaches aborts, naming it, instead of hanging;
  *   - each lane of a wmma fragment holds the whole tile (num_elements = 256 for 16x16), so a
- *     kernel may touch x[] only uniformly (scale every element, fill); store_matrix_sync is
+ *     kernel may touch x[] only uniformly (scale every element, fill); every lane must make the
+ *     same wmma calls with the same arguments and fragments (checked: a lane that differs
+ *     aborts, and mma_sync's product is computed once a warp); store_matrix_sync is
  *     written by lane 0 alone and adds no barrier, so a kernel reading the stored tile from other
  *     lanes needs the __syncwarp it needs on a GPU (here a missing one shows as lanes reading
  *     before lane 0 has run);
@@ -179,12 +181,28 @@ struct fiber {
     wait_kind waiting = RUNNING;
     unsigned long generation = 0;   /* of the barrier it waits at */
     const char *barrier_name = "";
+    unsigned long wmma_calls = 0;   /* its wmma::*_sync calls so far in this block */
 };
+
+/* What the first lane of a warp to make its n-th wmma call recorded: the others must make the
+ * same call (a wmma call is the warp's, with one set of arguments), and mma_sync's product,
+ * computed once, is theirs too. */
+enum wmma_kind { WMMA_LOAD, WMMA_STORE, WMMA_MMA };
+struct wmma_record {
+    unsigned long call = ~0ul;
+    wmma_kind kind;
+    const void *ptr;
+    unsigned ldm;
+    uint64_t hash;                  /* of the fragments it took */
+    float product[256];             /* mma_sync's D */
+};
+constexpr unsigned wmma_log_size = 1024;   /* calls one lane may run ahead of the others */
 
 struct warp_state {
     unsigned live = 0, arrived = 0;
     unsigned long generation = 0;
     uint64_t slots[2][32]; /* shuffle values; two sets so a round's writes miss the last's reads */
+    wmma_record *wmma_log = nullptr;   /* (wmma_log_size), the n-th call at n % size */
 };
 
 struct launch_state {
@@ -308,11 +326,13 @@ inline void run_block(launch_state &l, stacks &pool)
     l.live = l.threads, l.arrived = 0;
     for (unsigned w = 0; w < l.warps.size(); w++) {
         l.warps[w].live = std::min(32u, l.threads - w * 32), l.warps[w].arrived = 0;
+        for (unsigned i = 0; i < wmma_log_size; i++)
+            l.warps[w].wmma_log[i].call = ~0ul;
     }
     for (unsigned t = 0; t < l.threads; t++) {
         fiber &f = l.fibers[t];
         f.tid = t, f.lane = t % 32, f.warp = t / 32, f.shuffle_round = 0;
-        f.done = false, f.waiting = RUNNING;
+        f.done = false, f.waiting = RUNNING, f.wmma_calls = 0;
         context_make(f.ctx, pool.get(t), stacks::size, fiber_entry);
     }
     const dim3 block = l.block;
@@ -386,6 +406,47 @@ template <class T> inline T shuffle(unsigned mask, T value, int src_lane, const 
 
 inline unsigned lane() { return current("a lane's index").running->lane; }
 
+/* The warps' wmma logs, kept from launch to launch. */
+inline wmma_record *wmma_logs(unsigned warps)
+{
+    static std::vector<wmma_record> logs;
+    if (logs.size() < (size_t)warps * wmma_log_size)
+        logs.resize((size_t)warps * wmma_log_size);
+    return logs.data();
+}
+
+inline uint64_t hash_words(uint64_t h, const void *p, size_t bytes)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The running lane's next wmma call: *first when no lane of its warp has made it yet (then the
+ * record is this lane's to fill); otherwise the other lane's record, which must match. */
+inline wmma_record &wmma_call(const char *what, wmma_kind kind, const void *ptr, unsigned ldm,
+                              uint64_t hash, bool *first)
+{
+    launch_state &l = current(what);
+    fiber *f = l.running;
+    unsigned long call = f->wmma_calls++;
+    wmma_record &r = l.warps[f->warp].wmma_log[call % wmma_log_size];
+    *first = r.call != call;
+    if (*first) {
+        r.call = call, r.kind = kind, r.ptr = ptr, r.ldm = ldm, r.hash = hash;
+    } else if (r.kind != kind || r.ptr != ptr || r.ldm != ldm || r.hash != hash) {
+        fail("%s: lane %u of warp %u in block (%u,%u,%u) made wmma call %lu with other "
+             "arguments or fragments than a lane before it (a wmma call is the whole warp's, "
+             "with one set of arguments)", what, f->lane, f->warp, blockIdx.x, blockIdx.y,
+             blockIdx.z, call);
+    }
+    return r;
+}
+
 /* CUDA's preconditions for load_matrix_sync and store_matrix_sync. */
 inline void check_matrix(const char *what, const void *ptr, unsigned ldm, size_t element_size)
 {
@@ -440,6 +501,9 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes,
     launch.body = &body;
     launch.fibers.resize(threads);
     launch.warps.resize((threads + 31) / 32);
+    emu_detail::wmma_record *logs = emu_detail::wmma_logs((unsigned)launch.warps.size());
+    for (size_t w = 0; w < launch.warps.size(); w++)
+        launch.warps[w].wmma_log = logs + w * emu_detail::wmma_log_size;
     emu_detail::stacks &pool = emu_detail::stack_pool(launch.threads);
     emu_detail::self.launch = &launch;
     blockDim = block, gridDim = grid;
@@ -538,6 +602,9 @@ inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> &f
                              const __nv_bfloat16 *ptr, unsigned ldm)
 {
     emu_detail::check_matrix("load_matrix_sync", ptr, ldm, sizeof *ptr);
+    bool first;
+    emu_detail::wmma_call("load_matrix_sync", emu_detail::WMMA_LOAD, ptr, ldm,
+                          std::is_same<Layout, row_major>::value, &first);
     for (int r = 0; r < f.rows; r++)
         for (int c = 0; c < f.cols; c++)
             f.x[r * f.cols + c] =
@@ -547,6 +614,8 @@ inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> &f
 inline void load_matrix_sync(emu_accumulator &f, const float *ptr, unsigned ldm, layout_t layout)
 {
     emu_detail::check_matrix("load_matrix_sync", ptr, ldm, sizeof *ptr);
+    bool first;
+    emu_detail::wmma_call("load_matrix_sync", emu_detail::WMMA_LOAD, ptr, ldm, layout, &first);
     for (int r = 0; r < f.rows; r++)
         for (int c = 0; c < f.cols; c++)
             f.x[r * f.cols + c] = ptr[emu_detail::tile_offset(r, c, ldm, layout == mem_row_major)];
@@ -556,6 +625,9 @@ inline void load_matrix_sync(emu_accumulator &f, const float *ptr, unsigned ldm,
 inline void store_matrix_sync(float *ptr, const emu_accumulator &f, unsigned ldm, layout_t layout)
 {
     emu_detail::check_matrix("store_matrix_sync", ptr, ldm, sizeof *ptr);
+    bool first;
+    emu_detail::wmma_call("store_matrix_sync", emu_detail::WMMA_STORE, ptr, ldm,
+                          emu_detail::hash_words(layout, f.x, sizeof f.x), &first);
     if (emu_detail::lane() != 0)
         return;
     for (int r = 0; r < f.rows; r++)
@@ -568,6 +640,18 @@ template <class LayoutA, class LayoutB> inline void
 mma_sync(emu_accumulator &d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> &a,
          const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> &b, const emu_accumulator &c)
 {
+    /* the warp's one product: the first lane computes it, the others check they gave the same
+     * fragments and take it */
+    uint64_t h = emu_detail::hash_words(0xcbf29ce484222325ull, a.x, sizeof a.x);
+    h = emu_detail::hash_words(h, b.x, sizeof b.x);
+    h = emu_detail::hash_words(h, c.x, sizeof c.x);
+    bool first;
+    emu_detail::wmma_record &r =
+        emu_detail::wmma_call("mma_sync", emu_detail::WMMA_MMA, nullptr, 0, h, &first);
+    if (!first) {
+        memcpy(d.x, r.product, sizeof r.product);
+        return;
+    }
     float product[16 * 16];
     for (int i = 0; i < 16; i++)
         for (int j = 0; j < 16; j++) {
@@ -577,6 +661,7 @@ mma_sync(emu_accumulator &d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16,
             product[i * 16 + j] = sum + c.x[i * 16 + j];
         }
     memcpy(d.x, product, sizeof product);
+    memcpy(r.product, product, sizeof product);
 }
 
 } /* namespace wmma */
