@@ -4,6 +4,10 @@
  * loop on the same bf16 inputs; a shared-memory reduction; warp shuffles; every (block, thread)
  * of a 3-D launch running once; and wmma's preconditions aborting in a child process.
  * Exit 0 pass, 1 fail. */
+#include <atomic>
+#include <chrono>
+#include <memory>
+
 #include "cuda_emu.h"
 #include "emu_check.h"
 

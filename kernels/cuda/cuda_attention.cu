@@ -856,7 +856,7 @@ bool cuda_flash_available(cuda_context *c, int cc_major)
 
 static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv)
 {
-    return c->attention == CUDA_ATTENTION_FLASH && c->flash_ok && flash_shape_ok(D, Hq, Hkv);
+    return c->flash_ok && flash_shape_ok(D, Hq, Hkv);   // flash_ok: flash asked for, and runs
 }
 
 template <int NCH>

@@ -184,12 +184,13 @@ extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const in
                                const int32_t *sources, int N, int E, int K, int S)
 {
     CUDA_OP(ctx);
-    if (N <= 0 || S > GROUP_MAX_SOURCES) {
-        if (S > GROUP_MAX_SOURCES)
-            cuda_check_rc(c, cudaErrorInvalidValue, "moe_group: more sources than 16", __FILE__,
-                          __LINE__);
+    if (S > GROUP_MAX_SOURCES) {
+        cuda_check_rc(c, cudaErrorInvalidValue, "moe_group: more sources than 16", __FILE__,
+                      __LINE__);
         return;
     }
+    if (N <= 0)
+        return;
     CUDA_LAUNCH(group_stats_kernel, E + 1, GROUP_THREADS, group_stats_shared(S), c->stream, stats,
                 topk_idx, topk_w, probs, lse, S ? sources : NULL, N, E, K, S);
     CUDA_LAUNCH(group_perm_kernel, E, GROUP_THREADS, group_perm_shared(), c->stream, perm, stats,

@@ -24,6 +24,9 @@
 
 #include "cuda_runtime_emu.h"
 
+#include <atomic>
+#include <thread>
+
 /* ---- types and statuses ---------------------------------------------------------------------- */
 enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_64F = 1, CUDA_R_16F = 2, CUDA_R_16BF = 14 };
 typedef cudaDataType_t cudaDataType;

@@ -27,7 +27,9 @@
 
 #include "cuda_emu.h"
 
+#include <chrono>
 #include <map>
+#include <mutex>
 #include <set>
 
 /* ---- errors ---------------------------------------------------------------------------------- */
