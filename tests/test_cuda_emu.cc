@@ -74,6 +74,54 @@ static void test_bf16(void)
             "bf16 ties to even on float literals (1.01171875 -> 1.015625, 1.00390625 -> 1.0)");
 }
 
+/* ---- half rounding --------------------------------------------------------------------------- */
+static void test_half(void)
+{
+    static const struct {
+        uint32_t in;
+        uint16_t want;
+        const char *why;
+    } cases[] = {
+        {0x3f800000, 0x3c00, "1.0 is exact"},
+        {0x3f801000, 0x3c00, "1 + 2^-11, a tie, rounds down to even"},
+        {0x3f803000, 0x3c02, "1 + 3 2^-11, a tie, rounds up to even"},
+        {0xc0200000, 0xc100, "-2.5 is exact"},
+        {0x80000000, 0x8000, "-0 keeps its sign"},
+        {0x477fe000, 0x7bff, "65504, the largest half, is exact"},
+        {0x477fefff, 0x7bff, "just below 65520 stays finite"},
+        {0x477ff000, 0x7c00, "65520, a tie at the top, rounds to infinity"},
+        {0x7f800000, 0x7c00, "infinity"},
+        {0xff800000, 0xfc00, "-infinity"},
+        {0x38800000, 0x0400, "2^-14, the smallest normal"},
+        {0x387fe000, 0x0400, "just below it, a tie, rounds up to the smallest normal"},
+        {0x33800000, 0x0001, "2^-24, the smallest subnormal"},
+        {0x33000000, 0x0000, "2^-25, a tie, rounds down to zero"},
+        {0x33400000, 0x0001, "1.5 2^-25 rounds up"},
+        {0x33c00000, 0x0002, "1.5 2^-24, a tie, rounds up to even"},
+        {0x322bcc77, 0x0000, "1e-8 is zero"},
+        {0x7fc00001, 0x7fff, "a NaN becomes the canonical NaN"},
+    };
+    int bad = 0;
+    for (const auto &c : cases) {
+        float f = float_from_bits(c.in);
+        uint16_t rn = __float2half_rn(f).bits, plain = __float2half(f).bits;
+        float back = __half2float(__half{rn});
+        bool back_ok = isnan(f) ? isnan(back) : back == f || __float2half_rn(back).bits == rn;
+        if (rn != c.want || plain != c.want || !back_ok) {
+            verdict(false, "half of 0x%08x (%s): got 0x%04x/0x%04x, want 0x%04x", c.in, c.why, rn,
+                    plain, c.want);
+            bad++;
+        }
+    }
+    if (!bad)
+        verdict(true, "half rounding and widening: %zu hand-worked cases",
+                sizeof cases / sizeof cases[0]);
+    verdict(__half2float(__half{0x0001}) == ldexpf(1.0f, -24) &&
+                __half2float(__half{0x7bff}) == 65504.0f && __half2float(__half{0x3555}) ==
+                0.333251953125f,
+            "half widening: 2^-24, 65504, 0x3555 = 0.333251953125");
+}
+
 /* ---- wmma GEMM ------------------------------------------------------------------------------- */
 enum { GEMM_M = 64, GEMM_N = 48, GEMM_K = 32 };
 
@@ -84,8 +132,13 @@ static bool is_row_major(wmma::col_major) { return false; }
  * in the layouts given. Two warps per block, each owns one 16x16 tile of c, which goes in and
  * out through shared memory in c_layout: lane 0's store and the other lanes' reads are ordered
  * by __syncwarp, as a real kernel needs. */
-template <class LayoutA, class LayoutB> static __global__ void
-gemm_kernel(float *c, const __nv_bfloat16 *a, const __nv_bfloat16 *b, wmma::layout_t c_layout)
+static __nv_bfloat16 element(float x, __nv_bfloat16) { return __float2bfloat16(x); }
+static __half element(float x, __half) { return __float2half_rn(x); }
+static const char *element_name(__nv_bfloat16) { return "bf16"; }
+static const char *element_name(__half) { return "half"; }
+
+template <class T, class LayoutA, class LayoutB> static __global__ void
+gemm_kernel(float *c, const T *a, const T *b, wmma::layout_t c_layout)
 {
     PESC_DYNAMIC_SHARED(smem);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -101,8 +154,8 @@ gemm_kernel(float *c, const __nv_bfloat16 *a, const __nv_bfloat16 *b, wmma::layo
     wmma::load_matrix_sync(acc, stage, 16, c_layout);
 
     for (int k0 = 0; k0 < GEMM_K; k0 += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> a_frag;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> b_frag;
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> a_frag;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> b_frag;
         if (is_row_major(LayoutA()))
             wmma::load_matrix_sync(a_frag, a + tile_row * GEMM_K + k0, GEMM_K);
         else
@@ -124,24 +177,24 @@ gemm_kernel(float *c, const __nv_bfloat16 *a, const __nv_bfloat16 *b, wmma::layo
             stage[emu_detail::tile_offset(e / 16, e % 16, 16, c_rows)];
 }
 
-template <class LayoutA, class LayoutB> static void test_gemm(wmma::layout_t c_layout)
+template <class T, class LayoutA, class LayoutB> static void test_gemm(wmma::layout_t c_layout)
 {
     const bool a_rows = is_row_major(LayoutA()), b_rows = is_row_major(LayoutB());
-    __nv_bfloat16 *a = alloc_aligned<__nv_bfloat16>(GEMM_M * GEMM_K);
-    __nv_bfloat16 *b = alloc_aligned<__nv_bfloat16>(GEMM_K * GEMM_N);
+    T *a = alloc_aligned<T>(GEMM_M * GEMM_K);
+    T *b = alloc_aligned<T>(GEMM_K * GEMM_N);
     float *c = alloc_aligned<float>(GEMM_M * GEMM_N);
     std::vector<double> a_value(GEMM_M * GEMM_K), b_value(GEMM_K * GEMM_N), want(GEMM_M * GEMM_N);
     for (int i = 0; i < GEMM_M; i++)
         for (int k = 0; k < GEMM_K; k++) {
-            __nv_bfloat16 h = __float2bfloat16((float)(2.0 * uniform() - 1.0));
+            T h = element((float)(2.0 * uniform() - 1.0), T());
             a[emu_detail::tile_offset(i, k, a_rows ? GEMM_K : GEMM_M, a_rows)] = h;
-            a_value[i * GEMM_K + k] = __bfloat162float(h);
+            a_value[i * GEMM_K + k] = wmma::emu_float(h);
         }
     for (int k = 0; k < GEMM_K; k++)
         for (int j = 0; j < GEMM_N; j++) {
-            __nv_bfloat16 h = __float2bfloat16((float)(2.0 * uniform() - 1.0));
+            T h = element((float)(2.0 * uniform() - 1.0), T());
             b[emu_detail::tile_offset(k, j, b_rows ? GEMM_N : GEMM_K, b_rows)] = h;
-            b_value[k * GEMM_N + j] = __bfloat162float(h);
+            b_value[k * GEMM_N + j] = wmma::emu_float(h);
         }
     for (int i = 0; i < GEMM_M * GEMM_N; i++)
         c[i] = (float)(2.0 * uniform() - 1.0);
@@ -154,7 +207,7 @@ template <class LayoutA, class LayoutB> static void test_gemm(wmma::layout_t c_l
         }
 
     emu_launch(dim3(GEMM_N / 16, GEMM_M / 32), dim3(64), 2 * 16 * 16 * sizeof(float),
-               [&] { gemm_kernel<LayoutA, LayoutB>(c, a, b, c_layout); });
+               [&] { gemm_kernel<T, LayoutA, LayoutB>(c, a, b, c_layout); });
 
     double diff = 0.0, norm = 0.0;
     for (int i = 0; i < GEMM_M * GEMM_N; i++) {
@@ -163,9 +216,9 @@ template <class LayoutA, class LayoutB> static void test_gemm(wmma::layout_t c_l
     }
     double err = sqrt(diff / norm);
     verdict(err <= 1e-6 && isfinite(err),
-            "wmma %dx%d = %dx%d (%s) @ %dx%d (%s) + c (%s): normalized error %.1e", GEMM_M, GEMM_N,
-            GEMM_M, GEMM_K, a_rows ? "row" : "col", GEMM_K, GEMM_N, b_rows ? "row" : "col",
-            c_layout == wmma::mem_row_major ? "row" : "col", err);
+            "wmma %s %dx%d = %dx%d (%s) @ %dx%d (%s) + c (%s): normalized error %.1e",
+            element_name(T()), GEMM_M, GEMM_N, GEMM_M, GEMM_K, a_rows ? "row" : "col", GEMM_K,
+            GEMM_N, b_rows ? "row" : "col", c_layout == wmma::mem_row_major ? "row" : "col", err);
     free(a);
     free(b);
     free(c);
@@ -391,11 +444,14 @@ int main(void)
 {
     auto start = std::chrono::steady_clock::now();
     test_bf16();
-    test_gemm<wmma::row_major, wmma::row_major>(wmma::mem_row_major);
-    test_gemm<wmma::row_major, wmma::col_major>(wmma::mem_col_major);
-    test_gemm<wmma::col_major, wmma::row_major>(wmma::mem_row_major);
-    test_gemm<wmma::col_major, wmma::col_major>(wmma::mem_col_major);
-    test_gemm<wmma::col_major, wmma::row_major>(wmma::mem_col_major);
+    test_half();
+    test_gemm<__nv_bfloat16, wmma::row_major, wmma::row_major>(wmma::mem_row_major);
+    test_gemm<__nv_bfloat16, wmma::row_major, wmma::col_major>(wmma::mem_col_major);
+    test_gemm<__nv_bfloat16, wmma::col_major, wmma::row_major>(wmma::mem_row_major);
+    test_gemm<__nv_bfloat16, wmma::col_major, wmma::col_major>(wmma::mem_col_major);
+    test_gemm<__nv_bfloat16, wmma::col_major, wmma::row_major>(wmma::mem_col_major);
+    test_gemm<__half, wmma::row_major, wmma::col_major>(wmma::mem_row_major);
+    test_gemm<__half, wmma::col_major, wmma::row_major>(wmma::mem_col_major);
     test_block_reduction();
     test_shuffles();
     test_grid_3d(dim3(3, 2, 2), dim3(32, 2, 2));

@@ -1,8 +1,8 @@
 /* cuda_emu.h — runs CUDA kernel source, written in a small subset, as host C++.
  *
  * The GPU is rarely there when make check runs, so a kernel header compiled with
- * -DPESC_CUDA_EMU includes this file instead of <cuda_bf16.h> and <mma.h>, and a test calls the
- * kernel through emu_launch (g++ -std=c++17):
+ * -DPESC_CUDA_EMU includes this file instead of <cuda_bf16.h>, <cuda_fp16.h> and <mma.h>, and a
+ * test calls the kernel through emu_launch (g++ -std=c++17):
  *
  *     emu_launch(dim3(n_blocks), dim3(128), shared_bytes, [&] { my_kernel(out, in, n); });
  *
@@ -93,6 +93,53 @@ inline float __bfloat162float(__nv_bfloat16 h)
 {
     uint32_t u = (uint32_t)h.bits << 16;
     float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- half: IEEE binary16, rounded to nearest even, with subnormals; too large is infinite ---- */
+struct __half {
+    uint16_t bits;
+};
+
+inline __half __float2half_rn(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t sign = (u >> 16) & 0x8000u, mag = u & 0x7fffffffu;
+    __half h;
+    if (mag > 0x7f800000u) {
+        h.bits = 0x7fff; /* NaN */
+        return h;
+    }
+    if (mag >= 0x477ff000u) { /* 65520 and up round to infinity */
+        h.bits = (uint16_t)(sign | 0x7c00u);
+        return h;
+    }
+    if (mag < 0x38800000u) { /* below 2^-14: a subnormal, in units of 2^-24 */
+        float a;
+        memcpy(&a, &mag, sizeof a);
+        h.bits = (uint16_t)(sign | (uint32_t)nearbyintf(a * 16777216.0f)); /* ties to even */
+        return h;
+    }
+    uint32_t r = mag - 0x38000000u; /* the exponent rebased from 127 to 15, in place */
+    r = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
+    h.bits = (uint16_t)(sign | r);
+    return h;
+}
+
+inline __half __float2half(float f) { return __float2half_rn(f); }
+
+inline float __half2float(__half h)
+{
+    uint32_t sign = (uint32_t)(h.bits & 0x8000u) << 16, e = (h.bits >> 10) & 0x1fu,
+             m = h.bits & 0x3ffu;
+    float f;
+    if (e == 0) {
+        f = ldexpf((float)m, -24);
+        return sign ? -f : f;
+    }
+    uint32_t u = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112) << 23) | (m << 13));
     memcpy(&f, &u, sizeof f);
     return f;
 }
@@ -553,7 +600,7 @@ template <class T> inline T __shfl_up_sync(unsigned mask, T value, unsigned delt
                                "__shfl_up_sync");
 }
 
-/* ---- wmma: bf16 m16n16k16 with fp32 accumulation --------------------------------------------- */
+/* ---- wmma: bf16 or half m16n16k16 with fp32 accumulation ----------------------------------- */
 namespace nvcuda {
 namespace wmma {
 
@@ -570,9 +617,11 @@ template <class Use, int M, int N, int K, class T, class Layout = void> struct f
     static_assert(
         is_accumulator
             ? std::is_same<T, float>::value && std::is_void<Layout>::value
-            : std::is_same<T, __nv_bfloat16>::value && (std::is_same<Layout, row_major>::value ||
-                                                        std::is_same<Layout, col_major>::value),
-        "cuda_emu has bf16 matrix_a/matrix_b (row_major or col_major) and float accumulators");
+            : (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) &&
+                  (std::is_same<Layout, row_major>::value ||
+                   std::is_same<Layout, col_major>::value),
+        "cuda_emu has bf16 or half matrix_a/matrix_b (row_major or col_major) and float "
+        "accumulators");
     static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
     static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
     static constexpr int num_elements = rows * cols;
@@ -591,9 +640,8 @@ inline void fill_fragment(fragment<Use, M, N, K, T, Layout> &f,
 }
 
 /* matrix_a or matrix_b, laid out in memory as the fragment's Layout says. */
-template <class Use, class Layout>
-inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> &f,
-                             const __nv_bfloat16 *ptr, unsigned ldm)
+template <class Use, class T, class Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout> &f, const T *ptr, unsigned ldm)
 {
     emu_detail::check_matrix("load_matrix_sync", ptr, ldm, sizeof *ptr);
     bool first;
@@ -629,10 +677,13 @@ inline void store_matrix_sync(float *ptr, const emu_accumulator &f, unsigned ldm
             ptr[emu_detail::tile_offset(r, c, ldm, layout == mem_row_major)] = f.x[r * f.cols + c];
 }
 
-/* D = A B + C; the bf16 products are exact in fp32 and summed in fp32. d may be c. */
-template <class LayoutA, class LayoutB> inline void
-mma_sync(emu_accumulator &d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> &a,
-         const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> &b, const emu_accumulator &c)
+inline float emu_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+inline float emu_float(__half x) { return __half2float(x); }
+
+/* D = A B + C; the bf16 or half products are exact in fp32 and summed in fp32. d may be c. */
+template <class T, class LayoutA, class LayoutB> inline void
+mma_sync(emu_accumulator &d, const fragment<matrix_a, 16, 16, 16, T, LayoutA> &a,
+         const fragment<matrix_b, 16, 16, 16, T, LayoutB> &b, const emu_accumulator &c)
 {
     /* the warp's one product: the first lane computes it, the others check they gave the same
      * fragments and take it */
@@ -651,7 +702,7 @@ mma_sync(emu_accumulator &d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16,
         for (int j = 0; j < 16; j++) {
             float sum = 0.0f;
             for (int k = 0; k < 16; k++)
-                sum += __bfloat162float(a.x[i * 16 + k]) * __bfloat162float(b.x[k * 16 + j]);
+                sum += emu_float(a.x[i * 16 + k]) * emu_float(b.x[k * 16 + j]);
             product[i * 16 + j] = sum + c.x[i * 16 + j];
         }
     memcpy(d.x, product, sizeof product);
