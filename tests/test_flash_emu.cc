@@ -2,7 +2,8 @@
 // source, run on the CPU through tests/emu/cuda_emu.h and checked against the CPU backend's
 // attention: forward (output, log-sum-exp) and backward (dq, dk, dv) on fresh random inputs,
 // with grouped heads, sliding windows, packed documents, every head dimension the kernels take,
-// and sequences that end inside a tile. Within bf16 bounds: the kernels' operands are bf16.
+// and sequences that end inside a tile. Within bf16 bounds: the kernels' operands are half
+// and bf16.
 // Outputs start as NaN, so an entry the kernels never write fails. No GPU needed.
 #define PESC_CUDA_EMU 1
 #include "cuda/cuda_flash.cuh"
@@ -134,6 +135,30 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
         backend_free(cpu, p);
 }
 
+// q past half's range (1e5 > 65504) saturates at 65504 in the scores' operands: the output
+// stays finite, where an infinite score would have made NaN of its row.
+static void test_saturation(void)
+{
+    const int B = 1, T = 64, H = 1, D = 64;
+    size_t n = (size_t)B * T * H * D;
+    float *q = random_tensor(n), *k = random_tensor(n), *v = random_tensor(n);
+    float *out = host_alloc(n), *lse = host_alloc((size_t)B * H * T);
+    for (int d = 0; d < D; d++)
+        q[5 * D + d] = d % 2 ? 1e5f : -1e5f;
+    poison(out, n);
+    run_forward<4>(out, lse, q, k, v, B, T, H, H, 0, NULL);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += !std::isfinite(out[i]);
+    for (int t = 0; t < T; t++)
+        bad += !std::isfinite(lse[t]);
+    gpu_test_verdict(bad == 0, "flash forward with q of 1e5: non-finite outputs", (double)bad,
+                     "none");
+    float *all[] = {q, k, v, out, lse};
+    for (float *p : all)
+        backend_free(cpu, p);
+}
+
 int main(void)
 {
     pesc_error err;
@@ -149,6 +174,7 @@ int main(void)
     test_shape<4>(1, 40, 2, 1, 0, false);
     test_shape<4>(1, 64, 2, 2, 0, true);
     test_shape<2>(1, 260, 2, 1, 90, true);
+    test_saturation();
     backend_delete(cpu);
     printf("%s\n", gpu_test_failures ? "FAILED" : "all passed");
     return gpu_test_failures ? 1 : 0;

@@ -14,6 +14,7 @@
 #else
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define CUDA_LAUNCH(kernel, grid, block, shared, stream, ...)                                    \
     kernel<<<grid, block, shared, stream>>>(__VA_ARGS__)

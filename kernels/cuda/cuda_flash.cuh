@@ -1,12 +1,17 @@
-// cuda_flash — causal grouped-query attention for training on the tensor cores: bf16 operands
-// with fp32 accumulation through nvcuda::wmma (16 x 16 x 16 tiles), flash-attention style.
-// Forward (with the log-sum-exp for the backward), dQ, and dK/dV; nothing T x T is stored.
-// PESC_CUDA_ATTENTION=flash picks it (cuda_attention.cu launches it) for head dimensions 32,
-// 64, 96 and 128 on sm_80 or later; other shapes stay on the fused fp32 kernels.
+// cuda_flash — causal grouped-query attention for training on the tensor cores: half and bf16
+// operands with fp32 accumulation through nvcuda::wmma (16 x 16 x 16 tiles), flash-attention
+// style. Forward (with the log-sum-exp for the backward), dQ, and dK/dV; nothing T x T is
+// stored. PESC_CUDA_ATTENTION=flash picks it (cuda_attention.cu launches it) for head
+// dimensions 32, 64, 96 and 128 on sm_80 or later; other shapes stay on the fused fp32 kernels.
 //
-// The tensors stay fp32 in global memory: tiles are converted to bf16 as they are loaded into
-// shared memory. Scores, softmax statistics and every accumulator are fp32; the products'
-// operands (q, k, v, dout, and the probabilities P and dS = P (dP - delta)) are bf16.
+// The tensors stay fp32 in global memory: tiles are converted as they are loaded into shared
+// memory. Scores, softmax statistics and every accumulator are fp32. The scores' operands q
+// and k are half (11 bits of mantissa): the exponential multiplies their error, and with bf16
+// (8 bits) a whole step's LoRA gradients fell to a cosine of 0.996 against the CPU's; with half
+// it is 0.99993, better than q and k split into bf16 hi + lo at three products a tile. The
+// forward's P (in [0, 1]) and v are half too. The backward's other operands (dout, and
+// dS = P (dP - delta) with the k or q it multiplies, and P with dout) are bf16: gradients are
+// small numbers, beneath half's normal range.
 //
 // A wmma accumulator's elements sit in lanes in an unspecified order, so whatever needs rows
 // (masks, softmax, the rescaling of the output) goes through shared memory: a warp stores its
@@ -51,7 +56,7 @@
 #define FL_TILE 64                 // query rows a block (forward, dQ), keys a block (dK, dV),
                                    // and keys / query rows a shared tile
 #define FL_MAX_D 128
-#define FL_LDP (FL_TILE + 8)       // bf16 probabilities, a warp's 16 rows
+#define FL_LDP (FL_TILE + 8)       // probabilities (half or bf16), a warp's 16 rows
 #define FL_LDS(D) ((D) + 4 > FL_TILE + 4 ? (D) + 4 : FL_TILE + 4)   // fp32 scores / outputs
 
 // Shapes the kernels take: D 32, 64, 96 or 128 (each lane of a row's pair takes D / 2 columns
@@ -77,77 +82,83 @@ __host__ __device__ inline size_t flash_warp_f32(int D)     // a warp's (16, FL_
 {
     return flash_round((size_t)16 * FL_LDS(D) * 4);
 }
-__host__ __device__ inline size_t flash_warp_bf16()         // a warp's (16, FL_LDP) bf16
+__host__ __device__ inline size_t flash_warp_p()           // a warp's (16, FL_LDP) P or dS
 {
     return flash_round((size_t)16 * FL_LDP * 2);
 }
-// The i-th (64, D + 8) bf16 tile from the start of a block's shared memory.
-__device__ __forceinline__ __nv_bfloat16 *flash_tile(unsigned char *smem, int D, int i)
+// The i-th (64, D + 8) tile of 2-byte elements (bf16 or half) from the start of a block's
+// shared memory.
+template <class T = __nv_bfloat16>
+__device__ __forceinline__ T *flash_tile(unsigned char *smem, int D, int i)
 {
-    return (__nv_bfloat16 *)(smem + (size_t)i * flash_tile_bytes(D));
+    return (T *)(smem + (size_t)i * flash_tile_bytes(D));
 }
 __host__ __device__ inline size_t flash_forward_shared(int D)
 {
-    return 5 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    return 3 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_p());
 }
 __host__ __device__ inline size_t flash_dq_shared(int D)
 {
-    return 6 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    return 5 * flash_tile_bytes(D) + FL_WARPS * (2 * flash_warp_f32(D) + flash_warp_p());
 }
 __host__ __device__ inline size_t flash_dkdv_shared(int D)
 {
-    return 6 * flash_tile_bytes(D) + flash_round(3 * FL_TILE * 4) +
-           FL_WARPS * (2 * flash_warp_f32(D) + 2 * flash_warp_bf16());
+    return 5 * flash_tile_bytes(D) + flash_round(3 * FL_TILE * 4) +
+           FL_WARPS * (2 * flash_warp_f32(D) + 2 * flash_warp_p());
 }
 
-// rows (64, D + 8) bf16 of src's rows row0 .. row0 + 63 (row i at src + i * stride), zeros
-// past `rows`. The whole block calls it.
+// x as a product operand: bf16, or half. A finite x past half's range saturates at +-65504
+// instead of becoming infinite.
+template <class T> __device__ __forceinline__ T flash_cvt(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 flash_cvt<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16(x);
+}
+template <> __device__ __forceinline__ __half flash_cvt<__half>(float x)
+{
+    float a = fabsf(x);
+    return __float2half_rn(a > 65504.0f && a < INFINITY ? copysignf(65504.0f, x) : x);
+}
+
+// rows (64, D + 8) of src's rows row0 .. row0 + 63 (row i at src + i * stride), zeros past
+// `rows`, as T. The whole block calls it.
+template <int D, class T>
+__device__ __forceinline__ void flash_load_tile(T *dst, const float *src, size_t stride,
+                                                int row0, int rows)
+{
+    for (int i = threadIdx.x; i < FL_TILE * D; i += FL_THREADS) {
+        int r = i / D, d = i % D;
+        float x = row0 + r < rows ? src[(size_t)(row0 + r) * stride + d] : 0.0f;
+        dst[r * (D + 8) + d] = flash_cvt<T>(x);
+    }
+}
+
+// The same rows twice: as half (the scores' operand) and as bf16 (another product's).
 template <int D>
-__device__ __forceinline__ void flash_load_tile(__nv_bfloat16 *dst, const float *src,
+__device__ __forceinline__ void flash_load_both(__half *h, __nv_bfloat16 *b, const float *src,
                                                 size_t stride, int row0, int rows)
 {
     for (int i = threadIdx.x; i < FL_TILE * D; i += FL_THREADS) {
         int r = i / D, d = i % D;
         float x = row0 + r < rows ? src[(size_t)(row0 + r) * stride + d] : 0.0f;
-        dst[r * (D + 8) + d] = __float2bfloat16(x);
-    }
-}
-
-// The same, split: hi = bf16(x) and lo = bf16(x - hi), so that hi + lo carries about 16 bits
-// of x's mantissa (for the scores, see flash_abt).
-template <int D>
-__device__ __forceinline__ void flash_load_split(__nv_bfloat16 *hi, __nv_bfloat16 *lo,
-                                                 const float *src, size_t stride, int row0,
-                                                 int rows)
-{
-    for (int i = threadIdx.x; i < FL_TILE * D; i += FL_THREADS) {
-        int r = i / D, d = i % D;
-        float x = row0 + r < rows ? src[(size_t)(row0 + r) * stride + d] : 0.0f;
-        __nv_bfloat16 h = __float2bfloat16(x);
-        hi[r * (D + 8) + d] = h;
-        lo[r * (D + 8) + d] = __float2bfloat16(x - __bfloat162float(h));
+        h[r * (D + 8) + d] = flash_cvt<__half>(x);
+        b[r * (D + 8) + d] = flash_cvt<__nv_bfloat16>(x);
     }
 }
 
 namespace flash_wmma = nvcuda::wmma;
-typedef flash_wmma::fragment<flash_wmma::matrix_a, 16, 16, 16, __nv_bfloat16, flash_wmma::row_major>
-    flash_a_row;
-typedef flash_wmma::fragment<flash_wmma::matrix_b, 16, 16, 16, __nv_bfloat16, flash_wmma::row_major>
-    flash_b_row;
-typedef flash_wmma::fragment<flash_wmma::matrix_b, 16, 16, 16, __nv_bfloat16, flash_wmma::col_major>
-    flash_b_col;
+template <class T>
+using flash_a_row = flash_wmma::fragment<flash_wmma::matrix_a, 16, 16, 16, T, flash_wmma::row_major>;
+template <class T>
+using flash_b_row = flash_wmma::fragment<flash_wmma::matrix_b, 16, 16, 16, T, flash_wmma::row_major>;
+template <class T>
+using flash_b_col = flash_wmma::fragment<flash_wmma::matrix_b, 16, 16, 16, T, flash_wmma::col_major>;
 typedef flash_wmma::fragment<flash_wmma::accumulator, 16, 16, 16, float> flash_acc;
 
 // out (16, 64) fp32 at ld FL_LDS(D) = a (16, D) @ b (64, D)^T: a's rows at lda, b's at ldb.
-// With a_lo and b_lo (the split halves of flash_load_split), the three products
-// a_lo b + a b_lo + a b: the scores. Their error is multiplied by the exponential (a score
-// off by 0.01 is a probability off by 1%), and with plain bf16 operands a whole step's LoRA
-// gradients fell to a cosine of 0.996 against the CPU's.
-template <int NCH>
-__device__ __forceinline__ void flash_abt(float *out, const __nv_bfloat16 *a, int lda,
-                                          const __nv_bfloat16 *b, int ldb,
-                                          const __nv_bfloat16 *a_lo = nullptr,
-                                          const __nv_bfloat16 *b_lo = nullptr)
+// Half for the scores (a score off by 0.01 is a probability off by 1%), bf16 for dP.
+template <int NCH, class T>
+__device__ __forceinline__ void flash_abt(float *out, const T *a, int lda, const T *b, int ldb)
 {
     constexpr int D = NCH * 16;
 #pragma unroll
@@ -157,37 +168,27 @@ __device__ __forceinline__ void flash_abt(float *out, const __nv_bfloat16 *a, in
         size_t bn = (size_t)16 * n * ldb;
 #pragma unroll
         for (int c = 0; c < NCH; c++) {
-            flash_a_row fa;
-            flash_b_col fb;   // B[k][j] = b[(16 n + j) ldb + 16 c + k]
+            flash_a_row<T> fa;
+            flash_b_col<T> fb;   // B[k][j] = b[(16 n + j) ldb + 16 c + k]
             flash_wmma::load_matrix_sync(fa, a + 16 * c, lda);
-            if (b_lo) {
-                flash_wmma::load_matrix_sync(fb, b_lo + bn + 16 * c, ldb);
-                flash_wmma::mma_sync(acc, fa, fb, acc);
-            }
             flash_wmma::load_matrix_sync(fb, b + bn + 16 * c, ldb);
-            if (a_lo) {
-                flash_a_row fa_lo;
-                flash_wmma::load_matrix_sync(fa_lo, a_lo + 16 * c, lda);
-                flash_wmma::mma_sync(acc, fa_lo, fb, acc);
-            }
             flash_wmma::mma_sync(acc, fa, fb, acc);
         }
         flash_wmma::store_matrix_sync(out + 16 * n, acc, FL_LDS(D), flash_wmma::mem_row_major);
     }
 }
 
-// acc[c] (+)= p (16, 64) bf16 at FL_LDP @ b (64, D) bf16 at ldb, column chunk c of 16.
-template <int NCH>
-__device__ __forceinline__ void flash_pb(flash_acc *acc, const __nv_bfloat16 *p,
-                                         const __nv_bfloat16 *b, int ldb)
+// acc[c] (+)= p (16, 64) at FL_LDP @ b (64, D) at ldb, column chunk c of 16.
+template <int NCH, class T>
+__device__ __forceinline__ void flash_pb(flash_acc *acc, const T *p, const T *b, int ldb)
 {
 #pragma unroll
     for (int n = 0; n < FL_TILE / 16; n++) {
-        flash_a_row fa;
+        flash_a_row<T> fa;
         flash_wmma::load_matrix_sync(fa, p + 16 * n, FL_LDP);
 #pragma unroll
         for (int c = 0; c < NCH; c++) {
-            flash_b_row fb;   // B[k][j] = b[(16 n + k) ldb + 16 c + j]
+            flash_b_row<T> fb;   // B[k][j] = b[(16 n + k) ldb + 16 c + j]
             flash_wmma::load_matrix_sync(fb, b + (size_t)16 * n * ldb + 16 * c, ldb);
             flash_wmma::mma_sync(acc[c], fa, fb, acc[c]);
         }
@@ -223,14 +224,14 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __nv_bfloat16 *qs = flash_tile(smem, D, 0), *qs_lo = flash_tile(smem, D, 1);
-    __nv_bfloat16 *ks = flash_tile(smem, D, 2), *ks_lo = flash_tile(smem, D, 3);
-    __nv_bfloat16 *vs = flash_tile(smem, D, 4);
-    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 5) +
-                          warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    // all half: q, k for the scores; P (in [0, 1]) and v for P V
+    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, 1);
+    __half *vs = flash_tile<__half>(smem, D, 2);
+    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 3) +
+                          warp * (2 * flash_warp_f32(D) + flash_warp_p());
     float *ss = (float *)mine;                                  // scores, then P V
     float *os = (float *)(mine + flash_warp_f32(D));            // the output so far
-    __nv_bfloat16 *ps = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
+    __half *ps = (__half *)(mine + 2 * flash_warp_f32(D));
 
     int h = blockIdx.y, b = blockIdx.z, g = h / (Hq / Hkv);
     int t0 = blockIdx.x * FL_TILE, tw = t0 + 16 * warp;      // the block's and the warp's rows
@@ -240,7 +241,7 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
     const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
     const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
 
-    flash_load_split<D>(qs, qs_lo, qb, q_stride, t0, T);
+    flash_load_tile<D>(qs, qb, q_stride, t0, T);
     for (int i = lane; i < 16 * LDS; i += 32)
         os[i] = 0.0f;
     // lanes 2r, 2r + 1: row r of the warp, columns 32 half .. 32 half + 31 of a tile
@@ -255,12 +256,12 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
 
     for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
         __syncthreads();   // the previous tile is consumed
-        flash_load_split<D>(ks, ks_lo, kb, kv_stride, s0, T);
+        flash_load_tile<D>(ks, kb, kv_stride, s0, T);
         flash_load_tile<D>(vs, vb, kv_stride, s0, T);
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;   // warp-uniform: no row of this warp sees a key of the tile
-        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH, qs_lo + 16 * warp * LDH, ks_lo);
+        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH);
         __syncwarp();
         float x[32], mx = -INFINITY;
 #pragma unroll
@@ -278,7 +279,7 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
         for (int j = 0; j < 32; j++) {
             float p = any && x[j] != -INFINITY ? expf(x[j] - m_new) : 0.0f;
             sum += p;
-            ps[r * FL_LDP + 32 * half + j] = __float2bfloat16(p);
+            ps[r * FL_LDP + 32 * half + j] = flash_cvt<__half>(p);
         }
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         l = l * alpha + sum;
@@ -325,12 +326,13 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __nv_bfloat16 *qs = flash_tile(smem, D, 0), *qs_lo = flash_tile(smem, D, 1);
-    __nv_bfloat16 *dos = flash_tile(smem, D, 2);
-    __nv_bfloat16 *ks = flash_tile(smem, D, 3), *ks_lo = flash_tile(smem, D, 4);
-    __nv_bfloat16 *vs = flash_tile(smem, D, 5);
-    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 6) +
-                          warp * (2 * flash_warp_f32(D) + flash_warp_bf16());
+    // q, k half for the scores; dout, v bf16 for dP; dS, k bf16 for dQ (gradients are small
+    // numbers, beneath half's normal range)
+    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, 1);
+    __nv_bfloat16 *kb16 = flash_tile(smem, D, 2), *dos = flash_tile(smem, D, 3);
+    __nv_bfloat16 *vs = flash_tile(smem, D, 4);
+    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 5) +
+                          warp * (2 * flash_warp_f32(D) + flash_warp_p());
     float *ss = (float *)mine, *dps = (float *)(mine + flash_warp_f32(D));
     __nv_bfloat16 *ds = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
 
@@ -342,7 +344,7 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
     const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
     const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
 
-    flash_load_split<D>(qs, qs_lo, q + q_off, q_stride, t0, T);
+    flash_load_tile<D>(qs, q + q_off, q_stride, t0, T);
     flash_load_tile<D>(dos, dout + q_off, q_stride, t0, T);
     int r = lane >> 1, half = lane & 1, t = tw + r;
     int lo = t < T ? flash_first_key(t, window, seg) : 0, hi = t < T ? t : -1;
@@ -359,12 +361,12 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
 
     for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
         __syncthreads();
-        flash_load_split<D>(ks, ks_lo, kb, kv_stride, s0, T);
+        flash_load_both<D>(ks, kb16, kb, kv_stride, s0, T);
         flash_load_tile<D>(vs, vb, kv_stride, s0, T);
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
-        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH, qs_lo + 16 * warp * LDH, ks_lo);
+        flash_abt<NCH>(ss, qs + 16 * warp * LDH, LDH, ks, LDH);
         flash_abt<NCH>(dps, dos + 16 * warp * LDH, LDH, vs, LDH);
         __syncwarp();
 #pragma unroll 4
@@ -374,7 +376,7 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
             ds[r * FL_LDP + col] = __float2bfloat16(p * (dps[r * LDS + col] - delta_r));
         }
         __syncwarp();
-        flash_pb<NCH>(acc, ds, ks, LDH);
+        flash_pb<NCH>(acc, ds, kb16, LDH);
         __syncwarp();   // ds is read before the next tile rewrites it
     }
 #pragma unroll
@@ -400,17 +402,17 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __nv_bfloat16 *ks = flash_tile(smem, D, 0), *ks_lo = flash_tile(smem, D, 1);
-    __nv_bfloat16 *vs = flash_tile(smem, D, 2);
-    __nv_bfloat16 *qs = flash_tile(smem, D, 3), *qs_lo = flash_tile(smem, D, 4);
-    __nv_bfloat16 *dos = flash_tile(smem, D, 5);
-    float *lse_s = (float *)flash_tile(smem, D, 6), *delta_s = lse_s + FL_TILE;
+    // k, q half for the scores; v, dout bf16 for dP; P, dout bf16 for dV; dS, q bf16 for dK
+    __half *ks = flash_tile<__half>(smem, D, 0), *qs = flash_tile<__half>(smem, D, 1);
+    __nv_bfloat16 *vs = flash_tile(smem, D, 2), *qb16 = flash_tile(smem, D, 3);
+    __nv_bfloat16 *dos = flash_tile(smem, D, 4);
+    float *lse_s = (float *)flash_tile(smem, D, 5), *delta_s = lse_s + FL_TILE;
     int *lo_s = (int *)(delta_s + FL_TILE);
-    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 6) + flash_round(3 * FL_TILE * 4) +
-                          warp * (2 * flash_warp_f32(D) + 2 * flash_warp_bf16());
+    unsigned char *mine = (unsigned char *)flash_tile(smem, D, 5) + flash_round(3 * FL_TILE * 4) +
+                          warp * (2 * flash_warp_f32(D) + 2 * flash_warp_p());
     float *ss = (float *)mine, *dps = (float *)(mine + flash_warp_f32(D));   // S^T, dP^T
     __nv_bfloat16 *pt = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
-    __nv_bfloat16 *dst = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D) + flash_warp_bf16());
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D) + flash_warp_p());
 
     int g = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
     int s0 = blockIdx.x * FL_TILE, sw = s0 + 16 * warp;      // the block's and the warp's keys
@@ -419,7 +421,7 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t kv_off = (size_t)b * T * kv_stride + (size_t)g * D;
 
-    flash_load_split<D>(ks, ks_lo, k + kv_off, kv_stride, s0, T);
+    flash_load_tile<D>(ks, k + kv_off, kv_stride, s0, T);
     flash_load_tile<D>(vs, v + kv_off, kv_stride, s0, T);
     // lanes 2i, 2i + 1: key i of the warp, query columns 32 half .. 32 half + 31 of a tile
     int i = lane >> 1, half = lane & 1, s = sw + i;
@@ -439,7 +441,7 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
         // rows from the first key on, until a row's first visible key passes the last key
         for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
             __syncthreads();   // the previous tile is consumed
-            flash_load_split<D>(qs, qs_lo, q + q_off, q_stride, r0, T);
+            flash_load_both<D>(qs, qb16, q + q_off, q_stride, r0, T);
             flash_load_tile<D>(dos, dout + q_off, q_stride, r0, T);
             for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
                 int t = r0 + j;
@@ -452,8 +454,7 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
             // warp-uniform: rows all before the warp's first key, or all starting past its last
             if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
                 continue;
-            flash_abt<NCH>(ss, ks + 16 * warp * LDH, LDH, qs, LDH,    // S^T (16 keys, 64 rows)
-                           ks_lo + 16 * warp * LDH, qs_lo);
+            flash_abt<NCH>(ss, ks + 16 * warp * LDH, LDH, qs, LDH);   // S^T (16 keys, 64 rows)
             flash_abt<NCH>(dps, vs + 16 * warp * LDH, LDH, dos, LDH);  // dP^T
             __syncwarp();
 #pragma unroll 4
@@ -466,7 +467,7 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
             }
             __syncwarp();
             flash_pb<NCH>(dv_acc, pt, dos, LDH);
-            flash_pb<NCH>(dk_acc, dst, qs, LDH);
+            flash_pb<NCH>(dk_acc, dst, qb16, LDH);
             __syncwarp();
         }
     }
