@@ -68,7 +68,7 @@ struct session {
     int *eval_order;             /* the records longest first: a pass is as long as its first */
     uint64_t eval_hash;          /* ds_records_hash of them: which data a best loss is on */
     long eval_every;
-    int eval_requested;          /* the eval command: after the next step */
+    int eval_requested;          /* the eval command while running: after the next step */
     /* --keep-best: the lowest held-out loss so far; the step of save_dir/best (-1: none),
      * kept out of rotation, and its loss; a save due for a new lowest */
     double best_eval, best_kept_loss;
@@ -485,8 +485,8 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
                  "--eval-split X");
         return;
     }
-    if (c.kind == CMD_EVAL)
-        snprintf(reply, reply_len, "ok: eval after the next step");
+    if (c.kind == CMD_EVAL)   /* the trainer decides, after the commands queued before it */
+        snprintf(reply, reply_len, "ok: eval after the next step, or at once when paused");
     pthread_mutex_lock(&s->lock);
     if (s->shared->state >= MONITOR_FINISHED) {
         snprintf(reply, reply_len, "error: the run has ended");
@@ -737,6 +737,8 @@ static double current_lr(session *s)
     return lr * s->lr_scale;
 }
 
+static void eval_paused(session *s);
+
 static void process_command(session *s, const command *c)
 {
     switch (c->kind) {
@@ -774,7 +776,10 @@ static void process_command(session *s, const command *c)
         break;
     }
     case CMD_EVAL:
-        s->eval_requested = 1;
+        if (s->paused)
+            eval_paused(s);
+        else
+            s->eval_requested = 1;
         break;
     case CMD_STOP: break;   /* stop_requested is already set */
     case CMD_GENERATE:   /* session_command refuses a second one while this one runs */
@@ -845,6 +850,41 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
     publish_event(s, "eval", "eval loss %.4f over %lld tokens of %d records (%.1f s)",
                   r->eval_loss, count, s->n_eval, pesc_now() - t0);
     return 0;
+}
+
+/* A new lowest held-out loss with --keep-best: the next save_now keeps these weights as the
+ * best. */
+static void note_best(session *s, double eval_loss)
+{
+    if (s->cfg.keep_best && eval_loss < s->best_eval) {
+        s->best_eval = eval_loss;
+        s->best_due = 1;
+    }
+}
+
+/* The eval command while paused: at once, with the weights of the step the run stands at. The
+ * loss goes to the eval event, onto that step's point of the loss chart when it had none, and
+ * to --keep-best (a new lowest is saved now, as that step's checkpoint); the step's record is
+ * written already, so the sinks do not see it. */
+static void eval_paused(session *s)
+{
+    stats_record r = {0};
+    pesc_error err = {{0}};
+    int rc = evaluate(s, &r, &err);
+    if (rc < 0)
+        publish_event(s, "error", "eval: %s", err.msg);
+    if (rc != 0)
+        return;
+    pthread_mutex_lock(&s->lock);
+    monitor_view *v = s->shared;
+    monitor_point *last = v->n_points > 0 ? &v->points[v->n_points - 1] : NULL;
+    if (last && last->step == s->step && isnan(last->eval_loss))
+        last->eval_loss = (float)r.eval_loss;
+    pthread_mutex_unlock(&s->lock);
+    note_best(s, r.eval_loss);
+    pesc_error failed;   /* an event, and the run goes on, as after a step */
+    if (s->best_due)
+        save_now(s, &failed);
 }
 
 /* After this step: every eval_every steps, after the last, and when the eval command asked. */
@@ -999,10 +1039,8 @@ static int train_step(session *s, pesc_error *err)
             rc = -1;
             goto out;
         }
-        if (s->cfg.keep_best && r->eval_tokens > 0 && r->eval_loss < s->best_eval) {
-            s->best_eval = r->eval_loss;
-            s->best_due = 1;
-        }
+        if (r->eval_tokens > 0)
+            note_best(s, r->eval_loss);
     }
     if (s->sinks)
         sinks_record(s->sinks, r);

@@ -78,9 +78,39 @@ reply=$(timeout 30 "$sockcmd" "$tmp/c.sock" eval)
 i=0; while ! grep -q '"eval_loss"' "$tmp/cmd.jsonl" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 timeout 30 "$sockcmd" "$tmp/c.sock" stop >/dev/null
 wait $run
-[ "$reply" = "ok: eval after the next step" ] && [ "$(grep -c '"eval_loss"' "$tmp/cmd.jsonl")" = 1 ] &&
+[ "$reply" = "ok: eval after the next step, or at once when paused" ] &&
+  [ "$(grep -c '"eval_loss"' "$tmp/cmd.jsonl")" = 1 ] &&
   pass "the eval command: one evaluation after the next step" ||
   fail "eval command: reply '$reply', $(grep -c '"eval_loss"' "$tmp/cmd.jsonl") evaluations"
+
+# the eval command while paused: at once, with the weights of the step the run stands at, no
+# step taken; with --keep-best a new lowest is saved as that step's checkpoint. The loss is the
+# one pesc eval gives that checkpoint.
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --eval-data "$tmp/heldout.jsonl" --eval-every 100000 \
+  --save "$tmp/paused" --keep-best --log "$tmp/paused.jsonl" --control "$tmp/p.sock" >/dev/null 2>&1 &
+run=$!
+i=0; while [ ! -S "$tmp/p.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+i=0; while ! grep -q '"loss"' "$tmp/paused.jsonl" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+timeout 30 "$sockcmd" "$tmp/p.sock" pause >/dev/null
+i=0; while ! grep -q '"event":"pause"' "$tmp/paused.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+steps_paused=$(grep -c '"loss"' "$tmp/paused.jsonl")
+reply=$(timeout 30 "$sockcmd" "$tmp/p.sock" eval)
+i=0; while ! grep -q '"event":"eval"' "$tmp/paused.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+i=0; while [ ! -L "$tmp/paused/best" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+steps_after=$(grep -c '"loss"' "$tmp/paused.jsonl")
+timeout 30 "$sockcmd" "$tmp/p.sock" stop >/dev/null
+wait $run
+at=$(grep '"loss"' "$tmp/paused.jsonl" | sed -n "${steps_paused}p" | sed 's/.*"step":\([0-9]*\),.*/\1/')
+logged=$(grep '"event":"eval"' "$tmp/paused.jsonl" | sed 's/.*eval loss \([0-9.]*\) .*/\1/')
+best=$(readlink "$tmp/paused/best")
+"$pesc" eval --model "$base" --adapters "$tmp/paused/$best/trainables.safetensors" \
+  --data "$tmp/heldout24.jsonl" --format tokens --backend cpu --json >"$tmp/eval.json" 2>"$tmp/eval.err"
+scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
+[ "$steps_after" = "$steps_paused" ] && [ -n "$at" ] && [ "$best" = "$(printf 'step-%08d' "$at")" ] &&
+  [ -n "$logged" ] && awk -v a="$logged" -v b="$scored" 'BEGIN { exit !(a - b < 1e-4 && b - a < 1e-4) }' &&
+  pass "the eval command while paused: at once at step $at, no step taken, its loss ($logged) the best checkpoint's ($scored)" ||
+  fail "eval while paused: reply '$reply', steps $steps_paused -> $steps_after, at '$at', best '$best', logged '$logged', scored '$scored' $(head -c 200 "$tmp/eval.err")"
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 100000 --control "$tmp/d.sock" >/dev/null 2>&1 &
 run=$!
