@@ -390,6 +390,12 @@ static void misaligned_load(void)
     wmma::load_matrix_sync(f, tile + 8, 32);
 }
 
+static void misaligned_float4(void)
+{
+    alignas(16) static float row[8];
+    emu_detail::load_float4(row + 2);
+}
+
 static void odd_ldm_load(void)
 {
     alignas(32) static __nv_bfloat16 tile[24 * 16];
@@ -465,6 +471,8 @@ int main(void)
     expect_abort("store_matrix_sync 16 bytes off a 32-byte boundary", on_one_warp<misaligned_store>,
                  "not 32-byte aligned");
     expect_abort("__syncwarp with half a mask", on_one_warp<partial_mask>, "mask 0x0000ffff");
+    expect_abort("a float4 load 8 bytes off a 16-byte boundary", on_one_warp<misaligned_float4>,
+                 "not 16-byte aligned");
     expect_abort("load_matrix_sync of another tile in one lane", on_one_warp<lane_loads_other_tile>,
                  "lane 5 of warp 0 in block (0,0,0) made wmma call 0 with other arguments");
     expect_abort("mma_sync with another fragment in one lane", on_one_warp<lane_changes_fragment>,

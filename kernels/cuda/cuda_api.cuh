@@ -20,6 +20,13 @@
     kernel<<<grid, block, shared, stream>>>(__VA_ARGS__)
 #endif
 
+// Four floats from a 16-byte aligned address in one load (the emulator checks the alignment).
+#ifdef PESC_CUDA_EMU
+#define PESC_LOAD_FLOAT4(p) emu_detail::load_float4(p)
+#else
+#define PESC_LOAD_FLOAT4(p) (*(const float4 *)(p))
+#endif
+
 // A kernel's dynamic shared memory, 128-byte aligned bytes.
 #ifndef PESC_DYNAMIC_SHARED
 #define PESC_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]

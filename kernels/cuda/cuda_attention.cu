@@ -208,7 +208,8 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
                           const float *q, const float *k, const float *v, const float *out,
                           const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
                           const int32_t *seg);
-static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv);
+static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const float *q,
+                        const float *k, const float *v, const float *dout);
 static void flash_forward_any(cuda_context *c, float *out, float *lse, const float *q,
                               const float *k, const float *v, int B, int T, int Hq, int Hkv,
                               int D, int window, const int32_t *seg);
@@ -222,7 +223,7 @@ extern "C" void cuda_attention_forward(void *ctx, float *out, float *lse, const 
                                        int Hkv, int D, int window, const int32_t *seg_start)
 {
     CUDA_OP(ctx);
-    if (flash_takes(c, D, Hq, Hkv) && T > 0 && B > 0)
+    if (flash_takes(c, D, Hq, Hkv, q, k, v, NULL) && T > 0 && B > 0)
         flash_forward_any(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
     else if (c->attention == CUDA_ATTENTION_GEMM && head_dim_ok(c, D, Hq, Hkv) && T > 0 && B > 0)
         gemm_forward(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
@@ -531,7 +532,7 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
                 out, B, T, Hq, D);
     if (!CUDA_LAUNCHED(c))
         return;
-    if (flash_takes(c, D, Hq, Hkv)) {
+    if (flash_takes(c, D, Hq, Hkv, q, k, v, dout)) {
         flash_backward_any(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window,
                            seg_start);
         return;
@@ -854,9 +855,15 @@ bool cuda_flash_available(cuda_context *c, int cc_major)
     return attr.binaryVersion >= 80 || attr.ptxVersion >= 80;
 }
 
-static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv)
+static bool aligned16(const float *p) { return ((uintptr_t)p & 15) == 0; }
+
+// flash_ok: flash asked for, and runs here. The tiles load as float4s (dout: NULL in the
+// forward); the model's tensors start on 64 bytes.
+static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const float *q,
+                        const float *k, const float *v, const float *dout)
 {
-    return c->flash_ok && flash_shape_ok(D, Hq, Hkv);   // flash_ok: flash asked for, and runs
+    return c->flash_ok && flash_shape_ok(D, Hq, Hkv) && aligned16(q) && aligned16(k) &&
+           aligned16(v) && (!dout || aligned16(dout));
 }
 
 template <int NCH>

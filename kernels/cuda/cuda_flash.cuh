@@ -120,16 +120,33 @@ template <> __device__ __forceinline__ __half flash_cvt<__half>(float x)
     return __float2half_rn(a > 65504.0f && a < INFINITY ? copysignf(65504.0f, x) : x);
 }
 
+// Four consecutive floats of row r of a tile, or zeros past `rows`: src is 16-byte aligned and
+// stride a multiple of 4 (cuda_attention.cu's flash_takes makes sure).
+__device__ __forceinline__ float4 flash_load4(const float *src, size_t stride, int row, int rows,
+                                              int d)
+{
+    return row < rows ? PESC_LOAD_FLOAT4(src + (size_t)row * stride + d)
+                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+}
+
+template <class T>
+__device__ __forceinline__ void flash_store4(T *dst, float4 x)
+{
+    dst[0] = flash_cvt<T>(x.x);
+    dst[1] = flash_cvt<T>(x.y);
+    dst[2] = flash_cvt<T>(x.z);
+    dst[3] = flash_cvt<T>(x.w);
+}
+
 // rows (64, D + 8) of src's rows row0 .. row0 + 63 (row i at src + i * stride), zeros past
 // `rows`, as T. The whole block calls it.
 template <int D, class T>
 __device__ __forceinline__ void flash_load_tile(T *dst, const float *src, size_t stride,
                                                 int row0, int rows)
 {
-    for (int i = threadIdx.x; i < FL_TILE * D; i += FL_THREADS) {
-        int r = i / D, d = i % D;
-        float x = row0 + r < rows ? src[(size_t)(row0 + r) * stride + d] : 0.0f;
-        dst[r * (D + 8) + d] = flash_cvt<T>(x);
+    for (int i = threadIdx.x; i < FL_TILE * D / 4; i += FL_THREADS) {
+        int r = i / (D / 4), d = 4 * (i % (D / 4));
+        flash_store4(dst + r * (D + 8) + d, flash_load4(src, stride, row0 + r, rows, d));
     }
 }
 
@@ -138,11 +155,11 @@ template <int D>
 __device__ __forceinline__ void flash_load_both(__half *h, __nv_bfloat16 *b, const float *src,
                                                 size_t stride, int row0, int rows)
 {
-    for (int i = threadIdx.x; i < FL_TILE * D; i += FL_THREADS) {
-        int r = i / D, d = i % D;
-        float x = row0 + r < rows ? src[(size_t)(row0 + r) * stride + d] : 0.0f;
-        h[r * (D + 8) + d] = flash_cvt<__half>(x);
-        b[r * (D + 8) + d] = flash_cvt<__nv_bfloat16>(x);
+    for (int i = threadIdx.x; i < FL_TILE * D / 4; i += FL_THREADS) {
+        int r = i / (D / 4), d = 4 * (i % (D / 4));
+        float4 x = flash_load4(src, stride, row0 + r, rows, d);
+        flash_store4(h + r * (D + 8) + d, x);
+        flash_store4(b + r * (D + 8) + d, x);
     }
 }
 

@@ -97,6 +97,12 @@ inline float __bfloat162float(__nv_bfloat16 h)
     return f;
 }
 
+/* ---- float4, and its load: a misaligned one aborts, as it faults on a GPU ------------------- */
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
 /* ---- half: IEEE binary16, rounded to nearest even, with subnormals; too large is infinite ---- */
 struct __half {
     uint16_t bits;
@@ -496,6 +502,15 @@ inline void check_matrix(const char *what, const void *ptr, unsigned ldm, size_t
     if (ldm * element_size % 16)
         fail("%s: ldm %u is not a multiple of %zu (16 bytes of %zu-byte elements)", what, ldm,
              16 / element_size, element_size);
+}
+
+inline float4 load_float4(const float *p)
+{
+    if ((uintptr_t)p % 16)
+        fail("a float4 load from %p, which is not 16-byte aligned", (const void *)p);
+    float4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
 /* Where row r, column c of a tile lies in memory. */
