@@ -73,7 +73,7 @@ typedef struct model_activations {
     float *x;                    /* (N, C) residual stream leaving the last layer */
     float *xn, *rstd;            /* (N, C), (N) final norm */
     float *logits;               /* (logit_rows, V) */
-    float *losses;               /* (logit_rows) */
+    float *losses;               /* (N) next-token loss of each row */
     float *scratch;              /* (N*K or N, max(C, F, Hq*D)) */
     float *scratch_r;            /* (N*K, R) */
     int32_t *tokens, *targets, *pos;   /* (N) */

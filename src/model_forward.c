@@ -154,7 +154,7 @@ static size_t plan_activations(model *m, carver *c, model_activations *a, layer_
     want(c, &a->xn, n * C);
     want(c, &a->rstd, n);
     want(c, &a->logits, rows * V);
-    want(c, &a->losses, rows);
+    want(c, &a->losses, n);
     want(c, &a->scratch, n * K * widest);
     if (m->crafted)
         want(c, &a->scratch_r, n * K * (size_t)m->pesc.adapter_dim);
@@ -513,14 +513,15 @@ static int check_targets(const model *m, const int32_t *targets, int N, long lon
 }
 
 /* Logits a slice of rows at a time: loss of each row, and, when scale_grad != 0, the head's
- * backward (dxn rows and the LM head's gradient when it trains). */
+ * backward (dxn rows and the LM head's gradient when it trains). The losses stay on the backend
+ * until the last slice: one wait, not one a slice (unless logits_out takes each slice's). */
 static double head_pass(model *m, const int32_t *targets, float scale_grad, float *logits_out)
 {
     const hf_config *c = &m->config;
     pesc_backend *b = m->backend;
     model_activations *a = &m->act;
     int N = m->B * m->T, C = c->hidden_size, V = c->vocab_size;
-    float *losses = xmalloc((size_t)a->logit_rows * sizeof *losses);
+    float *losses = xmalloc((size_t)N * sizeof *losses);
     double sum = 0.0;
     if (scale_grad != 0.0f)
         vector_zero(b, a->dxn, (size_t)N * C);
@@ -529,22 +530,22 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
         const float *xn = a->xn + (size_t)start * C;
         matmul_forward(b, a->logits, xn, m->lm_head, NULL, rows, C, V);
         if (scale_grad != 0.0f)
-            crossentropy_backward(b, a->logits, a->losses, a->logits, a->targets + start,
-                                  scale_grad, rows, V);
+            crossentropy_backward(b, a->logits, a->losses + start, a->logits,
+                                  a->targets + start, scale_grad, rows, V);
         else
-            crossentropy_forward(b, a->losses, a->logits, a->targets + start, rows, V);
-        backend_download(b, losses, a->losses, (size_t)rows * sizeof *losses);
+            crossentropy_forward(b, a->losses + start, a->logits, a->targets + start, rows, V);
         if (logits_out)
             backend_download(b, logits_out + (size_t)start * V, a->logits,
                              (size_t)rows * V * sizeof(float));
-        for (int i = 0; i < rows; i++)
-            if (targets[start + i] >= 0)
-                sum += losses[i];
         if (scale_grad == 0.0f)
             continue;
         matmul_backward(b, a->dxn + (size_t)start * C, model_grad_of(m, m->lm_head), NULL,
                         a->logits, xn, m->lm_head, rows, C, V);
     }
+    backend_download(b, losses, a->losses, (size_t)N * sizeof *losses);
+    for (int i = 0; i < N; i++)   /* in row order, as before: the same sum */
+        if (targets[i] >= 0)
+            sum += losses[i];
     free(losses);
     return sum;
 }
