@@ -472,7 +472,7 @@ int main(void)
                  "not 32-byte aligned");
     expect_abort("__syncwarp with half a mask", on_one_warp<partial_mask>, "mask 0x0000ffff");
     expect_abort("a float4 load 8 bytes off a 16-byte boundary", on_one_warp<misaligned_float4>,
-                 "not 16-byte aligned");
+                 "float4 load at 0x");
     expect_abort("load_matrix_sync of another tile in one lane", on_one_warp<lane_loads_other_tile>,
                  "lane 5 of warp 0 in block (0,0,0) made wmma call 0 with other arguments");
     expect_abort("mma_sync with another fragment in one lane", on_one_warp<lane_changes_fragment>,

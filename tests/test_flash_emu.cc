@@ -53,15 +53,31 @@ static void compare(const char *what, const char *shape, const float *got, const
     gpu_test_verdict(e <= tol && std::isfinite(e), name, e, bound);
 }
 
+// x (n floats) as the kernels' operand type T, through their own conversion kernel; freed by
+// the caller. Poisoned first, so an element the conversion misses shows.
+template <class T> static T *converted(const float *x, size_t n)
+{
+    T *out = (T *)aligned_alloc(64, (n * sizeof(T) + 63) & ~(size_t)63);
+    memset(out, 0xff, n * sizeof(T));
+    emu_launch(dim3(3), dim3(64), 0, [&] { flash_convert_kernel<T>(out, x, n); });
+    return out;
+}
+
 template <int NCH>
 static void run_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                         int B, int T, int Hq, int Hkv, int window, const int32_t *seg)
 {
+    size_t nq = (size_t)B * T * Hq * NCH * 16, nkv = (size_t)B * T * Hkv * NCH * 16;
+    __half *qh = converted<__half>(q, nq), *kh = converted<__half>(k, nkv);
+    __half *vh = converted<__half>(v, nkv);
     dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
     float scale = 1.0f / sqrtf((float)(NCH * 16));
     emu_launch(grid, dim3(FL_THREADS), flash_forward_shared(NCH * 16), [&] {
-        flash_forward_kernel<NCH>(out, lse, q, k, v, T, Hq, Hkv, window, seg, scale);
+        flash_forward_kernel<NCH>(out, lse, qh, kh, vh, T, Hq, Hkv, window, seg, scale);
     });
+    free(qh);
+    free(kh);
+    free(vh);
 }
 
 template <int NCH>
@@ -69,17 +85,25 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
                          const float *k, const float *v, const float *lse, const float *delta,
                          int B, int T, int Hq, int Hkv, int window, const int32_t *seg)
 {
+    size_t nq = (size_t)B * T * Hq * NCH * 16, nkv = (size_t)B * T * Hkv * NCH * 16;
+    __half *qh = converted<__half>(q, nq), *kh = converted<__half>(k, nkv);
+    __nv_bfloat16 *qb = converted<__nv_bfloat16>(q, nq), *kb = converted<__nv_bfloat16>(k, nkv);
+    __nv_bfloat16 *vb = converted<__nv_bfloat16>(v, nkv);
+    __nv_bfloat16 *dob = converted<__nv_bfloat16>(dout, nq);
     float scale = 1.0f / sqrtf((float)(NCH * 16));
     emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hq, B), dim3(FL_THREADS),
                flash_dq_shared(NCH * 16), [&] {
-                   flash_dq_kernel<NCH>(dq, dout, q, k, v, lse, delta, T, Hq, Hkv, window, seg,
-                                        scale);
+                   flash_dq_kernel<NCH>(dq, dob, qh, kh, kb, vb, lse, delta, T, Hq, Hkv, window,
+                                        seg, scale);
                });
     emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hkv, B), dim3(FL_THREADS),
                flash_dkdv_shared(NCH * 16), [&] {
-                   flash_dkdv_kernel<NCH>(dk, dv, dout, q, k, v, lse, delta, T, Hq, Hkv, window,
-                                          seg, scale);
+                   flash_dkdv_kernel<NCH>(dk, dv, dob, qh, qb, kh, vb, lse, delta, T, Hq, Hkv,
+                                          window, seg, scale);
                });
+    void *all[] = {qh, kh, qb, kb, vb, dob};
+    for (void *p : all)
+        free(p);
 }
 
 template <int NCH>

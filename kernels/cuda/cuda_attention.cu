@@ -215,8 +215,8 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
                               int D, int window, const int32_t *seg);
 static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
                                const float *dout, const float *q, const float *k, const float *v,
-                               const float *lse, const float *delta, int B, int T, int Hq,
-                               int Hkv, int D, int window, const int32_t *seg);
+                               const float *out, const float *lse, int B, int T, int Hq, int Hkv,
+                               int D, int window, const int32_t *seg);
 
 extern "C" void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q,
                                        const float *k, const float *v, int B, int T, int Hq,
@@ -524,6 +524,11 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
         gemm_backward(c, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, seg_start);
         return;
     }
+    if (flash_takes(c, D, Hq, Hkv, q, k, v, dout)) {
+        flash_backward_any(c, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window,
+                           seg_start);
+        return;
+    }
     size_t rows = (size_t)B * T * Hq;
     float *delta = (float *)cuda_op_work(c, rows * sizeof(float));
     if (!delta)
@@ -532,11 +537,6 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
                 out, B, T, Hq, D);
     if (!CUDA_LAUNCHED(c))
         return;
-    if (flash_takes(c, D, Hq, Hkv, q, k, v, dout)) {
-        flash_backward_any(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window,
-                           seg_start);
-        return;
-    }
     switch (chunks_for(D)) {
     case 1: launch_backward<1>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
     case 2: launch_backward<2>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
@@ -826,13 +826,17 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     CUDA_LAUNCHED(c);
 }
 
+static size_t flash_backward_work(int B, int T, int Hq, int Hkv, int D);
+
 // The op scratch attention's backward takes (the forward's is smaller): a delta per row for
-// the fused kernels, gemm_backward's buffers for the tensor-core path.
+// the fused kernels, gemm_backward's buffers for the gemm path, and for flash the delta with
+// the operands' half and bf16 copies.
 extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D)
 {
     cuda_context *c = (cuda_context *)ctx;
-    (void)Hkv;
     size_t rows_all = (size_t)B * Hq * T;
+    if (c->flash_ok && flash_shape_ok(D, Hq, Hkv))
+        return flash_backward_work(B, T, Hq, Hkv, D);
     if (c->attention != CUDA_ATTENTION_GEMM)
         return rows_all * sizeof(float);
     int C, nbh;
@@ -857,8 +861,8 @@ bool cuda_flash_available(cuda_context *c, int cc_major)
 
 static bool aligned16(const float *p) { return ((uintptr_t)p & 15) == 0; }
 
-// flash_ok: flash asked for, and runs here. The tiles load as float4s (dout: NULL in the
-// forward); the model's tensors start on 64 bytes.
+// flash_ok: flash asked for, and runs here. The operands' conversion reads float4s (dout: NULL
+// in the forward); the model's tensors start on 64 bytes.
 static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const float *q,
                         const float *k, const float *v, const float *dout)
 {
@@ -866,9 +870,39 @@ static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const flo
            aligned16(v) && (!dout || aligned16(dout));
 }
 
+// Scratch for the kernels' operands, carved in 256-byte pieces from the op work area.
+typedef struct flash_carver {
+    char *at;
+    size_t used;
+} flash_carver;
+
+static size_t flash_piece(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+static void *flash_carve(flash_carver *w, size_t bytes)
+{
+    void *p = w->at + w->used;
+    w->used += flash_piece(bytes);
+    return p;
+}
+
+// The backward's scratch: delta (B Hq T floats); q, k in half; q, k, v, dout in bf16.
+static size_t flash_backward_work(int B, int T, int Hq, int Hkv, int D)
+{
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, h = 2;
+    return flash_piece((size_t)B * Hq * T * sizeof(float)) + 3 * flash_piece(nq * h) +
+           3 * flash_piece(nkv * h);
+}
+
+// out = in (n floats) as T; false after a failure.
+template <class T> static bool flash_convert(cuda_context *c, T *out, const float *in, size_t n)
+{
+    CUDA_LAUNCH(flash_convert_kernel<T>, cuda_blocks(n / 4, 256), 256, 0, c->stream, out, in, n);
+    return CUDA_LAUNCHED(c);
+}
+
 template <int NCH>
-static void flash_forward(cuda_context *c, float *out, float *lse, const float *q,
-                          const float *k, const float *v, int B, int T, int Hq, int Hkv,
+static void flash_forward(cuda_context *c, float *out, float *lse, const __half *q,
+                          const __half *k, const __half *v, int B, int T, int Hq, int Hkv,
                           int window, const int32_t *seg)
 {
     size_t smem = flash_forward_shared(NCH * 16);
@@ -881,10 +915,11 @@ static void flash_forward(cuda_context *c, float *out, float *lse, const float *
 }
 
 template <int NCH>
-static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
-                           const float *q, const float *k, const float *v, const float *lse,
-                           const float *delta, int B, int T, int Hq, int Hkv, int window,
-                           const int32_t *seg)
+static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv,
+                           const __nv_bfloat16 *dout, const __half *q, const __nv_bfloat16 *q_b,
+                           const __half *k, const __nv_bfloat16 *k_b, const __nv_bfloat16 *v,
+                           const float *lse, const float *delta, int B, int T, int Hq, int Hkv,
+                           int window, const int32_t *seg)
 {
     int D = NCH * 16;
     float scale = 1.0f / sqrtf((float)D);
@@ -893,11 +928,11 @@ static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv, con
         !cuda_shared_limit(c, (const void *)flash_dkdv_kernel<NCH>, smem_kv))
         return;
     dim3 grid_q((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    CUDA_LAUNCH(flash_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, v,
-                lse, delta, T, Hq, Hkv, window, seg, scale);
-    dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hkv, B);
-    CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk, dv, dout, q, k,
+    CUDA_LAUNCH(flash_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, k_b,
                 v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hkv, B);
+    CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk, dv, dout, q,
+                q_b, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
 
@@ -905,23 +940,48 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
                               const float *k, const float *v, int B, int T, int Hq, int Hkv,
                               int D, int window, const int32_t *seg)
 {
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
+    flash_carver w = {(char *)cuda_op_work(c, flash_piece(2 * nq) + 2 * flash_piece(2 * nkv)), 0};
+    if (!w.at)
+        return;
+    __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
+    __half *vh = (__half *)flash_carve(&w, 2 * nkv);
+    if (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv) ||
+        !flash_convert(c, vh, v, nkv))
+        return;
     switch (D) {
-    case 32: flash_forward<2>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
-    case 64: flash_forward<4>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
-    case 96: flash_forward<6>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
-    default: flash_forward<8>(c, out, lse, q, k, v, B, T, Hq, Hkv, window, seg); break;
+    case 32: flash_forward<2>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
+    case 64: flash_forward<4>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
+    case 96: flash_forward<6>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
+    default: flash_forward<8>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
     }
 }
 
 static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
                                const float *dout, const float *q, const float *k, const float *v,
-                               const float *lse, const float *delta, int B, int T, int Hq,
-                               int Hkv, int D, int window, const int32_t *seg)
+                               const float *out, const float *lse, int B, int T, int Hq, int Hkv,
+                               int D, int window, const int32_t *seg)
 {
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, rows = (size_t)B * T * Hq;
+    flash_carver w = {(char *)cuda_op_work(c, flash_backward_work(B, T, Hq, Hkv, D)), 0};
+    if (!w.at)
+        return;
+    float *delta = (float *)flash_carve(&w, rows * sizeof(float));
+    __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
+    __nv_bfloat16 *qb = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
+    __nv_bfloat16 *dob = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
+    __nv_bfloat16 *kb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
+    __nv_bfloat16 *vb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
+    CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta, dout,
+                out, B, T, Hq, D);
+    if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, qb, q, nq) ||
+        !flash_convert(c, dob, dout, nq) || !flash_convert(c, kh, k, nkv) ||
+        !flash_convert(c, kb, k, nkv) || !flash_convert(c, vb, v, nkv))
+        return;
     switch (D) {
-    case 32: flash_backward<2>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    case 64: flash_backward<4>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    case 96: flash_backward<6>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    default: flash_backward<8>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 32: flash_backward<2>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 64: flash_backward<4>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 96: flash_backward<6>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    default: flash_backward<8>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
     }
 }

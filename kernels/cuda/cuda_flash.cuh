@@ -4,8 +4,10 @@
 // stored. PESC_CUDA_ATTENTION=flash picks it (cuda_attention.cu launches it) for head
 // dimensions 32, 64, 96 and 128 on sm_80 or later; other shapes stay on the fused fp32 kernels.
 //
-// The tensors stay fp32 in global memory: tiles are converted as they are loaded into shared
-// memory. Scores, softmax statistics and every accumulator are fp32. The scores' operands q
+// The launcher converts the fp32 tensors once into the operands' types (flash_convert_kernel:
+// a key would otherwise be converted again by every query tile of every head of its group),
+// and tiles load those 16 bytes at a time. Scores, softmax statistics and every accumulator
+// are fp32. The scores' operands q
 // and k are half (11 bits of mantissa): the exponential multiplies their error, and with bf16
 // (8 bits) a whole step's LoRA gradients fell to a cosine of 0.996 against the CPU's; with half
 // it is 0.99993, better than q and k split into bf16 hi + lo at three products a tile. The
@@ -120,46 +122,34 @@ template <> __device__ __forceinline__ __half flash_cvt<__half>(float x)
     return __float2half_rn(a > 65504.0f && a < INFINITY ? copysignf(65504.0f, x) : x);
 }
 
-// Four consecutive floats of row r of a tile, or zeros past `rows`: src is 16-byte aligned and
-// stride a multiple of 4 (cuda_attention.cu's flash_takes makes sure).
-__device__ __forceinline__ float4 flash_load4(const float *src, size_t stride, int row, int rows,
-                                              int d)
-{
-    return row < rows ? PESC_LOAD_FLOAT4(src + (size_t)row * stride + d)
-                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-}
-
+// out = in as T, n floats (a multiple of 4, in 16-byte aligned): the kernels' operands, made
+// once before they run instead of in every tile load (a key is loaded by every query tile of
+// every head of its group).
 template <class T>
-__device__ __forceinline__ void flash_store4(T *dst, float4 x)
+__global__ void flash_convert_kernel(T *out, const float *in, size_t n)
 {
-    dst[0] = flash_cvt<T>(x.x);
-    dst[1] = flash_cvt<T>(x.y);
-    dst[2] = flash_cvt<T>(x.z);
-    dst[3] = flash_cvt<T>(x.w);
-}
-
-// rows (64, D + 8) of src's rows row0 .. row0 + 63 (row i at src + i * stride), zeros past
-// `rows`, as T. The whole block calls it.
-template <int D, class T>
-__device__ __forceinline__ void flash_load_tile(T *dst, const float *src, size_t stride,
-                                                int row0, int rows)
-{
-    for (int i = threadIdx.x; i < FL_TILE * D / 4; i += FL_THREADS) {
-        int r = i / (D / 4), d = 4 * (i % (D / 4));
-        flash_store4(dst + r * (D + 8) + d, flash_load4(src, stride, row0 + r, rows, d));
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n / 4;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float4 x = PESC_LOAD_FLOAT4(in + 4 * i);
+        out[4 * i] = flash_cvt<T>(x.x);
+        out[4 * i + 1] = flash_cvt<T>(x.y);
+        out[4 * i + 2] = flash_cvt<T>(x.z);
+        out[4 * i + 3] = flash_cvt<T>(x.w);
     }
 }
 
-// The same rows twice: as half (the scores' operand) and as bf16 (another product's).
-template <int D>
-__device__ __forceinline__ void flash_load_both(__half *h, __nv_bfloat16 *b, const float *src,
-                                                size_t stride, int row0, int rows)
+// rows (64, D + 8) of src's rows row0 .. row0 + 63 (row i at src + i * stride), zeros past
+// `rows`, 16 bytes a load: src 16-byte aligned, stride a multiple of 8. The whole block calls it.
+template <int D, class T>
+__device__ __forceinline__ void flash_load_tile(T *dst, const T *src, size_t stride, int row0,
+                                                int rows)
 {
-    for (int i = threadIdx.x; i < FL_TILE * D / 4; i += FL_THREADS) {
-        int r = i / (D / 4), d = 4 * (i % (D / 4));
-        float4 x = flash_load4(src, stride, row0 + r, rows, d);
-        flash_store4(h + r * (D + 8) + d, x);
-        flash_store4(b + r * (D + 8) + d, x);
+    constexpr int V = D / 8;   // 16-byte vectors a row
+    for (int i = threadIdx.x; i < FL_TILE * V; i += FL_THREADS) {
+        int r = i / V, d = 8 * (i % V);
+        uint4 x = row0 + r < rows ? PESC_LOAD_16(src + (size_t)(row0 + r) * stride + d)
+                                  : make_uint4(0, 0, 0, 0);   // +0 in half and bf16
+        PESC_STORE_16(dst + r * (D + 8) + d, x);
     }
 }
 
@@ -229,11 +219,12 @@ __device__ __forceinline__ void flash_write_rows(float *dst, size_t stride, cons
 
 // ---- forward --------------------------------------------------------------------------------
 
-// q, out (B*T, Hq, D); k, v (B*T, Hkv, D); seg (B, T) or NULL; lse (B, Hq, T) or NULL.
-// Grid (ceil(T / 64), Hq, B), FL_THREADS threads, flash_forward_shared(D) bytes.
+// q, out (B*T, Hq, D); k, v (B*T, Hkv, D), all half (flash_convert_kernel); seg (B, T) or
+// NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / 64), Hq, B), FL_THREADS threads,
+// flash_forward_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
+flash_forward_kernel(float *out, float *lse, const __half *q, const __half *k, const __half *v,
                      int T, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
@@ -254,9 +245,9 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
     int t0 = blockIdx.x * FL_TILE, tw = t0 + 16 * warp;      // the block's and the warp's rows
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
-    const float *qb = q + (size_t)b * T * q_stride + (size_t)h * D;
-    const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
-    const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
+    const __half *qb = q + (size_t)b * T * q_stride + (size_t)h * D;
+    const __half *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
+    const __half *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
 
     flash_load_tile<D>(qs, qb, q_stride, t0, T);
     for (int i = lane; i < 16 * LDS; i += 32)
@@ -331,12 +322,14 @@ flash_forward_kernel(float *out, float *lse, const float *q, const float *k, con
 // ---- dQ -------------------------------------------------------------------------------------
 
 // dq = scale sum_s dS k_s, dS = P (dP - delta), P = exp(q.k scale - lse), dP = dout.v.
-// Overwrites dq. Grid (ceil(T / 64), Hq, B), flash_dq_shared(D) bytes.
+// Overwrites dq. q, k half; kb16 (k), v, dout bf16. Grid (ceil(T / 64), Hq, B),
+// flash_dq_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
-                const float *lse, const float *delta, int T, int Hq, int Hkv, int window,
-                const int32_t *seg_start, float scale)
+flash_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __half *k,
+                const __nv_bfloat16 *k_b, const __nv_bfloat16 *v, const float *lse,
+                const float *delta, int T, int Hq, int Hkv, int window, const int32_t *seg_start,
+                float scale)
 {
 #if FLASH_BODY
     constexpr int D = NCH * 16, LDH = D + 8, LDS = FL_LDS(D);
@@ -358,8 +351,7 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
-    const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
-    const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
+    size_t kv_off = (size_t)b * T * kv_stride + (size_t)g * D;
 
     flash_load_tile<D>(qs, q + q_off, q_stride, t0, T);
     flash_load_tile<D>(dos, dout + q_off, q_stride, t0, T);
@@ -378,8 +370,9 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
 
     for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
         __syncthreads();
-        flash_load_both<D>(ks, kb16, kb, kv_stride, s0, T);
-        flash_load_tile<D>(vs, vb, kv_stride, s0, T);
+        flash_load_tile<D>(ks, k + kv_off, kv_stride, s0, T);
+        flash_load_tile<D>(kb16, k_b + kv_off, kv_stride, s0, T);
+        flash_load_tile<D>(vs, v + kv_off, kv_stride, s0, T);
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
@@ -407,12 +400,14 @@ flash_dq_kernel(float *dq, const float *dout, const float *q, const float *k, co
 // ---- dK, dV ---------------------------------------------------------------------------------
 
 // dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of every query head of the
-// group. Overwrites dk, dv. Grid (ceil(T / 64), Hkv, B), flash_dkdv_shared(D) bytes.
+// group. Overwrites dk, dv. q, k half; q_b (q), v, dout bf16. Grid (ceil(T / 64), Hkv, B),
+// flash_dkdv_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k,
-                  const float *v, const float *lse, const float *delta, int T, int Hq, int Hkv,
-                  int window, const int32_t *seg_start, float scale)
+flash_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half *q,
+                  const __nv_bfloat16 *q_b, const __half *k, const __nv_bfloat16 *v,
+                  const float *lse, const float *delta, int T, int Hq, int Hkv, int window,
+                  const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
     constexpr int D = NCH * 16, LDH = D + 8, LDS = FL_LDS(D);
@@ -458,7 +453,8 @@ flash_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const
         // rows from the first key on, until a row's first visible key passes the last key
         for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
             __syncthreads();   // the previous tile is consumed
-            flash_load_both<D>(qs, qb16, q + q_off, q_stride, r0, T);
+            flash_load_tile<D>(qs, q + q_off, q_stride, r0, T);
+            flash_load_tile<D>(qb16, q_b + q_off, q_stride, r0, T);
             flash_load_tile<D>(dos, dout + q_off, q_stride, r0, T);
             for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
                 int t = r0 + j;

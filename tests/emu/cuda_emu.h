@@ -97,11 +97,18 @@ inline float __bfloat162float(__nv_bfloat16 h)
     return f;
 }
 
-/* ---- float4, and its load: a misaligned one aborts, as it faults on a GPU ------------------- */
+/* ---- float4 and uint4; their loads and stores check the alignment (a GPU faults) ---------- */
 struct alignas(16) float4 {
     float x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w)
+{
+    return uint4{x, y, z, w};
+}
 
 /* ---- half: IEEE binary16, rounded to nearest even, with subnormals; too large is infinite ---- */
 struct __half {
@@ -504,13 +511,32 @@ inline void check_matrix(const char *what, const void *ptr, unsigned ldm, size_t
              16 / element_size, element_size);
 }
 
-inline float4 load_float4(const float *p)
+inline void check_16(const char *what, const void *p)
 {
     if ((uintptr_t)p % 16)
-        fail("a float4 load from %p, which is not 16-byte aligned", (const void *)p);
+        fail("a %s at %p, which is not 16-byte aligned", what, p);
+}
+
+inline float4 load_float4(const float *p)
+{
+    check_16("float4 load", p);
     float4 v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+inline uint4 load_16(const void *p)
+{
+    check_16("16-byte load", p);
+    uint4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline void store_16(void *p, uint4 v)
+{
+    check_16("16-byte store", p);
+    memcpy(p, &v, sizeof v);
 }
 
 /* Where row r, column c of a tile lies in memory. */
