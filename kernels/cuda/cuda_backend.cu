@@ -99,7 +99,7 @@ static bool touches_frozen(const cuda_context *c, const void *p, size_t bytes)
     return c->frozen && a < f + c->frozen_n * sizeof(float) && f < a + bytes;
 }
 
-__global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n);
+static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
 
 static void cuda_freeze(void *ctx, const float *p, size_t n)
 {
@@ -114,9 +114,7 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
         cudaGetLastError();   // no room for the mirror: products convert as before
         return;
     }
-    CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(n, 256), 256, 0, c->stream, (__nv_bfloat16 *)mirror, p,
-                n);
-    if (!CUDA_LAUNCHED(c)) {
+    if (!to_bf16(c, (__nv_bfloat16 *)mirror, p, n)) {
         cudaFree(mirror);
         return;
     }
@@ -229,11 +227,33 @@ bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
 
 // ---- dense products -------------------------------------------------------------------------
 
-__global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n)
+// out = in as bf16. With vector4, in is 16-byte aligned: four floats a load, and block 0 takes
+// the last n % 4 alone.
+__global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n, bool vector4)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        out[i] = __float2bfloat16_rn(in[i]);
+    if (!vector4) {
+        GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(in[i]);
+        return;
+    }
+    size_t n4 = n / 4;
+    GRID_STRIDE(i, n4)
+    {
+        float4 x = PESC_LOAD_FLOAT4(in + 4 * i);
+        out[4 * i] = __float2bfloat16_rn(x.x);
+        out[4 * i + 1] = __float2bfloat16_rn(x.y);
+        out[4 * i + 2] = __float2bfloat16_rn(x.z);
+        out[4 * i + 3] = __float2bfloat16_rn(x.w);
+    }
+    if (blockIdx.x == 0 && threadIdx.x < n % 4)
+        out[4 * n4 + threadIdx.x] = __float2bfloat16_rn(in[4 * n4 + threadIdx.x]);
+}
+
+static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n)
+{
+    bool vector4 = ((uintptr_t)in & 15) == 0;
+    CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(vector4 ? n / 4 + 1 : n, 256), 256, 0, c->stream, out,
+                in, n, vector4);
+    return CUDA_LAUNCHED(c);
 }
 
 // cuBLAS is column-major: the row-major C = op(A) op(B) is the column-major
@@ -277,16 +297,14 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
     const __nv_bfloat16 *a16 = a_frozen, *b16 = b_frozen;
     if (!a_frozen) {
         a16 = (const __nv_bfloat16 *)work;
-        CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(a_n, 256), 256, 0, c->stream, (__nv_bfloat16 *)work,
-                    A, a_n);
+        if (!to_bf16(c, (__nv_bfloat16 *)work, A, a_n))
+            return;
     }
     if (!b_frozen) {
         b16 = (const __nv_bfloat16 *)(work + a_bytes);
-        CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(b_n, 256), 256, 0, c->stream,
-                    (__nv_bfloat16 *)(work + a_bytes), B, b_n);
+        if (!to_bf16(c, (__nv_bfloat16 *)(work + a_bytes), B, b_n))
+            return;
     }
-    if (!CUDA_LAUNCHED(c))
-        return;
     CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, b16, CUDA_R_16BF, ldb,
                                  a16, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

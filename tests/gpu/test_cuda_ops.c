@@ -477,6 +477,7 @@ int main(void)
     const double bf16_tol = 1e-2;
     test_matmul(300, 200, 150, bf16_tol, "bf16");
     test_matmul(1, 64, 4096, bf16_tol, "bf16");
+    test_matmul(67, 93, 70, bf16_tol, "bf16");   /* operands of 4k + 3 and 4k + 2 floats */
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
     test_rope(77, 6, 64);
