@@ -414,6 +414,7 @@ static void cuda_free_context(void *ctx)
     cudaFree(c->gemm_work);
     cudaFree(c->op_work);
     cudaFree(c->partials);
+    cudaFree(c->group_ptrs);
     if (c->cublas)
         cublasDestroy(c->cublas);
     if (c->stream)
@@ -513,6 +514,24 @@ static int parse_tile(const char *s, size_t *bytes, pesc_error *err)
     return 0;
 }
 
+// PESC_CUDA_GROUPED: 1 (the default, where cuBLAS has grouped products) or 0.
+static int parse_grouped(const char *s, int *grouped, pesc_error *err)
+{
+#if CUBLAS_VERSION >= 120500
+    *grouped = 1;
+#else
+    *grouped = 0;   // this cuBLAS has no cublasGemmGroupedBatchedEx
+#endif
+    if (!s || !*s || strcmp(s, "1") == 0)
+        return 0;
+    if (strcmp(s, "0") == 0) {
+        *grouped = 0;
+        return 0;
+    }
+    return pesc_fail(err, "PESC_CUDA_GROUPED=%s: give 1 (grouped adapter products, the "
+                     "default) or 0 (one product an expert)", s);
+}
+
 // The device is PESC_CUDA_DEVICE (default 0); products in PESC_CUDA_MATH (default tf32: while
 // activations are fp32, bf16 products pay a conversion of each activation operand, and on an
 // H200 tf32 was faster: 4.9 vs 27.8 ms/step at the standard shape, 498 vs 541 at TinyLlama's,
@@ -535,7 +554,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         return pesc_fail(err, "CUDA backend: out of host memory");
     if (parse_math(getenv("PESC_CUDA_MATH"), &c->math, err) != 0 ||
         parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0 ||
-        parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0) {
+        parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0 ||
+        parse_grouped(getenv("PESC_CUDA_GROUPED"), &c->grouped, err) != 0) {
         free(c);
         return -1;
     }
@@ -549,7 +569,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         CUBLAS_CHECK(c, cublasSetMathMode(c->cublas, c->math == CUDA_MATH_FP32
                                                          ? CUBLAS_PEDANTIC_MATH
                                                          : CUBLAS_DEFAULT_MATH)) &&
-        CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double)))) {
+        CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double))) &&
+        CUDA_CHECK(c, cudaMalloc(&c->group_ptrs, 3 * CUDA_GROUP_MAX * sizeof(void *)))) {
         c->max_shared = (int)prop.sharedMemPerBlockOptin;
         c->flash_ok = c->attention == CUDA_ATTENTION_FLASH && cuda_flash_available(c, prop.major);
         static const char *const math_names[] = {"bf16", "tf32", "fp32", "fast-bf16"};

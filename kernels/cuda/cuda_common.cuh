@@ -34,6 +34,9 @@ enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32, CUDA_MATH_FAST_
 // (cuda_attention.cu and cuda_flash.cuh say which does what).
 enum cuda_attention { CUDA_ATTENTION_FUSED, CUDA_ATTENTION_GEMM, CUDA_ATTENTION_FLASH };
 
+// Experts a grouped adapter product takes (more run one product each).
+#define CUDA_GROUP_MAX 64
+
 // Blocks of the two-stage reductions (sums of squares, column sums): fixed, so every
 // reduction adds in the same order on every run (determinism).
 #define CUDA_REDUCE_BLOCKS 256
@@ -59,6 +62,12 @@ typedef struct cuda_context {
     void *op_work;
     size_t op_work_bytes;
     double *partials;            // (CUDA_REDUCE_BLOCKS + 1) doubles
+    // The experts' adapter products as one grouped call (cublasGemmGroupedBatchedEx, cuBLAS
+    // 12.5 and later; PESC_CUDA_GROUPED=0 turns it off): its device array of operand pointers,
+    // and grouped_off, bit m set once cuBLAS has refused the call in math m.
+    int grouped;
+    void **group_ptrs;           // (3 * CUDA_GROUP_MAX)
+    unsigned grouped_off;
     // The frozen region (backend_freeze: the base weights in PESC mode) and its bf16 mirror,
     // which every product reading from the region uses instead of converting its operand.
     const float *frozen;         // NULL: none

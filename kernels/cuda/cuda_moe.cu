@@ -8,11 +8,12 @@
 // arrive in host memory and fix the product shapes here without another wait.
 //
 // The adapters of one layer: gather the routed rows (with the dropout mask) into expert order,
-// one product per expert for D_e and for U_e (cuBLAS, bf16 operands with fp32 accumulation by
-// default; each expert's group is a contiguous slice, so all of them are queued back to back
-// on the stream), the exact GELU between them, and a combine that adds each token's k weighted
-// adapter outputs in slot order. The combine reads through the inverse permutation, so no two
-// threads add into one element and the result is deterministic.
+// the products of D_e and of U_e over each expert's group (a contiguous slice), the exact GELU
+// between them, and a combine that adds each token's k weighted adapter outputs in slot order.
+// The combine reads through the inverse permutation, so no two threads add into one element
+// and the result is deterministic. The experts' products of one step go to cuBLAS as one
+// grouped call (experts_gemm): an expert's slice alone (about 1000 rows by 512 at TinyLlama's
+// shape) is too few tiles to fill a large GPU.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_group.cuh"
 
@@ -198,6 +199,118 @@ extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const in
     CUDA_LAUNCHED(c);
 }
 
+// ---- the experts' products -----------------------------------------------------------------
+
+// One operand of an expert's product: expert e's starts at base + first_e row + e expert
+// (floats), first_e the expert's first row in the grouped order.
+struct expert_operand {
+    const float *base;
+    size_t row, expert;
+    int ld;
+};
+
+// Row-major C_e = alpha op(A_e) op(B_e) + beta C_e for each expert e with rows (as cuda_gemm);
+// a dimension of -1 is the expert's row count.
+struct expert_gemm {
+    int trans_a, trans_b, m, n, k;
+    float alpha, beta;
+    expert_operand a, b, c;
+};
+
+// The pointer arrays of a grouped call, made on the device from the experts' places, passed by
+// value (no host buffer the call could outlive).
+struct expert_places {
+    int count;
+    int expert[CUDA_GROUP_MAX], first[CUDA_GROUP_MAX];
+    expert_operand a, b, c;
+};
+
+// ptrs: cuBLAS's A, B, C arrays (column-major: cuBLAS's A is our B), count each.
+__global__ void expert_pointers_kernel(void **ptrs, expert_places p)
+{
+    int j = threadIdx.x;
+    if (j >= p.count)
+        return;
+    size_t first = (size_t)p.first[j], e = (size_t)p.expert[j];
+    ptrs[j] = (void *)(p.b.base + first * p.b.row + e * p.b.expert);
+    ptrs[p.count + j] = (void *)(p.a.base + first * p.a.row + e * p.a.expert);
+    ptrs[2 * p.count + j] = (void *)(p.c.base + first * p.c.row + e * p.c.expert);
+}
+
+static const float *expert_at(const expert_operand &o, int first, int e)
+{
+    return o.base + (size_t)first * o.row + (size_t)e * o.expert;
+}
+
+// One grouped cuBLAS call; false, nothing done, when this cuBLAS has none or refuses the math
+// (then the caller runs one product an expert, and later calls in that math do at once).
+static bool experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
+{
+#if CUBLAS_VERSION >= 120500
+    if (!c->grouped || E > CUDA_GROUP_MAX || c->math == CUDA_MATH_BF16 ||
+        (c->grouped_off >> c->math & 1u))
+        return false;
+    expert_places places = {0, {0}, {0}, g.a, g.b, g.c};
+    int m[CUDA_GROUP_MAX], n[CUDA_GROUP_MAX], k[CUDA_GROUP_MAX], one[CUDA_GROUP_MAX];
+    int lda[CUDA_GROUP_MAX], ldb[CUDA_GROUP_MAX], ldc[CUDA_GROUP_MAX];
+    float alpha[CUDA_GROUP_MAX], beta[CUDA_GROUP_MAX];
+    cublasOperation_t op_a[CUDA_GROUP_MAX], op_b[CUDA_GROUP_MAX];
+    for (int e = 0; e < E; e++) {
+        int rows = offsets[e + 1] - offsets[e], j = places.count;
+        if (rows == 0)
+            continue;
+        places.expert[j] = e;
+        places.first[j] = offsets[e];
+        // column-major: C^T = op(B)^T op(A)^T, so B goes first and M, N swap
+        m[j] = g.n < 0 ? rows : g.n;
+        n[j] = g.m < 0 ? rows : g.m;
+        k[j] = g.k < 0 ? rows : g.k;
+        op_a[j] = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+        op_b[j] = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+        lda[j] = g.b.ld, ldb[j] = g.a.ld, ldc[j] = g.c.ld;
+        alpha[j] = g.alpha, beta[j] = g.beta, one[j] = 1;
+        places.count++;
+    }
+    if (places.count == 0)
+        return true;
+    CUDA_LAUNCH(expert_pointers_kernel, 1, CUDA_GROUP_MAX, 0, c->stream, c->group_ptrs, places);
+    if (!CUDA_LAUNCHED(c))
+        return true;   // failed: recorded, nothing more to do
+    void **ptrs = c->group_ptrs;
+    cublasComputeType_t compute = c->math == CUDA_MATH_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                  : c->math == CUDA_MATH_FAST_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                   : CUBLAS_COMPUTE_32F;
+    cublasStatus_t rc = cublasGemmGroupedBatchedEx(
+        c->cublas, op_a, op_b, m, n, k, alpha, (const void *const *)ptrs, CUDA_R_32F, lda,
+        (const void *const *)(ptrs + places.count), CUDA_R_32F, ldb, beta,
+        ptrs + 2 * places.count, CUDA_R_32F, ldc, places.count, one, compute);
+    if (rc == CUBLAS_STATUS_NOT_SUPPORTED) {
+        c->grouped_off |= 1u << c->math;
+        return false;
+    }
+    CUBLAS_CHECK(c, rc);
+    return true;
+#else
+    (void)c, (void)g, (void)offsets, (void)E;
+    return false;
+#endif
+}
+
+static void experts_gemm(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
+{
+    if (experts_gemm_grouped(c, g, offsets, E))
+        return;
+    for (int e = 0; e < E; e++) {
+        int first = offsets[e], rows = offsets[e + 1] - first;
+        if (rows == 0)
+            continue;
+        cuda_gemm(c, g.trans_a, g.trans_b, g.m < 0 ? rows : g.m, g.n < 0 ? rows : g.n,
+                  g.k < 0 ? rows : g.k, g.alpha, expert_at(g.a, first, e), g.a.ld,
+                  expert_at(g.b, first, e), g.b.ld, g.beta,
+                  (float *)expert_at(g.c, first, e), g.c.ld);
+    }
+}
+
 // ---- the adapters ---------------------------------------------------------------------------
 
 static int32_t *inverse_of(cuda_context *c, const int32_t *perm, int pairs)
@@ -228,21 +341,14 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
     CUDA_LAUNCHED(c);
     // pre (n, R) = gathered (n, C) @ D_e^T per expert, GELU over every row at once,
     // out (n, C) = act (n, R) @ U_e^T per expert
-    for (int e = 0; e < E; e++) {
-        int first = offsets[e], n = offsets[e + 1] - first;
-        if (n > 0)
-            cuda_gemm(c, 0, 1, n, R, C, 1.0f, gathered + (size_t)first * C, C,
-                      down + (size_t)e * R * C, C, 0.0f, pre + (size_t)first * R, R);
-    }
+    size_t CR = (size_t)C * R;
+    experts_gemm(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
+                     {pre, (size_t)R, 0, R}}, offsets, E);
     CUDA_LAUNCH(gelu_kernel, cuda_blocks((size_t)pairs * R, 256), 256, 0, c->stream, act, pre,
                 (size_t)pairs * R);
     CUDA_LAUNCHED(c);
-    for (int e = 0; e < E; e++) {
-        int first = offsets[e], n = offsets[e + 1] - first;
-        if (n > 0)
-            cuda_gemm(c, 0, 1, n, C, R, 1.0f, act + (size_t)first * R, R,
-                      up + (size_t)e * C * R, R, 0.0f, scratch + (size_t)first * C, C);
-    }
+    experts_gemm(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
+                     {scratch, (size_t)C, 0, C}}, offsets, E);
     CUDA_LAUNCH(combine_kernel, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y, scratch,
                 NULL, inverse, topk_w, scale, N, K, C);
     CUDA_LAUNCHED(c);
@@ -269,30 +375,22 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
                 NULL, perm, pairs, K, C);
     CUDA_LAUNCHED(c);
     // p (n, R) = dy_g (n, C) @ U_e (C, R)
-    for (int e = 0; e < E; e++) {
-        int first = offsets[e], n = offsets[e + 1] - first;
-        if (n > 0)
-            cuda_gemm(c, 0, 0, n, R, C, 1.0f, dyg + (size_t)first * C, C,
-                      up + (size_t)e * C * R, R, 0.0f, p + (size_t)first * R, R);
-    }
+    size_t CR = (size_t)C * R;
+    experts_gemm(c, {0, 0, -1, R, C, 1.0f, 0.0f, {dyg, (size_t)C, 0, C}, {up, 0, CR, R},
+                     {p, (size_t)R, 0, R}}, offsets, E);
     CUDA_LAUNCH(adapter_pair_kernel, pairs, 256, 0, c->stream, dtopk_w, p, dyg, act, pre, perm,
                 topk_w, scale, C, R);
     CUDA_LAUNCHED(c);
-    for (int e = 0; e < E; e++) {
-        int first = offsets[e], n = offsets[e + 1] - first;
-        if (n == 0)
-            continue;
-        float *dout_e = dyg + (size_t)first * C, *dpre_e = p + (size_t)first * R;
-        if (dup)     // dU_e (C, R) += dout^T @ act
-            cuda_gemm(c, 1, 0, C, R, n, 1.0f, dout_e, C, act + (size_t)first * R, R, 1.0f,
-                      dup + (size_t)e * C * R, R);
-        if (ddown)   // dD_e (R, C) += dpre^T @ gathered
-            cuda_gemm(c, 1, 0, R, C, n, 1.0f, dpre_e, R, gathered + (size_t)first * C, C, 1.0f,
-                      ddown + (size_t)e * R * C, C);
-        // d gathered (n, C) = dpre @ D_e, over dout_e once its last reader above is queued
-        cuda_gemm(c, 0, 0, n, C, R, 1.0f, dpre_e, R, down + (size_t)e * R * C, C, 0.0f, dout_e,
-                  C);
-    }
+    // dout_g: dy_g; dpre_g: p
+    if (dup)     // dU_e (C, R) += dout^T @ act
+        experts_gemm(c, {1, 0, C, R, -1, 1.0f, 1.0f, {dyg, (size_t)C, 0, C},
+                         {act, (size_t)R, 0, R}, {dup, 0, CR, R}}, offsets, E);
+    if (ddown)   // dD_e (R, C) += dpre^T @ gathered
+        experts_gemm(c, {1, 0, R, C, -1, 1.0f, 1.0f, {p, (size_t)R, 0, R},
+                         {gathered, (size_t)C, 0, C}, {ddown, 0, CR, C}}, offsets, E);
+    // d gathered (n, C) = dpre @ D_e, over dout_g once its last reader above is queued
+    experts_gemm(c, {0, 0, -1, C, R, 1.0f, 0.0f, {p, (size_t)R, 0, R}, {down, 0, CR, C},
+                     {dyg, (size_t)C, 0, C}}, offsets, E);
     CUDA_LAUNCH(combine_kernel, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, dyg, mask,
                 inverse, NULL, 1.0f, N, K, C);
     CUDA_LAUNCHED(c);

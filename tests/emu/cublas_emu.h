@@ -1,8 +1,11 @@
 /* cublas_emu.h — the cuBLAS v2 calls the CUDA backend makes, emulated on the CPU for
  * -DPESC_CUDA_EMU builds (cuda_runtime_emu.h is the runtime beneath them).
  *
- * cublasGemmEx and cublasGemmStridedBatchedEx with cuBLAS's column-major semantics, argument
- * checks and status codes, for the type combinations the backend uses:
+ * cublasGemmEx, cublasGemmStridedBatchedEx and cublasGemmGroupedBatchedEx (cuBLAS 12.5's
+ * grouped products, whose pointer arrays must be in device memory; here fp32 operands only, in
+ * 32F or 32F_FAST_TF32: anything else is refused with CUBLAS_STATUS_NOT_SUPPORTED, so the
+ * caller's fallback runs too) with cuBLAS's column-major semantics, argument checks and status
+ * codes, for the type combinations the backend uses:
  *   A, B fp32 -> C fp32, compute 32F (exact fp32 inputs), 32F_FAST_TF32 (inputs rounded to
  *     TF32, 10 explicit mantissa bits) or 32F_FAST_16BF (inputs rounded to bf16), both to
  *     nearest even; CUBLAS_TF32_TENSOR_OP_MATH on the handle makes 32F behave as FAST_TF32;
@@ -444,6 +447,55 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(
     g.c = C, g.c_type = Ctype, g.ldc = ldc, g.stride_c = strideC;
     return emu_detail::gemm("cublasGemmStridedBatchedEx", handle, g, computeType,
                             (const float *)alpha, (const float *)beta);
+}
+
+/* The version this emulates: 13.1, with grouped products. */
+#define CUBLAS_VERSION 130100
+
+/* group_count groups, group i of group_size[i] products with its own shapes, transposes,
+ * leading dimensions, alpha and beta; Aarray, Barray, Carray are device arrays of every
+ * product's pointers, group after group. */
+inline cublasStatus_t cublasGemmGroupedBatchedEx(
+    cublasHandle_t handle, const cublasOperation_t transa_array[],
+    const cublasOperation_t transb_array[], const int m_array[], const int n_array[],
+    const int k_array[], const void *alpha_array, const void *const Aarray[],
+    cudaDataType_t Atype, const int lda_array[], const void *const Barray[],
+    cudaDataType_t Btype, const int ldb_array[], const void *beta_array, void *const Carray[],
+    cudaDataType_t Ctype, const int ldc_array[], int group_count, const int group_size[],
+    cublasComputeType_t computeType)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (group_count < 0)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F ||
+        (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_FAST_TF32))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    long total = 0;
+    for (int i = 0; i < group_count; i++) {
+        if (group_size[i] < 0)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        total += group_size[i];
+    }
+    const char *call = "cublasGemmGroupedBatchedEx";
+    size_t bytes = (size_t)total * sizeof(void *);
+    if (total > 0 && (!emu_detail::is_device_range(Aarray, bytes) ||
+                      !emu_detail::is_device_range(Barray, bytes) ||
+                      !emu_detail::is_device_range(Carray, bytes)))
+        emu_detail::fail("%s: the pointer arrays must be in memory from cudaMalloc", call);
+    const float *alpha = (const float *)alpha_array, *beta = (const float *)beta_array;
+    for (int i = 0, at = 0; i < group_count; i++)
+        for (int j = 0; j < group_size[i]; j++, at++) {
+            emu_detail::gemm_problem g = {};
+            g.m = m_array[i], g.n = n_array[i], g.k = k_array[i], g.batches = 1;
+            g.a = {Aarray[at], Atype, transa_array[i], lda_array[i], 0, m_array[i], k_array[i]};
+            g.b = {Barray[at], Btype, transb_array[i], ldb_array[i], 0, k_array[i], n_array[i]};
+            g.c = Carray[at], g.c_type = Ctype, g.ldc = ldc_array[i], g.stride_c = 0;
+            cublasStatus_t rc = emu_detail::gemm(call, handle, g, computeType, alpha + i, beta + i);
+            if (rc != CUBLAS_STATUS_SUCCESS)
+                return rc;
+        }
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 #endif /* PESC_CUBLAS_EMU_H */

@@ -54,12 +54,14 @@ train() {   # log, backend, environment...
 losses() { grep '"step":' "$1" | grep '"loss"' | sed 's/.*"loss":\([^,]*\),.*/\1/' | tr '\n' ' '; }
 train "$tmp/cpu.jsonl" cpu
 # and on the second of two GPUs (PESC_CUDA_DEVICE=1): the trainer thread, not the one that
-# made the backend, runs the ops, and a launch from the wrong device is refused
-for variant in "tf32 fused 1e-5 1 0" "tf32 gemm 1e-4 1 0" "tf32 fused 1e-5 2 1"; do
+# made the backend, runs the ops, and a launch from the wrong device is refused; and with one
+# adapter product an expert instead of grouped ones (PESC_CUDA_GROUPED=0)
+for variant in "tf32 fused 1e-5 1 0 1" "tf32 gemm 1e-4 1 0 1" "tf32 fused 1e-5 2 1 1" \
+               "tf32 fused 1e-5 1 0 0"; do
   set -- $variant
   if ! train "$tmp/gpu.jsonl" cuda PESC_CUDA_MATH=$1 PESC_CUDA_ATTENTION=$2 PESC_EMU_DEVICES=$4 \
-      PESC_CUDA_DEVICE=$5; then
-    fail "pesc train --backend cuda ($1, $2, device $5 of $4): $(head -c 300 "$tmp/err")"
+      PESC_CUDA_DEVICE=$5 PESC_CUDA_GROUPED=$6; then
+    fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6): $(head -c 300 "$tmp/err")"
     continue
   fi
   want=$(losses "$tmp/cpu.jsonl") got=$(losses "$tmp/gpu.jsonl") ok=1 i=0
@@ -68,9 +70,13 @@ for variant in "tf32 fused 1e-5 1 0" "tf32 gemm 1e-4 1 0" "tf32 fused 1e-5 2 1";
     close "$(echo "$got" | cut -d' ' -f$i)" "$l" "$3" || ok=0
   done
   [ $ok -eq 1 ] && [ $i -eq 4 ] &&
-    pass "pesc train --backend cuda ($1, $2, device $5 of $4): the CPU's losses within $3 ($got)" ||
-    fail "pesc train --backend cuda ($1, $2, device $5 of $4): losses '$got', the CPU's '$want'"
+    pass "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6): the CPU's losses within $3 ($got)" ||
+    fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6): losses '$got', the CPU's '$want'"
 done
+train "$tmp/bad.jsonl" cuda PESC_CUDA_GROUPED=yes
+grep -qx "pesc train: --backend cuda: PESC_CUDA_GROUPED=yes: give 1 (grouped adapter products, the default) or 0 (one product an expert)" "$tmp/err" &&
+  pass "PESC_CUDA_GROUPED=yes is refused, naming the choices" ||
+  fail "PESC_CUDA_GROUPED=yes: $(head -c 300 "$tmp/err")"
 # generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
 demo="$top_srcdir/data/demo"
 for backend in cpu cuda; do
