@@ -242,7 +242,7 @@ static const float *expert_at(const expert_operand &o, int first, int e)
     return o.base + (size_t)first * o.row + (size_t)e * o.expert;
 }
 
-// One grouped cuBLAS call; false, nothing done, when this cuBLAS has none or refuses the math
+// One grouped cuBLAS call; false, nothing done, when this cuBLAS has none or refuses the call
 // (then the caller runs one product an expert, and later calls in that math do at once).
 static bool experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
 {
@@ -284,7 +284,9 @@ static bool experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const in
         c->cublas, op_a, op_b, m, n, k, alpha, (const void *const *)ptrs, CUDA_R_32F, lda,
         (const void *const *)(ptrs + places.count), CUDA_R_32F, ldb, beta,
         ptrs + 2 * places.count, CUDA_R_32F, ldc, places.count, one, compute);
-    if (rc == CUBLAS_STATUS_NOT_SUPPORTED) {
+    // refused (a type combination this cuBLAS does not group, or arguments it takes only one
+    // product at a time): the same products one an expert, from now on in this math
+    if (rc == CUBLAS_STATUS_NOT_SUPPORTED || rc == CUBLAS_STATUS_INVALID_VALUE) {
         c->grouped_off |= 1u << c->math;
         return false;
     }
