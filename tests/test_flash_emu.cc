@@ -96,11 +96,26 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
                    flash_dq_kernel<NCH>(dq, dob, qh, kh, kb, vb, lse, delta, T, Hq, Hkv, window,
                                         seg, scale);
                });
-    emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hkv, B), dim3(FL_THREADS),
+    // each query head's part of dk and dv, then the groups' sums (groups of one: dk and dv)
+    float *dk_part = dk, *dv_part = dv;
+    if (Hq != Hkv) {
+        dk_part = (float *)aligned_alloc(64, nq * sizeof(float));
+        dv_part = (float *)aligned_alloc(64, nq * sizeof(float));
+        poison(dk_part, nq);
+        poison(dv_part, nq);
+    }
+    emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hq, B), dim3(FL_THREADS),
                flash_dkdv_shared(NCH * 16), [&] {
-                   flash_dkdv_kernel<NCH>(dk, dv, dob, qh, qb, kh, vb, lse, delta, T, Hq, Hkv,
-                                          window, seg, scale);
+                   flash_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, qb, kh, vb, lse, delta, T,
+                                          Hq, Hkv, window, seg, scale);
                });
+    if (Hq != Hkv) {
+        emu_launch(dim3(3), dim3(64), 0, [&] {
+            flash_group_sum_kernel(dk, dv, dk_part, dv_part, (size_t)B * T, Hq, Hkv, NCH * 16);
+        });
+        free(dk_part);
+        free(dv_part);
+    }
     void *all[] = {qh, kh, qb, kb, vb, dob};
     for (void *p : all)
         free(p);

@@ -885,12 +885,14 @@ static void *flash_carve(flash_carver *w, size_t bytes)
     return p;
 }
 
-// The backward's scratch: delta (B Hq T floats); q, k in half; q, k, v, dout in bf16.
+// The backward's scratch: delta (B Hq T floats); q, k in half; q, k, v, dout in bf16; with
+// grouped heads, each query head's part of dk and dv (fp32, q's size).
 static size_t flash_backward_work(int B, int T, int Hq, int Hkv, int D)
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, h = 2;
+    size_t parts = Hq == Hkv ? 0 : 2 * flash_piece(nq * sizeof(float));
     return flash_piece((size_t)B * Hq * T * sizeof(float)) + 3 * flash_piece(nq * h) +
-           3 * flash_piece(nkv * h);
+           3 * flash_piece(nkv * h) + parts;
 }
 
 // out = in (n floats) as T; false after a failure.
@@ -914,12 +916,14 @@ static void flash_forward(cuda_context *c, float *out, float *lse, const __half 
     CUDA_LAUNCHED(c);
 }
 
+// dk_part, dv_part: (B T, Hq, D) for the query heads' parts when heads are grouped, else
+// dk and dv.
 template <int NCH>
-static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv,
-                           const __nv_bfloat16 *dout, const __half *q, const __nv_bfloat16 *q_b,
-                           const __half *k, const __nv_bfloat16 *k_b, const __nv_bfloat16 *v,
-                           const float *lse, const float *delta, int B, int T, int Hq, int Hkv,
-                           int window, const int32_t *seg)
+static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv, float *dk_part,
+                           float *dv_part, const __nv_bfloat16 *dout, const __half *q,
+                           const __nv_bfloat16 *q_b, const __half *k, const __nv_bfloat16 *k_b,
+                           const __nv_bfloat16 *v, const float *lse, const float *delta, int B,
+                           int T, int Hq, int Hkv, int window, const int32_t *seg)
 {
     int D = NCH * 16;
     float scale = 1.0f / sqrtf((float)D);
@@ -930,9 +934,14 @@ static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv,
     dim3 grid_q((T + FL_TILE - 1) / FL_TILE, Hq, B);
     CUDA_LAUNCH(flash_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, k_b,
                 v, lse, delta, T, Hq, Hkv, window, seg, scale);
-    dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hkv, B);
-    CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk, dv, dout, q,
-                q_b, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk_part, dv_part,
+                dout, q, q_b, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    if (dk_part != dk) {
+        size_t n = (size_t)B * T * Hkv * D;
+        CUDA_LAUNCH(flash_group_sum_kernel, cuda_blocks(n, 256), 256, 0, c->stream, dk, dv,
+                    dk_part, dv_part, (size_t)B * T, Hq, Hkv, D);
+    }
     CUDA_LAUNCHED(c);
 }
 
@@ -972,6 +981,11 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
     __nv_bfloat16 *dob = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
     __nv_bfloat16 *kb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
     __nv_bfloat16 *vb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
+    float *dk_part = dk, *dv_part = dv;
+    if (Hq != Hkv) {
+        dk_part = (float *)flash_carve(&w, nq * sizeof(float));
+        dv_part = (float *)flash_carve(&w, nq * sizeof(float));
+    }
     CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta, dout,
                 out, B, T, Hq, D);
     if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, qb, q, nq) ||
@@ -979,9 +993,9 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         !flash_convert(c, kb, k, nkv) || !flash_convert(c, vb, v, nkv))
         return;
     switch (D) {
-    case 32: flash_backward<2>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    case 64: flash_backward<4>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    case 96: flash_backward<6>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    default: flash_backward<8>(c, dq, dk, dv, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 32: flash_backward<2>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 64: flash_backward<4>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    case 96: flash_backward<6>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
+    default: flash_backward<8>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
     }
 }

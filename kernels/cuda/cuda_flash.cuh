@@ -24,10 +24,12 @@
 //
 // Work: 4 warps a block, 16 rows a warp, 64 keys (or query rows) a shared tile.
 //  - forward, dQ: a block takes 64 query rows of one (sequence, head) and walks the keys they
-//    can see; dQ recomputes P from the saved log-sum-exp.
-//  - dK, dV: a block takes 64 keys of one (sequence, kv head), each warp 16, and walks every
-//    query row of every head of the group that sees them. Each output is written once, by its
-//    owner, in a fixed order: deterministic, no atomics.
+//    can see; dQ recomputes P from the saved log-sum-exp. The last rows, which see the most
+//    keys, go first.
+//  - dK, dV: a block takes 64 keys of one (sequence, query head), each warp 16, and walks every
+//    query row of that head that sees them; with grouped heads a second kernel adds the
+//    group's parts in head order. Each output is written once, by its owner, in a fixed order:
+//    deterministic, no atomics.
 // Masks as on the CPU (first_key: sliding window and packed documents' starts).
 //
 // The kernels keep to a subset that tests/emu/cuda_emu.h runs on the CPU (tests/test_flash_emu
@@ -242,7 +244,9 @@ flash_forward_kernel(float *out, float *lse, const __half *q, const __half *k, c
     __half *ps = (__half *)(mine + 2 * flash_warp_f32(D));
 
     int h = blockIdx.y, b = blockIdx.z, g = h / (Hq / Hkv);
-    int t0 = blockIdx.x * FL_TILE, tw = t0 + 16 * warp;      // the block's and the warp's rows
+    // the last query tiles first: they see the most keys, and started last they would be the
+    // step's tail
+    int t0 = (gridDim.x - 1 - blockIdx.x) * FL_TILE, tw = t0 + 16 * warp;
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     const __half *qb = q + (size_t)b * T * q_stride + (size_t)h * D;
@@ -347,7 +351,7 @@ flash_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __h
     __nv_bfloat16 *ds = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
 
     int h = blockIdx.y, b = blockIdx.z, g = h / (Hq / Hkv);
-    int t0 = blockIdx.x * FL_TILE, tw = t0 + 16 * warp;
+    int t0 = (gridDim.x - 1 - blockIdx.x) * FL_TILE, tw = t0 + 16 * warp;   // the longest first
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
@@ -399,9 +403,13 @@ flash_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __h
 
 // ---- dK, dV ---------------------------------------------------------------------------------
 
-// dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of every query head of the
-// group. Overwrites dk, dv. q, k half; q_b (q), v, dout bf16. Grid (ceil(T / 64), Hkv, B),
-// flash_dkdv_shared(D) bytes.
+// dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of query head h = blockIdx.y:
+// one query head's part of its kv head's gradients, written (B*T, Hq, D) at head h. With groups
+// of one that is dk and dv themselves; otherwise flash_group_sum_kernel adds a group's parts.
+// (One block a query head, not a kv head: a block's work grows with the rows after its keys,
+// and a kv head's whole group in one block made the first keys' blocks group times longer than
+// the rest, the step waiting on them.) q, k half; q_b (q), v, dout bf16. Grid (ceil(T / 64),
+// Hq, B), flash_dkdv_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
 flash_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half *q,
@@ -426,7 +434,7 @@ flash_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half 
     __nv_bfloat16 *pt = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D));
     __nv_bfloat16 *dst = (__nv_bfloat16 *)(mine + 2 * flash_warp_f32(D) + flash_warp_p());
 
-    int g = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
+    int h = blockIdx.y, b = blockIdx.z, g = h / (Hq / Hkv);
     int s0 = blockIdx.x * FL_TILE, sw = s0 + 16 * warp;      // the block's and the warp's keys
     int s_last = min(s0 + FL_TILE - 1, T - 1);
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
@@ -445,44 +453,41 @@ flash_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half 
         flash_wmma::fill_fragment(dk_acc[c], 0.0f);
         flash_wmma::fill_fragment(dv_acc[c], 0.0f);
     }
-    for (int hh = 0; hh < group; hh++) {
-        int h = g * group + hh;
-        size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
-        const float *lse_h = lse + ((size_t)b * Hq + h) * T;
-        const float *delta_h = delta + ((size_t)b * Hq + h) * T;
-        // rows from the first key on, until a row's first visible key passes the last key
-        for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
-            __syncthreads();   // the previous tile is consumed
-            flash_load_tile<D>(qs, q + q_off, q_stride, r0, T);
-            flash_load_tile<D>(qb16, q_b + q_off, q_stride, r0, T);
-            flash_load_tile<D>(dos, dout + q_off, q_stride, r0, T);
-            for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
-                int t = r0 + j;
-                bool in = t < T;
-                lse_s[j] = in ? lse_h[t] : 0.0f;
-                delta_s[j] = in ? delta_h[t] : 0.0f;
-                lo_s[j] = in ? flash_first_key(t, window, seg) : INT_MAX;
-            }
-            __syncthreads();
-            // warp-uniform: rows all before the warp's first key, or all starting past its last
-            if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
-                continue;
-            flash_abt<NCH>(ss, ks + 16 * warp * LDH, LDH, qs, LDH);   // S^T (16 keys, 64 rows)
-            flash_abt<NCH>(dps, vs + 16 * warp * LDH, LDH, dos, LDH);  // dP^T
-            __syncwarp();
-#pragma unroll 4
-            for (int j = 0; j < 32; j++) {
-                int col = 32 * half + j, t = r0 + col;
-                bool visible = s <= s_last && s <= t && s >= lo_s[col];
-                float p = visible ? expf(ss[i * LDS + col] * scale - lse_s[col]) : 0.0f;
-                pt[i * FL_LDP + col] = __float2bfloat16(p);
-                dst[i * FL_LDP + col] = __float2bfloat16(p * (dps[i * LDS + col] - delta_s[col]));
-            }
-            __syncwarp();
-            flash_pb<NCH>(dv_acc, pt, dos, LDH);
-            flash_pb<NCH>(dk_acc, dst, qb16, LDH);
-            __syncwarp();
+    size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+    const float *lse_h = lse + ((size_t)b * Hq + h) * T;
+    const float *delta_h = delta + ((size_t)b * Hq + h) * T;
+    // rows from the first key on, until a row's first visible key passes the last key
+    for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
+        __syncthreads();   // the previous tile is consumed
+        flash_load_tile<D>(qs, q + q_off, q_stride, r0, T);
+        flash_load_tile<D>(qb16, q_b + q_off, q_stride, r0, T);
+        flash_load_tile<D>(dos, dout + q_off, q_stride, r0, T);
+        for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
+            int t = r0 + j;
+            bool in = t < T;
+            lse_s[j] = in ? lse_h[t] : 0.0f;
+            delta_s[j] = in ? delta_h[t] : 0.0f;
+            lo_s[j] = in ? flash_first_key(t, window, seg) : INT_MAX;
         }
+        __syncthreads();
+        // warp-uniform: rows all before the warp's first key, or all starting past its last
+        if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
+            continue;
+        flash_abt<NCH>(ss, ks + 16 * warp * LDH, LDH, qs, LDH);   // S^T (16 keys, 64 rows)
+        flash_abt<NCH>(dps, vs + 16 * warp * LDH, LDH, dos, LDH);  // dP^T
+        __syncwarp();
+#pragma unroll 4
+        for (int j = 0; j < 32; j++) {
+            int col = 32 * half + j, t = r0 + col;
+            bool visible = s <= s_last && s <= t && s >= lo_s[col];
+            float p = visible ? expf(ss[i * LDS + col] * scale - lse_s[col]) : 0.0f;
+            pt[i * FL_LDP + col] = __float2bfloat16(p);
+            dst[i * FL_LDP + col] = __float2bfloat16(p * (dps[i * LDS + col] - delta_s[col]));
+        }
+        __syncwarp();
+        flash_pb<NCH>(dv_acc, pt, dos, LDH);
+        flash_pb<NCH>(dk_acc, dst, qb16, LDH);
+        __syncwarp();
     }
 #pragma unroll
     for (int c = 0; c < NCH; c++) {
@@ -490,9 +495,29 @@ flash_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half 
         flash_wmma::store_matrix_sync(dps + 16 * c, dv_acc[c], LDS, flash_wmma::mem_row_major);
     }
     __syncwarp();
-    flash_write_rows<NCH>(dk + kv_off, kv_stride, ss, sw, T, scale);
-    flash_write_rows<NCH>(dv + kv_off, kv_stride, dps, sw, T, 1.0f);
+    flash_write_rows<NCH>(dk + q_off, q_stride, ss, sw, T, scale);
+    flash_write_rows<NCH>(dv + q_off, q_stride, dps, sw, T, 1.0f);
 #endif
+}
+
+// dk, dv (rows, Hkv, D) = the sums of their groups' parts (rows, Hq, D), query heads in order
+// (no atomics: the same sums every run).
+__global__ void flash_group_sum_kernel(float *dk, float *dv, const float *dk_part,
+                                       const float *dv_part, size_t rows, int Hq, int Hkv, int D)
+{
+    int group = Hq / Hkv;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < rows * Hkv * D;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / ((size_t)Hkv * D), g = i / D % Hkv, d = i % D;
+        size_t at = (r * Hq + g * group) * D + d;
+        float sk = 0.0f, sv = 0.0f;
+        for (int hh = 0; hh < group; hh++) {
+            sk += dk_part[at + (size_t)hh * D];
+            sv += dv_part[at + (size_t)hh * D];
+        }
+        dk[i] = sk;
+        dv[i] = sv;
+    }
 }
 
 #endif
