@@ -225,21 +225,20 @@ struct expert_places {
     expert_operand a, b, c;
 };
 
+__host__ __device__ inline const float *expert_at(const expert_operand &o, int first, int e)
+{
+    return o.base + (size_t)first * o.row + (size_t)e * o.expert;
+}
+
 // ptrs: cuBLAS's A, B, C arrays (column-major: cuBLAS's A is our B), count each.
 __global__ void expert_pointers_kernel(void **ptrs, expert_places p)
 {
     int j = threadIdx.x;
     if (j >= p.count)
         return;
-    size_t first = (size_t)p.first[j], e = (size_t)p.expert[j];
-    ptrs[j] = (void *)(p.b.base + first * p.b.row + e * p.b.expert);
-    ptrs[p.count + j] = (void *)(p.a.base + first * p.a.row + e * p.a.expert);
-    ptrs[2 * p.count + j] = (void *)(p.c.base + first * p.c.row + e * p.c.expert);
-}
-
-static const float *expert_at(const expert_operand &o, int first, int e)
-{
-    return o.base + (size_t)first * o.row + (size_t)e * o.expert;
+    ptrs[j] = (void *)expert_at(p.b, p.first[j], p.expert[j]);
+    ptrs[p.count + j] = (void *)expert_at(p.a, p.first[j], p.expert[j]);
+    ptrs[2 * p.count + j] = (void *)expert_at(p.c, p.first[j], p.expert[j]);
 }
 
 // One grouped cuBLAS call; false, nothing done, when this cuBLAS has none or refuses the call
