@@ -958,12 +958,9 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
     if (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv) ||
         !flash_convert(c, vh, v, nkv))
         return;
-    switch (D) {
-    case 32: flash_forward<2>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
-    case 64: flash_forward<4>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
-    case 96: flash_forward<6>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
-    default: flash_forward<8>(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg); break;
-    }
+    auto run = D == 32 ? flash_forward<2> : D == 64 ? flash_forward<4>
+             : D == 96 ? flash_forward<6> : flash_forward<8>;
+    run(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg);
 }
 
 static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
@@ -992,10 +989,8 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         !flash_convert(c, dob, dout, nq) || !flash_convert(c, kh, k, nkv) ||
         !flash_convert(c, kb, k, nkv) || !flash_convert(c, vb, v, nkv))
         return;
-    switch (D) {
-    case 32: flash_backward<2>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    case 64: flash_backward<4>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    case 96: flash_backward<6>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    default: flash_backward<8>(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window, seg); break;
-    }
+    auto run = D == 32 ? flash_backward<2> : D == 64 ? flash_backward<4>
+             : D == 96 ? flash_backward<6> : flash_backward<8>;
+    run(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv,
+        window, seg);
 }
