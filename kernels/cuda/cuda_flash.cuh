@@ -7,13 +7,12 @@
 // The launcher converts the fp32 tensors once into the operands' types (flash_convert_kernel:
 // a key would otherwise be converted again by every query tile of every head of its group),
 // and tiles load those 16 bytes at a time. Scores, softmax statistics and every accumulator
-// are fp32. The scores' operands q
-// and k are half (11 bits of mantissa): the exponential multiplies their error, and with bf16
-// (8 bits) a whole step's LoRA gradients fell to a cosine of 0.996 against the CPU's; with half
-// it is 0.99993, better than q and k split into bf16 hi + lo at three products a tile. The
-// forward's P (in [0, 1]) and v are half too. The backward's other operands (dout, and
-// dS = P (dP - delta) with the k or q it multiplies, and P with dout) are bf16: gradients are
-// small numbers, beneath half's normal range.
+// are fp32. The scores' operands q and k are half (11 bits of mantissa): the exponential
+// multiplies their error, and with bf16 (8 bits) a whole step's LoRA gradients fell to a
+// cosine of 0.996 against the CPU's; with half it is 0.99993, better than q and k split into
+// bf16 hi + lo at three products a tile. The forward's P (in [0, 1]) and v are half too. The
+// backward's other operands (dout, and dS = P (dP - delta) with the k or q it multiplies, and
+// P with dout) are bf16: gradients are small numbers, beneath half's normal range.
 //
 // A wmma accumulator's elements sit in lanes in an unspecified order, so whatever needs rows
 // (masks, softmax, the rescaling of the output) goes through shared memory: a warp stores its
@@ -124,7 +123,7 @@ template <> __device__ __forceinline__ __half flash_cvt<__half>(float x)
     return __float2half_rn(a > 65504.0f && a < INFINITY ? copysignf(65504.0f, x) : x);
 }
 
-// out = in as T, n floats (a multiple of 4, in 16-byte aligned): the kernels' operands, made
+// out = in as T, n floats (a multiple of 4; in 16-byte aligned): the kernels' operands, made
 // once before they run instead of in every tile load (a key is loaded by every query tile of
 // every head of its group).
 template <class T>
