@@ -578,11 +578,12 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                                 : c->flash_ok ? "flash"
                                 : c->attention == CUDA_ATTENTION_FLASH ? "fused (flash needs sm_80)"
                                                                        : "fused";
+        bool grouped = c->grouped && c->math != CUDA_MATH_BF16;   // experts_gemm_grouped
         snprintf(c->device_text, sizeof c->device_text,
-                 "%s (sm_%d%d, %.0f GiB), cuBLAS %s products, %s attention, fp32 tensors",
+                 "%s (sm_%d%d, %.0f GiB), cuBLAS %s products%s, %s attention, fp32 tensors",
                  prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), math_names[c->math],
-                 attention);
+                 grouped ? " (adapters grouped)" : "", attention);
     }
     if (c->failed) {
         pesc_fail(err, "%s", c->error);
