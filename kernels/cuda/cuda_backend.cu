@@ -578,7 +578,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                                 : c->flash_ok ? "flash"
                                 : c->attention == CUDA_ATTENTION_FLASH ? "fused (flash needs sm_80)"
                                                                        : "fused";
-        bool grouped = c->grouped && c->math != CUDA_MATH_BF16;   // experts_gemm_grouped
+        bool grouped = cuda_grouped_probe(c);
         snprintf(c->device_text, sizeof c->device_text,
                  "%s (sm_%d%d, %.0f GiB), cuBLAS %s products%s, %s attention, fp32 tensors",
                  prop.name, prop.major, prop.minor,

@@ -201,6 +201,7 @@ void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, 
 void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
 void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
 bool cuda_flash_available(cuda_context *c, int cc_major);
+bool cuda_grouped_probe(cuda_context *c);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);

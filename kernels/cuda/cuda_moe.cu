@@ -297,6 +297,16 @@ static bool experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const in
 #endif
 }
 
+// At start: whether this cuBLAS groups products in the context's math, asked with one 1 x 1 x 1
+// product on scratch. A refusal turns grouping off for the math, and the device line says so.
+bool cuda_grouped_probe(cuda_context *c)
+{
+    float *x = (float *)c->partials;
+    int offsets[2] = {0, 1};
+    expert_gemm g = {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 1, 0, 1}, {x + 1, 0, 0, 1}, {x + 2, 1, 0, 1}};
+    return experts_gemm_grouped(c, g, offsets, 1) && !c->failed;
+}
+
 static void experts_gemm(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
 {
     if (experts_gemm_grouped(c, g, offsets, E))
