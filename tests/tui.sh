@@ -2,8 +2,9 @@
 # tui.sh — the live workbench end to end: `pesc tui` on a tiny model under tmux, keys sent with
 # send-keys, the screen read with capture-pane. The panels are there; Space pauses and the
 # step counter stops; + raises the LR in the status line and in the JSONL log; a prompt gets
-# an answer, a pasted one of two lines is sent once with both; a resize to 40x12 and back
-# keeps it running; q asks, then saves and stops.
+# an answer, a pasted one of two lines is sent once with both; e while paused scores the
+# held-out data at once, its event under the answer; a resize to 40x12 and back keeps it
+# running; q asks, then saves and stops.
 # Skips (77) without tmux or before `pesc tui` exists. PESC_TUI_ARGS overrides the run's
 # options (default: the built-in demo), PESC_TUI_PROMPT the prompt (a run without a tokenizer
 # takes ids:1,2,3).
@@ -107,6 +108,16 @@ check "世end +│$" "a line of wide characters scrolls inside the frame"
 screen | grep -q "^世" && { fail "wide characters spilled out of the prompt line:"; screen | sed 's/^/    | /'; } ||
   pass "nothing spills below the prompt line"
 keys C-u Escape
+
+# e while paused: the held-out data scored at once, and the eval event shown in the console
+# under the answer (which came before it)
+if [ -z "${PESC_TUI_ARGS:-}" ]; then
+  evals=$(grep -c '"event":"eval"' "$tmp/run.jsonl")
+  keys e
+  i=0; while [ "$(grep -c '"event":"eval"' "$tmp/run.jsonl")" -le "$evals" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+  check "step +[0-9]+ +eval +eval loss [0-9.]+ over" "e while paused: scored at once, its event under the answer" 30
+  check "PAUSED" "still paused after the evaluation"
+fi
 
 tmux -L "$sock" resize-window -t tui -x 40 -y 12
 sleep 0.5

@@ -1,7 +1,7 @@
 /* panel_console — talk to the model while it trains: a prompt line with editing and history,
  * the answer streaming in (each token coloured by the expert it was routed to at a chosen
  * layer, when asked), the sampling settings; the run's recent events while nothing has been
- * generated. */
+ * generated, and under an answer those that came after it (a save, an eval, an error). */
 #include <stdio.h>
 #include <string.h>
 #include <wchar.h>
@@ -121,10 +121,19 @@ static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     int width = draw_frame(ui, w, v->generating ? "Prompt: generating" : "Prompt", right, focused);
     int rows = h - 3;
     if (rows > 0) {
-        if (v->prompt[0] || v->generated[0])
-            draw_answer(ui, w, v, 1, rows, width - 2);
-        else
+        if (v->prompt[0] || v->generated[0]) {
+            /* the events after the answer's own (its generate event ends it), up to a third of
+             * the rows, under it past a blank line */
+            int later = 0;
+            for (int i = v->n_events - 1; i >= 0 && strcmp(v->events[i].kind, "generate") != 0; i--)
+                later++;
+            int ev_rows = v->generating ? 0 : later < rows / 3 ? later : rows / 3;
+            draw_answer(ui, w, v, 1, ev_rows ? rows - ev_rows - 1 : rows, width - 2);
+            if (ev_rows)
+                draw_events(ui, w, v, 1 + rows - ev_rows, ev_rows, width - 2);
+        } else {
             draw_events(ui, w, v, 1, rows, width - 2);
+        }
     }
     /* the input line */
     int y = h - 2;
