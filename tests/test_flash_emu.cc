@@ -59,7 +59,7 @@ template <class T> static T *converted(const float *x, size_t n)
 {
     T *out = (T *)aligned_alloc(64, (n * sizeof(T) + 63) & ~(size_t)63);
     memset(out, 0xff, n * sizeof(T));
-    emu_launch(dim3(3), dim3(64), 0, [&] { flash_convert_kernel<T>(out, x, n); });
+    emu_launch(dim3(3), dim3(64), 0, [&] { convert_kernel<T>(out, x, n, true); });
     return out;
 }
 

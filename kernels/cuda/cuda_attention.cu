@@ -898,7 +898,7 @@ static size_t flash_backward_work(int B, int T, int Hq, int Hkv, int D)
 // out = in (n floats) as T; false after a failure.
 template <class T> static bool flash_convert(cuda_context *c, T *out, const float *in, size_t n)
 {
-    CUDA_LAUNCH(flash_convert_kernel<T>, cuda_blocks(n / 4, 256), 256, 0, c->stream, out, in, n);
+    CUDA_LAUNCH(convert_kernel<T>, cuda_blocks(n / 4, 256), 256, 0, c->stream, out, in, n, true);
     return CUDA_LAUNCHED(c);
 }
 

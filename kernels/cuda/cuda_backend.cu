@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_convert.cuh"
 
 extern "C" {
 #include "cuda/cuda.h"
@@ -227,32 +228,12 @@ bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
 
 // ---- dense products -------------------------------------------------------------------------
 
-// out = in as bf16. With vector4, in is 16-byte aligned: four floats a load, and block 0 takes
-// the last n % 4 alone.
-__global__ void to_bf16_kernel(__nv_bfloat16 *out, const float *in, size_t n, bool vector4)
-{
-    if (!vector4) {
-        GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(in[i]);
-        return;
-    }
-    size_t n4 = n / 4;
-    GRID_STRIDE(i, n4)
-    {
-        float4 x = PESC_LOAD_FLOAT4(in + 4 * i);
-        out[4 * i] = __float2bfloat16_rn(x.x);
-        out[4 * i + 1] = __float2bfloat16_rn(x.y);
-        out[4 * i + 2] = __float2bfloat16_rn(x.z);
-        out[4 * i + 3] = __float2bfloat16_rn(x.w);
-    }
-    if (blockIdx.x == 0 && threadIdx.x < n % 4)
-        out[4 * n4 + threadIdx.x] = __float2bfloat16_rn(in[4 * n4 + threadIdx.x]);
-}
-
+// out = in as bf16 (n floats), four a load where in is 16-byte aligned; false after a failure.
 static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n)
 {
     bool vector4 = ((uintptr_t)in & 15) == 0;
-    CUDA_LAUNCH(to_bf16_kernel, cuda_blocks(vector4 ? n / 4 + 1 : n, 256), 256, 0, c->stream, out,
-                in, n, vector4);
+    CUDA_LAUNCH(convert_kernel<__nv_bfloat16>, cuda_blocks(vector4 ? n / 4 + 1 : n, 256), 256, 0,
+                c->stream, out, in, n, vector4);
     return CUDA_LAUNCHED(c);
 }
 

@@ -4,7 +4,7 @@
 // stored. PESC_CUDA_ATTENTION=flash picks it (cuda_attention.cu launches it) for head
 // dimensions 32, 64, 96 and 128 on sm_80 or later; other shapes stay on the fused fp32 kernels.
 //
-// The launcher converts the fp32 tensors once into the operands' types (flash_convert_kernel:
+// The launcher converts the fp32 tensors once into the operands' types (convert_kernel:
 // a key would otherwise be converted again by every query tile of every head of its group),
 // and tiles load those 16 bytes at a time. Scores, softmax statistics and every accumulator
 // are fp32. The scores' operands q and k are half (11 bits of mantissa): the exponential
@@ -42,6 +42,7 @@
 #include <stdint.h>
 
 #include "cuda/cuda_api.cuh"
+#include "cuda/cuda_convert.cuh"
 #ifndef PESC_CUDA_EMU
 #include <mma.h>
 #endif
@@ -108,35 +109,6 @@ __host__ __device__ inline size_t flash_dkdv_shared(int D)
 {
     return 5 * flash_tile_bytes(D) + flash_round(3 * FL_TILE * 4) +
            FL_WARPS * (2 * flash_warp_f32(D) + 2 * flash_warp_p());
-}
-
-// x as a product operand: bf16, or half. A finite x past half's range saturates at +-65504
-// instead of becoming infinite.
-template <class T> __device__ __forceinline__ T flash_cvt(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 flash_cvt<__nv_bfloat16>(float x)
-{
-    return __float2bfloat16(x);
-}
-template <> __device__ __forceinline__ __half flash_cvt<__half>(float x)
-{
-    float a = fabsf(x);
-    return __float2half_rn(a > 65504.0f && a < INFINITY ? copysignf(65504.0f, x) : x);
-}
-
-// out = in as T, n floats (a multiple of 4; in 16-byte aligned): the kernels' operands, made
-// once before they run instead of in every tile load (a key is loaded by every query tile of
-// every head of its group).
-template <class T>
-__global__ void flash_convert_kernel(T *out, const float *in, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n / 4;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float4 x = PESC_LOAD_FLOAT4(in + 4 * i);
-        out[4 * i] = flash_cvt<T>(x.x);
-        out[4 * i + 1] = flash_cvt<T>(x.y);
-        out[4 * i + 2] = flash_cvt<T>(x.z);
-        out[4 * i + 3] = flash_cvt<T>(x.w);
-    }
 }
 
 // rows (64, D + 8) of src's rows row0 .. row0 + 63 (row i at src + i * stride), zeros past
@@ -220,7 +192,7 @@ __device__ __forceinline__ void flash_write_rows(float *dst, size_t stride, cons
 
 // ---- forward --------------------------------------------------------------------------------
 
-// q, out (B*T, Hq, D); k, v (B*T, Hkv, D), all half (flash_convert_kernel); seg (B, T) or
+// q, out (B*T, Hq, D); k, v (B*T, Hkv, D), all half (convert_kernel); seg (B, T) or
 // NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / 64), Hq, B), FL_THREADS threads,
 // flash_forward_shared(D) bytes.
 template <int NCH>
@@ -290,7 +262,7 @@ flash_forward_kernel(float *out, float *lse, const __half *q, const __half *k, c
         for (int j = 0; j < 32; j++) {
             float p = any && x[j] != -INFINITY ? expf(x[j] - m_new) : 0.0f;
             sum += p;
-            ps[r * FL_LDP + 32 * half + j] = flash_cvt<__half>(p);
+            ps[r * FL_LDP + 32 * half + j] = operand_cvt<__half>(p);
         }
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         l = l * alpha + sum;
