@@ -1,12 +1,14 @@
-// test_flash_emu — the CUDA flash-attention kernels (kernels/cuda/cuda_flash.cuh), their real
-// source, run on the CPU through tests/emu/cuda_emu.h and checked against the CPU backend's
-// attention: forward (output, log-sum-exp) and backward (dq, dk, dv) on fresh random inputs,
-// with grouped heads, sliding windows, packed documents, every head dimension the kernels take,
-// and sequences that end inside a tile. Within bf16 bounds: the kernels' operands are half
-// and bf16.
-// Outputs start as NaN, so an entry the kernels never write fails. No GPU needed.
+// test_flash_emu — the CUDA flash-attention kernels, both sets (mma.sync,
+// kernels/cuda/cuda_flash_mma.cuh, and wmma, kernels/cuda/cuda_flash.cuh), their real source,
+// run on the CPU through tests/emu/cuda_emu.h and checked against the CPU backend's attention:
+// forward (output, log-sum-exp) and backward (dq, dk, dv) on fresh random inputs, with grouped
+// heads, sliding windows, packed documents, every head dimension the kernels take, and
+// sequences that end inside a tile. Within bf16 bounds: the kernels' operands are half and
+// bf16. Also the mma layout check's kernel against a product computed here.
+// Outputs and converted operands start as NaN, so an entry the kernels never write fails
+// (a transposed operand's padding too: P = 0 times NaN is NaN). No GPU needed.
 #define PESC_CUDA_EMU 1
-#include "cuda/cuda_flash.cuh"
+#include "cuda/cuda_flash_mma.cuh"
 
 #include <cmath>
 #include <cstdio>
@@ -19,6 +21,7 @@ extern "C" {
 }
 
 static pesc_backend *cpu;
+static bool use_mma;   // the kernels under test: mma.sync, or wmma
 
 static float *host_alloc(size_t n)
 {
@@ -63,18 +66,39 @@ template <class T> static T *converted(const float *x, size_t n)
     return out;
 }
 
+static int tiles_of(int T) { return (T + FL_TILE - 1) / FL_TILE * FL_TILE; }
+
+// x (B T, H, D) as T transposed to (B, H, D, tiles_of(T)), as the mma kernels take it
+template <class T> static T *transposed(const float *x, int B, int T_len, int H, int D)
+{
+    int tp = tiles_of(T_len);
+    size_t n = (size_t)B * H * D * tp;
+    T *out = (T *)aligned_alloc(64, (n * sizeof(T) + 63) & ~(size_t)63);
+    memset(out, 0xff, n * sizeof(T));
+    emu_launch(dim3(tp / 32, H * D / 32, B), dim3(32, 8), 0,
+               [&] { convert_transpose_kernel<T>(out, x, T_len, tp, H, D); });
+    return out;
+}
+
 template <int NCH>
 static void run_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                         int B, int T, int Hq, int Hkv, int window, const int32_t *seg)
 {
-    size_t nq = (size_t)B * T * Hq * NCH * 16, nkv = (size_t)B * T * Hkv * NCH * 16;
+    const int D = NCH * 16;
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
     __half *qh = converted<__half>(q, nq), *kh = converted<__half>(k, nkv);
-    __half *vh = converted<__half>(v, nkv);
+    __half *vh = use_mma ? transposed<__half>(v, B, T, Hkv, D) : converted<__half>(v, nkv);
     dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    float scale = 1.0f / sqrtf((float)(NCH * 16));
-    emu_launch(grid, dim3(FL_THREADS), flash_forward_shared(NCH * 16), [&] {
-        flash_forward_kernel<NCH>(out, lse, qh, kh, vh, T, Hq, Hkv, window, seg, scale);
-    });
+    float scale = 1.0f / sqrtf((float)D);
+    if (use_mma)
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_forward_shared(D), [&] {
+            flash_mma_forward_kernel<NCH>(out, lse, qh, kh, vh, T, tiles_of(T), Hq, Hkv, window,
+                                          seg, scale);
+        });
+    else
+        emu_launch(grid, dim3(FL_THREADS), flash_forward_shared(D), [&] {
+            flash_forward_kernel<NCH>(out, lse, qh, kh, vh, T, Hq, Hkv, window, seg, scale);
+        });
     free(qh);
     free(kh);
     free(vh);
@@ -85,17 +109,33 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
                          const float *k, const float *v, const float *lse, const float *delta,
                          int B, int T, int Hq, int Hkv, int window, const int32_t *seg)
 {
-    size_t nq = (size_t)B * T * Hq * NCH * 16, nkv = (size_t)B * T * Hkv * NCH * 16;
+    const int D = NCH * 16;
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
     __half *qh = converted<__half>(q, nq), *kh = converted<__half>(k, nkv);
-    __nv_bfloat16 *qb = converted<__nv_bfloat16>(q, nq), *kb = converted<__nv_bfloat16>(k, nkv);
     __nv_bfloat16 *vb = converted<__nv_bfloat16>(v, nkv);
     __nv_bfloat16 *dob = converted<__nv_bfloat16>(dout, nq);
-    float scale = 1.0f / sqrtf((float)(NCH * 16));
-    emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hq, B), dim3(FL_THREADS),
-               flash_dq_shared(NCH * 16), [&] {
-                   flash_dq_kernel<NCH>(dq, dob, qh, kh, kb, vb, lse, delta, T, Hq, Hkv, window,
-                                        seg, scale);
-               });
+    // wmma: q and k in bf16 too; mma: k, q and dout in bf16, transposed
+    __nv_bfloat16 *qb = NULL, *kb = NULL, *kt = NULL, *qt = NULL, *dot = NULL;
+    if (use_mma) {
+        kt = transposed<__nv_bfloat16>(k, B, T, Hkv, D);
+        qt = transposed<__nv_bfloat16>(q, B, T, Hq, D);
+        dot = transposed<__nv_bfloat16>(dout, B, T, Hq, D);
+    } else {
+        qb = converted<__nv_bfloat16>(q, nq);
+        kb = converted<__nv_bfloat16>(k, nkv);
+    }
+    float scale = 1.0f / sqrtf((float)D);
+    dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    if (use_mma)
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
+            flash_mma_dq_kernel<NCH>(dq, dob, qh, kh, vb, kt, lse, delta, T, tiles_of(T), Hq, Hkv,
+                                     window, seg, scale);
+        });
+    else
+        emu_launch(grid, dim3(FL_THREADS), flash_dq_shared(D), [&] {
+            flash_dq_kernel<NCH>(dq, dob, qh, kh, kb, vb, lse, delta, T, Hq, Hkv, window, seg,
+                                 scale);
+        });
     // each query head's part of dk and dv, then the groups' sums (groups of one: dk and dv)
     float *dk_part = dk, *dv_part = dv;
     if (Hq != Hkv) {
@@ -104,19 +144,24 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         poison(dk_part, nq);
         poison(dv_part, nq);
     }
-    emu_launch(dim3((T + FL_TILE - 1) / FL_TILE, Hq, B), dim3(FL_THREADS),
-               flash_dkdv_shared(NCH * 16), [&] {
-                   flash_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, qb, kh, vb, lse, delta, T,
-                                          Hq, Hkv, window, seg, scale);
-               });
+    if (use_mma)
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
+            flash_mma_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, kh, vb, qt, dot, lse, delta, T,
+                                       tiles_of(T), Hq, Hkv, window, seg, scale);
+        });
+    else
+        emu_launch(grid, dim3(FL_THREADS), flash_dkdv_shared(D), [&] {
+            flash_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, qb, kh, vb, lse, delta, T, Hq, Hkv,
+                                   window, seg, scale);
+        });
     if (Hq != Hkv) {
         emu_launch(dim3(3), dim3(64), 0, [&] {
-            flash_group_sum_kernel(dk, dv, dk_part, dv_part, (size_t)B * T, Hq, Hkv, NCH * 16);
+            flash_group_sum_kernel(dk, dv, dk_part, dv_part, (size_t)B * T, Hq, Hkv, D);
         });
         free(dk_part);
         free(dv_part);
     }
-    void *all[] = {qh, kh, qb, kb, vb, dob};
+    void *all[] = {qh, kh, qb, kb, vb, dob, kt, qt, dot};
     for (void *p : all)
         free(p);
 }
@@ -127,8 +172,8 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
     const int D = NCH * 16;
     size_t N = (size_t)B * T, nq = N * Hq * D, nkv = N * Hkv * D, rows = N * Hq;
     char shape[96];
-    snprintf(shape, sizeof shape, "B%d T%d H%d/%d D%d%s%s", B, T, Hq, Hkv, D,
-             window ? " window" : "", packed ? " packed" : "");
+    snprintf(shape, sizeof shape, "%s B%d T%d H%d/%d D%d%s%s", use_mma ? "mma" : "wmma", B, T,
+             Hq, Hkv, D, window ? " window" : "", packed ? " packed" : "");
     float *q = random_tensor(nq), *k = random_tensor(nkv), *v = random_tensor(nkv);
     float *dout = random_tensor(nq);
     float *out = host_alloc(nq), *lse = host_alloc(rows), *got = host_alloc(nq);
@@ -191,11 +236,37 @@ static void test_saturation(void)
         bad += !std::isfinite(out[i]);
     for (int t = 0; t < T; t++)
         bad += !std::isfinite(lse[t]);
-    gpu_test_verdict(bad == 0, "flash forward with q of 1e5: non-finite outputs", (double)bad,
-                     "none");
+    gpu_test_verdict(bad == 0,
+                     use_mma ? "flash forward (mma) with q of 1e5: non-finite outputs"
+                             : "flash forward (wmma) with q of 1e5: non-finite outputs",
+                     (double)bad, "none");
     float *all[] = {q, k, v, out, lse};
     for (float *p : all)
         backend_free(cpu, p);
+}
+
+// The layout check's kernel (cuda_attention.cu runs it on the device at start): its product of
+// random small integers, exact in T, against the product computed here.
+template <class T> static void test_probe(const char *name)
+{
+    T a[16 * 16], b[16 * 8];
+    float ai[16 * 16], bi[16 * 8], d[16 * 8];
+    for (int i = 0; i < 16 * 16; i++)
+        ai[i] = (float)(int)(gpu_test_uniform() * 17 - 8), a[i] = operand_cvt<T>(ai[i]);
+    for (int i = 0; i < 16 * 8; i++)
+        bi[i] = (float)(int)(gpu_test_uniform() * 17 - 8), b[i] = operand_cvt<T>(bi[i]);
+    poison(d, 16 * 8);
+    emu_launch(dim3(1), dim3(32), 0, [&] { flash_mma_probe_kernel<T>(d, a, b); });
+    double worst = 0.0;
+    for (int r = 0; r < 16; r++)
+        for (int j = 0; j < 8; j++) {
+            float want = 0.0f;
+            for (int k = 0; k < 16; k++)
+                want += ai[r * 16 + k] * bi[k * 8 + j];
+            double e = std::isfinite(d[r * 8 + j]) ? fabs(d[r * 8 + j] - want) : INFINITY;
+            worst = e > worst ? e : worst;
+        }
+    gpu_test_verdict(worst == 0.0, name, worst, "largest difference, exactly 0");
 }
 
 int main(void)
@@ -204,16 +275,21 @@ int main(void)
     gpu_test_seed();
     if (!(cpu = backend_new("cpu", &err)))
         gpu_test_die(&err);
+    test_probe<__half>("mma layout check, half");
+    test_probe<__nv_bfloat16>("mma layout check, bf16");
     // every head dimension; T inside a tile, on a tile's edge, across several; GQA groups of
-    // 1, 2 and 4; windows shorter and longer than a tile; packed documents
-    test_shape<2>(2, 100, 4, 2, 0, false);
-    test_shape<4>(2, 130, 4, 1, 0, true);
-    test_shape<6>(1, 200, 2, 2, 33, false);
-    test_shape<8>(1, 150, 4, 2, 17, true);
-    test_shape<4>(1, 40, 2, 1, 0, false);
-    test_shape<4>(1, 64, 2, 2, 0, true);
-    test_shape<2>(1, 260, 2, 1, 90, true);
-    test_saturation();
+    // 1, 2 and 4; windows shorter and longer than a tile; packed documents; each kernel set
+    for (int mma = 1; mma >= 0; mma--) {
+        use_mma = mma;
+        test_shape<2>(2, 100, 4, 2, 0, false);
+        test_shape<4>(2, 130, 4, 1, 0, true);
+        test_shape<6>(1, 200, 2, 2, 33, false);
+        test_shape<8>(1, 150, 4, 2, 17, true);
+        test_shape<4>(1, 40, 2, 1, 0, false);
+        test_shape<4>(1, 64, 2, 2, 0, true);
+        test_shape<2>(1, 260, 2, 1, 90, true);
+        test_saturation();
+    }
     backend_delete(cpu);
     printf("%s\n", gpu_test_failures ? "FAILED" : "all passed");
     return gpu_test_failures ? 1 : 0;

@@ -22,6 +22,7 @@
 
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_flash.cuh"
+#include "cuda/cuda_flash_mma.cuh"
 
 #define ATT_WARPS 4
 #define ATT_ROWS 4                          // query rows per warp (forward, dQ)
@@ -826,7 +827,7 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     CUDA_LAUNCHED(c);
 }
 
-static size_t flash_backward_work(int B, int T, int Hq, int Hkv, int D);
+static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D);
 
 // The op scratch attention's backward takes (the forward's is smaller): a delta per row for
 // the fused kernels, gemm_backward's buffers for the gemm path, and for flash the delta with
@@ -836,7 +837,7 @@ extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, 
     cuda_context *c = (cuda_context *)ctx;
     size_t rows_all = (size_t)B * Hq * T;
     if (c->flash_ok && flash_shape_ok(D, Hq, Hkv))
-        return flash_backward_work(B, T, Hq, Hkv, D);
+        return flash_backward_work(c->flash_mma, B, T, Hq, Hkv, D);
     if (c->attention != CUDA_ATTENTION_GEMM)
         return rows_all * sizeof(float);
     int C, nbh;
@@ -857,6 +858,46 @@ bool cuda_flash_available(cuda_context *c, int cc_major)
     if (cc_major < 8 || !CUDA_CHECK(c, cudaFuncGetAttributes(&attr, flash_forward_kernel<4>)))
         return false;
     return attr.binaryVersion >= 80 || attr.ptxVersion >= 80;
+}
+
+// Whether this device's mma.sync products agree with cuda_flash_mma.cuh's reading of the
+// fragment layout, in T: one product of small integers (exact in every type here), loaded and
+// stored by the layout, against the product computed here.
+template <class T> static bool mma_probe_one(cuda_context *c)
+{
+    int ai[16 * 16], bi[16 * 8];
+    T a[16 * 16], b[16 * 8];
+    float want[16 * 8], got[16 * 8];
+    for (int i = 0; i < 16 * 16; i++)
+        ai[i] = i * 7 % 11 - 5, a[i] = operand_cvt<T>((float)ai[i]);
+    for (int i = 0; i < 16 * 8; i++)
+        bi[i] = i * 5 % 9 - 4, b[i] = operand_cvt<T>((float)bi[i]);
+    for (int r = 0; r < 16; r++)
+        for (int j = 0; j < 8; j++) {
+            int sum = 0;
+            for (int k = 0; k < 16; k++)
+                sum += ai[r * 16 + k] * bi[k * 8 + j];
+            want[r * 8 + j] = (float)sum;
+        }
+    unsigned char *w = (unsigned char *)cuda_op_work(c, sizeof a + sizeof b + sizeof got);
+    if (!w)
+        return false;
+    T *da = (T *)w, *db = (T *)(w + sizeof a);
+    float *dd = (float *)(w + sizeof a + sizeof b);
+    if (!CUDA_CHECK(c, cudaMemcpyAsync(da, a, sizeof a, cudaMemcpyHostToDevice, c->stream)) ||
+        !CUDA_CHECK(c, cudaMemcpyAsync(db, b, sizeof b, cudaMemcpyHostToDevice, c->stream)))
+        return false;
+    CUDA_LAUNCH(flash_mma_probe_kernel<T>, 1, 32, 0, c->stream, dd, da, db);
+    if (!CUDA_LAUNCHED(c) ||
+        !CUDA_CHECK(c, cudaMemcpyAsync(got, dd, sizeof got, cudaMemcpyDeviceToHost, c->stream)) ||
+        !CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
+        return false;
+    return memcmp(got, want, sizeof got) == 0;
+}
+
+bool cuda_flash_mma_probe(cuda_context *c)
+{
+    return mma_probe_one<__half>(c) && mma_probe_one<__nv_bfloat16>(c);
 }
 
 static bool aligned16(const float *p) { return ((uintptr_t)p & 15) == 0; }
@@ -885,14 +926,23 @@ static void *flash_carve(flash_carver *w, size_t bytes)
     return p;
 }
 
-// The backward's scratch: delta (B Hq T floats); q, k in half; q, k, v, dout in bf16; with
+// Rows of the mma kernels' transposed operands: T rounded up to whole tiles.
+static int flash_tp(int T) { return (T + FL_TILE - 1) / FL_TILE * FL_TILE; }
+
+// The backward's scratch: delta (B Hq T floats); q, k in half; dout, v in bf16, and for the
+// wmma kernels q and k in bf16, for the mma kernels k, q and dout in bf16 transposed; with
 // grouped heads, each query head's part of dk and dv (fp32, q's size).
-static size_t flash_backward_work(int B, int T, int Hq, int Hkv, int D)
+static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D)
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, h = 2;
     size_t parts = Hq == Hkv ? 0 : 2 * flash_piece(nq * sizeof(float));
-    return flash_piece((size_t)B * Hq * T * sizeof(float)) + 3 * flash_piece(nq * h) +
-           3 * flash_piece(nkv * h) + parts;
+    size_t common = flash_piece((size_t)B * Hq * T * sizeof(float)) + 2 * flash_piece(nq * h) +
+                    2 * flash_piece(nkv * h) + parts;
+    if (mma) {
+        size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
+        return common + 2 * flash_piece(tq * h) + flash_piece(tkv * h);
+    }
+    return common + flash_piece(nq * h) + flash_piece(nkv * h);
 }
 
 // out = in (n floats) as T; false after a failure.
@@ -900,6 +950,54 @@ template <class T> static bool flash_convert(cuda_context *c, T *out, const floa
 {
     CUDA_LAUNCH(convert_kernel<T>, cuda_blocks(n / 4, 256), 256, 0, c->stream, out, in, n, true);
     return CUDA_LAUNCHED(c);
+}
+
+// out (B, H, D, flash_tp(T)) = in (B T, H, D) as T, each head's columns as rows, zeros past T.
+template <class T>
+static bool flash_convert_t(cuda_context *c, T *out, const float *in, int B, int T_len, int H,
+                            int D)
+{
+    int tp = flash_tp(T_len);
+    CUDA_LAUNCH(convert_transpose_kernel<T>, dim3(tp / 32, H * D / 32, B), dim3(32, 8), 0,
+                c->stream, out, in, T_len, tp, H, D);
+    return CUDA_LAUNCHED(c);
+}
+
+template <int NCH>
+static void flash_mma_forward(cuda_context *c, float *out, float *lse, const __half *q,
+                              const __half *k, const __half *vt, int B, int T, int Hq, int Hkv,
+                              int window, const int32_t *seg)
+{
+    size_t smem = flash_mma_forward_shared(NCH * 16);
+    if (!cuda_shared_limit(c, (const void *)flash_mma_forward_kernel<NCH>, smem))
+        return;
+    dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    CUDA_LAUNCH(flash_mma_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, out, lse, q, k,
+                vt, T, flash_tp(T), Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
+    CUDA_LAUNCHED(c);
+}
+
+// dk_part, dv_part as for flash_backward.
+template <int NCH>
+static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float *dv_part,
+                               const __nv_bfloat16 *dout, const __half *q, const __half *k,
+                               const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
+                               const __nv_bfloat16 *qt, const __nv_bfloat16 *dot,
+                               const float *lse, const float *delta, int B, int T, int Hq,
+                               int Hkv, int window, const int32_t *seg)
+{
+    int D = NCH * 16, tp = flash_tp(T);
+    float scale = 1.0f / sqrtf((float)D);
+    size_t smem_dq = flash_mma_dq_shared(D), smem_kv = flash_mma_dkdv_shared(D);
+    if (!cuda_shared_limit(c, (const void *)flash_mma_dq_kernel<NCH>, smem_dq) ||
+        !cuda_shared_limit(c, (const void *)flash_mma_dkdv_kernel<NCH>, smem_kv))
+        return;
+    dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    CUDA_LAUNCH(flash_mma_dq_kernel<NCH>, grid, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, v,
+                kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH(flash_mma_dkdv_kernel<NCH>, grid, FL_THREADS, smem_kv, c->stream, dk_part,
+                dv_part, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCHED(c);
 }
 
 template <int NCH>
@@ -919,8 +1017,8 @@ static void flash_forward(cuda_context *c, float *out, float *lse, const __half 
 // dk_part, dv_part: (B T, Hq, D) for the query heads' parts when heads are grouped, else
 // dk and dv.
 template <int NCH>
-static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv, float *dk_part,
-                           float *dv_part, const __nv_bfloat16 *dout, const __half *q,
+static void flash_backward(cuda_context *c, float *dq, float *dk_part, float *dv_part,
+                           const __nv_bfloat16 *dout, const __half *q,
                            const __nv_bfloat16 *q_b, const __half *k, const __nv_bfloat16 *k_b,
                            const __nv_bfloat16 *v, const float *lse, const float *delta, int B,
                            int T, int Hq, int Hkv, int window, const int32_t *seg)
@@ -937,11 +1035,6 @@ static void flash_backward(cuda_context *c, float *dq, float *dk, float *dv, flo
     dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hq, B);
     CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk_part, dv_part,
                 dout, q, q_b, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
-    if (dk_part != dk) {
-        size_t n = (size_t)B * T * Hkv * D;
-        CUDA_LAUNCH(flash_group_sum_kernel, cuda_blocks(n, 256), 256, 0, c->stream, dk, dv,
-                    dk_part, dv_part, (size_t)B * T, Hq, Hkv, D);
-    }
     CUDA_LAUNCHED(c);
 }
 
@@ -950,13 +1043,25 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
                               int D, int window, const int32_t *seg)
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
-    flash_carver w = {(char *)cuda_op_work(c, flash_piece(2 * nq) + 2 * flash_piece(2 * nkv)), 0};
+    size_t nv = c->flash_mma ? (size_t)B * Hkv * D * flash_tp(T) : nkv;   // mma: v transposed
+    flash_carver w = {
+        (char *)cuda_op_work(c, flash_piece(2 * nq) + flash_piece(2 * nkv) + flash_piece(2 * nv)),
+        0};
     if (!w.at)
         return;
     __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
-    __half *vh = (__half *)flash_carve(&w, 2 * nkv);
-    if (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv) ||
-        !flash_convert(c, vh, v, nkv))
+    __half *vh = (__half *)flash_carve(&w, 2 * nv);
+    if (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv))
+        return;
+    if (c->flash_mma) {
+        if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
+            return;
+        auto run = D == 32 ? flash_mma_forward<2> : D == 64 ? flash_mma_forward<4>
+                 : D == 96 ? flash_mma_forward<6> : flash_mma_forward<8>;
+        run(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg);
+        return;
+    }
+    if (!flash_convert(c, vh, v, nkv))
         return;
     auto run = D == 32 ? flash_forward<2> : D == 64 ? flash_forward<4>
              : D == 96 ? flash_forward<6> : flash_forward<8>;
@@ -969,14 +1074,13 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
                                int D, int window, const int32_t *seg)
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, rows = (size_t)B * T * Hq;
-    flash_carver w = {(char *)cuda_op_work(c, flash_backward_work(B, T, Hq, Hkv, D)), 0};
+    size_t bytes = flash_backward_work(c->flash_mma, B, T, Hq, Hkv, D);
+    flash_carver w = {(char *)cuda_op_work(c, bytes), 0};
     if (!w.at)
         return;
     float *delta = (float *)flash_carve(&w, rows * sizeof(float));
     __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
-    __nv_bfloat16 *qb = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
     __nv_bfloat16 *dob = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
-    __nv_bfloat16 *kb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
     __nv_bfloat16 *vb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
     float *dk_part = dk, *dv_part = dv;
     if (Hq != Hkv) {
@@ -985,12 +1089,34 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
     }
     CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta, dout,
                 out, B, T, Hq, D);
-    if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, qb, q, nq) ||
-        !flash_convert(c, dob, dout, nq) || !flash_convert(c, kh, k, nkv) ||
-        !flash_convert(c, kb, k, nkv) || !flash_convert(c, vb, v, nkv))
+    if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, dob, dout, nq) ||
+        !flash_convert(c, kh, k, nkv) || !flash_convert(c, vb, v, nkv))
         return;
-    auto run = D == 32 ? flash_backward<2> : D == 64 ? flash_backward<4>
-             : D == 96 ? flash_backward<6> : flash_backward<8>;
-    run(c, dq, dk, dv, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv,
-        window, seg);
+    if (c->flash_mma) {
+        size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
+        __nv_bfloat16 *kt = (__nv_bfloat16 *)flash_carve(&w, 2 * tkv);
+        __nv_bfloat16 *qt = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);
+        __nv_bfloat16 *dot = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);
+        if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
+            !flash_convert_t(c, dot, dout, B, T, Hq, D))
+            return;
+        auto run = D == 32 ? flash_mma_backward<2> : D == 64 ? flash_mma_backward<4>
+                 : D == 96 ? flash_mma_backward<6> : flash_mma_backward<8>;
+        run(c, dq, dk_part, dv_part, dob, qh, kh, vb, kt, qt, dot, lse, delta, B, T, Hq, Hkv,
+            window, seg);
+    } else {
+        __nv_bfloat16 *qb = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
+        __nv_bfloat16 *kb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
+        if (!flash_convert(c, qb, q, nq) || !flash_convert(c, kb, k, nkv))
+            return;
+        auto run = D == 32 ? flash_backward<2> : D == 64 ? flash_backward<4>
+                 : D == 96 ? flash_backward<6> : flash_backward<8>;
+        run(c, dq, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window,
+            seg);
+    }
+    if (dk_part != dk) {   // a group's parts, summed in head order
+        CUDA_LAUNCH(flash_group_sum_kernel, cuda_blocks(nkv, 256), 256, 0, c->stream, dk, dv,
+                    dk_part, dv_part, (size_t)B * T, Hq, Hkv, D);
+        CUDA_LAUNCHED(c);
+    }
 }

@@ -472,8 +472,11 @@ static int parse_attention(const char *s, int *attention, pesc_error *err)
         *attention = CUDA_ATTENTION_GEMM;
     else if (strcmp(s, "flash") == 0)
         *attention = CUDA_ATTENTION_FLASH;
+    else if (strcmp(s, "flash-wmma") == 0)
+        *attention = CUDA_ATTENTION_FLASH_WMMA;
     else
-        return pesc_fail(err, "PESC_CUDA_ATTENTION=%s: choose fused, gemm or flash", s);
+        return pesc_fail(err, "PESC_CUDA_ATTENTION=%s: choose fused, gemm, flash or flash-wmma",
+                         s);
     return 0;
 }
 
@@ -553,12 +556,21 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double))) &&
         CUDA_CHECK(c, cudaMalloc(&c->group_ptrs, 3 * CUDA_GROUP_MAX * sizeof(void *)))) {
         c->max_shared = (int)prop.sharedMemPerBlockOptin;
-        c->flash_ok = c->attention == CUDA_ATTENTION_FLASH && cuda_flash_available(c, prop.major);
+        bool flash = c->attention == CUDA_ATTENTION_FLASH ||
+                     c->attention == CUDA_ATTENTION_FLASH_WMMA;
+        c->flash_ok = flash && cuda_flash_available(c, prop.major);
+        // flash's mma kernels only where this device's products agree with their layout
+        c->flash_mma = c->flash_ok && c->attention == CUDA_ATTENTION_FLASH &&
+                       cuda_flash_mma_probe(c);
         static const char *const math_names[] = {"bf16", "tf32", "fp32", "fast-bf16"};
-        const char *attention = c->attention == CUDA_ATTENTION_GEMM ? "gemm"
-                                : c->flash_ok ? "flash"
-                                : c->attention == CUDA_ATTENTION_FLASH ? "fused (flash needs sm_80)"
-                                                                       : "fused";
+        const char *attention =
+            c->attention == CUDA_ATTENTION_GEMM ? "gemm"
+            : c->flash_mma ? "flash (mma)"
+            : c->flash_ok && c->attention == CUDA_ATTENTION_FLASH
+                ? "flash (wmma: this device's mma disagreed with the layout)"
+            : c->flash_ok ? "flash (wmma)"
+            : flash ? "fused (flash needs sm_80)"
+                    : "fused";
         bool grouped = cuda_grouped_probe(c);
         snprintf(c->device_text, sizeof c->device_text,
                  "%s (sm_%d%d, %.0f GiB), cuBLAS %s products%s, %s attention, fp32 tensors",

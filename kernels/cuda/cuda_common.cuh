@@ -30,9 +30,15 @@ extern "C" {
 
 enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32, CUDA_MATH_FAST_BF16 };
 // Training attention (PESC_CUDA_ATTENTION): the fused fp32 kernels, cuBLAS products over tiles
-// of scores on the tensor cores, or bf16 flash attention on the tensor cores
-// (cuda_attention.cu and cuda_flash.cuh say which does what).
-enum cuda_attention { CUDA_ATTENTION_FUSED, CUDA_ATTENTION_GEMM, CUDA_ATTENTION_FLASH };
+// of scores on the tensor cores, or flash attention on the tensor cores, with mma.sync
+// (cuda_flash_mma.cuh) or, asked for or where the device disagrees with its layout, wmma
+// (cuda_flash.cuh); cuda_attention.cu says which does what.
+enum cuda_attention {
+    CUDA_ATTENTION_FUSED,
+    CUDA_ATTENTION_GEMM,
+    CUDA_ATTENTION_FLASH,
+    CUDA_ATTENTION_FLASH_WMMA
+};
 
 // Experts a grouped adapter product takes (more run one product each).
 #define CUDA_GROUP_MAX 64
@@ -49,6 +55,7 @@ typedef struct cuda_context {
     int math;                    // enum cuda_math, for the dense products
     int attention;               // enum cuda_attention
     int flash_ok;                // the flash kernels run here (sm_80 or later, built for it)
+    int flash_mma;               // ... as the mma.sync ones (else wmma)
     size_t att_tile_bytes;       // the gemm path's budget for a tile of scores
     int max_shared;              // opt-in dynamic shared memory per block, bytes
     char device_text[400];
@@ -201,6 +208,7 @@ void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, 
 void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
 void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
 bool cuda_flash_available(cuda_context *c, int cc_major);
+bool cuda_flash_mma_probe(cuda_context *c);
 bool cuda_grouped_probe(cuda_context *c);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);

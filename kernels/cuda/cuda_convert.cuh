@@ -11,12 +11,12 @@
 
 // x as a product operand: bf16 (round to nearest even), or half. A finite x past half's range
 // saturates at +-65504 instead of becoming infinite.
-template <class T> __device__ __forceinline__ T operand_cvt(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 operand_cvt<__nv_bfloat16>(float x)
+template <class T> __host__ __device__ __forceinline__ T operand_cvt(float x);
+template <> __host__ __device__ __forceinline__ __nv_bfloat16 operand_cvt<__nv_bfloat16>(float x)
 {
     return __float2bfloat16_rn(x);
 }
-template <> __device__ __forceinline__ __half operand_cvt<__half>(float x)
+template <> __host__ __device__ __forceinline__ __half operand_cvt<__half>(float x)
 {
     float a = fabsf(x);
     return __float2half_rn(a > 65504.0f && a < INFINITY ? copysignf(65504.0f, x) : x);
@@ -44,6 +44,26 @@ __global__ void convert_kernel(T *out, const float *in, size_t n, bool vector4)
     }
     if (blockIdx.x == 0 && threadIdx.x < n % 4)
         out[4 * n4 + threadIdx.x] = operand_cvt<T>(in[4 * n4 + threadIdx.x]);
+}
+
+// out (B, H, D, Tp) = in (B * T, H, D) as T, transposed per sequence and head: a head's
+// column d is a row of Tp values, zeros past T. D a multiple of 32, Tp of 32 and at least T.
+// Through shared memory 32 x 32 at a time, so that both sides are read and written along
+// rows. Grid (Tp / 32, H * D / 32, B), (32, 8) threads.
+template <class T>
+__global__ void convert_transpose_kernel(T *out, const float *in, int T_len, int Tp, int H, int D)
+{
+    __shared__ float tile[32][33];
+    int b = blockIdx.z, h = blockIdx.y / (D / 32), t0 = blockIdx.x * 32;
+    int d0 = blockIdx.y % (D / 32) * 32;
+    int x = threadIdx.x;
+    for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+        int t = t0 + j;
+        tile[j][x] = t < T_len ? in[(((size_t)b * T_len + t) * H + h) * D + d0 + x] : 0.0f;
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += blockDim.y)
+        out[(((size_t)b * H + h) * D + d0 + j) * Tp + t0 + x] = operand_cvt<T>(tile[x][j]);
 }
 
 #endif

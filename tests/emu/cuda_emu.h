@@ -157,6 +157,9 @@ inline float __half2float(__half h)
     return f;
 }
 
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
+
 /* ---- the launch: fibers, barriers, per-block state ------------------------------------------ */
 /* Each CUDA thread of a block is a fiber, a stack of its own, all run by the calling thread:
  * one runs until it reaches a barrier (or ends), then the next. A barrier passes once every
@@ -230,7 +233,7 @@ enum wait_kind { RUNNING, AT_SYNCTHREADS, AT_SYNCWARP };
 
 struct fiber {
     context ctx;
-    unsigned tid = 0, lane = 0, warp = 0, shuffle_round = 0;
+    unsigned tid = 0, lane = 0, warp = 0, shuffle_round = 0, mma_round = 0;
     bool done = false;
     wait_kind waiting = RUNNING;
     unsigned long generation = 0;   /* of the barrier it waits at */
@@ -256,6 +259,7 @@ struct warp_state {
     unsigned live = 0, arrived = 0;
     unsigned long generation = 0;
     uint64_t slots[2][32]; /* shuffle values; two sets so a round's writes miss the last's reads */
+    uint32_t mma_slots[2][32][6]; /* mma m16n8k16 operands, a lane's A then B, two sets as well */
     wmma_record *wmma_log = nullptr;   /* (wmma_log_size), the n-th call at n % size */
 };
 
@@ -385,7 +389,7 @@ inline void run_block(launch_state &l, stacks &pool)
     }
     for (unsigned t = 0; t < l.threads; t++) {
         fiber &f = l.fibers[t];
-        f.tid = t, f.lane = t % 32, f.warp = t / 32, f.shuffle_round = 0;
+        f.tid = t, f.lane = t % 32, f.warp = t / 32, f.shuffle_round = 0, f.mma_round = 0;
         f.done = false, f.waiting = RUNNING, f.wmma_calls = 0;
         context_make(f.ctx, pool.get(t), stacks::size, fiber_entry);
     }
@@ -539,6 +543,15 @@ inline void store_16(void *p, uint4 v)
     memcpy(p, &v, sizeof v);
 }
 
+inline uint32_t load_4(const void *p)
+{
+    if ((uintptr_t)p % 4)
+        fail("a 4-byte load at %p, which is not 4-byte aligned", p);
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
 /* Where row r, column c of a tile lies in memory. */
 inline size_t tile_offset(int r, int c, unsigned ldm, bool row_major)
 {
@@ -639,6 +652,49 @@ template <class T> inline T __shfl_up_sync(unsigned mask, T value, unsigned delt
 {
     return emu_detail::shuffle(mask, value, (int)emu_detail::lane() - (int)delta,
                                "__shfl_up_sync");
+}
+
+/* ---- mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32 --------------------------
+ * Not CUDA's name: kernels reach it through their own wrapper, which is inline PTX on a GPU.
+ * c (+)= A B for the warp's A (16 x 16) and B (16 x 8), every lane holding its part of each in
+ * the PTX ISA's fragment layout (lane l, g = l / 4, t = l % 4; two 2-byte values a register, the
+ * lower-indexed one in the low half):
+ *   a[0]: A[g][2t, 2t+1]   a[1]: A[g+8][2t, 2t+1]   a[2]: A[g][2t+8, 2t+9]   a[3]: A[g+8][2t+8, 2t+9]
+ *   b[0]: B[2t, 2t+1][g]   b[1]: B[2t+8, 2t+9][g]
+ *   c[0], c[1]: C[g][2t, 2t+1]                        c[2], c[3]: C[g+8][2t, 2t+1]
+ * A warp-collective call: every lane gives its registers, then each computes its own four. */
+template <class T> inline void emu_mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value,
+                  "mma m16n8k16: half or bf16 operands");
+    const char *what = "mma.sync m16n8k16";
+    emu_detail::launch_state &l = emu_detail::current(what);
+    emu_detail::fiber *f = l.running;
+    uint32_t(*slots)[6] = l.warps[f->warp].mma_slots[f->mma_round++ & 1];
+    memcpy(slots[f->lane], a, 4 * sizeof *a);
+    memcpy(slots[f->lane] + 4, b, 2 * sizeof *b);
+    emu_detail::arrive_and_wait(emu_detail::AT_SYNCWARP, what);
+    auto value = [](uint32_t word, int high) {
+        T x;
+        x.bits = (uint16_t)(high ? word >> 16 : word & 0xffffu);
+        if constexpr (std::is_same<T, __half>::value)
+            return __half2float(x);
+        else
+            return __bfloat162float(x);
+    };
+    unsigned g = f->lane / 4, t = f->lane % 4;
+    for (int e = 0; e < 4; e++) {
+        int row = (int)g + 8 * (e / 2), col = 2 * (int)t + e % 2;
+        float sum = 0.0f;
+        for (int k = 0; k < 16; k++) {
+            /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8);
+             * B[k][col]: lane 4 col + (k % 8) / 2, register 4 + (k >= 8) */
+            uint32_t aw = slots[4 * (row % 8) + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)];
+            uint32_t bw = slots[4 * col + (k % 8) / 2][4 + (k >= 8)];
+            sum += value(aw, k % 2) * value(bw, k % 2);
+        }
+        c[e] += sum;
+    }
 }
 
 /* ---- wmma: bf16 or half m16n16k16 with fp32 accumulation ----------------------------------- */

@@ -31,7 +31,7 @@ run() {
   [ $rc -eq 0 ] && pass "$*" || fail "$* exited $rc"
 }
 run "$top_builddir/tests/gpu/test_cuda_ops"
-for attention in fused gemm flash; do
+for attention in fused gemm flash flash-wmma; do
   run env PESC_CUDA_ATTENTION=$attention "$top_builddir/tests/gpu/test_cuda_step"
 done
 run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/gpu/test_cuda_step"

@@ -345,22 +345,23 @@ static void test_attention_small_tiles(const char *path, double tol_fwd, double 
 }
 
 /* The flash kernels' head dimensions (32, 64, 96, 128), TinyLlama's heads at its length, and a
- * long packed sequence with a window; bf16 operands. */
-static void test_attention_flash(void)
+ * long packed sequence with a window; bf16 operands. path: flash (the mma kernels) or
+ * flash-wmma, as PESC_CUDA_ATTENTION is set. */
+static void test_attention_flash(const char *path)
 {
     const double fwd = 1e-2, bwd = 2e-2;
-    test_attention(2, 100, 4, 2, 32, 0, 0, "flash", fwd, bwd);
-    test_attention(2, 130, 4, 1, 64, 0, 1, "flash", fwd, bwd);
-    test_attention(1, 200, 2, 2, 96, 33, 0, "flash", fwd, bwd);
-    test_attention(3, 64, 8, 2, 128, 17, 1, "flash", fwd, bwd);
-    test_attention(1, 40, 2, 1, 64, 0, 0, "flash", fwd, bwd);
+    test_attention(2, 100, 4, 2, 32, 0, 0, path, fwd, bwd);
+    test_attention(2, 130, 4, 1, 64, 0, 1, path, fwd, bwd);
+    test_attention(1, 200, 2, 2, 96, 33, 0, path, fwd, bwd);
+    test_attention(3, 64, 8, 2, 128, 17, 1, path, fwd, bwd);
+    test_attention(1, 40, 2, 1, 64, 0, 0, path, fwd, bwd);
     q_shift = 1;   /* not 16-byte aligned: the fused kernels run, fp32-exact */
-    test_attention(1, 70, 2, 1, 64, 0, 1, "flash", 1e-5, 1e-5);
+    test_attention(1, 70, 2, 1, 64, 0, 1, path, 1e-5, 1e-5);
     q_shift = 0;
     if (gpu_test_emulated && !getenv("PESC_TEST_LONG"))
         return;
-    test_attention(1, 2048, 32, 4, 64, 0, 0, "flash", fwd, bwd);
-    test_attention(2, 2000, 8, 8, 128, 300, 1, "flash", fwd, bwd);
+    test_attention(1, 2048, 32, 4, 64, 0, 0, path, fwd, bwd);
+    test_attention(2, 2000, 8, 8, 128, 300, 1, path, fwd, bwd);
 }
 
 static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int window)
@@ -512,13 +513,24 @@ int main(void)
     gpu_again();
     test_attention_shapes("gemm bf16", 2e-2, 3e-2);
     gpu_finish();
-    /* fp32 operands rounded to bf16 inside cuBLAS; flash attention in bf16 */
+    /* fp32 operands rounded to bf16 inside cuBLAS; flash attention in half and bf16, on the
+     * mma kernels, then on the wmma ones */
     setenv("PESC_CUDA_MATH", "fast-bf16", 1);
     setenv("PESC_CUDA_ATTENTION", "flash", 1);
     gpu_again();
     test_matmul(300, 200, 150, bf16_tol, "fast-bf16");
     test_moe(300, 8, 2, 96, 16, 1, bf16_tol);
-    test_attention_flash();
+    /* where flash runs at all (sm_80 on), its mma kernels: the device's products agreed with
+     * their fragment layout at start (else it says so and runs the wmma kernels) */
+    if (!strstr(backend_device(gpu), "flash needs"))
+        gpu_test_verdict(strstr(backend_device(gpu), "flash (mma)") != NULL,
+                         "flash attention on the mma kernels (layout check passed)", 0.0,
+                         "device line: flash (mma)");
+    test_attention_flash("flash");
+    gpu_finish();
+    setenv("PESC_CUDA_ATTENTION", "flash-wmma", 1);
+    gpu_again();
+    test_attention_flash("flash-wmma");
     gpu_finish();
     backend_delete(cpu);
     printf("%d failure%s\n", gpu_test_failures, gpu_test_failures == 1 ? "" : "s");

@@ -1,0 +1,539 @@
+// cuda_flash_mma — flash attention for training with the scores in registers: the same work,
+// masks, operand types and block shapes as cuda_flash.cuh, but each product is PTX
+// `mma.sync.m16n8k16` (fp32 accumulation), whose fragment layout the PTX ISA documents, where
+// wmma's is unspecified. So the scores S, the probabilities P and the output O stay in the
+// registers of the lanes that own them, as in FlashAttention-2: a row's softmax reduces over
+// the four lanes that share it (two shuffles), and an accumulator's C fragment of two adjacent
+// 8-column chunks is, packed to 2-byte pairs, exactly the next product's A fragment. The wmma
+// kernels took a round trip through shared memory for S, P and O at every tile.
+//
+// A lane l of a warp, g = l / 4 and t = l % 4, holds (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"):
+//   A (16 x 16, row): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2], a[3] the same rows
+//                      at columns 2t+8, 2t+9;
+//   B (16 x 8, col):  b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g];
+//   C (16 x 8):       c[0], c[1] = C[g][2t, 2t+1], c[2], c[3] = C[g+8][2t, 2t+1].
+// B's pairs run along k: for S = Q K^T, B = K^T is K's rows as they are; for the products
+// whose B runs along keys or query rows (P V, dS K, P^T dO, dS^T Q) the launcher hands the
+// operand transposed (convert_transpose_kernel: a head's column as a row of Tp values), so
+// every fragment is a 4-byte load from a shared tile. Tiles start at multiples of 64 rows.
+//
+// cuda_attention.cu checks at start that the device's mma agrees with this layout (a product
+// of known integers, flash_mma_probe_kernel) and otherwise runs the wmma kernels.
+//
+// The kernels keep to the subset that tests/emu/cuda_emu.h runs on the CPU; there the mma is
+// emu_mma_m16n8k16, with the same layout (tests/test_flash_emu checks them against the CPU
+// backend).
+#ifndef PESC_CUDA_FLASH_MMA_CUH
+#define PESC_CUDA_FLASH_MMA_CUH
+
+#include "cuda/cuda_flash.cuh"
+
+#define FM_LDT (FL_TILE + 8)   // a transposed tile's row: 64 keys (or query rows) and padding
+#define FM_LOG2E 1.4426950408889634f
+#define FM_LN2 0.6931471805599453f
+
+// c (+)= A B, one m16n8k16 product of the warp, T half or bf16.
+template <class T>
+__device__ __forceinline__ void flash_mma(float c[4], const uint32_t a[4], const uint32_t b[2]);
+#ifdef PESC_CUDA_EMU
+template <class T>
+__device__ __forceinline__ void flash_mma(float c[4], const uint32_t a[4], const uint32_t b[2])
+{
+    emu_mma_m16n8k16<T>(c, a, b);
+}
+#else
+template <>
+__device__ __forceinline__ void flash_mma<__half>(float c[4], const uint32_t a[4],
+                                                  const uint32_t b[2])
+{
+#if FLASH_BODY
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+template <>
+__device__ __forceinline__ void flash_mma<__nv_bfloat16>(float c[4], const uint32_t a[4],
+                                                         const uint32_t b[2])
+{
+#if FLASH_BODY
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+#endif
+
+// Two values as one register of T: lo in the low half.
+__device__ __forceinline__ uint32_t flash_bits(__half x) { return __half_as_ushort(x); }
+__device__ __forceinline__ uint32_t flash_bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+template <class T> __device__ __forceinline__ uint32_t flash_pack(float lo, float hi)
+{
+    return flash_bits(operand_cvt<T>(lo)) | flash_bits(operand_cvt<T>(hi)) << 16;
+}
+
+// The A fragment of rows row0 .. row0 + 15, columns k0 .. k0 + 15 of a tile with rows ld apart.
+template <class T>
+__device__ __forceinline__ void flash_a_frag(uint32_t a[4], const T *tile, int ld, int row0,
+                                             int k0, int g, int t)
+{
+    const T *p = tile + (size_t)(row0 + g) * ld + k0 + 2 * t;
+    a[0] = PESC_LOAD_4(p);
+    a[1] = PESC_LOAD_4(p + 8 * ld);
+    a[2] = PESC_LOAD_4(p + 8);
+    a[3] = PESC_LOAD_4(p + 8 * ld + 8);
+}
+
+// The B fragment whose column j is row n0 + j of a tile, k0 .. k0 + 15 along that row.
+template <class T>
+__device__ __forceinline__ void flash_b_frag(uint32_t b[2], const T *tile, int ld, int n0, int k0,
+                                             int g, int t)
+{
+    const T *p = tile + (size_t)(n0 + g) * ld + k0 + 2 * t;
+    b[0] = PESC_LOAD_4(p);
+    b[1] = PESC_LOAD_4(p + 8);
+}
+
+// acc[n] (+)= rows row0 .. row0 + 15 of a (ld lda) times rows n0 + 8 n .. of b (ld ldb),
+// transposed, over NK chunks of 16: S = A B^T for N chunks of 8 columns.
+template <class T, int N, int NK>
+__device__ __forceinline__ void flash_mma_abt(float (*acc)[4], const T *a, int lda, int row0,
+                                              const T *b, int ldb, int n0, int g, int t)
+{
+#pragma unroll
+    for (int kc = 0; kc < NK; kc++) {
+        uint32_t af[4];
+        flash_a_frag(af, a, lda, row0, 16 * kc, g, t);
+#pragma unroll
+        for (int n = 0; n < N; n++) {
+            uint32_t bf[2];
+            flash_b_frag(bf, b, ldb, n0 + 8 * n, 16 * kc, g, t);
+            flash_mma<T>(acc[n], af, bf);
+        }
+    }
+}
+
+// acc[n] (+)= P (the warp's 16 rows by 16 KC columns, C fragments p[0 .. 2 KC)) times the
+// transposed tile bt (D rows of FM_LDT, columns k0 ..): B[k][j] = bt[8 n + j][k0 + k].
+template <class T, int KC, int N>
+__device__ __forceinline__ void flash_mma_pv(float (*acc)[4], const float (*p)[4], const T *bt,
+                                             int k0, int g, int t)
+{
+#pragma unroll
+    for (int j = 0; j < KC; j++) {
+        uint32_t af[4] = {flash_pack<T>(p[2 * j][0], p[2 * j][1]),
+                          flash_pack<T>(p[2 * j][2], p[2 * j][3]),
+                          flash_pack<T>(p[2 * j + 1][0], p[2 * j + 1][1]),
+                          flash_pack<T>(p[2 * j + 1][2], p[2 * j + 1][3])};
+#pragma unroll
+        for (int n = 0; n < N; n++) {
+            uint32_t bf[2];
+            flash_b_frag(bf, bt, FM_LDT, 8 * n, k0 + 16 * j, g, t);
+            flash_mma<T>(acc[n], af, bf);
+        }
+    }
+}
+
+// A transposed tile: D rows of 64 values from src (rows stride apart, 16-byte aligned), into
+// (D, FM_LDT). The whole block calls it.
+template <int D, class T>
+__device__ __forceinline__ void flash_load_tile_t(T *dst, const T *src, size_t stride)
+{
+    for (int i = threadIdx.x; i < D * (FL_TILE / 8); i += FL_THREADS) {
+        int r = i / (FL_TILE / 8), c = 8 * (i % (FL_TILE / 8));
+        PESC_STORE_16(dst + r * FM_LDT + c, PESC_LOAD_16(src + (size_t)r * stride + c));
+    }
+}
+
+// Shared memory: row tiles as in cuda_flash.cuh, and transposed (D, FM_LDT) tiles.
+__host__ __device__ inline size_t flash_ttile_bytes(int D)
+{
+    return flash_round((size_t)D * FM_LDT * 2);
+}
+__host__ __device__ inline size_t flash_mma_forward_shared(int D)
+{
+    return 2 * flash_tile_bytes(D) + flash_ttile_bytes(D);
+}
+__host__ __device__ inline size_t flash_mma_dq_shared(int D)
+{
+    return 4 * flash_tile_bytes(D) + flash_ttile_bytes(D);
+}
+__host__ __device__ inline size_t flash_mma_dkdv_shared(int D)
+{
+    return 4 * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D) + flash_round(3 * FL_TILE * 4);
+}
+
+// The rows' key range and the whole-tile skip, as in cuda_flash.cuh; key tiles start at
+// multiples of 64 (the transposed operands' tiles are whole and 16-byte aligned).
+__device__ __forceinline__ int flash_tile_start(int key) { return key / FL_TILE * FL_TILE; }
+
+// ---- forward --------------------------------------------------------------------------------
+
+// q (B*T, Hq, D), k (B*T, Hkv, D) half; vt (B, Hkv, D, Tp) half, zeros past T; out (B*T, Hq, D);
+// seg (B, T) or NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / 64), Hq, B), FL_THREADS threads,
+// flash_mma_forward_shared(D) bytes.
+template <int NCH>
+__global__ void __launch_bounds__(FL_THREADS)
+flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *k,
+                         const __half *vt, int T, int Tp, int Hq, int Hkv, int window,
+                         const int32_t *seg_start, float scale)
+{
+#if FLASH_BODY
+    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8;
+    PESC_DYNAMIC_SHARED(flash_smem);
+    unsigned char *smem = flash_smem;
+    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, 1);
+    __half *vts = (__half *)(smem + 2 * flash_tile_bytes(D));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+
+    int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
+    int t0 = (gridDim.x - 1 - blockIdx.x) * FL_TILE, tw = t0 + 16 * warp;   // the longest first
+    const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
+    size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    const __half *kb = k + (size_t)b * T * kv_stride + (size_t)kvh * D;
+    const __half *vtb = vt + ((size_t)b * Hkv + kvh) * D * Tp;
+
+    flash_load_tile<D>(qs, q + (size_t)b * T * q_stride + (size_t)h * D, q_stride, t0, T);
+    __syncthreads();
+    uint32_t qa[NCH][4];   // the warp's 16 rows of q, for every tile
+#pragma unroll
+    for (int kc = 0; kc < NCH; kc++)
+        flash_a_frag(qa[kc], qs, LDH, 16 * warp, 16 * kc, g, tq);
+
+    // this lane's rows: tw + g and tw + g + 8
+    int lo[2], hi[2];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int t = tw + g + 8 * i;
+        lo[i] = t < T ? flash_first_key(t, window, seg) : 0;
+        hi[i] = t < T ? t : -1;
+    }
+    float o[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    bool warp_live = tw < T;
+    int warp_lo = warp_live ? flash_first_key(tw, window, seg) : 0;
+    int warp_hi = min(tw + 15, T - 1);
+    int key_lo = flash_tile_start(flash_first_key(t0, window, seg));
+    int key_hi = min(t0 + FL_TILE - 1, T - 1);
+    // the softmax in base 2 (exp2f is one instruction): scores times log2(e), m likewise
+    const float scale2 = scale * FM_LOG2E;
+
+    for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
+        __syncthreads();   // the previous tile is consumed
+        flash_load_tile<D>(ks, kb, kv_stride, s0, T);
+        flash_load_tile_t<D>(vts, vtb + s0, Tp);
+        __syncthreads();
+        if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
+            continue;   // warp-uniform: no row of this warp sees a key of the tile
+        float s[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int kc = 0; kc < NCH; kc++)
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                uint32_t bf[2];
+                flash_b_frag(bf, ks, LDH, 8 * n, 16 * kc, g, tq);
+                flash_mma<__half>(s[n], qa[kc], bf);
+            }
+        // scale and mask; each row's maximum over its four lanes
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e >> 1, key = s0 + 8 * n + 2 * tq + (e & 1);
+                float x = key >= lo[i] && key <= hi[i] ? s[n][e] * scale2 : -INFINITY;
+                s[n][e] = x;
+                mx[i] = fmaxf(mx[i], x);
+            }
+        float alpha[2], m_new[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            m_new[i] = fmaxf(m[i], mx[i]);
+            alpha[i] = m_new[i] != -INFINITY ? exp2f(m[i] - m_new[i]) : 1.0f;
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e >> 1;
+                float p = s[n][e] != -INFINITY ? exp2f(s[n][e] - m_new[i]) : 0.0f;
+                s[n][e] = p;
+                sum[i] += p;
+            }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+            l[i] = l[i] * alpha[i] + sum[i];
+            if (m_new[i] != -INFINITY)
+                m[i] = m_new[i];
+        }
+#pragma unroll
+        for (int n = 0; n < ND; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                o[n][e] *= alpha[e >> 1];
+        flash_mma_pv<__half, FL_TILE / 16, ND>(o, s, vts, 0, g, tq);   // P in half, in [0, 1]
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int t = tw + g + 8 * i;
+        if (t >= T)
+            continue;
+        float inv = 1.0f / l[i];
+        float *orow = out + ((size_t)b * T + t) * q_stride + (size_t)h * D + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+            orow[8 * n] = o[n][2 * i] * inv;
+            orow[8 * n + 1] = o[n][2 * i + 1] * inv;
+        }
+        if (lse && tq == 0)
+            lse[((size_t)b * Hq + h) * T + t] = (m[i] + log2f(l[i])) * FM_LN2;
+    }
+#endif
+}
+
+// ---- dQ -------------------------------------------------------------------------------------
+
+// dq = scale sum_s dS k_s, dS = P (dP - delta), P = exp(q.k scale - lse), dP = dout.v.
+// Overwrites dq. q, k half (the scores); dout, v bf16 (dP); kt (B, Hkv, D, Tp) bf16 (dS K).
+// Grid (ceil(T / 64), Hq, B), flash_mma_dq_shared(D) bytes.
+template <int NCH>
+__global__ void __launch_bounds__(FL_THREADS)
+flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __half *k,
+                    const __nv_bfloat16 *v, const __nv_bfloat16 *kt, const float *lse,
+                    const float *delta, int T, int Tp, int Hq, int Hkv, int window,
+                    const int32_t *seg_start, float scale)
+{
+#if FLASH_BODY
+    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8;
+    PESC_DYNAMIC_SHARED(flash_smem);
+    unsigned char *smem = flash_smem;
+    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, 1);
+    __nv_bfloat16 *dos = flash_tile(smem, D, 2), *vs = flash_tile(smem, D, 3);
+    __nv_bfloat16 *kts = (__nv_bfloat16 *)(smem + 4 * flash_tile_bytes(D));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+
+    int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
+    int t0 = (gridDim.x - 1 - blockIdx.x) * FL_TILE, tw = t0 + 16 * warp;   // the longest first
+    const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
+    size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+    size_t kv_off = (size_t)b * T * kv_stride + (size_t)kvh * D;
+    const __nv_bfloat16 *ktb = kt + ((size_t)b * Hkv + kvh) * D * Tp;
+
+    flash_load_tile<D>(qs, q + q_off, q_stride, t0, T);
+    flash_load_tile<D>(dos, dout + q_off, q_stride, t0, T);
+    int lo[2], hi[2];
+    float lse_r[2], delta_r[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int t = tw + g + 8 * i;
+        size_t at = ((size_t)b * Hq + h) * T + t;
+        lo[i] = t < T ? flash_first_key(t, window, seg) : 0;
+        hi[i] = t < T ? t : -1;
+        lse_r[i] = t < T ? lse[at] * FM_LOG2E : 0.0f;   // base 2, as the scores below
+        delta_r[i] = t < T ? delta[at] : 0.0f;
+    }
+    bool warp_live = tw < T;
+    int warp_lo = warp_live ? flash_first_key(tw, window, seg) : 0;
+    int warp_hi = min(tw + 15, T - 1);
+    int key_lo = flash_tile_start(flash_first_key(t0, window, seg));
+    int key_hi = min(t0 + FL_TILE - 1, T - 1);
+    const float scale2 = scale * FM_LOG2E;
+    float acc[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
+        __syncthreads();
+        flash_load_tile<D>(ks, k + kv_off, kv_stride, s0, T);
+        flash_load_tile<D>(vs, v + kv_off, kv_stride, s0, T);
+        flash_load_tile_t<D>(kts, ktb + s0, Tp);
+        __syncthreads();
+        if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
+            continue;
+        float s[8][4], dp[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[n][e] = dp[n][e] = 0.0f;
+        flash_mma_abt<__half, 8, NCH>(s, qs, LDH, 16 * warp, ks, LDH, 0, g, tq);
+        flash_mma_abt<__nv_bfloat16, 8, NCH>(dp, dos, LDH, 16 * warp, vs, LDH, 0, g, tq);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e >> 1, key = s0 + 8 * n + 2 * tq + (e & 1);
+                float p =
+                    key >= lo[i] && key <= hi[i] ? exp2f(s[n][e] * scale2 - lse_r[i]) : 0.0f;
+                s[n][e] = p * (dp[n][e] - delta_r[i]);   // dS
+            }
+        flash_mma_pv<__nv_bfloat16, FL_TILE / 16, ND>(acc, s, kts, 0, g, tq);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int t = tw + g + 8 * i;
+        if (t >= T)
+            continue;
+        float *row = dq + q_off + (size_t)t * q_stride + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+            row[8 * n] = acc[n][2 * i] * scale;
+            row[8 * n + 1] = acc[n][2 * i + 1] * scale;
+        }
+    }
+#endif
+}
+
+// ---- dK, dV ---------------------------------------------------------------------------------
+
+// dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of query head h = blockIdx.y,
+// written (B*T, Hq, D) at head h (flash_group_sum_kernel adds a group's parts; cuda_flash.cuh
+// says why a block takes one query head). The warp's 16 keys are the rows of S^T = K Q^T and
+// dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
+// B operands are dout and q transposed. A query tile goes in two halves of 32 rows, to keep
+// S^T and dP^T to 32 registers. k, q half (the scores); v, dout bf16 (dP); qt, dot
+// (B, Hq, D, Tp) bf16. Grid (ceil(T / 64), Hq, B), flash_mma_dkdv_shared(D) bytes.
+template <int NCH>
+__global__ void __launch_bounds__(FL_THREADS)
+flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half *q,
+                      const __half *k, const __nv_bfloat16 *v, const __nv_bfloat16 *qt,
+                      const __nv_bfloat16 *dot, const float *lse, const float *delta, int T,
+                      int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
+{
+#if FLASH_BODY
+    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, HALF = FL_TILE / 2;
+    PESC_DYNAMIC_SHARED(flash_smem);
+    unsigned char *smem = flash_smem;
+    __half *ks = flash_tile<__half>(smem, D, 0), *qs = flash_tile<__half>(smem, D, 1);
+    __nv_bfloat16 *vs = flash_tile(smem, D, 2), *dos = flash_tile(smem, D, 3);
+    __nv_bfloat16 *qts = (__nv_bfloat16 *)(smem + 4 * flash_tile_bytes(D));
+    __nv_bfloat16 *dots = (__nv_bfloat16 *)(smem + 4 * flash_tile_bytes(D) + flash_ttile_bytes(D));
+    float *lse_s = (float *)(smem + 4 * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D));
+    float *delta_s = lse_s + FL_TILE;
+    int *lo_s = (int *)(delta_s + FL_TILE);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+
+    int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
+    int s0 = blockIdx.x * FL_TILE, sw = s0 + 16 * warp;   // the block's and the warp's keys
+    int s_last = min(s0 + FL_TILE - 1, T - 1);
+    const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
+    size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    size_t kv_off = (size_t)b * T * kv_stride + (size_t)kvh * D;
+    size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+    const __nv_bfloat16 *qtb = qt + ((size_t)b * Hq + h) * D * Tp;
+    const __nv_bfloat16 *dotb = dot + ((size_t)b * Hq + h) * D * Tp;
+    const float *lse_h = lse + ((size_t)b * Hq + h) * T;
+    const float *delta_h = delta + ((size_t)b * Hq + h) * T;
+
+    flash_load_tile<D>(ks, k + kv_off, kv_stride, s0, T);
+    flash_load_tile<D>(vs, v + kv_off, kv_stride, s0, T);
+    int key[2] = {sw + g, sw + g + 8};   // this lane's rows of S^T
+    const float scale2 = scale * FM_LOG2E;
+    bool warp_live = sw < T;
+    int warp_last = min(sw + 15, T - 1);
+    float dk_acc[ND][4], dv_acc[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+
+    // rows from the first key on, until a row's first visible key passes the last key
+    for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
+        __syncthreads();   // the previous tile is consumed
+        flash_load_tile<D>(qs, q + q_off, q_stride, r0, T);
+        flash_load_tile<D>(dos, dout + q_off, q_stride, r0, T);
+        flash_load_tile_t<D>(qts, qtb + r0, Tp);
+        flash_load_tile_t<D>(dots, dotb + r0, Tp);
+        for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
+            int t = r0 + j;
+            bool in = t < T;
+            lse_s[j] = in ? lse_h[t] * FM_LOG2E : 0.0f;   // base 2, as the scores below
+            delta_s[j] = in ? delta_h[t] : 0.0f;
+            lo_s[j] = in ? flash_first_key(t, window, seg) : INT_MAX;
+        }
+        __syncthreads();
+        // warp-uniform: rows all before the warp's first key, or all starting past its last
+        if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
+            continue;
+#pragma unroll
+        for (int c0 = 0; c0 < FL_TILE; c0 += HALF) {
+            float st[HALF / 8][4], dpt[HALF / 8][4];
+#pragma unroll
+            for (int n = 0; n < HALF / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    st[n][e] = dpt[n][e] = 0.0f;
+            flash_mma_abt<__half, HALF / 8, NCH>(st, ks, LDH, 16 * warp, qs, LDH, c0, g, tq);
+            flash_mma_abt<__nv_bfloat16, HALF / 8, NCH>(dpt, vs, LDH, 16 * warp, dos, LDH, c0, g,
+                                                       tq);
+#pragma unroll
+            for (int n = 0; n < HALF / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int s = key[e >> 1], col = c0 + 8 * n + 2 * tq + (e & 1), t = r0 + col;
+                    bool visible = s <= s_last && s <= t && s >= lo_s[col];
+                    float p = visible ? exp2f(st[n][e] * scale2 - lse_s[col]) : 0.0f;
+                    st[n][e] = p;                                // P^T
+                    dpt[n][e] = p * (dpt[n][e] - delta_s[col]);  // dS^T
+                }
+            flash_mma_pv<__nv_bfloat16, HALF / 16, ND>(dv_acc, st, dots, c0, g, tq);
+            flash_mma_pv<__nv_bfloat16, HALF / 16, ND>(dk_acc, dpt, qts, c0, g, tq);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (key[i] >= T)
+            continue;
+        float *dkr = dk + q_off + (size_t)key[i] * q_stride + 2 * tq;
+        float *dvr = dv + q_off + (size_t)key[i] * q_stride + 2 * tq;
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+            dkr[8 * n] = dk_acc[n][2 * i] * scale;
+            dkr[8 * n + 1] = dk_acc[n][2 * i + 1] * scale;
+            dvr[8 * n] = dv_acc[n][2 * i];
+            dvr[8 * n + 1] = dv_acc[n][2 * i + 1];
+        }
+    }
+#endif
+}
+
+// ---- the layout check ------------------------------------------------------------------------
+
+// One warp: d (16 x 8, row-major) = a (16 x 16, row-major) b (16 x 8, row-major) through
+// flash_mma in T, each lane loading and storing its fragments as documented above. The caller
+// compares d with the product it computes itself.
+template <class T>
+__global__ void flash_mma_probe_kernel(float *d, const T *a, const T *b)
+{
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    uint32_t af[4], bf[2];
+    flash_a_frag(af, a, 16, 0, 0, g, t);
+    T col[4] = {b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g], b[(2 * t + 8) * 8 + g],
+                b[(2 * t + 9) * 8 + g]};
+    bf[0] = flash_bits(col[0]) | flash_bits(col[1]) << 16;
+    bf[1] = flash_bits(col[2]) | flash_bits(col[3]) << 16;
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    flash_mma<T>(c, af, bf);
+    d[g * 8 + 2 * t] = c[0];
+    d[g * 8 + 2 * t + 1] = c[1];
+    d[(g + 8) * 8 + 2 * t] = c[2];
+    d[(g + 8) * 8 + 2 * t + 1] = c[3];
+}
+
+#endif
