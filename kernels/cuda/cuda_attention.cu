@@ -971,7 +971,8 @@ static void flash_mma_forward(cuda_context *c, float *out, float *lse, const __h
     size_t smem = flash_mma_forward_shared(NCH * 16);
     if (!cuda_shared_limit(c, (const void *)flash_mma_forward_kernel<NCH>, smem))
         return;
-    dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
+    int rows = flash_mma_rows(NCH * 16);   // a block's query rows
+    dim3 grid((T + rows - 1) / rows, Hq, B);
     CUDA_LAUNCH(flash_mma_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, out, lse, q, k,
                 vt, T, flash_tp(T), Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
     CUDA_LAUNCHED(c);
@@ -992,10 +993,11 @@ static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float
     if (!cuda_shared_limit(c, (const void *)flash_mma_dq_kernel<NCH>, smem_dq) ||
         !cuda_shared_limit(c, (const void *)flash_mma_dkdv_kernel<NCH>, smem_kv))
         return;
-    dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    CUDA_LAUNCH(flash_mma_dq_kernel<NCH>, grid, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, v,
-                kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
-    CUDA_LAUNCH(flash_mma_dkdv_kernel<NCH>, grid, FL_THREADS, smem_kv, c->stream, dk_part,
+    int rows = flash_mma_rows(D), keys = flash_mma_kv_rows(D);   // a block's
+    dim3 grid_q((T + rows - 1) / rows, Hq, B), grid_kv((T + keys - 1) / keys, Hq, B);
+    CUDA_LAUNCH(flash_mma_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq, dout, q, k,
+                v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH(flash_mma_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk_part,
                 dv_part, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
     CUDA_LAUNCHED(c);
 }

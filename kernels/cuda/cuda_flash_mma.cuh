@@ -18,6 +18,13 @@
 // operand transposed (convert_transpose_kernel: a head's column as a row of Tp values), so
 // every fragment is a 4-byte load from a shared tile. Tiles start at multiples of 64 rows.
 //
+// Work: 4 warps a block. A warp takes 16 rows (one m-tile) or, where the registers allow
+// (flash_mma_mt, flash_mma_kv_mt), 32 (two m-tiles, each B fragment read from shared memory
+// once for both: with one m-tile a warp's shared reads take about twice the tensor cores' time
+// at their peak, 2 x 4 bytes a lane per 4096-FLOP product). The forward and dQ take a block of
+// query rows and walk the 64-key tiles they see, the last rows first; dK and dV take a block
+// of keys of one query head and walk the 64-row query tiles that see them.
+//
 // cuda_attention.cu checks at start that the device's mma agrees with this layout (a product
 // of known integers, flash_mma_probe_kernel) and otherwise runs the wmma kernels.
 //
@@ -97,44 +104,66 @@ __device__ __forceinline__ void flash_b_frag(uint32_t b[2], const T *tile, int l
     b[1] = PESC_LOAD_4(p + 8);
 }
 
-// acc[n] (+)= rows row0 .. row0 + 15 of a (ld lda) times rows n0 + 8 n .. of b (ld ldb),
-// transposed, over NK chunks of 16: S = A B^T for N chunks of 8 columns.
-template <class T, int N, int NK>
-__device__ __forceinline__ void flash_mma_abt(float (*acc)[4], const T *a, int lda, int row0,
+// acc[m][n] (+)= rows row0 + 16 m .. of a (ld lda) times rows n0 + 8 n .. of b (ld ldb),
+// transposed, over NK chunks of 16: S = A B^T for MT m-tiles of 16 rows and N chunks of 8
+// columns. Each B fragment serves all MT m-tiles: a warp's shared-memory reads per product
+// fall with MT.
+template <class T, int MT, int N, int NK>
+__device__ __forceinline__ void flash_mma_abt(float (*acc)[N][4], const T *a, int lda, int row0,
                                               const T *b, int ldb, int n0, int g, int t)
 {
 #pragma unroll
     for (int kc = 0; kc < NK; kc++) {
-        uint32_t af[4];
-        flash_a_frag(af, a, lda, row0, 16 * kc, g, t);
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            flash_a_frag(af[m], a, lda, row0 + 16 * m, 16 * kc, g, t);
 #pragma unroll
         for (int n = 0; n < N; n++) {
             uint32_t bf[2];
             flash_b_frag(bf, b, ldb, n0 + 8 * n, 16 * kc, g, t);
-            flash_mma<T>(acc[n], af, bf);
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+                flash_mma<T>(acc[m][n], af[m], bf);
         }
     }
 }
 
-// acc[n] (+)= P (the warp's 16 rows by 16 KC columns, C fragments p[0 .. 2 KC)) times the
-// transposed tile bt (D rows of FM_LDT, columns k0 ..): B[k][j] = bt[8 n + j][k0 + k].
-template <class T, int KC, int N>
-__device__ __forceinline__ void flash_mma_pv(float (*acc)[4], const float (*p)[4], const T *bt,
-                                             int k0, int g, int t)
+// acc[m][n] (+)= P (MT m-tiles of 16 rows by 16 KC columns, C fragments p[m][0 .. 2 KC)) times
+// the transposed tile bt (rows of FM_LDT, columns k0 ..): B[k][j] = bt[8 n + j][k0 + k].
+// P's C fragments of two adjacent 8-column chunks, packed, are its A fragment.
+template <class T, int MT, int KC, int N, int NP>
+__device__ __forceinline__ void flash_mma_pv(float (*acc)[N][4], const float (*p)[NP][4],
+                                             const T *bt, int k0, int g, int t)
 {
 #pragma unroll
     for (int j = 0; j < KC; j++) {
-        uint32_t af[4] = {flash_pack<T>(p[2 * j][0], p[2 * j][1]),
-                          flash_pack<T>(p[2 * j][2], p[2 * j][3]),
-                          flash_pack<T>(p[2 * j + 1][0], p[2 * j + 1][1]),
-                          flash_pack<T>(p[2 * j + 1][2], p[2 * j + 1][3])};
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            af[m][0] = flash_pack<T>(p[m][2 * j][0], p[m][2 * j][1]);
+            af[m][1] = flash_pack<T>(p[m][2 * j][2], p[m][2 * j][3]);
+            af[m][2] = flash_pack<T>(p[m][2 * j + 1][0], p[m][2 * j + 1][1]);
+            af[m][3] = flash_pack<T>(p[m][2 * j + 1][2], p[m][2 * j + 1][3]);
+        }
 #pragma unroll
         for (int n = 0; n < N; n++) {
             uint32_t bf[2];
             flash_b_frag(bf, bt, FM_LDT, 8 * n, k0 + 16 * j, g, t);
-            flash_mma<T>(acc[n], af, bf);
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+                flash_mma<T>(acc[m][n], af[m], bf);
         }
     }
+}
+
+template <int MT, int N> __device__ __forceinline__ void flash_zero(float (*acc)[N][4])
+{
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int n = 0; n < N; n++)
+            acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
 }
 
 // A transposed tile: D rows of 64 values from src (rows stride apart, 16-byte aligned), into
@@ -148,33 +177,58 @@ __device__ __forceinline__ void flash_load_tile_t(T *dst, const T *src, size_t s
     }
 }
 
-// Shared memory: row tiles as in cuda_flash.cuh, and transposed (D, FM_LDT) tiles.
+// m-tiles of 16 rows a warp: 2 (32 rows, the block 128) where the accumulators leave room
+// without spilling (ptxas, sm_90), else 1 (16 rows, the block 64). The forward and dQ: at head
+// dimensions up to 64; dK and dV, two accumulators of D a row: up to 32.
+__host__ __device__ constexpr int flash_mma_mt(int D) { return D <= 64 ? 2 : 1; }
+__host__ __device__ constexpr int flash_mma_kv_mt(int D) { return D <= 32 ? 2 : 1; }
+// a block's query rows (forward, dQ), or keys (dK, dV)
+__host__ __device__ constexpr int flash_mma_rows(int D) { return FL_WARPS * 16 * flash_mma_mt(D); }
+__host__ __device__ constexpr int flash_mma_kv_rows(int D)
+{
+    return FL_WARPS * 16 * flash_mma_kv_mt(D);
+}
+
+// Shared memory: row tiles of 64 as in cuda_flash.cuh (a block's rows take flash_mma_mt(D) of
+// them), and transposed (D, FM_LDT) tiles.
 __host__ __device__ inline size_t flash_ttile_bytes(int D)
 {
     return flash_round((size_t)D * FM_LDT * 2);
 }
 __host__ __device__ inline size_t flash_mma_forward_shared(int D)
 {
-    return 2 * flash_tile_bytes(D) + flash_ttile_bytes(D);
+    return (flash_mma_mt(D) + 1) * flash_tile_bytes(D) + flash_ttile_bytes(D);
 }
 __host__ __device__ inline size_t flash_mma_dq_shared(int D)
 {
-    return 4 * flash_tile_bytes(D) + flash_ttile_bytes(D);
+    return (2 * flash_mma_mt(D) + 2) * flash_tile_bytes(D) + flash_ttile_bytes(D);
 }
 __host__ __device__ inline size_t flash_mma_dkdv_shared(int D)
 {
-    return 4 * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D) + flash_round(3 * FL_TILE * 4);
+    return (2 * flash_mma_kv_mt(D) + 2) * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D) +
+           flash_round(3 * FL_TILE * 4);
 }
 
-// The rows' key range and the whole-tile skip, as in cuda_flash.cuh; key tiles start at
-// multiples of 64 (the transposed operands' tiles are whole and 16-byte aligned).
+// Key tiles start at multiples of 64 (the transposed operands' tiles are whole and 16-byte
+// aligned); masks drop the keys before a row's first.
 __device__ __forceinline__ int flash_tile_start(int key) { return key / FL_TILE * FL_TILE; }
+
+// rows row0 .. row0 + 64 MT - 1 of src into MT row tiles at dst
+template <int D, int MT, class T>
+__device__ __forceinline__ void flash_load_rows(T *dst, const T *src, size_t stride, int row0,
+                                                int rows)
+{
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        flash_load_tile<D>(dst + (size_t)m * FL_TILE * (D + 8), src, stride, row0 + FL_TILE * m,
+                           rows);
+}
 
 // ---- forward --------------------------------------------------------------------------------
 
 // q (B*T, Hq, D), k (B*T, Hkv, D) half; vt (B, Hkv, D, Tp) half, zeros past T; out (B*T, Hq, D);
-// seg (B, T) or NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / 64), Hq, B), FL_THREADS threads,
-// flash_mma_forward_shared(D) bytes.
+// seg (B, T) or NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / flash_mma_rows(D)), Hq, B),
+// FL_THREADS threads, flash_mma_forward_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
 flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *k,
@@ -182,45 +236,42 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
                          const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
-    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8;
+    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, MT = flash_mma_mt(D);
+    constexpr int BM = flash_mma_rows(D), WM = 16 * MT;   // the block's rows, a warp's
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
-    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, 1);
-    __half *vts = (__half *)(smem + 2 * flash_tile_bytes(D));
+    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, MT);
+    __half *vts = (__half *)(smem + (MT + 1) * flash_tile_bytes(D));
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
-    int t0 = (gridDim.x - 1 - blockIdx.x) * FL_TILE, tw = t0 + 16 * warp;   // the longest first
+    int t0 = (gridDim.x - 1 - blockIdx.x) * BM, tw = t0 + WM * warp;   // the longest first
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     const __half *kb = k + (size_t)b * T * kv_stride + (size_t)kvh * D;
     const __half *vtb = vt + ((size_t)b * Hkv + kvh) * D * Tp;
 
-    flash_load_tile<D>(qs, q + (size_t)b * T * q_stride + (size_t)h * D, q_stride, t0, T);
-    __syncthreads();
-    uint32_t qa[NCH][4];   // the warp's 16 rows of q, for every tile
-#pragma unroll
-    for (int kc = 0; kc < NCH; kc++)
-        flash_a_frag(qa[kc], qs, LDH, 16 * warp, 16 * kc, g, tq);
+    flash_load_rows<D, MT>(qs, q + (size_t)b * T * q_stride + (size_t)h * D, q_stride, t0, T);
 
-    // this lane's rows: tw + g and tw + g + 8
-    int lo[2], hi[2];
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    // this lane's rows: tw + 16 m + g + 8 i
+    int lo[MT][2], hi[MT][2];
+    float mrow[MT][2], l[MT][2];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int t = tw + g + 8 * i;
-        lo[i] = t < T ? flash_first_key(t, window, seg) : 0;
-        hi[i] = t < T ? t : -1;
-    }
-    float o[ND][4];
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-    for (int n = 0; n < ND; n++)
-        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        for (int i = 0; i < 2; i++) {
+            int t = tw + 16 * m + g + 8 * i;
+            lo[m][i] = t < T ? flash_first_key(t, window, seg) : 0;
+            hi[m][i] = t < T ? t : -1;
+            mrow[m][i] = -INFINITY, l[m][i] = 0.0f;
+        }
+    float o[MT][ND][4];
+    flash_zero<MT, ND>(o);
     bool warp_live = tw < T;
     int warp_lo = warp_live ? flash_first_key(tw, window, seg) : 0;
-    int warp_hi = min(tw + 15, T - 1);
+    int warp_hi = min(tw + WM - 1, T - 1);
     int key_lo = flash_tile_start(flash_first_key(t0, window, seg));
-    int key_hi = min(t0 + FL_TILE - 1, T - 1);
+    int key_hi = min(t0 + BM - 1, T - 1);
     // the softmax in base 2 (exp2f is one instruction): scores times log2(e), m likewise
     const float scale2 = scale * FM_LOG2E;
 
@@ -231,76 +282,73 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;   // warp-uniform: no row of this warp sees a key of the tile
-        float s[8][4];
+        float s[MT][8][4];
+        flash_zero<MT, 8>(s);
+        flash_mma_abt<__half, MT, 8, NCH>(s, qs, LDH, WM * warp, ks, LDH, 0, g, tq);
 #pragma unroll
-        for (int n = 0; n < 8; n++)
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int m = 0; m < MT; m++) {
+            // scale and mask; each row's maximum over its four lanes
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int kc = 0; kc < NCH; kc++)
+            for (int n = 0; n < 8; n++)
 #pragma unroll
-            for (int n = 0; n < 8; n++) {
-                uint32_t bf[2];
-                flash_b_frag(bf, ks, LDH, 8 * n, 16 * kc, g, tq);
-                flash_mma<__half>(s[n], qa[kc], bf);
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1, key = s0 + 8 * n + 2 * tq + (e & 1);
+                    float x = key >= lo[m][i] && key <= hi[m][i] ? s[m][n][e] * scale2 : -INFINITY;
+                    s[m][n][e] = x;
+                    mx[i] = fmaxf(mx[i], x);
+                }
+            float alpha[2], m_new[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                m_new[i] = fmaxf(mrow[m][i], mx[i]);
+                alpha[i] = m_new[i] != -INFINITY ? exp2f(mrow[m][i] - m_new[i]) : 1.0f;
             }
-        // scale and mask; each row's maximum over its four lanes
-        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int n = 0; n < 8; n++)
+            for (int n = 0; n < 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e >> 1, key = s0 + 8 * n + 2 * tq + (e & 1);
-                float x = key >= lo[i] && key <= hi[i] ? s[n][e] * scale2 : -INFINITY;
-                s[n][e] = x;
-                mx[i] = fmaxf(mx[i], x);
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1;
+                    float p = s[m][n][e] != -INFINITY ? exp2f(s[m][n][e] - m_new[i]) : 0.0f;
+                    s[m][n][e] = p;
+                    sum[i] += p;
+                }
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+                sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+                l[m][i] = l[m][i] * alpha[i] + sum[i];
+                if (m_new[i] != -INFINITY)
+                    mrow[m][i] = m_new[i];
             }
-        float alpha[2], m_new[2], sum[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            m_new[i] = fmaxf(m[i], mx[i]);
-            alpha[i] = m_new[i] != -INFINITY ? exp2f(m[i] - m_new[i]) : 1.0f;
+            for (int n = 0; n < ND; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    o[m][n][e] *= alpha[e >> 1];
         }
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e >> 1;
-                float p = s[n][e] != -INFINITY ? exp2f(s[n][e] - m_new[i]) : 0.0f;
-                s[n][e] = p;
-                sum[i] += p;
-            }
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
-            sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
-            l[i] = l[i] * alpha[i] + sum[i];
-            if (m_new[i] != -INFINITY)
-                m[i] = m_new[i];
-        }
-#pragma unroll
-        for (int n = 0; n < ND; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                o[n][e] *= alpha[e >> 1];
-        flash_mma_pv<__half, FL_TILE / 16, ND>(o, s, vts, 0, g, tq);   // P in half, in [0, 1]
+        // P in half (in [0, 1])
+        flash_mma_pv<__half, MT, FL_TILE / 16, ND, 8>(o, s, vts, 0, g, tq);
     }
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int t = tw + g + 8 * i;
-        if (t >= T)
-            continue;
-        float inv = 1.0f / l[i];
-        float *orow = out + ((size_t)b * T + t) * q_stride + (size_t)h * D + 2 * tq;
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-        for (int n = 0; n < ND; n++) {
-            orow[8 * n] = o[n][2 * i] * inv;
-            orow[8 * n + 1] = o[n][2 * i + 1] * inv;
+        for (int i = 0; i < 2; i++) {
+            int t = tw + 16 * m + g + 8 * i;
+            if (t >= T)
+                continue;
+            float inv = 1.0f / l[m][i];
+            float *orow = out + ((size_t)b * T + t) * q_stride + (size_t)h * D + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                orow[8 * n] = o[m][n][2 * i] * inv;
+                orow[8 * n + 1] = o[m][n][2 * i + 1] * inv;
+            }
+            if (lse && tq == 0)
+                lse[((size_t)b * Hq + h) * T + t] = (mrow[m][i] + log2f(l[m][i])) * FM_LN2;
         }
-        if (lse && tq == 0)
-            lse[((size_t)b * Hq + h) * T + t] = (m[i] + log2f(l[i])) * FM_LN2;
-    }
 #endif
 }
 
@@ -308,7 +356,8 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
 
 // dq = scale sum_s dS k_s, dS = P (dP - delta), P = exp(q.k scale - lse), dP = dout.v.
 // Overwrites dq. q, k half (the scores); dout, v bf16 (dP); kt (B, Hkv, D, Tp) bf16 (dS K).
-// Grid (ceil(T / 64), Hq, B), flash_mma_dq_shared(D) bytes.
+// A key tile goes in two halves of 32 keys, to keep S and dP to fewer registers.
+// Grid (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dq_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
 flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __half *k,
@@ -317,45 +366,48 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
                     const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
-    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8;
+    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, MT = flash_mma_mt(D);
+    constexpr int BM = flash_mma_rows(D), WM = 16 * MT, KW = FL_TILE / 2;
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
-    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, 1);
-    __nv_bfloat16 *dos = flash_tile(smem, D, 2), *vs = flash_tile(smem, D, 3);
-    __nv_bfloat16 *kts = (__nv_bfloat16 *)(smem + 4 * flash_tile_bytes(D));
+    __half *qs = flash_tile<__half>(smem, D, 0);
+    __nv_bfloat16 *dos = flash_tile(smem, D, MT);
+    __half *ks = flash_tile<__half>(smem, D, 2 * MT);
+    __nv_bfloat16 *vs = flash_tile(smem, D, 2 * MT + 1);
+    __nv_bfloat16 *kts = (__nv_bfloat16 *)(smem + (2 * MT + 2) * flash_tile_bytes(D));
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
-    int t0 = (gridDim.x - 1 - blockIdx.x) * FL_TILE, tw = t0 + 16 * warp;   // the longest first
+    int t0 = (gridDim.x - 1 - blockIdx.x) * BM, tw = t0 + WM * warp;   // the longest first
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
     size_t kv_off = (size_t)b * T * kv_stride + (size_t)kvh * D;
     const __nv_bfloat16 *ktb = kt + ((size_t)b * Hkv + kvh) * D * Tp;
 
-    flash_load_tile<D>(qs, q + q_off, q_stride, t0, T);
-    flash_load_tile<D>(dos, dout + q_off, q_stride, t0, T);
-    int lo[2], hi[2];
-    float lse_r[2], delta_r[2];
+    flash_load_rows<D, MT>(qs, q + q_off, q_stride, t0, T);
+    flash_load_rows<D, MT>(dos, dout + q_off, q_stride, t0, T);
+    int lo[MT][2], hi[MT][2];
+    float lse_r[MT][2], delta_r[MT][2];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int t = tw + g + 8 * i;
-        size_t at = ((size_t)b * Hq + h) * T + t;
-        lo[i] = t < T ? flash_first_key(t, window, seg) : 0;
-        hi[i] = t < T ? t : -1;
-        lse_r[i] = t < T ? lse[at] * FM_LOG2E : 0.0f;   // base 2, as the scores below
-        delta_r[i] = t < T ? delta[at] : 0.0f;
-    }
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int t = tw + 16 * m + g + 8 * i;
+            size_t at = ((size_t)b * Hq + h) * T + t;
+            lo[m][i] = t < T ? flash_first_key(t, window, seg) : 0;
+            hi[m][i] = t < T ? t : -1;
+            lse_r[m][i] = t < T ? lse[at] * FM_LOG2E : 0.0f;   // base 2, as the scores below
+            delta_r[m][i] = t < T ? delta[at] : 0.0f;
+        }
     bool warp_live = tw < T;
     int warp_lo = warp_live ? flash_first_key(tw, window, seg) : 0;
-    int warp_hi = min(tw + 15, T - 1);
+    int warp_hi = min(tw + WM - 1, T - 1);
     int key_lo = flash_tile_start(flash_first_key(t0, window, seg));
-    int key_hi = min(t0 + FL_TILE - 1, T - 1);
+    int key_hi = min(t0 + BM - 1, T - 1);
     const float scale2 = scale * FM_LOG2E;
-    float acc[ND][4];
-#pragma unroll
-    for (int n = 0; n < ND; n++)
-        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float acc[MT][ND][4];
+    flash_zero<MT, ND>(acc);
 
     for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
         __syncthreads();
@@ -365,37 +417,43 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
-        float s[8][4], dp[8][4];
 #pragma unroll
-        for (int n = 0; n < 8; n++)
+        for (int c0 = 0; c0 < FL_TILE; c0 += KW) {
+            float s[MT][KW / 8][4], dp[MT][KW / 8][4];
+            flash_zero<MT, KW / 8>(s);
+            flash_zero<MT, KW / 8>(dp);
+            flash_mma_abt<__half, MT, KW / 8, NCH>(s, qs, LDH, WM * warp, ks, LDH, c0, g, tq);
+            flash_mma_abt<__nv_bfloat16, MT, KW / 8, NCH>(dp, dos, LDH, WM * warp, vs, LDH, c0,
+                                                          g, tq);
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-                s[n][e] = dp[n][e] = 0.0f;
-        flash_mma_abt<__half, 8, NCH>(s, qs, LDH, 16 * warp, ks, LDH, 0, g, tq);
-        flash_mma_abt<__nv_bfloat16, 8, NCH>(dp, dos, LDH, 16 * warp, vs, LDH, 0, g, tq);
+            for (int m = 0; m < MT; m++)
 #pragma unroll
-        for (int n = 0; n < 8; n++)
+                for (int n = 0; n < KW / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e >> 1, key = s0 + 8 * n + 2 * tq + (e & 1);
-                float p =
-                    key >= lo[i] && key <= hi[i] ? exp2f(s[n][e] * scale2 - lse_r[i]) : 0.0f;
-                s[n][e] = p * (dp[n][e] - delta_r[i]);   // dS
-            }
-        flash_mma_pv<__nv_bfloat16, FL_TILE / 16, ND>(acc, s, kts, 0, g, tq);
-    }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int t = tw + g + 8 * i;
-        if (t >= T)
-            continue;
-        float *row = dq + q_off + (size_t)t * q_stride + 2 * tq;
-#pragma unroll
-        for (int n = 0; n < ND; n++) {
-            row[8 * n] = acc[n][2 * i] * scale;
-            row[8 * n + 1] = acc[n][2 * i + 1] * scale;
+                    for (int e = 0; e < 4; e++) {
+                        int i = e >> 1, key = s0 + c0 + 8 * n + 2 * tq + (e & 1);
+                        float p = key >= lo[m][i] && key <= hi[m][i]
+                                      ? exp2f(s[m][n][e] * scale2 - lse_r[m][i])
+                                      : 0.0f;
+                        s[m][n][e] = p * (dp[m][n][e] - delta_r[m][i]);   // dS
+                    }
+            flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8>(acc, s, kts, c0, g, tq);
         }
     }
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int t = tw + 16 * m + g + 8 * i;
+            if (t >= T)
+                continue;
+            float *row = dq + q_off + (size_t)t * q_stride + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                row[8 * n] = acc[m][n][2 * i] * scale;
+                row[8 * n + 1] = acc[m][n][2 * i + 1] * scale;
+            }
+        }
 #endif
 }
 
@@ -403,11 +461,12 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
 
 // dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of query head h = blockIdx.y,
 // written (B*T, Hq, D) at head h (flash_group_sum_kernel adds a group's parts; cuda_flash.cuh
-// says why a block takes one query head). The warp's 16 keys are the rows of S^T = K Q^T and
+// says why a block takes one query head). The warp's keys are the rows of S^T = K Q^T and
 // dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
-// B operands are dout and q transposed. A query tile goes in two halves of 32 rows, to keep
-// S^T and dP^T to 32 registers. k, q half (the scores); v, dout bf16 (dP); qt, dot
-// (B, Hq, D, Tp) bf16. Grid (ceil(T / 64), Hq, B), flash_mma_dkdv_shared(D) bytes.
+// B operands are dout and q transposed. A query tile goes in parts of QW rows, to keep S^T and
+// dP^T to fewer registers beside dK and dV. k, q half (the scores); v, dout bf16 (dP); qt, dot
+// (B, Hq, D, Tp) bf16. Grid (ceil(T / flash_mma_kv_rows(D)), Hq, B),
+// flash_mma_dkdv_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
 flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half *q,
@@ -416,21 +475,24 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
                       int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
-    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, HALF = FL_TILE / 2;
+    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, MT = flash_mma_kv_mt(D);
+    constexpr int BM = flash_mma_kv_rows(D), WM = 16 * MT, QW = MT > 1 ? 16 : 32;
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
-    __half *ks = flash_tile<__half>(smem, D, 0), *qs = flash_tile<__half>(smem, D, 1);
-    __nv_bfloat16 *vs = flash_tile(smem, D, 2), *dos = flash_tile(smem, D, 3);
-    __nv_bfloat16 *qts = (__nv_bfloat16 *)(smem + 4 * flash_tile_bytes(D));
-    __nv_bfloat16 *dots = (__nv_bfloat16 *)(smem + 4 * flash_tile_bytes(D) + flash_ttile_bytes(D));
-    float *lse_s = (float *)(smem + 4 * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D));
-    float *delta_s = lse_s + FL_TILE;
+    __half *ks = flash_tile<__half>(smem, D, 0);
+    __nv_bfloat16 *vs = flash_tile(smem, D, MT);
+    __half *qs = flash_tile<__half>(smem, D, 2 * MT);
+    __nv_bfloat16 *dos = flash_tile(smem, D, 2 * MT + 1);
+    unsigned char *after = smem + (2 * MT + 2) * flash_tile_bytes(D);
+    __nv_bfloat16 *qts = (__nv_bfloat16 *)after;
+    __nv_bfloat16 *dots = (__nv_bfloat16 *)(after + flash_ttile_bytes(D));
+    float *lse_s = (float *)(after + 2 * flash_ttile_bytes(D)), *delta_s = lse_s + FL_TILE;
     int *lo_s = (int *)(delta_s + FL_TILE);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
-    int s0 = blockIdx.x * FL_TILE, sw = s0 + 16 * warp;   // the block's and the warp's keys
-    int s_last = min(s0 + FL_TILE - 1, T - 1);
+    int s0 = blockIdx.x * BM, sw = s0 + WM * warp;   // the block's and the warp's keys
+    int s_last = min(s0 + BM - 1, T - 1);
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t kv_off = (size_t)b * T * kv_stride + (size_t)kvh * D;
@@ -440,18 +502,14 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
     const float *lse_h = lse + ((size_t)b * Hq + h) * T;
     const float *delta_h = delta + ((size_t)b * Hq + h) * T;
 
-    flash_load_tile<D>(ks, k + kv_off, kv_stride, s0, T);
-    flash_load_tile<D>(vs, v + kv_off, kv_stride, s0, T);
-    int key[2] = {sw + g, sw + g + 8};   // this lane's rows of S^T
-    const float scale2 = scale * FM_LOG2E;
+    flash_load_rows<D, MT>(ks, k + kv_off, kv_stride, s0, T);
+    flash_load_rows<D, MT>(vs, v + kv_off, kv_stride, s0, T);
     bool warp_live = sw < T;
-    int warp_last = min(sw + 15, T - 1);
-    float dk_acc[ND][4], dv_acc[ND][4];
-#pragma unroll
-    for (int n = 0; n < ND; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-            dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+    int warp_last = min(sw + WM - 1, T - 1);
+    const float scale2 = scale * FM_LOG2E;
+    float dk_acc[MT][ND][4], dv_acc[MT][ND][4];
+    flash_zero<MT, ND>(dk_acc);
+    flash_zero<MT, ND>(dv_acc);
 
     // rows from the first key on, until a row's first visible key passes the last key
     for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
@@ -472,44 +530,47 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
         if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
             continue;
 #pragma unroll
-        for (int c0 = 0; c0 < FL_TILE; c0 += HALF) {
-            float st[HALF / 8][4], dpt[HALF / 8][4];
+        for (int c0 = 0; c0 < FL_TILE; c0 += QW) {
+            float st[MT][QW / 8][4], dpt[MT][QW / 8][4];
+            flash_zero<MT, QW / 8>(st);
+            flash_zero<MT, QW / 8>(dpt);
+            flash_mma_abt<__half, MT, QW / 8, NCH>(st, ks, LDH, WM * warp, qs, LDH, c0, g, tq);
+            flash_mma_abt<__nv_bfloat16, MT, QW / 8, NCH>(dpt, vs, LDH, WM * warp, dos, LDH, c0,
+                                                          g, tq);
 #pragma unroll
-            for (int n = 0; n < HALF / 8; n++)
+            for (int m = 0; m < MT; m++)
 #pragma unroll
-                for (int e = 0; e < 4; e++)
-                    st[n][e] = dpt[n][e] = 0.0f;
-            flash_mma_abt<__half, HALF / 8, NCH>(st, ks, LDH, 16 * warp, qs, LDH, c0, g, tq);
-            flash_mma_abt<__nv_bfloat16, HALF / 8, NCH>(dpt, vs, LDH, 16 * warp, dos, LDH, c0, g,
-                                                       tq);
+                for (int n = 0; n < QW / 8; n++)
 #pragma unroll
-            for (int n = 0; n < HALF / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int s = key[e >> 1], col = c0 + 8 * n + 2 * tq + (e & 1), t = r0 + col;
-                    bool visible = s <= s_last && s <= t && s >= lo_s[col];
-                    float p = visible ? exp2f(st[n][e] * scale2 - lse_s[col]) : 0.0f;
-                    st[n][e] = p;                                // P^T
-                    dpt[n][e] = p * (dpt[n][e] - delta_s[col]);  // dS^T
-                }
-            flash_mma_pv<__nv_bfloat16, HALF / 16, ND>(dv_acc, st, dots, c0, g, tq);
-            flash_mma_pv<__nv_bfloat16, HALF / 16, ND>(dk_acc, dpt, qts, c0, g, tq);
+                    for (int e = 0; e < 4; e++) {
+                        int s = sw + 16 * m + g + 8 * (e >> 1);
+                        int col = c0 + 8 * n + 2 * tq + (e & 1), t = r0 + col;
+                        bool visible = s <= s_last && s <= t && s >= lo_s[col];
+                        float p = visible ? exp2f(st[m][n][e] * scale2 - lse_s[col]) : 0.0f;
+                        st[m][n][e] = p;                                   // P^T
+                        dpt[m][n][e] = p * (dpt[m][n][e] - delta_s[col]);  // dS^T
+                    }
+            flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dv_acc, st, dots, c0, g, tq);
+            flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
         }
     }
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        if (key[i] >= T)
-            continue;
-        float *dkr = dk + q_off + (size_t)key[i] * q_stride + 2 * tq;
-        float *dvr = dv + q_off + (size_t)key[i] * q_stride + 2 * tq;
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-        for (int n = 0; n < ND; n++) {
-            dkr[8 * n] = dk_acc[n][2 * i] * scale;
-            dkr[8 * n + 1] = dk_acc[n][2 * i + 1] * scale;
-            dvr[8 * n] = dv_acc[n][2 * i];
-            dvr[8 * n + 1] = dv_acc[n][2 * i + 1];
+        for (int i = 0; i < 2; i++) {
+            int s = sw + 16 * m + g + 8 * i;
+            if (s >= T)
+                continue;
+            float *dkr = dk + q_off + (size_t)s * q_stride + 2 * tq;
+            float *dvr = dv + q_off + (size_t)s * q_stride + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                dkr[8 * n] = dk_acc[m][n][2 * i] * scale;
+                dkr[8 * n + 1] = dk_acc[m][n][2 * i + 1] * scale;
+                dvr[8 * n] = dv_acc[m][n][2 * i];
+                dvr[8 * n + 1] = dv_acc[m][n][2 * i + 1];
+            }
         }
-    }
 #endif
 }
 
