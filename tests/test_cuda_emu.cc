@@ -2,7 +2,8 @@
  *
  * bf16 rounding against hand-worked bit patterns; a wmma GEMM in every layout against a double
  * loop on the same bf16 inputs; a shared-memory reduction; warp shuffles; every (block, thread)
- * of a 3-D launch running once; and wmma's preconditions aborting in a child process.
+ * of a 3-D launch running once; mma.sync m16n8k16 by the PTX ISA's fragment table; cp.async copies
+ * made at their wait, not before; and the preconditions aborting in a child process.
  * Exit 0 pass, 1 fail. */
 #include <atomic>
 #include <chrono>
@@ -350,6 +351,108 @@ static void test_shuffles(void)
             wrong_other);
 }
 
+/* ---- mma.sync m16n8k16 ------------------------------------------------------------------------ */
+/* Each lane builds its fragments by the PTX ISA's table, written out here element by element
+ * (row/column of each register half), and stores its C the same way; the product of random small
+ * integers (exact in half, bf16 and fp32) against the loop's. */
+template <class T> static uint32_t pair_bits(const T *m, int ld, int r0, int c0, int dr, int dc)
+{
+    T lo = m[r0 * ld + c0], hi = m[(r0 + dr) * ld + c0 + dc];
+    return (uint32_t)lo.bits | (uint32_t)hi.bits << 16;
+}
+
+template <class T> static __global__ void mma_kernel(float *c, const T *a, const T *b)
+{
+    int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    /* A 16 x 16 row-major: a0 a1 (row g, cols 2t, 2t+1), a2 a3 (row g + 8), a4 a5 (row g,
+     * cols 2t + 8, 2t + 9), a6 a7 (row g + 8, cols 2t + 8, 2t + 9) */
+    uint32_t af[4] = {pair_bits(a, 16, g, 2 * t, 0, 1), pair_bits(a, 16, g + 8, 2 * t, 0, 1),
+                      pair_bits(a, 16, g, 2 * t + 8, 0, 1),
+                      pair_bits(a, 16, g + 8, 2 * t + 8, 0, 1)};
+    /* B 16 x 8 row-major here: b0 b1 (rows 2t, 2t+1 of column g), b2 b3 (rows 2t + 8, 2t + 9) */
+    uint32_t bf[2] = {pair_bits(b, 8, 2 * t, g, 1, 0), pair_bits(b, 8, 2 * t + 8, g, 1, 0)};
+    float acc[4] = {1.0f, 1.0f, 1.0f, 1.0f};   /* C = 1: the product adds to it */
+    emu_mma_m16n8k16<T>(acc, af, bf);
+    c[g * 8 + 2 * t] = acc[0], c[g * 8 + 2 * t + 1] = acc[1];
+    c[(g + 8) * 8 + 2 * t] = acc[2], c[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+
+template <class T> static void test_mma(void)
+{
+    T a[16 * 16], b[16 * 8];
+    int ai[16 * 16], bi[16 * 8];
+    for (int i = 0; i < 16 * 16; i++)
+        ai[i] = (int)(uniform() * 19) - 9, a[i] = element((float)ai[i], T());
+    for (int i = 0; i < 16 * 8; i++)
+        bi[i] = (int)(uniform() * 19) - 9, b[i] = element((float)bi[i], T());
+    std::vector<float> c(16 * 8, NAN);
+    emu_launch(dim3(1), dim3(32), 0, [&] { mma_kernel<T>(c.data(), a, b); });
+    int wrong = 0;
+    for (int r = 0; r < 16; r++)
+        for (int j = 0; j < 8; j++) {
+            int want = 1;
+            for (int k = 0; k < 16; k++)
+                want += ai[r * 16 + k] * bi[k * 8 + j];
+            wrong += c[r * 8 + j] != (float)want;
+        }
+    verdict(!wrong, "mma m16n8k16 %s, fragments by the PTX ISA's table: %d of 128 wrong",
+            element_name(T()), wrong);
+}
+
+/* ---- cp.async ----------------------------------------------------------------------------------- */
+/* Each thread copies 16 bytes of src (or zeros, for odd threads in the second group) into shared
+ * memory that holds 0x5a: before its wait the bytes are the old ones, after it the new. */
+static __global__ void cp_async_kernel(int *before, int *after_first, int *after_all,
+                                       const uint8_t *src)
+{
+    PESC_DYNAMIC_SHARED(smem);
+    int i = threadIdx.x;
+    uint8_t *mine = smem + 32 * i;
+    memset(mine, 0x5a, 32);
+    emu_cp_async(mine, src + 16 * i, 16, 16);
+    emu_cp_async_commit();
+    emu_cp_async(mine + 16, src + 16 * i, 16, i % 2 ? 0 : 16);
+    emu_cp_async_commit();
+    before[i] = mine[0] == 0x5a && mine[16] == 0x5a;
+    emu_cp_async_wait(1);   /* the first group only */
+    after_first[i] = memcmp(mine, src + 16 * i, 16) == 0 && mine[16] == 0x5a;
+    emu_cp_async_wait(0);
+    uint8_t zeros[16] = {0};
+    after_all[i] = memcmp(mine + 16, i % 2 ? zeros : src + 16 * i, 16) == 0;
+}
+
+static void test_cp_async(void)
+{
+    enum { THREADS = 64 };
+    alignas(16) static uint8_t src[16 * THREADS];
+    for (int i = 0; i < 16 * THREADS; i++)
+        src[i] = (uint8_t)(i * 7 + 1);
+    std::vector<int> before(THREADS), first(THREADS), all(THREADS);
+    emu_launch(dim3(1), dim3(THREADS), 32 * THREADS,
+               [&] { cp_async_kernel(before.data(), first.data(), all.data(), src); });
+    int wrong_before = 0, wrong_first = 0, wrong_all = 0;
+    for (int i = 0; i < THREADS; i++)
+        wrong_before += !before[i], wrong_first += !first[i], wrong_all += !all[i];
+    verdict(!wrong_before && !wrong_first && !wrong_all,
+            "cp.async: copies made at their wait_group (%d read early, %d after the first "
+            "group, %d after all, zero-fill included)",
+            wrong_before, wrong_first, wrong_all);
+}
+
+static void cp_async_unwaited(void)
+{
+    PESC_DYNAMIC_SHARED(smem);
+    alignas(16) static uint8_t src[16];
+    emu_cp_async(smem, src, 16, 16);
+    emu_cp_async_commit();
+}
+
+static void cp_async_outside_shared(void)
+{
+    alignas(16) static uint8_t src[16], dst[16];
+    emu_cp_async(dst, src, 16, 16);
+}
+
 /* ---- a 3-D launch ---------------------------------------------------------------------------- */
 /* hits[(block, thread)] counts the runs of each pair; mismatches counts threads that saw a
  * blockDim or gridDim other than the launch's. */
@@ -460,6 +563,9 @@ int main(void)
     test_gemm<__half, wmma::col_major, wmma::row_major>(wmma::mem_col_major);
     test_block_reduction();
     test_shuffles();
+    test_mma<__half>();
+    test_mma<__nv_bfloat16>();
+    test_cp_async();
     test_grid_3d(dim3(3, 2, 2), dim3(32, 2, 2));
     test_grid_3d(dim3(2, 3, 1), dim3(10, 3, 2));
     expect_abort("load_matrix_sync 16 bytes off a 32-byte boundary", on_one_warp<misaligned_load>,
@@ -477,6 +583,12 @@ int main(void)
                  "lane 5 of warp 0 in block (0,0,0) made wmma call 0 with other arguments");
     expect_abort("mma_sync with another fragment in one lane", on_one_warp<lane_changes_fragment>,
                  "mma_sync: lane 5 of warp 0");
+    expect_abort("cp.async never waited for", [] {
+        emu_launch(dim3(1), dim3(32), 16 * 32, [] { cp_async_unwaited(); });
+    }, "cp.async copies it never waited for");
+    expect_abort("cp.async to global memory", [] {
+        emu_launch(dim3(1), dim3(32), 64, [] { cp_async_outside_shared(); });
+    }, "outside the block's dynamic shared memory");
     double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     printf("test_cuda_emu: %d failures in %.2f s\n", failures, seconds);

@@ -166,14 +166,76 @@ template <int MT, int N> __device__ __forceinline__ void flash_zero(float (*acc)
             acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
 }
 
+// ---- asynchronous tile loads (cp.async, sm_80) ------------------------------------------------
+// A block issues the next tile's copies, computes on the current one, then waits: the loads
+// overlap the products. The emulator makes a copy only when its thread waits for it.
+
+// 16 bytes from global src to shared dst, or 16 zeros when !valid (then src is not read).
+__device__ __forceinline__ void flash_cp16(void *dst, const void *src, bool valid)
+{
+#ifdef PESC_CUDA_EMU
+    emu_cp_async(dst, src, 16, valid ? 16 : 0);
+#elif FLASH_BODY
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src),
+                 "r"(valid ? 16 : 0));
+#endif
+}
+
+// The copies issued since the last commit become a group.
+__device__ __forceinline__ void flash_cp_commit()
+{
+#ifdef PESC_CUDA_EMU
+    emu_cp_async_commit();
+#elif FLASH_BODY
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+// Waits until at most N of this thread's newest groups are in flight; other threads' copies
+// need a __syncthreads after it.
+template <int N> __device__ __forceinline__ void flash_cp_wait()
+{
+#ifdef PESC_CUDA_EMU
+    emu_cp_async_wait(N);
+#elif FLASH_BODY
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+#endif
+}
+
+// rows row0 .. row0 + 63 of src (row i at src + i stride, 16-byte aligned, stride a multiple
+// of 8) into a (64, D + 8) tile, zeros past `rows`. The whole block calls it.
+template <int D, class T>
+__device__ __forceinline__ void flash_copy_tile(T *dst, const T *src, size_t stride, int row0,
+                                                int rows)
+{
+    constexpr int V = D / 8;   // 16-byte vectors a row
+    for (int i = threadIdx.x; i < FL_TILE * V; i += FL_THREADS) {
+        int r = i / V, d = 8 * (i % V);
+        bool in = row0 + r < rows;
+        flash_cp16(dst + r * (D + 8) + d, in ? src + (size_t)(row0 + r) * stride + d : src, in);
+    }
+}
+
+// rows row0 .. row0 + 64 MT - 1 of src into MT row tiles at dst
+template <int D, int MT, class T>
+__device__ __forceinline__ void flash_copy_rows(T *dst, const T *src, size_t stride, int row0,
+                                                int rows)
+{
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        flash_copy_tile<D>(dst + (size_t)m * FL_TILE * (D + 8), src, stride, row0 + FL_TILE * m,
+                           rows);
+}
+
 // A transposed tile: D rows of 64 values from src (rows stride apart, 16-byte aligned), into
 // (D, FM_LDT). The whole block calls it.
 template <int D, class T>
-__device__ __forceinline__ void flash_load_tile_t(T *dst, const T *src, size_t stride)
+__device__ __forceinline__ void flash_copy_tile_t(T *dst, const T *src, size_t stride)
 {
     for (int i = threadIdx.x; i < D * (FL_TILE / 8); i += FL_THREADS) {
         int r = i / (FL_TILE / 8), c = 8 * (i % (FL_TILE / 8));
-        PESC_STORE_16(dst + r * FM_LDT + c, PESC_LOAD_16(src + (size_t)r * stride + c));
+        flash_cp16(dst + r * FM_LDT + c, src + (size_t)r * stride + c, true);
     }
 }
 
@@ -190,39 +252,40 @@ __host__ __device__ constexpr int flash_mma_kv_rows(int D)
 }
 
 // Shared memory: row tiles of 64 as in cuda_flash.cuh (a block's rows take flash_mma_mt(D) of
-// them), and transposed (D, FM_LDT) tiles.
+// them), transposed (D, FM_LDT) tiles, and two of each tile the loop walks (the one it computes
+// on, the next one arriving).
 __host__ __device__ inline size_t flash_ttile_bytes(int D)
 {
     return flash_round((size_t)D * FM_LDT * 2);
 }
+__host__ __device__ inline size_t flash_mma_forward_step(int D)   // k, v^T
+{
+    return flash_tile_bytes(D) + flash_ttile_bytes(D);
+}
 __host__ __device__ inline size_t flash_mma_forward_shared(int D)
 {
-    return (flash_mma_mt(D) + 1) * flash_tile_bytes(D) + flash_ttile_bytes(D);
+    return flash_mma_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_forward_step(D);
+}
+__host__ __device__ inline size_t flash_mma_dq_step(int D)   // k, v, k^T
+{
+    return 2 * flash_tile_bytes(D) + flash_ttile_bytes(D);
 }
 __host__ __device__ inline size_t flash_mma_dq_shared(int D)
 {
-    return (2 * flash_mma_mt(D) + 2) * flash_tile_bytes(D) + flash_ttile_bytes(D);
+    return 2 * flash_mma_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_dq_step(D);
+}
+__host__ __device__ inline size_t flash_mma_dkdv_step(int D)   // q, dout, q^T, dout^T, row stats
+{
+    return 2 * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D) + flash_round(3 * FL_TILE * 4);
 }
 __host__ __device__ inline size_t flash_mma_dkdv_shared(int D)
 {
-    return (2 * flash_mma_kv_mt(D) + 2) * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D) +
-           flash_round(3 * FL_TILE * 4);
+    return 2 * flash_mma_kv_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_dkdv_step(D);
 }
 
 // Key tiles start at multiples of 64 (the transposed operands' tiles are whole and 16-byte
 // aligned); masks drop the keys before a row's first.
 __device__ __forceinline__ int flash_tile_start(int key) { return key / FL_TILE * FL_TILE; }
-
-// rows row0 .. row0 + 64 MT - 1 of src into MT row tiles at dst
-template <int D, int MT, class T>
-__device__ __forceinline__ void flash_load_rows(T *dst, const T *src, size_t stride, int row0,
-                                                int rows)
-{
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-        flash_load_tile<D>(dst + (size_t)m * FL_TILE * (D + 8), src, stride, row0 + FL_TILE * m,
-                           rows);
-}
 
 // ---- forward --------------------------------------------------------------------------------
 
@@ -240,8 +303,8 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
     constexpr int BM = flash_mma_rows(D), WM = 16 * MT;   // the block's rows, a warp's
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
-    __half *qs = flash_tile<__half>(smem, D, 0), *ks = flash_tile<__half>(smem, D, MT);
-    __half *vts = (__half *)(smem + (MT + 1) * flash_tile_bytes(D));
+    __half *qs = flash_tile<__half>(smem, D, 0);
+    unsigned char *steps = smem + MT * flash_tile_bytes(D);   // k, v^T: two tiles' worth
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
@@ -251,7 +314,6 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
     const __half *kb = k + (size_t)b * T * kv_stride + (size_t)kvh * D;
     const __half *vtb = vt + ((size_t)b * Hkv + kvh) * D * Tp;
 
-    flash_load_rows<D, MT>(qs, q + (size_t)b * T * q_stride + (size_t)h * D, q_stride, t0, T);
 
     // this lane's rows: tw + 16 m + g + 8 i
     int lo[MT][2], hi[MT][2];
@@ -274,14 +336,28 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
     int key_hi = min(t0 + BM - 1, T - 1);
     // the softmax in base 2 (exp2f is one instruction): scores times log2(e), m likewise
     const float scale2 = scale * FM_LOG2E;
+    int tiles = (key_hi - key_lo) / FL_TILE + 1;
+    auto fetch = [&](int it) {   // key tile it into its buffer
+        unsigned char *at = steps + (it & 1) * flash_mma_forward_step(D);
+        flash_copy_tile<D>((__half *)at, kb, kv_stride, key_lo + FL_TILE * it, T);
+        flash_copy_tile_t<D>((__half *)(at + flash_tile_bytes(D)), vtb + key_lo + FL_TILE * it, Tp);
+    };
+    flash_copy_rows<D, MT>(qs, q + (size_t)b * T * q_stride + (size_t)h * D, q_stride, t0, T);
+    fetch(0);
+    flash_cp_commit();
 
-    for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
-        __syncthreads();   // the previous tile is consumed
-        flash_load_tile<D>(ks, kb, kv_stride, s0, T);
-        flash_load_tile_t<D>(vts, vtb + s0, Tp);
+    for (int it = 0; it < tiles; it++) {
+        int s0 = key_lo + FL_TILE * it;
+        __syncthreads();   // the tile before is consumed: its buffer takes the next
+        if (it + 1 < tiles)
+            fetch(it + 1);
+        flash_cp_commit();
+        flash_cp_wait<1>();   // this tile's copies (and q's) are here, the next may still come
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;   // warp-uniform: no row of this warp sees a key of the tile
+        const unsigned char *at = steps + (it & 1) * flash_mma_forward_step(D);
+        const __half *ks = (const __half *)at, *vts = (const __half *)(at + flash_tile_bytes(D));
         float s[MT][8][4];
         flash_zero<MT, 8>(s);
         flash_mma_abt<__half, MT, 8, NCH>(s, qs, LDH, WM * warp, ks, LDH, 0, g, tq);
@@ -372,9 +448,7 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
     unsigned char *smem = flash_smem;
     __half *qs = flash_tile<__half>(smem, D, 0);
     __nv_bfloat16 *dos = flash_tile(smem, D, MT);
-    __half *ks = flash_tile<__half>(smem, D, 2 * MT);
-    __nv_bfloat16 *vs = flash_tile(smem, D, 2 * MT + 1);
-    __nv_bfloat16 *kts = (__nv_bfloat16 *)(smem + (2 * MT + 2) * flash_tile_bytes(D));
+    unsigned char *steps = smem + 2 * MT * flash_tile_bytes(D);   // k, v, k^T: two tiles' worth
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
@@ -385,8 +459,6 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
     size_t kv_off = (size_t)b * T * kv_stride + (size_t)kvh * D;
     const __nv_bfloat16 *ktb = kt + ((size_t)b * Hkv + kvh) * D * Tp;
 
-    flash_load_rows<D, MT>(qs, q + q_off, q_stride, t0, T);
-    flash_load_rows<D, MT>(dos, dout + q_off, q_stride, t0, T);
     int lo[MT][2], hi[MT][2];
     float lse_r[MT][2], delta_r[MT][2];
 #pragma unroll
@@ -409,14 +481,34 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
     float acc[MT][ND][4];
     flash_zero<MT, ND>(acc);
 
-    for (int s0 = key_lo; s0 <= key_hi; s0 += FL_TILE) {
-        __syncthreads();
-        flash_load_tile<D>(ks, k + kv_off, kv_stride, s0, T);
-        flash_load_tile<D>(vs, v + kv_off, kv_stride, s0, T);
-        flash_load_tile_t<D>(kts, ktb + s0, Tp);
+    int tiles = (key_hi - key_lo) / FL_TILE + 1;
+    auto fetch = [&](int it) {   // key tile it into its buffer
+        unsigned char *at = steps + (it & 1) * flash_mma_dq_step(D);
+        int s0 = key_lo + FL_TILE * it;
+        flash_copy_tile<D>((__half *)at, k + kv_off, kv_stride, s0, T);
+        flash_copy_tile<D>((__nv_bfloat16 *)(at + flash_tile_bytes(D)), v + kv_off, kv_stride, s0,
+                           T);
+        flash_copy_tile_t<D>((__nv_bfloat16 *)(at + 2 * flash_tile_bytes(D)), ktb + s0, Tp);
+    };
+    flash_copy_rows<D, MT>(qs, q + q_off, q_stride, t0, T);
+    flash_copy_rows<D, MT>(dos, dout + q_off, q_stride, t0, T);
+    fetch(0);
+    flash_cp_commit();
+
+    for (int it = 0; it < tiles; it++) {
+        int s0 = key_lo + FL_TILE * it;
+        __syncthreads();   // the tile before is consumed: its buffer takes the next
+        if (it + 1 < tiles)
+            fetch(it + 1);
+        flash_cp_commit();
+        flash_cp_wait<1>();
         __syncthreads();
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
+        const unsigned char *at = steps + (it & 1) * flash_mma_dq_step(D);
+        const __half *ks = (const __half *)at;
+        const __nv_bfloat16 *vs = (const __nv_bfloat16 *)(at + flash_tile_bytes(D));
+        const __nv_bfloat16 *kts = (const __nv_bfloat16 *)(at + 2 * flash_tile_bytes(D));
 #pragma unroll
         for (int c0 = 0; c0 < FL_TILE; c0 += KW) {
             float s[MT][KW / 8][4], dp[MT][KW / 8][4];
@@ -481,13 +573,8 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
     unsigned char *smem = flash_smem;
     __half *ks = flash_tile<__half>(smem, D, 0);
     __nv_bfloat16 *vs = flash_tile(smem, D, MT);
-    __half *qs = flash_tile<__half>(smem, D, 2 * MT);
-    __nv_bfloat16 *dos = flash_tile(smem, D, 2 * MT + 1);
-    unsigned char *after = smem + (2 * MT + 2) * flash_tile_bytes(D);
-    __nv_bfloat16 *qts = (__nv_bfloat16 *)after;
-    __nv_bfloat16 *dots = (__nv_bfloat16 *)(after + flash_ttile_bytes(D));
-    float *lse_s = (float *)(after + 2 * flash_ttile_bytes(D)), *delta_s = lse_s + FL_TILE;
-    int *lo_s = (int *)(delta_s + FL_TILE);
+    // q, dout, q^T, dout^T and the rows' statistics: two query tiles' worth
+    unsigned char *steps = smem + 2 * MT * flash_tile_bytes(D);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
@@ -502,8 +589,6 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
     const float *lse_h = lse + ((size_t)b * Hq + h) * T;
     const float *delta_h = delta + ((size_t)b * Hq + h) * T;
 
-    flash_load_rows<D, MT>(ks, k + kv_off, kv_stride, s0, T);
-    flash_load_rows<D, MT>(vs, v + kv_off, kv_stride, s0, T);
     bool warp_live = sw < T;
     int warp_last = min(sw + WM - 1, T - 1);
     const float scale2 = scale * FM_LOG2E;
@@ -511,13 +596,23 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
     flash_zero<MT, ND>(dk_acc);
     flash_zero<MT, ND>(dv_acc);
 
-    // rows from the first key on, until a row's first visible key passes the last key
-    for (int r0 = s0; r0 < T && flash_first_key(r0, window, seg) <= s_last; r0 += FL_TILE) {
-        __syncthreads();   // the previous tile is consumed
-        flash_load_tile<D>(qs, q + q_off, q_stride, r0, T);
-        flash_load_tile<D>(dos, dout + q_off, q_stride, r0, T);
-        flash_load_tile_t<D>(qts, qtb + r0, Tp);
-        flash_load_tile_t<D>(dots, dotb + r0, Tp);
+    // rows from the first key on, until a row's first visible key passes the last key (the
+    // first keys only grow with the row)
+    int tiles = 0;
+    while (s0 + FL_TILE * tiles < T &&
+           flash_first_key(s0 + FL_TILE * tiles, window, seg) <= s_last)
+        tiles++;
+    auto fetch = [&](int it) {   // query tile it into its buffer; its rows' statistics stored
+        unsigned char *at = steps + (it & 1) * flash_mma_dkdv_step(D);
+        int r0 = s0 + FL_TILE * it;
+        flash_copy_tile<D>((__half *)at, q + q_off, q_stride, r0, T);
+        flash_copy_tile<D>((__nv_bfloat16 *)(at + flash_tile_bytes(D)), dout + q_off, q_stride,
+                           r0, T);
+        unsigned char *t_at = at + 2 * flash_tile_bytes(D);
+        flash_copy_tile_t<D>((__nv_bfloat16 *)t_at, qtb + r0, Tp);
+        flash_copy_tile_t<D>((__nv_bfloat16 *)(t_at + flash_ttile_bytes(D)), dotb + r0, Tp);
+        float *lse_s = (float *)(t_at + 2 * flash_ttile_bytes(D)), *delta_s = lse_s + FL_TILE;
+        int *lo_s = (int *)(delta_s + FL_TILE);
         for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
             int t = r0 + j;
             bool in = t < T;
@@ -525,7 +620,30 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
             delta_s[j] = in ? delta_h[t] : 0.0f;
             lo_s[j] = in ? flash_first_key(t, window, seg) : INT_MAX;
         }
+    };
+    flash_copy_rows<D, MT>(ks, k + kv_off, kv_stride, s0, T);
+    flash_copy_rows<D, MT>(vs, v + kv_off, kv_stride, s0, T);
+    if (tiles > 0)
+        fetch(0);
+    flash_cp_commit();
+
+    for (int it = 0; it < tiles; it++) {
+        int r0 = s0 + FL_TILE * it;
+        __syncthreads();   // the tile before is consumed: its buffer takes the next
+        if (it + 1 < tiles)
+            fetch(it + 1);
+        flash_cp_commit();
+        flash_cp_wait<1>();
         __syncthreads();
+        const unsigned char *at = steps + (it & 1) * flash_mma_dkdv_step(D);
+        const __half *qs = (const __half *)at;
+        const __nv_bfloat16 *dos = (const __nv_bfloat16 *)(at + flash_tile_bytes(D));
+        const unsigned char *t_at = at + 2 * flash_tile_bytes(D);
+        const __nv_bfloat16 *qts = (const __nv_bfloat16 *)t_at;
+        const __nv_bfloat16 *dots = (const __nv_bfloat16 *)(t_at + flash_ttile_bytes(D));
+        const float *lse_s = (const float *)(t_at + 2 * flash_ttile_bytes(D));
+        const float *delta_s = lse_s + FL_TILE;
+        const int *lo_s = (const int *)(delta_s + FL_TILE);
         // warp-uniform: rows all before the warp's first key, or all starting past its last
         if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
             continue;

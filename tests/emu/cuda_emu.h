@@ -30,6 +30,10 @@
  *     every block (blocks run one after another), not poisoned between blocks;
  *   - dynamic shared memory has 256 guard bytes on each side, checked as each block ends: a
  *     kernel writing outside it aborts;
+ *   - a cp.async copy (emu_cp_async) is made when its thread waits for its group, not before,
+ *     and a thread that ends with copies it never waited for aborts: a kernel reading a tile
+ *     before the wait, or another thread's part of it before the barrier after the waits, reads
+ *     the old bytes;
  *   - a thread's stack is 256 KiB;
  *   - min and max are std::min and std::max: both arguments must have the same type. */
 #ifndef PESC_CUDA_EMU_H
@@ -231,8 +235,20 @@ inline void context_make(context &c, unsigned char *base, size_t size, void (*en
 
 enum wait_kind { RUNNING, AT_SYNCTHREADS, AT_SYNCWARP };
 
+/* An asynchronous copy (cp.async) not yet made: the emulator makes it when the thread waits for
+ * its group, so a read before the wait (or, for another thread's copy, before the barrier after
+ * its wait) sees the old bytes. */
+struct async_copy {
+    void *dst;
+    const void *src;
+    unsigned bytes, valid;   /* valid < bytes: the rest is zeros */
+    unsigned group;          /* committed groups before it */
+};
+
 struct fiber {
     context ctx;
+    std::vector<async_copy> copies;   /* its cp.async copies not yet waited for */
+    unsigned groups = 0;              /* commit_group calls so far */
     unsigned tid = 0, lane = 0, warp = 0, shuffle_round = 0, mma_round = 0;
     bool done = false;
     wait_kind waiting = RUNNING;
@@ -336,6 +352,9 @@ inline void fiber_entry()
     launch_state &l = *self.launch;
     (*l.body)();
     fiber *f = l.running;
+    if (!f->copies.empty())
+        fail("thread %u of block (%u,%u,%u) ended with %zu cp.async copies it never waited for",
+             f->tid, blockIdx.x, blockIdx.y, blockIdx.z, f->copies.size());
     f->done = true;
     /* leaving: a barrier the rest already wait at may now be complete */
     l.live--;
@@ -391,6 +410,7 @@ inline void run_block(launch_state &l, stacks &pool)
         fiber &f = l.fibers[t];
         f.tid = t, f.lane = t % 32, f.warp = t / 32, f.shuffle_round = 0, f.mma_round = 0;
         f.done = false, f.waiting = RUNNING, f.wmma_calls = 0;
+        f.copies.clear(), f.groups = 0;
         context_make(f.ctx, pool.get(t), stacks::size, fiber_entry);
     }
     const dim3 block = l.block;
@@ -652,6 +672,51 @@ template <class T> inline T __shfl_up_sync(unsigned mask, T value, unsigned delt
 {
     return emu_detail::shuffle(mask, value, (int)emu_detail::lane() - (int)delta,
                                "__shfl_up_sync");
+}
+
+/* ---- cp.async: asynchronous global-to-shared copies ------------------------------------------
+ * Not CUDA's names (kernels reach them through their own wrappers, inline PTX on a GPU):
+ * emu_cp_async(dst, src, bytes, valid) is cp.async.cg.shared.global with a source size of
+ * `valid` bytes (0 or `bytes`: zeros for a row past the end), emu_cp_async_commit the
+ * commit_group, emu_cp_async_wait(n) the wait_group n: every copy of the thread's groups but
+ * its n newest is made then, not before. Addresses are checked as a GPU would fault. */
+inline void emu_cp_async(void *dst, const void *src, unsigned bytes, unsigned valid)
+{
+    emu_detail::launch_state &l = emu_detail::current("cp.async");
+    if (bytes != 4 && bytes != 8 && bytes != 16)
+        emu_detail::fail("cp.async of %u bytes: 4, 8 or 16", bytes);
+    if ((uintptr_t)dst % bytes || (valid && (uintptr_t)src % bytes))
+        emu_detail::fail("cp.async of %u bytes from %p to %p: both must be %u-byte aligned", bytes,
+                         src, dst, bytes);
+    unsigned char *d = (unsigned char *)dst;
+    if (d < l.shared || d + bytes > l.shared + l.shared_bytes)
+        emu_detail::fail("cp.async to %p, outside the block's dynamic shared memory", dst);
+    if (valid != 0 && valid != bytes)
+        emu_detail::fail("cp.async with %u of %u bytes valid: 0 or all", valid, bytes);
+    emu_detail::fiber *f = l.running;
+    f->copies.push_back({dst, src, bytes, valid, f->groups});
+}
+
+inline void emu_cp_async_commit() { emu_detail::current("cp.async.commit_group").running->groups++; }
+
+inline void emu_cp_async_wait(unsigned newest_pending)
+{
+    emu_detail::fiber *f = emu_detail::current("cp.async.wait_group").running;
+    /* the groups numbered below groups - newest_pending are complete; uncommitted copies
+     * belong to the next group, so they wait too (as on a GPU, where they would not be done) */
+    unsigned done_below = f->groups >= newest_pending ? f->groups - newest_pending : 0;
+    std::vector<emu_detail::async_copy> left;
+    for (const emu_detail::async_copy &c : f->copies) {
+        if (c.group >= done_below) {
+            left.push_back(c);
+            continue;
+        }
+        if (c.valid)
+            memcpy(c.dst, c.src, c.bytes);
+        else
+            memset(c.dst, 0, c.bytes);
+    }
+    f->copies.swap(left);
 }
 
 /* ---- mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32 --------------------------
