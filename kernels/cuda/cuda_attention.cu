@@ -846,11 +846,12 @@ extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, 
                             (size_t)nbh * C * T, rows_all) * sizeof(float);
 }
 
-// ---- the tensor-core path: flash attention in bf16 (cuda_flash.cuh) --------------------------
+// ---- the tensor-core path: flash attention in half and bf16 ----------------------------------
 //
-// PESC_CUDA_ATTENTION=flash, for training's forward and backward; generation's KV-cache
-// forward stays on the fused kernel. Shapes the kernels do not take (flash_shape_ok) and
-// devices before sm_80 run the fused kernels instead.
+// PESC_CUDA_ATTENTION=flash (cuda_flash_mma.cuh's kernels, or cuda_flash.cuh's where the
+// layout check fails) or flash-wmma (cuda_flash.cuh's), for training's forward and backward;
+// generation's KV-cache forward stays on the fused kernel. Shapes the kernels do not take
+// (flash_shape_ok) and devices before sm_80 run the fused kernels instead.
 
 bool cuda_flash_available(cuda_context *c, int cc_major)
 {

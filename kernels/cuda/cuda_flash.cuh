@@ -1,8 +1,10 @@
 // cuda_flash — causal grouped-query attention for training on the tensor cores: half and bf16
 // operands with fp32 accumulation through nvcuda::wmma (16 x 16 x 16 tiles), flash-attention
 // style. Forward (with the log-sum-exp for the backward), dQ, and dK/dV; nothing T x T is
-// stored. PESC_CUDA_ATTENTION=flash picks it (cuda_attention.cu launches it) for head
+// stored. PESC_CUDA_ATTENTION=flash-wmma picks it, and flash where the device's mma.sync
+// disagrees with cuda_flash_mma.cuh's layout (cuda_attention.cu launches it), for head
 // dimensions 32, 64, 96 and 128 on sm_80 or later; other shapes stay on the fused fp32 kernels.
+// cuda_flash_mma.cuh's kernels do the same work with the scores in registers.
 //
 // The launcher converts the fp32 tensors once into the operands' types (convert_kernel:
 // a key would otherwise be converted again by every query tile of every head of its group),
