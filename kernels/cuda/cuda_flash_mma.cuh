@@ -239,6 +239,43 @@ __device__ __forceinline__ void flash_copy_tile_t(T *dst, const T *src, size_t s
     }
 }
 
+// A loop's turn at tile it of `tiles`: once every thread is done with the tile before (whose
+// buffer takes tile it + 1), issue tile it + 1's copies, then wait for tile it's. fetch(i)
+// issues tile i's copies into buffer i & 1. The whole block calls it.
+template <class Fetch>
+__device__ __forceinline__ void flash_next_tile(int it, int tiles, const Fetch &fetch)
+{
+    __syncthreads();
+    if (it + 1 < tiles)
+        fetch(it + 1);
+    flash_cp_commit();   // perhaps empty: the wait below counts groups
+    flash_cp_wait<1>();
+    __syncthreads();
+}
+
+// dst's rows row0 + 16 m + g + 8 i below `rows` (rows stride floats apart) = acc times mul, in
+// the C fragments' columns 8 n + 2 t, 8 n + 2 t + 1.
+template <int MT, int ND>
+__device__ __forceinline__ void flash_write_acc(float *dst, size_t stride,
+                                                const float (*acc)[ND][4], int row0, int rows,
+                                                float mul, int g, int t)
+{
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int r = row0 + 16 * m + g + 8 * i;
+            if (r >= rows)
+                continue;
+            float *row = dst + (size_t)r * stride + 2 * t;
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                row[8 * n] = acc[m][n][2 * i] * mul;
+                row[8 * n + 1] = acc[m][n][2 * i + 1] * mul;
+            }
+        }
+}
+
 // m-tiles of 16 rows a warp: 2 (32 rows, the block 128) where the accumulators leave room
 // without spilling (ptxas, sm_90), else 1 (16 rows, the block 64). The forward and dQ: at head
 // dimensions up to 64; dK and dV, two accumulators of D a row: up to 32.
@@ -348,12 +385,7 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
 
     for (int it = 0; it < tiles; it++) {
         int s0 = key_lo + FL_TILE * it;
-        __syncthreads();   // the tile before is consumed: its buffer takes the next
-        if (it + 1 < tiles)
-            fetch(it + 1);
-        flash_cp_commit();
-        flash_cp_wait<1>();   // this tile's copies (and q's) are here, the next may still come
-        __syncthreads();
+        flash_next_tile(it, tiles, fetch);   // this tile's copies (and q's) are here
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;   // warp-uniform: no row of this warp sees a key of the tile
         const unsigned char *at = steps + (it & 1) * flash_mma_forward_step(D);
@@ -408,23 +440,21 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
         // P in half (in [0, 1])
         flash_mma_pv<__half, MT, FL_TILE / 16, ND, 8>(o, s, vts, 0, g, tq);
     }
+    // out = o / l; lse in base e
 #pragma unroll
     for (int m = 0; m < MT; m++)
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             int t = tw + 16 * m + g + 8 * i;
-            if (t >= T)
-                continue;
-            float inv = 1.0f / l[m][i];
-            float *orow = out + ((size_t)b * T + t) * q_stride + (size_t)h * D + 2 * tq;
+            float inv = t < T ? 1.0f / l[m][i] : 0.0f;
 #pragma unroll
-            for (int n = 0; n < ND; n++) {
-                orow[8 * n] = o[m][n][2 * i] * inv;
-                orow[8 * n + 1] = o[m][n][2 * i + 1] * inv;
-            }
-            if (lse && tq == 0)
+            for (int n = 0; n < ND; n++)
+                o[m][n][2 * i] *= inv, o[m][n][2 * i + 1] *= inv;
+            if (lse && tq == 0 && t < T)
                 lse[((size_t)b * Hq + h) * T + t] = (mrow[m][i] + log2f(l[m][i])) * FM_LN2;
         }
+    flash_write_acc<MT, ND>(out + (size_t)b * T * q_stride + (size_t)h * D, q_stride, o, tw, T,
+                            1.0f, g, tq);
 #endif
 }
 
@@ -497,12 +527,7 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
 
     for (int it = 0; it < tiles; it++) {
         int s0 = key_lo + FL_TILE * it;
-        __syncthreads();   // the tile before is consumed: its buffer takes the next
-        if (it + 1 < tiles)
-            fetch(it + 1);
-        flash_cp_commit();
-        flash_cp_wait<1>();
-        __syncthreads();
+        flash_next_tile(it, tiles, fetch);
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
         const unsigned char *at = steps + (it & 1) * flash_mma_dq_step(D);
@@ -532,20 +557,7 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
             flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8>(acc, s, kts, c0, g, tq);
         }
     }
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int t = tw + 16 * m + g + 8 * i;
-            if (t >= T)
-                continue;
-            float *row = dq + q_off + (size_t)t * q_stride + 2 * tq;
-#pragma unroll
-            for (int n = 0; n < ND; n++) {
-                row[8 * n] = acc[m][n][2 * i] * scale;
-                row[8 * n + 1] = acc[m][n][2 * i + 1] * scale;
-            }
-        }
+    flash_write_acc<MT, ND>(dq + q_off, q_stride, acc, tw, T, scale, g, tq);
 #endif
 }
 
@@ -629,12 +641,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
 
     for (int it = 0; it < tiles; it++) {
         int r0 = s0 + FL_TILE * it;
-        __syncthreads();   // the tile before is consumed: its buffer takes the next
-        if (it + 1 < tiles)
-            fetch(it + 1);
-        flash_cp_commit();
-        flash_cp_wait<1>();
-        __syncthreads();
+        flash_next_tile(it, tiles, fetch);
         const unsigned char *at = steps + (it & 1) * flash_mma_dkdv_step(D);
         const __half *qs = (const __half *)at;
         const __nv_bfloat16 *dos = (const __nv_bfloat16 *)(at + flash_tile_bytes(D));
@@ -672,23 +679,8 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
             flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
         }
     }
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int s = sw + 16 * m + g + 8 * i;
-            if (s >= T)
-                continue;
-            float *dkr = dk + q_off + (size_t)s * q_stride + 2 * tq;
-            float *dvr = dv + q_off + (size_t)s * q_stride + 2 * tq;
-#pragma unroll
-            for (int n = 0; n < ND; n++) {
-                dkr[8 * n] = dk_acc[m][n][2 * i] * scale;
-                dkr[8 * n + 1] = dk_acc[m][n][2 * i + 1] * scale;
-                dvr[8 * n] = dv_acc[m][n][2 * i];
-                dvr[8 * n + 1] = dv_acc[m][n][2 * i + 1];
-            }
-        }
+    flash_write_acc<MT, ND>(dk + q_off, q_stride, dk_acc, sw, T, scale, g, tq);
+    flash_write_acc<MT, ND>(dv + q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
 #endif
 }
 
