@@ -1,5 +1,5 @@
 // cuda_flash_mma — flash attention for training with the scores in registers: the same work,
-// masks, operand types and block shapes as cuda_flash.cuh, but each product is PTX
+// masks and operand types as cuda_flash.cuh, but each product is PTX
 // `mma.sync.m16n8k16` (fp32 accumulation), whose fragment layout the PTX ISA documents, where
 // wmma's is unspecified. So the scores S, the probabilities P and the output O stay in the
 // registers of the lanes that own them, as in FlashAttention-2: a row's softmax reduces over
@@ -24,6 +24,8 @@
 // at their peak, 2 x 4 bytes a lane per 4096-FLOP product). The forward and dQ take a block of
 // query rows and walk the 64-key tiles they see, the last rows first; dK and dV take a block
 // of keys of one query head and walk the 64-row query tiles that see them.
+// Each loop holds two buffers of its tile: the next tile's copies (cp.async) arrive while the
+// current one is multiplied. The softmax runs in base 2 (exp2f, one instruction).
 //
 // cuda_attention.cu checks at start that the device's mma agrees with this layout (a product
 // of known integers, flash_mma_probe_kernel) and otherwise runs the wmma kernels.
