@@ -126,9 +126,8 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         kb = converted<__nv_bfloat16>(k, nkv);
     }
     float scale = 1.0f / sqrtf((float)D);
-    int rows = use_mma ? flash_mma_rows(D) : FL_TILE;     // a block's query rows (dQ)
-    int keys = use_mma ? flash_mma_kv_rows(D) : FL_TILE;  // and keys (dK, dV)
-    dim3 grid((T + rows - 1) / rows, Hq, B), grid_kv((T + keys - 1) / keys, Hq, B);
+    int rows = use_mma ? flash_mma_rows(D) : FL_TILE;   // a block's query rows, or keys
+    dim3 grid((T + rows - 1) / rows, Hq, B);
     if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
             flash_mma_dq_kernel<NCH>(dq, dob, qh, kh, vb, kt, lse, delta, T, tiles_of(T), Hq, Hkv,
@@ -148,12 +147,12 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         poison(dv_part, nq);
     }
     if (use_mma)
-        emu_launch(grid_kv, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
             flash_mma_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, kh, vb, qt, dot, lse, delta, T,
                                        tiles_of(T), Hq, Hkv, window, seg, scale);
         });
     else
-        emu_launch(grid_kv, dim3(FL_THREADS), flash_dkdv_shared(D), [&] {
+        emu_launch(grid, dim3(FL_THREADS), flash_dkdv_shared(D), [&] {
             flash_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, qb, kh, vb, lse, delta, T, Hq, Hkv,
                                    window, seg, scale);
         });

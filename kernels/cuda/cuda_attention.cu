@@ -994,11 +994,11 @@ static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float
     if (!cuda_shared_limit(c, (const void *)flash_mma_dq_kernel<NCH>, smem_dq) ||
         !cuda_shared_limit(c, (const void *)flash_mma_dkdv_kernel<NCH>, smem_kv))
         return;
-    int rows = flash_mma_rows(D), keys = flash_mma_kv_rows(D);   // a block's
-    dim3 grid_q((T + rows - 1) / rows, Hq, B), grid_kv((T + keys - 1) / keys, Hq, B);
-    CUDA_LAUNCH(flash_mma_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq, dout, q, k,
-                v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
-    CUDA_LAUNCH(flash_mma_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk_part,
+    int rows = flash_mma_rows(D);   // a block's query rows (dQ), or keys (dK, dV)
+    dim3 grid((T + rows - 1) / rows, Hq, B);
+    CUDA_LAUNCH(flash_mma_dq_kernel<NCH>, grid, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, v,
+                kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH(flash_mma_dkdv_kernel<NCH>, grid, FL_THREADS, smem_kv, c->stream, dk_part,
                 dv_part, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
     CUDA_LAUNCHED(c);
 }

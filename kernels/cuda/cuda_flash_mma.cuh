@@ -19,9 +19,9 @@
 // every fragment is a 4-byte load from a shared tile. Tiles start at multiples of 64 rows.
 //
 // Work: 4 warps a block. A warp takes 16 rows (one m-tile) or, where the registers allow
-// (flash_mma_mt, flash_mma_kv_mt), 32 (two m-tiles, each B fragment read from shared memory
-// once for both: with one m-tile a warp's shared reads take about twice the tensor cores' time
-// at their peak, 2 x 4 bytes a lane per 4096-FLOP product). The forward and dQ take a block of
+// (flash_mma_mt), 32 (two m-tiles, each B fragment read from shared memory once for both: with
+// one m-tile a warp's shared reads take about twice the tensor cores' time at their peak,
+// 2 x 4 bytes a lane per 4096-FLOP product). The forward and dQ take a block of
 // query rows and walk the 64-key tiles they see, the last rows first; dK and dV take a block
 // of keys of one query head and walk the 64-row query tiles that see them.
 // Each loop holds two buffers of its tile: the next tile's copies (cp.async) arrive while the
@@ -279,16 +279,11 @@ __device__ __forceinline__ void flash_write_acc(float *dst, size_t stride,
 }
 
 // m-tiles of 16 rows a warp: 2 (32 rows, the block 128) where the accumulators leave room
-// without spilling (ptxas, sm_90), else 1 (16 rows, the block 64). The forward and dQ: at head
-// dimensions up to 64; dK and dV, two accumulators of D a row: up to 32.
+// without spilling (ptxas, sm_90: at D = 64 the forward takes 254 registers, dQ 237, dK/dV
+// 255), else 1 (16 rows, the block 64): at head dimensions up to 64.
 __host__ __device__ constexpr int flash_mma_mt(int D) { return D <= 64 ? 2 : 1; }
-__host__ __device__ constexpr int flash_mma_kv_mt(int D) { return D <= 32 ? 2 : 1; }
 // a block's query rows (forward, dQ), or keys (dK, dV)
 __host__ __device__ constexpr int flash_mma_rows(int D) { return FL_WARPS * 16 * flash_mma_mt(D); }
-__host__ __device__ constexpr int flash_mma_kv_rows(int D)
-{
-    return FL_WARPS * 16 * flash_mma_kv_mt(D);
-}
 
 // Shared memory: row tiles of 64 as in cuda_flash.cuh (a block's rows take flash_mma_mt(D) of
 // them), transposed (D, FM_LDT) tiles, and two of each tile the loop walks (the one it computes
@@ -319,7 +314,7 @@ __host__ __device__ inline size_t flash_mma_dkdv_step(int D)   // q, dout, q^T, 
 }
 __host__ __device__ inline size_t flash_mma_dkdv_shared(int D)
 {
-    return 2 * flash_mma_kv_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_dkdv_step(D);
+    return 2 * flash_mma_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_dkdv_step(D);
 }
 
 // Key tiles start at multiples of 64 (the transposed operands' tiles are whole and 16-byte
@@ -569,9 +564,9 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
 // written (B*T, Hq, D) at head h (flash_group_sum_kernel adds a group's parts; cuda_flash.cuh
 // says why a block takes one query head). The warp's keys are the rows of S^T = K Q^T and
 // dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
-// B operands are dout and q transposed. A query tile goes in parts of QW rows, to keep S^T and
-// dP^T to fewer registers beside dK and dV. k, q half (the scores); v, dout bf16 (dP); qt, dot
-// (B, Hq, D, Tp) bf16. Grid (ceil(T / flash_mma_kv_rows(D)), Hq, B),
+// B operands are dout and q transposed. A query tile goes in two parts of 32 rows, one after
+// the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q half (the scores); v, dout bf16 (dP); qt, dot
+// (B, Hq, D, Tp) bf16. Grid (ceil(T / flash_mma_rows(D)), Hq, B),
 // flash_mma_dkdv_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
@@ -581,8 +576,8 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
                       int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
-    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, MT = flash_mma_kv_mt(D);
-    constexpr int BM = flash_mma_kv_rows(D), WM = 16 * MT, QW = MT > 1 ? 16 : 32;
+    constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, MT = flash_mma_mt(D);
+    constexpr int BM = flash_mma_rows(D), WM = 16 * MT, QW = 32;
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
     __half *ks = flash_tile<__half>(smem, D, 0);
@@ -656,7 +651,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
         // warp-uniform: rows all before the warp's first key, or all starting past its last
         if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
             continue;
-#pragma unroll
+#pragma unroll 1
         for (int c0 = 0; c0 < FL_TILE; c0 += QW) {
             float st[MT][QW / 8][4], dpt[MT][QW / 8][4];
             flash_zero<MT, QW / 8>(st);
