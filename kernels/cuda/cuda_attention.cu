@@ -863,8 +863,10 @@ bool cuda_flash_available(cuda_context *c, int cc_major)
 
 // Whether this device's mma.sync products agree with cuda_flash_mma.cuh's reading of the
 // fragment layout, in T: one product of small integers (exact in every type here), loaded and
-// stored by the layout, against the product computed here.
-template <class T> static bool mma_probe_one(cuda_context *c)
+// stored by the layout, against the product computed here. When not, why goes to why (for
+// the device line: how many of the 128 results differ, and the first).
+template <class T>
+static bool mma_probe_one(cuda_context *c, const char *type, char *why, size_t why_size)
 {
     int ai[16 * 16], bi[16 * 8];
     T a[16 * 16], b[16 * 8];
@@ -893,12 +895,20 @@ template <class T> static bool mma_probe_one(cuda_context *c)
         !CUDA_CHECK(c, cudaMemcpyAsync(got, dd, sizeof got, cudaMemcpyDeviceToHost, c->stream)) ||
         !CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
         return false;
-    return memcmp(got, want, sizeof got) == 0;
+    int differ = 0, first = -1;
+    for (int i = 0; i < 16 * 8; i++)
+        if (got[i] != want[i] && differ++ == 0)
+            first = i;
+    if (differ)
+        snprintf(why, why_size, "%s: %d of 128 differ, first C[%d][%d] %g not %g", type, differ,
+                 first / 8, first % 8, (double)got[first], (double)want[first]);
+    return differ == 0;
 }
 
-bool cuda_flash_mma_probe(cuda_context *c)
+bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size)
 {
-    return mma_probe_one<__half>(c) && mma_probe_one<__nv_bfloat16>(c);
+    return mma_probe_one<__half>(c, "half", why, why_size) &&
+           mma_probe_one<__nv_bfloat16>(c, "bf16", why, why_size);
 }
 
 static bool aligned16(const float *p) { return ((uintptr_t)p & 15) == 0; }

@@ -560,14 +560,16 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                      c->attention == CUDA_ATTENTION_FLASH_WMMA;
         c->flash_ok = flash && cuda_flash_available(c, prop.major);
         // flash's mma kernels only where this device's products agree with their layout
+        char differs[100] = "", disagreed[160];
         c->flash_mma = c->flash_ok && c->attention == CUDA_ATTENTION_FLASH &&
-                       cuda_flash_mma_probe(c);
+                       cuda_flash_mma_probe(c, differs, sizeof differs);
+        snprintf(disagreed, sizeof disagreed, "flash (wmma: the device's mma disagreed with the "
+                 "layout, %s)", differs);
         static const char *const math_names[] = {"bf16", "tf32", "fp32", "fast-bf16"};
         const char *attention =
             c->attention == CUDA_ATTENTION_GEMM ? "gemm"
             : c->flash_mma ? "flash (mma)"
-            : c->flash_ok && c->attention == CUDA_ATTENTION_FLASH
-                ? "flash (wmma: this device's mma disagreed with the layout)"
+            : c->flash_ok && c->attention == CUDA_ATTENTION_FLASH ? disagreed
             : c->flash_ok ? "flash (wmma)"
             : flash ? "fused (flash needs sm_80)"
                     : "fused";

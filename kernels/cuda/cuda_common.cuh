@@ -58,7 +58,7 @@ typedef struct cuda_context {
     int flash_mma;               // ... as the mma.sync ones (else wmma)
     size_t att_tile_bytes;       // the gemm path's budget for a tile of scores
     int max_shared;              // opt-in dynamic shared memory per block, bytes
-    char device_text[400];
+    char device_text[640];
     int failed;                  // sticky: the first error, kept until the backend is deleted
     char error[480];
     // Scratch that grows on demand. gemm_work holds bf16 copies of product operands; op_work
@@ -208,7 +208,7 @@ void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, 
 void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
 void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
 bool cuda_flash_available(cuda_context *c, int cc_major);
-bool cuda_flash_mma_probe(cuda_context *c);
+bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size);
 bool cuda_grouped_probe(cuda_context *c);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
