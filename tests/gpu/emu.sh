@@ -77,6 +77,10 @@ train "$tmp/bad.jsonl" cuda PESC_CUDA_GROUPED=yes
 grep -qx "pesc train: --backend cuda: PESC_CUDA_GROUPED=yes: give 1 (grouped adapter products, the default) or 0 (one product an expert)" "$tmp/err" &&
   pass "PESC_CUDA_GROUPED=yes is refused, naming the choices" ||
   fail "PESC_CUDA_GROUPED=yes: $(head -c 300 "$tmp/err")"
+train "$tmp/bad.jsonl" cuda PESC_CUDA_ATTENTION=flash2
+grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose fused, gemm, flash or flash-wmma" "$tmp/err" &&
+  pass "PESC_CUDA_ATTENTION=flash2 is refused, naming the choices" ||
+  fail "PESC_CUDA_ATTENTION=flash2: $(head -c 300 "$tmp/err")"
 # generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
 demo="$top_srcdir/data/demo"
 for backend in cpu cuda; do
