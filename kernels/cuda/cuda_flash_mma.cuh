@@ -168,6 +168,21 @@ template <int MT, int N> __device__ __forceinline__ void flash_zero(float (*acc)
             acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
 }
 
+// The backward's two score products, for rows row0 .. of the a tiles against rows n0 .. of the
+// b tiles (all rows ld apart): s = a_h b_h^T in half (the scores) and dp = a_b b_b^T in bf16
+// (dP, from dout and v).
+template <int MT, int N, int NK>
+__device__ __forceinline__ void flash_s_dp(float (*s)[N][4], float (*dp)[N][4], const __half *a_h,
+                                           const __nv_bfloat16 *a_b, const __half *b_h,
+                                           const __nv_bfloat16 *b_b, int ld, int row0, int n0,
+                                           int g, int t)
+{
+    flash_zero<MT, N>(s);
+    flash_zero<MT, N>(dp);
+    flash_mma_abt<__half, MT, N, NK>(s, a_h, ld, row0, b_h, ld, n0, g, t);
+    flash_mma_abt<__nv_bfloat16, MT, N, NK>(dp, a_b, ld, row0, b_b, ld, n0, g, t);
+}
+
 // ---- asynchronous tile loads (cp.async, sm_80) ------------------------------------------------
 // A block issues the next tile's copies, computes on the current one, then waits: the loads
 // overlap the products. The emulator makes a copy only when its thread waits for it.
@@ -534,11 +549,7 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
 #pragma unroll
         for (int c0 = 0; c0 < FL_TILE; c0 += KW) {
             float s[MT][KW / 8][4], dp[MT][KW / 8][4];
-            flash_zero<MT, KW / 8>(s);
-            flash_zero<MT, KW / 8>(dp);
-            flash_mma_abt<__half, MT, KW / 8, NCH>(s, qs, LDH, WM * warp, ks, LDH, c0, g, tq);
-            flash_mma_abt<__nv_bfloat16, MT, KW / 8, NCH>(dp, dos, LDH, WM * warp, vs, LDH, c0,
-                                                          g, tq);
+            flash_s_dp<MT, KW / 8, NCH>(s, dp, qs, dos, ks, vs, LDH, WM * warp, c0, g, tq);
 #pragma unroll
             for (int m = 0; m < MT; m++)
 #pragma unroll
@@ -653,12 +664,8 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
             continue;
 #pragma unroll 1
         for (int c0 = 0; c0 < FL_TILE; c0 += QW) {
-            float st[MT][QW / 8][4], dpt[MT][QW / 8][4];
-            flash_zero<MT, QW / 8>(st);
-            flash_zero<MT, QW / 8>(dpt);
-            flash_mma_abt<__half, MT, QW / 8, NCH>(st, ks, LDH, WM * warp, qs, LDH, c0, g, tq);
-            flash_mma_abt<__nv_bfloat16, MT, QW / 8, NCH>(dpt, vs, LDH, WM * warp, dos, LDH, c0,
-                                                          g, tq);
+            float st[MT][QW / 8][4], dpt[MT][QW / 8][4];   // S^T, dP^T
+            flash_s_dp<MT, QW / 8, NCH>(st, dpt, ks, vs, qs, dos, LDH, WM * warp, c0, g, tq);
 #pragma unroll
             for (int m = 0; m < MT; m++)
 #pragma unroll
