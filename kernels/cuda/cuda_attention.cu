@@ -211,6 +211,8 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
                           const int32_t *seg);
 static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const float *q,
                         const float *k, const float *v, const float *dout);
+static bool flash_mma_here(const cuda_context *c, int D);
+static bool flash_fits(const cuda_context *c, int D);
 static void flash_forward_any(cuda_context *c, float *out, float *lse, const float *q,
                               const float *k, const float *v, int B, int T, int Hq, int Hkv,
                               int D, int window, const int32_t *seg);
@@ -836,8 +838,8 @@ extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, 
 {
     cuda_context *c = (cuda_context *)ctx;
     size_t rows_all = (size_t)B * Hq * T;
-    if (c->flash_ok && flash_shape_ok(D, Hq, Hkv))
-        return flash_backward_work(c->flash_mma, B, T, Hq, Hkv, D);
+    if (c->flash_ok && flash_shape_ok(D, Hq, Hkv) && flash_fits(c, D))
+        return flash_backward_work(flash_mma_here(c, D), B, T, Hq, Hkv, D);
     if (c->attention != CUDA_ATTENTION_GEMM)
         return rows_all * sizeof(float);
     int C, nbh;
@@ -913,13 +915,43 @@ bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size)
 
 static bool aligned16(const float *p) { return ((uintptr_t)p & 15) == 0; }
 
+// The shared memory a kernel set takes at head dimension D: its largest kernel's.
+static size_t largest(size_t a, size_t b, size_t c)
+{
+    size_t ab = a > b ? a : b;
+    return ab > c ? ab : c;
+}
+static size_t flash_mma_shared(int D)
+{
+    return largest(flash_mma_forward_shared(D), flash_mma_dq_shared(D), flash_mma_dkdv_shared(D));
+}
+static size_t flash_wmma_shared(int D)
+{
+    return largest(flash_forward_shared(D), flash_dq_shared(D), flash_dkdv_shared(D));
+}
+
+// The mma kernels at D: the layout check passed, and this device has their shared memory (at
+// D = 64 their dK/dV takes 112 KiB, more than an sm_86 or sm_89 card's 99).
+static bool flash_mma_here(const cuda_context *c, int D)
+{
+    return c->flash_mma && flash_mma_shared(D) <= (size_t)c->max_shared;
+}
+
+// Some flash kernels fit at D: the mma ones, else the wmma ones (98 KiB at D = 64). Where
+// neither does (D = 128 on those cards, or on an A100), the fused kernels run, as for the shapes
+// flash does not take.
+static bool flash_fits(const cuda_context *c, int D)
+{
+    return flash_mma_here(c, D) || flash_wmma_shared(D) <= (size_t)c->max_shared;
+}
+
 // flash_ok: flash asked for, and runs here. The operands' conversion reads float4s (dout: NULL
 // in the forward); the model's tensors start on 64 bytes.
 static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const float *q,
                         const float *k, const float *v, const float *dout)
 {
-    return c->flash_ok && flash_shape_ok(D, Hq, Hkv) && aligned16(q) && aligned16(k) &&
-           aligned16(v) && (!dout || aligned16(dout));
+    return c->flash_ok && flash_shape_ok(D, Hq, Hkv) && flash_fits(c, D) && aligned16(q) &&
+           aligned16(k) && aligned16(v) && (!dout || aligned16(dout));
 }
 
 // Scratch for the kernels' operands, carved in 256-byte pieces from the op work area.
@@ -1056,7 +1088,8 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
                               int D, int window, const int32_t *seg)
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
-    size_t nv = c->flash_mma ? (size_t)B * Hkv * D * flash_tp(T) : nkv;   // mma: v transposed
+    bool mma = flash_mma_here(c, D);
+    size_t nv = mma ? (size_t)B * Hkv * D * flash_tp(T) : nkv;   // mma: v transposed
     flash_carver w = {
         (char *)cuda_op_work(c, flash_piece(2 * nq) + flash_piece(2 * nkv) + flash_piece(2 * nv)),
         0};
@@ -1066,7 +1099,7 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
     __half *vh = (__half *)flash_carve(&w, 2 * nv);
     if (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv))
         return;
-    if (c->flash_mma) {
+    if (mma) {
         if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
             return;
         auto run = D == 32 ? flash_mma_forward<2> : D == 64 ? flash_mma_forward<4>
@@ -1087,7 +1120,8 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
                                int D, int window, const int32_t *seg)
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, rows = (size_t)B * T * Hq;
-    size_t bytes = flash_backward_work(c->flash_mma, B, T, Hq, Hkv, D);
+    bool mma = flash_mma_here(c, D);
+    size_t bytes = flash_backward_work(mma, B, T, Hq, Hkv, D);
     flash_carver w = {(char *)cuda_op_work(c, bytes), 0};
     if (!w.at)
         return;
@@ -1105,7 +1139,7 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
     if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, dob, dout, nq) ||
         !flash_convert(c, kh, k, nkv) || !flash_convert(c, vb, v, nkv))
         return;
-    if (c->flash_mma) {
+    if (mma) {
         size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
         __nv_bfloat16 *kt = (__nv_bfloat16 *)flash_carve(&w, 2 * tkv);
         __nv_bfloat16 *qt = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);

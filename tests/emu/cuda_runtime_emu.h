@@ -4,6 +4,8 @@
  * Exactly the calls the backend makes, with CUDA's names, values and error codes. Everything
  * runs synchronously, so streams and events are bookkeeping. What the emulator adds to help a
  * test find bugs a GPU would hide or report late:
+ *   - PESC_EMU_SHARED_KB KiB of opt-in shared memory a block (default 227, sm_90's; 99 is an
+ *     sm_86/sm_89 card's, 163 an A100's), so a test can see a kernel refused for it;
  *   - PESC_EMU_DEVICES devices (default 1, at most 8), "CUDA emulator (CPU)", sm_90, 16 GiB
  *     together; the current device is per host thread, a stream belongs to the device current
  *     when it was made, and a kernel launched into another device's stream is refused, as on a
@@ -107,7 +109,14 @@ namespace emu_detail {
 
 constexpr size_t device_total_bytes = (size_t)16 << 30;
 constexpr size_t default_shared_bytes = 48 * 1024;
-constexpr size_t max_shared_bytes = 227 * 1024; /* sm_90's opt-in maximum per block */
+/* The opt-in maximum of dynamic shared memory per block: sm_90's 227 KiB, or PESC_EMU_SHARED_KB
+ * (48 to 227) KiB to stand for a smaller device. */
+inline size_t max_shared_bytes()
+{
+    const char *s = getenv("PESC_EMU_SHARED_KB");
+    long kb = s && *s ? atol(s) : 227;
+    return (size_t)(kb < 48 ? 48 : kb > 227 ? 227 : kb) * 1024;
+}
 /* Bytes before and after every cudaMalloc block, filled with red_byte and checked after every
  * launch and at cudaFree: a kernel (or copy) that writes outside its buffer is named at once,
  * where on a GPU it would overwrite a neighbour or fault later. */
@@ -243,7 +252,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     snprintf(prop->name, sizeof prop->name, "CUDA emulator (CPU)");
     prop->totalGlobalMem = emu_detail::device_total_bytes;
     prop->sharedMemPerBlock = emu_detail::default_shared_bytes;
-    prop->sharedMemPerBlockOptin = emu_detail::max_shared_bytes;
+    prop->sharedMemPerBlockOptin = emu_detail::max_shared_bytes();
     prop->warpSize = 32;
     prop->maxThreadsPerBlock = 1024;
     prop->major = 9, prop->minor = 0;
@@ -487,7 +496,7 @@ inline cudaError_t cudaFuncSetAttribute(const void *kernel, cudaFuncAttribute at
 {
     using namespace emu_detail;
     if (!kernel || attribute != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
-        (size_t)value > max_shared_bytes)
+        (size_t)value > max_shared_bytes())
         return status(cudaErrorInvalidValue);
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
@@ -540,7 +549,7 @@ inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
         grid.z > 65535)
         return status(cudaErrorInvalidConfiguration);
-    if (shared_bytes > std::min(shared_limit(kernel), max_shared_bytes))
+    if (shared_bytes > std::min(shared_limit(kernel), max_shared_bytes()))
         return status(cudaErrorInvalidValue);
     emu_launch(grid, block, shared_bytes, body);
     device_state &state = device();

@@ -532,6 +532,17 @@ int main(void)
     gpu_again();
     test_attention_flash("flash-wmma");
     gpu_finish();
+    /* on the emulator, a device with an sm_86/sm_89 card's 99 KiB of shared memory a block:
+     * each head dimension runs the flash kernels that fit (mma at 32, wmma at 64), or the fused
+     * ones, instead of failing the launch */
+    if (gpu_test_emulated) {
+        setenv("PESC_CUDA_ATTENTION", "flash", 1);
+        setenv("PESC_EMU_SHARED_KB", "99", 1);
+        gpu_again();
+        test_attention_flash("flash, 99 KiB");
+        gpu_finish();
+        unsetenv("PESC_EMU_SHARED_KB");
+    }
     backend_delete(cpu);
     printf("%d failure%s\n", gpu_test_failures, gpu_test_failures == 1 ? "" : "s");
     return gpu_test_failures ? 1 : 0;
