@@ -351,7 +351,7 @@ static void test_shuffles(void)
             wrong_other);
 }
 
-/* ---- mma.sync m16n8k16 ------------------------------------------------------------------------ */
+/* ---- mma.sync m16n8k16 ---------------------------------------------------------------------- */
 /* Each lane builds its fragments by the PTX ISA's table, written out here element by element
  * (row/column of each register half), and stores its C the same way; the product of random small
  * integers (exact in half, bf16 and fp32) against the loop's. */
@@ -399,7 +399,7 @@ template <class T> static void test_mma(void)
             element_name(T()), wrong);
 }
 
-/* ---- cp.async ----------------------------------------------------------------------------------- */
+/* ---- cp.async ------------------------------------------------------------------------------- */
 /* Each thread copies 16 bytes of src (or zeros, for odd threads in the second group) into shared
  * memory that holds 0x5a: before its wait the bytes are the old ones, after it the new. */
 static __global__ void cp_async_kernel(int *before, int *after_first, int *after_all,

@@ -52,15 +52,18 @@ __device__ __forceinline__ void flash_mma(float c[4], const uint32_t a[4], const
     emu_mma_m16n8k16<T>(c, a, b);
 }
 #else
+// the PTX product with operands of `type` (f16 or bf16), accumulating into c
+#define FLASH_MMA_PTX(type)                                                                        \
+    asm("mma.sync.aligned.m16n8k16.row.col.f32." type "." type ".f32 {%0, %1, %2, %3}, "          \
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                                            \
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                           \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
 template <>
 __device__ __forceinline__ void flash_mma<__half>(float c[4], const uint32_t a[4],
                                                   const uint32_t b[2])
 {
 #if FLASH_BODY
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    FLASH_MMA_PTX("f16");
 #endif
 }
 template <>
@@ -68,10 +71,7 @@ __device__ __forceinline__ void flash_mma<__nv_bfloat16>(float c[4], const uint3
                                                          const uint32_t b[2])
 {
 #if FLASH_BODY
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    FLASH_MMA_PTX("bf16");
 #endif
 }
 #endif
@@ -576,9 +576,9 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
 // says why a block takes one query head). The warp's keys are the rows of S^T = K Q^T and
 // dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
 // B operands are dout and q transposed. A query tile goes in two parts of 32 rows, one after
-// the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q half (the scores); v, dout bf16 (dP); qt, dot
-// (B, Hq, D, Tp) bf16. Grid (ceil(T / flash_mma_rows(D)), Hq, B),
-// flash_mma_dkdv_shared(D) bytes.
+// the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q
+// half (the scores); v, dout bf16 (dP); qt, dot (B, Hq, D, Tp) bf16. Grid
+// (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dkdv_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
 flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half *q,

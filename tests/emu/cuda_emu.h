@@ -697,7 +697,10 @@ inline void emu_cp_async(void *dst, const void *src, unsigned bytes, unsigned va
     f->copies.push_back({dst, src, bytes, valid, f->groups});
 }
 
-inline void emu_cp_async_commit() { emu_detail::current("cp.async.commit_group").running->groups++; }
+inline void emu_cp_async_commit()
+{
+    emu_detail::current("cp.async.commit_group").running->groups++;
+}
 
 inline void emu_cp_async_wait(unsigned newest_pending)
 {
@@ -724,11 +727,13 @@ inline void emu_cp_async_wait(unsigned newest_pending)
  * c (+)= A B for the warp's A (16 x 16) and B (16 x 8), every lane holding its part of each in
  * the PTX ISA's fragment layout (lane l, g = l / 4, t = l % 4; two 2-byte values a register, the
  * lower-indexed one in the low half):
- *   a[0]: A[g][2t, 2t+1]   a[1]: A[g+8][2t, 2t+1]   a[2]: A[g][2t+8, 2t+9]   a[3]: A[g+8][2t+8, 2t+9]
+ *   a[0]: A[g][2t, 2t+1]   a[1]: A[g+8][2t, 2t+1]
+ *   a[2]: A[g][2t+8, 2t+9]   a[3]: A[g+8][2t+8, 2t+9]
  *   b[0]: B[2t, 2t+1][g]   b[1]: B[2t+8, 2t+9][g]
  *   c[0], c[1]: C[g][2t, 2t+1]                        c[2], c[3]: C[g+8][2t, 2t+1]
  * A warp-collective call: every lane gives its registers, then each computes its own four. */
-template <class T> inline void emu_mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2])
+template <class T>
+inline void emu_mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2])
 {
     static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value,
                   "mma m16n8k16: half or bf16 operands");
