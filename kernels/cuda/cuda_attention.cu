@@ -865,8 +865,8 @@ bool cuda_flash_available(cuda_context *c, int cc_major)
 
 // Whether this device's mma.sync products agree with cuda_flash_mma.cuh's reading of the
 // fragment layout, in T: one product of small integers (exact in every type here), loaded and
-// stored by the layout, against the product computed here. When not, why goes to why (for
-// the device line: how many of the 128 results differ, and the first).
+// stored by the layout, against the product computed here. When not, `why` says how, for the
+// device line: how many of the 128 results differ, and the first.
 template <class T>
 static bool mma_probe_one(cuda_context *c, const char *type, char *why, size_t why_size)
 {
