@@ -332,6 +332,21 @@ __host__ __device__ inline size_t flash_mma_dkdv_shared(int D)
     return 2 * flash_mma_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_dkdv_step(D);
 }
 
+// The keys this lane's rows (tw + 16 m + g + 8 i) see: lo .. hi, none (hi -1) past T.
+template <int MT>
+__device__ __forceinline__ void flash_lane_rows(int (*lo)[2], int (*hi)[2], int tw, int g, int T,
+                                                int window, const int32_t *seg)
+{
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int t = tw + 16 * m + g + 8 * i;
+            lo[m][i] = t < T ? flash_first_key(t, window, seg) : 0;
+            hi[m][i] = t < T ? t : -1;
+        }
+}
+
 // Key tiles start at multiples of 64 (the transposed operands' tiles are whole and 16-byte
 // aligned); masks drop the keys before a row's first.
 __device__ __forceinline__ int flash_tile_start(int key) { return key / FL_TILE * FL_TILE; }
@@ -363,19 +378,12 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
     const __half *kb = k + (size_t)b * T * kv_stride + (size_t)kvh * D;
     const __half *vtb = vt + ((size_t)b * Hkv + kvh) * D * Tp;
 
-
-    // this lane's rows: tw + 16 m + g + 8 i
     int lo[MT][2], hi[MT][2];
-    float mrow[MT][2], l[MT][2];
+    flash_lane_rows<MT>(lo, hi, tw, g, T, window, seg);
+    float mrow[MT][2], l[MT][2];   // each row's running maximum (base 2) and sum
 #pragma unroll
     for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int t = tw + 16 * m + g + 8 * i;
-            lo[m][i] = t < T ? flash_first_key(t, window, seg) : 0;
-            hi[m][i] = t < T ? t : -1;
-            mrow[m][i] = -INFINITY, l[m][i] = 0.0f;
-        }
+        mrow[m][0] = mrow[m][1] = -INFINITY, l[m][0] = l[m][1] = 0.0f;
     float o[MT][ND][4];
     flash_zero<MT, ND>(o);
     bool warp_live = tw < T;
@@ -502,6 +510,7 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
     const __nv_bfloat16 *ktb = kt + ((size_t)b * Hkv + kvh) * D * Tp;
 
     int lo[MT][2], hi[MT][2];
+    flash_lane_rows<MT>(lo, hi, tw, g, T, window, seg);
     float lse_r[MT][2], delta_r[MT][2];
 #pragma unroll
     for (int m = 0; m < MT; m++)
@@ -509,8 +518,6 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
         for (int i = 0; i < 2; i++) {
             int t = tw + 16 * m + g + 8 * i;
             size_t at = ((size_t)b * Hq + h) * T + t;
-            lo[m][i] = t < T ? flash_first_key(t, window, seg) : 0;
-            hi[m][i] = t < T ? t : -1;
             lse_r[m][i] = t < T ? lse[at] * FM_LOG2E : 0.0f;   // base 2, as the scores below
             delta_r[m][i] = t < T ? delta[at] : 0.0f;
         }
