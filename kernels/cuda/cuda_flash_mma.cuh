@@ -294,7 +294,7 @@ __device__ __forceinline__ void flash_write_acc(float *dst, size_t stride,
 }
 
 // m-tiles of 16 rows a warp: 2 (32 rows, the block 128) where the accumulators leave room
-// without spilling (ptxas, sm_90: at D = 64 the forward takes 254 registers, dQ 237, dK/dV
+// without spilling (ptxas, sm_90: at D = 64 the forward takes 255 registers, dQ 237, dK/dV
 // 255), else 1 (16 rows, the block 64): at head dimensions up to 64.
 __host__ __device__ constexpr int flash_mma_mt(int D) { return D <= 64 ? 2 : 1; }
 // a block's query rows (forward, dQ), or keys (dK, dV)
