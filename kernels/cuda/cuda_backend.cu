@@ -573,12 +573,17 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
             : c->flash_ok ? "flash (wmma)"
             : flash ? "fused (flash needs sm_80)"
                     : "fused";
-        bool grouped = cuda_grouped_probe(c);
+        int grouped = cuda_grouped_probe(c);
+        char adapters[48] = "";   // grouped in another math: " (adapters grouped in tf32)"
+        bool same = grouped == c->math;
+        if (grouped >= 0)
+            snprintf(adapters, sizeof adapters, " (adapters grouped%s%s)", same ? "" : " in ",
+                     same ? "" : math_names[grouped]);
         snprintf(c->device_text, sizeof c->device_text,
                  "%s (sm_%d%d, %.0f GiB), cuBLAS %s products%s, %s attention, fp32 tensors",
                  prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), math_names[c->math],
-                 grouped ? " (adapters grouped)" : "", attention);
+                 adapters, attention);
     }
     if (c->failed) {
         pesc_fail(err, "%s", c->error);

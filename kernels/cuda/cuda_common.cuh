@@ -71,7 +71,8 @@ typedef struct cuda_context {
     double *partials;            // (CUDA_REDUCE_BLOCKS + 1) doubles
     // The experts' adapter products as one grouped call (cublasGemmGroupedBatchedEx, cuBLAS
     // 12.5 and later; PESC_CUDA_GROUPED=0 turns it off): its device array of operand pointers,
-    // and grouped_off, bit m set once cuBLAS has refused the call in math m.
+    // and grouped_off, bit m set once cuBLAS has refused the call in math m (cuda_moe.cu's
+    // grouped_math says which math a call tries).
     int grouped;
     void **group_ptrs;           // (3 * CUDA_GROUP_MAX)
     unsigned grouped_off;
@@ -209,7 +210,7 @@ void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *
 void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
 bool cuda_flash_available(cuda_context *c, int cc_major);
 bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size);
-bool cuda_grouped_probe(cuda_context *c);
+int cuda_grouped_probe(cuda_context *c);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);

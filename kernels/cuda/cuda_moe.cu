@@ -241,14 +241,29 @@ __global__ void expert_pointers_kernel(void **ptrs, expert_places p)
     ptrs[2 * p.count + j] = (void *)expert_at(p.c, p.first[j], p.expert[j]);
 }
 
-// One grouped cuBLAS call; false, nothing done, when this cuBLAS has none or refuses the call
-// (then the caller runs one product an expert, and later calls in that math do at once).
-static bool experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
+#if CUBLAS_VERSION >= 120500
+// The math of the experts' grouped products, -1 for none: the context's, except where that
+// would cost more or cuBLAS refuses it. bf16 math would convert each expert's operands to bf16
+// one product at a time, and cuBLAS groups fp32 operands only in 32F and 32F_FAST_TF32 (its
+// documented combinations; a fast-bf16 call is tried once): both group in TF32 instead, which
+// rounds less than bf16. fp32 math is never rounded: refused, it runs one product an expert.
+static int grouped_math(const cuda_context *c)
+{
+    int m = c->math == CUDA_MATH_BF16 ? CUDA_MATH_TF32 : c->math;
+    if (m == CUDA_MATH_FAST_BF16 && (c->grouped_off >> m & 1u))
+        m = CUDA_MATH_TF32;
+    return c->grouped_off >> m & 1u ? -1 : m;
+}
+#endif
+
+// One grouped cuBLAS call; -1, nothing done, when this cuBLAS has none or refuses the call in
+// every math grouped_math allows (then the caller runs one product an expert, and later calls
+// do at once); else the math it ran in (any after a failure, which is recorded).
+static int experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
 {
 #if CUBLAS_VERSION >= 120500
-    if (!c->grouped || E > CUDA_GROUP_MAX || c->math == CUDA_MATH_BF16 ||
-        (c->grouped_off >> c->math & 1u))
-        return false;
+    if (!c->grouped || E > CUDA_GROUP_MAX || grouped_math(c) < 0)
+        return -1;
     expert_places places = {0, {0}, {0}, g.a, g.b, g.c};
     int m[CUDA_GROUP_MAX], n[CUDA_GROUP_MAX], k[CUDA_GROUP_MAX], one[CUDA_GROUP_MAX];
     int lda[CUDA_GROUP_MAX], ldb[CUDA_GROUP_MAX], ldc[CUDA_GROUP_MAX];
@@ -271,45 +286,49 @@ static bool experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const in
         places.count++;
     }
     if (places.count == 0)
-        return true;
+        return grouped_math(c);
     CUDA_LAUNCH(expert_pointers_kernel, 1, CUDA_GROUP_MAX, 0, c->stream, c->group_ptrs, places);
     if (!CUDA_LAUNCHED(c))
-        return true;   // failed: recorded, nothing more to do
+        return grouped_math(c);   // failed: recorded, nothing more to do
     void **ptrs = c->group_ptrs;
-    cublasComputeType_t compute = c->math == CUDA_MATH_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                  : c->math == CUDA_MATH_FAST_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                                   : CUBLAS_COMPUTE_32F;
-    cublasStatus_t rc = cublasGemmGroupedBatchedEx(
-        c->cublas, op_a, op_b, m, n, k, alpha, (const void *const *)ptrs, CUDA_R_32F, lda,
-        (const void *const *)(ptrs + places.count), CUDA_R_32F, ldb, beta,
-        ptrs + 2 * places.count, CUDA_R_32F, ldc, places.count, one, compute);
-    // refused (a type combination this cuBLAS does not group, or arguments it takes only one
-    // product at a time): the same products one an expert, from now on in this math
-    if (rc == CUBLAS_STATUS_NOT_SUPPORTED || rc == CUBLAS_STATUS_INVALID_VALUE) {
-        c->grouped_off |= 1u << c->math;
-        return false;
+    for (int math; (math = grouped_math(c)) >= 0;) {
+        cublasComputeType_t compute = math == CUDA_MATH_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                      : math == CUDA_MATH_FAST_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                    : CUBLAS_COMPUTE_32F;
+        cublasStatus_t rc = cublasGemmGroupedBatchedEx(
+            c->cublas, op_a, op_b, m, n, k, alpha, (const void *const *)ptrs, CUDA_R_32F, lda,
+            (const void *const *)(ptrs + places.count), CUDA_R_32F, ldb, beta,
+            ptrs + 2 * places.count, CUDA_R_32F, ldc, places.count, one, compute);
+        // refused (a type combination this cuBLAS does not group, or arguments it takes only
+        // one product at a time): never again in this math; the next one grouped_math allows
+        if (rc != CUBLAS_STATUS_NOT_SUPPORTED && rc != CUBLAS_STATUS_INVALID_VALUE) {
+            CUBLAS_CHECK(c, rc);
+            return math;
+        }
+        c->grouped_off |= 1u << math;
     }
-    CUBLAS_CHECK(c, rc);
-    return true;
+    return -1;
 #else
     (void)c, (void)g, (void)offsets, (void)E;
-    return false;
+    return -1;
 #endif
 }
 
-// At start: whether this cuBLAS groups products in the context's math, asked with one 1 x 1 x 1
-// product on scratch. A refusal turns grouping off for the math, and the device line says so.
-bool cuda_grouped_probe(cuda_context *c)
+// At start: the math the experts' products group in (-1: one product an expert), asked with
+// one 1 x 1 x 1 product on scratch. A refusal turns grouping off for that math, and the device
+// line says what is left.
+int cuda_grouped_probe(cuda_context *c)
 {
     float *x = (float *)c->partials;
     int offsets[2] = {0, 1};
     expert_gemm g = {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 1, 0, 1}, {x + 1, 0, 0, 1}, {x + 2, 1, 0, 1}};
-    return experts_gemm_grouped(c, g, offsets, 1) && !c->failed;
+    int math = experts_gemm_grouped(c, g, offsets, 1);
+    return c->failed ? -1 : math;
 }
 
 static void experts_gemm(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
 {
-    if (experts_gemm_grouped(c, g, offsets, E))
+    if (experts_gemm_grouped(c, g, offsets, E) >= 0)
         return;
     for (int e = 0; e < E; e++) {
         int first = offsets[e], rows = offsets[e + 1] - first;

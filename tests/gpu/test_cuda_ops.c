@@ -106,6 +106,17 @@ static void gpu_finish(void)
     backend_delete(gpu);
 }
 
+/* On the emulator, whose cuBLAS groups fp32 operands only in 32F and TF32 (the documented
+ * combinations), the experts' products of bf16 and fast-bf16 math group in tf32 instead of
+ * running one an expert. */
+static void check_grouped_in_tf32(void)
+{
+    if (gpu_test_emulated)
+        gpu_test_verdict(strstr(backend_device(gpu), "(adapters grouped in tf32)") != NULL,
+                         "the experts' products grouped in tf32", 0.0,
+                         "device line: adapters grouped in tf32");
+}
+
 /* ---- dense products ---------------------------------------------------------------------- */
 
 static void test_matmul(int N, int C, int OC, double tol, const char *tag)
@@ -487,6 +498,7 @@ int main(void)
     test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */
     test_attention_cached(1, 57, 4, 2, 64, 0);
     test_attention_cached(7, 90, 4, 2, 32, 20);
+    check_grouped_in_tf32();
     test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
     test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
     gpu_finish();
@@ -519,6 +531,7 @@ int main(void)
     setenv("PESC_CUDA_ATTENTION", "flash", 1);
     gpu_again();
     test_matmul(300, 200, 150, bf16_tol, "fast-bf16");
+    check_grouped_in_tf32();
     test_moe(300, 8, 2, 96, 16, 1, bf16_tol);
     /* where flash runs at all (sm_80 on), its mma kernels: the device's products agreed with
      * their fragment layout at start (else it says so and runs the wmma kernels) */
