@@ -579,11 +579,13 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         if (grouped >= 0)
             snprintf(adapters, sizeof adapters, " (adapters grouped%s%s)", same ? "" : " in ",
                      same ? "" : math_names[grouped]);
+        int version = 0;   // the library loaded, which grouped products depend on
+        cublasGetVersion(c->cublas, &version);
         snprintf(c->device_text, sizeof c->device_text,
-                 "%s (sm_%d%d, %.0f GiB), cuBLAS %s products%s, %s attention, fp32 tensors",
+                 "%s (sm_%d%d, %.0f GiB), cuBLAS %d.%d %s products%s, %s attention, fp32 tensors",
                  prop.name, prop.major, prop.minor,
-                 (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), math_names[c->math],
-                 adapters, attention);
+                 (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), version / 10000,
+                 version / 100 % 100, math_names[c->math], adapters, attention);
     }
     if (c->failed) {
         pesc_fail(err, "%s", c->error);

@@ -1,11 +1,11 @@
 /* cublas_emu.h — the cuBLAS v2 calls the CUDA backend makes, emulated on the CPU for
  * -DPESC_CUDA_EMU builds (cuda_runtime_emu.h is the runtime beneath them).
  *
- * cublasGemmEx, cublasGemmStridedBatchedEx and cublasGemmGroupedBatchedEx (cuBLAS 12.5's
- * grouped products, whose pointer arrays must be in device memory; here fp32 operands only, in
- * 32F or 32F_FAST_TF32: anything else is refused with CUBLAS_STATUS_NOT_SUPPORTED, so the
- * caller's fallback runs too) with cuBLAS's column-major semantics, argument checks and status
- * codes, for the type combinations the backend uses:
+ * cublasGetVersion; cublasGemmEx, cublasGemmStridedBatchedEx and cublasGemmGroupedBatchedEx
+ * (cuBLAS 12.5's grouped products, whose pointer arrays must be in device memory; here fp32
+ * operands only, in 32F or 32F_FAST_TF32: anything else is refused with
+ * CUBLAS_STATUS_NOT_SUPPORTED, so the caller's fallback runs too) with cuBLAS's column-major
+ * semantics, argument checks and status codes, for the type combinations the backend uses:
  *   A, B fp32 -> C fp32, compute 32F (exact fp32 inputs), 32F_FAST_TF32 (inputs rounded to
  *     TF32, 10 explicit mantissa bits) or 32F_FAST_16BF (inputs rounded to bf16), both to
  *     nearest even; CUBLAS_TF32_TENSOR_OP_MATH on the handle makes 32F behave as FAST_TF32;
@@ -451,6 +451,15 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(
 
 /* The version this emulates: 13.1, with grouped products. */
 #define CUBLAS_VERSION 130100
+
+/* The library's version as the running program has it (major 10000 + minor 100 + patch). */
+inline cublasStatus_t cublasGetVersion(cublasHandle_t handle, int *version)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    *version = CUBLAS_VERSION;
+    return CUBLAS_STATUS_SUCCESS;
+}
 
 /* group_count groups, group i of group_size[i] products with its own shapes, transposes,
  * leading dimensions, alpha and beta; Aarray, Barray, Carray are device arrays of every
