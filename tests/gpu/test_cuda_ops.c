@@ -555,6 +555,16 @@ int main(void)
         test_attention_flash("flash, 99 KiB");
         gpu_finish();
         unsetenv("PESC_EMU_SHARED_KB");
+        /* a cuBLAS that refuses every grouped call: the adapters run one product an expert */
+        setenv("PESC_CUDA_MATH", "tf32", 1);
+        setenv("PESC_EMU_NO_GROUPED", "1", 1);
+        gpu_again();
+        gpu_test_verdict(strstr(backend_device(gpu), "adapters grouped") == NULL,
+                         "grouping refused: one product an expert", 0.0,
+                         "device line: nothing grouped");
+        test_moe(300, 8, 2, 96, 16, 1, 5e-3);
+        gpu_finish();
+        unsetenv("PESC_EMU_NO_GROUPED");
     }
     backend_delete(cpu);
     printf("%d failure%s\n", gpu_test_failures, gpu_test_failures == 1 ? "" : "s");
