@@ -203,6 +203,11 @@ void backend_freeze(pesc_backend *b, const float *p, size_t n)
         b->ops->freeze(b->context, p, n);
 }
 
+float *backend_alloc_frozen(pesc_backend *b, size_t n)
+{
+    return b->ops->alloc_frozen ? b->ops->alloc_frozen(b->context, n) : NULL;
+}
+
 int backend_memory_info(pesc_backend *b, backend_memory *out)
 {
     *out = (backend_memory){0};

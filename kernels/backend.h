@@ -39,6 +39,13 @@ void backend_synchronize(pesc_backend *b);
  * products (CUDA: a bf16 mirror, made once, instead of a conversion in every product). NULL
  * forgets the region. A no-op where a backend has no use for it (the CPU). */
 void backend_freeze(pesc_backend *b, const float *p, size_t n);
+/* Memory for n floats of frozen weights that only products read, which the backend may keep in
+ * its products' own format (CUDA in bf16 math: bf16 alone, half the bytes of fp32). Upload,
+ * download and copy (either side) convert as they go, and backend_free releases it; a download
+ * gives the stored values (bf16-rounded). A product (matmul_forward and matmul_backward's
+ * weight) takes it as its weight; no other op may read or write it. NULL where the backend
+ * offers no such memory (the CPU; CUDA in other maths), or has no room: keep fp32 weights. */
+float *backend_alloc_frozen(pesc_backend *b, size_t n);
 /* The memory the backend computes in: the GPU's for CUDA (used = total - free, as nvidia-smi
  * shows it), the host's for the CPU (used = 0: the process's RSS says it; available =
  * MemAvailable). 0, or -1 when it cannot be read. */

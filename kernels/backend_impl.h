@@ -52,6 +52,8 @@ typedef struct backend_ops {
     size_t (*attention_work)(void *ctx, int B, int T, int Hq, int Hkv, int D);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */
     int (*check)(void *ctx, pesc_error *err);
+    /* optional: see backend_alloc_frozen */
+    float *(*alloc_frozen)(void *ctx, size_t n);
 } backend_ops;
 
 struct backend_profile;   /* backend.c: the entries of a profile run (backend_profile_start) */

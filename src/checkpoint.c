@@ -573,11 +573,11 @@ uint64_t checkpoint_fingerprint(model *m)
     MIX(dims, sizeof dims);
     for (int i = 0; i < m->n_base_tensors; i++) {
         const model_tensor *t = &m->base_tensors[i];
-        float sample[16];
-        size_t n = t->n < 16 ? t->n : 16;
+        float sample[MODEL_SAMPLE];
+        size_t n = t->n < MODEL_SAMPLE ? t->n : MODEL_SAMPLE;
         MIX(t->name, strlen(t->name));
         MIX(t->shape, sizeof t->shape);
-        backend_download(m->backend, sample, t->data, n * sizeof *sample);
+        model_base_sample(m, i, sample, n);   /* as loaded, before any packing */
         MIX(sample, n * sizeof *sample);
     }
 #undef MIX

@@ -34,8 +34,10 @@ static const char bench_usage[] =
     "  --profile          then time every op of the same steps, waiting for the device around\n"
     "                     each, and print where a step goes (ms and share per op)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
-    "                     peak_gflops, mfu, activation_bytes, and the shape (with --profile,\n"
-    "                     profile_step_ms and profile: [{op, calls_per_step, ms_per_step}])\n"
+    "                     peak_gflops, mfu, activation_bytes, device_used_bytes (the GPU's\n"
+    "                     memory in use after the steps; 0 on the CPU), and the shape (with\n"
+    "                     --profile, profile_step_ms and profile: [{op, calls_per_step,\n"
+    "                     ms_per_step}])\n"
     "crafting options:\n";
 
 typedef struct bench_options {
@@ -317,9 +319,18 @@ int cmd_bench(int argc, char **argv)
     randomize_trainables(&m);
     m.recompute = o.recompute;
     if (optim_init(&opt, b, m.n_train, &oc, &err) != 0 ||
-        run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0 || (peak = measure_peak(b, &o, &err)) < 0 ||
+        run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0)
+        goto out;
+    /* the device's memory in use after the steps (the CPU backend reports none) */
+    backend_memory mem;
+    size_t used = backend_memory_info(b, &mem) == 0 ? mem.used : 0;
+    if ((peak = measure_peak(b, &o, &err)) < 0 ||
         (o.profile && profile_steps(&m, &opt, &o, &prof, &err) != 0))
         goto out;
+    char used_text[48] = "";
+    if (used)
+        snprintf(used_text, sizeof used_text, ", device memory %.2f GiB used",
+                 (double)used / 1073741824.0);
     double tokens = (double)o.seq * o.batch, fpt = flops_per_token(&o);
     double tps = tokens / step_s, gflops = tps * fpt / 1e9;
     if (o.json)
@@ -328,18 +339,19 @@ int cmd_bench(int argc, char **argv)
                "\"device\": \"%s\", \"dim\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
                "\"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"experts\": %d, "
                "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
-               "\"recompute\": %s, \"activation_bytes\": %zu, \"loss\": %.6f",
+               "\"recompute\": %s, \"activation_bytes\": %zu, \"device_used_bytes\": %zu, "
+               "\"loss\": %.6f",
                tps, step_s * 1e3, fpt, gflops, peak, gflops / peak, backend_name(b),
                backend_device(b), o.shape.hidden_size, o.shape.n_layers, o.shape.n_heads,
                o.shape.n_kv_heads, o.shape.intermediate_size, o.shape.vocab_size, o.seq, o.batch,
                o.pesc.experts, o.pesc.top_k, o.pesc.adapter_dim,
                o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, o.recompute ? "true" : "false",
-               m.act.bytes, losses.ce);
+               m.act.bytes, used, losses.ce);
     else
         printf("%s: %.0f tokens/s, %.1f ms/step, %.2f MFLOP/token, %.1f GFLOP/s of %.1f peak "
-               "(MFU %.1f%%), activations %.1f MiB%s\n", backend_device(b), tps, step_s * 1e3,
+               "(MFU %.1f%%), activations %.1f MiB%s%s\n", backend_device(b), tps, step_s * 1e3,
                fpt / 1e6, gflops, peak, 100.0 * gflops / peak, (double)m.act.bytes / 1048576.0,
-               o.recompute ? " (recomputed)" : "");
+               o.recompute ? " (recomputed)" : "", used_text);
     if (o.profile)
         print_profile(&prof, step_s, o.json);
     if (o.json)

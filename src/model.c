@@ -286,11 +286,68 @@ int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64
     return rc;
 }
 
+void model_pack_frozen(model *m)
+{
+    pesc_backend *b = m->backend;
+    if (m->packed_block || !m->n_base_tensors)
+        return;
+    param_list list = {0};
+    list_params(m, &list);   /* the slots: the same tensors, in the same order */
+    /* every 2-D weight but the embedding table is read by products alone */
+    unsigned char *to = xmalloc((size_t)m->n_base_tensors);
+    size_t packed = 0, rest = 0;
+    for (int i = 0; i < m->n_base_tensors; i++) {
+        to[i] = m->base_tensors[i].ndim == 2 && list.slots[i] != &m->embed;
+        *(to[i] ? &packed : &rest) += model_pad(m->base_tensors[i].n);
+    }
+    pesc_error err;
+    float *to_packed = packed ? backend_alloc_frozen(b, packed) : NULL;
+    float *to_rest = to_packed ? backend_alloc(b, (rest ? rest : 1) * sizeof(float), &err) : NULL;
+    if (!to_rest) {   /* no such memory, or no room: the weights stay as they are */
+        backend_free(b, to_packed);
+        free(to);
+        free(list.items);
+        free(list.slots);
+        return;
+    }
+    float *samples = xmalloc((size_t)m->n_base_tensors * MODEL_SAMPLE * sizeof *samples);
+    float *cursor[2] = {to_rest, to_packed};
+    int tied = m->lm_head == m->embed;
+    for (int i = 0; i < m->n_base_tensors; i++) {
+        model_tensor *t = &m->base_tensors[i];
+        size_t n = t->n < MODEL_SAMPLE ? t->n : MODEL_SAMPLE;
+        backend_download(b, samples + (size_t)i * MODEL_SAMPLE, t->data, n * sizeof(float));
+        backend_copy(b, cursor[to[i]], t->data, t->n * sizeof(float));
+        t->data = *list.slots[i] = cursor[to[i]];
+        cursor[to[i]] += model_pad(t->n);
+    }
+    free(to);
+    if (tied)
+        m->lm_head = m->embed;
+    backend_free(b, m->param_block);
+    m->param_block = to_rest;
+    m->param_floats = rest;
+    m->packed_block = to_packed;
+    m->packed_floats = packed;
+    m->base_samples = samples;
+    free(list.items);
+    free(list.slots);
+}
+
+void model_base_sample(model *m, int i, float *out, size_t n)
+{
+    if (m->base_samples)
+        memcpy(out, m->base_samples + (size_t)i * MODEL_SAMPLE, n * sizeof *out);
+    else
+        backend_download(m->backend, out, m->base_tensors[i].data, n * sizeof *out);
+}
+
 void model_free(model *m)
 {
     if (m->backend) {
         model_free_activations(m);
         backend_free(m->backend, m->param_block);
+        backend_free(m->backend, m->packed_block);
         backend_free(m->backend, m->inv_freq);
         backend_free(m->backend, m->crafted_block);
         backend_free(m->backend, m->grad_block);
@@ -300,6 +357,7 @@ void model_free(model *m)
     free(m->layers);
     free(m->pesc_layers);
     free(m->base_tensors);
+    free(m->base_samples);
     if (m->trainables != m->base_tensors)
         free(m->trainables);
     model_routing_free(&m->routing);

@@ -145,6 +145,12 @@ typedef struct model {
     model_layer *layers;         /* (n_layers) */
     model_tensor *base_tensors;  /* named views of every base weight, checkpoint order */
     int n_base_tensors;
+    /* A crafted model's product weights where its backend keeps frozen weights in its own
+     * format (model_pack_frozen; param_block then holds the rest), else NULL; and the first
+     * MODEL_SAMPLE values of every base tensor as loaded, which checkpoints fingerprint */
+    void *packed_block;
+    size_t packed_floats;
+    float *base_samples;         /* (n_base_tensors, MODEL_SAMPLE), with packed_block */
 
     /* crafting (model_craft) */
     int crafted;                 /* PESC layers present */
@@ -185,6 +191,17 @@ int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t se
 /* The same from a config.json file (--init-config): the seed makes the same weights again. */
 int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64_t seed,
                       pesc_error *err);
+
+/* Once the base is frozen (crafted, not in full mode): moves the weights that only products
+ * read (each layer's q, k, v, o, gate, up and down, and an untied LM head) into the backend's
+ * memory for frozen weights (backend_alloc_frozen: CUDA in bf16 math keeps them as bf16 alone,
+ * half their fp32 bytes), and the rest into a smaller fp32 block. Nothing moves where the
+ * backend offers no such memory or has no room for it. model_craft calls it. */
+void model_pack_frozen(model *m);
+/* The first n (<= MODEL_SAMPLE) values of base tensor i as loaded, even once packing rounded
+ * them (a checkpoint's fingerprint of its base). */
+#define MODEL_SAMPLE 16
+void model_base_sample(model *m, int i, float *out, size_t n);
 
 /* Crafts the loaded dense model: adds routers (Kaiming-uniform), adapters (down
  * Kaiming-uniform, up = 0, so the crafted model equals the dense one exactly) and LoRA pairs

@@ -195,8 +195,12 @@ static int craft_fresh(model *m, const pesc_options *o, uint64_t seed, pesc_erro
         return -1;
     model_zero_grad(m);
     model_free_activations(m);   /* the activation layout changes with routing */
-    if (o->mode != TRAIN_FULL)   /* the base stays as it is from here on */
-        backend_freeze(m->backend, m->param_block, m->param_floats);
+    if (o->mode != TRAIN_FULL) {   /* the base stays as it is from here on */
+        model_pack_frozen(m);
+        /* packed, the fp32 rest feeds a product only as a tied LM head */
+        if (!m->packed_block || m->lm_head == m->embed)
+            backend_freeze(m->backend, m->param_block, m->param_floats);
+    }
     return 0;
 }
 
@@ -298,6 +302,9 @@ int model_merge_lora(model *m, pesc_error *err)
 {
     if (!m->crafted || m->pesc.lora_rank == 0)
         return 0;
+    if (m->packed_block)   /* pesc export merges on the CPU, where nothing is packed */
+        return pesc_fail(err, "the base weights are kept in bf16 on the %s backend: merge the "
+                         "LoRA pairs on the CPU (pesc export)", backend_name(m->backend));
     int r = m->pesc.lora_rank;
     float scale = m->pesc.lora_alpha / (float)r;
     size_t largest = 0;

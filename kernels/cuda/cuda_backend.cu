@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
 
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_convert.cuh"
@@ -124,13 +125,81 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
     c->frozen16 = mirror;
 }
 
-// The mirror of [p, p + n) when it lies inside the frozen region, else NULL.
+// The bf16 values of [p, p + n) when they lie inside the weights kept in bf16 alone, else NULL.
+static const __nv_bfloat16 *packed_values(const cuda_context *c, const float *p, size_t n)
+{
+    if (!c->packed || p < c->packed || p + n > c->packed + c->packed_n)
+        return NULL;
+    return (const __nv_bfloat16 *)c->packed16 + (p - c->packed);
+}
+
+// The mirror of [p, p + n) when it lies inside the frozen region (or its bf16 values, inside
+// the weights kept in bf16 alone), else NULL.
 static const __nv_bfloat16 *frozen_mirror(const cuda_context *c, const float *p, size_t n)
 {
+    if (const __nv_bfloat16 *packed = packed_values(c, p, n))
+        return packed;
     if (!c->frozen || p < c->frozen || p + n > c->frozen + c->frozen_n)
         return NULL;
     return (const __nv_bfloat16 *)c->frozen16 + (p - c->frozen);
 }
+
+// ---- frozen weights in bf16 alone (backend_alloc_frozen) ------------------------------------
+
+// In bf16 math a frozen weight is only ever a bf16 operand, so n floats of them take n bf16
+// values on the device and nothing more. Their fp32 range is reserved on the host (PROT_NONE,
+// no memory behind it): a unique address range that no device allocation can take, which the
+// model points its tensors into, and which a kernel reading it by mistake faults on. One
+// region a context.
+static float *cuda_alloc_frozen(void *ctx, size_t n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (c->math != CUDA_MATH_BF16 || c->packed || c->failed || n == 0 ||
+        !cuda_device_current(c))
+        return NULL;
+    void *values = NULL;
+    if (cudaMalloc(&values, n * sizeof(__nv_bfloat16)) != cudaSuccess) {
+        cudaGetLastError();   // no room: the model keeps its fp32 weights
+        return NULL;
+    }
+    void *range = mmap(NULL, n * sizeof(float), PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (range == MAP_FAILED) {
+        cudaFree(values);
+        return NULL;
+    }
+    c->packed = (float *)range;
+    c->packed_n = n;
+    c->packed16 = values;
+    return c->packed;
+}
+
+// Whether [p, p + bytes) starts in the packed region: then *values is its bf16 place and *n its
+// floats. A range that runs past the region, or splits a value, is recorded as a failure.
+static bool packed_range(cuda_context *c, const void *p, size_t bytes, __nv_bfloat16 **values,
+                         size_t *n)
+{
+    const char *a = (const char *)p, *base = (const char *)c->packed;
+    if (!c->packed || a < base || a >= base + c->packed_n * sizeof(float))
+        return false;
+    size_t at = (size_t)(a - base);
+    if (at % sizeof(float) || bytes % sizeof(float) ||
+        bytes > c->packed_n * sizeof(float) - at) {
+        record_failure(c, "a copy of frozen weights", __FILE__, __LINE__,
+                       "it runs past the weights kept in bf16, or splits a value");
+        return false;
+    }
+    *values = (__nv_bfloat16 *)c->packed16 + at / sizeof(float);
+    *n = bytes / sizeof(float);
+    return true;
+}
+
+// Uploads and downloads of packed weights pass through fp32 staging on the device, this many
+// floats at a time (64 MiB), so that a whole LM head needs no staging of its size.
+#define CUDA_PACKED_CHUNK ((size_t)16 << 20)
+
+static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
+static void widen(cuda_context *c, float *out, const __nv_bfloat16 *in, size_t n);
 
 static void cuda_free(void *ctx, void *p)
 {
@@ -139,6 +208,14 @@ static void cuda_free(void *ctx, void *p)
         return;
     if (p && p == c->frozen)
         forget_frozen(c);
+    if (p && p == c->packed) {
+        CUDA_CHECK(c, cudaFree(c->packed16));   // waits for products still reading it
+        munmap(c->packed, c->packed_n * sizeof(float));
+        c->packed = NULL;
+        c->packed_n = 0;
+        c->packed16 = NULL;
+        return;
+    }
     CUDA_CHECK(c, cudaFree(p));   // waits for work that may still use p
 }
 
@@ -162,6 +239,24 @@ static int cuda_memory(void *ctx, backend_memory *out)
 static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
 {
     CUDA_OP(ctx);
+    __nv_bfloat16 *values;
+    size_t n;
+    if (packed_range(c, dst, bytes, &values, &n)) {   // floats to bf16 through staging
+        for (size_t at = 0; at < n; at += CUDA_PACKED_CHUNK) {
+            size_t m = n - at < CUDA_PACKED_CHUNK ? n - at : CUDA_PACKED_CHUNK;
+            float *staging = (float *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
+                                                   m * sizeof(float));
+            if (!staging ||
+                !CUDA_CHECK(c, cudaMemcpyAsync(staging, (const float *)src + at,
+                                               m * sizeof(float), cudaMemcpyHostToDevice,
+                                               c->stream)) ||
+                !to_bf16(c, values + at, staging, m))
+                return;
+        }
+        return;
+    }
+    if (c->failed)
+        return;
     if (touches_frozen(c, dst, bytes))
         forget_frozen(c);   // the promise is broken: products convert again
     CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
@@ -172,9 +267,25 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
 static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
 {
     cuda_context *c = (cuda_context *)ctx;
-    if (!c->failed && cuda_device_current(c) &&
-        CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream)))
+    __nv_bfloat16 *values;
+    size_t n;
+    bool ready = !c->failed && cuda_device_current(c);
+    if (ready && packed_range(c, src, bytes, &values, &n)) {   // bf16 widened through staging
+        for (size_t at = 0; at < n && !c->failed; at += CUDA_PACKED_CHUNK) {
+            size_t m = n - at < CUDA_PACKED_CHUNK ? n - at : CUDA_PACKED_CHUNK;
+            float *staging = (float *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
+                                                   m * sizeof(float));
+            if (staging) {
+                widen(c, staging, values + at, m);
+                if (CUDA_CHECK(c, cudaMemcpyAsync((float *)dst + at, staging, m * sizeof(float),
+                                                  cudaMemcpyDeviceToHost, c->stream)))
+                    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+            }
+        }
+    } else if (ready && !c->failed &&
+               CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream))) {
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+    }
     if (c->failed)
         memset(dst, 0, bytes);
 }
@@ -182,6 +293,21 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
 static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     CUDA_OP(ctx);
+    __nv_bfloat16 *to, *from;
+    size_t n;
+    bool packed_dst = packed_range(c, dst, bytes, &to, &n);
+    bool packed_src = packed_range(c, src, bytes, &from, &n);
+    if (c->failed)
+        return;
+    if (packed_dst && packed_src)
+        CUDA_CHECK(c, cudaMemcpyAsync(to, from, n * sizeof *to, cudaMemcpyDeviceToDevice,
+                                      c->stream));
+    else if (packed_dst)
+        to_bf16(c, to, (const float *)src, n);
+    else if (packed_src)
+        widen(c, (float *)dst, from, n);
+    if (packed_dst || packed_src)
+        return;
     if (touches_frozen(c, dst, bytes))
         forget_frozen(c);
     if (dst != src)
@@ -237,6 +363,18 @@ static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t
     return CUDA_LAUNCHED(c);
 }
 
+__global__ void widen_kernel(float *out, const __nv_bfloat16 *in, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = __bfloat162float(in[i]);
+}
+
+// out = in (n bf16 values) as floats, exactly.
+static void widen(cuda_context *c, float *out, const __nv_bfloat16 *in, size_t n)
+{
+    CUDA_LAUNCH(widen_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, in, n);
+    CUDA_LAUNCHED(c);
+}
+
 // cuBLAS is column-major: the row-major C = op(A) op(B) is the column-major
 // C^T = op(B)^T op(A)^T, so B goes first and the dimensions swap.
 void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, int N, int K,
@@ -253,7 +391,30 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
     }
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    // each operand's stored extent: the last row is only as wide as the matrix
+    size_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+    size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+    size_t a_n = (a_rows - 1) * lda + a_cols, b_n = (b_rows - 1) * ldb + b_cols;
     if (math != CUDA_MATH_BF16) {
+        // a weight kept in bf16 alone, in a product too narrow for bf16 (math_for): widened
+        // to fp32 first, exactly
+        const __nv_bfloat16 *a_packed = packed_values(c, A, a_n);
+        const __nv_bfloat16 *b_packed = packed_values(c, B, b_n);
+        if (a_packed || b_packed) {
+            size_t a_bytes = a_packed ? (a_n * sizeof(float) + 255) & ~(size_t)255 : 0;
+            char *work = (char *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
+                                              a_bytes + (b_packed ? b_n * sizeof(float) : 0));
+            if (!work)
+                return;
+            if (a_packed) {
+                widen(c, (float *)work, a_packed, a_n);
+                A = (const float *)work;
+            }
+            if (b_packed) {
+                widen(c, (float *)(work + a_bytes), b_packed, b_n);
+                B = (const float *)(work + a_bytes);
+            }
+        }
         cublasComputeType_t compute = math == CUDA_MATH_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
                                       : math == CUDA_MATH_FAST_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
                                                                     : CUBLAS_COMPUTE_32F;
@@ -262,12 +423,9 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
                                      CUBLAS_GEMM_DEFAULT));
         return;
     }
-    // bf16 operands, fp32 accumulation and result: each operand is converted once per product
-    // (its stored extent: the last row is only as wide as the matrix), unless it lies in the
-    // frozen region, whose mirror is ready
-    size_t a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
-    size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
-    size_t a_n = (a_rows - 1) * lda + a_cols, b_n = (b_rows - 1) * ldb + b_cols;
+    // bf16 operands, fp32 accumulation and result: each operand is converted once per product,
+    // unless it lies in the frozen region, whose mirror is ready (or in the weights kept in
+    // bf16 alone)
     const __nv_bfloat16 *a_frozen = frozen_mirror(c, A, a_n), *b_frozen = frozen_mirror(c, B, b_n);
     size_t a_bytes = a_frozen ? 0 : (a_n * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
     size_t b_bytes = b_frozen ? 0 : b_n * sizeof(__nv_bfloat16);
@@ -392,6 +550,9 @@ static void cuda_free_context(void *ctx)
     if (c->stream)
         cudaStreamSynchronize(c->stream);
     cudaFree(c->frozen16);
+    cudaFree(c->packed16);
+    if (c->packed)
+        munmap(c->packed, c->packed_n * sizeof(float));
     cudaFree(c->gemm_work);
     cudaFree(c->op_work);
     cudaFree(c->partials);
@@ -447,6 +608,7 @@ static const backend_ops cuda_ops = {
     .memory = cuda_memory,
     .attention_work = cuda_attention_work,
     .check = cuda_check,
+    .alloc_frozen = cuda_alloc_frozen,
 };
 
 static int parse_math(const char *s, int *math, pesc_error *err)
@@ -582,10 +744,11 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         int version = 0;   // the library loaded, which grouped products depend on
         cublasGetVersion(c->cublas, &version);
         snprintf(c->device_text, sizeof c->device_text,
-                 "%s (sm_%d%d, %.0f GiB), cuBLAS %d.%d %s products%s, %s attention, fp32 tensors",
-                 prop.name, prop.major, prop.minor,
+                 "%s (sm_%d%d, %.0f GiB), cuBLAS %d.%d %s products%s, %s attention, fp32 "
+                 "tensors%s", prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), version / 10000,
-                 version / 100 % 100, math_names[c->math], adapters, attention);
+                 version / 100 % 100, math_names[c->math], adapters, attention,
+                 c->math == CUDA_MATH_BF16 ? " (frozen weights in bf16)" : "");
     }
     if (c->failed) {
         pesc_fail(err, "%s", c->error);

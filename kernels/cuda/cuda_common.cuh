@@ -81,6 +81,12 @@ typedef struct cuda_context {
     const float *frozen;         // NULL: none
     size_t frozen_n;             // floats
     void *frozen16;              // (frozen_n) __nv_bfloat16
+    // Frozen weights kept in bf16 alone (backend_alloc_frozen, bf16 math): their fp32 address
+    // range is reserved on the host, with no memory behind it and never a device address;
+    // products, copies, uploads and downloads find the values in packed16.
+    float *packed;               // NULL: none
+    size_t packed_n;             // floats
+    void *packed16;              // (packed_n) __nv_bfloat16
 } cuda_context;
 
 bool cuda_check_rc(cuda_context *c, cudaError_t rc, const char *call, const char *file, int line);

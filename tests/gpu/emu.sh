@@ -5,10 +5,10 @@
 # identical runs, with each training attention path, and flash with fast-bf16 products, the
 # pairing the MFU target needs), and pesc itself (`pesc devices`, `pesc train --backend cuda`
 # runs against the same run on the CPU, one on the second of two emulated GPUs, and `pesc
-# generate` against the CPU's text). What it
-# checks: the kernels' indexing, masks and synchronisation, the host side's launches, products,
-# scratch, devices and errors, the module's loading. Not speed, and not the longest attention shapes
-# (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
+# generate` against the CPU's text); also in bf16 math, with the frozen weights in bf16 alone.
+# What it checks: the kernels' indexing, masks and synchronisation, the host side's launches,
+# products, scratch, devices and errors, the module's loading. Not speed, and not the longest
+# attention shapes (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -35,6 +35,8 @@ for attention in fused gemm flash flash-wmma; do
   run env PESC_CUDA_ATTENTION=$attention "$top_builddir/tests/gpu/test_cuda_step"
 done
 run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/gpu/test_cuda_step"
+# bf16 math, where the crafted model's frozen product weights are kept in bf16 alone
+run env PESC_CUDA_MATH=bf16 "$top_builddir/tests/gpu/test_cuda_step"
 
 "$pesc" devices >"$tmp/devices" 2>&1
 grep -q "^cuda:0  CUDA emulator (CPU)" "$tmp/devices" &&
@@ -55,9 +57,10 @@ losses() { grep '"step":' "$1" | grep '"loss"' | sed 's/.*"loss":\([^,]*\),.*/\1
 train "$tmp/cpu.jsonl" cpu
 # and on the second of two GPUs (PESC_CUDA_DEVICE=1): the trainer thread, not the one that
 # made the backend, runs the ops, and a launch from the wrong device is refused; and with one
-# adapter product an expert instead of grouped ones (PESC_CUDA_GROUPED=0)
+# adapter product an expert instead of grouped ones (PESC_CUDA_GROUPED=0); and in bf16 math,
+# the frozen weights kept in bf16 alone (products this narrow widen them to fp32 again)
 for variant in "tf32 fused 1e-5 1 0 1" "tf32 gemm 1e-4 1 0 1" "tf32 fused 1e-5 2 1 1" \
-               "tf32 fused 1e-5 1 0 0"; do
+               "tf32 fused 1e-5 1 0 0" "bf16 fused 2e-3 1 0 1"; do
   set -- $variant
   if ! train "$tmp/gpu.jsonl" cuda PESC_CUDA_MATH=$1 PESC_CUDA_ATTENTION=$2 PESC_EMU_DEVICES=$4 \
       PESC_CUDA_DEVICE=$5 PESC_CUDA_GROUPED=$6; then

@@ -110,6 +110,68 @@ static void compare_step(pesc_backend *cpu, pesc_backend *gpu, int full, int pac
     model_free(&mg);
 }
 
+/* The device's used memory (0 where it cannot be read). */
+static double device_used(pesc_backend *b)
+{
+    backend_memory mem;
+    return backend_memory_info(b, &mem) == 0 ? (double)mem.used : 0.0;
+}
+
+/* In bf16 math a crafted model's product weights are kept in bf16 alone
+ * (model_pack_frozen): the base takes about half its fp32 bytes on the device; a download
+ * gives the stored values, an upload rounds to them, and the checkpoint fingerprint still
+ * sees the values as loaded. (The steps above ran on the packed weights.) */
+static void check_packing(pesc_backend *cpu, pesc_backend *gpu)
+{
+    pesc_error err;
+    model mc, mg;
+    build(&mc, cpu, 0, 0, &err);
+    double before = device_used(gpu);
+    memset(&mg, 0, sizeof mg);
+    hf_config c = mc.config;
+    if (model_init_random(&mg, &c, gpu, 5, &err) != 0)
+        gpu_test_die(&err);
+    double fp32 = device_used(gpu) - before;
+    pesc_options o = mc.pesc;
+    if (model_craft(&mg, &o, 9, &err) != 0 || backend_check(gpu, &err) != 0)
+        gpu_test_die(&err);
+    double crafted = (double)mg.n_train * sizeof(float) * 2;   /* trainables and gradients */
+    double base = device_used(gpu) - before - crafted;
+    gpu_test_verdict(mg.packed_block != NULL && fp32 > 0 && base < 0.6 * fp32,
+                     "bf16 math: the frozen base in bf16 alone", base / fp32,
+                     "device bytes / fp32's, < 0.6");
+    /* the embedding stays fp32 (gathered, not multiplied); wq (tensor 2) moved */
+    size_t n = mc.base_tensors[2].n, worst = 0;
+    float *got = malloc(n * sizeof *got), *want = malloc(n * sizeof *want);
+    backend_download(gpu, got, mg.base_tensors[0].data, MODEL_SAMPLE * sizeof *got);
+    int same = memcmp(got, mc.base_tensors[0].data, MODEL_SAMPLE * sizeof *got) == 0;
+    for (size_t i = 0; i < n; i++)
+        want[i] = 3.0f * mc.base_tensors[2].data[i] + 1.0f / 3.0f;
+    backend_upload(gpu, mg.base_tensors[2].data, want, n * sizeof *want);
+    backend_download(gpu, got, mg.base_tensors[2].data, n * sizeof *got);
+    for (size_t i = 0; i < n; i++) {
+        float r = want[i];   /* bf16 to nearest even, as the device rounds */
+        uint32_t u;
+        memcpy(&u, &r, sizeof u);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        memcpy(&r, &u, sizeof r);
+        worst += got[i] != r;
+    }
+    gpu_test_verdict(same && worst == 0 && mg.base_tensors[2].data == mg.layers[0].wq,
+                     "packed weights: uploads rounded to bf16, downloads exact", (double)worst,
+                     "values that differ");
+    float sample[MODEL_SAMPLE];
+    model_base_sample(&mg, 2, sample, MODEL_SAMPLE);
+    gpu_test_verdict(memcmp(sample, mc.base_tensors[2].data, sizeof sample) == 0,
+                     "packed weights: the fingerprint's samples as loaded", 0.0, "fp32 values");
+    free(got);
+    free(want);
+    if (backend_check(gpu, &err) != 0)
+        gpu_test_die(&err);
+    model_free(&mc);
+    model_free(&mg);
+}
+
 /* Several AdamW steps with dropout on; the losses of each step. */
 static void run_steps(pesc_backend *gpu, double *losses, int steps)
 {
@@ -150,6 +212,8 @@ int main(void)
     compare_step(cpu, gpu, 1, 0, 0);
     compare_step(cpu, gpu, 0, 0, 1);   /* q and k normed per head: rmsnorm on N x H rows of D */
     compare_step(cpu, gpu, 1, 0, 1);   /* and the norms' own gradients */
+    if (strstr(backend_device(gpu), " bf16 products"))   /* not fast-bf16 */
+        check_packing(cpu, gpu);
     enum { STEPS = 4 };
     double first[STEPS], second[STEPS];
     run_steps(gpu, first, STEPS);
