@@ -76,6 +76,23 @@ for variant in "tf32 fused 1e-5 1 0 1" "tf32 gemm 1e-4 1 0 1" "tf32 fused 1e-5 2
     pass "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6): the CPU's losses within $3 ($got)" ||
     fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6): losses '$got', the CPU's '$want'"
 done
+# a checkpoint saved in bf16 math, frozen weights in bf16 alone, continues on the CPU: the
+# base is the one it was trained on
+resume() {   # backend, log, pesc train options...
+  backend=$1 log=$2
+  shift 2
+  PESC_CUDA_MATH=bf16 "$pesc" train --headless --model "$m" --data "$m/records.jsonl" \
+    --format tokens --seq 16 --batch 2 --experts 4 --adapter-dim 8 --backend "$backend" \
+    --log "$log" "$@" >/dev/null 2>"$tmp/err"
+}
+if resume cuda "$tmp/bf16.jsonl" --steps 2 --save "$tmp/save" &&
+    resume cpu "$tmp/resumed.jsonl" --steps 4 --resume "$tmp/save" --save "$tmp/save2" &&
+    grep -q '"text":"training from step 2 of 4"' "$tmp/resumed.jsonl" &&
+    grep -q '^{"step":4,' "$tmp/resumed.jsonl"; then
+  pass "a bf16-math checkpoint resumes on the CPU"
+else
+  fail "a bf16-math checkpoint resumes on the CPU: $(head -c 300 "$tmp/err")"
+fi
 train "$tmp/bad.jsonl" cuda PESC_CUDA_GROUPED=yes
 grep -qx "pesc train: --backend cuda: PESC_CUDA_GROUPED=yes: give 1 (grouped adapter products, the default) or 0 (one product an expert)" "$tmp/err" &&
   pass "PESC_CUDA_GROUPED=yes is refused, naming the choices" ||
