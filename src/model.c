@@ -289,7 +289,8 @@ int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64
 void model_pack_frozen(model *m)
 {
     pesc_backend *b = m->backend;
-    if (m->packed_block || !m->n_base_tensors)
+    /* a base that trains (full mode) is never packed */
+    if (m->packed_block || !m->n_base_tensors || m->train_block == m->param_block)
         return;
     param_list list = {0};
     list_params(m, &list);   /* the slots: the same tensors, in the same order */
@@ -332,6 +333,14 @@ void model_pack_frozen(model *m)
     m->base_samples = samples;
     free(list.items);
     free(list.slots);
+}
+
+void model_freeze_base(model *m)
+{
+    model_pack_frozen(m);
+    /* packed, the fp32 rest feeds a product only as a tied LM head */
+    if (!m->packed_block || m->lm_head == m->embed)
+        backend_freeze(m->backend, m->param_block, m->param_floats);
 }
 
 void model_base_sample(model *m, int i, float *out, size_t n)

@@ -196,8 +196,12 @@ int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64
  * read (each layer's q, k, v, o, gate, up and down, and an untied LM head) into the backend's
  * memory for frozen weights (backend_alloc_frozen: CUDA in bf16 math keeps them as bf16 alone,
  * half their fp32 bytes), and the rest into a smaller fp32 block. Nothing moves where the
- * backend offers no such memory or has no room for it. model_craft calls it. */
+ * backend offers no such memory or has no room for it, nor in full mode (the base trains).
+ * model_craft calls it; a packed model cannot be crafted in full mode. */
 void model_pack_frozen(model *m);
+/* The base will not change from here on (crafted, or only evaluated): model_pack_frozen, then
+ * backend_freeze of what stays fp32 where a product still reads it (a tied LM head). */
+void model_freeze_base(model *m);
 /* The first n (<= MODEL_SAMPLE) values of base tensor i as loaded, even once packing rounded
  * them (a checkpoint's fingerprint of its base). */
 #define MODEL_SAMPLE 16

@@ -195,12 +195,8 @@ static int craft_fresh(model *m, const pesc_options *o, uint64_t seed, pesc_erro
         return -1;
     model_zero_grad(m);
     model_free_activations(m);   /* the activation layout changes with routing */
-    if (o->mode != TRAIN_FULL) {   /* the base stays as it is from here on */
-        model_pack_frozen(m);
-        /* packed, the fp32 rest feeds a product only as a tied LM head */
-        if (!m->packed_block || m->lm_head == m->embed)
-            backend_freeze(m->backend, m->param_block, m->param_floats);
-    }
+    if (o->mode != TRAIN_FULL)   /* the base stays as it is from here on */
+        model_freeze_base(m);
     return 0;
 }
 
@@ -280,6 +276,10 @@ int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
     if (m->grad_block)
         return pesc_fail(err, "the model trains every weight already (--train full); it cannot "
                          "be crafted");
+    if (o->mode == TRAIN_FULL && m->packed_block)
+        return pesc_fail(err, "the base weights are kept in bf16 for inference on the %s "
+                         "backend; load the model again to train every weight",
+                         backend_name(m->backend));
     return craft_fresh(m, o, seed, err);
 }
 

@@ -103,12 +103,15 @@ grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose fused, 
   fail "PESC_CUDA_ATTENTION=flash2: $(head -c 300 "$tmp/err")"
 # generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
 demo="$top_srcdir/data/demo"
-for backend in cpu cuda; do
-  "$pesc" generate --model "$demo" --prompt "Once upon a time" --raw --max-tokens 24 \
-    --backend $backend >"$tmp/gen-$backend" 2>"$tmp/err" ||
-    fail "pesc generate --backend $backend: $(head -c 300 "$tmp/err")"
+# (and in bf16 math, the weights kept in bf16 alone: the same tokens on this model)
+for run in cpu:tf32 cuda:tf32 cuda:bf16; do
+  PESC_CUDA_MATH=${run#*:} "$pesc" generate --model "$demo" --prompt "Once upon a time" --raw \
+    --max-tokens 24 --backend ${run%:*} >"$tmp/gen-$run" 2>"$tmp/err" ||
+    fail "pesc generate --backend ${run%:*} (${run#*:}): $(head -c 300 "$tmp/err")"
 done
-[ -s "$tmp/gen-cpu" ] && cmp -s "$tmp/gen-cpu" "$tmp/gen-cuda" &&
-  pass "pesc generate --backend cuda: the CPU's 24 greedy tokens" ||
-  fail "pesc generate --backend cuda: '$(cat "$tmp/gen-cuda")', the CPU's '$(cat "$tmp/gen-cpu")'"
+for run in cuda:tf32 cuda:bf16; do
+  [ -s "$tmp/gen-cpu:tf32" ] && cmp -s "$tmp/gen-cpu:tf32" "$tmp/gen-$run" &&
+    pass "pesc generate --backend cuda (${run#*:}): the CPU's 24 greedy tokens" ||
+    fail "pesc generate --backend cuda (${run#*:}): '$(cat "$tmp/gen-$run")', the CPU's '$(cat "$tmp/gen-cpu:tf32")'"
+done
 [ "$failures" -eq 0 ]

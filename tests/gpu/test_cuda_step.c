@@ -170,6 +170,15 @@ static void check_packing(pesc_backend *cpu, pesc_backend *gpu)
         gpu_test_die(&err);
     model_free(&mc);
     model_free(&mg);
+    /* a model packed for inference (eval, generate) does not train every weight */
+    if (model_init_random(&mg, &c, gpu, 5, &err) != 0)
+        gpu_test_die(&err);
+    model_freeze_base(&mg);
+    o.mode = TRAIN_FULL;
+    int refused = model_craft(&mg, &o, 9, &err) != 0 && strstr(err.msg, "load the model again");
+    gpu_test_verdict(mg.packed_block && refused, "packed for inference: full mode refused", 0.0,
+                     refused ? err.msg : "crafted");
+    model_free(&mg);
 }
 
 /* Several AdamW steps with dropout on; the losses of each step. */
