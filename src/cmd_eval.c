@@ -443,7 +443,7 @@ int cmd_eval(int argc, char **argv)
     if (model_load(&m, model_dir, b, &err) != 0 ||
         (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0))
         goto out;
-    model_freeze_base(&m);   /* nothing trains: bf16 math keeps the weights in bf16 alone */
+    model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
     if (o.routing && !m.crafted) {
         pesc_fail(&err, "--routing needs a crafted model: give its routers and adapters with "
                   "--adapters FILE");

@@ -272,7 +272,7 @@ int cmd_generate(int argc, char **argv)
     if (model_load(&m, dir, b, &err) != 0 ||
         (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0))
         goto out;
-    model_freeze_base(&m);   /* nothing trains: bf16 math keeps the weights in bf16 alone */
+    model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
     if ((o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||
         !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : model_tokenizer(dir, &err)))
         goto out;

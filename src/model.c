@@ -90,6 +90,16 @@ void model_format_shape(char *buf, size_t len, int ndim, const int64_t *shape)
         snprintf(buf + used, len - used, "]");
 }
 
+/* Base tensor t's values go up from host memory; while the base is packed, its first values
+ * are kept as loaded (model_base_sample). */
+static void upload_base(model *m, const model_tensor *t, const float *host)
+{
+    if (m->packed_block && t >= m->base_tensors && t < m->base_tensors + m->n_base_tensors)
+        memcpy(m->base_samples + (size_t)(t - m->base_tensors) * MODEL_SAMPLE, host,
+               (t->n < MODEL_SAMPLE ? t->n : MODEL_SAMPLE) * sizeof *host);
+    backend_upload(m->backend, t->data, host, t->n * sizeof *host);
+}
+
 int model_upload_tensor(model *m, const model_tensor *t, const st_tensor *src, const char *where,
                         const char *expectation, float *staging, pesc_error *err)
 {
@@ -111,36 +121,53 @@ int model_upload_tensor(model *m, const model_tensor *t, const st_tensor *src, c
             return pesc_fail(err, "%s: tensor %s holds %s at element %zu: the file is damaged "
                              "(fetch or save it again)", where, t->name,
                              isnan(staging[i]) ? "NaN" : "inf", i);
-    backend_upload(m->backend, t->data, staging, t->n * sizeof(float));
+    upload_base(m, t, staging);
     return 0;
 }
 
-/* Lists the tensors, allocates the block and points every tensor into it. */
+/* Whether base tensor i (of list) is read by products alone: every 2-D weight but the
+ * embedding table, which is gathered. */
+static int product_weight(const model *m, const param_list *list, int i)
+{
+    return list->items[i].ndim == 2 && list->slots[i] != &m->embed;
+}
+
+/* Lists the tensors, allocates the block and points every tensor into it. Where the backend
+ * keeps frozen weights in its own format (backend_alloc_frozen: CUDA in bf16 math), the weights
+ * that only products read go there from the start, and the rest to the block: the fp32 base is
+ * never on the device at once (model_unpack undoes it for full mode). */
 static int layout_weights(model *m, param_list *list, size_t *largest, pesc_error *err)
 {
     list_params(m, list);
-    size_t total = 0;
+    size_t total = 0, products = 0;
     *largest = 0;
     for (int i = 0; i < list->n; i++) {
         total += model_pad(list->items[i].n);
+        products += product_weight(m, list, i) ? model_pad(list->items[i].n) : 0;
         *largest = list->items[i].n > *largest ? list->items[i].n : *largest;
     }
     m->base_tensors = list->items;
     m->n_base_tensors = list->n;
-    m->param_block = backend_alloc(m->backend, total * sizeof(float), err);
+    m->packed_block = products ? backend_alloc_frozen(m->backend, products) : NULL;
+    size_t block = m->packed_block ? total - products : total;
+    m->param_block = backend_alloc(m->backend, (block ? block : 1) * sizeof(float), err);
     if (!m->param_block)   /* the size comes from the shape (config.json's, or bench's): say so */
         return pesc_fail_prefix(err, "the weights (%d layers, hidden %d, intermediate %d, vocab %d: %.2f "
                                 "billion parameters, %.1f GiB as fp32) do not fit",
                                 m->config.n_layers, m->config.hidden_size, m->config.intermediate_size,
                                 m->config.vocab_size, (double)total / 1e9,
                                 (double)total * sizeof(float) / 1073741824.0);
-    m->param_floats = total;
-    float *cursor = m->param_block;
+    m->param_floats = block;
+    m->packed_floats = m->packed_block ? products : 0;
+    if (m->packed_block)
+        m->base_samples = xcalloc((size_t)list->n * MODEL_SAMPLE, sizeof *m->base_samples);
+    float *cursor[2] = {m->param_block, m->packed_block};
     m->n_params = 0;
     for (int i = 0; i < list->n; i++) {
         model_tensor *t = &list->items[i];
-        t->data = *list->slots[i] = cursor;
-        cursor += model_pad(t->n);
+        int to = m->packed_block && product_weight(m, list, i);
+        t->data = *list->slots[i] = cursor[to];
+        cursor[to] += model_pad(t->n);
         m->n_params += (long long)t->n;
     }
     if (m->config.tie_word_embeddings)
@@ -262,7 +289,7 @@ int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t se
             double u = pesc_xorshift_uniform(&state);
             host[j] = t->ndim == 2 ? (float)((2.0 * u - 1.0) * bound) : 1.0f;
         }
-        backend_upload(b, t->data, host, t->n * sizeof *host);
+        upload_base(m, t, host);
     }
     free(host);
     if (upload_inv_freq(m, err) != 0) {
@@ -286,58 +313,40 @@ int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64
     return rc;
 }
 
-void model_pack_frozen(model *m)
+int model_unpack(model *m, pesc_error *err)
 {
     pesc_backend *b = m->backend;
-    /* a base that trains (full mode) is never packed */
-    if (m->packed_block || !m->n_base_tensors || m->train_block == m->param_block)
-        return;
+    if (!m->packed_block)
+        return 0;
+    size_t total = m->param_floats + m->packed_floats;
+    float *block = backend_alloc(b, total * sizeof(float), err);
+    if (!block)
+        return pesc_fail_prefix(err, "the weights in fp32 for --train full (%.1f GiB) do not fit",
+                                (double)total * sizeof(float) / 1073741824.0);
     param_list list = {0};
     list_params(m, &list);   /* the slots: the same tensors, in the same order */
-    /* every 2-D weight but the embedding table is read by products alone */
-    unsigned char *to = xmalloc((size_t)m->n_base_tensors);
-    size_t packed = 0, rest = 0;
-    for (int i = 0; i < m->n_base_tensors; i++) {
-        to[i] = m->base_tensors[i].ndim == 2 && list.slots[i] != &m->embed;
-        *(to[i] ? &packed : &rest) += model_pad(m->base_tensors[i].n);
-    }
-    pesc_error err;
-    float *to_packed = packed ? backend_alloc_frozen(b, packed) : NULL;
-    float *to_rest = to_packed ? backend_alloc(b, (rest ? rest : 1) * sizeof(float), &err) : NULL;
-    if (!to_rest) {   /* no such memory, or no room: the weights stay as they are */
-        backend_free(b, to_packed);
-        free(to);
-        free(list.items);
-        free(list.slots);
-        return;
-    }
-    float *samples = xmalloc((size_t)m->n_base_tensors * MODEL_SAMPLE * sizeof *samples);
-    float *cursor[2] = {to_rest, to_packed};
-    int tied = m->lm_head == m->embed;
+    float *cursor = block;
     for (int i = 0; i < m->n_base_tensors; i++) {
         model_tensor *t = &m->base_tensors[i];
-        size_t n = t->n < MODEL_SAMPLE ? t->n : MODEL_SAMPLE;
-        backend_download(b, samples + (size_t)i * MODEL_SAMPLE, t->data, n * sizeof(float));
-        backend_copy(b, cursor[to[i]], t->data, t->n * sizeof(float));
-        t->data = *list.slots[i] = cursor[to[i]];
-        cursor[to[i]] += model_pad(t->n);
+        backend_copy(b, cursor, t->data, t->n * sizeof(float));   /* bf16 ones widened */
+        t->data = *list.slots[i] = cursor;
+        cursor += model_pad(t->n);
     }
-    free(to);
-    if (tied)
+    if (m->config.tie_word_embeddings)
         m->lm_head = m->embed;
-    backend_free(b, m->param_block);
-    m->param_block = to_rest;
-    m->param_floats = rest;
-    m->packed_block = to_packed;
-    m->packed_floats = packed;
-    m->base_samples = samples;
     free(list.items);
     free(list.slots);
+    backend_free(b, m->param_block);
+    backend_free(b, m->packed_block);
+    m->param_block = block;
+    m->param_floats = total;
+    m->packed_block = NULL;
+    m->packed_floats = 0;
+    return 0;
 }
 
 void model_freeze_base(model *m)
 {
-    model_pack_frozen(m);
     /* packed, the fp32 rest feeds a product only as a tied LM head */
     if (!m->packed_block || m->lm_head == m->embed)
         backend_freeze(m->backend, m->param_block, m->param_floats);

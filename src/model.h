@@ -145,9 +145,10 @@ typedef struct model {
     model_layer *layers;         /* (n_layers) */
     model_tensor *base_tensors;  /* named views of every base weight, checkpoint order */
     int n_base_tensors;
-    /* A crafted model's product weights where its backend keeps frozen weights in its own
-     * format (model_pack_frozen; param_block then holds the rest), else NULL; and the first
-     * MODEL_SAMPLE values of every base tensor as loaded, which checkpoints fingerprint */
+    /* The weights only products read, where the backend keeps frozen weights in its own
+     * format (backend_alloc_frozen: CUDA in bf16 math), from the load on; param_block then
+     * holds the rest. NULL otherwise, and after model_unpack. With it, the first MODEL_SAMPLE
+     * values of every base tensor as loaded, which checkpoints fingerprint. */
     void *packed_block;
     size_t packed_floats;
     float *base_samples;         /* (n_base_tensors, MODEL_SAMPLE), with packed_block */
@@ -192,15 +193,16 @@ int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t se
 int model_init_config(model *m, const char *config_path, pesc_backend *b, uint64_t seed,
                       pesc_error *err);
 
-/* Once the base is frozen (crafted, not in full mode): moves the weights that only products
- * read (each layer's q, k, v, o, gate, up and down, and an untied LM head) into the backend's
- * memory for frozen weights (backend_alloc_frozen: CUDA in bf16 math keeps them as bf16 alone,
- * half their fp32 bytes), and the rest into a smaller fp32 block. Nothing moves where the
- * backend offers no such memory or has no room for it, nor in full mode (the base trains).
- * model_craft calls it; a packed model cannot be crafted in full mode. */
-void model_pack_frozen(model *m);
-/* The base will not change from here on (crafted, or only evaluated): model_pack_frozen, then
- * backend_freeze of what stays fp32 where a product still reads it (a tied LM head). */
+/* Loading (model_load, model_init_random) puts the weights that only products read (each
+ * layer's q, k, v, o, gate, up and down, and an untied LM head) in the backend's memory for
+ * frozen weights where it has some (CUDA in bf16 math keeps them as bf16 alone, half their
+ * fp32 bytes), the rest in param_block. model_unpack gathers them all in one fp32 block again,
+ * the values as stored (bf16-rounded), for --train full, which trains them; model_craft calls
+ * it. */
+int model_unpack(model *m, pesc_error *err);
+/* The base will not change from here on (crafted, or only evaluated): backend_freeze of the
+ * fp32 weights where a product still reads them (all of them when nothing is packed; a tied LM
+ * head when the rest is). */
 void model_freeze_base(model *m);
 /* The first n (<= MODEL_SAMPLE) values of base tensor i as loaded, even once packing rounded
  * them (a checkpoint's fingerprint of its base). */

@@ -155,7 +155,9 @@ static int craft_fresh(model *m, const pesc_options *o, uint64_t seed, pesc_erro
     m->pesc = *o;
     m->rng = seed ? seed : 0x5eed;
     if (o->mode == TRAIN_FULL) {
-        /* every base weight trains, in place */
+        /* every base weight trains, in place, from fp32 again where loading packed them */
+        if (model_unpack(m, err) != 0)
+            return -1;
         m->train_block = m->param_block;
         m->n_train = 0;
         for (int i = 0; i < m->n_base_tensors; i++)
@@ -276,10 +278,6 @@ int model_craft(model *m, const pesc_options *o, uint64_t seed, pesc_error *err)
     if (m->grad_block)
         return pesc_fail(err, "the model trains every weight already (--train full); it cannot "
                          "be crafted");
-    if (o->mode == TRAIN_FULL && m->packed_block)
-        return pesc_fail(err, "the base weights are kept in bf16 for inference on the %s "
-                         "backend; load the model again to train every weight",
-                         backend_name(m->backend));
     return craft_fresh(m, o, seed, err);
 }
 

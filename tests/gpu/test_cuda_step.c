@@ -117,67 +117,83 @@ static double device_used(pesc_backend *b)
     return backend_memory_info(b, &mem) == 0 ? (double)mem.used : 0.0;
 }
 
-/* In bf16 math a crafted model's product weights are kept in bf16 alone
- * (model_pack_frozen): the base takes about half its fp32 bytes on the device; a download
- * gives the stored values, an upload rounds to them, and the checkpoint fingerprint still
- * sees the values as loaded. (The steps above ran on the packed weights.) */
+/* x rounded to bf16, to nearest even, as the device rounds. */
+static float bf16_round(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* Base tensor i of g against want (n values) after rounding to bf16: how many differ. */
+static size_t differ_from_bf16(pesc_backend *gpu, const model *g, int i, const float *want)
+{
+    size_t n = g->base_tensors[i].n, wrong = 0;
+    float *got = malloc(n * sizeof *got);
+    backend_download(gpu, got, g->base_tensors[i].data, n * sizeof *got);
+    for (size_t j = 0; j < n; j++)
+        wrong += got[j] != bf16_round(want[j]);
+    free(got);
+    return wrong;
+}
+
+/* In bf16 math the weights that only products read are loaded into bf16 alone: the base takes
+ * about half its fp32 bytes on the device; a download gives the stored values, an upload rounds
+ * to them, and the checkpoint fingerprint still sees the values as loaded. --train full gets
+ * them back in fp32 (as stored). (The steps above ran on packed weights.) */
 static void check_packing(pesc_backend *cpu, pesc_backend *gpu)
 {
     pesc_error err;
     model mc, mg;
     build(&mc, cpu, 0, 0, &err);
-    double before = device_used(gpu);
-    memset(&mg, 0, sizeof mg);
     hf_config c = mc.config;
+    double before = device_used(gpu);
     if (model_init_random(&mg, &c, gpu, 5, &err) != 0)
         gpu_test_die(&err);
-    double fp32 = device_used(gpu) - before;
-    pesc_options o = mc.pesc;
-    if (model_craft(&mg, &o, 9, &err) != 0 || backend_check(gpu, &err) != 0)
-        gpu_test_die(&err);
-    double crafted = (double)mg.n_train * sizeof(float) * 2;   /* trainables and gradients */
-    double base = device_used(gpu) - before - crafted;
-    gpu_test_verdict(mg.packed_block != NULL && fp32 > 0 && base < 0.6 * fp32,
-                     "bf16 math: the frozen base in bf16 alone", base / fp32,
+    double fp32 = (double)(mg.param_floats + mg.packed_floats) * sizeof(float);
+    double base = device_used(gpu) - before;
+    gpu_test_verdict(mg.packed_block != NULL && base > 0 && base < 0.6 * fp32,
+                     "bf16 math: the product weights loaded in bf16 alone", base / fp32,
                      "device bytes / fp32's, < 0.6");
-    /* the embedding stays fp32 (gathered, not multiplied); wq (tensor 2) moved */
-    size_t n = mc.base_tensors[2].n, worst = 0;
-    float *got = malloc(n * sizeof *got), *want = malloc(n * sizeof *want);
+    /* wq (tensor 2) is packed, the embedding (0) and the norms stay fp32 */
+    const float *wq = mc.base_tensors[2].data;
+    size_t n = mc.base_tensors[2].n;
+    float *got = malloc(MODEL_SAMPLE * sizeof *got), *want = malloc(n * sizeof *want);
     backend_download(gpu, got, mg.base_tensors[0].data, MODEL_SAMPLE * sizeof *got);
     int same = memcmp(got, mc.base_tensors[0].data, MODEL_SAMPLE * sizeof *got) == 0;
+    size_t loaded = differ_from_bf16(gpu, &mg, 2, wq);
     for (size_t i = 0; i < n; i++)
-        want[i] = 3.0f * mc.base_tensors[2].data[i] + 1.0f / 3.0f;
+        want[i] = 3.0f * wq[i] + 1.0f / 3.0f;
     backend_upload(gpu, mg.base_tensors[2].data, want, n * sizeof *want);
-    backend_download(gpu, got, mg.base_tensors[2].data, n * sizeof *got);
-    for (size_t i = 0; i < n; i++) {
-        float r = want[i];   /* bf16 to nearest even, as the device rounds */
-        uint32_t u;
-        memcpy(&u, &r, sizeof u);
-        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-        memcpy(&r, &u, sizeof r);
-        worst += got[i] != r;
-    }
-    gpu_test_verdict(same && worst == 0 && mg.base_tensors[2].data == mg.layers[0].wq,
-                     "packed weights: uploads rounded to bf16, downloads exact", (double)worst,
-                     "values that differ");
+    size_t uploaded = differ_from_bf16(gpu, &mg, 2, want);
+    gpu_test_verdict(same && loaded + uploaded == 0 && mg.base_tensors[2].data == mg.layers[0].wq,
+                     "packed weights: loads and uploads rounded to bf16, downloads exact",
+                     (double)(loaded + uploaded), "values that differ");
     float sample[MODEL_SAMPLE];
     model_base_sample(&mg, 2, sample, MODEL_SAMPLE);
-    gpu_test_verdict(memcmp(sample, mc.base_tensors[2].data, sizeof sample) == 0,
+    gpu_test_verdict(memcmp(sample, wq, sizeof sample) == 0,
                      "packed weights: the fingerprint's samples as loaded", 0.0, "fp32 values");
+    model_free(&mg);
+    /* --train full: one fp32 block again, holding the stored values */
+    if (model_init_random(&mg, &c, gpu, 5, &err) != 0)
+        gpu_test_die(&err);
+    pesc_options o = mc.pesc;
+    o.mode = TRAIN_FULL;
+    o.lora_rank = 0;
+    if (model_craft(&mg, &o, 9, &err) != 0 || backend_check(gpu, &err) != 0)
+        gpu_test_die(&err);
+    size_t wrong = differ_from_bf16(gpu, &mg, 2, wq);
+    gpu_test_verdict(!mg.packed_block && mg.train_block == mg.param_block &&
+                     mg.n_train == mg.param_floats && wrong == 0,
+                     "--train full: the weights unpacked to fp32, as stored", (double)wrong,
+                     "values that differ");
     free(got);
     free(want);
     if (backend_check(gpu, &err) != 0)
         gpu_test_die(&err);
     model_free(&mc);
-    model_free(&mg);
-    /* a model packed for inference (eval, generate) does not train every weight */
-    if (model_init_random(&mg, &c, gpu, 5, &err) != 0)
-        gpu_test_die(&err);
-    model_freeze_base(&mg);
-    o.mode = TRAIN_FULL;
-    int refused = model_craft(&mg, &o, 9, &err) != 0 && strstr(err.msg, "load the model again");
-    gpu_test_verdict(mg.packed_block && refused, "packed for inference: full mode refused", 0.0,
-                     refused ? err.msg : "crafted");
     model_free(&mg);
 }
 
