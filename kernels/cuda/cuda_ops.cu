@@ -28,24 +28,32 @@ extern "C" void cuda_embedding_forward(void *ctx, float *out, const int32_t *tok
     CUDA_LAUNCHED(c);
 }
 
-// One thread per column walks the tokens in order: a token repeated in the batch adds in the
-// same order every run (only the full-training mode trains the table).
+// Each thread owns one column of the vocabulary rows v with v % EMBED_SHARES == blockIdx.y and
+// walks the tokens in order, adding the ones in its rows: a token repeated in the batch adds in
+// the same order as on the CPU, every run, with no atomics (only the full-training mode trains
+// the table). The shares make C x EMBED_SHARES threads instead of C; every thread reads every
+// token id, a broadcast across the warp.
+#define EMBED_SHARES 32
+
 __global__ void embedding_backward_kernel(float *dtable, const float *dout, const int32_t *tokens,
                                           int N, int C)
 {
-    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    int col = blockIdx.x * blockDim.x + threadIdx.x, share = blockIdx.y;
     if (col >= C)
         return;
-    for (int n = 0; n < N; n++)
-        dtable[(size_t)tokens[n] * C + col] += dout[(size_t)n * C + col];
+    for (int n = 0; n < N; n++) {
+        int v = tokens[n];
+        if (v % EMBED_SHARES == share)
+            dtable[(size_t)v * C + col] += dout[(size_t)n * C + col];
+    }
 }
 
 extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *dout,
                                         const int32_t *tokens, int N, int C)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(embedding_backward_kernel, (C + 127) / 128, 128, 0, c->stream, dtable, dout, tokens,
-                N, C);
+    CUDA_LAUNCH(embedding_backward_kernel, dim3((C + 127) / 128, EMBED_SHARES), 128, 0, c->stream,
+                dtable, dout, tokens, N, C);
     CUDA_LAUNCHED(c);
 }
 

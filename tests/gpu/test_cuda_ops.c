@@ -154,7 +154,8 @@ static void test_embedding(int N, int V, int C)
     compare("embedding_forward", out, 0.0);
     embedding_backward(cpu, F(dtable), F(dout), FI(tokens), N, C);
     embedding_backward(gpu, G(dtable), G(dout), GI(tokens), N, C);
-    compare("embedding_backward (accumulated, repeated tokens)", dtable, 1e-6);
+    /* the CPU's order of additions, so the same floats */
+    compare("embedding_backward (accumulated, repeated tokens)", dtable, 0.0);
     twin_free(tokens); twin_free(table); twin_free(out); twin_free(dout); twin_free(dtable);
 }
 
