@@ -72,7 +72,7 @@ typedef struct stats_event {
 typedef struct stats_run {
     stats_shape shape;
     char model[256];             /* model directory or "demo" */
-    char backend[96];
+    char backend[256];           /* the backend's device line (backend_device) */
     char sources[STATS_MAX_SOURCES][128];   /* --data names, for the per-source view */
     long total_steps;
     int adapter_dim;
