@@ -20,7 +20,8 @@ Styles (they differ only in the MoE adapter layer):
               batched matmuls (bmm) with the stacked D [E, R, C] and U [E, C, R], then scale
               by the routing weights and scatter-add back with index_add_.
 
-It prints one JSON line: {"style", "tokens_per_s", "step_ms", "threads", ...}.
+It prints one JSON line: {"style", "tokens_per_s", "step_ms", "threads", "device_used_bytes"
+(the GPU's memory in use after the steps; 0 on the CPU), ...}.
 CPU float32 by default; `--device cuda [--bf16]` runs on a GPU (bf16 autocast for the forward).
 """
 
@@ -268,6 +269,10 @@ def main():
     total = time.perf_counter() - t0
     step_s = total / a.steps
     tokens = a.batch * a.seq
+    used = 0   # the GPU's memory in use after the steps, as nvidia-smi counts it (pesc bench's)
+    if dev.type == "cuda":
+        free, total_bytes = torch.cuda.mem_get_info(dev)
+        used = total_bytes - free
     print(json.dumps({
         "style": a.style,
         "tokens_per_s": tokens / step_s,
@@ -277,6 +282,7 @@ def main():
         "device": a.device + ("+bf16" if use_amp else ""),
         "steps": a.steps,
         "loss": float(loss),
+        "device_used_bytes": used,
         "trainable_params": sum(p.numel() for p in params),
         "torch": torch.__version__,
         "shape": {"dim": a.dim, "layers": a.layers, "heads": a.heads, "kv_heads": a.kv_heads, "ffn": a.ffn,
