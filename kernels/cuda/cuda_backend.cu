@@ -202,6 +202,30 @@ static bool packed_range(cuda_context *c, const void *p, size_t bytes, __nv_bflo
 static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
 static void widen(cuda_context *c, float *out, const __nv_bfloat16 *in, size_t n);
 
+// n packed values from host floats (up: rounded to bf16) or to them (down: widened, and waited
+// for), a chunk at a time through fp32 staging on the device.
+static void packed_transfer(cuda_context *c, __nv_bfloat16 *values, float *host, size_t n,
+                            bool up)
+{
+    for (size_t at = 0; at < n && !c->failed; at += CUDA_PACKED_CHUNK) {
+        size_t m = n - at < CUDA_PACKED_CHUNK ? n - at : CUDA_PACKED_CHUNK;
+        float *staging = (float *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
+                                               m * sizeof(float));
+        if (!staging)
+            return;
+        if (up) {
+            if (CUDA_CHECK(c, cudaMemcpyAsync(staging, host + at, m * sizeof(float),
+                                              cudaMemcpyHostToDevice, c->stream)))
+                to_bf16(c, values + at, staging, m);
+        } else {
+            widen(c, staging, values + at, m);
+            if (CUDA_CHECK(c, cudaMemcpyAsync(host + at, staging, m * sizeof(float),
+                                              cudaMemcpyDeviceToHost, c->stream)))
+                CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+        }
+    }
+}
+
 static void cuda_free(void *ctx, void *p)
 {
     cuda_context *c = (cuda_context *)ctx;
@@ -242,18 +266,8 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
     CUDA_OP(ctx);
     __nv_bfloat16 *values;
     size_t n;
-    if (packed_range(c, dst, bytes, &values, &n)) {   // floats to bf16 through staging
-        for (size_t at = 0; at < n; at += CUDA_PACKED_CHUNK) {
-            size_t m = n - at < CUDA_PACKED_CHUNK ? n - at : CUDA_PACKED_CHUNK;
-            float *staging = (float *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
-                                                   m * sizeof(float));
-            if (!staging ||
-                !CUDA_CHECK(c, cudaMemcpyAsync(staging, (const float *)src + at,
-                                               m * sizeof(float), cudaMemcpyHostToDevice,
-                                               c->stream)) ||
-                !to_bf16(c, values + at, staging, m))
-                return;
-        }
+    if (packed_range(c, dst, bytes, &values, &n)) {
+        packed_transfer(c, values, (float *)src, n, true);
         return;
     }
     if (c->failed)
@@ -271,22 +285,11 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
     __nv_bfloat16 *values;
     size_t n;
     bool ready = !c->failed && cuda_device_current(c);
-    if (ready && packed_range(c, src, bytes, &values, &n)) {   // bf16 widened through staging
-        for (size_t at = 0; at < n && !c->failed; at += CUDA_PACKED_CHUNK) {
-            size_t m = n - at < CUDA_PACKED_CHUNK ? n - at : CUDA_PACKED_CHUNK;
-            float *staging = (float *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
-                                                   m * sizeof(float));
-            if (staging) {
-                widen(c, staging, values + at, m);
-                if (CUDA_CHECK(c, cudaMemcpyAsync((float *)dst + at, staging, m * sizeof(float),
-                                                  cudaMemcpyDeviceToHost, c->stream)))
-                    CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
-            }
-        }
-    } else if (ready && !c->failed &&
-               CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream))) {
+    if (ready && packed_range(c, src, bytes, &values, &n))
+        packed_transfer(c, values, (float *)dst, n, false);
+    else if (ready && !c->failed &&
+             CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream)))
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
-    }
     if (c->failed)
         memset(dst, 0, bytes);
 }
