@@ -746,7 +746,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
             snprintf(adapters, sizeof adapters, " (adapters grouped%s%s)", same ? "" : " in ",
                      same ? "" : math_names[grouped]);
         int version = 0;   // the library loaded, which grouped products depend on
-        cublasGetVersion(c->cublas, &version);
+        CUBLAS_CHECK(c, cublasGetVersion(c->cublas, &version));
         snprintf(c->device_text, sizeof c->device_text,
                  "%s (sm_%d%d, %.0f GiB), cuBLAS %d.%d %s products%s, %s attention, fp32 "
                  "tensors%s", prop.name, prop.major, prop.minor,
