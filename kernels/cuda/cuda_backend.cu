@@ -303,6 +303,8 @@ static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
     bool packed_src = packed_range(c, src, bytes, &from, &n);
     if (c->failed)
         return;
+    if (touches_frozen(c, dst, bytes))
+        forget_frozen(c);
     if (packed_dst && packed_src)
         CUDA_CHECK(c, cudaMemcpyAsync(to, from, n * sizeof *to, cudaMemcpyDeviceToDevice,
                                       c->stream));
@@ -310,11 +312,7 @@ static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
         to_bf16(c, to, (const float *)src, n);
     else if (packed_src)
         widen(c, (float *)dst, from, n);
-    if (packed_dst || packed_src)
-        return;
-    if (touches_frozen(c, dst, bytes))
-        forget_frozen(c);
-    if (dst != src)
+    else if (dst != src)
         CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
 }
 
