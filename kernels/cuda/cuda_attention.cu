@@ -684,10 +684,7 @@ static void gemm_batched(cuda_context *c, int trans_a, int trans_b, int M, int N
 {
     if (c->failed)
         return;
-    bool bf16 = c->math == CUDA_MATH_BF16 || c->math == CUDA_MATH_FAST_BF16;
-    cublasComputeType_t compute = c->math == CUDA_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                  : bf16                    ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                            : CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute = cuda_fp32_compute(c->math);
     CUBLAS_CHECK(c, cublasGemmStridedBatchedEx(
                         c->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                         trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUDA_R_32F, ldb,

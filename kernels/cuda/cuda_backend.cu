@@ -417,12 +417,9 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
                 B = (const float *)(work + a_bytes);
             }
         }
-        cublasComputeType_t compute = math == CUDA_MATH_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                      : math == CUDA_MATH_FAST_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                                    : CUBLAS_COMPUTE_32F;
         CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb,
-                                     A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, compute,
-                                     CUBLAS_GEMM_DEFAULT));
+                                     A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc,
+                                     cuda_fp32_compute(math), CUBLAS_GEMM_DEFAULT));
         return;
     }
     // bf16 operands, fp32 accumulation and result: each operand is converted once per product,

@@ -29,6 +29,14 @@ extern "C" {
 }
 
 enum cuda_math { CUDA_MATH_BF16, CUDA_MATH_TF32, CUDA_MATH_FP32, CUDA_MATH_FAST_BF16 };
+// cuBLAS's compute type for a product of fp32 operands in math m: bf16 and fast-bf16 round the
+// operands to bf16 inside cuBLAS, tf32 to tf32, fp32 not at all.
+static inline cublasComputeType_t cuda_fp32_compute(int m)
+{
+    return m == CUDA_MATH_TF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
+           : m == CUDA_MATH_FP32 ? CUBLAS_COMPUTE_32F
+                                 : CUBLAS_COMPUTE_32F_FAST_16BF;
+}
 // Training attention (PESC_CUDA_ATTENTION): the fused fp32 kernels, cuBLAS products over tiles
 // of scores on the tensor cores, or flash attention on the tensor cores, with mma.sync
 // (cuda_flash_mma.cuh) or, asked for or where the device disagrees with its layout, wmma

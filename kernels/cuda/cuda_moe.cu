@@ -292,13 +292,10 @@ static int experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int
         return grouped_math(c);   // failed: recorded, nothing more to do
     void **ptrs = c->group_ptrs;
     for (int math; (math = grouped_math(c)) >= 0;) {
-        cublasComputeType_t compute = math == CUDA_MATH_TF32        ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                      : math == CUDA_MATH_FAST_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                                    : CUBLAS_COMPUTE_32F;
         cublasStatus_t rc = cublasGemmGroupedBatchedEx(
             c->cublas, op_a, op_b, m, n, k, alpha, (const void *const *)ptrs, CUDA_R_32F, lda,
             (const void *const *)(ptrs + places.count), CUDA_R_32F, ldb, beta,
-            ptrs + 2 * places.count, CUDA_R_32F, ldc, places.count, one, compute);
+            ptrs + 2 * places.count, CUDA_R_32F, ldc, places.count, one, cuda_fp32_compute(math));
         // refused (a type combination this cuBLAS does not group, or arguments it takes only
         // one product at a time): never again in this math; the next one grouped_math allows
         if (rc != CUBLAS_STATUS_NOT_SUPPORTED && rc != CUBLAS_STATUS_INVALID_VALUE) {
