@@ -202,10 +202,10 @@ static bool packed_range(cuda_context *c, const void *p, size_t bytes, __nv_bflo
 static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
 static void widen(cuda_context *c, float *out, const __nv_bfloat16 *in, size_t n);
 
-// n packed values from host floats (up: rounded to bf16) or to them (down: widened, and waited
-// for), a chunk at a time through fp32 staging on the device.
-static void packed_transfer(cuda_context *c, __nv_bfloat16 *values, float *host, size_t n,
-                            bool up)
+// n packed values from host floats `from` (rounded to bf16), or else to host floats `to`
+// (widened, and waited for), a chunk at a time through fp32 staging on the device.
+static void packed_transfer(cuda_context *c, __nv_bfloat16 *values, const float *from,
+                            float *to, size_t n)
 {
     for (size_t at = 0; at < n && !c->failed; at += CUDA_PACKED_CHUNK) {
         size_t m = n - at < CUDA_PACKED_CHUNK ? n - at : CUDA_PACKED_CHUNK;
@@ -213,13 +213,13 @@ static void packed_transfer(cuda_context *c, __nv_bfloat16 *values, float *host,
                                                m * sizeof(float));
         if (!staging)
             return;
-        if (up) {
-            if (CUDA_CHECK(c, cudaMemcpyAsync(staging, host + at, m * sizeof(float),
+        if (from) {
+            if (CUDA_CHECK(c, cudaMemcpyAsync(staging, from + at, m * sizeof(float),
                                               cudaMemcpyHostToDevice, c->stream)))
                 to_bf16(c, values + at, staging, m);
         } else {
             widen(c, staging, values + at, m);
-            if (CUDA_CHECK(c, cudaMemcpyAsync(host + at, staging, m * sizeof(float),
+            if (CUDA_CHECK(c, cudaMemcpyAsync(to + at, staging, m * sizeof(float),
                                               cudaMemcpyDeviceToHost, c->stream)))
                 CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
         }
@@ -267,7 +267,7 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
     __nv_bfloat16 *values;
     size_t n;
     if (packed_range(c, dst, bytes, &values, &n)) {
-        packed_transfer(c, values, (float *)src, n, true);
+        packed_transfer(c, values, (const float *)src, NULL, n);
         return;
     }
     if (c->failed)
@@ -286,7 +286,7 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
     size_t n;
     bool ready = !c->failed && cuda_device_current(c);
     if (ready && packed_range(c, src, bytes, &values, &n))
-        packed_transfer(c, values, (float *)dst, n, false);
+        packed_transfer(c, values, NULL, (float *)dst, n);
     else if (ready && !c->failed &&
              CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream)))
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
