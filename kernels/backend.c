@@ -214,9 +214,9 @@ int backend_memory_info(pesc_backend *b, backend_memory *out)
     return b->ops->memory ? b->ops->memory(b->context, out) : host_memory(out);
 }
 
-size_t backend_attention_work_bytes(pesc_backend *b, int B, int T, int Hq, int Hkv, int D)
+size_t backend_work_bytes(pesc_backend *b, const backend_step_shape *s)
 {
-    return b->ops->attention_work ? b->ops->attention_work(b->context, B, T, Hq, Hkv, D) : 0;
+    return b->ops->work_bytes ? b->ops->work_bytes(b->context, s) : 0;
 }
 
 int backend_check(pesc_backend *b, pesc_error *err)

@@ -53,10 +53,17 @@ typedef struct backend_memory {
     size_t used, available, total;
 } backend_memory;
 int backend_memory_info(pesc_backend *b, backend_memory *out);
-/* Bytes of scratch the backend's own attention backward takes at this shape, beyond the
- * buffers it is handed, for the memory estimate a run makes before it starts: 0 where that
- * scratch is small (the CPU backend's lives in host memory, a few rows per thread). */
-size_t backend_attention_work_bytes(pesc_backend *b, int B, int T, int Hq, int Hkv, int D);
+/* A training step's shape, as the scratch a backend takes for it depends on it. */
+typedef struct backend_step_shape {
+    int batch, seq, heads, kv_heads, head_dim;
+    size_t operand_floats;   /* the most one product's operands hold, frozen weights aside */
+} backend_step_shape;
+/* Bytes of scratch the backend still has to allocate for a training step of this shape,
+ * beyond the buffers it is handed and the scratch it holds now, for the memory estimate a run
+ * makes before it starts (CUDA: attention's backward, and bf16 copies of product operands in
+ * bf16 math, as its scratch grows). 0 where that scratch is small (the CPU backend's lives in
+ * host memory, a few rows per thread). */
+size_t backend_work_bytes(pesc_backend *b, const backend_step_shape *s);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
 /* Device errors do not stop the program: a backend that fails (a CUDA or cuBLAS error, a

@@ -48,8 +48,8 @@ typedef struct backend_ops {
     void (*freeze)(void *ctx, const float *p, size_t n);       /* optional: backend_freeze */
     /* optional (backend.c answers for the host memory without it): see backend_memory_info */
     int (*memory)(void *ctx, backend_memory *out);
-    /* optional: see backend_attention_work_bytes */
-    size_t (*attention_work)(void *ctx, int B, int T, int Hq, int Hkv, int D);
+    /* optional: see backend_work_bytes */
+    size_t (*work_bytes)(void *ctx, const backend_step_shape *s);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */
     int (*check)(void *ctx, pesc_error *err);
     /* optional: see backend_alloc_frozen */

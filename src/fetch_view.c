@@ -23,17 +23,6 @@ struct fetch_view {
     int n_seen;
 };
 
-static void format_bytes(double n, char *out, size_t cap)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int u = 0;
-    while (n >= 1024 && u < 4) {
-        n /= 1024;
-        u++;
-    }
-    snprintf(out, cap, u == 0 ? "%.0f %s" : "%.1f %s", n, units[u]);
-}
-
 static void format_duration(double s, char *out, size_t cap)
 {
     if (s < 0)
@@ -56,7 +45,7 @@ static int terminal_columns(void)
 static void print_ended(const fetch_progress *p)
 {
     char size[32];
-    format_bytes((double)p->done, size, sizeof size);
+    pesc_format_bytes((double)p->done, size, sizeof size);
     if (p->state == FETCH_DONE)
         fprintf(stderr, "pesc: %s: %s in %.1f s\n", p->name, size, p->elapsed_s);
     else if (p->state == FETCH_CACHED)
@@ -68,9 +57,9 @@ static void print_ended(const fetch_progress *p)
 static void print_plain_progress(const fetch_progress *p)
 {
     char done[32], total[32], rate[32], eta[32];
-    format_bytes((double)p->done, done, sizeof done);
-    format_bytes((double)p->total, total, sizeof total);
-    format_bytes(p->rate, rate, sizeof rate);
+    pesc_format_bytes((double)p->done, done, sizeof done);
+    pesc_format_bytes((double)p->total, total, sizeof total);
+    pesc_format_bytes(p->rate, rate, sizeof rate);
     format_duration(p->eta_s, eta, sizeof eta);
     if (p->total > 0)
         fprintf(stderr, "pesc: %s: %s of %s (%d%%), %s/s, %s left\n", p->name, done, total,
@@ -82,9 +71,9 @@ static void print_plain_progress(const fetch_progress *p)
 static void print_bar(const fetch_progress *p, int columns)
 {
     char done[32], total[32], rate[32], eta[32];
-    format_bytes((double)p->done, done, sizeof done);
-    format_bytes((double)p->total, total, sizeof total);
-    format_bytes(p->rate, rate, sizeof rate);
+    pesc_format_bytes((double)p->done, done, sizeof done);
+    pesc_format_bytes((double)p->total, total, sizeof total);
+    pesc_format_bytes(p->rate, rate, sizeof rate);
     format_duration(p->eta_s, eta, sizeof eta);
     enum { tail_width = 44, bar_width = 20 };
     char numbers[192];

@@ -188,6 +188,29 @@ size_t model_activation_bytes(model *m, int B, int T, int training, int recomput
     return total * sizeof(float);
 }
 
+static size_t max2(size_t a, size_t b) { return a > b ? a : b; }
+
+size_t model_product_operand_floats(const model *m, int B, int T)
+{
+    const hf_config *cf = &m->config;
+    size_t N = (size_t)B * T, C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
+    size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
+    size_t rows = max2(1, (64u << 20) / (V * sizeof(float)));   /* as plan_activations */
+    rows = rows > N ? N : rows;
+    /* a frozen weight's product: its input, or its output's gradient; the head's logits */
+    size_t most = max2(N * widest, rows * V);
+    if (m->crafted) {
+        /* an expert's adapter products one at a time (up to every token's row), a LoRA
+         * factor's: both operands train or are activations */
+        size_t R = max2((size_t)m->pesc.adapter_dim, (size_t)m->pesc.lora_rank);
+        most = max2(most, N * (C + R) + R * C);
+    }
+    if (m->n_train && m->trainables == m->base_tensors)   /* full mode: the weights train too */
+        most = max3(most, max2(N * widest + widest * C, N * (widest + C)),
+                    max2(rows * V + V * C, rows * (V + C)));
+    return most;
+}
+
 int model_ensure_activations(model *m, int B, int T, int training, pesc_error *err)
 {
     int N = B * T, recompute = training && m->recompute;

@@ -89,6 +89,7 @@ struct session {
      * the final save is skipped when both still hold */
     long saved_step, live_changes, saved_changes;
     char resume_note[512];       /* live values of the checkpoint a flag replaced, for a note */
+    char memory_note[320];       /* check_memory's estimate against what is free, for the log */
     /* the data's warnings of skipped records, kept until the log is open: notes there and,
      * headless, on stderr, also in the workbench, where stderr is the screen */
     FILE *skips;
@@ -1543,12 +1544,10 @@ static int open_sinks(session *s, pesc_error *err)
     return s->sinks ? 0 : -1;
 }
 
-static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024.0); }
-
 /* Before anything big is allocated: what training still needs (activations and gradients of
- * one micro-batch, attention's scratch on the backend, AdamW's two moments, the update-ratio
+ * one micro-batch, the backend's scratch for them, AdamW's two moments, the update-ratio
  * copy) against what the backend's memory has free. A run that cannot fit is refused with the
- * numbers and what to change. */
+ * numbers and what to change; one that fits has them in memory_note, for the log. */
 static int check_memory(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
@@ -1556,23 +1555,34 @@ static int check_memory(session *s, pesc_error *err)
     if (backend_memory_info(s->backend, &mem) != 0)
         return 0;   /* unknown: let the allocations speak */
     const hf_config *cf = &s->m.config;
-    size_t work = backend_attention_work_bytes(s->backend, c->batch, c->seq, cf->n_heads,
-                                               cf->n_kv_heads, cf->head_dim);
+    backend_step_shape shape = {c->batch, c->seq, cf->n_heads, cf->n_kv_heads, cf->head_dim,
+                                model_product_operand_floats(&s->m, c->batch, c->seq)};
+    size_t work = backend_work_bytes(s->backend, &shape);
     size_t acts = model_activation_bytes(&s->m, c->batch, c->seq, 1, c->recompute) + work;
     size_t state = s->m.n_train * sizeof(float) * (s->m.crafted ? 3 : 2);
     size_t need = acts + state;
-    if (need <= mem.available / 100 * 95)
+    char need_s[32], acts_s[32], state_s[32], free_s[32], total_s[32], hint[160] = "";
+    pesc_format_bytes((double)need, need_s, sizeof need_s);
+    pesc_format_bytes((double)acts, acts_s, sizeof acts_s);
+    pesc_format_bytes((double)state, state_s, sizeof state_s);
+    pesc_format_bytes((double)mem.available, free_s, sizeof free_s);
+    pesc_format_bytes((double)mem.total, total_s, sizeof total_s);
+    const char *where = strcmp(backend_name(s->backend), "cpu") == 0 ? "the machine" : "the GPU";
+    snprintf(s->memory_note, sizeof s->memory_note, "training needs %s more memory "
+             "(activations and scratch %s, optimizer state %s); %s has %s free of %s", need_s,
+             acts_s, state_s, where, free_s, total_s);
+    if (need <= mem.available / 100 * 95)   /* 5% kept for what is not counted */
         return 0;
-    char hint[160] = "";
-    if (!c->recompute)
-        snprintf(hint, sizeof hint, ", or add --recompute (activations %.1f GiB)",
-                 gib(model_activation_bytes(&s->m, c->batch, c->seq, 1, 1) + work));
-    return pesc_fail(err, "training needs %.1f GiB more memory (activations and scratch %.1f "
-                     "GiB for --batch %d x --seq %d, optimizer state %.1f GiB) but %s has %.1f "
-                     "GiB free: lower --batch (raising --grad-accum keeps the batch) or --seq%s",
-                     gib(need), gib(acts), c->batch, c->seq, gib(state),
-                     strcmp(backend_name(s->backend), "cpu") == 0 ? "the machine" : "the GPU",
-                     gib(mem.available), hint);
+    if (!c->recompute) {
+        char less[32];
+        pesc_format_bytes((double)(model_activation_bytes(&s->m, c->batch, c->seq, 1, 1) + work),
+                          less, sizeof less);
+        snprintf(hint, sizeof hint, ", or add --recompute (activations %s)", less);
+    }
+    return pesc_fail(err, "training needs %s more memory (activations and scratch %s for "
+                     "--batch %d x --seq %d, optimizer state %s) but %s has %s free: lower "
+                     "--batch (raising --grad-accum keeps the batch) or --seq%s",
+                     need_s, acts_s, c->batch, c->seq, state_s, where, free_s, hint);
 }
 
 /* --save DIR must be writable, not in use by another run (the lock is the session's from
@@ -1717,6 +1727,8 @@ int session_start(session *s, pesc_error *err)
     s->t_start = pesc_now();   /* the notes below are at the run's start, not the epoch's */
     if (open_sinks(s, err) != 0)
         return -1;
+    if (*s->memory_note)
+        publish_event(s, "memory", "%s", s->memory_note);
     if (*backend_gpu_passed_over(s->backend))
         publish_warning(s, "note", "--backend auto runs on the CPU: %s",
                         backend_gpu_passed_over(s->backend));

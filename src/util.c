@@ -449,6 +449,17 @@ void pesc_file_abort(FILE *f, const char *tmp)
         unlink(tmp);
 }
 
+void pesc_format_bytes(double n, char *out, size_t cap)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (n >= 1024 && u < 4) {
+        n /= 1024;
+        u++;
+    }
+    snprintf(out, cap, u == 0 ? "%.0f %s" : "%.1f %s", n, units[u]);
+}
+
 int pesc_mul_size(size_t a, size_t b, size_t *out)
 {
     if (a && b > SIZE_MAX / a)

@@ -95,6 +95,9 @@ int pesc_dir_begin(const char *final, char **tmp, pesc_error *err);
 int pesc_dir_commit(const char *tmp, const char *final, pesc_error *err);
 void pesc_dir_abort(const char *tmp);
 
+/* n bytes for people: "512 B", "3.4 MiB", "12.0 GiB" (binary units, one decimal). */
+void pesc_format_bytes(double n, char *out, size_t cap);
+
 /* Overflow-checked size arithmetic: returns 0 and sets *out, or -1 on overflow. */
 int pesc_mul_size(size_t a, size_t b, size_t *out);
 

@@ -339,6 +339,27 @@ void *cuda_scratch(cuda_context *c, void **area, size_t *area_bytes, size_t byte
     return *area;
 }
 
+// What a scratch area holding `held` bytes grows by for a request of `bytes` (cuda_scratch:
+// the old area goes first, the new one is a quarter over the request).
+static size_t scratch_growth(size_t held, size_t bytes)
+{
+    return bytes <= held ? 0 : bytes + bytes / 4 - held;
+}
+
+// backend_work_bytes: attention's backward work (op_work), and the bf16 copies of a product's
+// operands in bf16 math (gemm_work, which the loading's staging may already hold).
+static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    size_t attention = cuda_attention_work(c, s->batch, s->seq, s->heads, s->kv_heads,
+                                           s->head_dim);
+    size_t operands = c->math == CUDA_MATH_BF16
+                          ? s->operand_floats * sizeof(__nv_bfloat16) + 256   // one aligned
+                          : 0;
+    return scratch_growth(c->op_work_bytes, attention) +
+           scratch_growth(c->gemm_work_bytes, operands);
+}
+
 bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
 {
     if (bytes <= 48 * 1024)
@@ -605,7 +626,7 @@ static const backend_ops cuda_ops = {
     .adamw_update = cuda_adamw_update,
     .freeze = cuda_freeze,
     .memory = cuda_memory,
-    .attention_work = cuda_attention_work,
+    .work_bytes = cuda_work_bytes,
     .check = cuda_check,
     .alloc_frozen = cuda_alloc_frozen,
 };

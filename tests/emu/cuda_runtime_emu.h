@@ -107,7 +107,16 @@ typedef CUevent_st *cudaEvent_t;
 
 namespace emu_detail {
 
-constexpr size_t device_total_bytes = (size_t)16 << 30;
+/* The device's memory: 16 GiB, or PESC_EMU_MEMORY_KB KiB to stand for a smaller GPU. */
+inline size_t device_total_bytes()
+{
+    static const size_t total = [] {
+        const char *s = getenv("PESC_EMU_MEMORY_KB");
+        long long kb = s && *s ? atoll(s) : 0;
+        return kb > 0 ? (size_t)kb << 10 : (size_t)16 << 30;
+    }();
+    return total;
+}
 constexpr size_t default_shared_bytes = 48 * 1024;
 /* The opt-in maximum of dynamic shared memory per block: sm_90's 227 KiB, or PESC_EMU_SHARED_KB
  * (48 to 227) KiB to stand for a smaller device. */
@@ -126,10 +135,20 @@ constexpr unsigned char red_byte = 0xA5;
 struct device_state {
     std::mutex mutex;
     std::map<uintptr_t, size_t> blocks; /* cudaMalloc's live blocks: start -> bytes */
-    size_t allocated = 0;
+    size_t allocated = 0, peak = 0; /* bytes in live blocks, and their most at once */
     std::set<cudaStream_t> streams;
     std::set<cudaEvent_t> events;
     std::map<const void *, size_t> shared_limits; /* kernel -> dynamic shared bytes allowed */
+    /* At exit, the peak goes to the file PESC_EMU_PEAK names (a test's measure of what a run
+     * needed, against what the run estimated). */
+    ~device_state()
+    {
+        const char *path = getenv("PESC_EMU_PEAK");
+        if (FILE *f = path && *path ? fopen(path, "w") : nullptr) {
+            fprintf(f, "%zu\n", peak);
+            fclose(f);
+        }
+    }
 };
 
 inline device_state &device()
@@ -250,7 +269,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
         return emu_detail::status(cudaErrorInvalidDevice);
     memset(prop, 0, sizeof *prop);
     snprintf(prop->name, sizeof prop->name, "CUDA emulator (CPU)");
-    prop->totalGlobalMem = emu_detail::device_total_bytes;
+    prop->totalGlobalMem = emu_detail::device_total_bytes();
     prop->sharedMemPerBlock = emu_detail::default_shared_bytes;
     prop->sharedMemPerBlockOptin = emu_detail::max_shared_bytes();
     prop->warpSize = 32;
@@ -285,9 +304,10 @@ inline cudaError_t cudaMalloc(void **ptr, size_t bytes)
     device_state &state = device();
     {
         std::lock_guard<std::mutex> lock(state.mutex);
-        if (bytes > device_total_bytes - state.allocated)
+        if (bytes > device_total_bytes() - state.allocated)
             return status(cudaErrorMemoryAllocation);
         state.allocated += bytes; /* claimed now, so two threads cannot both take the rest */
+        state.peak = state.allocated > state.peak ? state.allocated : state.peak;
     }
     size_t rounded = (bytes + 255) / 256 * 256;
     unsigned char *base = (unsigned char *)aligned_alloc(256, red_zone + rounded + red_zone);
@@ -334,8 +354,8 @@ inline cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
         return status(cudaErrorInvalidValue);
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
-    *total_bytes = device_total_bytes;
-    *free_bytes = device_total_bytes - state.allocated;
+    *total_bytes = device_total_bytes();
+    *free_bytes = device_total_bytes() - state.allocated;
     return cudaSuccess;
 }
 

@@ -101,8 +101,66 @@ train "$tmp/bad.jsonl" cuda PESC_CUDA_ATTENTION=flash2
 grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose fused, gemm, flash or flash-wmma" "$tmp/err" &&
   pass "PESC_CUDA_ATTENTION=flash2 is refused, naming the choices" ||
   fail "PESC_CUDA_ATTENTION=flash2: $(head -c 300 "$tmp/err")"
-# generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
 demo="$top_srcdir/data/demo"
+# The memory estimate a run makes before it starts (check_memory; its "memory" event in the
+# log), against what the run then takes on the emulated GPU (PESC_EMU_PEAK: the most it held
+# at once, less what it held at the estimate): no less, and at most 2% more (the events' MiB
+# are rounded to 0.1). On a GPU a little smaller than the peak, the run is refused up front
+# with the numbers, not failed mid-step. With the scratch that differs most: attention's gemm
+# path, flash attention in bf16 math (the products' bf16 operand copies), recomputation, and
+# --train full in bf16 math (every weight an operand to copy).
+awk 'BEGIN { srand(7); for (r = 0; r < 16; r++) { printf "{\"input_ids\": [";
+  for (i = 0; i < 128; i++) printf "%s%d", i ? ", " : "", int(rand() * 400); print "]}" } }' \
+  >"$tmp/rows.jsonl"
+fit() {   # KiB of GPU memory, math, attention, pesc train options...
+  kb=$1 math=$2 attention=$3
+  shift 3
+  PESC_EMU_MEMORY_KB=$kb PESC_EMU_PEAK="$tmp/peak" PESC_CUDA_MATH=$math \
+    PESC_CUDA_ATTENTION=$attention "$pesc" train --headless --model "$demo" \
+    --data "$tmp/rows.jsonl" --format tokens --seq 128 --batch 4 --steps 1 --backend cuda \
+    --log "$tmp/fit.jsonl" "$@" >/dev/null 2>"$tmp/err"
+}
+crafted="--experts 4 --adapter-dim 16"
+for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash $crafted --recompute" \
+               "bf16 fused --train full"; do
+  set -- $variant
+  if ! fit 1024000 "$@"; then   # 1000 MiB: the event's figures in MiB
+    fail "memory estimate ($variant): the run failed: $(head -c 300 "$tmp/err")"
+    continue
+  fi
+  peak=$(cat "$tmp/peak")
+  verdict=$(grep '"event":"memory"' "$tmp/fit.jsonl" | awk -v peak="$peak" '
+    function mib(v, unit) {
+      if (unit ~ /^KiB/) return v / 1024
+      if (unit ~ /^GiB/) return v * 1024
+      if (unit ~ /^B/) return v / 1048576
+      return v
+    }
+    { n = split($0, w, " ")
+      for (i = 1; i < n; i++) {
+        if (w[i] == "needs") need = mib(w[i + 1], w[i + 2])
+        if (w[i] == "free" && w[i + 1] == "of") {
+          free = mib(w[i - 2], w[i - 1])
+          total = mib(w[i + 2], w[i + 3])
+        }
+      }
+      taken = peak / 1048576 - (total - free)
+      ok = need >= taken - 0.15 && need <= taken * 1.02 + 0.15
+      printf "%s: estimated %.1f MiB, took %.2f MiB", ok ? "ok" : "off", need, taken }')
+  case $verdict in
+    ok:*) pass "memory estimate ($variant): ${verdict#ok: }" ;;
+    *) fail "memory estimate ($variant): ${verdict:-no memory event in the log}" ;;
+  esac
+  peak_kb=$((peak / 1024))
+  if fit $((peak_kb - 64)) "$@"; then
+    fail "memory estimate ($variant): a GPU of $((peak_kb - 64)) KiB, below the run's peak, was not refused"
+  elif grep -q "^pesc train: training needs .* but the GPU has .* free: lower --batch" "$tmp/err"; then
+    pass "memory estimate ($variant): a GPU below the run's peak of $peak_kb KiB is refused up front"
+  else
+    fail "memory estimate ($variant): below the peak of $peak_kb KiB: $(head -c 300 "$tmp/err")"
+  fi
+done
+# generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
 # (and in bf16 math, the weights kept in bf16 alone: the same tokens on this model)
 for run in cpu:tf32 cuda:tf32 cuda:bf16; do
   PESC_CUDA_MATH=${run#*:} "$pesc" generate --model "$demo" --prompt "Once upon a time" --raw \
