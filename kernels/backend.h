@@ -56,7 +56,7 @@ int backend_memory_info(pesc_backend *b, backend_memory *out);
 /* A training step's shape, as the scratch a backend takes for it depends on it. */
 typedef struct backend_step_shape {
     int batch, seq, heads, kv_heads, head_dim;
-    size_t operand_floats;   /* the most one product's operands hold, frozen weights aside */
+    size_t operand_floats;   /* the most one product operand holds, frozen weights aside */
 } backend_step_shape;
 /* Bytes of scratch the backend still has to allocate for a training step of this shape,
  * beyond the buffers it is handed and the scratch it holds now, for the memory estimate a run

@@ -249,10 +249,10 @@ void model_zero_grad(model *m);
  * as model_train_step; recompute: as under model.recompute), for the memory estimate a run
  * makes before it starts. */
 size_t model_activation_bytes(model *m, int B, int T, int training, int recompute);
-/* The most floats that the operands of one product of a training step over B x T tokens hold,
- * frozen weights aside (a bound: an activation or gradient, the input too in a weight's
- * gradient, and the weight where it trains), for the backend's scratch in that estimate
- * (backend_work_bytes: the CUDA backend converts such operands to bf16 in bf16 math). */
+/* The most floats one operand of a product of a training step over B x T tokens holds,
+ * frozen weights aside (an activation or gradient, a slice of the logits, a weight where it
+ * trains), for the backend's scratch in that estimate (backend_work_bytes: the CUDA backend
+ * keeps bf16 copies of such operands in bf16 math). */
 size_t model_product_operand_floats(const model *m, int B, int T);
 
 /* Runs B sequences of T tokens (tokens: host array, B*T) through the decoder up to the final

@@ -197,17 +197,11 @@ size_t model_product_operand_floats(const model *m, int B, int T)
     size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
     size_t rows = max2(1, (64u << 20) / (V * sizeof(float)));   /* as plan_activations */
     rows = rows > N ? N : rows;
-    /* a frozen weight's product: its input, or its output's gradient; the head's logits */
+    /* an activation or its gradient (an adapter's or LoRA's operands are narrower), a slice of
+     * the logits' gradient */
     size_t most = max2(N * widest, rows * V);
-    if (m->crafted) {
-        /* an expert's adapter products one at a time (up to every token's row), a LoRA
-         * factor's: both operands train or are activations */
-        size_t R = max2((size_t)m->pesc.adapter_dim, (size_t)m->pesc.lora_rank);
-        most = max2(most, N * (C + R) + R * C);
-    }
     if (m->n_train && m->trainables == m->base_tensors)   /* full mode: the weights train too */
-        most = max3(most, max2(N * widest + widest * C, N * (widest + C)),
-                    max2(rows * V + V * C, rows * (V + C)));
+        most = max3(most, V * C, widest * C);
     return most;
 }
 

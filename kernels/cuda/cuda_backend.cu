@@ -75,6 +75,7 @@ static void *cuda_alloc(void *ctx, size_t bytes)
     void *p = NULL;
     if (!cuda_device_current(c))
         return NULL;
+    c->epoch++;   // new memory, perhaps where a copy's source was
     cudaError_t rc = cudaMalloc(&p, bytes ? bytes : 256);
     if (rc != cudaSuccess) {
         cudaGetLastError();   // out of memory is not sticky: backend_alloc reports it
@@ -231,6 +232,7 @@ static void cuda_free(void *ctx, void *p)
     cuda_context *c = (cuda_context *)ctx;
     if (!cuda_device_current(c))
         return;
+    c->epoch++;
     if (p && p == c->frozen)
         forget_frozen(c);
     if (p && p == c->packed) {
@@ -346,18 +348,17 @@ static size_t scratch_growth(size_t held, size_t bytes)
     return bytes <= held ? 0 : bytes + bytes / 4 - held;
 }
 
-// backend_work_bytes: attention's backward work (op_work), and the bf16 copies of a product's
-// operands in bf16 math (gemm_work, which the loading's staging may already hold).
+// backend_work_bytes: attention's backward work (op_work), and in bf16 math the slots of the
+// operands' bf16 copies, each as large as the largest operand at most.
 static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
 {
     cuda_context *c = (cuda_context *)ctx;
-    size_t attention = cuda_attention_work(c, s->batch, s->seq, s->heads, s->kv_heads,
-                                           s->head_dim);
-    size_t operands = c->math == CUDA_MATH_BF16
-                          ? s->operand_floats * sizeof(__nv_bfloat16) + 256   // one aligned
-                          : 0;
-    return scratch_growth(c->op_work_bytes, attention) +
-           scratch_growth(c->gemm_work_bytes, operands);
+    size_t work = scratch_growth(c->op_work_bytes,
+                                 cuda_attention_work(c, s->batch, s->seq, s->heads, s->kv_heads,
+                                                     s->head_dim));
+    for (int i = 0; c->math == CUDA_MATH_BF16 && i < CUDA_COPIES; i++)
+        work += scratch_growth(c->copies[i].bytes, s->operand_floats * sizeof(__nv_bfloat16));
+    return work;
 }
 
 bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
@@ -396,6 +397,103 @@ static void widen(cuda_context *c, float *out, const __nv_bfloat16 *in, size_t n
 {
     CUDA_LAUNCH(widen_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, in, n);
     CUDA_LAUNCHED(c);
+}
+
+// ---- bf16 copies of product operands (bf16 math) ---------------------------------------------
+//
+// A product in bf16 math reads bf16 operands: an fp32 one is converted first (6 bytes a value
+// moved, besides the product's own read). Where the model's next products read the same
+// operand (q, k and v one normed input; gate and up another; a weight's input gradient and
+// its own gradient the same output gradient), the first conversion serves them all; and the
+// ops whose outputs feed products (RMSNorm, SwiGLU forward and backward) write the copy
+// beside their fp32 output (2 bytes a value), so nothing converts it at all. A copy is kept in
+// one of CUDA_COPIES slots, for the current epoch only: while nothing but the matmul ops runs
+// (CUDA_PRODUCT_OP), and until a product writes over its source. The values are the same a
+// conversion gives (operand_cvt), so the products' results do not change.
+
+static bool copy_valid(const cuda_context *c, const operand_copy *k)
+{
+    return k->src && k->epoch == c->epoch;
+}
+
+// The slot to fill next, never `avoid`: one no longer valid with room for `bytes`, else the
+// invalid one with the most room, else (all valid) the first.
+static int copy_slot(const cuda_context *c, size_t bytes, int avoid)
+{
+    int best = -1, best_rank = -1;
+    for (int i = 0; i < CUDA_COPIES; i++) {
+        const operand_copy *k = &c->copies[i];
+        int rank = copy_valid(c, k) ? 0 : k->bytes >= bytes ? 2 : 1;
+        if (i != avoid && (rank > best_rank ||
+                           (rank == best_rank && rank == 1 && k->bytes > c->copies[best].bytes))) {
+            best = i;
+            best_rank = rank;
+        }
+    }
+    return best;
+}
+
+// Room in slot i for n values, recorded as src's copy in this epoch (src NULL: for one
+// product alone). NULL on failure (recorded).
+static __nv_bfloat16 *claim_copy(cuda_context *c, int i, const float *src, size_t n)
+{
+    operand_copy *k = &c->copies[i];
+    k->src = NULL;   // what it held is going
+    void *values = cuda_scratch(c, &k->values, &k->bytes, n * sizeof(__nv_bfloat16));
+    if (!values)
+        return NULL;
+    k->src = src;
+    k->n = n;
+    k->epoch = c->epoch;
+    return (__nv_bfloat16 *)values;
+}
+
+__nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
+                              const __nv_bfloat16 *avoid)
+{
+    if (c->math != CUDA_MATH_BF16 || !c->reuse || c->failed || n == 0)
+        return NULL;
+    int skip = -1;
+    for (int i = 0; i < CUDA_COPIES; i++)
+        if (avoid && c->copies[i].values == (const void *)avoid)
+            skip = i;
+    return claim_copy(c, copy_slot(c, n * sizeof(__nv_bfloat16), skip), out, n);
+}
+
+// A product wrote [p, p + n): the copies of anything there are stale.
+static void forget_copies(cuda_context *c, const float *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p, end = a + n * sizeof(float);
+    for (int i = 0; i < CUDA_COPIES; i++) {
+        operand_copy *k = &c->copies[i];
+        uintptr_t s = (uintptr_t)k->src;
+        if (k->src && s < end && a < s + k->n * sizeof(float))
+            k->src = NULL;
+    }
+}
+
+// The bf16 values of the fp32 operand [p, p + n) for a product: inside a valid copy (in a
+// matmul op), else converted now into a slot other than `avoid` (*slot: which one), kept for
+// the products after where a matmul op runs. NULL on failure (recorded).
+static const __nv_bfloat16 *operand_bf16(cuda_context *c, const float *p, size_t n, int avoid,
+                                         int *slot)
+{
+    bool keep = c->in_product && c->reuse;
+    uintptr_t a = (uintptr_t)p;
+    for (int i = 0; keep && i < CUDA_COPIES; i++) {
+        const operand_copy *k = &c->copies[i];
+        uintptr_t s = (uintptr_t)k->src;
+        if (copy_valid(c, k) && a >= s && a + n * sizeof(float) <= s + k->n * sizeof(float)) {
+            *slot = i;
+            return (const __nv_bfloat16 *)k->values + (p - k->src);
+        }
+    }
+    int i = copy_slot(c, n * sizeof(__nv_bfloat16), avoid);
+    __nv_bfloat16 *values = claim_copy(c, i, keep ? p : NULL, n);
+    if (!values || !to_bf16(c, values, p, n))
+        return NULL;
+    *slot = i;
+    return values;
 }
 
 // cuBLAS is column-major: the row-major C = op(A) op(B) is the column-major
@@ -443,27 +541,13 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
                                      cuda_fp32_compute(math), CUBLAS_GEMM_DEFAULT));
         return;
     }
-    // bf16 operands, fp32 accumulation and result: each operand is converted once per product,
-    // unless it lies in the frozen region, whose mirror is ready (or in the weights kept in
-    // bf16 alone)
-    const __nv_bfloat16 *a_frozen = frozen_mirror(c, A, a_n), *b_frozen = frozen_mirror(c, B, b_n);
-    size_t a_bytes = a_frozen ? 0 : (a_n * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
-    size_t b_bytes = b_frozen ? 0 : b_n * sizeof(__nv_bfloat16);
-    char *work = NULL;
-    if (a_bytes + b_bytes > 0 &&
-        !(work = (char *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes, a_bytes + b_bytes)))
+    // bf16 operands, fp32 accumulation and result: a frozen weight's bf16 values (its mirror,
+    // or the weights kept in bf16 alone), else a bf16 copy of the operand (operand_bf16)
+    int a_slot = -1, b_slot;
+    const __nv_bfloat16 *a16 = frozen_mirror(c, A, a_n), *b16 = frozen_mirror(c, B, b_n);
+    if ((!a16 && !(a16 = operand_bf16(c, A, a_n, -1, &a_slot))) ||
+        (!b16 && !(b16 = operand_bf16(c, B, b_n, a_slot, &b_slot))))
         return;
-    const __nv_bfloat16 *a16 = a_frozen, *b16 = b_frozen;
-    if (!a_frozen) {
-        a16 = (const __nv_bfloat16 *)work;
-        if (!to_bf16(c, (__nv_bfloat16 *)work, A, a_n))
-            return;
-    }
-    if (!b_frozen) {
-        b16 = (const __nv_bfloat16 *)(work + a_bytes);
-        if (!to_bf16(c, (__nv_bfloat16 *)(work + a_bytes), B, b_n))
-            return;
-    }
     CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, b16, CUDA_R_16BF, ldb,
                                  a16, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -491,11 +575,23 @@ __global__ void add_bias_kernel(float *out, const float *bias, size_t N, int OC)
         out[i] += bias[i % OC];
 }
 
+// One of the model's products (a matmul op): its operands' bf16 copies may come from, and
+// stay for, the products beside it; then the copies of what it wrote are stale.
+static void model_product(cuda_context *c, int math, int trans_a, int trans_b, int M, int N,
+                          int K, const float *A, int lda, const float *B, int ldb, float beta,
+                          float *C, int ldc)
+{
+    c->in_product = 1;
+    cuda_gemm_math(c, math, trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    c->in_product = 0;
+    forget_copies(c, C, (size_t)(M - 1) * ldc + N);
+}
+
 extern "C" void cuda_matmul_forward(void *ctx, float *out, const float *inp, const float *weight,
                                     const float *bias, int N, int C, int OC)
 {
-    CUDA_OP(ctx);
-    cuda_gemm_math(c, math_for(c, C, OC), 0, 1, N, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
+    CUDA_PRODUCT_OP(ctx);
+    model_product(c, math_for(c, C, OC), 0, 1, N, OC, C, inp, C, weight, C, 0.0f, out, OC);
     if (bias) {
         CUDA_LAUNCH(add_bias_kernel, cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream, out, bias,
                     (size_t)N, OC);
@@ -507,14 +603,16 @@ extern "C" void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, flo
                                      const float *dout, const float *inp, const float *weight,
                                      int N, int C, int OC)
 {
-    CUDA_OP(ctx);
+    CUDA_PRODUCT_OP(ctx);
     int math = math_for(c, C, OC);
     if (dinp)
-        cuda_gemm_math(c, math, 0, 0, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
+        model_product(c, math, 0, 0, N, C, OC, dout, OC, weight, C, 1.0f, dinp, C);
     if (dweight)
-        cuda_gemm_math(c, math, 1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
-    if (dbias)
+        model_product(c, math, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dweight, C);
+    if (dbias) {
         cuda_column_sum(c, dbias, dout, NULL, NULL, N, OC);
+        forget_copies(c, dbias, (size_t)OC);
+    }
 }
 
 // ---- column sums in a fixed order: partial sums over row chunks, then the chunks in order ---
@@ -574,6 +672,8 @@ static void cuda_free_context(void *ctx)
     if (c->packed)
         munmap(c->packed, c->packed_n * sizeof(float));
     cudaFree(c->gemm_work);
+    for (int i = 0; i < CUDA_COPIES; i++)
+        cudaFree(c->copies[i].values);
     cudaFree(c->op_work);
     cudaFree(c->partials);
     cudaFree(c->group_ptrs);
@@ -698,10 +798,22 @@ static int parse_grouped(const char *s, int *grouped, pesc_error *err)
                      "default) or 0 (one product an expert)", s);
 }
 
-// The device is PESC_CUDA_DEVICE (default 0); products in PESC_CUDA_MATH (default tf32: while
-// activations are fp32, bf16 products pay a conversion of each activation operand, and on an
-// H200 tf32 was faster: 4.9 vs 27.8 ms/step at the standard shape, 498 vs 541 at TinyLlama's,
-// with 1e-6 instead of 1e-3 agreement with the CPU).
+// PESC_CUDA_REUSE: 1 (the default: bf16 math keeps operand copies for the products after)
+// or 0 (every product converts its operands).
+static int parse_reuse(const char *s, int *reuse, pesc_error *err)
+{
+    *reuse = !s || !*s || strcmp(s, "1") == 0;
+    if (*reuse || strcmp(s, "0") == 0)
+        return 0;
+    return pesc_fail(err, "PESC_CUDA_REUSE=%s: give 1 (bf16 operand copies kept for the "
+                     "products after, the default) or 0 (every product converts its own)", s);
+}
+
+// The device is PESC_CUDA_DEVICE (default 0); products in PESC_CUDA_MATH (default tf32: on an
+// H200 it was faster than bf16 when bf16 products converted every activation operand and
+// weight, 4.9 vs 27.8 ms/step at the standard shape, 498 vs 541 at TinyLlama's, with 1e-6
+// instead of 1e-3 agreement with the CPU; bf16 math has since lost most of those conversions,
+// and the device check compares the two again).
 extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error *err)
 {
     pesc_error why;
@@ -721,7 +833,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     if (parse_math(getenv("PESC_CUDA_MATH"), &c->math, err) != 0 ||
         parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0 ||
         parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0 ||
-        parse_grouped(getenv("PESC_CUDA_GROUPED"), &c->grouped, err) != 0) {
+        parse_grouped(getenv("PESC_CUDA_GROUPED"), &c->grouped, err) != 0 ||
+        parse_reuse(getenv("PESC_CUDA_REUSE"), &c->reuse, err) != 0) {
         free(c);
         return -1;
     }

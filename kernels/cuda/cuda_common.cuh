@@ -55,6 +55,18 @@ enum cuda_attention {
 // reduction adds in the same order on every run (determinism).
 #define CUDA_REDUCE_BLOCKS 256
 #define CUDA_COLSUM_CHUNKS 64
+// bf16 copies of product operands kept at once (cuda_context.copies): the most one stretch of
+// products reads (swiglu's two gradients; in full mode a weight's product and its gradient's).
+#define CUDA_COPIES 3
+
+// The bf16 values of an fp32 operand, kept for the products after the one that needed them.
+struct operand_copy {
+    const float *src;            // NULL: none
+    size_t n;                    // floats of src held
+    unsigned long long epoch;    // valid while the context's epoch is this one
+    void *values;                // bf16, room for `bytes`
+    size_t bytes;
+};
 
 typedef struct cuda_context {
     int device;
@@ -69,7 +81,8 @@ typedef struct cuda_context {
     char device_text[640];
     int failed;                  // sticky: the first error, kept until the backend is deleted
     char error[480];
-    // Scratch that grows on demand. gemm_work holds bf16 copies of product operands; op_work
+    // Scratch that grows on demand. gemm_work holds the packed weights' staging and fp32
+    // copies of them for narrow products (bf16 copies of operands are in `copies`); op_work
     // belongs to the op running (inverse permutations, partial sums, attention's deltas) and
     // is never touched by cuda_gemm, so an op may hold it across its products.
     void *gemm_work;
@@ -95,6 +108,14 @@ typedef struct cuda_context {
     float *packed;               // NULL: none
     size_t packed_n;             // floats
     void *packed16;              // (packed_n) __nv_bfloat16
+    // bf16 math: the bf16 copies of operands that the model's products (the matmul ops)
+    // convert, or that the op before them writes beside its output (cuda_keep_copy), for the
+    // products after; they hold while only matmul ops run. Every other op (CUDA_OP) moves the
+    // epoch on, and a product forgets the copies its output overlaps. reuse: PESC_CUDA_REUSE.
+    operand_copy copies[CUDA_COPIES];
+    unsigned long long epoch;
+    int in_product;              // a matmul op runs: its products may use and keep copies
+    int reuse;
 } cuda_context;
 
 bool cuda_check_rc(cuda_context *c, cudaError_t rc, const char *call, const char *file, int line);
@@ -111,11 +132,22 @@ bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const
 bool cuda_device_current(cuda_context *c);
 
 // The start of every op: the context, on its device, and nothing more to do once something
-// has failed.
-#define CUDA_OP(ctx)                                                                             \
+// has failed; a new epoch, so no bf16 operand copy outlives it (the op may write their
+// sources). The matmul ops start with CUDA_PRODUCT_OP instead, which keeps the epoch.
+#define CUDA_PRODUCT_OP(ctx)                                                                     \
     cuda_context *c = (cuda_context *)(ctx);                                                     \
     if (c->failed || !cuda_device_current(c))                                                    \
         return
+#define CUDA_OP(ctx)                                                                             \
+    CUDA_PRODUCT_OP(ctx);                                                                        \
+    c->epoch++
+
+// For an op that writes n floats at out, with bf16 math's products next: a bf16 copy for it to
+// write beside them (operand_cvt), which those products then read instead of converting out;
+// avoid: a copy of the same op's not to reuse. NULL where nothing would read it (other maths,
+// PESC_CUDA_REUSE=0), or on failure: then write out alone.
+__nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
+                              const __nv_bfloat16 *avoid);
 
 // A device buffer of at least `bytes` from one of the context's scratch areas (NULL, with the
 // error recorded, when the device is out of memory). Growing waits for the device.

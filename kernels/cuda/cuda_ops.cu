@@ -4,6 +4,7 @@
 // one element, the sums go through a fixed order instead of atomics, so two identical runs
 // give identical numbers.
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_convert.cuh"
 #include "dropout_hash.h"
 
 
@@ -59,19 +60,24 @@ extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *d
 
 // ---- RMSNorm: one block per row ---------------------------------------------------------------
 
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp,
-                                       const float *weight, int C, float eps)
+// keep: NULL, or the output's bf16 copy for the products next (cuda_keep_copy)
+__global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *keep, float *rstd,
+                                       const float *inp, const float *weight, int C, float eps)
 {
     __shared__ float shared[32];
-    const float *x = inp + (size_t)blockIdx.x * C;
-    float *y = out + (size_t)blockIdx.x * C;
+    size_t row = (size_t)blockIdx.x * C;
+    const float *x = inp + row;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
         ss += x[i] * x[i];
     ss = block_sum(ss, shared);
     float r = rsqrtf(ss / C + eps);
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        y[i] = weight[i] * (x[i] * r);
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float y = weight[i] * (x[i] * r);
+        out[row + i] = y;
+        if (keep)
+            keep[row + i] = operand_cvt<__nv_bfloat16>(y);
+    }
     if (rstd && threadIdx.x == 0)
         rstd[blockIdx.x] = r;
 }
@@ -80,7 +86,9 @@ extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const f
                                      const float *weight, int N, int C, float eps)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream, out, rstd, inp, weight, C, eps);
+    __nv_bfloat16 *keep = cuda_keep_copy(c, out, (size_t)N * C, NULL);
+    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream, out, keep, rstd, inp, weight, C,
+                eps);
     CUDA_LAUNCHED(c);
 }
 
@@ -155,23 +163,33 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
 
 // ---- elementwise ------------------------------------------------------------------------------
 
-__global__ void swiglu_forward_kernel(float *out, const float *gate, const float *up, size_t n)
+// The keep_ pointers: NULL, or bf16 copies of the outputs for the products next.
+__global__ void swiglu_forward_kernel(float *out, __nv_bfloat16 *keep_out, const float *gate,
+                                      const float *up, size_t n)
 {
     GRID_STRIDE(i, n)
     {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        float g = gate[i], y = g / (1.0f + expf(-g)) * up[i];
+        out[i] = y;
+        if (keep_out)
+            keep_out[i] = operand_cvt<__nv_bfloat16>(y);
     }
 }
 
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, const float *dout,
+__global__ void swiglu_backward_kernel(float *dgate, float *dup, __nv_bfloat16 *keep_dgate,
+                                       __nv_bfloat16 *keep_dup, const float *dout,
                                        const float *gate, const float *up, size_t n)
 {
     GRID_STRIDE(i, n)
     {
         float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i], u = up[i];
-        dup[i] = d * g * sig;
-        dgate[i] = d * u * sig * (1.0f + g * (1.0f - sig));
+        float du = d * g * sig, dg = d * u * sig * (1.0f + g * (1.0f - sig));
+        dup[i] = du;
+        dgate[i] = dg;
+        if (keep_dup)
+            keep_dup[i] = operand_cvt<__nv_bfloat16>(du);
+        if (keep_dgate)
+            keep_dgate[i] = operand_cvt<__nv_bfloat16>(dg);
     }
 }
 
@@ -194,7 +212,9 @@ extern "C" void cuda_swiglu_forward(void *ctx, float *out, const float *gate, co
                                     size_t n)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, gate, up, n);
+    __nv_bfloat16 *keep = cuda_keep_copy(c, out, n, NULL);
+    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, keep, gate,
+                up, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -202,8 +222,11 @@ extern "C" void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const 
                                      const float *gate, const float *up, size_t n)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(swiglu_backward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, dgate, dup, dout,
-                gate, up, n);
+    // two slots: the gate and the up products read one each
+    __nv_bfloat16 *keep_dgate = cuda_keep_copy(c, dgate, n, NULL);
+    __nv_bfloat16 *keep_dup = cuda_keep_copy(c, dup, n, keep_dgate);
+    CUDA_LAUNCH(swiglu_backward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, dgate, dup,
+                keep_dgate, keep_dup, dout, gate, up, n);
     CUDA_LAUNCHED(c);
 }
 

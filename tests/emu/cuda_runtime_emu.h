@@ -136,16 +136,18 @@ struct device_state {
     std::mutex mutex;
     std::map<uintptr_t, size_t> blocks; /* cudaMalloc's live blocks: start -> bytes */
     size_t allocated = 0, peak = 0; /* bytes in live blocks, and their most at once */
+    unsigned long long launches = 0; /* kernels launched */
     std::set<cudaStream_t> streams;
     std::set<cudaEvent_t> events;
     std::map<const void *, size_t> shared_limits; /* kernel -> dynamic shared bytes allowed */
-    /* At exit, the peak goes to the file PESC_EMU_PEAK names (a test's measure of what a run
-     * needed, against what the run estimated). */
+    /* At exit, the file PESC_EMU_REPORT names gets the peak and the launches, a line each
+     * ("peak_bytes N", "launches N"): a test's measure of what a run needed, against what it
+     * estimated, and of the work two ways of a run launched. */
     ~device_state()
     {
-        const char *path = getenv("PESC_EMU_PEAK");
+        const char *path = getenv("PESC_EMU_REPORT");
         if (FILE *f = path && *path ? fopen(path, "w") : nullptr) {
-            fprintf(f, "%zu\n", peak);
+            fprintf(f, "peak_bytes %zu\nlaunches %llu\n", peak, launches);
             fclose(f);
         }
     }
@@ -587,6 +589,11 @@ inline cudaError_t emu_launch_on(cudaStream_t stream, dim3 grid, dim3 block, siz
     using namespace emu_detail;
     if (!is_stream(stream) || (stream && stream->device != current_device))
         return status(cudaErrorInvalidResourceHandle);
+    {
+        device_state &state = device();
+        std::lock_guard<std::mutex> lock(state.mutex);
+        state.launches++;
+    }
     return emu_launch_checked(grid, block, shared_bytes, body, kernel);
 }
 

@@ -103,8 +103,8 @@ grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose fused, 
   fail "PESC_CUDA_ATTENTION=flash2: $(head -c 300 "$tmp/err")"
 demo="$top_srcdir/data/demo"
 # The memory estimate a run makes before it starts (check_memory; its "memory" event in the
-# log), against what the run then takes on the emulated GPU (PESC_EMU_PEAK: the most it held
-# at once, less what it held at the estimate): no less, and at most 2% more (the events' MiB
+# log), against what the run then takes on the emulated GPU (PESC_EMU_REPORT: the most it held
+# at once, less what it held at the estimate): no less, and at most 5% more (the events' MiB
 # are rounded to 0.1). On a GPU a little smaller than the peak, the run is refused up front
 # with the numbers, not failed mid-step. With the scratch that differs most: attention's gemm
 # path, flash attention in bf16 math (the products' bf16 operand copies), recomputation, and
@@ -115,7 +115,7 @@ awk 'BEGIN { srand(7); for (r = 0; r < 16; r++) { printf "{\"input_ids\": [";
 fit() {   # KiB of GPU memory, math, attention, pesc train options...
   kb=$1 math=$2 attention=$3
   shift 3
-  PESC_EMU_MEMORY_KB=$kb PESC_EMU_PEAK="$tmp/peak" PESC_CUDA_MATH=$math \
+  PESC_EMU_MEMORY_KB=$kb PESC_EMU_REPORT="$tmp/report" PESC_CUDA_MATH=$math \
     PESC_CUDA_ATTENTION=$attention "$pesc" train --headless --model "$demo" \
     --data "$tmp/rows.jsonl" --format tokens --seq 128 --batch 4 --steps 1 --backend cuda \
     --log "$tmp/fit.jsonl" "$@" >/dev/null 2>"$tmp/err"
@@ -128,7 +128,7 @@ for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash $crafted -
     fail "memory estimate ($variant): the run failed: $(head -c 300 "$tmp/err")"
     continue
   fi
-  peak=$(cat "$tmp/peak")
+  peak=$(sed -n 's/^peak_bytes //p' "$tmp/report")
   verdict=$(grep '"event":"memory"' "$tmp/fit.jsonl" | awk -v peak="$peak" '
     function mib(v, unit) {
       if (unit ~ /^KiB/) return v / 1024
@@ -145,7 +145,7 @@ for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash $crafted -
         }
       }
       taken = peak / 1048576 - (total - free)
-      ok = need >= taken - 0.15 && need <= taken * 1.02 + 0.15
+      ok = need >= taken - 0.15 && need <= taken * 1.05 + 0.15
       printf "%s: estimated %.1f MiB, took %.2f MiB", ok ? "ok" : "off", need, taken }')
   case $verdict in
     ok:*) pass "memory estimate ($variant): ${verdict#ok: }" ;;
@@ -160,6 +160,21 @@ for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash $crafted -
     fail "memory estimate ($variant): below the peak of $peak_kb KiB: $(head -c 300 "$tmp/err")"
   fi
 done
+# bf16 math's operand copies kept for the products after (PESC_CUDA_REUSE, the default) give
+# the losses of converting every product's operands, bit for bit, with fewer kernels: q, k
+# and v, gate and up, down, and the gate and up gradients convert nothing (8 a layer and step)
+for reuse in 1 0; do
+  PESC_CUDA_REUSE=$reuse PESC_EMU_REPORT="$tmp/report$reuse" PESC_CUDA_MATH=bf16 \
+    "$pesc" train --headless --model "$demo" --data "$tmp/rows.jsonl" --format tokens \
+    --seq 128 --batch 4 --steps 3 --experts 4 --adapter-dim 16 --backend cuda \
+    --log "$tmp/reuse$reuse.jsonl" >/dev/null 2>"$tmp/err" ||
+    fail "PESC_CUDA_REUSE=$reuse: $(head -c 300 "$tmp/err")"
+done
+kept=$(losses "$tmp/reuse1.jsonl") converted=$(losses "$tmp/reuse0.jsonl")
+fewer=$(($(sed -n 's/^launches //p' "$tmp/report0") - $(sed -n 's/^launches //p' "$tmp/report1")))
+[ -n "$kept" ] && [ "$kept" = "$converted" ] && [ "$fewer" -eq $((8 * 4 * 3)) ] &&
+  pass "bf16 operand copies kept: the same losses ($kept), $fewer fewer kernels in 3 steps" ||
+  fail "bf16 operand copies kept: losses '$kept' against '$converted', $fewer fewer kernels (want 96)"
 # generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
 # (and in bf16 math, the weights kept in bf16 alone: the same tokens on this model)
 for run in cpu:tf32 cuda:tf32 cuda:bf16; do

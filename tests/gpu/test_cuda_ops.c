@@ -142,6 +142,63 @@ static void test_matmul(int N, int C, int OC, double tol, const char *tag)
     twin_free(dout); twin_free(dx); twin_free(dw); twin_free(db);
 }
 
+/* ---- bf16 math's operand copies ------------------------------------------------------------ */
+
+/* out = inp W^T on both backends */
+static void both_matmul(twin out, twin inp, twin w, int N, int C, int OC, size_t skip_rows)
+{
+    size_t at = skip_rows * (size_t)C;
+    matmul_forward(cpu, F(out), F(inp) + at, F(w), NULL, N, C, OC);
+    matmul_forward(gpu, G(out), G(inp) + at, G(w), NULL, N, C, OC);
+}
+
+/* The bf16 copies that products keep, or that RMSNorm and SwiGLU write, serve only while their
+ * source holds: each stretch below rewrites a source between two products that read it (by a
+ * product, by another op, by an upload), and a copy kept across it would give the old values.
+ * Also a product reading rows inside a kept copy, and SwiGLU's two gradient copies at once. */
+static void test_operand_copies(double tol)
+{
+    enum { N = 70, C = 96, OC = 80, K2 = 72 };
+    twin x = twin_random((size_t)N * C, 1.0), z = twin_random((size_t)N * K2, 1.0);
+    twin w1 = twin_random((size_t)OC * C, 0.5), w2 = twin_random((size_t)C * K2, 0.5);
+    twin nw = twin_random(C, 1.0), rstd = twin_random(N, 1.0);
+    twin y = twin_random((size_t)N * OC, 1.0), y2 = twin_random((size_t)N * OC, 1.0);
+    twin a = twin_random((size_t)N * C, 2.0), b = twin_random((size_t)N * C, 1.0);
+    twin act = twin_random((size_t)N * C, 1.0), da = twin_random((size_t)N * C, 1.0);
+    twin db = twin_random((size_t)N * C, 1.0);
+    rmsnorm_forward(cpu, F(act), F(rstd), F(x), F(nw), N, C, 1e-5f);
+    rmsnorm_forward(gpu, G(act), G(rstd), G(x), G(nw), N, C, 1e-5f);
+    both_matmul(y, act, w1, N, C, OC, 0);
+    both_matmul(y2, act, w1, N - 9, C, OC, 9);
+    compare("copies: a product on RMSNorm's output", y, tol);
+    compare("copies: a product on rows inside it", y2, tol);
+    both_matmul(y, x, w1, N, C, OC, 0);
+    both_matmul(x, z, w2, N, K2, C, 0);   /* a product writes over x */
+    both_matmul(y, x, w1, N, C, OC, 0);
+    compare("copies: a product after another wrote its input", y, tol);
+    swiglu_forward(cpu, F(act), F(a), F(b), (size_t)N * C);
+    swiglu_forward(gpu, G(act), G(a), G(b), (size_t)N * C);
+    vector_scale(cpu, F(act), -2.0f, (size_t)N * C);
+    vector_scale(gpu, G(act), -2.0f, (size_t)N * C);
+    both_matmul(y, act, w1, N, C, OC, 0);
+    compare("copies: a product after an op rewrote SwiGLU's output", y, tol);
+    both_matmul(y, x, w1, N, C, OC, 0);
+    for (size_t i = 0; i < (size_t)N * C; i++)
+        F(x)[i] = -F(x)[i];
+    twin_sync(x);   /* an upload over x */
+    both_matmul(y, x, w1, N, C, OC, 0);
+    compare("copies: a product after an upload over its input", y, tol);
+    swiglu_backward(cpu, F(da), F(db), F(b), F(a), F(x), (size_t)N * C);
+    swiglu_backward(gpu, G(da), G(db), G(b), G(a), G(x), (size_t)N * C);
+    both_matmul(y, da, w1, N, C, OC, 0);
+    both_matmul(y2, db, w1, N, C, OC, 0);
+    compare("copies: a product on SwiGLU's dgate", y, tol);
+    compare("copies: a product on SwiGLU's dup", y2, tol);
+    twin_free(x); twin_free(z); twin_free(w1); twin_free(w2); twin_free(nw); twin_free(rstd);
+    twin_free(y); twin_free(y2); twin_free(a); twin_free(b); twin_free(act); twin_free(da);
+    twin_free(db);
+}
+
 /* ---- row-wise and elementwise ops ---------------------------------------------------------- */
 
 static void test_embedding(int N, int V, int C)
@@ -491,6 +548,7 @@ int main(void)
     test_matmul(300, 200, 150, bf16_tol, "bf16");
     test_matmul(1, 64, 4096, bf16_tol, "bf16");
     test_matmul(67, 93, 70, bf16_tol, "bf16");   /* operands of 4k + 3 and 4k + 2 floats */
+    test_operand_copies(bf16_tol);
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
     test_rope(77, 6, 64);
