@@ -5,7 +5,8 @@
 # identical runs, with each training attention path, and flash with fast-bf16 products, the
 # pairing the MFU target needs), and pesc itself (`pesc devices`, `pesc train --backend cuda`
 # runs against the same run on the CPU, one on the second of two emulated GPUs, and `pesc
-# generate` against the CPU's text); also in bf16 math, with the frozen weights in bf16 alone.
+# generate` against the CPU's text); also in bf16 math, with the frozen weights in bf16 alone;
+# the memory estimate a run makes against what it then holds; bf16 math's kept operand copies.
 # What it checks: the kernels' indexing, masks and synchronisation, the host side's launches,
 # products, scratch, devices and errors, the module's loading. Not speed, and not the longest
 # attention shapes (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
