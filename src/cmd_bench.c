@@ -35,7 +35,9 @@ static const char bench_usage[] =
     "                     each, and print where a step goes (ms and share per op)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
     "                     peak_gflops, mfu, activation_bytes, device_used_bytes (the GPU's\n"
-    "                     memory in use after the steps; 0 on the CPU), and the shape (with\n"
+    "                     memory in use after the steps; 0 on the CPU), memory_taken_bytes\n"
+    "                     (what the steps and AdamW added to it) beside memory_estimate_bytes\n"
+    "                     (what pesc train's estimate says they take), and the shape (with\n"
     "                     --profile, profile_step_ms and profile: [{op, calls_per_step,\n"
     "                     ms_per_step}])\n"
     "crafting options:\n";
@@ -318,19 +320,26 @@ int cmd_bench(int argc, char **argv)
         goto out;
     randomize_trainables(&m);
     m.recompute = o.recompute;
+    /* what pesc train's memory estimate would say the steps and AdamW's moments take, against
+     * what they took: the device's memory in use before and after them (the CPU backend
+     * reports none) */
+    backend_memory mem;
+    size_t before = backend_memory_info(b, &mem) == 0 ? mem.used : 0;
+    size_t estimate = model_step_bytes(&m, o.batch, o.seq, o.recompute) +
+                      2 * m.n_train * sizeof(float);
     if (optim_init(&opt, b, m.n_train, &oc, &err) != 0 ||
         run_steps(&m, &opt, &o, &step_s, &losses, &err) != 0)
         goto out;
-    /* the device's memory in use after the steps (the CPU backend reports none) */
-    backend_memory mem;
     size_t used = backend_memory_info(b, &mem) == 0 ? mem.used : 0;
+    size_t taken = used > before ? used - before : 0;
     if ((peak = measure_peak(b, &o, &err)) < 0 ||
         (o.profile && profile_steps(&m, &opt, &o, &prof, &err) != 0))
         goto out;
-    char used_text[48] = "";
+    char used_text[128] = "";
     if (used)
-        snprintf(used_text, sizeof used_text, ", device memory %.2f GiB used",
-                 (double)used / 1073741824.0);
+        snprintf(used_text, sizeof used_text, ", device memory %.2f GiB used (the steps took "
+                 "%.2f GiB, estimated %.2f)", (double)used / 1073741824.0,
+                 (double)taken / 1073741824.0, (double)estimate / 1073741824.0);
     double tokens = (double)o.seq * o.batch, fpt = flops_per_token(&o);
     double tps = tokens / step_s, gflops = tps * fpt / 1e9;
     if (o.json)
@@ -340,13 +349,13 @@ int cmd_bench(int argc, char **argv)
                "\"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"experts\": %d, "
                "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
                "\"recompute\": %s, \"activation_bytes\": %zu, \"device_used_bytes\": %zu, "
-               "\"loss\": %.6f",
+               "\"memory_estimate_bytes\": %zu, \"memory_taken_bytes\": %zu, \"loss\": %.6f",
                tps, step_s * 1e3, fpt, gflops, peak, gflops / peak, backend_name(b),
                backend_device(b), o.shape.hidden_size, o.shape.n_layers, o.shape.n_heads,
                o.shape.n_kv_heads, o.shape.intermediate_size, o.shape.vocab_size, o.seq, o.batch,
                o.pesc.experts, o.pesc.top_k, o.pesc.adapter_dim,
                o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, o.recompute ? "true" : "false",
-               m.act.bytes, used, losses.ce);
+               m.act.bytes, used, estimate, taken, losses.ce);
     else
         printf("%s: %.0f tokens/s, %.1f ms/step, %.2f MFLOP/token, %.1f GFLOP/s of %.1f peak "
                "(MFU %.1f%%), activations %.1f MiB%s%s\n", backend_device(b), tps, step_s * 1e3,

@@ -249,11 +249,10 @@ void model_zero_grad(model *m);
  * as model_train_step; recompute: as under model.recompute), for the memory estimate a run
  * makes before it starts. */
 size_t model_activation_bytes(model *m, int B, int T, int training, int recompute);
-/* The most floats one operand of a product of a training step over B x T tokens holds,
- * frozen weights aside (an activation or gradient, a slice of the logits, a weight where it
- * trains), for the backend's scratch in that estimate (backend_work_bytes: the CUDA backend
- * keeps bf16 copies of such operands in bf16 math). */
-size_t model_product_operand_floats(const model *m, int B, int T);
+/* Bytes a training step over B x T tokens allocates beyond the model and the optimizer: its
+ * activations and gradients (as model_activation_bytes) and the backend's scratch for them
+ * (backend_work_bytes), for the memory estimate a run makes before it starts. */
+size_t model_step_bytes(model *m, int B, int T, int recompute);
 
 /* Runs B sequences of T tokens (tokens: host array, B*T) through the decoder up to the final
  * norm. Positions restart at 0 in every sequence. */

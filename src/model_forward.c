@@ -190,7 +190,10 @@ size_t model_activation_bytes(model *m, int B, int T, int training, int recomput
 
 static size_t max2(size_t a, size_t b) { return a > b ? a : b; }
 
-size_t model_product_operand_floats(const model *m, int B, int T)
+/* The most floats one operand of a product of a training step over B x T tokens holds,
+ * frozen weights aside (an activation or gradient, a slice of the logits, a weight where it
+ * trains): the CUDA backend keeps bf16 copies of such operands in bf16 math. */
+static size_t product_operand_floats(const model *m, int B, int T)
 {
     const hf_config *cf = &m->config;
     size_t N = (size_t)B * T, C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
@@ -203,6 +206,14 @@ size_t model_product_operand_floats(const model *m, int B, int T)
     if (m->n_train && m->trainables == m->base_tensors)   /* full mode: the weights train too */
         most = max3(most, V * C, widest * C);
     return most;
+}
+
+size_t model_step_bytes(model *m, int B, int T, int recompute)
+{
+    const hf_config *cf = &m->config;
+    backend_step_shape shape = {B, T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
+                                product_operand_floats(m, B, T)};
+    return model_activation_bytes(m, B, T, 1, recompute) + backend_work_bytes(m->backend, &shape);
 }
 
 int model_ensure_activations(model *m, int B, int T, int training, pesc_error *err)

@@ -1554,11 +1554,7 @@ static int check_memory(session *s, pesc_error *err)
     backend_memory mem;
     if (backend_memory_info(s->backend, &mem) != 0)
         return 0;   /* unknown: let the allocations speak */
-    const hf_config *cf = &s->m.config;
-    backend_step_shape shape = {c->batch, c->seq, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                                model_product_operand_floats(&s->m, c->batch, c->seq)};
-    size_t work = backend_work_bytes(s->backend, &shape);
-    size_t acts = model_activation_bytes(&s->m, c->batch, c->seq, 1, c->recompute) + work;
+    size_t acts = model_step_bytes(&s->m, c->batch, c->seq, c->recompute);
     size_t state = s->m.n_train * sizeof(float) * (s->m.crafted ? 3 : 2);
     size_t need = acts + state;
     char need_s[32], acts_s[32], state_s[32], free_s[32], total_s[32], hint[160] = "";
@@ -1575,8 +1571,8 @@ static int check_memory(session *s, pesc_error *err)
         return 0;
     if (!c->recompute) {
         char less[32];
-        pesc_format_bytes((double)(model_activation_bytes(&s->m, c->batch, c->seq, 1, 1) + work),
-                          less, sizeof less);
+        pesc_format_bytes((double)model_step_bytes(&s->m, c->batch, c->seq, 1), less,
+                          sizeof less);
         snprintf(hint, sizeof hint, ", or add --recompute (activations %s)", less);
     }
     return pesc_fail(err, "training needs %s more memory (activations and scratch %s for "
