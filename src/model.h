@@ -88,7 +88,7 @@ typedef struct model_activations {
     float *dq_raw, *dk_raw;      /* qk_norm: the gradients before the norms, as dq and dk */
     float *dgate, *dup, *dact;   /* (N, F) */
     float *drouter, *dtopk_w;    /* (N, E), (N, K) */
-    float *aux_grad;             /* (E) d aux / d P of the layer being differentiated */
+    float *aux_grad;             /* (L, E) d aux / d P of each layer */
     float *dlora;                /* (N, rank) */
 } model_activations;
 

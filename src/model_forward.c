@@ -110,7 +110,7 @@ static void want_gradients(model *m, carver *c, size_t N)
     if (m->crafted) {
         want(c, &a->drouter, N * (size_t)m->pesc.experts);
         want(c, &a->dtopk_w, N * (size_t)m->pesc.top_k);
-        want(c, &a->aux_grad, (size_t)m->pesc.experts);
+        want(c, &a->aux_grad, (size_t)m->config.n_layers * m->pesc.experts);
         if (m->pesc.lora_rank > 0)
             want(c, &a->dlora, N * (size_t)m->pesc.lora_rank);
     }
@@ -624,15 +624,9 @@ static void layer_backward(model *m, int l, float loss_scale)
                              a->gelu, g->dropout ? a->mask : NULL, P->down, P->up, a->perm,
                              a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
                              m->pesc.adapter_scale);
-        /* d aux / d P_i = alpha * E * f_i, f from this forward's counts */
-        float *aux_grad = xmalloc((size_t)E * sizeof *aux_grad);
-        for (int e = 0; e < E; e++)
-            aux_grad[e] = loss_scale * m->pesc.aux_coef * E *
-                          (float)m->routing.counts[(size_t)l * E + e] / (float)(N * K);
-        backend_upload(b, g->aux_grad, aux_grad, (size_t)E * sizeof *aux_grad);
-        free(aux_grad);
         moe_route_backward(b, g->drouter, g->dtopk_w, a->topk_idx, a->topk_w, a->probs,
-                           a->router_lse, g->aux_grad, loss_scale * m->pesc.z_coef / N, N, E, K);
+                           a->router_lse, g->aux_grad + (size_t)l * E,
+                           loss_scale * m->pesc.z_coef / N, N, E, K);
         matmul_backward(b, g->dxn, model_grad_of(m, P->router), NULL, g->drouter, a->xn2,
                         P->router, N, C, E);
     }
@@ -694,6 +688,18 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
     vector_zero(b, a->dx, (size_t)N * c->hidden_size);
     rmsnorm_backward(b, a->dx, model_grad_of(m, m->final_norm), a->dxn, a->x, m->final_norm,
                      a->rstd, N, c->hidden_size);
+    if (m->crafted) {
+        /* d aux / d P_i = alpha * E * f_i per layer, f from this forward's counts: one upload
+         * for every layer, not one inside each layer's backward */
+        int E = m->pesc.experts, K = m->pesc.top_k;
+        size_t n = (size_t)c->n_layers * E;
+        float *aux_grad = xmalloc(n * sizeof *aux_grad);
+        for (size_t i = 0; i < n; i++)
+            aux_grad[i] = loss_scale * m->pesc.aux_coef * E * (float)m->routing.counts[i] /
+                          (float)(N * K);
+        backend_upload(b, a->aux_grad, aux_grad, n * sizeof *aux_grad);
+        free(aux_grad);
+    }
     for (int l = c->n_layers - 1; l >= 0; l--) {
         if (a->recompute && l + 1 < c->n_layers) {
             /* the shared set holds the top layer's activations; the others run again from
