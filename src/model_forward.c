@@ -130,6 +130,13 @@ void model_free_activations(model *m)
     memset(a, 0, sizeof *a);
 }
 
+/* The rows of logits the head computes at a time, of n: ~64 MiB of them at most. */
+static size_t logit_rows(size_t V, size_t n)
+{
+    size_t rows = (64u << 20) / (V * sizeof(float));
+    return rows < 1 ? 1 : rows > n ? n : rows;
+}
+
 /* Every buffer of a training or inference pass over n tokens, into c; returns the floats in
  * all (padded). a->layers (n_layers) and work receive the slots. */
 static size_t plan_activations(model *m, carver *c, model_activations *a, layer_acts *work,
@@ -138,8 +145,7 @@ static size_t plan_activations(model *m, carver *c, model_activations *a, layer_
     const hf_config *cf = &m->config;
     size_t C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
     size_t K = m->crafted ? (size_t)m->pesc.top_k : 1;
-    size_t rows = (64u << 20) / (V * sizeof(float));   /* ~64 MiB of logits at most */
-    rows = rows < 1 ? 1 : rows > n ? n : rows;
+    size_t rows = logit_rows(V, n);
     a->logit_rows = (int)rows;
     size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
     for (int l = 0; l < (training ? cf->n_layers : 1); l++) {
@@ -198,8 +204,7 @@ static size_t product_operand_floats(const model *m, int B, int T)
     const hf_config *cf = &m->config;
     size_t N = (size_t)B * T, C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
     size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
-    size_t rows = max2(1, (64u << 20) / (V * sizeof(float)));   /* as plan_activations */
-    rows = rows > N ? N : rows;
+    size_t rows = logit_rows(V, N);
     /* an activation or its gradient (an adapter's or LoRA's operands are narrower), a slice of
      * the logits' gradient */
     size_t most = max2(N * widest, rows * V);
