@@ -86,6 +86,20 @@ static void *cuda_alloc(void *ctx, size_t bytes)
 
 // ---- the frozen region -------------------------------------------------------------------
 
+// Whether [p, p + n) lies inside [base, base + base_n) (floats; base NULL: nothing does).
+static bool range_inside(const float *p, size_t n, const float *base, size_t base_n)
+{
+    uintptr_t a = (uintptr_t)p, b = (uintptr_t)base;
+    return base && a >= b && a + n * sizeof(float) <= b + base_n * sizeof(float);
+}
+
+// Whether [p, p + bytes) overlaps [base, base + base_n floats) (base NULL: nothing does).
+static bool range_overlaps(const void *p, size_t bytes, const float *base, size_t base_n)
+{
+    uintptr_t a = (uintptr_t)p, b = (uintptr_t)base;
+    return base && a < b + base_n * sizeof(float) && b < a + bytes;
+}
+
 static void forget_frozen(cuda_context *c)
 {
     if (c->frozen16)
@@ -98,8 +112,7 @@ static void forget_frozen(cuda_context *c)
 // Whether [p, p + bytes) overlaps the frozen region: a write there makes the mirror stale.
 static bool touches_frozen(const cuda_context *c, const void *p, size_t bytes)
 {
-    const char *a = (const char *)p, *f = (const char *)c->frozen;
-    return c->frozen && a < f + c->frozen_n * sizeof(float) && f < a + bytes;
+    return range_overlaps(p, bytes, c->frozen, c->frozen_n);
 }
 
 static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
@@ -129,7 +142,7 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
 // The bf16 values of [p, p + n) when they lie inside the weights kept in bf16 alone, else NULL.
 static const __nv_bfloat16 *packed_values(const cuda_context *c, const float *p, size_t n)
 {
-    if (!c->packed || p < c->packed || p + n > c->packed + c->packed_n)
+    if (!range_inside(p, n, c->packed, c->packed_n))
         return NULL;
     return (const __nv_bfloat16 *)c->packed16 + (p - c->packed);
 }
@@ -140,7 +153,7 @@ static const __nv_bfloat16 *frozen_mirror(const cuda_context *c, const float *p,
 {
     if (const __nv_bfloat16 *packed = packed_values(c, p, n))
         return packed;
-    if (!c->frozen || p < c->frozen || p + n > c->frozen + c->frozen_n)
+    if (!range_inside(p, n, c->frozen, c->frozen_n))
         return NULL;
     return (const __nv_bfloat16 *)c->frozen16 + (p - c->frozen);
 }
@@ -463,11 +476,9 @@ __nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
 // A product wrote [p, p + n): the copies of anything there are stale.
 static void forget_copies(cuda_context *c, const float *p, size_t n)
 {
-    uintptr_t a = (uintptr_t)p, end = a + n * sizeof(float);
     for (int i = 0; i < CUDA_COPIES; i++) {
         operand_copy *k = &c->copies[i];
-        uintptr_t s = (uintptr_t)k->src;
-        if (k->src && s < end && a < s + k->n * sizeof(float))
+        if (range_overlaps(p, n * sizeof(float), k->src, k->n))
             k->src = NULL;
     }
 }
@@ -479,11 +490,9 @@ static const __nv_bfloat16 *operand_bf16(cuda_context *c, const float *p, size_t
                                          int *slot)
 {
     bool keep = c->in_product && c->reuse;
-    uintptr_t a = (uintptr_t)p;
     for (int i = 0; keep && i < CUDA_COPIES; i++) {
         const operand_copy *k = &c->copies[i];
-        uintptr_t s = (uintptr_t)k->src;
-        if (copy_valid(c, k) && a >= s && a + n * sizeof(float) <= s + k->n * sizeof(float)) {
+        if (copy_valid(c, k) && range_inside(p, n, k->src, k->n)) {
             *slot = i;
             return (const __nv_bfloat16 *)k->values + (p - k->src);
         }
