@@ -57,12 +57,13 @@ int backend_memory_info(pesc_backend *b, backend_memory *out);
 typedef struct backend_step_shape {
     int batch, seq, heads, kv_heads, head_dim;
     size_t operand_floats;   /* the most one product operand holds, frozen weights aside */
+    int experts, top_k, hidden, adapter_dim;   /* the PESC adapters (experts 0: none) */
 } backend_step_shape;
 /* Bytes of scratch the backend still has to allocate for a training step of this shape,
  * beyond the buffers it is handed and the scratch it holds now, for the memory estimate a run
- * makes before it starts (CUDA: attention's backward, and bf16 copies of product operands in
- * bf16 math, as its scratch grows). 0 where that scratch is small (the CPU backend's lives in
- * host memory, a few rows per thread). */
+ * makes before it starts (CUDA: attention's backward or the adapters' work, and bf16 copies of
+ * product operands in bf16 math, as its scratch grows). 0 where that scratch is small (the
+ * CPU backend's lives in host memory, a few rows per thread). */
 size_t backend_work_bytes(pesc_backend *b, const backend_step_shape *s);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
@@ -179,7 +180,9 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
  *   gathered_j = h_j,  pre_j = D_e gathered_j,  act_j = GELU(pre_j),
  *   y[token] += scale * topk_w[token, slot] * U_e act_j.
  * h (N, C); down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act (N*K, R) are saved
- * for the backward pass; scratch (N*K, C). y is accumulated into. */
+ * for the backward pass, in the backend's own format (fp32, or bf16 in the first half of each
+ * buffer: CUDA's bf16 math), which only this backend's moe_adapter_backward reads; scratch
+ * (N*K, C). y is accumulated into. */
 void moe_adapter_forward(pesc_backend *b, float *y, float *gathered, float *pre, float *act,
                          float *scratch, const float *h, const float *mask, const float *down,
                          const float *up, const int32_t *perm, const int *offsets,

@@ -217,7 +217,12 @@ size_t model_step_bytes(model *m, int B, int T, int recompute)
 {
     const hf_config *cf = &m->config;
     backend_step_shape shape = {B, T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                                product_operand_floats(m, B, T)};
+                                product_operand_floats(m, B, T), 0, 0, cf->hidden_size, 0};
+    if (m->crafted) {
+        shape.experts = m->pesc.experts;
+        shape.top_k = m->pesc.top_k;
+        shape.adapter_dim = m->pesc.adapter_dim;
+    }
     return model_activation_bytes(m, B, T, 1, recompute) + backend_work_bytes(m->backend, &shape);
 }
 

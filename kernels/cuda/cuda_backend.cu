@@ -115,8 +115,6 @@ static bool touches_frozen(const cuda_context *c, const void *p, size_t bytes)
     return range_overlaps(p, bytes, c->frozen, c->frozen_n);
 }
 
-static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
-
 static void cuda_freeze(void *ctx, const float *p, size_t n)
 {
     cuda_context *c = (cuda_context *)ctx;
@@ -130,7 +128,7 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
         cudaGetLastError();   // no room for the mirror: products convert as before
         return;
     }
-    if (!to_bf16(c, (__nv_bfloat16 *)mirror, p, n)) {
+    if (!cuda_to_bf16(c, (__nv_bfloat16 *)mirror, p, n)) {
         cudaFree(mirror);
         return;
     }
@@ -213,7 +211,6 @@ static bool packed_range(cuda_context *c, const void *p, size_t bytes, __nv_bflo
 // model's load takes about 13,000 turns of a copy and a conversion.
 #define CUDA_PACKED_CHUNK ((size_t)1 << 20)
 
-static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
 static void widen(cuda_context *c, float *out, const __nv_bfloat16 *in, size_t n);
 
 // n packed values from host floats `from` (rounded to bf16), or else to host floats `to`
@@ -230,7 +227,7 @@ static void packed_transfer(cuda_context *c, __nv_bfloat16 *values, const float 
         if (from) {
             if (CUDA_CHECK(c, cudaMemcpyAsync(staging, from + at, m * sizeof(float),
                                               cudaMemcpyHostToDevice, c->stream)))
-                to_bf16(c, values + at, staging, m);
+                cuda_to_bf16(c, values + at, staging, m);
         } else {
             widen(c, staging, values + at, m);
             if (CUDA_CHECK(c, cudaMemcpyAsync(to + at, staging, m * sizeof(float),
@@ -324,7 +321,7 @@ static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
         CUDA_CHECK(c, cudaMemcpyAsync(to, from, n * sizeof *to, cudaMemcpyDeviceToDevice,
                                       c->stream));
     else if (packed_dst)
-        to_bf16(c, to, (const float *)src, n);
+        cuda_to_bf16(c, to, (const float *)src, n);
     else if (packed_src)
         widen(c, (float *)dst, from, n);
     else if (dst != src)
@@ -361,14 +358,19 @@ static size_t scratch_growth(size_t held, size_t bytes)
     return bytes <= held ? 0 : bytes + bytes / 4 - held;
 }
 
-// backend_work_bytes: attention's backward work (op_work), and in bf16 math the slots of the
-// operands' bf16 copies, each as large as the largest operand at most.
+// backend_work_bytes: the largest op work (attention's backward, or the adapters' in bf16
+// math), and in bf16 math the slots of the operands' bf16 copies, each as large as the largest
+// operand at most.
 static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
 {
     cuda_context *c = (cuda_context *)ctx;
-    size_t work = scratch_growth(c->op_work_bytes,
-                                 cuda_attention_work(c, s->batch, s->seq, s->heads, s->kv_heads,
-                                                     s->head_dim));
+    size_t op = cuda_attention_work(c, s->batch, s->seq, s->heads, s->kv_heads, s->head_dim);
+    if (s->experts > 0) {
+        size_t adapters = cuda_adapter_work(c, s->batch * s->seq * s->top_k, s->experts,
+                                            s->hidden, s->adapter_dim);
+        op = op > adapters ? op : adapters;
+    }
+    size_t work = scratch_growth(c->op_work_bytes, op);
     for (int i = 0; c->math == CUDA_MATH_BF16 && i < CUDA_COPIES; i++)
         work += scratch_growth(c->copies[i].bytes, s->operand_floats * sizeof(__nv_bfloat16));
     return work;
@@ -391,8 +393,7 @@ bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
 
 // ---- dense products -------------------------------------------------------------------------
 
-// out = in as bf16 (n floats), four a load where in is 16-byte aligned; false after a failure.
-static bool to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n)
+bool cuda_to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n)
 {
     bool vector4 = ((uintptr_t)in & 15) == 0;
     CUDA_LAUNCH(convert_kernel<__nv_bfloat16>, cuda_blocks(vector4 ? n / 4 + 1 : n, 256), 256, 0,
@@ -499,7 +500,7 @@ static const __nv_bfloat16 *operand_bf16(cuda_context *c, const float *p, size_t
     }
     int i = copy_slot(c, n * sizeof(__nv_bfloat16), avoid);
     __nv_bfloat16 *values = claim_copy(c, i, keep ? p : NULL, n);
-    if (!values || !to_bf16(c, values, p, n))
+    if (!values || !cuda_to_bf16(c, values, p, n))
         return NULL;
     *slot = i;
     return values;
@@ -848,6 +849,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         return -1;
     }
     c->device = (int)index;
+    c->grouped16 = c->grouped;
     cudaDeviceProp prop;
     if (CUDA_CHECK(c, cudaSetDevice(c->device)) &&
         CUDA_CHECK(c, cudaGetDeviceProperties(&prop, c->device)) &&
@@ -890,7 +892,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                  "tensors%s", prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), version / 10000,
                  version / 100 % 100, math_names[c->math], adapters, attention,
-                 c->math == CUDA_MATH_BF16 ? " (frozen weights in bf16)" : "");
+                 c->math == CUDA_MATH_BF16 ? " (frozen weights and the adapters' rows in bf16)"
+                                           : "");
     }
     if (c->failed) {
         pesc_fail(err, "%s", c->error);

@@ -14,6 +14,8 @@
 // (CUBLAS_COMPUTE_32F_FAST_16BF: no conversion pass, no copies), or plain fp32
 // (PESC_CUDA_MATH=tf32|bf16|fast-bf16|fp32).
 // Products with at most 64 inputs or outputs (the router, both LoRA products) run in fp32.
+// In bf16 math the PESC adapters keep their rows (gathered, pre, act and their gradients) in
+// bf16, in the first half of the float buffers the model gives them (cuda_moe.cu).
 // Everything else (norms, softmaxes, attention, routing, AdamW) computes in fp32, with the
 // reductions that decide accuracy in fp32 or double.
 #ifndef PESC_CUDA_COMMON_CUH
@@ -94,9 +96,11 @@ typedef struct cuda_context {
     // 12.5 and later; PESC_CUDA_GROUPED=0 turns it off): its device array of operand pointers,
     // and grouped_off, bit m set once cuBLAS has refused the call in math m (cuda_moe.cu's
     // grouped_math says which math a call tries).
+    // In bf16 math the operands are bf16 (cuda_moe.cu's adapters16), grouped while grouped16.
     int grouped;
     void **group_ptrs;           // (3 * CUDA_GROUP_MAX)
     unsigned grouped_off;
+    int grouped16;
     // The frozen region (backend_freeze: the base weights in PESC mode) and its bf16 mirror,
     // which every product reading from the region uses instead of converting its operand.
     const float *frozen;         // NULL: none
@@ -148,6 +152,10 @@ bool cuda_device_current(cuda_context *c);
 // PESC_CUDA_REUSE=0), or on failure: then write out alone.
 __nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
                               const __nv_bfloat16 *avoid);
+
+// out = in as bf16 (n floats, operand_cvt), four a load where in is 16-byte aligned; false
+// after a failure (recorded).
+bool cuda_to_bf16(cuda_context *c, __nv_bfloat16 *out, const float *in, size_t n);
 
 // A device buffer of at least `bytes` from one of the context's scratch areas (NULL, with the
 // error recorded, when the device is out of memory). Growing waits for the device.
@@ -257,6 +265,7 @@ void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t
 bool cuda_flash_available(cuda_context *c, int cc_major);
 bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size);
 int cuda_grouped_probe(cuda_context *c);
+size_t cuda_adapter_work(const cuda_context *c, int pairs, int E, int C, int R);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);

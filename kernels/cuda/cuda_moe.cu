@@ -13,7 +13,8 @@
 // The combine reads through the inverse permutation, so no two threads add into one element
 // and the result is deterministic. The experts' products of one step go to cuBLAS as one
 // grouped call (experts_gemm): an expert's slice alone (about 1000 rows by 512 at TinyLlama's
-// shape) is too few tiles to fill a large GPU.
+// shape) is too few tiles to fill a large GPU. In bf16 math the rows are bf16 throughout (see
+// "the adapters" below): what cuBLAS groups in bf16, at twice TF32's rate.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_group.cuh"
 
@@ -98,6 +99,9 @@ extern "C" void cuda_moe_route_backward(void *ctx, float *dlogits, const float *
 }
 
 // ---- adapter pieces -------------------------------------------------------------------------
+//
+// The adapters' rows are float, or bf16 in bf16 math (adapters16 below): the kernels read and
+// write either, computing in fp32.
 
 __device__ __forceinline__ float gelu(float x)
 {
@@ -110,6 +114,15 @@ __device__ __forceinline__ float gelu_grad(float x)
            x * expf(-0.5f * x * x) * 0.3989422804014327f;
 }
 
+__device__ __forceinline__ float value_of(float x) { return x; }
+__device__ __forceinline__ float value_of(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T> __device__ __forceinline__ T stored(float x);
+template <> __device__ __forceinline__ float stored<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 stored<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+
 // inverse[pair] = its place j in the grouped order
 __global__ void invert_kernel(int32_t *inverse, const int32_t *perm, int pairs)
 {
@@ -119,25 +132,27 @@ __global__ void invert_kernel(int32_t *inverse, const int32_t *perm, int pairs)
 }
 
 // rows[j] = src[token of pair perm[j]] (* mask[j] when mask is not NULL)
-__global__ void gather_kernel(float *rows, const float *src, const float *mask,
-                              const int32_t *perm, int pairs, int K, int C)
+template <class T>
+__global__ void gather_kernel(T *rows, const float *src, const float *mask, const int32_t *perm,
+                              int pairs, int K, int C)
 {
     GRID_STRIDE(i, (size_t)pairs * C)
     {
         size_t j = i / C, col = i % C;
         float v = src[(size_t)(perm[j] / K) * C + col];
-        rows[i] = mask ? v * mask[i] : v;
+        rows[i] = stored<T>(mask ? v * mask[i] : v);
     }
 }
 
-__global__ void gelu_kernel(float *act, const float *pre, size_t n)
+template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
 {
-    GRID_STRIDE(i, n) act[i] = gelu(pre[i]);
+    GRID_STRIDE(i, n) act[i] = stored<T>(gelu(value_of(pre[i])));
 }
 
 // y[n] += sum over slots s of weight(n, s) * rows[inverse[n K + s]] (* mask of that row):
 // weight = scale * topk_w in the forward, 1 in the backward (the weights are already in rows).
-__global__ void combine_kernel(float *y, const float *rows, const float *mask,
+template <class T>
+__global__ void combine_kernel(float *y, const T *rows, const float *mask,
                                const int32_t *inverse, const float *topk_w, float scale, int N,
                                int K, int C)
 {
@@ -147,7 +162,7 @@ __global__ void combine_kernel(float *y, const float *rows, const float *mask,
         float s = 0.0f;
         for (int slot = 0; slot < K; slot++) {
             size_t pair = n * K + slot, j = (size_t)inverse[pair];
-            float v = rows[j * C + col];
+            float v = value_of(rows[j * C + col]);
             if (mask)
                 v *= mask[j * C + col];
             s += topk_w ? scale * topk_w[pair] * v : v;
@@ -158,26 +173,33 @@ __global__ void combine_kernel(float *y, const float *rows, const float *mask,
 
 // One block per routed pair j (grouped order): dtopk_w[pair] = scale * p_j . act_j;
 // p_j becomes d pre_j = w p_j gelu'(pre_j), and dy_j becomes d out_j = w dy_j, w = scale * gate.
-__global__ void adapter_pair_kernel(float *dtopk_w, float *p, float *dyg, const float *act,
-                                    const float *pre, const int32_t *perm, const float *topk_w,
-                                    float scale, int C, int R)
+template <class T>
+__global__ void adapter_pair_kernel(float *dtopk_w, T *p, T *dyg, const T *act, const T *pre,
+                                    const int32_t *perm, const float *topk_w, float scale, int C,
+                                    int R)
 {
     __shared__ float shared[32];
     size_t j = blockIdx.x;
     int pair = perm[j];
     float w = scale * topk_w[pair];
-    float *pj = p + j * R, *dyj = dyg + j * C;
-    const float *sj = act + j * R, *aj = pre + j * R;
+    T *pj = p + j * R, *dyj = dyg + j * C;
+    const T *sj = act + j * R, *aj = pre + j * R;
     float dw = 0.0f;
     for (int r = threadIdx.x; r < R; r += blockDim.x)
-        dw += pj[r] * sj[r];
+        dw += value_of(pj[r]) * value_of(sj[r]);
     dw = block_sum(dw, shared);
     for (int r = threadIdx.x; r < R; r += blockDim.x)
-        pj[r] = w * pj[r] * gelu_grad(aj[r]);
+        pj[r] = stored<T>(w * value_of(pj[r]) * gelu_grad(value_of(aj[r])));
     for (int col = threadIdx.x; col < C; col += blockDim.x)
-        dyj[col] *= w;
+        dyj[col] = stored<T>(value_of(dyj[col]) * w);
     if (threadIdx.x == 0)
         dtopk_w[pair] = scale * dw;
+}
+
+// out[i] += in[i]: a weight's gradient, made in bf16, into its fp32 accumulator
+__global__ void accumulate_kernel(float *out, const __nv_bfloat16 *in, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] += __bfloat162float(in[i]);
 }
 
 extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx,
@@ -200,38 +222,43 @@ extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const in
 }
 
 // ---- the experts' products -----------------------------------------------------------------
+//
+// T is float (the products in the context's math, or TF32 where grouped) or __nv_bfloat16
+// (bf16 math: bf16 operands and results, fp32 accumulation; cuBLAS groups bf16 products only
+// with bf16 results).
 
 // One operand of an expert's product: expert e's starts at base + first_e row + e expert
-// (floats), first_e the expert's first row in the grouped order.
-struct expert_operand {
-    const float *base;
+// (elements), first_e the expert's first row in the grouped order.
+template <class T> struct expert_operand {
+    const T *base;
     size_t row, expert;
     int ld;
 };
 
 // Row-major C_e = alpha op(A_e) op(B_e) + beta C_e for each expert e with rows (as cuda_gemm);
 // a dimension of -1 is the expert's row count.
-struct expert_gemm {
+template <class T> struct expert_gemm {
     int trans_a, trans_b, m, n, k;
     float alpha, beta;
-    expert_operand a, b, c;
+    expert_operand<T> a, b, c;
 };
 
 // The pointer arrays of a grouped call, made on the device from the experts' places, passed by
 // value (no host buffer the call could outlive).
-struct expert_places {
+template <class T> struct expert_places {
     int count;
     int expert[CUDA_GROUP_MAX], first[CUDA_GROUP_MAX];
-    expert_operand a, b, c;
+    expert_operand<T> a, b, c;
 };
 
-__host__ __device__ inline const float *expert_at(const expert_operand &o, int first, int e)
+template <class T>
+__host__ __device__ inline const T *expert_at(const expert_operand<T> &o, int first, int e)
 {
     return o.base + (size_t)first * o.row + (size_t)e * o.expert;
 }
 
 // ptrs: cuBLAS's A, B, C arrays (column-major: cuBLAS's A is our B), count each.
-__global__ void expert_pointers_kernel(void **ptrs, expert_places p)
+template <class T> __global__ void expert_pointers_kernel(void **ptrs, expert_places<T> p)
 {
     int j = threadIdx.x;
     if (j >= p.count)
@@ -241,30 +268,46 @@ __global__ void expert_pointers_kernel(void **ptrs, expert_places p)
     ptrs[2 * p.count + j] = (void *)expert_at(p.c, p.first[j], p.expert[j]);
 }
 
+template <class T> static bool narrow() { return sizeof(T) == sizeof(__nv_bfloat16); }
+
 #if CUBLAS_VERSION >= 120500
-// The math of the experts' grouped products, -1 for none: the context's, except where that
-// would cost more or cuBLAS refuses it. bf16 math would convert each expert's operands to bf16
-// one product at a time, and cuBLAS groups fp32 operands only in 32F and 32F_FAST_TF32 (its
-// documented combinations; a fast-bf16 call is tried once): both group in TF32 instead, which
-// rounds less than bf16. fp32 math is never rounded: refused, it runs one product an expert.
-static int grouped_math(const cuda_context *c)
+// The math of the experts' grouped products, -1 for none. bf16 operands group in bf16 until
+// cuBLAS refuses them (grouped16). fp32 ones group in the context's math, except where that
+// would cost more or cuBLAS refuses it: fast-bf16 math is tried once (cuBLAS documents fp32
+// operands grouped in 32F and 32F_FAST_TF32 only), then TF32, which rounds less than bf16;
+// fp32 math is never rounded: refused, it runs one product an expert.
+static int grouped_math(const cuda_context *c, bool narrow)
 {
+    if (narrow)
+        return c->grouped16 ? CUDA_MATH_BF16 : -1;
     int m = c->math == CUDA_MATH_BF16 ? CUDA_MATH_TF32 : c->math;
     if (m == CUDA_MATH_FAST_BF16 && (c->grouped_off >> m & 1u))
         m = CUDA_MATH_TF32;
     return c->grouped_off >> m & 1u ? -1 : m;
+}
+
+// A refusal: never again in this math (bf16 operands: never again grouped).
+static void grouped_refused(cuda_context *c, bool narrow, int math)
+{
+    if (narrow)
+        c->grouped16 = 0;
+    else
+        c->grouped_off |= 1u << math;
 }
 #endif
 
 // One grouped cuBLAS call; -1, nothing done, when this cuBLAS has none or refuses the call in
 // every math grouped_math allows (then the caller runs one product an expert, and later calls
 // do at once); else the math it ran in (any after a failure, which is recorded).
-static int experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
+template <class T>
+static int experts_gemm_grouped(cuda_context *c, const expert_gemm<T> &g, const int *offsets,
+                                int E)
 {
 #if CUBLAS_VERSION >= 120500
-    if (!c->grouped || E > CUDA_GROUP_MAX || grouped_math(c) < 0)
+    bool is16 = narrow<T>();
+    if (!c->grouped || E > CUDA_GROUP_MAX || grouped_math(c, is16) < 0)
         return -1;
-    expert_places places = {0, {0}, {0}, g.a, g.b, g.c};
+    expert_places<T> places = {0, {0}, {0}, g.a, g.b, g.c};
     int m[CUDA_GROUP_MAX], n[CUDA_GROUP_MAX], k[CUDA_GROUP_MAX], one[CUDA_GROUP_MAX];
     int lda[CUDA_GROUP_MAX], ldb[CUDA_GROUP_MAX], ldc[CUDA_GROUP_MAX];
     float alpha[CUDA_GROUP_MAX], beta[CUDA_GROUP_MAX];
@@ -286,23 +329,26 @@ static int experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int
         places.count++;
     }
     if (places.count == 0)
-        return grouped_math(c);
-    CUDA_LAUNCH(expert_pointers_kernel, 1, CUDA_GROUP_MAX, 0, c->stream, c->group_ptrs, places);
+        return grouped_math(c, is16);
+    CUDA_LAUNCH(expert_pointers_kernel<T>, 1, CUDA_GROUP_MAX, 0, c->stream, c->group_ptrs,
+                places);
     if (!CUDA_LAUNCHED(c))
-        return grouped_math(c);   // failed: recorded, nothing more to do
+        return grouped_math(c, is16);   // failed: recorded, nothing more to do
     void **ptrs = c->group_ptrs;
-    for (int math; (math = grouped_math(c)) >= 0;) {
+    cudaDataType_t type = is16 ? CUDA_R_16BF : CUDA_R_32F;
+    for (int math; (math = grouped_math(c, is16)) >= 0;) {
         cublasStatus_t rc = cublasGemmGroupedBatchedEx(
-            c->cublas, op_a, op_b, m, n, k, alpha, (const void *const *)ptrs, CUDA_R_32F, lda,
-            (const void *const *)(ptrs + places.count), CUDA_R_32F, ldb, beta,
-            ptrs + 2 * places.count, CUDA_R_32F, ldc, places.count, one, cuda_fp32_compute(math));
+            c->cublas, op_a, op_b, m, n, k, alpha, (const void *const *)ptrs, type, lda,
+            (const void *const *)(ptrs + places.count), type, ldb, beta,
+            ptrs + 2 * places.count, type, ldc, places.count, one,
+            is16 ? CUBLAS_COMPUTE_32F : cuda_fp32_compute(math));
         // refused (a type combination this cuBLAS does not group, or arguments it takes only
         // one product at a time): never again in this math; the next one grouped_math allows
         if (rc != CUBLAS_STATUS_NOT_SUPPORTED && rc != CUBLAS_STATUS_INVALID_VALUE) {
             CUBLAS_CHECK(c, rc);
             return math;
         }
-        c->grouped_off |= 1u << math;
+        grouped_refused(c, is16, math);
     }
     return -1;
 #else
@@ -312,41 +358,137 @@ static int experts_gemm_grouped(cuda_context *c, const expert_gemm &g, const int
 }
 
 // At start: the math the experts' products group in (-1: one product an expert), asked with
-// one 1 x 1 x 1 product on scratch. A refusal turns grouping off for that math, and the device
-// line says what is left.
+// one 1 x 1 x 1 product on scratch, of bf16 operands in bf16 math. A refusal turns grouping
+// off for that math, and the device line says what is left.
 int cuda_grouped_probe(cuda_context *c)
 {
-    float *x = (float *)c->partials;
-    int offsets[2] = {0, 1};
-    expert_gemm g = {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 1, 0, 1}, {x + 1, 0, 0, 1}, {x + 2, 1, 0, 1}};
-    int math = experts_gemm_grouped(c, g, offsets, 1);
+    int offsets[2] = {0, 1}, math;
+    if (c->math == CUDA_MATH_BF16) {
+        __nv_bfloat16 *x = (__nv_bfloat16 *)c->partials;
+        math = experts_gemm_grouped<__nv_bfloat16>(
+            c, {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 1, 0, 1}, {x + 2, 0, 0, 1}, {x + 4, 1, 0, 1}},
+            offsets, 1);
+    } else {
+        float *x = (float *)c->partials;
+        math = experts_gemm_grouped<float>(
+            c, {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 1, 0, 1}, {x + 1, 0, 0, 1}, {x + 2, 1, 0, 1}},
+            offsets, 1);
+    }
     return c->failed ? -1 : math;
 }
 
-static void experts_gemm(cuda_context *c, const expert_gemm &g, const int *offsets, int E)
+// One product of bf16 operands and result (cuBLAS column-major, as cuda_gemm_math).
+static void gemm16(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                   const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
+                   __nv_bfloat16 *C, int ldc)
+{
+    CUBLAS_CHECK(c, cublasGemmEx(c->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                 trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
+                                 CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_16BF,
+                                 ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static void expert_gemm_one(cuda_context *c, int ta, int tb, int M, int N, int K, float alpha,
+                            const float *A, int lda, const float *B, int ldb, float beta,
+                            const float *C, int ldc)
+{
+    cuda_gemm(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, (float *)C, ldc);
+}
+
+static void expert_gemm_one(cuda_context *c, int ta, int tb, int M, int N, int K, float alpha,
+                            const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb,
+                            float beta, const __nv_bfloat16 *C, int ldc)
+{
+    gemm16(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, (__nv_bfloat16 *)C, ldc);
+}
+
+template <class T>
+static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *offsets, int E)
 {
     if (experts_gemm_grouped(c, g, offsets, E) >= 0)
         return;
-    for (int e = 0; e < E; e++) {
+    for (int e = 0; e < E && !c->failed; e++) {
         int first = offsets[e], rows = offsets[e + 1] - first;
         if (rows == 0)
             continue;
-        cuda_gemm(c, g.trans_a, g.trans_b, g.m < 0 ? rows : g.m, g.n < 0 ? rows : g.n,
-                  g.k < 0 ? rows : g.k, g.alpha, expert_at(g.a, first, e), g.a.ld,
-                  expert_at(g.b, first, e), g.b.ld, g.beta,
-                  (float *)expert_at(g.c, first, e), g.c.ld);
+        expert_gemm_one(c, g.trans_a, g.trans_b, g.m < 0 ? rows : g.m, g.n < 0 ? rows : g.n,
+                        g.k < 0 ? rows : g.k, g.alpha, expert_at(g.a, first, e), g.a.ld,
+                        expert_at(g.b, first, e), g.b.ld, g.beta, expert_at(g.c, first, e),
+                        g.c.ld);
     }
 }
 
 // ---- the adapters ---------------------------------------------------------------------------
+//
+// In bf16 math the adapters run on bf16 (adapters16): the gather writes bf16 rows, both
+// products of a pass take bf16 operands and give bf16 results, the GELU and the pair kernel
+// read and write bf16. So gathered, pre and act hold bf16 values, in the first half of their
+// buffers (what the backward reads back), and scratch and scratch_r are used the same way. The
+// weights are converted once an op; a weight's gradient is made in bf16 and added to its fp32
+// accumulator. In the other maths everything stays fp32, products grouped as experts_gemm can.
 
-static int32_t *inverse_of(cuda_context *c, const int32_t *perm, int pairs)
+static bool adapters16(const cuda_context *c) { return c->math == CUDA_MATH_BF16; }
+
+static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+size_t cuda_adapter_work(const cuda_context *c, int pairs, int E, int C, int R)
 {
-    int32_t *inverse = (int32_t *)cuda_op_work(c, (size_t)pairs * sizeof(int32_t));
-    if (!inverse)
+    size_t inverse = aligned((size_t)pairs * sizeof(int32_t));
+    // the weights in bf16 and, in the backward, a weight gradient
+    return adapters16(c) ? inverse + 3 * aligned((size_t)E * C * R * sizeof(__nv_bfloat16))
+                         : inverse;
+}
+
+// The op's work: the inverse permutation (inverse[pair] = its place in the grouped order)
+// and, in bf16, room for the weights (*down16, *up16) and a gradient (*grad16, when asked).
+static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, int E, int C, int R,
+                             const float *down, const float *up, __nv_bfloat16 **down16,
+                             __nv_bfloat16 **up16, __nv_bfloat16 **grad16)
+{
+    size_t inverse_bytes = aligned((size_t)pairs * sizeof(int32_t));
+    size_t w = aligned((size_t)E * C * R * sizeof(__nv_bfloat16));
+    char *work = (char *)cuda_op_work(c, cuda_adapter_work(c, pairs, E, C, R));
+    if (!work)
         return NULL;
+    int32_t *inverse = (int32_t *)work;
     CUDA_LAUNCH(invert_kernel, (pairs + 255) / 256, 256, 0, c->stream, inverse, perm, pairs);
-    return CUDA_LAUNCHED(c) ? inverse : NULL;
+    if (!CUDA_LAUNCHED(c))
+        return NULL;
+    if (adapters16(c)) {
+        *down16 = (__nv_bfloat16 *)(work + inverse_bytes);
+        *up16 = (__nv_bfloat16 *)(work + inverse_bytes + w);
+        if (grad16)
+            *grad16 = (__nv_bfloat16 *)(work + inverse_bytes + 2 * w);
+        if (!cuda_to_bf16(c, *down16, down, (size_t)E * C * R) ||
+            !cuda_to_bf16(c, *up16, up, (size_t)E * C * R))
+            return NULL;
+    }
+    return inverse;
+}
+
+// pre (n, R) = gathered (n, C) @ D_e^T per expert, GELU over every row at once,
+// out (n, C) = act (n, R) @ U_e^T per expert, then y += the weighted outputs.
+template <class T>
+static void adapter_forward(cuda_context *c, float *y, T *gathered, T *pre, T *act, T *out,
+                            const float *h, const float *mask, const T *down, const T *up,
+                            const int32_t *perm, const int32_t *inverse, const int *offsets,
+                            const float *topk_w, int N, int K, int E, int C, int R, float scale)
+{
+    int pairs = offsets[E];
+    size_t CR = (size_t)C * R;
+    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream,
+                gathered, h, mask, perm, pairs, K, C);
+    CUDA_LAUNCHED(c);
+    experts_gemm<T>(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
+                        {pre, (size_t)R, 0, R}}, offsets, E);
+    CUDA_LAUNCH(gelu_kernel<T>, cuda_blocks((size_t)pairs * R, 256), 256, 0, c->stream, act, pre,
+                (size_t)pairs * R);
+    CUDA_LAUNCHED(c);
+    experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
+                        {out, (size_t)C, 0, C}}, offsets, E);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y, out,
+                NULL, inverse, topk_w, scale, N, K, C);
+    CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre,
@@ -360,24 +502,71 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
     int pairs = offsets[E];   // N * K
     if (pairs <= 0)
         return;
-    int32_t *inverse = inverse_of(c, perm, pairs);
+    __nv_bfloat16 *down16 = NULL, *up16 = NULL;
+    int32_t *inverse = adapter_work(c, perm, pairs, E, C, R, down, up, &down16, &up16, NULL);
     if (!inverse)
         return;
-    CUDA_LAUNCH(gather_kernel, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream, gathered, h,
-                mask, perm, pairs, K, C);
-    CUDA_LAUNCHED(c);
-    // pre (n, R) = gathered (n, C) @ D_e^T per expert, GELU over every row at once,
-    // out (n, C) = act (n, R) @ U_e^T per expert
+    typedef __nv_bfloat16 b16;
+    if (adapters16(c))
+        adapter_forward<b16>(c, y, (b16 *)gathered, (b16 *)pre, (b16 *)act, (b16 *)scratch, h,
+                             mask, down16, up16, perm, inverse, offsets, topk_w, N, K, E, C, R,
+                             scale);
+    else
+        adapter_forward<float>(c, y, gathered, pre, act, scratch, h, mask, down, up, perm,
+                               inverse, offsets, topk_w, N, K, E, C, R, scale);
+}
+
+// A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's group: in fp32
+// onto the accumulator itself; in bf16 into grad16, which then adds to it (experts without
+// rows add zeros).
+template <class T>
+static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
+                            const T *a, const T *b, const int *offsets, int E)
+{
+    size_t n = (size_t)E * g_rows * g_cols;
+    bool is16 = narrow<T>();
+    if (is16)
+        CUDA_CHECK(c, cudaMemsetAsync(grad16, 0, n * sizeof(T), c->stream));
+    T *out = is16 ? grad16 : (T *)grad;
+    experts_gemm<T>(c, {1, 0, g_rows, g_cols, -1, 1.0f, is16 ? 0.0f : 1.0f,
+                        {a, (size_t)g_rows, 0, g_rows}, {b, (size_t)g_cols, 0, g_cols},
+                        {out, 0, (size_t)g_rows * g_cols, g_cols}}, offsets, E);
+    if (is16) {
+        CUDA_LAUNCH(accumulate_kernel, cuda_blocks(n, 256), 256, 0, c->stream, grad,
+                    (const __nv_bfloat16 *)out, n);
+        CUDA_LAUNCHED(c);
+    }
+}
+
+template <class T>
+static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *dup,
+                             float *dtopk_w, T *dyg, T *p, T *grad16, const float *dy,
+                             const T *gathered, const T *pre, const T *act, const float *mask,
+                             const T *down, const T *up, const int32_t *perm,
+                             const int32_t *inverse, const int *offsets, const float *topk_w,
+                             int N, int K, int E, int C, int R, float scale)
+{
+    int pairs = offsets[E];
     size_t CR = (size_t)C * R;
-    experts_gemm(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
-                     {pre, (size_t)R, 0, R}}, offsets, E);
-    CUDA_LAUNCH(gelu_kernel, cuda_blocks((size_t)pairs * R, 256), 256, 0, c->stream, act, pre,
-                (size_t)pairs * R);
+    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream, dyg, dy,
+                NULL, perm, pairs, K, C);
     CUDA_LAUNCHED(c);
-    experts_gemm(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
-                     {scratch, (size_t)C, 0, C}}, offsets, E);
-    CUDA_LAUNCH(combine_kernel, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y, scratch,
-                NULL, inverse, topk_w, scale, N, K, C);
+    // p (n, R) = dy_g (n, C) @ U_e (C, R)
+    experts_gemm<T>(c, {0, 0, -1, R, C, 1.0f, 0.0f, {dyg, (size_t)C, 0, C}, {up, 0, CR, R},
+                        {p, (size_t)R, 0, R}}, offsets, E);
+    CUDA_LAUNCH(adapter_pair_kernel<T>, pairs, 256, 0, c->stream, dtopk_w, p, dyg, act, pre, perm,
+                topk_w, scale, C, R);
+    CUDA_LAUNCHED(c);
+    // dout_g: dy_g; dpre_g: p
+    if (dup)     // dU_e (C, R) += dout^T @ act
+        weight_gradient<T>(c, dup, grad16, C, R, dyg, act, offsets, E);
+    if (ddown)   // dD_e (R, C) += dpre^T @ gathered
+        weight_gradient<T>(c, ddown, grad16, R, C, p, gathered, offsets, E);
+    // d gathered (n, C) = dpre @ D_e, over dout_g once its last reader above is queued
+    experts_gemm<T>(c, {0, 0, -1, C, R, 1.0f, 0.0f, {p, (size_t)R, 0, R}, {down, 0, CR, C},
+                        {dyg, (size_t)C, 0, C}}, offsets, E);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, dyg,
+                mask, inverse, NULL, 1.0f, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -394,31 +583,18 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
     int pairs = offsets[E];
     if (pairs <= 0)
         return;
-    int32_t *inverse = inverse_of(c, perm, pairs);
+    __nv_bfloat16 *down16 = NULL, *up16 = NULL, *grad16 = NULL;
+    int32_t *inverse = adapter_work(c, perm, pairs, E, C, R, down, up, &down16, &up16, &grad16);
     if (!inverse)
         return;
-    float *dyg = scratch, *p = scratch_r;
-    CUDA_LAUNCH(gather_kernel, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream, dyg, dy,
-                NULL, perm, pairs, K, C);
-    CUDA_LAUNCHED(c);
-    // p (n, R) = dy_g (n, C) @ U_e (C, R)
-    size_t CR = (size_t)C * R;
-    experts_gemm(c, {0, 0, -1, R, C, 1.0f, 0.0f, {dyg, (size_t)C, 0, C}, {up, 0, CR, R},
-                     {p, (size_t)R, 0, R}}, offsets, E);
-    CUDA_LAUNCH(adapter_pair_kernel, pairs, 256, 0, c->stream, dtopk_w, p, dyg, act, pre, perm,
-                topk_w, scale, C, R);
-    CUDA_LAUNCHED(c);
-    // dout_g: dy_g; dpre_g: p
-    if (dup)     // dU_e (C, R) += dout^T @ act
-        experts_gemm(c, {1, 0, C, R, -1, 1.0f, 1.0f, {dyg, (size_t)C, 0, C},
-                         {act, (size_t)R, 0, R}, {dup, 0, CR, R}}, offsets, E);
-    if (ddown)   // dD_e (R, C) += dpre^T @ gathered
-        experts_gemm(c, {1, 0, R, C, -1, 1.0f, 1.0f, {p, (size_t)R, 0, R},
-                         {gathered, (size_t)C, 0, C}, {ddown, 0, CR, C}}, offsets, E);
-    // d gathered (n, C) = dpre @ D_e, over dout_g once its last reader above is queued
-    experts_gemm(c, {0, 0, -1, C, R, 1.0f, 0.0f, {p, (size_t)R, 0, R}, {down, 0, CR, C},
-                     {dyg, (size_t)C, 0, C}}, offsets, E);
-    CUDA_LAUNCH(combine_kernel, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, dyg, mask,
-                inverse, NULL, 1.0f, N, K, C);
-    CUDA_LAUNCHED(c);
+    typedef __nv_bfloat16 b16;
+    if (adapters16(c))
+        adapter_backward<b16>(c, dh, ddown, dup, dtopk_w, (b16 *)scratch, (b16 *)scratch_r,
+                              grad16, dy, (const b16 *)gathered, (const b16 *)pre,
+                              (const b16 *)act, mask, down16, up16, perm, inverse, offsets,
+                              topk_w, N, K, E, C, R, scale);
+    else
+        adapter_backward<float>(c, dh, ddown, dup, dtopk_w, scratch, scratch_r, NULL, dy,
+                                gathered, pre, act, mask, down, up, perm, inverse, offsets,
+                                topk_w, N, K, E, C, R, scale);
 }

@@ -2,10 +2,11 @@
  * -DPESC_CUDA_EMU builds (cuda_runtime_emu.h is the runtime beneath them).
  *
  * cublasGetVersion; cublasGemmEx, cublasGemmStridedBatchedEx and cublasGemmGroupedBatchedEx
- * (cuBLAS 12.5's grouped products, whose pointer arrays must be in device memory; here fp32
- * operands only, in 32F or 32F_FAST_TF32: anything else, and everything with
- * PESC_EMU_NO_GROUPED=1, is refused with CUBLAS_STATUS_NOT_SUPPORTED, so the caller's
- * fallbacks run too) with cuBLAS's column-major
+ * (cuBLAS 12.5's grouped products, whose pointer arrays must be in device memory; here the
+ * documented combinations the backend uses: fp32 operands and result in 32F or 32F_FAST_TF32,
+ * bf16 operands and result in 32F; anything else, and everything with PESC_EMU_NO_GROUPED=1,
+ * is refused with CUBLAS_STATUS_NOT_SUPPORTED, so the caller's fallbacks run too) with
+ * cuBLAS's column-major
  * semantics, argument checks and status codes, for the type combinations the backend uses:
  *   A, B fp32 -> C fp32, compute 32F (exact fp32 inputs), 32F_FAST_TF32 (inputs rounded to
  *     TF32, 10 explicit mantissa bits) or 32F_FAST_16BF (inputs rounded to bf16), both to
@@ -479,9 +480,11 @@ inline cublasStatus_t cublasGemmGroupedBatchedEx(
     if (group_count < 0)
         return CUBLAS_STATUS_INVALID_VALUE;
     const char *none = getenv("PESC_EMU_NO_GROUPED");   /* a cuBLAS that groups nothing */
-    if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F ||
-        (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_FAST_TF32) ||
-        (none && strcmp(none, "1") == 0))
+    bool fp32 = Atype == CUDA_R_32F && Btype == CUDA_R_32F && Ctype == CUDA_R_32F &&
+                (computeType == CUBLAS_COMPUTE_32F || computeType == CUBLAS_COMPUTE_32F_FAST_TF32);
+    bool bf16 = Atype == CUDA_R_16BF && Btype == CUDA_R_16BF && Ctype == CUDA_R_16BF &&
+                computeType == CUBLAS_COMPUTE_32F;
+    if (!(fp32 || bf16) || (none && strcmp(none, "1") == 0))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     long total = 0;
     for (int i = 0; i < group_count; i++) {

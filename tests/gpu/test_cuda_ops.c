@@ -72,6 +72,51 @@ static void compare(const char *what, twin t, double tol)
     free(got);
 }
 
+/* bf16 math keeps the adapters' rows (gathered, pre, act) in bf16, in the first half of their
+ * buffers: widened here, exactly, to compare with the CPU's floats. */
+static int saved_in_bf16(void) { return strstr(backend_device(gpu), "rows in bf16") != NULL; }
+
+static void compare_saved(const char *what, twin t, double tol)
+{
+    if (!saved_in_bf16()) {
+        compare(what, t, tol);
+        return;
+    }
+    size_t n = t.bytes / sizeof(float);
+    uint16_t *bits = malloc(n * sizeof *bits);
+    float *got = malloc(t.bytes);
+    backend_download(gpu, bits, t.g, n * sizeof *bits);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)bits[i] << 16;
+        memcpy(&got[i], &u, sizeof u);
+    }
+    double e = gpu_test_error(got, F(t), n);
+    char bound[64];
+    snprintf(bound, sizeof bound, "normalized error in bf16, tolerance %.0e", tol);
+    gpu_test_verdict(e <= tol && isfinite(e), what, e, bound);
+    free(bits);
+    free(got);
+}
+
+/* The CPU's values of a saved buffer on the GPU too, in its format there (bf16: rounded to
+ * nearest even, as the device rounds). */
+static void sync_saved(twin t)
+{
+    if (!saved_in_bf16()) {
+        twin_sync(t);
+        return;
+    }
+    size_t n = t.bytes / sizeof(float);
+    uint16_t *bits = malloc(n * sizeof *bits);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &F(t)[i], sizeof u);
+        bits[i] = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+    }
+    backend_upload(gpu, t.g, bits, n * sizeof *bits);
+    free(bits);
+}
+
 static void compare_ints(const char *what, twin t)
 {
     size_t n = t.bytes / sizeof(int32_t), wrong = 0;
@@ -106,15 +151,19 @@ static void gpu_finish(void)
     backend_delete(gpu);
 }
 
-/* On the emulator, whose cuBLAS groups fp32 operands only in 32F and TF32 (the documented
- * combinations), the experts' products of bf16 and fast-bf16 math group in tf32 instead of
- * running one an expert. */
-static void check_grouped_in_tf32(void)
+/* On the emulator, whose cuBLAS groups what cuBLAS documents (fp32 operands in 32F and TF32,
+ * bf16 operands with bf16 results), the experts' products of bf16 math group in bf16, on bf16
+ * rows; fast-bf16's, of fp32 operands, in tf32 instead of running one an expert. */
+static void check_grouped(const char *math)
 {
+    int bf16 = strcmp(math, "bf16") == 0;
     if (gpu_test_emulated)
-        gpu_test_verdict(strstr(backend_device(gpu), "(adapters grouped in tf32)") != NULL,
-                         "the experts' products grouped in tf32", 0.0,
-                         "device line: adapters grouped in tf32");
+        gpu_test_verdict(strstr(backend_device(gpu), bf16 ? "products (adapters grouped)"
+                                                          : "(adapters grouped in tf32)") &&
+                         saved_in_bf16() == bf16,
+                         bf16 ? "the experts' products grouped in bf16, on bf16 rows"
+                              : "the experts' products grouped in tf32, on fp32 rows", 0.0,
+                         "device line");
 }
 
 /* ---- dense products ---------------------------------------------------------------------- */
@@ -505,10 +554,11 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
                         G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
     compare(with_mask ? "moe_adapter_forward y (accumulated, dropout)"
                       : "moe_adapter_forward y (accumulated)", y, 1e-4 + tol / 10);
-    compare("moe_adapter_forward gathered", gathered, 1e-7);
-    compare("moe_adapter_forward pre", pre, tol);
-    compare("moe_adapter_forward act", act, tol);
-    twin_sync(pre); twin_sync(act);
+    /* in bf16, gathered is the input rounded: 2^-9 relative at most */
+    compare_saved("moe_adapter_forward gathered", gathered, saved_in_bf16() ? 3e-3 : 1e-7);
+    compare_saved("moe_adapter_forward pre", pre, tol);
+    compare_saved("moe_adapter_forward act", act, tol);
+    sync_saved(gathered); sync_saved(pre); sync_saved(act);
     twin dy = twin_random((size_t)N * C, 1.0), dh = twin_random((size_t)N * C, 1.0);
     twin ddown = twin_random((size_t)E * R * C, 1.0), dup = twin_random((size_t)E * C * R, 1.0);
     twin dtopk = twin_random(NK, 1.0);
@@ -557,9 +607,10 @@ int main(void)
     test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */
     test_attention_cached(1, 57, 4, 2, 64, 0);
     test_attention_cached(7, 90, 4, 2, 32, 20);
-    check_grouped_in_tf32();
+    check_grouped("bf16");
     test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
     test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
+    test_moe(5, 8, 1, 64, 8, 0, bf16_tol);   /* experts without tokens */
     gpu_finish();
 
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
@@ -590,7 +641,7 @@ int main(void)
     setenv("PESC_CUDA_ATTENTION", "flash", 1);
     gpu_again();
     test_matmul(300, 200, 150, bf16_tol, "fast-bf16");
-    check_grouped_in_tf32();
+    check_grouped("fast-bf16");
     test_moe(300, 8, 2, 96, 16, 1, bf16_tol);
     /* where flash runs at all (sm_80 on), its mma kernels: the device's products agreed with
      * their fragment layout at start (else it says so and runs the wmma kernels) */
@@ -622,6 +673,14 @@ int main(void)
                          "grouping refused: one product an expert", 0.0,
                          "device line: nothing grouped");
         test_moe(300, 8, 2, 96, 16, 1, 5e-3);
+        gpu_finish();
+        /* ... in bf16 math: one bf16 product an expert, on bf16 rows still */
+        setenv("PESC_CUDA_MATH", "bf16", 1);
+        gpu_again();
+        gpu_test_verdict(strstr(backend_device(gpu), "adapters grouped") == NULL &&
+                         saved_in_bf16(), "grouping refused in bf16: one product an expert", 0.0,
+                         "device line: nothing grouped, rows in bf16");
+        test_moe(300, 8, 2, 96, 16, 1, bf16_tol);
         gpu_finish();
         unsetenv("PESC_EMU_NO_GROUPED");
     }
