@@ -76,10 +76,11 @@ void optim_step(optimizer *o, float *params, float *grads, double lr, double *no
     double norm = optim_grad_norm(o, grads);
     if (norm_out)
         *norm_out = norm;
-    optim_step_norm(o, params, grads, lr, norm);
+    optim_step_norm(o, params, grads, NULL, lr, norm);
 }
 
-void optim_step_norm(optimizer *o, float *params, float *grads, double lr, double norm)
+void optim_step_norm(optimizer *o, float *params, float *grads, float *delta, double lr,
+                     double norm)
 {
     const optim_config *c = &o->config;
     if (c->clip > 0) {
@@ -88,6 +89,6 @@ void optim_step_norm(optimizer *o, float *params, float *grads, double lr, doubl
             vector_scale(o->backend, grads, (float)coef, o->n);
     }
     o->step++;
-    adamw_update(o->backend, params, grads, o->m, o->v, o->n, (float)lr, c->beta1, c->beta2,
-                 c->eps, c->weight_decay, (int)o->step);
+    adamw_update(o->backend, params, grads, o->m, o->v, delta, o->n, (float)lr, c->beta1,
+                 c->beta2, c->eps, c->weight_decay, (int)o->step);
 }

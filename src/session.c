@@ -100,7 +100,7 @@ struct session {
     int paused;
     uint64_t fingerprint;        /* of the base model as loaded */
     stats_record *record;
-    float *previous;             /* trainables before the update, for the update ratio */
+    float *previous;             /* the last update, before - after, for the update ratio */
     double *norm_sums;           /* (4, L, E) in the backend: the adapters' sums of squares */
     sampler sampler;
 
@@ -1003,11 +1003,9 @@ static int train_step(session *s, pesc_error *err)
         goto out;
     }
     s->nan_run = 0;
-    if (m->crafted && s->previous)
-        backend_copy(s->backend, s->previous, m->train_block, m->n_train * sizeof(float));
-    optim_step_norm(&s->opt, m->train_block, m->grad_block, lr, norm);
-    if (m->crafted && s->previous)   /* previous = before - after */
-        vector_axpy(s->backend, s->previous, m->train_block, -1.0f, m->n_train);
+    /* previous = before - after, written by the update itself (a copy of the trainables and a
+     * subtraction moved 5 times their bytes more) */
+    optim_step_norm(&s->opt, m->train_block, m->grad_block, s->previous, lr, norm);
     s->step++;
     s->tokens += tokens;
     stats_record *r = s->record;

@@ -235,6 +235,48 @@ static void test_elementwise(pesc_backend *b, size_t n)
     backend_free(b, g); backend_free(b, u); backend_free(b, out);
 }
 
+/* adamw_update over 3 steps against torch.optim.AdamW's formula in double; the update it
+ * writes to delta is exactly before - after, and asking for it changes nothing else. */
+static void test_adamw(pesc_backend *b, size_t n)
+{
+    float *p = alloc_floats(b, n), *q = alloc_floats(b, n), *g = alloc_floats(b, n);
+    float *m = alloc_floats(b, n), *v = alloc_floats(b, n), *m2 = alloc_floats(b, n);
+    float *v2 = alloc_floats(b, n), *delta = alloc_floats(b, n), *before = alloc_floats(b, n);
+    double *want = malloc(n * sizeof *want), *wm = malloc(n * sizeof *wm);
+    double *wv = malloc(n * sizeof *wv);
+    fill(p, n, 1.0);
+    memcpy(q, p, n * sizeof *q);
+    vector_zero(b, m, n), vector_zero(b, v, n), vector_zero(b, m2, n), vector_zero(b, v2, n);
+    for (size_t i = 0; i < n; i++)
+        want[i] = p[i], wm[i] = wv[i] = 0.0;
+    const double lr = 1e-2, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+    int exact = 1, same = 1;
+    for (int step = 1; step <= 3; step++) {
+        fill(g, n, 1.0);
+        memcpy(before, p, n * sizeof *before);
+        adamw_update(b, p, g, m, v, delta, n, (float)lr, (float)b1, (float)b2, (float)eps,
+                     (float)wd, step);
+        adamw_update(b, q, g, m2, v2, NULL, n, (float)lr, (float)b1, (float)b2, (float)eps,
+                     (float)wd, step);
+        for (size_t i = 0; i < n; i++) {
+            exact &= delta[i] == before[i] - p[i];
+            same &= p[i] == q[i] && m[i] == m2[i] && v[i] == v2[i];
+            wm[i] = b1 * wm[i] + (1 - b1) * g[i];
+            wv[i] = b2 * wv[i] + (1 - b2) * (double)g[i] * g[i];
+            double denom = sqrt(wv[i]) / sqrt(1 - pow(b2, step)) + eps;
+            want[i] = want[i] * (1 - lr * wd) - lr / (1 - pow(b1, step)) * wm[i] / denom;
+        }
+    }
+    check("adamw_update params (3 steps)", p, want, n, 1e-6);
+    printf("%-4s adamw_update delta: before - after, exactly\n", exact ? "ok" : "FAIL");
+    printf("%-4s adamw_update with delta: the same params and moments\n", same ? "ok" : "FAIL");
+    failures += !exact + !same;
+    free(want); free(wm); free(wv);
+    backend_free(b, p); backend_free(b, q); backend_free(b, g); backend_free(b, m);
+    backend_free(b, v); backend_free(b, m2); backend_free(b, v2); backend_free(b, delta);
+    backend_free(b, before);
+}
+
 /* dropout_mask: zeros at rate p (within 5 standard deviations), every kept value exactly
  * 1/(1-p), the same seed the same mask, another seed another, neighbours independent (pairs of
  * zeros at rate p^2), and p = 0 keeps everything at 1. */
@@ -316,6 +358,7 @@ int main(void)
     test_attention(b, 1, 37, 2, 2, 8, 3, 1);
     test_elementwise(b, 10007);
     test_crossentropy(b, 21, 300);
+    test_adamw(b, 10007);
     test_dropout(b, 1000003, 0.1f);
     test_dropout(b, 100003, 0.5f);
     backend_delete(b);

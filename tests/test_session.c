@@ -125,6 +125,34 @@ static void test_generation_interleaved(void)
     session_delete(s);
 }
 
+/* The first step's update ratio, ||update|| / ||D, U|| per expert, from the values alone:
+ * U starts at zero, so nothing reaches D's gradient (without weight decay D stays as it was)
+ * and U's update is U itself: the ratio is ||U|| / sqrt(||D||^2 + ||U||^2), in the record's
+ * own norms, for every expert (0 for one that got no tokens). */
+static void test_update_ratio(void)
+{
+    train_config c;
+    config(&c, 1);
+    session *s = start(&c);
+    session_wait(s);
+    monitor_view *v = monitor_view_new();
+    monitor_snapshot(session_monitor(s), v);
+    const stats_record *r = v->last;
+    int n = r ? r->shape.n_layers * r->shape.n_experts : 0, good = n > 0, moved = 0;
+    double worst = 0.0;
+    for (int i = 0; i < n; i++) {
+        double d = r->norm_down[i], u = r->norm_up[i];
+        double want = u > 0 ? u / sqrt(d * d + u * u) : 0.0;
+        double e = fabs(r->update_ratio[i] - want) / (want > 0 ? want : 1.0);
+        worst = e > worst || !isfinite(e) ? e : worst;
+        moved += r->update_ratio[i] > 0;
+    }
+    CHECK(good && worst < 1e-4 && moved > 0, "first step's update ratios are ||U|| / ||D, U|| "
+          "(%d of %d experts moved; worst relative error %.1e)", moved, n, worst);
+    monitor_view_delete(v);
+    session_delete(s);
+}
+
 static void test_resume(void)
 {
     train_config c;
@@ -367,6 +395,7 @@ int main(void)
     test_nan_forever();
     test_nan_after_save();
     test_commands();
+    test_update_ratio();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0)

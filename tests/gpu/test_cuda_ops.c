@@ -344,11 +344,16 @@ static void test_elementwise(size_t n)
     for (size_t i = 0; i < n; i++)
         F(db)[i] = fabsf(F(db)[i]);
     twin_sync(db);
+    twin delta = twin_random(n, 1.0);
     for (int step = 1; step <= 3; step++) {
-        adamw_update(cpu, F(a), F(b), F(d), F(db), n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, step);
-        adamw_update(gpu, G(a), G(b), G(d), G(db), n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, step);
+        adamw_update(cpu, F(a), F(b), F(d), F(db), step == 3 ? F(delta) : NULL, n, 1e-2f, 0.9f,
+                     0.999f, 1e-8f, 0.1f, step);
+        adamw_update(gpu, G(a), G(b), G(d), G(db), step == 3 ? G(delta) : NULL, n, 1e-2f, 0.9f,
+                     0.999f, 1e-8f, 0.1f, step);
     }
     compare("adamw_update params (3 steps)", a, 1e-6);
+    compare("adamw_update delta (before - after)", delta, 1e-5);
+    twin_free(delta);
     compare("adamw_update m", d, 1e-6);
     compare("adamw_update v", db, 1e-6);
     dropout_mask(cpu, F(out), n, 0.1f, 12345);
