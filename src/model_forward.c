@@ -622,10 +622,10 @@ static void layer_backward(model *m, int l, float loss_scale)
     const model_layer *L = &m->layers[l];
     int N = m->B * m->T, C = c->hidden_size, F = c->intermediate_size, D = c->head_dim;
     int Hq = c->n_heads, Hkv = c->n_kv_heads;
-    /* x_out = x_mid + h + adapters(h): h receives dx directly and through the adapters */
-    vector_zero(b, g->dh, (size_t)N * C);
-    vector_axpy(b, g->dh, g->dx, 1.0f, (size_t)N * C);
-    vector_zero(b, g->dxn, (size_t)N * C);
+    /* x_out = x_mid + h + adapters(h): h receives dx directly and through the adapters.
+     * Each zeroing of a gradient comes right before the product that adds into it first: on
+     * a GPU that product writes it instead (cuda_context.zero_at). */
+    backend_copy(b, g->dh, g->dx, (size_t)N * C * sizeof(float));
     if (m->crafted) {
         const pesc_layer *P = &m->pesc_layers[l];
         int E = m->pesc.experts, K = m->pesc.top_k;
@@ -637,12 +637,15 @@ static void layer_backward(model *m, int l, float loss_scale)
         moe_route_backward(b, g->drouter, g->dtopk_w, a->topk_idx, a->topk_w, a->probs,
                            a->router_lse, g->aux_grad + (size_t)l * E,
                            loss_scale * m->pesc.z_coef / N, N, E, K);
+        vector_zero(b, g->dxn, (size_t)N * C);
         matmul_backward(b, g->dxn, model_grad_of(m, P->router), NULL, g->drouter, a->xn2,
                         P->router, N, C, E);
     }
     vector_zero(b, g->dact, (size_t)N * F);
     linear_backward(m, l, LORA_DOWN, a, g->dact, g->dh, a->act, N);
     swiglu_backward(b, g->dgate, g->dup, g->dact, a->gate, a->up, (size_t)N * F);
+    if (!m->crafted)
+        vector_zero(b, g->dxn, (size_t)N * C);
     linear_backward(m, l, LORA_GATE, a, g->dxn, g->dgate, a->xn2, N);
     linear_backward(m, l, LORA_UP, a, g->dxn, g->dup, a->xn2, N);
     rmsnorm_backward(b, g->dx, model_grad_of(m, L->ffn_norm), g->dxn, a->x_mid, L->ffn_norm,

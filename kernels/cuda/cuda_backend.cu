@@ -50,11 +50,21 @@ bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const
     return false;
 }
 
+void cuda_settle_zero(cuda_context *c)
+{
+    float *x = c->zero_at;
+    c->zero_at = NULL;
+    if (x && !c->failed)
+        CUDA_CHECK(c, cudaMemsetAsync(x, 0, c->zero_n * sizeof *x, c->stream));
+}
+
 static int cuda_check(void *ctx, pesc_error *err)
 {
     cuda_context *c = (cuda_context *)ctx;
-    if (!c->failed && cuda_device_current(c))
+    if (!c->failed && cuda_device_current(c)) {
+        cuda_settle_zero(c);
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream));   // host sync: faults of the step
+    }
     if (!c->failed)
         return 0;
     return pesc_fail(err, "%s", c->error);
@@ -120,6 +130,7 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
     cuda_context *c = (cuda_context *)ctx;
     if (!cuda_device_current(c))
         return;
+    cuda_settle_zero(c);
     forget_frozen(c);
     if (!p || n == 0 || c->failed || c->math != CUDA_MATH_BF16)
         return;
@@ -243,6 +254,7 @@ static void cuda_free(void *ctx, void *p)
     if (!cuda_device_current(c))
         return;
     c->epoch++;
+    cuda_settle_zero(c);   // before the memory it may lie in goes
     if (p && p == c->frozen)
         forget_frozen(c);
     if (p && p == c->packed) {
@@ -297,6 +309,8 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
     __nv_bfloat16 *values;
     size_t n;
     bool ready = !c->failed && cuda_device_current(c);
+    if (ready)
+        cuda_settle_zero(c);
     if (ready && packed_range(c, src, bytes, &values, &n))
         packed_transfer(c, values, NULL, (float *)dst, n);
     else if (ready && !c->failed &&
@@ -601,6 +615,7 @@ extern "C" void cuda_matmul_forward(void *ctx, float *out, const float *inp, con
                                     const float *bias, int N, int C, int OC)
 {
     CUDA_PRODUCT_OP(ctx);
+    cuda_settle_zero(c);
     model_product(c, math_for(c, C, OC), 0, 1, N, OC, C, inp, C, weight, C, 0.0f, out, OC);
     if (bias) {
         CUDA_LAUNCH(add_bias_kernel, cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream, out, bias,
@@ -615,8 +630,16 @@ extern "C" void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, flo
 {
     CUDA_PRODUCT_OP(ctx);
     int math = math_for(c, C, OC);
+    // dinp exactly the deferred zero: its product writes it instead of adding to zeros (dinp
+    // is only written here; the other operands cannot lie in it)
+    bool onto_zero = dinp && c->zero_at == dinp && c->zero_n == (size_t)N * C;
+    if (onto_zero)
+        c->zero_at = NULL;
+    else
+        cuda_settle_zero(c);
     if (dinp)
-        model_product(c, math, 0, 0, N, C, OC, dout, OC, weight, C, 1.0f, dinp, C);
+        model_product(c, math, 0, 0, N, C, OC, dout, OC, weight, C, onto_zero ? 0.0f : 1.0f,
+                      dinp, C);
     if (dweight)
         model_product(c, math, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias) {

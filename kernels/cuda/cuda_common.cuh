@@ -120,6 +120,12 @@ typedef struct cuda_context {
     unsigned long long epoch;
     int in_product;              // a matmul op runs: its products may use and keep copies
     int reuse;
+    // A vector_zero not yet made (NULL: none). The model zeroes a gradient and then has a
+    // product add into it: that product writes it instead (beta 0), which saves the memset
+    // and the product's read of the zeros. Anything else settles it first (cuda_settle_zero):
+    // every op but the matmul ops (CUDA_OP), downloads, frees, checks.
+    float *zero_at;
+    size_t zero_n;               // floats
 } cuda_context;
 
 bool cuda_check_rc(cuda_context *c, cudaError_t rc, const char *call, const char *file, int line);
@@ -135,16 +141,21 @@ bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const
 // backend's device current (a query when it already is). False, error recorded, if it cannot.
 bool cuda_device_current(cuda_context *c);
 
+// Makes the deferred vector_zero, if any (cuda_context.zero_at).
+void cuda_settle_zero(cuda_context *c);
+
 // The start of every op: the context, on its device, and nothing more to do once something
 // has failed; a new epoch, so no bf16 operand copy outlives it (the op may write their
-// sources). The matmul ops start with CUDA_PRODUCT_OP instead, which keeps the epoch.
+// sources), and the deferred zero made. The matmul ops start with CUDA_PRODUCT_OP instead,
+// which keeps the epoch and leaves the zero to them.
 #define CUDA_PRODUCT_OP(ctx)                                                                     \
     cuda_context *c = (cuda_context *)(ctx);                                                     \
     if (c->failed || !cuda_device_current(c))                                                    \
         return
 #define CUDA_OP(ctx)                                                                             \
     CUDA_PRODUCT_OP(ctx);                                                                        \
-    c->epoch++
+    c->epoch++;                                                                                  \
+    cuda_settle_zero(c)
 
 // For an op that writes n floats at out, with bf16 math's products next: a bf16 copy for it to
 // write beside them (operand_cvt), which those products then read instead of converting out;

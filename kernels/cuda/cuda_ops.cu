@@ -238,10 +238,14 @@ extern "C" void cuda_residual_forward(void *ctx, float *out, const float *x, con
     CUDA_LAUNCHED(c);
 }
 
+// Deferred (cuda_context.zero_at): made by the next op, or skipped by a product onto it.
 extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
 {
-    CUDA_OP(ctx);
-    CUDA_CHECK(c, cudaMemsetAsync(x, 0, n * sizeof *x, c->stream));
+    CUDA_OP(ctx);   // an earlier one made
+    if (n == 0)
+        return;
+    c->zero_at = x;
+    c->zero_n = n;
 }
 
 extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n)

@@ -248,6 +248,52 @@ static void test_operand_copies(double tol)
     twin_free(db);
 }
 
+/* ---- vector_zero, deferred ----------------------------------------------------------------- */
+
+/* The CUDA backend defers a vector_zero until the next op, and a product that adds into
+ * exactly the zeroed range writes it instead. Each stretch ends the deferral another way: the
+ * product onto it, a zeroing of another size, an op adding into it, a product reading it, a
+ * download, and a check. */
+static void test_deferred_zero(double tol)
+{
+    enum { N = 40, C = 48, OC = 56 };
+    size_t nc = (size_t)N * C;
+    twin x = twin_random(nc, 1.0), w = twin_random((size_t)OC * C, 0.5);
+    twin dout = twin_random((size_t)N * OC, 1.0), dx = twin_random(nc, 1.0);
+    twin dw = twin_random((size_t)OC * C, 1.0), y = twin_random((size_t)N * OC, 1.0);
+    vector_zero(cpu, F(dx), nc);
+    vector_zero(gpu, G(dx), nc);
+    matmul_backward(cpu, F(dx), F(dw), NULL, F(dout), F(x), F(w), N, C, OC);
+    matmul_backward(gpu, G(dx), G(dw), NULL, G(dout), G(x), G(w), N, C, OC);
+    compare("zero: a product onto it writes it", dx, tol);
+    compare("zero: ... the weight's gradient still adds", dw, tol);
+    vector_zero(cpu, F(dx), nc - C);   /* all but the last row: the product adds */
+    vector_zero(gpu, G(dx), nc - C);
+    matmul_backward(cpu, F(dx), NULL, NULL, F(dout), F(x), F(w), N, C, OC);
+    matmul_backward(gpu, G(dx), NULL, NULL, G(dout), G(x), G(w), N, C, OC);
+    compare("zero: of fewer floats, a product adds onto it", dx, tol);
+    vector_zero(cpu, F(dx), nc);
+    vector_zero(gpu, G(dx), nc);
+    vector_axpy(cpu, F(dx), F(x), 2.0f, nc);
+    vector_axpy(gpu, G(dx), G(x), 2.0f, nc);
+    compare("zero: an op adds into it", dx, 0.0);
+    vector_zero(cpu, F(x), nc);
+    vector_zero(gpu, G(x), nc);
+    both_matmul(y, x, w, N, C, OC, 0);
+    compare("zero: a product reads it", y, 0.0);
+    twin_sync(x);
+    vector_zero(cpu, F(x), nc);
+    vector_zero(gpu, G(x), nc);
+    compare("zero: downloaded", x, 0.0);
+    vector_zero(cpu, F(dx), nc);
+    vector_zero(gpu, G(dx), nc);
+    pesc_error err;
+    int checked = backend_check(gpu, &err);
+    compare("zero: after a check", dx, 0.0);
+    gpu_test_verdict(checked == 0, "zero: backend_check after it", (double)checked, "rc");
+    twin_free(x); twin_free(w); twin_free(dout); twin_free(dx); twin_free(dw); twin_free(y);
+}
+
 /* ---- row-wise and elementwise ops ---------------------------------------------------------- */
 
 static void test_embedding(int N, int V, int C)
@@ -604,6 +650,7 @@ int main(void)
     test_matmul(1, 64, 4096, bf16_tol, "bf16");
     test_matmul(67, 93, 70, bf16_tol, "bf16");   /* operands of 4k + 3 and 4k + 2 floats */
     test_operand_copies(bf16_tol);
+    test_deferred_zero(bf16_tol);
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
     test_rope(77, 6, 64);
