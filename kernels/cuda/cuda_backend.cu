@@ -488,8 +488,7 @@ __nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
     return claim_copy(c, copy_slot(c, n * sizeof(__nv_bfloat16), skip), out, n);
 }
 
-// A product wrote [p, p + n): the copies of anything there are stale.
-static void forget_copies(cuda_context *c, const float *p, size_t n)
+void cuda_forget_copies(cuda_context *c, const float *p, size_t n)
 {
     for (int i = 0; i < CUDA_COPIES; i++) {
         operand_copy *k = &c->copies[i];
@@ -608,7 +607,7 @@ static void model_product(cuda_context *c, int math, int trans_a, int trans_b, i
     c->in_product = 1;
     cuda_gemm_math(c, math, trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
     c->in_product = 0;
-    forget_copies(c, C, (size_t)(M - 1) * ldc + N);
+    cuda_forget_copies(c, C, (size_t)(M - 1) * ldc + N);
 }
 
 extern "C" void cuda_matmul_forward(void *ctx, float *out, const float *inp, const float *weight,
@@ -644,7 +643,7 @@ extern "C" void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, flo
         model_product(c, math, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias) {
         cuda_column_sum(c, dbias, dout, NULL, NULL, N, OC);
-        forget_copies(c, dbias, (size_t)OC);
+        cuda_forget_copies(c, dbias, (size_t)OC);
     }
 }
 

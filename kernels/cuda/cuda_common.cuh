@@ -156,6 +156,16 @@ void cuda_settle_zero(cuda_context *c);
     CUDA_PRODUCT_OP(ctx);                                                                        \
     c->epoch++;                                                                                  \
     cuda_settle_zero(c)
+// The start of an op that writes only the n floats at out (and reads what it reads): as
+// CUDA_OP, but only the bf16 copies of what it writes over go; the others stay for the
+// products after it.
+#define CUDA_OP_WRITING(ctx, out, n)                                                             \
+    CUDA_PRODUCT_OP(ctx);                                                                        \
+    cuda_settle_zero(c);                                                                         \
+    cuda_forget_copies(c, (out), (n))
+
+// [p, p + n) is being written: the bf16 copies of anything there are stale.
+void cuda_forget_copies(cuda_context *c, const float *p, size_t n);
 
 // For an op that writes n floats at out, with bf16 math's products next: a bf16 copy for it to
 // write beside them (operand_cvt), which those products then read instead of converting out;

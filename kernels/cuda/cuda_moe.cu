@@ -92,7 +92,7 @@ extern "C" void cuda_moe_route_backward(void *ctx, float *dlogits, const float *
                                         const float *probs, const float *lse,
                                         const float *aux_grad, float z_scale, int N, int E, int K)
 {
-    CUDA_OP(ctx);
+    CUDA_OP_WRITING(ctx, dlogits, (size_t)N * E);   // dh's copy stays for the down product
     CUDA_LAUNCH(route_backward_kernel, (N + 127) / 128, 128, 0, c->stream, dlogits, dtopk_w,
                 topk_idx, topk_w, probs, lse, aux_grad, z_scale, N, E, K);
     CUDA_LAUNCHED(c);
@@ -151,8 +151,9 @@ template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
 
 // y[n] += sum over slots s of weight(n, s) * rows[inverse[n K + s]] (* mask of that row):
 // weight = scale * topk_w in the forward, 1 in the backward (the weights are already in rows).
+// keep: NULL, or y's bf16 copy (cuda_keep_copy).
 template <class T>
-__global__ void combine_kernel(float *y, const T *rows, const float *mask,
+__global__ void combine_kernel(float *y, __nv_bfloat16 *keep, const T *rows, const float *mask,
                                const int32_t *inverse, const float *topk_w, float scale, int N,
                                int K, int C)
 {
@@ -167,7 +168,10 @@ __global__ void combine_kernel(float *y, const T *rows, const float *mask,
                 v *= mask[j * C + col];
             s += topk_w ? scale * topk_w[pair] * v : v;
         }
-        y[i] += s;
+        float out = y[i] + s;
+        y[i] = out;
+        if (keep)
+            keep[i] = __float2bfloat16_rn(out);
     }
 }
 
@@ -486,8 +490,8 @@ static void adapter_forward(cuda_context *c, float *y, T *gathered, T *pre, T *a
     CUDA_LAUNCHED(c);
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
                         {out, (size_t)C, 0, C}}, offsets, E);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y, out,
-                NULL, inverse, topk_w, scale, N, K, C);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y,
+                (__nv_bfloat16 *)NULL, out, NULL, inverse, topk_w, scale, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -565,8 +569,10 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     // d gathered (n, C) = dpre @ D_e, over dout_g once its last reader above is queued
     experts_gemm<T>(c, {0, 0, -1, C, R, 1.0f, 0.0f, {p, (size_t)R, 0, R}, {down, 0, CR, C},
                         {dyg, (size_t)C, 0, C}}, offsets, E);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, dyg,
-                mask, inverse, NULL, 1.0f, N, K, C);
+    // dh is complete: its copy serves the down projection's product next (cuda_keep_copy)
+    __nv_bfloat16 *keep = cuda_keep_copy(c, dh, (size_t)N * C, NULL);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, keep,
+                dyg, mask, inverse, NULL, 1.0f, N, K, C);
     CUDA_LAUNCHED(c);
 }
 

@@ -92,9 +92,10 @@ extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const f
     CUDA_LAUNCHED(c);
 }
 
-// dx += r w dy - r^3 / C * x * sum(w dy x)
-__global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp,
-                                        const float *weight, const float *rstd, int C)
+// dx += r w dy - r^3 / C * x * sum(w dy x); keep: NULL, or dx's bf16 copy (cuda_keep_copy)
+__global__ void rmsnorm_backward_kernel(float *dinp, __nv_bfloat16 *keep, const float *dout,
+                                        const float *inp, const float *weight, const float *rstd,
+                                        int C)
 {
     __shared__ float shared[32];
     size_t row = (size_t)blockIdx.x * C;
@@ -105,8 +106,12 @@ __global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const fl
         dot += weight[i] * dy[i] * x[i];
     dot = block_sum(dot, shared);
     float r = rstd[blockIdx.x], k = r * r * r * dot / C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        dx[i] += r * weight[i] * dy[i] - k * x[i];
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float v = dx[i] + (r * weight[i] * dy[i] - k * x[i]);
+        dx[i] = v;
+        if (keep)
+            keep[row + i] = operand_cvt<__nv_bfloat16>(v);
+    }
 }
 
 extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout,
@@ -114,7 +119,10 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
                                       int N, int C)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, dinp, dout, inp, weight, rstd, C);
+    // the input's gradient feeds the products of the layer below (o's, q's, k's, v's)
+    __nv_bfloat16 *keep = cuda_keep_copy(c, dinp, (size_t)N * C, NULL);
+    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, dinp, keep, dout, inp, weight,
+                rstd, C);
     CUDA_LAUNCHED(c);
     if (dweight)   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
         cuda_column_sum(c, dweight, dout, inp, rstd, N, C);
@@ -123,9 +131,11 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
 // ---- RoPE (rotate-half): one thread per (token, frequency), all heads ------------------------
 
 // direction +1 rotates (forward), -1 rotates back (backward). The angle is formed in double,
-// as on the CPU: positions times frequencies reach thousands of radians.
-__global__ void rope_kernel(float *out, const float *inp, const int32_t *pos,
-                            const float *inv_freq, int N, int H, int D, float direction)
+// as on the CPU: positions times frequencies reach thousands of radians. keep: NULL, or the
+// output's bf16 copy (cuda_keep_copy).
+__global__ void rope_kernel(float *out, __nv_bfloat16 *keep, const float *inp,
+                            const int32_t *pos, const float *inv_freq, int N, int H, int D,
+                            float direction)
 {
     int half = D / 2;
     GRID_STRIDE(idx, (size_t)N * half)
@@ -137,8 +147,13 @@ __global__ void rope_kernel(float *out, const float *inp, const int32_t *pos,
         for (int h = 0; h < H; h++) {
             size_t base = ((size_t)n * H + h) * D;
             float x1 = inp[base + i], x2 = inp[base + i + half];
-            out[base + i] = x1 * cs - x2 * sn;
-            out[base + i + half] = x2 * cs + x1 * sn;
+            float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+            out[base + i] = y1;
+            out[base + i + half] = y2;
+            if (keep) {
+                keep[base + i] = operand_cvt<__nv_bfloat16>(y1);
+                keep[base + i + half] = operand_cvt<__nv_bfloat16>(y2);
+            }
         }
     }
 }
@@ -147,17 +162,21 @@ extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const
                                   const float *inv_freq, int N, int H, int D)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, out, inp,
-                pos, inv_freq, N, H, D, 1.0f);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, out, NULL,
+                inp, pos, inv_freq, N, H, D, 1.0f);
     CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos,
                                    const float *inv_freq, int N, int H, int D)
 {
-    CUDA_OP(ctx);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, dinp, dout,
-                pos, inv_freq, N, H, D, -1.0f);
+    // dq and dk, one after the other, each for its product after: the copies of what this
+    // does not write stay
+    size_t n = (size_t)N * H * D;
+    CUDA_OP_WRITING(ctx, dinp, n);
+    __nv_bfloat16 *keep = cuda_keep_copy(c, dinp, n, NULL);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, dinp, keep,
+                dout, pos, inv_freq, N, H, D, -1.0f);
     CUDA_LAUNCHED(c);
 }
 
@@ -241,7 +260,7 @@ extern "C" void cuda_residual_forward(void *ctx, float *out, const float *x, con
 // Deferred (cuda_context.zero_at): made by the next op, or skipped by a product onto it.
 extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
 {
-    CUDA_OP(ctx);   // an earlier one made
+    CUDA_OP_WRITING(ctx, x, n);   // an earlier one made
     if (n == 0)
         return;
     c->zero_at = x;

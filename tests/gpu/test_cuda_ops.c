@@ -243,6 +243,33 @@ static void test_operand_copies(double tol)
     both_matmul(y2, db, w1, N, C, OC, 0);
     compare("copies: a product on SwiGLU's dgate", y, tol);
     compare("copies: a product on SwiGLU's dup", y2, tol);
+    /* ops that write one range keep the copies of others: RMSNorm's backward writes dx's
+     * copy, RoPE's backward (in place) its output's, over a copy of what was there; a
+     * vector_zero over a copy's source drops it, and the copies of the rest stay */
+    twin pos = twin_ints(N, 0, 4000), freq = twin_alloc((size_t)C / 4 * sizeof(float));
+    for (int i = 0; i < C / 4; i++)
+        F(freq)[i] = (float)pow(10000.0, -4.0 * i / C);
+    twin_sync(freq);
+    rmsnorm_backward(cpu, F(da), NULL, F(x), F(a), F(nw), F(rstd), N, C);
+    rmsnorm_backward(gpu, G(da), NULL, G(x), G(a), G(nw), G(rstd), N, C);
+    both_matmul(y, da, w1, N, C, OC, 0);
+    compare("copies: a product on RMSNorm's dx", y, tol);
+    both_matmul(y, act, w1, N, C, OC, 0);   /* act's copy, kept beside dx's */
+    rope_backward(cpu, F(act), F(act), FI(pos), F(freq), N, 2, C / 2);
+    rope_backward(gpu, G(act), G(act), GI(pos), G(freq), N, 2, C / 2);
+    rope_backward(cpu, F(db), F(db), FI(pos), F(freq), N, 2, C / 2);
+    rope_backward(gpu, G(db), G(db), GI(pos), G(freq), N, 2, C / 2);
+    both_matmul(y, act, w1, N, C, OC, 0);
+    both_matmul(y2, db, w1, N, C, OC, 0);
+    compare("copies: a product on RoPE's backward, written over a copy", y, tol);
+    compare("copies: ... and on the next one's", y2, tol);
+    both_matmul(y, da, w1, N, C, OC, 0);
+    compare("copies: ... and on RMSNorm's dx again", y, tol);
+    vector_zero(cpu, F(act), (size_t)N * C);
+    vector_zero(gpu, G(act), (size_t)N * C);
+    both_matmul(y, act, w1, N, C, OC, 0);
+    compare("copies: a product after a vector_zero over its input", y, 0.0);
+    twin_free(pos); twin_free(freq);
     twin_free(x); twin_free(z); twin_free(w1); twin_free(w2); twin_free(nw); twin_free(rstd);
     twin_free(y); twin_free(y2); twin_free(a); twin_free(b); twin_free(act); twin_free(da);
     twin_free(db);
@@ -620,6 +647,12 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
                          G(gathered), G(pre), G(act), mg, G(down), G(up), GI(perm), offsets, G(w),
                          N, K, E, C, R, 0.25f);
     compare("moe_adapter_backward dh (accumulated)", dh, tol);
+    /* a product on dh next reads the bf16 copy the backward wrote (bf16 math) */
+    twin pw = twin_random((size_t)C * C, 0.5), py = twin_alloc((size_t)N * C * sizeof(float));
+    matmul_forward(cpu, F(py), F(dh), F(pw), NULL, N, C, C);
+    matmul_forward(gpu, G(py), G(dh), G(pw), NULL, N, C, C);
+    compare("moe_adapter_backward: a product on dh after it", py, tol);
+    twin_free(pw); twin_free(py);
     compare("moe_adapter_backward ddown (accumulated)", ddown, tol);
     compare("moe_adapter_backward dup (accumulated)", dup, tol);
     compare("moe_adapter_backward dtopk_w", dtopk, tol);
