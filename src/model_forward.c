@@ -561,8 +561,6 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
     int N = m->B * m->T, C = c->hidden_size, V = c->vocab_size;
     float *losses = xmalloc((size_t)N * sizeof *losses);
     double sum = 0.0;
-    if (scale_grad != 0.0f)
-        vector_zero(b, a->dxn, (size_t)N * C);
     for (int start = 0; start < N; start += a->logit_rows) {
         int rows = N - start < a->logit_rows ? N - start : a->logit_rows;
         const float *xn = a->xn + (size_t)start * C;
@@ -577,6 +575,8 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
                              (size_t)rows * V * sizeof(float));
         if (scale_grad == 0.0f)
             continue;
+        /* zeroed right before the product that adds into it, which then writes it (GPU) */
+        vector_zero(b, a->dxn + (size_t)start * C, (size_t)rows * C);
         matmul_backward(b, a->dxn + (size_t)start * C, model_grad_of(m, m->lm_head), NULL,
                         a->logits, xn, m->lm_head, rows, C, V);
     }

@@ -521,16 +521,17 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
 }
 
 // A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's group: in fp32
-// onto the accumulator itself; in bf16 into grad16, which then adds to it (experts without
-// rows add zeros).
+// onto the accumulator itself; in bf16 into grad16, which then adds to it (an expert without
+// rows, whose product does not run, adds zeros).
 template <class T>
 static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
                             const T *a, const T *b, const int *offsets, int E)
 {
-    size_t n = (size_t)E * g_rows * g_cols;
+    size_t each = (size_t)g_rows * g_cols, n = E * each;
     bool is16 = narrow<T>();
-    if (is16)
-        CUDA_CHECK(c, cudaMemsetAsync(grad16, 0, n * sizeof(T), c->stream));
+    for (int e = 0; is16 && e < E; e++)
+        if (offsets[e + 1] == offsets[e])
+            CUDA_CHECK(c, cudaMemsetAsync(grad16 + e * each, 0, each * sizeof(T), c->stream));
     T *out = is16 ? grad16 : (T *)grad;
     experts_gemm<T>(c, {1, 0, g_rows, g_cols, -1, 1.0f, is16 ? 0.0f : 1.0f,
                         {a, (size_t)g_rows, 0, g_rows}, {b, (size_t)g_cols, 0, g_cols},

@@ -438,16 +438,22 @@ __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
 
 // dlogits may equal logits: the target's logit is read, and both reductions finish (their
 // barriers), before any thread writes; each thread then rewrites only the elements it read.
-__global__ void crossentropy_backward_kernel(float *dlogits, float *losses, const float *logits,
-                                             const int32_t *targets, float scale, int V)
+// keep: NULL, or dlogits' bf16 copy (cuda_keep_copy).
+__global__ void crossentropy_backward_kernel(float *dlogits, __nv_bfloat16 *keep, float *losses,
+                                             const float *logits, const int32_t *targets,
+                                             float scale, int V)
 {
     __shared__ float shared[32];
     int target = targets[blockIdx.x];
     const float *row = logits + (size_t)blockIdx.x * V;
     float *drow = dlogits + (size_t)blockIdx.x * V;
+    __nv_bfloat16 *krow = keep ? keep + (size_t)blockIdx.x * V : NULL;
     if (target < 0) {
-        for (int i = threadIdx.x; i < V; i += blockDim.x)
+        for (int i = threadIdx.x; i < V; i += blockDim.x) {
             drow[i] = 0.0f;
+            if (krow)
+                krow[i] = operand_cvt<__nv_bfloat16>(0.0f);
+        }
         if (losses && threadIdx.x == 0)
             losses[blockIdx.x] = 0.0f;
         return;
@@ -458,7 +464,10 @@ __global__ void crossentropy_backward_kernel(float *dlogits, float *losses, cons
     float inv = scale / sum;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         float d = expf(row[i] - m) * inv;
-        drow[i] = i == target ? d - scale : d;
+        d = i == target ? d - scale : d;
+        drow[i] = d;
+        if (krow)
+            krow[i] = operand_cvt<__nv_bfloat16>(d);
     }
     if (losses && threadIdx.x == 0)
         losses[blockIdx.x] = logf(sum) + m - target_logit;
@@ -478,7 +487,9 @@ extern "C" void cuda_crossentropy_backward(void *ctx, float *dlogits, float *los
                                            float scale, int N, int V)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(crossentropy_backward_kernel, N, CE_THREADS, 0, c->stream, dlogits, losses, logits,
-                targets, scale, V);
+    // for the head's products next (its input's gradient, and in full mode its own)
+    __nv_bfloat16 *keep = cuda_keep_copy(c, dlogits, (size_t)N * V, NULL);
+    CUDA_LAUNCH(crossentropy_backward_kernel, N, CE_THREADS, 0, c->stream, dlogits, keep, losses,
+                logits, targets, scale, V);
     CUDA_LAUNCHED(c);
 }

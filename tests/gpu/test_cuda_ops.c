@@ -264,7 +264,7 @@ static void test_operand_copies(double tol)
     compare("copies: a product on RoPE's backward, written over a copy", y, tol);
     compare("copies: ... and on the next one's", y2, tol);
     both_matmul(y, da, w1, N, C, OC, 0);
-    compare("copies: ... and on RMSNorm's dx again", y, tol);
+    compare("copies: ... and on RMSNorm's dx after them", y, tol);
     vector_zero(cpu, F(act), (size_t)N * C);
     vector_zero(gpu, G(act), (size_t)N * C);
     both_matmul(y, act, w1, N, C, OC, 0);
@@ -455,10 +455,18 @@ static void test_crossentropy(int N, int V)
     crossentropy_forward(gpu, G(losses), G(logits), GI(targets), N, V);
     compare("crossentropy_forward (every 5th ignored)", losses, 1e-5);
     twin losses2 = twin_random(N, 1.0);
+    enum { C = 96 };   /* for the head's product after the backward */
+    twin head = twin_random((size_t)V * C, 0.5), x = twin_random((size_t)N * C, 1.0);
+    twin dx = twin_random((size_t)N * C, 1.0);
     crossentropy_backward(cpu, F(logits), F(losses2), F(logits), FI(targets), 0.37f, N, V);
     crossentropy_backward(gpu, G(logits), G(losses2), G(logits), GI(targets), 0.37f, N, V);
+    /* the head's product next reads the bf16 copy the backward wrote (bf16 math) */
+    matmul_backward(cpu, F(dx), NULL, NULL, F(logits), F(x), F(head), N, C, V);
+    matmul_backward(gpu, G(dx), NULL, NULL, G(logits), G(x), G(head), N, C, V);
+    compare("crossentropy_backward: the head's product after it", dx, 1e-2);
     compare("crossentropy_backward dlogits (in place)", logits, 1e-5);
     compare("crossentropy_backward losses", losses2, 1e-5);
+    twin_free(head); twin_free(x); twin_free(dx);
     twin_free(logits); twin_free(targets); twin_free(losses); twin_free(losses2);
 }
 
@@ -640,19 +648,20 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
     twin dy = twin_random((size_t)N * C, 1.0), dh = twin_random((size_t)N * C, 1.0);
     twin ddown = twin_random((size_t)E * R * C, 1.0), dup = twin_random((size_t)E * C * R, 1.0);
     twin dtopk = twin_random(NK, 1.0);
+    /* for a product on dh after the backward */
+    twin pw = twin_random((size_t)C * C, 0.5), py = twin_alloc((size_t)N * C * sizeof(float));
     moe_adapter_backward(cpu, F(dh), F(ddown), F(dup), F(dtopk), F(scratch), F(scratch_r), F(dy),
                          F(gathered), F(pre), F(act), mc, F(down), F(up), FI(perm), offsets, F(w),
                          N, K, E, C, R, 0.25f);
     moe_adapter_backward(gpu, G(dh), G(ddown), G(dup), G(dtopk), G(scratch), G(scratch_r), G(dy),
                          G(gathered), G(pre), G(act), mg, G(down), G(up), GI(perm), offsets, G(w),
                          N, K, E, C, R, 0.25f);
-    compare("moe_adapter_backward dh (accumulated)", dh, tol);
     /* a product on dh next reads the bf16 copy the backward wrote (bf16 math) */
-    twin pw = twin_random((size_t)C * C, 0.5), py = twin_alloc((size_t)N * C * sizeof(float));
     matmul_forward(cpu, F(py), F(dh), F(pw), NULL, N, C, C);
     matmul_forward(gpu, G(py), G(dh), G(pw), NULL, N, C, C);
     compare("moe_adapter_backward: a product on dh after it", py, tol);
     twin_free(pw); twin_free(py);
+    compare("moe_adapter_backward dh (accumulated)", dh, tol);
     compare("moe_adapter_backward ddown (accumulated)", ddown, tol);
     compare("moe_adapter_backward dup (accumulated)", dup, tol);
     compare("moe_adapter_backward dtopk_w", dtopk, tol);
