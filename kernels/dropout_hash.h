@@ -23,4 +23,11 @@ static inline PESC_HOST_DEVICE float pesc_dropout_uniform(uint64_t seed, uint64_
     return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
+/* Element i of the mask of seed s at rate p: 0 when dropped, else keep = 1 / (1 - p). */
+static inline PESC_HOST_DEVICE float pesc_dropout_value(uint64_t seed, uint64_t i, float p,
+                                                        float keep)
+{
+    return pesc_dropout_uniform(seed, i) < p ? 0.0f : keep;
+}
+
 #endif

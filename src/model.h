@@ -57,7 +57,6 @@ typedef struct layer_acts {
     int32_t *perm;               /* (N*K) (token, slot) pairs grouped by expert */
     int *offsets;                /* (E+1) host memory: group bounds */
     float *gathered, *pre, *gelu;   /* (N*K, C), (N*K, R), (N*K, R) */
-    float *mask;                 /* (N*K, C) dropout mask, NULL when off */
     float *lora_t[LORA_SITES];   /* (N, rank) scaled LoRA inner activations */
 } layer_acts;
 
@@ -67,7 +66,7 @@ typedef struct model_activations {
     size_t bytes;                /* the whole allocation */
     int per_layer;               /* 1: each layer keeps its own (training) */
     int recompute;               /* training keeps only each layer's x_in (model.recompute) */
-    uint64_t *mask_seed;         /* (n_layers) host: each layer's dropout seed, for the replay */
+    uint64_t *mask_seed;         /* (n_layers, training) host: each layer's dropout seed */
     int logit_rows;              /* tokens whose logits are materialised at once */
     layer_acts *layers;          /* (n_layers) */
     float *x;                    /* (N, C) residual stream leaving the last layer */

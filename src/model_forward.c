@@ -79,8 +79,6 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         want(c, &a->gathered, N * K * C);
         want(c, &a->pre, N * K * R);
         want(c, &a->gelu, N * K * R);
-        if (training && m->pesc.adapter_dropout > 0)
-            want(c, &a->mask, N * K * C);
         for (int s = 0; s < LORA_SITES; s++)
             if (m->pesc.lora_rank > 0 && (m->pesc.lora_targets & (1u << s)))
                 want(c, &a->lora_t[s], N * (size_t)m->pesc.lora_rank);
@@ -269,7 +267,7 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     a->bytes = total * sizeof(float);
     a->per_layer = training;
     a->recompute = recompute;
-    a->mask_seed = recompute ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_seed) : NULL;
+    a->mask_seed = training ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_seed) : NULL;
     return 0;
 }
 
@@ -397,15 +395,16 @@ static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int 
     off[0] = 0;
     for (int e = 0; e < E; e++)
         off[e + 1] = off[e] + counts[e];
-    if (dropout && a->mask) {
-        /* one draw per mask; the backend makes it from the seed (on the GPU, on the GPU), and
-         * recomputation draws the same mask again from the seed kept for the layer */
-        uint64_t seed = replay ? m->act.mask_seed[l] : pesc_splitmix64(&m->rng);
-        if (m->act.mask_seed)
-            m->act.mask_seed[l] = seed;
-        dropout_mask(b, a->mask, (size_t)N * K * m->config.hidden_size,
-                     m->pesc.adapter_dropout, seed);
-    }
+    /* one seed per layer and pass: the adapters draw the mask from it where they apply it
+     * (never stored), in the forward, the backward and a recomputed layer's replay */
+    if (dropout && !replay && m->pesc.adapter_dropout > 0)
+        m->act.mask_seed[l] = pesc_splitmix64(&m->rng);
+}
+
+/* The adapters' dropout rate in a pass (0: off, or not training) */
+static float adapter_dropout(const model *m, int dropout)
+{
+    return dropout ? m->pesc.adapter_dropout : 0.0f;
 }
 
 /* ---- forward ------------------------------------------------------------------------------ */
@@ -471,8 +470,9 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
                       K);
     route_layer(m, l, a, N, dropout, replay);
     moe_adapter_forward(b, x_out, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
-                        dropout ? a->mask : NULL, P->down, P->up, a->perm, a->offsets,
-                        a->topk_w, N, K, E, C, m->pesc.adapter_dim, m->pesc.adapter_scale);
+                        adapter_dropout(m, dropout), dropout ? m->act.mask_seed[l] : 0, P->down,
+                        P->up, a->perm, a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
+                        m->pesc.adapter_scale);
 }
 
 /* training keeps every layer's activations; dropout applies the adapter dropout (training
@@ -631,7 +631,8 @@ static void layer_backward(model *m, int l, float loss_scale)
         int E = m->pesc.experts, K = m->pesc.top_k;
         moe_adapter_backward(b, g->dh, model_grad_of(m, P->down), model_grad_of(m, P->up),
                              g->dtopk_w, g->scratch, g->scratch_r, g->dx, a->gathered, a->pre,
-                             a->gelu, g->dropout ? a->mask : NULL, P->down, P->up, a->perm,
+                             a->gelu, adapter_dropout(m, g->dropout),
+                             g->dropout ? g->mask_seed[l] : 0, P->down, P->up, a->perm,
                              a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
                              m->pesc.adapter_scale);
         moe_route_backward(b, g->drouter, g->dtopk_w, a->topk_idx, a->topk_w, a->probs,

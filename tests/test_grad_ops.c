@@ -267,23 +267,22 @@ static void test_route(void)
 
 /* ---- adapters ------------------------------------------------------------------------------- */
 enum { AN = 8, AK = 2, AE = 3, AC = 10, AR = 4 };
-static float *ad_h, *ad_down, *ad_up, *ad_w, *ad_mask, *ad_dy;
+enum { AD_SEED = 1234567 };
+#define AD_DROPOUT 0.2f
+static float *ad_h, *ad_down, *ad_up, *ad_w, *ad_dy;
 static int32_t ad_perm[AN * AK];
 static int ad_off[AE + 1];
 static double adapter_loss(void)
 {
     float y[AN * AC] = {0}, g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR], scratch[AN * AK * AC];
-    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, ad_mask, ad_down, ad_up, ad_perm, ad_off,
-                        ad_w, AN, AK, AE, AC, AR, 0.25f);
+    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, AD_DROPOUT, AD_SEED, ad_down, ad_up,
+                        ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
     return dot(y, ad_dy, AN * AC);
 }
 static void test_adapter(void)
 {
     ad_h = randoms(AN * AC, 1); ad_down = randoms(AE * AR * AC, 1); ad_up = randoms(AE * AC * AR, 1);
     ad_w = randoms(AN * AK, 1); ad_dy = randoms(AN * AC, 1);
-    ad_mask = malloc(AN * AK * AC * sizeof *ad_mask);
-    for (int i = 0; i < AN * AK * AC; i++)
-        ad_mask[i] = uniform() < 0.2 ? 0.0f : 1.25f;
     /* token n picks experts n % 3 and (n + 1) % 3; group the pairs by expert */
     int k = 0;
     for (int e = 0; e < AE; e++) {
@@ -297,15 +296,30 @@ static void test_adapter(void)
     float y[AN * AC] = {0}, g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR];
     float scratch[AN * AK * AC], scratch_r[AN * AK * AR];
     float dh[AN * AC] = {0}, dd[AE * AR * AC] = {0}, du[AE * AC * AR] = {0}, dw[AN * AK];
-    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, ad_mask, ad_down, ad_up, ad_perm, ad_off,
-                        ad_w, AN, AK, AE, AC, AR, 0.25f);
-    moe_adapter_backward(be, dh, dd, du, dw, scratch, scratch_r, ad_dy, g, pre, act, ad_mask,
-                         ad_down, ad_up, ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
+    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, AD_DROPOUT, AD_SEED, ad_down, ad_up,
+                        ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
+    /* the rows gathered are h's times the mask dropout_mask draws from the seed, row j for the
+     * j-th pair in grouped order, exactly */
+    float mask[AN * AK * AC];
+    dropout_mask(be, mask, AN * AK * AC, AD_DROPOUT, AD_SEED);
+    int exact = 1, dropped = 0;
+    for (int j = 0; j < AN * AK; j++)
+        for (int c = 0; c < AC; c++) {
+            float want = ad_h[(ad_perm[j] / AK) * AC + c] * mask[j * AC + c];
+            exact &= g[j * AC + c] == want;
+            dropped += mask[j * AC + c] == 0.0f;
+        }
+    printf("%-4s moe_adapter_forward: rows times dropout_mask's draw (%d of %d dropped)\n",
+           exact && dropped > 0 ? "ok" : "FAIL", dropped, AN * AK * AC);
+    failures += !(exact && dropped > 0);
+    moe_adapter_backward(be, dh, dd, du, dw, scratch, scratch_r, ad_dy, g, pre, act, AD_DROPOUT,
+                         AD_SEED, ad_down, ad_up, ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR,
+                         0.25f);
     check_input("moe_adapter_backward (with dropout mask)", "h", ad_h, AN * AC, dh, adapter_loss);
     check_input("moe_adapter_backward", "down", ad_down, AE * AR * AC, dd, adapter_loss);
     check_input("moe_adapter_backward", "up", ad_up, AE * AC * AR, du, adapter_loss);
     check_input("moe_adapter_backward", "gate w", ad_w, AN * AK, dw, adapter_loss);
-    free(ad_h); free(ad_down); free(ad_up); free(ad_w); free(ad_mask); free(ad_dy);
+    free(ad_h); free(ad_down); free(ad_up); free(ad_w); free(ad_dy);
 }
 
 int main(void)

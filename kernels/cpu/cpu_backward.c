@@ -247,7 +247,7 @@ void cpu_dropout_mask(void *ctx, float *mask, size_t n, float p, uint64_t seed)
     float keep = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
-        mask[i] = pesc_dropout_uniform(seed, i) < p ? 0.0f : keep;
+        mask[i] = pesc_dropout_value(seed, i, p, keep);
 }
 
 void cpu_vector_scale(void *ctx, float *x, float alpha, size_t n)

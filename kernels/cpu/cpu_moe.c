@@ -6,6 +6,7 @@
  * token did not pick. */
 #include "cpu/cpu_ops.h"
 #include "backend.h"
+#include "dropout_hash.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -120,12 +121,14 @@ static double gelu_grad(double x)
 }
 
 void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, float *act,
-                             float *scratch, const float *h, const float *mask, const float *down,
-                             const float *up, const int32_t *perm, const int *offsets,
-                             const float *topk_w, int N, int K, int E, int C, int R, float scale)
+                             float *scratch, const float *h, float dropout, uint64_t seed,
+                             const float *down, const float *up, const int32_t *perm,
+                             const int *offsets, const float *topk_w, int N, int K, int E, int C,
+                             int R, float scale)
 {
     (void)ctx;
     (void)N;
+    float keep = 1.0f / (1.0f - dropout);
     for (int e = 0; e < E; e++) {
         int first = offsets[e], n = offsets[e + 1] - offsets[e];
         if (n == 0)
@@ -136,9 +139,10 @@ void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, f
         for (int j = 0; j < n; j++) {
             const float *src = h + (size_t)(perm[first + j] / K) * C;
             float *dst = g + (size_t)j * C;
-            const float *mk = mask ? mask + (size_t)(first + j) * C : NULL;
+            uint64_t at = (uint64_t)(first + j) * C;   /* the mask's row j */
             for (int c = 0; c < C; c++)
-                dst[c] = mk ? src[c] * mk[c] : src[c];
+                dst[c] = dropout > 0 ? src[c] * pesc_dropout_value(seed, at + c, dropout, keep)
+                                     : src[c];
         }
         /* pre (n, R) = gathered (n, C) @ D_e^T;  out (n, C) = GELU(pre) @ U_e^T */
         cpu_gemm(0, 1, n, R, C, 1.0f, g, C,
@@ -165,12 +169,13 @@ void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, f
 void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, float *dtopk_w,
                               float *scratch, float *scratch_r, const float *dy,
                               const float *gathered, const float *pre, const float *act,
-                              const float *mask, const float *down, const float *up,
+                              float dropout, uint64_t seed, const float *down, const float *up,
                               const int32_t *perm, const int *offsets, const float *topk_w, int N,
                               int K, int E, int C, int R, float scale)
 {
     (void)ctx;
     (void)N;
+    float keep = 1.0f / (1.0f - dropout);
     for (int e = 0; e < E; e++) {
         int first = offsets[e], n = offsets[e + 1] - offsets[e];
         if (n == 0)
@@ -215,9 +220,11 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
         for (int j = 0; j < n; j++) {
             float *dst = dh + (size_t)(perm[first + j] / K) * C;
             const float *src = dyg + (size_t)j * C;
-            const float *mk = mask ? mask + (size_t)(first + j) * C : NULL;
+            uint64_t at = (uint64_t)(first + j) * C;
             for (int c = 0; c < C; c++)
-                dst[c] += mk ? src[c] * mk[c] : src[c];
+                dst[c] += dropout > 0
+                              ? src[c] * pesc_dropout_value(seed, at + c, dropout, keep)
+                              : src[c];
         }
     }
 }

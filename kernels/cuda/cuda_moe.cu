@@ -7,9 +7,9 @@
 // forward's one wait per layer (a recomputed layer's replay waits for nothing). `offsets`
 // arrive in host memory and fix the product shapes here without another wait.
 //
-// The adapters of one layer: gather the routed rows (with the dropout mask) into expert order,
-// the products of D_e and of U_e over each expert's group (a contiguous slice), the exact GELU
-// between them, and a combine that adds each token's k weighted adapter outputs in slot order.
+// The adapters of one layer: gather the routed rows (times the dropout mask, drawn from its seed
+// where it is applied: no mask in memory) into expert order, the products of D_e and of U_e over
+// each expert's group (a contiguous slice), the exact GELU between them, and a combine that adds each token's k weighted adapter outputs in slot order.
 // The combine reads through the inverse permutation, so no two threads add into one element
 // and the result is deterministic. The experts' products of one step go to cuBLAS as one
 // grouped call (experts_gemm): an expert's slice alone (about 1000 rows by 512 at TinyLlama's
@@ -17,6 +17,7 @@
 // "the adapters" below): what cuBLAS groups in bf16, at twice TF32's rate.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_group.cuh"
+#include "dropout_hash.h"
 
 
 // ---- routing --------------------------------------------------------------------------------
@@ -131,16 +132,32 @@ __global__ void invert_kernel(int32_t *inverse, const int32_t *perm, int pairs)
         inverse[perm[j]] = j;
 }
 
-// rows[j] = src[token of pair perm[j]] (* mask[j] when mask is not NULL)
+// The adapters' dropout: the mask dropout_mask would draw, element by element where it is
+// applied, never stored (p 0: none).
+struct dropout_draw {
+    float p, keep;
+    uint64_t seed;
+};
+
+static dropout_draw dropout_of(float p, uint64_t seed)
+{
+    return {p, p > 0 ? 1.0f / (1.0f - p) : 1.0f, seed};
+}
+
+__device__ __forceinline__ float dropped(const dropout_draw &d, size_t i, float v)
+{
+    return d.p > 0 ? v * pesc_dropout_value(d.seed, i, d.p, d.keep) : v;
+}
+
+// rows[j] = src[token of pair perm[j]] (times the mask's row j)
 template <class T>
-__global__ void gather_kernel(T *rows, const float *src, const float *mask, const int32_t *perm,
+__global__ void gather_kernel(T *rows, const float *src, dropout_draw drop, const int32_t *perm,
                               int pairs, int K, int C)
 {
     GRID_STRIDE(i, (size_t)pairs * C)
     {
         size_t j = i / C, col = i % C;
-        float v = src[(size_t)(perm[j] / K) * C + col];
-        rows[i] = stored<T>(mask ? v * mask[i] : v);
+        rows[i] = stored<T>(dropped(drop, i, src[(size_t)(perm[j] / K) * C + col]));
     }
 }
 
@@ -149,11 +166,11 @@ template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
     GRID_STRIDE(i, n) act[i] = stored<T>(gelu(value_of(pre[i])));
 }
 
-// y[n] += sum over slots s of weight(n, s) * rows[inverse[n K + s]] (* mask of that row):
-// weight = scale * topk_w in the forward, 1 in the backward (the weights are already in rows).
-// keep: NULL, or y's bf16 copy (cuda_keep_copy).
+// y[n] += sum over slots s of weight(n, s) * rows[inverse[n K + s]] (times the mask's row
+// there): weight = scale * topk_w in the forward (no mask), 1 in the backward (the weights are
+// already in rows). keep: NULL, or y's bf16 copy (cuda_keep_copy).
 template <class T>
-__global__ void combine_kernel(float *y, __nv_bfloat16 *keep, const T *rows, const float *mask,
+__global__ void combine_kernel(float *y, __nv_bfloat16 *keep, const T *rows, dropout_draw drop,
                                const int32_t *inverse, const float *topk_w, float scale, int N,
                                int K, int C)
 {
@@ -163,9 +180,7 @@ __global__ void combine_kernel(float *y, __nv_bfloat16 *keep, const T *rows, con
         float s = 0.0f;
         for (int slot = 0; slot < K; slot++) {
             size_t pair = n * K + slot, j = (size_t)inverse[pair];
-            float v = value_of(rows[j * C + col]);
-            if (mask)
-                v *= mask[j * C + col];
+            float v = dropped(drop, j * C + col, value_of(rows[j * C + col]));
             s += topk_w ? scale * topk_w[pair] * v : v;
         }
         float out = y[i] + s;
@@ -474,14 +489,14 @@ static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, in
 // out (n, C) = act (n, R) @ U_e^T per expert, then y += the weighted outputs.
 template <class T>
 static void adapter_forward(cuda_context *c, float *y, T *gathered, T *pre, T *act, T *out,
-                            const float *h, const float *mask, const T *down, const T *up,
+                            const float *h, dropout_draw drop, const T *down, const T *up,
                             const int32_t *perm, const int32_t *inverse, const int *offsets,
                             const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
     int pairs = offsets[E];
     size_t CR = (size_t)C * R;
     CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream,
-                gathered, h, mask, perm, pairs, K, C);
+                gathered, h, drop, perm, pairs, K, C);
     CUDA_LAUNCHED(c);
     experts_gemm<T>(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
                         {pre, (size_t)R, 0, R}}, offsets, E);
@@ -491,14 +506,14 @@ static void adapter_forward(cuda_context *c, float *y, T *gathered, T *pre, T *a
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
                         {out, (size_t)C, 0, C}}, offsets, E);
     CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y,
-                (__nv_bfloat16 *)NULL, out, NULL, inverse, topk_w, scale, N, K, C);
+                (__nv_bfloat16 *)NULL, out, dropout_of(0.0f, 0), inverse, topk_w, scale, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre,
                                          float *act, float *scratch, const float *h,
-                                         const float *mask, const float *down, const float *up,
-                                         const int32_t *perm, const int *offsets,
+                                         float dropout, uint64_t seed, const float *down,
+                                         const float *up, const int32_t *perm, const int *offsets,
                                          const float *topk_w, int N, int K, int E, int C, int R,
                                          float scale)
 {
@@ -513,11 +528,11 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
     typedef __nv_bfloat16 b16;
     if (adapters16(c))
         adapter_forward<b16>(c, y, (b16 *)gathered, (b16 *)pre, (b16 *)act, (b16 *)scratch, h,
-                             mask, down16, up16, perm, inverse, offsets, topk_w, N, K, E, C, R,
-                             scale);
+                             dropout_of(dropout, seed), down16, up16, perm, inverse, offsets,
+                             topk_w, N, K, E, C, R, scale);
     else
-        adapter_forward<float>(c, y, gathered, pre, act, scratch, h, mask, down, up, perm,
-                               inverse, offsets, topk_w, N, K, E, C, R, scale);
+        adapter_forward<float>(c, y, gathered, pre, act, scratch, h, dropout_of(dropout, seed),
+                               down, up, perm, inverse, offsets, topk_w, N, K, E, C, R, scale);
 }
 
 // A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's group: in fp32
@@ -546,7 +561,7 @@ static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows,
 template <class T>
 static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *dup,
                              float *dtopk_w, T *dyg, T *p, T *grad16, const float *dy,
-                             const T *gathered, const T *pre, const T *act, const float *mask,
+                             const T *gathered, const T *pre, const T *act, dropout_draw drop,
                              const T *down, const T *up, const int32_t *perm,
                              const int32_t *inverse, const int *offsets, const float *topk_w,
                              int N, int K, int E, int C, int R, float scale)
@@ -554,7 +569,7 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     int pairs = offsets[E];
     size_t CR = (size_t)C * R;
     CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream, dyg, dy,
-                NULL, perm, pairs, K, C);
+                dropout_of(0.0f, 0), perm, pairs, K, C);
     CUDA_LAUNCHED(c);
     // p (n, R) = dy_g (n, C) @ U_e (C, R)
     experts_gemm<T>(c, {0, 0, -1, R, C, 1.0f, 0.0f, {dyg, (size_t)C, 0, C}, {up, 0, CR, R},
@@ -573,15 +588,15 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     // dh is complete: its copy serves the down projection's product next (cuda_keep_copy)
     __nv_bfloat16 *keep = cuda_keep_copy(c, dh, (size_t)N * C, NULL);
     CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, keep,
-                dyg, mask, inverse, NULL, 1.0f, N, K, C);
+                dyg, drop, inverse, NULL, 1.0f, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup,
                                           float *dtopk_w, float *scratch, float *scratch_r,
                                           const float *dy, const float *gathered,
-                                          const float *pre, const float *act, const float *mask,
-                                          const float *down, const float *up,
+                                          const float *pre, const float *act, float dropout,
+                                          uint64_t seed, const float *down, const float *up,
                                           const int32_t *perm, const int *offsets,
                                           const float *topk_w, int N, int K, int E, int C, int R,
                                           float scale)
@@ -598,10 +613,10 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
     if (adapters16(c))
         adapter_backward<b16>(c, dh, ddown, dup, dtopk_w, (b16 *)scratch, (b16 *)scratch_r,
                               grad16, dy, (const b16 *)gathered, (const b16 *)pre,
-                              (const b16 *)act, mask, down16, up16, perm, inverse, offsets,
-                              topk_w, N, K, E, C, R, scale);
+                              (const b16 *)act, dropout_of(dropout, seed), down16, up16, perm,
+                              inverse, offsets, topk_w, N, K, E, C, R, scale);
     else
         adapter_backward<float>(c, dh, ddown, dup, dtopk_w, scratch, scratch_r, NULL, dy,
-                                gathered, pre, act, mask, down, up, perm, inverse, offsets,
-                                topk_w, N, K, E, C, R, scale);
+                                gathered, pre, act, dropout_of(dropout, seed), down, up, perm,
+                                inverse, offsets, topk_w, N, K, E, C, R, scale);
 }

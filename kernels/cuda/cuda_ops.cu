@@ -276,7 +276,7 @@ extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alph
 
 __global__ void dropout_mask_kernel(float *mask, size_t n, float p, float keep, uint64_t seed)
 {
-    GRID_STRIDE(i, n) mask[i] = pesc_dropout_uniform(seed, i) < p ? 0.0f : keep;
+    GRID_STRIDE(i, n) mask[i] = pesc_dropout_value(seed, i, p, keep);
 }
 
 // The mask is made where it is used: no host loop, no upload (DESIGN: no host work per token).

@@ -584,7 +584,7 @@ static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int w
 
 /* ---- routing and adapters ------------------------------------------------------------------ */
 
-static void test_moe(int N, int E, int K, int C, int R, int with_mask, double tol)
+static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double tol)
 {
     int NK = N * K;
     twin logits = twin_random((size_t)N * E, 3.0), idx = twin_alloc((size_t)NK * sizeof(int32_t));
@@ -626,19 +626,17 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
         offsets[e + 1] = offsets[e] + (int)((double *)stats.c)[e];
     twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
     twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
-    twin mask = twin_alloc((size_t)NK * C * sizeof(float));
-    for (size_t i = 0; i < (size_t)NK * C; i++)
-        F(mask)[i] = gpu_test_uniform() < 0.1 ? 0.0f : 1.0f / 0.9f;
-    twin_sync(mask);
     twin gathered = twin_random((size_t)NK * C, 1.0), pre = twin_random((size_t)NK * R, 1.0);
     twin act = twin_random((size_t)NK * R, 1.0), scratch = twin_random((size_t)NK * C, 1.0);
     twin scratch_r = twin_random((size_t)NK * R, 1.0);
-    const float *mc = with_mask ? F(mask) : NULL, *mg = with_mask ? G(mask) : NULL;
-    moe_adapter_forward(cpu, F(y), F(gathered), F(pre), F(act), F(scratch), F(h), mc, F(down),
-                        F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
-    moe_adapter_forward(gpu, G(y), G(gathered), G(pre), G(act), G(scratch), G(h), mg, G(down),
-                        G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
-    compare(with_mask ? "moe_adapter_forward y (accumulated, dropout)"
+    /* dropout: the mask both draw from the seed where they apply it */
+    float p = with_dropout ? 0.1f : 0.0f;
+    uint64_t seed = (uint64_t)(gpu_test_uniform() * 4e9);
+    moe_adapter_forward(cpu, F(y), F(gathered), F(pre), F(act), F(scratch), F(h), p, seed,
+                        F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_forward(gpu, G(y), G(gathered), G(pre), G(act), G(scratch), G(h), p, seed,
+                        G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
+    compare(with_dropout ? "moe_adapter_forward y (accumulated, dropout)"
                       : "moe_adapter_forward y (accumulated)", y, 1e-4 + tol / 10);
     /* in bf16, gathered is the input rounded: 2^-9 relative at most */
     compare_saved("moe_adapter_forward gathered", gathered, saved_in_bf16() ? 3e-3 : 1e-7);
@@ -651,11 +649,11 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
     /* for a product on dh after the backward */
     twin pw = twin_random((size_t)C * C, 0.5), py = twin_alloc((size_t)N * C * sizeof(float));
     moe_adapter_backward(cpu, F(dh), F(ddown), F(dup), F(dtopk), F(scratch), F(scratch_r), F(dy),
-                         F(gathered), F(pre), F(act), mc, F(down), F(up), FI(perm), offsets, F(w),
-                         N, K, E, C, R, 0.25f);
+                         F(gathered), F(pre), F(act), p, seed, F(down), F(up), FI(perm), offsets,
+                         F(w), N, K, E, C, R, 0.25f);
     moe_adapter_backward(gpu, G(dh), G(ddown), G(dup), G(dtopk), G(scratch), G(scratch_r), G(dy),
-                         G(gathered), G(pre), G(act), mg, G(down), G(up), GI(perm), offsets, G(w),
-                         N, K, E, C, R, 0.25f);
+                         G(gathered), G(pre), G(act), p, seed, G(down), G(up), GI(perm), offsets,
+                         G(w), N, K, E, C, R, 0.25f);
     /* a product on dh next reads the bf16 copy the backward wrote (bf16 math) */
     matmul_forward(cpu, F(py), F(dh), F(pw), NULL, N, C, C);
     matmul_forward(gpu, G(py), G(dh), G(pw), NULL, N, C, C);
@@ -670,7 +668,7 @@ static void test_moe(int N, int E, int K, int C, int R, int with_mask, double to
     twin_free(stats);
     twin_free(logits); twin_free(idx); twin_free(w); twin_free(probs); twin_free(lse);
     twin_free(dw); twin_free(aux); twin_free(dlogits); twin_free(perm); twin_free(h);
-    twin_free(down); twin_free(up); twin_free(y); twin_free(mask); twin_free(gathered);
+    twin_free(down); twin_free(up); twin_free(y); twin_free(gathered);
     twin_free(pre); twin_free(act); twin_free(scratch); twin_free(scratch_r); twin_free(dy);
     twin_free(dh); twin_free(ddown); twin_free(dup); twin_free(dtopk);
 }
