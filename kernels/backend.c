@@ -365,7 +365,7 @@ void vector_sumsq_chunks(pesc_backend *b, double *out, const float *x, size_t ch
     PROFILED(b, __func__, b->ops->vector_sumsq_chunks(b->context, out, x, chunk, n));
 }
 
-void adamw_update(pesc_backend *b, float *params, const float *grads, float *m, float *v, float *delta, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step)
+void adamw_update(pesc_backend *b, float *params, const float *grads, float grad_scale, float *m, float *v, float *delta, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step)
 {
-    PROFILED(b, __func__, b->ops->adamw_update(b->context, params, grads, m, v, delta, n, lr, beta1, beta2, eps, weight_decay, step));
+    PROFILED(b, __func__, b->ops->adamw_update(b->context, params, grads, grad_scale, m, v, delta, n, lr, beta1, beta2, eps, weight_decay, step));
 }

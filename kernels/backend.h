@@ -245,11 +245,12 @@ double vector_sumsq(pesc_backend *b, const float *x, size_t n);
 void vector_sumsq_chunks(pesc_backend *b, double *out, const float *x, size_t chunk, int n);
 
 /* One AdamW step as torch.optim.AdamW: p -= lr*wd*p; m, v moments; bias-corrected update.
- * step counts from 1. delta (n), when not NULL, receives each parameter's before - after (in
- * float, as the subtraction gives it): the update, for its norm, without a copy of the
- * parameters. */
-void adamw_update(pesc_backend *b, float *params, const float *grads, float *m, float *v,
-                  float *delta, size_t n, float lr, float beta1, float beta2, float eps,
+ * The gradient is grads[i] * grad_scale (a float product: clipping's scale, applied in the
+ * step instead of a pass of its own; 1 for none). step counts from 1. delta (n), when not
+ * NULL, receives each parameter's before - after (in float, as the subtraction gives it): the
+ * update, for its norm, without a copy of the parameters. */
+void adamw_update(pesc_backend *b, float *params, const float *grads, float grad_scale, float *m,
+                  float *v, float *delta, size_t n, float lr, float beta1, float beta2, float eps,
                   float weight_decay, int step);
 
 #endif

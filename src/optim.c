@@ -83,12 +83,13 @@ void optim_step_norm(optimizer *o, float *params, float *grads, float *delta, do
                      double norm)
 {
     const optim_config *c = &o->config;
+    float scale = 1.0f;   /* clipping's, applied by the update as it reads the gradients */
     if (c->clip > 0) {
         double coef = c->clip / (norm + 1e-6);
         if (coef < 1.0)
-            vector_scale(o->backend, grads, (float)coef, o->n);
+            scale = (float)coef;
     }
     o->step++;
-    adamw_update(o->backend, params, grads, o->m, o->v, delta, o->n, (float)lr, c->beta1,
+    adamw_update(o->backend, params, grads, scale, o->m, o->v, delta, o->n, (float)lr, c->beta1,
                  c->beta2, c->eps, c->weight_decay, (int)o->step);
 }

@@ -236,12 +236,14 @@ static void test_elementwise(pesc_backend *b, size_t n)
 }
 
 /* adamw_update over 3 steps against torch.optim.AdamW's formula in double; the update it
- * writes to delta is exactly before - after, and asking for it changes nothing else. */
+ * writes to delta is exactly before - after, and asking for it changes nothing else; a
+ * step with a gradient scale (clipping) is the step on gradients scaled first. */
 static void test_adamw(pesc_backend *b, size_t n)
 {
     float *p = alloc_floats(b, n), *q = alloc_floats(b, n), *g = alloc_floats(b, n);
     float *m = alloc_floats(b, n), *v = alloc_floats(b, n), *m2 = alloc_floats(b, n);
     float *v2 = alloc_floats(b, n), *delta = alloc_floats(b, n), *before = alloc_floats(b, n);
+    float *g2 = alloc_floats(b, n);
     double *want = malloc(n * sizeof *want), *wm = malloc(n * sizeof *wm);
     double *wv = malloc(n * sizeof *wv);
     fill(p, n, 1.0);
@@ -253,28 +255,32 @@ static void test_adamw(pesc_backend *b, size_t n)
     int exact = 1, same = 1;
     for (int step = 1; step <= 3; step++) {
         fill(g, n, 1.0);
+        float clip = step == 2 ? 0.3f : 1.0f;
+        memcpy(g2, g, n * sizeof *g2);
+        vector_scale(b, g2, clip, n);
         memcpy(before, p, n * sizeof *before);
-        adamw_update(b, p, g, m, v, delta, n, (float)lr, (float)b1, (float)b2, (float)eps,
+        adamw_update(b, p, g, clip, m, v, delta, n, (float)lr, (float)b1, (float)b2, (float)eps,
                      (float)wd, step);
-        adamw_update(b, q, g, m2, v2, NULL, n, (float)lr, (float)b1, (float)b2, (float)eps,
-                     (float)wd, step);
+        adamw_update(b, q, g2, 1.0f, m2, v2, NULL, n, (float)lr, (float)b1, (float)b2,
+                     (float)eps, (float)wd, step);
         for (size_t i = 0; i < n; i++) {
             exact &= delta[i] == before[i] - p[i];
             same &= p[i] == q[i] && m[i] == m2[i] && v[i] == v2[i];
-            wm[i] = b1 * wm[i] + (1 - b1) * g[i];
-            wv[i] = b2 * wv[i] + (1 - b2) * (double)g[i] * g[i];
+            wm[i] = b1 * wm[i] + (1 - b1) * g2[i];
+            wv[i] = b2 * wv[i] + (1 - b2) * (double)g2[i] * g2[i];
             double denom = sqrt(wv[i]) / sqrt(1 - pow(b2, step)) + eps;
             want[i] = want[i] * (1 - lr * wd) - lr / (1 - pow(b1, step)) * wm[i] / denom;
         }
     }
     check("adamw_update params (3 steps)", p, want, n, 1e-6);
     printf("%-4s adamw_update delta: before - after, exactly\n", exact ? "ok" : "FAIL");
-    printf("%-4s adamw_update with delta: the same params and moments\n", same ? "ok" : "FAIL");
+    printf("%-4s adamw_update with delta and a gradient scale: the same params and moments as "
+           "without delta on gradients scaled first\n", same ? "ok" : "FAIL");
     failures += !exact + !same;
     free(want); free(wm); free(wv);
     backend_free(b, p); backend_free(b, q); backend_free(b, g); backend_free(b, m);
     backend_free(b, v); backend_free(b, m2); backend_free(b, v2); backend_free(b, delta);
-    backend_free(b, before);
+    backend_free(b, before); backend_free(b, g2);
 }
 
 /* dropout_mask: zeros at rate p (within 5 standard deviations), every kept value exactly

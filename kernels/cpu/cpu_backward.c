@@ -274,9 +274,9 @@ void cpu_vector_sumsq_chunks(void *ctx, double *out, const float *x, size_t chun
         out[i] = cpu_vector_sumsq(ctx, x + (size_t)i * chunk, chunk);
 }
 
-void cpu_adamw_update(void *ctx, float *params, const float *grads, float *m, float *v,
-                      float *delta, size_t n, float lr, float beta1, float beta2, float eps,
-                      float weight_decay, int step)
+void cpu_adamw_update(void *ctx, float *params, const float *grads, float grad_scale, float *m,
+                      float *v, float *delta, size_t n, float lr, float beta1, float beta2,
+                      float eps, float weight_decay, int step)
 {
     (void)ctx;
     double correction1 = 1.0 - pow(beta1, step), correction2 = 1.0 - pow(beta2, step);
@@ -284,7 +284,7 @@ void cpu_adamw_update(void *ctx, float *params, const float *grads, float *m, fl
     float sqrt_c2 = (float)sqrt(correction2);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = grads[i], before = params[i];
+        float g = grad_scale == 1.0f ? grads[i] : grads[i] * grad_scale, before = params[i];
         params[i] *= 1.0f - lr * weight_decay;
         m[i] = beta1 * m[i] + (1.0f - beta1) * g;
         v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;

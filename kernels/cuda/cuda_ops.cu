@@ -370,13 +370,14 @@ extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x,
 
 // ---- AdamW ----------------------------------------------------------------------------------
 
-__global__ void adamw_kernel(float *params, const float *grads, float *m, float *v,
-                             float *delta, size_t n, float lr, float beta1, float beta2,
+__global__ void adamw_kernel(float *params, const float *grads, float grad_scale, float *m,
+                             float *v, float *delta, size_t n, float lr, float beta1, float beta2,
                              float eps, float weight_decay, float step_size, float sqrt_c2)
 {
     GRID_STRIDE(i, n)
     {
-        float g = grads[i], before = params[i], p = before * (1.0f - lr * weight_decay);
+        float g = grad_scale == 1.0f ? grads[i] : grads[i] * grad_scale;
+        float before = params[i], p = before * (1.0f - lr * weight_decay);
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
         float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
         m[i] = mi;
@@ -388,14 +389,15 @@ __global__ void adamw_kernel(float *params, const float *grads, float *m, float 
     }
 }
 
-extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads, float *m,
-                                  float *v, float *delta, size_t n, float lr, float beta1,
-                                  float beta2, float eps, float weight_decay, int step)
+extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads,
+                                  float grad_scale, float *m, float *v, float *delta, size_t n,
+                                  float lr, float beta1, float beta2, float eps,
+                                  float weight_decay, int step)
 {
     CUDA_OP(ctx);
     double correction1 = 1.0 - pow(beta1, step), correction2 = 1.0 - pow(beta2, step);
-    CUDA_LAUNCH(adamw_kernel, cuda_blocks(n, 256), 256, 0, c->stream, params, grads, m, v, delta,
-                n, lr, beta1, beta2, eps, weight_decay, (float)(lr / correction1),
+    CUDA_LAUNCH(adamw_kernel, cuda_blocks(n, 256), 256, 0, c->stream, params, grads, grad_scale,
+                m, v, delta, n, lr, beta1, beta2, eps, weight_decay, (float)(lr / correction1),
                 (float)sqrt(correction2));
     CUDA_LAUNCHED(c);
 }

@@ -419,10 +419,12 @@ static void test_elementwise(size_t n)
     twin_sync(db);
     twin delta = twin_random(n, 1.0);
     for (int step = 1; step <= 3; step++) {
-        adamw_update(cpu, F(a), F(b), F(d), F(db), step == 3 ? F(delta) : NULL, n, 1e-2f, 0.9f,
-                     0.999f, 1e-8f, 0.1f, step);
-        adamw_update(gpu, G(a), G(b), G(d), G(db), step == 3 ? G(delta) : NULL, n, 1e-2f, 0.9f,
-                     0.999f, 1e-8f, 0.1f, step);
+        /* step 2 clips: the gradient times 0.3 */
+        float clip = step == 2 ? 0.3f : 1.0f;
+        adamw_update(cpu, F(a), F(b), clip, F(d), F(db), step == 3 ? F(delta) : NULL, n, 1e-2f,
+                     0.9f, 0.999f, 1e-8f, 0.1f, step);
+        adamw_update(gpu, G(a), G(b), clip, G(d), G(db), step == 3 ? G(delta) : NULL, n, 1e-2f,
+                     0.9f, 0.999f, 1e-8f, 0.1f, step);
     }
     compare("adamw_update params (3 steps)", a, 1e-6);
     compare("adamw_update delta (before - after)", delta, 1e-5);
