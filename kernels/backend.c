@@ -203,6 +203,12 @@ void backend_freeze(pesc_backend *b, const float *p, size_t n)
         b->ops->freeze(b->context, p, n);
 }
 
+void backend_trainables(pesc_backend *b, const float *p, size_t n)
+{
+    if (b->ops->trainables)
+        b->ops->trainables(b->context, p, n);
+}
+
 float *backend_alloc_frozen(pesc_backend *b, size_t n)
 {
     return b->ops->alloc_frozen ? b->ops->alloc_frozen(b->context, n) : NULL;

@@ -39,6 +39,13 @@ void backend_synchronize(pesc_backend *b);
  * products (CUDA: a bf16 mirror, made once, instead of a conversion in every product). NULL
  * forgets the region. A no-op where a backend has no use for it (the CPU). */
 void backend_freeze(pesc_backend *b, const float *p, size_t n);
+/* A promise that the n floats at p (the trainables) will be written only by adamw_update over
+ * exactly [p, p + n), backend_upload and backend_copy, until p is freed or another region is
+ * named: a backend may keep their values in its products' format, rewritten by each update
+ * (CUDA in bf16 math: bf16 values for the adapters' products, made by AdamW as it writes the
+ * fp32 ones, instead of a conversion in every op). NULL forgets the region. A no-op where a
+ * backend has no use for it (the CPU). */
+void backend_trainables(pesc_backend *b, const float *p, size_t n);
 /* Memory for n floats of frozen weights that only products read, which the backend may keep in
  * its products' own format (CUDA in bf16 math: bf16 alone, half the bytes of fp32). Upload,
  * download and copy (either side) convert as they go, and backend_free releases it; a download

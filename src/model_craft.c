@@ -199,6 +199,8 @@ static int craft_fresh(model *m, const pesc_options *o, uint64_t seed, pesc_erro
     model_free_activations(m);   /* the activation layout changes with routing */
     if (o->mode != TRAIN_FULL)   /* the base stays as it is from here on */
         model_freeze_base(m);
+    /* from here on only the optimizer, uploads and copies write the trainables */
+    backend_trainables(m->backend, m->train_block, m->n_train);
     return 0;
 }
 

@@ -125,6 +125,24 @@ static bool touches_frozen(const cuda_context *c, const void *p, size_t bytes)
     return range_overlaps(p, bytes, c->frozen, c->frozen_n);
 }
 
+// The bf16 values of [p, p + n) in new memory, NULL where there is no room (products then
+// convert as before) or after a failure.
+static void *bf16_mirror(cuda_context *c, const float *p, size_t n)
+{
+    void *mirror = NULL;
+    if (!p || n == 0 || c->failed || c->math != CUDA_MATH_BF16)
+        return NULL;
+    if (cudaMalloc(&mirror, n * sizeof(__nv_bfloat16)) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    if (!cuda_to_bf16(c, (__nv_bfloat16 *)mirror, p, n)) {
+        cudaFree(mirror);
+        return NULL;
+    }
+    return mirror;
+}
+
 static void cuda_freeze(void *ctx, const float *p, size_t n)
 {
     cuda_context *c = (cuda_context *)ctx;
@@ -132,20 +150,44 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
         return;
     cuda_settle_zero(c);
     forget_frozen(c);
-    if (!p || n == 0 || c->failed || c->math != CUDA_MATH_BF16)
-        return;
-    void *mirror = NULL;
-    if (cudaMalloc(&mirror, n * sizeof(__nv_bfloat16)) != cudaSuccess) {
-        cudaGetLastError();   // no room for the mirror: products convert as before
-        return;
+    if ((c->frozen16 = bf16_mirror(c, p, n))) {
+        c->frozen = p;
+        c->frozen_n = n;
     }
-    if (!cuda_to_bf16(c, (__nv_bfloat16 *)mirror, p, n)) {
-        cudaFree(mirror);
+}
+
+// ---- the trainables (backend_trainables) ------------------------------------------------------
+
+static void forget_trainables(cuda_context *c)
+{
+    if (c->train16)
+        CUDA_CHECK(c, cudaFree(c->train16));   // waits for products still reading it
+    c->train = NULL;
+    c->train_n = 0;
+    c->train16 = NULL;
+    c->train_valid = 0;
+}
+
+// PESC_CUDA_REUSE=0 keeps none: every op converts the weights, for comparison.
+static void cuda_trainables(void *ctx, const float *p, size_t n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (!cuda_device_current(c))
         return;
-    }
-    c->frozen = p;
-    c->frozen_n = n;
-    c->frozen16 = mirror;
+    cuda_settle_zero(c);
+    forget_trainables(c);
+    if (!c->reuse || !(c->train16 = bf16_mirror(c, p, n)))
+        return;
+    c->train = p;
+    c->train_n = n;
+    c->train_valid = 1;
+}
+
+const __nv_bfloat16 *cuda_train_values(const cuda_context *c, const float *p, size_t n)
+{
+    if (!c->train_valid || !range_inside(p, n, c->train, c->train_n))
+        return NULL;
+    return (const __nv_bfloat16 *)c->train16 + (p - c->train);
 }
 
 // The bf16 values of [p, p + n) when they lie inside the weights kept in bf16 alone, else NULL.
@@ -165,6 +207,14 @@ static const __nv_bfloat16 *frozen_mirror(const cuda_context *c, const float *p,
     if (!range_inside(p, n, c->frozen, c->frozen_n))
         return NULL;
     return (const __nv_bfloat16 *)c->frozen16 + (p - c->frozen);
+}
+
+// A weight's bf16 values, kept: the frozen mirror (or the weights kept in bf16 alone), or the
+// trainables' as the last update wrote them; else NULL.
+static const __nv_bfloat16 *weight_values(const cuda_context *c, const float *p, size_t n)
+{
+    const __nv_bfloat16 *values = frozen_mirror(c, p, n);
+    return values ? values : cuda_train_values(c, p, n);
 }
 
 // ---- frozen weights in bf16 alone (backend_alloc_frozen) ------------------------------------
@@ -257,6 +307,8 @@ static void cuda_free(void *ctx, void *p)
     cuda_settle_zero(c);   // before the memory it may lie in goes
     if (p && p == c->frozen)
         forget_frozen(c);
+    if (p && p == c->train)
+        forget_trainables(c);
     if (p && p == c->packed) {
         CUDA_CHECK(c, cudaFree(c->packed16));   // waits for products still reading it
         munmap(c->packed, c->packed_n * sizeof(float));
@@ -298,6 +350,8 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
         return;
     if (touches_frozen(c, dst, bytes))
         forget_frozen(c);   // the promise is broken: products convert again
+    if (range_overlaps(dst, bytes, c->train, c->train_n))
+        c->train_valid = 0;   // until the next update
     CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
 }
 
@@ -331,6 +385,8 @@ static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
         return;
     if (touches_frozen(c, dst, bytes))
         forget_frozen(c);
+    if (range_overlaps(dst, bytes, c->train, c->train_n))
+        c->train_valid = 0;
     if (packed_dst && packed_src)
         CUDA_CHECK(c, cudaMemcpyAsync(to, from, n * sizeof *to, cudaMemcpyDeviceToDevice,
                                       c->stream));
@@ -490,6 +546,8 @@ __nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
 
 void cuda_forget_copies(cuda_context *c, const float *p, size_t n)
 {
+    if (range_overlaps(p, n * sizeof(float), c->train, c->train_n))
+        c->train_valid = 0;
     for (int i = 0; i < CUDA_COPIES; i++) {
         operand_copy *k = &c->copies[i];
         if (range_overlaps(p, n * sizeof(float), k->src, k->n))
@@ -567,7 +625,7 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
     // bf16 operands, fp32 accumulation and result: a frozen weight's bf16 values (its mirror,
     // or the weights kept in bf16 alone), else a bf16 copy of the operand (operand_bf16)
     int a_slot = -1, b_slot;
-    const __nv_bfloat16 *a16 = frozen_mirror(c, A, a_n), *b16 = frozen_mirror(c, B, b_n);
+    const __nv_bfloat16 *a16 = weight_values(c, A, a_n), *b16 = weight_values(c, B, b_n);
     if ((!a16 && !(a16 = operand_bf16(c, A, a_n, -1, &a_slot))) ||
         (!b16 && !(b16 = operand_bf16(c, B, b_n, a_slot, &b_slot))))
         return;
@@ -701,6 +759,7 @@ static void cuda_free_context(void *ctx)
         cudaStreamSynchronize(c->stream);
     cudaFree(c->frozen16);
     cudaFree(c->packed16);
+    cudaFree(c->train16);
     if (c->packed)
         munmap(c->packed, c->packed_n * sizeof(float));
     cudaFree(c->gemm_work);
@@ -757,6 +816,7 @@ static const backend_ops cuda_ops = {
     .dropout_mask = cuda_dropout_mask,
     .adamw_update = cuda_adamw_update,
     .freeze = cuda_freeze,
+    .trainables = cuda_trainables,
     .memory = cuda_memory,
     .work_bytes = cuda_work_bytes,
     .check = cuda_check,

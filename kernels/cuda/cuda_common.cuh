@@ -112,6 +112,14 @@ typedef struct cuda_context {
     float *packed;               // NULL: none
     size_t packed_n;             // floats
     void *packed16;              // (packed_n) __nv_bfloat16
+    // The trainables (backend_trainables) and, in bf16 math, their bf16 values: adamw_update
+    // over the region writes them with the fp32 ones; anything else writing there that the
+    // backend sees (uploads, copies, products, ops that say what they write) makes them stale
+    // until the next update. Products read them instead of converting the weights.
+    const float *train;          // NULL: none
+    size_t train_n;              // floats
+    void *train16;               // (train_n) __nv_bfloat16, NULL: none kept
+    int train_valid;
     // bf16 math: the bf16 copies of operands that the model's products (the matmul ops)
     // convert, or that the op before them writes beside its output (cuda_keep_copy), for the
     // products after; they hold while only matmul ops run. Every other op (CUDA_OP) moves the
@@ -164,8 +172,12 @@ void cuda_settle_zero(cuda_context *c);
     cuda_settle_zero(c);                                                                         \
     cuda_forget_copies(c, (out), (n))
 
-// [p, p + n) is being written: the bf16 copies of anything there are stale.
+// [p, p + n) is being written: the bf16 copies of anything there are stale, and so are the
+// trainables' bf16 values if it lies among them.
 void cuda_forget_copies(cuda_context *c, const float *p, size_t n);
+
+// The bf16 values of [p, p + n) when they lie among the trainables' and are current, else NULL.
+const __nv_bfloat16 *cuda_train_values(const cuda_context *c, const float *p, size_t n);
 
 // For an op that writes n floats at out, with bf16 math's products next: a bf16 copy for it to
 // write beside them (operand_cvt), which those products then read instead of converting out;

@@ -443,8 +443,8 @@ static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *of
 // products of a pass take bf16 operands and give bf16 results, the GELU and the pair kernel
 // read and write bf16. So gathered, pre and act hold bf16 values, in the first half of their
 // buffers (what the backward reads back), and scratch and scratch_r are used the same way. The
-// weights are converted once an op; a weight's gradient is made in bf16 and added to its fp32
-// accumulator. In the other maths everything stays fp32, products grouped as experts_gemm can.
+// weights' bf16 values are the ones the last update wrote (cuda_train_values), else converted
+// in the op; a weight's gradient is made in bf16 and added to its fp32 accumulator. In the other maths everything stays fp32, products grouped as experts_gemm can.
 
 static bool adapters16(const cuda_context *c) { return c->math == CUDA_MATH_BF16; }
 
@@ -459,7 +459,8 @@ size_t cuda_adapter_work(const cuda_context *c, int pairs, int E, int C, int R)
 }
 
 // The op's work: the inverse permutation (inverse[pair] = its place in the grouped order)
-// and, in bf16, room for the weights (*down16, *up16) and a gradient (*grad16, when asked).
+// and, in bf16, the weights (*down16, *up16: the trainables' values, or converted here) and
+// room for a gradient (*grad16, when asked).
 static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, int E, int C, int R,
                              const float *down, const float *up, __nv_bfloat16 **down16,
                              __nv_bfloat16 **up16, __nv_bfloat16 **grad16)
@@ -473,14 +474,21 @@ static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, in
     CUDA_LAUNCH(invert_kernel, (pairs + 255) / 256, 256, 0, c->stream, inverse, perm, pairs);
     if (!CUDA_LAUNCHED(c))
         return NULL;
-    if (adapters16(c)) {
-        *down16 = (__nv_bfloat16 *)(work + inverse_bytes);
-        *up16 = (__nv_bfloat16 *)(work + inverse_bytes + w);
-        if (grad16)
-            *grad16 = (__nv_bfloat16 *)(work + inverse_bytes + 2 * w);
-        if (!cuda_to_bf16(c, *down16, down, (size_t)E * C * R) ||
-            !cuda_to_bf16(c, *up16, up, (size_t)E * C * R))
-            return NULL;
+    if (!adapters16(c))
+        return inverse;
+    size_t n = (size_t)E * C * R;
+    __nv_bfloat16 *room = (__nv_bfloat16 *)(work + inverse_bytes);
+    if (grad16)
+        *grad16 = (__nv_bfloat16 *)(work + inverse_bytes + 2 * w);
+    const float *weights[2] = {down, up};
+    __nv_bfloat16 **values[2] = {down16, up16};
+    for (int i = 0; i < 2; i++) {
+        *values[i] = (__nv_bfloat16 *)cuda_train_values(c, weights[i], n);
+        if (!*values[i]) {
+            *values[i] = (__nv_bfloat16 *)((char *)room + i * w);
+            if (!cuda_to_bf16(c, *values[i], weights[i], n))
+                return NULL;
+        }
     }
     return inverse;
 }

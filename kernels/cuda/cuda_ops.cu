@@ -370,9 +370,11 @@ extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x,
 
 // ---- AdamW ----------------------------------------------------------------------------------
 
-__global__ void adamw_kernel(float *params, const float *grads, float grad_scale, float *m,
-                             float *v, float *delta, size_t n, float lr, float beta1, float beta2,
-                             float eps, float weight_decay, float step_size, float sqrt_c2)
+// values: NULL, or the trainables' bf16 values to write with the new ones (cuda_trainables)
+__global__ void adamw_kernel(float *params, __nv_bfloat16 *values, const float *grads,
+                             float grad_scale, float *m, float *v, float *delta, size_t n,
+                             float lr, float beta1, float beta2, float eps, float weight_decay,
+                             float step_size, float sqrt_c2)
 {
     GRID_STRIDE(i, n)
     {
@@ -384,6 +386,8 @@ __global__ void adamw_kernel(float *params, const float *grads, float grad_scale
         v[i] = vi;
         float after = p - step_size * mi / (sqrtf(vi) / sqrt_c2 + eps);
         params[i] = after;
+        if (values)
+            values[i] = operand_cvt<__nv_bfloat16>(after);
         if (delta)
             delta[i] = before - after;
     }
@@ -396,10 +400,16 @@ extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads,
 {
     CUDA_OP(ctx);
     double correction1 = 1.0 - pow(beta1, step), correction2 = 1.0 - pow(beta2, step);
-    CUDA_LAUNCH(adamw_kernel, cuda_blocks(n, 256), 256, 0, c->stream, params, grads, grad_scale,
-                m, v, delta, n, lr, beta1, beta2, eps, weight_decay, (float)(lr / correction1),
-                (float)sqrt(correction2));
-    CUDA_LAUNCHED(c);
+    // the trainables' step writes their bf16 values too; any other over them makes them stale
+    bool all = c->train16 && params == c->train && n == c->train_n;
+    if (!all)
+        cuda_forget_copies(c, params, n);
+    __nv_bfloat16 *values = all ? (__nv_bfloat16 *)c->train16 : NULL;
+    CUDA_LAUNCH(adamw_kernel, cuda_blocks(n, 256), 256, 0, c->stream, params, values, grads,
+                grad_scale, m, v, delta, n, lr, beta1, beta2, eps, weight_decay,
+                (float)(lr / correction1), (float)sqrt(correction2));
+    if (CUDA_LAUNCHED(c) && all)
+        c->train_valid = 1;
 }
 
 // ---- cross-entropy: one block per row, the logits read from device memory twice -------------

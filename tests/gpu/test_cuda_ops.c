@@ -275,6 +275,47 @@ static void test_operand_copies(double tol)
     twin_free(db);
 }
 
+/* ---- the trainables' bf16 values (backend_trainables) ----------------------------------- */
+
+/* In bf16 math a product reads a trainable weight's bf16 values as the last update wrote them;
+ * an upload over it, or an update of part of it, makes them stale until the next whole one. */
+static void test_trainables(double tol)
+{
+    enum { N = 50, C = 96, OC = 80 };
+    size_t n = (size_t)OC * C;
+    twin x = twin_random((size_t)N * C, 1.0), w = twin_random(n, 0.5);
+    twin y = twin_random((size_t)N * OC, 1.0), g = twin_random(n, 1.0);
+    twin m = twin_alloc(n * sizeof(float)), v = twin_alloc(n * sizeof(float));
+    vector_zero(cpu, F(m), n), vector_zero(cpu, F(v), n);
+    vector_zero(gpu, G(m), n), vector_zero(gpu, G(v), n);
+    backend_trainables(gpu, G(w), n);
+    both_matmul(y, x, w, N, C, OC, 0);
+    compare("trainables: a product on them", y, tol);
+    for (int step = 1; step <= 2; step++) {
+        adamw_update(cpu, F(w), F(g), 1.0f, F(m), F(v), NULL, n, 0.05f, 0.9f, 0.999f, 1e-8f,
+                     0.0f, step);
+        adamw_update(gpu, G(w), G(g), 1.0f, G(m), G(v), NULL, n, 0.05f, 0.9f, 0.999f, 1e-8f,
+                     0.0f, step);
+    }
+    both_matmul(y, x, w, N, C, OC, 0);
+    compare("trainables: a product after two updates", y, tol);
+    for (size_t i = 0; i < n; i += 3)
+        F(w)[i] = -F(w)[i];
+    twin_sync(w);
+    both_matmul(y, x, w, N, C, OC, 0);
+    compare("trainables: a product after an upload over them", y, tol);
+    adamw_update(cpu, F(w), F(g), 1.0f, F(m), F(v), NULL, n, 0.05f, 0.9f, 0.999f, 1e-8f, 0.0f, 3);
+    adamw_update(gpu, G(w), G(g), 1.0f, G(m), G(v), NULL, n, 0.05f, 0.9f, 0.999f, 1e-8f, 0.0f, 3);
+    adamw_update(cpu, F(w), F(g), 2.0f, F(m), F(v), NULL, n / 2, 0.5f, 0.9f, 0.999f, 1e-8f, 0.0f,
+                 4);
+    adamw_update(gpu, G(w), G(g), 2.0f, G(m), G(v), NULL, n / 2, 0.5f, 0.9f, 0.999f, 1e-8f, 0.0f,
+                 4);
+    both_matmul(y, x, w, N, C, OC, 0);
+    compare("trainables: a product after an update of part of them", y, tol);
+    backend_trainables(gpu, NULL, 0);
+    twin_free(x); twin_free(w); twin_free(y); twin_free(g); twin_free(m); twin_free(v);
+}
+
 /* ---- vector_zero, deferred ----------------------------------------------------------------- */
 
 /* The CUDA backend defers a vector_zero until the next op, and a product that adds into
@@ -693,6 +734,7 @@ int main(void)
     test_matmul(67, 93, 70, bf16_tol, "bf16");   /* operands of 4k + 3 and 4k + 2 floats */
     test_operand_copies(bf16_tol);
     test_deferred_zero(bf16_tol);
+    test_trainables(bf16_tol);
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
     test_rope(77, 6, 64);
