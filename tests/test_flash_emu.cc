@@ -93,8 +93,8 @@ static void run_forward(float *out, float *lse, const float *q, const float *k, 
     float scale = 1.0f / sqrtf((float)D);
     if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_forward_shared(D), [&] {
-            flash_mma_forward_kernel<NCH>(out, lse, qh, kh, vh, T, tiles_of(T), Hq, Hkv, window,
-                                          seg, scale);
+            flash_mma_forward_kernel<NCH>(out, NULL, lse, qh, kh, vh, T, tiles_of(T), Hq, Hkv,
+                                          window, seg, scale);
         });
     else
         emu_launch(grid, dim3(FL_THREADS), flash_forward_shared(D), [&] {

@@ -1008,13 +1008,15 @@ static void flash_mma_forward(cuda_context *c, float *out, float *lse, const __h
                               const __half *k, const __half *vt, int B, int T, int Hq, int Hkv,
                               int window, const int32_t *seg)
 {
+    // the output feeds the o projection's product next: its bf16 copy beside it
+    __nv_bfloat16 *keep = cuda_keep_copy(c, out, (size_t)B * T * Hq * NCH * 16, NULL);
     size_t smem = flash_mma_forward_shared(NCH * 16);
     if (!cuda_shared_limit(c, (const void *)flash_mma_forward_kernel<NCH>, smem))
         return;
     int rows = flash_mma_rows(NCH * 16);   // a block's query rows
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    CUDA_LAUNCH(flash_mma_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, out, lse, q, k,
-                vt, T, flash_tp(T), Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
+    CUDA_LAUNCH(flash_mma_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, out, keep, lse,
+                q, k, vt, T, flash_tp(T), Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
     CUDA_LAUNCHED(c);
 }
 

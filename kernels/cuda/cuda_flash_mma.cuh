@@ -270,10 +270,18 @@ __device__ __forceinline__ void flash_next_tile(int it, int tiles, const Fetch &
     __syncthreads();
 }
 
-// dst's rows row0 + 16 m + g + 8 i below `rows` (rows stride floats apart) = acc times mul, in
+// An accumulator's value as stored: fp32, or bf16 (a product operand's copy, operand_cvt).
+template <class Out> __device__ __forceinline__ Out flash_out(float x);
+template <> __device__ __forceinline__ float flash_out<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 flash_out<__nv_bfloat16>(float x)
+{
+    return operand_cvt<__nv_bfloat16>(x);
+}
+
+// dst's rows row0 + 16 m + g + 8 i below `rows` (rows stride values apart) = acc times mul, in
 // the C fragments' columns 8 n + 2 t, 8 n + 2 t + 1.
-template <int MT, int ND>
-__device__ __forceinline__ void flash_write_acc(float *dst, size_t stride,
+template <int MT, int ND, class Out>
+__device__ __forceinline__ void flash_write_acc(Out *dst, size_t stride,
                                                 const float (*acc)[ND][4], int row0, int rows,
                                                 float mul, int g, int t)
 {
@@ -284,11 +292,11 @@ __device__ __forceinline__ void flash_write_acc(float *dst, size_t stride,
             int r = row0 + 16 * m + g + 8 * i;
             if (r >= rows)
                 continue;
-            float *row = dst + (size_t)r * stride + 2 * t;
+            Out *row = dst + (size_t)r * stride + 2 * t;
 #pragma unroll
             for (int n = 0; n < ND; n++) {
-                row[8 * n] = acc[m][n][2 * i] * mul;
-                row[8 * n + 1] = acc[m][n][2 * i + 1] * mul;
+                row[8 * n] = flash_out<Out>(acc[m][n][2 * i] * mul);
+                row[8 * n + 1] = flash_out<Out>(acc[m][n][2 * i + 1] * mul);
             }
         }
 }
@@ -353,14 +361,15 @@ __device__ __forceinline__ int flash_tile_start(int key) { return key / FL_TILE 
 
 // ---- forward --------------------------------------------------------------------------------
 
-// q (B*T, Hq, D), k (B*T, Hkv, D) half; vt (B, Hkv, D, Tp) half, zeros past T; out (B*T, Hq, D);
+// q (B*T, Hq, D), k (B*T, Hkv, D) half; vt (B, Hkv, D, Tp) half, zeros past T; out (B*T, Hq, D),
+// and keep (NULL, or its bf16 copy: cuda_keep_copy);
 // seg (B, T) or NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / flash_mma_rows(D)), Hq, B),
 // FL_THREADS threads, flash_mma_forward_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *k,
-                         const __half *vt, int T, int Tp, int Hq, int Hkv, int window,
-                         const int32_t *seg_start, float scale)
+flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const __half *q,
+                         const __half *k, const __half *vt, int T, int Tp, int Hq, int Hkv,
+                         int window, const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
     constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, MT = flash_mma_mt(D);
@@ -473,8 +482,10 @@ flash_mma_forward_kernel(float *out, float *lse, const __half *q, const __half *
             if (lse && tq == 0 && t < T)
                 lse[((size_t)b * Hq + h) * T + t] = (mrow[m][i] + log2f(l[m][i])) * FM_LN2;
         }
-    flash_write_acc<MT, ND>(out + (size_t)b * T * q_stride + (size_t)h * D, q_stride, o, tw, T,
-                            1.0f, g, tq);
+    size_t o_off = (size_t)b * T * q_stride + (size_t)h * D;
+    flash_write_acc<MT, ND>(out + o_off, q_stride, o, tw, T, 1.0f, g, tq);
+    if (keep)   // the output's bf16 copy, for the o projection's product next
+        flash_write_acc<MT, ND>(keep + o_off, q_stride, o, tw, T, 1.0f, g, tq);
 #endif
 }
 

@@ -532,6 +532,8 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
     twin lse = twin_random((size_t)N * Hq, 1.0), dout = twin_random((size_t)N * Hq * D, 1.0);
     twin dq = twin_random((size_t)N * Hq * D, 1.0), dk = twin_random((size_t)N * Hkv * D, 1.0);
     twin dv = twin_random((size_t)N * Hkv * D, 1.0), seg = twin_alloc((size_t)N * sizeof(int32_t));
+    enum { PO = 72 };   /* a product on the output after the forward (bf16 math: its copy) */
+    twin pw = twin_random((size_t)PO * Hq * D, 0.5), po = twin_alloc((size_t)N * PO * 4);
     for (int b = 0; b < B; b++)   /* documents of random length */
         for (int t = 0, start = 0; t < T; t++) {
             if (t > 0 && gpu_test_uniform() < 0.04)
@@ -544,8 +546,12 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
                       sc);
     attention_forward(gpu, G(out), G(lse), G(q) + q_shift, G(k), G(v), B, T, Hq, Hkv, D, window,
                       sg);
+    matmul_forward(cpu, F(po), F(out), F(pw), NULL, N, Hq * D, PO);
+    matmul_forward(gpu, G(po), G(out), G(pw), NULL, N, Hq * D, PO);
     snprintf(name, sizeof name, "attention_forward out %s", shape);
     compare(name, out, tol_fwd);
+    snprintf(name, sizeof name, "a product on attention_forward's out %s", shape);
+    compare(name, po, tol_fwd > 1e-2 ? tol_fwd : 1e-2);
     snprintf(name, sizeof name, "attention_forward lse %s", shape);
     compare(name, lse, tol_fwd);
     /* the backward from the CPU's forward on both, so each op is judged on its own */
@@ -562,7 +568,7 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
     snprintf(name, sizeof name, "attention_backward dv %s", shape);
     compare(name, dv, tol_bwd);
     twin_free(q); twin_free(k); twin_free(v); twin_free(out); twin_free(lse); twin_free(dout);
-    twin_free(dq); twin_free(dk); twin_free(dv); twin_free(seg);
+    twin_free(dq); twin_free(dk); twin_free(dv); twin_free(seg); twin_free(pw); twin_free(po);
 }
 
 /* Packed documents, sliding windows, grouped heads, head dimensions up to 256, and sequences
@@ -771,6 +777,12 @@ int main(void)
     gpu_again();
     test_attention_shapes("gemm bf16", 2e-2, 3e-2);
     gpu_finish();
+    /* bf16 math's flash forward (mma) writes its output's bf16 copy for the product after */
+    setenv("PESC_CUDA_ATTENTION", "flash", 1);
+    gpu_again();
+    test_attention(2, 130, 4, 1, 64, 0, 1, "flash bf16", 1e-2, 2e-2);
+    gpu_finish();
+    unsetenv("PESC_CUDA_ATTENTION");
     /* fp32 operands rounded to bf16 inside cuBLAS; flash attention in half and bf16, on the
      * mma kernels, then on the wmma ones */
     setenv("PESC_CUDA_MATH", "fast-bf16", 1);
