@@ -110,13 +110,19 @@ static bool range_overlaps(const void *p, size_t bytes, const float *base, size_
     return base && a < b + base_n * sizeof(float) && b < a + bytes;
 }
 
+// A region with bf16 values kept (the frozen weights', the trainables'): none any more.
+static void forget_region(cuda_context *c, const float **p, size_t *n, void **values)
+{
+    if (*values)
+        CUDA_CHECK(c, cudaFree(*values));   // waits for products still reading them
+    *p = NULL;
+    *n = 0;
+    *values = NULL;
+}
+
 static void forget_frozen(cuda_context *c)
 {
-    if (c->frozen16)
-        CUDA_CHECK(c, cudaFree(c->frozen16));   // waits for products still reading it
-    c->frozen = NULL;
-    c->frozen_n = 0;
-    c->frozen16 = NULL;
+    forget_region(c, &c->frozen, &c->frozen_n, &c->frozen16);
 }
 
 // Whether [p, p + bytes) overlaps the frozen region: a write there makes the mirror stale.
@@ -160,11 +166,7 @@ static void cuda_freeze(void *ctx, const float *p, size_t n)
 
 static void forget_trainables(cuda_context *c)
 {
-    if (c->train16)
-        CUDA_CHECK(c, cudaFree(c->train16));   // waits for products still reading it
-    c->train = NULL;
-    c->train_n = 0;
-    c->train16 = NULL;
+    forget_region(c, &c->train, &c->train_n, &c->train16);
     c->train_valid = 0;
 }
 
