@@ -71,7 +71,7 @@ double optim_grad_norm(optimizer *o, const float *grads)
     return sqrt(vector_sumsq(o->backend, grads, o->n));
 }
 
-void optim_step(optimizer *o, float *params, float *grads, double lr, double *norm_out)
+void optim_step(optimizer *o, float *params, const float *grads, double lr, double *norm_out)
 {
     double norm = optim_grad_norm(o, grads);
     if (norm_out)
@@ -79,7 +79,7 @@ void optim_step(optimizer *o, float *params, float *grads, double lr, double *no
     optim_step_norm(o, params, grads, NULL, lr, norm);
 }
 
-void optim_step_norm(optimizer *o, float *params, float *grads, float *delta, double lr,
+void optim_step_norm(optimizer *o, float *params, const float *grads, float *delta, double lr,
                      double norm)
 {
     const optim_config *c = &o->config;

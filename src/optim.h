@@ -51,11 +51,11 @@ double optim_grad_norm(optimizer *o, const float *grads);
 /* One AdamW step with learning rate lr on the gradients clipped to config.clip by global norm
  * (as torch.nn.utils.clip_grad_norm_; the step reads grads times the clip's scale, and grads
  * are left as they were). *norm_out (optional) receives the norm before clipping. */
-void optim_step(optimizer *o, float *params, float *grads, double lr, double *norm_out);
+void optim_step(optimizer *o, float *params, const float *grads, double lr, double *norm_out);
 /* The same step with the norm the caller has already taken (optim_grad_norm), which saves a
  * pass over the gradients and, on a GPU, a wait for the device. delta (n, backend memory),
  * when not NULL, receives the update: each parameter's before - after. */
-void optim_step_norm(optimizer *o, float *params, float *grads, float *delta, double lr,
+void optim_step_norm(optimizer *o, float *params, const float *grads, float *delta, double lr,
                      double norm);
 
 #endif
