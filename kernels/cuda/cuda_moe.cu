@@ -289,6 +289,16 @@ template <class T> __global__ void expert_pointers_kernel(void **ptrs, expert_pl
 
 template <class T> static bool narrow() { return sizeof(T) == sizeof(__nv_bfloat16); }
 
+// Whether every expert's piece of a bf16 operand starts 16 bytes aligned: cuBLAS documents
+// that grouped products of 16-bit operands fault on some less aligned pointers (narrow
+// adapters, R below 8, run one product an expert instead).
+template <class T> static bool aligned16(const expert_operand<T> &o)
+{
+    size_t unit = 16 / sizeof(T);
+    return ((uintptr_t)o.base & 15) == 0 && o.row % unit == 0 && o.expert % unit == 0 &&
+           o.ld % unit == 0;
+}
+
 #if CUBLAS_VERSION >= 120500
 // The math of the experts' grouped products, -1 for none. bf16 operands group in bf16 until
 // cuBLAS refuses them (grouped16). fp32 ones group in the context's math, except where that
@@ -324,7 +334,8 @@ static int experts_gemm_grouped(cuda_context *c, const expert_gemm<T> &g, const 
 {
 #if CUBLAS_VERSION >= 120500
     bool is16 = narrow<T>();
-    if (!c->grouped || E > CUDA_GROUP_MAX || grouped_math(c, is16) < 0)
+    if (!c->grouped || E > CUDA_GROUP_MAX || grouped_math(c, is16) < 0 ||
+        (is16 && !(aligned16(g.a) && aligned16(g.b) && aligned16(g.c))))
         return -1;
     expert_places<T> places = {0, {0}, {0}, g.a, g.b, g.c};
     int m[CUDA_GROUP_MAX], n[CUDA_GROUP_MAX], k[CUDA_GROUP_MAX], one[CUDA_GROUP_MAX];
@@ -383,9 +394,9 @@ int cuda_grouped_probe(cuda_context *c)
 {
     int offsets[2] = {0, 1}, math;
     if (c->math == CUDA_MATH_BF16) {
-        __nv_bfloat16 *x = (__nv_bfloat16 *)c->partials;
+        __nv_bfloat16 *x = (__nv_bfloat16 *)c->partials;   // rows of 8, 16-byte aligned
         math = experts_gemm_grouped<__nv_bfloat16>(
-            c, {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 1, 0, 1}, {x + 2, 0, 0, 1}, {x + 4, 1, 0, 1}},
+            c, {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 8, 0, 8}, {x + 64, 0, 0, 8}, {x + 128, 8, 0, 8}},
             offsets, 1);
     } else {
         float *x = (float *)c->partials;

@@ -753,6 +753,7 @@ int main(void)
     test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
     test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
     test_moe(5, 8, 1, 64, 8, 0, bf16_tol);   /* experts without tokens */
+    test_moe(60, 4, 2, 40, 4, 1, bf16_tol);  /* rows of 4: too narrow to group, one an expert */
     gpu_finish();
 
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
