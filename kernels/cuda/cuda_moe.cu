@@ -289,9 +289,10 @@ template <class T> __global__ void expert_pointers_kernel(void **ptrs, expert_pl
 
 template <class T> static bool narrow() { return sizeof(T) == sizeof(__nv_bfloat16); }
 
-// Whether every expert's piece of a bf16 operand starts 16 bytes aligned: cuBLAS documents
-// that grouped products of 16-bit operands fault on some less aligned pointers (narrow
-// adapters, R below 8, run one product an expert instead).
+// Whether every expert's piece of an operand starts 16 bytes aligned: cuBLAS documents that
+// grouped products of 16-bit operands, or in a FAST compute type (TF32), fault on some less
+// aligned pointers (narrow adapters, R below 8 in bf16 or 4 in fp32, run one product an
+// expert instead).
 template <class T> static bool aligned16(const expert_operand<T> &o)
 {
     size_t unit = 16 / sizeof(T);
@@ -335,7 +336,7 @@ static int experts_gemm_grouped(cuda_context *c, const expert_gemm<T> &g, const 
 #if CUBLAS_VERSION >= 120500
     bool is16 = narrow<T>();
     if (!c->grouped || E > CUDA_GROUP_MAX || grouped_math(c, is16) < 0 ||
-        (is16 && !(aligned16(g.a) && aligned16(g.b) && aligned16(g.c))))
+        !(aligned16(g.a) && aligned16(g.b) && aligned16(g.c)))
         return -1;
     expert_places<T> places = {0, {0}, {0}, g.a, g.b, g.c};
     int m[CUDA_GROUP_MAX], n[CUDA_GROUP_MAX], k[CUDA_GROUP_MAX], one[CUDA_GROUP_MAX];
@@ -399,9 +400,9 @@ int cuda_grouped_probe(cuda_context *c)
             c, {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 8, 0, 8}, {x + 64, 0, 0, 8}, {x + 128, 8, 0, 8}},
             offsets, 1);
     } else {
-        float *x = (float *)c->partials;
+        float *x = (float *)c->partials;   // rows of 4, 16-byte aligned
         math = experts_gemm_grouped<float>(
-            c, {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 1, 0, 1}, {x + 1, 0, 0, 1}, {x + 2, 1, 0, 1}},
+            c, {0, 1, -1, 1, 1, 1.0f, 0.0f, {x, 4, 0, 4}, {x + 32, 0, 0, 4}, {x + 64, 4, 0, 4}},
             offsets, 1);
     }
     return c->failed ? -1 : math;
