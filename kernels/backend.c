@@ -220,6 +220,11 @@ int backend_memory_info(pesc_backend *b, backend_memory *out)
     return b->ops->memory ? b->ops->memory(b->context, out) : host_memory(out);
 }
 
+size_t backend_adapter_row_bytes(pesc_backend *b)
+{
+    return b->ops->adapter_row_bytes ? b->ops->adapter_row_bytes(b->context) : sizeof(float);
+}
+
 size_t backend_work_bytes(pesc_backend *b, const backend_step_shape *s)
 {
     return b->ops->work_bytes ? b->ops->work_bytes(b->context, s) : 0;

@@ -72,6 +72,10 @@ typedef struct backend_step_shape {
  * product operands in bf16 math, as its scratch grows). 0 where that scratch is small (the
  * CPU backend's lives in host memory, a few rows per thread). */
 size_t backend_work_bytes(pesc_backend *b, const backend_step_shape *s);
+/* Bytes a value of moe_adapter_forward's saved rows (gathered, pre, act) takes in this
+ * backend's own format: 4, or 2 where it keeps them in bf16 (CUDA's bf16 math). Those buffers
+ * need that many bytes a value. */
+size_t backend_adapter_row_bytes(pesc_backend *b);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
 /* Device errors do not stop the program: a backend that fails (a CUDA or cuBLAS error, a
@@ -188,8 +192,8 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
  *   gathered_j = h_j,  pre_j = D_e gathered_j,  act_j = GELU(pre_j),
  *   y[token] += scale * topk_w[token, slot] * U_e act_j.
  * h (N, C); down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act (N*K, R) are saved
- * for the backward pass, in the backend's own format (fp32, or bf16 in the first half of each
- * buffer: CUDA's bf16 math), which only this backend's moe_adapter_backward reads; scratch
+ * for the backward pass, in the backend's own format (fp32, or bf16 in CUDA's bf16 math:
+ * backend_adapter_row_bytes), which only this backend's moe_adapter_backward reads; scratch
  * (N*K, C). y is accumulated into. */
 void moe_adapter_forward(pesc_backend *b, float *y, float *gathered, float *pre, float *act,
                          float *scratch, const float *h, float dropout, uint64_t seed,

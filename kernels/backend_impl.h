@@ -51,6 +51,8 @@ typedef struct backend_ops {
     int (*memory)(void *ctx, backend_memory *out);
     /* optional: see backend_work_bytes */
     size_t (*work_bytes)(void *ctx, const backend_step_shape *s);
+    /* optional (4 without it): see backend_adapter_row_bytes */
+    size_t (*adapter_row_bytes)(void *ctx);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */
     int (*check)(void *ctx, pesc_error *err);
     /* optional: see backend_alloc_frozen */

@@ -56,7 +56,7 @@ typedef struct layer_acts {
     float *topk_w;               /* (N, K) */
     int32_t *perm;               /* (N*K) (token, slot) pairs grouped by expert */
     int *offsets;                /* (E+1) host memory: group bounds */
-    float *gathered, *pre, *gelu;   /* (N*K, C), (N*K, R), (N*K, R) */
+    float *gathered, *pre, *gelu;   /* (N*K, C), (N*K, R), (N*K, R): backend_adapter_row_bytes */
     float *lora_t[LORA_SITES];   /* (N, rank) scaled LoRA inner activations */
 } layer_acts;
 

@@ -76,9 +76,11 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         want(c, &a->topk_idx, N * K);
         want(c, &a->topk_w, N * K);
         want(c, &a->perm, N * K);
-        want(c, &a->gathered, N * K * C);
-        want(c, &a->pre, N * K * R);
-        want(c, &a->gelu, N * K * R);
+        /* in the backend's own format: bf16 takes half (floats rounded up) */
+        size_t rb = backend_adapter_row_bytes(m->backend);
+        want(c, &a->gathered, (N * K * C * rb + 3) / 4);
+        want(c, &a->pre, (N * K * R * rb + 3) / 4);
+        want(c, &a->gelu, (N * K * R * rb + 3) / 4);
         for (int s = 0; s < LORA_SITES; s++)
             if (m->pesc.lora_rank > 0 && (m->pesc.lora_targets & (1u << s)))
                 want(c, &a->lora_t[s], N * (size_t)m->pesc.lora_rank);

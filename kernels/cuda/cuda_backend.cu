@@ -823,6 +823,7 @@ static const backend_ops cuda_ops = {
     .trainables = cuda_trainables,
     .memory = cuda_memory,
     .work_bytes = cuda_work_bytes,
+    .adapter_row_bytes = cuda_adapter_row_bytes,
     .check = cuda_check,
     .alloc_frozen = cuda_alloc_frozen,
 };

@@ -9,12 +9,13 @@
 //
 // The adapters of one layer: gather the routed rows (times the dropout mask, drawn from its seed
 // where it is applied: no mask in memory) into expert order, the products of D_e and of U_e over
-// each expert's group (a contiguous slice), the exact GELU between them, and a combine that adds each token's k weighted adapter outputs in slot order.
-// The combine reads through the inverse permutation, so no two threads add into one element
-// and the result is deterministic. The experts' products of one step go to cuBLAS as one
-// grouped call (experts_gemm): an expert's slice alone (about 1000 rows by 512 at TinyLlama's
-// shape) is too few tiles to fill a large GPU. In bf16 math the rows are bf16 throughout (see
-// "the adapters" below): what cuBLAS groups in bf16, at twice TF32's rate.
+// each expert's group (a contiguous slice), the exact GELU between them, and a combine that adds
+// each token's k weighted adapter outputs in slot order. The combine reads through the inverse
+// permutation, so no two threads add into one element and the result is deterministic. The
+// experts' products of one step go to cuBLAS as one grouped call (experts_gemm): an expert's slice
+// alone (about 1000 rows by 512 at TinyLlama's shape) is too few tiles to fill a large GPU. In
+// bf16 math the rows are bf16 throughout (see "the adapters" below): what cuBLAS groups in bf16,
+// at twice TF32's rate.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_group.cuh"
 #include "dropout_hash.h"
@@ -451,14 +452,20 @@ static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *of
 
 // ---- the adapters ---------------------------------------------------------------------------
 //
-// In bf16 math the adapters run on bf16 (adapters16): the gather writes bf16 rows, both
-// products of a pass take bf16 operands and give bf16 results, the GELU and the pair kernel
-// read and write bf16. So gathered, pre and act hold bf16 values, in the first half of their
-// buffers (what the backward reads back), and scratch and scratch_r are used the same way. The
-// weights' bf16 values are the ones the last update wrote (cuda_train_values), else converted
-// in the op; a weight's gradient is made in bf16 and added to its fp32 accumulator. In the other maths everything stays fp32, products grouped as experts_gemm can.
+// In bf16 math the adapters run on bf16 (adapters16): the gather writes bf16 rows, both products
+// of a pass take bf16 operands and give bf16 results, the GELU and the pair kernel read and write
+// bf16. So gathered, pre and act hold bf16 values (what the backward reads back; the model sizes
+// them by backend_adapter_row_bytes), and scratch and scratch_r, float-sized, hold bf16 too. The
+// weights' bf16 values are the ones the last update wrote (cuda_train_values), else converted in
+// the op; a weight's gradient is made in bf16 and added to its fp32 accumulator. In the other
+// maths everything stays fp32, products grouped as experts_gemm can.
 
 static bool adapters16(const cuda_context *c) { return c->math == CUDA_MATH_BF16; }
+
+size_t cuda_adapter_row_bytes(void *ctx)
+{
+    return adapters16((const cuda_context *)ctx) ? sizeof(__nv_bfloat16) : sizeof(float);
+}
 
 static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
