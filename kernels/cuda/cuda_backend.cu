@@ -125,10 +125,15 @@ static void forget_frozen(cuda_context *c)
     forget_region(c, &c->frozen, &c->frozen_n, &c->frozen16);
 }
 
-// Whether [p, p + bytes) overlaps the frozen region: a write there makes the mirror stale.
-static bool touches_frozen(const cuda_context *c, const void *p, size_t bytes)
+// An upload or a copy writes [p, p + bytes): over the frozen region it breaks the promise (the
+// mirror goes, products convert again); over the trainables it makes their bf16 values stale
+// until the next update.
+static void written_over(cuda_context *c, const void *p, size_t bytes)
 {
-    return range_overlaps(p, bytes, c->frozen, c->frozen_n);
+    if (range_overlaps(p, bytes, c->frozen, c->frozen_n))
+        forget_frozen(c);
+    if (range_overlaps(p, bytes, c->train, c->train_n))
+        c->train_valid = 0;
 }
 
 // The bf16 values of [p, p + n) in new memory, NULL where there is no room (products then
@@ -350,10 +355,7 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
     }
     if (c->failed)
         return;
-    if (touches_frozen(c, dst, bytes))
-        forget_frozen(c);   // the promise is broken: products convert again
-    if (range_overlaps(dst, bytes, c->train, c->train_n))
-        c->train_valid = 0;   // until the next update
+    written_over(c, dst, bytes);
     CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
 }
 
@@ -385,10 +387,7 @@ static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
     bool packed_src = packed_range(c, src, bytes, &from, &n);
     if (c->failed)
         return;
-    if (touches_frozen(c, dst, bytes))
-        forget_frozen(c);
-    if (range_overlaps(dst, bytes, c->train, c->train_n))
-        c->train_valid = 0;
+    written_over(c, dst, bytes);
     if (packed_dst && packed_src)
         CUDA_CHECK(c, cudaMemcpyAsync(to, from, n * sizeof *to, cudaMemcpyDeviceToDevice,
                                       c->stream));
