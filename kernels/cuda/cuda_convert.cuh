@@ -10,8 +10,10 @@
 #include "cuda/cuda_api.cuh"
 
 // x as a product operand: bf16 (round to nearest even), or half. A finite x past half's range
-// saturates at +-65504 instead of becoming infinite.
+// saturates at +-65504 instead of becoming infinite. As float: x itself (kernels that store
+// either type).
 template <class T> __host__ __device__ __forceinline__ T operand_cvt(float x);
+template <> __host__ __device__ __forceinline__ float operand_cvt<float>(float x) { return x; }
 template <> __host__ __device__ __forceinline__ __nv_bfloat16 operand_cvt<__nv_bfloat16>(float x)
 {
     return __float2bfloat16_rn(x);

@@ -270,16 +270,8 @@ __device__ __forceinline__ void flash_next_tile(int it, int tiles, const Fetch &
     __syncthreads();
 }
 
-// An accumulator's value as stored: fp32, or bf16 (a product operand's copy, operand_cvt).
-template <class Out> __device__ __forceinline__ Out flash_out(float x);
-template <> __device__ __forceinline__ float flash_out<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 flash_out<__nv_bfloat16>(float x)
-{
-    return operand_cvt<__nv_bfloat16>(x);
-}
-
-// dst's rows row0 + 16 m + g + 8 i below `rows` (rows stride values apart) = acc times mul, in
-// the C fragments' columns 8 n + 2 t, 8 n + 2 t + 1.
+// dst's rows row0 + 16 m + g + 8 i below `rows` (rows stride values apart) = acc times mul, as
+// Out (operand_cvt), in the C fragments' columns 8 n + 2 t, 8 n + 2 t + 1.
 template <int MT, int ND, class Out>
 __device__ __forceinline__ void flash_write_acc(Out *dst, size_t stride,
                                                 const float (*acc)[ND][4], int row0, int rows,
@@ -295,8 +287,8 @@ __device__ __forceinline__ void flash_write_acc(Out *dst, size_t stride,
             Out *row = dst + (size_t)r * stride + 2 * t;
 #pragma unroll
             for (int n = 0; n < ND; n++) {
-                row[8 * n] = flash_out<Out>(acc[m][n][2 * i] * mul);
-                row[8 * n + 1] = flash_out<Out>(acc[m][n][2 * i + 1] * mul);
+                row[8 * n] = operand_cvt<Out>(acc[m][n][2 * i] * mul);
+                row[8 * n + 1] = operand_cvt<Out>(acc[m][n][2 * i + 1] * mul);
             }
         }
 }

@@ -17,6 +17,7 @@
 // bf16 math the rows are bf16 throughout (see "the adapters" below): what cuBLAS groups in bf16,
 // at twice TF32's rate.
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_convert.cuh"
 #include "cuda/cuda_group.cuh"
 #include "dropout_hash.h"
 
@@ -118,12 +119,6 @@ __device__ __forceinline__ float gelu_grad(float x)
 
 __device__ __forceinline__ float value_of(float x) { return x; }
 __device__ __forceinline__ float value_of(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T> __device__ __forceinline__ T stored(float x);
-template <> __device__ __forceinline__ float stored<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 stored<__nv_bfloat16>(float x)
-{
-    return __float2bfloat16_rn(x);
-}
 
 // inverse[pair] = its place j in the grouped order
 __global__ void invert_kernel(int32_t *inverse, const int32_t *perm, int pairs)
@@ -158,13 +153,13 @@ __global__ void gather_kernel(T *rows, const float *src, dropout_draw drop, cons
     GRID_STRIDE(i, (size_t)pairs * C)
     {
         size_t j = i / C, col = i % C;
-        rows[i] = stored<T>(dropped(drop, i, src[(size_t)(perm[j] / K) * C + col]));
+        rows[i] = operand_cvt<T>(dropped(drop, i, src[(size_t)(perm[j] / K) * C + col]));
     }
 }
 
 template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
 {
-    GRID_STRIDE(i, n) act[i] = stored<T>(gelu(value_of(pre[i])));
+    GRID_STRIDE(i, n) act[i] = operand_cvt<T>(gelu(value_of(pre[i])));
 }
 
 // y[n] += sum over slots s of weight(n, s) * rows[inverse[n K + s]] (times the mask's row
@@ -187,7 +182,7 @@ __global__ void combine_kernel(float *y, __nv_bfloat16 *keep, const T *rows, dro
         float out = y[i] + s;
         y[i] = out;
         if (keep)
-            keep[i] = __float2bfloat16_rn(out);
+            keep[i] = operand_cvt<__nv_bfloat16>(out);
     }
 }
 
@@ -209,9 +204,9 @@ __global__ void adapter_pair_kernel(float *dtopk_w, T *p, T *dyg, const T *act, 
         dw += value_of(pj[r]) * value_of(sj[r]);
     dw = block_sum(dw, shared);
     for (int r = threadIdx.x; r < R; r += blockDim.x)
-        pj[r] = stored<T>(w * value_of(pj[r]) * gelu_grad(value_of(aj[r])));
+        pj[r] = operand_cvt<T>(w * value_of(pj[r]) * gelu_grad(value_of(aj[r])));
     for (int col = threadIdx.x; col < C; col += blockDim.x)
-        dyj[col] = stored<T>(value_of(dyj[col]) * w);
+        dyj[col] = operand_cvt<T>(value_of(dyj[col]) * w);
     if (threadIdx.x == 0)
         dtopk_w[pair] = scale * dw;
 }
