@@ -220,9 +220,20 @@ int backend_memory_info(pesc_backend *b, backend_memory *out)
     return b->ops->memory ? b->ops->memory(b->context, out) : host_memory(out);
 }
 
-size_t backend_adapter_row_bytes(pesc_backend *b)
+size_t backend_activation_bytes(pesc_backend *b)
 {
-    return b->ops->adapter_row_bytes ? b->ops->adapter_row_bytes(b->context) : sizeof(float);
+    return b->ops->activation_bytes ? b->ops->activation_bytes(b->context) : sizeof(float);
+}
+
+float *backend_alloc_compact(pesc_backend *b, size_t n, pesc_error *err)
+{
+    if (!b->ops->alloc_compact)
+        return backend_alloc(b, n * sizeof(float), err);
+    float *p = b->ops->alloc_compact(b->context, n);
+    if (!p)
+        pesc_fail(err, "%s backend: out of memory allocating %.1f MiB of activations",
+                  b->ops->name, (double)(n * backend_activation_bytes(b)) / (1024.0 * 1024.0));
+    return p;
 }
 
 size_t backend_work_bytes(pesc_backend *b, const backend_step_shape *s)

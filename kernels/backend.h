@@ -65,17 +65,30 @@ typedef struct backend_step_shape {
     int batch, seq, heads, kv_heads, head_dim;
     size_t operand_floats;   /* the most one product operand holds, frozen weights aside */
     int experts, top_k, hidden, adapter_dim;   /* the PESC adapters (experts 0: none) */
+    /* the most floats of backend_alloc_compact's memory that one product with at most 64
+     * inputs or outputs (LoRA's) reads or writes */
+    size_t narrow_compact_floats;
 } backend_step_shape;
 /* Bytes of scratch the backend still has to allocate for a training step of this shape,
  * beyond the buffers it is handed and the scratch it holds now, for the memory estimate a run
- * makes before it starts (CUDA: attention's backward or the adapters' work, and bf16 copies of
- * product operands in bf16 math, as its scratch grows). 0 where that scratch is small (the
- * CPU backend's lives in host memory, a few rows per thread). */
+ * makes before it starts (CUDA: attention's backward or the adapters' work, and in bf16 math
+ * bf16 copies of product operands and fp32 ones of compact memory, as its scratch grows). 0
+ * where that scratch is small (the CPU backend's lives in host memory, a few rows per
+ * thread). */
 size_t backend_work_bytes(pesc_backend *b, const backend_step_shape *s);
-/* Bytes a value of moe_adapter_forward's saved rows (gathered, pre, act) takes in this
- * backend's own format: 4, or 2 where it keeps them in bf16 (CUDA's bf16 math). Those buffers
- * need that many bytes a value. */
-size_t backend_adapter_row_bytes(pesc_backend *b);
+/* Bytes a value takes in this backend's own format for activations: 4, or 2 where it keeps
+ * them in bf16 (CUDA's bf16 math). moe_adapter_forward's saved rows (gathered, pre, act) need
+ * that many bytes a value; backend_alloc_compact's memory holds values of this size. */
+size_t backend_activation_bytes(pesc_backend *b);
+/* Memory for n floats of activations (or their gradients) that the backend may keep in its own
+ * format, backend_activation_bytes a value (CUDA in bf16 math: bf16 alone, behind an fp32
+ * address range reserved on the host as for backend_alloc_frozen); where that is 4, plain
+ * backend_alloc memory. Only these ops may take it, in any of their tensor arguments:
+ * matmul_forward and matmul_backward without a bias, swiglu_forward, swiglu_backward,
+ * vector_zero and vector_axpy; upload, download and copy (either side) convert, and a value
+ * read back is the stored one (bf16-rounded). backend_free releases it. NULL with a message
+ * when out of memory. */
+float *backend_alloc_compact(pesc_backend *b, size_t n, pesc_error *err);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);
 /* Device errors do not stop the program: a backend that fails (a CUDA or cuBLAS error, a
@@ -193,7 +206,7 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
  *   y[token] += scale * topk_w[token, slot] * U_e act_j.
  * h (N, C); down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act (N*K, R) are saved
  * for the backward pass, in the backend's own format (fp32, or bf16 in CUDA's bf16 math:
- * backend_adapter_row_bytes), which only this backend's moe_adapter_backward reads; scratch
+ * backend_activation_bytes), which only this backend's moe_adapter_backward reads; scratch
  * (N*K, C). y is accumulated into. */
 void moe_adapter_forward(pesc_backend *b, float *y, float *gathered, float *pre, float *act,
                          float *scratch, const float *h, float dropout, uint64_t seed,

@@ -51,12 +51,14 @@ typedef struct backend_ops {
     int (*memory)(void *ctx, backend_memory *out);
     /* optional: see backend_work_bytes */
     size_t (*work_bytes)(void *ctx, const backend_step_shape *s);
-    /* optional (4 without it): see backend_adapter_row_bytes */
-    size_t (*adapter_row_bytes)(void *ctx);
+    /* optional (4 without it): see backend_activation_bytes */
+    size_t (*activation_bytes)(void *ctx);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */
     int (*check)(void *ctx, pesc_error *err);
     /* optional: see backend_alloc_frozen */
     float *(*alloc_frozen)(void *ctx, size_t n);
+    /* optional (alloc without it): see backend_alloc_compact; NULL when out of memory */
+    float *(*alloc_compact)(void *ctx, size_t n);
 } backend_ops;
 
 struct backend_profile;   /* backend.c: the entries of a profile run (backend_profile_start) */

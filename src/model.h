@@ -49,21 +49,24 @@ typedef struct layer_acts {
     float *att, *lse;            /* (N, Hq*D), (B, Hq, T) */
     float *x_mid;                /* (N, C) after the attention residual */
     float *xn2, *rstd2;          /* (N, C), (N) FFN norm: the FFN's and router's input */
-    float *gate, *up, *act;      /* (N, F) pre-activation gate, up, silu(gate) * up */
+    float *gate, *up, *act;      /* (N, F) pre-activation gate, up, silu(gate) * up; compact
+                                  * (gate and up but where LoRA adapts them) */
     float *h;                    /* (N, C) frozen FFN output, computed once per token */
     float *router_logits, *probs, *router_lse;   /* (N, E), (N, E), (N) */
     int32_t *topk_idx;           /* (N, K) */
     float *topk_w;               /* (N, K) */
     int32_t *perm;               /* (N*K) (token, slot) pairs grouped by expert */
     int *offsets;                /* (E+1) host memory: group bounds */
-    float *gathered, *pre, *gelu;   /* (N*K, C), (N*K, R), (N*K, R): backend_adapter_row_bytes */
+    float *gathered, *pre, *gelu;   /* (N*K, C), (N*K, R), (N*K, R): backend_activation_bytes */
     float *lora_t[LORA_SITES];   /* (N, rank) scaled LoRA inner activations */
 } layer_acts;
 
-/* Activation buffers for `capacity` tokens, carved from one backend allocation. */
+/* Activation buffers for `capacity` tokens, carved from two backend allocations: the FFN's
+ * intermediates and their gradients (marked compact) from backend_alloc_compact's, kept in the
+ * backend's own format (bf16 in CUDA's bf16 math), the rest from plain memory. */
 typedef struct model_activations {
     int capacity;                /* tokens */
-    size_t bytes;                /* the whole allocation */
+    size_t bytes;                /* both allocations */
     int per_layer;               /* 1: each layer keeps its own (training) */
     int recompute;               /* training keeps only each layer's x_in (model.recompute) */
     uint64_t *mask_seed;         /* (n_layers, training) host: each layer's dropout seed */
@@ -174,6 +177,7 @@ typedef struct model {
 
     model_activations act;
     void *act_block;
+    float *act_compact;          /* the compact activations' allocation */
     int B, T;                    /* shape of the last forward */
     model_losses losses;
 } model;

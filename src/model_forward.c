@@ -17,21 +17,43 @@
 typedef struct carver {
     void ***slots;
     size_t *counts;              /* in 4-byte elements */
+    unsigned char *compact;      /* 1: from backend_alloc_compact's memory */
     int n, cap;
 } carver;
 
-static void want(carver *c, void *slot, size_t count)
+static void want_in(carver *c, void *slot, size_t count, int compact)
 {
     if (c->n == c->cap) {
         c->cap = c->cap ? 2 * c->cap : 128;
         c->slots = xrealloc(c->slots, (size_t)c->cap * sizeof *c->slots);
         c->counts = xrealloc(c->counts, (size_t)c->cap * sizeof *c->counts);
+        c->compact = xrealloc(c->compact, (size_t)c->cap);
     }
     c->slots[c->n] = slot;
+    c->compact[c->n] = (unsigned char)compact;
     c->counts[c->n++] = count;
 }
 
+static void want(carver *c, void *slot, size_t count) { want_in(c, slot, count, 0); }
+
+/* Only the FFN's intermediates and their gradients go compact: every op that touches them may
+ * take backend_alloc_compact's memory (the products, SwiGLU, the zeroing). */
+static void want_compact(carver *c, void *slot, size_t count) { want_in(c, slot, count, 1); }
+
+static void carver_free(carver *c)
+{
+    free(c->slots);
+    free(c->counts);
+    free(c->compact);
+}
+
 static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+/* Whether LoRA adapts site s of every layer */
+static int lora_at(const model *m, int site)
+{
+    return m->crafted && m->pesc.lora_rank > 0 && (m->pesc.lora_targets & (1u << site));
+}
 
 /* Which buffers a layer set holds: inference (x_in and x_mid are the shared residual
  * stream), training (everything, per layer), or the one working set that every layer shares
@@ -63,9 +85,11 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
     want(c, &a->lse, N * (size_t)cf->n_heads);
     want(c, &a->xn2, N * C);
     want(c, &a->rstd2, N);
-    want(c, &a->gate, N * F);
-    want(c, &a->up, N * F);
-    want(c, &a->act, N * F);
+    /* compact but where LoRA adds its small delta to the product's output: rounded to bf16
+     * with it, LoRA's gradients lost their 0.999 cosine with the CPU's (test_cuda_step) */
+    want_in(c, &a->gate, N * F, !lora_at(m, LORA_GATE));
+    want_in(c, &a->up, N * F, !lora_at(m, LORA_UP));
+    want_compact(c, &a->act, N * F);
     want(c, &a->h, N * C);
     if (m->crafted) {
         size_t E = (size_t)m->pesc.experts, K = (size_t)m->pesc.top_k;
@@ -77,12 +101,12 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         want(c, &a->topk_w, N * K);
         want(c, &a->perm, N * K);
         /* in the backend's own format: bf16 takes half (floats rounded up) */
-        size_t rb = backend_adapter_row_bytes(m->backend);
+        size_t rb = backend_activation_bytes(m->backend);
         want(c, &a->gathered, (N * K * C * rb + 3) / 4);
         want(c, &a->pre, (N * K * R * rb + 3) / 4);
         want(c, &a->gelu, (N * K * R * rb + 3) / 4);
         for (int s = 0; s < LORA_SITES; s++)
-            if (m->pesc.lora_rank > 0 && (m->pesc.lora_targets & (1u << s)))
+            if (lora_at(m, s))
                 want(c, &a->lora_t[s], N * (size_t)m->pesc.lora_rank);
     }
 }
@@ -104,9 +128,9 @@ static void want_gradients(model *m, carver *c, size_t N)
         want(c, &a->dk_raw, N * kv);
     }
     want(c, &a->datt, N * q);
-    want(c, &a->dgate, N * F);
-    want(c, &a->dup, N * F);
-    want(c, &a->dact, N * F);
+    want_compact(c, &a->dgate, N * F);
+    want_compact(c, &a->dup, N * F);
+    want_compact(c, &a->dact, N * F);
     if (m->crafted) {
         want(c, &a->drouter, N * (size_t)m->pesc.experts);
         want(c, &a->dtopk_w, N * (size_t)m->pesc.top_k);
@@ -124,9 +148,12 @@ void model_free_activations(model *m)
             free(a->layers[l].offsets);
     free(a->layers);
     free(a->mask_seed);
-    if (m->backend)
+    if (m->backend) {
         backend_free(m->backend, m->act_block);
+        backend_free(m->backend, m->act_compact);
+    }
     m->act_block = NULL;
+    m->act_compact = NULL;
     memset(a, 0, sizeof *a);
 }
 
@@ -138,9 +165,10 @@ static size_t logit_rows(size_t V, size_t n)
 }
 
 /* Every buffer of a training or inference pass over n tokens, into c; returns the floats in
- * all (padded). a->layers (n_layers) and work receive the slots. */
+ * all (padded), *compact those of them that are compact. a->layers (n_layers) and work
+ * receive the slots. */
 static size_t plan_activations(model *m, carver *c, model_activations *a, layer_acts *work,
-                               size_t n, int training, int recompute)
+                               size_t n, int training, int recompute, size_t *compact)
 {
     const hf_config *cf = &m->config;
     size_t C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
@@ -175,9 +203,19 @@ static size_t plan_activations(model *m, carver *c, model_activations *a, layer_
     if (training)
         want_gradients(m, c, n);
     size_t total = 0;
-    for (int i = 0; i < c->n; i++)
+    *compact = 0;
+    for (int i = 0; i < c->n; i++) {
         total += model_pad(c->counts[i]);
+        if (c->compact[i])
+            *compact += model_pad(c->counts[i]);
+    }
     return total;
+}
+
+/* The bytes of a plan's floats, the compact ones in the backend's format */
+static size_t plan_bytes(model *m, size_t total, size_t compact)
+{
+    return (total - compact) * sizeof(float) + compact * backend_activation_bytes(m->backend);
 }
 
 size_t model_activation_bytes(model *m, int B, int T, int training, int recompute)
@@ -186,12 +224,12 @@ size_t model_activation_bytes(model *m, int B, int T, int training, int recomput
     a.layers = xcalloc((size_t)m->config.n_layers, sizeof *a.layers);
     layer_acts work = {0};
     carver c = {0};
+    size_t compact;
     size_t total = plan_activations(m, &c, &a, &work, (size_t)B * T, training,
-                                    training && recompute);
-    free(c.slots);
-    free(c.counts);
+                                    training && recompute, &compact);
+    carver_free(&c);
     free(a.layers);
-    return total * sizeof(float);
+    return plan_bytes(m, total, compact);
 }
 
 static size_t max2(size_t a, size_t b) { return a > b ? a : b; }
@@ -217,11 +255,14 @@ size_t model_step_bytes(model *m, int B, int T, int recompute)
 {
     const hf_config *cf = &m->config;
     backend_step_shape shape = {B, T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                                product_operand_floats(m, B, T), 0, 0, cf->hidden_size, 0};
+                                product_operand_floats(m, B, T), 0, 0, cf->hidden_size, 0, 0};
     if (m->crafted) {
         shape.experts = m->pesc.experts;
         shape.top_k = m->pesc.top_k;
         shape.adapter_dim = m->pesc.adapter_dim;
+        /* LoRA's narrow products at the FFN read or write its compact intermediates */
+        if (lora_at(m, LORA_GATE) || lora_at(m, LORA_UP) || lora_at(m, LORA_DOWN))
+            shape.narrow_compact_floats = (size_t)B * T * cf->intermediate_size;
     }
     return model_activation_bytes(m, B, T, 1, recompute) + backend_work_bytes(m->backend, &shape);
 }
@@ -237,18 +278,20 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     a->layers = xcalloc((size_t)cf->n_layers, sizeof *a->layers);
     carver c = {0};
     layer_acts work = {0};       /* under recomputation: what every layer shares */
-    size_t total = plan_activations(m, &c, a, &work, (size_t)N, training, recompute);
-    m->act_block = backend_alloc(m->backend, total * sizeof(float), err);
-    if (m->act_block) {
-        float *cursor = m->act_block;
+    size_t compact;
+    size_t total = plan_activations(m, &c, a, &work, (size_t)N, training, recompute, &compact);
+    m->act_block = backend_alloc(m->backend, (total - compact) * sizeof(float), err);
+    if (m->act_block)
+        m->act_compact = backend_alloc_compact(m->backend, compact, err);
+    if (m->act_compact) {
+        float *cursor[2] = {m->act_block, m->act_compact};
         for (int i = 0; i < c.n; i++) {
-            *c.slots[i] = cursor;
-            cursor += model_pad(c.counts[i]);
+            *c.slots[i] = cursor[c.compact[i]];
+            cursor[c.compact[i]] += model_pad(c.counts[i]);
         }
     }
-    free(c.slots);
-    free(c.counts);
-    if (!m->act_block) {
+    carver_free(&c);
+    if (!m->act_compact) {
         model_free_activations(m);
         return -1;
     }
@@ -266,7 +309,7 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
         L->offsets = m->crafted ? xcalloc((size_t)m->pesc.experts + 1, sizeof(int)) : NULL;
     }
     a->capacity = N;
-    a->bytes = total * sizeof(float);
+    a->bytes = plan_bytes(m, total, compact);
     a->per_layer = training;
     a->recompute = recompute;
     a->mask_seed = training ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_seed) : NULL;

@@ -54,7 +54,11 @@ void cuda_settle_zero(cuda_context *c)
 {
     float *x = c->zero_at;
     c->zero_at = NULL;
-    if (x && !c->failed)
+    if (!x || c->failed)
+        return;
+    if (__nv_bfloat16 *x16 = cuda_compact(c, x, c->zero_n))   // bf16 zeros: zero bytes too
+        CUDA_CHECK(c, cudaMemsetAsync(x16, 0, c->zero_n * sizeof *x16, c->stream));
+    else
         CUDA_CHECK(c, cudaMemsetAsync(x, 0, c->zero_n * sizeof *x, c->stream));
 }
 
@@ -197,19 +201,19 @@ const __nv_bfloat16 *cuda_train_values(const cuda_context *c, const float *p, si
     return (const __nv_bfloat16 *)c->train16 + (p - c->train);
 }
 
-// The bf16 values of [p, p + n) when they lie inside the weights kept in bf16 alone, else NULL.
-static const __nv_bfloat16 *packed_values(const cuda_context *c, const float *p, size_t n)
+__nv_bfloat16 *cuda_compact(const cuda_context *c, const void *p, size_t n)
 {
-    if (!range_inside(p, n, c->packed, c->packed_n))
-        return NULL;
-    return (const __nv_bfloat16 *)c->packed16 + (p - c->packed);
+    for (const auto &r : c->packed)
+        if (range_inside((const float *)p, n, r.range, r.n))
+            return (__nv_bfloat16 *)r.values + ((const float *)p - r.range);
+    return NULL;
 }
 
 // The mirror of [p, p + n) when it lies inside the frozen region (or its bf16 values, inside
-// the weights kept in bf16 alone), else NULL.
+// memory kept in bf16 alone: frozen weights, compact activations), else NULL.
 static const __nv_bfloat16 *frozen_mirror(const cuda_context *c, const float *p, size_t n)
 {
-    if (const __nv_bfloat16 *packed = packed_values(c, p, n))
+    if (const __nv_bfloat16 *packed = cuda_compact(c, p, n))
         return packed;
     if (!range_inside(p, n, c->frozen, c->frozen_n))
         return NULL;
@@ -224,22 +228,25 @@ static const __nv_bfloat16 *weight_values(const cuda_context *c, const float *p,
     return values ? values : cuda_train_values(c, p, n);
 }
 
-// ---- frozen weights in bf16 alone (backend_alloc_frozen) ------------------------------------
+// ---- memory in bf16 alone (backend_alloc_frozen, backend_alloc_compact) --------------------
 
-// In bf16 math a frozen weight is only ever a bf16 operand, so n floats of them take n bf16
-// values on the device and nothing more. Their fp32 range is reserved on the host (PROT_NONE,
-// no memory behind it): a unique address range that no device allocation can take, which the
-// model points its tensors into, and which a kernel reading it by mistake faults on. One
-// region a context.
-static float *cuda_alloc_frozen(void *ctx, size_t n)
+// In bf16 math a frozen weight is only ever a bf16 operand, and an activation kept compact is
+// written and read as bf16 by every op that may take it, so n floats of them take n bf16 values
+// on the device and nothing more. Their fp32 range is reserved on the host (PROT_NONE, no
+// memory behind it): a unique address range that no device allocation can take, which the
+// model points its tensors into, and which a kernel reading it by mistake faults on. NULL where
+// there is no room (or no free entry), or after a failure.
+static float *packed_alloc(cuda_context *c, size_t n)
 {
-    cuda_context *c = (cuda_context *)ctx;
-    if (c->math != CUDA_MATH_BF16 || c->packed || c->failed || n == 0 ||
-        !cuda_device_current(c))
+    struct cuda_context::packed_region *free_entry = NULL;
+    for (auto &r : c->packed)
+        if (!r.range && !free_entry)
+            free_entry = &r;
+    if (!free_entry || c->failed || n == 0 || !cuda_device_current(c))
         return NULL;
     void *values = NULL;
     if (cudaMalloc(&values, n * sizeof(__nv_bfloat16)) != cudaSuccess) {
-        cudaGetLastError();   // no room: the model keeps its fp32 weights
+        cudaGetLastError();   // out of memory is not sticky: the caller decides
         return NULL;
     }
     void *range = mmap(NULL, n * sizeof(float), PROT_NONE,
@@ -248,30 +255,56 @@ static float *cuda_alloc_frozen(void *ctx, size_t n)
         cudaFree(values);
         return NULL;
     }
-    c->packed = (float *)range;
-    c->packed_n = n;
-    c->packed16 = values;
-    return c->packed;
+    c->epoch++;   // new memory, perhaps where a copy's source was
+    *free_entry = {(float *)range, n, values};
+    return free_entry->range;
 }
 
-// Whether [p, p + bytes) starts in the packed region: then *values is its bf16 place and *n its
-// floats. A range that runs past the region, or splits a value, is recorded as a failure.
+// NULL where there is no room: the model keeps its fp32 weights.
+static float *cuda_alloc_frozen(void *ctx, size_t n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    return c->math == CUDA_MATH_BF16 ? packed_alloc(c, n) : NULL;
+}
+
+// Activations in bf16 alone in bf16 math (the ops that may take them read and write bf16),
+// else plain device memory.
+static size_t cuda_activation_bytes(void *ctx)
+{
+    return ((cuda_context *)ctx)->math == CUDA_MATH_BF16 ? sizeof(__nv_bfloat16) : sizeof(float);
+}
+
+static void *cuda_alloc(void *ctx, size_t bytes);
+
+static float *cuda_alloc_compact(void *ctx, size_t n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (cuda_activation_bytes(c) == sizeof(float))
+        return (float *)cuda_alloc(c, n * sizeof(float));
+    return packed_alloc(c, n);
+}
+
+// Whether [p, p + bytes) starts in memory kept in bf16 alone: then *values is its bf16 place
+// and *n its floats. A range that runs past the region, or splits a value, is recorded as a
+// failure.
 static bool packed_range(cuda_context *c, const void *p, size_t bytes, __nv_bfloat16 **values,
                          size_t *n)
 {
-    const char *a = (const char *)p, *base = (const char *)c->packed;
-    if (!c->packed || a < base || a >= base + c->packed_n * sizeof(float))
-        return false;
-    size_t at = (size_t)(a - base);
-    if (at % sizeof(float) || bytes % sizeof(float) ||
-        bytes > c->packed_n * sizeof(float) - at) {
-        record_failure(c, "a copy of frozen weights", __FILE__, __LINE__,
-                       "it runs past the weights kept in bf16, or splits a value");
-        return false;
+    for (const auto &r : c->packed) {
+        const char *a = (const char *)p, *base = (const char *)r.range;
+        if (!r.range || a < base || a >= base + r.n * sizeof(float))
+            continue;
+        size_t at = (size_t)(a - base);
+        if (at % sizeof(float) || bytes % sizeof(float) || bytes > r.n * sizeof(float) - at) {
+            record_failure(c, "a copy of memory kept in bf16", __FILE__, __LINE__,
+                           "it runs past the region, or splits a value");
+            return false;
+        }
+        *values = (__nv_bfloat16 *)r.values + at / sizeof(float);
+        *n = bytes / sizeof(float);
+        return true;
     }
-    *values = (__nv_bfloat16 *)c->packed16 + at / sizeof(float);
-    *n = bytes / sizeof(float);
-    return true;
+    return false;
 }
 
 // Uploads and downloads of packed weights pass through fp32 staging on the device, this many
@@ -316,14 +349,13 @@ static void cuda_free(void *ctx, void *p)
         forget_frozen(c);
     if (p && p == c->train)
         forget_trainables(c);
-    if (p && p == c->packed) {
-        CUDA_CHECK(c, cudaFree(c->packed16));   // waits for products still reading it
-        munmap(c->packed, c->packed_n * sizeof(float));
-        c->packed = NULL;
-        c->packed_n = 0;
-        c->packed16 = NULL;
-        return;
-    }
+    for (auto &r : c->packed)
+        if (p && p == r.range) {
+            CUDA_CHECK(c, cudaFree(r.values));   // waits for work still using it
+            munmap(r.range, r.n * sizeof(float));
+            r = {};
+            return;
+        }
     CUDA_CHECK(c, cudaFree(p));   // waits for work that may still use p
 }
 
@@ -433,7 +465,7 @@ static size_t scratch_growth(size_t held, size_t bytes)
 
 // backend_work_bytes: the largest op work (attention's backward, or the adapters' in bf16
 // math), and in bf16 math the slots of the operands' bf16 copies, each as large as the largest
-// operand at most.
+// operand at most, and the fp32 values of compact memory a narrow product reads or writes.
 static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
 {
     cuda_context *c = (cuda_context *)ctx;
@@ -444,9 +476,11 @@ static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
         op = op > adapters ? op : adapters;
     }
     size_t work = scratch_growth(c->op_work_bytes, op);
-    for (int i = 0; c->math == CUDA_MATH_BF16 && i < CUDA_COPIES; i++)
+    if (c->math != CUDA_MATH_BF16)
+        return work;
+    for (int i = 0; i < CUDA_COPIES; i++)
         work += scratch_growth(c->copies[i].bytes, s->operand_floats * sizeof(__nv_bfloat16));
-    return work;
+    return work + scratch_growth(c->gemm_work_bytes, s->narrow_compact_floats * sizeof(float));
 }
 
 bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
@@ -492,11 +526,12 @@ static void widen(cuda_context *c, float *out, const __nv_bfloat16 *in, size_t n
 // moved, besides the product's own read). Where the model's next products read the same
 // operand (q, k and v one normed input; gate and up another; a weight's input gradient and
 // its own gradient the same output gradient), the first conversion serves them all; and the
-// ops whose outputs feed products (RMSNorm, SwiGLU forward and backward) write the copy
-// beside their fp32 output (2 bytes a value), so nothing converts it at all. A copy is kept in
-// one of CUDA_COPIES slots, for the current epoch only: while nothing but the matmul ops runs
-// (CUDA_PRODUCT_OP), and until a product writes over its source. The values are the same a
-// conversion gives (operand_cvt), so the products' results do not change.
+// ops whose outputs feed products (RMSNorm, and SwiGLU's forward and backward where their
+// outputs are not compact) write the copy beside their fp32 output (2 bytes a value), so
+// nothing converts it at all. A copy is kept in one of CUDA_COPIES slots, for the current
+// epoch only: while nothing but the matmul ops runs (CUDA_PRODUCT_OP), and until a product
+// writes over its source. The values are the same a conversion gives (operand_cvt), so the
+// products' results do not change.
 
 static bool copy_valid(const cuda_context *c, const operand_copy *k)
 {
@@ -588,10 +623,13 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
 {
     if (c->failed || M <= 0 || N <= 0)
         return;
+    size_t c_n = (size_t)(M - 1) * ldc + N;   // C's stored extent
+    __nv_bfloat16 *c16 = cuda_compact(c, C, c_n);   // C kept in bf16 alone
+    size_t value = c16 ? sizeof *c16 : sizeof *C;
     if (K <= 0) {   // an empty sum: C = beta C; only beta 0 and 1 occur
         if (beta == 0.0f)
-            CUDA_CHECK(c, cudaMemset2DAsync(C, (size_t)ldc * sizeof(float), 0,
-                                            (size_t)N * sizeof(float), (size_t)M, c->stream));
+            CUDA_CHECK(c, cudaMemset2DAsync(c16 ? (void *)c16 : (void *)C, (size_t)ldc * value,
+                                            0, (size_t)N * value, (size_t)M, c->stream));
         return;
     }
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -601,40 +639,49 @@ void cuda_gemm_math(cuda_context *c, int math, int trans_a, int trans_b, int M, 
     size_t b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
     size_t a_n = (a_rows - 1) * lda + a_cols, b_n = (b_rows - 1) * ldb + b_cols;
     if (math != CUDA_MATH_BF16) {
-        // a weight kept in bf16 alone, in a product too narrow for bf16 (math_for): widened
-        // to fp32 first, exactly
-        const __nv_bfloat16 *a_packed = packed_values(c, A, a_n);
-        const __nv_bfloat16 *b_packed = packed_values(c, B, b_n);
-        if (a_packed || b_packed) {
-            size_t a_bytes = a_packed ? (a_n * sizeof(float) + 255) & ~(size_t)255 : 0;
+        // memory kept in bf16 alone, in a product too narrow for bf16 (math_for): operands
+        // widened to fp32 first, exactly, and C made in fp32 and rounded back
+        const __nv_bfloat16 *a16 = cuda_compact(c, A, a_n), *b16 = cuda_compact(c, B, b_n);
+        if (a16 || b16 || c16) {
+            auto room = [](size_t n) { return (n * sizeof(float) + 255) & ~(size_t)255; };
+            size_t a_bytes = a16 ? room(a_n) : 0, b_bytes = b16 ? room(b_n) : 0;
             char *work = (char *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
-                                              a_bytes + (b_packed ? b_n * sizeof(float) : 0));
+                                              a_bytes + b_bytes + (c16 ? room(c_n) : 0));
             if (!work)
                 return;
-            if (a_packed) {
-                widen(c, (float *)work, a_packed, a_n);
+            if (a16) {
+                widen(c, (float *)work, a16, a_n);
                 A = (const float *)work;
             }
-            if (b_packed) {
-                widen(c, (float *)(work + a_bytes), b_packed, b_n);
+            if (b16) {
+                widen(c, (float *)(work + a_bytes), b16, b_n);
                 B = (const float *)(work + a_bytes);
+            }
+            if (c16) {
+                C = (float *)(work + a_bytes + b_bytes);
+                if (beta != 0.0f)
+                    widen(c, C, c16, c_n);
             }
         }
         CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb,
                                      A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc,
                                      cuda_fp32_compute(math), CUBLAS_GEMM_DEFAULT));
+        if (c16)
+            cuda_to_bf16(c, c16, C, c_n);
         return;
     }
-    // bf16 operands, fp32 accumulation and result: a frozen weight's bf16 values (its mirror,
-    // or the weights kept in bf16 alone), else a bf16 copy of the operand (operand_bf16)
+    // bf16 operands, fp32 accumulation and result (bf16 where C is kept in bf16 alone): a
+    // weight's bf16 values (the frozen mirror, the trainables', memory kept in bf16 alone),
+    // else a bf16 copy of the operand (operand_bf16)
     int a_slot = -1, b_slot;
     const __nv_bfloat16 *a16 = weight_values(c, A, a_n), *b16 = weight_values(c, B, b_n);
     if ((!a16 && !(a16 = operand_bf16(c, A, a_n, -1, &a_slot))) ||
         (!b16 && !(b16 = operand_bf16(c, B, b_n, a_slot, &b_slot))))
         return;
     CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, b16, CUDA_R_16BF, ldb,
-                                 a16, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                 a16, CUDA_R_16BF, lda, &beta, c16 ? (void *)c16 : (void *)C,
+                                 c16 ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
 }
 
 void cuda_gemm(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -676,6 +723,9 @@ extern "C" void cuda_matmul_forward(void *ctx, float *out, const float *inp, con
 {
     CUDA_PRODUCT_OP(ctx);
     cuda_settle_zero(c);
+    if (bias && cuda_compact(c, out, (size_t)N * OC))
+        return record_failure(c, "matmul_forward", __FILE__, __LINE__,
+                              "a bias added to memory kept in bf16 (backend_alloc_compact)");
     model_product(c, math_for(c, C, OC), 0, 1, N, OC, C, inp, C, weight, C, 0.0f, out, OC);
     if (bias) {
         CUDA_LAUNCH(add_bias_kernel, cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream, out, bias,
@@ -689,6 +739,9 @@ extern "C" void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, flo
                                      int N, int C, int OC)
 {
     CUDA_PRODUCT_OP(ctx);
+    if (dbias && cuda_compact(c, dout, (size_t)N * OC))
+        return record_failure(c, "matmul_backward", __FILE__, __LINE__,
+                              "a bias gradient from memory kept in bf16 (backend_alloc_compact)");
     int math = math_for(c, C, OC);
     // dinp exactly the deferred zero: its product writes it instead of adding to zeros (dinp
     // is only written here; the other operands cannot lie in it)
@@ -761,10 +814,12 @@ static void cuda_free_context(void *ctx)
     if (c->stream)
         cudaStreamSynchronize(c->stream);
     cudaFree(c->frozen16);
-    cudaFree(c->packed16);
     cudaFree(c->train16);
-    if (c->packed)
-        munmap(c->packed, c->packed_n * sizeof(float));
+    for (auto &r : c->packed)
+        if (r.range) {
+            cudaFree(r.values);
+            munmap(r.range, r.n * sizeof(float));
+        }
     cudaFree(c->gemm_work);
     for (int i = 0; i < CUDA_COPIES; i++)
         cudaFree(c->copies[i].values);
@@ -822,9 +877,10 @@ static const backend_ops cuda_ops = {
     .trainables = cuda_trainables,
     .memory = cuda_memory,
     .work_bytes = cuda_work_bytes,
-    .adapter_row_bytes = cuda_adapter_row_bytes,
+    .activation_bytes = cuda_activation_bytes,
     .check = cuda_check,
     .alloc_frozen = cuda_alloc_frozen,
+    .alloc_compact = cuda_alloc_compact,
 };
 
 static int parse_math(const char *s, int *math, pesc_error *err)
@@ -978,8 +1034,9 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                  "tensors%s", prop.name, prop.major, prop.minor,
                  (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), version / 10000,
                  version / 100 % 100, math_names[c->math], adapters, attention,
-                 c->math == CUDA_MATH_BF16 ? " (frozen weights and the adapters' rows in bf16)"
-                                           : "");
+                 c->math == CUDA_MATH_BF16
+                     ? " (frozen weights, the FFN's activations and the adapters' rows in bf16)"
+                     : "");
     }
     if (c->failed) {
         pesc_fail(err, "%s", c->error);

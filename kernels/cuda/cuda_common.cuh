@@ -7,11 +7,13 @@
 // faults of a kernel surface at the next call that synchronises (download, synchronize,
 // backend_check, vector_sumsq).
 //
-// Precision: every tensor the interface passes is float32 in device memory. Dense products
-// run on the tensor cores: TF32 (the default), or bf16 operands with fp32 accumulation and fp32
-// results (operands are converted inside the op, except those in the frozen region, whose bf16
-// mirror is made once), or fp32 operands that cuBLAS rounds to bf16 in its own kernels
-// (CUBLAS_COMPUTE_32F_FAST_16BF: no conversion pass, no copies), or plain fp32
+// Precision: every tensor the interface passes is float32 in device memory, but for memory
+// kept in bf16 alone in bf16 math (the frozen weights of backend_alloc_frozen, the FFN's
+// activations of backend_alloc_compact: cuda_compact finds them). Dense products run on the
+// tensor cores: TF32 (the default), or bf16 operands with fp32 accumulation and fp32 results
+// (bf16 into compact memory; operands are converted inside the op, except those kept in bf16,
+// whose values are read as they are), or fp32 operands that cuBLAS rounds to bf16 in its own
+// kernels (CUBLAS_COMPUTE_32F_FAST_16BF: no conversion pass, no copies), or plain fp32
 // (PESC_CUDA_MATH=tf32|bf16|fast-bf16|fp32).
 // Products with at most 64 inputs or outputs (the router, both LoRA products) run in fp32.
 // In bf16 math the PESC adapters keep their rows (gathered, pre, act and their gradients) in
@@ -57,6 +59,10 @@ enum cuda_attention {
 // reduction adds in the same order on every run (determinism).
 #define CUDA_REDUCE_BLOCKS 256
 #define CUDA_COLSUM_CHUNKS 64
+// Regions kept in bf16 alone at once (cuda_context.packed): the model's two (frozen weights,
+// activations), and room for a test's own.
+#define CUDA_PACKED_MAX 16
+
 // bf16 copies of product operands kept at once (cuda_context.copies): the most one stretch of
 // products reads (swiglu's two gradients; in full mode a weight's product and its gradient's).
 #define CUDA_COPIES 3
@@ -106,12 +112,15 @@ typedef struct cuda_context {
     const float *frozen;         // NULL: none
     size_t frozen_n;             // floats
     void *frozen16;              // (frozen_n) __nv_bfloat16
-    // Frozen weights kept in bf16 alone (backend_alloc_frozen, bf16 math): their fp32 address
-    // range is reserved on the host, with no memory behind it and never a device address;
-    // products, copies, uploads and downloads find the values in packed16.
-    float *packed;               // NULL: none
-    size_t packed_n;             // floats
-    void *packed16;              // (packed_n) __nv_bfloat16
+    // Memory kept in bf16 alone (bf16 math): frozen weights (backend_alloc_frozen) and
+    // activations (backend_alloc_compact). Each fp32 address range is reserved on the host,
+    // with no memory behind it and never a device address; the ops that may take it find the
+    // values with cuda_compact.
+    struct packed_region {
+        float *range;            // NULL: a free entry
+        size_t n;                // floats
+        void *values;            // (n) __nv_bfloat16
+    } packed[CUDA_PACKED_MAX];
     // The trainables (backend_trainables) and, in bf16 math, their bf16 values: adamw_update
     // over the region writes them with the fp32 ones; anything else writing there that the
     // backend sees (uploads, copies, products, ops that say what they write) makes them stale
@@ -175,6 +184,10 @@ void cuda_settle_zero(cuda_context *c);
 // [p, p + n) is being written: the bf16 copies of anything there are stale, and so are the
 // trainables' bf16 values if it lies among them.
 void cuda_forget_copies(cuda_context *c, const float *p, size_t n);
+
+// The bf16 values of [p, p + n) when they lie in memory kept in bf16 alone (frozen weights,
+// compact activations: cuda_context.packed), else NULL.
+__nv_bfloat16 *cuda_compact(const cuda_context *c, const void *p, size_t n);
 
 // The bf16 values of [p, p + n) when they lie among the trainables' and are current, else NULL.
 const __nv_bfloat16 *cuda_train_values(const cuda_context *c, const float *p, size_t n);
@@ -299,7 +312,6 @@ bool cuda_flash_available(cuda_context *c, int cc_major);
 bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size);
 int cuda_grouped_probe(cuda_context *c);
 size_t cuda_adapter_work(const cuda_context *c, int pairs, int E, int C, int R);
-size_t cuda_adapter_row_bytes(void *ctx);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);

@@ -450,17 +450,12 @@ static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *of
 // In bf16 math the adapters run on bf16 (adapters16): the gather writes bf16 rows, both products
 // of a pass take bf16 operands and give bf16 results, the GELU and the pair kernel read and write
 // bf16. So gathered, pre and act hold bf16 values (what the backward reads back; the model sizes
-// them by backend_adapter_row_bytes), and scratch and scratch_r, float-sized, hold bf16 too. The
+// them by backend_activation_bytes), and scratch and scratch_r, float-sized, hold bf16 too. The
 // weights' bf16 values are the ones the last update wrote (cuda_train_values), else converted in
 // the op; a weight's gradient is made in bf16 and added to its fp32 accumulator. In the other
 // maths everything stays fp32, products grouped as experts_gemm can.
 
 static bool adapters16(const cuda_context *c) { return c->math == CUDA_MATH_BF16; }
-
-size_t cuda_adapter_row_bytes(void *ctx)
-{
-    return adapters16((const cuda_context *)ctx) ? sizeof(__nv_bfloat16) : sizeof(float);
-}
 
 static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 

@@ -182,33 +182,62 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
 
 // ---- elementwise ------------------------------------------------------------------------------
 
-// The keep_ pointers: NULL, or bf16 copies of the outputs for the products next.
-__global__ void swiglu_forward_kernel(float *out, __nv_bfloat16 *keep_out, const float *gate,
-                                      const float *up, size_t n)
+// A tensor an elementwise op reads: fp32, or bf16 alone (backend_alloc_compact's memory).
+struct values_in {
+    const float *f;
+    const __nv_bfloat16 *h;   // not NULL: the values are these
+    __device__ __forceinline__ float operator[](size_t i) const
+    {
+        return h ? __bfloat162float(h[i]) : f[i];
+    }
+};
+
+// A tensor an elementwise op writes: fp32 (f), with a bf16 copy beside it for the products
+// next (h too, cuda_keep_copy), or bf16 alone (h only).
+struct values_out {
+    float *f;
+    __nv_bfloat16 *h;
+    __device__ __forceinline__ void put(size_t i, float v) const
+    {
+        if (f)
+            f[i] = v;
+        if (h)
+            h[i] = operand_cvt<__nv_bfloat16>(v);
+    }
+};
+
+static values_in read_values(const cuda_context *c, const float *p, size_t n)
+{
+    const __nv_bfloat16 *h = cuda_compact(c, p, n);
+    return {h ? NULL : p, h};
+}
+
+// out's values for n floats at p; with keep, a bf16 copy beside fp32 ones (not in `avoid`).
+static values_out write_values(cuda_context *c, float *p, size_t n, bool keep,
+                               const __nv_bfloat16 *avoid = NULL)
+{
+    if (__nv_bfloat16 *h = cuda_compact(c, p, n))
+        return {NULL, h};
+    return {p, keep ? cuda_keep_copy(c, p, n, avoid) : NULL};
+}
+
+__global__ void swiglu_forward_kernel(values_out out, values_in gate, values_in up, size_t n)
 {
     GRID_STRIDE(i, n)
     {
-        float g = gate[i], y = g / (1.0f + expf(-g)) * up[i];
-        out[i] = y;
-        if (keep_out)
-            keep_out[i] = operand_cvt<__nv_bfloat16>(y);
+        float g = gate[i];
+        out.put(i, g / (1.0f + expf(-g)) * up[i]);
     }
 }
 
-__global__ void swiglu_backward_kernel(float *dgate, float *dup, __nv_bfloat16 *keep_dgate,
-                                       __nv_bfloat16 *keep_dup, const float *dout,
-                                       const float *gate, const float *up, size_t n)
+__global__ void swiglu_backward_kernel(values_out dgate, values_out dup, values_in dout,
+                                       values_in gate, values_in up, size_t n)
 {
     GRID_STRIDE(i, n)
     {
         float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i], u = up[i];
-        float du = d * g * sig, dg = d * u * sig * (1.0f + g * (1.0f - sig));
-        dup[i] = du;
-        dgate[i] = dg;
-        if (keep_dup)
-            keep_dup[i] = operand_cvt<__nv_bfloat16>(du);
-        if (keep_dgate)
-            keep_dgate[i] = operand_cvt<__nv_bfloat16>(dg);
+        dup.put(i, d * g * sig);
+        dgate.put(i, d * u * sig * (1.0f + g * (1.0f - sig)));
     }
 }
 
@@ -217,9 +246,9 @@ __global__ void residual_kernel(float *out, const float *x, const float *y, size
     GRID_STRIDE(i, n) out[i] = x[i] + y[i];
 }
 
-__global__ void axpy_kernel(float *y, const float *x, float alpha, size_t n)
+__global__ void axpy_kernel(values_out y, values_in y_was, values_in x, float alpha, size_t n)
 {
-    GRID_STRIDE(i, n) y[i] += alpha * x[i];
+    GRID_STRIDE(i, n) y.put(i, y_was[i] + alpha * x[i]);
 }
 
 __global__ void scale_kernel(float *x, float alpha, size_t n)
@@ -231,9 +260,8 @@ extern "C" void cuda_swiglu_forward(void *ctx, float *out, const float *gate, co
                                     size_t n)
 {
     CUDA_OP(ctx);
-    __nv_bfloat16 *keep = cuda_keep_copy(c, out, n, NULL);
-    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, keep, gate,
-                up, n);
+    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream,
+                write_values(c, out, n, true), read_values(c, gate, n), read_values(c, up, n), n);
     CUDA_LAUNCHED(c);
 }
 
@@ -242,10 +270,10 @@ extern "C" void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const 
 {
     CUDA_OP(ctx);
     // two slots: the gate and the up products read one each
-    __nv_bfloat16 *keep_dgate = cuda_keep_copy(c, dgate, n, NULL);
-    __nv_bfloat16 *keep_dup = cuda_keep_copy(c, dup, n, keep_dgate);
-    CUDA_LAUNCH(swiglu_backward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, dgate, dup,
-                keep_dgate, keep_dup, dout, gate, up, n);
+    values_out to_dgate = write_values(c, dgate, n, true);
+    values_out to_dup = write_values(c, dup, n, true, to_dgate.h);
+    CUDA_LAUNCH(swiglu_backward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to_dgate, to_dup,
+                read_values(c, dout, n), read_values(c, gate, n), read_values(c, up, n), n);
     CUDA_LAUNCHED(c);
 }
 
@@ -270,7 +298,8 @@ extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
 extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, y, x, alpha, n);
+    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, write_values(c, y, n, false),
+                read_values(c, y, n), read_values(c, x, n), alpha, n);
     CUDA_LAUNCHED(c);
 }
 

@@ -67,6 +67,23 @@ static inline double gpu_test_error(const float *got, const float *want, size_t 
     return sqrt(diff) / (sqrt(norm) + 1e-30);
 }
 
+/* x rounded to bf16, to nearest even, as the device rounds. */
+static inline float gpu_test_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* The device's used memory (0 where it cannot be read). */
+static inline double gpu_test_device_used(pesc_backend *b)
+{
+    backend_memory mem;
+    return backend_memory_info(b, &mem) == 0 ? (double)mem.used : 0.0;
+}
+
 static inline void gpu_test_verdict(int ok, const char *what, double value, const char *bound)
 {
     printf("%-4s %-52s %.3e (%s)\n", ok ? "ok" : "FAIL", what, value, bound);

@@ -316,6 +316,94 @@ static void test_trainables(double tol)
     twin_free(x); twin_free(w); twin_free(y); twin_free(g); twin_free(m); twin_free(v);
 }
 
+/* ---- activations in the backend's format (backend_alloc_compact) -------------------------- */
+
+/* n floats of compact memory on both backends, random values of the given scale that both
+ * hold exactly (bf16 values where the GPU keeps bf16). */
+static twin twin_compact(size_t n, double scale)
+{
+    pesc_error err;
+    twin t = {backend_alloc_compact(cpu, n, &err), NULL, n * sizeof(float)};
+    if (!t.c || !(t.g = backend_alloc_compact(gpu, n, &err)))
+        gpu_test_die(&err);
+    for (size_t i = 0; i < n; i++)
+        F(t)[i] = gpu_test_bf16((float)((2.0 * gpu_test_uniform() - 1.0) * scale));
+    twin_sync(t);
+    return t;
+}
+
+/* The FFN's pass on compact memory, as the model runs it: products onto it and from it (wide
+ * ones in the math's format, narrow ones in fp32 through widened values), SwiGLU both ways,
+ * LoRA's axpy into it, the deferred zero, copies both ways; and in bf16 math, half the
+ * device memory. tol: a product's (each compact result is rounded once more). */
+static void test_compact(double tol)
+{
+    enum { N = 40, C = 96, W = 72, R = 4, BIG = 1 << 22 };
+    int bf16 = backend_activation_bytes(gpu) == 2;
+    pesc_error err;
+    double before = gpu_test_device_used(gpu);
+    float *big = backend_alloc_compact(gpu, BIG, &err);
+    double taken = gpu_test_device_used(gpu) - before;
+    if (!big)
+        gpu_test_die(&err);
+    if (bf16)
+        gpu_test_verdict(taken > 0 && taken < 0.6 * BIG * sizeof(float),
+                         "compact: bf16 alone on the device", taken / (BIG * sizeof(float)),
+                         "device bytes / fp32's, < 0.6");
+    backend_free(gpu, big);
+    size_t nf = (size_t)N * W;
+    twin xn = twin_random((size_t)N * C, 1.0), wg = twin_random((size_t)W * C, 0.2);
+    twin wu = twin_random((size_t)W * C, 0.2), wd = twin_random((size_t)C * W, 0.2);
+    twin la = twin_random((size_t)R * W, 0.5), t = twin_random((size_t)N * R, 1.0);
+    twin dh = twin_random((size_t)N * C, 1.0), h = twin_random((size_t)N * C, 1.0);
+    twin dwd = twin_random((size_t)C * W, 1.0), dla = twin_random((size_t)R * W, 1.0);
+    twin delta = twin_random(nf, 0.1), plain = twin_random(nf, 1.0);
+    twin gate = twin_compact(nf, 1.0), up = twin_compact(nf, 1.0), act = twin_compact(nf, 1.0);
+    twin dact = twin_compact(nf, 1.0), dgate = twin_compact(nf, 1.0), dup = twin_compact(nf, 1.0);
+    both_matmul(gate, xn, wg, N, C, W, 0);
+    compare("compact: a product onto it", gate, tol);
+    both_matmul(up, xn, wu, N, C, W, 0);
+    vector_axpy(cpu, F(gate), F(delta), 1.0f, nf);
+    vector_axpy(gpu, G(gate), G(delta), 1.0f, nf);
+    compare("compact: vector_axpy into it", gate, tol);
+    swiglu_forward(cpu, F(act), F(gate), F(up), nf);
+    swiglu_forward(gpu, G(act), G(gate), G(up), nf);
+    compare("compact: swiglu_forward", act, tol);
+    both_matmul(h, act, wd, N, W, C, 0);
+    compare("compact: a product from it", h, tol);
+    both_matmul(t, act, la, N, W, R, 0);
+    compare("compact: a narrow product from it", t, tol);
+    vector_zero(cpu, F(dact), nf);
+    vector_zero(gpu, G(dact), nf);
+    matmul_backward(cpu, F(dact), F(dwd), NULL, F(dh), F(act), F(wd), N, W, C);
+    matmul_backward(gpu, G(dact), G(dwd), NULL, G(dh), G(act), G(wd), N, W, C);
+    compare("compact: a weight's gradient from it", dwd, tol);
+    /* (a download of dact here would leave its fp32 values where the next product makes
+     * them: not compared until after it) */
+    matmul_backward(cpu, F(dact), F(dla), NULL, F(t), F(act), F(la), N, W, R);
+    matmul_backward(gpu, G(dact), G(dla), NULL, G(t), G(act), G(la), N, W, R);
+    compare("compact: a product onto its zeroing, a narrow one adds", dact, tol);
+    compare("compact: ... a narrow weight's gradient from it", dla, tol);
+    swiglu_backward(cpu, F(dgate), F(dup), F(dact), F(gate), F(up), nf);
+    swiglu_backward(gpu, G(dgate), G(dup), G(dact), G(gate), G(up), nf);
+    compare("compact: swiglu_backward dgate", dgate, tol);
+    compare("compact: swiglu_backward dup", dup, tol);
+    vector_zero(cpu, F(dup), nf - W);   /* all but the last row, settled by the copy */
+    vector_zero(gpu, G(dup), nf - W);
+    backend_copy(cpu, F(plain), F(dup), nf * sizeof(float));
+    backend_copy(gpu, G(plain), G(dup), nf * sizeof(float));
+    compare("compact: zeroed, then copied out", plain, tol);
+    vector_scale(cpu, F(plain), 3.0f, nf);
+    vector_scale(gpu, G(plain), 3.0f, nf);
+    backend_copy(cpu, F(dgate), F(plain), nf * sizeof(float));
+    backend_copy(gpu, G(dgate), G(plain), nf * sizeof(float));
+    compare("compact: copied in", dgate, tol);
+    twin_free(xn); twin_free(wg); twin_free(wu); twin_free(wd); twin_free(la); twin_free(t);
+    twin_free(dh); twin_free(h); twin_free(dwd); twin_free(dla); twin_free(delta);
+    twin_free(plain); twin_free(gate); twin_free(up); twin_free(act); twin_free(dact);
+    twin_free(dgate); twin_free(dup);
+}
+
 /* ---- vector_zero, deferred ----------------------------------------------------------------- */
 
 /* The CUDA backend defers a vector_zero until the next op, and a product that adds into
@@ -741,6 +829,7 @@ int main(void)
     test_operand_copies(bf16_tol);
     test_deferred_zero(bf16_tol);
     test_trainables(bf16_tol);
+    test_compact(bf16_tol);
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
     test_rope(77, 6, 64);
@@ -764,6 +853,7 @@ int main(void)
     setenv("PESC_CUDA_ATTENTION", "gemm", 1);
     gpu_again();
     test_matmul(300, 200, 150, 1e-5, "fp32");
+    test_compact(1e-5);   /* plain fp32 memory here */
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
     test_attention_shapes("gemm fp32", 1e-5, 1e-4);
     gpu_finish();

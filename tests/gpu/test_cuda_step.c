@@ -110,23 +110,6 @@ static void compare_step(pesc_backend *cpu, pesc_backend *gpu, int full, int pac
     model_free(&mg);
 }
 
-/* The device's used memory (0 where it cannot be read). */
-static double device_used(pesc_backend *b)
-{
-    backend_memory mem;
-    return backend_memory_info(b, &mem) == 0 ? (double)mem.used : 0.0;
-}
-
-/* x rounded to bf16, to nearest even, as the device rounds. */
-static float bf16_round(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
 /* Base tensor i of g against want (n values) after rounding to bf16: how many differ. */
 static size_t differ_from_bf16(pesc_backend *gpu, const model *g, int i, const float *want)
 {
@@ -134,7 +117,7 @@ static size_t differ_from_bf16(pesc_backend *gpu, const model *g, int i, const f
     float *got = malloc(n * sizeof *got);
     backend_download(gpu, got, g->base_tensors[i].data, n * sizeof *got);
     for (size_t j = 0; j < n; j++)
-        wrong += got[j] != bf16_round(want[j]);
+        wrong += got[j] != gpu_test_bf16(want[j]);
     free(got);
     return wrong;
 }
@@ -149,11 +132,11 @@ static void check_packing(pesc_backend *cpu, pesc_backend *gpu)
     model mc, mg;
     build(&mc, cpu, 0, 0, &err);
     hf_config c = mc.config;
-    double before = device_used(gpu);
+    double before = gpu_test_device_used(gpu);
     if (model_init_random(&mg, &c, gpu, 5, &err) != 0)
         gpu_test_die(&err);
     double fp32 = (double)(mg.param_floats + mg.packed_floats) * sizeof(float);
-    double base = device_used(gpu) - before;
+    double base = gpu_test_device_used(gpu) - before;
     gpu_test_verdict(mg.packed_block != NULL && base > 0 && base < 0.6 * fp32,
                      "bf16 math: the product weights loaded in bf16 alone", base / fp32,
                      "device bytes / fp32's, < 0.6");
