@@ -129,15 +129,29 @@ static void forget_frozen(cuda_context *c)
     forget_region(c, &c->frozen, &c->frozen_n, &c->frozen16);
 }
 
-// An upload or a copy writes [p, p + bytes): over the frozen region it breaks the promise (the
-// mirror goes, products convert again); over the trainables it makes their bf16 values stale
-// until the next update.
+// An upload or a copy is about to write [p, p + bytes): over the frozen region it breaks the
+// promise (the mirror goes, products convert again).
 static void written_over(cuda_context *c, const void *p, size_t bytes)
 {
     if (range_overlaps(p, bytes, c->frozen, c->frozen_n))
         forget_frozen(c);
-    if (range_overlaps(p, bytes, c->train, c->train_n))
+}
+
+// An upload or a copy has written [p, p + bytes) (queued): among the trainables, their bf16
+// values there are made anew behind it, so that adapters loaded for generation or a resumed
+// run are read as bf16 without a conversion in every op; a write of less than whole floats
+// inside the region makes them stale until the next update.
+static void trainables_written(cuda_context *c, const void *p, size_t bytes)
+{
+    if (!range_overlaps(p, bytes, c->train, c->train_n))
+        return;
+    const float *f = (const float *)p;
+    size_t n = bytes / sizeof(float);
+    if (bytes % sizeof(float) || (uintptr_t)p % sizeof(float) ||
+        !range_inside(f, n, c->train, c->train_n))
         c->train_valid = 0;
+    else if (c->train_valid)
+        cuda_to_bf16(c, (__nv_bfloat16 *)c->train16 + (f - c->train), f, n);
 }
 
 // The bf16 values of [p, p + n) in new memory, NULL where there is no room (products then
@@ -388,7 +402,8 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
     if (c->failed)
         return;
     written_over(c, dst, bytes);
-    CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    if (CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream)))
+        trainables_written(c, dst, bytes);
 }
 
 // Host sync: the host reads the data next. After a failure the host gets zeros, which are
@@ -429,6 +444,7 @@ static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
         widen(c, (float *)dst, from, n);
     else if (dst != src)
         CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    trainables_written(c, dst, bytes);
 }
 
 // Writes nothing, so the copies stay (a profile run waits between every two ops).

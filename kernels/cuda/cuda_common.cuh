@@ -122,9 +122,10 @@ typedef struct cuda_context {
         void *values;            // (n) __nv_bfloat16
     } packed[CUDA_PACKED_MAX];
     // The trainables (backend_trainables) and, in bf16 math, their bf16 values: adamw_update
-    // over the region writes them with the fp32 ones; anything else writing there that the
-    // backend sees (uploads, copies, products, ops that say what they write) makes them stale
-    // until the next update. Products read them instead of converting the weights.
+    // over the region writes them with the fp32 ones, and uploads and copies convert what they
+    // wrote; anything else writing there that the backend sees (products, ops that say what
+    // they write, a partial update) makes them stale until the next update. Products read them
+    // instead of converting the weights.
     const float *train;          // NULL: none
     size_t train_n;              // floats
     void *train16;               // (train_n) __nv_bfloat16, NULL: none kept

@@ -183,7 +183,7 @@ for reuse in 1 0; do
   PESC_CUDA_REUSE=$reuse PESC_EMU_REPORT="$tmp/report$reuse" PESC_CUDA_MATH=bf16 \
     "$pesc" train --headless --model "$demo" --data "$tmp/rows.jsonl" --format tokens \
     --seq 128 --batch 4 --steps 3 --experts 4 --adapter-dim 16 --backend cuda \
-    --log "$tmp/reuse$reuse.jsonl" >/dev/null 2>"$tmp/err" ||
+    --log "$tmp/reuse$reuse.jsonl" --save "$tmp/reuse-save$reuse" >/dev/null 2>"$tmp/err" ||
     fail "PESC_CUDA_REUSE=$reuse: $(head -c 300 "$tmp/err")"
 done
 kept=$(losses "$tmp/reuse1.jsonl") converted=$(losses "$tmp/reuse0.jsonl")
@@ -191,6 +191,29 @@ fewer=$(($(sed -n 's/^launches //p' "$tmp/report0") - $(sed -n 's/^launches //p'
 [ -n "$kept" ] && [ "$kept" = "$converted" ] && [ "$fewer" -eq $((13 * 4 * 3 - 1 + 3)) ] &&
   pass "bf16 operand copies kept: the same losses ($kept), $fewer fewer kernels in 3 steps" ||
   fail "bf16 operand copies kept: losses '$kept', converting '$converted', $fewer fewer kernels"
+# ... and in generation with those adapters loaded: the loaded trainables' bf16 values are
+# made as they are uploaded, so each token's forward converts nothing for q, k, v, gate, up
+# and the adapters' two weights (7 a layer), nor for the tied head (1): 29 kernels a token
+# fewer than converting (21 where the loaded adapters' weights would convert)
+adapters=$(ls "$tmp"/reuse-save1/step-*/trainables.safetensors 2>/dev/null | head -1)
+gen_fewer() {   # tokens: fewer_tokens = the kernels PESC_CUDA_REUSE=1 saves in making them
+  for reuse in 1 0; do
+    PESC_CUDA_REUSE=$reuse PESC_EMU_REPORT="$tmp/gen-report$reuse" PESC_CUDA_MATH=bf16 \
+      "$pesc" generate --model "$demo" --adapters "$adapters" --prompt "Once upon a time" --raw \
+      --max-tokens "$1" --backend cuda >"$tmp/gen-reuse$reuse" 2>"$tmp/err" ||
+      fail "pesc generate --adapters, PESC_CUDA_REUSE=$reuse: $(head -c 300 "$tmp/err")"
+  done
+  cmp -s "$tmp/gen-reuse1" "$tmp/gen-reuse0" || fail "pesc generate --adapters: the text differs"
+  fewer_tokens=$(($(sed -n 's/^launches //p' "$tmp/gen-report0") -
+                  $(sed -n 's/^launches //p' "$tmp/gen-report1")))
+}
+gen_fewer 4
+fewer4=$fewer_tokens
+gen_fewer 8
+fewer8=$fewer_tokens
+[ $((fewer8 - fewer4)) -eq $((4 * (7 * 4 + 1))) ] &&
+  pass "pesc generate --adapters (bf16): the same text, 29 fewer kernels a token with copies kept" ||
+  fail "pesc generate --adapters (bf16): $fewer4 fewer kernels for 4 tokens, $fewer8 for 8"
 # generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
 # (and in bf16 math, the weights kept in bf16 alone: the same tokens on this model)
 for run in cpu:tf32 cuda:tf32 cuda:bf16; do

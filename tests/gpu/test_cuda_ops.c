@@ -277,8 +277,9 @@ static void test_operand_copies(double tol)
 
 /* ---- the trainables' bf16 values (backend_trainables) ----------------------------------- */
 
-/* In bf16 math a product reads a trainable weight's bf16 values as the last update wrote them;
- * an upload over it, or an update of part of it, makes them stale until the next whole one. */
+/* In bf16 math a product reads a trainable weight's bf16 values as the last update wrote them,
+ * or an upload or a copy over them (which convert what they write); an update of part of
+ * them makes them stale until the next whole one. */
 static void test_trainables(double tol)
 {
     enum { N = 50, C = 96, OC = 80 };
@@ -304,6 +305,14 @@ static void test_trainables(double tol)
     twin_sync(w);
     both_matmul(y, x, w, N, C, OC, 0);
     compare("trainables: a product after an upload over them", y, tol);
+    size_t half = n / 2 + 1;   /* the last rows and a part of one */
+    for (size_t i = n - half; i < n; i++)
+        F(w)[i] *= 1.5f;
+    backend_upload(gpu, G(w) + (n - half), F(w) + (n - half), half * sizeof(float));
+    backend_copy(gpu, G(w), G(x), 3 * sizeof(float));   /* a copy over the first three */
+    memcpy(F(w), F(x), 3 * sizeof(float));
+    both_matmul(y, x, w, N, C, OC, 0);
+    compare("trainables: ... after an upload and a copy over parts", y, tol);
     adamw_update(cpu, F(w), F(g), 1.0f, F(m), F(v), NULL, n, 0.05f, 0.9f, 0.999f, 1e-8f, 0.0f, 3);
     adamw_update(gpu, G(w), G(g), 1.0f, G(m), G(v), NULL, n, 0.05f, 0.9f, 0.999f, 1e-8f, 0.0f, 3);
     adamw_update(cpu, F(w), F(g), 2.0f, F(m), F(v), NULL, n / 2, 0.5f, 0.9f, 0.999f, 1e-8f, 0.0f,
