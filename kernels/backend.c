@@ -164,6 +164,21 @@ void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes)
     PROFILED(b, __func__, b->ops->download(b->context, dst, src, bytes));
 }
 
+void backend_download_start(pesc_backend *b, void *dst, const void *src, size_t bytes)
+{
+    if (!b->ops->download_start) {
+        backend_download(b, dst, src, bytes);
+        return;
+    }
+    PROFILED(b, __func__, b->ops->download_start(b->context, dst, src, bytes));
+}
+
+void backend_download_wait(pesc_backend *b)
+{
+    if (b->ops->download_wait)
+        PROFILED(b, __func__, b->ops->download_wait(b->context));
+}
+
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes)
 {
     PROFILED(b, __func__, b->ops->copy(b->context, dst, src, bytes));

@@ -33,6 +33,12 @@ void *backend_alloc(pesc_backend *b, size_t bytes, pesc_error *err);
 void backend_free(pesc_backend *b, void *p);
 void backend_upload(pesc_backend *b, void *dst, const void *src, size_t bytes);
 void backend_download(pesc_backend *b, void *dst, const void *src, size_t bytes);
+/* A download the host collects later: backend_download_wait, before it reads dst, gives dst
+ * the bytes src holds once the work queued before the start is done, so that the host can
+ * queue more work meanwhile (the GPU then never waits for it). One at a time: a second start
+ * collects the first. Where the backend has no such download (the CPU's), it is made at once. */
+void backend_download_start(pesc_backend *b, void *dst, const void *src, size_t bytes);
+void backend_download_wait(pesc_backend *b);
 void backend_synchronize(pesc_backend *b);
 /* A promise that the n floats at p (the frozen base weights of a PESC model) will not change
  * until p is freed or another region is frozen: a backend may keep a faster copy for its

@@ -55,6 +55,9 @@ typedef struct backend_ops {
     size_t (*activation_bytes)(void *ctx);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */
     int (*check)(void *ctx, pesc_error *err);
+    /* optional, together (download at the start without them): see backend_download_start */
+    void (*download_start)(void *ctx, void *dst, const void *src, size_t bytes);
+    void (*download_wait)(void *ctx);
     /* optional: see backend_alloc_frozen */
     float *(*alloc_frozen)(void *ctx, size_t n);
     /* optional (alloc without it): see backend_alloc_compact; NULL when out of memory */

@@ -84,6 +84,7 @@ typedef struct model_activations {
     int dropout;                 /* the last forward applied the adapters' dropout masks */
     int32_t *sources;            /* (N) the --data source of each token (PESC, with a layout) */
     double *route_stats;         /* MOE_STATS(E, K, MODEL_MAX_SOURCES): a layer's moe_group */
+    double *route_host;          /* (as route_stats) host: their download */
     /* gradients (training only) */
     float *dx, *dxn, *dh;        /* (N, C) */
     float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D) */

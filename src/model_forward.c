@@ -148,6 +148,7 @@ void model_free_activations(model *m)
             free(a->layers[l].offsets);
     free(a->layers);
     free(a->mask_seed);
+    free(a->route_host);
     if (m->backend) {
         backend_free(m->backend, m->act_block);
         backend_free(m->backend, m->act_compact);
@@ -313,6 +314,9 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
     a->per_layer = training;
     a->recompute = recompute;
     a->mask_seed = training ? xcalloc((size_t)cf->n_layers, sizeof *a->mask_seed) : NULL;
+    if (m->crafted)
+        a->route_host = xcalloc(MOE_STATS(m->pesc.experts, m->pesc.top_k, MODEL_MAX_SOURCES),
+                                sizeof *a->route_host);
     return 0;
 }
 
@@ -416,24 +420,30 @@ static void take_routing(model *m, int l, const double *st, int N, int S)
     m->losses.z += m->pesc.z_coef * st[4 * E + 1] / N;
 }
 
-/* Groups (token, slot) pairs by expert on the backend (moe_group) and takes the group sizes,
- * which decide the GEMM shapes, with the statistics in one small download: on a GPU the one
- * place a layer's forward waits for the device. replay: the layer's forward again for the
- * backward pass (recomputation): the same grouping and dropout mask, nothing counted twice,
- * and no wait (the sizes are the forward's). */
-static void route_layer(model *m, int l, layer_acts *a, int N, int dropout, int replay)
+/* Groups (token, slot) pairs by expert on the backend (moe_group) and starts the download of
+ * the group sizes, which decide the GEMM shapes, with the statistics: the one place a layer's
+ * forward waits for a GPU, collected by route_finish after the frozen FFN is queued, so that
+ * the GPU has that to run meanwhile. replay: the layer's forward again for the backward pass
+ * (recomputation): the same grouping and dropout mask, nothing counted twice, and no wait
+ * (the sizes are the forward's). */
+static void route_start(model *m, layer_acts *a, int N, int replay)
 {
-    pesc_backend *b = m->backend;
     model_activations *g = &m->act;
     int E = m->pesc.experts, K = m->pesc.top_k, S = m->cur_sources ? MODEL_MAX_SOURCES : 0;
-    moe_group(b, a->perm, g->route_stats, a->topk_idx, a->topk_w, a->probs, a->router_lse,
-              S ? g->sources : NULL, N, E, K, S);
+    moe_group(m->backend, a->perm, g->route_stats, a->topk_idx, a->topk_w, a->probs,
+              a->router_lse, S ? g->sources : NULL, N, E, K, S);
+    if (!replay)
+        backend_download_start(m->backend, g->route_host, g->route_stats,
+                               MOE_STATS(E, K, S) * sizeof *g->route_host);
+}
+
+/* The routing of layer l taken (route_start's download) into its group bounds */
+static void route_finish(model *m, int l, layer_acts *a, int N, int dropout, int replay)
+{
+    int E = m->pesc.experts;
     if (!replay) {
-        size_t n = MOE_STATS(E, K, S);
-        double *st = xmalloc(n * sizeof *st);
-        backend_download(b, st, g->route_stats, n * sizeof *st);
-        take_routing(m, l, st, N, S);
-        free(st);
+        backend_download_wait(m->backend);
+        take_routing(m, l, m->act.route_host, N, m->cur_sources ? MODEL_MAX_SOURCES : 0);
     }
     const int *counts = m->routing.counts + (size_t)l * E;
     int *off = a->offsets;
@@ -501,19 +511,22 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
     int C = c->hidden_size, F = c->intermediate_size;
     rmsnorm_forward(b, a->xn2, a->rstd2, a->x_mid, m->layers[l].ffn_norm, N, C,
                     (float)c->rms_norm_eps);
+    const pesc_layer *P = m->crafted ? &m->pesc_layers[l] : NULL;
+    int E = m->pesc.experts, K = m->pesc.top_k;
+    if (P) {   /* routing first: its sizes come down while the frozen FFN runs */
+        matmul_forward(b, a->router_logits, a->xn2, P->router, NULL, N, C, E);
+        moe_route_forward(b, a->topk_idx, a->topk_w, a->probs, a->router_lse, a->router_logits,
+                          N, E, K);
+        route_start(m, a, N, replay);
+    }
     linear_forward(m, l, LORA_GATE, a, a->gate, a->xn2, N);
     linear_forward(m, l, LORA_UP, a, a->up, a->xn2, N);
     swiglu_forward(b, a->act, a->gate, a->up, (size_t)N * F);
     linear_forward(m, l, LORA_DOWN, a, a->h, a->act, N);
     residual_forward(b, x_out, a->x_mid, a->h, (size_t)N * C);
-    if (!m->crafted)
+    if (!P)
         return;
-    const pesc_layer *P = &m->pesc_layers[l];
-    int E = m->pesc.experts, K = m->pesc.top_k;
-    matmul_forward(b, a->router_logits, a->xn2, P->router, NULL, N, C, E);
-    moe_route_forward(b, a->topk_idx, a->topk_w, a->probs, a->router_lse, a->router_logits, N, E,
-                      K);
-    route_layer(m, l, a, N, dropout, replay);
+    route_finish(m, l, a, N, dropout, replay);
     moe_adapter_forward(b, x_out, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
                         adapter_dropout(m, dropout), dropout ? m->act.mask_seed[l] : 0, P->down,
                         P->up, a->perm, a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
@@ -828,7 +841,7 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
         return -1;
     if (experts && m->crafted) {
         int K = m->pesc.top_k;
-        /* inference shares one set of buffers across layers: routing kept by route_layer */
+        /* inference shares one set of buffers across layers: routing kept by route_finish */
         memcpy(experts, m->routing.last_experts, (size_t)c->n_layers * K * sizeof *experts);
     }
     return 0;

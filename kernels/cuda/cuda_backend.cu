@@ -3,9 +3,10 @@
 // cuda_attention.cu and cuda_moe.cu.
 //
 // Host synchronisation happens only where the interface hands data to the host: download
-// (route_layer's routing statistics and group sizes, the per-slice losses), vector_sumsq (the
-// clipping norm), synchronize and backend_check. Uploads from pageable memory are staged by
-// the driver and return without waiting for the device.
+// (the per-slice losses), download_wait (a layer's routing statistics and group sizes, whose
+// copy the model starts before it queues the frozen FFN: the GPU runs that while the host
+// waits), vector_sumsq (the clipping norm), synchronize and backend_check. Uploads from
+// pageable memory are staged by the driver and return without waiting for the device.
 #include "config.h"
 
 #include <cerrno>
@@ -425,6 +426,56 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
         memset(dst, 0, bytes);
 }
 
+static void cuda_download_wait(void *ctx);
+
+// To page-locked staging, so that the copy is queued and the host goes on; collected by
+// cuda_download_wait. Memory kept in bf16, or no room for staging: an ordinary download.
+static void cuda_download_start(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    __nv_bfloat16 *values;
+    size_t n;
+    cuda_download_wait(c);   // one at a time
+    if (c->failed || !cuda_device_current(c) || packed_range(c, src, bytes, &values, &n)) {
+        cuda_download(c, dst, src, bytes);
+        return;
+    }
+    if (bytes > c->staging_bytes) {
+        cudaFreeHost(c->staging);   // nothing pending uses it
+        c->staging_bytes = 0;
+        if (cudaMallocHost(&c->staging, bytes) != cudaSuccess) {
+            cudaGetLastError();   // no page-locked memory to spare: wait now instead
+            c->staging = NULL;
+            cuda_download(c, dst, src, bytes);
+            return;
+        }
+        c->staging_bytes = bytes;
+    }
+    cuda_settle_zero(c);
+    if (CUDA_CHECK(c, cudaMemcpyAsync(c->staging, src, bytes, cudaMemcpyDeviceToHost,
+                                      c->stream)) &&
+        CUDA_CHECK(c, cudaEventRecord(c->downloaded, c->stream))) {
+        c->pending_dst = dst;
+        c->pending_bytes = bytes;
+    } else {
+        memset(dst, 0, bytes);   // as a failed download gives
+    }
+}
+
+// Host sync, on the download alone: the work queued after it runs on.
+static void cuda_download_wait(void *ctx)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    void *dst = c->pending_dst;
+    if (!dst)
+        return;
+    c->pending_dst = NULL;
+    if (!c->failed && cuda_device_current(c) && CUDA_CHECK(c, cudaEventSynchronize(c->downloaded)))
+        memcpy(dst, c->staging, c->pending_bytes);
+    else
+        memset(dst, 0, c->pending_bytes);
+}
+
 static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
 {
     CUDA_OP(ctx);
@@ -837,6 +888,9 @@ static void cuda_free_context(void *ctx)
             munmap(r.range, r.n * sizeof(float));
         }
     cudaFree(c->gemm_work);
+    cudaFreeHost(c->staging);
+    if (c->downloaded)
+        cudaEventDestroy(c->downloaded);
     for (int i = 0; i < CUDA_COPIES; i++)
         cudaFree(c->copies[i].values);
     cudaFree(c->op_work);
@@ -895,6 +949,8 @@ static const backend_ops cuda_ops = {
     .work_bytes = cuda_work_bytes,
     .activation_bytes = cuda_activation_bytes,
     .check = cuda_check,
+    .download_start = cuda_download_start,
+    .download_wait = cuda_download_wait,
     .alloc_frozen = cuda_alloc_frozen,
     .alloc_compact = cuda_alloc_compact,
 };
@@ -1012,6 +1068,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     if (CUDA_CHECK(c, cudaSetDevice(c->device)) &&
         CUDA_CHECK(c, cudaGetDeviceProperties(&prop, c->device)) &&
         CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) &&
+        CUDA_CHECK(c, cudaEventCreateWithFlags(&c->downloaded, cudaEventDisableTiming)) &&
         CUBLAS_CHECK(c, cublasCreate(&c->cublas)) &&
         CUBLAS_CHECK(c, cublasSetStream(c->cublas, c->stream)) &&
         CUBLAS_CHECK(c, cublasSetMathMode(c->cublas, c->math == CUDA_MATH_FP32

@@ -138,6 +138,13 @@ typedef struct cuda_context {
     unsigned long long epoch;
     int in_product;              // a matmul op runs: its products may use and keep copies
     int reuse;
+    // The download a host collects later (backend_download_start): its bytes go to page-locked
+    // staging, and `downloaded` marks them there; pending_dst NULL: none.
+    void *staging;               // cudaMallocHost, staging_bytes
+    size_t staging_bytes;
+    cudaEvent_t downloaded;
+    void *pending_dst;
+    size_t pending_bytes;
     // A vector_zero not yet made (NULL: none). The model zeroes a gradient and then has a
     // product add into it: that product writes it instead (beta 0), which saves the memset
     // and the product's read of the zeros. Anything else settles it first (cuda_settle_zero):

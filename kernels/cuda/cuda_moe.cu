@@ -2,10 +2,11 @@
 //
 // Routing (top-k, gate softmax, softmax over all experts, log-sum-exp) and its backward run
 // one thread per token. The grouping of (token, slot) pairs by expert and the routing
-// statistics are computed here too (moe_group, cuda_group.cuh); model_forward.c's route_layer
-// downloads the statistics with the group sizes, MOE_STATS doubles: that download is a
-// forward's one wait per layer (a recomputed layer's replay waits for nothing). `offsets`
-// arrive in host memory and fix the product shapes here without another wait.
+// statistics are computed here too (moe_group, cuda_group.cuh); model_forward.c's route_start
+// downloads the statistics with the group sizes, MOE_STATS doubles, and route_finish collects
+// them after the frozen FFN is queued: a forward's one wait per layer, with the FFN's products
+// still to run on the GPU (a recomputed layer's replay waits for nothing). `offsets` arrive in
+// host memory and fix the product shapes here without another wait.
 //
 // The adapters of one layer: gather the routed rows (times the dropout mask, drawn from its seed
 // where it is applied: no mask in memory) into expert order, the products of D_e and of U_e over
@@ -59,7 +60,11 @@ __global__ void route_forward_kernel(int32_t *topk_idx, float *topk_w, float *pr
 extern "C" void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs,
                                        float *lse, const float *logits, int N, int E, int K)
 {
-    CUDA_OP(ctx);
+    // the routing runs between the FFN's norm and its products: the norm's bf16 copy stays
+    CUDA_OP_WRITING(ctx, (const float *)topk_idx, (size_t)N * K);
+    cuda_forget_copies(c, topk_w, (size_t)N * K);
+    cuda_forget_copies(c, probs, (size_t)N * E);
+    cuda_forget_copies(c, lse, (size_t)N);
     CUDA_LAUNCH(route_forward_kernel, (N + 127) / 128, 128, 0, c->stream, topk_idx, topk_w, probs,
                 lse, logits, N, E, K);
     CUDA_LAUNCHED(c);
@@ -221,7 +226,8 @@ extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const in
                                const float *topk_w, const float *probs, const float *lse,
                                const int32_t *sources, int N, int E, int K, int S)
 {
-    CUDA_OP(ctx);
+    CUDA_OP_WRITING(ctx, (const float *)perm, (size_t)N * K);   // as the routing's forward
+    cuda_forget_copies(c, (const float *)stats, MOE_STATS(E, K, S) * 2);
     if (S > GROUP_MAX_SOURCES) {
         cuda_check_rc(c, cudaErrorInvalidValue, "moe_group: more sources than 16", __FILE__,
                       __LINE__);

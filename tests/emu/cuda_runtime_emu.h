@@ -349,6 +349,26 @@ inline cudaError_t cudaFree(void *ptr)
     return cudaSuccess;
 }
 
+/* Page-locked host memory: plain host memory here, filled with 0xFF bytes as cudaMalloc's */
+inline cudaError_t cudaMallocHost(void **ptr, size_t bytes)
+{
+    using namespace emu_detail;
+    if (!ptr)
+        return status(cudaErrorInvalidValue);
+    *ptr = bytes ? malloc(bytes) : nullptr;
+    if (bytes && !*ptr)
+        return status(cudaErrorMemoryAllocation);
+    if (*ptr)
+        memset(*ptr, 0xff, bytes);
+    return cudaSuccess;
+}
+
+inline cudaError_t cudaFreeHost(void *ptr)
+{
+    free(ptr);
+    return cudaSuccess;
+}
+
 inline cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
     using namespace emu_detail;
@@ -462,6 +482,14 @@ inline cudaError_t cudaEventCreate(cudaEvent_t *event)
     std::lock_guard<std::mutex> lock(state.mutex);
     state.events.insert(*event);
     return cudaSuccess;
+}
+
+enum { cudaEventDefault = 0, cudaEventBlockingSync = 1, cudaEventDisableTiming = 2 };
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags)
+{
+    if (flags > (cudaEventBlockingSync | cudaEventDisableTiming))
+        return emu_detail::status(cudaErrorInvalidValue);
+    return cudaEventCreate(event);
 }
 
 inline cudaError_t cudaEventDestroy(cudaEvent_t event)

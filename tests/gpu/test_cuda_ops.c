@@ -413,6 +413,31 @@ static void test_compact(double tol)
     twin_free(dgate); twin_free(dup);
 }
 
+/* ---- downloads collected later (backend_download_start) ------------------------------------ */
+
+/* dst gets what src held when the download started, though ops queued after it write src; a
+ * second start collects the first; memory kept in bf16 downloads too. */
+static void test_download_later(void)
+{
+    enum { N = 1000 };
+    twin a = twin_random(N, 1.0), b = twin_random(N, 1.0), k = twin_compact(N, 1.0);
+    float *got_a = malloc(N * sizeof *got_a), *got_b = malloc(N * sizeof *got_b);
+    float *got_k = malloc(N * sizeof *got_k);
+    backend_download_start(gpu, got_a, G(a), N * sizeof(float));
+    vector_scale(gpu, G(a), -2.0f, N);   /* queued after the start */
+    backend_download_start(gpu, got_b, G(b), N * sizeof(float));
+    backend_download_wait(gpu);
+    backend_download_start(gpu, got_k, G(k), N * sizeof(float));
+    backend_download_wait(gpu);
+    backend_download_wait(gpu);   /* nothing pending: nothing happens */
+    double e = gpu_test_error(got_a, F(a), N) + gpu_test_error(got_b, F(b), N) +
+               gpu_test_error(got_k, F(k), N);
+    gpu_test_verdict(e == 0.0, "download_start: the values at the start, each collected", e,
+                     "normalized error, exact");
+    free(got_a); free(got_b); free(got_k);
+    twin_free(a); twin_free(b); twin_free(k);
+}
+
 /* ---- vector_zero, deferred ----------------------------------------------------------------- */
 
 /* The CUDA backend defers a vector_zero until the next op, and a product that adds into
@@ -839,6 +864,7 @@ int main(void)
     test_deferred_zero(bf16_tol);
     test_trainables(bf16_tol);
     test_compact(bf16_tol);
+    test_download_later();
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
     test_rope(77, 6, 64);
