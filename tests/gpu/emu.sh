@@ -108,7 +108,8 @@ demo="$top_srcdir/data/demo"
 # at once, less what it held at the estimate): no less, and at most 5% more (the events' MiB
 # are rounded to 0.1). On a GPU a little smaller than the peak, the run is refused up front
 # with the numbers, not failed mid-step. With the scratch that differs most: attention's gemm
-# path, flash attention in bf16 math (the products' bf16 operand copies), recomputation, and
+# path, flash attention in bf16 math (the products' bf16 operand copies), recomputation,
+# LoRA in bf16 math (its narrow products widen the FFN's bf16 activations to fp32), and
 # --train full in bf16 math (every weight an operand to copy).
 awk 'BEGIN { srand(7); for (r = 0; r < 16; r++) { printf "{\"input_ids\": [";
   for (i = 0; i < 128; i++) printf "%s%d", i ? ", " : "", int(rand() * 400); print "]}" } }' \
@@ -123,7 +124,7 @@ fit() {   # KiB of GPU memory, math, attention, pesc train options...
 }
 crafted="--experts 4 --adapter-dim 16"
 for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash $crafted --recompute" \
-               "bf16 fused --train full"; do
+               "bf16 flash $crafted --lora-rank 8" "bf16 fused --train full"; do
   set -- $variant
   if ! fit 1024000 "$@"; then   # 1000 MiB: the event's figures in MiB
     fail "memory estimate ($variant): the run failed: $(head -c 300 "$tmp/err")"
