@@ -90,10 +90,10 @@ size_t backend_activation_bytes(pesc_backend *b);
  * format, backend_activation_bytes a value (CUDA in bf16 math: bf16 alone, behind an fp32
  * address range reserved on the host as for backend_alloc_frozen); where that is 4, plain
  * backend_alloc memory. Only these ops may take it, in any of their tensor arguments:
- * matmul_forward and matmul_backward without a bias, swiglu_forward, swiglu_backward,
- * vector_zero and vector_axpy; upload, download and copy (either side) convert, and a value
- * read back is the stored one (bf16-rounded). backend_free releases it. NULL with a message
- * when out of memory. */
+ * matmul_forward and matmul_backward without a bias, rmsnorm_forward's out, swiglu_forward,
+ * swiglu_backward, vector_zero and vector_axpy; upload, download and copy (either side)
+ * convert, and a value read back is the stored one (bf16-rounded). backend_free releases it.
+ * NULL with a message when out of memory. */
 float *backend_alloc_compact(pesc_backend *b, size_t n, pesc_error *err);
 /* Copies bytes between two buffers of the backend. */
 void backend_copy(pesc_backend *b, void *dst, const void *src, size_t bytes);

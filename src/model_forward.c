@@ -36,8 +36,8 @@ static void want_in(carver *c, void *slot, size_t count, int compact)
 
 static void want(carver *c, void *slot, size_t count) { want_in(c, slot, count, 0); }
 
-/* Only the FFN's intermediates and their gradients go compact: every op that touches them may
- * take backend_alloc_compact's memory (the products, SwiGLU, the zeroing). */
+/* Only what products and the ops that may take backend_alloc_compact's memory touch goes
+ * compact: the attention's normed input, the FFN's intermediates and their gradients. */
 static void want_compact(carver *c, void *slot, size_t count) { want_in(c, slot, count, 1); }
 
 static void carver_free(carver *c)
@@ -70,7 +70,10 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         want(c, &a->x_in, N * C);
     if (training)
         want(c, &a->x_mid, N * C);
-    want(c, &a->xn1, N * C);
+    /* the attention's normed input feeds only q, k and v's products (bf16 in bf16 math): compact
+     * but where LoRA's narrow products read it too, at fp32 */
+    int lora_qkv = lora_at(m, LORA_Q) || lora_at(m, LORA_K) || lora_at(m, LORA_V);
+    want_in(c, &a->xn1, N * C, !lora_qkv);
     want(c, &a->rstd1, N);
     want(c, &a->q, N * q);
     want(c, &a->k, N * kv);

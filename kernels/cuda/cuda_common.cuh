@@ -8,7 +8,7 @@
 // backend_check, vector_sumsq).
 //
 // Precision: every tensor the interface passes is float32 in device memory, but for memory
-// kept in bf16 alone in bf16 math (the frozen weights of backend_alloc_frozen, the FFN's
+// kept in bf16 alone in bf16 math (the frozen weights of backend_alloc_frozen, the
 // activations of backend_alloc_compact: cuda_compact finds them). Dense products run on the
 // tensor cores: TF32 (the default), or bf16 operands with fp32 accumulation and fp32 results
 // (bf16 into compact memory; operands are converted inside the op, except those kept in bf16,

@@ -58,11 +58,52 @@ extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *d
     CUDA_LAUNCHED(c);
 }
 
+// ---- tensors in fp32 or bf16 ------------------------------------------------------------------
+
+// A tensor an elementwise op reads: fp32, or bf16 alone (backend_alloc_compact's memory).
+struct values_in {
+    const float *f;
+    const __nv_bfloat16 *h;   // not NULL: the values are these
+    __device__ __forceinline__ float operator[](size_t i) const
+    {
+        return h ? __bfloat162float(h[i]) : f[i];
+    }
+};
+
+// A tensor an elementwise op writes: fp32 (f), with a bf16 copy beside it for the products
+// next (h too, cuda_keep_copy), or bf16 alone (h only).
+struct values_out {
+    float *f;
+    __nv_bfloat16 *h;
+    __device__ __forceinline__ void put(size_t i, float v) const
+    {
+        if (f)
+            f[i] = v;
+        if (h)
+            h[i] = operand_cvt<__nv_bfloat16>(v);
+    }
+};
+
+static values_in read_values(const cuda_context *c, const float *p, size_t n)
+{
+    const __nv_bfloat16 *h = cuda_compact(c, p, n);
+    return {h ? NULL : p, h};
+}
+
+// out's values for n floats at p; with keep, a bf16 copy beside fp32 ones (not in `avoid`).
+static values_out write_values(cuda_context *c, float *p, size_t n, bool keep,
+                               const __nv_bfloat16 *avoid = NULL)
+{
+    if (__nv_bfloat16 *h = cuda_compact(c, p, n))
+        return {NULL, h};
+    return {p, keep ? cuda_keep_copy(c, p, n, avoid) : NULL};
+}
+
 // ---- RMSNorm: one block per row ---------------------------------------------------------------
 
-// keep: NULL, or the output's bf16 copy for the products next (cuda_keep_copy)
-__global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *keep, float *rstd,
-                                       const float *inp, const float *weight, int C, float eps)
+// out: fp32 with its bf16 copy for the products next (cuda_keep_copy), or bf16 alone
+__global__ void rmsnorm_forward_kernel(values_out out, float *rstd, const float *inp,
+                                       const float *weight, int C, float eps)
 {
     __shared__ float shared[32];
     size_t row = (size_t)blockIdx.x * C;
@@ -72,12 +113,8 @@ __global__ void rmsnorm_forward_kernel(float *out, __nv_bfloat16 *keep, float *r
         ss += x[i] * x[i];
     ss = block_sum(ss, shared);
     float r = rsqrtf(ss / C + eps);
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        float y = weight[i] * (x[i] * r);
-        out[row + i] = y;
-        if (keep)
-            keep[row + i] = operand_cvt<__nv_bfloat16>(y);
-    }
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        out.put(row + i, weight[i] * (x[i] * r));
     if (rstd && threadIdx.x == 0)
         rstd[blockIdx.x] = r;
 }
@@ -86,9 +123,8 @@ extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const f
                                      const float *weight, int N, int C, float eps)
 {
     CUDA_OP(ctx);
-    __nv_bfloat16 *keep = cuda_keep_copy(c, out, (size_t)N * C, NULL);
-    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream, out, keep, rstd, inp, weight, C,
-                eps);
+    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream,
+                write_values(c, out, (size_t)N * C, true), rstd, inp, weight, C, eps);
     CUDA_LAUNCHED(c);
 }
 
@@ -181,45 +217,6 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
 }
 
 // ---- elementwise ------------------------------------------------------------------------------
-
-// A tensor an elementwise op reads: fp32, or bf16 alone (backend_alloc_compact's memory).
-struct values_in {
-    const float *f;
-    const __nv_bfloat16 *h;   // not NULL: the values are these
-    __device__ __forceinline__ float operator[](size_t i) const
-    {
-        return h ? __bfloat162float(h[i]) : f[i];
-    }
-};
-
-// A tensor an elementwise op writes: fp32 (f), with a bf16 copy beside it for the products
-// next (h too, cuda_keep_copy), or bf16 alone (h only).
-struct values_out {
-    float *f;
-    __nv_bfloat16 *h;
-    __device__ __forceinline__ void put(size_t i, float v) const
-    {
-        if (f)
-            f[i] = v;
-        if (h)
-            h[i] = operand_cvt<__nv_bfloat16>(v);
-    }
-};
-
-static values_in read_values(const cuda_context *c, const float *p, size_t n)
-{
-    const __nv_bfloat16 *h = cuda_compact(c, p, n);
-    return {h ? NULL : p, h};
-}
-
-// out's values for n floats at p; with keep, a bf16 copy beside fp32 ones (not in `avoid`).
-static values_out write_values(cuda_context *c, float *p, size_t n, bool keep,
-                               const __nv_bfloat16 *avoid = NULL)
-{
-    if (__nv_bfloat16 *h = cuda_compact(c, p, n))
-        return {NULL, h};
-    return {p, keep ? cuda_keep_copy(c, p, n, avoid) : NULL};
-}
 
 __global__ void swiglu_forward_kernel(values_out out, values_in gate, values_in up, size_t n)
 {

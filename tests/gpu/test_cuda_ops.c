@@ -341,8 +341,9 @@ static twin twin_compact(size_t n, double scale)
     return t;
 }
 
-/* The FFN's pass on compact memory, as the model runs it: products onto it and from it (wide
- * ones in the math's format, narrow ones in fp32 through widened values), SwiGLU both ways,
+/* The FFN's pass on compact memory, as the model runs it: the norm into it, products onto it
+ * and from it (wide ones in the math's format, narrow ones in fp32 through widened values),
+ * SwiGLU both ways,
  * LoRA's axpy into it, the deferred zero, copies both ways; and in bf16 math, half the
  * device memory. tol: a product's (each compact result is rounded once more). */
 static void test_compact(double tol)
@@ -361,7 +362,8 @@ static void test_compact(double tol)
                          "device bytes / fp32's, < 0.6");
     backend_free(gpu, big);
     size_t nf = (size_t)N * W;
-    twin xn = twin_random((size_t)N * C, 1.0), wg = twin_random((size_t)W * C, 0.2);
+    twin x = twin_random((size_t)N * C, 1.0), norm = twin_random(C, 1.0);
+    twin xn = twin_compact((size_t)N * C, 1.0), wg = twin_random((size_t)W * C, 0.2);
     twin wu = twin_random((size_t)W * C, 0.2), wd = twin_random((size_t)C * W, 0.2);
     twin la = twin_random((size_t)R * W, 0.5), t = twin_random((size_t)N * R, 1.0);
     twin dh = twin_random((size_t)N * C, 1.0), h = twin_random((size_t)N * C, 1.0);
@@ -369,8 +371,11 @@ static void test_compact(double tol)
     twin delta = twin_random(nf, 0.1), plain = twin_random(nf, 1.0);
     twin gate = twin_compact(nf, 1.0), up = twin_compact(nf, 1.0), act = twin_compact(nf, 1.0);
     twin dact = twin_compact(nf, 1.0), dgate = twin_compact(nf, 1.0), dup = twin_compact(nf, 1.0);
+    rmsnorm_forward(cpu, F(xn), NULL, F(x), F(norm), N, C, 1e-5f);
+    rmsnorm_forward(gpu, G(xn), NULL, G(x), G(norm), N, C, 1e-5f);
+    compare("compact: rmsnorm_forward", xn, tol);
     both_matmul(gate, xn, wg, N, C, W, 0);
-    compare("compact: a product onto it", gate, tol);
+    compare("compact: a product from it onto it", gate, tol);
     both_matmul(up, xn, wu, N, C, W, 0);
     vector_axpy(cpu, F(gate), F(delta), 1.0f, nf);
     vector_axpy(gpu, G(gate), G(delta), 1.0f, nf);
@@ -407,7 +412,8 @@ static void test_compact(double tol)
     backend_copy(cpu, F(dgate), F(plain), nf * sizeof(float));
     backend_copy(gpu, G(dgate), G(plain), nf * sizeof(float));
     compare("compact: copied in", dgate, tol);
-    twin_free(xn); twin_free(wg); twin_free(wu); twin_free(wd); twin_free(la); twin_free(t);
+    twin_free(x); twin_free(norm); twin_free(xn); twin_free(wg); twin_free(wu); twin_free(wd);
+    twin_free(la); twin_free(t);
     twin_free(dh); twin_free(h); twin_free(dwd); twin_free(dla); twin_free(delta);
     twin_free(plain); twin_free(gate); twin_free(up); twin_free(act); twin_free(dact);
     twin_free(dgate); twin_free(dup);
