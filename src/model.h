@@ -42,7 +42,8 @@ typedef struct pesc_layer {
  * shares one set. Routing fields are NULL in a dense model; lora_t[site] where LoRA is off. */
 typedef struct layer_acts {
     float *x_in;                 /* (N, C) residual stream entering the layer */
-    float *xn1, *rstd1;          /* (N, C), (N) attention norm */
+    float *xn1, *rstd1;          /* (N, C), (N) attention norm; xn1 compact but where LoRA
+                                  * adapts q, k or v */
     float *q, *k, *v;            /* (N, Hq*D), (N, Hkv*D) x2, after RoPE */
     float *q_raw, *k_raw;        /* qk_norm: q and k before their norms, (N, Hq*D), (N, Hkv*D) */
     float *rstd_q, *rstd_k;      /* qk_norm: (N*Hq), (N*Hkv) */
@@ -89,7 +90,7 @@ typedef struct model_activations {
     float *dx, *dxn, *dh;        /* (N, C) */
     float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D) */
     float *dq_raw, *dk_raw;      /* qk_norm: the gradients before the norms, as dq and dk */
-    float *dgate, *dup, *dact;   /* (N, F) */
+    float *dgate, *dup, *dact;   /* (N, F) compact */
     float *drouter, *dtopk_w;    /* (N, E), (N, K) */
     float *aux_grad;             /* (L, E) d aux / d P of each layer */
     float *dlora;                /* (N, rank) */
