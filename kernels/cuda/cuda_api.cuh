@@ -1,7 +1,8 @@
 // cuda_api — the CUDA runtime, cuBLAS and bf16 headers, or, built with -DPESC_CUDA_EMU, their
 // emulation on the CPU (tests/emu/), which runs this backend's own code in make check where no
 // GPU is; and CUDA_LAUNCH, the one way this code launches a kernel (the emulator cannot read
-// <<<...>>>).
+// <<<...>>>). The emulator evaluates the kernel's arguments once a thread: no side effects in
+// them (claim a copy or scratch before the launch).
 #ifndef PESC_CUDA_API_CUH
 #define PESC_CUDA_API_CUH
 

@@ -123,31 +123,26 @@ extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const f
                                      const float *weight, int N, int C, float eps)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream,
-                write_values(c, out, (size_t)N * C, true), rstd, inp, weight, C, eps);
+    values_out to = write_values(c, out, (size_t)N * C, true);
+    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream, to, rstd, inp, weight, C, eps);
     CUDA_LAUNCHED(c);
 }
 
-// dx += r w dy - r^3 / C * x * sum(w dy x); keep: NULL, or dx's bf16 copy (cuda_keep_copy)
-__global__ void rmsnorm_backward_kernel(float *dinp, __nv_bfloat16 *keep, const float *dout,
+// dx += r w dy - r^3 / C * x * sum(w dy x), written to out: dinp with its bf16 copy
+__global__ void rmsnorm_backward_kernel(values_out out, const float *dinp, const float *dout,
                                         const float *inp, const float *weight, const float *rstd,
                                         int C)
 {
     __shared__ float shared[32];
     size_t row = (size_t)blockIdx.x * C;
-    const float *x = inp + row, *dy = dout + row;
-    float *dx = dinp + row;
+    const float *x = inp + row, *dy = dout + row, *dx = dinp + row;
     float dot = 0.0f;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
         dot += weight[i] * dy[i] * x[i];
     dot = block_sum(dot, shared);
     float r = rstd[blockIdx.x], k = r * r * r * dot / C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        float v = dx[i] + (r * weight[i] * dy[i] - k * x[i]);
-        dx[i] = v;
-        if (keep)
-            keep[row + i] = operand_cvt<__nv_bfloat16>(v);
-    }
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        out.put(row + i, dx[i] + (r * weight[i] * dy[i] - k * x[i]));
 }
 
 extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout,
@@ -156,9 +151,9 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
 {
     CUDA_OP(ctx);
     // the input's gradient feeds the products of the layer below (o's, q's, k's, v's)
-    __nv_bfloat16 *keep = cuda_keep_copy(c, dinp, (size_t)N * C, NULL);
-    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, dinp, keep, dout, inp, weight,
-                rstd, C);
+    values_out to = write_values(c, dinp, (size_t)N * C, true);
+    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, to, dinp, dout, inp, weight, rstd,
+                C);
     CUDA_LAUNCHED(c);
     if (dweight)   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
         cuda_column_sum(c, dweight, dout, inp, rstd, N, C);
@@ -167,11 +162,10 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
 // ---- RoPE (rotate-half): one thread per (token, frequency), all heads ------------------------
 
 // direction +1 rotates (forward), -1 rotates back (backward). The angle is formed in double,
-// as on the CPU: positions times frequencies reach thousands of radians. keep: NULL, or the
-// output's bf16 copy (cuda_keep_copy).
-__global__ void rope_kernel(float *out, __nv_bfloat16 *keep, const float *inp,
-                            const int32_t *pos, const float *inv_freq, int N, int H, int D,
-                            float direction)
+// as on the CPU: positions times frequencies reach thousands of radians. out may be inp (its
+// bf16 copy beside it or not).
+__global__ void rope_kernel(values_out out, const float *inp, const int32_t *pos,
+                            const float *inv_freq, int N, int H, int D, float direction)
 {
     int half = D / 2;
     GRID_STRIDE(idx, (size_t)N * half)
@@ -183,13 +177,8 @@ __global__ void rope_kernel(float *out, __nv_bfloat16 *keep, const float *inp,
         for (int h = 0; h < H; h++) {
             size_t base = ((size_t)n * H + h) * D;
             float x1 = inp[base + i], x2 = inp[base + i + half];
-            float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
-            out[base + i] = y1;
-            out[base + i + half] = y2;
-            if (keep) {
-                keep[base + i] = operand_cvt<__nv_bfloat16>(y1);
-                keep[base + i + half] = operand_cvt<__nv_bfloat16>(y2);
-            }
+            out.put(base + i, x1 * cs - x2 * sn);
+            out.put(base + i + half, x2 * cs + x1 * sn);
         }
     }
 }
@@ -198,8 +187,9 @@ extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const
                                   const float *inv_freq, int N, int H, int D)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, out, NULL,
-                inp, pos, inv_freq, N, H, D, 1.0f);
+    values_out to = write_values(c, out, (size_t)N * H * D, false);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, inp,
+                pos, inv_freq, N, H, D, 1.0f);
     CUDA_LAUNCHED(c);
 }
 
@@ -210,9 +200,9 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
     // does not write stay
     size_t n = (size_t)N * H * D;
     CUDA_OP_WRITING(ctx, dinp, n);
-    __nv_bfloat16 *keep = cuda_keep_copy(c, dinp, n, NULL);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, dinp, keep,
-                dout, pos, inv_freq, N, H, D, -1.0f);
+    values_out to = write_values(c, dinp, n, true);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, dout,
+                pos, inv_freq, N, H, D, -1.0f);
     CUDA_LAUNCHED(c);
 }
 
@@ -257,8 +247,9 @@ extern "C" void cuda_swiglu_forward(void *ctx, float *out, const float *gate, co
                                     size_t n)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream,
-                write_values(c, out, n, true), read_values(c, gate, n), read_values(c, up, n), n);
+    values_out to = write_values(c, out, n, true);
+    values_in g = read_values(c, gate, n), u = read_values(c, up, n);
+    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to, g, u, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -269,8 +260,9 @@ extern "C" void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const 
     // two slots: the gate and the up products read one each
     values_out to_dgate = write_values(c, dgate, n, true);
     values_out to_dup = write_values(c, dup, n, true, to_dgate.h);
+    values_in d = read_values(c, dout, n), g = read_values(c, gate, n), u = read_values(c, up, n);
     CUDA_LAUNCH(swiglu_backward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to_dgate, to_dup,
-                read_values(c, dout, n), read_values(c, gate, n), read_values(c, up, n), n);
+                d, g, u, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -295,8 +287,9 @@ extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
 extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, write_values(c, y, n, false),
-                read_values(c, y, n), read_values(c, x, n), alpha, n);
+    values_out to = write_values(c, y, n, false);
+    values_in was = read_values(c, y, n), add = read_values(c, x, n);
+    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to, was, add, alpha, n);
     CUDA_LAUNCHED(c);
 }
 
@@ -476,22 +469,18 @@ __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
 
 // dlogits may equal logits: the target's logit is read, and both reductions finish (their
 // barriers), before any thread writes; each thread then rewrites only the elements it read.
-// keep: NULL, or dlogits' bf16 copy (cuda_keep_copy).
-__global__ void crossentropy_backward_kernel(float *dlogits, __nv_bfloat16 *keep, float *losses,
+// dlogits: with its bf16 copy (cuda_keep_copy).
+__global__ void crossentropy_backward_kernel(values_out dlogits, float *losses,
                                              const float *logits, const int32_t *targets,
                                              float scale, int V)
 {
     __shared__ float shared[32];
     int target = targets[blockIdx.x];
-    const float *row = logits + (size_t)blockIdx.x * V;
-    float *drow = dlogits + (size_t)blockIdx.x * V;
-    __nv_bfloat16 *krow = keep ? keep + (size_t)blockIdx.x * V : NULL;
+    size_t first = (size_t)blockIdx.x * V;
+    const float *row = logits + first;
     if (target < 0) {
-        for (int i = threadIdx.x; i < V; i += blockDim.x) {
-            drow[i] = 0.0f;
-            if (krow)
-                krow[i] = operand_cvt<__nv_bfloat16>(0.0f);
-        }
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            dlogits.put(first + i, 0.0f);
         if (losses && threadIdx.x == 0)
             losses[blockIdx.x] = 0.0f;
         return;
@@ -502,10 +491,7 @@ __global__ void crossentropy_backward_kernel(float *dlogits, __nv_bfloat16 *keep
     float inv = scale / sum;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         float d = expf(row[i] - m) * inv;
-        d = i == target ? d - scale : d;
-        drow[i] = d;
-        if (krow)
-            krow[i] = operand_cvt<__nv_bfloat16>(d);
+        dlogits.put(first + i, i == target ? d - scale : d);
     }
     if (losses && threadIdx.x == 0)
         losses[blockIdx.x] = logf(sum) + m - target_logit;
@@ -526,8 +512,8 @@ extern "C" void cuda_crossentropy_backward(void *ctx, float *dlogits, float *los
 {
     CUDA_OP(ctx);
     // for the head's products next (its input's gradient, and in full mode its own)
-    __nv_bfloat16 *keep = cuda_keep_copy(c, dlogits, (size_t)N * V, NULL);
-    CUDA_LAUNCH(crossentropy_backward_kernel, N, CE_THREADS, 0, c->stream, dlogits, keep, losses,
-                logits, targets, scale, V);
+    values_out to = write_values(c, dlogits, (size_t)N * V, true);
+    CUDA_LAUNCH(crossentropy_backward_kernel, N, CE_THREADS, 0, c->stream, to, losses, logits,
+                targets, scale, V);
     CUDA_LAUNCHED(c);
 }
