@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "cuda/cuda_api.cuh"
+#include "cuda/cuda_convert.cuh"
 
 extern "C" {
 #include "backend_impl.h"
@@ -206,6 +207,51 @@ const __nv_bfloat16 *cuda_train_values(const cuda_context *c, const float *p, si
 // PESC_CUDA_REUSE=0), or on failure: then write out alone.
 __nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
                               const __nv_bfloat16 *avoid);
+
+// ---- tensors in fp32 or bf16, for the kernels ------------------------------------------------
+
+// A tensor an elementwise op reads: fp32, or bf16 alone (backend_alloc_compact's memory).
+struct values_in {
+    const float *f;
+    const __nv_bfloat16 *h;   // not NULL: the values are these
+    __device__ __forceinline__ float operator[](size_t i) const
+    {
+        return h ? __bfloat162float(h[i]) : f[i];
+    }
+};
+
+// A tensor an op writes (and may read first): fp32 (f), with a bf16 copy beside it for the
+// products next (h too, cuda_keep_copy), or bf16 alone (h only).
+struct values_out {
+    float *f;
+    __nv_bfloat16 *h;
+    __device__ __forceinline__ float get(size_t i) const
+    {
+        return f ? f[i] : __bfloat162float(h[i]);
+    }
+    __device__ __forceinline__ void put(size_t i, float v) const
+    {
+        if (f)
+            f[i] = v;
+        if (h)
+            h[i] = operand_cvt<__nv_bfloat16>(v);
+    }
+};
+
+static inline values_in read_values(const cuda_context *c, const float *p, size_t n)
+{
+    const __nv_bfloat16 *h = cuda_compact(c, p, n);
+    return {h ? NULL : p, h};
+}
+
+// out's values for n floats at p; with keep, a bf16 copy beside fp32 ones (not in `avoid`).
+static inline values_out write_values(cuda_context *c, float *p, size_t n, bool keep,
+                                      const __nv_bfloat16 *avoid = NULL)
+{
+    if (__nv_bfloat16 *h = cuda_compact(c, p, n))
+        return {NULL, h};
+    return {p, keep ? cuda_keep_copy(c, p, n, avoid) : NULL};
+}
 
 // out = in as bf16 (n floats, operand_cvt), four a load where in is 16-byte aligned; false
 // after a failure (recorded).

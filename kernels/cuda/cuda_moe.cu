@@ -169,9 +169,9 @@ template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
 
 // y[n] += sum over slots s of weight(n, s) * rows[inverse[n K + s]] (times the mask's row
 // there): weight = scale * topk_w in the forward (no mask), 1 in the backward (the weights are
-// already in rows). keep: NULL, or y's bf16 copy (cuda_keep_copy).
+// already in rows). y: with its bf16 copy in the backward (cuda_keep_copy).
 template <class T>
-__global__ void combine_kernel(float *y, __nv_bfloat16 *keep, const T *rows, dropout_draw drop,
+__global__ void combine_kernel(values_out y, const T *rows, dropout_draw drop,
                                const int32_t *inverse, const float *topk_w, float scale, int N,
                                int K, int C)
 {
@@ -184,10 +184,7 @@ __global__ void combine_kernel(float *y, __nv_bfloat16 *keep, const T *rows, dro
             float v = dropped(drop, j * C + col, value_of(rows[j * C + col]));
             s += topk_w ? scale * topk_w[pair] * v : v;
         }
-        float out = y[i] + s;
-        y[i] = out;
-        if (keep)
-            keep[i] = operand_cvt<__nv_bfloat16>(out);
+        y.put(i, y.get(i) + s);
     }
 }
 
@@ -528,8 +525,9 @@ static void adapter_forward(cuda_context *c, float *y, T *gathered, T *pre, T *a
     CUDA_LAUNCHED(c);
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
                         {out, (size_t)C, 0, C}}, offsets, E);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, y,
-                (__nv_bfloat16 *)NULL, out, dropout_of(0.0f, 0), inverse, topk_w, scale, N, K, C);
+    values_out to = write_values(c, y, (size_t)N * C, false);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, out,
+                dropout_of(0.0f, 0), inverse, topk_w, scale, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -609,9 +607,9 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     experts_gemm<T>(c, {0, 0, -1, C, R, 1.0f, 0.0f, {p, (size_t)R, 0, R}, {down, 0, CR, C},
                         {dyg, (size_t)C, 0, C}}, offsets, E);
     // dh is complete: its copy serves the down projection's product next (cuda_keep_copy)
-    __nv_bfloat16 *keep = cuda_keep_copy(c, dh, (size_t)N * C, NULL);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, dh, keep,
-                dyg, drop, inverse, NULL, 1.0f, N, K, C);
+    values_out to = write_values(c, dh, (size_t)N * C, true);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, dyg,
+                drop, inverse, NULL, 1.0f, N, K, C);
     CUDA_LAUNCHED(c);
 }
 

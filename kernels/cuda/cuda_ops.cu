@@ -58,47 +58,6 @@ extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *d
     CUDA_LAUNCHED(c);
 }
 
-// ---- tensors in fp32 or bf16 ------------------------------------------------------------------
-
-// A tensor an elementwise op reads: fp32, or bf16 alone (backend_alloc_compact's memory).
-struct values_in {
-    const float *f;
-    const __nv_bfloat16 *h;   // not NULL: the values are these
-    __device__ __forceinline__ float operator[](size_t i) const
-    {
-        return h ? __bfloat162float(h[i]) : f[i];
-    }
-};
-
-// A tensor an elementwise op writes: fp32 (f), with a bf16 copy beside it for the products
-// next (h too, cuda_keep_copy), or bf16 alone (h only).
-struct values_out {
-    float *f;
-    __nv_bfloat16 *h;
-    __device__ __forceinline__ void put(size_t i, float v) const
-    {
-        if (f)
-            f[i] = v;
-        if (h)
-            h[i] = operand_cvt<__nv_bfloat16>(v);
-    }
-};
-
-static values_in read_values(const cuda_context *c, const float *p, size_t n)
-{
-    const __nv_bfloat16 *h = cuda_compact(c, p, n);
-    return {h ? NULL : p, h};
-}
-
-// out's values for n floats at p; with keep, a bf16 copy beside fp32 ones (not in `avoid`).
-static values_out write_values(cuda_context *c, float *p, size_t n, bool keep,
-                               const __nv_bfloat16 *avoid = NULL)
-{
-    if (__nv_bfloat16 *h = cuda_compact(c, p, n))
-        return {NULL, h};
-    return {p, keep ? cuda_keep_copy(c, p, n, avoid) : NULL};
-}
-
 // ---- RMSNorm: one block per row ---------------------------------------------------------------
 
 // out: fp32 with its bf16 copy for the products next (cuda_keep_copy), or bf16 alone
@@ -128,21 +87,20 @@ extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const f
     CUDA_LAUNCHED(c);
 }
 
-// dx += r w dy - r^3 / C * x * sum(w dy x), written to out: dinp with its bf16 copy
-__global__ void rmsnorm_backward_kernel(values_out out, const float *dinp, const float *dout,
-                                        const float *inp, const float *weight, const float *rstd,
-                                        int C)
+// dx += r w dy - r^3 / C * x * sum(w dy x); dx with its bf16 copy
+__global__ void rmsnorm_backward_kernel(values_out dx, const float *dout, const float *inp,
+                                        const float *weight, const float *rstd, int C)
 {
     __shared__ float shared[32];
     size_t row = (size_t)blockIdx.x * C;
-    const float *x = inp + row, *dy = dout + row, *dx = dinp + row;
+    const float *x = inp + row, *dy = dout + row;
     float dot = 0.0f;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
         dot += weight[i] * dy[i] * x[i];
     dot = block_sum(dot, shared);
     float r = rstd[blockIdx.x], k = r * r * r * dot / C;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
-        out.put(row + i, dx[i] + (r * weight[i] * dy[i] - k * x[i]));
+        dx.put(row + i, dx.get(row + i) + (r * weight[i] * dy[i] - k * x[i]));
 }
 
 extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout,
@@ -152,8 +110,7 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
     CUDA_OP(ctx);
     // the input's gradient feeds the products of the layer below (o's, q's, k's, v's)
     values_out to = write_values(c, dinp, (size_t)N * C, true);
-    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, to, dinp, dout, inp, weight, rstd,
-                C);
+    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, to, dout, inp, weight, rstd, C);
     CUDA_LAUNCHED(c);
     if (dweight)   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
         cuda_column_sum(c, dweight, dout, inp, rstd, N, C);
@@ -233,9 +190,9 @@ __global__ void residual_kernel(float *out, const float *x, const float *y, size
     GRID_STRIDE(i, n) out[i] = x[i] + y[i];
 }
 
-__global__ void axpy_kernel(values_out y, values_in y_was, values_in x, float alpha, size_t n)
+__global__ void axpy_kernel(values_out y, values_in x, float alpha, size_t n)
 {
-    GRID_STRIDE(i, n) y.put(i, y_was[i] + alpha * x[i]);
+    GRID_STRIDE(i, n) y.put(i, y.get(i) + alpha * x[i]);
 }
 
 __global__ void scale_kernel(float *x, float alpha, size_t n)
@@ -288,8 +245,8 @@ extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alph
 {
     CUDA_OP(ctx);
     values_out to = write_values(c, y, n, false);
-    values_in was = read_values(c, y, n), add = read_values(c, x, n);
-    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to, was, add, alpha, n);
+    values_in add = read_values(c, x, n);
+    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to, add, alpha, n);
     CUDA_LAUNCHED(c);
 }
 
