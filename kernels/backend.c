@@ -224,6 +224,12 @@ void backend_trainables(pesc_backend *b, const float *p, size_t n)
         b->ops->trainables(b->context, p, n);
 }
 
+void backend_gradients(pesc_backend *b, const float *p, size_t n)
+{
+    if (b->ops->gradients)
+        b->ops->gradients(b->context, p, n);
+}
+
 float *backend_alloc_frozen(pesc_backend *b, size_t n)
 {
     return b->ops->alloc_frozen ? b->ops->alloc_frozen(b->context, n) : NULL;

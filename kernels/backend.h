@@ -52,6 +52,14 @@ void backend_freeze(pesc_backend *b, const float *p, size_t n);
  * fp32 ones, instead of a conversion in every op). NULL forgets the region. A no-op where a
  * backend has no use for it (the CPU). */
 void backend_trainables(pesc_backend *b, const float *p, size_t n);
+/* A promise that the n floats at p (the trainables' gradients) are written only as the weight
+ * gradients of the backward ops (matmul_backward's dweight and dbias, rmsnorm_backward's and
+ * embedding_backward's, moe_adapter_backward's ddown and dup), and otherwise touched only by
+ * the vector ops, adamw_update, upload, download and copy, until p is freed or another region
+ * is named: a backend may then keep a vector_zero over exactly [p, p + n) pending, and have
+ * each weight gradient's first writer write it instead of adding to zeros (CUDA). NULL forgets
+ * the region. A no-op where a backend has no use for it (the CPU). */
+void backend_gradients(pesc_backend *b, const float *p, size_t n);
 /* Memory for n floats of frozen weights that only products read, which the backend may keep in
  * its products' own format (CUDA in bf16 math: bf16 alone, half the bytes of fp32). Upload,
  * download and copy (either side) convert as they go, and backend_free releases it; a download

@@ -47,6 +47,7 @@ typedef struct backend_ops {
     void (*adamw_update)(void *ctx, float *params, const float *grads, float grad_scale, float *m, float *v, float *delta, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step);
     void (*freeze)(void *ctx, const float *p, size_t n);       /* optional: backend_freeze */
     void (*trainables)(void *ctx, const float *p, size_t n);   /* optional: backend_trainables */
+    void (*gradients)(void *ctx, const float *p, size_t n);    /* optional: backend_gradients */
     /* optional (backend.c answers for the host memory without it): see backend_memory_info */
     int (*memory)(void *ctx, backend_memory *out);
     /* optional: see backend_work_bytes */

@@ -195,6 +195,8 @@ static int craft_fresh(model *m, const pesc_options *o, uint64_t seed, pesc_erro
     m->grad_block = backend_alloc(m->backend, m->n_train * sizeof(float), err);
     if (!m->grad_block)
         return -1;
+    /* only the backward's weight gradients, the optimizer and the vector ops touch them */
+    backend_gradients(m->backend, m->grad_block, m->n_train);
     model_zero_grad(m);
     model_free_activations(m);   /* the activation layout changes with routing */
     if (o->mode != TRAIN_FULL)   /* the base stays as it is from here on */

@@ -243,6 +243,71 @@ static const __nv_bfloat16 *weight_values(const cuda_context *c, const float *p,
     return values ? values : cuda_train_values(c, p, n);
 }
 
+// ---- the gradients' zeroing, pending (backend_gradients) ------------------------------------
+
+static void cuda_gradients(void *ctx, const float *p, size_t n)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (!cuda_device_current(c))
+        return;
+    cuda_settle_grads(c, NULL, 0);
+    c->grads = p;
+    c->grads_n = p ? n : 0;
+}
+
+static int by_offset(const void *a, const void *b)
+{
+    size_t x = ((const cuda_context::grads_range *)a)->at;
+    size_t y = ((const cuda_context::grads_range *)b)->at;
+    return x < y ? -1 : x > y;
+}
+
+// p NULL: whatever it overlaps. The gaps between the ranges written since the zeroing, each a
+// memset (none where every weight gradient was written and tensors lie end to end).
+void cuda_settle_grads(cuda_context *c, const void *p, size_t bytes)
+{
+    if (!c->grads_zero || (p && !range_overlaps(p, bytes, c->grads, c->grads_n)))
+        return;
+    c->grads_zero = 0;
+    qsort(c->grads_written, (size_t)c->grads_count, sizeof *c->grads_written, by_offset);
+    size_t at = 0;
+    for (int i = 0; i <= c->grads_count && !c->failed; i++) {
+        size_t end = i < c->grads_count ? c->grads_written[i].at : c->grads_n;
+        if (end > at)
+            CUDA_CHECK(c, cudaMemsetAsync((float *)c->grads + at, 0, (end - at) * sizeof(float),
+                                          c->stream));
+        if (i < c->grads_count)
+            at = c->grads_written[i].at + c->grads_written[i].n;
+    }
+    c->grads_count = 0;
+}
+
+bool cuda_grads_first_write(cuda_context *c, const float *p, size_t n)
+{
+    if (!c->grads_zero || !range_overlaps(p, n * sizeof(float), c->grads, c->grads_n))
+        return false;
+    bool fresh = range_inside(p, n, c->grads, c->grads_n);
+    size_t at = (size_t)(p - c->grads);
+    for (int i = 0; fresh && i < c->grads_count; i++)
+        fresh = at + n <= c->grads_written[i].at ||
+                c->grads_written[i].at + c->grads_written[i].n <= at;
+    if (fresh && c->grads_count == c->grads_cap) {
+        int cap = c->grads_cap ? 2 * c->grads_cap : 64;
+        void *more = realloc(c->grads_written, (size_t)cap * sizeof *c->grads_written);
+        fresh = more != NULL;
+        if (more) {
+            c->grads_written = (cuda_context::grads_range *)more;
+            c->grads_cap = cap;
+        }
+    }
+    if (!fresh) {   // written already (accumulation), or no room to record it: add to zeros
+        cuda_settle_grads(c, NULL, 0);
+        return false;
+    }
+    c->grads_written[c->grads_count++] = {at, n};
+    return true;
+}
+
 // ---- memory in bf16 alone (backend_alloc_frozen, backend_alloc_compact) --------------------
 
 // In bf16 math a frozen weight is only ever a bf16 operand, and an activation kept compact is
@@ -364,6 +429,12 @@ static void cuda_free(void *ctx, void *p)
         forget_frozen(c);
     if (p && p == c->train)
         forget_trainables(c);
+    if (p && p == c->grads) {
+        c->grads_zero = 0;   // the memory goes: nothing to make
+        c->grads_count = 0;
+        c->grads = NULL;
+        c->grads_n = 0;
+    }
     for (auto &r : c->packed)
         if (p && p == r.range) {
             CUDA_CHECK(c, cudaFree(r.values));   // waits for work still using it
@@ -403,6 +474,7 @@ static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
     if (c->failed)
         return;
     written_over(c, dst, bytes);
+    cuda_settle_grads(c, dst, bytes);
     if (CUDA_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream)))
         trainables_written(c, dst, bytes);
 }
@@ -415,8 +487,10 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
     __nv_bfloat16 *values;
     size_t n;
     bool ready = !c->failed && cuda_device_current(c);
-    if (ready)
+    if (ready) {
         cuda_settle_zero(c);
+        cuda_settle_grads(c, src, bytes);
+    }
     if (ready && packed_range(c, src, bytes, &values, &n))
         packed_transfer(c, values, NULL, (float *)dst, n);
     else if (ready && !c->failed &&
@@ -436,7 +510,8 @@ static void cuda_download_start(void *ctx, void *dst, const void *src, size_t by
     __nv_bfloat16 *values;
     size_t n;
     cuda_download_wait(c);   // one at a time
-    if (c->failed || !cuda_device_current(c) || packed_range(c, src, bytes, &values, &n)) {
+    if (c->failed || !cuda_device_current(c) || packed_range(c, src, bytes, &values, &n) ||
+        range_overlaps(src, bytes, c->grads, c->grads_n)) {
         cuda_download(c, dst, src, bytes);
         return;
     }
@@ -486,6 +561,8 @@ static void cuda_copy(void *ctx, void *dst, const void *src, size_t bytes)
     if (c->failed)
         return;
     written_over(c, dst, bytes);
+    cuda_settle_grads(c, dst, bytes);
+    cuda_settle_grads(c, src, bytes);
     if (packed_dst && packed_src)
         CUDA_CHECK(c, cudaMemcpyAsync(to, from, n * sizeof *to, cudaMemcpyDeviceToDevice,
                                       c->stream));
@@ -820,9 +897,12 @@ extern "C" void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, flo
     if (dinp)
         model_product(c, math, 0, 0, N, C, OC, dout, OC, weight, C, onto_zero ? 0.0f : 1.0f,
                       dinp, C);
-    if (dweight)
-        model_product(c, math, 1, 0, OC, C, N, dout, OC, inp, C, 1.0f, dweight, C);
+    if (dweight)   // a gradient's first write (backend_gradients) writes it
+        model_product(c, math, 1, 0, OC, C, N, dout, OC, inp, C,
+                      cuda_grads_first_write(c, dweight, (size_t)OC * C) ? 0.0f : 1.0f, dweight,
+                      C);
     if (dbias) {
+        cuda_settle_grads(c, dbias, (size_t)OC * sizeof(float));
         cuda_column_sum(c, dbias, dout, NULL, NULL, N, OC);
         cuda_forget_copies(c, dbias, (size_t)OC);
     }
@@ -888,6 +968,7 @@ static void cuda_free_context(void *ctx)
             munmap(r.range, r.n * sizeof(float));
         }
     cudaFree(c->gemm_work);
+    free(c->grads_written);
     cudaFreeHost(c->staging);
     if (c->downloaded)
         cudaEventDestroy(c->downloaded);
@@ -945,6 +1026,7 @@ static const backend_ops cuda_ops = {
     .adamw_update = cuda_adamw_update,
     .freeze = cuda_freeze,
     .trainables = cuda_trainables,
+    .gradients = cuda_gradients,
     .memory = cuda_memory,
     .work_bytes = cuda_work_bytes,
     .activation_bytes = cuda_activation_bytes,

@@ -146,6 +146,17 @@ typedef struct cuda_context {
     cudaEvent_t downloaded;
     void *pending_dst;
     size_t pending_bytes;
+    // The gradients (backend_gradients) and their zeroing, kept pending: a vector_zero over
+    // exactly them is not made; a weight gradient's first writer writes instead of adding
+    // (cuda_grads_first_write records where), and anything else touching them makes the rest
+    // (cuda_settle_grads).
+    const float *grads;          // NULL: none
+    size_t grads_n;              // floats
+    int grads_zero;              // a zeroing pending
+    struct grads_range {
+        size_t at, n;            // floats from grads
+    } *grads_written;            // (grads_cap), grads_count of them
+    int grads_count, grads_cap;
     // A vector_zero not yet made (NULL: none). The model zeroes a gradient and then has a
     // product add into it: that product writes it instead (beta 0), which saves the memset
     // and the product's read of the zeros. Anything else settles it first (cuda_settle_zero):
@@ -169,6 +180,14 @@ bool cuda_device_current(cuda_context *c);
 
 // Makes the deferred vector_zero, if any (cuda_context.zero_at).
 void cuda_settle_zero(cuda_context *c);
+
+// A weight gradient [p, p + n) about to be added to: true when its zeroing is pending and
+// nothing has written there since (recorded now: the caller writes it instead of adding).
+// False otherwise, and then the pending zeroing is made if it overlaps [p, p + n).
+bool cuda_grads_first_write(cuda_context *c, const float *p, size_t n);
+// Makes the pending zeroing of the gradients (what no first write covered) where [p, p +
+// bytes) overlaps them.
+void cuda_settle_grads(cuda_context *c, const void *p, size_t bytes);
 
 // The start of every op: the context, on its device, and nothing more to do once something
 // has failed; a new epoch, so no bf16 operand copy outlives it (the op may write their

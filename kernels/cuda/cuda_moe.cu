@@ -213,10 +213,11 @@ __global__ void adapter_pair_kernel(float *dtopk_w, T *p, T *dyg, const T *act, 
         dtopk_w[pair] = scale * dw;
 }
 
-// out[i] += in[i]: a weight's gradient, made in bf16, into its fp32 accumulator
-__global__ void accumulate_kernel(float *out, const __nv_bfloat16 *in, size_t n)
+// out[i] += in[i] (or = in[i], first: its zeroing pending): a weight's gradient, made in
+// bf16, into its fp32 accumulator
+__global__ void accumulate_kernel(float *out, const __nv_bfloat16 *in, size_t n, bool first)
 {
-    GRID_STRIDE(i, n) out[i] += __bfloat162float(in[i]);
+    GRID_STRIDE(i, n) out[i] = (first ? 0.0f : out[i]) + __bfloat162float(in[i]);
 }
 
 extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx,
@@ -558,23 +559,27 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
 
 // A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's group: in fp32
 // onto the accumulator itself; in bf16 into grad16, which then adds to it (an expert without
-// rows, whose product does not run, adds zeros).
+// rows, whose product does not run, adds zeros). Its first write since the gradients' zeroing
+// (backend_gradients) writes instead of adding.
 template <class T>
 static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
                             const T *a, const T *b, const int *offsets, int E)
 {
     size_t each = (size_t)g_rows * g_cols, n = E * each;
-    bool is16 = narrow<T>();
-    for (int e = 0; is16 && e < E; e++)
+    bool is16 = narrow<T>(), first = cuda_grads_first_write(c, grad, n);
+    for (int e = 0; (is16 || first) && e < E; e++)   // experts whose product does not run
         if (offsets[e + 1] == offsets[e])
-            CUDA_CHECK(c, cudaMemsetAsync(grad16 + e * each, 0, each * sizeof(T), c->stream));
+            CUDA_CHECK(c, cudaMemsetAsync(is16 ? (void *)(grad16 + e * each)
+                                               : (void *)(grad + e * each),
+                                          0, each * (is16 ? sizeof(T) : sizeof(float)),
+                                          c->stream));
     T *out = is16 ? grad16 : (T *)grad;
-    experts_gemm<T>(c, {1, 0, g_rows, g_cols, -1, 1.0f, is16 ? 0.0f : 1.0f,
+    experts_gemm<T>(c, {1, 0, g_rows, g_cols, -1, 1.0f, is16 || first ? 0.0f : 1.0f,
                         {a, (size_t)g_rows, 0, g_rows}, {b, (size_t)g_cols, 0, g_cols},
                         {out, 0, (size_t)g_rows * g_cols, g_cols}}, offsets, E);
     if (is16) {
         CUDA_LAUNCH(accumulate_kernel, cuda_blocks(n, 256), 256, 0, c->stream, grad,
-                    (const __nv_bfloat16 *)out, n);
+                    (const __nv_bfloat16 *)out, n, first);
         CUDA_LAUNCHED(c);
     }
 }

@@ -53,6 +53,7 @@ extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *d
                                         const int32_t *tokens, int N, int C)
 {
     CUDA_OP(ctx);
+    cuda_settle_grads(c, dtable, sizeof *dtable);   // it adds to the table's gradient
     CUDA_LAUNCH(embedding_backward_kernel, dim3((C + 127) / 128, EMBED_SHARES), 128, 0, c->stream,
                 dtable, dout, tokens, N, C);
     CUDA_LAUNCHED(c);
@@ -112,8 +113,10 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
     values_out to = write_values(c, dinp, (size_t)N * C, true);
     CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, to, dout, inp, weight, rstd, C);
     CUDA_LAUNCHED(c);
-    if (dweight)   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
+    if (dweight) {   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
+        cuda_settle_grads(c, dweight, (size_t)C * sizeof *dweight);
         cuda_column_sum(c, dweight, dout, inp, rstd, N, C);
+    }
 }
 
 // ---- RoPE (rotate-half): one thread per (token, frequency), all heads ------------------------
@@ -237,6 +240,12 @@ extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
     CUDA_OP_WRITING(ctx, x, n);   // an earlier one made
     if (n == 0)
         return;
+    if (x == c->grads && n == c->grads_n) {   // all the gradients: kept pending, all again
+        c->grads_zero = 1;
+        c->grads_count = 0;
+        return;
+    }
+    cuda_settle_grads(c, x, n * sizeof *x);
     c->zero_at = x;
     c->zero_n = n;
 }
@@ -244,6 +253,8 @@ extern "C" void cuda_vector_zero(void *ctx, float *x, size_t n)
 extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);
+    cuda_settle_grads(c, y, n * sizeof *y);
+    cuda_settle_grads(c, x, n * sizeof *x);
     values_out to = write_values(c, y, n, false);
     values_in add = read_values(c, x, n);
     CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to, add, alpha, n);
@@ -267,6 +278,7 @@ extern "C" void cuda_dropout_mask(void *ctx, float *mask, size_t n, float p, uin
 extern "C" void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);
+    cuda_settle_grads(c, x, n * sizeof *x);
     CUDA_LAUNCH(scale_kernel, cuda_blocks(n, 256), 256, 0, c->stream, x, alpha, n);
     CUDA_LAUNCHED(c);
 }
@@ -325,6 +337,8 @@ extern "C" double cuda_vector_sumsq(void *ctx, const float *x, size_t n)
     double s = NAN, *sum = c->partials + CUDA_REDUCE_BLOCKS;
     if (c->failed || !cuda_device_current(c))
         return s;
+    cuda_settle_zero(c);
+    cuda_settle_grads(c, x, n * sizeof *x);
     if (launch_sumsq(c, sum, c->partials, x, n, 1) &&
         CUDA_CHECK(c, cudaMemcpyAsync(&s, sum, sizeof s, cudaMemcpyDeviceToHost, c->stream)) &&
         CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
@@ -339,6 +353,7 @@ extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x,
     CUDA_OP(ctx);
     if (n <= 0)
         return;
+    cuda_settle_grads(c, x, (size_t)n * chunk * sizeof *x);
     double *partials = (double *)cuda_op_work(c, (size_t)n * CUDA_REDUCE_BLOCKS * sizeof(double));
     if (partials)
         launch_sumsq(c, out, partials, x, chunk, n);
@@ -375,6 +390,7 @@ extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads,
                                   float weight_decay, int step)
 {
     CUDA_OP(ctx);
+    cuda_settle_grads(c, NULL, 0);   // the gradients (or anything the update touches)
     double correction1 = 1.0 - pow(beta1, step), correction2 = 1.0 - pow(beta2, step);
     // the trainables' step writes their bf16 values too; any other over them makes them stale
     bool all = c->train16 && params == c->train && n == c->train_n;

@@ -419,6 +419,51 @@ static void test_compact(double tol)
     twin_free(dgate); twin_free(dup);
 }
 
+/* ---- the gradients' zeroing kept pending (backend_gradients) ------------------------------- */
+
+/* Three weight gradients in one region, with a gap: zeroed, the first written twice by
+ * products (written, then added to), the second once, the third not, then read back: the
+ * third and the gap exactly zero. Zeroed again with only the first written: the second is
+ * zero again where the sum of squares reads it. */
+static void test_gradients(double tol)
+{
+    enum { N = 30, C = 72, OC = 80, GAP = 16 };
+    size_t w = (size_t)OC * C, n = 3 * w + GAP;
+    twin x = twin_random((size_t)N * C, 1.0), dy = twin_random((size_t)N * OC, 1.0);
+    twin wt = twin_random(w, 0.5), g = twin_random(n, 1.0);
+    float *ga = F(g), *gb = F(g) + w;
+    float *da = G(g), *db = G(g) + w;
+    backend_gradients(gpu, G(g), n);
+    for (int round = 0; round < 2; round++) {
+        vector_zero(cpu, F(g), n);
+        vector_zero(gpu, G(g), n);
+        for (int k = 0; k < 2 - round; k++) {   /* a's, twice in the first round */
+            matmul_backward(cpu, NULL, ga, NULL, F(dy), F(x), F(wt), N, C, OC);
+            matmul_backward(gpu, NULL, da, NULL, G(dy), G(x), G(wt), N, C, OC);
+        }
+        if (round == 0) {
+            matmul_backward(cpu, NULL, gb, NULL, F(dy), F(x), F(wt), N, C, OC);
+            matmul_backward(gpu, NULL, db, NULL, G(dy), G(x), G(wt), N, C, OC);
+        }
+        double want = vector_sumsq(cpu, F(g), n), got = vector_sumsq(gpu, G(g), n);
+        gpu_test_verdict(fabs(got - want) <= 2 * tol * want, round ? "gradients: zeroed again, "
+                         "one written: the sum of squares" : "gradients: the sum of squares",
+                         fabs(got - want) / want, "relative");
+    }
+    /* round 2's state read back: a written once, the rest exactly zero */
+    float *got = malloc(n * sizeof *got);
+    backend_download(gpu, got, G(g), n * sizeof *got);
+    size_t nonzero = 0;
+    for (size_t i = w; i < n; i++)
+        nonzero += got[i] != 0.0f;
+    gpu_test_verdict(nonzero == 0, "gradients: the unwritten ones exactly zero",
+                     (double)nonzero, "nonzero entries");
+    compare("gradients: the written one", g, tol);
+    backend_gradients(gpu, NULL, 0);
+    free(got);
+    twin_free(x); twin_free(dy); twin_free(wt); twin_free(g);
+}
+
 /* ---- downloads collected later (backend_download_start) ------------------------------------ */
 
 /* dst gets what src held when the download started, though ops queued after it write src; a
@@ -871,6 +916,7 @@ int main(void)
     test_trainables(bf16_tol);
     test_compact(bf16_tol);
     test_download_later();
+    test_gradients(bf16_tol);
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
     test_rope(77, 6, 64);
