@@ -423,6 +423,9 @@ static void take_routing(model *m, int l, const double *st, int N, int S)
     m->losses.z += m->pesc.z_coef * st[4 * E + 1] / N;
 }
 
+/* The routing sources moe_group counts by: all of them while a layout names them, else none */
+static int route_sources(const model *m) { return m->cur_sources ? MODEL_MAX_SOURCES : 0; }
+
 /* Groups (token, slot) pairs by expert on the backend (moe_group) and starts the download of
  * the group sizes, which decide the GEMM shapes, with the statistics: the one place a layer's
  * forward waits for a GPU, collected by route_finish after the frozen FFN is queued, so that
@@ -432,7 +435,7 @@ static void take_routing(model *m, int l, const double *st, int N, int S)
 static void route_start(model *m, layer_acts *a, int N, int replay)
 {
     model_activations *g = &m->act;
-    int E = m->pesc.experts, K = m->pesc.top_k, S = m->cur_sources ? MODEL_MAX_SOURCES : 0;
+    int E = m->pesc.experts, K = m->pesc.top_k, S = route_sources(m);
     moe_group(m->backend, a->perm, g->route_stats, a->topk_idx, a->topk_w, a->probs,
               a->router_lse, S ? g->sources : NULL, N, E, K, S);
     if (!replay)
@@ -446,7 +449,7 @@ static void route_finish(model *m, int l, layer_acts *a, int N, int dropout, int
     int E = m->pesc.experts;
     if (!replay) {
         backend_download_wait(m->backend);
-        take_routing(m, l, m->act.route_host, N, m->cur_sources ? MODEL_MAX_SOURCES : 0);
+        take_routing(m, l, m->act.route_host, N, route_sources(m));
     }
     const int *counts = m->routing.counts + (size_t)l * E;
     int *off = a->offsets;

@@ -349,7 +349,7 @@ static float *cuda_alloc_frozen(void *ctx, size_t n)
 
 // Activations in bf16 alone in bf16 math (the ops that may take them read and write bf16),
 // else plain device memory.
-static size_t cuda_activation_bytes(void *ctx)
+size_t cuda_activation_bytes(void *ctx)
 {
     return ((cuda_context *)ctx)->math == CUDA_MATH_BF16 ? sizeof(__nv_bfloat16) : sizeof(float);
 }

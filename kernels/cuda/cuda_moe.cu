@@ -459,7 +459,11 @@ static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *of
 // the op; a weight's gradient is made in bf16 and added to its fp32 accumulator. In the other
 // maths everything stays fp32, products grouped as experts_gemm can.
 
-static bool adapters16(const cuda_context *c) { return c->math == CUDA_MATH_BF16; }
+// the format the model sized the saved rows by (backend_activation_bytes)
+static bool adapters16(const cuda_context *c)
+{
+    return cuda_activation_bytes((void *)c) == sizeof(__nv_bfloat16);
+}
 
 static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
