@@ -330,9 +330,9 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w, c
     PROFILED(b, __func__, b->ops->moe_route_backward(b->context, dlogits, dtopk_w, topk_idx, topk_w, probs, lse, aux_grad, z_scale, N, E, K));
 }
 
-void moe_adapter_forward(pesc_backend *b, float *y, float *gathered, float *pre, float *act, float *scratch, const float *h, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale)
+void moe_adapter_forward(pesc_backend *b, float *y, const float *x, float *gathered, float *pre, float *act, float *scratch, const float *h, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
-    PROFILED(b, __func__, b->ops->moe_adapter_forward(b->context, y, gathered, pre, act, scratch, h, dropout, seed, down, up, perm, offsets, topk_w, N, K, E, C, R, scale));
+    PROFILED(b, __func__, b->ops->moe_adapter_forward(b->context, y, x, gathered, pre, act, scratch, h, dropout, seed, down, up, perm, offsets, topk_w, N, K, E, C, R, scale));
 }
 
 void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, float *dtopk_w, float *scratch, float *scratch_r, const float *dy, const float *gathered, const float *pre, const float *act, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale)

@@ -211,26 +211,29 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
                         const float *lse, const float *aux_grad, float z_scale, int N, int E,
                         int K);
 
-/* The adapters of one PESC layer over tokens grouped by expert. perm (N*K) lists (token, slot)
+/* The adapters of one PESC layer over tokens grouped by expert, and the layer's residual sum
+ * around them: y = x + h + the adapters' outputs. perm (N*K) lists (token, slot)
  * pairs as token*K + slot, grouped by expert; offsets (E+1, HOST memory) bounds each group.
  * For every pair j of expert e, with h_j = h[token], times row j of the dropout mask when
  * dropout > 0 (the (N*K, C) mask dropout_mask(dropout, seed) draws, made where it is applied
  * and never stored):
  *   gathered_j = h_j,  pre_j = D_e gathered_j,  act_j = GELU(pre_j),
- *   y[token] += scale * topk_w[token, slot] * U_e act_j.
- * h (N, C); down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act (N*K, R) are saved
- * for the backward pass, in the backend's own format (fp32, or bf16 in CUDA's bf16 math:
- * backend_activation_bytes), which only this backend's moe_adapter_backward reads; scratch
- * (N*K, C). y is accumulated into. */
-void moe_adapter_forward(pesc_backend *b, float *y, float *gathered, float *pre, float *act,
-                         float *scratch, const float *h, float dropout, uint64_t seed,
+ *   y[token] = x[token] + h[token] + sum over its slots of scale * topk_w[token, slot] U_e act_j.
+ * x, h (N, C); y (N, C) may be x; down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act
+ * (N*K, R) are saved for the backward pass, in the backend's own format (fp32, or bf16 in
+ * CUDA's bf16 math: backend_activation_bytes), which only this backend's moe_adapter_backward
+ * reads; scratch (N*K, C). The sum with x and h is the FFN's residual: made here, it costs the
+ * GPU no pass of its own. */
+void moe_adapter_forward(pesc_backend *b, float *y, const float *x, float *gathered, float *pre,
+                         float *act, float *scratch, const float *h, float dropout, uint64_t seed,
                          const float *down, const float *up, const int32_t *perm,
                          const int *offsets, const float *topk_w, int N, int K, int E, int C,
                          int R, float scale);
 
-/* Backward of moe_adapter_forward (the same dropout and seed): accumulates dh (N, C) and,
- * when not NULL, ddown (E, R, C) and dup (E, C, R); overwrites dtopk_w (N, K). scratch
- * (N*K, C), scratch_r (N*K, R). */
+/* Backward of moe_adapter_forward (the same dropout and seed) from dy = d loss / d y: writes
+ * dh = dy + the adapters' part (N, C; dh may be dy: the residual's gradient, which is also
+ * x's), accumulates ddown (E, R, C) and dup (E, C, R) when not NULL, overwrites dtopk_w
+ * (N, K). scratch (N*K, C), scratch_r (N*K, R). */
 void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, float *dtopk_w,
                           float *scratch, float *scratch_r, const float *dy,
                           const float *gathered, const float *pre, const float *act,

@@ -122,7 +122,8 @@ static void want_gradients(model *m, carver *c, size_t N)
     size_t q = (size_t)cf->n_heads * cf->head_dim, kv = (size_t)cf->n_kv_heads * cf->head_dim;
     want(c, &a->dx, N * C);
     want(c, &a->dxn, N * C);
-    want(c, &a->dh, N * C);
+    if (m->crafted)   /* without adapters h's gradient is dx's */
+        want(c, &a->dh, N * C);
     want(c, &a->dq, N * q);
     want(c, &a->dk, N * kv);
     want(c, &a->dv, N * kv);
@@ -529,11 +530,13 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
     linear_forward(m, l, LORA_UP, a, a->up, a->xn2, N);
     swiglu_forward(b, a->act, a->gate, a->up, (size_t)N * F);
     linear_forward(m, l, LORA_DOWN, a, a->h, a->act, N);
-    residual_forward(b, x_out, a->x_mid, a->h, (size_t)N * C);
-    if (!P)
+    if (!P) {
+        residual_forward(b, x_out, a->x_mid, a->h, (size_t)N * C);
         return;
+    }
     route_finish(m, l, a, N, dropout, replay);
-    moe_adapter_forward(b, x_out, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
+    /* x_out = x_mid + h + the adapters' outputs, the residual in the adapters' last pass */
+    moe_adapter_forward(b, x_out, a->x_mid, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
                         adapter_dropout(m, dropout), dropout ? m->act.mask_seed[l] : 0, P->down,
                         P->up, a->perm, a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
                         m->pesc.adapter_scale);
@@ -686,12 +689,14 @@ static void layer_backward(model *m, int l, float loss_scale)
     const model_layer *L = &m->layers[l];
     int N = m->B * m->T, C = c->hidden_size, F = c->intermediate_size, D = c->head_dim;
     int Hq = c->n_heads, Hkv = c->n_kv_heads;
-    /* x_out = x_mid + h + adapters(h): h receives dx directly and through the adapters.
-     * Each zeroing of a gradient comes right before the product that adds into it first: on
-     * a GPU that product writes it instead (cuda_context.zero_at). */
-    backend_copy(b, g->dh, g->dx, (size_t)N * C * sizeof(float));
+    /* x_out = x_mid + h + adapters(h): h receives dx directly and through the adapters (the
+     * adapters' backward writes both parts to dh); without adapters its gradient is dx. Each
+     * zeroing of a gradient comes right before the product that adds into it first: on a GPU
+     * that product writes it instead (cuda_context.zero_at). */
+    const float *dh = g->dx;
     if (m->crafted) {
         const pesc_layer *P = &m->pesc_layers[l];
+        dh = g->dh;
         int E = m->pesc.experts, K = m->pesc.top_k;
         moe_adapter_backward(b, g->dh, model_grad_of(m, P->down), model_grad_of(m, P->up),
                              g->dtopk_w, g->scratch, g->scratch_r, g->dx, a->gathered, a->pre,
@@ -707,7 +712,7 @@ static void layer_backward(model *m, int l, float loss_scale)
                         P->router, N, C, E);
     }
     vector_zero(b, g->dact, (size_t)N * F);
-    linear_backward(m, l, LORA_DOWN, a, g->dact, g->dh, a->act, N);
+    linear_backward(m, l, LORA_DOWN, a, g->dact, dh, a->act, N);
     swiglu_backward(b, g->dgate, g->dup, g->dact, a->gate, a->up, (size_t)N * F);
     if (!m->crafted)
         vector_zero(b, g->dxn, (size_t)N * C);

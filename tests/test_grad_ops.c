@@ -269,18 +269,27 @@ static void test_route(void)
 enum { AN = 8, AK = 2, AE = 3, AC = 10, AR = 4 };
 enum { AD_SEED = 1234567 };
 #define AD_DROPOUT 0.2f
-static float *ad_h, *ad_down, *ad_up, *ad_w, *ad_dy;
+static float *ad_x, *ad_h, *ad_down, *ad_up, *ad_w, *ad_dy;
 static int32_t ad_perm[AN * AK];
 static int ad_off[AE + 1];
 static double adapter_loss(void)
 {
-    float y[AN * AC] = {0}, g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR], scratch[AN * AK * AC];
-    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, AD_DROPOUT, AD_SEED, ad_down, ad_up,
-                        ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
+    float y[AN * AC], g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR], scratch[AN * AK * AC];
+    moe_adapter_forward(be, y, ad_x, g, pre, act, scratch, ad_h, AD_DROPOUT, AD_SEED, ad_down,
+                        ad_up, ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
     return dot(y, ad_dy, AN * AC);
+}
+/* the adapters' part alone: without the residual's x + h */
+static double adapter_part_loss(void)
+{
+    double residual = 0.0;
+    for (int i = 0; i < AN * AC; i++)
+        residual += ((double)ad_x[i] + ad_h[i]) * ad_dy[i];
+    return adapter_loss() - residual;
 }
 static void test_adapter(void)
 {
+    ad_x = randoms(AN * AC, 1);
     ad_h = randoms(AN * AC, 1); ad_down = randoms(AE * AR * AC, 1); ad_up = randoms(AE * AC * AR, 1);
     ad_w = randoms(AN * AK, 1); ad_dy = randoms(AN * AC, 1);
     /* token n picks experts n % 3 and (n + 1) % 3; group the pairs by expert */
@@ -293,11 +302,11 @@ static void test_adapter(void)
                     ad_perm[k++] = n * AK + s;
     }
     ad_off[AE] = k;
-    float y[AN * AC] = {0}, g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR];
+    float y[AN * AC], g[AN * AK * AC], pre[AN * AK * AR], act[AN * AK * AR];
     float scratch[AN * AK * AC], scratch_r[AN * AK * AR];
-    float dh[AN * AC] = {0}, dd[AE * AR * AC] = {0}, du[AE * AC * AR] = {0}, dw[AN * AK];
-    moe_adapter_forward(be, y, g, pre, act, scratch, ad_h, AD_DROPOUT, AD_SEED, ad_down, ad_up,
-                        ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
+    float dh[AN * AC], dd[AE * AR * AC] = {0}, du[AE * AC * AR] = {0}, dw[AN * AK];
+    moe_adapter_forward(be, y, ad_x, g, pre, act, scratch, ad_h, AD_DROPOUT, AD_SEED, ad_down,
+                        ad_up, ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR, 0.25f);
     /* the rows gathered are h's times the mask dropout_mask draws from the seed, row j for the
      * j-th pair in grouped order, exactly */
     float mask[AN * AK * AC];
@@ -315,11 +324,19 @@ static void test_adapter(void)
     moe_adapter_backward(be, dh, dd, du, dw, scratch, scratch_r, ad_dy, g, pre, act, AD_DROPOUT,
                          AD_SEED, ad_down, ad_up, ad_perm, ad_off, ad_w, AN, AK, AE, AC, AR,
                          0.25f);
-    check_input("moe_adapter_backward (with dropout mask)", "h", ad_h, AN * AC, dh, adapter_loss);
+    /* dh is written whole: the residual's dy (also x's gradient) and the adapters' part, checked
+     * alone (a dy missing or added twice fails it too) */
+    float dh_part[AN * AC];
+    for (int i = 0; i < AN * AC; i++)
+        dh_part[i] = dh[i] - ad_dy[i];
+    check_input("moe_adapter_backward (with dropout mask)", "h", ad_h, AN * AC, dh_part,
+                adapter_part_loss);
+    check_input("moe_adapter_forward (its residual x + h)", "x", ad_x, AN * AC, ad_dy,
+                adapter_loss);
     check_input("moe_adapter_backward", "down", ad_down, AE * AR * AC, dd, adapter_loss);
     check_input("moe_adapter_backward", "up", ad_up, AE * AC * AR, du, adapter_loss);
     check_input("moe_adapter_backward", "gate w", ad_w, AN * AK, dw, adapter_loss);
-    free(ad_h); free(ad_down); free(ad_up); free(ad_w); free(ad_dy);
+    free(ad_x); free(ad_h); free(ad_down); free(ad_up); free(ad_w); free(ad_dy);
 }
 
 int main(void)

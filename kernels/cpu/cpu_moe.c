@@ -120,15 +120,18 @@ static double gelu_grad(double x)
     return 0.5 * (1.0 + erf(x * M_SQRT1_2)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
 }
 
-void cpu_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre, float *act,
-                             float *scratch, const float *h, float dropout, uint64_t seed,
-                             const float *down, const float *up, const int32_t *perm,
-                             const int *offsets, const float *topk_w, int N, int K, int E, int C,
-                             int R, float scale)
+void cpu_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathered, float *pre,
+                             float *act, float *scratch, const float *h, float dropout,
+                             uint64_t seed, const float *down, const float *up,
+                             const int32_t *perm, const int *offsets, const float *topk_w, int N,
+                             int K, int E, int C, int R, float scale)
 {
     (void)ctx;
-    (void)N;
     float keep = 1.0f / (1.0f - dropout);
+    /* the residual first, then each expert's outputs added to their tokens' rows */
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < (size_t)N * C; i++)
+        y[i] = x[i] + h[i];
     for (int e = 0; e < E; e++) {
         int first = offsets[e], n = offsets[e + 1] - offsets[e];
         if (n == 0)
@@ -174,8 +177,9 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
                               int K, int E, int C, int R, float scale)
 {
     (void)ctx;
-    (void)N;
     float keep = 1.0f / (1.0f - dropout);
+    if (dh != dy)   /* the residual's part; the adapters' is added below */
+        memcpy(dh, dy, (size_t)N * C * sizeof *dh);
     for (int e = 0; e < E; e++) {
         int first = offsets[e], n = offsets[e + 1] - offsets[e];
         if (n == 0)

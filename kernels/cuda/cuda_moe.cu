@@ -167,13 +167,14 @@ template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
     GRID_STRIDE(i, n) act[i] = operand_cvt<T>(gelu(value_of(pre[i])));
 }
 
-// y[n] += sum over slots s of weight(n, s) * rows[inverse[n K + s]] (times the mask's row
-// there): weight = scale * topk_w in the forward (no mask), 1 in the backward (the weights are
-// already in rows). y: with its bf16 copy in the backward (cuda_keep_copy).
+// y[n] = base[n] (+ base2[n]) + sum over slots s of weight(n, s) * rows[inverse[n K + s]]
+// (times the mask's row there): weight = scale * topk_w in the forward (no mask; base x, base2
+// h: the FFN's residual), 1 in the backward (the weights are already in rows; base dy). y may
+// be base; with its bf16 copy in the backward (cuda_keep_copy).
 template <class T>
-__global__ void combine_kernel(values_out y, const T *rows, dropout_draw drop,
-                               const int32_t *inverse, const float *topk_w, float scale, int N,
-                               int K, int C)
+__global__ void combine_kernel(values_out y, const float *base, const float *base2,
+                               const T *rows, dropout_draw drop, const int32_t *inverse,
+                               const float *topk_w, float scale, int N, int K, int C)
 {
     GRID_STRIDE(i, (size_t)N * C)
     {
@@ -184,7 +185,7 @@ __global__ void combine_kernel(values_out y, const T *rows, dropout_draw drop,
             float v = dropped(drop, j * C + col, value_of(rows[j * C + col]));
             s += topk_w ? scale * topk_w[pair] * v : v;
         }
-        y.put(i, y.get(i) + s);
+        y.put(i, (base2 ? base[i] + base2[i] : base[i]) + s);
     }
 }
 
@@ -511,9 +512,10 @@ static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, in
 }
 
 // pre (n, R) = gathered (n, C) @ D_e^T per expert, GELU over every row at once,
-// out (n, C) = act (n, R) @ U_e^T per expert, then y += the weighted outputs.
+// out (n, C) = act (n, R) @ U_e^T per expert, then y = x + h + the weighted outputs.
 template <class T>
-static void adapter_forward(cuda_context *c, float *y, T *gathered, T *pre, T *act, T *out,
+static void adapter_forward(cuda_context *c, float *y, const float *x, T *gathered, T *pre,
+                            T *act, T *out,
                             const float *h, dropout_draw drop, const T *down, const T *up,
                             const int32_t *perm, const int32_t *inverse, const int *offsets,
                             const float *topk_w, int N, int K, int E, int C, int R, float scale)
@@ -531,17 +533,17 @@ static void adapter_forward(cuda_context *c, float *y, T *gathered, T *pre, T *a
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
                         {out, (size_t)C, 0, C}}, offsets, E);
     values_out to = write_values(c, y, (size_t)N * C, false);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, out,
-                dropout_of(0.0f, 0), inverse, topk_w, scale, N, K, C);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, x, h,
+                out, dropout_of(0.0f, 0), inverse, topk_w, scale, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
-extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, float *pre,
-                                         float *act, float *scratch, const float *h,
-                                         float dropout, uint64_t seed, const float *down,
-                                         const float *up, const int32_t *perm, const int *offsets,
-                                         const float *topk_w, int N, int K, int E, int C, int R,
-                                         float scale)
+extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
+                                         float *gathered, float *pre, float *act, float *scratch,
+                                         const float *h, float dropout, uint64_t seed,
+                                         const float *down, const float *up, const int32_t *perm,
+                                         const int *offsets, const float *topk_w, int N, int K,
+                                         int E, int C, int R, float scale)
 {
     CUDA_OP(ctx);
     int pairs = offsets[E];   // N * K
@@ -553,11 +555,11 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, float *gathered, f
         return;
     typedef __nv_bfloat16 b16;
     if (adapters16(c))
-        adapter_forward<b16>(c, y, (b16 *)gathered, (b16 *)pre, (b16 *)act, (b16 *)scratch, h,
-                             dropout_of(dropout, seed), down16, up16, perm, inverse, offsets,
+        adapter_forward<b16>(c, y, x, (b16 *)gathered, (b16 *)pre, (b16 *)act, (b16 *)scratch,
+                             h, dropout_of(dropout, seed), down16, up16, perm, inverse, offsets,
                              topk_w, N, K, E, C, R, scale);
     else
-        adapter_forward<float>(c, y, gathered, pre, act, scratch, h, dropout_of(dropout, seed),
+        adapter_forward<float>(c, y, x, gathered, pre, act, scratch, h, dropout_of(dropout, seed),
                                down, up, perm, inverse, offsets, topk_w, N, K, E, C, R, scale);
 }
 
@@ -617,8 +619,8 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
                         {dyg, (size_t)C, 0, C}}, offsets, E);
     // dh is complete: its copy serves the down projection's product next (cuda_keep_copy)
     values_out to = write_values(c, dh, (size_t)N * C, true);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, dyg,
-                drop, inverse, NULL, 1.0f, N, K, C);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, dy,
+                (const float *)NULL, dyg, drop, inverse, (const float *)NULL, 1.0f, N, K, C);
     CUDA_LAUNCHED(c);
 }
 

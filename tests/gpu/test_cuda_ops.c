@@ -848,18 +848,19 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
         offsets[e + 1] = offsets[e] + (int)((double *)stats.c)[e];
     twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
     twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
+    twin x = twin_random((size_t)N * C, 1.0);
     twin gathered = twin_random((size_t)NK * C, 1.0), pre = twin_random((size_t)NK * R, 1.0);
     twin act = twin_random((size_t)NK * R, 1.0), scratch = twin_random((size_t)NK * C, 1.0);
     twin scratch_r = twin_random((size_t)NK * R, 1.0);
     /* dropout: the mask both draw from the seed where they apply it */
     float p = with_dropout ? 0.1f : 0.0f;
     uint64_t seed = (uint64_t)(gpu_test_uniform() * 4e9);
-    moe_adapter_forward(cpu, F(y), F(gathered), F(pre), F(act), F(scratch), F(h), p, seed,
-                        F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
-    moe_adapter_forward(gpu, G(y), G(gathered), G(pre), G(act), G(scratch), G(h), p, seed,
-                        G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
-    compare(with_dropout ? "moe_adapter_forward y (accumulated, dropout)"
-                      : "moe_adapter_forward y (accumulated)", y, 1e-4 + tol / 10);
+    moe_adapter_forward(cpu, F(y), F(x), F(gathered), F(pre), F(act), F(scratch), F(h), p,
+                        seed, F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_forward(gpu, G(y), G(x), G(gathered), G(pre), G(act), G(scratch), G(h), p,
+                        seed, G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
+    compare(with_dropout ? "moe_adapter_forward y = x + h + adapters (dropout)"
+                      : "moe_adapter_forward y = x + h + adapters", y, 1e-4 + tol / 10);
     /* in bf16, gathered is the input rounded: 2^-9 relative at most */
     compare_saved("moe_adapter_forward gathered", gathered, saved_in_bf16() ? 3e-3 : 1e-7);
     compare_saved("moe_adapter_forward pre", pre, tol);
@@ -881,7 +882,7 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
     matmul_forward(gpu, G(py), G(dh), G(pw), NULL, N, C, C);
     compare("moe_adapter_backward: a product on dh after it", py, tol);
     twin_free(pw); twin_free(py);
-    compare("moe_adapter_backward dh (accumulated)", dh, tol);
+    compare("moe_adapter_backward dh = dy + adapters' part", dh, tol);
     compare("moe_adapter_backward ddown (accumulated)", ddown, tol);
     compare("moe_adapter_backward dup (accumulated)", dup, tol);
     compare("moe_adapter_backward dtopk_w", dtopk, tol);
@@ -890,7 +891,7 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
     twin_free(stats);
     twin_free(logits); twin_free(idx); twin_free(w); twin_free(probs); twin_free(lse);
     twin_free(dw); twin_free(aux); twin_free(dlogits); twin_free(perm); twin_free(h);
-    twin_free(down); twin_free(up); twin_free(y); twin_free(gathered);
+    twin_free(down); twin_free(up); twin_free(y); twin_free(x); twin_free(gathered);
     twin_free(pre); twin_free(act); twin_free(scratch); twin_free(scratch_r); twin_free(dy);
     twin_free(dh); twin_free(ddown); twin_free(dup); twin_free(dtopk);
 }
