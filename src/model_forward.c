@@ -37,7 +37,8 @@ static void want_in(carver *c, void *slot, size_t count, int compact)
 static void want(carver *c, void *slot, size_t count) { want_in(c, slot, count, 0); }
 
 /* Only what products and the ops that may take backend_alloc_compact's memory touch goes
- * compact: the attention's normed input, the FFN's intermediates and their gradients. */
+ * compact: the attention's normed input and output, its output's gradient, the FFN's
+ * intermediates and their gradients. */
 static void want_compact(carver *c, void *slot, size_t count) { want_in(c, slot, count, 1); }
 
 static void carver_free(carver *c)
@@ -84,7 +85,9 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         want(c, &a->rstd_q, N * (size_t)cf->n_heads);
         want(c, &a->rstd_k, N * (size_t)cf->n_kv_heads);
     }
-    want(c, &a->att, N * q);
+    /* the attention's output feeds the o projection's product (and the attention's backward):
+     * compact but where LoRA's narrow products read it too */
+    want_in(c, &a->att, N * q, !lora_at(m, LORA_O));
     want(c, &a->lse, N * (size_t)cf->n_heads);
     want(c, &a->xn2, N * C);
     want(c, &a->rstd2, N);
@@ -131,7 +134,8 @@ static void want_gradients(model *m, carver *c, size_t N)
         want(c, &a->dq_raw, N * q);
         want(c, &a->dk_raw, N * kv);
     }
-    want(c, &a->datt, N * q);
+    /* written by the o projection's product, read by the attention's backward alone */
+    want_in(c, &a->datt, N * q, !lora_at(m, LORA_O));
     want_compact(c, &a->dgate, N * F);
     want_compact(c, &a->dup, N * F);
     want_compact(c, &a->dact, N * F);

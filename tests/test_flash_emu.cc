@@ -98,7 +98,7 @@ static void run_forward(float *out, float *lse, const float *q, const float *k, 
         });
     else
         emu_launch(grid, dim3(FL_THREADS), flash_forward_shared(D), [&] {
-            flash_forward_kernel<NCH>(out, lse, qh, kh, vh, T, Hq, Hkv, window, seg, scale);
+            flash_forward_kernel<NCH>(out, NULL, lse, qh, kh, vh, T, Hq, Hkv, window, seg, scale);
         });
     free(qh);
     free(kh);

@@ -46,9 +46,9 @@ __device__ __forceinline__ int first_key(int p, int window, const int32_t *seg)
 // NULL (only with past = 0); lse (B, Hq, T) or NULL. NC = ceil(D / 32) rounded up to 1, 2, 4, 8.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_forward_kernel(float *out, float *lse, const float *q, const float *k, const float *v,
-                         int T, int past, int kv_len, int Hq, int Hkv, int D, int window,
-                         const int32_t *seg_start, float scale)
+attention_forward_kernel(values_out out, float *lse, const float *q, const float *k,
+                         const float *v, int T, int past, int kv_len, int Hq, int Hkv, int D,
+                         int window, const int32_t *seg_start, float scale)
 {
     PESC_DYNAMIC_SHARED(att_smem);
     float *smem = (float *)att_smem;
@@ -144,12 +144,12 @@ attention_forward_kernel(float *out, float *lse, const float *q, const float *k,
         if (t >= T)
             continue;
         float inv = 1.0f / l[r];
-        float *orow = out + ((size_t)b * T + t) * q_stride + (size_t)h * D;
+        size_t o = ((size_t)b * T + t) * q_stride + (size_t)h * D;
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             int d = lane + 32 * c;
             if (d < D)
-                orow[d] = acc[r][c] * inv;
+                out.put(o + d, acc[r][c] * inv);
         }
         if (lse && lane == 0)
             lse[((size_t)b * Hq + h) * T + t] = m[r] + logf(l[r]);
@@ -183,7 +183,8 @@ static void launch_forward(cuda_context *c, float *out, float *lse, const float 
     if (!cuda_shared_limit(c, (const void *)attention_forward_kernel<NC>, smem))
         return;
     dim3 grid((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
-    CUDA_LAUNCH(attention_forward_kernel<NC>, grid, ATT_WARPS * 32, smem, c->stream, out, lse, q, k,
+    values_out to = write_values(c, out, (size_t)B * T * Hq * D, false);
+    CUDA_LAUNCH(attention_forward_kernel<NC>, grid, ATT_WARPS * 32, smem, c->stream, to, lse, q, k,
                 v, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D));
     CUDA_LAUNCHED(c);
 }
@@ -246,8 +247,8 @@ extern "C" void cuda_attention_cached_forward(void *ctx, float *out, const float
 // ---- backward ---------------------------------------------------------------------------------
 
 // delta (B, Hq, T) = rowsum(dout * out): one warp per row.
-__global__ void attention_delta_kernel(float *delta, const float *dout, const float *out, int B,
-                                       int T, int Hq, int D)
+__global__ void attention_delta_kernel(float *delta, values_in dout, values_in out, int B, int T,
+                                       int Hq, int D)
 {
     size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -256,10 +257,9 @@ __global__ void attention_delta_kernel(float *delta, const float *dout, const fl
     // row enumerates (b, t, h) in memory order; delta is stored (b, h, t)
     size_t bt = row / Hq;
     int h = (int)(row % Hq), t = (int)(bt % T), b = (int)(bt / T);
-    const float *dr = dout + row * D, *orow = out + row * D;
     float s = 0.0f;
     for (int d = lane; d < D; d += 32)
-        s += dr[d] * orow[d];
+        s += dout[row * D + d] * out[row * D + d];
     s = warp_sum(s);
     if (lane == 0)
         delta[((size_t)b * Hq + h) * T + t] = s;
@@ -269,7 +269,7 @@ __global__ void attention_delta_kernel(float *delta, const float *dout, const fl
 // P = exp(q.k scale - lse) and dP = dout.v. Overwrites dq.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_dq_kernel(float *dq, const float *dout, const float *q, const float *k, const float *v,
+attention_dq_kernel(float *dq, values_in dout, const float *q, const float *k, const float *v,
                     const float *lse, const float *delta, int T, int Hq, int Hkv, int D,
                     int window, const int32_t *seg_start, float scale)
 {
@@ -376,7 +376,7 @@ attention_dq_kernel(float *dq, const float *dout, const float *q, const float *k
 // dv_s = sum_t P dout_t, dk_s = sum_t dS q_t with dS = P (dP - delta) scale. Overwrites both.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_dkdv_kernel(float *dk, float *dv, const float *dout, const float *q, const float *k,
+attention_dkdv_kernel(float *dk, float *dv, values_in dout, const float *q, const float *k,
                       const float *v, const float *lse, const float *delta, int T, int Hq,
                       int Hkv, int D, int window, const int32_t *seg_start, float scale)
 {
@@ -506,11 +506,12 @@ static void launch_backward(cuda_context *c, float *dq, float *dk, float *dv, co
         !cuda_shared_limit(c, (const void *)attention_dkdv_kernel<NC>, smem_kv))
         return;
     dim3 grid_q((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
-    CUDA_LAUNCH(attention_dq_kernel<NC>, grid_q, ATT_WARPS * 32, smem_dq, c->stream, dq, dout, q, k,
-                v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+    values_in dout_in = read_values(c, dout, (size_t)B * T * Hq * D);
+    CUDA_LAUNCH(attention_dq_kernel<NC>, grid_q, ATT_WARPS * 32, smem_dq, c->stream, dq, dout_in,
+                q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
     dim3 grid_kv((T + ATT_KBLOCK - 1) / ATT_KBLOCK, Hkv, B);
     CUDA_LAUNCH(attention_dkdv_kernel<NC>, grid_kv, ATT_WARPS * 32, smem_kv, c->stream, dk, dv,
-                dout, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+                dout_in, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
 
@@ -536,8 +537,9 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
     float *delta = (float *)cuda_op_work(c, rows * sizeof(float));
     if (!delta)
         return;
-    CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta, dout,
-                out, B, T, Hq, D);
+    values_in dout_in = read_values(c, dout, rows * D), out_in = read_values(c, out, rows * D);
+    CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta,
+                dout_in, out_in, B, T, Hq, D);
     if (!CUDA_LAUNCHED(c))
         return;
     switch (chunks_for(D)) {
@@ -562,8 +564,8 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
 // dK and dV come back summed over the group, in a fixed order (deterministic).
 
 // xh (B, Hq, T, D) from x (B*T, H, D): head h of xh is head h / rep of x.
-__global__ void heads_gather_kernel(float *xh, const float *x, int B, int T, int Hq, int H,
-                                    int D, int rep)
+__global__ void heads_gather_kernel(float *xh, values_in x, int B, int T, int Hq, int H, int D,
+                                    int rep)
 {
     GRID_STRIDE(i, (size_t)B * Hq * T * D) {
         int d = (int)(i % D);
@@ -576,7 +578,7 @@ __global__ void heads_gather_kernel(float *xh, const float *x, int B, int T, int
 }
 
 // x (B*T, H, D) = the sum over the rep heads of xh (B, H * rep, T, D) that belong to each head.
-__global__ void heads_scatter_kernel(float *x, const float *xh, int B, int T, int H, int D,
+__global__ void heads_scatter_kernel(values_out x, const float *xh, int B, int T, int H, int D,
                                      int rep)
 {
     GRID_STRIDE(i, (size_t)B * T * H * D) {
@@ -589,7 +591,7 @@ __global__ void heads_scatter_kernel(float *x, const float *xh, int B, int T, in
         float s = 0.0f;
         for (int j = 0; j < rep; j++)
             s += src[(size_t)j * T * D];
-        x[i] = s;
+        x.put(i, s);
     }
 }
 
@@ -730,10 +732,15 @@ static float *gemm_work(cuda_context *c, size_t head_buffers, size_t nh, int til
 static void gather_qkv(cuda_context *c, float *qh, float *kh, float *vh, const float *q,
                        const float *k, const float *v, int B, int T, int Hq, int Hkv, int D)
 {
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
+    values_in q_in = read_values(c, q, nq), k_in = read_values(c, k, nkv);
+    values_in v_in = read_values(c, v, nkv);
     unsigned blocks = cuda_blocks((size_t)B * Hq * T * D, 256);
-    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, qh, q, B, T, Hq, Hq, D, 1);
-    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, kh, k, B, T, Hq, Hkv, D, Hq / Hkv);
-    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, vh, v, B, T, Hq, Hkv, D, Hq / Hkv);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, qh, q_in, B, T, Hq, Hq, D, 1);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, kh, k_in, B, T, Hq, Hkv, D,
+                Hq / Hkv);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, vh, v_in, B, T, Hq, Hkv, D,
+                Hq / Hkv);
 }
 
 static unsigned tile_threads(int nk) { return nk >= 512 ? 256 : nk >= 128 ? 128 : 32; }
@@ -770,7 +777,8 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
     });
     if (c->failed)
         return;
-    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, out, oh, B, T, Hq, D, 1);
+    values_out to = write_values(c, out, nh, false);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, to, oh, B, T, Hq, D, 1);
     CUDA_LAUNCHED(c);
 }
 
@@ -788,10 +796,11 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     float *kh = qh + nh, *vh = kh + nh, *doh = vh + nh, *dqh = doh + nh, *dkh = dqh + nh;
     float *dvh = dkh + nh, *s = dvh + nh, *dp = s + tile, *delta = dp + tile;
     unsigned blocks = cuda_blocks(nh, 256);
+    values_in dout_in = read_values(c, dout, nh), out_in = read_values(c, out, nh);
     CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows_all + 7) / 8), 256, 0, c->stream, delta,
-                dout, out, B, T, Hq, D);
+                dout_in, out_in, B, T, Hq, D);
     gather_qkv(c, qh, kh, vh, q, k, v, B, T, Hq, Hkv, D);
-    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, doh, dout, B, T, Hq, Hq, D, 1);
+    CUDA_LAUNCH(heads_gather_kernel, blocks, 256, 0, c->stream, doh, dout_in, B, T, Hq, Hq, D, 1);
     if (!CUDA_LAUNCHED(c) ||
         !CUDA_CHECK(c, cudaMemsetAsync(dkh, 0, 2 * nh * sizeof(float), c->stream)))   // dkh, dvh
         return;
@@ -819,10 +828,13 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     });
     if (c->failed)
         return;
-    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, dq, dqh, B, T, Hq, D, 1);
-    blocks = cuda_blocks((size_t)B * T * Hkv * D, 256);
-    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, dk, dkh, B, T, Hkv, D, rep);
-    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, dv, dvh, B, T, Hkv, D, rep);
+    size_t nkv = (size_t)B * T * Hkv * D;
+    values_out to_dq = write_values(c, dq, nh, false), to_dk = write_values(c, dk, nkv, false);
+    values_out to_dv = write_values(c, dv, nkv, false);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, to_dq, dqh, B, T, Hq, D, 1);
+    blocks = cuda_blocks(nkv, 256);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, to_dk, dkh, B, T, Hkv, D, rep);
+    CUDA_LAUNCH(heads_scatter_kernel, blocks, 256, 0, c->stream, to_dv, dvh, B, T, Hkv, D, rep);
     CUDA_LAUNCHED(c);
 }
 
@@ -992,14 +1004,20 @@ template <class T> static bool flash_convert(cuda_context *c, T *out, const floa
     return CUDA_LAUNCHED(c);
 }
 
-// out (B, H, D, flash_tp(T)) = in (B T, H, D) as T, each head's columns as rows, zeros past T.
+// out (B, H, D, flash_tp(T)) = in (B T, H, D) as T, each head's columns as rows, zeros past T;
+// in fp32 or in bf16 alone (backend_alloc_compact).
 template <class T>
 static bool flash_convert_t(cuda_context *c, T *out, const float *in, int B, int T_len, int H,
                             int D)
 {
     int tp = flash_tp(T_len);
-    CUDA_LAUNCH(convert_transpose_kernel<T>, dim3(tp / 32, H * D / 32, B), dim3(32, 8), 0,
-                c->stream, out, in, T_len, tp, H, D);
+    dim3 grid(tp / 32, H * D / 32, B);
+    if (const __nv_bfloat16 *h = cuda_compact(c, in, (size_t)B * T_len * H * D))
+        CUDA_LAUNCH((convert_transpose_kernel<T, __nv_bfloat16>), grid, dim3(32, 8), 0, c->stream,
+                    out, h, T_len, tp, H, D);
+    else
+        CUDA_LAUNCH(convert_transpose_kernel<T>, grid, dim3(32, 8), 0, c->stream, out, in, T_len,
+                    tp, H, D);
     return CUDA_LAUNCHED(c);
 }
 
@@ -1008,14 +1026,15 @@ static void flash_mma_forward(cuda_context *c, float *out, float *lse, const __h
                               const __half *k, const __half *vt, int B, int T, int Hq, int Hkv,
                               int window, const int32_t *seg)
 {
-    // the output feeds the o projection's product next: its bf16 copy beside it
-    __nv_bfloat16 *keep = cuda_keep_copy(c, out, (size_t)B * T * Hq * NCH * 16, NULL);
+    // the output feeds the o projection's product next: its bf16 copy beside it (or its bf16
+    // values alone)
+    values_out to = write_values(c, out, (size_t)B * T * Hq * NCH * 16, true);
     size_t smem = flash_mma_forward_shared(NCH * 16);
     if (!cuda_shared_limit(c, (const void *)flash_mma_forward_kernel<NCH>, smem))
         return;
     int rows = flash_mma_rows(NCH * 16);   // a block's query rows
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    CUDA_LAUNCH(flash_mma_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, out, keep, lse,
+    CUDA_LAUNCH(flash_mma_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, to.f, to.h, lse,
                 q, k, vt, T, flash_tp(T), Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
     CUDA_LAUNCHED(c);
 }
@@ -1053,8 +1072,9 @@ static void flash_forward(cuda_context *c, float *out, float *lse, const __half 
     if (!cuda_shared_limit(c, (const void *)flash_forward_kernel<NCH>, smem))
         return;
     dim3 grid((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    CUDA_LAUNCH(flash_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, out, lse, q, k, v, T,
-                Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
+    values_out to = write_values(c, out, (size_t)B * T * Hq * NCH * 16, false);
+    CUDA_LAUNCH(flash_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, to.f, to.h, lse, q,
+                k, v, T, Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
     CUDA_LAUNCHED(c);
 }
 
@@ -1126,17 +1146,22 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         return;
     float *delta = (float *)flash_carve(&w, rows * sizeof(float));
     __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
-    __nv_bfloat16 *dob = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
+    __nv_bfloat16 *dob_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
     __nv_bfloat16 *vb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
     float *dk_part = dk, *dv_part = dv;
     if (Hq != Hkv) {
         dk_part = (float *)flash_carve(&w, nq * sizeof(float));
         dv_part = (float *)flash_carve(&w, nq * sizeof(float));
     }
-    CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta, dout,
-                out, B, T, Hq, D);
-    if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, dob, dout, nq) ||
-        !flash_convert(c, kh, k, nkv) || !flash_convert(c, vb, v, nkv))
+    values_in dout_in = read_values(c, dout, nq), out_in = read_values(c, out, nq);
+    CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta,
+                dout_in, out_in, B, T, Hq, D);
+    // dout in bf16 alone is the products' operand as it is
+    const __nv_bfloat16 *dob = dout_in.h ? dout_in.h : dob_room;
+    if (!dout_in.h && !flash_convert(c, dob_room, dout, nq))
+        return;
+    if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv) ||
+        !flash_convert(c, vb, v, nkv))
         return;
     if (mma) {
         size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);

@@ -24,6 +24,10 @@ template <> __host__ __device__ __forceinline__ __half operand_cvt<__half>(float
     return __float2half_rn(a > 65504.0f && a < INFINITY ? copysignf(65504.0f, x) : x);
 }
 
+// An operand's value as float: operand_cvt's way back.
+__device__ __forceinline__ float value_of(float x) { return x; }
+__device__ __forceinline__ float value_of(__nv_bfloat16 x) { return __bfloat162float(x); }
+
 // out = in (n floats) as T. With vector4, in is 16-byte aligned: four floats a load, and block 0
 // takes the last n % 4 alone.
 template <class T>
@@ -49,11 +53,11 @@ __global__ void convert_kernel(T *out, const float *in, size_t n, bool vector4)
 }
 
 // out (B, H, D, Tp) = in (B * T, H, D) as T, transposed per sequence and head: a head's
-// column d is a row of Tp values, zeros past T. D a multiple of 32, Tp of 32 and at least T.
-// Through shared memory 32 x 32 at a time, so that both sides are read and written along
-// rows. Grid (Tp / 32, H * D / 32, B), (32, 8) threads.
-template <class T>
-__global__ void convert_transpose_kernel(T *out, const float *in, int T_len, int Tp, int H, int D)
+// column d is a row of Tp values, zeros past T. in: fp32, or bf16 (In). D a multiple of 32, Tp
+// of 32 and at least T. Through shared memory 32 x 32 at a time, so that both sides are read
+// and written along rows. Grid (Tp / 32, H * D / 32, B), (32, 8) threads.
+template <class T, class In = float>
+__global__ void convert_transpose_kernel(T *out, const In *in, int T_len, int Tp, int H, int D)
 {
     __shared__ float tile[32][33];
     int b = blockIdx.z, h = blockIdx.y / (D / 32), t0 = blockIdx.x * 32;
@@ -61,7 +65,8 @@ __global__ void convert_transpose_kernel(T *out, const float *in, int T_len, int
     int x = threadIdx.x;
     for (int j = threadIdx.y; j < 32; j += blockDim.y) {
         int t = t0 + j;
-        tile[j][x] = t < T_len ? in[(((size_t)b * T_len + t) * H + h) * D + d0 + x] : 0.0f;
+        size_t at = (((size_t)b * T_len + t) * H + h) * D + d0 + x;
+        tile[j][x] = t < T_len ? value_of(in[at]) : 0.0f;
     }
     __syncthreads();
     for (int j = threadIdx.y; j < 32; j += blockDim.y)

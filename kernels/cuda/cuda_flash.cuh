@@ -194,13 +194,14 @@ __device__ __forceinline__ void flash_write_rows(float *dst, size_t stride, cons
 
 // ---- forward --------------------------------------------------------------------------------
 
-// q, out (B*T, Hq, D); k, v (B*T, Hkv, D), all half (convert_kernel); seg (B, T) or
-// NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / 64), Hq, B), FL_THREADS threads,
-// flash_forward_shared(D) bytes.
+// q, out (B*T, Hq, D); k, v (B*T, Hkv, D), all half (convert_kernel); out in fp32, or NULL
+// and in bf16 alone (out16); seg (B, T) or NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / 64),
+// Hq, B), FL_THREADS threads, flash_forward_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_forward_kernel(float *out, float *lse, const __half *q, const __half *k, const __half *v,
-                     int T, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
+flash_forward_kernel(float *out, __nv_bfloat16 *out16, float *lse, const __half *q,
+                     const __half *k, const __half *v, int T, int Hq, int Hkv, int window,
+                     const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
     constexpr int D = NCH * 16, LDH = D + 8, LDS = FL_LDS(D);
@@ -287,9 +288,13 @@ flash_forward_kernel(float *out, float *lse, const __half *q, const __half *k, c
     // out = os / l; the two lanes of a row split its columns
     if (t < T) {
         float inv = 1.0f / l;
-        float *orow = out + ((size_t)b * T + t) * q_stride + (size_t)h * D;
-        for (int d = half * (D / 2); d < (half + 1) * (D / 2); d++)
-            orow[d] = os[r * LDS + d] * inv;
+        size_t o = ((size_t)b * T + t) * q_stride + (size_t)h * D;
+        for (int d = half * (D / 2); d < (half + 1) * (D / 2); d++) {
+            if (out)
+                out[o + d] = os[r * LDS + d] * inv;
+            else
+                out16[o + d] = operand_cvt<__nv_bfloat16>(os[r * LDS + d] * inv);
+        }
         if (lse && half == 0)
             lse[((size_t)b * Hq + h) * T + t] = m + logf(l);
     }

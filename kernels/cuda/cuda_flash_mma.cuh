@@ -427,7 +427,7 @@ __device__ __forceinline__ void flash_online_softmax(float (*s)[8][4], float (*o
 // ---- forward --------------------------------------------------------------------------------
 
 // q (B*T, Hq, D), k (B*T, Hkv, D) half; vt (B, Hkv, D, Tp) half, zeros past T; out (B*T, Hq, D),
-// and keep (NULL, or its bf16 copy: cuda_keep_copy);
+// and keep (NULL, or its bf16 copy: cuda_keep_copy), or out NULL and keep its bf16 values alone;
 // seg (B, T) or NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / flash_mma_rows(D)), Hq, B),
 // FL_THREADS threads, flash_mma_forward_shared(D) bytes.
 template <int NCH>
@@ -508,7 +508,8 @@ flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const __ha
                 lse[((size_t)b * Hq + h) * T + t] = (mrow[m][i] + log2f(l[m][i])) * FM_LN2;
         }
     size_t o_off = (size_t)b * T * q_stride + (size_t)h * D;
-    flash_write_acc<MT, ND>(out + o_off, q_stride, o, tw, T, 1.0f, g, tq);
+    if (out)
+        flash_write_acc<MT, ND>(out + o_off, q_stride, o, tw, T, 1.0f, g, tq);
     if (keep)   // the output's bf16 copy, for the o projection's product next
         flash_write_acc<MT, ND>(keep + o_off, q_stride, o, tw, T, 1.0f, g, tq);
 #endif

@@ -122,9 +122,6 @@ __device__ __forceinline__ float gelu_grad(float x)
            x * expf(-0.5f * x * x) * 0.3989422804014327f;
 }
 
-__device__ __forceinline__ float value_of(float x) { return x; }
-__device__ __forceinline__ float value_of(__nv_bfloat16 x) { return __bfloat162float(x); }
-
 // inverse[pair] = its place j in the grouped order
 __global__ void invert_kernel(int32_t *inverse, const int32_t *perm, int pairs)
 {

@@ -164,13 +164,15 @@ for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash $crafted -
   fi
 done
 # pesc bench reports the same estimate beside what its steps and AdamW took: no less, at most
-# 5% more (the device check prints both for each run on a GPU)
+# 5% and 1 MiB more (the estimate counts each of bf16 math's three operand copies at the
+# largest operand, here a slice of the logits: about 0.9 MiB more than the copies take at this
+# toy shape, nothing beside a GPU's memory). The device check prints both for each run on a GPU.
 out=$(PESC_CUDA_MATH=bf16 "$pesc" bench --backend cuda --dim 256 --layers 2 --ffn 704 \
   --vocab 1024 --seq 64 --batch 4 --steps 1 --json 2>"$tmp/err")
 estimate=$(echo "$out" | sed -n 's/.*"memory_estimate_bytes": \([0-9]*\).*/\1/p')
 taken=$(echo "$out" | sed -n 's/.*"memory_taken_bytes": \([0-9]*\).*/\1/p')
 [ "${taken:-0}" -gt 0 ] && [ "$estimate" -ge "$taken" ] &&
-  [ "$estimate" -le $((taken / 20 * 21)) ] &&
+  [ "$estimate" -le $((taken / 20 * 21 + 1048576)) ] &&
   pass "pesc bench (bf16): the steps took $taken bytes, estimated $estimate" ||
   fail "pesc bench (bf16): took '$taken' bytes, estimated '$estimate': $(head -c 300 "$tmp/err")"
 # bf16 math's operand copies kept for the products after (PESC_CUDA_REUSE, the default) give
