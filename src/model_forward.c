@@ -37,7 +37,7 @@ static void want_in(carver *c, void *slot, size_t count, int compact)
 static void want(carver *c, void *slot, size_t count) { want_in(c, slot, count, 0); }
 
 /* Only what products and the ops that may take backend_alloc_compact's memory touch goes
- * compact: the attention's normed input and output, its output's gradient, the FFN's
+ * compact: the attention's normed input, q, k, v and output, its output's gradient, the FFN's
  * intermediates and their gradients. */
 static void want_compact(carver *c, void *slot, size_t count) { want_in(c, slot, count, 1); }
 
@@ -76,9 +76,11 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
     int lora_qkv = lora_at(m, LORA_Q) || lora_at(m, LORA_K) || lora_at(m, LORA_V);
     want_in(c, &a->xn1, N * C, !lora_qkv);
     want(c, &a->rstd1, N);
-    want(c, &a->q, N * q);
-    want(c, &a->k, N * kv);
-    want(c, &a->v, N * kv);
+    /* q, k and v feed RoPE and the attention alone: compact but where LoRA adds its small delta
+     * to their products' outputs (with Qwen3's norms, q and k are the norms' outputs) */
+    want_in(c, &a->q, N * q, cf->qk_norm || !lora_at(m, LORA_Q));
+    want_in(c, &a->k, N * kv, cf->qk_norm || !lora_at(m, LORA_K));
+    want_in(c, &a->v, N * kv, !lora_at(m, LORA_V));
     if (cf->qk_norm) {
         want(c, &a->q_raw, N * q);
         want(c, &a->k_raw, N * kv);

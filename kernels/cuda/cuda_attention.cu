@@ -46,9 +46,9 @@ __device__ __forceinline__ int first_key(int p, int window, const int32_t *seg)
 // NULL (only with past = 0); lse (B, Hq, T) or NULL. NC = ceil(D / 32) rounded up to 1, 2, 4, 8.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_forward_kernel(values_out out, float *lse, const float *q, const float *k,
-                         const float *v, int T, int past, int kv_len, int Hq, int Hkv, int D,
-                         int window, const int32_t *seg_start, float scale)
+attention_forward_kernel(values_out out, float *lse, values_in q, values_in k, values_in v,
+                         int T, int past, int kv_len, int Hq, int Hkv, int D, int window,
+                         const int32_t *seg_start, float scale)
 {
     PESC_DYNAMIC_SHARED(att_smem);
     float *smem = (float *)att_smem;
@@ -61,9 +61,9 @@ attention_forward_kernel(values_out out, float *lse, const float *q, const float
     int rows_here = min(ATT_QTILE, T - t0);
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
-    const float *qb = q + (size_t)b * T * q_stride + (size_t)h * D;
-    const float *kb = k + (size_t)b * kv_len * kv_stride + (size_t)g * D;
-    const float *vb = v + (size_t)b * kv_len * kv_stride + (size_t)g * D;
+    values_in qb = q + ((size_t)b * T * q_stride + (size_t)h * D);
+    values_in kb = k + ((size_t)b * kv_len * kv_stride + (size_t)g * D);
+    values_in vb = v + ((size_t)b * kv_len * kv_stride + (size_t)g * D);
 
     for (int i = threadIdx.x; i < ATT_QTILE * D; i += blockDim.x) {
         int r = i / D, d = i % D;
@@ -183,9 +183,12 @@ static void launch_forward(cuda_context *c, float *out, float *lse, const float 
     if (!cuda_shared_limit(c, (const void *)attention_forward_kernel<NC>, smem))
         return;
     dim3 grid((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
-    values_out to = write_values(c, out, (size_t)B * T * Hq * D, false);
-    CUDA_LAUNCH(attention_forward_kernel<NC>, grid, ATT_WARPS * 32, smem, c->stream, to, lse, q, k,
-                v, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D));
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * kv_len * Hkv * D;
+    values_out to = write_values(c, out, nq, false);
+    values_in q_in = read_values(c, q, nq), k_in = read_values(c, k, nkv);
+    values_in v_in = read_values(c, v, nkv);
+    CUDA_LAUNCH(attention_forward_kernel<NC>, grid, ATT_WARPS * 32, smem, c->stream, to, lse, q_in,
+                k_in, v_in, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D));
     CUDA_LAUNCHED(c);
 }
 
@@ -269,7 +272,7 @@ __global__ void attention_delta_kernel(float *delta, values_in dout, values_in o
 // P = exp(q.k scale - lse) and dP = dout.v. Overwrites dq.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_dq_kernel(float *dq, values_in dout, const float *q, const float *k, const float *v,
+attention_dq_kernel(float *dq, values_in dout, values_in q, values_in k, values_in v,
                     const float *lse, const float *delta, int T, int Hq, int Hkv, int D,
                     int window, const int32_t *seg_start, float scale)
 {
@@ -286,8 +289,8 @@ attention_dq_kernel(float *dq, values_in dout, const float *q, const float *k, c
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
-    const float *kb = k + (size_t)b * T * kv_stride + (size_t)g * D;
-    const float *vb = v + (size_t)b * T * kv_stride + (size_t)g * D;
+    values_in kb = k + ((size_t)b * T * kv_stride + (size_t)g * D);
+    values_in vb = v + ((size_t)b * T * kv_stride + (size_t)g * D);
 
     for (int i = threadIdx.x; i < ATT_QTILE * D; i += blockDim.x) {
         int r = i / D, d = i % D;
@@ -376,9 +379,9 @@ attention_dq_kernel(float *dq, values_in dout, const float *q, const float *k, c
 // dv_s = sum_t P dout_t, dk_s = sum_t dS q_t with dS = P (dP - delta) scale. Overwrites both.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_dkdv_kernel(float *dk, float *dv, values_in dout, const float *q, const float *k,
-                      const float *v, const float *lse, const float *delta, int T, int Hq,
-                      int Hkv, int D, int window, const int32_t *seg_start, float scale)
+attention_dkdv_kernel(float *dk, float *dv, values_in dout, values_in q, values_in k,
+                      values_in v, const float *lse, const float *delta, int T, int Hq, int Hkv,
+                      int D, int window, const int32_t *seg_start, float scale)
 {
     PESC_DYNAMIC_SHARED(att_smem);
     float *smem = (float *)att_smem;
@@ -506,12 +509,14 @@ static void launch_backward(cuda_context *c, float *dq, float *dk, float *dv, co
         !cuda_shared_limit(c, (const void *)attention_dkdv_kernel<NC>, smem_kv))
         return;
     dim3 grid_q((T + ATT_QTILE - 1) / ATT_QTILE, Hq, B);
-    values_in dout_in = read_values(c, dout, (size_t)B * T * Hq * D);
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
+    values_in dout_in = read_values(c, dout, nq), q_in = read_values(c, q, nq);
+    values_in k_in = read_values(c, k, nkv), v_in = read_values(c, v, nkv);
     CUDA_LAUNCH(attention_dq_kernel<NC>, grid_q, ATT_WARPS * 32, smem_dq, c->stream, dq, dout_in,
-                q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+                q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale);
     dim3 grid_kv((T + ATT_KBLOCK - 1) / ATT_KBLOCK, Hkv, B);
     CUDA_LAUNCH(attention_dkdv_kernel<NC>, grid_kv, ATT_WARPS * 32, smem_kv, c->stream, dk, dv,
-                dout_in, q, k, v, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+                dout_in, q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
 
@@ -997,11 +1002,31 @@ static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D
     return common + flash_piece(nq * h) + flash_piece(nkv * h);
 }
 
-// out = in (n floats) as T; false after a failure.
+template <class T> __global__ void convert_bf16_kernel(T *out, const __nv_bfloat16 *in, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = operand_cvt<T>(__bfloat162float(in[i]));
+}
+
+// out = in (n floats, or n bf16 values alone: backend_alloc_compact) as T; false after a
+// failure.
 template <class T> static bool flash_convert(cuda_context *c, T *out, const float *in, size_t n)
 {
-    CUDA_LAUNCH(convert_kernel<T>, cuda_blocks(n / 4, 256), 256, 0, c->stream, out, in, n, true);
+    if (const __nv_bfloat16 *h = cuda_compact(c, in, n))
+        CUDA_LAUNCH(convert_bf16_kernel<T>, cuda_blocks(n, 256), 256, 0, c->stream, out, h, n);
+    else
+        CUDA_LAUNCH(convert_kernel<T>, cuda_blocks(n / 4, 256), 256, 0, c->stream, out, in, n,
+                    true);
     return CUDA_LAUNCHED(c);
+}
+
+// in's values in bf16 (n): in's own where it is in bf16 alone, else converted into room; NULL
+// after a failure.
+static const __nv_bfloat16 *flash_bf16(cuda_context *c, __nv_bfloat16 *room, const float *in,
+                                       size_t n)
+{
+    if (const __nv_bfloat16 *h = cuda_compact(c, in, n))
+        return h;
+    return flash_convert(c, room, in, n) ? room : NULL;
 }
 
 // out (B, H, D, flash_tp(T)) = in (B T, H, D) as T, each head's columns as rows, zeros past T;
@@ -1147,7 +1172,7 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
     float *delta = (float *)flash_carve(&w, rows * sizeof(float));
     __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
     __nv_bfloat16 *dob_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
-    __nv_bfloat16 *vb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
+    __nv_bfloat16 *vb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
     float *dk_part = dk, *dv_part = dv;
     if (Hq != Hkv) {
         dk_part = (float *)flash_carve(&w, nq * sizeof(float));
@@ -1156,12 +1181,11 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
     values_in dout_in = read_values(c, dout, nq), out_in = read_values(c, out, nq);
     CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta,
                 dout_in, out_in, B, T, Hq, D);
-    // dout in bf16 alone is the products' operand as it is
-    const __nv_bfloat16 *dob = dout_in.h ? dout_in.h : dob_room;
-    if (!dout_in.h && !flash_convert(c, dob_room, dout, nq))
-        return;
-    if (!CUDA_LAUNCHED(c) || !flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv) ||
-        !flash_convert(c, vb, v, nkv))
+    // the bf16 operands: dout and v as they are where they are in bf16 alone
+    const __nv_bfloat16 *dob = flash_bf16(c, dob_room, dout, nq);
+    const __nv_bfloat16 *vb = flash_bf16(c, vb_room, v, nkv);
+    if (!CUDA_LAUNCHED(c) || !dob || !vb || !flash_convert(c, qh, q, nq) ||
+        !flash_convert(c, kh, k, nkv))
         return;
     if (mma) {
         size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
@@ -1176,9 +1200,11 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         run(c, dq, dk_part, dv_part, dob, qh, kh, vb, kt, qt, dot, lse, delta, B, T, Hq, Hkv,
             window, seg);
     } else {
-        __nv_bfloat16 *qb = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
-        __nv_bfloat16 *kb = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
-        if (!flash_convert(c, qb, q, nq) || !flash_convert(c, kb, k, nkv))
+        __nv_bfloat16 *qb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
+        __nv_bfloat16 *kb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
+        const __nv_bfloat16 *qb = flash_bf16(c, qb_room, q, nq);
+        const __nv_bfloat16 *kb = flash_bf16(c, kb_room, k, nkv);
+        if (!qb || !kb)
             return;
         auto run = D == 32 ? flash_backward<2> : D == 64 ? flash_backward<4>
                  : D == 96 ? flash_backward<6> : flash_backward<8>;

@@ -1190,8 +1190,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                  (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024), version / 10000,
                  version / 100 % 100, math_names[c->math], adapters, attention,
                  c->math == CUDA_MATH_BF16
-                     ? " (frozen weights, the attention's input and output, the FFN's"
-                       " activations and the adapters' rows in bf16)"
+                     ? " (frozen weights, the attention's input, q, k, v and output, the"
+                       " FFN's activations and the adapters' rows in bf16)"
                      : "");
     }
     if (c->failed) {

@@ -237,6 +237,11 @@ struct values_in {
     {
         return h ? __bfloat162float(h[i]) : f[i];
     }
+    // the values from element off on
+    __host__ __device__ __forceinline__ values_in operator+(size_t off) const
+    {
+        return {f ? f + off : NULL, h ? h + off : NULL};
+    }
 };
 
 // A tensor an op writes (and may read first): fp32 (f), with a bf16 copy beside it for the

@@ -124,7 +124,7 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
 // direction +1 rotates (forward), -1 rotates back (backward). The angle is formed in double,
 // as on the CPU: positions times frequencies reach thousands of radians. out may be inp (its
 // bf16 copy beside it or not).
-__global__ void rope_kernel(values_out out, const float *inp, const int32_t *pos,
+__global__ void rope_kernel(values_out out, values_in inp, const int32_t *pos,
                             const float *inv_freq, int N, int H, int D, float direction)
 {
     int half = D / 2;
@@ -148,7 +148,8 @@ extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const
 {
     CUDA_OP(ctx);
     values_out to = write_values(c, out, (size_t)N * H * D, false);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, inp,
+    values_in from = read_values(c, inp, (size_t)N * H * D);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, from,
                 pos, inv_freq, N, H, D, 1.0f);
     CUDA_LAUNCHED(c);
 }
@@ -161,7 +162,8 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
     size_t n = (size_t)N * H * D;
     CUDA_OP_WRITING(ctx, dinp, n);
     values_out to = write_values(c, dinp, n, true);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, dout,
+    values_in from = read_values(c, dout, n);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, from,
                 pos, inv_freq, N, H, D, -1.0f);
     CUDA_LAUNCHED(c);
 }

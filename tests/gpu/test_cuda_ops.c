@@ -583,7 +583,12 @@ static void test_rope(int N, int H, int D)
     rope_backward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D);
     rope_backward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D);
     compare("rope_backward (in place)", x, 1e-5);
-    twin_free(pos); twin_free(freq); twin_free(x);
+    /* in place on compact memory (q and k in bf16 math): read and written in bf16 */
+    twin xc = twin_compact((size_t)N * H * D, 1.0);
+    rope_forward(cpu, F(xc), F(xc), FI(pos), F(freq), N, H, D);
+    rope_forward(gpu, G(xc), G(xc), GI(pos), G(freq), N, H, D);
+    compare("rope_forward (in place, compact)", xc, 4e-3);
+    twin_free(pos); twin_free(freq); twin_free(x); twin_free(xc);
 }
 
 static void test_elementwise(size_t n)
@@ -692,9 +697,9 @@ static void test_crossentropy(int N, int V)
  * alignment that the flash kernels' float4 loads need (the fused kernels take it instead). */
 static int q_shift;
 
-/* Whether test_attention puts the output and its gradient in compact memory (bf16 alone in
- * bf16 math), as the model does: both sides then start the backward from the same bf16 values,
- * and the forward's output is judged with a bf16 rounding's tolerance at least. */
+/* Whether test_attention puts q, k, v, the output and its gradient in compact memory (bf16
+ * alone in bf16 math), as the model does: both sides then start from the same bf16 values, and
+ * the forward's output is judged with a bf16 rounding's tolerance at least. */
 static int att_compact;
 
 static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed,
@@ -706,9 +711,10 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
              window ? " window" : "", packed ? " packed" : "", q_shift ? " q unaligned" : "",
              att_compact ? " compact" : "");
     size_t nq = (size_t)N * Hq * D;
-    twin q = twin_random(nq + q_shift, 1.0);
-    twin k = twin_random((size_t)N * Hkv * D, 1.0);
-    twin v = twin_random((size_t)N * Hkv * D, 1.0);
+    size_t nkv = (size_t)N * Hkv * D;
+    twin q = att_compact ? twin_compact(nq + q_shift, 1.0) : twin_random(nq + q_shift, 1.0);
+    twin k = att_compact ? twin_compact(nkv, 1.0) : twin_random(nkv, 1.0);
+    twin v = att_compact ? twin_compact(nkv, 1.0) : twin_random(nkv, 1.0);
     twin out = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
     twin lse = twin_random((size_t)N * Hq, 1.0);
     twin dout = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
@@ -805,9 +811,9 @@ static void test_attention_flash(const char *path)
 static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int window)
 {
     int L = past + n;
-    twin q = twin_random((size_t)n * Hq * D, 1.0), kc = twin_random((size_t)L * Hkv * D, 1.0);
-    twin vc = twin_random((size_t)L * Hkv * D, 1.0);
     size_t nq = (size_t)n * Hq * D;
+    twin q = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
+    twin kc = twin_random((size_t)L * Hkv * D, 1.0), vc = twin_random((size_t)L * Hkv * D, 1.0);
     twin out = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
     attention_cached_forward(cpu, F(out), F(q), F(kc), F(vc), n, past, Hq, Hkv, D, window);
     attention_cached_forward(gpu, G(out), G(q), G(kc), G(vc), n, past, Hq, Hkv, D, window);
