@@ -402,16 +402,22 @@ static void test_compact(double tol)
     swiglu_backward(gpu, G(dgate), G(dup), G(dact), G(gate), G(up), nf);
     compare("compact: swiglu_backward dgate", dgate, tol);
     compare("compact: swiglu_backward dup", dup, tol);
+    /* the copies from the same values on both (bf16 ones): only the copies' own rounding is
+     * left to judge (72 values where two products' and SwiGLU's roundings compound would
+     * scatter past tol now and then) */
+    for (size_t i = 0; i < nf; i++)
+        F(dup)[i] = gpu_test_bf16(F(dup)[i]);
+    twin_sync(dup);
     vector_zero(cpu, F(dup), nf - W);   /* all but the last row, settled by the copy */
     vector_zero(gpu, G(dup), nf - W);
     backend_copy(cpu, F(plain), F(dup), nf * sizeof(float));
     backend_copy(gpu, G(plain), G(dup), nf * sizeof(float));
-    compare("compact: zeroed, then copied out", plain, tol);
+    compare("compact: zeroed, then copied out", plain, 1e-7);
     vector_scale(cpu, F(plain), 3.0f, nf);
     vector_scale(gpu, G(plain), 3.0f, nf);
     backend_copy(cpu, F(dgate), F(plain), nf * sizeof(float));
     backend_copy(gpu, G(dgate), G(plain), nf * sizeof(float));
-    compare("compact: copied in", dgate, tol);
+    compare("compact: copied in", dgate, 4e-3);   /* one bf16 rounding: below 2^-8 each */
     twin_free(x); twin_free(norm); twin_free(xn); twin_free(wg); twin_free(wu); twin_free(wd);
     twin_free(la); twin_free(t);
     twin_free(dh); twin_free(h); twin_free(dwd); twin_free(dla); twin_free(delta);
