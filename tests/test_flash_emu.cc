@@ -22,6 +22,8 @@ extern "C" {
 
 static pesc_backend *cpu;
 static bool use_mma;   // the kernels under test: mma.sync, or wmma
+// mma: the scores' q and k in bf16 (as where they are kept in bf16) instead of half
+static bool bf16_scores;
 
 static float *host_alloc(size_t n)
 {
@@ -91,7 +93,16 @@ static void run_forward(float *out, float *lse, const float *q, const float *k, 
     int rows = use_mma ? flash_mma_rows(D) : FL_TILE;   // a block's query rows
     dim3 grid((T + rows - 1) / rows, Hq, B);
     float scale = 1.0f / sqrtf((float)D);
-    if (use_mma)
+    __nv_bfloat16 *q16 = NULL, *k16 = NULL;
+    if (use_mma && bf16_scores) {
+        q16 = converted<__nv_bfloat16>(q, nq);
+        k16 = converted<__nv_bfloat16>(k, nkv);
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_forward_shared(D), [&] {
+            flash_mma_forward_kernel<NCH, __nv_bfloat16>(out, NULL, lse, q16, k16, vh, T,
+                                                         tiles_of(T), Hq, Hkv, window, seg,
+                                                         scale);
+        });
+    } else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_forward_shared(D), [&] {
             flash_mma_forward_kernel<NCH>(out, NULL, lse, qh, kh, vh, T, tiles_of(T), Hq, Hkv,
                                           window, seg, scale);
@@ -100,9 +111,9 @@ static void run_forward(float *out, float *lse, const float *q, const float *k, 
         emu_launch(grid, dim3(FL_THREADS), flash_forward_shared(D), [&] {
             flash_forward_kernel<NCH>(out, NULL, lse, qh, kh, vh, T, Hq, Hkv, window, seg, scale);
         });
-    free(qh);
-    free(kh);
-    free(vh);
+    void *all[] = {qh, kh, vh, q16, k16};
+    for (void *p : all)
+        free(p);
 }
 
 template <int NCH>
@@ -128,7 +139,15 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
     float scale = 1.0f / sqrtf((float)D);
     int rows = use_mma ? flash_mma_rows(D) : FL_TILE;   // a block's query rows, or keys
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    if (use_mma)
+    __nv_bfloat16 *q16 = NULL, *k16 = NULL;
+    if (use_mma && bf16_scores) {
+        q16 = converted<__nv_bfloat16>(q, nq);
+        k16 = converted<__nv_bfloat16>(k, nkv);
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
+            flash_mma_dq_kernel<NCH, __nv_bfloat16>(dq, dob, q16, k16, vb, kt, lse, delta, T,
+                                                    tiles_of(T), Hq, Hkv, window, seg, scale);
+        });
+    } else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
             flash_mma_dq_kernel<NCH>(dq, dob, qh, kh, vb, kt, lse, delta, T, tiles_of(T), Hq, Hkv,
                                      window, seg, scale);
@@ -146,7 +165,13 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         poison(dk_part, nq);
         poison(dv_part, nq);
     }
-    if (use_mma)
+    if (use_mma && bf16_scores)
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
+            flash_mma_dkdv_kernel<NCH, __nv_bfloat16>(dk_part, dv_part, dob, q16, k16, vb, qt,
+                                                      dot, lse, delta, T, tiles_of(T), Hq, Hkv,
+                                                      window, seg, scale);
+        });
+    else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
             flash_mma_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, kh, vb, qt, dot, lse, delta, T,
                                        tiles_of(T), Hq, Hkv, window, seg, scale);
@@ -163,7 +188,7 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         free(dk_part);
         free(dv_part);
     }
-    void *all[] = {qh, kh, qb, kb, vb, dob, kt, qt, dot};
+    void *all[] = {qh, kh, qb, kb, vb, dob, kt, qt, dot, q16, k16};
     for (void *p : all)
         free(p);
 }
@@ -217,6 +242,62 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
     compare("flash backward dv", shape, gdv, dv, nkv, 2e-2);
 
     float *all[] = {q, k, v, dout, out, lse, got, got_lse, dq, dk, dv, gdq, gdk, gdv, delta};
+    for (float *p : all)
+        backend_free(cpu, p);
+}
+
+// With q and k bf16 values (as where the model keeps them in bf16), the mma kernels' scores
+// from them in bf16 are those from their half conversions (each value exact in half): the
+// forward's output and lse, and the backward's dq, dk and dv, the same bit for bit.
+template <int NCH>
+static void test_bf16_scores(int B, int T, int Hq, int Hkv, int window, bool packed)
+{
+    const int D = NCH * 16;
+    size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, rows = (size_t)B * T * Hq;
+    char shape[96];
+    snprintf(shape, sizeof shape, "B%d T%d H%d/%d D%d%s%s", B, T, Hq, Hkv, D,
+             window ? " window" : "", packed ? " packed" : "");
+    float *q = random_tensor(nq), *k = random_tensor(nkv), *v = random_tensor(nkv);
+    float *dout = random_tensor(nq), *delta = random_tensor(rows);
+    for (size_t i = 0; i < nq; i++)
+        q[i] = gpu_test_bf16(q[i]);
+    for (size_t i = 0; i < nkv; i++)
+        k[i] = gpu_test_bf16(k[i]);
+    std::vector<int32_t> seg((size_t)B * T);
+    for (int b = 0; b < B; b++)
+        for (int t = 0, start = 0; t < T; t++) {
+            if (t > 0 && gpu_test_uniform() < 0.04)
+                start = t;
+            seg[(size_t)b * T + t] = start;
+        }
+    const int32_t *sp = packed ? seg.data() : NULL;
+    float *got[2][5];   // out, lse, dq, dk, dv: half scores, bf16 scores
+    size_t sizes[5] = {nq, rows, nq, nkv, nkv};
+    use_mma = true;
+    for (int i = 0; i < 2; i++) {
+        bf16_scores = i == 1;
+        for (int j = 0; j < 5; j++) {
+            got[i][j] = host_alloc(sizes[j]);
+            poison(got[i][j], sizes[j]);
+        }
+        run_forward<NCH>(got[i][0], got[i][1], q, k, v, B, T, Hq, Hkv, window, sp);
+        // the backward from the half run's lse on both
+        run_backward<NCH>(got[i][2], got[i][3], got[i][4], dout, q, k, v, got[0][1], delta, B,
+                          T, Hq, Hkv, window, sp);
+    }
+    bf16_scores = false;
+    const char *names[5] = {"out", "lse", "dq", "dk", "dv"};
+    for (int j = 0; j < 5; j++) {
+        char name[160];
+        snprintf(name, sizeof name, "flash (mma) %s, bf16 scores against half's %s", names[j],
+                 shape);
+        bool same = memcmp(got[0][j], got[1][j], sizes[j] * sizeof(float)) == 0;
+        gpu_test_verdict(same && std::isfinite(gpu_test_error(got[1][j], got[0][j], sizes[j])),
+                         name, gpu_test_error(got[1][j], got[0][j], sizes[j]), "the same bits");
+        backend_free(cpu, got[0][j]);
+        backend_free(cpu, got[1][j]);
+    }
+    float *all[] = {q, k, v, dout, delta};
     for (float *p : all)
         backend_free(cpu, p);
 }
@@ -296,6 +377,8 @@ int main(void)
         test_shape<8>(1, 220, 2, 1, 150, false);
         test_saturation();
     }
+    test_bf16_scores<4>(2, 200, 4, 1, 0, false);
+    test_bf16_scores<8>(1, 150, 4, 2, 40, true);
     backend_delete(cpu);
     printf("%s\n", gpu_test_failures ? "FAILED" : "all passed");
     return gpu_test_failures ? 1 : 0;

@@ -1019,6 +1019,18 @@ template <class T> static bool flash_convert(cuda_context *c, T *out, const floa
     return CUDA_LAUNCHED(c);
 }
 
+// Whether q and k (nq, nkv floats) are both in bf16 alone, 16-byte aligned as the flash
+// kernels' tile copies need: then *q16 and *k16 are their values, and the mma kernels take
+// them for the scores as they are. Converting them to half would give the same scores (a bf16
+// value is a half one within half's range), after two passes.
+static bool flash_qk_bf16(const cuda_context *c, const float *q, const float *k, size_t nq,
+                          size_t nkv, const __nv_bfloat16 **q16, const __nv_bfloat16 **k16)
+{
+    *q16 = cuda_compact(c, q, nq);
+    *k16 = cuda_compact(c, k, nkv);
+    return *q16 && *k16 && ((uintptr_t)*q16 & 15) == 0 && ((uintptr_t)*k16 & 15) == 0;
+}
+
 // in's values in bf16 (n): in's own where it is in bf16 alone, else converted into room; NULL
 // after a failure.
 static const __nv_bfloat16 *flash_bf16(cuda_context *c, __nv_bfloat16 *room, const float *in,
@@ -1046,28 +1058,30 @@ static bool flash_convert_t(cuda_context *c, T *out, const float *in, int B, int
     return CUDA_LAUNCHED(c);
 }
 
-template <int NCH>
-static void flash_mma_forward(cuda_context *c, float *out, float *lse, const __half *q,
-                              const __half *k, const __half *vt, int B, int T, int Hq, int Hkv,
-                              int window, const int32_t *seg)
+// q and k in TQ: half, or bf16 where they are bf16 values alone (the same scores)
+template <int NCH, class TQ>
+static void flash_mma_forward(cuda_context *c, float *out, float *lse, const TQ *q, const TQ *k,
+                              const __half *vt, int B, int T, int Hq, int Hkv, int window,
+                              const int32_t *seg)
 {
     // the output feeds the o projection's product next: its bf16 copy beside it (or its bf16
     // values alone)
     values_out to = write_values(c, out, (size_t)B * T * Hq * NCH * 16, true);
     size_t smem = flash_mma_forward_shared(NCH * 16);
-    if (!cuda_shared_limit(c, (const void *)flash_mma_forward_kernel<NCH>, smem))
+    if (!cuda_shared_limit(c, (const void *)flash_mma_forward_kernel<NCH, TQ>, smem))
         return;
     int rows = flash_mma_rows(NCH * 16);   // a block's query rows
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    CUDA_LAUNCH(flash_mma_forward_kernel<NCH>, grid, FL_THREADS, smem, c->stream, to.f, to.h, lse,
-                q, k, vt, T, flash_tp(T), Hq, Hkv, window, seg, 1.0f / sqrtf((float)(NCH * 16)));
+    CUDA_LAUNCH((flash_mma_forward_kernel<NCH, TQ>), grid, FL_THREADS, smem, c->stream, to.f, to.h,
+                lse, q, k, vt, T, flash_tp(T), Hq, Hkv, window, seg,
+                1.0f / sqrtf((float)(NCH * 16)));
     CUDA_LAUNCHED(c);
 }
 
-// dk_part, dv_part as for flash_backward.
-template <int NCH>
+// dk_part, dv_part as for flash_backward; q and k as for flash_mma_forward.
+template <int NCH, class TQ>
 static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float *dv_part,
-                               const __nv_bfloat16 *dout, const __half *q, const __half *k,
+                               const __nv_bfloat16 *dout, const TQ *q, const TQ *k,
                                const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
                                const __nv_bfloat16 *qt, const __nv_bfloat16 *dot,
                                const float *lse, const float *delta, int B, int T, int Hq,
@@ -1076,14 +1090,14 @@ static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float
     int D = NCH * 16, tp = flash_tp(T);
     float scale = 1.0f / sqrtf((float)D);
     size_t smem_dq = flash_mma_dq_shared(D), smem_kv = flash_mma_dkdv_shared(D);
-    if (!cuda_shared_limit(c, (const void *)flash_mma_dq_kernel<NCH>, smem_dq) ||
-        !cuda_shared_limit(c, (const void *)flash_mma_dkdv_kernel<NCH>, smem_kv))
+    if (!cuda_shared_limit(c, (const void *)flash_mma_dq_kernel<NCH, TQ>, smem_dq) ||
+        !cuda_shared_limit(c, (const void *)flash_mma_dkdv_kernel<NCH, TQ>, smem_kv))
         return;
     int rows = flash_mma_rows(D);   // a block's query rows (dQ), or keys (dK, dV)
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    CUDA_LAUNCH(flash_mma_dq_kernel<NCH>, grid, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, v,
-                kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
-    CUDA_LAUNCH(flash_mma_dkdv_kernel<NCH>, grid, FL_THREADS, smem_kv, c->stream, dk_part,
+    CUDA_LAUNCH((flash_mma_dq_kernel<NCH, TQ>), grid, FL_THREADS, smem_dq, c->stream, dq, dout, q,
+                k, v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH((flash_mma_dkdv_kernel<NCH, TQ>), grid, FL_THREADS, smem_kv, c->stream, dk_part,
                 dv_part, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
@@ -1141,13 +1155,23 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
         return;
     __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
     __half *vh = (__half *)flash_carve(&w, 2 * nv);
+    const __nv_bfloat16 *q16 = NULL, *k16 = NULL;
+    if (mma && flash_qk_bf16(c, q, k, nq, nkv, &q16, &k16)) {   // the scores from them as they are
+        if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
+            return;
+        typedef __nv_bfloat16 b16;
+        auto run = D == 32 ? flash_mma_forward<2, b16> : D == 64 ? flash_mma_forward<4, b16>
+                 : D == 96 ? flash_mma_forward<6, b16> : flash_mma_forward<8, b16>;
+        run(c, out, lse, q16, k16, vh, B, T, Hq, Hkv, window, seg);
+        return;
+    }
     if (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv))
         return;
     if (mma) {
         if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
             return;
-        auto run = D == 32 ? flash_mma_forward<2> : D == 64 ? flash_mma_forward<4>
-                 : D == 96 ? flash_mma_forward<6> : flash_mma_forward<8>;
+        auto run = D == 32 ? flash_mma_forward<2, __half> : D == 64 ? flash_mma_forward<4, __half>
+                 : D == 96 ? flash_mma_forward<6, __half> : flash_mma_forward<8, __half>;
         run(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg);
         return;
     }
@@ -1181,11 +1205,14 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
     values_in dout_in = read_values(c, dout, nq), out_in = read_values(c, out, nq);
     CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta,
                 dout_in, out_in, B, T, Hq, D);
-    // the bf16 operands: dout and v as they are where they are in bf16 alone
+    // the bf16 operands: dout and v as they are where they are in bf16 alone; the scores' q and
+    // k too on the mma kernels, else in half
     const __nv_bfloat16 *dob = flash_bf16(c, dob_room, dout, nq);
     const __nv_bfloat16 *vb = flash_bf16(c, vb_room, v, nkv);
-    if (!CUDA_LAUNCHED(c) || !dob || !vb || !flash_convert(c, qh, q, nq) ||
-        !flash_convert(c, kh, k, nkv))
+    const __nv_bfloat16 *q16 = NULL, *k16 = NULL;
+    bool qk16 = mma && flash_qk_bf16(c, q, k, nq, nkv, &q16, &k16);
+    if (!CUDA_LAUNCHED(c) || !dob || !vb ||
+        (!qk16 && (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv))))
         return;
     if (mma) {
         size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
@@ -1195,10 +1222,19 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
             !flash_convert_t(c, dot, dout, B, T, Hq, D))
             return;
-        auto run = D == 32 ? flash_mma_backward<2> : D == 64 ? flash_mma_backward<4>
-                 : D == 96 ? flash_mma_backward<6> : flash_mma_backward<8>;
-        run(c, dq, dk_part, dv_part, dob, qh, kh, vb, kt, qt, dot, lse, delta, B, T, Hq, Hkv,
-            window, seg);
+        if (qk16) {
+            typedef __nv_bfloat16 b16;
+            auto run = D == 32 ? flash_mma_backward<2, b16> : D == 64 ? flash_mma_backward<4, b16>
+                     : D == 96 ? flash_mma_backward<6, b16> : flash_mma_backward<8, b16>;
+            run(c, dq, dk_part, dv_part, dob, q16, k16, vb, kt, qt, dot, lse, delta, B, T, Hq,
+                Hkv, window, seg);
+        } else {
+            typedef __half f16;
+            auto run = D == 32 ? flash_mma_backward<2, f16> : D == 64 ? flash_mma_backward<4, f16>
+                     : D == 96 ? flash_mma_backward<6, f16> : flash_mma_backward<8, f16>;
+            run(c, dq, dk_part, dv_part, dob, qh, kh, vb, kt, qt, dot, lse, delta, B, T, Hq,
+                Hkv, window, seg);
+        }
     } else {
         __nv_bfloat16 *qb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
         __nv_bfloat16 *kb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);

@@ -173,17 +173,17 @@ template <int MT, int N> __device__ __forceinline__ void flash_zero(float (*acc)
 }
 
 // The backward's two score products, for rows row0 .. of the a tiles against rows n0 .. of the
-// b tiles (all rows ld apart): s = a_h b_h^T in half (the scores) and dp = a_b b_b^T in bf16
-// (dP, from dout and v).
-template <int MT, int N, int NK>
-__device__ __forceinline__ void flash_s_dp(float (*s)[N][4], float (*dp)[N][4], const __half *a_h,
-                                           const __nv_bfloat16 *a_b, const __half *b_h,
+// b tiles (all rows ld apart): s = a_h b_h^T in TQ (the scores: half, or bf16 where q and k are
+// bf16 values) and dp = a_b b_b^T in bf16 (dP, from dout and v).
+template <class TQ, int MT, int N, int NK>
+__device__ __forceinline__ void flash_s_dp(float (*s)[N][4], float (*dp)[N][4], const TQ *a_h,
+                                           const __nv_bfloat16 *a_b, const TQ *b_h,
                                            const __nv_bfloat16 *b_b, int ld, int row0, int n0,
                                            int g, int t)
 {
     flash_zero<MT, N>(s);
     flash_zero<MT, N>(dp);
-    flash_mma_abt<__half, MT, N, NK>(s, a_h, ld, row0, b_h, ld, n0, g, t);
+    flash_mma_abt<TQ, MT, N, NK>(s, a_h, ld, row0, b_h, ld, n0, g, t);
     flash_mma_abt<__nv_bfloat16, MT, N, NK>(dp, a_b, ld, row0, b_b, ld, n0, g, t);
 }
 
@@ -426,14 +426,15 @@ __device__ __forceinline__ void flash_online_softmax(float (*s)[8][4], float (*o
 
 // ---- forward --------------------------------------------------------------------------------
 
-// q (B*T, Hq, D), k (B*T, Hkv, D) half; vt (B, Hkv, D, Tp) half, zeros past T; out (B*T, Hq, D),
+// q (B*T, Hq, D), k (B*T, Hkv, D) in TQ (half, or bf16 where they are bf16 values: the same
+// scores); vt (B, Hkv, D, Tp) half, zeros past T; out (B*T, Hq, D),
 // and keep (NULL, or its bf16 copy: cuda_keep_copy), or out NULL and keep its bf16 values alone;
 // seg (B, T) or NULL; lse (B, Hq, T) or NULL. Grid (ceil(T / flash_mma_rows(D)), Hq, B),
 // FL_THREADS threads, flash_mma_forward_shared(D) bytes.
-template <int NCH>
+template <int NCH, class TQ = __half>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const __half *q,
-                         const __half *k, const __half *vt, int T, int Tp, int Hq, int Hkv,
+flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const TQ *q, const TQ *k,
+                         const __half *vt, int T, int Tp, int Hq, int Hkv,
                          int window, const int32_t *seg_start, float scale)
 {
 #if FLASH_BODY
@@ -441,7 +442,7 @@ flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const __ha
     constexpr int BM = flash_mma_rows(D), WM = 16 * MT;   // the block's rows, a warp's
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
-    __half *qs = flash_tile<__half>(smem, D, 0);
+    TQ *qs = flash_tile<TQ>(smem, D, 0);
     unsigned char *steps = smem + MT * flash_tile_bytes(D);   // k, v^T: two tiles' worth
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
@@ -449,7 +450,7 @@ flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const __ha
     int t0 = (gridDim.x - 1 - blockIdx.x) * BM, tw = t0 + WM * warp;   // the longest first
     const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
-    const __half *kb = k + (size_t)b * T * kv_stride + (size_t)kvh * D;
+    const TQ *kb = k + (size_t)b * T * kv_stride + (size_t)kvh * D;
     const __half *vtb = vt + ((size_t)b * Hkv + kvh) * D * Tp;
 
     int lo[MT][2], hi[MT][2];
@@ -470,7 +471,7 @@ flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const __ha
     int tiles = (key_hi - key_lo) / FL_TILE + 1;
     auto fetch = [&](int it) {   // key tile it into its buffer
         unsigned char *at = steps + (it & 1) * flash_mma_forward_step(D);
-        flash_copy_tile<D>((__half *)at, kb, kv_stride, key_lo + FL_TILE * it, T);
+        flash_copy_tile<D>((TQ *)at, kb, kv_stride, key_lo + FL_TILE * it, T);
         flash_copy_tile_t<D>((__half *)(at + flash_tile_bytes(D)), vtb + key_lo + FL_TILE * it, Tp);
     };
     flash_copy_rows<D, MT>(qs, q + (size_t)b * T * q_stride + (size_t)h * D, q_stride, t0, T);
@@ -483,10 +484,11 @@ flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const __ha
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;   // warp-uniform: no row of this warp sees a key of the tile
         const unsigned char *at = steps + (it & 1) * flash_mma_forward_step(D);
-        const __half *ks = (const __half *)at, *vts = (const __half *)(at + flash_tile_bytes(D));
+        const TQ *ks = (const TQ *)at;
+        const __half *vts = (const __half *)(at + flash_tile_bytes(D));
         float s[MT][8][4];
         flash_zero<MT, 8>(s);
-        flash_mma_abt<__half, MT, 8, NCH>(s, qs, LDH, WM * warp, ks, LDH, 0, g, tq);
+        flash_mma_abt<TQ, MT, 8, NCH>(s, qs, LDH, WM * warp, ks, LDH, 0, g, tq);
         if (flash_tile_full(s0, tw, WM, T, window, seg))
             flash_online_softmax<false, MT, ND>(s, o, mrow, l, lo, hi, s0, tq, scale2);
         else
@@ -572,12 +574,12 @@ __device__ __forceinline__ void flash_dkdv_ds(float (*st)[N][4], float (*dpt)[N]
 // ---- dQ -------------------------------------------------------------------------------------
 
 // dq = scale sum_s dS k_s, dS = P (dP - delta), P = exp(q.k scale - lse), dP = dout.v.
-// Overwrites dq. q, k half (the scores); dout, v bf16 (dP); kt (B, Hkv, D, Tp) bf16 (dS K).
+// Overwrites dq. q, k in TQ (the scores); dout, v bf16 (dP); kt (B, Hkv, D, Tp) bf16 (dS K).
 // A key tile goes in two halves of 32 keys, to keep S and dP to fewer registers.
 // Grid (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dq_shared(D) bytes.
-template <int NCH>
+template <int NCH, class TQ = __half>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __half *k,
+flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const TQ *q, const TQ *k,
                     const __nv_bfloat16 *v, const __nv_bfloat16 *kt, const float *lse,
                     const float *delta, int T, int Tp, int Hq, int Hkv, int window,
                     const int32_t *seg_start, float scale)
@@ -587,7 +589,7 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
     constexpr int BM = flash_mma_rows(D), WM = 16 * MT, KW = FL_TILE / 2;
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
-    __half *qs = flash_tile<__half>(smem, D, 0);
+    TQ *qs = flash_tile<TQ>(smem, D, 0);
     __nv_bfloat16 *dos = flash_tile(smem, D, MT);
     unsigned char *steps = smem + 2 * MT * flash_tile_bytes(D);   // k, v, k^T: two tiles' worth
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
@@ -625,7 +627,7 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
     auto fetch = [&](int it) {   // key tile it into its buffer
         unsigned char *at = steps + (it & 1) * flash_mma_dq_step(D);
         int s0 = key_lo + FL_TILE * it;
-        flash_copy_tile<D>((__half *)at, k + kv_off, kv_stride, s0, T);
+        flash_copy_tile<D>((TQ *)at, k + kv_off, kv_stride, s0, T);
         flash_copy_tile<D>((__nv_bfloat16 *)(at + flash_tile_bytes(D)), v + kv_off, kv_stride, s0,
                            T);
         flash_copy_tile_t<D>((__nv_bfloat16 *)(at + 2 * flash_tile_bytes(D)), ktb + s0, Tp);
@@ -641,14 +643,14 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
         const unsigned char *at = steps + (it & 1) * flash_mma_dq_step(D);
-        const __half *ks = (const __half *)at;
+        const TQ *ks = (const TQ *)at;
         const __nv_bfloat16 *vs = (const __nv_bfloat16 *)(at + flash_tile_bytes(D));
         const __nv_bfloat16 *kts = (const __nv_bfloat16 *)(at + 2 * flash_tile_bytes(D));
         bool full = flash_tile_full(s0, tw, WM, T, window, seg);
 #pragma unroll
         for (int c0 = 0; c0 < FL_TILE; c0 += KW) {
             float s[MT][KW / 8][4], dp[MT][KW / 8][4];
-            flash_s_dp<MT, KW / 8, NCH>(s, dp, qs, dos, ks, vs, LDH, WM * warp, c0, g, tq);
+            flash_s_dp<TQ, MT, KW / 8, NCH>(s, dp, qs, dos, ks, vs, LDH, WM * warp, c0, g, tq);
             if (full)
                 flash_dq_ds<false, MT, KW / 8>(s, dp, lo, hi, lse_r, delta_r, s0 + c0, tq, scale2);
             else
@@ -668,12 +670,12 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const
 // dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
 // B operands are dout and q transposed. A query tile goes in two parts of 32 rows, one after
 // the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q
-// half (the scores); v, dout bf16 (dP); qt, dot (B, Hq, D, Tp) bf16. Grid
+// in TQ (the scores); v, dout bf16 (dP); qt, dot (B, Hq, D, Tp) bf16. Grid
 // (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dkdv_shared(D) bytes.
-template <int NCH>
+template <int NCH, class TQ = __half>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half *q,
-                      const __half *k, const __nv_bfloat16 *v, const __nv_bfloat16 *qt,
+flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const TQ *q,
+                      const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *qt,
                       const __nv_bfloat16 *dot, const float *lse, const float *delta, int T,
                       int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
 {
@@ -682,7 +684,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
     constexpr int BM = flash_mma_rows(D), WM = 16 * MT, QW = 32;
     PESC_DYNAMIC_SHARED(flash_smem);
     unsigned char *smem = flash_smem;
-    __half *ks = flash_tile<__half>(smem, D, 0);
+    TQ *ks = flash_tile<TQ>(smem, D, 0);
     __nv_bfloat16 *vs = flash_tile(smem, D, MT);
     // q, dout, q^T, dout^T and the rows' statistics: two query tiles' worth
     unsigned char *steps = smem + 2 * MT * flash_tile_bytes(D);
@@ -716,7 +718,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
     auto fetch = [&](int it) {   // query tile it into its buffer; its rows' statistics stored
         unsigned char *at = steps + (it & 1) * flash_mma_dkdv_step(D);
         int r0 = s0 + FL_TILE * it;
-        flash_copy_tile<D>((__half *)at, q + q_off, q_stride, r0, T);
+        flash_copy_tile<D>((TQ *)at, q + q_off, q_stride, r0, T);
         flash_copy_tile<D>((__nv_bfloat16 *)(at + flash_tile_bytes(D)), dout + q_off, q_stride,
                            r0, T);
         unsigned char *t_at = at + 2 * flash_tile_bytes(D);
@@ -742,7 +744,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
         int r0 = s0 + FL_TILE * it;
         flash_next_tile(it, tiles, fetch);
         const unsigned char *at = steps + (it & 1) * flash_mma_dkdv_step(D);
-        const __half *qs = (const __half *)at;
+        const TQ *qs = (const TQ *)at;
         const __nv_bfloat16 *dos = (const __nv_bfloat16 *)(at + flash_tile_bytes(D));
         const unsigned char *t_at = at + 2 * flash_tile_bytes(D);
         const __nv_bfloat16 *qts = (const __nv_bfloat16 *)t_at;
@@ -759,7 +761,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __h
 #pragma unroll 1
         for (int c0 = 0; c0 < FL_TILE; c0 += QW) {
             float st[MT][QW / 8][4], dpt[MT][QW / 8][4];   // S^T, dP^T
-            flash_s_dp<MT, QW / 8, NCH>(st, dpt, ks, vs, qs, dos, LDH, WM * warp, c0, g, tq);
+            flash_s_dp<TQ, MT, QW / 8, NCH>(st, dpt, ks, vs, qs, dos, LDH, WM * warp, c0, g, tq);
             flash_stats rows = {lse_s, delta_s, lo_s, r0, c0};
             if (full)
                 flash_dkdv_ds<false, MT, QW / 8>(st, dpt, rows, sw, s_last, g, tq, scale2);
