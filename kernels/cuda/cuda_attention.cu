@@ -1102,6 +1102,36 @@ static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float
     CUDA_LAUNCHED(c);
 }
 
+// flash_mma_forward at head dimension D (32, 64, 96 or 128)
+template <class TQ>
+static void flash_mma_forward_d(cuda_context *c, int D, float *out, float *lse, const TQ *q,
+                                const TQ *k, const __half *vt, int B, int T, int Hq, int Hkv,
+                                int window, const int32_t *seg)
+{
+    auto run = D == 32 ? flash_mma_forward<2, TQ> : D == 64 ? flash_mma_forward<4, TQ>
+             : D == 96 ? flash_mma_forward<6, TQ> : flash_mma_forward<8, TQ>;
+    run(c, out, lse, q, k, vt, B, T, Hq, Hkv, window, seg);
+}
+
+// The backward's operands and results but q and k, as flash_mma_backward takes them.
+struct flash_mma_parts {
+    float *dq, *dk_part, *dv_part;
+    const __nv_bfloat16 *dout, *v, *kt, *qt, *dot;
+    const float *lse, *delta;
+};
+
+// flash_mma_backward at head dimension D
+template <class TQ>
+static void flash_mma_backward_d(cuda_context *c, int D, const flash_mma_parts &p, const TQ *q,
+                                 const TQ *k, int B, int T, int Hq, int Hkv, int window,
+                                 const int32_t *seg)
+{
+    auto run = D == 32 ? flash_mma_backward<2, TQ> : D == 64 ? flash_mma_backward<4, TQ>
+             : D == 96 ? flash_mma_backward<6, TQ> : flash_mma_backward<8, TQ>;
+    run(c, p.dq, p.dk_part, p.dv_part, p.dout, q, k, p.v, p.kt, p.qt, p.dot, p.lse, p.delta, B,
+        T, Hq, Hkv, window, seg);
+}
+
 template <int NCH>
 static void flash_forward(cuda_context *c, float *out, float *lse, const __half *q,
                           const __half *k, const __half *v, int B, int T, int Hq, int Hkv,
@@ -1155,24 +1185,18 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
         return;
     __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
     __half *vh = (__half *)flash_carve(&w, 2 * nv);
+    // the scores from q and k as they are where they are bf16 values (mma), else in half
     const __nv_bfloat16 *q16 = NULL, *k16 = NULL;
-    if (mma && flash_qk_bf16(c, q, k, nq, nkv, &q16, &k16)) {   // the scores from them as they are
-        if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
-            return;
-        typedef __nv_bfloat16 b16;
-        auto run = D == 32 ? flash_mma_forward<2, b16> : D == 64 ? flash_mma_forward<4, b16>
-                 : D == 96 ? flash_mma_forward<6, b16> : flash_mma_forward<8, b16>;
-        run(c, out, lse, q16, k16, vh, B, T, Hq, Hkv, window, seg);
-        return;
-    }
-    if (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv))
+    bool qk16 = mma && flash_qk_bf16(c, q, k, nq, nkv, &q16, &k16);
+    if (!qk16 && (!flash_convert(c, qh, q, nq) || !flash_convert(c, kh, k, nkv)))
         return;
     if (mma) {
         if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
             return;
-        auto run = D == 32 ? flash_mma_forward<2, __half> : D == 64 ? flash_mma_forward<4, __half>
-                 : D == 96 ? flash_mma_forward<6, __half> : flash_mma_forward<8, __half>;
-        run(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg);
+        if (qk16)
+            flash_mma_forward_d(c, D, out, lse, q16, k16, vh, B, T, Hq, Hkv, window, seg);
+        else
+            flash_mma_forward_d(c, D, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg);
         return;
     }
     if (!flash_convert(c, vh, v, nkv))
@@ -1222,19 +1246,11 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
             !flash_convert_t(c, dot, dout, B, T, Hq, D))
             return;
-        if (qk16) {
-            typedef __nv_bfloat16 b16;
-            auto run = D == 32 ? flash_mma_backward<2, b16> : D == 64 ? flash_mma_backward<4, b16>
-                     : D == 96 ? flash_mma_backward<6, b16> : flash_mma_backward<8, b16>;
-            run(c, dq, dk_part, dv_part, dob, q16, k16, vb, kt, qt, dot, lse, delta, B, T, Hq,
-                Hkv, window, seg);
-        } else {
-            typedef __half f16;
-            auto run = D == 32 ? flash_mma_backward<2, f16> : D == 64 ? flash_mma_backward<4, f16>
-                     : D == 96 ? flash_mma_backward<6, f16> : flash_mma_backward<8, f16>;
-            run(c, dq, dk_part, dv_part, dob, qh, kh, vb, kt, qt, dot, lse, delta, B, T, Hq,
-                Hkv, window, seg);
-        }
+        flash_mma_parts parts = {dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta};
+        if (qk16)
+            flash_mma_backward_d(c, D, parts, q16, k16, B, T, Hq, Hkv, window, seg);
+        else
+            flash_mma_backward_d(c, D, parts, qh, kh, B, T, Hq, Hkv, window, seg);
     } else {
         __nv_bfloat16 *qb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
         __nv_bfloat16 *kb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
