@@ -163,6 +163,18 @@ __device__ __forceinline__ void flash_mma_pv(float (*acc)[N][4], const float (*p
     }
 }
 
+// f(m, n, e) for every element e of every C fragment [m][n] of MT m-tiles by N chunks
+template <int MT, int N, class F> __device__ __forceinline__ void flash_each(const F &f)
+{
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int n = 0; n < N; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                f(m, n, e);
+}
+
 template <int MT, int N> __device__ __forceinline__ void flash_zero(float (*acc)[N][4])
 {
 #pragma unroll
@@ -526,18 +538,13 @@ __device__ __forceinline__ void flash_dq_ds(float (*s)[N][4], const float (*dp)[
                                             const float (*lse)[2], const float (*delta)[2],
                                             int k0, int tq, float scale2)
 {
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int n = 0; n < N; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int i = e >> 1, key = k0 + 8 * n + 2 * tq + (e & 1);
-                float p = !MASKED || (key >= lo[m][i] && key <= hi[m][i])
-                              ? exp2f(s[m][n][e] * scale2 - lse[m][i])
-                              : 0.0f;
-                s[m][n][e] = p * (dp[m][n][e] - delta[m][i]);
-            }
+    flash_each<MT, N>([&](int m, int n, int e) {
+        int i = e >> 1, key = k0 + 8 * n + 2 * tq + (e & 1);
+        float p = !MASKED || (key >= lo[m][i] && key <= hi[m][i])
+                      ? exp2f(s[m][n][e] * scale2 - lse[m][i])
+                      : 0.0f;
+        s[m][n][e] = p * (dp[m][n][e] - delta[m][i]);
+    });
 }
 
 // A query tile's rows as dK and dV see them in shared memory: each row's lse (base 2), delta
@@ -556,19 +563,14 @@ __device__ __forceinline__ void flash_dkdv_ds(float (*st)[N][4], float (*dpt)[N]
                                               const flash_stats &r, int sw, int s_last, int g,
                                               int tq, float scale2)
 {
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int n = 0; n < N; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int s = sw + 16 * m + g + 8 * (e >> 1);
-                int col = r.c0 + 8 * n + 2 * tq + (e & 1), t = r.r0 + col;
-                bool visible = !MASKED || (s <= s_last && s <= t && s >= r.lo[col]);
-                float p = visible ? exp2f(st[m][n][e] * scale2 - r.lse[col]) : 0.0f;
-                st[m][n][e] = p;                                    // P^T
-                dpt[m][n][e] = p * (dpt[m][n][e] - r.delta[col]);   // dS^T
-            }
+    flash_each<MT, N>([&](int m, int n, int e) {
+        int s = sw + 16 * m + g + 8 * (e >> 1);
+        int col = r.c0 + 8 * n + 2 * tq + (e & 1), t = r.r0 + col;
+        bool visible = !MASKED || (s <= s_last && s <= t && s >= r.lo[col]);
+        float p = visible ? exp2f(st[m][n][e] * scale2 - r.lse[col]) : 0.0f;
+        st[m][n][e] = p;                                    // P^T
+        dpt[m][n][e] = p * (dpt[m][n][e] - r.delta[col]);   // dS^T
+    });
 }
 
 // ---- dQ -------------------------------------------------------------------------------------
