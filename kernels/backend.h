@@ -78,6 +78,9 @@ int backend_memory_info(pesc_backend *b, backend_memory *out);
 typedef struct backend_step_shape {
     int batch, seq, heads, kv_heads, head_dim;
     size_t operand_floats;   /* the most one product operand holds, frozen weights aside */
+    /* the most one holds but a slice of the logits' gradient (which one of CUDA's three bf16
+     * operand copies holds at a time) and the FFN's intermediates (never copied) */
+    size_t other_operand_floats;
     int experts, top_k, hidden, adapter_dim;   /* the PESC adapters (experts 0: none) */
     /* the most floats of backend_alloc_compact's memory that one product with at most 64
      * inputs or outputs (LoRA's) reads or writes */

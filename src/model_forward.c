@@ -37,7 +37,7 @@ static void want_in(carver *c, void *slot, size_t count, int compact)
 static void want(carver *c, void *slot, size_t count) { want_in(c, slot, count, 0); }
 
 /* Only what products and the ops that may take backend_alloc_compact's memory touch goes
- * compact: the attention's normed input, q, k, v and output, its output's gradient, the FFN's
+ * compact: the attention's normed input, q, k, v and output and their gradients, the FFN's
  * intermediates and their gradients. */
 static void want_compact(carver *c, void *slot, size_t count) { want_in(c, slot, count, 1); }
 
@@ -129,9 +129,11 @@ static void want_gradients(model *m, carver *c, size_t N)
     want(c, &a->dxn, N * C);
     if (m->crafted)   /* without adapters h's gradient is dx's */
         want(c, &a->dh, N * C);
-    want(c, &a->dq, N * q);
-    want(c, &a->dk, N * kv);
-    want(c, &a->dv, N * kv);
+    /* written by the attention's backward, turned by RoPE's, read by q, k and v's products:
+     * compact but where LoRA's narrow products read them, or Qwen3's norms' backward */
+    want_in(c, &a->dq, N * q, !cf->qk_norm && !lora_at(m, LORA_Q));
+    want_in(c, &a->dk, N * kv, !cf->qk_norm && !lora_at(m, LORA_K));
+    want_in(c, &a->dv, N * kv, !lora_at(m, LORA_V));
     if (cf->qk_norm) {
         want(c, &a->dq_raw, N * q);
         want(c, &a->dk_raw, N * kv);
@@ -247,16 +249,19 @@ static size_t max2(size_t a, size_t b) { return a > b ? a : b; }
 
 /* The most floats one operand of a product of a training step over B x T tokens holds,
  * frozen weights aside (an activation or gradient, a slice of the logits, a weight where it
- * trains): the CUDA backend keeps bf16 copies of such operands in bf16 math. */
-static size_t product_operand_floats(const model *m, int B, int T)
+ * trains): the CUDA backend keeps bf16 copies of such operands in bf16 math. all: any of them;
+ * else the rest but a slice of the logits' gradient and the FFN's intermediates (in bf16 math
+ * they live in bf16 alone: never copied). */
+static size_t product_operand_floats(const model *m, int B, int T, int all)
 {
     const hf_config *cf = &m->config;
     size_t N = (size_t)B * T, C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
-    size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
+    size_t q = (size_t)cf->n_heads * cf->head_dim;
+    size_t widest = max3(C, (size_t)cf->intermediate_size, q);
     size_t rows = logit_rows(V, N);
     /* an activation or its gradient (an adapter's or LoRA's operands are narrower), a slice of
      * the logits' gradient */
-    size_t most = max2(N * widest, rows * V);
+    size_t most = all ? max2(N * widest, rows * V) : N * max2(C, q);
     if (m->n_train && m->trainables == m->base_tensors)   /* full mode: the weights train too */
         most = max3(most, V * C, widest * C);
     return most;
@@ -265,8 +270,14 @@ static size_t product_operand_floats(const model *m, int B, int T)
 size_t model_step_bytes(model *m, int B, int T, int recompute)
 {
     const hf_config *cf = &m->config;
-    backend_step_shape shape = {B, T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                                product_operand_floats(m, B, T), 0, 0, cf->hidden_size, 0, 0};
+    backend_step_shape shape = {.batch = B,
+                                .seq = T,
+                                .heads = cf->n_heads,
+                                .kv_heads = cf->n_kv_heads,
+                                .head_dim = cf->head_dim,
+                                .operand_floats = product_operand_floats(m, B, T, 1),
+                                .other_operand_floats = product_operand_floats(m, B, T, 0),
+                                .hidden = cf->hidden_size};
     if (m->crafted) {
         shape.experts = m->pesc.experts;
         shape.top_k = m->pesc.top_k;

@@ -144,17 +144,17 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         q16 = converted<__nv_bfloat16>(q, nq);
         k16 = converted<__nv_bfloat16>(k, nkv);
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
-            flash_mma_dq_kernel<NCH, __nv_bfloat16>(dq, dob, q16, k16, vb, kt, lse, delta, T,
+            flash_mma_dq_kernel<NCH, __nv_bfloat16>(dq, NULL, dob, q16, k16, vb, kt, lse, delta, T,
                                                     tiles_of(T), Hq, Hkv, window, seg, scale);
         });
     } else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
-            flash_mma_dq_kernel<NCH>(dq, dob, qh, kh, vb, kt, lse, delta, T, tiles_of(T), Hq, Hkv,
-                                     window, seg, scale);
+            flash_mma_dq_kernel<NCH>(dq, NULL, dob, qh, kh, vb, kt, lse, delta, T, tiles_of(T), Hq,
+                                     Hkv, window, seg, scale);
         });
     else
         emu_launch(grid, dim3(FL_THREADS), flash_dq_shared(D), [&] {
-            flash_dq_kernel<NCH>(dq, dob, qh, kh, kb, vb, lse, delta, T, Hq, Hkv, window, seg,
+            flash_dq_kernel<NCH>(dq, NULL, dob, qh, kh, kb, vb, lse, delta, T, Hq, Hkv, window, seg,
                                  scale);
         });
     // each query head's part of dk and dv, then the groups' sums (groups of one: dk and dv)
@@ -167,23 +167,24 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
     }
     if (use_mma && bf16_scores)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
-            flash_mma_dkdv_kernel<NCH, __nv_bfloat16>(dk_part, dv_part, dob, q16, k16, vb, qt,
-                                                      dot, lse, delta, T, tiles_of(T), Hq, Hkv,
-                                                      window, seg, scale);
+            flash_mma_dkdv_kernel<NCH, __nv_bfloat16>(dk_part, dv_part, NULL, NULL, dob, q16, k16,
+                                                      vb, qt, dot, lse, delta, T, tiles_of(T), Hq,
+                                                      Hkv, window, seg, scale);
         });
     else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
-            flash_mma_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, kh, vb, qt, dot, lse, delta, T,
-                                       tiles_of(T), Hq, Hkv, window, seg, scale);
+            flash_mma_dkdv_kernel<NCH>(dk_part, dv_part, NULL, NULL, dob, qh, kh, vb, qt, dot, lse,
+                                       delta, T, tiles_of(T), Hq, Hkv, window, seg, scale);
         });
     else
         emu_launch(grid, dim3(FL_THREADS), flash_dkdv_shared(D), [&] {
-            flash_dkdv_kernel<NCH>(dk_part, dv_part, dob, qh, qb, kh, vb, lse, delta, T, Hq, Hkv,
-                                   window, seg, scale);
+            flash_dkdv_kernel<NCH>(dk_part, dv_part, NULL, NULL, dob, qh, qb, kh, vb, lse, delta, T,
+                                   Hq, Hkv, window, seg, scale);
         });
     if (Hq != Hkv) {
         emu_launch(dim3(3), dim3(64), 0, [&] {
-            flash_group_sum_kernel(dk, dv, dk_part, dv_part, (size_t)B * T, Hq, Hkv, D);
+            flash_group_sum_kernel(dk, dv, NULL, NULL, dk_part, dv_part, (size_t)B * T, Hq, Hkv,
+                                   D);
         });
         free(dk_part);
         free(dv_part);

@@ -272,7 +272,7 @@ __global__ void attention_delta_kernel(float *delta, values_in dout, values_in o
 // P = exp(q.k scale - lse) and dP = dout.v. Overwrites dq.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_dq_kernel(float *dq, values_in dout, values_in q, values_in k, values_in v,
+attention_dq_kernel(values_out dq, values_in dout, values_in q, values_in k, values_in v,
                     const float *lse, const float *delta, int T, int Hq, int Hkv, int D,
                     int window, const int32_t *seg_start, float scale)
 {
@@ -365,12 +365,12 @@ attention_dq_kernel(float *dq, values_in dout, values_in q, values_in k, values_
         int t = t0 + warp * ATT_ROWS + r;
         if (t >= T)
             continue;
-        float *row = dq + q_off + (size_t)t * q_stride;
+        size_t row = q_off + (size_t)t * q_stride;
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             int d = lane + 32 * c;
             if (d < D)
-                row[d] = acc[r][c];
+                dq.put(row + d, acc[r][c]);
         }
     }
 }
@@ -379,7 +379,7 @@ attention_dq_kernel(float *dq, values_in dout, values_in q, values_in k, values_
 // dv_s = sum_t P dout_t, dk_s = sum_t dS q_t with dS = P (dP - delta) scale. Overwrites both.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_dkdv_kernel(float *dk, float *dv, values_in dout, values_in q, values_in k,
+attention_dkdv_kernel(values_out dk, values_out dv, values_in dout, values_in q, values_in k,
                       values_in v, const float *lse, const float *delta, int T, int Hq, int Hkv,
                       int D, int window, const int32_t *seg_start, float scale)
 {
@@ -483,13 +483,13 @@ attention_dkdv_kernel(float *dk, float *dv, values_in dout, values_in q, values_
         int s = s0 + warp * ATT_KEYS + kk;
         if (s > s_last)
             continue;
-        float *dkr = dk + kv_off + (size_t)s * kv_stride, *dvr = dv + kv_off + (size_t)s * kv_stride;
+        size_t row = kv_off + (size_t)s * kv_stride;
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             int d = lane + 32 * c;
             if (d < D) {
-                dkr[d] = dk_acc[kk][c];
-                dvr[d] = dv_acc[kk][c];
+                dk.put(row + d, dk_acc[kk][c]);
+                dv.put(row + d, dv_acc[kk][c]);
             }
         }
     }
@@ -512,11 +512,13 @@ static void launch_backward(cuda_context *c, float *dq, float *dk, float *dv, co
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
     values_in dout_in = read_values(c, dout, nq), q_in = read_values(c, q, nq);
     values_in k_in = read_values(c, k, nkv), v_in = read_values(c, v, nkv);
-    CUDA_LAUNCH(attention_dq_kernel<NC>, grid_q, ATT_WARPS * 32, smem_dq, c->stream, dq, dout_in,
-                q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale);
-    dim3 grid_kv((T + ATT_KBLOCK - 1) / ATT_KBLOCK, Hkv, B);
-    CUDA_LAUNCH(attention_dkdv_kernel<NC>, grid_kv, ATT_WARPS * 32, smem_kv, c->stream, dk, dv,
+    values_out to_dq = write_values(c, dq, nq, false), to_dk = write_values(c, dk, nkv, false);
+    values_out to_dv = write_values(c, dv, nkv, false);
+    CUDA_LAUNCH(attention_dq_kernel<NC>, grid_q, ATT_WARPS * 32, smem_dq, c->stream, to_dq,
                 dout_in, q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+    dim3 grid_kv((T + ATT_KBLOCK - 1) / ATT_KBLOCK, Hkv, B);
+    CUDA_LAUNCH(attention_dkdv_kernel<NC>, grid_kv, ATT_WARPS * 32, smem_kv, c->stream, to_dk,
+                to_dv, dout_in, q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
 
@@ -1080,7 +1082,8 @@ static void flash_mma_forward(cuda_context *c, float *out, float *lse, const TQ 
 
 // dk_part, dv_part as for flash_backward; q and k as for flash_mma_forward.
 template <int NCH, class TQ>
-static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float *dv_part,
+static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_part,
+                               values_out dv_part,
                                const __nv_bfloat16 *dout, const TQ *q, const TQ *k,
                                const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
                                const __nv_bfloat16 *qt, const __nv_bfloat16 *dot,
@@ -1095,10 +1098,11 @@ static void flash_mma_backward(cuda_context *c, float *dq, float *dk_part, float
         return;
     int rows = flash_mma_rows(D);   // a block's query rows (dQ), or keys (dK, dV)
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    CUDA_LAUNCH((flash_mma_dq_kernel<NCH, TQ>), grid, FL_THREADS, smem_dq, c->stream, dq, dout, q,
-                k, v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
-    CUDA_LAUNCH((flash_mma_dkdv_kernel<NCH, TQ>), grid, FL_THREADS, smem_kv, c->stream, dk_part,
-                dv_part, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH((flash_mma_dq_kernel<NCH, TQ>), grid, FL_THREADS, smem_dq, c->stream, dq.f, dq.h,
+                dout, q, k, v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH((flash_mma_dkdv_kernel<NCH, TQ>), grid, FL_THREADS, smem_kv, c->stream, dk_part.f,
+                dv_part.f, dk_part.h, dv_part.h, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq,
+                Hkv, window, seg, scale);
     CUDA_LAUNCHED(c);
 }
 
@@ -1115,7 +1119,7 @@ static void flash_mma_forward_d(cuda_context *c, int D, float *out, float *lse, 
 
 // The backward's operands and results but q and k, as flash_mma_backward takes them.
 struct flash_mma_parts {
-    float *dq, *dk_part, *dv_part;
+    values_out dq, dk_part, dv_part;
     const __nv_bfloat16 *dout, *v, *kt, *qt, *dot;
     const float *lse, *delta;
 };
@@ -1150,7 +1154,7 @@ static void flash_forward(cuda_context *c, float *out, float *lse, const __half 
 // dk_part, dv_part: (B T, Hq, D) for the query heads' parts when heads are grouped, else
 // dk and dv.
 template <int NCH>
-static void flash_backward(cuda_context *c, float *dq, float *dk_part, float *dv_part,
+static void flash_backward(cuda_context *c, values_out dq, values_out dk_part, values_out dv_part,
                            const __nv_bfloat16 *dout, const __half *q,
                            const __nv_bfloat16 *q_b, const __half *k, const __nv_bfloat16 *k_b,
                            const __nv_bfloat16 *v, const float *lse, const float *delta, int B,
@@ -1163,11 +1167,12 @@ static void flash_backward(cuda_context *c, float *dq, float *dk_part, float *dv
         !cuda_shared_limit(c, (const void *)flash_dkdv_kernel<NCH>, smem_kv))
         return;
     dim3 grid_q((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    CUDA_LAUNCH(flash_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq, dout, q, k, k_b,
-                v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH(flash_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq.f, dq.h, dout, q,
+                k, k_b, v, lse, delta, T, Hq, Hkv, window, seg, scale);
     dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hq, B);
-    CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk_part, dv_part,
-                dout, q, q_b, k, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk_part.f,
+                dv_part.f, dk_part.h, dv_part.h, dout, q, q_b, k, v, lse, delta, T, Hq, Hkv, window,
+                seg, scale);
     CUDA_LAUNCHED(c);
 }
 
@@ -1221,10 +1226,13 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
     __half *qh = (__half *)flash_carve(&w, 2 * nq), *kh = (__half *)flash_carve(&w, 2 * nkv);
     __nv_bfloat16 *dob_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nq);
     __nv_bfloat16 *vb_room = (__nv_bfloat16 *)flash_carve(&w, 2 * nkv);
-    float *dk_part = dk, *dv_part = dv;
+    // dq, dk and dv in fp32, or in bf16 alone (the kernels write either); a group's parts fp32
+    values_out to_dq = write_values(c, dq, nq, false);
+    values_out to_dk = write_values(c, dk, nkv, false), to_dv = write_values(c, dv, nkv, false);
+    values_out dk_part = to_dk, dv_part = to_dv;
     if (Hq != Hkv) {
-        dk_part = (float *)flash_carve(&w, nq * sizeof(float));
-        dv_part = (float *)flash_carve(&w, nq * sizeof(float));
+        dk_part = {(float *)flash_carve(&w, nq * sizeof(float)), NULL};
+        dv_part = {(float *)flash_carve(&w, nq * sizeof(float)), NULL};
     }
     values_in dout_in = read_values(c, dout, nq), out_in = read_values(c, out, nq);
     CUDA_LAUNCH(attention_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, c->stream, delta,
@@ -1246,7 +1254,7 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
             !flash_convert_t(c, dot, dout, B, T, Hq, D))
             return;
-        flash_mma_parts parts = {dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta};
+        flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta};
         if (qk16)
             flash_mma_backward_d(c, D, parts, q16, k16, B, T, Hq, Hkv, window, seg);
         else
@@ -1260,12 +1268,12 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
             return;
         auto run = D == 32 ? flash_backward<2> : D == 64 ? flash_backward<4>
                  : D == 96 ? flash_backward<6> : flash_backward<8>;
-        run(c, dq, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window,
+        run(c, to_dq, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window,
             seg);
     }
-    if (dk_part != dk) {   // a group's parts, summed in head order
-        CUDA_LAUNCH(flash_group_sum_kernel, cuda_blocks(nkv, 256), 256, 0, c->stream, dk, dv,
-                    dk_part, dv_part, (size_t)B * T, Hq, Hkv, D);
+    if (Hq != Hkv) {   // a group's parts, summed in head order
+        CUDA_LAUNCH(flash_group_sum_kernel, cuda_blocks(nkv, 256), 256, 0, c->stream, to_dk.f,
+                    to_dv.f, to_dk.h, to_dv.h, dk_part.f, dv_part.f, (size_t)B * T, Hq, Hkv, D);
         CUDA_LAUNCHED(c);
     }
 }

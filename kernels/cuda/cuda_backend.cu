@@ -622,8 +622,12 @@ static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
     size_t work = scratch_growth(c->op_work_bytes, op);
     if (c->math != CUDA_MATH_BF16)
         return work;
+    // one copy at the largest operand (a logits slice, where it is the largest), the others at
+    // the largest of the rest
     for (int i = 0; i < CUDA_COPIES; i++)
-        work += scratch_growth(c->copies[i].bytes, s->operand_floats * sizeof(__nv_bfloat16));
+        work += scratch_growth(c->copies[i].bytes,
+                               (i == 0 ? s->operand_floats : s->other_operand_floats) *
+                                   sizeof(__nv_bfloat16));
     return work + scratch_growth(c->gemm_work_bytes, s->narrow_compact_floats * sizeof(float));
 }
 

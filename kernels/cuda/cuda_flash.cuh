@@ -178,17 +178,25 @@ __device__ __forceinline__ void flash_pb(flash_acc *acc, const T *p, const T *b,
 }
 
 // Rows t of the warp's 16 (row0 + i) that exist write their D values from stage (16, FL_LDS)
-// to dst + t * stride, times mul. The warp calls it after its stores into stage.
+// to dst + t * stride, times mul: fp32, or bf16 (dst16) where dst is NULL. The warp calls it
+// after its stores into stage.
 template <int NCH>
-__device__ __forceinline__ void flash_write_rows(float *dst, size_t stride, const float *stage,
-                                                 int row0, int rows, float mul)
+__device__ __forceinline__ void flash_write_rows(float *dst, __nv_bfloat16 *dst16, size_t stride,
+                                                 const float *stage, int row0, int rows,
+                                                 float mul)
 {
     constexpr int D = NCH * 16;
     int lane = threadIdx.x & 31;
     for (int i = lane; i < 16 * D; i += 32) {
         int r = i / D, d = i % D;
-        if (row0 + r < rows)
-            dst[(size_t)(row0 + r) * stride + d] = stage[r * FL_LDS(D) + d] * mul;
+        if (row0 + r >= rows)
+            continue;
+        float x = stage[r * FL_LDS(D) + d] * mul;
+        size_t at = (size_t)(row0 + r) * stride + d;
+        if (dst)
+            dst[at] = x;
+        else
+            dst16[at] = operand_cvt<__nv_bfloat16>(x);
     }
 }
 
@@ -304,11 +312,12 @@ flash_forward_kernel(float *out, __nv_bfloat16 *out16, float *lse, const __half 
 // ---- dQ -------------------------------------------------------------------------------------
 
 // dq = scale sum_s dS k_s, dS = P (dP - delta), P = exp(q.k scale - lse), dP = dout.v.
-// Overwrites dq. q, k half; kb16 (k), v, dout bf16. Grid (ceil(T / 64), Hq, B),
-// flash_dq_shared(D) bytes.
+// Overwrites dq (or dq16 where dq is NULL). q, k half; kb16 (k), v, dout bf16. Grid
+// (ceil(T / 64), Hq, B), flash_dq_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __half *k,
+flash_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, const __half *q,
+                const __half *k,
                 const __nv_bfloat16 *k_b, const __nv_bfloat16 *v, const float *lse,
                 const float *delta, int T, int Hq, int Hkv, int window, const int32_t *seg_start,
                 float scale)
@@ -375,22 +384,25 @@ flash_dq_kernel(float *dq, const __nv_bfloat16 *dout, const __half *q, const __h
     for (int c = 0; c < NCH; c++)
         flash_wmma::store_matrix_sync(ss + 16 * c, acc[c], LDS, flash_wmma::mem_row_major);
     __syncwarp();
-    flash_write_rows<NCH>(dq + q_off, q_stride, ss, tw, T, scale);
+    flash_write_rows<NCH>(dq ? dq + q_off : NULL, dq ? NULL : dq16 + q_off, q_stride, ss, tw, T,
+                          scale);
 #endif
 }
 
 // ---- dK, dV ---------------------------------------------------------------------------------
 
 // dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of query head h = blockIdx.y:
-// one query head's part of its kv head's gradients, written (B*T, Hq, D) at head h. With groups
-// of one that is dk and dv themselves; otherwise flash_group_sum_kernel adds a group's parts.
+// one query head's part of its kv head's gradients, written (B*T, Hq, D) at head h (in bf16 to
+// dk16, dv16 where dk, dv are NULL). With groups of one that is dk and dv themselves;
+// otherwise flash_group_sum_kernel adds a group's parts.
 // (One block a query head, not a kv head: a block's work grows with the rows after its keys,
 // and a kv head's whole group in one block made the first keys' blocks group times longer than
 // the rest, the step waiting on them.) q, k half; q_b (q), v, dout bf16. Grid (ceil(T / 64),
 // Hq, B), flash_dkdv_shared(D) bytes.
 template <int NCH>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half *q,
+flash_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *dv16,
+                  const __nv_bfloat16 *dout, const __half *q,
                   const __nv_bfloat16 *q_b, const __half *k, const __nv_bfloat16 *v,
                   const float *lse, const float *delta, int T, int Hq, int Hkv, int window,
                   const int32_t *seg_start, float scale)
@@ -473,14 +485,17 @@ flash_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const __half 
         flash_wmma::store_matrix_sync(dps + 16 * c, dv_acc[c], LDS, flash_wmma::mem_row_major);
     }
     __syncwarp();
-    flash_write_rows<NCH>(dk + q_off, q_stride, ss, sw, T, scale);
-    flash_write_rows<NCH>(dv + q_off, q_stride, dps, sw, T, 1.0f);
+    flash_write_rows<NCH>(dk ? dk + q_off : NULL, dk ? NULL : dk16 + q_off, q_stride, ss, sw, T,
+                          scale);
+    flash_write_rows<NCH>(dv ? dv + q_off : NULL, dv ? NULL : dv16 + q_off, q_stride, dps, sw, T,
+                          1.0f);
 #endif
 }
 
 // dk, dv (rows, Hkv, D) = the sums of their groups' parts (rows, Hq, D), query heads in order
-// (no atomics: the same sums every run).
-__global__ void flash_group_sum_kernel(float *dk, float *dv, const float *dk_part,
+// (no atomics: the same sums every run); each in fp32, or in bf16 (dk16, dv16) where NULL.
+__global__ void flash_group_sum_kernel(float *dk, float *dv, __nv_bfloat16 *dk16,
+                                       __nv_bfloat16 *dv16, const float *dk_part,
                                        const float *dv_part, size_t rows, int Hq, int Hkv, int D)
 {
     int group = Hq / Hkv;
@@ -493,8 +508,14 @@ __global__ void flash_group_sum_kernel(float *dk, float *dv, const float *dk_par
             sk += dk_part[at + (size_t)hh * D];
             sv += dv_part[at + (size_t)hh * D];
         }
-        dk[i] = sk;
-        dv[i] = sv;
+        if (dk)
+            dk[i] = sk;
+        else
+            dk16[i] = operand_cvt<__nv_bfloat16>(sk);
+        if (dv)
+            dv[i] = sv;
+        else
+            dv16[i] = operand_cvt<__nv_bfloat16>(sv);
     }
 }
 

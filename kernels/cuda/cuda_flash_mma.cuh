@@ -576,12 +576,14 @@ __device__ __forceinline__ void flash_dkdv_ds(float (*st)[N][4], float (*dpt)[N]
 // ---- dQ -------------------------------------------------------------------------------------
 
 // dq = scale sum_s dS k_s, dS = P (dP - delta), P = exp(q.k scale - lse), dP = dout.v.
-// Overwrites dq. q, k in TQ (the scores); dout, v bf16 (dP); kt (B, Hkv, D, Tp) bf16 (dS K).
+// Overwrites dq (or its bf16 values alone, dq16, where dq is NULL). q, k in TQ (the scores);
+// dout, v bf16 (dP); kt (B, Hkv, D, Tp) bf16 (dS K).
 // A key tile goes in two halves of 32 keys, to keep S and dP to fewer registers.
 // Grid (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dq_shared(D) bytes.
 template <int NCH, class TQ = __half>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const TQ *q, const TQ *k,
+flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, const TQ *q,
+                    const TQ *k,
                     const __nv_bfloat16 *v, const __nv_bfloat16 *kt, const float *lse,
                     const float *delta, int T, int Tp, int Hq, int Hkv, int window,
                     const int32_t *seg_start, float scale)
@@ -660,15 +662,19 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const TQ *q, const TQ 
             flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8>(acc, s, kts, c0, g, tq);
         }
     }
-    flash_write_acc<MT, ND>(dq + q_off, q_stride, acc, tw, T, scale, g, tq);
+    if (dq)
+        flash_write_acc<MT, ND>(dq + q_off, q_stride, acc, tw, T, scale, g, tq);
+    else
+        flash_write_acc<MT, ND>(dq16 + q_off, q_stride, acc, tw, T, scale, g, tq);
 #endif
 }
 
 // ---- dK, dV ---------------------------------------------------------------------------------
 
 // dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of query head h = blockIdx.y,
-// written (B*T, Hq, D) at head h (flash_group_sum_kernel adds a group's parts; cuda_flash.cuh
-// says why a block takes one query head). The warp's keys are the rows of S^T = K Q^T and
+// written (B*T, Hq, D) at head h, or in bf16 to dk16, dv16 where dk, dv are NULL
+// (flash_group_sum_kernel adds a group's parts; cuda_flash.cuh says why a block takes one query
+// head). The warp's keys are the rows of S^T = K Q^T and
 // dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
 // B operands are dout and q transposed. A query tile goes in two parts of 32 rows, one after
 // the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q
@@ -676,7 +682,8 @@ flash_mma_dq_kernel(float *dq, const __nv_bfloat16 *dout, const TQ *q, const TQ 
 // (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dkdv_shared(D) bytes.
 template <int NCH, class TQ = __half>
 __global__ void __launch_bounds__(FL_THREADS)
-flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const TQ *q,
+flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *dv16,
+                      const __nv_bfloat16 *dout, const TQ *q,
                       const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *qt,
                       const __nv_bfloat16 *dot, const float *lse, const float *delta, int T,
                       int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
@@ -773,8 +780,14 @@ flash_mma_dkdv_kernel(float *dk, float *dv, const __nv_bfloat16 *dout, const TQ 
             flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
         }
     }
-    flash_write_acc<MT, ND>(dk + q_off, q_stride, dk_acc, sw, T, scale, g, tq);
-    flash_write_acc<MT, ND>(dv + q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
+    if (dk)
+        flash_write_acc<MT, ND>(dk + q_off, q_stride, dk_acc, sw, T, scale, g, tq);
+    else
+        flash_write_acc<MT, ND>(dk16 + q_off, q_stride, dk_acc, sw, T, scale, g, tq);
+    if (dv)
+        flash_write_acc<MT, ND>(dv + q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
+    else
+        flash_write_acc<MT, ND>(dv16 + q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
 #endif
 }
 
