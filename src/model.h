@@ -44,10 +44,11 @@ typedef struct layer_acts {
     float *x_in;                 /* (N, C) residual stream entering the layer */
     float *xn1, *rstd1;          /* (N, C), (N) attention norm; xn1 compact but where LoRA
                                   * adapts q, k or v */
-    float *q, *k, *v;            /* (N, Hq*D), (N, Hkv*D) x2, after RoPE */
+    float *q, *k, *v;            /* (N, Hq*D), (N, Hkv*D) x2, after RoPE; compact but where
+                                  * LoRA adapts their products (want_layer says when) */
     float *q_raw, *k_raw;        /* qk_norm: q and k before their norms, (N, Hq*D), (N, Hkv*D) */
     float *rstd_q, *rstd_k;      /* qk_norm: (N*Hq), (N*Hkv) */
-    float *att, *lse;            /* (N, Hq*D), (B, Hq, T) */
+    float *att, *lse;            /* (N, Hq*D) compact but with LoRA at o, (B, Hq, T) */
     float *x_mid;                /* (N, C) after the attention residual */
     float *xn2, *rstd2;          /* (N, C), (N) FFN norm: the FFN's and router's input */
     float *gate, *up, *act;      /* (N, F) pre-activation gate, up, silu(gate) * up; compact
@@ -88,7 +89,8 @@ typedef struct model_activations {
     double *route_host;          /* (as route_stats) host: their download */
     /* gradients (training only) */
     float *dx, *dxn, *dh;        /* (N, C) */
-    float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D) */
+    float *dq, *dk, *dv, *datt;  /* (N, Hq*D), (N, Hkv*D) x2, (N, Hq*D); compact as q, k, v
+                                  * and att (want_gradients says when) */
     float *dq_raw, *dk_raw;      /* qk_norm: the gradients before the norms, as dq and dk */
     float *dgate, *dup, *dact;   /* (N, F) compact */
     float *drouter, *dtopk_w;    /* (N, E), (N, K) */

@@ -1083,9 +1083,8 @@ static void flash_mma_forward(cuda_context *c, float *out, float *lse, const TQ 
 // dk_part, dv_part as for flash_backward; q and k as for flash_mma_forward.
 template <int NCH, class TQ>
 static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_part,
-                               values_out dv_part,
-                               const __nv_bfloat16 *dout, const TQ *q, const TQ *k,
-                               const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
+                               values_out dv_part, const __nv_bfloat16 *dout, const TQ *q,
+                               const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
                                const __nv_bfloat16 *qt, const __nv_bfloat16 *dot,
                                const float *lse, const float *delta, int B, int T, int Hq,
                                int Hkv, int window, const int32_t *seg)

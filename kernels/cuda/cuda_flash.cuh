@@ -178,12 +178,12 @@ __device__ __forceinline__ void flash_pb(flash_acc *acc, const T *p, const T *b,
 }
 
 // Rows t of the warp's 16 (row0 + i) that exist write their D values from stage (16, FL_LDS)
-// to dst + t * stride, times mul: fp32, or bf16 (dst16) where dst is NULL. The warp calls it
-// after its stores into stage.
+// to element off + t * stride, times mul: of dst in fp32, or of dst16 in bf16 where dst is NULL
+// (a tensor kept in bf16 alone). The warp calls it after its stores into stage.
 template <int NCH>
-__device__ __forceinline__ void flash_write_rows(float *dst, __nv_bfloat16 *dst16, size_t stride,
-                                                 const float *stage, int row0, int rows,
-                                                 float mul)
+__device__ __forceinline__ void flash_write_rows(float *dst, __nv_bfloat16 *dst16, size_t off,
+                                                 size_t stride, const float *stage, int row0,
+                                                 int rows, float mul)
 {
     constexpr int D = NCH * 16;
     int lane = threadIdx.x & 31;
@@ -192,7 +192,7 @@ __device__ __forceinline__ void flash_write_rows(float *dst, __nv_bfloat16 *dst1
         if (row0 + r >= rows)
             continue;
         float x = stage[r * FL_LDS(D) + d] * mul;
-        size_t at = (size_t)(row0 + r) * stride + d;
+        size_t at = off + (size_t)(row0 + r) * stride + d;
         if (dst)
             dst[at] = x;
         else
@@ -384,8 +384,7 @@ flash_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, const
     for (int c = 0; c < NCH; c++)
         flash_wmma::store_matrix_sync(ss + 16 * c, acc[c], LDS, flash_wmma::mem_row_major);
     __syncwarp();
-    flash_write_rows<NCH>(dq ? dq + q_off : NULL, dq ? NULL : dq16 + q_off, q_stride, ss, tw, T,
-                          scale);
+    flash_write_rows<NCH>(dq, dq16, q_off, q_stride, ss, tw, T, scale);
 #endif
 }
 
@@ -485,10 +484,8 @@ flash_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *dv16
         flash_wmma::store_matrix_sync(dps + 16 * c, dv_acc[c], LDS, flash_wmma::mem_row_major);
     }
     __syncwarp();
-    flash_write_rows<NCH>(dk ? dk + q_off : NULL, dk ? NULL : dk16 + q_off, q_stride, ss, sw, T,
-                          scale);
-    flash_write_rows<NCH>(dv ? dv + q_off : NULL, dv ? NULL : dv16 + q_off, q_stride, dps, sw, T,
-                          1.0f);
+    flash_write_rows<NCH>(dk, dk16, q_off, q_stride, ss, sw, T, scale);
+    flash_write_rows<NCH>(dv, dv16, q_off, q_stride, dps, sw, T, 1.0f);
 #endif
 }
 

@@ -309,6 +309,19 @@ __device__ __forceinline__ void flash_write_acc(Out *dst, size_t stride,
         }
 }
 
+// The same into element off of dst in fp32, or of dst16 in bf16 where dst is NULL (a tensor
+// kept in bf16 alone).
+template <int MT, int ND>
+__device__ __forceinline__ void flash_write_acc_to(float *dst, __nv_bfloat16 *dst16, size_t off,
+                                                   size_t stride, const float (*acc)[ND][4],
+                                                   int row0, int rows, float mul, int g, int t)
+{
+    if (dst)
+        flash_write_acc<MT, ND>(dst + off, stride, acc, row0, rows, mul, g, t);
+    else
+        flash_write_acc<MT, ND>(dst16 + off, stride, acc, row0, rows, mul, g, t);
+}
+
 // m-tiles of 16 rows a warp: 2 (32 rows, the block 128) where the accumulators leave room
 // without spilling (ptxas, sm_90: at D = 64 the forward takes 255 registers, dQ 237, dK/dV
 // 255), else 1 (16 rows, the block 64): at head dimensions up to 64.
@@ -662,10 +675,7 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
             flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8>(acc, s, kts, c0, g, tq);
         }
     }
-    if (dq)
-        flash_write_acc<MT, ND>(dq + q_off, q_stride, acc, tw, T, scale, g, tq);
-    else
-        flash_write_acc<MT, ND>(dq16 + q_off, q_stride, acc, tw, T, scale, g, tq);
+    flash_write_acc_to<MT, ND>(dq, dq16, q_off, q_stride, acc, tw, T, scale, g, tq);
 #endif
 }
 
@@ -780,14 +790,8 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
             flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
         }
     }
-    if (dk)
-        flash_write_acc<MT, ND>(dk + q_off, q_stride, dk_acc, sw, T, scale, g, tq);
-    else
-        flash_write_acc<MT, ND>(dk16 + q_off, q_stride, dk_acc, sw, T, scale, g, tq);
-    if (dv)
-        flash_write_acc<MT, ND>(dv + q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
-    else
-        flash_write_acc<MT, ND>(dv16 + q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
+    flash_write_acc_to<MT, ND>(dk, dk16, q_off, q_stride, dk_acc, sw, T, scale, g, tq);
+    flash_write_acc_to<MT, ND>(dv, dv16, q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
 #endif
 }
 

@@ -512,10 +512,10 @@ static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, in
 // out (n, C) = act (n, R) @ U_e^T per expert, then y = x + h + the weighted outputs.
 template <class T>
 static void adapter_forward(cuda_context *c, float *y, const float *x, T *gathered, T *pre,
-                            T *act, T *out,
-                            const float *h, dropout_draw drop, const T *down, const T *up,
-                            const int32_t *perm, const int32_t *inverse, const int *offsets,
-                            const float *topk_w, int N, int K, int E, int C, int R, float scale)
+                            T *act, T *out, const float *h, dropout_draw drop, const T *down,
+                            const T *up, const int32_t *perm, const int32_t *inverse,
+                            const int *offsets, const float *topk_w, int N, int K, int E, int C,
+                            int R, float scale)
 {
     int pairs = offsets[E];
     size_t CR = (size_t)C * R;
