@@ -2,7 +2,7 @@
  * random model (Llama, and Qwen3 with its per-head norms of q and k), crafted the same way, on
  * the same batch, in each of the crafting and layout cases below. The losses must agree within
  * 1e-2 relative and the gradients of every trainable (one vector) must have cosine >= 0.999,
- * each kind of trainable alone 0.9999; two identical GPU runs of several AdamW steps must give
+ * each kind of trainable alone 0.9997; two identical GPU runs of several AdamW steps must give
  * identical losses. Exit 77 without a GPU. */
 #include <string.h>
 
@@ -144,14 +144,16 @@ static const step_case cases[] = {
     {.tag = "full, qwen3, 2 micro-batches", .full = 1, .qk_norm = 1, .micro = 2},
 };
 
-enum { ROUTERS, ADAPTERS, LORA, WEIGHTS, KINDS };
-static const char *const kind_names[KINDS] = {"routers", "adapters", "LoRA", "weights"};
+enum { ROUTERS, ADAPTERS, LORA, NORMS, MATRICES, KINDS };
+static const char *const kind_names[KINDS] = {"routers", "adapters", "LoRA", "norms",
+                                              "matrices"};
 
-static int kind_of(const char *trainable)
+static int kind_of(const model_tensor *t)
 {
-    return strstr(trainable, ".router.") ? ROUTERS
-           : strstr(trainable, ".lora_") ? LORA
-           : strstr(trainable, ".moe_adapter.") ? ADAPTERS : WEIGHTS;
+    return strstr(t->name, ".router.") ? ROUTERS
+           : strstr(t->name, ".lora_") ? LORA
+           : strstr(t->name, ".moe_adapter.") ? ADAPTERS
+           : t->ndim == 1 ? NORMS : MATRICES;   /* --train full: the base's */
 }
 
 static void compare_step(pesc_backend *cpu, pesc_backend *gpu, const step_case *sc)
@@ -193,15 +195,16 @@ static void compare_step(pesc_backend *cpu, pesc_backend *gpu, const step_case *
      * several: a kind whose gradient is small beside the others' would hide an error in it
      * (the routers' beside the adapters', or the other way round when the routing is
      * decisive: their inputs' bumps make the routers' gradients large). Alone each is held to
-     * 1e-4: bf16 math's worst is 2.8e-5 (the adapters'). One term of the routers' backward
-     * dropped gives them 3.8e-4 to 9.8e-4; a second micro-batch's adapter gradients written
-     * over the first's, 0.29 alone and 8.2e-5 in the whole: the whole's 1e-3 lets both pass. */
+     * 3e-4: bf16 math's worst is 8.3e-5 (Qwen3's norms in full training). One term of the
+     * routers' backward dropped gives them 3.8e-4 to 9.8e-4; a second micro-batch's adapter
+     * gradients written over the first's, 0.29 alone and 8.2e-5 in the whole: the whole's
+     * 1e-3 lets both pass. */
     for (int kind = -1; kind < KINDS; kind++) {
         double dot = 0.0, ng = 0.0, nw = 0.0;
         size_t count = 0;
         for (int i = 0; i < mc.n_trainables; i++) {
             const model_tensor *t = &mc.trainables[i];
-            if (kind >= 0 && kind_of(t->name) != kind)
+            if (kind >= 0 && kind_of(t) != kind)
                 continue;
             size_t at = (size_t)(t->data - mc.train_block);
             const float *got = g + at, *want = mc.grad_block + at;   /* CPU memory: host's */
@@ -221,8 +224,8 @@ static void compare_step(pesc_backend *cpu, pesc_backend *gpu, const step_case *
         else
             snprintf(what, sizeof what, "%s: 1 - cosine, %s alone (%zu)", tag, kind_names[kind],
                      count);
-        gpu_test_verdict(cosine >= (kind < 0 ? 0.999 : 0.9999) && nw > 0, what, 1.0 - cosine,
-                         kind < 0 ? "cosine >= 0.999" : "cosine >= 0.9999");
+        gpu_test_verdict(cosine >= (kind < 0 ? 0.999 : 0.9997) && nw > 0, what, 1.0 - cosine,
+                         kind < 0 ? "cosine >= 0.999" : "cosine >= 0.9997");
     }
     free(g);
     model_free(&mc);
