@@ -10,7 +10,7 @@
 #include "model.h"
 #include "optim.h"
 
-enum { BATCH = 2, SEQ = 64 };
+enum { BATCH = 2, SEQ = 64, MAX_SEQ = 160 };
 
 /* One whole-step comparison: how the model is built and crafted, and the batch's layout. */
 typedef struct {
@@ -24,6 +24,7 @@ typedef struct {
     int recompute;               /* the backward replays each layer's forward */
     int heads, kv_heads, head_dim;   /* 0: 4 heads of 32 on 2 of k and v */
     int micro;                   /* micro-batches whose gradients add up (0: one) */
+    int seq;                     /* tokens a row, MAX_SEQ at most (0: SEQ) */
 } step_case;
 
 /* Tokens whose k-th and (k+1)-th router logits nearly tie go to other experts on the GPU,
@@ -110,15 +111,16 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
     decisive_routing(m, b);
 }
 
-static void batch(int32_t *tokens, int32_t *targets, int32_t *doc_ids, uint64_t seed)
+/* BATCH rows of T tokens; documents of 24 tokens where packed */
+static void batch(int32_t *tokens, int32_t *targets, int32_t *doc_ids, int T, uint64_t seed)
 {
-    for (int i = 0; i < BATCH * SEQ; i++) {
+    for (int i = 0; i < BATCH * T; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
         tokens[i] = (int32_t)((seed >> 33) % 512);
-        doc_ids[i] = (i % SEQ) / 24;   /* three documents per row */
+        doc_ids[i] = (i % T) / 24;
     }
     for (int b = 0; b < BATCH; b++)
-        model_shift_targets(targets + b * SEQ, tokens + b * SEQ, NULL, SEQ);
+        model_shift_targets(targets + b * T, tokens + b * T, NULL, T);
 }
 
 /* bf16 math keeps q, k, v and the attention's output in bf16 alone but where LoRA adds to
@@ -142,6 +144,9 @@ static const step_case cases[] = {
     /* every gradient's first write after the zeroing writes, the later ones add */
     {.tag = "pesc+lora, 2 micro-batches", .lora_rank = 4, .micro = 2},
     {.tag = "full, qwen3, 2 micro-batches", .full = 1, .qk_norm = 1, .micro = 2},
+    /* keys in three tiles of flash's 64, whole ones and cut ones; and a window across them */
+    {.tag = "pesc+lora at q and v, 150 tokens", .lora_rank = 4, .lora_targets = QV, .seq = 150},
+    {.tag = "pesc, 150 tokens, window 90", .window = 90, .seq = 150},
 };
 
 enum { ROUTERS, ADAPTERS, LORA, NORMS, MATRICES, KINDS };
@@ -163,17 +168,18 @@ static void compare_step(pesc_backend *cpu, pesc_backend *gpu, const step_case *
     int full = sc->full, packed = sc->packed;
     build(&mc, cpu, sc, &err);
     build(&mg, gpu, sc, &err);
-    int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ], docs[BATCH * SEQ];
+    int T = sc->seq ? sc->seq : SEQ;
+    int32_t tokens[BATCH * MAX_SEQ], targets[BATCH * MAX_SEQ], docs[BATCH * MAX_SEQ];
     model_layout layout = {.doc_ids = docs};
     model_losses lc, lg;   /* the last micro-batch's */
     model_zero_grad(&mc);
     model_zero_grad(&mg);
     int micro = sc->micro ? sc->micro : 1;
     for (int i = 0; i < micro; i++) {
-        batch(tokens, targets, docs, 123 + i);
-        if (model_train_step(&mc, tokens, targets, packed ? &layout : NULL, BATCH, SEQ,
+        batch(tokens, targets, docs, T, 123 + i);
+        if (model_train_step(&mc, tokens, targets, packed ? &layout : NULL, BATCH, T,
                              1.0f / micro, 0, &lc, &err) != 0 ||
-            model_train_step(&mg, tokens, targets, packed ? &layout : NULL, BATCH, SEQ,
+            model_train_step(&mg, tokens, targets, packed ? &layout : NULL, BATCH, T,
                              1.0f / micro, 0, &lg, &err) != 0 ||
             backend_check(gpu, &err) != 0)
             gpu_test_die(&err);
@@ -314,7 +320,7 @@ static void run_steps(pesc_backend *gpu, double *losses, int steps)
         gpu_test_die(&err);
     int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ], docs[BATCH * SEQ];
     for (int s = 0; s < steps; s++) {
-        batch(tokens, targets, docs, 1000 + s);
+        batch(tokens, targets, docs, SEQ, 1000 + s);
         model_losses l;
         model_zero_grad(&m);
         if (model_train_step(&m, tokens, targets, NULL, BATCH, SEQ, 1.0f, 1, &l, &err) != 0)
