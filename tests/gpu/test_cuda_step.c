@@ -20,7 +20,7 @@ typedef struct {
     unsigned lora_targets;       /* bit (1 << LORA_*) per site; 0: all seven */
     int qk_norm;                 /* Qwen3's RMS norm of every head of q and k */
     int window;                  /* sliding window, 0 none */
-    int packed;                  /* three documents per row */
+    int packed;                  /* documents of 24 tokens in a row */
     int recompute;               /* the backward replays each layer's forward */
     int heads, kv_heads, head_dim;   /* 0: 4 heads of 32 on 2 of k and v */
     int micro;                   /* micro-batches whose gradients add up (0: one) */
@@ -30,13 +30,13 @@ typedef struct {
 /* Tokens whose k-th and (k+1)-th router logits nearly tie go to other experts on the GPU,
  * whose products round differently: one such token moves 1 - cosine by about 1e-3, more than
  * any path's precision (before this, in tf32 math, PESC without LoRA gave 4e-4 to 1.4e-3 in
- * 7 of 10 runs over windows, packing, recompute and two attention paths, 6e-9 now; fp32 math
- * none past 1e-12). So the routing
- * is made decisive: token t's embedding has 8 at column t % E and 6 at another of the first E
- * columns, router row e reads column e of those E alone, at 0.5, and LoRA's B starts at a tenth
- * of the others' scale (build). On the CPU, in every case here and both layers, the second
- * chosen logit is 2.1 or more and every other 0.9 or less, against ~1e-2 of bf16's error. The
- * routing still depends on the token, and every expert gets rows. */
+ * 7 of 10 runs over windows, packing, recompute and two attention paths, 6e-9 now; in fp32
+ * math none passed 1e-12). So the routing is made decisive: token t's embedding has 8 at
+ * column t % E and 6 at another of the first E columns, router row e reads column e of those
+ * E alone, at 0.5, and LoRA's B starts at a tenth of the others' scale (build). On the CPU, in
+ * every case here and both layers, the second chosen logit is 2.1 or more and every other 0.9
+ * or less, against ~1e-2 of bf16's error. The routing still depends on the token, and every
+ * expert gets rows. */
 static void decisive_routing(model *m, pesc_backend *b)
 {
     int V = m->config.vocab_size, C = m->config.hidden_size, E = m->pesc.experts;
