@@ -66,11 +66,14 @@ static void decisive_routing(model *m, pesc_backend *b)
  * the (K+1)-th largest router logit (host memory: the CPU backend's). */
 static double routing_margin(const model *m, int N)
 {
+    enum { MAX_E = 16 };
     int E = m->pesc.experts, K = m->pesc.top_k;
+    if (E > MAX_E || K >= E)
+        return 0.0;   /* more experts than this reads: the check fails, naming the margin */
     double margin = INFINITY;
     for (int l = 0; l < m->config.n_layers; l++)
         for (int n = 0; n < N; n++) {
-            float r[16];   /* E of the test's experts */
+            float r[MAX_E];
             memcpy(r, m->act.layers[l].router_logits + (size_t)n * E, E * sizeof *r);
             for (int i = 0; i <= K; i++)   /* the K + 1 largest first, in order */
                 for (int j = i + 1; j < E; j++)
