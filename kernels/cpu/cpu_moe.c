@@ -7,6 +7,7 @@
 #include "cpu/cpu_ops.h"
 #include "backend.h"
 #include "dropout_hash.h"
+#include "moe_route.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -21,30 +22,9 @@ void cpu_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *p
     (void)ctx;
     assert(K >= 1 && K <= E && E <= MAX_EXPERTS);
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *r = logits + (size_t)n * E;
-        int32_t *idx = topk_idx + (size_t)n * K;
-        unsigned char taken[MAX_EXPERTS] = {0};
-        /* k is small: repeated arg-max, the lower index winning a tie */
-        for (int j = 0; j < K; j++) {
-            int best = -1;
-            for (int e = 0; e < E; e++)
-                if (!taken[e] && (best < 0 || r[e] > r[best]))
-                    best = e;
-            taken[best] = 1;
-            idx[j] = best;
-        }
-        double m = r[idx[0]], sum = 0.0, kept = 0.0;
-        for (int e = 0; e < E; e++)
-            sum += exp((double)r[e] - m);
-        for (int e = 0; e < E; e++)
-            probs[(size_t)n * E + e] = (float)(exp((double)r[e] - m) / sum);
-        lse[n] = (float)(m + log(sum));
-        for (int j = 0; j < K; j++)
-            kept += exp((double)r[idx[j]] - m);
-        for (int j = 0; j < K; j++)
-            topk_w[(size_t)n * K + j] = (float)(exp((double)r[idx[j]] - m) / kept);
-    }
+    for (int n = 0; n < N; n++)
+        pesc_route_token(topk_idx + (size_t)n * K, topk_w + (size_t)n * K, probs + (size_t)n * E,
+                         lse + n, logits + (size_t)n * E, E, K);
 }
 
 void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
@@ -54,23 +34,10 @@ void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
 {
     (void)ctx;
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        float *dr = dlogits + (size_t)n * E;
-        const float *p = probs + (size_t)n * E;
-        const float *w = topk_w + (size_t)n * K, *dw = dtopk_w + (size_t)n * K;
-        double pg = 0.0, wdw = 0.0;
-        if (aux_grad)
-            for (int e = 0; e < E; e++)
-                pg += (double)p[e] * aux_grad[e];
-        for (int e = 0; e < E; e++) {
-            double g = aux_grad ? (double)p[e] * (aux_grad[e] - pg) / N : 0.0;
-            dr[e] = (float)(g + 2.0 * z_scale * lse[n] * p[e]);
-        }
-        for (int j = 0; j < K; j++)
-            wdw += (double)w[j] * dw[j];
-        for (int j = 0; j < K; j++)
-            dr[topk_idx[(size_t)n * K + j]] += (float)(w[j] * (dw[j] - wdw));
-    }
+    for (int n = 0; n < N; n++)
+        pesc_route_token_backward(dlogits + (size_t)n * E, dtopk_w + (size_t)n * K,
+                                  topk_idx + (size_t)n * K, topk_w + (size_t)n * K,
+                                  probs + (size_t)n * E, lse[n], aux_grad, z_scale, N, E, K);
 }
 
 /* One pass over the pairs and one over the tokens, in order (each sum adds in token order),

@@ -1,7 +1,7 @@
 // cuda_moe — PESC routing and the expert adapters on the GPU.
 //
 // Routing (top-k, gate softmax, softmax over all experts, log-sum-exp) and its backward run
-// one thread per token. The grouping of (token, slot) pairs by expert and the routing
+// one thread per token, in the CPU backend's own code (moe_route.h). The grouping of (token, slot) pairs by expert and the routing
 // statistics are computed here too (moe_group, cuda_group.cuh); model_forward.c's route_start
 // downloads the statistics with the group sizes, MOE_STATS doubles, and route_finish collects
 // them after the frozen FFN is queued: a forward's one wait per layer, with the FFN's products
@@ -21,6 +21,7 @@
 #include "cuda/cuda_convert.cuh"
 #include "cuda/cuda_group.cuh"
 #include "dropout_hash.h"
+#include "moe_route.h"
 
 
 // ---- routing --------------------------------------------------------------------------------
@@ -31,30 +32,8 @@ __global__ void route_forward_kernel(int32_t *topk_idx, float *topk_w, float *pr
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N)
         return;
-    const float *r = logits + (size_t)n * E;
-    int32_t *idx = topk_idx + (size_t)n * K;
-    // k is small: repeated arg-max over the experts not yet taken, the lower index winning a tie
-    for (int j = 0; j < K; j++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            bool taken = false;
-            for (int i = 0; i < j; i++)
-                taken = taken || idx[i] == e;
-            if (!taken && (best < 0 || r[e] > r[best]))
-                best = e;
-        }
-        idx[j] = best;
-    }
-    double m = r[idx[0]], sum = 0.0, kept = 0.0;
-    for (int e = 0; e < E; e++)
-        sum += exp((double)r[e] - m);
-    for (int e = 0; e < E; e++)
-        probs[(size_t)n * E + e] = (float)(exp((double)r[e] - m) / sum);
-    lse[n] = (float)(m + log(sum));
-    for (int j = 0; j < K; j++)
-        kept += exp((double)r[idx[j]] - m);
-    for (int j = 0; j < K; j++)
-        topk_w[(size_t)n * K + j] = (float)(exp((double)r[idx[j]] - m) / kept);
+    pesc_route_token(topk_idx + (size_t)n * K, topk_w + (size_t)n * K, probs + (size_t)n * E,
+                     lse + n, logits + (size_t)n * E, E, K);
 }
 
 extern "C" void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs,
@@ -78,21 +57,9 @@ __global__ void route_backward_kernel(float *dlogits, const float *dtopk_w,
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N)
         return;
-    float *dr = dlogits + (size_t)n * E;
-    const float *p = probs + (size_t)n * E;
-    const float *w = topk_w + (size_t)n * K, *dw = dtopk_w + (size_t)n * K;
-    double pg = 0.0, wdw = 0.0;
-    if (aux_grad)
-        for (int e = 0; e < E; e++)
-            pg += (double)p[e] * aux_grad[e];
-    for (int e = 0; e < E; e++) {
-        double g = aux_grad ? (double)p[e] * (aux_grad[e] - pg) / N : 0.0;
-        dr[e] = (float)(g + 2.0 * z_scale * lse[n] * p[e]);
-    }
-    for (int j = 0; j < K; j++)
-        wdw += (double)w[j] * dw[j];
-    for (int j = 0; j < K; j++)
-        dr[topk_idx[(size_t)n * K + j]] += (float)(w[j] * (dw[j] - wdw));
+    pesc_route_token_backward(dlogits + (size_t)n * E, dtopk_w + (size_t)n * K,
+                              topk_idx + (size_t)n * K, topk_w + (size_t)n * K,
+                              probs + (size_t)n * E, lse[n], aux_grad, z_scale, N, E, K);
 }
 
 extern "C" void cuda_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
