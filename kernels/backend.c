@@ -49,7 +49,7 @@ static double profile_begin(pesc_backend *b)
     return pesc_now();
 }
 
-static void profile_end(pesc_backend *b, double t0, const char *op)
+static void profile_end(pesc_backend *b, double t0, const char *op, double flops)
 {
     backend_synchronize(b);
     double dt = pesc_now() - t0;
@@ -67,20 +67,33 @@ static void profile_end(pesc_backend *b, double t0, const char *op)
         p->n++;
     }
     p->entries[i].seconds += dt;
+    p->entries[i].flops += flops;
     p->entries[i].calls++;
 }
 
-/* An op's call, timed into the running profile when there is one. */
-#define PROFILED(b, op, call)                                                                    \
+/* An op's call, timed into the running profile when there is one, with the floating-point
+ * operations of its products (flops: only evaluated then; 0 for an op without products). */
+#define PROFILED_PRODUCTS(b, op, flops, call)                                                    \
     do {                                                                                         \
         if (!(b)->profile) {                                                                     \
             call;                                                                                \
         } else {                                                                                 \
             double t0_ = profile_begin(b);                                                       \
             call;                                                                                \
-            profile_end((b), t0_, (op));                                                         \
+            profile_end((b), t0_, (op), (flops));                                                \
         }                                                                                        \
     } while (0)
+#define PROFILED(b, op, call) PROFILED_PRODUCTS(b, op, 0.0, call)
+
+/* The (query, key) pairs a causal attention over T positions scores in each sequence and
+ * head: T (T + 1) / 2, fewer in a window of `window` keys (0: none). A packed batch's
+ * documents see fewer; they count as one sequence (their boundaries are on the device). */
+static double attention_pairs(int T, int window)
+{
+    if (window <= 0 || window >= T)
+        return (double)T * (T + 1) / 2.0;
+    return (double)window * (window + 1) / 2.0 + (double)(T - window) * window;
+}
 
 /* A product's entry: its op and its input and output widths (which say which weight it is). */
 static const char *matmul_key(char key[64], const char *op, int C, int OC)
@@ -277,7 +290,8 @@ void embedding_forward(pesc_backend *b, float *out, const int32_t *tokens, const
 void matmul_forward(pesc_backend *b, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC)
 {
     char key[64];
-    PROFILED(b, matmul_key(key, "matmul_forward", C, OC), b->ops->matmul_forward(b->context, out, inp, weight, bias, N, C, OC));
+    PROFILED_PRODUCTS(b, matmul_key(key, "matmul_forward", C, OC), 2.0 * N * C * OC,
+                      b->ops->matmul_forward(b->context, out, inp, weight, bias, N, C, OC));
 }
 
 void rmsnorm_forward(pesc_backend *b, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps)
@@ -292,7 +306,10 @@ void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *
 
 void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
 {
-    PROFILED(b, __func__, b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start));
+    /* QK^T and PV */
+    PROFILED_PRODUCTS(b, __func__, 4.0 * D * Hq * B * attention_pairs(T, window),
+                      b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D,
+                                                window, seg_start));
 }
 
 void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window)
@@ -332,12 +349,21 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w, c
 
 void moe_adapter_forward(pesc_backend *b, float *y, const float *x, float *gathered, float *pre, float *act, float *scratch, const float *h, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
-    PROFILED(b, __func__, b->ops->moe_adapter_forward(b->context, y, x, gathered, pre, act, scratch, h, dropout, seed, down, up, perm, offsets, topk_w, N, K, E, C, R, scale));
+    /* the down and up products over the routed pairs */
+    PROFILED_PRODUCTS(b, __func__, 4.0 * offsets[E] * C * R,
+                      b->ops->moe_adapter_forward(b->context, y, x, gathered, pre, act, scratch,
+                                                  h, dropout, seed, down, up, perm, offsets,
+                                                  topk_w, N, K, E, C, R, scale));
 }
 
 void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, float *dtopk_w, float *scratch, float *scratch_r, const float *dy, const float *gathered, const float *pre, const float *act, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
-    PROFILED(b, __func__, b->ops->moe_adapter_backward(b->context, dh, ddown, dup, dtopk_w, scratch, scratch_r, dy, gathered, pre, act, dropout, seed, down, up, perm, offsets, topk_w, N, K, E, C, R, scale));
+    /* through U and D, and each weight's gradient asked for */
+    PROFILED_PRODUCTS(b, __func__, (4.0 + 2.0 * !!ddown + 2.0 * !!dup) * offsets[E] * C * R,
+                      b->ops->moe_adapter_backward(b->context, dh, ddown, dup, dtopk_w, scratch,
+                                                   scratch_r, dy, gathered, pre, act, dropout,
+                                                   seed, down, up, perm, offsets, topk_w, N, K,
+                                                   E, C, R, scale));
 }
 
 void embedding_backward(pesc_backend *b, float *dtable, const float *dout, const int32_t *tokens, int N, int C)
@@ -348,7 +374,10 @@ void embedding_backward(pesc_backend *b, float *dtable, const float *dout, const
 void matmul_backward(pesc_backend *b, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC)
 {
     char key[64];
-    PROFILED(b, matmul_key(key, "matmul_backward", C, OC), b->ops->matmul_backward(b->context, dinp, dweight, dbias, dout, inp, weight, N, C, OC));
+    PROFILED_PRODUCTS(b, matmul_key(key, "matmul_backward", C, OC),
+                      (2.0 * !!dinp + 2.0 * !!dweight) * N * C * OC,
+                      b->ops->matmul_backward(b->context, dinp, dweight, dbias, dout, inp, weight,
+                                              N, C, OC));
 }
 
 void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C)
@@ -363,7 +392,10 @@ void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_
 
 void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
 {
-    PROFILED(b, __func__, b->ops->attention_backward(b->context, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, seg_start));
+    /* dO V^T, P^T dO, dS K and dS^T Q; QK^T made again counts as nothing, as in the MFU */
+    PROFILED_PRODUCTS(b, __func__, 8.0 * D * Hq * B * attention_pairs(T, window),
+                      b->ops->attention_backward(b->context, dq, dk, dv, dout, q, k, v, out,
+                                                 lse, B, T, Hq, Hkv, D, window, seg_start));
 }
 
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n)

@@ -124,6 +124,7 @@ int backend_check(pesc_backend *b, pesc_error *err);
 typedef struct backend_profile_entry {
     char op[64];
     double seconds;
+    double flops;   /* the floating-point operations of its products; 0 for other ops */
     long calls;
 } backend_profile_entry;
 void backend_profile_start(pesc_backend *b);

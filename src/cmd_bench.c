@@ -32,14 +32,15 @@ static const char bench_usage[] =
     "  --backend B        auto, cpu or cuda\n"
     "  --recompute        activation recomputation (as pesc train --recompute)\n"
     "  --profile          then time every op of the same steps, waiting for the device around\n"
-    "                     each, and print where a step goes (ms and share per op)\n"
+    "                     each, and print where a step goes (ms and share per op; the\n"
+    "                     products' useful TFLOP/s for matmuls, attention and adapters)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
     "                     peak_gflops, mfu, activation_bytes, device_used_bytes (the GPU's\n"
     "                     memory in use after the steps; 0 on the CPU), memory_taken_bytes\n"
     "                     (what the steps and AdamW added to it) beside memory_estimate_bytes\n"
     "                     (what pesc train's estimate says they take), and the shape (with\n"
     "                     --profile, profile_step_ms and profile: [{op, calls_per_step,\n"
-    "                     ms_per_step}])\n"
+    "                     ms_per_step, flops_per_step}])\n"
     "crafting options:\n";
 
 typedef struct bench_options {
@@ -278,20 +279,25 @@ static void print_profile(const bench_profile *p, double step_s, int json)
     if (json) {
         printf(", \"profile_step_ms\": %.3f, \"profile\": [", p->step_s * 1e3);
         for (int i = 0; i < p->n; i++)
-            printf("%s{\"op\": \"%s\", \"calls_per_step\": %.2f, \"ms_per_step\": %.4f}",
+            printf("%s{\"op\": \"%s\", \"calls_per_step\": %.2f, \"ms_per_step\": %.4f, "
+                   "\"flops_per_step\": %.17g}",
                    i ? ", " : "", p->ops[i].op, (double)p->ops[i].calls / p->steps,
-                   p->ops[i].seconds / p->steps * 1e3);
+                   p->ops[i].seconds / p->steps * 1e3, p->ops[i].flops / p->steps);
         printf("]");
         return;
     }
     printf("profile of %d steps, every op waited for: %.1f ms/step (%.2fx the step above)\n",
            p->steps, p->step_s * 1e3, p->step_s / step_s);
-    printf("  %-40s %10s %10s %7s\n", "op (a product: inputs x outputs)", "calls/step", "ms/step",
-           "share");
+    printf("  %-40s %10s %10s %7s %9s\n", "op (a product: inputs x outputs)", "calls/step",
+           "ms/step", "share", "TFLOP/s");
     for (int i = 0; i < p->n; i++) {
-        double ms = p->ops[i].seconds / p->steps * 1e3;
-        printf("  %-40s %10.1f %10.2f %6.1f%%\n", p->ops[i].op, (double)p->ops[i].calls / p->steps,
-               ms, 100.0 * ms / (p->step_s * 1e3));
+        const backend_profile_entry *e = &p->ops[i];
+        double ms = e->seconds / p->steps * 1e3;
+        printf("  %-40s %10.1f %10.2f %6.1f%%", e->op, (double)e->calls / p->steps, ms,
+               100.0 * ms / (p->step_s * 1e3));
+        if (e->flops > 0 && e->seconds > 0)   /* the rate of its products, waits included */
+            printf(" %9.4g", e->flops / e->seconds * 1e-12);
+        printf("\n");
     }
     double rest = p->step_s - ops_s;
     printf("  %-40s %10s %10.2f %6.1f%%\n", "between ops (host work, waits)", "", rest * 1e3,

@@ -265,7 +265,11 @@ expect 1 "zero.jsonl: not a regular file" "inspect a device" -- timeout 10 "$pes
 # bench --profile: every op of the step has its row, products by shape, counted per step
 small="--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 --seq 32 --batch 2"
 expect 0 "^profile of 2 steps" "bench --profile" -- "$pesc" bench $small --steps 1 --profile --backend cpu
-row() { awk -v op="$1" 'substr($0, 3, 40) ~ "^" op " *$" { print $(NF - 2), $(NF - 1) }' "$tmp/out"; }
+# an op's row: calls/step, ms/step, share and, for products, TFLOP/s
+row() {
+  awk -v op="$1" 'substr($0, 3, 40) ~ "^" op " *$" { $0 = substr($0, 43); $1 = $1; print }' \
+    "$tmp/out"
+}
 for want in "attention_forward:2.0" "attention_backward:2.0" "moe_adapter_forward:2.0" \
             "matmul_forward 64x128:4.0" "matmul_backward 128x64:2.0" "adamw_update:1.0"; do
   calls=$(row "${want%:*}" | cut -d' ' -f1)
@@ -274,7 +278,24 @@ done
 rest=$(awk '/between ops/ { print $(NF - 1) }' "$tmp/out")
 awk -v r="$rest" 'BEGIN { exit !(r != "" && r >= 0) }' ||
   fail "bench --profile: the ops add up to more than the step (between ops: '$rest' ms)"
-expect 0 '"profile": \[{"op": "' "bench --profile --json" -- "$pesc" bench $small --steps 1 --profile --json --backend cpu
+for op in "attention_backward" "moe_adapter_forward" "matmul_forward 64x128" "rmsnorm_forward"; do
+  rate=$(row "$op" | awk '{ print $4 }')
+  case $op in
+    rmsnorm*) [ -z "$rate" ] || fail "bench --profile: '$op' has a TFLOP/s figure ($rate)" ;;
+    *) awk -v r="$rate" 'BEGIN { exit !(r != "" && r > 0) }' ||
+         fail "bench --profile: '$op' lacks its TFLOP/s ('$rate')" ;;
+  esac
+done
+# the products' FLOPs in the profile add up to the MFU's FLOPs per token (64 tokens a step):
+# two accountings, one from the ops' arguments and one from the model's shape
+for extra in "" "--lora-rank 4 --lora-targets q,v,down" "--train full"; do
+  expect 0 '"profile": \[{"op": "' "bench --profile --json $extra" -- \
+    "$pesc" bench $small --steps 1 --profile --json --backend cpu $extra
+  want=$(grep -o '"flops_per_token": [0-9]*' "$tmp/out" | cut -d' ' -f2)
+  got=$(grep -o '"flops_per_step": [0-9.e+]*' "$tmp/out" | awk '{ s += $2 } END { print s / 64 }')
+  awk -v w="$want" -v g="$got" 'BEGIN { d = w - g; exit !(w > 0 && d * d < 1e-12 * w * w) }' ||
+    fail "bench --profile $extra: the products' FLOPs make $got a token, the MFU counts $want"
+done
 
 # bench's weights that cannot be allocated name the shape given on the command line, which
 # has no config.json
