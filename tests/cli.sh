@@ -291,10 +291,8 @@ done
 for extra in "" "--lora-rank 4 --lora-targets q,v,down" "--train full"; do
   expect 0 '"profile": \[{"op": "' "bench --profile --json $extra" -- \
     "$pesc" bench $small --steps 1 --profile --json --backend cpu $extra
-  want=$(grep -o '"flops_per_token": [0-9]*' "$tmp/out" | cut -d' ' -f2)
-  got=$(grep -o '"flops_per_step": [0-9.e+]*' "$tmp/out" | awk '{ s += $2 } END { print s / 64 }')
-  awk -v w="$want" -v g="$got" 'BEGIN { d = w - g; exit !(w > 0 && d * d < 1e-12 * w * w) }' ||
-    fail "bench --profile $extra: the products' FLOPs make $got a token, the MFU counts $want"
+  flops=$(profile_flops 64 <"$tmp/out") ||
+    fail "bench --profile $extra: FLOPs a token, the products' and the MFU's: $flops"
 done
 
 # bench's weights that cannot be allocated name the shape given on the command line, which

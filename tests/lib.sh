@@ -106,3 +106,15 @@ start_httpd() {
   XDG_CACHE_HOME="$tmp/cache"
   export no_proxy NO_PROXY XDG_CACHE_HOME
 }
+
+# profile_flops TOKENS < JSON: of a `pesc bench --profile --json` step of TOKENS tokens, prints
+# the FLOPs a token its products' rows add up to and the MFU's flops_per_token; true when they
+# agree (two accountings: one from the ops' arguments, one from the model's shape).
+profile_flops() {
+  json=$(cat)
+  want=$(printf '%s' "$json" | grep -o '"flops_per_token": [0-9]*' | cut -d' ' -f2)
+  got=$(printf '%s' "$json" | grep -o '"flops_per_step": [0-9.e+]*' |
+        awk -v n="$1" '{ s += $2 } END { print s / n }')
+  echo "${got:-none} ${want:-none}"
+  [ -n "$want" ] && [ -n "$got" ] && [ "$want" -gt 0 ] && close "$got" "$want" 1e-6
+}

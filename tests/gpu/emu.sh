@@ -6,7 +6,8 @@
 # pairing the MFU target needs), and pesc itself (`pesc devices`, `pesc train --backend cuda`
 # runs against the same run on the CPU, one on the second of two emulated GPUs, and `pesc
 # generate` against the CPU's text); also in bf16 math, with the frozen weights in bf16 alone;
-# the memory estimate a run makes against what it then holds; bf16 math's kept operand copies.
+# the memory estimate a run makes against what it then holds, and `pesc bench --profile`'s
+# FLOPs against the MFU's; bf16 math's kept operand copies.
 # What it checks: the kernels' indexing, masks and synchronisation, the host side's launches,
 # products, scratch, devices and errors, the module's loading. Not speed, and not the longest
 # attention shapes (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
@@ -166,13 +167,20 @@ done
 # pesc bench reports the same estimate beside what its steps and AdamW took: no less, at most
 # 5% more (the device check prints both for each run on a GPU)
 out=$(PESC_CUDA_MATH=bf16 "$pesc" bench --backend cuda --dim 256 --layers 2 --ffn 704 \
-  --vocab 1024 --seq 64 --batch 4 --steps 1 --json 2>"$tmp/err")
+  --vocab 1024 --seq 64 --batch 4 --steps 1 --json --profile 2>"$tmp/err")
 estimate=$(echo "$out" | sed -n 's/.*"memory_estimate_bytes": \([0-9]*\).*/\1/p')
 taken=$(echo "$out" | sed -n 's/.*"memory_taken_bytes": \([0-9]*\).*/\1/p')
 [ "${taken:-0}" -gt 0 ] && [ "$estimate" -ge "$taken" ] &&
   [ "$estimate" -le $((taken / 20 * 21)) ] &&
   pass "pesc bench (bf16): the steps took $taken bytes, estimated $estimate" ||
   fail "pesc bench (bf16): took '$taken' bytes, estimated '$estimate': $(head -c 300 "$tmp/err")"
+# and its profile, which the device check prints: the products' FLOPs of a step (256 tokens)
+# are the MFU's
+if flops=$(echo "$out" | profile_flops 256); then
+  pass "pesc bench --profile (bf16): the products' FLOPs are the MFU's, ${flops#* } a token"
+else
+  fail "pesc bench --profile (bf16): FLOPs a token, the products' and the MFU's: $flops"
+fi
 # bf16 math's operand copies kept for the products after (PESC_CUDA_REUSE, the default) give
 # the losses of converting every product's operands, bit for bit, with fewer kernels: gate and
 # up, and the output gradients of down (the adapters' backward writes its copy) and of o
