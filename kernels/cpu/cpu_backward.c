@@ -80,21 +80,7 @@ void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t 
                        const float *inv_freq, int N, int H, int D)
 {
     (void)ctx;
-    int half = D / 2;
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        for (int i = 0; i < half; i++) {
-            double angle = (double)pos[n] * inv_freq[i];
-            float c = (float)cos(angle), s = (float)sin(angle);
-            for (int h = 0; h < H; h++) {
-                const float *dy = dout + ((size_t)n * H + h) * D;
-                float *dx = dinp + ((size_t)n * H + h) * D;
-                float d1 = dy[i], d2 = dy[i + half];
-                dx[i] = d1 * c + d2 * s;
-                dx[i + half] = d2 * c - d1 * s;
-            }
-        }
-    }
+    cpu_rope_rotate(dinp, dout, pos, inv_freq, N, H, D, -1.0f);
 }
 
 /* One (sequence, kv head) group: the query heads sharing it write only their own dq rows and

@@ -89,16 +89,17 @@ void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, c
     }
 }
 
-void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq,
-                      int N, int H, int D)
+/* direction +1 rotates (forward), -1 rotates back (backward: the transpose of a rotation).
+ * out may be inp. */
+void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
+                     int N, int H, int D, float direction)
 {
-    (void)ctx;
     int half = D / 2;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         for (int i = 0; i < half; i++) {
             double angle = (double)pos[n] * inv_freq[i];
-            float c = (float)cos(angle), s = (float)sin(angle);
+            float c = (float)cos(angle), s = direction * (float)sin(angle);
             for (int h = 0; h < H; h++) {
                 const float *x = inp + ((size_t)n * H + h) * D;
                 float *y = out + ((size_t)n * H + h) * D;
@@ -108,6 +109,13 @@ void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *po
             }
         }
     }
+}
+
+void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq,
+                      int N, int H, int D)
+{
+    (void)ctx;
+    cpu_rope_rotate(out, inp, pos, inv_freq, N, H, D, 1.0f);
 }
 
 /* Attention runs per (sequence, head) on blocks of CPU_ATTENTION_BLOCK query rows: scores for a

@@ -22,6 +22,11 @@ static inline int cpu_first_key(int t, int window, const int32_t *seg)
     return seg && seg[t] > lo ? seg[t] : lo;
 }
 
+/* RoPE (rotate-half) of N tokens' H heads of D: by each position's angles (direction 1), or
+ * back (-1, the backward). */
+void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
+                     int N, int H, int D, float direction);
+
 /* C (M, N) = alpha op(A) op(B) + beta C, row-major as CBLAS, split across the OpenMP threads
  * (single-threaded inside a parallel region). trans_a / trans_b: 0 or 1. */
 void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
