@@ -114,7 +114,7 @@ profile_flops() {
   json=$(cat)
   want=$(printf '%s' "$json" | grep -o '"flops_per_token": [0-9]*' | cut -d' ' -f2)
   got=$(printf '%s' "$json" | grep -o '"flops_per_step": [0-9.e+]*' |
-        awk -v n="$1" '{ s += $2 } END { print s / n }')
+        awk -v n="$1" '{ s += $2 } END { printf "%.17g\n", s / n }')
   echo "${got:-none} ${want:-none}"
   [ -n "$want" ] && [ -n "$got" ] && [ "$want" -gt 0 ] && close "$got" "$want" 1e-6
 }
