@@ -8,11 +8,7 @@
 
 #include <stdint.h>
 
-#ifdef __CUDACC__
-#define PESC_HOST_DEVICE __host__ __device__
-#else
-#define PESC_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 static inline PESC_HOST_DEVICE float pesc_dropout_uniform(uint64_t seed, uint64_t i)
 {

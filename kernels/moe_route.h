@@ -9,15 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef PESC_HOST_DEVICE
-#ifdef __CUDACC__
-#define PESC_HOST_DEVICE __host__ __device__
-#else
-#define PESC_HOST_DEVICE
-#endif
-#endif
+#include "host_device.h"
 
-/* Token n of N: from its E router logits r, the K experts of the largest logits in order
+/* One token: from its E router logits r, the K experts of the largest logits in order
  * (idx, by repeated arg-max: k is small), their gate weights (the softmax over those K), the
  * probabilities over all E (for the aux loss) and the log-sum-exp (for the z-loss). */
 static inline PESC_HOST_DEVICE void pesc_route_token(int32_t *idx, float *topk_w, float *probs,

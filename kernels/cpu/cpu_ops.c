@@ -111,8 +111,8 @@ void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const flo
     }
 }
 
-void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq,
-                      int N, int H, int D)
+void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos,
+                      const float *inv_freq, int N, int H, int D)
 {
     (void)ctx;
     cpu_rope_rotate(out, inp, pos, inv_freq, N, H, D, 1.0f);

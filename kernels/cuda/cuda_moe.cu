@@ -1,12 +1,12 @@
 // cuda_moe — PESC routing and the expert adapters on the GPU.
 //
-// Routing (top-k, gate softmax, softmax over all experts, log-sum-exp) and its backward run
-// one thread per token, in the CPU backend's own code (moe_route.h). The grouping of (token, slot) pairs by expert and the routing
-// statistics are computed here too (moe_group, cuda_group.cuh); model_forward.c's route_start
-// downloads the statistics with the group sizes, MOE_STATS doubles, and route_finish collects
-// them after the frozen FFN is queued: a forward's one wait per layer, with the FFN's products
-// still to run on the GPU (a recomputed layer's replay waits for nothing). `offsets` arrive in
-// host memory and fix the product shapes here without another wait.
+// Routing (top-k, gate softmax, softmax over all experts, log-sum-exp) and its backward run one
+// thread per token, in the CPU backend's own code (moe_route.h). The grouping of (token, slot)
+// pairs by expert and the routing statistics are computed here too (moe_group, cuda_group.cuh);
+// model_forward.c's route_start downloads the statistics with the group sizes, MOE_STATS doubles,
+// and route_finish collects them after the frozen FFN is queued: a forward's one wait per layer,
+// with the FFN's products still to run on the GPU (a recomputed layer's replay waits for nothing).
+// `offsets` arrive in host memory and fix the product shapes here without another wait.
 //
 // The adapters of one layer: gather the routed rows (times the dropout mask, drawn from its seed
 // where it is applied: no mask in memory) into expert order, the products of D_e and of U_e over
