@@ -153,6 +153,12 @@ static void add_event(logview *lv, const stats_event *logged)
     if (lv->n_events < MONITOR_EVENTS)
         lv->n_events++;
     const char *k = e->kind;
+    double lr;
+    int by_hand;
+    if (lv->last && stats_lr_event(e, &lr, &by_hand) == 0) {   /* shown before the next step */
+        lv->last->lr = lr;
+        lv->last->lr_overridden |= by_hand;
+    }
     if (strcmp(k, "pause") == 0)
         lv->state = MONITOR_PAUSED;
     else if (strcmp(k, "resume") == 0)

@@ -738,6 +738,20 @@ static double current_lr(session *s)
     return lr * s->lr_scale;
 }
 
+/* The rate in force from now on, in the snapshot's last step record, before the next step
+ * brings its own: a paused run's status line says what resuming will use. */
+static void publish_lr(session *s)
+{
+    double lr = current_lr(s);
+    pthread_mutex_lock(&s->lock);
+    if (s->shared->last) {
+        s->shared->last->lr = lr;
+        s->shared->last->lr_overridden = s->lr_override >= 0;
+    }
+    s->progress.lr = lr;
+    pthread_mutex_unlock(&s->lock);
+}
+
 static void eval_paused(session *s);
 
 static void process_command(session *s, const command *c)
@@ -762,8 +776,8 @@ static void process_command(session *s, const command *c)
         s->live_changes++;
         double before = current_lr(s) / s->lr_scale;
         s->lr_override = c->kind == CMD_LR ? c->value : before * c->value;
-        publish_event(s, "lr", "learning rate %.6g (was %.6g)", s->lr_override * s->lr_scale,
-                      before * s->lr_scale);
+        publish_event(s, "lr", STATS_LR_SET, s->lr_override * s->lr_scale, before * s->lr_scale);
+        publish_lr(s);
         break;
     }
     case CMD_AUX:
@@ -997,8 +1011,8 @@ static int train_step(session *s, pesc_error *err)
                 goto out;
             }
             s->lr_scale *= 0.5;
-            publish_warning(s, "lr", "learning rate halved after %d non-finite steps: %.6g",
-                            s->cfg.nan_limit, current_lr(s));
+            publish_warning(s, "lr", STATS_LR_HALVED, current_lr(s), s->cfg.nan_limit);
+            publish_lr(s);
         }
         goto out;
     }

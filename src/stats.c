@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -188,6 +189,16 @@ char *stats_event_json(const stats_event *e)
     set_real(o, "elapsed_s", e->elapsed_s);
     json_object_set_new(o, "text", json_string(e->text));
     return dump(o);
+}
+
+int stats_lr_event(const stats_event *e, double *lr, int *by_hand)
+{
+    int n = 0;
+    if (strcmp(e->kind, "lr") != 0 || sscanf(e->text, "learning rate %lf%n", lr, &n) != 1 ||
+        n == 0 || !isfinite(*lr) || *lr < 0)
+        return -1;
+    *by_hand = strncmp(e->text + n, " (was ", 6) == 0;
+    return 0;
 }
 
 char *stats_run_json(const stats_run *run)

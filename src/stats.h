@@ -81,6 +81,15 @@ typedef struct stats_run {
     long long data_tokens;
 } stats_run;
 
+/* An "lr" event's text begins with the rate in force from then on, so that a reader of the
+ * log (pesc view) shows it before the next step record: set by hand, or halved after steps
+ * that were not finite. */
+#define STATS_LR_SET "learning rate %.6g (was %.6g)"
+#define STATS_LR_HALVED "learning rate %.6g, halved after %d non-finite steps"
+/* The rate an "lr" event put in force, and whether it was set by hand: 0, or -1 when e is not
+ * such an event. */
+int stats_lr_event(const stats_event *e, double *lr, int *by_hand);
+
 char *stats_record_json(const stats_record *r);            /* malloc'd, no newline */
 char *stats_event_json(const stats_event *e);
 char *stats_run_json(const stats_run *run);

@@ -354,6 +354,16 @@ static void test_commands(void)
     CHECK(ok && fabs(p2.lr - 0.002) < 1e-12 && v->last && v->last->lr_overridden &&
               p1.state == MONITOR_PAUSED && p2.step == p1.step,
           "lr 0.004 then *0.5 gives %g (overridden), paused holds the step at %ld", p2.lr, p2.step);
+    /* while paused, the snapshot's status line says the rate resuming will use */
+    session_command(s, "lr 0.001", reply, sizeof reply);
+    for (int i = 0; i < 2000 && fabs(v->last->lr - 0.001) > 1e-12; i++) {
+        nap();
+        monitor_snapshot(session_monitor(s), v);
+    }
+    session_get_progress(s, &p2);
+    CHECK(fabs(v->last->lr - 0.001) < 1e-12 && v->last->lr_overridden && fabs(p2.lr - 0.001) < 1e-12
+              && v->last->step == p1.step,
+          "paused, lr 0.001 shows at once: %g (step %ld)", v->last->lr, v->last->step);
     /* a command is one line: a prompt's line break travels as \n, a backslash as \\ */
     session_command(s, "generate max=1 ids:1\\n2 \\\\n", reply, sizeof reply);
     for (int i = 0; i < 2000 && !v->prompt[0]; i++) {

@@ -148,7 +148,7 @@ static void answer(fake_run *f, const char *line, char *reply, size_t cap)
         double old = f->lr;
         f->lr = line[3] == '*' ? f->lr * v : v;
         f->lr_overridden = 1;
-        snprintf(text, sizeof text, "%.3g -> %.3g", old, f->lr);
+        snprintf(text, sizeof text, STATS_LR_SET, f->lr, old);
         event(f, "lr", text);
         snprintf(reply, cap, "ok: lr %.3g", f->lr);
     } else if (strncmp(line, "aux ", 4) == 0) {

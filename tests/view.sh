@@ -241,9 +241,13 @@ sleep 0.3; a=$(step_now); sleep 0.8; b=$(step_now)
 grep -q '"event":"pause"' "$tmp/live.jsonl" && pass "pause reached the run" || fail "no pause event in the log"
 keys +
 check "ok: lr 0.00025" "+ gets the run's reply"
+check "lr 2.50e-04\\*" "+ shows the new LR while paused, marked as set by hand"
 keys Space
 check "RUNNING" "Space resumes"
-check "lr 2.50e-04\\*" "+ shows the new LR, marked as set by hand"
+at_new_lr() { grep -q '"lr":0.00025[,}]' "$tmp/live.jsonl"; }
+i=0; while ! at_new_lr && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+at_new_lr && pass "the steps after run at the new LR" \
+  || fail "no step record at the new LR in the log"
 grep -q '"event":"lr"' "$tmp/live.jsonl" && pass "the LR change is in the log" || fail "no lr event in the log"
 keys / "hello there" Enter
 check "echo: hello there" "a prompt gets an answer"
