@@ -460,8 +460,7 @@ static void logview_command(void *ctx, const char *line, char *reply, size_t len
 {
     logview *lv = ctx;
     if (!lv->socket_path) {
-        snprintf(reply, len, "error: read-only view of %s; pesc view --attach SOCKET steers the run",
-                 lv->path);
+        snprintf(reply, len, "error: a read-only view; pesc view --attach SOCKET steers the run");
         return;
     }
     pesc_error err;

@@ -79,7 +79,8 @@ keys x
 wait_for "any key closes" 1 && sleep 0.3
 screen | grep -q "any key closes" && fail "help did not close" || pass "help closes"
 keys Space
-check "error: read-only view" "steering a read-only view says how to attach"
+check "error: a read-only view; pesc view --attach SOCKET steers the run$" \
+  "steering a read-only view says how to attach, over the status line's last segments"
 
 tmux -L "$sock" resize-window -t view -x 40 -y 12
 check "step 60/60" "resized to 40x12: still drawing"

@@ -307,6 +307,27 @@ static void row_put_right(const row_writer *rw, int attr, const char *s)
         draw_text(rw->w, rw->y, cols < room ? rw->end - 1 - cols : rw->x + 2, room, attr, s);
 }
 
+/* A command's reply: at the row's right end, or, where it does not fit after the row's
+ * segments, over the last ones, from the latest of the columns `stops` (segment ends, the
+ * first of them kept in any case) that leaves it room; cut short only where even that is too
+ * narrow. A reply is there for a few seconds and must be read whole. */
+static void row_put_reply(const row_writer *rw, const int *stops, int n_stops, int attr,
+                          const char *s)
+{
+    int cols = text_columns(s);
+    if (cols <= rw->end - rw->x - 3 || n_stops == 0 || rw->end - stops[0] - 3 < 12) {
+        row_put_right(rw, attr, s);
+        return;
+    }
+    int from = stops[0];
+    for (int i = 1; i < n_stops; i++)
+        if (stops[i] + 2 + cols <= rw->end - 1)
+            from = stops[i];
+    int x = rw->end - 1 - cols < from + 2 ? from + 2 : rw->end - 1 - cols;
+    mvwhline(rw->w, rw->y, from, ' ', rw->end - from);
+    draw_text(rw->w, rw->y, x, rw->end - 1 - x, attr, s);
+}
+
 static const char *state_badge(const ui_context *ui, monitor_state s, int *pair)
 {
     int u = ui->theme.utf8;
@@ -380,20 +401,25 @@ static void draw_status(ui_context *ui, WINDOW *w)
     if (h < 2)
         return;
     rw = (row_writer){.w = w, .y = 1, .x = 0, .end = wd};
+    int stops[4], n_stops = 0;   /* where a long reply may start: the segments' ends */
     if (r) {
         row_put(&rw, dim, " lr ");
         row_put(&rw, r->lr_overridden ? theme_attr(&ui->theme, PAIR_WARN, A_BOLD) | (int)A_BOLD : val,
                 "%.2e%s", r->lr, r->lr_overridden ? "*" : "");
+        stops[n_stops++] = rw.x;
         row_put(&rw, dim, "  gn ");
         row_put(&rw, val, "%.3g", r->grad_norm);
+        stops[n_stops++] = rw.x;
         char a[32];
         format_bytes_short(r->rss_bytes, a, sizeof a);
         row_put(&rw, dim, "  rss ");
         row_put(&rw, val, "%s", a);
+        stops[n_stops++] = rw.x;
         if (r->device_bytes > 0) {
             format_bytes_short(r->device_bytes, a, sizeof a);
             row_put(&rw, dim, "  dev ");
             row_put(&rw, val, "%s", a);
+            stops[n_stops++] = rw.x;
         }
     }
     if (ui->have_view && v->run.backend[0]) {
@@ -410,8 +436,8 @@ static void draw_status(ui_context *ui, WINDOW *w)
     }
     /* a reply for a few seconds, then the source's note again */
     if (message_fresh(ui))
-        row_put_right(&rw, strncmp(ui->message, "error", 5) == 0 ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD)
-                                                                 : theme_attr(&ui->theme, PAIR_GOOD, A_BOLD),
+        row_put_reply(&rw, stops, n_stops, strncmp(ui->message, "error", 5) == 0 ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD)
+                                                                       : theme_attr(&ui->theme, PAIR_GOOD, A_BOLD),
                       ui->message);
     else if (ui->have_view && v->note[0])
         row_put_right(&rw, theme_attr(&ui->theme, PAIR_WARN, A_BOLD), v->note);
