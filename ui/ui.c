@@ -435,10 +435,11 @@ static void draw_status(ui_context *ui, WINDOW *w)
             row_put(&rw, dim, " ago");
     }
     /* a reply for a few seconds, then the source's note again */
-    if (message_fresh(ui))
-        row_put_reply(&rw, stops, n_stops, strncmp(ui->message, "error", 5) == 0 ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD)
-                                                                       : theme_attr(&ui->theme, PAIR_GOOD, A_BOLD),
+    if (message_fresh(ui)) {
+        int bad = strncmp(ui->message, "error", 5) == 0;
+        row_put_reply(&rw, stops, n_stops, theme_attr(&ui->theme, bad ? PAIR_BAD : PAIR_GOOD, A_BOLD),
                       ui->message);
+    }
     else if (ui->have_view && v->note[0])
         row_put_right(&rw, theme_attr(&ui->theme, PAIR_WARN, A_BOLD), v->note);
 }
