@@ -259,7 +259,8 @@ int main(int argc, char **argv)
     snprintf(f.run.model, sizeof f.run.model, "fake-llama-tiny");
     snprintf(f.run.backend, sizeof f.run.backend, "cpu (fake)");
     for (int s = 0; s < shape.n_sources; s++)
-        snprintf(f.run.sources[s], sizeof f.run.sources[s], "data/source-%c.jsonl", 'a' + s);
+        snprintf(f.run.sources[s], sizeof f.run.sources[s], "data/source-%c%s.jsonl", 'a' + s,
+                 s == 1 ? "-dialogue" : "");   /* a name longer than the view once showed */
     f.run.total_steps = f.total;
     f.run.adapter_dim = 16;
     f.run.adapter_scale = 1.0;

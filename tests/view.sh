@@ -69,6 +69,7 @@ keys v
 check "Routing: first choice" "v: first-choice view"
 keys v v
 check "source-a " "v: per-source view names the sources"
+check "source-b-dialogue +[0-9]" "v: a source's name of 17 characters is shown whole"
 keys v
 check "Routing: layer history, layer 0" "v: one layer's history"
 keys 2 z

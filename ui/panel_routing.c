@@ -60,12 +60,30 @@ static void row_label(const ui_context *ui, const monitor_view *v, int row, char
     }
 }
 
+/* The label column: "L12" for layers; for sources, the longest name (up to 23 columns) where
+ * the cells keep 3 columns each (a share in percent), else at least 11 of it. */
+static int label_width(const ui_context *ui, const monitor_view *v, int rows, int E, int room)
+{
+    if (ui->routing_view != ROUTING_SOURCE)
+        return 4;
+    int longest = 0;
+    for (int row = 0; row < rows; row++) {
+        char label[32];
+        row_label(ui, v, row, label, sizeof label);
+        int cols = text_columns(label);
+        longest = cols > longest ? cols : longest;
+    }
+    int lw = (longest < 23 ? longest : 23) + 1;
+    lw = lw > room - 3 * E ? room - 3 * E : lw;
+    return lw < 12 ? 12 : lw;
+}
+
 /* Per row: cells, imbalance, and dead / hot markers. */
 static void draw_matrix(ui_context *ui, WINDOW *w, const monitor_view *v, const float *m, int rows,
                         int E, int top, int height, int width)
 {
-    int label_w = ui->routing_view == ROUTING_SOURCE ? 12 : 4;
     int tail = 14;
+    int label_w = label_width(ui, v, rows, E, width - tail);
     int cw = (width - label_w - tail) / (E > 0 ? E : 1);
     cw = cw > 5 ? 5 : cw;
     if (cw < 1) {
