@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
@@ -16,6 +17,21 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     fprintf(stderr, " (see pesc %s --help)\n", cmd);
     va_end(ap);
     return EXIT_USAGE;
+}
+
+int cli_unexpected(const char *cmd, const char *arg, const char *hint)
+{
+    char shown[80];
+    size_t n = pesc_show_controls(shown, sizeof shown, arg);
+    return cli_usage_error(cmd, "unexpected argument '%s%s'%s%s", shown,
+                           n < strlen(arg) ? "..." : "", hint ? ": " : "", hint ? hint : "");
+}
+
+const char *cli_data_hint(const char *arg)
+{
+    struct stat st;
+    return strstr(arg, ".json") || (stat(arg, &st) == 0 && S_ISREG(st.st_mode))
+               ? "a data file goes after --data" : NULL;
 }
 
 int cli_fail(const char *cmd, const pesc_error *err)

@@ -12,6 +12,12 @@ enum { EXIT_USAGE = 2 };
 
 /* "pesc CMD: message (see pesc CMD --help)" on stderr; returns EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "pesc CMD: unexpected argument 'ARG'[: HINT] (see ...)", ARG on one line and cut short;
+ * returns EXIT_USAGE. HINT (or NULL) says where such a value goes. */
+int cli_unexpected(const char *cmd, const char *arg, const char *hint);
+/* The hint for an argument that looks like a data file (a .json/.jsonl name, or a file that
+ * exists): it goes after --data. NULL otherwise. */
+const char *cli_data_hint(const char *arg);
 /* "pesc CMD: message" on stderr; returns 1. */
 int cli_fail(const char *cmd, const pesc_error *err);
 

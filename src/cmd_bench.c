@@ -127,7 +127,7 @@ static int parse_bench(bench_options *o, int argc, char **argv)
         }
     }
     if (optind < argc)
-        return cli_usage_error("bench", "unexpected argument '%s'", argv[optind]);
+        return cli_unexpected("bench", argv[optind], NULL);
     hf_config *s = &o->shape;
     if (s->hidden_size % s->n_heads || s->n_heads % s->n_kv_heads || (s->hidden_size / s->n_heads) % 2)
         return cli_usage_error("bench", "--dim %d must split into --heads %d even head sizes, "

@@ -63,7 +63,7 @@ int cmd_demo_data(int argc, char **argv)
         }
     }
     if (optind < argc)
-        return cli_usage_error("demo-data", "unexpected argument '%s'", argv[optind]);
+        return cli_unexpected("demo-data", argv[optind], "the output file goes after -o");
     if (!output)
         return cli_usage_error("demo-data", "-o FILE is required");
     if (cli_path("demo-data", "-o", output, "a file, or - for standard output", &output))

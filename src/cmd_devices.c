@@ -45,7 +45,7 @@ int cmd_devices(int argc, char **argv)
         return 0;
     }
     if (argc > 1)
-        return cli_usage_error("devices", "unexpected argument '%s'", argv[1]);
+        return cli_unexpected("devices", argv[1], NULL);
     pesc_error err = {{0}};
     pesc_backend *cpu = backend_new("cpu", &err);
     if (!cpu)

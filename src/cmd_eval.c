@@ -131,7 +131,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         }
     }
     if (optind < argc)
-        return cli_usage_error("eval", "unexpected argument '%s'", argv[optind]);
+        return cli_unexpected("eval", argv[optind], cli_data_hint(argv[optind]));
     if (!o->model_dir)
         return cli_usage_error("eval", "--model DIR is required");
     if (!o->n_data && !o->demo)

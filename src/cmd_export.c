@@ -50,8 +50,7 @@ static int parse_export(export_options *o, int argc, char **argv)
     if (optind < argc)
         o->checkpoint = argv[optind++];
     if (optind < argc)
-        return cli_usage_error("export", "unexpected argument '%s' (one CHECKPOINT at a time)",
-                               argv[optind]);
+        return cli_unexpected("export", argv[optind], "one CHECKPOINT at a time");
     if (!o->checkpoint)
         return cli_usage_error("export", "CHECKPOINT is required");
     if (cli_path("export", "CHECKPOINT", o->checkpoint, "a step-N or --save directory",

@@ -122,7 +122,9 @@ static int parse_generate(generate_options *o, int argc, char **argv)
         }
     }
     if (optind < argc)
-        return cli_usage_error("generate", "unexpected argument '%s'", argv[optind]);
+        return cli_unexpected("generate", argv[optind],
+                              o->prompt ? NULL : "give the prompt as --prompt TEXT, or on "
+                                                 "standard input");
     if (!o->model)
         return cli_usage_error("generate", "--model DIR is required");
     if (!template_find(o->template_name))

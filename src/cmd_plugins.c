@@ -68,7 +68,7 @@ int cmd_plugins(int argc, char **argv)
     }
     if (optind < argc) {
         free(files);
-        return cli_usage_error("plugins", "unexpected argument '%s'", argv[optind]);
+        return cli_unexpected("plugins", argv[optind], NULL);
     }
     pesc_error err = {{0}};
     pesc_plugins *p = plugins_open(files, n_files, &err);

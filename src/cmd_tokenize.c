@@ -61,7 +61,8 @@ static int parse_tokenize(tokenize_options *o, int argc, char **argv)
         }
     }
     if (optind < argc)
-        return cli_usage_error("tokenize", "unexpected argument '%s'", argv[optind]);
+        return cli_unexpected("tokenize", argv[optind], "the text to encode (or, with --decode, "
+                              "the ids) comes on standard input");
     if (!o->tokenizer == !o->model)
         return cli_usage_error("tokenize", "give exactly one of --tokenizer FILE or --model DIR");
     if (o->decode && o->no_special)

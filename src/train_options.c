@@ -350,7 +350,7 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
             return rc;
     }
     if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+        return cli_unexpected(cmd, argv[optind], cli_data_hint(argv[optind]));
     pesc_error err;
     if (pesc_options_check(&c->pesc, &err) != 0)
         return cli_usage_error(cmd, "%s", err.msg);

@@ -221,6 +221,10 @@ expect 1 "standard input held no prompt" "generate on an empty standard input" -
 expect 1 "standard input holds a NUL byte" "generate on /dev/zero" -- \
   sh -c 'ulimit -v 4000000; exec timeout 20 "$1" generate --model "$2" </dev/zero' sh "$pesc" "$demo"
 expect 2 "\-\-prompt '' is empty" "generate --prompt ''" -- "$pesc" generate --model "$demo" --prompt ""
+expect 2 "unexpected argument 'reverse: pesc': give the prompt as \-\-prompt TEXT, or on standard input" \
+  "generate with the prompt as an argument says where it goes" -- "$pesc" generate --model "$demo" "reverse: pesc"
+expect 2 "unexpected argument 'chats.jsonl': a data file goes after \-\-data (see" \
+  "train with the data file as an argument says where it goes" -- "$pesc" train --headless chats.jsonl
 expect 2 "\-\-max-tokens 1048577: a whole number from 1 to 1048576" "generate --max-tokens past its bound" -- \
   "$pesc" generate --model "$demo" --prompt hi --max-tokens 1048577
 expect 2 "\-\-no-special is for encoding" "tokenize --decode with --no-special" -- \
