@@ -376,22 +376,21 @@ static int installable(const char *la_text)
 
 static void scan_build_tree(pesc_plugins *p)
 {
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 64);
-    char *slash = n > 0 ? (exe[n] = '\0', strrchr(exe, '/')) : NULL;
-    if (!slash)
+    char *program = pesc_program_dir();
+    if (!program)
         return;
-    strcpy(slash, "/plugins");
-    DIR *d = opendir(exe);
+    char *dir = pesc_path_join(program, "plugins");
+    free(program);
+    DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
         size_t len = strlen(e->d_name);
         if (len < 4 || strcmp(e->d_name + len - 3, ".la") != 0)
             continue;
-        char *la = pesc_path_join(exe, e->d_name), *text = NULL;
+        char *la = pesc_path_join(dir, e->d_name), *text = NULL;
         if (pesc_read_file(la, &text, NULL, NULL) == 0 && installable(text)) {
             char so[4200];
-            snprintf(so, sizeof so, "%s/.libs/%.*s.so", exe, (int)(len - 3), e->d_name);
+            snprintf(so, sizeof so, "%s/.libs/%.*s.so", dir, (int)(len - 3), e->d_name);
             if (access(so, R_OK) == 0)
                 plugins_load_file(p, so, "build tree", NULL);
         }
@@ -400,6 +399,7 @@ static void scan_build_tree(pesc_plugins *p)
     }
     if (d)
         closedir(d);
+    free(dir);
 }
 
 void plugins_scan_default(pesc_plugins *p)

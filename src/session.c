@@ -1129,13 +1129,22 @@ static void *trainer_main(void *arg)
 
 /* The built-in demo: model and data installed under the package data directory, or found in
  * the build tree when pesc runs from there. */
+/* PESC_DEMO_DIR, the build tree's data/demo beside the program, or the installed one */
 static char *demo_dir(void)
 {
     const char *env = getenv("PESC_DEMO_DIR");
     if (env)
         return xstrdup(env);
-    if (access("data/demo/config.json", R_OK) == 0)
-        return xstrdup("data/demo");
+    char *dir = pesc_program_dir();
+    if (dir) {
+        char *demo = pesc_path_join(dir, "data/demo"), *config = pesc_path_join(demo, "config.json");
+        int here = access(config, R_OK) == 0;
+        free(config);
+        free(dir);
+        if (here)
+            return demo;
+        free(demo);
+    }
     return xstrdup(PESC_DATADIR "/demo");
 }
 

@@ -181,6 +181,20 @@ const char *pesc_skip_bom(const char *text, size_t *len)
     return text + 3;
 }
 
+char *pesc_program_dir(void)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0 || (size_t)n >= sizeof exe - 1)
+        return NULL;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return NULL;
+    *slash = '\0';
+    return xstrdup(slash == exe ? "/" : exe);
+}
+
 char *pesc_path_join(const char *dir, const char *name)
 {
     size_t a = strlen(dir), b = strlen(name);

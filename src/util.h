@@ -60,6 +60,11 @@ const char *pesc_skip_bom(const char *text, size_t *len);
 /* "dir/name" in a fresh allocation. */
 char *pesc_path_join(const char *dir, const char *name);
 
+/* The directory of the running program (/proc/self/exe's) in a fresh allocation, NULL when
+ * it cannot be told: a pesc run from its build tree finds what the build left there (the demo
+ * model, the CUDA module, plugins) from any working directory. */
+char *pesc_program_dir(void);
+
 /* Writes len bytes to path and fsyncs them (a text file, a copy), through pesc_file_begin:
  * an existing file is replaced only by a whole one. The message of a failure names the file
  * and suggests a full disk. pesc_copy_file copies a (small) file that way. */

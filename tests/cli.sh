@@ -42,6 +42,12 @@ expect 1 "^pesc tui: the workbench needs a terminal" "tui --log without a termin
 # on a terminal, which tui wants before anything else
 expect 1 "^pesc tui: the demo cannot start: " "tui without its demo names 'pesc tui:'" -- \
   on_tty env PESC_DEMO_DIR="$tmp/no-demo" "$pesc" tui
+# the build tree's pesc finds its demo beside itself, from any working directory
+if [ -f "$top_builddir/data/demo/config.json" ]; then
+  expect 0 "step 1/1" "the build tree's demo, run from another directory" -- \
+    sh -c 'cd "$1" && exec env -u PESC_DEMO_DIR "$2" train --headless --steps 1' sh "$tmp" \
+    "$(cd "$top_builddir" && pwd)/pesc"
+fi
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x

@@ -34,24 +34,22 @@ static int attempted;
  * (tests/gpu/), so the program's directory and two above it are tried. */
 static int build_tree_module(char *path, size_t size)
 {
-    char dir[4096];
-    ssize_t n = readlink("/proc/self/exe", dir, sizeof dir - 1);
-    if (n <= 0)
-        return -1;
-    dir[n] = '\0';
-    for (int up = 0; up < 3; up++) {
-        char *slash = strrchr(dir, '/');
-        if (!slash)
-            return -1;
-        *slash = '\0';
+    char *dir = pesc_program_dir();
+    int found = -1;
+    for (int up = 0; dir && up < 3 && found != 0; up++) {
         char la[4200];
         snprintf(la, sizeof la, "%s/" MODULE_NAME ".la", dir);
         if (access(la, F_OK) == 0) {
             snprintf(path, size, "%s/.libs/" MODULE_NAME ".so", dir);
-            return 0;
+            found = 0;
         }
+        char *slash = strrchr(dir, '/');
+        if (!slash || slash == dir)
+            break;
+        *slash = '\0';
     }
-    return -1;
+    free(dir);
+    return found;
 }
 #endif
 
