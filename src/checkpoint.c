@@ -393,9 +393,9 @@ void checkpoint_unlock(int lock)
 int checkpoint_prepare(const char *save_dir, pesc_error *err)
 {
     struct stat st;
-    if (mkdir(save_dir, 0755) != 0 && errno != EEXIST)
-        return pesc_fail(err, "--save %s: cannot create it: %s (name a directory whose parent "
-                         "exists and is writable)", save_dir, strerror(errno));
+    if (pesc_make_dirs(save_dir) != 0 && !(errno == ENOTDIR && stat(save_dir, &st) == 0))
+        return pesc_fail(err, "--save %s: cannot create it: %s (name a directory where this "
+                         "user may write)", save_dir, strerror(errno));
     if (stat(save_dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return pesc_fail(err, "--save %s is not a directory; name a directory for the "
                          "checkpoints", save_dir);

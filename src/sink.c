@@ -54,8 +54,8 @@ static void jsonl_path(char *path, size_t n, const char *target, const char *bas
 
 static void cannot_create(char *err, size_t errlen, const char *path, int error)
 {
-    snprintf(err, errlen, "cannot create the run log %s: %s (name a file in a writable "
-             "directory that exists)", path, strerror(error));
+    snprintf(err, errlen, "cannot create the run log %s: %s (name a file where this user may "
+             "write)", path, strerror(error));
 }
 
 /* A file the user did not name (BASE.jsonl of --sink jsonl) that is already there is not
@@ -71,6 +71,14 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
 {
     jsonl_sink *j = xcalloc(1, sizeof *j);
     jsonl_path(j->path, sizeof j->path, c->target, c->base);
+    char *dir = pesc_parent_dir(j->path);   /* --log runs/a.jsonl makes runs/ as --save does */
+    int made = pesc_make_dirs(dir);
+    free(dir);
+    if (made != 0) {
+        cannot_create(err, errlen, j->path, errno);
+        free(j);
+        return NULL;
+    }
     if (c->resume || c->target) {
         j->f = fopen(j->path, c->resume ? "a" : "w");
     } else {
@@ -352,7 +360,7 @@ static int check_log_output(const sink_set *s, const char *target, char *why, si
         return why[0] ? -1 : 0;
     }
     char *parent = pesc_parent_dir(path);
-    int writable = access(parent, W_OK | X_OK) == 0;
+    int writable = pesc_dirs_writable(parent) == 0;
     if (!writable)
         cannot_create(why, n, path, errno);
     free(parent);

@@ -292,6 +292,64 @@ int pesc_same_file(const char *a, const char *b)
            sa.st_ino == sb.st_ino;
 }
 
+int pesc_make_dirs(const char *dir)
+{
+    if (!*dir) {
+        errno = ENOENT;
+        return -1;
+    }
+    char *path = xstrdup(dir);
+    int rc = 0;
+    for (char *p = path + 1; rc == 0; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char was = *p;
+        *p = '\0';
+        struct stat st;
+        int made = mkdir(path, 0755) == 0;
+        if (!made && (errno != EEXIST || stat(path, &st) != 0)) {
+            rc = -1;
+        } else if (!made && !S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;   /* a file in the way */
+            rc = -1;
+        }
+        *p = was;
+        if (was == '\0')
+            break;
+    }
+    free(path);
+    return rc;
+}
+
+int pesc_dirs_writable(const char *dir)
+{
+    char *path = xstrdup(dir);
+    int rc = -1;
+    for (;;) {
+        struct stat st;
+        if (stat(path, &st) == 0) {
+            if (!S_ISDIR(st.st_mode))
+                errno = ENOTDIR;
+            else
+                rc = access(path, W_OK | X_OK);
+            break;
+        }
+        int missing = errno == ENOENT;
+        char *parent = pesc_parent_dir(path);
+        int top = !missing || strcmp(parent, path) == 0;
+        free(path);
+        path = parent;
+        if (top) {
+            errno = missing ? ENOENT : errno;
+            break;
+        }
+    }
+    int saved = errno;
+    free(path);
+    errno = saved;
+    return rc;
+}
+
 char *pesc_parent_dir(const char *path)
 {
     char *parent, *name;
@@ -356,7 +414,7 @@ int pesc_dir_begin(const char *final, char **tmp, pesc_error *err)
     if (refuse_empty(final, "directory", err) != 0)
         return -1;
     *tmp = temporary_beside(final, &parent);
-    if (mkdir(*tmp, 0755) != 0) {
+    if (pesc_make_dirs(parent) != 0 || mkdir(*tmp, 0755) != 0) {
         pesc_fail(err, "%s: cannot create a directory in %s: %s", final, parent, strerror(errno));
         free(parent);
         free(*tmp);
@@ -420,7 +478,7 @@ FILE *pesc_file_begin(const char *final, char **tmp, pesc_error *err)
     }
     char *parent;
     *tmp = temporary_beside(final, &parent);
-    FILE *f = fopen(*tmp, "wb");
+    FILE *f = pesc_make_dirs(parent) == 0 ? fopen(*tmp, "wb") : NULL;
     if (!f) {
         pesc_fail(err, "%s: cannot create a file in %s: %s", final, parent, strerror(errno));
         free(*tmp);

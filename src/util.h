@@ -74,7 +74,8 @@ int pesc_write_file(const char *path, const void *data, size_t len, pesc_error *
  * its path in *tmp (malloc'd); pesc_file_commit flushes, fsyncs and closes it and renames it
  * over `final`, so an existing file is replaced only by a complete one; pesc_file_abort
  * closes and removes it after a failure. A `final` that exists and is not a regular file (a
- * device, a pipe) is written directly, with *tmp NULL. */
+ * device, a pipe) is written directly, with *tmp NULL. Missing directories above `final` are
+ * made (pesc_make_dirs), here and in pesc_dir_begin. */
 FILE *pesc_file_begin(const char *final, char **tmp, pesc_error *err);
 int pesc_file_commit(FILE *f, const char *tmp, const char *final, pesc_error *err);
 void pesc_file_abort(FILE *f, const char *tmp);
@@ -84,6 +85,13 @@ int pesc_copy_file(const char *from, const char *to, pesc_error *err);
 int pesc_same_file(const char *a, const char *b);
 /* The directory path lies in ("." when it names none), malloc'd. */
 char *pesc_parent_dir(const char *path);
+/* Creates directory dir and those above it that are missing (mkdir -p, mode 0755). 0, or -1
+ * with errno set (ENOTDIR: a part of it, dir itself included, is a file). */
+int pesc_make_dirs(const char *dir);
+/* Whether pesc_make_dirs(dir) could make dir for this user to write in, making nothing: dir,
+ * or the nearest directory above it that exists, is a directory this user may write in.
+ * 0, or -1 with errno set. */
+int pesc_dirs_writable(const char *dir);
 
 /* Removes a file or a directory with everything under it. 0, or -1 (errno) when the top
  * could not be removed. */
@@ -91,11 +99,12 @@ int pesc_remove_tree(const char *path);
 
 /* Directories that appear whole or not at all: pesc_dir_begin creates an empty temporary
  * directory beside `final` (".tmp-NAME-PID" in final's parent, first removing those of NAME
- * that processes no longer running left behind) and returns its path in *tmp (malloc'd). The caller writes and fsyncs files into it,
- * then pesc_dir_commit renames it to `final`: an existing `final` is first moved aside
- * (".tmp-NAME-PID.old") and removed only after the rename, so a kill at any instant leaves
- * either the old directory or the new one under the final name, never a half-written one.
- * pesc_dir_abort removes the temporary directory after a failure. */
+ * that processes no longer running left behind) and returns its path in *tmp (malloc'd). The
+ * caller writes and fsyncs files into it, then pesc_dir_commit renames it to `final`: an
+ * existing `final` is first moved aside (".tmp-NAME-PID.old") and removed only after the
+ * rename, so a kill at any instant leaves either the old directory or the new one under the
+ * final name, never a half-written one. pesc_dir_abort removes the temporary directory after
+ * a failure. */
 int pesc_dir_begin(const char *final, char **tmp, pesc_error *err);
 int pesc_dir_commit(const char *tmp, const char *final, pesc_error *err);
 void pesc_dir_abort(const char *tmp);

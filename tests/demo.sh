@@ -126,7 +126,11 @@ expect 2 "\-o FILE is required" "demo-data without -o" -- "$pesc" demo-data
 expect 2 "\-\-family nope: the families are arithmetic" "unknown family" -- "$pesc" demo-data -o x --family nope
 expect 2 "\-\-records 0" "zero records" -- "$pesc" demo-data -o x --records 0
 expect 2 "\-\-seed -1" "negative seed" -- "$pesc" demo-data -o x --seed -1
-expect 1 "$tmp/no/such/dir/d.jsonl" "unwritable output names the file" -- "$pesc" demo-data -o "$tmp/no/such/dir/d.jsonl"
+: >"$tmp/a-file"
+expect 1 "$tmp/a-file/d.jsonl: cannot create a file in $tmp/a-file: Not a directory" \
+  "unwritable output names the file" -- "$pesc" demo-data -o "$tmp/a-file/d.jsonl"
+"$pesc" demo-data -o "$tmp/made/here/d.jsonl" --records 2 && [ "$(wc -l <"$tmp/made/here/d.jsonl")" -eq 2 ] \
+  && pass "an output in directories not made yet makes them" || fail "demo-data -o in a new directory"
 
 "$pesc" demo-data -o "$tmp/all.jsonl" || fail "demo-data -o FILE"
 [ "$(wc -l <"$tmp/all.jsonl")" -eq 6000 ] || fail "demo-data wrote $(wc -l <"$tmp/all.jsonl") records, wanted 6000"

@@ -4,10 +4,12 @@
  * protobuf reader): framing, both CRCs of every record, the first event's file_version, and
  * every scalar and histogram value. */
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -564,6 +566,30 @@ static void test_unnamed_outputs(const pesc_plugins *plugins)
         fclose(f);
 }
 
+/* The outputs' directories: made as mkdir -p does; a file in the way refused, naming it so */
+static void test_make_dirs(void)
+{
+    char deep[512], file[512], under[512];
+    snprintf(deep, sizeof deep, "%s/made/a//b/", dir);
+    snprintf(file, sizeof file, "%s/a-file", dir);
+    snprintf(under, sizeof under, "%s/a-file/x/y", dir);
+    FILE *f = fopen(file, "w");
+    if (f)
+        fclose(f);
+    struct stat st;
+    CHECK(pesc_dirs_writable(deep) == 0 && stat(deep, &st) != 0,
+          "a missing directory under a writable one can be made, and asking makes nothing");
+    CHECK(pesc_make_dirs(deep) == 0 && stat(deep, &st) == 0 && S_ISDIR(st.st_mode) &&
+              pesc_make_dirs(deep) == 0 && pesc_dirs_writable(deep) == 0,
+          "mkdir -p %s, twice", deep);
+    errno = 0;
+    CHECK(pesc_dirs_writable(under) != 0 && errno == ENOTDIR, "a file above: ENOTDIR (%d)", errno);
+    errno = 0;
+    CHECK(pesc_make_dirs(under) != 0 && errno == ENOTDIR, "a file in the way: ENOTDIR (%d)", errno);
+    errno = 0;
+    CHECK(pesc_make_dirs(file) != 0 && errno == ENOTDIR, "the file itself: ENOTDIR (%d)", errno);
+}
+
 int main(void)
 {
     make_crc_table();
@@ -585,6 +611,7 @@ int main(void)
                 plugins_dir);
         return 99;
     }
+    test_make_dirs();
     test_sinks(plugins);
     test_bad_specs(plugins);
     test_unnamed_outputs(plugins);

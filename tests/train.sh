@@ -90,8 +90,15 @@ expect 2 "at most 16777216 tokens" "a micro-batch over 2^24 tokens is a usage er
 echo precious >"$tmp/not-a-dir"
 expect 1 "\-\-save $tmp/not-a-dir is not a directory" "--save naming a file is refused before training" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/not-a-dir"
-expect 1 "\-\-save $tmp/no/dir: cannot create it" "--save in a missing parent is refused before training" -- \
-  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/no/dir"
+expect 1 "\-\-save $tmp/not-a-dir/ck: cannot create it: Not a directory" \
+  "--save under a file is refused before training" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/not-a-dir/ck"
+# missing directories above --save and --log are made, as mkdir -p does
+expect 0 "step 1/1" "--save and --log in directories not made yet" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 \
+  --save "$tmp/made/a/ck" --log "$tmp/made/b/run.jsonl"
+[ -f "$tmp/made/a/ck/step-00000001/state.json" ] && [ -s "$tmp/made/b/run.jsonl" ] \
+  && pass "their checkpoint and log are there" || fail "no checkpoint or log under $tmp/made"
 [ "$(cat "$tmp/not-a-dir")" = precious ] || fail "--save FILE: the file was touched"
 # checkpoints a run does not continue are never overwritten or rotated out: a fresh run into
 # another run's save directory, a resumed run into a third one, and a run resumed from an
@@ -198,9 +205,9 @@ expect 2 "\-\-lora-rank shapes a PESC model; \-\-train full" "LoRA with --train 
 expect 2 "\-\-aux-coef 0.05 acts on PESC routers and adapters; \-\-train full has none: drop \-\-aux-coef" \
   "a routing regulariser with --train full" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --train full --aux-coef 0.05
-expect 1 "^pesc train: \-\-log: cannot create the run log $tmp/no/dir/run.jsonl: .*writable directory" \
-  "a --log in a missing directory is named as --log, with the fix" -- \
-  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/no/dir/run.jsonl"
+expect 1 "^pesc train: \-\-log: cannot create the run log $tmp/not-a-dir/run.jsonl: Not a directory (name a file" \
+  "a --log under a file is named as --log, with the fix" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/not-a-dir/run.jsonl"
 
 # metric sinks: csv beside the log; a sink on a full disk is reported once and training goes on
 # shellcheck disable=SC2086
@@ -238,8 +245,8 @@ expect 1 "\-\-sink csv: pesc-run.csv is already there" "--sink csv refuses an ex
   --model "$(absolute "$base")" --data "$tmp/data.jsonl" --backend cpu --steps 1 --sink csv
 echo precious >"$tmp/named.csv"
 # shellcheck disable=SC2086
-expect 1 "\-\-log: cannot create the run log $tmp/no/dir/x.jsonl" "a log that cannot be made is refused before any sink opens" -- \
-  "$pesc" train --headless $common --steps 1 --log "$tmp/no/dir/x.jsonl" --sink "csv:$tmp/named.csv"
+expect 1 "\-\-log: cannot create the run log $tmp/not-a-dir/x.jsonl" "a log that cannot be made is refused before any sink opens" -- \
+  "$pesc" train --headless $common --steps 1 --log "$tmp/not-a-dir/x.jsonl" --sink "csv:$tmp/named.csv"
 [ "$(cat "$tmp/cwd/pesc-run.csv" "$tmp/named.csv")" = "precious
 precious" ] || fail "a refused run touched pesc-run.csv or a named --sink file"
 # a resumed run appends to BASE.csv: one header, every step's row
