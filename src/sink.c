@@ -452,6 +452,11 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
             pesc_sink_config config = {.size = sizeof config, .target = colon ? colon + 1 : NULL,
                                        .base = s->base, .resume = s->opt.resume};
             char why[256] = "";
+            /* the directory a target or BASE.x lies in, as for the log (a failure is the
+             * sink's to report, naming its file) */
+            char *dir = pesc_parent_dir(config.target ? config.target : config.base);
+            pesc_make_dirs(dir);
+            free(dir);
             slot->self = slot->ops->open(&config, &info, why, sizeof why);
             if (slot->self)
                 s->live++;

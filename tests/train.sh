@@ -93,12 +93,13 @@ expect 1 "\-\-save $tmp/not-a-dir is not a directory" "--save naming a file is r
 expect 1 "\-\-save $tmp/not-a-dir/ck: cannot create it: Not a directory" \
   "--save under a file is refused before training" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/not-a-dir/ck"
-# missing directories above --save and --log are made, as mkdir -p does
-expect 0 "step 1/1" "--save and --log in directories not made yet" -- \
+# missing directories above --save, --log and sinks are made, as mkdir -p does
+expect 0 "step 1/1" "--save, --log and a sink in directories not made yet" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 \
-  --save "$tmp/made/a/ck" --log "$tmp/made/b/run.jsonl"
-[ -f "$tmp/made/a/ck/step-00000001/state.json" ] && [ -s "$tmp/made/b/run.jsonl" ] \
-  && pass "their checkpoint and log are there" || fail "no checkpoint or log under $tmp/made"
+  --save "$tmp/made/a/ck" --log "$tmp/made/b/run.jsonl" --sink csv --sink "csv:$tmp/made/c/x.csv"
+[ -f "$tmp/made/a/ck/step-00000001/state.json" ] && [ -s "$tmp/made/b/run.jsonl" ] &&
+  [ -s "$tmp/made/b/run.csv" ] && [ -s "$tmp/made/c/x.csv" ] \
+  && pass "their checkpoint, log and csv files are there" || fail "outputs missing: $(find "$tmp/made")"
 [ "$(cat "$tmp/not-a-dir")" = precious ] || fail "--save FILE: the file was touched"
 # checkpoints a run does not continue are never overwritten or rotated out: a fresh run into
 # another run's save directory, a resumed run into a third one, and a run resumed from an
