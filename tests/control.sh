@@ -86,6 +86,13 @@ reply=$(timeout 30 "$sockcmd" "$csock" "aux 0.02")
 [ "$reply" = "ok: aux 0.02" ] && pass "clients that left make room for new ones" \
   || fail "after 15 clients left, 'aux 0.02' got '$reply'"
 
+# a client that closes its end after its commands (echo ... | socat, as pesc-train(1) shows)
+# gets every reply, then the end of the connection
+reply=$(timeout 30 "$sockcmd" --half-close "$csock" "aux 0.02" "lr *1")
+[ "$reply" = "ok: aux 0.02
+ok: lr *1" ] && pass "commands then a half-close: both replies, then the socket closes" \
+  || fail "half-closed client got '$reply'"
+
 # out-of-range and malformed arguments are refused, naming the argument and its range
 refused() {   # refused LINE PATTERN: the reply to LINE is an error matching PATTERN (grep -E)
   reply=$(timeout 30 "$sockcmd" "$csock" "$1")

@@ -6,7 +6,10 @@
  *                                   an impatient client does
  *   sockcmd --hold N SOCKET LINE    N connections at once, as attached views keep theirs:
  *                                   LINE on each, each reply on stdout as it comes, then all
- *                                   are held open until it is killed */
+ *                                   are held open until it is killed
+ *   sockcmd --half-close SOCKET LINE...   the lines, then its end closed, as
+ *                                   `echo LINE | socat - UNIX-CONNECT:SOCKET` does: what
+ *                                   comes back until the server closes, on stdout */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +78,22 @@ static int together(const char *path, char **lines, int n)
     return ok ? 0 : 1;
 }
 
+static int half_close(const char *path, char **lines, int n)
+{
+    int fd = connect_to(path);
+    int ok = fd >= 0;
+    for (int i = 0; ok && i < n; i++)
+        ok = send_line(fd, lines[i]);
+    ok = ok && shutdown(fd, SHUT_WR) == 0;
+    char buf[512];
+    ssize_t got;
+    while (ok && (got = read(fd, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, (size_t)got, stdout);
+    if (fd >= 0)
+        close(fd);
+    return ok ? 0 : 1;
+}
+
 static int hold(int n, const char *path, const char *line)
 {
     for (int i = 0; i < n; i++) {
@@ -93,8 +112,11 @@ int main(int argc, char **argv)
         return hang_up(argv[2], argv[3]);
     if (argc == 5 && strcmp(argv[1], "--hold") == 0 && atoi(argv[2]) > 0)
         return hold(atoi(argv[2]), argv[3], argv[4]);
+    if (argc >= 4 && strcmp(argv[1], "--half-close") == 0)
+        return half_close(argv[2], argv + 3, argc - 3);
     if (argc < 3 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: sockcmd [--hang-up | --hold N] SOCKET LINE | SOCKET LINE...\n");
+        fprintf(stderr, "usage: sockcmd [--hang-up | --hold N] SOCKET LINE | "
+                        "[--half-close] SOCKET LINE...\n");
         return 2;
     }
     if (argc > 3)
