@@ -12,19 +12,27 @@
 #include "cli.h"
 #include "commands.h"
 #include "dataset.h"
+#include "fetch_view.h"
 #include "hfconfig.h"
+#include "plugin.h"
 #include "safetensors.h"
 
 static const char inspect_usage[] =
     "usage: pesc inspect PATH\n"
+    "       pesc inspect DATA [--model DIR|URL | --tokenizer FILE|URL] [--format F]\n"
+    "                         [--template NAME] [--plugin FILE]...\n"
     "\n"
     "  a model directory   its config, parameter count, tensor dtypes and files; for a model\n"
     "                      written by pesc export, its experts, top-k and adapters\n"
     "  a checkpoint        (a step-N directory, or a --save directory: its checkpoints and the\n"
     "                      newest) step, crafting, LoRA, run shape, base model, trainables\n"
     "  a .safetensors file every tensor's name, dtype and shape, and the metadata\n"
-    "  a .jsonl dataset    (tokens format) records, tokens and lengths\n"
-    "  config.json, state.json  the model directory or checkpoint that holds it\n";
+    "  a dataset           (.jsonl or .json, plain, .gz or .zst) records, tokens, predicted\n"
+    "                      tokens and lengths, as training reads them: text records through\n"
+    "                      the chat template and the tokenizer of --model (or --tokenizer)\n"
+    "  config.json, state.json  the model directory or checkpoint that holds it\n"
+    "\n"
+    "  --format F, --template NAME, --plugin FILE   as for pesc train\n";
 
 static const char *rope_name(hf_rope_type t)
 {
@@ -233,28 +241,98 @@ static int inspect_safetensors(const char *path)
     return 0;
 }
 
-static int inspect_tokens(const char *path)
+/* What a dataset is read with: its options (as pesc train's) */
+typedef struct data_options {
+    const char *model, *tokenizer, *format, *template_name;
+    const char *plugins[16];
+    int n_plugins, given;        /* given: one of them is on the command line */
+} data_options;
+
+static int compare_ints(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* The records as training reads them: text records through the template and the tokenizer
+ * (--tokenizer, or --model's), bad ones skipped with warnings; without a tokenizer only
+ * token-id records can be read, and a text record says what to give. */
+static int inspect_data(const char *path, const data_options *o)
 {
     pesc_error err = {{0}};
-    ds_records d;
-    if (dataset_load_tokens(&d, path, 0, &err) != 0)
-        return cli_fail("inspect", &err);
-    long long tokens = 0, labelled = 0;
-    int shortest = d.items[0].len, longest = 0;
-    for (int i = 0; i < d.n; i++) {
-        const ds_record *r = &d.items[i];
-        tokens += r->len;
-        shortest = r->len < shortest ? r->len : shortest;
-        longest = r->len > longest ? r->len : longest;
-        for (int t = 1; t < r->len; t++)
-            labelled += !r->labels || r->labels[t] >= 0;
+    pesc_plugins *plugins = plugins_open(o->plugins, o->n_plugins, &err);
+    ds_formats *formats = plugins ? plugins_formats(plugins, &err) : NULL;
+    ds_load_options lo = {.tpl = template_find(o->template_name), .formats = formats};
+    char *dir = NULL, *tok_path = NULL;
+    tokenizer *tok = NULL;
+    ds_records d = {0};
+    int *lengths = NULL, rc = 1, seq = 512;   /* pesc train's default --seq */
+    if (!formats || ds_formats_parse(formats, o->format, &lo.format, &err) != 0)
+        goto out;
+    if (o->tokenizer) {
+        if (fetch_view_url_to_cache(o->tokenizer, &tok_path, &err) != 0)
+            goto out;
+    } else if (o->model) {
+        if (fetch_view_resolve_tokenizer(o->model, &dir, &err) != 0)
+            goto out;
+        tok_path = pesc_path_join(dir, "tokenizer.json");
+        hf_config c;   /* ids are checked against its vocabulary, and --seq is its context */
+        pesc_error ignored;
+        if (hfconfig_load(&c, dir, &ignored) == 0) {
+            lo.vocab_size = c.vocab_size;
+            seq = c.max_position_embeddings >= 2 && c.max_position_embeddings < seq
+                      ? c.max_position_embeddings : seq;
+        }
     }
-    printf("dataset       %s (tokens format)\n", path);
-    printf("records       %d\n", d.n);
-    printf("tokens        %lld (%lld predicted)\n", tokens, labelled);
-    printf("length        min %d, mean %.1f, max %d\n", shortest, (double)tokens / d.n, longest);
+    if (tok_path && !(tok = tok_load(tok_path, &err)))
+        goto out;
+    lo.tok = tok;
+    lo.strict = !tok;   /* a text record is no bad record to skip: it needs the tokenizer */
+    lo.warn = stderr;
+    if (dataset_load(&d, path, &lo, &err) != 0)
+        goto out;
+    if (d.n == 0) {
+        pesc_fail(&err, "%s: no records to train on (%ld skipped)", path, d.skipped);
+        goto out;
+    }
+    lengths = xmalloc((size_t)d.n * sizeof *lengths);
+    long long tokens = 0;
+    long over = 0;
+    for (int i = 0; i < d.n; i++) {
+        lengths[i] = d.items[i].len;
+        tokens += lengths[i];
+        over += lengths[i] > seq;
+    }
+    qsort(lengths, (size_t)d.n, sizeof *lengths, compare_ints);
+    printf("dataset       %s\n", path);
+    printf("format        %s%s\n", o->format, lo.format == DS_AUTO ? " (per record)" : "");
+    if (tok) {
+        printf("template      %s\n", o->template_name);
+        printf("tokenizer     %s\n", tok_path);
+    }
+    printf("records       %d", d.n);
+    if (d.skipped)
+        printf(" (%ld skipped)", d.skipped);
+    printf("\ntokens        %lld (%lld predicted)\n", tokens, d.predicted);
+    /* nearest rank: the shortest length at least 95% of the records have at most */
+    printf("length        min %d, median %d, mean %.1f, p95 %d, max %d\n", lengths[0],
+           lengths[(d.n - 1) / 2], (double)tokens / d.n, lengths[(95 * (long)d.n + 99) / 100 - 1],
+           lengths[d.n - 1]);
+    if (over)
+        printf("longer        %ld of %d records over %d tokens, pesc train's default --seq: it "
+               "cuts them\n", over, d.n, seq);
+    rc = 0;
+out:
+    if (rc)
+        cli_fail("inspect", &err);
+    free(lengths);
     dataset_free(&d);
-    return 0;
+    tok_delete(tok);
+    free(tok_path);
+    free(dir);
+    ds_formats_delete(formats);
+    plugins_delete(plugins);
+    return rc;
 }
 
 static int ends_with(const char *s, const char *suffix)
@@ -266,15 +344,35 @@ static int ends_with(const char *s, const char *suffix)
 int cmd_inspect(int argc, char **argv)
 {
     /* an option it does not know is bad usage, not a path that is missing */
-    static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'}, {"model", required_argument, NULL, 'm'},
+        {"tokenizer", required_argument, NULL, 'k'}, {"format", required_argument, NULL, 'f'},
+        {"template", required_argument, NULL, 'T'}, {"plugin", required_argument, NULL, 'P'},
+        {NULL, 0, NULL, 0}};
+    data_options o = {.format = "auto", .template_name = "camelidae"};
     int c;
     while ((c = cli_getopt("inspect", argc, argv, "h", longopts)) != -1) {
-        if (c != 'h')
-            return EXIT_USAGE;
-        fputs(inspect_usage, stdout);
-        return 0;
+        switch (c) {
+        case 'h': fputs(inspect_usage, stdout); return 0;
+        case 'm': o.model = optarg; break;
+        case 'k': o.tokenizer = optarg; break;
+        case 'f': o.format = optarg; break;
+        case 'T': o.template_name = optarg; break;
+        case 'P':
+            if (o.n_plugins == (int)(sizeof o.plugins / sizeof *o.plugins))
+                return cli_usage_error("inspect", "at most %d --plugin",
+                                       (int)(sizeof o.plugins / sizeof *o.plugins));
+            o.plugins[o.n_plugins++] = optarg;
+            break;
+        default: return EXIT_USAGE;
+        }
+        o.given |= c != 'h';
     }
+    if (o.model && o.tokenizer)
+        return cli_usage_error("inspect", "give --model DIR or --tokenizer FILE, not both");
+    if (!template_find(o.template_name))
+        return cli_usage_error("inspect", "--template %s: known templates are %s",
+                               o.template_name, template_list());
     if (argc - optind != 1)
         return cli_usage_error("inspect", optind == argc ? "PATH is required"
                                                          : "one PATH at a time");
@@ -288,6 +386,9 @@ int cmd_inspect(int argc, char **argv)
         pesc_fail(&err, "%s: no such file or directory", path);
         return cli_fail("inspect", &err);
     }
+    if (S_ISDIR(st.st_mode) && o.given)
+        return cli_usage_error("inspect", "--model, --tokenizer, --format, --template and "
+                               "--plugin read a dataset; %s is a directory", path);
     if (S_ISDIR(st.st_mode))
         return inspect_directory(path);
     if (!S_ISREG(st.st_mode)) {   /* a FIFO would block, a device read forever */
@@ -299,13 +400,17 @@ int cmd_inspect(int argc, char **argv)
     /* a model's config.json or a checkpoint's state.json stands for its directory: read as
      * a dataset, it was "a JSON object over several lines" */
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    if (strcmp(base, "config.json") == 0 || strcmp(base, "state.json") == 0) {
+    if (!o.given && (strcmp(base, "config.json") == 0 || strcmp(base, "state.json") == 0)) {
         char *dir = pesc_parent_dir(path);
         int rc = inspect_directory(dir);
         free(dir);
         return rc;
     }
-    if (ends_with(path, ".jsonl") || ends_with(path, ".json"))
-        return inspect_tokens(path);
-    return inspect_safetensors(path);
+    if (ends_with(path, ".safetensors") && !o.given)
+        return inspect_safetensors(path);
+    static const char *const data_names[] = {".jsonl", ".json", ".gz", ".zst"};
+    for (size_t i = 0; i < sizeof data_names / sizeof *data_names; i++)
+        if (ends_with(path, data_names[i]))
+            return inspect_data(path, &o);
+    return o.given ? inspect_data(path, &o) : inspect_safetensors(path);
 }

@@ -266,6 +266,25 @@ grep -q "LlamaForCausalLM" "$tmp/out" && grep -q "llama3" "$tmp/out" || fail "in
 expect 0 "tensors       21 in 2 files" "inspect a sharded model" -- "$pesc" inspect "$m2"
 expect 0 "model.layers.0.mlp.down_proj.weight" "inspect a safetensors file" -- "$pesc" inspect "$m/model.safetensors"
 expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/records.jsonl"
+# a text dataset, read as training reads it: the predicted tokens are the ones eval scores
+"$pesc" demo-data -o "$tmp/chat.jsonl" --records 30 --seed 4 >/dev/null
+gzip -c "$tmp/chat.jsonl" >"$tmp/chat.jsonl.gz"
+expect 1 "chat.jsonl:1: a camelidae record needs a tokenizer (\-\-tokenizer or a model" \
+  "inspect a text dataset without a tokenizer says what to give" -- "$pesc" inspect "$tmp/chat.jsonl"
+expect 0 "^records       30$" "inspect a text dataset with --model" -- \
+  "$pesc" inspect "$tmp/chat.jsonl.gz" --model "$demo"
+predicted=$(sed -n 's/^tokens  *[0-9]* (\([0-9]*\) predicted)$/\1/p' "$tmp/out")
+scored=$("$pesc" eval --model "$demo" --data "$tmp/chat.jsonl" --json | sed 's/.*"tokens": \([0-9]*\).*/\1/')
+[ -n "$predicted" ] && [ "$predicted" = "$scored" ] && pass "its predicted tokens are eval's ($scored)" \
+  || fail "inspect counts '$predicted' predicted tokens, eval scores '$scored'"
+seq -s, 1 600 | sed 's/.*/{"input_ids": [&]}/' >"$tmp/long.jsonl"
+echo '{"input_ids": [1, 2, 3]}' >>"$tmp/long.jsonl"
+expect 0 "^length        min 3, median 3, mean 301.5, p95 600, max 600$" \
+  "inspect: the lengths' distribution" -- "$pesc" inspect "$tmp/long.jsonl"
+grep -q "^longer        1 of 2 records over 512 tokens" "$tmp/out" \
+  && pass "inspect: the records past the default --seq are counted" || fail "inspect: $(cat "$tmp/out")"
+expect 2 "read a dataset; .* is a directory" "inspect a directory with dataset options" -- \
+  "$pesc" inspect "$m" --format alpaca
 expect 1 "no such file" "inspect a missing path" -- "$pesc" inspect "$tmp/nothing"
 mkfifo "$tmp/fifo.jsonl"   # its open would block; /dev/zero as a dataset would fill memory
 expect 1 "fifo.jsonl: not a regular file" "inspect a FIFO" -- timeout 10 "$pesc" inspect "$tmp/fifo.jsonl"
