@@ -518,6 +518,21 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
     return 0;
 }
 
+int checkpoint_load_adapters(model *m, const char *path, pesc_error *err)
+{
+    struct stat st;
+    char *dir = NULL;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))   /* what it is, or why not, the open says */
+        return model_load_trainables(m, path, err);
+    if (checkpoint_find(path, &dir, err) != 0)
+        return -1;
+    char *file = pesc_path_join(dir, TRAINABLES_FILE);
+    int rc = model_load_trainables(m, file, err);
+    free(file);
+    free(dir);
+    return rc;
+}
+
 int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err)
 {
     char *trainables = pesc_path_join(dir, TRAINABLES_FILE);

@@ -84,6 +84,9 @@ int checkpoint_name_step(const char *name, long *step);
  * CHECKPOINT_NONE when path holds no checkpoint at all, -1 when one is there but unreadable. */
 enum { CHECKPOINT_NONE = -2 };
 int checkpoint_find(const char *path, char **dir, pesc_error *err);
+/* model_load_trainables of what --adapters names: a trainables file, or a checkpoint or a
+ * save directory (its newest checkpoint's trainables.safetensors). */
+int checkpoint_load_adapters(model *m, const char *path, pesc_error *err);
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err);
 /* Loads trainables and moments into a model crafted as st->pesc says and an optimizer sized
  * for it. */

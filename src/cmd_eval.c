@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "backend.h"
+#include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
 #include "dataset.h"
@@ -33,7 +34,8 @@ static const char eval_usage[] =
     "  --model DIR      Hugging Face model directory (config.json + safetensors), or an\n"
     "                   hf://OWNER/NAME[@REV] or http(s) URL, downloaded to the cache first\n"
     "  --adapters FILE  PESC routers, adapters and LoRA saved by pesc (safetensors with\n"
-    "                   Camelidae names); the model is crafted as the file says\n"
+    "                   Camelidae names); the model is crafted as the file says. A\n"
+    "                   checkpoint (or --save directory: its newest) stands for its file\n"
     "  --data FILE      dataset: JSONL or a JSON array, plain, .gz or .zst; or a URL. Repeat it\n"
     "                   for several sources (scored together; --routing tells them apart)\n"
     "  --demo           the built-in demo data, one source per task family (pesc demo-data)\n"
@@ -116,7 +118,8 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                 return EXIT_USAGE;
             break;
         case 'a':
-            if (cli_path("eval", "--adapters", optarg, "a safetensors file", &o->adapters))
+            if (cli_path("eval", "--adapters", optarg,
+                         "a trainables file or a checkpoint", &o->adapters))
                 return EXIT_USAGE;
             break;
         case 'P':
@@ -441,7 +444,7 @@ int cmd_eval(int argc, char **argv)
         goto out;
     pesc_show_phase("pesc eval", "loading the model from %s", pesc_path_shown(model_dir));
     if (model_load(&m, model_dir, b, &err) != 0 ||
-        (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0))
+        (o.adapters && checkpoint_load_adapters(&m, o.adapters, &err) != 0))
         goto out;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
     if (o.routing && !m.crafted) {

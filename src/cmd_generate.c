@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
 #include "fetch_view.h"
@@ -24,7 +25,8 @@ static const char generate_usage[] =
     "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
     "(EOS or the template's end marker) or after --max-tokens.\n"
     "\n"
-    "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model)\n"
+    "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
+    "                    checkpoint (or --save directory: its newest) stands for its file\n"
     "  --temperature T   0 = greedy (default 0)\n"
     "  --top-p P --top-k K   sampling cut-offs (1, 0 = off; with --temperature > 0)\n"
     "  --seed S          sampling seed (1)\n"
@@ -71,7 +73,8 @@ static int parse_generate(generate_options *o, int argc, char **argv)
                 return EXIT_USAGE;
             break;
         case 'a':
-            if (cli_path("generate", "--adapters", optarg, "a safetensors file", &o->adapters))
+            if (cli_path("generate", "--adapters", optarg,
+                         "a trainables file or a checkpoint", &o->adapters))
                 return EXIT_USAGE;
             break;
         case 'p':
@@ -272,7 +275,7 @@ int cmd_generate(int argc, char **argv)
         goto out;
     pesc_show_phase("pesc generate", "loading the model from %s", pesc_path_shown(dir));
     if (model_load(&m, dir, b, &err) != 0 ||
-        (o.adapters && model_load_trainables(&m, o.adapters, &err) != 0))
+        (o.adapters && checkpoint_load_adapters(&m, o.adapters, &err) != 0))
         goto out;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
     if ((o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||

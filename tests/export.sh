@@ -70,6 +70,12 @@ if [ -n "$exported" ] && [ "$exported" = "$with_adapters" ] && [ "$exported" != 
 else
   fail "eval: exported '$exported', base + adapters '$with_adapters', dense '$dense'"
 fi
+# --adapters may name the checkpoint, or the save directory (its newest checkpoint)
+by_dir=$(eval_loss --model "$demo" --adapters "$ck")
+by_save=$(eval_loss --model "$demo" --adapters "$tmp/ck")
+[ -n "$by_dir" ] && [ "$by_dir" = "$with_adapters" ] && [ "$by_save" = "$with_adapters" ] \
+  && pass "eval --adapters CHECKPOINT and --adapters SAVE_DIR load its trainables" \
+  || fail "eval --adapters: file $with_adapters, checkpoint '$by_dir', save directory '$by_save'"
 a=$(greedy --model "$demo" --adapters "$ck/trainables.safetensors")
 b=$(greedy --model "$tmp/exp")
 if [ -n "$a" ] && [ "$a" = "$b" ]; then
