@@ -460,7 +460,11 @@ static void logview_command(void *ctx, const char *line, char *reply, size_t len
 {
     logview *lv = ctx;
     if (!lv->socket_path) {
-        snprintf(reply, len, "error: a read-only view; pesc view --attach SOCKET steers the run");
+        char control[256];   /* the run's socket, as its log names it */
+        pesc_show_controls(control, sizeof control, lv->run.control[0] ? lv->run.control
+                                                                     : "SOCKET");
+        snprintf(reply, len, "error: a read-only view: --attach %s steers the run",
+                 control);
         return;
     }
     pesc_error err;

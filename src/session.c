@@ -1464,6 +1464,13 @@ static void describe_run(session *s)
     r->data_tokens = dataset_stats(s->data)->tokens;
     r->adapter_dim = m->pesc.adapter_dim;
     r->adapter_scale = m->pesc.adapter_scale;
+    const char *ctl = s->cfg.control_path;   /* made later, so joined to the directory here */
+    char cwd[PATH_MAX];
+    if (ctl && ctl[0] != '/' && getcwd(cwd, sizeof cwd))
+        snprintf(r->control, sizeof r->control, "%.*s/%s", (int)(sizeof r->control / 2), cwd,
+                 ctl);
+    else if (ctl)
+        snprintf(r->control, sizeof r->control, "%s", ctl);
 }
 
 /* The model: a checkpoint directory, or random weights of a config.json's shape. */

@@ -219,6 +219,8 @@ char *stats_run_json(const stats_run *run)
     for (int s = 0; s < run->shape.n_sources; s++)
         json_array_append_new(sources, json_string(run->sources[s]));
     json_object_set_new(o, "sources", sources);
+    if (run->control[0])
+        json_object_set_new(o, "control", json_string(run->control));
     return dump(o);
 }
 
@@ -261,6 +263,7 @@ static int parse_run(json_t *o, stats_run *run)
     memset(run, 0, sizeof *run);
     copy_string(run->model, sizeof run->model, json_object_get(o, "model"));
     copy_string(run->backend, sizeof run->backend, json_object_get(o, "backend"));
+    copy_string(run->control, sizeof run->control, json_object_get(o, "control"));
     run->shape.n_layers = (int)int_or(o, "layers", 0);
     run->shape.n_experts = (int)int_or(o, "experts", 0);
     run->shape.top_k = (int)int_or(o, "top_k", 0);

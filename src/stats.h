@@ -79,6 +79,8 @@ typedef struct stats_run {
     double adapter_scale;
     long data_records;           /* the records loaded from every --data, and their tokens */
     long long data_tokens;
+    char control[256];           /* its --control socket (absolute), "" when none: what a
+                                    view of the log names for steering the run */
 } stats_run;
 
 /* An "lr" event's text begins with the rate in force from then on, so that a reader of the

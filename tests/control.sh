@@ -32,6 +32,16 @@ for _ in $(seq 300); do [ -S "$csock" ] && break; sleep 0.1; done
 [ -S "$csock" ] || { echo "the run did not open its control socket: $(cat "$tmp/run.err")"; exit 99; }
 export LANG=C.UTF-8 LC_ALL=C.UTF-8
 
+# the log names the socket (absolute), for a view of it to say what steers the run
+head -n 1 "$tmp/run.jsonl" | grep -qF "\"control\":\"$csock\"" \
+  && pass "the log's start line names the control socket" || fail "start line: $(head -n 1 "$tmp/run.jsonl")"
+mkdir "$tmp/rel"
+abs_pesc=$(cd "$(dirname "$pesc")" && pwd)/pesc abs_base=$(cd "$base" && pwd)
+(cd "$tmp/rel" && "$abs_pesc" train --headless --model "$abs_base" --data "$tmp/data.jsonl" \
+  --seq 24 --batch 4 --steps 1 --backend cpu --log rel.jsonl --control rel.sock >/dev/null 2>&1)
+head -n 1 "$tmp/rel/rel.jsonl" | grep -qF "\"control\":\"$(cd "$tmp/rel" && pwd -P)/rel.sock\"" \
+  && pass "a relative --control is named from the root" || fail "start line: $(head -n 1 "$tmp/rel/rel.jsonl")"
+
 # lines: wait until FILE has N lines (a held client has its replies), at most 30 s
 lines() {
   for _ in $(seq 300); do [ "$(wc -l <"$1")" -ge "$2" ] && return 0; sleep 0.1; done

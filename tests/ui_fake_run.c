@@ -264,6 +264,8 @@ int main(int argc, char **argv)
     f.run.total_steps = f.total;
     f.run.adapter_dim = 16;
     f.run.adapter_scale = 1.0;
+    if (control)   /* as a run names its socket (the tests give absolute paths) */
+        snprintf(f.run.control, sizeof f.run.control, "%s", control);
     write_line(&f, stats_run_json(&f.run));
     f.r = stats_record_new(shape);
     int listener = control ? open_control(control) : -1, client = -1;

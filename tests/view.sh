@@ -80,7 +80,7 @@ keys x
 wait_for "any key closes" 1 && sleep 0.3
 screen | grep -q "any key closes" && fail "help did not close" || pass "help closes"
 keys Space
-check "error: a read-only view; pesc view --attach SOCKET steers the run$" \
+check "error: a read-only view: --attach SOCKET steers the run$" \
   "steering a read-only view says how to attach, over the status line's last segments"
 
 tmux -L "$sock" resize-window -t view -x 40 -y 12
@@ -231,6 +231,13 @@ st=$(wait_status "$tmp/status" 5)
 "$fake" "$tmp/live.jsonl" --steps 2000 --interval-ms 40 --control "$tmp/control.sock" &
 fake_pid=$!
 i=0; while [ ! -S "$tmp/control.sock" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+# a read-only view of it names the socket that steers it, as its log says
+tui_start 100 30 "$pesc" view "$tmp/live.jsonl"
+check "RUNNING" "a read-only view of a run with a control socket"
+keys Space
+check "error: a read-only view: --attach $tmp/control.sock steers the run$" \
+  "steering it says which socket steers the run"
+keys q
 tui_start 100 30 "$pesc" view "$tmp/live.jsonl" --attach "$tmp/control.sock"
 check "RUNNING" "live log: RUNNING"
 a=$(step_now); sleep 1; b=$(step_now)
