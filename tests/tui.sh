@@ -36,6 +36,8 @@ check "RUNNING" "the run starts" 60
 for panel in "Routing" "Loss" "Adapter norms" "Prompt"; do
   check "$panel" "panel '$panel' is shown"
 done
+# the memory estimate is longer than a console line: it wraps under itself, read to its end
+check "^│ {22}[^ ].*free of [0-9.]+ [KMGT]iB +│$" "a long event goes on under its text, read whole"
 # the first steps can be slow on a busy machine: wait for two before measuring
 check "step ([2-9]|[1-9][0-9])" "the first steps are done" 60
 a=$(step_now); sleep 4; b=$(step_now)

@@ -217,8 +217,9 @@ rm -f "$tmp/long.jsonl"
 } >"$tmp/failed.jsonl"
 tui_start 100 30 "$pesc" view "$tmp/failed.jsonl"
 check "FAILED" "a failed run shows FAILED"
-check 'disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1⏎line 2' \
-  "the event's control characters are shown as escapes, a newline as a mark"
+check 'disk \\x1b\[31mred\\x1b\[0m\\x0dback\\x07 bell \\u009b2J c1 +│$' \
+  "the event's control characters are shown as escapes"
+check '^│ {22}line 2 +│$' "an event's line break goes on under its text"
 keys q
 st=$(wait_status "$tmp/status" 5)
 [ "$st" = 1 ] && [ "$(wc -l <"$tmp/stderr")" -eq 1 ] &&

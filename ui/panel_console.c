@@ -8,9 +8,31 @@
 
 #include "ui_internal.h"
 
-/* Lays text out in `width` columns from (line, col); draw: only lines in [first, first + rows)
- * are drawn, at y0 + line - first. colours: per byte the expert, 255 none; NULL for attr.
- * Returns the line after the last. */
+/* The columns of the word at text (up to a space, a line break or the end). */
+static int word_columns(const char *text, size_t len)
+{
+    mbstate_t st;
+    memset(&st, 0, sizeof st);
+    int cols = 0;
+    for (size_t i = 0; i < len && text[i] != ' ' && text[i] != '\n';) {
+        wchar_t wc;
+        size_t n = mbrtowc(&wc, text + i, len - i, &st);
+        if (n == (size_t)-1 || n == (size_t)-2 || n == 0) {
+            memset(&st, 0, sizeof st);
+            n = 1;
+            wc = L'?';
+        }
+        int cw = wcwidth(wc);
+        cols += cw > 0 ? cw : 0;
+        i += n;
+    }
+    return cols;
+}
+
+/* Lays text out in `width` columns from (line, col), a word that would not fit moved to the
+ * next line whole (one longer than a line is cut where the line ends), a space at a break
+ * left out; draw: only lines in [first, first + rows) are drawn, at y0 + line - first.
+ * colours: per byte the expert, 255 none; NULL for attr. Returns the line of the end. */
 static int flow(ui_context *ui, WINDOW *w, const char *text, const unsigned char *colours, int attr,
                 int width, int line, int *col, int first, int rows, int y0, int x0)
 {
@@ -35,6 +57,19 @@ static int flow(ui_context *ui, WINDOW *w, const char *text, const unsigned char
         if (cw <= 0) {
             i += n;
             continue;
+        }
+        if (wc == L' ' && *col + cw > width) {   /* the break itself */
+            line++;
+            *col = 0;
+            i += n;
+            continue;
+        }
+        if (wc != L' ' && i > 0 && text[i - 1] == ' ' && *col > 0) {   /* a word starts */
+            int word = word_columns(text + i, len - i);
+            if (*col + word > width && word <= width) {
+                line++;
+                *col = 0;
+            }
         }
         if (*col + cw > width) {
             line++;
@@ -85,6 +120,24 @@ static void draw_answer(ui_context *ui, WINDOW *w, const monitor_view *v, int y0
     }
 }
 
+/* An event's "step N     kind     " and the column its text starts at. */
+static int event_prefix(const stats_event *e, char *step, size_t n_step, char *kind, size_t n_kind)
+{
+    snprintf(step, n_step, "step %-6ld ", e->step);
+    snprintf(kind, n_kind, "%-9s", e->kind);
+    return 2 + text_columns(step) + text_columns(kind);
+}
+
+/* The rows an event takes: its text wraps under itself, so that a long one (the memory
+ * estimate, an error) is read whole. */
+static int event_rows(ui_context *ui, const stats_event *e, int width)
+{
+    char step[32], kind[32];
+    int x = event_prefix(e, step, sizeof step, kind, sizeof kind), col = 0;
+    return width + 2 - x < 8 ? 1 : flow(ui, NULL, e->text, NULL, 0, width + 2 - x, 0, &col, 0, 0, 0, 0) + 1;
+}
+
+/* The newest events that fit, oldest first; the newest is drawn even when it does not. */
 static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0, int rows, int width)
 {
     int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
@@ -92,17 +145,29 @@ static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0
         draw_text(w, y0, 2, width, dim, "no events yet; press / to ask the model something");
         return;
     }
-    int first = v->n_events > rows ? v->n_events - rows : 0;
-    for (int i = first; i < v->n_events; i++) {
+    int first = v->n_events, used = 0;
+    while (first > 0) {
+        int need = event_rows(ui, &v->events[first - 1], width);
+        if (used > 0 && used + need > rows)
+            break;
+        used += need;
+        first--;
+    }
+    for (int i = first, y = y0; i < v->n_events && y < y0 + rows; i++) {
         const stats_event *e = &v->events[i];
-        char s[320];
-        snprintf(s, sizeof s, "step %-6ld ", e->step);
-        int x = 2 + draw_text(w, y0 + i - first, 2, width, dim, s);
+        char step[32], kind[32];
+        int tx = event_prefix(e, step, sizeof step, kind, sizeof kind);
+        int x = 2 + draw_text(w, y, 2, width, dim, step);
         int pair = strcmp(e->kind, "error") == 0 || strcmp(e->kind, "nan-skip") == 0 ? PAIR_BAD
                  : strcmp(e->kind, "pause") == 0 || strcmp(e->kind, "lr") == 0 ? PAIR_WARN : PAIR_GOOD;
-        snprintf(s, sizeof s, "%-9s", e->kind);
-        x += draw_text(w, y0 + i - first, x, width + 2 - x, theme_attr(&ui->theme, pair, A_BOLD), s);
-        draw_text(w, y0 + i - first, x, width + 2 - x, 0, e->text);
+        draw_text(w, y, x, width + 2 - x, theme_attr(&ui->theme, pair, A_BOLD), kind);
+        if (width + 2 - tx < 8) {   /* too narrow to wrap: cut */
+            draw_text(w, y, tx, width + 2 - tx, 0, e->text);
+            y++;
+            continue;
+        }
+        int col = 0;
+        y += flow(ui, w, e->text, NULL, 0, width + 2 - tx, 0, &col, 0, y0 + rows - y, y, tx) + 1;
     }
 }
 
@@ -123,12 +188,14 @@ static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     if (rows > 0) {
         if (v->prompt[0] || v->generated[0]) {
             /* the events after the answer's own (its generate event ends it), up to a third of
-             * the rows, under it past a blank line */
+             * the rows, under it past a blank line (none in four rows or fewer: the answer's
+             * lines come first) */
             int later = 0;
             for (int i = v->n_events - 1; i >= 0 && strcmp(v->events[i].kind, "generate") != 0; i--)
                 later++;
             int ev_rows = v->generating ? 0 : later < rows / 3 ? later : rows / 3;
-            draw_answer(ui, w, v, 1, ev_rows ? rows - ev_rows - 1 : rows, width - 2);
+            int gap = ev_rows && rows - ev_rows >= 4;   /* a blank line where rows allow */
+            draw_answer(ui, w, v, 1, rows - ev_rows - gap, width - 2);
             if (ev_rows)
                 draw_events(ui, w, v, 1 + rows - ev_rows, ev_rows, width - 2);
         } else {
