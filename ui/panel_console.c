@@ -134,7 +134,9 @@ static int event_rows(ui_context *ui, const stats_event *e, int width)
 {
     char step[32], kind[32];
     int x = event_prefix(e, step, sizeof step, kind, sizeof kind), col = 0;
-    return width + 2 - x < 8 ? 1 : flow(ui, NULL, e->text, NULL, 0, width + 2 - x, 0, &col, 0, 0, 0, 0) + 1;
+    if (width + 2 - x < 8)
+        return 1;
+    return flow(ui, NULL, e->text, NULL, 0, width + 2 - x, 0, &col, 0, 0, 0, 0) + 1;
 }
 
 /* The newest events that fit, oldest first; the newest is drawn even when it does not. */
