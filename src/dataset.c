@@ -1831,6 +1831,11 @@ ds_cursor dataset_cursor(const dataset *ds)
     return (ds_cursor){ds->epoch, ds->position, ds->fingerprint, ds->content};
 }
 
+double dataset_epochs_done(const dataset *ds)
+{
+    return (double)ds->epoch + (ds->n_order > 0 ? (double)ds->position / (double)ds->n_order : 0.0);
+}
+
 int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err)
 {
     if (c->fingerprint != ds->fingerprint)

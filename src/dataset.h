@@ -210,6 +210,8 @@ int dataset_next_batch(dataset *ds, ds_batch *b);
 long dataset_count_batches(dataset *ds, int B, int T);
 
 ds_cursor dataset_cursor(const dataset *ds);
+/* The epochs done, fractional: the cursor's epoch and how far into its order it stands. */
+double dataset_epochs_done(const dataset *ds);
 /* Restores a cursor; an error when it was saved with other data or options. */
 int dataset_seek(dataset *ds, const ds_cursor *c, pesc_error *err);
 const ds_stats *dataset_stats(const dataset *ds);

@@ -1026,7 +1026,7 @@ static int train_step(session *s, pesc_error *err)
     double now = pesc_now(), elapsed = s->elapsed_before + now - s->t_start;
     r->step = s->step;
     r->total_steps = s->total_steps;
-    r->epoch = (double)s->batch.epoch;
+    r->epoch = dataset_epochs_done(s->data);
     r->tokens = s->tokens;
     r->loss = ce;
     r->aux_loss = aux;

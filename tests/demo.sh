@@ -36,6 +36,13 @@ d="$top_srcdir/data/demo"
 # eval_json ARGS...: what pesc eval --json prints (empty on failure)
 eval_json() { "$pesc" eval --backend cpu --json "$@" 2>/dev/null; }
 
+# the epoch in the log and the status line is fractional: 8 records in rows of one, 2 a step
+"$pesc" train --headless --model "$d" --data "$tmp/eight.jsonl" --batch 2 --steps 5 --backend cpu \
+  --log "$tmp/epochs.jsonl" >/dev/null 2>&1
+epochs=$(grep -o '"epoch":[0-9.]*' "$tmp/epochs.jsonl" | cut -d: -f2 | tr '\n' ' ')
+[ "$epochs" = "0.25 0.5 0.75 1.0 1.25 " ] && pass "the epoch goes 0.25 a step over 8 records, 2 a step" \
+  || fail "epochs in the log: '$epochs'"
+
 # a UTF-8 byte order mark (as some Windows editors save) before config.json, tokenizer.json,
 # tokenizer_config.json, a sharded model's index, a data file or the lines of tokenize --jsonl
 # changes nothing
