@@ -1,5 +1,7 @@
 /* cmd_tokenize — `pesc tokenize`: text on stdin to token ids on stdout. */
+#include <ctype.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,9 +27,10 @@ static const char tokenize_usage[] =
     "                    its ids, a blank line for a blank one (without it: all of stdin is one\n"
     "                    text, ids space-separated)\n"
     "  --no-special      do not add the post-processor's special tokens (BOS, ...)\n"
-    "  --decode          the reverse: each input line is a JSON array of ids, each output line\n"
-    "                    the JSON string HF decode(ids, skip_special_tokens=false) gives (blank\n"
-    "                    for blank); an id that is not an integer of the vocabulary is an error\n";
+    "  --decode          the reverse: each input line is a JSON array of ids (or ids separated\n"
+    "                    by spaces, as tokenize prints them), each output line the JSON string\n"
+    "                    HF decode(ids, skip_special_tokens=false) gives (blank for blank); an\n"
+    "                    id that is not an integer of the vocabulary is an error\n";
 
 typedef struct tokenize_options {
     const char *tokenizer, *model;
@@ -124,10 +127,41 @@ static int parse_ids(const tokenizer *t, json_t *array, long line_no, tok_ids *i
     return 0;
 }
 
+/* ids separated by white space, as pesc tokenize prints them without --jsonl, as the JSON
+ * array parse_ids takes; NULL after a word that is no integer */
+static json_t *plain_ids(const char *line, size_t len, long line_no, pesc_error *err)
+{
+    json_t *v = json_array();
+    for (size_t i = 0; i < len;) {
+        i += strspn(line + i, " \t\r");
+        size_t n = strcspn(line + i, " \t\r");
+        n = n < len - i ? n : len - i;
+        if (n == 0)
+            break;
+        char word[32];
+        long id;
+        if (n >= sizeof word || (snprintf(word, sizeof word, "%.*s", (int)n, line + i),
+                                 cli_parse_long(word, LONG_MIN, LONG_MAX, &id) != 0)) {
+            pesc_fail(err, "stdin:%ld: '%.*s' is not a token id (give ids as pesc tokenize "
+                      "prints them, or a JSON array a line)", line_no, (int)(n < 40 ? n : 40),
+                      line + i);
+            json_decref(v);
+            return NULL;
+        }
+        json_array_append_new(v, json_integer(id));
+        i += n;
+    }
+    return v;
+}
+
 static int decode_line(tokenizer *t, const char *line, size_t len, long line_no, pesc_error *err)
 {
     json_error_t jerr;
-    json_t *v = json_loadb(line, len, 0, &jerr);
+    size_t lead = strspn(line, " \t");
+    int plain = lead < len && (isdigit((unsigned char)line[lead]) || line[lead] == '-');
+    json_t *v = plain ? plain_ids(line, len, line_no, err) : json_loadb(line, len, 0, &jerr);
+    if (!v && plain)
+        return -1;
     if (!json_is_array(v)) {
         json_decref(v);
         return v ? pesc_fail(err, "stdin:%ld: expected a JSON array of ids per line", line_no)

@@ -256,6 +256,11 @@ expect 1 "entry 0, id 4294967297, is not in the vocabulary" "tokenize --decode, 
 expect 1 'stdin:1: entry 0, "12abc", is not a token id: ids are integers from 0 to [0-9]* (a vocabulary of' \
   "tokenize --decode, a string id" -- decode '["12abc"]'
 expect 1 "entry 1, 1.5, is not a token id" "tokenize --decode, a fractional id" -- decode '[1, 1.5]'
+# what tokenize prints, ids separated by spaces, decodes back
+expect 0 '^"<s>hello world' "tokenize | tokenize --decode gives the text back" -- \
+  sh -c 'echo "hello world" | "$1" tokenize --model "$2" | "$1" tokenize --model "$2" --decode' \
+  sh "$pesc" "$demo"
+expect 1 "stdin:1: 'x' is not a token id" "tokenize --decode, a word among plain ids" -- decode '1 2 x'
 sed '/"ids": \[/{n;s/1/99999/}' "$demo/tokenizer.json" >"$tmp/tok/tokenizer.json"
 expect 1 "tokenizer.json: post_processor: special_tokens\[\"<s>\"\].ids\[0\] = 99999 is not in the vocabulary" \
   "a BOS id outside the vocabulary in the post-processor" -- sh -c 'echo hi | "$1" tokenize --model "$2"' sh "$pesc" "$tmp/tok"
