@@ -9,6 +9,19 @@
 #include "ui_internal.h"
 
 /* The columns of the word at text (up to a space, a line break or the end). */
+/* The character at text (len bytes left) in *wc, '?' for a byte that starts none; returns its
+ * bytes. */
+static size_t next_char(const char *text, size_t len, mbstate_t *st, wchar_t *wc)
+{
+    size_t n = mbrtowc(wc, text, len, st);
+    if (n == (size_t)-1 || n == (size_t)-2 || n == 0) {
+        memset(st, 0, sizeof *st);
+        *wc = L'?';
+        return 1;
+    }
+    return n;
+}
+
 static int word_columns(const char *text, size_t len)
 {
     mbstate_t st;
@@ -16,12 +29,7 @@ static int word_columns(const char *text, size_t len)
     int cols = 0;
     for (size_t i = 0; i < len && text[i] != ' ' && text[i] != '\n';) {
         wchar_t wc;
-        size_t n = mbrtowc(&wc, text + i, len - i, &st);
-        if (n == (size_t)-1 || n == (size_t)-2 || n == 0) {
-            memset(&st, 0, sizeof st);
-            n = 1;
-            wc = L'?';
-        }
+        size_t n = next_char(text + i, len - i, &st, &wc);
         int cw = wcwidth(wc);
         cols += cw > 0 ? cw : 0;
         i += n;
@@ -41,12 +49,7 @@ static int flow(ui_context *ui, WINDOW *w, const char *text, const unsigned char
     size_t len = strlen(text);
     for (size_t i = 0; i < len;) {
         wchar_t wc;
-        size_t n = mbrtowc(&wc, text + i, len - i, &st);
-        if (n == (size_t)-1 || n == (size_t)-2 || n == 0) {
-            memset(&st, 0, sizeof st);
-            n = 1;
-            wc = L'?';
-        }
+        size_t n = next_char(text + i, len - i, &st, &wc);
         if (wc == L'\n') {
             line++;
             *col = 0;
