@@ -1127,9 +1127,9 @@ static void *trainer_main(void *arg)
 
 /* ---- setting up --------------------------------------------------------------------------- */
 
-/* The built-in demo: model and data installed under the package data directory, or found in
- * the build tree when pesc runs from there. */
-/* PESC_DEMO_DIR, the build tree's data/demo beside the program, or the installed one */
+/* The built-in demo's model: PESC_DEMO_DIR, the build tree's data/demo beside the program
+ * when pesc runs from there (from any working directory), or the one installed under the
+ * package data directory. */
 static char *demo_dir(void)
 {
     const char *env = getenv("PESC_DEMO_DIR");

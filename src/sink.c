@@ -71,14 +71,6 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
 {
     jsonl_sink *j = xcalloc(1, sizeof *j);
     jsonl_path(j->path, sizeof j->path, c->target, c->base);
-    char *dir = pesc_parent_dir(j->path);   /* --log runs/a.jsonl makes runs/ as --save does */
-    int made = pesc_make_dirs(dir);
-    free(dir);
-    if (made != 0) {
-        cannot_create(err, errlen, j->path, errno);
-        free(j);
-        return NULL;
-    }
     if (c->resume || c->target) {
         j->f = fopen(j->path, c->resume ? "a" : "w");
     } else {
@@ -452,8 +444,8 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
             pesc_sink_config config = {.size = sizeof config, .target = colon ? colon + 1 : NULL,
                                        .base = s->base, .resume = s->opt.resume};
             char why[256] = "";
-            /* the directory a target or BASE.x lies in, as for the log (a failure is the
-             * sink's to report, naming its file) */
+            /* the directory a target or BASE.x lies in, made as --save's is (a failure is
+             * the sink's to report, naming its file) */
             char *dir = pesc_parent_dir(config.target ? config.target : config.base);
             pesc_make_dirs(dir);
             free(dir);

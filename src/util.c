@@ -334,13 +334,13 @@ int pesc_dirs_writable(const char *dir)
                 rc = access(path, W_OK | X_OK);
             break;
         }
-        int missing = errno == ENOENT;
+        int why = errno;
         char *parent = pesc_parent_dir(path);
-        int top = !missing || strcmp(parent, path) == 0;
+        int top = why != ENOENT || strcmp(parent, path) == 0;
         free(path);
         path = parent;
         if (top) {
-            errno = missing ? ENOENT : errno;
+            errno = why;
             break;
         }
     }
