@@ -134,9 +134,11 @@ static json_t *plain_ids(const char *line, size_t len, long line_no, pesc_error 
     json_t *v = json_array();
     for (size_t i = 0; i < len;) {
         i += strspn(line + i, " \t\r");
+        if (i >= len)
+            break;
         size_t n = strcspn(line + i, " \t\r");
         n = n < len - i ? n : len - i;
-        if (n == 0)
+        if (n == 0)   /* a NUL byte: not text */
             break;
         char word[32];
         long id;
