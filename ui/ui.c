@@ -439,9 +439,9 @@ static void draw_status(ui_context *ui, WINDOW *w)
         int bad = strncmp(ui->message, "error", 5) == 0;
         row_put_reply(&rw, stops, n_stops, theme_attr(&ui->theme, bad ? PAIR_BAD : PAIR_GOOD, A_BOLD),
                       ui->message);
-    }
-    else if (ui->have_view && v->note[0])
+    } else if (ui->have_view && v->note[0]) {
         row_put_right(&rw, theme_attr(&ui->theme, PAIR_WARN, A_BOLD), v->note);
+    }
 }
 
 /* ---- key bar ------------------------------------------------------------------------------ */
