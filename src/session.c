@@ -1784,6 +1784,12 @@ int session_start(session *s, pesc_error *err)
     }
     if (*s->resume_note)
         publish_warning(s, "note", "%s", s->resume_note);
+    /* hours of training on a model of one's own, gone at the end: said at the start (the
+     * demo, a model of its own, is left alone) */
+    if (!s->cfg.save_dir && (s->cfg.model || s->cfg.resume || s->cfg.init_config))
+        publish_warning(s, "note", "no --save DIR: nothing this run trains is kept (--save DIR "
+                        "writes checkpoints%s)", s->cfg.resume ? ", its own or the one resumed "
+                        "from" : "");
     const ds_stats *data = dataset_stats(s->data);
     if (data->truncated)   /* tokens no step will see: said, not lost without a word */
         publish_warning(s, "note", "records longer than --seq %d: %ld of %ld, cut to their first "

@@ -93,6 +93,11 @@ expect 1 "\-\-save $tmp/not-a-dir is not a directory" "--save naming a file is r
 expect 1 "\-\-save $tmp/not-a-dir/ck: cannot create it: Not a directory" \
   "--save under a file is refused before training" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --save "$tmp/not-a-dir/ck"
+# a run of one's own model without --save says, at its start, that nothing it trains is kept
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 >/dev/null 2>"$tmp/err"
+grep -q "^pesc train: no \-\-save DIR: nothing this run trains is kept" "$tmp/err" \
+  && pass "no --save: a note that nothing is kept" || fail "no --save, no note: $(cat "$tmp/err")"
+
 # missing directories above --save, --log and sinks are made, as mkdir -p does
 expect 0 "step 1/1" "--save, --log and a sink in directories not made yet" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 \
