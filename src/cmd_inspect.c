@@ -16,6 +16,7 @@
 #include "hfconfig.h"
 #include "plugin.h"
 #include "safetensors.h"
+#include "train_options.h"
 
 static const char inspect_usage[] =
     "usage: pesc inspect PATH\n"
@@ -266,7 +267,9 @@ static int inspect_data(const char *path, const data_options *o)
     char *dir = NULL, *tok_path = NULL;
     tokenizer *tok = NULL;
     ds_records d = {0};
-    int *lengths = NULL, rc = 1, seq = 512;   /* pesc train's default --seq */
+    train_config defaults;   /* pesc train's default --seq */
+    train_config_default(&defaults);
+    int *lengths = NULL, rc = 1, seq = defaults.seq;
     if (!formats || ds_formats_parse(formats, o->format, &lo.format, &err) != 0)
         goto out;
     if (o->tokenizer) {
