@@ -28,6 +28,18 @@ static void smooth(const double *x, int n, double *out)
     }
 }
 
+/* "name value " on the legend row at *x, in the name's colour and the value bold, when it fits
+ * whole before the frame (column width + 1) */
+static void legend_item(WINDOW *w, int *x, int width, int attr, const char *name,
+                        const char *value)
+{
+    int need = (int)(strlen(name) + 1 + strlen(value));
+    if (*x + need > width + 1)
+        return;
+    int at = *x + draw_text(w, 1, *x, need, attr, name) + 1;
+    *x = at + draw_text(w, 1, at, need, (int)A_BOLD, value) + 1;
+}
+
 /* One run's curves by step: the loss raw and smoothed, the aux loss, and the evaluations
  * alone, so that the chart joins them by lines from one to the next. */
 typedef struct run_curves {
@@ -209,23 +221,20 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     int a_raw = theme_attr(&ui->theme, PAIR_RAW, A_DIM), a_smooth = theme_attr(&ui->theme, PAIR_SMOOTH, A_BOLD) | (int)A_BOLD;
     int a_aux = theme_attr(&ui->theme, PAIR_AUX, A_NORMAL);
     int a_eval = theme_attr(&ui->theme, PAIR_EVAL, A_UNDERLINE) | (int)A_BOLD;
-    /* the legend, with the current values: each name in its series' colour */
+    /* the legend, with the current values: each name in its series' colour, an item shown whole
+     * or not at all (a name without its value says nothing) */
     char s[96];
     int x = 2;
-    snprintf(s, sizeof s, "%.3f ", run.raw[total - 1]);
-    x += draw_text(w, 1, x, width - x + 1, a_raw, "loss ");
-    x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
-    snprintf(s, sizeof s, "%.3f ", run.smoothed[total - 1]);
-    x += draw_text(w, 1, x, width - x + 1, a_smooth, "smoothed ");
-    x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
+    snprintf(s, sizeof s, "%.3f", run.raw[total - 1]);
+    legend_item(w, &x, width, a_raw, "loss", s);
+    snprintf(s, sizeof s, "%.3f", run.smoothed[total - 1]);
+    legend_item(w, &x, width, a_smooth, "smoothed", s);
     if (run.n_eval > 0) {
-        snprintf(s, sizeof s, "%.3f ", run.eval[run.n_eval - 1]);
-        x += draw_text(w, 1, x, width - x + 1, a_eval, "eval ");
-        x += draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
+        snprintf(s, sizeof s, "%.3f", run.eval[run.n_eval - 1]);
+        legend_item(w, &x, width, a_eval, "eval", s);
     }
     snprintf(s, sizeof s, "%.4g", run.aux[total - 1]);
-    x += draw_text(w, 1, x, width - x + 1, a_aux, "aux ");
-    draw_text(w, 1, x, width - x + 1, (int)A_BOLD, s);
+    legend_item(w, &x, width, a_aux, "aux", s);
     int legend_rows = 1;
     if (v->n_compared > 0)
         draw_compared_legend(ui, w, 1 + legend_rows++, width, v, compared);
