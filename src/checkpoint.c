@@ -86,6 +86,31 @@ static char *state_json(const checkpoint_state *st)
         json_object_set_new(run, "init_config", json_string(st->init_config));
     if (st->tokenizer[0])
         json_object_set_new(run, "tokenizer", json_string(st->tokenizer));
+    if (st->n_data > 0) {
+        json_t *data = json_array();
+        for (int i = 0; i < st->n_data; i++)
+            json_array_append_new(data, json_pack("{s:s,s:f}", "path", st->data[i].path,
+                                                  "weight", st->data[i].weight));
+        json_object_set_new(run, "data", data);
+    }
+    if (st->n_eval > 0) {
+        json_t *eval = json_array();
+        for (int i = 0; i < st->n_eval; i++)
+            json_array_append_new(eval, json_string(st->eval_data[i]));
+        json_object_set_new(run, "eval_data", eval);
+    }
+    if (st->format[0])
+        json_object_set_new(run, "format", json_string(st->format));
+    if (st->template_name[0])
+        json_object_set_new(run, "template", json_string(st->template_name));
+    if (st->schedule >= 0)
+        json_object_set_new(run, "schedule", json_string(optim_schedule_name(st->schedule)));
+    if (st->warmup >= 0)
+        json_object_set_new(run, "warmup", json_integer(st->warmup));
+    if (st->weight_decay >= 0)
+        json_object_set_new(run, "weight_decay", json_real(st->weight_decay));
+    if (st->clip >= 0)
+        json_object_set_new(run, "clip", json_real(st->clip));
     json_object_set_new(o, "run", run);
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(o);
@@ -150,6 +175,58 @@ static uint64_t read_hex(state_reader *r, json_t *obj, const char *key)
 static void copy_string(char *buf, size_t n, json_t *v)
 {
     snprintf(buf, n, "%s", json_is_string(v) ? json_string_value(v) : "");
+}
+
+/* A string that must be one when it is there; its value in buf, "" when absent. */
+static void read_string(state_reader *r, json_t *obj, const char *key, char *buf, size_t n)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v && (!json_is_string(v) || strlen(json_string_value(v)) >= n)) {
+        char what[64];
+        snprintf(what, sizeof what, "must be a string shorter than %zu bytes", n);
+        bad_value(r, key, what);
+    }
+    copy_string(buf, n, v);
+}
+
+/* The run's inputs and optimizer settings (checkpoint_state's last fields), each optional. */
+static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
+{
+    json_t *data = json_object_get(run, "data"), *eval = json_object_get(run, "eval_data");
+    if (data && (!json_is_array(data) || json_array_size(data) > CHECKPOINT_MAX_DATA))
+        bad_value(r, "data", "must be an array of at most 16 sources");
+    for (size_t i = 0; json_is_array(data) && i < json_array_size(data) && !r->failed; i++) {
+        json_t *source = json_array_get(data, i);
+        ds_source *d = &st->data[st->n_data++];
+        read_string(r, source, "path", d->path, sizeof d->path);
+        d->weight = read_number(r, source, "weight", REQUIRED);
+        if (!d->path[0] || !(d->weight > 0))
+            bad_value(r, "data", "must name each source's path, with a weight above 0");
+    }
+    if (eval && (!json_is_array(eval) || json_array_size(eval) > CHECKPOINT_MAX_EVAL))
+        bad_value(r, "eval_data", "must be an array of at most 8 files");
+    for (size_t i = 0; json_is_array(eval) && i < json_array_size(eval) && !r->failed; i++) {
+        json_t *path = json_array_get(eval, i);
+        if (!json_is_string(path) || !*json_string_value(path) ||
+            strlen(json_string_value(path)) >= sizeof st->eval_data[0])
+            bad_value(r, "eval_data", "must be an array of paths");
+        else
+            copy_string(st->eval_data[st->n_eval++], sizeof st->eval_data[0], path);
+    }
+    read_string(r, run, "format", st->format, sizeof st->format);
+    read_string(r, run, "template", st->template_name, sizeof st->template_name);
+    char schedule[32];
+    read_string(r, run, "schedule", schedule, sizeof schedule);
+    optim_schedule parsed;
+    pesc_error ignored;
+    st->schedule = -1;
+    if (schedule[0] && optim_parse_schedule(schedule, &parsed, &ignored) != 0)
+        bad_value(r, "schedule", "must be constant, cosine or linear");
+    else if (schedule[0])
+        st->schedule = (int)parsed;
+    st->warmup = read_integer(r, run, "warmup", 0, -1);
+    st->weight_decay = read_number(r, run, "weight_decay", -1.0);
+    st->clip = read_number(r, run, "clip", -1.0);
 }
 
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err)
@@ -224,6 +301,7 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     copy_string(st->base_model, sizeof st->base_model, json_object_get(run, "model"));
     copy_string(st->init_config, sizeof st->init_config, json_object_get(run, "init_config"));
     copy_string(st->tokenizer, sizeof st->tokenizer, json_object_get(run, "tokenizer"));
+    read_inputs(&r, run, st);
     p->aux_coef = (float)st->aux_coef;
     pesc_error check;
     if (!r.failed && p->mode == TRAIN_PESC && pesc_options_check(p, &check) != 0) {
@@ -531,6 +609,70 @@ int checkpoint_load_adapters(model *m, const char *path, pesc_error *err)
     free(file);
     free(dir);
     return rc;
+}
+
+int checkpoint_of_adapters(const char *path, char **dir, checkpoint_state *st, pesc_error *err)
+{
+    struct stat sb;
+    *dir = NULL;
+    if (stat(path, &sb) == 0 && !S_ISDIR(sb.st_mode)) {   /* a checkpoint's file: its state */
+        char *parent = pesc_parent_dir(path), *state = pesc_path_join(parent, STATE_FILE);
+        int inside = access(state, F_OK) == 0;
+        free(state);
+        if (!inside) {
+            free(parent);
+            pesc_fail(err, "%s is not in a checkpoint (no " STATE_FILE " beside it)", path);
+            return CHECKPOINT_NONE;
+        }
+        *dir = parent;
+    } else if (checkpoint_find(path, dir, err) != 0) {
+        return -1;
+    }
+    if (checkpoint_read_state(*dir, st, err) == 0)
+        return 0;
+    free(*dir);
+    *dir = NULL;
+    return -1;
+}
+
+int checkpoint_base_find(const checkpoint_state *st, const char *ckpt, checkpoint_base *b,
+                         pesc_error *err)
+{
+    *b = (checkpoint_base){0};
+    if (st->base_model[0]) {
+        if (access(st->base_model, R_OK) != 0)
+            return pesc_fail(err, "%s/" STATE_FILE ": its base model %s is not there any more "
+                             "(%s); name it with --model DIR", ckpt, st->base_model,
+                             strerror(errno));
+        b->dir = xstrdup(st->base_model);
+        b->config = pesc_path_join(b->dir, "config.json");
+        return 0;
+    }
+    if (st->init_config[0]) {
+        if (access(st->init_config, R_OK) != 0)
+            return pesc_fail(err, "%s/" STATE_FILE ": the run started from --init-config %s, "
+                             "which is not there any more (%s); name a base with --model DIR",
+                             ckpt, st->init_config, strerror(errno));
+        b->config = xstrdup(st->init_config);
+        return 0;
+    }
+    return pesc_fail(err, "%s/" STATE_FILE " does not say which base model was trained (the "
+                     "checkpoint is older than pesc export); name it with --model DIR", ckpt);
+}
+
+int checkpoint_base_load(model *m, const checkpoint_base *b, const checkpoint_state *st,
+                         pesc_backend *be, pesc_error *err)
+{
+    if (b->dir)
+        return model_load(m, b->dir, be, err);
+    return model_init_config(m, b->config, be, st->seed, err);
+}
+
+void checkpoint_base_free(checkpoint_base *b)
+{
+    free(b->dir);
+    free(b->config);
+    *b = (checkpoint_base){0};
 }
 
 int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err)

@@ -15,6 +15,8 @@
 #include "optim.h"
 #include "util.h"
 
+enum { CHECKPOINT_MAX_DATA = 16, CHECKPOINT_MAX_EVAL = 8 };
+
 typedef struct checkpoint_state {
     long step;                   /* optimizer steps done */
     long total_steps;
@@ -48,6 +50,19 @@ typedef struct checkpoint_state {
     double run_lr, run_aux_coef; /* the run's --lr and --aux-coef, before any live change;
                                     -1: not recorded */
     uint64_t seed;
+    /* What else the run was given, so that --resume alone continues it as it was (and
+     * generate and eval use its template): the data (local paths, absolute, or the demo's
+     * demo:FAMILY), its format, the held-out files, the chat template and the optimizer's
+     * settings. Empty, 0 or -1 in checkpoints written before they were recorded. */
+    ds_source data[CHECKPOINT_MAX_DATA];
+    int n_data;
+    char eval_data[CHECKPOINT_MAX_EVAL][4096];
+    int n_eval;
+    char format[64];
+    char template_name[32];
+    int schedule;                /* optim_schedule; -1: not recorded */
+    long warmup;                 /* -1: not recorded */
+    double weight_decay, clip;   /* -1: not recorded */
 } checkpoint_state;
 
 /* Makes save_dir (one level) or checks that it is a directory this process can write in: a run
@@ -88,6 +103,25 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err);
  * save directory (its newest checkpoint's trainables.safetensors). */
 int checkpoint_load_adapters(model *m, const char *path, pesc_error *err);
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err);
+/* The checkpoint --adapters names (a checkpoint or save directory, or the trainables file of
+ * a checkpoint): *dir (malloc'd) and its state. CHECKPOINT_NONE, with err, for a trainables
+ * file outside a checkpoint, which says nothing of its run. */
+int checkpoint_of_adapters(const char *path, char **dir, checkpoint_state *st, pesc_error *err);
+
+/* The base model a checkpoint's run trained, as its state.json recorded it, for a command
+ * given the checkpoint without --model: the model directory, or the --init-config file of a
+ * run from random weights (st->seed makes them again). Either must still be there; a
+ * checkpoint from before pesc export recorded neither (err says to give --model DIR). */
+typedef struct checkpoint_base {
+    char *dir;                   /* the model directory; NULL for an --init-config run */
+    char *config;                /* its config.json, or the --init-config file */
+} checkpoint_base;
+int checkpoint_base_find(const checkpoint_state *st, const char *ckpt, checkpoint_base *b,
+                         pesc_error *err);
+int checkpoint_base_load(model *m, const checkpoint_base *b, const checkpoint_state *st,
+                         pesc_backend *be, pesc_error *err);
+void checkpoint_base_free(checkpoint_base *b);
+
 /* Loads trainables and moments into a model crafted as st->pesc says and an optimizer sized
  * for it. */
 int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err);

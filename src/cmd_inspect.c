@@ -170,6 +170,19 @@ static int inspect_checkpoint(const char *path, const char *dir)
     if (st.eval_split > 0)
         printf(", --eval-split %g", st.eval_split);
     printf("\n");
+    for (int i = 0; i < st.n_data; i++) {   /* what --resume alone reads again */
+        printf("%-14s%s", i ? "" : "data", st.data[i].path);
+        if (st.n_data > 1)
+            printf(" (weight %g)", st.data[i].weight);
+        if (i == st.n_data - 1)
+            printf(", --format %s, --template %s", st.format, st.template_name);
+        printf("\n");
+    }
+    for (int i = 0; i < st.n_eval; i++)
+        printf("%-14s%s\n", i ? "" : "held out", st.eval_data[i]);
+    if (st.run_lr >= 0 && st.schedule >= 0)
+        printf("optimizer     lr %g %s, warmup %ld, weight decay %g, clip %g\n", st.run_lr,
+               optim_schedule_name(st.schedule), st.warmup, st.weight_decay, st.clip);
     if (st.best_step >= 0)   /* --keep-best: the lowest held-out loss up to this step */
         printf("best          step-%08ld: held-out loss %.4f\n", st.best_step,
                st.best_eval_loss);

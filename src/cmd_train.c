@@ -105,7 +105,7 @@ int cmd_train(int argc, char **argv)
     if (status >= 0)
         return status;
     c.headless = 1;
-    if (!c.model && !c.init_config && c.n_sources == 0)
+    if (!c.model && !c.init_config && c.n_sources == 0 && !c.resume)
         train_config_demo(&c);   /* the built-in demo, without a screen */
     pesc_error err = {{0}};
     c.command = "pesc train";

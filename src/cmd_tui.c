@@ -40,13 +40,13 @@ int cmd_tui(int argc, char **argv)
     /* before the run opens (and truncates) its log, and before a model loads for nothing */
     if (ui_terminal_check("pesc tui") != 0)
         return 1;
-    if (!c.model && !c.init_config && c.n_sources == 0)
+    if (!c.model && !c.init_config && c.n_sources == 0 && !c.resume)
         train_config_demo(&c);
     pesc_error err = {{0}};
     c.command = "pesc tui";   /* a local model loads before the screen is drawn: say so */
     launcher *l = launcher_new(&c, &err);
     if (!l) {
-        if (!c.model && !c.init_config)
+        if (!c.model && !c.init_config && !c.resume)
             fprintf(stderr, "pesc tui: the demo cannot start: %s (was pesc installed, or is it run "
                             "from its build tree?)\n", err.msg);
         else
@@ -61,7 +61,8 @@ int cmd_tui(int argc, char **argv)
         launcher_delete(l);
         return cli_fail("tui", &err);
     }
-    ui_options o = {.command = "pesc tui", .title = c.model ? c.model : "demo", .live = 1};
+    ui_options o = {.command = "pesc tui", .live = 1,
+                    .title = c.model ? c.model : c.resume ? c.resume : "demo"};
     int ui_status = ui_run(launcher_monitor(l), &o);
     status = launcher_finish(l);
     control_close(ctl);

@@ -25,50 +25,17 @@ static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.jso
 
 /* ---- the base of a checkpoint ------------------------------------------------------------- */
 
-typedef struct export_base {
-    char *dir;                   /* the model directory; NULL for an --init-config run */
-    char *config;                /* its config.json, or the --init-config file */
-} export_base;
-
-static void base_free(export_base *b)
-{
-    free(b->dir);
-    free(b->config);
-}
-
-/* --model, else what state.json recorded; checkpoints from before export recorded nothing. */
+/* --model, else what state.json recorded. */
 static int find_base(const export_options *o, const checkpoint_state *st, const char *ckpt,
-                     export_base *b, pesc_error *err)
+                     checkpoint_base *b, pesc_error *err)
 {
-    if (o->base) {
-        if (fetch_view_resolve_model(o->base, &b->dir, err) != 0)
-            return -1;
-    } else if (st->base_model[0]) {
-        if (access(st->base_model, R_OK) != 0)
-            return pesc_fail(err, "%s/state.json: its base model %s is not there any more (%s); "
-                             "name it with --model DIR", ckpt, st->base_model, strerror(errno));
-        b->dir = xstrdup(st->base_model);
-    } else if (st->init_config[0]) {
-        if (access(st->init_config, R_OK) != 0)
-            return pesc_fail(err, "%s/state.json: the run started from --init-config %s, which "
-                             "is not there any more (%s); name a base with --model DIR", ckpt,
-                             st->init_config, strerror(errno));
-        b->config = xstrdup(st->init_config);
-        return 0;
-    } else {
-        return pesc_fail(err, "%s/state.json does not say which base model was trained (the "
-                         "checkpoint is older than pesc export); name it with --model DIR", ckpt);
-    }
+    if (!o->base)
+        return checkpoint_base_find(st, ckpt, b, err);
+    *b = (checkpoint_base){0};
+    if (fetch_view_resolve_model(o->base, &b->dir, err) != 0)
+        return -1;
     b->config = pesc_path_join(b->dir, "config.json");
     return 0;
-}
-
-static int load_base(model *m, const export_base *b, const checkpoint_state *st,
-                     pesc_backend *be, pesc_error *err)
-{
-    if (b->dir)
-        return model_load(m, b->dir, be, err);
-    return model_init_config(m, b->config, be, st->seed, err);
 }
 
 /* ---- the output directory ----------------------------------------------------------------- */
@@ -99,7 +66,7 @@ static int lies_within(const char *inner, const char *outer)
 /* Refuses an out that exists and is not empty (without force), one that is not a directory,
  * and one that holds the checkpoint or the base: replacing it would destroy what is being
  * exported. */
-static int check_out(const export_options *o, const char *ckpt, const export_base *b,
+static int check_out(const export_options *o, const char *ckpt, const checkpoint_base *b,
                      pesc_error *err)
 {
     /* inside the checkpoint, the export would go with it when --keep rotates it away */
@@ -176,7 +143,7 @@ static int real_digits(json_t *v)
     return most;
 }
 
-static int write_config(const export_base *b, const model *m, const char *path, pesc_error *err)
+static int write_config(const checkpoint_base *b, const model *m, const char *path, pesc_error *err)
 {
     char *base_text;
     size_t base_len;
@@ -267,7 +234,7 @@ static int write_weights(const model *m, const st_set *base, int lora_rank, unsi
 
 /* ---- the whole directory ------------------------------------------------------------------ */
 
-static int copy_side_files(const export_base *b, const checkpoint_state *st, const char *tmp,
+static int copy_side_files(const checkpoint_base *b, const checkpoint_state *st, const char *tmp,
                            pesc_error *err)
 {
     for (size_t i = 0; b->dir && i < sizeof side_files / sizeof *side_files; i++) {
@@ -300,7 +267,7 @@ static int copy_side_files(const export_base *b, const checkpoint_state *st, con
     return rc != 0 ? pesc_fail_prefix(err, "the run's --tokenizer") : 0;
 }
 
-static int write_dir(const export_options *o, const export_base *b, const checkpoint_state *st,
+static int write_dir(const export_options *o, const checkpoint_base *b, const checkpoint_state *st,
                      const model *m, const st_set *base, int lora_rank, unsigned lora_sites,
                      export_report *r, pesc_error *err)
 {
@@ -334,7 +301,7 @@ int export_checkpoint(const export_options *o, export_report *r, pesc_error *err
                          "holds it, or the --save directory of a run)", o->checkpoint);
     char *ckpt = NULL;
     checkpoint_state st;
-    export_base b = {0};
+    checkpoint_base b = {0};
     model m = {0};
     st_set base = {0};
     pesc_backend *be = NULL;
@@ -345,7 +312,7 @@ int export_checkpoint(const export_options *o, export_report *r, pesc_error *err
         goto out;
     /* merging is a few products per layer: the CPU does it, whatever trained the model */
     pesc_show_phase(o->command, "loading the base model from %s", b.dir ? b.dir : b.config);
-    if (!(be = backend_new("cpu", err)) || load_base(&m, &b, &st, be, err) != 0 ||
+    if (!(be = backend_new("cpu", err)) || checkpoint_base_load(&m, &b, &st, be, err) != 0 ||
         (b.dir && st_set_open(&base, b.dir, err) != 0))
         goto out;
     if (st.base_fingerprint && checkpoint_fingerprint(&m) != st.base_fingerprint) {
@@ -378,7 +345,7 @@ out:
     st_set_close(&base);
     model_free(&m);
     backend_delete(be);
-    base_free(&b);
+    checkpoint_base_free(&b);
     free(ckpt);
     return rc;
 }

@@ -150,6 +150,7 @@ int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err
         o->given |= PESC_GIVEN_LORA_TARGETS;
         return pesc_parse_lora_targets(arg, &o->lora_targets, err);
     case OPT_TRAIN:
+        o->given |= PESC_GIVEN_MODE;
         if (strcmp(arg, "pesc") == 0)
             o->mode = TRAIN_PESC;
         else if (strcmp(arg, "full") == 0)

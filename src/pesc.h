@@ -36,7 +36,8 @@ enum {
     PESC_GIVEN_EXPERTS = 1u << 0, PESC_GIVEN_TOP_K = 1u << 1, PESC_GIVEN_ADAPTER_DIM = 1u << 2,
     PESC_GIVEN_ADAPTER_SCALE = 1u << 3, PESC_GIVEN_LORA_RANK = 1u << 4,
     PESC_GIVEN_LORA_ALPHA = 1u << 5, PESC_GIVEN_LORA_TARGETS = 1u << 6,
-    PESC_GIVEN_ADAPTER_DROPOUT = 1u << 7, PESC_GIVEN_AUX_COEF = 1u << 8, PESC_GIVEN_Z_COEF = 1u << 9
+    PESC_GIVEN_ADAPTER_DROPOUT = 1u << 7, PESC_GIVEN_AUX_COEF = 1u << 8,
+    PESC_GIVEN_Z_COEF = 1u << 9, PESC_GIVEN_MODE = 1u << 10
 };
 
 void pesc_options_default(pesc_options *o);

@@ -96,6 +96,7 @@ struct session {
     char *skipped_text;
     size_t skipped_len;
     char *last_checkpoint;       /* saved by this run, or resumed from; NULL: none */
+    checkpoint_state *resumed;   /* --resume's state: cfg's strings it gave point into it */
     int inject_nan;
     int paused;
     uint64_t fingerprint;        /* of the base model as loaded */
@@ -682,7 +683,26 @@ static void fill_state(session *s, checkpoint_state *st)
     if (!s->cfg.init_config)
         absolute_path(st->base_model, sizeof st->base_model, s->model_dir);
     absolute_path(st->tokenizer, sizeof st->tokenizer, s->tokenizer_path);
+    /* what --resume alone needs to go on: the local files read (downloads in the cache) */
+    const train_config *c = &s->cfg;
+    st->n_data = c->n_sources;
+    for (int i = 0; i < c->n_sources; i++) {
+        absolute_path(st->data[i].path, sizeof st->data[i].path, s->sources[i].path);
+        st->data[i].weight = s->sources[i].weight;
+    }
+    st->n_eval = c->n_eval;
+    for (int i = 0; i < c->n_eval; i++)
+        absolute_path(st->eval_data[i], sizeof st->eval_data[i], s->eval_paths[i]);
+    snprintf(st->format, sizeof st->format, "%s", c->format);
+    snprintf(st->template_name, sizeof st->template_name, "%s", c->template_name);
+    st->schedule = (int)c->optim.schedule;
+    st->warmup = c->optim.warmup;
+    st->weight_decay = c->optim.weight_decay;
+    st->clip = c->optim.clip;
 }
+
+_Static_assert(STATS_MAX_SOURCES <= CHECKPOINT_MAX_DATA && TRAIN_MAX_EVAL <= CHECKPOINT_MAX_EVAL,
+               "a checkpoint records every --data and --eval-data file");
 
 /* 0, or -1 with the reason in *err (and in the log's events). */
 static int save_now(session *s, pesc_error *err)
@@ -1631,9 +1651,149 @@ static int check_save_dir(session *s, pesc_error *err)
     return rc;
 }
 
+/* The crafting's values the command line did not give, from the checkpoint's. */
+static void adopt_crafting_of(pesc_options *want, const pesc_options *had)
+{
+    const unsigned given = want->given;
+    pesc_options o = *had;
+#define KEEP(bit, field) \
+    if (given & (bit)) \
+        o.field = want->field
+    KEEP(PESC_GIVEN_MODE, mode);
+    KEEP(PESC_GIVEN_EXPERTS, experts);
+    KEEP(PESC_GIVEN_TOP_K, top_k);
+    KEEP(PESC_GIVEN_ADAPTER_DIM, adapter_dim);
+    KEEP(PESC_GIVEN_ADAPTER_SCALE, adapter_scale);
+    KEEP(PESC_GIVEN_ADAPTER_DROPOUT, adapter_dropout);
+    KEEP(PESC_GIVEN_Z_COEF, z_coef);
+    KEEP(PESC_GIVEN_LORA_RANK, lora_rank);
+    KEEP(PESC_GIVEN_LORA_ALPHA, lora_alpha);
+    KEEP(PESC_GIVEN_LORA_TARGETS, lora_targets);
+#undef KEEP
+    o.aux_coef = want->aux_coef;   /* adopt_resumed's */
+    o.given = given;
+    *want = o;
+}
+
+/* A file the checkpoint recorded and the resumed run reads: 0, or why it cannot, with the
+ * flag that names another place. demo:FAMILY is the demo's generated data, no file. */
+static int recorded_file(const char *ckpt, const char *what, const char *flag, const char *path,
+                         pesc_error *err)
+{
+    if (strncmp(path, "demo:", 5) == 0 || access(path, R_OK) == 0)
+        return 0;
+    return pesc_fail(err, "%s/state.json: the run's %s %s cannot be read (%s): give %s with its "
+                     "new place", ckpt, what, path, strerror(errno), flag);
+}
+
+/* --resume: the run goes on as it was. What the command line does not give again comes from
+ * the checkpoint: the base model, tokenizer and chat template, the data, its format and the
+ * held-out data, the batches' shape, the seed, the length, the optimizer's settings and the
+ * crafting. What is given again must match where it shapes what was saved (check_resumable)
+ * and otherwise replaces the run's value. The values taken count as given. A checkpoint from
+ * before its inputs were recorded (no data) takes nothing: the command line's, or the demo. */
+static int adopt_resumed(session *s, pesc_error *err)
+{
+    train_config *c = &s->cfg;
+    checkpoint_state *st = s->resumed = xmalloc(sizeof *st);
+    char *dir = NULL;
+    int rc = -1;
+    if (checkpoint_find(c->resume, &dir, err) != 0 || checkpoint_read_state(dir, st, err) != 0)
+        goto out;
+    if (st->n_data == 0) {   /* an earlier pesc's: the command line says it all, as it did */
+        if (!c->model && !c->init_config && c->n_sources == 0)
+            train_config_demo(c);
+        rc = 0;
+        goto out;
+    }
+    if (!c->model && !c->init_config && (st->base_model[0] || st->init_config[0])) {
+        checkpoint_base b;
+        if (checkpoint_base_find(st, dir, &b, err) != 0)
+            goto out;
+        checkpoint_base_free(&b);
+        if (st->base_model[0])
+            c->model = st->base_model;
+        else
+            c->init_config = st->init_config;
+    }
+    if (!c->tokenizer && st->tokenizer[0]) {
+        if (recorded_file(dir, "tokenizer", "--tokenizer FILE", st->tokenizer, err) != 0)
+            goto out;
+        c->tokenizer = st->tokenizer;
+    }
+    if (!(c->given & TRAIN_GIVEN_TEMPLATE) && st->template_name[0]) {
+        if (!template_find(st->template_name)) {
+            pesc_fail(err, "%s/state.json: template \"%s\" is not one this pesc knows (%s): "
+                      "give --template NAME", dir, st->template_name, template_list());
+            goto out;
+        }
+        c->template_name = st->template_name;
+        c->given |= TRAIN_GIVEN_TEMPLATE;
+    }
+    int data_taken = c->n_sources == 0 && st->n_data > 0;
+    for (int i = 0; data_taken && i < st->n_data; i++)
+        if (recorded_file(dir, "data", "--data FILE", st->data[i].path, err) != 0)
+            goto out;
+    if (data_taken) {
+        memcpy(c->sources, st->data, (size_t)st->n_data * sizeof *st->data);
+        c->n_sources = st->n_data;
+    }
+    /* the demo's own format reads only its generated data */
+    if (!(c->given & TRAIN_GIVEN_FORMAT) && st->format[0] &&
+        (data_taken || strcmp(st->format, "demo") != 0)) {
+        c->format = st->format;
+        c->given |= TRAIN_GIVEN_FORMAT;
+    }
+    if (c->n_eval == 0 && c->eval_split == 0) {
+        for (int i = 0; i < st->n_eval; i++) {
+            if (recorded_file(dir, "held-out data", "--eval-data FILE", st->eval_data[i],
+                              err) != 0)
+                goto out;
+            c->eval_paths[c->n_eval++] = st->eval_data[i];
+        }
+        c->eval_split = st->eval_split;
+    }
+    const struct { unsigned bit; int take; } taken[] = {
+        {TRAIN_GIVEN_SEQ, 1}, {TRAIN_GIVEN_BATCH, 1}, {TRAIN_GIVEN_GRAD_ACCUM, 1},
+        {TRAIN_GIVEN_PACK, st->pack >= 0}, {TRAIN_GIVEN_SEED, 1},
+        {TRAIN_GIVEN_LR, st->run_lr >= 0}, {TRAIN_GIVEN_SCHEDULE, st->schedule >= 0},
+        {TRAIN_GIVEN_WARMUP, st->warmup >= 0}, {TRAIN_GIVEN_WEIGHT_DECAY, st->weight_decay >= 0},
+        {TRAIN_GIVEN_CLIP, st->clip >= 0}};
+    unsigned take = 0;
+    for (size_t i = 0; i < sizeof taken / sizeof *taken; i++)
+        if (taken[i].take && !(c->given & taken[i].bit))
+            take |= taken[i].bit;
+    if (take & TRAIN_GIVEN_SEQ) c->seq = st->seq;
+    if (take & TRAIN_GIVEN_BATCH) c->batch = st->batch;
+    if (take & TRAIN_GIVEN_GRAD_ACCUM) c->grad_accum = st->grad_accum;
+    if (take & TRAIN_GIVEN_PACK) c->pack = st->pack;
+    if (take & TRAIN_GIVEN_SEED) c->seed = st->seed;
+    if (take & TRAIN_GIVEN_LR) c->optim.lr = (float)st->run_lr;
+    if (take & TRAIN_GIVEN_SCHEDULE) c->optim.schedule = (optim_schedule)st->schedule;
+    if (take & TRAIN_GIVEN_WARMUP) c->optim.warmup = st->warmup;
+    if (take & TRAIN_GIVEN_WEIGHT_DECAY) c->optim.weight_decay = (float)st->weight_decay;
+    if (take & TRAIN_GIVEN_CLIP) c->optim.clip = (float)st->clip;
+    c->given |= take;
+    if (!c->steps && !c->epochs)
+        c->steps = st->total_steps;
+    /* the run's flag value; the live one carries on as resume() decides */
+    if (!(c->pesc.given & PESC_GIVEN_AUX_COEF) && st->run_aux_coef >= 0)
+        c->pesc.aux_coef = (float)st->run_aux_coef;
+    if (!(c->pesc.given & PESC_GIVEN_MODE) || c->pesc.mode == st->pesc.mode)
+        adopt_crafting_of(&c->pesc, &st->pesc);   /* another mode: check_resumable says so */
+    rc = 0;
+out:
+    if (rc != 0)
+        pesc_fail_prefix(err, "cannot resume");
+    free(dir);
+    return rc;
+}
+
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
+    if (c->resume && adopt_resumed(s, err) != 0)
+        return -1;
     if (c->save_dir && check_save_dir(s, err) != 0)
         return -1;
     s->backend = backend_new(c->backend, err);
@@ -1833,6 +1993,7 @@ void session_delete(session *s)
         session_wait(s);
     }
     sinks_close(s->sinks);
+    free(s->resumed);
     if (s->skips)
         fclose(s->skips);
     free(s->skipped_text);

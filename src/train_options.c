@@ -50,7 +50,8 @@ const char train_options_help[] =
     "                       steps; --keep N (3)\n"
     "  --keep-best          also save at each new lowest held-out loss and keep that\n"
     "                       checkpoint out of rotation, as DIR/best\n"
-    "  --resume DIR         continue a run from its checkpoint (or its save directory)\n"
+    "  --resume DIR         continue a run from its checkpoint (or its save directory):\n"
+    "                       its model, data and settings, but for the flags given again\n"
     "  --log FILE           JSONL metrics log (man pesc-log)\n"
     "  --control PATH       UNIX socket taking pause, resume, lr, aux, save, eval, stop,\n"
     "                       generate\n"
@@ -213,8 +214,13 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         return 0;
     case OPT_ACCUM:
         if (integer(cmd, "--grad-accum", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
-        c->grad_accum = (int)v; return 0;
-    case OPT_PACK: c->pack = 1; return 0;
+        c->grad_accum = (int)v;
+        c->given |= TRAIN_GIVEN_GRAD_ACCUM;
+        return 0;
+    case OPT_PACK:
+        c->pack = 1;
+        c->given |= TRAIN_GIVEN_PACK;
+        return 0;
     case OPT_RECOMPUTE: c->recompute = 1; return 0;
     case OPT_STEPS: return integer(cmd, "--steps", arg, 1, 1L << 40, &c->steps) ? EXIT_USAGE : 0;
     case OPT_EPOCHS:
@@ -227,20 +233,29 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->given |= TRAIN_GIVEN_LR;
         return 0;
     case OPT_SCHEDULE:
-        return optim_parse_schedule(arg, &c->optim.schedule, &err) ? cli_usage_error(cmd, "%s", err.msg) : 0;
+        if (optim_parse_schedule(arg, &c->optim.schedule, &err) != 0)
+            return cli_usage_error(cmd, "%s", err.msg);
+        c->given |= TRAIN_GIVEN_SCHEDULE;
+        return 0;
     case OPT_WARMUP:
         if (integer(cmd, "--warmup", arg, 0, 1L << 40, &c->optim.warmup)) return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_WARMUP;
         return 0;
     case OPT_WD:
         if (number(cmd, "--weight-decay", arg, 0, 10, &x)) return EXIT_USAGE;
-        c->optim.weight_decay = (float)x; return 0;
+        c->optim.weight_decay = (float)x;
+        c->given |= TRAIN_GIVEN_WEIGHT_DECAY;
+        return 0;
     case OPT_CLIP:
         if (number(cmd, "--clip", arg, 0, 1e9, &x)) return EXIT_USAGE;
-        c->optim.clip = (float)x; return 0;
+        c->optim.clip = (float)x;
+        c->given |= TRAIN_GIVEN_CLIP;
+        return 0;
     case OPT_SEED:
         if (integer(cmd, "--seed", arg, 0, 0x7fffffffffffffffL, &v)) return EXIT_USAGE;
-        c->seed = (uint64_t)v; return 0;
+        c->seed = (uint64_t)v;
+        c->given |= TRAIN_GIVEN_SEED;
+        return 0;
     case OPT_BACKEND:
         if (cli_backend(cmd, arg) != 0) return EXIT_USAGE;
         c->backend = arg; return 0;
@@ -360,7 +375,7 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
                                TRAIN_MAX_TOKENS);
     if (c->init_config && c->model)
         return cli_usage_error(cmd, "give --model or --init-config, not both");
-    if ((c->model || c->init_config) && c->n_sources == 0)
+    if ((c->model || c->init_config) && c->n_sources == 0 && !c->resume)
         return cli_usage_error(cmd, "--model needs --data (the demo data fits only the demo "
                                "model)");
     if (c->steps && c->epochs)
@@ -371,7 +386,8 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
                                "product below 1 (the usual decay is 0 to 0.1)",
                                (double)c->optim.lr, (double)c->optim.weight_decay,
                                1 - (double)c->optim.lr * c->optim.weight_decay);
-    if (!c->model && !c->init_config && c->n_sources == 0 && (c->given & TRAIN_GIVEN_FORMAT))
+    if (!c->model && !c->init_config && c->n_sources == 0 && !c->resume &&
+        (c->given & TRAIN_GIVEN_FORMAT))
         return cli_usage_error(cmd, "--format %s describes --data files; the built-in demo "
                                "(no --data) has its own", c->format);
     if (c->n_eval && c->eval_split > 0)

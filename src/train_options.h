@@ -57,10 +57,13 @@ typedef struct train_config {
     unsigned given;              /* TRAIN_GIVEN_*: what the command line set */
 } train_config;
 
-/* Options the built-in demo has its own defaults for, when the command line leaves them. */
+/* Options given on the command line, where a default would not say so: the built-in demo
+ * has its own defaults for some, and a resumed run takes its checkpoint's for the rest. */
 enum { TRAIN_GIVEN_SEQ = 1, TRAIN_GIVEN_BATCH = 2, TRAIN_GIVEN_LR = 4, TRAIN_GIVEN_WARMUP = 8,
        TRAIN_GIVEN_SAVE_EVERY = 16, TRAIN_GIVEN_KEEP = 32, TRAIN_GIVEN_FORMAT = 64,
-       TRAIN_GIVEN_EVAL_EVERY = 128, TRAIN_GIVEN_TEMPLATE = 256 };
+       TRAIN_GIVEN_EVAL_EVERY = 128, TRAIN_GIVEN_TEMPLATE = 256, TRAIN_GIVEN_GRAD_ACCUM = 512,
+       TRAIN_GIVEN_PACK = 1024, TRAIN_GIVEN_SEED = 2048, TRAIN_GIVEN_SCHEDULE = 4096,
+       TRAIN_GIVEN_WEIGHT_DECAY = 8192, TRAIN_GIVEN_CLIP = 16384 };
 
 void train_config_default(train_config *c);
 /* The built-in demo (`pesc` with no arguments): the demo model and one source per task family

@@ -142,10 +142,12 @@ split_losses() { grep '"eval_loss"' "$1" | sed 's/.*"eval_loss":\([^,]*\),.*/\1/
 expect 1 "was saved with \-\-eval-split 0.25; this run asks for \-\-eval-split 0.5: give that" \
   "resuming with another --eval-split" -- \
   "$pesc" train --headless $common --steps 6 --eval-split 0.5 --resume "$tmp/splitck"
+# without --eval-split (or --eval-data) the resumed run holds out what the run held out
 # shellcheck disable=SC2086
-expect 1 "was saved with \-\-eval-split 0.25; this run asks for none: give that" \
-  "resuming without the run's --eval-split" -- \
-  "$pesc" train --headless $common --steps 6 --resume "$tmp/splitck"
+expect 0 "step 6/6" "resuming without the run's --eval-split keeps it" -- \
+  "$pesc" train --headless $common --steps 6 --resume "$tmp/splitck" --log "$tmp/split-kept.jsonl"
+grep -q '"data_records":36' "$tmp/split-kept.jsonl" && pass "the resumed run trains on the same 36 records" ||
+  fail "the resumed run without --eval-split: $(grep -o '"data_records":[0-9]*' "$tmp/split-kept.jsonl")"
 # shellcheck disable=SC2086
 expect 0 "step 6/6" "resuming with the run's --eval-split" -- \
   "$pesc" train --headless $common --steps 6 --eval-split 0.25 --resume "$tmp/splitck"

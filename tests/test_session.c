@@ -179,6 +179,7 @@ static void test_resume(void)
     /* another crafting and another base model are refused */
     pesc_error err = {{0}};
     r.pesc.experts = 8;
+    r.pesc.given |= PESC_GIVEN_EXPERTS;   /* as --experts 8 on the command line */
     session *x = session_new(&r, &err);
     CHECK(!x && strstr(err.msg, "--experts 4") && strstr(err.msg, from),
           "resume with another crafting refused: %s", err.msg);

@@ -61,6 +61,38 @@ else
   fail "--recompute: losses $(losses "$tmp/rc.jsonl" | tr '\n' ' ') vs $(losses "$tmp/run.jsonl" | tr '\n' ' ')"
 fi
 
+# --resume alone goes on as the run would have: its model, data, held-out split, template,
+# shape, seed, length, optimizer settings and crafting come from the checkpoint (once the
+# default --lr and schedule, a dropout of 0.1 and the demo's data took over), from any
+# directory; the losses and rates of steps 5-8 are those of the uninterrupted run
+lr_of() { sed -n 's/.*"lr":\([^,]*\),.*/\1/p' "$1"; }
+own="--model $base --data $tmp/data.jsonl --seq 24 --batch 4 --grad-accum 2 --experts 4 --top-k 1
+  --adapter-dim 8 --adapter-scale 0.5 --adapter-dropout 0 --z-coef 0.001 --aux-coef 0.02
+  --lr 2e-2 --schedule cosine --warmup 2 --weight-decay 0.05 --clip 1 --seed 5 --eval-split 8
+  --backend cpu --steps 8"
+# shellcheck disable=SC2086
+"$pesc" train --headless $own --save "$tmp/alone" --save-every 4 --log "$tmp/alone.jsonl" >/dev/null 2>&1
+program=$(cd "$(dirname "$pesc")" && pwd)/$(basename "$pesc")
+(cd / && "$program" train --headless --resume "$tmp/alone/step-00000004" --log "$tmp/alone2.jsonl") \
+  >"$tmp/out" 2>&1
+if [ "$(losses "$tmp/alone2.jsonl" | wc -l)" = 4 ] &&
+   [ "$(losses "$tmp/alone2.jsonl")" = "$(losses "$tmp/alone.jsonl" | tail -n 4)" ] &&
+   [ "$(lr_of "$tmp/alone2.jsonl")" = "$(lr_of "$tmp/alone.jsonl" | tail -n 4)" ]; then
+  pass "--resume alone: steps 5-8 with the losses and rates of the uninterrupted run"
+else
+  fail "--resume alone: losses $(losses "$tmp/alone2.jsonl" | tr '\n' ' ') vs" \
+    "$(losses "$tmp/alone.jsonl" | tail -n 4 | tr '\n' ' '): $(head -c 300 "$tmp/out")"
+fi
+# a flag given again replaces the run's value where it may change (--lr), and must match where
+# it shapes what was saved (--seq)
+# shellcheck disable=SC2086
+"$pesc" train --headless --resume "$tmp/alone/step-00000004" --lr 1e-3 --steps 5 \
+  --log "$tmp/alone3.jsonl" >/dev/null 2>&1
+lr_of "$tmp/alone3.jsonl" | grep -q "^0.000[0-9]*$" && pass "--resume with --lr: the new rate" ||
+  fail "--resume with --lr 1e-3 trained at $(lr_of "$tmp/alone3.jsonl")"
+expect 1 "was saved with \-\-seq 24; this run asks for \-\-seq 16" "--resume with another --seq" -- \
+  "$pesc" train --headless --resume "$tmp/alone/step-00000004" --seq 16
+
 # a step short of --grad-accum micro-batches (the data ends first) takes their mean gradient:
 # one batch of 4 records under --grad-accum 1 and 3 gives one step of the same gradient norm
 # (it was once a third of it)
