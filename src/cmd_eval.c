@@ -10,7 +10,6 @@
 #include <jansson.h>
 
 #include "backend.h"
-#include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
 #include "dataset.h"
@@ -20,9 +19,11 @@
 #include "plugin.h"
 #include "template.h"
 #include "tokenizer.h"
+#include "tuned.h"
 
 static const char eval_usage[] =
-    "usage: pesc eval --model DIR|URL [--adapters FILE] (--data FILE|URL... | --demo)\n"
+    "usage: pesc eval (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
+    "                 (--data FILE|URL... | --demo)\n"
     "                 [--format F] [--template NAME] [--tokenizer FILE|URL]\n"
     "                 [--backend auto|cpu|cuda] [--routing] [--records N] [--plugin FILE]...\n"
     "                 [--json]\n"
@@ -35,7 +36,9 @@ static const char eval_usage[] =
     "                   hf://OWNER/NAME[@REV] or http(s) URL, downloaded to the cache first\n"
     "  --adapters FILE  PESC routers, adapters and LoRA saved by pesc (safetensors with\n"
     "                   Camelidae names); the model is crafted as the file says. A\n"
-    "                   checkpoint (or --save directory: its newest) stands for its file\n"
+    "                   checkpoint (or --save directory: its newest) stands for its file,\n"
+    "                   and gives its run's base model, template and tokenizer where\n"
+    "                   --model, --template and --tokenizer are not given\n"
     "  --data FILE      dataset: JSONL or a JSON array, plain, .gz or .zst; or a URL. Repeat it\n"
     "                   for several sources (scored together; --routing tells them apart)\n"
     "  --demo           the built-in demo data, one source per task family (pesc demo-data)\n"
@@ -135,8 +138,9 @@ static int parse_eval(eval_options *o, int argc, char **argv)
     }
     if (optind < argc)
         return cli_unexpected("eval", argv[optind], cli_data_hint(argv[optind]));
-    if (!o->model_dir)
-        return cli_usage_error("eval", "--model DIR is required");
+    if (!o->model_dir && !o->adapters)
+        return cli_usage_error("eval", "--model DIR is required (or --adapters CHECKPOINT, whose "
+                               "base model is used)");
     if (!o->n_data && !o->demo)
         return cli_usage_error("eval", "--data FILE (or --demo) is required");
     if (o->n_data && o->demo)
@@ -306,11 +310,14 @@ static int load_data(const eval_options *o, const char *model_dir, const eval_so
         char *path = NULL;
         if (o->tokenizer && fetch_view_url_to_cache(o->tokenizer, &path, err) != 0)
             return -1;
-        if (!path)
+        if (!path && !model_dir && (o->demo || lo.format != DS_AUTO))
+            return pesc_fail(err, "the model is the random weights of its run's --init-config, "
+                             "with no tokenizer beside them: give --tokenizer FILE|URL");
+        if (!path && model_dir)
             path = pesc_path_join(model_dir, "tokenizer.json");
         /* auto needs a tokenizer only for text records: a missing file is fine until one comes,
          * but a file that is there and broken is reported now */
-        if (o->tokenizer || o->demo || lo.format != DS_AUTO || access(path, F_OK) == 0) {
+        if (path && (o->tokenizer || o->demo || lo.format != DS_AUTO || access(path, F_OK) == 0)) {
             *tok = tok_load(path, err);
             if (!*tok) {
                 free(path);
@@ -433,19 +440,27 @@ int cmd_eval(int argc, char **argv)
     model m = {0};
     ds_records d = {0};
     tokenizer *tok = NULL;
-    char *model_dir = NULL;
+    tuned_model t = {0};
     eval_sources sources = {0};
     routing_tally tally = {0};
     double nll = 0.0, t0 = pesc_now();
     long long count = 0;
     status = 1;
-    if (fetch_view_resolve_model(o.model_dir, &model_dir, &err) != 0 ||
-        resolve_sources(&o, &sources, &err) != 0)
+    if (resolve_sources(&o, &sources, &err) != 0 ||
+        tuned_load("pesc eval", o.model_dir, o.adapters, b, &m, &t, &err) != 0)
         goto out;
-    pesc_show_phase("pesc eval", "loading the model from %s", pesc_path_shown(model_dir));
-    if (model_load(&m, model_dir, b, &err) != 0 ||
-        (o.adapters && checkpoint_load_adapters(&m, o.adapters, &err) != 0))
-        goto out;
+    /* a run's checkpoint: scored as it was tuned, in its template with its tokenizer */
+    if (!o.template_given && t.template_name[0]) {
+        if (!template_find(t.template_name)) {
+            pesc_fail(&err, "%s was tuned with --template %s, which this pesc does not know: "
+                      "give --template NAME", o.adapters, t.template_name);
+            goto out;
+        }
+        o.template_name = t.template_name;
+        o.template_given = 1;
+    }
+    if (!o.tokenizer)
+        o.tokenizer = t.tokenizer;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
     if (o.routing && !m.crafted) {
         pesc_fail(&err, "--routing needs a crafted model: give its routers and adapters with "
@@ -453,7 +468,7 @@ int cmd_eval(int argc, char **argv)
         goto out;
     }
     pesc_show_phase("pesc eval", "reading and tokenizing the data");
-    if (load_data(&o, model_dir, &sources, formats, &d, m.config.vocab_size, &tok, &err) != 0)
+    if (load_data(&o, t.dir, &sources, formats, &d, m.config.vocab_size, &tok, &err) != 0)
         goto out;
     const char *own = template_model_other(tok, o.template_name);
     if (own && !o.template_given && !o.demo && strcmp(o.format, "tokens") != 0) {
@@ -516,7 +531,7 @@ out:
     tally_free(&tally);
     dataset_free(&d);
     tok_delete(tok);
-    free(model_dir);
+    tuned_free(&t);
     free_sources(&sources);
     model_free(&m);
     backend_delete(b);

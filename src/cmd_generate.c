@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include "backend.h"
-#include "checkpoint.h"
 #include "cli.h"
 #include "commands.h"
 #include "fetch_view.h"
@@ -15,22 +14,26 @@
 #include "sample.h"
 #include "template.h"
 #include "tokenizer.h"
+#include "tuned.h"
 
 static const char generate_usage[] =
-    "usage: pesc generate --model DIR|URL [--adapters FILE] [--prompt TEXT] [--max-tokens N]\n"
-    "                     [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-    "                     [--template NAME] [--tokenizer FILE|URL] [--raw] [--backend B]\n"
+    "usage: pesc generate (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
+    "                     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P]\n"
+    "                     [--top-k K] [--seed S] [--template NAME] [--tokenizer FILE|URL]\n"
+    "                     [--raw] [--backend B]\n"
     "\n"
     "Answers a prompt (from --prompt, or standard input: at a terminal, end it with Ctrl-D)\n"
     "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
     "(EOS or the template's end marker) or after --max-tokens.\n"
     "\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
-    "                    checkpoint (or --save directory: its newest) stands for its file\n"
+    "                    checkpoint (or --save directory: its newest) stands for its file,\n"
+    "                    and gives its run's base model, template and tokenizer where\n"
+    "                    --model, --template and --tokenizer are not given\n"
     "  --temperature T   0 = greedy (default 0)\n"
     "  --top-p P --top-k K   sampling cut-offs (1, 0 = off; with --temperature > 0)\n"
     "  --seed S          sampling seed (1)\n"
-    "  --template NAME   chat template (camelidae)\n"
+    "  --template NAME   chat template (camelidae, or the --adapters checkpoint's run's)\n"
     "  --raw             the prompt as it is, no template\n";
 
 typedef struct generate_options {
@@ -128,8 +131,9 @@ static int parse_generate(generate_options *o, int argc, char **argv)
         return cli_unexpected("generate", argv[optind],
                               o->prompt ? NULL : "give the prompt as --prompt TEXT, or on "
                                                  "standard input");
-    if (!o->model)
-        return cli_usage_error("generate", "--model DIR is required");
+    if (!o->model && !o->adapters)
+        return cli_usage_error("generate", "--model DIR is required (or --adapters CHECKPOINT, "
+                               "whose base model is used)");
     if (!template_find(o->template_name))
         return cli_usage_error("generate", "--template %s: known templates are %s",
                                o->template_name, template_list());
@@ -244,6 +248,11 @@ out:
  * config only): that is a --tokenizer to give, not just a missing file. */
 static tokenizer *model_tokenizer(const char *dir, pesc_error *err)
 {
+    if (!dir) {
+        pesc_fail(err, "the model is the random weights of its run's --init-config, with no "
+                  "tokenizer beside them: give --tokenizer FILE|URL");
+        return NULL;
+    }
     char *path = pesc_path_join(dir, "tokenizer.json");
     tokenizer *t = NULL;
     if (access(path, F_OK) != 0)
@@ -266,20 +275,28 @@ int cmd_generate(int argc, char **argv)
     if (!b)
         return 1;
     model m = {0};
+    tuned_model t = {0};
     tokenizer *tok = NULL;
-    char *dir = NULL, *tokenizer_path = NULL, *prompt = NULL;
+    char *tokenizer_path = NULL, *prompt = NULL;
     status = 1;
     if (!(prompt = read_prompt(&o, &err)))
         goto out;
-    if (fetch_view_resolve_model(o.model, &dir, &err) != 0)
-        goto out;
-    pesc_show_phase("pesc generate", "loading the model from %s", pesc_path_shown(dir));
-    if (model_load(&m, dir, b, &err) != 0 ||
-        (o.adapters && checkpoint_load_adapters(&m, o.adapters, &err) != 0))
+    if (tuned_load("pesc generate", o.model, o.adapters, b, &m, &t, &err) != 0)
         goto out;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
+    if (!o.template_given && !o.raw && t.template_name[0]) {   /* the one it was tuned in */
+        o.template_name = t.template_name;
+        o.template_given = template_find(t.template_name) != NULL;
+        if (!o.template_given) {
+            pesc_fail(&err, "%s was tuned with --template %s, which this pesc does not know: "
+                      "give --template NAME", o.adapters, t.template_name);
+            goto out;
+        }
+    }
+    if (!o.tokenizer)
+        o.tokenizer = t.tokenizer;   /* the run's own, else the model's */
     if ((o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||
-        !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : model_tokenizer(dir, &err)))
+        !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : model_tokenizer(t.dir, &err)))
         goto out;
     pesc_show_phase("pesc generate", NULL);   /* the answer starts on a clean line */
     const char *own = template_model_other(tok, o.template_name);
@@ -296,7 +313,7 @@ out:
         cli_fail("generate", &err);
     }
     free(prompt);
-    free(dir);
+    tuned_free(&t);
     free(tokenizer_path);
     tok_delete(tok);
     model_free(&m);

@@ -83,6 +83,26 @@ if [ -n "$a" ] && [ "$a" = "$b" ]; then
 else
   fail "generate: base + adapters '$a', exported '$b'"
 fi
+# without --model, the base the checkpoint names; a trainables file elsewhere names none
+[ "$(eval_loss --adapters "$ck")" = "$with_adapters" ] &&
+  [ "$(greedy --adapters "$tmp/ck")" = "$a" ] &&
+  pass "eval and generate --adapters CHECKPOINT alone: the run's base, the same loss and answer" ||
+  fail "--adapters alone: loss '$(eval_loss --adapters "$ck")', answer '$(greedy --adapters "$tmp/ck")'"
+cp "$ck/trainables.safetensors" "$tmp/loose.safetensors"
+expect 1 "\-\-model DIR is required: .*loose.safetensors is a trainables file outside a checkpoint" \
+  "--adapters FILE alone, outside a checkpoint" -- "$pesc" eval --adapters "$tmp/loose.safetensors" --data "$tmp/d.jsonl"
+expect 1 "has shape .* (.*step-00000004 trained on .*data/demo, not on .*llama-gqa-f32: leave out --model)" \
+  "--adapters CHECKPOINT on another --model that it does not fit: why, in one line" -- \
+  "$pesc" generate --model "$top_srcdir/tests/reference/data/llama-gqa-f32" --adapters "$ck" --prompt "x"
+# a run in another template is scored and prompted in it unless --template says otherwise
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$demo" $common --experts 4 --adapter-dim 8 --steps 1 \
+  --template chatml --save "$tmp/ckc" >/dev/null 2>&1
+in_chatml=$(eval_loss --model "$demo" --adapters "$tmp/ckc" --template chatml)
+[ -n "$in_chatml" ] && [ "$(eval_loss --adapters "$tmp/ckc")" = "$in_chatml" ] &&
+  [ "$(eval_loss --adapters "$tmp/ckc" --template camelidae)" != "$in_chatml" ] &&
+  pass "eval --adapters of a chatml run: in chatml ($in_chatml), unless --template is given" ||
+  fail "eval of a chatml run: '$(eval_loss --adapters "$tmp/ckc")', with --template chatml '$in_chatml'"
 
 # ---- further tuning from the exported model ---------------------------------------------------
 # shellcheck disable=SC2086
@@ -181,7 +201,7 @@ mkdir "$tmp/empty"
 expect 1 "no checkpoint here" "a directory that is no checkpoint" -- "$pesc" export "$tmp/empty" -o "$tmp/x"
 # a checkpoint from before export: no base in state.json
 cp -r "$ck" "$tmp/old"
-sed -e '/"model": /d' -e 's/\("seed": "[0-9a-f]*"\),$/\1/' "$ck/state.json" >"$tmp/old/state.json"
+sed -e '/"model": /d' "$ck/state.json" >"$tmp/old/state.json"   # keys follow it: still JSON
 expect 1 "does not say which base model.*\-\-model DIR" "old checkpoint without --model" -- "$pesc" export "$tmp/old" -o "$tmp/x"
 expect 0 "exported" "old checkpoint with --model" -- "$pesc" export "$tmp/old" -o "$tmp/outold" --model "$demo"
 [ "$(eval_loss --model "$tmp/outold")" = "$exported" ] && pass "old checkpoint + --model exports the same model" ||

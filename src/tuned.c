@@ -1,0 +1,96 @@
+/* tuned — see tuned.h. */
+#include "tuned.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "fetch_view.h"
+
+/* What the run's checkpoint recorded and the command may use: its tokenizer, its template. */
+static void take_run_inputs(tuned_model *t, const checkpoint_state *st)
+{
+    if (st->tokenizer[0])
+        t->tokenizer = xstrdup(st->tokenizer);
+    snprintf(t->template_name, sizeof t->template_name, "%s", st->template_name);
+}
+
+static const char *run_base(const checkpoint_state *st)
+{
+    return st->base_model[0] ? st->base_model : st->init_config[0] ? st->init_config
+                                                                   : "a base not recorded";
+}
+
+int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pesc_backend *be,
+               model *m, tuned_model *t, pesc_error *err)
+{
+    *t = (tuned_model){0};
+    checkpoint_state *st = xmalloc(sizeof *st);
+    checkpoint_base base = {0};
+    char *ckpt = NULL;
+    int rc = -1, found = CHECKPOINT_NONE, other_base = 0;
+    if (adapters) {
+        pesc_error why;
+        found = checkpoint_of_adapters(adapters, &ckpt, st, model_arg ? &why : err);
+        if (found == -1 && !model_arg)
+            goto out;
+        if (found == CHECKPOINT_NONE && !model_arg) {
+            pesc_fail(err, "--model DIR is required: %s is a trainables file outside a "
+                      "checkpoint, which does not say what it was trained on", adapters);
+            goto out;
+        }
+    }
+    if (model_arg) {
+        if (fetch_view_resolve_model(model_arg, &t->dir, err) != 0)
+            goto out;
+        pesc_show_phase(cmd, "loading the model from %s", pesc_path_shown(t->dir));
+        if (model_load(m, t->dir, be, err) != 0)
+            goto out;
+        other_base = found == 0 && st->base_fingerprint &&
+                     checkpoint_fingerprint(m) != st->base_fingerprint;
+    } else if (!adapters) {
+        pesc_fail(err, "--model DIR is required (or --adapters CHECKPOINT, whose base model "
+                  "is used)");
+        goto out;
+    } else {   /* the base the checkpoint's run trained */
+        if (checkpoint_base_find(st, ckpt, &base, err) != 0)
+            goto out;
+        pesc_show_phase(cmd, "loading the model from %s",
+                        pesc_path_shown(base.dir ? base.dir : base.config));
+        if (checkpoint_base_load(m, &base, st, be, err) != 0)
+            goto out;
+        t->dir = base.dir ? xstrdup(base.dir) : NULL;
+    }
+    if (found == 0)
+        take_run_inputs(t, st);
+    if (adapters && checkpoint_load_adapters(m, adapters, err) != 0) {
+        if (other_base) {   /* the likely reason, in the same line */
+            char why[sizeof err->msg];
+            snprintf(why, sizeof why, "%s", err->msg);
+            pesc_fail(err, "%s (%s trained on %s, not on %s: leave out --model)", why, ckpt,
+                      run_base(st), t->dir);
+        }
+        goto out;
+    }
+    if (other_base) {
+        pesc_show_phase(cmd, NULL);
+        fprintf(stderr, "%s: note: %s was trained on another base model than %s (%s); leave "
+                "out --model to use it\n", cmd, ckpt, t->dir, run_base(st));
+    }
+    rc = 0;
+out:
+    checkpoint_base_free(&base);
+    free(ckpt);
+    free(st);
+    if (rc != 0)
+        tuned_free(t);
+    return rc;
+}
+
+void tuned_free(tuned_model *t)
+{
+    free(t->dir);
+    free(t->tokenizer);
+    *t = (tuned_model){0};
+}

@@ -1,0 +1,27 @@
+/* tuned — the model generate and eval answer or score with: a base model crafted with the
+ * routers and adapters of a pesc run. Without --model, the base the adapters' checkpoint
+ * recorded; a checkpoint also gives the tokenizer and the chat template its run trained
+ * with, for the command to use where its own options give none. Must not: parse options. */
+#ifndef PESC_TUNED_H
+#define PESC_TUNED_H
+
+#include "backend.h"
+#include "model.h"
+#include "util.h"
+
+typedef struct tuned_model {
+    char *dir;                   /* the model directory (tokenizer.json beside the weights);
+                                    NULL for a base of random weights (--init-config) */
+    char *tokenizer;             /* the run's --tokenizer; NULL: the model's own */
+    char template_name[32];      /* the run's --template; "": not known */
+} tuned_model;
+
+/* Loads model_arg (a directory or URL; NULL: the checkpoint's base) crafted with adapters (a
+ * trainables file, a checkpoint or a save directory; NULL: none). With both given and the
+ * adapters a checkpoint's, a base other than its run's is noted on stderr as "CMD: note:".
+ * cmd ("pesc generate") names the phases shown while it loads. */
+int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pesc_backend *be,
+               model *m, tuned_model *t, pesc_error *err);
+void tuned_free(tuned_model *t);
+
+#endif
