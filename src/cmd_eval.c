@@ -50,7 +50,8 @@ static const char eval_usage[] =
     "  --plugin FILE    load a plugin module (repeatable); $PESC_PLUGIN_PATH and the install\n"
     "                   directory are searched too\n"
     "  --template NAME  chat template for text formats: camelidae (default), alpaca, chatml,\n"
-    "                   qwen3, llama2, llama3, mistral, plain; only assistant tokens are\n"
+    "                   qwen3, llama2, llama3, mistral, plain (the run's for an --adapters\n"
+    "                   checkpoint or a model pesc exported); only assistant tokens are\n"
     "                   scored\n"
     "  --tokenizer FILE tokenizer.json for text formats (default: DIR/tokenizer.json)\n"
     "  --backend B      auto (default), cpu or cuda\n"
@@ -452,8 +453,8 @@ int cmd_eval(int argc, char **argv)
     /* a run's checkpoint: scored as it was tuned, in its template with its tokenizer */
     if (!o.template_given && t.template_name[0]) {
         if (!template_find(t.template_name)) {
-            pesc_fail(&err, "%s was tuned with --template %s, which this pesc does not know: "
-                      "give --template NAME", o.adapters, t.template_name);
+            pesc_fail(&err, "the run's chat template %s is not one this pesc knows (%s): "
+                      "give --template NAME", t.template_name, template_list());
             goto out;
         }
         o.template_name = t.template_name;

@@ -33,7 +33,8 @@ static const char generate_usage[] =
     "  --temperature T   0 = greedy (default 0)\n"
     "  --top-p P --top-k K   sampling cut-offs (1, 0 = off; with --temperature > 0)\n"
     "  --seed S          sampling seed (1)\n"
-    "  --template NAME   chat template (camelidae, or the --adapters checkpoint's run's)\n"
+    "  --template NAME   chat template (camelidae; the run's for an --adapters checkpoint\n"
+    "                    or a model pesc exported)\n"
     "  --raw             the prompt as it is, no template\n";
 
 typedef struct generate_options {
@@ -288,8 +289,8 @@ int cmd_generate(int argc, char **argv)
         o.template_name = t.template_name;
         o.template_given = template_find(t.template_name) != NULL;
         if (!o.template_given) {
-            pesc_fail(&err, "%s was tuned with --template %s, which this pesc does not know: "
-                      "give --template NAME", o.adapters, t.template_name);
+            pesc_fail(&err, "the run's chat template %s is not one this pesc knows (%s): "
+                      "give --template NAME", t.template_name, template_list());
             goto out;
         }
     }

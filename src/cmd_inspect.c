@@ -83,6 +83,8 @@ static int inspect_model(const char *dir)
                c.moe_scaling, crafted);
         params += crafted;
     }
+    if (c.pesc_template[0])
+        printf("template      %s (its run's, recorded by pesc export)\n", c.pesc_template);
     printf("parameters    %lld (%.2f M)\n", params, (double)params / 1e6);
     printf("tensors       %zu in %d file%s\n", st_set_count(&set), set.n_files,
            set.n_files == 1 ? "" : "s");

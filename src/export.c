@@ -143,7 +143,8 @@ static int real_digits(json_t *v)
     return most;
 }
 
-static int write_config(const checkpoint_base *b, const model *m, const char *path, pesc_error *err)
+static int write_config(const checkpoint_base *b, const checkpoint_state *st, const model *m,
+                        const char *path, pesc_error *err)
 {
     char *base_text;
     size_t base_len;
@@ -156,7 +157,7 @@ static int write_config(const checkpoint_base *b, const model *m, const char *pa
     if (!root)
         return pesc_fail(err, "%s: not valid JSON (line %d: %s)", b->config, jerr.line, jerr.text);
     static const char *const keys[] = {"num_experts", "topk", "adapter_dim", "moe_scaling",
-                                       "output_router_logits"};
+                                       "output_router_logits", "pesc_template"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         json_object_del(root, keys[i]);
     if (m->crafted) {
@@ -167,6 +168,8 @@ static int write_config(const checkpoint_base *b, const model *m, const char *pa
         json_object_set_new(root, "moe_scaling", json_real(short_decimal(p->adapter_scale)));
         json_object_set_new(root, "output_router_logits", json_false());
     }
+    if (st->template_name[0])   /* what generate, eval and training on take where none is given */
+        json_object_set_new(root, "pesc_template", json_string(st->template_name));
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
                                       JSON_REAL_PRECISION(real_digits(root)));
     json_decref(root);
@@ -277,7 +280,7 @@ static int write_dir(const export_options *o, const checkpoint_base *b, const ch
     char *config = pesc_path_join(tmp, "config.json");
     char *weights = pesc_path_join(tmp, "model.safetensors");
     int rc = -1;
-    if (write_config(b, m, config, err) == 0 &&
+    if (write_config(b, st, m, config, err) == 0 &&
         write_weights(m, base, lora_rank, lora_sites, weights, r, err) == 0 &&
         copy_side_files(b, st, tmp, err) == 0 && pesc_dir_commit(tmp, o->out, err) == 0)
         rc = 0;

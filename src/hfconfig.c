@@ -253,6 +253,14 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
     if (json_is_array(eos))
         eos = json_array_get(eos, 0);
     c->eos_token_id = json_is_integer(eos) ? (int)json_integer_value(eos) : -1;
+    json_t *tpl = json_object_get(root, "pesc_template");
+    if (tpl && (!json_is_string(tpl) || !*json_string_value(tpl) ||
+                strlen(json_string_value(tpl)) >= sizeof c->pesc_template)) {
+        pesc_fail(err, "%s: \"pesc_template\" must name a chat template (camelidae, chatml, "
+                  "...)", where);
+        goto out;
+    }
+    snprintf(c->pesc_template, sizeof c->pesc_template, "%s", tpl ? json_string_value(tpl) : "");
     rc = 0;
 out:
     json_decref(root);

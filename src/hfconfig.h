@@ -41,6 +41,9 @@ typedef struct hf_config {
     int topk;                    /* K */
     int adapter_dim;             /* R */
     double moe_scaling;          /* s, 0.25 when absent */
+    /* The chat template the exported model's run trained in (pesc export's "pesc_template":
+     * its --template), which commands use where none is given; "": not recorded. */
+    char pesc_template[32];
 } hf_config;
 
 /* Parses config.json text; `where` names the file in messages. */

@@ -1812,13 +1812,23 @@ static int setup(session *s, pesc_error *err)
     } else {
         s->model_dir = demo_dir();
     }
-    s->tpl = template_find(c->template_name);
     if (!(s->plugins = plugins_open(c->plugins, c->n_plugins, err)) ||
         !(s->formats = plugins_formats(s->plugins, err)))
         return -1;
     pesc_show_phase(c->command, "loading the model from %s", pesc_path_shown(s->model_dir));
     if (load_model(s, err) != 0)
         return -1;
+    /* an exported model trains on in its run's template unless --template says otherwise */
+    const char *exported = s->m.config.pesc_template;
+    if (!(c->given & TRAIN_GIVEN_TEMPLATE) && exported[0]) {
+        if (!template_find(exported))
+            return pesc_fail(err, "%s/config.json: \"pesc_template\": \"%s\" is not a template "
+                             "this pesc knows (%s): give --template NAME", s->model_dir, exported,
+                             template_list());
+        c->template_name = exported;
+        c->given |= TRAIN_GIVEN_TEMPLATE;
+    }
+    s->tpl = template_find(c->template_name);
     /* the default rows are no longer than the model's context */
     int context = s->m.config.max_position_embeddings;
     if (!(c->given & TRAIN_GIVEN_SEQ) && context >= 2 && c->seq > context)

@@ -64,6 +64,8 @@ int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pes
     }
     if (found == 0)
         take_run_inputs(t, st);
+    if (!t->template_name[0])   /* an exported model's run's, when it recorded one */
+        snprintf(t->template_name, sizeof t->template_name, "%s", m->config.pesc_template);
     if (adapters && checkpoint_load_adapters(m, adapters, err) != 0) {
         if (other_base) {   /* the likely reason, in the same line */
             char why[sizeof err->msg];

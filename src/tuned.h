@@ -1,7 +1,8 @@
 /* tuned — the model generate and eval answer or score with: a base model crafted with the
  * routers and adapters of a pesc run. Without --model, the base the adapters' checkpoint
  * recorded; a checkpoint also gives the tokenizer and the chat template its run trained
- * with, for the command to use where its own options give none. Must not: parse options. */
+ * with (a model pesc exported, the template its config.json recorded), for the command to
+ * use where its own options give none. Must not: parse options. */
 #ifndef PESC_TUNED_H
 #define PESC_TUNED_H
 
@@ -13,7 +14,8 @@ typedef struct tuned_model {
     char *dir;                   /* the model directory (tokenizer.json beside the weights);
                                     NULL for a base of random weights (--init-config) */
     char *tokenizer;             /* the run's --tokenizer; NULL: the model's own */
-    char template_name[32];      /* the run's --template; "": not known */
+    char template_name[32];      /* the run's --template (the checkpoint's, or what pesc
+                                    export recorded in config.json); "": not known */
 } tuned_model;
 
 /* Loads model_arg (a directory or URL; NULL: the checkpoint's base) crafted with adapters (a

@@ -103,6 +103,18 @@ in_chatml=$(eval_loss --model "$demo" --adapters "$tmp/ckc" --template chatml)
   [ "$(eval_loss --adapters "$tmp/ckc" --template camelidae)" != "$in_chatml" ] &&
   pass "eval --adapters of a chatml run: in chatml ($in_chatml), unless --template is given" ||
   fail "eval of a chatml run: '$(eval_loss --adapters "$tmp/ckc")', with --template chatml '$in_chatml'"
+# its export records the template in config.json, and is scored (and trained on) in it
+"$pesc" export "$tmp/ckc" -o "$tmp/expc" >/dev/null 2>&1
+grep -q '"pesc_template": "chatml"' "$tmp/expc/config.json" &&
+  [ "$(eval_loss --model "$tmp/expc")" = "$in_chatml" ] &&
+  "$pesc" inspect "$tmp/expc" | grep -q "^template  *chatml" &&
+  pass "the export of a chatml run: pesc_template chatml, scored in it ($in_chatml)" ||
+  fail "export of a chatml run: $(grep pesc_template "$tmp/expc/config.json"), loss '$(eval_loss --model "$tmp/expc")'"
+# shellcheck disable=SC2086
+"$pesc" train --headless --model "$tmp/expc" $common --steps 1 --save "$tmp/ckc2" >/dev/null 2>&1
+grep -q '"template": "chatml"' "$tmp/ckc2/step-00000001/state.json" &&
+  pass "training on from that export keeps its chatml template" ||
+  fail "training on from a chatml export: $(grep '"template"' "$tmp/ckc2/step-00000001/state.json")"
 
 # ---- further tuning from the exported model ---------------------------------------------------
 # shellcheck disable=SC2086

@@ -127,6 +127,13 @@ static void test_crafting(void)
                  ", \"num_experts\": 4, \"topk\": 5, \"adapter_dim\": 8}", "topk 5");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE
                  ", \"num_experts\": 4, \"topk\": 2, \"adapter_dim\": 0}", "adapter_dim 0");
+    /* the run's chat template, as pesc export records it */
+    CHECK(c.pesc_template[0] == '\0', "no pesc_template: \"%s\"", c.pesc_template);
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                        ", \"pesc_template\": \"chatml\"}", "x", &err);
+    CHECK(rc == 0 && strcmp(c.pesc_template, "chatml") == 0, "pesc_template: %s", err.msg);
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"pesc_template\": 3}",
+                 "\"pesc_template\" must name a chat template");
 }
 
 int main(void)
