@@ -111,6 +111,18 @@ static char *state_json(const checkpoint_state *st)
         json_object_set_new(run, "weight_decay", json_real(st->weight_decay));
     if (st->clip >= 0)
         json_object_set_new(run, "clip", json_real(st->clip));
+    if (st->save_dir[0])
+        json_object_set_new(run, "save", json_string(st->save_dir));
+    if (st->log[0])
+        json_object_set_new(run, "log", json_string(st->log));
+    if (st->save_every >= 0)
+        json_object_set_new(run, "save_every", json_integer(st->save_every));
+    if (st->eval_every >= 0)
+        json_object_set_new(run, "eval_every", json_integer(st->eval_every));
+    if (st->keep >= 0)
+        json_object_set_new(run, "keep", json_integer(st->keep));
+    if (st->keep_best >= 0)
+        json_object_set_new(run, "keep_best", json_boolean(st->keep_best));
     json_object_set_new(o, "run", run);
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(o);
@@ -227,6 +239,15 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     st->warmup = read_integer(r, run, "warmup", 0, -1);
     st->weight_decay = read_number(r, run, "weight_decay", -1.0);
     st->clip = read_number(r, run, "clip", -1.0);
+    read_string(r, run, "save", st->save_dir, sizeof st->save_dir);
+    read_string(r, run, "log", st->log, sizeof st->log);
+    st->save_every = read_integer(r, run, "save_every", 0, -1);
+    st->eval_every = read_integer(r, run, "eval_every", 0, -1);
+    st->keep = (int)read_integer(r, run, "keep", 1, -1);
+    json_t *best = json_object_get(run, "keep_best");
+    if (best && !json_is_boolean(best))
+        bad_value(r, "keep_best", "must be true or false");
+    st->keep_best = best ? json_is_true(best) : -1;
 }
 
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err)

@@ -63,6 +63,12 @@ typedef struct checkpoint_state {
     int schedule;                /* optim_schedule; -1: not recorded */
     long warmup;                 /* -1: not recorded */
     double weight_decay, clip;   /* -1: not recorded */
+    /* where the run saved and logged (absolute; "" for none), how often it saved and scored
+     * the held-out data, how many checkpoints it kept: a run resumed from its newest
+     * checkpoint goes on with them. -1: not recorded. */
+    char save_dir[4096], log[4096];
+    long save_every, eval_every;
+    int keep, keep_best;
 } checkpoint_state;
 
 /* Makes save_dir (one level) or checks that it is a directory this process can write in: a run

@@ -182,6 +182,15 @@ static int inspect_checkpoint(const char *path, const char *dir)
     }
     for (int i = 0; i < st.n_eval; i++)
         printf("%-14s%s\n", i ? "" : "held out", st.eval_data[i]);
+    if (st.save_dir[0]) {
+        printf("saved to      %s", st.save_dir);
+        if (st.save_every > 0)
+            printf(" every %ld steps", st.save_every);
+        printf(", keeping %d%s", st.keep, st.keep_best == 1 ? " and the best" : "");
+        if (st.log[0])
+            printf("; log %s", st.log);
+        printf("\n");
+    }
     if (st.run_lr >= 0 && st.schedule >= 0)
         printf("optimizer     lr %g %s, warmup %ld, weight decay %g, clip %g\n", st.run_lr,
                optim_schedule_name(st.schedule), st.warmup, st.weight_decay, st.clip);

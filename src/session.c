@@ -97,6 +97,7 @@ struct session {
     size_t skipped_len;
     char *last_checkpoint;       /* saved by this run, or resumed from; NULL: none */
     checkpoint_state *resumed;   /* --resume's state: cfg's strings it gave point into it */
+    int outputs_taken;           /* 1: its --save, 2: and its --log (adopt_resumed) */
     int inject_nan;
     int paused;
     uint64_t fingerprint;        /* of the base model as loaded */
@@ -699,6 +700,12 @@ static void fill_state(session *s, checkpoint_state *st)
     st->warmup = c->optim.warmup;
     st->weight_decay = c->optim.weight_decay;
     st->clip = c->optim.clip;
+    absolute_path(st->save_dir, sizeof st->save_dir, c->save_dir);
+    absolute_path(st->log, sizeof st->log, c->log_path);
+    st->save_every = c->save_every;
+    st->eval_every = c->eval_every;
+    st->keep = c->keep;
+    st->keep_best = c->keep_best;
 }
 
 _Static_assert(STATS_MAX_SOURCES <= CHECKPOINT_MAX_DATA && TRAIN_MAX_EVAL <= CHECKPOINT_MAX_EVAL,
@@ -1686,6 +1693,37 @@ static int recorded_file(const char *ckpt, const char *what, const char *flag, c
                      "new place", ckpt, what, path, strerror(errno), flag);
 }
 
+/* Resumed from the newest checkpoint of its run's --save directory and given no --save, the
+ * run saves on there as often as it did, keeping as many, and appends to its log when no
+ * --log is given: what it would have done, not stopped. From an older one, a branch, it
+ * takes neither (saving there would be refused: newer checkpoints are in the way). */
+static void take_outputs(session *s, const checkpoint_state *st, const char *dir)
+{
+    train_config *c = &s->cfg;
+    if (c->save_dir || !st->save_dir[0])
+        return;
+    char *parent = pesc_parent_dir(dir), *newest = NULL;
+    pesc_error ignored;
+    int at_newest = pesc_same_file(parent, st->save_dir) &&
+                    checkpoint_find(parent, &newest, &ignored) == 0 && pesc_same_file(newest, dir);
+    free(newest);
+    free(parent);
+    if (!at_newest)
+        return;
+    c->save_dir = st->save_dir;
+    if (!(c->given & TRAIN_GIVEN_SAVE_EVERY) && st->save_every >= 0)
+        c->save_every = st->save_every;
+    if (!(c->given & TRAIN_GIVEN_KEEP) && st->keep >= 1)
+        c->keep = st->keep;
+    if (st->keep_best == 1 && (c->n_eval > 0 || c->eval_split > 0))
+        c->keep_best = 1;
+    s->outputs_taken = 1;
+    if (!c->log_path && st->log[0]) {
+        c->log_path = st->log;
+        s->outputs_taken = 2;
+    }
+}
+
 /* --resume: the run goes on as it was. What the command line does not give again comes from
  * the checkpoint: the base model, tokenizer and chat template, the data, its format and the
  * held-out data, the batches' shape, the seed, the length, the optimizer's settings and the
@@ -1776,6 +1814,9 @@ static int adopt_resumed(session *s, pesc_error *err)
     c->given |= take;
     if (!c->steps && !c->epochs)
         c->steps = st->total_steps;
+    if (!(c->given & TRAIN_GIVEN_EVAL_EVERY) && st->eval_every >= 0)
+        c->eval_every = st->eval_every;
+    take_outputs(s, st, dir);
     /* the run's flag value; the live one carries on as resume() decides */
     if (!(c->pesc.given & PESC_GIVEN_AUX_COEF) && st->run_aux_coef >= 0)
         c->pesc.aux_coef = (float)st->run_aux_coef;
@@ -1954,6 +1995,11 @@ int session_start(session *s, pesc_error *err)
     }
     if (*s->resume_note)
         publish_warning(s, "note", "%s", s->resume_note);
+    if (s->outputs_taken)   /* where the checkpoints and the log go was not given: say it */
+        publish_warning(s, "note", "resumed from the run's newest checkpoint: it saves on to "
+                        "%s%s%s, as the run did (--save DIR elsewhere branches off)",
+                        s->cfg.save_dir, s->outputs_taken > 1 ? " and logs on to " : "",
+                        s->outputs_taken > 1 ? s->cfg.log_path : "");
     /* hours of training on a model of one's own, gone at the end: said at the start (the
      * demo, a model of its own, is left alone) */
     if (!s->cfg.save_dir && (s->cfg.model || s->cfg.resume || s->cfg.init_config))

@@ -145,7 +145,8 @@ expect 1 "was saved with \-\-eval-split 0.25; this run asks for \-\-eval-split 0
 # without --eval-split (or --eval-data) the resumed run holds out what the run held out
 # shellcheck disable=SC2086
 expect 0 "step 6/6" "resuming without the run's --eval-split keeps it" -- \
-  "$pesc" train --headless $common --steps 6 --resume "$tmp/splitck" --log "$tmp/split-kept.jsonl"
+  "$pesc" train --headless $common --steps 6 --resume "$tmp/splitck" --log "$tmp/split-kept.jsonl" \
+  --save "$tmp/split-kept"
 grep -q '"data_records":36' "$tmp/split-kept.jsonl" && pass "the resumed run trains on the same 36 records" ||
   fail "the resumed run without --eval-split: $(grep -o '"data_records":[0-9]*' "$tmp/split-kept.jsonl")"
 # shellcheck disable=SC2086

@@ -83,6 +83,14 @@ else
   fail "--resume alone: losses $(losses "$tmp/alone2.jsonl" | tr '\n' ' ') vs" \
     "$(losses "$tmp/alone.jsonl" | tail -n 4 | tr '\n' ' '): $(head -c 300 "$tmp/out")"
 fi
+# from the newest checkpoint without --save or --log, it saves on in the run's directory (as
+# often, keeping as many) and appends to the run's log, and says so
+"$pesc" train --headless --resume "$tmp/alone" --steps 12 >"$tmp/out" 2>&1
+[ -d "$tmp/alone/step-00000012" ] && [ -d "$tmp/alone/step-00000008" ] &&
+  [ "$(losses "$tmp/alone.jsonl" | wc -l)" = 12 ] &&
+  grep -q "saves on to .*alone and logs on to .*alone.jsonl, as the run did" "$tmp/out" &&
+  pass "--resume of the newest checkpoint alone: saves on to its directory, logs on to its log" ||
+  fail "--resume of the newest, alone: $(ls "$tmp/alone"), $(losses "$tmp/alone.jsonl" | wc -l) losses: $(head -c 300 "$tmp/out")"
 # a flag given again replaces the run's value where it may change (--lr), and must match where
 # it shapes what was saved (--seq)
 # shellcheck disable=SC2086
