@@ -97,6 +97,7 @@ struct session {
     size_t skipped_len;
     char *last_checkpoint;       /* saved by this run, or resumed from; NULL: none */
     checkpoint_state *resumed;   /* --resume's state: cfg's strings it gave point into it */
+    char *resumed_dir;           /* its checkpoint */
     int outputs_taken;           /* 1: its --save, 2: and its --log (adopt_resumed) */
     int inject_nan;
     int paused;
@@ -1398,28 +1399,27 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
 
 static int resume(session *s, pesc_error *err)
 {
-    char *dir = NULL;
-    checkpoint_state st;
+    const char *dir = s->resumed_dir;   /* adopt_resumed's */
+    const checkpoint_state *st = s->resumed;
     int rc = -1;
-    if (checkpoint_find(s->cfg.resume, &dir, err) != 0 || checkpoint_read_state(dir, &st, err) ||
-        check_resumable(s, &st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err))
+    if (check_resumable(s, st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err))
         goto out;
-    if (dataset_seek(s->data, &st.cursor, err) != 0) {
+    if (dataset_seek(s->data, &st->cursor, err) != 0) {
         pesc_fail_prefix(err, "--resume %s", dir);
         goto out;
     }
-    if (s->total_steps > 0 && st.step >= s->total_steps) {
+    if (s->total_steps > 0 && st->step >= s->total_steps) {
         pesc_fail(err, "--resume %s is at step %ld, and this run ends at step %ld: raise --steps "
-                  "(or --epochs) to train further", dir, st.step, s->total_steps);
+                  "(or --epochs) to train further", dir, st->step, s->total_steps);
         goto out;
     }
-    s->step = st.step;
+    s->step = st->step;
     s->last_checkpoint = xstrdup(dir);
     char *parent = pesc_parent_dir(dir);
     int own = pesc_same_file(parent, s->cfg.save_dir);
     if (own) {
         /* it is this run's last checkpoint: stopped at once, the run would write it again */
-        s->saved_step = st.step;
+        s->saved_step = st->step;
         s->saved_changes = s->live_changes;
     }
     free(parent);
@@ -1428,46 +1428,45 @@ static int resume(session *s, pesc_error *err)
      * and what it replaces is noted once the log is open. The run's own value repeated (the
      * same command with --resume added) keeps what was set while it went. */
     const train_config *c = &s->cfg;
-    int new_lr = (c->given & TRAIN_GIVEN_LR) && (float)st.run_lr != c->optim.lr;
-    int new_aux = (c->pesc.given & PESC_GIVEN_AUX_COEF) && (float)st.run_aux_coef != c->pesc.aux_coef;
+    int new_lr = (c->given & TRAIN_GIVEN_LR) && (float)st->run_lr != c->optim.lr;
+    int new_aux = (c->pesc.given & PESC_GIVEN_AUX_COEF) && (float)st->run_aux_coef != c->pesc.aux_coef;
     size_t n = sizeof s->resume_note, at = 0;
     if (!new_lr) {
-        s->lr_override = st.lr_override;
-        s->lr_scale = st.lr_scale > 0 ? st.lr_scale : 1.0;
-    } else if (st.lr_override >= 0 || st.lr_scale != 1.0) {
+        s->lr_override = st->lr_override;
+        s->lr_scale = st->lr_scale > 0 ? st->lr_scale : 1.0;
+    } else if (st->lr_override >= 0 || st->lr_scale != 1.0) {
         at += (size_t)snprintf(s->resume_note, n, "--lr %g replaces the checkpoint's %s %g "
                                "(leave --lr out to keep it)", (double)c->optim.lr,
-                               st.lr_override >= 0 ? "learning rate set while it ran,"
+                               st->lr_override >= 0 ? "learning rate set while it ran,"
                                                    : "learning-rate factor after non-finite steps,",
-                               st.lr_override >= 0 ? st.lr_override * st.lr_scale : st.lr_scale);
+                               st->lr_override >= 0 ? st->lr_override * st->lr_scale : st->lr_scale);
     }
     if (!new_aux)
-        s->m.pesc.aux_coef = (float)st.aux_coef;
-    else if ((float)st.aux_coef != s->m.pesc.aux_coef && at < n)
+        s->m.pesc.aux_coef = (float)st->aux_coef;
+    else if ((float)st->aux_coef != s->m.pesc.aux_coef && at < n)
         at += (size_t)snprintf(s->resume_note + at, n - at, "%s--aux-coef %g replaces the "
                                "checkpoint's %g (leave --aux-coef out to keep it)",
-                               at ? "; " : "", (double)s->m.pesc.aux_coef, st.aux_coef);
-    s->m.rng = st.model_rng;
-    s->tokens = st.tokens;
-    s->elapsed_before = st.elapsed_s;
-    s->nan_skipped = st.nan_skipped;
+                               at ? "; " : "", (double)s->m.pesc.aux_coef, st->aux_coef);
+    s->m.rng = st->model_rng;
+    s->tokens = st->tokens;
+    s->elapsed_before = st->elapsed_s;
+    s->nan_skipped = st->nan_skipped;
     /* the run's best so far: a new one must beat it; a branch saved elsewhere starts its own
      * DIR/best, since the old best is not in its directory; and a loss on other held-out
      * data is no measure to beat, so the best starts afresh (the note says which it was) */
-    int same_data = !st.best_eval_data || !s->eval_hash || st.best_eval_data == s->eval_hash;
-    if (st.best_step >= 0 && own && same_data) {
-        s->best_kept = st.best_step;
-        s->best_kept_loss = s->best_eval = st.best_eval_loss;
-    } else if (st.best_step >= 0 && own && s->cfg.keep_best && at < n) {
+    int same_data = !st->best_eval_data || !s->eval_hash || st->best_eval_data == s->eval_hash;
+    if (st->best_step >= 0 && own && same_data) {
+        s->best_kept = st->best_step;
+        s->best_kept_loss = s->best_eval = st->best_eval_loss;
+    } else if (st->best_step >= 0 && own && s->cfg.keep_best && at < n) {
         snprintf(s->resume_note + at, n - at, "%sthe held-out data differ from those of the "
                  "best loss so far (%.4f at step %ld): %.200s/best starts afresh from the next "
-                 "evaluation", at ? "; " : "", st.best_eval_loss, st.best_step, s->cfg.save_dir);
+                 "evaluation", at ? "; " : "", st->best_eval_loss, st->best_step, s->cfg.save_dir);
     }
     rc = 0;
 out:
     if (rc != 0)
         pesc_fail_prefix(err, "cannot resume");
-    free(dir);
     return rc;
 }
 
@@ -1642,20 +1641,12 @@ static int check_memory(session *s, pesc_error *err)
 static int check_save_dir(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
-    char *dir = NULL;
-    checkpoint_state st;
-    int rc = -1;
     if (checkpoint_prepare(c->save_dir, err) != 0 ||
         (s->save_lock = checkpoint_lock(c->save_dir, err)) < 0)
         return -1;
     if (!c->resume)
         return checkpoint_claim(c->save_dir, NULL, 0, err);
-    if (checkpoint_find(c->resume, &dir, err) != 0 || checkpoint_read_state(dir, &st, err) != 0)
-        pesc_fail_prefix(err, "cannot resume");
-    else
-        rc = checkpoint_claim(c->save_dir, dir, st.step, err);
-    free(dir);
-    return rc;
+    return checkpoint_claim(c->save_dir, s->resumed_dir, s->resumed->step, err);
 }
 
 /* The crafting's values the command line did not give, from the checkpoint's. */
@@ -1824,9 +1815,12 @@ static int adopt_resumed(session *s, pesc_error *err)
         adopt_crafting_of(&c->pesc, &st->pesc);   /* another mode: check_resumable says so */
     rc = 0;
 out:
-    if (rc != 0)
+    if (rc != 0) {
         pesc_fail_prefix(err, "cannot resume");
-    free(dir);
+        free(dir);
+    } else {
+        s->resumed_dir = dir;
+    }
     return rc;
 }
 
@@ -2050,6 +2044,7 @@ void session_delete(session *s)
     }
     sinks_close(s->sinks);
     free(s->resumed);
+    free(s->resumed_dir);
     if (s->skips)
         fclose(s->skips);
     free(s->skipped_text);
