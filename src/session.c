@@ -1397,6 +1397,32 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
     return 0;
 }
 
+/* The recorded inputs this run was given otherwise, as the flags that name them, after a
+ * data cursor that does not fit ("" when none differ): what to leave out to continue. */
+static void inputs_given_otherwise(const session *s, const checkpoint_state *st, char *buf,
+                                   size_t n)
+{
+    const train_config *c = &s->cfg;
+    size_t at = 0;
+    buf[0] = '\0';
+    int data_differ = st->n_data > 0 && st->n_data != c->n_sources;
+    for (int i = 0; i < c->n_sources && i < st->n_data && !data_differ; i++)
+        data_differ = st->data[i].weight != s->sources[i].weight ||
+                      (strcmp(st->data[i].path, s->sources[i].path) != 0 &&
+                       !pesc_same_file(st->data[i].path, s->sources[i].path));
+    for (int i = 0; data_differ && i < st->n_data && at < n; i++) {
+        at += (size_t)snprintf(buf + at, n - at, " --data %.500s", st->data[i].path);
+        if (at < n && st->data[i].weight != 1.0)
+            at += (size_t)snprintf(buf + at, n - at, ":%g", st->data[i].weight);
+    }
+    if (at < n && st->format[0] && strcmp(st->format, c->format) != 0)
+        at += (size_t)snprintf(buf + at, n - at, " --format %s", st->format);
+    if (at < n && st->template_name[0] && strcmp(st->template_name, c->template_name) != 0)
+        at += (size_t)snprintf(buf + at, n - at, " --template %s", st->template_name);
+    if (at < n && st->tokenizer[0] && !pesc_same_file(st->tokenizer, s->tokenizer_path))
+        snprintf(buf + at, n - at, " --tokenizer %.500s", st->tokenizer);
+}
+
 static int resume(session *s, pesc_error *err)
 {
     const char *dir = s->resumed_dir;   /* adopt_resumed's */
@@ -1405,6 +1431,14 @@ static int resume(session *s, pesc_error *err)
     if (check_resumable(s, st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err))
         goto out;
     if (dataset_seek(s->data, &st->cursor, err) != 0) {
+        char had[1024];
+        inputs_given_otherwise(s, st, had, sizeof had);
+        if (had[0]) {   /* the likely reason */
+            char why[sizeof err->msg];
+            snprintf(why, sizeof why, "%s", err->msg);
+            pesc_fail(err, "%s (the run had%s: leave out what differs to read what it read)",
+                      why, had);
+        }
         pesc_fail_prefix(err, "--resume %s", dir);
         goto out;
     }

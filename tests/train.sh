@@ -100,6 +100,9 @@ lr_of "$tmp/alone3.jsonl" | grep -q "^0.000[0-9]*$" && pass "--resume with --lr:
   fail "--resume with --lr 1e-3 trained at $(lr_of "$tmp/alone3.jsonl")"
 expect 1 "was saved with \-\-seq 24; this run asks for \-\-seq 16" "--resume with another --seq" -- \
   "$pesc" train --headless --resume "$tmp/alone/step-00000004" --seq 16
+expect 1 "cursor belongs to other data.* (the run had \-\-data .*/data.jsonl: leave out what differs" \
+  "--resume with other --data names the run's" -- \
+  "$pesc" train --headless --resume "$tmp/alone/step-00000004" --data "$tmp/data.jsonl:2"
 
 # a step short of --grad-accum micro-batches (the data ends first) takes their mean gradient:
 # one batch of 4 records under --grad-accum 1 and 3 gives one step of the same gradient norm
