@@ -167,13 +167,16 @@ control_server *control_open(const char *path, monitor *m, pesc_error *err)
         c->clients[i].fd = -1;
     c->path = xstrdup(path);
     c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    char *dir = pesc_parent_dir(path);   /* made as an output's is; bind says what it cannot */
+    pesc_make_dirs(dir);
+    free(dir);
     mode_t old = umask(0177);   /* the socket is born 0600 */
     int bound = c->listen_fd >= 0 && bind(c->listen_fd, (struct sockaddr *)&a, sizeof a) == 0;
     umask(old);
     if (!bound || listen(c->listen_fd, CONTROL_CLIENTS) != 0 || pipe(c->wake) != 0) {
         int e = errno;
-        const char *fix = e == ENOENT || e == ENOTDIR ? "; its directory does not exist: create "
-                                                        "it, or name a path in another"
+        const char *fix = e == ENOENT || e == ENOTDIR ? "; its directory cannot be made: name "
+                                                        "a path in another"
                           : e == EACCES || e == EROFS ? "; name a path in a directory you can "
                                                         "write"
                                                       : "";

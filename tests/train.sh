@@ -341,9 +341,13 @@ for cmd in "train --headless" tui; do
   expect 1 "\-\-control $tmp/sock: another run is listening there" "$cmd: a --control socket in use refuses the run" -- \
     $tty "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/sock"
   # shellcheck disable=SC2086
-  expect 1 "\-\-control $tmp/no/dir/sock: No such file or directory; its directory does not exist: create it" "$cmd: a --control socket in a missing directory refuses the run, saying why" -- \
-    $tty "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/no/dir/sock"
+  expect 1 "\-\-control $tmp/keep.jsonl/sock: Not a directory; its directory cannot be made" "$cmd: a --control socket under a file refuses the run, saying why" -- \
+    $tty "$pesc" $cmd $common --steps 1 --log "$tmp/keep.jsonl" --control "$tmp/keep.jsonl/sock"
 done
+# as for the other outputs, the socket's missing directories are made
+# shellcheck disable=SC2086
+expect 0 "step 1/1" "a --control socket in a missing directory: the directory is made" -- \
+  "$pesc" train --headless $common --steps 1 --control "$tmp/no/dir/sock"
 [ "$(cat "$tmp/keep.jsonl")" = precious ] || fail "a run refused for its --control socket truncated its --log"
 # the step in flight finishes first: measure once the pause is in the log
 for _ in $(seq 100); do grep -q '"event":"pause"' "$tmp/live.jsonl" && break; sleep 0.05; done
