@@ -1861,7 +1861,7 @@ out:
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
-    if (c->resume && adopt_resumed(s, err) != 0)
+    if (c->resume && (adopt_resumed(s, err) != 0 || train_config_check_needs(c, err) != 0))
         return -1;
     if (c->save_dir && check_save_dir(s, err) != 0)
         return -1;

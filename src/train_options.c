@@ -393,14 +393,22 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
                                "(no --data) has its own", c->format);
     if (c->n_eval && c->eval_split > 0)
         return cli_usage_error(cmd, "give --eval-data or --eval-split, not both");
-    if (!c->n_eval && c->eval_split == 0 && (c->given & TRAIN_GIVEN_EVAL_EVERY))
-        return cli_usage_error(cmd, "--eval-every needs --eval-data FILE or --eval-split X, the "
-                               "held-out data to score");
-    if (c->keep_best && (!c->save_dir || (!c->n_eval && c->eval_split == 0)))
-        return cli_usage_error(cmd, "--keep-best keeps the checkpoint of the lowest held-out "
-                               "loss: it needs --save DIR and --eval-data FILE or --eval-split X");
-    if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
-        return cli_usage_error(cmd, "%s needs --save DIR, the directory checkpoints go to",
-                               c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
+    /* a resumed run's checkpoint may give what they need: the session checks once it has */
+    if (!c->resume && train_config_check_needs(c, &err) != 0)
+        return cli_usage_error(cmd, "%s", err.msg);
     return check_plugin_names(c, cmd);
+}
+
+int train_config_check_needs(const train_config *c, pesc_error *err)
+{
+    if (!c->n_eval && c->eval_split == 0 && (c->given & TRAIN_GIVEN_EVAL_EVERY))
+        return pesc_fail(err, "--eval-every needs --eval-data FILE or --eval-split X, the "
+                         "held-out data to score");
+    if (c->keep_best && (!c->save_dir || (!c->n_eval && c->eval_split == 0)))
+        return pesc_fail(err, "--keep-best keeps the checkpoint of the lowest held-out loss: it "
+                         "needs --save DIR and --eval-data FILE or --eval-split X");
+    if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
+        return pesc_fail(err, "%s needs --save DIR, the directory checkpoints go to",
+                         c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
+    return 0;
 }

@@ -91,6 +91,11 @@ fi
   grep -q "saves on to .*alone and logs on to .*alone.jsonl, as the run did" "$tmp/out" &&
   pass "--resume of the newest checkpoint alone: saves on to its directory, logs on to its log" ||
   fail "--resume of the newest, alone: $(ls "$tmp/alone"), $(losses "$tmp/alone.jsonl" | wc -l) losses: $(head -c 300 "$tmp/out")"
+# --save-every given with it acts on the directory taken (it was once refused: no --save)
+expect 0 "step 13/13" "--resume of the newest checkpoint with --save-every alone" -- \
+  "$pesc" train --headless --resume "$tmp/alone" --steps 13 --save-every 1 --keep 10
+[ -d "$tmp/alone/step-00000013" ] && pass "... saved step 13 in the run's directory" ||
+  fail "--resume --save-every 1: $(ls "$tmp/alone")"
 # a flag given again replaces the run's value where it may change (--lr), and must match where
 # it shapes what was saved (--seq)
 # shellcheck disable=SC2086
