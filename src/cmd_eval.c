@@ -451,15 +451,8 @@ int cmd_eval(int argc, char **argv)
         tuned_load("pesc eval", o.model_dir, o.adapters, b, &m, &t, &err) != 0)
         goto out;
     /* a run's checkpoint: scored as it was tuned, in its template with its tokenizer */
-    if (!o.template_given && t.template_name[0]) {
-        if (!template_find(t.template_name)) {
-            pesc_fail(&err, "the run's chat template %s is not one this pesc knows (%s): "
-                      "give --template NAME", t.template_name, template_list());
-            goto out;
-        }
-        o.template_name = t.template_name;
-        o.template_given = 1;
-    }
+    if (tuned_template(&t, &o.template_name, &o.template_given, &err) != 0)
+        goto out;
     if (!o.tokenizer)
         o.tokenizer = t.tokenizer;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */

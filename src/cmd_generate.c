@@ -285,15 +285,9 @@ int cmd_generate(int argc, char **argv)
     if (tuned_load("pesc generate", o.model, o.adapters, b, &m, &t, &err) != 0)
         goto out;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
-    if (!o.template_given && !o.raw && t.template_name[0]) {   /* the one it was tuned in */
-        o.template_name = t.template_name;
-        o.template_given = template_find(t.template_name) != NULL;
-        if (!o.template_given) {
-            pesc_fail(&err, "the run's chat template %s is not one this pesc knows (%s): "
-                      "give --template NAME", t.template_name, template_list());
-            goto out;
-        }
-    }
+    /* the template it was tuned in, unless the prompt goes as it is */
+    if (!o.raw && tuned_template(&t, &o.template_name, &o.template_given, &err) != 0)
+        goto out;
     if (!o.tokenizer)
         o.tokenizer = t.tokenizer;   /* the run's own, else the model's */
     if ((o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||

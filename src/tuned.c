@@ -7,6 +7,7 @@
 
 #include "checkpoint.h"
 #include "fetch_view.h"
+#include "template.h"
 
 /* What the run's checkpoint recorded and the command may use: its tokenizer, its template. */
 static void take_run_inputs(tuned_model *t, const checkpoint_state *st)
@@ -95,4 +96,16 @@ void tuned_free(tuned_model *t)
     free(t->dir);
     free(t->tokenizer);
     *t = (tuned_model){0};
+}
+
+int tuned_template(const tuned_model *t, const char **name, int *given, pesc_error *err)
+{
+    if (*given || !t->template_name[0])
+        return 0;
+    if (!template_find(t->template_name))
+        return pesc_fail(err, "the run's chat template %s is not one this pesc knows (%s): give "
+                         "--template NAME", t->template_name, template_list());
+    *name = t->template_name;
+    *given = 1;
+    return 0;
 }

@@ -25,5 +25,9 @@ typedef struct tuned_model {
 int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pesc_backend *be,
                model *m, tuned_model *t, pesc_error *err);
 void tuned_free(tuned_model *t);
+/* The template a command renders in: *name as given (*given set), else the run's when it is
+ * known (*given then set too), else *name's default. 0, or -1 when the run's is not one this
+ * pesc knows. */
+int tuned_template(const tuned_model *t, const char **name, int *given, pesc_error *err);
 
 #endif
