@@ -1718,19 +1718,23 @@ static int recorded_file(const char *ckpt, const char *what, const char *flag, c
                      "new place", ckpt, what, path, strerror(errno), flag);
 }
 
-/* Resumed from the newest checkpoint of its run's --save directory and given no --save, the
- * run saves on there as often as it did, keeping as many, and appends to its log when no
- * --log is given: what it would have done, not stopped. From an older one, a branch, it
- * takes neither (saving there would be refused: newer checkpoints are in the way). */
-static void take_outputs(session *s, const checkpoint_state *st, const char *dir)
+/* Resumed from the newest checkpoint of a directory its run saved checkpoints in, and given no
+ * --save, the run saves on there (also when the directory was moved since) as often as it
+ * did, keeping as many, and appends to its log when no --log is given and the directory is
+ * where the run had it: what it would have done, not stopped. From an older checkpoint, a
+ * branch, it takes neither (saving there would be refused: newer checkpoints are in the
+ * way). st->save_dir becomes the directory taken. */
+static void take_outputs(session *s, checkpoint_state *st, const char *dir)
 {
     train_config *c = &s->cfg;
     if (c->save_dir || !st->save_dir[0])
         return;
     char *parent = pesc_parent_dir(dir), *newest = NULL;
     pesc_error ignored;
-    int at_newest = pesc_same_file(parent, st->save_dir) &&
-                    checkpoint_find(parent, &newest, &ignored) == 0 && pesc_same_file(newest, dir);
+    int at_newest = checkpoint_find(parent, &newest, &ignored) == 0 &&
+                    pesc_same_file(newest, dir);
+    int moved = !pesc_same_file(parent, st->save_dir);
+    snprintf(st->save_dir, sizeof st->save_dir, "%s", parent);
     free(newest);
     free(parent);
     if (!at_newest)
@@ -1743,7 +1747,7 @@ static void take_outputs(session *s, const checkpoint_state *st, const char *dir
     if (st->keep_best == 1 && (c->n_eval > 0 || c->eval_split > 0))
         c->keep_best = 1;
     s->outputs_taken = 1;
-    if (!c->log_path && st->log[0]) {
+    if (!c->log_path && st->log[0] && !moved) {
         c->log_path = st->log;
         s->outputs_taken = 2;
     }

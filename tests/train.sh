@@ -96,6 +96,14 @@ expect 0 "step 13/13" "--resume of the newest checkpoint with --save-every alone
   "$pesc" train --headless --resume "$tmp/alone" --steps 13 --save-every 1 --keep 10
 [ -d "$tmp/alone/step-00000013" ] && pass "... saved step 13 in the run's directory" ||
   fail "--resume --save-every 1: $(ls "$tmp/alone")"
+# a save directory moved (here copied) elsewhere: saved on there; the log, not beside it, is not
+cp -r "$tmp/alone" "$tmp/moved"
+before=$(losses "$tmp/alone.jsonl" | wc -l)
+"$pesc" train --headless --resume "$tmp/moved" --steps 14 >"$tmp/out" 2>&1
+[ -d "$tmp/moved/step-00000014" ] && [ ! -d "$tmp/alone/step-00000014" ] &&
+  [ "$(losses "$tmp/alone.jsonl" | wc -l)" = "$before" ] &&
+  pass "--resume of a moved save directory saves on there, and leaves the old log alone" ||
+  fail "--resume of a moved save directory: $(ls "$tmp/moved"): $(head -c 300 "$tmp/out")"
 # a flag given again replaces the run's value where it may change (--lr), and must match where
 # it shapes what was saved (--seq)
 # shellcheck disable=SC2086
