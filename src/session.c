@@ -1433,12 +1433,9 @@ static int resume(session *s, pesc_error *err)
     if (dataset_seek(s->data, &st->cursor, err) != 0) {
         char had[1024];
         inputs_given_otherwise(s, st, had, sizeof had);
-        if (had[0]) {   /* the likely reason */
-            char why[sizeof err->msg];
-            snprintf(why, sizeof why, "%s", err->msg);
-            pesc_fail(err, "%s (the run had%s: leave out what differs to read what it read)",
-                      why, had);
-        }
+        if (had[0])   /* the likely reason */
+            pesc_fail_suffix(err, " (the run had%s: leave out what differs to read what it "
+                             "read)", had);
         pesc_fail_prefix(err, "--resume %s", dir);
         goto out;
     }

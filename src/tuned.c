@@ -68,12 +68,9 @@ int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pes
     if (!t->template_name[0])   /* an exported model's run's, when it recorded one */
         snprintf(t->template_name, sizeof t->template_name, "%s", m->config.pesc_template);
     if (adapters && checkpoint_load_adapters(m, adapters, err) != 0) {
-        if (other_base) {   /* the likely reason, in the same line */
-            char why[sizeof err->msg];
-            snprintf(why, sizeof why, "%s", err->msg);
-            pesc_fail(err, "%s (%s trained on %s, not on %s: leave out --model)", why, ckpt,
-                      run_base(st), t->dir);
-        }
+        if (other_base)   /* the likely reason, in the same line */
+            pesc_fail_suffix(err, " (%s trained on %s, not on %s: leave out --model)", ckpt,
+                             run_base(st), t->dir);
         goto out;
     }
     if (other_base) {

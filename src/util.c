@@ -40,6 +40,19 @@ int pesc_fail_prefix(pesc_error *err, const char *fmt, ...)
     return -1;
 }
 
+int pesc_fail_suffix(pesc_error *err, const char *fmt, ...)
+{
+    if (!err)
+        return -1;
+    size_t at = strlen(err->msg);
+    va_list ap;
+    va_start(ap, fmt);
+    if (at < sizeof err->msg - 1)   /* a message that long is cut at the buffer's end */
+        vsnprintf(err->msg + at, sizeof err->msg - at, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 const char *pesc_path_shown(const char *path)
 {
     return path && *path ? path : "''";

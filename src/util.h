@@ -22,6 +22,9 @@ int pesc_fail(pesc_error *err, const char *fmt, ...) __attribute__((format(print
 
 /* Prefixes an existing message: "context: old message". Returns -1. */
 int pesc_fail_prefix(pesc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Adds to an existing message what follows it: "old message" then the text as it is (begin
+ * it with the space or punctuation it needs). Returns -1. */
+int pesc_fail_suffix(pesc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A path as a message shows it: itself, or '' when it is empty (": No such file or directory"
  * would name nothing). For the messages of a failed open, read or write. */
