@@ -65,6 +65,7 @@ enum { EVAL_MAX_SOURCES = 64, EVAL_DEMO_RECORDS = 200 };
 typedef struct eval_options {
     const char *model_dir, *format, *backend, *template_name, *tokenizer, *adapters;
     int template_given;
+    const char *tokenizer_flag;   /* --tokenizer, or the run's */
     const char *data[EVAL_MAX_SOURCES];
     int n_data;
     int json, routing, demo;
@@ -286,7 +287,7 @@ static int resolve_sources(const eval_options *o, eval_sources *s, pesc_error *e
     for (int i = 0; i < o->n_data; i++) {
         /* URLs are downloaded to the cache first (progress on stderr); paths pass through */
         if (fetch_view_url_to_cache(o->data[i], &s->paths[s->n], err) != 0)
-            return -1;
+            return pesc_fail_prefix(err, "--data");
         s->names[s->n++] = o->data[i];
     }
     return 0;
@@ -310,7 +311,7 @@ static int load_data(const eval_options *o, const char *model_dir, const eval_so
     if (lo.format != DS_TOKENS || o->demo) {
         char *path = NULL;
         if (o->tokenizer && fetch_view_url_to_cache(o->tokenizer, &path, err) != 0)
-            return -1;
+            return pesc_fail_prefix(err, "%s", o->tokenizer_flag);
         if (!path && !model_dir && (o->demo || lo.format != DS_AUTO))
             return pesc_fail(err, "the model is the random weights of its run's --init-config, "
                              "with no tokenizer beside them: give --tokenizer FILE|URL");
@@ -322,7 +323,7 @@ static int load_data(const eval_options *o, const char *model_dir, const eval_so
             *tok = tok_load(path, err);
             if (!*tok) {
                 free(path);
-                return -1;
+                return o->tokenizer ? pesc_fail_prefix(err, "%s", o->tokenizer_flag) : -1;
             }
         }
         free(path);
@@ -330,9 +331,9 @@ static int load_data(const eval_options *o, const char *model_dir, const eval_so
     }
     for (int i = 0; i < s->n; i++) {
         lo.source = i;
-        if ((o->demo ? demo_load(d, s->paths[i], &lo, err)
-                     : dataset_load(d, s->paths[i], &lo, err)) != 0)
-            return -1;
+        if (o->demo ? demo_load(d, s->paths[i], &lo, err) != 0
+                    : dataset_load(d, s->paths[i], &lo, err) != 0)
+            return o->demo ? -1 : pesc_fail_prefix(err, "--data");
     }
     return 0;
 }
@@ -453,6 +454,7 @@ int cmd_eval(int argc, char **argv)
     /* a run's checkpoint: scored as it was tuned, in its template with its tokenizer */
     if (tuned_template(&t, &o.template_name, &o.template_given, &err) != 0)
         goto out;
+    o.tokenizer_flag = o.tokenizer ? "--tokenizer" : "the run's --tokenizer";
     if (!o.tokenizer)
         o.tokenizer = t.tokenizer;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */

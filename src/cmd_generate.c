@@ -288,10 +288,15 @@ int cmd_generate(int argc, char **argv)
     /* the template it was tuned in, unless the prompt goes as it is */
     if (!o.raw && tuned_template(&t, &o.template_name, &o.template_given, &err) != 0)
         goto out;
+    const char *tokenizer_flag = o.tokenizer ? "--tokenizer" : "the run's --tokenizer";
     if (!o.tokenizer)
         o.tokenizer = t.tokenizer;   /* the run's own, else the model's */
-    if ((o.tokenizer && fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0) ||
-        !(tok = o.tokenizer ? tok_load(tokenizer_path, &err) : model_tokenizer(t.dir, &err)))
+    if (o.tokenizer && (fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0 ||
+                        !(tok = tok_load(tokenizer_path, &err)))) {
+        pesc_fail_prefix(&err, "%s", tokenizer_flag);
+        goto out;
+    }
+    if (!o.tokenizer && !(tok = model_tokenizer(t.dir, &err)))
         goto out;
     pesc_show_phase("pesc generate", NULL);   /* the answer starts on a clean line */
     const char *own = template_model_other(tok, o.template_name);

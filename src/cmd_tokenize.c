@@ -206,8 +206,10 @@ int cmd_tokenize(int argc, char **argv)
         pesc_show_phase("pesc tokenize", NULL);
     }
     free(local);
-    if (!t)
+    if (!t) {
+        pesc_fail_prefix(&err, "%s", o.tokenizer ? "--tokenizer" : "--model");
         return cli_fail("tokenize", &err);
+    }
     unsigned flags = o.no_special ? 0 : TOK_ADD_SPECIAL;
     pesc_stream *in = stream_open("-", &err);
     status = 1;

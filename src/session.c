@@ -1179,10 +1179,10 @@ static char *demo_dir(void)
 static int load_tokenizer(session *s, pesc_error *err)
 {
     if (s->cfg.tokenizer) {
-        if (fetch_view_url_to_cache(s->cfg.tokenizer, &s->tokenizer_path, err) != 0)
-            return -1;
-        s->tok = tok_load(s->tokenizer_path, err);
-        return s->tok ? 0 : -1;
+        if (fetch_view_url_to_cache(s->cfg.tokenizer, &s->tokenizer_path, err) != 0 ||
+            !(s->tok = tok_load(s->tokenizer_path, err)))
+            return pesc_fail_prefix(err, "--tokenizer");
+        return 0;
     }
     char *path = pesc_path_join(s->model_dir, "tokenizer.json");
     int present = access(path, R_OK) == 0;
@@ -1198,7 +1198,7 @@ static int open_data(session *s, pesc_error *err)
     for (int i = 0; i < c->n_sources; i++) {
         s->sources[i] = c->sources[i];
         if (fetch_view_url_to_cache(c->sources[i].path, &s->data_paths[i], err) != 0)
-            return -1;
+            return pesc_fail_prefix(err, "--data");
         snprintf(s->sources[i].path, sizeof s->sources[i].path, "%s", s->data_paths[i]);
     }
     ds_load_options lo = {.tok = s->tok, .tpl = s->tpl, .vocab_size = s->m.config.vocab_size,
@@ -1211,7 +1211,7 @@ static int open_data(session *s, pesc_error *err)
                     .seed = c->seed, .epochs = c->steps ? 0 : (c->epochs ? c->epochs : 1)};
     s->data = dataset_open(s->sources, c->n_sources, &lo, &o, err);
     if (!s->data)
-        return -1;
+        return pesc_fail_prefix(err, "--data");
     ds_batch_init(&s->batch, c->batch, c->seq);
     return 0;
 }

@@ -34,8 +34,10 @@ int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pes
     if (adapters) {
         pesc_error why;
         found = checkpoint_of_adapters(adapters, &ckpt, st, model_arg ? &why : err);
-        if (found == -1 && !model_arg)
+        if (found == -1 && !model_arg) {
+            pesc_fail_prefix(err, "--adapters");
             goto out;
+        }
         if (found == CHECKPOINT_NONE && !model_arg) {
             pesc_fail(err, "--model DIR is required: %s is a trainables file outside a "
                       "checkpoint, which does not say what it was trained on", adapters);
@@ -68,6 +70,7 @@ int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pes
     if (!t->template_name[0])   /* an exported model's run's, when it recorded one */
         snprintf(t->template_name, sizeof t->template_name, "%s", m->config.pesc_template);
     if (adapters && checkpoint_load_adapters(m, adapters, err) != 0) {
+        pesc_fail_prefix(err, "--adapters");
         if (other_base)   /* the likely reason, in the same line */
             pesc_fail_suffix(err, " (%s trained on %s, not on %s: leave out --model)", ckpt,
                              run_base(st), t->dir);

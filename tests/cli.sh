@@ -155,7 +155,11 @@ expect 0 "loss 4.5451" "eval, sharded F16 checkpoint, text output" -- \
 
 # bad inputs: one line naming the thing
 expect 1 "$tmp/nowhere" "missing model directory" -- "$pesc" eval --model "$tmp/nowhere" --data "$m/records.jsonl"
-expect 1 "$tmp/none.jsonl" "missing data file" -- "$pesc" eval --model "$m" --data "$tmp/none.jsonl"
+expect 1 "^pesc eval: --data: $tmp/none.jsonl: No such file" "missing data file names --data" -- "$pesc" eval --model "$m" --data "$tmp/none.jsonl"
+expect 1 "^pesc generate: --adapters: $tmp/none: No such file" "missing adapters name --adapters" -- \
+  "$pesc" generate --adapters "$tmp/none" --prompt hi
+expect 1 "^pesc tokenize: --tokenizer: $tmp/none.json: No such file" "missing tokenizer names --tokenizer" -- \
+  "$pesc" tokenize --tokenizer "$tmp/none.json"
 mkdir -p "$tmp/cfgdir/config.json"
 expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
   "$pesc" inspect "$tmp/cfgdir"
@@ -293,7 +297,7 @@ expect 2 "read a dataset; .* is a directory" "inspect a directory with dataset o
 expect 1 "no such file" "inspect a missing path" -- "$pesc" inspect "$tmp/nothing"
 mkfifo "$tmp/fifo.jsonl"   # its open would block; /dev/zero as a dataset would fill memory
 expect 1 "fifo.jsonl: not a regular file" "inspect a FIFO" -- timeout 10 "$pesc" inspect "$tmp/fifo.jsonl"
-ln -s /dev/zero "$tmp/zero.jsonl"
+ln -sf /dev/zero "$tmp/zero.jsonl"
 expect 1 "zero.jsonl: not a regular file" "inspect a device" -- timeout 10 "$pesc" inspect "$tmp/zero.jsonl"
 
 # bench --profile: every op of the step has its row, products by shape, counted per step
