@@ -3,7 +3,8 @@
 # panels are there, the views and keys work, a long history stays evenly spaced also with
 # held-out losses at every step, the log is followed as it grows, --attach steers
 # the run (pause, LR, prompt, a pasted prompt of two lines), resizing to 40x12 and back keeps it
-# running, q leaves with 0 and bracketed paste off, as Ctrl-Z does until fg;
+# running, more layers than lines scroll and the frames say which are shown, q leaves with 0
+# and bracketed paste off, as Ctrl-Z does until fg;
 # malformed lines are counted on the status line, after the note of a log gone quiet;
 # a failed run's reason reaches stderr under "pesc view:" with the log's control characters
 # shown as escapes; further logs are runs compared on the loss panel, each named with its latest
@@ -98,6 +99,16 @@ keys q
 # ---- no colours: character shades --------------------------------------------------------------
 tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
 check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
+keys q
+
+# ---- more layers than lines: the frames say which are shown, and follow the selected layer ----
+"$fake" "$tmp/deep.jsonl" --steps 5 --layers 22 || exit 99
+tui_start 80 24 "$pesc" view "$tmp/deep.jsonl"
+check "L0-11 of 22 ─┘" "80x24, 22 layers: the routing frame says L0-11 of 22 are shown"
+check "L0-3 of 22 ─┘" "80x24, 22 layers: the norms frame says L0-3 of 22 are shown"
+keys 1; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14; do keys Down; done
+check "L3-14 of 22 ─┘" "Down to layer 14 scrolls the routing rows and says so"
+check "L11-14 of 22 ─┘" "the norms rows follow the selected layer"
 keys q
 
 # ---- held-out losses at every step of a long run: the history stays evenly spaced -------------

@@ -94,6 +94,26 @@ int draw_frame(ui_context *ui, WINDOW *w, const char *title, const char *right, 
     return wd - 2;
 }
 
+int draw_rows_window(ui_context *ui, WINDOW *w, int total, int shown, int selected,
+                     const char *unit)
+{
+    if (shown <= 0 || total <= shown)
+        return 0;
+    int first = selected >= shown ? selected - shown + 1 : 0;
+    if (first > total - shown)
+        first = total - shown;
+    char s[64];
+    if (strcmp(unit, "L") == 0)
+        snprintf(s, sizeof s, " L%d-%d of %d ", first, first + shown - 1, total);
+    else
+        snprintf(s, sizeof s, " %d-%d of %d %s ", first, first + shown - 1, total, unit);
+    int h, wd, cols = text_columns(s);
+    getmaxyx(w, h, wd);
+    if (cols <= wd - 4)
+        draw_text(w, h - 1, wd - 2 - cols, cols, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), s);
+    return first;
+}
+
 static const char *const shades_utf8[] = {" ", "\u2591", "\u2592", "\u2593", "\u2588"};
 static const char shades_ascii[] = " .:+#";
 

@@ -86,7 +86,7 @@ static void norms_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     for (size_t i = 0; i < (size_t)L * E; i++)
         most = m[i] > most ? m[i] : most;
     int rows = h - 2;
-    int first = L > rows && ui->routing_layer >= rows ? ui->routing_layer - rows + 1 : 0;
+    int first = draw_rows_window(ui, w, L, rows, ui->routing_layer, "L");
     int trend_w = width >= 50 ? 14 : width >= 36 ? 8 : 0;
     int value_w = 8;
     int label_w = 4;

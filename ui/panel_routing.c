@@ -103,10 +103,9 @@ static void draw_matrix(ui_context *ui, WINDOW *w, const monitor_view *v, const 
         }
     draw_text(w, top, 1 + label_w + E * cw + 1, tail - 1, dim, "max/mean");
     int body = height - 1;
-    int first = 0;
     int selected = ui->routing_view == ROUTING_SOURCE ? ui->routing_source : ui->routing_layer;
-    if (rows > body && selected >= body)
-        first = selected - body + 1;
+    int first = draw_rows_window(ui, w, rows, body, selected,
+                                 ui->routing_view == ROUTING_SOURCE ? "sources" : "L");
     for (int row = first; row < rows && row - first < body; row++) {
         int y = top + 1 + row - first;
         const float *x = m + (size_t)row * E;

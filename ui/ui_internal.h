@@ -121,6 +121,11 @@ void ui_notice(ui_context *ui, const char *fmt, ...) __attribute__((format(print
 /* Frames the window with the title; a focused panel's frame stands out. Returns the content
  * width (w - 2). */
 int draw_frame(ui_context *ui, WINDOW *w, const char *title, const char *right, int focused);
+/* The first of `total` rows that `shown` lines show with row `selected` among them. When not all
+ * fit, the frame's bottom edge says which do: "L3-14 of 22" (with `unit` "L"), or "3-14 of 20
+ * sources" (with `unit` "sources"). */
+int draw_rows_window(ui_context *ui, WINDOW *w, int total, int shown, int selected,
+                     const char *unit);
 /* Writes at most `width` columns of s at (y, x) with attr (UTF-8 aware). Returns columns written. */
 int draw_text(WINDOW *w, int y, int x, int width, int attr, const char *s);
 /* One heat cell of `width` columns for t in [0, 1] (colour or shade), with an optional label. */
