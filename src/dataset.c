@@ -1758,6 +1758,22 @@ static void place(ds_batch *b, int row, int at, const ds_record *r, int n, int d
     }
 }
 
+int ds_batch_trim(ds_batch *b, int multiple)
+{
+    int longest = 0;
+    for (int r = 0; r < b->rows; r++)
+        longest = b->row_tokens[r] > longest ? b->row_tokens[r] : longest;
+    int T = multiple > 1 ? (longest + multiple - 1) / multiple * multiple : longest;
+    if (T >= b->T || T <= 0)
+        return b->T;
+    int32_t *arrays[] = {b->ids, b->labels, b->targets, b->positions, b->doc_ids, b->sources};
+    for (size_t k = 0; k < sizeof arrays / sizeof *arrays; k++)
+        for (int r = 1; r < b->rows; r++)   /* forward: a row moves only to lower places */
+            memmove(arrays[k] + (size_t)r * T, arrays[k] + (size_t)r * b->T,
+                    (size_t)T * sizeof(int32_t));
+    return T;
+}
+
 /* The padding after the `used` tokens of a row. */
 static void end_row(ds_batch *b, int row, int used, int32_t pad)
 {

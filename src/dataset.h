@@ -174,6 +174,12 @@ typedef struct ds_batch {
 
 void ds_batch_init(ds_batch *b, int B, int T);
 void ds_batch_free(ds_batch *b);
+/* The batch's rows cut after their longest one's tokens, rounded up to a multiple of
+ * `multiple` (at most T): each array's rows laid out again at that stride, which it returns
+ * (T when nothing is cut). What is cut is padding alone, so a step over the rows it keeps
+ * computes every loss as before, on fewer tokens (HF's collators pad to the longest row too).
+ * The next dataset_next_batch lays its rows out at T again. */
+int ds_batch_trim(ds_batch *b, int multiple);
 
 /* Exactly where the next batch starts. fingerprint ties it to the data and options. */
 typedef struct ds_cursor {

@@ -979,9 +979,11 @@ static int train_step(session *s, pesc_error *err)
         int rows = dataset_next_batch(s->data, &s->batch);
         if (rows == 0)
             break;
+        /* rows as long as the longest (of 8s: aligned for a GPU's products and loads) */
+        int T = ds_batch_trim(&s->batch, 8);
         model_layout layout = {s->batch.positions, s->batch.doc_ids, s->batch.sources};
         model_losses l;
-        if (model_train_step(m, s->batch.ids, s->batch.targets, &layout, rows, s->batch.T,
+        if (model_train_step(m, s->batch.ids, s->batch.targets, &layout, rows, T,
                              1.0f / (float)s->cfg.grad_accum, 1, &l, err) != 0) {
             rc = -1;
             goto out;

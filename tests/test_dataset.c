@@ -369,6 +369,59 @@ static void test_array_gzip_and_bad_records(tokenizer *t)
     dataset_free(&d);
 }
 
+/* Rows cut after the longest: records of 2, 5 and 3 tokens in rows of 16 come back at a stride
+ * of 8 (5 rounded up), each row's tokens, targets, positions and padding as they were; 1 as
+ * the multiple gives 5; rows already as long as T stay; and the next batch is laid out at T. */
+static void test_trim(void)
+{
+    const char *body = "{\"input_ids\": [1, 2]}\n{\"input_ids\": [3, 4, 5, 6, 7]}\n"
+                       "{\"input_ids\": [8, 9, 10]}\n{\"input_ids\": [11]}\n";
+    ds_source src = {.weight = 1.0};
+    snprintf(src.path, sizeof src.path, "%s", write_file("trim.jsonl", body, 0));
+    ds_load_options lo = {.format = DS_TOKENS};
+    ds_options o = {.batch = 3, .seq = 16, .seed = 1, .epochs = 1};
+    pesc_error err = {{0}};
+    dataset *ds = dataset_open(&src, 1, &lo, &o, &err);
+    CHECK(ds != NULL, "open: %s", err.msg);
+    if (!ds)
+        return;
+    ds_batch b, full;
+    ds_batch_init(&b, 3, 16);
+    ds_batch_init(&full, 3, 16);
+    CHECK(dataset_next_batch(ds, &b) == 3, "three rows");
+    for (int k = 0; k < 3 * 16; k++) {   /* the batch as laid out at T */
+        full.ids[k] = b.ids[k], full.targets[k] = b.targets[k];
+        full.positions[k] = b.positions[k], full.doc_ids[k] = b.doc_ids[k];
+        full.sources[k] = b.sources[k], full.labels[k] = b.labels[k];
+    }
+    int T = ds_batch_trim(&b, 8);
+    CHECK(T == 8, "cut at the longest row's 5 tokens, rounded up to 8: %d", T);
+    for (int r = 0; r < 3; r++)
+        for (int t = 0; t < T; t++) {
+            size_t at = (size_t)r * T + t, was = (size_t)r * 16 + t;
+            CHECK(b.ids[at] == full.ids[was] && b.targets[at] == full.targets[was] &&
+                  b.positions[at] == full.positions[was] && b.doc_ids[at] == full.doc_ids[was] &&
+                  b.sources[at] == full.sources[was] && b.labels[at] == full.labels[was],
+                  "row %d token %d kept in place", r, t);
+        }
+    CHECK(dataset_next_batch(ds, &b) == 1 && b.T == 16 && b.ids[0] == 11 && b.doc_ids[1] == -1 &&
+          b.positions[0] == 0, "the next batch at T again");
+    CHECK(ds_batch_trim(&b, 1) == 1 && b.ids[0] == 11, "a multiple of 1: the longest row, 1");
+    dataset_delete(ds);
+    ds_batch_free(&full);
+    ds_batch_free(&b);
+
+    /* rows as long as T: nothing to cut */
+    o.pack = 1;
+    o.seq = 4;
+    ds = dataset_open(&src, 1, &lo, &o, &err);
+    ds_batch_init(&b, 2, 4);
+    CHECK(ds && dataset_next_batch(ds, &b) > 0 && ds_batch_trim(&b, 8) == 4,
+          "rounded past T: T stays");
+    dataset_delete(ds);
+    ds_batch_free(&b);
+}
+
 static void write_numbers(const char *name, int first, int n, char *path_out)
 {
     char *body = malloc(64 * (size_t)n + 1), *p = body;
@@ -839,6 +892,7 @@ int main(void)
     test_file_shapes(t);
     test_array_gzip_and_bad_records(t);
     test_batches();
+    test_trim();
     test_bom(t);
     test_answers_within_seq();
     test_source_hints();
