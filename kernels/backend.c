@@ -332,9 +332,9 @@ void crossentropy_forward(pesc_backend *b, float *losses, const float *logits, c
     PROFILED(b, __func__, b->ops->crossentropy_forward(b->context, losses, logits, targets, N, V));
 }
 
-void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, int N, int E, int K)
+void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K)
 {
-    PROFILED(b, __func__, b->ops->moe_route_forward(b->context, topk_idx, topk_w, probs, lse, logits, N, E, K));
+    PROFILED(b, __func__, b->ops->moe_route_forward(b->context, topk_idx, topk_w, probs, lse, logits, sources, N, E, K));
 }
 
 void moe_group(pesc_backend *b, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S)

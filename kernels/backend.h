@@ -184,14 +184,19 @@ void crossentropy_forward(pesc_backend *b, float *losses, const float *logits,
 /* From router logits (N, E): the top-k experts of each token in descending order
  * (topk_idx (N, K)), their gate weights softmax(logits over the kept k) (topk_w (N, K)), the
  * softmax over all E (probs (N, E), for the load-balancing loss) and the log-sum-exp over all
- * E (lse (N), for the z-loss). */
+ * E (lse (N), for the z-loss). A token whose source (sources (N), as moe_group's; NULL: none)
+ * is negative is padding and routed nowhere: its experts are -1, its weights, probabilities
+ * and lse 0, so that it is in no expert's group, no statistic, loss or gradient, and its
+ * FFN output is the frozen FFN's alone. */
 void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float *probs,
-                       float *lse, const float *logits, int N, int E, int K);
+                       float *lse, const float *logits, const int32_t *sources, int N, int E,
+                       int K);
 
 /* One layer's (token, slot) pairs grouped by expert, and the routing statistics, for the host
  * to take in one small download (the group sizes decide the adapters' product shapes: on a
  * GPU that download is the one wait of a layer's forward).
- *   perm (N*K): the pairs p = n*K + j expert by expert, each expert's in increasing order
+ *   perm (N*K): the pairs p = n*K + j expert by expert, each expert's in increasing order;
+ *     the pairs of padding (expert -1) are in none, so the groups may hold fewer than N*K
  *   stats (MOE_STATS(E, K, S) doubles): for each expert e, [e] its pairs, [E + e] its first
  *   choices (slot 0), [2E + e] the sum of their gate weights, [3E + e] the sum over tokens of
  *   probs[n][e]; [4E] the sum over tokens of the entropy of probs[n] (natural log), [4E + 1]
@@ -207,9 +212,10 @@ void moe_group(pesc_backend *b, int32_t *perm, double *stats, const int32_t *top
 /* Gradient of the router logits (overwritten, (N, E)) from the gate weights' gradient
  * dtopk_w (N, K), the load-balancing term and the z-loss term:
  *   through w = softmax(logits[topk]):  dr_T = w * (dw - sum(w * dw))
- *   aux (sum_i g_i * mean_n probs[n,i], g = aux_grad (E)): dr += p * (g - sum(p * g)) / N
+ *   aux (sum_i g_i * sum_n probs[n,i], g = aux_grad (E): the mean's 1/n in it):
+ *     dr += p * (g - sum(p * g))
  *   z (z_scale * sum_n lse_n^2):  dr += 2 * z_scale * lse_n * p.
- * aux_grad may be NULL (no aux term). */
+ * aux_grad may be NULL (no aux term). A padding token's row (topk_idx -1) is 0. */
 void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
                         const int32_t *topk_idx, const float *topk_w, const float *probs,
                         const float *lse, const float *aux_grad, float z_scale, int N, int E,
@@ -222,7 +228,8 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
  * dropout > 0 (the (N*K, C) mask dropout_mask(dropout, seed) draws, made where it is applied
  * and never stored):
  *   gathered_j = h_j,  pre_j = D_e gathered_j,  act_j = GELU(pre_j),
- *   y[token] = x[token] + h[token] + sum over its slots of scale * topk_w[token, slot] U_e act_j.
+ *   y[token] = x[token] + h[token] + sum over its slots of scale * topk_w[token, slot] U_e act_j
+ * (a slot in no group, padding's, adds nothing).
  * x, h (N, C); y (N, C) may be x; down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act
  * (N*K, R) are saved for the backward pass, in the backend's own format (fp32, or bf16 in
  * CUDA's bf16 math: backend_activation_bytes), which only this backend's moe_adapter_backward
@@ -237,7 +244,7 @@ void moe_adapter_forward(pesc_backend *b, float *y, const float *x, float *gathe
 /* Backward of moe_adapter_forward (the same dropout and seed) from dy = d loss / d y: writes
  * dh = dy + the adapters' part (N, C; dh may be dy: the residual's gradient, which is also
  * x's), accumulates ddown (E, R, C) and dup (E, C, R) when not NULL, overwrites dtopk_w
- * (N, K). scratch (N*K, C), scratch_r (N*K, R). */
+ * (N, K; 0 for a slot in no group). scratch (N*K, C), scratch_r (N*K, R). */
 void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, float *dtopk_w,
                           float *scratch, float *scratch_r, const float *dy,
                           const float *gathered, const float *pre, const float *act,

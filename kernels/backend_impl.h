@@ -26,7 +26,7 @@ typedef struct backend_ops {
     void (*swiglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
     void (*residual_forward)(void *ctx, float *out, const float *x, const float *y, size_t n);
     void (*crossentropy_forward)(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
-    void (*moe_route_forward)(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, int N, int E, int K);
+    void (*moe_route_forward)(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
     void (*moe_group)(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S);
     void (*moe_route_backward)(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
     void (*moe_adapter_forward)(void *ctx, float *y, const float *x, float *gathered, float *pre, float *act, float *scratch, const float *h, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);

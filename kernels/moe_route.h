@@ -40,21 +40,41 @@ static inline PESC_HOST_DEVICE void pesc_route_token(int32_t *idx, float *topk_w
         topk_w[j] = (float)(exp((double)r[idx[j]] - m) / kept);
 }
 
+/* A padding token, routed nowhere: no experts (-1), and gate weights, probabilities and lse
+ * of 0, so that it is in no group and adds to no sum, loss or gradient. */
+static inline PESC_HOST_DEVICE void pesc_route_none(int32_t *idx, float *topk_w, float *probs,
+                                                    float *lse, int E, int K)
+{
+    for (int j = 0; j < K; j++) {
+        idx[j] = -1;
+        topk_w[j] = 0.0f;
+    }
+    for (int e = 0; e < E; e++)
+        probs[e] = 0.0f;
+    *lse = 0.0f;
+}
+
 /* Its backward into the token's logits dr: the gate softmax's (from dw, the gradient of its K
- * weights w), the aux loss's (aux_grad: d aux / d mean probability of each expert, over N
- * tokens; NULL without it) and the z-loss's (z_scale times the square of the lse). */
+ * weights w), the aux loss's (aux_grad: d aux / d the sum over the routed tokens of each
+ * expert's probability; NULL without it) and the z-loss's (z_scale times the square of the
+ * lse). A padding token's (pesc_route_none) is 0: dw holds nothing for it. */
 static inline PESC_HOST_DEVICE void pesc_route_token_backward(float *dr, const float *dw,
                                                               const int32_t *idx,
                                                               const float *w, const float *p,
                                                               float lse, const float *aux_grad,
-                                                              float z_scale, int N, int E, int K)
+                                                              float z_scale, int E, int K)
 {
     double pg = 0.0, wdw = 0.0;
+    if (idx[0] < 0) {
+        for (int e = 0; e < E; e++)
+            dr[e] = 0.0f;
+        return;
+    }
     if (aux_grad)
         for (int e = 0; e < E; e++)
             pg += (double)p[e] * aux_grad[e];
     for (int e = 0; e < E; e++) {
-        double g = aux_grad ? (double)p[e] * (aux_grad[e] - pg) / N : 0.0;
+        double g = aux_grad ? (double)p[e] * (aux_grad[e] - pg) : 0.0;
         dr[e] = (float)(g + 2.0 * z_scale * lse * p[e]);
     }
     for (int j = 0; j < K; j++)

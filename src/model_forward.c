@@ -415,8 +415,9 @@ static void linear_backward(model *m, int l, int site, layer_acts *a, float *din
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
-/* The statistics of DESIGN section 2 and the layer's aux and z losses, from moe_group's. */
-static void take_routing(model *m, int l, const double *st, int N, int S)
+/* The statistics of DESIGN section 2 and the layer's aux and z losses, from moe_group's, over
+ * the routed tokens (padding is not routed: moe_route_forward). */
+static void take_routing(model *m, int l, const double *st, int S)
 {
     model_routing *r = &m->routing;
     int E = m->pesc.experts, K = m->pesc.top_k, L = m->config.n_layers;
@@ -429,16 +430,16 @@ static void take_routing(model *m, int l, const double *st, int N, int S)
             r->source_counts[((size_t)s * L + l) * E + e] =
                 s < S ? (int)by_source[(size_t)s * E + e] : 0;
     }
-    r->entropy[l] = st[4 * E] / N;
-    r->tokens = N;
+    double n = r->tokens > 0 ? (double)r->tokens : 1.0;
+    r->entropy[l] = st[4 * E] / n;
     for (int j = 0; j < K; j++)
         r->last_experts[(size_t)l * K + j] = (int32_t)st[4 * E + 2 + j];
     /* Switch loss: alpha * E * sum_i f_i P_i; z-loss: z * mean(lse^2) */
     double aux = 0.0;
     for (int e = 0; e < E; e++)
-        aux += st[e] / (N * K) * (st[3 * E + e] / N);
+        aux += st[e] / (n * K) * (st[3 * E + e] / n);
     m->losses.aux += m->pesc.aux_coef * E * aux;
-    m->losses.z += m->pesc.z_coef * st[4 * E + 1] / N;
+    m->losses.z += m->pesc.z_coef * st[4 * E + 1] / n;
 }
 
 /* The routing sources moe_group counts by: all of them while a layout names them, else none */
@@ -462,12 +463,12 @@ static void route_start(model *m, layer_acts *a, int N, int replay)
 }
 
 /* The routing of layer l taken (route_start's download) into its group bounds */
-static void route_finish(model *m, int l, layer_acts *a, int N, int dropout, int replay)
+static void route_finish(model *m, int l, layer_acts *a, int dropout, int replay)
 {
     int E = m->pesc.experts;
     if (!replay) {
         backend_download_wait(m->backend);
-        take_routing(m, l, m->act.route_host, N, route_sources(m));
+        take_routing(m, l, m->act.route_host, route_sources(m));
     }
     const int *counts = m->routing.counts + (size_t)l * E;
     int *off = a->offsets;
@@ -540,7 +541,7 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
     if (P) {   /* routing first: its sizes come down while the frozen FFN runs */
         matmul_forward(b, a->router_logits, a->xn2, P->router, NULL, N, C, E);
         moe_route_forward(b, a->topk_idx, a->topk_w, a->probs, a->router_lse, a->router_logits,
-                          N, E, K);
+                          route_sources(m) ? m->act.sources : NULL, N, E, K);
         route_start(m, a, N, replay);
     }
     linear_forward(m, l, LORA_GATE, a, a->gate, a->xn2, N);
@@ -551,7 +552,7 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
         residual_forward(b, x_out, a->x_mid, a->h, (size_t)N * C);
         return;
     }
-    route_finish(m, l, a, N, dropout, replay);
+    route_finish(m, l, a, dropout, replay);
     /* x_out = x_mid + h + the adapters' outputs, the residual in the adapters' last pass */
     moe_adapter_forward(b, x_out, a->x_mid, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
                         adapter_dropout(m, dropout), dropout ? m->act.mask_seed[l] : 0, P->down,
@@ -593,9 +594,12 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
     if (m->crafted) {
         /* the sources seen (max index + 1), and each token's on the backend for moe_group */
         m->routing.n_sources = 0;
-        for (int i = 0; m->cur_sources && i < N; i++)
+        m->routing.tokens = m->cur_sources ? 0 : N;   /* padding (source -1) is not routed */
+        for (int i = 0; m->cur_sources && i < N; i++) {
+            m->routing.tokens += m->cur_sources[i] >= 0;
             if (m->cur_sources[i] >= m->routing.n_sources && m->cur_sources[i] < MODEL_MAX_SOURCES)
                 m->routing.n_sources = m->cur_sources[i] + 1;
+        }
         if (m->cur_sources)
             backend_upload(m->backend, a->sources, m->cur_sources, (size_t)N * sizeof(int32_t));
     }
@@ -721,9 +725,10 @@ static void layer_backward(model *m, int l, float loss_scale)
                              g->dropout ? g->mask_seed[l] : 0, P->down, P->up, a->perm,
                              a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
                              m->pesc.adapter_scale);
+        double routed = m->routing.tokens > 0 ? (double)m->routing.tokens : 1.0;
         moe_route_backward(b, g->drouter, g->dtopk_w, a->topk_idx, a->topk_w, a->probs,
                            a->router_lse, g->aux_grad + (size_t)l * E,
-                           loss_scale * m->pesc.z_coef / N, N, E, K);
+                           (float)(loss_scale * m->pesc.z_coef / routed), N, E, K);
         vector_zero(b, g->dxn, (size_t)N * C);
         matmul_backward(b, g->dxn, model_grad_of(m, P->router), NULL, g->drouter, a->xn2,
                         P->router, N, C, E);
@@ -789,14 +794,16 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
     rmsnorm_backward(b, a->dx, model_grad_of(m, m->final_norm), a->dxn, a->x, m->final_norm,
                      a->rstd, N, c->hidden_size);
     if (m->crafted) {
-        /* d aux / d P_i = alpha * E * f_i per layer, f from this forward's counts: one upload
-         * for every layer, not one inside each layer's backward */
+        /* d aux / d sum_n probs[n][i] = alpha * E * f_i / n per layer (P_i = that sum / n),
+         * f from this forward's counts, n its routed tokens: one upload for every layer, not
+         * one inside each layer's backward */
         int E = m->pesc.experts, K = m->pesc.top_k;
         size_t n = (size_t)c->n_layers * E;
+        double routed = m->routing.tokens > 0 ? (double)m->routing.tokens : 1.0;
         float *aux_grad = xmalloc(n * sizeof *aux_grad);
         for (size_t i = 0; i < n; i++)
-            aux_grad[i] = loss_scale * m->pesc.aux_coef * E * (float)m->routing.counts[i] /
-                          (float)(N * K);
+            aux_grad[i] = (float)(loss_scale * m->pesc.aux_coef * E * m->routing.counts[i] /
+                                  (routed * K) / routed);
         backend_upload(b, a->aux_grad, aux_grad, n * sizeof *aux_grad);
         free(aux_grad);
     }

@@ -231,17 +231,21 @@ static void test_crossentropy(void)
 enum { RTN = 10, RTE = 6, RTK = 2 };
 static float *rt_logits, *rt_dw, rt_aux[RTE];
 static const float rt_z = 0.3f;
+/* tokens 3 and 9 are padding: routed nowhere, so no logit of theirs moves the loss */
+static const int32_t rt_sources[RTN] = {0, 0, 1, -1, 0, 1, 1, 0, 0, -1};
 static double route_loss(void)
 {
     int32_t idx[RTN * RTK];
     float w[RTN * RTK], p[RTN * RTE], lse[RTN];
-    moe_route_forward(be, idx, w, p, lse, rt_logits, RTN, RTE, RTK);
-    double l = dot(w, rt_dw, RTN * RTK);
+    moe_route_forward(be, idx, w, p, lse, rt_logits, rt_sources, RTN, RTE, RTK);
+    double l = 0.0;
+    for (int i = 0; i < RTN * RTK; i++)   /* padding's gate gradients are not read */
+        l += idx[i] >= 0 ? (double)w[i] * rt_dw[i] : 0.0;
     for (int e = 0; e < RTE; e++) {
-        double mean = 0.0;
+        double sum = 0.0;
         for (int n = 0; n < RTN; n++)
-            mean += p[n * RTE + e];
-        l += rt_aux[e] * mean / RTN;
+            sum += p[n * RTE + e];
+        l += rt_aux[e] * sum;
     }
     for (int n = 0; n < RTN; n++)
         l += rt_z * (double)lse[n] * lse[n];
@@ -259,9 +263,18 @@ static void test_route(void)
         rt_aux[e] = (float)uniform();
     int32_t idx[RTN * RTK];
     float w[RTN * RTK], p[RTN * RTE], lse[RTN], dr[RTN * RTE];
-    moe_route_forward(be, idx, w, p, lse, rt_logits, RTN, RTE, RTK);
+    moe_route_forward(be, idx, w, p, lse, rt_logits, rt_sources, RTN, RTE, RTK);
+    int none = 1;
+    for (int j = 0; j < RTK; j++)
+        none = none && idx[3 * RTK + j] == -1 && w[3 * RTK + j] == 0.0f;
+    for (int e = 0; e < RTE; e++)
+        none = none && p[9 * RTE + e] == 0.0f;
+    printf("%-4s %-44s\n", none && lse[3] == 0.0f ? "ok" : "FAIL",
+           "moe_route_forward: padding routed nowhere");
+    failures += !(none && lse[3] == 0.0f);
     moe_route_backward(be, dr, rt_dw, idx, w, p, lse, rt_aux, rt_z, RTN, RTE, RTK);
-    check_input("moe_route_backward (gates + aux + z)", "logits", rt_logits, RTN * RTE, dr, route_loss);
+    check_input("moe_route_backward (gates + aux + z, padding)", "logits", rt_logits, RTN * RTE, dr,
+                route_loss);
     free(rt_logits); free(rt_dw);
 }
 

@@ -1,8 +1,9 @@
 // test_group_emu — moe_group's CUDA kernels (kernels/cuda/cuda_group.cuh), their real source,
 // run on the CPU through tests/emu/cuda_emu.h against the CPU backend's moe_group: the
 // permutation and every count exactly, the sums within rounding (the device adds in another
-// fixed order). Random routings from moe_route_forward, sources partly out of range; one
-// token, one expert, k = E, more pairs than a block has threads. No GPU needed.
+// fixed order). Random routings from moe_route_forward, sources partly out of range and partly
+// padding (routed nowhere: in no group); one token, one expert, k = E, more pairs than a block
+// has threads. No GPU needed.
 #define PESC_CUDA_EMU 1
 #include "cuda/cuda_group.cuh"
 
@@ -27,11 +28,11 @@ static void test_shape(int N, int E, int K, int S)
         x = (float)(4.0 * gpu_test_uniform() - 2.0);
     for (int32_t &s : sources)   // -1 (padding), 0 .. S - 1, and S (past the counted ones)
         s = (int32_t)(gpu_test_uniform() * (S + 2)) - 1;
-    moe_route_forward(cpu, idx.data(), w.data(), probs.data(), lse.data(), logits.data(), N, E,
-                      K);
+    const int32_t *src = S ? sources.data() : NULL;
+    moe_route_forward(cpu, idx.data(), w.data(), probs.data(), lse.data(), logits.data(), src, N,
+                      E, K);
     size_t n = MOE_STATS(E, K, S);
     std::vector<double> want(n), got(n, NAN);
-    const int32_t *src = S ? sources.data() : NULL;
     moe_group(cpu, perm.data(), want.data(), idx.data(), w.data(), probs.data(), lse.data(), src,
               N, E, K, S);
     emu_launch(dim3(E + 1), dim3(GROUP_THREADS), group_stats_shared(S), [&] {
@@ -42,14 +43,20 @@ static void test_shape(int N, int E, int K, int S)
         group_perm_kernel(got_perm.data(), got.data(), idx.data(), N * K);
     });
 
-    // the CPU's own: every pair once, experts in order, each expert's pairs in order, and
-    // the counts it reports
-    size_t bad = 0;
+    // the CPU's own: every routed pair once (padding's in none: the places after them are
+    // not written), experts in order, each expert's pairs in order, and the counts it reports
+    size_t bad = 0, routed = 0;
+    for (int32_t e : idx)
+        routed += e >= 0;
     std::vector<int> seen((size_t)N * K, 0), pairs(E, 0);
     for (size_t i = 0; i < perm.size(); i++) {
         int32_t p = perm[i];
-        bad += p < 0 || p >= N * K || seen[p]++;
-        if (p >= 0 && p < N * K) {
+        if (i >= routed) {
+            bad += p != -1;
+            continue;
+        }
+        bad += p < 0 || p >= N * K || idx[p] < 0 || seen[p]++;
+        if (p >= 0 && p < N * K && idx[p] >= 0) {
             pairs[idx[p]]++;
             if (i > 0 && perm[i - 1] >= 0 && perm[i - 1] < N * K)
                 bad += idx[perm[i - 1]] > idx[p] || (idx[perm[i - 1]] == idx[p] && perm[i - 1] > p);

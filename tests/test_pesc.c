@@ -479,14 +479,16 @@ static void test_sampler(void)
 }
 
 /* Two documents packed in one row (positions restart, attention stays inside each) train
- * exactly like the same documents in rows of their own. */
+ * exactly like the same documents in rows of their own, the shorter padded: padding (source
+ * -1) is routed nowhere, so the aux and z losses and their gradients are the same too. */
 static void test_packing(const char *root)
 {
     model m;
     pesc_error err;
     pesc_options o;
     pesc_options_default(&o);
-    o.aux_coef = 0.0f;   /* padding tokens are routed too: keep the comparison to the CE */
+    o.aux_coef = 0.05f;
+    o.z_coef = 0.01f;
     o.adapter_dropout = 0.0f;
     crafted_reference(&m, root, "llama-gqa-f32", &o, 2, 0.07);
     enum { A = 7, Bn = 9 };
@@ -511,17 +513,23 @@ static void test_packing(const char *root)
                      m.routing.source_counts[0] + m.routing.source_counts[1] +
                              m.routing.source_counts[2] + m.routing.source_counts[3] > 0;
     backend_download(be, packed, m.grad_block, m.n_train * sizeof *packed);
+    long long routed_packed = m.routing.tokens;
     /* apart: two rows of 9, the first padded with ignored targets */
-    int32_t ids2[18] = {0}, targets2[18];
+    int32_t ids2[18] = {0}, targets2[18], pos2[18], docs2[18], src2[18];
     memcpy(ids2, a, sizeof a);
     memcpy(ids2 + 9, b, sizeof b);
-    for (int i = 0; i < 18; i++)
+    for (int i = 0; i < 18; i++) {
         targets2[i] = -100;
+        int t = i % 9, pad = i < 9 && t >= A;
+        pos2[i] = pad ? 0 : t;
+        docs2[i] = src2[i] = pad ? -1 : i / 9;
+    }
     model_shift_targets(targets2, a, NULL, A);
     targets2[A - 1] = -100;
     model_shift_targets(targets2 + 9, b, NULL, Bn);
+    model_layout layout2 = {pos2, docs2, src2};
     model_zero_grad(&m);
-    if (model_train_step(&m, ids2, targets2, NULL, 2, 9, 1.0f, 0, &la, &err) != 0)
+    if (model_train_step(&m, ids2, targets2, &layout2, 2, 9, 1.0f, 0, &la, &err) != 0)
         die(&err);
     backend_download(be, apart, m.grad_block, m.n_train * sizeof *apart);
     double diff = 0.0, norm = 0.0;
@@ -533,6 +541,10 @@ static void test_packing(const char *root)
               sqrt(diff / norm) < 1e-5 && per_source,
           "packing: loss %.7f == %.7f, gradients (error %.1e), per-source routing counted", lp.ce,
           la.ce, sqrt(diff / norm));
+    CHECK(lp.aux > 0 && fabs(lp.aux - la.aux) < 1e-6 * lp.aux && fabs(lp.z - la.z) < 1e-6 * lp.z &&
+              routed_packed == 16 && m.routing.tokens == 16,
+          "padding routed nowhere: aux %.9f == %.9f, z %.9f == %.9f, %lld and %lld tokens routed",
+          lp.aux, la.aux, lp.z, la.z, routed_packed, m.routing.tokens);
     free(packed);
     free(apart);
     model_free(&m);

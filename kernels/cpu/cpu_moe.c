@@ -17,14 +17,19 @@
 #define MAX_EXPERTS 256
 
 void cpu_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse,
-                           const float *logits, int N, int E, int K)
+                           const float *logits, const int32_t *sources, int N, int E, int K)
 {
     (void)ctx;
     assert(K >= 1 && K <= E && E <= MAX_EXPERTS);
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++)
-        pesc_route_token(topk_idx + (size_t)n * K, topk_w + (size_t)n * K, probs + (size_t)n * E,
-                         lse + n, logits + (size_t)n * E, E, K);
+    for (int n = 0; n < N; n++) {
+        int32_t *idx = topk_idx + (size_t)n * K;
+        float *w = topk_w + (size_t)n * K, *p = probs + (size_t)n * E;
+        if (sources && sources[n] < 0)
+            pesc_route_none(idx, w, p, lse + n, E, K);
+        else
+            pesc_route_token(idx, w, p, lse + n, logits + (size_t)n * E, E, K);
+    }
 }
 
 void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
@@ -37,11 +42,12 @@ void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
     for (int n = 0; n < N; n++)
         pesc_route_token_backward(dlogits + (size_t)n * E, dtopk_w + (size_t)n * K,
                                   topk_idx + (size_t)n * K, topk_w + (size_t)n * K,
-                                  probs + (size_t)n * E, lse[n], aux_grad, z_scale, N, E, K);
+                                  probs + (size_t)n * E, lse[n], aux_grad, z_scale, E, K);
 }
 
 /* One pass over the pairs and one over the tokens, in order (each sum adds in token order),
- * then a counting sort. */
+ * then a counting sort. Padding's pairs (expert -1) go nowhere; its probabilities and lse,
+ * 0, add nothing. */
 void cpu_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx,
                    const float *topk_w, const float *probs, const float *lse,
                    const int32_t *sources, int N, int E, int K, int S)
@@ -54,6 +60,8 @@ void cpu_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_
     size_t NK = (size_t)N * K;
     for (size_t p = 0; p < NK; p++) {
         int e = topk_idx[p], src = sources ? sources[p / K] : -1;
+        if (e < 0)
+            continue;
         count[e] += 1.0;
         first[e] += p % K == 0;
         gate[e] += topk_w[p];
@@ -77,7 +85,8 @@ void cpu_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_
     for (int e = 0, at = 0; e < E; at += (int)count[e], e++)
         fill[e] = (size_t)at;
     for (size_t p = 0; p < NK; p++)
-        perm[fill[topk_idx[p]]++] = (int32_t)p;
+        if (topk_idx[p] >= 0)
+            perm[fill[topk_idx[p]]++] = (int32_t)p;
 }
 
 static double gelu(double x) { return 0.5 * x * (1.0 + erf(x * M_SQRT1_2)); }
@@ -147,6 +156,8 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
     float keep = 1.0f / (1.0f - dropout);
     if (dh != dy)   /* the residual's part; the adapters' is added below */
         memcpy(dh, dy, (size_t)N * C * sizeof *dh);
+    if (offsets[E] < N * K)   /* padding's slots, in no group */
+        memset(dtopk_w, 0, (size_t)N * K * sizeof *dtopk_w);
     for (int e = 0; e < E; e++) {
         int first = offsets[e], n = offsets[e + 1] - offsets[e];
         if (n == 0)

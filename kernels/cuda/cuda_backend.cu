@@ -615,7 +615,7 @@ static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
     cuda_context *c = (cuda_context *)ctx;
     size_t op = cuda_attention_work(c, s->batch, s->seq, s->heads, s->kv_heads, s->head_dim);
     if (s->experts > 0) {
-        size_t adapters = cuda_adapter_work(c, s->batch * s->seq * s->top_k, s->experts,
+        size_t adapters = cuda_adapter_work(c, (size_t)s->batch * s->seq * s->top_k, s->experts,
                                             s->hidden, s->adapter_dim);
         op = op > adapters ? op : adapters;
     }

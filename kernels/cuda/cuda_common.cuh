@@ -377,7 +377,7 @@ void cuda_attention_cached_forward(void *ctx, float *out, const float *q, const 
 void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n);
 void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
-void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, int N, int E, int K);
+void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
 void cuda_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
 void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S);
 void cuda_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathered, float *pre, float *act, float *scratch, const float *h, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);
@@ -389,7 +389,7 @@ void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t
 bool cuda_flash_available(cuda_context *c, int cc_major);
 bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size);
 int cuda_grouped_probe(cuda_context *c);
-size_t cuda_adapter_work(const cuda_context *c, int pairs, int E, int C, int R);
+size_t cuda_adapter_work(const cuda_context *c, size_t slots, int E, int C, int R);
 size_t cuda_activation_bytes(void *ctx);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
 void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);

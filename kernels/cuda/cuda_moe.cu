@@ -27,17 +27,23 @@
 // ---- routing --------------------------------------------------------------------------------
 
 __global__ void route_forward_kernel(int32_t *topk_idx, float *topk_w, float *probs, float *lse,
-                                     const float *logits, int N, int E, int K)
+                                     const float *logits, const int32_t *sources, int N, int E,
+                                     int K)
 {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N)
         return;
-    pesc_route_token(topk_idx + (size_t)n * K, topk_w + (size_t)n * K, probs + (size_t)n * E,
-                     lse + n, logits + (size_t)n * E, E, K);
+    int32_t *idx = topk_idx + (size_t)n * K;
+    float *w = topk_w + (size_t)n * K, *p = probs + (size_t)n * E;
+    if (sources && sources[n] < 0)   // padding: routed nowhere
+        pesc_route_none(idx, w, p, lse + n, E, K);
+    else
+        pesc_route_token(idx, w, p, lse + n, logits + (size_t)n * E, E, K);
 }
 
 extern "C" void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs,
-                                       float *lse, const float *logits, int N, int E, int K)
+                                       float *lse, const float *logits, const int32_t *sources,
+                                       int N, int E, int K)
 {
     // the routing runs between the FFN's norm and its products: the norm's bf16 copy stays
     CUDA_OP_WRITING(ctx, (const float *)topk_idx, (size_t)N * K);
@@ -45,7 +51,7 @@ extern "C" void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk
     cuda_forget_copies(c, probs, (size_t)N * E);
     cuda_forget_copies(c, lse, (size_t)N);
     CUDA_LAUNCH(route_forward_kernel, (N + 127) / 128, 128, 0, c->stream, topk_idx, topk_w, probs,
-                lse, logits, N, E, K);
+                lse, logits, sources, N, E, K);
     CUDA_LAUNCHED(c);
 }
 
@@ -59,7 +65,7 @@ __global__ void route_backward_kernel(float *dlogits, const float *dtopk_w,
         return;
     pesc_route_token_backward(dlogits + (size_t)n * E, dtopk_w + (size_t)n * K,
                               topk_idx + (size_t)n * K, topk_w + (size_t)n * K,
-                              probs + (size_t)n * E, lse[n], aux_grad, z_scale, N, E, K);
+                              probs + (size_t)n * E, lse[n], aux_grad, z_scale, E, K);
 }
 
 extern "C" void cuda_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w,
@@ -89,7 +95,8 @@ __device__ __forceinline__ float gelu_grad(float x)
            x * expf(-0.5f * x * x) * 0.3989422804014327f;
 }
 
-// inverse[pair] = its place j in the grouped order
+// inverse[pair] = its place j in the grouped order (a pair in no group, padding's, keeps the
+// -1 it was filled with)
 __global__ void invert_kernel(int32_t *inverse, const int32_t *perm, int pairs)
 {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
@@ -133,8 +140,9 @@ template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
 
 // y[n] = base[n] (+ base2[n]) + sum over slots s of weight(n, s) * rows[inverse[n K + s]]
 // (times the mask's row there): weight = scale * topk_w in the forward (no mask; base x, base2
-// h: the FFN's residual), 1 in the backward (the weights are already in rows; base dy). y may
-// be base; with its bf16 copy in the backward (cuda_keep_copy).
+// h: the FFN's residual), 1 in the backward (the weights are already in rows; base dy); a
+// slot in no group (inverse -1) adds nothing. y may be base; with its bf16 copy in the
+// backward (cuda_keep_copy).
 template <class T>
 __global__ void combine_kernel(values_out y, const float *base, const float *base2,
                                const T *rows, dropout_draw drop, const int32_t *inverse,
@@ -145,7 +153,10 @@ __global__ void combine_kernel(values_out y, const float *base, const float *bas
         size_t n = i / C, col = i % C;
         float s = 0.0f;
         for (int slot = 0; slot < K; slot++) {
-            size_t pair = n * K + slot, j = (size_t)inverse[pair];
+            size_t pair = n * K + slot;
+            if (inverse[pair] < 0)
+                continue;
+            size_t j = (size_t)inverse[pair];
             float v = dropped(drop, j * C + col, value_of(rows[j * C + col]));
             s += topk_w ? scale * topk_w[pair] * v : v;
         }
@@ -432,28 +443,31 @@ static bool adapters16(const cuda_context *c)
 
 static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
-size_t cuda_adapter_work(const cuda_context *c, int pairs, int E, int C, int R)
+size_t cuda_adapter_work(const cuda_context *c, size_t slots, int E, int C, int R)
 {
-    size_t inverse = aligned((size_t)pairs * sizeof(int32_t));
+    size_t inverse = aligned(slots * sizeof(int32_t));
     // the weights in bf16 and, in the backward, a weight gradient
     return adapters16(c) ? inverse + 3 * aligned((size_t)E * C * R * sizeof(__nv_bfloat16))
                          : inverse;
 }
 
-// The op's work: the inverse permutation (inverse[pair] = its place in the grouped order)
-// and, in bf16, the weights (*down16, *up16: the trainables' values, or converted here) and
-// room for a gradient (*grad16, when asked).
-static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, int E, int C, int R,
-                             const float *down, const float *up, __nv_bfloat16 **down16,
-                             __nv_bfloat16 **up16, __nv_bfloat16 **grad16)
+// The op's work: the inverse permutation of the N K slots (inverse[pair] = its place in the
+// grouped order, -1 for padding's, in no group) and, in bf16, the weights (*down16, *up16:
+// the trainables' values, or converted here) and room for a gradient (*grad16, when asked).
+static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, size_t slots, int E,
+                             int C, int R, const float *down, const float *up,
+                             __nv_bfloat16 **down16, __nv_bfloat16 **up16, __nv_bfloat16 **grad16)
 {
-    size_t inverse_bytes = aligned((size_t)pairs * sizeof(int32_t));
+    size_t inverse_bytes = aligned(slots * sizeof(int32_t));
     size_t w = aligned((size_t)E * C * R * sizeof(__nv_bfloat16));
-    char *work = (char *)cuda_op_work(c, cuda_adapter_work(c, pairs, E, C, R));
+    char *work = (char *)cuda_op_work(c, cuda_adapter_work(c, slots, E, C, R));
     if (!work)
         return NULL;
     int32_t *inverse = (int32_t *)work;
-    CUDA_LAUNCH(invert_kernel, (pairs + 255) / 256, 256, 0, c->stream, inverse, perm, pairs);
+    if ((size_t)pairs < slots)
+        CUDA_CHECK(c, cudaMemsetAsync(inverse, 0xff, slots * sizeof(int32_t), c->stream));
+    if (pairs > 0)
+        CUDA_LAUNCH(invert_kernel, (pairs + 255) / 256, 256, 0, c->stream, inverse, perm, pairs);
     if (!CUDA_LAUNCHED(c))
         return NULL;
     if (!adapters16(c))
@@ -484,7 +498,7 @@ static void adapter_forward(cuda_context *c, float *y, const float *x, T *gather
                             const int *offsets, const float *topk_w, int N, int K, int E, int C,
                             int R, float scale)
 {
-    int pairs = offsets[E];
+    int pairs = offsets[E];   // N K, but for padding's slots
     size_t CR = (size_t)C * R;
     CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream,
                 gathered, h, drop, perm, pairs, K, C);
@@ -510,11 +524,10 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
                                          int E, int C, int R, float scale)
 {
     CUDA_OP(ctx);
-    int pairs = offsets[E];   // N * K
-    if (pairs <= 0)
-        return;
+    int pairs = offsets[E];   // N K, but for padding's slots (none at all: y = x + h)
     __nv_bfloat16 *down16 = NULL, *up16 = NULL;
-    int32_t *inverse = adapter_work(c, perm, pairs, E, C, R, down, up, &down16, &up16, NULL);
+    int32_t *inverse = adapter_work(c, perm, pairs, (size_t)N * K, E, C, R, down, up, &down16,
+                                    &up16, NULL);
     if (!inverse)
         return;
     typedef __nv_bfloat16 b16;
@@ -570,8 +583,11 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     // p (n, R) = dy_g (n, C) @ U_e (C, R)
     experts_gemm<T>(c, {0, 0, -1, R, C, 1.0f, 0.0f, {dyg, (size_t)C, 0, C}, {up, 0, CR, R},
                         {p, (size_t)R, 0, R}}, offsets, E);
-    CUDA_LAUNCH(adapter_pair_kernel<T>, pairs, 256, 0, c->stream, dtopk_w, p, dyg, act, pre, perm,
-                topk_w, scale, C, R);
+    if (pairs < N * K)   // padding's slots, which no pair writes
+        CUDA_CHECK(c, cudaMemsetAsync(dtopk_w, 0, (size_t)N * K * sizeof(float), c->stream));
+    if (pairs > 0)
+        CUDA_LAUNCH(adapter_pair_kernel<T>, pairs, 256, 0, c->stream, dtopk_w, p, dyg, act, pre,
+                    perm, topk_w, scale, C, R);
     CUDA_LAUNCHED(c);
     // dout_g: dy_g; dpre_g: p
     if (dup)     // dU_e (C, R) += dout^T @ act
@@ -599,10 +615,9 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
 {
     CUDA_OP(ctx);
     int pairs = offsets[E];
-    if (pairs <= 0)
-        return;
     __nv_bfloat16 *down16 = NULL, *up16 = NULL, *grad16 = NULL;
-    int32_t *inverse = adapter_work(c, perm, pairs, E, C, R, down, up, &down16, &up16, &grad16);
+    int32_t *inverse = adapter_work(c, perm, pairs, (size_t)N * K, E, C, R, down, up, &down16,
+                                    &up16, &grad16);
     if (!inverse)
         return;
     typedef __nv_bfloat16 b16;

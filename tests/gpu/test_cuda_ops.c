@@ -845,10 +845,13 @@ static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int w
 static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double tol)
 {
     int NK = N * K;
+    /* sources from -1, padding (routed nowhere, in no group), to S, one past the counted */
+    const int S = 3;
+    twin sources = twin_ints(N, -1, S);
     twin logits = twin_random((size_t)N * E, 3.0), idx = twin_alloc((size_t)NK * sizeof(int32_t));
     twin w = twin_random(NK, 1.0), probs = twin_random((size_t)N * E, 1.0), lse = twin_random(N, 1.0);
-    moe_route_forward(cpu, FI(idx), F(w), F(probs), F(lse), F(logits), N, E, K);
-    moe_route_forward(gpu, GI(idx), G(w), G(probs), G(lse), G(logits), N, E, K);
+    moe_route_forward(cpu, FI(idx), F(w), F(probs), F(lse), F(logits), FI(sources), N, E, K);
+    moe_route_forward(gpu, GI(idx), G(w), G(probs), G(lse), G(logits), GI(sources), N, E, K);
     compare_ints("moe_route_forward topk_idx", idx);
     compare("moe_route_forward topk_w", w, 1e-6);
     compare("moe_route_forward probs", probs, 1e-6);
@@ -860,12 +863,11 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
     moe_route_backward(gpu, G(dlogits), G(dw), GI(idx), G(w), G(probs), G(lse), G(aux), 0.01f, N, E, K);
     compare("moe_route_backward dlogits", dlogits, 1e-5);
 
-    /* the pairs grouped by expert, with the statistics, on both (sources from -1, padding,
-     * to S, one past the counted); the adapters then get the CPU's grouping */
-    const int S = 3;
+    /* the pairs grouped by expert, with the statistics, on both; the adapters then get the
+     * CPU's grouping */
     size_t ns = MOE_STATS(E, K, S);
-    twin sources = twin_ints(N, -1, S), stats = twin_alloc(ns * sizeof(double));
-    twin perm = twin_alloc((size_t)NK * sizeof(int32_t));
+    twin stats = twin_alloc(ns * sizeof(double));
+    twin perm = twin_ints(NK, -1, -1);   /* padding's places at the end stay -1 on both */
     moe_group(cpu, FI(perm), (double *)stats.c, FI(idx), F(w), F(probs), F(lse), FI(sources), N,
               E, K, S);
     moe_group(gpu, GI(perm), (double *)stats.g, GI(idx), G(w), G(probs), G(lse), GI(sources), N,
@@ -888,6 +890,8 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
     twin gathered = twin_random((size_t)NK * C, 1.0), pre = twin_random((size_t)NK * R, 1.0);
     twin act = twin_random((size_t)NK * R, 1.0), scratch = twin_random((size_t)NK * C, 1.0);
     twin scratch_r = twin_random((size_t)NK * R, 1.0);
+    /* the rows after the routed pairs' are written by neither: alike on both from the start */
+    sync_saved(gathered); sync_saved(pre); sync_saved(act);
     /* dropout: the mask both draw from the seed where they apply it */
     float p = with_dropout ? 0.1f : 0.0f;
     uint64_t seed = (uint64_t)(gpu_test_uniform() * 4e9);
