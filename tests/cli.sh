@@ -160,6 +160,10 @@ expect 1 "^pesc generate: --adapters: $tmp/none: No such file" "missing adapters
   "$pesc" generate --adapters "$tmp/none" --prompt hi
 expect 1 "^pesc tokenize: --tokenizer: $tmp/none.json: No such file" "missing tokenizer names --tokenizer" -- \
   "$pesc" tokenize --tokenizer "$tmp/none.json"
+expect 1 "^pesc tokenize: --model $tmp/none: No such file" "tokenize --model of a missing directory" -- \
+  "$pesc" tokenize --model "$tmp/none"
+expect 1 "^pesc tokenize: --model $m has no tokenizer.json: give the tokenizer with --tokenizer" \
+  "tokenize --model of a directory without a tokenizer" -- "$pesc" tokenize --model "$m"
 mkdir -p "$tmp/cfgdir/config.json"
 expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
   "$pesc" inspect "$tmp/cfgdir"
