@@ -415,8 +415,15 @@ static void linear_backward(model *m, int l, int site, layer_acts *a, float *din
 
 /* ---- routing ------------------------------------------------------------------------------ */
 
+/* The tokens the routing's means are over: the last forward's routed ones (padding is not
+ * routed: moe_route_forward), 1 when there were none (every sum is 0 then). */
+static double routed_tokens(const model *m)
+{
+    return m->routing.tokens > 0 ? (double)m->routing.tokens : 1.0;
+}
+
 /* The statistics of DESIGN section 2 and the layer's aux and z losses, from moe_group's, over
- * the routed tokens (padding is not routed: moe_route_forward). */
+ * the routed tokens. */
 static void take_routing(model *m, int l, const double *st, int S)
 {
     model_routing *r = &m->routing;
@@ -430,7 +437,7 @@ static void take_routing(model *m, int l, const double *st, int S)
             r->source_counts[((size_t)s * L + l) * E + e] =
                 s < S ? (int)by_source[(size_t)s * E + e] : 0;
     }
-    double n = r->tokens > 0 ? (double)r->tokens : 1.0;
+    double n = routed_tokens(m);
     r->entropy[l] = st[4 * E] / n;
     for (int j = 0; j < K; j++)
         r->last_experts[(size_t)l * K + j] = (int32_t)st[4 * E + 2 + j];
@@ -725,10 +732,9 @@ static void layer_backward(model *m, int l, float loss_scale)
                              g->dropout ? g->mask_seed[l] : 0, P->down, P->up, a->perm,
                              a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
                              m->pesc.adapter_scale);
-        double routed = m->routing.tokens > 0 ? (double)m->routing.tokens : 1.0;
         moe_route_backward(b, g->drouter, g->dtopk_w, a->topk_idx, a->topk_w, a->probs,
                            a->router_lse, g->aux_grad + (size_t)l * E,
-                           (float)(loss_scale * m->pesc.z_coef / routed), N, E, K);
+                           (float)(loss_scale * m->pesc.z_coef / routed_tokens(m)), N, E, K);
         vector_zero(b, g->dxn, (size_t)N * C);
         matmul_backward(b, g->dxn, model_grad_of(m, P->router), NULL, g->drouter, a->xn2,
                         P->router, N, C, E);
@@ -799,7 +805,7 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
          * one inside each layer's backward */
         int E = m->pesc.experts, K = m->pesc.top_k;
         size_t n = (size_t)c->n_layers * E;
-        double routed = m->routing.tokens > 0 ? (double)m->routing.tokens : 1.0;
+        double routed = routed_tokens(m);
         float *aux_grad = xmalloc(n * sizeof *aux_grad);
         for (size_t i = 0; i < n; i++)
             aux_grad[i] = (float)(loss_scale * m->pesc.aux_coef * E * m->routing.counts[i] /
