@@ -116,7 +116,16 @@ keys q
 # a step, and the legend shows the last held-out loss
 "$fake" "$tmp/every20.jsonl" --steps 10000 || exit 99
 "$fake" "$tmp/every1.jsonl" --steps 10000 --eval-every 1 || exit 99
-loss_from() { screen | sed -n 's/.*││ *step \([0-9][0-9]*\) .*/\1/p' | head -n 1; }
+# the window's first step once the screen holds still: FINISHED (on the first line) can be on
+# the screen while the rest of that frame is still on its way to the terminal
+loss_from() {
+  was= now=$(screen | sed -n 's/.*││ *step \([0-9][0-9]*\) .*/\1/p' | head -n 1) i=0
+  while [ "$now" != "$was" ] && [ "$i" -lt 30 ]; do
+    sleep 0.2
+    was=$now now=$(screen | sed -n 's/.*││ *step \([0-9][0-9]*\) .*/\1/p' | head -n 1) i=$((i + 1))
+  done
+  echo "$now"
+}
 tui_start 140 30 "$pesc" view "$tmp/every20.jsonl"
 wait_for "FINISHED" 20
 from20=$(loss_from)
