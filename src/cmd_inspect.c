@@ -123,7 +123,8 @@ static void print_saved(const char *save_dir)
             names[n++] = xstrdup(e->d_name);
         }
     closedir(d);
-    qsort(names, (size_t)n, sizeof *names, compare_names);
+    if (n > 1)
+        qsort(names, (size_t)n, sizeof *names, compare_names);
     printf("save dir      %s: %d checkpoint%s:", save_dir, n, n == 1 ? "" : "s");
     for (int i = 0; i < n; i++) {
         printf(" %s", names[i]);

@@ -1108,10 +1108,10 @@ static int rd_next(reader *r, pesc_error *err)
     int depth = 0, in_string = 0, escape = 0;
     for (;; c = rd_byte(r, err)) {
         if (c == -2) return -1;
-        if (c == -1) return pesc_fail(err, "%s:%ld: the JSON array ends inside a value", r->path, r->line);
+        if (c == -1)
+            return pesc_fail(err, "%s:%ld: the JSON array ends inside a value", r->path, r->line);
         if (!in_string && depth == 0 && (c == ',' || c == ']')) {
             r->pos--;   /* leave the separator for the next call */
-            if (c == '\n') r->line--;
             return 1;
         }
         if (item_put(r, (char)c, err) != 0)
