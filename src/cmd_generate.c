@@ -245,8 +245,7 @@ out:
     return rc;
 }
 
-/* The model's own tokenizer.json. A model directory may come without one (weights and
- * config only): that is a --tokenizer to give, not just a missing file. */
+/* The model's own tokenizer.json (a directory without one says to give --tokenizer). */
 static tokenizer *model_tokenizer(const char *dir, pesc_error *err)
 {
     if (!dir) {
@@ -254,15 +253,7 @@ static tokenizer *model_tokenizer(const char *dir, pesc_error *err)
                   "tokenizer beside them: give --tokenizer FILE|URL");
         return NULL;
     }
-    char *path = pesc_path_join(dir, "tokenizer.json");
-    tokenizer *t = NULL;
-    if (access(path, F_OK) != 0)
-        pesc_fail(err, "%s has no tokenizer.json; give the model's tokenizer with --tokenizer "
-                  "FILE|URL", dir);
-    else
-        t = tok_load(path, err);
-    free(path);
-    return t;
+    return tok_load_dir(dir, err);
 }
 
 int cmd_generate(int argc, char **argv)

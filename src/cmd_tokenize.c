@@ -202,22 +202,12 @@ int cmd_tokenize(int argc, char **argv)
     tokenizer *t = NULL;
     if (o.tokenizer ? fetch_view_url_to_cache(o.tokenizer, &local, &err) == 0
                     : fetch_view_resolve_tokenizer(o.model, &local, &err) == 0) {
-        char *file = o.tokenizer ? NULL : pesc_path_join(local, "tokenizer.json");
-        if (file && access(local, F_OK) != 0) {
-            pesc_fail(&err, "--model %s: %s", pesc_path_shown(local), strerror(errno));
-        } else if (file && access(file, F_OK) != 0) {
-            pesc_fail(&err, "--model %s has no tokenizer.json: give the tokenizer with "
-                      "--tokenizer FILE|URL", pesc_path_shown(local));
-        } else {
-            /* a large vocabulary takes seconds (Gemma 3's: 262k tokens) */
-            pesc_show_phase("pesc tokenize", "loading the tokenizer from %s",
-                            pesc_path_shown(local));
-            t = tok_load(file ? file : local, &err);
-            pesc_show_phase("pesc tokenize", NULL);
-            if (!t)
-                pesc_fail_prefix(&err, "%s", o.tokenizer ? "--tokenizer" : "--model");
-        }
-        free(file);
+        /* a large vocabulary takes seconds (Gemma 3's: 262k tokens) */
+        pesc_show_phase("pesc tokenize", "loading the tokenizer from %s", pesc_path_shown(local));
+        t = o.tokenizer ? tok_load(local, &err) : tok_load_dir(local, &err);
+        pesc_show_phase("pesc tokenize", NULL);
+        if (!t)
+            pesc_fail_prefix(&err, "%s", o.tokenizer ? "--tokenizer" : "--model");
     }
     free(local);
     if (!t)

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "tokenizer_unicode.h"
 
@@ -2323,7 +2324,14 @@ out:
 tokenizer *tok_load_dir(const char *model_dir, pesc_error *err)
 {
     char *path = pesc_path_join(model_dir, "tokenizer.json");
-    tokenizer *t = tok_load(path, err);
+    tokenizer *t = NULL;
+    if (access(model_dir, F_OK) != 0)
+        pesc_fail(err, "%s: %s", pesc_path_shown(model_dir), strerror(errno));
+    else if (access(path, F_OK) != 0)   /* weights and config only: a tokenizer to give */
+        pesc_fail(err, "%s has no tokenizer.json: give the model's tokenizer with --tokenizer "
+                  "FILE|URL", pesc_path_shown(model_dir));
+    else
+        t = tok_load(path, err);
     free(path);
     return t;
 }

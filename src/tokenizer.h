@@ -36,7 +36,7 @@ void tok_ids_free(tok_ids *v);
 /* Reads tokenizer.json; tokenizer_config.json beside it (optional) supplies the bos/eos/pad
  * token names and the chat template. Either file malformed is an error naming it. */
 tokenizer *tok_load(const char *path, pesc_error *err);
-/* DIR/tokenizer.json. */
+/* DIR/tokenizer.json; a missing DIR or file is an error saying to give --tokenizer. */
 tokenizer *tok_load_dir(const char *model_dir, pesc_error *err);
 void tok_delete(tokenizer *t);
 

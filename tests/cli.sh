@@ -160,9 +160,9 @@ expect 1 "^pesc generate: --adapters: $tmp/none: No such file" "missing adapters
   "$pesc" generate --adapters "$tmp/none" --prompt hi
 expect 1 "^pesc tokenize: --tokenizer: $tmp/none.json: No such file" "missing tokenizer names --tokenizer" -- \
   "$pesc" tokenize --tokenizer "$tmp/none.json"
-expect 1 "^pesc tokenize: --model $tmp/none: No such file" "tokenize --model of a missing directory" -- \
+expect 1 "^pesc tokenize: --model: $tmp/none: No such file" "tokenize --model of a missing directory" -- \
   "$pesc" tokenize --model "$tmp/none"
-expect 1 "^pesc tokenize: --model $m has no tokenizer.json: give the tokenizer with --tokenizer" \
+expect 1 "^pesc tokenize: --model: $m has no tokenizer.json: give the model's tokenizer with --tokenizer" \
   "tokenize --model of a directory without a tokenizer" -- "$pesc" tokenize --model "$m"
 mkdir -p "$tmp/cfgdir/config.json"
 expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
@@ -367,7 +367,7 @@ for cmd in generate export inspect tokenize fetch bench devices plugins demo-dat
 done
 
 # generate on a model directory without tokenizer.json says to give --tokenizer
-expect 1 "llama-gqa-f32 has no tokenizer.json; give the model's tokenizer with --tokenizer" \
+expect 1 "llama-gqa-f32 has no tokenizer.json: give the model's tokenizer with --tokenizer" \
   "generate on a model without a tokenizer names --tokenizer" -- \
   "$pesc" generate --model "$data/llama-gqa-f32" --prompt hi --backend cpu
 
