@@ -924,7 +924,7 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
     /* a panel's own keys are arrows and letters the global set leaves free */
     int code = is_code ? (int)ch : (ch < 256 ? (int)ch : -1);
     if (pc->key && code >= 0 && !(code == ' ' || code == '\t') &&
-        (pc->key(ui, is_code ? code : code, ui->view) & UI_HANDLED))
+        (pc->key(ui, code, ui->view) & UI_HANDLED))
         return;
     global_key(ui, is_code, ch);
 }
