@@ -46,6 +46,10 @@ static const chat_template templates[] = {
      .assistant = "{assistant}<|eot_id|>", .separator = ""},
     {.name = "mistral", .start = "{bos}", .system = NULL, .system_merge = "{system}\n\n{user}",
      .user = "[INST] {user} [/INST]", .assistant = "{assistant}{eos}", .separator = ""},
+    /* Phi-3's: no BOS (its released template writes none) */
+    {.name = "phi3", .start = "", .system = "<|system|>\n{system}<|end|>\n",
+     .user = "<|user|>\n{user}<|end|>\n<|assistant|>\n", .assistant = "{assistant}<|end|>",
+     .separator = "\n"},
     {.name = "plain", .start = "{bos}", .system = "{system}\n\n", .user = "{user}\n",
      .assistant = "{assistant}{eos}", .separator = "\n"},
 };
@@ -64,7 +68,7 @@ const char *template_name(const chat_template *tpl) { return tpl->name; }
 
 const char *template_list(void)
 {
-    return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, plain";
+    return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, plain";
 }
 
 /* ------------------------------------------------------------------ rendering -------- */
@@ -363,6 +367,8 @@ const char *template_suggest(const char *jinja)
         return strstr(jinja, "<think>") ? "qwen3" : "chatml";
     if (strstr(jinja, "<|start_header_id|>"))
         return "llama3";
+    if (strstr(jinja, "<|user|>") && strstr(jinja, "<|end|>"))
+        return "phi3";
     if (strstr(jinja, "[INST]"))
         return strstr(jinja, "<<SYS>>") ? "llama2" : "mistral";
     return NULL;

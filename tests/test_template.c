@@ -168,6 +168,10 @@ int main(void)
         "<s>Below is an instruction that describes a task. Write a response that appropriately "
         "completes the request.\n\n### Instruction:\nhello\n\n### Response:\nhi there</s>",
         "hi there</s>");
+    /* Phi-3's: no BOS; every turn, system too, ended by <|end|>, the answers' trained */
+    expect_render(t, "phi3", two, 5,
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nhello<|end|>\n<|assistant|>\nhi there<|end|>\n"
+        "<|user|>\n2+2?<|end|>\n<|assistant|>\n4<|end|>", "hi there<|end|>|4<|end|>");
     expect_render(t, "plain", two + 1, 2, "<s>hello\nhi there</s>", "hi there</s>");
 
     /* an empty answer (a failed reply in a scraped chat) stays as context: labeling its end
@@ -242,7 +246,8 @@ int main(void)
     static const struct { const char *jinja, *want; } own[] = {
         {"{{'<|im_start|>' + role}}", "chatml"}, {"<|im_start|>{{'<think>'}}", "qwen3"},
         {"[INST] <<SYS>>", "llama2"}, {"{{'[INST] '}}", "mistral"},
-        {"<|start_header_id|>", "llama3"}, {"### Human:", NULL}};
+        {"<|start_header_id|>", "llama3"}, {"### Human:", NULL},
+        {"{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}", "phi3"}};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
         const char *got = template_suggest(own[i].jinja);
         CHECK(own[i].want ? got && strcmp(got, own[i].want) == 0 : !got,
