@@ -183,15 +183,29 @@ static int write_config(const checkpoint_base *b, const checkpoint_state *st, co
 
 /* ---- model.safetensors -------------------------------------------------------------------- */
 
+/* Where a written tensor's bytes come from when not from the base's file: one tensor on the
+ * backend, or (Phi-3's qkv_proj, gate_up_proj) the parts to join, one after another. */
+enum { MAX_PARTS = 3 };
+typedef struct weight_source {
+    const float *part[MAX_PARTS];   /* NULL after the last */
+    size_t n[MAX_PARTS];
+} weight_source;
+
 typedef struct weight_writer {
     pesc_backend *backend;
-    const float **device;        /* (n) where a tensor without file data lives on the backend */
+    const weight_source *source;    /* (n) */
 } weight_writer;
 
 static int fill_from_device(void *ctx, int index, void *buf, size_t nbytes, pesc_error *err)
 {
     const weight_writer *w = ctx;
-    backend_download(w->backend, buf, w->device[index], nbytes);
+    const weight_source *s = &w->source[index];
+    char *to = buf;
+    for (int i = 0; i < MAX_PARTS && s->part[i]; i++) {
+        backend_download(w->backend, to, s->part[i], s->n[i] * sizeof(float));
+        to += s->n[i] * sizeof(float);
+    }
+    (void)nbytes;   /* st_write_streamed sized buf from the tensor's shape: the parts' sum */
     return backend_check(w->backend, err);
 }
 
@@ -204,33 +218,72 @@ static int lora_merged_into(const model *m, int rank, unsigned sites, const floa
     return 0;
 }
 
-/* base: the base's files (NULL for random weights). A base weight training left alone is the
- * file's own bytes; everything else comes off the backend in F32. */
+/* One tensor of the file: model tensor i, or for the first part of a joined tensor the whole
+ * (its later parts are then skipped: 0). base: the base's files (NULL for random weights). A
+ * base weight training left alone is the file's own bytes; everything else comes off the
+ * backend in F32. */
+static int plan_tensor(const model *m, int i, const st_set *base, int lora_rank,
+                       unsigned lora_sites, char *name, size_t len, st_write_tensor *t,
+                       weight_source *from)
+{
+    int is_base = i < m->n_base_tensors;
+    const model_tensor *mt = is_base ? &m->base_tensors[i] : &m->trainables[i - m->n_base_tensors];
+    int64_t first = 0, rows = mt->shape[0];
+    int parts = is_base ? model_fused_part(&m->config, mt->name, name, len, &first, &rows) : 0;
+    int changed = m->pesc.mode == TRAIN_FULL;
+    if (parts == 0) {
+        snprintf(name, len, "%s", mt->name);
+        from->part[0] = mt->data;
+        from->n[0] = mt->n;
+        changed |= lora_merged_into(m, lora_rank, lora_sites, mt->data);
+    } else if (first != 0) {
+        return 0;
+    }
+    /* a joined tensor's parts, in their order in it (the model lists them so) */
+    for (int j = i, found = 0; parts && found < parts && j < m->n_base_tensors; j++) {
+        const model_tensor *part = &m->base_tensors[j];
+        char joined[sizeof part->name];
+        int64_t at, all;
+        if (!model_fused_part(&m->config, part->name, joined, sizeof joined, &at, &all) ||
+            strcmp(joined, name) != 0)
+            continue;
+        from->part[found] = part->data;
+        from->n[found++] = part->n;
+        changed |= lora_merged_into(m, lora_rank, lora_sites, part->data);
+    }
+    const st_tensor *src = is_base && base ? st_set_find(base, name, NULL) : NULL;
+    int kept = src && !changed &&
+               (src->dtype == ST_F32 || src->dtype == ST_F16 || src->dtype == ST_BF16);
+    *t = (st_write_tensor){.name = name, .dtype = kept ? src->dtype : ST_F32, .ndim = mt->ndim,
+                           .shape = {rows, mt->shape[1]}, .data = kept ? src->data : NULL};
+    if (kept)
+        *from = (weight_source){0};
+    return 1;
+}
+
 static int write_weights(const model *m, const st_set *base, int lora_rank, unsigned lora_sites,
                          const char *path, export_report *r, pesc_error *err)
 {
-    int full = m->pesc.mode == TRAIN_FULL;
-    int n = m->n_base_tensors + (m->crafted ? m->n_trainables : 0);
+    int n = m->n_base_tensors + (m->crafted ? m->n_trainables : 0), written = 0;
     st_write_tensor *t = xcalloc((size_t)n, sizeof *t);
-    weight_writer w = {m->backend, xcalloc((size_t)n, sizeof *w.device)};
+    weight_source *source = xcalloc((size_t)n, sizeof *source);
+    char(*names)[sizeof m->base_tensors[0].name] = xcalloc((size_t)n, sizeof *names);
     for (int i = 0; i < n; i++) {
-        int is_base = i < m->n_base_tensors;
-        const model_tensor *mt = is_base ? &m->base_tensors[i]
-                                         : &m->trainables[i - m->n_base_tensors];
-        const st_tensor *src = is_base && base ? st_set_find(base, mt->name, NULL) : NULL;
-        int kept = src && !full && !lora_merged_into(m, lora_rank, lora_sites, mt->data) &&
-                   (src->dtype == ST_F32 || src->dtype == ST_F16 || src->dtype == ST_BF16);
-        t[i] = (st_write_tensor){.name = mt->name, .dtype = kept ? src->dtype : ST_F32,
-                                 .ndim = mt->ndim, .shape = {mt->shape[0], mt->shape[1]},
-                                 .data = kept ? src->data : NULL};
-        w.device[i] = kept ? NULL : mt->data;
-        r->kept += kept;
-        r->bytes += (double)mt->n * (double)st_dtype_size(t[i].dtype);
+        int k = written;
+        if (!plan_tensor(m, i, base, lora_rank, lora_sites, names[k], sizeof names[k], &t[k],
+                         &source[k]))
+            continue;
+        written++;
+        r->kept += t[k].data != NULL;
+        r->bytes += (double)t[k].shape[0] * (double)(t[k].ndim == 2 ? t[k].shape[1] : 1) *
+                    (double)st_dtype_size(t[k].dtype);
     }
-    r->tensors = n;
+    r->tensors = written;
     const char *keys[] = {"format"}, *values[] = {"pt"};   /* transformers checks it */
-    int rc = st_write_streamed(path, t, n, fill_from_device, &w, keys, values, 1, err);
-    free(w.device);
+    weight_writer w = {m->backend, source};
+    int rc = st_write_streamed(path, t, written, fill_from_device, &w, keys, values, 1, err);
+    free(names);
+    free(source);
     free(t);
     return rc;
 }

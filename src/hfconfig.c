@@ -8,7 +8,8 @@
 
 #include "cpu/cpu_ops.h"
 
-#define SUPPORTED "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+#define SUPPORTED \
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -85,7 +86,8 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
         return pesc_fail(err, "%s: \"architectures\" must name one model class; supported: "
                          SUPPORTED, where);
     if (strcmp(arch, "LlamaForCausalLM") && strcmp(arch, "MistralForCausalLM") &&
-        strcmp(arch, "Qwen2ForCausalLM") && strcmp(arch, "Qwen3ForCausalLM"))
+        strcmp(arch, "Qwen2ForCausalLM") && strcmp(arch, "Qwen3ForCausalLM") &&
+        strcmp(arch, "Phi3ForCausalLM"))
         return pesc_fail(err, "%s: architecture %s is not supported; supported: " SUPPORTED,
                          where, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
@@ -130,8 +132,11 @@ static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pes
             return pesc_fail(err, "%s: llama3 rope_scaling needs high_freq_factor > "
                              "low_freq_factor", where);
     } else {
+        /* Phi-3's 128k-context models: their 4k siblings have no rope_scaling */
+        int longrope = strcmp(type, "longrope") == 0 || strcmp(type, "su") == 0;
         return pesc_fail(err, "%s: rope_scaling type \"%s\" is not supported; supported: "
-                         "linear, llama3", where, type);
+                         "linear, llama3%s", where, type,
+                         longrope ? " (of Phi-3, the 4k-context models run)" : "");
     }
     return 0;
 }
@@ -165,8 +170,16 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
             return pesc_fail(err, "%s: mlp_bias=true is not supported", where);
         c->qkv_bias = c->o_bias = attention_bias;
     } else if (get_int(root, "sliding_window", 0, 0, &c->sliding_window, where, err)) {
-        return -1;
+        return -1;   /* Mistral's and Phi-3's window */
     }
+    /* Phi-3: q, k and v in one qkv_proj, gate and up in one gate_up_proj */
+    c->fused_proj = strcmp(c->architecture, "Phi3ForCausalLM") == 0;
+    double rotary = 1.0;   /* Phi-4-mini rotates 3/4 of each head */
+    if (get_number(root, "partial_rotary_factor", 1.0, &rotary, where, err))
+        return -1;
+    if (rotary != 1.0)
+        return pesc_fail(err, "%s: partial_rotary_factor %g is not supported (only 1: RoPE on "
+                         "the whole head)", where, rotary);
     return 0;
 }
 

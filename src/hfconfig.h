@@ -1,5 +1,5 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
- * MistralForCausalLM, Qwen2ForCausalLM, and the PESC keys of an exported (crafted) model
+ * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, and the PESC keys of an exported (crafted) model
  * (num_experts, topk, adapter_dim, moe_scaling, as Camelidae writes them). Anything else is
  * refused with a message that lists what is supported. Also derives RoPE's inverse
  * frequencies (default, linear, llama3).
@@ -33,7 +33,9 @@ typedef struct hf_config {
     int qkv_bias;                /* qwen2, or llama's and qwen3's attention_bias */
     int qk_norm;                 /* qwen3: each head of q and k RMS-normed (q_norm, k_norm) */
     int o_bias;                  /* llama's attention_bias */
-    int sliding_window;          /* mistral; 0 = none */
+    int sliding_window;          /* mistral, phi3; 0 = none */
+    int fused_proj;              /* phi3: the files hold q|k|v as qkv_proj, gate|up as
+                                  * gate_up_proj (model.c splits and joins them) */
     int bos_token_id, eos_token_id;   /* -1 when absent */
     /* A PESC model exported by pesc export (Camelidae's keys): routers and adapters are in
      * its safetensors. num_experts 0 = a dense model (the keys are absent). */

@@ -212,15 +212,105 @@ const st_tensor *model_find_in_file(const void *file, const char *name, const ch
     return st_find(f, name);
 }
 
+int model_fused_part(const hf_config *c, const char *name, char *joined, size_t len,
+                     int64_t *first, int64_t *rows)
+{
+    if (!c->fused_proj)
+        return 0;
+    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t F = c->intermediate_size;
+    static const struct {
+        const char *part, *whole;
+        int q, kv, F;   /* the part's first row: q * this + kv * this + F * this */
+    } parts[] = {
+        {"self_attn.q_proj.weight", "self_attn.qkv_proj.weight", 0, 0, 0},
+        {"self_attn.k_proj.weight", "self_attn.qkv_proj.weight", 1, 0, 0},
+        {"self_attn.v_proj.weight", "self_attn.qkv_proj.weight", 1, 1, 0},
+        {"mlp.gate_proj.weight", "mlp.gate_up_proj.weight", 0, 0, 0},
+        {"mlp.up_proj.weight", "mlp.gate_up_proj.weight", 0, 0, 1},
+    };
+    int layer, at = 0;
+    if (sscanf(name, "model.layers.%d.%n", &layer, &at) != 1 || at == 0)
+        return 0;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (strcmp(name + at, parts[i].part) == 0) {
+            snprintf(joined, len, "model.layers.%d.%s", layer, parts[i].whole);
+            *first = parts[i].q * q + parts[i].kv * kv + parts[i].F * F;
+            *rows = i < 3 ? q + 2 * kv : 2 * F;
+            return i < 3 ? 3 : 2;
+        }
+    return 0;
+}
+
+/* The base's files, with Phi-3's joined tensors seen as their parts (row ranges of them). */
+typedef struct base_source {
+    const st_set *set;
+    st_tensor *parts;            /* named as the model's tensors */
+    const char **part_files;
+    int n_parts;
+} base_source;
+
+static const st_tensor *find_base(const void *source, const char *name, const char **file)
+{
+    const base_source *b = source;
+    for (int i = 0; i < b->n_parts; i++)
+        if (strcmp(b->parts[i].name, name) == 0) {
+            *file = b->part_files[i];
+            return &b->parts[i];
+        }
+    return model_find_in_set(b->set, name, file);
+}
+
+/* The parts of every joined tensor the model's list names, or an error naming a joined
+ * tensor that is missing or of another shape than config.json implies. */
+static int split_joined(const model *m, const param_list *list, base_source *b, pesc_error *err)
+{
+    b->parts = xcalloc((size_t)list->n, sizeof *b->parts);
+    b->part_files = xcalloc((size_t)list->n, sizeof *b->part_files);
+    for (int i = 0; i < list->n; i++) {
+        const model_tensor *t = &list->items[i];
+        char joined[160];
+        int64_t first, rows;
+        if (!model_fused_part(&m->config, t->name, joined, sizeof joined, &first, &rows))
+            continue;
+        const st_file *f = NULL;
+        const st_tensor *src = st_set_find(b->set, joined, &f);
+        if (!src)
+            return pesc_fail(err, "%s: tensor %s is missing (%s keeps q, k, v and gate, up "
+                             "joined)", b->set->dir, joined, m->config.architecture);
+        if (src->ndim != 2 || src->shape[0] != rows || src->shape[1] != t->shape[1]) {
+            char got[64];
+            model_format_shape(got, sizeof got, src->ndim, src->shape);
+            return pesc_fail(err, "%s: tensor %s has shape %s but config.json implies [%" PRId64
+                             ", %" PRId64 "]", f->path, joined, got, rows, t->shape[1]);
+        }
+        size_t row_bytes = (size_t)src->shape[1] * st_dtype_size(src->dtype);
+        st_tensor *p = &b->parts[b->n_parts];
+        *p = *src;
+        p->name = (char *)t->name;
+        p->shape[0] = t->shape[0];
+        p->n_elements = (size_t)t->n;
+        p->nbytes = (size_t)t->shape[0] * row_bytes;
+        p->data = (const char *)src->data + (size_t)first * row_bytes;
+        b->part_files[b->n_parts++] = f->path;
+    }
+    return 0;
+}
+
 static int load_weights(model *m, const st_set *set, pesc_error *err)
 {
     param_list list = {0};
     size_t largest;
+    base_source base = {.set = set};
     int rc = layout_weights(m, &list, &largest, err);
     if (rc == 0)
-        rc = model_upload_named(m, list.items, list.n, model_find_in_set, set, set->dir,
+        rc = split_joined(m, &list, &base, err);
+    if (rc == 0)
+        rc = model_upload_named(m, list.items, list.n, find_base, &base, set->dir,
                                 "the checkpoint does not match its config.json",
                                 "config.json implies", err);
+    free(base.parts);
+    free(base.part_files);
     free(list.slots);
     if (!m->base_tensors)
         free(list.items);

@@ -191,6 +191,11 @@ typedef struct model {
  * (config.json with num_experts, topk, adapter_dim, moe_scaling) comes back crafted, its
  * routers and adapters loaded: a missing or misshapen one is an error naming the tensor. */
 int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err);
+/* Phi-3's files join q, k, v as qkv_proj and gate, up as gate_up_proj (c->fused_proj): for a
+ * base tensor name of a part, the joined tensor's number of parts (3, 2), its name, its rows
+ * and the part's first row in it; 0 for any other name or model. */
+int model_fused_part(const hf_config *c, const char *name, char *joined, size_t len,
+                     int64_t *first, int64_t *rows);
 void model_free(model *m);
 
 /* A model of the given shape with random weights (benchmarks, tests); no files. */

@@ -164,6 +164,12 @@ expect 1 "^pesc tokenize: --model: $tmp/none: No such file" "tokenize --model of
   "$pesc" tokenize --model "$tmp/none"
 expect 1 "^pesc tokenize: --model: $m has no tokenizer.json: give the model's tokenizer with --tokenizer" \
   "tokenize --model of a directory without a tokenizer" -- "$pesc" tokenize --model "$m"
+# a Phi-3 config over split q/k/v files: the joined tensor it reads is named
+mkdir -p "$tmp/phi-split"
+cp "$m/model.safetensors" "$tmp/phi-split/"
+sed 's/LlamaForCausalLM/Phi3ForCausalLM/' "$m/config.json" >"$tmp/phi-split/config.json"
+expect 1 "phi-split: tensor model.layers.0.self_attn.qkv_proj.weight is missing (Phi3ForCausalLM keeps q, k, v and gate, up joined)" \
+  "a Phi-3 model without joined tensors" -- "$pesc" eval --model "$tmp/phi-split" --data "$m/records.jsonl"
 mkdir -p "$tmp/cfgdir/config.json"
 expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
   "$pesc" inspect "$tmp/cfgdir"

@@ -327,5 +327,29 @@ cmp -s "$tmp/tok-with/tokenizer_config.json" "$tmp/exp-with/tokenizer_config.jso
   pass "export of a --tokenizer run: its tokenizer_config.json, or none, not the base's" ||
   fail "export of a --tokenizer run: $(ls "$tmp/exp-with" "$tmp/exp-bare" 2>&1 | tr '\n' ' ')"
 
+# ---- Phi-3: q|k|v and gate|up joined in the files, read as parts and written joined again ------
+phi="$top_srcdir/tests/reference/data/phi3-fused-bf16"
+# LoRA on q alone: qkv_proj is joined from the merged weights, gate_up_proj copied as it was
+# (merged, the loss moves in the 7th digit, as the LoRA export's above)
+expect 0 "step 3/3" "train on a Phi-3 model with LoRA on q" -- "$pesc" train --headless \
+  --model "$phi" --data "$phi/records.jsonl" --seq 32 --batch 5 --steps 3 --lr 1e-2 --experts 4 \
+  --adapter-dim 8 --lora-rank 4 --lora-targets q --backend cpu --save "$tmp/phick"
+expect 0 "exported" "export the Phi-3 checkpoint" -- "$pesc" export "$tmp/phick" -o "$tmp/phiout"
+"$pesc" inspect "$tmp/phiout/model.safetensors" >"$tmp/phitensors"
+if grep -q 'F32   \[128, 64\]  model.layers.1.self_attn.qkv_proj.weight' "$tmp/phitensors" &&
+   grep -q 'BF16  \[160, 64\]  model.layers.0.mlp.gate_up_proj.weight' "$tmp/phitensors" &&
+   ! grep -q 'self_attn[.][qkv]_proj\|mlp[.]gate_proj\|mlp[.]up_proj' "$tmp/phitensors"; then
+  pass "a Phi-3 export joins q, k, v (merged) and gate, up (as they were), as Phi-3 files do"
+else
+  fail "Phi-3 export tensors: $(grep 'layers.0' "$tmp/phitensors" | head -8 | tr '\n' ' ')"
+fi
+phi_eval() { "$pesc" eval "$@" --data "$phi/records.jsonl" --json 2>&1 | sed -n 's/.*"loss": \([^,]*\),.*/\1/p'; }
+phi_tuned=$(phi_eval --model "$phi" --adapters "$tmp/phick")
+phi_exported=$(phi_eval --model "$tmp/phiout")
+phi_base=$(phi_eval --model "$phi")
+[ -n "$phi_exported" ] && close "$phi_exported" "$phi_tuned" 1e-6 && ! close "$phi_base" "$phi_tuned" 1e-3 &&
+  pass "the Phi-3 export computes what base + adapters compute ($phi_exported)" ||
+  fail "Phi-3: export $phi_exported, base + adapters $phi_tuned, base $phi_base"
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]

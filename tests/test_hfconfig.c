@@ -77,6 +77,25 @@ static void test_families(void)
                         ", \"use_sliding_window\": true}", "x", &err);
     CHECK(rc != 0 && strstr(err.msg, "use_sliding_window=true is not supported for Qwen3"),
           "qwen3 sliding window refused: %s", err.msg);
+    /* Phi-3 (mini-4k's keys): q, k, v and gate, up joined in the files; Mistral's window */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
+                        ", \"sliding_window\": 2047, \"rope_scaling\": null, \"embd_pdrop\": "
+                        "0.0, \"original_max_position_embeddings\": 4096}", "x", &err);
+    CHECK(rc == 0 && c.fused_proj && c.sliding_window == 2047 && !c.qkv_bias,
+          "phi3: %s", err.msg);
+    CHECK(hfconfig_param_count(&c) == 2 * 100 * 64 + 64 + 2 * (2 * 64 + 4 * 64 * 64 +
+          3 * 64 * 128), "phi3 param count %lld", hfconfig_param_count(&c));
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"MistralForCausalLM\"], " BASE "}", "x",
+                        &err);
+    CHECK(rc == 0 && !c.fused_proj, "only phi3 joins projections: %s", err.msg);
+    /* its 128k models' longrope, and Phi-4-mini's partial rotary, are refused by name */
+    expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"rope_scaling\": "
+                 "{\"type\": \"longrope\", \"short_factor\": [1], \"long_factor\": [2]}}",
+                 "rope_scaling type \"longrope\" is not supported; supported: linear, llama3 "
+                 "(of Phi-3, the 4k-context models run)");
+    expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
+                 ", \"partial_rotary_factor\": 0.75}",
+                 "partial_rotary_factor 0.75 is not supported");
 }
 
 static void test_rope(void)

@@ -13,8 +13,9 @@ For every model (or only the NAMEd ones) below this writes, under tests/referenc
   expected.json               exact float64 logits and losses
 
 The forward pass is written out by hand in torch, following transformers'
-LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM eager code
-paths.
+LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM
+eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
+file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them).
 Everything is computed in float64 from the weights *as stored* (bf16/f16 values
 rounded first, then upcast), so expected.json holds the exact answers that a
 lower-precision implementation approximates.  The output is deterministic:
@@ -214,6 +215,43 @@ MODELS = [
             "vocab_size": 64,
         },
     },
+    {
+        # Phi-3: Llama's math with q, k, v joined in qkv_proj and gate, up in gate_up_proj;
+        # bf16 as released; a sliding window (Phi-3-mini-4k's is 2047) short enough to act here.
+        "name": "phi3-fused-bf16",
+        "seed": 1006,
+        "dtype": torch.bfloat16,
+        "shards": 1,
+        "config": {
+            "architectures": ["Phi3ForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "embd_pdrop": 0.0,
+            "eos_token_id": 2,
+            "hidden_act": "silu",
+            "hidden_size": 64,
+            "initializer_range": 0.02,
+            "intermediate_size": 80,
+            "max_position_embeddings": 128,
+            "model_type": "phi3",
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "num_key_value_heads": 2,
+            "original_max_position_embeddings": 128,
+            "pad_token_id": 0,
+            "resid_pdrop": 0.0,
+            "rms_norm_eps": 1e-05,
+            "rope_scaling": None,
+            "rope_theta": 10000.0,
+            "sliding_window": 7,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "transformers_version": TRANSFORMERS_VERSION,
+            "use_cache": True,
+            "vocab_size": 64,
+        },
+    },
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -224,6 +262,7 @@ RECORD_LENGTHS = {
     "llama-bf16-tied": [3, 1, 17, 11],
     "mistral-sharded-f16": [1, 20, 7, 18, 12],
     "qwen3-qknorm-f32": [4, 19, 1, 14],
+    "phi3-fused-bf16": [2, 16, 1, 20, 9],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -231,6 +270,7 @@ LABELED_INDEX = {
     "llama-bf16-tied": 3,
     "mistral-sharded-f16": 3,
     "qwen3-qknorm-f32": 3,
+    "phi3-fused-bf16": 1,
 }
 
 # --------------------------------------------------------------------------
@@ -254,7 +294,7 @@ def has_qk_norm(cfg):
 
 
 def sliding_window_of(cfg):
-    if cfg["model_type"] == "mistral":
+    if cfg["model_type"] in ("mistral", "phi3"):
         return cfg.get("sliding_window")
     if cfg["model_type"] in ("qwen2", "qwen3"):
         # Only active when use_sliding_window is true (and then only for layers >= max_window_layers);
@@ -356,6 +396,48 @@ def make_weights(spec):
     if not tied:
         w.append(("lm_head.weight", randn((V, H), lin_std(H))))
     return w
+
+
+def join_phi3(weights):
+    """The file's tensors of a Phi-3 model: each layer's q, k, v concatenated by rows as
+    self_attn.qkv_proj, and gate, up as mlp.gate_up_proj, in the place of the first part."""
+    named = dict(weights)
+    out = []
+    for name, t in weights:
+        for first, parts, joined in (("q_proj", ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
+                                     ("gate_proj", ("gate_proj", "up_proj"), "gate_up_proj")):
+            if name.endswith("." + first + ".weight"):
+                stem = name[: -len(first + ".weight")]
+                out.append((stem + joined + ".weight",
+                            torch.cat([named[stem + p + ".weight"] for p in parts], dim=0)))
+                break
+        else:
+            if not any(name.endswith("." + p + ".weight") for p in ("k_proj", "v_proj", "up_proj")):
+                out.append((name, t))
+    return out
+
+
+def split_phi3(cfg, W):
+    """The parts of a Phi-3 model's joined tensors, sliced as transformers' Phi3Attention
+    (query_pos = heads * head_dim; k the next kv_heads * head_dim rows; v the rest) and Phi3MLP
+    (gate, up = gate_up.chunk(2)) do."""
+    hd = head_dim_of(cfg)
+    query_pos = cfg["num_attention_heads"] * hd
+    kv = cfg["num_key_value_heads"] * hd
+    out = {}
+    for name, t in W.items():
+        if name.endswith(".qkv_proj.weight"):
+            stem = name[: -len("qkv_proj.weight")]
+            out[stem + "q_proj.weight"] = t[:query_pos]
+            out[stem + "k_proj.weight"] = t[query_pos : query_pos + kv]
+            out[stem + "v_proj.weight"] = t[query_pos + kv :]
+        elif name.endswith(".gate_up_proj.weight"):
+            stem = name[: -len("gate_up_proj.weight")]
+            gate, up = t.chunk(2, dim=0)
+            out[stem + "gate_proj.weight"], out[stem + "up_proj.weight"] = gate, up
+        else:
+            out[name] = t
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -551,6 +633,8 @@ def build(spec):
         os.remove(os.path.join(outdir, fn))
 
     weights = make_weights(spec)
+    if cfg["model_type"] == "phi3":
+        weights = join_phi3(weights)
     with open(os.path.join(outdir, "config.json"), "w") as f:
         f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     write_checkpoint(outdir, spec, weights)
@@ -562,6 +646,8 @@ def build(spec):
 
     W64 = {n: t.to(torch.float64) for n, t in weights}  # stored values, exactly upcast
     W32 = {n: t.to(torch.float32) for n, t in weights}
+    if cfg["model_type"] == "phi3":
+        W64, W32 = split_phi3(cfg, W64), split_phi3(cfg, W32)
 
     out_recs = []
     tot_nll, tot_n = 0.0, 0
