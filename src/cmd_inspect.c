@@ -37,7 +37,8 @@ static const char inspect_usage[] =
 
 static const char *rope_name(hf_rope_type t)
 {
-    return t == HF_ROPE_LINEAR ? "linear" : t == HF_ROPE_LLAMA3 ? "llama3" : "default";
+    return t == HF_ROPE_LINEAR ? "linear" : t == HF_ROPE_LLAMA3 ? "llama3"
+           : t == HF_ROPE_LONGROPE ? "longrope" : "default";
 }
 
 static void print_dtype_counts(const st_set *set)
@@ -68,7 +69,11 @@ static int inspect_model(const char *dir)
     printf("heads         %d (kv %d, head_dim %d)\n", c.n_heads, c.n_kv_heads, c.head_dim);
     printf("vocab         %d%s\n", c.vocab_size, c.tie_word_embeddings ? " (tied embeddings)" : "");
     printf("rope          theta %g, scaling %s", c.rope_theta, rope_name(c.rope_type));
-    if (c.rope_type != HF_ROPE_DEFAULT)
+    if (c.rope_type == HF_ROPE_LONGROPE)   /* pesc runs it as transformers does up to there */
+        printf(", run in its original %d-token context (of %d): short factors, attention "
+               "factor %.4g", c.max_position_embeddings, c.rope_long_context,
+               c.rope_attention_factor);
+    else if (c.rope_type != HF_ROPE_DEFAULT)
         printf(" x%g", c.rope_factor);
     printf("\n");
     if (c.sliding_window)

@@ -99,10 +99,56 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
     return 0;
 }
 
+/* Phi-3's longrope (transformers' _compute_longrope_parameters) within the original context:
+ * the short factors, and the attention factor from the context's growth. pesc runs the model
+ * in that context (max_position_embeddings becomes it), where transformers never switches to
+ * the long factors. */
+static int parse_longrope(hf_config *c, json_t *root, json_t *rs, const char *where,
+                          pesc_error *err)
+{
+    c->rope_type = HF_ROPE_LONGROPE;
+    json_t *shorts = json_object_get(rs, "short_factor");
+    size_t half = (size_t)c->head_dim / 2, i;
+    json_t *v;
+    if (!json_is_array(shorts) || json_array_size(shorts) != half || half > HF_MAX_ROPE_FACTORS)
+        return pesc_fail(err, "%s: longrope rope_scaling needs \"short_factor\", a list of "
+                         "head_dim / 2 = %zu numbers", where, half);
+    json_array_foreach(shorts, i, v) {
+        if (!json_is_number(v) || !(json_number_value(v) > 0))
+            return pesc_fail(err, "%s: rope_scaling short_factor[%zu] must be a positive number",
+                             where, i);
+        c->rope_short_factor[i] = (float)json_number_value(v);
+    }
+    /* Phi-3 keeps the pretrained context beside the extended one; the factor is their ratio */
+    int original = 0;
+    double factor = c->rope_factor;
+    if (get_int(root, "original_max_position_embeddings", 0, 0, &original, where, err) != 0)
+        return -1;
+    if (original > 0)
+        factor = (double)c->max_position_embeddings / original;
+    else if (get_int(rs, "original_max_position_embeddings", 0, c->max_position_embeddings,
+                     &original, where, err) != 0)
+        return -1;
+    if (original < 2)
+        return pesc_fail(err, "%s: longrope needs original_max_position_embeddings", where);
+    if (get_number(rs, "attention_factor", factor <= 1.0 ? 1.0 :
+                   sqrt(1.0 + log(factor) / log((double)original)),
+                   &c->rope_attention_factor, where, err) != 0)
+        return -1;
+    if (!(c->rope_attention_factor > 0))
+        return pesc_fail(err, "%s: rope_scaling attention_factor must be positive", where);
+    c->rope_original_max_position = original;
+    c->rope_long_context = c->max_position_embeddings;
+    if (original < c->max_position_embeddings)
+        c->max_position_embeddings = original;
+    return 0;
+}
+
 static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     c->rope_type = HF_ROPE_DEFAULT;
     c->rope_factor = 1.0;
+    c->rope_attention_factor = 1.0;
     json_t *rs = json_object_get(root, "rope_scaling");
     if (!rs || json_is_null(rs))
         return 0;
@@ -131,12 +177,11 @@ static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pes
         if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
             return pesc_fail(err, "%s: llama3 rope_scaling needs high_freq_factor > "
                              "low_freq_factor", where);
+    } else if (strcmp(type, "longrope") == 0 || strcmp(type, "su") == 0) {
+        return parse_longrope(c, root, rs, where, err);
     } else {
-        /* Phi-3's 128k-context models: their 4k siblings have no rope_scaling */
-        int longrope = strcmp(type, "longrope") == 0 || strcmp(type, "su") == 0;
         return pesc_fail(err, "%s: rope_scaling type \"%s\" is not supported; supported: "
-                         "linear, llama3%s", where, type,
-                         longrope ? " (of Phi-3, the 4k-context models run)" : "");
+                         "linear, llama3, longrope", where, type);
     }
     return 0;
 }
@@ -303,6 +348,8 @@ void hfconfig_inv_freq(const hf_config *c, float *inv_freq)
         double f = 1.0 / pow(c->rope_theta, (double)exponent);
         if (c->rope_type == HF_ROPE_LINEAR) {
             f /= c->rope_factor;
+        } else if (c->rope_type == HF_ROPE_LONGROPE) {
+            f /= c->rope_short_factor[i];
         } else if (c->rope_type == HF_ROPE_LLAMA3) {
             double old_len = c->rope_original_max_position;
             double low_wavelen = old_len / c->rope_low_freq_factor;

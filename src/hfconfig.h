@@ -2,7 +2,7 @@
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, and the PESC keys of an exported (crafted) model
  * (num_experts, topk, adapter_dim, moe_scaling, as Camelidae writes them). Anything else is
  * refused with a message that lists what is supported. Also derives RoPE's inverse
- * frequencies (default, linear, llama3).
+ * frequencies (default, linear, llama3, longrope).
  *
  * Must not: touch weights or backends. */
 #ifndef PESC_HFCONFIG_H
@@ -10,7 +10,14 @@
 
 #include "util.h"
 
-typedef enum hf_rope_type { HF_ROPE_DEFAULT, HF_ROPE_LINEAR, HF_ROPE_LLAMA3 } hf_rope_type;
+typedef enum hf_rope_type {
+    HF_ROPE_DEFAULT,
+    HF_ROPE_LINEAR,
+    HF_ROPE_LLAMA3,
+    HF_ROPE_LONGROPE   /* Phi-3's 128k models ("longrope", or "su") */
+} hf_rope_type;
+
+enum { HF_MAX_ROPE_FACTORS = 256 };   /* head_dim / 2 at most */
 
 typedef struct hf_config {
     char architecture[64];       /* "LlamaForCausalLM" */
@@ -27,7 +34,13 @@ typedef struct hf_config {
     hf_rope_type rope_type;
     double rope_factor;
     double rope_low_freq_factor, rope_high_freq_factor;   /* llama3 */
-    int rope_original_max_position;                       /* llama3 */
+    int rope_original_max_position;                       /* llama3, longrope */
+    /* longrope within its original context (max_position_embeddings is set to that, where
+     * transformers uses the short factors): inv_freq divided by each short factor, and cos
+     * and sin scaled by the attention factor (1 for every other type) */
+    float rope_short_factor[HF_MAX_ROPE_FACTORS];
+    double rope_attention_factor;
+    int rope_long_context;       /* longrope: config.json's max_position_embeddings */
     int max_position_embeddings;
     int tie_word_embeddings;
     int qkv_bias;                /* qwen2, or llama's and qwen3's attention_bias */

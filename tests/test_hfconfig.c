@@ -88,11 +88,7 @@ static void test_families(void)
     rc = hfconfig_parse(&c, "{\"architectures\": [\"MistralForCausalLM\"], " BASE "}", "x",
                         &err);
     CHECK(rc == 0 && !c.fused_proj, "only phi3 joins projections: %s", err.msg);
-    /* its 128k models' longrope, and Phi-4-mini's partial rotary, are refused by name */
-    expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"rope_scaling\": "
-                 "{\"type\": \"longrope\", \"short_factor\": [1], \"long_factor\": [2]}}",
-                 "rope_scaling type \"longrope\" is not supported; supported: linear, llama3 "
-                 "(of Phi-3, the 4k-context models run)");
+    /* Phi-4-mini's partial rotary is refused by name */
     expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
                  ", \"partial_rotary_factor\": 0.75}",
                  "partial_rotary_factor 0.75 is not supported");
@@ -123,6 +119,45 @@ static void test_rope(void)
     CHECK(fabs(f[0] - 1.0) < 1e-7, "llama3 high frequency kept: %g", f[0]);
     CHECK(fabs(f[1] - want1) < 1e-7 * want1, "llama3 medium frequency smoothed: %g vs %g", f[1], want1);
     CHECK(fabs(f[3] - pow(10000.0, -0.75) / 8) < 1e-9, "llama3 low frequency scaled: %g", f[3]);
+}
+
+/* Phi-3's 128k models: longrope within the original context, short factors, and cos and sin
+ * scaled by sqrt(1 + ln(max / original) / ln(original)) */
+static void test_longrope(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    float f[4];
+#define PHI3 "{\"architectures\": [\"Phi3ForCausalLM\"], " BASE ", \"max_position_embeddings\": "
+    int rc = hfconfig_parse(&c, PHI3 "131072, \"original_max_position_embeddings\": 4096, "
+                            "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": "
+                            "[1.0, 1.5, 2.0, 4.0], \"long_factor\": [1, 2, 3, 4]}}", "x", &err);
+    CHECK(rc == 0 && c.rope_type == HF_ROPE_LONGROPE, "longrope: %s", err.msg);
+    CHECK(c.max_position_embeddings == 4096 && c.rope_long_context == 131072,
+          "runs the original context: %d of %d", c.max_position_embeddings, c.rope_long_context);
+    double want = sqrt(1.0 + log(32.0) / log(4096.0));
+    CHECK(fabs(c.rope_attention_factor - want) < 1e-12, "attention factor %.17g, want %.17g",
+          c.rope_attention_factor, want);
+    hfconfig_inv_freq(&c, f);
+    CHECK(fabs(f[0] - 1.0) < 1e-7 && fabs(f[1] - pow(10000.0, -0.25) / 1.5) < 1e-7 &&
+          fabs(f[3] - pow(10000.0, -0.75) / 4.0) < 1e-9, "short factors divide: %g %g %g", f[0],
+          f[1], f[3]);
+    /* "su" is its old name; a given attention_factor stands */
+    rc = hfconfig_parse(&c, PHI3 "8192, \"original_max_position_embeddings\": 4096, "
+                        "\"rope_scaling\": {\"type\": \"su\", \"short_factor\": [1, 1, 1, 1], "
+                        "\"long_factor\": [1, 1, 1, 1], \"attention_factor\": 1.5}}", "x", &err);
+    CHECK(rc == 0 && c.rope_type == HF_ROPE_LONGROPE && c.rope_attention_factor == 1.5,
+          "su with attention_factor: %s", err.msg);
+    expect_error(PHI3 "8192, \"original_max_position_embeddings\": 4096, \"rope_scaling\": "
+                 "{\"type\": \"longrope\", \"short_factor\": [1, 2], \"long_factor\": [1, 2]}}",
+                 "longrope rope_scaling needs \"short_factor\", a list of head_dim / 2 = 4 numbers");
+    expect_error(PHI3 "8192, \"original_max_position_embeddings\": 4096, \"rope_scaling\": "
+                 "{\"type\": \"longrope\", \"short_factor\": [1, 2, 0, 1]}}",
+                 "rope_scaling short_factor[2] must be a positive number");
+    expect_error(PHI3 "8192, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}}",
+                 "rope_scaling type \"yarn\" is not supported; supported: linear, llama3, "
+                 "longrope");
+#undef PHI3
 }
 
 /* An exported PESC model: Camelidae's keys; absent keys mean a dense model. */
@@ -160,6 +195,7 @@ int main(void)
     test_defaults();
     test_families();
     test_rope();
+    test_longrope();
     test_crafting();
     expect_error("{", "not valid JSON");
     expect_error("[1]", "JSON object");

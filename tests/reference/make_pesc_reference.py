@@ -7,9 +7,10 @@ Run with the system Python (Debian's python3-torch / python3-numpy):
 
 For every case below (or only the named ones) this writes, under tests/reference/data/<case>/:
 
-  config.json              HF config of the dense base model (LlamaForCausalLM, or Qwen3ForCausalLM
-                           for the pesc-qwen3-* cases)
-  model.safetensors        the base weights (F32, HF names)
+  config.json              HF config of the dense base model (LlamaForCausalLM, Qwen3ForCausalLM
+                           for the pesc-qwen3-* cases, Phi3ForCausalLM with longrope for
+                           pesc-phi3-longrope-lora)
+  model.safetensors        the base weights (F32, HF names; Phi-3's q|k|v and gate|up joined)
   trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
   batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
   grads.safetensors        d(total loss)/d(trainable) at the initial point (F64, same names)
@@ -56,6 +57,8 @@ N_STEPS = 10
 def base_config(case):
     if case.get("arch") == "qwen3":
         return qwen3_base_config(case["kv_heads"])
+    if case.get("arch") == "phi3":
+        return phi3_base_config(case["kv_heads"])
     kv_heads = case["kv_heads"]
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -118,6 +121,41 @@ def qwen3_base_config(kv_heads):
     }
 
 
+def phi3_base_config(kv_heads):
+    # Phi-3.5-mini's longrope, shrunk: context 64 grown from 16 (attention factor
+    # sqrt(1 + ln 4 / ln 16)), rows of T = 12 within 16: the short factors.
+    return {
+        "architectures": ["Phi3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "embd_pdrop": 0.0,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 48,
+        "max_position_embeddings": 64,
+        "model_type": "phi3",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": kv_heads,
+        "original_max_position_embeddings": 16,
+        "pad_token_id": 0,
+        "resid_pdrop": 0.0,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {"long_factor": [1.5, 2.5, 4.0, 6.0],
+                         "short_factor": [1.0, 1.3, 1.9, 2.6], "type": "longrope"},
+        "rope_theta": 10000.0,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": mr.TRANSFORMERS_VERSION,
+        "use_cache": True,
+        "vocab_size": 64,
+    }
+
+
 OPTIM = {
     "optimizer": "adamw",        # exactly torch.optim.AdamW (decoupled weight decay)
     "lr": 1e-2,
@@ -152,6 +190,12 @@ CASES = [
     {"name": "pesc-qwen3-lora", "arch": "qwen3", "base_seed": 3003, "init_seed": 4006, "batch_seed": 5005,
      "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8, "moe_scaling": 0.25,
      "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8, "weight_decay": 0.0},
+    # Phi-3 base with longrope (q, k scaled by its attention factor), joined q|k|v and gate|up
+    # in the file, GQA: LoRA on every projection
+    {"name": "pesc-phi3-longrope-lora", "arch": "phi3", "base_seed": 3004, "init_seed": 4008,
+     "batch_seed": 5007, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
+     "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
+     "weight_decay": 0.0},
     # same Qwen3 base, every weight trainable (q_norm/k_norm included; no lm_head: tied)
     {"name": "pesc-qwen3-full", "arch": "qwen3", "base_seed": 3003, "init_seed": 4007, "batch_seed": 5006,
      "kv_heads": 2, "mode": "full", "num_experts": 0, "topk": 0, "adapter_dim": 0, "moe_scaling": 0.0,
@@ -295,7 +339,9 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
     inv_freq = mr.inv_freq_of(cfg, dt)
     freqs = torch.outer(torch.arange(Tn, dtype=dt), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos(), emb.sin()                                    # [T, hd]
+    af = mr.attention_factor_of(cfg)                                   # longrope's, else 1
+    cos, sin = emb.cos() * af, emb.sin() * af                          # [T, hd]
+    assert mr.longrope_context(cfg) is None or Tn <= mr.longrope_context(cfg)
     causal = torch.arange(Tn).unsqueeze(0) <= torch.arange(Tn).unsqueeze(1)  # [q, k]: k <= q
 
     idt = torch.tensor(ids, dtype=torch.long)
@@ -522,7 +568,8 @@ def build(case):
 
     with open(os.path.join(outdir, "config.json"), "w") as f:
         f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    write_safetensors(os.path.join(outdir, "model.safetensors"), base, {"format": "pt"})
+    write_safetensors(os.path.join(outdir, "model.safetensors"),
+                      mr.join_phi3(base) if cfg["model_type"] == "phi3" else base, {"format": "pt"})
     meta = {"format": "pt"}
     if case["mode"] == "pesc":
         meta.update({"num_experts": str(case["num_experts"]), "topk": str(case["topk"]),

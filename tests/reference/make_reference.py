@@ -252,6 +252,47 @@ MODELS = [
             "vocab_size": 64,
         },
     },
+    {
+        # Phi-3.5-mini's longrope, shrunk: context 256 grown from 32, so the attention factor
+        # is sqrt(1 + ln 8 / ln 32); records shorter than 32 use the short factors
+        "name": "phi3-longrope-f32",
+        "seed": 1007,
+        "dtype": torch.float32,
+        "shards": 1,
+        "config": {
+            "architectures": ["Phi3ForCausalLM"],
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "embd_pdrop": 0.0,
+            "eos_token_id": 2,
+            "hidden_act": "silu",
+            "hidden_size": 48,
+            "initializer_range": 0.02,
+            "intermediate_size": 64,
+            "max_position_embeddings": 256,
+            "model_type": "phi3",
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "num_key_value_heads": 4,
+            "original_max_position_embeddings": 32,
+            "pad_token_id": 0,
+            "resid_pdrop": 0.0,
+            "rms_norm_eps": 1e-05,
+            "rope_scaling": {
+                "long_factor": [1.5, 2.0, 3.0, 4.5, 6.0, 8.0],
+                "short_factor": [1.0, 1.25, 1.6, 2.0, 2.7, 3.5],
+                "type": "longrope",
+            },
+            "rope_theta": 10000.0,
+            "sliding_window": 262144,
+            "tie_word_embeddings": False,
+            "torch_dtype": "float32",
+            "transformers_version": TRANSFORMERS_VERSION,
+            "use_cache": True,
+            "vocab_size": 64,
+        },
+    },
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -263,6 +304,7 @@ RECORD_LENGTHS = {
     "mistral-sharded-f16": [1, 20, 7, 18, 12],
     "qwen3-qknorm-f32": [4, 19, 1, 14],
     "phi3-fused-bf16": [2, 16, 1, 20, 9],
+    "phi3-longrope-f32": [20, 5, 1, 18],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -271,6 +313,7 @@ LABELED_INDEX = {
     "mistral-sharded-f16": 3,
     "qwen3-qknorm-f32": 3,
     "phi3-fused-bf16": 1,
+    "phi3-longrope-f32": 0,
 }
 
 # --------------------------------------------------------------------------
@@ -310,7 +353,10 @@ def inv_freq_of(cfg, dtype):
     default: inv_freq = 1 / theta ** (arange(0, d, 2) / d)
     linear:  inv_freq / factor   (HF divides positions by factor; identical)
     llama3:  _compute_llama3_parameters, reproduced line by line below.
-    All rope types here have attention_factor 1.0 (no cos/sin scaling).
+    longrope (Phi-3's 128k models; "su" before): _compute_longrope_parameters at a sequence
+             length within original_max_position_embeddings, so the short factors:
+             inv_freq / short_factor.  Its cos and sin are scaled too: attention_factor_of.
+    The other rope types have attention_factor 1.0 (no cos/sin scaling).
     """
     d = head_dim_of(cfg)
     base = cfg["rope_theta"]
@@ -321,6 +367,8 @@ def inv_freq_of(cfg, dtype):
     rope_type = rs.get("rope_type", rs.get("type"))
     if rope_type == "linear":
         return inv_freq / rs["factor"]
+    if rope_type in ("longrope", "su"):
+        return inv_freq / torch.tensor(rs["short_factor"], dtype=dtype)
     if rope_type == "llama3":
         factor = rs["factor"]
         low_freq_factor = rs["low_freq_factor"]
@@ -341,6 +389,30 @@ def inv_freq_of(cfg, dtype):
         inv_freq_llama = torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
         return inv_freq_llama
     raise ValueError("unsupported rope type %r" % rope_type)
+
+
+def attention_factor_of(cfg):
+    """What cos and sin are multiplied by: longrope's attention factor (transformers'
+    _compute_longrope_parameters; Phi-3 configs carry original_max_position_embeddings, and the
+    factor is max_position_embeddings over it), else 1."""
+    rs = cfg.get("rope_scaling")
+    if rs is None or rs.get("rope_type", rs.get("type")) not in ("longrope", "su"):
+        return 1.0
+    if rs.get("attention_factor") is not None:
+        return rs["attention_factor"]
+    original = cfg.get("original_max_position_embeddings")
+    factor = cfg["max_position_embeddings"] / original if original else rs.get("factor", 1.0)
+    original = original or cfg["max_position_embeddings"]
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def longrope_context(cfg):
+    """The positions the short factors hold for (transformers switches to the long ones past
+    original_max_position_embeddings); None for other rope types."""
+    rs = cfg.get("rope_scaling")
+    if rs is None or rs.get("rope_type", rs.get("type")) not in ("longrope", "su"):
+        return None
+    return cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
 
 
 # --------------------------------------------------------------------------
@@ -535,7 +607,8 @@ def forward(cfg, W, ids, dtype):
     pos = torch.arange(T, dtype=dtype)
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos(), emb.sin()  # [T, hd]
+    cos, sin = emb.cos() * attention_factor_of(cfg), emb.sin() * attention_factor_of(cfg)  # [T, hd]
+    assert longrope_context(cfg) is None or T <= longrope_context(cfg)
 
     # mask: query q may attend key k iff k <= q and, with a sliding window,
     # k > q - sliding_window (i.e. q - k < sliding_window: the current token plus the
