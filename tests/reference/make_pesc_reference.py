@@ -124,36 +124,11 @@ def qwen3_base_config(kv_heads):
 def phi3_base_config(kv_heads):
     # Phi-3.5-mini's longrope, shrunk: context 64 grown from 16 (attention factor
     # sqrt(1 + ln 4 / ln 16)), rows of T = 12 within 16: the short factors.
-    return {
-        "architectures": ["Phi3ForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": 1,
-        "embd_pdrop": 0.0,
-        "eos_token_id": 2,
-        "hidden_act": "silu",
-        "hidden_size": 32,
-        "initializer_range": 0.02,
-        "intermediate_size": 48,
-        "max_position_embeddings": 64,
-        "model_type": "phi3",
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "num_key_value_heads": kv_heads,
-        "original_max_position_embeddings": 16,
-        "pad_token_id": 0,
-        "resid_pdrop": 0.0,
-        "rms_norm_eps": 1e-05,
-        "rope_scaling": {"long_factor": [1.5, 2.5, 4.0, 6.0],
-                         "short_factor": [1.0, 1.3, 1.9, 2.6], "type": "longrope"},
-        "rope_theta": 10000.0,
-        "sliding_window": None,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-        "transformers_version": mr.TRANSFORMERS_VERSION,
-        "use_cache": True,
-        "vocab_size": 64,
-    }
+    return mr.phi3_config(hidden_size=32, intermediate_size=48, max_position_embeddings=64,
+                          num_key_value_heads=kv_heads, original_max_position_embeddings=16,
+                          rope_scaling={"long_factor": [1.5, 2.5, 4.0, 6.0],
+                                        "short_factor": [1.0, 1.3, 1.9, 2.6], "type": "longrope"},
+                          sliding_window=None, torch_dtype="float32")
 
 
 OPTIM = {
