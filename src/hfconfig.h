@@ -1,8 +1,8 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
- * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, and the PESC keys of an exported (crafted) model
- * (num_experts, topk, adapter_dim, moe_scaling, as Camelidae writes them). Anything else is
- * refused with a message that lists what is supported. Also derives RoPE's inverse
- * frequencies (default, linear, llama3, longrope).
+ * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, and the PESC keys
+ * of an exported (crafted) model (num_experts, topk, adapter_dim, moe_scaling, as Camelidae
+ * writes them). Anything else is refused with a message that lists what is supported. Also
+ * derives RoPE's inverse frequencies (default, linear, llama3, longrope).
  *
  * Must not: touch weights or backends. */
 #ifndef PESC_HFCONFIG_H
