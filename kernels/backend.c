@@ -299,9 +299,9 @@ void rmsnorm_forward(pesc_backend *b, float *out, float *rstd, const float *inp,
     PROFILED(b, __func__, b->ops->rmsnorm_forward(b->context, out, rstd, inp, weight, N, C, eps));
 }
 
-void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D)
+void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale)
 {
-    PROFILED(b, __func__, b->ops->rope_forward(b->context, out, inp, pos, inv_freq, N, H, D));
+    PROFILED(b, __func__, b->ops->rope_forward(b->context, out, inp, pos, inv_freq, N, H, D, R, scale));
 }
 
 void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
@@ -385,9 +385,9 @@ void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float 
     PROFILED(b, __func__, b->ops->rmsnorm_backward(b->context, dinp, dweight, dout, inp, weight, rstd, N, C));
 }
 
-void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D)
+void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale)
 {
-    PROFILED(b, __func__, b->ops->rope_backward(b->context, dinp, dout, pos, inv_freq, N, H, D));
+    PROFILED(b, __func__, b->ops->rope_backward(b->context, dinp, dout, pos, inv_freq, N, H, D, R, scale));
 }
 
 void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)

@@ -145,11 +145,13 @@ void matmul_forward(pesc_backend *b, float *out, const float *inp, const float *
 void rmsnorm_forward(pesc_backend *b, float *out, float *rstd, const float *inp,
                      const float *weight, int N, int C, float eps);
 
-/* Rotary embedding, Hugging Face rotate-half convention, on (N, H, D) with D even:
- * angle = pos[n] * inv_freq[i], i < D/2; out[..i] = x[i] cos - x[i+D/2] sin,
- * out[..i+D/2] = x[i+D/2] cos + x[i] sin. out may equal inp. */
+/* Rotary embedding, Hugging Face rotate-half convention, on the first R (even, <= D) of each
+ * head's D values of (N, H, D): angle = pos[n] * inv_freq[i], i < R/2, with cos and sin
+ * scaled by `scale` (longrope's attention factor, else 1);
+ * out[..i] = x[i] cos - x[i+R/2] sin, out[..i+R/2] = x[i+R/2] cos + x[i] sin; the other
+ * D - R values pass through, unscaled (Phi-4-mini's partial rotary). out may equal inp. */
 void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *pos,
-                  const float *inv_freq, int N, int H, int D);
+                  const float *inv_freq, int N, int H, int D, int R, float scale);
 
 /* Causal grouped-query attention over B sequences of T tokens.
  * q (N, Hq, D), k and v (N, Hkv, D), out (N, Hq, D); query head h reads kv head h / (Hq/Hkv).
@@ -263,9 +265,9 @@ void matmul_backward(pesc_backend *b, float *dinp, float *dweight, float *dbias,
                      int OC);
 void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float *dout,
                       const float *inp, const float *weight, const float *rstd, int N, int C);
-/* dinp (overwritten; may equal dout) = the inverse rotation of dout. */
+/* dinp (overwritten; may equal dout) = the transpose of rope_forward's map applied to dout. */
 void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_t *pos,
-                   const float *inv_freq, int N, int H, int D);
+                   const float *inv_freq, int N, int H, int D, int R, float scale);
 /* dq, dk, dv overwritten. out and lse are attention_forward's. */
 void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,

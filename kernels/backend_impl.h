@@ -20,7 +20,7 @@ typedef struct backend_ops {
     void (*embedding_forward)(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
     void (*matmul_forward)(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
     void (*rmsnorm_forward)(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
-    void (*rope_forward)(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+    void (*rope_forward)(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
     void (*attention_forward)(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
     void (*attention_cached_forward)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window);
     void (*swiglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
@@ -34,7 +34,7 @@ typedef struct backend_ops {
     void (*embedding_backward)(void *ctx, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
     void (*matmul_backward)(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
     void (*rmsnorm_backward)(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
-    void (*rope_backward)(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+    void (*rope_backward)(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
     void (*attention_backward)(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
     void (*swiglu_backward)(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
     void (*crossentropy_backward)(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);

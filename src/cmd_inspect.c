@@ -75,6 +75,8 @@ static int inspect_model(const char *dir)
                c.rope_attention_factor);
     else if (c.rope_type != HF_ROPE_DEFAULT)
         printf(" x%g", c.rope_factor);
+    if (hfconfig_rotary_dim(&c) < c.head_dim)   /* partial_rotary_factor (Phi-4-mini) */
+        printf("; on the first %d of each head's %d values", hfconfig_rotary_dim(&c), c.head_dim);
     printf("\n");
     if (c.sliding_window)
         printf("window        %d\n", c.sliding_window);

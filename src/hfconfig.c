@@ -108,11 +108,11 @@ static int parse_longrope(hf_config *c, json_t *root, json_t *rs, const char *wh
 {
     c->rope_type = HF_ROPE_LONGROPE;
     json_t *shorts = json_object_get(rs, "short_factor");
-    size_t half = (size_t)c->head_dim / 2, i;
+    size_t half = (size_t)hfconfig_rotary_dim(c) / 2, i;
     json_t *v;
     if (!json_is_array(shorts) || json_array_size(shorts) != half || half > HF_MAX_ROPE_FACTORS)
         return pesc_fail(err, "%s: longrope rope_scaling needs \"short_factor\", a list of "
-                         "head_dim / 2 = %zu numbers", where, half);
+                         "%zu numbers (half the rotated values of a head)", where, half);
     json_array_foreach(shorts, i, v) {
         if (!json_is_number(v) || !(json_number_value(v) > 0))
             return pesc_fail(err, "%s: rope_scaling short_factor[%zu] must be a positive number",
@@ -144,11 +144,30 @@ static int parse_longrope(hf_config *c, json_t *root, json_t *rs, const char *wh
     return 0;
 }
 
+int hfconfig_rotary_dim(const hf_config *c)
+{
+    return c->rotary_dim > 0 ? c->rotary_dim : c->head_dim;
+}
+
+double hfconfig_rope_scale(const hf_config *c)
+{
+    return c->rope_type == HF_ROPE_LONGROPE ? c->rope_attention_factor : 1.0;
+}
+
 static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     c->rope_type = HF_ROPE_DEFAULT;
     c->rope_factor = 1.0;
     c->rope_attention_factor = 1.0;
+    /* Phi-4-mini rotates 3/4 of each head (transformers: int(head_dim * factor) values) */
+    double rotary = 1.0;
+    if (get_number(root, "partial_rotary_factor", 1.0, &rotary, where, err))
+        return -1;
+    c->rotary_dim = (int)(c->head_dim * rotary);
+    if (!(rotary > 0 && rotary <= 1) || c->rotary_dim < 2 || c->rotary_dim % 2 != 0)
+        return pesc_fail(err, "%s: partial_rotary_factor %g must leave an even number of a "
+                         "head's %d values to rotate (from 2 to all of them)", where, rotary,
+                         c->head_dim);
     json_t *rs = json_object_get(root, "rope_scaling");
     if (!rs || json_is_null(rs))
         return 0;
@@ -219,12 +238,6 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
     }
     /* Phi-3: q, k and v in one qkv_proj, gate and up in one gate_up_proj */
     c->fused_proj = strcmp(c->architecture, "Phi3ForCausalLM") == 0;
-    double rotary = 1.0;   /* Phi-4-mini rotates 3/4 of each head */
-    if (get_number(root, "partial_rotary_factor", 1.0, &rotary, where, err))
-        return -1;
-    if (rotary != 1.0)
-        return pesc_fail(err, "%s: partial_rotary_factor %g is not supported (only 1: RoPE on "
-                         "the whole head)", where, rotary);
     return 0;
 }
 
@@ -341,10 +354,10 @@ int hfconfig_load(hf_config *c, const char *dir, pesc_error *err)
 
 void hfconfig_inv_freq(const hf_config *c, float *inv_freq)
 {
-    int half = c->head_dim / 2;
+    int dim = hfconfig_rotary_dim(c), half = dim / 2;
     for (int i = 0; i < half; i++) {
         /* HF computes base ** (arange(0, dim, 2) / dim) with integer exponents in float32 */
-        float exponent = (float)(2 * i) / (float)c->head_dim;
+        float exponent = (float)(2 * i) / (float)dim;
         double f = 1.0 / pow(c->rope_theta, (double)exponent);
         if (c->rope_type == HF_ROPE_LINEAR) {
             f /= c->rope_factor;

@@ -47,6 +47,8 @@ typedef struct hf_config {
     int qk_norm;                 /* qwen3: each head of q and k RMS-normed (q_norm, k_norm) */
     int o_bias;                  /* llama's attention_bias */
     int sliding_window;          /* mistral, phi3; 0 = none */
+    int rotary_dim;              /* values of a head RoPE rotates: head_dim, but for
+                                  * partial_rotary_factor (0 = head_dim; hfconfig_rotary_dim) */
     int fused_proj;              /* phi3: the files hold q|k|v as qkv_proj, gate|up as
                                   * gate_up_proj (model.c splits and joins them) */
     int bos_token_id, eos_token_id;   /* -1 when absent */
@@ -66,8 +68,12 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
 /* Reads DIR/config.json. */
 int hfconfig_load(hf_config *c, const char *dir, pesc_error *err);
 
-/* inv_freq (head_dim / 2) as Hugging Face computes it for the config's rope type. */
+/* inv_freq (hfconfig_rotary_dim / 2) as Hugging Face computes it for the config's rope type. */
 void hfconfig_inv_freq(const hf_config *c, float *inv_freq);
+/* The values of each head RoPE rotates (the first ones): head_dim but for a partial rotary. */
+int hfconfig_rotary_dim(const hf_config *c);
+/* What RoPE's cos and sin are scaled by: longrope's attention factor, else 1. */
+double hfconfig_rope_scale(const hf_config *c);
 
 /* Number of parameters the config implies (tied embeddings counted once). */
 long long hfconfig_param_count(const hf_config *c);

@@ -496,14 +496,6 @@ static float adapter_dropout(const model *m, int dropout)
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
-/* What the rotated q is scaled by: longrope scales the rotated q and k each by its attention
- * factor; scaling q alone by the square gives the same scores, and the cached k stays as it
- * is (longrope only). */
-static float rope_q_scale(const hf_config *c)
-{
-    return (float)(c->rope_attention_factor * c->rope_attention_factor);
-}
-
 /* past < 0: B sequences of T tokens on their own; past >= 0: one sequence of T new tokens
  * after `past` cached ones (generation). */
 static void attention_block(model *m, int l, layer_acts *a, int B, int T, int past)
@@ -525,10 +517,11 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         linear_forward(m, l, LORA_K, a, a->k, a->xn1, N);
     }
     linear_forward(m, l, LORA_V, a, a->v, a->xn1, N);
-    rope_forward(b, a->q, a->q, m->act.pos, m->inv_freq, N, Hq, D);
-    rope_forward(b, a->k, a->k, m->act.pos, m->inv_freq, N, Hkv, D);
-    if (c->rope_type == HF_ROPE_LONGROPE)   /* longrope's cos and sin scaled: q k^T by its square */
-        vector_scale(b, a->q, rope_q_scale(c), (size_t)N * Hq * D);
+    /* longrope's cos and sin are scaled by its attention factor (1 for the other ropes) */
+    int R = hfconfig_rotary_dim(c);
+    float scale = (float)hfconfig_rope_scale(c);
+    rope_forward(b, a->q, a->q, m->act.pos, m->inv_freq, N, Hq, D, R, scale);
+    rope_forward(b, a->k, a->k, m->act.pos, m->inv_freq, N, Hkv, D, R, scale);
     if (past >= 0) {
         size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_capacity * row;
         float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
@@ -763,10 +756,10 @@ static void layer_backward(model *m, int l, float loss_scale)
     linear_backward(m, l, LORA_O, a, g->datt, g->dx, a->att, N);
     attention_backward(b, g->dq, g->dk, g->dv, g->datt, a->q, a->k, a->v, a->att, a->lse, m->B,
                        m->T, Hq, Hkv, D, c->sliding_window, g->packed ? g->seg : NULL);
-    if (c->rope_type == HF_ROPE_LONGROPE)
-        vector_scale(b, g->dq, rope_q_scale(c), (size_t)N * Hq * D);
-    rope_backward(b, g->dq, g->dq, g->pos, m->inv_freq, N, Hq, D);
-    rope_backward(b, g->dk, g->dk, g->pos, m->inv_freq, N, Hkv, D);
+    int R = hfconfig_rotary_dim(c);
+    float scale = (float)hfconfig_rope_scale(c);
+    rope_backward(b, g->dq, g->dq, g->pos, m->inv_freq, N, Hq, D, R, scale);
+    rope_backward(b, g->dk, g->dk, g->pos, m->inv_freq, N, Hkv, D, R, scale);
     float *dq = g->dq, *dk = g->dk;   /* of the projections' outputs */
     if (c->qk_norm) {
         dq = g->dq_raw;

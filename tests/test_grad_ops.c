@@ -112,20 +112,25 @@ static void test_rmsnorm(void)
 enum { PN = 6, PH = 2, PD = 8 };
 static float *rp_x, *rp_dy, rp_freq[PD / 2];
 static int32_t rp_pos[PN] = {0, 1, 2, 7, 30, 511};
+static int rp_R;   /* values rotated: PD, or fewer (a partial rotary; the rest pass through) */
+static float rp_scale;   /* of cos and sin (longrope's attention factor) */
 static double rope_loss(void)
 {
     float out[PN * PH * PD];
-    rope_forward(be, out, rp_x, rp_pos, rp_freq, PN, PH, PD);
+    rope_forward(be, out, rp_x, rp_pos, rp_freq, PN, PH, PD, rp_R, rp_scale);
     return dot(out, rp_dy, PN * PH * PD);
 }
-static void test_rope(void)
+static void test_rope(int R, float scale)
 {
+    rp_R = R;
+    rp_scale = scale;
     rp_x = randoms(PN * PH * PD, 1); rp_dy = randoms(PN * PH * PD, 1);
-    for (int i = 0; i < PD / 2; i++)
-        rp_freq[i] = powf(10000.0f, -2.0f * i / PD);
+    for (int i = 0; i < R / 2; i++)
+        rp_freq[i] = powf(10000.0f, -2.0f * i / R);
     float dx[PN * PH * PD];
-    rope_backward(be, dx, rp_dy, rp_pos, rp_freq, PN, PH, PD);
-    check_input("rope_backward", "inp", rp_x, PN * PH * PD, dx, rope_loss);
+    rope_backward(be, dx, rp_dy, rp_pos, rp_freq, PN, PH, PD, R, scale);
+    check_input(R < PD ? "rope_backward, partial, scaled" : "rope_backward", "inp", rp_x, PN * PH * PD,
+                dx, rope_loss);
     free(rp_x); free(rp_dy);
 }
 
@@ -362,7 +367,8 @@ int main(void)
     }
     test_matmul();
     test_rmsnorm();
-    test_rope();
+    test_rope(PD, 1.0f);
+    test_rope(6, 1.19f);
     test_attention(2, 9, 4, 2, 8, 0, 0);
     test_attention(1, 13, 2, 1, 6, 4, 0);
     test_attention(1, 70, 2, 2, 4, 0, 0);   /* more rows than one attention block */

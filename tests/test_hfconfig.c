@@ -88,10 +88,24 @@ static void test_families(void)
     rc = hfconfig_parse(&c, "{\"architectures\": [\"MistralForCausalLM\"], " BASE "}", "x",
                         &err);
     CHECK(rc == 0 && !c.fused_proj, "only phi3 joins projections: %s", err.msg);
-    /* Phi-4-mini's partial rotary is refused by name */
+    /* Phi-4-mini rotates 3/4 of each head: RoPE's frequencies are over those values */
+    float f[3];
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
+                        ", \"partial_rotary_factor\": 0.75}", "x", &err);
+    CHECK(rc == 0 && c.rotary_dim == 6 && hfconfig_rotary_dim(&c) == 6, "phi4-mini: %s",
+          err.msg);
+    hfconfig_inv_freq(&c, f);
+    CHECK(fabs(f[1] - pow(10000.0, -2.0 / 6)) < 1e-7 && fabs(f[2] - pow(10000.0, -4.0 / 6)) < 1e-7,
+          "partial inv_freq over 6 values: %g %g", f[1], f[2]);
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE "}", "x", &err);
+    CHECK(rc == 0 && hfconfig_rotary_dim(&c) == 8, "whole heads by default: %d",
+          hfconfig_rotary_dim(&c));
     expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
-                 ", \"partial_rotary_factor\": 0.75}",
-                 "partial_rotary_factor 0.75 is not supported");
+                 ", \"partial_rotary_factor\": 0.625}",
+                 "partial_rotary_factor 0.625 must leave an even number of a head's 8 values to "
+                 "rotate");
+    expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
+                 ", \"partial_rotary_factor\": 0}", "partial_rotary_factor 0 must leave");
 }
 
 static void test_rope(void)
@@ -150,7 +164,8 @@ static void test_longrope(void)
           "su with attention_factor: %s", err.msg);
     expect_error(PHI3 "8192, \"original_max_position_embeddings\": 4096, \"rope_scaling\": "
                  "{\"type\": \"longrope\", \"short_factor\": [1, 2], \"long_factor\": [1, 2]}}",
-                 "longrope rope_scaling needs \"short_factor\", a list of head_dim / 2 = 4 numbers");
+                 "longrope rope_scaling needs \"short_factor\", a list of 4 numbers (half the "
+                 "rotated values of a head)");
     expect_error(PHI3 "8192, \"original_max_position_embeddings\": 4096, \"rope_scaling\": "
                  "{\"type\": \"longrope\", \"short_factor\": [1, 2, 0, 1]}}",
                  "rope_scaling short_factor[2] must be a positive number");

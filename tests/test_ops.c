@@ -119,31 +119,34 @@ static void test_rmsnorm(pesc_backend *b, int N, int C, float eps)
     backend_free(b, x); backend_free(b, w); backend_free(b, out); backend_free(b, rstd);
 }
 
-static void test_rope(pesc_backend *b, int N, int H, int D)
+/* R of each head's D values rotated (R < D: a partial rotary, the rest passing through), cos
+ * and sin times scale (longrope's attention factor) */
+static void test_rope(pesc_backend *b, int N, int H, int D, int R, float scale)
 {
     size_t n = (size_t)N * H * D;
-    float *x = alloc_floats(b, n), *out = alloc_floats(b, n), *freq = alloc_floats(b, D / 2);
+    float *x = alloc_floats(b, n), *out = alloc_floats(b, n), *freq = alloc_floats(b, R / 2);
     int32_t *pos = (int32_t *)alloc_floats(b, (size_t)N);
     double *want = malloc(n * sizeof *want);
     fill(x, n, 1.0);
-    for (int i = 0; i < D / 2; i++)
-        freq[i] = (float)pow(10000.0, -2.0 * i / D);
+    for (int i = 0; i < R / 2; i++)
+        freq[i] = (float)pow(10000.0, -2.0 * i / R);
     for (int t = 0; t < N; t++)
         pos[t] = (int32_t)(uniform() * 4096);
-    rope_forward(b, out, x, pos, freq, N, H, D);
+    rope_forward(b, out, x, pos, freq, N, H, D, R, scale);
     for (int t = 0; t < N; t++)
         for (int h = 0; h < H; h++)
             for (int d = 0; d < D; d++) {
                 /* rotate_half: (-x2, x1); out = x*cos + rotate_half(x)*sin */
                 const float *row = x + ((size_t)t * H + h) * D;
-                int i = d % (D / 2);
+                int i = d % (R / 2);
                 double angle = (double)pos[t] * freq[i];
-                double rotated = d < D / 2 ? -row[d + D / 2] : row[d - D / 2];
-                want[((size_t)t * H + h) * D + d] = row[d] * cos(angle) + rotated * sin(angle);
+                double rotated = d < R / 2 ? -row[d + R / 2] : row[d - R / 2];
+                want[((size_t)t * H + h) * D + d] =
+                    d < R ? scale * (row[d] * cos(angle) + rotated * sin(angle)) : row[d];
             }
-    check("rope_forward", out, want, n, 1e-6);
-    rope_forward(b, x, x, pos, freq, N, H, D);   /* in place, as the model uses it */
-    check("rope_forward in place", x, want, n, 1e-6);
+    check(R < D ? "rope_forward, partial" : "rope_forward", out, want, n, 1e-6);
+    rope_forward(b, x, x, pos, freq, N, H, D, R, scale);   /* in place, as the model uses it */
+    check(R < D ? "rope_forward, partial, in place" : "rope_forward in place", x, want, n, 1e-6);
     free(want);
     backend_free(b, x); backend_free(b, out); backend_free(b, freq); backend_free(b, pos);
 }
@@ -355,7 +358,8 @@ int main(void)
     test_matmul(b, 5, 130, 257, 1);
     test_embedding(b, 29, 50, 24);
     test_rmsnorm(b, 17, 96, 1e-5f);
-    test_rope(b, 13, 3, 32);
+    test_rope(b, 13, 3, 32, 32, 1.0f);
+    test_rope(b, 13, 3, 32, 24, 1.19f);   /* Phi-4-mini's 3/4, and its longrope's factor */
     test_attention(b, 2, 19, 4, 2, 16, 0, 0);
     test_attention(b, 1, 23, 6, 1, 8, 5, 0);
     test_attention(b, 3, 7, 2, 2, 64, 0, 0);

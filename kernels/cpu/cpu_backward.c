@@ -77,10 +77,10 @@ void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *d
 }
 
 void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos,
-                       const float *inv_freq, int N, int H, int D)
+                       const float *inv_freq, int N, int H, int D, int R, float scale)
 {
     (void)ctx;
-    cpu_rope_rotate(dinp, dout, pos, inv_freq, N, H, D, -1.0f);
+    cpu_rope_rotate(dinp, dout, pos, inv_freq, N, H, D, R, scale, -1.0f);
 }
 
 /* One (sequence, kv head) group: the query heads sharing it write only their own dq rows and

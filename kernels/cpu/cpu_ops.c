@@ -92,14 +92,18 @@ void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, c
 /* direction +1 rotates (forward), -1 rotates back (backward: the transpose of a rotation).
  * out may be inp. */
 void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
-                     int N, int H, int D, float direction)
+                     int N, int H, int D, int R, float scale, float direction)
 {
-    int half = D / 2;
+    int half = R / 2;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
+        if (out != inp && R < D)   /* the values past R pass through */
+            for (int h = 0; h < H; h++)
+                memcpy(out + ((size_t)n * H + h) * D + R, inp + ((size_t)n * H + h) * D + R,
+                       (size_t)(D - R) * sizeof *out);
         for (int i = 0; i < half; i++) {
             double angle = (double)pos[n] * inv_freq[i];
-            float c = (float)cos(angle), s = direction * (float)sin(angle);
+            float c = scale * (float)cos(angle), s = scale * direction * (float)sin(angle);
             for (int h = 0; h < H; h++) {
                 const float *x = inp + ((size_t)n * H + h) * D;
                 float *y = out + ((size_t)n * H + h) * D;
@@ -112,10 +116,10 @@ void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const flo
 }
 
 void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos,
-                      const float *inv_freq, int N, int H, int D)
+                      const float *inv_freq, int N, int H, int D, int R, float scale)
 {
     (void)ctx;
-    cpu_rope_rotate(out, inp, pos, inv_freq, N, H, D, 1.0f);
+    cpu_rope_rotate(out, inp, pos, inv_freq, N, H, D, R, scale, 1.0f);
 }
 
 /* Attention runs per (sequence, head) on blocks of CPU_ATTENTION_BLOCK query rows: scores for a

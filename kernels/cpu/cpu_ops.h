@@ -22,10 +22,11 @@ static inline int cpu_first_key(int t, int window, const int32_t *seg)
     return seg && seg[t] > lo ? seg[t] : lo;
 }
 
-/* RoPE (rotate-half) of N tokens' H heads of D: by each position's angles (direction 1), or
- * back (-1, the backward). */
+/* RoPE (rotate-half) of the first R of N tokens' H heads of D (the rest passes through),
+ * cos and sin times scale: by each position's angles (direction 1), or back (-1, the
+ * backward). */
 void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
-                     int N, int H, int D, float direction);
+                     int N, int H, int D, int R, float scale, float direction);
 
 /* C (M, N) = alpha op(A) op(B) + beta C, row-major as CBLAS, split across the OpenMP threads
  * (single-threaded inside a parallel region). trans_a / trans_b: 0 or 1. */
@@ -35,7 +36,7 @@ void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const 
 void cpu_embedding_forward(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
 void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
 void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
-void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
 void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
                                   const float *v_cache, int n, int past, int Hq, int Hkv, int D,
@@ -51,7 +52,7 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
 void cpu_embedding_backward(void *ctx, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
 void cpu_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
 void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
-void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
 void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);

@@ -371,7 +371,7 @@ extern "C" {
 void cuda_embedding_forward(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
 void cuda_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
 void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
-void cuda_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+void cuda_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
 void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cuda_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window);
 void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
@@ -385,7 +385,7 @@ void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, f
 void cuda_embedding_backward(void *ctx, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
 void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
 void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
-void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D);
+void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
 bool cuda_flash_available(cuda_context *c, int cc_major);
 bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size);
 int cuda_grouped_probe(cuda_context *c);

@@ -121,19 +121,28 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
 
 // ---- RoPE (rotate-half): one thread per (token, frequency), all heads ------------------------
 
-// direction +1 rotates (forward), -1 rotates back (backward). The angle is formed in double,
-// as on the CPU: positions times frequencies reach thousands of radians. out may be inp (its
-// bf16 copy beside it or not).
+// direction +1 rotates (forward), -1 rotates back (backward), the first R of each head's D
+// values, cos and sin times scale; a thread per (token, value past R) passes those through (written, so that out's
+// bf16 copy holds them too). The angle is formed in double, as on the CPU: positions times
+// frequencies reach thousands of radians. out may be inp (its bf16 copy beside it or not).
 __global__ void rope_kernel(values_out out, values_in inp, const int32_t *pos,
-                            const float *inv_freq, int N, int H, int D, float direction)
+                            const float *inv_freq, int N, int H, int D, int R, float scale,
+                            float direction)
 {
-    int half = D / 2;
-    GRID_STRIDE(idx, (size_t)N * half)
+    int half = R / 2, rest = D - R;
+    GRID_STRIDE(idx, (size_t)N * (half + rest))
     {
-        size_t n = idx / half;
-        int i = (int)(idx % half);
+        size_t n = idx / (half + rest);
+        int i = (int)(idx % (half + rest));
+        if (i >= half) {   // a value past the rotated ones
+            for (int h = 0; h < H; h++) {
+                size_t at = ((size_t)n * H + h) * D + R + (i - half);
+                out.put(at, inp[at]);
+            }
+            continue;
+        }
         double angle = (double)pos[n] * inv_freq[i];
-        float cs = (float)cos(angle), sn = direction * (float)sin(angle);
+        float cs = scale * (float)cos(angle), sn = scale * direction * (float)sin(angle);
         for (int h = 0; h < H; h++) {
             size_t base = ((size_t)n * H + h) * D;
             float x1 = inp[base + i], x2 = inp[base + i + half];
@@ -144,18 +153,18 @@ __global__ void rope_kernel(values_out out, values_in inp, const int32_t *pos,
 }
 
 extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos,
-                                  const float *inv_freq, int N, int H, int D)
+                                  const float *inv_freq, int N, int H, int D, int R, float scale)
 {
     CUDA_OP(ctx);
     values_out to = write_values(c, out, (size_t)N * H * D, false);
     values_in from = read_values(c, inp, (size_t)N * H * D);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, from,
-                pos, inv_freq, N, H, D, 1.0f);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D - R / 2), 256), 256, 0, c->stream, to,
+                from, pos, inv_freq, N, H, D, R, scale, 1.0f);
     CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos,
-                                   const float *inv_freq, int N, int H, int D)
+                                   const float *inv_freq, int N, int H, int D, int R, float scale)
 {
     // dq and dk, one after the other, each for its product after: the copies of what this
     // does not write stay
@@ -163,8 +172,8 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
     CUDA_OP_WRITING(ctx, dinp, n);
     values_out to = write_values(c, dinp, n, true);
     values_in from = read_values(c, dout, n);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D / 2), 256), 256, 0, c->stream, to, from,
-                pos, inv_freq, N, H, D, -1.0f);
+    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D - R / 2), 256), 256, 0, c->stream, to,
+                from, pos, inv_freq, N, H, D, R, scale, -1.0f);
     CUDA_LAUNCHED(c);
 }
 

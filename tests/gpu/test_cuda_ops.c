@@ -255,10 +255,10 @@ static void test_operand_copies(double tol)
     both_matmul(y, da, w1, N, C, OC, 0);
     compare("copies: a product on RMSNorm's dx", y, tol);
     both_matmul(y, act, w1, N, C, OC, 0);   /* act's copy, kept beside dx's */
-    rope_backward(cpu, F(act), F(act), FI(pos), F(freq), N, 2, C / 2);
-    rope_backward(gpu, G(act), G(act), GI(pos), G(freq), N, 2, C / 2);
-    rope_backward(cpu, F(db), F(db), FI(pos), F(freq), N, 2, C / 2);
-    rope_backward(gpu, G(db), G(db), GI(pos), G(freq), N, 2, C / 2);
+    rope_backward(cpu, F(act), F(act), FI(pos), F(freq), N, 2, C / 2, C / 2, 1.0f);
+    rope_backward(gpu, G(act), G(act), GI(pos), G(freq), N, 2, C / 2, C / 2, 1.0f);
+    rope_backward(cpu, F(db), F(db), FI(pos), F(freq), N, 2, C / 2, C / 2, 1.0f);
+    rope_backward(gpu, G(db), G(db), GI(pos), G(freq), N, 2, C / 2, C / 2, 1.0f);
     both_matmul(y, act, w1, N, C, OC, 0);
     both_matmul(y2, db, w1, N, C, OC, 0);
     compare("copies: a product on RoPE's backward, written over a copy", y, tol);
@@ -576,30 +576,37 @@ static void test_rmsnorm(int N, int C)
     twin_free(dout); twin_free(dx); twin_free(dw);
 }
 
-static void test_rope(int N, int H, int D)
+/* R of each head's D values rotated (R < D: a partial rotary), cos and sin times scale */
+static void test_rope(int N, int H, int D, int R, float scale)
 {
-    twin pos = twin_ints(N, 0, 4000), freq = twin_alloc((size_t)D / 2 * sizeof(float));
-    for (int i = 0; i < D / 2; i++)
-        F(freq)[i] = (float)pow(10000.0, -2.0 * i / D);
+    twin pos = twin_ints(N, 0, 4000), freq = twin_alloc((size_t)R / 2 * sizeof(float));
+    for (int i = 0; i < R / 2; i++)
+        F(freq)[i] = (float)pow(10000.0, -2.0 * i / R);
     twin_sync(freq);
     twin x = twin_random((size_t)N * H * D, 1.0);
-    rope_forward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D);   /* in place, as the model does */
-    rope_forward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D);
-    compare("rope_forward (in place, positions to 4000)", x, 1e-5);
-    rope_backward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D);
-    rope_backward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D);
-    compare("rope_backward (in place)", x, 1e-5);
+    char what[96];
+    const char *part = R < D ? ", partial, scaled" : "";
+    rope_forward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D, R, scale);   /* in place, as the model */
+    rope_forward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D, R, scale);
+    snprintf(what, sizeof what, "rope_forward (in place, positions to 4000%s)", part);
+    compare(what, x, 1e-5);
+    rope_backward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D, R, scale);
+    rope_backward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D, R, scale);
+    snprintf(what, sizeof what, "rope_backward (in place%s)", part);
+    compare(what, x, 1e-5);
     /* in place on compact memory (q and k in bf16 math): read and written in bf16 */
     twin xc = twin_compact((size_t)N * H * D, 1.0);
-    rope_forward(cpu, F(xc), F(xc), FI(pos), F(freq), N, H, D);
-    rope_forward(gpu, G(xc), G(xc), GI(pos), G(freq), N, H, D);
-    compare("rope_forward (in place, compact)", xc, 4e-3);
+    rope_forward(cpu, F(xc), F(xc), FI(pos), F(freq), N, H, D, R, scale);
+    rope_forward(gpu, G(xc), G(xc), GI(pos), G(freq), N, H, D, R, scale);
+    snprintf(what, sizeof what, "rope_forward (in place, compact%s)", part);
+    compare(what, xc, 4e-3);
     for (size_t i = 0; i < (size_t)N * H * D; i++)   /* the backward from the same values */
         F(xc)[i] = gpu_test_bf16(F(xc)[i]);
     twin_sync(xc);
-    rope_backward(cpu, F(xc), F(xc), FI(pos), F(freq), N, H, D);
-    rope_backward(gpu, G(xc), G(xc), GI(pos), G(freq), N, H, D);
-    compare("rope_backward (in place, compact)", xc, 4e-3);
+    rope_backward(cpu, F(xc), F(xc), FI(pos), F(freq), N, H, D, R, scale);
+    rope_backward(gpu, G(xc), G(xc), GI(pos), G(freq), N, H, D, R, scale);
+    snprintf(what, sizeof what, "rope_backward (in place, compact%s)", part);
+    compare(what, xc, 4e-3);
     twin_free(pos); twin_free(freq); twin_free(x); twin_free(xc);
 }
 
@@ -960,7 +967,8 @@ int main(void)
     test_gradients(bf16_tol);
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000);
-    test_rope(77, 6, 64);
+    test_rope(77, 6, 64, 64, 1.0f);
+    test_rope(77, 6, 64, 48, 1.19f);   /* Phi-4-mini's 3/4, and its longrope's factor */
     test_elementwise(100003);
     test_crossentropy(37, 32000);
     test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */

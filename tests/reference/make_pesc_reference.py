@@ -123,11 +123,13 @@ def qwen3_base_config(kv_heads):
 
 def phi3_base_config(kv_heads):
     # Phi-3.5-mini's longrope, shrunk: context 64 grown from 16 (attention factor
-    # sqrt(1 + ln 4 / ln 16)), rows of T = 12 within 16: the short factors.
+    # sqrt(1 + ln 4 / ln 16)), rows of T = 12 within 16: the short factors; and Phi-4-mini's
+    # partial rotary: 6 of each head's 8 values rotated (3 factors), the rest passed through.
     return mr.phi3_config(hidden_size=32, intermediate_size=48, max_position_embeddings=64,
                           num_key_value_heads=kv_heads, original_max_position_embeddings=16,
-                          rope_scaling={"long_factor": [1.5, 2.5, 4.0, 6.0],
-                                        "short_factor": [1.0, 1.3, 1.9, 2.6], "type": "longrope"},
+                          partial_rotary_factor=0.75,
+                          rope_scaling={"long_factor": [1.5, 2.5, 4.0],
+                                        "short_factor": [1.0, 1.3, 1.9], "type": "longrope"},
                           sliding_window=None, torch_dtype="float32")
 
 
@@ -339,8 +341,8 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
         q = q.transpose(1, 2)                                          # [B, nh, T, hd]
         k = k.transpose(1, 2)
         v = (hn @ W(l, "v").t()).view(Bn, Tn, nkv, hd).transpose(1, 2)
-        q = q * cos + mr.rotate_half(q) * sin
-        k = k * cos + mr.rotate_half(k) * sin
+        q = mr.apply_rope(q, cos, sin)
+        k = mr.apply_rope(k, cos, sin)
         k = k[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)  # repeat_kv
         v = v[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)
         sc = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))

@@ -268,6 +268,22 @@ MODELS = [
                                             "type": "longrope"},
                               sliding_window=262144, torch_dtype="float32"),
     },
+    {
+        # Phi-4-mini's shape, shrunk: RoPE on 3/4 of each head (12 of 16 values, 6 short
+        # factors), longrope, GQA, tied embeddings
+        "name": "phi4mini-partial-f32",
+        "seed": 1008,
+        "dtype": torch.float32,
+        "shards": 1,
+        "config": phi3_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                              num_key_value_heads=2, original_max_position_embeddings=64,
+                              partial_rotary_factor=0.75,
+                              rope_scaling={"long_factor": [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
+                                            "short_factor": [1.0, 1.1, 1.3, 1.8, 2.4, 3.2],
+                                            "type": "longrope"},
+                              sliding_window=262144, tie_word_embeddings=True,
+                              torch_dtype="float32"),
+    },
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -280,6 +296,7 @@ RECORD_LENGTHS = {
     "qwen3-qknorm-f32": [4, 19, 1, 14],
     "phi3-fused-bf16": [2, 16, 1, 20, 9],
     "phi3-longrope-f32": [20, 5, 1, 18],
+    "phi4mini-partial-f32": [7, 1, 20, 12],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -289,6 +306,7 @@ LABELED_INDEX = {
     "qwen3-qknorm-f32": 3,
     "phi3-fused-bf16": 1,
     "phi3-longrope-f32": 0,
+    "phi4mini-partial-f32": 2,
 }
 
 # --------------------------------------------------------------------------
@@ -303,6 +321,11 @@ def head_dim_of(cfg):
     if hd is None:
         hd = cfg["hidden_size"] // cfg["num_attention_heads"]
     return hd
+
+
+def rotary_dim_of(cfg):
+    # Phi-3 (Phi-4-mini): RoPE on the first int(head_dim * partial_rotary_factor) values of a head
+    return int(head_dim_of(cfg) * cfg.get("partial_rotary_factor", 1.0))
 
 
 def has_qk_norm(cfg):
@@ -333,7 +356,7 @@ def inv_freq_of(cfg, dtype):
              inv_freq / short_factor.  Its cos and sin are scaled too: attention_factor_of.
     The other rope types have attention_factor 1.0 (no cos/sin scaling).
     """
-    d = head_dim_of(cfg)
+    d = rotary_dim_of(cfg)
     base = cfg["rope_theta"]
     inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).to(dtype) / d))
     rs = cfg.get("rope_scaling")
@@ -554,6 +577,14 @@ def rms_norm(x, w, eps):
     return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
 
 
+def apply_rope(x, cos, sin):
+    """transformers' apply_rotary_pos_emb: rotate-half on the first cos.shape[-1] values of each
+    head, the rest passed through (all of them but for Phi-3's partial_rotary_factor)."""
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)
+
+
 def rotate_half(x):
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
@@ -582,7 +613,7 @@ def forward(cfg, W, ids, dtype):
     pos = torch.arange(T, dtype=dtype)
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos() * attention_factor_of(cfg), emb.sin() * attention_factor_of(cfg)  # [T, hd]
+    cos, sin = emb.cos() * attention_factor_of(cfg), emb.sin() * attention_factor_of(cfg)  # [T, r]
     assert longrope_context(cfg) is None or T <= longrope_context(cfg)
 
     # mask: query q may attend key k iff k <= q and, with a sliding window,
@@ -610,8 +641,8 @@ def forward(cfg, W, ids, dtype):
         q = q.transpose(0, 1)  # [nh, T, hd]
         k = k.transpose(0, 1)  # [nkv, T, hd]
         v = v.view(T, nkv, hd).transpose(0, 1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
         # repeat_kv: query head j uses kv head j // n_rep
         k = k[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
         v = v[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
