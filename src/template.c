@@ -50,6 +50,10 @@ static const chat_template templates[] = {
     {.name = "phi3", .start = "", .system = "<|system|>\n{system}<|end|>\n",
      .user = "<|user|>\n{user}<|end|>\n<|assistant|>\n", .assistant = "{assistant}<|end|>",
      .separator = "\n"},
+    /* Phi-4-mini's: Phi-3's markers with nothing between them */
+    {.name = "phi4-mini", .start = "", .system = "<|system|>{system}<|end|>",
+     .user = "<|user|>{user}<|end|><|assistant|>", .assistant = "{assistant}<|end|>",
+     .separator = ""},
     {.name = "plain", .start = "{bos}", .system = "{system}\n\n", .user = "{user}\n",
      .assistant = "{assistant}{eos}", .separator = "\n"},
 };
@@ -68,7 +72,7 @@ const char *template_name(const chat_template *tpl) { return tpl->name; }
 
 const char *template_list(void)
 {
-    return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, plain";
+    return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, plain";
 }
 
 /* ------------------------------------------------------------------ rendering -------- */
@@ -369,6 +373,8 @@ const char *template_suggest(const char *jinja)
         return "llama3";
     if (strstr(jinja, "<|user|>") && strstr(jinja, "<|end|>"))
         return "phi3";
+    if (strstr(jinja, "'<|' + message['role'] + '|>'") && strstr(jinja, "<|end|>"))
+        return "phi4-mini";   /* its tags are made from the role's name */
     if (strstr(jinja, "[INST]"))
         return strstr(jinja, "<<SYS>>") ? "llama2" : "mistral";
     return NULL;

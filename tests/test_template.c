@@ -172,6 +172,9 @@ int main(void)
     expect_render(t, "phi3", two, 5,
         "<|system|>\nBe brief.<|end|>\n<|user|>\nhello<|end|>\n<|assistant|>\nhi there<|end|>\n"
         "<|user|>\n2+2?<|end|>\n<|assistant|>\n4<|end|>", "hi there<|end|>|4<|end|>");
+    expect_render(t, "phi4-mini", two, 5,
+        "<|system|>Be brief.<|end|><|user|>hello<|end|><|assistant|>hi there<|end|><|user|>2+2?"
+        "<|end|><|assistant|>4<|end|>", "hi there<|end|>|4<|end|>");
     expect_render(t, "plain", two + 1, 2, "<s>hello\nhi there</s>", "hi there</s>");
 
     /* an empty answer (a failed reply in a scraped chat) stays as context: labeling its end
@@ -247,7 +250,8 @@ int main(void)
         {"{{'<|im_start|>' + role}}", "chatml"}, {"<|im_start|>{{'<think>'}}", "qwen3"},
         {"[INST] <<SYS>>", "llama2"}, {"{{'[INST] '}}", "mistral"},
         {"<|start_header_id|>", "llama3"}, {"### Human:", NULL},
-        {"{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}", "phi3"}};
+        {"{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}", "phi3"},
+        {"{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}", "phi4-mini"}};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
         const char *got = template_suggest(own[i].jinja);
         CHECK(own[i].want ? got && strcmp(got, own[i].want) == 0 : !got,
