@@ -69,10 +69,9 @@ static int inspect_model(const char *dir)
     printf("heads         %d (kv %d, head_dim %d)\n", c.n_heads, c.n_kv_heads, c.head_dim);
     printf("vocab         %d%s\n", c.vocab_size, c.tie_word_embeddings ? " (tied embeddings)" : "");
     printf("rope          theta %g, scaling %s", c.rope_theta, rope_name(c.rope_type));
-    if (c.rope_type == HF_ROPE_LONGROPE)   /* pesc runs it as transformers does up to there */
-        printf(", run in its original %d-token context (of %d): short factors, attention "
-               "factor %.4g", c.max_position_embeddings, c.rope_long_context,
-               c.rope_attention_factor);
+    if (c.rope_type == HF_ROPE_LONGROPE)
+        printf(" (short factors up to %d positions, long ones past), attention factor %.4g",
+               c.rope_original_max_position, c.rope_attention_factor);
     else if (c.rope_type != HF_ROPE_DEFAULT)
         printf(" x%g", c.rope_factor);
     if (hfconfig_rotary_dim(&c) < c.head_dim)   /* partial_rotary_factor (Phi-4-mini) */

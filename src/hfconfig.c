@@ -99,26 +99,34 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
     return 0;
 }
 
-/* Phi-3's longrope (transformers' _compute_longrope_parameters) within the original context:
- * the short factors, and the attention factor from the context's growth. pesc runs the model
- * in that context (max_position_embeddings becomes it), where transformers never switches to
- * the long factors. */
+/* One of longrope's lists of factors: a positive number for each rotated frequency. */
+static int get_factors(json_t *rs, const char *key, int half, float *out, const char *where,
+                       pesc_error *err)
+{
+    json_t *list = json_object_get(rs, key), *v;
+    size_t i;
+    if (!json_is_array(list) || json_array_size(list) != (size_t)half || half > HF_MAX_ROPE_FACTORS)
+        return pesc_fail(err, "%s: longrope rope_scaling needs \"%s\", a list of %d numbers "
+                         "(half the rotated values of a head)", where, key, half);
+    json_array_foreach(list, i, v) {
+        if (!json_is_number(v) || !(json_number_value(v) > 0))
+            return pesc_fail(err, "%s: rope_scaling %s[%zu] must be a positive number", where,
+                             key, i);
+        out[i] = (float)json_number_value(v);
+    }
+    return 0;
+}
+
+/* Phi-3's longrope (transformers' _compute_longrope_parameters): short and long factors, and
+ * the attention factor from the context's growth. */
 static int parse_longrope(hf_config *c, json_t *root, json_t *rs, const char *where,
                           pesc_error *err)
 {
     c->rope_type = HF_ROPE_LONGROPE;
-    json_t *shorts = json_object_get(rs, "short_factor");
-    size_t half = (size_t)hfconfig_rotary_dim(c) / 2, i;
-    json_t *v;
-    if (!json_is_array(shorts) || json_array_size(shorts) != half || half > HF_MAX_ROPE_FACTORS)
-        return pesc_fail(err, "%s: longrope rope_scaling needs \"short_factor\", a list of "
-                         "%zu numbers (half the rotated values of a head)", where, half);
-    json_array_foreach(shorts, i, v) {
-        if (!json_is_number(v) || !(json_number_value(v) > 0))
-            return pesc_fail(err, "%s: rope_scaling short_factor[%zu] must be a positive number",
-                             where, i);
-        c->rope_short_factor[i] = (float)json_number_value(v);
-    }
+    int half = hfconfig_rotary_dim(c) / 2;
+    if (get_factors(rs, "short_factor", half, c->rope_short_factor, where, err) ||
+        get_factors(rs, "long_factor", half, c->rope_long_factor, where, err))
+        return -1;
     /* Phi-3 keeps the pretrained context beside the extended one; the factor is their ratio */
     int original = 0;
     double factor = c->rope_factor;
@@ -138,9 +146,6 @@ static int parse_longrope(hf_config *c, json_t *root, json_t *rs, const char *wh
     if (!(c->rope_attention_factor > 0))
         return pesc_fail(err, "%s: rope_scaling attention_factor must be positive", where);
     c->rope_original_max_position = original;
-    c->rope_long_context = c->max_position_embeddings;
-    if (original < c->max_position_embeddings)
-        c->max_position_embeddings = original;
     return 0;
 }
 
@@ -352,8 +357,15 @@ int hfconfig_load(hf_config *c, const char *dir, pesc_error *err)
     return rc;
 }
 
-void hfconfig_inv_freq(const hf_config *c, float *inv_freq)
+int hfconfig_rope_long(const hf_config *c, long positions)
 {
+    return c->rope_type == HF_ROPE_LONGROPE && positions > c->rope_original_max_position;
+}
+
+void hfconfig_inv_freq(const hf_config *c, long positions, float *inv_freq)
+{
+    const float *ext = hfconfig_rope_long(c, positions) ? c->rope_long_factor
+                                                        : c->rope_short_factor;
     int dim = hfconfig_rotary_dim(c), half = dim / 2;
     for (int i = 0; i < half; i++) {
         /* HF computes base ** (arange(0, dim, 2) / dim) with integer exponents in float32 */
@@ -362,7 +374,7 @@ void hfconfig_inv_freq(const hf_config *c, float *inv_freq)
         if (c->rope_type == HF_ROPE_LINEAR) {
             f /= c->rope_factor;
         } else if (c->rope_type == HF_ROPE_LONGROPE) {
-            f /= c->rope_short_factor[i];
+            f /= ext[i];
         } else if (c->rope_type == HF_ROPE_LLAMA3) {
             double old_len = c->rope_original_max_position;
             double low_wavelen = old_len / c->rope_low_freq_factor;

@@ -35,12 +35,11 @@ typedef struct hf_config {
     double rope_factor;
     double rope_low_freq_factor, rope_high_freq_factor;   /* llama3 */
     int rope_original_max_position;                       /* llama3, longrope */
-    /* longrope within its original context (max_position_embeddings is set to that, where
-     * transformers uses the short factors): inv_freq divided by each short factor, and cos
-     * and sin scaled by the attention factor (1 for every other type) */
-    float rope_short_factor[HF_MAX_ROPE_FACTORS];
+    /* longrope: inv_freq divided by each short factor while a sequence stays within
+     * rope_original_max_position positions, by each long factor past it (transformers
+     * switches per forward pass); cos and sin scaled by the attention factor */
+    float rope_short_factor[HF_MAX_ROPE_FACTORS], rope_long_factor[HF_MAX_ROPE_FACTORS];
     double rope_attention_factor;
-    int rope_long_context;       /* longrope: config.json's max_position_embeddings */
     int max_position_embeddings;
     int tie_word_embeddings;
     int qkv_bias;                /* qwen2, or llama's and qwen3's attention_bias */
@@ -68,8 +67,12 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
 /* Reads DIR/config.json. */
 int hfconfig_load(hf_config *c, const char *dir, pesc_error *err);
 
-/* inv_freq (hfconfig_rotary_dim / 2) as Hugging Face computes it for the config's rope type. */
-void hfconfig_inv_freq(const hf_config *c, float *inv_freq);
+/* inv_freq (hfconfig_rotary_dim / 2) as Hugging Face computes it for the config's rope type,
+ * for a forward pass whose positions reach `positions` (longrope's factors depend on it). */
+void hfconfig_inv_freq(const hf_config *c, long positions, float *inv_freq);
+/* Whether a forward pass over `positions` positions takes other frequencies than one within
+ * the original context (longrope past original_max_position_embeddings). */
+int hfconfig_rope_long(const hf_config *c, long positions);
 /* The values of each head RoPE rotates (the first ones): head_dim but for a partial rotary. */
 int hfconfig_rotary_dim(const hf_config *c);
 /* What RoPE's cos and sin are scaled by: longrope's attention factor, else 1. */

@@ -317,17 +317,27 @@ static int load_weights(model *m, const st_set *set, pesc_error *err)
     return rc;
 }
 
+/* RoPE's frequencies on the backend for a pass over `positions` positions, or NULL. */
+static float *upload_freq(model *m, long positions, pesc_error *err)
+{
+    size_t bytes = (size_t)(m->config.head_dim / 2) * sizeof(float);
+    float *host = xmalloc(bytes), *on = backend_alloc(m->backend, bytes, err);
+    hfconfig_inv_freq(&m->config, positions, host);
+    if (on)
+        backend_upload(m->backend, on, host, bytes);
+    free(host);
+    return on;
+}
+
+/* RoPE's frequencies within the original context, and (longrope) past it. */
 static int upload_inv_freq(model *m, pesc_error *err)
 {
-    pesc_backend *b = m->backend;
-    int half = m->config.head_dim / 2;
-    float *inv_freq = xmalloc((size_t)half * sizeof(float));
-    hfconfig_inv_freq(&m->config, inv_freq);
-    m->inv_freq = backend_alloc(b, (size_t)half * sizeof(float), err);
-    if (m->inv_freq)
-        backend_upload(b, m->inv_freq, inv_freq, (size_t)half * sizeof(float));
-    free(inv_freq);
-    return m->inv_freq ? 0 : -1;
+    long past = (long)m->config.rope_original_max_position + 1;
+    if (!(m->inv_freq = upload_freq(m, 1, err)))
+        return -1;
+    if (hfconfig_rope_long(&m->config, past) && !(m->inv_freq_long = upload_freq(m, past, err)))
+        return -1;
+    return 0;
 }
 
 int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
@@ -457,6 +467,7 @@ void model_free(model *m)
         backend_free(m->backend, m->param_block);
         backend_free(m->backend, m->packed_block);
         backend_free(m->backend, m->inv_freq);
+        backend_free(m->backend, m->inv_freq_long);
         backend_free(m->backend, m->crafted_block);
         backend_free(m->backend, m->grad_block);
         backend_free(m->backend, m->k_cache);

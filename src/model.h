@@ -83,6 +83,8 @@ typedef struct model_activations {
     int32_t *tokens, *targets, *pos;   /* (N) */
     int32_t *seg;                /* (N) row position where each token's document starts */
     int packed;                  /* seg is in use */
+    const float *freq;           /* RoPE's inv_freq for these positions (longrope: past the
+                                  * original context, its long factors' ones) */
     int dropout;                 /* the last forward applied the adapters' dropout masks */
     int32_t *sources;            /* (N) the --data source of each token (PESC, with a layout) */
     double *route_stats;         /* MOE_STATS(E, K, MODEL_MAX_SOURCES): a layer's moe_group */
@@ -148,6 +150,7 @@ typedef struct model {
     float *lm_head;              /* (V, C); equals embed when tied */
     float *final_norm;           /* (C) */
     float *inv_freq;             /* (D/2) */
+    float *inv_freq_long;        /* (D/2) longrope's past the original context, else NULL */
     model_layer *layers;         /* (n_layers) */
     model_tensor *base_tensors;  /* named views of every base weight, checkpoint order */
     int n_base_tensors;

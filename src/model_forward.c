@@ -520,8 +520,8 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
     /* longrope's cos and sin are scaled by its attention factor (1 for the other ropes) */
     int R = hfconfig_rotary_dim(c);
     float scale = (float)hfconfig_rope_scale(c);
-    rope_forward(b, a->q, a->q, m->act.pos, m->inv_freq, N, Hq, D, R, scale);
-    rope_forward(b, a->k, a->k, m->act.pos, m->inv_freq, N, Hkv, D, R, scale);
+    rope_forward(b, a->q, a->q, m->act.pos, m->act.freq, N, Hq, D, R, scale);
+    rope_forward(b, a->k, a->k, m->act.pos, m->act.freq, N, Hkv, D, R, scale);
     if (past >= 0) {
         size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_capacity * row;
         float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
@@ -586,10 +586,15 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
     if (model_ensure_activations(m, B, T, training, err) != 0)
         return -1;
     model_activations *a = &m->act;
-    int32_t *pos = xmalloc((size_t)N * sizeof *pos);
-    for (int i = 0; i < N; i++)
+    int32_t *pos = xmalloc((size_t)N * sizeof *pos), last = 0;
+    for (int i = 0; i < N; i++) {
         pos[i] = past >= 0 ? past + i : layout && layout->positions ? layout->positions[i] : i % T;
+        last = pos[i] > last ? pos[i] : last;
+    }
     backend_upload(m->backend, a->pos, pos, (size_t)N * sizeof *pos);
+    /* longrope takes its long factors for a pass whose positions go past the original context,
+     * as transformers decides per forward pass from the largest position */
+    a->freq = hfconfig_rope_long(c, (long)last + 1) ? m->inv_freq_long : m->inv_freq;
     a->packed = layout && layout->doc_ids;
     if (a->packed) {
         /* where each token's document starts within its row */
@@ -758,8 +763,8 @@ static void layer_backward(model *m, int l, float loss_scale)
                        m->T, Hq, Hkv, D, c->sliding_window, g->packed ? g->seg : NULL);
     int R = hfconfig_rotary_dim(c);
     float scale = (float)hfconfig_rope_scale(c);
-    rope_backward(b, g->dq, g->dq, g->pos, m->inv_freq, N, Hq, D, R, scale);
-    rope_backward(b, g->dk, g->dk, g->pos, m->inv_freq, N, Hkv, D, R, scale);
+    rope_backward(b, g->dq, g->dq, g->pos, g->freq, N, Hq, D, R, scale);
+    rope_backward(b, g->dk, g->dk, g->pos, g->freq, N, Hkv, D, R, scale);
     float *dq = g->dq, *dk = g->dk;   /* of the projections' outputs */
     if (c->qk_norm) {
         dq = g->dq_raw;

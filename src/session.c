@@ -1905,11 +1905,6 @@ static int setup(session *s, pesc_error *err)
     int context = s->m.config.max_position_embeddings;
     if (!(c->given & TRAIN_GIVEN_SEQ) && context >= 2 && c->seq > context)
         c->seq = context;
-    const hf_config *hc = &s->m.config;
-    if (hc->rope_type == HF_ROPE_LONGROPE && c->seq > context)   /* past it: the long factors */
-        return pesc_fail(err, "--seq %d: pesc runs this longrope model in its original context "
-                         "of %d tokens (of %d): give --seq %d or less", c->seq, context,
-                         hc->rope_long_context, context);
     pesc_show_phase(c->command, "reading and tokenizing the data");
     if (load_tokenizer(s, err) != 0 || open_data(s, err) != 0)
         return -1;

@@ -94,7 +94,7 @@ static void test_families(void)
                         ", \"partial_rotary_factor\": 0.75}", "x", &err);
     CHECK(rc == 0 && c.rotary_dim == 6 && hfconfig_rotary_dim(&c) == 6, "phi4-mini: %s",
           err.msg);
-    hfconfig_inv_freq(&c, f);
+    hfconfig_inv_freq(&c, 1, f);
     CHECK(fabs(f[1] - pow(10000.0, -2.0 / 6)) < 1e-7 && fabs(f[2] - pow(10000.0, -4.0 / 6)) < 1e-7,
           "partial inv_freq over 6 values: %g %g", f[1], f[2]);
     rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE "}", "x", &err);
@@ -116,7 +116,7 @@ static void test_rope(void)
     int rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
                             ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 4.0}}", "x", &err);
     CHECK(rc == 0 && c.rope_type == HF_ROPE_LINEAR, "linear: %s", err.msg);
-    hfconfig_inv_freq(&c, f);
+    hfconfig_inv_freq(&c, 1, f);
     CHECK(fabs(f[0] - 0.25) < 1e-7 && fabs(f[1] - 0.25 * pow(10000.0, -0.25)) < 1e-7,
           "linear inv_freq %g %g", f[0], f[1]);
     /* llama3: wavelengths 2pi*10000^(i/4) = 6.28, 62.8, 628, 6283 against original 64 with
@@ -126,7 +126,7 @@ static void test_rope(void)
                         "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}}",
                         "x", &err);
     CHECK(rc == 0 && c.rope_type == HF_ROPE_LLAMA3, "llama3: %s", err.msg);
-    hfconfig_inv_freq(&c, f);
+    hfconfig_inv_freq(&c, 1, f);
     double base1 = pow(10000.0, -0.25), wavelen1 = 2 * M_PI / base1;
     double smooth = (64.0 / wavelen1 - 1.0) / 3.0;
     double want1 = (1 - smooth) * base1 / 8 + smooth * base1;
@@ -135,8 +135,8 @@ static void test_rope(void)
     CHECK(fabs(f[3] - pow(10000.0, -0.75) / 8) < 1e-9, "llama3 low frequency scaled: %g", f[3]);
 }
 
-/* Phi-3's 128k models: longrope within the original context, short factors, and cos and sin
- * scaled by sqrt(1 + ln(max / original) / ln(original)) */
+/* Phi-3's 128k models: longrope's short factors within the original context, its long ones
+ * for a pass past it, and cos and sin scaled by sqrt(1 + ln(max / original) / ln(original)) */
 static void test_longrope(void)
 {
     hf_config c;
@@ -147,15 +147,20 @@ static void test_longrope(void)
                             "\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": "
                             "[1.0, 1.5, 2.0, 4.0], \"long_factor\": [1, 2, 3, 4]}}", "x", &err);
     CHECK(rc == 0 && c.rope_type == HF_ROPE_LONGROPE, "longrope: %s", err.msg);
-    CHECK(c.max_position_embeddings == 4096 && c.rope_long_context == 131072,
-          "runs the original context: %d of %d", c.max_position_embeddings, c.rope_long_context);
+    CHECK(c.max_position_embeddings == 131072 && c.rope_original_max_position == 4096,
+          "contexts: %d from %d", c.max_position_embeddings, c.rope_original_max_position);
     double want = sqrt(1.0 + log(32.0) / log(4096.0));
     CHECK(fabs(c.rope_attention_factor - want) < 1e-12, "attention factor %.17g, want %.17g",
           c.rope_attention_factor, want);
-    hfconfig_inv_freq(&c, f);
-    CHECK(fabs(f[0] - 1.0) < 1e-7 && fabs(f[1] - pow(10000.0, -0.25) / 1.5) < 1e-7 &&
+    hfconfig_inv_freq(&c, 4096, f);
+    CHECK(!hfconfig_rope_long(&c, 4096) && fabs(f[0] - 1.0) < 1e-7 &&
+          fabs(f[1] - pow(10000.0, -0.25) / 1.5) < 1e-7 &&
           fabs(f[3] - pow(10000.0, -0.75) / 4.0) < 1e-9, "short factors divide: %g %g %g", f[0],
           f[1], f[3]);
+    hfconfig_inv_freq(&c, 4097, f);
+    CHECK(hfconfig_rope_long(&c, 4097) && fabs(f[1] - pow(10000.0, -0.25) / 2) < 1e-7 &&
+          fabs(f[3] - pow(10000.0, -0.75) / 4.0) < 1e-9, "long factors past 4096: %g %g", f[1],
+          f[3]);
     /* "su" is its old name; a given attention_factor stands */
     rc = hfconfig_parse(&c, PHI3 "8192, \"original_max_position_embeddings\": 4096, "
                         "\"rope_scaling\": {\"type\": \"su\", \"short_factor\": [1, 1, 1, 1], "
@@ -169,6 +174,9 @@ static void test_longrope(void)
     expect_error(PHI3 "8192, \"original_max_position_embeddings\": 4096, \"rope_scaling\": "
                  "{\"type\": \"longrope\", \"short_factor\": [1, 2, 0, 1]}}",
                  "rope_scaling short_factor[2] must be a positive number");
+    expect_error(PHI3 "8192, \"original_max_position_embeddings\": 4096, \"rope_scaling\": "
+                 "{\"type\": \"longrope\", \"short_factor\": [1, 2, 3, 1]}}",
+                 "longrope rope_scaling needs \"long_factor\", a list of 4 numbers");
     expect_error(PHI3 "8192, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}}",
                  "rope_scaling type \"yarn\" is not supported; supported: linear, llama3, "
                  "longrope");

@@ -122,11 +122,11 @@ def qwen3_base_config(kv_heads):
 
 
 def phi3_base_config(kv_heads):
-    # Phi-3.5-mini's longrope, shrunk: context 64 grown from 16 (attention factor
-    # sqrt(1 + ln 4 / ln 16)), rows of T = 12 within 16: the short factors; and Phi-4-mini's
+    # Phi-3.5-mini's longrope, shrunk: context 64 grown from 8 (attention factor
+    # sqrt(1 + ln 8 / ln 8)), rows of T = 12 past 8: the long factors; and Phi-4-mini's
     # partial rotary: 6 of each head's 8 values rotated (3 factors), the rest passed through.
     return mr.phi3_config(hidden_size=32, intermediate_size=48, max_position_embeddings=64,
-                          num_key_value_heads=kv_heads, original_max_position_embeddings=16,
+                          num_key_value_heads=kv_heads, original_max_position_embeddings=8,
                           partial_rotary_factor=0.75,
                           rope_scaling={"long_factor": [1.5, 2.5, 4.0],
                                         "short_factor": [1.0, 1.3, 1.9], "type": "longrope"},
@@ -313,12 +313,11 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
         return w
 
     # RoPE (rotate-half; positions restart at 0 in every row)
-    inv_freq = mr.inv_freq_of(cfg, dt)
+    inv_freq = mr.inv_freq_of(cfg, dt, Tn)
     freqs = torch.outer(torch.arange(Tn, dtype=dt), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     af = mr.attention_factor_of(cfg)                                   # longrope's, else 1
     cos, sin = emb.cos() * af, emb.sin() * af                          # [T, hd]
-    assert mr.longrope_context(cfg) is None or Tn <= mr.longrope_context(cfg)
     causal = torch.arange(Tn).unsqueeze(0) <= torch.arange(Tn).unsqueeze(1)  # [q, k]: k <= q
 
     idt = torch.tensor(ids, dtype=torch.long)

@@ -269,14 +269,15 @@ MODELS = [
                               sliding_window=262144, torch_dtype="float32"),
     },
     {
-        # Phi-4-mini's shape, shrunk: RoPE on 3/4 of each head (12 of 16 values, 6 short
-        # factors), longrope, GQA, tied embeddings
+        # Phi-4-mini's shape, shrunk: RoPE on 3/4 of each head (12 of 16 values, 6 factors),
+        # longrope from an original context of 10 (records of 7 and 1 tokens take the short
+        # factors, of 20 and 12 the long ones), GQA, tied embeddings
         "name": "phi4mini-partial-f32",
         "seed": 1008,
         "dtype": torch.float32,
         "shards": 1,
         "config": phi3_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
-                              num_key_value_heads=2, original_max_position_embeddings=64,
+                              num_key_value_heads=2, original_max_position_embeddings=10,
                               partial_rotary_factor=0.75,
                               rope_scaling={"long_factor": [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
                                             "short_factor": [1.0, 1.1, 1.3, 1.8, 2.4, 3.2],
@@ -345,15 +346,16 @@ def sliding_window_of(cfg):
     return None
 
 
-def inv_freq_of(cfg, dtype):
+def inv_freq_of(cfg, dtype, seq_len):
     """RoPE inverse frequencies, as transformers' modeling_rope_utils.
 
     default: inv_freq = 1 / theta ** (arange(0, d, 2) / d)
     linear:  inv_freq / factor   (HF divides positions by factor; identical)
     llama3:  _compute_llama3_parameters, reproduced line by line below.
-    longrope (Phi-3's 128k models; "su" before): _compute_longrope_parameters at a sequence
-             length within original_max_position_embeddings, so the short factors:
-             inv_freq / short_factor.  Its cos and sin are scaled too: attention_factor_of.
+    longrope (Phi-3's 128k models; "su" before): _compute_longrope_parameters, as
+             longrope_frequency_update picks it for a forward pass of seq_len positions:
+             inv_freq / short_factor within original_max_position_embeddings, inv_freq /
+             long_factor past it.  Its cos and sin are scaled too: attention_factor_of.
     The other rope types have attention_factor 1.0 (no cos/sin scaling).
     """
     d = rotary_dim_of(cfg)
@@ -366,7 +368,8 @@ def inv_freq_of(cfg, dtype):
     if rope_type == "linear":
         return inv_freq / rs["factor"]
     if rope_type in ("longrope", "su"):
-        return inv_freq / torch.tensor(rs["short_factor"], dtype=dtype)
+        ext = rs["long_factor"] if seq_len > longrope_context(cfg) else rs["short_factor"]
+        return inv_freq / torch.tensor(ext, dtype=dtype)
     if rope_type == "llama3":
         factor = rs["factor"]
         low_freq_factor = rs["low_freq_factor"]
@@ -405,8 +408,8 @@ def attention_factor_of(cfg):
 
 
 def longrope_context(cfg):
-    """The positions the short factors hold for (transformers switches to the long ones past
-    original_max_position_embeddings); None for other rope types."""
+    """The positions the short factors hold for (transformers switches to the long ones for a
+    pass past original_max_position_embeddings); None for other rope types."""
     rs = cfg.get("rope_scaling")
     if rs is None or rs.get("rope_type", rs.get("type")) not in ("longrope", "su"):
         return None
@@ -609,12 +612,11 @@ def forward(cfg, W, ids, dtype):
     sw = sliding_window_of(cfg)
 
     # RoPE tables, positions 0..T-1; cos/sin = cat(freqs, freqs)
-    inv_freq = inv_freq_of(cfg, dtype)
+    inv_freq = inv_freq_of(cfg, dtype, T)
     pos = torch.arange(T, dtype=dtype)
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     cos, sin = emb.cos() * attention_factor_of(cfg), emb.sin() * attention_factor_of(cfg)  # [T, r]
-    assert longrope_context(cfg) is None or T <= longrope_context(cfg)
 
     # mask: query q may attend key k iff k <= q and, with a sliding window,
     # k > q - sliding_window (i.e. q - k < sliding_window: the current token plus the
