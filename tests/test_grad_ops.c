@@ -129,8 +129,8 @@ static void test_rope(int R, float scale)
         rp_freq[i] = powf(10000.0f, -2.0f * i / R);
     float dx[PN * PH * PD];
     rope_backward(be, dx, rp_dy, rp_pos, rp_freq, PN, PH, PD, R, scale);
-    check_input(R < PD ? "rope_backward, partial, scaled" : "rope_backward", "inp", rp_x, PN * PH * PD,
-                dx, rope_loss);
+    check_input(R < PD ? "rope_backward, partial, scaled" : "rope_backward", "inp", rp_x,
+                PN * PH * PD, dx, rope_loss);
     free(rp_x); free(rp_dy);
 }
 

@@ -122,9 +122,10 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
 // ---- RoPE (rotate-half): one thread per (token, frequency), all heads ------------------------
 
 // direction +1 rotates (forward), -1 rotates back (backward), the first R of each head's D
-// values, cos and sin times scale; a thread per (token, value past R) passes those through (written, so that out's
-// bf16 copy holds them too). The angle is formed in double, as on the CPU: positions times
-// frequencies reach thousands of radians. out may be inp (its bf16 copy beside it or not).
+// values, cos and sin times scale; a thread per (token, value past R) passes those through
+// (written, so that out's bf16 copy holds them too). The angle is formed in double, as on the
+// CPU: positions times frequencies reach thousands of radians. out may be inp (its bf16 copy
+// beside it or not).
 __global__ void rope_kernel(values_out out, values_in inp, const int32_t *pos,
                             const float *inv_freq, int N, int H, int D, int R, float scale,
                             float direction)

@@ -586,7 +586,8 @@ static void test_rope(int N, int H, int D, int R, float scale)
     twin x = twin_random((size_t)N * H * D, 1.0);
     char what[96];
     const char *part = R < D ? ", partial, scaled" : "";
-    rope_forward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D, R, scale);   /* in place, as the model */
+    /* in place, as the model does */
+    rope_forward(cpu, F(x), F(x), FI(pos), F(freq), N, H, D, R, scale);
     rope_forward(gpu, G(x), G(x), GI(pos), G(freq), N, H, D, R, scale);
     snprintf(what, sizeof what, "rope_forward (in place, positions to 4000%s)", part);
     compare(what, x, 1e-5);
