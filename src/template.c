@@ -54,6 +54,10 @@ static const chat_template templates[] = {
     {.name = "phi4-mini", .start = "", .system = "<|system|>{system}<|end|>",
      .user = "<|user|>{user}<|end|><|assistant|>", .assistant = "{assistant}<|end|>",
      .separator = ""},
+    /* Phi-4's (14B): chatml's markers, <|im_sep|> after the role, no newlines */
+    {.name = "phi4", .start = "", .system = "<|im_start|>system<|im_sep|>{system}<|im_end|>",
+     .user = "<|im_start|>user<|im_sep|>{user}<|im_end|><|im_start|>assistant<|im_sep|>",
+     .assistant = "{assistant}<|im_end|>", .separator = ""},
     {.name = "plain", .start = "{bos}", .system = "{system}\n\n", .user = "{user}\n",
      .assistant = "{assistant}{eos}", .separator = "\n"},
 };
@@ -72,7 +76,8 @@ const char *template_name(const chat_template *tpl) { return tpl->name; }
 
 const char *template_list(void)
 {
-    return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, plain";
+    return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, phi4, "
+           "plain";
 }
 
 /* ------------------------------------------------------------------ rendering -------- */
@@ -367,6 +372,8 @@ const char *template_suggest(const char *jinja)
 {
     if (!jinja)
         return NULL;
+    if (strstr(jinja, "<|im_sep|>"))   /* before chatml, whose markers it shares */
+        return "phi4";
     if (strstr(jinja, "<|im_start|>"))
         return strstr(jinja, "<think>") ? "qwen3" : "chatml";
     if (strstr(jinja, "<|start_header_id|>"))

@@ -175,6 +175,9 @@ int main(void)
     expect_render(t, "phi4-mini", two, 5,
         "<|system|>Be brief.<|end|><|user|>hello<|end|><|assistant|>hi there<|end|><|user|>2+2?"
         "<|end|><|assistant|>4<|end|>", "hi there<|end|>|4<|end|>");
+    expect_render(t, "phi4", two + 1, 2,
+        "<|im_start|>user<|im_sep|>hello<|im_end|><|im_start|>assistant<|im_sep|>hi there"
+        "<|im_end|>", "hi there<|im_end|>");
     expect_render(t, "plain", two + 1, 2, "<s>hello\nhi there</s>", "hi there</s>");
 
     /* an empty answer (a failed reply in a scraped chat) stays as context: labeling its end
@@ -251,7 +254,8 @@ int main(void)
         {"[INST] <<SYS>>", "llama2"}, {"{{'[INST] '}}", "mistral"},
         {"<|start_header_id|>", "llama3"}, {"### Human:", NULL},
         {"{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}", "phi3"},
-        {"{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}", "phi4-mini"}};
+        {"{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}", "phi4-mini"},
+        {"{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}", "phi4"}};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
         const char *got = template_suggest(own[i].jinja);
         CHECK(own[i].want ? got && strcmp(got, own[i].want) == 0 : !got,
