@@ -1,12 +1,10 @@
 /* cmd_tokenize — `pesc tokenize`: text on stdin to token ids on stdout. */
 #include <ctype.h>
-#include <errno.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"

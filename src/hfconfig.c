@@ -105,7 +105,8 @@ static int get_factors(json_t *rs, const char *key, int half, float *out, const 
 {
     json_t *list = json_object_get(rs, key), *v;
     size_t i;
-    if (!json_is_array(list) || json_array_size(list) != (size_t)half || half > HF_MAX_ROPE_FACTORS)
+    if (!json_is_array(list) || json_array_size(list) != (size_t)half ||
+        half > HF_MAX_ROPE_FACTORS)
         return pesc_fail(err, "%s: longrope rope_scaling needs \"%s\", a list of %d numbers "
                          "(half the rotated values of a head)", where, key, half);
     json_array_foreach(list, i, v) {
