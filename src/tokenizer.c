@@ -296,6 +296,7 @@ static void merge_put(merge_map *m, int32_t a, int32_t b, int32_t rank, int32_t 
 /* A compiled pattern: PCRE2 for {"Regex"}, a plain byte search for {"String"}. */
 typedef struct regex {
     pcre2_code *code;
+    char *source;                /* the pattern as tokenizer.json gives it (messages) */
     char *literal;
     size_t literal_len;
 } regex;
@@ -410,6 +411,10 @@ struct tokenizer {
 
     /* encode scratch and cache (why tok_encode is not thread-safe) */
     pcre2_match_data *match;
+    pcre2_match_context *match_ctx;   /* the JIT's stack, up to REGEX_JIT_STACK */
+    pcre2_jit_stack *jit_stack;
+    int regex_rc;                /* a match's failure in this tok_encode (PCRE2's code), or 0 */
+    const regex *regex_failed;   /* whose */
     piece_list pieces[2];
     strbuf norm_buf[2];
     symbol *syms;
@@ -441,6 +446,9 @@ static int regex_compile(regex *r, const char *pattern, size_t len, int literal,
         return pesc_fail(err, "regex /%.*s/ at offset %zu: %s", (int)len, pattern,
                          (size_t)offset, (const char *)msg);
     }
+    r->source = xmalloc(len + 1);
+    memcpy(r->source, pattern, len);
+    r->source[len] = '\0';
     pcre2_jit_compile(r->code, PCRE2_JIT_COMPLETE);   /* optional: falls back to the interpreter */
     return 0;
 }
@@ -448,11 +456,21 @@ static int regex_compile(regex *r, const char *pattern, size_t len, int literal,
 static void regex_free(regex *r)
 {
     pcre2_code_free(r->code);
+    free(r->source);
     free(r->literal);
     memset(r, 0, sizeof *r);
 }
 
-/* Next match at or after start: 1 with [*ms, *me), 0 when none. Empty matches advance. */
+/* The JIT keeps a backtracking point on its stack for each repetition of a group, so a pattern
+ * like (?:x|y)+ over a long run of text needs a deep one: PCRE2's default of 32 KiB ends such a
+ * match after about a thousand characters. With this much a match goes on to about a hundred
+ * thousand; past it the interpreter (frames on the heap) takes over. */
+#define REGEX_JIT_STACK (4u << 20)
+
+/* Next match at or after start: 1 with [*ms, *me), 0 when none. Empty matches advance.
+ * A match PCRE2 cannot finish (its match limit, ten million steps, reached by a pattern that
+ * backtracks without end) is also 0, and is noted in t->regex_rc for tok_encode to refuse the
+ * text: carrying on would tokenize the rest of it as if nothing matched. */
 static int regex_next(tokenizer *t, const regex *r, const char *s, size_t len, size_t start,
                       size_t *ms, size_t *me)
 {
@@ -464,9 +482,14 @@ static int regex_next(tokenizer *t, const regex *r, const char *s, size_t len, s
         *me = *ms + r->literal_len;
         return 1;
     }
-    int rc = pcre2_jit_match(r->code, (PCRE2_SPTR)s, len, start, 0, t->match, NULL);
-    if (rc == PCRE2_ERROR_JIT_BADOPTION)
-        rc = pcre2_match(r->code, (PCRE2_SPTR)s, len, start, PCRE2_NO_UTF_CHECK, t->match, NULL);
+    int rc = pcre2_jit_match(r->code, (PCRE2_SPTR)s, len, start, 0, t->match, t->match_ctx);
+    if (rc == PCRE2_ERROR_JIT_BADOPTION || rc == PCRE2_ERROR_JIT_STACKLIMIT)
+        rc = pcre2_match(r->code, (PCRE2_SPTR)s, len, start, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT,
+                         t->match, t->match_ctx);
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH && !t->regex_rc) {
+        t->regex_rc = rc;
+        t->regex_failed = r;
+    }
     if (rc < 0)
         return 0;
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->match);
@@ -1283,11 +1306,25 @@ static void encode_text(tokenizer *t, const char *s, size_t len, int at_start, u
     free(text);
 }
 
+/* A text a regex of the tokenizer could not finish matching (regex_next). */
+static int regex_refusal(const tokenizer *t, size_t len, pesc_error *err)
+{
+    PCRE2_UCHAR why[120];
+    pcre2_get_error_message(t->regex_rc, why, sizeof why);
+    const char *pattern = t->regex_failed->source;
+    int shown = (int)strlen(pattern) > 60 ? 57 : (int)strlen(pattern);
+    return pesc_fail(err, "the tokenizer's regex /%.*s%s/ could not finish matching a text of "
+                     "%zu bytes (%s): the pattern backtracks too much for it; shorten the text "
+                     "or simplify the pattern in tokenizer.json", shown, pattern,
+                     shown < (int)strlen(pattern) ? "..." : "", len, (const char *)why);
+}
+
 int tok_encode(tokenizer *t, const char *text, size_t len, unsigned flags, tok_ids *out,
                pesc_error *err)
 {
     if (check_utf8(text, len, err) != 0)
         return -1;
+    t->regex_rc = 0;
     if (flags & TOK_ADD_SPECIAL)
         for (int i = 0; i < t->post_prefix.n; i++)
             tok_ids_push(out, t->post_prefix.ids[i]);
@@ -1300,6 +1337,8 @@ int tok_encode(tokenizer *t, const char *text, size_t len, unsigned flags, tok_i
             encode_text(t, text + segs.v[i].off, segs.v[i].len, segs.v[i].off == 0, flags, out);
     }
     free(segs.v);
+    if (t->regex_rc)
+        return regex_refusal(t, len, err);
     if (flags & TOK_ADD_SPECIAL)
         for (int i = 0; i < t->post_suffix.n; i++)
             tok_ids_push(out, t->post_suffix.ids[i]);
@@ -2290,6 +2329,10 @@ tokenizer *tok_load(const char *path, pesc_error *err)
     }
     tokenizer *t = xcalloc(1, sizeof *t);
     t->match = pcre2_match_data_create(1, NULL);
+    t->match_ctx = pcre2_match_context_create(NULL);
+    t->jit_stack = pcre2_jit_stack_create(32u << 10, REGEX_JIT_STACK, NULL);
+    if (t->match_ctx && t->jit_stack)   /* else the default stack, and the interpreter past it */
+        pcre2_jit_stack_assign(t->match_ctx, NULL, t->jit_stack);
     build_byte_alphabet(t);
     int fused = 0;
     int rc = -1;
@@ -2373,6 +2416,8 @@ void tok_delete(tokenizer *t)
     regex_free(&t->word_char);
     free(t->chat_template);
     pcre2_match_data_free(t->match);
+    pcre2_match_context_free(t->match_ctx);
+    pcre2_jit_stack_free(t->jit_stack);
     for (int i = 0; i < 2; i++) {
         free(t->pieces[i].v);
         free(t->pieces[i].text.s);

@@ -349,6 +349,64 @@ static void test_config(void)
     tok_delete(t);
 }
 
+/* A tokenizer whose pre-tokenizer splits on `pattern` (isolated), over the tokens a, b, " " and
+ * "b " (merged from b and " "). */
+static tokenizer *split_tokenizer(const char *pattern, pesc_error *err)
+{
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"%s\"},"
+             " \"behavior\": \"Isolated\", \"invert\": false},\n"
+             " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \" \": 2,"
+             " \"b \": 3}, \"merges\": [[\"b\", \" \"]]}}", pattern);
+    return json_tokenizer(json, err);
+}
+
+/* A group repeated over a long text: PCRE2's JIT needs more than its default stack, and past
+ * the one the tokenizer gives it the interpreter matches; either way the match ends where the
+ * pattern says (taken for no match, the whole text would be one piece and merge b with " ").
+ * A pattern that backtracks without end is refused with a message, never taken as no match. */
+static void test_regex_limits(void)
+{
+    pesc_error err = {{0}};
+    tokenizer *t = split_tokenizer("(?:a|b)+", &err);
+    CHECK(t, "a Split tokenizer must load: %s", err.msg);
+    if (!t)
+        return;
+    static const int runs[] = {500, 5000, 200000};   /* "ab" repeated: 1 kB, 10 kB, 400 kB */
+    for (int r = 0; r < 3; r++) {
+        size_t n = 2 * (size_t)runs[r];
+        char *text = xmalloc(n + 2);
+        for (size_t i = 0; i < n; i++)
+            text[i] = "ab"[i % 2];
+        text[n] = ' ';
+        tok_ids ids = {0};
+        int ok = tok_encode(t, text, n + 1, 0, &ids, &err) == 0 && ids.n == (int)n + 1 &&
+                 ids.ids[n - 1] == 1 && ids.ids[n] == 2;
+        CHECK(ok, "a group repeated over %zu characters must match them all: %d ids, last %d %d "
+              "(%s)", n, ids.n, ids.n > 1 ? ids.ids[ids.n - 2] : -1,
+              ids.n > 0 ? ids.ids[ids.n - 1] : -1, err.msg);
+        tok_ids_free(&ids);
+        free(text);
+    }
+    tok_delete(t);
+
+    t = split_tokenizer("(?:a|aa)+\\\\d", &err);
+    CHECK(t, "a backtracking Split tokenizer must load: %s", err.msg);
+    if (!t)
+        return;
+    char text[51];
+    memset(text, 'a', 50);
+    text[50] = '\0';
+    tok_ids ids = {0};
+    int rc = tok_encode(t, text, 50, 0, &ids, &err);
+    CHECK(rc == -1 && strstr(err.msg, "/(?:a|aa)+\\d/ could not finish matching a text of 50") &&
+          strstr(err.msg, "limit"), "a match PCRE2 gives up on must be refused: %d, %s", rc,
+          err.msg);
+    tok_ids_free(&ids);
+    tok_delete(t);
+}
+
 int main(void)
 {
     const char *srcdir = getenv("top_srcdir");
@@ -364,6 +422,7 @@ int main(void)
     test_stream_partial();
     test_load_errors();
     test_space_split();
+    test_regex_limits();
     test_config();
     test_post_processor();
     pesc_remove_tree(scratch);
