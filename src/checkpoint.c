@@ -298,7 +298,8 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     if (mode && !(json_is_string(mode) && (!strcmp(json_string_value(mode), "pesc") ||
                                            !strcmp(json_string_value(mode), "full"))))
         bad_value(&r, "train", "must be \"pesc\" or \"full\"");
-    p->mode = mode && !strcmp(json_string_value(mode), "full") ? TRAIN_FULL : TRAIN_PESC;
+    p->mode = json_is_string(mode) && !strcmp(json_string_value(mode), "full") ? TRAIN_FULL
+                                                                                : TRAIN_PESC;
     p->experts = (int)read_integer(&r, run, "experts", 0, REQUIRED);
     p->top_k = (int)read_integer(&r, run, "top_k", 0, REQUIRED);
     p->adapter_dim = (int)read_integer(&r, run, "adapter_dim", 0, REQUIRED);

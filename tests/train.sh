@@ -553,9 +553,9 @@ expect 1 "model.safetensors: tensor .* holds NaN at element 1" "eval: a NaN weig
   "$pesc" eval --model "$tmp/nanbase" --data "$tmp/data.jsonl" --backend cpu
 
 # a damaged state.json is refused, naming the key, rather than resumed at step 0 or with a
-# negative coefficient
+# negative coefficient (or read past a number where a name belongs)
 for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"train": "bogus",/' \
-            's/"step": 6/"step": "six"/' 's/"pack": false/"pack": 3/'; do
+            's/"train": .*/"train": 5,/' 's/"step": 6/"step": "six"/' 's/"pack": false/"pack": 3/'; do
   rm -rf "$tmp/bad" && cp -r "$tmp/ck/step-00000006" "$tmp/bad"
   sed "$edit" "$tmp/ck/step-00000006/state.json" >"$tmp/bad/state.json"
   key=$(printf '%s' "$edit" | sed 's/^[^"]*"\([a-z_]*\)".*/\1/')
