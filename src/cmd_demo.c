@@ -39,7 +39,9 @@ int cmd_demo_data(int argc, char **argv)
         case 'o': output = optarg; break;
         case 'n':
             if (cli_parse_long(optarg, 1, 100000000L, &records) != 0)
-                return cli_usage_error("demo-data", "--records %s: expected 1..100000000", optarg);
+                return cli_usage_error("demo-data",
+                                       "--records %s: expected an integer from 1 to 100000000",
+                                       optarg);
             break;
         case 's': {
             char *end;

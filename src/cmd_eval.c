@@ -106,7 +106,9 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         case 'D': o->demo = 1; break;
         case 'n':
             if (cli_parse_long(optarg, 1, 1000000, &o->demo_records) != 0)
-                return cli_usage_error("eval", "--records %s: expected 1..1000000", optarg);
+                return cli_usage_error("eval",
+                                       "--records %s: expected an integer from 1 to 1000000",
+                                       optarg);
             o->records_given = 1;
             break;
         case 'f': o->format = optarg; break;

@@ -52,6 +52,7 @@ expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x
 expect 2 "\-\-records counts \-\-demo's records" "eval --records without --demo" -- "$pesc" eval --model x --data y --records 5
+expect 2 "\-\-records 0: expected an integer from 1 to 1000000" "eval --demo --records 0" -- "$pesc" eval --demo --records 0
 expect 2 "\-\-format yaml" "unsupported format" -- "$pesc" eval --model x --data y --format yaml
 for cmd in eval generate bench train tui; do
   expect 2 "\-\-backend tpu: unknown backend; choose auto, cpu or cuda" "$cmd: unknown backend is a usage error" -- \

@@ -132,7 +132,7 @@ expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help
 expect 0 "demo-data" "listed in pesc --help" -- "$pesc" --help
 expect 2 "\-o FILE is required" "demo-data without -o" -- "$pesc" demo-data
 expect 2 "\-\-family nope: the families are arithmetic" "unknown family" -- "$pesc" demo-data -o x --family nope
-expect 2 "\-\-records 0" "zero records" -- "$pesc" demo-data -o x --records 0
+expect 2 "\-\-records 0: expected an integer from 1 to 100000000" "zero records" -- "$pesc" demo-data -o x --records 0
 expect 2 "\-\-seed -1" "negative seed" -- "$pesc" demo-data -o x --seed -1
 : >"$tmp/a-file"
 expect 1 "$tmp/a-file/d.jsonl: cannot create a file in $tmp/a-file: Not a directory" \
