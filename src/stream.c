@@ -53,6 +53,10 @@ pesc_stream *stream_open(const char *path, pesc_error *err)
         pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(errno));
         return NULL;
     }
+    if (strcmp(path, "-") != 0 && pesc_refuse_device(fd, path, err) != 0) {
+        close(fd);
+        return NULL;
+    }
     pesc_stream *s = xcalloc(1, sizeof *s);
     s->path = xstrdup(strcmp(path, "-") == 0 ? "standard input" : path);
     s->fd = fd;

@@ -103,6 +103,14 @@ char *xstrdup(const char *s)
     return memcpy(xmalloc(n), s, n);
 }
 
+int pesc_refuse_device(int fd, const char *path, pesc_error *err)
+{
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
+        return pesc_fail(err, "%s is a device, not a file", path);
+    return 0;
+}
+
 int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
 {
     FILE *f = fopen(path, "rb");
@@ -116,6 +124,10 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
         errno = EISDIR;
         return -1;
     }
+    if (pesc_refuse_device(fileno(f), path, err) != 0) {
+        fclose(f);
+        return -1;
+    }
     size_t cap = 4096, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
@@ -125,6 +137,13 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
         n += got;
         if (got == 0)
             break;
+        if (n > PESC_READ_FILE_MAX) {
+            fclose(f);
+            free(buf);
+            return pesc_fail(err, "%s goes on past %lu MiB, more than any file pesc reads whole "
+                             "(a config or tokenizer JSON): is it the right file?", path,
+                             PESC_READ_FILE_MAX >> 20);
+        }
     }
     int failed = ferror(f);
     fclose(f);

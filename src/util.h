@@ -52,8 +52,14 @@ char *xstrdup(const char *s);
 void pesc_set_oom_hook(void (*hook)(void));
 
 /* Reads a whole file into a NUL-terminated buffer. A directory fails with errno EISDIR and
- * a message that calls it one. */
+ * a message that calls it one; a device (/dev/zero, a terminal), and anything past
+ * PESC_READ_FILE_MAX (a pipe that does not end), fail with a message too. */
+#define PESC_READ_FILE_MAX (1ul << 30)
 int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err);
+
+/* -1 with "PATH is a device, not a file" when fd is a character or block device: reading one
+ * (/dev/zero, /dev/urandom, a disk) never ends or is not what was meant. A pipe passes. */
+int pesc_refuse_device(int fd, const char *path, pesc_error *err);
 
 /* text past a leading UTF-8 byte order mark (EF BB BF), which some editors write at the start
  * of a text file and JSON parsers refuse; *len (when not NULL) loses its 3 bytes too. */

@@ -117,11 +117,16 @@ if [ -n "$loss" ] && close "$loss" 4.728069026134456 1e-5 && [ "$tokens" = 48 ];
 else
   fail "eval loss '$loss' tokens '$tokens' (wanted 4.728069026134456, 48; expected.json says $want)"
 fi
-# a record without end (a link to /dev/zero, a file without newlines) is refused at a bound,
-# before it takes the machine's memory
+# a record without end (a pipe of zeros, a file without newlines) is refused at a bound,
+# before it takes the machine's memory; a device (a link to /dev/zero) is refused at once
+expect 1 "/dev/stdin:1: a record longer than 64 MiB; a JSONL file holds one record a line" \
+  "eval of a record without end stops at 64 MiB" -- \
+  sh -c 'head -c 70000000 /dev/zero | "$1" eval --model "$2" --data /dev/stdin' sh "$pesc" "$m"
 ln -s /dev/zero "$tmp/zero.jsonl"
-expect 1 "zero.jsonl:1: a record longer than 64 MiB; a JSONL file holds one record a line" \
-  "eval of a record without end stops at 64 MiB" -- "$pesc" eval --model "$m" --data "$tmp/zero.jsonl"
+expect 1 "\-\-data: $tmp/zero.jsonl is a device, not a file" "eval of a device as data" -- \
+  "$pesc" eval --model "$m" --data "$tmp/zero.jsonl"
+expect 1 "\-\-tokenizer: /dev/urandom is a device, not a file" "a device as tokenizer.json" -- \
+  timeout 20 "$pesc" tokenize --tokenizer /dev/urandom
 # nothing to score in several sources: the one line names them all, not the first
 printf '{"input_ids": [1]}\n' >"$tmp/one.jsonl" && cp "$tmp/one.jsonl" "$tmp/two.jsonl"
 expect 1 "$tmp/one.jsonl and $tmp/two.jsonl: no token is predicted" "eval with nothing to score names every source" -- \
