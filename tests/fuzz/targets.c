@@ -1,7 +1,8 @@
 /* targets — libFuzzer entry points for the readers of files a user hands pesc: safetensors files
- * and sharded sets, config.json, tokenizer.json, the dataset formats, a checkpoint's state.json
- * and a run's JSONL log (pesc view). tests/fuzz/run builds one program per target (-DTARGET_x)
- * with clang's ASan and UBSan and runs each on seeds made from the repository's own files.
+ * and sharded sets, config.json, tokenizer.json and tokenizer_config.json, the dataset formats,
+ * a checkpoint's state.json and a run's JSONL log (pesc view). tests/fuzz/run builds one
+ * program per target (-DTARGET_x) with clang's ASan and UBSan and runs each on seeds made from
+ * the repository's own files.
  *
  * Each target writes the input to a file in a scratch directory of its own (the readers take
  * paths: they map or stream files) and goes through the reader as a command would, then
@@ -20,6 +21,7 @@
 #include "hfconfig.h"
 #include "logview.h"
 #include "safetensors.h"
+#include "template.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -148,6 +150,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int32_t outside[3] = {-1, tok_vocab_size(t), INT32_MAX};
     size_t len;
     free(tok_decode(t, outside, 3, 1, &len));
+    tok_delete(t);
+    return 0;
+}
+
+#elif defined(TARGET_tokconfig)
+/* tokenizer_config.json beside the demo's tokenizer.json (FUZZ_TOKENIZER): the special
+ * tokens it names, its chat template and the named template suggested from it. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static char *tokenizer_json;
+    static size_t tokenizer_len;
+    pesc_error err;
+    if (!tokenizer_json &&
+        pesc_read_file(getenv("FUZZ_TOKENIZER"), &tokenizer_json, &tokenizer_len, &err) != 0)
+        abort();
+    scratch_file("tokenizer_config.json", data, size);
+    tokenizer *t = tok_load(scratch_file("tokenizer.json", (const uint8_t *)tokenizer_json,
+                                         tokenizer_len), &err);
+    if (!t)
+        return 0;
+    tok_bos(t), tok_eos(t), tok_pad(t);
+    const char *jinja = tok_chat_template(t);
+    if (jinja)
+        template_suggest(jinja);
+    template_model_other(t, "camelidae");
+    int32_t stop[8];
+    template_stop_ids(template_find("chatml"), t, stop, 8);
     tok_delete(t);
     return 0;
 }
