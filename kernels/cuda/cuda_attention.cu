@@ -39,6 +39,31 @@ __device__ __forceinline__ int first_key(int p, int window, const int32_t *seg)
     return seg && seg[p] > lo ? seg[p] : lo;
 }
 
+// acc[r] += sum over the tile's ATT_KTILE keys j of w[r] (lane j holds it) times the tile's row
+// j (rows ld floats apart): a warp's ATT_ROWS rows of P V (forward) or dS K (dQ), each lane its
+// NC columns d = lane + 32 c.
+template <int NC>
+__device__ __forceinline__ void add_weighted_rows(float (&acc)[ATT_ROWS][NC],
+                                                  const float (&w)[ATT_ROWS], const float *tile,
+                                                  int ld, int D, int lane)
+{
+    for (int j = 0; j < ATT_KTILE; j++) {
+        float row[NC];
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            int d = lane + 32 * c;
+            row[c] = d < D ? tile[j * ld + d] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < ATT_ROWS; r++) {
+            float wj = __shfl_sync(0xffffffffu, w[r], j);
+#pragma unroll
+            for (int c = 0; c < NC; c++)
+                acc[r][c] += wj * row[c];
+        }
+    }
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 // q, out (B*T, Hq, D); k, v (B*kv_len, Hkv, D); query row t of a sequence sits at absolute
@@ -122,21 +147,7 @@ attention_forward_kernel(values_out out, float *lse, values_in q, values_in k, v
                 acc[r][c] *= correction;
             m[r] = m_new;
         }
-        for (int j = 0; j < ATT_KTILE; j++) {
-            float vj[NC];
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                int d = lane + 32 * c;
-                vj[c] = d < D ? vs[j * D + d] : 0.0f;
-            }
-#pragma unroll
-            for (int r = 0; r < ATT_ROWS; r++) {
-                float pj = __shfl_sync(0xffffffffu, p[r], j);
-#pragma unroll
-                for (int c = 0; c < NC; c++)
-                    acc[r][c] += pj * vj[c];
-            }
-        }
+        add_weighted_rows<NC>(acc, p, vs, D, D, lane);   // O += P V
     }
 #pragma unroll
     for (int r = 0; r < ATT_ROWS; r++) {
@@ -344,21 +355,7 @@ attention_dq_kernel(values_out dq, values_in dout, values_in q, values_in k, val
             float p = visible ? expf(qk[r] * scale - row_lse[r]) : 0.0f;
             ds[r] = p * (dov[r] - row_delta[r]) * scale;
         }
-        for (int j = 0; j < ATT_KTILE; j++) {
-            float kj[NC];
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                int d = lane + 32 * c;
-                kj[c] = d < D ? ks[j * (D + 1) + d] : 0.0f;
-            }
-#pragma unroll
-            for (int r = 0; r < ATT_ROWS; r++) {
-                float dsj = __shfl_sync(0xffffffffu, ds[r], j);
-#pragma unroll
-                for (int c = 0; c < NC; c++)
-                    acc[r][c] += dsj * kj[c];
-            }
-        }
+        add_weighted_rows<NC>(acc, ds, ks, D + 1, D, lane);   // dQ += dS K
     }
 #pragma unroll
     for (int r = 0; r < ATT_ROWS; r++) {
