@@ -247,6 +247,16 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
         backend_free(cpu, p);
 }
 
+// x rounded to bf16, and to 0 where that is below half's normal range: a bf16 value of
+// magnitude under 2^-17 has bits that half's subnormals lack (uniform draws give one in about
+// 130,000 values, enough to change an output's last bit now and then), and one in [2^-17,
+// 2^-14) is exact but keeps the test to the normal range it means to check.
+static float bf16_exact_in_half(float x)
+{
+    float b = gpu_test_bf16(x);
+    return std::fabs(b) < 0x1p-14f ? 0.0f : b;
+}
+
 // With q and k bf16 values (as where the model keeps them in bf16), the mma kernels' scores
 // from them in bf16 are those from their half conversions (each value exact in half): the
 // forward's output and lse, and the backward's dq, dk and dv, the same bit for bit.
@@ -261,9 +271,9 @@ static void test_bf16_scores(int B, int T, int Hq, int Hkv, int window, bool pac
     float *q = random_tensor(nq), *k = random_tensor(nkv), *v = random_tensor(nkv);
     float *dout = random_tensor(nq), *delta = random_tensor(rows);
     for (size_t i = 0; i < nq; i++)
-        q[i] = gpu_test_bf16(q[i]);
+        q[i] = bf16_exact_in_half(q[i]);
     for (size_t i = 0; i < nkv; i++)
-        k[i] = gpu_test_bf16(k[i]);
+        k[i] = bf16_exact_in_half(k[i]);
     std::vector<int32_t> seg((size_t)B * T);
     for (int b = 0; b < B; b++)
         for (int t = 0, start = 0; t < T; t++) {
