@@ -42,7 +42,8 @@ static const char *scratch_dir(void)
     return dir;
 }
 
-/* Writes bytes to DIR/name and returns the path (valid until the next call). */
+/* Writes bytes to DIR/name and returns the path (valid until the next call). Not
+ * pesc_write_file: its fsync would cost every run a disk flush. */
 static const char *scratch_file(const char *name, const uint8_t *data, size_t size)
 {
     static char path[512];
