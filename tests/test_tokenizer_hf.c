@@ -155,9 +155,9 @@ int main(void)
     const char *srcdir = getenv("top_srcdir");
     if (!srcdir)
         srcdir = ".";
-    static const char *const names[] = {"llama2", "llama3", "qwen3", "gemma3"};
+    static const char *const names[] = {"llama2", "llama3", "qwen3", "gemma3", "gpt4o"};
     int ran = 0;
-    for (int i = 0; i < 4; i++)
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         ran += run_expected(srcdir, names[i]);
     if (failures) {
         fprintf(stderr, "test_tokenizer_hf: %d failures\n", failures);
