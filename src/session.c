@@ -70,9 +70,11 @@ struct session {
     long eval_every;
     int eval_requested;          /* the eval command while running: after the next step */
     /* --keep-best: the lowest held-out loss so far; the step of save_dir/best (-1: none),
-     * kept out of rotation, and its loss; a save due for a new lowest */
+     * kept out of rotation, its loss and the held-out data it is on; a save due for a new
+     * lowest */
     double best_eval, best_kept_loss;
     long best_kept;
+    uint64_t best_kept_data;
     int best_due;
     optimizer opt;
     stats_run run;
@@ -676,7 +678,7 @@ static void fill_state(session *s, checkpoint_state *st)
     /* what save_dir/best holds once this save is in: this one when it is for a new lowest */
     st->best_step = s->best_due ? s->step : s->best_kept;
     st->best_eval_loss = s->best_due ? s->best_eval : s->best_kept_loss;
-    st->best_eval_data = s->eval_hash;
+    st->best_eval_data = s->best_due ? s->eval_hash : s->best_kept_data;
     st->run_lr = s->cfg.optim.lr;
     st->run_aux_coef = s->cfg.pesc.aux_coef;
     st->seed = s->cfg.seed;
@@ -712,6 +714,13 @@ static void fill_state(session *s, checkpoint_state *st)
 _Static_assert(STATS_MAX_SOURCES <= CHECKPOINT_MAX_DATA && TRAIN_MAX_EVAL <= CHECKPOINT_MAX_EVAL,
                "a checkpoint records every --data and --eval-data file");
 
+/* Whether a best loss measured on the held-out records of hash DATA is one this run's
+ * evaluations can beat: the same records (0 on either side: not known, taken as the same) */
+static int same_heldout(const session *s, uint64_t data)
+{
+    return !data || !s->eval_hash || data == s->eval_hash;
+}
+
 /* 0, or -1 with the reason in *err (and in the log's events). */
 static int save_now(session *s, pesc_error *err)
 {
@@ -730,9 +739,10 @@ static int save_now(session *s, pesc_error *err)
         publish_event(s, "error", "save failed: %s", err->msg);
         if (s->best_due) {
             /* the weights that scored it are gone by the next save: the next evaluation has
-             * to beat only the best that is kept */
+             * to beat only the best that is kept, where that was on these held-out data */
             s->best_due = 0;
-            s->best_eval = s->best_kept >= 0 ? s->best_kept_loss : INFINITY;
+            s->best_eval = s->best_kept >= 0 && same_heldout(s, s->best_kept_data)
+                               ? s->best_kept_loss : INFINITY;
         }
         return -1;
     }
@@ -747,6 +757,7 @@ static int save_now(session *s, pesc_error *err)
             publish_event(s, "error", "%s", failed.msg);
         s->best_kept = s->step;
         s->best_kept_loss = s->best_eval;
+        s->best_kept_data = s->eval_hash;
         s->best_due = 0;
     }
     if (s->best_kept == s->step)
@@ -1484,14 +1495,19 @@ static int resume(session *s, pesc_error *err)
     s->tokens = st->tokens;
     s->elapsed_before = st->elapsed_s;
     s->nan_skipped = st->nan_skipped;
-    /* the run's best so far: a new one must beat it; a branch saved elsewhere starts its own
-     * DIR/best, since the old best is not in its directory; and a loss on other held-out
-     * data is no measure to beat, so the best starts afresh (the note says which it was) */
-    int same_data = !st->best_eval_data || !s->eval_hash || st->best_eval_data == s->eval_hash;
-    if (st->best_step >= 0 && own && same_data) {
+    /* the run's best so far stays out of rotation until a new one replaces it, and a new one
+     * must beat it; a branch saved elsewhere starts its own DIR/best, since the old best is
+     * not in its directory; and a loss on other held-out data is no measure to beat, so the
+     * race starts afresh (the note says which it was) */
+    int same_data = same_heldout(s, st->best_eval_data);
+    if (st->best_step >= 0 && own) {
         s->best_kept = st->best_step;
-        s->best_kept_loss = s->best_eval = st->best_eval_loss;
-    } else if (st->best_step >= 0 && own && s->cfg.keep_best && at < n) {
+        s->best_kept_loss = st->best_eval_loss;
+        s->best_kept_data = st->best_eval_data;
+        if (same_data)
+            s->best_eval = st->best_eval_loss;
+    }
+    if (st->best_step >= 0 && own && !same_data && s->cfg.keep_best && at < n) {
         snprintf(s->resume_note + at, n - at, "%sthe held-out data differ from those of the "
                  "best loss so far (%.4f at step %ld): %.200s/best starts afresh from the next "
                  "evaluation", at ? "; " : "", st->best_eval_loss, st->best_step, s->cfg.save_dir);
@@ -1743,7 +1759,8 @@ static void take_outputs(session *s, checkpoint_state *st, const char *dir)
         c->save_every = st->save_every;
     if (!(c->given & TRAIN_GIVEN_KEEP) && st->keep >= 1)
         c->keep = st->keep;
-    if (st->keep_best == 1 && (c->n_eval > 0 || c->eval_split > 0))
+    if (!(c->given & TRAIN_GIVEN_KEEP_BEST) && st->keep_best == 1 &&
+        (c->n_eval > 0 || c->eval_split > 0))
         c->keep_best = 1;
     s->outputs_taken = 1;
     if (!c->log_path && st->log[0] && !moved) {

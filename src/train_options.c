@@ -49,7 +49,8 @@ const char train_options_help[] =
     "  --save DIR           checkpoint directory, held by this run alone; --save-every N\n"
     "                       steps; --keep N (3)\n"
     "  --keep-best          also save at each new lowest held-out loss and keep that\n"
-    "                       checkpoint out of rotation, as DIR/best\n"
+    "                       checkpoint out of rotation, as DIR/best (--no-keep-best:\n"
+    "                       not, where --resume would take it on)\n"
     "  --resume DIR         continue a run from its checkpoint (or its save directory):\n"
     "                       its model, data and settings, but for the flags given again;\n"
     "                       from its newest checkpoint, its --save directory and --log too\n"
@@ -107,7 +108,7 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_KEEP_BEST, OPT_HELP
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -139,6 +140,7 @@ static const struct option train_options_own[] = {
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"eval-split", required_argument, NULL, OPT_EVAL_SPLIT},
     {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
+    {"no-keep-best", no_argument, NULL, OPT_NO_KEEP_BEST},
     {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
@@ -304,7 +306,11 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
                                    "and below 1 (0.05), or a whole count of them (200)", arg);
         c->eval_split = x;
         return 0;
-    case OPT_KEEP_BEST: c->keep_best = 1; return 0;
+    case OPT_KEEP_BEST:
+    case OPT_NO_KEEP_BEST:
+        c->keep_best = opt == OPT_KEEP_BEST;
+        c->given |= TRAIN_GIVEN_KEEP_BEST;
+        return 0;
     case OPT_EVAL_EVERY:
         if (integer(cmd, "--eval-every", arg, 1, 1L << 40, &c->eval_every)) return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_EVAL_EVERY;

@@ -219,6 +219,24 @@ for data in same other; do
     pass "resumed in place on the $data held-out data: best -> $want$([ $data = other ] && echo ', with a note')" ||
     fail "resumed in place on the $data held-out data: exit $status, best -> '$(readlink "$tmp/again/best")', notes $noted: $(head -c 200 "$tmp/err")"
 done
+# resumed from its save directory, the run takes --keep-best on (here on other held-out data,
+# so a best starts afresh at step 7); --no-keep-best declines it: no new best is saved, the
+# one there stays out of rotation, and the checkpoints record that for the next resume
+head -n 6 "$tmp/heldout.jsonl" >"$tmp/heldout6.jsonl"
+for flag in "" --no-keep-best; do
+  rm -rf "$tmp/again"
+  cp -R "$tmp/best" "$tmp/again"
+  # shellcheck disable=SC2086
+  "$pesc" train --headless $common --lr 5e-2 --steps 8 --eval-data "$tmp/heldout6.jsonl" --eval-every 1 \
+    --resume "$tmp/again" $flag >/dev/null 2>"$tmp/err"
+  status=$?
+  want=step-00000007 recorded=true
+  [ -n "$flag" ] && want=$(printf 'step-%08d' "$lowest") recorded=false
+  [ $status -eq 0 ] && [ "$(readlink "$tmp/again/best")" = "$want" ] && [ -d "$tmp/again/$want" ] &&
+    grep -q "\"keep_best\": *$recorded" "$tmp/again/step-00000008/state.json" &&
+    pass "resumed from its save directory ${flag:-without a flag}: best -> $want, keep_best $recorded" ||
+    fail "resumed from its save directory ${flag:-without a flag}: exit $status, best -> '$(readlink "$tmp/again/best")', $(ls "$tmp/again" | tr '\n' ' ') $(grep -o '"keep_best":[^,]*' "$tmp/again/step-00000008/state.json"): $(head -c 200 "$tmp/err")"
+done
 # shellcheck disable=SC2086
 expect 2 "\-\-keep-best keeps the checkpoint of the lowest held-out loss: it needs \-\-save DIR" \
   "--keep-best without held-out data" -- "$pesc" train --headless $common --save "$tmp/x" --keep-best
