@@ -76,6 +76,19 @@ static int get_bool(json_t *root, const char *key, int fallback, int *out, const
     return 0;
 }
 
+/* Whether ARCH is one of SUPPORTED's names (the list the messages give is the one checked). */
+static int supported_architecture(const char *arch)
+{
+    static const char list[] = SUPPORTED;
+    size_t n = strlen(arch);
+    if (strpbrk(arch, ", "))
+        return 0;
+    for (const char *p = list; n && (p = strstr(p, arch)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
 static int parse_architecture(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     json_t *archs = json_object_get(root, "architectures");
@@ -85,9 +98,7 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
     if (!arch)
         return pesc_fail(err, "%s: \"architectures\" must name one model class; supported: "
                          SUPPORTED, where);
-    if (strcmp(arch, "LlamaForCausalLM") && strcmp(arch, "MistralForCausalLM") &&
-        strcmp(arch, "Qwen2ForCausalLM") && strcmp(arch, "Qwen3ForCausalLM") &&
-        strcmp(arch, "Phi3ForCausalLM"))
+    if (!supported_architecture(arch))
         return pesc_fail(err, "%s: architecture %s is not supported; supported: " SUPPORTED,
                          where, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);

@@ -225,6 +225,15 @@ int main(void)
     expect_error("{\"architectures\": [\"GPT2LMHeadModel\"], " BASE "}",
                  "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM");
     expect_error("{" BASE "}", "architectures");
+    /* only whole names of the list count, not pieces of one or of two */
+    static const char *const near[] = {"Llama", "ForCausalLM", "LlamaForCausalLMX",
+                                       "XLlamaForCausalLM", "Qwen3ForCausalLM, Phi3ForCausalLM",
+                                       ", MistralForCausalLM", ""};
+    for (size_t i = 0; i < sizeof near / sizeof *near; i++) {
+        char json[256];
+        snprintf(json, sizeof json, "{\"architectures\": [\"%s\"], " BASE "}", near[i]);
+        expect_error(json, "is not supported; supported: LlamaForCausalLM");
+    }
     /* absurd sizes are refused by the parser, not by an allocation of their size */
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
                  "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": "
