@@ -12,11 +12,7 @@
 #include "dataset.h"
 #include "demo.h"
 #include "tokenizer.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, __VA_ARGS__); \
-                              fputc('\n', stderr); } } while (0)
+#include "check.h"
 
 enum { N_RECORDS = 3000 };
 

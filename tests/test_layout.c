@@ -8,11 +8,7 @@
 
 #include "chart.h"
 #include "layout.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do { if (!(cond)) { failures++; printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-    printf(__VA_ARGS__); printf("\n"); } } while (0)
+#include "check.h"
 
 static const char *const names[PANEL_COUNT] = {"routing", "loss", "norms", "console", "downloads"};
 

@@ -20,18 +20,9 @@
 #include "optim.h"
 #include "safetensors.h"
 #include "sample.h"
+#include "check.h"
 
-static int failures;
 static pesc_backend *be;
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        int ok_ = (cond);                                                                  \
-        printf("%-4s ", ok_ ? "ok" : "FAIL");                                              \
-        printf(__VA_ARGS__);                                                               \
-        printf("\n");                                                                      \
-        failures += !ok_;                                                                  \
-    } while (0)
 
 static void die(const pesc_error *err)
 {
@@ -77,8 +68,8 @@ static void test_step0_equality(const char *root)
     if (model_craft(&m, &o, 7, &err) != 0)
         die(&err);
     double crafted = dataset_loss(&m);
-    CHECK(crafted == dense, "step 0: crafted loss %.9g == dense loss %.9g (E 8, k 2, LoRA 4)",
-          crafted, dense);
+    REPORT(crafted == dense, "step 0: crafted loss %.9g == dense loss %.9g (E 8, k 2, LoRA 4)",
+           crafted, dense);
     model_free(&m);
 }
 
@@ -152,9 +143,9 @@ static void test_aux_balances(void)
         optim_step(&opt, m.train_block, m.grad_block, oc.lr, NULL);
     }
     double last = imbalance(&m);
-    CHECK(first > 3.5 && last < 0.8 * first && losses.aux < first_aux,
-          "aux loss alone: max/mean load %.2f -> %.2f, aux %.4f -> %.4f over 100 steps", first, last,
-          first_aux, losses.aux);
+    REPORT(first > 3.5 && last < 0.8 * first && losses.aux < first_aux,
+           "aux loss alone: max/mean load %.2f -> %.2f, aux %.4f -> %.4f over 100 steps", first,
+           last, first_aux, losses.aux);
     optim_free(&opt);
     model_free(&m);
 }
@@ -187,9 +178,10 @@ static void test_roundtrip(const char *root)
         model_load_trainables(&b, path, &err) != 0)
         die(&err);
     double after = dataset_loss(&b);
-    CHECK(after == before && b.pesc.experts == 4 && b.pesc.top_k == 2 && b.pesc.lora_rank == 2 &&
-          b.pesc.lora_targets == o.lora_targets && b.pesc.adapter_scale == 0.5f,
-          "adapter file round trip: loss %.9g == %.9g, crafting restored from metadata", after, before);
+    REPORT(after == before && b.pesc.experts == 4 && b.pesc.top_k == 2 && b.pesc.lora_rank == 2 &&
+           b.pesc.lora_targets == o.lora_targets && b.pesc.adapter_scale == 0.5f,
+           "adapter file round trip: loss %.9g == %.9g, crafting restored from metadata", after,
+           before);
     st_file f = {0};
     int named = st_open(&f, path, &err) == 0 &&
                 st_find(&f, "model.layers.1.mlp.moe_adapter.experts.expert_3.adapter_up.weight") &&
@@ -198,7 +190,7 @@ static void test_roundtrip(const char *root)
                 st_meta(&f, "num_experts") && strcmp(st_meta(&f, "num_experts"), "4") == 0 &&
                 strcmp(st_meta(&f, "moe_scaling"), "0.5") == 0 && strcmp(st_meta(&f, "topk"), "2") == 0 &&
                 strcmp(st_meta(&f, "adapter_dim"), "8") == 0;
-    CHECK(named, "adapter file carries Camelidae names and string metadata");
+    REPORT(named, "adapter file carries Camelidae names and string metadata");
     st_close(&f);
     /* a file from another crafting is refused with a message naming it */
     model c;
@@ -207,7 +199,7 @@ static void test_roundtrip(const char *root)
     if (model_load(&c, dir, be, &err) != 0 || model_craft(&c, &other, 1, &err) != 0)
         die(&err);
     int refused = model_load_trainables(&c, path, &err) != 0 && strstr(err.msg, path);
-    CHECK(refused, "mismatched crafting refused: %s", err.msg);
+    REPORT(refused, "mismatched crafting refused: %s", err.msg);
     unlink(path);
     model_free(&a);
     model_free(&b);
@@ -275,12 +267,12 @@ static void test_recraft_and_merge(const char *root)
     double after = dataset_loss(&m);
     float router_after[4];
     backend_download(be, router_after, m.pesc_layers[1].router, sizeof router_after);
-    CHECK(after == before && m.pesc.lora_rank == 2 &&
-          memcmp(router, router_after, sizeof router) == 0,
-          "crafting again with LoRA keeps routers and adapters: loss %.9g == %.9g", after, before);
+    REPORT(after == before && m.pesc.lora_rank == 2 &&
+           memcmp(router, router_after, sizeof router) == 0,
+           "crafting again with LoRA keeps routers and adapters: loss %.9g == %.9g", after, before);
     o.experts = 8;
-    CHECK(model_craft(&m, &o, 5, &err) != 0 && strstr(err.msg, "crafted with 4 experts"),
-          "crafting again with other experts refused: %s", err.msg);
+    REPORT(model_craft(&m, &o, 5, &err) != 0 && strstr(err.msg, "crafted with 4 experts"),
+           "crafting again with other experts refused: %s", err.msg);
 
     /* LoRA with values, merged */
     fill_trainables(&m, 0.37);
@@ -299,11 +291,11 @@ static void test_recraft_and_merge(const char *root)
         diff = fmax(diff, fabs((double)merged[i] - with_lora[i]));
     for (int i = 0; i < 8; i++)
         moved = fmax(moved, fabs((double)wq_merged[i] - wq[i]));
-    CHECK(diff < 1e-5 && moved > 1e-3 && m.pesc.lora_rank == 0 &&
-          m.n_trainables == 2 * (1 + 2 * 4) && lora_tensors > m.n_trainables &&
-          memcmp(router, router_after, sizeof router) == 0,
-          "LoRA merged into the weights (q_proj moved by %.3g): logits within %.3g of the "
-          "unmerged model, routers kept, no LoRA left", moved, diff);
+    REPORT(diff < 1e-5 && moved > 1e-3 && m.pesc.lora_rank == 0 &&
+           m.n_trainables == 2 * (1 + 2 * 4) && lora_tensors > m.n_trainables &&
+           memcmp(router, router_after, sizeof router) == 0,
+           "LoRA merged into the weights (q_proj moved by %.3g): logits within %.3g of the "
+           "unmerged model, routers kept, no LoRA left", moved, diff);
     free(with_lora);
     free(merged);
     model_free(&m);
@@ -337,9 +329,9 @@ static void test_accumulation(void)
         diff += ((double)whole[i] - parts[i]) * ((double)whole[i] - parts[i]);
         norm += (double)whole[i] * whole[i];
     }
-    CHECK(norm > 0 && sqrt(diff / norm) < 1e-5,
-          "gradient accumulation: 2 x 0.5 micro-batches == 1 batch (normalized error %.1e)",
-          sqrt(diff / norm));
+    REPORT(norm > 0 && sqrt(diff / norm) < 1e-5,
+           "gradient accumulation: 2 x 0.5 micro-batches == 1 batch (normalized error %.1e)",
+           sqrt(diff / norm));
     free(whole);
     free(parts);
     model_free(&m);
@@ -390,9 +382,9 @@ static void test_dropout_off(void)
         diff += ((double)want[i] - got[i]) * ((double)want[i] - got[i]);
         norm += (double)want[i] * want[i];
     }
-    CHECK(norm > 0 && diff == 0.0,
-          "a step without dropout: the same gradient before and after one with (difference %.1e)",
-          sqrt(diff / norm));
+    REPORT(norm > 0 && diff == 0.0,
+           "a step without dropout: the same gradient before and after one with (difference %.1e)",
+           sqrt(diff / norm));
     free(want);
     free(got);
     model_free(&m);
@@ -442,8 +434,8 @@ static void test_kv_cache(const char *root)
             for (int v = 0; v < V; v++)
                 worst = fmax(worst, fabs(step[v] - full[(size_t)last * V + v]));
         }
-        CHECK(worst < 1e-4, "KV-cache decoding equals the full forward (%s%s): max |diff| %.1e",
-              dirs[d], d == 1 ? ", crafted" : ", window 8", worst);
+        REPORT(worst < 1e-4, "KV-cache decoding equals the full forward (%s%s): max |diff| %.1e",
+               dirs[d], d == 1 ? ", crafted" : ", window 8", worst);
         free(full);
         free(step);
         model_free(&m);
@@ -473,9 +465,9 @@ static void test_sampler(void)
     for (int i = 0; i < 2000; i++)
         never_third &= sampler_next(&s, p, 3) != 2;
     sampler_free(&s);
-    CHECK(greedy == 1 && fabs(ones / 20000.0 - 0.75) < 0.02 && only_first && never_third,
-          "sampler: greedy, temperature 1 frequency %.3f (0.75), top-p 0.5, top-k 2",
-          ones / 20000.0);
+    REPORT(greedy == 1 && fabs(ones / 20000.0 - 0.75) < 0.02 && only_first && never_third,
+           "sampler: greedy, temperature 1 frequency %.3f (0.75), top-p 0.5, top-k 2",
+           ones / 20000.0);
 }
 
 /* Two documents packed in one row (positions restart, attention stays inside each) train
@@ -537,14 +529,14 @@ static void test_packing(const char *root)
         diff += ((double)packed[i] - apart[i]) * ((double)packed[i] - apart[i]);
         norm += (double)apart[i] * apart[i];
     }
-    CHECK(fabs(lp.ce - la.ce) < 1e-5 * la.ce && lp.targets == la.targets && norm > 0 &&
-              sqrt(diff / norm) < 1e-5 && per_source,
-          "packing: loss %.7f == %.7f, gradients (error %.1e), per-source routing counted", lp.ce,
-          la.ce, sqrt(diff / norm));
-    CHECK(lp.aux > 0 && fabs(lp.aux - la.aux) < 1e-6 * lp.aux && fabs(lp.z - la.z) < 1e-6 * lp.z &&
-              routed_packed == 16 && m.routing.tokens == 16,
-          "padding routed nowhere: aux %.9f == %.9f, z %.9f == %.9f, %lld and %lld tokens routed",
-          lp.aux, la.aux, lp.z, la.z, routed_packed, m.routing.tokens);
+    REPORT(fabs(lp.ce - la.ce) < 1e-5 * la.ce && lp.targets == la.targets && norm > 0 &&
+               sqrt(diff / norm) < 1e-5 && per_source,
+           "packing: loss %.7f == %.7f, gradients (error %.1e), per-source routing counted", lp.ce,
+           la.ce, sqrt(diff / norm));
+    REPORT(lp.aux > 0 && fabs(lp.aux - la.aux) < 1e-6 * lp.aux && fabs(lp.z - la.z) < 1e-6 * lp.z &&
+               routed_packed == 16 && m.routing.tokens == 16,
+           "padding routed nowhere: aux %.9f == %.9f, z %.9f == %.9f, %lld and %lld tokens routed",
+           lp.aux, la.aux, lp.z, la.z, routed_packed, m.routing.tokens);
     free(packed);
     free(apart);
     model_free(&m);
@@ -603,9 +595,9 @@ static void test_recompute(const char *root)
     double norm = 0.0;
     for (size_t i = 0; i < nk && i < most; i++)
         norm += (double)kept[i] * kept[i];
-    CHECK(same && norm > 0 && ba < bk,
-          "recompute: losses (%.7f, %.7f), gradients and routing counts bit-identical; "
-          "activations %zu -> %zu bytes", la[0].ce, la[1].ce, bk, ba);
+    REPORT(same && norm > 0 && ba < bk,
+           "recompute: losses (%.7f, %.7f), gradients and routing counts bit-identical; "
+           "activations %zu -> %zu bytes", la[0].ce, la[1].ce, bk, ba);
     free(kept);
     free(again);
 }
@@ -625,7 +617,7 @@ static void test_schedules(void)
     c.schedule = SCHEDULE_LINEAR;
     ok = ok && fabs(optim_lr_at(&c, 35) - 0.75) < 1e-12 && optim_lr_at(&c, 200) == 0.0 &&
          fabs(optim_lr_at(&c, 3) - 0.3) < 1e-12;
-    CHECK(ok, "schedules: constant-with-warmup, cosine and linear as Hugging Face defines them");
+    REPORT(ok, "schedules: constant-with-warmup, cosine and linear as Hugging Face defines them");
 }
 
 int main(void)

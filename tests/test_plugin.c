@@ -10,11 +10,7 @@
 #include "dataset.h"
 #include "plugin.h"
 #include "tokenizer/fixture.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, __VA_ARGS__); \
-                              fputc('\n', stderr); } } while (0)
+#include "check.h"
 
 static char dir[] = "/tmp/pesc-test-pluginXXXXXX";
 static char builddir[2048];

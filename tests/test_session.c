@@ -18,18 +18,9 @@
 #include "checkpoint.h"
 #include "safetensors.h"
 #include "session.h"
+#include "check.h"
 
-static int failures;
 static char tmp[256], data_path[300], base[1024];
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        int ok_ = (cond);                                                                  \
-        printf("%-4s ", ok_ ? "ok" : "FAIL");                                              \
-        printf(__VA_ARGS__);                                                               \
-        printf("\n");                                                                      \
-        failures += !ok_;                                                                  \
-    } while (0)
 
 static void nap(void)
 {
@@ -116,9 +107,9 @@ static void test_generation_interleaved(void)
     float *mixed = losses_of(s, &n_mixed);
     monitor_snapshot(session_monitor(s), v);
     int same = n_plain == 12 && n_mixed == 12 && memcmp(plain, mixed, 12 * sizeof(float)) == 0;
-    CHECK(same && generated >= 3 && v->n_generated_tokens > 0,
-          "%d prompts answered mid-training; the 12 losses are bit-identical to a run without",
-          generated);
+    REPORT(same && generated >= 3 && v->n_generated_tokens > 0,
+           "%d prompts answered mid-training; the 12 losses are bit-identical to a run without",
+           generated);
     monitor_view_delete(v);
     free(plain);
     free(mixed);
@@ -147,8 +138,8 @@ static void test_update_ratio(void)
         worst = e > worst || !isfinite(e) ? e : worst;
         moved += r->update_ratio[i] > 0;
     }
-    CHECK(good && worst < 1e-4 && moved > 0, "first step's update ratios are ||U|| / ||D, U|| "
-          "(%d of %d experts moved; worst relative error %.1e)", moved, n, worst);
+    REPORT(good && worst < 1e-4 && moved > 0, "first step's update ratios are ||U|| / ||D, U|| "
+           "(%d of %d experts moved; worst relative error %.1e)", moved, n, worst);
     monitor_view_delete(v);
     session_delete(s);
 }
@@ -173,16 +164,16 @@ static void test_resume(void)
     session *b = start(&r);
     float *rest = losses_of(b, &n_rest);
     session_delete(b);
-    CHECK(n_whole == 12 && n_rest == 6 && memcmp(whole + 6, rest, 6 * sizeof(float)) == 0,
-          "resume from step 6: steps 7-12 bit-identical to the uninterrupted run (%g %g)",
-          n_rest ? rest[5] : 0.0, whole[11]);
+    REPORT(n_whole == 12 && n_rest == 6 && memcmp(whole + 6, rest, 6 * sizeof(float)) == 0,
+           "resume from step 6: steps 7-12 bit-identical to the uninterrupted run (%g %g)",
+           n_rest ? rest[5] : 0.0, whole[11]);
     /* another crafting and another base model are refused */
     pesc_error err = {{0}};
     r.pesc.experts = 8;
     r.pesc.given |= PESC_GIVEN_EXPERTS;   /* as --experts 8 on the command line */
     session *x = session_new(&r, &err);
-    CHECK(!x && strstr(err.msg, "--experts 4") && strstr(err.msg, from),
-          "resume with another crafting refused: %s", err.msg);
+    REPORT(!x && strstr(err.msg, "--experts 4") && strstr(err.msg, from),
+           "resume with another crafting refused: %s", err.msg);
     session_delete(x);
     config(&r, 12);
     r.resume = from;
@@ -190,9 +181,9 @@ static void test_resume(void)
     snprintf(other, sizeof other, "%s/../pesc-e4k1", base);
     r.model = other;
     x = session_new(&r, &err);
-    CHECK(!x && strstr(err.msg, "whose weights differ: give --model /") &&
-          strstr(err.msg, "/llama-gqa-f32 to continue it"),
-          "resume on another base refused, naming the run's base: %s", err.msg);
+    REPORT(!x && strstr(err.msg, "whose weights differ: give --model /") &&
+           strstr(err.msg, "/llama-gqa-f32 to continue it"),
+           "resume on another base refused, naming the run's base: %s", err.msg);
     session_delete(x);
     /* stopped before its first step, a run resumed from its own --save directory has nothing
      * new to save (it once wrote the checkpoint it came from again), unless a live change
@@ -218,8 +209,8 @@ static void test_resume(void)
             monitor_view_delete(v);
         }
         session_delete(x);
-        CHECK(saves == change, "resumed from its --save and stopped at once%s: %d saves, wanted %d",
-              change ? " after an lr" : "", saves, change);
+        REPORT(saves == change, "resumed from its --save and stopped at once%s: %d saves, wanted "
+               "%d", change ? " after an lr" : "", saves, change);
     }
     free(whole);
     free(rest);
@@ -259,9 +250,9 @@ static void test_nan(void)
                 free(x);
             }
     }
-    CHECK(p.nan_skipped == 2 && p.step == 10 && halved && finite && f.n_tensors > 0 &&
-              fabs(p.lr - 5e-3) < 1e-9,
-          "2 NaN steps skipped and counted, LR halved to %g, checkpoint finite", p.lr);
+    REPORT(p.nan_skipped == 2 && p.step == 10 && halved && finite && f.n_tensors > 0 &&
+               fabs(p.lr - 5e-3) < 1e-9,
+           "2 NaN steps skipped and counted, LR halved to %g, checkpoint finite", p.lr);
     st_close(&f);
     free(path);
     free(dir);
@@ -281,12 +272,12 @@ static void test_nan_forever(void)
     session_progress p;
     session_get_progress(s, &p);
     const char *why = session_error(s);
-    CHECK(status == 1 && p.step == 0 && why &&
-              strstr(why, "22 steps in a row were non-finite, also after halving the learning "
-                          "rate 10 times") &&
-              strstr(why, "no checkpoint of this run was saved (--save DIR --save-every N"),
-          "a run whose steps stay NaN fails after 22 skips: status %d: %s", status,
-          why ? why : "(no error)");
+    REPORT(status == 1 && p.step == 0 && why &&
+               strstr(why, "22 steps in a row were non-finite, also after halving the learning "
+                           "rate 10 times") &&
+               strstr(why, "no checkpoint of this run was saved (--save DIR --save-every N"),
+           "a run whose steps stay NaN fails after 22 skips: status %d: %s", status,
+           why ? why : "(no error)");
     session_delete(s);
 }
 
@@ -316,8 +307,8 @@ static void test_nan_after_save(void)
     char want[400];
     snprintf(want, sizeof want, "resume from %s/step-%08ld (the last checkpoint) with a lower --lr",
              save, saved);
-    CHECK(status == 1 && strstr(session_error(s), want), "a run diverged after step %ld says: %s",
-          saved, session_error(s));
+    REPORT(status == 1 && strstr(session_error(s), want), "a run diverged after step %ld says: %s",
+           saved, session_error(s));
     session_delete(s);
 }
 
@@ -334,7 +325,7 @@ static void test_commands(void)
         session_command(s, bad[i], reply, sizeof reply);
         all_refused &= strncmp(reply, "error: ", 7) == 0;
     }
-    CHECK(all_refused, "malformed commands get an error reply (%s)", reply);
+    REPORT(all_refused, "malformed commands get an error reply (%s)", reply);
     session_command(s, "lr 0.004", reply, sizeof reply);
     int ok = strncmp(reply, "ok", 2) == 0;
     session_command(s, "lr *0.5", reply, sizeof reply);
@@ -352,9 +343,10 @@ static void test_commands(void)
     session_get_progress(s, &p2);
     monitor_view *v = monitor_view_new();
     monitor_snapshot(session_monitor(s), v);
-    CHECK(ok && fabs(p2.lr - 0.002) < 1e-12 && v->last && v->last->lr_overridden &&
-              p1.state == MONITOR_PAUSED && p2.step == p1.step,
-          "lr 0.004 then *0.5 gives %g (overridden), paused holds the step at %ld", p2.lr, p2.step);
+    REPORT(ok && fabs(p2.lr - 0.002) < 1e-12 && v->last && v->last->lr_overridden &&
+               p1.state == MONITOR_PAUSED && p2.step == p1.step,
+           "lr 0.004 then *0.5 gives %g (overridden), paused holds the step at %ld", p2.lr,
+           p2.step);
     /* while paused, the snapshot's status line says the rate resuming will use */
     session_command(s, "lr 0.001", reply, sizeof reply);
     for (int i = 0; i < 2000 && fabs(v->last->lr - 0.001) > 1e-12; i++) {
@@ -362,21 +354,22 @@ static void test_commands(void)
         monitor_snapshot(session_monitor(s), v);
     }
     session_get_progress(s, &p2);
-    CHECK(fabs(v->last->lr - 0.001) < 1e-12 && v->last->lr_overridden && fabs(p2.lr - 0.001) < 1e-12
-              && v->last->step == p1.step,
-          "paused, lr 0.001 shows at once: %g (step %ld)", v->last->lr, v->last->step);
+    REPORT(fabs(v->last->lr - 0.001) < 1e-12 && v->last->lr_overridden &&
+               fabs(p2.lr - 0.001) < 1e-12 && v->last->step == p1.step,
+           "paused, lr 0.001 shows at once: %g (step %ld)", v->last->lr, v->last->step);
     /* a command is one line: a prompt's line break travels as \n, a backslash as \\ */
     session_command(s, "generate max=1 ids:1\\n2 \\\\n", reply, sizeof reply);
     for (int i = 0; i < 2000 && !v->prompt[0]; i++) {
         nap();
         monitor_snapshot(session_monitor(s), v);
     }
-    CHECK(strncmp(reply, "ok", 2) == 0 && strcmp(v->prompt, "ids:1\n2 \\n") == 0,
-          "generate decodes its prompt's \\n and \\\\ (reply '%s', prompt '%s')", reply, v->prompt);
+    REPORT(strncmp(reply, "ok", 2) == 0 && strcmp(v->prompt, "ids:1\n2 \\n") == 0,
+           "generate decodes its prompt's \\n and \\\\ (reply '%s', prompt '%s')", reply,
+           v->prompt);
     session_command(s, "stop", reply, sizeof reply);
     session_wait(s);
     session_get_progress(s, &p2);
-    CHECK(p2.state == MONITOR_STOPPED, "stop while paused ends the run");
+    REPORT(p2.state == MONITOR_STOPPED, "stop while paused ends the run");
     monitor_view_delete(v);
     session_delete(s);
 }

@@ -15,11 +15,7 @@
 
 #include "plugin.h"
 #include "sink.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, __VA_ARGS__); \
-                              fputc('\n', stderr); } } while (0)
+#include "check.h"
 
 static char dir[] = "/tmp/pesc-test-sinkXXXXXX";
 

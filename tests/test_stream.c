@@ -8,19 +8,9 @@
 #include <zstd.h>
 
 #include "stream.h"
+#include "check.h"
 
-static int failures;
 static char dir[256];
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                    \
-            printf(__VA_ARGS__);                                                           \
-            printf("\n");                                                                  \
-            failures++;                                                                    \
-        }                                                                                  \
-    } while (0)
 
 static void write_file(const char *path, const void *data, size_t n)
 {

@@ -6,11 +6,7 @@
 
 #include "template.h"
 #include "tokenizer/fixture.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, __VA_ARGS__); \
-                              fputc('\n', stderr); } } while (0)
+#include "check.h"
 
 static tpl_message msg(tpl_role role, const char *s)
 {

@@ -10,11 +10,7 @@
 #include <unistd.h>
 
 #include "tokenizer.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do { if (!(cond)) { failures++; fprintf(stderr, __VA_ARGS__); \
-                              fputc('\n', stderr); } } while (0)
+#include "check.h"
 
 static char *path_in(const char *dir, const char *rel)
 {
