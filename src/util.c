@@ -103,11 +103,24 @@ char *xstrdup(const char *s)
     return memcpy(xmalloc(n), s, n);
 }
 
+/* 0, or -1 with the reason when ST is a directory or a device rather than a file. */
+static int refuse_not_file(const struct stat *st, const char *path, pesc_error *err)
+{
+    if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode))
+        return pesc_fail(err, "%s is a device, not a file", path);
+    if (S_ISDIR(st->st_mode)) {
+        pesc_fail(err, "%s is a directory, not a file", path);
+        errno = EISDIR;
+        return -1;
+    }
+    return 0;
+}
+
 int pesc_refuse_device(int fd, const char *path, pesc_error *err)
 {
     struct stat st;
-    if (fstat(fd, &st) == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
-        return pesc_fail(err, "%s is a device, not a file", path);
+    if (fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode))
+        return refuse_not_file(&st, path, err);
     return 0;
 }
 
@@ -118,17 +131,17 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
         return pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(errno));
     /* fopen opens a directory too; only the first read fails, with a bare "read error" */
     struct stat st;
-    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+    int known = fstat(fileno(f), &st) == 0;
+    if (known && refuse_not_file(&st, path, err) != 0) {
+        int saved = errno;
         fclose(f);
-        pesc_fail(err, "%s is a directory, not a file", path);
-        errno = EISDIR;
+        errno = saved;
         return -1;
     }
-    if (pesc_refuse_device(fileno(f), path, err) != 0) {
-        fclose(f);
-        return -1;
-    }
-    size_t cap = 4096, n = 0;
+    /* a file's size is known (it may still grow or shrink: read to the end all the same) */
+    size_t cap = known && S_ISREG(st.st_mode) && st.st_size >= 0 &&
+                         (unsigned long long)st.st_size < PESC_READ_FILE_MAX
+                     ? (size_t)st.st_size + 2 : 4096, n = 0;
     char *buf = xmalloc(cap);
     for (;;) {
         if (n + 1 >= cap)
