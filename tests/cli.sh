@@ -20,9 +20,22 @@ for cmd in eval inspect devices generate train tui bench export; do
   expect 0 "usage: pesc $cmd" "$cmd --help" -- "$pesc" "$cmd" --help
 done
 # every command of pesc --help has its man page, and make install installs every page
-for cmd in $("$pesc" --help | awk '/^Commands:/ { on = 1; next } on && /^  [a-z]/ { print $1 } on && /^$/ { exit }'); do
+commands=$("$pesc" --help | awk '/^Commands:/ { on = 1; next } on && /^  [a-z]/ { print $1 } on && /^$/ { exit }')
+for cmd in $commands; do
   page="man/pesc-$cmd.1"
   [ -f "$top_srcdir/$page" ] || fail "$cmd has no man page ($page)"
+done
+# and every option its --help lists is in that page (tui's are train's, in pesc-train(1))
+for cmd in $commands; do
+  page="man/pesc-$cmd.1"
+  [ "$cmd" = tui ] && page=man/pesc-train.1
+  [ -f "$top_srcdir/$page" ] || continue
+  missing=$("$pesc" "$cmd" --help 2>&1 | grep -o -- '--[a-z][a-z0-9-]*' | sort -u |
+    while read -r opt; do
+      sed 's/\\-/-/g' "$top_srcdir/$page" | grep -q -- "$opt\([^a-z0-9-]\|$\)" || printf ' %s' "$opt"
+    done)
+  [ -z "$missing" ] && pass "every option of pesc $cmd --help is in $page" ||
+    fail "pesc $cmd --help lists options $page does not describe:$missing"
 done
 for page in "$top_srcdir"/man/*.[157]; do
   cat "$top_srcdir/Makefile.am" "$top_srcdir"/mk/*.am | grep "dist_man_MANS" -A 3 |
