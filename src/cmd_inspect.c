@@ -76,6 +76,10 @@ static int inspect_model(const char *dir)
         printf(" x%g", c.rope_factor);
     if (hfconfig_rotary_dim(&c) < c.head_dim)   /* partial_rotary_factor (Phi-4-mini) */
         printf("; on the first %d of each head's %d values", hfconfig_rotary_dim(&c), c.head_dim);
+    /* SmolLM3's NoPE layers, numbered from 0 as the files name them */
+    for (int l = 0, n = 0; l < c.n_layers; l++)
+        if (!hfconfig_layer_rope(&c, l))
+            printf("%s%d", n++ ? ", " : "; none in layers ", l);
     printf("\n");
     if (c.sliding_window)
         printf("window        %d\n", c.sliding_window);

@@ -8,8 +8,9 @@
 
 #include "cpu/cpu_ops.h"
 
-#define SUPPORTED \
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM"
+#define SUPPORTED                                                                          \
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "           \
+    "Phi3ForCausalLM, SmolLM3ForCausalLM"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -18,7 +19,8 @@ static const struct {
     int max;
 } int_limits[] = {
     {"vocab_size", 1 << 22}, {"hidden_size", 1 << 16}, {"intermediate_size", 1 << 18},
-    {"num_hidden_layers", 1024}, {"num_attention_heads", 1024}, {"num_key_value_heads", 1024},
+    {"num_hidden_layers", HF_MAX_LAYERS}, {"num_attention_heads", 1024},
+    {"num_key_value_heads", 1024},
     {"head_dim", 1 << 12}, {"num_experts", 1024}, {"topk", 1024}, {"adapter_dim", 1 << 16},
 };
 
@@ -171,6 +173,40 @@ double hfconfig_rope_scale(const hf_config *c)
     return c->rope_type == HF_ROPE_LONGROPE ? c->rope_attention_factor : 1.0;
 }
 
+int hfconfig_layer_rope(const hf_config *c, int layer)
+{
+    return layer < 0 || layer >= HF_MAX_LAYERS || !c->nope[layer];
+}
+
+/* SmolLM3's NoPE layers: no_rope_layers, at least a flag a layer, 1 where RoPE applies and 0
+ * where not; absent, every no_rope_layer_interval-th layer (the 4th, 8th, ...) goes without. */
+static int parse_nope(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    json_t *list = json_object_get(root, "no_rope_layers"), *v;
+    if (!list || json_is_null(list)) {
+        int every = 4;
+        if (get_int(root, "no_rope_layer_interval", 0, 4, &every, where, err))
+            return -1;
+        if (every < 1)
+            return pesc_fail(err, "%s: \"no_rope_layer_interval\" must be at least 1", where);
+        for (int l = 0; l < c->n_layers; l++)
+            c->nope[l] = (l + 1) % every == 0;
+        return 0;
+    }
+    if (!json_is_array(list) || json_array_size(list) < (size_t)c->n_layers)
+        return pesc_fail(err, "%s: \"no_rope_layers\" must be a list of a 1 or 0 for each of the "
+                         "%d layers (1: RoPE, 0: none)", where, c->n_layers);
+    size_t i;
+    json_array_foreach(list, i, v) {
+        if (!json_is_integer(v) || (json_integer_value(v) != 0 && json_integer_value(v) != 1))
+            return pesc_fail(err, "%s: no_rope_layers[%zu] must be 1 (RoPE) or 0 (none)", where,
+                             i);
+        if (i < (size_t)c->n_layers)
+            c->nope[i] = json_integer_value(v) == 0;
+    }
+    return 0;
+}
+
 static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     c->rope_type = HF_ROPE_DEFAULT;
@@ -222,7 +258,12 @@ static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pes
     return 0;
 }
 
-/* Family-specific switches: biases and attention windows. */
+static int smollm3(const hf_config *c)
+{
+    return strcmp(c->architecture, "SmolLM3ForCausalLM") == 0;
+}
+
+/* Family-specific switches: biases, attention windows and SmolLM3's NoPE layers. */
 static int parse_family(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     int mlp_bias = 0, use_window = 0;
@@ -242,7 +283,7 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
         if (use_window)
             return pesc_fail(err, "%s: use_sliding_window=true is not supported for %s", where,
                              qwen2 ? "Qwen2" : "Qwen3");
-    } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0) {
+    } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0 || smollm3(c)) {
         int attention_bias = 0;
         if (get_bool(root, "attention_bias", 0, &attention_bias, where, err) ||
             get_bool(root, "mlp_bias", 0, &mlp_bias, where, err))
@@ -250,6 +291,16 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
         if (mlp_bias)
             return pesc_fail(err, "%s: mlp_bias=true is not supported", where);
         c->qkv_bias = c->o_bias = attention_bias;
+        if (smollm3(c)) {
+            /* its window would apply only to NoPE layers; the released models have none */
+            if (get_bool(root, "use_sliding_window", 0, &use_window, where, err))
+                return -1;
+            if (use_window)
+                return pesc_fail(err, "%s: use_sliding_window=true is not supported for "
+                                 "SmolLM3", where);
+            if (parse_nope(c, root, where, err))
+                return -1;
+        }
     } else if (get_int(root, "sliding_window", 0, 0, &c->sliding_window, where, err)) {
         return -1;   /* Mistral's and Phi-3's window */
     }
@@ -327,10 +378,14 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
         get_int(root, "head_dim", 0, c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
                 where, err) ||
         get_number(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, where, err) ||
-        get_number(root, "rope_theta", 10000.0, &c->rope_theta, where, err) ||
+        /* SmolLM3's own defaults (its config.json leaves out a tie_word_embeddings equal to
+         * transformers' own default, true) */
+        get_number(root, "rope_theta", smollm3(c) ? 2e6 : 10000.0, &c->rope_theta, where,
+                   err) ||
         get_int(root, "max_position_embeddings", 0, 2048, &c->max_position_embeddings, where,
                 err) ||
-        get_bool(root, "tie_word_embeddings", 0, &c->tie_word_embeddings, where, err) ||
+        get_bool(root, "tie_word_embeddings", smollm3(c), &c->tie_word_embeddings, where,
+                 err) ||
         parse_rope_scaling(c, root, where, err) || parse_family(c, root, where, err) ||
         check_shapes(c, where, err) || parse_crafting(c, root, where, err))
         goto out;

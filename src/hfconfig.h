@@ -1,5 +1,6 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
- * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, and the PESC keys
+ * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM
+ * (Llama's with RoPE left out of some layers), and the PESC keys
  * of an exported (crafted) model (num_experts, topk, adapter_dim, moe_scaling, as Camelidae
  * writes them). Anything else is refused with a message that lists what is supported. Also
  * derives RoPE's inverse frequencies (default, linear, llama3, longrope).
@@ -18,6 +19,7 @@ typedef enum hf_rope_type {
 } hf_rope_type;
 
 enum { HF_MAX_ROPE_FACTORS = 256 };   /* head_dim / 2 at most */
+enum { HF_MAX_LAYERS = 1024 };        /* num_hidden_layers at most */
 
 typedef struct hf_config {
     char architecture[64];       /* "LlamaForCausalLM" */
@@ -48,6 +50,9 @@ typedef struct hf_config {
     int sliding_window;          /* mistral, phi3; 0 = none */
     int rotary_dim;              /* values of a head RoPE rotates: head_dim, but for
                                   * partial_rotary_factor (0 = head_dim; hfconfig_rotary_dim) */
+    /* SmolLM3's NoPE layers, whose q and k RoPE leaves alone (no_rope_layers[l] == 0, or
+     * every no_rope_layer_interval-th layer); all 0 for the other families */
+    unsigned char nope[HF_MAX_LAYERS];
     int fused_proj;              /* phi3: the files hold q|k|v as qkv_proj, gate|up as
                                   * gate_up_proj (model.c splits and joins them) */
     int bos_token_id, eos_token_id;   /* -1 when absent */
@@ -77,6 +82,8 @@ int hfconfig_rope_long(const hf_config *c, long positions);
 int hfconfig_rotary_dim(const hf_config *c);
 /* What RoPE's cos and sin are scaled by: longrope's attention factor, else 1. */
 double hfconfig_rope_scale(const hf_config *c);
+/* Whether RoPE turns q and k of LAYER (0-based): all but SmolLM3's NoPE layers. */
+int hfconfig_layer_rope(const hf_config *c, int layer);
 
 /* Number of parameters the config implies (tied embeddings counted once). */
 long long hfconfig_param_count(const hf_config *c);

@@ -520,8 +520,10 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
     /* longrope's cos and sin are scaled by its attention factor (1 for the other ropes) */
     int R = hfconfig_rotary_dim(c);
     float scale = (float)hfconfig_rope_scale(c);
-    rope_forward(b, a->q, a->q, m->act.pos, m->act.freq, N, Hq, D, R, scale);
-    rope_forward(b, a->k, a->k, m->act.pos, m->act.freq, N, Hkv, D, R, scale);
+    if (hfconfig_layer_rope(c, l)) {   /* not in SmolLM3's NoPE layers */
+        rope_forward(b, a->q, a->q, m->act.pos, m->act.freq, N, Hq, D, R, scale);
+        rope_forward(b, a->k, a->k, m->act.pos, m->act.freq, N, Hkv, D, R, scale);
+    }
     if (past >= 0) {
         size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_capacity * row;
         float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
@@ -763,8 +765,10 @@ static void layer_backward(model *m, int l, float loss_scale)
                        m->T, Hq, Hkv, D, c->sliding_window, g->packed ? g->seg : NULL);
     int R = hfconfig_rotary_dim(c);
     float scale = (float)hfconfig_rope_scale(c);
-    rope_backward(b, g->dq, g->dq, g->pos, g->freq, N, Hq, D, R, scale);
-    rope_backward(b, g->dk, g->dk, g->pos, g->freq, N, Hkv, D, R, scale);
+    if (hfconfig_layer_rope(c, l)) {
+        rope_backward(b, g->dq, g->dq, g->pos, g->freq, N, Hq, D, R, scale);
+        rope_backward(b, g->dk, g->dk, g->pos, g->freq, N, Hkv, D, R, scale);
+    }
     float *dq = g->dq, *dk = g->dk;   /* of the projections' outputs */
     if (c->qk_norm) {
         dq = g->dq_raw;

@@ -97,6 +97,56 @@ static void test_families(void)
                  ", \"partial_rotary_factor\": 0}", "partial_rotary_factor 0 must leave");
 }
 
+/* SmolLM3: Llama's layers, RoPE left out of the NoPE ones; tied and theta 2e6 by default */
+#define SMOL "{\"architectures\": [\"SmolLM3ForCausalLM\"], \"vocab_size\": 100, " \
+             "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 8, " \
+             "\"num_attention_heads\": 8"
+
+static void test_smollm3(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    char ropes[9] = {0};
+    int rc = hfconfig_parse(&c, SMOL ", \"num_key_value_heads\": 2}", "x", &err);
+    for (int l = 0; l < 8; l++)
+        ropes[l] = hfconfig_layer_rope(&c, l) ? 'r' : '-';
+    CHECK(rc == 0 && strcmp(ropes, "rrr-rrr-") == 0 && c.tie_word_embeddings &&
+          c.rope_theta == 2e6 && !c.qkv_bias && c.sliding_window == 0,
+          "smollm3 defaults: %s, layers %s", err.msg, ropes);
+    CHECK(hfconfig_param_count(&c) == 100 * 64 + 64 +   /* tied; kv 2 heads of 8 */
+          8 * (2 * 64 + 64 * 64 + 2 * 64 * 16 + 64 * 64 + 3 * 64 * 128),
+          "smollm3 param count %lld", hfconfig_param_count(&c));
+    /* as released: the list given (here longer than the layers, as transformers allows), and
+     * the keys that are the defaults of other families */
+    rc = hfconfig_parse(&c, SMOL ", \"no_rope_layers\": [0, 1, 1, 1, 1, 1, 0, 1, 0], "
+                        "\"no_rope_layer_interval\": 4, \"use_sliding_window\": false, "
+                        "\"sliding_window\": null, \"tie_word_embeddings\": false, "
+                        "\"rope_theta\": 5000000.0, \"attention_bias\": false}", "x", &err);
+    for (int l = 0; l < 8; l++)
+        ropes[l] = hfconfig_layer_rope(&c, l) ? 'r' : '-';
+    CHECK(rc == 0 && strcmp(ropes, "-rrrrr-r") == 0 && !c.tie_word_embeddings &&
+          c.rope_theta == 5e6, "smollm3 no_rope_layers: %s, layers %s", err.msg, ropes);
+    rc = hfconfig_parse(&c, SMOL ", \"no_rope_layer_interval\": 3}", "x", &err);
+    for (int l = 0; l < 8; l++)
+        ropes[l] = hfconfig_layer_rope(&c, l) ? 'r' : '-';
+    CHECK(rc == 0 && strcmp(ropes, "rr-rr-rr") == 0, "smollm3 interval 3: %s", ropes);
+    /* the other families rotate every layer */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                        ", \"no_rope_layers\": [0, 0]}", "x", &err);
+    CHECK(rc == 0 && hfconfig_layer_rope(&c, 0) && hfconfig_layer_rope(&c, 1) &&
+          !c.tie_word_embeddings && c.rope_theta == 10000.0, "llama ignores no_rope_layers");
+    expect_error(SMOL ", \"no_rope_layers\": [1, 1, 1, 0]}",
+                 "\"no_rope_layers\" must be a list of a 1 or 0 for each of the 8 layers");
+    expect_error(SMOL ", \"no_rope_layers\": [1, 1, 1, 2, 1, 1, 1, 0]}",
+                 "no_rope_layers[3] must be 1 (RoPE) or 0 (none)");
+    expect_error(SMOL ", \"no_rope_layers\": \"1110\"}", "\"no_rope_layers\" must be a list");
+    expect_error(SMOL ", \"no_rope_layer_interval\": 0}",
+                 "\"no_rope_layer_interval\" must be at least 1");
+    expect_error(SMOL ", \"use_sliding_window\": true, \"sliding_window\": 4096}",
+                 "use_sliding_window=true is not supported for SmolLM3");
+    expect_error(SMOL ", \"mlp_bias\": true}", "mlp_bias=true is not supported");
+}
+
 static void test_rope(void)
 {
     hf_config c;
@@ -206,6 +256,7 @@ int main(void)
 {
     test_defaults();
     test_families();
+    test_smollm3();
     test_rope();
     test_longrope();
     test_crafting();

@@ -394,8 +394,9 @@ static void test_dropout_off(void)
  * those of a full forward over the same tokens (dense and crafted, with a sliding window). */
 static void test_kv_cache(const char *root)
 {
-    static const char *const dirs[] = {"mistral-sharded-f16", "llama-gqa-f32"};
-    for (int d = 0; d < 2; d++) {
+    static const char *const dirs[] = {"mistral-sharded-f16", "llama-gqa-f32", "smollm3-nope-f32"};
+    static const char *const what[] = {", window 8", ", crafted", ", a NoPE layer"};
+    for (int d = 0; d < 3; d++) {
         char dir[1024];
         snprintf(dir, sizeof dir, "%s/tests/reference/data/%s", root, dirs[d]);
         model m;
@@ -435,7 +436,7 @@ static void test_kv_cache(const char *root)
                 worst = fmax(worst, fabs(step[v] - full[(size_t)last * V + v]));
         }
         REPORT(worst < 1e-4, "KV-cache decoding equals the full forward (%s%s): max |diff| %.1e",
-               dirs[d], d == 1 ? ", crafted" : ", window 8", worst);
+               dirs[d], what[d], worst);
         free(full);
         free(step);
         model_free(&m);

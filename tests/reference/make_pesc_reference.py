@@ -9,7 +9,8 @@ For every case below (or only the named ones) this writes, under tests/reference
 
   config.json              HF config of the dense base model (LlamaForCausalLM, Qwen3ForCausalLM
                            for the pesc-qwen3-* cases, Phi3ForCausalLM with longrope for
-                           pesc-phi3-longrope-lora)
+                           pesc-phi3-longrope-lora, SmolLM3ForCausalLM with a NoPE layer for
+                           pesc-smollm3-lora)
   model.safetensors        the base weights (F32, HF names; Phi-3's q|k|v and gate|up joined)
   trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
   batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
@@ -59,6 +60,14 @@ def base_config(case):
         return qwen3_base_config(case["kv_heads"])
     if case.get("arch") == "phi3":
         return phi3_base_config(case["kv_heads"])
+    if case.get("arch") == "smollm3":
+        # SmolLM3: the first layer without RoPE, so q and k's LoRA reach the scores unrotated;
+        # tied by default (no tie_word_embeddings key)
+        return mr.smollm3_config(hidden_size=32, intermediate_size=48, max_position_embeddings=64,
+                                 num_attention_heads=4, num_hidden_layers=2,
+                                 num_key_value_heads=case["kv_heads"],
+                                 layer_types=["full_attention"] * 2, no_rope_layers=[0, 1],
+                                 torch_dtype="float32")
     kv_heads = case["kv_heads"]
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -177,6 +186,11 @@ CASES = [
     {"name": "pesc-qwen3-full", "arch": "qwen3", "base_seed": 3003, "init_seed": 4007, "batch_seed": 5006,
      "kv_heads": 2, "mode": "full", "num_experts": 0, "topk": 0, "adapter_dim": 0, "moe_scaling": 0.0,
      "aux_coef": 0.0, "z_coef": 0.0, "lora_rank": 0, "lora_alpha": 0, "weight_decay": 0.01},
+    # SmolLM3 base (layer 0 without RoPE, GQA, tied): LoRA on every projection
+    {"name": "pesc-smollm3-lora", "arch": "smollm3", "base_seed": 3005, "init_seed": 4010,
+     "batch_seed": 5008, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
+     "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
+     "weight_decay": 0.0},
 ]
 
 # --------------------------------------------------------------------------
@@ -340,8 +354,9 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
         q = q.transpose(1, 2)                                          # [B, nh, T, hd]
         k = k.transpose(1, 2)
         v = (hn @ W(l, "v").t()).view(Bn, Tn, nkv, hd).transpose(1, 2)
-        q = mr.apply_rope(q, cos, sin)
-        k = mr.apply_rope(k, cos, sin)
+        if mr.uses_rope(cfg, l):                                       # SmolLM3's NoPE layers: not
+            q = mr.apply_rope(q, cos, sin)
+            k = mr.apply_rope(k, cos, sin)
         k = k[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)  # repeat_kv
         v = v[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)
         sc = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
@@ -382,7 +397,7 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             z = z + case["z_coef"] * (torch.logsumexp(r, dim=-1) ** 2).mean()
         x = x + h
     x = mr.rms_norm(x, Wb["model.norm.weight"], eps)
-    head = Wb["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else Wb["lm_head.weight"]
+    head = Wb["model.embed_tokens.weight"] if mr.tied_of(cfg) else Wb["lm_head.weight"]
     logits = x @ head.t()                                              # [B, T, V]
     # CE: logits[b, t] predicts labels[b, t+1]; -100 ignored; mean over all kept targets of the batch
     lab = torch.tensor(labels, dtype=torch.long)[:, 1:].reshape(-1)
@@ -593,9 +608,10 @@ def build(case):
 
     config = {
         "mode": case["mode"],
-        "base": {k: cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                     "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "rope_theta",
-                                     "tie_word_embeddings")},
+        "base": dict({k: cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                          "num_hidden_layers", "num_attention_heads",
+                                          "num_key_value_heads", "rms_norm_eps", "rope_theta")},
+                     tie_word_embeddings=mr.tied_of(cfg)),
         "head_dim": mr.head_dim_of(cfg),
         "batch": B, "seq": T,
         "num_experts": case["num_experts"], "topk": case["topk"], "adapter_dim": case["adapter_dim"],

@@ -13,8 +13,8 @@ For every model (or only the NAMEd ones) below this writes, under tests/referenc
   expected.json               exact float64 logits and losses
 
 The forward pass is written out by hand in torch, following transformers'
-LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM
-eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
+LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM /
+SmolLM3ForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
 file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them).
 Everything is computed in float64 from the weights *as stored* (bf16/f16 values
 rounded first, then upcast), so expected.json holds the exact answers that a
@@ -39,6 +39,37 @@ TRANSFORMERS_VERSION = "4.46.0"  # only a realistic-looking config key; transfor
 # --------------------------------------------------------------------------
 # Model definitions
 # --------------------------------------------------------------------------
+
+def smollm3_config(**keys):
+    """A SmolLM3ForCausalLM config.json with SmolLM3-3B's keys: Llama's layers with RoPE left
+    out of the NoPE ones (no_rope_layers: 1 RoPE, 0 none), and no tie_word_embeddings key:
+    transformers leaves out a value equal to its own default (true), as the released file does."""
+    config = {
+        "architectures": ["SmolLM3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": None,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "max_window_layers": 28,
+        "mlp_bias": False,
+        "model_type": "smollm3",
+        "no_rope_layer_interval": 4,
+        "pad_token_id": 0,
+        "pretraining_tp": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 5000000.0,
+        "sliding_window": None,
+        "transformers_version": "4.54.0",
+        "use_cache": False,
+        "use_sliding_window": False,
+        "vocab_size": 64,
+    }
+    config.update(keys)
+    return config
+
 
 def phi3_config(**keys):
     """A Phi3ForCausalLM config.json with Phi-3-mini's keys: 2 layers of 4 heads, vocabulary 64,
@@ -285,6 +316,18 @@ MODELS = [
                               sliding_window=262144, tie_word_embeddings=True,
                               torch_dtype="float32"),
     },
+    {
+        # SmolLM3's shape, shrunk: the middle of three layers without RoPE (its q and k as
+        # projected), GQA, tied by default
+        "name": "smollm3-nope-f32",
+        "seed": 1009,
+        "dtype": torch.float32,
+        "shards": 1,
+        "config": smollm3_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                                 num_attention_heads=4, num_hidden_layers=3, num_key_value_heads=2,
+                                 layer_types=["full_attention"] * 3, no_rope_layers=[1, 0, 1],
+                                 torch_dtype="float32"),
+    },
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -298,6 +341,7 @@ RECORD_LENGTHS = {
     "phi3-fused-bf16": [2, 16, 1, 20, 9],
     "phi3-longrope-f32": [20, 5, 1, 18],
     "phi4mini-partial-f32": [7, 1, 20, 12],
+    "smollm3-nope-f32": [15, 1, 19, 6],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -308,6 +352,7 @@ LABELED_INDEX = {
     "phi3-fused-bf16": 1,
     "phi3-longrope-f32": 0,
     "phi4mini-partial-f32": 2,
+    "smollm3-nope-f32": 2,
 }
 
 # --------------------------------------------------------------------------
@@ -329,6 +374,23 @@ def rotary_dim_of(cfg):
     return int(head_dim_of(cfg) * cfg.get("partial_rotary_factor", 1.0))
 
 
+def tied_of(cfg):
+    # SmolLM3Config defaults to tied embeddings (its file then leaves the key out); the others
+    # to untied
+    return cfg.get("tie_word_embeddings", cfg["model_type"] == "smollm3")
+
+
+def uses_rope(cfg, layer):
+    # SmolLM3Attention: use_rope = config.no_rope_layers[layer_idx] (1 RoPE, 0 none); the
+    # default list leaves it out of every no_rope_layer_interval-th layer
+    if cfg["model_type"] != "smollm3":
+        return True
+    flags = cfg.get("no_rope_layers")
+    if flags is None:
+        return (layer + 1) % cfg.get("no_rope_layer_interval", 4) != 0
+    return bool(flags[layer])
+
+
 def has_qk_norm(cfg):
     # Qwen3Attention: q_norm / k_norm (Qwen3RMSNorm over head_dim, eps rms_norm_eps) on every head
     # of q and k, after the projection and before RoPE.
@@ -338,9 +400,9 @@ def has_qk_norm(cfg):
 def sliding_window_of(cfg):
     if cfg["model_type"] in ("mistral", "phi3"):
         return cfg.get("sliding_window")
-    if cfg["model_type"] in ("qwen2", "qwen3"):
-        # Only active when use_sliding_window is true (and then only for layers >= max_window_layers);
-        # all models here have it false.
+    if cfg["model_type"] in ("qwen2", "qwen3", "smollm3"):
+        # Only active when use_sliding_window is true (Qwen: for layers >= max_window_layers;
+        # SmolLM3: for its NoPE layers); all models here have it false.
         assert not cfg.get("use_sliding_window", False)
         return None
     return None
@@ -433,7 +495,7 @@ def make_weights(spec):
     hd = head_dim_of(cfg)
     qwen = cfg["model_type"] == "qwen2"  # q/k/v biases (Qwen3 has none: attention_bias false)
     qk_norm = has_qk_norm(cfg)
-    tied = cfg["tie_word_embeddings"]
+    tied = tied_of(cfg)
 
     def lin_std(fan_in):
         return min(0.3, max(0.1, 1.0 / math.sqrt(fan_in)))
@@ -643,8 +705,9 @@ def forward(cfg, W, ids, dtype):
         q = q.transpose(0, 1)  # [nh, T, hd]
         k = k.transpose(0, 1)  # [nkv, T, hd]
         v = v.view(T, nkv, hd).transpose(0, 1)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        if uses_rope(cfg, i):
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
         # repeat_kv: query head j uses kv head j // n_rep
         k = k[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
         v = v[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
@@ -658,7 +721,7 @@ def forward(cfg, W, ids, dtype):
         u = linear(h, W[p + "mlp.up_proj.weight"])
         x = x + linear(torch.nn.functional.silu(g) * u, W[p + "mlp.down_proj.weight"])
     x = rms_norm(x, W["model.norm.weight"], eps)
-    head = W["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else W["lm_head.weight"]
+    head = W["model.embed_tokens.weight"] if tied_of(cfg) else W["lm_head.weight"]
     return linear(x, head)
 
 
