@@ -245,8 +245,13 @@ status=$?
 pid=$!
 pids="$pids $pid"
 for _ in $(seq 100); do [ -S "$tmp/gone2.sock" ] && break; sleep 0.1; done
-# moved away at once (rm -rf raced the saves writing into it, failed, and left a directory)
-mv "$tmp/gone2" "$tmp/gone2.away" && : >"$tmp/gone2"
+# moved away at once (rm -rf raced the saves writing into it, failed, and left a directory);
+# a save between the move and the new file makes the directory again, so until a file stands
+# there, move again (`true`, not `:`: a special builtin's failed redirection ends the script)
+for n in $(seq 50); do
+  [ -f "$tmp/gone2" ] && break
+  mv "$tmp/gone2" "$tmp/gone2.away$n" 2>/dev/null; true 2>/dev/null >"$tmp/gone2"
+done
 for _ in $(seq 100); do grep -q "save failed" "$tmp/gone2.err" && break; sleep 0.1; done
 "$sockcmd" "$tmp/gone2.sock" stop >/dev/null
 wait $pid
