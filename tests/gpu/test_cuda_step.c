@@ -25,6 +25,8 @@ typedef struct {
     int heads, kv_heads, head_dim;   /* 0: 4 heads of 32 on 2 of k and v */
     int micro;                   /* micro-batches whose gradients add up (0: one) */
     int seq;                     /* tokens a row, MAX_SEQ at most (0: SEQ) */
+    int rotary;                  /* Phi-4-mini's partial RoPE, longrope-scaled (0: whole heads) */
+    int nope;                    /* SmolLM3: layer nope - 1 without RoPE (0: none) */
 } step_case;
 
 /* Tokens whose k-th and (k+1)-th router logits nearly tie go to other experts on the GPU,
@@ -101,6 +103,16 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
         c.n_kv_heads = sc->kv_heads;
         c.head_dim = sc->head_dim;
     }
+    if (sc->rotary) {   /* the first `rotary` of each head's values, frequencies and scale */
+        c.rotary_dim = sc->rotary;
+        c.rope_type = HF_ROPE_LONGROPE;
+        c.rope_original_max_position = 4096;
+        c.rope_attention_factor = 1.2;
+        for (int i = 0; i < sc->rotary / 2; i++)
+            c.rope_short_factor[i] = c.rope_long_factor[i] = 1.0f + 0.25f * (float)i;
+    }
+    if (sc->nope)
+        c.nope[sc->nope - 1] = 1;
     snprintf(c.architecture, sizeof c.architecture, qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM");
     pesc_options o;
     pesc_options_default(&o);
@@ -173,6 +185,9 @@ static const step_case cases[] = {
     /* keys in three tiles of flash's 64, whole ones and cut ones; and a window across them */
     {.tag = "pesc+lora at q and v, 150 tokens", .lora_rank = 4, .lora_targets = QV, .seq = 150},
     {.tag = "pesc, 150 tokens, window 90", .window = 90, .seq = 150},
+    /* RoPE on 16 of a head's 32 values at scaled cos and sin, and none in layer 0 */
+    {.tag = "pesc+lora, longrope on 16 of 32, NoPE 0, recompute", .lora_rank = 4,
+     .rotary = 16, .nope = 1, .recompute = 1},
 };
 
 enum { ROUTERS, ADAPTERS, LORA, NORMS, MATRICES, KINDS };
