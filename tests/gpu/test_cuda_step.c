@@ -278,6 +278,15 @@ static void compare_step(pesc_backend *cpu, pesc_backend *gpu, const step_case *
                      count);
         gpu_test_verdict(cosine >= (kind < 0 ? 0.999 : 0.9997) && nw > 0, what, 1.0 - cosine,
                          kind < 0 ? "cosine >= 0.999" : "cosine >= 0.9997");
+        /* and the length, which the cosine does not see: a gradient scaled wrong (a scale
+         * passed twice or not at all) has the right direction */
+        double stretch = fabs(sqrt(ng / (nw + 1e-300)) - 1.0);
+        if (kind < 0)
+            snprintf(what, sizeof what, "%s: |gradient| / CPU's - 1", tag);
+        else
+            snprintf(what, sizeof what, "%s: |gradient| / CPU's - 1, %s alone", tag,
+                     kind_names[kind]);
+        gpu_test_verdict(stretch <= 1e-2, what, stretch, "<= 1e-2");
     }
     free(g);
     model_free(&mc);
