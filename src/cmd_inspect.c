@@ -83,6 +83,10 @@ static int inspect_model(const char *dir)
     printf("\n");
     if (c.sliding_window)
         printf("window        %d\n", c.sliding_window);
+    if (c.embedding_multiplier > 0)   /* Granite's */
+        printf("multipliers   embedding %g, residual %g, attention %g, logits 1/%g\n",
+               c.embedding_multiplier, c.residual_multiplier, c.attention_multiplier,
+               c.logits_scaling);
     long long params = hfconfig_param_count(&c);
     if (c.num_experts > 0) {
         /* per layer: a router (E, C) and E adapters (R, C) + (C, R) */

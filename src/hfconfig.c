@@ -10,7 +10,7 @@
 
 #define SUPPORTED                                                                          \
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "           \
-    "Phi3ForCausalLM, SmolLM3ForCausalLM"
+    "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -173,6 +173,27 @@ double hfconfig_rope_scale(const hf_config *c)
     return c->rope_type == HF_ROPE_LONGROPE ? c->rope_attention_factor : 1.0;
 }
 
+double hfconfig_embedding_scale(const hf_config *c)
+{
+    return c->embedding_multiplier > 0 ? c->embedding_multiplier : 1.0;
+}
+
+double hfconfig_residual_scale(const hf_config *c)
+{
+    return c->residual_multiplier > 0 ? c->residual_multiplier : 1.0;
+}
+
+double hfconfig_query_scale(const hf_config *c)
+{
+    return c->attention_multiplier > 0 ? c->attention_multiplier * sqrt((double)c->head_dim)
+                                       : 1.0;
+}
+
+double hfconfig_logit_scale(const hf_config *c)
+{
+    return c->logits_scaling > 0 ? 1.0 / c->logits_scaling : 1.0;
+}
+
 int hfconfig_layer_rope(const hf_config *c, int layer)
 {
     return layer < 0 || layer >= HF_MAX_LAYERS || !c->nope[layer];
@@ -263,6 +284,30 @@ static int smollm3(const hf_config *c)
     return strcmp(c->architecture, "SmolLM3ForCausalLM") == 0;
 }
 
+static int granite(const hf_config *c)
+{
+    return strcmp(c->architecture, "GraniteForCausalLM") == 0;
+}
+
+/* Granite's four multipliers, each 1 when absent (transformers' GraniteConfig defaults) */
+static int parse_multipliers(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    static const char *const keys[] = {"embedding_multiplier", "residual_multiplier",
+                                       "attention_multiplier", "logits_scaling"};
+    double *values[] = {&c->embedding_multiplier, &c->residual_multiplier,
+                        &c->attention_multiplier, &c->logits_scaling};
+    for (int i = 0; i < 4; i++) {
+        if (get_number(root, keys[i], 1.0, values[i], where, err))
+            return -1;
+        if (!(*values[i] > 0) || !isfinite(*values[i]))
+            return pesc_fail(err, "%s: \"%s\" must be a positive number", where, keys[i]);
+    }
+    /* the query's scale goes with RoPE's, which leaves the values past a partial rotary */
+    if (hfconfig_rotary_dim(c) != c->head_dim)
+        return pesc_fail(err, "%s: partial_rotary_factor is not supported for Granite", where);
+    return 0;
+}
+
 /* Family-specific switches: biases, attention windows and SmolLM3's NoPE layers. */
 static int parse_family(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
@@ -283,7 +328,7 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
         if (use_window)
             return pesc_fail(err, "%s: use_sliding_window=true is not supported for %s", where,
                              qwen2 ? "Qwen2" : "Qwen3");
-    } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0 || smollm3(c)) {
+    } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0 || smollm3(c) || granite(c)) {
         int attention_bias = 0;
         if (get_bool(root, "attention_bias", 0, &attention_bias, where, err) ||
             get_bool(root, "mlp_bias", 0, &mlp_bias, where, err))
@@ -301,6 +346,8 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
             if (parse_nope(c, root, where, err))
                 return -1;
         }
+        if (granite(c) && parse_multipliers(c, root, where, err))
+            return -1;
     } else if (get_int(root, "sliding_window", 0, 0, &c->sliding_window, where, err)) {
         return -1;   /* Mistral's and Phi-3's window */
     }

@@ -53,6 +53,10 @@ typedef struct hf_config {
     /* SmolLM3's NoPE layers, whose q and k RoPE leaves alone (no_rope_layers[l] == 0, or
      * every no_rope_layer_interval-th layer); all 0 for the other families */
     unsigned char nope[HF_MAX_LAYERS];
+    /* Granite's multipliers (0 for the other families: hfconfig_*_scale give 1): the
+     * embedding's output, each block's output before the residual sum, the attention's
+     * scores (attention_multiplier in place of 1/sqrt(head_dim)), the logits (divided) */
+    double embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling;
     int fused_proj;              /* phi3: the files hold q|k|v as qkv_proj, gate|up as
                                   * gate_up_proj (model.c splits and joins them) */
     int bos_token_id, eos_token_id;   /* -1 when absent */
@@ -84,6 +88,14 @@ int hfconfig_rotary_dim(const hf_config *c);
 double hfconfig_rope_scale(const hf_config *c);
 /* Whether RoPE turns q and k of LAYER (0-based): all but SmolLM3's NoPE layers. */
 int hfconfig_layer_rope(const hf_config *c, int layer);
+
+/* Granite's multipliers as factors, 1 where a family has none: the embedding's output, a
+ * block's output before the residual sum, q (so that q.k / sqrt(head_dim) comes out times
+ * attention_multiplier), the final norm's output (1 / logits_scaling). */
+double hfconfig_embedding_scale(const hf_config *c);
+double hfconfig_residual_scale(const hf_config *c);
+double hfconfig_query_scale(const hf_config *c);
+double hfconfig_logit_scale(const hf_config *c);
 
 /* Number of parameters the config implies (tied embeddings counted once). */
 long long hfconfig_param_count(const hf_config *c);

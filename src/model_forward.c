@@ -517,11 +517,13 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         linear_forward(m, l, LORA_K, a, a->k, a->xn1, N);
     }
     linear_forward(m, l, LORA_V, a, a->v, a->xn1, N);
-    /* longrope's cos and sin are scaled by its attention factor (1 for the other ropes) */
+    /* longrope's cos and sin are scaled by its attention factor (1 for the other ropes), q's
+     * also by Granite's attention multiplier (times sqrt(D), which the attention divides by;
+     * Granite rotates whole heads and has no NoPE layers) */
     int R = hfconfig_rotary_dim(c);
-    float scale = (float)hfconfig_rope_scale(c);
+    float scale = (float)hfconfig_rope_scale(c), scale_q = scale * (float)hfconfig_query_scale(c);
     if (hfconfig_layer_rope(c, l)) {   /* not in SmolLM3's NoPE layers */
-        rope_forward(b, a->q, a->q, m->act.pos, m->act.freq, N, Hq, D, R, scale);
+        rope_forward(b, a->q, a->q, m->act.pos, m->act.freq, N, Hq, D, R, scale_q);
         rope_forward(b, a->k, a->k, m->act.pos, m->act.freq, N, Hkv, D, R, scale);
     }
     if (past >= 0) {
@@ -536,6 +538,9 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
     }
     /* h is free until the FFN writes it; scratch holds LoRA's product */
     linear_forward(m, l, LORA_O, a, a->h, a->att, N);
+    float residual = (float)hfconfig_residual_scale(c);
+    if (residual != 1.0f)   /* Granite */
+        vector_scale(b, a->h, residual, (size_t)N * C);
     residual_forward(b, a->x_mid, a->x_in, a->h, (size_t)N * C);
 }
 
@@ -560,16 +565,30 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
     linear_forward(m, l, LORA_UP, a, a->up, a->xn2, N);
     swiglu_forward(b, a->act, a->gate, a->up, (size_t)N * F);
     linear_forward(m, l, LORA_DOWN, a, a->h, a->act, N);
+    float residual = (float)hfconfig_residual_scale(c);
     if (!P) {
+        if (residual != 1.0f)   /* Granite */
+            vector_scale(b, a->h, residual, (size_t)N * C);
         residual_forward(b, x_out, a->x_mid, a->h, (size_t)N * C);
         return;
     }
     route_finish(m, l, a, dropout, replay);
-    /* x_out = x_mid + h + the adapters' outputs, the residual in the adapters' last pass */
-    moe_adapter_forward(b, x_out, a->x_mid, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
+    /* x_out = x_mid + h + the adapters' outputs, the residual in the adapters' last pass.
+     * Granite's multiplier m scales the block's output, h and the adapters' (whose input
+     * stays h): x_out = m (x_mid / m + h + adapters), exact to a rounding of x_mid. */
+    const float *x = a->x_mid;
+    if (residual != 1.0f) {
+        if (x_out != a->x_mid)   /* (in inference they are one stream) */
+            backend_copy(b, x_out, a->x_mid, (size_t)N * C * sizeof(float));
+        vector_scale(b, x_out, 1.0f / residual, (size_t)N * C);
+        x = x_out;
+    }
+    moe_adapter_forward(b, x_out, x, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
                         adapter_dropout(m, dropout), dropout ? m->act.mask_seed[l] : 0, P->down,
                         P->up, a->perm, a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
                         m->pesc.adapter_scale);
+    if (residual != 1.0f)
+        vector_scale(b, x_out, residual, (size_t)N * C);
 }
 
 /* training keeps every layer's activations; dropout applies the adapter dropout (training
@@ -626,6 +645,9 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
     m->T = T;
     m->losses = (model_losses){0};
     embedding_forward(m->backend, a->layers[0].x_in, a->tokens, m->embed, N, c->hidden_size);
+    if (hfconfig_embedding_scale(c) != 1.0)   /* Granite */
+        vector_scale(m->backend, a->layers[0].x_in, (float)hfconfig_embedding_scale(c),
+                     (size_t)N * c->hidden_size);
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *L = &a->layers[l];
         float *x_out = training && l + 1 < c->n_layers ? a->layers[l + 1].x_in : a->x;
@@ -634,6 +656,9 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
     }
     rmsnorm_forward(m->backend, a->xn, a->rstd, a->x, m->final_norm, N, c->hidden_size,
                     (float)c->rms_norm_eps);
+    if (hfconfig_logit_scale(c) != 1.0)   /* Granite's logits_scaling, taken before the head */
+        vector_scale(m->backend, a->xn, (float)hfconfig_logit_scale(c),
+                     (size_t)N * c->hidden_size);
     return 0;
 }
 
@@ -717,6 +742,16 @@ int model_score(model *m, const int32_t *tokens, const int32_t *targets, int B, 
 
 /* ---- backward ----------------------------------------------------------------------------- */
 
+/* x times factor: x itself where factor is 1, else written to scratch (n floats) */
+static const float *times(pesc_backend *b, float *scratch, const float *x, float factor, size_t n)
+{
+    if (factor == 1.0f)
+        return x;
+    backend_copy(b, scratch, x, n * sizeof *x);
+    vector_scale(b, scratch, factor, n);
+    return scratch;
+}
+
 /* In: act.dx = d loss / d x_out of layer l. Out: act.dx = d loss / d x_in. */
 static void layer_backward(model *m, int l, float loss_scale)
 {
@@ -731,13 +766,16 @@ static void layer_backward(model *m, int l, float loss_scale)
      * adapters' backward writes both parts to dh); without adapters its gradient is dx. Each
      * zeroing of a gradient comes right before the product that adds into it first: on a GPU
      * that product writes it instead (cuda_context.zero_at). */
-    const float *dh = g->dx;
+    /* Granite's residual multiplier m: the block's output gradient is m dx (made in dxn, free
+     * until the router's product), while x_mid's residual part stays dx */
+    float residual = (float)hfconfig_residual_scale(c);
+    const float *dy = times(b, g->dxn, g->dx, residual, (size_t)N * C), *dh = dy;
     if (m->crafted) {
         const pesc_layer *P = &m->pesc_layers[l];
         dh = g->dh;
         int E = m->pesc.experts, K = m->pesc.top_k;
         moe_adapter_backward(b, g->dh, model_grad_of(m, P->down), model_grad_of(m, P->up),
-                             g->dtopk_w, g->scratch, g->scratch_r, g->dx, a->gathered, a->pre,
+                             g->dtopk_w, g->scratch, g->scratch_r, dy, a->gathered, a->pre,
                              a->gelu, adapter_dropout(m, g->dropout),
                              g->dropout ? g->mask_seed[l] : 0, P->down, P->up, a->perm,
                              a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
@@ -758,15 +796,17 @@ static void layer_backward(model *m, int l, float loss_scale)
     linear_backward(m, l, LORA_UP, a, g->dxn, g->dup, a->xn2, N);
     rmsnorm_backward(b, g->dx, model_grad_of(m, L->ffn_norm), g->dxn, a->x_mid, L->ffn_norm,
                      a->rstd2, N, C);
-    /* now dx = d / d x_mid */
+    /* now dx = d / d x_mid; the o projection's output gradient is m dx for Granite (in dxn,
+     * free again until q, k and v's products) */
+    dy = times(b, g->dxn, g->dx, residual, (size_t)N * C);
     vector_zero(b, g->datt, (size_t)N * Hq * D);
-    linear_backward(m, l, LORA_O, a, g->datt, g->dx, a->att, N);
+    linear_backward(m, l, LORA_O, a, g->datt, dy, a->att, N);
     attention_backward(b, g->dq, g->dk, g->dv, g->datt, a->q, a->k, a->v, a->att, a->lse, m->B,
                        m->T, Hq, Hkv, D, c->sliding_window, g->packed ? g->seg : NULL);
     int R = hfconfig_rotary_dim(c);
-    float scale = (float)hfconfig_rope_scale(c);
+    float scale = (float)hfconfig_rope_scale(c), scale_q = scale * (float)hfconfig_query_scale(c);
     if (hfconfig_layer_rope(c, l)) {
-        rope_backward(b, g->dq, g->dq, g->pos, g->freq, N, Hq, D, R, scale);
+        rope_backward(b, g->dq, g->dq, g->pos, g->freq, N, Hq, D, R, scale_q);
         rope_backward(b, g->dk, g->dk, g->pos, g->freq, N, Hkv, D, R, scale);
     }
     float *dq = g->dq, *dk = g->dk;   /* of the projections' outputs */
@@ -811,6 +851,8 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
     m->losses.ce = count ? nll / (double)count : 0.0;
     m->losses.targets = count;
     vector_zero(b, a->dx, (size_t)N * c->hidden_size);
+    if (hfconfig_logit_scale(c) != 1.0)   /* Granite's logits_scaling */
+        vector_scale(b, a->dxn, (float)hfconfig_logit_scale(c), (size_t)N * c->hidden_size);
     rmsnorm_backward(b, a->dx, model_grad_of(m, m->final_norm), a->dxn, a->x, m->final_norm,
                      a->rstd, N, c->hidden_size);
     if (m->crafted) {
@@ -837,6 +879,8 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
         layer_backward(m, l, loss_scale);
     }
     float *dembed = model_grad_of(m, m->embed);
+    if (dembed && hfconfig_embedding_scale(c) != 1.0)   /* Granite */
+        vector_scale(b, a->dx, (float)hfconfig_embedding_scale(c), (size_t)N * c->hidden_size);
     if (dembed)
         embedding_backward(b, dembed, a->dx, a->tokens, N, c->hidden_size);
     if (out)

@@ -102,6 +102,47 @@ static void test_families(void)
              "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 8, " \
              "\"num_attention_heads\": 8"
 
+/* Granite: Llama's layers with four multipliers, each 1 when absent */
+#define GRANITE "{\"architectures\": [\"GraniteForCausalLM\"], \"vocab_size\": 100, " \
+                "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, " \
+                "\"num_attention_heads\": 4"
+
+static void test_granite(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, GRANITE ", \"embedding_multiplier\": 12.0, "
+                            "\"residual_multiplier\": 0.22, \"attention_multiplier\": 0.015625, "
+                            "\"logits_scaling\": 8.0, \"tie_word_embeddings\": true}", "x", &err);
+    CHECK(rc == 0 && hfconfig_embedding_scale(&c) == 12.0 && hfconfig_residual_scale(&c) == 0.22 &&
+          fabs(hfconfig_query_scale(&c) - 0.015625 * 4.0) < 1e-15 &&
+          hfconfig_logit_scale(&c) == 0.125, "granite multipliers: %s", err.msg);
+    rc = hfconfig_parse(&c, GRANITE "}", "x", &err);   /* GraniteConfig's defaults: 1 each */
+    CHECK(rc == 0 && hfconfig_embedding_scale(&c) == 1.0 && hfconfig_residual_scale(&c) == 1.0 &&
+          hfconfig_query_scale(&c) == 4.0 && hfconfig_logit_scale(&c) == 1.0 &&
+          !c.tie_word_embeddings, "granite defaults: %s", err.msg);
+    /* the other families: 1 but the query's, whose 1/sqrt(head_dim) the attention makes */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"LlamaForCausalLM\"], " BASE
+                        ", \"embedding_multiplier\": 12.0, \"logits_scaling\": 8.0}", "x", &err);
+    CHECK(rc == 0 && hfconfig_embedding_scale(&c) == 1.0 && hfconfig_query_scale(&c) == 1.0 &&
+          hfconfig_logit_scale(&c) == 1.0, "llama ignores granite's keys: %s", err.msg);
+    static const struct {
+        const char *keys, *message;
+    } bad[] = {
+        {", \"residual_multiplier\": 0}", "\"residual_multiplier\" must be a positive number"},
+        {", \"logits_scaling\": -8}", "\"logits_scaling\" must be a positive number"},
+        {", \"attention_multiplier\": \"0.1\"}", "\"attention_multiplier\" must be a number"},
+        {", \"mlp_bias\": true}", "mlp_bias=true is not supported"},
+        {", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor is not supported for Granite"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[512];
+        snprintf(text, sizeof text, GRANITE "%s", bad[i].keys);
+        rc = hfconfig_parse(&c, text, "x", &err);
+        CHECK(rc != 0 && strstr(err.msg, bad[i].message), "granite %s: %s", bad[i].keys, err.msg);
+    }
+}
+
 static void test_smollm3(void)
 {
     hf_config c;
@@ -257,6 +298,7 @@ int main(void)
     test_defaults();
     test_families();
     test_smollm3();
+    test_granite();
     test_rope();
     test_longrope();
     test_crafting();

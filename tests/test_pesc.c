@@ -394,9 +394,11 @@ static void test_dropout_off(void)
  * those of a full forward over the same tokens (dense and crafted, with a sliding window). */
 static void test_kv_cache(const char *root)
 {
-    static const char *const dirs[] = {"mistral-sharded-f16", "llama-gqa-f32", "smollm3-nope-f32"};
-    static const char *const what[] = {", window 8", ", crafted", ", a NoPE layer"};
-    for (int d = 0; d < 3; d++) {
+    static const char *const dirs[] = {"mistral-sharded-f16", "llama-gqa-f32", "smollm3-nope-f32",
+                                       "granite-mult-f32"};
+    static const char *const what[] = {", window 8", ", crafted", ", a NoPE layer",
+                                       ", Granite's multipliers"};
+    for (int d = 0; d < 4; d++) {
         char dir[1024];
         snprintf(dir, sizeof dir, "%s/tests/reference/data/%s", root, dirs[d]);
         model m;

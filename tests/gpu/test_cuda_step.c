@@ -27,6 +27,7 @@ typedef struct {
     int seq;                     /* tokens a row, MAX_SEQ at most (0: SEQ) */
     int rotary;                  /* Phi-4-mini's partial RoPE, longrope-scaled (0: whole heads) */
     int nope;                    /* SmolLM3: layer nope - 1 without RoPE (0: none) */
+    int granite;                 /* Granite's embedding, residual, attention, logits factors */
 } step_case;
 
 /* Tokens whose k-th and (k+1)-th router logits nearly tie go to other experts on the GPU,
@@ -113,7 +114,14 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
     }
     if (sc->nope)
         c.nope[sc->nope - 1] = 1;
-    snprintf(c.architecture, sizeof c.architecture, qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM");
+    if (sc->granite) {
+        c.embedding_multiplier = 12.0;
+        c.residual_multiplier = 0.22;
+        c.attention_multiplier = 1.0 / 64.0;
+        c.logits_scaling = 8.0;
+    }
+    snprintf(c.architecture, sizeof c.architecture, "%s",
+             sc->granite ? "GraniteForCausalLM" : qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM");
     pesc_options o;
     pesc_options_default(&o);
     o.experts = 4;
@@ -188,6 +196,9 @@ static const step_case cases[] = {
     /* RoPE on 16 of a head's 32 values at scaled cos and sin, and none in layer 0 */
     {.tag = "pesc+lora, longrope on 16 of 32, NoPE 0, recompute", .lora_rank = 4,
      .rotary = 16, .nope = 1, .recompute = 1},
+    /* Granite's multipliers, the residual one around the adapters too */
+    {.tag = "pesc+lora, granite, packed", .lora_rank = 4, .granite = 1, .packed = 1},
+    {.tag = "full, granite", .full = 1, .granite = 1},
 };
 
 enum { ROUTERS, ADAPTERS, LORA, NORMS, MATRICES, KINDS };

@@ -10,7 +10,7 @@ For every case below (or only the named ones) this writes, under tests/reference
   config.json              HF config of the dense base model (LlamaForCausalLM, Qwen3ForCausalLM
                            for the pesc-qwen3-* cases, Phi3ForCausalLM with longrope for
                            pesc-phi3-longrope-lora, SmolLM3ForCausalLM with a NoPE layer for
-                           pesc-smollm3-lora)
+                           pesc-smollm3-lora, GraniteForCausalLM for pesc-granite-lora)
   model.safetensors        the base weights (F32, HF names; Phi-3's q|k|v and gate|up joined)
   trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
   batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
@@ -68,6 +68,12 @@ def base_config(case):
                                  num_key_value_heads=case["kv_heads"],
                                  layer_types=["full_attention"] * 2, no_rope_layers=[0, 1],
                                  torch_dtype="float32")
+    if case.get("arch") == "granite":
+        # Granite: its four multipliers (the residual one scales the FFN's output and the
+        # adapters' together; the adapters still read the FFN's unscaled output), tied
+        return mr.granite_config(hidden_size=32, intermediate_size=48, max_position_embeddings=64,
+                                 num_attention_heads=4, num_hidden_layers=2,
+                                 num_key_value_heads=case["kv_heads"], torch_dtype="float32")
     kv_heads = case["kv_heads"]
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -189,6 +195,12 @@ CASES = [
     # SmolLM3 base (layer 0 without RoPE, GQA, tied): LoRA on every projection
     {"name": "pesc-smollm3-lora", "arch": "smollm3", "base_seed": 3005, "init_seed": 4010,
      "batch_seed": 5008, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
+     "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
+     "weight_decay": 0.0},
+    # Granite base (embedding, residual, attention and logits multipliers, GQA, tied): LoRA on
+    # every projection
+    {"name": "pesc-granite-lora", "arch": "granite", "base_seed": 3006, "init_seed": 4011,
+     "batch_seed": 5009, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
      "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
      "weight_decay": 0.0},
 ]
@@ -334,8 +346,9 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
     cos, sin = emb.cos() * af, emb.sin() * af                          # [T, hd]
     causal = torch.arange(Tn).unsqueeze(0) <= torch.arange(Tn).unsqueeze(1)  # [q, k]: k <= q
 
+    mult = mr.multipliers_of(cfg)                                      # Granite's, else 1s
     idt = torch.tensor(ids, dtype=torch.long)
-    x = Wb["model.embed_tokens.weight"][idt]                           # [B, T, H]
+    x = Wb["model.embed_tokens.weight"][idt] * mult["embedding"]       # [B, T, H]
     aux = torch.zeros((), dtype=dt)
     z = torch.zeros((), dtype=dt)
     margin = math.inf
@@ -359,10 +372,10 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             k = mr.apply_rope(k, cos, sin)
         k = k[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)  # repeat_kv
         v = v[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)
-        sc = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+        sc = (q @ k.transpose(-1, -2)) * mult["attention"]             # 1/sqrt(hd) but Granite's
         sc = sc.masked_fill(~causal, float("-inf"))
         a = (torch.softmax(sc, dim=-1) @ v).transpose(1, 2).reshape(Bn, Tn, nh * hd)
-        x = x + a @ W(l, "o").t()
+        x = x + (a @ W(l, "o").t()) * mult["residual"]
         # --- FFN / PESC layer ---
         xn = mr.rms_norm(x, Wb[p + "post_attention_layernorm.weight"], eps)   # x of DESIGN §1
         h = (F.silu(xn @ W(l, "gate").t()) * (xn @ W(l, "up").t())) @ W(l, "down").t()  # frozen FFN, once
@@ -395,10 +408,10 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             aux = aux + case["aux_coef"] * E * (f * Pm).sum()
             # router z-loss: z_coef * mean over tokens of logsumexp(r)^2
             z = z + case["z_coef"] * (torch.logsumexp(r, dim=-1) ** 2).mean()
-        x = x + h
+        x = x + h * mult["residual"]                                   # the experts' mix, scaled
     x = mr.rms_norm(x, Wb["model.norm.weight"], eps)
     head = Wb["model.embed_tokens.weight"] if mr.tied_of(cfg) else Wb["lm_head.weight"]
-    logits = x @ head.t()                                              # [B, T, V]
+    logits = (x @ head.t()) / mult["logits"]                           # [B, T, V]
     # CE: logits[b, t] predicts labels[b, t+1]; -100 ignored; mean over all kept targets of the batch
     lab = torch.tensor(labels, dtype=torch.long)[:, 1:].reshape(-1)
     lp = torch.log_softmax(logits[:, :-1].reshape(-1, logits.shape[-1]), dim=-1)

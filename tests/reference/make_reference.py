@@ -14,7 +14,7 @@ For every model (or only the NAMEd ones) below this writes, under tests/referenc
 
 The forward pass is written out by hand in torch, following transformers'
 LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM /
-SmolLM3ForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
+SmolLM3ForCausalLM / GraniteForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
 file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them).
 Everything is computed in float64 from the weights *as stored* (bf16/f16 values
 rounded first, then upcast), so expected.json holds the exact answers that a
@@ -65,6 +65,37 @@ def smollm3_config(**keys):
         "transformers_version": "4.54.0",
         "use_cache": False,
         "use_sliding_window": False,
+        "vocab_size": 64,
+    }
+    config.update(keys)
+    return config
+
+
+def granite_config(**keys):
+    """A GraniteForCausalLM config.json with Granite-3.x's keys: Llama's layers with four
+    multipliers (the embedding's output, each block's output before the residual sum, the
+    attention's scores in place of 1/sqrt(head_dim), the logits divided)."""
+    config = {
+        "architectures": ["GraniteForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attention_multiplier": 0.1,
+        "bos_token_id": 0,
+        "embedding_multiplier": 12.0,
+        "eos_token_id": 0,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "logits_scaling": 4.0,
+        "mlp_bias": False,
+        "model_type": "granite",
+        "pad_token_id": 0,
+        "residual_multiplier": 0.22,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000000.0,
+        "tie_word_embeddings": True,
+        "transformers_version": "4.46.0",
+        "use_cache": True,
         "vocab_size": 64,
     }
     config.update(keys)
@@ -328,6 +359,17 @@ MODELS = [
                                  layer_types=["full_attention"] * 3, no_rope_layers=[1, 0, 1],
                                  torch_dtype="float32"),
     },
+    {
+        # Granite-3's shape, shrunk: its four multipliers (attention_multiplier 0.1 where
+        # 1/sqrt(16) would be 0.25), GQA, tied
+        "name": "granite-mult-f32",
+        "seed": 1010,
+        "dtype": torch.float32,
+        "shards": 1,
+        "config": granite_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                                 num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
+                                 torch_dtype="float32"),
+    },
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -342,6 +384,7 @@ RECORD_LENGTHS = {
     "phi3-longrope-f32": [20, 5, 1, 18],
     "phi4mini-partial-f32": [7, 1, 20, 12],
     "smollm3-nope-f32": [15, 1, 19, 6],
+    "granite-mult-f32": [11, 1, 20, 5],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -353,6 +396,7 @@ LABELED_INDEX = {
     "phi3-longrope-f32": 0,
     "phi4mini-partial-f32": 2,
     "smollm3-nope-f32": 2,
+    "granite-mult-f32": 2,
 }
 
 # --------------------------------------------------------------------------
@@ -389,6 +433,20 @@ def uses_rope(cfg, layer):
     if flags is None:
         return (layer + 1) % cfg.get("no_rope_layer_interval", 4) != 0
     return bool(flags[layer])
+
+
+def multipliers_of(cfg):
+    """GraniteModel / GraniteDecoderLayer / GraniteForCausalLM: inputs_embeds *
+    embedding_multiplier; residual + block(x) * residual_multiplier; scores *
+    attention_multiplier (GraniteAttention.scaling); logits / logits_scaling. GraniteConfig's
+    defaults are 1.0 each. The other families: 1, 1, 1/sqrt(head_dim), 1."""
+    if cfg["model_type"] != "granite":
+        return {"embedding": 1.0, "residual": 1.0, "attention": 1.0 / math.sqrt(head_dim_of(cfg)),
+                "logits": 1.0}
+    return {"embedding": cfg.get("embedding_multiplier", 1.0),
+            "residual": cfg.get("residual_multiplier", 1.0),
+            "attention": cfg.get("attention_multiplier", 1.0),
+            "logits": cfg.get("logits_scaling", 1.0)}
 
 
 def has_qk_norm(cfg):
@@ -689,7 +747,8 @@ def forward(cfg, W, ids, dtype):
     if sw is not None:
         allowed = allowed & (ki > qi - sw)
 
-    x = W["model.embed_tokens.weight"][torch.tensor(ids, dtype=torch.long)]  # [T, H]
+    mult = multipliers_of(cfg)
+    x = W["model.embed_tokens.weight"][torch.tensor(ids, dtype=torch.long)] * mult["embedding"]  # [T, H]
     for i in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % i
         h = rms_norm(x, W[p + "input_layernorm.weight"], eps)
@@ -711,18 +770,18 @@ def forward(cfg, W, ids, dtype):
         # repeat_kv: query head j uses kv head j // n_rep
         k = k[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
         v = v[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
-        scores = (q @ k.transpose(1, 2)) * (1.0 / math.sqrt(hd))
+        scores = (q @ k.transpose(1, 2)) * mult["attention"]
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         a = (probs @ v).transpose(0, 1).reshape(T, nh * hd)
-        x = x + linear(a, W[p + "self_attn.o_proj.weight"])
+        x = x + linear(a, W[p + "self_attn.o_proj.weight"]) * mult["residual"]
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
         g = linear(h, W[p + "mlp.gate_proj.weight"])
         u = linear(h, W[p + "mlp.up_proj.weight"])
-        x = x + linear(torch.nn.functional.silu(g) * u, W[p + "mlp.down_proj.weight"])
+        x = x + linear(torch.nn.functional.silu(g) * u, W[p + "mlp.down_proj.weight"]) * mult["residual"]
     x = rms_norm(x, W["model.norm.weight"], eps)
     head = W["model.embed_tokens.weight"] if tied_of(cfg) else W["lm_head.weight"]
-    return linear(x, head)
+    return linear(x, head) / mult["logits"]
 
 
 def record_nll(logits, labels):
