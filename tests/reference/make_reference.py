@@ -130,6 +130,11 @@ def phi3_config(**keys):
     return config
 
 
+def f32_model(name, seed, config):
+    """A model stored in F32, in one model.safetensors"""
+    return {"name": name, "seed": seed, "dtype": torch.float32, "shards": 1, "config": config}
+
+
 MODELS = [
     {
         "name": "llama-gqa-f32",
@@ -316,60 +321,40 @@ MODELS = [
                               num_key_value_heads=2, original_max_position_embeddings=128,
                               rope_scaling=None, sliding_window=7, torch_dtype="bfloat16"),
     },
-    {
-        # Phi-3.5-mini's longrope, shrunk: context 256 grown from 32, so the attention factor
-        # is sqrt(1 + ln 8 / ln 32); records shorter than 32 use the short factors
-        "name": "phi3-longrope-f32",
-        "seed": 1007,
-        "dtype": torch.float32,
-        "shards": 1,
-        "config": phi3_config(hidden_size=48, intermediate_size=64, max_position_embeddings=256,
-                              num_key_value_heads=4, original_max_position_embeddings=32,
-                              rope_scaling={"long_factor": [1.5, 2.0, 3.0, 4.5, 6.0, 8.0],
-                                            "short_factor": [1.0, 1.25, 1.6, 2.0, 2.7, 3.5],
-                                            "type": "longrope"},
-                              sliding_window=262144, torch_dtype="float32"),
-    },
-    {
-        # Phi-4-mini's shape, shrunk: RoPE on 3/4 of each head (12 of 16 values, 6 factors),
-        # longrope from an original context of 10 (records of 7 and 1 tokens take the short
-        # factors, of 20 and 12 the long ones), GQA, tied embeddings
-        "name": "phi4mini-partial-f32",
-        "seed": 1008,
-        "dtype": torch.float32,
-        "shards": 1,
-        "config": phi3_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
-                              num_key_value_heads=2, original_max_position_embeddings=10,
-                              partial_rotary_factor=0.75,
-                              rope_scaling={"long_factor": [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
-                                            "short_factor": [1.0, 1.1, 1.3, 1.8, 2.4, 3.2],
-                                            "type": "longrope"},
-                              sliding_window=262144, tie_word_embeddings=True,
-                              torch_dtype="float32"),
-    },
-    {
-        # SmolLM3's shape, shrunk: the middle of three layers without RoPE (its q and k as
-        # projected), GQA, tied by default
-        "name": "smollm3-nope-f32",
-        "seed": 1009,
-        "dtype": torch.float32,
-        "shards": 1,
-        "config": smollm3_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
-                                 num_attention_heads=4, num_hidden_layers=3, num_key_value_heads=2,
-                                 layer_types=["full_attention"] * 3, no_rope_layers=[1, 0, 1],
-                                 torch_dtype="float32"),
-    },
-    {
-        # Granite-3's shape, shrunk: its four multipliers (attention_multiplier 0.1 where
-        # 1/sqrt(16) would be 0.25), GQA, tied
-        "name": "granite-mult-f32",
-        "seed": 1010,
-        "dtype": torch.float32,
-        "shards": 1,
-        "config": granite_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
-                                 num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
-                                 torch_dtype="float32"),
-    },
+    # Phi-3.5-mini's longrope, shrunk: context 256 grown from 32, so the attention factor
+    # is sqrt(1 + ln 8 / ln 32); records shorter than 32 use the short factors
+    f32_model("phi3-longrope-f32", 1007,
+              phi3_config(hidden_size=48, intermediate_size=64, max_position_embeddings=256,
+                          num_key_value_heads=4, original_max_position_embeddings=32,
+                          rope_scaling={"long_factor": [1.5, 2.0, 3.0, 4.5, 6.0, 8.0],
+                                        "short_factor": [1.0, 1.25, 1.6, 2.0, 2.7, 3.5],
+                                        "type": "longrope"},
+                          sliding_window=262144, torch_dtype="float32")),
+    # Phi-4-mini's shape, shrunk: RoPE on 3/4 of each head (12 of 16 values, 6 factors),
+    # longrope from an original context of 10 (records of 7 and 1 tokens take the short
+    # factors, of 20 and 12 the long ones), GQA, tied embeddings
+    f32_model("phi4mini-partial-f32", 1008,
+              phi3_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                          num_key_value_heads=2, original_max_position_embeddings=10,
+                          partial_rotary_factor=0.75,
+                          rope_scaling={"long_factor": [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
+                                        "short_factor": [1.0, 1.1, 1.3, 1.8, 2.4, 3.2],
+                                        "type": "longrope"},
+                          sliding_window=262144, tie_word_embeddings=True,
+                          torch_dtype="float32")),
+    # SmolLM3's shape, shrunk: the middle of three layers without RoPE (its q and k as
+    # projected), GQA, tied by default
+    f32_model("smollm3-nope-f32", 1009,
+              smollm3_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                             num_attention_heads=4, num_hidden_layers=3, num_key_value_heads=2,
+                             layer_types=["full_attention"] * 3, no_rope_layers=[1, 0, 1],
+                             torch_dtype="float32")),
+    # Granite-3's shape, shrunk: its four multipliers (attention_multiplier 0.1 where
+    # 1/sqrt(16) would be 0.25), GQA, tied
+    f32_model("granite-mult-f32", 1010,
+              granite_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                             num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
+                             torch_dtype="float32")),
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
