@@ -121,7 +121,9 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
         c.logits_scaling = 8.0;
     }
     snprintf(c.architecture, sizeof c.architecture, "%s",
-             sc->granite ? "GraniteForCausalLM" : qk_norm ? "Qwen3ForCausalLM" : "LlamaForCausalLM");
+             sc->granite ? "GraniteForCausalLM"
+             : qk_norm   ? "Qwen3ForCausalLM"
+                         : "LlamaForCausalLM");
     pesc_options o;
     pesc_options_default(&o);
     o.experts = 4;
