@@ -58,6 +58,12 @@ static const chat_template templates[] = {
     {.name = "phi4", .start = "", .system = "<|im_start|>system<|im_sep|>{system}<|im_end|>",
      .user = "<|im_start|>user<|im_sep|>{user}<|im_end|><|im_start|>assistant<|im_sep|>",
      .assistant = "{assistant}<|im_end|>", .separator = ""},
+    /* Granite 3's: each turn in role markers, ended by <|end_of_text|> and a newline */
+    {.name = "granite", .start = "",
+     .system = "<|start_of_role|>system<|end_of_role|>{system}<|end_of_text|>\n",
+     .user = "<|start_of_role|>user<|end_of_role|>{user}<|end_of_text|>\n"
+             "<|start_of_role|>assistant<|end_of_role|>",
+     .assistant = "{assistant}<|end_of_text|>", .separator = "\n"},
     {.name = "plain", .start = "{bos}", .system = "{system}\n\n", .user = "{user}\n",
      .assistant = "{assistant}{eos}", .separator = "\n"},
 };
@@ -77,7 +83,7 @@ const char *template_name(const chat_template *tpl) { return tpl->name; }
 const char *template_list(void)
 {
     return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, phi4, "
-           "plain";
+           "granite, plain";
 }
 
 /* ------------------------------------------------------------------ rendering -------- */
@@ -384,6 +390,8 @@ const char *template_suggest(const char *jinja)
         return "phi4-mini";   /* its tags are made from the role's name */
     if (strstr(jinja, "[INST]"))
         return strstr(jinja, "<<SYS>>") ? "llama2" : "mistral";
+    if (strstr(jinja, "<|start_of_role|>"))
+        return "granite";
     return NULL;
 }
 

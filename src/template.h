@@ -2,11 +2,12 @@
  *
  * Named templates: camelidae (the paper's, DESIGN section 1; the default), alpaca, chatml,
  * qwen3 (chatml with Qwen3's empty thinking block before the last answer), llama2, llama3,
- * mistral, phi3, phi4-mini, phi4, plain. A conversation is rendered to one string and encoded once
- * (as HF's apply_chat_template + encode would); the labels keep the ids of every assistant
- * span (content and its end marker, e.g. "</s>" or "<|im_end|>") and are -100 elsewhere, so
- * every assistant turn of a multi-turn record is trained. Label boundaries come from encoding
- * the rendered prefixes; a token that straddles a boundary counts as outside the span.
+ * mistral, phi3, phi4-mini, phi4, granite, plain. A conversation is rendered to one string and
+ * encoded once (as HF's apply_chat_template + encode would); the labels keep the ids of every
+ * assistant span (content and its end marker, e.g. "</s>" or "<|im_end|>") and are -100
+ * elsewhere, so every assistant turn of a multi-turn record is trained. Label boundaries come
+ * from encoding the rendered prefixes; a token that straddles a boundary counts as outside the
+ * span.
  *
  * Owns: the template table. Must not: read files or know dataset formats. */
 #ifndef PESC_TEMPLATE_H
@@ -36,7 +37,8 @@ typedef struct tpl_message {
 /* The template called name, or NULL. */
 const chat_template *template_find(const char *name);
 const char *template_name(const chat_template *tpl);
-/* "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, phi4, plain" */
+/* "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, phi4, granite,
+ * plain" */
 const char *template_list(void);
 
 /* Renders messages (a system message may come first; then user and assistant turns in turn,

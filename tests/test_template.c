@@ -174,6 +174,14 @@ int main(void)
     expect_render(t, "phi4", two + 1, 2,
         "<|im_start|>user<|im_sep|>hello<|im_end|><|im_start|>assistant<|im_sep|>hi there"
         "<|im_end|>", "hi there<|im_end|>");
+    /* Granite 3's: role markers, every turn ended by <|end_of_text|> and a newline (the
+     * newline after an answer untrained, as chatml's) */
+    expect_render(t, "granite", two, 5,
+        "<|start_of_role|>system<|end_of_role|>Be brief.<|end_of_text|>\n<|start_of_role|>user"
+        "<|end_of_role|>hello<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>hi there"
+        "<|end_of_text|>\n<|start_of_role|>user<|end_of_role|>2+2?<|end_of_text|>\n"
+        "<|start_of_role|>assistant<|end_of_role|>4<|end_of_text|>",
+        "hi there<|end_of_text|>|4<|end_of_text|>");
     expect_render(t, "plain", two + 1, 2, "<s>hello\nhi there</s>", "hi there</s>");
 
     /* an empty answer (a failed reply in a scraped chat) stays as context: labeling its end
@@ -251,7 +259,8 @@ int main(void)
         {"<|start_header_id|>", "llama3"}, {"### Human:", NULL},
         {"{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}", "phi3"},
         {"{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}", "phi4-mini"},
-        {"{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}", "phi4"}};
+        {"{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}", "phi4"},
+        {"{{- '<|start_of_role|>user<|end_of_role|>' + message['content'] }}", "granite"}};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
         const char *got = template_suggest(own[i].jinja);
         CHECK(own[i].want ? got && strcmp(got, own[i].want) == 0 : !got,
