@@ -192,6 +192,9 @@ expect 1 "phi-split: tensor model.layers.0.self_attn.qkv_proj.weight is missing 
 # Phi-3's longrope: short factors within the original context, long ones past it
 expect 0 "scaling longrope (short factors up to 32 positions, long ones past), attention factor 1.265" \
   "inspect a longrope model" -- "$pesc" inspect "$data/phi3-longrope-f32"
+expect 0 "multipliers   embedding 12, residual 0.22, attention 0.1, logits 1/4" \
+  "inspect a Granite model" -- "$pesc" inspect "$data/granite-mult-f32"
+expect 0 "none in layers 1$" "inspect a SmolLM3 model" -- "$pesc" inspect "$data/smollm3-nope-f32"
 mkdir -p "$tmp/cfgdir/config.json"
 expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
   "$pesc" inspect "$tmp/cfgdir"
