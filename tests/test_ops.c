@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "cpu/cpu_ops.h"
 
 static uint64_t rng_state;
 static int failures;
@@ -341,6 +342,52 @@ static void test_crossentropy(pesc_backend *b, int N, int V)
     backend_free(b, logits); backend_free(b, losses); backend_free(b, targets);
 }
 
+/* ulps between a float and the C library's double-rounded value (the units of the result's
+ * binade; below FLT_MIN, of the denormals) */
+static double ulps(float got, double want)
+{
+    int e;
+    frexp(want, &e);
+    return fabs((double)got - want) / ldexp(1.0, (e < -125 ? -125 : e) - 24);
+}
+
+/* cpu_expf(x) against e^x: the worst ulps so far, and a count of wrong infinities and NaNs */
+static void expf_check(float x, double *worst, float *worst_x, long *wrong)
+{
+    float got = cpu_expf(x);
+    double want = exp((double)x);
+    if (isnan(x))
+        *wrong += !isnan(got);
+    else if (want > 3.4028234663852886e38)
+        *wrong += !(isinf(got) && got > 0);
+    else if (ulps(got, want) > *worst)
+        *worst = ulps(got, want), *worst_x = x;
+}
+
+/* cpu_expf: every 97th float (about 44 million, each sign and binade) and the edges: within
+ * 1.5 ulp of e^x, infinity past ln(FLT_MAX), NaN for NaN. */
+static void test_expf(void)
+{
+    static const float edges[] = {0.0f, -0.0f, 1.0f, -1.0f, 88.7228394f, 88.72284f, 88.7f,
+                                  -87.3365f, -87.34f, -103.9f, -103.97f, -104.0f, -200.0f,
+                                  1e-30f, -1e-30f, INFINITY, -INFINITY, 1e30f, -1e30f, NAN};
+    double worst = 0.0;
+    float worst_x = 0.0f;
+    long wrong = 0, count = 0;
+    for (uint64_t u = 0; u < 1ull << 32; u += 97, count++) {
+        uint32_t bits = (uint32_t)u;
+        float x;
+        memcpy(&x, &bits, sizeof x);
+        expf_check(x, &worst, &worst_x, &wrong);
+    }
+    for (size_t i = 0; i < sizeof edges / sizeof *edges; i++, count++)
+        expf_check(edges[i], &worst, &worst_x, &wrong);
+    int ok = worst <= 1.5 && !wrong;
+    printf("%-4s cpu_expf, %ld floats: worst %.2f ulp (at %.9g), %ld wrong infinities or NaNs\n",
+           ok ? "ok" : "FAIL", count, worst, (double)worst_x, wrong);
+    failures += !ok;
+}
+
 int main(void)
 {
     const char *seed_env = getenv("PESC_TEST_SEED");
@@ -354,6 +401,7 @@ int main(void)
         fprintf(stderr, "%s\n", err.msg);
         return 99;
     }
+    test_expf();
     test_matmul(b, 37, 64, 48, 0);
     test_matmul(b, 5, 130, 257, 1);
     test_embedding(b, 29, 50, 24);

@@ -118,9 +118,10 @@ static void attention_backward_group(float *dq, float *dk, float *dv, const floa
                 float delta = 0.0f;
                 for (int d = 0; d < D; d++)
                     delta += do_row[d] * o_row[d];
-                float *pr = p + (size_t)i * keys, *dpr = dp + (size_t)i * keys;
+                float *pr = p + (size_t)i * keys, *dpr = dp + (size_t)i * keys, l = lse_h[t];
+#pragma omp simd
                 for (int j = 0; j < keys; j++) {
-                    float prob = j >= lo && j <= hi ? expf(pr[j] * scale - lse_h[t]) : 0.0f;
+                    float e = cpu_expf(pr[j] * scale - l), prob = j >= lo && j <= hi ? e : 0.0f;
                     pr[j] = prob;
                     dpr[j] = prob * (dpr[j] - delta) * scale;   /* now dS */
                 }
@@ -169,9 +170,9 @@ void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
                          const float *gate, const float *up, size_t n)
 {
     (void)ctx;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
-        float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i];
+        float g = gate[i], sig = 1.0f / (1.0f + cpu_expf(-g)), d = dout[i];
         dup[i] = d * g * sig;
         dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
     }
@@ -197,8 +198,9 @@ void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const f
             m = row[i] > m ? row[i] : m;
         float target_logit = row[target];   /* read before drow (may alias) overwrites it */
         double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
         for (int i = 0; i < V; i++) {
-            float e = expf(row[i] - m);
+            float e = cpu_expf(row[i] - m);
             drow[i] = e;
             sum += e;
         }

@@ -139,8 +139,9 @@ static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int
         for (int j = lo; j <= hi; j++)
             m = row[j] * scale > m ? row[j] * scale : m;
         double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
         for (int j = 0; j < keys; j++) {
-            float p = j >= lo && j <= hi ? expf(row[j] * scale - m) : 0.0f;
+            float e = cpu_expf(row[j] * scale - m), p = j >= lo && j <= hi ? e : 0.0f;
             row[j] = p;
             sum += p;
         }
@@ -219,10 +220,10 @@ void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const f
 void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
 {
     (void)ctx;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + cpu_expf(-g)) * up[i];
     }
 }
 
