@@ -1,6 +1,8 @@
 /* cpu_backward — backward passes of the dense ops (see backend.h for what each accumulates
  * and what it overwrites). Gradients of products go through CBLAS; row-wise work is split
  * with OpenMP so that no two threads write the same element. */
+#include "config.h"
+
 #include "cpu/cpu_ops.h"
 #include "dropout_hash.h"
 
@@ -83,6 +85,20 @@ void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t 
     cpu_rope_rotate(dinp, dout, pos, inv_freq, N, H, D, R, scale, -1.0f);
 }
 
+/* One query row of attention's backward: scores s (n) become probabilities p = e^(s scale -
+ * lse) inside [lo, hi] (0 outside), and dp, the gradient of p, becomes dS = p (dp - delta)
+ * scale. */
+static CPU_WIDE void scores_grad_row(float *s, float *dp, int n, int lo, int hi, float scale,
+                                     float lse, float delta)
+{
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        float e = cpu_expf(s[j] * scale - lse), prob = j >= lo && j <= hi ? e : 0.0f;
+        s[j] = prob;
+        dp[j] = prob * (dp[j] - delta) * scale;
+    }
+}
+
 /* One (sequence, kv head) group: the query heads sharing it write only their own dq rows and
  * this group's dk, dv, so groups run in parallel without locks. Per block of query rows the
  * probabilities are recomputed from the saved log-sum-exp (nothing T x T is stored), and the
@@ -118,13 +134,8 @@ static void attention_backward_group(float *dq, float *dk, float *dv, const floa
                 float delta = 0.0f;
                 for (int d = 0; d < D; d++)
                     delta += do_row[d] * o_row[d];
-                float *pr = p + (size_t)i * keys, *dpr = dp + (size_t)i * keys, l = lse_h[t];
-#pragma omp simd
-                for (int j = 0; j < keys; j++) {
-                    float e = cpu_expf(pr[j] * scale - l), prob = j >= lo && j <= hi ? e : 0.0f;
-                    pr[j] = prob;
-                    dpr[j] = prob * (dpr[j] - delta) * scale;   /* now dS */
-                }
+                scores_grad_row(p + (size_t)i * keys, dp + (size_t)i * keys, keys, lo, hi, scale,
+                                lse_h[t], delta);
             }
             /* dQ = dS K;  dK += dS^T Q;  dV += P^T dO */
             cpu_gemm(0, 0, rows, D, keys, 1.0f, dp, keys, kv0, kv_stride, 0.0f,
@@ -166,16 +177,45 @@ void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const fl
     }
 }
 
-void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
-                         const float *gate, const float *up, size_t n)
+static CPU_WIDE void swiglu_grad_span(float *dgate, float *dup, const float *dout,
+                                      const float *gate, const float *up, size_t n)
 {
-    (void)ctx;
-#pragma omp parallel for simd schedule(static)
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], sig = 1.0f / (1.0f + cpu_expf(-g)), d = dout[i];
         dup[i] = d * g * sig;
         dgate[i] = d * up[i] * sig * (1.0f + g * (1.0f - sig));
     }
+}
+
+void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
+                         const float *gate, const float *up, size_t n)
+{
+    (void)ctx;
+#pragma omp parallel for schedule(static)
+    for (size_t at = 0; at < n; at += CPU_SPAN)
+        swiglu_grad_span(dgate + at, dup + at, dout + at, gate + at, up + at,
+                         n - at < CPU_SPAN ? n - at : CPU_SPAN);
+}
+
+/* out = softmax(row) * scale (out may be row); the log-sum-exp of row. */
+static CPU_WIDE double softmax_scaled(float *out, const float *row, int n, float scale)
+{
+    float m = row[0];
+    for (int i = 1; i < n; i++)
+        m = row[i] > m ? row[i] : m;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) {
+        float e = cpu_expf(row[i] - m);
+        out[i] = e;
+        sum += e;
+    }
+    float inv = (float)(1.0 / sum) * scale;
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        out[i] *= inv;
+    return log(sum) + m;
 }
 
 void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits,
@@ -193,23 +233,11 @@ void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const f
                 losses[n] = 0.0f;
             continue;
         }
-        float m = row[0];
-        for (int i = 1; i < V; i++)
-            m = row[i] > m ? row[i] : m;
         float target_logit = row[target];   /* read before drow (may alias) overwrites it */
-        double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-        for (int i = 0; i < V; i++) {
-            float e = cpu_expf(row[i] - m);
-            drow[i] = e;
-            sum += e;
-        }
-        float inv = (float)(1.0 / sum) * scale;
-        for (int i = 0; i < V; i++)
-            drow[i] *= inv;
+        double lse = softmax_scaled(drow, row, V, scale);
         drow[target] -= scale;
         if (losses)
-            losses[n] = (float)(log(sum) + m - target_logit);
+            losses[n] = (float)(lse - target_logit);
     }
 }
 

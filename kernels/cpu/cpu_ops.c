@@ -1,5 +1,7 @@
 /* cpu_ops — see cpu_ops.h. Accumulations that decide accuracy (norms, softmax sums, the
  * log-sum-exp) run in double so that the CPU backend stays a trustworthy reference. */
+#include "config.h"
+
 #include "cpu/cpu_ops.h"
 
 #include <assert.h>
@@ -127,7 +129,26 @@ void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *po
  * GEMM. Causality also cuts the work: a block never touches keys after its last row. */
 
 
-/* First key a query at t may see. */
+/* Softmax of row[lo..hi] * scale in place, 0 elsewhere in [0, n); its log-sum-exp. */
+static CPU_WIDE float softmax_row(float *row, int n, int lo, int hi, float scale)
+{
+    float m = -INFINITY;
+    for (int j = lo; j <= hi; j++)
+        m = row[j] * scale > m ? row[j] * scale : m;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        float e = cpu_expf(row[j] * scale - m), p = j >= lo && j <= hi ? e : 0.0f;
+        row[j] = p;
+        sum += p;
+    }
+    float inv = (float)(1.0 / sum);
+#pragma omp simd
+    for (int j = lo; j <= hi; j++)
+        row[j] *= inv;
+    return m + (float)log(sum);
+}
+
 /* Softmax of scores (rows, keys) in place, masking keys outside [cpu_first_key(t), t]; writes
  * each row's log-sum-exp (of the scaled scores). */
 static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int keys, int window,
@@ -135,21 +156,9 @@ static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int
 {
     for (int i = 0; i < rows; i++) {
         int t = t0 + i, lo = cpu_first_key(t, window, seg) - key0, hi = t - key0;   /* [lo, hi] */
-        float *row = scores + (size_t)i * ld, m = -INFINITY;
-        for (int j = lo; j <= hi; j++)
-            m = row[j] * scale > m ? row[j] * scale : m;
-        double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < keys; j++) {
-            float e = cpu_expf(row[j] * scale - m), p = j >= lo && j <= hi ? e : 0.0f;
-            row[j] = p;
-            sum += p;
-        }
-        float inv = (float)(1.0 / sum);
-        for (int j = lo; j <= hi; j++)
-            row[j] *= inv;
+        float lse = softmax_row(scores + (size_t)i * ld, keys, lo, hi, scale);
         if (lse_out)
-            lse_out[i] = m + (float)log(sum);
+            lse_out[i] = lse;
     }
 }
 
@@ -217,14 +226,21 @@ void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const f
     }
 }
 
-void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
+static CPU_WIDE void swiglu_span(float *out, const float *gate, const float *up, size_t n)
 {
-    (void)ctx;
-#pragma omp parallel for simd schedule(static)
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
         out[i] = g / (1.0f + cpu_expf(-g)) * up[i];
     }
+}
+
+void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
+{
+    (void)ctx;
+#pragma omp parallel for schedule(static)
+    for (size_t at = 0; at < n; at += CPU_SPAN)
+        swiglu_span(out + at, gate + at, up + at, n - at < CPU_SPAN ? n - at : CPU_SPAN);
 }
 
 void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n)

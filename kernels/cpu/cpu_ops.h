@@ -50,6 +50,17 @@ static inline float cpu_expf(float x)
     return x > 88.7228394f ? INFINITY : y;
 }
 
+/* A function whose loops gain from wider vectors (cpu_expf's) is built three times, for
+ * x86-64-v4 (AVX-512), v3 (AVX2 and FMA) and the baseline, and the loader picks the one the
+ * CPU runs (configure's HAVE_TARGET_CLONES; elsewhere one build). */
+#ifdef HAVE_TARGET_CLONES
+#define CPU_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CPU_WIDE
+#endif
+/* Elements an elementwise op hands a wide function at a time. */
+#define CPU_SPAN 4096
+
 /* RoPE (rotate-half) of the first R of N tokens' H heads of D (the rest passes through),
  * cos and sin times scale: by each position's angles (direction 1), or back (-1, the
  * backward). */
