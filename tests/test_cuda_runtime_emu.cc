@@ -6,10 +6,16 @@
  * rounding on hand-worked ties; the status of each unsupported or invalid call; an operand
  * outside device memory aborting in a child. Runtime: poisoned allocations and the memory
  * count, copies of each kind, 2-D memset, launch errors and their stickiness, the
- * shared-memory attribute, streams, events and the device's properties.
+ * shared-memory attribute, streams, events and the device's properties; with PESC_EMU_DEFER
+ * (in a child), work waiting for the host to wait: copies into page-locked memory, events,
+ * pageable copies, a product's alpha, a kernel's arguments, and a rewritten upload aborting.
  * Exit 0 pass, 1 fail. */
 #include "cublas_emu.h"
 #include "emu_check.h"
+
+/* A launch into a stream, as the backend's CUDA_LAUNCH makes it. */
+#define CUDA_LAUNCH_TEST(kernel, stream, ...)                                                     \
+    emu_launch_on(stream, dim3(1), dim3(32), 0, emu_bind(kernel, __VA_ARGS__), (const void *)kernel)
 
 /* [-1, 1) */
 static float signed_uniform(void) { return (float)(2.0 * uniform() - 1.0); }
@@ -576,9 +582,129 @@ static void test_two_devices(void)
     unsetenv("PESC_EMU_DEVICES");
 }
 
+/* ---- PESC_EMU_DEFER: work waits until the host waits for it -------------------------------- */
+static void set_to(float *x, float value)
+{
+    if (threadIdx.x == 0)
+        x[0] = value;
+}
+
+static void launch_set(cudaStream_t stream, float *x, float value)
+{
+    CUDA_LAUNCH_TEST(set_to, stream, x, value);
+}
+
+/* Rewrites page-locked memory that a pending copy has yet to read. */
+static void rewrite_pending_upload(void)
+{
+    float *pinned = nullptr, *d = (float *)device_alloc(sizeof(float));
+    cudaMallocHost((void **)&pinned, sizeof(float));
+    pinned[0] = 1.0f;
+    cudaMemcpyAsync(d, pinned, sizeof(float), cudaMemcpyHostToDevice, 0);
+    pinned[0] = 2.0f;
+    cudaStreamSynchronize(0);
+}
+
+static void test_deferred(void)
+{
+    cudaStream_t stream = nullptr;
+    cudaStreamCreate(&stream);
+    float *a = (float *)device_alloc(sizeof(float)), *b = (float *)device_alloc(sizeof(float));
+    float *pinned = nullptr;
+    cudaMallocHost((void **)&pinned, 2 * sizeof(float));
+
+    /* a kernel and a copy into page-locked memory land when the stream is waited for; the
+     * kernel has the argument it was launched with */
+    float value = 1.0f;
+    launch_set(stream, a, value);
+    value = 5.0f;
+    cudaMemcpyAsync(pinned, a, sizeof(float), cudaMemcpyDeviceToHost, stream);
+    float early = pinned[0];
+    cudaStreamSynchronize(stream);
+    verdict(early != early && pinned[0] == 1.0f,
+            "deferred: a copy into page-locked memory reads %g before the stream is waited for, "
+            "%g (the launch's argument) after", early, pinned[0]);
+
+    /* an event waits for the work before it, not after */
+    cudaEvent_t start = nullptr, mark = nullptr;
+    cudaEventCreate(&start);
+    cudaEventCreate(&mark);
+    float ms = 0.0f;
+    cudaEventRecord(start, stream);
+    launch_set(stream, a, 2.0f);
+    cudaMemcpyAsync(pinned, a, sizeof(float), cudaMemcpyDeviceToHost, stream);
+    cudaEventRecord(mark, stream);
+    cudaError_t not_ready = cudaEventElapsedTime(&ms, start, mark);
+    launch_set(stream, b, 3.0f);
+    cudaMemcpyAsync(pinned + 1, b, sizeof(float), cudaMemcpyDeviceToHost, stream);
+    cudaEventSynchronize(mark);
+    float first = pinned[0], second = pinned[1];
+    cudaStreamSynchronize(stream);
+    verdict(not_ready == cudaErrorNotReady && first == 2.0f && second != second &&
+                pinned[1] == 3.0f && cudaEventElapsedTime(&ms, start, mark) == cudaSuccess,
+            "deferred: elapsed time of pending events not ready; an event waits for the work "
+            "before it (%g) and not after (%g, then %g)", first, second, pinned[1]);
+    cudaGetLastError();
+
+    /* a copy from pageable memory takes the bytes at the call; one into pageable memory
+     * returns done */
+    float host = 4.0f, back = 0.0f;
+    cudaMemcpyAsync(a, &host, sizeof(float), cudaMemcpyHostToDevice, stream);
+    host = 6.0f;
+    cudaMemcpyAsync(&back, a, sizeof(float), cudaMemcpyDeviceToHost, stream);
+    verdict(back == 4.0f, "deferred: pageable memory copied at the call (4: %g), and back "
+                          "before the call returns", back);
+
+    /* a product reads alpha at the call and its operands when it runs */
+    cublasHandle_t handle = nullptr;
+    cublasCreate(&handle);
+    cublasSetStream(handle, stream);
+    float alpha = 2.0f, zero = 0.0f;
+    launch_set(stream, a, 3.0f);
+    launch_set(stream, b, 7.0f);
+    cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &alpha, a, CUDA_R_32F, 1, b,
+                 CUDA_R_32F, 1, &zero, a, CUDA_R_32F, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    alpha = 100.0f;
+    launch_set(stream, b, 0.0f);   /* after the product: it must not see this */
+    cudaMemcpy(&back, a, sizeof(float), cudaMemcpyDeviceToHost);
+    verdict(back == 42.0f, "deferred: a product runs in issue order with the call's alpha (42: "
+                           "%g)", back);
+    cublasDestroy(handle);
+
+    expect_abort("deferred: page-locked memory rewritten before its copy ran",
+                 rewrite_pending_upload, "changed between cudaMemcpyAsync from it");
+    cudaEventDestroy(start);
+    cudaEventDestroy(mark);
+    cudaFreeHost(pinned);
+    cudaFree(a);
+    cudaFree(b);
+    cudaStreamDestroy(stream);
+}
+
+/* The deferred tests in a child that sets PESC_EMU_DEFER before its first call; its failures
+ * count here. */
+static void run_deferred(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("PESC_EMU_DEFER", "1", 1);
+        test_deferred();
+        fflush(stdout);
+        _exit(failures ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        failures++;
+        printf("FAIL the deferred tests' child: status %d\n", status);
+    }
+}
+
 int main(void)
 {
     auto start = std::chrono::steady_clock::now();
+    run_deferred();
     test_memory();
     test_launches();
     test_device_streams_events();

@@ -1,8 +1,7 @@
 // cuda_api — the CUDA runtime, cuBLAS and bf16 headers, or, built with -DPESC_CUDA_EMU, their
 // emulation on the CPU (tests/emu/), which runs this backend's own code in make check where no
 // GPU is; and CUDA_LAUNCH, the one way this code launches a kernel (the emulator cannot read
-// <<<...>>>). The emulator evaluates the kernel's arguments once a thread: no side effects in
-// them (claim a copy or scratch before the launch).
+// <<<...>>>; it takes the arguments at the launch, as CUDA does).
 #ifndef PESC_CUDA_API_CUH
 #define PESC_CUDA_API_CUH
 
@@ -11,7 +10,7 @@
 #include "cuda_runtime_emu.h"
 #include "cublas_emu.h"
 #define CUDA_LAUNCH(kernel, grid, block, shared, stream, ...)                                    \
-    emu_launch_on(stream, grid, block, shared, [&] { kernel(__VA_ARGS__); }, (const void *)kernel)
+    emu_launch_on(stream, grid, block, shared, emu_bind(kernel, __VA_ARGS__), (const void *)kernel)
 #else
 #include <cublas_v2.h>
 #include <cuda_bf16.h>

@@ -18,7 +18,10 @@
  * bf16 for a bf16 C). With beta == 0, C is not read (cuBLAS's rule: it may hold NaN).
  *
  * A, B and C must lie inside memory from cudaMalloc, as on the GPU; where they do not, the
- * emulator aborts naming the operand (a GPU faults, later and less helpfully).
+ * emulator aborts naming the operand (a GPU faults, later and less helpfully). A product is
+ * issued like a kernel (cuda_runtime_emu.h: with PESC_EMU_DEFER=1 it runs when the host waits);
+ * alpha, beta and the grouped call's host arrays are read at the call, its pointer arrays when
+ * the products run.
  *
  * Speed: operands are packed into panels of 4 rows / 4 columns of doubles and multiplied 4 x 4
  * at a time, in blocks that stay in cache, on up to hardware_concurrency threads (over batches
@@ -31,6 +34,7 @@
 
 #include <atomic>
 #include <thread>
+#include <vector>
 
 /* ---- types and statuses ---------------------------------------------------------------------- */
 enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_64F = 1, CUDA_R_16F = 2, CUDA_R_16BF = 14 };
@@ -355,9 +359,11 @@ inline void check_device_operand(const char *call, const char *name, const void 
     }
 }
 
-/* cuBLAS's checks in cuBLAS's order, then the product. */
-inline cublasStatus_t gemm(const char *call, cublasHandle_t handle, gemm_problem g,
-                           cublasComputeType_t compute, const float *alpha, const float *beta)
+/* cuBLAS's checks of a product's handle, shape and types, in cuBLAS's order; g takes its
+ * rounding, alpha and beta (host values, read now). */
+inline cublasStatus_t gemm_prepare(const char *call, cublasHandle_t handle, gemm_problem &g,
+                                   cublasComputeType_t compute, const float *alpha,
+                                   const float *beta)
 {
     if (!handle)
         return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -393,10 +399,15 @@ inline cublasStatus_t gemm(const char *call, cublasHandle_t handle, gemm_problem
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (!alpha || !beta)
         return CUBLAS_STATUS_INVALID_VALUE;
-    if (g.m == 0 || g.n == 0 || g.batches == 0)
-        return CUBLAS_STATUS_SUCCESS;
     g.alpha = *alpha, g.beta = *beta;
+    return CUBLAS_STATUS_SUCCESS;
+}
 
+/* A prepared product's operands must lie in device memory (the emulator stops otherwise). */
+inline void gemm_check_operands(const char *call, const gemm_problem &g)
+{
+    if (g.m == 0 || g.n == 0 || g.batches == 0)
+        return;
     if (g.k > 0) {
         check_device_operand(call, "A", g.a.data, g.a.extent(), g.a.element_size(), g.a.stride,
                              g.batches);
@@ -405,10 +416,28 @@ inline cublasStatus_t gemm(const char *call, cublasHandle_t handle, gemm_problem
     }
     check_device_operand(call, "C", g.c, (size_t)(g.n - 1) * g.ldc + g.m,
                          g.c_type == CUDA_R_16BF ? 2 : 4, g.stride_c, g.batches);
+}
+
+/* A prepared, checked product. */
+inline void gemm_compute(const gemm_problem &g)
+{
+    if (g.m == 0 || g.n == 0 || g.batches == 0)
+        return;
     if (g.k == 0)
         gemm_scale(g);
     else
         gemm_run(g);
+}
+
+/* cuBLAS's checks, then the product, issued to the handle's stream (see PESC_EMU_DEFER). */
+inline cublasStatus_t gemm(const char *call, cublasHandle_t handle, gemm_problem g,
+                           cublasComputeType_t compute, const float *alpha, const float *beta)
+{
+    cublasStatus_t rc = gemm_prepare(call, handle, g, compute, alpha, beta);
+    if (rc != CUBLAS_STATUS_SUCCESS)
+        return rc;
+    gemm_check_operands(call, g);
+    issue([g] { gemm_compute(g); });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -498,18 +527,31 @@ inline cublasStatus_t cublasGemmGroupedBatchedEx(
                       !emu_detail::is_device_range(Barray, bytes) ||
                       !emu_detail::is_device_range(Carray, bytes)))
         emu_detail::fail("%s: the pointer arrays must be in memory from cudaMalloc", call);
+    /* Every group's shape checked now, with its alpha and beta; the pointers, which live on
+     * the device, read when the products run. */
     const float *alpha = (const float *)alpha_array, *beta = (const float *)beta_array;
-    for (int i = 0, at = 0; i < group_count; i++)
-        for (int j = 0; j < group_size[i]; j++, at++) {
-            emu_detail::gemm_problem g = {};
-            g.m = m_array[i], g.n = n_array[i], g.k = k_array[i], g.batches = 1;
-            g.a = {Aarray[at], Atype, transa_array[i], lda_array[i], 0, m_array[i], k_array[i]};
-            g.b = {Barray[at], Btype, transb_array[i], ldb_array[i], 0, k_array[i], n_array[i]};
-            g.c = Carray[at], g.c_type = Ctype, g.ldc = ldc_array[i], g.stride_c = 0;
-            cublasStatus_t rc = emu_detail::gemm(call, handle, g, computeType, alpha + i, beta + i);
-            if (rc != CUBLAS_STATUS_SUCCESS)
-                return rc;
-        }
+    std::vector<emu_detail::gemm_problem> groups(group_count);
+    std::vector<int> sizes(group_size, group_size + group_count);
+    for (int i = 0; i < group_count; i++) {
+        emu_detail::gemm_problem &g = groups[i];
+        g.m = m_array[i], g.n = n_array[i], g.k = k_array[i], g.batches = 1;
+        g.a = {nullptr, Atype, transa_array[i], lda_array[i], 0, m_array[i], k_array[i]};
+        g.b = {nullptr, Btype, transb_array[i], ldb_array[i], 0, k_array[i], n_array[i]};
+        g.c = nullptr, g.c_type = Ctype, g.ldc = ldc_array[i], g.stride_c = 0;
+        cublasStatus_t rc =
+            emu_detail::gemm_prepare(call, handle, g, computeType, alpha + i, beta + i);
+        if (rc != CUBLAS_STATUS_SUCCESS)
+            return rc;
+    }
+    emu_detail::issue([=] {
+        for (int i = 0, at = 0; i < group_count; i++)
+            for (int j = 0; j < sizes[i]; j++, at++) {
+                emu_detail::gemm_problem g = groups[i];
+                g.a.data = Aarray[at], g.b.data = Barray[at], g.c = Carray[at];
+                emu_detail::gemm_check_operands(call, g);
+                emu_detail::gemm_compute(g);
+            }
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -1,9 +1,14 @@
 /* cuda_runtime_emu.h — the host side of the CUDA runtime, emulated on the CPU, for the CUDA
  * backend compiled as C++ with -DPESC_CUDA_EMU (the kernels run through cuda_emu.h).
  *
- * Exactly the calls the backend makes, with CUDA's names, values and error codes. Everything
- * runs synchronously, so streams and events are bookkeeping. What the emulator adds to help a
- * test find bugs a GPU would hide or report late:
+ * Exactly the calls the backend makes, with CUDA's names, values and error codes. Work runs
+ * as it is issued, unless PESC_EMU_DEFER=1: then kernels, copies, memsets, products and event
+ * records wait in one queue, in issue order, until the host waits for them (a stream, an event,
+ * the device, a copy to pageable memory, cudaFree), as a GPU runs behind its host. A host that
+ * reads a result before waiting for it reads what was there before (or, for a copy into
+ * page-locked memory, 0xFF bytes: NaN); one that rewrites page-locked memory a pending copy
+ * still has to read aborts, naming the buffer. Kernels take their arguments as launched.
+ * What the emulator adds to help a test find bugs a GPU would hide or report late:
  *   - PESC_EMU_SHARED_KB KiB of opt-in shared memory a block (default 227, sm_90's; 99 is an
  *     sm_86/sm_89 card's, 163 an A100's), so a test can see a kernel refused for it;
  *   - PESC_EMU_DEVICES devices (default 1, at most 8), "CUDA emulator (CPU)", sm_90, 16 GiB
@@ -30,9 +35,13 @@
 #include "cuda_emu.h"
 
 #include <chrono>
+#include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
+#include <tuple>
+#include <vector>
 
 /* ---- errors ---------------------------------------------------------------------------------- */
 enum cudaError_t {
@@ -44,6 +53,7 @@ enum cudaError_t {
     cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
     cudaErrorLaunchFailure = 719,
 };
 typedef cudaError_t cudaError;
@@ -60,6 +70,7 @@ inline const char *cudaGetErrorString(cudaError_t error)
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     }
     return "unrecognized error code";
@@ -100,8 +111,9 @@ struct CUstream_st {
 typedef CUstream_st *cudaStream_t;
 
 struct CUevent_st {
-    bool recorded;
+    bool recorded;                  /* its record has run */
     std::chrono::steady_clock::time_point when;
+    unsigned long long order;       /* its record's place in the queue (0: never recorded) */
 };
 typedef CUevent_st *cudaEvent_t;
 
@@ -135,6 +147,13 @@ constexpr unsigned char red_byte = 0xA5;
 struct device_state {
     std::mutex mutex;
     std::map<uintptr_t, size_t> blocks; /* cudaMalloc's live blocks: start -> bytes */
+    std::map<uintptr_t, size_t> host_blocks; /* cudaMallocHost's: start -> bytes */
+    /* PESC_EMU_DEFER's queue: work issued and not yet run, the count issued and the count run
+     * (the queue's places), and the page-locked ranges pending copies will read. */
+    std::deque<std::function<void()>> queue;
+    unsigned long long issued = 0, done = 0;
+    std::multimap<uintptr_t, size_t> pending_reads;
+    std::mutex running;             /* held by the thread running queued work, one at a time */
     size_t allocated = 0, peak = 0; /* bytes in live blocks, and their most at once */
     unsigned long long launches = 0; /* kernels launched */
     std::set<cudaStream_t> streams;
@@ -225,6 +244,62 @@ inline bool is_event(cudaEvent_t event)
     return event && state.events.count(event) != 0;
 }
 
+/* Whether [p, p + bytes) lies inside one cudaMallocHost block. */
+inline bool is_page_locked(const void *p, size_t bytes)
+{
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    auto after = state.host_blocks.upper_bound((uintptr_t)p);
+    if (after == state.host_blocks.begin())
+        return false;
+    auto block = std::prev(after);
+    size_t offset = (uintptr_t)p - block->first;
+    return offset <= block->second && bytes <= block->second - offset;
+}
+
+inline bool deferring()
+{
+    static const bool defer = [] {
+        const char *s = getenv("PESC_EMU_DEFER");
+        return s && strcmp(s, "1") == 0;
+    }();
+    return defer;
+}
+
+/* Device work: run now, or (PESC_EMU_DEFER) queued; its place in the queue. */
+inline unsigned long long issue(std::function<void()> work)
+{
+    device_state &state = device();
+    if (!deferring()) {
+        work();
+        std::lock_guard<std::mutex> lock(state.mutex);
+        return ++state.done;
+    }
+    std::lock_guard<std::mutex> lock(state.mutex);
+    state.queue.push_back(std::move(work));
+    return ++state.issued;
+}
+
+/* Runs queued work, in order, until the place `until` has run (everything by default). */
+inline void finish(unsigned long long until = ~0ull)
+{
+    device_state &state = device();
+    std::lock_guard<std::mutex> running(state.running);
+    for (;;) {
+        std::function<void()> work;
+        {
+            std::lock_guard<std::mutex> lock(state.mutex);
+            if (state.queue.empty() || state.done >= until)
+                return;
+            work = std::move(state.queue.front());
+            state.queue.pop_front();
+        }
+        work();
+        std::lock_guard<std::mutex> lock(state.mutex);
+        state.done++;
+    }
+}
+
 } /* namespace emu_detail */
 
 /* ---- the device ------------------------------------------------------------------------------ */
@@ -281,8 +356,11 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     return cudaSuccess;
 }
 
-/* Nothing is ever in flight. */
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize()
+{
+    emu_detail::finish();
+    return cudaSuccess;
+}
 
 /* ---- memory ---------------------------------------------------------------------------------- */
 enum cudaMemcpyKind {
@@ -337,6 +415,7 @@ inline cudaError_t cudaFree(void *ptr)
     using namespace emu_detail;
     if (!ptr)
         return cudaSuccess;
+    finish();   /* as CUDA, which waits for the device */
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
     auto block = state.blocks.find((uintptr_t)ptr);
@@ -358,13 +437,25 @@ inline cudaError_t cudaMallocHost(void **ptr, size_t bytes)
     *ptr = bytes ? malloc(bytes) : nullptr;
     if (bytes && !*ptr)
         return status(cudaErrorMemoryAllocation);
-    if (*ptr)
+    if (*ptr) {
         memset(*ptr, 0xff, bytes);
+        device_state &state = device();
+        std::lock_guard<std::mutex> lock(state.mutex);
+        state.host_blocks[(uintptr_t)*ptr] = bytes;
+    }
     return cudaSuccess;
 }
 
 inline cudaError_t cudaFreeHost(void *ptr)
 {
+    using namespace emu_detail;
+    if (!ptr)
+        return cudaSuccess;
+    finish();
+    device_state &state = device();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    if (!state.host_blocks.erase((uintptr_t)ptr))
+        return status(cudaErrorInvalidValue);
     free(ptr);
     return cudaSuccess;
 }
@@ -381,7 +472,67 @@ inline cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
     return cudaSuccess;
 }
 
-/* The kind says which side is device memory; cudaMemcpyDefault and HostToHost check nothing. */
+namespace emu_detail {
+
+/* A copy from host memory, issued: from pageable memory the bytes are taken now (CUDA stages
+ * them before returning); from page-locked memory when the copy runs, and the host must not
+ * have changed them by then. */
+inline void issue_upload(void *dst, const void *src, size_t bytes)
+{
+    std::shared_ptr<std::vector<unsigned char>> taken(
+        new std::vector<unsigned char>((const unsigned char *)src,
+                                       (const unsigned char *)src + bytes));
+    if (!deferring() || !is_page_locked(src, bytes)) {
+        issue([=] { memcpy(dst, taken->data(), bytes); });
+        return;
+    }
+    device_state &state = device();
+    std::multimap<uintptr_t, size_t>::iterator read;
+    {
+        std::lock_guard<std::mutex> lock(state.mutex);
+        read = state.pending_reads.emplace((uintptr_t)src, bytes);
+    }
+    issue([=] {
+        if (memcmp(src, taken->data(), bytes) != 0)
+            fail("page-locked memory at %p (%zu bytes) changed between cudaMemcpyAsync from it "
+                 "and the copy running: wait for the copy (an event or the stream) before "
+                 "reusing the buffer", src, bytes);
+        memcpy(dst, src, bytes);
+        std::lock_guard<std::mutex> lock(device().mutex);
+        device().pending_reads.erase(read);
+    });
+}
+
+/* A copy into host memory, issued: into page-locked memory it lands when the copy runs, and
+ * until then the bytes read 0xFF (unless a pending copy reads them); into pageable memory
+ * CUDA returns only once it is done. */
+inline void issue_download(void *dst, const void *src, size_t bytes)
+{
+    if (!deferring()) {
+        issue([=] { memmove(dst, src, bytes); });
+        return;
+    }
+    if (!is_page_locked(dst, bytes)) {
+        finish(issue([=] { memmove(dst, src, bytes); }));
+        return;
+    }
+    bool read = false;
+    {
+        device_state &state = device();
+        std::lock_guard<std::mutex> lock(state.mutex);
+        for (const auto &range : state.pending_reads)
+            read |= range.first < (uintptr_t)dst + bytes &&
+                    (uintptr_t)dst < range.first + range.second;
+    }
+    if (!read)
+        memset(dst, 0xff, bytes);
+    issue([=] { memmove(dst, src, bytes); });
+}
+
+} /* namespace emu_detail */
+
+/* The kind says which side is device memory; cudaMemcpyDefault and HostToHost check nothing
+ * and finish before returning. */
 inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                                    cudaStream_t stream = 0)
 {
@@ -397,13 +548,25 @@ inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cud
     if (!dst || !src || (src_device && !is_device_range(src, bytes)) ||
         (dst_device && !is_device_range(dst, bytes)))
         return status(cudaErrorInvalidValue);
-    memmove(dst, src, bytes);
+    if (kind == cudaMemcpyHostToDevice)
+        issue_upload(dst, src, bytes);
+    else if (kind == cudaMemcpyDeviceToHost)
+        issue_download(dst, src, bytes);
+    else if (kind == cudaMemcpyDeviceToDevice)
+        issue([=] { memmove(dst, src, bytes); });
+    else
+        finish(issue([=] { memmove(dst, src, bytes); }));
     return cudaSuccess;
 }
 
+/* Returns when the copy is done (CUDA's cudaMemcpy may return before a device-to-device one
+ * is; this one waits for it too). */
 inline cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
 {
-    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+    cudaError_t rc = cudaMemcpyAsync(dst, src, bytes, kind, 0);
+    if (rc == cudaSuccess)
+        emu_detail::finish();
+    return rc;
 }
 
 /* Rows of width bytes, pitch bytes apart, set to the low byte of value. */
@@ -419,8 +582,10 @@ inline cudaError_t cudaMemset2DAsync(void *ptr, size_t pitch, int value, size_t 
         return status(cudaErrorInvalidValue);
     if (!ptr || !is_device_range(ptr, (height - 1) * pitch + width))
         return status(cudaErrorInvalidValue);
-    for (size_t row = 0; row < height; row++)
-        memset((unsigned char *)ptr + row * pitch, value & 0xff, width);
+    issue([=] {
+        for (size_t row = 0; row < height; row++)
+            memset((unsigned char *)ptr + row * pitch, value & 0xff, width);
+    });
     return cudaSuccess;
 }
 
@@ -465,19 +630,22 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t stream)
     return cudaSuccess;
 }
 
+/* Waits for everything issued (one queue for every stream). */
 inline cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
-    return emu_detail::status(emu_detail::is_stream(stream) ? cudaSuccess
-                                                            : cudaErrorInvalidResourceHandle);
+    if (!emu_detail::is_stream(stream))
+        return emu_detail::status(cudaErrorInvalidResourceHandle);
+    emu_detail::finish();
+    return cudaSuccess;
 }
 
-/* ---- events: the wall clock when recorded ----------------------------------------------------- */
+/* ---- events: the wall clock when their record runs ------------------------------------------- */
 inline cudaError_t cudaEventCreate(cudaEvent_t *event)
 {
     using namespace emu_detail;
     if (!event)
         return status(cudaErrorInvalidValue);
-    *event = new CUevent_st{false, {}};
+    *event = new CUevent_st{false, {}, 0};
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
     state.events.insert(*event);
@@ -495,6 +663,8 @@ inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags)
 inline cudaError_t cudaEventDestroy(cudaEvent_t event)
 {
     using namespace emu_detail;
+    if (is_event(event))
+        finish(event->order);   /* its record, queued, writes to it */
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
     if (!event || !state.events.erase(event))
@@ -508,25 +678,34 @@ inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = 0)
     using namespace emu_detail;
     if (!is_event(event) || !is_stream(stream))
         return status(cudaErrorInvalidResourceHandle);
-    event->when = std::chrono::steady_clock::now();
-    event->recorded = true;
+    event->recorded = false;
+    event->order = issue([event] {
+        event->when = std::chrono::steady_clock::now();
+        event->recorded = true;
+    });
     return cudaSuccess;
 }
 
+/* Waits for the work issued before the event's last record. */
 inline cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
-    return emu_detail::status(emu_detail::is_event(event) ? cudaSuccess
-                                                          : cudaErrorInvalidResourceHandle);
+    if (!emu_detail::is_event(event))
+        return emu_detail::status(cudaErrorInvalidResourceHandle);
+    emu_detail::finish(event->order);
+    return cudaSuccess;
 }
 
-/* Milliseconds from start to stop; both must have been recorded. */
+/* Milliseconds from start to stop; both must have been recorded, and their records run
+ * (cudaErrorNotReady otherwise). */
 inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t stop)
 {
     using namespace emu_detail;
     if (!ms)
         return status(cudaErrorInvalidValue);
-    if (!is_event(start) || !is_event(stop) || !start->recorded || !stop->recorded)
+    if (!is_event(start) || !is_event(stop) || !start->order || !stop->order)
         return status(cudaErrorInvalidResourceHandle);
+    if (!start->recorded || !stop->recorded)
+        return status(cudaErrorNotReady);
     *ms = std::chrono::duration<float, std::milli>(stop->when - start->when).count();
     return cudaSuccess;
 }
@@ -586,33 +765,54 @@ template <class T> inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *
     return cudaSuccess;
 }
 
-/* emu_launch, but a configuration CUDA would refuse is refused the same way: the kernel does
- * not run, and the error is returned and left for cudaGetLastError. kernel (the address passed
- * to cudaFuncSetAttribute, or NULL) decides the shared-memory limit: 48 KiB unless raised. */
-inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes,
-                                      const std::function<void()> &body, const void *kernel)
+namespace emu_detail {
+
+/* The error CUDA gives a launch of this configuration, or cudaSuccess. */
+inline cudaError_t launch_refusal(dim3 grid, dim3 block, size_t shared_bytes, const void *kernel)
 {
-    using namespace emu_detail;
     unsigned long threads = (unsigned long)block.x * block.y * block.z;
     if (threads == 0 || threads > 1024 || block.z > 64)
-        return status(cudaErrorInvalidConfiguration);
+        return cudaErrorInvalidConfiguration;
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
         grid.z > 65535)
-        return status(cudaErrorInvalidConfiguration);
+        return cudaErrorInvalidConfiguration;
     if (shared_bytes > std::min(shared_limit(kernel), max_shared_bytes()))
-        return status(cudaErrorInvalidValue);
+        return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
+
+inline void run_kernel(dim3 grid, dim3 block, size_t shared_bytes,
+                       const std::function<void()> &body)
+{
     emu_launch(grid, block, shared_bytes, body);
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
     check_red_zones_locked(state, "a kernel");
+}
+
+} /* namespace emu_detail */
+
+/* emu_launch, but a configuration CUDA would refuse is refused the same way: the kernel does
+ * not run, and the error is returned and left for cudaGetLastError. kernel (the address passed
+ * to cudaFuncSetAttribute, or NULL) decides the shared-memory limit: 48 KiB unless raised.
+ * Runs now, whatever PESC_EMU_DEFER says. */
+inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes,
+                                      const std::function<void()> &body, const void *kernel)
+{
+    using namespace emu_detail;
+    cudaError_t refusal = launch_refusal(grid, block, shared_bytes, kernel);
+    if (refusal != cudaSuccess)
+        return status(refusal);
+    run_kernel(grid, block, shared_bytes, body);
     return cudaSuccess;
 }
 
-/* emu_launch_checked into a stream, as <<<grid, block, shared, stream>>>: a stream made on
- * another device than the current one is refused (cudaErrorInvalidResourceHandle), as CUDA
- * refuses it, since the kernel would run on the current device. */
+/* A launch into a stream, as <<<grid, block, shared, stream>>>: refused as emu_launch_checked
+ * refuses it, and a stream made on another device than the current one is refused
+ * (cudaErrorInvalidResourceHandle), as CUDA refuses it, since the kernel would run on the
+ * current device; then issued (see PESC_EMU_DEFER). */
 inline cudaError_t emu_launch_on(cudaStream_t stream, dim3 grid, dim3 block, size_t shared_bytes,
-                                 const std::function<void()> &body, const void *kernel)
+                                 std::function<void()> body, const void *kernel)
 {
     using namespace emu_detail;
     if (!is_stream(stream) || (stream && stream->device != current_device))
@@ -622,7 +822,20 @@ inline cudaError_t emu_launch_on(cudaStream_t stream, dim3 grid, dim3 block, siz
         std::lock_guard<std::mutex> lock(state.mutex);
         state.launches++;
     }
-    return emu_launch_checked(grid, block, shared_bytes, body, kernel);
+    cudaError_t refusal = launch_refusal(grid, block, shared_bytes, kernel);
+    if (refusal != cudaSuccess)
+        return status(refusal);
+    issue([=] { run_kernel(grid, block, shared_bytes, body); });
+    return cudaSuccess;
+}
+
+/* A kernel call with its arguments taken now, as a launch takes them: emu_launch_on's body. */
+template <class... P, class... A>
+inline std::function<void()> emu_bind(void (*kernel)(P...), A &&...args)
+{
+    static_assert(sizeof...(P) == sizeof...(A), "a kernel launched with the wrong argument count");
+    std::tuple<typename std::decay<P>::type...> values(std::forward<A>(args)...);
+    return [kernel, values] { std::apply(kernel, values); };
 }
 
 #endif /* PESC_CUDA_RUNTIME_EMU_H */
