@@ -178,15 +178,21 @@ inline device_state &device()
     return state;
 }
 
-/* Whether [p, p + bytes) lies inside one live cudaMalloc block; the caller holds the mutex. */
-inline bool in_block_locked(const device_state &state, const void *p, size_t bytes)
+/* Whether [p, p + bytes) lies inside one of blocks (start -> bytes). */
+inline bool in_one_of(const std::map<uintptr_t, size_t> &blocks, const void *p, size_t bytes)
 {
-    auto after = state.blocks.upper_bound((uintptr_t)p);
-    if (after == state.blocks.begin())
+    auto after = blocks.upper_bound((uintptr_t)p);
+    if (after == blocks.begin())
         return false;
     auto block = std::prev(after);
     size_t offset = (uintptr_t)p - block->first;
     return offset <= block->second && bytes <= block->second - offset;
+}
+
+/* Whether [p, p + bytes) lies inside one live cudaMalloc block; the caller holds the mutex. */
+inline bool in_block_locked(const device_state &state, const void *p, size_t bytes)
+{
+    return in_one_of(state.blocks, p, bytes);
 }
 
 /* Aborts, naming the block and `after`, when something wrote into a red zone of a live block;
@@ -249,12 +255,7 @@ inline bool is_page_locked(const void *p, size_t bytes)
 {
     device_state &state = device();
     std::lock_guard<std::mutex> lock(state.mutex);
-    auto after = state.host_blocks.upper_bound((uintptr_t)p);
-    if (after == state.host_blocks.begin())
-        return false;
-    auto block = std::prev(after);
-    size_t offset = (uintptr_t)p - block->first;
-    return offset <= block->second && bytes <= block->second - offset;
+    return in_one_of(state.host_blocks, p, bytes);
 }
 
 inline bool deferring()
