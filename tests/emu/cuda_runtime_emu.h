@@ -480,10 +480,14 @@ namespace emu_detail {
  * have changed them by then. */
 inline void issue_upload(void *dst, const void *src, size_t bytes)
 {
+    if (!deferring()) {
+        issue([=] { memcpy(dst, src, bytes); });
+        return;
+    }
     std::shared_ptr<std::vector<unsigned char>> taken(
         new std::vector<unsigned char>((const unsigned char *)src,
                                        (const unsigned char *)src + bytes));
-    if (!deferring() || !is_page_locked(src, bytes)) {
+    if (!is_page_locked(src, bytes)) {
         issue([=] { memcpy(dst, taken->data(), bytes); });
         return;
     }

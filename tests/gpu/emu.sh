@@ -241,8 +241,9 @@ for run in cpu:tf32:0 cuda:tf32:0 cuda:bf16:0 cuda:tf32:1; do
     2>"$tmp/err" || fail "pesc generate --backend $1 ($2, deferred $3): $(head -c 300 "$tmp/err")"
 done
 for run in cuda:tf32:0 cuda:bf16:0 cuda:tf32:1; do
+  set -- $(echo "$run" | tr : ' ')
   [ -s "$tmp/gen-cpu:tf32:0" ] && cmp -s "$tmp/gen-cpu:tf32:0" "$tmp/gen-$run" &&
-    pass "pesc generate --backend $run (math:deferred): the CPU's 24 greedy tokens" ||
-    fail "pesc generate --backend $run (math:deferred): '$(cat "$tmp/gen-$run")', the CPU's '$(cat "$tmp/gen-cpu:tf32:0")'"
+    pass "pesc generate --backend $1 ($2, deferred $3): the CPU's 24 greedy tokens" ||
+    fail "pesc generate --backend $1 ($2, deferred $3): '$(cat "$tmp/gen-$run")', the CPU's '$(cat "$tmp/gen-cpu:tf32:0")'"
 done
 [ "$failures" -eq 0 ]
