@@ -3,10 +3,12 @@
 // cuda_attention.cu and cuda_moe.cu.
 //
 // Host synchronisation happens only where the interface hands data to the host: download
-// (the per-slice losses), download_wait (a layer's routing statistics and group sizes, whose
-// copy the model starts before it queues the frozen FFN: the GPU runs that while the host
-// waits), vector_sumsq (the clipping norm), synchronize and backend_check. Uploads from
-// pageable memory are staged by the driver and return without waiting for the device.
+// (the per-slice losses, the adapters' norms), download_wait (a layer's routing statistics
+// and group sizes, whose copy the model starts before it queues the frozen FFN: the GPU runs
+// that while the host waits), vector_sumsq (the clipping norm), synchronize and backend_check
+// (the end of a backward): layers + 4 waits a training step, which tests/gpu/emu.sh counts.
+// Uploads from pageable memory are staged by the driver and return without waiting for the
+// device.
 #include "config.h"
 
 #include <cerrno>

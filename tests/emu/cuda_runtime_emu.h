@@ -152,6 +152,7 @@ struct device_state {
      * (the queue's places), and the page-locked ranges pending copies will read. */
     std::deque<std::function<void()>> queue;
     unsigned long long issued = 0, done = 0;
+    unsigned long long waits = 0;   /* the host's waits that found work to wait for */
     std::multimap<uintptr_t, size_t> pending_reads;
     std::mutex running;             /* held by the thread running queued work, one at a time */
     size_t allocated = 0, peak = 0; /* bytes in live blocks, and their most at once */
@@ -159,14 +160,16 @@ struct device_state {
     std::set<cudaStream_t> streams;
     std::set<cudaEvent_t> events;
     std::map<const void *, size_t> shared_limits; /* kernel -> dynamic shared bytes allowed */
-    /* At exit, the file PESC_EMU_REPORT names gets the peak and the launches, a line each
-     * ("peak_bytes N", "launches N"): a test's measure of what a run needed, against what it
-     * estimated, and of the work two ways of a run launched. */
+    /* At exit, the file PESC_EMU_REPORT names gets the peak, the launches and (deferred) the
+     * host's waits, a line each ("peak_bytes N", "launches N", "host_waits N"): a test's
+     * measure of what a run needed, against what it estimated, of the work two ways of a run
+     * launched, and of how often the host stalled for the device. */
     ~device_state()
     {
         const char *path = getenv("PESC_EMU_REPORT");
         if (FILE *f = path && *path ? fopen(path, "w") : nullptr) {
-            fprintf(f, "peak_bytes %zu\nlaunches %llu\n", peak, launches);
+            fprintf(f, "peak_bytes %zu\nlaunches %llu\nhost_waits %llu\n", peak, launches,
+                    waits);
             fclose(f);
         }
     }
@@ -281,17 +284,20 @@ inline unsigned long long issue(std::function<void()> work)
     return ++state.issued;
 }
 
-/* Runs queued work, in order, until the place `until` has run (everything by default). */
+/* Runs queued work, in order, until the place `until` has run (everything by default): the
+ * host waiting for the device, counted when there was work to wait for. */
 inline void finish(unsigned long long until = ~0ull)
 {
     device_state &state = device();
     std::lock_guard<std::mutex> running(state.running);
-    for (;;) {
+    for (bool waited = false;; waited = true) {
         std::function<void()> work;
         {
             std::lock_guard<std::mutex> lock(state.mutex);
-            if (state.queue.empty() || state.done >= until)
+            if (state.queue.empty() || state.done >= until) {
+                state.waits += waited;
                 return;
+            }
             work = std::move(state.queue.front());
             state.queue.pop_front();
         }

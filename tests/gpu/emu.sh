@@ -85,6 +85,23 @@ for variant in "tf32 fused 1e-5 1 0 1 0" "tf32 gemm 1e-4 1 0 1 0" "tf32 fused 1e
     pass "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): the CPU's losses within $3 ($got)" ||
     fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): losses '$got', the CPU's '$want'"
 done
+# where a step makes the host wait for the device (the issue's "say where"): once a layer for
+# its routing (the statistics and group sizes the adapters' products need), then for the
+# loss, at the end of the backward (backend_check: the step's faults), for the clipping norm
+# and for the adapters' norms; with recomputation too. Counted by the deferred emulator
+# (PESC_EMU_REPORT's host_waits) as 8 steps' waits less 4 steps', over 4.
+host_waits() {   # steps
+  PESC_EMU_DEFER=1 PESC_EMU_REPORT="$tmp/waits" "$pesc" train --headless --model "$m" \
+    --data "$m/records.jsonl" --format tokens --seq 16 --batch 2 --pack --recompute \
+    --experts 4 --adapter-dim 8 --steps "$1" --backend cuda >/dev/null 2>"$tmp/err" &&
+    sed -n 's/^host_waits //p' "$tmp/waits"
+}
+w4=$(host_waits 4) w8=$(host_waits 8)
+layers=$(sed -n 's/.*"num_hidden_layers": *\([0-9]*\).*/\1/p' "$m/config.json")
+[ -n "$w4" ] && [ -n "$w8" ] && [ $(((w8 - w4) % 4)) -eq 0 ] &&
+  [ $(((w8 - w4) / 4)) -eq $((layers + 4)) ] &&
+  pass "a training step waits for the device $(((w8 - w4) / 4)) times: each layer's routing, the loss, the backward's end, two norms" ||
+  fail "a training step's waits for the device: '$w4' in 4 steps, '$w8' in 8 (want $layers layers + 4 a step): $(head -c 300 "$tmp/err")"
 # a checkpoint saved in bf16 math, frozen weights in bf16 alone, continues on the CPU: the
 # base is the one it was trained on
 resume() {   # backend, log, pesc train options...
