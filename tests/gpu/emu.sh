@@ -253,9 +253,9 @@ fewer8=$fewer_tokens
 # the device behind the host, PESC_EMU_DEFER: each token read back only once it is made)
 for run in cpu:tf32:0 cuda:tf32:0 cuda:bf16:0 cuda:tf32:1; do
   set -- $(echo "$run" | tr : ' ')
-  PESC_CUDA_MATH=$2 PESC_EMU_DEFER=$3 "$pesc" generate --model "$demo" \
-    --prompt "Once upon a time" --raw --max-tokens 24 --backend "$1" >"$tmp/gen-$run" \
-    2>"$tmp/err" || fail "pesc generate --backend $1 ($2, deferred $3): $(head -c 300 "$tmp/err")"
+  PESC_CUDA_MATH=$2 PESC_EMU_DEFER=$3 PESC_EMU_REPORT="$tmp/gen-waits$3" "$pesc" generate \
+    --model "$demo" --prompt "Once upon a time" --raw --max-tokens 24 --backend "$1" \
+    >"$tmp/gen-$run" 2>"$tmp/err" || fail "pesc generate --backend $1 ($2, deferred $3): $(head -c 300 "$tmp/err")"
 done
 for run in cuda:tf32:0 cuda:bf16:0 cuda:tf32:1; do
   set -- $(echo "$run" | tr : ' ')
@@ -263,4 +263,8 @@ for run in cuda:tf32:0 cuda:bf16:0 cuda:tf32:1; do
     pass "pesc generate --backend $1 ($2, deferred $3): the CPU's 24 greedy tokens" ||
     fail "pesc generate --backend $1 ($2, deferred $3): '$(cat "$tmp/gen-$run")', the CPU's '$(cat "$tmp/gen-cpu:tf32:0")'"
 done
+# ... and one wait for the device a token: its sampled id
+waits=$(sed -n 's/^host_waits //p' "$tmp/gen-waits1")
+[ "$waits" = 24 ] && pass "pesc generate --backend cuda waits for the device once a token (24)" ||
+  fail "pesc generate --backend cuda waits for the device $waits times for 24 tokens"
 [ "$failures" -eq 0 ]
