@@ -52,7 +52,8 @@ static inline float cpu_expf(float x)
 
 /* A function whose loops gain from wider vectors (cpu_expf's) is built three times, for
  * x86-64-v4 (AVX-512), v3 (AVX2 and FMA) and the baseline, and the loader picks the one the
- * CPU runs (configure's HAVE_TARGET_CLONES; elsewhere one build). */
+ * CPU runs (configure's HAVE_TARGET_CLONES; elsewhere one build). Give each a name no other
+ * file uses, static or not: clang makes the loader's resolver of a static one global. */
 #ifdef HAVE_TARGET_CLONES
 #define CPU_WIDE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
