@@ -6,7 +6,8 @@
 # pairing the MFU target needs), and pesc itself (`pesc devices`, `pesc train --backend cuda`
 # runs against the same run on the CPU, one on the second of two emulated GPUs, and `pesc
 # generate` against the CPU's text); also in bf16 math, with the frozen weights in bf16 alone,
-# and with the device running behind the host (PESC_EMU_DEFER);
+# and with the device running behind the host (PESC_EMU_DEFER), where a run is also steered
+# through its control socket and the host's waits for the device are counted;
 # the memory estimate a run makes against what it then holds, and `pesc bench --profile`'s
 # FLOPs against the MFU's; bf16 math's kept operand copies.
 # What it checks: the kernels' indexing, masks and synchronisation, the host side's launches,
@@ -102,6 +103,31 @@ layers=$(sed -n 's/.*"num_hidden_layers": *\([0-9]*\).*/\1/p' "$m/config.json")
   [ $(((w8 - w4) / 4)) -eq $((layers + 4)) ] &&
   pass "a training step waits for the device $(((w8 - w4) / 4)) times: each layer's routing, the loss, the backward's end, two norms" ||
   fail "a training step's waits for the device: '$w4' in 4 steps, '$w8' in 8 (want $layers layers + 4 a step): $(head -c 300 "$tmp/err")"
+# a run steered on the emulated GPU, the device behind the host: a new learning rate and a
+# greedy generate between steps (its KV cache beside the training's memory), a step after it
+# in the new rate, then stop
+csock="$tmp/control.sock"
+PESC_EMU_DEFER=1 "$pesc" train --headless --model "$m" --data "$m/records.jsonl" --format tokens \
+  --seq 16 --batch 2 --experts 4 --adapter-dim 8 --steps 1000000 --backend cuda \
+  --log "$tmp/steer.jsonl" --control "$csock" >/dev/null 2>"$tmp/steer.err" &
+steer=$!
+for _ in $(seq 300); do grep -q '^{"step":2,' "$tmp/steer.jsonl" 2>/dev/null && break; sleep 0.1; done
+replies=$("$top_builddir/tests/sockcmd" "$csock" "lr 0.0005" "generate max=4 temp=0 ids:1,2" 2>&1 |
+  tr '\n' '|')
+for _ in $(seq 300); do grep -q '"event":"generate".* for: ids:1,2' "$tmp/steer.jsonl" && break; sleep 0.1; done
+at=$(sed -n 's/^{"event":"generate","step":\([0-9]*\),.*/\1/p' "$tmp/steer.jsonl" | head -n 1)
+next="^{\"step\":$((${at:-0} + 1)),"
+for _ in $(seq 300); do grep -q "$next" "$tmp/steer.jsonl" && break; sleep 0.1; done
+"$top_builddir/tests/sockcmd" "$csock" stop >/dev/null 2>&1
+for _ in $(seq 300); do kill -0 $steer 2>/dev/null || break; sleep 0.1; done
+kill -9 $steer 2>/dev/null
+wait $steer
+status=$?
+[ "$replies" = "ok: lr 0.0005|ok: generating up to 4 tokens|" ] && [ "$status" -eq 0 ] &&
+  grep -q '"event":"generate".*"text":"4 tokens for: ids:1,2"' "$tmp/steer.jsonl" &&
+  grep "$next" "$tmp/steer.jsonl" | grep -q '"loss":[0-9].*"lr":0.0005,' &&
+  pass "pesc train --backend cuda steered (deferred): lr and a generate between steps, step $((at + 1)) on, stop" ||
+  fail "pesc train --backend cuda steered: replies '$replies', exit $status, generate at step '$at': $(head -c 300 "$tmp/steer.err")"
 # a checkpoint saved in bf16 math, frozen weights in bf16 alone, continues on the CPU: the
 # base is the one it was trained on
 resume() {   # backend, log, pesc train options...
