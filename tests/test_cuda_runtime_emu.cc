@@ -8,7 +8,8 @@
  * count, copies of each kind, 2-D memset, launch errors and their stickiness, the
  * shared-memory attribute, streams, events and the device's properties; with PESC_EMU_DEFER
  * (in a child), work waiting for the host to wait: copies into page-locked memory, events,
- * pageable copies, a product's alpha, a kernel's arguments, and a rewritten upload aborting.
+ * pageable copies, a product's alpha, a kernel's arguments, a rewritten upload aborting, and
+ * device memory closed to the host.
  * Exit 0 pass, 1 fail. */
 #include "cublas_emu.h"
 #include "emu_check.h"
@@ -605,6 +606,16 @@ static void rewrite_pending_upload(void)
     cudaStreamSynchronize(0);
 }
 
+/* Reads device memory on the host, which a GPU faults on. */
+static volatile float host_read;
+static void host_reads_device(void)
+{
+    float *d = (float *)device_alloc(4 * sizeof(float));
+    cudaMemset(d, 0, 4 * sizeof(float));
+    cudaDeviceSynchronize();
+    host_read = d[2];
+}
+
 static void test_deferred(void)
 {
     cudaStream_t stream = nullptr;
@@ -673,6 +684,22 @@ static void test_deferred(void)
 
     expect_abort("deferred: page-locked memory rewritten before its copy ran",
                  rewrite_pending_upload, "changed between cudaMemcpyAsync from it");
+    expect_abort("deferred: the host reading device memory", host_reads_device,
+                 "the host touched device memory at");
+    float *open = (float *)device_alloc(sizeof(float));
+    launch_set(stream, open, 9.0f);
+    float *d = nullptr;
+    cudaStreamSynchronize(stream);
+    cudaMalloc((void **)&d, sizeof(float));   /* a block made while the others are closed */
+    launch_set(stream, d, 8.0f);
+    float got[2] = {0.0f, 0.0f};
+    cudaMemcpy(got, open, sizeof(float), cudaMemcpyDeviceToHost);
+    cudaMemcpy(got + 1, d, sizeof(float), cudaMemcpyDeviceToHost);
+    verdict(got[0] == 9.0f && got[1] == 8.0f,
+            "deferred: device memory open to kernels and copies, old blocks and new (%g, %g)",
+            got[0], got[1]);
+    cudaFree(open);
+    cudaFree(d);
     cudaEventDestroy(start);
     cudaEventDestroy(mark);
     cudaFreeHost(pinned);

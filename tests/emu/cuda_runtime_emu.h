@@ -7,7 +7,9 @@
  * the device, a copy to pageable memory, cudaFree), as a GPU runs behind its host. A host that
  * reads a result before waiting for it reads what was there before (or, for a copy into
  * page-locked memory, 0xFF bytes: NaN); one that rewrites page-locked memory a pending copy
- * still has to read aborts, naming the buffer. Kernels take their arguments as launched.
+ * still has to read aborts, naming the buffer. Kernels take their arguments as launched. And
+ * device memory is closed to the host while the device is not running: host code that reads
+ * or writes it (which a GPU faults on) aborts, naming the block.
  * What the emulator adds to help a test find bugs a GPU would hide or report late:
  *   - PESC_EMU_SHARED_KB KiB of opt-in shared memory a block (default 227, sm_90's; 99 is an
  *     sm_86/sm_89 card's, 163 an A100's), so a test can see a kernel refused for it;
@@ -33,6 +35,10 @@
 #define PESC_CUDA_RUNTIME_EMU_H
 
 #include "cuda_emu.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <deque>
@@ -155,6 +161,7 @@ struct device_state {
     unsigned long long waits = 0;   /* the host's waits that found work to wait for */
     std::multimap<uintptr_t, size_t> pending_reads;
     std::mutex running;             /* held by the thread running queued work, one at a time */
+    bool open = false;              /* deferred: cudaMalloc's blocks readable (the device's turn) */
     size_t allocated = 0, peak = 0; /* bytes in live blocks, and their most at once */
     unsigned long long launches = 0; /* kernels launched */
     std::set<cudaStream_t> streams;
@@ -196,6 +203,21 @@ inline bool in_one_of(const std::map<uintptr_t, size_t> &blocks, const void *p, 
 inline bool in_block_locked(const device_state &state, const void *p, size_t bytes)
 {
     return in_one_of(state.blocks, p, bytes);
+}
+
+/* A cudaMalloc block of `bytes` is mapped with its red zones, in whole pages, from p - red_zone. */
+inline size_t mapped_bytes(size_t bytes)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), whole = red_zone + (bytes + 255) / 256 * 256 +
+                                                         red_zone;
+    return (whole + page - 1) / page * page;
+}
+
+inline void protect_block(uintptr_t p, size_t bytes, bool open)
+{
+    if (mprotect((unsigned char *)p - red_zone, mapped_bytes(bytes),
+                 open ? PROT_READ | PROT_WRITE : PROT_NONE) != 0)
+        fail("mprotect of a %zu-byte cudaMalloc block at %p failed", bytes, (void *)p);
 }
 
 /* Aborts, naming the block and `after`, when something wrote into a red zone of a live block;
@@ -261,13 +283,50 @@ inline bool is_page_locked(const void *p, size_t bytes)
     return in_one_of(state.host_blocks, p, bytes);
 }
 
+/* SIGSEGV in deferred mode: a fault inside a closed cudaMalloc block is the host touching
+ * device memory, named before the abort; any other goes on as it would have. */
+inline void on_fault(int sig, siginfo_t *info, void *)
+{
+    uintptr_t at = (uintptr_t)info->si_addr;
+    for (const auto &block : device().blocks)   /* no lock: the process ends either way */
+        if (at >= block.first - red_zone && at < block.first + block.second + red_zone) {
+            char line[256];
+            int n = snprintf(line, sizeof line, "cuda_emu: the host touched device memory at %p, "
+                             "in a %zu-byte cudaMalloc block at %p: a GPU faults there (copy "
+                             "it to the host, or work on it in a kernel)\n", (void *)at,
+                             block.second, (void *)block.first);
+            if (write(2, line, (size_t)n) < 0)
+                _exit(134);
+            abort();
+        }
+    signal(sig, SIG_DFL);   /* the fault repeats, unhandled */
+}
+
 inline bool deferring()
 {
     static const bool defer = [] {
         const char *s = getenv("PESC_EMU_DEFER");
-        return s && strcmp(s, "1") == 0;
+        if (!s || strcmp(s, "1") != 0)
+            return false;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGSEGV, &sa, nullptr);
+        return true;
     }();
     return defer;
+}
+
+/* Deferred: opens cudaMalloc's blocks to the device's work, or closes them to the host; the
+ * caller holds the mutex. Otherwise they stay open. */
+inline void open_blocks_locked(device_state &state, bool open)
+{
+    if (!deferring() || state.open == open)
+        return;
+    for (const auto &block : state.blocks)
+        protect_block(block.first, block.second, open);
+    state.open = open;
 }
 
 /* Device work: run now, or (PESC_EMU_DEFER) queued; its place in the queue. */
@@ -296,8 +355,10 @@ inline void finish(unsigned long long until = ~0ull)
             std::lock_guard<std::mutex> lock(state.mutex);
             if (state.queue.empty() || state.done >= until) {
                 state.waits += waited;
+                open_blocks_locked(state, false);
                 return;
             }
+            open_blocks_locked(state, true);
             work = std::move(state.queue.front());
             state.queue.pop_front();
         }
@@ -397,17 +458,20 @@ inline cudaError_t cudaMalloc(void **ptr, size_t bytes)
         state.peak = state.allocated > state.peak ? state.allocated : state.peak;
     }
     size_t rounded = (bytes + 255) / 256 * 256;
-    unsigned char *base = (unsigned char *)aligned_alloc(256, red_zone + rounded + red_zone);
+    void *mapped = mmap(nullptr, mapped_bytes(bytes), PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     std::lock_guard<std::mutex> lock(state.mutex);
-    if (!base) {
+    if (mapped == MAP_FAILED) {
         state.allocated -= bytes;
         return status(cudaErrorMemoryAllocation);
     }
-    unsigned char *p = base + red_zone;
+    unsigned char *base = (unsigned char *)mapped, *p = base + red_zone;
     memset(base, red_byte, red_zone);
     memset(p, 0xff, bytes);
     memset(p + bytes, red_byte, rounded - bytes + red_zone);
     state.blocks[(uintptr_t)p] = bytes;
+    if (deferring() && !state.open)
+        protect_block((uintptr_t)p, bytes, false);
     *ptr = p;
     return cudaSuccess;
 }
@@ -428,10 +492,13 @@ inline cudaError_t cudaFree(void *ptr)
     auto block = state.blocks.find((uintptr_t)ptr);
     if (block == state.blocks.end())
         return status(cudaErrorInvalidValue);
+    open_blocks_locked(state, true);
     check_red_zones_locked(state, "cudaFree");
-    state.allocated -= block->second;
+    size_t bytes = block->second;
+    state.allocated -= bytes;
     state.blocks.erase(block);
-    free((unsigned char *)ptr - red_zone);
+    munmap((unsigned char *)ptr - red_zone, mapped_bytes(bytes));
+    open_blocks_locked(state, false);
     return cudaSuccess;
 }
 
@@ -814,7 +881,16 @@ inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes
     cudaError_t refusal = launch_refusal(grid, block, shared_bytes, kernel);
     if (refusal != cudaSuccess)
         return status(refusal);
+    device_state &state = device();
+    bool open;
+    {
+        std::lock_guard<std::mutex> lock(state.mutex);
+        open = state.open;
+        open_blocks_locked(state, true);
+    }
     run_kernel(grid, block, shared_bytes, body);
+    std::lock_guard<std::mutex> lock(state.mutex);
+    open_blocks_locked(state, open);
     return cudaSuccess;
 }
 
