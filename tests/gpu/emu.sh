@@ -1,15 +1,15 @@
 #!/bin/sh
 # emu.sh — the CUDA backend's own source, built for the CPU emulator (tests/emu/, the module
-# tests/gpu/pesc-cuda-emu.la), where no GPU is: test_cuda_ops (every op against the CPU, on
-# every attention path and math), test_cuda_step (whole steps against the CPU, and two
-# identical runs, with each training attention path, and flash with fast-bf16 products, the
-# pairing the MFU target needs), and pesc itself (`pesc devices`, `pesc train --backend cuda`
-# runs against the same run on the CPU, one on the second of two emulated GPUs, and `pesc
-# generate` against the CPU's text); also in bf16 math, with the frozen weights in bf16 alone,
-# and with the device running behind the host (PESC_EMU_DEFER), where a run is also steered
-# through its control socket and the host's waits for the device are counted;
-# the memory estimate a run makes against what it then holds, and `pesc bench --profile`'s
-# FLOPs against the MFU's; bf16 math's kept operand copies.
+# tests/gpu/pesc-cuda-emu.la), where no GPU is, with the device running behind the host as on
+# a GPU (PESC_EMU_DEFER): test_cuda_ops (every op against the CPU, on every attention path and
+# math), test_cuda_step (whole steps against the CPU, and two identical runs, with each
+# training attention path, and flash with fast-bf16 products, the pairing the MFU target
+# needs), and pesc itself (`pesc devices`, `pesc train --backend cuda` runs against the same
+# run on the CPU, one on the second of two emulated GPUs, one steered through its control
+# socket, and `pesc generate` against the CPU's text); also in bf16 math, with the frozen
+# weights in bf16 alone, and in the emulator's immediate mode; the host's waits for the
+# device, a step's and a token's; the memory estimate a run makes against what it then holds,
+# and `pesc bench --profile`'s FLOPs against the MFU's; bf16 math's kept operand copies.
 # What it checks: the kernels' indexing, masks and synchronisation, the host side's launches,
 # products, scratch, devices and errors, the module's loading. Not speed, and not the longest
 # attention shapes (test_cuda_ops leaves those to a GPU: tests/gpu/device-check).
@@ -26,7 +26,12 @@ trap 'rm -rf "$tmp"' EXIT
 failures=0
 . "$top_srcdir/tests/lib.sh"
 PESC_CUDA_MODULE=$module
-export PESC_CUDA_MODULE
+# Everything runs with the device behind the host, as on a GPU (PESC_EMU_DEFER: work waits
+# until the host waits for it; a result read early is stale or NaN, page-locked memory
+# rewritten under a pending copy aborts, and so does host code touching device memory),
+# except where a run says PESC_EMU_DEFER=0: the emulator's immediate mode, kept working.
+PESC_EMU_DEFER=1
+export PESC_CUDA_MODULE PESC_EMU_DEFER
 
 run() {
   echo "== $*"
@@ -41,11 +46,8 @@ done
 run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/gpu/test_cuda_step"
 # bf16 math, where the crafted model's frozen product weights are kept in bf16 alone
 run env PESC_CUDA_MATH=bf16 "$top_builddir/tests/gpu/test_cuda_step"
-# with the device running behind the host, as a GPU does (PESC_EMU_DEFER: work waits until
-# the host waits for it; a result read early is stale or NaN, page-locked memory rewritten
-# under a pending copy aborts)
-run env PESC_EMU_DEFER=1 "$top_builddir/tests/gpu/test_cuda_ops"
-run env PESC_EMU_DEFER=1 PESC_CUDA_ATTENTION=flash "$top_builddir/tests/gpu/test_cuda_step"
+# the ops in the emulator's immediate mode
+run env PESC_EMU_DEFER=0 "$top_builddir/tests/gpu/test_cuda_ops"
 
 "$pesc" devices >"$tmp/devices" 2>&1
 grep -q "^cuda:0  CUDA emulator (CPU)" "$tmp/devices" &&
@@ -68,9 +70,9 @@ train "$tmp/cpu.jsonl" cpu
 # made the backend, runs the ops, and a launch from the wrong device is refused; and with one
 # adapter product an expert instead of grouped ones (PESC_CUDA_GROUPED=0); and in bf16 math,
 # the frozen weights kept in bf16 alone (products this narrow widen them to fp32 again); and
-# with the device behind the host (PESC_EMU_DEFER)
-for variant in "tf32 fused 1e-5 1 0 1 0" "tf32 gemm 1e-4 1 0 1 0" "tf32 fused 1e-5 2 1 1 0" \
-               "tf32 fused 1e-5 1 0 0 0" "bf16 fused 2e-3 1 0 1 0" "tf32 fused 1e-5 1 0 1 1"; do
+# in the emulator's immediate mode (PESC_EMU_DEFER=0)
+for variant in "tf32 fused 1e-5 1 0 1 1" "tf32 gemm 1e-4 1 0 1 1" "tf32 fused 1e-5 2 1 1 1" \
+               "tf32 fused 1e-5 1 0 0 1" "bf16 fused 2e-3 1 0 1 1" "tf32 fused 1e-5 1 0 1 0"; do
   set -- $variant
   if ! train "$tmp/gpu.jsonl" cuda PESC_CUDA_MATH=$1 PESC_CUDA_ATTENTION=$2 PESC_EMU_DEVICES=$4 \
       PESC_CUDA_DEVICE=$5 PESC_CUDA_GROUPED=$6 PESC_EMU_DEFER=$7; then
@@ -92,7 +94,7 @@ done
 # and for the adapters' norms; with recomputation too. Counted by the deferred emulator
 # (PESC_EMU_REPORT's host_waits) as 8 steps' waits less 4 steps', over 4.
 host_waits() {   # steps
-  PESC_EMU_DEFER=1 PESC_EMU_REPORT="$tmp/waits" "$pesc" train --headless --model "$m" \
+  PESC_EMU_REPORT="$tmp/waits" "$pesc" train --headless --model "$m" \
     --data "$m/records.jsonl" --format tokens --seq 16 --batch 2 --pack --recompute \
     --experts 4 --adapter-dim 8 --steps "$1" --backend cuda >/dev/null 2>"$tmp/err" &&
     sed -n 's/^host_waits //p' "$tmp/waits"
@@ -103,11 +105,11 @@ layers=$(sed -n 's/.*"num_hidden_layers": *\([0-9]*\).*/\1/p' "$m/config.json")
   [ $(((w8 - w4) / 4)) -eq $((layers + 4)) ] &&
   pass "a training step waits for the device $(((w8 - w4) / 4)) times: each layer's routing, the loss, the backward's end, two norms" ||
   fail "a training step's waits for the device: '$w4' in 4 steps, '$w8' in 8 (want $layers layers + 4 a step): $(head -c 300 "$tmp/err")"
-# a run steered on the emulated GPU, the device behind the host: a new learning rate and a
+# a run steered on the emulated GPU: a new learning rate and a
 # greedy generate between steps (its KV cache beside the training's memory), a step after it
 # in the new rate, then stop
 csock="$tmp/control.sock"
-PESC_EMU_DEFER=1 "$pesc" train --headless --model "$m" --data "$m/records.jsonl" --format tokens \
+"$pesc" train --headless --model "$m" --data "$m/records.jsonl" --format tokens \
   --seq 16 --batch 2 --experts 4 --adapter-dim 8 --steps 1000000 --backend cuda \
   --log "$tmp/steer.jsonl" --control "$csock" >/dev/null 2>"$tmp/steer.err" &
 steer=$!
@@ -126,7 +128,7 @@ status=$?
 [ "$replies" = "ok: lr 0.0005|ok: generating up to 4 tokens|" ] && [ "$status" -eq 0 ] &&
   grep -q '"event":"generate".*"text":"4 tokens for: ids:1,2"' "$tmp/steer.jsonl" &&
   grep "$next" "$tmp/steer.jsonl" | grep -q '"loss":[0-9].*"lr":0.0005,' &&
-  pass "pesc train --backend cuda steered (deferred): lr and a generate between steps, step $((at + 1)) on, stop" ||
+  pass "pesc train --backend cuda steered: lr and a generate between steps, step $((at + 1)) on, stop" ||
   fail "pesc train --backend cuda steered: replies '$replies', exit $status, generate at step '$at': $(head -c 300 "$tmp/steer.err")"
 # a checkpoint saved in bf16 math, frozen weights in bf16 alone, continues on the CPU: the
 # base is the one it was trained on
@@ -275,22 +277,22 @@ fewer8=$fewer_tokens
   pass "pesc generate --adapters (bf16): the same text, 17 kernels fewer a token, copies kept" ||
   fail "pesc generate --adapters (bf16): $fewer4 fewer kernels for 4 tokens, $fewer8 for 8"
 # generation (the KV cache, the cached attention) on the emulated GPU: the CPU's greedy text
-# (and in bf16 math, the weights kept in bf16 alone: the same tokens on this model; and with
-# the device behind the host, PESC_EMU_DEFER: each token read back only once it is made)
-for run in cpu:tf32:0 cuda:tf32:0 cuda:bf16:0 cuda:tf32:1; do
+# (and in bf16 math, the weights kept in bf16 alone: the same tokens on this model; and in
+# the emulator's immediate mode)
+for run in cpu:tf32:1 cuda:tf32:1 cuda:bf16:1 cuda:tf32:0; do
   set -- $(echo "$run" | tr : ' ')
-  PESC_CUDA_MATH=$2 PESC_EMU_DEFER=$3 PESC_EMU_REPORT="$tmp/gen-waits$3" "$pesc" generate \
+  PESC_CUDA_MATH=$2 PESC_EMU_DEFER=$3 PESC_EMU_REPORT="$tmp/gen-waits-$run" "$pesc" generate \
     --model "$demo" --prompt "Once upon a time" --raw --max-tokens 24 --backend "$1" \
     >"$tmp/gen-$run" 2>"$tmp/err" || fail "pesc generate --backend $1 ($2, deferred $3): $(head -c 300 "$tmp/err")"
 done
-for run in cuda:tf32:0 cuda:bf16:0 cuda:tf32:1; do
+for run in cuda:tf32:1 cuda:bf16:1 cuda:tf32:0; do
   set -- $(echo "$run" | tr : ' ')
-  [ -s "$tmp/gen-cpu:tf32:0" ] && cmp -s "$tmp/gen-cpu:tf32:0" "$tmp/gen-$run" &&
+  [ -s "$tmp/gen-cpu:tf32:1" ] && cmp -s "$tmp/gen-cpu:tf32:1" "$tmp/gen-$run" &&
     pass "pesc generate --backend $1 ($2, deferred $3): the CPU's 24 greedy tokens" ||
-    fail "pesc generate --backend $1 ($2, deferred $3): '$(cat "$tmp/gen-$run")', the CPU's '$(cat "$tmp/gen-cpu:tf32:0")'"
+    fail "pesc generate --backend $1 ($2, deferred $3): '$(cat "$tmp/gen-$run")', the CPU's '$(cat "$tmp/gen-cpu:tf32:1")'"
 done
 # ... and one wait for the device a token: its sampled id
-waits=$(sed -n 's/^host_waits //p' "$tmp/gen-waits1")
+waits=$(sed -n 's/^host_waits //p' "$tmp/gen-waits-cuda:tf32:1")
 [ "$waits" = 24 ] && pass "pesc generate --backend cuda waits for the device once a token (24)" ||
   fail "pesc generate --backend cuda waits for the device $waits times for 24 tokens"
 [ "$failures" -eq 0 ]
