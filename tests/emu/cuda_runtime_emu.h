@@ -160,7 +160,8 @@ struct device_state {
     unsigned long long issued = 0, done = 0;
     unsigned long long waits = 0;   /* the host's waits that found work to wait for */
     std::multimap<uintptr_t, size_t> pending_reads;
-    std::mutex running;             /* held by the thread running queued work, one at a time */
+    std::mutex running;             /* held while device memory is open: queued work runs, a
+                                     * cudaFree checks red zones, a direct launch */
     bool open = false;              /* deferred: cudaMalloc's blocks readable (the device's turn) */
     size_t allocated = 0, peak = 0; /* bytes in live blocks, and their most at once */
     unsigned long long launches = 0; /* kernels launched */
@@ -488,6 +489,7 @@ inline cudaError_t cudaFree(void *ptr)
         return cudaSuccess;
     finish();   /* as CUDA, which waits for the device */
     device_state &state = device();
+    std::lock_guard<std::mutex> running(state.running);   /* no work opens blocks meanwhile */
     std::lock_guard<std::mutex> lock(state.mutex);
     auto block = state.blocks.find((uintptr_t)ptr);
     if (block == state.blocks.end())
@@ -882,6 +884,7 @@ inline cudaError_t emu_launch_checked(dim3 grid, dim3 block, size_t shared_bytes
     if (refusal != cudaSuccess)
         return status(refusal);
     device_state &state = device();
+    std::lock_guard<std::mutex> running(state.running);
     bool open;
     {
         std::lock_guard<std::mutex> lock(state.mutex);
