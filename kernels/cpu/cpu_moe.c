@@ -2,8 +2,8 @@
  *
  * The shared FFN output h is computed once per token elsewhere; here each expert's adapter
  * runs as two matrix products over just the (token, slot) pairs routed to it:
- * gather -> GEMM -> GELU -> GEMM -> weighted scatter-add. Nothing is computed for experts a
- * token did not pick. */
+ * gather -> GEMM -> GELU -> GEMM, then each token adds its experts' weighted outputs (in the
+ * grouped order, so by expert). Nothing is computed for experts a token did not pick. */
 #include "cpu/cpu_ops.h"
 #include "backend.h"
 #include "dropout_hash.h"
@@ -12,7 +12,11 @@
 #include <assert.h>
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define MAX_EXPERTS 256
 
@@ -96,6 +100,79 @@ static double gelu_grad(double x)
     return 0.5 * (1.0 + erf(x * M_SQRT1_2)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
 }
 
+/* The adapters' work, in pieces the OpenMP threads take one at a time: an expert's products
+ * are too small (a few hundred rows by the adapter's width) for two threads to share well, so
+ * each piece is one thread's whole, and the pieces of every expert run side by side. */
+typedef struct adapter_piece {
+    int e, lo, hi;   /* expert e's rows lo..hi of the grouped order, or its columns lo..hi */
+} adapter_piece;
+
+static int piece_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Every expert's group in blocks of rows: about four blocks a thread, 32 to 256 rows each.
+ * pieces has room for E + offsets[E] / 32 + 1. */
+static int adapter_row_pieces(adapter_piece *pieces, const int *offsets, int E)
+{
+    int rows = offsets[E] / (4 * piece_threads());
+    rows = rows < 32 ? 32 : rows > 256 ? 256 : rows;
+    int count = 0;
+    for (int e = 0; e < E; e++)
+        for (int lo = offsets[e]; lo < offsets[e + 1]; lo += rows)
+            pieces[count++] = (adapter_piece){e, lo, lo + rows < offsets[e + 1] ? lo + rows
+                                                                                : offsets[e + 1]};
+    return count;
+}
+
+/* Each expert with rows, its C columns in blocks of 16 or more: about four blocks a thread in
+ * all. pieces has room for E * C / 16 + E. */
+static int adapter_column_pieces(adapter_piece *pieces, const int *offsets, int E, int C)
+{
+    int per_expert = (4 * piece_threads() + E - 1) / E;
+    int width = (C + per_expert - 1) / per_expert;
+    width = width < 16 ? 16 : (width + 15) / 16 * 16;
+    int count = 0;
+    for (int e = 0; e < E; e++)
+        if (offsets[e + 1] > offsets[e])
+            for (int lo = 0; lo < C; lo += width)
+                pieces[count++] = (adapter_piece){e, lo, lo + width < C ? lo + width : C};
+    return count;
+}
+
+/* at[pair] = the pair's row in the grouped order, or -1 (padding: in no group). */
+static void adapter_rows_of_pairs(int *at, const int32_t *perm, int pairs, int routed)
+{
+#pragma omp for schedule(static)
+    for (int p = 0; p < pairs; p++)
+        at[p] = -1;
+#pragma omp for schedule(static)
+    for (int i = 0; i < routed; i++)
+        at[perm[i]] = i;
+}
+
+/* A token's routed rows in the grouped order, ascending (so by expert, as the groups are):
+ * the order their contributions are added in. Returns how many (at most K). */
+static int token_rows(int *rows, const int *at, int token, int K)
+{
+    int count = 0;
+    for (int k = 0; k < K; k++) {
+        int row = at[(size_t)token * K + k];
+        if (row < 0)
+            continue;
+        int i = count++;
+        for (; i > 0 && rows[i - 1] > row; i--)
+            rows[i] = rows[i - 1];
+        rows[i] = row;
+    }
+    return count;
+}
+
 void cpu_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathered, float *pre,
                              float *act, float *scratch, const float *h, float dropout,
                              uint64_t seed, const float *down, const float *up,
@@ -103,46 +180,53 @@ void cpu_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathere
                              int K, int E, int C, int R, float scale)
 {
     (void)ctx;
+    assert(K <= MAX_EXPERTS);
     float keep = 1.0f / (1.0f - dropout);
-    /* the residual first, then each expert's outputs added to their tokens' rows */
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < (size_t)N * C; i++)
-        y[i] = x[i] + h[i];
-    for (int e = 0; e < E; e++) {
-        int first = offsets[e], n = offsets[e + 1] - offsets[e];
-        if (n == 0)
-            continue;
-        float *g = gathered + (size_t)first * C, *a = pre + (size_t)first * R;
-        float *s = act + (size_t)first * R, *o = scratch + (size_t)first * C;
-#pragma omp parallel for schedule(static)
-        for (int j = 0; j < n; j++) {
-            const float *src = h + (size_t)(perm[first + j] / K) * C;
-            float *dst = g + (size_t)j * C;
-            uint64_t at = (uint64_t)(first + j) * C;   /* the mask's row j */
-            for (int c = 0; c < C; c++)
-                dst[c] = dropout > 0 ? src[c] * pesc_dropout_value(seed, at + c, dropout, keep)
-                                     : src[c];
+    int routed = offsets[E];
+    int *at = xmalloc((size_t)N * K * sizeof *at);
+    adapter_piece *pieces = xmalloc(((size_t)E + routed / 32 + 1) * sizeof *pieces);
+    int count = adapter_row_pieces(pieces, offsets, E);
+#pragma omp parallel
+    {
+        adapter_rows_of_pairs(at, perm, N * K, routed);
+        /* each block of rows: gather (through the dropout mask), pre = gathered @ D_e^T,
+         * act = GELU(pre), out = act @ U_e^T */
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < count; i++) {
+            int e = pieces[i].e, lo = pieces[i].lo, n = pieces[i].hi - lo;
+            float *g = gathered + (size_t)lo * C, *a = pre + (size_t)lo * R;
+            float *s = act + (size_t)lo * R, *o = scratch + (size_t)lo * C;
+            for (int j = 0; j < n; j++) {
+                const float *src = h + (size_t)(perm[lo + j] / K) * C;
+                float *dst = g + (size_t)j * C;
+                uint64_t mask_row = (uint64_t)(lo + j) * C;   /* the mask's row lo + j */
+                for (int c = 0; c < C; c++)
+                    dst[c] = dropout > 0
+                                 ? src[c] * pesc_dropout_value(seed, mask_row + c, dropout, keep)
+                                 : src[c];
+            }
+            cpu_gemm(0, 1, n, R, C, 1.0f, g, C, down + (size_t)e * R * C, C, 0.0f, a, R);
+            for (size_t v = 0; v < (size_t)n * R; v++)
+                s[v] = (float)gelu(a[v]);
+            cpu_gemm(0, 1, n, C, R, 1.0f, s, R, up + (size_t)e * C * R, R, 0.0f, o, C);
         }
-        /* pre (n, R) = gathered (n, C) @ D_e^T;  out (n, C) = GELU(pre) @ U_e^T */
-        cpu_gemm(0, 1, n, R, C, 1.0f, g, C,
-                    down + (size_t)e * R * C, C, 0.0f, a, R);
-        /* erf is the costly part of an adapter this small: every thread takes a share */
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < (size_t)n * R; i++)
-            s[i] = (float)gelu(a[i]);
-        cpu_gemm(0, 1, n, C, R, 1.0f, s, R,
-                    up + (size_t)e * C * R, R, 0.0f, o, C);
-        /* an expert appears once per token, so the rows of one group never collide */
-#pragma omp parallel for schedule(static)
-        for (int j = 0; j < n; j++) {
-            int pair = perm[first + j];
-            float weight = scale * topk_w[pair];
-            float *dst = y + (size_t)(pair / K) * C;
-            const float *src = o + (size_t)j * C;
+        /* y = x + h, then each routed row's weighted output, in grouped order */
+#pragma omp for schedule(static)
+        for (int t = 0; t < N; t++) {
+            int rows[MAX_EXPERTS];
+            float *dst = y + (size_t)t * C;
             for (int c = 0; c < C; c++)
-                dst[c] += weight * src[c];
+                dst[c] = x[(size_t)t * C + c] + h[(size_t)t * C + c];
+            for (int r = 0, n = token_rows(rows, at, t, K); r < n; r++) {
+                float weight = scale * topk_w[perm[rows[r]]];
+                const float *src = scratch + (size_t)rows[r] * C;
+                for (int c = 0; c < C; c++)
+                    dst[c] += weight * src[c];
+            }
         }
     }
+    free(pieces);
+    free(at);
 }
 
 void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, float *dtopk_w,
@@ -153,60 +237,86 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
                               int K, int E, int C, int R, float scale)
 {
     (void)ctx;
+    assert(K <= MAX_EXPERTS);
     float keep = 1.0f / (1.0f - dropout);
-    if (dh != dy)   /* the residual's part; the adapters' is added below */
-        memcpy(dh, dy, (size_t)N * C * sizeof *dh);
-    if (offsets[E] < N * K)   /* padding's slots, in no group */
-        memset(dtopk_w, 0, (size_t)N * K * sizeof *dtopk_w);
-    for (int e = 0; e < E; e++) {
-        int first = offsets[e], n = offsets[e + 1] - offsets[e];
-        if (n == 0)
-            continue;
-        const float *g = gathered + (size_t)first * C, *a = pre + (size_t)first * R;
-        const float *s = act + (size_t)first * R;
-        const float *D = down + (size_t)e * R * C, *U = up + (size_t)e * C * R;
-        float *dyg = scratch + (size_t)first * C, *p = scratch_r + (size_t)first * R;
-#pragma omp parallel for schedule(static)
-        for (int j = 0; j < n; j++)
-            memcpy(dyg + (size_t)j * C, dy + (size_t)(perm[first + j] / K) * C,
-                   (size_t)C * sizeof *dyg);
-        /* p (n, R) = dy_g @ U_e: the gate weight's gradient is scale * p . act, and the
-         * adapter's hidden gradient is scale * w * p */
-        cpu_gemm(0, 0, n, R, C, 1.0f, dyg, C, U, R, 0.0f,
-                    p, R);
-#pragma omp parallel for schedule(static)
-        for (int j = 0; j < n; j++) {
-            int pair = perm[first + j];
-            float w = scale * topk_w[pair];
-            float *pj = p + (size_t)j * R, *dyj = dyg + (size_t)j * C;
-            const float *sj = s + (size_t)j * R, *aj = a + (size_t)j * R;
-            double dw = 0.0;
-            for (int r = 0; r < R; r++) {
-                dw += (double)pj[r] * sj[r];
-                pj[r] = (float)(w * pj[r] * gelu_grad(aj[r]));   /* now d pre */
+    int routed = offsets[E];
+    int *at = xmalloc((size_t)N * K * sizeof *at);
+    size_t room = (size_t)E + routed / 32 + 1, column_room = (size_t)E * C / 16 + E;
+    adapter_piece *pieces = xmalloc((room + column_room) * sizeof *pieces);
+    adapter_piece *columns = pieces + room;
+    int count = adapter_row_pieces(pieces, offsets, E);
+    int column_count = (dup || ddown) ? adapter_column_pieces(columns, offsets, E, C) : 0;
+#pragma omp parallel
+    {
+        adapter_rows_of_pairs(at, perm, N * K, routed);
+        /* each block of rows: dy_g = dy's rows, p = dy_g @ U_e; the gate weight's gradient is
+         * scale * p . act, p becomes d pre = w p GELU'(pre) and dy_g d out = w dy_g, where
+         * w = scale * gate */
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < count; i++) {
+            int e = pieces[i].e, lo = pieces[i].lo, n = pieces[i].hi - lo;
+            float *dyg = scratch + (size_t)lo * C, *p = scratch_r + (size_t)lo * R;
+            for (int j = 0; j < n; j++)
+                memcpy(dyg + (size_t)j * C, dy + (size_t)(perm[lo + j] / K) * C,
+                       (size_t)C * sizeof *dyg);
+            cpu_gemm(0, 0, n, R, C, 1.0f, dyg, C, up + (size_t)e * C * R, R, 0.0f, p, R);
+            for (int j = 0; j < n; j++) {
+                int pair = perm[lo + j];
+                float w = scale * topk_w[pair];
+                float *pj = p + (size_t)j * R, *dyj = dyg + (size_t)j * C;
+                const float *sj = act + (size_t)(lo + j) * R, *aj = pre + (size_t)(lo + j) * R;
+                double dw = 0.0;
+                for (int r = 0; r < R; r++) {
+                    dw += (double)pj[r] * sj[r];
+                    pj[r] = (float)(w * pj[r] * gelu_grad(aj[r]));
+                }
+                dtopk_w[pair] = (float)(scale * dw);
+                for (int c = 0; c < C; c++)
+                    dyj[c] *= w;
             }
-            dtopk_w[pair] = (float)(scale * dw);
-            for (int c = 0; c < C; c++)
-                dyj[c] *= w;                                    /* now d out */
         }
-        if (dup)   /* dU_e (C, R) += dout^T @ act */
-            cpu_gemm(1, 0, C, R, n, 1.0f, dyg, C, s, R,
-                        1.0f, dup + (size_t)e * C * R, R);
-        if (ddown) /* dD_e (R, C) += dpre^T @ gathered */
-            cpu_gemm(1, 0, R, C, n, 1.0f, p, R, g, C, 1.0f,
-                        ddown + (size_t)e * R * C, C);
-        /* d gathered (n, C) = dpre @ D_e, scattered back through the dropout mask */
-        cpu_gemm(0, 0, n, C, R, 1.0f, p, R, D, C, 0.0f,
-                    dyg, C);
-#pragma omp parallel for schedule(static)
-        for (int j = 0; j < n; j++) {
-            float *dst = dh + (size_t)(perm[first + j] / K) * C;
-            const float *src = dyg + (size_t)j * C;
-            uint64_t at = (uint64_t)(first + j) * C;
-            for (int c = 0; c < C; c++)
-                dst[c] += dropout > 0
-                              ? src[c] * pesc_dropout_value(seed, at + c, dropout, keep)
-                              : src[c];
+        /* the weights' gradients, a block of C a piece: dU_e (C, R) += d out^T @ act and
+         * dD_e (R, C) += d pre^T @ gathered, each over the expert's rows */
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < column_count; i++) {
+            int e = columns[i].e, lo = columns[i].lo, w = columns[i].hi - lo;
+            int first = offsets[e], n = offsets[e + 1] - first;
+            if (dup)
+                cpu_gemm(1, 0, w, R, n, 1.0f, scratch + (size_t)first * C + lo, C,
+                         act + (size_t)first * R, R, 1.0f, dup + ((size_t)e * C + lo) * R, R);
+            if (ddown)
+                cpu_gemm(1, 0, R, w, n, 1.0f, scratch_r + (size_t)first * R, R,
+                         gathered + (size_t)first * C + lo, C, 1.0f,
+                         ddown + (size_t)e * R * C + lo, C);
+        }
+        /* d gathered (rows, C) = d pre @ D_e, over d out (no longer needed) */
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < count; i++) {
+            int e = pieces[i].e, lo = pieces[i].lo, n = pieces[i].hi - lo;
+            cpu_gemm(0, 0, n, C, R, 1.0f, scratch_r + (size_t)lo * R, R,
+                     down + (size_t)e * R * C, C, 0.0f, scratch + (size_t)lo * C, C);
+        }
+        /* dh = dy (the residual's part), then each routed row's, back through the dropout
+         * mask, in grouped order; padding's gate gradients are zero */
+#pragma omp for schedule(static)
+        for (int t = 0; t < N; t++) {
+            int rows[MAX_EXPERTS];
+            float *dst = dh + (size_t)t * C;
+            if (dh != dy)
+                memcpy(dst, dy + (size_t)t * C, (size_t)C * sizeof *dst);
+            for (int k = 0; k < K; k++)
+                if (at[(size_t)t * K + k] < 0)
+                    dtopk_w[(size_t)t * K + k] = 0.0f;
+            for (int r = 0, n = token_rows(rows, at, t, K); r < n; r++) {
+                const float *src = scratch + (size_t)rows[r] * C;
+                uint64_t mask_row = (uint64_t)rows[r] * C;
+                for (int c = 0; c < C; c++)
+                    dst[c] += dropout > 0 ? src[c] * pesc_dropout_value(seed, mask_row + c,
+                                                                         dropout, keep)
+                                          : src[c];
+            }
         }
     }
+    free(pieces);
+    free(at);
 }
