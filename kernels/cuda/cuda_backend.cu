@@ -403,8 +403,10 @@ static void packed_transfer(cuda_context *c, __nv_bfloat16 *values, const float 
 {
     for (size_t at = 0; at < n && !c->failed; at += CUDA_PACKED_CHUNK) {
         size_t m = n - at < CUDA_PACKED_CHUNK ? n - at : CUDA_PACKED_CHUNK;
+        // a whole chunk's room from the first: a model's tensors come smallest first, and
+        // growing the area with each would wait for the device every time
         float *staging = (float *)cuda_scratch(c, &c->gemm_work, &c->gemm_work_bytes,
-                                               m * sizeof(float));
+                                               CUDA_PACKED_CHUNK * sizeof(float));
         if (!staging)
             return;
         if (from) {
