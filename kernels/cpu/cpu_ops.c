@@ -251,23 +251,27 @@ void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y,
         out[i] = x[i] + y[i];
 }
 
+/* The log-sum-exp of row: float exponentials (cpu_expf, at most 1.27 ulp) of row - max,
+ * summed in double, as the backward's softmax_scaled sums them. */
+static CPU_WIDE double logsumexp_row(const float *row, int n)
+{
+    float m = row[0];
+    for (int i = 1; i < n; i++)
+        m = row[i] > m ? row[i] : m;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++)
+        sum += cpu_expf(row[i] - m);
+    return log(sum) + m;
+}
+
 void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N,
                               int V)
 {
     (void)ctx;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        if (targets[n] < 0) {
-            losses[n] = 0.0f;
-            continue;
-        }
         const float *row = logits + (size_t)n * V;
-        float m = row[0];
-        for (int i = 1; i < V; i++)
-            m = row[i] > m ? row[i] : m;
-        double sum = 0.0;
-        for (int i = 0; i < V; i++)
-            sum += exp((double)row[i] - m);
-        losses[n] = (float)(log(sum) + m - row[targets[n]]);
+        losses[n] = targets[n] < 0 ? 0.0f : (float)(logsumexp_row(row, V) - row[targets[n]]);
     }
 }
