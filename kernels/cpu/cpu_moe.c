@@ -4,6 +4,8 @@
  * runs as two matrix products over just the (token, slot) pairs routed to it:
  * gather -> GEMM -> GELU -> GEMM, then each token adds its experts' weighted outputs (in the
  * grouped order, so by expert). Nothing is computed for experts a token did not pick. */
+#include "config.h"
+
 #include "cpu/cpu_ops.h"
 #include "backend.h"
 #include "dropout_hash.h"
@@ -93,11 +95,26 @@ void cpu_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_
             perm[fill[topk_idx[p]]++] = (int32_t)p;
 }
 
-static double gelu(double x) { return 0.5 * x * (1.0 + erf(x * M_SQRT1_2)); }
-
-static double gelu_grad(double x)
+/* act = GELU(pre) over n values (the exact GELU, x Phi(x), vectorised: cpu_normal_cdf) */
+static CPU_WIDE void adapter_gelu_span(float *act, const float *pre, size_t n)
 {
-    return 0.5 * (1.0 + erf(x * M_SQRT1_2)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        act[i] = pre[i] * cpu_normal_cdf(pre[i]);
+}
+
+/* One routed row of the backward: returns p . act (the gate weight's gradient over scale)
+ * and makes p d pre = w p GELU'(pre). */
+static CPU_WIDE double adapter_gate_row(float *p, const float *act, const float *pre, int R,
+                                        float w)
+{
+    double dw = 0.0;
+#pragma omp simd reduction(+ : dw)
+    for (int r = 0; r < R; r++) {
+        dw += (double)p[r] * act[r];
+        p[r] = w * p[r] * cpu_gelu_grad(pre[r]);
+    }
+    return dw;
 }
 
 /* The adapters' work, in pieces the OpenMP threads take one at a time: an expert's products
@@ -206,8 +223,7 @@ void cpu_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathere
                                  : src[c];
             }
             cpu_gemm(0, 1, n, R, C, 1.0f, g, C, down + (size_t)e * R * C, C, 0.0f, a, R);
-            for (size_t v = 0; v < (size_t)n * R; v++)
-                s[v] = (float)gelu(a[v]);
+            adapter_gelu_span(s, a, (size_t)n * R);
             cpu_gemm(0, 1, n, C, R, 1.0f, s, R, up + (size_t)e * C * R, R, 0.0f, o, C);
         }
         /* y = x + h, then each routed row's weighted output, in grouped order */
@@ -264,12 +280,8 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
                 int pair = perm[lo + j];
                 float w = scale * topk_w[pair];
                 float *pj = p + (size_t)j * R, *dyj = dyg + (size_t)j * C;
-                const float *sj = act + (size_t)(lo + j) * R, *aj = pre + (size_t)(lo + j) * R;
-                double dw = 0.0;
-                for (int r = 0; r < R; r++) {
-                    dw += (double)pj[r] * sj[r];
-                    pj[r] = (float)(w * pj[r] * gelu_grad(aj[r]));
-                }
+                double dw = adapter_gate_row(pj, act + (size_t)(lo + j) * R,
+                                             pre + (size_t)(lo + j) * R, R, w);
                 dtopk_w[pair] = (float)(scale * dw);
                 for (int c = 0; c < C; c++)
                     dyj[c] *= w;

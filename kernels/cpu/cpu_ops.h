@@ -50,6 +50,46 @@ static inline float cpu_expf(float x)
     return x > 88.7228394f ? INFINITY : y;
 }
 
+/* e^(-x^2 / 2) within about 3 ulp for |x| <= 20: x^2 / 2 = h^2 / 2 + (x - h)(x + h) / 2 with
+ * h = x to 12 bits, so h^2 is exact and the rounding left is in the small part. */
+static inline __attribute__((always_inline)) float cpu_gauss(float x, float extra)
+{
+    union { float f; uint32_t u; } h = {x};
+    h.u &= 0xFFFFF000u;
+    return cpu_expf(-0.5f * h.f * h.f) * cpu_expf(extra - 0.5f * (x - h.f) * (x + h.f));
+}
+
+/* The normal distribution's CDF, Phi(x) = (1 + erf(x / sqrt 2)) / 2, within 2e-7 relative
+ * above 1e-30 (test_ops), in straight-line code as cpu_expf: from erfc(z), z = |x| / sqrt 2,
+ * by Numerical Recipes' Chebyshev fit t e^(-z^2 + P(t)), t = 1 / (1 + z / 2) (within 1.2e-7 of
+ * erfc for every z >= 0), as 1 - erfc / 2 or erfc / 2, so the left tail keeps its relative
+ * accuracy. GELU(x) = x Phi(x). Inlined always (the loops over these vectorise only so). */
+static inline __attribute__((always_inline)) float cpu_normal_cdf(float x)
+{
+    float a = fabsf(x);
+    a = a > 20.0f ? 20.0f : a;   /* Phi is 1 or 0 in float long before; NaN stays NaN */
+    float t = 1.0f / (1.0f + 0.353553391f * a);
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    float half_erfc = 0.5f * t * cpu_gauss(a, p);
+    return x >= 0.0f ? 1.0f - half_erfc : half_erfc;
+}
+
+/* GELU'(x) = Phi(x) + x phi(x), phi the normal density. */
+static inline __attribute__((always_inline)) float cpu_gelu_grad(float x)
+{
+    float a = fabsf(x);
+    return cpu_normal_cdf(x) + x * 0.398942280f * cpu_gauss(a > 20.0f ? 20.0f : a, 0.0f);
+}
+
 /* A function whose loops gain from wider vectors (cpu_expf's) is built three times, for
  * x86-64-v4 (AVX-512), v3 (AVX2 and FMA) and the baseline, and the loader picks the one the
  * CPU runs (configure's HAVE_TARGET_CLONES; elsewhere one build). Give each a name no other
