@@ -121,8 +121,10 @@ static void test_rmsnorm(pesc_backend *b, int N, int C, float eps)
 }
 
 /* R of each head's D values rotated (R < D: a partial rotary, the rest passing through), cos
- * and sin times scale (longrope's attention factor) */
-static void test_rope(pesc_backend *b, int N, int H, int D, int R, float scale)
+ * and sin times scale (longrope's attention factor); at random positions up to 4096, or, with
+ * rows, at positions 0..N/rows-1 in each of rows rows (a batch: the CPU turns repeated
+ * positions from a table) */
+static void test_rope(pesc_backend *b, int N, int H, int D, int R, float scale, int rows)
 {
     size_t n = (size_t)N * H * D;
     float *x = alloc_floats(b, n), *out = alloc_floats(b, n), *freq = alloc_floats(b, R / 2);
@@ -132,7 +134,7 @@ static void test_rope(pesc_backend *b, int N, int H, int D, int R, float scale)
     for (int i = 0; i < R / 2; i++)
         freq[i] = (float)pow(10000.0, -2.0 * i / R);
     for (int t = 0; t < N; t++)
-        pos[t] = (int32_t)(uniform() * 4096);
+        pos[t] = rows ? t % (N / rows) : (int32_t)(uniform() * 4096);
     rope_forward(b, out, x, pos, freq, N, H, D, R, scale);
     for (int t = 0; t < N; t++)
         for (int h = 0; h < H; h++)
@@ -145,9 +147,13 @@ static void test_rope(pesc_backend *b, int N, int H, int D, int R, float scale)
                 want[((size_t)t * H + h) * D + d] =
                     d < R ? scale * (row[d] * cos(angle) + rotated * sin(angle)) : row[d];
             }
-    check(R < D ? "rope_forward, partial" : "rope_forward", out, want, n, 1e-6);
+    char name[80];
+    snprintf(name, sizeof name, "rope_forward%s%s", R < D ? ", partial" : "",
+             rows ? ", a batch's positions" : "");
+    check(name, out, want, n, 1e-6);
     rope_forward(b, x, x, pos, freq, N, H, D, R, scale);   /* in place, as the model uses it */
-    check(R < D ? "rope_forward, partial, in place" : "rope_forward in place", x, want, n, 1e-6);
+    snprintf(name + strlen(name), sizeof name - strlen(name), ", in place");
+    check(name, x, want, n, 1e-6);
     free(want);
     backend_free(b, x); backend_free(b, out); backend_free(b, freq); backend_free(b, pos);
 }
@@ -441,8 +447,10 @@ int main(void)
     test_matmul(b, 5, 130, 257, 1);
     test_embedding(b, 29, 50, 24);
     test_rmsnorm(b, 17, 96, 1e-5f);
-    test_rope(b, 13, 3, 32, 32, 1.0f);
-    test_rope(b, 13, 3, 32, 24, 1.19f);   /* Phi-4-mini's 3/4, and its longrope's factor */
+    test_rope(b, 13, 3, 32, 32, 1.0f, 0);
+    test_rope(b, 13, 3, 32, 24, 1.19f, 0);   /* Phi-4-mini's 3/4, and its longrope's factor */
+    test_rope(b, 24, 3, 32, 32, 1.0f, 4);
+    test_rope(b, 24, 3, 32, 24, 1.19f, 3);
     test_attention(b, 2, 19, 4, 2, 16, 0, 0);
     test_attention(b, 1, 23, 6, 1, 8, 5, 0);
     test_attention(b, 3, 7, 2, 2, 64, 0, 0);

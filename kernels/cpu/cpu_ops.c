@@ -93,28 +93,67 @@ void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, c
 
 /* direction +1 rotates (forward), -1 rotates back (backward: the transpose of a rotation).
  * out may be inp. */
+/* cos and sin (times scale, and direction for sin) of position p's angles: cs[0..half) and
+ * cs[half..2 half) */
+static void rope_angles(float *cs, int32_t p, const float *inv_freq, int half, float scale,
+                        float direction)
+{
+    for (int i = 0; i < half; i++) {
+        double angle = (double)p * inv_freq[i];
+        cs[i] = scale * (float)cos(angle);
+        cs[half + i] = scale * direction * (float)sin(angle);
+    }
+}
+
+/* One head's first 2 half values turned by cs (in place or not: each i touches i and i + half
+ * alone). */
+static CPU_WIDE void rope_turn_head(float *y, const float *x, const float *cs, int half)
+{
+    const float *c = cs, *s = cs + half;
+#pragma omp simd
+    for (int i = 0; i < half; i++) {
+        float x1 = x[i], x2 = x[i + half];
+        y[i] = x1 * c[i] - x2 * s[i];
+        y[i + half] = x2 * c[i] + x1 * s[i];
+    }
+}
+
 void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
                      int N, int H, int D, int R, float scale, float direction)
 {
     int half = R / 2;
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        if (out != inp && R < D)   /* the values past R pass through */
-            for (int h = 0; h < H; h++)
-                memcpy(out + ((size_t)n * H + h) * D + R, inp + ((size_t)n * H + h) * D + R,
-                       (size_t)(D - R) * sizeof *out);
-        for (int i = 0; i < half; i++) {
-            double angle = (double)pos[n] * inv_freq[i];
-            float c = scale * (float)cos(angle), s = scale * direction * (float)sin(angle);
+    /* A batch's rows repeat their positions: where they do, each position's angles are made
+     * once into a table (the sines and cosines were most of RoPE's time). */
+    int32_t top = -1;
+    for (int n = 0; n < N; n++)
+        top = pos[n] > top ? pos[n] : top;
+    int tabled = half > 0 && pos[0] >= 0 && top < N / 2;
+    for (int n = 0; tabled && n < N; n++)
+        tabled = pos[n] >= 0;
+    float *table = tabled ? malloc(((size_t)top + 1) * R * sizeof *table) : NULL;
+#pragma omp parallel
+    {
+        if (table) {
+#pragma omp for schedule(static)
+            for (int32_t p = 0; p <= top; p++)
+                rope_angles(table + (size_t)p * R, p, inv_freq, half, scale, direction);
+        }
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float own[CPU_MAX_HEAD_DIM];
+            const float *cs = table ? table + (size_t)pos[n] * R : own;
+            if (!table)
+                rope_angles(own, pos[n], inv_freq, half, scale, direction);
             for (int h = 0; h < H; h++) {
                 const float *x = inp + ((size_t)n * H + h) * D;
                 float *y = out + ((size_t)n * H + h) * D;
-                float x1 = x[i], x2 = x[i + half];
-                y[i] = x1 * c - x2 * s;
-                y[i + half] = x2 * c + x1 * s;
+                rope_turn_head(y, x, cs, half);
+                if (out != inp && R < D)   /* the values past R pass through */
+                    memcpy(y + R, x + R, (size_t)(D - R) * sizeof *y);
             }
         }
     }
+    free(table);
 }
 
 void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos,
