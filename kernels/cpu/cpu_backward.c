@@ -5,6 +5,7 @@
 
 #include "cpu/cpu_ops.h"
 #include "dropout_hash.h"
+#include "util.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -50,32 +51,60 @@ void cpu_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, c
     }
 }
 
+/* One row of RMSNorm's backward: dx += r w dy - r^3 / C x sum(w dy x), and part += dy x r
+ * (when not NULL). The sum in double, in vector lanes. */
+static CPU_WIDE void rmsnorm_grad_row(float *dx, double *part, const float *dy, const float *x,
+                                      const float *weight, double r, int C)
+{
+    double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+    for (int c = 0; c < C; c++)
+        dot += (double)weight[c] * dy[c] * x[c];
+    double k = r * r * r * dot / C;
+#pragma omp simd
+    for (int c = 0; c < C; c++)
+        dx[c] += (float)(r * weight[c] * dy[c] - k * x[c]);
+    if (part)
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            part[c] += (double)dy[c] * x[c] * r;
+}
+
+/* Rows a block of RMSNorm's backward: the weight's gradient is summed a block at a time, then
+ * the blocks in order, so the sums do not depend on the number of threads. */
+#define RMSNORM_BLOCK 64
+
 void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout,
                           const float *inp, const float *weight, const float *rstd, int N, int C)
 {
     (void)ctx;
     /* y = w * x * r with r = (mean(x^2) + eps)^-1/2:
-     * dx = r * w * dy - r^3 / C * x * sum(w * dy * x) */
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
-        double dot = 0.0, r = rstd[n];
-        for (int c = 0; c < C; c++)
-            dot += (double)weight[c] * dy[c] * x[c];
-        double k = r * r * r * dot / C;
-        float *dx = dinp + (size_t)n * C;
-        for (int c = 0; c < C; c++)
-            dx[c] += (float)(r * weight[c] * dy[c] - k * x[c]);
+     * dx = r * w * dy - r^3 / C * x * sum(w * dy * x);  dw = sum over rows of dy * x * r */
+    int blocks = (N + RMSNORM_BLOCK - 1) / RMSNORM_BLOCK;
+    double *partial = dweight ? xmalloc((size_t)blocks * C * sizeof *partial) : NULL;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int block = 0; block < blocks; block++) {
+            double *part = partial ? partial + (size_t)block * C : NULL;
+            if (part)
+                memset(part, 0, (size_t)C * sizeof *part);
+            int end = (block + 1) * RMSNORM_BLOCK < N ? (block + 1) * RMSNORM_BLOCK : N;
+            for (int n = block * RMSNORM_BLOCK; n < end; n++)
+                rmsnorm_grad_row(dinp + (size_t)n * C, part, dout + (size_t)n * C,
+                                 inp + (size_t)n * C, weight, rstd[n], C);
+        }
+        if (partial) {
+#pragma omp for schedule(static)
+            for (int c = 0; c < C; c++) {
+                double sum = 0.0;
+                for (int block = 0; block < blocks; block++)
+                    sum += partial[(size_t)block * C + c];
+                dweight[c] += (float)sum;
+            }
+        }
     }
-    if (!dweight)
-        return;
-#pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++) {
-        double s = 0.0;
-        for (int n = 0; n < N; n++)
-            s += (double)dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
-        dweight[c] += (float)s;
-    }
+    free(partial);
 }
 
 void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos,

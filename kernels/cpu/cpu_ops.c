@@ -72,6 +72,16 @@ void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *we
     }
 }
 
+/* The sum of a row's squares, in double, in vector lanes. */
+static CPU_WIDE double rmsnorm_sumsq_row(const float *x, int C)
+{
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int c = 0; c < C; c++)
+        ss += (double)x[c] * x[c];
+    return ss;
+}
+
 void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N,
                          int C, float eps)
 {
@@ -79,10 +89,7 @@ void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, c
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
-        double ss = 0.0;
-        for (int c = 0; c < C; c++)
-            ss += (double)x[c] * x[c];
-        float r = (float)(1.0 / sqrt(ss / C + (double)eps));
+        float r = (float)(1.0 / sqrt(rmsnorm_sumsq_row(x, C) / C + (double)eps));
         float *y = out + (size_t)n * C;
         for (int c = 0; c < C; c++)
             y[c] = weight[c] * (x[c] * r);
@@ -91,8 +98,6 @@ void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, c
     }
 }
 
-/* direction +1 rotates (forward), -1 rotates back (backward: the transpose of a rotation).
- * out may be inp. */
 /* cos and sin (times scale, and direction for sin) of position p's angles: cs[0..half) and
  * cs[half..2 half) */
 static void rope_angles(float *cs, int32_t p, const float *inv_freq, int half, float scale,
@@ -118,6 +123,8 @@ static CPU_WIDE void rope_turn_head(float *y, const float *x, const float *cs, i
     }
 }
 
+/* direction +1 rotates (forward), -1 rotates back (backward: the transpose of a rotation).
+ * out may be inp. */
 void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const float *inv_freq,
                      int N, int H, int D, int R, float scale, float direction)
 {
