@@ -1132,8 +1132,15 @@ static int rd_next(reader *r, pesc_error *err)
 
 enum { MAX_WARNINGS_SHOWN = 10 };
 
+/* The records a load skipped, and why it skipped the first (the error of a load that kept
+ * none says it: the warnings may never reach the user, or come after a screen is drawn). */
+typedef struct skips {
+    long count;
+    pesc_error first;
+} skips;
+
 /* A record that could not be used: fatal with strict, else a warning (the first few). */
-static int bad_record(const ds_load_options *lo, const pesc_error *rec_err, long *skipped,
+static int bad_record(const ds_load_options *lo, const pesc_error *rec_err, skips *skipped,
                       pesc_error *err)
 {
     if (lo->strict) {
@@ -1141,9 +1148,10 @@ static int bad_record(const ds_load_options *lo, const pesc_error *rec_err, long
             *err = *rec_err;
         return -1;
     }
-    if (lo->warn && *skipped < MAX_WARNINGS_SHOWN)
+    if (lo->warn && skipped->count < MAX_WARNINGS_SHOWN)
         fprintf(lo->warn, "warning: %s (record skipped)\n", rec_err->msg);
-    (*skipped)++;
+    if (skipped->count++ == 0)
+        skipped->first = *rec_err;
     return 0;
 }
 
@@ -1220,15 +1228,20 @@ static int map_records(ds_records *d, pesc_error *err)
 
 /* The common end of a load: the skip summary, an empty source is an error, the new records
  * are mapped; a load that failed leaves d with the records it had. */
-static int finish_load(ds_records *d, load_mark start, long skipped, const char *path,
+static int finish_load(ds_records *d, load_mark start, const skips *skipped, const char *path,
                        const ds_load_options *lo, int rc, pesc_error *err)
 {
-    if (rc == 0 && lo->warn && skipped > MAX_WARNINGS_SHOWN)
-        fprintf(lo->warn, "warning: %s: %ld records skipped in all\n", path, skipped);
-    d->skipped += skipped;
-    if (rc == 0 && d->n == start.records)
-        rc = pesc_fail(err, "%s: no usable records%s", path,
-                       skipped ? " (every record was skipped; see the warnings)" : "");
+    if (rc == 0 && lo->warn && skipped->count > MAX_WARNINGS_SHOWN)
+        fprintf(lo->warn, "warning: %s: %ld records skipped in all\n", path, skipped->count);
+    d->skipped += skipped->count;
+    if (rc == 0 && d->n == start.records && skipped->count == 0)
+        rc = pesc_fail(err, "%s: no usable records", path);
+    else if (rc == 0 && d->n == start.records && skipped->count == 1)
+        rc = pesc_fail(err, "%s: no usable records (its one record was skipped: %s)", path,
+                       skipped->first.msg);
+    else if (rc == 0 && d->n == start.records)
+        rc = pesc_fail(err, "%s: no usable records (all %ld were skipped; the first: %s)", path,
+                       skipped->count, skipped->first.msg);
     if (rc == 0 && map_records(d, err) == 0)
         return 0;
     d->n = start.records;
@@ -1269,7 +1282,7 @@ static int load_source(ds_records *d, const char *path, const ds_format_info *in
                          why[0] ? why : "the source cannot be opened");
     load_mark start = mark_load(d);
     int capacity = d->n, rc = 0;
-    long skipped = 0;
+    skips skipped = {0};
     for (long index = 1;; index++) {
         pesc_record_out out = {.vocab_size = lo->vocab_size};
         pesc_error rec_err = {{0}};
@@ -1299,7 +1312,7 @@ static int load_source(ds_records *d, const char *path, const ds_format_info *in
             break;
     }
     ops->close(source);
-    return finish_load(d, start, skipped, path, lo, rc, err);
+    return finish_load(d, start, &skipped, path, lo, rc, err);
 }
 
 int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pesc_error *err)
@@ -1322,7 +1335,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     }
     load_mark start = mark_load(d);
     int capacity = d->n, rc = 0, got, first = 1;
-    long skipped = 0;
+    skips skipped = {0};
     while ((got = rd_next(r, err)) > 0) {
         json_t *o = NULL;
         int plain = !r->array && r->item[strspn(r->item, " \t")] != '{' &&
@@ -1374,7 +1387,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     }
     if (got < 0)
         rc = -1;
-    rc = finish_load(d, start, skipped, path, lo, rc, err);
+    rc = finish_load(d, start, &skipped, path, lo, rc, err);
     stream_close(r->s);
     free(r->item);
     free(r);

@@ -362,6 +362,15 @@ static void test_array_gzip_and_bad_records(tokenizer *t)
     path = write_file("empty.jsonl", "\n\n{\"nothing\": 1}\n", 0);
     CHECK(dataset_load(&d, path, &lo, &err) == -1 && strstr(err.msg, "no usable records"),
           "empty dataset must fail: %s", err.msg);
+    /* and says why it skipped the one record it had (without warnings shown, as here) */
+    CHECK(strstr(err.msg, "its one record was skipped") && strstr(err.msg, "empty.jsonl:3"),
+          "the skipped record's reason: %s", err.msg);
+    dataset_free(&d);
+    path = write_file("broken.jsonl", "{\"instruction\": \"a\"\n{\"x\n", 0);
+    CHECK(dataset_load(&d, path, &lo, &err) == -1 &&
+              strstr(err.msg, "all 2 were skipped; the first: ") &&
+              strstr(err.msg, "broken.jsonl:1: not valid JSON"),
+          "every record skipped: %s", err.msg);
     dataset_free(&d);
 }
 
