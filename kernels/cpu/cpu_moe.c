@@ -133,8 +133,11 @@ static int piece_threads(void)
 #endif
 }
 
-/* Every expert's group in blocks of rows: about four blocks a thread, 32 to 256 rows each.
- * pieces has room for E + offsets[E] / 32 + 1. */
+/* Pieces of rows adapter_row_pieces may make for routed rows in E groups. */
+static size_t adapter_row_room(int E, int routed) { return (size_t)E + routed / 32 + 1; }
+
+/* Every expert's group in blocks of rows: about four blocks a thread, 32 to 256 rows each
+ * (adapter_row_room of them at most). */
 static int adapter_row_pieces(adapter_piece *pieces, const int *offsets, int E)
 {
     int rows = offsets[E] / (4 * piece_threads());
@@ -201,7 +204,7 @@ void cpu_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathere
     float keep = 1.0f / (1.0f - dropout);
     int routed = offsets[E];
     int *at = xmalloc((size_t)N * K * sizeof *at);
-    adapter_piece *pieces = xmalloc(((size_t)E + routed / 32 + 1) * sizeof *pieces);
+    adapter_piece *pieces = xmalloc(adapter_row_room(E, routed) * sizeof *pieces);
     int count = adapter_row_pieces(pieces, offsets, E);
 #pragma omp parallel
     {
@@ -257,7 +260,7 @@ void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, fl
     float keep = 1.0f / (1.0f - dropout);
     int routed = offsets[E];
     int *at = xmalloc((size_t)N * K * sizeof *at);
-    size_t room = (size_t)E + routed / 32 + 1, column_room = (size_t)E * C / 16 + E;
+    size_t room = adapter_row_room(E, routed), column_room = (size_t)E * C / 16 + E;
     adapter_piece *pieces = xmalloc((room + column_room) * sizeof *pieces);
     adapter_piece *columns = pieces + room;
     int count = adapter_row_pieces(pieces, offsets, E);
