@@ -20,12 +20,16 @@ static const char generate_usage[] =
     "usage: pesc generate (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
     "                     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P]\n"
     "                     [--top-k K] [--seed S] [--template NAME] [--tokenizer FILE|URL]\n"
-    "                     [--raw] [--backend B]\n"
+    "                     [--raw | --chat] [--backend B]\n"
     "\n"
     "Answers a prompt (from --prompt, or standard input: at a terminal, end it with Ctrl-D)\n"
     "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
     "(EOS or the template's end marker) or after --max-tokens.\n"
     "\n"
+    "  --chat            a conversation: each line of standard input is a turn, answered\n"
+    "                    before the next is read, with the turns before it in the prompt\n"
+    "                    (what the model has read stays in its cache); ends at the end of\n"
+    "                    the input (Ctrl-D) or when the model's context is full\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
     "                    checkpoint (or --save directory: its newest) stands for its file,\n"
     "                    and gives its run's base model, template and tokenizer where\n"
@@ -41,7 +45,7 @@ typedef struct generate_options {
     const char *model, *adapters, *prompt, *template_name, *tokenizer, *backend;
     long max_tokens, top_k, seed;
     double temperature, top_p;
-    int raw;
+    int raw, chat;
     const char *cut_given;   /* --top-p or --top-k, when one was given */
     int template_given;
 } generate_options;
@@ -65,7 +69,8 @@ static int parse_generate(generate_options *o, int argc, char **argv)
         {"temperature", required_argument, NULL, 't'}, {"top-p", required_argument, NULL, 'P'},
         {"top-k", required_argument, NULL, 'k'}, {"seed", required_argument, NULL, 's'},
         {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'z'},
-        {"raw", no_argument, NULL, 'r'}, {"backend", required_argument, NULL, 'b'},
+        {"raw", no_argument, NULL, 'r'}, {"chat", no_argument, NULL, 'c'},
+        {"backend", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     *o = (generate_options){.max_tokens = 256, .top_p = 1.0, .seed = 1, .backend = "auto",
                             .template_name = "camelidae"};
@@ -119,6 +124,7 @@ static int parse_generate(generate_options *o, int argc, char **argv)
                 return EXIT_USAGE;
             break;
         case 'r': o->raw = 1; break;
+        case 'c': o->chat = 1; break;
         case 'b':
             if (cli_backend("generate", optarg) != 0)
                 return EXIT_USAGE;
@@ -138,6 +144,12 @@ static int parse_generate(generate_options *o, int argc, char **argv)
     if (!template_find(o->template_name))
         return cli_usage_error("generate", "--template %s: known templates are %s",
                                o->template_name, template_list());
+    if (o->chat && o->prompt)
+        return cli_usage_error("generate", "--chat reads its turns from standard input, a line "
+                               "each: leave out --prompt");
+    if (o->chat && o->raw)
+        return cli_usage_error("generate", "--chat lays the turns out in a chat template; --raw "
+                               "sends one prompt as it is: choose one");
     if (o->raw && o->template_given)
         return cli_usage_error("generate", "--raw sends the prompt as it is and --template %s "
                                "wraps it: choose one", o->template_name);
@@ -192,56 +204,191 @@ fail:
     return NULL;
 }
 
-static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
-                          const generate_options *o, const char *prompt, pesc_error *err)
-{
-    tok_ids ids = {0};
-    int rc = -1;
-    tpl_message msg = {.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
-    if ((o->raw ? tok_encode(tok, prompt, strlen(prompt), TOK_ADD_SPECIAL, &ids, err)
-                : template_encode_prompt(tpl, tok, &msg, 1, &ids, err)) != 0)
-        return -1;
-    int32_t stops[4];
-    int n_stops = template_stop_ids(tpl, tok, stops, 4);
-    float *logits = xmalloc((size_t)m->config.vocab_size * sizeof *logits);
+/* What one answer is made with, the same for every turn of a conversation. */
+typedef struct answerer {
+    model *m;
+    tokenizer *tok;
     sampler s;
-    sampler_init(&s, (float)o->temperature, (int)o->top_k, (float)o->top_p, (uint64_t)o->seed);
+    int32_t stops[4];
+    int n_stops;
+    float *logits;               /* (V) the next token's, once a prompt is decoded */
+} answerer;
+
+static void answerer_init(answerer *a, model *m, tokenizer *tok, const chat_template *tpl,
+                          const generate_options *o)
+{
+    *a = (answerer){.m = m, .tok = tok};
+    a->n_stops = template_stop_ids(tpl, tok, a->stops, 4);
+    a->logits = xmalloc((size_t)m->config.vocab_size * sizeof *a->logits);
+    sampler_init(&a->s, (float)o->temperature, (int)o->top_k, (float)o->top_p,
+                 (uint64_t)o->seed);
+}
+
+static void answerer_free(answerer *a)
+{
+    sampler_free(&a->s);
+    free(a->logits);
+}
+
+/* The answer to the prompt in the cache (its next token's logits in a->logits), streamed to
+ * standard output, at most max_tokens: the tokens go to fed (what the cache then holds, all
+ * but the last), the text to *text when not NULL (malloc'd). *produced: how many. */
+static int answer(answerer *a, long max_tokens, tok_ids *fed, char **text, long *produced,
+                  pesc_error *err)
+{
     tok_stream stream;
-    tok_stream_init(&stream, tok, 1);
-    long produced = 0, max_tokens = model_answer_room(m, ids.n, (int)o->max_tokens, err);
-    if (max_tokens < 0 || model_cache_reset(m, ids.n + (int)max_tokens, err) != 0 ||
-        model_decode(m, ids.ids, ids.n, logits, NULL, err) != 0)
-        goto out;
-    for (; produced < max_tokens; produced++) {
-        int32_t next = sampler_next(&s, logits, m->config.vocab_size);
+    tok_stream_init(&stream, a->tok, 1);
+    size_t kept = 0;
+    int rc = -1;
+    if (text)
+        *text = xstrdup("");
+    for (*produced = 0; *produced < max_tokens; (*produced)++) {
+        int32_t next = sampler_next(&a->s, a->logits, a->m->config.vocab_size);
         int stop = 0;
-        for (int i = 0; i < n_stops; i++)
-            stop |= next == stops[i];
+        for (int i = 0; i < a->n_stops; i++)
+            stop |= next == a->stops[i];
         if (stop)
             break;
         size_t len = 0;
         const char *piece = tok_stream_push(&stream, next, &len);
         fwrite(piece, 1, len, stdout);
+        if (text) {
+            *text = xrealloc(*text, kept + len + 1);
+            memcpy(*text + kept, piece, len);
+            (*text)[kept += len] = '\0';
+        }
         if (fflush(stdout) != 0) {   /* nobody can read the answer: stop making it */
             pesc_fail(err, "cannot write to standard output: %s", strerror(errno));
             goto out;
         }
-        if (produced + 1 < max_tokens && model_decode(m, &next, 1, logits, NULL, err) != 0)
-            goto out;
+        if (*produced + 1 < max_tokens) {
+            tok_ids_push(fed, next);
+            if (model_decode(a->m, &next, 1, a->logits, NULL, err) != 0)
+                goto out;
+        }
     }
     size_t len = 0;
     const char *rest = tok_stream_flush(&stream, &len);
     fwrite(rest, 1, len, stdout);
+    if (text) {
+        *text = xrealloc(*text, kept + len + 1);
+        memcpy(*text + kept, rest, len);
+        (*text)[kept + len] = '\0';
+    }
     printf("\n");
-    if (max_tokens < o->max_tokens && produced == max_tokens)
-        fprintf(stderr, "pesc generate: note: stopped after %ld tokens at the model's context "
-                "of %d (max_position_embeddings)\n", produced, m->config.max_position_embeddings);
     rc = 0;
 out:
     tok_stream_free(&stream);
-    sampler_free(&s);
-    free(logits);
+    return rc;
+}
+
+static void context_note(const model *m, long produced)
+{
+    fprintf(stderr, "pesc generate: note: stopped after %ld tokens at the model's context of "
+            "%d (max_position_embeddings)\n", produced, m->config.max_position_embeddings);
+}
+
+static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
+                          const generate_options *o, const char *prompt, pesc_error *err)
+{
+    tok_ids ids = {0};
+    tpl_message msg = {.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
+    if ((o->raw ? tok_encode(tok, prompt, strlen(prompt), TOK_ADD_SPECIAL, &ids, err)
+                : template_encode_prompt(tpl, tok, &msg, 1, &ids, err)) != 0)
+        return -1;
+    answerer a;
+    answerer_init(&a, m, tok, tpl, o);
+    long produced = 0, max_tokens = model_answer_room(m, ids.n, (int)o->max_tokens, err);
+    int rc = -1;
+    if (max_tokens >= 0 && model_cache_reset(m, ids.n + (int)max_tokens, err) == 0 &&
+        model_decode(m, ids.ids, ids.n, a.logits, NULL, err) == 0 &&
+        answer(&a, max_tokens, &ids, NULL, &produced, err) == 0) {
+        if (max_tokens < o->max_tokens && produced == max_tokens)
+            context_note(m, produced);
+        rc = 0;
+    }
+    answerer_free(&a);
     tok_ids_free(&ids);
+    return rc;
+}
+
+/* --chat: a line of standard input a user turn, each answered with the conversation so far in
+ * the prompt. The cache keeps what the model has read: a turn decodes only the tokens past
+ * the longest prefix the new prompt shares with it (the last answer's end marker, the new
+ * turn and the assistant header, or more where the answer's text tokenizes otherwise). */
+static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
+                    const generate_options *o, pesc_error *err)
+{
+    answerer a;
+    answerer_init(&a, m, tok, tpl, o);
+    tpl_message *turns = NULL;
+    int n_turns = 0, rc = -1, tty = isatty(STDIN_FILENO);
+    tok_ids fed = {0}, ids = {0};
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    for (;;) {
+        if (tty)
+            fputs("> ", stderr);
+        if ((got = getline(&line, &cap, stdin)) < 0)
+            break;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+            line[--got] = '\0';
+        if (got == 0)
+            continue;
+        if (memchr(line, '\0', (size_t)got)) {
+            pesc_fail(err, "standard input holds a NUL byte: the turns must be text");
+            goto out;
+        }
+        turns = xrealloc(turns, (size_t)(n_turns + 2) * sizeof *turns);
+        turns[n_turns++] = (tpl_message){.role = ROLE_USER, .content = xstrdup(line),
+                                         .len = (size_t)got};
+        ids.n = 0;
+        if (template_encode_prompt(tpl, tok, turns, n_turns, &ids, err) != 0)
+            goto out;
+        long room = model_answer_room(m, ids.n, (int)o->max_tokens, err);
+        if (room < 0) {   /* the conversation fills the context: it ends, not in an error */
+            fprintf(stderr, "pesc generate: note: the conversation is %d tokens, the model's "
+                    "context (max_position_embeddings) %d: it ends here\n", ids.n,
+                    m->config.max_position_embeddings);
+            rc = 0;
+            goto out;
+        }
+        int same = 0;   /* tokens of the new prompt the cache holds, one at least left over */
+        while (same < fed.n && same < ids.n - 1 && fed.ids[same] == ids.ids[same])
+            same++;
+        if (model_cache_keep(m, same, ids.n + (int)room, err) != 0 ||
+            model_decode(m, ids.ids + same, ids.n - same, a.logits, NULL, err) != 0)
+            goto out;
+        fed.n = 0;
+        for (int i = 0; i < ids.n; i++)
+            tok_ids_push(&fed, ids.ids[i]);
+        char *text = NULL;
+        long produced = 0;
+        if (answer(&a, room, &fed, &text, &produced, err) != 0) {
+            free(text);
+            goto out;
+        }
+        if (room < o->max_tokens && produced == room)
+            context_note(m, produced);
+        turns[n_turns++] = (tpl_message){.role = ROLE_ASSISTANT, .content = text,
+                                         .len = strlen(text)};
+    }
+    if (ferror(stdin)) {
+        pesc_fail(err, "cannot read the conversation from standard input: %s", strerror(errno));
+        goto out;
+    }
+    if (tty)
+        fputc('\n', stderr);
+    rc = 0;
+out:
+    for (int i = 0; i < n_turns; i++)
+        free((char *)turns[i].content);
+    free(turns);
+    free(line);
+    tok_ids_free(&fed);
+    tok_ids_free(&ids);
+    answerer_free(&a);
     return rc;
 }
 
@@ -271,7 +418,7 @@ int cmd_generate(int argc, char **argv)
     tokenizer *tok = NULL;
     char *tokenizer_path = NULL, *prompt = NULL;
     status = 1;
-    if (!(prompt = read_prompt(&o, &err)))
+    if (!o.chat && !(prompt = read_prompt(&o, &err)))
         goto out;
     if (tuned_load("pesc generate", o.model, o.adapters, b, &m, &t, &err) != 0)
         goto out;
@@ -295,7 +442,8 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "pesc generate: note: the model's chat template (tokenizer_config.json) "
                 "is %s's; the prompt is wrapped in %s (the default): --template %s if the model "
                 "was tuned in its own format\n", own, o.template_name, own);
-    if (run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err) != 0)
+    if ((o.chat ? run_chat(&m, tok, template_find(o.template_name), &o, &err)
+               : run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err)) != 0)
         goto out;
     status = 0;
 out:

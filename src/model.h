@@ -291,6 +291,10 @@ int model_score(model *m, const int32_t *tokens, const int32_t *targets, int B, 
  * writes the logits (V) of the last one into logits (host). Uses the current weights with no
  * dropout. *experts (optional, n_layers * K) receives the last token's experts per layer. */
 int model_cache_reset(model *m, int capacity, pesc_error *err);
+/* Keeps the first `keep` cached tokens (at most those cached), the rest forgotten, with room
+ * for `capacity` in all: a conversation's next turn decodes only what differs from what the
+ * cache already holds. */
+int model_cache_keep(model *m, int keep, int capacity, pesc_error *err);
 /* How many of `wanted` answer tokens fit after a prompt of n tokens in the model's context
  * (max_position_embeddings): wanted, or fewer; -1 (err says so) when the prompt fills it. */
 int model_answer_room(const model *m, int n, int wanted, pesc_error *err);

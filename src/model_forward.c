@@ -892,19 +892,45 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
 
 int model_cache_reset(model *m, int capacity, pesc_error *err)
 {
-    m->cache_len = 0;
-    if (capacity <= m->cache_capacity)
+    return model_cache_keep(m, 0, capacity, err);
+}
+
+int model_cache_keep(model *m, int keep, int capacity, pesc_error *err)
+{
+    if (keep < 0 || keep > m->cache_len)
+        return pesc_fail(err, "model_cache_keep: %d of %d cached tokens", keep, m->cache_len);
+    if (capacity <= m->cache_capacity) {
+        m->cache_len = keep;
         return 0;
+    }
+    /* a larger cache: each layer's first keep rows move over (a layer's rows are capacity
+     * apart) */
     const hf_config *c = &m->config;
-    size_t bytes = (size_t)c->n_layers * capacity * c->n_kv_heads * c->head_dim * sizeof(float);
+    size_t row = (size_t)c->n_kv_heads * c->head_dim * sizeof(float);
+    size_t bytes = (size_t)c->n_layers * capacity * row;
+    if (keep == 0) {   /* nothing to move: the old cache goes first */
+        backend_free(m->backend, m->k_cache);
+        backend_free(m->backend, m->v_cache);
+        m->k_cache = m->v_cache = NULL;
+        m->cache_capacity = m->cache_len = 0;
+    }
+    float *k = backend_alloc(m->backend, bytes, err);
+    float *v = k ? backend_alloc(m->backend, bytes, err) : NULL;
+    if (!v) {
+        backend_free(m->backend, k);
+        return -1;
+    }
+    for (int l = 0; l < c->n_layers && keep > 0; l++) {
+        size_t to = (size_t)l * capacity * row, from = (size_t)l * m->cache_capacity * row;
+        backend_copy(m->backend, (char *)k + to, (const char *)m->k_cache + from, keep * row);
+        backend_copy(m->backend, (char *)v + to, (const char *)m->v_cache + from, keep * row);
+    }
     backend_free(m->backend, m->k_cache);
     backend_free(m->backend, m->v_cache);
-    m->cache_capacity = 0;
-    m->k_cache = backend_alloc(m->backend, bytes, err);
-    m->v_cache = m->k_cache ? backend_alloc(m->backend, bytes, err) : NULL;
-    if (!m->v_cache)
-        return -1;
+    m->k_cache = k;
+    m->v_cache = v;
     m->cache_capacity = capacity;
+    m->cache_len = keep;
     return 0;
 }
 

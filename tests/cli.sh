@@ -244,6 +244,21 @@ grep -q "pesc eval: loading the model from.*pesc eval: scoring 5 records" "$tmp/
 printf 'capital: France\n' >"$tmp/prompt.txt"
 expect 0 "^Paris$" "generate reads the prompt from standard input" -- sh -c "'$pesc' generate --model '$demo' <'$tmp/prompt.txt'"
 expect 2 "\-\-model DIR is required" "generate without --model" -- "$pesc" generate --prompt hi
+# --chat: a line a turn (blank lines skipped), each answered in turn, the conversation in the
+# prompt; the first answer is the single prompt's; a full context ends it, not in an error
+printf 'capital: France\n\nreverse: abc\n' >"$tmp/chat.txt"
+"$pesc" generate --model "$demo" --chat <"$tmp/chat.txt" >"$tmp/chat.out" 2>"$tmp/err" &&
+  [ "$(wc -l <"$tmp/chat.out")" = 2 ] && [ "$(head -n 1 "$tmp/chat.out")" = Paris ] &&
+  [ ! -s "$tmp/err" ] && pass "generate --chat answers each turn, a line each" ||
+  fail "generate --chat: '$(head -c 200 "$tmp/chat.out")' $(head -c 300 "$tmp/err")"
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "capital: France"; done >"$tmp/long-chat.txt"
+expect 0 "note: the conversation is .* tokens, the model's context .* 128: it ends here" \
+  "generate --chat ends when the context is full" -- \
+  sh -c "'$pesc' generate --model '$demo' --chat <'$tmp/long-chat.txt'"
+expect 2 "\-\-chat reads its turns from standard input.*leave out \-\-prompt" \
+  "generate --chat with --prompt" -- "$pesc" generate --model "$demo" --chat --prompt hi
+expect 2 "\-\-chat lays the turns out in a chat template.*choose one" "generate --chat with --raw" -- \
+  "$pesc" generate --model "$demo" --chat --raw
 expect 2 "\-\-top-p cuts what sampling draws from.*add \-\-temperature T" "generate --top-p while greedy" -- \
   "$pesc" generate --model "$demo" --prompt hi --top-p 0.5
 expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --template" -- \

@@ -439,6 +439,17 @@ static void test_kv_cache(const char *root)
         }
         REPORT(worst < 1e-4, "KV-cache decoding equals the full forward (%s%s): max |diff| %.1e",
                dirs[d], what[d], worst);
+        /* a conversation's next turn: the first 9 tokens kept in a cache grown past its 32
+         * (the rows move), the rest decoded at once, as pesc generate --chat does */
+        if (model_cache_keep(&m, 9, 48, &err) != 0 ||
+            model_decode(&m, ids + 9, T - 9, step, NULL, &err) != 0)
+            die(&err);
+        worst = 0.0;
+        for (int v = 0; v < V; v++)
+            worst = fmax(worst, fabs(step[v] - full[(size_t)(T - 1) * V + v]));
+        REPORT(worst < 1e-4 && m.cache_len == T && m.cache_capacity == 48,
+               "a kept prefix, the cache grown, then the rest (%s%s): max |diff| %.1e",
+               dirs[d], what[d], worst);
         free(full);
         free(step);
         model_free(&m);
