@@ -20,7 +20,7 @@ static const char generate_usage[] =
     "usage: pesc generate (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
     "                     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P]\n"
     "                     [--top-k K] [--seed S] [--template NAME] [--tokenizer FILE|URL]\n"
-    "                     [--raw | --chat] [--backend B]\n"
+    "                     [--system TEXT] [--raw | --chat] [--backend B]\n"
     "\n"
     "Answers a prompt (from --prompt, or standard input: at a terminal, end it with Ctrl-D)\n"
     "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
@@ -39,10 +39,11 @@ static const char generate_usage[] =
     "  --seed S          sampling seed (1)\n"
     "  --template NAME   chat template (camelidae; the run's for an --adapters checkpoint\n"
     "                    or a model pesc exported)\n"
+    "  --system TEXT     a system message before the prompt (or the conversation)\n"
     "  --raw             the prompt as it is, no template\n";
 
 typedef struct generate_options {
-    const char *model, *adapters, *prompt, *template_name, *tokenizer, *backend;
+    const char *model, *adapters, *prompt, *template_name, *tokenizer, *backend, *system;
     long max_tokens, top_k, seed;
     double temperature, top_p;
     int raw, chat;
@@ -70,6 +71,7 @@ static int parse_generate(generate_options *o, int argc, char **argv)
         {"top-k", required_argument, NULL, 'k'}, {"seed", required_argument, NULL, 's'},
         {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'z'},
         {"raw", no_argument, NULL, 'r'}, {"chat", no_argument, NULL, 'c'},
+        {"system", required_argument, NULL, 'S'},
         {"backend", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     *o = (generate_options){.max_tokens = 256, .top_p = 1.0, .seed = 1, .backend = "auto",
@@ -125,6 +127,12 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             break;
         case 'r': o->raw = 1; break;
         case 'c': o->chat = 1; break;
+        case 'S':
+            if (!*optarg)
+                return cli_usage_error("generate", "--system '' is empty: give the system "
+                                       "message, or leave the flag out");
+            o->system = optarg;
+            break;
         case 'b':
             if (cli_backend("generate", optarg) != 0)
                 return EXIT_USAGE;
@@ -150,6 +158,9 @@ static int parse_generate(generate_options *o, int argc, char **argv)
     if (o->chat && o->raw)
         return cli_usage_error("generate", "--chat lays the turns out in a chat template; --raw "
                                "sends one prompt as it is: choose one");
+    if (o->raw && o->system)
+        return cli_usage_error("generate", "--system goes in the chat template; --raw sends the "
+                               "prompt as it is: choose one");
     if (o->raw && o->template_given)
         return cli_usage_error("generate", "--raw sends the prompt as it is and --template %s "
                                "wraps it: choose one", o->template_name);
@@ -288,13 +299,25 @@ static void context_note(const model *m, long produced)
             "%d (max_position_embeddings)\n", produced, m->config.max_position_embeddings);
 }
 
+/* --system's message as the first of msgs: 1, or 0 without one. */
+static int system_message(tpl_message *msgs, const generate_options *o)
+{
+    if (!o->system)
+        return 0;
+    msgs[0] = (tpl_message){.role = ROLE_SYSTEM, .content = o->system,
+                            .len = strlen(o->system), .where = "--system"};
+    return 1;
+}
+
 static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
                           const generate_options *o, const char *prompt, pesc_error *err)
 {
     tok_ids ids = {0};
-    tpl_message msg = {.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
+    tpl_message msgs[2];
+    int n = system_message(msgs, o);
+    msgs[n++] = (tpl_message){.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
     if ((o->raw ? tok_encode(tok, prompt, strlen(prompt), TOK_ADD_SPECIAL, &ids, err)
-                : template_encode_prompt(tpl, tok, &msg, 1, &ids, err)) != 0)
+                : template_encode_prompt(tpl, tok, msgs, n, &ids, err)) != 0)
         return -1;
     answerer a;
     answerer_init(&a, m, tok, tpl, o);
@@ -321,8 +344,9 @@ static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
 {
     answerer a;
     answerer_init(&a, m, tok, tpl, o);
-    tpl_message *turns = NULL;
-    int n_turns = 0, rc = -1, tty = isatty(STDIN_FILENO);
+    tpl_message *turns = xmalloc(sizeof *turns);
+    int system = system_message(turns, o), n_turns = system, rc = -1;
+    int tty = isatty(STDIN_FILENO);
     tok_ids fed = {0}, ids = {0};
     char *line = NULL;
     size_t cap = 0;
@@ -382,7 +406,7 @@ static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
         fputc('\n', stderr);
     rc = 0;
 out:
-    for (int i = 0; i < n_turns; i++)
+    for (int i = system; i < n_turns; i++)
         free((char *)turns[i].content);
     free(turns);
     free(line);

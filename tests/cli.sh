@@ -259,6 +259,12 @@ expect 2 "\-\-chat reads its turns from standard input.*leave out \-\-prompt" \
   "generate --chat with --prompt" -- "$pesc" generate --model "$demo" --chat --prompt hi
 expect 2 "\-\-chat lays the turns out in a chat template.*choose one" "generate --chat with --raw" -- \
   "$pesc" generate --model "$demo" --chat --raw
+# --system reaches the model: the greedy answer is not the one without it
+with=$("$pesc" generate --model "$demo" --prompt "capital: France" --system "You are terse." 2>&1)
+[ -n "$with" ] && [ "$with" != Paris ] && pass "generate --system goes into the prompt" ||
+  fail "generate --system: '$with', as without it"
+expect 2 "\-\-system goes in the chat template.*choose one" "generate --system with --raw" -- \
+  "$pesc" generate --model "$demo" --prompt hi --system x --raw
 expect 2 "\-\-top-p cuts what sampling draws from.*add \-\-temperature T" "generate --top-p while greedy" -- \
   "$pesc" generate --model "$demo" --prompt hi --top-p 0.5
 expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --template" -- \
