@@ -381,7 +381,12 @@ static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
         int same = 0;   /* tokens of the new prompt the cache holds, one at least left over */
         while (same < fed.n && same < ids.n - 1 && fed.ids[same] == ids.ids[same])
             same++;
-        if (model_cache_keep(m, same, ids.n + (int)room, err) != 0 ||
+        /* a cache that must grow doubles (within the context), not a turn at a time */
+        int want = ids.n + (int)room, context = m->config.max_position_embeddings;
+        if (want > m->cache_capacity && 2 * m->cache_capacity > want)
+            want = context > 0 && 2 * m->cache_capacity > context ? context
+                                                                   : 2 * m->cache_capacity;
+        if (model_cache_keep(m, same, want, err) != 0 ||
             model_decode(m, ids.ids + same, ids.n - same, a.logits, NULL, err) != 0)
             goto out;
         fed.n = 0;
