@@ -571,6 +571,28 @@ static int state_unreadable(const char *dir)
     return error;
 }
 
+char *checkpoint_older(const char *save_dir, long step)
+{
+    DIR *d = opendir(save_dir);
+    if (!d)
+        return NULL;
+    long best = -1, at;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (checkpoint_name_step(e->d_name, &at) && at < step && at > best) {
+            char *p = pesc_path_join(save_dir, e->d_name);
+            if (state_unreadable(p) == 0)
+                best = at;
+            free(p);
+        }
+    closedir(d);
+    if (best < 0)
+        return NULL;
+    char name[64];
+    snprintf(name, sizeof name, "step-%08ld", best);
+    return pesc_path_join(save_dir, name);
+}
+
 int checkpoint_find(const char *path, char **dir, pesc_error *err)
 {
     int error = state_unreadable(path);

@@ -105,6 +105,9 @@ int checkpoint_name_step(const char *name, long *step);
  * CHECKPOINT_NONE when path holds no checkpoint at all, -1 when one is there but unreadable. */
 enum { CHECKPOINT_NONE = -2 };
 int checkpoint_find(const char *path, char **dir, pesc_error *err);
+/* The newest checkpoint in save_dir before step whose state.json can be read (malloc'd), or
+ * NULL: where a run whose newest checkpoint is damaged can go on from. */
+char *checkpoint_older(const char *save_dir, long step);
 /* model_load_trainables of what --adapters names: a trainables file, or a checkpoint or a
  * save directory (its newest checkpoint's trainables.safetensors). */
 int checkpoint_load_adapters(model *m, const char *path, pesc_error *err);

@@ -1436,13 +1436,32 @@ static void inputs_given_otherwise(const session *s, const checkpoint_state *st,
         snprintf(buf + at, n - at, " --tokenizer %.500s", st->tokenizer);
 }
 
+/* After a checkpoint that --resume SAVE_DIR took as its newest could not be read: the older
+ * one to resume from instead, in err. */
+static void older_checkpoint_hint(const train_config *c, const char *dir, pesc_error *err)
+{
+    const char *name = dir ? strrchr(dir, '/') : NULL;
+    long step;
+    if (!name || !c->resume || strcmp(dir, c->resume) == 0 ||
+        !checkpoint_name_step(name + 1, &step))
+        return;
+    char *older = checkpoint_older(c->resume, step);
+    if (older)
+        pesc_fail_suffix(err, "; the checkpoint before it: --resume %s", older);
+    free(older);
+}
+
 static int resume(session *s, pesc_error *err)
 {
     const char *dir = s->resumed_dir;   /* adopt_resumed's */
     const checkpoint_state *st = s->resumed;
     int rc = -1;
-    if (check_resumable(s, st, dir, err) != 0 || checkpoint_load(dir, &s->m, &s->opt, err))
+    if (check_resumable(s, st, dir, err) != 0)
         goto out;
+    if (checkpoint_load(dir, &s->m, &s->opt, err) != 0) {
+        older_checkpoint_hint(&s->cfg, dir, err);
+        goto out;
+    }
     if (dataset_seek(s->data, &st->cursor, err) != 0) {
         char had[1024];
         inputs_given_otherwise(s, st, had, sizeof had);
@@ -1781,8 +1800,12 @@ static int adopt_resumed(session *s, pesc_error *err)
     checkpoint_state *st = s->resumed = xmalloc(sizeof *st);
     char *dir = NULL;
     int rc = -1;
-    if (checkpoint_find(c->resume, &dir, err) != 0 || checkpoint_read_state(dir, st, err) != 0)
+    if (checkpoint_find(c->resume, &dir, err) != 0)
         goto out;
+    if (checkpoint_read_state(dir, st, err) != 0) {
+        older_checkpoint_hint(c, dir, err);
+        goto out;
+    }
     if (st->n_data == 0) {   /* an earlier pesc's: the command line says it all, as it did */
         if (!c->model && !c->init_config && c->n_sources == 0)
             train_config_demo(c);

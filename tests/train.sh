@@ -104,6 +104,17 @@ before=$(losses "$tmp/alone.jsonl" | wc -l)
   [ "$(losses "$tmp/alone.jsonl" | wc -l)" = "$before" ] &&
   pass "--resume of a moved save directory saves on there, and leaves the old log alone" ||
   fail "--resume of a moved save directory: $(ls "$tmp/moved"): $(head -c 300 "$tmp/out")"
+# a damaged newest checkpoint (its trainables cut short, or its state.json) names the one
+# before it to resume from, in the one line
+cp -r "$tmp/alone" "$tmp/damaged"
+truncate -s 100 "$tmp/damaged/step-00000013/trainables.safetensors"
+expect 1 "truncated or not safetensors; the checkpoint before it: \-\-resume $tmp/damaged/step-00000012$" \
+  "--resume of a save directory whose newest trainables are damaged names the one before" -- \
+  "$pesc" train --headless --resume "$tmp/damaged" --steps 14
+echo '{"step": 3' >"$tmp/damaged/step-00000013/state.json"
+expect 1 "state.json: .*; the checkpoint before it: \-\-resume $tmp/damaged/step-00000012$" \
+  "--resume of a save directory whose newest state.json is damaged names the one before" -- \
+  "$pesc" train --headless --resume "$tmp/damaged" --steps 14
 # a flag given again replaces the run's value where it may change (--lr), and must match where
 # it shapes what was saved (--seq)
 # shellcheck disable=SC2086
