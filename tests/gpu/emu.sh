@@ -298,4 +298,17 @@ for math in tf32 bf16; do
   [ "$waits" = 24 ] && pass "pesc generate --backend cuda ($math) waits for the device once a token (24)" ||
     fail "pesc generate --backend cuda ($math) waits for the device $waits times for 24 tokens"
 done
+# a --chat conversation on the emulated GPU: the cache kept between turns (and grown, at 16
+# answer tokens a turn, its rows copied on the device) gives the CPU's answers, in tf32 and
+# bf16 (with the rows not copied, the second answer is empty)
+printf 'capital: France\nreverse: abc\ncapital: Japan\n' >"$tmp/chat.txt"
+"$pesc" generate --model "$demo" --chat --max-tokens 16 --backend cpu <"$tmp/chat.txt" >"$tmp/chat-cpu" 2>"$tmp/err" ||
+  fail "pesc generate --chat --backend cpu: $(head -c 300 "$tmp/err")"
+for math in tf32 bf16; do
+  PESC_CUDA_MATH=$math "$pesc" generate --model "$demo" --chat --max-tokens 16 --backend cuda <"$tmp/chat.txt" \
+    >"$tmp/chat-$math" 2>"$tmp/err" || fail "pesc generate --chat ($math): $(head -c 300 "$tmp/err")"
+  [ "$(wc -l <"$tmp/chat-cpu")" = 3 ] && cmp -s "$tmp/chat-cpu" "$tmp/chat-$math" &&
+    pass "pesc generate --chat --backend cuda ($math): the CPU's three answers" ||
+    fail "pesc generate --chat ($math): '$(cat "$tmp/chat-$math")', the CPU's '$(cat "$tmp/chat-cpu")'"
+done
 [ "$failures" -eq 0 ]
