@@ -80,6 +80,36 @@ static void test_matmul(pesc_backend *b, int N, int C, int OC, int with_bias)
     backend_free(b, x); backend_free(b, w); backend_free(b, bias); backend_free(b, out);
 }
 
+/* cpu_gemm of one row (a generated token's products, run as matrix-vector products) in every
+ * transposition, against double sums: C (1, N) = 0.5 op(A) op(B) + 0.25 C, N x K past the
+ * size that splits across threads */
+static void test_gemm_row(void)
+{
+    enum { N = 700, K = 400 };
+    float *a = malloc((size_t)K * 3 * sizeof *a), *bm = malloc((size_t)N * K * sizeof *bm);
+    float *c = malloc(N * sizeof *c);
+    double *want = malloc(N * sizeof *want);
+    fill(a, (size_t)K * 3, 1.0);
+    fill(bm, (size_t)N * K, 1.0);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int lda = ta ? 3 : K;   /* op(A) = A^T: A (K, 1) in a column of a (K, 3) */
+            for (int n = 0; n < N; n++) {
+                c[n] = (float)n / N;
+                double sum = 0.0;
+                for (int k = 0; k < K; k++)
+                    sum += (double)a[ta ? (size_t)k * lda : (size_t)k] *
+                           bm[tb ? (size_t)n * K + k : (size_t)k * N + n];
+                want[n] = 0.5 * sum + 0.25 * c[n];
+            }
+            cpu_gemm(ta, tb, 1, N, K, 0.5f, a, lda, bm, tb ? K : N, 0.25f, c, N);
+            char name[64];
+            snprintf(name, sizeof name, "cpu_gemm of one row, trans %d %d", ta, tb);
+            check(name, c, want, N, 1e-6);
+        }
+    free(a); free(bm); free(c); free(want);
+}
+
 static void test_embedding(pesc_backend *b, int N, int V, int C)
 {
     float *table = alloc_floats(b, (size_t)V * C), *out = alloc_floats(b, (size_t)N * C);
@@ -445,6 +475,8 @@ int main(void)
     test_normal_cdf();
     test_matmul(b, 37, 64, 48, 0);
     test_matmul(b, 5, 130, 257, 1);
+    test_matmul(b, 1, 400, 700, 1);   /* one row: matrix-vector products */
+    test_gemm_row();
     test_embedding(b, 29, 50, 24);
     test_rmsnorm(b, 17, 96, 1e-5f);
     test_rope(b, 13, 3, 32, 32, 1.0f, 0);

@@ -15,9 +15,38 @@
 
 /* OpenBLAS runs single-threaded (cpu_backend.c sets it) and the work is split here instead:
  * one thread pool for everything, no OpenBLAS threads spinning against OpenMP ones. */
+/* C (1, N) = alpha op(A) (1, K) op(B) + beta C as a matrix-vector product over columns lo..hi:
+ * a product of one row (a generated token's) through sgemm packed all of B first, most of
+ * its time. */
+static void gemv_part(int trans_a, int trans_b, int lo, int hi, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta, float *C)
+{
+    int inc = trans_a ? lda : 1;
+    if (trans_b)   /* op(B) = B^T, B (N, K): C^T = B a */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, hi - lo, K, alpha, B + (size_t)lo * ldb, ldb,
+                    A, inc, beta, C + lo, 1);
+    else           /* B (K, N): C = a^T B */
+        cblas_sgemv(CblasRowMajor, CblasTrans, K, hi - lo, alpha, B + lo, ldb, A, inc, beta,
+                    C + lo, 1);
+}
+
 void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc)
 {
+    if (M == 1 && N > 0 && K > 0) {
+        int threads = 1;
+#ifdef _OPENMP
+        if (!omp_in_parallel() && (double)N * K >= (double)(1 << 18))
+            threads = omp_get_max_threads();
+#endif
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+        for (int part = 0; part < threads; part++) {
+            int lo = (int)((long)N * part / threads), hi = (int)((long)N * (part + 1) / threads);
+            if (hi > lo)
+                gemv_part(trans_a, trans_b, lo, hi, K, alpha, A, lda, B, ldb, beta, C);
+        }
+        return;
+    }
     enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
     enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
     int threads = 1;
