@@ -67,7 +67,8 @@ int cmd_demo_data(int argc, char **argv)
     if (optind < argc)
         return cli_unexpected("demo-data", argv[optind], "the output file goes after -o");
     if (!output)
-        return cli_usage_error("demo-data", "-o FILE is required");
+        return cli_usage_error("demo-data", "-o FILE is required (-o - writes to standard "
+                               "output)");
     if (cli_path("demo-data", "-o", output, "a file, or - for standard output", &output))
         return EXIT_USAGE;
     spec.records = records;

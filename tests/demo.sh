@@ -130,7 +130,7 @@ expect 1 "negative.jsonl:1: \"input_ids\"\[1\] = -5 is not a token id (0 or more
 # ---- demo-data ----
 expect 0 "usage: pesc demo-data" "demo-data --help" -- "$pesc" demo-data --help
 expect 0 "demo-data" "listed in pesc --help" -- "$pesc" --help
-expect 2 "\-o FILE is required" "demo-data without -o" -- "$pesc" demo-data
+expect 2 "\-o FILE is required (\-o \- writes to standard output)" "demo-data without -o" -- "$pesc" demo-data
 expect 2 "\-\-family nope: the families are arithmetic" "unknown family" -- "$pesc" demo-data -o x --family nope
 expect 2 "\-\-records 0: expected an integer from 1 to 100000000" "zero records" -- "$pesc" demo-data -o x --records 0
 expect 2 "\-\-seed -1" "negative seed" -- "$pesc" demo-data -o x --seed -1
