@@ -902,7 +902,7 @@ static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const c
         return 0;
     }
     if (!lo->tok)
-        return pesc_fail(err, "a %s record needs a tokenizer (--tokenizer or a model "
+        return pesc_fail(err, "%s records need a tokenizer (--tokenizer or a model "
                          "directory with tokenizer.json)", format);
     const chat_template *tpl = lo->tpl ? lo->tpl : template_find("camelidae");
     tok_ids ids = {0}, labels = {0};

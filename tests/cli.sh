@@ -334,7 +334,7 @@ expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/rec
 # a text dataset, read as training reads it: the predicted tokens are the ones eval scores
 "$pesc" demo-data -o "$tmp/chat.jsonl" --records 30 --seed 4 >/dev/null
 gzip -c "$tmp/chat.jsonl" >"$tmp/chat.jsonl.gz"
-expect 1 "chat.jsonl:1: a camelidae record needs a tokenizer (\-\-tokenizer or a model" \
+expect 1 "chat.jsonl:1: camelidae records need a tokenizer (\-\-tokenizer or a model" \
   "inspect a text dataset without a tokenizer says what to give" -- "$pesc" inspect "$tmp/chat.jsonl"
 expect 0 "^records       30$" "inspect a text dataset with --model" -- \
   "$pesc" inspect "$tmp/chat.jsonl.gz" --model "$demo"
