@@ -974,7 +974,7 @@ static int make_record(record_tokens *t, json_t *o, const ds_load_options *lo, c
         return pesc_fail(err, "%s:%ld: format %s does not read JSON records", path, line,
                          info ? info->name : "?");
     if (!(info->ops->flags & PESC_FORMAT_LINES) && !json_is_object(o))
-        return pesc_fail(err, "%s:%ld: a %s record must be a JSON object", path, line,
+        return pesc_fail(err, "%s:%ld: %s records must be JSON objects", path, line,
                          info->name);
     pesc_record_out out = {.vocab_size = lo->vocab_size};
     int rc = info->ops->convert(&format_host, (const pesc_json *)o, &out);
