@@ -26,10 +26,11 @@ static const char generate_usage[] =
     "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
     "(EOS or the template's end marker) or after --max-tokens.\n"
     "\n"
-    "  --chat            a conversation: each line of standard input is a turn, answered\n"
-    "                    before the next is read, with the turns before it in the prompt\n"
-    "                    (what the model has read stays in its cache); ends at the end of\n"
-    "                    the input (Ctrl-D) or when the model's context is full\n"
+    "  --chat            a conversation: each line of standard input is a turn (a line\n"
+    "                    ending in \\ goes on to the next), answered before the next is\n"
+    "                    read, with the turns before it in the prompt (what the model has\n"
+    "                    read stays in its cache); ends at the end of the input (Ctrl-D)\n"
+    "                    or when the model's context is full\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
     "                    checkpoint (or --save directory: its newest) stands for its file,\n"
     "                    and gives its run's base model, template and tokenizer where\n"
@@ -335,7 +336,63 @@ static int run_generation(model *m, tokenizer *tok, const chat_template *tpl,
     return rc;
 }
 
-/* --chat: a line of standard input a user turn, each answered with the conversation so far in
+/* The next user turn of --chat into *turn (malloc'd, *len bytes): a line of standard input,
+ * or several where each but the last ends in a backslash (taken out, the line break kept);
+ * blank turns are passed over. 1, or 0 at the end of the input, or -1 with err. */
+static int read_turn(char **turn, size_t *len, int tty, pesc_error *err)
+{
+    char *line = NULL, *text = NULL;
+    size_t cap = 0, n = 0;
+    ssize_t got;
+    int rc = 0, go_on = 0;
+    for (;;) {
+        if (tty)
+            fputs(go_on ? ". " : "> ", stderr);
+        if ((got = getline(&line, &cap, stdin)) < 0)
+            break;
+        if (memchr(line, '\0', (size_t)got)) {
+            rc = pesc_fail(err, "standard input holds a NUL byte: the turns must be text");
+            goto out;
+        }
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+            got--;
+        go_on = got > 0 && line[got - 1] == '\\';
+        text = xrealloc(text, n + (size_t)got + 1);
+        memcpy(text + n, line, (size_t)got - go_on);
+        n += (size_t)got - go_on;
+        if (go_on) {
+            text[n++] = '\n';
+            continue;
+        }
+        while (n > 0 && text[n - 1] == '\n')
+            n--;
+        if (n > 0) {
+            rc = 1;
+            break;
+        }
+    }
+    if (rc == 0 && ferror(stdin)) {
+        rc = pesc_fail(err, "cannot read the conversation from standard input: %s",
+                       strerror(errno));
+        goto out;
+    }
+    while (rc == 0 && n > 0 && text[n - 1] == '\n')   /* the input ended inside a turn */
+        n--;
+    if (n > 0)
+        rc = 1;
+out:
+    free(line);
+    if (rc == 1) {
+        text[n] = '\0';
+        *turn = text;
+        *len = n;
+    } else {
+        free(text);
+    }
+    return rc;
+}
+
+/* --chat: a line of standard input (or lines joined by backslashes) a user turn, each answered with the conversation so far in
  * the prompt. The cache keeps what the model has read: a turn decodes only the tokens past
  * the longest prefix the new prompt shares with it (the last answer's end marker, the new
  * turn and the assistant header, or more where the answer's text tokenizes otherwise). */
@@ -348,25 +405,16 @@ static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
     int system = system_message(turns, o), n_turns = system, rc = -1;
     int tty = isatty(STDIN_FILENO);
     tok_ids fed = {0}, ids = {0};
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t got;
+    char *turn = NULL;
+    size_t len = 0;
     for (;;) {
-        if (tty)
-            fputs("> ", stderr);
-        if ((got = getline(&line, &cap, stdin)) < 0)
-            break;
-        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
-            line[--got] = '\0';
-        if (got == 0)
-            continue;
-        if (memchr(line, '\0', (size_t)got)) {
-            pesc_fail(err, "standard input holds a NUL byte: the turns must be text");
+        int more = read_turn(&turn, &len, tty, err);
+        if (more < 0)
             goto out;
-        }
+        if (more == 0)
+            break;
         turns = xrealloc(turns, (size_t)(n_turns + 2) * sizeof *turns);
-        turns[n_turns++] = (tpl_message){.role = ROLE_USER, .content = xstrdup(line),
-                                         .len = (size_t)got};
+        turns[n_turns++] = (tpl_message){.role = ROLE_USER, .content = turn, .len = len};
         ids.n = 0;
         if (template_encode_prompt(tpl, tok, turns, n_turns, &ids, err) != 0)
             goto out;
@@ -403,10 +451,6 @@ static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
         turns[n_turns++] = (tpl_message){.role = ROLE_ASSISTANT, .content = text,
                                          .len = strlen(text)};
     }
-    if (ferror(stdin)) {
-        pesc_fail(err, "cannot read the conversation from standard input: %s", strerror(errno));
-        goto out;
-    }
     if (tty)
         fputc('\n', stderr);
     rc = 0;
@@ -414,7 +458,6 @@ out:
     for (int i = system; i < n_turns; i++)
         free((char *)turns[i].content);
     free(turns);
-    free(line);
     tok_ids_free(&fed);
     tok_ids_free(&ids);
     answerer_free(&a);

@@ -244,9 +244,10 @@ grep -q "pesc eval: loading the model from.*pesc eval: scoring 5 records" "$tmp/
 printf 'capital: France\n' >"$tmp/prompt.txt"
 expect 0 "^Paris$" "generate reads the prompt from standard input" -- sh -c "'$pesc' generate --model '$demo' <'$tmp/prompt.txt'"
 expect 2 "\-\-model DIR is required" "generate without --model" -- "$pesc" generate --prompt hi
-# --chat: a line a turn (blank lines skipped), each answered in turn, the conversation in the
-# prompt; the first answer is the single prompt's; a full context ends it, not in an error
-printf 'capital: France\n\nreverse: abc\n' >"$tmp/chat.txt"
+# --chat: a line a turn (blank lines skipped, a backslash at the end going on to the next line),
+# each answered in turn, the conversation in the prompt; the first answer is the single
+# prompt's; a full context ends it, not in an error
+printf 'capital: \\\nFrance\n\nreverse: abc\n' >"$tmp/chat.txt"
 "$pesc" generate --model "$demo" --chat <"$tmp/chat.txt" >"$tmp/chat.out" 2>"$tmp/err" &&
   [ "$(wc -l <"$tmp/chat.out")" = 2 ] && [ "$(head -n 1 "$tmp/chat.out")" = Paris ] &&
   [ ! -s "$tmp/err" ] && pass "generate --chat answers each turn, a line each" ||
