@@ -1,6 +1,7 @@
 /* cmd_generate — `pesc generate`: a prompt through the chat template, the answer streamed to
  * standard output token by token (KV cache, greedy or sampled). */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +30,9 @@ static const char generate_usage[] =
     "  --chat            a conversation: each line of standard input is a turn (a line\n"
     "                    ending in \\ goes on to the next), answered before the next is\n"
     "                    read, with the turns before it in the prompt (what the model has\n"
-    "                    read stays in its cache); ends at the end of the input (Ctrl-D)\n"
-    "                    or when the model's context is full\n"
+    "                    read stays in its cache); Ctrl-C stops an answer; ends at the end\n"
+    "                    of the input (Ctrl-D, or Ctrl-C at the prompt) or when the model's\n"
+    "                    context is full\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
     "                    checkpoint (or --save directory: its newest) stands for its file,\n"
     "                    and gives its run's base model, template and tokenizer where\n"
@@ -216,6 +218,15 @@ fail:
     return NULL;
 }
 
+/* Ctrl-C in --chat: stops the answer being made (the conversation goes on), or, at the
+ * prompt, ends the conversation. */
+static volatile sig_atomic_t interrupted;
+static void on_interrupt(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
 /* What one answer is made with, the same for every turn of a conversation. */
 typedef struct answerer {
     model *m;
@@ -254,7 +265,7 @@ static int answer(answerer *a, long max_tokens, tok_ids *fed, char **text, long 
     int rc = -1;
     if (text)
         *text = xstrdup("");
-    for (*produced = 0; *produced < max_tokens; (*produced)++) {
+    for (*produced = 0; *produced < max_tokens && !interrupted; (*produced)++) {
         int32_t next = sampler_next(&a->s, a->logits, a->m->config.vocab_size);
         int stop = 0;
         for (int i = 0; i < a->n_stops; i++)
@@ -348,8 +359,13 @@ static int read_turn(char **turn, size_t *len, int tty, pesc_error *err)
     for (;;) {
         if (tty)
             fputs(go_on ? ". " : "> ", stderr);
-        if ((got = getline(&line, &cap, stdin)) < 0)
+        if ((got = getline(&line, &cap, stdin)) < 0) {
+            if (interrupted) {   /* Ctrl-C at the prompt: the end, as Ctrl-D */
+                clearerr(stdin);
+                n = 0;
+            }
             break;
+        }
         if (memchr(line, '\0', (size_t)got)) {
             rc = pesc_fail(err, "standard input holds a NUL byte: the turns must be text");
             goto out;
@@ -406,8 +422,13 @@ static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
     int tty = isatty(STDIN_FILENO);
     tok_ids fed = {0}, ids = {0};
     char *turn = NULL;
+    /* without SA_RESTART, so that Ctrl-C at the prompt ends the read */
+    struct sigaction quit = {.sa_handler = on_interrupt}, before;
+    sigemptyset(&quit.sa_mask);
+    sigaction(SIGINT, &quit, &before);
     size_t len = 0;
     for (;;) {
+        interrupted = 0;
         int more = read_turn(&turn, &len, tty, err);
         if (more < 0)
             goto out;
@@ -461,6 +482,7 @@ out:
     tok_ids_free(&fed);
     tok_ids_free(&ids);
     answerer_free(&a);
+    sigaction(SIGINT, &before, NULL);
     return rc;
 }
 

@@ -252,6 +252,22 @@ printf 'capital: \\\nFrance\n\nreverse: abc\n' >"$tmp/chat.txt"
   [ "$(wc -l <"$tmp/chat.out")" = 2 ] && [ "$(head -n 1 "$tmp/chat.out")" = Paris ] &&
   [ ! -s "$tmp/err" ] && pass "generate --chat answers each turn, a line each" ||
   fail "generate --chat: '$(head -c 200 "$tmp/chat.out")' $(head -c 300 "$tmp/err")"
+# Ctrl-C (SIGINT) at the prompt ends the conversation as the end of the input does: exit 0
+mkfifo "$tmp/chat.fifo"
+"$pesc" generate --model "$demo" --chat <"$tmp/chat.fifo" >"$tmp/chat-int.out" 2>"$tmp/chat-int.err" &
+chat_pid=$!
+exec 7>"$tmp/chat.fifo"
+(echo "capital: France" >&7) 2>/dev/null
+for i in $(seq 100); do grep -q Paris "$tmp/chat-int.out" 2>/dev/null && break; sleep 0.1; done
+kill -INT "$chat_pid" 2>/dev/null
+for i in $(seq 100); do kill -0 "$chat_pid" 2>/dev/null || break; sleep 0.1; done
+kill -9 "$chat_pid" 2>/dev/null   # not ended by then: a failure, not a hang
+wait "$chat_pid"
+chat_status=$?
+exec 7>&-
+[ "$chat_status" = 0 ] && [ "$(cat "$tmp/chat-int.out")" = Paris ] && [ ! -s "$tmp/chat-int.err" ] &&
+  pass "generate --chat: Ctrl-C at the prompt ends it, exit 0" ||
+  fail "generate --chat, Ctrl-C at the prompt: exit $chat_status, $(cat "$tmp/chat-int.out" "$tmp/chat-int.err" | head -c 300)"
 for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "capital: France"; done >"$tmp/long-chat.txt"
 expect 0 "note: the conversation is .* tokens, the model's context .* 128: it ends here" \
   "generate --chat ends when the context is full" -- \
