@@ -408,10 +408,11 @@ out:
     return rc;
 }
 
-/* --chat: a line of standard input (or lines joined by backslashes) a user turn, each answered with the conversation so far in
- * the prompt. The cache keeps what the model has read: a turn decodes only the tokens past
- * the longest prefix the new prompt shares with it (the last answer's end marker, the new
- * turn and the assistant header, or more where the answer's text tokenizes otherwise). */
+/* --chat: a line of standard input (or lines joined by backslashes) a user turn, each
+ * answered with the conversation so far in the prompt. The cache keeps what the model has
+ * read: a turn decodes only the tokens past the longest prefix the new prompt shares with it
+ * (the last answer's end marker, the new turn and the assistant header, or more where the
+ * answer's text tokenizes otherwise). */
 static int run_chat(model *m, tokenizer *tok, const chat_template *tpl,
                     const generate_options *o, pesc_error *err)
 {
