@@ -20,7 +20,7 @@ static const char overview[] =
     "  inspect   summary of a model directory, checkpoint, safetensors file or dataset\n"
     "  devices   compute devices this build can use\n"
     "  train     craft and instruction-tune a model without a screen (--headless)\n"
-    "  generate  answer a prompt with a model (and its adapters), streaming\n"
+    "  generate  answer a prompt, or hold a conversation (--chat), with a model\n"
     "  export    a checkpoint as a Camelidae-layout model directory\n"
     "  bench     training-step throughput and MFU on a random PESC model\n"
     "  tokenize  text to token ids with a Hugging Face tokenizer.json\n"
