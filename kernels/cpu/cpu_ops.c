@@ -13,8 +13,6 @@
 #include <omp.h>
 #endif
 
-/* OpenBLAS runs single-threaded (cpu_backend.c sets it) and the work is split here instead:
- * one thread pool for everything, no OpenBLAS threads spinning against OpenMP ones. */
 /* C (1, N) = alpha op(A) (1, K) op(B) + beta C as a matrix-vector product over columns lo..hi:
  * a product of one row (a generated token's) through sgemm packed all of B first, most of
  * its time. */
@@ -30,6 +28,8 @@ static void gemv_part(int trans_a, int trans_b, int lo, int hi, int K, float alp
                     C + lo, 1);
 }
 
+/* OpenBLAS runs single-threaded (cpu_backend.c sets it) and the work is split here instead:
+ * one thread pool for everything, no OpenBLAS threads spinning against OpenMP ones. */
 void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc)
 {
@@ -160,12 +160,14 @@ void cpu_rope_rotate(float *out, const float *inp, const int32_t *pos, const flo
     int half = R / 2;
     /* A batch's rows repeat their positions: where they do, each position's angles are made
      * once into a table (the sines and cosines were most of RoPE's time). */
-    int32_t top = -1;
-    for (int n = 0; n < N; n++)
+    if (N <= 0)
+        return;
+    int32_t low = pos[0], top = pos[0];
+    for (int n = 1; n < N; n++) {
+        low = pos[n] < low ? pos[n] : low;
         top = pos[n] > top ? pos[n] : top;
-    int tabled = half > 0 && pos[0] >= 0 && top < N / 2;
-    for (int n = 0; tabled && n < N; n++)
-        tabled = pos[n] >= 0;
+    }
+    int tabled = half > 0 && low >= 0 && top < N / 2;   /* (no table: each token its own) */
     float *table = tabled ? malloc(((size_t)top + 1) * R * sizeof *table) : NULL;
 #pragma omp parallel
     {
