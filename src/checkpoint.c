@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -571,26 +572,46 @@ static int state_unreadable(const char *dir)
     return error;
 }
 
-char *checkpoint_older(const char *save_dir, long step)
+/* The newest step-N in save_dir below `below` whose state.json reads (-1: none; -2, errno
+ * set, when save_dir cannot be listed), and the newest that does not, with why (*bad -1:
+ * none). */
+static long newest_checkpoint(const char *save_dir, long below, long *bad, int *bad_error)
 {
+    long best = -1, step;
+    *bad = -1;
     DIR *d = opendir(save_dir);
     if (!d)
-        return NULL;
-    long best = -1, at;
+        return -2;
     struct dirent *e;
     while ((e = readdir(d)))
-        if (checkpoint_name_step(e->d_name, &at) && at < step && at > best) {
+        if (checkpoint_name_step(e->d_name, &step) && step < below && step > best) {
             char *p = pesc_path_join(save_dir, e->d_name);
-            if (state_unreadable(p) == 0)
-                best = at;
+            int error = state_unreadable(p);
+            if (error == 0) {
+                best = step;
+            } else if (step > *bad) {
+                *bad = step;
+                *bad_error = error;
+            }
             free(p);
         }
     closedir(d);
-    if (best < 0)
-        return NULL;
+    return best;
+}
+
+static char *checkpoint_dir(const char *save_dir, long step)
+{
     char name[64];
-    snprintf(name, sizeof name, "step-%08ld", best);
+    snprintf(name, sizeof name, "step-%08ld", step);
     return pesc_path_join(save_dir, name);
+}
+
+char *checkpoint_older(const char *save_dir, long step)
+{
+    long bad;
+    int bad_error;
+    long best = newest_checkpoint(save_dir, step, &bad, &bad_error);
+    return best < 0 ? NULL : checkpoint_dir(save_dir, best);
 }
 
 int checkpoint_find(const char *path, char **dir, pesc_error *err)
@@ -603,25 +624,12 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
     if (error != ENOENT && error != ENOTDIR)   /* a checkpoint, or a directory, not readable */
         return pesc_fail(err, "%s/" STATE_FILE ": %s (make it readable)", path,
                          strerror(error));
-    DIR *d = opendir(path);
-    if (!d)
-        return pesc_fail(err, "%s: %s", path, strerror(errno));
     /* the newest readable checkpoint, and the newest that is not (with why) */
-    long best = -1, bad = -1, step;
+    long bad;
     int bad_error = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (checkpoint_name_step(e->d_name, &step) && step > best) {
-            char *p = pesc_path_join(path, e->d_name);
-            if ((error = state_unreadable(p)) == 0) {
-                best = step;
-            } else if (step > bad) {
-                bad = step;
-                bad_error = error;
-            }
-            free(p);
-        }
-    closedir(d);
+    long best = newest_checkpoint(path, LONG_MAX, &bad, &bad_error);
+    if (best == -2)
+        return pesc_fail(err, "%s: %s", path, strerror(errno));
     /* one that vanished (replaced by a save of the same step, or rotated out) is passed over;
      * one that cannot be read is not, rather than resume an older one without a word */
     if (bad > best && (best < 0 || bad_error != ENOENT))
@@ -634,9 +642,7 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
                   "written by --save)", path);
         return CHECKPOINT_NONE;
     }
-    char name[64];
-    snprintf(name, sizeof name, "step-%08ld", best);
-    *dir = pesc_path_join(path, name);
+    *dir = checkpoint_dir(path, best);
     return 0;
 }
 
