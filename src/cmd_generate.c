@@ -253,6 +253,18 @@ static void answerer_free(answerer *a)
     free(a->logits);
 }
 
+/* A piece of the answer to standard output, and after *text's first *kept bytes when text is
+ * not NULL. */
+static void put_piece(const char *piece, size_t len, char **text, size_t *kept)
+{
+    fwrite(piece, 1, len, stdout);
+    if (!text)
+        return;
+    *text = xrealloc(*text, *kept + len + 1);
+    memcpy(*text + *kept, piece, len);
+    (*text)[*kept += len] = '\0';
+}
+
 /* The answer to the prompt in the cache (its next token's logits in a->logits), streamed to
  * standard output, at most max_tokens: the tokens go to fed (what the cache then holds, all
  * but the last), the text to *text when not NULL (malloc'd). *produced: how many. */
@@ -274,12 +286,7 @@ static int answer(answerer *a, long max_tokens, tok_ids *fed, char **text, long 
             break;
         size_t len = 0;
         const char *piece = tok_stream_push(&stream, next, &len);
-        fwrite(piece, 1, len, stdout);
-        if (text) {
-            *text = xrealloc(*text, kept + len + 1);
-            memcpy(*text + kept, piece, len);
-            (*text)[kept += len] = '\0';
-        }
+        put_piece(piece, len, text, &kept);
         if (fflush(stdout) != 0) {   /* nobody can read the answer: stop making it */
             pesc_fail(err, "cannot write to standard output: %s", strerror(errno));
             goto out;
@@ -292,12 +299,7 @@ static int answer(answerer *a, long max_tokens, tok_ids *fed, char **text, long 
     }
     size_t len = 0;
     const char *rest = tok_stream_flush(&stream, &len);
-    fwrite(rest, 1, len, stdout);
-    if (text) {
-        *text = xrealloc(*text, kept + len + 1);
-        memcpy(*text + kept, rest, len);
-        (*text)[kept + len] = '\0';
-    }
+    put_piece(rest, len, text, &kept);
     printf("\n");
     rc = 0;
 out:
