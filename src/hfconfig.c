@@ -237,8 +237,9 @@ static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pes
     double rotary = 1.0;
     if (get_number(root, "partial_rotary_factor", 1.0, &rotary, where, err))
         return -1;
-    c->rotary_dim = (int)(c->head_dim * rotary);
-    if (!(rotary > 0 && rotary <= 1) || c->rotary_dim < 2 || c->rotary_dim % 2 != 0)
+    /* the range first: a factor past 1 would make the product overflow the int */
+    c->rotary_dim = rotary > 0 && rotary <= 1 ? (int)(c->head_dim * rotary) : 0;
+    if (c->rotary_dim < 2 || c->rotary_dim % 2 != 0)
         return pesc_fail(err, "%s: partial_rotary_factor %g must leave an even number of a "
                          "head's %d values to rotate (from 2 to all of them)", where, rotary,
                          c->head_dim);

@@ -95,6 +95,10 @@ static void test_families(void)
                  "rotate");
     expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
                  ", \"partial_rotary_factor\": 0}", "partial_rotary_factor 0 must leave");
+    /* refused before the product (a float past INT_MAX into an int, found by the fuzzer) */
+    expect_error("{\"architectures\": [\"Phi3ForCausalLM\"], " BASE
+                 ", \"partial_rotary_factor\": 444444440.75}",
+                 "partial_rotary_factor 4.44444e+08 must leave");
 }
 
 /* SmolLM3: Llama's layers, RoPE left out of the NoPE ones; tied and theta 2e6 by default */
