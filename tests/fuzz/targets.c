@@ -1,6 +1,6 @@
 /* targets — libFuzzer entry points for the readers of files a user hands pesc: safetensors files
  * and sharded sets, config.json, tokenizer.json and tokenizer_config.json, the dataset formats,
- * a checkpoint's state.json and a run's JSONL log (pesc view). tests/fuzz/run builds one
+ * a checkpoint's state.json, a run's JSONL log (pesc view) and a --config file. tests/fuzz/run builds one
  * program per target (-DTARGET_x) with clang's ASan and UBSan and runs each on seeds made from
  * the repository's own files.
  *
@@ -20,6 +20,7 @@
 #include "dataset.h"
 #include "hfconfig.h"
 #include "logview.h"
+#include "optfile.h"
 #include "safetensors.h"
 #include "template.h"
 #include "tokenizer.h"
@@ -229,6 +230,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     monitor_view_delete(v);
     m.ops->close(m.ctx);
     return 0;
+}
+
+#elif defined(TARGET_optfile)
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    pesc_error err;
+    optfile *f = optfile_parse((const char *)data, size, "run.yaml", &err);
+    size_t sum = 0;   /* every name and value read through */
+    for (int i = 0; f && i < f->n; i++) {
+        sum += strlen(f->entries[i].name);
+        for (int j = 0; j < f->entries[i].n_values; j++)
+            sum += strlen(f->entries[i].values[j]);
+    }
+    optfile_delete(f);
+    return sum == (size_t)-1;
 }
 
 #else
