@@ -2,17 +2,22 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+static const char *usage_where;
+
+void cli_usage_where(const char *where) { usage_where = where; }
+
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "pesc %s: ", cmd);
+    fprintf(stderr, "pesc %s: %s%s", cmd, usage_where ? usage_where : "", usage_where ? ": " : "");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, " (see pesc %s --help)\n", cmd);
     va_end(ap);
@@ -52,6 +57,48 @@ pesc_backend *cli_backend_new(const char *cmd, const char *name)
     return b;
 }
 
+/* Edits (insert, delete, replace, swap two neighbours) from a to b; a name of 32 bytes or
+ * more is no typo of an option's: INT_MAX. */
+static int edits(const char *a, const char *b)
+{
+    enum { MAX = 32 };
+    size_t n = strlen(a), m = strlen(b);
+    if (n >= MAX || m >= MAX)
+        return INT_MAX;
+    int d[MAX][MAX];
+    for (size_t i = 0; i <= n; i++)
+        for (size_t j = 0; j <= m; j++) {
+            if (i == 0 || j == 0) {
+                d[i][j] = (int)(i + j);
+                continue;
+            }
+            int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            best = d[i - 1][j] + 1 < best ? d[i - 1][j] + 1 : best;
+            best = d[i][j - 1] + 1 < best ? d[i][j - 1] + 1 : best;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[n][m];
+}
+
+/* The option whose name is nearest name, within two edits and fewer than half its length
+ * (no name is a typo of "lr"); NULL when none is. */
+const char *cli_nearest_option(const struct option *table, const char *name)
+{
+    const char *best = NULL;
+    int fewest = strlen(name) < 6 ? (int)strlen(name) / 2 + 1 : 3;
+    for (const struct option *o = table; o->name; o++) {
+        int d = edits(name, o->name);
+        if (d < fewest) {
+            fewest = d;
+            best = o->name;
+        }
+    }
+    return best;
+}
+
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts)
 {
@@ -69,8 +116,17 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
         cli_usage_error(cmd, "option -%c needs a value", optopt);
     else if (optopt)
         cli_usage_error(cmd, "unknown option -%c", optopt);
-    else
-        cli_usage_error(cmd, "unknown option %s", arg);
+    else {
+        /* a typo of a long option is told the nearest one */
+        char name[64] = "";
+        if (strncmp(arg, "--", 2) == 0)
+            snprintf(name, sizeof name, "%.*s", (int)strcspn(arg + 2, "="), arg + 2);
+        const char *near = *name ? cli_nearest_option(longopts, name) : NULL;
+        if (near)
+            cli_usage_error(cmd, "unknown option %s: did you mean --%s?", arg, near);
+        else
+            cli_usage_error(cmd, "unknown option %s", arg);
+    }
     return '?';
 }
 

@@ -12,6 +12,9 @@ enum { EXIT_USAGE = 2 };
 
 /* "pesc CMD: message (see pesc CMD --help)" on stderr; returns EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Where the options being parsed come from when not the command line ("run.yaml:7", a
+ * --config file's line): cli_usage_error names it before its message. NULL: the command line. */
+void cli_usage_where(const char *where);
 /* "pesc CMD: unexpected argument 'ARG'[: HINT] (see ...)", ARG on one line and cut short;
  * returns EXIT_USAGE. HINT (or NULL) says where such a value goes. */
 int cli_unexpected(const char *cmd, const char *arg, const char *hint);
@@ -25,6 +28,10 @@ int cli_fail(const char *cmd, const pesc_error *err);
  * a usage error for an unknown option or a missing argument. */
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts);
+
+/* The long option whose name is nearest name (a typo's: two edits at most, and fewer than
+ * half the name's length); NULL when none is. */
+const char *cli_nearest_option(const struct option *longopts, const char *name);
 
 /* --backend NAME: auto, cpu or cuda; 0, or EXIT_USAGE after a usage error line. */
 int cli_backend(const char *cmd, const char *name);

@@ -2,6 +2,7 @@
 #include "train_options.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,11 +10,16 @@
 
 #include "cli.h"
 #include "dataset.h"
+#include "optfile.h"
 #include "plugin.h"
 #include "sink.h"
 #include "template.h"
 
 const char train_options_help[] =
+    "options from a file:\n"
+    "  --config FILE        the options below from a YAML file, one 'name: value' a line\n"
+    "                       (lr: 2e-4; a list for data; man pesc-train, CONFIG FILES);\n"
+    "                       the command line's own override the file's\n"
     "model and data:\n"
     "  --model DIR|URL      Hugging Face model directory or hf:// URL (default: the demo)\n"
     "  --init-config FILE   start from random weights of the shape a config.json gives\n"
@@ -108,7 +114,7 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_HELP
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG, OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -141,6 +147,7 @@ static const struct option train_options_own[] = {
     {"eval-split", required_argument, NULL, OPT_EVAL_SPLIT},
     {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
     {"no-keep-best", no_argument, NULL, OPT_NO_KEEP_BEST},
+    {"config", required_argument, NULL, OPT_CONFIG},
     {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
@@ -356,23 +363,158 @@ static int check_plugin_names(const train_config *c, const char *cmd)
     return rc;
 }
 
+/* --keep-best and --no-keep-best set one thing: the command line's either overrides the
+ * file's either. */
+static int same_setting(int a, int b)
+{
+    int best_a = a == OPT_KEEP_BEST || a == OPT_NO_KEEP_BEST;
+    int best_b = b == OPT_KEEP_BEST || b == OPT_NO_KEEP_BEST;
+    return a == b || (best_a && best_b);
+}
+
+static int repeatable(int opt)
+{
+    return opt == OPT_DATA || opt == OPT_EVAL_DATA || opt == OPT_SINK || opt == OPT_PLUGIN;
+}
+
+/* One entry of a --config file: its values, as the command line's would be; a flag's value
+ * true or false. */
+static int apply_entry(train_config *c, const char *cmd, const optfile_entry *e,
+                       const struct option *o)
+{
+    if (o->has_arg == no_argument) {
+        const char *v = e->n_values == 1 && !e->is_list ? e->values[0] : NULL;
+        int yes = v && (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
+        int no = v && (strcmp(v, "false") == 0 || strcmp(v, "no") == 0);
+        if (!yes && !no)
+            return cli_usage_error(cmd, "%s takes true or false%s%s%s", e->name,
+                                   v ? ", not '" : "", v ? v : "", v ? "'" : "");
+        if (o->val == OPT_KEEP_BEST || o->val == OPT_NO_KEEP_BEST)
+            return apply(c, cmd, (o->val == OPT_KEEP_BEST) == yes ? OPT_KEEP_BEST
+                                                                  : OPT_NO_KEEP_BEST, NULL);
+        return yes ? apply(c, cmd, o->val, NULL) : 0;
+    }
+    if (e->is_list && !repeatable(o->val))
+        return cli_usage_error(cmd, "%s takes one value, not a list%s", e->name,
+                               strcmp(e->name, "lora-targets") == 0
+                                   ? " (its sites are one value: q,k,v)" : "");
+    if (!e->is_list && e->n_values == 0)
+        return cli_usage_error(cmd, "%s needs a value, as the command line's --%s does",
+                               e->name, e->name);
+    for (int i = 0; i < e->n_values; i++) {
+        int rc = apply(c, cmd, o->val, e->values[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* The names a Hugging Face TrainingArguments, LLaMA-Factory or Camelidae config gives what
+ * pesc has under another name: a file written for them is told pesc's. */
+static const char *const other_names[][2] = {
+    {"model-name-or-path", "model"}, {"dataset", "data"}, {"eval-dataset", "eval-data"},
+    {"cutoff-len", "seq"}, {"max-seq-length", "seq"}, {"max-length", "seq"},
+    {"per-device-train-batch-size", "batch"}, {"gradient-accumulation-steps", "grad-accum"},
+    {"packing", "pack"}, {"gradient-checkpointing", "recompute"}, {"max-steps", "steps"},
+    {"num-train-epochs", "epochs"}, {"learning-rate", "lr"}, {"lr-scheduler-type", "schedule"},
+    {"warmup-steps", "warmup"}, {"max-grad-norm", "clip"}, {"output-dir", "save"},
+    {"save-steps", "save-every"}, {"save-total-limit", "keep"}, {"eval-steps", "eval-every"},
+    {"val-size", "eval-split"}, {"resume-from-checkpoint", "resume"}, {"report-to", "sink"},
+    {"num-experts", "experts"}, {"num-experts-per-tok", "top-k"}, {"topk", "top-k"},
+    {"moe-scaling", "adapter-scale"}, {"router-aux-loss-coef", "aux-coef"},
+    {"router-z-loss-coef", "z-coef"}, {"lora-target", "lora-targets"}};
+
+/* A --config file's options, but those the command line gives too (given: its options, n of
+ * them), whose values win there; a list given there replaces the file's. The file's values
+ * stay read for the life of the process: the config points into them. */
+static int apply_file(train_config *c, const char *cmd, const char *path,
+                      const struct option *table, const int *given, int n)
+{
+    static optfile **kept;   /* the files parsed so far (a command parses one) */
+    static size_t n_kept;
+    pesc_error err;
+    char *text;
+    size_t len;
+    if (pesc_read_file(path, &text, &len, &err) != 0)
+        return cli_usage_error(cmd, "--config %s", err.msg);
+    optfile *f = optfile_parse(text, len, path, &err);
+    free(text);
+    if (!f)
+        return cli_usage_error(cmd, "%s", err.msg);
+    kept = xrealloc(kept, (n_kept + 1) * sizeof *kept);
+    kept[n_kept++] = f;
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < f->n; i++) {
+        const optfile_entry *e = &f->entries[i];
+        char where[PATH_MAX + 32];
+        snprintf(where, sizeof where, "%s:%d", path, e->line);
+        cli_usage_where(where);
+        const struct option *o = table;
+        while (o->name && strcmp(o->name, e->name) != 0)
+            o++;
+        const char *other = NULL, *near = NULL;
+        for (size_t k = 0; !o->name && !other && k < sizeof other_names / sizeof *other_names; k++)
+            if (strcmp(e->name, other_names[k][0]) == 0)
+                other = other_names[k][1];
+        if (!o->name && !other)
+            near = cli_nearest_option(table, e->name);
+        if (o->name && (o->val == OPT_HELP || o->val == OPT_CONFIG))
+            rc = cli_usage_error(cmd, "a config file cannot give '%s'", e->name);
+        else if (other)
+            rc = cli_usage_error(cmd, "unknown option '%s': pesc's name for it is '%s'",
+                                 e->name, other);
+        else if (near)
+            rc = cli_usage_error(cmd, "unknown option '%s': did you mean '%s'?", e->name, near);
+        else if (!o->name)
+            rc = cli_usage_error(cmd, "unknown option '%s': names are pesc train's long options "
+                                 "without their --", e->name);
+        int overridden = 0;
+        for (int j = 0; rc == 0 && j < n; j++)
+            overridden |= same_setting(given[j], o->val);
+        if (rc == 0 && !overridden)
+            rc = apply_entry(c, cmd, e, o);
+    }
+    cli_usage_where(NULL);
+    return rc;
+}
+
 int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
 {
     int opt;
     struct option table[80];
     pesc_option_merge(table, 80, train_options_own,
                       sizeof train_options_own / sizeof *train_options_own);
-    while ((opt = cli_getopt(cmd, argc, argv, "h", table)) != -1) {
+    /* the command line's options first, so that a --config file can leave out what it
+     * overrides; then the file's, then the command line's */
+    int *given = xmalloc((size_t)(argc + 1) * sizeof *given), n = 0;
+    const char **args = xmalloc((size_t)(argc + 1) * sizeof *args), *config = NULL;
+    int rc = -1;
+    while (rc < 0 && (opt = cli_getopt(cmd, argc, argv, "h", table)) != -1) {
         if (opt == OPT_HELP || opt == 'h')
-            return TRAIN_HELP;
-        if (opt == '?')
-            return EXIT_USAGE;
-        int rc = apply(c, cmd, opt, optarg);
-        if (rc != 0)
-            return rc;
+            rc = TRAIN_HELP;
+        else if (opt == '?')
+            rc = EXIT_USAGE;
+        else if (opt == OPT_CONFIG && config)
+            rc = cli_usage_error(cmd, "--config is given twice: one file holds a run's options");
+        else if (opt == OPT_CONFIG)
+            rc = cli_path(cmd, "--config", optarg, "a file of options", &config) ? EXIT_USAGE
+                                                                                  : -1;
+        else {
+            given[n] = opt;
+            args[n++] = optarg;
+        }
     }
-    if (optind < argc)
-        return cli_unexpected(cmd, argv[optind], cli_data_hint(argv[optind]));
+    if (rc < 0 && optind < argc)
+        rc = cli_unexpected(cmd, argv[optind], cli_data_hint(argv[optind]));
+    if (rc < 0 && config && apply_file(c, cmd, config, table, given, n) != 0)
+        rc = EXIT_USAGE;
+    for (int i = 0; rc < 0 && i < n; i++)
+        if (apply(c, cmd, given[i], args[i]) != 0)
+            rc = EXIT_USAGE;
+    free(given);
+    free(args);
+    if (rc >= 0)
+        return rc;
     pesc_error err;
     if (pesc_options_check(&c->pesc, &err) != 0)
         return cli_usage_error(cmd, "%s", err.msg);

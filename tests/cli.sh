@@ -62,6 +62,10 @@ if [ -f "$top_builddir/data/demo/config.json" ]; then
     "$(cd "$top_builddir" && pwd)/pesc"
 fi
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
+expect 2 "unknown option --max-tokns=3: did you mean --max-tokens?" \
+  "a typo of an option is told the nearest one" -- "$pesc" generate --max-tokns=3
+expect 2 "unknown option --lrr: did you mean --lr?" "a typo of a short name too" -- \
+  "$pesc" train --headless --lrr 1
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x
 expect 2 "\-\-records counts \-\-demo's records" "eval --records without --demo" -- "$pesc" eval --model x --data y --records 5

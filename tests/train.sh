@@ -61,6 +61,48 @@ else
   fail "--recompute: losses $(losses "$tmp/rc.jsonl" | tr '\n' ' ') vs $(losses "$tmp/run.jsonl" | tr '\n' ' ')"
 fi
 
+# --config: the same run from a file of its options gives the same losses; the command line's
+# own override the file's, and its --data list replaces the file's
+cat >"$tmp/run.yaml" <<EOF
+# the short run above
+model: $base
+data:
+  - $tmp/data.jsonl
+seq: 24
+batch: 4
+experts: 4
+adapter_dim: 8    # '_' for '-'
+lr: 1e-2
+backend: cpu
+steps: 6
+recompute: false
+EOF
+"$pesc" train --headless --config "$tmp/run.yaml" --log "$tmp/cfg.jsonl" >/dev/null 2>"$tmp/err"
+[ "$(losses "$tmp/cfg.jsonl" | wc -l)" = 6 ] && [ "$(losses "$tmp/cfg.jsonl")" = "$(losses "$tmp/run.jsonl")" ] &&
+  pass "--config: a file of the run's options gives its six losses" ||
+  fail "--config: losses $(losses "$tmp/cfg.jsonl" | tr '\n' ' ') vs $(losses "$tmp/run.jsonl" | tr '\n' ' '): $(head -c 300 "$tmp/err")"
+sed -e 's/^lr: .*/lr: 5e-2/' -e 's/^steps: .*/steps: 9/' -e "s|^  - .*|  - $tmp/missing.jsonl|" \
+  "$tmp/run.yaml" >"$tmp/over.yaml"
+"$pesc" train --headless --config "$tmp/over.yaml" --lr 1e-2 --steps 6 --data "$tmp/data.jsonl" \
+  --log "$tmp/over.jsonl" >/dev/null 2>"$tmp/err"
+[ "$(losses "$tmp/over.jsonl")" = "$(losses "$tmp/run.jsonl")" ] &&
+  pass "--config: --lr, --steps and --data on the command line override the file's" ||
+  fail "--config overridden: losses $(losses "$tmp/over.jsonl" | tr '\n' ' '): $(head -c 300 "$tmp/err")"
+printf 'steps: 2\nexperts: 4\nlearning_rate: 1e-3\n' >"$tmp/bad.yaml"
+expect 2 "bad.yaml:3: unknown option 'learning-rate': pesc's name for it is 'lr'" \
+  "--config: an option of another trainer's name is refused at its line, with pesc's" -- \
+  "$pesc" train --headless --config "$tmp/bad.yaml" --log "$tmp/bad.jsonl"
+[ -e "$tmp/bad.jsonl" ] && fail "a refused --config run made its log"
+printf 'steps: 2\nexperts: 4\nexperts: 8\n' >"$tmp/bad.yaml"
+expect 2 "bad.yaml:3: 'experts' again: line 2 gave it already" \
+  "--config: an option given twice in the file is refused" -- \
+  "$pesc" train --headless --config "$tmp/bad.yaml"
+printf 'steps: 2\ntop_k: 0\n' >"$tmp/bad.yaml"
+expect 2 "bad.yaml:2: --top-k 0" "--config: a bad value is refused at its line" -- \
+  "$pesc" train --headless --config "$tmp/bad.yaml"
+expect 2 "pesc train: --config $tmp/none.yaml: No such file" "--config: a missing file" -- \
+  "$pesc" train --headless --config "$tmp/none.yaml"
+
 # --resume alone goes on as the run would have: its model, data, held-out split, template,
 # shape, seed, length, optimizer settings and crafting come from the checkpoint (once the
 # default --lr and schedule, a dropout of 0.1 and the demo's data took over), from any
