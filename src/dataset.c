@@ -1394,6 +1394,39 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     return rc;
 }
 
+int ds_each_json(const char *path, ds_json_fn fn, void *ctx, pesc_error *err)
+{
+    reader *r = xcalloc(1, sizeof *r);
+    r->path = path;
+    r->line = 1;
+    r->s = stream_open(path, err);
+    if (!r->s) {
+        free(r);
+        return -1;
+    }
+    int rc = 0, got;
+    while (rc == 0 && (got = rd_next(r, err)) > 0) {
+        json_error_t jerr;
+        json_t *o = json_loadb(r->item, r->item_len, 0, &jerr);
+        if (!o && strstr(jerr.text, "unable to decode byte"))
+            rc = pesc_fail(err, "%s:%ld: not valid UTF-8 (column %d: %s); convert the file to "
+                           "UTF-8, e.g. iconv -f latin1 -t utf-8", path, r->item_line,
+                           jerr.column, jerr.text);
+        else if (!o)
+            rc = pesc_fail(err, "%s:%ld: not a JSON object (column %d: %s)", path,
+                           r->item_line, jerr.column, jerr.text);
+        else
+            rc = fn(ctx, o, r->item_line, err);
+        json_decref(o);
+    }
+    if (rc == 0 && got < 0)
+        rc = -1;
+    stream_close(r->s);
+    free(r->item);
+    free(r);
+    return rc;
+}
+
 int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_error *err)
 {
     memset(d, 0, sizeof *d);

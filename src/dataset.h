@@ -129,6 +129,13 @@ int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_er
 int dataset_load(ds_records *d, const char *path, const ds_load_options *o, pesc_error *err);
 void dataset_free(ds_records *d);
 
+/* Each JSON object of a file read as dataset_load reads one (JSONL lines or a top-level
+ * array's elements; plain, .gz or .zst), given to fn with its line, until fn fails. 0, or -1
+ * with a message naming the file and line (fn's own, or bad JSON's). */
+struct json_t;
+typedef int (*ds_json_fn)(void *ctx, const struct json_t *o, long line, pesc_error *err);
+int ds_each_json(const char *path, ds_json_fn fn, void *ctx, pesc_error *err);
+
 /* One --data argument: PATH or PATH:WEIGHT (0 < weight <= DS_MAX_WEIGHT, default 1: each
  * record is taken W times an epoch, the fraction drawn at random). An epoch holds at most
  * DS_MAX_EPOCH records. A number after the last ':' is a weight; where that reading meets a

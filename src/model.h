@@ -280,6 +280,11 @@ int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err
 int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
               float *logits_out, pesc_error *err);
 
+/* model_nll for each of the B sequences of the last forward: seq_nll[b] sums sequence b's
+ * targets (0 where it has none). Multiple-choice scoring runs a question's options as one
+ * batch, an option a sequence. */
+int model_nll_sequences(model *m, const int32_t *targets, double *seq_nll, pesc_error *err);
+
 /* Held-out scoring inside a training run: model_forward (no dropout) then model_nll, in the
  * training buffers the run already holds when B x T fits them, so scoring between steps
  * allocates nothing. */

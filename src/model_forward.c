@@ -682,8 +682,10 @@ static int check_targets(const model *m, const int32_t *targets, int N, long lon
 
 /* Logits a slice of rows at a time: loss of each row, and, when scale_grad != 0, the head's
  * backward (dxn rows and the LM head's gradient when it trains). The losses stay on the backend
- * until the last slice: one wait, not one a slice (unless logits_out takes each slice's). */
-static double head_pass(model *m, const int32_t *targets, float scale_grad, float *logits_out)
+ * until the last slice: one wait, not one a slice (unless logits_out takes each slice's).
+ * seq_nll (optional, B) receives each sequence's sum. */
+static double head_pass(model *m, const int32_t *targets, float scale_grad, float *logits_out,
+                        double *seq_nll)
 {
     const hf_config *c = &m->config;
     pesc_backend *b = m->backend;
@@ -714,6 +716,12 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
     for (int i = 0; i < N; i++)   /* in row order, as before: the same sum */
         if (targets[i] >= 0)
             sum += losses[i];
+    for (int i = 0; seq_nll && i < N; i++) {
+        if (i % m->T == 0)
+            seq_nll[i / m->T] = 0.0;
+        if (targets[i] >= 0)
+            seq_nll[i / m->T] += losses[i];
+    }
     free(losses);
     return sum;
 }
@@ -727,7 +735,20 @@ int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
     if (check_targets(m, targets, N, count, err) != 0)
         return -1;
     backend_upload(m->backend, m->act.targets, targets, (size_t)N * sizeof *targets);
-    *nll = head_pass(m, targets, 0.0f, logits_out);
+    *nll = head_pass(m, targets, 0.0f, logits_out, NULL);
+    return backend_check(m->backend, err);
+}
+
+int model_nll_sequences(model *m, const int32_t *targets, double *seq_nll, pesc_error *err)
+{
+    int N = m->B * m->T;
+    long long count;
+    if (N <= 0)
+        return pesc_fail(err, "model_nll_sequences: no forward pass to score");
+    if (check_targets(m, targets, N, &count, err) != 0)
+        return -1;
+    backend_upload(m->backend, m->act.targets, targets, (size_t)N * sizeof *targets);
+    head_pass(m, targets, 0.0f, NULL, seq_nll);
     return backend_check(m->backend, err);
 }
 
@@ -847,7 +868,7 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
     float ce_scale = count ? loss_scale / (float)count : 0.0f;
     if (ce_scale == 0.0f)
         vector_zero(b, a->dxn, (size_t)N * c->hidden_size);
-    double nll = head_pass(m, targets, ce_scale, NULL);
+    double nll = head_pass(m, targets, ce_scale, NULL, NULL);
     m->losses.ce = count ? nll / (double)count : 0.0;
     m->losses.targets = count;
     vector_zero(b, a->dx, (size_t)N * c->hidden_size);
