@@ -1,6 +1,6 @@
 /* cmd_eval — `pesc eval`: mean next-token loss of a model over a dataset, and with --routing
  * how a crafted model's routers spread each data source over the experts (issue 9; the
- * paper's Fig. 4). */
+ * paper's Fig. 4); with --choices, its accuracy on multiple-choice questions (choices.h). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "backend.h"
+#include "choices.h"
 #include "cli.h"
 #include "commands.h"
 #include "dataset.h"
@@ -23,7 +24,7 @@
 
 static const char eval_usage[] =
     "usage: pesc eval (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
-    "                 (--data FILE|URL... | --demo)\n"
+    "                 (--data FILE|URL... | --demo | --choices FILE|URL...)\n"
     "                 [--format F] [--template NAME] [--tokenizer FILE|URL]\n"
     "                 [--backend auto|cpu|cuda] [--routing] [--records N] [--plugin FILE]...\n"
     "                 [--json]\n"
@@ -59,7 +60,25 @@ static const char eval_usage[] =
     "  --routing        for a crafted model: each source's share of the (token, slot) expert\n"
     "                   assignments per layer, over every token of its records, and the mean\n"
     "                   Jensen-Shannon divergence (bits, 0..1) between the sources per layer\n"
-    "  --json           print {\"loss\": L, \"tokens\": N, \"ppl\": P} (and \"routing\")\n";
+    "  --json           print {\"loss\": L, \"tokens\": N, \"ppl\": P} (and \"routing\")\n"
+    "\n"
+    "Multiple-choice accuracy (instead of --data):\n"
+    "  --choices FILE   questions with options and the right one: MMLU, ARC, OpenBookQA,\n"
+    "                   HellaSwag or PIQA records as the hub has them, or {\"question\",\n"
+    "                   \"choices\": [...], \"answer\"}; JSONL or a JSON array; or a URL.\n"
+    "                   The model's answer is its most likely option (summed log-likelihood);\n"
+    "                   accuracy, and accuracy by likelihood a byte, per file. Repeatable\n"
+    "  --shots N        the first N questions of each file go before every question as\n"
+    "                   worked examples, not scored (0)\n"
+    "  --limit N        score at most N questions of each file (after the shots)\n"
+    "  --letters        the options listed under the question as \"A. ...\" lines, the\n"
+    "                   letter the answer (MMLU's layout)\n"
+    "  --raw            no chat template: \"Question: Q\\nAnswer:\" and \" option\", as\n"
+    "                   lm-evaluation-harness lays them out (else the question is a user\n"
+    "                   turn and the option the answer, scored with its end marker)\n"
+    "  --json           print {\"choices\": [{\"file\", \"questions\", \"accuracy\",\n"
+    "                   \"accuracy_stderr\", \"accuracy_norm\", \"accuracy_norm_stderr\",\n"
+    "                   \"chance\"}, ...]}\n";
 
 enum { EVAL_MAX_SOURCES = 64, EVAL_DEMO_RECORDS = 200 };
 
@@ -74,6 +93,10 @@ typedef struct eval_options {
     int records_given;
     const char *plugins[EVAL_MAX_SOURCES];
     int n_plugins;
+    const char *choices[EVAL_MAX_SOURCES];   /* multiple-choice files */
+    int n_choices;
+    long shots, limit;
+    int letters, raw;
 } eval_options;
 
 static int parse_eval(eval_options *o, int argc, char **argv)
@@ -85,7 +108,9 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'k'},
         {"adapters", required_argument, NULL, 'a'}, {"routing", no_argument, NULL, 'r'},
         {"demo", no_argument, NULL, 'D'}, {"records", required_argument, NULL, 'n'},
-        {"plugin", required_argument, NULL, 'P'},
+        {"plugin", required_argument, NULL, 'P'}, {"choices", required_argument, NULL, 'C'},
+        {"shots", required_argument, NULL, 'S'}, {"limit", required_argument, NULL, 'L'},
+        {"letters", no_argument, NULL, 'l'}, {"raw", no_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
     *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae",
                         .demo_records = EVAL_DEMO_RECORDS};
@@ -137,6 +162,25 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                          &o->plugins[o->n_plugins++]))
                 return EXIT_USAGE;
             break;
+        case 'C':
+            if (o->n_choices == EVAL_MAX_SOURCES)
+                return cli_usage_error("eval", "at most %d --choices files", EVAL_MAX_SOURCES);
+            if (cli_path("eval", "--choices", optarg, "a multiple-choice file or URL",
+                         &o->choices[o->n_choices++]))
+                return EXIT_USAGE;
+            break;
+        case 'S':
+            if (cli_parse_long(optarg, 0, 64, &o->shots) != 0)
+                return cli_usage_error("eval", "--shots %s: expected an integer from 0 to 64",
+                                       optarg);
+            break;
+        case 'L':
+            if (cli_parse_long(optarg, 1, 100000000, &o->limit) != 0)
+                return cli_usage_error("eval", "--limit %s: expected an integer from 1 to "
+                                       "100000000", optarg);
+            break;
+        case 'l': o->letters = 1; break;
+        case 'R': o->raw = 1; break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }
@@ -146,8 +190,21 @@ static int parse_eval(eval_options *o, int argc, char **argv)
     if (!o->model_dir && !o->adapters)
         return cli_usage_error("eval", "--model DIR is required (or --adapters CHECKPOINT, whose "
                                "base model is used)");
-    if (!o->n_data && !o->demo)
-        return cli_usage_error("eval", "--data FILE (or --demo) is required");
+    if (o->n_choices && (o->n_data || o->demo || o->routing || o->records_given ||
+                         strcmp(o->format, "auto") != 0))
+        return cli_usage_error("eval", "--choices scores multiple-choice questions and takes "
+                               "no %s (the loss over a dataset's)", o->n_data ? "--data"
+                               : o->demo ? "--demo" : o->routing ? "--routing"
+                               : o->records_given ? "--records" : "--format");
+    if (!o->n_choices && (o->shots || o->limit || o->letters || o->raw))
+        return cli_usage_error("eval", "%s lays out --choices questions: give --choices FILE",
+                               o->shots ? "--shots" : o->limit ? "--limit"
+                               : o->letters ? "--letters" : "--raw");
+    if (o->raw && o->template_given)
+        return cli_usage_error("eval", "--raw lays questions out with no template, and "
+                               "--template %s names one: give either", o->template_name);
+    if (!o->n_data && !o->demo && !o->n_choices)
+        return cli_usage_error("eval", "--data FILE (or --demo, or --choices FILE) is required");
     if (o->n_data && o->demo)
         return cli_usage_error("eval", "--demo and --data do not go together");
     if (o->records_given && !o->demo)
@@ -416,6 +473,175 @@ static void print_routing_json(const routing_tally *t, const eval_sources *s)
         printf("], \"mean_divergence\": null}");
 }
 
+/* ---- multiple choice ------------------------------------------------------------------ */
+
+/* One question: its options as one batch, an option a sequence (right-padded: causal
+ * attention keeps the padding out of the tokens before it); each option's log-likelihood
+ * into score and its scored text's length into bytes. */
+static int score_question(model *m, tokenizer *tok, const mc_question *q, const mc_layout *l,
+                          const char *path, double *score, size_t *bytes, pesc_error *err)
+{
+    int K = q->n_options, T = 0, rc = 0, context = m->config.max_position_embeddings;
+    tok_ids ids[MC_MAX_OPTIONS] = {{0}}, labels[MC_MAX_OPTIONS] = {{0}};
+    for (int i = 0; rc == 0 && i < K; i++) {
+        rc = mc_encode(q, i, l, tok, &ids[i], &labels[i], &bytes[i], err);
+        T = ids[i].n > T ? ids[i].n : T;
+    }
+    if (rc != 0)
+        pesc_fail_prefix(err, "%s:%ld", path, q->line);
+    else if (context > 0 && T > context)
+        rc = pesc_fail(err, "%s:%ld: the question%s is %d tokens, past the model's context of "
+                       "%d (max_position_embeddings)%s", path, q->line,
+                       l->n_shots ? " with its worked examples" : "", T, context,
+                       l->n_shots ? ": give fewer --shots" : "");
+    int32_t *tokens = NULL, *targets = NULL;
+    double nll[MC_MAX_OPTIONS];
+    if (rc == 0) {
+        tokens = xcalloc((size_t)K * T, sizeof *tokens);
+        targets = xmalloc((size_t)K * T * sizeof *targets);
+        for (int i = 0; i < K; i++) {
+            int32_t *row = targets + (size_t)i * T;
+            memcpy(tokens + (size_t)i * T, ids[i].ids, (size_t)ids[i].n * sizeof *tokens);
+            model_shift_targets(row, ids[i].ids, labels[i].ids, ids[i].n);
+            for (int t = ids[i].n; t < T; t++)
+                row[t] = -100;
+        }
+        rc = model_forward(m, tokens, K, T, err) != 0 ||
+                     model_nll_sequences(m, targets, nll, err) != 0
+                 ? pesc_fail_prefix(err, "%s:%ld", path, q->line) : 0;
+    }
+    for (int i = 0; rc == 0 && i < K; i++)
+        score[i] = -nll[i];
+    for (int i = 0; i < K; i++) {
+        tok_ids_free(&ids[i]);
+        tok_ids_free(&labels[i]);
+    }
+    free(tokens);
+    free(targets);
+    return rc;
+}
+
+typedef struct choices_result {
+    const char *name;
+    mc_tally tally;
+} choices_result;
+
+/* Every question of one file past its worked examples. */
+static int score_file(model *m, tokenizer *tok, const eval_options *o,
+                      const chat_template *tpl, const char *name, const char *path,
+                      mc_tally *tally, pesc_error *err)
+{
+    mc_set set;
+    if (mc_load(&set, path, o->limit ? o->shots + o->limit : 0, err) != 0)
+        return -1;
+    int rc = 0;
+    if (set.n <= o->shots)
+        rc = pesc_fail(err, "%s holds %d question%s: --shots %ld leaves none to score", name,
+                       set.n, set.n == 1 ? "" : "s", o->shots);
+    mc_layout l = {.tpl = tpl, .letters = o->letters, .shots = set.items,
+                   .n_shots = (int)o->shots};
+    double score[MC_MAX_OPTIONS], shown = 0.0;
+    size_t bytes[MC_MAX_OPTIONS];
+    for (int i = (int)o->shots; rc == 0 && i < set.n; i++) {
+        if (pesc_now() - shown > 0.5) {
+            pesc_show_phase("pesc eval", "%s: question %d of %d", name, i + 1 - (int)o->shots,
+                            set.n - (int)o->shots);
+            shown = pesc_now();
+        }
+        if ((rc = score_question(m, tok, &set.items[i], &l, path, score, bytes, err)) == 0)
+            mc_tally_add(tally, &set.items[i], score, bytes);
+    }
+    mc_free(&set);
+    return rc;
+}
+
+static void print_choices(const eval_options *o, const choices_result *r, int n,
+                          const char *layout, const char *device, double seconds)
+{
+    for (int i = 0; i < n; i++) {
+        const mc_tally *t = &r[i].tally;
+        double acc = (double)t->right / (double)t->questions;
+        double norm = (double)t->right_norm / (double)t->questions;
+        double chance = t->chance / (double)t->questions;
+        if (o->json) {
+            json_t *name = json_string(r[i].name);
+            char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
+            printf("%s{\"file\": %s, \"questions\": %ld, \"accuracy\": %.6g, "
+                   "\"accuracy_stderr\": %.6g, \"accuracy_norm\": %.6g, "
+                   "\"accuracy_norm_stderr\": %.6g, \"chance\": %.6g}",
+                   i ? ", " : "{\"choices\": [", quoted ? quoted : "\"?\"", t->questions, acc,
+                   mc_stderr(acc, t->questions), norm, mc_stderr(norm, t->questions), chance);
+            free(quoted);
+            json_decref(name);
+        } else {
+            printf("%s: accuracy %.4f ± %.4f  length-normalised %.4f ± %.4f  (%ld questions, "
+                   "chance %.4f)\n", r[i].name, acc, mc_stderr(acc, t->questions), norm,
+                   mc_stderr(norm, t->questions), t->questions, chance);
+        }
+    }
+    if (o->json)
+        printf("], \"shots\": %ld, \"layout\": \"%s\", \"letters\": %s}\n", o->shots, layout,
+               o->letters ? "true" : "false");
+    else
+        printf("(%ld worked example%s, %s%s; %s, %.2f s)\n", o->shots, o->shots == 1 ? "" : "s",
+               layout, o->letters ? ", lettered" : "", device, seconds);
+}
+
+/* The tokenizer questions are encoded with: --tokenizer (or the run's), else the model's. */
+static tokenizer *choices_tokenizer(const eval_options *o, const char *model_dir,
+                                    pesc_error *err)
+{
+    char *path = NULL;
+    if (o->tokenizer && fetch_view_url_to_cache(o->tokenizer, &path, err) != 0) {
+        pesc_fail_prefix(err, "%s", o->tokenizer_flag);
+        return NULL;
+    }
+    if (!path && !model_dir) {
+        pesc_fail(err, "the model is the random weights of its run's --init-config, with no "
+                  "tokenizer beside them: give --tokenizer FILE|URL");
+        return NULL;
+    }
+    tokenizer *tok = path ? tok_load(path, err) : tok_load_dir(model_dir, err);
+    if (!tok && path)
+        pesc_fail_prefix(err, "%s", o->tokenizer_flag);
+    free(path);
+    return tok;
+}
+
+static int run_choices(const eval_options *o, model *m, const tuned_model *t, pesc_backend *b,
+                       pesc_error *err)
+{
+    double t0 = pesc_now();
+    tokenizer *tok = choices_tokenizer(o, t->dir, err);
+    if (!tok)
+        return -1;
+    const chat_template *tpl = o->raw ? NULL : template_find(o->template_name);
+    const char *own = tpl ? template_model_other(tok, o->template_name) : NULL;
+    if (own && !o->template_given) {
+        pesc_show_phase("pesc eval", NULL);
+        fprintf(stderr, "pesc eval: note: the model's chat template (tokenizer_config.json) is "
+                "%s's; questions are laid out in %s (the default): --template %s if the model "
+                "was tuned in its own format, --raw for none\n", own, o->template_name, own);
+    }
+    choices_result r[EVAL_MAX_SOURCES] = {{0}};
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < o->n_choices; i++) {
+        char *path = NULL;
+        r[i].name = o->choices[i];
+        if (fetch_view_url_to_cache(o->choices[i], &path, err) != 0)
+            rc = pesc_fail_prefix(err, "--choices");
+        else if (score_file(m, tok, o, tpl, o->choices[i], path, &r[i].tally, err) != 0)
+            rc = pesc_fail_prefix(err, "--choices");
+        free(path);
+    }
+    pesc_show_phase("pesc eval", NULL);
+    if (rc == 0)
+        print_choices(o, r, o->n_choices, tpl ? o->template_name : "raw", backend_device(b),
+                      pesc_now() - t0);
+    tok_delete(tok);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv)
 {
     eval_options o;
@@ -461,6 +687,11 @@ int cmd_eval(int argc, char **argv)
     if (!o.tokenizer)
         o.tokenizer = t.tokenizer;
     model_freeze_base(&m);   /* nothing trains: the backend may mirror the weights for products */
+    if (o.n_choices) {
+        if (run_choices(&o, &m, &t, b, &err) == 0)
+            status = 0;
+        goto out;
+    }
     if (o.routing && !m.crafted) {
         pesc_fail(&err, "--routing needs a crafted model: give its routers and adapters with "
                   "--adapters FILE");

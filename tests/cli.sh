@@ -158,6 +158,50 @@ if [ -w /dev/full ]; then
       sh -c '"$0" "$@" </dev/null >/dev/full' "$pesc" $args
   done
 fi
+# eval --choices: multiple-choice questions on the demo model, in the record shapes of MMLU
+# (an index, a letter, an option's text) and ARC; it answers every one, and the same
+# questions with wrong answer keys score 0
+if [ -f "$top_builddir/data/demo/config.json" ]; then
+  demo="$top_builddir/data/demo"
+  cat >"$tmp/mc.jsonl" <<'EOF'
+{"question": "reverse: abcdef", "choices": ["abcdfe", "fedcba", "bacdef", "ffff"], "answer": 1}
+{"question": "sort: 93476", "choices": ["34679", "97643", "93476", "3467"], "answer": 0}
+{"question": "upper: hmh", "choices": ["hmh", "HMh", "MHM", "HMH"], "answer": 3}
+{"question": "4+13", "choices": ["18", "17", "413", "9"], "answer": "17"}
+{"question": "capital: Japan", "choices": {"text": ["Paris", "Lima", "Tokyo", "Rome"], "label": ["A", "B", "C", "D"]}, "answerKey": "C"}
+{"question": "count: vjowk", "choices": ["5", "3", "9", "1"], "answer": "A"}
+{"question": "lower: WSkQF", "choices": ["WSKQF", "wskqf", "wSkQf", "fqksw"], "answer": 1}
+{"question": "reverse: sytvlpj", "choices": ["jplvtys", "sytvlpj", "jplvyts", "ytsvlpj"], "answer": 0}
+EOF
+  sed -e 's/"answer": [0-9]}/"answer": 2}/' -e 's/"answer": "17"/"answer": "9"/' \
+    -e 's/"answerKey": "C"/"answerKey": "A"/' -e 's/"answer": "A"/"answer": "B"/' \
+    "$tmp/mc.jsonl" >"$tmp/wrong.jsonl"
+  sed -i -e '2s/"answer": 2}/"answer": 1}/' "$tmp/wrong.jsonl"   # sort's right answer is 0
+  expect 0 '"accuracy": 1,' "eval --choices: the demo model answers its tasks' questions" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --backend cpu --json
+  grep -q '"questions": 8,.*"chance": 0.25}' "$tmp/out" ||
+    fail "eval --choices: 8 questions of 4 options: $(cat "$tmp/out")"
+  expect 0 "wrong.jsonl: accuracy 0.0000 ± 0.0000" "eval --choices: wrong answer keys score 0" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/wrong.jsonl" --backend cpu
+  expect 0 "(1 worked example, raw, lettered;" "eval --choices --raw --letters --shots 1 --limit 3" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --raw --letters --shots 1 --limit 3
+  grep -q "(3 questions, chance 0.2500)" "$tmp/out" || fail "--limit 3 scored: $(cat "$tmp/out")"
+  printf '{"question": "q", "choices": ["a", "b"], "answer": "c"}\n' >"$tmp/bad-mc.jsonl"
+  expect 1 "\-\-choices: $tmp/bad-mc.jsonl:1: \"answer\": \"c\" is none of the 2 options" \
+    "eval --choices: a record whose answer is no option" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/bad-mc.jsonl"
+  expect 1 "holds 8 questions: \-\-shots 8 leaves none to score" "eval --choices --shots, all of them" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --shots 8
+  expect 1 "past the model's context of 128 (max_position_embeddings): give fewer \-\-shots" \
+    "eval --choices: worked examples past the context" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --shots 7 --letters
+fi
+expect 2 "\-\-choices scores multiple-choice questions and takes no \-\-data" "eval --choices with --data" -- \
+  "$pesc" eval --model x --choices y --data z
+expect 2 "\-\-shots lays out \-\-choices questions" "eval --shots without --choices" -- \
+  "$pesc" eval --model x --data z --shots 2
+expect 2 "\-\-raw lays questions out with no template" "eval --raw --template" -- \
+  "$pesc" eval --model x --choices y --raw --template chatml
 awk 'BEGIN { printf "{\"input_ids\": ["; for (t = 0; t < 200; t++) printf "%s%d", t ? ", " : "", t % 64; print "]}" }' >"$tmp/long.jsonl"
 expect 0 "1 record longer than the model's context of 128 tokens (max_position_embeddings) scored on the first 128" \
   "eval cuts a record at the model's context, and says so" -- "$pesc" eval --model "$m" --data "$tmp/long.jsonl" --backend cpu

@@ -225,7 +225,7 @@ grep -q "^mean divergence over layers: 0\.[0-9]" "$tmp/out" || fail "text: no me
 expect 1 "\-\-routing needs a crafted model" "eval --routing of a dense model" -- \
   "$pesc" eval --model "$p" --data "$tmp/first.jsonl" --routing
 expect 2 "\-\-demo and \-\-data" "--demo with --data" -- "$pesc" eval --model "$p" --demo --data x
-expect 2 "\-\-data FILE (or \-\-demo) is required" "eval without data" -- "$pesc" eval --model "$p"
+expect 2 "\-\-data FILE (or \-\-demo, or \-\-choices FILE) is required" "eval without data" -- "$pesc" eval --model "$p"
 
 # the demo families as sources need the demo model (data/demo), made by tools/make-demo-base
 if [ -f "$d/model.safetensors" ]; then
