@@ -1,6 +1,7 @@
 /* targets — libFuzzer entry points for the readers of files a user hands pesc: safetensors files
  * and sharded sets, config.json, tokenizer.json and tokenizer_config.json, the dataset formats,
- * a checkpoint's state.json, a run's JSONL log (pesc view) and a --config file. tests/fuzz/run builds one
+ * a checkpoint's state.json, a run's JSONL log (pesc view), a --config file and a --choices
+ * file of multiple-choice questions. tests/fuzz/run builds one
  * program per target (-DTARGET_x) with clang's ASan and UBSan and runs each on seeds made from
  * the repository's own files.
  *
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "choices.h"
 #include "dataset.h"
 #include "hfconfig.h"
 #include "logview.h"
@@ -244,6 +246,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sum += strlen(f->entries[i].values[j]);
     }
     optfile_delete(f);
+    return sum == (size_t)-1;
+}
+
+#elif defined(TARGET_choices)
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    mc_set set;
+    pesc_error err;
+    if (mc_load(&set, scratch_file("questions.jsonl", data, size), 0, &err) != 0)
+        return 0;
+    size_t sum = 0;   /* every text read through */
+    for (int i = 0; i < set.n; i++) {
+        sum += strlen(set.items[i].text) + (size_t)set.items[i].answer;
+        for (int j = 0; j < set.items[i].n_options; j++)
+            sum += strlen(set.items[i].options[j]);
+    }
+    mc_free(&set);
     return sum == (size_t)-1;
 }
 

@@ -6,7 +6,8 @@
 # training attention path, and flash with fast-bf16 products, the pairing the MFU target
 # needs), and pesc itself (`pesc devices`, `pesc train --backend cuda` runs against the same
 # run on the CPU, one on the second of two emulated GPUs, one steered through its control
-# socket, and `pesc generate` against the CPU's text); also in bf16 math, with the frozen
+# socket, `pesc generate` against the CPU's text, `pesc eval --choices` against the CPU's
+# answers); also in bf16 math, with the frozen
 # weights in bf16 alone, and in the emulator's immediate mode; the host's waits for the
 # device, a step's and a token's; the memory estimate a run makes against what it then holds,
 # and `pesc bench --profile`'s FLOPs against the MFU's; bf16 math's kept operand copies.
@@ -310,5 +311,22 @@ for math in tf32 bf16; do
   [ "$(wc -l <"$tmp/chat-cpu")" = 3 ] && cmp -s "$tmp/chat-cpu" "$tmp/chat-$math" &&
     pass "pesc generate --chat --backend cuda ($math): the CPU's three answers" ||
     fail "pesc generate --chat ($math): '$(cat "$tmp/chat-$math")', the CPU's '$(cat "$tmp/chat-cpu")'"
+done
+# eval --choices: a question's options as one padded batch, on the emulated GPU, picking the
+# CPU's answers (the same accuracies, plain and a byte), in tf32 and bf16
+cat >"$tmp/mc.jsonl" <<'EOF'
+{"question": "reverse: abcdef", "choices": ["abcdfe", "fedcba", "bacdef", "ffff"], "answer": 1}
+{"question": "upper: hmh", "choices": ["hmh", "HMh", "MHM", "HMH"], "answer": 3}
+{"question": "capital: Japan", "choices": ["Paris", "Lima", "Tokyo", "Rome"], "answer": 2}
+{"question": "4+13", "choices": ["18", "17", "413", "9"], "answer": "17"}
+EOF
+"$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --json --backend cpu >"$tmp/mc-cpu" 2>"$tmp/err" ||
+  fail "pesc eval --choices --backend cpu: $(head -c 300 "$tmp/err")"
+for math in tf32 bf16; do
+  PESC_CUDA_MATH=$math "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --json --backend cuda \
+    >"$tmp/mc-$math" 2>"$tmp/err" || fail "pesc eval --choices ($math): $(head -c 300 "$tmp/err")"
+  grep -q '"accuracy": 1,' "$tmp/mc-cpu" && cmp -s "$tmp/mc-cpu" "$tmp/mc-$math" &&
+    pass "pesc eval --choices --backend cuda ($math): the CPU's answers to four questions" ||
+    fail "pesc eval --choices ($math): '$(cat "$tmp/mc-$math")', the CPU's '$(cat "$tmp/mc-cpu")'"
 done
 [ "$failures" -eq 0 ]
