@@ -417,6 +417,18 @@ int mc_encode(const mc_question *q, int option, const mc_layout *l, tokenizer *t
     return rc;
 }
 
+int mc_examples(const mc_set *from, const mc_question *q, int n, mc_question *out)
+{
+    int same = 0;
+    for (int i = 0; q->subject && !same && i < from->n; i++)
+        same = from->items[i].subject && strcmp(from->items[i].subject, q->subject) == 0;
+    int got = 0;
+    for (int i = 0; got < n && i < from->n; i++)
+        if (!same || (from->items[i].subject && strcmp(from->items[i].subject, q->subject) == 0))
+            out[got++] = from->items[i];
+    return got;
+}
+
 /* ---- accuracy --------------------------------------------------------------------------- */
 
 int mc_pick(const double *score, const size_t *bytes, int n)

@@ -71,6 +71,11 @@ typedef struct mc_layout {
 int mc_encode(const mc_question *q, int option, const mc_layout *l, tokenizer *t, tok_ids *ids,
               tok_ids *labels, size_t *bytes, pesc_error *err);
 
+/* q's worked examples from `from`: the first n of q's subject when q names one that `from`
+ * has (MMLU's dev split per subject), else the first n. Shallow copies into out (room for n);
+ * returns how many there were (fewer than n when the subject has fewer). */
+int mc_examples(const mc_set *from, const mc_question *q, int n, mc_question *out);
+
 /* Accuracy over questions: each question's option scores (log-likelihoods) and lengths. */
 typedef struct mc_tally {
     long questions, right, right_norm;

@@ -70,6 +70,11 @@ static const char eval_usage[] =
     "                   accuracy, and accuracy by likelihood a byte, per file. Repeatable\n"
     "  --shots N        the first N questions of each file go before every question as\n"
     "                   worked examples, not scored (0)\n"
+    "  --shots-from FILE\n"
+    "                   the worked examples from FILE instead: its first N of the\n"
+    "                   question's subject where it names one (MMLU's dev split); every\n"
+    "                   question of --choices is scored. Questions that name subjects are\n"
+    "                   also reported by subject, with the mean over subjects\n"
     "  --limit N        score at most N questions of each file (after the shots)\n"
     "  --letters        the options listed under the question as \"A. ...\" lines, the\n"
     "                   letter the answer (MMLU's layout)\n"
@@ -78,7 +83,8 @@ static const char eval_usage[] =
     "                   turn and the option the answer, scored with its end marker)\n"
     "  --json           print {\"choices\": [{\"file\", \"questions\", \"accuracy\",\n"
     "                   \"accuracy_stderr\", \"accuracy_norm\", \"accuracy_norm_stderr\",\n"
-    "                   \"chance\"}, ...]}\n";
+    "                   \"chance\"}, ...]}; a file whose questions name subjects also has\n"
+    "                   \"subjects\": [{\"subject\", ...}] and \"subject_mean\"\n";
 
 enum { EVAL_MAX_SOURCES = 64, EVAL_DEMO_RECORDS = 200 };
 
@@ -96,6 +102,7 @@ typedef struct eval_options {
     const char *choices[EVAL_MAX_SOURCES];   /* multiple-choice files */
     int n_choices;
     long shots, limit;
+    const char *shots_from;                  /* worked examples from this file */
     int letters, raw;
 } eval_options;
 
@@ -111,6 +118,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         {"plugin", required_argument, NULL, 'P'}, {"choices", required_argument, NULL, 'C'},
         {"shots", required_argument, NULL, 'S'}, {"limit", required_argument, NULL, 'L'},
         {"letters", no_argument, NULL, 'l'}, {"raw", no_argument, NULL, 'R'},
+        {"shots-from", required_argument, NULL, 'F'},
         {NULL, 0, NULL, 0}};
     *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae",
                         .demo_records = EVAL_DEMO_RECORDS};
@@ -179,6 +187,11 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                 return cli_usage_error("eval", "--limit %s: expected an integer from 1 to "
                                        "100000000", optarg);
             break;
+        case 'F':
+            if (cli_path("eval", "--shots-from", optarg, "a multiple-choice file or URL",
+                         &o->shots_from))
+                return EXIT_USAGE;
+            break;
         case 'l': o->letters = 1; break;
         case 'R': o->raw = 1; break;
         case 'h': fputs(eval_usage, stdout); return 0;
@@ -196,10 +209,13 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                                "no %s (the loss over a dataset's)", o->n_data ? "--data"
                                : o->demo ? "--demo" : o->routing ? "--routing"
                                : o->records_given ? "--records" : "--format");
-    if (!o->n_choices && (o->shots || o->limit || o->letters || o->raw))
+    if (!o->n_choices && (o->shots || o->limit || o->letters || o->raw || o->shots_from))
         return cli_usage_error("eval", "%s lays out --choices questions: give --choices FILE",
                                o->shots ? "--shots" : o->limit ? "--limit"
-                               : o->letters ? "--letters" : "--raw");
+                               : o->letters ? "--letters" : o->raw ? "--raw" : "--shots-from");
+    if (o->shots_from && !o->shots)
+        return cli_usage_error("eval", "--shots-from gives worked examples: say how many with "
+                               "--shots N");
     if (o->raw && o->template_given)
         return cli_usage_error("eval", "--raw lays questions out with no template, and "
                                "--template %s names one: give either", o->template_name);
@@ -521,38 +537,103 @@ static int score_question(model *m, tokenizer *tok, const mc_question *q, const 
     return rc;
 }
 
+/* Each subject's tally when a file's questions name subjects (MMLU's 57). */
+typedef struct subject_tally {
+    char *kept;         /* its name (the questions are freed before the printing) */
+    mc_tally tally;
+} subject_tally;
+
 typedef struct choices_result {
     const char *name;
     mc_tally tally;
+    subject_tally *subjects;
+    int n_subjects;
 } choices_result;
 
-/* Every question of one file past its worked examples. */
+static void add_subject(choices_result *r, const mc_question *q, const double *score,
+                        const size_t *bytes)
+{
+    if (!q->subject)
+        return;
+    int i = 0;
+    while (i < r->n_subjects && strcmp(r->subjects[i].kept, q->subject) != 0)
+        i++;
+    if (i == r->n_subjects) {
+        r->subjects = xrealloc(r->subjects, (size_t)(i + 1) * sizeof *r->subjects);
+        r->subjects[i] = (subject_tally){.kept = xstrdup(q->subject)};
+        r->n_subjects++;
+    }
+    mc_tally_add(&r->subjects[i].tally, q, score, bytes);
+}
+
+static int by_subject(const void *a, const void *b)
+{
+    return strcmp(((const subject_tally *)a)->kept, ((const subject_tally *)b)->kept);
+}
+
+/* Every question of one file past its worked examples (or every one, the examples coming
+ * from --shots-from's set, `from`). */
 static int score_file(model *m, tokenizer *tok, const eval_options *o,
-                      const chat_template *tpl, const char *name, const char *path,
-                      mc_tally *tally, pesc_error *err)
+                      const chat_template *tpl, const mc_set *from, const char *path,
+                      choices_result *r, pesc_error *err)
 {
     mc_set set;
-    if (mc_load(&set, path, o->limit ? o->shots + o->limit : 0, err) != 0)
+    int skip = from ? 0 : (int)o->shots;
+    if (mc_load(&set, path, o->limit ? skip + o->limit : 0, err) != 0)
         return -1;
     int rc = 0;
-    if (set.n <= o->shots)
-        rc = pesc_fail(err, "%s holds %d question%s: --shots %ld leaves none to score", name,
+    if (set.n <= skip)
+        rc = pesc_fail(err, "%s holds %d question%s: --shots %ld leaves none to score", r->name,
                        set.n, set.n == 1 ? "" : "s", o->shots);
-    mc_layout l = {.tpl = tpl, .letters = o->letters, .shots = set.items,
+    mc_question examples[64];
+    mc_layout l = {.tpl = tpl, .letters = o->letters, .shots = from ? examples : set.items,
                    .n_shots = (int)o->shots};
     double score[MC_MAX_OPTIONS], shown = 0.0;
     size_t bytes[MC_MAX_OPTIONS];
-    for (int i = (int)o->shots; rc == 0 && i < set.n; i++) {
+    for (int i = skip; rc == 0 && i < set.n; i++) {
+        const mc_question *q = &set.items[i];
         if (pesc_now() - shown > 0.5) {
-            pesc_show_phase("pesc eval", "%s: question %d of %d", name, i + 1 - (int)o->shots,
-                            set.n - (int)o->shots);
+            pesc_show_phase("pesc eval", "%s: question %d of %d", r->name, i + 1 - skip,
+                            set.n - skip);
             shown = pesc_now();
         }
-        if ((rc = score_question(m, tok, &set.items[i], &l, path, score, bytes, err)) == 0)
-            mc_tally_add(tally, &set.items[i], score, bytes);
+        if (from && mc_examples(from, q, (int)o->shots, examples) < o->shots) {
+            rc = pesc_fail(err, "%s:%ld: --shots-from %s has fewer than %ld questions%s%s", path,
+                           q->line, o->shots_from, o->shots, q->subject ? " of subject " : "",
+                           q->subject ? q->subject : "");
+            break;
+        }
+        if ((rc = score_question(m, tok, q, &l, path, score, bytes, err)) == 0) {
+            mc_tally_add(&r->tally, q, score, bytes);
+            add_subject(r, q, score, bytes);
+        }
     }
     mc_free(&set);
+    qsort(r->subjects, (size_t)r->n_subjects, sizeof *r->subjects, by_subject);
     return rc;
+}
+
+static void print_tally_json(const char *key, const char *name, const mc_tally *t)
+{
+    double acc = (double)t->right / (double)t->questions;
+    double norm = (double)t->right_norm / (double)t->questions;
+    json_t *s = json_string(name);
+    char *quoted = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+    printf("{\"%s\": %s, \"questions\": %ld, \"accuracy\": %.6g, \"accuracy_stderr\": %.6g, "
+           "\"accuracy_norm\": %.6g, \"accuracy_norm_stderr\": %.6g, \"chance\": %.6g", key,
+           quoted ? quoted : "\"?\"", t->questions, acc, mc_stderr(acc, t->questions), norm,
+           mc_stderr(norm, t->questions), t->chance / (double)t->questions);
+    free(quoted);
+    json_decref(s);
+}
+
+/* The mean of the subjects' accuracies (MMLU's macro average). */
+static double subject_mean(const choices_result *r)
+{
+    double sum = 0.0;
+    for (int i = 0; i < r->n_subjects; i++)
+        sum += (double)r->subjects[i].tally.right / (double)r->subjects[i].tally.questions;
+    return sum / r->n_subjects;
 }
 
 static void print_choices(const eval_options *o, const choices_result *r, int n,
@@ -560,31 +641,45 @@ static void print_choices(const eval_options *o, const choices_result *r, int n,
 {
     for (int i = 0; i < n; i++) {
         const mc_tally *t = &r[i].tally;
+        int subjects = r[i].n_subjects > 1;
+        if (o->json) {
+            printf("%s", i ? ", " : "{\"choices\": [");
+            print_tally_json("file", r[i].name, t);
+            for (int k = 0; subjects && k < r[i].n_subjects; k++) {
+                printf("%s", k ? ", " : ", \"subjects\": [");
+                print_tally_json("subject", r[i].subjects[k].kept, &r[i].subjects[k].tally);
+                printf("}");
+            }
+            if (subjects)
+                printf("], \"subject_mean\": %.6g", subject_mean(&r[i]));
+            printf("}");
+            continue;
+        }
         double acc = (double)t->right / (double)t->questions;
         double norm = (double)t->right_norm / (double)t->questions;
-        double chance = t->chance / (double)t->questions;
-        if (o->json) {
-            json_t *name = json_string(r[i].name);
-            char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
-            printf("%s{\"file\": %s, \"questions\": %ld, \"accuracy\": %.6g, "
-                   "\"accuracy_stderr\": %.6g, \"accuracy_norm\": %.6g, "
-                   "\"accuracy_norm_stderr\": %.6g, \"chance\": %.6g}",
-                   i ? ", " : "{\"choices\": [", quoted ? quoted : "\"?\"", t->questions, acc,
-                   mc_stderr(acc, t->questions), norm, mc_stderr(norm, t->questions), chance);
-            free(quoted);
-            json_decref(name);
-        } else {
-            printf("%s: accuracy %.4f ± %.4f  length-normalised %.4f ± %.4f  (%ld questions, "
-                   "chance %.4f)\n", r[i].name, acc, mc_stderr(acc, t->questions), norm,
-                   mc_stderr(norm, t->questions), t->questions, chance);
+        printf("%s: accuracy %.4f ± %.4f  length-normalised %.4f ± %.4f  (%ld questions, "
+               "chance %.4f)\n", r[i].name, acc, mc_stderr(acc, t->questions), norm,
+               mc_stderr(norm, t->questions), t->questions, t->chance / (double)t->questions);
+        for (int k = 0; subjects && k < r[i].n_subjects; k++) {
+            const mc_tally *s = &r[i].subjects[k].tally;
+            printf("  %-40s %.4f  %.4f  (%ld)\n", r[i].subjects[k].kept,
+                   (double)s->right / (double)s->questions,
+                   (double)s->right_norm / (double)s->questions, s->questions);
         }
+        if (subjects)
+            printf("  mean over %d subjects: %.4f\n", r[i].n_subjects, subject_mean(&r[i]));
     }
+    const char *examples = o->shots_from ? o->shots_from : "each file's first questions";
     if (o->json)
         printf("], \"shots\": %ld, \"layout\": \"%s\", \"letters\": %s}\n", o->shots, layout,
                o->letters ? "true" : "false");
+    else if (o->shots)
+        printf("(%ld worked example%s from %s, %s%s; %s, %.2f s)\n", o->shots,
+               o->shots == 1 ? "" : "s", examples, layout, o->letters ? ", lettered" : "",
+               device, seconds);
     else
-        printf("(%ld worked example%s, %s%s; %s, %.2f s)\n", o->shots, o->shots == 1 ? "" : "s",
-               layout, o->letters ? ", lettered" : "", device, seconds);
+        printf("(no worked examples, %s%s; %s, %.2f s)\n", layout,
+               o->letters ? ", lettered" : "", device, seconds);
 }
 
 /* The tokenizer questions are encoded with: --tokenizer (or the run's), else the model's. */
@@ -624,13 +719,18 @@ static int run_choices(const eval_options *o, model *m, const tuned_model *t, pe
                 "was tuned in its own format, --raw for none\n", own, o->template_name, own);
     }
     choices_result r[EVAL_MAX_SOURCES] = {{0}};
+    mc_set from = {0};
+    char *path = NULL;
     int rc = 0;
+    if (o->shots_from && (fetch_view_url_to_cache(o->shots_from, &path, err) != 0 ||
+                          mc_load(&from, path, 0, err) != 0))
+        rc = pesc_fail_prefix(err, "--shots-from");
+    free(path);
     for (int i = 0; rc == 0 && i < o->n_choices; i++) {
-        char *path = NULL;
+        path = NULL;
         r[i].name = o->choices[i];
-        if (fetch_view_url_to_cache(o->choices[i], &path, err) != 0)
-            rc = pesc_fail_prefix(err, "--choices");
-        else if (score_file(m, tok, o, tpl, o->choices[i], path, &r[i].tally, err) != 0)
+        if (fetch_view_url_to_cache(o->choices[i], &path, err) != 0 ||
+            score_file(m, tok, o, tpl, o->shots_from ? &from : NULL, path, &r[i], err) != 0)
             rc = pesc_fail_prefix(err, "--choices");
         free(path);
     }
@@ -638,6 +738,12 @@ static int run_choices(const eval_options *o, model *m, const tuned_model *t, pe
     if (rc == 0)
         print_choices(o, r, o->n_choices, tpl ? o->template_name : "raw", backend_device(b),
                       pesc_now() - t0);
+    for (int i = 0; i < o->n_choices; i++) {
+        for (int k = 0; k < r[i].n_subjects; k++)
+            free(r[i].subjects[k].kept);
+        free(r[i].subjects);
+    }
+    mc_free(&from);
     tok_delete(tok);
     return rc;
 }

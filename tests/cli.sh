@@ -183,9 +183,23 @@ EOF
     fail "eval --choices: 8 questions of 4 options: $(cat "$tmp/out")"
   expect 0 "wrong.jsonl: accuracy 0.0000 ± 0.0000" "eval --choices: wrong answer keys score 0" -- \
     "$pesc" eval --model "$demo" --choices "$tmp/wrong.jsonl" --backend cpu
-  expect 0 "(1 worked example, raw, lettered;" "eval --choices --raw --letters --shots 1 --limit 3" -- \
+  expect 0 "(1 worked example from each file's first questions, raw, lettered;" "eval --choices --raw --letters --shots 1 --limit 3" -- \
     "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --raw --letters --shots 1 --limit 3
   grep -q "(3 questions, chance 0.2500)" "$tmp/out" || fail "--limit 3 scored: $(cat "$tmp/out")"
+  # questions that name subjects (MMLU's): each subject's accuracy and their mean; worked
+  # examples from a file (here the same one), of the question's subject
+  sed -e '1,4s/^{/{"subject": "strings", /' -e '5,$s/^{/{"subject": "facts", /' "$tmp/mc.jsonl" >"$tmp/subj.jsonl"
+  expect 0 "  mean over 2 subjects: 1.0000" "eval --choices: questions with subjects, each reported" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/subj.jsonl"
+  grep -q "^  facts  *1.0000  1.0000  (4)$" "$tmp/out" && grep -q "^  strings  *1.0000  1.0000  (4)$" "$tmp/out" ||
+    fail "eval --choices by subject: $(cat "$tmp/out")"
+  expect 0 '"subject": "strings", "questions": 4,.*"subject_mean": ' "eval --choices --shots-from --json" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/subj.jsonl" --shots-from "$tmp/subj.jsonl" --shots 1 --raw --json
+  grep -q '"file": "[^"]*subj.jsonl", "questions": 8,' "$tmp/out" ||
+    fail "--shots-from scores every question: $(cat "$tmp/out")"
+  expect 1 "\-\-shots-from $tmp/subj.jsonl has fewer than 5 questions of subject strings" \
+    "eval --shots-from: a subject short of examples" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/subj.jsonl" --shots-from "$tmp/subj.jsonl" --shots 5
   printf '{"question": "q", "choices": ["a", "b"], "answer": "c"}\n' >"$tmp/bad-mc.jsonl"
   expect 1 "\-\-choices: $tmp/bad-mc.jsonl:1: \"answer\": \"c\" is none of the 2 options" \
     "eval --choices: a record whose answer is no option" -- \
@@ -200,6 +214,8 @@ expect 2 "\-\-choices scores multiple-choice questions and takes no \-\-data" "e
   "$pesc" eval --model x --choices y --data z
 expect 2 "\-\-shots lays out \-\-choices questions" "eval --shots without --choices" -- \
   "$pesc" eval --model x --data z --shots 2
+expect 2 "\-\-shots-from gives worked examples: say how many with \-\-shots N" \
+  "eval --shots-from without --shots" -- "$pesc" eval --model x --choices y --shots-from z
 expect 2 "\-\-raw lays questions out with no template" "eval --raw --template" -- \
   "$pesc" eval --model x --choices y --raw --template chatml
 awk 'BEGIN { printf "{\"input_ids\": ["; for (t = 0; t < 200; t++) printf "%s%d", t ? ", " : "", t % 64; print "]}" }' >"$tmp/long.jsonl"

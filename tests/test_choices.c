@@ -278,6 +278,26 @@ static void test_tally(void)
     REPORT(failures == 0, "picks, tallies and standard errors");
 }
 
+/* Worked examples: the subject's first n, else the file's first n. */
+static void test_examples(void)
+{
+    char a[] = "a", b[] = "b", c[] = "c", a1[] = "a1", b1[] = "b1", a2[] = "a2", b2[] = "b2";
+    mc_question items[4] = {{.text = a1, .subject = a}, {.text = b1, .subject = b},
+                            {.text = a2, .subject = a}, {.text = b2, .subject = b}};
+    mc_set from = {.items = items, .n = 4};
+    mc_question q = {.subject = b}, none = {0}, other = {.subject = c}, out[3];
+    int n = mc_examples(&from, &q, 2, out);
+    CHECK(n == 2 && strcmp(out[0].text, "b1") == 0 && strcmp(out[1].text, "b2") == 0,
+          "subject b: %d", n);
+    n = mc_examples(&from, &q, 3, out);
+    CHECK(n == 2, "subject b has 2, not 3: %d", n);
+    n = mc_examples(&from, &none, 3, out);
+    CHECK(n == 3 && strcmp(out[2].text, "a2") == 0, "no subject: the first 3: %d", n);
+    n = mc_examples(&from, &other, 1, out);
+    CHECK(n == 1 && strcmp(out[0].text, "a1") == 0, "a subject the file lacks: the first: %d", n);
+    REPORT(failures == 0, "worked examples by subject");
+}
+
 int main(void)
 {
     const char *top = getenv("top_srcdir") ? getenv("top_srcdir") : ".";
@@ -287,6 +307,7 @@ int main(void)
     test_shapes();
     test_refusals();
     test_tally();
+    test_examples();
     pesc_error err;
     tokenizer *t = tok_load(path, &err);
     CHECK(t, "the demo tokenizer: %s", err.msg);
