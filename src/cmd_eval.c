@@ -1,6 +1,8 @@
 /* cmd_eval — `pesc eval`: mean next-token loss of a model over a dataset, and with --routing
  * how a crafted model's routers spread each data source over the experts (issue 9; the
  * paper's Fig. 4); with --choices, its accuracy on multiple-choice questions (choices.h). */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +83,8 @@ static const char eval_usage[] =
     "  --raw            no chat template: \"Question: Q\\nAnswer:\" and \" option\", as\n"
     "                   lm-evaluation-harness lays them out (else the question is a user\n"
     "                   turn and the option the answer, scored with its end marker)\n"
+    "  --samples FILE   write each question's scores to FILE (JSONL: file, line, answer,\n"
+    "                   pick, pick_norm, scores, bytes, shared), a new file\n"
     "  --json           print {\"choices\": [{\"file\", \"questions\", \"accuracy\",\n"
     "                   \"accuracy_stderr\", \"accuracy_norm\", \"accuracy_norm_stderr\",\n"
     "                   \"chance\"}, ...]}; a file whose questions name subjects also has\n"
@@ -103,6 +107,7 @@ typedef struct eval_options {
     int n_choices;
     long shots, limit;
     const char *shots_from;                  /* worked examples from this file */
+    const char *samples;                     /* each question's scores, JSONL */
     int letters, raw;
 } eval_options;
 
@@ -119,6 +124,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         {"shots", required_argument, NULL, 'S'}, {"limit", required_argument, NULL, 'L'},
         {"letters", no_argument, NULL, 'l'}, {"raw", no_argument, NULL, 'R'},
         {"shots-from", required_argument, NULL, 'F'},
+        {"samples", required_argument, NULL, 'W'},
         {NULL, 0, NULL, 0}};
     *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae",
                         .demo_records = EVAL_DEMO_RECORDS};
@@ -192,6 +198,10 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                          &o->shots_from))
                 return EXIT_USAGE;
             break;
+        case 'W':
+            if (cli_path("eval", "--samples", optarg, "the file to make", &o->samples))
+                return EXIT_USAGE;
+            break;
         case 'l': o->letters = 1; break;
         case 'R': o->raw = 1; break;
         case 'h': fputs(eval_usage, stdout); return 0;
@@ -209,10 +219,12 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                                "no %s (the loss over a dataset's)", o->n_data ? "--data"
                                : o->demo ? "--demo" : o->routing ? "--routing"
                                : o->records_given ? "--records" : "--format");
-    if (!o->n_choices && (o->shots || o->limit || o->letters || o->raw || o->shots_from))
-        return cli_usage_error("eval", "%s lays out --choices questions: give --choices FILE",
+    if (!o->n_choices && (o->shots || o->limit || o->letters || o->raw || o->shots_from ||
+                          o->samples))
+        return cli_usage_error("eval", "%s is for --choices questions: give --choices FILE",
                                o->shots ? "--shots" : o->limit ? "--limit"
-                               : o->letters ? "--letters" : o->raw ? "--raw" : "--shots-from");
+                               : o->letters ? "--letters" : o->raw ? "--raw"
+                               : o->shots_from ? "--shots-from" : "--samples");
     if (o->shots_from && !o->shots)
         return cli_usage_error("eval", "--shots-from gives worked examples: say how many with "
                                "--shots N");
@@ -491,11 +503,73 @@ static void print_routing_json(const routing_tally *t, const eval_sources *s)
 
 /* ---- multiple choice ------------------------------------------------------------------ */
 
+/* Options whose scored tokens come after a long prefix they share, and are few (MMLU's
+ * letters, after five worked examples): the prefix runs once, into the KV cache, and each
+ * option's own tokens are decoded on it, a token at a time; the batch would run the prefix
+ * once an option. */
+enum { SHARED_MIN_PREFIX = 32, SHARED_MAX_TOKENS = 4 };
+
+/* ln softmax(logits)[id], in double. */
+static double log_prob(const float *logits, int V, int id)
+{
+    float top = logits[0];
+    for (int v = 1; v < V; v++)
+        top = logits[v] > top ? logits[v] : top;
+    double sum = 0.0;
+    for (int v = 0; v < V; v++)
+        sum += exp((double)logits[v] - top);
+    return (double)logits[id] - top - log(sum);
+}
+
+/* The tokens every option starts with, up to its first scored one: how many. */
+static int shared_prefix(const tok_ids *ids, const tok_ids *labels, int K)
+{
+    int n = ids[0].n;
+    for (int i = 0; i < K; i++) {
+        int j = 0;
+        while (j < n && j < ids[i].n && ids[i].ids[j] == ids[0].ids[j] && labels[i].ids[j] < 0)
+            j++;
+        n = j;
+    }
+    return n;
+}
+
+static int score_shared(model *m, const tok_ids *ids, const tok_ids *labels, int K, int P,
+                        int T, double *score, pesc_error *err)
+{
+    int V = m->config.vocab_size, capacity = (T + 255) / 256 * 256;
+    int context = m->config.max_position_embeddings;
+    if (context > 0 && capacity > context)
+        capacity = context;
+    float *prefix = xmalloc((size_t)V * sizeof *prefix), *next = xmalloc((size_t)V * sizeof *next);
+    int rc = model_cache_reset(m, capacity, err) != 0 ||
+             model_decode(m, ids[0].ids, P, prefix, NULL, err) != 0 ? -1 : 0;
+    for (int i = 0; rc == 0 && i < K; i++) {
+        const float *logits = prefix;   /* what comes after position t - 1 */
+        score[i] = 0.0;
+        if (model_cache_keep(m, P, capacity, err) != 0)
+            rc = -1;
+        for (int t = P; rc == 0 && t < ids[i].n; t++) {
+            if (labels[i].ids[t] >= 0)
+                score[i] += log_prob(logits, V, ids[i].ids[t]);
+            if (t + 1 < ids[i].n) {
+                rc = model_decode(m, &ids[i].ids[t], 1, next, NULL, err);
+                logits = next;
+            }
+        }
+    }
+    free(prefix);
+    free(next);
+    return rc;
+}
+
 /* One question: its options as one batch, an option a sequence (right-padded: causal
- * attention keeps the padding out of the tokens before it); each option's log-likelihood
- * into score and its scored text's length into bytes. */
+ * attention keeps the padding out of the tokens before it), or on a shared prefix
+ * (score_shared); each option's log-likelihood into score and its scored text's length into
+ * bytes. */
 static int score_question(model *m, tokenizer *tok, const mc_question *q, const mc_layout *l,
-                          const char *path, double *score, size_t *bytes, pesc_error *err)
+                          const char *path, double *score, size_t *bytes, int *shared,
+                          pesc_error *err)
 {
     int K = q->n_options, T = 0, rc = 0, context = m->config.max_position_embeddings;
     tok_ids ids[MC_MAX_OPTIONS] = {{0}}, labels[MC_MAX_OPTIONS] = {{0}};
@@ -512,7 +586,15 @@ static int score_question(model *m, tokenizer *tok, const mc_question *q, const 
                        l->n_shots ? ": give fewer --shots" : "");
     int32_t *tokens = NULL, *targets = NULL;
     double nll[MC_MAX_OPTIONS];
-    if (rc == 0) {
+    int P = rc == 0 ? shared_prefix(ids, labels, K) : 0, own = 0;
+    for (int i = 0; rc == 0 && i < K; i++)
+        own = ids[i].n - P > own ? ids[i].n - P : own;
+    *shared = 0;
+    if (rc == 0 && P >= SHARED_MIN_PREFIX && own <= SHARED_MAX_TOKENS && !getenv("PESC_MC_BATCH")) {
+        *shared = P;
+        rc = score_shared(m, ids, labels, K, P, T, score, err) != 0
+                 ? pesc_fail_prefix(err, "%s:%ld", path, q->line) : 0;
+    } else if (rc == 0) {
         tokens = xcalloc((size_t)K * T, sizeof *tokens);
         targets = xmalloc((size_t)K * T * sizeof *targets);
         for (int i = 0; i < K; i++) {
@@ -526,7 +608,7 @@ static int score_question(model *m, tokenizer *tok, const mc_question *q, const 
                      model_nll_sequences(m, targets, nll, err) != 0
                  ? pesc_fail_prefix(err, "%s:%ld", path, q->line) : 0;
     }
-    for (int i = 0; rc == 0 && i < K; i++)
+    for (int i = 0; rc == 0 && tokens && i < K; i++)
         score[i] = -nll[i];
     for (int i = 0; i < K; i++) {
         tok_ids_free(&ids[i]);
@@ -573,9 +655,27 @@ static int by_subject(const void *a, const void *b)
 
 /* Every question of one file past its worked examples (or every one, the examples coming
  * from --shots-from's set, `from`). */
+static void write_sample(FILE *f, const char *name, const mc_question *q, const double *score,
+                         const size_t *bytes, int shared)
+{
+    json_t *s = json_string(name);
+    char *quoted = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+    fprintf(f, "{\"file\": %s, \"line\": %ld, \"answer\": %d, \"pick\": %d, \"pick_norm\": %d, "
+            "\"scores\": [", quoted ? quoted : "\"?\"", q->line, q->answer,
+            mc_pick(score, NULL, q->n_options), mc_pick(score, bytes, q->n_options));
+    for (int i = 0; i < q->n_options; i++)
+        fprintf(f, "%s%.9g", i ? ", " : "", score[i]);
+    fprintf(f, "], \"bytes\": [");
+    for (int i = 0; i < q->n_options; i++)
+        fprintf(f, "%s%zu", i ? ", " : "", bytes[i]);
+    fprintf(f, "], \"shared\": %d}\n", shared);
+    free(quoted);
+    json_decref(s);
+}
+
 static int score_file(model *m, tokenizer *tok, const eval_options *o,
                       const chat_template *tpl, const mc_set *from, const char *path,
-                      choices_result *r, pesc_error *err)
+                      FILE *samples, choices_result *r, pesc_error *err)
 {
     mc_set set;
     int skip = from ? 0 : (int)o->shots;
@@ -590,6 +690,7 @@ static int score_file(model *m, tokenizer *tok, const eval_options *o,
                    .n_shots = (int)o->shots};
     double score[MC_MAX_OPTIONS], shown = 0.0;
     size_t bytes[MC_MAX_OPTIONS];
+    int shared;
     for (int i = skip; rc == 0 && i < set.n; i++) {
         const mc_question *q = &set.items[i];
         if (pesc_now() - shown > 0.5) {
@@ -603,9 +704,11 @@ static int score_file(model *m, tokenizer *tok, const eval_options *o,
                            q->subject ? q->subject : "");
             break;
         }
-        if ((rc = score_question(m, tok, q, &l, path, score, bytes, err)) == 0) {
+        if ((rc = score_question(m, tok, q, &l, path, score, bytes, &shared, err)) == 0) {
             mc_tally_add(&r->tally, q, score, bytes);
             add_subject(r, q, score, bytes);
+            if (samples)
+                write_sample(samples, r->name, q, score, bytes, shared);
         }
     }
     mc_free(&set);
@@ -726,14 +829,25 @@ static int run_choices(const eval_options *o, model *m, const tuned_model *t, pe
                           mc_load(&from, path, 0, err) != 0))
         rc = pesc_fail_prefix(err, "--shots-from");
     free(path);
+    FILE *samples = NULL;
+    if (rc == 0 && o->samples) {   /* a new file: an old one (a log, a result) is kept */
+        int fd = open(o->samples, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        samples = fd >= 0 ? fdopen(fd, "w") : NULL;
+        if (!samples)
+            rc = pesc_fail(err, "--samples %s: %s%s", o->samples, strerror(errno),
+                           errno == EEXIST ? ": name a new file" : "");
+    }
     for (int i = 0; rc == 0 && i < o->n_choices; i++) {
         path = NULL;
         r[i].name = o->choices[i];
         if (fetch_view_url_to_cache(o->choices[i], &path, err) != 0 ||
-            score_file(m, tok, o, tpl, o->shots_from ? &from : NULL, path, &r[i], err) != 0)
+            score_file(m, tok, o, tpl, o->shots_from ? &from : NULL, path, samples, &r[i],
+                       err) != 0)
             rc = pesc_fail_prefix(err, "--choices");
         free(path);
     }
+    if (samples && fclose(samples) != 0 && rc == 0)
+        rc = pesc_fail(err, "--samples %s: %s", o->samples, strerror(errno));
     pesc_show_phase("pesc eval", NULL);
     if (rc == 0)
         print_choices(o, r, o->n_choices, tpl ? o->template_name : "raw", backend_device(b),

@@ -200,6 +200,27 @@ EOF
   expect 1 "\-\-shots-from $tmp/subj.jsonl has fewer than 5 questions of subject strings" \
     "eval --shots-from: a subject short of examples" -- \
     "$pesc" eval --model "$demo" --choices "$tmp/subj.jsonl" --shots-from "$tmp/subj.jsonl" --shots 5
+  # MMLU's layout after a worked example: the options' letters decoded on the shared prefix
+  # in the KV cache score as the batch of whole options does (--samples: each question's)
+  "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --letters --raw --shots 1 \
+    --samples "$tmp/shared.jsonl" >/dev/null 2>"$tmp/err" || fail "eval --samples: $(cat "$tmp/err")"
+  PESC_MC_BATCH=1 "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --letters --raw --shots 1 \
+    --samples "$tmp/batch.jsonl" >/dev/null 2>"$tmp/err" || fail "eval --samples, batched: $(cat "$tmp/err")"
+  worst=$(paste -d '|' "$tmp/shared.jsonl" "$tmp/batch.jsonl" | awk -F'|' '
+    { split($1, a, /"scores": \[|\], "bytes"/); split($2, b, /"scores": \[|\], "bytes"/)
+      n = split(a[2], x, ", "); split(b[2], y, ", ")
+      for (i = 1; i <= n; i++) { d = (x[i] - y[i]) / y[i]; if (d < 0) d = -d; if (d > w) w = d }
+      rows++ }
+    END { printf "%d %g", rows, w }')
+  if [ "${worst%% *}" = 7 ] && awk -v w="${worst#* }" 'BEGIN { exit !(w < 1e-5) }' &&
+     [ "$(grep -c '"shared": [1-9]' "$tmp/shared.jsonl")" = 7 ] &&
+     [ "$(grep -c '"shared": 0}' "$tmp/batch.jsonl")" = 7 ]; then
+    pass "eval --choices: options decoded on a shared prefix score as the batch does ($worst)"
+  else
+    fail "eval --choices, shared prefix against batch: $worst (rows, worst relative difference): $(head -n 1 "$tmp/shared.jsonl")"
+  fi
+  expect 1 "\-\-samples $tmp/shared.jsonl: File exists: name a new file" "eval --samples refuses an existing file" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --samples "$tmp/shared.jsonl"
   printf '{"question": "q", "choices": ["a", "b"], "answer": "c"}\n' >"$tmp/bad-mc.jsonl"
   expect 1 "\-\-choices: $tmp/bad-mc.jsonl:1: \"answer\": \"c\" is none of the 2 options" \
     "eval --choices: a record whose answer is no option" -- \
@@ -212,7 +233,7 @@ EOF
 fi
 expect 2 "\-\-choices scores multiple-choice questions and takes no \-\-data" "eval --choices with --data" -- \
   "$pesc" eval --model x --choices y --data z
-expect 2 "\-\-shots lays out \-\-choices questions" "eval --shots without --choices" -- \
+expect 2 "\-\-shots is for \-\-choices questions" "eval --shots without --choices" -- \
   "$pesc" eval --model x --data z --shots 2
 expect 2 "\-\-shots-from gives worked examples: say how many with \-\-shots N" \
   "eval --shots-from without --shots" -- "$pesc" eval --model x --choices y --shots-from z
