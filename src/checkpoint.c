@@ -100,6 +100,8 @@ static char *state_json(const checkpoint_state *st)
             json_array_append_new(eval, json_string(st->eval_data[i]));
         json_object_set_new(run, "eval_data", eval);
     }
+    if (st->eval_choices[0])
+        json_object_set_new(run, "eval_choices", json_string(st->eval_choices));
     if (st->format[0])
         json_object_set_new(run, "format", json_string(st->format));
     if (st->template_name[0])
@@ -226,6 +228,7 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
         else
             copy_string(st->eval_data[st->n_eval++], sizeof st->eval_data[0], path);
     }
+    read_string(r, run, "eval_choices", st->eval_choices, sizeof st->eval_choices);
     read_string(r, run, "format", st->format, sizeof st->format);
     read_string(r, run, "template", st->template_name, sizeof st->template_name);
     char schedule[32];

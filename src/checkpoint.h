@@ -58,6 +58,7 @@ typedef struct checkpoint_state {
     int n_data;
     char eval_data[CHECKPOINT_MAX_EVAL][4096];
     int n_eval;
+    char eval_choices[4096];     /* --eval-choices's file; "" for none */
     char format[64];
     char template_name[32];
     int schedule;                /* optim_schedule; -1: not recorded */

@@ -86,6 +86,8 @@ static void add_point(logview *lv, const stats_record *r)
     if (++lv->skipped < lv->stride && lv->n_points > 0) {
         if (r->eval_tokens > 0)
             lv->points[lv->n_points - 1].eval_loss = (float)r->eval_loss;
+        if (r->eval_questions > 0)
+            lv->points[lv->n_points - 1].eval_accuracy = (float)r->eval_accuracy;
         return;
     }
     lv->skipped = 0;

@@ -290,6 +290,10 @@ int model_nll_sequences(model *m, const int32_t *targets, double *seq_nll, pesc_
  * allocates nothing. */
 int model_score(model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                 double *nll, long long *count, pesc_error *err);
+/* The same, each sequence's sum (model_nll_sequences): multiple-choice questions in a run.
+ * In the training buffers, grown when B x T does not fit them: keep it within a step's. */
+int model_score_sequences(model *m, const int32_t *tokens, const int32_t *targets, int B,
+                          int T, double *seq_nll, pesc_error *err);
 
 /* Generation with a KV cache. model_cache_reset empties the cache (allocating room for
  * `capacity` tokens); model_decode appends n tokens (a prompt, then one token at a time) and

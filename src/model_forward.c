@@ -761,6 +761,15 @@ int model_score(model *m, const int32_t *tokens, const int32_t *targets, int B, 
     return model_nll(m, targets, nll, count, NULL, err);
 }
 
+int model_score_sequences(model *m, const int32_t *tokens, const int32_t *targets, int B,
+                          int T, double *seq_nll, pesc_error *err)
+{
+    /* the run's own buffers, grown if need be (the caller keeps B x T within a step's) */
+    if (forward_all(m, tokens, NULL, B, T, m->act.per_layer, 0, -1, err) != 0)
+        return -1;
+    return model_nll_sequences(m, targets, seq_nll, err);
+}
+
 /* ---- backward ----------------------------------------------------------------------------- */
 
 /* x times factor: x itself where factor is 1, else written to scratch (n floats) */

@@ -19,6 +19,7 @@
 
 #include "backend.h"
 #include "checkpoint.h"
+#include "choices.h"
 #include "dataset.h"
 #include "fetch_view.h"
 #include "model.h"
@@ -67,6 +68,9 @@ struct session {
     int n_eval;
     int *eval_order;             /* the records longest first: a pass is as long as its first */
     uint64_t eval_hash;          /* ds_records_hash of them: which data a best loss is on */
+    /* --eval-choices: multiple-choice questions scored with them (the file, downloaded) */
+    mc_set choices;
+    char *choices_path;
     long eval_every;
     int eval_requested;          /* the eval command while running: after the next step */
     /* --keep-best: the lowest held-out loss so far; the step of save_dir/best (-1: none),
@@ -486,9 +490,9 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
         snprintf(reply, reply_len, "error: save needs a run started with --save DIR");
         return;
     }
-    if (c.kind == CMD_EVAL && s->n_eval == 0) {
-        snprintf(reply, reply_len, "error: eval needs a run started with --eval-data FILE or "
-                 "--eval-split X");
+    if (c.kind == CMD_EVAL && s->n_eval == 0 && s->choices.n == 0) {
+        snprintf(reply, reply_len, "error: eval needs a run started with --eval-data FILE, "
+                 "--eval-split X or --eval-choices FILE");
         return;
     }
     if (c.kind == CMD_EVAL)   /* the trainer decides, after the commands queued before it */
@@ -697,6 +701,8 @@ static void fill_state(session *s, checkpoint_state *st)
     st->n_eval = c->n_eval;
     for (int i = 0; i < c->n_eval; i++)
         absolute_path(st->eval_data[i], sizeof st->eval_data[i], s->eval_paths[i]);
+    if (s->choices_path)
+        absolute_path(st->eval_choices, sizeof st->eval_choices, s->choices_path);
     snprintf(st->format, sizeof st->format, "%s", c->format);
     snprintf(st->template_name, sizeof st->template_name, "%s", c->template_name);
     st->schedule = (int)c->optim.schedule;
@@ -850,23 +856,27 @@ static double gradient_norm(session *s)
 
 /* ---- held-out evaluation ------------------------------------------------------------------ */
 
+static int stop_asked(session *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int stop = s->stop_requested;
+    pthread_mutex_unlock(&s->lock);
+    return stop;
+}
+
 /* Scores the held-out records with the weights as they are: one record a row, cut at --seq as
  * training cuts them, --batch rows a pass as long as its longest record, no dropout. The mean
  * next-token loss over the trained tokens goes in r (eval_loss, eval_tokens). 0, 1 when a stop
  * came first (r says nothing), or -1. */
-static int evaluate(session *s, stats_record *r, pesc_error *err)
+static int evaluate_loss(session *s, stats_record *r, pesc_error *err)
 {
     int B = s->cfg.batch;
     int32_t *tokens = xmalloc(2 * (size_t)B * s->cfg.seq * sizeof *tokens);
     double nll = 0, t0 = pesc_now();
     long long count = 0;
     int rc = 0;
-    set_state(s, MONITOR_EVALUATING, NULL);   /* the step counter stands still meanwhile */
     for (int first = 0; first < s->n_eval && rc == 0; first += B) {
-        pthread_mutex_lock(&s->lock);
-        int stop = s->stop_requested;
-        pthread_mutex_unlock(&s->lock);
-        if (stop) {
+        if (stop_asked(s)) {
             rc = 1;
             break;
         }
@@ -894,7 +904,6 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
         count += n;
     }
     free(tokens);
-    set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
     if (rc != 0)
         return rc;
     if (count == 0)   /* open_eval made sure some token is trained within --seq */
@@ -904,6 +913,88 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
     publish_event(s, "eval", "eval loss %.4f over %lld tokens of %d records (%.1f s)",
                   r->eval_loss, count, s->n_eval, pesc_now() - t0);
     return 0;
+}
+
+/* One question's options, laid out in the run's template, as one batch of sequences (as pesc
+ * eval --choices scores them): each option's log-likelihood into score. */
+static int score_choice(session *s, const mc_question *q, double *score, size_t *bytes,
+                        pesc_error *err)
+{
+    int K = q->n_options, T = 0, rc = 0;
+    tok_ids ids[MC_MAX_OPTIONS] = {{0}}, labels[MC_MAX_OPTIONS] = {{0}};
+    mc_layout l = {.tpl = s->tpl};
+    for (int i = 0; rc == 0 && i < K; i++) {
+        rc = mc_encode(q, i, &l, s->tok, &ids[i], &labels[i], &bytes[i], err);
+        T = ids[i].n > T ? ids[i].n : T;
+    }
+    int32_t *tokens = rc == 0 ? xcalloc((size_t)K * T, sizeof *tokens) : NULL;
+    int32_t *targets = rc == 0 ? xmalloc((size_t)K * T * sizeof *targets) : NULL;
+    double nll[MC_MAX_OPTIONS];
+    for (int i = 0; rc == 0 && i < K; i++) {
+        int32_t *row = targets + (size_t)i * T;
+        memcpy(tokens + (size_t)i * T, ids[i].ids, (size_t)ids[i].n * sizeof *tokens);
+        model_shift_targets(row, ids[i].ids, labels[i].ids, ids[i].n);
+        for (int t = ids[i].n; t < T; t++)
+            row[t] = -100;
+    }
+    /* as many options a pass as a step's --batch x --seq holds (open_choices made sure one
+     * fits): the run's buffers, not more */
+    int rows = T > 0 ? (int)((long)s->cfg.batch * s->cfg.seq / T) : K;
+    rows = rows < 1 ? 1 : rows > K ? K : rows;
+    for (int first = 0; rc == 0 && first < K; first += rows) {
+        int n = K - first < rows ? K - first : rows;
+        rc = model_score_sequences(&s->m, tokens + (size_t)first * T,
+                                   targets + (size_t)first * T, n, T, nll + first, err);
+    }
+    for (int i = 0; rc == 0 && i < K; i++)
+        score[i] = -nll[i];
+    for (int i = 0; i < K; i++) {
+        tok_ids_free(&ids[i]);
+        tok_ids_free(&labels[i]);
+    }
+    free(tokens);
+    free(targets);
+    return rc;
+}
+
+/* Scores the --eval-choices questions with the weights as they are: the accuracy goes in r
+ * (eval_accuracy, eval_accuracy_norm, eval_questions). 0, 1 when a stop came first, or -1. */
+static int evaluate_choices(session *s, stats_record *r, pesc_error *err)
+{
+    double t0 = pesc_now(), score[MC_MAX_OPTIONS];
+    size_t bytes[MC_MAX_OPTIONS];
+    mc_tally tally = {0};
+    for (int i = 0; i < s->choices.n; i++) {
+        if (stop_asked(s))
+            return 1;
+        const mc_question *q = &s->choices.items[i];
+        if (score_choice(s, q, score, bytes, err) != 0)
+            return pesc_fail_prefix(err, "--eval-choices %s:%ld", s->cfg.eval_choices, q->line);
+        mc_tally_add(&tally, q, score, bytes);
+    }
+    r->eval_questions = tally.questions;
+    r->eval_accuracy = (double)tally.right / (double)tally.questions;
+    r->eval_accuracy_norm = (double)tally.right_norm / (double)tally.questions;
+    publish_event(s, "eval", "eval accuracy %.4f (%.4f a byte) on %ld questions, chance %.4f "
+                  "(%.1f s)", r->eval_accuracy, r->eval_accuracy_norm, tally.questions,
+                  tally.chance / (double)tally.questions, pesc_now() - t0);
+    return 0;
+}
+
+/* What is scored after a step: the held-out records' loss and the questions' accuracy, each
+ * the run has. 0, 1 when a stop came first (r says nothing), or -1. */
+static int evaluate(session *s, stats_record *r, pesc_error *err)
+{
+    r->eval_tokens = 0;
+    r->eval_questions = 0;
+    set_state(s, MONITOR_EVALUATING, NULL);   /* the step counter stands still meanwhile */
+    int rc = s->n_eval > 0 ? evaluate_loss(s, r, err) : 0;
+    if (rc == 0 && s->choices.n > 0)
+        rc = evaluate_choices(s, r, err);
+    set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
+    if (rc != 0)
+        r->eval_tokens = r->eval_questions = 0;
+    return rc;
 }
 
 /* A new lowest held-out loss with --keep-best: the next save_now keeps these weights as the
@@ -932,10 +1023,13 @@ static void eval_paused(session *s)
     pthread_mutex_lock(&s->lock);
     monitor_view *v = s->shared;
     monitor_point *last = v->n_points > 0 ? &v->points[v->n_points - 1] : NULL;
-    if (last && last->step == s->step && isnan(last->eval_loss))
+    if (last && last->step == s->step && isnan(last->eval_loss) && r.eval_tokens > 0)
         last->eval_loss = (float)r.eval_loss;
+    if (last && last->step == s->step && isnan(last->eval_accuracy) && r.eval_questions > 0)
+        last->eval_accuracy = (float)r.eval_accuracy;
     pthread_mutex_unlock(&s->lock);
-    note_best(s, r.eval_loss);
+    if (r.eval_tokens > 0)
+        note_best(s, r.eval_loss);
     pesc_error failed;   /* an event, and the run goes on, as after a step */
     if (s->best_due)
         save_now(s, &failed);
@@ -944,7 +1038,8 @@ static void eval_paused(session *s)
 /* After this step: every eval_every steps, after the last, and when the eval command asked. */
 static int eval_due(const session *s)
 {
-    return s->n_eval > 0 && (s->step % s->eval_every == 0 || s->eval_requested ||
+    return (s->n_eval > 0 || s->choices.n > 0) &&
+           (s->step % s->eval_every == 0 || s->eval_requested ||
                              (s->total_steps > 0 && s->step == s->total_steps));
 }
 
@@ -1087,6 +1182,7 @@ static int train_step(session *s, pesc_error *err)
     if (E)
         fill_routing(s, r, sc.counts, sc.first, sc.gate, sc.sources, sc.entropy, micro);
     r->eval_tokens = 0;
+    r->eval_questions = 0;
     if (eval_due(s)) {
         s->eval_requested = 0;
         if (evaluate(s, r, err) < 0) {
@@ -1259,12 +1355,59 @@ static int read_eval_data(session *s, pesc_error *err)
     return 0;
 }
 
-/* The held-out records: the --eval-data files, read as the training data is (format,
- * template, tokenizer), or the records --eval-split kept out of the --data; at least one
- * trained token within --seq, or the run is refused before it starts. */
+/* The --eval-choices questions: read, and each laid out in the run's template within the
+ * model's context, or the run is refused before it starts. */
+static int open_choices(session *s, pesc_error *err)
+{
+    const train_config *c = &s->cfg;
+    if (!s->tok)
+        return pesc_fail(err, "--eval-choices %s: the questions are text, and the run has no "
+                         "tokenizer (its data is token ids): give --tokenizer FILE",
+                         c->eval_choices);
+    if (fetch_view_url_to_cache(c->eval_choices, &s->choices_path, err) != 0 ||
+        mc_load(&s->choices, s->choices_path, 0, err) != 0)
+        return pesc_fail_prefix(err, "--eval-choices");
+    int context = s->m.config.max_position_embeddings;
+    mc_layout l = {.tpl = s->tpl};
+    tok_ids ids = {0}, labels = {0};
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < s->choices.n; i++) {
+        const mc_question *q = &s->choices.items[i];
+        size_t bytes;
+        for (int k = 0; rc == 0 && k < q->n_options; k++) {
+            if (mc_encode(q, k, &l, s->tok, &ids, &labels, &bytes, err) != 0)
+                rc = pesc_fail_prefix(err, "--eval-choices %s:%ld", c->eval_choices, q->line);
+            else if (context > 0 && ids.n > context)
+                rc = pesc_fail(err, "--eval-choices %s:%ld: the question is %d tokens, past "
+                               "the model's context of %d", c->eval_choices, q->line, ids.n,
+                               context);
+            else if ((long)ids.n > (long)c->batch * c->seq)
+                rc = pesc_fail(err, "--eval-choices %s:%ld: the question is %d tokens, more "
+                               "than a step's --batch %d x --seq %d", c->eval_choices, q->line,
+                               ids.n, c->batch, c->seq);
+        }
+    }
+    tok_ids_free(&ids);
+    tok_ids_free(&labels);
+    return rc;
+}
+
+/* What the run scores: the held-out records (the --eval-data files, read as the training data
+ * is: format, template, tokenizer; or the records --eval-split kept out of the --data, at
+ * least one trained token within --seq) and the --eval-choices questions; either refused
+ * before the run starts. */
 static int open_eval(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
+    if (c->eval_choices && open_choices(s, err) != 0)
+        return -1;
+    /* ten evaluations over a run of known length, unless --eval-every says: rounded up, as
+     * rounded down a run of 19 steps would be scored after each */
+    s->eval_every = c->eval_every;
+    if (s->eval_every == 0)
+        s->eval_every = s->total_steps >= 10 ? (s->total_steps + 9) / 10 : 1;
+    if (!c->n_eval && c->eval_split == 0)
+        return 0;
     char what[600];
     if (c->eval_split > 0) {
         s->eval = dataset_held_out(s->data, &s->n_eval);
@@ -1299,11 +1442,6 @@ static int open_eval(session *s, pesc_error *err)
     for (int i = 0; i < s->n_eval; i++)
         s->eval_order[i] = order[i].index;
     free(order);
-    /* ten evaluations over a run of known length, unless --eval-every says: rounded up, as
-     * rounded down a run of 19 steps would be scored after each */
-    s->eval_every = c->eval_every;
-    if (s->eval_every == 0)
-        s->eval_every = s->total_steps >= 10 ? (s->total_steps + 9) / 10 : 1;
     return 0;
 }
 
@@ -1859,6 +1997,12 @@ static int adopt_resumed(session *s, pesc_error *err)
         }
         c->eval_split = st->eval_split;
     }
+    if (!c->eval_choices && st->eval_choices[0]) {
+        if (recorded_file(dir, "multiple-choice questions", "--eval-choices FILE",
+                          st->eval_choices, err) != 0)
+            goto out;
+        c->eval_choices = st->eval_choices;
+    }
     const struct { unsigned bit; int take; } taken[] = {
         {TRAIN_GIVEN_SEQ, 1}, {TRAIN_GIVEN_BATCH, 1}, {TRAIN_GIVEN_GRAD_ACCUM, 1},
         {TRAIN_GIVEN_PACK, st->pack >= 0}, {TRAIN_GIVEN_SEED, 1},
@@ -1960,8 +2104,8 @@ static int setup(session *s, pesc_error *err)
         return -1;
     s->total_steps = count_steps(s);
     c->optim.total_steps = s->total_steps;
-    if (c->n_eval || c->eval_split > 0) {
-        if (c->n_eval)
+    if (c->n_eval || c->eval_split > 0 || c->eval_choices) {
+        if (c->n_eval || c->eval_choices)
             pesc_show_phase(c->command, "reading and tokenizing the held-out data");
         if (open_eval(s, err) != 0)
             return -1;
@@ -2136,6 +2280,8 @@ void session_delete(session *s)
     dataset_delete(s->data);
     dataset_free(&s->eval_data);
     free(s->eval_order);
+    mc_free(&s->choices);
+    free(s->choices_path);
     for (int i = 0; i < TRAIN_MAX_EVAL; i++)
         free(s->eval_paths[i]);
     tok_delete(s->tok);

@@ -162,6 +162,11 @@ char *stats_record_json(const stats_record *r)
         set_real(o, "eval_loss", r->eval_loss);
         json_object_set_new(o, "eval_tokens", json_integer(r->eval_tokens));
     }
+    if (r->eval_questions > 0) {
+        set_real(o, "eval_accuracy", r->eval_accuracy);
+        set_real(o, "eval_accuracy_norm", r->eval_accuracy_norm);
+        json_object_set_new(o, "eval_questions", json_integer(r->eval_questions));
+    }
     int L = r->shape.n_layers, E = r->shape.n_experts;
     if (r->load) {
         const float *const le_arrays[] = {r->load, r->first, r->gate, r->norm_down, r->norm_up,
@@ -318,6 +323,9 @@ static int parse_step(json_t *o, stats_record **rp)
     r->device_bytes = real_or(o, "device_bytes", 0.0);
     r->eval_tokens = int_or(o, "eval_tokens", 0);
     r->eval_loss = r->eval_tokens > 0 ? real_or(o, "eval_loss", NAN) : 0.0;
+    r->eval_questions = (long)int_or(o, "eval_questions", 0);
+    r->eval_accuracy = r->eval_questions > 0 ? real_or(o, "eval_accuracy", NAN) : 0.0;
+    r->eval_accuracy_norm = r->eval_questions > 0 ? real_or(o, "eval_accuracy_norm", NAN) : 0.0;
     if (r->load) {
         int L = shape.n_layers, E = shape.n_experts;
         float *const le_arrays[] = {r->load, r->first, r->gate, r->norm_down, r->norm_up,
@@ -372,16 +380,20 @@ monitor_point monitor_point_of(const stats_record *r)
                            .aux_loss = (float)r->aux_loss, .lr = (float)r->lr,
                            .grad_norm = (float)r->grad_norm,
                            .tokens_per_s = (float)r->tokens_per_s,
-                           .eval_loss = r->eval_tokens > 0 ? (float)r->eval_loss : NAN};
+                           .eval_loss = r->eval_tokens > 0 ? (float)r->eval_loss : NAN,
+                           .eval_accuracy = r->eval_questions > 0 ? (float)r->eval_accuracy
+                                                                  : NAN};
 }
 
 int monitor_points_thin(monitor_point *p, int n)
 {
     for (int i = 0; i < n / 2; i++) {
-        float earlier = p[2 * i].eval_loss;
+        float earlier = p[2 * i].eval_loss, earlier_accuracy = p[2 * i].eval_accuracy;
         p[i] = p[2 * i + 1];
         if (isnan(p[i].eval_loss))
             p[i].eval_loss = earlier;
+        if (isnan(p[i].eval_accuracy))
+            p[i].eval_accuracy = earlier_accuracy;
     }
     return n / 2;
 }

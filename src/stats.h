@@ -36,6 +36,10 @@ typedef struct stats_record {
      * eval_tokens targets; eval_tokens 0: none this step */
     double eval_loss;
     long long eval_tokens;
+    /* and --eval-choices's questions: the accuracy, plain and a byte (choices.h), over
+     * eval_questions; eval_questions 0: none this step */
+    double eval_accuracy, eval_accuracy_norm;
+    long eval_questions;
     stats_shape shape;
     float *load;                 /* (L, E) share of the top-k assignments */
     float *first;                /* (L, E) share of the first choices */

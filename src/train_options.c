@@ -43,6 +43,8 @@ const char train_options_help[] =
     "                       the run) and after the last\n"
     "  --eval-split X       or hold out that fraction (below 1) or count of the --data\n"
     "                       records, chosen by --seed, and score them so\n"
+    "  --eval-choices FILE|URL  multiple-choice questions (as pesc eval --choices reads\n"
+    "                       them) scored at each evaluation too: the accuracy, live\n"
     "optimizer:\n"
     "  --lr X               peak learning rate (2e-4)\n"
     "  --schedule S         constant (with warmup), cosine, linear (constant)\n"
@@ -114,7 +116,8 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG, OPT_HELP
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
+    OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -145,6 +148,7 @@ static const struct option train_options_own[] = {
     {"eval-data", required_argument, NULL, OPT_EVAL_DATA},
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"eval-split", required_argument, NULL, OPT_EVAL_SPLIT},
+    {"eval-choices", required_argument, NULL, OPT_EVAL_CHOICES},
     {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
     {"no-keep-best", no_argument, NULL, OPT_NO_KEEP_BEST},
     {"config", required_argument, NULL, OPT_CONFIG},
@@ -313,6 +317,12 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
                                    "and below 1 (0.05), or a whole count of them (200)", arg);
         c->eval_split = x;
         return 0;
+    case OPT_EVAL_CHOICES:
+        if (c->eval_choices)
+            return cli_usage_error(cmd, "--eval-choices is given twice: one file of questions "
+                                   "is scored");
+        return cli_path(cmd, "--eval-choices", arg, "a multiple-choice file or URL",
+                        &c->eval_choices);
     case OPT_KEEP_BEST:
     case OPT_NO_KEEP_BEST:
         c->keep_best = opt == OPT_KEEP_BEST;
@@ -549,9 +559,10 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
 
 int train_config_check_needs(const train_config *c, pesc_error *err)
 {
-    if (!c->n_eval && c->eval_split == 0 && (c->given & TRAIN_GIVEN_EVAL_EVERY))
-        return pesc_fail(err, "--eval-every needs --eval-data FILE or --eval-split X, the "
-                         "held-out data to score");
+    if (!c->n_eval && c->eval_split == 0 && !c->eval_choices &&
+        (c->given & TRAIN_GIVEN_EVAL_EVERY))
+        return pesc_fail(err, "--eval-every needs --eval-data FILE, --eval-split X or "
+                         "--eval-choices FILE, what to score");
     if (c->keep_best && (!c->save_dir || (!c->n_eval && c->eval_split == 0)))
         return pesc_fail(err, "--keep-best keeps the checkpoint of the lowest held-out loss: it "
                          "needs --save DIR and --eval-data FILE or --eval-split X");

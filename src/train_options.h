@@ -30,6 +30,8 @@ typedef struct train_config {
     const char *eval_paths[TRAIN_MAX_EVAL];
     int n_eval;
     double eval_split;           /* or --data records held out: a fraction (< 1) or a count */
+    const char *eval_choices;    /* multiple-choice questions scored with them (choices.h):
+                                    the accuracy during the run */
     long eval_every;
     int keep_best;               /* save at each new lowest held-out loss; keep it, save/best */
     long steps;                  /* 0: by epochs */

@@ -118,7 +118,7 @@ i=0; while [ ! -S "$tmp/d.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1));
 reply=$(timeout 30 "$sockcmd" "$tmp/d.sock" eval)
 timeout 30 "$sockcmd" "$tmp/d.sock" stop >/dev/null
 wait $run
-[ "$reply" = "error: eval needs a run started with --eval-data FILE or --eval-split X" ] &&
+[ "$reply" = "error: eval needs a run started with --eval-data FILE, --eval-split X or --eval-choices FILE" ] &&
   pass "the eval command without --eval-data is refused" || fail "eval without --eval-data: '$reply'"
 
 # --eval-split: records of --data held out (a seeded choice), not trained on, scored alike
@@ -278,7 +278,7 @@ expect 1 "\-\-eval-data .*untrained.jsonl and 1 other file: no record has a trai
   "several --eval-data files with nothing to score are named together" -- \
   "$pesc" train --headless $common --steps 1 --eval-data "$tmp/untrained.jsonl" --eval-data "$tmp/untrained2.jsonl"
 # shellcheck disable=SC2086
-expect 2 "\-\-eval-every needs \-\-eval-data FILE or \-\-eval-split X" "--eval-every without held-out data" -- \
+expect 2 "\-\-eval-every needs \-\-eval-data FILE, \-\-eval-split X or \-\-eval-choices FILE" "--eval-every without held-out data" -- \
   "$pesc" train --headless $common --eval-every 5
 
 [ "$failures" -eq 0 ]

@@ -372,7 +372,8 @@ static void check_csv(const char *path)
     char line[8192];
     int rows = 0;
     const char *want_head = "step,wall_time,elapsed_s,loss,aux_loss,z_loss,lr,grad_norm,"
-                            "tokens_per_s,step_s,epoch,tokens,eval_loss,entropy/layer_00,"
+                            "tokens_per_s,step_s,epoch,tokens,eval_loss,eval_accuracy,"
+                            "entropy/layer_00,"
                             "entropy/layer_01,imbalance/layer_00,imbalance/layer_01,"
                             "load/layer_00/expert_0,";
     CHECK(fgets(line, sizeof line, f) && strncmp(line, want_head, strlen(want_head)) == 0,
@@ -380,7 +381,7 @@ static void check_csv(const char *path)
     int columns = 1;
     for (char *c = line; *c; c++)
         columns += *c == ',';
-    CHECK(columns == 3 + 10 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
+    CHECK(columns == 3 + 11 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
           "csv: %d columns", columns);
     while (fgets(line, sizeof line, f)) {
         rows++;

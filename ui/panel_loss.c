@@ -1,5 +1,6 @@
 /* panel_loss — training loss over steps (raw and smoothed), the held-out loss of the
- * evaluations (--eval-data) joined by lines, and the aux loss under them, on braille charts
+ * evaluations (--eval-data) joined by lines (and --eval-choices's latest accuracy in the
+ * legend), and the aux loss under them, on braille charts
  * with axis labels and the current values; the recent window or the whole run. Runs compared
  * with it (pesc view RUN OTHER...) add their smoothed and held-out losses, lined up by step,
  * each in its own colour and named on a legend row of their own. */
@@ -235,6 +236,13 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     }
     snprintf(s, sizeof s, "%.4g", run.aux[total - 1]);
     legend_item(w, &x, width, a_aux, "aux", s);
+    /* the latest --eval-choices accuracy: a number, not a line (it is not a loss's scale) */
+    for (int i = total - 1; i >= 0; i--)
+        if (isfinite(v->points[i].eval_accuracy)) {
+            snprintf(s, sizeof s, "%.3f", v->points[i].eval_accuracy);
+            legend_item(w, &x, width, a_eval, "accuracy", s);
+            break;
+        }
     int legend_rows = 1;
     if (v->n_compared > 0)
         draw_compared_legend(ui, w, 1 + legend_rows++, width, v, compared);
