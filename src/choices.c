@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "dataset.h"
+#include "model.h"   /* model_shift_targets: no model runs here */
 
 /* ---- reading ---------------------------------------------------------------------------- */
 
@@ -427,6 +428,41 @@ int mc_examples(const mc_set *from, const mc_question *q, int n, mc_question *ou
         if (!same || (from->items[i].subject && strcmp(from->items[i].subject, q->subject) == 0))
             out[got++] = from->items[i];
     return got;
+}
+
+int mc_batch_make(mc_batch *b, const mc_question *q, const mc_layout *l, tokenizer *t,
+                  pesc_error *err)
+{
+    memset(b, 0, sizeof *b);
+    b->K = q->n_options;
+    for (int i = 0; i < b->K; i++) {
+        if (mc_encode(q, i, l, t, &b->ids[i], &b->labels[i], &b->bytes[i], err) != 0) {
+            mc_batch_free(b);
+            return -1;
+        }
+        b->T = b->ids[i].n > b->T ? b->ids[i].n : b->T;
+    }
+    b->tokens = xcalloc((size_t)b->K * b->T, sizeof *b->tokens);
+    b->targets = xmalloc((size_t)b->K * b->T * sizeof *b->targets);
+    for (int i = 0; i < b->K; i++) {
+        int32_t *row = b->targets + (size_t)i * b->T;
+        memcpy(b->tokens + (size_t)i * b->T, b->ids[i].ids, (size_t)b->ids[i].n * sizeof *row);
+        model_shift_targets(row, b->ids[i].ids, b->labels[i].ids, b->ids[i].n);
+        for (int k = b->ids[i].n; k < b->T; k++)
+            row[k] = -100;
+    }
+    return 0;
+}
+
+void mc_batch_free(mc_batch *b)
+{
+    for (int i = 0; i < MC_MAX_OPTIONS; i++) {
+        tok_ids_free(&b->ids[i]);
+        tok_ids_free(&b->labels[i]);
+    }
+    free(b->tokens);
+    free(b->targets);
+    memset(b, 0, sizeof *b);
 }
 
 /* ---- accuracy --------------------------------------------------------------------------- */

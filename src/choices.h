@@ -71,6 +71,22 @@ typedef struct mc_layout {
 int mc_encode(const mc_question *q, int option, const mc_layout *l, tokenizer *t, tok_ids *ids,
               tok_ids *labels, size_t *bytes, pesc_error *err);
 
+/* A question's options as one batch: K sequences of T tokens, right-padded (token 0, target
+ * -100: causal attention keeps the padding out of the tokens before it), next-token targets
+ * on each option's scored tokens only; each option's encoding (ids, labels) and scored bytes
+ * kept too. */
+typedef struct mc_batch {
+    int K, T;
+    tok_ids ids[MC_MAX_OPTIONS], labels[MC_MAX_OPTIONS];
+    size_t bytes[MC_MAX_OPTIONS];
+    int32_t *tokens, *targets;   /* (K, T) */
+} mc_batch;
+
+/* 0, or -1 with why (b is then empty). */
+int mc_batch_make(mc_batch *b, const mc_question *q, const mc_layout *l, tokenizer *t,
+                  pesc_error *err);
+void mc_batch_free(mc_batch *b);
+
 /* q's worked examples from `from`: the first n of q's subject when q names one that `from`
  * has (MMLU's dev split per subject), else the first n. Shallow copies into out (room for n);
  * returns how many there were (fewer than n when the subject has fewer). */

@@ -571,51 +571,35 @@ static int score_question(model *m, tokenizer *tok, const mc_question *q, const 
                           const char *path, double *score, size_t *bytes, int *shared,
                           pesc_error *err)
 {
-    int K = q->n_options, T = 0, rc = 0, context = m->config.max_position_embeddings;
-    tok_ids ids[MC_MAX_OPTIONS] = {{0}}, labels[MC_MAX_OPTIONS] = {{0}};
-    for (int i = 0; rc == 0 && i < K; i++) {
-        rc = mc_encode(q, i, l, tok, &ids[i], &labels[i], &bytes[i], err);
-        T = ids[i].n > T ? ids[i].n : T;
-    }
-    if (rc != 0)
-        pesc_fail_prefix(err, "%s:%ld", path, q->line);
-    else if (context > 0 && T > context)
+    int context = m->config.max_position_embeddings;
+    mc_batch b;
+    *shared = 0;
+    if (mc_batch_make(&b, q, l, tok, err) != 0)
+        return pesc_fail_prefix(err, "%s:%ld", path, q->line);
+    int rc = 0;
+    if (context > 0 && b.T > context)
         rc = pesc_fail(err, "%s:%ld: the question%s is %d tokens, past the model's context of "
                        "%d (max_position_embeddings)%s", path, q->line,
-                       l->n_shots ? " with its worked examples" : "", T, context,
+                       l->n_shots ? " with its worked examples" : "", b.T, context,
                        l->n_shots ? ": give fewer --shots" : "");
-    int32_t *tokens = NULL, *targets = NULL;
+    int P = rc == 0 ? shared_prefix(b.ids, b.labels, b.K) : 0, own = 0;
+    for (int i = 0; rc == 0 && i < b.K; i++)
+        own = b.ids[i].n - P > own ? b.ids[i].n - P : own;
     double nll[MC_MAX_OPTIONS];
-    int P = rc == 0 ? shared_prefix(ids, labels, K) : 0, own = 0;
-    for (int i = 0; rc == 0 && i < K; i++)
-        own = ids[i].n - P > own ? ids[i].n - P : own;
-    *shared = 0;
-    if (rc == 0 && P >= SHARED_MIN_PREFIX && own <= SHARED_MAX_TOKENS && !getenv("PESC_MC_BATCH")) {
+    if (rc == 0 && P >= SHARED_MIN_PREFIX && own <= SHARED_MAX_TOKENS &&
+        !getenv("PESC_MC_BATCH")) {
         *shared = P;
-        rc = score_shared(m, ids, labels, K, P, T, score, err) != 0
-                 ? pesc_fail_prefix(err, "%s:%ld", path, q->line) : 0;
+        if (score_shared(m, b.ids, b.labels, b.K, P, b.T, score, err) != 0)
+            rc = pesc_fail_prefix(err, "%s:%ld", path, q->line);
     } else if (rc == 0) {
-        tokens = xcalloc((size_t)K * T, sizeof *tokens);
-        targets = xmalloc((size_t)K * T * sizeof *targets);
-        for (int i = 0; i < K; i++) {
-            int32_t *row = targets + (size_t)i * T;
-            memcpy(tokens + (size_t)i * T, ids[i].ids, (size_t)ids[i].n * sizeof *tokens);
-            model_shift_targets(row, ids[i].ids, labels[i].ids, ids[i].n);
-            for (int t = ids[i].n; t < T; t++)
-                row[t] = -100;
-        }
-        rc = model_forward(m, tokens, K, T, err) != 0 ||
-                     model_nll_sequences(m, targets, nll, err) != 0
-                 ? pesc_fail_prefix(err, "%s:%ld", path, q->line) : 0;
+        if (model_forward(m, b.tokens, b.K, b.T, err) != 0 ||
+            model_nll_sequences(m, b.targets, nll, err) != 0)
+            rc = pesc_fail_prefix(err, "%s:%ld", path, q->line);
+        for (int i = 0; rc == 0 && i < b.K; i++)
+            score[i] = -nll[i];
     }
-    for (int i = 0; rc == 0 && tokens && i < K; i++)
-        score[i] = -nll[i];
-    for (int i = 0; i < K; i++) {
-        tok_ids_free(&ids[i]);
-        tok_ids_free(&labels[i]);
-    }
-    free(tokens);
-    free(targets);
+    memcpy(bytes, b.bytes, (size_t)b.K * sizeof *bytes);
+    mc_batch_free(&b);
     return rc;
 }
 

@@ -916,44 +916,27 @@ static int evaluate_loss(session *s, stats_record *r, pesc_error *err)
 }
 
 /* One question's options, laid out in the run's template, as one batch of sequences (as pesc
- * eval --choices scores them): each option's log-likelihood into score. */
+ * eval --choices scores them), as many a pass as a step's --batch x --seq holds (open_choices
+ * made sure one does): the run's buffers, not more. Each option's log-likelihood into score. */
 static int score_choice(session *s, const mc_question *q, double *score, size_t *bytes,
                         pesc_error *err)
 {
-    int K = q->n_options, T = 0, rc = 0;
-    tok_ids ids[MC_MAX_OPTIONS] = {{0}}, labels[MC_MAX_OPTIONS] = {{0}};
     mc_layout l = {.tpl = s->tpl};
-    for (int i = 0; rc == 0 && i < K; i++) {
-        rc = mc_encode(q, i, &l, s->tok, &ids[i], &labels[i], &bytes[i], err);
-        T = ids[i].n > T ? ids[i].n : T;
-    }
-    int32_t *tokens = rc == 0 ? xcalloc((size_t)K * T, sizeof *tokens) : NULL;
-    int32_t *targets = rc == 0 ? xmalloc((size_t)K * T * sizeof *targets) : NULL;
+    mc_batch b;
+    if (mc_batch_make(&b, q, &l, s->tok, err) != 0)
+        return -1;
+    int rows = (int)((long)s->cfg.batch * s->cfg.seq / b.T), rc = 0;
+    rows = rows < 1 ? 1 : rows > b.K ? b.K : rows;
     double nll[MC_MAX_OPTIONS];
-    for (int i = 0; rc == 0 && i < K; i++) {
-        int32_t *row = targets + (size_t)i * T;
-        memcpy(tokens + (size_t)i * T, ids[i].ids, (size_t)ids[i].n * sizeof *tokens);
-        model_shift_targets(row, ids[i].ids, labels[i].ids, ids[i].n);
-        for (int t = ids[i].n; t < T; t++)
-            row[t] = -100;
+    for (int first = 0; rc == 0 && first < b.K; first += rows) {
+        int n = b.K - first < rows ? b.K - first : rows;
+        rc = model_score_sequences(&s->m, b.tokens + (size_t)first * b.T,
+                                   b.targets + (size_t)first * b.T, n, b.T, nll + first, err);
     }
-    /* as many options a pass as a step's --batch x --seq holds (open_choices made sure one
-     * fits): the run's buffers, not more */
-    int rows = T > 0 ? (int)((long)s->cfg.batch * s->cfg.seq / T) : K;
-    rows = rows < 1 ? 1 : rows > K ? K : rows;
-    for (int first = 0; rc == 0 && first < K; first += rows) {
-        int n = K - first < rows ? K - first : rows;
-        rc = model_score_sequences(&s->m, tokens + (size_t)first * T,
-                                   targets + (size_t)first * T, n, T, nll + first, err);
-    }
-    for (int i = 0; rc == 0 && i < K; i++)
+    for (int i = 0; rc == 0 && i < b.K; i++)
         score[i] = -nll[i];
-    for (int i = 0; i < K; i++) {
-        tok_ids_free(&ids[i]);
-        tok_ids_free(&labels[i]);
-    }
-    free(tokens);
-    free(targets);
+    memcpy(bytes, b.bytes, (size_t)b.K * sizeof *bytes);
+    mc_batch_free(&b);
     return rc;
 }
 
@@ -1369,26 +1352,21 @@ static int open_choices(session *s, pesc_error *err)
         return pesc_fail_prefix(err, "--eval-choices");
     int context = s->m.config.max_position_embeddings;
     mc_layout l = {.tpl = s->tpl};
-    tok_ids ids = {0}, labels = {0};
     int rc = 0;
     for (int i = 0; rc == 0 && i < s->choices.n; i++) {
         const mc_question *q = &s->choices.items[i];
-        size_t bytes;
-        for (int k = 0; rc == 0 && k < q->n_options; k++) {
-            if (mc_encode(q, k, &l, s->tok, &ids, &labels, &bytes, err) != 0)
-                rc = pesc_fail_prefix(err, "--eval-choices %s:%ld", c->eval_choices, q->line);
-            else if (context > 0 && ids.n > context)
-                rc = pesc_fail(err, "--eval-choices %s:%ld: the question is %d tokens, past "
-                               "the model's context of %d", c->eval_choices, q->line, ids.n,
-                               context);
-            else if ((long)ids.n > (long)c->batch * c->seq)
-                rc = pesc_fail(err, "--eval-choices %s:%ld: the question is %d tokens, more "
-                               "than a step's --batch %d x --seq %d", c->eval_choices, q->line,
-                               ids.n, c->batch, c->seq);
-        }
+        mc_batch b;
+        if (mc_batch_make(&b, q, &l, s->tok, err) != 0)
+            rc = pesc_fail_prefix(err, "--eval-choices %s:%ld", c->eval_choices, q->line);
+        else if (context > 0 && b.T > context)
+            rc = pesc_fail(err, "--eval-choices %s:%ld: the question is %d tokens, past the "
+                           "model's context of %d", c->eval_choices, q->line, b.T, context);
+        else if ((long)b.T > (long)c->batch * c->seq)
+            rc = pesc_fail(err, "--eval-choices %s:%ld: the question is %d tokens, more than a "
+                           "step's --batch %d x --seq %d", c->eval_choices, q->line, b.T,
+                           c->batch, c->seq);
+        mc_batch_free(&b);
     }
-    tok_ids_free(&ids);
-    tok_ids_free(&labels);
     return rc;
 }
 

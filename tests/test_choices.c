@@ -218,44 +218,43 @@ static void test_batch(tokenizer *t, const char *model_dir)
     mc_question q = question("reverse: abcdef", 0, 3,
                              (const char *[]){"fedcba", "abc", "fdcbae x y z"});
     mc_layout l = {.tpl = template_find("camelidae")};
-    tok_ids ids[3] = {{0}}, labels[3] = {{0}};
-    size_t bytes[3];
-    int T = 0;
-    for (int i = 0; i < 3; i++) {
-        CHECK(mc_encode(&q, i, &l, t, &ids[i], &labels[i], &bytes[i], &err) == 0, "%s", err.msg);
-        T = ids[i].n > T ? ids[i].n : T;
-    }
-    int32_t *tokens = calloc((size_t)3 * T, sizeof *tokens);
-    int32_t *targets = malloc((size_t)3 * T * sizeof *targets);
+    mc_batch batch;
+    CHECK(mc_batch_make(&batch, &q, &l, t, &err) == 0, "%s", err.msg);
     double alone[3], together[3] = {0};
     for (int i = 0; i < 3; i++) {
-        int32_t *row = targets + (size_t)i * T;
-        memcpy(tokens + (size_t)i * T, ids[i].ids, (size_t)ids[i].n * sizeof *tokens);
-        model_shift_targets(row, ids[i].ids, labels[i].ids, ids[i].n);
-        for (int k = ids[i].n; k < T; k++)
-            row[k] = -100;
+        /* each option alone: its own encoding, its targets by hand */
+        tok_ids ids = {0}, labels = {0};
+        size_t bytes;
+        CHECK(mc_encode(&q, i, &l, t, &ids, &labels, &bytes, &err) == 0 &&
+                  bytes == batch.bytes[i] && ids.n == batch.ids[i].n, "%s", err.msg);
+        int32_t *row = malloc((size_t)ids.n * sizeof *row);
+        for (int k = 0; k < ids.n; k++)
+            row[k] = k + 1 < ids.n && labels.ids[k + 1] >= 0 ? ids.ids[k + 1] : -100;
         long long count;
-        CHECK(model_forward(&m, ids[i].ids, 1, ids[i].n, &err) == 0 &&
+        CHECK(model_forward(&m, ids.ids, 1, ids.n, &err) == 0 &&
                   model_nll(&m, row, &alone[i], &count, NULL, &err) == 0 && count > 0,
               "option %d alone: %s", i, err.msg);
+        for (int k = ids.n; k < batch.T; k++)   /* the batch's padding: no target */
+            CHECK(batch.targets[(size_t)i * batch.T + k] == -100 &&
+                      batch.tokens[(size_t)i * batch.T + k] == 0, "option %d's padding", i);
+        free(row);
+        tok_ids_free(&ids);
+        tok_ids_free(&labels);
     }
-    CHECK(model_forward(&m, tokens, 3, T, &err) == 0 &&
-              model_nll_sequences(&m, targets, together, &err) == 0, "the batch: %s", err.msg);
+    CHECK(model_forward(&m, batch.tokens, 3, batch.T, &err) == 0 &&
+              model_nll_sequences(&m, batch.targets, together, &err) == 0, "the batch: %s",
+          err.msg);
     double worst = 0;
     for (int i = 0; i < 3; i++)
         worst = fmax(worst, fabs(together[i] - alone[i]) / fmax(1e-6, fabs(alone[i])));
     double score[3] = {-together[0], -together[1], -together[2]};
-    REPORT(worst < 1e-5 && ids[0].n != ids[2].n,
+    REPORT(worst < 1e-5 && batch.ids[0].n != batch.ids[2].n,
            "three options of %d, %d and %d tokens in one padded batch: each its own sum "
-           "(worst relative difference %.2g)", ids[0].n, ids[1].n, ids[2].n, worst);
+           "(worst relative difference %.2g)", batch.ids[0].n, batch.ids[1].n, batch.ids[2].n,
+           worst);
     REPORT(mc_pick(score, NULL, 3) == 0, "the demo model picks the reversed text (scores %.3f "
            "%.3f %.3f)", score[0], score[1], score[2]);
-    free(tokens);
-    free(targets);
-    for (int i = 0; i < 3; i++) {
-        tok_ids_free(&ids[i]);
-        tok_ids_free(&labels[i]);
-    }
+    mc_batch_free(&batch);
     mc_question_free(&q);
     model_free(&m);
     backend_delete(b);
