@@ -1042,6 +1042,27 @@ static int item_put(reader *r, char c, pesc_error *err)
     return 0;
 }
 
+/* A reader of path from its first line; NULL after the stream's error. */
+static reader *rd_open(const char *path, pesc_error *err)
+{
+    reader *r = xcalloc(1, sizeof *r);
+    r->path = path;
+    r->line = 1;
+    r->s = stream_open(path, err);
+    if (!r->s) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void rd_close(reader *r)
+{
+    stream_close(r->s);
+    free(r->item);
+    free(r);
+}
+
 /* Reads the file's first bytes and steps over a UTF-8 byte order mark there: otherwise the
  * first record would be a plain line (or bad JSON) that starts with it. 0, or -1 on error. */
 static int rd_skip_bom(reader *r, pesc_error *err)
@@ -1325,14 +1346,9 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
         return pesc_fail(err, "%s: format %d is not in this registry", path, (int)lo->format);
     /* plain (non-JSON) lines are documents for auto and for formats that take lines */
     int lines = lo->format == DS_AUTO || (named->ops->flags & PESC_FORMAT_LINES);
-    reader *r = xcalloc(1, sizeof *r);
-    r->path = path;
-    r->line = 1;
-    r->s = stream_open(path, err);
-    if (!r->s) {
-        free(r);
+    reader *r = rd_open(path, err);
+    if (!r)
         return -1;
-    }
     load_mark start = mark_load(d);
     int capacity = d->n, rc = 0, got, first = 1;
     skips skipped = {0};
@@ -1388,22 +1404,15 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     if (got < 0)
         rc = -1;
     rc = finish_load(d, start, &skipped, path, lo, rc, err);
-    stream_close(r->s);
-    free(r->item);
-    free(r);
+    rd_close(r);
     return rc;
 }
 
 int ds_each_json(const char *path, ds_json_fn fn, void *ctx, pesc_error *err)
 {
-    reader *r = xcalloc(1, sizeof *r);
-    r->path = path;
-    r->line = 1;
-    r->s = stream_open(path, err);
-    if (!r->s) {
-        free(r);
+    reader *r = rd_open(path, err);
+    if (!r)
         return -1;
-    }
     int rc = 0, got;
     while (rc == 0 && (got = rd_next(r, err)) > 0) {
         json_error_t jerr;
@@ -1421,9 +1430,7 @@ int ds_each_json(const char *path, ds_json_fn fn, void *ctx, pesc_error *err)
     }
     if (rc == 0 && got < 0)
         rc = -1;
-    stream_close(r->s);
-    free(r->item);
-    free(r);
+    rd_close(r);
     return rc;
 }
 

@@ -163,16 +163,7 @@ fi
 # questions with wrong answer keys score 0
 if [ -f "$top_builddir/data/demo/config.json" ]; then
   demo="$top_builddir/data/demo"
-  cat >"$tmp/mc.jsonl" <<'EOF'
-{"question": "reverse: abcdef", "choices": ["abcdfe", "fedcba", "bacdef", "ffff"], "answer": 1}
-{"question": "sort: 93476", "choices": ["34679", "97643", "93476", "3467"], "answer": 0}
-{"question": "upper: hmh", "choices": ["hmh", "HMh", "MHM", "HMH"], "answer": 3}
-{"question": "4+13", "choices": ["18", "17", "413", "9"], "answer": "17"}
-{"question": "capital: Japan", "choices": {"text": ["Paris", "Lima", "Tokyo", "Rome"], "label": ["A", "B", "C", "D"]}, "answerKey": "C"}
-{"question": "count: vjowk", "choices": ["5", "3", "9", "1"], "answer": "A"}
-{"question": "lower: WSkQF", "choices": ["WSKQF", "wskqf", "wSkQf", "fqksw"], "answer": 1}
-{"question": "reverse: sytvlpj", "choices": ["jplvtys", "sytvlpj", "jplvyts", "ytsvlpj"], "answer": 0}
-EOF
+  cp "$top_srcdir/tests/choices-demo.jsonl" "$tmp/mc.jsonl"   # the demo's tasks, four shapes
   sed -e 's/"answer": [0-9]}/"answer": 2}/' -e 's/"answer": "17"/"answer": "9"/' \
     -e 's/"answerKey": "C"/"answerKey": "A"/' -e 's/"answer": "A"/"answer": "B"/' \
     "$tmp/mc.jsonl" >"$tmp/wrong.jsonl"

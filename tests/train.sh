@@ -106,26 +106,21 @@ expect 2 "pesc train: --config $tmp/none.yaml: No such file" "--config: a missin
 # --eval-choices: multiple-choice questions scored at each evaluation (the built-in demo's
 # model answers its tasks'), their accuracy in the log's step records and an eval event, the
 # csv sink's eval_accuracy column; --resume alone goes on scoring them
-cat >"$tmp/mc.jsonl" <<'EOF'
-{"question": "reverse: abcdef", "choices": ["abcdfe", "fedcba", "bacdef", "ffff"], "answer": 1}
-{"question": "upper: hmh", "choices": ["hmh", "HMh", "MHM", "HMH"], "answer": 3}
-{"question": "capital: Japan", "choices": ["Paris", "Lima", "Tokyo", "Rome"], "answer": 2}
-{"question": "4+13", "choices": ["18", "17", "413", "9"], "answer": "17"}
-EOF
-"$pesc" train --headless --steps 4 --eval-choices "$tmp/mc.jsonl" --eval-every 2 --log "$tmp/mc.log" \
+mc="$top_srcdir/tests/choices-demo.jsonl"
+"$pesc" train --headless --steps 4 --eval-choices "$mc" --eval-every 2 --log "$tmp/mc.log" \
   --sink "csv:$tmp/mc.csv" --save "$tmp/mcck" >/dev/null 2>"$tmp/err"
 status=$?
-evals=$(grep -c '"eval_accuracy":1.0,"eval_accuracy_norm":1.0,"eval_questions":4' "$tmp/mc.log")
+evals=$(grep -c '"eval_accuracy":1.0,"eval_accuracy_norm":1.0,"eval_questions":8' "$tmp/mc.log")
 column=$(head -n 1 "$tmp/mc.csv" 2>/dev/null | tr ',' '\n' | grep -n '^eval_accuracy$' | cut -d: -f1)
 cells=$([ -n "$column" ] && cut -d, -f"$column" "$tmp/mc.csv" | tail -n +2 | tr '\n' ' ')
 if [ $status -eq 0 ] && [ "$evals" = 2 ] && [ "$cells" = " 1  1 " ] &&
-   [ "$(grep -c '"event":"eval".*eval accuracy 1.0000 (1.0000 a byte) on 4 questions, chance 0.2500' "$tmp/mc.log")" = 2 ]; then
-  pass "--eval-choices: the accuracy after steps 2 and 4, in the log, an event and the csv"
+   [ "$(grep -c '"event":"eval".*eval accuracy 1.0000 (1.0000 a byte) on 8 questions, chance 0.2500' "$tmp/mc.log")" = 2 ]; then
+  pass "--eval-choices: the accuracy after steps 2 and 4 (8 of 8), in the log, an event and the csv"
 else
   fail "--eval-choices: exit $status, $evals evaluations, csv column $column cells '$cells': $(head -c 300 "$tmp/err")"
 fi
 "$pesc" train --headless --resume "$tmp/mcck" --steps 6 >/dev/null 2>"$tmp/err"
-[ "$(grep -c '"eval_questions":4' "$tmp/mc.log")" = 3 ] &&
+[ "$(grep -c '"eval_questions":8' "$tmp/mc.log")" = 3 ] &&
   pass "--eval-choices: --resume alone scores the run's questions on" ||
   fail "--eval-choices resumed: $(grep -c '"eval_questions"' "$tmp/mc.log") evaluations: $(head -c 300 "$tmp/err")"
 printf '{"question": "q", "choices": ["a"], "answer": 0}\n' >"$tmp/mc-bad.jsonl"
@@ -134,11 +129,11 @@ expect 1 "\-\-eval-choices: $tmp/mc-bad.jsonl:1: \"choices\" holds 1 option" \
   "$pesc" train --headless --steps 2 --eval-choices "$tmp/mc-bad.jsonl" --log "$tmp/mc-bad.log"
 [ -e "$tmp/mc-bad.log" ] && fail "a run refused for its --eval-choices made its log"
 # shellcheck disable=SC2086
-expect 1 "\-\-eval-choices $tmp/mc.jsonl: the questions are text, and the run has no tokenizer" \
+expect 1 "\-\-eval-choices $mc: the questions are text, and the run has no tokenizer" \
   "--eval-choices on token data without a tokenizer" -- \
-  "$pesc" train --headless $common --steps 2 --eval-choices "$tmp/mc.jsonl"
+  "$pesc" train --headless $common --steps 2 --eval-choices "$mc"
 expect 0 "step 2/2" "--eval-every with --eval-choices alone" -- \
-  "$pesc" train --headless --steps 2 --eval-choices "$tmp/mc.jsonl" --eval-every 1
+  "$pesc" train --headless --steps 2 --eval-choices "$mc" --eval-every 1
 
 # --resume alone goes on as the run would have: its model, data, held-out split, template,
 # shape, seed, length, optimizer settings and crafting come from the checkpoint (once the

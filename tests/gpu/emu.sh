@@ -314,12 +314,7 @@ for math in tf32 bf16; do
 done
 # eval --choices: a question's options as one padded batch, on the emulated GPU, picking the
 # CPU's answers (the same accuracies, plain and a byte), in tf32 and bf16
-cat >"$tmp/mc.jsonl" <<'EOF'
-{"question": "reverse: abcdef", "choices": ["abcdfe", "fedcba", "bacdef", "ffff"], "answer": 1}
-{"question": "upper: hmh", "choices": ["hmh", "HMh", "MHM", "HMH"], "answer": 3}
-{"question": "capital: Japan", "choices": ["Paris", "Lima", "Tokyo", "Rome"], "answer": 2}
-{"question": "4+13", "choices": ["18", "17", "413", "9"], "answer": "17"}
-EOF
+cp "$top_srcdir/tests/choices-demo.jsonl" "$tmp/mc.jsonl"
 # (and MMLU's layout after a worked example: the letters decoded on the shared prefix in the
 # KV cache, the same picks)
 "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --json --backend cpu >"$tmp/mc-cpu" 2>"$tmp/err" ||
@@ -331,12 +326,12 @@ for math in tf32 bf16; do
   PESC_CUDA_MATH=$math "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --json --backend cuda \
     >"$tmp/mc-$math" 2>"$tmp/err" || fail "pesc eval --choices ($math): $(head -c 300 "$tmp/err")"
   grep -q '"accuracy": 1,' "$tmp/mc-cpu" && cmp -s "$tmp/mc-cpu" "$tmp/mc-$math" &&
-    pass "pesc eval --choices --backend cuda ($math): the CPU's answers to four questions" ||
+    pass "pesc eval --choices --backend cuda ($math): the CPU's answers to eight questions" ||
     fail "pesc eval --choices ($math): '$(cat "$tmp/mc-$math")', the CPU's '$(cat "$tmp/mc-cpu")'"
   PESC_CUDA_MATH=$math "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --letters --raw --shots 1 \
     --backend cuda --samples "$tmp/mcs-$math" >/dev/null 2>"$tmp/err" ||
     fail "pesc eval --choices --letters ($math): $(head -c 300 "$tmp/err")"
-  [ "$(grep -c '"shared": [1-9]' "$tmp/mcs-cpu")" = 3 ] && [ "$(picks "$tmp/mcs-cpu")" = "$(picks "$tmp/mcs-$math")" ] &&
+  [ "$(grep -c '"shared": [1-9]' "$tmp/mcs-cpu")" = 7 ] && [ "$(picks "$tmp/mcs-cpu")" = "$(picks "$tmp/mcs-$math")" ] &&
     pass "pesc eval --choices --letters --backend cuda ($math): on the shared prefix, the CPU's picks" ||
     fail "pesc eval --choices --letters ($math): '$(picks "$tmp/mcs-$math")', the CPU's '$(picks "$tmp/mcs-cpu")'"
 done
