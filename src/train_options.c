@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,8 @@ const char train_options_help[] =
     "  --config FILE        the options below from a YAML file, one 'name: value' a line\n"
     "                       (lr: 2e-4; a list for data; man pesc-train, CONFIG FILES);\n"
     "                       the command line's own override the file's\n"
+    "  --print-config       print the options given (the file's and these) as such a\n"
+    "                       file, and run nothing\n"
     "model and data:\n"
     "  --model DIR|URL      Hugging Face model directory or hf:// URL (default: the demo)\n"
     "  --init-config FILE   start from random weights of the shape a config.json gives\n"
@@ -117,7 +120,7 @@ enum {
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
     OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
-    OPT_HELP
+    OPT_PRINT_CONFIG, OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -152,6 +155,7 @@ static const struct option train_options_own[] = {
     {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
     {"no-keep-best", no_argument, NULL, OPT_NO_KEEP_BEST},
     {"config", required_argument, NULL, OPT_CONFIG},
+    {"print-config", no_argument, NULL, OPT_PRINT_CONFIG},
     {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
 
 static int number(const char *cmd, const char *flag, const char *arg, double min, double max,
@@ -438,7 +442,7 @@ static const char *const other_names[][2] = {
  * them), whose values win there; a list given there replaces the file's. The file's values
  * stay read for the life of the process: the config points into them. */
 static int apply_file(train_config *c, const char *cmd, const char *path,
-                      const struct option *table, const int *given, int n)
+                      const struct option *table, const int *given, int n, optfile **out)
 {
     static optfile **kept;   /* the files parsed so far (a command parses one) */
     static size_t n_kept;
@@ -453,6 +457,7 @@ static int apply_file(train_config *c, const char *cmd, const char *path,
         return cli_usage_error(cmd, "%s", err.msg);
     kept = xrealloc(kept, (n_kept + 1) * sizeof *kept);
     kept[n_kept++] = f;
+    *out = f;
     int rc = 0;
     for (int i = 0; rc == 0 && i < f->n; i++) {
         const optfile_entry *e = &f->entries[i];
@@ -488,7 +493,139 @@ static int apply_file(train_config *c, const char *cmd, const char *path,
     return rc;
 }
 
+/* A growing string: the printed config. */
+typedef struct text_out {
+    char *s;
+    size_t len, cap;
+} text_out;
+
+static void text_put(text_out *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void text_put(text_out *t, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (t->s && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        t->s = xrealloc(t->s, t->cap = (t->len + (size_t)n + 1) * 2);
+    }
+}
+
+/* A value as a config file holds it: plain where the reader takes it back as it is, else
+ * double-quoted. */
+static void yaml_value(text_out *y, const char *v)
+{
+    size_t n = strlen(v);
+    int plain = n > 0 && !strchr("-?:,[]{}#&*!|>'\"%@` \t", v[0]) && v[n - 1] != ' ' &&
+                v[n - 1] != '\t' && !strstr(v, ": ") && !strstr(v, " #") && !strchr(v, '\n') &&
+                !strchr(v, '\t');
+    if (plain) {
+        text_put(y, "%s", v);
+        return;
+    }
+    text_put(y, "\"");
+    for (const char *c = v; *c; c++) {
+        const char *escaped = *c == '"' ? "\\\"" : *c == '\\' ? "\\\\" : *c == '\n' ? "\\n"
+                              : *c == '\t' ? "\\t" : NULL;
+        if (escaped)
+            text_put(y, "%s", escaped);
+        else
+            text_put(y, "%c", *c);
+    }
+    text_put(y, "\"");
+}
+
+/* name: value, or name: and its items, or a flag's true or false. */
+static void yaml_option(text_out *y, const struct option *o, const char *const *values, int n)
+{
+    if (o->val == OPT_NO_KEEP_BEST) {
+        text_put(y, "keep-best: false\n");
+        return;
+    }
+    text_put(y, "%s:", o->name);
+    if (o->has_arg == no_argument) {
+        text_put(y, " true\n");
+    } else if (repeatable(o->val)) {
+        for (int i = 0; i < n; i++) {
+            text_put(y, "\n  - ");
+            yaml_value(y, values[i]);
+        }
+        text_put(y, "\n");
+    } else {
+        text_put(y, " ");
+        yaml_value(y, values[n - 1]);   /* the last given, as on the command line */
+        text_put(y, "\n");
+    }
+}
+
+/* --print-config: the options in force from the file (f, NULL: none) and the command line
+ * (given, args: n of them), as a config file that gives the same run (but --headless, which
+ * picks the command). */
+static char *print_config(const struct option *table, const optfile *f, const int *given,
+                          const char *const *args, int n)
+{
+    text_out y = {0};
+    text_put(&y, "# pesc train --headless --config FILE, or pesc tui --config FILE\n");
+    for (int i = 0; f && i < f->n; i++) {
+        const optfile_entry *e = &f->entries[i];
+        const struct option *o = table;
+        while (o->name && strcmp(o->name, e->name) != 0)
+            o++;
+        int overridden = 0;
+        for (int j = 0; j < n; j++)
+            overridden |= same_setting(given[j], o->val);
+        if (overridden || o->val == OPT_HEADLESS)   /* the command's, not the run's */
+            continue;
+        if (o->has_arg == no_argument) {   /* as the file says it: true or false */
+            text_put(&y, "%s: %s\n", o->name, e->values[0]);
+        } else if (e->n_values > 0 || e->is_list) {
+            if (e->is_list && e->n_values == 0)
+                text_put(&y, "%s: []\n", o->name);
+            else
+                yaml_option(&y, o, (const char *const *)e->values, e->n_values);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int first = 1;   /* each option once, where the command line first gives it */
+        for (int j = 0; j < i; j++)
+            first &= !same_setting(given[j], given[i]);
+        if (!first || given[i] == OPT_HEADLESS)
+            continue;
+        const char *values[512];
+        int k = 0, last = i;
+        for (int j = i; j < n && k < 512; j++)
+            if (same_setting(given[j], given[i])) {
+                values[k++] = args[j];
+                last = j;
+            }
+        const struct option *o = table;
+        while (o->name && o->val != given[last])
+            o++;
+        yaml_option(&y, o, values, k);
+    }
+    return y.s;
+}
+
+static int parse_options(train_config *c, const char *cmd, int argc, char **argv, char **yaml);
+
 int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
+{
+    char *yaml = NULL;
+    int rc = parse_options(c, cmd, argc, argv, &yaml);
+    if (rc < 0 && yaml) {
+        fputs(yaml, stdout);
+        rc = 0;
+    }
+    free(yaml);
+    return rc;
+}
+
+/* train_config_parse, and with --print-config the config file of what was given in *yaml. */
+static int parse_options(train_config *c, const char *cmd, int argc, char **argv, char **yaml)
 {
     int opt;
     struct option table[80];
@@ -498,10 +635,13 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
      * overrides; then the file's, then the command line's */
     int *given = xmalloc((size_t)(argc + 1) * sizeof *given), n = 0;
     const char **args = xmalloc((size_t)(argc + 1) * sizeof *args), *config = NULL;
-    int rc = -1;
+    int rc = -1, print = 0;
+    optfile *file = NULL;
     while (rc < 0 && (opt = cli_getopt(cmd, argc, argv, "h", table)) != -1) {
         if (opt == OPT_HELP || opt == 'h')
             rc = TRAIN_HELP;
+        else if (opt == OPT_PRINT_CONFIG)
+            print = 1;
         else if (opt == '?')
             rc = EXIT_USAGE;
         else if (opt == OPT_CONFIG && config)
@@ -516,11 +656,13 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv)
     }
     if (rc < 0 && optind < argc)
         rc = cli_unexpected(cmd, argv[optind], cli_data_hint(argv[optind]));
-    if (rc < 0 && config && apply_file(c, cmd, config, table, given, n) != 0)
+    if (rc < 0 && config && apply_file(c, cmd, config, table, given, n, &file) != 0)
         rc = EXIT_USAGE;
     for (int i = 0; rc < 0 && i < n; i++)
         if (apply(c, cmd, given[i], args[i]) != 0)
             rc = EXIT_USAGE;
+    if (rc < 0 && print)
+        *yaml = print_config(table, file, given, args, n);
     free(given);
     free(args);
     if (rc >= 0)

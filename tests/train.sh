@@ -88,6 +88,18 @@ sed -e 's/^lr: .*/lr: 5e-2/' -e 's/^steps: .*/steps: 9/' -e "s|^  - .*|  - $tmp/
 [ "$(losses "$tmp/over.jsonl")" = "$(losses "$tmp/run.jsonl")" ] &&
   pass "--config: --lr, --steps and --data on the command line override the file's" ||
   fail "--config overridden: losses $(losses "$tmp/over.jsonl" | tr '\n' ' '): $(head -c 300 "$tmp/err")"
+# --print-config: the options given, as a file that gives the same run, and prints itself
+# again; a value YAML would misread is quoted
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 6 --print-config >"$tmp/printed.yaml" 2>"$tmp/err"
+"$pesc" train --headless --config "$tmp/printed.yaml" --log "$tmp/printed.jsonl" >/dev/null 2>>"$tmp/err"
+"$pesc" train --headless --config "$tmp/printed.yaml" --print-config >"$tmp/reprinted.yaml" 2>>"$tmp/err"
+[ "$(losses "$tmp/printed.jsonl")" = "$(losses "$tmp/run.jsonl")" ] &&
+  cmp -s "$tmp/printed.yaml" "$tmp/reprinted.yaml" && ! grep -q '^headless' "$tmp/printed.yaml" &&
+  pass "--print-config: a file of the flags that gives their run's losses, and itself again" ||
+  fail "--print-config: losses $(losses "$tmp/printed.jsonl" | tr "\n" " "), reprinted: $(diff "$tmp/printed.yaml" "$tmp/reprinted.yaml" | head -c 300)"
+expect 0 '^log: "-x: y #z"$' "--print-config quotes what YAML would misread" -- \
+  "$pesc" train --headless --log "-x: y #z" --print-config
 printf 'steps: 2\nexperts: 4\nlearning_rate: 1e-3\n' >"$tmp/bad.yaml"
 expect 2 "bad.yaml:3: unknown option 'learning-rate': pesc's name for it is 'lr'" \
   "--config: an option of another trainer's name is refused at its line, with pesc's" -- \
