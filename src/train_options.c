@@ -557,7 +557,7 @@ static void yaml_option(text_out *y, const struct option *o, const char *const *
         text_put(y, "\n");
     } else {
         text_put(y, " ");
-        yaml_value(y, values[n - 1]);   /* the last given, as on the command line */
+        yaml_value(y, values[n - 1]);
         text_put(y, "\n");
     }
 }
@@ -595,17 +595,21 @@ static char *print_config(const struct option *table, const optfile *f, const in
             first &= !same_setting(given[j], given[i]);
         if (!first || given[i] == OPT_HEADLESS)
             continue;
-        const char *values[512];
+        const char *values[STATS_MAX_SOURCES + TRAIN_MAX_EVAL];   /* a list's (apply bounds it) */
         int k = 0, last = i;
-        for (int j = i; j < n && k < 512; j++)
+        for (int j = i; j < n; j++)
             if (same_setting(given[j], given[i])) {
-                values[k++] = args[j];
+                if (k < (int)(sizeof values / sizeof *values))
+                    values[k++] = args[j];
                 last = j;
             }
         const struct option *o = table;
         while (o->name && o->val != given[last])
             o++;
-        yaml_option(&y, o, values, k);
+        if (repeatable(o->val))
+            yaml_option(&y, o, values, k);
+        else   /* the last given, as on the command line */
+            yaml_option(&y, o, &args[last], 1);
     }
     return y.s;
 }
