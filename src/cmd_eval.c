@@ -769,32 +769,13 @@ static void print_choices(const eval_options *o, const choices_result *r, int n,
                o->letters ? ", lettered" : "", device, seconds);
 }
 
-/* The tokenizer questions are encoded with: --tokenizer (or the run's), else the model's. */
-static tokenizer *choices_tokenizer(const eval_options *o, const char *model_dir,
-                                    pesc_error *err)
-{
-    char *path = NULL;
-    if (o->tokenizer && fetch_view_url_to_cache(o->tokenizer, &path, err) != 0) {
-        pesc_fail_prefix(err, "%s", o->tokenizer_flag);
-        return NULL;
-    }
-    if (!path && !model_dir) {
-        pesc_fail(err, "the model is the random weights of its run's --init-config, with no "
-                  "tokenizer beside them: give --tokenizer FILE|URL");
-        return NULL;
-    }
-    tokenizer *tok = path ? tok_load(path, err) : tok_load_dir(model_dir, err);
-    if (!tok && path)
-        pesc_fail_prefix(err, "%s", o->tokenizer_flag);
-    free(path);
-    return tok;
-}
-
 static int run_choices(const eval_options *o, model *m, const tuned_model *t, pesc_backend *b,
                        pesc_error *err)
 {
     double t0 = pesc_now();
-    tokenizer *tok = choices_tokenizer(o, t->dir, err);
+    /* o->tokenizer holds the run's when none was given: tuned_tokenizer takes it from t */
+    int given = strcmp(o->tokenizer_flag, "--tokenizer") == 0;
+    tokenizer *tok = tuned_tokenizer(t, given ? o->tokenizer : NULL, err);
     if (!tok)
         return -1;
     const chat_template *tpl = o->raw ? NULL : template_find(o->template_name);

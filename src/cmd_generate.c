@@ -10,7 +10,6 @@
 #include "backend.h"
 #include "cli.h"
 #include "commands.h"
-#include "fetch_view.h"
 #include "model.h"
 #include "sample.h"
 #include "template.h"
@@ -489,17 +488,6 @@ out:
     return rc;
 }
 
-/* The model's own tokenizer.json (a directory without one says to give --tokenizer). */
-static tokenizer *model_tokenizer(const char *dir, pesc_error *err)
-{
-    if (!dir) {
-        pesc_fail(err, "the model is the random weights of its run's --init-config, with no "
-                  "tokenizer beside them: give --tokenizer FILE|URL");
-        return NULL;
-    }
-    return tok_load_dir(dir, err);
-}
-
 int cmd_generate(int argc, char **argv)
 {
     generate_options o;
@@ -513,7 +501,7 @@ int cmd_generate(int argc, char **argv)
     model m = {0};
     tuned_model t = {0};
     tokenizer *tok = NULL;
-    char *tokenizer_path = NULL, *prompt = NULL;
+    char *prompt = NULL;
     status = 1;
     if (!o.chat && !(prompt = read_prompt(&o, &err)))
         goto out;
@@ -523,15 +511,7 @@ int cmd_generate(int argc, char **argv)
     /* the template it was tuned in, unless the prompt goes as it is */
     if (!o.raw && tuned_template(&t, &o.template_name, &o.template_given, &err) != 0)
         goto out;
-    const char *tokenizer_flag = o.tokenizer ? "--tokenizer" : "the run's --tokenizer";
-    if (!o.tokenizer)
-        o.tokenizer = t.tokenizer;   /* the run's own, else the model's */
-    if (o.tokenizer && (fetch_view_url_to_cache(o.tokenizer, &tokenizer_path, &err) != 0 ||
-                        !(tok = tok_load(tokenizer_path, &err)))) {
-        pesc_fail_prefix(&err, "%s", tokenizer_flag);
-        goto out;
-    }
-    if (!o.tokenizer && !(tok = model_tokenizer(t.dir, &err)))
+    if (!(tok = tuned_tokenizer(&t, o.tokenizer, &err)))   /* given, the run's or the model's */
         goto out;
     pesc_show_phase("pesc generate", NULL);   /* the answer starts on a clean line */
     const char *own = template_model_other(tok, o.template_name);
@@ -550,7 +530,6 @@ out:
     }
     free(prompt);
     tuned_free(&t);
-    free(tokenizer_path);
     tok_delete(tok);
     model_free(&m);
     backend_delete(b);

@@ -391,6 +391,24 @@ static int repeatable(int opt)
     return opt == OPT_DATA || opt == OPT_EVAL_DATA || opt == OPT_SINK || opt == OPT_PLUGIN;
 }
 
+/* The option a --config file's name stands for: its entry in table, or the table's end. */
+static const struct option *named_option(const struct option *table, const char *name)
+{
+    const struct option *o = table;
+    while (o->name && strcmp(o->name, name) != 0)
+        o++;
+    return o;
+}
+
+/* Whether the command line (given: n options) sets what opt sets, overriding the file. */
+static int given_on_command_line(const int *given, int n, int opt)
+{
+    for (int j = 0; j < n; j++)
+        if (same_setting(given[j], opt))
+            return 1;
+    return 0;
+}
+
 /* One entry of a --config file: its values, as the command line's would be; a flag's value
  * true or false. */
 static int apply_entry(train_config *c, const char *cmd, const optfile_entry *e,
@@ -464,9 +482,7 @@ static int apply_file(train_config *c, const char *cmd, const char *path,
         char where[PATH_MAX + 32];
         snprintf(where, sizeof where, "%s:%d", path, e->line);
         cli_usage_where(where);
-        const struct option *o = table;
-        while (o->name && strcmp(o->name, e->name) != 0)
-            o++;
+        const struct option *o = named_option(table, e->name);
         const char *other = NULL, *near = NULL;
         for (size_t k = 0; !o->name && !other && k < sizeof other_names / sizeof *other_names; k++)
             if (strcmp(e->name, other_names[k][0]) == 0)
@@ -483,10 +499,7 @@ static int apply_file(train_config *c, const char *cmd, const char *path,
         else if (!o->name)
             rc = cli_usage_error(cmd, "unknown option '%s': names are pesc train's long options "
                                  "without their --", e->name);
-        int overridden = 0;
-        for (int j = 0; rc == 0 && j < n; j++)
-            overridden |= same_setting(given[j], o->val);
-        if (rc == 0 && !overridden)
+        if (rc == 0 && !given_on_command_line(given, n, o->val))
             rc = apply_entry(c, cmd, e, o);
     }
     cli_usage_where(NULL);
@@ -572,13 +585,9 @@ static char *print_config(const struct option *table, const optfile *f, const in
     text_put(&y, "# pesc train --headless --config FILE, or pesc tui --config FILE\n");
     for (int i = 0; f && i < f->n; i++) {
         const optfile_entry *e = &f->entries[i];
-        const struct option *o = table;
-        while (o->name && strcmp(o->name, e->name) != 0)
-            o++;
-        int overridden = 0;
-        for (int j = 0; j < n; j++)
-            overridden |= same_setting(given[j], o->val);
-        if (overridden || o->val == OPT_HEADLESS)   /* the command's, not the run's */
+        const struct option *o = named_option(table, e->name);
+        /* what the command line overrides, and --headless: the command's, not the run's */
+        if (given_on_command_line(given, n, o->val) || o->val == OPT_HEADLESS)
             continue;
         if (o->has_arg == no_argument) {   /* as the file says it: true or false */
             text_put(&y, "%s: %s\n", o->name, e->values[0]);
@@ -590,10 +599,8 @@ static char *print_config(const struct option *table, const optfile *f, const in
         }
     }
     for (int i = 0; i < n; i++) {
-        int first = 1;   /* each option once, where the command line first gives it */
-        for (int j = 0; j < i; j++)
-            first &= !same_setting(given[j], given[i]);
-        if (!first || given[i] == OPT_HEADLESS)
+        /* each option once, where the command line first gives it */
+        if (given_on_command_line(given, i, given[i]) || given[i] == OPT_HEADLESS)
             continue;
         const char *values[STATS_MAX_SOURCES + TRAIN_MAX_EVAL];   /* a list's (apply bounds it) */
         int k = 0, last = i;

@@ -109,3 +109,21 @@ int tuned_template(const tuned_model *t, const char **name, int *given, pesc_err
     *given = 1;
     return 0;
 }
+
+tokenizer *tuned_tokenizer(const tuned_model *t, const char *given, pesc_error *err)
+{
+    const char *file = given ? given : t->tokenizer;
+    if (!file && !t->dir) {
+        pesc_fail(err, "the model is the random weights of its run's --init-config, with no "
+                  "tokenizer beside them: give --tokenizer FILE|URL");
+        return NULL;
+    }
+    if (!file)
+        return tok_load_dir(t->dir, err);
+    char *path = NULL;
+    tokenizer *tok = NULL;
+    if (fetch_view_url_to_cache(file, &path, err) != 0 || !(tok = tok_load(path, err)))
+        pesc_fail_prefix(err, "%s", given ? "--tokenizer" : "the run's --tokenizer");
+    free(path);
+    return tok;
+}

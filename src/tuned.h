@@ -8,6 +8,7 @@
 
 #include "backend.h"
 #include "model.h"
+#include "tokenizer.h"
 #include "util.h"
 
 typedef struct tuned_model {
@@ -29,5 +30,10 @@ void tuned_free(tuned_model *t);
  * known (*given then set too), else *name's default. 0, or -1 when the run's is not one this
  * pesc knows. */
 int tuned_template(const tuned_model *t, const char **name, int *given, pesc_error *err);
+
+/* The tokenizer a command encodes with: given (a file or URL: --tokenizer), else the run's
+ * --tokenizer, else the model's tokenizer.json. A failure of a given or the run's file is
+ * named by its flag ("--tokenizer", "the run's --tokenizer"). NULL after an error. */
+tokenizer *tuned_tokenizer(const tuned_model *t, const char *given, pesc_error *err);
 
 #endif
