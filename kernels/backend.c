@@ -294,9 +294,9 @@ void matmul_forward(pesc_backend *b, float *out, const float *inp, const float *
                       b->ops->matmul_forward(b->context, out, inp, weight, bias, N, C, OC));
 }
 
-void rmsnorm_forward(pesc_backend *b, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps)
+void rmsnorm_forward(pesc_backend *b, float *out, float *rstd, const float *inp, const float *weight, float offset, int N, int C, float eps)
 {
-    PROFILED(b, __func__, b->ops->rmsnorm_forward(b->context, out, rstd, inp, weight, N, C, eps));
+    PROFILED(b, __func__, b->ops->rmsnorm_forward(b->context, out, rstd, inp, weight, offset, N, C, eps));
 }
 
 void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale)
@@ -320,6 +320,11 @@ void attention_cached_forward(pesc_backend *b, float *out, const float *q, const
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n)
 {
     PROFILED(b, __func__, b->ops->swiglu_forward(b->context, out, gate, up, n));
+}
+
+void geglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n)
+{
+    PROFILED(b, __func__, b->ops->geglu_forward(b->context, out, gate, up, n));
 }
 
 void residual_forward(pesc_backend *b, float *out, const float *x, const float *y, size_t n)
@@ -380,9 +385,9 @@ void matmul_backward(pesc_backend *b, float *dinp, float *dweight, float *dbias,
                                               N, C, OC));
 }
 
-void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C)
+void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, float offset, const float *rstd, int N, int C)
 {
-    PROFILED(b, __func__, b->ops->rmsnorm_backward(b->context, dinp, dweight, dout, inp, weight, rstd, N, C));
+    PROFILED(b, __func__, b->ops->rmsnorm_backward(b->context, dinp, dweight, dout, inp, weight, offset, rstd, N, C));
 }
 
 void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale)
@@ -401,6 +406,11 @@ void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const 
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n)
 {
     PROFILED(b, __func__, b->ops->swiglu_backward(b->context, dgate, dup, dout, gate, up, n));
+}
+
+void geglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n)
+{
+    PROFILED(b, __func__, b->ops->geglu_backward(b->context, dgate, dup, dout, gate, up, n));
 }
 
 void crossentropy_backward(pesc_backend *b, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V)

@@ -102,7 +102,7 @@ size_t backend_activation_bytes(pesc_backend *b);
  * address range reserved on the host as for backend_alloc_frozen); where that is 4, plain
  * backend_alloc memory. Only these ops may take it, in any of their tensor arguments:
  * matmul_forward and matmul_backward without a bias, rmsnorm_forward's out, swiglu_forward,
- * swiglu_backward, vector_zero and vector_axpy; upload, download and copy (either side)
+ * swiglu_backward, geglu_forward, geglu_backward, vector_zero and vector_axpy; upload, download and copy (either side)
  * convert, and a value read back is the stored one (bf16-rounded). backend_free releases it.
  * NULL with a message when out of memory. */
 float *backend_alloc_compact(pesc_backend *b, size_t n, pesc_error *err);
@@ -140,10 +140,11 @@ void embedding_forward(pesc_backend *b, float *out, const int32_t *tokens, const
 void matmul_forward(pesc_backend *b, float *out, const float *inp, const float *weight,
                     const float *bias, int N, int C, int OC);
 
-/* out (N, C) = weight * inp / sqrt(mean(inp^2) + eps); rstd (N) receives 1/sqrt(...) for the
- * backward pass and may be NULL. */
+/* out (N, C) = (offset + weight) * inp / sqrt(mean(inp^2) + eps); rstd (N) receives
+ * 1/sqrt(...) for the backward pass and may be NULL. offset is 0, or 1 for Gemma's norms,
+ * whose stored weight is the scale's difference from 1. */
 void rmsnorm_forward(pesc_backend *b, float *out, float *rstd, const float *inp,
-                     const float *weight, int N, int C, float eps);
+                     const float *weight, float offset, int N, int C, float eps);
 
 /* Rotary embedding, Hugging Face rotate-half convention, on the first R (even, <= D) of each
  * head's D values of (N, H, D): angle = pos[n] * inv_freq[i], i < R/2, with cos and sin
@@ -172,6 +173,9 @@ void attention_cached_forward(pesc_backend *b, float *out, const float *q, const
 
 /* out (n) = silu(gate) * up, elementwise. */
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n);
+/* out (n) = gelu_tanh(gate) * up, elementwise: Gemma's FFN ("gelu_pytorch_tanh", GELU's tanh
+ * approximation 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))). */
+void geglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n);
 
 /* out (n) = x + y, elementwise; out may alias either input. */
 void residual_forward(pesc_backend *b, float *out, const float *x, const float *y, size_t n);
@@ -232,7 +236,8 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
  *   gathered_j = h_j,  pre_j = D_e gathered_j,  act_j = GELU(pre_j),
  *   y[token] = x[token] + h[token] + sum over its slots of scale * topk_w[token, slot] U_e act_j
  * (a slot in no group, padding's, adds nothing).
- * x, h (N, C); y (N, C) may be x; down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act
+ * x, h (N, C); y (N, C) may be x; x may be NULL, for y = h + the adapters' outputs (Gemma's
+ * norm after the FFN comes before the residual sum); down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act
  * (N*K, R) are saved for the backward pass, in the backend's own format (fp32, or bf16 in
  * CUDA's bf16 math: backend_activation_bytes), which only this backend's moe_adapter_backward
  * reads; scratch (N*K, C). The sum with x and h is the FFN's residual: made here, it costs the
@@ -264,7 +269,8 @@ void matmul_backward(pesc_backend *b, float *dinp, float *dweight, float *dbias,
                      const float *dout, const float *inp, const float *weight, int N, int C,
                      int OC);
 void rmsnorm_backward(pesc_backend *b, float *dinp, float *dweight, const float *dout,
-                      const float *inp, const float *weight, const float *rstd, int N, int C);
+                      const float *inp, const float *weight, float offset, const float *rstd,
+                      int N, int C);
 /* dinp (overwritten; may equal dout) = the transpose of rope_forward's map applied to dout. */
 void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_t *pos,
                    const float *inv_freq, int N, int H, int D, int R, float scale);
@@ -276,6 +282,9 @@ void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const 
 /* dgate, dup overwritten (dgate may equal dout). */
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout,
                      const float *gate, const float *up, size_t n);
+/* geglu_forward's, as swiglu_backward. */
+void geglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout,
+                    const float *gate, const float *up, size_t n);
 /* dlogits (N, V) overwritten with (softmax - onehot(target)) * scale; rows with target < 0
  * become 0. May equal logits. losses (N), when not NULL, receives what crossentropy_forward
  * would, from the same softmax (training needs both; one pass over the logits). */

@@ -19,11 +19,12 @@ typedef struct backend_ops {
 
     void (*embedding_forward)(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
     void (*matmul_forward)(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
-    void (*rmsnorm_forward)(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+    void (*rmsnorm_forward)(void *ctx, float *out, float *rstd, const float *inp, const float *weight, float offset, int N, int C, float eps);
     void (*rope_forward)(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
     void (*attention_forward)(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
     void (*attention_cached_forward)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window);
     void (*swiglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
+    void (*geglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
     void (*residual_forward)(void *ctx, float *out, const float *x, const float *y, size_t n);
     void (*crossentropy_forward)(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
     void (*moe_route_forward)(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
@@ -33,10 +34,11 @@ typedef struct backend_ops {
     void (*moe_adapter_backward)(void *ctx, float *dh, float *ddown, float *dup, float *dtopk_w, float *scratch, float *scratch_r, const float *dy, const float *gathered, const float *pre, const float *act, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);
     void (*embedding_backward)(void *ctx, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
     void (*matmul_backward)(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
-    void (*rmsnorm_backward)(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
+    void (*rmsnorm_backward)(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, float offset, const float *rstd, int N, int C);
     void (*rope_backward)(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
     void (*attention_backward)(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
     void (*swiglu_backward)(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+    void (*geglu_backward)(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
     void (*crossentropy_backward)(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
     void (*vector_zero)(void *ctx, float *x, size_t n);
     void (*vector_axpy)(void *ctx, float *y, const float *x, float alpha, size_t n);

@@ -54,7 +54,7 @@ static const char eval_usage[] =
     "                   directory are searched too\n"
     "  --template NAME  chat template for text formats: camelidae (default), alpaca, chatml,\n"
     "                   qwen3, llama2, llama3, mistral, phi3, phi4-mini, phi4, granite,\n"
-    "                   plain (the run's for an --adapters checkpoint or a model pesc\n"
+    "                   gemma, plain (the run's for an --adapters checkpoint or a model pesc\n"
     "                   exported);\n"
     "                   only assistant tokens are scored\n"
     "  --tokenizer FILE tokenizer.json for text formats (default: DIR/tokenizer.json)\n"

@@ -80,10 +80,21 @@ static int inspect_model(const char *dir)
     for (int l = 0, n = 0; l < c.n_layers; l++)
         if (!hfconfig_layer_rope(&c, l))
             printf("%s%d", n++ ? ", " : "; none in layers ", l);
-    printf("\n");
-    if (c.sliding_window)
-        printf("window        %d\n", c.sliding_window);
-    if (c.embedding_multiplier > 0)   /* Granite's */
+    printf("%s\n", c.rope_local_theta > 0 ? ", in the global layers" : "");
+    if (c.rope_local_theta > 0)   /* Gemma's sliding layers */
+        printf("rope local    theta %g, unscaled, in the sliding layers\n", c.rope_local_theta);
+    if (c.sliding_window) {
+        printf("window        %d", c.sliding_window);
+        for (int l = 0, n = 0; l < c.n_layers; l++)   /* Gemma's global layers */
+            if (!hfconfig_layer_window(&c, l))
+                printf("%s%d", n++ ? ", " : "; none in layers ", l);
+        printf("\n");
+    }
+    if (c.sandwich_norms)   /* Gemma 3 */
+        printf("blocks        Gemma's: (1 + w) norms, after the attention and the FFN too; "
+               "GELU (tanh) FFN; embeddings x %g; scores / sqrt(%g)\n", c.embedding_multiplier,
+               1.0 / (c.attention_multiplier * c.attention_multiplier));
+    else if (c.embedding_multiplier > 0)   /* Granite's */
         printf("multipliers   embedding %g, residual %g, attention %g, logits 1/%g\n",
                c.embedding_multiplier, c.residual_multiplier, c.attention_multiplier,
                c.logits_scaling);

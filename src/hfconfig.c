@@ -10,7 +10,7 @@
 
 #define SUPPORTED                                                                          \
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "           \
-    "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM"
+    "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma3ForCausalLM"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -100,15 +100,25 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
     if (!arch)
         return pesc_fail(err, "%s: \"architectures\" must name one model class; supported: "
                          SUPPORTED, where);
+    if (strcmp(arch, "Gemma3ForConditionalGeneration") == 0)
+        return pesc_fail(err, "%s: Gemma3ForConditionalGeneration (Gemma 3 with its vision "
+                         "tower) is not supported: pesc reads the text model alone, "
+                         "Gemma3ForCausalLM (gemma-3-1b, or a text-only conversion)", where);
     if (!supported_architecture(arch))
         return pesc_fail(err, "%s: architecture %s is not supported; supported: " SUPPORTED,
                          where, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     const char *type = json_string_value(json_object_get(root, "model_type"));
     snprintf(c->model_type, sizeof c->model_type, "%s", type ? type : "");
-    const char *act = json_string_value(json_object_get(root, "hidden_act"));
-    if (act && strcmp(act, "silu") != 0)
-        return pesc_fail(err, "%s: hidden_act \"%s\" is not supported (only silu)", where, act);
+    /* Gemma's FFN: GELU's tanh approximation (its key is hidden_activation) */
+    int gemma = strcmp(arch, "Gemma3ForCausalLM") == 0;
+    const char *key = gemma ? "hidden_activation" : "hidden_act";
+    const char *act = json_string_value(json_object_get(root, key));
+    const char *want = gemma ? "gelu_pytorch_tanh" : "silu";
+    if (act && strcmp(act, want) != 0)
+        return pesc_fail(err, "%s: %s \"%s\" is not supported for %s (only %s)", where, key,
+                         act, arch, want);
+    c->gelu_ffn = gemma;
     return 0;
 }
 
@@ -197,6 +207,16 @@ double hfconfig_logit_scale(const hf_config *c)
 int hfconfig_layer_rope(const hf_config *c, int layer)
 {
     return layer < 0 || layer >= HF_MAX_LAYERS || !c->nope[layer];
+}
+
+int hfconfig_layer_window(const hf_config *c, int layer)
+{
+    return layer >= 0 && layer < HF_MAX_LAYERS && c->global[layer] ? 0 : c->sliding_window;
+}
+
+int hfconfig_layer_local_rope(const hf_config *c, int layer)
+{
+    return c->rope_local_theta > 0 && layer >= 0 && layer < HF_MAX_LAYERS && !c->global[layer];
 }
 
 /* SmolLM3's NoPE layers: no_rope_layers, at least a flag a layer, 1 where RoPE applies and 0
@@ -290,6 +310,11 @@ static int granite(const hf_config *c)
     return strcmp(c->architecture, "GraniteForCausalLM") == 0;
 }
 
+static int gemma3(const hf_config *c)
+{
+    return strcmp(c->architecture, "Gemma3ForCausalLM") == 0;
+}
+
 /* Granite's four multipliers, each 1 when absent (transformers' GraniteConfig defaults) */
 static int parse_multipliers(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
@@ -306,6 +331,77 @@ static int parse_multipliers(hf_config *c, json_t *root, const char *where, pesc
     /* the query's scale goes with RoPE's, which leaves the values past a partial rotary */
     if (hfconfig_rotary_dim(c) != c->head_dim)
         return pesc_fail(err, "%s: partial_rotary_factor is not supported for Granite", where);
+    return 0;
+}
+
+/* Gemma 3's global layers: layer_types ("sliding_attention" or "full_attention" a layer), or
+ * in older files every sliding_window_pattern-th layer (the 6th, 12th, ...). */
+static int parse_layer_types(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    json_t *list = json_object_get(root, "layer_types"), *v;
+    if (!list || json_is_null(list)) {
+        /* (transformers since 4.53 writes it with a leading underscore, beside layer_types) */
+        const char *key = json_object_get(root, "sliding_window_pattern")
+                              ? "sliding_window_pattern" : "_sliding_window_pattern";
+        int every = 6;
+        if (get_int(root, key, 0, 6, &every, where, err))
+            return -1;
+        if (every < 1)
+            return pesc_fail(err, "%s: \"%s\" must be at least 1", where, key);
+        for (int l = 0; l < c->n_layers; l++)
+            c->global[l] = (l + 1) % every == 0;
+        return 0;
+    }
+    if (!json_is_array(list) || json_array_size(list) < (size_t)c->n_layers)
+        return pesc_fail(err, "%s: \"layer_types\" must name each of the %d layers "
+                         "\"sliding_attention\" or \"full_attention\"", where, c->n_layers);
+    size_t i;
+    json_array_foreach(list, i, v) {
+        const char *type = json_string_value(v);
+        int full = type && strcmp(type, "full_attention") == 0;
+        if (!full && !(type && strcmp(type, "sliding_attention") == 0))
+            return pesc_fail(err, "%s: layer_types[%zu] must be \"sliding_attention\" or "
+                             "\"full_attention\"", where, i);
+        if (i < (size_t)c->n_layers)
+            c->global[i] = (unsigned char)full;
+    }
+    return 0;
+}
+
+/* Gemma 3's text model: (1 + w) norms, four of them a layer, QK-norm, GELU's tanh in the FFN,
+ * sqrt(hidden_size) on the embeddings, query_pre_attn_scalar for the scores' scale, sliding
+ * layers with their own RoPE; softcapping (Gemma 2's) is refused. */
+static int parse_gemma3(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    static const char *const caps[] = {"final_logit_softcapping", "attn_logit_softcapping"};
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(root, caps[i]);
+        if (v && !json_is_null(v))
+            return pesc_fail(err, "%s: \"%s\" is not supported (Gemma 3 has none: null)",
+                             where, caps[i]);
+    }
+    int attention_bias = 0, bidirectional = 0;
+    double scalar = 256.0;
+    if (get_bool(root, "attention_bias", 0, &attention_bias, where, err) ||
+        get_bool(root, "use_bidirectional_attention", 0, &bidirectional, where, err) ||
+        get_number(root, "query_pre_attn_scalar", 256.0, &scalar, where, err) ||
+        get_number(root, "rope_local_base_freq", 10000.0, &c->rope_local_theta, where, err) ||
+        get_int(root, "sliding_window", 0, 4096, &c->sliding_window, where, err) ||
+        parse_layer_types(c, root, where, err))
+        return -1;
+    if (attention_bias || bidirectional)
+        return pesc_fail(err, "%s: %s=true is not supported for Gemma 3", where,
+                         attention_bias ? "attention_bias" : "use_bidirectional_attention");
+    if (!(scalar > 0) || !isfinite(scalar) || !(c->rope_local_theta > 0))
+        return pesc_fail(err, "%s: query_pre_attn_scalar and rope_local_base_freq must be "
+                         "positive", where);
+    if (hfconfig_rotary_dim(c) != c->head_dim)
+        return pesc_fail(err, "%s: partial_rotary_factor is not supported for Gemma 3", where);
+    c->qk_norm = 1;
+    c->norm_offset = 1.0f;
+    c->sandwich_norms = 1;
+    c->embedding_multiplier = sqrt((double)c->hidden_size);
+    c->attention_multiplier = 1.0 / sqrt(scalar);
     return 0;
 }
 
@@ -348,6 +444,9 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
                 return -1;
         }
         if (granite(c) && parse_multipliers(c, root, where, err))
+            return -1;
+    } else if (gemma3(c)) {
+        if (parse_gemma3(c, root, where, err))
             return -1;
     } else if (get_int(root, "sliding_window", 0, 0, &c->sliding_window, where, err)) {
         return -1;   /* Mistral's and Phi-3's window */
@@ -423,17 +522,19 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
         get_int(root, "num_attention_heads", 1, 0, &c->n_heads, where, err))
         goto out;
     if (get_int(root, "num_key_value_heads", 0, c->n_heads, &c->n_kv_heads, where, err) ||
-        get_int(root, "head_dim", 0, c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
+        /* Gemma 3's head_dim is 256 unless given (transformers' Gemma3TextConfig) */
+        get_int(root, "head_dim", 0,
+                gemma3(c) ? 256 : c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
                 where, err) ||
         get_number(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, where, err) ||
         /* SmolLM3's own defaults (its config.json leaves out a tie_word_embeddings equal to
          * transformers' own default, true) */
-        get_number(root, "rope_theta", smollm3(c) ? 2e6 : 10000.0, &c->rope_theta, where,
-                   err) ||
+        get_number(root, "rope_theta", smollm3(c) ? 2e6 : gemma3(c) ? 1e6 : 10000.0,
+                   &c->rope_theta, where, err) ||
         get_int(root, "max_position_embeddings", 0, 2048, &c->max_position_embeddings, where,
                 err) ||
-        get_bool(root, "tie_word_embeddings", smollm3(c), &c->tie_word_embeddings, where,
-                 err) ||
+        get_bool(root, "tie_word_embeddings", smollm3(c) || gemma3(c), &c->tie_word_embeddings,
+                 where, err) ||
         parse_rope_scaling(c, root, where, err) || parse_family(c, root, where, err) ||
         check_shapes(c, where, err) || parse_crafting(c, root, where, err))
         goto out;
@@ -507,6 +608,14 @@ void hfconfig_inv_freq(const hf_config *c, long positions, float *inv_freq)
     }
 }
 
+void hfconfig_inv_freq_local(const hf_config *c, float *inv_freq)
+{
+    hf_config local = *c;
+    local.rope_type = HF_ROPE_DEFAULT;
+    local.rope_theta = c->rope_local_theta;
+    hfconfig_inv_freq(&local, 1, inv_freq);
+}
+
 long long hfconfig_param_count(const hf_config *c)
 {
     long long C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
@@ -520,5 +629,7 @@ long long hfconfig_param_count(const hf_config *c)
         layer += C;
     if (c->qk_norm)
         layer += 2 * c->head_dim;
+    if (c->sandwich_norms)
+        layer += 2 * C;
     return V * C * (c->tie_word_embeddings ? 1 : 2) + C + layer * c->n_layers;
 }

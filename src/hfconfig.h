@@ -1,6 +1,7 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM
- * (Llama's with RoPE left out of some layers), and the PESC keys
+ * (Llama's with RoPE left out of some layers), GraniteForCausalLM, Gemma3ForCausalLM, and the
+ * PESC keys
  * of an exported (crafted) model (num_experts, topk, adapter_dim, moe_scaling, as Camelidae
  * writes them). Anything else is refused with a message that lists what is supported. Also
  * derives RoPE's inverse frequencies (default, linear, llama3, longrope).
@@ -47,7 +48,7 @@ typedef struct hf_config {
     int qkv_bias;                /* qwen2, or llama's and qwen3's attention_bias */
     int qk_norm;                 /* qwen3: each head of q and k RMS-normed (q_norm, k_norm) */
     int o_bias;                  /* llama's attention_bias */
-    int sliding_window;          /* mistral, phi3; 0 = none */
+    int sliding_window;          /* mistral, phi3, gemma3 (but its global layers); 0 = none */
     int rotary_dim;              /* values of a head RoPE rotates: head_dim, but for
                                   * partial_rotary_factor (0 = head_dim; hfconfig_rotary_dim) */
     /* SmolLM3's NoPE layers, whose q and k RoPE leaves alone (no_rope_layers[l] == 0, or
@@ -57,6 +58,19 @@ typedef struct hf_config {
      * embedding's output, each block's output before the residual sum, the attention's
      * scores (attention_multiplier in place of 1/sqrt(head_dim)), the logits (divided) */
     double embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling;
+    /* Gemma 3 (0 for the other families): RMSNorm scales by norm_offset + weight (1: its
+     * weights are the scale's difference from 1); sandwich_norms: a norm after the attention
+     * and one after the FFN (post_attention_layernorm, post_feedforward_layernorm), before
+     * each residual sum, the FFN's own input norm being pre_feedforward_layernorm; gelu_ffn:
+     * the FFN's gate through GELU's tanh approximation; the sliding window on all layers but
+     * the global[] ones, and those alone turn RoPE by rope_theta with rope_scaling: the
+     * sliding layers by rope_local_theta, unscaled. Its embedding_multiplier is
+     * sqrt(hidden_size), its attention_multiplier query_pre_attn_scalar^-1/2. */
+    float norm_offset;
+    int sandwich_norms;
+    int gelu_ffn;
+    double rope_local_theta;     /* 0: one RoPE for every layer */
+    unsigned char global[HF_MAX_LAYERS];
     int fused_proj;              /* phi3: the files hold q|k|v as qkv_proj, gate|up as
                                   * gate_up_proj (model.c splits and joins them) */
     int bos_token_id, eos_token_id;   /* -1 when absent */
@@ -88,6 +102,12 @@ int hfconfig_rotary_dim(const hf_config *c);
 double hfconfig_rope_scale(const hf_config *c);
 /* Whether RoPE turns q and k of LAYER (0-based): all but SmolLM3's NoPE layers. */
 int hfconfig_layer_rope(const hf_config *c, int layer);
+/* The sliding window of LAYER: sliding_window, but 0 (none) for Gemma's global layers. */
+int hfconfig_layer_window(const hf_config *c, int layer);
+/* Whether LAYER turns RoPE by rope_local_theta (Gemma's sliding layers), whose frequencies
+ * hfconfig_inv_freq_local gives (D/2 of them, unscaled: the default rope). */
+int hfconfig_layer_local_rope(const hf_config *c, int layer);
+void hfconfig_inv_freq_local(const hf_config *c, float *inv_freq);
 
 /* Granite's multipliers as factors, 1 where a family has none: the embedding's output, a
  * block's output before the residual sum, q (so that q.k / sqrt(head_dim) comes out times

@@ -71,7 +71,19 @@ static void list_params(model *m, param_list *list)
             add_param(list, &L->k_norm, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight",
                       l);
         }
-        add_param(list, &L->ffn_norm, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        /* Gemma's post_attention_layernorm norms the attention's output; its FFN's input norm
+         * is pre_feedforward_layernorm */
+        if (c->sandwich_norms) {
+            add_param(list, &L->attn_post_norm, C, 0,
+                      "model.layers.%d.post_attention_layernorm.weight", l);
+            add_param(list, &L->ffn_norm, C, 0, "model.layers.%d.pre_feedforward_layernorm.weight",
+                      l);
+            add_param(list, &L->ffn_post_norm, C, 0,
+                      "model.layers.%d.post_feedforward_layernorm.weight", l);
+        } else {
+            add_param(list, &L->ffn_norm, C, 0, "model.layers.%d.post_attention_layernorm.weight",
+                      l);
+        }
         add_param(list, &L->w_gate, F, C, "model.layers.%d.mlp.gate_proj.weight", l);
         add_param(list, &L->w_up, F, C, "model.layers.%d.mlp.up_proj.weight", l);
         add_param(list, &L->w_down, C, F, "model.layers.%d.mlp.down_proj.weight", l);
@@ -317,25 +329,32 @@ static int load_weights(model *m, const st_set *set, pesc_error *err)
     return rc;
 }
 
-/* RoPE's frequencies on the backend for a pass over `positions` positions, or NULL. */
+/* RoPE's frequencies on the backend for a pass over `positions` positions (0: Gemma's sliding
+ * layers' own), or NULL. */
 static float *upload_freq(model *m, long positions, pesc_error *err)
 {
     size_t bytes = (size_t)(m->config.head_dim / 2) * sizeof(float);
     float *host = xmalloc(bytes), *on = backend_alloc(m->backend, bytes, err);
-    hfconfig_inv_freq(&m->config, positions, host);
+    if (positions > 0)
+        hfconfig_inv_freq(&m->config, positions, host);
+    else
+        hfconfig_inv_freq_local(&m->config, host);
     if (on)
         backend_upload(m->backend, on, host, bytes);
     free(host);
     return on;
 }
 
-/* RoPE's frequencies within the original context, and (longrope) past it. */
+/* RoPE's frequencies within the original context, (longrope) past it, and (Gemma) of the
+ * sliding layers. */
 static int upload_inv_freq(model *m, pesc_error *err)
 {
     long past = (long)m->config.rope_original_max_position + 1;
     if (!(m->inv_freq = upload_freq(m, 1, err)))
         return -1;
     if (hfconfig_rope_long(&m->config, past) && !(m->inv_freq_long = upload_freq(m, past, err)))
+        return -1;
+    if (m->config.rope_local_theta > 0 && !(m->inv_freq_local = upload_freq(m, 0, err)))
         return -1;
     return 0;
 }
@@ -361,7 +380,7 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
     return rc;
 }
 
-/* Norm weights 1, everything else U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a model that computes
+/* Norms that scale by 1, everything else U(-1/sqrt(fan_in), 1/sqrt(fan_in)): a model that computes
  * like a real one, for benchmarks and tests. */
 int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t seed,
                       pesc_error *err)
@@ -387,7 +406,7 @@ int model_init_random(model *m, const hf_config *c, pesc_backend *b, uint64_t se
         double bound = t->ndim == 2 ? 1.0 / sqrt((double)t->shape[1]) : 0.0;
         for (size_t j = 0; j < t->n; j++) {
             double u = pesc_xorshift_uniform(&state);
-            host[j] = t->ndim == 2 ? (float)((2.0 * u - 1.0) * bound) : 1.0f;
+            host[j] = t->ndim == 2 ? (float)((2.0 * u - 1.0) * bound) : 1.0f - c->norm_offset;
         }
         upload_base(m, t, host);
     }
@@ -468,6 +487,7 @@ void model_free(model *m)
         backend_free(m->backend, m->packed_block);
         backend_free(m->backend, m->inv_freq);
         backend_free(m->backend, m->inv_freq_long);
+        backend_free(m->backend, m->inv_freq_local);
         backend_free(m->backend, m->crafted_block);
         backend_free(m->backend, m->grad_block);
         backend_free(m->backend, m->k_cache);

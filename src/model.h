@@ -23,8 +23,10 @@ typedef struct model_layer {
     float *wk, *bk;              /* (Hkv*D, C), (Hkv*D) or NULL */
     float *wv, *bv;              /* (Hkv*D, C), (Hkv*D) or NULL */
     float *wo, *bo;              /* (C, Hq*D), (C) or NULL */
-    float *q_norm, *k_norm;      /* (D) each head's RMSNorm of q and k (qwen3), or NULL */
+    float *q_norm, *k_norm;      /* (D) each head's RMSNorm of q and k (qwen3, gemma3), or NULL */
+    float *attn_post_norm;       /* (C) the attention's output normed (gemma3), or NULL */
     float *ffn_norm;             /* (C) */
+    float *ffn_post_norm;        /* (C) the FFN's output normed (gemma3), or NULL */
     float *w_gate, *w_up;        /* (F, C) */
     float *w_down;               /* (C, F) */
 } model_layer;
@@ -54,6 +56,10 @@ typedef struct layer_acts {
     float *gate, *up, *act;      /* (N, F) pre-activation gate, up, silu(gate) * up; compact
                                   * (gate and up but where LoRA adapts them) */
     float *h;                    /* (N, C) frozen FFN output, computed once per token */
+    /* sandwich_norms (Gemma): the o projection's output and a crafted FFN's (h and the
+     * adapters'), each before its norm (a dense FFN's is h), and their norms' rstd */
+    float *att_out, *rstd_att;   /* (N, C), (N) */
+    float *ffn_out, *rstd_ffn;   /* (N, C) crafted only, (N) */
     float *router_logits, *probs, *router_lse;   /* (N, E), (N, E), (N) */
     int32_t *topk_idx;           /* (N, K) */
     float *topk_w;               /* (N, K) */
@@ -151,6 +157,7 @@ typedef struct model {
     float *final_norm;           /* (C) */
     float *inv_freq;             /* (D/2) */
     float *inv_freq_long;        /* (D/2) longrope's past the original context, else NULL */
+    float *inv_freq_local;       /* (D/2) Gemma's sliding layers' (rope_local_theta), else NULL */
     model_layer *layers;         /* (n_layers) */
     model_tensor *base_tensors;  /* named views of every base weight, checkpoint order */
     int n_base_tensors;

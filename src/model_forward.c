@@ -99,6 +99,13 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
     want_in(c, &a->up, N * F, !lora_at(m, LORA_UP));
     want_compact(c, &a->act, N * F);
     want(c, &a->h, N * C);
+    if (cf->sandwich_norms) {   /* the norms' inputs (the dense FFN's is h) */
+        want(c, &a->att_out, N * C);
+        want(c, &a->rstd_att, N);
+        if (m->crafted)
+            want(c, &a->ffn_out, N * C);
+        want(c, &a->rstd_ffn, N);
+    }
     if (m->crafted) {
         size_t E = (size_t)m->pesc.experts, K = (size_t)m->pesc.top_k;
         size_t R = (size_t)m->pesc.adapter_dim;
@@ -496,6 +503,42 @@ static float adapter_dropout(const model *m, int dropout)
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
+/* The model's RMSNorm of N rows of n (Gemma's scale by 1 + weight) */
+static void norm_forward(const model *m, float *out, float *rstd, const float *inp,
+                         const float *weight, int N, int n)
+{
+    const hf_config *c = &m->config;
+    rmsnorm_forward(m->backend, out, rstd, inp, weight, c->norm_offset, N, n,
+                    (float)c->rms_norm_eps);
+}
+
+static void norm_backward(model *m, float *dinp, const float *dout, const float *inp,
+                          const float *weight, const float *rstd, int N, int n)
+{
+    rmsnorm_backward(m->backend, dinp, model_grad_of(m, weight), dout, inp, weight,
+                     m->config.norm_offset, rstd, N, n);
+}
+
+/* The sum of a block's output y into the residual stream: x_out = x + y, where Gemma norms y
+ * first (y stays as it was for the norm's backward, rstd receives the norm's; the normed rows
+ * go through scratch). */
+static void block_residual(model *m, float *x_out, const float *x, const float *y, float *rstd,
+                           const float *post_norm, int N)
+{
+    int C = m->config.hidden_size;
+    if (post_norm) {
+        norm_forward(m, m->act.scratch, rstd, y, post_norm, N, C);
+        y = m->act.scratch;
+    }
+    residual_forward(m->backend, x_out, x, y, (size_t)N * C);
+}
+
+/* RoPE's frequencies in layer l: Gemma's sliding layers have their own */
+static const float *layer_freq(const model *m, int l)
+{
+    return hfconfig_layer_local_rope(&m->config, l) ? m->inv_freq_local : m->act.freq;
+}
+
 /* past < 0: B sequences of T tokens on their own; past >= 0: one sequence of T new tokens
  * after `past` cached ones (generation). */
 static void attention_block(model *m, int l, layer_acts *a, int B, int T, int past)
@@ -503,56 +546,58 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
     const hf_config *c = &m->config;
     pesc_backend *b = m->backend;
     int N = B * T, C = c->hidden_size, D = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
-    rmsnorm_forward(b, a->xn1, a->rstd1, a->x_in, m->layers[l].attn_norm, N, C,
-                    (float)c->rms_norm_eps);
-    if (c->qk_norm) {   /* each head of q and k RMS-normed before RoPE (Qwen3) */
-        const model_layer *L = &m->layers[l];
-        float eps = (float)c->rms_norm_eps;
+    const model_layer *L = &m->layers[l];
+    norm_forward(m, a->xn1, a->rstd1, a->x_in, L->attn_norm, N, C);
+    if (c->qk_norm) {   /* each head of q and k RMS-normed before RoPE (Qwen3, Gemma 3) */
         linear_forward(m, l, LORA_Q, a, a->q_raw, a->xn1, N);
         linear_forward(m, l, LORA_K, a, a->k_raw, a->xn1, N);
-        rmsnorm_forward(b, a->q, a->rstd_q, a->q_raw, L->q_norm, N * Hq, D, eps);
-        rmsnorm_forward(b, a->k, a->rstd_k, a->k_raw, L->k_norm, N * Hkv, D, eps);
+        norm_forward(m, a->q, a->rstd_q, a->q_raw, L->q_norm, N * Hq, D);
+        norm_forward(m, a->k, a->rstd_k, a->k_raw, L->k_norm, N * Hkv, D);
     } else {
         linear_forward(m, l, LORA_Q, a, a->q, a->xn1, N);
         linear_forward(m, l, LORA_K, a, a->k, a->xn1, N);
     }
     linear_forward(m, l, LORA_V, a, a->v, a->xn1, N);
     /* longrope's cos and sin are scaled by its attention factor (1 for the other ropes), q's
-     * also by Granite's attention multiplier (times sqrt(D), which the attention divides by;
-     * Granite rotates whole heads and has no NoPE layers) */
-    int R = hfconfig_rotary_dim(c);
+     * also by Granite's attention multiplier or Gemma's query_pre_attn_scalar (times sqrt(D),
+     * which the attention divides by; both rotate whole heads and have no NoPE layers) */
+    int R = hfconfig_rotary_dim(c), window = hfconfig_layer_window(c, l);
     float scale = (float)hfconfig_rope_scale(c), scale_q = scale * (float)hfconfig_query_scale(c);
+    const float *freq = layer_freq(m, l);
     if (hfconfig_layer_rope(c, l)) {   /* not in SmolLM3's NoPE layers */
-        rope_forward(b, a->q, a->q, m->act.pos, m->act.freq, N, Hq, D, R, scale_q);
-        rope_forward(b, a->k, a->k, m->act.pos, m->act.freq, N, Hkv, D, R, scale);
+        rope_forward(b, a->q, a->q, m->act.pos, freq, N, Hq, D, R, scale_q);
+        rope_forward(b, a->k, a->k, m->act.pos, freq, N, Hkv, D, R, scale);
     }
     if (past >= 0) {
         size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_capacity * row;
         float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
         backend_copy(b, kc + (size_t)past * row, a->k, (size_t)T * row * sizeof(float));
         backend_copy(b, vc + (size_t)past * row, a->v, (size_t)T * row * sizeof(float));
-        attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, c->sliding_window);
+        attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, window);
     } else {
-        attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D,
-                          c->sliding_window, m->act.packed ? m->act.seg : NULL);
+        attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D, window,
+                          m->act.packed ? m->act.seg : NULL);
     }
-    /* h is free until the FFN writes it; scratch holds LoRA's product */
-    linear_forward(m, l, LORA_O, a, a->h, a->att, N);
+    /* h is free until the FFN writes it (Gemma's att_out is kept for its norm's backward);
+     * scratch holds LoRA's product */
+    float *out = c->sandwich_norms ? a->att_out : a->h;
+    linear_forward(m, l, LORA_O, a, out, a->att, N);
     float residual = (float)hfconfig_residual_scale(c);
     if (residual != 1.0f)   /* Granite */
-        vector_scale(b, a->h, residual, (size_t)N * C);
-    residual_forward(b, a->x_mid, a->x_in, a->h, (size_t)N * C);
+        vector_scale(b, out, residual, (size_t)N * C);
+    block_residual(m, a->x_mid, a->x_in, out, a->rstd_att, L->attn_post_norm, N);
 }
 
-/* x_out = x_mid + h + s * sum_k w_k U_k GELU(D_k h), with h = FFN(norm(x_mid)) once. */
+/* x_out = x_mid + h + s * sum_k w_k U_k GELU(D_k h), with h = FFN(norm(x_mid)) once (Gemma:
+ * x_mid + norm(h + s * sum ...)). */
 static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int dropout,
                       int replay)
 {
     const hf_config *c = &m->config;
     pesc_backend *b = m->backend;
     int C = c->hidden_size, F = c->intermediate_size;
-    rmsnorm_forward(b, a->xn2, a->rstd2, a->x_mid, m->layers[l].ffn_norm, N, C,
-                    (float)c->rms_norm_eps);
+    const model_layer *L = &m->layers[l];
+    norm_forward(m, a->xn2, a->rstd2, a->x_mid, L->ffn_norm, N, C);
     const pesc_layer *P = m->crafted ? &m->pesc_layers[l] : NULL;
     int E = m->pesc.experts, K = m->pesc.top_k;
     if (P) {   /* routing first: its sizes come down while the frozen FFN runs */
@@ -563,16 +608,30 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
     }
     linear_forward(m, l, LORA_GATE, a, a->gate, a->xn2, N);
     linear_forward(m, l, LORA_UP, a, a->up, a->xn2, N);
-    swiglu_forward(b, a->act, a->gate, a->up, (size_t)N * F);
+    if (c->gelu_ffn)   /* Gemma */
+        geglu_forward(b, a->act, a->gate, a->up, (size_t)N * F);
+    else
+        swiglu_forward(b, a->act, a->gate, a->up, (size_t)N * F);
     linear_forward(m, l, LORA_DOWN, a, a->h, a->act, N);
     float residual = (float)hfconfig_residual_scale(c);
     if (!P) {
         if (residual != 1.0f)   /* Granite */
             vector_scale(b, a->h, residual, (size_t)N * C);
-        residual_forward(b, x_out, a->x_mid, a->h, (size_t)N * C);
+        block_residual(m, x_out, a->x_mid, a->h, a->rstd_ffn, L->ffn_post_norm, N);
         return;
     }
     route_finish(m, l, a, dropout, replay);
+    float drop = adapter_dropout(m, dropout);
+    uint64_t seed = dropout ? m->act.mask_seed[l] : 0;
+    int R = m->pesc.adapter_dim;
+    if (c->sandwich_norms) {
+        /* Gemma: the FFN's output, h and the adapters', is normed before the residual sum */
+        moe_adapter_forward(b, a->ffn_out, NULL, a->gathered, a->pre, a->gelu, m->act.scratch,
+                            a->h, drop, seed, P->down, P->up, a->perm, a->offsets, a->topk_w, N,
+                            K, E, C, R, m->pesc.adapter_scale);
+        block_residual(m, x_out, a->x_mid, a->ffn_out, a->rstd_ffn, L->ffn_post_norm, N);
+        return;
+    }
     /* x_out = x_mid + h + the adapters' outputs, the residual in the adapters' last pass.
      * Granite's multiplier m scales the block's output, h and the adapters' (whose input
      * stays h): x_out = m (x_mid / m + h + adapters), exact to a rounding of x_mid. */
@@ -583,9 +642,8 @@ static void ffn_block(model *m, int l, layer_acts *a, float *x_out, int N, int d
         vector_scale(b, x_out, 1.0f / residual, (size_t)N * C);
         x = x_out;
     }
-    moe_adapter_forward(b, x_out, x, a->gathered, a->pre, a->gelu, m->act.scratch, a->h,
-                        adapter_dropout(m, dropout), dropout ? m->act.mask_seed[l] : 0, P->down,
-                        P->up, a->perm, a->offsets, a->topk_w, N, K, E, C, m->pesc.adapter_dim,
+    moe_adapter_forward(b, x_out, x, a->gathered, a->pre, a->gelu, m->act.scratch, a->h, drop,
+                        seed, P->down, P->up, a->perm, a->offsets, a->topk_w, N, K, E, C, R,
                         m->pesc.adapter_scale);
     if (residual != 1.0f)
         vector_scale(b, x_out, residual, (size_t)N * C);
@@ -654,8 +712,7 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
         attention_block(m, l, L, B, T, past);
         ffn_block(m, l, L, x_out, N, training && dropout, 0);
     }
-    rmsnorm_forward(m->backend, a->xn, a->rstd, a->x, m->final_norm, N, c->hidden_size,
-                    (float)c->rms_norm_eps);
+    norm_forward(m, a->xn, a->rstd, a->x, m->final_norm, N, c->hidden_size);
     if (hfconfig_logit_scale(c) != 1.0)   /* Granite's logits_scaling, taken before the head */
         vector_scale(m->backend, a->xn, (float)hfconfig_logit_scale(c),
                      (size_t)N * c->hidden_size);
@@ -782,6 +839,21 @@ static const float *times(pesc_backend *b, float *scratch, const float *x, float
     return scratch;
 }
 
+/* The gradient of a block's output y (block_residual's) from act.dx = d loss / d x_out: dx
+ * itself, or in dxn (free until the products' gradients) Granite's multiplier times dx or
+ * the backward of Gemma's norm of y. */
+static const float *block_output_grad(model *m, const float *y, const float *rstd,
+                                      const float *post_norm)
+{
+    model_activations *g = &m->act;
+    size_t n = (size_t)m->B * m->T * m->config.hidden_size;
+    if (!post_norm)
+        return times(m->backend, g->dxn, g->dx, (float)hfconfig_residual_scale(&m->config), n);
+    vector_zero(m->backend, g->dxn, n);
+    norm_backward(m, g->dxn, g->dx, y, post_norm, rstd, m->B * m->T, m->config.hidden_size);
+    return g->dxn;
+}
+
 /* In: act.dx = d loss / d x_out of layer l. Out: act.dx = d loss / d x_in. */
 static void layer_backward(model *m, int l, float loss_scale)
 {
@@ -797,9 +869,11 @@ static void layer_backward(model *m, int l, float loss_scale)
      * zeroing of a gradient comes right before the product that adds into it first: on a GPU
      * that product writes it instead (cuda_context.zero_at). */
     /* Granite's residual multiplier m: the block's output gradient is m dx (made in dxn, free
-     * until the router's product), while x_mid's residual part stays dx */
-    float residual = (float)hfconfig_residual_scale(c);
-    const float *dy = times(b, g->dxn, g->dx, residual, (size_t)N * C), *dh = dy;
+     * until the router's product), while x_mid's residual part stays dx; Gemma's: through the
+     * norm of the FFN's output */
+    const float *dy = block_output_grad(m, m->crafted ? a->ffn_out : a->h, a->rstd_ffn,
+                                        L->ffn_post_norm),
+                *dh = dy;
     if (m->crafted) {
         const pesc_layer *P = &m->pesc_layers[l];
         dh = g->dh;
@@ -819,25 +893,27 @@ static void layer_backward(model *m, int l, float loss_scale)
     }
     vector_zero(b, g->dact, (size_t)N * F);
     linear_backward(m, l, LORA_DOWN, a, g->dact, dh, a->act, N);
-    swiglu_backward(b, g->dgate, g->dup, g->dact, a->gate, a->up, (size_t)N * F);
+    if (c->gelu_ffn)
+        geglu_backward(b, g->dgate, g->dup, g->dact, a->gate, a->up, (size_t)N * F);
+    else
+        swiglu_backward(b, g->dgate, g->dup, g->dact, a->gate, a->up, (size_t)N * F);
     if (!m->crafted)
         vector_zero(b, g->dxn, (size_t)N * C);
     linear_backward(m, l, LORA_GATE, a, g->dxn, g->dgate, a->xn2, N);
     linear_backward(m, l, LORA_UP, a, g->dxn, g->dup, a->xn2, N);
-    rmsnorm_backward(b, g->dx, model_grad_of(m, L->ffn_norm), g->dxn, a->x_mid, L->ffn_norm,
-                     a->rstd2, N, C);
-    /* now dx = d / d x_mid; the o projection's output gradient is m dx for Granite (in dxn,
-     * free again until q, k and v's products) */
-    dy = times(b, g->dxn, g->dx, residual, (size_t)N * C);
+    norm_backward(m, g->dx, g->dxn, a->x_mid, L->ffn_norm, a->rstd2, N, C);
+    /* now dx = d / d x_mid; the o projection's output gradient is m dx for Granite, Gemma's
+     * through its norm (in dxn, free again until q, k and v's products) */
+    dy = block_output_grad(m, a->att_out, a->rstd_att, L->attn_post_norm);
     vector_zero(b, g->datt, (size_t)N * Hq * D);
     linear_backward(m, l, LORA_O, a, g->datt, dy, a->att, N);
     attention_backward(b, g->dq, g->dk, g->dv, g->datt, a->q, a->k, a->v, a->att, a->lse, m->B,
-                       m->T, Hq, Hkv, D, c->sliding_window, g->packed ? g->seg : NULL);
+                       m->T, Hq, Hkv, D, hfconfig_layer_window(c, l), g->packed ? g->seg : NULL);
     int R = hfconfig_rotary_dim(c);
     float scale = (float)hfconfig_rope_scale(c), scale_q = scale * (float)hfconfig_query_scale(c);
     if (hfconfig_layer_rope(c, l)) {
-        rope_backward(b, g->dq, g->dq, g->pos, g->freq, N, Hq, D, R, scale_q);
-        rope_backward(b, g->dk, g->dk, g->pos, g->freq, N, Hkv, D, R, scale);
+        rope_backward(b, g->dq, g->dq, g->pos, layer_freq(m, l), N, Hq, D, R, scale_q);
+        rope_backward(b, g->dk, g->dk, g->pos, layer_freq(m, l), N, Hkv, D, R, scale);
     }
     float *dq = g->dq, *dk = g->dk;   /* of the projections' outputs */
     if (c->qk_norm) {
@@ -845,17 +921,14 @@ static void layer_backward(model *m, int l, float loss_scale)
         dk = g->dk_raw;
         vector_zero(b, dq, (size_t)N * Hq * D);
         vector_zero(b, dk, (size_t)N * Hkv * D);
-        rmsnorm_backward(b, dq, model_grad_of(m, L->q_norm), g->dq, a->q_raw, L->q_norm,
-                         a->rstd_q, N * Hq, D);
-        rmsnorm_backward(b, dk, model_grad_of(m, L->k_norm), g->dk, a->k_raw, L->k_norm,
-                         a->rstd_k, N * Hkv, D);
+        norm_backward(m, dq, g->dq, a->q_raw, L->q_norm, a->rstd_q, N * Hq, D);
+        norm_backward(m, dk, g->dk, a->k_raw, L->k_norm, a->rstd_k, N * Hkv, D);
     }
     vector_zero(b, g->dxn, (size_t)N * C);
     linear_backward(m, l, LORA_Q, a, g->dxn, dq, a->xn1, N);
     linear_backward(m, l, LORA_K, a, g->dxn, dk, a->xn1, N);
     linear_backward(m, l, LORA_V, a, g->dxn, g->dv, a->xn1, N);
-    rmsnorm_backward(b, g->dx, model_grad_of(m, L->attn_norm), g->dxn, a->x_in, L->attn_norm,
-                     a->rstd1, N, C);
+    norm_backward(m, g->dx, g->dxn, a->x_in, L->attn_norm, a->rstd1, N, C);
 }
 
 int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
@@ -883,8 +956,7 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
     vector_zero(b, a->dx, (size_t)N * c->hidden_size);
     if (hfconfig_logit_scale(c) != 1.0)   /* Granite's logits_scaling */
         vector_scale(b, a->dxn, (float)hfconfig_logit_scale(c), (size_t)N * c->hidden_size);
-    rmsnorm_backward(b, a->dx, model_grad_of(m, m->final_norm), a->dxn, a->x, m->final_norm,
-                     a->rstd, N, c->hidden_size);
+    norm_backward(m, a->dx, a->dxn, a->x, m->final_norm, a->rstd, N, c->hidden_size);
     if (m->crafted) {
         /* d aux / d sum_n probs[n][i] = alpha * E * f_i / n per layer (P_i = that sum / n),
          * f from this forward's counts, n its routed tokens: one upload for every layer, not

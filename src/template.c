@@ -64,6 +64,11 @@ static const chat_template templates[] = {
      .user = "<|start_of_role|>user<|end_of_role|>{user}<|end_of_text|>\n"
              "<|start_of_role|>assistant<|end_of_role|>",
      .assistant = "{assistant}<|end_of_text|>", .separator = "\n"},
+    /* Gemma 3's: a user and a "model" role, each turn ended by <end_of_turn> and a newline;
+     * no system role (the system text opens the first user turn) */
+    {.name = "gemma", .start = "{bos}", .system = NULL, .system_merge = "{system}\n\n{user}",
+     .user = "<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n",
+     .assistant = "{assistant}<end_of_turn>", .separator = "\n"},
     {.name = "plain", .start = "{bos}", .system = "{system}\n\n", .user = "{user}\n",
      .assistant = "{assistant}{eos}", .separator = "\n"},
 };
@@ -83,7 +88,7 @@ const char *template_name(const chat_template *tpl) { return tpl->name; }
 const char *template_list(void)
 {
     return "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, phi4, "
-           "granite, plain";
+           "granite, gemma, plain";
 }
 
 /* ------------------------------------------------------------------ rendering -------- */
@@ -392,6 +397,8 @@ const char *template_suggest(const char *jinja)
         return strstr(jinja, "<<SYS>>") ? "llama2" : "mistral";
     if (strstr(jinja, "<|start_of_role|>"))
         return "granite";
+    if (strstr(jinja, "<start_of_turn>"))
+        return "gemma";
     return NULL;
 }
 

@@ -2,7 +2,7 @@
  *
  * Named templates: camelidae (the paper's, DESIGN section 1; the default), alpaca, chatml,
  * qwen3 (chatml with Qwen3's empty thinking block before the last answer), llama2, llama3,
- * mistral, phi3, phi4-mini, phi4, granite, plain. A conversation is rendered to one string and
+ * mistral, phi3, phi4-mini, phi4, granite, gemma, plain. A conversation is rendered to one string and
  * encoded once (as HF's apply_chat_template + encode would); the labels keep the ids of every
  * assistant span (content and its end marker, e.g. "</s>" or "<|im_end|>") and are -100
  * elsewhere, so every assistant turn of a multi-turn record is trained. Label boundaries come
@@ -38,7 +38,7 @@ typedef struct tpl_message {
 const chat_template *template_find(const char *name);
 const char *template_name(const chat_template *tpl);
 /* "camelidae, alpaca, chatml, qwen3, llama2, llama3, mistral, phi3, phi4-mini, phi4, granite,
- * plain" */
+ * gemma, plain" */
 const char *template_list(void);
 
 /* Renders messages (a system message may come first; then user and assistant turns in turn,

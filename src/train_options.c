@@ -31,7 +31,7 @@ const char train_options_help[] =
     "  --format F           auto, camelidae, alpaca, sharegpt, openai, metamath, magicoder,\n"
     "                       text, tokens, completion (auto)\n"
     "  --template NAME      camelidae (default), alpaca, chatml, qwen3, llama2, llama3,\n"
-    "                       mistral, phi3, phi4-mini, phi4, granite, plain\n"
+    "                       mistral, phi3, phi4-mini, phi4, granite, gemma, plain\n"
     "  --tokenizer FILE|URL tokenizer.json (default: the model's)\n"
     "  --seq T --batch B    tokens per row and rows per micro-batch (512 or the model's\n"
     "                       context when shorter, 8)\n"

@@ -271,6 +271,10 @@ expect 0 "scaling longrope (short factors up to 32 positions, long ones past), a
 expect 0 "multipliers   embedding 12, residual 0.22, attention 0.1, logits 1/4" \
   "inspect a Granite model" -- "$pesc" inspect "$data/granite-mult-f32"
 expect 0 "none in layers 1$" "inspect a SmolLM3 model" -- "$pesc" inspect "$data/smollm3-nope-f32"
+expect 0 "window        6; none in layers 2$" "inspect a Gemma 3 model: its global layer" -- \
+  "$pesc" inspect "$data/gemma3-f32"
+expect 0 "rope local    theta 10000, unscaled, in the sliding layers" \
+  "inspect a Gemma 3 model: its sliding layers' RoPE" -- "$pesc" inspect "$data/gemma3-f32"
 mkdir -p "$tmp/cfgdir/config.json"
 expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
   "$pesc" inspect "$tmp/cfgdir"

@@ -90,21 +90,23 @@ static void test_matmul(void)
 
 /* ---- rmsnorm -------------------------------------------------------------------------------- */
 enum { RN = 150, RC = 12 };   /* rows past two of the backward's 64-row blocks */
-static float *rn_x, *rn_w, *rn_dy;
+static float *rn_x, *rn_w, *rn_dy, rn_offset;   /* offset 1: Gemma's (1 + w) */
 static double rmsnorm_loss(void)
 {
     float out[RN * RC];
-    rmsnorm_forward(be, out, NULL, rn_x, rn_w, RN, RC, 1e-5f);
+    rmsnorm_forward(be, out, NULL, rn_x, rn_w, rn_offset, RN, RC, 1e-5f);
     return dot(out, rn_dy, RN * RC);
 }
-static void test_rmsnorm(void)
+static void test_rmsnorm(float offset)
 {
     rn_x = randoms(RN * RC, 2); rn_w = randoms(RC, 1); rn_dy = randoms(RN * RC, 1);
+    rn_offset = offset;
     float out[RN * RC], rstd[RN], *dx = calloc(RN * RC, sizeof *dx), *dw = calloc(RC, sizeof *dw);
-    rmsnorm_forward(be, out, rstd, rn_x, rn_w, RN, RC, 1e-5f);
-    rmsnorm_backward(be, dx, dw, rn_dy, rn_x, rn_w, rstd, RN, RC);
-    check_input("rmsnorm_backward", "inp", rn_x, RN * RC, dx, rmsnorm_loss);
-    check_input("rmsnorm_backward", "weight", rn_w, RC, dw, rmsnorm_loss);
+    rmsnorm_forward(be, out, rstd, rn_x, rn_w, offset, RN, RC, 1e-5f);
+    rmsnorm_backward(be, dx, dw, rn_dy, rn_x, rn_w, offset, rstd, RN, RC);
+    const char *op = offset ? "rmsnorm_backward (1 + w)" : "rmsnorm_backward";
+    check_input(op, "inp", rn_x, RN * RC, dx, rmsnorm_loss);
+    check_input(op, "weight", rn_w, RC, dw, rmsnorm_loss);
     free(dx); free(dw); free(rn_x); free(rn_w); free(rn_dy);
 }
 
@@ -172,19 +174,22 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
 /* ---- swiglu, embedding, cross-entropy ------------------------------------------------------- */
 enum { SN = 40 };
 static float *sw_g, *sw_u, *sw_dy;
+static int sw_gelu;   /* geglu (Gemma's FFN) rather than swiglu */
 static double swiglu_loss(void)
 {
     float out[SN];
-    swiglu_forward(be, out, sw_g, sw_u, SN);
+    (sw_gelu ? geglu_forward : swiglu_forward)(be, out, sw_g, sw_u, SN);
     return dot(out, sw_dy, SN);
 }
-static void test_swiglu(void)
+static void test_swiglu(int gelu)
 {
     sw_g = randoms(SN, 4); sw_u = randoms(SN, 2); sw_dy = randoms(SN, 1);
+    sw_gelu = gelu;
     float dg[SN], du[SN];
-    swiglu_backward(be, dg, du, sw_dy, sw_g, sw_u, SN);
-    check_input("swiglu_backward", "gate", sw_g, SN, dg, swiglu_loss);
-    check_input("swiglu_backward", "up", sw_u, SN, du, swiglu_loss);
+    const char *op = gelu ? "geglu_backward" : "swiglu_backward";
+    (gelu ? geglu_backward : swiglu_backward)(be, dg, du, sw_dy, sw_g, sw_u, SN);
+    check_input(op, "gate", sw_g, SN, dg, swiglu_loss);
+    check_input(op, "up", sw_u, SN, du, swiglu_loss);
     free(sw_g); free(sw_u); free(sw_dy);
 }
 
@@ -366,7 +371,8 @@ int main(void)
         return 99;
     }
     test_matmul();
-    test_rmsnorm();
+    test_rmsnorm(0.0f);
+    test_rmsnorm(1.0f);
     test_rope(PD, 1.0f);
     test_rope(6, 1.19f);
     test_attention(2, 9, 4, 2, 8, 0, 0);
@@ -374,7 +380,8 @@ int main(void)
     test_attention(1, 70, 2, 2, 4, 0, 0);   /* more rows than one attention block */
     test_attention(2, 11, 2, 1, 4, 0, 1);
     test_attention(1, 70, 2, 2, 4, 3, 1);
-    test_swiglu();
+    test_swiglu(0);
+    test_swiglu(1);
     test_embedding();
     test_crossentropy();
     test_route();

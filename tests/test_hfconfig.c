@@ -147,6 +147,87 @@ static void test_granite(void)
     }
 }
 
+/* Gemma 3's text model, as gemma-3-1b's config.json (from 26 layers to 8) */
+#define GEMMA3_SIZES "{\"architectures\": [\"Gemma3ForCausalLM\"], " \
+                     "\"model_type\": \"gemma3_text\", \"vocab_size\": 262144, " \
+                     "\"hidden_size\": 1152, \"intermediate_size\": 6912, " \
+                     "\"num_hidden_layers\": 8, \"num_attention_heads\": 4, " \
+                     "\"num_key_value_heads\": 1, \"head_dim\": 256"
+#define GEMMA3_KEYS ", \"hidden_activation\": \"gelu_pytorch_tanh\", " \
+                    "\"query_pre_attn_scalar\": 256, \"rope_local_base_freq\": 10000, " \
+                    "\"rope_theta\": 1000000, \"sliding_window\": 512, " \
+                    "\"final_logit_softcapping\": null, \"attn_logit_softcapping\": null"
+#define GEMMA3 GEMMA3_SIZES GEMMA3_KEYS ", \"rope_scaling\": null"
+
+static void test_gemma3(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, GEMMA3 ", \"sliding_window_pattern\": 6}", "x", &err);
+    CHECK(rc == 0, "gemma3: %s", err.msg);
+    CHECK(c.norm_offset == 1.0f && c.sandwich_norms && c.gelu_ffn && c.qk_norm &&
+          c.tie_word_embeddings && !c.qkv_bias, "gemma3 switches");
+    CHECK(fabs(hfconfig_embedding_scale(&c) - sqrt(1152.0)) < 1e-12 &&
+          fabs(hfconfig_query_scale(&c) - 1.0) < 1e-12 && hfconfig_residual_scale(&c) == 1.0 &&
+          hfconfig_logit_scale(&c) == 1.0, "gemma3 scales: embedding %g, query %g",
+          hfconfig_embedding_scale(&c), hfconfig_query_scale(&c));
+    /* layers 5 of every 6 slide, at the local RoPE; the 6th attends to all at rope_theta's */
+    for (int l = 0; l < 8; l++) {
+        int global = l == 5;
+        CHECK(hfconfig_layer_window(&c, l) == (global ? 0 : 512) &&
+              hfconfig_layer_local_rope(&c, l) == !global, "gemma3 layer %d", l);
+    }
+    float local[128], global[128];
+    hfconfig_inv_freq_local(&c, local);
+    hfconfig_inv_freq(&c, 1, global);
+    CHECK(local[1] == (float)(1.0 / pow(10000.0, 2.0 / 256)) &&
+          global[1] == (float)(1.0 / pow(1e6, 2.0 / 256)), "gemma3 frequencies %g %g", local[1],
+          global[1]);
+    CHECK(hfconfig_param_count(&c) == 262144LL * 1152 + 1152 +
+          8 * (4LL * 1152 + 2 * 256 + 1152 * 1024 * 2 + 2 * 1152 * 256 + 3LL * 1152 * 6912),
+          "gemma3 param count %lld", hfconfig_param_count(&c));
+    /* layer_types rather than the pattern; query_pre_attn_scalar apart from head_dim; the
+     * defaults of Gemma3TextConfig */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Gemma3ForCausalLM\"], " BASE
+                        ", \"query_pre_attn_scalar\": 64, \"layer_types\": "
+                        "[\"full_attention\", \"sliding_attention\"]}", "x", &err);
+    CHECK(rc == 0 && c.head_dim == 256 && c.rope_theta == 1e6 && c.sliding_window == 4096 &&
+          c.rope_local_theta == 10000.0 && c.tie_word_embeddings &&
+          hfconfig_layer_window(&c, 0) == 0 && hfconfig_layer_window(&c, 1) == 4096 &&
+          fabs(hfconfig_query_scale(&c) - 2.0) < 1e-12, "gemma3 defaults: %s", err.msg);
+    /* the global layers alone take rope_scaling */
+    rc = hfconfig_parse(&c, GEMMA3_SIZES GEMMA3_KEYS ", \"_sliding_window_pattern\": 2, "
+                        "\"rope_scaling\": "
+                        "{\"rope_type\": \"linear\", \"factor\": 8.0}}", "x", &err);
+    hfconfig_inv_freq_local(&c, local);
+    hfconfig_inv_freq(&c, 1, global);
+    CHECK(rc == 0 && hfconfig_layer_window(&c, 1) == 0 && hfconfig_layer_window(&c, 2) == 512 &&
+          local[1] == (float)(1.0 / pow(10000.0, 2.0 / 256)) &&
+          global[1] == (float)(1.0 / pow(1e6, 2.0 / 256) / 8.0), "gemma3 scaled: %s", err.msg);
+    static const struct {
+        const char *keys, *message;
+    } bad[] = {
+        {", \"final_logit_softcapping\": 30.0}", "\"final_logit_softcapping\" is not supported"},
+        {", \"attn_logit_softcapping\": 50.0}", "\"attn_logit_softcapping\" is not supported"},
+        {", \"hidden_activation\": \"gelu\"}", "hidden_activation \"gelu\" is not supported"},
+        {", \"attention_bias\": true}", "attention_bias=true is not supported for Gemma 3"},
+        {", \"use_bidirectional_attention\": true}", "use_bidirectional_attention=true"},
+        {", \"layer_types\": [\"full_attention\"]}", "\"layer_types\" must name each of the 8"},
+        {", \"layer_types\": [1, 2, 3, 4, 5, 6, 7, 8]}", "layer_types[0] must be"},
+        {", \"sliding_window_pattern\": 0}", "\"sliding_window_pattern\" must be at least 1"},
+        {", \"query_pre_attn_scalar\": 0}", "query_pre_attn_scalar and rope_local_base_freq"},
+        {", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor is not supported for Gemma"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[1024];
+        snprintf(text, sizeof text, GEMMA3_SIZES "%s", bad[i].keys);
+        rc = hfconfig_parse(&c, text, "x", &err);
+        CHECK(rc != 0 && strstr(err.msg, bad[i].message), "gemma3 %s: %s", bad[i].keys, err.msg);
+    }
+    expect_error("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], " BASE "}",
+                 "Gemma3ForConditionalGeneration (Gemma 3 with its vision tower) is not supported");
+}
+
 static void test_smollm3(void)
 {
     hf_config c;
@@ -303,6 +384,7 @@ int main(void)
     test_families();
     test_smollm3();
     test_granite();
+    test_gemma3();
     test_rope();
     test_longrope();
     test_crafting();

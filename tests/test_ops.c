@@ -127,14 +127,14 @@ static void test_embedding(pesc_backend *b, int N, int V, int C)
     backend_free(b, table); backend_free(b, out); backend_free(b, tokens);
 }
 
-static void test_rmsnorm(pesc_backend *b, int N, int C, float eps)
+static void test_rmsnorm(pesc_backend *b, int N, int C, float eps, float offset)
 {
     float *x = alloc_floats(b, (size_t)N * C), *w = alloc_floats(b, (size_t)C);
     float *out = alloc_floats(b, (size_t)N * C), *rstd = alloc_floats(b, (size_t)N);
     double *want = malloc((size_t)N * C * sizeof *want), *want_rstd = malloc(N * sizeof(double));
     fill(x, (size_t)N * C, 3.0);
     fill(w, (size_t)C, 2.0);
-    rmsnorm_forward(b, out, rstd, x, w, N, C, eps);
+    rmsnorm_forward(b, out, rstd, x, w, offset, N, C, eps);
     for (int n = 0; n < N; n++) {
         double ss = 0.0;
         for (int c = 0; c < C; c++)
@@ -142,7 +142,7 @@ static void test_rmsnorm(pesc_backend *b, int N, int C, float eps)
         double r = 1.0 / sqrt(ss / C + eps);
         want_rstd[n] = r;
         for (int c = 0; c < C; c++)
-            want[(size_t)n * C + c] = w[c] * x[(size_t)n * C + c] * r;
+            want[(size_t)n * C + c] = ((double)offset + w[c]) * x[(size_t)n * C + c] * r;
     }
     check("rmsnorm_forward", out, want, (size_t)N * C, 1e-6);
     check("rmsnorm_forward rstd", rstd, want_rstd, (size_t)N, 1e-6);
@@ -257,6 +257,12 @@ static void test_elementwise(pesc_backend *b, size_t n)
     for (size_t i = 0; i < n; i++)
         want[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
     check("swiglu_forward", out, want, n, 1e-6);
+    geglu_forward(b, out, g, u, n);
+    for (size_t i = 0; i < n; i++) {   /* GELU's tanh approximation, as PyTorch writes it */
+        double x = g[i];
+        want[i] = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * u[i];
+    }
+    check("geglu_forward", out, want, n, 1e-6);
     residual_forward(b, out, g, u, n);
     for (size_t i = 0; i < n; i++)
         want[i] = (double)g[i] + u[i];
@@ -478,7 +484,8 @@ int main(void)
     test_matmul(b, 1, 400, 700, 1);   /* one row: matrix-vector products */
     test_gemm_row();
     test_embedding(b, 29, 50, 24);
-    test_rmsnorm(b, 17, 96, 1e-5f);
+    test_rmsnorm(b, 17, 96, 1e-5f, 0.0f);
+    test_rmsnorm(b, 17, 96, 1e-5f, 1.0f);   /* Gemma's (1 + w) */
     test_rope(b, 13, 3, 32, 32, 1.0f, 0);
     test_rope(b, 13, 3, 32, 24, 1.19f, 0);   /* Phi-4-mini's 3/4, and its longrope's factor */
     test_rope(b, 24, 3, 32, 32, 1.0f, 4);

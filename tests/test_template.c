@@ -115,9 +115,19 @@ static void real_tokenizers(void)
         CHECK(s && strcmp(s, "llama3") == 0, "llama3's own template suggests %s", s ? s : "none");
     }
     tok_delete(t);
-    if ((t = real_tokenizer("gemma3")))   /* <start_of_turn>: no named template writes it */
-        CHECK(tok_chat_template(t) && !template_suggest(tok_chat_template(t)),
-              "gemma3's own template suggests one of ours");
+    /* Gemma 3's markers are special tokens, <end_of_turn> the answers' stop */
+    if ((t = real_tokenizer("gemma3"))) {
+        const char *s = template_suggest(tok_chat_template(t));
+        CHECK(s && strcmp(s, "gemma") == 0, "gemma3's own template suggests %s", s ? s : "none");
+        expect_render(t, "gemma", chat, 4,
+            "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\nhi there"
+            "<end_of_turn>\n<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n"
+            "4<end_of_turn>", "hi there<end_of_turn>|4<end_of_turn>");
+        int32_t stops[4], end = tok_token_id(t, "<end_of_turn>");
+        int n = template_stop_ids(template_find("gemma"), t, stops, 4);
+        CHECK(end >= 0 && n >= 1 && (stops[0] == end || (n == 2 && stops[1] == end)),
+              "gemma's stops (%d of them) must hold <end_of_turn>", n);
+    }
     tok_delete(t);
 }
 
@@ -182,6 +192,11 @@ int main(void)
         "<|end_of_text|>\n<|start_of_role|>user<|end_of_role|>2+2?<|end_of_text|>\n"
         "<|start_of_role|>assistant<|end_of_role|>4<|end_of_text|>",
         "hi there<|end_of_text|>|4<|end_of_text|>");
+    /* Gemma 3's: the system text opens the first user turn; the answers' newline untrained */
+    expect_render(t, "gemma", two, 5,
+        "<s><start_of_turn>user\nBe brief.\n\nhello<end_of_turn>\n<start_of_turn>model\n"
+        "hi there<end_of_turn>\n<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n"
+        "4<end_of_turn>", "hi there<end_of_turn>|4<end_of_turn>");
     expect_render(t, "plain", two + 1, 2, "<s>hello\nhi there</s>", "hi there</s>");
 
     /* an empty answer (a failed reply in a scraped chat) stays as context: labeling its end
@@ -260,7 +275,9 @@ int main(void)
         {"{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}", "phi3"},
         {"{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}", "phi4-mini"},
         {"{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}", "phi4"},
-        {"{{- '<|start_of_role|>user<|end_of_role|>' + message['content'] }}", "granite"}};
+        {"{{- '<|start_of_role|>user<|end_of_role|>' + message['content'] }}", "granite"},
+        {"{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}",
+         "gemma"}};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
         const char *got = template_suggest(own[i].jinja);
         CHECK(own[i].want ? got && strcmp(got, own[i].want) == 0 : !got,

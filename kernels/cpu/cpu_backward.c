@@ -51,19 +51,19 @@ void cpu_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, c
     }
 }
 
-/* One row of RMSNorm's backward: dx += r w dy - r^3 / C x sum(w dy x), and part += dy x r
- * (when not NULL). The sum in double, in vector lanes. */
+/* One row of RMSNorm's backward: dx += r w dy - r^3 / C x sum(w dy x) with w = offset +
+ * weight, and part += dy x r (when not NULL). The sum in double, in vector lanes. */
 static CPU_WIDE void rmsnorm_grad_row(float *dx, double *part, const float *dy, const float *x,
-                                      const float *weight, double r, int C)
+                                      const float *weight, float offset, double r, int C)
 {
     double dot = 0.0;
 #pragma omp simd reduction(+ : dot)
     for (int c = 0; c < C; c++)
-        dot += (double)weight[c] * dy[c] * x[c];
+        dot += (double)(offset + weight[c]) * dy[c] * x[c];
     double k = r * r * r * dot / C;
 #pragma omp simd
     for (int c = 0; c < C; c++)
-        dx[c] += (float)(r * weight[c] * dy[c] - k * x[c]);
+        dx[c] += (float)(r * (offset + weight[c]) * dy[c] - k * x[c]);
     if (part)
 #pragma omp simd
         for (int c = 0; c < C; c++)
@@ -75,7 +75,8 @@ static CPU_WIDE void rmsnorm_grad_row(float *dx, double *part, const float *dy, 
 #define RMSNORM_BLOCK 64
 
 void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout,
-                          const float *inp, const float *weight, const float *rstd, int N, int C)
+                          const float *inp, const float *weight, float offset, const float *rstd,
+                          int N, int C)
 {
     (void)ctx;
     /* y = w * x * r with r = (mean(x^2) + eps)^-1/2:
@@ -92,7 +93,7 @@ void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *d
             int end = (block + 1) * RMSNORM_BLOCK < N ? (block + 1) * RMSNORM_BLOCK : N;
             for (int n = block * RMSNORM_BLOCK; n < end; n++)
                 rmsnorm_grad_row(dinp + (size_t)n * C, part, dout + (size_t)n * C,
-                                 inp + (size_t)n * C, weight, rstd[n], C);
+                                 inp + (size_t)n * C, weight, offset, rstd[n], C);
         }
         if (partial) {
 #pragma omp for schedule(static)
@@ -225,6 +226,30 @@ void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
     for (size_t at = 0; at < n; at += CPU_SPAN)
         swiglu_grad_span(dgate + at, dup + at, dout + at, gate + at, up + at,
                          n - at < CPU_SPAN ? n - at : CPU_SPAN);
+}
+
+/* d/dg of g s, s = sigmoid(2u), u = sqrt(2/pi) (g + 0.044715 g^3): s + g s (1 - s) 2u' */
+static CPU_WIDE void geglu_grad_span(float *dgate, float *dup, const float *dout,
+                                     const float *gate, const float *up, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], g2 = g * g, d = dout[i];
+        float s = 1.0f / (1.0f + cpu_expf(-CPU_GELU_TANH_2C * (g + 0.044715f * g2 * g)));
+        float du2 = CPU_GELU_TANH_2C * (1.0f + 3.0f * 0.044715f * g2);
+        dup[i] = d * g * s;
+        dgate[i] = d * up[i] * (s + g * s * (1.0f - s) * du2);
+    }
+}
+
+void cpu_geglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
+                        const float *gate, const float *up, size_t n)
+{
+    (void)ctx;
+#pragma omp parallel for schedule(static)
+    for (size_t at = 0; at < n; at += CPU_SPAN)
+        geglu_grad_span(dgate + at, dup + at, dout + at, gate + at, up + at,
+                        n - at < CPU_SPAN ? n - at : CPU_SPAN);
 }
 
 /* out = softmax(row) * scale (out may be row); the log-sum-exp of row. */

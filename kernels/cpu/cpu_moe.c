@@ -229,13 +229,14 @@ void cpu_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathere
             adapter_gelu_span(s, a, (size_t)n * R);
             cpu_gemm(0, 1, n, C, R, 1.0f, s, R, up + (size_t)e * C * R, R, 0.0f, o, C);
         }
-        /* y = x + h, then each routed row's weighted output, in grouped order */
+        /* y = x + h (h alone without x), then each routed row's weighted output, in grouped
+         * order */
 #pragma omp for schedule(static)
         for (int t = 0; t < N; t++) {
             int rows[MAX_EXPERTS];
             float *dst = y + (size_t)t * C;
             for (int c = 0; c < C; c++)
-                dst[c] = x[(size_t)t * C + c] + h[(size_t)t * C + c];
+                dst[c] = (x ? x[(size_t)t * C + c] : 0.0f) + h[(size_t)t * C + c];
             for (int r = 0, n = token_rows(rows, at, t, K); r < n; r++) {
                 float weight = scale * topk_w[perm[rows[r]]];
                 const float *src = scratch + (size_t)rows[r] * C;

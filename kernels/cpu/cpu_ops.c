@@ -111,8 +111,8 @@ static CPU_WIDE double rmsnorm_sumsq_row(const float *x, int C)
     return ss;
 }
 
-void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N,
-                         int C, float eps)
+void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight,
+                         float offset, int N, int C, float eps)
 {
     (void)ctx;
 #pragma omp parallel for schedule(static)
@@ -121,7 +121,7 @@ void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, c
         float r = (float)(1.0 / sqrt(rmsnorm_sumsq_row(x, C) / C + (double)eps));
         float *y = out + (size_t)n * C;
         for (int c = 0; c < C; c++)
-            y[c] = weight[c] * (x[c] * r);
+            y[c] = (offset + weight[c]) * (x[c] * r);
         if (rstd)
             rstd[n] = r;
     }
@@ -318,6 +318,25 @@ void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *u
 #pragma omp parallel for schedule(static)
     for (size_t at = 0; at < n; at += CPU_SPAN)
         swiglu_span(out + at, gate + at, up + at, n - at < CPU_SPAN ? n - at : CPU_SPAN);
+}
+
+/* GELU's tanh approximation as g sigmoid(2u): 0.5 (1 + tanh u) = sigmoid(2u), with
+ * u = sqrt(2/pi) (g + 0.044715 g^3) */
+static CPU_WIDE void geglu_span(float *out, const float *gate, const float *up, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], u2 = CPU_GELU_TANH_2C * (g + 0.044715f * g * g * g);
+        out[i] = g / (1.0f + cpu_expf(-u2)) * up[i];
+    }
+}
+
+void cpu_geglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
+{
+    (void)ctx;
+#pragma omp parallel for schedule(static)
+    for (size_t at = 0; at < n; at += CPU_SPAN)
+        geglu_span(out + at, gate + at, up + at, n - at < CPU_SPAN ? n - at : CPU_SPAN);
 }
 
 void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n)

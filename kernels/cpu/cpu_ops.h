@@ -23,6 +23,9 @@ static inline int cpu_first_key(int t, int window, const int32_t *seg)
     return seg && seg[t] > lo ? seg[t] : lo;
 }
 
+/* 2 sqrt(2/pi): GELU's tanh approximation is g sigmoid(CPU_GELU_TANH_2C (g + 0.044715 g^3)) */
+#define CPU_GELU_TANH_2C 1.5957691216057308f
+
 /* e^x within 1.5 ulp (test_ops checks every 97th float; expf is within 0.5), in straight-line
  * code: a `#pragma omp simd` loop over it runs 4, 8 or 16 at a time where expf is a call an
  * element (the softmaxes, SiLU). Cephes' reduction and polynomial: x = n ln 2 + r, |r| <= ln 2
@@ -115,13 +118,14 @@ void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const 
 
 void cpu_embedding_forward(void *ctx, float *out, const int32_t *tokens, const float *table, int N, int C);
 void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
-void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, float offset, int N, int C, float eps);
 void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
 void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
                                   const float *v_cache, int n, int past, int Hq, int Hkv, int D,
                                   int window);
 void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
+void cpu_geglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n);
 void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
 void cpu_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
@@ -131,10 +135,11 @@ void cpu_moe_adapter_forward(void *ctx, float *y, const float *x, float *gathere
 void cpu_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup, float *dtopk_w, float *scratch, float *scratch_r, const float *dy, const float *gathered, const float *pre, const float *act, float dropout, uint64_t seed, const float *down, const float *up, const int32_t *perm, const int *offsets, const float *topk_w, int N, int K, int E, int C, int R, float scale);
 void cpu_embedding_backward(void *ctx, float *dtable, const float *dout, const int32_t *tokens, int N, int C);
 void cpu_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
-void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, const float *rstd, int N, int C);
+void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, float offset, const float *rstd, int N, int C);
 void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
 void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
 void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+void cpu_geglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
 void cpu_vector_zero(void *ctx, float *x, size_t n);
 void cpu_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n);

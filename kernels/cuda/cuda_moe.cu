@@ -511,8 +511,9 @@ static void adapter_forward(cuda_context *c, float *y, const float *x, T *gather
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
                         {out, (size_t)C, 0, C}}, offsets, E);
     values_out to = write_values(c, y, (size_t)N * C, false);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, x, h,
-                out, dropout_of(0.0f, 0), inverse, topk_w, scale, N, K, C);
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to,
+                x ? x : h, x ? h : NULL, out, dropout_of(0.0f, 0), inverse, topk_w, scale, N, K,
+                C);
     CUDA_LAUNCHED(c);
 }
 

@@ -63,7 +63,7 @@ extern "C" void cuda_embedding_backward(void *ctx, float *dtable, const float *d
 
 // out: fp32 with its bf16 copy for the products next (cuda_keep_copy), or bf16 alone
 __global__ void rmsnorm_forward_kernel(values_out out, float *rstd, const float *inp,
-                                       const float *weight, int C, float eps)
+                                       const float *weight, float offset, int C, float eps)
 {
     __shared__ float shared[32];
     size_t row = (size_t)blockIdx.x * C;
@@ -74,44 +74,47 @@ __global__ void rmsnorm_forward_kernel(values_out out, float *rstd, const float 
     ss = block_sum(ss, shared);
     float r = rsqrtf(ss / C + eps);
     for (int i = threadIdx.x; i < C; i += blockDim.x)
-        out.put(row + i, weight[i] * (x[i] * r));
+        out.put(row + i, (offset + weight[i]) * (x[i] * r));
     if (rstd && threadIdx.x == 0)
         rstd[blockIdx.x] = r;
 }
 
 extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp,
-                                     const float *weight, int N, int C, float eps)
+                                     const float *weight, float offset, int N, int C, float eps)
 {
     CUDA_OP(ctx);
     values_out to = write_values(c, out, (size_t)N * C, true);
-    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream, to, rstd, inp, weight, C, eps);
+    CUDA_LAUNCH(rmsnorm_forward_kernel, N, 256, 0, c->stream, to, rstd, inp, weight, offset, C,
+                eps);
     CUDA_LAUNCHED(c);
 }
 
-// dx += r w dy - r^3 / C * x * sum(w dy x); dx with its bf16 copy
+// dx += r w dy - r^3 / C * x * sum(w dy x), w = offset + weight; dx with its bf16 copy
 __global__ void rmsnorm_backward_kernel(values_out dx, const float *dout, const float *inp,
-                                        const float *weight, const float *rstd, int C)
+                                        const float *weight, float offset, const float *rstd,
+                                        int C)
 {
     __shared__ float shared[32];
     size_t row = (size_t)blockIdx.x * C;
     const float *x = inp + row, *dy = dout + row;
     float dot = 0.0f;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
-        dot += weight[i] * dy[i] * x[i];
+        dot += (offset + weight[i]) * dy[i] * x[i];
     dot = block_sum(dot, shared);
     float r = rstd[blockIdx.x], k = r * r * r * dot / C;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
-        dx.put(row + i, dx.get(row + i) + (r * weight[i] * dy[i] - k * x[i]));
+        dx.put(row + i, dx.get(row + i) + (r * (offset + weight[i]) * dy[i] - k * x[i]));
 }
 
 extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout,
-                                      const float *inp, const float *weight, const float *rstd,
-                                      int N, int C)
+                                      const float *inp, const float *weight, float offset,
+                                      const float *rstd, int N, int C)
 {
     CUDA_OP(ctx);
     // the input's gradient feeds the products of the layer below (o's, q's, k's, v's)
     values_out to = write_values(c, dinp, (size_t)N * C, true);
-    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, to, dout, inp, weight, rstd, C);
+    CUDA_LAUNCH(rmsnorm_backward_kernel, N, 256, 0, c->stream, to, dout, inp, weight, offset, rstd,
+                C);
     CUDA_LAUNCHED(c);
     if (dweight) {   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
         cuda_settle_grads(c, dweight, (size_t)C * sizeof *dweight);
@@ -180,23 +183,36 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
 
 // ---- elementwise ------------------------------------------------------------------------------
 
-__global__ void swiglu_forward_kernel(values_out out, values_in gate, values_in up, size_t n)
+// A GLU's activation of the gate is g sigmoid(z(g)): SiLU's z = g (Llama's FFN), GELU's tanh
+// approximation's z = 2 sqrt(2/pi) (g + 0.044715 g^3) (Gemma's); dz its derivative.
+struct silu_act {
+    __device__ static float z(float g) { return g; }
+    __device__ static float dz(float) { return 1.0f; }
+};
+struct gelu_tanh_act {
+    __device__ static float z(float g) { return 1.5957691216057308f * (g + 0.044715f * g * g * g); }
+    __device__ static float dz(float g) { return 1.5957691216057308f * (1.0f + 0.134145f * g * g); }
+};
+
+template <class A>
+__global__ void glu_forward_kernel(values_out out, values_in gate, values_in up, size_t n)
 {
     GRID_STRIDE(i, n)
     {
         float g = gate[i];
-        out.put(i, g / (1.0f + expf(-g)) * up[i]);
+        out.put(i, g / (1.0f + expf(-A::z(g))) * up[i]);
     }
 }
 
-__global__ void swiglu_backward_kernel(values_out dgate, values_out dup, values_in dout,
-                                       values_in gate, values_in up, size_t n)
+template <class A>
+__global__ void glu_backward_kernel(values_out dgate, values_out dup, values_in dout,
+                                    values_in gate, values_in up, size_t n)
 {
     GRID_STRIDE(i, n)
     {
-        float g = gate[i], sig = 1.0f / (1.0f + expf(-g)), d = dout[i], u = up[i];
+        float g = gate[i], sig = 1.0f / (1.0f + expf(-A::z(g))), d = dout[i], u = up[i];
         dup.put(i, d * g * sig);
-        dgate.put(i, d * u * sig * (1.0f + g * (1.0f - sig)));
+        dgate.put(i, d * u * (sig + g * sig * (1.0f - sig) * A::dz(g)));
     }
 }
 
@@ -215,27 +231,52 @@ __global__ void scale_kernel(float *x, float alpha, size_t n)
     GRID_STRIDE(i, n) x[i] *= alpha;
 }
 
-extern "C" void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *up,
-                                    size_t n)
+template <class A>
+static void glu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
 {
     CUDA_OP(ctx);
     values_out to = write_values(c, out, n, true);
     values_in g = read_values(c, gate, n), u = read_values(c, up, n);
-    CUDA_LAUNCH(swiglu_forward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to, g, u, n);
+    CUDA_LAUNCH(glu_forward_kernel<A>, cuda_blocks(n, 256), 256, 0, c->stream, to, g, u, n);
     CUDA_LAUNCHED(c);
 }
 
-extern "C" void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
-                                     const float *gate, const float *up, size_t n)
+template <class A>
+static void glu_backward(void *ctx, float *dgate, float *dup, const float *dout,
+                         const float *gate, const float *up, size_t n)
 {
     CUDA_OP(ctx);
     // two slots: the gate and the up products read one each
     values_out to_dgate = write_values(c, dgate, n, true);
     values_out to_dup = write_values(c, dup, n, true, to_dgate.h);
     values_in d = read_values(c, dout, n), g = read_values(c, gate, n), u = read_values(c, up, n);
-    CUDA_LAUNCH(swiglu_backward_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to_dgate, to_dup,
+    CUDA_LAUNCH(glu_backward_kernel<A>, cuda_blocks(n, 256), 256, 0, c->stream, to_dgate, to_dup,
                 d, g, u, n);
     CUDA_LAUNCHED(c);
+}
+
+extern "C" void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *up,
+                                    size_t n)
+{
+    glu_forward<silu_act>(ctx, out, gate, up, n);
+}
+
+extern "C" void cuda_geglu_forward(void *ctx, float *out, const float *gate, const float *up,
+                                   size_t n)
+{
+    glu_forward<gelu_tanh_act>(ctx, out, gate, up, n);
+}
+
+extern "C" void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
+                                     const float *gate, const float *up, size_t n)
+{
+    glu_backward<silu_act>(ctx, dgate, dup, dout, gate, up, n);
+}
+
+extern "C" void cuda_geglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
+                                    const float *gate, const float *up, size_t n)
+{
+    glu_backward<gelu_tanh_act>(ctx, dgate, dup, dout, gate, up, n);
 }
 
 extern "C" void cuda_residual_forward(void *ctx, float *out, const float *x, const float *y,

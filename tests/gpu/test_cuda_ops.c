@@ -215,8 +215,8 @@ static void test_operand_copies(double tol)
     twin a = twin_random((size_t)N * C, 2.0), b = twin_random((size_t)N * C, 1.0);
     twin act = twin_random((size_t)N * C, 1.0), da = twin_random((size_t)N * C, 1.0);
     twin db = twin_random((size_t)N * C, 1.0);
-    rmsnorm_forward(cpu, F(act), F(rstd), F(x), F(nw), N, C, 1e-5f);
-    rmsnorm_forward(gpu, G(act), G(rstd), G(x), G(nw), N, C, 1e-5f);
+    rmsnorm_forward(cpu, F(act), F(rstd), F(x), F(nw), 0.0f, N, C, 1e-5f);
+    rmsnorm_forward(gpu, G(act), G(rstd), G(x), G(nw), 0.0f, N, C, 1e-5f);
     both_matmul(y, act, w1, N, C, OC, 0);
     both_matmul(y2, act, w1, N - 9, C, OC, 9);
     compare("copies: a product on RMSNorm's output", y, tol);
@@ -250,8 +250,8 @@ static void test_operand_copies(double tol)
     for (int i = 0; i < C / 4; i++)
         F(freq)[i] = (float)pow(10000.0, -4.0 * i / C);
     twin_sync(freq);
-    rmsnorm_backward(cpu, F(da), NULL, F(x), F(a), F(nw), F(rstd), N, C);
-    rmsnorm_backward(gpu, G(da), NULL, G(x), G(a), G(nw), G(rstd), N, C);
+    rmsnorm_backward(cpu, F(da), NULL, F(x), F(a), F(nw), 0.0f, F(rstd), N, C);
+    rmsnorm_backward(gpu, G(da), NULL, G(x), G(a), G(nw), 0.0f, G(rstd), N, C);
     both_matmul(y, da, w1, N, C, OC, 0);
     compare("copies: a product on RMSNorm's dx", y, tol);
     both_matmul(y, act, w1, N, C, OC, 0);   /* act's copy, kept beside dx's */
@@ -371,8 +371,8 @@ static void test_compact(double tol)
     twin delta = twin_random(nf, 0.1), plain = twin_random(nf, 1.0);
     twin gate = twin_compact(nf, 1.0), up = twin_compact(nf, 1.0), act = twin_compact(nf, 1.0);
     twin dact = twin_compact(nf, 1.0), dgate = twin_compact(nf, 1.0), dup = twin_compact(nf, 1.0);
-    rmsnorm_forward(cpu, F(xn), NULL, F(x), F(norm), N, C, 1e-5f);
-    rmsnorm_forward(gpu, G(xn), NULL, G(x), G(norm), N, C, 1e-5f);
+    rmsnorm_forward(cpu, F(xn), NULL, F(x), F(norm), 0.0f, N, C, 1e-5f);
+    rmsnorm_forward(gpu, G(xn), NULL, G(x), G(norm), 0.0f, N, C, 1e-5f);
     compare("compact: rmsnorm_forward", xn, tol);
     both_matmul(gate, xn, wg, N, C, W, 0);
     compare("compact: a product from it onto it", gate, tol);
@@ -558,20 +558,27 @@ static void test_embedding(int N, int V, int C)
     twin_free(tokens); twin_free(table); twin_free(out); twin_free(dout); twin_free(dtable);
 }
 
-static void test_rmsnorm(int N, int C)
+/* offset 1: Gemma's norms, whose scale is 1 + weight */
+static void test_rmsnorm(int N, int C, float offset)
 {
     twin x = twin_random((size_t)N * C, 2.0), w = twin_random(C, 1.0);
     twin out = twin_random((size_t)N * C, 1.0), rstd = twin_random(N, 1.0);
     twin dout = twin_random((size_t)N * C, 1.0), dx = twin_random((size_t)N * C, 1.0);
     twin dw = twin_random(C, 1.0);
-    rmsnorm_forward(cpu, F(out), F(rstd), F(x), F(w), N, C, 1e-5f);
-    rmsnorm_forward(gpu, G(out), G(rstd), G(x), G(w), N, C, 1e-5f);
-    compare("rmsnorm_forward out", out, 1e-5);
-    compare("rmsnorm_forward rstd", rstd, 1e-5);
-    rmsnorm_backward(cpu, F(dx), F(dw), F(dout), F(x), F(w), F(rstd), N, C);
-    rmsnorm_backward(gpu, G(dx), G(dw), G(dout), G(x), G(w), G(rstd), N, C);
-    compare("rmsnorm_backward dinp (accumulated)", dx, 1e-5);
-    compare("rmsnorm_backward dweight (accumulated)", dw, 1e-5);
+    const char *kind = offset ? " (1 + w)" : "";
+    char what[96];
+    rmsnorm_forward(cpu, F(out), F(rstd), F(x), F(w), offset, N, C, 1e-5f);
+    rmsnorm_forward(gpu, G(out), G(rstd), G(x), G(w), offset, N, C, 1e-5f);
+    snprintf(what, sizeof what, "rmsnorm_forward%s out", kind);
+    compare(what, out, 1e-5);
+    snprintf(what, sizeof what, "rmsnorm_forward%s rstd", kind);
+    compare(what, rstd, 1e-5);
+    rmsnorm_backward(cpu, F(dx), F(dw), F(dout), F(x), F(w), offset, F(rstd), N, C);
+    rmsnorm_backward(gpu, G(dx), G(dw), G(dout), G(x), G(w), offset, G(rstd), N, C);
+    snprintf(what, sizeof what, "rmsnorm_backward%s dinp (accumulated)", kind);
+    compare(what, dx, 1e-5);
+    snprintf(what, sizeof what, "rmsnorm_backward%s dweight (accumulated)", kind);
+    compare(what, dw, 1e-5);
     twin_free(x); twin_free(w); twin_free(out); twin_free(rstd);
     twin_free(dout); twin_free(dx); twin_free(dw);
 }
@@ -622,6 +629,13 @@ static void test_elementwise(size_t n)
     swiglu_backward(gpu, G(da), G(db), G(d), G(a), G(b), n);
     compare("swiglu_backward dgate", da, 1e-6);
     compare("swiglu_backward dup", db, 1e-6);
+    geglu_forward(cpu, F(out), F(a), F(b), n);
+    geglu_forward(gpu, G(out), G(a), G(b), n);
+    compare("geglu_forward", out, 1e-6);
+    geglu_backward(cpu, F(da), F(db), F(d), F(a), F(b), n);
+    geglu_backward(gpu, G(da), G(db), G(d), G(a), G(b), n);
+    compare("geglu_backward dgate", da, 1e-6);
+    compare("geglu_backward dup", db, 1e-6);
     residual_forward(cpu, F(out), F(out), F(a), n);
     residual_forward(gpu, G(out), G(out), G(a), n);
     compare("residual_forward (aliased)", out, 1e-7);
@@ -913,6 +927,13 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
     compare_saved("moe_adapter_forward gathered", gathered, saved_in_bf16() ? 3e-3 : 1e-7);
     compare_saved("moe_adapter_forward pre", pre, tol);
     compare_saved("moe_adapter_forward act", act, tol);
+    /* without x (Gemma's FFN output, normed before the residual sum): y = h + adapters */
+    moe_adapter_forward(cpu, F(y), NULL, F(gathered), F(pre), F(act), F(scratch), F(h), p, seed,
+                        F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_forward(gpu, G(y), NULL, G(gathered), G(pre), G(act), G(scratch), G(h), p, seed,
+                        G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
+    compare(with_dropout ? "moe_adapter_forward y = h + adapters (dropout)"
+                      : "moe_adapter_forward y = h + adapters", y, 1e-4 + tol / 10);
     sync_saved(gathered); sync_saved(pre); sync_saved(act);
     twin dy = twin_random((size_t)N * C, 1.0), dh = twin_random((size_t)N * C, 1.0);
     twin ddown = twin_random((size_t)E * R * C, 1.0), dup = twin_random((size_t)E * C * R, 1.0);
@@ -967,7 +988,8 @@ int main(void)
     test_download_later();
     test_gradients(bf16_tol);
     test_embedding(257, 1000, 96);
-    test_rmsnorm(129, 1000);
+    test_rmsnorm(129, 1000, 0.0f);
+    test_rmsnorm(129, 1000, 1.0f);
     test_rope(77, 6, 64, 64, 1.0f);
     test_rope(77, 6, 64, 48, 1.19f);   /* Phi-4-mini's 3/4, and its longrope's factor */
     test_elementwise(100003);

@@ -28,6 +28,8 @@ typedef struct {
     int rotary;                  /* Phi-4-mini's partial RoPE, longrope-scaled (0: whole heads) */
     int nope;                    /* SmolLM3: layer nope - 1 without RoPE (0: none) */
     int granite;                 /* Granite's embedding, residual, attention, logits factors */
+    int gemma;                   /* Gemma 3: (1 + w) norms, four a layer, QK-norm, GELU-tanh
+                                  * FFN, window 20 and its own RoPE in layer 0 alone */
 } step_case;
 
 /* Tokens whose k-th and (k+1)-th router logits nearly tie go to other experts on the GPU,
@@ -120,8 +122,21 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
         c.attention_multiplier = 1.0 / 64.0;
         c.logits_scaling = 8.0;
     }
+    if (sc->gemma) {   /* layer 1 global, at rope_theta and linear scaling */
+        c.qk_norm = c.sandwich_norms = c.gelu_ffn = 1;
+        c.norm_offset = 1.0f;
+        c.sliding_window = 20;
+        c.global[1] = 1;
+        c.rope_theta = 1e6;
+        c.rope_type = HF_ROPE_LINEAR;
+        c.rope_factor = 2.0;
+        c.rope_local_theta = 10000.0;
+        c.embedding_multiplier = sqrt(128.0);
+        c.attention_multiplier = 1.0 / sqrt(24.0);
+    }
     snprintf(c.architecture, sizeof c.architecture, "%s",
              sc->granite ? "GraniteForCausalLM"
+             : sc->gemma ? "Gemma3ForCausalLM"
              : qk_norm   ? "Qwen3ForCausalLM"
                          : "LlamaForCausalLM");
     pesc_options o;
@@ -201,6 +216,10 @@ static const step_case cases[] = {
     /* Granite's multipliers, the residual one around the adapters too */
     {.tag = "pesc+lora, granite, packed", .lora_rank = 4, .granite = 1, .packed = 1},
     {.tag = "full, granite", .full = 1, .granite = 1},
+    /* Gemma 3's layers: the norms' (1 + w), the FFN's output normed with the adapters' */
+    {.tag = "pesc+lora, gemma3, packed", .lora_rank = 4, .gemma = 1, .packed = 1},
+    {.tag = "pesc, gemma3, recompute", .gemma = 1, .recompute = 1},
+    {.tag = "full, gemma3", .full = 1, .gemma = 1},
 };
 
 enum { ROUTERS, ADAPTERS, LORA, NORMS, MATRICES, KINDS };

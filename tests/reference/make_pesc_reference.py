@@ -10,7 +10,8 @@ For every case below (or only the named ones) this writes, under tests/reference
   config.json              HF config of the dense base model (LlamaForCausalLM, Qwen3ForCausalLM
                            for the pesc-qwen3-* cases, Phi3ForCausalLM with longrope for
                            pesc-phi3-longrope-lora, SmolLM3ForCausalLM with a NoPE layer for
-                           pesc-smollm3-lora, GraniteForCausalLM for pesc-granite-lora)
+                           pesc-smollm3-lora, GraniteForCausalLM for pesc-granite-lora,
+                           Gemma3ForCausalLM for pesc-gemma3-lora)
   model.safetensors        the base weights (F32, HF names; Phi-3's q|k|v and gate|up joined)
   trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
   batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
@@ -74,6 +75,18 @@ def base_config(case):
         return mr.granite_config(hidden_size=32, intermediate_size=48, max_position_embeddings=64,
                                  num_attention_heads=4, num_hidden_layers=2,
                                  num_key_value_heads=case["kv_heads"], torch_dtype="float32")
+    if case.get("arch") == "gemma3":
+        # Gemma 3: sliding (window 5 < T = 12, RoPE base 1e4), full (base 1e6, linear factor 4),
+        # sliding; scores times 10 ** -0.5 where 1/sqrt(8) would be 0.354; embeddings times
+        # sqrt(32); norms of 1 + w, the FFN's output (and the adapters' with it) normed before the
+        # residual sum; GELU (tanh) FFN; tied
+        return mr.gemma3_config(_sliding_window_pattern=2, head_dim=8, hidden_size=32,
+                                intermediate_size=48,
+                                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                max_position_embeddings=64, num_attention_heads=4, num_hidden_layers=3,
+                                num_key_value_heads=case["kv_heads"], query_pre_attn_scalar=10,
+                                rope_scaling={"factor": 4.0, "rope_type": "linear"}, sliding_window=5,
+                                torch_dtype="float32")
     kv_heads = case["kv_heads"]
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -201,6 +214,13 @@ CASES = [
     # every projection
     {"name": "pesc-granite-lora", "arch": "granite", "base_seed": 3006, "init_seed": 4011,
      "batch_seed": 5009, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
+     "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
+     "weight_decay": 0.0},
+    # Gemma 3 base (sandwich norms of 1 + w, QK-norm, sliding and full layers with their own
+    # RoPE, query_pre_attn_scalar, scaled embeddings, GELU-tanh FFN, GQA, tied): LoRA on every
+    # projection; the adapters' sum goes through post_feedforward_layernorm with the FFN's output
+    {"name": "pesc-gemma3-lora", "arch": "gemma3", "base_seed": 3007, "init_seed": 4012,
+     "batch_seed": 5010, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
      "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
      "weight_decay": 0.0},
 ]
@@ -338,15 +358,15 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             w = w + (case["lora_alpha"] / case["lora_rank"]) * (P[name + ".lora_B.weight"] @ P[name + ".lora_A.weight"])
         return w
 
-    # RoPE (rotate-half; positions restart at 0 in every row)
-    inv_freq = mr.inv_freq_of(cfg, dt, Tn)
-    freqs = torch.outer(torch.arange(Tn, dtype=dt), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    af = mr.attention_factor_of(cfg)                                   # longrope's, else 1
-    cos, sin = emb.cos() * af, emb.sin() * af                          # [T, hd]
-    causal = torch.arange(Tn).unsqueeze(0) <= torch.arange(Tn).unsqueeze(1)  # [q, k]: k <= q
+    gemma = mr.is_gemma3(cfg)
+    norm = mr.norm_of(cfg)                                             # Gemma 3's: (1 + w)
+    act = mr.ffn_act_of(cfg)                                           # Gemma 3's: GELU (tanh)
+    mr.softcaps_off(cfg)
+    qi = torch.arange(Tn).unsqueeze(1)
+    ki = torch.arange(Tn).unsqueeze(0)
+    causal = ki <= qi                                                  # [q, k]: k <= q
 
-    mult = mr.multipliers_of(cfg)                                      # Granite's, else 1s
+    mult = mr.multipliers_of(cfg)                                      # Granite's, Gemma 3's, else 1s
     idt = torch.tensor(ids, dtype=torch.long)
     x = Wb["model.embed_tokens.weight"][idt] * mult["embedding"]       # [B, T, H]
     aux = torch.zeros((), dtype=dt)
@@ -355,15 +375,19 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
     routes = []
     for l in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % l
-        # --- attention (HF Llama / Qwen3 eager) ---
-        hn = mr.rms_norm(x, Wb[p + "input_layernorm.weight"], eps)
+        # RoPE (rotate-half; positions restart at 0 in every row); Gemma 3: per layer kind
+        cos, sin = mr.rope_cos_sin(mr.rope_config_of(cfg, l), dt, Tn)   # [T, hd], longrope's factor in
+        sw = mr.layer_window_of(cfg, l)                                # Gemma 3's sliding layers
+        allowed = causal if sw is None else causal & (ki > qi - sw)
+        # --- attention (HF Llama / Qwen3 / Gemma 3 eager) ---
+        hn = norm(x, Wb[p + "input_layernorm.weight"], eps)
         q = (hn @ W(l, "q").t()).view(Bn, Tn, nh, hd)
         k = (hn @ W(l, "k").t()).view(Bn, Tn, nkv, hd)
         if mr.has_qk_norm(cfg):
-            # Qwen3 QK-norm: RMSNorm over each head vector (weights [hd]), after the (LoRA'd)
-            # projection, before RoPE; v is not normed
-            q = mr.rms_norm(q, Wb[p + "self_attn.q_norm.weight"], eps)
-            k = mr.rms_norm(k, Wb[p + "self_attn.k_norm.weight"], eps)
+            # Qwen3 / Gemma 3 QK-norm: RMSNorm over each head vector (weights [hd]), after the
+            # (LoRA'd) projection, before RoPE; v is not normed
+            q = norm(q, Wb[p + "self_attn.q_norm.weight"], eps)
+            k = norm(k, Wb[p + "self_attn.k_norm.weight"], eps)
         q = q.transpose(1, 2)                                          # [B, nh, T, hd]
         k = k.transpose(1, 2)
         v = (hn @ W(l, "v").t()).view(Bn, Tn, nkv, hd).transpose(1, 2)
@@ -372,13 +396,19 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             k = mr.apply_rope(k, cos, sin)
         k = k[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)  # repeat_kv
         v = v[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)
-        sc = (q @ k.transpose(-1, -2)) * mult["attention"]             # 1/sqrt(hd) but Granite's
-        sc = sc.masked_fill(~causal, float("-inf"))
+        sc = (q @ k.transpose(-1, -2)) * mult["attention"]             # 1/sqrt(hd) but Granite's, Gemma's
+        sc = sc.masked_fill(~allowed, float("-inf"))
         a = (torch.softmax(sc, dim=-1) @ v).transpose(1, 2).reshape(Bn, Tn, nh * hd)
-        x = x + (a @ W(l, "o").t()) * mult["residual"]
-        # --- FFN / PESC layer ---
-        xn = mr.rms_norm(x, Wb[p + "post_attention_layernorm.weight"], eps)   # x of DESIGN §1
-        h = (F.silu(xn @ W(l, "gate").t()) * (xn @ W(l, "up").t())) @ W(l, "down").t()  # frozen FFN, once
+        if gemma:
+            # Gemma 3: x = r + post_attention_layernorm(o); the FFN (and the router) read
+            # pre_feedforward_layernorm(x)
+            x = x + norm(a @ W(l, "o").t(), Wb[p + "post_attention_layernorm.weight"], eps)
+            xn = norm(x, Wb[p + "pre_feedforward_layernorm.weight"], eps)     # x of DESIGN §1
+        else:
+            x = x + (a @ W(l, "o").t()) * mult["residual"]
+            # --- FFN / PESC layer ---
+            xn = norm(x, Wb[p + "post_attention_layernorm.weight"], eps)      # x of DESIGN §1
+        h = (act(xn @ W(l, "gate").t()) * (xn @ W(l, "up").t())) @ W(l, "down").t()  # frozen FFN, once
         if pesc:
             pm = p + "mlp.moe_adapter."
             N = Bn * Tn
@@ -408,8 +438,11 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             aux = aux + case["aux_coef"] * E * (f * Pm).sum()
             # router z-loss: z_coef * mean over tokens of logsumexp(r)^2
             z = z + case["z_coef"] * (torch.logsumexp(r, dim=-1) ** 2).mean()
+        if gemma:
+            # Gemma 3: the mlp's whole output, FFN and adapters' sum, through post_feedforward_layernorm
+            h = norm(h, Wb[p + "post_feedforward_layernorm.weight"], eps)
         x = x + h * mult["residual"]                                   # the experts' mix, scaled
-    x = mr.rms_norm(x, Wb["model.norm.weight"], eps)
+    x = norm(x, Wb["model.norm.weight"], eps)
     head = Wb["model.embed_tokens.weight"] if mr.tied_of(cfg) else Wb["lm_head.weight"]
     logits = (x @ head.t()) / mult["logits"]                           # [B, T, V]
     # CE: logits[b, t] predicts labels[b, t+1]; -100 ignored; mean over all kept targets of the batch

@@ -14,8 +14,9 @@ For every model (or only the NAMEd ones) below this writes, under tests/referenc
 
 The forward pass is written out by hand in torch, following transformers'
 LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM /
-SmolLM3ForCausalLM / GraniteForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
-file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them).
+SmolLM3ForCausalLM / GraniteForCausalLM / Gemma3ForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
+file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them;
+Gemma 3's layers are sandwiched between norms whose stored weights are offsets from 1).
 Everything is computed in float64 from the weights *as stored* (bf16/f16 values
 rounded first, then upcast), so expected.json holds the exact answers that a
 lower-precision implementation approximates.  The output is deterministic:
@@ -95,6 +96,39 @@ def granite_config(**keys):
         "rope_theta": 10000000.0,
         "tie_word_embeddings": True,
         "transformers_version": "4.46.0",
+        "use_cache": True,
+        "vocab_size": 64,
+    }
+    config.update(keys)
+    return config
+
+
+def gemma3_config(**keys):
+    """A Gemma3ForCausalLM config.json (model_type gemma3_text) with the keys of Gemma 3's
+    text-only releases (gemma-3-270m's file, as transformers 4.55 saves it): scaled embeddings,
+    RMSNorms whose weight is an offset from 1 on both sides of the attention and the FFN, QK-norm,
+    scores scaled by query_pre_attn_scalar ** -0.5, a GELU (tanh) FFN, sliding-window layers with
+    their own RoPE base (rope_local_base_freq, no scaling) between full-attention ones (rope_theta
+    with rope_scaling), always tied."""
+    config = {
+        "architectures": ["Gemma3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_logit_softcapping": None,
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "final_logit_softcapping": None,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "initializer_range": 0.02,
+        "model_type": "gemma3_text",
+        "pad_token_id": 0,
+        "rms_norm_eps": 1e-06,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": None,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "transformers_version": "4.55.0",
+        "use_bidirectional_attention": False,
         "use_cache": True,
         "vocab_size": 64,
     }
@@ -355,6 +389,18 @@ MODELS = [
               granite_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
                              num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
                              torch_dtype="float32")),
+    # Gemma 3's text model, shrunk: two sliding-window layers (window 6; RoPE base 1e4, unscaled)
+    # then a full-attention one (base 1e6, linear factor 4), query_pre_attn_scalar 24 (scores
+    # times 24 ** -0.5 where 1/sqrt(16) would be 0.25), embeddings times sqrt(64), every norm
+    # weight (all seven kinds) random around 0 since the norms multiply by 1 + w, GQA, tied
+    f32_model("gemma3-f32", 1011,
+              gemma3_config(_sliding_window_pattern=3, head_dim=16, hidden_size=64,
+                            intermediate_size=96,
+                            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                            max_position_embeddings=256, num_attention_heads=4, num_hidden_layers=3,
+                            num_key_value_heads=2, query_pre_attn_scalar=24,
+                            rope_scaling={"factor": 4.0, "rope_type": "linear"}, sliding_window=6,
+                            torch_dtype="float32")),
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -370,6 +416,7 @@ RECORD_LENGTHS = {
     "phi4mini-partial-f32": [7, 1, 20, 12],
     "smollm3-nope-f32": [15, 1, 19, 6],
     "granite-mult-f32": [11, 1, 20, 5],
+    "gemma3-f32": [13, 1, 20, 6, 17],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -382,6 +429,7 @@ LABELED_INDEX = {
     "phi4mini-partial-f32": 2,
     "smollm3-nope-f32": 2,
     "granite-mult-f32": 2,
+    "gemma3-f32": 4,
 }
 
 # --------------------------------------------------------------------------
@@ -404,9 +452,16 @@ def rotary_dim_of(cfg):
 
 
 def tied_of(cfg):
-    # SmolLM3Config defaults to tied embeddings (its file then leaves the key out); the others
-    # to untied
-    return cfg.get("tie_word_embeddings", cfg["model_type"] == "smollm3")
+    # SmolLM3Config and Gemma3TextConfig default to tied embeddings (a file may then leave the
+    # key out); the others to untied
+    return cfg.get("tie_word_embeddings", cfg["model_type"] in ("smollm3", "gemma3_text"))
+
+
+def is_gemma3(cfg):
+    return cfg["model_type"] == "gemma3_text"
+
+
+STORAGE_DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def uses_rope(cfg, layer):
@@ -424,7 +479,17 @@ def multipliers_of(cfg):
     """GraniteModel / GraniteDecoderLayer / GraniteForCausalLM: inputs_embeds *
     embedding_multiplier; residual + block(x) * residual_multiplier; scores *
     attention_multiplier (GraniteAttention.scaling); logits / logits_scaling. GraniteConfig's
-    defaults are 1.0 each. The other families: 1, 1, 1/sqrt(head_dim), 1."""
+    defaults are 1.0 each.
+    Gemma 3: embeddings times sqrt(hidden_size) (Gemma3TextScaledWordEmbedding: the scale is made
+    a float32 tensor and cast to the weights' dtype, so it is rounded to the storage dtype: exact
+    8 for hidden 64), scores times query_pre_attn_scalar ** -0.5 (Gemma3Attention.scaling), the
+    residual and the logits unscaled.
+    The other families: 1, 1, 1/sqrt(head_dim), 1."""
+    if is_gemma3(cfg):
+        dt = STORAGE_DTYPE[cfg.get("torch_dtype", "float32")]
+        scale = torch.tensor(cfg["hidden_size"] ** 0.5, dtype=torch.float32).to(dt)
+        return {"embedding": float(scale), "residual": 1.0,
+                "attention": cfg["query_pre_attn_scalar"] ** -0.5, "logits": 1.0}
     if cfg["model_type"] != "granite":
         return {"embedding": 1.0, "residual": 1.0, "attention": 1.0 / math.sqrt(head_dim_of(cfg)),
                 "logits": 1.0}
@@ -436,8 +501,83 @@ def multipliers_of(cfg):
 
 def has_qk_norm(cfg):
     # Qwen3Attention: q_norm / k_norm (Qwen3RMSNorm over head_dim, eps rms_norm_eps) on every head
-    # of q and k, after the projection and before RoPE.
-    return cfg["model_type"] == "qwen3"
+    # of q and k, after the projection and before RoPE.  Gemma3Attention likewise, with
+    # Gemma3RMSNorm (its 1 + w).
+    return cfg["model_type"] in ("qwen3", "gemma3_text")
+
+
+def norm_of(cfg):
+    """The RMSNorm of the family: Gemma3RMSNorm multiplies by (1 + w), the others by w."""
+    return gemma_rms_norm if is_gemma3(cfg) else rms_norm
+
+
+def ffn_act_of(cfg):
+    """The FFN's activation: SiLU, but Gemma 3's hidden_activation gelu_pytorch_tanh
+    (torch's gelu with approximate="tanh")."""
+    if not is_gemma3(cfg):
+        return torch.nn.functional.silu
+    act = cfg.get("hidden_activation", "gelu_pytorch_tanh")
+    assert act == "gelu_pytorch_tanh", ("unsupported hidden_activation", act)
+    return gelu_tanh
+
+
+def gelu_tanh(x):
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def gemma3_sliding(cfg, layer):
+    """Gemma3TextConfig: layer_types[layer] == "sliding_attention"; a file without layer_types
+    (the first Gemma 3 releases) gives sliding_window_pattern P: layer l slides iff
+    (l + 1) % P != 0 (every P-th layer full).  transformers 4.55 saves P as
+    _sliding_window_pattern next to layer_types; when both are given they must agree."""
+    P = cfg.get("sliding_window_pattern", cfg.get("_sliding_window_pattern", 6))
+    by_pattern = [(l + 1) % P != 0 for l in range(cfg["num_hidden_layers"])]
+    types = cfg.get("layer_types")
+    if types is None:
+        return by_pattern[layer]
+    assert len(types) == cfg["num_hidden_layers"]
+    assert all(t in ("sliding_attention", "full_attention") for t in types), types
+    flags = [t == "sliding_attention" for t in types]
+    if "sliding_window_pattern" in cfg or "_sliding_window_pattern" in cfg:
+        assert flags == by_pattern, ("layer_types and the sliding window pattern disagree", types, P)
+    return flags[layer]
+
+
+def layer_window_of(cfg, layer):
+    """The sliding window of one layer (None: full causal attention).  Gemma 3's sliding layers
+    take sliding_window, its full-attention layers none; the other families one for all."""
+    if not is_gemma3(cfg):
+        return sliding_window_of(cfg)
+    assert not cfg.get("use_bidirectional_attention", False)
+    return cfg["sliding_window"] if gemma3_sliding(cfg, layer) else None
+
+
+def rope_config_of(cfg, layer):
+    """The config whose RoPE a layer uses.  Gemma3TextModel's rotary_emb_local for the sliding
+    layers: theta rope_local_base_freq and the default rope (rope_scaling dropped); its
+    rotary_emb (rope_theta with rope_scaling) for the full-attention ones.  Others: cfg."""
+    if not (is_gemma3(cfg) and gemma3_sliding(cfg, layer)):
+        return cfg
+    local = dict(cfg)
+    local["rope_theta"] = cfg["rope_local_base_freq"]
+    local["rope_scaling"] = None
+    return local
+
+
+def rope_cos_sin(cfg, dtype, T):
+    """cos and sin [T, rotary dim] of positions 0..T-1: cat(freqs, freqs), times longrope's
+    attention factor."""
+    inv_freq = inv_freq_of(cfg, dtype, T)
+    pos = torch.arange(T, dtype=dtype)
+    freqs = torch.outer(pos, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos() * attention_factor_of(cfg), emb.sin() * attention_factor_of(cfg)
+
+
+def softcaps_off(cfg):
+    # Gemma 3 ships without logit softcapping (Gemma 2's final_logit_softcapping and
+    # attn_logit_softcapping are null in its configs); a value would be tanh-capping, not done here
+    assert cfg.get("final_logit_softcapping") is None and cfg.get("attn_logit_softcapping") is None
 
 
 def sliding_window_of(cfg):
@@ -539,6 +679,7 @@ def make_weights(spec):
     qwen = cfg["model_type"] == "qwen2"  # q/k/v biases (Qwen3 has none: attention_bias false)
     qk_norm = has_qk_norm(cfg)
     tied = tied_of(cfg)
+    gemma = is_gemma3(cfg)
 
     def lin_std(fan_in):
         return min(0.3, max(0.1, 1.0 / math.sqrt(fan_in)))
@@ -547,11 +688,16 @@ def make_weights(spec):
         t = torch.randn(*shape, generator=g, dtype=torch.float32) * std + mean
         return t.to(spec["dtype"])
 
+    def norm_w(shape):
+        # around 1, so that a missing norm shows; Gemma 3 stores the offset from 1 (its norms
+        # multiply by 1 + w): around 0 with std 0.3, so that a missing "1 +" shows too
+        return randn(shape, 0.3) if gemma else randn(shape, 0.1, 1.0)
+
     w = []
     w.append(("model.embed_tokens.weight", randn((V, H), 0.2 if tied else 0.3)))
     for i in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % i
-        w.append((p + "input_layernorm.weight", randn((H,), 0.1, 1.0)))
+        w.append((p + "input_layernorm.weight", norm_w((H,))))
         w.append((p + "self_attn.q_proj.weight", randn((nh * hd, H), lin_std(H))))
         if qwen:
             w.append((p + "self_attn.q_proj.bias", randn((nh * hd,), 0.2)))
@@ -563,14 +709,18 @@ def make_weights(spec):
             w.append((p + "self_attn.v_proj.bias", randn((nkv * hd,), 0.2)))
         w.append((p + "self_attn.o_proj.weight", randn((H, nh * hd), lin_std(nh * hd))))
         if qk_norm:
-            # like the layernorms: around 1, so that a missing norm shows
-            w.append((p + "self_attn.q_norm.weight", randn((hd,), 0.1, 1.0)))
-            w.append((p + "self_attn.k_norm.weight", randn((hd,), 0.1, 1.0)))
-        w.append((p + "post_attention_layernorm.weight", randn((H,), 0.1, 1.0)))
+            # like the layernorms
+            w.append((p + "self_attn.q_norm.weight", norm_w((hd,))))
+            w.append((p + "self_attn.k_norm.weight", norm_w((hd,))))
+        w.append((p + "post_attention_layernorm.weight", norm_w((H,))))
+        if gemma:
+            w.append((p + "pre_feedforward_layernorm.weight", norm_w((H,))))
         w.append((p + "mlp.gate_proj.weight", randn((I, H), lin_std(H))))
         w.append((p + "mlp.up_proj.weight", randn((I, H), lin_std(H))))
         w.append((p + "mlp.down_proj.weight", randn((H, I), lin_std(I))))
-    w.append(("model.norm.weight", randn((H,), 0.1, 1.0)))
+        if gemma:
+            w.append((p + "post_feedforward_layernorm.weight", norm_w((H,))))
+    w.append(("model.norm.weight", norm_w((H,))))
     if not tied:
         w.append(("lm_head.weight", randn((V, H), lin_std(H))))
     return w
@@ -685,6 +835,11 @@ def rms_norm(x, w, eps):
     return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
 
 
+def gemma_rms_norm(x, w, eps):
+    # Gemma3RMSNorm: (x * rsqrt(mean(x^2) + eps)) * (1 + weight): the stored weight is an offset
+    return (1.0 + w) * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
+
+
 def apply_rope(x, cos, sin):
     """transformers' apply_rotary_pos_emb: rotate-half on the first cos.shape[-1] values of each
     head, the rest passed through (all of them but for Phi-3's partial_rotary_factor)."""
@@ -714,38 +869,38 @@ def forward(cfg, W, ids, dtype):
     hd = head_dim_of(cfg)
     n_rep = nh // nkv
     eps = cfg["rms_norm_eps"]
-    sw = sliding_window_of(cfg)
-
-    # RoPE tables, positions 0..T-1; cos/sin = cat(freqs, freqs)
-    inv_freq = inv_freq_of(cfg, dtype, T)
-    pos = torch.arange(T, dtype=dtype)
-    freqs = torch.outer(pos, inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos() * attention_factor_of(cfg), emb.sin() * attention_factor_of(cfg)  # [T, r]
+    gemma = is_gemma3(cfg)
+    norm = norm_of(cfg)                        # Gemma 3's: (1 + w)
+    act = ffn_act_of(cfg)                      # Gemma 3's: GELU (tanh)
+    softcaps_off(cfg)
 
     # mask: query q may attend key k iff k <= q and, with a sliding window,
     # k > q - sliding_window (i.e. q - k < sliding_window: the current token plus the
     # sliding_window - 1 previous ones).  This is current transformers' sliding_window_overlay.
+    # Gemma 3: its sliding layers only.
     qi = torch.arange(T).unsqueeze(1)
     ki = torch.arange(T).unsqueeze(0)
-    allowed = ki <= qi
-    if sw is not None:
-        allowed = allowed & (ki > qi - sw)
 
     mult = multipliers_of(cfg)
     x = W["model.embed_tokens.weight"][torch.tensor(ids, dtype=torch.long)] * mult["embedding"]  # [T, H]
     for i in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % i
-        h = rms_norm(x, W[p + "input_layernorm.weight"], eps)
+        # RoPE tables, positions 0..T-1; cos/sin = cat(freqs, freqs) (Gemma 3: per layer kind)
+        cos, sin = rope_cos_sin(rope_config_of(cfg, i), dtype, T)     # [T, r]
+        sw = layer_window_of(cfg, i)
+        allowed = ki <= qi
+        if sw is not None:
+            allowed = allowed & (ki > qi - sw)
+        h = norm(x, W[p + "input_layernorm.weight"], eps)
         q = linear(h, W[p + "self_attn.q_proj.weight"], W.get(p + "self_attn.q_proj.bias"))
         k = linear(h, W[p + "self_attn.k_proj.weight"], W.get(p + "self_attn.k_proj.bias"))
         v = linear(h, W[p + "self_attn.v_proj.weight"], W.get(p + "self_attn.v_proj.bias"))
         q = q.view(T, nh, hd)
         k = k.view(T, nkv, hd)
         if has_qk_norm(cfg):
-            # Qwen3: q = q_norm(q_proj(h).view(T, nh, hd)), same for k; v is not normed
-            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], eps)
-            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps)
+            # Qwen3, Gemma 3: q = q_norm(q_proj(h).view(T, nh, hd)), same for k; v is not normed
+            q = norm(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = norm(k, W[p + "self_attn.k_norm.weight"], eps)
         q = q.transpose(0, 1)  # [nh, T, hd]
         k = k.transpose(0, 1)  # [nkv, T, hd]
         v = v.view(T, nkv, hd).transpose(0, 1)
@@ -759,12 +914,21 @@ def forward(cfg, W, ids, dtype):
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         a = (probs @ v).transpose(0, 1).reshape(T, nh * hd)
-        x = x + linear(a, W[p + "self_attn.o_proj.weight"]) * mult["residual"]
-        h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
+        if gemma:
+            # Gemma3DecoderLayer: x = r + post_attention_layernorm(o_proj(att)); the FFN reads
+            # pre_feedforward_layernorm(x) and its output goes through post_feedforward_layernorm
+            x = x + norm(linear(a, W[p + "self_attn.o_proj.weight"]), W[p + "post_attention_layernorm.weight"], eps)
+            h = norm(x, W[p + "pre_feedforward_layernorm.weight"], eps)
+        else:
+            x = x + linear(a, W[p + "self_attn.o_proj.weight"]) * mult["residual"]
+            h = norm(x, W[p + "post_attention_layernorm.weight"], eps)
         g = linear(h, W[p + "mlp.gate_proj.weight"])
         u = linear(h, W[p + "mlp.up_proj.weight"])
-        x = x + linear(torch.nn.functional.silu(g) * u, W[p + "mlp.down_proj.weight"]) * mult["residual"]
-    x = rms_norm(x, W["model.norm.weight"], eps)
+        f = linear(act(g) * u, W[p + "mlp.down_proj.weight"])
+        if gemma:
+            f = norm(f, W[p + "post_feedforward_layernorm.weight"], eps)
+        x = x + f * mult["residual"]
+    x = norm(x, W["model.norm.weight"], eps)
     head = W["model.embed_tokens.weight"] if tied_of(cfg) else W["lm_head.weight"]
     return linear(x, head) / mult["logits"]
 
