@@ -62,7 +62,8 @@ static int inspect_model(const char *dir)
     if (hfconfig_load(&c, dir, &err) != 0 || st_set_open(&set, dir, &err) != 0)
         return cli_fail("inspect", &err);
     printf("model         %s\n", dir);
-    printf("architecture  %s\n", c.architecture);
+    printf("architecture  %s%s\n", c.architecture,
+           c.nested_text ? " (its text model; the vision tower is not read)" : "");
     printf("layers        %d\n", c.n_layers);
     printf("d_model       %d\n", c.hidden_size);
     printf("ffn           %d\n", c.intermediate_size);

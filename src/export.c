@@ -143,6 +143,25 @@ static int real_digits(json_t *v)
     return most;
 }
 
+/* Gemma3ForConditionalGeneration's export is its text model alone, as Gemma3ForCausalLM (whose
+ * config is text_config's keys, with the same defaults; the top's token ids where it has
+ * none): the vision tower is not written (takes root, returns the new one). */
+static json_t *text_model_config(json_t *root)
+{
+    json_t *text = json_deep_copy(json_object_get(root, "text_config"));
+    static const char *const top[] = {"bos_token_id", "eos_token_id", "pad_token_id",
+                                      "torch_dtype", "transformers_version"};
+    for (size_t i = 0; i < sizeof top / sizeof *top; i++)
+        if (!json_object_get(text, top[i]) && json_object_get(root, top[i]))
+            json_object_set(text, top[i], json_object_get(root, top[i]));
+    json_t *archs = json_array();
+    json_array_append_new(archs, json_string("Gemma3ForCausalLM"));
+    json_object_set_new(text, "architectures", archs);
+    json_object_set_new(text, "model_type", json_string("gemma3_text"));
+    json_decref(root);
+    return text;
+}
+
 static int write_config(const checkpoint_base *b, const checkpoint_state *st, const model *m,
                         const char *path, pesc_error *err)
 {
@@ -156,6 +175,8 @@ static int write_config(const checkpoint_base *b, const checkpoint_state *st, co
     free(base_text);
     if (!root)
         return pesc_fail(err, "%s: not valid JSON (line %d: %s)", b->config, jerr.line, jerr.text);
+    if (m->config.nested_text)
+        root = text_model_config(root);
     static const char *const keys[] = {"num_experts", "topk", "adapter_dim", "moe_scaling",
                                        "output_router_logits", "pesc_template"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
@@ -251,7 +272,9 @@ static int plan_tensor(const model *m, int i, const st_set *base, int lora_rank,
         from->n[found++] = part->n;
         changed |= lora_merged_into(m, lora_rank, lora_sites, part->data);
     }
-    const st_tensor *src = is_base && base ? st_set_find(base, name, NULL) : NULL;
+    char in_file[160];   /* (Gemma3ForConditionalGeneration's text model's: written as model.*) */
+    model_file_name(m, name, in_file, sizeof in_file);
+    const st_tensor *src = is_base && base ? st_set_find(base, in_file, NULL) : NULL;
     int kept = src && !changed &&
                (src->dtype == ST_F32 || src->dtype == ST_F16 || src->dtype == ST_BF16);
     *t = (st_write_tensor){.name = name, .dtype = kept ? src->dtype : ST_F32, .ndim = mt->ndim,

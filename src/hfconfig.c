@@ -10,7 +10,8 @@
 
 #define SUPPORTED                                                                          \
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "           \
-    "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma3ForCausalLM"
+    "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma3ForCausalLM, "           \
+    "Gemma3ForConditionalGeneration"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -78,6 +79,12 @@ static int get_bool(json_t *root, const char *key, int fallback, int *out, const
     return 0;
 }
 
+/* Gemma 3's text model, on its own or inside Gemma3ForConditionalGeneration */
+static int gemma3(const hf_config *c)
+{
+    return strcmp(c->architecture, "Gemma3ForCausalLM") == 0 || c->nested_text;
+}
+
 /* Whether ARCH is one of SUPPORTED's names (the list the messages give is the one checked). */
 static int supported_architecture(const char *arch)
 {
@@ -100,24 +107,26 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
     if (!arch)
         return pesc_fail(err, "%s: \"architectures\" must name one model class; supported: "
                          SUPPORTED, where);
-    if (strcmp(arch, "Gemma3ForConditionalGeneration") == 0)
-        return pesc_fail(err, "%s: Gemma3ForConditionalGeneration (Gemma 3 with its vision "
-                         "tower) is not supported: pesc reads the text model alone, "
-                         "Gemma3ForCausalLM (gemma-3-1b, or a text-only conversion)", where);
     if (!supported_architecture(arch))
         return pesc_fail(err, "%s: architecture %s is not supported; supported: " SUPPORTED,
                          where, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     const char *type = json_string_value(json_object_get(root, "model_type"));
     snprintf(c->model_type, sizeof c->model_type, "%s", type ? type : "");
-    /* Gemma's FFN: GELU's tanh approximation (its key is hidden_activation) */
-    int gemma = strcmp(arch, "Gemma3ForCausalLM") == 0;
+    c->nested_text = strcmp(arch, "Gemma3ForConditionalGeneration") == 0;
+    return 0;
+}
+
+/* The FFN's activation: SiLU, but Gemma's GELU in its tanh form (its key hidden_activation) */
+static int parse_activation(hf_config *c, json_t *keys, const char *where, pesc_error *err)
+{
+    int gemma = gemma3(c);
     const char *key = gemma ? "hidden_activation" : "hidden_act";
-    const char *act = json_string_value(json_object_get(root, key));
+    const char *act = json_string_value(json_object_get(keys, key));
     const char *want = gemma ? "gelu_pytorch_tanh" : "silu";
     if (act && strcmp(act, want) != 0)
         return pesc_fail(err, "%s: %s \"%s\" is not supported for %s (only %s)", where, key,
-                         act, arch, want);
+                         act, c->architecture, want);
     c->gelu_ffn = gemma;
     return 0;
 }
@@ -310,10 +319,6 @@ static int granite(const hf_config *c)
     return strcmp(c->architecture, "GraniteForCausalLM") == 0;
 }
 
-static int gemma3(const hf_config *c)
-{
-    return strcmp(c->architecture, "Gemma3ForCausalLM") == 0;
-}
 
 /* Granite's four multipliers, each 1 when absent (transformers' GraniteConfig defaults) */
 static int parse_multipliers(hf_config *c, json_t *root, const char *where, pesc_error *err)
@@ -514,32 +519,55 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
         pesc_fail(err, "%s: must be a JSON object", where);
         goto out;
     }
-    if (parse_architecture(c, root, where, err) ||
-        get_int(root, "vocab_size", 1, 0, &c->vocab_size, where, err) ||
-        get_int(root, "hidden_size", 1, 0, &c->hidden_size, where, err) ||
-        get_int(root, "intermediate_size", 1, 0, &c->intermediate_size, where, err) ||
-        get_int(root, "num_hidden_layers", 1, 0, &c->n_layers, where, err) ||
-        get_int(root, "num_attention_heads", 1, 0, &c->n_heads, where, err))
+    if (parse_architecture(c, root, where, err))
         goto out;
-    if (get_int(root, "num_key_value_heads", 0, c->n_heads, &c->n_kv_heads, where, err) ||
+    /* Gemma3ForConditionalGeneration: the text model's keys are text_config's, which leaves
+     * out those equal to Gemma3TextConfig's defaults (sizes included: gemma-3-4b's gives no
+     * heads); the PESC keys an export adds stay at the top */
+    json_t *keys = root;
+    char in_text[1200];
+    if (c->nested_text) {
+        keys = json_object_get(root, "text_config");
+        if (!json_is_object(keys)) {
+            pesc_fail(err, "%s: %s keeps its text model's keys in \"text_config\", which is "
+                      "missing", where, c->architecture);
+            goto out;
+        }
+        snprintf(in_text, sizeof in_text, "%s (text_config)", where);
+        where = in_text;
+    }
+    int gemma = gemma3(c);
+    if (parse_activation(c, keys, where, err) ||
+        get_int(keys, "vocab_size", !gemma, 262208, &c->vocab_size, where, err) ||
+        get_int(keys, "hidden_size", !gemma, 2304, &c->hidden_size, where, err) ||
+        get_int(keys, "intermediate_size", !gemma, 9216, &c->intermediate_size, where, err) ||
+        get_int(keys, "num_hidden_layers", !gemma, 26, &c->n_layers, where, err) ||
+        get_int(keys, "num_attention_heads", !gemma, 8, &c->n_heads, where, err))
+        goto out;
+    if (get_int(keys, "num_key_value_heads", 0, gemma ? 4 : c->n_heads, &c->n_kv_heads, where,
+                err) ||
         /* Gemma 3's head_dim is 256 unless given (transformers' Gemma3TextConfig) */
-        get_int(root, "head_dim", 0,
-                gemma3(c) ? 256 : c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
+        get_int(keys, "head_dim", 0,
+                gemma ? 256 : c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
                 where, err) ||
-        get_number(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, where, err) ||
+        get_number(keys, "rms_norm_eps", 1e-6, &c->rms_norm_eps, where, err) ||
         /* SmolLM3's own defaults (its config.json leaves out a tie_word_embeddings equal to
          * transformers' own default, true) */
-        get_number(root, "rope_theta", smollm3(c) ? 2e6 : gemma3(c) ? 1e6 : 10000.0,
+        get_number(keys, "rope_theta", smollm3(c) ? 2e6 : gemma ? 1e6 : 10000.0,
                    &c->rope_theta, where, err) ||
-        get_int(root, "max_position_embeddings", 0, 2048, &c->max_position_embeddings, where,
-                err) ||
-        get_bool(root, "tie_word_embeddings", smollm3(c) || gemma3(c), &c->tie_word_embeddings,
+        get_int(keys, "max_position_embeddings", 0, gemma ? 131072 : 2048,
+                &c->max_position_embeddings, where, err) ||
+        get_bool(keys, "tie_word_embeddings", smollm3(c) || gemma, &c->tie_word_embeddings,
                  where, err) ||
-        parse_rope_scaling(c, root, where, err) || parse_family(c, root, where, err) ||
+        parse_rope_scaling(c, keys, where, err) || parse_family(c, keys, where, err) ||
         check_shapes(c, where, err) || parse_crafting(c, root, where, err))
         goto out;
     json_t *bos = json_object_get(root, "bos_token_id");
     json_t *eos = json_object_get(root, "eos_token_id");
+    if (!bos)
+        bos = json_object_get(keys, "bos_token_id");
+    if (!eos)
+        eos = json_object_get(keys, "eos_token_id");
     c->bos_token_id = json_is_integer(bos) ? (int)json_integer_value(bos) : -1;
     /* eos may be a list (llama 3.1); the first is the one a template appends. */
     if (json_is_array(eos))

@@ -1,7 +1,7 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM
- * (Llama's with RoPE left out of some layers), GraniteForCausalLM, Gemma3ForCausalLM, and the
- * PESC keys
+ * (Llama's with RoPE left out of some layers), GraniteForCausalLM, Gemma3ForCausalLM (and the
+ * text model of Gemma3ForConditionalGeneration, from its text_config), and the PESC keys
  * of an exported (crafted) model (num_experts, topk, adapter_dim, moe_scaling, as Camelidae
  * writes them). Anything else is refused with a message that lists what is supported. Also
  * derives RoPE's inverse frequencies (default, linear, llama3, longrope).
@@ -68,6 +68,10 @@ typedef struct hf_config {
      * sqrt(hidden_size), its attention_multiplier query_pre_attn_scalar^-1/2. */
     float norm_offset;
     int sandwich_norms;
+    /* Gemma3ForConditionalGeneration: the text model alone, its keys in text_config, its
+     * weights under language_model.model. (or model.language_model.), the vision tower's
+     * left alone */
+    int nested_text;
     int gelu_ffn;
     double rope_local_theta;     /* 0: one RoPE for every layer */
     unsigned char global[HF_MAX_LAYERS];

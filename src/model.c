@@ -224,6 +224,55 @@ const st_tensor *model_find_in_file(const void *file, const char *name, const ch
     return st_find(f, name);
 }
 
+void model_file_name(const model *m, const char *name, char *out, size_t len)
+{
+    const char *p = m->text_prefix;
+    if (!*p)
+        snprintf(out, len, "%s", name);
+    else if (strncmp(name, "model.", 6) == 0)
+        snprintf(out, len, "%s%s", p, name + 6);
+    else   /* the head, were it untied: beside the model's tensors */
+        snprintf(out, len, "%s%s", strncmp(p, "language_model.", 15) == 0 ? "language_model." : "",
+                 name);
+}
+
+/* Gemma scales its embeddings by sqrt(hidden_size) made in the weights' dtype, as it was
+ * trained and as transformers runs it (Gemma3TextScaledWordEmbedding): a BF16 or F16 table's
+ * factor is that float rounded to 8 or 11 significant bits (gemma-3-4b's sqrt(2560) = 50.596
+ * is 50.5 in bf16). */
+static void gemma_embedding_scale(model *m, const st_set *set)
+{
+    char name[160];
+    model_file_name(m, "model.embed_tokens.weight", name, sizeof name);
+    const st_tensor *t = m->config.sandwich_norms ? st_set_find(set, name, NULL) : NULL;
+    int bits = !t ? 0 : t->dtype == ST_BF16 ? 8 : t->dtype == ST_F16 ? 11 : 0;
+    if (bits) {
+        int e;
+        double f = frexp((double)(float)m->config.embedding_multiplier, &e);   /* [0.5, 1) */
+        m->config.embedding_multiplier = ldexp(nearbyint(ldexp(f, bits)), e - bits);
+    }
+}
+
+/* Gemma3ForConditionalGeneration: where its files keep the text model (model.text_prefix) */
+static int find_text_prefix(model *m, const st_set *set, pesc_error *err)
+{
+    static const char *const prefixes[] = {"language_model.model.", "model.language_model."};
+    if (!m->config.nested_text)
+        return 0;
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+        char probe[96];
+        snprintf(probe, sizeof probe, "%sembed_tokens.weight", prefixes[i]);
+        if (st_set_find(set, probe, NULL)) {
+            snprintf(m->text_prefix, sizeof m->text_prefix, "%s", prefixes[i]);
+            return 0;
+        }
+    }
+    return pesc_fail(err, "%s: %s's text model is not there: no "
+                     "language_model.model.embed_tokens.weight (the hub's layout) nor "
+                     "model.language_model.embed_tokens.weight (transformers' since 4.52)",
+                     set->dir, m->config.architecture);
+}
+
 int model_fused_part(const hf_config *c, const char *name, char *joined, size_t len,
                      int64_t *first, int64_t *rows)
 {
@@ -256,6 +305,7 @@ int model_fused_part(const hf_config *c, const char *name, char *joined, size_t 
 
 /* The base's files, with Phi-3's joined tensors seen as their parts (row ranges of them). */
 typedef struct base_source {
+    const model *m;
     const st_set *set;
     st_tensor *parts;            /* named as the model's tensors */
     const char **part_files;
@@ -270,7 +320,9 @@ static const st_tensor *find_base(const void *source, const char *name, const ch
             *file = b->part_files[i];
             return &b->parts[i];
         }
-    return model_find_in_set(b->set, name, file);
+    char in_file[160];
+    model_file_name(b->m, name, in_file, sizeof in_file);
+    return model_find_in_set(b->set, in_file, file);
 }
 
 /* The parts of every joined tensor the model's list names, or an error naming a joined
@@ -313,13 +365,16 @@ static int load_weights(model *m, const st_set *set, pesc_error *err)
 {
     param_list list = {0};
     size_t largest;
-    base_source base = {.set = set};
+    base_source base = {.m = m, .set = set};
     int rc = layout_weights(m, &list, &largest, err);
     if (rc == 0)
         rc = split_joined(m, &list, &base, err);
+    char missing[160];
+    snprintf(missing, sizeof missing, "the checkpoint does not match its config.json%s%s%s",
+             m->text_prefix[0] ? "; its text model's tensors are read as " : "", m->text_prefix,
+             m->text_prefix[0] ? "*" : "");
     if (rc == 0)
-        rc = model_upload_named(m, list.items, list.n, find_base, &base, set->dir,
-                                "the checkpoint does not match its config.json",
+        rc = model_upload_named(m, list.items, list.n, find_base, &base, set->dir, missing,
                                 "config.json implies", err);
     free(base.parts);
     free(base.part_files);
@@ -369,7 +424,11 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
     st_set set = {0};
     int rc = st_set_open(&set, dir, err);
     if (rc == 0)
+        rc = find_text_prefix(m, &set, err);
+    if (rc == 0)
         rc = load_weights(m, &set, err);
+    if (rc == 0)
+        gemma_embedding_scale(m, &set);
     if (rc == 0)
         rc = upload_inv_freq(m, err);
     if (rc == 0 && m->config.num_experts > 0)

@@ -158,6 +158,10 @@ typedef struct model {
     float *inv_freq;             /* (D/2) */
     float *inv_freq_long;        /* (D/2) longrope's past the original context, else NULL */
     float *inv_freq_local;       /* (D/2) Gemma's sliding layers' (rope_local_theta), else NULL */
+    /* where the base files keep the tensors named model.*: "" (there), or for
+     * Gemma3ForConditionalGeneration's text model language_model.model. (the hub's files) or
+     * model.language_model. (transformers' since 4.52); model_file_name */
+    char text_prefix[32];
     model_layer *layers;         /* (n_layers) */
     model_tensor *base_tensors;  /* named views of every base weight, checkpoint order */
     int n_base_tensors;
@@ -204,6 +208,8 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err);
 /* Phi-3's files join q, k, v as qkv_proj and gate, up as gate_up_proj (c->fused_proj): for a
  * base tensor name of a part, the joined tensor's number of parts (3, 2), its name, its rows
  * and the part's first row in it; 0 for any other name or model. */
+/* The name base tensor NAME has in the model's files (model.text_prefix) */
+void model_file_name(const model *m, const char *name, char *out, size_t len);
 int model_fused_part(const hf_config *c, const char *name, char *joined, size_t len,
                      int64_t *first, int64_t *rows);
 void model_free(model *m);

@@ -275,6 +275,15 @@ expect 0 "window        6; none in layers 2$" "inspect a Gemma 3 model: its glob
   "$pesc" inspect "$data/gemma3-f32"
 expect 0 "rope local    theta 10000, unscaled, in the sliding layers" \
   "inspect a Gemma 3 model: its sliding layers' RoPE" -- "$pesc" inspect "$data/gemma3-f32"
+expect 0 "Gemma3ForConditionalGeneration (its text model; the vision tower is not read)" \
+  "inspect a multimodal Gemma 3" -- "$pesc" inspect "$data/gemma3-mm-bf16"
+# a multimodal config over a text model's files: the layouts looked for are named
+mkdir -p "$tmp/mm-text"
+cp "$data/gemma3-mm-f32/config.json" "$tmp/mm-text/"
+cp "$data/gemma3-f32/model.safetensors" "$tmp/mm-text/"
+expect 1 "mm-text: Gemma3ForConditionalGeneration's text model is not there: no language_model.model.embed_tokens.weight" \
+  "a multimodal Gemma 3 config over a text model's files" -- \
+  "$pesc" eval --model "$tmp/mm-text" --data "$data/gemma3-f32/records.jsonl"
 mkdir -p "$tmp/cfgdir/config.json"
 expect 1 "cfgdir/config.json is a directory, not a file" "a directory where a file belongs" -- \
   "$pesc" inspect "$tmp/cfgdir"

@@ -229,6 +229,25 @@ for mode in pesc full; do
     fail "Gemma 3 $mode: export '$out', run '$kept', base '$base'"
   fi
 done
+# Gemma3ForConditionalGeneration (the hub's layout, BF16): its text model exported alone, as
+# Gemma3ForCausalLM, the untouched weights still BF16 (their embedding scale rounded so again)
+mm="$top_srcdir/tests/reference/data/gemma3-mm-bf16"
+"$pesc" train --headless --model "$mm" --data "$mm/records.jsonl" --seq 24 --batch 4 --experts 4 \
+  --adapter-dim 8 --lr 1e-2 --backend cpu --steps 3 --save "$tmp/ckmm" >/dev/null 2>"$tmp/err" ||
+  fail "Gemma 3 multimodal training: $(cat "$tmp/err")"
+"$pesc" export "$tmp/ckmm" -o "$tmp/outmm" >/dev/null 2>"$tmp/err" ||
+  fail "Gemma 3 multimodal export: $(cat "$tmp/err")"
+kept=$("$pesc" eval --model "$mm" --adapters "$tmp/ckmm" --data "$mm/records.jsonl" --json |
+  sed -n 's/.*"loss": \([^,]*\),.*/\1/p')
+out=$("$pesc" eval --model "$tmp/outmm" --data "$mm/records.jsonl" --json | sed -n 's/.*"loss": \([^,]*\),.*/\1/p')
+if [ -n "$out" ] && close "$out" "$kept" 1e-6 && grep -q '"Gemma3ForCausalLM"' "$tmp/outmm/config.json" &&
+   ! grep -q vision_config "$tmp/outmm/config.json" &&
+   "$pesc" inspect "$tmp/outmm" | grep -q "dtypes         F32 x18 BF16 x28$" &&
+   ! "$pesc" inspect "$tmp/outmm/model.safetensors" | grep -q "vision_tower\|language_model"; then
+  pass "Gemma 3 multimodal: exported as its text model, loss $out is the run's $kept"
+else
+  fail "Gemma 3 multimodal export: loss '$out', the run's '$kept': $("$pesc" inspect "$tmp/outmm" 2>&1 | grep -E 'architecture|dtypes')"
+fi
 
 # ---- bad inputs: one line, the CLI contract's exit codes --------------------------------------
 expect 2 "CHECKPOINT is required" "export without a checkpoint" -- "$pesc" export -o "$tmp/x"

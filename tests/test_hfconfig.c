@@ -224,8 +224,27 @@ static void test_gemma3(void)
         rc = hfconfig_parse(&c, text, "x", &err);
         CHECK(rc != 0 && strstr(err.msg, bad[i].message), "gemma3 %s: %s", bad[i].keys, err.msg);
     }
+    /* gemma-3-4b-it's config.json: the text model's keys in text_config, the rest left to
+     * Gemma3TextConfig's defaults (8 heads on 4, head_dim 256, 262208 tokens, tied); the
+     * export's PESC keys and EOS at the top */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Gemma3ForConditionalGeneration\"], "
+                        "\"model_type\": \"gemma3\", \"eos_token_id\": [1, 106], "
+                        "\"text_config\": {\"hidden_size\": 2560, \"intermediate_size\": 10240, "
+                        "\"model_type\": \"gemma3_text\", \"num_hidden_layers\": 34, "
+                        "\"rope_scaling\": {\"factor\": 8.0, \"rope_type\": \"linear\"}, "
+                        "\"sliding_window\": 1024}, \"vision_config\": {\"hidden_size\": 1152}, "
+                        "\"num_experts\": 8, \"topk\": 2, \"adapter_dim\": 512}", "x", &err);
+    CHECK(rc == 0 && c.nested_text && c.vocab_size == 262208 && c.hidden_size == 2560 &&
+          c.n_layers == 34 && c.n_heads == 8 && c.n_kv_heads == 4 && c.head_dim == 256 &&
+          c.tie_word_embeddings && c.gelu_ffn && c.sandwich_norms && c.rope_type == HF_ROPE_LINEAR &&
+          hfconfig_layer_window(&c, 4) == 1024 && hfconfig_layer_window(&c, 5) == 0 &&
+          c.eos_token_id == 1 && c.num_experts == 8 && c.max_position_embeddings == 131072,
+          "gemma3 4b: %s", err.msg);
     expect_error("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], " BASE "}",
-                 "Gemma3ForConditionalGeneration (Gemma 3 with its vision tower) is not supported");
+                 "Gemma3ForConditionalGeneration keeps its text model's keys in \"text_config\"");
+    expect_error("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": "
+                 "{\"final_logit_softcapping\": 30.0}}",
+                 "cfg.json (text_config): \"final_logit_softcapping\" is not supported");
 }
 
 static void test_smollm3(void)

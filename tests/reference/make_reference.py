@@ -16,7 +16,9 @@ The forward pass is written out by hand in torch, following transformers'
 LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM /
 SmolLM3ForCausalLM / GraniteForCausalLM / Gemma3ForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
 file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them;
-Gemma 3's layers are sandwiched between norms whose stored weights are offsets from 1).
+Gemma 3's layers are sandwiched between norms whose stored weights are offsets from 1;
+Gemma3ForConditionalGeneration's files hold that text model under other names, its config in
+text_config, beside a vision tower and a projector that are not computed).
 Everything is computed in float64 from the weights *as stored* (bf16/f16 values
 rounded first, then upcast), so expected.json holds the exact answers that a
 lower-precision implementation approximates.  The output is deterministic:
@@ -130,6 +132,65 @@ def gemma3_config(**keys):
         "transformers_version": "4.55.0",
         "use_bidirectional_attention": False,
         "use_cache": True,
+        "vocab_size": 64,
+    }
+    config.update(keys)
+    return config
+
+
+def gemma3_mm_config(text_config, **keys):
+    """A Gemma3ForConditionalGeneration config.json (model_type gemma3): the keys of the multimodal
+    Gemma 3 releases (gemma-3-4b/12b/27b), the text model's keys nested in text_config and a tiny
+    SigLIP vision_config.  Like the released files, text_config leaves out the keys equal to
+    Gemma3TextConfig's defaults (hidden_activation gelu_pytorch_tanh, null softcappings,
+    attention_bias false, tie_word_embeddings true); unlike them it gives every size, since those
+    defaults are gemma-3-4b's.  Only the text model is computed; the vision tower and the projector
+    are in the file only to be ignored."""
+    config = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "boi_token_index": 255999,
+        "eoi_token_index": 256000,
+        "eos_token_id": [1, 106],
+        "image_token_index": 262144,
+        "initializer_range": 0.02,
+        "mm_tokens_per_image": 256,
+        "model_type": "gemma3",
+        "text_config": text_config,
+        "vision_config": {
+            "hidden_size": 16,
+            "image_size": 32,
+            "intermediate_size": 32,
+            "model_type": "siglip_vision_model",
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "patch_size": 16,
+            "vision_use_head": False,
+        },
+    }
+    config.update(keys)
+    return config
+
+
+def gemma3_mm_text_config(**keys):
+    """text_config of a tiny Gemma3ForConditionalGeneration: gemma3_text with every size given,
+    GQA (2 heads, 1 kv head), query_pre_attn_scalar 20 (not head_dim 16), window 5, linear RoPE
+    scaling 2 on the global layers, and the given layer kinds (sliding_window_pattern or
+    layer_types)."""
+    config = {
+        "head_dim": 16,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "max_position_embeddings": 256,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 1,
+        "query_pre_attn_scalar": 20,
+        "rms_norm_eps": 1e-06,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": {"factor": 2.0, "rope_type": "linear"},
+        "rope_theta": 1000000.0,
+        "sliding_window": 5,
         "vocab_size": 64,
     }
     config.update(keys)
@@ -401,6 +462,22 @@ MODELS = [
                             num_key_value_heads=2, query_pre_attn_scalar=24,
                             rope_scaling={"factor": 4.0, "rope_type": "linear"}, sliding_window=6,
                             torch_dtype="float32")),
+    # The same text model inside Gemma3ForConditionalGeneration, as the hub's multimodal files
+    # (transformers 4.50) store it: BF16, text_config with sliding_window_pattern 2 (layer 0
+    # slides, layer 1 is global), tensors language_model.model.*, no lm_head (tied), and three
+    # vision / projector tensors to ignore; the file's tensors sorted by name as safetensors saves
+    {"name": "gemma3-mm-bf16", "seed": 1012, "dtype": torch.bfloat16, "shards": 1,
+     "mm_layout": "4.50",
+     "config": gemma3_mm_config(gemma3_mm_text_config(sliding_window_pattern=2),
+                                torch_dtype="bfloat16", transformers_version="4.50.0.dev0")},
+    # Again as transformers >= 4.52 writes it: F32, text_config with layer_types, tensors
+    # model.language_model.*, the vision tower and the projector under model. (first in the file,
+    # in the model's state_dict order)
+    {"name": "gemma3-mm-f32", "seed": 1013, "dtype": torch.float32, "shards": 1,
+     "mm_layout": "4.52",
+     "config": gemma3_mm_config(
+         gemma3_mm_text_config(layer_types=["sliding_attention", "full_attention"]),
+         torch_dtype="float32", transformers_version="4.55.0")},
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -417,6 +494,8 @@ RECORD_LENGTHS = {
     "smollm3-nope-f32": [15, 1, 19, 6],
     "granite-mult-f32": [11, 1, 20, 5],
     "gemma3-f32": [13, 1, 20, 6, 17],
+    "gemma3-mm-bf16": [1, 18, 7, 12],
+    "gemma3-mm-f32": [9, 1, 19, 4],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -430,11 +509,27 @@ LABELED_INDEX = {
     "smollm3-nope-f32": 2,
     "granite-mult-f32": 2,
     "gemma3-f32": 4,
+    "gemma3-mm-bf16": 1,
+    "gemma3-mm-f32": 2,
 }
 
 # --------------------------------------------------------------------------
 # Config interpretation (as in transformers)
 # --------------------------------------------------------------------------
+
+
+def text_config_of(cfg):
+    """The language model's config: cfg itself, or Gemma3ForConditionalGeneration's text_config
+    with the top level's torch_dtype (the dtype its weights are stored in, which rounds Gemma's
+    embedding scale: multipliers_of)."""
+    text = cfg.get("text_config")
+    if text is None:
+        return cfg
+    assert cfg["architectures"] == ["Gemma3ForConditionalGeneration"] and cfg["model_type"] == "gemma3"
+    assert text["model_type"] == "gemma3_text"
+    text = dict(text)
+    text.setdefault("torch_dtype", cfg.get("torch_dtype", "float32"))
+    return text
 
 
 def head_dim_of(cfg):
@@ -668,7 +763,7 @@ def longrope_context(cfg):
 
 def make_weights(spec):
     """Random weights in HF naming, rounded to the storage dtype. Returns ordered list of (name, tensor)."""
-    cfg = spec["config"]
+    cfg = text_config_of(spec["config"])
     g = torch.Generator().manual_seed(spec["seed"])
     H = cfg["hidden_size"]
     I = cfg["intermediate_size"]
@@ -766,6 +861,61 @@ def split_phi3(cfg, W):
         else:
             out[name] = t
     return out
+
+
+# Gemma3ForConditionalGeneration's names: the text model's prefix (for model.*), and the vision
+# tower's and the projector's tensors in the file, which the text model does not read
+MM_LAYOUTS = {
+    # transformers 4.50 (the hub's files): language_model.model.*, vision_tower.*,
+    # multi_modal_projector.*
+    "4.50": {
+        "text": "language_model.model.",
+        "extra": lambda vc, H: [
+            ("vision_tower.vision_model.embeddings.patch_embedding.weight",
+             (vc["hidden_size"], 3, vc["patch_size"], vc["patch_size"])),
+            ("vision_tower.vision_model.post_layernorm.weight", (vc["hidden_size"],)),
+            ("multi_modal_projector.mm_input_projection_weight", (vc["hidden_size"], H)),
+        ],
+        "sorted": True,
+    },
+    # transformers >= 4.52: everything under model. (model.language_model.*, no .model. inside)
+    "4.52": {
+        "text": "model.language_model.",
+        "extra": lambda vc, H: [
+            ("model.vision_tower.vision_model.post_layernorm.weight", (vc["hidden_size"],)),
+            ("model.multi_modal_projector.mm_input_projection_weight", (vc["hidden_size"], H)),
+        ],
+        "sorted": False,
+    },
+}
+
+
+def mm_file_weights(spec, weights):
+    """The file's tensors of a Gemma3ForConditionalGeneration model: the text model's (model.X
+    renamed to the layout's prefix + X; no lm_head, Gemma 3 being tied) and small random vision
+    and projector tensors, drawn from their own generator so the text weights stay those of the
+    seed.  4.50's sorted by name (as safetensors saves them), 4.52's in the model's order: the
+    vision tower, the projector, then the language model."""
+    layout = MM_LAYOUTS[spec["mm_layout"]]
+    cfg = spec["config"]
+    g = torch.Generator().manual_seed(spec["seed"] + 7000)
+    extra = [(name, (torch.randn(*shape, generator=g, dtype=torch.float32) * 0.2).to(spec["dtype"]))
+             for name, shape in layout["extra"](cfg["vision_config"], text_config_of(cfg)["hidden_size"])]
+    text = []
+    for name, t in weights:
+        assert name.startswith("model."), ("a tied Gemma 3 has no lm_head", name)
+        text.append((layout["text"] + name[len("model."):], t))
+    out = extra + text
+    if layout["sorted"]:
+        out.sort(key=lambda nt: nt[0])
+    return out
+
+
+def mm_text_weights(spec, W):
+    """The text model's tensors of a Gemma3ForConditionalGeneration file, named model.X again
+    (the vision and projector tensors left out)."""
+    prefix = MM_LAYOUTS[spec["mm_layout"]]["text"]
+    return {"model." + n[len(prefix):]: t for n, t in W.items() if n.startswith(prefix)}
 
 
 # --------------------------------------------------------------------------
@@ -952,7 +1102,7 @@ def record_nll(logits, labels):
 
 def make_records(spec):
     name = spec["name"]
-    V = spec["config"]["vocab_size"]
+    V = text_config_of(spec["config"])["vocab_size"]
     g = torch.Generator().manual_seed(spec["seed"] + 5000)
     recs = []
     for j, T in enumerate(RECORD_LENGTHS[name]):
@@ -987,6 +1137,8 @@ def build(spec):
     weights = make_weights(spec)
     if cfg["model_type"] == "phi3":
         weights = join_phi3(weights)
+    if spec.get("mm_layout"):
+        weights = mm_file_weights(spec, weights)
     with open(os.path.join(outdir, "config.json"), "w") as f:
         f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     write_checkpoint(outdir, spec, weights)
@@ -1000,6 +1152,9 @@ def build(spec):
     W32 = {n: t.to(torch.float32) for n, t in weights}
     if cfg["model_type"] == "phi3":
         W64, W32 = split_phi3(cfg, W64), split_phi3(cfg, W32)
+    if spec.get("mm_layout"):
+        W64, W32 = mm_text_weights(spec, W64), mm_text_weights(spec, W32)
+    cfg = text_config_of(cfg)  # the model computed: Gemma3ForConditionalGeneration's text model
 
     out_recs = []
     tot_nll, tot_n = 0.0, 0
