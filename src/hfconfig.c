@@ -228,33 +228,53 @@ int hfconfig_layer_local_rope(const hf_config *c, int layer)
     return c->rope_local_theta > 0 && layer >= 0 && layer < HF_MAX_LAYERS && !c->global[layer];
 }
 
-/* SmolLM3's NoPE layers: no_rope_layers, at least a flag a layer, 1 where RoPE applies and 0
- * where not; absent, every no_rope_layer_interval-th layer (the 4th, 8th, ...) goes without. */
-static int parse_nope(hf_config *c, json_t *root, const char *where, pesc_error *err)
+/* A flag for each layer: from the list LIST_KEY (item_flag makes an item 0 or 1, -1 for one
+ * that is not what `items` says), or without it every EVERY_KEY-th layer's (the every-th,
+ * 2 every-th, ...; every_default where that is absent too). */
+static int parse_layer_flags(hf_config *c, json_t *root, const char *list_key,
+                             const char *every_key, int every_default, int (*item_flag)(json_t *),
+                             const char *items, unsigned char *flags, const char *where,
+                             pesc_error *err)
 {
-    json_t *list = json_object_get(root, "no_rope_layers"), *v;
+    json_t *list = json_object_get(root, list_key), *v;
     if (!list || json_is_null(list)) {
-        int every = 4;
-        if (get_int(root, "no_rope_layer_interval", 0, 4, &every, where, err))
+        int every = every_default;
+        if (get_int(root, every_key, 0, every_default, &every, where, err))
             return -1;
         if (every < 1)
-            return pesc_fail(err, "%s: \"no_rope_layer_interval\" must be at least 1", where);
+            return pesc_fail(err, "%s: \"%s\" must be at least 1", where, every_key);
         for (int l = 0; l < c->n_layers; l++)
-            c->nope[l] = (l + 1) % every == 0;
+            flags[l] = (l + 1) % every == 0;
         return 0;
     }
     if (!json_is_array(list) || json_array_size(list) < (size_t)c->n_layers)
-        return pesc_fail(err, "%s: \"no_rope_layers\" must be a list of a 1 or 0 for each of the "
-                         "%d layers (1: RoPE, 0: none)", where, c->n_layers);
+        return pesc_fail(err, "%s: \"%s\" must be a list of %s for each of the %d layers", where,
+                         list_key, items, c->n_layers);
     size_t i;
     json_array_foreach(list, i, v) {
-        if (!json_is_integer(v) || (json_integer_value(v) != 0 && json_integer_value(v) != 1))
-            return pesc_fail(err, "%s: no_rope_layers[%zu] must be 1 (RoPE) or 0 (none)", where,
-                             i);
+        int flag = item_flag(v);
+        if (flag < 0)
+            return pesc_fail(err, "%s: %s[%zu] must be %s", where, list_key, i, items);
         if (i < (size_t)c->n_layers)
-            c->nope[i] = json_integer_value(v) == 0;
+            flags[i] = (unsigned char)flag;
     }
     return 0;
+}
+
+/* SmolLM3's no_rope_layers: 1 where RoPE applies, 0 (a NoPE layer) where not */
+static int nope_flag(json_t *v)
+{
+    if (!json_is_integer(v) || (json_integer_value(v) != 0 && json_integer_value(v) != 1))
+        return -1;
+    return json_integer_value(v) == 0;
+}
+
+/* SmolLM3's NoPE layers: no_rope_layers, or every no_rope_layer_interval-th (the 4th, 8th...)
+ * goes without. */
+static int parse_nope(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    return parse_layer_flags(c, root, "no_rope_layers", "no_rope_layer_interval", 4, nope_flag,
+                             "a 1 (RoPE) or 0 (none)", c->nope, where, err);
 }
 
 static int parse_rope_scaling(hf_config *c, json_t *root, const char *where, pesc_error *err)
@@ -339,38 +359,25 @@ static int parse_multipliers(hf_config *c, json_t *root, const char *where, pesc
     return 0;
 }
 
-/* Gemma 3's global layers: layer_types ("sliding_attention" or "full_attention" a layer), or
- * in older files every sliding_window_pattern-th layer (the 6th, 12th, ...). */
+/* Gemma 3's layer_types: "full_attention" (global) or "sliding_attention" */
+static int global_flag(json_t *v)
+{
+    const char *type = json_string_value(v);
+    return type && strcmp(type, "full_attention") == 0      ? 1
+           : type && strcmp(type, "sliding_attention") == 0 ? 0
+                                                            : -1;
+}
+
+/* Gemma 3's global layers: layer_types, or in older files every sliding_window_pattern-th
+ * layer (the 6th, 12th, ...; transformers since 4.53 writes it with a leading underscore,
+ * beside layer_types). */
 static int parse_layer_types(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
-    json_t *list = json_object_get(root, "layer_types"), *v;
-    if (!list || json_is_null(list)) {
-        /* (transformers since 4.53 writes it with a leading underscore, beside layer_types) */
-        const char *key = json_object_get(root, "sliding_window_pattern")
-                              ? "sliding_window_pattern" : "_sliding_window_pattern";
-        int every = 6;
-        if (get_int(root, key, 0, 6, &every, where, err))
-            return -1;
-        if (every < 1)
-            return pesc_fail(err, "%s: \"%s\" must be at least 1", where, key);
-        for (int l = 0; l < c->n_layers; l++)
-            c->global[l] = (l + 1) % every == 0;
-        return 0;
-    }
-    if (!json_is_array(list) || json_array_size(list) < (size_t)c->n_layers)
-        return pesc_fail(err, "%s: \"layer_types\" must name each of the %d layers "
-                         "\"sliding_attention\" or \"full_attention\"", where, c->n_layers);
-    size_t i;
-    json_array_foreach(list, i, v) {
-        const char *type = json_string_value(v);
-        int full = type && strcmp(type, "full_attention") == 0;
-        if (!full && !(type && strcmp(type, "sliding_attention") == 0))
-            return pesc_fail(err, "%s: layer_types[%zu] must be \"sliding_attention\" or "
-                             "\"full_attention\"", where, i);
-        if (i < (size_t)c->n_layers)
-            c->global[i] = (unsigned char)full;
-    }
-    return 0;
+    const char *every = json_object_get(root, "sliding_window_pattern")
+                            ? "sliding_window_pattern" : "_sliding_window_pattern";
+    return parse_layer_flags(c, root, "layer_types", every, 6, global_flag,
+                             "\"sliding_attention\" or \"full_attention\"", c->global, where,
+                             err);
 }
 
 /* Gemma 3's text model: (1 + w) norms, four of them a layer, QK-norm, GELU's tanh in the FFN,

@@ -19,6 +19,24 @@ static void expect_error(const char *json, const char *needle)
           "message \"%s\" should name cfg.json and contain \"%s\"", err.msg, needle);
 }
 
+/* Keys that, after a config's text up to its closing brace (PREFIX), are refused with their
+ * message */
+typedef struct refusal {
+    const char *keys, *message;
+} refusal;
+
+static void expect_refusals(const char *tag, const char *prefix, const refusal *bad, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char text[1024];
+        hf_config c;
+        pesc_error err = {{0}};
+        snprintf(text, sizeof text, "%s%s", prefix, bad[i].keys);
+        int rc = hfconfig_parse(&c, text, "x", &err);
+        CHECK(rc != 0 && strstr(err.msg, bad[i].message), "%s %s: %s", tag, bad[i].keys, err.msg);
+    }
+}
+
 static void test_defaults(void)
 {
     hf_config c;
@@ -130,21 +148,14 @@ static void test_granite(void)
                         ", \"embedding_multiplier\": 12.0, \"logits_scaling\": 8.0}", "x", &err);
     CHECK(rc == 0 && hfconfig_embedding_scale(&c) == 1.0 && hfconfig_query_scale(&c) == 1.0 &&
           hfconfig_logit_scale(&c) == 1.0, "llama ignores granite's keys: %s", err.msg);
-    static const struct {
-        const char *keys, *message;
-    } bad[] = {
+    static const refusal bad[] = {
         {", \"residual_multiplier\": 0}", "\"residual_multiplier\" must be a positive number"},
         {", \"logits_scaling\": -8}", "\"logits_scaling\" must be a positive number"},
         {", \"attention_multiplier\": \"0.1\"}", "\"attention_multiplier\" must be a number"},
         {", \"mlp_bias\": true}", "mlp_bias=true is not supported"},
         {", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor is not supported for Granite"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        char text[512];
-        snprintf(text, sizeof text, GRANITE "%s", bad[i].keys);
-        rc = hfconfig_parse(&c, text, "x", &err);
-        CHECK(rc != 0 && strstr(err.msg, bad[i].message), "granite %s: %s", bad[i].keys, err.msg);
-    }
+    expect_refusals("granite", GRANITE, bad, sizeof bad / sizeof *bad);
 }
 
 /* Gemma 3's text model, as gemma-3-1b's config.json (from 26 layers to 8) */
@@ -204,26 +215,20 @@ static void test_gemma3(void)
     CHECK(rc == 0 && hfconfig_layer_window(&c, 1) == 0 && hfconfig_layer_window(&c, 2) == 512 &&
           local[1] == (float)(1.0 / pow(10000.0, 2.0 / 256)) &&
           global[1] == (float)(1.0 / pow(1e6, 2.0 / 256) / 8.0), "gemma3 scaled: %s", err.msg);
-    static const struct {
-        const char *keys, *message;
-    } bad[] = {
+    static const refusal bad[] = {
         {", \"final_logit_softcapping\": 30.0}", "\"final_logit_softcapping\" is not supported"},
         {", \"attn_logit_softcapping\": 50.0}", "\"attn_logit_softcapping\" is not supported"},
         {", \"hidden_activation\": \"gelu\"}", "hidden_activation \"gelu\" is not supported"},
         {", \"attention_bias\": true}", "attention_bias=true is not supported for Gemma 3"},
         {", \"use_bidirectional_attention\": true}", "use_bidirectional_attention=true"},
-        {", \"layer_types\": [\"full_attention\"]}", "\"layer_types\" must name each of the 8"},
+        {", \"layer_types\": [\"full_attention\"]}",
+         "\"layer_types\" must be a list of \"sliding_attention\" or \"full_attention\" for each of the 8 layers"},
         {", \"layer_types\": [1, 2, 3, 4, 5, 6, 7, 8]}", "layer_types[0] must be"},
         {", \"sliding_window_pattern\": 0}", "\"sliding_window_pattern\" must be at least 1"},
         {", \"query_pre_attn_scalar\": 0}", "query_pre_attn_scalar and rope_local_base_freq"},
         {", \"partial_rotary_factor\": 0.5}", "partial_rotary_factor is not supported for Gemma"},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        char text[1024];
-        snprintf(text, sizeof text, GEMMA3_SIZES "%s", bad[i].keys);
-        rc = hfconfig_parse(&c, text, "x", &err);
-        CHECK(rc != 0 && strstr(err.msg, bad[i].message), "gemma3 %s: %s", bad[i].keys, err.msg);
-    }
+    expect_refusals("gemma3", GEMMA3_SIZES, bad, sizeof bad / sizeof *bad);
     /* gemma-3-4b-it's config.json: the text model's keys in text_config, the rest left to
      * Gemma3TextConfig's defaults (8 heads on 4, head_dim 256, 262208 tokens, tied); the
      * export's PESC keys and EOS at the top */
@@ -281,9 +286,9 @@ static void test_smollm3(void)
     CHECK(rc == 0 && hfconfig_layer_rope(&c, 0) && hfconfig_layer_rope(&c, 1) &&
           !c.tie_word_embeddings && c.rope_theta == 10000.0, "llama ignores no_rope_layers");
     expect_error(SMOL ", \"no_rope_layers\": [1, 1, 1, 0]}",
-                 "\"no_rope_layers\" must be a list of a 1 or 0 for each of the 8 layers");
+                 "\"no_rope_layers\" must be a list of a 1 (RoPE) or 0 (none) for each of the 8 layers");
     expect_error(SMOL ", \"no_rope_layers\": [1, 1, 1, 2, 1, 1, 1, 0]}",
-                 "no_rope_layers[3] must be 1 (RoPE) or 0 (none)");
+                 "no_rope_layers[3] must be a 1 (RoPE) or 0 (none)");
     expect_error(SMOL ", \"no_rope_layers\": \"1110\"}", "\"no_rope_layers\" must be a list");
     expect_error(SMOL ", \"no_rope_layer_interval\": 0}",
                  "\"no_rope_layer_interval\" must be at least 1");

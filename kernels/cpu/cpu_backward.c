@@ -218,14 +218,24 @@ static CPU_WIDE void swiglu_grad_span(float *dgate, float *dup, const float *dou
     }
 }
 
+/* A GLU's backward over n values, a span of CPU_SPAN at a time across the threads */
+typedef void glu_grad_span_fn(float *dgate, float *dup, const float *dout, const float *gate,
+                              const float *up, size_t n);
+
+static void glu_backward(glu_grad_span_fn *span, float *dgate, float *dup, const float *dout,
+                         const float *gate, const float *up, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t at = 0; at < n; at += CPU_SPAN)
+        span(dgate + at, dup + at, dout + at, gate + at, up + at,
+             n - at < CPU_SPAN ? n - at : CPU_SPAN);
+}
+
 void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
                          const float *gate, const float *up, size_t n)
 {
     (void)ctx;
-#pragma omp parallel for schedule(static)
-    for (size_t at = 0; at < n; at += CPU_SPAN)
-        swiglu_grad_span(dgate + at, dup + at, dout + at, gate + at, up + at,
-                         n - at < CPU_SPAN ? n - at : CPU_SPAN);
+    glu_backward(swiglu_grad_span, dgate, dup, dout, gate, up, n);
 }
 
 /* d/dg of g s, s = sigmoid(2u), u = sqrt(2/pi) (g + 0.044715 g^3): s + g s (1 - s) 2u' */
@@ -246,10 +256,7 @@ void cpu_geglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
                         const float *gate, const float *up, size_t n)
 {
     (void)ctx;
-#pragma omp parallel for schedule(static)
-    for (size_t at = 0; at < n; at += CPU_SPAN)
-        geglu_grad_span(dgate + at, dup + at, dout + at, gate + at, up + at,
-                        n - at < CPU_SPAN ? n - at : CPU_SPAN);
+    glu_backward(geglu_grad_span, dgate, dup, dout, gate, up, n);
 }
 
 /* out = softmax(row) * scale (out may be row); the log-sum-exp of row. */

@@ -312,12 +312,21 @@ static CPU_WIDE void swiglu_span(float *out, const float *gate, const float *up,
     }
 }
 
+/* A GLU over n values, a span of CPU_SPAN at a time across the threads */
+typedef void glu_span_fn(float *out, const float *gate, const float *up, size_t n);
+
+static void glu_forward(glu_span_fn *span, float *out, const float *gate, const float *up,
+                        size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t at = 0; at < n; at += CPU_SPAN)
+        span(out + at, gate + at, up + at, n - at < CPU_SPAN ? n - at : CPU_SPAN);
+}
+
 void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
 {
     (void)ctx;
-#pragma omp parallel for schedule(static)
-    for (size_t at = 0; at < n; at += CPU_SPAN)
-        swiglu_span(out + at, gate + at, up + at, n - at < CPU_SPAN ? n - at : CPU_SPAN);
+    glu_forward(swiglu_span, out, gate, up, n);
 }
 
 /* GELU's tanh approximation as g sigmoid(2u): 0.5 (1 + tanh u) = sigmoid(2u), with
@@ -334,9 +343,7 @@ static CPU_WIDE void geglu_span(float *out, const float *gate, const float *up, 
 void cpu_geglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n)
 {
     (void)ctx;
-#pragma omp parallel for schedule(static)
-    for (size_t at = 0; at < n; at += CPU_SPAN)
-        geglu_span(out + at, gate + at, up + at, n - at < CPU_SPAN ? n - at : CPU_SPAN);
+    glu_forward(geglu_span, out, gate, up, n);
 }
 
 void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n)

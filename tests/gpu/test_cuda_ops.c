@@ -622,20 +622,27 @@ static void test_elementwise(size_t n)
 {
     twin a = twin_random(n, 4.0), b = twin_random(n, 2.0), out = twin_random(n, 1.0);
     twin d = twin_random(n, 1.0), da = twin_random(n, 1.0), db = twin_random(n, 1.0);
-    swiglu_forward(cpu, F(out), F(a), F(b), n);
-    swiglu_forward(gpu, G(out), G(a), G(b), n);
-    compare("swiglu_forward", out, 1e-6);
-    swiglu_backward(cpu, F(da), F(db), F(d), F(a), F(b), n);
-    swiglu_backward(gpu, G(da), G(db), G(d), G(a), G(b), n);
-    compare("swiglu_backward dgate", da, 1e-6);
-    compare("swiglu_backward dup", db, 1e-6);
-    geglu_forward(cpu, F(out), F(a), F(b), n);
-    geglu_forward(gpu, G(out), G(a), G(b), n);
-    compare("geglu_forward", out, 1e-6);
-    geglu_backward(cpu, F(da), F(db), F(d), F(a), F(b), n);
-    geglu_backward(gpu, G(da), G(db), G(d), G(a), G(b), n);
-    compare("geglu_backward dgate", da, 1e-6);
-    compare("geglu_backward dup", db, 1e-6);
+    /* the GLUs: Llama's SiLU, Gemma's GELU (tanh) */
+    static const struct {
+        const char *name;
+        void (*forward)(pesc_backend *, float *, const float *, const float *, size_t);
+        void (*backward)(pesc_backend *, float *, float *, const float *, const float *,
+                         const float *, size_t);
+    } glus[] = {{"swiglu", swiglu_forward, swiglu_backward},
+                {"geglu", geglu_forward, geglu_backward}};
+    for (size_t i = 0; i < sizeof glus / sizeof *glus; i++) {
+        char what[64];
+        glus[i].forward(cpu, F(out), F(a), F(b), n);
+        glus[i].forward(gpu, G(out), G(a), G(b), n);
+        snprintf(what, sizeof what, "%s_forward", glus[i].name);
+        compare(what, out, 1e-6);
+        glus[i].backward(cpu, F(da), F(db), F(d), F(a), F(b), n);
+        glus[i].backward(gpu, G(da), G(db), G(d), G(a), G(b), n);
+        snprintf(what, sizeof what, "%s_backward dgate", glus[i].name);
+        compare(what, da, 1e-6);
+        snprintf(what, sizeof what, "%s_backward dup", glus[i].name);
+        compare(what, db, 1e-6);
+    }
     residual_forward(cpu, F(out), F(out), F(a), n);
     residual_forward(gpu, G(out), G(out), G(a), n);
     compare("residual_forward (aliased)", out, 1e-7);
