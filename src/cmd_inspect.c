@@ -91,7 +91,10 @@ static int inspect_model(const char *dir)
                 printf("%s%d", n++ ? ", " : "; none in layers ", l);
         printf("\n");
     }
-    if (c.sandwich_norms)   /* Gemma 3 */
+    if (c.no_pre_norms)   /* OLMo 2 */
+        printf("blocks        OLMo 2's: a norm after the attention and after the FFN, none "
+               "before; q and k normed whole\n");
+    else if (c.sandwich_norms)   /* Gemma 3 */
         printf("blocks        Gemma's: (1 + w) norms, after the attention and the FFN too; "
                "GELU (tanh) FFN; embeddings x %g; scores / sqrt(%g)\n", c.embedding_multiplier,
                1.0 / (c.attention_multiplier * c.attention_multiplier));

@@ -11,7 +11,7 @@
 #define SUPPORTED                                                                          \
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "           \
     "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma3ForCausalLM, "           \
-    "Gemma3ForConditionalGeneration"
+    "Gemma3ForConditionalGeneration, Olmo2ForCausalLM"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -339,6 +339,11 @@ static int granite(const hf_config *c)
     return strcmp(c->architecture, "GraniteForCausalLM") == 0;
 }
 
+static int olmo2(const hf_config *c)
+{
+    return strcmp(c->architecture, "Olmo2ForCausalLM") == 0;
+}
+
 
 /* Granite's four multipliers, each 1 when absent (transformers' GraniteConfig defaults) */
 static int parse_multipliers(hf_config *c, json_t *root, const char *where, pesc_error *err)
@@ -437,7 +442,8 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
         if (use_window)
             return pesc_fail(err, "%s: use_sliding_window=true is not supported for %s", where,
                              qwen2 ? "Qwen2" : "Qwen3");
-    } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0 || smollm3(c) || granite(c)) {
+    } else if (strcmp(c->architecture, "LlamaForCausalLM") == 0 || smollm3(c) || granite(c) ||
+               olmo2(c)) {
         int attention_bias = 0;
         if (get_bool(root, "attention_bias", 0, &attention_bias, where, err) ||
             get_bool(root, "mlp_bias", 0, &mlp_bias, where, err))
@@ -457,6 +463,8 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
         }
         if (granite(c) && parse_multipliers(c, root, where, err))
             return -1;
+        /* OLMo 2: a norm after each block alone, q and k normed whole */
+        c->qk_norm = c->qk_norm_whole = c->sandwich_norms = c->no_pre_norms = olmo2(c);
     } else if (gemma3(c)) {
         if (parse_gemma3(c, root, where, err))
             return -1;
@@ -655,7 +663,7 @@ long long hfconfig_param_count(const hf_config *c)
 {
     long long C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
     long long q = (long long)c->n_heads * c->head_dim, kv = (long long)c->n_kv_heads * c->head_dim;
-    long long layer = 2 * C                         /* two norms */
+    long long layer = 2 * C                         /* two norms (OLMo 2's after the blocks) */
                       + C * q + 2 * C * kv + q * C  /* q, k, v, o */
                       + 3 * C * F;                  /* gate, up, down */
     if (c->qkv_bias)
@@ -663,8 +671,8 @@ long long hfconfig_param_count(const hf_config *c)
     if (c->o_bias)
         layer += C;
     if (c->qk_norm)
-        layer += 2 * c->head_dim;
-    if (c->sandwich_norms)
+        layer += c->qk_norm_whole ? q + kv : 2 * c->head_dim;
+    if (c->sandwich_norms && !c->no_pre_norms)
         layer += 2 * C;
     return V * C * (c->tie_word_embeddings ? 1 : 2) + C + layer * c->n_layers;
 }

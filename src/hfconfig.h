@@ -1,7 +1,8 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM
  * (Llama's with RoPE left out of some layers), GraniteForCausalLM, Gemma3ForCausalLM (and the
- * text model of Gemma3ForConditionalGeneration, from its text_config), and the PESC keys
+ * text model of Gemma3ForConditionalGeneration, from its text_config), Olmo2ForCausalLM, and
+ * the PESC keys
  * of an exported (crafted) model (num_experts, topk, adapter_dim, moe_scaling, as Camelidae
  * writes them). Anything else is refused with a message that lists what is supported. Also
  * derives RoPE's inverse frequencies (default, linear, llama3, longrope).
@@ -59,15 +60,20 @@ typedef struct hf_config {
      * scores (attention_multiplier in place of 1/sqrt(head_dim)), the logits (divided) */
     double embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling;
     /* Gemma 3 (0 for the other families): RMSNorm scales by norm_offset + weight (1: its
-     * weights are the scale's difference from 1); sandwich_norms: a norm after the attention
-     * and one after the FFN (post_attention_layernorm, post_feedforward_layernorm), before
-     * each residual sum, the FFN's own input norm being pre_feedforward_layernorm; gelu_ffn:
+     * weights are the scale's difference from 1); sandwich_norms (OLMo 2's too): a norm after
+     * the attention and one after the FFN (post_attention_layernorm,
+     * post_feedforward_layernorm), before each residual sum, the FFN's own input norm being
+     * pre_feedforward_layernorm; gelu_ffn:
      * the FFN's gate through GELU's tanh approximation; the sliding window on all layers but
      * the global[] ones, and those alone turn RoPE by rope_theta with rope_scaling: the
      * sliding layers by rope_local_theta, unscaled. Its embedding_multiplier is
      * sqrt(hidden_size), its attention_multiplier query_pre_attn_scalar^-1/2. */
     float norm_offset;
     int sandwich_norms;
+    /* OLMo 2: no norm before the attention or the FFN (its sandwich_norms' post norms alone),
+     * and QK-norm over each token's whole q and k rather than each head's */
+    int no_pre_norms;
+    int qk_norm_whole;
     /* Gemma3ForConditionalGeneration: the text model alone, its keys in text_config, its
      * weights under language_model.model. (or model.language_model.), the vision tower's
      * left alone */

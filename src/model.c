@@ -53,7 +53,8 @@ static void list_params(model *m, param_list *list)
     add_param(list, &m->embed, V, C, "model.embed_tokens.weight");
     for (int l = 0; l < c->n_layers; l++) {
         model_layer *L = &m->layers[l];
-        add_param(list, &L->attn_norm, C, 0, "model.layers.%d.input_layernorm.weight", l);
+        if (!c->no_pre_norms)   /* (OLMo 2 has no norm before its attention nor its FFN) */
+            add_param(list, &L->attn_norm, C, 0, "model.layers.%d.input_layernorm.weight", l);
         add_param(list, &L->wq, q, C, "model.layers.%d.self_attn.q_proj.weight", l);
         add_param(list, &L->wk, kv, C, "model.layers.%d.self_attn.k_proj.weight", l);
         add_param(list, &L->wv, kv, C, "model.layers.%d.self_attn.v_proj.weight", l);
@@ -65,19 +66,20 @@ static void list_params(model *m, param_list *list)
         }
         if (c->o_bias)
             add_param(list, &L->bo, C, 0, "model.layers.%d.self_attn.o_proj.bias", l);
-        if (c->qk_norm) {
-            add_param(list, &L->q_norm, c->head_dim, 0, "model.layers.%d.self_attn.q_norm.weight",
-                      l);
-            add_param(list, &L->k_norm, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight",
-                      l);
+        if (c->qk_norm) {   /* a head's, or (OLMo 2) the whole q's and k's */
+            add_param(list, &L->q_norm, c->qk_norm_whole ? q : c->head_dim, 0,
+                      "model.layers.%d.self_attn.q_norm.weight", l);
+            add_param(list, &L->k_norm, c->qk_norm_whole ? kv : c->head_dim, 0,
+                      "model.layers.%d.self_attn.k_norm.weight", l);
         }
         /* Gemma's post_attention_layernorm norms the attention's output; its FFN's input norm
          * is pre_feedforward_layernorm */
         if (c->sandwich_norms) {
             add_param(list, &L->attn_post_norm, C, 0,
                       "model.layers.%d.post_attention_layernorm.weight", l);
-            add_param(list, &L->ffn_norm, C, 0, "model.layers.%d.pre_feedforward_layernorm.weight",
-                      l);
+            if (!c->no_pre_norms)
+                add_param(list, &L->ffn_norm, C, 0,
+                          "model.layers.%d.pre_feedforward_layernorm.weight", l);
             add_param(list, &L->ffn_post_norm, C, 0,
                       "model.layers.%d.post_feedforward_layernorm.weight", l);
         } else {

@@ -74,8 +74,10 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
     /* the attention's normed input feeds only q, k and v's products (bf16 in bf16 math): compact
      * but where LoRA's narrow products read it too, at fp32 */
     int lora_qkv = lora_at(m, LORA_Q) || lora_at(m, LORA_K) || lora_at(m, LORA_V);
-    want_in(c, &a->xn1, N * C, !lora_qkv);
-    want(c, &a->rstd1, N);
+    if (!cf->no_pre_norms) {   /* (OLMo 2's blocks read the stream itself: xn1 is x_in) */
+        want_in(c, &a->xn1, N * C, !lora_qkv);
+        want(c, &a->rstd1, N);
+    }
     /* q, k and v feed RoPE and the attention alone: compact but where LoRA adds its small delta
      * to their products' outputs (with Qwen3's norms, q and k are the norms' outputs) */
     want_in(c, &a->q, N * q, cf->qk_norm || !lora_at(m, LORA_Q));
@@ -91,8 +93,10 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
      * compact but where LoRA's narrow products read it too */
     want_in(c, &a->att, N * q, !lora_at(m, LORA_O));
     want(c, &a->lse, N * (size_t)cf->n_heads);
-    want(c, &a->xn2, N * C);
-    want(c, &a->rstd2, N);
+    if (!cf->no_pre_norms) {   /* (xn2 is x_mid) */
+        want(c, &a->xn2, N * C);
+        want(c, &a->rstd2, N);
+    }
     /* compact but where LoRA adds its small delta to the product's output: rounded to bf16
      * with it, LoRA's gradients lost their 0.999 cosine with the CPU's (test_cuda_step) */
     want_in(c, &a->gate, N * F, !lora_at(m, LORA_GATE));
@@ -335,6 +339,10 @@ int model_ensure_activations(model *m, int B, int T, int training, pesc_error *e
         }
         if (!training)
             L->x_in = L->x_mid = a->x;
+        if (cf->no_pre_norms) {   /* OLMo 2: the blocks' input is the stream itself */
+            L->xn1 = L->x_in;
+            L->xn2 = L->x_mid;
+        }
         L->offsets = m->crafted ? xcalloc((size_t)m->pesc.experts + 1, sizeof(int)) : NULL;
     }
     a->capacity = N;
@@ -503,20 +511,30 @@ static float adapter_dropout(const model *m, int dropout)
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
-/* The model's RMSNorm of N rows of n (Gemma's scale by 1 + weight) */
+/* The model's RMSNorm of N rows of n (Gemma's scale by 1 + weight); no weight: no norm (OLMo 2
+ * has none before its blocks, whose input buffers are then the stream's own) */
 static void norm_forward(const model *m, float *out, float *rstd, const float *inp,
                          const float *weight, int N, int n)
 {
     const hf_config *c = &m->config;
+    if (!weight) {
+        if (out != inp)
+            backend_copy(m->backend, out, inp, (size_t)N * n * sizeof *out);
+        return;
+    }
     rmsnorm_forward(m->backend, out, rstd, inp, weight, c->norm_offset, N, n,
                     (float)c->rms_norm_eps);
 }
 
+/* dinp += the norm's backward of dout (without a norm, dout itself) */
 static void norm_backward(model *m, float *dinp, const float *dout, const float *inp,
                           const float *weight, const float *rstd, int N, int n)
 {
-    rmsnorm_backward(m->backend, dinp, model_grad_of(m, weight), dout, inp, weight,
-                     m->config.norm_offset, rstd, N, n);
+    if (!weight)
+        vector_axpy(m->backend, dinp, dout, 1.0f, (size_t)N * n);
+    else
+        rmsnorm_backward(m->backend, dinp, model_grad_of(m, weight), dout, inp, weight,
+                         m->config.norm_offset, rstd, N, n);
 }
 
 /* The sum of a block's output y into the residual stream: x_out = x + y, where Gemma norms y
@@ -551,8 +569,10 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
     if (c->qk_norm) {   /* each head of q and k RMS-normed before RoPE (Qwen3, Gemma 3) */
         linear_forward(m, l, LORA_Q, a, a->q_raw, a->xn1, N);
         linear_forward(m, l, LORA_K, a, a->k_raw, a->xn1, N);
-        norm_forward(m, a->q, a->rstd_q, a->q_raw, L->q_norm, N * Hq, D);
-        norm_forward(m, a->k, a->rstd_k, a->k_raw, L->k_norm, N * Hkv, D);
+        /* per head, or (OLMo 2) over each token's whole q and k */
+        int per_q = c->qk_norm_whole ? Hq : 1, per_k = c->qk_norm_whole ? Hkv : 1;
+        norm_forward(m, a->q, a->rstd_q, a->q_raw, L->q_norm, N * Hq / per_q, D * per_q);
+        norm_forward(m, a->k, a->rstd_k, a->k_raw, L->k_norm, N * Hkv / per_k, D * per_k);
     } else {
         linear_forward(m, l, LORA_Q, a, a->q, a->xn1, N);
         linear_forward(m, l, LORA_K, a, a->k, a->xn1, N);
@@ -921,8 +941,10 @@ static void layer_backward(model *m, int l, float loss_scale)
         dk = g->dk_raw;
         vector_zero(b, dq, (size_t)N * Hq * D);
         vector_zero(b, dk, (size_t)N * Hkv * D);
-        norm_backward(m, dq, g->dq, a->q_raw, L->q_norm, a->rstd_q, N * Hq, D);
-        norm_backward(m, dk, g->dk, a->k_raw, L->k_norm, a->rstd_k, N * Hkv, D);
+        int per_q = c->qk_norm_whole ? Hq : 1, per_k = c->qk_norm_whole ? Hkv : 1;
+        norm_backward(m, dq, g->dq, a->q_raw, L->q_norm, a->rstd_q, N * Hq / per_q, D * per_q);
+        norm_backward(m, dk, g->dk, a->k_raw, L->k_norm, a->rstd_k, N * Hkv / per_k,
+                      D * per_k);
     }
     vector_zero(b, g->dxn, (size_t)N * C);
     linear_backward(m, l, LORA_Q, a, g->dxn, dq, a->xn1, N);

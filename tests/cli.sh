@@ -275,6 +275,8 @@ expect 0 "window        6; none in layers 2$" "inspect a Gemma 3 model: its glob
   "$pesc" inspect "$data/gemma3-f32"
 expect 0 "rope local    theta 10000, unscaled, in the sliding layers" \
   "inspect a Gemma 3 model: its sliding layers' RoPE" -- "$pesc" inspect "$data/gemma3-f32"
+expect 0 "blocks        OLMo 2's: a norm after the attention and after the FFN, none before" \
+  "inspect an OLMo 2 model" -- "$pesc" inspect "$data/olmo2-f32"
 expect 0 "Gemma3ForConditionalGeneration (its text model; the vision tower is not read)" \
   "inspect a multimodal Gemma 3" -- "$pesc" inspect "$data/gemma3-mm-bf16"
 # a multimodal config over a text model's files: the layouts looked for are named

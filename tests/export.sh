@@ -205,29 +205,32 @@ else
   fail "BF16 base: $("$pesc" inspect "$tmp/outb" 2>&1 | grep dtypes), loss '$outb' vs '$kept'"
 fi
 
-# ---- Gemma 3: the experts' mix inside its post-FFN norm; a --train full run's (1 + w) norms
-# written as the stored w, the file's own convention ----------------------------------------------
-gemma="$top_srcdir/tests/reference/data/gemma3-f32"
-gemma_loss() {
-  "$pesc" eval --data "$gemma/records.jsonl" --json "$@" | sed -n 's/.*"loss": \([^,]*\),.*/\1/p'
-}
-for mode in pesc full; do
-  if [ $mode = pesc ]; then flags="--experts 4 --adapter-dim 8 --lora-rank 2"; else flags="--train full"; fi
-  # shellcheck disable=SC2086
-  "$pesc" train --headless --model "$gemma" --data "$gemma/records.jsonl" --seq 24 --batch 4 $flags \
-    --lr 1e-2 --backend cpu --steps 3 --save "$tmp/ckg$mode" >/dev/null 2>"$tmp/err" ||
-    fail "Gemma 3 $mode training: $(cat "$tmp/err")"
-  "$pesc" export "$tmp/ckg$mode" -o "$tmp/outg$mode" >/dev/null 2>"$tmp/err" ||
-    fail "Gemma 3 $mode export: $(cat "$tmp/err")"
-  kept=$(gemma_loss --model "$gemma" --adapters "$tmp/ckg$mode/step-00000003/trainables.safetensors")
-  out=$(gemma_loss --model "$tmp/outg$mode")
-  base=$(gemma_loss --model "$gemma")
-  if [ -n "$out" ] && close "$out" "$kept" 1e-6 && ! close "$out" "$base" 1e-4 &&
-     grep -q Gemma3ForCausalLM "$tmp/outg$mode/config.json"; then
-    pass "Gemma 3 $mode: the export's loss $out is the run's $kept (base $base)"
-  else
-    fail "Gemma 3 $mode: export '$out', run '$kept', base '$base'"
-  fi
+# ---- Gemma 3 and OLMo 2: the experts' mix inside their post-FFN norm; a --train full run's
+# norms written as stored (Gemma's (1 + w) as its w), the files' own convention ---------------
+for family in gemma3 olmo2; do
+  fam="$top_srcdir/tests/reference/data/$family-f32"
+  family_loss() {
+    "$pesc" eval --data "$fam/records.jsonl" --json "$@" | sed -n 's/.*"loss": \([^,]*\),.*/\1/p'
+  }
+  for mode in pesc full; do
+    if [ $mode = pesc ]; then flags="--experts 4 --adapter-dim 8 --lora-rank 2"; else flags="--train full"; fi
+    # shellcheck disable=SC2086
+    "$pesc" train --headless --model "$fam" --data "$fam/records.jsonl" --seq 24 --batch 4 $flags \
+      --lr 1e-2 --backend cpu --steps 3 --save "$tmp/ck$family$mode" >/dev/null 2>"$tmp/err" ||
+      fail "$family $mode training: $(cat "$tmp/err")"
+    "$pesc" export "$tmp/ck$family$mode" -o "$tmp/out$family$mode" >/dev/null 2>"$tmp/err" ||
+      fail "$family $mode export: $(cat "$tmp/err")"
+    kept=$(family_loss --model "$fam" --adapters "$tmp/ck$family$mode/step-00000003/trainables.safetensors")
+    out=$(family_loss --model "$tmp/out$family$mode")
+    base=$(family_loss --model "$fam")
+    arch=$(sed -n 's/.*"\([A-Za-z0-9]*ForCausalLM\)".*/\1/p' "$fam/config.json")
+    if [ -n "$out" ] && close "$out" "$kept" 1e-6 && ! close "$out" "$base" 1e-4 &&
+       grep -q "\"$arch\"" "$tmp/out$family$mode/config.json"; then
+      pass "$family $mode: the export's loss $out is the run's $kept (base $base)"
+    else
+      fail "$family $mode: export '$out', run '$kept', base '$base'"
+    fi
+  done
 done
 # Gemma3ForConditionalGeneration (the hub's layout, BF16): its text model exported alone, as
 # Gemma3ForCausalLM, the untouched weights still BF16 (their embedding scale rounded so again)

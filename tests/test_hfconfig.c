@@ -252,6 +252,34 @@ static void test_gemma3(void)
                  "cfg.json (text_config): \"final_logit_softcapping\" is not supported");
 }
 
+/* OLMo 2 (OLMo-2-0425-1B's config.json, 16 layers to 2): no norm before its blocks, one after
+ * each, q and k normed whole */
+static void test_olmo2(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, "{\"architectures\": [\"Olmo2ForCausalLM\"], "
+                            "\"model_type\": \"olmo2\", \"vocab_size\": 100352, "
+                            "\"hidden_size\": 2048, \"intermediate_size\": 8192, "
+                            "\"num_hidden_layers\": 2, \"num_attention_heads\": 16, "
+                            "\"num_key_value_heads\": 16, \"rope_theta\": 500000, "
+                            "\"rms_norm_eps\": 1e-06, \"attention_bias\": false, "
+                            "\"hidden_act\": \"silu\", \"tie_word_embeddings\": false}", "x", &err);
+    CHECK(rc == 0 && c.qk_norm && c.qk_norm_whole && c.sandwich_norms && c.no_pre_norms &&
+          c.norm_offset == 0.0f && !c.gelu_ffn && hfconfig_embedding_scale(&c) == 1.0 &&
+          hfconfig_query_scale(&c) == 1.0 && c.head_dim == 128, "olmo2: %s", err.msg);
+    /* per layer: two post norms, q_norm and k_norm as wide as q and k */
+    CHECK(hfconfig_param_count(&c) == 2 * 100352LL * 2048 + 2048 +
+          2 * (2 * 2048 + 2 * 2048 + 4LL * 2048 * 2048 + 3LL * 2048 * 8192),
+          "olmo2 param count %lld", hfconfig_param_count(&c));
+    static const refusal bad[] = {
+        {", \"hidden_act\": \"gelu\"}", "hidden_act \"gelu\" is not supported"},
+        {", \"mlp_bias\": true}", "mlp_bias=true is not supported"},
+    };
+    expect_refusals("olmo2", "{\"architectures\": [\"Olmo2ForCausalLM\"], " BASE, bad,
+                    sizeof bad / sizeof *bad);
+}
+
 static void test_smollm3(void)
 {
     hf_config c;
@@ -409,6 +437,7 @@ int main(void)
     test_smollm3();
     test_granite();
     test_gemma3();
+    test_olmo2();
     test_rope();
     test_longrope();
     test_crafting();

@@ -30,6 +30,7 @@ typedef struct {
     int granite;                 /* Granite's embedding, residual, attention, logits factors */
     int gemma;                   /* Gemma 3: (1 + w) norms, four a layer, QK-norm, GELU-tanh
                                   * FFN, window 20 and its own RoPE in layer 0 alone */
+    int olmo2;                   /* OLMo 2: norms after the blocks alone, q and k normed whole */
 } step_case;
 
 /* Tokens whose k-th and (k+1)-th router logits nearly tie go to other experts on the GPU,
@@ -134,9 +135,12 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
         c.embedding_multiplier = sqrt(128.0);
         c.attention_multiplier = 1.0 / sqrt(24.0);
     }
+    if (sc->olmo2)
+        c.qk_norm = c.qk_norm_whole = c.sandwich_norms = c.no_pre_norms = 1;
     snprintf(c.architecture, sizeof c.architecture, "%s",
              sc->granite ? "GraniteForCausalLM"
              : sc->gemma ? "Gemma3ForCausalLM"
+             : sc->olmo2 ? "Olmo2ForCausalLM"
              : qk_norm   ? "Qwen3ForCausalLM"
                          : "LlamaForCausalLM");
     pesc_options o;
@@ -220,6 +224,9 @@ static const step_case cases[] = {
     {.tag = "pesc+lora, gemma3, packed", .lora_rank = 4, .gemma = 1, .packed = 1},
     {.tag = "pesc, gemma3, recompute", .gemma = 1, .recompute = 1},
     {.tag = "full, gemma3", .full = 1, .gemma = 1},
+    /* OLMo 2's: the router and the projections read the stream itself */
+    {.tag = "pesc+lora, olmo2, recompute", .lora_rank = 4, .olmo2 = 1, .recompute = 1},
+    {.tag = "full, olmo2", .full = 1, .olmo2 = 1},
 };
 
 enum { ROUTERS, ADAPTERS, LORA, NORMS, MATRICES, KINDS };

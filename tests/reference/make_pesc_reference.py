@@ -11,7 +11,8 @@ For every case below (or only the named ones) this writes, under tests/reference
                            for the pesc-qwen3-* cases, Phi3ForCausalLM with longrope for
                            pesc-phi3-longrope-lora, SmolLM3ForCausalLM with a NoPE layer for
                            pesc-smollm3-lora, GraniteForCausalLM for pesc-granite-lora,
-                           Gemma3ForCausalLM for pesc-gemma3-lora)
+                           Gemma3ForCausalLM for pesc-gemma3-lora, Olmo2ForCausalLM for
+                           pesc-olmo2-lora)
   model.safetensors        the base weights (F32, HF names; Phi-3's q|k|v and gate|up joined)
   trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
   batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
@@ -87,6 +88,14 @@ def base_config(case):
                                 num_key_value_heads=case["kv_heads"], query_pre_attn_scalar=10,
                                 rope_scaling={"factor": 4.0, "rope_type": "linear"}, sliding_window=5,
                                 torch_dtype="float32")
+    if case.get("arch") == "olmo2":
+        # OLMo 2: no norm before the attention or the FFN (the router reads the residual stream
+        # x itself), q and k normed over their whole width ([4 x 8], [2 x 8]) before the split
+        # into heads, the attention's and the FFN's outputs (the adapters' with it) normed before
+        # each residual sum; theta 5e5, eps 1e-6, untied
+        return mr.olmo2_config(hidden_size=32, intermediate_size=48, max_position_embeddings=64,
+                               num_attention_heads=4, num_hidden_layers=2,
+                               num_key_value_heads=case["kv_heads"], torch_dtype="float32")
     kv_heads = case["kv_heads"]
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -221,6 +230,15 @@ CASES = [
     # projection; the adapters' sum goes through post_feedforward_layernorm with the FFN's output
     {"name": "pesc-gemma3-lora", "arch": "gemma3", "base_seed": 3007, "init_seed": 4012,
      "batch_seed": 5010, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
+     "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
+     "weight_decay": 0.0},
+    # OLMo 2 base (no input norms, whole-width QK-norm, post-attention and post-FFN norms, GQA,
+    # untied): LoRA on every projection, so q's and k's LoRA go through the whole-width norms; the
+    # router reads the unnormed residual stream, and the adapters' sum goes through
+    # post_feedforward_layernorm with the FFN's output.  init_seed 4014: the routing gaps stay
+    # >= 6e-3 through the ten steps (4013's fell to 7e-4)
+    {"name": "pesc-olmo2-lora", "arch": "olmo2", "base_seed": 3008, "init_seed": 4014,
+     "batch_seed": 5011, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
      "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
      "weight_decay": 0.0},
 ]
@@ -358,7 +376,8 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             w = w + (case["lora_alpha"] / case["lora_rank"]) * (P[name + ".lora_B.weight"] @ P[name + ".lora_A.weight"])
         return w
 
-    gemma = mr.is_gemma3(cfg)
+    post_norms = mr.has_post_norms(cfg)                                # Gemma 3's, OLMo 2's
+    input_norms = mr.has_input_norms(cfg)                              # none in OLMo 2
     norm = mr.norm_of(cfg)                                             # Gemma 3's: (1 + w)
     act = mr.ffn_act_of(cfg)                                           # Gemma 3's: GELU (tanh)
     mr.softcaps_off(cfg)
@@ -379,10 +398,17 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
         cos, sin = mr.rope_cos_sin(mr.rope_config_of(cfg, l), dt, Tn)   # [T, hd], longrope's factor in
         sw = mr.layer_window_of(cfg, l)                                # Gemma 3's sliding layers
         allowed = causal if sw is None else causal & (ki > qi - sw)
-        # --- attention (HF Llama / Qwen3 / Gemma 3 eager) ---
-        hn = norm(x, Wb[p + "input_layernorm.weight"], eps)
-        q = (hn @ W(l, "q").t()).view(Bn, Tn, nh, hd)
-        k = (hn @ W(l, "k").t()).view(Bn, Tn, nkv, hd)
+        # --- attention (HF Llama / Qwen3 / Gemma 3 / OLMo 2 eager) ---
+        hn = norm(x, Wb[p + "input_layernorm.weight"], eps) if input_norms else x   # OLMo 2: x itself
+        q = hn @ W(l, "q").t()                                         # [B, T, nh * hd]
+        k = hn @ W(l, "k").t()                                         # [B, T, nkv * hd]
+        if mr.has_whole_qk_norm(cfg):
+            # OLMo 2 QK-norm: RMSNorm over the (LoRA'd) projection's whole width (weights
+            # [nh * hd], [nkv * hd]), before the split into heads and RoPE; v is not normed
+            q = norm(q, Wb[p + "self_attn.q_norm.weight"], eps)
+            k = norm(k, Wb[p + "self_attn.k_norm.weight"], eps)
+        q = q.view(Bn, Tn, nh, hd)
+        k = k.view(Bn, Tn, nkv, hd)
         if mr.has_qk_norm(cfg):
             # Qwen3 / Gemma 3 QK-norm: RMSNorm over each head vector (weights [hd]), after the
             # (LoRA'd) projection, before RoPE; v is not normed
@@ -399,11 +425,14 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
         sc = (q @ k.transpose(-1, -2)) * mult["attention"]             # 1/sqrt(hd) but Granite's, Gemma's
         sc = sc.masked_fill(~allowed, float("-inf"))
         a = (torch.softmax(sc, dim=-1) @ v).transpose(1, 2).reshape(Bn, Tn, nh * hd)
-        if gemma:
-            # Gemma 3: x = r + post_attention_layernorm(o); the FFN (and the router) read
-            # pre_feedforward_layernorm(x)
+        if post_norms:
+            # Gemma 3, OLMo 2: x = r + post_attention_layernorm(o); the FFN (and the router) read
+            # pre_feedforward_layernorm(x) (Gemma 3) or the residual stream x itself (OLMo 2)
             x = x + norm(a @ W(l, "o").t(), Wb[p + "post_attention_layernorm.weight"], eps)
-            xn = norm(x, Wb[p + "pre_feedforward_layernorm.weight"], eps)     # x of DESIGN §1
+            if input_norms:
+                xn = norm(x, Wb[p + "pre_feedforward_layernorm.weight"], eps)  # x of DESIGN §1
+            else:
+                xn = x                                                 # x of DESIGN §1, unnormed
         else:
             x = x + (a @ W(l, "o").t()) * mult["residual"]
             # --- FFN / PESC layer ---
@@ -438,8 +467,9 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             aux = aux + case["aux_coef"] * E * (f * Pm).sum()
             # router z-loss: z_coef * mean over tokens of logsumexp(r)^2
             z = z + case["z_coef"] * (torch.logsumexp(r, dim=-1) ** 2).mean()
-        if gemma:
-            # Gemma 3: the mlp's whole output, FFN and adapters' sum, through post_feedforward_layernorm
+        if post_norms:
+            # Gemma 3, OLMo 2: the mlp's whole output, FFN and adapters' sum, through
+            # post_feedforward_layernorm
             h = norm(h, Wb[p + "post_feedforward_layernorm.weight"], eps)
         x = x + h * mult["residual"]                                   # the experts' mix, scaled
     x = norm(x, Wb["model.norm.weight"], eps)

@@ -14,9 +14,11 @@ For every model (or only the NAMEd ones) below this writes, under tests/referenc
 
 The forward pass is written out by hand in torch, following transformers'
 LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM /
-SmolLM3ForCausalLM / GraniteForCausalLM / Gemma3ForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
+SmolLM3ForCausalLM / GraniteForCausalLM / Gemma3ForCausalLM / Olmo2ForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
 file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them;
 Gemma 3's layers are sandwiched between norms whose stored weights are offsets from 1;
+OLMo 2's blocks read the residual stream unnormed and have their outputs normed before each
+residual sum, with q and k normed over their whole width before the split into heads;
 Gemma3ForConditionalGeneration's files hold that text model under other names, its config in
 text_config, beside a vision tower and a projector that are not computed).
 Everything is computed in float64 from the weights *as stored* (bf16/f16 values
@@ -131,6 +133,36 @@ def gemma3_config(**keys):
         "tie_word_embeddings": True,
         "transformers_version": "4.55.0",
         "use_bidirectional_attention": False,
+        "use_cache": True,
+        "vocab_size": 64,
+    }
+    config.update(keys)
+    return config
+
+
+def olmo2_config(**keys):
+    """An Olmo2ForCausalLM config.json (model_type olmo2) with the keys of AI2's OLMo 2 releases
+    (allenai/OLMo-2-0425-1B's file): Llama's attention and SiLU FFN without their input norms,
+    each block's output normed (post_attention_layernorm, post_feedforward_layernorm) before the
+    residual sum, q and k normed over the whole projection (q_norm [heads * head_dim], k_norm
+    [kv_heads * head_dim]) before the split into heads, no biases, untied.  The released file's
+    token ids (bos and eos 100257, pad 100277) lie outside this vocabulary of 64: small ones
+    instead."""
+    config = {
+        "architectures": ["Olmo2ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "model_type": "olmo2",
+        "pad_token_id": 0,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "transformers_version": "4.48.0",
         "use_cache": True,
         "vocab_size": 64,
     }
@@ -478,6 +510,15 @@ MODELS = [
      "config": gemma3_mm_config(
          gemma3_mm_text_config(layer_types=["sliding_attention", "full_attention"]),
          torch_dtype="float32", transformers_version="4.55.0")},
+    # OLMo 2's shape, shrunk: no norm before the attention or the MLP (they read the residual
+    # stream), post_attention_layernorm and post_feedforward_layernorm on their outputs before
+    # each residual sum, q_norm over all 4 x 16 = 64 values of q and k_norm over k's 2 x 16 = 32
+    # (not per head) before RoPE, theta 5e5, every norm weight (all five kinds) random around 1
+    # with std 0.3, GQA, untied
+    f32_model("olmo2-f32", 1014,
+              olmo2_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                           num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
+                           torch_dtype="float32")),
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -496,6 +537,7 @@ RECORD_LENGTHS = {
     "gemma3-f32": [13, 1, 20, 6, 17],
     "gemma3-mm-bf16": [1, 18, 7, 12],
     "gemma3-mm-f32": [9, 1, 19, 4],
+    "olmo2-f32": [12, 1, 19, 7],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -511,6 +553,7 @@ LABELED_INDEX = {
     "gemma3-f32": 4,
     "gemma3-mm-bf16": 1,
     "gemma3-mm-f32": 2,
+    "olmo2-f32": 2,
 }
 
 # --------------------------------------------------------------------------
@@ -556,6 +599,23 @@ def is_gemma3(cfg):
     return cfg["model_type"] == "gemma3_text"
 
 
+def is_olmo2(cfg):
+    return cfg["model_type"] == "olmo2"
+
+
+def has_input_norms(cfg):
+    """Whether the attention and the FFN read a normed x (input_layernorm, and
+    post_attention_layernorm or Gemma 3's pre_feedforward_layernorm).  Olmo2DecoderLayer has
+    neither: both blocks read the residual stream itself."""
+    return not is_olmo2(cfg)
+
+
+def has_post_norms(cfg):
+    """Whether each block's output is normed before its residual sum: Gemma 3's
+    post_attention_layernorm and post_feedforward_layernorm, and OLMo 2's of the same names."""
+    return is_gemma3(cfg) or is_olmo2(cfg)
+
+
 STORAGE_DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -599,6 +659,13 @@ def has_qk_norm(cfg):
     # of q and k, after the projection and before RoPE.  Gemma3Attention likewise, with
     # Gemma3RMSNorm (its 1 + w).
     return cfg["model_type"] in ("qwen3", "gemma3_text")
+
+
+def has_whole_qk_norm(cfg):
+    # Olmo2Attention: q_norm = Olmo2RMSNorm(num_attention_heads * head_dim) on q_proj's whole
+    # output and k_norm = Olmo2RMSNorm(num_key_value_heads * head_dim) on k_proj's, one mean of
+    # squares over all heads together, before the split into heads and RoPE; v is not normed.
+    return is_olmo2(cfg)
 
 
 def norm_of(cfg):
@@ -775,6 +842,7 @@ def make_weights(spec):
     qk_norm = has_qk_norm(cfg)
     tied = tied_of(cfg)
     gemma = is_gemma3(cfg)
+    olmo2 = is_olmo2(cfg)
 
     def lin_std(fan_in):
         return min(0.3, max(0.1, 1.0 / math.sqrt(fan_in)))
@@ -785,14 +853,18 @@ def make_weights(spec):
 
     def norm_w(shape):
         # around 1, so that a missing norm shows; Gemma 3 stores the offset from 1 (its norms
-        # multiply by 1 + w): around 0 with std 0.3, so that a missing "1 +" shows too
-        return randn(shape, 0.3) if gemma else randn(shape, 0.1, 1.0)
+        # multiply by 1 + w): around 0 with std 0.3, so that a missing "1 +" shows too; OLMo 2's
+        # around 1 with std 0.3, so that a norm moved, left out or added shows
+        if gemma:
+            return randn(shape, 0.3)
+        return randn(shape, 0.3, 1.0) if olmo2 else randn(shape, 0.1, 1.0)
 
     w = []
     w.append(("model.embed_tokens.weight", randn((V, H), 0.2 if tied else 0.3)))
     for i in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % i
-        w.append((p + "input_layernorm.weight", norm_w((H,))))
+        if has_input_norms(cfg):
+            w.append((p + "input_layernorm.weight", norm_w((H,))))
         w.append((p + "self_attn.q_proj.weight", randn((nh * hd, H), lin_std(H))))
         if qwen:
             w.append((p + "self_attn.q_proj.bias", randn((nh * hd,), 0.2)))
@@ -807,13 +879,17 @@ def make_weights(spec):
             # like the layernorms
             w.append((p + "self_attn.q_norm.weight", norm_w((hd,))))
             w.append((p + "self_attn.k_norm.weight", norm_w((hd,))))
+        if has_whole_qk_norm(cfg):
+            # OLMo 2: over the whole projection, [heads * head_dim] and [kv_heads * head_dim]
+            w.append((p + "self_attn.q_norm.weight", norm_w((nh * hd,))))
+            w.append((p + "self_attn.k_norm.weight", norm_w((nkv * hd,))))
         w.append((p + "post_attention_layernorm.weight", norm_w((H,))))
         if gemma:
             w.append((p + "pre_feedforward_layernorm.weight", norm_w((H,))))
         w.append((p + "mlp.gate_proj.weight", randn((I, H), lin_std(H))))
         w.append((p + "mlp.up_proj.weight", randn((I, H), lin_std(H))))
         w.append((p + "mlp.down_proj.weight", randn((H, I), lin_std(I))))
-        if gemma:
+        if has_post_norms(cfg):
             w.append((p + "post_feedforward_layernorm.weight", norm_w((H,))))
     w.append(("model.norm.weight", norm_w((H,))))
     if not tied:
@@ -1019,7 +1095,7 @@ def forward(cfg, W, ids, dtype):
     hd = head_dim_of(cfg)
     n_rep = nh // nkv
     eps = cfg["rms_norm_eps"]
-    gemma = is_gemma3(cfg)
+    post_norms = has_post_norms(cfg)           # Gemma 3's, OLMo 2's
     norm = norm_of(cfg)                        # Gemma 3's: (1 + w)
     act = ffn_act_of(cfg)                      # Gemma 3's: GELU (tanh)
     softcaps_off(cfg)
@@ -1041,10 +1117,16 @@ def forward(cfg, W, ids, dtype):
         allowed = ki <= qi
         if sw is not None:
             allowed = allowed & (ki > qi - sw)
-        h = norm(x, W[p + "input_layernorm.weight"], eps)
+        # OLMo 2: no input_layernorm, the attention reads x itself
+        h = norm(x, W[p + "input_layernorm.weight"], eps) if has_input_norms(cfg) else x
         q = linear(h, W[p + "self_attn.q_proj.weight"], W.get(p + "self_attn.q_proj.bias"))
         k = linear(h, W[p + "self_attn.k_proj.weight"], W.get(p + "self_attn.k_proj.bias"))
         v = linear(h, W[p + "self_attn.v_proj.weight"], W.get(p + "self_attn.v_proj.bias"))
+        if has_whole_qk_norm(cfg):
+            # OLMo 2: q = q_norm(q_proj(x)) over all heads * head_dim values at once, k likewise
+            # over kv_heads * head_dim, before the split into heads; v is not normed
+            q = norm(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = norm(k, W[p + "self_attn.k_norm.weight"], eps)
         q = q.view(T, nh, hd)
         k = k.view(T, nkv, hd)
         if has_qk_norm(cfg):
@@ -1064,18 +1146,19 @@ def forward(cfg, W, ids, dtype):
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         a = (probs @ v).transpose(0, 1).reshape(T, nh * hd)
-        if gemma:
-            # Gemma3DecoderLayer: x = r + post_attention_layernorm(o_proj(att)); the FFN reads
-            # pre_feedforward_layernorm(x) and its output goes through post_feedforward_layernorm
+        if post_norms:
+            # Gemma3DecoderLayer, Olmo2DecoderLayer: x = r + post_attention_layernorm(o_proj(att));
+            # the FFN reads pre_feedforward_layernorm(x) (Gemma 3) or x itself (OLMo 2), and its
+            # output goes through post_feedforward_layernorm
             x = x + norm(linear(a, W[p + "self_attn.o_proj.weight"]), W[p + "post_attention_layernorm.weight"], eps)
-            h = norm(x, W[p + "pre_feedforward_layernorm.weight"], eps)
+            h = norm(x, W[p + "pre_feedforward_layernorm.weight"], eps) if has_input_norms(cfg) else x
         else:
             x = x + linear(a, W[p + "self_attn.o_proj.weight"]) * mult["residual"]
             h = norm(x, W[p + "post_attention_layernorm.weight"], eps)
         g = linear(h, W[p + "mlp.gate_proj.weight"])
         u = linear(h, W[p + "mlp.up_proj.weight"])
         f = linear(act(g) * u, W[p + "mlp.down_proj.weight"])
-        if gemma:
+        if post_norms:
             f = norm(f, W[p + "post_feedforward_layernorm.weight"], eps)
         x = x + f * mult["residual"]
     x = norm(x, W["model.norm.weight"], eps)
