@@ -181,11 +181,15 @@ void model_free_activations(model *m)
     memset(a, 0, sizeof *a);
 }
 
-/* The rows of logits the head computes at a time, of n: ~64 MiB of them at most. */
+/* The rows of logits the head computes at a time, of n: ~64 MiB of them, but 256 rows at
+ * least: each slice's products read the whole head (V x C), and on a GPU a slice of fewer rows
+ * waits on that read rather than computing (Gemma 3's 262144 tokens: 256 rows, 256 MiB, where
+ * 64 MiB would be 64 rows and four times the head's weight traffic). */
 static size_t logit_rows(size_t V, size_t n)
 {
     size_t rows = (64u << 20) / (V * sizeof(float));
-    return rows < 1 ? 1 : rows > n ? n : rows;
+    rows = rows < 256 ? 256 : rows;
+    return rows > n ? n : rows;
 }
 
 /* Every buffer of a training or inference pass over n tokens, into c; returns the floats in

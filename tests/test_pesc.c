@@ -337,6 +337,56 @@ static void test_accumulation(void)
     model_free(&m);
 }
 
+/* The head in slices (a vocabulary past 65536 takes 256 rows of logits at a time): two rows of
+ * 200 tokens, 400 in slices of 256 and 144, against each row alone in one slice; every weight
+ * training, the head's and the embedding's gradients included. */
+static void test_head_slices(void)
+{
+    enum { V = 70000, T = 200 };
+    hf_config c = {.vocab_size = V, .hidden_size = 16, .intermediate_size = 24, .n_layers = 1,
+                   .n_heads = 2, .n_kv_heads = 1, .head_dim = 8, .rms_norm_eps = 1e-5,
+                   .rope_theta = 10000.0};
+    model m;
+    pesc_error err;
+    pesc_options o;
+    pesc_options_default(&o);
+    o.mode = TRAIN_FULL;
+    if (model_init_random(&m, &c, be, 7, &err) != 0 || model_craft(&m, &o, 7, &err) != 0)
+        die(&err);
+    int32_t *tokens = malloc(2 * T * sizeof *tokens), *targets = malloc(2 * T * sizeof *targets);
+    for (int i = 0; i < 2 * T; i++)
+        tokens[i] = (int32_t)(((uint64_t)i * 2654435761u + 17) % V);
+    for (int b = 0; b < 2; b++)
+        model_shift_targets(targets + T * b, tokens + T * b, NULL, T);
+    float *whole = malloc(m.n_train * sizeof *whole), *parts = malloc(m.n_train * sizeof *parts);
+    model_losses batch, row[2];
+    model_zero_grad(&m);
+    if (model_train_step(&m, tokens, targets, NULL, 2, T, 1.0f, 0, &batch, &err) != 0)
+        die(&err);
+    int sliced = m.act.logit_rows < 2 * T;
+    backend_download(be, whole, m.grad_block, m.n_train * sizeof *whole);
+    model_zero_grad(&m);
+    for (int b = 0; b < 2; b++)
+        if (model_train_step(&m, tokens + T * b, targets + T * b, NULL, 1, T, 0.5f, 0, &row[b],
+                             &err) != 0)
+            die(&err);
+    backend_download(be, parts, m.grad_block, m.n_train * sizeof *parts);
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < m.n_train; i++) {
+        diff += ((double)whole[i] - parts[i]) * ((double)whole[i] - parts[i]);
+        norm += (double)whole[i] * whole[i];
+    }
+    double loss_err = fabs(batch.ce - (row[0].ce + row[1].ce) / 2) / batch.ce;
+    REPORT(sliced && norm > 0 && sqrt(diff / norm) < 1e-5 && loss_err < 1e-6,
+           "the head in slices of %d rows: the loss (%.1e) and every gradient (normalized error "
+           "%.1e) of each row alone", m.act.logit_rows, loss_err, sqrt(diff / norm));
+    free(tokens);
+    free(targets);
+    free(whole);
+    free(parts);
+    model_free(&m);
+}
+
 /* A step without dropout on a model crafted with it: the same gradient before and after a step
  * with dropout (the backward once multiplied by the masks the forward had not applied: a
  * second layer and LoRA are what take the gradient through the first layer's adapters). */
@@ -646,6 +696,7 @@ int main(void)
     test_roundtrip(root ? root : ".");
     test_recraft_and_merge(root ? root : ".");
     test_accumulation();
+    test_head_slices();
     test_dropout_off();
     test_schedules();
     test_kv_cache(root ? root : ".");

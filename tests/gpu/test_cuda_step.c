@@ -31,6 +31,7 @@ typedef struct {
     int gemma;                   /* Gemma 3: (1 + w) norms, four a layer, QK-norm, GELU-tanh
                                   * FFN, window 20 and its own RoPE in layer 0 alone */
     int olmo2;                   /* OLMo 2: norms after the blocks alone, q and k normed whole */
+    int vocab;                   /* 0: 512 (the tokens stay below 512) */
 } step_case;
 
 /* Tokens whose k-th and (k+1)-th router logits nearly tie go to other experts on the GPU,
@@ -102,6 +103,8 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
                    .eos_token_id = -1};
     c.qk_norm = qk_norm;
     c.sliding_window = sc->window;
+    if (sc->vocab)
+        c.vocab_size = sc->vocab;
     if (sc->heads) {
         c.n_heads = sc->heads;
         c.n_kv_heads = sc->kv_heads;
@@ -227,6 +230,10 @@ static const step_case cases[] = {
     /* OLMo 2's: the router and the projections read the stream itself */
     {.tag = "pesc+lora, olmo2, recompute", .lora_rank = 4, .olmo2 = 1, .recompute = 1},
     {.tag = "full, olmo2", .full = 1, .olmo2 = 1},
+    /* a vocabulary past 65536: the head's logits in slices of 256 rows (260 tokens here: a
+     * slice of 4 after the first) */
+    {.tag = "pesc+lora, 66000 tokens, the head in slices", .lora_rank = 4, .vocab = 66000,
+     .seq = 130},
 };
 
 enum { ROUTERS, ADAPTERS, LORA, NORMS, MATRICES, KINDS };
