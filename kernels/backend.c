@@ -433,6 +433,11 @@ void dropout_mask(pesc_backend *b, float *mask, size_t n, float p, uint64_t seed
     PROFILED(b, __func__, b->ops->dropout_mask(b->context, mask, n, p, seed));
 }
 
+void vector_add_uniform(pesc_backend *b, float *x, size_t n, float magnitude, uint64_t seed)
+{
+    PROFILED(b, __func__, b->ops->vector_add_uniform(b->context, x, n, magnitude, seed));
+}
+
 void vector_scale(pesc_backend *b, float *x, float alpha, size_t n)
 {
     PROFILED(b, __func__, b->ops->vector_scale(b->context, x, alpha, n));

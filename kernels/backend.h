@@ -300,6 +300,9 @@ void vector_scale(pesc_backend *b, float *x, float alpha, size_t n);
 /* mask[i] = 0 with probability p, else 1 / (1 - p): the draw of dropout_hash.h, the same on
  * every backend for the same seed. */
 void dropout_mask(pesc_backend *b, float *mask, size_t n, float p, uint64_t seed);
+/* x[i] += magnitude * (2 u - 1), u the uniform draw of dropout_hash.h for (seed, i): noise
+ * uniform in [-magnitude, magnitude), the same on every backend (NEFTune's on embeddings). */
+void vector_add_uniform(pesc_backend *b, float *x, size_t n, float magnitude, uint64_t seed);
 /* sum of squares, accumulated in double */
 double vector_sumsq(pesc_backend *b, const float *x, size_t n);
 /* out[i] = vector_sumsq of x[i * chunk .. (i + 1) * chunk) for i < n, the same value as that

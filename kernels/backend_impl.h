@@ -46,6 +46,7 @@ typedef struct backend_ops {
     double (*vector_sumsq)(void *ctx, const float *x, size_t n);
     void (*vector_sumsq_chunks)(void *ctx, double *out, const float *x, size_t chunk, int n);
     void (*dropout_mask)(void *ctx, float *mask, size_t n, float p, uint64_t seed);
+    void (*vector_add_uniform)(void *ctx, float *x, size_t n, float magnitude, uint64_t seed);
     void (*adamw_update)(void *ctx, float *params, const float *grads, float grad_scale, float *m, float *v, float *delta, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step);
     void (*freeze)(void *ctx, const float *p, size_t n);       /* optional: backend_freeze */
     void (*trainables)(void *ctx, const float *p, size_t n);   /* optional: backend_trainables */

@@ -114,6 +114,8 @@ static char *state_json(const checkpoint_state *st)
         json_object_set_new(run, "weight_decay", json_real(st->weight_decay));
     if (st->clip >= 0)
         json_object_set_new(run, "clip", json_real(st->clip));
+    if (st->neftune > 0)   /* (none: a run before it reads alike) */
+        json_object_set_new(run, "neftune", json_real(st->neftune));
     if (st->save_dir[0])
         json_object_set_new(run, "save", json_string(st->save_dir));
     if (st->log[0])
@@ -243,6 +245,7 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     st->warmup = read_integer(r, run, "warmup", 0, -1);
     st->weight_decay = read_number(r, run, "weight_decay", -1.0);
     st->clip = read_number(r, run, "clip", -1.0);
+    st->neftune = read_number(r, run, "neftune", -1.0);
     read_string(r, run, "save", st->save_dir, sizeof st->save_dir);
     read_string(r, run, "log", st->log, sizeof st->log);
     st->save_every = read_integer(r, run, "save_every", 0, -1);

@@ -64,6 +64,7 @@ typedef struct checkpoint_state {
     int schedule;                /* optim_schedule; -1: not recorded */
     long warmup;                 /* -1: not recorded */
     double weight_decay, clip;   /* -1: not recorded */
+    double neftune;              /* --neftune; -1: not recorded (a run before it: 0) */
     /* where the run saved and logged (absolute; "" for none), how often it saved and scored
      * the held-out data, how many checkpoints it kept: a run resumed from its newest
      * checkpoint goes on with them. -1: not recorded. */

@@ -224,6 +224,8 @@ static int inspect_checkpoint(const char *path, const char *dir)
     if (st.run_lr >= 0 && st.schedule >= 0)
         printf("optimizer     lr %g %s, warmup %ld, weight decay %g, clip %g\n", st.run_lr,
                optim_schedule_name(st.schedule), st.warmup, st.weight_decay, st.clip);
+    if (st.neftune > 0)
+        printf("neftune       %g: the embeddings' noise while training\n", st.neftune);
     if (st.best_step >= 0)   /* --keep-best: the lowest held-out loss up to this step */
         printf("best          step-%08ld: held-out loss %.4f\n", st.best_step,
                st.best_eval_loss);

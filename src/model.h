@@ -186,6 +186,8 @@ typedef struct model {
     uint64_t rng;                /* dropout */
     int recompute;               /* training: keep only each layer's input and run the layer
                                     again in the backward pass (less memory, ~1/3 more work) */
+    float neftune;               /* NEFTune's alpha: training steps add uniform noise of
+                                    alpha / sqrt(T C) to the embeddings; 0: none */
     model_routing routing;       /* when crafted */
     const int32_t *cur_sources;  /* host, during a forward with a layout */
 

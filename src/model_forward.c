@@ -727,9 +727,18 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
     m->T = T;
     m->losses = (model_losses){0};
     embedding_forward(m->backend, a->layers[0].x_in, a->tokens, m->embed, N, c->hidden_size);
-    if (hfconfig_embedding_scale(c) != 1.0)   /* Granite */
-        vector_scale(m->backend, a->layers[0].x_in, (float)hfconfig_embedding_scale(c),
-                     (size_t)N * c->hidden_size);
+    /* Gemma's embedding module scales its own output (NEFTune's noise comes after), Granite's
+     * model its embeddings' (before) */
+    float scale = (float)hfconfig_embedding_scale(c);
+    size_t NC = (size_t)N * c->hidden_size;
+    if (scale != 1.0f && c->norm_offset != 0.0f)
+        vector_scale(m->backend, a->layers[0].x_in, scale, NC);
+    if (training && dropout && m->neftune > 0.0f)   /* uniform, alpha / sqrt(T C) at most */
+        vector_add_uniform(m->backend, a->layers[0].x_in, NC,
+                           m->neftune / sqrtf((float)T * (float)c->hidden_size),
+                           pesc_splitmix64(&m->rng));
+    if (scale != 1.0f && c->norm_offset == 0.0f)
+        vector_scale(m->backend, a->layers[0].x_in, scale, NC);
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *L = &a->layers[l];
         float *x_out = training && l + 1 < c->n_layers ? a->layers[l + 1].x_in : a->x;

@@ -709,6 +709,7 @@ static void fill_state(session *s, checkpoint_state *st)
     st->warmup = c->optim.warmup;
     st->weight_decay = c->optim.weight_decay;
     st->clip = c->optim.clip;
+    st->neftune = c->neftune;
     absolute_path(st->save_dir, sizeof st->save_dir, c->save_dir);
     absolute_path(st->log, sizeof st->log, c->log_path);
     st->save_every = c->save_every;
@@ -1986,7 +1987,7 @@ static int adopt_resumed(session *s, pesc_error *err)
         {TRAIN_GIVEN_PACK, st->pack >= 0}, {TRAIN_GIVEN_SEED, 1},
         {TRAIN_GIVEN_LR, st->run_lr >= 0}, {TRAIN_GIVEN_SCHEDULE, st->schedule >= 0},
         {TRAIN_GIVEN_WARMUP, st->warmup >= 0}, {TRAIN_GIVEN_WEIGHT_DECAY, st->weight_decay >= 0},
-        {TRAIN_GIVEN_CLIP, st->clip >= 0}};
+        {TRAIN_GIVEN_CLIP, st->clip >= 0}, {TRAIN_GIVEN_NEFTUNE, st->neftune >= 0}};
     unsigned take = 0;
     for (size_t i = 0; i < sizeof taken / sizeof *taken; i++)
         if (taken[i].take && !(c->given & taken[i].bit))
@@ -2001,6 +2002,7 @@ static int adopt_resumed(session *s, pesc_error *err)
     if (take & TRAIN_GIVEN_WARMUP) c->optim.warmup = st->warmup;
     if (take & TRAIN_GIVEN_WEIGHT_DECAY) c->optim.weight_decay = (float)st->weight_decay;
     if (take & TRAIN_GIVEN_CLIP) c->optim.clip = (float)st->clip;
+    if (take & TRAIN_GIVEN_NEFTUNE) c->neftune = (float)st->neftune;
     c->given |= take;
     if (!c->steps && !c->epochs)
         c->steps = st->total_steps;
@@ -2078,6 +2080,7 @@ static int setup(session *s, pesc_error *err)
     if (model_craft(&s->m, &c->pesc, c->seed, err) != 0)
         return -1;
     s->m.recompute = c->recompute;
+    s->m.neftune = c->neftune;
     if (check_memory(s, err) != 0)
         return -1;
     s->total_steps = count_steps(s);

@@ -54,6 +54,8 @@ const char train_options_help[] =
     "  --warmup N           warmup steps (0)\n"
     "  --weight-decay X     AdamW weight decay (0)\n"
     "  --clip X             global gradient-norm limit, 0 = off (0.3)\n"
+    "  --neftune A          NEFTune: training steps add noise uniform within\n"
+    "                       A / sqrt(seq x hidden) to the embeddings (0 = off; 5 is usual)\n"
     "  --seed N             data order, initialisation and dropout (1)\n"
     "  --backend B          auto, cpu or cuda (auto)\n"
     "checkpoints and logs:\n"
@@ -120,7 +122,7 @@ enum {
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
     OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
-    OPT_PRINT_CONFIG, OPT_HELP
+    OPT_PRINT_CONFIG, OPT_NEFTUNE, OPT_HELP
 };
 
 static const struct option train_options_own[] = {
@@ -139,6 +141,7 @@ static const struct option train_options_own[] = {
     {"warmup", required_argument, NULL, OPT_WARMUP},
     {"weight-decay", required_argument, NULL, OPT_WD},
     {"clip", required_argument, NULL, OPT_CLIP}, {"seed", required_argument, NULL, OPT_SEED},
+    {"neftune", required_argument, NULL, OPT_NEFTUNE},
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"save", required_argument, NULL, OPT_SAVE},
     {"save-every", required_argument, NULL, OPT_SAVE_EVERY},
@@ -268,6 +271,11 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         if (number(cmd, "--clip", arg, 0, 1e9, &x)) return EXIT_USAGE;
         c->optim.clip = (float)x;
         c->given |= TRAIN_GIVEN_CLIP;
+        return 0;
+    case OPT_NEFTUNE:
+        if (number(cmd, "--neftune", arg, 0, 1e4, &x)) return EXIT_USAGE;
+        c->neftune = (float)x;
+        c->given |= TRAIN_GIVEN_NEFTUNE;
         return 0;
     case OPT_SEED:
         if (integer(cmd, "--seed", arg, 0, 0x7fffffffffffffffL, &v)) return EXIT_USAGE;
@@ -454,7 +462,8 @@ static const char *const other_names[][2] = {
     {"val-size", "eval-split"}, {"resume-from-checkpoint", "resume"}, {"report-to", "sink"},
     {"num-experts", "experts"}, {"num-experts-per-tok", "top-k"}, {"topk", "top-k"},
     {"moe-scaling", "adapter-scale"}, {"router-aux-loss-coef", "aux-coef"},
-    {"router-z-loss-coef", "z-coef"}, {"lora-target", "lora-targets"}};
+    {"router-z-loss-coef", "z-coef"}, {"lora-target", "lora-targets"},
+    {"neftune-noise-alpha", "neftune"}};
 
 /* A --config file's options, but those the command line gives too (given: its options, n of
  * them), whose values win there; a list given there replaces the file's. The file's values

@@ -25,6 +25,7 @@ typedef struct train_config {
     const char *format, *template_name, *tokenizer;
     int seq, batch, grad_accum, pack, strict;
     int recompute;               /* activation recomputation (model.recompute) */
+    float neftune;               /* NEFTune's noise on the embeddings (model.neftune); 0 off */
     /* held-out data scored during the run (--eval-data, or --eval-split of --data), every
      * eval_every steps (0: ten times over the run) and after the last */
     const char *eval_paths[TRAIN_MAX_EVAL];
@@ -66,7 +67,7 @@ enum { TRAIN_GIVEN_SEQ = 1, TRAIN_GIVEN_BATCH = 2, TRAIN_GIVEN_LR = 4, TRAIN_GIV
        TRAIN_GIVEN_EVAL_EVERY = 128, TRAIN_GIVEN_TEMPLATE = 256, TRAIN_GIVEN_GRAD_ACCUM = 512,
        TRAIN_GIVEN_PACK = 1024, TRAIN_GIVEN_SEED = 2048, TRAIN_GIVEN_SCHEDULE = 4096,
        TRAIN_GIVEN_WEIGHT_DECAY = 8192, TRAIN_GIVEN_CLIP = 16384,
-       TRAIN_GIVEN_KEEP_BEST = 32768 };
+       TRAIN_GIVEN_KEEP_BEST = 32768, TRAIN_GIVEN_NEFTUNE = 65536 };
 
 void train_config_default(train_config *c);
 /* The built-in demo (`pesc` with no arguments): the demo model and one source per task family

@@ -247,6 +247,35 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
     backend_free(b, out); backend_free(b, lse); backend_free(b, seg);
 }
 
+/* NEFTune's noise: within magnitude of what was there, mean 0 and variance magnitude^2 / 3 over
+ * n draws; the same again from the seed, other draws from another */
+static void test_add_uniform(pesc_backend *b, size_t n)
+{
+    float *x = alloc_floats(b, n), *y = alloc_floats(b, n), *z = alloc_floats(b, n);
+    fill(x, n, 1.0);
+    memcpy(y, x, n * sizeof *y);
+    memcpy(z, x, n * sizeof *z);
+    vector_add_uniform(b, y, n, 0.25f, 42);
+    vector_add_uniform(b, z, n, 0.25f, 42);
+    double sum = 0.0, sumsq = 0.0, worst = 0.0;
+    int same = memcmp(y, z, n * sizeof *y) == 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)y[i] - x[i];
+        sum += d;
+        sumsq += d * d;
+        worst = fmax(worst, fabs(d));
+    }
+    vector_add_uniform(b, z, n, 0.25f, 43);
+    int other = memcmp(y, z, n * sizeof *y) != 0;
+    double mean = sum / n, var = sumsq / n - mean * mean, want = 0.25 * 0.25 / 3;
+    int ok = same && other && worst <= 0.25 + 1e-6 && fabs(mean) < 4 * 0.25 / sqrt(3.0 * n) &&
+             fabs(var - want) < 0.05 * want;
+    printf("%-4s vector_add_uniform: |noise| <= %.3f, mean %.1e, variance %.5f (want %.5f), "
+           "a seed's draws again\n", ok ? "ok" : "FAIL", worst, mean, var, want);
+    failures += !ok;
+    backend_free(b, x); backend_free(b, y); backend_free(b, z);
+}
+
 static void test_elementwise(pesc_backend *b, size_t n)
 {
     float *g = alloc_floats(b, n), *u = alloc_floats(b, n), *out = alloc_floats(b, n);
@@ -497,6 +526,7 @@ int main(void)
     test_attention(b, 2, 90, 4, 2, 8, 0, 1);
     test_attention(b, 1, 37, 2, 2, 8, 3, 1);
     test_elementwise(b, 10007);
+    test_add_uniform(b, 100003);
     test_crossentropy(b, 21, 300);
     test_adamw(b, 10007);
     test_dropout(b, 1000003, 0.1f);

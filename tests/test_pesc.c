@@ -301,6 +301,17 @@ static void test_recraft_and_merge(const char *root)
     model_free(&m);
 }
 
+/* |got - want| / |want| over n values; NaN where want is all zeros (no comparison holds) */
+static double normalized_error(const float *got, const float *want, size_t n)
+{
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        diff += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
+        norm += (double)want[i] * want[i];
+    }
+    return norm > 0 ? sqrt(diff / norm) : NAN;
+}
+
 static void test_accumulation(void)
 {
     model m;
@@ -324,14 +335,10 @@ static void test_accumulation(void)
         if (model_train_step(&m, tokens, targets, NULL, 1, 16, 0.5f, 0, NULL, &err) != 0)
             die(&err);
     backend_download(be, parts, m.grad_block, m.n_train * sizeof *parts);
-    double diff = 0.0, norm = 0.0;
-    for (size_t i = 0; i < m.n_train; i++) {
-        diff += ((double)whole[i] - parts[i]) * ((double)whole[i] - parts[i]);
-        norm += (double)whole[i] * whole[i];
-    }
-    REPORT(norm > 0 && sqrt(diff / norm) < 1e-5,
+    double error = normalized_error(parts, whole, m.n_train);
+    REPORT(error < 1e-5,
            "gradient accumulation: 2 x 0.5 micro-batches == 1 batch (normalized error %.1e)",
-           sqrt(diff / norm));
+           error);
     free(whole);
     free(parts);
     model_free(&m);
@@ -371,15 +378,11 @@ static void test_head_slices(void)
                              &err) != 0)
             die(&err);
     backend_download(be, parts, m.grad_block, m.n_train * sizeof *parts);
-    double diff = 0.0, norm = 0.0;
-    for (size_t i = 0; i < m.n_train; i++) {
-        diff += ((double)whole[i] - parts[i]) * ((double)whole[i] - parts[i]);
-        norm += (double)whole[i] * whole[i];
-    }
+    double error = normalized_error(parts, whole, m.n_train);
     double loss_err = fabs(batch.ce - (row[0].ce + row[1].ce) / 2) / batch.ce;
-    REPORT(sliced && norm > 0 && sqrt(diff / norm) < 1e-5 && loss_err < 1e-6,
+    REPORT(sliced && error < 1e-5 && loss_err < 1e-6,
            "the head in slices of %d rows: the loss (%.1e) and every gradient (normalized error "
-           "%.1e) of each row alone", m.act.logit_rows, loss_err, sqrt(diff / norm));
+           "%.1e) of each row alone", m.act.logit_rows, loss_err, error);
     free(tokens);
     free(targets);
     free(whole);
@@ -427,14 +430,10 @@ static void test_dropout_off(void)
             die(&err);
         backend_download(be, k == 0 ? want : got, m.grad_block, m.n_train * sizeof *got);
     }
-    double diff = 0.0, norm = 0.0;
-    for (size_t i = 0; i < m.n_train; i++) {
-        diff += ((double)want[i] - got[i]) * ((double)want[i] - got[i]);
-        norm += (double)want[i] * want[i];
-    }
-    REPORT(norm > 0 && diff == 0.0,
+    double error = normalized_error(got, want, m.n_train);
+    REPORT(error == 0.0,
            "a step without dropout: the same gradient before and after one with (difference %.1e)",
-           sqrt(diff / norm));
+           error);
     free(want);
     free(got);
     model_free(&m);
@@ -588,15 +587,11 @@ static void test_packing(const char *root)
     if (model_train_step(&m, ids2, targets2, &layout2, 2, 9, 1.0f, 0, &la, &err) != 0)
         die(&err);
     backend_download(be, apart, m.grad_block, m.n_train * sizeof *apart);
-    double diff = 0.0, norm = 0.0;
-    for (size_t i = 0; i < m.n_train; i++) {
-        diff += ((double)packed[i] - apart[i]) * ((double)packed[i] - apart[i]);
-        norm += (double)apart[i] * apart[i];
-    }
-    REPORT(fabs(lp.ce - la.ce) < 1e-5 * la.ce && lp.targets == la.targets && norm > 0 &&
-               sqrt(diff / norm) < 1e-5 && per_source,
+    double error = normalized_error(packed, apart, m.n_train);
+    REPORT(fabs(lp.ce - la.ce) < 1e-5 * la.ce && lp.targets == la.targets && error < 1e-5 &&
+               per_source,
            "packing: loss %.7f == %.7f, gradients (error %.1e), per-source routing counted", lp.ce,
-           la.ce, sqrt(diff / norm));
+           la.ce, error);
     REPORT(lp.aux > 0 && fabs(lp.aux - la.aux) < 1e-6 * lp.aux && fabs(lp.z - la.z) < 1e-6 * lp.z &&
                routed_packed == 16 && m.routing.tokens == 16,
            "padding routed nowhere: aux %.9f == %.9f, z %.9f == %.9f, %lld and %lld tokens routed",

@@ -61,6 +61,28 @@ else
   fail "--recompute: losses $(losses "$tmp/rc.jsonl" | tr '\n' ' ') vs $(losses "$tmp/run.jsonl" | tr '\n' ' ')"
 fi
 
+# --neftune: noise on the embeddings changes the run, the same again for the same seed, and the
+# step's losses of a resumed run are the uninterrupted one's (the noise drawn from the run's
+# generator, which the checkpoint keeps); --recompute draws it once, as without
+for run in nef nef2; do
+  # shellcheck disable=SC2086
+  "$pesc" train --headless $common --steps 6 --neftune 5 --log "$tmp/$run.jsonl" \
+    --save "$tmp/ck-$run" --save-every 3 >/dev/null 2>&1
+done
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 6 --neftune 5 --recompute --log "$tmp/nefrc.jsonl" >/dev/null 2>&1
+rm -rf "$tmp/ck-nefr" && mkdir -p "$tmp/ck-nefr" && cp -r "$tmp/ck-nef/step-00000003" "$tmp/ck-nefr/"
+"$pesc" train --headless --resume "$tmp/ck-nefr" --log "$tmp/nefr.jsonl" >/dev/null 2>"$tmp/err"
+if [ "$(losses "$tmp/nef.jsonl" | wc -l)" = 6 ] && [ "$(losses "$tmp/nef.jsonl")" != "$(losses "$tmp/run.jsonl")" ] &&
+   [ "$(losses "$tmp/nef.jsonl")" = "$(losses "$tmp/nef2.jsonl")" ] &&
+   [ "$(losses "$tmp/nef.jsonl")" = "$(losses "$tmp/nefrc.jsonl")" ] &&
+   [ "$(losses "$tmp/nefr.jsonl")" = "$(losses "$tmp/nef.jsonl" | tail -n 3)" ] &&
+   "$pesc" inspect "$tmp/ck-nef" | grep -q "^neftune       5: the embeddings' noise while training"; then
+  pass "--neftune 5: other losses than without, the same twice, with --recompute and resumed"
+else
+  fail "--neftune: $(losses "$tmp/nef.jsonl" | tr '\n' ' ') / twice $(losses "$tmp/nef2.jsonl" | tr '\n' ' ') / recompute $(losses "$tmp/nefrc.jsonl" | tr '\n' ' ') / resumed $(losses "$tmp/nefr.jsonl" | tr '\n' ' ') / without $(losses "$tmp/run.jsonl" | tr '\n' ' '): $(head -c 300 "$tmp/err")"
+fi
+
 # --config: the same run from a file of its options gives the same losses; the command line's
 # own override the file's, and its --data list replaces the file's
 cat >"$tmp/run.yaml" <<EOF
@@ -105,6 +127,12 @@ expect 2 "bad.yaml:3: unknown option 'learning-rate': pesc's name for it is 'lr'
   "--config: an option of another trainer's name is refused at its line, with pesc's" -- \
   "$pesc" train --headless --config "$tmp/bad.yaml" --log "$tmp/bad.jsonl"
 [ -e "$tmp/bad.jsonl" ] && fail "a refused --config run made its log"
+printf 'neftune_noise_alpha: 5\n' >"$tmp/bad.yaml"
+expect 2 "bad.yaml:1: unknown option 'neftune-noise-alpha': pesc's name for it is 'neftune'" \
+  "--config: LLaMA-Factory's NEFTune name is told pesc's" -- \
+  "$pesc" train --headless --config "$tmp/bad.yaml"
+expect 0 "^neftune: 5$" "--print-config writes --neftune" -- \
+  "$pesc" train --headless --neftune 5 --print-config
 printf 'steps: 2\nexperts: 4\nexperts: 8\n' >"$tmp/bad.yaml"
 expect 2 "bad.yaml:3: 'experts' again: line 2 gave it already" \
   "--config: an option given twice in the file is refused" -- \

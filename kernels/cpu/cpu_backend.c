@@ -97,6 +97,7 @@ static const backend_ops cpu_ops = {
     .vector_axpy = cpu_vector_axpy,
     .vector_scale = cpu_vector_scale,
     .dropout_mask = cpu_dropout_mask,
+    .vector_add_uniform = cpu_vector_add_uniform,
     .vector_sumsq = cpu_vector_sumsq,
     .vector_sumsq_chunks = cpu_vector_sumsq_chunks,
     .adamw_update = cpu_adamw_update,

@@ -327,6 +327,14 @@ void cpu_dropout_mask(void *ctx, float *mask, size_t n, float p, uint64_t seed)
         mask[i] = pesc_dropout_value(seed, i, p, keep);
 }
 
+void cpu_vector_add_uniform(void *ctx, float *x, size_t n, float magnitude, uint64_t seed)
+{
+    (void)ctx;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        x[i] += magnitude * (2.0f * pesc_dropout_uniform(seed, i) - 1.0f);
+}
+
 void cpu_vector_scale(void *ctx, float *x, float alpha, size_t n)
 {
     (void)ctx;

@@ -145,6 +145,7 @@ void cpu_vector_zero(void *ctx, float *x, size_t n);
 void cpu_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n);
 void cpu_vector_scale(void *ctx, float *x, float alpha, size_t n);
 void cpu_dropout_mask(void *ctx, float *mask, size_t n, float p, uint64_t seed);
+void cpu_vector_add_uniform(void *ctx, float *x, size_t n, float magnitude, uint64_t seed);
 double cpu_vector_sumsq(void *ctx, const float *x, size_t n);
 void cpu_vector_sumsq_chunks(void *ctx, double *out, const float *x, size_t chunk, int n);
 void cpu_adamw_update(void *ctx, float *params, const float *grads, float grad_scale, float *m, float *v, float *delta, size_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step);

@@ -1033,6 +1033,7 @@ static const backend_ops cuda_ops = {
     .vector_sumsq = cuda_vector_sumsq,
     .vector_sumsq_chunks = cuda_vector_sumsq_chunks,
     .dropout_mask = cuda_dropout_mask,
+    .vector_add_uniform = cuda_vector_add_uniform,
     .adamw_update = cuda_adamw_update,
     .freeze = cuda_freeze,
     .trainables = cuda_trainables,

@@ -328,6 +328,20 @@ extern "C" void cuda_dropout_mask(void *ctx, float *mask, size_t n, float p, uin
     CUDA_LAUNCHED(c);
 }
 
+__global__ void add_uniform_kernel(float *x, size_t n, float magnitude, uint64_t seed)
+{
+    GRID_STRIDE(i, n) x[i] += magnitude * (2.0f * pesc_dropout_uniform(seed, i) - 1.0f);
+}
+
+extern "C" void cuda_vector_add_uniform(void *ctx, float *x, size_t n, float magnitude,
+                                        uint64_t seed)
+{
+    CUDA_OP_WRITING(ctx, x, n);
+    CUDA_LAUNCH(add_uniform_kernel, cuda_blocks(n, 256), 256, 0, c->stream, x, n, magnitude,
+                seed);
+    CUDA_LAUNCHED(c);
+}
+
 extern "C" void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);

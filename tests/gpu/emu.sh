@@ -89,13 +89,13 @@ for variant in "tf32 fused 1e-5 1 0 1 1" "tf32 gemm 1e-4 1 0 1 1" "tf32 fused 1e
     pass "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): the CPU's losses within $3 ($got)" ||
     fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): losses '$got', the CPU's '$want'"
 done
-# Gemma 3's model (head_dim 16, below flash's 32): a run's losses and the loss of its
-# checkpoint as pesc eval gives it (inference's one set of buffers for every layer), each
-# against the CPU's
+# Gemma 3's model (head_dim 16, below flash's 32): a run's losses, with NEFTune's noise on the
+# embeddings (the same draws on both), and the loss of its checkpoint as pesc eval gives it
+# (inference's one set of buffers for every layer), each against the CPU's
 g="$top_srcdir/tests/reference/data/gemma3-f32"
 for backend in cpu cuda; do
   "$pesc" train --headless --model "$g" --data "$g/records.jsonl" --format tokens --seq 16 \
-    --batch 2 --experts 4 --adapter-dim 8 --lora-rank 2 --steps 3 --backend $backend \
+    --batch 2 --experts 4 --adapter-dim 8 --lora-rank 2 --steps 3 --neftune 5 --backend $backend \
     --log "$tmp/gemma-$backend.jsonl" --save "$tmp/gemma-$backend" >/dev/null 2>"$tmp/err" ||
     fail "pesc train --backend $backend on Gemma 3: $(head -c 300 "$tmp/err")"
   "$pesc" eval --model "$g" --adapters "$tmp/gemma-cpu" --data "$g/records.jsonl" --json \

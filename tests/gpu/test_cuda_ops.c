@@ -646,6 +646,9 @@ static void test_elementwise(size_t n)
     residual_forward(cpu, F(out), F(out), F(a), n);
     residual_forward(gpu, G(out), G(out), G(a), n);
     compare("residual_forward (aliased)", out, 1e-7);
+    vector_add_uniform(cpu, F(out), n, 0.3f, 77);
+    vector_add_uniform(gpu, G(out), n, 0.3f, 77);
+    compare("vector_add_uniform (the same draws)", out, 1e-7);
     vector_axpy(cpu, F(out), F(b), -0.75f, n);
     vector_axpy(gpu, G(out), G(b), -0.75f, n);
     compare("vector_axpy", out, 1e-7);
