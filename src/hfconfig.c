@@ -197,6 +197,11 @@ double hfconfig_embedding_scale(const hf_config *c)
     return c->embedding_multiplier > 0 ? c->embedding_multiplier : 1.0;
 }
 
+int hfconfig_embedding_module_scales(const hf_config *c)
+{
+    return gemma3(c);
+}
+
 double hfconfig_residual_scale(const hf_config *c)
 {
     return c->residual_multiplier > 0 ? c->residual_multiplier : 1.0;

@@ -119,6 +119,10 @@ int hfconfig_layer_window(const hf_config *c, int layer);
 int hfconfig_layer_local_rope(const hf_config *c, int layer);
 void hfconfig_inv_freq_local(const hf_config *c, float *inv_freq);
 
+/* Whether the embedding module scales its own output by hfconfig_embedding_scale (Gemma's, in
+ * its weights' dtype), rather than the model its embeddings (Granite's) */
+int hfconfig_embedding_module_scales(const hf_config *c);
+
 /* Granite's multipliers as factors, 1 where a family has none: the embedding's output, a
  * block's output before the residual sum, q (so that q.k / sqrt(head_dim) comes out times
  * attention_multiplier), the final norm's output (1 / logits_scaling). */

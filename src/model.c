@@ -246,7 +246,8 @@ static void gemma_embedding_scale(model *m, const st_set *set)
 {
     char name[160];
     model_file_name(m, "model.embed_tokens.weight", name, sizeof name);
-    const st_tensor *t = m->config.sandwich_norms ? st_set_find(set, name, NULL) : NULL;
+    const st_tensor *t =
+        hfconfig_embedding_module_scales(&m->config) ? st_set_find(set, name, NULL) : NULL;
     int bits = !t ? 0 : t->dtype == ST_BF16 ? 8 : t->dtype == ST_F16 ? 11 : 0;
     if (bits) {
         int e;

@@ -731,13 +731,14 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
      * model its embeddings' (before) */
     float scale = (float)hfconfig_embedding_scale(c);
     size_t NC = (size_t)N * c->hidden_size;
-    if (scale != 1.0f && c->norm_offset != 0.0f)
+    int module_scales = hfconfig_embedding_module_scales(c);
+    if (scale != 1.0f && module_scales)
         vector_scale(m->backend, a->layers[0].x_in, scale, NC);
     if (training && dropout && m->neftune > 0.0f)   /* uniform, alpha / sqrt(T C) at most */
         vector_add_uniform(m->backend, a->layers[0].x_in, NC,
                            m->neftune / sqrtf((float)T * (float)c->hidden_size),
                            pesc_splitmix64(&m->rng));
-    if (scale != 1.0f && c->norm_offset == 0.0f)
+    if (scale != 1.0f && !module_scales)
         vector_scale(m->backend, a->layers[0].x_in, scale, NC);
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *L = &a->layers[l];
