@@ -218,19 +218,25 @@ double hfconfig_logit_scale(const hf_config *c)
     return c->logits_scaling > 0 ? 1.0 / c->logits_scaling : 1.0;
 }
 
+/* A per-layer flag (nope, global) of LAYER; 0 past the layers a config can have */
+static int layer_flag(const unsigned char *flags, int layer)
+{
+    return layer >= 0 && layer < HF_MAX_LAYERS && flags[layer];
+}
+
 int hfconfig_layer_rope(const hf_config *c, int layer)
 {
-    return layer < 0 || layer >= HF_MAX_LAYERS || !c->nope[layer];
+    return !layer_flag(c->nope, layer);
 }
 
 int hfconfig_layer_window(const hf_config *c, int layer)
 {
-    return layer >= 0 && layer < HF_MAX_LAYERS && c->global[layer] ? 0 : c->sliding_window;
+    return layer_flag(c->global, layer) ? 0 : c->sliding_window;
 }
 
 int hfconfig_layer_local_rope(const hf_config *c, int layer)
 {
-    return c->rope_local_theta > 0 && layer >= 0 && layer < HF_MAX_LAYERS && !c->global[layer];
+    return c->rope_local_theta > 0 && !layer_flag(c->global, layer);
 }
 
 /* A flag for each layer: from the list LIST_KEY (item_flag makes an item 0 or 1, -1 for one
