@@ -304,17 +304,17 @@ void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *
     PROFILED(b, __func__, b->ops->rope_forward(b->context, out, inp, pos, inv_freq, N, H, D, R, scale));
 }
 
-void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
+void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start)
 {
     /* QK^T and PV */
     PROFILED_PRODUCTS(b, __func__, 4.0 * D * Hq * B * attention_pairs(T, window),
                       b->ops->attention_forward(b->context, out, lse, q, k, v, B, T, Hq, Hkv, D,
-                                                window, seg_start));
+                                                window, softcap, seg_start));
 }
 
-void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window)
+void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window, float softcap)
 {
-    PROFILED(b, __func__, b->ops->attention_cached_forward(b->context, out, q, k_cache, v_cache, n, past, Hq, Hkv, D, window));
+    PROFILED(b, __func__, b->ops->attention_cached_forward(b->context, out, q, k_cache, v_cache, n, past, Hq, Hkv, D, window, softcap));
 }
 
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n)
@@ -332,9 +332,9 @@ void residual_forward(pesc_backend *b, float *out, const float *x, const float *
     PROFILED(b, __func__, b->ops->residual_forward(b->context, out, x, y, n));
 }
 
-void crossentropy_forward(pesc_backend *b, float *losses, const float *logits, const int32_t *targets, int N, int V)
+void crossentropy_forward(pesc_backend *b, float *losses, const float *logits, const int32_t *targets, int N, int V, float softcap)
 {
-    PROFILED(b, __func__, b->ops->crossentropy_forward(b->context, losses, logits, targets, N, V));
+    PROFILED(b, __func__, b->ops->crossentropy_forward(b->context, losses, logits, targets, N, V, softcap));
 }
 
 void moe_route_forward(pesc_backend *b, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K)
@@ -395,12 +395,12 @@ void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_
     PROFILED(b, __func__, b->ops->rope_backward(b->context, dinp, dout, pos, inv_freq, N, H, D, R, scale));
 }
 
-void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start)
+void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start)
 {
     /* dO V^T, P^T dO, dS K and dS^T Q; QK^T made again counts as nothing, as in the MFU */
     PROFILED_PRODUCTS(b, __func__, 8.0 * D * Hq * B * attention_pairs(T, window),
                       b->ops->attention_backward(b->context, dq, dk, dv, dout, q, k, v, out,
-                                                 lse, B, T, Hq, Hkv, D, window, seg_start));
+                                                 lse, B, T, Hq, Hkv, D, window, softcap, seg_start));
 }
 
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n)
@@ -413,9 +413,9 @@ void geglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout
     PROFILED(b, __func__, b->ops->geglu_backward(b->context, dgate, dup, dout, gate, up, n));
 }
 
-void crossentropy_backward(pesc_backend *b, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V)
+void crossentropy_backward(pesc_backend *b, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V, float softcap)
 {
-    PROFILED(b, __func__, b->ops->crossentropy_backward(b->context, dlogits, losses, logits, targets, scale, N, V));
+    PROFILED(b, __func__, b->ops->crossentropy_backward(b->context, dlogits, losses, logits, targets, scale, N, V, softcap));
 }
 
 void vector_zero(pesc_backend *b, float *x, size_t n)

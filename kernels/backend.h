@@ -156,20 +156,21 @@ void rope_forward(pesc_backend *b, float *out, const float *inp, const int32_t *
 
 /* Causal grouped-query attention over B sequences of T tokens.
  * q (N, Hq, D), k and v (N, Hkv, D), out (N, Hq, D); query head h reads kv head h / (Hq/Hkv).
- * Scores are scaled by 1/sqrt(D). window > 0 limits each query at t to keys s with
+ * Scores are scaled by 1/sqrt(D), then, when softcap > 0, capped to softcap tanh(s / softcap)
+ * (Gemma 2's attn_logit_softcapping) before the mask and the softmax. window > 0 limits each query at t to keys s with
  * t - window < s <= t (sliding-window attention); 0 means unlimited. seg_start (B, T), when
  * not NULL, packs several documents in a row: the query at t sees only keys s >= seg_start[t],
  * the row position where its document begins.
  * lse (B, Hq, T) receives each row's log-sum-exp for the backward pass and may be NULL. */
 void attention_forward(pesc_backend *b, float *out, float *lse, const float *q, const float *k,
                        const float *v, int B, int T, int Hq, int Hkv, int D, int window,
-                       const int32_t *seg_start);
+                       float softcap, const int32_t *seg_start);
 
 /* Generation: n new query rows (n, Hq, D) at positions past .. past+n-1 of one sequence,
  * against a KV cache (past+n, Hkv, D) that already holds their own keys and values. */
 void attention_cached_forward(pesc_backend *b, float *out, const float *q, const float *k_cache,
                               const float *v_cache, int n, int past, int Hq, int Hkv, int D,
-                              int window);
+                              int window, float softcap);
 
 /* out (n) = silu(gate) * up, elementwise. */
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n);
@@ -180,10 +181,11 @@ void geglu_forward(pesc_backend *b, float *out, const float *gate, const float *
 /* out (n) = x + y, elementwise; out may alias either input. */
 void residual_forward(pesc_backend *b, float *out, const float *x, const float *y, size_t n);
 
-/* losses (N) = logsumexp(logits[n]) - logits[n][targets[n]], from logits (N, V);
+/* losses (N) = logsumexp(y[n]) - y[n][targets[n]], from logits (N, V): y = logits, or when
+ * softcap > 0 softcap tanh(logits / softcap) (Gemma 2's final_logit_softcapping);
  * targets < 0 (the -100 of Hugging Face labels) give a loss of 0. */
 void crossentropy_forward(pesc_backend *b, float *losses, const float *logits,
-                          const int32_t *targets, int N, int V);
+                          const int32_t *targets, int N, int V, float softcap);
 
 /* ---- PESC routing and adapters ------------------------------------------------------------ */
 
@@ -278,18 +280,20 @@ void rope_backward(pesc_backend *b, float *dinp, const float *dout, const int32_
 void attention_backward(pesc_backend *b, float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
-                        const int32_t *seg_start);
+                        float softcap, const int32_t *seg_start);
 /* dgate, dup overwritten (dgate may equal dout). */
 void swiglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout,
                      const float *gate, const float *up, size_t n);
 /* geglu_forward's, as swiglu_backward. */
 void geglu_backward(pesc_backend *b, float *dgate, float *dup, const float *dout,
                     const float *gate, const float *up, size_t n);
-/* dlogits (N, V) overwritten with (softmax - onehot(target)) * scale; rows with target < 0
- * become 0. May equal logits. losses (N), when not NULL, receives what crossentropy_forward
- * would, from the same softmax (training needs both; one pass over the logits). */
+/* dlogits (N, V) overwritten with (softmax(y) - onehot(target)) * scale, y as in
+ * crossentropy_forward, times dy/dlogits = 1 - (y / softcap)^2 when softcap > 0; rows with
+ * target < 0 become 0. May equal logits. losses (N), when not NULL, receives what
+ * crossentropy_forward would, from the same softmax (training needs both; one pass over the
+ * logits). */
 void crossentropy_backward(pesc_backend *b, float *dlogits, float *losses, const float *logits,
-                           const int32_t *targets, float scale, int N, int V);
+                           const int32_t *targets, float scale, int N, int V, float softcap);
 
 /* ---- vectors and the optimizer ------------------------------------------------------------ */
 

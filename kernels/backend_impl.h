@@ -21,12 +21,12 @@ typedef struct backend_ops {
     void (*matmul_forward)(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
     void (*rmsnorm_forward)(void *ctx, float *out, float *rstd, const float *inp, const float *weight, float offset, int N, int C, float eps);
     void (*rope_forward)(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
-    void (*attention_forward)(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
-    void (*attention_cached_forward)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window);
+    void (*attention_forward)(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
+    void (*attention_cached_forward)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window, float softcap);
     void (*swiglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
     void (*geglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
     void (*residual_forward)(void *ctx, float *out, const float *x, const float *y, size_t n);
-    void (*crossentropy_forward)(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
+    void (*crossentropy_forward)(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V, float softcap);
     void (*moe_route_forward)(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
     void (*moe_group)(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S);
     void (*moe_route_backward)(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
@@ -36,10 +36,10 @@ typedef struct backend_ops {
     void (*matmul_backward)(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
     void (*rmsnorm_backward)(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, float offset, const float *rstd, int N, int C);
     void (*rope_backward)(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
-    void (*attention_backward)(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
+    void (*attention_backward)(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
     void (*swiglu_backward)(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
     void (*geglu_backward)(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
-    void (*crossentropy_backward)(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
+    void (*crossentropy_backward)(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V, float softcap);
     void (*vector_zero)(void *ctx, float *x, size_t n);
     void (*vector_axpy)(void *ctx, float *y, const float *x, float alpha, size_t n);
     void (*vector_scale)(void *ctx, float *x, float alpha, size_t n);

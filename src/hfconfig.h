@@ -1,7 +1,8 @@
 /* hfconfig — a Hugging Face config.json for the model families pesc runs: LlamaForCausalLM,
  * MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM
- * (Llama's with RoPE left out of some layers), GraniteForCausalLM, Gemma3ForCausalLM (and the
- * text model of Gemma3ForConditionalGeneration, from its text_config), Olmo2ForCausalLM, and
+ * (Llama's with RoPE left out of some layers), GraniteForCausalLM, Gemma2ForCausalLM,
+ * Gemma3ForCausalLM (and the text model of Gemma3ForConditionalGeneration, from its
+ * text_config), Olmo2ForCausalLM, and
  * the PESC keys
  * of an exported (crafted) model (num_experts, topk, adapter_dim, moe_scaling, as Camelidae
  * writes them). Anything else is refused with a message that lists what is supported. Also
@@ -49,7 +50,7 @@ typedef struct hf_config {
     int qkv_bias;                /* qwen2, or llama's and qwen3's attention_bias */
     int qk_norm;                 /* qwen3: each head of q and k RMS-normed (q_norm, k_norm) */
     int o_bias;                  /* llama's attention_bias */
-    int sliding_window;          /* mistral, phi3, gemma3 (but its global layers); 0 = none */
+    int sliding_window;          /* mistral, phi3, gemma (but its global layers); 0 = none */
     int rotary_dim;              /* values of a head RoPE rotates: head_dim, but for
                                   * partial_rotary_factor (0 = head_dim; hfconfig_rotary_dim) */
     /* SmolLM3's NoPE layers, whose q and k RoPE leaves alone (no_rope_layers[l] == 0, or
@@ -59,15 +60,16 @@ typedef struct hf_config {
      * embedding's output, each block's output before the residual sum, the attention's
      * scores (attention_multiplier in place of 1/sqrt(head_dim)), the logits (divided) */
     double embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling;
-    /* Gemma 3 (0 for the other families): RMSNorm scales by norm_offset + weight (1: its
+    /* Gemma 2 and 3 (0 for the other families): RMSNorm scales by norm_offset + weight (1: its
      * weights are the scale's difference from 1); sandwich_norms (OLMo 2's too): a norm after
      * the attention and one after the FFN (post_attention_layernorm,
      * post_feedforward_layernorm), before each residual sum, the FFN's own input norm being
      * pre_feedforward_layernorm; gelu_ffn:
      * the FFN's gate through GELU's tanh approximation; the sliding window on all layers but
      * the global[] ones, and those alone turn RoPE by rope_theta with rope_scaling: the
-     * sliding layers by rope_local_theta, unscaled. Its embedding_multiplier is
-     * sqrt(hidden_size), its attention_multiplier query_pre_attn_scalar^-1/2. */
+     * sliding layers by rope_local_theta, unscaled (Gemma 3; Gemma 2 has one RoPE). Its
+     * embedding_multiplier is sqrt(hidden_size), its attention_multiplier
+     * query_pre_attn_scalar^-1/2. */
     float norm_offset;
     int sandwich_norms;
     /* OLMo 2: no norm before the attention or the FFN (its sandwich_norms' post norms alone),
@@ -80,6 +82,10 @@ typedef struct hf_config {
     int nested_text;
     int gelu_ffn;
     double rope_local_theta;     /* 0: one RoPE for every layer */
+    /* Gemma 2's softcapping (0: none): the attention's scaled scores become
+     * cap tanh(score / cap) (attn_logit_softcapping), and so do the logits
+     * (final_logit_softcapping); Gemma 3 has the keys too, null in its releases */
+    double attn_logit_softcapping, final_logit_softcapping;
     unsigned char global[HF_MAX_LAYERS];
     int fused_proj;              /* phi3: the files hold q|k|v as qkv_proj, gate|up as
                                   * gate_up_proj (model.c splits and joins them) */

@@ -290,7 +290,7 @@ int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err
 
 /* After model_forward: sums next-token negative log-likelihood over targets (host, B*T; a
  * target < 0 is ignored) into *nll and counts the targets into *count. When logits_out is not
- * NULL it receives all B*T*V logits. Logits are made a slice of rows at a time, so long
+ * NULL it receives all B*T*V logits (Gemma 2's softcapped, as the loss takes them). Logits are made a slice of rows at a time, so long
  * sequences never hold (N, V) at once. */
 int model_nll(model *m, const int32_t *targets, double *nll, long long *count,
               float *logits_out, pesc_error *err);

@@ -598,10 +598,11 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
         backend_copy(b, kc + (size_t)past * row, a->k, (size_t)T * row * sizeof(float));
         backend_copy(b, vc + (size_t)past * row, a->v, (size_t)T * row * sizeof(float));
-        attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, window);
+        attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, window,
+                                 (float)c->attn_logit_softcapping);
     } else {
         attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D, window,
-                          m->act.packed ? m->act.seg : NULL);
+                          (float)c->attn_logit_softcapping, m->act.packed ? m->act.seg : NULL);
     }
     /* h is free until the FFN writes it (Gemma's att_out is kept for its norm's backward);
      * scratch holds LoRA's product */
@@ -772,10 +773,19 @@ static int check_targets(const model *m, const int32_t *targets, int N, long lon
     return 0;
 }
 
+/* Gemma 2's final softcap on logits downloaded from the head's product: cap tanh(x / cap), as
+ * the cross-entropies take them on the backend. */
+static void cap_logits(const hf_config *c, float *logits, size_t n)
+{
+    double cap = c->final_logit_softcapping;
+    for (size_t i = 0; cap > 0 && i < n; i++)
+        logits[i] = (float)(cap * tanh(logits[i] / cap));
+}
+
 /* Logits a slice of rows at a time: loss of each row, and, when scale_grad != 0, the head's
  * backward (dxn rows and the LM head's gradient when it trains). The losses stay on the backend
- * until the last slice: one wait, not one a slice (unless logits_out takes each slice's).
- * seq_nll (optional, B) receives each sequence's sum. */
+ * until the last slice: one wait, not one a slice (unless logits_out takes each slice's, capped
+ * as the loss takes them). seq_nll (optional, B) receives each sequence's sum. */
 static double head_pass(model *m, const int32_t *targets, float scale_grad, float *logits_out,
                         double *seq_nll)
 {
@@ -783,6 +793,7 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
     pesc_backend *b = m->backend;
     model_activations *a = &m->act;
     int N = m->B * m->T, C = c->hidden_size, V = c->vocab_size;
+    float cap = (float)c->final_logit_softcapping;
     float *losses = xmalloc((size_t)N * sizeof *losses);
     double sum = 0.0;
     for (int start = 0; start < N; start += a->logit_rows) {
@@ -791,12 +802,15 @@ static double head_pass(model *m, const int32_t *targets, float scale_grad, floa
         matmul_forward(b, a->logits, xn, m->lm_head, NULL, rows, C, V);
         if (scale_grad != 0.0f)
             crossentropy_backward(b, a->logits, a->losses + start, a->logits,
-                                  a->targets + start, scale_grad, rows, V);
+                                  a->targets + start, scale_grad, rows, V, cap);
         else
-            crossentropy_forward(b, a->losses + start, a->logits, a->targets + start, rows, V);
-        if (logits_out)
+            crossentropy_forward(b, a->losses + start, a->logits, a->targets + start, rows, V,
+                                 cap);
+        if (logits_out) {
             backend_download(b, logits_out + (size_t)start * V, a->logits,
                              (size_t)rows * V * sizeof(float));
+            cap_logits(c, logits_out + (size_t)start * V, (size_t)rows * V);
+        }
         if (scale_grad == 0.0f)
             continue;
         /* zeroed right before the product that adds into it, which then writes it (GPU) */
@@ -943,7 +957,8 @@ static void layer_backward(model *m, int l, float loss_scale)
     vector_zero(b, g->datt, (size_t)N * Hq * D);
     linear_backward(m, l, LORA_O, a, g->datt, dy, a->att, N);
     attention_backward(b, g->dq, g->dk, g->dv, g->datt, a->q, a->k, a->v, a->att, a->lse, m->B,
-                       m->T, Hq, Hkv, D, hfconfig_layer_window(c, l), g->packed ? g->seg : NULL);
+                       m->T, Hq, Hkv, D, hfconfig_layer_window(c, l),
+                       (float)c->attn_logit_softcapping, g->packed ? g->seg : NULL);
     int R = hfconfig_rotary_dim(c);
     float scale = (float)hfconfig_rope_scale(c), scale_q = scale * (float)hfconfig_query_scale(c);
     if (hfconfig_layer_rope(c, l)) {
@@ -1103,6 +1118,7 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
     backend_download(m->backend, logits, m->act.logits, (size_t)V * sizeof(float));
     if (backend_check(m->backend, err) != 0)
         return -1;
+    cap_logits(c, logits, (size_t)V);
     if (experts && m->crafted) {
         int K = m->pesc.top_k;
         /* inference shares one set of buffers across layers: routing kept by route_finish */

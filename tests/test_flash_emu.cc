@@ -215,7 +215,7 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
         }
     const int32_t *sp = packed ? seg.data() : NULL;
 
-    attention_forward(cpu, out, lse, q, k, v, B, T, Hq, Hkv, D, window, sp);
+    attention_forward(cpu, out, lse, q, k, v, B, T, Hq, Hkv, D, window, 0.0f, sp);
     poison(got, nq);
     poison(got_lse, rows);
     run_forward<NCH>(got, got_lse, q, k, v, B, T, Hq, Hkv, window, sp);
@@ -226,7 +226,8 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
     float *dq = host_alloc(nq), *dk = host_alloc(nkv), *dv = host_alloc(nkv);
     float *gdq = host_alloc(nq), *gdk = host_alloc(nkv), *gdv = host_alloc(nkv);
     float *delta = host_alloc(rows);
-    attention_backward(cpu, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, sp);
+    attention_backward(cpu, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, 0.0f,
+                       sp);
     for (size_t r = 0; r < rows; r++) {   // delta (B, Hq, T) = rowsum(dout * out)
         size_t bt = r / Hq, h = r % Hq, t = bt % T, b = bt / T;
         double s = 0.0;

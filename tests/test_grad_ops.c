@@ -138,20 +138,22 @@ static void test_rope(int R, float scale)
 
 /* ---- attention ------------------------------------------------------------------------------ */
 static int at_B, at_T, at_Hq, at_Hkv, at_D, at_window;
+static float at_cap;      /* Gemma 2's softcap of the scores, or 0 */
 static int32_t *at_seg;   /* packed documents, or NULL */
 static float *at_q, *at_k, *at_v, *at_dy;
 static double attention_loss(void)
 {
     size_t n = (size_t)at_B * at_T * at_Hq * at_D;
     float *out = malloc(n * sizeof *out);
-    attention_forward(be, out, NULL, at_q, at_k, at_v, at_B, at_T, at_Hq, at_Hkv, at_D, at_window, at_seg);
+    attention_forward(be, out, NULL, at_q, at_k, at_v, at_B, at_T, at_Hq, at_Hkv, at_D, at_window,
+                      at_cap, at_seg);
     double l = dot(out, at_dy, n);
     free(out);
     return l;
 }
-static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed)
+static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed, float cap)
 {
-    at_B = B; at_T = T; at_Hq = Hq; at_Hkv = Hkv; at_D = D; at_window = window;
+    at_B = B; at_T = T; at_Hq = Hq; at_Hkv = Hkv; at_D = D; at_window = window; at_cap = cap;
     at_seg = packed ? malloc((size_t)B * T * sizeof *at_seg) : NULL;
     for (int i = 0; packed && i < B * T; i++)
         at_seg[i] = (i % T) / 4 * 4;   /* a document every 4 tokens */
@@ -159,11 +161,12 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
     at_q = randoms(nq, 1); at_k = randoms(nkv, 1); at_v = randoms(nkv, 1); at_dy = randoms(nq, 1);
     float *out = malloc(nq * sizeof *out), *lse = malloc((size_t)B * Hq * T * sizeof *lse);
     float *dq = malloc(nq * sizeof *dq), *dk = malloc(nkv * sizeof *dk), *dv = malloc(nkv * sizeof *dv);
-    attention_forward(be, out, lse, at_q, at_k, at_v, B, T, Hq, Hkv, D, window, at_seg);
-    attention_backward(be, dq, dk, dv, at_dy, at_q, at_k, at_v, out, lse, B, T, Hq, Hkv, D, window, at_seg);
+    attention_forward(be, out, lse, at_q, at_k, at_v, B, T, Hq, Hkv, D, window, cap, at_seg);
+    attention_backward(be, dq, dk, dv, at_dy, at_q, at_k, at_v, out, lse, B, T, Hq, Hkv, D, window,
+                       cap, at_seg);
     char name[64];
-    snprintf(name, sizeof name, "attention_backward T%d Hq%d Hkv%d window %d%s", T, Hq, Hkv, window,
-             packed ? " packed" : "");
+    snprintf(name, sizeof name, "attention_backward T%d Hq%d Hkv%d window %d%s%s", T, Hq, Hkv,
+             window, packed ? " packed" : "", cap > 0.0f ? " softcap" : "");
     check_input(name, "q", at_q, nq, dq, attention_loss);
     check_input(name, "k", at_k, nkv, dk, attention_loss);
     check_input(name, "v", at_v, nkv, dv, attention_loss);
@@ -213,28 +216,32 @@ static void test_embedding(void)
 
 enum { CN = 6, CV = 11 };
 static float *ce_logits;
+static float ce_cap;   /* Gemma 2's softcap of the logits, or 0 */
 static int32_t ce_targets[CN] = {3, -100, 0, 10, 5, 5};
 static double ce_loss(void)
 {
     float losses[CN];
-    crossentropy_forward(be, losses, ce_logits, ce_targets, CN, CV);
+    crossentropy_forward(be, losses, ce_logits, ce_targets, CN, CV, ce_cap);
     double s = 0.0;
     for (int i = 0; i < CN; i++)
         s += 0.7 * losses[i];
     return s;
 }
-static void test_crossentropy(void)
+static void test_crossentropy(float cap)
 {
     ce_logits = randoms(CN * CV, 3);
+    ce_cap = cap;
     float d[CN * CV], losses[CN], want[CN];
-    crossentropy_backward(be, d, losses, ce_logits, ce_targets, 0.7f, CN, CV);
-    check_input("crossentropy_backward (scale 0.7, one ignored)", "logits", ce_logits, CN * CV, d, ce_loss);
-    crossentropy_forward(be, want, ce_logits, ce_targets, CN, CV);
+    crossentropy_backward(be, d, losses, ce_logits, ce_targets, 0.7f, CN, CV, cap);
+    check_input(cap > 0.0f ? "crossentropy_backward (scale 0.7, one ignored), softcap"
+                           : "crossentropy_backward (scale 0.7, one ignored)",
+                "logits", ce_logits, CN * CV, d, ce_loss);
+    crossentropy_forward(be, want, ce_logits, ce_targets, CN, CV, cap);
     double worst = 0.0;
     for (int i = 0; i < CN; i++)
         worst = fmax(worst, fabs(losses[i] - want[i]));
     printf("%-4s %-44s %-11s %.2e\n", worst < 1e-5 ? "ok" : "FAIL", "crossentropy_backward losses", "", worst);
-    failures += worst >= 1e-5;
+    failures += worst >= 1e-5;    free(ce_logits);
 }
 
 /* ---- routing -------------------------------------------------------------------------------- */
@@ -375,15 +382,18 @@ int main(void)
     test_rmsnorm(1.0f);
     test_rope(PD, 1.0f);
     test_rope(6, 1.19f);
-    test_attention(2, 9, 4, 2, 8, 0, 0);
-    test_attention(1, 13, 2, 1, 6, 4, 0);
-    test_attention(1, 70, 2, 2, 4, 0, 0);   /* more rows than one attention block */
-    test_attention(2, 11, 2, 1, 4, 0, 1);
-    test_attention(1, 70, 2, 2, 4, 3, 1);
+    test_attention(2, 9, 4, 2, 8, 0, 0, 0.0f);
+    test_attention(1, 13, 2, 1, 6, 4, 0, 0.0f);
+    test_attention(1, 70, 2, 2, 4, 0, 0, 0.0f);   /* more rows than one attention block */
+    test_attention(2, 11, 2, 1, 4, 0, 1, 0.0f);
+    test_attention(1, 70, 2, 2, 4, 3, 1, 0.0f);
+    test_attention(2, 9, 4, 2, 8, 0, 0, 0.5f);    /* Gemma 2's softcap, biting */
+    test_attention(1, 70, 2, 2, 4, 3, 1, 0.5f);
     test_swiglu(0);
     test_swiglu(1);
     test_embedding();
-    test_crossentropy();
+    test_crossentropy(0.0f);
+    test_crossentropy(2.0f);
     test_route();
     test_adapter();
     backend_delete(be);

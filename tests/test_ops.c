@@ -188,10 +188,17 @@ static void test_rope(pesc_backend *b, int N, int H, int D, int R, float scale, 
     backend_free(b, x); backend_free(b, out); backend_free(b, freq); backend_free(b, pos);
 }
 
+/* Gemma 2's softcapping, cap tanh(y / cap), where cap > 0 */
+static double capped(double y, float cap)
+{
+    return cap > 0.0f ? cap * tanh(y / cap) : y;
+}
+
 /* Naive attention with an explicit score vector and a separate softmax pass. */
-/* packed: rows hold documents starting every 5 tokens (seg_start), attention stays inside. */
+/* packed: rows hold documents starting every 5 tokens (seg_start), attention stays inside;
+ * cap > 0: scores capped (Gemma 2's cap tanh(s / cap)). */
 static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D, int window,
-                           int packed)
+                           int packed, float cap)
 {
     int32_t *seg = packed ? (int32_t *)alloc_floats(b, (size_t)B * T) : NULL;
     for (int i = 0; packed && i < B * T; i++)
@@ -204,7 +211,7 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
     fill(q, nq, 2.0);
     fill(k, nkv, 2.0);
     fill(v, nkv, 1.0);
-    attention_forward(b, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg);
+    attention_forward(b, out, lse, q, k, v, B, T, Hq, Hkv, D, window, cap, seg);
     for (int bb = 0; bb < B; bb++)
         for (int h = 0; h < Hq; h++)
             for (int t = 0; t < T; t++) {
@@ -221,7 +228,7 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
                     double dot = 0.0;
                     for (int d = 0; d < D; d++)
                         dot += (double)qr[d] * kr[d];
-                    scores[s] = dot / sqrt((double)D);
+                    scores[s] = capped(dot / sqrt((double)D), cap);
                     m = scores[s] > m ? scores[s] : m;
                 }
                 for (int s = 0; s < T; s++)
@@ -238,8 +245,8 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
                 want_lse[((size_t)bb * Hq + h) * T + t] = m + log(sum);
             }
     char name[96];
-    snprintf(name, sizeof name, "attention_forward B%d T%d Hq%d Hkv%d D%d window %d%s", B, T, Hq,
-             Hkv, D, window, packed ? " packed" : "");
+    snprintf(name, sizeof name, "attention_forward B%d T%d Hq%d Hkv%d D%d window %d%s%s", B, T,
+             Hq, Hkv, D, window, packed ? " packed" : "", cap > 0.0f ? " softcap" : "");
     check(name, out, want, nq, 1e-6);
     check("attention_forward lse", lse, want_lse, (size_t)B * Hq * T, 1e-6);
     free(want); free(want_lse); free(scores);
@@ -389,7 +396,8 @@ static void test_dropout(pesc_backend *b, size_t n, float p)
     backend_free(b, m1); backend_free(b, m2); backend_free(b, m3);
 }
 
-static void test_crossentropy(pesc_backend *b, int N, int V)
+/* cap > 0: the logits capped first (Gemma 2's final_logit_softcapping) */
+static void test_crossentropy(pesc_backend *b, int N, int V, float cap)
 {
     float *logits = alloc_floats(b, (size_t)N * V), *losses = alloc_floats(b, (size_t)N);
     int32_t *targets = (int32_t *)alloc_floats(b, (size_t)N);
@@ -397,7 +405,7 @@ static void test_crossentropy(pesc_backend *b, int N, int V)
     fill(logits, (size_t)N * V, 8.0);
     for (int n = 0; n < N; n++)
         targets[n] = n % 5 == 0 ? -100 : (int32_t)(uniform() * V) % V;
-    crossentropy_forward(b, losses, logits, targets, N, V);
+    crossentropy_forward(b, losses, logits, targets, N, V, cap);
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) {
             want[n] = 0.0;
@@ -405,10 +413,11 @@ static void test_crossentropy(pesc_backend *b, int N, int V)
         }
         double sum = 0.0;
         for (int i = 0; i < V; i++)
-            sum += exp((double)logits[(size_t)n * V + i]);
-        want[n] = log(sum) - logits[(size_t)n * V + targets[n]];
+            sum += exp(capped(logits[(size_t)n * V + i], cap));
+        want[n] = log(sum) - capped(logits[(size_t)n * V + targets[n]], cap);
     }
-    check("crossentropy_forward (every 5th ignored)", losses, want, (size_t)N, 1e-6);
+    check(cap > 0.0f ? "crossentropy_forward (every 5th ignored), softcap"
+                     : "crossentropy_forward (every 5th ignored)", losses, want, (size_t)N, 1e-6);
     free(want);
     backend_free(b, logits); backend_free(b, losses); backend_free(b, targets);
 }
@@ -456,6 +465,32 @@ static void test_expf(void)
     int ok = worst <= 1.5 && !wrong;
     printf("%-4s cpu_expf, %ld floats: worst %.2f ulp (at %.9g), %ld wrong infinities or NaNs\n",
            ok ? "ok" : "FAIL", count, worst, (double)worst_x, wrong);
+    failures += !ok;
+}
+
+/* cpu_tanhf (Gemma 2's softcaps on the CPU): every 97th float against double tanh, within
+ * 2 ulp; +-1 at the infinities, NaN for NaN. */
+static void test_tanhf(void)
+{
+    double worst = 0.0;
+    float worst_x = 0.0f;
+    long count = 0, wrong = 0;
+    for (uint64_t u = 0; u < 1ull << 32; u += 97, count++) {
+        uint32_t bits = (uint32_t)u;
+        float x;
+        memcpy(&x, &bits, sizeof x);
+        float got = cpu_tanhf(x);
+        if (isnan(x) || isinf(x)) {
+            wrong += isnan(x) ? !isnan(got) : got != (x > 0 ? 1.0f : -1.0f);
+            continue;
+        }
+        double e = ulps(got, tanh((double)x));
+        if (e > worst)
+            worst = e, worst_x = x;
+    }
+    int ok = worst <= 2.0 && !wrong;
+    printf("%-4s cpu_tanhf, %ld floats: worst %.2f ulp (at %.9g), %ld wrong at the infinities "
+           "or NaN\n", ok ? "ok" : "FAIL", count, worst, (double)worst_x, wrong);
     failures += !ok;
 }
 
@@ -508,6 +543,7 @@ int main(void)
     }
     test_expf();
     test_normal_cdf();
+    test_tanhf();
     test_matmul(b, 37, 64, 48, 0);
     test_matmul(b, 5, 130, 257, 1);
     test_matmul(b, 1, 400, 700, 1);   /* one row: matrix-vector products */
@@ -519,15 +555,18 @@ int main(void)
     test_rope(b, 13, 3, 32, 24, 1.19f, 0);   /* Phi-4-mini's 3/4, and its longrope's factor */
     test_rope(b, 24, 3, 32, 32, 1.0f, 4);
     test_rope(b, 24, 3, 32, 24, 1.19f, 3);
-    test_attention(b, 2, 19, 4, 2, 16, 0, 0);
-    test_attention(b, 1, 23, 6, 1, 8, 5, 0);
-    test_attention(b, 3, 7, 2, 2, 64, 0, 0);
-    test_attention(b, 2, 150, 2, 1, 16, 0, 0);   /* several query blocks */
-    test_attention(b, 2, 90, 4, 2, 8, 0, 1);
-    test_attention(b, 1, 37, 2, 2, 8, 3, 1);
+    test_attention(b, 2, 19, 4, 2, 16, 0, 0, 0.0f);
+    test_attention(b, 1, 23, 6, 1, 8, 5, 0, 0.0f);
+    test_attention(b, 3, 7, 2, 2, 64, 0, 0, 0.0f);
+    test_attention(b, 2, 150, 2, 1, 16, 0, 0, 0.0f);   /* several query blocks */
+    test_attention(b, 2, 90, 4, 2, 8, 0, 1, 0.0f);
+    test_attention(b, 1, 37, 2, 2, 8, 3, 1, 0.0f);
+    test_attention(b, 2, 150, 4, 2, 16, 0, 0, 1.5f);   /* Gemma 2's softcap, biting */
+    test_attention(b, 2, 90, 4, 2, 8, 7, 1, 0.7f);
     test_elementwise(b, 10007);
     test_add_uniform(b, 100003);
-    test_crossentropy(b, 21, 300);
+    test_crossentropy(b, 21, 300, 0.0f);
+    test_crossentropy(b, 21, 300, 3.0f);
     test_adamw(b, 10007);
     test_dropout(b, 1000003, 0.1f);
     test_dropout(b, 100003, 0.5f);

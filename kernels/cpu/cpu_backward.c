@@ -117,10 +117,21 @@ void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t 
 
 /* One query row of attention's backward: scores s (n) become probabilities p = e^(s scale -
  * lse) inside [lo, hi] (0 outside), and dp, the gradient of p, becomes dS = p (dp - delta)
- * scale. */
+ * scale; with cap > 0, p = e^(y - lse) of the capped y = cap tanh(s scale / cap), and dS also
+ * takes y's slope, 1 - (y / cap)^2. */
 static CPU_WIDE void scores_grad_row(float *s, float *dp, int n, int lo, int hi, float scale,
-                                     float lse, float delta)
+                                     float cap, float lse, float delta)
 {
+    if (cap > 0.0f) {
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            float y = cpu_softcap(s[j] * scale, cap), slope = 1.0f - (y / cap) * (y / cap);
+            float e = cpu_expf(y - lse), prob = j >= lo && j <= hi ? e : 0.0f;
+            s[j] = prob;
+            dp[j] = prob * (dp[j] - delta) * scale * slope;
+        }
+        return;
+    }
 #pragma omp simd
     for (int j = 0; j < n; j++) {
         float e = cpu_expf(s[j] * scale - lse), prob = j >= lo && j <= hi ? e : 0.0f;
@@ -136,7 +147,7 @@ static CPU_WIDE void scores_grad_row(float *s, float *dp, int n, int lo, int hi,
 static void attention_backward_group(float *dq, float *dk, float *dv, const float *dout,
                                      const float *q, const float *k, const float *v,
                                      const float *out, const float *lse, int T, int group,
-                                     int q_stride, int kv_stride, int D, int window,
+                                     int q_stride, int kv_stride, int D, int window, float cap,
                                      const int32_t *seg, float *p, float *dp)
 {
     float scale = 1.0f / sqrtf((float)D);
@@ -165,7 +176,7 @@ static void attention_backward_group(float *dq, float *dk, float *dv, const floa
                 for (int d = 0; d < D; d++)
                     delta += do_row[d] * o_row[d];
                 scores_grad_row(p + (size_t)i * keys, dp + (size_t)i * keys, keys, lo, hi, scale,
-                                lse_h[t], delta);
+                                cap, lse_h[t], delta);
             }
             /* dQ = dS K;  dK += dS^T Q;  dV += P^T dO */
             cpu_gemm(0, 0, rows, D, keys, 1.0f, dp, keys, kv0, kv_stride, 0.0f,
@@ -181,7 +192,7 @@ static void attention_backward_group(float *dq, float *dk, float *dv, const floa
 void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout,
                             const float *q, const float *k, const float *v, const float *out,
                             const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
-                            const int32_t *seg_start)
+                            float softcap, const int32_t *seg_start)
 {
     (void)ctx;
     assert(D <= CPU_MAX_HEAD_DIM && Hq % Hkv == 0);
@@ -199,7 +210,7 @@ void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const fl
                 attention_backward_group(dq + q_off, dk + kv_off, dv + kv_off, dout + q_off,
                                          q + q_off, k + kv_off, v + kv_off, out + q_off,
                                          lse + ((size_t)b * Hq + (size_t)g * group) * T, T, group,
-                                         q_stride, kv_stride, D, window,
+                                         q_stride, kv_stride, D, window, softcap,
                                          seg_start ? seg_start + (size_t)b * T : NULL, p, dp);
             }
         free(p);
@@ -259,18 +270,29 @@ void cpu_geglu_backward(void *ctx, float *dgate, float *dup, const float *dout,
     glu_backward(geglu_grad_span, dgate, dup, dout, gate, up, n);
 }
 
-/* out = softmax(row) * scale (out may be row); the log-sum-exp of row. */
-static CPU_WIDE double softmax_scaled(float *out, const float *row, int n, float scale)
+/* out = softmax(y) * scale (out may be row), y = row, or where cap > 0 its capped values,
+ * each then times y's slope 1 - (y / cap)^2; the log-sum-exp of y. */
+static CPU_WIDE double softmax_scaled(float *out, const float *row, int n, float scale, float cap)
 {
     float m = row[0];
     for (int i = 1; i < n; i++)
         m = row[i] > m ? row[i] : m;
     double sum = 0.0;
+    if (cap > 0.0f) {
+        m = cpu_softcap(m, cap);
 #pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < n; i++) {
-        float e = cpu_expf(row[i] - m);
-        out[i] = e;
-        sum += e;
+        for (int i = 0; i < n; i++) {
+            float y = cpu_softcap(row[i], cap), e = cpu_expf(y - m);
+            out[i] = e * (1.0f - (y / cap) * (y / cap));   /* the sum takes e alone */
+            sum += e;
+        }
+    } else {
+#pragma omp simd reduction(+ : sum)
+        for (int i = 0; i < n; i++) {
+            float e = cpu_expf(row[i] - m);
+            out[i] = e;
+            sum += e;
+        }
     }
     float inv = (float)(1.0 / sum) * scale;
 #pragma omp simd
@@ -280,7 +302,7 @@ static CPU_WIDE double softmax_scaled(float *out, const float *row, int n, float
 }
 
 void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits,
-                               const int32_t *targets, float scale, int N, int V)
+                               const int32_t *targets, float scale, int N, int V, float softcap)
 {
     (void)ctx;
 #pragma omp parallel for schedule(static)
@@ -295,8 +317,13 @@ void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const f
             continue;
         }
         float target_logit = row[target];   /* read before drow (may alias) overwrites it */
-        double lse = softmax_scaled(drow, row, V, scale);
-        drow[target] -= scale;
+        double lse = softmax_scaled(drow, row, V, scale, softcap);
+        float slope = 1.0f;
+        if (softcap > 0.0f) {
+            target_logit = cpu_softcap(target_logit, softcap);
+            slope = 1.0f - (target_logit / softcap) * (target_logit / softcap);
+        }
+        drow[target] -= scale * slope;
         if (losses)
             losses[n] = (float)(lse - target_logit);
     }

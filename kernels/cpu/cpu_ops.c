@@ -206,9 +206,16 @@ void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *po
  * GEMM. Causality also cuts the work: a block never touches keys after its last row. */
 
 
-/* Softmax of row[lo..hi] * scale in place, 0 elsewhere in [0, n); its log-sum-exp. */
-static CPU_WIDE float softmax_row(float *row, int n, int lo, int hi, float scale)
+/* Softmax of row[lo..hi] * scale in place (capped first where cap > 0), 0 elsewhere in
+ * [0, n); its log-sum-exp. */
+static CPU_WIDE float softmax_row(float *row, int n, int lo, int hi, float scale, float cap)
 {
+    if (cap > 0.0f) {
+#pragma omp simd
+        for (int j = lo; j <= hi; j++)
+            row[j] = cpu_softcap(row[j] * scale, cap);
+        scale = 1.0f;
+    }
     float m = -INFINITY;
     for (int j = lo; j <= hi; j++)
         m = row[j] * scale > m ? row[j] * scale : m;
@@ -227,13 +234,13 @@ static CPU_WIDE float softmax_row(float *row, int n, int lo, int hi, float scale
 }
 
 /* Softmax of scores (rows, keys) in place, masking keys outside [cpu_first_key(t), t]; writes
- * each row's log-sum-exp (of the scaled scores). */
+ * each row's log-sum-exp (of the scaled, and capped, scores). */
 static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int keys, int window,
-                          const int32_t *seg, float scale, float *lse_out)
+                          const int32_t *seg, float scale, float cap, float *lse_out)
 {
     for (int i = 0; i < rows; i++) {
         int t = t0 + i, lo = cpu_first_key(t, window, seg) - key0, hi = t - key0;   /* [lo, hi] */
-        float lse = softmax_row(scores + (size_t)i * ld, keys, lo, hi, scale);
+        float lse = softmax_row(scores + (size_t)i * ld, keys, lo, hi, scale, cap);
         if (lse_out)
             lse_out[i] = lse;
     }
@@ -243,7 +250,7 @@ static void block_softmax(float *scores, int ld, int t0, int rows, int key0, int
  * `past` come from a KV cache when generating). */
 static void attention_head(float *out, float *lse, const float *q, const float *k, const float *v,
                            int T, int past, int q_stride, int kv_stride, int D, int window,
-                           const int32_t *seg, float *scores)
+                           float cap, const int32_t *seg, float *scores)
 {
     float scale = 1.0f / sqrtf((float)D);
     for (int t0 = 0; t0 < T; t0 += CPU_ATTENTION_BLOCK) {
@@ -252,7 +259,7 @@ static void attention_head(float *out, float *lse, const float *q, const float *
         /* scores (rows, keys) = Q_block K_visible^T */
         cpu_gemm(0, 1, rows, keys, D, 1.0f, q + (size_t)t0 * q_stride, q_stride,
                  k + (size_t)key0 * kv_stride, kv_stride, 0.0f, scores, keys);
-        block_softmax(scores, keys, p0, rows, key0, keys, window, seg, scale,
+        block_softmax(scores, keys, p0, rows, key0, keys, window, seg, scale, cap,
                       lse ? lse + t0 : NULL);
         cpu_gemm(0, 0, rows, D, keys, 1.0f, scores, keys, v + (size_t)key0 * kv_stride, kv_stride,
                  0.0f, out + (size_t)t0 * q_stride, q_stride);
@@ -261,7 +268,7 @@ static void attention_head(float *out, float *lse, const float *q, const float *
 
 void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k,
                            const float *v, int B, int T, int Hq, int Hkv, int D, int window,
-                           const int32_t *seg_start)
+                           float softcap, const int32_t *seg_start)
 {
     (void)ctx;
     assert(D <= CPU_MAX_HEAD_DIM && Hq % Hkv == 0);
@@ -277,7 +284,8 @@ void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, co
                 size_t kv_off = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
                 attention_head(out + q_off, lse ? lse + ((size_t)b * Hq + h) * T : NULL,
                                q + q_off, k + kv_off, v + kv_off, T, 0, q_stride, kv_stride, D,
-                               window, seg_start ? seg_start + (size_t)b * T : NULL, scores);
+                               window, softcap, seg_start ? seg_start + (size_t)b * T : NULL,
+                               scores);
             }
         free(scores);
     }
@@ -285,7 +293,7 @@ void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, co
 
 void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
                                   const float *v_cache, int n, int past, int Hq, int Hkv, int D,
-                                  int window)
+                                  int window, float softcap)
 {
     (void)ctx;
     assert(Hq % Hkv == 0);
@@ -298,7 +306,7 @@ void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const f
         for (int h = 0; h < Hq; h++)
             attention_head(out + (size_t)h * D, NULL, q + (size_t)h * D,
                            k_cache + (size_t)(h / group) * D, v_cache + (size_t)(h / group) * D, n,
-                           past, q_stride, kv_stride, D, window, NULL, scores);
+                           past, q_stride, kv_stride, D, window, softcap, NULL, scores);
         free(scores);
     }
 }
@@ -354,27 +362,41 @@ void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y,
         out[i] = x[i] + y[i];
 }
 
-/* The log-sum-exp of row: float exponentials (cpu_expf, at most 1.27 ulp) of row - max,
- * summed in double, as the backward's softmax_scaled sums them. */
-static CPU_WIDE double logsumexp_row(const float *row, int n)
+/* The log-sum-exp of row (capped where cap > 0: the cap of its max is the capped values'):
+ * float exponentials (cpu_expf, at most 1.27 ulp) of row - max, summed in double, as the
+ * backward's softmax_scaled sums them. */
+static CPU_WIDE double logsumexp_row(const float *row, int n, float cap)
 {
     float m = row[0];
     for (int i = 1; i < n; i++)
         m = row[i] > m ? row[i] : m;
     double sum = 0.0;
+    if (cap > 0.0f) {
+        m = cpu_softcap(m, cap);
 #pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < n; i++)
-        sum += cpu_expf(row[i] - m);
+        for (int i = 0; i < n; i++)
+            sum += cpu_expf(cpu_softcap(row[i], cap) - m);
+    } else {
+#pragma omp simd reduction(+ : sum)
+        for (int i = 0; i < n; i++)
+            sum += cpu_expf(row[i] - m);
+    }
     return log(sum) + m;
 }
 
 void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N,
-                              int V)
+                              int V, float softcap)
 {
     (void)ctx;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *row = logits + (size_t)n * V;
-        losses[n] = targets[n] < 0 ? 0.0f : (float)(logsumexp_row(row, V) - row[targets[n]]);
+        if (targets[n] < 0) {
+            losses[n] = 0.0f;
+            continue;
+        }
+        float target = row[targets[n]];
+        target = softcap > 0.0f ? cpu_softcap(target, softcap) : target;
+        losses[n] = (float)(logsumexp_row(row, V, softcap) - target);
     }
 }

@@ -93,6 +93,27 @@ static inline __attribute__((always_inline)) float cpu_gelu_grad(float x)
     return cpu_normal_cdf(x) + x * 0.398942280f * cpu_gauss(a > 20.0f ? 20.0f : a, 0.0f);
 }
 
+/* tanh(x) within 2 ulp (1.5 seen: test_ops), in straight-line code as cpu_expf: Cephes' odd
+ * polynomial for |x| < 0.625, past it (1 - t) / (1 + t) with t = e^(-2|x|) <= 0.29, which
+ * has no cancellation to lose to, and x's sign. */
+static inline __attribute__((always_inline)) float cpu_tanhf(float x)
+{
+    float z = x * x, a = fabsf(x);
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    float t = cpu_expf(-2.0f * a), e = copysignf((1.0f - t) / (1.0f + t), x);
+    return a < 0.625f ? x + x * z * p : e;
+}
+
+/* Gemma 2's softcapping: cap tanh(x / cap) (cap > 0). */
+static inline __attribute__((always_inline)) float cpu_softcap(float x, float cap)
+{
+    return cap * cpu_tanhf(x / cap);
+}
+
 /* A function whose loops gain from wider vectors (cpu_expf's) is built three times, for
  * x86-64-v4 (AVX-512), v3 (AVX2 and FMA) and the baseline, and the loader picks the one the
  * CPU runs (configure's HAVE_TARGET_CLONES; elsewhere one build). Give each a name no other
@@ -120,14 +141,14 @@ void cpu_embedding_forward(void *ctx, float *out, const int32_t *tokens, const f
 void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
 void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, float offset, int N, int C, float eps);
 void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
-void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
+void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
 void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
                                   const float *v_cache, int n, int past, int Hq, int Hkv, int D,
-                                  int window);
+                                  int window, float softcap);
 void cpu_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cpu_geglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cpu_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n);
-void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
+void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V, float softcap);
 void cpu_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
 void cpu_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
 void cpu_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S);
@@ -137,10 +158,10 @@ void cpu_embedding_backward(void *ctx, float *dtable, const float *dout, const i
 void cpu_matmul_backward(void *ctx, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp, const float *weight, int N, int C, int OC);
 void cpu_rmsnorm_backward(void *ctx, float *dinp, float *dweight, const float *dout, const float *inp, const float *weight, float offset, const float *rstd, int N, int C);
 void cpu_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
-void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
+void cpu_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
 void cpu_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void cpu_geglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
-void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
+void cpu_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V, float softcap);
 void cpu_vector_zero(void *ctx, float *x, size_t n);
 void cpu_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n);
 void cpu_vector_scale(void *ctx, float *x, float alpha, size_t n);

@@ -3,6 +3,10 @@
 // ever stored: scores live in registers a tile of keys at a time with an online softmax
 // (flash-attention style), and the backward recomputes them from the saved log-sum-exp.
 //
+// Scores are scaled by 1/sqrt(D) and, where cap > 0 (Gemma 2), capped to cap tanh(s / cap)
+// before the mask: the log-sum-exp kept is of the capped scores, and the backward multiplies
+// each score's gradient by the cap's slope, 1 - (y / cap)^2.
+//
 // Masks, as on the CPU: a query at absolute position p sees keys s with
 // first_key(p) <= s <= p, first_key taking the sliding window and the packed document's start
 // (seg_start) into account. first_key is non-decreasing in p, so a tile of queries sees one
@@ -73,7 +77,7 @@ template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_forward_kernel(values_out out, float *lse, values_in q, values_in k, values_in v,
                          int T, int past, int kv_len, int Hq, int Hkv, int D, int window,
-                         const int32_t *seg_start, float scale)
+                         const int32_t *seg_start, float scale, float cap)
 {
     PESC_DYNAMIC_SHARED(att_smem);
     float *smem = (float *)att_smem;
@@ -134,7 +138,7 @@ attention_forward_kernel(values_out out, float *lse, values_in q, values_in k, v
 #pragma unroll
         for (int r = 0; r < ATT_ROWS; r++) {
             bool visible = s >= lo[r] && s <= hi[r];
-            float x = visible ? sc[r] * scale : -INFINITY;
+            float x = visible ? soft_cap(sc[r] * scale, cap) : -INFINITY;
             float m_new = fmaxf(m[r], warp_max(x));
             p[r] = 0.0f;
             if (m_new == -INFINITY)   // nothing visible to this row yet (warp-uniform)
@@ -187,7 +191,7 @@ static bool head_dim_ok(cuda_context *c, int D, int Hq, int Hkv)
 template <int NC>
 static void launch_forward(cuda_context *c, float *out, float *lse, const float *q,
                            const float *k, const float *v, int B, int T, int past, int kv_len,
-                           int Hq, int Hkv, int D, int window, const int32_t *seg)
+                           int Hq, int Hkv, int D, int window, float cap, const int32_t *seg)
 {
     size_t smem = ((size_t)ATT_QTILE * D + (size_t)ATT_KTILE * (D + 1) + (size_t)ATT_KTILE * D) *
                   sizeof(float);
@@ -199,32 +203,33 @@ static void launch_forward(cuda_context *c, float *out, float *lse, const float 
     values_in q_in = read_values(c, q, nq), k_in = read_values(c, k, nkv);
     values_in v_in = read_values(c, v, nkv);
     CUDA_LAUNCH(attention_forward_kernel<NC>, grid, ATT_WARPS * 32, smem, c->stream, to, lse, q_in,
-                k_in, v_in, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D));
+                k_in, v_in, T, past, kv_len, Hq, Hkv, D, window, seg, 1.0f / sqrtf((float)D),
+                cap);
     CUDA_LAUNCHED(c);
 }
 
 static void forward_any(cuda_context *c, float *out, float *lse, const float *q, const float *k,
                         const float *v, int B, int T, int past, int kv_len, int Hq, int Hkv,
-                        int D, int window, const int32_t *seg)
+                        int D, int window, float cap, const int32_t *seg)
 {
     if (!head_dim_ok(c, D, Hq, Hkv) || T <= 0 || B <= 0)
         return;
     switch (chunks_for(D)) {
-    case 1: launch_forward<1>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
-    case 2: launch_forward<2>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
-    case 4: launch_forward<4>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
-    default: launch_forward<8>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, seg); break;
+    case 1: launch_forward<1>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, cap, seg); break;
+    case 2: launch_forward<2>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, cap, seg); break;
+    case 4: launch_forward<4>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, cap, seg); break;
+    default: launch_forward<8>(c, out, lse, q, k, v, B, T, past, kv_len, Hq, Hkv, D, window, cap, seg); break;
     }
 }
 
 static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q, const float *k,
                          const float *v, int B, int T, int Hq, int Hkv, int D, int window,
-                         const int32_t *seg);
+                         float cap, const int32_t *seg);
 static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
                           const float *q, const float *k, const float *v, const float *out,
                           const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
-                          const int32_t *seg);
-static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const float *q,
+                          float cap, const int32_t *seg);
+static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, float cap, const float *q,
                         const float *k, const float *v, const float *dout);
 static bool flash_mma_here(const cuda_context *c, int D);
 static bool flash_fits(const cuda_context *c, int D);
@@ -238,24 +243,26 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
 
 extern "C" void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q,
                                        const float *k, const float *v, int B, int T, int Hq,
-                                       int Hkv, int D, int window, const int32_t *seg_start)
+                                       int Hkv, int D, int window, float softcap,
+                                       const int32_t *seg_start)
 {
     CUDA_OP(ctx);
-    if (flash_takes(c, D, Hq, Hkv, q, k, v, NULL) && T > 0 && B > 0)
+    if (flash_takes(c, D, Hq, Hkv, softcap, q, k, v, NULL) && T > 0 && B > 0)
         flash_forward_any(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
     else if (c->attention == CUDA_ATTENTION_GEMM && head_dim_ok(c, D, Hq, Hkv) && T > 0 && B > 0)
-        gemm_forward(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
+        gemm_forward(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, softcap, seg_start);
     else
-        forward_any(c, out, lse, q, k, v, B, T, 0, T, Hq, Hkv, D, window, seg_start);
+        forward_any(c, out, lse, q, k, v, B, T, 0, T, Hq, Hkv, D, window, softcap, seg_start);
 }
 
 extern "C" void cuda_attention_cached_forward(void *ctx, float *out, const float *q,
                                               const float *k_cache, const float *v_cache, int n,
-                                              int past, int Hq, int Hkv, int D, int window)
+                                              int past, int Hq, int Hkv, int D, int window,
+                                              float softcap)
 {
     CUDA_OP(ctx);
     forward_any(c, out, NULL, q, k_cache, v_cache, 1, n, past, past + n, Hq, Hkv, D, window,
-                NULL);
+                softcap, NULL);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -279,13 +286,14 @@ __global__ void attention_delta_kernel(float *delta, values_in dout, values_in o
         delta[((size_t)b * Hq + h) * T + t] = s;
 }
 
-// dQ for 16 query rows of one (sequence, head): dq = scale * sum_s P (dP - delta) k_s with
-// P = exp(q.k scale - lse) and dP = dout.v. Overwrites dq.
+// dQ for 16 query rows of one (sequence, head): dq = scale * sum_s P (dP - delta) slope k_s
+// with P = exp(y - lse), y = soft_cap(q.k scale), dP = dout.v and slope y's (1 uncapped).
+// Overwrites dq.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_dq_kernel(values_out dq, values_in dout, values_in q, values_in k, values_in v,
                     const float *lse, const float *delta, int T, int Hq, int Hkv, int D,
-                    int window, const int32_t *seg_start, float scale)
+                    int window, const int32_t *seg_start, float scale, float cap)
 {
     PESC_DYNAMIC_SHARED(att_smem);
     float *smem = (float *)att_smem;
@@ -352,8 +360,9 @@ attention_dq_kernel(values_out dq, values_in dout, values_in q, values_in k, val
 #pragma unroll
         for (int r = 0; r < ATT_ROWS; r++) {
             bool visible = s >= lo[r] && s <= hi[r];
-            float p = visible ? expf(qk[r] * scale - row_lse[r]) : 0.0f;
-            ds[r] = p * (dov[r] - row_delta[r]) * scale;
+            float y = soft_cap(qk[r] * scale, cap);
+            float p = visible ? expf(y - row_lse[r]) : 0.0f;
+            ds[r] = p * (dov[r] - row_delta[r]) * scale * soft_cap_slope(y, cap);
         }
         add_weighted_rows<NC>(acc, ds, ks, D + 1, D, lane);   // dQ += dS K
     }
@@ -373,12 +382,13 @@ attention_dq_kernel(values_out dq, values_in dout, values_in q, values_in k, val
 }
 
 // dK, dV for 16 keys of one (sequence, kv head), over every query head of the group:
-// dv_s = sum_t P dout_t, dk_s = sum_t dS q_t with dS = P (dP - delta) scale. Overwrites both.
+// dv_s = sum_t P dout_t, dk_s = sum_t dS q_t with dS = P (dP - delta) scale slope (as dQ's).
+// Overwrites both.
 template <int NC>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_dkdv_kernel(values_out dk, values_out dv, values_in dout, values_in q, values_in k,
                       values_in v, const float *lse, const float *delta, int T, int Hq, int Hkv,
-                      int D, int window, const int32_t *seg_start, float scale)
+                      int D, int window, const int32_t *seg_start, float scale, float cap)
 {
     PESC_DYNAMIC_SHARED(att_smem);
     float *smem = (float *)att_smem;
@@ -451,8 +461,9 @@ attention_dkdv_kernel(values_out dk, values_out dv, values_in dout, values_in q,
             for (int kk = 0; kk < ATT_KEYS; kk++) {
                 int s = s0 + warp * ATT_KEYS + kk;
                 bool visible = s <= s_last && s <= t && s >= lo_s[lane];
-                p[kk] = visible ? expf(qk[kk] * scale - lse_s[lane]) : 0.0f;
-                ds[kk] = p[kk] * (dov[kk] - delta_s[lane]) * scale;
+                float y = soft_cap(qk[kk] * scale, cap);
+                p[kk] = visible ? expf(y - lse_s[lane]) : 0.0f;
+                ds[kk] = p[kk] * (dov[kk] - delta_s[lane]) * scale * soft_cap_slope(y, cap);
             }
             for (int i = 0; i < ATT_RTILE; i++) {
                 float qi[NC], doi[NC];
@@ -496,7 +507,7 @@ template <int NC>
 static void launch_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
                             const float *q, const float *k, const float *v, const float *lse,
                             const float *delta, int B, int T, int Hq, int Hkv, int D, int window,
-                            const int32_t *seg)
+                            float cap, const int32_t *seg)
 {
     float scale = 1.0f / sqrtf((float)D);
     size_t smem_dq = (2 * (size_t)ATT_QTILE * D + 2 * (size_t)ATT_KTILE * (D + 1)) * sizeof(float);
@@ -512,10 +523,11 @@ static void launch_backward(cuda_context *c, float *dq, float *dk, float *dv, co
     values_out to_dq = write_values(c, dq, nq, false), to_dk = write_values(c, dk, nkv, false);
     values_out to_dv = write_values(c, dv, nkv, false);
     CUDA_LAUNCH(attention_dq_kernel<NC>, grid_q, ATT_WARPS * 32, smem_dq, c->stream, to_dq,
-                dout_in, q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+                dout_in, q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale, cap);
     dim3 grid_kv((T + ATT_KBLOCK - 1) / ATT_KBLOCK, Hkv, B);
     CUDA_LAUNCH(attention_dkdv_kernel<NC>, grid_kv, ATT_WARPS * 32, smem_kv, c->stream, to_dk,
-                to_dv, dout_in, q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale);
+                to_dv, dout_in, q_in, k_in, v_in, lse, delta, T, Hq, Hkv, D, window, seg, scale,
+                cap);
     CUDA_LAUNCHED(c);
 }
 
@@ -523,16 +535,17 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
                                         const float *dout, const float *q, const float *k,
                                         const float *v, const float *out, const float *lse,
                                         int B, int T, int Hq, int Hkv, int D, int window,
-                                        const int32_t *seg_start)
+                                        float softcap, const int32_t *seg_start)
 {
     CUDA_OP(ctx);
     if (!head_dim_ok(c, D, Hq, Hkv) || T <= 0 || B <= 0)
         return;
     if (c->attention == CUDA_ATTENTION_GEMM) {
-        gemm_backward(c, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, seg_start);
+        gemm_backward(c, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window, softcap,
+                      seg_start);
         return;
     }
-    if (flash_takes(c, D, Hq, Hkv, q, k, v, dout)) {
+    if (flash_takes(c, D, Hq, Hkv, softcap, q, k, v, dout)) {
         flash_backward_any(c, dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D, window,
                            seg_start);
         return;
@@ -547,10 +560,10 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
     if (!CUDA_LAUNCHED(c))
         return;
     switch (chunks_for(D)) {
-    case 1: launch_backward<1>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
-    case 2: launch_backward<2>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
-    case 4: launch_backward<4>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
-    default: launch_backward<8>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, seg_start); break;
+    case 1: launch_backward<1>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, softcap, seg_start); break;
+    case 2: launch_backward<2>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, softcap, seg_start); break;
+    case 4: launch_backward<4>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, softcap, seg_start); break;
+    default: launch_backward<8>(c, dq, dk, dv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, D, window, softcap, seg_start); break;
     }
 }
 
@@ -600,9 +613,10 @@ __global__ void heads_scatter_kernel(values_out x, const float *xh, int B, int T
 }
 
 // A tile of scores s (nbh * C rows, nk columns): row r is query q0 + r % C of (sequence, head)
-// bh0 + r / C, column j is key k0 + j. One block a row.
+// bh0 + r / C, column j is key k0 + j. One block a row. cap: the scores' softcap (0: none).
 struct tile_shape {
     int C, nk, q0, k0, bh0, Hq, T, window;
+    float cap;
     const int32_t *seg;
 };
 
@@ -616,7 +630,8 @@ __device__ __forceinline__ void tile_row(const tile_shape &ts, int r, int *bh, i
     *hi = *t - ts.k0;
 }
 
-// Forward, in place: scaled scores become probabilities (0 where masked); lse (B, Hq, T).
+// Forward, in place: scaled scores become probabilities (0 where masked) of their capped
+// values; lse (B, Hq, T).
 __global__ void tile_softmax_kernel(float *s, float *lse, tile_shape ts)
 {
     __shared__ float red[32];
@@ -625,8 +640,11 @@ __global__ void tile_softmax_kernel(float *s, float *lse, tile_shape ts)
     float *row = s + (size_t)blockIdx.x * ts.nk;
     float m = -INFINITY;
     for (int j = threadIdx.x; j < ts.nk; j += blockDim.x)
-        if (j >= lo && j <= hi)
+        if (j >= lo && j <= hi) {
+            if (ts.cap > 0.0f)   // capped in place: each thread reads back only its own j
+                row[j] = soft_cap(row[j], ts.cap);
             m = fmaxf(m, row[j]);
+        }
     m = block_max(m, red);
     float l = 0.0f;
     for (int j = threadIdx.x; j < ts.nk; j += blockDim.x)
@@ -639,8 +657,9 @@ __global__ void tile_softmax_kernel(float *s, float *lse, tile_shape ts)
         lse[(size_t)bh * ts.T + t] = z;
 }
 
-// Backward, in place: s holds the scaled scores and dp holds dout.v; s becomes P (from the
-// saved lse) and dp becomes dS = P (dP - delta). lse and delta (B, Hq, T).
+// Backward, in place: s holds the scaled scores and dp holds dout.v; s becomes P of their
+// capped values y (from the saved lse) and dp becomes dS = P (dP - delta) times y's slope.
+// lse and delta (B, Hq, T).
 __global__ void tile_backward_kernel(float *s, float *dp, const float *lse, const float *delta,
                                      tile_shape ts)
 {
@@ -649,9 +668,9 @@ __global__ void tile_backward_kernel(float *s, float *dp, const float *lse, cons
     float *row = s + (size_t)blockIdx.x * ts.nk, *drow = dp + (size_t)blockIdx.x * ts.nk;
     float z = lse[(size_t)bh * ts.T + t], dl = delta[(size_t)bh * ts.T + t];
     for (int j = threadIdx.x; j < ts.nk; j += blockDim.x) {
-        float p = j >= lo && j <= hi ? expf(row[j] - z) : 0.0f;
+        float y = soft_cap(row[j], ts.cap), p = j >= lo && j <= hi ? expf(y - z) : 0.0f;
         row[j] = p;
-        drow[j] = p * (drow[j] - dl);
+        drow[j] = p * (drow[j] - dl) * soft_cap_slope(y, ts.cap);
     }
 }
 
@@ -659,24 +678,25 @@ __global__ void tile_backward_kernel(float *s, float *dp, const float *lse, cons
 // the keys they can see: from k0, as far back as the window reaches (rounded down to a multiple
 // of 16, the rows masking the extra keys, so the products' operands and the tile's rows stay
 // aligned for the tensor cores), to their last.
-static tile_shape tile_at(int bh0, int q0, int C, int Hq, int T, int window, const int32_t *seg)
+static tile_shape tile_at(int bh0, int q0, int C, int Hq, int T, int window, float cap,
+                          const int32_t *seg)
 {
     int rows = T - q0 < C ? T - q0 : C;
     int k0 = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) & ~15 : 0;
-    tile_shape ts = {rows, q0 + rows - k0, q0, k0, bh0, Hq, T, window, seg};
+    tile_shape ts = {rows, q0 + rows - k0, q0, k0, bh0, Hq, T, window, cap, seg};
     return ts;
 }
 
 // Every tile of the plan (C rows of nbh heads): visit(ts, n, off) with n the (sequence, head)s
 // of the tile and off the first one's offset in a head-major buffer.
 template <typename Visit>
-static void for_each_tile(int B, int T, int Hq, int D, int C, int nbh, int window,
+static void for_each_tile(int B, int T, int Hq, int D, int C, int nbh, int window, float cap,
                           const int32_t *seg, Visit visit)
 {
     for (int bh0 = 0; bh0 < B * Hq; bh0 += nbh) {
         int n = B * Hq - bh0 < nbh ? B * Hq - bh0 : nbh;
         for (int q0 = 0; q0 < T; q0 += C)
-            if (!visit(tile_at(bh0, q0, C, Hq, T, window, seg), n, (size_t)bh0 * T * D))
+            if (!visit(tile_at(bh0, q0, C, Hq, T, window, cap, seg), n, (size_t)bh0 * T * D))
                 return;
     }
 }
@@ -751,7 +771,7 @@ static unsigned tile_threads(int nk) { return nk >= 512 ? 256 : nk >= 128 ? 128 
 
 static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q, const float *k,
                          const float *v, int B, int T, int Hq, int Hkv, int D, int window,
-                         const int32_t *seg)
+                         float cap, const int32_t *seg)
 {
     int C, nbh;
     tile_plan(c->att_tile_bytes, B, T, Hq, &C, &nbh);
@@ -766,7 +786,8 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
         return;
     float scale = 1.0f / sqrtf((float)D);
     long long hs = (long long)T * D;
-    for_each_tile(B, T, Hq, D, C, nbh, window, seg, [&](const tile_shape &ts, int n, size_t off) {
+    for_each_tile(B, T, Hq, D, C, nbh, window, cap, seg, [&](const tile_shape &ts, int n,
+                                                             size_t off) {
         int rows = ts.C, nk = ts.nk, q0 = ts.q0, k0 = ts.k0;
         long long st = (long long)rows * nk;
         gemm_batched(c, 0, 1, rows, nk, D, scale, qh + off + (size_t)q0 * D, D, hs,
@@ -789,7 +810,7 @@ static void gemm_forward(cuda_context *c, float *out, float *lse, const float *q
 static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, const float *dout,
                           const float *q, const float *k, const float *v, const float *out,
                           const float *lse, int B, int T, int Hq, int Hkv, int D, int window,
-                          const int32_t *seg)
+                          float cap, const int32_t *seg)
 {
     int rep = Hq / Hkv, C, nbh;
     tile_plan(c->att_tile_bytes, B, T, Hq, &C, &nbh);
@@ -810,7 +831,8 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
         return;
     float scale = 1.0f / sqrtf((float)D);
     long long hs = (long long)T * D;
-    for_each_tile(B, T, Hq, D, C, nbh, window, seg, [&](const tile_shape &ts, int n, size_t off) {
+    for_each_tile(B, T, Hq, D, C, nbh, window, cap, seg, [&](const tile_shape &ts, int n,
+                                                             size_t off) {
         int rows = ts.C, nk = ts.nk, q0 = ts.q0, k0 = ts.k0;
         long long st = (long long)rows * nk;
         const float *qc = qh + off + (size_t)q0 * D, *doc = doh + off + (size_t)q0 * D;
@@ -958,12 +980,13 @@ static bool flash_fits(const cuda_context *c, int D)
     return flash_mma_here(c, D) || flash_wmma_shared(D) <= (size_t)c->max_shared;
 }
 
-// flash_ok: flash asked for, and runs here. The operands' conversion reads float4s (dout: NULL
+// flash_ok: flash asked for, and runs here; no softcap (its kernels have none: the fused ones
+// or the gemm path take Gemma 2's). The operands' conversion reads float4s (dout: NULL
 // in the forward); the model's tensors start on 64 bytes.
-static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, const float *q,
+static bool flash_takes(const cuda_context *c, int D, int Hq, int Hkv, float cap, const float *q,
                         const float *k, const float *v, const float *dout)
 {
-    return c->flash_ok && flash_shape_ok(D, Hq, Hkv) && flash_fits(c, D) && aligned16(q) &&
+    return cap == 0.0f && c->flash_ok && flash_shape_ok(D, Hq, Hkv) && flash_fits(c, D) && aligned16(q) &&
            aligned16(k) && aligned16(v) && (!dout || aligned16(dout));
 }
 

@@ -365,6 +365,18 @@ __device__ __forceinline__ float block_max(float v, float *shared)
     return warp_max(v);
 }
 
+// Gemma 2's softcapping of scores and logits: cap tanh(x / cap), or x where cap is 0; and its
+// slope at x, from the capped value y: 1 - (y / cap)^2 (1 where cap is 0).
+__device__ __forceinline__ float soft_cap(float x, float cap)
+{
+    return cap > 0.0f ? cap * tanhf(x / cap) : x;
+}
+
+__device__ __forceinline__ float soft_cap_slope(float y, float cap)
+{
+    return cap > 0.0f ? 1.0f - (y / cap) * (y / cap) : 1.0f;
+}
+
 // ---- the ops (same names and argument order as the CPU's, with the cuda_ prefix) ----------
 
 extern "C" {
@@ -372,12 +384,12 @@ void cuda_embedding_forward(void *ctx, float *out, const int32_t *tokens, const 
 void cuda_matmul_forward(void *ctx, float *out, const float *inp, const float *weight, const float *bias, int N, int C, int OC);
 void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, float offset, int N, int C, float eps);
 void cuda_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
-void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
-void cuda_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window);
+void cuda_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
+void cuda_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window, float softcap);
 void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cuda_geglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n);
-void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V);
+void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V, float softcap);
 void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
 void cuda_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
 void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S);
@@ -393,10 +405,10 @@ int cuda_grouped_probe(cuda_context *c);
 size_t cuda_adapter_work(const cuda_context *c, size_t slots, int E, int C, int R);
 size_t cuda_activation_bytes(void *ctx);
 size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D);
-void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, const int32_t *seg_start);
+void cuda_attention_backward(void *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
 void cuda_swiglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 void cuda_geglu_backward(void *ctx, float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
-void cuda_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V);
+void cuda_crossentropy_backward(void *ctx, float *dlogits, float *losses, const float *logits, const int32_t *targets, float scale, int N, int V, float softcap);
 void cuda_vector_zero(void *ctx, float *x, size_t n);
 void cuda_vector_axpy(void *ctx, float *y, const float *x, float alpha, size_t n);
 void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n);

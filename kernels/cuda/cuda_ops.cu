@@ -475,23 +475,24 @@ extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads,
 
 #define CE_THREADS 512
 
-// The row's max and sum of exp(logit - max); every thread gets both.
-__device__ void row_softmax_stats(const float *row, int V, float *m_out, float *sum_out,
-                                  float *shared)
+// The row's max and sum of exp(y - max), y the logits capped (soft_cap); every thread gets
+// both. The cap of the logits' max is the capped values' max.
+__device__ void row_softmax_stats(const float *row, int V, float cap, float *m_out,
+                                  float *sum_out, float *shared)
 {
     float m = -INFINITY;
     for (int i = threadIdx.x; i < V; i += blockDim.x)
         m = fmaxf(m, row[i]);
-    m = block_max(m, shared);
+    m = soft_cap(block_max(m, shared), cap);
     float s = 0.0f;
     for (int i = threadIdx.x; i < V; i += blockDim.x)
-        s += expf(row[i] - m);
+        s += expf(soft_cap(row[i], cap) - m);
     *sum_out = block_sum(s, shared);
     *m_out = m;
 }
 
 __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
-                                            const int32_t *targets, int V)
+                                            const int32_t *targets, int V, float cap)
 {
     __shared__ float shared[32];
     int target = targets[blockIdx.x];
@@ -502,9 +503,9 @@ __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
     }
     const float *row = logits + (size_t)blockIdx.x * V;
     float m, sum;
-    row_softmax_stats(row, V, &m, &sum, shared);
+    row_softmax_stats(row, V, cap, &m, &sum, shared);
     if (threadIdx.x == 0)
-        losses[blockIdx.x] = logf(sum) + m - row[target];
+        losses[blockIdx.x] = logf(sum) + m - soft_cap(row[target], cap);
 }
 
 // dlogits may equal logits: the target's logit is read, and both reductions finish (their
@@ -512,7 +513,7 @@ __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
 // dlogits: with its bf16 copy (cuda_keep_copy).
 __global__ void crossentropy_backward_kernel(values_out dlogits, float *losses,
                                              const float *logits, const int32_t *targets,
-                                             float scale, int V)
+                                             float scale, int V, float cap)
 {
     __shared__ float shared[32];
     int target = targets[blockIdx.x];
@@ -525,35 +526,35 @@ __global__ void crossentropy_backward_kernel(values_out dlogits, float *losses,
             losses[blockIdx.x] = 0.0f;
         return;
     }
-    float target_logit = row[target];
+    float target_logit = soft_cap(row[target], cap);
     float m, sum;
-    row_softmax_stats(row, V, &m, &sum, shared);
+    row_softmax_stats(row, V, cap, &m, &sum, shared);
     float inv = scale / sum;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float d = expf(row[i] - m) * inv;
-        dlogits.put(first + i, i == target ? d - scale : d);
+        float y = soft_cap(row[i], cap), d = expf(y - m) * inv;
+        dlogits.put(first + i, (i == target ? d - scale : d) * soft_cap_slope(y, cap));
     }
     if (losses && threadIdx.x == 0)
         losses[blockIdx.x] = logf(sum) + m - target_logit;
 }
 
 extern "C" void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits,
-                                          const int32_t *targets, int N, int V)
+                                          const int32_t *targets, int N, int V, float softcap)
 {
     CUDA_OP(ctx);
     CUDA_LAUNCH(crossentropy_forward_kernel, N, CE_THREADS, 0, c->stream, losses, logits, targets,
-                V);
+                V, softcap);
     CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_crossentropy_backward(void *ctx, float *dlogits, float *losses,
                                            const float *logits, const int32_t *targets,
-                                           float scale, int N, int V)
+                                           float scale, int N, int V, float softcap)
 {
     CUDA_OP(ctx);
     // for the head's products next (its input's gradient, and in full mode its own)
     values_out to = write_values(c, dlogits, (size_t)N * V, true);
     CUDA_LAUNCH(crossentropy_backward_kernel, N, CE_THREADS, 0, c->stream, to, losses, logits,
-                targets, scale, V);
+                targets, scale, V, softcap);
     CUDA_LAUNCHED(c);
 }

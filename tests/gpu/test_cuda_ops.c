@@ -709,28 +709,35 @@ static void test_elementwise(size_t n)
     twin_free(a); twin_free(b); twin_free(out); twin_free(d); twin_free(da); twin_free(db);
 }
 
-static void test_crossentropy(int N, int V)
+/* cap > 0: Gemma 2's softcap of the logits */
+static void test_crossentropy(int N, int V, float cap)
 {
     twin logits = twin_random((size_t)N * V, 6.0), targets = twin_ints(N, 0, V - 1);
     for (int n = 0; n < N; n += 5)
         FI(targets)[n] = -100;
     twin_sync(targets);
     twin losses = twin_random(N, 1.0);
-    crossentropy_forward(cpu, F(losses), F(logits), FI(targets), N, V);
-    crossentropy_forward(gpu, G(losses), G(logits), GI(targets), N, V);
-    compare("crossentropy_forward (every 5th ignored)", losses, 1e-5);
+    crossentropy_forward(cpu, F(losses), F(logits), FI(targets), N, V, cap);
+    crossentropy_forward(gpu, G(losses), G(logits), GI(targets), N, V, cap);
+    const char *capped = cap > 0.0f ? ", softcap" : "";
+    char name[96];
+    snprintf(name, sizeof name, "crossentropy_forward (every 5th ignored)%s", capped);
+    compare(name, losses, 1e-5);
     twin losses2 = twin_random(N, 1.0);
     enum { C = 96 };   /* for the head's product after the backward */
     twin head = twin_random((size_t)V * C, 0.5), x = twin_random((size_t)N * C, 1.0);
     twin dx = twin_random((size_t)N * C, 1.0);
-    crossentropy_backward(cpu, F(logits), F(losses2), F(logits), FI(targets), 0.37f, N, V);
-    crossentropy_backward(gpu, G(logits), G(losses2), G(logits), GI(targets), 0.37f, N, V);
+    crossentropy_backward(cpu, F(logits), F(losses2), F(logits), FI(targets), 0.37f, N, V, cap);
+    crossentropy_backward(gpu, G(logits), G(losses2), G(logits), GI(targets), 0.37f, N, V, cap);
     /* the head's product next reads the bf16 copy the backward wrote (bf16 math) */
     matmul_backward(cpu, F(dx), NULL, NULL, F(logits), F(x), F(head), N, C, V);
     matmul_backward(gpu, G(dx), NULL, NULL, G(logits), G(x), G(head), N, C, V);
-    compare("crossentropy_backward: the head's product after it", dx, 1e-2);
-    compare("crossentropy_backward dlogits (in place)", logits, 1e-5);
-    compare("crossentropy_backward losses", losses2, 1e-5);
+    snprintf(name, sizeof name, "crossentropy_backward: the head's product after it%s", capped);
+    compare(name, dx, 1e-2);
+    snprintf(name, sizeof name, "crossentropy_backward dlogits (in place)%s", capped);
+    compare(name, logits, 1e-5);
+    snprintf(name, sizeof name, "crossentropy_backward losses%s", capped);
+    compare(name, losses2, 1e-5);
     twin_free(head); twin_free(x); twin_free(dx);
     twin_free(logits); twin_free(targets); twin_free(losses); twin_free(losses2);
 }
@@ -746,14 +753,18 @@ static int q_shift;
  * the forward's output is judged with a bf16 rounding's tolerance at least. */
 static int att_compact;
 
+/* Gemma 2's softcap of the scores in test_attention and test_attention_cached, or 0; 0.5 bites
+ * on their random q and k (scores of about +-0.3) */
+static float att_softcap;
+
 static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int packed,
                            const char *path, double tol_fwd, double tol_bwd)
 {
     int N = B * T;
     char name[128], shape[80];
-    snprintf(shape, sizeof shape, "%s B%d T%d H%d/%d D%d%s%s%s%s", path, B, T, Hq, Hkv, D,
+    snprintf(shape, sizeof shape, "%s B%d T%d H%d/%d D%d%s%s%s%s%s", path, B, T, Hq, Hkv, D,
              window ? " window" : "", packed ? " packed" : "", q_shift ? " q unaligned" : "",
-             att_compact ? " compact" : "");
+             att_compact ? " compact" : "", att_softcap > 0.0f ? " softcap" : "");
     size_t nq = (size_t)N * Hq * D;
     size_t nkv = (size_t)N * Hkv * D;
     twin q = att_compact ? twin_compact(nq + q_shift, 1.0) : twin_random(nq + q_shift, 1.0);
@@ -777,9 +788,9 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
     twin_sync(seg);
     const int32_t *sc = packed ? FI(seg) : NULL, *sg = packed ? GI(seg) : NULL;
     attention_forward(cpu, F(out), F(lse), F(q) + q_shift, F(k), F(v), B, T, Hq, Hkv, D, window,
-                      sc);
+                      att_softcap, sc);
     attention_forward(gpu, G(out), G(lse), G(q) + q_shift, G(k), G(v), B, T, Hq, Hkv, D, window,
-                      sg);
+                      att_softcap, sg);
     matmul_forward(cpu, F(po), F(out), F(pw), NULL, N, Hq * D, PO);
     matmul_forward(gpu, G(po), G(out), G(pw), NULL, N, Hq * D, PO);
     snprintf(name, sizeof name, "attention_forward out %s", shape);
@@ -795,9 +806,9 @@ static void test_attention(int B, int T, int Hq, int Hkv, int D, int window, int
     twin_sync(out);
     twin_sync(lse);
     attention_backward(cpu, F(dq), F(dk), F(dv), F(dout), F(q) + q_shift, F(k), F(v), F(out),
-                       F(lse), B, T, Hq, Hkv, D, window, sc);
+                       F(lse), B, T, Hq, Hkv, D, window, att_softcap, sc);
     attention_backward(gpu, G(dq), G(dk), G(dv), G(dout), G(q) + q_shift, G(k), G(v), G(out),
-                       G(lse), B, T, Hq, Hkv, D, window, sg);
+                       G(lse), B, T, Hq, Hkv, D, window, att_softcap, sg);
     /* compact gradients: one bf16 rounding more */
     double tol_grad = att_compact && tol_bwd < 4e-3 ? 4e-3 : tol_bwd;
     snprintf(name, sizeof name, "attention_backward dq %s", shape);
@@ -821,6 +832,10 @@ static void test_attention_shapes(const char *path, double tol_fwd, double tol_b
     test_attention(1, 200, 2, 2, 80, 33, 0, path, tol_fwd, tol_bwd);
     test_attention(3, 64, 8, 2, 128, 17, 1, path, tol_fwd, tol_bwd);
     test_attention(1, 40, 2, 1, 256, 0, 0, path, tol_fwd, tol_bwd);
+    att_softcap = 0.5f;   /* Gemma 2's: its head dimension and sliding layers */
+    test_attention(1, 40, 2, 1, 256, 0, 0, path, tol_fwd, tol_bwd);
+    test_attention(2, 100, 4, 2, 32, 9, 1, path, tol_fwd, tol_bwd);
+    att_softcap = 0.0f;
     if (gpu_test_emulated && !getenv("PESC_TEST_LONG"))   /* long on the emulator */
         return;
     test_attention(1, 2048, 64, 8, 16, 0, 0, path, tol_fwd, tol_bwd);
@@ -850,6 +865,9 @@ static void test_attention_flash(const char *path)
     q_shift = 1;   /* not 16-byte aligned: the fused kernels run, fp32-exact */
     test_attention(1, 70, 2, 1, 64, 0, 1, path, 1e-5, 1e-5);
     q_shift = 0;
+    att_softcap = 0.5f;   /* flash has no softcap: the fused kernels again */
+    test_attention(1, 70, 2, 1, 64, 0, 1, path, 1e-5, 1e-4);
+    att_softcap = 0.0f;
     if (gpu_test_emulated && !getenv("PESC_TEST_LONG"))
         return;
     test_attention(1, 2048, 32, 4, 64, 0, 0, path, fwd, bwd);
@@ -863,11 +881,14 @@ static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int w
     twin q = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
     twin kc = twin_random((size_t)L * Hkv * D, 1.0), vc = twin_random((size_t)L * Hkv * D, 1.0);
     twin out = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
-    attention_cached_forward(cpu, F(out), F(q), F(kc), F(vc), n, past, Hq, Hkv, D, window);
-    attention_cached_forward(gpu, G(out), G(q), G(kc), G(vc), n, past, Hq, Hkv, D, window);
+    attention_cached_forward(cpu, F(out), F(q), F(kc), F(vc), n, past, Hq, Hkv, D, window,
+                             att_softcap);
+    attention_cached_forward(gpu, G(out), G(q), G(kc), G(vc), n, past, Hq, Hkv, D, window,
+                             att_softcap);
     char name[96];
-    snprintf(name, sizeof name, "attention_cached_forward n%d past%d D%d%s%s", n, past, D,
-             window ? " window" : "", att_compact ? " compact" : "");
+    snprintf(name, sizeof name, "attention_cached_forward n%d past%d D%d%s%s%s", n, past, D,
+             window ? " window" : "", att_compact ? " compact" : "",
+             att_softcap > 0.0f ? " softcap" : "");
     compare(name, out, att_compact ? 4e-3 : 1e-5);
     twin_free(q); twin_free(kc); twin_free(vc); twin_free(out);
 }
@@ -1003,10 +1024,14 @@ int main(void)
     test_rope(77, 6, 64, 64, 1.0f);
     test_rope(77, 6, 64, 48, 1.19f);   /* Phi-4-mini's 3/4, and its longrope's factor */
     test_elementwise(100003);
-    test_crossentropy(37, 32000);
+    test_crossentropy(37, 32000, 0.0f);
+    test_crossentropy(37, 32000, 3.0f);   /* Gemma 2's softcap, biting on logits of +-6 */
     test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */
     test_attention_cached(1, 57, 4, 2, 64, 0);
     test_attention_cached(7, 90, 4, 2, 32, 20);
+    att_softcap = 0.5f;
+    test_attention_cached(7, 90, 4, 2, 32, 20);
+    att_softcap = 0.0f;
     /* the output and its gradient in bf16 alone, as the model keeps them in bf16 math */
     att_compact = 1;
     test_attention(2, 130, 4, 1, 64, 0, 1, "fused", 1e-5, 1e-4);
