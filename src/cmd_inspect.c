@@ -94,7 +94,7 @@ static int inspect_model(const char *dir)
     if (c.no_pre_norms)   /* OLMo 2 */
         printf("blocks        OLMo 2's: a norm after the attention and after the FFN, none "
                "before; q and k normed whole\n");
-    else if (c.sandwich_norms)   /* Gemma 3 */
+    else if (c.sandwich_norms)   /* Gemma 2 and 3 */
         printf("blocks        Gemma's: (1 + w) norms, after the attention and the FFN too; "
                "GELU (tanh) FFN; embeddings x %g; scores / sqrt(%g)\n", c.embedding_multiplier,
                1.0 / (c.attention_multiplier * c.attention_multiplier));
@@ -102,6 +102,9 @@ static int inspect_model(const char *dir)
         printf("multipliers   embedding %g, residual %g, attention %g, logits 1/%g\n",
                c.embedding_multiplier, c.residual_multiplier, c.attention_multiplier,
                c.logits_scaling);
+    if (c.attn_logit_softcapping > 0 || c.final_logit_softcapping > 0)   /* Gemma 2's */
+        printf("softcaps      scores %g, logits %g (cap tanh(x / cap); 0: none)\n",
+               c.attn_logit_softcapping, c.final_logit_softcapping);
     long long params = hfconfig_param_count(&c);
     if (c.num_experts > 0) {
         /* per layer: a router (E, C) and E adapters (R, C) + (C, R) */

@@ -10,8 +10,8 @@
 
 #define SUPPORTED                                                                          \
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "           \
-    "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma3ForCausalLM, "           \
-    "Gemma3ForConditionalGeneration, Olmo2ForCausalLM"
+    "Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Gemma2ForCausalLM, "           \
+    "Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Olmo2ForCausalLM"
 
 /* Bounds far past every released model's, so that a damaged config.json is refused here
  * rather than by an allocation of its absurd size. */
@@ -85,6 +85,18 @@ static int gemma3(const hf_config *c)
     return strcmp(c->architecture, "Gemma3ForCausalLM") == 0 || c->nested_text;
 }
 
+static int gemma2(const hf_config *c)
+{
+    return strcmp(c->architecture, "Gemma2ForCausalLM") == 0;
+}
+
+/* Gemma 2 or 3: the layer they share ((1 + w) norms around both blocks, GELU-tanh FFN, scaled
+ * embeddings, query_pre_attn_scalar, sliding and global layers) */
+static int gemma(const hf_config *c)
+{
+    return gemma2(c) || gemma3(c);
+}
+
 /* Whether ARCH is one of SUPPORTED's names (the list the messages give is the one checked). */
 static int supported_architecture(const char *arch)
 {
@@ -120,14 +132,14 @@ static int parse_architecture(hf_config *c, json_t *root, const char *where, pes
 /* The FFN's activation: SiLU, but Gemma's GELU in its tanh form (its key hidden_activation) */
 static int parse_activation(hf_config *c, json_t *keys, const char *where, pesc_error *err)
 {
-    int gemma = gemma3(c);
-    const char *key = gemma ? "hidden_activation" : "hidden_act";
+    int is_gemma = gemma(c);
+    const char *key = is_gemma ? "hidden_activation" : "hidden_act";
     const char *act = json_string_value(json_object_get(keys, key));
-    const char *want = gemma ? "gelu_pytorch_tanh" : "silu";
+    const char *want = is_gemma ? "gelu_pytorch_tanh" : "silu";
     if (act && strcmp(act, want) != 0)
         return pesc_fail(err, "%s: %s \"%s\" is not supported for %s (only %s)", where, key,
                          act, c->architecture, want);
-    c->gelu_ffn = gemma;
+    c->gelu_ffn = is_gemma;
     return 0;
 }
 
@@ -199,7 +211,7 @@ double hfconfig_embedding_scale(const hf_config *c)
 
 int hfconfig_embedding_module_scales(const hf_config *c)
 {
-    return gemma3(c);
+    return gemma(c);
 }
 
 double hfconfig_residual_scale(const hf_config *c)
@@ -375,7 +387,7 @@ static int parse_multipliers(hf_config *c, json_t *root, const char *where, pesc
     return 0;
 }
 
-/* Gemma 3's layer_types: "full_attention" (global) or "sliding_attention" */
+/* Gemma's layer_types: "full_attention" (global) or "sliding_attention" */
 static int global_flag(json_t *v)
 {
     const char *type = json_string_value(v);
@@ -384,48 +396,64 @@ static int global_flag(json_t *v)
                                                             : -1;
 }
 
-/* Gemma 3's global layers: layer_types, or in older files every sliding_window_pattern-th
- * layer (the 6th, 12th, ...; transformers since 4.53 writes it with a leading underscore,
- * beside layer_types). */
+/* Gemma's global layers: layer_types, or in older files every sliding_window_pattern-th
+ * layer (Gemma 3: the 6th, 12th, ...; transformers since 4.53 writes it with a leading
+ * underscore, beside layer_types; Gemma 2, which has no such key: every other layer, the
+ * first sliding). */
 static int parse_layer_types(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     const char *every = json_object_get(root, "sliding_window_pattern")
                             ? "sliding_window_pattern" : "_sliding_window_pattern";
-    return parse_layer_flags(c, root, "layer_types", every, 6, global_flag,
+    return parse_layer_flags(c, root, "layer_types", every, gemma2(c) ? 2 : 6, global_flag,
                              "\"sliding_attention\" or \"full_attention\"", c->global, where,
                              err);
 }
 
-/* Gemma 3's text model: (1 + w) norms, four of them a layer, QK-norm, GELU's tanh in the FFN,
- * sqrt(hidden_size) on the embeddings, query_pre_attn_scalar for the scores' scale, sliding
- * layers with their own RoPE; softcapping (Gemma 2's) is refused. */
-static int parse_gemma3(hf_config *c, json_t *root, const char *where, pesc_error *err)
+/* The softcaps: Gemma2Config's defaults (30 and 50) when absent, null none (Gemma 3's
+ * defaults and releases) */
+static int parse_softcaps(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
-    static const char *const caps[] = {"final_logit_softcapping", "attn_logit_softcapping"};
+    static const char *const keys[] = {"final_logit_softcapping", "attn_logit_softcapping"};
+    double *values[] = {&c->final_logit_softcapping, &c->attn_logit_softcapping};
     for (int i = 0; i < 2; i++) {
-        json_t *v = json_object_get(root, caps[i]);
-        if (v && !json_is_null(v))
-            return pesc_fail(err, "%s: \"%s\" is not supported (Gemma 3 has none: null)",
-                             where, caps[i]);
+        json_t *v = json_object_get(root, keys[i]);
+        *values[i] = gemma2(c) && !v ? (i == 0 ? 30.0 : 50.0) : 0.0;
+        if (!v || json_is_null(v))
+            continue;
+        if (!json_is_number(v) || !(json_number_value(v) > 0) ||
+            !isfinite(json_number_value(v)))
+            return pesc_fail(err, "%s: \"%s\" must be a positive number or null", where,
+                             keys[i]);
+        *values[i] = json_number_value(v);
     }
+    return 0;
+}
+
+/* Gemma 2's and 3's text model: (1 + w) norms, four of them a layer, GELU's tanh in the FFN,
+ * sqrt(hidden_size) on the embeddings, query_pre_attn_scalar for the scores' scale, sliding
+ * and global layers, the softcaps; Gemma 3's QK-norm and its sliding layers' own RoPE. */
+static int parse_gemma(hf_config *c, json_t *root, const char *where, pesc_error *err)
+{
+    const char *name = gemma2(c) ? "Gemma 2" : "Gemma 3";
     int attention_bias = 0, bidirectional = 0;
     double scalar = 256.0;
     if (get_bool(root, "attention_bias", 0, &attention_bias, where, err) ||
         get_bool(root, "use_bidirectional_attention", 0, &bidirectional, where, err) ||
         get_number(root, "query_pre_attn_scalar", 256.0, &scalar, where, err) ||
-        get_number(root, "rope_local_base_freq", 10000.0, &c->rope_local_theta, where, err) ||
+        (gemma3(c) &&
+         get_number(root, "rope_local_base_freq", 10000.0, &c->rope_local_theta, where, err)) ||
         get_int(root, "sliding_window", 0, 4096, &c->sliding_window, where, err) ||
-        parse_layer_types(c, root, where, err))
+        parse_layer_types(c, root, where, err) || parse_softcaps(c, root, where, err))
         return -1;
     if (attention_bias || bidirectional)
-        return pesc_fail(err, "%s: %s=true is not supported for Gemma 3", where,
-                         attention_bias ? "attention_bias" : "use_bidirectional_attention");
-    if (!(scalar > 0) || !isfinite(scalar) || !(c->rope_local_theta > 0))
-        return pesc_fail(err, "%s: query_pre_attn_scalar and rope_local_base_freq must be "
-                         "positive", where);
+        return pesc_fail(err, "%s: %s=true is not supported for %s", where,
+                         attention_bias ? "attention_bias" : "use_bidirectional_attention", name);
+    if (!(scalar > 0) || !isfinite(scalar) || (gemma3(c) && !(c->rope_local_theta > 0)))
+        return pesc_fail(err, "%s: query_pre_attn_scalar%s must be positive", where,
+                         gemma3(c) ? " and rope_local_base_freq" : "");
     if (hfconfig_rotary_dim(c) != c->head_dim)
-        return pesc_fail(err, "%s: partial_rotary_factor is not supported for Gemma 3", where);
-    c->qk_norm = 1;
+        return pesc_fail(err, "%s: partial_rotary_factor is not supported for %s", where, name);
+    c->qk_norm = gemma3(c);
     c->norm_offset = 1.0f;
     c->sandwich_norms = 1;
     c->embedding_multiplier = sqrt((double)c->hidden_size);
@@ -476,8 +504,8 @@ static int parse_family(hf_config *c, json_t *root, const char *where, pesc_erro
             return -1;
         /* OLMo 2: a norm after each block alone, q and k normed whole */
         c->qk_norm = c->qk_norm_whole = c->sandwich_norms = c->no_pre_norms = olmo2(c);
-    } else if (gemma3(c)) {
-        if (parse_gemma3(c, root, where, err))
+    } else if (gemma(c)) {
+        if (parse_gemma(c, root, where, err))
             return -1;
     } else if (get_int(root, "sliding_window", 0, 0, &c->sliding_window, where, err)) {
         return -1;   /* Mistral's and Phi-3's window */
@@ -562,28 +590,31 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
         snprintf(in_text, sizeof in_text, "%s (text_config)", where);
         where = in_text;
     }
-    int gemma = gemma3(c);
+    /* Gemma's sizes default to Gemma2Config's and Gemma3TextConfig's (2B's and 4B's) */
+    int is_gemma = gemma(c);
     if (parse_activation(c, keys, where, err) ||
-        get_int(keys, "vocab_size", !gemma, 262208, &c->vocab_size, where, err) ||
-        get_int(keys, "hidden_size", !gemma, 2304, &c->hidden_size, where, err) ||
-        get_int(keys, "intermediate_size", !gemma, 9216, &c->intermediate_size, where, err) ||
-        get_int(keys, "num_hidden_layers", !gemma, 26, &c->n_layers, where, err) ||
-        get_int(keys, "num_attention_heads", !gemma, 8, &c->n_heads, where, err))
+        get_int(keys, "vocab_size", !is_gemma, gemma2(c) ? 256000 : 262208, &c->vocab_size,
+                where, err) ||
+        get_int(keys, "hidden_size", !is_gemma, 2304, &c->hidden_size, where, err) ||
+        get_int(keys, "intermediate_size", !is_gemma, 9216, &c->intermediate_size, where, err) ||
+        get_int(keys, "num_hidden_layers", !is_gemma, 26, &c->n_layers, where, err) ||
+        get_int(keys, "num_attention_heads", !is_gemma, 8, &c->n_heads, where, err))
         goto out;
-    if (get_int(keys, "num_key_value_heads", 0, gemma ? 4 : c->n_heads, &c->n_kv_heads, where,
-                err) ||
-        /* Gemma 3's head_dim is 256 unless given (transformers' Gemma3TextConfig) */
+    if (get_int(keys, "num_key_value_heads", 0, is_gemma ? 4 : c->n_heads, &c->n_kv_heads,
+                where, err) ||
+        /* Gemma's head_dim is 256 unless given */
         get_int(keys, "head_dim", 0,
-                gemma ? 256 : c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
+                is_gemma ? 256 : c->n_heads ? c->hidden_size / c->n_heads : 0, &c->head_dim,
                 where, err) ||
         get_number(keys, "rms_norm_eps", 1e-6, &c->rms_norm_eps, where, err) ||
         /* SmolLM3's own defaults (its config.json leaves out a tie_word_embeddings equal to
          * transformers' own default, true) */
-        get_number(keys, "rope_theta", smollm3(c) ? 2e6 : gemma ? 1e6 : 10000.0,
+        get_number(keys, "rope_theta", smollm3(c) ? 2e6 : gemma3(c) ? 1e6 : 10000.0,
                    &c->rope_theta, where, err) ||
-        get_int(keys, "max_position_embeddings", 0, gemma ? 131072 : 2048,
-                &c->max_position_embeddings, where, err) ||
-        get_bool(keys, "tie_word_embeddings", smollm3(c) || gemma, &c->tie_word_embeddings,
+        get_int(keys, "max_position_embeddings", 0,
+                gemma3(c) ? 131072 : gemma2(c) ? 8192 : 2048, &c->max_position_embeddings,
+                where, err) ||
+        get_bool(keys, "tie_word_embeddings", smollm3(c) || is_gemma, &c->tie_word_embeddings,
                  where, err) ||
         parse_rope_scaling(c, keys, where, err) || parse_family(c, keys, where, err) ||
         check_shapes(c, where, err) || parse_crafting(c, root, where, err))

@@ -275,6 +275,10 @@ expect 0 "window        6; none in layers 2$" "inspect a Gemma 3 model: its glob
   "$pesc" inspect "$data/gemma3-f32"
 expect 0 "rope local    theta 10000, unscaled, in the sliding layers" \
   "inspect a Gemma 3 model: its sliding layers' RoPE" -- "$pesc" inspect "$data/gemma3-f32"
+expect 0 "softcaps      scores 2, logits 3" "inspect a Gemma 2 model: its softcaps" -- \
+  "$pesc" inspect "$data/gemma2-f32"
+expect 0 "window        6; none in layers 1$" "inspect a Gemma 2 model: every other layer global" \
+  -- "$pesc" inspect "$data/gemma2-f32"
 expect 0 "blocks        OLMo 2's: a norm after the attention and after the FFN, none before" \
   "inspect an OLMo 2 model" -- "$pesc" inspect "$data/olmo2-f32"
 expect 0 "Gemma3ForConditionalGeneration (its text model; the vision tower is not read)" \

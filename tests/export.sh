@@ -205,9 +205,10 @@ else
   fail "BF16 base: $("$pesc" inspect "$tmp/outb" 2>&1 | grep dtypes), loss '$outb' vs '$kept'"
 fi
 
-# ---- Gemma 3 and OLMo 2: the experts' mix inside their post-FFN norm; a --train full run's
-# norms written as stored (Gemma's (1 + w) as its w), the files' own convention ---------------
-for family in gemma3 olmo2; do
+# ---- Gemma 3, OLMo 2 and Gemma 2: the experts' mix inside their post-FFN norm; a --train full
+# run's norms written as stored (Gemma's (1 + w) as its w), the files' own convention; Gemma
+# 2's softcaps kept in the export's config.json ------------------------------------------------
+for family in gemma3 olmo2 gemma2; do
   fam="$top_srcdir/tests/reference/data/$family-f32"
   family_loss() {
     "$pesc" eval --data "$fam/records.jsonl" --json "$@" | sed -n 's/.*"loss": \([^,]*\),.*/\1/p'

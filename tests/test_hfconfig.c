@@ -215,9 +215,14 @@ static void test_gemma3(void)
     CHECK(rc == 0 && hfconfig_layer_window(&c, 1) == 0 && hfconfig_layer_window(&c, 2) == 512 &&
           local[1] == (float)(1.0 / pow(10000.0, 2.0 / 256)) &&
           global[1] == (float)(1.0 / pow(1e6, 2.0 / 256) / 8.0), "gemma3 scaled: %s", err.msg);
+    CHECK(c.attn_logit_softcapping == 0 && c.final_logit_softcapping == 0, "gemma3: no softcaps");
+    /* softcaps where a Gemma 3 file sets them (transformers applies them as Gemma 2's) */
+    rc = hfconfig_parse(&c, GEMMA3_SIZES ", \"attn_logit_softcapping\": 50.0}", "x", &err);
+    CHECK(rc == 0 && c.attn_logit_softcapping == 50.0 && c.final_logit_softcapping == 0,
+          "gemma3 softcap: %s", err.msg);
     static const refusal bad[] = {
-        {", \"final_logit_softcapping\": 30.0}", "\"final_logit_softcapping\" is not supported"},
-        {", \"attn_logit_softcapping\": 50.0}", "\"attn_logit_softcapping\" is not supported"},
+        {", \"final_logit_softcapping\": 0}", "\"final_logit_softcapping\" must be a positive number or null"},
+        {", \"attn_logit_softcapping\": \"50\"}", "\"attn_logit_softcapping\" must be a positive number or null"},
         {", \"hidden_activation\": \"gelu\"}", "hidden_activation \"gelu\" is not supported"},
         {", \"attention_bias\": true}", "attention_bias=true is not supported for Gemma 3"},
         {", \"use_bidirectional_attention\": true}", "use_bidirectional_attention=true"},
@@ -248,8 +253,62 @@ static void test_gemma3(void)
     expect_error("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], " BASE "}",
                  "Gemma3ForConditionalGeneration keeps its text model's keys in \"text_config\"");
     expect_error("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": "
-                 "{\"final_logit_softcapping\": 30.0}}",
-                 "cfg.json (text_config): \"final_logit_softcapping\" is not supported");
+                 "{\"final_logit_softcapping\": -30.0}}",
+                 "cfg.json (text_config): \"final_logit_softcapping\" must be a positive");
+}
+
+/* Gemma 2: gemma-2-2b-it's config.json (26 layers to 4): Gemma 3's layer without QK-norm or a
+ * second RoPE, every other layer sliding (the first), the scores and the logits softcapped */
+#define GEMMA2_SIZES "{\"architectures\": [\"Gemma2ForCausalLM\"], \"model_type\": \"gemma2\", " \
+                     "\"vocab_size\": 256000, \"hidden_size\": 2304, " \
+                     "\"intermediate_size\": 9216, \"num_hidden_layers\": 4, " \
+                     "\"num_attention_heads\": 8, \"num_key_value_heads\": 4, \"head_dim\": 256"
+
+static void test_gemma2(void)
+{
+    hf_config c;
+    pesc_error err = {{0}};
+    int rc = hfconfig_parse(&c, GEMMA2_SIZES ", \"attention_bias\": false, "
+                            "\"attn_logit_softcapping\": 50.0, \"bos_token_id\": 2, "
+                            "\"cache_implementation\": \"hybrid\", \"eos_token_id\": [1, 107], "
+                            "\"final_logit_softcapping\": 30.0, "
+                            "\"hidden_act\": \"gelu_pytorch_tanh\", "
+                            "\"hidden_activation\": \"gelu_pytorch_tanh\", "
+                            "\"max_position_embeddings\": 8192, \"pad_token_id\": 0, "
+                            "\"query_pre_attn_scalar\": 256, \"rms_norm_eps\": 1e-06, "
+                            "\"rope_theta\": 10000.0, \"sliding_window\": 4096, "
+                            "\"torch_dtype\": \"float32\"}", "x", &err);
+    CHECK(rc == 0, "gemma2: %s", err.msg);
+    CHECK(c.norm_offset == 1.0f && c.sandwich_norms && c.gelu_ffn && !c.qk_norm &&
+          c.tie_word_embeddings && c.rope_local_theta == 0 && c.eos_token_id == 1 &&
+          c.attn_logit_softcapping == 50.0 && c.final_logit_softcapping == 30.0 &&
+          hfconfig_embedding_module_scales(&c) &&
+          fabs(hfconfig_embedding_scale(&c) - 48.0) < 1e-12 &&
+          fabs(hfconfig_query_scale(&c) - 1.0) < 1e-12, "gemma2 switches");
+    for (int l = 0; l < 4; l++)   /* layers 0 and 2 slide; all turn one RoPE */
+        CHECK(hfconfig_layer_window(&c, l) == (l % 2 ? 0 : 4096) &&
+              !hfconfig_layer_local_rope(&c, l), "gemma2 layer %d", l);
+    /* Gemma2Config's defaults: softcaps 50 and 30 when absent, none when null; layer_types
+     * as transformers >= 4.53 writes them */
+    rc = hfconfig_parse(&c, "{\"architectures\": [\"Gemma2ForCausalLM\"], " BASE
+                        ", \"layer_types\": [\"full_attention\", \"sliding_attention\"]}", "x",
+                        &err);
+    CHECK(rc == 0 && c.head_dim == 256 && c.rope_theta == 10000.0 && c.sliding_window == 4096 &&
+          c.max_position_embeddings == 8192 && c.attn_logit_softcapping == 50.0 &&
+          c.final_logit_softcapping == 30.0 && hfconfig_layer_window(&c, 0) == 0 &&
+          hfconfig_layer_window(&c, 1) == 4096, "gemma2 defaults: %s", err.msg);
+    rc = hfconfig_parse(&c, GEMMA2_SIZES ", \"attn_logit_softcapping\": null, "
+                        "\"final_logit_softcapping\": null}", "x", &err);
+    CHECK(rc == 0 && c.attn_logit_softcapping == 0 && c.final_logit_softcapping == 0,
+          "gemma2 without softcaps: %s", err.msg);
+    static const refusal bad[] = {
+        {", \"attn_logit_softcapping\": 0.0}", "\"attn_logit_softcapping\" must be a positive number or null"},
+        {", \"hidden_activation\": \"gelu\"}", "hidden_activation \"gelu\" is not supported for Gemma2ForCausalLM"},
+        {", \"attention_bias\": true}", "attention_bias=true is not supported for Gemma 2"},
+        {", \"query_pre_attn_scalar\": -1}", "query_pre_attn_scalar must be positive"},
+        {", \"layer_types\": [\"full_attention\"]}", "\"layer_types\" must be a list"},
+    };
+    expect_refusals("gemma2", GEMMA2_SIZES, bad, sizeof bad / sizeof *bad);
 }
 
 /* OLMo 2 (OLMo-2-0425-1B's config.json, 16 layers to 2): no norm before its blocks, one after
@@ -437,6 +496,7 @@ int main(void)
     test_smollm3();
     test_granite();
     test_gemma3();
+    test_gemma2();
     test_olmo2();
     test_rope();
     test_longrope();

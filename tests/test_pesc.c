@@ -444,9 +444,11 @@ static void test_dropout_off(void)
 static void test_kv_cache(const char *root)
 {
     static const char *const dirs[] = {"mistral-sharded-f16", "llama-gqa-f32", "smollm3-nope-f32",
-                                       "granite-mult-f32", "gemma3-f32", "olmo2-f32"};
+                                       "granite-mult-f32", "gemma3-f32", "olmo2-f32",
+                                       "gemma2-f32"};
     static const char *const what[] = {", window 8", ", crafted", ", a NoPE layer",
-                                       ", Granite's multipliers", ", Gemma 3", ", OLMo 2"};
+                                       ", Granite's multipliers", ", Gemma 3", ", OLMo 2",
+                                       ", Gemma 2's softcaps"};
     for (int d = 0; d < (int)(sizeof dirs / sizeof *dirs); d++) {
         char dir[1024];
         snprintf(dir, sizeof dir, "%s/tests/reference/data/%s", root, dirs[d]);

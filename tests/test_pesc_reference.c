@@ -22,7 +22,7 @@ static const char *const cases[] = {"pesc-e4k1",       "pesc-e8k2-gqa",   "pesc-
                                     "pesc-full",       "pesc-qwen3-lora", "pesc-qwen3-full",
                                     "pesc-phi3-longrope-lora", "pesc-smollm3-lora",
                                     "pesc-granite-lora", "pesc-gemma3-lora",
-                                    "pesc-olmo2-lora"};
+                                    "pesc-olmo2-lora", "pesc-gemma2-lora"};
 static int failures;
 
 static void verdict(int ok, const char *name, const char *what, double err, double tol)

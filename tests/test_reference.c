@@ -22,7 +22,8 @@ static const char *const models[] = {"llama-gqa-f32",       "qwen2-bias-f32",
                                      "phi3-longrope-f32",   "phi4mini-partial-f32",
                                      "smollm3-nope-f32",    "granite-mult-f32",
                                      "gemma3-f32",          "gemma3-mm-bf16",
-                                     "gemma3-mm-f32",       "olmo2-f32"};
+                                     "gemma3-mm-f32",       "olmo2-f32",
+                                     "gemma2-f32"};
 static int failures;
 
 static void verdict(int ok, const char *model_name, const char *what, double err)

@@ -28,8 +28,9 @@ typedef struct {
     int rotary;                  /* Phi-4-mini's partial RoPE, longrope-scaled (0: whole heads) */
     int nope;                    /* SmolLM3: layer nope - 1 without RoPE (0: none) */
     int granite;                 /* Granite's embedding, residual, attention, logits factors */
-    int gemma;                   /* Gemma 3: (1 + w) norms, four a layer, QK-norm, GELU-tanh
-                                  * FFN, window 20 and its own RoPE in layer 0 alone */
+    int gemma;                   /* 3, Gemma 3: (1 + w) norms, four a layer, QK-norm, GELU-tanh
+                                  * FFN, window 20 and its own RoPE in layer 0 alone; 2, Gemma
+                                  * 2: no QK-norm, one RoPE, the scores and logits softcapped */
     int olmo2;                   /* OLMo 2: norms after the blocks alone, q and k normed whole */
     int vocab;                   /* 0: 512 (the tokens stay below 512) */
 } step_case;
@@ -126,26 +127,34 @@ static void build(model *m, pesc_backend *b, const step_case *sc, pesc_error *er
         c.attention_multiplier = 1.0 / 64.0;
         c.logits_scaling = 8.0;
     }
-    if (sc->gemma) {   /* layer 1 global, at rope_theta and linear scaling */
-        c.qk_norm = c.sandwich_norms = c.gelu_ffn = 1;
+    if (sc->gemma) {   /* layer 1 global (Gemma 3's at rope_theta and linear scaling) */
+        c.sandwich_norms = c.gelu_ffn = 1;
         c.norm_offset = 1.0f;
         c.sliding_window = 20;
         c.global[1] = 1;
+        c.embedding_multiplier = sqrt(128.0);
+        c.attention_multiplier = 1.0 / sqrt(24.0);
+    }
+    if (sc->gemma == 3) {
+        c.qk_norm = 1;
         c.rope_theta = 1e6;
         c.rope_type = HF_ROPE_LINEAR;
         c.rope_factor = 2.0;
         c.rope_local_theta = 10000.0;
-        c.embedding_multiplier = sqrt(128.0);
-        c.attention_multiplier = 1.0 / sqrt(24.0);
+    }
+    if (sc->gemma == 2) {   /* low enough to bend this model's scores and logits (loss 1% off) */
+        c.attn_logit_softcapping = 0.5;
+        c.final_logit_softcapping = 1.0;
     }
     if (sc->olmo2)
         c.qk_norm = c.qk_norm_whole = c.sandwich_norms = c.no_pre_norms = 1;
     snprintf(c.architecture, sizeof c.architecture, "%s",
-             sc->granite ? "GraniteForCausalLM"
-             : sc->gemma ? "Gemma3ForCausalLM"
-             : sc->olmo2 ? "Olmo2ForCausalLM"
-             : qk_norm   ? "Qwen3ForCausalLM"
-                         : "LlamaForCausalLM");
+             sc->granite        ? "GraniteForCausalLM"
+             : sc->gemma == 3   ? "Gemma3ForCausalLM"
+             : sc->gemma == 2   ? "Gemma2ForCausalLM"
+             : sc->olmo2        ? "Olmo2ForCausalLM"
+             : qk_norm          ? "Qwen3ForCausalLM"
+                                : "LlamaForCausalLM");
     pesc_options o;
     pesc_options_default(&o);
     o.experts = 4;
@@ -224,9 +233,11 @@ static const step_case cases[] = {
     {.tag = "pesc+lora, granite, packed", .lora_rank = 4, .granite = 1, .packed = 1},
     {.tag = "full, granite", .full = 1, .granite = 1},
     /* Gemma 3's layers: the norms' (1 + w), the FFN's output normed with the adapters' */
-    {.tag = "pesc+lora, gemma3, packed", .lora_rank = 4, .gemma = 1, .packed = 1},
-    {.tag = "pesc, gemma3, recompute", .gemma = 1, .recompute = 1},
-    {.tag = "full, gemma3", .full = 1, .gemma = 1},
+    {.tag = "pesc+lora, gemma3, packed", .lora_rank = 4, .gemma = 3, .packed = 1},
+    {.tag = "pesc, gemma3, recompute", .gemma = 3, .recompute = 1},
+    {.tag = "full, gemma3", .full = 1, .gemma = 3},
+    /* Gemma 2's: the scores and the logits softcapped, and their gradients through the caps */
+    {.tag = "pesc+lora, gemma2, packed", .lora_rank = 4, .gemma = 2, .packed = 1},
     /* OLMo 2's: the router and the projections read the stream itself */
     {.tag = "pesc+lora, olmo2, recompute", .lora_rank = 4, .olmo2 = 1, .recompute = 1},
     {.tag = "full, olmo2", .full = 1, .olmo2 = 1},

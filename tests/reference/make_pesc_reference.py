@@ -12,7 +12,7 @@ For every case below (or only the named ones) this writes, under tests/reference
                            pesc-phi3-longrope-lora, SmolLM3ForCausalLM with a NoPE layer for
                            pesc-smollm3-lora, GraniteForCausalLM for pesc-granite-lora,
                            Gemma3ForCausalLM for pesc-gemma3-lora, Olmo2ForCausalLM for
-                           pesc-olmo2-lora)
+                           pesc-olmo2-lora, Gemma2ForCausalLM for pesc-gemma2-lora)
   model.safetensors        the base weights (F32, HF names; Phi-3's q|k|v and gate|up joined)
   trainables.safetensors   initial value of every trainable (F32; Camelidae / PEFT-style names)
   batch.json               {"input_ids": [[...] x B], "labels": [[...] x B]}  (HF-style, unshifted)
@@ -29,7 +29,9 @@ thread, so a rerun writes byte-identical files.  The script checks itself:
   * autograd gradients agree with central finite differences on a few entries of every
     kind of trainable (routing is checked not to change under the perturbation);
   * top-k routing is decisive: the gap between the k-th and (k+1)-th router logit is
-    > MIN_MARGIN for every token and layer, at the initial point and before every AdamW step.
+    > MIN_MARGIN for every token and layer, at the initial point and before every AdamW step;
+  * with tanh caps (Gemma 2's), leaving out either cap moves the total loss and every gradient
+    tensor far beyond the C test's tolerances (printed).
 """
 
 import json
@@ -88,6 +90,19 @@ def base_config(case):
                                 num_key_value_heads=case["kv_heads"], query_pre_attn_scalar=10,
                                 rope_scaling={"factor": 4.0, "rope_type": "linear"}, sliding_window=5,
                                 torch_dtype="float32")
+    if case.get("arch") == "gemma2":
+        # Gemma 2: layer_types as transformers >= 4.53 saves them (sliding, full, sliding; window
+        # 5 < T = 12), one RoPE (theta 1e4) for all, no QK-norm; scores times 10 ** -0.5 and capped
+        # by tanh before the mask, the logits capped too (the case's small caps, which bite here);
+        # embeddings times sqrt(32); norms of 1 + w, the FFN's output (and the adapters' with it)
+        # normed before the residual sum; GELU (tanh) FFN; tied
+        return mr.gemma2_config(attn_logit_softcapping=case["softcaps"][0],
+                                final_logit_softcapping=case["softcaps"][1], head_dim=8, hidden_size=32,
+                                intermediate_size=48,
+                                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                max_position_embeddings=64, num_attention_heads=4, num_hidden_layers=3,
+                                num_key_value_heads=case["kv_heads"], query_pre_attn_scalar=10,
+                                sliding_window=5, transformers_version="4.55.0")
     if case.get("arch") == "olmo2":
         # OLMo 2: no norm before the attention or the FFN (the router reads the residual stream
         # x itself), q and k normed over their whole width ([4 x 8], [2 x 8]) before the split
@@ -241,6 +256,17 @@ CASES = [
      "batch_seed": 5011, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2, "adapter_dim": 8,
      "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4, "lora_alpha": 8,
      "weight_decay": 0.0},
+    # Gemma 2 base (sandwich norms of 1 + w, no QK-norm, sliding and full layers with one RoPE,
+    # query_pre_attn_scalar, tanh caps on the scores and the logits, scaled embeddings, GELU-tanh
+    # FFN, GQA, tied): LoRA on every projection; the adapters' sum goes through
+    # post_feedforward_layernorm with the FFN's output.  softcaps (attention, final): 1.5 and 2.5,
+    # not the released 50 and 30, which would hardly bend this model's scores (median 0.7, up to
+    # 5.2) and logits (median 0.8, up to 4.5); build() prints what leaving each out does.  init_seed
+    # 4017: the routing gaps stay >= 7e-3 through the ten steps (4015's fell to 4e-4, 4016's to 1e-4)
+    {"name": "pesc-gemma2-lora", "arch": "gemma2", "softcaps": (1.5, 2.5), "base_seed": 3009,
+     "init_seed": 4017, "batch_seed": 5012, "kv_heads": 2, "mode": "pesc", "num_experts": 4, "topk": 2,
+     "adapter_dim": 8, "moe_scaling": 0.25, "aux_coef": 0.01, "z_coef": 0.001, "lora_rank": 4,
+     "lora_alpha": 8, "weight_decay": 0.0},
 ]
 
 # --------------------------------------------------------------------------
@@ -376,16 +402,16 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             w = w + (case["lora_alpha"] / case["lora_rank"]) * (P[name + ".lora_B.weight"] @ P[name + ".lora_A.weight"])
         return w
 
-    post_norms = mr.has_post_norms(cfg)                                # Gemma 3's, OLMo 2's
+    post_norms = mr.has_post_norms(cfg)                                # Gemma's, OLMo 2's
     input_norms = mr.has_input_norms(cfg)                              # none in OLMo 2
-    norm = mr.norm_of(cfg)                                             # Gemma 3's: (1 + w)
-    act = mr.ffn_act_of(cfg)                                           # Gemma 3's: GELU (tanh)
-    mr.softcaps_off(cfg)
+    norm = mr.norm_of(cfg)                                             # Gemma's: (1 + w)
+    act = mr.ffn_act_of(cfg)                                           # Gemma's: GELU (tanh)
+    caps = mr.softcaps_of(cfg)                                         # Gemma 2's tanh caps
     qi = torch.arange(Tn).unsqueeze(1)
     ki = torch.arange(Tn).unsqueeze(0)
     causal = ki <= qi                                                  # [q, k]: k <= q
 
-    mult = mr.multipliers_of(cfg)                                      # Granite's, Gemma 3's, else 1s
+    mult = mr.multipliers_of(cfg)                                      # Granite's, Gemma's, else 1s
     idt = torch.tensor(ids, dtype=torch.long)
     x = Wb["model.embed_tokens.weight"][idt] * mult["embedding"]       # [B, T, H]
     aux = torch.zeros((), dtype=dt)
@@ -396,9 +422,9 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
         p = "model.layers.%d." % l
         # RoPE (rotate-half; positions restart at 0 in every row); Gemma 3: per layer kind
         cos, sin = mr.rope_cos_sin(mr.rope_config_of(cfg, l), dt, Tn)   # [T, hd], longrope's factor in
-        sw = mr.layer_window_of(cfg, l)                                # Gemma 3's sliding layers
+        sw = mr.layer_window_of(cfg, l)                                # Gemma's sliding layers
         allowed = causal if sw is None else causal & (ki > qi - sw)
-        # --- attention (HF Llama / Qwen3 / Gemma 3 / OLMo 2 eager) ---
+        # --- attention (HF Llama / Qwen3 / Gemma 2 / Gemma 3 / OLMo 2 eager) ---
         hn = norm(x, Wb[p + "input_layernorm.weight"], eps) if input_norms else x   # OLMo 2: x itself
         q = hn @ W(l, "q").t()                                         # [B, T, nh * hd]
         k = hn @ W(l, "k").t()                                         # [B, T, nkv * hd]
@@ -423,11 +449,13 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
         k = k[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)  # repeat_kv
         v = v[:, :, None].expand(Bn, nkv, n_rep, Tn, hd).reshape(Bn, nh, Tn, hd)
         sc = (q @ k.transpose(-1, -2)) * mult["attention"]             # 1/sqrt(hd) but Granite's, Gemma's
+        sc = mr.softcap(sc, caps["attention"])                         # Gemma 2: c tanh(sc / c), before the mask
         sc = sc.masked_fill(~allowed, float("-inf"))
         a = (torch.softmax(sc, dim=-1) @ v).transpose(1, 2).reshape(Bn, Tn, nh * hd)
         if post_norms:
-            # Gemma 3, OLMo 2: x = r + post_attention_layernorm(o); the FFN (and the router) read
-            # pre_feedforward_layernorm(x) (Gemma 3) or the residual stream x itself (OLMo 2)
+            # Gemma 2, Gemma 3, OLMo 2: x = r + post_attention_layernorm(o); the FFN (and the
+            # router) read pre_feedforward_layernorm(x) (Gemma) or the residual stream x itself
+            # (OLMo 2)
             x = x + norm(a @ W(l, "o").t(), Wb[p + "post_attention_layernorm.weight"], eps)
             if input_norms:
                 xn = norm(x, Wb[p + "pre_feedforward_layernorm.weight"], eps)  # x of DESIGN §1
@@ -468,13 +496,13 @@ def pesc_forward(cfg, case, Wb, P, ids, labels, crafted=True, dt=F64):
             # router z-loss: z_coef * mean over tokens of logsumexp(r)^2
             z = z + case["z_coef"] * (torch.logsumexp(r, dim=-1) ** 2).mean()
         if post_norms:
-            # Gemma 3, OLMo 2: the mlp's whole output, FFN and adapters' sum, through
+            # Gemma 2, Gemma 3, OLMo 2: the mlp's whole output, FFN and adapters' sum, through
             # post_feedforward_layernorm
             h = norm(h, Wb[p + "post_feedforward_layernorm.weight"], eps)
         x = x + h * mult["residual"]                                   # the experts' mix, scaled
     x = norm(x, Wb["model.norm.weight"], eps)
     head = Wb["model.embed_tokens.weight"] if mr.tied_of(cfg) else Wb["lm_head.weight"]
-    logits = (x @ head.t()) / mult["logits"]                           # [B, T, V]
+    logits = mr.softcap((x @ head.t()) / mult["logits"], caps["final"])  # [B, T, V]; Gemma 2: capped
     # CE: logits[b, t] predicts labels[b, t+1]; -100 ignored; mean over all kept targets of the batch
     lab = torch.tensor(labels, dtype=torch.long)[:, 1:].reshape(-1)
     lp = torch.log_softmax(logits[:, :-1].reshape(-1, logits.shape[-1]), dim=-1)
@@ -556,6 +584,28 @@ def zero_adapter_check(cfg, case, Wb, P, ids, labels):
         d = pesc_forward(cfg, case, Wb, P0, ids, labels, crafted=False)
     assert float(c["ce"]) == float(d["ce"]), (case["name"], float(c["ce"]), float(d["ce"]))
     assert torch.equal(c["logits"], d["logits"])
+
+
+def softcap_effects(cfg, case, Wb, P, train, ids, labels, out, grads):
+    """For a base with tanh caps (Gemma 2's): how much the total loss and the gradients move when
+    each cap is left out, printed and asserted to be far above the C test's tolerances (1e-5
+    relative on the losses, 1e-4 on each gradient tensor as the norm of its error over its norm),
+    for every gradient tensor, so a cap missed or misplaced fails the test."""
+    names = list(grads.keys())
+    for which, key in (("attention", "attn_logit_softcapping"), ("final", "final_logit_softcapping")):
+        if mr.softcaps_of(cfg)[which] is None:
+            continue
+        uncapped = dict(cfg)
+        uncapped[key] = None
+        o = pesc_forward(uncapped, case, Wb, P, ids, labels)
+        g = dict(zip(names, torch.autograd.grad(o["total"], [train[n] for n in names])))
+        moved = {n: float((g[n] - grads[n]).norm() / grads[n].norm()) for n in names if grads[n].norm() > 0}
+        least = min(moved, key=moved.get)
+        dl = abs(float(o["total"] - out["total"])) / abs(float(out["total"]))
+        print("%-14s without %-9s softcap %-5g: total loss moves by %.3g relative, each gradient "
+              "tensor by %.3g to %.3g (least: %s)"
+              % (case["name"], which, mr.softcaps_of(cfg)[which], dl, moved[least], max(moved.values()), least))
+        assert dl > 1e-3 and moved[least] > 1e-2, (case["name"], which, dl, least, moved[least])
 
 
 def dense_matches_make_reference(cfg, Wb, ids, case):
@@ -673,6 +723,7 @@ def build(case):
                       {"format": "pt"})
 
     nfd, fdworst = fd_check(cfg, case, Wb, P, train, ids, labels, grads)
+    softcap_effects(cfg, case, Wb, P, train, ids, labels, out, grads)
 
     # ---- 10 AdamW steps on the same batch ----
     hist, checksum, abssum, fin = train_steps(cfg, case, base, init, ids, labels, F64)

@@ -14,9 +14,11 @@ For every model (or only the NAMEd ones) below this writes, under tests/referenc
 
 The forward pass is written out by hand in torch, following transformers'
 LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM / Qwen3ForCausalLM / Phi3ForCausalLM /
-SmolLM3ForCausalLM / GraniteForCausalLM / Gemma3ForCausalLM / Olmo2ForCausalLM eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
+SmolLM3ForCausalLM / GraniteForCausalLM / Gemma2ForCausalLM / Gemma3ForCausalLM / Olmo2ForCausalLM
+eager code paths (Phi-3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj: its
 file is written joined, and the forward takes the parts as Phi3Attention and Phi3MLP slice them;
-Gemma 3's layers are sandwiched between norms whose stored weights are offsets from 1;
+Gemma 2's and Gemma 3's layers are sandwiched between norms whose stored weights are offsets
+from 1, and Gemma 2 caps its attention scores and its logits with tanh;
 OLMo 2's blocks read the residual stream unnormed and have their outputs normed before each
 residual sum, with q and k normed over their whole width before the split into heads;
 Gemma3ForConditionalGeneration's files hold that text model under other names, its config in
@@ -100,6 +102,40 @@ def granite_config(**keys):
         "rope_theta": 10000000.0,
         "tie_word_embeddings": True,
         "transformers_version": "4.46.0",
+        "use_cache": True,
+        "vocab_size": 64,
+    }
+    config.update(keys)
+    return config
+
+
+def gemma2_config(**keys):
+    """A Gemma2ForCausalLM config.json (model_type gemma2) with the keys of the Gemma 2 releases
+    (gemma-2-2b's file, as transformers 4.42.4 saved it): Gemma 3's sandwiched layer of (1 + w)
+    norms, scaled embeddings, query_pre_attn_scalar and GELU (tanh) FFN, but no QK-norm, one RoPE
+    (rope_theta, default type) for every layer, no layer_types key (the even layers slide, the odd
+    ones see everything), the attention's scores and the logits capped by tanh
+    (attn_logit_softcapping, final_logit_softcapping), and no tie_word_embeddings key (tied:
+    Gemma2Config's default).  The released softcaps (50 and 30) are left as they are here; a
+    fixture gives small ones that bite in a tiny random model."""
+    config = {
+        "architectures": ["Gemma2ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0,
+        "bos_token_id": 2,
+        "cache_implementation": "hybrid",
+        "eos_token_id": 1,
+        "final_logit_softcapping": 30.0,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "initializer_range": 0.02,
+        "model_type": "gemma2",
+        "pad_token_id": 0,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 10000.0,
+        "torch_dtype": "float32",
+        "transformers_version": "4.42.4",
         "use_cache": True,
         "vocab_size": 64,
     }
@@ -519,6 +555,18 @@ MODELS = [
               olmo2_config(hidden_size=64, intermediate_size=96, max_position_embeddings=256,
                            num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2,
                            torch_dtype="float32")),
+    # Gemma 2's shape, shrunk: as gemma-2-2b's file (transformers 4.42) no layer_types key, so
+    # layers 0 and 2 slide (window 6) and layer 1 sees everything, all with one RoPE (theta 1e4);
+    # no QK-norm; query_pre_attn_scalar 24 (scores times 24 ** -0.5), embeddings times sqrt(64),
+    # every norm weight (all five kinds) random around 0 since the norms multiply by 1 + w, GQA,
+    # tied by default (no tie_word_embeddings key).  The released softcaps (50 on the scores,
+    # 30 on the logits) would hardly bend this tiny model's (scores up to 4.3, logits up to 10):
+    # 2 and 3 do, so that a cap left out, misplaced or swapped changes the logits
+    f32_model("gemma2-f32", 1015,
+              gemma2_config(attn_logit_softcapping=2.0, final_logit_softcapping=3.0, head_dim=16,
+                            hidden_size=64, intermediate_size=96, max_position_embeddings=256,
+                            num_attention_heads=4, num_hidden_layers=3, num_key_value_heads=2,
+                            query_pre_attn_scalar=24, sliding_window=6)),
 ]
 
 # Record lengths per model (all between 1 and 20; each has a length-1 record and one >= 17).
@@ -538,6 +586,7 @@ RECORD_LENGTHS = {
     "gemma3-mm-bf16": [1, 18, 7, 12],
     "gemma3-mm-f32": [9, 1, 19, 4],
     "olmo2-f32": [12, 1, 19, 7],
+    "gemma2-f32": [14, 1, 20, 5, 17],
 }
 LABELED_INDEX = {
     "llama-gqa-f32": 4,
@@ -554,6 +603,7 @@ LABELED_INDEX = {
     "gemma3-mm-bf16": 1,
     "gemma3-mm-f32": 2,
     "olmo2-f32": 2,
+    "gemma2-f32": 4,
 }
 
 # --------------------------------------------------------------------------
@@ -590,13 +640,23 @@ def rotary_dim_of(cfg):
 
 
 def tied_of(cfg):
-    # SmolLM3Config and Gemma3TextConfig default to tied embeddings (a file may then leave the
-    # key out); the others to untied
-    return cfg.get("tie_word_embeddings", cfg["model_type"] in ("smollm3", "gemma3_text"))
+    # SmolLM3Config, Gemma2Config and Gemma3TextConfig default to tied embeddings (a file may then
+    # leave the key out); the others to untied
+    return cfg.get("tie_word_embeddings", cfg["model_type"] in ("smollm3", "gemma2", "gemma3_text"))
 
 
 def is_gemma3(cfg):
     return cfg["model_type"] == "gemma3_text"
+
+
+def is_gemma2(cfg):
+    return cfg["model_type"] == "gemma2"
+
+
+def is_gemma(cfg):
+    """Gemma 2 or Gemma 3: the (1 + w) norms on both sides of each block, the scaled embeddings,
+    query_pre_attn_scalar, the GELU (tanh) FFN, the softcap keys."""
+    return is_gemma2(cfg) or is_gemma3(cfg)
 
 
 def is_olmo2(cfg):
@@ -611,9 +671,9 @@ def has_input_norms(cfg):
 
 
 def has_post_norms(cfg):
-    """Whether each block's output is normed before its residual sum: Gemma 3's
+    """Whether each block's output is normed before its residual sum: Gemma 2's and Gemma 3's
     post_attention_layernorm and post_feedforward_layernorm, and OLMo 2's of the same names."""
-    return is_gemma3(cfg) or is_olmo2(cfg)
+    return is_gemma(cfg) or is_olmo2(cfg)
 
 
 STORAGE_DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -638,9 +698,10 @@ def multipliers_of(cfg):
     Gemma 3: embeddings times sqrt(hidden_size) (Gemma3TextScaledWordEmbedding: the scale is made
     a float32 tensor and cast to the weights' dtype, so it is rounded to the storage dtype: exact
     8 for hidden 64), scores times query_pre_attn_scalar ** -0.5 (Gemma3Attention.scaling), the
-    residual and the logits unscaled.
+    residual and the logits unscaled.  Gemma 2 the same (Gemma2Model's normalizer is a tensor of
+    the hidden states' dtype, Gemma2Attention.scaling query_pre_attn_scalar ** -0.5).
     The other families: 1, 1, 1/sqrt(head_dim), 1."""
-    if is_gemma3(cfg):
+    if is_gemma(cfg):
         dt = STORAGE_DTYPE[cfg.get("torch_dtype", "float32")]
         scale = torch.tensor(cfg["hidden_size"] ** 0.5, dtype=torch.float32).to(dt)
         return {"embedding": float(scale), "residual": 1.0,
@@ -657,7 +718,7 @@ def multipliers_of(cfg):
 def has_qk_norm(cfg):
     # Qwen3Attention: q_norm / k_norm (Qwen3RMSNorm over head_dim, eps rms_norm_eps) on every head
     # of q and k, after the projection and before RoPE.  Gemma3Attention likewise, with
-    # Gemma3RMSNorm (its 1 + w).
+    # Gemma3RMSNorm (its 1 + w).  Gemma2Attention has none.
     return cfg["model_type"] in ("qwen3", "gemma3_text")
 
 
@@ -669,14 +730,15 @@ def has_whole_qk_norm(cfg):
 
 
 def norm_of(cfg):
-    """The RMSNorm of the family: Gemma3RMSNorm multiplies by (1 + w), the others by w."""
-    return gemma_rms_norm if is_gemma3(cfg) else rms_norm
+    """The RMSNorm of the family: Gemma2RMSNorm and Gemma3RMSNorm multiply by (1 + w), the others
+    by w."""
+    return gemma_rms_norm if is_gemma(cfg) else rms_norm
 
 
 def ffn_act_of(cfg):
-    """The FFN's activation: SiLU, but Gemma 3's hidden_activation gelu_pytorch_tanh
+    """The FFN's activation: SiLU, but Gemma 2's and Gemma 3's hidden_activation gelu_pytorch_tanh
     (torch's gelu with approximate="tanh")."""
-    if not is_gemma3(cfg):
+    if not is_gemma(cfg):
         return torch.nn.functional.silu
     act = cfg.get("hidden_activation", "gelu_pytorch_tanh")
     assert act == "gelu_pytorch_tanh", ("unsupported hidden_activation", act)
@@ -687,6 +749,17 @@ def gelu_tanh(x):
     return torch.nn.functional.gelu(x, approximate="tanh")
 
 
+def sliding_flags_of(cfg):
+    """layer_types (transformers >= 4.53) as one flag per layer, True for "sliding_attention";
+    None when the file has no layer_types."""
+    types = cfg.get("layer_types")
+    if types is None:
+        return None
+    assert len(types) == cfg["num_hidden_layers"]
+    assert all(t in ("sliding_attention", "full_attention") for t in types), types
+    return [t == "sliding_attention" for t in types]
+
+
 def gemma3_sliding(cfg, layer):
     """Gemma3TextConfig: layer_types[layer] == "sliding_attention"; a file without layer_types
     (the first Gemma 3 releases) gives sliding_window_pattern P: layer l slides iff
@@ -694,20 +767,29 @@ def gemma3_sliding(cfg, layer):
     _sliding_window_pattern next to layer_types; when both are given they must agree."""
     P = cfg.get("sliding_window_pattern", cfg.get("_sliding_window_pattern", 6))
     by_pattern = [(l + 1) % P != 0 for l in range(cfg["num_hidden_layers"])]
-    types = cfg.get("layer_types")
-    if types is None:
+    flags = sliding_flags_of(cfg)
+    if flags is None:
         return by_pattern[layer]
-    assert len(types) == cfg["num_hidden_layers"]
-    assert all(t in ("sliding_attention", "full_attention") for t in types), types
-    flags = [t == "sliding_attention" for t in types]
     if "sliding_window_pattern" in cfg or "_sliding_window_pattern" in cfg:
-        assert flags == by_pattern, ("layer_types and the sliding window pattern disagree", types, P)
+        assert flags == by_pattern, ("layer_types and the sliding window pattern disagree",
+                                     cfg["layer_types"], P)
     return flags[layer]
 
 
+def gemma2_sliding(cfg, layer):
+    """Gemma2Config: layer_types[layer] == "sliding_attention" (transformers >= 4.53 writes
+    layer_types, by default sliding on the even layers); the released files (transformers 4.42)
+    have none: Gemma2Attention slides iff not bool(layer_idx % 2), the even layers."""
+    flags = sliding_flags_of(cfg)
+    return layer % 2 == 0 if flags is None else flags[layer]
+
+
 def layer_window_of(cfg, layer):
-    """The sliding window of one layer (None: full causal attention).  Gemma 3's sliding layers
-    take sliding_window, its full-attention layers none; the other families one for all."""
+    """The sliding window of one layer (None: full causal attention).  Gemma 2's and Gemma 3's
+    sliding layers take sliding_window, their full-attention layers none; the other families one
+    for all."""
+    if is_gemma2(cfg):
+        return cfg["sliding_window"] if gemma2_sliding(cfg, layer) else None
     if not is_gemma3(cfg):
         return sliding_window_of(cfg)
     assert not cfg.get("use_bidirectional_attention", False)
@@ -717,7 +799,8 @@ def layer_window_of(cfg, layer):
 def rope_config_of(cfg, layer):
     """The config whose RoPE a layer uses.  Gemma3TextModel's rotary_emb_local for the sliding
     layers: theta rope_local_base_freq and the default rope (rope_scaling dropped); its
-    rotary_emb (rope_theta with rope_scaling) for the full-attention ones.  Others: cfg."""
+    rotary_emb (rope_theta with rope_scaling) for the full-attention ones.  Others (Gemma 2's
+    layers all alike, rope_theta and the default rope): cfg."""
     if not (is_gemma3(cfg) and gemma3_sliding(cfg, layer)):
         return cfg
     local = dict(cfg)
@@ -736,10 +819,21 @@ def rope_cos_sin(cfg, dtype, T):
     return emb.cos() * attention_factor_of(cfg), emb.sin() * attention_factor_of(cfg)
 
 
-def softcaps_off(cfg):
-    # Gemma 3 ships without logit softcapping (Gemma 2's final_logit_softcapping and
-    # attn_logit_softcapping are null in its configs); a value would be tanh-capping, not done here
-    assert cfg.get("final_logit_softcapping") is None and cfg.get("attn_logit_softcapping") is None
+def softcaps_of(cfg):
+    """The tanh caps {"attention": c or None, "final": c or None}.  Gemma 2 (and Gemma 3, whose
+    releases set both null): eager_attention_forward caps the scaled scores before the mask is
+    added, scores = tanh(scores / c) * c with c = attn_logit_softcapping; Gemma{2,3}ForCausalLM
+    caps the logits likewise with final_logit_softcapping.  The other families have neither."""
+    caps = {"attention": cfg.get("attn_logit_softcapping"), "final": cfg.get("final_logit_softcapping")}
+    assert is_gemma(cfg) or caps == {"attention": None, "final": None}, caps
+    return caps
+
+
+def softcap(x, cap):
+    """transformers' softcapping: x / cap, tanh, times cap (x itself when cap is None)."""
+    if cap is None:
+        return x
+    return torch.tanh(x / cap) * cap
 
 
 def sliding_window_of(cfg):
@@ -841,7 +935,7 @@ def make_weights(spec):
     qwen = cfg["model_type"] == "qwen2"  # q/k/v biases (Qwen3 has none: attention_bias false)
     qk_norm = has_qk_norm(cfg)
     tied = tied_of(cfg)
-    gemma = is_gemma3(cfg)
+    gemma = is_gemma(cfg)
     olmo2 = is_olmo2(cfg)
 
     def lin_std(fan_in):
@@ -852,7 +946,7 @@ def make_weights(spec):
         return t.to(spec["dtype"])
 
     def norm_w(shape):
-        # around 1, so that a missing norm shows; Gemma 3 stores the offset from 1 (its norms
+        # around 1, so that a missing norm shows; Gemma 2 and 3 store the offset from 1 (their norms
         # multiply by 1 + w): around 0 with std 0.3, so that a missing "1 +" shows too; OLMo 2's
         # around 1 with std 0.3, so that a norm moved, left out or added shows
         if gemma:
@@ -1095,15 +1189,15 @@ def forward(cfg, W, ids, dtype):
     hd = head_dim_of(cfg)
     n_rep = nh // nkv
     eps = cfg["rms_norm_eps"]
-    post_norms = has_post_norms(cfg)           # Gemma 3's, OLMo 2's
-    norm = norm_of(cfg)                        # Gemma 3's: (1 + w)
-    act = ffn_act_of(cfg)                      # Gemma 3's: GELU (tanh)
-    softcaps_off(cfg)
+    post_norms = has_post_norms(cfg)           # Gemma's, OLMo 2's
+    norm = norm_of(cfg)                        # Gemma's: (1 + w)
+    act = ffn_act_of(cfg)                      # Gemma's: GELU (tanh)
+    caps = softcaps_of(cfg)                    # Gemma 2's: tanh on the scores and the logits
 
     # mask: query q may attend key k iff k <= q and, with a sliding window,
     # k > q - sliding_window (i.e. q - k < sliding_window: the current token plus the
     # sliding_window - 1 previous ones).  This is current transformers' sliding_window_overlay.
-    # Gemma 3: its sliding layers only.
+    # Gemma 2, Gemma 3: their sliding layers only.
     qi = torch.arange(T).unsqueeze(1)
     ki = torch.arange(T).unsqueeze(0)
 
@@ -1143,13 +1237,14 @@ def forward(cfg, W, ids, dtype):
         k = k[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
         v = v[:, None].expand(nkv, n_rep, T, hd).reshape(nh, T, hd)
         scores = (q @ k.transpose(1, 2)) * mult["attention"]
+        scores = softcap(scores, caps["attention"])           # before the mask, as Gemma 2's eager
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         a = (probs @ v).transpose(0, 1).reshape(T, nh * hd)
         if post_norms:
-            # Gemma3DecoderLayer, Olmo2DecoderLayer: x = r + post_attention_layernorm(o_proj(att));
-            # the FFN reads pre_feedforward_layernorm(x) (Gemma 3) or x itself (OLMo 2), and its
-            # output goes through post_feedforward_layernorm
+            # Gemma2DecoderLayer, Gemma3DecoderLayer, Olmo2DecoderLayer: x = r +
+            # post_attention_layernorm(o_proj(att)); the FFN reads pre_feedforward_layernorm(x)
+            # (Gemma) or x itself (OLMo 2), and its output goes through post_feedforward_layernorm
             x = x + norm(linear(a, W[p + "self_attn.o_proj.weight"]), W[p + "post_attention_layernorm.weight"], eps)
             h = norm(x, W[p + "pre_feedforward_layernorm.weight"], eps) if has_input_norms(cfg) else x
         else:
@@ -1163,7 +1258,7 @@ def forward(cfg, W, ids, dtype):
         x = x + f * mult["residual"]
     x = norm(x, W["model.norm.weight"], eps)
     head = W["model.embed_tokens.weight"] if tied_of(cfg) else W["lm_head.weight"]
-    return linear(x, head) / mult["logits"]
+    return softcap(linear(x, head) / mult["logits"], caps["final"])
 
 
 def record_nll(logits, labels):
@@ -1271,11 +1366,39 @@ def build(spec):
     with open(os.path.join(outdir, "expected.json"), "w") as f:
         f.write(json.dumps(expected) + "\n")
 
+    softcap_effects(spec["name"], cfg, W64, recs)
     logit_abs = max(max(abs(v) for row in rr["logits"] for v in row) for rr in out_recs)
     print("%-20s loss %.17g over %d tokens  (per record: %s)  max|logit| %.3f  f32-vs-f64 max rel err %.2e"
           % (spec["name"], loss, tot_n,
              ", ".join("null" if rr["loss"] is None else "%.4f" % rr["loss"] for rr in out_recs),
              logit_abs, worst))
+
+
+def softcap_effects(name, cfg, W, recs):
+    """For a model with tanh caps (Gemma 2's): how much the logits and the loss move when each cap
+    is left out, printed and asserted to be far above the C test's tolerance (1e-5 relative, as
+    the norm of a record's logit error over the norm of its logits), so a cap missed or misplaced
+    fails it."""
+    for which, key in (("attention", "attn_logit_softcapping"), ("final", "final_logit_softcapping")):
+        if softcaps_of(cfg)[which] is None:
+            continue
+        uncapped = dict(cfg)
+        uncapped[key] = None
+        worst_abs = worst_rel = 0.0
+        nll, nll_off, n = 0.0, 0.0, 0
+        for r in recs:
+            ids = r["input_ids"]
+            l64 = forward(cfg, W, ids, torch.float64)
+            off = forward(uncapped, W, ids, torch.float64)
+            worst_abs = max(worst_abs, float((off - l64).abs().max()))
+            worst_rel = max(worst_rel, float((off - l64).norm() / l64.norm()))
+            a, k = record_nll(l64, r.get("labels", ids))
+            b, _ = record_nll(off, r.get("labels", ids))
+            nll, nll_off, n = nll + a, nll_off + b, n + k
+        print("%-20s without %-9s softcap %-5g: logits move by %.3g max abs, %.3g relative (the "
+              "record moved most; C test tolerance 1e-5), loss %.6f -> %.6f"
+              % (name, which, softcaps_of(cfg)[which], worst_abs, worst_rel, nll / n, nll_off / n))
+        assert worst_abs > 1e-2 and worst_rel > 1e-3, (name, which, worst_abs, worst_rel)
 
 
 def main():
