@@ -45,7 +45,7 @@ best_of_3() {
 }
 
 printf '%-8s %10s %10s %7s\n' tokenizer "pesc MB/s" "HF MB/s" ratio
-for name in llama2 llama3 qwen3 gemma3 gpt4o; do
+for name in llama2 llama3 qwen3 gemma3 gemma2 gpt4o; do
     tok="$files/$name/tokenizer.json"
     [ -f "$tok" ] || continue
     # pesc: a run over the text twice minus a run over it once is one encode, load excluded

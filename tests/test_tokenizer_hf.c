@@ -151,7 +151,7 @@ int main(void)
     const char *srcdir = getenv("top_srcdir");
     if (!srcdir)
         srcdir = ".";
-    static const char *const names[] = {"llama2", "llama3", "qwen3", "gemma3", "gpt4o"};
+    static const char *const names[] = {"llama2", "llama3", "qwen3", "gemma3", "gemma2", "gpt4o"};
     int ran = 0;
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)
         ran += run_expected(srcdir, names[i]);

@@ -14,7 +14,7 @@ const here = __dirname;
 const files = path.join(here, 'files');
 const { Tokenizer } = require(path.join(files, 'node_modules', '@anush008', 'tokenizers'));
 
-const NAMES = ['llama2', 'llama3', 'qwen3', 'gemma3', 'gpt4o'];
+const NAMES = ['llama2', 'llama3', 'qwen3', 'gemma3', 'gemma2', 'gpt4o'];
 const N_RANDOM = 200;
 
 const FRAGMENTS = [
