@@ -17,6 +17,7 @@
 #include "commands.h"
 #include "dataset.h"
 #include "demo.h"
+#include "answers.h"
 #include "fetch_view.h"
 #include "model.h"
 #include "plugin.h"
@@ -29,7 +30,8 @@ static const char eval_usage[] =
     "                 (--data FILE|URL... | --demo | --choices FILE|URL...)\n"
     "                 [--format F] [--template NAME] [--tokenizer FILE|URL]\n"
     "                 [--backend auto|cpu|cuda] [--routing] [--records N] [--plugin FILE]...\n"
-    "                 [--json]\n"
+    "                 [--generate [--match exact|number] [--max-tokens N] [--limit N]\n"
+    "                 [--samples FILE]] [--json]\n"
     "\n"
     "Mean next-token negative log-likelihood of the model over every predicted token of every\n"
     "record (labels of -100 are ignored), and its perplexity. A bad record is an error here\n"
@@ -63,6 +65,23 @@ static const char eval_usage[] =
     "                   assignments per layer, over every token of its records, and the mean\n"
     "                   Jensen-Shannon divergence (bits, 0..1) between the sources per layer\n"
     "  --json           print {\"loss\": L, \"tokens\": N, \"ppl\": P} (and \"routing\")\n"
+    "\n"
+    "Generated answers (with --data or --demo):\n"
+    "  --generate       the accuracy of the model's greedy answers instead of the loss: each\n"
+    "                   record's last answer is the reference, what comes before it the\n"
+    "                   prompt; the model answers until an end marker (its template's, EOS)\n"
+    "  --match M        exact (default: the answer's text is the reference's, whitespace at\n"
+    "                   either end aside) or number (the final numbers are equal: the first\n"
+    "                   after the last \"####\", as GSM8K's and MetaMath's answers end, else\n"
+    "                   the last number; commas and \"$\" aside)\n"
+    "  --max-tokens N   an answer's tokens at most (exact: twice the reference's and 16 more;\n"
+    "                   number: 512)\n"
+    "  --limit N        answer at most N records of each source\n"
+    "  --samples FILE   write each record's answer to FILE (JSONL: source, line, reference,\n"
+    "                   answer, right), a new file\n"
+    "  --json           print {\"accuracy\", \"right\", \"answered\", \"match\",\n"
+    "                   \"sources\": [{\"source\", \"accuracy\", \"right\", \"answered\",\n"
+    "                   \"no_answer\", \"too_long\"}, ...]}\n"
     "\n"
     "Multiple-choice accuracy (instead of --data):\n"
     "  --choices FILE   questions with options and the right one: MMLU, ARC, OpenBookQA,\n"
@@ -107,8 +126,11 @@ typedef struct eval_options {
     int n_choices;
     long shots, limit;
     const char *shots_from;                  /* worked examples from this file */
-    const char *samples;                     /* each question's scores, JSONL */
+    const char *samples;                     /* each question's scores (answer), JSONL */
     int letters, raw;
+    int generate;                            /* greedy answers' accuracy */
+    const char *match;                       /* --match, or NULL */
+    long max_tokens;
 } eval_options;
 
 static int parse_eval(eval_options *o, int argc, char **argv)
@@ -125,6 +147,8 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         {"letters", no_argument, NULL, 'l'}, {"raw", no_argument, NULL, 'R'},
         {"shots-from", required_argument, NULL, 'F'},
         {"samples", required_argument, NULL, 'W'},
+        {"generate", no_argument, NULL, 'G'}, {"match", required_argument, NULL, 'M'},
+        {"max-tokens", required_argument, NULL, 'X'},
         {NULL, 0, NULL, 0}};
     *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae",
                         .demo_records = EVAL_DEMO_RECORDS};
@@ -204,6 +228,13 @@ static int parse_eval(eval_options *o, int argc, char **argv)
             break;
         case 'l': o->letters = 1; break;
         case 'R': o->raw = 1; break;
+        case 'G': o->generate = 1; break;
+        case 'M': o->match = optarg; break;
+        case 'X':
+            if (cli_parse_long(optarg, 1, 1000000, &o->max_tokens) != 0)
+                return cli_usage_error("eval", "--max-tokens %s: expected an integer from 1 to "
+                                       "1000000", optarg);
+            break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }
@@ -219,12 +250,25 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                                "no %s (the loss over a dataset's)", o->n_data ? "--data"
                                : o->demo ? "--demo" : o->routing ? "--routing"
                                : o->records_given ? "--records" : "--format");
-    if (!o->n_choices && (o->shots || o->limit || o->letters || o->raw || o->shots_from ||
-                          o->samples))
+    if (o->generate && (o->n_choices || o->routing))
+        return cli_usage_error("eval", "--generate answers --data or --demo records and takes "
+                               "no %s", o->n_choices ? "--choices" : "--routing");
+    if (!o->generate && (o->match || o->max_tokens))
+        return cli_usage_error("eval", "%s is for generated answers: give --generate",
+                               o->match ? "--match" : "--max-tokens");
+    const char *mc_only = o->shots ? "--shots" : o->letters ? "--letters" : o->raw ? "--raw"
+                          : o->shots_from ? "--shots-from" : NULL;
+    const char *either = o->limit ? "--limit" : o->samples ? "--samples" : NULL;
+    if (!o->n_choices && mc_only)
         return cli_usage_error("eval", "%s is for --choices questions: give --choices FILE",
-                               o->shots ? "--shots" : o->limit ? "--limit"
-                               : o->letters ? "--letters" : o->raw ? "--raw"
-                               : o->shots_from ? "--shots-from" : "--samples");
+                               mc_only);
+    if (!o->n_choices && !o->generate && either)
+        return cli_usage_error("eval", "%s is for --choices questions or --generate's answers",
+                               either);
+    ans_match match;
+    pesc_error bad;
+    if (o->match && ans_match_parse(o->match, &match, &bad) != 0)
+        return cli_usage_error("eval", "%s", bad.msg);
     if (o->shots_from && !o->shots)
         return cli_usage_error("eval", "--shots-from gives worked examples: say how many with "
                                "--shots N");
@@ -769,6 +813,100 @@ static void print_choices(const eval_options *o, const choices_result *r, int n,
                o->letters ? ", lettered" : "", device, seconds);
 }
 
+/* --samples FILE, a new file (an old one, a log or a result, is kept), or *f NULL without it */
+static int open_samples(const eval_options *o, FILE **f, pesc_error *err)
+{
+    *f = NULL;
+    if (!o->samples)
+        return 0;
+    int fd = open(o->samples, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!*f) {
+        if (fd >= 0)
+            close(fd);
+        return pesc_fail(err, "--samples %s: %s%s", o->samples, strerror(errno),
+                         errno == EEXIST ? ": name a new file" : "");
+    }
+    return 0;
+}
+
+/* --generate: each source's accuracy, and all of them together */
+static void print_answers(const eval_options *o, const eval_sources *s, const ans_tally *t,
+                          const char *match, const char *device, double seconds)
+{
+    ans_tally all = {0};
+    for (int i = 0; i < s->n; i++) {
+        all.right += t[i].right;
+        all.scored += t[i].scored;
+        all.no_answer += t[i].no_answer;
+        all.too_long += t[i].too_long;
+    }
+    if (o->json) {
+        printf("{\"accuracy\": %.6g, \"right\": %ld, \"answered\": %ld, \"match\": \"%s\", "
+               "\"sources\": [", (double)all.right / (double)all.scored, all.right, all.scored,
+               match);
+        for (int i = 0; i < s->n; i++) {
+            json_t *name = json_string(s->names[i]);
+            char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
+            printf("%s{\"source\": %s, \"accuracy\": %.6g, \"right\": %ld, \"answered\": %ld, "
+                   "\"no_answer\": %ld, \"too_long\": %ld}", i ? ", " : "",
+                   quoted ? quoted : "\"?\"",
+                   t[i].scored ? (double)t[i].right / (double)t[i].scored : 0.0, t[i].right,
+                   t[i].scored, t[i].no_answer, t[i].too_long);
+            free(quoted);
+            json_decref(name);
+        }
+        printf("]}\n");
+        return;
+    }
+    for (int i = 0; s->n > 1 && i < s->n; i++)
+        printf("%s: %.4f (%ld of %ld)\n", s->names[i],
+               t[i].scored ? (double)t[i].right / (double)t[i].scored : 0.0, t[i].right,
+               t[i].scored);
+    double acc = (double)all.right / (double)all.scored;
+    printf("accuracy %.4f ± %.4f  (%ld of %ld answers right, %s match; %s, %.2f s)\n", acc,
+           mc_stderr(acc, all.scored), all.right, all.scored, match, device, seconds);
+    if (all.no_answer)
+        fprintf(stderr, "pesc eval: note: %ld record%s without a prompt and an answer%s not "
+                "scored\n", all.no_answer, all.no_answer == 1 ? "" : "s",
+                strcmp(match, "number") == 0 ? " with a number in it" : "");
+    if (all.too_long)
+        fprintf(stderr, "pesc eval: note: %ld record%s whose prompt fills the model's context "
+                "(max_position_embeddings) not scored\n", all.too_long,
+                all.too_long == 1 ? "" : "s");
+}
+
+/* --generate over the loaded records */
+static int run_generate(const eval_options *o, model *m, const ds_records *d,
+                        const eval_sources *s, tokenizer *tok, pesc_backend *b, double t0,
+                        pesc_error *err)
+{
+    ans_options a = {.match = ANS_MATCH_EXACT, .max_tokens = o->max_tokens, .limit = o->limit,
+                     .names = s->names};
+    if (o->match && ans_match_parse(o->match, &a.match, err) != 0)
+        return -1;
+    if (!tok)
+        return pesc_fail(err, "--generate compares the answers' text: give the tokenizer "
+                         "(--tokenizer FILE|URL)");
+    ans_tally tally[EVAL_MAX_SOURCES] = {{0}};
+    int rc = open_samples(o, &a.samples, err);
+    if (rc == 0)
+        rc = ans_run(m, tok, template_find(o->template_name), d, &a, tally, err);
+    if (a.samples && fclose(a.samples) != 0 && rc == 0)
+        rc = pesc_fail(err, "--samples %s: %s", o->samples, strerror(errno));
+    long answered = 0;
+    for (int i = 0; i < s->n; i++)
+        answered += tally[i].scored;
+    if (rc == 0 && answered == 0)
+        rc = pesc_fail(err, "no record has a prompt and an answer%s to score (a text record is "
+                       "all answer; --generate needs chat or prompt/completion records)",
+                       a.match == ANS_MATCH_NUMBER ? " with a number" : "");
+    if (rc == 0)
+        print_answers(o, s, tally, ans_match_name(a.match), backend_device(b),
+                      pesc_now() - t0);
+    return rc;
+}
+
 static int run_choices(const eval_options *o, model *m, const tuned_model *t, pesc_backend *b,
                        pesc_error *err)
 {
@@ -795,13 +933,8 @@ static int run_choices(const eval_options *o, model *m, const tuned_model *t, pe
         rc = pesc_fail_prefix(err, "--shots-from");
     free(path);
     FILE *samples = NULL;
-    if (rc == 0 && o->samples) {   /* a new file: an old one (a log, a result) is kept */
-        int fd = open(o->samples, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        samples = fd >= 0 ? fdopen(fd, "w") : NULL;
-        if (!samples)
-            rc = pesc_fail(err, "--samples %s: %s%s", o->samples, strerror(errno),
-                           errno == EEXIST ? ": name a new file" : "");
-    }
+    if (rc == 0)
+        rc = open_samples(o, &samples, err);
     for (int i = 0; rc == 0 && i < o->n_choices; i++) {
         path = NULL;
         r[i].name = o->choices[i];
@@ -891,6 +1024,11 @@ int cmd_eval(int argc, char **argv)
         fprintf(stderr, "pesc eval: note: the model's chat template (tokenizer_config.json) is "
                 "%s's; records are rendered with %s (the default): --template %s if the model "
                 "was tuned in its own format\n", own, o.template_name, own);
+    }
+    if (o.generate) {
+        if (run_generate(&o, &m, &d, &sources, tok, b, t0, &err) == 0)
+            status = 0;
+        goto out;
     }
     pesc_show_phase("pesc eval", "scoring %d record%s", d.n, d.n == 1 ? "" : "s");
     if (o.routing)

@@ -221,7 +221,46 @@ if [ -f "$top_builddir/data/demo/config.json" ]; then
   expect 1 "past the model's context of 128 (max_position_embeddings): give fewer \-\-shots" \
     "eval --choices: worked examples past the context" -- \
     "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --shots 7 --letters
+  # eval --generate: the demo model's greedy answers to its records, each family's accuracy;
+  # an answer is what pesc generate gives the record's prompt (the same tokens, the same
+  # stops), and matches its reference exactly or not at all
+  "$pesc" demo-data -o "$tmp/rev.jsonl" --records 6 --family reverse --seed 3 2>/dev/null
+  expect 0 "answers right, exact match;" "eval --generate on the demo's families" -- \
+    "$pesc" eval --model "$demo" --demo --records 4 --generate --backend cpu
+  grep -q "^lookup: [01].[0-9]* ([0-4] of 4)$" "$tmp/out" || fail "eval --generate by family: $(cat "$tmp/out")"
+  "$pesc" eval --model "$demo" --data "$tmp/rev.jsonl" --generate --max-tokens 24 --backend cpu \
+    --samples "$tmp/answers.jsonl" >"$tmp/out" 2>"$tmp/err" || fail "eval --generate --samples: $(cat "$tmp/err")"
+  ok=1 n=0
+  while IFS= read -r line; do
+    n=$((n + 1))
+    record=$(sed -n "${n}p" "$tmp/rev.jsonl")
+    word=$(printf '%s' "$record" | sed 's/.*"input": "reverse: \([a-z]*\)".*/\1/')
+    system=$(printf '%s' "$record" | sed 's/.*"instruction": "\([^"]*\)".*/\1/')
+    ref=$(printf '%s' "$word" | rev)
+    said=$("$pesc" generate --model "$demo" --prompt "reverse: $word" ${system:+--system "$system"} \
+      --max-tokens 24 --backend cpu 2>/dev/null)
+    right=false
+    [ "$said" = "$ref" ] && right=true
+    printf '%s\n' "$line" | grep -qF "\"line\": $n, \"reference\": \"$ref\", \"answer\": \"$said\", \"right\": $right}" || ok=0
+  done <"$tmp/answers.jsonl"
+  [ $ok -eq 1 ] && [ $n -eq 6 ] && grep -q "answers right, exact match" "$tmp/out" &&
+    pass "eval --generate: each answer is pesc generate's for its prompt, judged against its reference" ||
+    fail "eval --generate against pesc generate: $(head -n 2 "$tmp/answers.jsonl")"
+  printf '{"text": "all answer"}\n' >"$tmp/text.jsonl"
+  expect 1 "no record has a prompt and an answer to score" "eval --generate on text records" -- \
+    "$pesc" eval --model "$demo" --data "$tmp/text.jsonl" --generate
+  expect 1 "no record has a prompt and an answer with a number to score" \
+    "eval --generate --match number: references without numbers" -- \
+    "$pesc" eval --model "$demo" --data "$tmp/rev.jsonl" --generate --match number
 fi
+expect 2 "\-\-match fuzzy: expected exact" "eval --generate --match, a bad one" -- \
+  "$pesc" eval --model x --data z --generate --match fuzzy
+expect 2 "\-\-max-tokens is for generated answers: give \-\-generate" "eval --max-tokens alone" -- \
+  "$pesc" eval --model x --data z --max-tokens 5
+expect 2 "\-\-generate answers \-\-data or \-\-demo records and takes no \-\-choices" \
+  "eval --generate --choices" -- "$pesc" eval --model x --choices y --generate
+expect 2 "\-\-limit is for \-\-choices questions or \-\-generate's answers" "eval --limit alone" -- \
+  "$pesc" eval --model x --data z --limit 3
 expect 2 "\-\-choices scores multiple-choice questions and takes no \-\-data" "eval --choices with --data" -- \
   "$pesc" eval --model x --choices y --data z
 expect 2 "\-\-shots is for \-\-choices questions" "eval --shots without --choices" -- \

@@ -1,0 +1,61 @@
+/* answers — generated answers scored by matching (`pesc eval --generate`): a record's last
+ * answer (its last run of trained tokens, up to the first of the template's end markers in it)
+ * is the reference, the tokens before it the prompt the model answers greedily, with the KV
+ * cache, until an end marker. The answer is right when its text is the reference's (whitespace
+ * at either end aside), or, matching numbers, when the numbers they give are equal: the first
+ * after the last "####" (GSM8K's and MetaMath's final answers), else the last in the text,
+ * commas and "$" aside, as lm-evaluation-harness's gsm8k reads them.
+ *
+ * Owns: the tallies it is given. Must not: read files (the records come loaded). */
+#ifndef PESC_ANSWERS_H
+#define PESC_ANSWERS_H
+
+#include <stdio.h>
+
+#include "dataset.h"
+#include "model.h"
+#include "template.h"
+#include "tokenizer.h"
+
+typedef enum ans_match { ANS_MATCH_EXACT, ANS_MATCH_NUMBER } ans_match;
+
+/* "exact" or "number": 0, or -1 with a message naming both. */
+int ans_match_parse(const char *name, ans_match *out, pesc_error *err);
+const char *ans_match_name(ans_match m);
+
+/* r's prompt, ids[0, *prompt_len), and its reference answer, labels[*prompt_len, *ref_end)
+ * (the ids there, but where a tokens record labels them otherwise): the last run of labels
+ * that are not -100, cut before the first of the n_stops ids in it.
+ * 0, or -1 when r has no such run after a prompt of one token or more (a text record is all
+ * answer) or the run is only an end marker. */
+int ans_split(const ds_record *r, const int32_t *stops, int n_stops, int *prompt_len,
+              int *ref_end);
+
+/* The number text gives into out (n bytes), commas and "$" taken out and a final "." too:
+ * 0, or -1 when it gives none. */
+int ans_number(const char *text, char *out, size_t n);
+
+/* Whether answer matches reference. */
+int ans_matches(ans_match m, const char *answer, const char *reference);
+
+typedef struct ans_tally {
+    long right, scored;
+    long no_answer;              /* records without a prompt and an answer: not scored */
+    long too_long;               /* prompts that fill the model's context: not scored */
+} ans_tally;
+
+typedef struct ans_options {
+    ans_match match;
+    long max_tokens;             /* an answer's most; 0: twice the reference's tokens and 16
+                                  * more (exact), 512 (number) */
+    long limit;                  /* records scored a source at most; 0: all */
+    FILE *samples;               /* each record's answer (JSONL), or NULL */
+    const char *const *names;    /* what the samples call each source */
+} ans_options;
+
+/* Answers every record of d (its sources' first o->limit) and tallies them by source into
+ * tally (one a source, zeroed by the caller). The model's cache is reset for each. */
+int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records *d,
+            const ans_options *o, ans_tally *tally, pesc_error *err);
+
+#endif
