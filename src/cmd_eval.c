@@ -46,7 +46,8 @@ static const char eval_usage[] =
     "                   --model, --template and --tokenizer are not given\n"
     "  --data FILE      dataset: JSONL or a JSON array, plain, .gz or .zst; or a URL. Repeat it\n"
     "                   for several sources (scored together; --routing tells them apart)\n"
-    "  --demo           the built-in demo data, one source per task family (pesc demo-data)\n"
+    "  --demo           the built-in demo's tasks, one source per family (pesc demo-data):\n"
+    "                   records of seed 1235, not the 1234 the demo trains on\n"
     "  --records N      records per family with --demo (default 200)\n"
     "  --format F       auto (default: per record, from its keys), camelidae, alpaca, sharegpt,\n"
     "                   openai, metamath, magicoder, text, tokens ({\"input_ids\", \"labels\"}),\n"
@@ -410,7 +411,8 @@ static int resolve_sources(const eval_options *o, eval_sources *s, pesc_error *e
     if (o->demo) {
         for (int f = 0; f < DEMO_FAMILIES; f++) {
             char spec[128];
-            snprintf(spec, sizeof spec, "demo:%s,records=%ld", demo_family_name(f), o->demo_records);
+            snprintf(spec, sizeof spec, "demo:%s,records=%ld,seed=%u", demo_family_name(f),
+                     o->demo_records, DEMO_EVAL_SEED);
             s->paths[s->n] = xstrdup(spec);
             s->names[s->n++] = demo_family_name(f);
         }
