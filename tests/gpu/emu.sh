@@ -89,27 +89,30 @@ for variant in "tf32 fused 1e-5 1 0 1 1" "tf32 gemm 1e-4 1 0 1 1" "tf32 fused 1e
     pass "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): the CPU's losses within $3 ($got)" ||
     fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): losses '$got', the CPU's '$want'"
 done
-# Gemma 3's model (head_dim 16, below flash's 32): a run's losses, with NEFTune's noise on the
-# embeddings (the same draws on both), and the loss of its checkpoint as pesc eval gives it
-# (inference's one set of buffers for every layer), each against the CPU's
-g="$top_srcdir/tests/reference/data/gemma3-f32"
-for backend in cpu cuda; do
-  "$pesc" train --headless --model "$g" --data "$g/records.jsonl" --format tokens --seq 16 \
-    --batch 2 --experts 4 --adapter-dim 8 --lora-rank 2 --steps 3 --neftune 5 --backend $backend \
-    --log "$tmp/gemma-$backend.jsonl" --save "$tmp/gemma-$backend" >/dev/null 2>"$tmp/err" ||
-    fail "pesc train --backend $backend on Gemma 3: $(head -c 300 "$tmp/err")"
-  "$pesc" eval --model "$g" --adapters "$tmp/gemma-cpu" --data "$g/records.jsonl" --json \
-    --backend $backend 2>"$tmp/err" | sed -n 's/.*"loss": \([^,]*\),.*/\1/p' >"$tmp/gemma-eval-$backend"
+# Gemma 3's and Gemma 2's models (head_dim 16, below flash's 32; Gemma 2's scores and logits
+# softcapped): a run's losses, with NEFTune's noise on the embeddings (the same draws on both),
+# and the loss of its checkpoint as pesc eval gives it (inference's one set of buffers for
+# every layer), each against the CPU's
+for family in gemma3 gemma2; do
+  g="$top_srcdir/tests/reference/data/$family-f32"
+  for backend in cpu cuda; do
+    "$pesc" train --headless --model "$g" --data "$g/records.jsonl" --format tokens --seq 16 \
+      --batch 2 --experts 4 --adapter-dim 8 --lora-rank 2 --steps 3 --neftune 5 --backend $backend \
+      --log "$tmp/$family-$backend.jsonl" --save "$tmp/$family-$backend" >/dev/null 2>"$tmp/err" ||
+      fail "pesc train --backend $backend on $family: $(head -c 300 "$tmp/err")"
+    "$pesc" eval --model "$g" --adapters "$tmp/$family-cpu" --data "$g/records.jsonl" --json \
+      --backend $backend 2>"$tmp/err" | sed -n 's/.*"loss": \([^,]*\),.*/\1/p' >"$tmp/$family-eval-$backend"
+  done
+  want=$(losses "$tmp/$family-cpu.jsonl") got=$(losses "$tmp/$family-cuda.jsonl") ok=1 i=0
+  for l in $want; do
+    i=$((i + 1))
+    close "$(echo "$got" | cut -d' ' -f$i)" "$l" 1e-5 || ok=0
+  done
+  e_cpu=$(cat "$tmp/$family-eval-cpu") e_gpu=$(cat "$tmp/$family-eval-cuda")
+  [ $ok -eq 1 ] && [ $i -eq 3 ] && [ -n "$e_gpu" ] && close "$e_gpu" "$e_cpu" 1e-5 &&
+    pass "$family on the emulated GPU: the CPU's losses ($got) and eval loss ($e_gpu)" ||
+    fail "$family on the emulated GPU: losses '$got', the CPU's '$want'; eval '$e_gpu', the CPU's '$e_cpu'"
 done
-want=$(losses "$tmp/gemma-cpu.jsonl") got=$(losses "$tmp/gemma-cuda.jsonl") ok=1 i=0
-for l in $want; do
-  i=$((i + 1))
-  close "$(echo "$got" | cut -d' ' -f$i)" "$l" 1e-5 || ok=0
-done
-e_cpu=$(cat "$tmp/gemma-eval-cpu") e_gpu=$(cat "$tmp/gemma-eval-cuda")
-[ $ok -eq 1 ] && [ $i -eq 3 ] && [ -n "$e_gpu" ] && close "$e_gpu" "$e_cpu" 1e-5 &&
-  pass "Gemma 3 on the emulated GPU: the CPU's losses ($got) and eval loss ($e_gpu)" ||
-  fail "Gemma 3 on the emulated GPU: losses '$got', the CPU's '$want'; eval '$e_gpu', the CPU's '$e_cpu'"
 # where a step makes the host wait for the device (the issue's "say where"): once a layer for
 # its routing (the statistics and group sizes the adapters' products need), then for the
 # loss, at the end of the backward (backend_check: the step's faults), for the clipping norm
