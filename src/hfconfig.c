@@ -414,10 +414,11 @@ static int parse_layer_types(hf_config *c, json_t *root, const char *where, pesc
 static int parse_softcaps(hf_config *c, json_t *root, const char *where, pesc_error *err)
 {
     static const char *const keys[] = {"final_logit_softcapping", "attn_logit_softcapping"};
+    static const double gemma2_default[] = {30.0, 50.0};
     double *values[] = {&c->final_logit_softcapping, &c->attn_logit_softcapping};
     for (int i = 0; i < 2; i++) {
         json_t *v = json_object_get(root, keys[i]);
-        *values[i] = gemma2(c) && !v ? (i == 0 ? 30.0 : 50.0) : 0.0;
+        *values[i] = gemma2(c) && !v ? gemma2_default[i] : 0.0;
         if (!v || json_is_null(v))
             continue;
         if (!json_is_number(v) || !(json_number_value(v) > 0) ||
