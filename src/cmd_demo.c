@@ -71,8 +71,8 @@ int cmd_demo_data(int argc, char **argv)
                                "output)");
     if (cli_path("demo-data", "-o", output, "a file, or - for standard output", &output))
         return EXIT_USAGE;
-    int families = spec.families ? __builtin_popcount(spec.families) : DEMO_FAMILIES;
-    spec.records = records ? records : (long)DEMO_FILE_RECORDS_PER_FAMILY * families;
+    spec.records = records ? records
+                           : (long)DEMO_FILE_RECORDS_PER_FAMILY * demo_family_count(spec.families);
     demo_spec_complete(&spec);
 
     pesc_error err = {{0}};

@@ -130,7 +130,8 @@ typedef struct eval_options {
     const char *samples;                     /* each question's scores (answer), JSONL */
     int letters, raw;
     int generate;                            /* greedy answers' accuracy */
-    const char *match;                       /* --match, or NULL */
+    ans_match match;                         /* --match's (exact when not given) */
+    int match_given;
     long max_tokens;
 } eval_options;
 
@@ -230,7 +231,13 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         case 'l': o->letters = 1; break;
         case 'R': o->raw = 1; break;
         case 'G': o->generate = 1; break;
-        case 'M': o->match = optarg; break;
+        case 'M': {
+            pesc_error bad;
+            if (ans_match_parse(optarg, &o->match, &bad) != 0)
+                return cli_usage_error("eval", "%s", bad.msg);
+            o->match_given = 1;
+            break;
+        }
         case 'X':
             if (cli_parse_long(optarg, 1, 1000000, &o->max_tokens) != 0)
                 return cli_usage_error("eval", "--max-tokens %s: expected an integer from 1 to "
@@ -254,9 +261,9 @@ static int parse_eval(eval_options *o, int argc, char **argv)
     if (o->generate && (o->n_choices || o->routing))
         return cli_usage_error("eval", "--generate answers --data or --demo records and takes "
                                "no %s", o->n_choices ? "--choices" : "--routing");
-    if (!o->generate && (o->match || o->max_tokens))
+    if (!o->generate && (o->match_given || o->max_tokens))
         return cli_usage_error("eval", "%s is for generated answers: give --generate",
-                               o->match ? "--match" : "--max-tokens");
+                               o->match_given ? "--match" : "--max-tokens");
     const char *mc_only = o->shots ? "--shots" : o->letters ? "--letters" : o->raw ? "--raw"
                           : o->shots_from ? "--shots-from" : NULL;
     const char *either = o->limit ? "--limit" : o->samples ? "--samples" : NULL;
@@ -266,10 +273,6 @@ static int parse_eval(eval_options *o, int argc, char **argv)
     if (!o->n_choices && !o->generate && either)
         return cli_usage_error("eval", "%s is for --choices questions or --generate's answers",
                                either);
-    ans_match match;
-    pesc_error bad;
-    if (o->match && ans_match_parse(o->match, &match, &bad) != 0)
-        return cli_usage_error("eval", "%s", bad.msg);
     if (o->shots_from && !o->shots)
         return cli_usage_error("eval", "--shots-from gives worked examples: say how many with "
                                "--shots N");
@@ -883,10 +886,8 @@ static int run_generate(const eval_options *o, model *m, const ds_records *d,
                         const eval_sources *s, tokenizer *tok, pesc_backend *b, double t0,
                         pesc_error *err)
 {
-    ans_options a = {.match = ANS_MATCH_EXACT, .max_tokens = o->max_tokens, .limit = o->limit,
+    ans_options a = {.match = o->match, .max_tokens = o->max_tokens, .limit = o->limit,
                      .names = s->names};
-    if (o->match && ans_match_parse(o->match, &a.match, err) != 0)
-        return -1;
     if (!tok)
         return pesc_fail(err, "--generate compares the answers' text: give the tokenizer "
                          "(--tokenizer FILE|URL)");

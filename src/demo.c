@@ -224,8 +224,10 @@ int demo_messages(const demo_record *r, tpl_message msgs[3])
 
 /* ======================================================= sources ====================== */
 
-static int family_count(unsigned families)
+int demo_family_count(unsigned families)
 {
+    if (!families)
+        return DEMO_FAMILIES;
     int n = 0;
     for (int f = 0; f < DEMO_FAMILIES; f++)
         n += (families >> f) & 1;
@@ -237,12 +239,12 @@ void demo_spec_complete(demo_spec *s)
     if (!s->families)
         s->families = (1u << DEMO_FAMILIES) - 1;
     if (s->records <= 0)
-        s->records = (long)DEMO_RECORDS_PER_FAMILY * family_count(s->families);
+        s->records = (long)DEMO_RECORDS_PER_FAMILY * demo_family_count(s->families);
 }
 
 void demo_spec_record(const demo_spec *s, long i, demo_record *out)
 {
-    int n = family_count(s->families), k = (int)(i % n), f = 0;
+    int n = demo_family_count(s->families), k = (int)(i % n), f = 0;
     for (;; f++)   /* the k-th family in the set */
         if ((s->families >> f) & 1 && k-- == 0)
             break;

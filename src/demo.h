@@ -55,6 +55,8 @@ const char *demo_family_name(int family);
 int demo_family_find(const char *name);
 /* "arithmetic, reverse, sort, count, case, lookup" */
 const char *demo_family_list(void);
+/* How many families a set holds (bit f: family f; 0: all of them). */
+int demo_family_count(unsigned families);
 
 /* Record `index` (>= 0) of one family. */
 void demo_generate_family(uint64_t seed, int family, long index, demo_record *out);

@@ -11,6 +11,7 @@
 
 #include "cli.h"
 #include "dataset.h"
+#include "demo.h"
 #include "optfile.h"
 #include "plugin.h"
 #include "sink.h"
@@ -95,22 +96,20 @@ void train_config_default(train_config *c)
 
 void train_config_demo(train_config *c)
 {
-    static const char *const families[] = {"arithmetic", "reverse", "sort", "count", "case",
-                                           "lookup"};
     /* held out: 50 records a family the training does not draw (pesc eval --demo's seed), so
      * that the loss chart shows what the run learns beside what it has seen */
-    static const char *const held_out[] = {
-        "demo:arithmetic,seed=1235,records=50", "demo:reverse,seed=1235,records=50",
-        "demo:sort,seed=1235,records=50",       "demo:count,seed=1235,records=50",
-        "demo:case,seed=1235,records=50",       "demo:lookup,seed=1235,records=50"};
-    for (int i = 0; i < 6 && c->n_sources < STATS_MAX_SOURCES; i++) {
+    static char held_out[DEMO_FAMILIES][64];
+    for (int i = 0; i < DEMO_FAMILIES && c->n_sources < STATS_MAX_SOURCES; i++) {
         snprintf(c->sources[c->n_sources].path, sizeof c->sources[0].path, "demo:%s",
-                 families[i]);
+                 demo_family_name(i));
         c->sources[c->n_sources++].weight = 1.0;
     }
     if (c->n_eval == 0 && c->eval_split <= 0) {
-        for (int i = 0; i < 6 && c->n_eval < TRAIN_MAX_EVAL; i++)
+        for (int i = 0; i < DEMO_FAMILIES && c->n_eval < TRAIN_MAX_EVAL; i++) {
+            snprintf(held_out[i], sizeof held_out[i], "demo:%s,seed=%u,records=50",
+                     demo_family_name(i), DEMO_EVAL_SEED);
             c->eval_paths[c->n_eval++] = held_out[i];
+        }
         if (!(c->given & TRAIN_GIVEN_EVAL_EVERY))
             c->eval_every = 200;
     }
