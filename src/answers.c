@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sample.h"
 
 int ans_match_parse(const char *name, ans_match *out, pesc_error *err)
 {
@@ -15,7 +14,7 @@ int ans_match_parse(const char *name, ans_match *out, pesc_error *err)
     else if (strcmp(name, "number") == 0)
         *out = ANS_MATCH_NUMBER;
     else
-        return pesc_fail(err, "--match %s: expected exact (the answer's text) or number (the "
+        return pesc_fail(err, "%s: expected exact (the answer's text) or number (the "
                          "final number, GSM8K's \"#### N\")", name);
     return 0;
 }
@@ -165,15 +164,62 @@ static void write_sample(FILE *f, const char *source, long line, const char *ref
     json_decref(o);
 }
 
+void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl)
+{
+    memset(a, 0, sizeof *a);
+    a->m = m;
+    a->tok = tok;
+    a->n_stops = template_stop_ids(tpl, tok, a->stops, 4);
+    a->logits = xmalloc((size_t)m->config.vocab_size * sizeof *a->logits);
+    sampler_init(&a->greedy, 0.0f, 0, 1.0f, 0);
+}
+
+void ans_answerer_free(ans_answerer *a)
+{
+    tok_ids_free(&a->out);
+    sampler_free(&a->greedy);
+    free(a->logits);
+}
+
+int ans_answer(ans_answerer *a, const ds_record *r, const ans_options *o, const char *source,
+               ans_tally *t, pesc_error *err)
+{
+    int prompt, ref_end;
+    if (ans_split(r, a->stops, a->n_stops, &prompt, &ref_end) != 0) {
+        t->no_answer++;
+        return 0;
+    }
+    char *reference = tok_decode(a->tok, r->labels + prompt, ref_end - prompt, 1, NULL);
+    char number[64];
+    long want = o->max_tokens ? o->max_tokens
+                : o->match == ANS_MATCH_EXACT ? 2L * (ref_end - prompt) + 16 : 512;
+    pesc_error full;
+    int room = model_answer_room(a->m, prompt, (int)want, &full), rc = 0;
+    if (o->match == ANS_MATCH_NUMBER && ans_number(reference, number, sizeof number) != 0)
+        t->no_answer++;   /* nothing to compare a number with */
+    else if (room < 0)
+        t->too_long++;
+    else if ((a->out.n = 0, generate(a->m, &a->greedy, r->ids, prompt, room, a->stops,
+                                     a->n_stops, a->logits, &a->out, err)) != 0)
+        rc = -1;
+    else {
+        char *answer = tok_decode(a->tok, a->out.ids, a->out.n, 1, NULL);
+        int right = ans_matches(o->match, answer, reference);
+        t->right += right;
+        t->scored++;
+        if (o->samples)
+            write_sample(o->samples, source, r->line, reference, answer, right);
+        free(answer);
+    }
+    free(reference);
+    return rc;
+}
+
 int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records *d,
             const ans_options *o, ans_tally *tally, pesc_error *err)
 {
-    int32_t stops[4];
-    int n_stops = template_stop_ids(tpl, tok, stops, 4);
-    float *logits = xmalloc((size_t)m->config.vocab_size * sizeof *logits);
-    sampler greedy;
-    sampler_init(&greedy, 0.0f, 0, 1.0f, 0);
-    tok_ids out = {0};
+    ans_answerer a;
+    ans_answerer_init(&a, m, tok, tpl);
     double shown = 0.0;
     int rc = 0;
     for (int i = 0; rc == 0 && i < d->n; i++) {
@@ -185,38 +231,10 @@ int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records
             pesc_show_phase("pesc eval", "answering record %d of %d", i + 1, d->n);
             shown = pesc_now();
         }
-        int prompt, ref_end;
-        if (ans_split(r, stops, n_stops, &prompt, &ref_end) != 0) {
-            t->no_answer++;
-            continue;
-        }
-        char *reference = tok_decode(tok, r->labels + prompt, ref_end - prompt, 1, NULL);
-        char number[64];
-        long want = o->max_tokens ? o->max_tokens
-                    : o->match == ANS_MATCH_EXACT ? 2L * (ref_end - prompt) + 16 : 512;
-        pesc_error full;
-        int room = model_answer_room(m, prompt, (int)want, &full);
-        if (o->match == ANS_MATCH_NUMBER && ans_number(reference, number, sizeof number) != 0)
-            t->no_answer++;   /* nothing to compare a number with */
-        else if (room < 0)
-            t->too_long++;
-        else if ((out.n = 0, generate(m, &greedy, r->ids, prompt, room, stops, n_stops, logits,
-                                      &out, err)) != 0)
+        if (ans_answer(&a, r, o, o->names ? o->names[r->source] : "", t, err) != 0)
             rc = pesc_fail_prefix(err, "record %d (line %ld)", i + 1, r->line);
-        else {
-            char *answer = tok_decode(tok, out.ids, out.n, 1, NULL);
-            int right = ans_matches(o->match, answer, reference);
-            t->right += right;
-            t->scored++;
-            if (o->samples)
-                write_sample(o->samples, o->names[r->source], r->line, reference, answer, right);
-            free(answer);
-        }
-        free(reference);
     }
     pesc_show_phase("pesc eval", NULL);
-    tok_ids_free(&out);
-    sampler_free(&greedy);
-    free(logits);
+    ans_answerer_free(&a);
     return rc;
 }

@@ -14,12 +14,13 @@
 
 #include "dataset.h"
 #include "model.h"
+#include "sample.h"
 #include "template.h"
 #include "tokenizer.h"
 
 typedef enum ans_match { ANS_MATCH_EXACT, ANS_MATCH_NUMBER } ans_match;
 
-/* "exact" or "number": 0, or -1 with a message naming both. */
+/* "exact" or "number": 0, or -1 with a message naming both (the caller names its flag). */
 int ans_match_parse(const char *name, ans_match *out, pesc_error *err);
 const char *ans_match_name(ans_match m);
 
@@ -53,8 +54,29 @@ typedef struct ans_options {
     const char *const *names;    /* what the samples call each source */
 } ans_options;
 
+/* What answering takes besides the records: the model, its tokenizer, the template's end
+ * markers, a logits row and the answer's tokens. Made and freed around a run of records. */
+typedef struct ans_answerer {
+    model *m;
+    tokenizer *tok;
+    int32_t stops[4];
+    int n_stops;
+    float *logits;
+    sampler greedy;
+    tok_ids out;
+} ans_answerer;
+
+void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl);
+void ans_answerer_free(ans_answerer *a);
+
+/* Answers r and tallies it into t: right and scored, or no_answer or too_long; its line of
+ * o->samples too, under the name source. The model's cache is reset for it. 0, or -1 when
+ * the model failed. */
+int ans_answer(ans_answerer *a, const ds_record *r, const ans_options *o, const char *source,
+               ans_tally *t, pesc_error *err);
+
 /* Answers every record of d (its sources' first o->limit) and tallies them by source into
- * tally (one a source, zeroed by the caller). The model's cache is reset for each. */
+ * tally (one a source, zeroed by the caller), showing its progress on stderr. */
 int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records *d,
             const ans_options *o, ans_tally *tally, pesc_error *err);
 

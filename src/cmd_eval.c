@@ -234,7 +234,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         case 'M': {
             pesc_error bad;
             if (ans_match_parse(optarg, &o->match, &bad) != 0)
-                return cli_usage_error("eval", "%s", bad.msg);
+                return cli_usage_error("eval", "--match %s", bad.msg);
             o->match_given = 1;
             break;
         }
