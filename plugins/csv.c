@@ -3,10 +3,9 @@
  * `--sink csv[:FILE]` (default BASE.csv, which a fresh run refuses to replace when it is already
  * there: only a FILE named for it is truncated). Columns: step, wall_time, elapsed_s, then every
  * scalar of the step in the order pesc gives them (loss, aux_loss, z_loss, lr, grad_norm,
- * tokens_per_s, step_s, epoch, tokens, eval_loss, eval_accuracy, entropy/layer_NN,
- * imbalance/layer_NN, load/layer_NN/expert_E); a value not measured at a step (eval_loss
- * between evaluations)
- * is an empty cell. The header is written with the first step (not when a resumed
+ * tokens_per_s, step_s, epoch, tokens, eval_loss, eval_accuracy, eval_answer_accuracy,
+ * entropy/layer_NN, imbalance/layer_NN, load/layer_NN/expert_E); a value not measured at a
+ * step (eval_loss between evaluations) is an empty cell. The header is written with the first step (not when a resumed
  * run appends to a file that has content: then that header must name as many columns as
  * the run has, or the sink stops before a row lands under the wrong one). Rows are flushed as
  * written, so a spreadsheet or `tail -f` sees them live. Events are not written (they are in
@@ -83,7 +82,7 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
         return NULL;
     }
     /* appending to rows already there: keep their header, and its columns (a file of a
-     * pesc without eval_loss or eval_accuracy has fewer) */
+     * pesc without eval_loss, eval_accuracy or eval_answer_accuracy has fewer) */
     c->header_done = config->resume && ftell(c->f) > 0;
     if (c->header_done)
         c->columns = header_columns(c->path);

@@ -14,7 +14,8 @@
  *             doubles; bucket i counts values in (bucket_limit[i-1], bucket_limit[i]])
  * One Event per step holds every scalar pesc gives (loss, aux_loss, lr, grad_norm,
  * tokens_per_s, load/layer_NN/expert_E, ...) but those it did not measure at the step (NaN:
- * eval_loss and eval_accuracy between evaluations), and the histograms (adapter norms).
+ * eval_loss, eval_accuracy and eval_answer_accuracy between evaluations), and the histograms
+ * (adapter norms).
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
 #include <errno.h>

@@ -88,6 +88,8 @@ static void add_point(logview *lv, const stats_record *r)
             lv->points[lv->n_points - 1].eval_loss = (float)r->eval_loss;
         if (r->eval_questions > 0)
             lv->points[lv->n_points - 1].eval_accuracy = (float)r->eval_accuracy;
+        if (r->eval_answers > 0)
+            lv->points[lv->n_points - 1].eval_answers = (float)r->eval_answer_accuracy;
         return;
     }
     lv->skipped = 0;

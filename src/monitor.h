@@ -36,6 +36,8 @@ typedef struct monitor_point {
     float loss, aux_loss, lr, grad_norm, tokens_per_s;
     float eval_loss;             /* NAN: no held-out evaluation at this step */
     float eval_accuracy;         /* NAN: no --eval-choices questions scored at it */
+    float eval_answers;          /* the share of generated answers right (--eval-generate);
+                                    NAN: none scored at it */
 } monitor_point;
 
 /* The point of a step record. */

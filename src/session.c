@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "answers.h"
 #include "backend.h"
 #include "checkpoint.h"
 #include "choices.h"
@@ -703,6 +704,9 @@ static void fill_state(session *s, checkpoint_state *st)
         absolute_path(st->eval_data[i], sizeof st->eval_data[i], s->eval_paths[i]);
     if (s->choices_path)
         absolute_path(st->eval_choices, sizeof st->eval_choices, s->choices_path);
+    if (c->eval_generate)
+        snprintf(st->eval_generate, sizeof st->eval_generate, "%s",
+                 ans_match_name(c->eval_match));
     snprintf(st->format, sizeof st->format, "%s", c->format);
     snprintf(st->template_name, sizeof st->template_name, "%s", c->template_name);
     st->schedule = (int)c->optim.schedule;
@@ -965,19 +969,60 @@ static int evaluate_choices(session *s, stats_record *r, pesc_error *err)
     return 0;
 }
 
-/* What is scored after a step: the held-out records' loss and the questions' accuracy, each
- * the run has. 0, 1 when a stop came first (r says nothing), or -1. */
+/* --eval-generate: the held-out records' answers, generated greedily with the weights as they
+ * are and matched against theirs (answers.h): the share right goes in r (eval_answer_accuracy,
+ * eval_answers). 0, 1 when a stop came first, or -1. */
+static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
+{
+    double t0 = pesc_now();
+    ans_answerer a;
+    ans_answerer_init(&a, &s->m, s->tok, s->tpl);
+    ans_options o = {.match = s->cfg.eval_match};
+    ans_tally tally = {0};
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < s->n_eval; i++) {
+        if (stop_asked(s))
+            rc = 1;
+        else if (ans_answer(&a, &s->eval[i], &o, NULL, &tally, err) != 0)
+            rc = pesc_fail_prefix(err, "--eval-generate: held-out record %d (line %ld)", i + 1,
+                                  s->eval[i].line);
+    }
+    ans_answerer_free(&a);
+    if (rc != 0)
+        return rc;
+    if (tally.scored == 0) {   /* open_eval found answers: these are all past the context */
+        publish_event(s, "eval", "eval answers: none scored, %ld of %d records' prompts fill the "
+                      "model's context", tally.too_long, s->n_eval);
+        return 0;
+    }
+    r->eval_answers = tally.scored;
+    r->eval_answer_accuracy = (double)tally.right / (double)tally.scored;
+    char unscored[96] = "";
+    if (tally.scored < s->n_eval)
+        snprintf(unscored, sizeof unscored, "; %ld without an answer to match, %ld too long",
+                 tally.no_answer, tally.too_long);
+    publish_event(s, "eval", "eval answers %.4f right (%ld of %ld, %s match%s) (%.1f s)",
+                  r->eval_answer_accuracy, tally.right, tally.scored,
+                  ans_match_name(s->cfg.eval_match), unscored, pesc_now() - t0);
+    return 0;
+}
+
+/* What is scored after a step: the held-out records' loss and answers and the questions'
+ * accuracy, each the run has. 0, 1 when a stop came first (r says nothing), or -1. */
 static int evaluate(session *s, stats_record *r, pesc_error *err)
 {
     r->eval_tokens = 0;
     r->eval_questions = 0;
+    r->eval_answers = 0;
     set_state(s, MONITOR_EVALUATING, NULL);   /* the step counter stands still meanwhile */
     int rc = s->n_eval > 0 ? evaluate_loss(s, r, err) : 0;
+    if (rc == 0 && s->n_eval > 0 && s->cfg.eval_generate)
+        rc = evaluate_answers(s, r, err);
     if (rc == 0 && s->choices.n > 0)
         rc = evaluate_choices(s, r, err);
     set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
     if (rc != 0)
-        r->eval_tokens = r->eval_questions = 0;
+        r->eval_tokens = r->eval_questions = r->eval_answers = 0;
     return rc;
 }
 
@@ -1011,6 +1056,8 @@ static void eval_paused(session *s)
         last->eval_loss = (float)r.eval_loss;
     if (last && last->step == s->step && isnan(last->eval_accuracy) && r.eval_questions > 0)
         last->eval_accuracy = (float)r.eval_accuracy;
+    if (last && last->step == s->step && isnan(last->eval_answers) && r.eval_answers > 0)
+        last->eval_answers = (float)r.eval_answer_accuracy;
     pthread_mutex_unlock(&s->lock);
     if (r.eval_tokens > 0)
         note_best(s, r.eval_loss);
@@ -1167,6 +1214,7 @@ static int train_step(session *s, pesc_error *err)
         fill_routing(s, r, sc.counts, sc.first, sc.gate, sc.sources, sc.entropy, micro);
     r->eval_tokens = 0;
     r->eval_questions = 0;
+    r->eval_answers = 0;
     if (eval_due(s)) {
         s->eval_requested = 0;
         if (evaluate(s, r, err) < 0) {
@@ -1371,10 +1419,20 @@ static int open_choices(session *s, pesc_error *err)
     return rc;
 }
 
+/* The held-out records --eval-generate can score: those with an answer after a prompt. */
+static int answerable(const session *s)
+{
+    int32_t stops[4];
+    int n_stops = template_stop_ids(s->tpl, s->tok, stops, 4), n = 0, prompt, end;
+    for (int i = 0; i < s->n_eval; i++)
+        n += ans_split(&s->eval[i], stops, n_stops, &prompt, &end) == 0;
+    return n;
+}
+
 /* What the run scores: the held-out records (the --eval-data files, read as the training data
  * is: format, template, tokenizer; or the records --eval-split kept out of the --data, at
- * least one trained token within --seq) and the --eval-choices questions; either refused
- * before the run starts. */
+ * least one trained token within --seq, and with --eval-generate a tokenizer and a record with
+ * an answer) and the --eval-choices questions; either refused before the run starts. */
 static int open_eval(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
@@ -1412,6 +1470,13 @@ static int open_eval(session *s, pesc_error *err)
         return pesc_fail(err, "%s: %s", what, s->n_eval == 0 ? "no records to score"
                          : "no record has a trained token within --seq (an answer, or text): "
                          "nothing to score");
+    if (c->eval_generate && !s->tok)
+        return pesc_fail(err, "--eval-generate: the answers are matched as text, and the run has "
+                         "no tokenizer: give --tokenizer FILE (the model's tokenizer.json)");
+    if (c->eval_generate && answerable(s) == 0)
+        return pesc_fail(err, "%s: no record has an answer after a prompt (text records are all "
+                         "answer; --eval-generate matches the answers of chat, prompt/completion "
+                         "or instruction records)", what);
     s->eval_hash = ds_records_hash(s->eval, s->n_eval);
     eval_entry *order = xmalloc((size_t)s->n_eval * sizeof *order);
     for (int i = 0; i < s->n_eval; i++)
@@ -1981,6 +2046,13 @@ static int adopt_resumed(session *s, pesc_error *err)
                           st->eval_choices, err) != 0)
             goto out;
         c->eval_choices = st->eval_choices;
+    }
+    if (!c->eval_generate && st->eval_generate[0]) {
+        if (ans_match_parse(st->eval_generate, &c->eval_match, err) != 0) {
+            pesc_fail_prefix(err, "%s/state.json: eval_generate", dir);
+            goto out;
+        }
+        c->eval_generate = 1;
     }
     const struct { unsigned bit; int take; } taken[] = {
         {TRAIN_GIVEN_SEQ, 1}, {TRAIN_GIVEN_BATCH, 1}, {TRAIN_GIVEN_GRAD_ACCUM, 1},

@@ -221,11 +221,11 @@ static void send_pending(sink_set *s)
 
 /* ---- scalars and histograms of a record ---------------------------------------------- */
 
-/* eval_loss and eval_accuracy are NaN on the steps without a held-out evaluation, and
- * without --eval-choices questions (pesc-plugin(7)) */
+/* eval_loss, eval_accuracy and eval_answer_accuracy are NaN on the steps without a held-out
+ * evaluation, without --eval-choices questions and without --eval-generate (pesc-plugin(7)) */
 static const char *const fixed_tags[] = {"loss", "aux_loss", "z_loss", "lr", "grad_norm",
                                          "tokens_per_s", "step_s", "epoch", "tokens",
-                                         "eval_loss", "eval_accuracy"};
+                                         "eval_loss", "eval_accuracy", "eval_answer_accuracy"};
 enum { N_FIXED = (int)(sizeof fixed_tags / sizeof *fixed_tags) };
 
 static void make_tags(sink_set *s, stats_shape shape)
@@ -261,7 +261,8 @@ static void fill_values(sink_set *s, const stats_record *r)
     double fixed[N_FIXED] = {r->loss, r->aux_loss, r->z_loss, r->lr, r->grad_norm,
                              r->tokens_per_s, r->step_s, r->epoch, (double)r->tokens,
                              r->eval_tokens > 0 ? r->eval_loss : NAN,
-                             r->eval_questions > 0 ? r->eval_accuracy : NAN};
+                             r->eval_questions > 0 ? r->eval_accuracy : NAN,
+                             r->eval_answers > 0 ? r->eval_answer_accuracy : NAN};
     size_t k = 0;
     for (int i = 0; i < N_FIXED; i++)
         s->scalars[k++].value = fixed[i];

@@ -167,6 +167,10 @@ char *stats_record_json(const stats_record *r)
         set_real(o, "eval_accuracy_norm", r->eval_accuracy_norm);
         json_object_set_new(o, "eval_questions", json_integer(r->eval_questions));
     }
+    if (r->eval_answers > 0) {
+        set_real(o, "eval_answer_accuracy", r->eval_answer_accuracy);
+        json_object_set_new(o, "eval_answers", json_integer(r->eval_answers));
+    }
     int L = r->shape.n_layers, E = r->shape.n_experts;
     if (r->load) {
         const float *const le_arrays[] = {r->load, r->first, r->gate, r->norm_down, r->norm_up,
@@ -326,6 +330,9 @@ static int parse_step(json_t *o, stats_record **rp)
     r->eval_questions = (long)int_or(o, "eval_questions", 0);
     r->eval_accuracy = r->eval_questions > 0 ? real_or(o, "eval_accuracy", NAN) : 0.0;
     r->eval_accuracy_norm = r->eval_questions > 0 ? real_or(o, "eval_accuracy_norm", NAN) : 0.0;
+    r->eval_answers = (long)int_or(o, "eval_answers", 0);
+    r->eval_answer_accuracy = r->eval_answers > 0 ? real_or(o, "eval_answer_accuracy", NAN)
+                                                  : 0.0;
     if (r->load) {
         int L = shape.n_layers, E = shape.n_experts;
         float *const le_arrays[] = {r->load, r->first, r->gate, r->norm_down, r->norm_up,
@@ -382,18 +389,22 @@ monitor_point monitor_point_of(const stats_record *r)
                            .tokens_per_s = (float)r->tokens_per_s,
                            .eval_loss = r->eval_tokens > 0 ? (float)r->eval_loss : NAN,
                            .eval_accuracy = r->eval_questions > 0 ? (float)r->eval_accuracy
-                                                                  : NAN};
+                                                                  : NAN,
+                           .eval_answers = r->eval_answers > 0 ? (float)r->eval_answer_accuracy
+                                                               : NAN};
 }
 
 int monitor_points_thin(monitor_point *p, int n)
 {
     for (int i = 0; i < n / 2; i++) {
-        float earlier = p[2 * i].eval_loss, earlier_accuracy = p[2 * i].eval_accuracy;
+        monitor_point earlier = p[2 * i];
         p[i] = p[2 * i + 1];
         if (isnan(p[i].eval_loss))
-            p[i].eval_loss = earlier;
+            p[i].eval_loss = earlier.eval_loss;
         if (isnan(p[i].eval_accuracy))
-            p[i].eval_accuracy = earlier_accuracy;
+            p[i].eval_accuracy = earlier.eval_accuracy;
+        if (isnan(p[i].eval_answers))
+            p[i].eval_answers = earlier.eval_answers;
     }
     return n / 2;
 }

@@ -40,6 +40,10 @@ typedef struct stats_record {
      * eval_questions; eval_questions 0: none this step */
     double eval_accuracy, eval_accuracy_norm;
     long eval_questions;
+    /* and the held-out records' generated answers (--eval-generate): the share that matched,
+     * over eval_answers scored; eval_answers 0: none this step */
+    double eval_answer_accuracy;
+    long eval_answers;
     stats_shape shape;
     float *load;                 /* (L, E) share of the top-k assignments */
     float *first;                /* (L, E) share of the first choices */

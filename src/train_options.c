@@ -49,6 +49,9 @@ const char train_options_help[] =
     "                       records, chosen by --seed, and score them so\n"
     "  --eval-choices FILE|URL  multiple-choice questions (as pesc eval --choices reads\n"
     "                       them) scored at each evaluation too: the accuracy, live\n"
+    "  --eval-generate M    answer the held-out records greedily at each evaluation (as\n"
+    "                       pesc eval --generate), M exact (the text) or number (the final\n"
+    "                       number) matching theirs: the share right, live (demo: exact)\n"
     "optimizer:\n"
     "  --lr X               peak learning rate (2e-4)\n"
     "  --schedule S         constant (with warmup), cosine, linear (constant)\n"
@@ -112,6 +115,11 @@ void train_config_demo(train_config *c)
         }
         if (!(c->given & TRAIN_GIVEN_EVAL_EVERY))
             c->eval_every = 200;
+        /* and their answers: what the run learns to do, beside its loss (0.6 s on the CPU) */
+        if (!c->eval_generate) {
+            c->eval_generate = 1;
+            c->eval_match = ANS_MATCH_EXACT;
+        }
     }
     c->format = "demo";
     c->pack = 1;
@@ -132,7 +140,7 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_EVAL_GENERATE, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
     OPT_PRINT_CONFIG, OPT_NEFTUNE, OPT_HELP
 };
 
@@ -166,6 +174,7 @@ static const struct option train_options_own[] = {
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"eval-split", required_argument, NULL, OPT_EVAL_SPLIT},
     {"eval-choices", required_argument, NULL, OPT_EVAL_CHOICES},
+    {"eval-generate", required_argument, NULL, OPT_EVAL_GENERATE},
     {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
     {"no-keep-best", no_argument, NULL, OPT_NO_KEEP_BEST},
     {"config", required_argument, NULL, OPT_CONFIG},
@@ -346,6 +355,11 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
                                    "is scored");
         return cli_path(cmd, "--eval-choices", arg, "a multiple-choice file or URL",
                         &c->eval_choices);
+    case OPT_EVAL_GENERATE:
+        if (ans_match_parse(arg, &c->eval_match, &err) != 0)
+            return cli_usage_error(cmd, "--eval-generate %s", err.msg);
+        c->eval_generate = 1;
+        return 0;
     case OPT_KEEP_BEST:
     case OPT_NO_KEEP_BEST:
         c->keep_best = opt == OPT_KEEP_BEST;
@@ -474,7 +488,7 @@ static const char *const other_names[][2] = {
     {"num-experts", "experts"}, {"num-experts-per-tok", "top-k"}, {"topk", "top-k"},
     {"moe-scaling", "adapter-scale"}, {"router-aux-loss-coef", "aux-coef"},
     {"router-z-loss-coef", "z-coef"}, {"lora-target", "lora-targets"},
-    {"neftune-noise-alpha", "neftune"}};
+    {"neftune-noise-alpha", "neftune"}, {"predict-with-generate", "eval-generate"}};
 
 /* A --config file's options, but those the command line gives too (given: its options, n of
  * them), whose values win there; a list given there replaces the file's. The file's values
@@ -732,11 +746,16 @@ static int parse_options(train_config *c, const char *cmd, int argc, char **argv
 
 int train_config_check_needs(const train_config *c, pesc_error *err)
 {
-    if (!c->n_eval && c->eval_split == 0 && !c->eval_choices &&
-        (c->given & TRAIN_GIVEN_EVAL_EVERY))
+    /* the built-in demo (no model, data or checkpoint) holds records out of its own */
+    int held = c->n_eval || c->eval_split > 0 ||
+               (!c->model && !c->init_config && c->n_sources == 0 && !c->resume);
+    if (!held && !c->eval_choices && (c->given & TRAIN_GIVEN_EVAL_EVERY))
         return pesc_fail(err, "--eval-every needs --eval-data FILE, --eval-split X or "
                          "--eval-choices FILE, what to score");
-    if (c->keep_best && (!c->save_dir || (!c->n_eval && c->eval_split == 0)))
+    if (c->eval_generate && !held)
+        return pesc_fail(err, "--eval-generate answers held-out records: it needs --eval-data "
+                         "FILE or --eval-split X");
+    if (c->keep_best && (!c->save_dir || !held))
         return pesc_fail(err, "--keep-best keeps the checkpoint of the lowest held-out loss: it "
                          "needs --save DIR and --eval-data FILE or --eval-split X");
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))

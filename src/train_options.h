@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "answers.h"
 #include "dataset.h"
 #include "optim.h"
 #include "pesc.h"
@@ -33,6 +34,9 @@ typedef struct train_config {
     double eval_split;           /* or --data records held out: a fraction (< 1) or a count */
     const char *eval_choices;    /* multiple-choice questions scored with them (choices.h):
                                     the accuracy during the run */
+    int eval_generate;           /* 1: the held-out records' answers are generated and matched
+                                    too (answers.h), by eval_match: the accuracy, live */
+    ans_match eval_match;
     long eval_every;
     int keep_best;               /* save at each new lowest held-out loss; keep it, save/best */
     long steps;                  /* 0: by epochs */

@@ -44,6 +44,7 @@ static double loss_at(int step) { return 2.0 - 0.25 * step; }
 /* the held-out data is scored after step 2 only */
 #define EVAL_STEP 2
 #define EVAL_LOSS 1.625
+#define EVAL_ANSWERS 0.375   /* the share of --eval-generate's answers right, of 8 */
 
 static void fill(stats_record *r, int step)
 {
@@ -59,6 +60,8 @@ static void fill(stats_record *r, int step)
     r->tokens = 128LL * step;
     r->eval_loss = step == EVAL_STEP ? EVAL_LOSS : 0.0;
     r->eval_tokens = step == EVAL_STEP ? 96 : 0;
+    r->eval_answer_accuracy = step == EVAL_STEP ? EVAL_ANSWERS : 0.0;
+    r->eval_answers = step == EVAL_STEP ? 8 : 0;
     for (int i = 0; i < L * E; i++) {
         r->load[i] = (float)((i % E) + 1) / 10.0f;
         r->norm_down[i] = (float)(i + step);
@@ -295,6 +298,12 @@ static void check_step_event(const event *ev, int step, double t0)
               "step %d: eval_loss %g", step, eval ? eval->simple : -1.0);
     else
         CHECK(!eval, "step %d: an eval_loss where none was measured", step);
+    const value *answers = find_value(ev, "eval_answer_accuracy");
+    if (step == EVAL_STEP)
+        CHECK(answers && answers->has_simple && answers->simple == (float)EVAL_ANSWERS,
+              "step %d: eval_answer_accuracy %g", step, answers ? answers->simple : -1.0);
+    else
+        CHECK(!answers, "step %d: an eval_answer_accuracy where none was measured", step);
     const value *h = find_value(ev, "adapter_norm/down");
     CHECK(h && h->has_histo, "step %d: adapter_norm/down histogram", step);
     if (!h)
@@ -373,6 +382,7 @@ static void check_csv(const char *path)
     int rows = 0;
     const char *want_head = "step,wall_time,elapsed_s,loss,aux_loss,z_loss,lr,grad_norm,"
                             "tokens_per_s,step_s,epoch,tokens,eval_loss,eval_accuracy,"
+                            "eval_answer_accuracy,"
                             "entropy/layer_00,"
                             "entropy/layer_01,imbalance/layer_00,imbalance/layer_01,"
                             "load/layer_00/expert_0,";
@@ -381,7 +391,7 @@ static void check_csv(const char *path)
     int columns = 1;
     for (char *c = line; *c; c++)
         columns += *c == ',';
-    CHECK(columns == 3 + 11 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
+    CHECK(columns == 3 + 12 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
           "csv: %d columns", columns);
     while (fgets(line, sizeof line, f)) {
         rows++;
@@ -399,6 +409,11 @@ static void check_csv(const char *path)
             cell = strchr(cell, ',') ? strchr(cell, ',') + 1 : NULL;
         CHECK(cell && (rows == EVAL_STEP ? strtod(cell, NULL) == EVAL_LOSS : *cell == ','),
               "csv row %d: eval_loss cell '%.12s'", rows, cell ? cell : "");
+        /* eval_answer_accuracy, the 15th, so too */
+        for (int k = 13; k < 15 && cell; k++)
+            cell = strchr(cell, ',') ? strchr(cell, ',') + 1 : NULL;
+        CHECK(cell && (rows == EVAL_STEP ? strtod(cell, NULL) == EVAL_ANSWERS : *cell == ','),
+              "csv row %d: eval_answer_accuracy cell '%.12s'", rows, cell ? cell : "");
     }
     CHECK(rows == STEPS, "csv rows %d", rows);
     fclose(f);
@@ -425,8 +440,12 @@ static void check_jsonl(const char *path)
             CHECK(r->step == steps && r->loss == loss_at(steps) &&
                   r->eval_tokens == (steps == EVAL_STEP ? 96 : 0) &&
                   (steps != EVAL_STEP || r->eval_loss == EVAL_LOSS) &&
-                  (steps == EVAL_STEP) == (strstr(line, "\"eval_loss\"") != NULL),
-                  "jsonl step %d: eval %g over %lld", steps, r->eval_loss, r->eval_tokens);
+                  (steps == EVAL_STEP) == (strstr(line, "\"eval_loss\"") != NULL) &&
+                  r->eval_answers == (steps == EVAL_STEP ? 8 : 0) &&
+                  (steps != EVAL_STEP || r->eval_answer_accuracy == EVAL_ANSWERS) &&
+                  (steps == EVAL_STEP) == (strstr(line, "\"eval_answers\"") != NULL),
+                  "jsonl step %d: eval %g over %lld, answers %g of %ld", steps, r->eval_loss,
+                  r->eval_tokens, r->eval_answer_accuracy, r->eval_answers);
         sink_events += kind == 2 && strcmp(e.kind, "sink") == 0;
         pauses += kind == 2 && strcmp(e.kind, "pause") == 0;
         lines++;

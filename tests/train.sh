@@ -175,6 +175,47 @@ expect 1 "\-\-eval-choices $mc: the questions are text, and the run has no token
 expect 0 "step 2/2" "--eval-every with --eval-choices alone" -- \
   "$pesc" train --headless --steps 2 --eval-choices "$mc" --eval-every 1
 
+# --eval-generate: the held-out records' answers generated at each evaluation (the built-in
+# demo's 300 by default, matched exactly), the share right in the log's step records, an eval
+# event and the csv; as many right as pesc eval --generate finds with that step's checkpoint
+# (a learning rate that moves them within 4 steps: 156 and 151 right); --resume alone goes on
+# generating them
+"$pesc" train --headless --steps 4 --eval-every 2 --lr 3e-2 --warmup 0 --log "$tmp/gen.log" \
+  --sink "csv:$tmp/gen.csv" --save "$tmp/genck" >/dev/null 2>"$tmp/err"
+status=$?
+evals=$(grep -c '"eval_answer_accuracy":0\.[0-9]*,"eval_answers":300' "$tmp/gen.log")
+column=$(head -n 1 "$tmp/gen.csv" 2>/dev/null | tr ',' '\n' | grep -n '^eval_answer_accuracy$' | cut -d: -f1)
+cells=$([ -n "$column" ] && cut -d, -f"$column" "$tmp/gen.csv" | tail -n +2 | sed 's/^0\.[0-9]*$/x/' | tr '\n' ' ')
+right_at() { grep "\"event\":\"eval\",\"step\":$1,.*eval answers 0\\.[0-9]* right (" "$tmp/gen.log" | sed -n 's/.* right (\([0-9]*\) of 300, exact match).*/\1/p'; }
+right=$(right_at 4)
+"$pesc" eval --adapters "$tmp/genck" --demo --records 50 --generate --backend cpu >"$tmp/out" 2>&1
+scored=$(sed -n 's/^accuracy .*(\([0-9]*\) of 300 answers right, exact match.*/\1/p' "$tmp/out")
+if [ $status -eq 0 ] && [ "$evals" = 2 ] && [ "$cells" = " x  x " ] && [ -n "$right" ] &&
+   [ "$right" = "$scored" ] && [ "$(right_at 2)" != "$right" ]; then
+  pass "--eval-generate: the demo's answers after steps 2 and 4 in the log, the csv and an event, $right right as pesc eval --generate finds"
+else
+  fail "--eval-generate: exit $status, $evals evaluations, csv column $column cells '$cells', $(right_at 2) and $right right against eval's $scored: $(head -c 300 "$tmp/err") $(tail -n 2 "$tmp/out")"
+fi
+"$pesc" train --headless --resume "$tmp/genck" --steps 6 >/dev/null 2>"$tmp/err"
+[ "$(grep -c '"eval_answers":300' "$tmp/gen.log")" = 3 ] &&
+  pass "--eval-generate: --resume alone generates the run's answers on" ||
+  fail "--eval-generate resumed: $(grep -c '"eval_answers"' "$tmp/gen.log") evaluations: $(head -c 300 "$tmp/err")"
+# shellcheck disable=SC2086
+expect 1 "\-\-eval-generate: the answers are matched as text, and the run has no tokenizer" \
+  "--eval-generate on token data without a tokenizer" -- \
+  "$pesc" train --headless $common --steps 2 --eval-split 8 --eval-generate exact
+for i in 1 2 3 4 5 6 7 8; do printf '{"text": "the sky is blue %s"}\n' "$i"; done >"$tmp/text.jsonl"
+expect 1 "\-\-eval-split 4: no record has an answer after a prompt" \
+  "--eval-generate on records that are all answer" -- \
+  "$pesc" train --headless --model "$top_srcdir/data/demo" --data "$tmp/text.jsonl" --steps 2 \
+  --eval-split 4 --eval-generate exact --backend cpu
+# shellcheck disable=SC2086
+expect 2 "\-\-eval-generate answers held-out records: it needs \-\-eval-data FILE or \-\-eval-split X" \
+  "--eval-generate without held-out records" -- \
+  "$pesc" train --headless $common --steps 2 --eval-generate number
+expect 2 "\-\-eval-generate nearly: expected exact" "--eval-generate with an unknown match" -- \
+  "$pesc" train --headless --steps 2 --eval-generate nearly
+
 # --resume alone goes on as the run would have: its model, data, held-out split, template,
 # shape, seed, length, optimizer settings and crafting come from the checkpoint (once the
 # default --lr and schedule, a dropout of 0.1 and the demo's data took over), from any

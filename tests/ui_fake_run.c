@@ -6,8 +6,10 @@
  *
  *   ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]
  *                   [--layers L] [--experts E] [--sources S] [--eval-every N]
- *                   [--loss-offset X]
+ *                   [--loss-offset X] [--answers N]
  * --loss-offset shifts the training loss, so that runs to compare (pesc view A B) differ.
+ * --answers: each evaluation also scores N generated answers (--eval-generate), their share
+ * right rising from 0.25 to 0.75 at the last step.
  * Without --interval-ms, writes every step at once and exits. */
 #include <errno.h>
 #include <math.h>
@@ -30,6 +32,7 @@ typedef struct fake_run {
     long step, total, eval_every;
     double lr, aux_coef, elapsed;
     double loss_offset;
+    long answers;
     int lr_overridden, paused, stopped;
 } fake_run;
 
@@ -65,6 +68,8 @@ static void fill_step(fake_run *f)
     r->aux_loss = 0.01 + 0.002 * cos(f->step * 0.3);
     r->eval_tokens = f->step % f->eval_every == 0 ? 512 : 0;   /* held-out data scored */
     r->eval_loss = r->eval_tokens ? 2.5 + 6.0 / (1.0 + f->step * 0.04) : 0.0;
+    r->eval_answers = r->eval_tokens ? f->answers : 0;
+    r->eval_answer_accuracy = 0.25 + 0.5 * (double)f->step / (double)f->total;
     r->lr = f->lr;
     r->lr_overridden = f->lr_overridden;
     r->grad_norm = 1.0 + 0.2 * sin(f->step);
@@ -249,6 +254,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--sources") == 0) shape.n_sources = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--eval-every") == 0) f.eval_every = atol(argv[i + 1]);
         else if (strcmp(argv[i], "--loss-offset") == 0) f.loss_offset = atof(argv[i + 1]);
+        else if (strcmp(argv[i], "--answers") == 0) f.answers = atol(argv[i + 1]);
     }
     f.log = fopen(argv[1], "w");
     if (!f.log) {

@@ -1,6 +1,6 @@
 /* panel_loss — training loss over steps (raw and smoothed), the held-out loss of the
- * evaluations (--eval-data) joined by lines (and --eval-choices's latest accuracy in the
- * legend), and the aux loss under them, on braille charts
+ * evaluations (--eval-data) joined by lines (and the latest accuracies of --eval-generate and
+ * --eval-choices in the legend), and the aux loss under them, on braille charts
  * with axis labels and the current values; the recent window or the whole run. Runs compared
  * with it (pesc view RUN OTHER...) add their smoothed and held-out losses, lined up by step,
  * each in its own colour and named on a legend row of their own. */
@@ -31,14 +31,18 @@ static void smooth(const double *x, int n, double *out)
 
 /* "name value " on the legend row at *x, in the name's colour and the value bold, when it fits
  * whole before the frame (column width + 1) */
-static void legend_item(WINDOW *w, int *x, int width, int attr, const char *name,
+static void legend_item(WINDOW *w, int *x, int *row, int width, int attr, const char *name,
                         const char *value)
 {
     int need = (int)(strlen(name) + 1 + strlen(value));
+    if (*x + need > width + 1 && *row == 1) {   /* the rest on a second row */
+        *row = 2;
+        *x = 2;
+    }
     if (*x + need > width + 1)
         return;
-    int at = *x + draw_text(w, 1, *x, need, attr, name) + 1;
-    *x = at + draw_text(w, 1, at, need, (int)A_BOLD, value) + 1;
+    int at = *x + draw_text(w, *row, *x, need, attr, name) + 1;
+    *x = at + draw_text(w, *row, at, need, (int)A_BOLD, value) + 1;
 }
 
 /* One run's curves by step: the loss raw and smoothed, the aux loss, and the evaluations
@@ -225,25 +229,31 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     /* the legend, with the current values: each name in its series' colour, an item shown whole
      * or not at all (a name without its value says nothing) */
     char s[96];
-    int x = 2;
+    int x = 2, legend_rows = 1;
     snprintf(s, sizeof s, "%.3f", run.raw[total - 1]);
-    legend_item(w, &x, width, a_raw, "loss", s);
+    legend_item(w, &x, &legend_rows, width, a_raw, "loss", s);
     snprintf(s, sizeof s, "%.3f", run.smoothed[total - 1]);
-    legend_item(w, &x, width, a_smooth, "smoothed", s);
+    legend_item(w, &x, &legend_rows, width, a_smooth, "smoothed", s);
     if (run.n_eval > 0) {
         snprintf(s, sizeof s, "%.3f", run.eval[run.n_eval - 1]);
-        legend_item(w, &x, width, a_eval, "eval", s);
+        legend_item(w, &x, &legend_rows, width, a_eval, "eval", s);
     }
-    snprintf(s, sizeof s, "%.4g", run.aux[total - 1]);
-    legend_item(w, &x, width, a_aux, "aux", s);
-    /* the latest --eval-choices accuracy: a number, not a line (it is not a loss's scale) */
+    /* the latest --eval-generate and --eval-choices accuracies: numbers, not lines (they are
+     * not a loss's scale), before the aux loss, which has a chart of its own */
+    for (int i = total - 1; i >= 0; i--)
+        if (isfinite(v->points[i].eval_answers)) {
+            snprintf(s, sizeof s, "%.3f", v->points[i].eval_answers);
+            legend_item(w, &x, &legend_rows, width, a_eval, "answers", s);
+            break;
+        }
     for (int i = total - 1; i >= 0; i--)
         if (isfinite(v->points[i].eval_accuracy)) {
             snprintf(s, sizeof s, "%.3f", v->points[i].eval_accuracy);
-            legend_item(w, &x, width, a_eval, "accuracy", s);
+            legend_item(w, &x, &legend_rows, width, a_eval, "accuracy", s);
             break;
         }
-    int legend_rows = 1;
+    snprintf(s, sizeof s, "%.4g", run.aux[total - 1]);
+    legend_item(w, &x, &legend_rows, width, a_aux, "aux", s);
     if (v->n_compared > 0)
         draw_compared_legend(ui, w, 1 + legend_rows++, width, v, compared);
 

@@ -155,6 +155,24 @@ status=$?
   grep "$next" "$tmp/steer.jsonl" | grep -q '"loss":[0-9].*"lr":0.0005,' &&
   pass "pesc train --backend cuda steered: lr and a generate between steps, step $((at + 1)) on, stop" ||
   fail "pesc train --backend cuda steered: replies '$replies', exit $status, generate at step '$at': $(head -c 300 "$tmp/steer.err")"
+# --eval-generate between steps on the emulated GPU: the demo's held-out loss and greedy
+# answers after 2 steps, as the CPU's (in fp32 products: TF32's rounding flipped a near tie in
+# a longer run, 11 answers of 24 right against the CPU's 12)
+heldout() {   # log, backend, environment...
+  log=$1 backend=$2
+  shift 2
+  env "$@" "$pesc" train --headless --eval-data demo:arithmetic,seed=1235,records=12 \
+    --eval-data demo:sort,seed=1235,records=12 --eval-generate exact --steps 2 --batch 4 \
+    --eval-every 2 --lr 3e-2 --warmup 0 --backend "$backend" --log "$log" >/dev/null 2>"$tmp/err"
+}
+scores() { sed -n 's/.*"text":"\(eval loss [0-9.]*\|eval answers [0-9.]* right ([0-9]* of [0-9]*\).*/\1/p' "$1" | tr '\n' '|'; }
+heldout "$tmp/heldout-cpu.jsonl" cpu
+heldout "$tmp/heldout-gpu.jsonl" cuda PESC_CUDA_MATH=fp32
+want=$(scores "$tmp/heldout-cpu.jsonl") got=$(scores "$tmp/heldout-gpu.jsonl")
+case $want in *"eval loss"*"eval answers"*) ok=1 ;; *) ok=0 ;; esac
+[ "$ok" = 1 ] && [ "$got" = "$want" ] &&
+  pass "--eval-generate on the emulated GPU: the CPU's held-out loss and answers ($got)" ||
+  fail "--eval-generate on the emulated GPU: '$got', the CPU's '$want': $(head -c 300 "$tmp/err")"
 # a checkpoint saved in bf16 math, frozen weights in bf16 alone, continues on the CPU: the
 # base is the one it was trained on
 resume() {   # backend, log, pesc train options...
