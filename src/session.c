@@ -67,6 +67,7 @@ struct session {
     ds_records eval_data;
     const ds_record *eval;
     int n_eval;
+    int eval_ends[TRAIN_MAX_EVAL];   /* where each --eval-data file's records end in eval */
     int *eval_order;             /* the records longest first: a pass is as long as its first */
     uint64_t eval_hash;          /* ds_records_hash of them: which data a best loss is on */
     /* --eval-choices: multiple-choice questions scored with them (the file, downloaded) */
@@ -969,27 +970,80 @@ static int evaluate_choices(session *s, stats_record *r, pesc_error *err)
     return 0;
 }
 
+/* Where held-out record i comes from: its --eval-data file, or with --eval-split its --data
+ * source; and that source's name, shortened as the per-source view has it (a demo source's
+ * family). */
+static int eval_source(const session *s, int i)
+{
+    if (s->cfg.eval_split > 0)
+        return s->eval[i].source;
+    int f = 0;
+    while (f + 1 < s->cfg.n_eval && i >= s->eval_ends[f])
+        f++;
+    return f;
+}
+
+static void eval_source_name(const session *s, int source, char *out, size_t n)
+{
+    const char *path = s->cfg.eval_split > 0 ? s->cfg.sources[source].path
+                                              : s->cfg.eval_paths[source];
+    const char *slash = strrchr(path, '/');
+    if (strncmp(path, "demo:", 5) == 0)
+        snprintf(out, n, "%.*s", (int)strcspn(path + 5, ","), path + 5);
+    else
+        snprintf(out, n, "%s", slash ? slash + 1 : path);
+}
+
+/* The share right by source, when the held-out records come from more than one: an event
+ * ("arithmetic 0.440, sort 0.600, ..."), of the sources that had answers scored. */
+static void publish_answers_by_source(session *s, const ans_tally *by, int n)
+{
+    char text[sizeof ((stats_event *)0)->text], name[64];
+    size_t used = 0;
+    int shown = 0;
+    for (int i = 0; i < n; i++)
+        shown += by[i].scored > 0;
+    if (shown < 2)
+        return;
+    used += (size_t)snprintf(text, sizeof text, "eval answers by source:");
+    for (int i = 0, k = 0; i < n && used < sizeof text; i++) {
+        if (by[i].scored == 0)
+            continue;
+        eval_source_name(s, i, name, sizeof name);
+        used += (size_t)snprintf(text + used, sizeof text - used, "%s %s %.2f", k++ ? "," : "",
+                                 name, (double)by[i].right / (double)by[i].scored);
+    }
+    publish_event(s, "eval", "%s", text);
+}
+
 /* --eval-generate: the held-out records' answers, generated greedily with the weights as they
  * are and matched against theirs (answers.h): the share right goes in r (eval_answer_accuracy,
- * eval_answers). 0, 1 when a stop came first, or -1. */
+ * eval_answers), and by source in an event. 0, 1 when a stop came first, or -1. */
 static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
 {
     double t0 = pesc_now();
     ans_answerer a;
     ans_answerer_init(&a, &s->m, s->tok, s->tpl);
     ans_options o = {.match = s->cfg.eval_match};
-    ans_tally tally = {0};
-    int rc = 0;
+    ans_tally by[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL] = {{0}};
+    int rc = 0, n_sources = s->cfg.eval_split > 0 ? s->cfg.n_sources : s->cfg.n_eval;
     for (int i = 0; rc == 0 && i < s->n_eval; i++) {
         if (stop_asked(s))
             rc = 1;
-        else if (ans_answer(&a, &s->eval[i], &o, NULL, &tally, err) != 0)
+        else if (ans_answer(&a, &s->eval[i], &o, NULL, &by[eval_source(s, i)], err) != 0)
             rc = pesc_fail_prefix(err, "--eval-generate: held-out record %d (line %ld)", i + 1,
                                   s->eval[i].line);
     }
     ans_answerer_free(&a);
     if (rc != 0)
         return rc;
+    ans_tally tally = {0};
+    for (int i = 0; i < n_sources; i++) {
+        tally.right += by[i].right;
+        tally.scored += by[i].scored;
+        tally.no_answer += by[i].no_answer;
+        tally.too_long += by[i].too_long;
+    }
     if (tally.scored == 0) {   /* open_eval found answers: these are all past the context */
         publish_event(s, "eval", "eval answers: none scored, %ld of %d records' prompts fill the "
                       "model's context", tally.too_long, s->n_eval);
@@ -1004,6 +1058,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     publish_event(s, "eval", "eval answers %.4f right (%ld of %ld, %s match%s) (%.1f s)",
                   r->eval_answer_accuracy, tally.right, tally.scored,
                   ans_match_name(s->cfg.eval_match), unscored, pesc_now() - t0);
+    publish_answers_by_source(s, by, n_sources);
     return 0;
 }
 
@@ -1383,6 +1438,7 @@ static int read_eval_data(session *s, pesc_error *err)
         if (fetch_view_url_to_cache(c->eval_paths[i], &s->eval_paths[i], err) != 0 ||
             dataset_load(&s->eval_data, s->eval_paths[i], &lo, err) != 0)
             return pesc_fail_prefix(err, "--eval-data");
+        s->eval_ends[i] = s->eval_data.n;
     }
     return 0;
 }

@@ -190,11 +190,15 @@ right_at() { grep "\"event\":\"eval\",\"step\":$1,.*eval answers 0\\.[0-9]* righ
 right=$(right_at 4)
 "$pesc" eval --adapters "$tmp/genck" --demo --records 50 --generate --backend cpu >"$tmp/out" 2>&1
 scored=$(sed -n 's/^accuracy .*(\([0-9]*\) of 300 answers right, exact match.*/\1/p' "$tmp/out")
+# and by family: eval's "arithmetic: 0.2800 (14 of 50)" lines as the run's event has them
+families=$(awk -F'[: ]+' '/^[a-z]+: [01]\.[0-9]+ \([0-9]+ of 50\)$/ { printf "%s%s %.2f", n++ ? ", " : "", $1, $2 }' "$tmp/out")
+by_source=$(sed -n 's/.*"event":"eval","step":4,.*"text":"eval answers by source: \([^"]*\)".*/\1/p' "$tmp/gen.log")
 if [ $status -eq 0 ] && [ "$evals" = 2 ] && [ "$cells" = " x  x " ] && [ -n "$right" ] &&
-   [ "$right" = "$scored" ] && [ "$(right_at 2)" != "$right" ]; then
-  pass "--eval-generate: the demo's answers after steps 2 and 4 in the log, the csv and an event, $right right as pesc eval --generate finds"
+   [ "$right" = "$scored" ] && [ "$(right_at 2)" != "$right" ] && [ -n "$families" ] &&
+   [ "$by_source" = "$families" ]; then
+  pass "--eval-generate: the demo's answers after steps 2 and 4 in the log, the csv and events, $right right as pesc eval --generate finds, and by family"
 else
-  fail "--eval-generate: exit $status, $evals evaluations, csv column $column cells '$cells', $(right_at 2) and $right right against eval's $scored: $(head -c 300 "$tmp/err") $(tail -n 2 "$tmp/out")"
+  fail "--eval-generate: exit $status, $evals evaluations, csv column $column cells '$cells', $(right_at 2) and $right right against eval's $scored, by source '$by_source' against '$families': $(head -c 300 "$tmp/err") $(tail -n 2 "$tmp/out")"
 fi
 "$pesc" train --headless --resume "$tmp/genck" --steps 6 >/dev/null 2>"$tmp/err"
 [ "$(grep -c '"eval_answers":300' "$tmp/gen.log")" = 3 ] &&
