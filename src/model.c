@@ -555,6 +555,7 @@ void model_free(model *m)
         backend_free(m->backend, m->k_cache);
         backend_free(m->backend, m->v_cache);
     }
+    free(m->slot_len);
     free(m->layers);
     free(m->pesc_layers);
     free(m->base_tensors);

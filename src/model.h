@@ -191,9 +191,15 @@ typedef struct model {
     model_routing routing;       /* when crafted */
     const int32_t *cur_sources;  /* host, during a forward with a layout */
 
-    /* generation: keys and values of every layer for the tokens so far */
-    float *k_cache, *v_cache;    /* (n_layers, capacity, Hkv*D) each */
-    int cache_capacity, cache_len;
+    /* generation: keys and values of every layer for the tokens so far, of one sequence
+     * (cache_len of them) or of cache_slots (model_cache_slots: slot_len[s] each) */
+    float *k_cache, *v_cache;    /* (n_layers, cache_rows, Hkv*D) each; a slot's rows are
+                                    cache_capacity apart */
+    int cache_capacity, cache_len, cache_rows, cache_slots;
+    int *slot_len;
+    int cur_slot;                /* the slot a pass of one sequence appends to */
+    const int *step_slots;       /* a step's tokens' slots (model_decode_step) */
+    const int *prompt_lens;      /* the prompts' lengths (model_decode_prompts) */
 
     model_activations act;
     void *act_block;
@@ -324,6 +330,23 @@ int model_cache_keep(model *m, int keep, int capacity, pesc_error *err);
 int model_answer_room(const model *m, int n, int wanted, pesc_error *err);
 int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t *experts,
                  pesc_error *err);
+
+/* Batched generation: `slots` sequences of at most `capacity` tokens each, all empty (the
+ * one sequence's cache is forgotten). A slot takes its prompt with model_decode_slot, then
+ * model_decode_step appends one token to each of several slots in one pass: what answering
+ * many prompts greedily (answers.h) runs on, a pass for many where model_decode is one each.
+ * Both write the logits (V) of each slot's last token. */
+int model_cache_slots(model *m, int slots, int capacity, pesc_error *err);
+int model_decode_slot(model *m, int slot, const int32_t *tokens, int n, float *logits,
+                      pesc_error *err);
+int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, float *logits,
+                      pesc_error *err);
+/* n prompts at once into slots first, first + 1, ...: row i of tokens (n, T) holds lens[i]
+ * tokens and padding after them (any ids); each slot then holds its prompt alone. */
+int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *lens, int n,
+                         int T, float *logits, pesc_error *err);
+/* The slots of capacity tokens that fit in a share of the backend's free memory (1 to max). */
+int model_cache_slots_fitting(model *m, int capacity, int max);
 
 /* Next-token targets of one record as Hugging Face shifts them: target[t] = labels[t+1],
  * the last position gets -100. labels may be NULL (then the ids are the labels). */

@@ -4,6 +4,7 @@
  * One forward serves both uses: in inference every layer writes the same activation buffers,
  * in training each layer keeps its own for the backward pass. A PESC layer runs the frozen
  * FFN once per token, then only the adapters its tokens picked (DESIGN section 1). */
+#include <limits.h>
 #include <assert.h>
 #include <math.h>
 #include <stdio.h>
@@ -562,8 +563,30 @@ static const float *layer_freq(const model *m, int l)
     return hfconfig_layer_local_rope(&m->config, l) ? m->inv_freq_local : m->act.freq;
 }
 
-/* past < 0: B sequences of T tokens on their own; past >= 0: one sequence of T new tokens
- * after `past` cached ones (generation). */
+/* forward_all's past: B sequences of T tokens on their own (PAST_NONE), and (PAST_PROMPTS) their
+ * first m->prompt_lens[b] tokens' keys and values into slots cur_slot + b; or one token of each
+ * of B cached slots (PAST_STEP, m->step_slots); or when >= 0 one sequence of T new tokens after
+ * `past` cached ones in slot m->cur_slot */
+enum { PAST_NONE = -1, PAST_STEP = -2, PAST_PROMPTS = -3 };
+
+/* Each token of a step (T 1) onto its slot's cache and attending to it: one cached attention a
+ * token, each slot as long as its own. */
+static void attention_step(model *m, int l, layer_acts *a, int N, int window)
+{
+    const hf_config *c = &m->config;
+    int D = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
+    size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_rows * row;
+    size_t slot = (size_t)m->cache_capacity * row, q_row = (size_t)Hq * D;
+    for (int i = 0; i < N; i++) {
+        int s = m->step_slots[i], past = m->slot_len[s];
+        float *kc = m->k_cache + l * layer + s * slot, *vc = m->v_cache + l * layer + s * slot;
+        backend_copy(m->backend, kc + (size_t)past * row, a->k + i * row, row * sizeof(float));
+        backend_copy(m->backend, vc + (size_t)past * row, a->v + i * row, row * sizeof(float));
+        attention_cached_forward(m->backend, a->att + i * q_row, a->q + i * q_row, kc, vc, 1,
+                                 past, Hq, Hkv, D, window, (float)c->attn_logit_softcapping);
+    }
+}
+
 static void attention_block(model *m, int l, layer_acts *a, int B, int T, int past)
 {
     const hf_config *c = &m->config;
@@ -593,9 +616,12 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         rope_forward(b, a->q, a->q, m->act.pos, freq, N, Hq, D, R, scale_q);
         rope_forward(b, a->k, a->k, m->act.pos, freq, N, Hkv, D, R, scale);
     }
-    if (past >= 0) {
-        size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_capacity * row;
-        float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
+    if (past == PAST_STEP) {
+        attention_step(m, l, a, N, window);
+    } else if (past >= 0) {
+        size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_rows * row;
+        size_t slot = (size_t)m->cur_slot * m->cache_capacity * row;
+        float *kc = m->k_cache + l * layer + slot, *vc = m->v_cache + l * layer + slot;
         backend_copy(b, kc + (size_t)past * row, a->k, (size_t)T * row * sizeof(float));
         backend_copy(b, vc + (size_t)past * row, a->v, (size_t)T * row * sizeof(float));
         attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, window,
@@ -603,6 +629,14 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
     } else {
         attention_forward(b, a->att, a->lse, a->q, a->k, a->v, B, T, Hq, Hkv, D, window,
                           (float)c->attn_logit_softcapping, m->act.packed ? m->act.seg : NULL);
+        size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_rows * row;
+        size_t slot = (size_t)m->cache_capacity * row;
+        for (int i = 0; past == PAST_PROMPTS && i < B; i++) {
+            size_t at = (size_t)l * layer + (size_t)(m->cur_slot + i) * slot;
+            size_t from = (size_t)i * T * row, bytes = (size_t)m->prompt_lens[i] * row * sizeof(float);
+            backend_copy(b, m->k_cache + at, a->k + from, bytes);
+            backend_copy(b, m->v_cache + at, a->v + from, bytes);
+        }
     }
     /* h is free until the FFN writes it (Gemma's att_out is kept for its norm's backward);
      * scratch holds LoRA's product */
@@ -693,7 +727,8 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
     model_activations *a = &m->act;
     int32_t *pos = xmalloc((size_t)N * sizeof *pos), last = 0;
     for (int i = 0; i < N; i++) {
-        pos[i] = past >= 0 ? past + i : layout && layout->positions ? layout->positions[i] : i % T;
+        pos[i] = past >= 0 ? past + i : past == PAST_STEP ? m->slot_len[m->step_slots[i]]
+                 : layout && layout->positions ? layout->positions[i] : i % T;
         last = pos[i] > last ? pos[i] : last;
     }
     backend_upload(m->backend, a->pos, pos, (size_t)N * sizeof *pos);
@@ -757,7 +792,7 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
 
 int model_forward(model *m, const int32_t *tokens, int B, int T, pesc_error *err)
 {
-    return forward_all(m, tokens, NULL, B, T, 0, 0, -1, err);
+    return forward_all(m, tokens, NULL, B, T, 0, 0, PAST_NONE, err);
 }
 
 static int check_targets(const model *m, const int32_t *targets, int N, long long *count,
@@ -862,7 +897,7 @@ int model_score(model *m, const int32_t *tokens, const int32_t *targets, int B, 
                 double *nll, long long *count, pesc_error *err)
 {
     int kept = m->act.per_layer && B * T <= m->act.capacity;
-    if (forward_all(m, tokens, NULL, B, T, kept, 0, -1, err) != 0)
+    if (forward_all(m, tokens, NULL, B, T, kept, 0, PAST_NONE, err) != 0)
         return -1;
     return model_nll(m, targets, nll, count, NULL, err);
 }
@@ -871,7 +906,7 @@ int model_score_sequences(model *m, const int32_t *tokens, const int32_t *target
                           int T, double *seq_nll, pesc_error *err)
 {
     /* the run's own buffers, grown if need be (the caller keeps B x T within a step's) */
-    if (forward_all(m, tokens, NULL, B, T, m->act.per_layer, 0, -1, err) != 0)
+    if (forward_all(m, tokens, NULL, B, T, m->act.per_layer, 0, PAST_NONE, err) != 0)
         return -1;
     return model_nll_sequences(m, targets, seq_nll, err);
 }
@@ -993,7 +1028,7 @@ int model_train_step(model *m, const int32_t *tokens, const int32_t *targets,
     int N = B * T;
     long long count;
     if (check_targets(m, targets, N, &count, err) != 0 ||
-        forward_all(m, tokens, layout, B, T, 1, dropout, -1, err) != 0)
+        forward_all(m, tokens, layout, B, T, 1, dropout, PAST_NONE, err) != 0)
         return -1;
     model_activations *a = &m->act;
     pesc_backend *b = m->backend;
@@ -1049,33 +1084,61 @@ int model_cache_reset(model *m, int capacity, pesc_error *err)
     return model_cache_keep(m, 0, capacity, err);
 }
 
+static size_t cache_row_bytes(const model *m)
+{
+    return (size_t)m->config.n_kv_heads * m->config.head_dim * sizeof(float);
+}
+
+/* Room for rows per layer, the cache's contents forgotten. */
+static int cache_alloc(model *m, size_t rows, pesc_error *err)
+{
+    backend_free(m->backend, m->k_cache);
+    backend_free(m->backend, m->v_cache);
+    m->k_cache = m->v_cache = NULL;
+    m->cache_rows = m->cache_capacity = m->cache_len = 0;
+    size_t bytes = (size_t)m->config.n_layers * rows * cache_row_bytes(m);
+    m->k_cache = backend_alloc(m->backend, bytes, err);
+    m->v_cache = m->k_cache ? backend_alloc(m->backend, bytes, err) : NULL;
+    if (!m->v_cache) {
+        backend_free(m->backend, m->k_cache);
+        m->k_cache = NULL;
+        return -1;
+    }
+    m->cache_rows = (int)rows;
+    return 0;
+}
+
 int model_cache_keep(model *m, int keep, int capacity, pesc_error *err)
 {
     if (keep < 0 || keep > m->cache_len)
         return pesc_fail(err, "model_cache_keep: %d of %d cached tokens", keep, m->cache_len);
+    /* one sequence again after slots: slot 0's rows are where the sequence's are */
+    m->cache_slots = 1;
+    m->cache_capacity = m->cache_rows;
+    m->cur_slot = 0;
     if (capacity <= m->cache_capacity) {
         m->cache_len = keep;
+        return 0;
+    }
+    if (keep == 0) {   /* nothing to move: the old cache goes first */
+        if (cache_alloc(m, (size_t)capacity, err) != 0)
+            return -1;
+        m->cache_capacity = capacity;
         return 0;
     }
     /* a larger cache: each layer's first keep rows move over (a layer's rows are capacity
      * apart) */
     const hf_config *c = &m->config;
-    size_t row = (size_t)c->n_kv_heads * c->head_dim * sizeof(float);
+    size_t row = cache_row_bytes(m);
     size_t bytes = (size_t)c->n_layers * capacity * row;
-    if (keep == 0) {   /* nothing to move: the old cache goes first */
-        backend_free(m->backend, m->k_cache);
-        backend_free(m->backend, m->v_cache);
-        m->k_cache = m->v_cache = NULL;
-        m->cache_capacity = m->cache_len = 0;
-    }
     float *k = backend_alloc(m->backend, bytes, err);
     float *v = k ? backend_alloc(m->backend, bytes, err) : NULL;
     if (!v) {
         backend_free(m->backend, k);
         return -1;
     }
-    for (int l = 0; l < c->n_layers && keep > 0; l++) {
-        size_t to = (size_t)l * capacity * row, from = (size_t)l * m->cache_capacity * row;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t to = (size_t)l * capacity * row, from = (size_t)l * m->cache_rows * row;
         backend_copy(m->backend, (char *)k + to, (const char *)m->k_cache + from, keep * row);
         backend_copy(m->backend, (char *)v + to, (const char *)m->v_cache + from, keep * row);
     }
@@ -1083,9 +1146,35 @@ int model_cache_keep(model *m, int keep, int capacity, pesc_error *err)
     backend_free(m->backend, m->v_cache);
     m->k_cache = k;
     m->v_cache = v;
-    m->cache_capacity = capacity;
+    m->cache_rows = m->cache_capacity = capacity;
     m->cache_len = keep;
     return 0;
+}
+
+int model_cache_slots(model *m, int slots, int capacity, pesc_error *err)
+{
+    if (slots < 1 || capacity < 1 || (size_t)slots * capacity > INT_MAX)
+        return pesc_fail(err, "model_cache_slots: %d slots of %d tokens", slots, capacity);
+    size_t rows = (size_t)slots * capacity;
+    if (rows > (size_t)m->cache_rows && cache_alloc(m, rows, err) != 0)
+        return -1;
+    m->cache_slots = slots;
+    m->cache_capacity = capacity;
+    m->cache_len = 0;
+    m->slot_len = xrealloc(m->slot_len, (size_t)slots * sizeof *m->slot_len);
+    memset(m->slot_len, 0, (size_t)slots * sizeof *m->slot_len);
+    return 0;
+}
+
+int model_cache_slots_fitting(model *m, int capacity, int max)
+{
+    /* a quarter of what is free, or 1 GiB where the backend cannot say */
+    backend_memory mem;
+    size_t budget = backend_memory_info(m->backend, &mem) == 0 && mem.available > 0
+                    ? mem.available / 4 : (size_t)1 << 30;
+    size_t each = 2 * (size_t)m->config.n_layers * capacity * cache_row_bytes(m);
+    size_t fit = each > 0 ? budget / each : (size_t)max;
+    return fit < 1 ? 1 : fit > (size_t)max ? max : (int)fit;
 }
 
 int model_answer_room(const model *m, int n, int wanted, pesc_error *err)
@@ -1099,30 +1188,122 @@ int model_answer_room(const model *m, int n, int wanted, pesc_error *err)
     return wanted < context - n ? wanted : context - n;
 }
 
+/* The logits (V) of rows (n) of the final norm's output, into logits (host), a slice of
+ * logit_rows at a time, capped as the model caps them. */
+static int last_logits(model *m, int first, int n, float *logits, pesc_error *err)
+{
+    int C = m->config.hidden_size, V = m->config.vocab_size, slice = m->act.logit_rows;
+    for (int start = 0; start < n; start += slice) {
+        int rows = n - start < slice ? n - start : slice;
+        matmul_forward(m->backend, m->act.logits, m->act.xn + (size_t)(first + start) * C,
+                       m->lm_head, NULL, rows, C, V);
+        backend_download(m->backend, logits + (size_t)start * V, m->act.logits,
+                         (size_t)rows * V * sizeof(float));
+    }
+    if (backend_check(m->backend, err) != 0)
+        return -1;
+    cap_logits(&m->config, logits, (size_t)n * V);
+    return 0;
+}
+
+/* A pass of N tokens with no gradient: in the run's own training buffers when they hold N (as
+ * held-out scoring between steps does), not in new ones of the inference layout that the next
+ * step would replace again. */
+static int kept_buffers(const model *m, int N)
+{
+    return m->act.per_layer && N <= m->act.capacity;
+}
+
 int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t *experts,
                  pesc_error *err)
 {
     const hf_config *c = &m->config;
     if (n <= 0)
         return pesc_fail(err, "model_decode: no tokens");
+    if (m->cache_slots > 1)
+        return pesc_fail(err, "model_decode: the cache holds slots (model_cache_reset first)");
     if (m->cache_len + n > m->cache_capacity)
         return pesc_fail(err, "the generation is %d tokens long; the cache holds %d",
                          m->cache_len + n, m->cache_capacity);
-    if (forward_all(m, tokens, NULL, 1, n, 0, 0, m->cache_len, err) != 0)
+    m->cur_slot = 0;
+    if (forward_all(m, tokens, NULL, 1, n, kept_buffers(m, n), 0, m->cache_len, err) != 0)
         return -1;
     m->cache_len += n;
-    /* logits of the last position only */
-    int C = c->hidden_size, V = c->vocab_size;
-    matmul_forward(m->backend, m->act.logits, m->act.xn + (size_t)(n - 1) * C, m->lm_head, NULL, 1,
-                   C, V);
-    backend_download(m->backend, logits, m->act.logits, (size_t)V * sizeof(float));
-    if (backend_check(m->backend, err) != 0)
+    if (last_logits(m, n - 1, 1, logits, err) != 0)   /* of the last position only */
         return -1;
-    cap_logits(c, logits, (size_t)V);
     if (experts && m->crafted) {
         int K = m->pesc.top_k;
         /* inference shares one set of buffers across layers: routing kept by route_finish */
         memcpy(experts, m->routing.last_experts, (size_t)c->n_layers * K * sizeof *experts);
     }
     return 0;
+}
+
+int model_decode_slot(model *m, int slot, const int32_t *tokens, int n, float *logits,
+                      pesc_error *err)
+{
+    if (n <= 0 || slot < 0 || slot >= m->cache_slots || !m->slot_len)
+        return pesc_fail(err, "model_decode_slot: %d tokens into slot %d of %d", n, slot,
+                         m->slot_len ? m->cache_slots : 0);
+    if (m->slot_len[slot] + n > m->cache_capacity)
+        return pesc_fail(err, "the generation is %d tokens long; a slot of the cache holds %d",
+                         m->slot_len[slot] + n, m->cache_capacity);
+    m->cur_slot = slot;
+    int rc = forward_all(m, tokens, NULL, 1, n, kept_buffers(m, n), 0, m->slot_len[slot], err);
+    m->cur_slot = 0;
+    if (rc != 0)
+        return -1;
+    m->slot_len[slot] += n;
+    return last_logits(m, n - 1, 1, logits, err);
+}
+
+int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *lens, int n,
+                         int T, float *logits, pesc_error *err)
+{
+    if (n <= 0 || T <= 0 || first < 0 || first + n > m->cache_slots || !m->slot_len)
+        return pesc_fail(err, "model_decode_prompts: %d prompts into slots %d of %d", n, first,
+                         m->slot_len ? m->cache_slots : 0);
+    for (int i = 0; i < n; i++)
+        if (lens[i] < 1 || lens[i] > T || lens[i] > m->cache_capacity)
+            return pesc_fail(err, "model_decode_prompts: a prompt of %d tokens (rows of %d, "
+                             "slots of %d)", lens[i], T, m->cache_capacity);
+    m->cur_slot = first;
+    m->prompt_lens = lens;
+    int rc = forward_all(m, tokens, NULL, n, T, kept_buffers(m, n * T), 0, PAST_PROMPTS, err);
+    m->cur_slot = 0;
+    m->prompt_lens = NULL;
+    if (rc != 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        m->slot_len[first + i] = lens[i];
+        if (last_logits(m, i * T + lens[i] - 1, 1, logits + (size_t)i * m->config.vocab_size,
+                        err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, float *logits,
+                      pesc_error *err)
+{
+    if (n <= 0 || !m->slot_len)
+        return pesc_fail(err, "model_decode_step: %d slots", n);
+    for (int i = 0; i < n; i++) {
+        if (slots[i] < 0 || slots[i] >= m->cache_slots)
+            return pesc_fail(err, "model_decode_step: slot %d of %d", slots[i], m->cache_slots);
+        if (m->slot_len[slots[i]] + 1 > m->cache_capacity)
+            return pesc_fail(err, "the generation is %d tokens long; a slot of the cache holds "
+                             "%d", m->slot_len[slots[i]] + 1, m->cache_capacity);
+        for (int j = 0; j < i; j++)
+            if (slots[j] == slots[i])
+                return pesc_fail(err, "model_decode_step: slot %d twice", slots[i]);
+    }
+    m->step_slots = slots;
+    int rc = forward_all(m, tokens, NULL, n, 1, kept_buffers(m, n), 0, PAST_STEP, err);
+    m->step_slots = NULL;
+    if (rc != 0)
+        return -1;
+    for (int i = 0; i < n; i++)
+        m->slot_len[slots[i]]++;
+    return last_logits(m, 0, n, logits, err);
 }

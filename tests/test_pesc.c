@@ -439,6 +439,78 @@ static void test_dropout_off(void)
     model_free(&m);
 }
 
+/* Batched generation: three sequences in slots of one cache, prompts of 4, 6 and 9 tokens (the
+ * first alone, the others in one padded pass), then a token a step for each still going (the second stops after 5 steps): each slot's
+ * logits are those of a full forward over its own tokens. Then the one-sequence cache again. */
+static void test_cache_slots(model *m, const char *dir, const char *what)
+{
+    enum { S = 3, T = 16 };
+    int V = m->config.vocab_size, prompt[S] = {4, 6, 9}, end[S] = {T, 11, T - 1};
+    int32_t ids[S * T], targets[S * T];
+    for (int i = 0; i < S * T; i++)
+        ids[i] = (i % T * 13 + 5 + 7 * (i / T)) % V;
+    float *full = malloc((size_t)S * T * V * sizeof *full);
+    float *got = malloc((size_t)S * V * sizeof *got);
+    double nll;
+    long long n;
+    pesc_error err;
+    model_shift_targets(targets, ids, NULL, S * T);
+    if (model_forward(m, ids, S, T, &err) != 0 || model_nll(m, targets, &nll, &n, full, &err) ||
+        model_cache_slots(m, S, 20, &err) != 0)
+        die(&err);
+    /* the first prompt alone, the other two at once (rows of 9, the 6 padded) */
+    int32_t rows[2 * 9];
+    memcpy(rows, ids + T, 9 * sizeof *rows);
+    memcpy(rows + 9, ids + 2 * T, 9 * sizeof *rows);
+    rows[6] = rows[7] = rows[8] = 3;
+    if (model_decode_slot(m, 0, ids, prompt[0], got, &err) != 0 ||
+        model_decode_prompts(m, 1, rows, prompt + 1, 2, 9, got + V, &err) != 0)
+        die(&err);
+    double worst = 0.0;
+    for (int s = 0; s < S; s++) {
+        const float *want = full + ((size_t)s * T + prompt[s] - 1) * V;
+        for (int v = 0; v < V; v++)
+            worst = fmax(worst, fabs(got[(size_t)s * V + v] - want[v]));
+    }
+    int len[S] = {prompt[0], prompt[1], prompt[2]}, steps = 0;
+    for (;;) {
+        int slots[S], k = 0;
+        int32_t next[S];
+        for (int s = 0; s < S; s++)
+            if (len[s] < end[s]) {
+                slots[k] = s;
+                next[k++] = ids[s * T + len[s]];
+            }
+        if (k == 0)
+            break;
+        if (model_decode_step(m, slots, next, k, got, &err) != 0)
+            die(&err);
+        steps++;
+        for (int i = 0; i < k; i++) {
+            int s = slots[i];
+            const float *want = full + ((size_t)s * T + len[s]) * V;
+            for (int v = 0; v < V; v++)
+                worst = fmax(worst, fabs(got[(size_t)i * V + v] - want[v]));
+            len[s]++;
+        }
+    }
+    int refused = model_decode_step(m, (const int[]){1, 1}, ids, 2, got, &err) != 0 &&
+                  model_decode(m, ids, 2, got, NULL, &err) != 0;
+    REPORT(worst < 1e-4 && steps == 12 && refused && m->slot_len[1] == 11,
+           "slots of one cache, decoded a step for several at once, equal their full forwards "
+           "(%s%s): max |diff| %.1e after %d steps", dir, what, worst, steps);
+    /* one sequence again */
+    worst = 0.0;
+    if (model_cache_reset(m, 8, &err) != 0 || model_decode(m, ids + T, 6, got, NULL, &err) != 0)
+        die(&err);
+    for (int v = 0; v < V; v++)
+        worst = fmax(worst, fabs(got[v] - full[((size_t)T + 5) * V + v]));
+    REPORT(worst < 1e-4, "after slots, one sequence's cache again (%s%s): max |diff| %.1e", dir,
+           what, worst);
+    free(full);
+    free(got);
+}
+
 /* Generation with the KV cache: logits after a prompt and after each appended token equal
  * those of a full forward over the same tokens (dense and crafted, with a sliding window). */
 static void test_kv_cache(const char *root)
@@ -501,6 +573,7 @@ static void test_kv_cache(const char *root)
         REPORT(worst < 1e-4 && m.cache_len == T && m.cache_capacity == 48,
                "a kept prefix, the cache grown, then the rest (%s%s): max |diff| %.1e",
                dirs[d], what[d], worst);
+        test_cache_slots(&m, dirs[d], what[d]);
         free(full);
         free(step);
         model_free(&m);
