@@ -128,26 +128,6 @@ int ans_matches(ans_match m, const char *answer, const char *reference)
     return na == nr && memcmp(a, r, na) == 0;
 }
 
-/* The greedy answer to prompt (n tokens), at most room tokens, into out: the tokens before the
- * first stop id. */
-static int generate(model *m, sampler *greedy, const int32_t *prompt, int n, int room,
-                    const int32_t *stops, int n_stops, float *logits, tok_ids *out,
-                    pesc_error *err)
-{
-    if (model_cache_reset(m, n + room, err) != 0 ||
-        model_decode(m, prompt, n, logits, NULL, err) != 0)
-        return -1;
-    for (int k = 0; k < room; k++) {
-        int32_t next = sampler_next(greedy, logits, m->config.vocab_size);
-        if (is_stop(next, stops, n_stops))
-            break;
-        tok_ids_push(out, next);
-        if (k + 1 < room && model_decode(m, &next, 1, logits, NULL, err) != 0)
-            return -1;
-    }
-    return 0;
-}
-
 /* One JSONL line of --samples: where the record is, its reference, the answer, the verdict. */
 static void write_sample(FILE *f, const char *source, long line, const char *reference,
                          const char *answer, int right)
@@ -170,20 +150,37 @@ void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_tem
     a->m = m;
     a->tok = tok;
     a->n_stops = template_stop_ids(tpl, tok, a->stops, 4);
-    a->logits = xmalloc((size_t)m->config.vocab_size * sizeof *a->logits);
+    a->logits = xmalloc((size_t)ANS_BATCH * m->config.vocab_size * sizeof *a->logits);
     sampler_init(&a->greedy, 0.0f, 0, 1.0f, 0);
 }
 
 void ans_answerer_free(ans_answerer *a)
 {
-    tok_ids_free(&a->out);
     sampler_free(&a->greedy);
     free(a->logits);
 }
 
-int ans_answer(ans_answerer *a, const ds_record *r, const ans_options *o, const char *source,
-               ans_tally *t, pesc_error *err)
+/* A record being answered: where its prompt ends, the most tokens its answer may take, its
+ * reference's text, the answer so far, and whether it goes on. */
+typedef struct pending {
+    const ds_record *r;
+    ans_tally *t;
+    const char *source;
+    int prompt, room, going;
+    char *reference;
+    tok_ids out;
+} pending;
+
+/* Whether r is to be answered (into *p), or is tallied as not scored (or skipped, its tally's
+ * limit reached counting the n already queued). */
+static int queue(ans_answerer *a, const ds_record *r, ans_tally *t, const char *source,
+                 const pending *queued, int n, const ans_options *o, pending *p)
 {
+    long taken = t->scored;
+    for (int i = 0; i < n; i++)
+        taken += queued[i].t == t;
+    if (o->limit && taken >= o->limit)
+        return 0;
     int prompt, ref_end;
     if (ans_split(r, a->stops, a->n_stops, &prompt, &ref_end) != 0) {
         t->no_answer++;
@@ -194,24 +191,137 @@ int ans_answer(ans_answerer *a, const ds_record *r, const ans_options *o, const 
     long want = o->max_tokens ? o->max_tokens
                 : o->match == ANS_MATCH_EXACT ? 2L * (ref_end - prompt) + 16 : 512;
     pesc_error full;
-    int room = model_answer_room(a->m, prompt, (int)want, &full), rc = 0;
+    int room = model_answer_room(a->m, prompt, (int)want, &full);
     if (o->match == ANS_MATCH_NUMBER && ans_number(reference, number, sizeof number) != 0)
         t->no_answer++;   /* nothing to compare a number with */
     else if (room < 0)
         t->too_long++;
-    else if ((a->out.n = 0, generate(a->m, &a->greedy, r->ids, prompt, room, a->stops,
-                                     a->n_stops, a->logits, &a->out, err)) != 0)
-        rc = -1;
     else {
-        char *answer = tok_decode(a->tok, a->out.ids, a->out.n, 1, NULL);
-        int right = ans_matches(o->match, answer, reference);
-        t->right += right;
-        t->scored++;
-        if (o->samples)
-            write_sample(o->samples, source, r->line, reference, answer, right);
-        free(answer);
+        *p = (pending){.r = r, .t = t, .source = source, .prompt = prompt, .room = room,
+                       .reference = reference};
+        return 1;
     }
     free(reference);
+    return 0;
+}
+
+/* The next token of each answer going, from its logits row (row[j]): an end marker or its
+ * room reached ends it; the others go into slots and next, n of them. */
+static int advance(ans_answerer *a, pending *p, int k, const int *row, int *slots,
+                   int32_t *next)
+{
+    int V = a->m->config.vocab_size, n = 0;
+    for (int j = 0; j < k; j++) {
+        if (!p[j].going)
+            continue;
+        int32_t id = sampler_next(&a->greedy, a->logits + (size_t)row[j] * V, V);
+        if (is_stop(id, a->stops, a->n_stops)) {
+            p[j].going = 0;
+            continue;
+        }
+        tok_ids_push(&p[j].out, id);
+        if (p[j].out.n >= p[j].room) {
+            p[j].going = 0;
+            continue;
+        }
+        slots[n] = j;
+        next[n++] = id;
+    }
+    return n;
+}
+
+/* The tokens of a pass of prompts at most, unless one is longer */
+#define PROMPT_TOKENS 4096
+
+/* The prompts of p[0, k) into slots 0 to k - 1, as many a pass as PROMPT_TOKENS hold padded to
+ * the longest of them: the logits of each one's last token into its row. */
+static int prompts(ans_answerer *a, const pending *p, int k, pesc_error *err)
+{
+    int V = a->m->config.vocab_size, rc = 0;
+    for (int first = 0, n; rc == 0 && first < k; first += n) {
+        int T = p[first].prompt, lens[ANS_BATCH];
+        for (n = 1; first + n < k; n++) {
+            int longer = p[first + n].prompt > T ? p[first + n].prompt : T;
+            if ((size_t)(n + 1) * longer > PROMPT_TOKENS)
+                break;
+            T = longer;
+        }
+        int32_t *rows = xcalloc((size_t)n * T, sizeof *rows);
+        for (int i = 0; i < n; i++) {
+            lens[i] = p[first + i].prompt;
+            memcpy(rows + (size_t)i * T, p[first + i].r->ids, (size_t)lens[i] * sizeof *rows);
+        }
+        rc = model_decode_prompts(a->m, first, rows, lens, n, T, a->logits + (size_t)first * V,
+                                  err);
+        free(rows);
+    }
+    return rc;
+}
+
+/* Answers k pending records (k <= ANS_BATCH) in slots of one cache of capacity tokens each. */
+static int answer_slots(ans_answerer *a, pending *p, int k, int capacity, pesc_error *err)
+{
+    int row[ANS_BATCH], slots[ANS_BATCH];
+    int32_t next[ANS_BATCH];
+    if (model_cache_slots(a->m, k, capacity, err) != 0 || prompts(a, p, k, err) != 0)
+        return -1;
+    for (int j = 0; j < k; j++) {
+        row[j] = j;
+        p[j].going = p[j].room > 0;
+    }
+    for (int n; (n = advance(a, p, k, row, slots, next)) > 0;) {
+        if (model_decode_step(a->m, slots, next, n, a->logits, err) != 0)
+            return -1;
+        for (int i = 0; i < n; i++)
+            row[slots[i]] = i;
+    }
+    return 0;
+}
+
+/* The answers of p[0, n) (n <= ANS_BATCH): generated, matched, tallied. */
+static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o,
+                        pesc_error *err)
+{
+    int capacity = 1, rc = 0;
+    for (int i = 0; i < n; i++)
+        capacity = p[i].prompt + p[i].room > capacity ? p[i].prompt + p[i].room : capacity;
+    int fit = model_cache_slots_fitting(a->m, capacity, n);
+    for (int first = 0; rc == 0 && first < n; first += fit)
+        rc = answer_slots(a, p + first, n - first < fit ? n - first : fit, capacity, err);
+    for (int i = 0; i < n; i++) {
+        if (rc == 0) {
+            char *answer = tok_decode(a->tok, p[i].out.ids, p[i].out.n, 1, NULL);
+            int right = ans_matches(o->match, answer, p[i].reference);
+            p[i].t->right += right;
+            p[i].t->scored++;
+            if (o->samples)
+                write_sample(o->samples, p[i].source, p[i].r->line, p[i].reference, answer,
+                             right);
+            free(answer);
+        }
+        free(p[i].reference);
+        tok_ids_free(&p[i].out);
+    }
+    return rc;
+}
+
+int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally *const *tallies,
+                    const char *const *sources, int n, const ans_options *o, pesc_error *err)
+{
+    pending p[ANS_BATCH];
+    int queued = 0, rc = 0;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        queued += queue(a, records[i], tallies[i], sources ? sources[i] : "", p, queued, o,
+                        &p[queued]);
+        if (queued == ANS_BATCH || (i + 1 == n && queued > 0)) {
+            if ((rc = answer_group(a, p, queued, o, err)) != 0)
+                rc = pesc_fail_prefix(err, "answering records up to line %ld",
+                                      records[i]->line);
+            queued = 0;
+        }
+    }
+    for (int i = 0; i < queued; i++)   /* after a failure */
+        free(p[i].reference);
     return rc;
 }
 
@@ -220,19 +330,23 @@ int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records
 {
     ans_answerer a;
     ans_answerer_init(&a, m, tok, tpl);
+    const ds_record *records[ANS_BATCH];
+    ans_tally *tallies[ANS_BATCH];
+    const char *sources[ANS_BATCH];
     double shown = 0.0;
     int rc = 0;
-    for (int i = 0; rc == 0 && i < d->n; i++) {
-        const ds_record *r = &d->items[i];
-        ans_tally *t = &tally[r->source];
-        if (o->limit && t->scored >= o->limit)
-            continue;
+    for (int first = 0; rc == 0 && first < d->n; first += ANS_BATCH) {
+        int n = d->n - first < ANS_BATCH ? d->n - first : ANS_BATCH;
         if (pesc_now() - shown > 0.5) {
-            pesc_show_phase("pesc eval", "answering record %d of %d", i + 1, d->n);
+            pesc_show_phase("pesc eval", "answering record %d of %d", first + 1, d->n);
             shown = pesc_now();
         }
-        if (ans_answer(&a, r, o, o->names ? o->names[r->source] : "", t, err) != 0)
-            rc = pesc_fail_prefix(err, "record %d (line %ld)", i + 1, r->line);
+        for (int i = 0; i < n; i++) {
+            records[i] = &d->items[first + i];
+            tallies[i] = &tally[records[i]->source];
+            sources[i] = o->names ? o->names[records[i]->source] : "";
+        }
+        rc = ans_answer_many(&a, records, tallies, sources, n, o, err);
     }
     pesc_show_phase("pesc eval", NULL);
     ans_answerer_free(&a);

@@ -54,26 +54,31 @@ typedef struct ans_options {
     const char *const *names;    /* what the samples call each source */
 } ans_options;
 
+/* Records answered at once: their prompts one pass each, then one pass a token for all of
+ * them (model_decode_step), in slots of one KV cache (fewer where memory is short). */
+#define ANS_BATCH 16
+
 /* What answering takes besides the records: the model, its tokenizer, the template's end
- * markers, a logits row and the answer's tokens. Made and freed around a run of records. */
+ * markers and a logits row a slot. Made and freed around a run of records. */
 typedef struct ans_answerer {
     model *m;
     tokenizer *tok;
     int32_t stops[4];
     int n_stops;
-    float *logits;
+    float *logits;               /* (ANS_BATCH, V) */
     sampler greedy;
-    tok_ids out;
 } ans_answerer;
 
 void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl);
 void ans_answerer_free(ans_answerer *a);
 
-/* Answers r and tallies it into t: right and scored, or no_answer or too_long; its line of
- * o->samples too, under the name source. The model's cache is reset for it. 0, or -1 when
- * the model failed. */
-int ans_answer(ans_answerer *a, const ds_record *r, const ans_options *o, const char *source,
-               ans_tally *t, pesc_error *err);
+/* Answers n records and tallies each into tallies[i]: right and scored, or no_answer or
+ * too_long, or nothing when o->limit records of its tally are scored already; its line of
+ * o->samples too, under the name sources[i]. The greedy answers are those model_decode gives
+ * one record at a time (within rounding: the products of a pass for several may round
+ * otherwise). 0, or -1 when the model failed. */
+int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally *const *tallies,
+                    const char *const *sources, int n, const ans_options *o, pesc_error *err);
 
 /* Answers every record of d (its sources' first o->limit) and tallies them by source into
  * tally (one a source, zeroed by the caller), showing its progress on stderr. */

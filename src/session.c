@@ -1027,12 +1027,18 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     ans_options o = {.match = s->cfg.eval_match};
     ans_tally by[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL] = {{0}};
     int rc = 0, n_sources = s->cfg.eval_split > 0 ? s->cfg.n_sources : s->cfg.n_eval;
-    for (int i = 0; rc == 0 && i < s->n_eval; i++) {
+    for (int first = 0; rc == 0 && first < s->n_eval; first += ANS_BATCH) {
+        const ds_record *records[ANS_BATCH];
+        ans_tally *tallies[ANS_BATCH];
+        int n = s->n_eval - first < ANS_BATCH ? s->n_eval - first : ANS_BATCH;
+        for (int i = 0; i < n; i++) {
+            records[i] = &s->eval[first + i];
+            tallies[i] = &by[eval_source(s, first + i)];
+        }
         if (stop_asked(s))
             rc = 1;
-        else if (ans_answer(&a, &s->eval[i], &o, NULL, &by[eval_source(s, i)], err) != 0)
-            rc = pesc_fail_prefix(err, "--eval-generate: held-out record %d (line %ld)", i + 1,
-                                  s->eval[i].line);
+        else if (ans_answer_many(&a, records, tallies, NULL, n, &o, err) != 0)
+            rc = pesc_fail_prefix(err, "--eval-generate");
     }
     ans_answerer_free(&a);
     if (rc != 0)
