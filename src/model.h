@@ -345,6 +345,8 @@ int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, 
  * tokens and padding after them (any ids); each slot then holds its prompt alone. */
 int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *lens, int n,
                          int T, float *logits, pesc_error *err);
+/* Frees the cache (a training run's evaluations give its memory back to the steps). */
+void model_cache_release(model *m);
 /* The slots of capacity tokens that fit in a share of the backend's free memory (1 to max). */
 int model_cache_slots_fitting(model *m, int capacity, int max);
 

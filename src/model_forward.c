@@ -1092,10 +1092,7 @@ static size_t cache_row_bytes(const model *m)
 /* Room for rows per layer, the cache's contents forgotten. */
 static int cache_alloc(model *m, size_t rows, pesc_error *err)
 {
-    backend_free(m->backend, m->k_cache);
-    backend_free(m->backend, m->v_cache);
-    m->k_cache = m->v_cache = NULL;
-    m->cache_rows = m->cache_capacity = m->cache_len = 0;
+    model_cache_release(m);
     size_t bytes = (size_t)m->config.n_layers * rows * cache_row_bytes(m);
     m->k_cache = backend_alloc(m->backend, bytes, err);
     m->v_cache = m->k_cache ? backend_alloc(m->backend, bytes, err) : NULL;
@@ -1106,6 +1103,14 @@ static int cache_alloc(model *m, size_t rows, pesc_error *err)
     }
     m->cache_rows = (int)rows;
     return 0;
+}
+
+void model_cache_release(model *m)
+{
+    backend_free(m->backend, m->k_cache);
+    backend_free(m->backend, m->v_cache);
+    m->k_cache = m->v_cache = NULL;
+    m->cache_rows = m->cache_capacity = m->cache_len = m->cache_slots = 0;
 }
 
 int model_cache_keep(model *m, int keep, int capacity, pesc_error *err)
@@ -1124,6 +1129,7 @@ int model_cache_keep(model *m, int keep, int capacity, pesc_error *err)
         if (cache_alloc(m, (size_t)capacity, err) != 0)
             return -1;
         m->cache_capacity = capacity;
+        m->cache_slots = 1;
         return 0;
     }
     /* a larger cache: each layer's first keep rows move over (a layer's rows are capacity

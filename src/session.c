@@ -1041,6 +1041,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
             rc = pesc_fail_prefix(err, "--eval-generate");
     }
     ans_answerer_free(&a);
+    model_cache_release(&s->m);   /* the steps' memory again */
     if (rc != 0)
         return rc;
     ans_tally tally = {0};
