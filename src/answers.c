@@ -317,11 +317,9 @@ int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally 
             if ((rc = answer_group(a, p, queued, o, err)) != 0)
                 rc = pesc_fail_prefix(err, "answering records up to line %ld",
                                       records[i]->line);
-            queued = 0;
+            queued = 0;   /* answer_group freed them */
         }
     }
-    for (int i = 0; i < queued; i++)   /* after a failure */
-        free(p[i].reference);
     return rc;
 }
 

@@ -633,7 +633,8 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         size_t slot = (size_t)m->cache_capacity * row;
         for (int i = 0; past == PAST_PROMPTS && i < B; i++) {
             size_t at = (size_t)l * layer + (size_t)(m->cur_slot + i) * slot;
-            size_t from = (size_t)i * T * row, bytes = (size_t)m->prompt_lens[i] * row * sizeof(float);
+            size_t from = (size_t)i * T * row;
+            size_t bytes = (size_t)m->prompt_lens[i] * row * sizeof(float);
             backend_copy(b, m->k_cache + at, a->k + from, bytes);
             backend_copy(b, m->v_cache + at, a->v + from, bytes);
         }
