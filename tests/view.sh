@@ -96,12 +96,13 @@ keys q
 [ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q leaves with status 0" \
   || fail "q: status '$(cat "$tmp/status" 2>/dev/null)' $(cat "$tmp/stderr")"
 
-# ---- --eval-generate's answers: the latest share right in the loss legend, on a second row
-# when the first is full (at 100x30 it is), above the chart ----------------------------------
+# ---- --eval-generate's answers: the latest share right in the loss legend with a sparkline of
+# the evaluations, on a second row when the first is full (at 100x30 it is) -----------------
 "$fake" "$tmp/answers.jsonl" --steps 60 --answers 200 || exit 99
 tui_start 100 30 "$pesc" view "$tmp/answers.jsonl"
 check "smoothed 4.302 eval 4.265" "answers: the legend's first row as without them"
-check "││ answers 0.750 aux 0.01" "answers: the latest share right (step 60) on the second row"
+check "││ answers 0.750 ▁▄█ aux 0.01" \
+  "answers: the latest share right (step 60) and its rise over 3 evaluations, on the second row"
 keys q
 
 # ---- no colours: character shades --------------------------------------------------------------

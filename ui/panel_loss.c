@@ -31,8 +31,8 @@ static void smooth(const double *x, int n, double *out)
 
 /* "name value " on the legend row at *x, in the name's colour and the value bold, when it fits
  * whole before the frame (column width + 1) */
-static void legend_item(WINDOW *w, int *x, int *row, int width, int attr, const char *name,
-                        const char *value)
+static int legend_item(WINDOW *w, int *x, int *row, int width, int attr, const char *name,
+                       const char *value)
 {
     int need = (int)(strlen(name) + 1 + strlen(value));
     if (*x + need > width + 1 && *row == 1) {   /* the rest on a second row */
@@ -40,9 +40,41 @@ static void legend_item(WINDOW *w, int *x, int *row, int width, int attr, const 
         *x = 2;
     }
     if (*x + need > width + 1)
-        return;
+        return 0;
     int at = *x + draw_text(w, *row, *x, need, attr, name) + 1;
     *x = at + draw_text(w, *row, at, need, (int)A_BOLD, value) + 1;
+    return 1;
+}
+
+#define ACCURACY_TREND 8         /* evaluations an accuracy's sparkline shows */
+
+/* An accuracy's latest value and, after it, a sparkline of its last evaluations (their own
+ * range, as the norms panel draws trends), when it fits: --eval-generate's answers or
+ * --eval-choices' accuracy. */
+static void legend_accuracy(ui_context *ui, WINDOW *w, int *x, int *row, int width, int attr,
+                            const monitor_point *p, int total, int answers)
+{
+    double t[ACCURACY_TREND];
+    int n = 0;
+    for (int i = total - 1; i >= 0 && n < ACCURACY_TREND; i--) {
+        float value = answers ? p[i].eval_answers : p[i].eval_accuracy;
+        if (isfinite(value))
+            t[n++] = value;
+    }
+    if (n == 0)
+        return;
+    for (int i = 0; i < n / 2; i++) {   /* oldest first */
+        double swap = t[i];
+        t[i] = t[n - 1 - i];
+        t[n - 1 - i] = swap;
+    }
+    char s[32];
+    snprintf(s, sizeof s, "%.3f", t[n - 1]);
+    if (legend_item(w, x, row, width, attr, answers ? "answers" : "accuracy", s) && n >= 2 &&
+        *x + n <= width + 1) {
+        draw_sparkline(ui, w, *row, *x, n, t, n, attr);
+        *x += n + 1;
+    }
 }
 
 /* One run's curves by step: the loss raw and smoothed, the aux loss, and the evaluations
@@ -238,20 +270,10 @@ static void loss_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
         snprintf(s, sizeof s, "%.3f", run.eval[run.n_eval - 1]);
         legend_item(w, &x, &legend_rows, width, a_eval, "eval", s);
     }
-    /* the latest --eval-generate and --eval-choices accuracies: numbers, not lines (they are
-     * not a loss's scale), before the aux loss, which has a chart of its own */
-    for (int i = total - 1; i >= 0; i--)
-        if (isfinite(v->points[i].eval_answers)) {
-            snprintf(s, sizeof s, "%.3f", v->points[i].eval_answers);
-            legend_item(w, &x, &legend_rows, width, a_eval, "answers", s);
-            break;
-        }
-    for (int i = total - 1; i >= 0; i--)
-        if (isfinite(v->points[i].eval_accuracy)) {
-            snprintf(s, sizeof s, "%.3f", v->points[i].eval_accuracy);
-            legend_item(w, &x, &legend_rows, width, a_eval, "accuracy", s);
-            break;
-        }
+    /* the --eval-generate and --eval-choices accuracies: numbers and sparklines, not lines
+     * (they are not a loss's scale), before the aux loss, which has a chart of its own */
+    legend_accuracy(ui, w, &x, &legend_rows, width, a_eval, v->points, total, 1);
+    legend_accuracy(ui, w, &x, &legend_rows, width, a_eval, v->points, total, 0);
     snprintf(s, sizeof s, "%.4g", run.aux[total - 1]);
     legend_item(w, &x, &legend_rows, width, a_aux, "aux", s);
     if (v->n_compared > 0)
