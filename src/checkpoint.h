@@ -59,7 +59,7 @@ typedef struct checkpoint_state {
     char eval_data[CHECKPOINT_MAX_EVAL][4096];
     int n_eval;
     char eval_choices[4096];     /* --eval-choices's file; "" for none */
-    char eval_generate[16];      /* --eval-generate's match, exact or number; "" for none */
+    char eval_generate[32];      /* --eval-generate's MATCH[:N]; "" for none */
     char format[64];
     char template_name[32];
     int schedule;                /* optim_schedule; -1: not recorded */

@@ -706,8 +706,7 @@ static void fill_state(session *s, checkpoint_state *st)
     if (s->choices_path)
         absolute_path(st->eval_choices, sizeof st->eval_choices, s->choices_path);
     if (c->eval_generate)
-        snprintf(st->eval_generate, sizeof st->eval_generate, "%s",
-                 ans_match_name(c->eval_match));
+        train_eval_generate_name(c, st->eval_generate, sizeof st->eval_generate);
     snprintf(st->format, sizeof st->format, "%s", c->format);
     snprintf(st->template_name, sizeof st->template_name, "%s", c->template_name);
     st->schedule = (int)c->optim.schedule;
@@ -1027,13 +1026,17 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     ans_options o = {.match = s->cfg.eval_match};
     ans_tally by[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL] = {{0}};
     int rc = 0, n_sources = s->cfg.eval_split > 0 ? s->cfg.n_sources : s->cfg.n_eval;
-    for (int first = 0; rc == 0 && first < s->n_eval; first += ANS_BATCH) {
+    /* --eval-generate M:N: N records spread evenly over them all, the same each time */
+    long total = s->cfg.eval_answers > 0 && s->cfg.eval_answers < s->n_eval
+                 ? s->cfg.eval_answers : s->n_eval;
+    for (long first = 0; rc == 0 && first < total; first += ANS_BATCH) {
         const ds_record *records[ANS_BATCH];
         ans_tally *tallies[ANS_BATCH];
-        int n = s->n_eval - first < ANS_BATCH ? s->n_eval - first : ANS_BATCH;
+        int n = total - first < ANS_BATCH ? (int)(total - first) : ANS_BATCH;
         for (int i = 0; i < n; i++) {
-            records[i] = &s->eval[first + i];
-            tallies[i] = &by[eval_source(s, first + i)];
+            int at = (int)((first + i) * s->n_eval / total);
+            records[i] = &s->eval[at];
+            tallies[i] = &by[eval_source(s, at)];
         }
         if (stop_asked(s))
             rc = 1;
@@ -1051,15 +1054,16 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
         tally.no_answer += by[i].no_answer;
         tally.too_long += by[i].too_long;
     }
-    if (tally.scored == 0) {   /* open_eval found answers: these are all past the context */
-        publish_event(s, "eval", "eval answers: none scored, %ld of %d records' prompts fill the "
-                      "model's context", tally.too_long, s->n_eval);
+    if (tally.scored == 0) {
+        publish_event(s, "eval", "eval answers: none of %ld records scored (%ld without an answer "
+                      "to match, %ld whose prompts fill the model's context)", total,
+                      tally.no_answer, tally.too_long);
         return 0;
     }
     r->eval_answers = tally.scored;
     r->eval_answer_accuracy = (double)tally.right / (double)tally.scored;
     char unscored[96] = "";
-    if (tally.scored < s->n_eval)
+    if (tally.scored < total)
         snprintf(unscored, sizeof unscored, "; %ld without an answer to match, %ld too long",
                  tally.no_answer, tally.too_long);
     publish_event(s, "eval", "eval answers %.4f right (%ld of %ld, %s match%s) (%.1f s)",
@@ -2110,12 +2114,10 @@ static int adopt_resumed(session *s, pesc_error *err)
             goto out;
         c->eval_choices = st->eval_choices;
     }
-    if (!c->eval_generate && st->eval_generate[0]) {
-        if (ans_match_parse(st->eval_generate, &c->eval_match, err) != 0) {
-            pesc_fail_prefix(err, "%s/state.json: eval_generate", dir);
-            goto out;
-        }
-        c->eval_generate = 1;
+    if (!c->eval_generate && st->eval_generate[0] &&
+        train_eval_generate_parse(c, st->eval_generate, err) != 0) {
+        pesc_fail_prefix(err, "%s/state.json: eval_generate", dir);
+        goto out;
     }
     const struct { unsigned bit; int take; } taken[] = {
         {TRAIN_GIVEN_SEQ, 1}, {TRAIN_GIVEN_BATCH, 1}, {TRAIN_GIVEN_GRAD_ACCUM, 1},

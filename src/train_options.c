@@ -1,6 +1,7 @@
 /* train_options — see train_options.h. */
 #include "train_options.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -49,9 +50,10 @@ const char train_options_help[] =
     "                       records, chosen by --seed, and score them so\n"
     "  --eval-choices FILE|URL  multiple-choice questions (as pesc eval --choices reads\n"
     "                       them) scored at each evaluation too: the accuracy, live\n"
-    "  --eval-generate M    answer the held-out records greedily at each evaluation (as\n"
-    "                       pesc eval --generate), M exact (the text) or number (the final\n"
-    "                       number) matching theirs: the share right, live (demo: exact)\n"
+    "  --eval-generate M[:N]  answer the held-out records (N of them, spread) greedily at\n"
+    "                       each evaluation (as pesc eval --generate), M exact (the text)\n"
+    "                       or number (the final number) matching theirs: the share\n"
+    "                       right, live (the demo: exact)\n"
     "optimizer:\n"
     "  --lr X               peak learning rate (2e-4)\n"
     "  --schedule S         constant (with warmup), cosine, linear (constant)\n"
@@ -356,9 +358,8 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         return cli_path(cmd, "--eval-choices", arg, "a multiple-choice file or URL",
                         &c->eval_choices);
     case OPT_EVAL_GENERATE:
-        if (ans_match_parse(arg, &c->eval_match, &err) != 0)
+        if (train_eval_generate_parse(c, arg, &err) != 0)
             return cli_usage_error(cmd, "--eval-generate %s", err.msg);
-        c->eval_generate = 1;
         return 0;
     case OPT_KEEP_BEST:
     case OPT_NO_KEEP_BEST:
@@ -742,6 +743,36 @@ static int parse_options(train_config *c, const char *cmd, int argc, char **argv
     if (!c->resume && train_config_check_needs(c, &err) != 0)
         return cli_usage_error(cmd, "%s", err.msg);
     return check_plugin_names(c, cmd);
+}
+
+int train_eval_generate_parse(train_config *c, const char *arg, pesc_error *err)
+{
+    char match[16];
+    const char *colon = strchr(arg, ':');
+    size_t len = colon ? (size_t)(colon - arg) : strlen(arg);
+    snprintf(match, sizeof match, "%.*s", len < sizeof match ? (int)len : 0, arg);
+    long n = 0;
+    if (colon) {
+        char *end;
+        errno = 0;
+        n = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || *end || errno || n < 1)
+            return pesc_fail(err, "%s: after the match, :N is how many held-out records to "
+                             "answer, a whole number from 1 (number:200)", arg);
+    }
+    if (ans_match_parse(match[0] ? match : arg, &c->eval_match, err) != 0)
+        return -1;
+    c->eval_generate = 1;
+    c->eval_answers = n;
+    return 0;
+}
+
+void train_eval_generate_name(const train_config *c, char *out, size_t n)
+{
+    if (c->eval_answers > 0)
+        snprintf(out, n, "%s:%ld", ans_match_name(c->eval_match), c->eval_answers);
+    else
+        snprintf(out, n, "%s", ans_match_name(c->eval_match));
 }
 
 int train_config_check_needs(const train_config *c, pesc_error *err)

@@ -37,6 +37,8 @@ typedef struct train_config {
     int eval_generate;           /* 1: the held-out records' answers are generated and matched
                                     too (answers.h), by eval_match: the accuracy, live */
     ans_match eval_match;
+    long eval_answers;           /* records answered an evaluation at most, spread over the
+                                    held-out ones; 0: all */
     long eval_every;
     int keep_best;               /* save at each new lowest held-out loss; keep it, save/best */
     long steps;                  /* 0: by epochs */
@@ -88,6 +90,12 @@ int train_config_parse(train_config *c, const char *cmd, int argc, char **argv);
  * --save directory): 0, or -1 with why. The parse checks it, but for a resumed run, whose
  * checkpoint may give them: its session checks once it has taken them. */
 int train_config_check_needs(const train_config *c, pesc_error *err);
+
+/* --eval-generate's value, MATCH or MATCH:N (exact or number; N records at most): into
+ * c->eval_match and c->eval_answers, 0; -1 with a message naming neither flag nor file. The
+ * same text back (n bytes) for a checkpoint. */
+int train_eval_generate_parse(train_config *c, const char *arg, pesc_error *err);
+void train_eval_generate_name(const train_config *c, char *out, size_t n);
 
 /* Help text of the shared options. */
 extern const char train_options_help[];

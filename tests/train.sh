@@ -204,6 +204,16 @@ fi
 [ "$(grep -c '"eval_answers":300' "$tmp/gen.log")" = 3 ] &&
   pass "--eval-generate: --resume alone generates the run's answers on" ||
   fail "--eval-generate resumed: $(grep -c '"eval_answers"' "$tmp/gen.log") evaluations: $(head -c 300 "$tmp/err")"
+# MATCH:N answers N of them, spread over the sources (10 of each family), recorded for --resume
+"$pesc" train --headless --steps 2 --eval-generate exact:60 --log "$tmp/gen60.log" \
+  --save "$tmp/gen60" >/dev/null 2>"$tmp/err"
+grep -q '"event":"eval","step":2,.*eval answers 0\.[0-9]* right ([0-9]* of 60, exact match)' "$tmp/gen60.log" &&
+  [ "$(grep -c 'eval answers by source: arithmetic [01]\.[0-9]*, reverse .*, lookup [01]\.[0-9]*"' "$tmp/gen60.log")" = 1 ] &&
+  grep -q '"eval_generate": "exact:60"' "$tmp/gen60/step-00000002/state.json" &&
+  pass "--eval-generate exact:60: 60 of the 300 answered, from every family, kept for --resume" ||
+  fail "--eval-generate exact:60: $(grep -o '"text":"eval answers[^"]*' "$tmp/gen60.log" | head -2) $(head -c 300 "$tmp/err")"
+expect 2 "\-\-eval-generate number:0: after the match, :N is how many held-out records to answer" \
+  "--eval-generate with a count of 0" -- "$pesc" train --headless --steps 2 --eval-generate number:0
 # shellcheck disable=SC2086
 expect 1 "\-\-eval-generate: the answers are matched as text, and the run has no tokenizer" \
   "--eval-generate on token data without a tokenizer" -- \
