@@ -129,12 +129,18 @@ int ans_matches(ans_match m, const char *answer, const char *reference)
 }
 
 /* One JSONL line of --samples: where the record is, its reference, the answer, the verdict. */
-static void write_sample(FILE *f, const char *source, long line, const char *reference,
-                         const char *answer, int right)
+static void write_sample(FILE *f, long step, const char *source, long line,
+                         const char *reference, const char *answer, int right)
 {
     json_t *o = json_pack("{s:s, s:I, s:s, s:s, s:b}", "source", source, "line",
                           (json_int_t)line, "reference", reference, "answer", answer, "right",
                           right);
+    if (o && step >= 0) {   /* first, for reading a run's answers step by step */
+        json_t *with = json_pack("{s:I}", "step", (json_int_t)step);
+        json_object_update(with, o);
+        json_decref(o);
+        o = with;
+    }
     char *text = o ? json_dumps(o, JSON_PRESERVE_ORDER) : NULL;
     if (text)
         fprintf(f, "%s\n", text);
@@ -295,8 +301,8 @@ static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o
             p[i].t->right += right;
             p[i].t->scored++;
             if (o->samples)
-                write_sample(o->samples, p[i].source, p[i].r->line, p[i].reference, answer,
-                             right);
+                write_sample(o->samples, o->step, p[i].source, p[i].r->line, p[i].reference,
+                             answer, right);
             free(answer);
         }
         free(p[i].reference);

@@ -51,6 +51,7 @@ typedef struct ans_options {
                                   * more (exact), 512 (number) */
     long limit;                  /* records scored a source at most; 0: all */
     FILE *samples;               /* each record's answer (JSONL), or NULL */
+    long step;                   /* the training step the samples are of; -1: none */
     const char *const *names;    /* what the samples call each source */
 } ans_options;
 

@@ -104,6 +104,8 @@ static char *state_json(const checkpoint_state *st)
         json_object_set_new(run, "eval_choices", json_string(st->eval_choices));
     if (st->eval_generate[0])
         json_object_set_new(run, "eval_generate", json_string(st->eval_generate));
+    if (st->eval_samples[0])
+        json_object_set_new(run, "eval_samples", json_string(st->eval_samples));
     if (st->format[0])
         json_object_set_new(run, "format", json_string(st->format));
     if (st->template_name[0])
@@ -234,6 +236,7 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     }
     read_string(r, run, "eval_choices", st->eval_choices, sizeof st->eval_choices);
     read_string(r, run, "eval_generate", st->eval_generate, sizeof st->eval_generate);
+    read_string(r, run, "eval_samples", st->eval_samples, sizeof st->eval_samples);
     read_string(r, run, "format", st->format, sizeof st->format);
     read_string(r, run, "template", st->template_name, sizeof st->template_name);
     char schedule[32];

@@ -60,6 +60,7 @@ typedef struct checkpoint_state {
     int n_eval;
     char eval_choices[4096];     /* --eval-choices's file; "" for none */
     char eval_generate[32];      /* --eval-generate's MATCH[:N]; "" for none */
+    char eval_samples[4096];     /* --eval-samples's file; "" for none */
     char format[64];
     char template_name[32];
     int schedule;                /* optim_schedule; -1: not recorded */

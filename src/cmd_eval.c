@@ -887,7 +887,7 @@ static int run_generate(const eval_options *o, model *m, const ds_records *d,
                         pesc_error *err)
 {
     ans_options a = {.match = o->match, .max_tokens = o->max_tokens, .limit = o->limit,
-                     .names = s->names};
+                     .names = s->names, .step = -1};
     if (!tok)
         return pesc_fail(err, "--generate compares the answers' text: give the tokenizer "
                          "(--tokenizer FILE|URL)");

@@ -70,6 +70,7 @@ struct session {
     int eval_ends[TRAIN_MAX_EVAL];   /* where each --eval-data file's records end in eval */
     int *eval_order;             /* the records longest first: a pass is as long as its first */
     uint64_t eval_hash;          /* ds_records_hash of them: which data a best loss is on */
+    FILE *samples;               /* --eval-samples: the answers appended to it */
     /* --eval-choices: multiple-choice questions scored with them (the file, downloaded) */
     mc_set choices;
     char *choices_path;
@@ -707,6 +708,7 @@ static void fill_state(session *s, checkpoint_state *st)
         absolute_path(st->eval_choices, sizeof st->eval_choices, s->choices_path);
     if (c->eval_generate)
         train_eval_generate_name(c, st->eval_generate, sizeof st->eval_generate);
+    absolute_path(st->eval_samples, sizeof st->eval_samples, c->eval_samples);
     snprintf(st->format, sizeof st->format, "%s", c->format);
     snprintf(st->template_name, sizeof st->template_name, "%s", c->template_name);
     st->schedule = (int)c->optim.schedule;
@@ -1023,7 +1025,8 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     double t0 = pesc_now();
     ans_answerer a;
     ans_answerer_init(&a, &s->m, s->tok, s->tpl);
-    ans_options o = {.match = s->cfg.eval_match};
+    ans_options o = {.match = s->cfg.eval_match, .samples = s->samples, .step = s->step};
+    char names[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL][64];
     ans_tally by[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL] = {{0}};
     int rc = 0, n_sources = s->cfg.eval_split > 0 ? s->cfg.n_sources : s->cfg.n_eval;
     /* --eval-generate M:N: N records spread evenly over them all, the same each time */
@@ -1032,16 +1035,25 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     for (long first = 0; rc == 0 && first < total; first += ANS_BATCH) {
         const ds_record *records[ANS_BATCH];
         ans_tally *tallies[ANS_BATCH];
+        const char *sources[ANS_BATCH];
         int n = total - first < ANS_BATCH ? (int)(total - first) : ANS_BATCH;
         for (int i = 0; i < n; i++) {
-            int at = (int)((first + i) * s->n_eval / total);
+            int at = (int)((first + i) * s->n_eval / total), source = eval_source(s, at);
             records[i] = &s->eval[at];
-            tallies[i] = &by[eval_source(s, at)];
+            tallies[i] = &by[source];
+            eval_source_name(s, source, names[source], sizeof names[source]);
+            sources[i] = names[source];
         }
         if (stop_asked(s))
             rc = 1;
-        else if (ans_answer_many(&a, records, tallies, NULL, n, &o, err) != 0)
+        else if (ans_answer_many(&a, records, tallies, sources, n, &o, err) != 0)
             rc = pesc_fail_prefix(err, "--eval-generate");
+    }
+    /* a full disk is said, and the run goes on (the answers are in the log's tallies) */
+    if (s->samples && (fflush(s->samples) != 0 || ferror(s->samples))) {
+        publish_event(s, "error", "--eval-samples %s: %s; the answers of step %ld are not all "
+                      "there", s->cfg.eval_samples, strerror(errno), s->step);
+        clearerr(s->samples);
     }
     ans_answerer_free(&a);
     model_cache_release(&s->m);   /* the steps' memory again */
@@ -1544,6 +1556,9 @@ static int open_eval(session *s, pesc_error *err)
         return pesc_fail(err, "%s: no record has an answer after a prompt (text records are all "
                          "answer; --eval-generate matches the answers of chat, prompt/completion "
                          "or instruction records)", what);
+    if (c->eval_samples && !(s->samples = fopen(c->eval_samples, "a")))
+        return pesc_fail(err, "--eval-samples %s: %s (name a file in a writable directory)",
+                         c->eval_samples, strerror(errno));
     s->eval_hash = ds_records_hash(s->eval, s->n_eval);
     eval_entry *order = xmalloc((size_t)s->n_eval * sizeof *order);
     for (int i = 0; i < s->n_eval; i++)
@@ -2119,6 +2134,8 @@ static int adopt_resumed(session *s, pesc_error *err)
         pesc_fail_prefix(err, "%s/state.json: eval_generate", dir);
         goto out;
     }
+    if (!c->eval_samples && st->eval_samples[0])   /* appended to, as the run did */
+        c->eval_samples = st->eval_samples;
     const struct { unsigned bit; int take; } taken[] = {
         {TRAIN_GIVEN_SEQ, 1}, {TRAIN_GIVEN_BATCH, 1}, {TRAIN_GIVEN_GRAD_ACCUM, 1},
         {TRAIN_GIVEN_PACK, st->pack >= 0}, {TRAIN_GIVEN_SEED, 1},
@@ -2399,6 +2416,8 @@ void session_delete(session *s)
     dataset_free(&s->eval_data);
     free(s->eval_order);
     mc_free(&s->choices);
+    if (s->samples)
+        fclose(s->samples);
     free(s->choices_path);
     for (int i = 0; i < TRAIN_MAX_EVAL; i++)
         free(s->eval_paths[i]);

@@ -54,6 +54,8 @@ const char train_options_help[] =
     "                       each evaluation (as pesc eval --generate), M exact (the text)\n"
     "                       or number (the final number) matching theirs: the share\n"
     "                       right, live (the demo: exact)\n"
+    "  --eval-samples FILE  and append each answer to FILE: step, source, reference,\n"
+    "                       answer, right (JSON lines)\n"
     "optimizer:\n"
     "  --lr X               peak learning rate (2e-4)\n"
     "  --schedule S         constant (with warmup), cosine, linear (constant)\n"
@@ -142,7 +144,7 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_EVAL_GENERATE, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_EVAL_GENERATE, OPT_EVAL_SAMPLES, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
     OPT_PRINT_CONFIG, OPT_NEFTUNE, OPT_HELP
 };
 
@@ -177,6 +179,7 @@ static const struct option train_options_own[] = {
     {"eval-split", required_argument, NULL, OPT_EVAL_SPLIT},
     {"eval-choices", required_argument, NULL, OPT_EVAL_CHOICES},
     {"eval-generate", required_argument, NULL, OPT_EVAL_GENERATE},
+    {"eval-samples", required_argument, NULL, OPT_EVAL_SAMPLES},
     {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
     {"no-keep-best", no_argument, NULL, OPT_NO_KEEP_BEST},
     {"config", required_argument, NULL, OPT_CONFIG},
@@ -361,6 +364,9 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         if (train_eval_generate_parse(c, arg, &err) != 0)
             return cli_usage_error(cmd, "--eval-generate %s", err.msg);
         return 0;
+    case OPT_EVAL_SAMPLES:
+        return cli_path(cmd, "--eval-samples", arg, "a file the answers are appended to",
+                        &c->eval_samples);
     case OPT_KEEP_BEST:
     case OPT_NO_KEEP_BEST:
         c->keep_best = opt == OPT_KEEP_BEST;
@@ -777,12 +783,16 @@ void train_eval_generate_name(const train_config *c, char *out, size_t n)
 
 int train_config_check_needs(const train_config *c, pesc_error *err)
 {
-    /* the built-in demo (no model, data or checkpoint) holds records out of its own */
-    int held = c->n_eval || c->eval_split > 0 ||
-               (!c->model && !c->init_config && c->n_sources == 0 && !c->resume);
+    /* the built-in demo (no model, data or checkpoint) holds records out of its own, and
+     * answers them */
+    int demo = !c->model && !c->init_config && c->n_sources == 0 && !c->resume;
+    int held = c->n_eval || c->eval_split > 0 || demo;
     if (!held && !c->eval_choices && (c->given & TRAIN_GIVEN_EVAL_EVERY))
         return pesc_fail(err, "--eval-every needs --eval-data FILE, --eval-split X or "
                          "--eval-choices FILE, what to score");
+    if (c->eval_samples && !c->eval_generate && !(demo && !c->n_eval && c->eval_split == 0))
+        return pesc_fail(err, "--eval-samples keeps the answers --eval-generate MATCH makes: give "
+                         "it too");
     if (c->eval_generate && !held)
         return pesc_fail(err, "--eval-generate answers held-out records: it needs --eval-data "
                          "FILE or --eval-split X");

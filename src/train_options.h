@@ -39,6 +39,7 @@ typedef struct train_config {
     ans_match eval_match;
     long eval_answers;           /* records answered an evaluation at most, spread over the
                                     held-out ones; 0: all */
+    const char *eval_samples;    /* each answer appended to it (JSONL), or NULL */
     long eval_every;
     int keep_best;               /* save at each new lowest held-out loss; keep it, save/best */
     long steps;                  /* 0: by epochs */

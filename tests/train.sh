@@ -212,6 +212,27 @@ grep -q '"event":"eval","step":2,.*eval answers 0\.[0-9]* right ([0-9]* of 60, e
   grep -q '"eval_generate": "exact:60"' "$tmp/gen60/step-00000002/state.json" &&
   pass "--eval-generate exact:60: 60 of the 300 answered, from every family, kept for --resume" ||
   fail "--eval-generate exact:60: $(grep -o '"text":"eval answers[^"]*' "$tmp/gen60.log" | head -2) $(head -c 300 "$tmp/err")"
+# --eval-samples: each answer appended (step first, the family, the verdict), as many right as
+# the event says; --resume appends the next evaluation's
+ans="$tmp/answers.jsonl"
+"$pesc" train --headless --steps 2 --eval-generate exact:12 --eval-samples "$ans" \
+  --save "$tmp/gens" --log "$tmp/gens.log" >/dev/null 2>"$tmp/err"
+said=$(sed -n 's/.*eval answers 0\.[0-9]* right (\([0-9]*\) of 12, exact match).*/\1/p' "$tmp/gens.log")
+"$pesc" train --headless --resume "$tmp/gens" --steps 4 >/dev/null 2>>"$tmp/err"
+if [ "$(grep -c '^{"step": 2, "source": "[a-z]*", "line": [0-9]*, "reference": ".*", "answer": ".*", "right": \(true\|false\)}$' "$ans")" = 12 ] &&
+   [ "$(grep '^{"step": 2,' "$ans" | grep -c '"right": true}')" = "$said" ] &&
+   [ "$(grep -c '^{"step": 4, "source": "lookup",' "$ans")" = 2 ] && [ "$(wc -l <"$ans")" = 24 ]; then
+  pass "--eval-samples: 12 answers of step 2 ($said right, as the event says), 12 more after --resume"
+else
+  fail "--eval-samples: $(wc -l <"$ans" 2>/dev/null) lines, event $said right: $(head -n 2 "$ans" 2>/dev/null) $(head -c 300 "$tmp/err")"
+fi
+expect 1 "\-\-eval-samples $tmp/none/a.jsonl: No such file or directory" \
+  "--eval-samples in a directory that is not there" -- \
+  "$pesc" train --headless --steps 2 --eval-samples "$tmp/none/a.jsonl"
+# shellcheck disable=SC2086
+expect 2 "\-\-eval-samples keeps the answers \-\-eval-generate MATCH makes" \
+  "--eval-samples without --eval-generate" -- \
+  "$pesc" train --headless $common --steps 2 --eval-split 8 --eval-samples "$ans"
 expect 2 "\-\-eval-generate number:0: after the match, :N is how many held-out records to answer" \
   "--eval-generate with a count of 0" -- "$pesc" train --headless --steps 2 --eval-generate number:0
 # shellcheck disable=SC2086
