@@ -50,8 +50,11 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(o, "tokens", json_integer(st->tokens));
     json_object_set_new(o, "elapsed_s", json_real(st->elapsed_s));
     json_object_set_new(o, "nan_skipped", json_integer(st->nan_skipped));
+    if (st->best_by == 1)   /* by answers (by loss, as before it could be otherwise: absent) */
+        json_object_set_new(o, "best_by", json_string("answers"));
     if (st->best_step >= 0) {
-        json_object_set_new(o, "best_eval_loss", json_real(st->best_eval_loss));
+        json_object_set_new(o, st->best_by == 1 ? "best_eval_answers" : "best_eval_loss",
+                            json_real(st->best_value));
         json_object_set_new(o, "best_step", json_integer(st->best_step));
         if (st->best_eval_data)
             json_object_set_new(o, "best_eval_data", hex64(st->best_eval_data));
@@ -132,6 +135,8 @@ static char *state_json(const checkpoint_state *st)
         json_object_set_new(run, "keep", json_integer(st->keep));
     if (st->keep_best >= 0)
         json_object_set_new(run, "keep_best", json_boolean(st->keep_best));
+    if (st->keep_best_by == 1)
+        json_object_set_new(run, "best_by", json_string("answers"));
     json_object_set_new(o, "run", run);
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
     json_decref(o);
@@ -261,6 +266,11 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     if (best && !json_is_boolean(best))
         bad_value(r, "keep_best", "must be true or false");
     st->keep_best = best ? json_is_true(best) : -1;
+    char by[16] = "";
+    read_string(r, run, "best_by", by, sizeof by);
+    if (by[0] && strcmp(by, "answers") != 0 && strcmp(by, "loss") != 0)
+        bad_value(r, "best_by", "must be loss or answers");
+    st->keep_best_by = strcmp(by, "answers") == 0;
 }
 
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err)
@@ -297,8 +307,14 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->elapsed_s = read_number(&r, o, "elapsed_s", 0.0);
     st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, 0);
     st->best_step = json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, 0) : -1;
-    st->best_eval_loss = st->best_step >= 0 ? read_number(&r, o, "best_eval_loss", REQUIRED)
-                                            : 0.0;
+    char best_by[16] = "";
+    read_string(&r, o, "best_by", best_by, sizeof best_by);
+    if (best_by[0] && strcmp(best_by, "answers") != 0 && strcmp(best_by, "loss") != 0)
+        bad_value(&r, "best_by", "must be loss or answers");
+    st->best_by = strcmp(best_by, "answers") == 0;
+    st->best_value = st->best_step < 0 ? 0.0
+                     : read_number(&r, o, st->best_by ? "best_eval_answers" : "best_eval_loss",
+                                   REQUIRED);
     st->best_eval_data = st->best_step >= 0 && json_object_get(o, "best_eval_data")
                              ? read_hex(&r, o, "best_eval_data") : 0;
     st->base_fingerprint = read_hex(&r, o, "base_fingerprint");

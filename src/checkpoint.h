@@ -41,12 +41,15 @@ typedef struct checkpoint_state {
     int seq, batch, grad_accum;
     int pack;                    /* -1: not recorded (a checkpoint written before it was) */
     double eval_split;           /* --data records held out (--eval-split); 0: none */
-    /* --keep-best: the lowest held-out loss so far and the step of its checkpoint (-1:
-     * none yet, or not kept) */
-    double best_eval_loss;
+    /* --keep-best: the best evaluation so far (best_by: 0 the lowest held-out loss, 1 the
+     * largest share of --eval-generate's answers right: best_value is that loss or share)
+     * and the step of its checkpoint (-1: none yet, or not kept) */
+    int best_by;
+    double best_value;
     long best_step;
-    uint64_t best_eval_data;     /* ds_records_hash of the held-out records that loss is on;
-                                    0: not recorded (a checkpoint from before it was) */
+    uint64_t best_eval_data;     /* a hash of the held-out records that value is on (and by
+                                    answers, of what was answered); 0: not recorded (a
+                                    checkpoint from before it was) */
     double run_lr, run_aux_coef; /* the run's --lr and --aux-coef, before any live change;
                                     -1: not recorded */
     uint64_t seed;
@@ -73,6 +76,7 @@ typedef struct checkpoint_state {
     char save_dir[4096], log[4096];
     long save_every, eval_every;
     int keep, keep_best;
+    int keep_best_by;            /* --best-by: 0 loss, 1 answers (the best kept: best_by) */
 } checkpoint_state;
 
 /* Makes save_dir (one level) or checks that it is a directory this process can write in: a run

@@ -229,9 +229,9 @@ static int inspect_checkpoint(const char *path, const char *dir)
                optim_schedule_name(st.schedule), st.warmup, st.weight_decay, st.clip);
     if (st.neftune > 0)
         printf("neftune       %g: the embeddings' noise while training\n", st.neftune);
-    if (st.best_step >= 0)   /* --keep-best: the lowest held-out loss up to this step */
-        printf("best          step-%08ld: held-out loss %.4f\n", st.best_step,
-               st.best_eval_loss);
+    if (st.best_step >= 0)   /* --keep-best: the best evaluation up to this step */
+        printf("best          step-%08ld: %s %.4f\n", st.best_step,
+               st.best_by ? "answers right" : "held-out loss", st.best_value);
     if (st.base_model[0])
         printf("base          %s", st.base_model);
     else if (st.init_config[0])

@@ -76,11 +76,12 @@ struct session {
     char *choices_path;
     long eval_every;
     int eval_requested;          /* the eval command while running: after the next step */
-    /* --keep-best: the lowest held-out loss so far; the step of save_dir/best (-1: none),
-     * kept out of rotation, its loss and the held-out data it is on; a save due for a new
-     * lowest */
-    double best_eval, best_kept_loss;
+    /* --keep-best: the best score so far (lower is better: best_of); the step of
+     * save_dir/best (-1: none), kept out of rotation, its score, what it is by and the
+     * held-out data it is on (best_data); a save due for a new best */
+    double best_score, best_kept_score;
     long best_kept;
+    int best_kept_by;
     uint64_t best_kept_data;
     int best_due;
     optimizer opt;
@@ -662,6 +663,48 @@ static void absolute_path(char *buf, size_t n, const char *path)
     snprintf(buf, n, "%s", !path ? "" : realpath(path, resolved) ? resolved : path);
 }
 
+/* --keep-best's scores, lower better: the held-out loss, or the share of --eval-generate's
+ * answers right negated; and the value a score stands for */
+static double best_of(int best_by, const stats_record *r)
+{
+    return best_by == TRAIN_BEST_ANSWERS ? -r->eval_answer_accuracy : r->eval_loss;
+}
+
+static double best_value(int best_by, double score)
+{
+    return best_by == TRAIN_BEST_ANSWERS ? -score : score;
+}
+
+/* What a best is measured on: the held-out records, and by answers which of them were
+ * answered and matched how (a hash; 0 where the records' is not known) */
+static uint64_t best_data(const session *s)
+{
+    if (s->cfg.best_by != TRAIN_BEST_ANSWERS || !s->eval_hash)
+        return s->eval_hash;
+    uint64_t state = s->eval_hash + ((uint64_t)s->cfg.eval_answers << 2) + s->cfg.eval_match;
+    uint64_t h = pesc_splitmix64(&state);
+    return h ? h : 1;
+}
+
+/* Whether a best measured on DATA is one this run's evaluations can beat: the same (0 on
+ * either side: not known, taken as the same) */
+static int same_heldout(const session *s, uint64_t data)
+{
+    return !data || !s->eval_hash || data == best_data(s);
+}
+
+/* The best kept is one this run's can beat: by the same measure, on the same data */
+static int best_kept_beatable(const session *s)
+{
+    return s->best_kept >= 0 && s->best_kept_by == s->cfg.best_by &&
+           same_heldout(s, s->best_kept_data);
+}
+
+static const char *best_what(int best_by)
+{
+    return best_by == TRAIN_BEST_ANSWERS ? "answers right" : "held-out loss";
+}
+
 static void fill_state(session *s, checkpoint_state *st)
 {
     memset(st, 0, sizeof *st);
@@ -682,10 +725,11 @@ static void fill_state(session *s, checkpoint_state *st)
     st->grad_accum = s->cfg.grad_accum;
     st->pack = s->cfg.pack;
     st->eval_split = s->cfg.eval_split;
-    /* what save_dir/best holds once this save is in: this one when it is for a new lowest */
+    /* what save_dir/best holds once this save is in: this one when it is for a new best */
     st->best_step = s->best_due ? s->step : s->best_kept;
-    st->best_eval_loss = s->best_due ? s->best_eval : s->best_kept_loss;
-    st->best_eval_data = s->best_due ? s->eval_hash : s->best_kept_data;
+    st->best_by = s->best_due ? s->cfg.best_by : s->best_kept_by;
+    st->best_value = best_value(st->best_by, s->best_due ? s->best_score : s->best_kept_score);
+    st->best_eval_data = s->best_due ? best_data(s) : s->best_kept_data;
     st->run_lr = s->cfg.optim.lr;
     st->run_aux_coef = s->cfg.pesc.aux_coef;
     st->seed = s->cfg.seed;
@@ -722,17 +766,11 @@ static void fill_state(session *s, checkpoint_state *st)
     st->eval_every = c->eval_every;
     st->keep = c->keep;
     st->keep_best = c->keep_best;
+    st->keep_best_by = c->best_by;
 }
 
 _Static_assert(STATS_MAX_SOURCES <= CHECKPOINT_MAX_DATA && TRAIN_MAX_EVAL <= CHECKPOINT_MAX_EVAL,
                "a checkpoint records every --data and --eval-data file");
-
-/* Whether a best loss measured on the held-out records of hash DATA is one this run's
- * evaluations can beat: the same records (0 on either side: not known, taken as the same) */
-static int same_heldout(const session *s, uint64_t data)
-{
-    return !data || !s->eval_hash || data == s->eval_hash;
-}
 
 /* 0, or -1 with the reason in *err (and in the log's events). */
 static int save_now(session *s, pesc_error *err)
@@ -754,8 +792,7 @@ static int save_now(session *s, pesc_error *err)
             /* the weights that scored it are gone by the next save: the next evaluation has
              * to beat only the best that is kept, where that was on these held-out data */
             s->best_due = 0;
-            s->best_eval = s->best_kept >= 0 && same_heldout(s, s->best_kept_data)
-                               ? s->best_kept_loss : INFINITY;
+            s->best_score = best_kept_beatable(s) ? s->best_kept_score : INFINITY;
         }
         return -1;
     }
@@ -769,12 +806,14 @@ static int save_now(session *s, pesc_error *err)
         if (checkpoint_mark_best(s->cfg.save_dir, s->cfg.keep, s->step, &failed) != 0)
             publish_event(s, "error", "%s", failed.msg);
         s->best_kept = s->step;
-        s->best_kept_loss = s->best_eval;
-        s->best_kept_data = s->eval_hash;
+        s->best_kept_score = s->best_score;
+        s->best_kept_by = s->cfg.best_by;
+        s->best_kept_data = best_data(s);
         s->best_due = 0;
     }
     if (s->best_kept == s->step)
-        publish_event(s, "save", "%s (best: held-out loss %.4f)", where, s->best_kept_loss);
+        publish_event(s, "save", "%s (best: %s %.4f)", where, best_what(s->best_kept_by),
+                      best_value(s->best_kept_by, s->best_kept_score));
     else
         publish_event(s, "save", "%s", where);
     free(s->last_checkpoint);
@@ -1104,12 +1143,15 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
     return rc;
 }
 
-/* A new lowest held-out loss with --keep-best: the next save_now keeps these weights as the
- * best. */
-static void note_best(session *s, double eval_loss)
+/* A new best evaluation with --keep-best (the lowest held-out loss, or the most answers
+ * right): the next save_now keeps these weights as the best. */
+static void note_best(session *s, const stats_record *r)
 {
-    if (s->cfg.keep_best && eval_loss < s->best_eval) {
-        s->best_eval = eval_loss;
+    int measured = s->cfg.best_by == TRAIN_BEST_ANSWERS ? r->eval_answers > 0
+                                                         : r->eval_tokens > 0;
+    double score = best_of(s->cfg.best_by, r);
+    if (s->cfg.keep_best && measured && score < s->best_score) {
+        s->best_score = score;
         s->best_due = 1;
     }
 }
@@ -1137,8 +1179,7 @@ static void eval_paused(session *s)
     if (last && last->step == s->step && isnan(last->eval_answers) && r.eval_answers > 0)
         last->eval_answers = (float)r.eval_answer_accuracy;
     pthread_mutex_unlock(&s->lock);
-    if (r.eval_tokens > 0)
-        note_best(s, r.eval_loss);
+    note_best(s, &r);
     pesc_error failed;   /* an event, and the run goes on, as after a step */
     if (s->best_due)
         save_now(s, &failed);
@@ -1299,8 +1340,7 @@ static int train_step(session *s, pesc_error *err)
             rc = -1;
             goto out;
         }
-        if (r->eval_tokens > 0)
-            note_best(s, r->eval_loss);
+        note_best(s, r);
     }
     if (s->sinks)
         sinks_record(s->sinks, r);
@@ -1782,18 +1822,20 @@ static int resume(session *s, pesc_error *err)
      * must beat it; a branch saved elsewhere starts its own DIR/best, since the old best is
      * not in its directory; and a loss on other held-out data is no measure to beat, so the
      * race starts afresh (the note says which it was) */
-    int same_data = same_heldout(s, st->best_eval_data);
     if (st->best_step >= 0 && own) {
         s->best_kept = st->best_step;
-        s->best_kept_loss = st->best_eval_loss;
+        s->best_kept_by = st->best_by;
+        s->best_kept_score = best_value(st->best_by, st->best_value);
         s->best_kept_data = st->best_eval_data;
-        if (same_data)
-            s->best_eval = st->best_eval_loss;
+        if (best_kept_beatable(s))
+            s->best_score = s->best_kept_score;
     }
-    if (st->best_step >= 0 && own && !same_data && s->cfg.keep_best && at < n) {
-        snprintf(s->resume_note + at, n - at, "%sthe held-out data differ from those of the "
-                 "best loss so far (%.4f at step %ld): %.200s/best starts afresh from the next "
-                 "evaluation", at ? "; " : "", st->best_eval_loss, st->best_step, s->cfg.save_dir);
+    if (st->best_step >= 0 && own && !best_kept_beatable(s) && s->cfg.keep_best && at < n) {
+        snprintf(s->resume_note + at, n - at, "%s%s of the best so far (%s %.4f at step %ld): "
+                 "%.200s/best starts afresh from the next evaluation", at ? "; " : "",
+                 st->best_by != s->cfg.best_by ? "--best-by differs from that"
+                 : "the held-out data differ from those", best_what(st->best_by),
+                 st->best_value, st->best_step, s->cfg.save_dir);
     }
     rc = 0;
 out:
@@ -2045,6 +2087,8 @@ static void take_outputs(session *s, checkpoint_state *st, const char *dir)
     if (!(c->given & TRAIN_GIVEN_KEEP_BEST) && st->keep_best == 1 &&
         (c->n_eval > 0 || c->eval_split > 0))
         c->keep_best = 1;
+    if (!(c->given & TRAIN_GIVEN_BEST_BY))
+        c->best_by = st->keep_best_by;
     s->outputs_taken = 1;
     if (!c->log_path && st->log[0] && !moved) {
         c->log_path = st->log;
@@ -2285,7 +2329,7 @@ session *session_new(const train_config *c, pesc_error *err)
     s->last_save = -1.0;
     s->saved_step = -1;
     s->best_kept = -1;
-    s->best_eval = INFINITY;
+    s->best_score = INFINITY;
     s->save_lock = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);

@@ -72,6 +72,8 @@ const char train_options_help[] =
     "  --keep-best          also save at each new lowest held-out loss and keep that\n"
     "                       checkpoint out of rotation, as DIR/best (--no-keep-best:\n"
     "                       not, where --resume would take it on)\n"
+    "  --best-by M          what is best: loss (the lowest held-out loss) or answers (the\n"
+    "                       most --eval-generate answers right)\n"
     "  --resume DIR         continue a run from its checkpoint (or its save directory):\n"
     "                       its model, data and settings, but for the flags given again;\n"
     "                       from its newest checkpoint, its --save directory and --log too\n"
@@ -144,7 +146,7 @@ enum {
     OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
-    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_EVAL_GENERATE, OPT_EVAL_SAMPLES, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_CONFIG,
+    OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_EVAL_GENERATE, OPT_EVAL_SAMPLES, OPT_KEEP_BEST, OPT_NO_KEEP_BEST, OPT_BEST_BY, OPT_CONFIG,
     OPT_PRINT_CONFIG, OPT_NEFTUNE, OPT_HELP
 };
 
@@ -182,6 +184,7 @@ static const struct option train_options_own[] = {
     {"eval-samples", required_argument, NULL, OPT_EVAL_SAMPLES},
     {"keep-best", no_argument, NULL, OPT_KEEP_BEST},
     {"no-keep-best", no_argument, NULL, OPT_NO_KEEP_BEST},
+    {"best-by", required_argument, NULL, OPT_BEST_BY},
     {"config", required_argument, NULL, OPT_CONFIG},
     {"print-config", no_argument, NULL, OPT_PRINT_CONFIG},
     {"headless", no_argument, NULL, OPT_HEADLESS}, {"help", no_argument, NULL, OPT_HELP}};
@@ -367,6 +370,11 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_EVAL_SAMPLES:
         return cli_path(cmd, "--eval-samples", arg, "a file the answers are appended to",
                         &c->eval_samples);
+    case OPT_BEST_BY:
+        if (train_best_parse(arg, &c->best_by, &err) != 0)
+            return cli_usage_error(cmd, "--best-by %s", err.msg);
+        c->given |= TRAIN_GIVEN_BEST_BY;
+        return 0;
     case OPT_KEEP_BEST:
     case OPT_NO_KEEP_BEST:
         c->keep_best = opt == OPT_KEEP_BEST;
@@ -495,7 +503,8 @@ static const char *const other_names[][2] = {
     {"num-experts", "experts"}, {"num-experts-per-tok", "top-k"}, {"topk", "top-k"},
     {"moe-scaling", "adapter-scale"}, {"router-aux-loss-coef", "aux-coef"},
     {"router-z-loss-coef", "z-coef"}, {"lora-target", "lora-targets"},
-    {"neftune-noise-alpha", "neftune"}, {"predict-with-generate", "eval-generate"}};
+    {"neftune-noise-alpha", "neftune"}, {"predict-with-generate", "eval-generate"},
+    {"metric-for-best-model", "best-by"}, {"load-best-model-at-end", "keep-best"}};
 
 /* A --config file's options, but those the command line gives too (given: its options, n of
  * them), whose values win there; a list given there replaces the file's. The file's values
@@ -751,6 +760,23 @@ static int parse_options(train_config *c, const char *cmd, int argc, char **argv
     return check_plugin_names(c, cmd);
 }
 
+const char *train_best_name(int best_by)
+{
+    return best_by == TRAIN_BEST_ANSWERS ? "answers" : "loss";
+}
+
+int train_best_parse(const char *name, int *best_by, pesc_error *err)
+{
+    if (strcmp(name, "loss") == 0)
+        *best_by = TRAIN_BEST_LOSS;
+    else if (strcmp(name, "answers") == 0)
+        *best_by = TRAIN_BEST_ANSWERS;
+    else
+        return pesc_fail(err, "%s: expected loss (the lowest held-out loss) or answers (the most "
+                         "--eval-generate answers right)", name);
+    return 0;
+}
+
 int train_eval_generate_parse(train_config *c, const char *arg, pesc_error *err)
 {
     char match[16];
@@ -796,6 +822,13 @@ int train_config_check_needs(const train_config *c, pesc_error *err)
     if (c->eval_generate && !held)
         return pesc_fail(err, "--eval-generate answers held-out records: it needs --eval-data "
                          "FILE or --eval-split X");
+    if ((c->given & TRAIN_GIVEN_BEST_BY) && !c->keep_best)
+        return pesc_fail(err, "--best-by picks the checkpoint --keep-best keeps: give "
+                         "--keep-best too");
+    if (c->keep_best && c->best_by == TRAIN_BEST_ANSWERS && !c->eval_generate &&
+        !(demo && !c->n_eval && c->eval_split == 0))
+        return pesc_fail(err, "--best-by answers keeps the checkpoint whose answers are most often "
+                         "right: it needs --eval-generate MATCH");
     if (c->keep_best && (!c->save_dir || !held))
         return pesc_fail(err, "--keep-best keeps the checkpoint of the lowest held-out loss: it "
                          "needs --save DIR and --eval-data FILE or --eval-split X");

@@ -41,7 +41,9 @@ typedef struct train_config {
                                     held-out ones; 0: all */
     const char *eval_samples;    /* each answer appended to it (JSONL), or NULL */
     long eval_every;
-    int keep_best;               /* save at each new lowest held-out loss; keep it, save/best */
+    int keep_best;               /* save at each new best evaluation; keep it, save/best */
+    int best_by;                 /* what is best: TRAIN_BEST_LOSS (lowest held-out loss) or
+                                    TRAIN_BEST_ANSWERS (most --eval-generate answers right) */
     long steps;                  /* 0: by epochs */
     int epochs;                  /* 0 with steps 0: one epoch */
     optim_config optim;
@@ -74,7 +76,13 @@ enum { TRAIN_GIVEN_SEQ = 1, TRAIN_GIVEN_BATCH = 2, TRAIN_GIVEN_LR = 4, TRAIN_GIV
        TRAIN_GIVEN_EVAL_EVERY = 128, TRAIN_GIVEN_TEMPLATE = 256, TRAIN_GIVEN_GRAD_ACCUM = 512,
        TRAIN_GIVEN_PACK = 1024, TRAIN_GIVEN_SEED = 2048, TRAIN_GIVEN_SCHEDULE = 4096,
        TRAIN_GIVEN_WEIGHT_DECAY = 8192, TRAIN_GIVEN_CLIP = 16384,
-       TRAIN_GIVEN_KEEP_BEST = 32768, TRAIN_GIVEN_NEFTUNE = 65536 };
+       TRAIN_GIVEN_KEEP_BEST = 32768, TRAIN_GIVEN_NEFTUNE = 65536,
+       TRAIN_GIVEN_BEST_BY = 131072 };
+
+enum { TRAIN_BEST_LOSS, TRAIN_BEST_ANSWERS };
+/* "loss", "answers"; and back: 0, or -1 with a message naming both. */
+const char *train_best_name(int best_by);
+int train_best_parse(const char *name, int *best_by, pesc_error *err);
 
 void train_config_default(train_config *c);
 /* The built-in demo (`pesc` with no arguments): the demo model and one source per task family

@@ -213,12 +213,44 @@ for data in same other; do
   status=$?
   want=$(printf 'step-%08d' "$lowest")
   [ $data = other ] && want=step-00000007
-  noted=$(grep -c '"text":"[^"]*the held-out data differ from those of the best loss so far' "$tmp/again.jsonl")
+  noted=$(grep -c '"text":"[^"]*the held-out data differ from those of the best so far (held-out loss' "$tmp/again.jsonl")
   [ $status -eq 0 ] && [ "$(readlink "$tmp/again/best")" = "$want" ] &&
     [ "$noted" = "$([ $data = other ] && echo 1 || echo 0)" ] &&
     pass "resumed in place on the $data held-out data: best -> $want$([ $data = other ] && echo ', with a note')" ||
     fail "resumed in place on the $data held-out data: exit $status, best -> '$(readlink "$tmp/again/best")', notes $noted: $(head -c 200 "$tmp/err")"
 done
+# --best-by answers: the best is the evaluation with the most --eval-generate answers right
+# (the first of equals), its state and pesc inspect say so; resumed in place --best-by loss,
+# that best is no measure (a note), and the next evaluation is the best
+"$pesc" train --headless --steps 6 --eval-every 2 --lr 3e-2 --warmup 0 --eval-generate exact:60 \
+  --keep-best --best-by answers --save "$tmp/ans" --log "$tmp/ans.jsonl" >/dev/null 2>"$tmp/err"
+status=$?
+most=$(grep -o '^{"step":[0-9]*,.*"eval_answer_accuracy":[0-9.]*' "$tmp/ans.jsonl" |
+  sed 's/^{"step":\([0-9]*\),.*"eval_answer_accuracy":\(.*\)/\2 \1/' | sort -k1,1gr -k2,2n | head -n 1)
+step=${most#* } share=${most% *}
+target=$(printf 'step-%08d' "$step")
+"$pesc" inspect "$tmp/ans" >"$tmp/inspect" 2>&1
+[ $status -eq 0 ] && [ -n "$most" ] && [ "$(readlink "$tmp/ans/best")" = "$target" ] &&
+  grep -q '"best_by": "answers"' "$tmp/ans/step-00000006/state.json" &&
+  grep -q "\"best_eval_answers\": $share" "$tmp/ans/step-00000006/state.json" &&
+  grep -q "^best          $target: answers right $(printf '%.4f' "$share")\$" "$tmp/inspect" &&
+  pass "--best-by answers: best -> the step of the most answers right ($step, $share), in its state and pesc inspect" ||
+  fail "--best-by answers: exit $status, most '$most', best -> '$(readlink "$tmp/ans/best")': $(grep best "$tmp/inspect") $(head -c 200 "$tmp/err")"
+"$pesc" train --headless --resume "$tmp/ans" --steps 8 --best-by loss >/dev/null 2>"$tmp/err"
+[ "$(readlink "$tmp/ans/best")" = step-00000008 ] &&
+  grep -q '"text":"[^"]*--best-by differs from that of the best so far (answers right' "$tmp/ans.jsonl" &&
+  pass "--best-by loss on a run whose best was by answers: a note, and the next evaluation is the best" ||
+  fail "--best-by changed on resume: best -> '$(readlink "$tmp/ans/best")': $(grep -o '"text":"[^"]*best so far[^"]*' "$tmp/ans.jsonl") $(head -c 200 "$tmp/err")"
+# shellcheck disable=SC2086
+expect 2 "\-\-best-by picks the checkpoint \-\-keep-best keeps" "--best-by without --keep-best" -- \
+  "$pesc" train --headless $common --eval-split 8 --best-by loss
+# shellcheck disable=SC2086
+expect 2 "\-\-best-by answers keeps the checkpoint whose answers are most often right: it needs \-\-eval-generate" \
+  "--best-by answers without --eval-generate" -- \
+  "$pesc" train --headless $common --eval-split 8 --save "$tmp/x" --keep-best --best-by answers
+expect 2 "\-\-best-by most: expected loss" "--best-by with an unknown measure" -- \
+  "$pesc" train --headless --best-by most
+
 # resumed from its save directory, the run takes --keep-best on (here on other held-out data,
 # so a best starts afresh at step 7); --no-keep-best declines it: no new best is saved, the
 # one there stays out of rotation, and the checkpoints record that for the next resume
