@@ -1035,7 +1035,7 @@ static void eval_source_name(const session *s, int source, char *out, size_t n)
 }
 
 /* The share right by source, when the held-out records come from more than one: an event
- * ("arithmetic 0.440, sort 0.600, ..."), of the sources that had answers scored. */
+ * ("arithmetic 0.44, sort 0.60, ..."), of the sources that had answers scored. */
 static void publish_answers_by_source(session *s, const ans_tally *by, int n)
 {
     char text[sizeof ((stats_event *)0)->text], name[64];

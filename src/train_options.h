@@ -80,8 +80,7 @@ enum { TRAIN_GIVEN_SEQ = 1, TRAIN_GIVEN_BATCH = 2, TRAIN_GIVEN_LR = 4, TRAIN_GIV
        TRAIN_GIVEN_BEST_BY = 131072 };
 
 enum { TRAIN_BEST_LOSS, TRAIN_BEST_ANSWERS };
-/* "loss", "answers"; and back: 0, or -1 with a message naming both. */
-const char *train_best_name(int best_by);
+/* "loss" or "answers" into *best_by: 0, or -1 with a message naming both. */
 int train_best_parse(const char *name, int *best_by, pesc_error *err);
 
 void train_config_default(train_config *c);
