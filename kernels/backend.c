@@ -317,6 +317,16 @@ void attention_cached_forward(pesc_backend *b, float *out, const float *q, const
     PROFILED(b, __func__, b->ops->attention_cached_forward(b->context, out, q, k_cache, v_cache, n, past, Hq, Hkv, D, window, softcap));
 }
 
+void attention_step_forward(pesc_backend *b, float *out, const float *q, const float *k,
+                            const float *v, float *k_cache, float *v_cache,
+                            const int32_t *slots, const int32_t *past, int n, int slot_rows,
+                            int Hq, int Hkv, int D, int window, float softcap)
+{
+    PROFILED(b, __func__, b->ops->attention_step_forward(b->context, out, q, k, v, k_cache,
+                                                         v_cache, slots, past, n, slot_rows,
+                                                         Hq, Hkv, D, window, softcap));
+}
+
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n)
 {
     PROFILED(b, __func__, b->ops->swiglu_forward(b->context, out, gate, up, n));

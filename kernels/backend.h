@@ -172,6 +172,16 @@ void attention_cached_forward(pesc_backend *b, float *out, const float *q, const
                               const float *v_cache, int n, int past, int Hq, int Hkv, int D,
                               int window, float softcap);
 
+/* Batched generation: one new token of each of n sequences cached in slots of slot_rows rows
+ * (Hkv * D floats a row) of k_cache and v_cache. Token i's key and value (rows i of k and v,
+ * (n, Hkv, D)) go into row past[i] of slot slots[i], and its query (row i of q, (n, Hq, D))
+ * attends to that slot's rows 0 .. past[i], as attention_cached_forward does for one
+ * sequence. slots and past (n each) are in backend memory; the slots are distinct. */
+void attention_step_forward(pesc_backend *b, float *out, const float *q, const float *k,
+                            const float *v, float *k_cache, float *v_cache,
+                            const int32_t *slots, const int32_t *past, int n, int slot_rows,
+                            int Hq, int Hkv, int D, int window, float softcap);
+
 /* out (n) = silu(gate) * up, elementwise. */
 void swiglu_forward(pesc_backend *b, float *out, const float *gate, const float *up, size_t n);
 /* out (n) = gelu_tanh(gate) * up, elementwise: Gemma's FFN ("gelu_pytorch_tanh", GELU's tanh

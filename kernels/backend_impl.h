@@ -23,6 +23,7 @@ typedef struct backend_ops {
     void (*rope_forward)(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
     void (*attention_forward)(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
     void (*attention_cached_forward)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int n, int past, int Hq, int Hkv, int D, int window, float softcap);
+    void (*attention_step_forward)(void *ctx, float *out, const float *q, const float *k, const float *v, float *k_cache, float *v_cache, const int32_t *slots, const int32_t *past, int n, int slot_rows, int Hq, int Hkv, int D, int window, float softcap);
     void (*swiglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
     void (*geglu_forward)(void *ctx, float *out, const float *gate, const float *up, size_t n);
     void (*residual_forward)(void *ctx, float *out, const float *x, const float *y, size_t n);

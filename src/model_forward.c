@@ -569,22 +569,17 @@ static const float *layer_freq(const model *m, int l)
  * `past` cached ones in slot m->cur_slot */
 enum { PAST_NONE = -1, PAST_STEP = -2, PAST_PROMPTS = -3 };
 
-/* Each token of a step (T 1) onto its slot's cache and attending to it: one cached attention a
- * token, each slot as long as its own. */
+/* Each token of a step (T 1) onto its slot's cache and attending to it, each slot as long as
+ * its own: one op for them all, the slots on the backend in seg (a step packs nothing) and
+ * each one's length in pos (forward_all). */
 static void attention_step(model *m, int l, layer_acts *a, int N, int window)
 {
     const hf_config *c = &m->config;
-    int D = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads;
-    size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_rows * row;
-    size_t slot = (size_t)m->cache_capacity * row, q_row = (size_t)Hq * D;
-    for (int i = 0; i < N; i++) {
-        int s = m->step_slots[i], past = m->slot_len[s];
-        float *kc = m->k_cache + l * layer + s * slot, *vc = m->v_cache + l * layer + s * slot;
-        backend_copy(m->backend, kc + (size_t)past * row, a->k + i * row, row * sizeof(float));
-        backend_copy(m->backend, vc + (size_t)past * row, a->v + i * row, row * sizeof(float));
-        attention_cached_forward(m->backend, a->att + i * q_row, a->q + i * q_row, kc, vc, 1,
-                                 past, Hq, Hkv, D, window, (float)c->attn_logit_softcapping);
-    }
+    size_t layer = (size_t)m->cache_rows * c->n_kv_heads * c->head_dim;
+    attention_step_forward(m->backend, a->att, a->q, a->k, a->v, m->k_cache + l * layer,
+                           m->v_cache + l * layer, m->act.seg, m->act.pos, N,
+                           m->cache_capacity, c->n_heads, c->n_kv_heads, c->head_dim, window,
+                           (float)c->attn_logit_softcapping);
 }
 
 static void attention_block(model *m, int l, layer_acts *a, int B, int T, int past)
@@ -737,6 +732,8 @@ static int forward_all(model *m, const int32_t *tokens, const model_layout *layo
      * as transformers decides per forward pass from the largest position */
     a->freq = hfconfig_rope_long(c, (long)last + 1) ? m->inv_freq_long : m->inv_freq;
     a->packed = layout && layout->doc_ids;
+    if (past == PAST_STEP)   /* seg holds the step's slots (attention_step) */
+        backend_upload(m->backend, a->seg, m->step_slots, (size_t)N * sizeof *m->step_slots);
     if (a->packed) {
         /* where each token's document starts within its row */
         for (int i = 0; i < N; i++) {

@@ -254,6 +254,71 @@ static void test_attention(pesc_backend *b, int B, int T, int Hq, int Hkv, int D
     backend_free(b, out); backend_free(b, lse); backend_free(b, seg);
 }
 
+/* One new token of each of n sequences in slots of a cache (attention_step_forward): its key
+ * and value land in its slot's row past[i], and its query attends to rows 0 .. past[i] there,
+ * as double loops over the slot find (slots out of order, one of them left alone). */
+static void test_attention_step(pesc_backend *b, int n, int Hq, int Hkv, int D, int window,
+                                float cap)
+{
+    enum { SLOTS = 5, ROWS = 40 };
+    int row = Hkv * D, slot_of[] = {3, 0, 4, 1}, past_of[] = {0, 17, 39, 6};
+    size_t nq = (size_t)n * Hq * D, cache = (size_t)SLOTS * ROWS * row;
+    float *q = alloc_floats(b, nq), *k = alloc_floats(b, (size_t)n * row);
+    float *v = alloc_floats(b, (size_t)n * row), *out = alloc_floats(b, nq);
+    float *kc = alloc_floats(b, cache), *vc = alloc_floats(b, cache);
+    int32_t *slots = (int32_t *)alloc_floats(b, (size_t)n);
+    int32_t *past = (int32_t *)alloc_floats(b, (size_t)n);
+    double *want = calloc(nq, sizeof *want), *scores = malloc(ROWS * sizeof *scores);
+    fill(q, nq, 2.0);
+    fill(k, (size_t)n * row, 2.0);
+    fill(v, (size_t)n * row, 1.0);
+    fill(kc, cache, 2.0);
+    fill(vc, cache, 1.0);
+    for (int i = 0; i < n; i++) {
+        slots[i] = slot_of[i];
+        past[i] = past_of[i];
+    }
+    attention_step_forward(b, out, q, k, v, kc, vc, slots, past, n, ROWS, Hq, Hkv, D, window,
+                           cap);
+    int stored = 1;
+    for (int i = 0; i < n; i++) {
+        size_t at = ((size_t)slots[i] * ROWS + past[i]) * row;
+        stored &= memcmp(kc + at, k + (size_t)i * row, (size_t)row * sizeof *k) == 0 &&
+                  memcmp(vc + at, v + (size_t)i * row, (size_t)row * sizeof *v) == 0;
+        for (int h = 0; h < Hq; h++) {
+            const float *qr = q + ((size_t)i * Hq + h) * D;
+            const float *ks = kc + (size_t)slots[i] * ROWS * row + (size_t)(h / (Hq / Hkv)) * D;
+            const float *vs = vc + (ks - kc);
+            double m = -INFINITY, sum = 0.0;
+            for (int r = 0; r <= past[i]; r++) {
+                scores[r] = -INFINITY;
+                if (window > 0 && past[i] - r >= window)
+                    continue;
+                double dot = 0.0;
+                for (int d = 0; d < D; d++)
+                    dot += (double)qr[d] * ks[(size_t)r * row + d];
+                scores[r] = capped(dot / sqrt((double)D), cap);
+                m = scores[r] > m ? scores[r] : m;
+            }
+            for (int r = 0; r <= past[i]; r++)
+                sum += scores[r] == -INFINITY ? 0.0 : exp(scores[r] - m);
+            double *o = want + ((size_t)i * Hq + h) * D;
+            for (int r = 0; r <= past[i]; r++)
+                for (int d = 0; scores[r] != -INFINITY && d < D; d++)
+                    o[d] += exp(scores[r] - m) / sum * vs[(size_t)r * row + d];
+        }
+    }
+    char name[96];
+    snprintf(name, sizeof name, "attention_step_forward n%d Hq%d Hkv%d D%d window %d%s", n, Hq,
+             Hkv, D, window, cap > 0.0f ? " softcap" : "");
+    check(name, out, want, nq, 1e-6);
+    printf("%-4s %s: each key and value in its slot's row\n", stored ? "ok" : "FAIL", name);
+    failures += !stored;
+    free(want); free(scores);
+    backend_free(b, q); backend_free(b, k); backend_free(b, v); backend_free(b, out);
+    backend_free(b, kc); backend_free(b, vc); backend_free(b, slots); backend_free(b, past);
+}
+
 /* NEFTune's noise: within magnitude of what was there, mean 0 and variance magnitude^2 / 3 over
  * n draws; the same again from the seed, other draws from another */
 static void test_add_uniform(pesc_backend *b, size_t n)
@@ -566,6 +631,9 @@ int main(void)
     test_attention(b, 1, 37, 2, 2, 8, 3, 1, 0.0f);
     test_attention(b, 2, 150, 4, 2, 16, 0, 0, 1.5f);   /* Gemma 2's softcap, biting */
     test_attention(b, 2, 90, 4, 2, 8, 7, 1, 0.7f);
+    test_attention_step(b, 4, 4, 2, 16, 0, 0.0f);
+    test_attention_step(b, 3, 6, 1, 8, 5, 0.0f);
+    test_attention_step(b, 4, 4, 2, 16, 9, 1.5f);
     test_elementwise(b, 10007);
     test_add_uniform(b, 100003);
     test_crossentropy(b, 21, 300, 0.0f);

@@ -76,6 +76,7 @@ static const backend_ops cpu_ops = {
     .rope_forward = cpu_rope_forward,
     .attention_forward = cpu_attention_forward,
     .attention_cached_forward = cpu_attention_cached_forward,
+    .attention_step_forward = cpu_attention_step_forward,
     .swiglu_forward = cpu_swiglu_forward,
     .geglu_forward = cpu_geglu_forward,
     .residual_forward = cpu_residual_forward,

@@ -311,6 +311,37 @@ void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const f
     }
 }
 
+void cpu_attention_step_forward(void *ctx, float *out, const float *q, const float *k,
+                                const float *v, float *k_cache, float *v_cache,
+                                const int32_t *slots, const int32_t *past, int n, int slot_rows,
+                                int Hq, int Hkv, int D, int window, float softcap)
+{
+    (void)ctx;
+    assert(Hq % Hkv == 0);
+    int group = Hq / Hkv, q_stride = Hq * D, kv_stride = Hkv * D, longest = 0;
+    for (int i = 0; i < n; i++) {
+        size_t at = ((size_t)slots[i] * slot_rows + past[i]) * kv_stride;
+        memcpy(k_cache + at, k + (size_t)i * kv_stride, (size_t)kv_stride * sizeof *k);
+        memcpy(v_cache + at, v + (size_t)i * kv_stride, (size_t)kv_stride * sizeof *v);
+        longest = past[i] > longest ? past[i] : longest;
+    }
+#pragma omp parallel
+    {
+        float *scores = malloc((size_t)CPU_ATTENTION_BLOCK * (longest + 1) * sizeof *scores);
+        assert(scores);
+#pragma omp for schedule(dynamic, 1)
+        for (int ih = 0; ih < n * Hq; ih++) {   /* (token, head) pairs */
+            int i = ih / Hq, h = ih % Hq;
+            size_t slot = (size_t)slots[i] * slot_rows * kv_stride + (size_t)(h / group) * D;
+            attention_head(out + (size_t)i * q_stride + (size_t)h * D, NULL,
+                           q + (size_t)i * q_stride + (size_t)h * D, k_cache + slot,
+                           v_cache + slot, 1, past[i], q_stride, kv_stride, D, window, softcap,
+                           NULL, scores);
+        }
+        free(scores);
+    }
+}
+
 static CPU_WIDE void swiglu_span(float *out, const float *gate, const float *up, size_t n)
 {
 #pragma omp simd

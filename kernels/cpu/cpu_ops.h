@@ -142,6 +142,10 @@ void cpu_matmul_forward(void *ctx, float *out, const float *inp, const float *we
 void cpu_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp, const float *weight, float offset, int N, int C, float eps);
 void cpu_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos, const float *inv_freq, int N, int H, int D, int R, float scale);
 void cpu_attention_forward(void *ctx, float *out, float *lse, const float *q, const float *k, const float *v, int B, int T, int Hq, int Hkv, int D, int window, float softcap, const int32_t *seg_start);
+void cpu_attention_step_forward(void *ctx, float *out, const float *q, const float *k,
+                                const float *v, float *k_cache, float *v_cache,
+                                const int32_t *slots, const int32_t *past, int n, int slot_rows,
+                                int Hq, int Hkv, int D, int window, float softcap);
 void cpu_attention_cached_forward(void *ctx, float *out, const float *q, const float *k_cache,
                                   const float *v_cache, int n, int past, int Hq, int Hkv, int D,
                                   int window, float softcap);

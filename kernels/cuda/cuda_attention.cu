@@ -265,6 +265,103 @@ extern "C" void cuda_attention_cached_forward(void *ctx, float *out, const float
                 softcap, NULL);
 }
 
+// ---- generation: one new token of each of several cached sequences -------------------------
+//
+// attention_step_forward: each token's key and value into its slot's next row, then one block
+// a (token, head) against that slot's rows, STEP_KEYS scores at a time in shared memory with a
+// running max and sum (the online softmax), each thread keeping two of the output's D <= 256
+// dimensions. A decoding step is launch-bound: two launches a layer for all the tokens, where
+// one cached attention a token took a launch and two copies each.
+
+#define STEP_THREADS 128
+#define STEP_KEYS 256
+
+__global__ void attention_step_store_kernel(float *k_cache, float *v_cache, values_in k,
+                                            values_in v, const int32_t *slots,
+                                            const int32_t *past, size_t slot_floats, int row)
+{
+    int i = blockIdx.x;
+    size_t at = (size_t)slots[i] * slot_floats + (size_t)past[i] * row;
+    for (int d = threadIdx.x; d < row; d += blockDim.x) {
+        k_cache[at + d] = k[(size_t)i * row + d];
+        v_cache[at + d] = v[(size_t)i * row + d];
+    }
+}
+
+__global__ void __launch_bounds__(STEP_THREADS)
+attention_step_kernel(values_out out, values_in q, const float *k_cache, const float *v_cache,
+                      const int32_t *slots, const int32_t *past, size_t slot_floats, int Hq,
+                      int Hkv, int D, int window, float scale, float cap)
+{
+    __shared__ float qs[ATT_MAX_D], p[STEP_KEYS], red[32];
+    int h = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, row = Hkv * D;
+    int last = past[i], first = window > 0 && last - window + 1 > 0 ? last - window + 1 : 0;
+    size_t q_off = ((size_t)i * Hq + h) * D;
+    size_t base = (size_t)slots[i] * slot_floats + (size_t)(h / (Hq / Hkv)) * D;
+    const float *kb = k_cache + base, *vb = v_cache + base;
+    for (int d = tid; d < D; d += STEP_THREADS)
+        qs[d] = q[q_off + d];
+    __syncthreads();
+    float m = -INFINITY, l = 0.0f, acc[ATT_MAX_D / STEP_THREADS] = {0.0f, 0.0f};
+    for (int s0 = first; s0 <= last; s0 += STEP_KEYS) {
+        int keys = last + 1 - s0 < STEP_KEYS ? last + 1 - s0 : STEP_KEYS;
+        float most = -INFINITY;
+        for (int j = tid; j < keys; j += STEP_THREADS) {
+            const float *kr = kb + (size_t)(s0 + j) * row;
+            float dot = 0.0f;
+            for (int d = 0; d < D; d++)
+                dot += qs[d] * kr[d];
+            p[j] = soft_cap(dot * scale, cap);
+            most = fmaxf(most, p[j]);
+        }
+        float grown = fmaxf(m, block_max(most, red));   // block_max syncs: p is whole
+        float sum = 0.0f;
+        for (int j = tid; j < keys; j += STEP_THREADS) {
+            p[j] = expf(p[j] - grown);
+            sum += p[j];
+        }
+        float shrink = expf(m - grown);                  // 0 on the first chunk
+        l = l * shrink + block_sum(sum, red);            // syncs: p is exponentiated
+        for (int c = 0; c < ATT_MAX_D / STEP_THREADS; c++) {
+            int d = tid + c * STEP_THREADS;
+            if (d >= D)
+                break;
+            float a = acc[c] * shrink;
+            for (int j = 0; j < keys; j++)
+                a += p[j] * vb[(size_t)(s0 + j) * row + d];
+            acc[c] = a;
+        }
+        m = grown;
+        __syncthreads();                                 // p is read before the next chunk
+    }
+    for (int c = 0; c < ATT_MAX_D / STEP_THREADS; c++) {
+        int d = tid + c * STEP_THREADS;
+        if (d < D)
+            out.put(q_off + d, acc[c] / l);
+    }
+}
+
+extern "C" void cuda_attention_step_forward(void *ctx, float *out, const float *q,
+                                            const float *k, const float *v, float *k_cache,
+                                            float *v_cache, const int32_t *slots,
+                                            const int32_t *past, int n, int slot_rows, int Hq,
+                                            int Hkv, int D, int window, float softcap)
+{
+    CUDA_OP(ctx);
+    if (n <= 0 || !head_dim_ok(c, D, Hq, Hkv))
+        return;
+    int row = Hkv * D;
+    size_t slot_floats = (size_t)slot_rows * row, nq = (size_t)n * Hq * D;
+    values_in k_in = read_values(c, k, (size_t)n * row), v_in = read_values(c, v, (size_t)n * row);
+    CUDA_LAUNCH(attention_step_store_kernel, n, 128, 0, c->stream, k_cache, v_cache, k_in, v_in,
+                slots, past, slot_floats, row);
+    values_out to = write_values(c, out, nq, false);
+    CUDA_LAUNCH(attention_step_kernel, dim3(Hq, n), STEP_THREADS, 0, c->stream, to,
+                read_values(c, q, nq), k_cache, v_cache, slots, past, slot_floats, Hq, Hkv, D,
+                window, 1.0f / sqrtf((float)D), softcap);
+    CUDA_LAUNCHED(c);
+}
+
 // ---- backward ---------------------------------------------------------------------------------
 
 // delta (B, Hq, T) = rowsum(dout * out): one warp per row.

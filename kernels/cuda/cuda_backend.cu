@@ -1010,6 +1010,7 @@ static const backend_ops cuda_ops = {
     .rope_forward = cuda_rope_forward,
     .attention_forward = cuda_attention_forward,
     .attention_cached_forward = cuda_attention_cached_forward,
+    .attention_step_forward = cuda_attention_step_forward,
     .swiglu_forward = cuda_swiglu_forward,
     .geglu_forward = cuda_geglu_forward,
     .residual_forward = cuda_residual_forward,

@@ -893,6 +893,38 @@ static void test_attention_cached(int n, int past, int Hq, int Hkv, int D, int w
     twin_free(q); twin_free(kc); twin_free(vc); twin_free(out);
 }
 
+/* One new token of each of four sequences in slots of a cache, as batched generation steps:
+ * slots out of order, one left alone, lengths from 1 to past 256 keys (the kernel's shared
+ * chunk) up to a slot's last row; the outputs and both caches as the CPU's. */
+static void test_attention_step(int Hq, int Hkv, int D, int window)
+{
+    enum { N = 4, SLOTS = 5, ROWS = 600 };
+    int row = Hkv * D, slot_of[N] = {3, 0, 4, 1}, past_of[N] = {0, 300, ROWS - 1, 45};
+    size_t nq = (size_t)N * Hq * D, cache = (size_t)SLOTS * ROWS * row;
+    twin q = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
+    twin k = twin_random((size_t)N * row, 1.0), v = twin_random((size_t)N * row, 1.0);
+    twin kc = twin_random(cache, 1.0), vc = twin_random(cache, 1.0);
+    twin out = att_compact ? twin_compact(nq, 1.0) : twin_random(nq, 1.0);
+    twin slots = twin_ints(N, 0, 0), past = twin_ints(N, 0, 0);
+    memcpy(FI(slots), slot_of, sizeof slot_of);
+    memcpy(FI(past), past_of, sizeof past_of);
+    twin_sync(slots);
+    twin_sync(past);
+    attention_step_forward(cpu, F(out), F(q), F(k), F(v), F(kc), F(vc), FI(slots), FI(past), N,
+                           ROWS, Hq, Hkv, D, window, att_softcap);
+    attention_step_forward(gpu, G(out), G(q), G(k), G(v), G(kc), G(vc), GI(slots), GI(past), N,
+                           ROWS, Hq, Hkv, D, window, att_softcap);
+    char name[96];
+    snprintf(name, sizeof name, "attention_step_forward Hq%d Hkv%d D%d%s%s%s", Hq, Hkv, D,
+             window ? " window" : "", att_compact ? " compact" : "",
+             att_softcap > 0.0f ? " softcap" : "");
+    compare(name, out, att_compact ? 4e-3 : 1e-5);
+    compare("attention_step_forward's key cache", kc, 0.0);
+    compare("attention_step_forward's value cache", vc, 0.0);
+    twin_free(q); twin_free(k); twin_free(v); twin_free(kc); twin_free(vc); twin_free(out);
+    twin_free(slots); twin_free(past);
+}
+
 /* ---- routing and adapters ------------------------------------------------------------------ */
 
 static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double tol)
@@ -1029,13 +1061,17 @@ int main(void)
     test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */
     test_attention_cached(1, 57, 4, 2, 64, 0);
     test_attention_cached(7, 90, 4, 2, 32, 20);
+    test_attention_step(4, 2, 64, 0);
+    test_attention_step(8, 1, 256, 100);   /* two of D's dimensions a thread */
     att_softcap = 0.5f;
     test_attention_cached(7, 90, 4, 2, 32, 20);
+    test_attention_step(4, 2, 32, 20);
     att_softcap = 0.0f;
     /* the output and its gradient in bf16 alone, as the model keeps them in bf16 math */
     att_compact = 1;
     test_attention(2, 130, 4, 1, 64, 0, 1, "fused", 1e-5, 1e-4);
     test_attention_cached(7, 90, 4, 2, 32, 20);
+    test_attention_step(4, 2, 32, 0);
     att_compact = 0;
     check_grouped("bf16");
     test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
