@@ -69,7 +69,7 @@ struct session {
     int n_eval;
     int eval_ends[TRAIN_MAX_EVAL];   /* where each --eval-data file's records end in eval */
     int *eval_order;             /* the records longest first: a pass is as long as its first */
-    uint64_t eval_hash;          /* ds_records_hash of them: which data a best loss is on */
+    uint64_t eval_hash;          /* ds_records_hash of them: which data a best is on */
     FILE *samples;               /* --eval-samples: the answers appended to it */
     /* --eval-choices: multiple-choice questions scored with them (the file, downloaded) */
     mc_set choices;
@@ -664,7 +664,7 @@ static void absolute_path(char *buf, size_t n, const char *path)
 }
 
 /* --keep-best's scores, lower better: the held-out loss, or the share of --eval-generate's
- * answers right negated; and the value a score stands for */
+ * answers right negated; and the value a score stands for (or back: its own inverse) */
 static double best_of(int best_by, const stats_record *r)
 {
     return best_by == TRAIN_BEST_ANSWERS ? -r->eval_answer_accuracy : r->eval_loss;
