@@ -215,6 +215,16 @@ static void read_string(state_reader *r, json_t *obj, const char *key, char *buf
     copy_string(buf, n, v);
 }
 
+/* --best-by's measure at obj's "best_by": 1 answers, 0 loss (or absent) */
+static int read_best_by(state_reader *r, json_t *obj)
+{
+    char by[16] = "";
+    read_string(r, obj, "best_by", by, sizeof by);
+    if (by[0] && strcmp(by, "answers") != 0 && strcmp(by, "loss") != 0)
+        bad_value(r, "best_by", "must be loss or answers");
+    return strcmp(by, "answers") == 0;
+}
+
 /* The run's inputs and optimizer settings (checkpoint_state's last fields), each optional. */
 static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
 {
@@ -266,11 +276,7 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     if (best && !json_is_boolean(best))
         bad_value(r, "keep_best", "must be true or false");
     st->keep_best = best ? json_is_true(best) : -1;
-    char by[16] = "";
-    read_string(r, run, "best_by", by, sizeof by);
-    if (by[0] && strcmp(by, "answers") != 0 && strcmp(by, "loss") != 0)
-        bad_value(r, "best_by", "must be loss or answers");
-    st->keep_best_by = strcmp(by, "answers") == 0;
+    st->keep_best_by = read_best_by(r, run);
 }
 
 int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err)
@@ -307,11 +313,7 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->elapsed_s = read_number(&r, o, "elapsed_s", 0.0);
     st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, 0);
     st->best_step = json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, 0) : -1;
-    char best_by[16] = "";
-    read_string(&r, o, "best_by", best_by, sizeof best_by);
-    if (best_by[0] && strcmp(best_by, "answers") != 0 && strcmp(best_by, "loss") != 0)
-        bad_value(&r, "best_by", "must be loss or answers");
-    st->best_by = strcmp(best_by, "answers") == 0;
+    st->best_by = read_best_by(&r, o);
     st->best_value = st->best_step < 0 ? 0.0
                      : read_number(&r, o, st->best_by ? "best_eval_answers" : "best_eval_loss",
                                    REQUIRED);
