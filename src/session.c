@@ -111,6 +111,7 @@ struct session {
     int outputs_taken;           /* 1: its --save, 2: and its --log (adopt_resumed) */
     int inject_nan;
     int paused;
+    int generating;              /* a generate runs (commands are taken between its tokens) */
     uint64_t fingerprint;        /* of the base model as loaded */
     stats_record *record;
     float *previous;             /* the last update, before - after, for the update ratio */
@@ -587,6 +588,7 @@ static void generate(session *s, const command *c)
     tok_stream stream;
     if (s->tok)
         tok_stream_init(&stream, s->tok, 1);
+    s->generating = 1;
     pthread_mutex_lock(&s->lock);
     s->shared->generating = 1;
     snprintf(s->shared->prompt, sizeof s->shared->prompt, "%s", c->prompt);
@@ -645,6 +647,7 @@ static void generate(session *s, const command *c)
 out:
     if (s->tok)
         tok_stream_free(&stream);
+    s->generating = 0;
     pthread_mutex_lock(&s->lock);
     s->shared->generating = 0;
     s->generate_taken = 0;
@@ -882,7 +885,9 @@ static void process_command(session *s, const command *c)
         break;
     }
     case CMD_EVAL:
-        if (s->paused)
+        /* not inside a generation: --eval-generate's answers take the KV cache it decodes
+         * on; one paused meanwhile is scored when it ends */
+        if (s->paused && !s->generating)
             eval_paused(s);
         else
             s->eval_requested = 1;
@@ -890,6 +895,10 @@ static void process_command(session *s, const command *c)
     case CMD_STOP: break;   /* stop_requested is already set */
     case CMD_GENERATE:   /* session_command refuses a second one while this one runs */
         generate(s, c);
+        if (s->paused && s->eval_requested) {
+            s->eval_requested = 0;
+            eval_paused(s);
+        }
         break;
     }
 }
