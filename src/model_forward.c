@@ -1271,6 +1271,18 @@ int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *
         if (lens[i] < 1 || lens[i] > T || lens[i] > m->cache_capacity)
             return pesc_fail(err, "model_decode_prompts: a prompt of %d tokens (rows of %d, "
                              "slots of %d)", lens[i], T, m->cache_capacity);
+    /* a pass takes one RoPE table (longrope's long factors past the original context, as
+     * transformers picks them for its longest): a prompt that would not take the pass's, as
+     * it does alone, runs alone */
+    int V = m->config.vocab_size;
+    for (int i = 0; n > 1 && i < n; i++)
+        if (hfconfig_rope_long(&m->config, lens[i]) != hfconfig_rope_long(&m->config, T)) {
+            for (int j = 0; j < n; j++)
+                if (model_decode_prompts(m, first + j, tokens + (size_t)j * T, lens + j, 1,
+                                         lens[j], logits + (size_t)j * V, err) != 0)
+                    return -1;
+            return 0;
+        }
     m->cur_slot = first;
     m->prompt_lens = lens;
     int rc = forward_all(m, tokens, NULL, n, T, kept_buffers(m, n * T), 0, PAST_PROMPTS, err);
@@ -1301,6 +1313,20 @@ int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, 
         for (int j = 0; j < i; j++)
             if (slots[j] == slots[i])
                 return pesc_fail(err, "model_decode_step: slot %d twice", slots[i]);
+    }
+    /* one RoPE table a pass, as in model_decode_prompts: slots on either side of longrope's
+     * original context step apart, each as it would alone */
+    int V = m->config.vocab_size, lo = INT_MAX, hi = 0;
+    for (int i = 0; i < n; i++) {
+        int len = m->slot_len[slots[i]] + 1;
+        lo = len < lo ? len : lo;
+        hi = len > hi ? len : hi;
+    }
+    if (hfconfig_rope_long(&m->config, lo) != hfconfig_rope_long(&m->config, hi)) {
+        for (int i = 0; i < n; i++)
+            if (model_decode_step(m, slots + i, tokens + i, 1, logits + (size_t)i * V, err) != 0)
+                return -1;
+        return 0;
     }
     m->step_slots = slots;
     int rc = forward_all(m, tokens, NULL, n, 1, kept_buffers(m, n), 0, PAST_STEP, err);

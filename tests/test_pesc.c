@@ -511,6 +511,62 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
     free(got);
 }
 
+/* Prompts, then slots, on either side of longrope's original context (32 in this model) in
+ * one pass: each gets the logits model_decode gives it alone, short factors below, long ones past it (a pass
+ * takes one table; the step splits rather than give the short one the long factors). */
+static void test_slots_longrope(const char *root)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/reference/data/phi3-longrope-f32", root);
+    model m;
+    pesc_error err;
+    if (model_load(&m, dir, be, &err) != 0)
+        die(&err);
+    int V = m.config.vocab_size, len[2] = {34, 9};
+    int32_t ids[2][40];
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 40; i++)
+            ids[s][i] = (i * 7 + 3 + 11 * s) % V;
+    float *alone = malloc(2 * (size_t)V * sizeof *alone);
+    float *both = malloc(2 * (size_t)V * sizeof *both);
+    /* the prompts in one padded pass (rows of 34) first, each as alone */
+    int32_t rows[2 * 34] = {0};
+    memcpy(rows, ids[0], 34 * sizeof *rows);
+    memcpy(rows + 34, ids[1], 9 * sizeof *rows);
+    if (model_cache_slots(&m, 2, 40, &err) != 0 ||
+        model_decode_prompts(&m, 0, rows, len, 2, 34, both, &err) != 0)
+        die(&err);
+    for (int s = 0; s < 2; s++)
+        if (model_cache_reset(&m, 40, &err) != 0 ||
+            model_decode(&m, ids[s], len[s], alone + (size_t)s * V, NULL, &err) != 0)
+            die(&err);
+    double prompts = 0.0;
+    for (size_t i = 0; i < 2 * (size_t)V; i++)
+        prompts = fmax(prompts, fabs(both[i] - alone[i]));
+    REPORT(prompts < 1e-4, "prompts of 34 and 9 tokens in one pass (longrope's original context "
+           "32) equal each decoded alone: max |diff| %.1e", prompts);
+    for (int s = 0; s < 2; s++)
+        if (model_cache_reset(&m, 40, &err) != 0 ||
+            model_decode(&m, ids[s], len[s], alone + (size_t)s * V, NULL, &err) != 0 ||
+            model_decode(&m, ids[s] + len[s], 1, alone + (size_t)s * V, NULL, &err) != 0)
+            die(&err);
+    int slots[2] = {0, 1};
+    int32_t next[2] = {ids[0][len[0]], ids[1][len[1]]};
+    if (model_cache_slots(&m, 2, 40, &err) != 0 ||
+        model_decode_slot(&m, 0, ids[0], len[0], both, &err) != 0 ||
+        model_decode_slot(&m, 1, ids[1], len[1], both + V, &err) != 0 ||
+        model_decode_step(&m, slots, next, 2, both, &err) != 0)
+        die(&err);
+    double worst = 0.0;
+    for (size_t i = 0; i < 2 * (size_t)V; i++)
+        worst = fmax(worst, fabs(both[i] - alone[i]));
+    REPORT(worst < 1e-4, "a step of slots at 35 and 10 tokens (longrope's original context 32) "
+           "equals each decoded alone: max |diff| %.1e", worst);
+    free(alone);
+    free(both);
+    model_free(&m);
+}
+
 /* Generation with the KV cache: logits after a prompt and after each appended token equal
  * those of a full forward over the same tokens (dense and crafted, with a sliding window). */
 static void test_kv_cache(const char *root)
@@ -770,6 +826,7 @@ int main(void)
     test_dropout_off();
     test_schedules();
     test_kv_cache(root ? root : ".");
+    test_slots_longrope(root ? root : ".");
     test_sampler();
     test_packing(root ? root : ".");
     test_recompute(root ? root : ".");
