@@ -69,8 +69,8 @@ const char train_options_help[] =
     "checkpoints and logs:\n"
     "  --save DIR           checkpoint directory, held by this run alone; --save-every N\n"
     "                       steps; --keep N (3)\n"
-    "  --keep-best          also save at each new lowest held-out loss and keep that\n"
-    "                       checkpoint out of rotation, as DIR/best (--no-keep-best:\n"
+    "  --keep-best          also save at each new best evaluation (--best-by) and keep\n"
+    "                       that checkpoint out of rotation, as DIR/best (--no-keep-best:\n"
     "                       not, where --resume would take it on)\n"
     "  --best-by M          what is best: loss (the lowest held-out loss) or answers (the\n"
     "                       most --eval-generate answers right)\n"
@@ -826,8 +826,10 @@ int train_config_check_needs(const train_config *c, pesc_error *err)
         return pesc_fail(err, "--best-by answers keeps the checkpoint whose answers are most often "
                          "right: it needs --eval-generate MATCH");
     if (c->keep_best && (!c->save_dir || !held))
-        return pesc_fail(err, "--keep-best keeps the checkpoint of the lowest held-out loss: it "
-                         "needs --save DIR and --eval-data FILE or --eval-split X");
+        return pesc_fail(err, "--keep-best keeps the checkpoint of the %s: it needs --save DIR "
+                         "and --eval-data FILE or --eval-split X",
+                         c->best_by == TRAIN_BEST_ANSWERS ? "most answers right"
+                                                          : "lowest held-out loss");
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return pesc_fail(err, "%s needs --save DIR, the directory checkpoints go to",
                          c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
