@@ -197,9 +197,9 @@ typedef struct model {
                                     cache_capacity apart */
     int cache_capacity, cache_len, cache_rows, cache_slots;
     int *slot_len;
-    int cur_slot;                /* the slot a pass of one sequence appends to */
     const int *step_slots;       /* a step's tokens' slots (model_decode_step) */
-    const int *prompt_lens;      /* the prompts' lengths (model_decode_prompts) */
+    int prompt_slot;             /* the first slot of a pass of prompts, and their lengths */
+    const int *prompt_lens;      /* (model_decode_prompts) */
 
     model_activations act;
     void *act_block;
@@ -332,13 +332,12 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
                  pesc_error *err);
 
 /* Batched generation: `slots` sequences of at most `capacity` tokens each, all empty (the
- * one sequence's cache is forgotten). A slot takes its prompt with model_decode_slot, then
- * model_decode_step appends one token to each of several slots in one pass: what answering
- * many prompts greedily (answers.h) runs on, a pass for many where model_decode is one each.
- * Both write the logits (V) of each slot's last token. */
+ * one sequence's cache is forgotten). Slots take their prompts with model_decode_prompts,
+ * then model_decode_step appends one token to each of several slots in one pass: what
+ * answering many prompts greedily (answers.h) runs on, a pass for many where model_decode is
+ * one each. Both write the logits (V) of each slot's last token. A pass takes one RoPE table
+ * (longrope's); sequences on either side of its original context run a pass each. */
 int model_cache_slots(model *m, int slots, int capacity, pesc_error *err);
-int model_decode_slot(model *m, int slot, const int32_t *tokens, int n, float *logits,
-                      pesc_error *err);
 int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, float *logits,
                       pesc_error *err);
 /* n prompts at once into slots first, first + 1, ...: row i of tokens (n, T) holds lens[i]

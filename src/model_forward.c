@@ -564,9 +564,9 @@ static const float *layer_freq(const model *m, int l)
 }
 
 /* forward_all's past: B sequences of T tokens on their own (PAST_NONE), and (PAST_PROMPTS) their
- * first m->prompt_lens[b] tokens' keys and values into slots cur_slot + b; or one token of each
+ * first m->prompt_lens[b] tokens' keys and values into slots prompt_slot + b; or one token of each
  * of B cached slots (PAST_STEP, m->step_slots); or when >= 0 one sequence of T new tokens after
- * `past` cached ones in slot m->cur_slot */
+ * `past` cached ones (the one-sequence cache) */
 enum { PAST_NONE = -1, PAST_STEP = -2, PAST_PROMPTS = -3 };
 
 /* Each token of a step (T 1) onto its slot's cache and attending to it, each slot as long as
@@ -615,8 +615,7 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         attention_step(m, l, a, N, window);
     } else if (past >= 0) {
         size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_rows * row;
-        size_t slot = (size_t)m->cur_slot * m->cache_capacity * row;
-        float *kc = m->k_cache + l * layer + slot, *vc = m->v_cache + l * layer + slot;
+        float *kc = m->k_cache + l * layer, *vc = m->v_cache + l * layer;
         backend_copy(b, kc + (size_t)past * row, a->k, (size_t)T * row * sizeof(float));
         backend_copy(b, vc + (size_t)past * row, a->v, (size_t)T * row * sizeof(float));
         attention_cached_forward(b, a->att, a->q, kc, vc, T, past, Hq, Hkv, D, window,
@@ -627,7 +626,7 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_rows * row;
         size_t slot = (size_t)m->cache_capacity * row;
         for (int i = 0; past == PAST_PROMPTS && i < B; i++) {
-            size_t at = (size_t)l * layer + (size_t)(m->cur_slot + i) * slot;
+            size_t at = (size_t)l * layer + (size_t)(m->prompt_slot + i) * slot;
             size_t from = (size_t)i * T * row;
             size_t bytes = (size_t)m->prompt_lens[i] * row * sizeof(float);
             backend_copy(b, m->k_cache + at, a->k + from, bytes);
@@ -1118,7 +1117,6 @@ int model_cache_keep(model *m, int keep, int capacity, pesc_error *err)
     /* one sequence again after slots: slot 0's rows are where the sequence's are */
     m->cache_slots = 1;
     m->cache_capacity = m->cache_rows;
-    m->cur_slot = 0;
     if (capacity <= m->cache_capacity) {
         m->cache_len = keep;
         return 0;
@@ -1229,7 +1227,6 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
     if (m->cache_len + n > m->cache_capacity)
         return pesc_fail(err, "the generation is %d tokens long; the cache holds %d",
                          m->cache_len + n, m->cache_capacity);
-    m->cur_slot = 0;
     if (forward_all(m, tokens, NULL, 1, n, kept_buffers(m, n), 0, m->cache_len, err) != 0)
         return -1;
     m->cache_len += n;
@@ -1241,24 +1238,6 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
         memcpy(experts, m->routing.last_experts, (size_t)c->n_layers * K * sizeof *experts);
     }
     return 0;
-}
-
-int model_decode_slot(model *m, int slot, const int32_t *tokens, int n, float *logits,
-                      pesc_error *err)
-{
-    if (n <= 0 || slot < 0 || slot >= m->cache_slots || !m->slot_len)
-        return pesc_fail(err, "model_decode_slot: %d tokens into slot %d of %d", n, slot,
-                         m->slot_len ? m->cache_slots : 0);
-    if (m->slot_len[slot] + n > m->cache_capacity)
-        return pesc_fail(err, "the generation is %d tokens long; a slot of the cache holds %d",
-                         m->slot_len[slot] + n, m->cache_capacity);
-    m->cur_slot = slot;
-    int rc = forward_all(m, tokens, NULL, 1, n, kept_buffers(m, n), 0, m->slot_len[slot], err);
-    m->cur_slot = 0;
-    if (rc != 0)
-        return -1;
-    m->slot_len[slot] += n;
-    return last_logits(m, n - 1, 1, logits, err);
 }
 
 int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *lens, int n,
@@ -1283,10 +1262,9 @@ int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *
                     return -1;
             return 0;
         }
-    m->cur_slot = first;
+    m->prompt_slot = first;
     m->prompt_lens = lens;
     int rc = forward_all(m, tokens, NULL, n, T, kept_buffers(m, n * T), 0, PAST_PROMPTS, err);
-    m->cur_slot = 0;
     m->prompt_lens = NULL;
     if (rc != 0)
         return -1;

@@ -440,8 +440,9 @@ static void test_dropout_off(void)
 }
 
 /* Batched generation: three sequences in slots of one cache, prompts of 4, 6 and 9 tokens (the
- * first alone, the others in one padded pass), then a token a step for each still going (the second stops after 5 steps): each slot's
- * logits are those of a full forward over its own tokens. Then the one-sequence cache again. */
+ * first alone, the others in one padded pass), then a token a step for each still going (the
+ * second stops after 5 steps): each slot's logits are those of a full forward over its own
+ * tokens. Then the one-sequence cache again. */
 static void test_cache_slots(model *m, const char *dir, const char *what)
 {
     enum { S = 3, T = 16 };
@@ -463,7 +464,7 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
     memcpy(rows, ids + T, 9 * sizeof *rows);
     memcpy(rows + 9, ids + 2 * T, 9 * sizeof *rows);
     rows[6] = rows[7] = rows[8] = 3;
-    if (model_decode_slot(m, 0, ids, prompt[0], got, &err) != 0 ||
+    if (model_decode_prompts(m, 0, ids, prompt, 1, prompt[0], got, &err) != 0 ||
         model_decode_prompts(m, 1, rows, prompt + 1, 2, 9, got + V, &err) != 0)
         die(&err);
     double worst = 0.0;
@@ -512,8 +513,9 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
 }
 
 /* Prompts, then slots, on either side of longrope's original context (32 in this model) in
- * one pass: each gets the logits model_decode gives it alone, short factors below, long ones past it (a pass
- * takes one table; the step splits rather than give the short one the long factors). */
+ * one pass: each gets the logits model_decode gives it alone, short factors below, long ones
+ * past it (a pass takes one table; the pass splits rather than give the short one the long
+ * factors). */
 static void test_slots_longrope(const char *root)
 {
     char dir[1024];
@@ -553,8 +555,8 @@ static void test_slots_longrope(const char *root)
     int slots[2] = {0, 1};
     int32_t next[2] = {ids[0][len[0]], ids[1][len[1]]};
     if (model_cache_slots(&m, 2, 40, &err) != 0 ||
-        model_decode_slot(&m, 0, ids[0], len[0], both, &err) != 0 ||
-        model_decode_slot(&m, 1, ids[1], len[1], both + V, &err) != 0 ||
+        model_decode_prompts(&m, 0, ids[0], len, 1, len[0], both, &err) != 0 ||
+        model_decode_prompts(&m, 1, ids[1], len + 1, 1, len[1], both + V, &err) != 0 ||
         model_decode_step(&m, slots, next, 2, both, &err) != 0)
         die(&err);
     double worst = 0.0;
