@@ -5,51 +5,149 @@
  * scalar of the step in the order pesc gives them (loss, aux_loss, z_loss, lr, grad_norm,
  * tokens_per_s, step_s, epoch, tokens, eval_loss, eval_accuracy, eval_answer_accuracy,
  * entropy/layer_NN, imbalance/layer_NN, load/layer_NN/expert_E); a value not measured at a
- * step (eval_loss between evaluations) is an empty cell. The header is written with the first step (not when a resumed
- * run appends to a file that has content: then that header must name as many columns as
- * the run has, or the sink stops before a row lands under the wrong one). Rows are flushed as
- * written, so a spreadsheet or `tail -f` sees them live. Events are not written (they are in
- * the JSONL log).
+ * step (eval_loss between evaluations) is an empty cell. The header is written with the first
+ * step. A resumed run appends to a file that has content under that file's header, each value
+ * in the column its tag names; when the run has a tag the header lacks (a file of a pesc
+ * before eval_loss, eval_accuracy or eval_answer_accuracy), the file is rewritten once, through
+ * a file beside it renamed over it, with the column added and the rows before it empty there,
+ * so no row lands under the wrong column and none is lost. Rows are flushed as written, so a
+ * spreadsheet or `tail -F` sees them live. Events are not written (they are in the JSONL log).
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "pesc-plugin.h"
+
+#define FIXED 3                  /* step, wall_time, elapsed_s */
+#define NONE SIZE_MAX
 
 typedef struct csv_sink {
     FILE *f;
     char path[4096];
     int header_done;
-    size_t columns;              /* scalars a row holds, fixed by the header */
+    char **cols;                 /* the header's scalar columns, after the fixed three */
+    size_t n_cols;
+    size_t *map;                 /* the step scalar each column holds, or NONE */
 } csv_sink;
 
-static int io_error(csv_sink *c, char *err, size_t errlen)
+static int io_error(const char *path, char *err, size_t errlen)
 {
-    snprintf(err, errlen, "%s: %s", c->path, strerror(errno ? errno : EIO));
+    snprintf(err, errlen, "%s: %s", path, strerror(errno ? errno : EIO));
     return -1;
 }
 
-/* The scalars the header line at the top of path names (its fields after step, wall_time and
- * elapsed_s), or 0 when it cannot be read. */
-static size_t header_columns(const char *path)
+/* The fields of one CSV line (RFC 4180 quoting; the line break, if any, ends it), as strings
+ * the caller frees with free_fields; NULL when out of memory. */
+static char **split_fields(const char *line, size_t *n)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t fields = 1;
-    int ch, quoted = 0;
-    while ((ch = getc(f)) != EOF && (quoted || ch != '\n')) {
-        if (ch == '"')
-            quoted = !quoted;
-        else if (ch == ',' && !quoted)
-            fields++;
+    size_t len = strlen(line), cap = 8;
+    char **fields = malloc(cap * sizeof *fields);
+    char *buf = malloc(len + 1);
+    *n = 0;
+    if (!fields || !buf)
+        goto fail;
+    for (const char *p = line;;) {
+        size_t k = 0;
+        int quoted = 0;
+        for (; *p && (quoted || (*p != ',' && *p != '\n' && *p != '\r')); p++) {
+            if (*p == '"' && quoted && p[1] == '"')
+                buf[k++] = *p++;
+            else if (*p == '"')
+                quoted = !quoted;
+            else
+                buf[k++] = *p;
+        }
+        buf[k] = '\0';
+        if (*n == cap) {
+            char **grown = realloc(fields, 2 * cap * sizeof *fields);
+            if (!grown)
+                goto fail;
+            fields = grown, cap *= 2;
+        }
+        if (!(fields[*n] = strdup(buf)))
+            goto fail;
+        ++*n;
+        if (*p != ',')
+            break;
+        p++;
     }
+    free(buf);
+    return fields;
+fail:
+    while (fields && *n)
+        free(fields[--*n]);
+    free(fields);
+    free(buf);
+    return NULL;
+}
+
+static void free_fields(char **fields, size_t n)
+{
+    for (size_t i = 0; fields && i < n; i++)
+        free(fields[i]);
+    free(fields);
+}
+
+/* A field, quoted when it holds a comma, quote or line break (RFC 4180). */
+static void put_field(FILE *f, const char *s)
+{
+    if (!strpbrk(s, ",\"\r\n")) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static void put_header(FILE *f, char *const *cols, size_t n)
+{
+    fputs("step,wall_time,elapsed_s", f);
+    for (size_t i = 0; i < n; i++) {
+        fputc(',', f);
+        put_field(f, cols[i]);
+    }
+    fputc('\n', f);
+}
+
+/* Reads the header of the file a resumed run appends to into c->cols: 0, or -1 with err. */
+static int read_header(csv_sink *c, char *err, size_t errlen)
+{
+    FILE *f = fopen(c->path, "r");
+    char *line = NULL;
+    size_t cap = 0, n = 0;
+    char **fields = NULL;
+    if (!f)
+        return io_error(c->path, err, errlen);
+    if (getline(&line, &cap, f) > 0)
+        fields = split_fields(line, &n);
     fclose(f);
-    return fields > 3 ? fields - 3 : 0;
+    free(line);
+    if (!fields || n < FIXED || strcmp(fields[0], "step") || strcmp(fields[1], "wall_time") ||
+        strcmp(fields[2], "elapsed_s")) {
+        free_fields(fields, n);
+        snprintf(err, errlen, "%s: its first line is not a pesc csv header (step,wall_time,"
+                 "elapsed_s,...), so its columns are unknown: name a new file, --sink csv:FILE",
+                 c->path);
+        return -1;
+    }
+    free(fields[0]), free(fields[1]), free(fields[2]);
+    memmove(fields, fields + FIXED, (n - FIXED) * sizeof *fields);
+    c->cols = fields;
+    c->n_cols = n - FIXED;
+    return 0;
 }
 
 static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, char *err,
@@ -77,32 +175,176 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
                      "name the file (--sink csv:FILE), remove it, or continue its run with "
                      "--resume", c->path);
         else
-            io_error(c, err, errlen);
+            io_error(c->path, err, errlen);
         free(c);
         return NULL;
     }
-    /* appending to rows already there: keep their header, and its columns (a file of a
-     * pesc without eval_loss, eval_accuracy or eval_answer_accuracy has fewer) */
+    /* appending to rows already there: under their header, by column name */
     c->header_done = config->resume && ftell(c->f) > 0;
-    if (c->header_done)
-        c->columns = header_columns(c->path);
+    if (c->header_done && read_header(c, err, errlen) != 0) {
+        fclose(c->f);
+        free(c);
+        return NULL;
+    }
     return c;
 }
 
-/* A field, quoted when it holds a comma, quote or line break (RFC 4180). */
-static void put_field(FILE *f, const char *s)
+/* Points every column at the step scalar of its name; returns how many scalars have a
+ * column, or -1 when out of memory. */
+static long map_columns(csv_sink *c, const pesc_step *step)
 {
-    if (!strpbrk(s, ",\"\r\n")) {
-        fputs(s, f);
-        return;
+    size_t *map = realloc(c->map, (c->n_cols ? c->n_cols : 1) * sizeof *map);
+    if (!map)
+        return -1;
+    c->map = map;
+    long mapped = 0;
+    for (size_t j = 0; j < c->n_cols; j++) {
+        map[j] = NONE;
+        for (size_t i = 0; i < step->n_scalars; i++)
+            if (!strcmp(step->scalars[i].tag, c->cols[j])) {
+                map[j] = i, mapped++;
+                break;
+            }
     }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"')
-            fputc('"', f);
-        fputc(*s, f);
+    return mapped;
+}
+
+/* Whether the columns still hold this step's scalars, each tag in the column of its name. */
+static int map_holds(const csv_sink *c, const pesc_step *step)
+{
+    size_t mapped = 0;
+    if (!c->map)
+        return 0;
+    for (size_t j = 0; j < c->n_cols; j++) {
+        if (c->map[j] == NONE)
+            continue;
+        if (c->map[j] >= step->n_scalars || strcmp(step->scalars[c->map[j]].tag, c->cols[j]))
+            return 0;
+        mapped++;
     }
-    fputc('"', f);
+    return mapped == step->n_scalars;
+}
+
+/* The header gains the step's tags it lacks: the file is rewritten beside itself, every row
+ * under the new header with an empty cell in each new column, and renamed over the old one;
+ * on a failure the old file is left as it was. 0, or -1 with err. */
+static int add_columns(csv_sink *c, const pesc_step *step, char *err, size_t errlen)
+{
+    size_t n_new = 0;
+    char **cols = malloc((c->n_cols + step->n_scalars) * sizeof *cols);
+    size_t *from = malloc((c->n_cols + step->n_scalars) * sizeof *from); /* old column or NONE */
+    char tmp[sizeof c->path + 16];
+    FILE *in = NULL, *out = NULL;
+    char *line = NULL;
+    size_t cap = 0;
+    int rc = -1, fd = -1, made_tmp = 0;
+    struct stat st;
+    if (!cols || !from) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    /* the step's tags in its order (each an old column where it was one), then the old
+     * columns it no longer has */
+    for (size_t i = 0; i < step->n_scalars; i++) {
+        cols[n_new] = (char *)step->scalars[i].tag, from[n_new] = NONE;
+        for (size_t j = 0; j < c->n_cols; j++)
+            if (!strcmp(c->cols[j], cols[n_new]))
+                from[n_new] = j;
+        n_new++;
+    }
+    for (size_t j = 0; j < c->n_cols; j++) {
+        size_t i = 0;
+        while (i < step->n_scalars && strcmp(step->scalars[i].tag, c->cols[j]))
+            i++;
+        if (i == step->n_scalars)
+            cols[n_new] = c->cols[j], from[n_new++] = j;
+    }
+    errno = 0;
+    if (fflush(c->f) != 0 || !(in = fopen(c->path, "r")) || fstat(fileno(in), &st) != 0) {
+        io_error(c->path, err, errlen);
+        goto done;
+    }
+    snprintf(tmp, sizeof tmp, "%s.XXXXXX", c->path);
+    if ((fd = mkstemp(tmp)) >= 0)
+        made_tmp = 1;
+    if (fd < 0 || !(out = fdopen(fd, "w"))) {
+        io_error(tmp, err, errlen);
+        goto done;
+    }
+    fd = -1;
+    fchmod(fileno(out), st.st_mode & 07777);
+    put_header(out, cols, n_new);
+    for (int first = 1; getline(&line, &cap, in) > 0; first = 0) {
+        size_t n;
+        char **fields;
+        if (first)
+            continue;                     /* the old header */
+        if (!(fields = split_fields(line, &n))) {
+            snprintf(err, errlen, "out of memory");
+            goto done;
+        }
+        for (size_t k = 0; k < FIXED; k++) {
+            if (k)
+                fputc(',', out);
+            put_field(out, k < n ? fields[k] : "");
+        }
+        for (size_t k = 0; k < n_new; k++) {
+            fputc(',', out);
+            if (from[k] != NONE && FIXED + from[k] < n)
+                put_field(out, fields[FIXED + from[k]]);
+        }
+        fputc('\n', out);
+        free_fields(fields, n);
+    }
+    errno = 0;
+    if (ferror(in)) {
+        io_error(c->path, err, errlen);
+        goto done;
+    }
+    if (ferror(out) || fflush(out) != 0 || fsync(fileno(out)) != 0) {
+        io_error(tmp, err, errlen);
+        goto done;
+    }
+    int closed = fclose(out);
+    out = NULL;
+    if (closed != 0 || rename(tmp, c->path) != 0) {
+        io_error(tmp, err, errlen);
+        goto done;
+    }
+    made_tmp = 0;
+    /* appends go to the new file now */
+    fclose(c->f);
+    if (!(c->f = fopen(c->path, "a"))) {   /* csv_close knows a NULL f */
+        io_error(c->path, err, errlen);
+        goto done;
+    }
+    for (size_t k = 0; k < n_new; k++)   /* the old columns' strings, and copies of the new */
+        if (from[k] != NONE)
+            cols[k] = c->cols[from[k]];
+        else if (!(cols[k] = strdup(cols[k]))) {
+            while (k--)
+                if (from[k] == NONE)
+                    free(cols[k]);
+            snprintf(err, errlen, "out of memory");
+            goto done;
+        }
+    free(c->cols);                        /* its strings live on in cols */
+    c->cols = cols, cols = NULL;
+    c->n_cols = n_new;
+    rc = 0;
+done:
+    if (out)
+        fclose(out);
+    if (fd >= 0)
+        close(fd);
+    if (made_tmp)
+        unlink(tmp);
+    if (in)
+        fclose(in);
+    free(line);
+    free(cols);
+    free(from);
+    return rc;
 }
 
 static int csv_record(void *self, const pesc_step *step, char *err, size_t errlen)
@@ -110,26 +352,34 @@ static int csv_record(void *self, const pesc_step *step, char *err, size_t errle
     csv_sink *c = self;
     errno = 0;
     if (!c->header_done) {
-        fputs("step,wall_time,elapsed_s", c->f);
-        for (size_t i = 0; i < step->n_scalars; i++) {
-            fputc(',', c->f);
-            put_field(c->f, step->scalars[i].tag);
+        c->cols = malloc((step->n_scalars ? step->n_scalars : 1) * sizeof *c->cols);
+        if (!c->cols) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
         }
-        fputc('\n', c->f);
+        for (c->n_cols = 0; c->n_cols < step->n_scalars; c->n_cols++)
+            if (!(c->cols[c->n_cols] = strdup(step->scalars[c->n_cols].tag))) {
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+        put_header(c->f, c->cols, c->n_cols);
         c->header_done = 1;
-        c->columns = step->n_scalars;
-    } else if (c->columns == 0) {
-        c->columns = step->n_scalars;   /* resumed, its header unread: trust it */
     }
-    if (step->n_scalars != c->columns) {
-        snprintf(err, errlen, "%s: a step has %zu scalars but the header has %zu columns (a "
-                 "file of another run or pesc version: name a new one, --sink csv:FILE)",
-                 c->path, step->n_scalars, c->columns);
-        return -1;
+    if (!map_holds(c, step)) {
+        long mapped = map_columns(c, step);
+        if (mapped >= 0 && (size_t)mapped < step->n_scalars) {
+            if (add_columns(c, step, err, errlen) != 0)
+                return -1;
+            mapped = map_columns(c, step);
+        }
+        if (mapped < 0) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
     }
     fprintf(c->f, "%ld,%.6f,%.6g", step->step, step->wall_time, step->elapsed_s);
-    for (size_t i = 0; i < step->n_scalars; i++) {   /* NaN: not measured, an empty cell */
-        double v = step->scalars[i].value;
+    for (size_t j = 0; j < c->n_cols; j++) {   /* NaN or no such scalar: an empty cell */
+        double v = c->map[j] == NONE ? NAN : step->scalars[c->map[j]].value;
         if (v == v)
             fprintf(c->f, ",%.9g", v);
         else
@@ -137,7 +387,7 @@ static int csv_record(void *self, const pesc_step *step, char *err, size_t errle
     }
     fputc('\n', c->f);
     if (ferror(c->f) || fflush(c->f) != 0)
-        return io_error(c, err, errlen);
+        return io_error(c->path, err, errlen);
     return 0;
 }
 
@@ -146,8 +396,10 @@ static int csv_close(void *self, char *err, size_t errlen)
     csv_sink *c = self;
     int rc = 0;
     errno = 0;
-    if (fclose(c->f) != 0)
-        rc = io_error(c, err, errlen);
+    if (c->f && fclose(c->f) != 0)
+        rc = io_error(c->path, err, errlen);
+    free_fields(c->cols, c->n_cols);
+    free(c->map);
     free(c);
     return rc;
 }

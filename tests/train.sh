@@ -526,18 +526,46 @@ if [ "$(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ')" = "step 1 2 3 4 " ]; then
 else
   fail "--resume and --sink csv: $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(cat "$tmp/err")"
 fi
-# ... but not under a header with other columns: here one written before eval_loss (the 13th)
-awk -F, -v OFS=, '{ for (i = 13; i < NF; i++) $i = $(i + 1); NF--; print }' "$tmp/cs.csv" >"$tmp/cs.old"
-cp "$tmp/cs.old" "$tmp/cs.csv"
+# ... under a header of a pesc before eval_loss (the 13th column): the file is rewritten once
+# with the column back (empty in the rows before), every row kept, the new rows under it
+cp "$tmp/cs.csv" "$tmp/cs.full"
+awk -F, -v OFS=, '{ for (i = 13; i < NF; i++) $i = $(i + 1); NF--; print }' "$tmp/cs.full" >"$tmp/cs.csv"
+chmod 640 "$tmp/cs.csv"
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 6 --resume "$tmp/cs" --save "$tmp/cs" --sink csv >/dev/null 2>"$tmp/err"
 status=$?
-if [ $status -eq 0 ] && cmp -s "$tmp/cs.old" "$tmp/cs.csv" &&
-  grep -q "sink csv: .*cs.csv: a step has [0-9]* scalars but the header has [0-9]* columns" "$tmp/err"; then
-  pass "--resume under a csv header of other columns: the sink stops, no row added"
+width=$(head -n 1 "$tmp/cs.full" | awk -F, '{ print NF }')
+if [ $status -eq 0 ] && [ "$(head -n 5 "$tmp/cs.csv")" = "$(cat "$tmp/cs.full")" ] &&
+  [ "$(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ')" = "step 1 2 3 4 5 6 " ] &&
+  [ "$(awk -F, '{ print NF }' "$tmp/cs.csv" | sort -u)" = "$width" ] &&
+  [ "$(stat -c %a "$tmp/cs.csv")" = 640 ] && ! grep -q sink "$tmp/err" &&
+  [ -z "$(find "$tmp" -maxdepth 1 -name 'cs.csv.*')" ]; then
+  pass "--resume under a csv header without eval_loss: the column is added, every row kept"
 else
-  fail "--resume under another csv header: exit $status, rows $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(cat "$tmp/err")"
+  fail "--resume under an older csv header: exit $status, rows $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(head -n 1 "$tmp/cs.csv" | head -c 200) $(cat "$tmp/err")"
 fi
+# ... and under a header in another order, each value goes in the column its tag names: here
+# loss and tokens swapped, the new rows' tokens (column 4 of the file now) those of the log
+awk -F, -v OFS=, '{ t = $4; $4 = $12; $12 = t; print }' "$tmp/cs.csv" >"$tmp/cs.swapped"
+cp "$tmp/cs.swapped" "$tmp/cs.csv"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 8 --resume "$tmp/cs" --save "$tmp/cs" --sink csv --log "$tmp/cs.jsonl" >/dev/null 2>"$tmp/err"
+status=$?
+logged=$(sed -n 's/.*"tokens":\([0-9]*\)[,}].*/\1/p' "$tmp/cs.jsonl" | tr '\n' ' ')
+if [ $status -eq 0 ] && [ "$(head -n 7 "$tmp/cs.csv")" = "$(cat "$tmp/cs.swapped")" ] &&
+  [ "$(tail -n 2 "$tmp/cs.csv" | cut -d, -f4 | tr '\n' ' ')" = "$logged" ] && [ -n "$logged" ]; then
+  pass "--resume under a csv header in another order: each value under its own tag"
+else
+  fail "--resume under a reordered csv header: exit $status, tokens $(tail -n 2 "$tmp/cs.csv" | cut -d, -f4 | tr '\n' ' ') against the log's $logged $(cat "$tmp/err")"
+fi
+# ... but a file that is not a pesc csv is refused, untouched
+printf 'a,b\n1,2\n' >"$tmp/cs.csv"
+# shellcheck disable=SC2086
+expect 1 "\-\-sink csv: $tmp/cs.csv: its first line is not a pesc csv header" \
+  "--resume onto a csv that is not pesc's is refused" -- \
+  "$pesc" train --headless $common --steps 9 --resume "$tmp/cs" --save "$tmp/cs" --sink csv
+[ "$(cat "$tmp/cs.csv")" = "a,b
+1,2" ] || fail "a refused csv was changed: $(cat "$tmp/cs.csv")"
 
 # the control socket: replies, effects in the log, malformed lines refused
 # shellcheck disable=SC2086
