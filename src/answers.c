@@ -166,15 +166,14 @@ void ans_answerer_free(ans_answerer *a)
     free(a->logits);
 }
 
-/* A record being answered: where its prompt ends, the most tokens its answer may take, its
- * reference's text, the answer so far, and whether it goes on. */
+/* A record being answered: where its prompt ends, the most tokens its answer may take and its
+ * reference's text. */
 typedef struct pending {
     const ds_record *r;
     ans_tally *t;
     const char *source;
-    int prompt, room, going;
+    int prompt, room;
     char *reference;
-    tok_ids out;
 } pending;
 
 /* Whether r is to be answered (into *p), or is tallied as not scored (or skipped, its tally's
@@ -213,16 +212,18 @@ static int queue(ans_answerer *a, const ds_record *r, ans_tally *t, const char *
 
 /* The next token of each answer going, from its logits row (row[j]): an end marker or its
  * room reached ends it; the others go into slots and next, n of them. */
-static int advance(ans_answerer *a, pending *p, int k, const int *row, int *slots,
+static int advance(ans_answerer *a, ans_prompt *p, int k, const int *row, int *slots,
                    int32_t *next)
 {
     int V = a->m->config.vocab_size, n = 0;
     for (int j = 0; j < k; j++) {
         if (!p[j].going)
             continue;
-        int32_t id = sampler_next(&a->greedy, a->logits + (size_t)row[j] * V, V);
+        int32_t id = sampler_next(p[j].s ? p[j].s : &a->greedy,
+                                  a->logits + (size_t)row[j] * V, V);
         if (is_stop(id, a->stops, a->n_stops)) {
             p[j].going = 0;
+            p[j].ended = 1;
             continue;
         }
         tok_ids_push(&p[j].out, id);
@@ -241,21 +242,21 @@ static int advance(ans_answerer *a, pending *p, int k, const int *row, int *slot
 
 /* The prompts of p[0, k) into slots 0 to k - 1, as many a pass as PROMPT_TOKENS hold padded to
  * the longest of them: the logits of each one's last token into its row. */
-static int prompts(ans_answerer *a, const pending *p, int k, pesc_error *err)
+static int prompts(ans_answerer *a, const ans_prompt *p, int k, pesc_error *err)
 {
     int V = a->m->config.vocab_size, rc = 0;
     for (int first = 0, n; rc == 0 && first < k; first += n) {
-        int T = p[first].prompt, lens[ANS_BATCH];
+        int T = p[first].len, lens[ANS_BATCH];
         for (n = 1; first + n < k; n++) {
-            int longer = p[first + n].prompt > T ? p[first + n].prompt : T;
+            int longer = p[first + n].len > T ? p[first + n].len : T;
             if ((size_t)(n + 1) * longer > PROMPT_TOKENS)
                 break;
             T = longer;
         }
         int32_t *rows = xcalloc((size_t)n * T, sizeof *rows);
         for (int i = 0; i < n; i++) {
-            lens[i] = p[first + i].prompt;
-            memcpy(rows + (size_t)i * T, p[first + i].r->ids, (size_t)lens[i] * sizeof *rows);
+            lens[i] = p[first + i].len;
+            memcpy(rows + (size_t)i * T, p[first + i].ids, (size_t)lens[i] * sizeof *rows);
         }
         rc = model_decode_prompts(a->m, first, rows, lens, n, T, a->logits + (size_t)first * V,
                                   err);
@@ -264,8 +265,8 @@ static int prompts(ans_answerer *a, const pending *p, int k, pesc_error *err)
     return rc;
 }
 
-/* Answers k pending records (k <= ANS_BATCH) in slots of one cache of capacity tokens each. */
-static int answer_slots(ans_answerer *a, pending *p, int k, int capacity, pesc_error *err)
+/* Answers k prompts (k <= ANS_BATCH) in slots of one cache of capacity tokens each. */
+static int answer_slots(ans_answerer *a, ans_prompt *p, int k, int capacity, pesc_error *err)
 {
     int row[ANS_BATCH], slots[ANS_BATCH];
     int32_t next[ANS_BATCH];
@@ -284,19 +285,36 @@ static int answer_slots(ans_answerer *a, pending *p, int k, int capacity, pesc_e
     return 0;
 }
 
+int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
+{
+    for (int i = 0; i < n; i++) {
+        p[i].out.n = 0;
+        p[i].ended = 0;
+    }
+    for (int group = 0; group < n; group += ANS_BATCH) {
+        int k = n - group < ANS_BATCH ? n - group : ANS_BATCH, capacity = 1;
+        for (int i = group; i < group + k; i++)
+            capacity = p[i].len + p[i].room > capacity ? p[i].len + p[i].room : capacity;
+        int fit = model_cache_slots_fitting(a->m, capacity, k);
+        for (int first = group; first < group + k; first += fit)
+            if (answer_slots(a, p + first, group + k - first < fit ? group + k - first : fit,
+                             capacity, err) != 0)
+                return -1;
+    }
+    return 0;
+}
+
 /* The answers of p[0, n) (n <= ANS_BATCH): generated, matched, tallied. */
 static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o,
                         pesc_error *err)
 {
-    int capacity = 1, rc = 0;
+    ans_prompt g[ANS_BATCH];
     for (int i = 0; i < n; i++)
-        capacity = p[i].prompt + p[i].room > capacity ? p[i].prompt + p[i].room : capacity;
-    int fit = model_cache_slots_fitting(a->m, capacity, n);
-    for (int first = 0; rc == 0 && first < n; first += fit)
-        rc = answer_slots(a, p + first, n - first < fit ? n - first : fit, capacity, err);
+        g[i] = (ans_prompt){.ids = p[i].r->ids, .len = p[i].prompt, .room = p[i].room};
+    int rc = ans_generate(a, g, n, err);
     for (int i = 0; i < n; i++) {
         if (rc == 0) {
-            char *answer = tok_decode(a->tok, p[i].out.ids, p[i].out.n, 1, NULL);
+            char *answer = tok_decode(a->tok, g[i].out.ids, g[i].out.n, 1, NULL);
             int right = ans_matches(o->match, answer, p[i].reference);
             p[i].t->right += right;
             p[i].t->scored++;
@@ -306,7 +324,7 @@ static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o
             free(answer);
         }
         free(p[i].reference);
-        tok_ids_free(&p[i].out);
+        tok_ids_free(&g[i].out);
     }
     return rc;
 }

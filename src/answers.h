@@ -59,8 +59,8 @@ typedef struct ans_options {
  * them (model_decode_step), in slots of one KV cache (fewer where memory is short). */
 #define ANS_BATCH 16
 
-/* What answering takes besides the records: the model, its tokenizer, the template's end
- * markers and a logits row a slot. Made and freed around a run of records. */
+/* What answering takes besides the prompts: the model, its tokenizer, the template's end
+ * markers and a logits row a slot. Made and freed around a run of prompts or records. */
 typedef struct ans_answerer {
     model *m;
     tokenizer *tok;
@@ -72,6 +72,23 @@ typedef struct ans_answerer {
 
 void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl);
 void ans_answerer_free(ans_answerer *a);
+
+/* A prompt for ans_generate: its ids, the most tokens its answer may take (model_answer_room's
+ * count: the prompt and its room fit the model's context) and the sampler it draws with (NULL:
+ * greedy; each prompt its own, so an answer does not depend on the others). */
+typedef struct ans_prompt {
+    const int32_t *ids;
+    int len;
+    int room;
+    sampler *s;
+    tok_ids out;                 /* the answer's tokens, end marker aside (the caller frees) */
+    int ended;                   /* 1: it ended at an end marker; 0: at its room */
+    int going;                   /* ans_generate's own */
+} ans_prompt;
+
+/* Answers the n prompts, ANS_BATCH at a time in slots of one KV cache (fewer where memory is
+ * short): 0, or -1 when the model failed. */
+int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err);
 
 /* Answers n records and tallies each into tallies[i]: right and scored, or no_answer or
  * too_long, or nothing when o->limit records of its tally are scored already; its line of

@@ -1,16 +1,20 @@
 /* cmd_generate — `pesc generate`: a prompt through the chat template, the answer streamed to
- * standard output token by token (KV cache, greedy or sampled). */
+ * standard output token by token (KV cache, greedy or sampled); a conversation (--chat); or
+ * a file of prompts answered ANS_BATCH at a time, a JSON line each (--prompts). */
 #include <errno.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "answers.h"
 #include "backend.h"
 #include "cli.h"
 #include "commands.h"
 #include "model.h"
+#include "prompts.h"
 #include "sample.h"
 #include "template.h"
 #include "tokenizer.h"
@@ -20,7 +24,7 @@ static const char generate_usage[] =
     "usage: pesc generate (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
     "                     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P]\n"
     "                     [--top-k K] [--seed S] [--template NAME] [--tokenizer FILE|URL]\n"
-    "                     [--system TEXT] [--raw | --chat] [--backend B]\n"
+    "                     [--system TEXT] [--raw | --chat | --prompts FILE] [--backend B]\n"
     "\n"
     "Answers a prompt (from --prompt, or standard input: at a terminal, end it with Ctrl-D)\n"
     "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
@@ -32,6 +36,11 @@ static const char generate_usage[] =
     "                    read stays in its cache); Ctrl-C stops an answer; ends at the end\n"
     "                    of the input (Ctrl-D, or Ctrl-C at the prompt) or when the model's\n"
     "                    context is full\n"
+    "  --prompts FILE    answers every prompt of FILE, several at a time, each as a JSON\n"
+    "                    line on standard output (line, id, prompt, answer, tokens, finish,\n"
+    "                    reference): JSONL of {\"prompt\"} ({\"instruction\", \"input\"},\n"
+    "                    {\"question\"}) or {\"messages\"} objects, or plain text, a prompt a\n"
+    "                    line; prompt i samples with seed S + i\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
     "                    checkpoint (or --save directory: its newest) stands for its file,\n"
     "                    and gives its run's base model, template and tokenizer where\n"
@@ -46,6 +55,7 @@ static const char generate_usage[] =
 
 typedef struct generate_options {
     const char *model, *adapters, *prompt, *template_name, *tokenizer, *backend, *system;
+    const char *prompts;
     long max_tokens, top_k, seed;
     double temperature, top_p;
     int raw, chat;
@@ -73,7 +83,7 @@ static int parse_generate(generate_options *o, int argc, char **argv)
         {"top-k", required_argument, NULL, 'k'}, {"seed", required_argument, NULL, 's'},
         {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'z'},
         {"raw", no_argument, NULL, 'r'}, {"chat", no_argument, NULL, 'c'},
-        {"system", required_argument, NULL, 'S'},
+        {"system", required_argument, NULL, 'S'}, {"prompts", required_argument, NULL, 'F'},
         {"backend", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     *o = (generate_options){.max_tokens = 256, .top_p = 1.0, .seed = 1, .backend = "auto",
@@ -127,6 +137,10 @@ static int parse_generate(generate_options *o, int argc, char **argv)
                          &o->tokenizer))
                 return EXIT_USAGE;
             break;
+        case 'F':
+            if (cli_path("generate", "--prompts", optarg, "a file of prompts", &o->prompts))
+                return EXIT_USAGE;
+            break;
         case 'r': o->raw = 1; break;
         case 'c': o->chat = 1; break;
         case 'S':
@@ -157,6 +171,10 @@ static int parse_generate(generate_options *o, int argc, char **argv)
     if (o->chat && o->prompt)
         return cli_usage_error("generate", "--chat reads its turns from standard input, a line "
                                "each: leave out --prompt");
+    if (o->prompts && (o->prompt || o->chat))
+        return cli_usage_error("generate", "--prompts answers the prompts of a file; %s: "
+                               "choose one", o->prompt ? "--prompt gives one" : "--chat holds a "
+                               "conversation");
     if (o->chat && o->raw)
         return cli_usage_error("generate", "--chat lays the turns out in a chat template; --raw "
                                "sends one prompt as it is: choose one");
@@ -488,6 +506,205 @@ out:
     return rc;
 }
 
+/* --prompts: a prompt of the file, encoded and waiting for its turn in a batch. */
+typedef struct queued {
+    long line;
+    char *text;                  /* the last user turn, as the output names the prompt */
+    char *reference;             /* or NULL */
+    json_t *id;                  /* or NULL */
+    tok_ids ids;
+    pesc_error full;             /* why it has no answer: it fills the model's context */
+} queued;
+
+typedef struct batch {
+    model *m;
+    tokenizer *tok;
+    const chat_template *tpl;
+    const generate_options *o;
+    const char *path;
+    ans_answerer a;
+    queued q[ANS_BATCH];
+    int n;
+    long total;                  /* the file's prompts (the counting pass's) */
+    long done;                   /* prompts answered before the queue */
+    long too_long, first_too_long;
+    double shown;
+} batch;
+
+/* The counting pass, before the model loads: every prompt of the file is read (so a bad one
+ * stops the command before any work), none kept. */
+static int count_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
+{
+    batch *b = ctx;
+    if (b->o->raw && (!p->plain || p->n_msgs > 1))
+        return pesc_fail(err, "%s:%ld: --raw sends one text as it is; this prompt has %s", b->path,
+                         p->line, p->plain ? "a system message" : "a list of messages");
+    b->total++;
+    return 0;
+}
+
+/* A prompt's ids: its messages through the template (after --system, unless it has its own
+ * system message), or with --raw its text as it is. */
+static int encode_prompt(batch *b, const pr_prompt *p, tok_ids *ids, pesc_error *err)
+{
+    const tpl_message *last = &p->msgs[p->n_msgs - 1];
+    if (b->o->raw)
+        return tok_encode(b->tok, last->content, last->len, TOK_ADD_SPECIAL, ids, err);
+    tpl_message *msgs = xmalloc((size_t)(p->n_msgs + 1) * sizeof *msgs);
+    int n = p->msgs[0].role == ROLE_SYSTEM ? 0 : system_message(msgs, b->o);
+    memcpy(msgs + n, p->msgs, (size_t)p->n_msgs * sizeof *msgs);
+    int rc = template_encode_prompt(b->tpl, b->tok, msgs, n + p->n_msgs, ids, err);
+    free(msgs);
+    return rc;
+}
+
+/* A JSON line of the output: the prompt's line, id and text, then what answers it. */
+static int put_line(json_t *o, pesc_error *err)
+{
+    char *text = json_dumps(o, JSON_PRESERVE_ORDER | JSON_COMPACT);
+    json_decref(o);
+    if (!text)
+        return pesc_fail(err, "out of memory writing an answer");
+    int bad = puts(text) == EOF || fflush(stdout) != 0;
+    free(text);
+    return bad ? pesc_fail(err, "cannot write the answers to standard output: %s",
+                           strerror(errno)) : 0;
+}
+
+/* The answer's text as `pesc generate --prompt` streams it (malformed bytes as U+FFFD). */
+static char *answer_text(tokenizer *tok, const tok_ids *out)
+{
+    tok_stream stream;
+    tok_stream_init(&stream, tok, 1);
+    size_t kept = 0, len;
+    char *text = xstrdup("");
+    for (int i = 0; i < out->n; i++) {
+        const char *piece = tok_stream_push(&stream, out->ids[i], &len);
+        text = xrealloc(text, kept + len + 1);
+        memcpy(text + kept, piece, len);
+        text[kept += len] = '\0';
+    }
+    const char *rest = tok_stream_flush(&stream, &len);
+    text = xrealloc(text, kept + len + 1);
+    memcpy(text + kept, rest, len);
+    text[kept + len] = '\0';
+    tok_stream_free(&stream);
+    return text;
+}
+
+/* Answers the queue, in slots of one cache, and writes its lines in the file's order; a
+ * prompt that fills the model's context gets a line with "error" instead. */
+static int flush(batch *b, pesc_error *err)
+{
+    const generate_options *o = b->o;
+    ans_prompt g[ANS_BATCH];
+    sampler s[ANS_BATCH];
+    int room[ANS_BATCH], k = 0, rc = 0;
+    if (b->n == 0)
+        return 0;
+    if (pesc_now() - b->shown > 0.5) {
+        pesc_show_phase("pesc generate", "answering prompt %ld of %ld", b->done + 1, b->total);
+        b->shown = pesc_now();
+    }
+    for (int i = 0; i < b->n; i++) {
+        room[i] = model_answer_room(b->m, b->q[i].ids.n, (int)o->max_tokens, &b->q[i].full);
+        if (room[i] < 0)
+            continue;
+        g[k] = (ans_prompt){.ids = b->q[i].ids.ids, .len = b->q[i].ids.n, .room = room[i]};
+        if (o->temperature > 0.0) {   /* prompt i draws from seed + i, whatever else is asked */
+            sampler_init(&s[k], (float)o->temperature, (int)o->top_k, (float)o->top_p,
+                         (uint64_t)o->seed + (uint64_t)(b->done + i));
+            g[k].s = &s[k];
+        }
+        k++;
+    }
+    rc = ans_generate(&b->a, g, k, err);
+    for (int i = 0, j = 0; i < b->n; i++) {
+        queued *q = &b->q[i];
+        json_t *line = json_pack("{s:I}", "line", (json_int_t)q->line);
+        if (q->id)
+            json_object_set(line, "id", q->id);
+        json_object_set_new(line, "prompt", json_string(q->text));
+        if (room[i] < 0) {
+            if (!b->too_long++)
+                b->first_too_long = q->line;
+            json_object_set_new(line, "error", json_string(q->full.msg));
+        } else if (rc == 0) {
+            char *text = answer_text(b->tok, &g[j].out);
+            json_object_set_new(line, "answer", json_string(text));
+            json_object_set_new(line, "tokens", json_integer(g[j].out.n));
+            json_object_set_new(line, "finish", json_string(g[j].ended ? "stop" : "length"));
+            free(text);
+        }
+        if (room[i] >= 0) {
+            tok_ids_free(&g[j].out);
+            if (g[j].s)
+                sampler_free(g[j].s);
+            j++;
+        }
+        if (q->reference)
+            json_object_set_new(line, "reference", json_string(q->reference));
+        if (rc == 0)
+            rc = put_line(line, err);
+        else
+            json_decref(line);
+        free(q->text);
+        free(q->reference);
+        json_decref(q->id);
+        tok_ids_free(&q->ids);
+    }
+    b->done += b->n;
+    b->n = 0;
+    return rc;
+}
+
+/* The answering pass: each prompt encoded and queued; a full queue is answered. */
+static int queue_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
+{
+    batch *b = ctx;
+    queued *q = &b->q[b->n];
+    const tpl_message *last = &p->msgs[p->n_msgs - 1];
+    *q = (queued){.line = p->line};
+    if (encode_prompt(b, p, &q->ids, err) != 0) {
+        tok_ids_free(&q->ids);
+        pesc_fail_prefix(err, "%s:%ld", b->path, p->line);
+        pesc_error later;
+        flush(b, &later);   /* what came before it is answered */
+        return -1;
+    }
+    q->text = xmalloc(last->len + 1);
+    memcpy(q->text, last->content, last->len);
+    q->text[last->len] = '\0';
+    q->reference = p->reference ? xstrdup(p->reference) : NULL;
+    q->id = p->id ? json_deep_copy(p->id) : NULL;
+    return ++b->n == ANS_BATCH ? flush(b, err) : 0;
+}
+
+/* --prompts: every prompt of the file answered, ANS_BATCH at a time, each a JSON line on
+ * standard output in the file's order. */
+static int run_prompts(batch *b, pesc_error *err)
+{
+    ans_answerer_init(&b->a, b->m, b->tok, b->tpl);
+    b->done = 0;
+    int rc = prompts_each(b->path, queue_prompt, b, err);
+    if (rc == 0)
+        rc = flush(b, err);
+    pesc_show_phase("pesc generate", NULL);
+    model_cache_release(b->m);
+    for (int i = 0; i < b->n; i++) {   /* left by a failure */
+        free(b->q[i].text);
+        free(b->q[i].reference);
+        json_decref(b->q[i].id);
+        tok_ids_free(&b->q[i].ids);
+    }
+    ans_answerer_free(&b->a);
+    if (rc == 0 && b->too_long)
+        fprintf(stderr, "pesc generate: note: %ld of %ld prompts (the first on line %ld) fill "
+                "the model's context of %d tokens: their lines have \"error\", not \"answer\"\n",
+                b->too_long, b->total, b->first_too_long, b->m->config.max_position_embeddings);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     generate_options o;
@@ -503,7 +720,14 @@ int cmd_generate(int argc, char **argv)
     tokenizer *tok = NULL;
     char *prompt = NULL;
     status = 1;
-    if (!o.chat && !(prompt = read_prompt(&o, &err)))
+    batch prompts = {.o = &o, .path = o.prompts};
+    if (o.prompts && prompts_each(o.prompts, count_prompt, &prompts, &err) != 0)
+        goto out;
+    if (o.prompts && prompts.total == 0) {
+        pesc_fail(&err, "%s holds no prompt: a JSON object or a line of text each", o.prompts);
+        goto out;
+    }
+    if (!o.chat && !o.prompts && !(prompt = read_prompt(&o, &err)))
         goto out;
     if (tuned_load("pesc generate", o.model, o.adapters, b, &m, &t, &err) != 0)
         goto out;
@@ -519,8 +743,10 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "pesc generate: note: the model's chat template (tokenizer_config.json) "
                 "is %s's; the prompt is wrapped in %s (the default): --template %s if the model "
                 "was tuned in its own format\n", own, o.template_name, own);
-    if ((o.chat ? run_chat(&m, tok, template_find(o.template_name), &o, &err)
-               : run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err)) != 0)
+    prompts.m = &m, prompts.tok = tok, prompts.tpl = template_find(o.template_name);
+    if ((o.prompts ? run_prompts(&prompts, &err)
+         : o.chat  ? run_chat(&m, tok, template_find(o.template_name), &o, &err)
+                   : run_generation(&m, tok, template_find(o.template_name), &o, prompt, &err)) != 0)
         goto out;
     status = 0;
 out:

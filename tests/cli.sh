@@ -430,6 +430,95 @@ expect 0 "stopped after 7 tokens at the model's context of 128" "generate stops 
   "$pesc" generate --model "$demo" --raw --prompt "$long_prompt" --max-tokens 50
 expect 1 "the prompt is 241 tokens, and the model's context (max_position_embeddings) is 128" \
   "a prompt past the model's context is refused" -- "$pesc" generate --model "$demo" --raw --prompt "$long_prompt$long_prompt"
+# generate --prompts: a file's prompts answered several at a time, a JSON line each in the
+# file's order. 24 demo records (two batches of 16): each greedy answer is eval --generate's
+# for the record (itself pesc generate's, above), its reference the record's last output
+"$pesc" demo-data -o "$tmp/held.jsonl" --records 24 --seed 5 2>/dev/null
+"$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 >"$tmp/batch.jsonl" 2>"$tmp/err"
+status=$?
+"$pesc" eval --model "$demo" --data "$tmp/held.jsonl" --generate --max-tokens 24 \
+  --samples "$tmp/eval-answers.jsonl" >/dev/null 2>&1
+ours=$(sed 's/^{"line":\([0-9]*\),"prompt":"[^"]*","answer":"\([^"]*\)","tokens":[0-9]*,"finish":"stop","reference":"\([^"]*\)"}$/\1 \2 \3/' "$tmp/batch.jsonl")
+theirs=$(sed 's/.*"line": \([0-9]*\), "reference": "\([^"]*\)", "answer": "\([^"]*\)".*/\1 \3 \2/' "$tmp/eval-answers.jsonl")
+if [ $status -eq 0 ] && [ "$(wc -l <"$tmp/batch.jsonl")" = 24 ] && [ "$ours" = "$theirs" ] &&
+  [ "$(printf '%s\n' "$ours" | cut -d' ' -f1 | tr '\n' ' ')" = "$(seq 24 | tr '\n' ' ')" ]; then
+  pass "generate --prompts: 24 answers in the file's order, each eval --generate's, with its reference"
+else
+  fail "generate --prompts against eval --generate: exit $status $(head -c 300 "$tmp/err") $(printf '%s\n' "$ours" | head -n 3) / $(printf '%s\n' "$theirs" | head -n 3)"
+fi
+# sampled: prompt i draws with seed S + i, so its answer is --prompt's with that seed (here
+# the first and the eighteenth, in the second batch), and a second run gives the same lines
+"$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 --temperature 1.5 \
+  --seed 40 >"$tmp/sampled.jsonl" 2>/dev/null
+"$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 --temperature 1.5 \
+  --seed 40 >"$tmp/sampled2.jsonl" 2>/dev/null
+ok=1
+for i in 0 17; do
+  input=$(sed -n "$((i + 1))p" "$tmp/held.jsonl" | sed 's/.*"input": "\([^"]*\)".*/\1/')
+  said=$("$pesc" generate --model "$demo" --prompt "$input" --max-tokens 24 --temperature 1.5 \
+    --seed $((40 + i)) 2>/dev/null)
+  sed -n "$((i + 1))p" "$tmp/sampled.jsonl" | grep -qF "\"prompt\":\"$input\",\"answer\":\"$said\"," || ok=0
+done
+[ $ok -eq 1 ] && cmp -s "$tmp/sampled.jsonl" "$tmp/sampled2.jsonl" && ! cmp -s "$tmp/sampled.jsonl" "$tmp/batch.jsonl" &&
+  pass "generate --prompts --temperature: prompt i samples as --prompt does with seed S + i" ||
+  fail "generate --prompts sampled: $(head -n 1 "$tmp/sampled.jsonl") $(sed -n 18p "$tmp/sampled.jsonl")"
+# the prompt shapes: prompt, question, messages (a last assistant turn the reference),
+# conversations, an id kept; plain lines, blank ones passed over
+cat >"$tmp/shapes.jsonl" <<'EOF'
+{"id": "a", "prompt": "capital: France"}
+{"question": "capital: France", "answer": "Paris"}
+{"messages": [{"role": "user", "content": "capital: France"}, {"role": "assistant", "content": "Paris"}]}
+{"conversations": [{"from": "human", "value": "capital: France"}], "id": 7}
+EOF
+"$pesc" generate --model "$demo" --prompts "$tmp/shapes.jsonl" >"$tmp/out" 2>"$tmp/err"
+printf 'capital: France\n\n  \ncapital: France\n' >"$tmp/plain.txt"
+"$pesc" generate --model "$demo" --prompts "$tmp/plain.txt" >"$tmp/plain.out" 2>>"$tmp/err"
+if [ "$(cat "$tmp/out")" = '{"line":1,"id":"a","prompt":"capital: France","answer":"Paris","tokens":1,"finish":"stop"}
+{"line":2,"prompt":"capital: France","answer":"Paris","tokens":1,"finish":"stop","reference":"Paris"}
+{"line":3,"prompt":"capital: France","answer":"Paris","tokens":1,"finish":"stop","reference":"Paris"}
+{"line":4,"id":7,"prompt":"capital: France","answer":"Paris","tokens":1,"finish":"stop"}' ] &&
+  [ "$(cut -d, -f1,3 "$tmp/plain.out" | tr '\n' ' ')" = '{"line":1,"answer":"Paris" {"line":4,"answer":"Paris" ' ] &&
+  [ ! -s "$tmp/err" ]; then
+  pass "generate --prompts reads prompt, question, messages and conversations objects, and plain lines"
+else
+  fail "generate --prompts shapes: $(cat "$tmp/out" "$tmp/plain.out" "$tmp/err" | head -c 600)"
+fi
+# the model's context: a prompt that fills it gets a line with the error, the others their
+# answers, and a note; an answer cut at --max-tokens says so
+printf '%s\ncapital: France\n' "$long_prompt$long_prompt" >"$tmp/long.txt"
+"$pesc" generate --model "$demo" --raw --prompts "$tmp/long.txt" >"$tmp/out" 2>"$tmp/err"
+status=$?
+[ $status -eq 0 ] && sed -n 1p "$tmp/out" | grep -q '"error":"the prompt is 241 tokens, and the model.s context (max_position_embeddings) is 128' &&
+  sed -n 2p "$tmp/out" | grep -q '"line":2,.*"answer":' &&
+  grep -q "note: 1 of 2 prompts (the first on line 1) fill the model's context of 128 tokens" "$tmp/err" &&
+  pass "generate --prompts: a prompt past the context has its error line, the rest are answered" ||
+  fail "generate --prompts past the context: exit $status $(cat "$tmp/out" "$tmp/err" | head -c 400)"
+"$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 1 >"$tmp/out" 2>/dev/null
+[ "$(grep -c '"tokens":1,"finish":"length"' "$tmp/out")" -gt 0 ] &&
+  pass "generate --prompts --max-tokens 1: answers cut say finish length" ||
+  fail "generate --prompts --max-tokens 1: $(head -n 2 "$tmp/out")"
+# a bad prompt stops the command before the model loads, naming the file and line
+printf '{"prompt": "a"}\n{"text": "b", "n": 1}\n' >"$tmp/bad.jsonl"
+expect 1 "bad.jsonl:2: no prompt: give it as a \"prompt\" .* this one has \"text\", \"n\"" \
+  "generate --prompts: an object without a prompt is named" -- \
+  "$pesc" generate --model "$tmp/no-such-model" --prompts "$tmp/bad.jsonl"
+printf '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}\n' >"$tmp/bad.jsonl"
+expect 1 "bad.jsonl:1: messages\[1\] is a user turn where an assistant one goes" \
+  "generate --prompts: turns out of order are named" -- \
+  "$pesc" generate --model "$demo" --prompts "$tmp/bad.jsonl"
+printf '{"messages": [{"role": "user", "content": "a"}]}\n' >"$tmp/msgs.jsonl"
+expect 1 "msgs.jsonl:1: \-\-raw sends one text as it is; this prompt has a list of messages" \
+  "generate --prompts --raw on messages" -- "$pesc" generate --model "$demo" --prompts "$tmp/msgs.jsonl" --raw
+printf '\n\n' >"$tmp/empty.txt"
+expect 1 "empty.txt holds no prompt" "generate --prompts on a file of blank lines" -- \
+  "$pesc" generate --model "$demo" --prompts "$tmp/empty.txt"
+expect 1 "cannot open the prompts $tmp/none.txt: No such file" "generate --prompts on a missing file" -- \
+  "$pesc" generate --model "$demo" --prompts "$tmp/none.txt"
+printf 'plain \377 line\n' >"$tmp/latin1.txt"
+expect 1 "latin1.txt:1: not valid UTF-8" "generate --prompts: a line not UTF-8 is named" -- \
+  "$pesc" generate --model "$demo" --prompts "$tmp/latin1.txt"
+expect 2 "\-\-prompts answers the prompts of a file; \-\-prompt gives one: choose one" \
+  "generate --prompts with --prompt" -- "$pesc" generate --model "$demo" --prompts x --prompt hi
 expect 1 "tokenizer.json" "generate on a model without a tokenizer" -- "$pesc" generate --model "$m" --prompt hi
 # the prompt must be text: an empty stdin, a NUL byte (</dev/zero once read until memory ran
 # out) and --prompt '' are refused in one line; --max-tokens names its bounds
