@@ -219,6 +219,28 @@ for data in same other; do
     pass "resumed in place on the $data held-out data: best -> $want$([ $data = other ] && echo ', with a note')" ||
     fail "resumed in place on the $data held-out data: exit $status, best -> '$(readlink "$tmp/again/best")', notes $noted: $(head -c 200 "$tmp/err")"
 done
+# an eval asked during a generation of a paused run (here the two lines arrive together, so
+# the eval is taken between the generation's tokens) waits for it to end: its answers would
+# take the KV cache the generation decodes on. The generation ends whole, then the eval.
+"$pesc" train --headless --steps 100000 --eval-every 100000 --eval-generate exact:20 \
+  --log "$tmp/race.jsonl" --control "$tmp/r.sock" >/dev/null 2>&1 &
+run=$!
+i=0; while [ ! -S "$tmp/r.sock" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+timeout 30 "$sockcmd" "$tmp/r.sock" pause >/dev/null
+i=0; while ! grep -q '"event":"pause"' "$tmp/race.jsonl" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+replies=$(timeout 30 "$sockcmd" "$tmp/r.sock" "generate max=40 reverse: abcdefghijklmnopqrstuvwxyz" eval | tr '\n' '|')
+i=0; while ! grep -q 'eval answers [0-9.]* right' "$tmp/race.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+timeout 30 "$sockcmd" "$tmp/r.sock" stop >/dev/null
+wait $run
+order=$(grep -o '"event":"\(generate\|eval\)",.*"text":"[^"]*' "$tmp/race.jsonl" |
+  sed 's/"event":"\([a-z]*\)",.*"text":"\(.\{0,20\}\).*/\1: \2/' | tr '\n' '|')
+case $order in
+  "generate: "[1-9]*" tokens for: "*"|eval: eval loss "*"|eval: eval answers "[01]"."*) ok=1 ;;
+  *) ok=0 ;;
+esac
+[ $ok -eq 1 ] && [ "$replies" = "ok: generating up to 40 tokens|ok: eval after the next step, or at once when paused|" ] &&
+  pass "an eval asked during a paused run's generation waits for it: the generation ends whole, then the answers" ||
+  fail "eval during a generation: replies '$replies', events '$order'"
 # --best-by answers: the best is the evaluation with the most --eval-generate answers right
 # (the first of equals), its state and pesc inspect say so; resumed in place --best-by loss,
 # that best is no measure (a note), and the next evaluation is the best
