@@ -150,13 +150,15 @@ static void write_sample(FILE *f, long step, const char *source, long line,
     json_decref(o);
 }
 
-void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl)
+void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl,
+                       int batch)
 {
     memset(a, 0, sizeof *a);
     a->m = m;
     a->tok = tok;
     a->n_stops = template_stop_ids(tpl, tok, a->stops, 4);
-    a->logits = xmalloc((size_t)ANS_BATCH * m->config.vocab_size * sizeof *a->logits);
+    a->batch = batch < 1 ? ANS_BATCH : batch > ANS_BATCH_MAX ? ANS_BATCH_MAX : batch;
+    a->logits = xmalloc((size_t)a->batch * m->config.vocab_size * sizeof *a->logits);
     sampler_init(&a->greedy, 0.0f, 0, 1.0f, 0);
 }
 
@@ -246,7 +248,7 @@ static int prompts(ans_answerer *a, const ans_prompt *p, int k, pesc_error *err)
 {
     int V = a->m->config.vocab_size, rc = 0;
     for (int first = 0, n; rc == 0 && first < k; first += n) {
-        int T = p[first].len, lens[ANS_BATCH];
+        int T = p[first].len, lens[ANS_BATCH_MAX];
         for (n = 1; first + n < k; n++) {
             int longer = p[first + n].len > T ? p[first + n].len : T;
             if ((size_t)(n + 1) * longer > PROMPT_TOKENS)
@@ -265,11 +267,11 @@ static int prompts(ans_answerer *a, const ans_prompt *p, int k, pesc_error *err)
     return rc;
 }
 
-/* Answers k prompts (k <= ANS_BATCH) in slots of one cache of capacity tokens each. */
+/* Answers k prompts (k <= a->batch) in slots of one cache of capacity tokens each. */
 static int answer_slots(ans_answerer *a, ans_prompt *p, int k, int capacity, pesc_error *err)
 {
-    int row[ANS_BATCH], slots[ANS_BATCH];
-    int32_t next[ANS_BATCH];
+    int row[ANS_BATCH_MAX], slots[ANS_BATCH_MAX];
+    int32_t next[ANS_BATCH_MAX];
     if (model_cache_slots(a->m, k, capacity, err) != 0 || prompts(a, p, k, err) != 0)
         return -1;
     for (int j = 0; j < k; j++) {
@@ -291,8 +293,8 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
         p[i].out.n = 0;
         p[i].ended = 0;
     }
-    for (int group = 0; group < n; group += ANS_BATCH) {
-        int k = n - group < ANS_BATCH ? n - group : ANS_BATCH, capacity = 1;
+    for (int group = 0; group < n; group += a->batch) {
+        int k = n - group < a->batch ? n - group : a->batch, capacity = 1;
         for (int i = group; i < group + k; i++)
             capacity = p[i].len + p[i].room > capacity ? p[i].len + p[i].room : capacity;
         int fit = model_cache_slots_fitting(a->m, capacity, k);
@@ -304,11 +306,11 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
     return 0;
 }
 
-/* The answers of p[0, n) (n <= ANS_BATCH): generated, matched, tallied. */
+/* The answers of p[0, n) (n <= a->batch): generated, matched, tallied. */
 static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o,
                         pesc_error *err)
 {
-    ans_prompt g[ANS_BATCH];
+    ans_prompt *g = xcalloc((size_t)n, sizeof *g);
     for (int i = 0; i < n; i++)
         g[i] = (ans_prompt){.ids = p[i].r->ids, .len = p[i].prompt, .room = p[i].room};
     int rc = ans_generate(a, g, n, err);
@@ -326,24 +328,26 @@ static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o
         free(p[i].reference);
         tok_ids_free(&g[i].out);
     }
+    free(g);
     return rc;
 }
 
 int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally *const *tallies,
                     const char *const *sources, int n, const ans_options *o, pesc_error *err)
 {
-    pending p[ANS_BATCH];
+    pending *p = xcalloc((size_t)a->batch, sizeof *p);
     int queued = 0, rc = 0;
     for (int i = 0; rc == 0 && i < n; i++) {
         queued += queue(a, records[i], tallies[i], sources ? sources[i] : "", p, queued, o,
                         &p[queued]);
-        if (queued == ANS_BATCH || (i + 1 == n && queued > 0)) {
+        if (queued == a->batch || (i + 1 == n && queued > 0)) {
             if ((rc = answer_group(a, p, queued, o, err)) != 0)
                 rc = pesc_fail_prefix(err, "answering records up to line %ld",
                                       records[i]->line);
             queued = 0;   /* answer_group freed them */
         }
     }
+    free(p);
     return rc;
 }
 
@@ -351,14 +355,14 @@ int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records
             const ans_options *o, ans_tally *tally, pesc_error *err)
 {
     ans_answerer a;
-    ans_answerer_init(&a, m, tok, tpl);
-    const ds_record *records[ANS_BATCH];
-    ans_tally *tallies[ANS_BATCH];
-    const char *sources[ANS_BATCH];
+    ans_answerer_init(&a, m, tok, tpl, o->batch);
+    const ds_record **records = xcalloc((size_t)a.batch, sizeof *records);
+    ans_tally **tallies = xcalloc((size_t)a.batch, sizeof *tallies);
+    const char **sources = xcalloc((size_t)a.batch, sizeof *sources);
     double shown = 0.0;
     int rc = 0;
-    for (int first = 0; rc == 0 && first < d->n; first += ANS_BATCH) {
-        int n = d->n - first < ANS_BATCH ? d->n - first : ANS_BATCH;
+    for (int first = 0; rc == 0 && first < d->n; first += a.batch) {
+        int n = d->n - first < a.batch ? d->n - first : a.batch;
         if (pesc_now() - shown > 0.5) {
             pesc_show_phase("pesc eval", "answering record %d of %d", first + 1, d->n);
             shown = pesc_now();
@@ -370,6 +374,9 @@ int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records
         }
         rc = ans_answer_many(&a, records, tallies, sources, n, o, err);
     }
+    free(records);
+    free(tallies);
+    free(sources);
     pesc_show_phase("pesc eval", NULL);
     ans_answerer_free(&a);
     return rc;

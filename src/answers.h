@@ -53,11 +53,14 @@ typedef struct ans_options {
     FILE *samples;               /* each record's answer (JSONL), or NULL */
     long step;                   /* the training step the samples are of; -1: none */
     const char *const *names;    /* what the samples call each source */
+    int batch;                   /* records answered at once; 0: ANS_BATCH */
 } ans_options;
 
-/* Records answered at once: their prompts one pass each, then one pass a token for all of
- * them (model_decode_step), in slots of one KV cache (fewer where memory is short). */
+/* Records answered at once by default: their prompts in padded passes, then one pass a token
+ * for all of them (model_decode_step), in slots of one KV cache (fewer where memory is short);
+ * at most ANS_BATCH_MAX. */
 #define ANS_BATCH 16
+#define ANS_BATCH_MAX 256
 
 /* What answering takes besides the prompts: the model, its tokenizer, the template's end
  * markers and a logits row a slot. Made and freed around a run of prompts or records. */
@@ -66,11 +69,14 @@ typedef struct ans_answerer {
     tokenizer *tok;
     int32_t stops[4];
     int n_stops;
-    float *logits;               /* (ANS_BATCH, V) */
+    int batch;                   /* prompts answered at once */
+    float *logits;               /* (batch, V) */
     sampler greedy;
 } ans_answerer;
 
-void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl);
+/* batch: prompts answered at once, 1 to ANS_BATCH_MAX (0: ANS_BATCH). */
+void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl,
+                       int batch);
 void ans_answerer_free(ans_answerer *a);
 
 /* A prompt for ans_generate: its ids, the most tokens its answer may take (model_answer_room's
@@ -86,7 +92,7 @@ typedef struct ans_prompt {
     int going;                   /* ans_generate's own */
 } ans_prompt;
 
-/* Answers the n prompts, ANS_BATCH at a time in slots of one KV cache (fewer where memory is
+/* Answers the n prompts, a->batch at a time in slots of one KV cache (fewer where memory is
  * short): 0, or -1 when the model failed. */
 int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err);
 

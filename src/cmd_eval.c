@@ -31,7 +31,7 @@ static const char eval_usage[] =
     "                 [--format F] [--template NAME] [--tokenizer FILE|URL]\n"
     "                 [--backend auto|cpu|cuda] [--routing] [--records N] [--plugin FILE]...\n"
     "                 [--generate [--match exact|number] [--max-tokens N] [--limit N]\n"
-    "                 [--samples FILE]] [--json]\n"
+    "                 [--batch N] [--samples FILE]] [--json]\n"
     "\n"
     "Mean next-token negative log-likelihood of the model over every predicted token of every\n"
     "record (labels of -100 are ignored), and its perplexity. A bad record is an error here\n"
@@ -78,6 +78,8 @@ static const char eval_usage[] =
     "  --max-tokens N   an answer's tokens at most (exact: twice the reference's and 16 more;\n"
     "                   number: 512)\n"
     "  --limit N        answer at most N records of each source\n"
+    "  --batch N        records answered at once (16; 1 to 256), fewer where their KV\n"
+    "                   caches would take over a quarter of the free memory\n"
     "  --samples FILE   write each record's answer to FILE (JSONL: source, line, reference,\n"
     "                   answer, right), a new file\n"
     "  --json           print {\"accuracy\", \"right\", \"answered\", \"match\",\n"
@@ -133,6 +135,7 @@ typedef struct eval_options {
     ans_match match;                         /* --match's (exact when not given) */
     int match_given;
     long max_tokens;
+    long batch;                              /* answers made at once (--generate) */
 } eval_options;
 
 static int parse_eval(eval_options *o, int argc, char **argv)
@@ -150,7 +153,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         {"shots-from", required_argument, NULL, 'F'},
         {"samples", required_argument, NULL, 'W'},
         {"generate", no_argument, NULL, 'G'}, {"match", required_argument, NULL, 'M'},
-        {"max-tokens", required_argument, NULL, 'X'},
+        {"max-tokens", required_argument, NULL, 'X'}, {"batch", required_argument, NULL, 'B'},
         {NULL, 0, NULL, 0}};
     *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae",
                         .demo_records = EVAL_DEMO_RECORDS};
@@ -243,6 +246,11 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                 return cli_usage_error("eval", "--max-tokens %s: expected an integer from 1 to "
                                        "1000000", optarg);
             break;
+        case 'B':
+            if (cli_parse_long(optarg, 1, ANS_BATCH_MAX, &o->batch) != 0)
+                return cli_usage_error("eval", "--batch %s: a whole number of records from 1 to "
+                                       "%d", optarg, ANS_BATCH_MAX);
+            break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }
@@ -261,9 +269,10 @@ static int parse_eval(eval_options *o, int argc, char **argv)
     if (o->generate && (o->n_choices || o->routing))
         return cli_usage_error("eval", "--generate answers --data or --demo records and takes "
                                "no %s", o->n_choices ? "--choices" : "--routing");
-    if (!o->generate && (o->match_given || o->max_tokens))
+    if (!o->generate && (o->match_given || o->max_tokens || o->batch))
         return cli_usage_error("eval", "%s is for generated answers: give --generate",
-                               o->match_given ? "--match" : "--max-tokens");
+                               o->match_given ? "--match" : o->max_tokens ? "--max-tokens"
+                               : "--batch");
     const char *mc_only = o->shots ? "--shots" : o->letters ? "--letters" : o->raw ? "--raw"
                           : o->shots_from ? "--shots-from" : NULL;
     const char *either = o->limit ? "--limit" : o->samples ? "--samples" : NULL;
@@ -887,7 +896,7 @@ static int run_generate(const eval_options *o, model *m, const ds_records *d,
                         pesc_error *err)
 {
     ans_options a = {.match = o->match, .max_tokens = o->max_tokens, .limit = o->limit,
-                     .names = s->names, .step = -1};
+                     .names = s->names, .step = -1, .batch = (int)o->batch};
     if (!tok)
         return pesc_fail(err, "--generate compares the answers' text: give the tokenizer "
                          "(--tokenizer FILE|URL)");

@@ -1,6 +1,6 @@
 /* cmd_generate — `pesc generate`: a prompt through the chat template, the answer streamed to
  * standard output token by token (KV cache, greedy or sampled); a conversation (--chat); or
- * a file of prompts answered ANS_BATCH at a time, a JSON line each (--prompts). */
+ * a file of prompts answered several at a time, a JSON line each (--prompts). */
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -24,7 +24,8 @@ static const char generate_usage[] =
     "usage: pesc generate (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
     "                     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P]\n"
     "                     [--top-k K] [--seed S] [--template NAME] [--tokenizer FILE|URL]\n"
-    "                     [--system TEXT] [--raw | --chat | --prompts FILE] [--backend B]\n"
+    "                     [--system TEXT] [--raw | --chat | --prompts FILE [--batch N]]\n"
+    "                     [--backend B]\n"
     "\n"
     "Answers a prompt (from --prompt, or standard input: at a terminal, end it with Ctrl-D)\n"
     "with the model, streaming the text as it comes. Stops at the end of the assistant turn\n"
@@ -41,6 +42,8 @@ static const char generate_usage[] =
     "                    reference): JSONL of {\"prompt\"} ({\"instruction\", \"input\"},\n"
     "                    {\"question\"}) or {\"messages\"} objects, or plain text, a prompt a\n"
     "                    line; prompt i samples with seed S + i\n"
+    "  --batch N         prompts of --prompts answered at once (16; 1 to 256), fewer where\n"
+    "                    their KV caches would take over a quarter of the free memory\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
     "                    checkpoint (or --save directory: its newest) stands for its file,\n"
     "                    and gives its run's base model, template and tokenizer where\n"
@@ -56,7 +59,7 @@ static const char generate_usage[] =
 typedef struct generate_options {
     const char *model, *adapters, *prompt, *template_name, *tokenizer, *backend, *system;
     const char *prompts;
-    long max_tokens, top_k, seed;
+    long max_tokens, top_k, seed, batch;
     double temperature, top_p;
     int raw, chat;
     const char *cut_given;   /* --top-p or --top-k, when one was given */
@@ -84,6 +87,7 @@ static int parse_generate(generate_options *o, int argc, char **argv)
         {"template", required_argument, NULL, 'T'}, {"tokenizer", required_argument, NULL, 'z'},
         {"raw", no_argument, NULL, 'r'}, {"chat", no_argument, NULL, 'c'},
         {"system", required_argument, NULL, 'S'}, {"prompts", required_argument, NULL, 'F'},
+        {"batch", required_argument, NULL, 'B'},
         {"backend", required_argument, NULL, 'b'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     *o = (generate_options){.max_tokens = 256, .top_p = 1.0, .seed = 1, .backend = "auto",
@@ -141,6 +145,11 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             if (cli_path("generate", "--prompts", optarg, "a file of prompts", &o->prompts))
                 return EXIT_USAGE;
             break;
+        case 'B':
+            if (cli_parse_long(optarg, 1, ANS_BATCH_MAX, &o->batch) != 0)
+                return cli_usage_error("generate", "--batch %s: a whole number of prompts from 1 "
+                                       "to %d", optarg, ANS_BATCH_MAX);
+            break;
         case 'r': o->raw = 1; break;
         case 'c': o->chat = 1; break;
         case 'S':
@@ -175,6 +184,9 @@ static int parse_generate(generate_options *o, int argc, char **argv)
         return cli_usage_error("generate", "--prompts answers the prompts of a file; %s: "
                                "choose one", o->prompt ? "--prompt gives one" : "--chat holds a "
                                "conversation");
+    if (o->batch && !o->prompts)
+        return cli_usage_error("generate", "--batch is how many prompts of --prompts FILE are "
+                               "answered at once: give --prompts");
     if (o->chat && o->raw)
         return cli_usage_error("generate", "--chat lays the turns out in a chat template; --raw "
                                "sends one prompt as it is: choose one");
@@ -513,7 +525,6 @@ typedef struct queued {
     char *reference;             /* or NULL */
     json_t *id;                  /* or NULL */
     tok_ids ids;
-    pesc_error full;             /* why it has no answer: it fills the model's context */
 } queued;
 
 typedef struct batch {
@@ -523,7 +534,7 @@ typedef struct batch {
     const generate_options *o;
     const char *path;
     ans_answerer a;
-    queued q[ANS_BATCH];
+    queued *q;                   /* (a.batch) */
     int n;
     long total;                  /* the file's prompts (the counting pass's) */
     long done;                   /* prompts answered before the queue */
@@ -597,17 +608,19 @@ static char *answer_text(tokenizer *tok, const tok_ids *out)
 static int flush(batch *b, pesc_error *err)
 {
     const generate_options *o = b->o;
-    ans_prompt g[ANS_BATCH];
-    sampler s[ANS_BATCH];
-    int room[ANS_BATCH], k = 0, rc = 0;
+    int k = 0, rc = 0;
     if (b->n == 0)
         return 0;
+    ans_prompt *g = xcalloc((size_t)b->n, sizeof *g);
+    sampler *s = xcalloc((size_t)b->n, sizeof *s);
+    int *room = xcalloc((size_t)b->n, sizeof *room);
     if (pesc_now() - b->shown > 0.5) {
         pesc_show_phase("pesc generate", "answering prompt %ld of %ld", b->done + 1, b->total);
         b->shown = pesc_now();
     }
     for (int i = 0; i < b->n; i++) {
-        room[i] = model_answer_room(b->m, b->q[i].ids.n, (int)o->max_tokens, &b->q[i].full);
+        pesc_error full;
+        room[i] = model_answer_room(b->m, b->q[i].ids.n, (int)o->max_tokens, &full);
         if (room[i] < 0)
             continue;
         g[k] = (ans_prompt){.ids = b->q[i].ids.ids, .len = b->q[i].ids.n, .room = room[i]};
@@ -626,9 +639,11 @@ static int flush(batch *b, pesc_error *err)
             json_object_set(line, "id", q->id);
         json_object_set_new(line, "prompt", json_string(q->text));
         if (room[i] < 0) {
+            pesc_error full;
+            model_answer_room(b->m, q->ids.n, (int)o->max_tokens, &full);
             if (!b->too_long++)
                 b->first_too_long = q->line;
-            json_object_set_new(line, "error", json_string(q->full.msg));
+            json_object_set_new(line, "error", json_string(full.msg));
         } else if (rc == 0) {
             char *text = answer_text(b->tok, &g[j].out);
             json_object_set_new(line, "answer", json_string(text));
@@ -655,6 +670,9 @@ static int flush(batch *b, pesc_error *err)
     }
     b->done += b->n;
     b->n = 0;
+    free(g);
+    free(s);
+    free(room);
     return rc;
 }
 
@@ -677,14 +695,15 @@ static int queue_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
     q->text[last->len] = '\0';
     q->reference = p->reference ? xstrdup(p->reference) : NULL;
     q->id = p->id ? json_deep_copy(p->id) : NULL;
-    return ++b->n == ANS_BATCH ? flush(b, err) : 0;
+    return ++b->n == b->a.batch ? flush(b, err) : 0;
 }
 
-/* --prompts: every prompt of the file answered, ANS_BATCH at a time, each a JSON line on
+/* --prompts: every prompt of the file answered, --batch at a time, each a JSON line on
  * standard output in the file's order. */
 static int run_prompts(batch *b, pesc_error *err)
 {
-    ans_answerer_init(&b->a, b->m, b->tok, b->tpl);
+    ans_answerer_init(&b->a, b->m, b->tok, b->tpl, (int)b->o->batch);
+    b->q = xcalloc((size_t)b->a.batch, sizeof *b->q);
     b->done = 0;
     int rc = prompts_each(b->path, queue_prompt, b, err);
     if (rc == 0)
@@ -697,6 +716,7 @@ static int run_prompts(batch *b, pesc_error *err)
         json_decref(b->q[i].id);
         tok_ids_free(&b->q[i].ids);
     }
+    free(b->q);
     ans_answerer_free(&b->a);
     if (rc == 0 && b->too_long)
         fprintf(stderr, "pesc generate: note: %ld of %ld prompts (the first on line %ld) fill "

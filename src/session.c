@@ -1072,7 +1072,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
 {
     double t0 = pesc_now();
     ans_answerer a;
-    ans_answerer_init(&a, &s->m, s->tok, s->tpl);
+    ans_answerer_init(&a, &s->m, s->tok, s->tpl, ANS_BATCH);
     ans_options o = {.match = s->cfg.eval_match, .samples = s->samples, .step = s->step};
     char names[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL][64];
     ans_tally by[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL] = {{0}};

@@ -446,6 +446,22 @@ if [ $status -eq 0 ] && [ "$(wc -l <"$tmp/batch.jsonl")" = 24 ] && [ "$ours" = "
 else
   fail "generate --prompts against eval --generate: exit $status $(head -c 300 "$tmp/err") $(printf '%s\n' "$ours" | head -n 3) / $(printf '%s\n' "$theirs" | head -n 3)"
 fi
+# --batch: five prompts at a time (five passes, the last of four) give the same lines
+"$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 --batch 5 >"$tmp/batch5.jsonl" 2>/dev/null
+cmp -s "$tmp/batch5.jsonl" "$tmp/batch.jsonl" &&
+  pass "generate --prompts --batch 5: the same answers as 16 at a time" ||
+  fail "generate --prompts --batch 5: $(diff "$tmp/batch5.jsonl" "$tmp/batch.jsonl" | head -n 4)"
+"$pesc" eval --model "$demo" --data "$tmp/held.jsonl" --generate --max-tokens 24 --batch 3 \
+  --samples "$tmp/eval-answers3.jsonl" >/dev/null 2>&1
+cmp -s "$tmp/eval-answers3.jsonl" "$tmp/eval-answers.jsonl" &&
+  pass "eval --generate --batch 3: the same answers as 16 at a time" ||
+  fail "eval --generate --batch 3: $(diff "$tmp/eval-answers3.jsonl" "$tmp/eval-answers.jsonl" | head -n 4)"
+expect 2 "\-\-batch is how many prompts of \-\-prompts FILE are answered at once: give \-\-prompts" \
+  "generate --batch without --prompts" -- "$pesc" generate --model "$demo" --prompt hi --batch 4
+expect 2 "\-\-batch 257: a whole number of prompts from 1 to 256" "generate --batch 257" -- \
+  "$pesc" generate --model "$demo" --prompts x --batch 257
+expect 2 "\-\-batch is for generated answers: give \-\-generate" "eval --batch without --generate" -- \
+  "$pesc" eval --model x --data z --batch 4
 # sampled: prompt i draws with seed S + i, so its answer is --prompt's with that seed (here
 # the first and the eighteenth, in the second batch), and a second run gives the same lines
 "$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 --temperature 1.5 \
