@@ -539,6 +539,7 @@ typedef struct batch {
     long total;                  /* the file's prompts (the counting pass's) */
     long done;                   /* prompts answered before the queue */
     long too_long, first_too_long;
+    long tokens;                 /* answered */
     double shown;
 } batch;
 
@@ -648,6 +649,7 @@ static int flush(batch *b, pesc_error *err)
             char *text = answer_text(b->tok, &g[j].out);
             json_object_set_new(line, "answer", json_string(text));
             json_object_set_new(line, "tokens", json_integer(g[j].out.n));
+            b->tokens += g[j].out.n;
             json_object_set_new(line, "finish", json_string(g[j].ended ? "stop" : "length"));
             free(text);
         }
@@ -705,6 +707,7 @@ static int run_prompts(batch *b, pesc_error *err)
     ans_answerer_init(&b->a, b->m, b->tok, b->tpl, (int)b->o->batch);
     b->q = xcalloc((size_t)b->a.batch, sizeof *b->q);
     b->done = 0;
+    double t0 = pesc_now();
     int rc = prompts_each(b->path, queue_prompt, b, err);
     if (rc == 0)
         rc = flush(b, err);
@@ -718,6 +721,10 @@ static int run_prompts(batch *b, pesc_error *err)
     }
     free(b->q);
     ans_answerer_free(&b->a);
+    if (rc == 0 && isatty(STDERR_FILENO))   /* at a terminal, what it took */
+        fprintf(stderr, "pesc generate: %ld answers, %ld tokens in %.1f s (%.0f tokens a "
+                "second)\n", b->total - b->too_long, b->tokens, pesc_now() - t0,
+                b->tokens / (pesc_now() - t0 > 1e-9 ? pesc_now() - t0 : 1e-9));
     if (rc == 0 && b->too_long)
         fprintf(stderr, "pesc generate: note: %ld of %ld prompts (the first on line %ld) fill "
                 "the model's context of %d tokens: their lines have \"error\", not \"answer\"\n",
