@@ -16,6 +16,7 @@
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -233,7 +234,9 @@ static int add_columns(csv_sink *c, const pesc_step *step, char *err, size_t err
     size_t n_new = 0;
     char **cols = malloc((c->n_cols + step->n_scalars) * sizeof *cols);
     size_t *from = malloc((c->n_cols + step->n_scalars) * sizeof *from); /* old column or NONE */
-    char tmp[sizeof c->path + 16];
+    char tmp[PATH_MAX + 16], real[PATH_MAX];
+    /* beside the file a link names, so the link stays one */
+    const char *file = realpath(c->path, real) ? real : c->path;
     FILE *in = NULL, *out = NULL;
     char *line = NULL;
     size_t cap = 0;
@@ -264,7 +267,7 @@ static int add_columns(csv_sink *c, const pesc_step *step, char *err, size_t err
         io_error(c->path, err, errlen);
         goto done;
     }
-    snprintf(tmp, sizeof tmp, "%s.XXXXXX", c->path);
+    snprintf(tmp, sizeof tmp, "%s.XXXXXX", file);
     if ((fd = mkstemp(tmp)) >= 0)
         made_tmp = 1;
     if (fd < 0 || !(out = fdopen(fd, "w"))) {
@@ -307,7 +310,7 @@ static int add_columns(csv_sink *c, const pesc_step *step, char *err, size_t err
     }
     int closed = fclose(out);
     out = NULL;
-    if (closed != 0 || rename(tmp, c->path) != 0) {
+    if (closed != 0 || rename(tmp, file) != 0) {
         io_error(tmp, err, errlen);
         goto done;
     }

@@ -24,7 +24,7 @@ static const char generate_usage[] =
     "usage: pesc generate (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
     "                     [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P]\n"
     "                     [--top-k K] [--seed S] [--template NAME] [--tokenizer FILE|URL]\n"
-    "                     [--system TEXT] [--raw | --chat | --prompts FILE [--batch N]]\n"
+    "                     [--system TEXT] [--raw] [--chat | --prompts FILE [--batch N]]\n"
     "                     [--backend B]\n"
     "\n"
     "Answers a prompt (from --prompt, or standard input: at a terminal, end it with Ctrl-D)\n"
@@ -40,8 +40,9 @@ static const char generate_usage[] =
     "  --prompts FILE    answers every prompt of FILE, several at a time, each as a JSON\n"
     "                    line on standard output (line, id, prompt, answer, tokens, finish,\n"
     "                    reference): JSONL of {\"prompt\"} ({\"instruction\", \"input\"},\n"
-    "                    {\"question\"}) or {\"messages\"} objects, or plain text, a prompt a\n"
-    "                    line; prompt i samples with seed S + i\n"
+    "                    {\"question\"}), {\"messages\"} ({\"conversations\"}) or camelidae\n"
+    "                    {\"conversation\"} objects, or plain text, a prompt a line; prompt i\n"
+    "                    samples with seed S + i\n"
     "  --batch N         prompts of --prompts answered at once (16; 1 to 256), fewer where\n"
     "                    their KV caches would take over a quarter of the free memory\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
@@ -583,8 +584,9 @@ static int put_line(json_t *o, pesc_error *err)
                            strerror(errno)) : 0;
 }
 
-/* The answer's text as `pesc generate --prompt` streams it (malformed bytes as U+FFFD). */
-static char *answer_text(tokenizer *tok, const tok_ids *out)
+/* The answer's text as `pesc generate --prompt` streams it (malformed bytes as U+FFFD), its
+ * length in *n (a byte token may give a NUL). */
+static char *answer_text(tokenizer *tok, const tok_ids *out, size_t *n)
 {
     tok_stream stream;
     tok_stream_init(&stream, tok, 1);
@@ -600,6 +602,7 @@ static char *answer_text(tokenizer *tok, const tok_ids *out)
     text = xrealloc(text, kept + len + 1);
     memcpy(text + kept, rest, len);
     text[kept + len] = '\0';
+    *n = kept + len;
     tok_stream_free(&stream);
     return text;
 }
@@ -632,7 +635,11 @@ static int flush(batch *b, pesc_error *err)
         }
         k++;
     }
-    rc = ans_generate(&b->a, g, k, err);
+    if ((rc = ans_generate(&b->a, g, k, err)) != 0)
+        pesc_fail_prefix(err, "answering the prompts of lines %ld to %ld", b->q[0].line,
+                         b->q[b->n - 1].line);
+    pesc_show_phase("pesc generate", NULL);   /* the lines start clean at a terminal */
+    b->shown = 0.0;
     for (int i = 0, j = 0; i < b->n; i++) {
         queued *q = &b->q[i];
         json_t *line = json_pack("{s:I}", "line", (json_int_t)q->line);
@@ -646,8 +653,9 @@ static int flush(batch *b, pesc_error *err)
                 b->first_too_long = q->line;
             json_object_set_new(line, "error", json_string(full.msg));
         } else if (rc == 0) {
-            char *text = answer_text(b->tok, &g[j].out);
-            json_object_set_new(line, "answer", json_string(text));
+            size_t len;
+            char *text = answer_text(b->tok, &g[j].out, &len);
+            json_object_set_new(line, "answer", json_stringn(text, len));
             json_object_set_new(line, "tokens", json_integer(g[j].out.n));
             b->tokens += g[j].out.n;
             json_object_set_new(line, "finish", json_string(g[j].ended ? "stop" : "length"));
@@ -711,6 +719,9 @@ static int run_prompts(batch *b, pesc_error *err)
     int rc = prompts_each(b->path, queue_prompt, b, err);
     if (rc == 0)
         rc = flush(b, err);
+    if (rc == 0 && b->done != b->total)
+        rc = pesc_fail(err, "%s changed while it was read: %ld prompts, then %ld", b->path,
+                       b->total, b->done);
     pesc_show_phase("pesc generate", NULL);
     model_cache_release(b->m);
     for (int i = 0; i < b->n; i++) {   /* left by a failure */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "dataset.h"
 
@@ -226,16 +227,34 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
     return rc;
 }
 
-/* Whether path is a file of plain text: not compressed, and its first character, spaces and
- * a byte-order mark aside, neither '{' nor '['. -1 when it cannot be read. */
+/* Whether path is a file of plain text: not gzip or zstd (their magic numbers), and its first
+ * character, spaces and a byte-order mark aside, neither '{' nor '['. -1 when it cannot be
+ * read, or is no regular file: it is read twice (the prompts are checked before the model
+ * loads), which a pipe cannot be, and a device never ends. */
 static int plain_text(const char *path, pesc_error *err)
 {
-    size_t len = strlen(path);
-    if ((len > 3 && !strcmp(path + len - 3, ".gz")) || (len > 4 && !strcmp(path + len - 4, ".zst")))
-        return 0;
     FILE *f = fopen(path, "rb");
+    struct stat st;
     if (!f)
         return pesc_fail(err, "cannot open the prompts %s: %s", path, strerror(errno));
+    int stat_ok = fstat(fileno(f), &st) == 0;
+    if (!stat_ok || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        if (stat_ok && S_ISDIR(st.st_mode))
+            return pesc_fail(err, "the prompts %s are a directory: give a file", path);
+        return pesc_fail(err, "the prompts %s are %s, not a file: --prompts reads its file "
+                         "twice (to check every prompt before the model loads); save them to "
+                         "a file first", path, stat_ok && S_ISFIFO(st.st_mode) ? "a pipe"
+                         : "a device");
+    }
+    unsigned char head[4] = {0};
+    size_t got = fread(head, 1, sizeof head, f);
+    if ((got >= 2 && head[0] == 0x1f && head[1] == 0x8b) ||
+        (got == 4 && !memcmp(head, "\x28\xb5\x2f\xfd", 4))) {
+        fclose(f);
+        return 0;
+    }
+    rewind(f);
     int ch, at = 0;
     static const unsigned char bom[] = {0xef, 0xbb, 0xbf};
     while ((ch = getc(f)) != EOF && (isspace(ch) || (at < 3 && ch == bom[at])))
@@ -262,24 +281,29 @@ static int each_line(const reading *r, pesc_error *err)
         }
         while (got > 0 && (text[got - 1] == '\n' || text[got - 1] == '\r'))
             text[--got] = '\0';
-        json_t *valid = json_stringn(text, (size_t)got);   /* NULL: not UTF-8 */
+        char *start = text;
+        if (line == 1 && got >= 3 && !memcmp(text, "\xef\xbb\xbf", 3)) {   /* a BOM */
+            start += 3;
+            got -= 3;
+        }
+        json_t *valid = json_stringn(start, (size_t)got);   /* NULL: not UTF-8 */
         if (!valid) {
             rc = pesc_fail(err, "%s:%ld: not valid UTF-8; convert the file to UTF-8, e.g. "
                            "iconv -f latin1 -t utf-8", r->path, line);
             break;
         }
         json_decref(valid);
-        const char *s = text;
+        const char *s = start;
         while (isspace((unsigned char)*s))
             s++;
         if (!*s)
             continue;
-        tpl_message msg = {.role = ROLE_USER, .content = text, .len = (size_t)got,
+        tpl_message msg = {.role = ROLE_USER, .content = start, .len = (size_t)got,
                            .where = "the line"};
         pr_prompt p = {.line = line, .msgs = &msg, .n_msgs = 1, .plain = 1};
         rc = r->fn(r->ctx, &p, err);
     }
-    if (rc == 0 && ferror(f))
+    if (rc == 0 && (ferror(f) || !feof(f)))   /* !feof: getline ran out of memory */
         rc = pesc_fail(err, "cannot read the prompts %s: %s", r->path, strerror(errno));
     free(text);
     fclose(f);

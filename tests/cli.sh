@@ -525,6 +525,15 @@ expect 1 "bad.jsonl:1: messages\[1\] is a user turn where an assistant one goes"
 printf '{"messages": [{"role": "user", "content": "a"}]}\n' >"$tmp/msgs.jsonl"
 expect 1 "msgs.jsonl:1: \-\-raw sends one text as it is; this prompt has a list of messages" \
   "generate --prompts --raw on messages" -- "$pesc" generate --model "$demo" --prompts "$tmp/msgs.jsonl" --raw
+# the file is read twice (checked before the model loads): a pipe is refused, not read empty;
+# a byte-order mark before the first plain line is not part of the prompt
+expect 1 "are a pipe, not a file: \-\-prompts reads its file twice" "generate --prompts on a pipe" -- \
+  sh -c 'printf "capital: France\n" | "$1" generate --model "$2" --prompts /dev/stdin' sh "$pesc" "$demo"
+printf '\357\273\277capital: France\n' >"$tmp/bom.txt"
+"$pesc" generate --model "$demo" --prompts "$tmp/bom.txt" >"$tmp/out" 2>&1
+grep -q '^{"line":1,"prompt":"capital: France","answer":"Paris",' "$tmp/out" &&
+  pass "generate --prompts: a byte-order mark is not part of the first prompt" ||
+  fail "generate --prompts after a BOM: $(head -c 300 "$tmp/out")"
 printf '\n\n' >"$tmp/empty.txt"
 expect 1 "empty.txt holds no prompt" "generate --prompts on a file of blank lines" -- \
   "$pesc" generate --model "$demo" --prompts "$tmp/empty.txt"

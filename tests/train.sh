@@ -527,10 +527,12 @@ else
   fail "--resume and --sink csv: $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(cat "$tmp/err")"
 fi
 # ... under a header of a pesc before eval_loss (the 13th column): the file is rewritten once
-# with the column back (empty in the rows before), every row kept, the new rows under it
+# with the column back (empty in the rows before), every row kept, the new rows under it; its
+# mode kept, and a link to it still a link (here BASE.csv links to the file)
 cp "$tmp/cs.csv" "$tmp/cs.full"
-awk -F, -v OFS=, '{ for (i = 13; i < NF; i++) $i = $(i + 1); NF--; print }' "$tmp/cs.full" >"$tmp/cs.csv"
-chmod 640 "$tmp/cs.csv"
+awk -F, -v OFS=, '{ for (i = 13; i < NF; i++) $i = $(i + 1); NF--; print }' "$tmp/cs.full" >"$tmp/cs.real"
+chmod 640 "$tmp/cs.real"
+rm "$tmp/cs.csv" && ln -s cs.real "$tmp/cs.csv"
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 6 --resume "$tmp/cs" --save "$tmp/cs" --sink csv >/dev/null 2>"$tmp/err"
 status=$?
@@ -538,8 +540,8 @@ width=$(head -n 1 "$tmp/cs.full" | awk -F, '{ print NF }')
 if [ $status -eq 0 ] && [ "$(head -n 5 "$tmp/cs.csv")" = "$(cat "$tmp/cs.full")" ] &&
   [ "$(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ')" = "step 1 2 3 4 5 6 " ] &&
   [ "$(awk -F, '{ print NF }' "$tmp/cs.csv" | sort -u)" = "$width" ] &&
-  [ "$(stat -c %a "$tmp/cs.csv")" = 640 ] && ! grep -q sink "$tmp/err" &&
-  [ -z "$(find "$tmp" -maxdepth 1 -name 'cs.csv.*')" ]; then
+  [ "$(stat -L -c %a "$tmp/cs.csv")" = 640 ] && [ -L "$tmp/cs.csv" ] && ! grep -q sink "$tmp/err" &&
+  [ -z "$(find "$tmp" -maxdepth 1 -name 'cs.csv.*' -o -maxdepth 1 -name 'cs.real.*')" ]; then
   pass "--resume under a csv header without eval_loss: the column is added, every row kept"
 else
   fail "--resume under an older csv header: exit $status, rows $(cut -d, -f1 "$tmp/cs.csv" | tr '\n' ' ') $(head -n 1 "$tmp/cs.csv" | head -c 200) $(cat "$tmp/err")"
@@ -547,7 +549,7 @@ fi
 # ... and under a header in another order, each value goes in the column its tag names: here
 # loss and tokens swapped, the new rows' tokens (column 4 of the file now) those of the log
 awk -F, -v OFS=, '{ t = $4; $4 = $12; $12 = t; print }' "$tmp/cs.csv" >"$tmp/cs.swapped"
-cp "$tmp/cs.swapped" "$tmp/cs.csv"
+rm "$tmp/cs.csv" && cp "$tmp/cs.swapped" "$tmp/cs.csv"
 # shellcheck disable=SC2086
 "$pesc" train --headless $common --steps 8 --resume "$tmp/cs" --save "$tmp/cs" --sink csv --log "$tmp/cs.jsonl" >/dev/null 2>"$tmp/err"
 status=$?
