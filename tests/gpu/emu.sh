@@ -6,8 +6,8 @@
 # training attention path, and flash with fast-bf16 products, the pairing the MFU target
 # needs), and pesc itself (`pesc devices`, `pesc train --backend cuda` runs against the same
 # run on the CPU, one on the second of two emulated GPUs, one steered through its control
-# socket, `pesc generate` against the CPU's text, `pesc eval --choices` against the CPU's
-# answers); also in bf16 math, with the frozen
+# socket, `pesc generate` against the CPU's text, `generate --prompts` against the CPU's
+# lines, `pesc eval --choices` against the CPU's answers); also in bf16 math, with the frozen
 # weights in bf16 alone, and in the emulator's immediate mode; the host's waits for the
 # device, a step's and a token's; the memory estimate a run makes against what it then holds,
 # and `pesc bench --profile`'s FLOPs against the MFU's; bf16 math's kept operand copies.
@@ -354,6 +354,17 @@ for math in tf32 bf16; do
     pass "pesc generate --chat --backend cuda ($math): the CPU's three answers" ||
     fail "pesc generate --chat ($math): '$(cat "$tmp/chat-$math")', the CPU's '$(cat "$tmp/chat-cpu")'"
 done
+# generate --prompts on the emulated GPU: 48 demo prompts, 40 at a time (40 slots of one KV
+# cache, prompts passes and steps of many sequences through attention_step_forward), the
+# CPU's lines (in fp32 products, as --eval-generate above)
+"$pesc" demo-data -o "$tmp/prompts.jsonl" --records 48 --seed 8 2>/dev/null
+"$pesc" generate --model "$demo" --prompts "$tmp/prompts.jsonl" --max-tokens 16 --batch 40 \
+  --backend cpu >"$tmp/prompts-cpu" 2>"$tmp/err" || fail "pesc generate --prompts --backend cpu: $(head -c 300 "$tmp/err")"
+PESC_CUDA_MATH=fp32 "$pesc" generate --model "$demo" --prompts "$tmp/prompts.jsonl" --max-tokens 16 \
+  --batch 40 --backend cuda >"$tmp/prompts-gpu" 2>"$tmp/err" || fail "pesc generate --prompts --backend cuda: $(head -c 300 "$tmp/err")"
+[ "$(wc -l <"$tmp/prompts-cpu")" = 48 ] && cmp -s "$tmp/prompts-cpu" "$tmp/prompts-gpu" &&
+  pass "pesc generate --prompts --batch 40 --backend cuda: the CPU's 48 answers" ||
+  fail "pesc generate --prompts --backend cuda: $(diff "$tmp/prompts-cpu" "$tmp/prompts-gpu" | head -n 4)"
 # eval --choices: a question's options as one padded batch, on the emulated GPU, picking the
 # CPU's answers (the same accuracies, plain and a byte), in tf32 and bf16
 cp "$top_srcdir/tests/choices-demo.jsonl" "$tmp/mc.jsonl"
