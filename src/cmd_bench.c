@@ -16,6 +16,7 @@
 #include "model.h"
 #include "optim.h"
 #include "pesc.h"
+#include "sample.h"
 #include "train_options.h"
 
 static const char bench_usage[] =
@@ -41,6 +42,13 @@ static const char bench_usage[] =
     "                     (what pesc train's estimate says they take), and the shape (with\n"
     "                     --profile, profile_step_ms and profile: [{op, calls_per_step,\n"
     "                     ms_per_step, flops_per_step}])\n"
+    "  --decode S[,S...]  instead, time answering as eval --generate and generate --prompts\n"
+    "                     do it, with S sequences at once in slots of one KV cache: their\n"
+    "                     prompts, then a pass a token for all of them, each token the greedy\n"
+    "                     pick of the last (the logits to the host); per S, the answers'\n"
+    "                     tokens/s and ms a step, and the prompts' tokens/s\n"
+    "  --prompt-tokens P --answer-tokens N   with --decode: a prompt's tokens and an\n"
+    "                     answer's (128, 64)\n"
     "crafting options:\n";
 
 typedef struct bench_options {
@@ -48,10 +56,13 @@ typedef struct bench_options {
     pesc_options pesc;
     int seq, batch, steps, json, recompute, profile;
     const char *backend;
+    int decode[16], n_decode;          /* --decode's sequence counts */
+    int prompt_tokens, answer_tokens;
 } bench_options;
 
 enum { OPT_DIM = 1, OPT_LAYERS, OPT_HEADS, OPT_KV_HEADS, OPT_FFN, OPT_VOCAB, OPT_SEQ, OPT_BATCH,
-       OPT_STEPS, OPT_BACKEND, OPT_RECOMPUTE, OPT_PROFILE, OPT_JSON, OPT_HELP };
+       OPT_STEPS, OPT_BACKEND, OPT_RECOMPUTE, OPT_PROFILE, OPT_JSON, OPT_HELP, OPT_DECODE,
+       OPT_PROMPT_TOKENS, OPT_ANSWER_TOKENS };
 
 static const struct option bench_options_own[] = {
     {"dim", required_argument, NULL, OPT_DIM}, {"layers", required_argument, NULL, OPT_LAYERS},
@@ -63,7 +74,28 @@ static const struct option bench_options_own[] = {
     {"backend", required_argument, NULL, OPT_BACKEND},
     {"recompute", no_argument, NULL, OPT_RECOMPUTE},
     {"profile", no_argument, NULL, OPT_PROFILE},
-    {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, OPT_HELP}};
+    {"json", no_argument, NULL, OPT_JSON}, {"help", no_argument, NULL, OPT_HELP},
+    {"decode", required_argument, NULL, OPT_DECODE},
+    {"prompt-tokens", required_argument, NULL, OPT_PROMPT_TOKENS},
+    {"answer-tokens", required_argument, NULL, OPT_ANSWER_TOKENS}};
+
+/* --decode's list: counts of sequences, 1 to 4096, at most 16 of them. */
+static int decode_list(bench_options *o, const char *arg)
+{
+    const char *p = arg;
+    o->n_decode = 0;
+    for (;;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 4096 || (*end && *end != ',') || o->n_decode == 16)
+            return cli_usage_error("bench", "--decode %s: up to 16 counts of sequences, each 1 "
+                                   "to 4096, between commas (--decode 1,16,128)", arg);
+        o->decode[o->n_decode++] = (int)v;
+        if (!*end)
+            return 0;
+        p = end + 1;
+    }
+}
 
 static int shape_flag(bench_options *o, int c, const char *arg)
 {
@@ -118,6 +150,16 @@ static int parse_bench(bench_options *o, int argc, char **argv)
             o->profile = 1;
         } else if (c == OPT_JSON) {
             o->json = 1;
+        } else if (c == OPT_DECODE) {
+            if (decode_list(o, optarg) != 0)
+                return EXIT_USAGE;
+        } else if (c == OPT_PROMPT_TOKENS || c == OPT_ANSWER_TOKENS) {
+            long v;
+            const char *flag = c == OPT_PROMPT_TOKENS ? "--prompt-tokens" : "--answer-tokens";
+            if (cli_parse_long(optarg, 1, 65536, &v) != 0)
+                return cli_usage_error("bench", "%s %s: a whole number of tokens from 1 to "
+                                       "65536", flag, optarg);
+            *(c == OPT_PROMPT_TOKENS ? &o->prompt_tokens : &o->answer_tokens) = (int)v;
         } else if (c == OPT_HELP || c == 'h') {
             fputs(bench_usage, stdout);
             fputs(pesc_options_help, stdout);
@@ -128,6 +170,14 @@ static int parse_bench(bench_options *o, int argc, char **argv)
     }
     if (optind < argc)
         return cli_unexpected("bench", argv[optind], NULL);
+    if ((o->prompt_tokens || o->answer_tokens) && !o->n_decode)
+        return cli_usage_error("bench", "%s is for --decode S,...: give it",
+                               o->prompt_tokens ? "--prompt-tokens" : "--answer-tokens");
+    if (o->n_decode && (o->profile || o->recompute))
+        return cli_usage_error("bench", "--decode times answering, and %s is for training "
+                               "steps: leave it out", o->profile ? "--profile" : "--recompute");
+    o->prompt_tokens = o->prompt_tokens ? o->prompt_tokens : 128;
+    o->answer_tokens = o->answer_tokens ? o->answer_tokens : 64;
     hf_config *s = &o->shape;
     if (s->hidden_size % s->n_heads || s->n_heads % s->n_kv_heads || (s->hidden_size / s->n_heads) % 2)
         return cli_usage_error("bench", "--dim %d must split into --heads %d even head sizes, "
@@ -304,6 +354,96 @@ static void print_profile(const bench_profile *p, double step_s, int json)
            100.0 * rest / p->step_s);
 }
 
+/* --decode: S random prompts of P tokens into the slots of one cache (passes of up to 4096
+ * tokens, as src/answers lays them), then N steps of all S, each token the greedy pick of the
+ * logits of the one before (only the first `steps` of them: a warm-up makes the cache of N
+ * without taking them all). The prompts' and the steps' seconds, waits included. */
+static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s,
+                      double *steps_s, pesc_error *err)
+{
+    int V = m->config.vocab_size, per_pass = 4096 / P > 0 ? 4096 / P : 1, rc = 0;
+    float *logits = xmalloc((size_t)S * V * sizeof *logits);
+    int32_t *rows = xmalloc((size_t)(per_pass < S ? per_pass : S) * P * sizeof *rows);
+    int *lens = xmalloc((size_t)S * sizeof *lens), *slots = xmalloc((size_t)S * sizeof *slots);
+    int32_t *next = xmalloc((size_t)S * sizeof *next);
+    sampler greedy;
+    sampler_init(&greedy, 0.0f, 0, 1.0f, 0);
+    uint64_t state = 11;
+    double t0 = pesc_now();
+    rc = model_cache_slots(m, S, P + N, err);
+    for (int first = 0; rc == 0 && first < S; first += per_pass) {
+        int n = S - first < per_pass ? S - first : per_pass;
+        for (int i = 0; i < n * P; i++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            rows[i] = (int32_t)((state >> 33) % (uint64_t)V);
+        }
+        for (int i = 0; i < n; i++)
+            lens[i] = P;
+        rc = model_decode_prompts(m, first, rows, lens, n, P, logits + (size_t)first * V, err);
+    }
+    backend_synchronize(m->backend);
+    double t1 = pesc_now();
+    for (int step = 0; rc == 0 && step < steps; step++) {
+        for (int i = 0; i < S; i++) {
+            slots[i] = i;
+            next[i] = sampler_next(&greedy, logits + (size_t)i * V, V);
+        }
+        rc = model_decode_step(m, slots, next, S, logits, err);
+    }
+    backend_synchronize(m->backend);
+    *prompt_s = t1 - t0;
+    *steps_s = pesc_now() - t1;
+    sampler_free(&greedy);
+    free(next);
+    free(slots);
+    free(lens);
+    free(rows);
+    free(logits);
+    return rc;
+}
+
+/* pesc bench --decode: each count of sequences once to warm up (its buffers and cache made),
+ * then timed; a line (or a JSON element) each. */
+static int decode_bench(model *m, const bench_options *o, pesc_error *err)
+{
+    double first_rate = 0.0;
+    if (o->json)
+        printf("{\"backend\": \"%s\", \"device\": \"%s\", \"dim\": %d, \"layers\": %d, "
+               "\"heads\": %d, \"kv_heads\": %d, \"ffn\": %d, \"vocab\": %d, \"experts\": %d, "
+               "\"top_k\": %d, \"adapter_dim\": %d, \"prompt_tokens\": %d, "
+               "\"answer_tokens\": %d, \"decode\": [", backend_name(m->backend),
+               backend_device(m->backend), o->shape.hidden_size, o->shape.n_layers,
+               o->shape.n_heads, o->shape.n_kv_heads, o->shape.intermediate_size,
+               o->shape.vocab_size, o->pesc.experts, o->pesc.top_k, o->pesc.adapter_dim,
+               o->prompt_tokens, o->answer_tokens);
+    else
+        printf("%s: answering %d-token prompts with %d tokens each, greedy\n",
+               backend_device(m->backend), o->prompt_tokens, o->answer_tokens);
+    for (int i = 0; i < o->n_decode; i++) {
+        int S = o->decode[i];
+        double prompt_s, steps_s;
+        int P = o->prompt_tokens, N = o->answer_tokens;
+        if (decode_run(m, S, P, N, 2 < N ? 2 : N, &prompt_s, &steps_s, err) != 0 ||
+            decode_run(m, S, P, N, N, &prompt_s, &steps_s, err) != 0)
+            return pesc_fail_prefix(err, "--decode %d", S);
+        double rate = (double)S * o->answer_tokens / steps_s;
+        double prompt_rate = (double)S * o->prompt_tokens / prompt_s;
+        first_rate = i == 0 ? rate : first_rate;
+        if (o->json)
+            printf("%s{\"sequences\": %d, \"tokens_per_s\": %.1f, \"step_ms\": %.6f, "
+                   "\"prompt_tokens_per_s\": %.1f}", i ? ", " : "", S, rate,
+                   steps_s / o->answer_tokens * 1e3, prompt_rate);
+        else
+            printf("  %4d at once: %10.0f tokens/s (%.2fx %d at once), %8.2f ms a step; "
+                   "prompts %10.0f tokens/s\n", S, rate, rate / first_rate, o->decode[0],
+                   steps_s / o->answer_tokens * 1e3, prompt_rate);
+        fflush(stdout);
+    }
+    if (o->json)
+        printf("]}\n");
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     bench_options o;
@@ -325,6 +465,11 @@ int cmd_bench(int argc, char **argv)
     if (model_init_random(&m, &o.shape, b, 1, &err) != 0 || model_craft(&m, &o.pesc, 1, &err) != 0)
         goto out;
     randomize_trainables(&m);
+    if (o.n_decode) {
+        model_freeze_base(&m);   /* nothing trains, as in pesc generate */
+        status = decode_bench(&m, &o, &err) == 0 ? 0 : 1;
+        goto out;
+    }
     m.recompute = o.recompute;
     /* what pesc train's memory estimate would say the steps and AdamW's moments take, against
      * what they took: the device's memory in use before and after them (the CPU backend

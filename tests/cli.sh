@@ -665,6 +665,22 @@ expect 2 "unknown option --bogus" "inspect --bogus is a usage error" -- "$pesc" 
 expect 1 "^pesc inspect: --bogus: no such file" "inspect -- --bogus is a path" -- \
   "$pesc" inspect -- --bogus
 
+# bench --decode: answering speed a count of sequences, each rate what its step time gives
+# (sequences x 1000 / step_ms, within the rounding of the printed figures)
+"$pesc" bench $small --decode 1,3 --prompt-tokens 8 --answer-tokens 4 --json --backend cpu >"$tmp/out" 2>"$tmp/err"
+status=$?
+rates=$(sed 's/}, {/\n/g' "$tmp/out" | sed -n 's/.*"sequences": \([0-9]*\), "tokens_per_s": \([0-9.]*\), "step_ms": \([0-9.]*\), "prompt_tokens_per_s": \([0-9.]*\).*/\1 \2 \3 \4/p')
+if [ $status -eq 0 ] && [ "$(printf '%s\n' "$rates" | cut -d' ' -f1 | tr '\n' ' ')" = "1 3 " ] &&
+  printf '%s\n' "$rates" | awk '{ want = $1 * 1000 / $3; if (!($2 > 0 && $4 > 0 && $2 / want > 0.99 && $2 / want < 1.01)) bad = 1 } END { exit bad }'; then
+  pass "bench --decode: a rate for 1 and 3 sequences, each its step time's"
+else
+  fail "bench --decode: exit $status, '$rates' $(head -c 300 "$tmp/out" "$tmp/err")"
+fi
+expect 2 "\-\-decode 1,0: up to 16 counts of sequences" "bench --decode with a 0" -- "$pesc" bench --decode 1,0
+expect 2 "\-\-decode times answering, and \-\-profile is for training steps" "bench --decode --profile" -- \
+  "$pesc" bench --decode 4 --profile
+expect 2 "\-\-answer-tokens is for \-\-decode S,...: give it" "bench --answer-tokens alone" -- \
+  "$pesc" bench --answer-tokens 4
 # bench: --seq x --batch past pesc train's limit is bad usage (it overflowed int: a crash)
 expect 2 "at most 16777216 tokens per step" "bench --seq 65536 --batch 65536 is refused" -- \
   "$pesc" bench --seq 65536 --batch 65536 --backend cpu
