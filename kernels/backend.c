@@ -342,6 +342,11 @@ void residual_forward(pesc_backend *b, float *out, const float *x, const float *
     PROFILED(b, __func__, b->ops->residual_forward(b->context, out, x, y, n));
 }
 
+void argmax_rows(pesc_backend *b, int32_t *out, const float *x, int rows, int cols)
+{
+    PROFILED(b, __func__, b->ops->argmax_rows(b->context, out, x, rows, cols));
+}
+
 void crossentropy_forward(pesc_backend *b, float *losses, const float *logits, const int32_t *targets, int N, int V, float softcap)
 {
     PROFILED(b, __func__, b->ops->crossentropy_forward(b->context, losses, logits, targets, N, V, softcap));

@@ -212,17 +212,19 @@ static int queue(ans_answerer *a, const ds_record *r, ans_tally *t, const char *
     return 0;
 }
 
-/* The next token of each answer going, from its logits row (row[j]): an end marker or its
- * room reached ends it; the others go into slots and next, n of them. */
-static int advance(ans_answerer *a, ans_prompt *p, int k, const int *row, int *slots,
-                   int32_t *next)
+/* The next token of each answer going, from its row (row[j]) of picks, the greedy ids the
+ * backend chose, or else of the logits: an end marker or its room reached ends it; the others
+ * go into slots and next, n of them. */
+static int advance(ans_answerer *a, ans_prompt *p, int k, const int *row, const int32_t *picks,
+                   int *slots, int32_t *next)
 {
     int V = a->m->config.vocab_size, n = 0;
     for (int j = 0; j < k; j++) {
         if (!p[j].going)
             continue;
-        int32_t id = sampler_next(p[j].s ? p[j].s : &a->greedy,
-                                  a->logits + (size_t)row[j] * V, V);
+        int32_t id = picks ? picks[row[j]]
+                           : sampler_next(p[j].s ? p[j].s : &a->greedy,
+                                          a->logits + (size_t)row[j] * V, V);
         if (is_stop(id, a->stops, a->n_stops)) {
             p[j].going = 0;
             p[j].ended = 1;
@@ -270,16 +272,21 @@ static int prompts(ans_answerer *a, const ans_prompt *p, int k, pesc_error *err)
 /* Answers k prompts (k <= a->batch) in slots of one cache of capacity tokens each. */
 static int answer_slots(ans_answerer *a, ans_prompt *p, int k, int capacity, pesc_error *err)
 {
-    int row[ANS_BATCH_MAX], slots[ANS_BATCH_MAX];
-    int32_t next[ANS_BATCH_MAX];
+    int row[ANS_BATCH_MAX], slots[ANS_BATCH_MAX], greedy = 1;
+    int32_t next[ANS_BATCH_MAX], picks[ANS_BATCH_MAX];
     if (model_cache_slots(a->m, k, capacity, err) != 0 || prompts(a, p, k, err) != 0)
         return -1;
     for (int j = 0; j < k; j++) {
         row[j] = j;
         p[j].going = p[j].room > 0;
+        greedy &= !p[j].s;
     }
-    for (int n; (n = advance(a, p, k, row, slots, next)) > 0;) {
-        if (model_decode_step(a->m, slots, next, n, a->logits, err) != 0)
+    /* all greedy: the steps' picks are made on the backend, n ids back a step, not n rows of
+     * logits (the prompts' first picks are the host's, from their logits) */
+    for (int n, first = 1; (n = advance(a, p, k, row, greedy && !first ? picks : NULL, slots,
+                                        next)) > 0; first = 0) {
+        if ((greedy ? model_decode_step_greedy(a->m, slots, next, n, picks, err)
+                    : model_decode_step(a->m, slots, next, n, a->logits, err)) != 0)
             return -1;
         for (int i = 0; i < n; i++)
             row[slots[i]] = i;

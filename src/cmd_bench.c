@@ -45,7 +45,7 @@ static const char bench_usage[] =
     "  --decode S[,S...]  instead, time answering as eval --generate and generate --prompts\n"
     "                     do it, with S sequences at once in slots of one KV cache: their\n"
     "                     prompts, then a pass a token for all of them, each token the greedy\n"
-    "                     pick of the last (the logits to the host); per S, the answers'\n"
+    "                     pick of the last (made on the backend); per S, the answers'\n"
     "                     tokens/s and ms a step, and the prompts' tokens/s\n"
     "  --prompt-tokens P --answer-tokens N   with --decode: a prompt's tokens and an\n"
     "                     answer's (128, 64)\n"
@@ -355,8 +355,8 @@ static void print_profile(const bench_profile *p, double step_s, int json)
 }
 
 /* --decode: S random prompts of P tokens into the slots of one cache (passes of up to 4096
- * tokens, as src/answers lays them), then N steps of all S, each token the greedy pick of the
- * logits of the one before (only the first `steps` of them: a warm-up makes the cache of N
+ * tokens, as src/answers lays them), then N steps of all S, each token the greedy pick the
+ * backend made of the logits of the one before (only the first `steps` of them: a warm-up makes the cache of N
  * without taking them all). The prompts' and the steps' seconds, waits included. */
 static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s,
                       double *steps_s, pesc_error *err)
@@ -365,7 +365,7 @@ static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s
     float *logits = xmalloc((size_t)S * V * sizeof *logits);
     int32_t *rows = xmalloc((size_t)(per_pass < S ? per_pass : S) * P * sizeof *rows);
     int *lens = xmalloc((size_t)S * sizeof *lens), *slots = xmalloc((size_t)S * sizeof *slots);
-    int32_t *next = xmalloc((size_t)S * sizeof *next);
+    int32_t *next = xmalloc((size_t)S * sizeof *next), *picked = xmalloc((size_t)S * sizeof *picked);
     sampler greedy;
     sampler_init(&greedy, 0.0f, 0, 1.0f, 0);
     uint64_t state = 11;
@@ -383,18 +383,20 @@ static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s
     }
     backend_synchronize(m->backend);
     double t1 = pesc_now();
-    for (int step = 0; rc == 0 && step < steps; step++) {
-        for (int i = 0; i < S; i++) {
-            slots[i] = i;
-            next[i] = sampler_next(&greedy, logits + (size_t)i * V, V);
-        }
-        rc = model_decode_step(m, slots, next, S, logits, err);
+    for (int i = 0; i < S; i++) {   /* the prompts' picks from their logits, as answering */
+        slots[i] = i;
+        next[i] = sampler_next(&greedy, logits + (size_t)i * V, V);
+    }
+    for (int step = 0; rc == 0 && step < steps; step++) {   /* then the backend's */
+        rc = model_decode_step_greedy(m, slots, next, S, picked, err);
+        memcpy(next, picked, (size_t)S * sizeof *next);
     }
     backend_synchronize(m->backend);
     *prompt_s = t1 - t0;
     *steps_s = pesc_now() - t1;
     sampler_free(&greedy);
     free(next);
+    free(picked);
     free(slots);
     free(lens);
     free(rows);

@@ -554,6 +554,7 @@ void model_free(model *m)
         backend_free(m->backend, m->grad_block);
         backend_free(m->backend, m->k_cache);
         backend_free(m->backend, m->v_cache);
+        backend_free(m->backend, m->picks);
     }
     free(m->slot_len);
     free(m->layers);

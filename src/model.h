@@ -197,6 +197,8 @@ typedef struct model {
                                     cache_capacity apart */
     int cache_capacity, cache_len, cache_rows, cache_slots;
     int *slot_len;
+    int32_t *picks;              /* (pick_rows) backend: model_decode_step_greedy's ids */
+    int pick_rows;
     const int *step_slots;       /* a step's tokens' slots (model_decode_step) */
     int prompt_slot;             /* the first slot of a pass of prompts, and their lengths */
     const int *prompt_lens;      /* (model_decode_prompts) */
@@ -340,6 +342,13 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
 int model_cache_slots(model *m, int slots, int capacity, pesc_error *err);
 int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, float *logits,
                       pesc_error *err);
+/* As model_decode_step, but the greedy pick of each slot's next token (the lowest id of the
+ * largest logit, as sampler_next's greedy) goes into picks (n, host) instead of the logits:
+ * argmax_rows on the backend, so on a GPU n ids reach the host, not n x V logits. The final
+ * softcap, monotone, is left out (a pick differs only where it would round two logits to
+ * one). */
+int model_decode_step_greedy(model *m, const int *slots, const int32_t *tokens, int n,
+                             int32_t *picks, pesc_error *err);
 /* n prompts at once into slots first, first + 1, ...: row i of tokens (n, T) holds lens[i]
  * tokens and padding after them (any ids); each slot then holds its prompt alone. */
 int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *lens, int n,

@@ -1277,8 +1277,31 @@ int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *
     return 0;
 }
 
-int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, float *logits,
-                      pesc_error *err)
+/* The greedy picks of rows (n) of the final norm's output into picks (host), a slice of
+ * logit_rows at a time: argmax_rows on the backend. */
+static int last_picks(model *m, int n, int32_t *picks, pesc_error *err)
+{
+    int C = m->config.hidden_size, V = m->config.vocab_size, slice = m->act.logit_rows;
+    if (n > m->pick_rows) {
+        backend_free(m->backend, m->picks);
+        m->pick_rows = 0;
+        if (!(m->picks = backend_alloc(m->backend, (size_t)n * sizeof *m->picks, err)))
+            return -1;
+        m->pick_rows = n;
+    }
+    for (int start = 0; start < n; start += slice) {
+        int rows = n - start < slice ? n - start : slice;
+        matmul_forward(m->backend, m->act.logits, m->act.xn + (size_t)start * C, m->lm_head,
+                       NULL, rows, C, V);
+        argmax_rows(m->backend, m->picks + start, m->act.logits, rows, V);
+    }
+    backend_download(m->backend, picks, m->picks, (size_t)n * sizeof *picks);
+    return backend_check(m->backend, err);
+}
+
+/* model_decode_step's pass, its logits or its greedy picks after (one of them NULL). */
+static int decode_step(model *m, const int *slots, const int32_t *tokens, int n, float *logits,
+                       int32_t *picks, pesc_error *err)
 {
     if (n <= 0 || !m->slot_len)
         return pesc_fail(err, "model_decode_step: %d slots", n);
@@ -1302,7 +1325,8 @@ int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, 
     }
     if (hfconfig_rope_long(&m->config, lo) != hfconfig_rope_long(&m->config, hi)) {
         for (int i = 0; i < n; i++)
-            if (model_decode_step(m, slots + i, tokens + i, 1, logits + (size_t)i * V, err) != 0)
+            if (decode_step(m, slots + i, tokens + i, 1, logits ? logits + (size_t)i * V : NULL,
+                            picks ? picks + i : NULL, err) != 0)
                 return -1;
         return 0;
     }
@@ -1313,5 +1337,17 @@ int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, 
         return -1;
     for (int i = 0; i < n; i++)
         m->slot_len[slots[i]]++;
-    return last_logits(m, 0, n, logits, err);
+    return picks ? last_picks(m, n, picks, err) : last_logits(m, 0, n, logits, err);
+}
+
+int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, float *logits,
+                      pesc_error *err)
+{
+    return decode_step(m, slots, tokens, n, logits, NULL, err);
+}
+
+int model_decode_step_greedy(model *m, const int *slots, const int32_t *tokens, int n,
+                             int32_t *picks, pesc_error *err)
+{
+    return decode_step(m, slots, tokens, n, NULL, picks, err);
 }

@@ -33,13 +33,14 @@ static int by_probability(const void *a, const void *b, void *probs)
     return *(const int *)a - *(const int *)b;
 }
 
+/* The first of the largest, NaN never (a row of NaN: 0), as the backends' argmax_rows. */
 static int argmax(const float *x, int n)
 {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (x[i] == x[i] && (best < 0 || x[i] > x[best]))
             best = i;
-    return best;
+    return best < 0 ? 0 : best;
 }
 
 int sampler_next(sampler *s, const float *logits, int V)

@@ -487,6 +487,41 @@ static void test_crossentropy(pesc_backend *b, int N, int V, float cap)
     backend_free(b, logits); backend_free(b, losses); backend_free(b, targets);
 }
 
+/* argmax_rows against a scan written here: rows of random values, rows whose largest value
+ * comes twice (the first counts) or late in the row, a row with NaN first and among the
+ * values, a row all NaN (0), a row of -inf (0, the first). */
+static void test_argmax_rows(pesc_backend *b, int rows, int cols)
+{
+    float *x = alloc_floats(b, (size_t)rows * cols);
+    int32_t *out = (int32_t *)alloc_floats(b, (size_t)rows);
+    fill(x, (size_t)rows * cols, 4.0);
+    for (int r = 0; r < rows; r++) {
+        float *row = x + (size_t)r * cols;
+        int a = (int)(uniform() * cols) % cols, c = (int)(uniform() * cols) % cols;
+        switch (r % 6) {
+        case 1: row[a] = row[c] = 9.0f; break;                 /* a tie */
+        case 2: row[cols - 1] = 9.0f; break;                   /* the last */
+        case 3: row[0] = NAN; row[a] = NAN; row[c] = 9.0f; break;
+        case 4: for (int i = 0; i < cols; i++) row[i] = NAN; break;
+        case 5: for (int i = 0; i < cols; i++) row[i] = -INFINITY; break;
+        }
+    }
+    argmax_rows(b, out, x, rows, cols);
+    int wrong = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * cols;
+        int best = -1;
+        for (int i = 0; i < cols; i++)
+            if (!isnan(row[i]) && (best < 0 || row[i] > row[best]))
+                best = i;
+        wrong += out[r] != (best < 0 ? 0 : best);
+    }
+    printf("%-4s argmax_rows %d x %-32d %d of %d rows wrong\n", wrong ? "FAIL" : "ok", rows, cols,
+           wrong, rows);
+    failures += wrong > 0;
+    backend_free(b, x); backend_free(b, out);
+}
+
 /* ulps between a float and the C library's double-rounded value (the units of the result's
  * binade; below FLT_MIN, of the denormals) */
 static double ulps(float got, double want)
@@ -638,6 +673,8 @@ int main(void)
     test_add_uniform(b, 100003);
     test_crossentropy(b, 21, 300, 0.0f);
     test_crossentropy(b, 21, 300, 3.0f);
+    test_argmax_rows(b, 37, 1000);
+    test_argmax_rows(b, 12, 7);
     test_adamw(b, 10007);
     test_dropout(b, 1000003, 0.1f);
     test_dropout(b, 100003, 0.5f);

@@ -81,6 +81,7 @@ static const backend_ops cpu_ops = {
     .geglu_forward = cpu_geglu_forward,
     .residual_forward = cpu_residual_forward,
     .crossentropy_forward = cpu_crossentropy_forward,
+    .argmax_rows = cpu_argmax_rows,
     .moe_route_forward = cpu_moe_route_forward,
     .moe_group = cpu_moe_group,
     .moe_route_backward = cpu_moe_route_backward,

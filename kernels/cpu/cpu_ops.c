@@ -415,6 +415,20 @@ static CPU_WIDE double logsumexp_row(const float *row, int n, float cap)
     return log(sum) + m;
 }
 
+void cpu_argmax_rows(void *ctx, int32_t *out, const float *x, int rows, int cols)
+{
+    (void)ctx;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * cols;
+        int best = -1;
+        for (int i = 0; i < cols; i++)
+            if (row[i] == row[i] && (best < 0 || row[i] > row[best]))
+                best = i;
+        out[r] = best < 0 ? 0 : best;
+    }
+}
+
 void cpu_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N,
                               int V, float softcap)
 {

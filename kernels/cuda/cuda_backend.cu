@@ -1015,6 +1015,7 @@ static const backend_ops cuda_ops = {
     .geglu_forward = cuda_geglu_forward,
     .residual_forward = cuda_residual_forward,
     .crossentropy_forward = cuda_crossentropy_forward,
+    .argmax_rows = cuda_argmax_rows,
     .moe_route_forward = cuda_moe_route_forward,
     .moe_group = cuda_moe_group,
     .moe_route_backward = cuda_moe_route_backward,

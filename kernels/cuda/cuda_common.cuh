@@ -391,6 +391,7 @@ void cuda_swiglu_forward(void *ctx, float *out, const float *gate, const float *
 void cuda_geglu_forward(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_forward(void *ctx, float *out, const float *x, const float *y, size_t n);
 void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits, const int32_t *targets, int N, int V, float softcap);
+void cuda_argmax_rows(void *ctx, int32_t *out, const float *x, int rows, int cols);
 void cuda_moe_route_forward(void *ctx, int32_t *topk_idx, float *topk_w, float *probs, float *lse, const float *logits, const int32_t *sources, int N, int E, int K);
 void cuda_moe_route_backward(void *ctx, float *dlogits, const float *dtopk_w, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const float *aux_grad, float z_scale, int N, int E, int K);
 void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const int32_t *topk_idx, const float *topk_w, const float *probs, const float *lse, const int32_t *sources, int N, int E, int K, int S);

@@ -538,6 +538,64 @@ __global__ void crossentropy_backward_kernel(values_out dlogits, float *losses,
         losses[blockIdx.x] = logf(sum) + m - target_logit;
 }
 
+// argmax_rows: a block a row. Each thread keeps the first of the largest of its stride (NaN
+// never; index -1 while it has seen none), then the warps and the block keep the larger of
+// two, the lower index of equals: the row's first largest, as the CPU's scan finds it.
+__device__ __forceinline__ bool argmax_better(float v, int i, float than, int than_i)
+{
+    return i >= 0 && (than_i < 0 || v > than || (v == than && i < than_i));
+}
+
+__device__ __forceinline__ void warp_argmax(float *v, int *i)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, *v, o);
+        int oi = __shfl_xor_sync(0xffffffffu, *i, o);
+        if (argmax_better(ov, oi, *v, *i)) {
+            *v = ov;
+            *i = oi;
+        }
+    }
+}
+
+__global__ void argmax_rows_kernel(int32_t *out, const float *x, int cols)
+{
+    __shared__ float shared_v[32];
+    __shared__ int shared_i[32];
+    const float *row = x + (size_t)blockIdx.x * cols;
+    float v = -INFINITY;
+    int idx = -1;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float y = row[i];
+        if (y == y && (idx < 0 || y > v)) {
+            v = y;
+            idx = i;
+        }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    warp_argmax(&v, &idx);
+    if (lane == 0) {
+        shared_v[warp] = v;
+        shared_i[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < warps ? shared_v[lane] : -INFINITY;
+        idx = lane < warps ? shared_i[lane] : -1;
+        warp_argmax(&v, &idx);
+        if (lane == 0)
+            out[blockIdx.x] = idx < 0 ? 0 : idx;
+    }
+}
+
+extern "C" void cuda_argmax_rows(void *ctx, int32_t *out, const float *x, int rows, int cols)
+{
+    CUDA_OP(ctx);
+    if (rows > 0)
+        CUDA_LAUNCH(argmax_rows_kernel, rows, 256, 0, c->stream, out, x, cols);
+    CUDA_LAUNCHED(c);
+}
+
 extern "C" void cuda_crossentropy_forward(void *ctx, float *losses, const float *logits,
                                           const int32_t *targets, int N, int V, float softcap)
 {

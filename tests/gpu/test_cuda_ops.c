@@ -710,6 +710,38 @@ static void test_elementwise(size_t n)
 }
 
 /* cap > 0: Gemma 2's softcap of the logits */
+/* argmax_rows: the CPU's picks exactly, over a vocabulary's rows: ties (the first of equals
+ * counts, across threads and warps of the block), the largest last, NaN first and among the
+ * values, a row all NaN, a row of -inf. */
+static void test_argmax_rows(int rows, int cols)
+{
+    twin x = twin_random((size_t)rows * cols, 6.0), out = twin_ints(rows, 0, 0);
+    for (int r = 0; r < rows; r++) {
+        float *row = F(x) + (size_t)r * cols;
+        int a = (int)(gpu_test_uniform() * cols) % cols, c = (int)(gpu_test_uniform() * cols) % cols;
+        switch (r % 6) {
+        case 1: row[a] = row[c] = 9.0f; break;
+        case 2: row[cols - 1] = 9.0f; break;
+        case 3: row[0] = NAN; row[a] = NAN; row[c] = 9.0f; break;
+        case 4: for (int i = 0; i < cols; i++) row[i] = NAN; break;
+        case 5: for (int i = 0; i < cols; i++) row[i] = -INFINITY; break;
+        }
+    }
+    twin_sync(x);
+    argmax_rows(cpu, FI(out), F(x), rows, cols);
+    argmax_rows(gpu, GI(out), G(x), rows, cols);
+    int32_t *got = malloc(out.bytes);
+    backend_download(gpu, got, out.g, out.bytes);
+    int wrong = 0;
+    for (int r = 0; r < rows; r++)
+        wrong += got[r] != FI(out)[r];
+    char name[64];
+    snprintf(name, sizeof name, "argmax_rows %d x %d", rows, cols);
+    gpu_test_verdict(wrong == 0, name, wrong, "rows unlike the CPU's");
+    free(got);
+    twin_free(x); twin_free(out);
+}
+
 static void test_crossentropy(int N, int V, float cap)
 {
     twin logits = twin_random((size_t)N * V, 6.0), targets = twin_ints(N, 0, V - 1);
@@ -1058,6 +1090,8 @@ int main(void)
     test_elementwise(100003);
     test_crossentropy(37, 32000, 0.0f);
     test_crossentropy(37, 32000, 3.0f);   /* Gemma 2's softcap, biting on logits of +-6 */
+    test_argmax_rows(37, 32000);
+    test_argmax_rows(13, 5);   /* fewer values than a warp */
     test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */
     test_attention_cached(1, 57, 4, 2, 64, 0);
     test_attention_cached(7, 90, 4, 2, 32, 20);
