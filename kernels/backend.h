@@ -191,14 +191,14 @@ void geglu_forward(pesc_backend *b, float *out, const float *gate, const float *
 /* out (n) = x + y, elementwise; out may alias either input. */
 void residual_forward(pesc_backend *b, float *out, const float *x, const float *y, size_t n);
 
-/* losses (N) = logsumexp(y[n]) - y[n][targets[n]], from logits (N, V): y = logits, or when
- * softcap > 0 softcap tanh(logits / softcap) (Gemma 2's final_logit_softcapping);
- * targets < 0 (the -100 of Hugging Face labels) give a loss of 0. */
 /* out (rows, backend memory) = the index of each row's largest value (x: rows x cols), the
  * lowest of equals; NaN is never the largest (a row of NaN gives 0). The greedy pick of a
  * generated token without the logits leaving the device. */
 void argmax_rows(pesc_backend *b, int32_t *out, const float *x, int rows, int cols);
 
+/* losses (N) = logsumexp(y[n]) - y[n][targets[n]], from logits (N, V): y = logits, or when
+ * softcap > 0 softcap tanh(logits / softcap) (Gemma 2's final_logit_softcapping);
+ * targets < 0 (the -100 of Hugging Face labels) give a loss of 0. */
 void crossentropy_forward(pesc_backend *b, float *losses, const float *logits,
                           const int32_t *targets, int N, int V, float softcap);
 

@@ -46,7 +46,8 @@ static const char bench_usage[] =
     "                     do it, with S sequences at once in slots of one KV cache: their\n"
     "                     prompts, then a pass a token for all of them, each token the greedy\n"
     "                     pick of the last (made on the backend); per S, the answers'\n"
-    "                     tokens/s and ms a step, and the prompts' tokens/s\n"
+    "                     tokens/s and ms a step, and the prompts' tokens/s (--seq,\n"
+    "                     --batch and --steps do not apply)\n"
     "  --prompt-tokens P --answer-tokens N   with --decode: a prompt's tokens and an\n"
     "                     answer's (128, 64)\n"
     "crafting options:\n";
@@ -381,12 +382,12 @@ static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s
             lens[i] = P;
         rc = model_decode_prompts(m, first, rows, lens, n, P, logits + (size_t)first * V, err);
     }
-    backend_synchronize(m->backend);
-    double t1 = pesc_now();
-    for (int i = 0; i < S; i++) {   /* the prompts' picks from their logits, as answering */
+    for (int i = 0; rc == 0 && i < S; i++) {   /* the prompts' picks, as answering's */
         slots[i] = i;
         next[i] = sampler_next(&greedy, logits + (size_t)i * V, V);
     }
+    backend_synchronize(m->backend);
+    double t1 = pesc_now();
     for (int step = 0; rc == 0 && step < steps; step++) {   /* then the backend's */
         rc = model_decode_step_greedy(m, slots, next, S, picked, err);
         memcpy(next, picked, (size_t)S * sizeof *next);
@@ -426,8 +427,11 @@ static int decode_bench(model *m, const bench_options *o, pesc_error *err)
         double prompt_s, steps_s;
         int P = o->prompt_tokens, N = o->answer_tokens;
         if (decode_run(m, S, P, N, 2 < N ? 2 : N, &prompt_s, &steps_s, err) != 0 ||
-            decode_run(m, S, P, N, N, &prompt_s, &steps_s, err) != 0)
+            decode_run(m, S, P, N, N, &prompt_s, &steps_s, err) != 0) {
+            if (o->json)   /* what was measured stays readable JSON */
+                printf("]}\n");
             return pesc_fail_prefix(err, "--decode %d", S);
+        }
         double rate = (double)S * o->answer_tokens / steps_s;
         double prompt_rate = (double)S * o->prompt_tokens / prompt_s;
         first_rate = i == 0 ? rate : first_rate;

@@ -344,9 +344,8 @@ int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, 
                       pesc_error *err);
 /* As model_decode_step, but the greedy pick of each slot's next token (the lowest id of the
  * largest logit, as sampler_next's greedy) goes into picks (n, host) instead of the logits:
- * argmax_rows on the backend, so on a GPU n ids reach the host, not n x V logits. The final
- * softcap, monotone, is left out (a pick differs only where it would round two logits to
- * one). */
+ * argmax_rows on the backend, so on a GPU n ids reach the host, not n x V logits (but for a
+ * final softcap, applied on the host: those logits are picked there). */
 int model_decode_step_greedy(model *m, const int *slots, const int32_t *tokens, int n,
                              int32_t *picks, pesc_error *err);
 /* n prompts at once into slots first, first + 1, ...: row i of tokens (n, T) holds lens[i]

@@ -1278,10 +1278,26 @@ int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *
 }
 
 /* The greedy picks of rows (n) of the final norm's output into picks (host), a slice of
- * logit_rows at a time: argmax_rows on the backend. */
+ * logit_rows at a time: argmax_rows on the backend. A final softcap is applied on the host
+ * (cap_logits), where its rounding may tie two logits the backend would tell apart: then the
+ * logits come to the host and are picked there, as sampler_next's greedy picks them. */
 static int last_picks(model *m, int n, int32_t *picks, pesc_error *err)
 {
     int C = m->config.hidden_size, V = m->config.vocab_size, slice = m->act.logit_rows;
+    if (m->config.final_logit_softcapping > 0) {
+        float *logits = xmalloc((size_t)n * V * sizeof *logits);
+        int rc = last_logits(m, 0, n, logits, err);
+        for (int r = 0; rc == 0 && r < n; r++) {
+            const float *row = logits + (size_t)r * V;
+            int best = -1;
+            for (int i = 0; i < V; i++)
+                if (row[i] == row[i] && (best < 0 || row[i] > row[best]))
+                    best = i;
+            picks[r] = best < 0 ? 0 : best;
+        }
+        free(logits);
+        return rc;
+    }
     if (n > m->pick_rows) {
         backend_free(m->backend, m->picks);
         m->pick_rows = 0;

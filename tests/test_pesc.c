@@ -500,6 +500,39 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
     REPORT(worst < 1e-4 && steps == 12 && refused && m->slot_len[1] == 11,
            "slots of one cache, decoded a step for several at once, equal their full forwards "
            "(%s%s): max |diff| %.1e after %d steps", dir, what, worst, steps);
+    /* the same steps again, the backend's greedy picks (model_decode_step_greedy): each the
+     * first largest of its full forward's (capped) logits */
+    int wrong = 0, picked = 0;
+    if (model_cache_slots(m, S, 20, &err) != 0 ||
+        model_decode_prompts(m, 0, ids, prompt, 1, prompt[0], got, &err) != 0 ||
+        model_decode_prompts(m, 1, rows, prompt + 1, 2, 9, got + V, &err) != 0)
+        die(&err);
+    for (int s = 0; s < S; s++)
+        len[s] = prompt[s];
+    for (;;) {
+        int slots[S], k = 0;
+        int32_t next[S], picks[S];
+        for (int s = 0; s < S; s++)
+            if (len[s] < end[s]) {
+                slots[k] = s;
+                next[k++] = ids[s * T + len[s]];
+            }
+        if (k == 0)
+            break;
+        if (model_decode_step_greedy(m, slots, next, k, picks, &err) != 0)
+            die(&err);
+        for (int i = 0; i < k; i++) {
+            int s = slots[i], best = 0;
+            const float *want = full + ((size_t)s * T + len[s]) * V;
+            for (int v = 1; v < V; v++)
+                best = want[v] > want[best] ? v : best;
+            wrong += picks[i] != best;
+            picked++;
+            len[s]++;
+        }
+    }
+    REPORT(wrong == 0 && picked == 23, "greedy picks on the backend equal the full forward's "
+           "argmax (%s%s): %d of %d differ", dir, what, wrong, picked);
     /* one sequence again */
     worst = 0.0;
     if (model_cache_reset(m, 8, &err) != 0 || model_decode(m, ids + T, 6, got, NULL, &err) != 0)

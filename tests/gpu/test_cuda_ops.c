@@ -709,7 +709,6 @@ static void test_elementwise(size_t n)
     twin_free(a); twin_free(b); twin_free(out); twin_free(d); twin_free(da); twin_free(db);
 }
 
-/* cap > 0: Gemma 2's softcap of the logits */
 /* argmax_rows: the CPU's picks exactly, over a vocabulary's rows: ties (the first of equals
  * counts, across threads and warps of the block), the largest last, NaN first and among the
  * values, a row all NaN, a row of -inf. */
@@ -742,6 +741,7 @@ static void test_argmax_rows(int rows, int cols)
     twin_free(x); twin_free(out);
 }
 
+/* cap > 0: Gemma 2's softcap of the logits */
 static void test_crossentropy(int N, int V, float cap)
 {
     twin logits = twin_random((size_t)N * V, 6.0), targets = twin_ints(N, 0, V - 1);
