@@ -1287,14 +1287,8 @@ static int last_picks(model *m, int n, int32_t *picks, pesc_error *err)
     if (m->config.final_logit_softcapping > 0) {
         float *logits = xmalloc((size_t)n * V * sizeof *logits);
         int rc = last_logits(m, 0, n, logits, err);
-        for (int r = 0; rc == 0 && r < n; r++) {
-            const float *row = logits + (size_t)r * V;
-            int best = -1;
-            for (int i = 0; i < V; i++)
-                if (row[i] == row[i] && (best < 0 || row[i] > row[best]))
-                    best = i;
-            picks[r] = best < 0 ? 0 : best;
-        }
+        for (int r = 0; rc == 0 && r < n; r++)
+            picks[r] = pesc_argmax(logits + (size_t)r * V, V);
         free(logits);
         return rc;
     }

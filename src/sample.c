@@ -33,26 +33,16 @@ static int by_probability(const void *a, const void *b, void *probs)
     return *(const int *)a - *(const int *)b;
 }
 
-/* The first of the largest, NaN never (a row of NaN: 0), as the backends' argmax_rows. */
-static int argmax(const float *x, int n)
-{
-    int best = -1;
-    for (int i = 0; i < n; i++)
-        if (x[i] == x[i] && (best < 0 || x[i] > x[best]))
-            best = i;
-    return best < 0 ? 0 : best;
-}
-
 int sampler_next(sampler *s, const float *logits, int V)
 {
     if (s->temperature <= 0.0f)
-        return argmax(logits, V);
+        return pesc_argmax(logits, V);
     if (V > s->capacity) {
         s->probs = xrealloc(s->probs, (size_t)V * sizeof *s->probs);
         s->order = xrealloc(s->order, (size_t)V * sizeof *s->order);
         s->capacity = V;
     }
-    float m = logits[argmax(logits, V)];
+    float m = logits[pesc_argmax(logits, V)];
     double sum = 0.0;
     for (int i = 0; i < V; i++) {
         s->probs[i] = expf((logits[i] - m) / s->temperature);

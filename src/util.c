@@ -606,6 +606,15 @@ double pesc_xorshift_uniform(uint64_t *state)
     return (double)(*state >> 11) * 0x1p-53;
 }
 
+int pesc_argmax(const float *x, int n)
+{
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (x[i] == x[i] && (best < 0 || x[i] > x[best]))
+            best = i;
+    return best < 0 ? 0 : best;
+}
+
 double pesc_now(void)
 {
     struct timespec ts;

@@ -133,4 +133,8 @@ double pesc_xorshift_uniform(uint64_t *state);   /* [0, 1); xorshift64, state mu
 /* Monotonic seconds. */
 double pesc_now(void);
 
+/* The index of x's first largest value (n of them), NaN never (all NaN: 0): the greedy pick,
+ * as the backends' argmax_rows makes it. */
+int pesc_argmax(const float *x, int n);
+
 #endif

@@ -443,6 +443,20 @@ static void test_dropout_off(void)
  * first alone, the others in one padded pass), then a token a step for each still going (the
  * second stops after 5 steps): each slot's logits are those of a full forward over its own
  * tokens. Then the one-sequence cache again. */
+/* The slots of S sequences (ids, T a row) not yet at their end: each one's slot and its next
+ * token, k of them. */
+static int step_slots(int S, int T, const int *len, const int *end, const int32_t *ids,
+                      int *slots, int32_t *next)
+{
+    int k = 0;
+    for (int s = 0; s < S; s++)
+        if (len[s] < end[s]) {
+            slots[k] = s;
+            next[k++] = ids[s * T + len[s]];
+        }
+    return k;
+}
+
 static void test_cache_slots(model *m, const char *dir, const char *what)
 {
     enum { S = 3, T = 16 };
@@ -475,14 +489,9 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
     }
     int len[S] = {prompt[0], prompt[1], prompt[2]}, steps = 0;
     for (;;) {
-        int slots[S], k = 0;
+        int slots[S], k;
         int32_t next[S];
-        for (int s = 0; s < S; s++)
-            if (len[s] < end[s]) {
-                slots[k] = s;
-                next[k++] = ids[s * T + len[s]];
-            }
-        if (k == 0)
+        if ((k = step_slots(S, T, len, end, ids, slots, next)) == 0)
             break;
         if (model_decode_step(m, slots, next, k, got, &err) != 0)
             die(&err);
@@ -510,14 +519,9 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
     for (int s = 0; s < S; s++)
         len[s] = prompt[s];
     for (;;) {
-        int slots[S], k = 0;
+        int slots[S], k;
         int32_t next[S], picks[S];
-        for (int s = 0; s < S; s++)
-            if (len[s] < end[s]) {
-                slots[k] = s;
-                next[k++] = ids[s * T + len[s]];
-            }
-        if (k == 0)
+        if ((k = step_slots(S, T, len, end, ids, slots, next)) == 0)
             break;
         if (model_decode_step_greedy(m, slots, next, k, picks, &err) != 0)
             die(&err);
