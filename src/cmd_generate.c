@@ -285,14 +285,18 @@ static void answerer_free(answerer *a)
 
 /* A piece of the answer to standard output, and after *text's first *kept bytes when text is
  * not NULL. */
-static void put_piece(const char *piece, size_t len, char **text, size_t *kept)
+static void append_piece(const char *piece, size_t len, char **text, size_t *kept)
 {
-    fwrite(piece, 1, len, stdout);
-    if (!text)
-        return;
     *text = xrealloc(*text, *kept + len + 1);
     memcpy(*text + *kept, piece, len);
     (*text)[*kept += len] = '\0';
+}
+
+static void put_piece(const char *piece, size_t len, char **text, size_t *kept)
+{
+    fwrite(piece, 1, len, stdout);
+    if (text)
+        append_piece(piece, len, text, kept);
 }
 
 /* The answer to the prompt in the cache (its next token's logits in a->logits), streamed to
@@ -594,15 +598,11 @@ static char *answer_text(tokenizer *tok, const tok_ids *out, size_t *n)
     char *text = xstrdup("");
     for (int i = 0; i < out->n; i++) {
         const char *piece = tok_stream_push(&stream, out->ids[i], &len);
-        text = xrealloc(text, kept + len + 1);
-        memcpy(text + kept, piece, len);
-        text[kept += len] = '\0';
+        append_piece(piece, len, &text, &kept);
     }
     const char *rest = tok_stream_flush(&stream, &len);
-    text = xrealloc(text, kept + len + 1);
-    memcpy(text + kept, rest, len);
-    text[kept + len] = '\0';
-    *n = kept + len;
+    append_piece(rest, len, &text, &kept);
+    *n = kept;
     tok_stream_free(&stream);
     return text;
 }
