@@ -212,108 +212,133 @@ static int queue(ans_answerer *a, const ds_record *r, ans_tally *t, const char *
     return 0;
 }
 
-/* The next token of each answer going, from its row (row[j]) of picks, the greedy ids the
- * backend chose, or else of the logits: an end marker or its room reached ends it; the others
- * go into slots and next, n of them. */
-static int advance(ans_answerer *a, ans_prompt *p, int k, const int *row, const int32_t *picks,
-                   int *slots, int32_t *next)
+/* The next token of q's answer, from row r of picks (the greedy ids the backend chose) or
+ * else of the logits: 1 while the answer goes on, 0 when an end marker or its room ends it. */
+static int take(ans_answerer *a, ans_prompt *q, const int32_t *picks, int r)
 {
-    int V = a->m->config.vocab_size, n = 0;
-    for (int j = 0; j < k; j++) {
-        if (!p[j].going)
-            continue;
-        int32_t id = picks ? picks[row[j]]
-                           : sampler_next(p[j].s ? p[j].s : &a->greedy,
-                                          a->logits + (size_t)row[j] * V, V);
-        if (is_stop(id, a->stops, a->n_stops)) {
-            p[j].going = 0;
-            p[j].ended = 1;
-            continue;
-        }
-        tok_ids_push(&p[j].out, id);
-        if (p[j].out.n >= p[j].room) {
-            p[j].going = 0;
-            continue;
-        }
-        slots[n] = j;
-        next[n++] = id;
-    }
-    return n;
+    int V = a->m->config.vocab_size;
+    int32_t id = picks ? picks[r]
+                       : sampler_next(q->s ? q->s : &a->greedy, a->logits + (size_t)r * V, V);
+    if (is_stop(id, a->stops, a->n_stops))
+        q->ended = 1;
+    else
+        tok_ids_push(&q->out, id);
+    return !(q->done = q->ended || q->out.n >= q->room);
 }
 
 /* The tokens of a pass of prompts at most, unless one is longer */
 #define PROMPT_TOKENS 4096
 
-/* The prompts of p[0, k) into slots 0 to k - 1, as many a pass as PROMPT_TOKENS hold padded to
- * the longest of them: the logits of each one's last token into its row. */
-static int prompts(ans_answerer *a, const ans_prompt *p, int k, pesc_error *err)
+/* The prompts p[at[0, k)] into slots[0, k), as many a pass as PROMPT_TOKENS hold padded to the
+ * longest of them: the logits of each one's last token into row i of a->logits. */
+static int prompts(ans_answerer *a, const ans_prompt *p, const int *at, const int *slots,
+                   int k, pesc_error *err)
 {
     int V = a->m->config.vocab_size, rc = 0;
     for (int first = 0, n; rc == 0 && first < k; first += n) {
-        int T = p[first].len, lens[ANS_BATCH_MAX];
+        int T = p[at[first]].len, lens[ANS_BATCH_MAX];
         for (n = 1; first + n < k; n++) {
-            int longer = p[first + n].len > T ? p[first + n].len : T;
+            int longer = p[at[first + n]].len > T ? p[at[first + n]].len : T;
             if ((size_t)(n + 1) * longer > PROMPT_TOKENS)
                 break;
             T = longer;
         }
         int32_t *rows = xcalloc((size_t)n * T, sizeof *rows);
         for (int i = 0; i < n; i++) {
-            lens[i] = p[first + i].len;
-            memcpy(rows + (size_t)i * T, p[first + i].ids, (size_t)lens[i] * sizeof *rows);
+            lens[i] = p[at[first + i]].len;
+            memcpy(rows + (size_t)i * T, p[at[first + i]].ids, (size_t)lens[i] * sizeof *rows);
         }
-        rc = model_decode_prompts(a->m, first, rows, lens, n, T, a->logits + (size_t)first * V,
-                                  err);
+        rc = model_decode_prompts(a->m, slots + first, rows, lens, n, T,
+                                  a->logits + (size_t)first * V, err);
         free(rows);
     }
     return rc;
 }
 
-/* Answers k prompts (k <= a->batch) in slots of one cache of capacity tokens each. */
-static int answer_slots(ans_answerer *a, ans_prompt *p, int k, int capacity, pesc_error *err)
+/* The slots free (held[s] < 0) take the next prompts waiting (from *next on), a pass of
+ * prompts for them all, and each its first token; again while a first token ends an answer
+ * and prompts wait. A prompt without room for an answer ends at once. The answers ended, or
+ * -1. */
+static int fill(ans_answerer *a, ans_prompt *p, int n, int *next, int *held, int slots,
+                pesc_error *err)
 {
-    int row[ANS_BATCH_MAX], slots[ANS_BATCH_MAX], greedy = 1;
-    int32_t next[ANS_BATCH_MAX], picks[ANS_BATCH_MAX];
-    if (model_cache_slots(a->m, k, capacity, err) != 0 || prompts(a, p, k, err) != 0)
-        return -1;
-    for (int j = 0; j < k; j++) {
-        row[j] = j;
-        p[j].going = p[j].room > 0;
-        greedy &= !p[j].s;
-    }
-    /* all greedy: the steps' picks are made on the backend, n ids back a step, not n rows of
-     * logits (the prompts' first picks are the host's, from their logits) */
-    for (int n, first = 1; (n = advance(a, p, k, row, greedy && !first ? picks : NULL, slots,
-                                        next)) > 0; first = 0) {
-        if ((greedy ? model_decode_step_greedy(a->m, slots, next, n, picks, err)
-                    : model_decode_step(a->m, slots, next, n, a->logits, err)) != 0)
+    int ended = 0;
+    for (;;) {
+        int at[ANS_BATCH_MAX], to[ANS_BATCH_MAX], k = 0;
+        for (int s = 0; s < slots && *next < n; s++) {
+            for (; *next < n && p[*next].room <= 0; (*next)++) {
+                p[*next].done = 1;
+                ended++;
+            }
+            if (held[s] < 0 && *next < n) {
+                at[k] = held[s] = (*next)++;
+                to[k++] = s;
+            }
+        }
+        if (k == 0)
+            return ended;
+        if (prompts(a, p, at, to, k, err) != 0)
             return -1;
-        for (int i = 0; i < n; i++)
-            row[slots[i]] = i;
+        for (int i = 0; i < k; i++)
+            if (!take(a, &p[at[i]], NULL, i)) {
+                held[to[i]] = -1;
+                ended++;
+            }
     }
-    return 0;
 }
 
 int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
 {
+    int capacity = 1, greedy = 1;
+    if (n == 0)
+        return 0;
     for (int i = 0; i < n; i++) {
         p[i].out.n = 0;
-        p[i].ended = 0;
+        p[i].ended = p[i].done = 0;
+        if (p[i].room > 0 && p[i].len + p[i].room > capacity)
+            capacity = p[i].len + p[i].room;
+        greedy &= !p[i].s;
     }
-    for (int group = 0; group < n; group += a->batch) {
-        int k = n - group < a->batch ? n - group : a->batch, capacity = 1;
-        for (int i = group; i < group + k; i++)
-            capacity = p[i].len + p[i].room > capacity ? p[i].len + p[i].room : capacity;
-        int fit = model_cache_slots_fitting(a->m, capacity, k);
-        for (int first = group; first < group + k; first += fit)
-            if (answer_slots(a, p + first, group + k - first < fit ? group + k - first : fit,
-                             capacity, err) != 0)
-                return -1;
+    int slots = model_cache_slots_fitting(a->m, capacity, n < a->batch ? n : a->batch);
+    int held[ANS_BATCH_MAX], step[ANS_BATCH_MAX], next = 0;
+    int32_t ids[ANS_BATCH_MAX], picks[ANS_BATCH_MAX];
+    if (model_cache_slots(a->m, slots, capacity, err) != 0)
+        return -1;
+    for (int s = 0; s < slots; s++)
+        held[s] = -1;
+    /* continuous batching: a slot whose answer ends takes the next prompt, so every step
+     * carries as many answers as there are slots while prompts wait (not a batch's longest
+     * answer alone at its end). When every prompt is greedy the steps' picks are the
+     * backend's, k ids back a step, not k rows of logits (a prompt's first pick is the
+     * host's, from its logits). */
+    for (int done = 0, told = 0, ended;;) {
+        if ((ended = fill(a, p, n, &next, held, slots, err)) < 0)
+            return -1;
+        done += ended;
+        int k = 0;
+        for (int s = 0; s < slots; s++)
+            if (held[s] >= 0) {
+                const tok_ids *out = &p[held[s]].out;
+                step[k] = s;
+                ids[k++] = out->ids[out->n - 1];
+            }
+        if (k == 0)
+            return 0;
+        if ((greedy ? model_decode_step_greedy(a->m, step, ids, k, picks, err)
+                    : model_decode_step(a->m, step, ids, k, a->logits, err)) != 0)
+            return -1;
+        for (int i = 0; i < k; i++)
+            if (!take(a, &p[held[step[i]]], greedy ? picks : NULL, i)) {
+                held[step[i]] = -1;
+                done++;
+            }
+        if (done > told && a->answered && a->answered(a->ctx, told = done, n) != 0)
+            return 1;
     }
-    return 0;
 }
 
-/* The answers of p[0, n) (n <= a->batch): generated, matched, tallied. */
+/* The answers of p[0, n): generated, matched, tallied. 0, 1 when a->answered stopped them
+ * (nothing tallied), or -1. */
 static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o,
                         pesc_error *err)
 {
@@ -342,20 +367,31 @@ static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o
 int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally *const *tallies,
                     const char *const *sources, int n, const ans_options *o, pesc_error *err)
 {
-    pending *p = xcalloc((size_t)a->batch, sizeof *p);
+    pending *p = xcalloc(n > 0 ? (size_t)n : 1, sizeof *p);
     int queued = 0, rc = 0;
-    for (int i = 0; rc == 0 && i < n; i++) {
+    for (int i = 0; i < n; i++)
         queued += queue(a, records[i], tallies[i], sources ? sources[i] : "", p, queued, o,
                         &p[queued]);
-        if (queued == a->batch || (i + 1 == n && queued > 0)) {
-            if ((rc = answer_group(a, p, queued, o, err)) != 0)
-                rc = pesc_fail_prefix(err, "answering records up to line %ld",
-                                      records[i]->line);
-            queued = 0;   /* answer_group freed them */
-        }
-    }
+    if (queued > 0 && (rc = answer_group(a, p, queued, o, err)) < 0)
+        pesc_fail_prefix(err, "answering the records of lines %ld to %ld", p[0].r->line,
+                         p[queued - 1].r->line);
     free(p);
     return rc;
+}
+
+/* ans_run's progress on stderr, twice a second at most */
+typedef struct progress {
+    double shown;
+} progress;
+
+static int show_progress(void *ctx, int done, int n)
+{
+    progress *pr = ctx;
+    if (pesc_now() - pr->shown > 0.5) {
+        pesc_show_phase("pesc eval", "%d of %d answers", done, n);
+        pr->shown = pesc_now();
+    }
+    return 0;
 }
 
 int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records *d,
@@ -363,28 +399,23 @@ int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records
 {
     ans_answerer a;
     ans_answerer_init(&a, m, tok, tpl, o->batch);
-    const ds_record **records = xcalloc((size_t)a.batch, sizeof *records);
-    ans_tally **tallies = xcalloc((size_t)a.batch, sizeof *tallies);
-    const char **sources = xcalloc((size_t)a.batch, sizeof *sources);
-    double shown = 0.0;
-    int rc = 0;
-    for (int first = 0; rc == 0 && first < d->n; first += a.batch) {
-        int n = d->n - first < a.batch ? d->n - first : a.batch;
-        if (pesc_now() - shown > 0.5) {
-            pesc_show_phase("pesc eval", "answering record %d of %d", first + 1, d->n);
-            shown = pesc_now();
-        }
-        for (int i = 0; i < n; i++) {
-            records[i] = &d->items[first + i];
-            tallies[i] = &tally[records[i]->source];
-            sources[i] = o->names ? o->names[records[i]->source] : "";
-        }
-        rc = ans_answer_many(&a, records, tallies, sources, n, o, err);
+    progress pr = {.shown = 0.0};
+    a.answered = show_progress;
+    a.ctx = &pr;
+    const ds_record **records = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *records);
+    ans_tally **tallies = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *tallies);
+    const char **sources = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *sources);
+    for (int i = 0; i < d->n; i++) {
+        records[i] = &d->items[i];
+        tallies[i] = &tally[records[i]->source];
+        sources[i] = o->names ? o->names[records[i]->source] : "";
     }
+    /* all at once: a slot whose answer ends takes the next record (ans_generate) */
+    int rc = ans_answer_many(&a, records, tallies, sources, d->n, o, err);
     free(records);
     free(tallies);
     free(sources);
     pesc_show_phase("pesc eval", NULL);
     ans_answerer_free(&a);
-    return rc;
+    return rc < 0 ? -1 : 0;
 }

@@ -56,14 +56,16 @@ typedef struct ans_options {
     int batch;                   /* records answered at once; 0: ANS_BATCH */
 } ans_options;
 
-/* Records answered at once by default: their prompts in padded passes, then one pass a token
- * for all of them (model_decode_step), in slots of one KV cache (fewer where memory is short);
- * at most ANS_BATCH_MAX. */
+/* Answers made at once by default, each in a slot of one KV cache (fewer where memory is
+ * short): prompts in padded passes, then one pass a token for all of them (model_decode_step);
+ * a slot whose answer ends takes the next prompt. At most ANS_BATCH_MAX. */
 #define ANS_BATCH 16
 #define ANS_BATCH_MAX 256
 
 /* What answering takes besides the prompts: the model, its tokenizer, the template's end
- * markers and a logits row a slot. Made and freed around a run of prompts or records. */
+ * markers and a logits row a slot; and, when set, what is told as answers end (done of the n
+ * prompts of an ans_generate, each time some more): nonzero stops them. Made and freed
+ * around a run of prompts or records. */
 typedef struct ans_answerer {
     model *m;
     tokenizer *tok;
@@ -72,6 +74,8 @@ typedef struct ans_answerer {
     int batch;                   /* prompts answered at once */
     float *logits;               /* (batch, V) */
     sampler greedy;
+    int (*answered)(void *ctx, int done, int n);
+    void *ctx;
 } ans_answerer;
 
 /* batch: prompts answered at once, 1 to ANS_BATCH_MAX (0: ANS_BATCH). */
@@ -89,18 +93,21 @@ typedef struct ans_prompt {
     sampler *s;
     tok_ids out;                 /* the answer's tokens, end marker aside (the caller frees) */
     int ended;                   /* 1: it ended at an end marker; 0: at its room */
-    int going;                   /* ans_generate's own */
+    int done;                    /* 1 once its answer is made (ans_generate sets it) */
 } ans_prompt;
 
-/* Answers the n prompts, a->batch at a time in slots of one KV cache (fewer where memory is
- * short): 0, or -1 when the model failed. */
+/* Answers the n prompts in a->batch slots of one KV cache (fewer where memory is short), in
+ * order: continuous batching, a slot whose answer ends takes the next prompt at once, so a
+ * step carries as many answers as there are slots while prompts wait. 0, 1 when
+ * a->answered stopped it (the answers part made), or -1 when the model failed. */
 int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err);
 
 /* Answers n records and tallies each into tallies[i]: right and scored, or no_answer or
  * too_long, or nothing when o->limit records of its tally are scored already; its line of
  * o->samples too, under the name sources[i]. The greedy answers are those model_decode gives
  * one record at a time (within rounding: the products of a pass for several may round
- * otherwise). 0, or -1 when the model failed. */
+ * otherwise). 0, 1 when a->answered stopped them (none scored), or -1 when the model
+ * failed. */
 int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally *const *tallies,
                     const char *const *sources, int n, const ans_options *o, pesc_error *err);
 

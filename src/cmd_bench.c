@@ -372,6 +372,8 @@ static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s
     uint64_t state = 11;
     double t0 = pesc_now();
     rc = model_cache_slots(m, S, P + N, err);
+    for (int i = 0; i < S; i++)
+        slots[i] = i;
     for (int first = 0; rc == 0 && first < S; first += per_pass) {
         int n = S - first < per_pass ? S - first : per_pass;
         for (int i = 0; i < n * P; i++) {
@@ -380,12 +382,11 @@ static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s
         }
         for (int i = 0; i < n; i++)
             lens[i] = P;
-        rc = model_decode_prompts(m, first, rows, lens, n, P, logits + (size_t)first * V, err);
+        rc = model_decode_prompts(m, slots + first, rows, lens, n, P, logits + (size_t)first * V,
+                                 err);
     }
-    for (int i = 0; rc == 0 && i < S; i++) {   /* the prompts' picks, as answering's */
-        slots[i] = i;
+    for (int i = 0; rc == 0 && i < S; i++)   /* the prompts' picks, as answering's */
         next[i] = sampler_next(&greedy, logits + (size_t)i * V, V);
-    }
     backend_synchronize(m->backend);
     double t1 = pesc_now();
     for (int step = 0; rc == 0 && step < steps; step++) {   /* then the backend's */

@@ -523,14 +523,20 @@ out:
     return rc;
 }
 
-/* --prompts: a prompt of the file, encoded and waiting for its turn in a batch. */
+/* --prompts: a prompt of the file, encoded and waiting for its turn. */
 typedef struct queued {
     long line;
     char *text;                  /* the last user turn, as the output names the prompt */
     char *reference;             /* or NULL */
     json_t *id;                  /* or NULL */
     tok_ids ids;
+    int room;                    /* its answer's most tokens; < 0: it fills the context */
+    ans_prompt *g;               /* what answers it, or NULL (room < 0) */
 } queued;
+
+/* Prompts queued a slot of --batch: answered at once (continuous batching), each slot taking
+ * the next prompt as its answer ends; their lines are written as they come in order. */
+#define QUEUE_SLOTS 16
 
 typedef struct batch {
     model *m;
@@ -539,8 +545,11 @@ typedef struct batch {
     const generate_options *o;
     const char *path;
     ans_answerer a;
-    queued *q;                   /* (a.batch) */
-    int n;
+    queued *q;                   /* (queue) */
+    int n, queue;
+    int written;                 /* lines of the queue written */
+    int write_failed;            /* standard output refused a line (written_err says so) */
+    pesc_error written_err;
     long total;                  /* the file's prompts (the counting pass's) */
     long done;                   /* prompts answered before the queue */
     long too_long, first_too_long;
@@ -607,8 +616,63 @@ static char *answer_text(tokenizer *tok, const tok_ids *out, size_t *n)
     return text;
 }
 
-/* Answers the queue, in slots of one cache, and writes its lines in the file's order; a
- * prompt that fills the model's context gets a line with "error" instead. */
+/* Line i of the queue on standard output: its answer (or "error", its prompt filling the
+ * model's context). */
+static int write_line(batch *b, int i, pesc_error *err)
+{
+    queued *q = &b->q[i];
+    json_t *line = json_pack("{s:I}", "line", (json_int_t)q->line);
+    if (q->id)
+        json_object_set(line, "id", q->id);
+    json_object_set_new(line, "prompt", json_string(q->text));
+    if (!q->g) {
+        pesc_error full;
+        model_answer_room(b->m, q->ids.n, (int)b->o->max_tokens, &full);
+        if (!b->too_long++)
+            b->first_too_long = q->line;
+        json_object_set_new(line, "error", json_string(full.msg));
+    } else {
+        size_t len;
+        char *text = answer_text(b->tok, &q->g->out, &len);
+        json_object_set_new(line, "answer", json_stringn(text, len));
+        json_object_set_new(line, "tokens", json_integer(q->g->out.n));
+        b->tokens += q->g->out.n;
+        json_object_set_new(line, "finish", json_string(q->g->ended ? "stop" : "length"));
+        free(text);
+    }
+    if (q->reference)
+        json_object_set_new(line, "reference", json_string(q->reference));
+    return put_line(line, err);
+}
+
+/* The answerer's hook: the lines whose answers (and those before) are done, written; the
+ * progress at a terminal, cleared while they are. Nonzero when standard output refused. */
+static int write_ready(void *ctx, int done, int n)
+{
+    batch *b = ctx;
+    (void)n;
+    int ready = b->written;
+    while (ready < b->n && (!b->q[ready].g || b->q[ready].g->done))
+        ready++;
+    if (ready > b->written) {
+        pesc_show_phase("pesc generate", NULL);   /* the lines start clean at a terminal */
+        b->shown = 0.0;
+    }
+    for (; b->written < ready; b->written++)
+        if (write_line(b, b->written, &b->written_err) != 0) {
+            b->write_failed = 1;
+            return 1;
+        }
+    if (pesc_now() - b->shown > 0.5) {
+        pesc_show_phase("pesc generate", "%ld of %ld prompts answered", b->done + done,
+                        b->total);
+        b->shown = pesc_now();
+    }
+    return 0;
+}
+
+/* Answers the queue in slots of one cache, writing its lines in the file's order as they
+ * are done; a prompt that fills the model's context gets a line with "error" instead. */
 static int flush(batch *b, pesc_error *err)
 {
     const generate_options *o = b->o;
@@ -617,72 +681,52 @@ static int flush(batch *b, pesc_error *err)
         return 0;
     ans_prompt *g = xcalloc((size_t)b->n, sizeof *g);
     sampler *s = xcalloc((size_t)b->n, sizeof *s);
-    int *room = xcalloc((size_t)b->n, sizeof *room);
-    if (pesc_now() - b->shown > 0.5) {
-        pesc_show_phase("pesc generate", "answering prompt %ld of %ld", b->done + 1, b->total);
-        b->shown = pesc_now();
-    }
     for (int i = 0; i < b->n; i++) {
+        queued *q = &b->q[i];
         pesc_error full;
-        room[i] = model_answer_room(b->m, b->q[i].ids.n, (int)o->max_tokens, &full);
-        if (room[i] < 0)
+        q->room = model_answer_room(b->m, q->ids.n, (int)o->max_tokens, &full);
+        if (q->room < 0)
             continue;
-        g[k] = (ans_prompt){.ids = b->q[i].ids.ids, .len = b->q[i].ids.n, .room = room[i]};
+        g[k] = (ans_prompt){.ids = q->ids.ids, .len = q->ids.n, .room = q->room};
         if (o->temperature > 0.0) {   /* prompt i draws from seed + i, whatever else is asked */
             sampler_init(&s[k], (float)o->temperature, (int)o->top_k, (float)o->top_p,
                          (uint64_t)o->seed + (uint64_t)(b->done + i));
             g[k].s = &s[k];
         }
-        k++;
+        q->g = &g[k++];
     }
-    if ((rc = ans_generate(&b->a, g, k, err)) != 0)
-        pesc_fail_prefix(err, "answering the prompts of lines %ld to %ld", b->q[0].line,
-                         b->q[b->n - 1].line);
-    pesc_show_phase("pesc generate", NULL);   /* the lines start clean at a terminal */
+    b->written = 0;
+    b->write_failed = 0;
+    b->a.answered = write_ready;
+    b->a.ctx = b;
+    rc = ans_generate(&b->a, g, k, err);
+    if (rc == 0)
+        rc = write_ready(b, k, k);
+    if (rc != 0 && b->write_failed) {
+        *err = b->written_err;
+        rc = -1;
+    } else if (rc != 0) {
+        rc = pesc_fail_prefix(err, "answering the prompts of lines %ld to %ld", b->q[0].line,
+                              b->q[b->n - 1].line);
+    }
+    pesc_show_phase("pesc generate", NULL);
     b->shown = 0.0;
-    for (int i = 0, j = 0; i < b->n; i++) {
+    for (int i = 0; i < b->n; i++) {
         queued *q = &b->q[i];
-        json_t *line = json_pack("{s:I}", "line", (json_int_t)q->line);
-        if (q->id)
-            json_object_set(line, "id", q->id);
-        json_object_set_new(line, "prompt", json_string(q->text));
-        if (room[i] < 0) {
-            pesc_error full;
-            model_answer_room(b->m, q->ids.n, (int)o->max_tokens, &full);
-            if (!b->too_long++)
-                b->first_too_long = q->line;
-            json_object_set_new(line, "error", json_string(full.msg));
-        } else if (rc == 0) {
-            size_t len;
-            char *text = answer_text(b->tok, &g[j].out, &len);
-            json_object_set_new(line, "answer", json_stringn(text, len));
-            json_object_set_new(line, "tokens", json_integer(g[j].out.n));
-            b->tokens += g[j].out.n;
-            json_object_set_new(line, "finish", json_string(g[j].ended ? "stop" : "length"));
-            free(text);
-        }
-        if (room[i] >= 0) {
-            tok_ids_free(&g[j].out);
-            if (g[j].s)
-                sampler_free(g[j].s);
-            j++;
-        }
-        if (q->reference)
-            json_object_set_new(line, "reference", json_string(q->reference));
-        if (rc == 0)
-            rc = put_line(line, err);
-        else
-            json_decref(line);
         free(q->text);
         free(q->reference);
         json_decref(q->id);
         tok_ids_free(&q->ids);
     }
+    for (int j = 0; j < k; j++) {
+        tok_ids_free(&g[j].out);
+        if (g[j].s)
+            sampler_free(g[j].s);
+    }
     b->done += b->n;
     b->n = 0;
     free(g);
     free(s);
-    free(room);
     return rc;
 }
 
@@ -705,7 +749,7 @@ static int queue_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
     q->text[last->len] = '\0';
     q->reference = p->reference ? xstrdup(p->reference) : NULL;
     q->id = p->id ? json_deep_copy(p->id) : NULL;
-    return ++b->n == b->a.batch ? flush(b, err) : 0;
+    return ++b->n == b->queue ? flush(b, err) : 0;
 }
 
 /* --prompts: every prompt of the file answered, --batch at a time, each a JSON line on
@@ -713,7 +757,8 @@ static int queue_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
 static int run_prompts(batch *b, pesc_error *err)
 {
     ans_answerer_init(&b->a, b->m, b->tok, b->tpl, (int)b->o->batch);
-    b->q = xcalloc((size_t)b->a.batch, sizeof *b->q);
+    b->queue = b->a.batch * QUEUE_SLOTS;
+    b->q = xcalloc((size_t)b->queue, sizeof *b->q);
     b->done = 0;
     double t0 = pesc_now();
     int rc = prompts_each(b->path, queue_prompt, b, err);

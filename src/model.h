@@ -200,7 +200,7 @@ typedef struct model {
     int32_t *picks;              /* (pick_rows) backend: model_decode_step_greedy's ids */
     int pick_rows;
     const int *step_slots;       /* a step's tokens' slots (model_decode_step) */
-    int prompt_slot;             /* the first slot of a pass of prompts, and their lengths */
+    const int *prompt_slots;     /* a pass of prompts' slots and lengths */
     const int *prompt_lens;      /* (model_decode_prompts) */
 
     model_activations act;
@@ -348,10 +348,11 @@ int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, 
  * final softcap, applied on the host: those logits are picked there). */
 int model_decode_step_greedy(model *m, const int *slots, const int32_t *tokens, int n,
                              int32_t *picks, pesc_error *err);
-/* n prompts at once into slots first, first + 1, ...: row i of tokens (n, T) holds lens[i]
- * tokens and padding after them (any ids); each slot then holds its prompt alone. */
-int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *lens, int n,
-                         int T, float *logits, pesc_error *err);
+/* n prompts at once into slots[0, n) (distinct; any order, any others going on): row i of
+ * tokens (n, T) holds lens[i] tokens and padding after them (any ids); each of those slots
+ * then holds its prompt alone, whatever it held before. */
+int model_decode_prompts(model *m, const int *slots, const int32_t *tokens, const int *lens,
+                         int n, int T, float *logits, pesc_error *err);
 /* Frees the cache (a training run's evaluations give its memory back to the steps). */
 void model_cache_release(model *m);
 /* The slots of capacity tokens that fit in a share of the backend's free memory (1 to max). */

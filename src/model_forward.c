@@ -564,7 +564,7 @@ static const float *layer_freq(const model *m, int l)
 }
 
 /* forward_all's past: B sequences of T tokens on their own (PAST_NONE), and (PAST_PROMPTS) their
- * first m->prompt_lens[b] tokens' keys and values into slots prompt_slot + b; or one token of each
+ * first m->prompt_lens[b] tokens' keys and values into slots m->prompt_slots[b]; or one token of each
  * of B cached slots (PAST_STEP, m->step_slots); or when >= 0 one sequence of T new tokens after
  * `past` cached ones (the one-sequence cache) */
 enum { PAST_NONE = -1, PAST_STEP = -2, PAST_PROMPTS = -3 };
@@ -626,7 +626,7 @@ static void attention_block(model *m, int l, layer_acts *a, int B, int T, int pa
         size_t row = (size_t)Hkv * D, layer = (size_t)m->cache_rows * row;
         size_t slot = (size_t)m->cache_capacity * row;
         for (int i = 0; past == PAST_PROMPTS && i < B; i++) {
-            size_t at = (size_t)l * layer + (size_t)(m->prompt_slot + i) * slot;
+            size_t at = (size_t)l * layer + (size_t)m->prompt_slots[i] * slot;
             size_t from = (size_t)i * T * row;
             size_t bytes = (size_t)m->prompt_lens[i] * row * sizeof(float);
             backend_copy(b, m->k_cache + at, a->k + from, bytes);
@@ -1240,16 +1240,24 @@ int model_decode(model *m, const int32_t *tokens, int n, float *logits, int32_t 
     return 0;
 }
 
-int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *lens, int n,
-                         int T, float *logits, pesc_error *err)
+int model_decode_prompts(model *m, const int *slots, const int32_t *tokens, const int *lens,
+                         int n, int T, float *logits, pesc_error *err)
 {
-    if (n <= 0 || T <= 0 || first < 0 || first + n > m->cache_slots || !m->slot_len)
-        return pesc_fail(err, "model_decode_prompts: %d prompts into slots %d of %d", n, first,
-                         m->slot_len ? m->cache_slots : 0);
-    for (int i = 0; i < n; i++)
+    if (n <= 0 || T <= 0 || !m->slot_len)
+        return pesc_fail(err, "model_decode_prompts: %d prompts of %d tokens into %d slots", n,
+                         T, m->slot_len ? m->cache_slots : 0);
+    for (int i = 0; i < n; i++) {
+        if (slots[i] < 0 || slots[i] >= m->cache_slots)
+            return pesc_fail(err, "model_decode_prompts: slot %d of %d", slots[i],
+                             m->cache_slots);
+        for (int j = 0; j < i; j++)
+            if (slots[j] == slots[i])
+                return pesc_fail(err, "model_decode_prompts: two prompts into slot %d",
+                                 slots[i]);
         if (lens[i] < 1 || lens[i] > T || lens[i] > m->cache_capacity)
             return pesc_fail(err, "model_decode_prompts: a prompt of %d tokens (rows of %d, "
                              "slots of %d)", lens[i], T, m->cache_capacity);
+    }
     /* a pass takes one RoPE table (longrope's long factors past the original context, as
      * transformers picks them for its longest): a prompt that would not take the pass's, as
      * it does alone, runs alone */
@@ -1257,19 +1265,20 @@ int model_decode_prompts(model *m, int first, const int32_t *tokens, const int *
     for (int i = 0; n > 1 && i < n; i++)
         if (hfconfig_rope_long(&m->config, lens[i]) != hfconfig_rope_long(&m->config, T)) {
             for (int j = 0; j < n; j++)
-                if (model_decode_prompts(m, first + j, tokens + (size_t)j * T, lens + j, 1,
+                if (model_decode_prompts(m, slots + j, tokens + (size_t)j * T, lens + j, 1,
                                          lens[j], logits + (size_t)j * V, err) != 0)
                     return -1;
             return 0;
         }
-    m->prompt_slot = first;
+    m->prompt_slots = slots;
     m->prompt_lens = lens;
     int rc = forward_all(m, tokens, NULL, n, T, kept_buffers(m, n * T), 0, PAST_PROMPTS, err);
+    m->prompt_slots = NULL;
     m->prompt_lens = NULL;
     if (rc != 0)
         return -1;
     for (int i = 0; i < n; i++) {
-        m->slot_len[first + i] = lens[i];
+        m->slot_len[slots[i]] = lens[i];
         if (last_logits(m, i * T + lens[i] - 1, 1, logits + (size_t)i * m->config.vocab_size,
                         err) != 0)
             return -1;

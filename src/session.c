@@ -1065,6 +1065,14 @@ static void publish_answers_by_source(session *s, const ans_tally *by, int n)
     publish_event(s, "eval", "%s", text);
 }
 
+/* ans_answerer's hook: a stop asked ends the answers */
+static int stop_answering(void *ctx, int done, int n)
+{
+    (void)done;
+    (void)n;
+    return stop_asked(ctx);
+}
+
 /* --eval-generate: the held-out records' answers, generated greedily with the weights as they
  * are and matched against theirs (answers.h): the share right goes in r (eval_answer_accuracy,
  * eval_answers), and by source in an event. 0, 1 when a stop came first, or -1. */
@@ -1080,23 +1088,27 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     /* --eval-generate M:N: N records spread evenly over them all, the same each time */
     long total = s->cfg.eval_answers > 0 && s->cfg.eval_answers < s->n_eval
                  ? s->cfg.eval_answers : s->n_eval;
-    for (long first = 0; rc == 0 && first < total; first += ANS_BATCH) {
-        const ds_record *records[ANS_BATCH];
-        ans_tally *tallies[ANS_BATCH];
-        const char *sources[ANS_BATCH];
-        int n = total - first < ANS_BATCH ? (int)(total - first) : ANS_BATCH;
-        for (int i = 0; i < n; i++) {
-            int at = (int)((first + i) * s->n_eval / total), source = eval_source(s, at);
-            records[i] = &s->eval[at];
-            tallies[i] = &by[source];
-            eval_source_name(s, source, names[source], sizeof names[source]);
-            sources[i] = names[source];
-        }
-        if (stop_asked(s))
-            rc = 1;
-        else if (ans_answer_many(&a, records, tallies, sources, n, &o, err) != 0)
-            rc = pesc_fail_prefix(err, "--eval-generate");
+    const ds_record **records = xcalloc((size_t)total, sizeof *records);
+    ans_tally **tallies = xcalloc((size_t)total, sizeof *tallies);
+    const char **sources = xcalloc((size_t)total, sizeof *sources);
+    for (long i = 0; i < total; i++) {
+        int at = (int)(i * s->n_eval / total), source = eval_source(s, at);
+        records[i] = &s->eval[at];
+        tallies[i] = &by[source];
+        eval_source_name(s, source, names[source], sizeof names[source]);
+        sources[i] = names[source];
     }
+    /* all at once (a slot whose answer ends takes the next record), a stop heard between
+     * steps */
+    a.answered = stop_answering;
+    a.ctx = s;
+    if (stop_asked(s))
+        rc = 1;
+    else if ((rc = ans_answer_many(&a, records, tallies, sources, (int)total, &o, err)) < 0)
+        pesc_fail_prefix(err, "--eval-generate");
+    free(records);
+    free(tallies);
+    free(sources);
     /* a full disk is said, and the run goes on (the answers are in the log's tallies) */
     if (s->samples && (fflush(s->samples) != 0 || ferror(s->samples))) {
         publish_event(s, "error", "--eval-samples %s: %s; the answers of step %ld are not all "

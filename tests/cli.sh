@@ -431,7 +431,8 @@ expect 0 "stopped after 7 tokens at the model's context of 128" "generate stops 
 expect 1 "the prompt is 241 tokens, and the model's context (max_position_embeddings) is 128" \
   "a prompt past the model's context is refused" -- "$pesc" generate --model "$demo" --raw --prompt "$long_prompt$long_prompt"
 # generate --prompts: a file's prompts answered several at a time, a JSON line each in the
-# file's order. 24 demo records (two batches of 16): each greedy answer is eval --generate's
+# file's order. 24 demo records in 16 slots, a slot taking the next prompt as its answer ends
+# (continuous batching): each greedy answer is eval --generate's
 # for the record (itself pesc generate's, above), its reference the record's last output
 "$pesc" demo-data -o "$tmp/held.jsonl" --records 24 --seed 5 2>/dev/null
 "$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 >"$tmp/batch.jsonl" 2>"$tmp/err"
@@ -446,11 +447,19 @@ if [ $status -eq 0 ] && [ "$(wc -l <"$tmp/batch.jsonl")" = 24 ] && [ "$ours" = "
 else
   fail "generate --prompts against eval --generate: exit $status $(head -c 300 "$tmp/err") $(printf '%s\n' "$ours" | head -n 3) / $(printf '%s\n' "$theirs" | head -n 3)"
 fi
-# --batch: five prompts at a time (five passes, the last of four) give the same lines
-"$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 --batch 5 >"$tmp/batch5.jsonl" 2>/dev/null
-cmp -s "$tmp/batch5.jsonl" "$tmp/batch.jsonl" &&
-  pass "generate --prompts --batch 5: the same answers as 16 at a time" ||
-  fail "generate --prompts --batch 5: $(diff "$tmp/batch5.jsonl" "$tmp/batch.jsonl" | head -n 4)"
+# --batch: five slots (each taken by the next prompt as its answer ends, out of order), and
+# one (a queue of 16 prompts, so two queues) give the same lines
+for slots in 5 1; do
+  "$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24 --batch $slots >"$tmp/batch$slots.jsonl" 2>/dev/null
+  cmp -s "$tmp/batch$slots.jsonl" "$tmp/batch.jsonl" &&
+    pass "generate --prompts --batch $slots: the same answers as 16 at a time" ||
+    fail "generate --prompts --batch $slots: $(diff "$tmp/batch$slots.jsonl" "$tmp/batch.jsonl" | head -n 4)"
+done
+if [ -w /dev/full ]; then
+  expect 1 "cannot write the answers to standard output: No space left on device" \
+    "generate --prompts into a full disk says so" -- \
+    sh -c '"$0" "$@" >/dev/full' "$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 24
+fi
 "$pesc" eval --model "$demo" --data "$tmp/held.jsonl" --generate --max-tokens 24 --batch 3 \
   --samples "$tmp/eval-answers3.jsonl" >/dev/null 2>&1
 cmp -s "$tmp/eval-answers3.jsonl" "$tmp/eval-answers.jsonl" &&

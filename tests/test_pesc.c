@@ -440,7 +440,8 @@ static void test_dropout_off(void)
 }
 
 /* Batched generation: three sequences in slots of one cache, prompts of 4, 6 and 9 tokens (the
- * first alone, the others in one padded pass), then a token a step for each still going (the
+ * first alone, the others in one padded pass into slots out of order, one of them taken
+ * from another sequence), then a token a step for each still going (the
  * second stops after 5 steps): each slot's logits are those of a full forward over its own
  * tokens. Then the one-sequence cache again. */
 /* The slots of S sequences (ids, T a row) not yet at their end: each one's slot and its next
@@ -473,14 +474,23 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
     if (model_forward(m, ids, S, T, &err) != 0 || model_nll(m, targets, &nll, &n, full, &err) ||
         model_cache_slots(m, S, 20, &err) != 0)
         die(&err);
-    /* the first prompt alone, the other two at once (rows of 9, the 6 padded) */
-    int32_t rows[2 * 9];
-    memcpy(rows, ids + T, 9 * sizeof *rows);
-    memcpy(rows + 9, ids + 2 * T, 9 * sizeof *rows);
-    rows[6] = rows[7] = rows[8] = 3;
-    if (model_decode_prompts(m, 0, ids, prompt, 1, prompt[0], got, &err) != 0 ||
-        model_decode_prompts(m, 1, rows, prompt + 1, 2, 9, got + V, &err) != 0)
+    /* the first prompt alone, the other two at once (rows of 9, the 6 padded), into slots 2
+     * and 1 in that order, slot 2 holding another sequence before (a slot freed and taken
+     * again: answering's continuous batching) */
+    int32_t rows[2 * 9], other = 5;
+    memcpy(rows, ids + 2 * T, 9 * sizeof *rows);
+    memcpy(rows + 9, ids + T, 9 * sizeof *rows);
+    rows[9 + 6] = rows[9 + 7] = rows[9 + 8] = 3;
+    float *swapped = malloc(2 * (size_t)V * sizeof *swapped);
+    if (model_decode_prompts(m, (const int[]){2}, ids + T, (const int[]){7}, 1, 7, got, &err) ||
+        model_decode_step(m, (const int[]){2}, &other, 1, got, &err) != 0 ||
+        model_decode_prompts(m, (const int[]){0}, ids, prompt, 1, prompt[0], got, &err) != 0 ||
+        model_decode_prompts(m, (const int[]){2, 1}, rows, (const int[]){prompt[2], prompt[1]},
+                             2, 9, swapped, &err) != 0)
         die(&err);
+    memcpy(got + V, swapped + V, (size_t)V * sizeof *got);
+    memcpy(got + 2 * (size_t)V, swapped, (size_t)V * sizeof *got);
+    free(swapped);
     double worst = 0.0;
     for (int s = 0; s < S; s++) {
         const float *want = full + ((size_t)s * T + prompt[s] - 1) * V;
@@ -513,8 +523,9 @@ static void test_cache_slots(model *m, const char *dir, const char *what)
      * first largest of its full forward's (capped) logits */
     int wrong = 0, picked = 0;
     if (model_cache_slots(m, S, 20, &err) != 0 ||
-        model_decode_prompts(m, 0, ids, prompt, 1, prompt[0], got, &err) != 0 ||
-        model_decode_prompts(m, 1, rows, prompt + 1, 2, 9, got + V, &err) != 0)
+        model_decode_prompts(m, (const int[]){0}, ids, prompt, 1, prompt[0], got, &err) != 0 ||
+        model_decode_prompts(m, (const int[]){2, 1}, rows, (const int[]){prompt[2], prompt[1]},
+                             2, 9, got + V, &err) != 0)
         die(&err);
     for (int s = 0; s < S; s++)
         len[s] = prompt[s];
@@ -573,7 +584,7 @@ static void test_slots_longrope(const char *root)
     memcpy(rows, ids[0], 34 * sizeof *rows);
     memcpy(rows + 34, ids[1], 9 * sizeof *rows);
     if (model_cache_slots(&m, 2, 40, &err) != 0 ||
-        model_decode_prompts(&m, 0, rows, len, 2, 34, both, &err) != 0)
+        model_decode_prompts(&m, (const int[]){0, 1}, rows, len, 2, 34, both, &err) != 0)
         die(&err);
     for (int s = 0; s < 2; s++)
         if (model_cache_reset(&m, 40, &err) != 0 ||
@@ -592,8 +603,8 @@ static void test_slots_longrope(const char *root)
     int slots[2] = {0, 1};
     int32_t next[2] = {ids[0][len[0]], ids[1][len[1]]};
     if (model_cache_slots(&m, 2, 40, &err) != 0 ||
-        model_decode_prompts(&m, 0, ids[0], len, 1, len[0], both, &err) != 0 ||
-        model_decode_prompts(&m, 1, ids[1], len + 1, 1, len[1], both + V, &err) != 0 ||
+        model_decode_prompts(&m, slots, ids[0], len, 1, len[0], both, &err) != 0 ||
+        model_decode_prompts(&m, slots + 1, ids[1], len + 1, 1, len[1], both + V, &err) != 0 ||
         model_decode_step(&m, slots, next, 2, both, &err) != 0)
         die(&err);
     double worst = 0.0;
