@@ -42,7 +42,7 @@ static const char generate_usage[] =
     "                    reference): JSONL of {\"prompt\"} ({\"instruction\", \"input\"},\n"
     "                    {\"question\"}), {\"messages\"} ({\"conversations\"}) or camelidae\n"
     "                    {\"conversation\"} objects, or plain text, a prompt a line; prompt i\n"
-    "                    samples with seed S + i\n"
+    "                    samples with seed S + i; FILE - reads standard input\n"
     "  --batch N         prompts of --prompts answered at once (16; 1 to 256), fewer where\n"
     "                    their KV caches would take over a quarter of the free memory\n"
     "  --adapters FILE   PESC routers and adapters saved by pesc (crafts the model); a\n"
@@ -543,7 +543,7 @@ typedef struct batch {
     tokenizer *tok;
     const chat_template *tpl;
     const generate_options *o;
-    const char *path;
+    const pr_file *file;          /* --prompts */
     ans_answerer a;
     queued *q;                   /* (queue) */
     int n, queue;
@@ -563,8 +563,8 @@ static int count_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
 {
     batch *b = ctx;
     if (b->o->raw && (!p->plain || p->n_msgs > 1))
-        return pesc_fail(err, "%s:%ld: --raw sends one text as it is; this prompt has %s", b->path,
-                         p->line, p->plain ? "a system message" : "a list of messages");
+        return pesc_fail(err, "%s:%ld: --raw sends one text as it is; this prompt has %s",
+                         b->file->name, p->line, p->plain ? "a system message" : "a list of messages");
     b->total++;
     return 0;
 }
@@ -739,7 +739,7 @@ static int queue_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
     *q = (queued){.line = p->line};
     if (encode_prompt(b, p, &q->ids, err) != 0) {
         tok_ids_free(&q->ids);
-        pesc_fail_prefix(err, "%s:%ld", b->path, p->line);
+        pesc_fail_prefix(err, "%s:%ld", b->file->name, p->line);
         pesc_error later;
         flush(b, &later);   /* what came before it is answered */
         return -1;
@@ -761,11 +761,11 @@ static int run_prompts(batch *b, pesc_error *err)
     b->q = xcalloc((size_t)b->queue, sizeof *b->q);
     b->done = 0;
     double t0 = pesc_now();
-    int rc = prompts_each(b->path, queue_prompt, b, err);
+    int rc = prompts_each(b->file, queue_prompt, b, err);
     if (rc == 0)
         rc = flush(b, err);
     if (rc == 0 && b->done != b->total)
-        rc = pesc_fail(err, "%s changed while it was read: %ld prompts, then %ld", b->path,
+        rc = pesc_fail(err, "%s changed while it was read: %ld prompts, then %ld", b->file->name,
                        b->total, b->done);
     pesc_show_phase("pesc generate", NULL);
     model_cache_release(b->m);
@@ -803,11 +803,13 @@ int cmd_generate(int argc, char **argv)
     tokenizer *tok = NULL;
     char *prompt = NULL;
     status = 1;
-    batch prompts = {.o = &o, .path = o.prompts};
-    if (o.prompts && prompts_each(o.prompts, count_prompt, &prompts, &err) != 0)
+    pr_file file = {.fd = -1};
+    batch prompts = {.o = &o, .file = &file};
+    if (o.prompts && (prompts_open(&file, o.prompts, &err) != 0 ||
+                      prompts_each(&file, count_prompt, &prompts, &err) != 0))
         goto out;
     if (o.prompts && prompts.total == 0) {
-        pesc_fail(&err, "%s holds no prompt: a JSON object or a line of text each", o.prompts);
+        pesc_fail(&err, "%s holds no prompt: a JSON object or a line of text each", file.name);
         goto out;
     }
     if (!o.chat && !o.prompts && !(prompt = read_prompt(&o, &err)))
@@ -838,6 +840,7 @@ out:
         cli_fail("generate", &err);
     }
     free(prompt);
+    prompts_close(&file);
     tuned_free(&t);
     tok_delete(tok);
     model_free(&m);

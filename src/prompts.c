@@ -7,12 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "dataset.h"
 
 typedef struct reading {
-    const char *path;
+    const char *name;            /* what messages call the file (pr_file's name) */
     pr_fn fn;
     void *ctx;
 } reading;
@@ -56,11 +58,11 @@ static int turns(const reading *r, long line, const char *key, const json_t *lis
         snprintf(where[i], sizeof where[i], "%s[%zu]", key, i);
         if (!role || !content)
             return pesc_fail(err, "%s:%ld: %s is not a {\"role\": ..., \"content\": \"text\"} "
-                             "turn", r->path, line, where[i]);
+                             "turn", r->name, line, where[i]);
         tpl_role tr;
         if (role_of(role, &tr) != 0)
             return pesc_fail(err, "%s:%ld: %s has the role \"%s\": a prompt's turns are "
-                             "system, user and assistant", r->path, line, where[i], role);
+                             "system, user and assistant", r->name, line, where[i], role);
         msgs[i] = (tpl_message){.role = tr, .content = content, .len = strlen(content),
                                 .where = where[i]};
     }
@@ -82,7 +84,7 @@ static int camelidae_turns(const reading *r, long line, const json_t *list, tpl_
         if (!input || bad || (!output && i + 1 < count))
             return pesc_fail(err, "%s:%ld: conversation[%zu] is not an {\"input\": \"text\", "
                              "\"output\": \"text\"} turn (the last may leave out its output)",
-                             r->path, line, i);
+                             r->name, line, i);
         msgs[(*n)++] = (tpl_message){.role = ROLE_USER, .content = input, .len = strlen(input),
                                      .where = "conversation"};
         if (i + 1 < count)
@@ -100,7 +102,7 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
     const reading *r = ctx;
     if (!json_is_object(o))
         return pesc_fail(err, "%s:%ld: a prompt is a JSON object (or, in a file of plain text, "
-                         "a line)", r->path, line);
+                         "a line)", r->name, line);
     static const char *const prompt_keys[] = {"prompt", "instruction", "question", "query"};
     static const char *const reference_keys[] = {"completion", "output", "response", "answer"};
     int bad = 0, rc;
@@ -108,7 +110,7 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
     const json_t *list = json_object_get(o, key);
     const char *system = string_of(o, "system", &bad), *reference = NULL, *text = NULL;
     if (bad)
-        return pesc_fail(err, "%s:%ld: \"system\" must be a string", r->path, line);
+        return pesc_fail(err, "%s:%ld: \"system\" must be a string", r->name, line);
     pr_prompt p = {.line = line, .id = json_object_get(o, "id")};
     const json_t *conversation = json_object_get(o, "conversation");
     if (json_is_array(conversation)) {   /* camelidae: "instruction" is the system message */
@@ -116,7 +118,7 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
         const char *instruction = string_of(o, "instruction", &bad);
         if (n == 0 || bad)
             return pesc_fail(err, "%s:%ld: a camelidae prompt has a \"conversation\" of turns "
-                             "and a string \"instruction\" (its system message)", r->path, line);
+                             "and a string \"instruction\" (its system message)", r->name, line);
         tpl_message *msgs = xcalloc(2 * n + 1, sizeof *msgs);
         int count = 0;
         if (instruction && *instruction)
@@ -135,7 +137,7 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
         size_t n = json_is_array(list) ? json_array_size(list) : 0;
         if (n == 0)
             return pesc_fail(err, "%s:%ld: \"%s\" must be a list of turns, and not empty",
-                             r->path, line, key);
+                             r->name, line, key);
         tpl_message *msgs = xcalloc(n + 1, sizeof *msgs);
         char (*where)[48] = xcalloc(n, sizeof *where);
         int first = system != NULL;
@@ -147,7 +149,7 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
         if (rc == 0 && msgs[first].role == ROLE_SYSTEM) {   /* the list's own system turn */
             if (system)
                 rc = pesc_fail(err, "%s:%ld: a \"system\" and a system turn in \"%s\": keep "
-                               "one", r->path, line, key);
+                               "one", r->name, line, key);
             start++;
         }
         if (rc == 0 && msgs[count - 1].role == ROLE_ASSISTANT) {   /* the reference */
@@ -158,13 +160,13 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
             if (msgs[i].role != ((i - start) % 2 ? ROLE_ASSISTANT : ROLE_USER))
                 rc = pesc_fail(err, "%s:%ld: %s is a%s turn where a%s one goes (after the "
                                "system message, the turns are user, assistant, user, ...)",
-                               r->path, line, msgs[i].where,
+                               r->name, line, msgs[i].where,
                                msgs[i].role == ROLE_SYSTEM ? " system"
                                : msgs[i].role == ROLE_USER ? " user" : "n assistant",
                                (i - start) % 2 ? "n assistant" : " user");
         if (rc == 0 && (count == 0 || msgs[count - 1].role != ROLE_USER))
             rc = pesc_fail(err, "%s:%ld: \"%s\" must end in a user turn (then, if you like, "
-                           "the assistant's answer, the reference)", r->path, line, key);
+                           "the assistant's answer, the reference)", r->name, line, key);
         if (rc == 0) {
             p.msgs = msgs, p.n_msgs = count, p.reference = reference;
             rc = r->fn(r->ctx, &p, err);
@@ -194,9 +196,9 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
         free(joined);
     if (bad)
         return pesc_fail(err, "%s:%ld: the prompt's text, its input and its answer must be "
-                         "strings", r->path, line);
+                         "strings", r->name, line);
     if (text && !*text)
-        return pesc_fail(err, "%s:%ld: the prompt is empty", r->path, line);
+        return pesc_fail(err, "%s:%ld: the prompt is empty", r->name, line);
     if (!text) {
         char keys[200] = "";
         const char *k;
@@ -212,7 +214,7 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
         }
         return pesc_fail(err, "%s:%ld: no prompt: give it as a \"prompt\" (or \"instruction\", "
                          "\"question\", \"query\") string or a \"messages\" list; this one has "
-                         "%s", r->path, line, *keys ? keys : "no keys");
+                         "%s", r->name, line, *keys ? keys : "no keys");
     }
     tpl_message msgs[2];
     int n = 0;
@@ -227,26 +229,14 @@ static int from_json(void *ctx, const json_t *o, long line, pesc_error *err)
     return rc;
 }
 
-/* Whether path is a file of plain text: not gzip or zstd (their magic numbers), and its first
- * character, spaces and a byte-order mark aside, neither '{' nor '['. -1 when it cannot be
- * read, or is no regular file: it is read twice (the prompts are checked before the model
- * loads), which a pipe cannot be, and a device never ends. */
-static int plain_text(const char *path, pesc_error *err)
+/* Whether path (name in messages) is a file of plain text: not gzip or zstd (their magic
+ * numbers), and its first character, spaces and a byte-order mark aside, neither '{' nor
+ * '['. -1 when it cannot be read. */
+static int plain_text(const char *path, const char *name, pesc_error *err)
 {
     FILE *f = fopen(path, "rb");
-    struct stat st;
     if (!f)
-        return pesc_fail(err, "cannot open the prompts %s: %s", path, strerror(errno));
-    int stat_ok = fstat(fileno(f), &st) == 0;
-    if (!stat_ok || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        if (stat_ok && S_ISDIR(st.st_mode))
-            return pesc_fail(err, "the prompts %s are a directory: give a file", path);
-        return pesc_fail(err, "the prompts %s are %s, not a file: --prompts reads its file "
-                         "twice (to check every prompt before the model loads); save them to "
-                         "a file first", path, stat_ok && S_ISFIFO(st.st_mode) ? "a pipe"
-                         : "a device");
-    }
+        return pesc_fail(err, "cannot open the prompts %s: %s", name, strerror(errno));
     unsigned char head[4] = {0};
     size_t got = fread(head, 1, sizeof head, f);
     if ((got >= 2 && head[0] == 0x1f && head[1] == 0x8b) ||
@@ -263,11 +253,11 @@ static int plain_text(const char *path, pesc_error *err)
     return ch != EOF && ch != '{' && ch != '[';
 }
 
-static int each_line(const reading *r, pesc_error *err)
+static int each_line(const reading *r, const char *path, pesc_error *err)
 {
-    FILE *f = fopen(r->path, "r");
+    FILE *f = fopen(path, "r");
     if (!f)
-        return pesc_fail(err, "cannot open the prompts %s: %s", r->path, strerror(errno));
+        return pesc_fail(err, "cannot open the prompts %s: %s", r->name, strerror(errno));
     char *text = NULL;
     size_t cap = 0;
     ssize_t got;
@@ -276,7 +266,7 @@ static int each_line(const reading *r, pesc_error *err)
     while (rc == 0 && (got = getline(&text, &cap, f)) >= 0) {
         line++;
         if (memchr(text, '\0', (size_t)got)) {
-            rc = pesc_fail(err, "%s:%ld: a NUL byte: a file of prompts is text", r->path, line);
+            rc = pesc_fail(err, "%s:%ld: a NUL byte: a file of prompts is text", r->name, line);
             break;
         }
         while (got > 0 && (text[got - 1] == '\n' || text[got - 1] == '\r'))
@@ -289,7 +279,7 @@ static int each_line(const reading *r, pesc_error *err)
         json_t *valid = json_stringn(start, (size_t)got);   /* NULL: not UTF-8 */
         if (!valid) {
             rc = pesc_fail(err, "%s:%ld: not valid UTF-8; convert the file to UTF-8, e.g. "
-                           "iconv -f latin1 -t utf-8", r->path, line);
+                           "iconv -f latin1 -t utf-8", r->name, line);
             break;
         }
         json_decref(valid);
@@ -304,17 +294,111 @@ static int each_line(const reading *r, pesc_error *err)
         rc = r->fn(r->ctx, &p, err);
     }
     if (rc == 0 && (ferror(f) || !feof(f)))   /* !feof: getline ran out of memory */
-        rc = pesc_fail(err, "cannot read the prompts %s: %s", r->path, strerror(errno));
+        rc = pesc_fail(err, "cannot read the prompts %s: %s", r->name, strerror(errno));
     free(text);
     fclose(f);
     return rc;
 }
 
-int prompts_each(const char *path, pr_fn fn, void *ctx, pesc_error *err)
+/* err's message with each `from` in it said as `to` */
+static void rename_in(pesc_error *err, const char *from, const char *to)
 {
-    reading r = {.path = path, .fn = fn, .ctx = ctx};
-    int plain = plain_text(path, err);
+    char said[sizeof err->msg];
+    size_t n = 0, from_len = strlen(from), to_len = strlen(to);
+    for (const char *p = err->msg; *p && n + 1 < sizeof said;) {
+        if (!strncmp(p, from, from_len)) {
+            size_t k = to_len < sizeof said - 1 - n ? to_len : sizeof said - 1 - n;
+            memcpy(said + n, to, k);
+            n += k;
+            p += from_len;
+        } else {
+            said[n++] = *p++;
+        }
+    }
+    said[n] = '\0';
+    memcpy(err->msg, said, n + 1);
+}
+
+int prompts_each(const pr_file *f, pr_fn fn, void *ctx, pesc_error *err)
+{
+    reading r = {.name = f->name, .fn = fn, .ctx = ctx};
+    int plain = plain_text(f->path, f->name, err);
     if (plain < 0)
         return -1;
-    return plain ? each_line(&r, err) : ds_each_json(path, from_json, &r, err);
+    if (plain)
+        return each_line(&r, f->path, err);
+    int rc = ds_each_json(f->path, from_json, &r, err);
+    if (rc != 0 && f->fd >= 0)   /* the reader names what it opened */
+        rename_in(err, f->path, f->name);
+    return rc;
+}
+
+/* Standard input or a pipe (in, named name) into a temporary file, f->fd, removed at once. */
+static int spool(pr_file *f, int in, pesc_error *err)
+{
+    const char *dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    size_t len = strlen(dir) + sizeof "/pesc-prompts-XXXXXX";
+    char *path = xmalloc(len);
+    snprintf(path, len, "%s/pesc-prompts-XXXXXX", dir);
+    f->fd = mkstemp(path);
+    int saved = errno;
+    if (f->fd >= 0)
+        unlink(path);
+    free(path);
+    if (f->fd < 0)
+        return pesc_fail(err, "cannot keep the prompts of %s in %s: %s; set TMPDIR to a "
+                         "writable directory with room", f->name, dir, strerror(saved));
+    if (isatty(in))
+        fprintf(stderr, "pesc generate: reading prompts from the terminal, a line each; "
+                "Ctrl-D ends them\n");
+    char buf[1 << 16];
+    ssize_t got;
+    while ((got = read(in, buf, sizeof buf)) != 0) {
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return pesc_fail(err, "cannot read the prompts of %s: %s", f->name,
+                             strerror(errno));
+        for (ssize_t put = 0, w; put < got; put += w)
+            if ((w = write(f->fd, buf + put, (size_t)(got - put))) < 0 && errno != EINTR)
+                return pesc_fail(err, "cannot keep the prompts of %s in %s: %s; set TMPDIR "
+                                 "to a writable directory with room", f->name, dir, strerror(errno));
+            else if (w < 0)
+                w = 0;
+    }
+    snprintf(f->fd_path, sizeof f->fd_path, "/dev/fd/%d", f->fd);
+    f->path = f->fd_path;
+    return 0;
+}
+
+int prompts_open(pr_file *f, const char *arg, pesc_error *err)
+{
+    *f = (pr_file){.name = arg, .path = arg, .fd = -1};
+    if (!strcmp(arg, "-")) {
+        f->name = "standard input";
+        return spool(f, STDIN_FILENO, err);
+    }
+    struct stat st;
+    if (stat(arg, &st) != 0)
+        return pesc_fail(err, "cannot open the prompts %s: %s", arg, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return pesc_fail(err, "the prompts %s are a directory: give a file", arg);
+    if (S_ISREG(st.st_mode))
+        return 0;
+    if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode))
+        return pesc_fail(err, "the prompts %s are a device, not a file: give a file, or "
+                         "--prompts - to read them from standard input", arg);
+    int in = open(arg, O_RDONLY);
+    if (in < 0)
+        return pesc_fail(err, "cannot open the prompts %s: %s", arg, strerror(errno));
+    int rc = spool(f, in, err);
+    close(in);
+    return rc;
+}
+
+void prompts_close(pr_file *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    f->fd = -1;
 }

@@ -31,9 +31,25 @@ typedef struct pr_prompt {
     const json_t *id;            /* NULL: none */
 } pr_prompt;
 
-/* fn is called with each prompt of path in turn until it fails. 0, or -1 with a message
- * naming the file and line (a bad record's, a read error's, or fn's own). */
+/* The prompts named on the command line, read twice (every prompt checked before the model
+ * loads, then answered): a file, read where it is; or standard input ("-") or a pipe, which
+ * cannot be read twice, read once into a temporary file of $TMPDIR (/tmp when unset),
+ * removed at once and held open until prompts_close. */
+typedef struct pr_file {
+    const char *name;            /* what messages call them: the path, or "standard input" */
+    const char *path;            /* what is read: the file, or the temporary one's /dev/fd/N */
+    int fd;                      /* the temporary file's, or -1 */
+    char fd_path[32];
+} pr_file;
+
+/* 0, or -1 with a message: arg cannot be opened, is a directory or a device, or (read into
+ * the temporary file) a read or write failed, the disk full. */
+int prompts_open(pr_file *f, const char *arg, pesc_error *err);
+void prompts_close(pr_file *f);
+
+/* fn is called with each prompt of f in turn until it fails. 0, or -1 with a message
+ * naming the file (f->name) and line (a bad record's, a read error's, or fn's own). */
 typedef int (*pr_fn)(void *ctx, const pr_prompt *p, pesc_error *err);
-int prompts_each(const char *path, pr_fn fn, void *ctx, pesc_error *err);
+int prompts_each(const pr_file *f, pr_fn fn, void *ctx, pesc_error *err);
 
 #endif

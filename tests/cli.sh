@@ -534,10 +534,26 @@ expect 1 "bad.jsonl:1: messages\[1\] is a user turn where an assistant one goes"
 printf '{"messages": [{"role": "user", "content": "a"}]}\n' >"$tmp/msgs.jsonl"
 expect 1 "msgs.jsonl:1: \-\-raw sends one text as it is; this prompt has a list of messages" \
   "generate --prompts --raw on messages" -- "$pesc" generate --model "$demo" --prompts "$tmp/msgs.jsonl" --raw
-# the file is read twice (checked before the model loads): a pipe is refused, not read empty;
-# a byte-order mark before the first plain line is not part of the prompt
-expect 1 "are a pipe, not a file: \-\-prompts reads its file twice" "generate --prompts on a pipe" -- \
-  sh -c 'printf "capital: France\n" | "$1" generate --model "$2" --prompts /dev/stdin' sh "$pesc" "$demo"
+# the file is read twice (checked before the model loads): standard input (-) and a pipe are
+# kept in a temporary file first (TMPDIR), which is gone after, and named as they were given;
+# a device is refused; a byte-order mark before the first plain line is not part of the prompt
+mkdir "$tmp/spool"
+sed -n 1,5p "$tmp/held.jsonl" >"$tmp/five.jsonl"
+"$pesc" generate --model "$demo" --prompts "$tmp/five.jsonl" --max-tokens 24 >"$tmp/five.out" 2>/dev/null
+for how in "-" /dev/stdin; do
+  TMPDIR="$tmp/spool" sh -c 'cat "$1" | "$2" generate --model "$3" --prompts "$4" --max-tokens 24' sh \
+    "$tmp/five.jsonl" "$pesc" "$demo" "$how" >"$tmp/piped.out" 2>"$tmp/err"
+  cmp -s "$tmp/piped.out" "$tmp/five.out" && [ -z "$(ls "$tmp/spool")" ] &&
+    pass "generate --prompts $how from a pipe: the file's answers, no file left behind" ||
+    fail "generate --prompts $how from a pipe: $(head -c 300 "$tmp/err") $(diff "$tmp/piped.out" "$tmp/five.out" | head -n 3) $(ls "$tmp/spool")"
+done
+expect 1 "standard input:2: the prompt is empty" "generate --prompts -: a bad prompt is named by its line" -- \
+  sh -c 'printf "{\"prompt\": \"a\"}\n{\"prompt\": \"\"}\n" | "$1" generate --model "$2" --prompts -' sh "$pesc" "$demo"
+expect 1 "cannot keep the prompts of standard input in $tmp/none: No such file or directory; set TMPDIR" \
+  "generate --prompts - with TMPDIR missing" -- \
+  sh -c 'echo hi | TMPDIR="$3" "$1" generate --model "$2" --prompts -' sh "$pesc" "$demo" "$tmp/none"
+expect 1 "the prompts /dev/zero are a device, not a file" "generate --prompts on a device" -- \
+  "$pesc" generate --model "$demo" --prompts /dev/zero
 printf '\357\273\277capital: France\n' >"$tmp/bom.txt"
 "$pesc" generate --model "$demo" --prompts "$tmp/bom.txt" >"$tmp/out" 2>&1
 grep -q '^{"line":1,"prompt":"capital: France","answer":"Paris",' "$tmp/out" &&
