@@ -184,7 +184,7 @@ static int queue(ans_answerer *a, const ds_record *r, ans_tally *t, const char *
                  const pending *queued, int n, const ans_options *o, pending *p)
 {
     long taken = t->scored;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; o->limit && i < n; i++)
         taken += queued[i].t == t;
     if (o->limit && taken >= o->limit)
         return 0;
@@ -379,16 +379,21 @@ int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally 
     return rc;
 }
 
-/* ans_run's progress on stderr, twice a second at most */
+/* ans_run's progress on stderr, twice a second at most: the answers made before the records
+ * being answered (first to last of total) and of them */
 typedef struct progress {
     double shown;
+    int made, done, first, last, total;
 } progress;
 
 static int show_progress(void *ctx, int done, int n)
 {
     progress *pr = ctx;
+    (void)n;
+    pr->done = done;
     if (pesc_now() - pr->shown > 0.5) {
-        pesc_show_phase("pesc eval", "%d of %d answers", done, n);
+        pesc_show_phase("pesc eval", "%d answers made; records %d to %d of %d", pr->made + done,
+                        pr->first, pr->last, pr->total);
         pr->shown = pesc_now();
     }
     return 0;
@@ -399,19 +404,26 @@ int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records
 {
     ans_answerer a;
     ans_answerer_init(&a, m, tok, tpl, o->batch);
-    progress pr = {.shown = 0.0};
+    progress pr = {.shown = 0.0, .total = d->n};
     a.answered = show_progress;
     a.ctx = &pr;
-    const ds_record **records = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *records);
-    ans_tally **tallies = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *tallies);
-    const char **sources = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *sources);
-    for (int i = 0; i < d->n; i++) {
-        records[i] = &d->items[i];
-        tallies[i] = &tally[records[i]->source];
-        sources[i] = o->names ? o->names[records[i]->source] : "";
+    int window = a.batch * ANS_QUEUE, rc = 0;
+    const ds_record **records = xcalloc((size_t)window, sizeof *records);
+    ans_tally **tallies = xcalloc((size_t)window, sizeof *tallies);
+    const char **sources = xcalloc((size_t)window, sizeof *sources);
+    for (int first = 0; rc == 0 && first < d->n; first += window) {
+        int n = d->n - first < window ? d->n - first : window;
+        for (int i = 0; i < n; i++) {
+            records[i] = &d->items[first + i];
+            tallies[i] = &tally[records[i]->source];
+            sources[i] = o->names ? o->names[records[i]->source] : "";
+        }
+        pr.first = first + 1;
+        pr.last = first + n;
+        pr.done = 0;
+        rc = ans_answer_many(&a, records, tallies, sources, n, o, err);
+        pr.made += pr.done;
     }
-    /* all at once: a slot whose answer ends takes the next record (ans_generate) */
-    int rc = ans_answer_many(&a, records, tallies, sources, d->n, o, err);
     free(records);
     free(tallies);
     free(sources);

@@ -61,6 +61,10 @@ typedef struct ans_options {
  * a slot whose answer ends takes the next prompt. At most ANS_BATCH_MAX. */
 #define ANS_BATCH 16
 #define ANS_BATCH_MAX 256
+/* Records (prompts) handed to one ans_generate, a slot's worth each: enough that the slots
+ * stay full but for the queue's end, few enough that answers are written as they go and one
+ * long prompt sizes the slots of its queue alone. */
+#define ANS_QUEUE 16
 
 /* What answering takes besides the prompts: the model, its tokenizer, the template's end
  * markers and a logits row a slot; and, when set, what is told as answers end (done of the n

@@ -534,9 +534,6 @@ typedef struct queued {
     ans_prompt *g;               /* what answers it, or NULL (room < 0) */
 } queued;
 
-/* Prompts queued a slot of --batch: answered at once (continuous batching), each slot taking
- * the next prompt as its answer ends; their lines are written as they come in order. */
-#define QUEUE_SLOTS 16
 
 typedef struct batch {
     model *m;
@@ -706,8 +703,8 @@ static int flush(batch *b, pesc_error *err)
         *err = b->written_err;
         rc = -1;
     } else if (rc != 0) {
-        rc = pesc_fail_prefix(err, "answering the prompts of lines %ld to %ld", b->q[0].line,
-                              b->q[b->n - 1].line);
+        rc = pesc_fail_prefix(err, "answering the prompts of lines %ld to %ld",
+                              b->q[b->written].line, b->q[b->n - 1].line);
     }
     pesc_show_phase("pesc generate", NULL);
     b->shown = 0.0;
@@ -752,12 +749,12 @@ static int queue_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
     return ++b->n == b->queue ? flush(b, err) : 0;
 }
 
-/* --prompts: every prompt of the file answered, --batch at a time, each a JSON line on
+/* --prompts: every prompt of the file answered, --batch slots at once, each a JSON line on
  * standard output in the file's order. */
 static int run_prompts(batch *b, pesc_error *err)
 {
     ans_answerer_init(&b->a, b->m, b->tok, b->tpl, (int)b->o->batch);
-    b->queue = b->a.batch * QUEUE_SLOTS;
+    b->queue = b->a.batch * ANS_QUEUE;   /* answered at once, their lines written in order */
     b->q = xcalloc((size_t)b->queue, sizeof *b->q);
     b->done = 0;
     double t0 = pesc_now();

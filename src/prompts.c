@@ -1,13 +1,15 @@
 /* prompts — see prompts.h. */
+#define _GNU_SOURCE   /* mkostemp */
 #include "prompts.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -300,13 +302,14 @@ static int each_line(const reading *r, const char *path, pesc_error *err)
     return rc;
 }
 
-/* err's message with each `from` in it said as `to` */
+/* err's message with each `from` in it (not followed by a digit: /dev/fd/6 is not in
+ * /dev/fd/63) said as `to` */
 static void rename_in(pesc_error *err, const char *from, const char *to)
 {
     char said[sizeof err->msg];
     size_t n = 0, from_len = strlen(from), to_len = strlen(to);
     for (const char *p = err->msg; *p && n + 1 < sizeof said;) {
-        if (!strncmp(p, from, from_len)) {
+        if (!strncmp(p, from, from_len) && !isdigit((unsigned char)p[from_len])) {
             size_t k = to_len < sizeof said - 1 - n ? to_len : sizeof said - 1 - n;
             memcpy(said + n, to, k);
             n += k;
@@ -340,7 +343,7 @@ static int spool(pr_file *f, int in, pesc_error *err)
     size_t len = strlen(dir) + sizeof "/pesc-prompts-XXXXXX";
     char *path = xmalloc(len);
     snprintf(path, len, "%s/pesc-prompts-XXXXXX", dir);
-    f->fd = mkstemp(path);
+    f->fd = mkostemp(path, O_CLOEXEC);
     int saved = errno;
     if (f->fd >= 0)
         unlink(path);
@@ -356,6 +359,11 @@ static int spool(pr_file *f, int in, pesc_error *err)
     while ((got = read(in, buf, sizeof buf)) != 0) {
         if (got < 0 && errno == EINTR)
             continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {   /* left non-blocking */
+            struct pollfd ready = {.fd = in, .events = POLLIN};
+            poll(&ready, 1, -1);
+            continue;
+        }
         if (got < 0)
             return pesc_fail(err, "cannot read the prompts of %s: %s", f->name,
                              strerror(errno));
@@ -388,7 +396,10 @@ int prompts_open(pr_file *f, const char *arg, pesc_error *err)
     if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode))
         return pesc_fail(err, "the prompts %s are a device, not a file: give a file, or "
                          "--prompts - to read them from standard input", arg);
-    int in = open(arg, O_RDONLY);
+    int in = open(arg, O_RDONLY | O_CLOEXEC);
+    if (in < 0 && errno == ENXIO)   /* a socket, as /dev/stdin */
+        return pesc_fail(err, "cannot open the prompts %s: it is a socket; give --prompts - "
+                         "with them on standard input", arg);
     if (in < 0)
         return pesc_fail(err, "cannot open the prompts %s: %s", arg, strerror(errno));
     int rc = spool(f, in, err);
