@@ -14,6 +14,7 @@ typedef struct sampler {
     /* scratch, grown on demand */
     float *probs;
     int *order;
+    uint64_t *keys;              /* (2 capacity): top-k and top-p's sort */
     int capacity;
 } sampler;
 

@@ -9,6 +9,7 @@
  *   - activation recomputation gives bit-identical losses, gradients and routing statistics
  *     (with dropout, LoRA everywhere and a packed batch) in less activation memory.
  * Exit 0 pass, 1 fail. */
+#define _GNU_SOURCE   /* qsort_r: the reference sampler */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -714,6 +715,113 @@ static void test_sampler(void)
            ones / 20000.0);
 }
 
+/* The sampler as it was, sorting every id for top-k and top-p: what sampler_next's sort of a
+ * prefix must give, draw for draw. */
+static int by_probability_ref(const void *a, const void *b, void *probs)
+{
+    const float *p = probs;
+    float x = p[*(const int *)a], y = p[*(const int *)b];
+    if (x != y)
+        return x < y ? 1 : -1;
+    return *(const int *)a - *(const int *)b;
+}
+
+static int sampler_next_ref(const sampler *cfg, uint64_t *rng, const float *logits, int V,
+                            float *probs, int *order)
+{
+    int best = 0;
+    for (int i = 1; i < V; i++)
+        best = logits[i] > logits[best] ? i : best;
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) {
+        probs[i] = expf((logits[i] - logits[best]) / cfg->temperature);
+        sum += probs[i];
+        order[i] = i;
+    }
+    int keep = V;
+    if ((cfg->top_k > 0 && cfg->top_k < V) || cfg->top_p < 1.0f) {
+        qsort_r(order, (size_t)V, sizeof *order, by_probability_ref, probs);
+        if (cfg->top_k > 0 && cfg->top_k < keep)
+            keep = cfg->top_k;
+        double mass = 0.0;
+        for (int i = 0; cfg->top_p < 1.0f && i < keep; i++)
+            if ((mass += probs[order[i]] / sum) >= cfg->top_p) {
+                keep = i + 1;
+                break;
+            }
+        sum = 0.0;
+        for (int i = 0; i < keep; i++)
+            sum += probs[order[i]];
+    }
+    double r = pesc_splitmix_uniform(rng) * sum, acc = 0.0;
+    for (int i = 0; i < keep; i++)
+        if (r < (acc += probs[order[i]]))
+            return order[i];
+    return order[keep - 1];
+}
+
+/* top-k and top-p sort only the likeliest ids (those of probability 1e-4 of the largest and
+ * more, fewer where they cover the cut): the draws are the full sort's, over vocabularies of
+ * 7 to 32000, sharp and flat logits, ties, and cuts at every shape. */
+static void test_sampler_prefix(void)
+{
+    static const int vocab[] = {7, 1000, 32000};
+    static const float spread[] = {0.5f, 4.0f, 12.0f}, temps[] = {0.7f, 1.0f, 2.5f};
+    static const int top_ks[] = {0, 1, 5, 50, 6999};
+    static const float top_ps[] = {1.0f, 0.3f, 0.9f, 0.999f};
+    float *logits = malloc(32000 * sizeof *logits), *probs = malloc(32000 * sizeof *probs);
+    int *order = malloc(32000 * sizeof *order), draws = 0, differ = 0;
+    uint64_t state = 99;
+    for (int v = 0; v < 3; v++)
+        for (int sp = 0; sp < 3; sp++)
+            for (int c = 0; c < 5 * 4; c++) {
+                int V = vocab[v], k = top_ks[c % 5];
+                float top_p = top_ps[c / 5], temp = temps[(c + sp) % 3];
+                if (k == 0 && top_p >= 1.0f)
+                    continue;
+                sampler s, ref;
+                sampler_init(&s, temp, k, top_p, 1000 + c);
+                sampler_init(&ref, temp, k, top_p, 1000 + c);
+                for (int round = 0; round < (V > 1000 ? 1 : 20); round++) {
+                    for (int i = 0; i < V; i++) {   /* normal-ish, a quarter rounded: ties */
+                        double u = pesc_splitmix_uniform(&state) + pesc_splitmix_uniform(&state)
+                                   + pesc_splitmix_uniform(&state) - 1.5;
+                        logits[i] = (float)(u * spread[sp]);
+                        if (i % 4 == 0)
+                            logits[i] = roundf(logits[i]);
+                    }
+                    for (int d = 0; d < (V > 1000 ? 2 : 8); d++, draws++)
+                        differ += sampler_next(&s, logits, V) !=
+                                  sampler_next_ref(&ref, &ref.rng, logits, V, probs, order);
+                }
+                sampler_free(&s);
+                sampler_free(&ref);
+            }
+    /* a heavy tail: one id far likelier than each other, the others together likelier than
+     * it, so the cut lies below 1e-4 of the largest (the sort takes more ids) */
+    int tail = 0;
+    for (int i = 0; i < 32000; i++)
+        logits[i] = i == 77 ? 0.0f : -10.0f - (float)(i % 3);
+    for (int c = 0; c < 2; c++) {
+        sampler s, ref;
+        sampler_init(&s, 1.0f, c ? 5000 : 0, c ? 1.0f : 0.9f, 5 + c);
+        sampler_init(&ref, 1.0f, c ? 5000 : 0, c ? 1.0f : 0.9f, 5 + c);
+        for (int d = 0; d < 20; d++, draws++) {
+            int id = sampler_next(&s, logits, 32000);
+            differ += id != sampler_next_ref(&ref, &ref.rng, logits, 32000, probs, order);
+            tail += id != 77;
+        }
+        sampler_free(&s);
+        sampler_free(&ref);
+    }
+    REPORT(differ == 0 && draws > 2000 && tail >= 5, "sampler: top-k and top-p on the likeliest "
+           "ids draw as a sort of them all: %d of %d draws differ (%d of 40 from a heavy tail)",
+           differ, draws, tail);
+    free(logits);
+    free(probs);
+    free(order);
+}
+
 /* Two documents packed in one row (positions restart, attention stays inside each) train
  * exactly like the same documents in rows of their own, the shorter padded: padding (source
  * -1) is routed nowhere, so the aux and z losses and their gradients are the same too. */
@@ -878,6 +986,7 @@ int main(void)
     test_kv_cache(root ? root : ".");
     test_slots_longrope(root ? root : ".");
     test_sampler();
+    test_sampler_prefix();
     test_packing(root ? root : ".");
     test_recompute(root ? root : ".");
     backend_delete(be);
