@@ -212,13 +212,23 @@ static int queue(ans_answerer *a, const ds_record *r, ans_tally *t, const char *
     return 0;
 }
 
-/* The next token of q's answer, from row r of picks (the greedy ids the backend chose) or
- * else of the logits: 1 while the answer goes on, 0 when an end marker or its room ends it. */
-static int take(ans_answerer *a, ans_prompt *q, const int32_t *picks, int r)
+/* The next tokens of the k answers p[at[i]] from rows 0 to k - 1 of a->logits into picks:
+ * each drawn by its own sampler (or greedily), the rows at once on the host's threads, so
+ * that sampling many answers does not wait on one core. */
+static void draw(ans_answerer *a, const ans_prompt *p, const int *at, int k, int32_t *picks)
 {
     int V = a->m->config.vocab_size;
-    int32_t id = picks ? picks[r]
-                       : sampler_next(q->s ? q->s : &a->greedy, a->logits + (size_t)r * V, V);
+#pragma omp parallel for schedule(dynamic, 1) if (k > 1)
+    for (int i = 0; i < k; i++) {
+        sampler *s = p[at[i]].s ? p[at[i]].s : &a->greedy;   /* greedy: no state */
+        picks[i] = sampler_next(s, a->logits + (size_t)i * V, V);
+    }
+}
+
+/* id, the next token of q's answer: 1 while the answer goes on, 0 when an end marker or its
+ * room ends it. */
+static int take(ans_answerer *a, ans_prompt *q, int32_t id)
+{
     if (is_stop(id, a->stops, a->n_stops))
         q->ended = 1;
     else
@@ -277,10 +287,12 @@ static int fill(ans_answerer *a, ans_prompt *p, int n, int *next, int *held, int
         }
         if (k == 0)
             return ended;
+        int32_t picks[ANS_BATCH_MAX];
         if (prompts(a, p, at, to, k, err) != 0)
             return -1;
+        draw(a, p, at, k, picks);
         for (int i = 0; i < k; i++)
-            if (!take(a, &p[at[i]], NULL, i)) {
+            if (!take(a, &p[at[i]], picks[i])) {
                 held[to[i]] = -1;
                 ended++;
             }
@@ -300,7 +312,7 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
         greedy &= !p[i].s;
     }
     int slots = model_cache_slots_fitting(a->m, capacity, n < a->batch ? n : a->batch);
-    int held[ANS_BATCH_MAX], step[ANS_BATCH_MAX], next = 0;
+    int held[ANS_BATCH_MAX], step[ANS_BATCH_MAX], at[ANS_BATCH_MAX], next = 0;
     int32_t ids[ANS_BATCH_MAX], picks[ANS_BATCH_MAX];
     if (model_cache_slots(a->m, slots, capacity, err) != 0)
         return -1;
@@ -320,6 +332,7 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
             if (held[s] >= 0) {
                 const tok_ids *out = &p[held[s]].out;
                 step[k] = s;
+                at[k] = held[s];
                 ids[k++] = out->ids[out->n - 1];
             }
         if (k == 0)
@@ -327,8 +340,10 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
         if ((greedy ? model_decode_step_greedy(a->m, step, ids, k, picks, err)
                     : model_decode_step(a->m, step, ids, k, a->logits, err)) != 0)
             return -1;
+        if (!greedy)
+            draw(a, p, at, k, picks);
         for (int i = 0; i < k; i++)
-            if (!take(a, &p[held[step[i]]], greedy ? picks : NULL, i)) {
+            if (!take(a, &p[at[i]], picks[i])) {
                 held[step[i]] = -1;
                 done++;
             }
