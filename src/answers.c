@@ -287,6 +287,16 @@ static int fill(ans_answerer *a, ans_prompt *p, int n, int *next, int *held, int
         }
         if (k == 0)
             return ended;
+        /* longest first, so that a pass pads its prompts to lengths near their own */
+        for (int i = 1; i < k; i++)
+            for (int j = i; j > 0 && p[at[j]].len > p[at[j - 1]].len; j--) {
+                int t = at[j];
+                at[j] = at[j - 1];
+                at[j - 1] = t;
+                t = to[j];
+                to[j] = to[j - 1];
+                to[j - 1] = t;
+            }
         int32_t picks[ANS_BATCH_MAX];
         if (prompts(a, p, at, to, k, err) != 0)
             return -1;
