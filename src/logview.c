@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
@@ -150,6 +151,7 @@ static void show_controls(char *text, size_t cap, int keep_newlines)
 static void add_event(logview *lv, const stats_event *logged)
 {
     stats_event shown = *logged, *e = &shown;
+    shown.prompt = shown.answer = NULL;   /* borrowed for this call */
     show_controls(e->kind, sizeof e->kind, 0);
     show_controls(e->text, sizeof e->text, 1);
     lv->events[lv->event_head] = *e;
@@ -176,8 +178,10 @@ static void add_event(logview *lv, const stats_event *logged)
     else if (strcmp(k, "error") == 0 || strcmp(k, "fail") == 0) {
         lv->state = MONITOR_FAILED;
         pesc_show_controls(lv->message, sizeof lv->message, e->text);   /* one line */
-    } else if (strcmp(k, "generate") == 0) {
-        snprintf(lv->generated, sizeof lv->generated, "%s", e->text);
+    } else if (strcmp(k, "generate") == 0) {   /* the answer, or (older logs) what it was */
+        snprintf(lv->prompt, sizeof lv->prompt, "%s", logged->prompt ? logged->prompt : "");
+        snprintf(lv->generated, sizeof lv->generated, "%s",
+                 logged->answer ? logged->answer : e->text);
     }
 }
 
@@ -194,7 +198,11 @@ static void parse_line(logview *lv, const char *line)
         lv->have_run = 1;
         lv->state = MONITOR_RUNNING;
     } else if (kind == 2) {
+        json_t *o = strcmp(e.kind, "generate") == 0 ? json_loads(line, 0, NULL) : NULL;
+        e.prompt = json_string_value(json_object_get(o, "prompt"));
+        e.answer = json_string_value(json_object_get(o, "answer"));
         add_event(lv, &e);
+        json_decref(o);
     } else if (kind == 1) {
         stats_record_derive(lv->last);   /* imbalance and cv, also for logs that leave them out */
         add_point(lv, lv->last);

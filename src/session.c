@@ -151,6 +151,7 @@ static void show_event(session *s, const stats_event *e)
         v->n_events--;
     }
     v->events[v->n_events++] = *e;
+    v->events[v->n_events - 1].prompt = v->events[v->n_events - 1].answer = NULL;   /* borrowed */
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -478,7 +479,8 @@ static int parse_command(const char *line, int n_layers, command *c, char *reply
         if (parse_generate(arg, n_layers, c, reply, n) != 0)
             return -1;
         c->kind = CMD_GENERATE;
-        snprintf(reply, n, "ok: generating up to %d tokens", c->max_tokens);
+        snprintf(reply, n, "ok: generating up to %d tokens (the answer: the log's generate "
+                 "event)", c->max_tokens);
         return 0;
     }
     snprintf(reply, n, "error: unknown command '%s' (pause, resume, lr, aux, save, eval, stop, "
@@ -548,6 +550,26 @@ static void generation_append(session *s, const char *text, size_t len, int expe
     v->generated[used + len] = '\0';
     v->n_generated_tokens++;
     pthread_mutex_unlock(&s->lock);
+}
+
+/* A generation's end: its event, with the prompt and the whole answer in the log's line (so
+ * that pesc view shows them for a run without a screen), and a headless run's stderr. */
+static void publish_answer(session *s, const char *prompt, int produced, int context_full)
+{
+    pthread_mutex_lock(&s->lock);
+    char *answer = xstrdup(s->shared->generated);
+    pthread_mutex_unlock(&s->lock);
+    stats_event e = {.step = s->step, .elapsed_s = s->elapsed_before + pesc_now() - s->t_start,
+                     .prompt = prompt, .answer = answer};
+    snprintf(e.kind, sizeof e.kind, "generate");
+    snprintf(e.text, sizeof e.text, "%d tokens%s for: %.160s", produced,
+             context_full ? " (the model's context is full)" : "", prompt);
+    if (s->sinks)
+        sinks_event(s->sinks, &e);
+    show_event(s, &e);
+    if (s->cfg.headless)
+        fprintf(stderr, "pesc train: step %ld, %s:\n%s\n", s->step, e.text, answer);
+    free(answer);
 }
 
 /* The prompt's ids: through the chat template when there is a tokenizer, else "ids:1,2,3". */
@@ -641,9 +663,8 @@ static void generate(session *s, const command *c)
         if (len)
             generation_append(s, rest, len, -1);
     }
-    publish_event(s, "generate", "%d tokens%s for: %.160s", produced,
-                  max_tokens < c->max_tokens && produced == max_tokens
-                      ? " (the model's context is full)" : "", c->prompt);
+    publish_answer(s, c->prompt, produced, max_tokens < c->max_tokens &&
+                                           produced == max_tokens);
 out:
     if (s->tok)
         tok_stream_free(&stream);

@@ -197,6 +197,10 @@ char *stats_event_json(const stats_event *e)
     json_object_set_new(o, "step", json_integer(e->step));
     set_real(o, "elapsed_s", e->elapsed_s);
     json_object_set_new(o, "text", json_string(e->text));
+    if (e->prompt)
+        json_object_set_new(o, "prompt", json_string(e->prompt));
+    if (e->answer)
+        json_object_set_new(o, "answer", json_string(e->answer));
     return dump(o);
 }
 

@@ -72,6 +72,9 @@ typedef struct stats_event {
     double elapsed_s;
     char kind[16];
     char text[240];
+    /* a generate event's prompt and whole answer, NULL in others: borrowed for the call that
+     * publishes it (the log line carries them), NULL in the copies kept after it */
+    const char *prompt, *answer;
 } stats_event;
 
 /* JSONL: one object per line, no newline inside. Step records carry at least step, loss,

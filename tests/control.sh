@@ -154,14 +154,22 @@ want=$(printf '\\x1b%.0s' $(seq 15))
   && pass "200 escape bytes: 15 quoted, escaped, in one line" \
   || fail "200 escape bytes got '$(printf %s "$reply" | cat -v)'"
 reply=$(timeout 30 "$sockcmd" "$csock" "generate layer=1 max=3 temp=0.5 top_p=0.9 ids:1,2")
-[ "$reply" = "ok: generating up to 3 tokens" ] && pass "a generate within every range is taken" \
-  || fail "a generate within range got '$reply'"
+[ "$reply" = "ok: generating up to 3 tokens (the answer: the log's generate event)" ] \
+  && pass "a generate within every range is taken" || fail "a generate within range got '$reply'"
 for _ in $(seq 300); do grep -q '"event":"generate".*for: ids:1,2' "$tmp/run.jsonl" && break; sleep 0.1; done
+# its answer (ids here: the run has no tokenizer) is in the log's event with its prompt, for a
+# view of the log to show, and on the headless run's stderr
+line=$(grep '"event":"generate".*for: ids:1,2' "$tmp/run.jsonl")
+printf '%s\n' "$line" | grep -q '"prompt":"ids:1,2"' &&
+  printf '%s\n' "$line" | grep -q '"answer":"\( [0-9]*\)\{0,3\}"' &&
+  grep -q "^pesc train: step [0-9]*, [0-3] tokens for: ids:1,2:$" "$tmp/run.err" &&
+  pass "a generate's prompt and answer are in its log event and on stderr" ||
+  fail "a generate's answer: '$line' / $(head -c 300 "$tmp/run.err")"
 
 # generates sent together: one runs, the others are told it is busy; every "ok" has its answer
 g="generate max=4096 ids:3,4"
 timeout 60 "$sockcmd" "$csock" "$g" "$g" "$g" "$g" "$g" >"$tmp/gen"
-oks=$(grep -c '^ok: generating up to 4096 tokens$' "$tmp/gen")
+oks=$(grep -c '^ok: generating up to 4096 tokens' "$tmp/gen")
 busy=$(grep -c '^error: busy: a generate is already running' "$tmp/gen")
 answers=0 busy_events=0
 for _ in $(seq 300); do

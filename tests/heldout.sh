@@ -238,7 +238,7 @@ case $order in
   "generate: "[1-9]*" tokens for: "*"|eval: eval loss "*"|eval: eval answers "[01]"."*) ok=1 ;;
   *) ok=0 ;;
 esac
-[ $ok -eq 1 ] && [ "$replies" = "ok: generating up to 40 tokens|ok: eval after the next step, or at once when paused|" ] &&
+[ $ok -eq 1 ] && [ "$replies" = "ok: generating up to 40 tokens (the answer: the log's generate event)|ok: eval after the next step, or at once when paused|" ] &&
   pass "an eval asked during a paused run's generation waits for it: the generation ends whole, then the answers" ||
   fail "eval during a generation: replies '$replies', events '$order'"
 # --best-by answers: the best is the evaluation with the most --eval-generate answers right

@@ -2,7 +2,7 @@
 # view.sh — `pesc view` on synthetic run logs under tmux, read back with capture-pane: the
 # panels are there, the views and keys work, a long history stays evenly spaced also with
 # held-out losses at every step, the log is followed as it grows, --attach steers
-# the run (pause, LR, prompt, a pasted prompt of two lines), resizing to 40x12 and back keeps it
+# the run (pause, LR, prompt, a pasted prompt of two lines), a logged answer is shown, resizing to 40x12 and back keeps it
 # running, more layers than lines scroll and the frames say which are shown, q leaves with 0
 # and bracketed paste off, as Ctrl-Z does until fg;
 # malformed lines are counted on the status line, after the note of a log gone quiet;
@@ -104,6 +104,14 @@ check "smoothed 4.302 eval 4.265" "answers: the legend's first row as without th
 check "││ answers 0.750 ▁▄█ aux 0.01" \
   "answers: the latest share right (step 60) and its rise over 3 evaluations, on the second row"
 keys q
+
+# ---- a generate event's prompt and answer (a run without a screen, prompted through --control)
+{ grep -v '"event":"finish"' "$tmp/done.jsonl"
+  printf '%s\n' '{"event":"generate","step":60,"elapsed_s":9,"text":"5 tokens for: capital: Peru","prompt":"capital: Peru","answer":"Lima, on the Rimac"}'
+} >"$tmp/answered.jsonl"
+tui_start 100 30 "$pesc" view "$tmp/answered.jsonl"
+check "capital: Peru" "the Prompt panel shows a generate event's prompt"
+check "Lima, on the Rimac" "the Prompt panel shows a generate event's answer"
 
 # ---- no colours: character shades --------------------------------------------------------------
 tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"

@@ -150,7 +150,7 @@ for _ in $(seq 300); do kill -0 $steer 2>/dev/null || break; sleep 0.1; done
 kill -9 $steer 2>/dev/null
 wait $steer
 status=$?
-[ "$replies" = "ok: lr 0.0005|ok: generating up to 4 tokens|" ] && [ "$status" -eq 0 ] &&
+[ "$replies" = "ok: lr 0.0005|ok: generating up to 4 tokens (the answer: the log's generate event)|" ] && [ "$status" -eq 0 ] &&
   grep -q '"event":"generate".*"text":"4 tokens for: ids:1,2"' "$tmp/steer.jsonl" &&
   grep "$next" "$tmp/steer.jsonl" | grep -q '"loss":[0-9].*"lr":0.0005,' &&
   pass "pesc train --backend cuda steered: lr and a generate between steps, step $((at + 1)) on, stop" ||
