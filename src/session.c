@@ -1594,6 +1594,8 @@ static int answerable(const session *s)
     return n;
 }
 
+static int check_output(const session *s, const char *what, const char *path, pesc_error *err);
+
 /* What the run scores: the held-out records (the --eval-data files, read as the training data
  * is: format, template, tokenizer; or the records --eval-split kept out of the --data, at
  * least one trained token within --seq, and with --eval-generate a tokenizer and a record with
@@ -1642,6 +1644,8 @@ static int open_eval(session *s, pesc_error *err)
         return pesc_fail(err, "%s: no record has an answer after a prompt (text records are all "
                          "answer; --eval-generate matches the answers of chat, prompt/completion "
                          "or instruction records)", what);
+    if (c->eval_samples && check_output(s, "--eval-samples", c->eval_samples, err) != 0)
+        return -1;
     if (c->eval_samples && !(s->samples = fopen(c->eval_samples, "a")))
         return pesc_fail(err, "--eval-samples %s: %s (name a file in a writable directory)",
                          c->eval_samples, strerror(errno));
@@ -1964,12 +1968,22 @@ static int adopt_crafting(session *s, pesc_error *err)
 static int check_output(const session *s, const char *what, const char *path, pesc_error *err)
 {
     struct stat st;
+    if (strcmp(what, "--log") != 0 && s->cfg.log_path && strcmp(path, s->cfg.log_path) == 0)
+        return pesc_fail(err, "%s %s is the --log file of this run: name another file", what,
+                         path);
     if (stat(path, &st) != 0)
         return 0;   /* a new file: nothing to lose */
     const char *input = NULL;
     for (int i = 0; i < s->cfg.n_sources && !input; i++)
         if (pesc_same_file(path, s->data_paths[i]))
             input = "a --data file";
+    for (int i = 0; i < s->cfg.n_eval && !input; i++)
+        if (pesc_same_file(path, s->cfg.eval_paths[i]))
+            input = "an --eval-data file";
+    if (!input && pesc_same_file(path, s->cfg.eval_choices))
+        input = "the --eval-choices file";
+    if (!input && strcmp(what, "--log") != 0 && pesc_same_file(path, s->cfg.log_path))
+        input = "the --log file";
     if (!input && pesc_same_file(path, s->tokenizer_path))
         input = "the --tokenizer file";
     if (!input && pesc_same_file(path, s->cfg.init_config))

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -71,13 +72,9 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
 {
     jsonl_sink *j = xcalloc(1, sizeof *j);
     jsonl_path(j->path, sizeof j->path, c->target, c->base);
-    if (c->resume || c->target) {
-        j->f = fopen(j->path, c->resume ? "a" : "w");
-    } else {
-        int fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        j->f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    }
-    if (!j->f) {
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (c->resume ? O_APPEND : 0);
+    int fd = open(j->path, flags | (c->resume || c->target ? 0 : O_EXCL), 0666);
+    if (fd < 0) {
         if (errno == EEXIST)
             exists_unnamed(err, errlen, j->path);
         else
@@ -85,6 +82,22 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
         free(j);
         return NULL;
     }
+    /* one run a log: locked before it is emptied, so a second run on it truncates nothing */
+    struct stat st;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        snprintf(err, errlen, "the run log %s is being written by another pesc run: name "
+                 "another file, or let that run end first", j->path);
+        close(fd);
+        free(j);
+        return NULL;
+    }
+    if (!c->resume && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && ftruncate(fd, 0) != 0) {
+        cannot_create(err, errlen, j->path, errno);
+        close(fd);
+        free(j);
+        return NULL;
+    }
+    j->f = fdopen(fd, c->resume ? "a" : "w");
     if (jsonl_line(j, run->json, err, errlen) != 0) {
         char ignored[64];
         jsonl_close(j, ignored, sizeof ignored);

@@ -426,6 +426,38 @@ expect 1 "model.safetensors is a file of the model directory of this run" "--log
   "$pesc" train --headless --model "$tmp/logbase" --data "$tmp/data.jsonl" --steps 1 --log "$tmp/logbase/model.safetensors"
 cmp -s "$base/model.safetensors" "$tmp/logbase/model.safetensors" || fail "--log onto the weights changed them"
 
+# nor a held-out file (--eval-data, --eval-choices), through --log or a sink; --eval-samples
+# appends to neither the data nor the log
+"$pesc" demo-data -o "$tmp/demo-train.jsonl" --records 40 2>/dev/null
+"$pesc" demo-data -o "$tmp/demo-held.jsonl" --records 20 --seed 9 2>/dev/null
+cp "$tmp/demo-held.jsonl" "$tmp/demo-held.copy"
+cp "$tmp/demo-train.jsonl" "$tmp/demo-train.copy"
+expect 1 "\-\-log $tmp/demo-held.jsonl is an \-\-eval-data file of this run" "--log naming the --eval-data file is refused" -- \
+  "$pesc" train --headless --data "$tmp/demo-train.jsonl" --eval-data "$tmp/demo-held.jsonl" --steps 1 --log "$tmp/demo-held.jsonl"
+expect 1 "\-\-sink target $tmp/demo-held.jsonl is an \-\-eval-data file" "a csv sink onto the --eval-data file is refused" -- \
+  "$pesc" train --headless --data "$tmp/demo-train.jsonl" --eval-data "$tmp/demo-held.jsonl" --steps 1 --sink "csv:$tmp/demo-held.jsonl"
+expect 1 "\-\-eval-samples $tmp/demo-train.jsonl is a \-\-data file of this run" "--eval-samples onto the --data file is refused" -- \
+  "$pesc" train --headless --data "$tmp/demo-train.jsonl" --eval-split 8 --eval-generate exact --steps 1 \
+  --eval-samples "$tmp/demo-train.jsonl"
+expect 1 "\-\-eval-samples $tmp/both.jsonl is the \-\-log file of this run" "--eval-samples onto the --log is refused" -- \
+  "$pesc" train --headless --data "$tmp/demo-train.jsonl" --eval-split 8 --eval-generate exact --steps 1 \
+  --eval-samples "$tmp/both.jsonl" --log "$tmp/both.jsonl"
+cmp -s "$tmp/demo-held.jsonl" "$tmp/demo-held.copy" && cmp -s "$tmp/demo-train.jsonl" "$tmp/demo-train.copy" ||
+  fail "a refused output changed an input of the run"
+# one run a log: a second run naming a live run's log is refused and truncates nothing (it
+# once emptied it under the first, which went on writing after a hole of NUL bytes)
+"$pesc" train --headless --steps 100000 --log "$tmp/shared.jsonl" --control "$tmp/shared.sock" >/dev/null 2>&1 &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 100); do [ -S "$tmp/shared.sock" ] && grep -q '"step":2,' "$tmp/shared.jsonl" && break; sleep 0.1; done
+expect 1 "the run log $tmp/shared.jsonl is being written by another pesc run" "a second run on a live run's log is refused" -- \
+  "$pesc" train --headless --steps 3 --log "$tmp/shared.jsonl"
+"$sockcmd" "$tmp/shared.sock" stop >/dev/null
+wait $pid
+[ "$(tr -d '\000' <"$tmp/shared.jsonl" | wc -c)" = "$(wc -c <"$tmp/shared.jsonl")" ] &&
+  [ "$(grep -c '"event":"start"' "$tmp/shared.jsonl")" = 1 ] && grep -q '"event":"stop"' "$tmp/shared.jsonl" &&
+  pass "the live run's log is whole" || fail "the shared log: $(head -c 300 "$tmp/shared.jsonl" | cat -v)"
+
 # control clients that hang up before their reply do not end the run (it once died of SIGPIPE)
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 \
   --control "$tmp/hup.sock" >/dev/null 2>"$tmp/hup.err" &
