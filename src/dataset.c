@@ -1350,11 +1350,13 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     if (!r)
         return -1;
     load_mark start = mark_load(d);
-    int capacity = d->n, rc = 0, got, first = 1;
+    int capacity = d->n, rc = 0, got, first = 1, objects = 0;
     skips skipped = {0};
     while ((got = rd_next(r, err)) > 0) {
         json_t *o = NULL;
-        int plain = !r->array && r->item[strspn(r->item, " \t")] != '{' &&
+        /* once a line was a JSON object, the file is JSONL: a plain line is bad JSON (a line
+         * broken or cut), not a document of its own */
+        int plain = !r->array && !objects && r->item[strspn(r->item, " \t")] != '{' &&
                     r->item[strspn(r->item, " \t")] != '"';
         json_error_t jerr;
         pesc_error rec_err = {{0}};
@@ -1387,6 +1389,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                       jerr.column, jerr.text);
             ok = 0;
         } else {
+            objects |= json_is_object(o);
             ok = make_record(&t, o, lo, path, r->item_line, &rec_err) == 0;
         }
         json_decref(o);

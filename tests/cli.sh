@@ -424,6 +424,12 @@ expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --
 printf 'plain \377 line\n' >"$tmp/latin1.txt"
 expect 1 "latin1.txt:1: not valid UTF-8 text" "a non-UTF-8 text line is named" -- \
   "$pesc" eval --model "$demo" --data "$tmp/latin1.txt"
+# a plain line among JSON records is a broken record, not a document of its own (it was read
+# as one, changing the loss with no word); a file of plain lines is documents
+"$pesc" demo-data -o "$tmp/three.jsonl" --records 3 2>/dev/null
+{ head -n 2 "$tmp/three.jsonl"; echo "not json"; tail -n 1 "$tmp/three.jsonl"; } >"$tmp/mixed.jsonl"
+expect 1 "mixed.jsonl:3: not valid JSON" "a plain line among JSON records is named as bad JSON" -- \
+  "$pesc" eval --model "$demo" --data "$tmp/mixed.jsonl"
 # the model's context (128 positions for the demo) bounds the prompt and the answer together
 long_prompt=$(printf 'x %.0s' $(seq 60))
 expect 0 "stopped after 7 tokens at the model's context of 128" "generate stops at the model's context" -- \
