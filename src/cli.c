@@ -99,6 +99,38 @@ const char *cli_nearest_option(const struct option *table, const char *name)
     return best;
 }
 
+/* The names a Hugging Face TrainingArguments, LLaMA-Factory or Camelidae config (or their
+ * command lines) give what pesc has under another name, dashes for underscores */
+static const char *const other_names[][2] = {
+    {"model-name-or-path", "model"}, {"dataset", "data"}, {"eval-dataset", "eval-data"},
+    {"cutoff-len", "seq"}, {"max-seq-length", "seq"}, {"max-length", "seq"},
+    {"per-device-train-batch-size", "batch"}, {"gradient-accumulation-steps", "grad-accum"},
+    {"packing", "pack"}, {"gradient-checkpointing", "recompute"}, {"max-steps", "steps"},
+    {"num-train-epochs", "epochs"}, {"learning-rate", "lr"}, {"lr-scheduler-type", "schedule"},
+    {"warmup-steps", "warmup"}, {"max-grad-norm", "clip"}, {"output-dir", "save"},
+    {"save-steps", "save-every"}, {"save-total-limit", "keep"}, {"eval-steps", "eval-every"},
+    {"val-size", "eval-split"}, {"resume-from-checkpoint", "resume"}, {"report-to", "sink"},
+    {"num-experts", "experts"}, {"num-experts-per-tok", "top-k"}, {"topk", "top-k"},
+    {"moe-scaling", "adapter-scale"}, {"router-aux-loss-coef", "aux-coef"},
+    {"router-z-loss-coef", "z-coef"}, {"lora-target", "lora-targets"},
+    {"neftune-noise-alpha", "neftune"}, {"predict-with-generate", "eval-generate"},
+    {"metric-for-best-model", "best-by"}, {"load-best-model-at-end", "keep-best"},
+    {"max-new-tokens", "max-tokens"}, {"model-path", "model"}};
+
+const char *cli_other_name(const struct option *table, const char *name)
+{
+    char dashed[64];
+    snprintf(dashed, sizeof dashed, "%s", name);
+    for (char *p = dashed; *p; p++)
+        *p = *p == '_' ? '-' : *p;
+    for (size_t k = 0; k < sizeof other_names / sizeof *other_names; k++)
+        if (strcmp(dashed, other_names[k][0]) == 0)
+            for (const struct option *o = table; o->name; o++)
+                if (strcmp(o->name, other_names[k][1]) == 0)
+                    return o->name;
+    return NULL;
+}
+
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts)
 {
@@ -121,8 +153,23 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
         char name[64] = "";
         if (strncmp(arg, "--", 2) == 0)
             snprintf(name, sizeof name, "%.*s", (int)strcspn(arg + 2, "="), arg + 2);
+        const char *start[4];
+        int n_starting = 0;
+        for (const struct option *o = longopts; *name && o->name; o++)
+            if (strncmp(o->name, name, strlen(name)) == 0 && n_starting++ < 4)
+                start[n_starting - 1] = o->name;
+        char starting[200] = "";
+        for (int i = 0; i < n_starting && i < 4; i++)
+            snprintf(starting + strlen(starting), sizeof starting - strlen(starting), "%s--%s",
+                     i == 0 ? "" : i + 1 == n_starting ? " or " : ", ", start[i]);
+        const char *other = *name ? cli_other_name(longopts, name) : NULL;
         const char *near = *name ? cli_nearest_option(longopts, name) : NULL;
-        if (near)
+        if (n_starting > 1)   /* getopt takes a prefix of one option only */
+            cli_usage_error(cmd, "option %s is ambiguous: %s%s?", arg, starting,
+                            n_starting > 4 ? ", ..." : "");
+        else if (other)
+            cli_usage_error(cmd, "unknown option %s: pesc's name for it is --%s", arg, other);
+        else if (near)
             cli_usage_error(cmd, "unknown option %s: did you mean --%s?", arg, near);
         else
             cli_usage_error(cmd, "unknown option %s", arg);

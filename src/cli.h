@@ -29,6 +29,9 @@ int cli_fail(const char *cmd, const pesc_error *err);
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts);
 
+/* pesc's name in table for an option other trainers (Hugging Face TrainingArguments,
+ * LLaMA-Factory, Camelidae) name so (underscores or dashes), or NULL. */
+const char *cli_other_name(const struct option *table, const char *name);
 /* The long option whose name is nearest name (a typo's: two edits at most, and fewer than
  * half the name's length); NULL when none is. */
 const char *cli_nearest_option(const struct option *longopts, const char *name);

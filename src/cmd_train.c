@@ -77,12 +77,15 @@ static void format_eta(char *buf, size_t n, double s)
         snprintf(buf, n, "%.1fh", s / 3600);
 }
 
-static void print_progress(const session_progress *p, int tty, int final)
+/* The progress line: rewritten in place on a terminal, else a line each time (but not the
+ * same step's twice, as when the last report was already the final step's). */
+static void print_progress(const session_progress *p, int tty, int final, long *printed)
 {
     char eta[32];
     format_eta(eta, sizeof eta, p->eta_s);
-    if (p->step == 0 || ferror(stdout))
+    if (p->step == 0 || ferror(stdout) || (!tty && p->step == *printed))
         return;
+    *printed = p->step;
     printf("%sstep %ld/%ld  loss %.4f  aux %.4f  lr %.3g  %.0f tok/s  ETA %s%s", tty ? "\r" : "",
            p->step, p->total_steps, p->loss, p->aux_loss, p->lr, p->tokens_per_s, eta,
            tty ? "   " : "\n");
@@ -125,6 +128,7 @@ int cmd_train(int argc, char **argv)
         return cli_fail("train", &err);
     }
     int tty = isatty(STDOUT_FILENO), stopping = 0;
+    long printed = -1;
     double last_line = 0.0;
     session_progress p;
     for (;;) {
@@ -142,13 +146,13 @@ int cmd_train(int argc, char **argv)
             break;
         double now = pesc_now();
         if (now - last_line >= (tty ? 0.5 : 10.0)) {
-            print_progress(&p, tty, 0);
+            print_progress(&p, tty, 0, &printed);
             last_line = now;
         }
     }
     status = session_wait(s);
     session_get_progress(s, &p);
-    print_progress(&p, tty, 1);
+    print_progress(&p, tty, 1, &printed);
     if (hung_up)
         forget_lost_terminal();
     control_close(ctl);

@@ -1,7 +1,9 @@
 /* main — `pesc` command dispatch. Nothing else lives here (DESIGN section 3). */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -67,9 +69,18 @@ static int finish_output(const char *cmd, int rc)
         failed = 1;
     if (!failed || rc != 0)
         return rc;
-    fprintf(stderr, "pesc%s%s: cannot write to standard output%s%s; free space on its "
-            "device or send it elsewhere\n", cmd ? " " : "", cmd ? cmd : "",
-            errno ? ": " : "", errno ? strerror(errno) : "");
+    /* a pipe whose reader has gone (| head, a tee ended by a hang-up) fails with no errno
+     * left when the failed write was earlier: poll tells it */
+    int error = errno;
+    struct pollfd out = {.fd = STDOUT_FILENO, .events = POLLOUT};
+    if (error == EPIPE || (poll(&out, 1, 0) == 1 && (out.revents & POLLERR)))
+        fprintf(stderr, "pesc%s%s: cannot write to standard output: its reader closed it "
+                "(a pipe); what came after was not shown\n", cmd ? " " : "", cmd ? cmd : "");
+    else
+        fprintf(stderr, "pesc%s%s: cannot write to standard output%s%s%s\n", cmd ? " " : "",
+                cmd ? cmd : "", error ? ": " : "", error ? strerror(error) : "",
+                error == ENOSPC || error == EDQUOT ? "; free space on its device or send it "
+                                                     "elsewhere" : "");
     return 1;
 }
 

@@ -179,6 +179,21 @@ static void publish_event(session *s, const char *kind, const char *fmt, ...)
     show_event(s, &e);
 }
 
+/* A headless run's line on stderr; on a terminal, below the progress line being rewritten
+ * on stdout rather than after it. */
+static void say_headless(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say_headless(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (isatty(STDOUT_FILENO) && isatty(STDERR_FILENO))
+        fputc('\n', stderr);
+    fputs("pesc train: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
 /* An event the user must not miss: a headless run, whose stdout is progress lines, also
  * says it on stderr. */
 static void publish_warning(session *s, const char *kind, const char *fmt, ...)
@@ -192,7 +207,22 @@ static void publish_warning(session *s, const char *kind, const char *fmt, ...)
     va_end(ap);
     publish_event(s, kind, "%s", text);
     if (s->cfg.headless)
-        fprintf(stderr, "pesc train: %s\n", text);
+        say_headless("%s", text);
+}
+
+/* An evaluation's result: a headless run says it on stderr too, with its step (the log need
+ * not be there to see held-out numbers). */
+static void publish_result(session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void publish_result(session *s, const char *fmt, ...)
+{
+    char text[sizeof ((stats_event *)0)->text];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    publish_event(s, "eval", "%s", text);
+    if (s->cfg.headless)
+        say_headless("step %ld: %s", s->step, text);
 }
 
 static void set_state(session *s, monitor_state state, const char *message)
@@ -568,7 +598,7 @@ static void publish_answer(session *s, const char *prompt, int produced, int con
         sinks_event(s->sinks, &e);
     show_event(s, &e);
     if (s->cfg.headless)
-        fprintf(stderr, "pesc train: step %ld, %s:\n%s\n", s->step, e.text, answer);
+        say_headless("step %ld, %s:\n%s", s->step, e.text, answer);
     free(answer);
 }
 
@@ -986,7 +1016,7 @@ static int evaluate_loss(session *s, stats_record *r, pesc_error *err)
         return pesc_fail(err, "held-out data: no trained token within --seq %d", s->cfg.seq);
     r->eval_loss = nll / (double)count;
     r->eval_tokens = count;
-    publish_event(s, "eval", "eval loss %.4f over %lld tokens of %d records (%.1f s)",
+    publish_result(s, "eval loss %.4f over %lld tokens of %d records (%.1f s)",
                   r->eval_loss, count, s->n_eval, pesc_now() - t0);
     return 0;
 }
@@ -1034,7 +1064,7 @@ static int evaluate_choices(session *s, stats_record *r, pesc_error *err)
     r->eval_questions = tally.questions;
     r->eval_accuracy = (double)tally.right / (double)tally.questions;
     r->eval_accuracy_norm = (double)tally.right_norm / (double)tally.questions;
-    publish_event(s, "eval", "eval accuracy %.4f (%.4f a byte) on %ld questions, chance %.4f "
+    publish_result(s, "eval accuracy %.4f (%.4f a byte) on %ld questions, chance %.4f "
                   "(%.1f s)", r->eval_accuracy, r->eval_accuracy_norm, tally.questions,
                   tally.chance / (double)tally.questions, pesc_now() - t0);
     return 0;
@@ -1083,7 +1113,7 @@ static void publish_answers_by_source(session *s, const ans_tally *by, int n)
         used += (size_t)snprintf(text + used, sizeof text - used, "%s %s %.2f", k++ ? "," : "",
                                  name, (double)by[i].right / (double)by[i].scored);
     }
-    publish_event(s, "eval", "%s", text);
+    publish_result(s, "%s", text);
 }
 
 /* ans_answerer's hook: a stop asked ends the answers */
@@ -1152,7 +1182,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
         tally.too_long += by[i].too_long;
     }
     if (tally.scored == 0) {
-        publish_event(s, "eval", "eval answers: none of %ld records scored (%ld without an answer "
+        publish_result(s, "eval answers: none of %ld records scored (%ld without an answer "
                       "to match, %ld whose prompts fill the model's context)", total,
                       tally.no_answer, tally.too_long);
         return 0;
@@ -1163,7 +1193,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     if (tally.scored < total)
         snprintf(unscored, sizeof unscored, "; %ld without an answer to match, %ld too long",
                  tally.no_answer, tally.too_long);
-    publish_event(s, "eval", "eval answers %.4f right (%ld of %ld, %s match%s) (%.1f s)",
+    publish_result(s, "eval answers %.4f right (%ld of %ld, %s match%s) (%.1f s)",
                   r->eval_answer_accuracy, tally.right, tally.scored,
                   ans_match_name(s->cfg.eval_match), unscored, pesc_now() - t0);
     publish_answers_by_source(s, by, n_sources);

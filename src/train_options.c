@@ -490,23 +490,6 @@ static int apply_entry(train_config *c, const char *cmd, const optfile_entry *e,
     return 0;
 }
 
-/* The names a Hugging Face TrainingArguments, LLaMA-Factory or Camelidae config gives what
- * pesc has under another name: a file written for them is told pesc's. */
-static const char *const other_names[][2] = {
-    {"model-name-or-path", "model"}, {"dataset", "data"}, {"eval-dataset", "eval-data"},
-    {"cutoff-len", "seq"}, {"max-seq-length", "seq"}, {"max-length", "seq"},
-    {"per-device-train-batch-size", "batch"}, {"gradient-accumulation-steps", "grad-accum"},
-    {"packing", "pack"}, {"gradient-checkpointing", "recompute"}, {"max-steps", "steps"},
-    {"num-train-epochs", "epochs"}, {"learning-rate", "lr"}, {"lr-scheduler-type", "schedule"},
-    {"warmup-steps", "warmup"}, {"max-grad-norm", "clip"}, {"output-dir", "save"},
-    {"save-steps", "save-every"}, {"save-total-limit", "keep"}, {"eval-steps", "eval-every"},
-    {"val-size", "eval-split"}, {"resume-from-checkpoint", "resume"}, {"report-to", "sink"},
-    {"num-experts", "experts"}, {"num-experts-per-tok", "top-k"}, {"topk", "top-k"},
-    {"moe-scaling", "adapter-scale"}, {"router-aux-loss-coef", "aux-coef"},
-    {"router-z-loss-coef", "z-coef"}, {"lora-target", "lora-targets"},
-    {"neftune-noise-alpha", "neftune"}, {"predict-with-generate", "eval-generate"},
-    {"metric-for-best-model", "best-by"}, {"load-best-model-at-end", "keep-best"}};
-
 /* A --config file's options, but those the command line gives too (given: its options, n of
  * them), whose values win there; a list given there replaces the file's. The file's values
  * stay read for the life of the process: the config points into them. */
@@ -534,10 +517,7 @@ static int apply_file(train_config *c, const char *cmd, const char *path,
         snprintf(where, sizeof where, "%s:%d", path, e->line);
         cli_usage_where(where);
         const struct option *o = named_option(table, e->name);
-        const char *other = NULL, *near = NULL;
-        for (size_t k = 0; !o->name && !other && k < sizeof other_names / sizeof *other_names; k++)
-            if (strcmp(e->name, other_names[k][0]) == 0)
-                other = other_names[k][1];
+        const char *other = o->name ? NULL : cli_other_name(table, e->name), *near = NULL;
         if (!o->name && !other)
             near = cli_nearest_option(table, e->name);
         if (o->name && (o->val == OPT_HELP || o->val == OPT_CONFIG))

@@ -66,6 +66,10 @@ expect 2 "unknown option --max-tokns=3: did you mean --max-tokens?" \
   "a typo of an option is told the nearest one" -- "$pesc" generate --max-tokns=3
 expect 2 "unknown option --lrr: did you mean --lr?" "a typo of a short name too" -- \
   "$pesc" train --headless --lrr 1
+expect 2 "option --temp is ambiguous: --temperature or --template?" \
+  "a prefix of two options names both" -- "$pesc" generate --temp 0
+expect 2 "unknown option --learning_rate: pesc's name for it is --lr" \
+  "another trainer's name for an option is told pesc's" -- "$pesc" train --headless --learning_rate 1e-4
 expect 2 "option --model needs a value" "option without its value" -- "$pesc" eval --model
 expect 2 "\-\-model DIR is required" "eval without --model" -- "$pesc" eval --data x
 expect 2 "\-\-records counts \-\-demo's records" "eval --records without --demo" -- "$pesc" eval --model x --data y --records 5
