@@ -545,11 +545,25 @@ static logview *open_log(const char *log_path, double stall_s, pesc_error *err)
     return lv;
 }
 
+/* What a log is shows at once: its first lines are no run's when nothing in them was a
+ * record (an empty log is a run yet to write its first line). 0, or -1 (lv closed). */
+static int first_lines(logview *lv, const char *log_path, pesc_error *err)
+{
+    read_more(lv);
+    if (lv->bad_lines > 0 && !lv->have_run && lv->n_points == 0 && lv->n_events == 0) {
+        pesc_fail(err, "%s: not a run log (no step record or event in its first lines); name "
+                       "the --log file of pesc train --headless", log_path);
+        logview_close(lv);
+        return -1;
+    }
+    return 0;
+}
+
 int logview_open(monitor *m, const char *log_path, const char *control_socket, double stall_s,
                  pesc_error *err)
 {
     logview *lv = open_log(log_path, stall_s, err);
-    if (!lv)
+    if (!lv || first_lines(lv, log_path, err) != 0)
         return -1;
     if (control_socket) {
         lv->socket_path = xstrdup(control_socket);
@@ -570,17 +584,8 @@ int logview_compare(monitor *m, const char *log_path, pesc_error *err)
     if (lv->n_compared == MONITOR_COMPARED)
         return pesc_fail(err, "%s: at most %d runs to compare", log_path, MONITOR_COMPARED);
     logview *c = open_log(log_path, lv->stall_s, err);
-    if (!c)
+    if (!c || first_lines(c, log_path, err) != 0)
         return -1;
-    /* what a compared log is shows at once: its first lines are no run's when nothing in them
-     * was a record (an empty log is a run yet to write its first line) */
-    read_more(c);
-    if (c->bad_lines > 0 && !c->have_run && c->n_points == 0 && c->n_events == 0) {
-        pesc_fail(err, "%s: not a run log (no step record or event in its first lines); name "
-                       "the --log file of pesc train --headless", log_path);
-        logview_close(c);
-        return -1;
-    }
     lv->compared[lv->n_compared++] = c;
     return 0;
 }

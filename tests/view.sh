@@ -46,6 +46,12 @@ step_now() { screen | sed -n 's/.*step \([0-9][0-9]*\)\/.*/\1/p' | head -n 1; }
 [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: the workbench needs a terminal" "$tmp/err" \
   && pass "no terminal: one line, named 'pesc view:', exit 1" || fail "no terminal: exit $st: $(cat "$tmp/err")"
 
+# a dataset is no run log: said at once (it once waited for a first step forever)
+printf '{"text": "a record"}\n{"text": "another"}\n' >"$tmp/dataset.jsonl"
+"$pesc" view "$tmp/dataset.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "dataset.jsonl: not a run log" "$tmp/err" \
+  && pass "a dataset as the log: not a run log, exit 1" || fail "a dataset as the log: exit $st: $(cat "$tmp/err")"
+
 # a FIFO's open once waited for a writer, before the terminal; a device is no log either
 mkfifo "$tmp/fifo.jsonl"
 for f in "$tmp/fifo.jsonl" /dev/zero; do
