@@ -4,13 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "commands.h"
 #include "demo.h"
 
 static const char demo_usage[] =
-    "usage: pesc demo-data -o FILE [--records N] [--seed S] [--family NAME]...\n"
+    "usage: pesc demo-data -o FILE [--force] [--records N] [--seed S] [--family NAME]...\n"
     "\n"
     "Writes the built-in demo's instruction data as camelidae JSON lines:\n"
     "  {\"instruction\": SYSTEM, \"conversation\": [{\"input\": ..., \"output\": ...}], \"source\": FAMILY}\n"
@@ -19,7 +20,9 @@ static const char demo_usage[] =
     "(\"count: pesc\" -> \"4\"), case (\"upper: pesc\" -> \"PESC\") and lookup\n"
     "(\"capital: France\" -> \"Paris\"). The same seed always gives the same records.\n"
     "\n"
-    "  -o, --output FILE  where to write (- for standard output)\n"
+    "  -o, --output FILE  where to write (- for standard output); a file already there is\n"
+    "                     refused unless --force\n"
+    "  --force            replace FILE when it is already there\n"
     "  --records N        how many records (default 1000 per family written)\n"
     "  --seed S           generator seed (default 1234, the demo's)\n"
     "  --family NAME      only this family (repeatable); records are dealt round-robin\n";
@@ -29,14 +32,17 @@ int cmd_demo_data(int argc, char **argv)
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'}, {"records", required_argument, NULL, 'n'},
         {"seed", required_argument, NULL, 's'},   {"family", required_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+        {"force", no_argument, NULL, 'F'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     const char *output = NULL;
+    int force = 0;
     long records = 0;
     demo_spec spec = {.seed = DEMO_SEED};
     int c;
     while ((c = cli_getopt("demo-data", argc, argv, "ho:", longopts)) != -1) {
         switch (c) {
         case 'o': output = optarg; break;
+        case 'F': force = 1; break;
         case 'n':
             if (cli_parse_long(optarg, 1, 100000000L, &records) != 0)
                 return cli_usage_error("demo-data",
@@ -81,6 +87,12 @@ int cmd_demo_data(int argc, char **argv)
         /* main checks that the records reached it */
         rc = demo_write_jsonl(stdout, &spec, "standard output", &err);
         return rc == 0 ? 0 : cli_fail("demo-data", &err);
+    }
+    struct stat st;   /* a file of the user's is not replaced unasked (data of its own?) */
+    if (!force && stat(output, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+        pesc_fail(&err, "%s is already there (%lld bytes): give --force to replace it, or name "
+                  "a new file", output, (long long)st.st_size);
+        return cli_fail("demo-data", &err);
     }
     char *tmp;   /* an existing FILE is replaced only by a whole one */
     FILE *f = pesc_file_begin(output, &tmp, &err);
