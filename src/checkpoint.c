@@ -668,8 +668,16 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
                          "not a complete checkpoint, and there is no other here" :
                          "make it readable, or name an older step-N directory");
     if (best < 0) {
+        int unfinished = 0;
+        DIR *d = opendir(path);
+        for (struct dirent *e; d && (e = readdir(d));)
+            unfinished |= strncmp(e->d_name, ".tmp-step-", 10) == 0;
+        if (d)
+            closedir(d);
         pesc_fail(err, "%s: no checkpoint here (expected state.json, or step-N directories "
-                  "written by --save)", path);
+                  "written by --save)%s", path, unfinished ? "; only an unfinished save "
+                  "(.tmp-step-...), stopped before its end: start the run again without "
+                  "--resume" : "");
         return CHECKPOINT_NONE;
     }
     *dir = checkpoint_dir(path, best);

@@ -183,12 +183,18 @@ static int has(const pesc_format_host *h, const pesc_json *o, const char *key)
     return h->get(o, key) != NULL;
 }
 
-/* *s = o[key], a string; otherwise a failure "what: "key" must be a string". */
+/* *s = o[key], a string; otherwise a failure "what: "key" is missing" or "... must be a
+ * string". */
 static int need_string(const pesc_format_host *h, pesc_record_out *out, const pesc_json *o,
                        const char *key, const char *what, const char **s, size_t *len)
 {
-    *s = h->string(h->get(o, key), len);
-    return *s ? 0 : failf(h, out, "%s: \"%s\" must be a string", what, key);
+    const pesc_json *v = h->get(o, key);
+    *s = h->string(v, len);
+    if (*s)
+        return 0;
+    return v ? failf(h, out, "%s: \"%s\" must be a string", what, key)
+             : failf(h, out, "%s: \"%s\" is missing (is --format right for this file?)", what,
+                     key);
 }
 
 /* A user turn and its answer, from two string keys. */

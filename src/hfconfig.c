@@ -17,20 +17,24 @@
  * rather than by an allocation of its absurd size. */
 static const struct {
     const char *key;
-    int max;
+    int min, max;
 } int_limits[] = {
-    {"vocab_size", 1 << 22}, {"hidden_size", 1 << 16}, {"intermediate_size", 1 << 18},
-    {"num_hidden_layers", HF_MAX_LAYERS}, {"num_attention_heads", 1024},
-    {"num_key_value_heads", 1024},
-    {"head_dim", 1 << 12}, {"num_experts", 1024}, {"topk", 1024}, {"adapter_dim", 1 << 16},
+    {"vocab_size", 1, 1 << 22}, {"hidden_size", 1, 1 << 16}, {"intermediate_size", 1, 1 << 18},
+    {"num_hidden_layers", 1, HF_MAX_LAYERS}, {"num_attention_heads", 1, 1024},
+    {"num_key_value_heads", 1, 1024}, {"head_dim", 1, 1 << 12}, {"num_experts", 0, 1024},
+    {"topk", 0, 1024}, {"adapter_dim", 0, 1 << 16},   /* 0: the crafting check says more */
 };
 
-static int int_limit(const char *key)
+/* key's bounds: [*min, max] (positions and windows: 0 up) */
+static int int_limit(const char *key, int *min)
 {
     for (size_t i = 0; i < sizeof int_limits / sizeof *int_limits; i++)
-        if (strcmp(int_limits[i].key, key) == 0)
+        if (strcmp(int_limits[i].key, key) == 0) {
+            *min = int_limits[i].min;
             return int_limits[i].max;
-    return 1 << 30;   /* positions, windows */
+        }
+    *min = 0;
+    return 1 << 30;
 }
 
 /* Reads an integer key; `required` keys that are absent are an error. */
@@ -44,9 +48,11 @@ static int get_int(json_t *root, const char *key, int required, int fallback, in
         *out = fallback;
         return 0;
     }
-    int max = int_limit(key);
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)
-        return pesc_fail(err, "%s: \"%s\" must be an integer from 0 to %d", where, key, max);
+    int min, max = int_limit(key, &min);
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+        return pesc_fail(err, "%s: \"%s\" must be an integer from %d to %d%s", where, key, min,
+                         max, json_is_string(v) ? " (not a string: write it without quotes)"
+                                                : "");
     *out = (int)json_integer_value(v);
     return 0;
 }

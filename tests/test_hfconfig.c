@@ -519,10 +519,15 @@ int main(void)
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
                  "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": "
                  "1000000000, \"num_attention_heads\": 8}",
-                 "\"num_hidden_layers\" must be an integer from 0 to 1024");
+                 "\"num_hidden_layers\" must be an integer from 1 to 1024");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": -1, "
                  "\"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, "
-                 "\"num_attention_heads\": 8}", "\"vocab_size\" must be an integer from 0 to 4194304");
+                 "\"num_attention_heads\": 8}", "\"vocab_size\" must be an integer from 1 to 4194304");
+    expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 100, "
+                 "\"hidden_size\": \"64\", \"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+                 "\"num_attention_heads\": 8}",
+                 "\"hidden_size\" must be an integer from 1 to 65536 (not a string: write it "
+                 "without quotes)");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 10}", "hidden_size");
     expect_error("{\"architectures\": [\"LlamaForCausalLM\"], " BASE ", \"num_key_value_heads\": 3}",
                  "multiple");
