@@ -63,6 +63,39 @@ static int lies_within(const char *inner, const char *outer)
     return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/' || n == 1);
 }
 
+/* What --force may replace: an earlier export (a model directory, config.json in it), not a
+ * run's --save directory (checkpoints, state.json, a run's lock: a live run would write on
+ * into the export) nor a directory of other files. */
+static int check_replaceable(const char *out, pesc_error *err)
+{
+    DIR *d = opendir(out);
+    if (!d)
+        return pesc_fail(err, "-o %s: %s", out, strerror(errno));
+    int config = 0, empty = 1;
+    const char *run = NULL;
+    char name[64] = "";
+    for (struct dirent *e; !run && (e = readdir(d));) {
+        long step;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        empty = 0;
+        config |= !strcmp(e->d_name, "config.json");
+        if (checkpoint_name_step(e->d_name, &step) || !strcmp(e->d_name, "state.json") ||
+            !strcmp(e->d_name, ".lock") || !strncmp(e->d_name, ".tmp-step-", 10)) {
+            snprintf(name, sizeof name, "%.60s", e->d_name);
+            run = name;
+        }
+    }
+    closedir(d);
+    if (run)
+        return pesc_fail(err, "-o %s holds a run's checkpoints (%s): --force replaces an earlier "
+                         "export, never a run's --save directory; choose another -o", out, run);
+    if (!empty && !config)
+        return pesc_fail(err, "-o %s is no earlier export (it has no config.json): --force "
+                         "replaces only a model directory; choose another -o", out);
+    return 0;
+}
+
 /* Refuses an out that exists and is not empty (without force), one that is not a directory,
  * and one that holds the checkpoint or the base: replacing it would destroy what is being
  * exported. */
@@ -94,7 +127,7 @@ static int check_out(const export_options *o, const char *ckpt, const checkpoint
     if (!o->force && !(S_ISDIR(st.st_mode) && is_empty_dir(o->out)))
         return pesc_fail(err, "-o %s already exists and is not empty; choose another directory "
                          "or add --force to replace it", o->out);
-    return 0;
+    return o->force ? check_replaceable(o->out, err) : 0;
 }
 
 /* ---- config.json -------------------------------------------------------------------------- */

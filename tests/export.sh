@@ -268,8 +268,17 @@ expect 0 "exported" "old checkpoint with --model" -- "$pesc" export "$tmp/old" -
   fail "old checkpoint + --model: a different model"
 expect 1 "trained on another base model" "--model names another base" -- \
   "$pesc" export "$ck" -o "$tmp/x" --model "$top_srcdir/tests/reference/data/llama-gqa-f32"
-# an existing, non-empty DIR is kept unless --force
-mkdir "$tmp/taken" && echo keep >"$tmp/taken/marker"
+# an existing, non-empty DIR is kept unless --force; --force replaces an earlier export (a
+# model directory) only, never a run's --save directory or a directory of other files
+mkdir "$tmp/taken" && echo keep >"$tmp/taken/marker" && echo '{}' >"$tmp/taken/config.json"
+mkdir "$tmp/notes" && echo mine >"$tmp/notes/notes.txt"
+expect 1 "notes is no earlier export (it has no config.json)" "--force over a directory of other files" -- \
+  "$pesc" export "$ck" -o "$tmp/notes" --force
+[ "$(cat "$tmp/notes/notes.txt")" = mine ] || fail "--force over other files: they were touched"
+mkdir -p "$tmp/otherrun/step-00000100" && : >"$tmp/otherrun/.lock"
+expect 1 "otherrun holds a run's checkpoints (.*): \-\-force replaces an earlier export, never" \
+  "--force over another run's --save directory" -- "$pesc" export "$ck" -o "$tmp/otherrun" --force
+[ -d "$tmp/otherrun/step-00000100" ] || fail "--force over a run: its checkpoint was removed"
 expect 1 "already exists and is not empty.*\-\-force" "DIR exists" -- "$pesc" export "$ck" -o "$tmp/taken"
 [ -f "$tmp/taken/marker" ] && pass "the existing DIR is untouched" || fail "the existing DIR was changed"
 expect 0 "exported" "--force replaces DIR" -- "$pesc" export "$ck" -o "$tmp/taken" --force
