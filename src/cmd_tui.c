@@ -40,13 +40,14 @@ int cmd_tui(int argc, char **argv)
     /* before the run opens (and truncates) its log, and before a model loads for nothing */
     if (ui_terminal_check("pesc tui") != 0)
         return 1;
-    if (!c.model && !c.init_config && c.n_sources == 0 && !c.resume)
+    int demo = !c.model && !c.init_config && c.n_sources == 0 && !c.resume;
+    if (demo)
         train_config_demo(&c);
     pesc_error err = {{0}};
     c.command = "pesc tui";   /* a local model loads before the screen is drawn: say so */
     launcher *l = launcher_new(&c, &err);
     if (!l) {
-        if (!c.model && !c.init_config && !c.resume)
+        if (demo)   /* the built-in demo's own files are missing */
             fprintf(stderr, "pesc tui: the demo cannot start: %s (was pesc installed, or is it run "
                             "from its build tree?)\n", err.msg);
         else

@@ -186,6 +186,7 @@ static int launcher_snapshot(void *ctx, monitor_view *v)
     if (!live) {
         v->state = l->state;
         v->since_save_s = -1;
+        v->can_save = l->cfg.save_dir != NULL;
         snprintf(v->message, sizeof v->message, "%s", l->message);
     }
     pthread_mutex_unlock(&l->lock);

@@ -64,6 +64,7 @@ typedef struct monitor_view {
     stats_run run;               /* model, backend, sources, shape */
     stats_record *last;          /* the latest step; NULL before the first */
     double since_save_s;         /* < 0: never saved */
+    int can_save;                /* a live run with a --save directory: stopping saves it */
     /* history, oldest first */
     int n_points;
     monitor_point points[MONITOR_HISTORY];

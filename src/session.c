@@ -2426,6 +2426,7 @@ session *session_new(const train_config *c, pesc_error *err)
     s->shared = monitor_view_new();
     s->shared->state = MONITOR_STARTING;
     s->shared->since_save_s = -1.0;
+    s->shared->can_save = c->save_dir != NULL;
     s->face = (monitor){&session_monitor_ops, s};
     s->skips = open_memstream(&s->skipped_text, &s->skipped_len);
     int rc = s->skips ? setup(s, err) : pesc_fail(err, "cannot keep the data's warnings: %s",

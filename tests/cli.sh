@@ -55,6 +55,9 @@ expect 1 "^pesc tui: the workbench needs a terminal" "tui --log without a termin
 # on a terminal, which tui wants before anything else
 expect 1 "^pesc tui: the demo cannot start: " "tui without its demo names 'pesc tui:'" -- \
   on_tty env PESC_DEMO_DIR="$tmp/no-demo" "$pesc" tui
+# a --data that is missing is that, not the installation's fault
+expect 1 "^pesc tui: --data: $tmp/none.jsonl: No such file" "tui --data missing names the data alone" -- \
+  on_tty "$pesc" tui --data "$tmp/none.jsonl"
 # the build tree's pesc finds its demo beside itself, from any working directory
 if [ -f "$top_builddir/data/demo/config.json" ]; then
   expect 0 "step 1/1" "the build tree's demo, run from another directory" -- \

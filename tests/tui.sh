@@ -138,6 +138,15 @@ check "RUNNING" "Space resumes"
 quit_confirmed "y saves, stops and exits 0"
 ls "$tmp/ck" 2>/dev/null | grep -q . && pass "a checkpoint was saved on the way out" || fail "no checkpoint in $tmp/ck"
 
+# without --save, q promises no save (it once asked to 'save and quit', and saved nothing)
+tui_start 100 30 "$pesc" tui --steps 100000
+check "RUNNING" "a run without --save starts"
+keys q
+check "Stop the run\? \(no --save: nothing is kept\)" "q without --save says nothing is kept"
+keys y
+[ "$(wait_status "$tmp/status" 30)" = 0 ] && pass "y stops it and exits 0" ||
+  fail "no --save, y: status '$(cat "$tmp/status" 2>/dev/null)'"
+
 if [ "$failures" -ne 0 ]; then
   echo "$failures failures"
   exit 1

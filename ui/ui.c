@@ -538,7 +538,7 @@ static void draw_help(ui_context *ui)
         ":          type any control command",
         "Tab  1-5   next panel / routing, loss, norms, console, downloads",
         "f          the focused panel full screen; Esc back",
-        "q  F10     quit (a live run is saved and stopped first)",
+        "q  F10     quit (a live run is stopped first, saved with --save)",
         "",
         "Routing    Up/Down layer, v view: all / 1st / 2nd / per source /",
         "           one layer's history; Left/Right layer",
@@ -608,10 +608,14 @@ static void draw_all(ui_context *ui, ui_windows_extra *x)
     if (ui->mode == MODE_HELP)
         draw_help(ui);
     else if (ui->mode == MODE_CONFIRM_QUIT)
-        draw_dialog(ui, "Quit", "Save a checkpoint and stop the run?",
-                    "y / Enter: save and quit     n / Esc: keep training");
+        draw_dialog(ui, "Quit", ui->view->can_save ? "Save a checkpoint and stop the run?"
+                                : "Stop the run? (no --save: nothing is kept)",
+                    ui->view->can_save ? "y / Enter: save and quit     n / Esc: keep training"
+                                       : "y / Enter: stop and quit     n / Esc: keep training");
     else if (ui->mode == MODE_STOPPING)
-        draw_dialog(ui, "Stopping", "Saving and stopping the run...", "q: leave without waiting");
+        draw_dialog(ui, "Stopping", ui->view->can_save ? "Saving and stopping the run..."
+                                                       : "Stopping the run...",
+                    "q: leave without waiting");
     if (ui->cursor_win && (ui->mode == MODE_PROMPT || ui->mode == MODE_MINI)) {
         curs_set(1);
         wmove(ui->cursor_win, ui->cursor_y, ui->cursor_x);
