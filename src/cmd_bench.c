@@ -27,7 +27,7 @@ static const char bench_usage[] =
     "GEMM peak and MFU.\n"
     "\n"
     "  --dim C --layers L --heads H --kv-heads H --ffn F --vocab V   model shape\n"
-    "                     (256, 4, 8, 8, 704, 4096)\n"
+    "                     (256, 4, 8, as --heads, 704, 4096)\n"
     "  --seq T --batch B  tokens per step (256, 8; at most 16777216 in all)\n"
     "  --steps N          timed steps after one warm-up step; the median counts (5)\n"
     "  --backend B        auto, cpu or cuda\n"
@@ -119,7 +119,7 @@ static int parse_bench(bench_options *o, int argc, char **argv)
     o->shape.hidden_size = 256;
     o->shape.n_layers = 4;
     o->shape.n_heads = 8;
-    o->shape.n_kv_heads = 8;
+    o->shape.n_kv_heads = 0;   /* --heads' unless given (as config.json's default) */
     o->shape.intermediate_size = 704;
     o->shape.vocab_size = 4096;
     o->shape.rms_norm_eps = 1e-5;
@@ -180,6 +180,7 @@ static int parse_bench(bench_options *o, int argc, char **argv)
     o->prompt_tokens = o->prompt_tokens ? o->prompt_tokens : 128;
     o->answer_tokens = o->answer_tokens ? o->answer_tokens : 64;
     hf_config *s = &o->shape;
+    s->n_kv_heads = s->n_kv_heads ? s->n_kv_heads : s->n_heads;
     if (s->hidden_size % s->n_heads || s->n_heads % s->n_kv_heads || (s->hidden_size / s->n_heads) % 2)
         return cli_usage_error("bench", "--dim %d must split into --heads %d even head sizes, "
                                "and --heads into --kv-heads %d groups", s->hidden_size, s->n_heads,

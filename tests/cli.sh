@@ -661,6 +661,8 @@ expect 1 "zero.jsonl: not a regular file" "inspect a device" -- timeout 10 "$pes
 
 # bench --profile: every op of the step has its row, products by shape, counted per step
 small="--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 --seq 32 --batch 2"
+expect 0 '"heads": 2, "kv_heads": 2,' "bench --heads alone: as many key/value heads (it once kept 8)" -- \
+  "$pesc" bench --dim 64 --layers 1 --heads 2 --ffn 64 --vocab 64 --seq 8 --batch 1 --steps 1 --json --backend cpu
 expect 0 "^profile of 2 steps" "bench --profile" -- "$pesc" bench $small --steps 1 --profile --backend cpu
 # an op's row: calls/step, ms/step, share and, for products, TFLOP/s
 row() {
