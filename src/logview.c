@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -269,6 +270,15 @@ static void check_file(logview *lv)
     }
 }
 
+/* When the file was last written, on pesc_now's clock: a log read whole at the start that a
+ * killed run left long ago is quiet since then, not since the view began. */
+static double written_at(int fd)
+{
+    struct stat st;
+    double age = fstat(fd, &st) == 0 ? difftime(time(NULL), st.st_mtime) : 0.0;
+    return pesc_now() - (age > 0 ? age : 0);
+}
+
 static void read_more(logview *lv)
 {
     check_file(lv);
@@ -284,7 +294,7 @@ static void read_more(logview *lv)
             break;
         lv->offset += n;
         take_lines(lv, buf, (size_t)n);
-        lv->last_growth = pesc_now();
+        lv->last_growth = written_at(lv->fd);
         if (pesc_now() - start > READ_BUDGET_S)
             break;
     }
@@ -541,7 +551,7 @@ static logview *open_log(const char *log_path, double stall_s, pesc_error *err)
         return NULL;
     }
     lv->inode = st.st_ino;
-    lv->last_growth = pesc_now();
+    lv->last_growth = written_at(lv->fd);
     return lv;
 }
 

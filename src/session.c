@@ -95,6 +95,7 @@ struct session {
     long step, start_step, total_steps, nan_skipped, nan_run;
     long long tokens;
     double lr_override, lr_scale, elapsed_before, t_start, last_save;
+    double paused_at, paused_s;  /* when the pause began; the seconds paused (for the ETA) */
     /* what the last checkpoint holds: the step, and the live changes (lr, aux) made by then;
      * the final save is skipped when both still hold */
     long saved_step, live_changes, saved_changes;
@@ -905,6 +906,7 @@ static void process_command(session *s, const command *c)
     case CMD_PAUSE:
         if (!s->paused) {
             s->paused = 1;
+            s->paused_at = pesc_now();
             set_state(s, MONITOR_PAUSED, "paused");
             publish_event(s, "pause", "paused at step %ld", s->step);
         }
@@ -912,6 +914,7 @@ static void process_command(session *s, const command *c)
     case CMD_RESUME:
         if (s->paused) {
             s->paused = 0;
+            s->paused_s += pesc_now() - s->paused_at;
             set_state(s, MONITOR_RUNNING, "running");
             publish_event(s, "resume", "resumed at step %ld", s->step);
         }
@@ -1399,8 +1402,10 @@ static int train_step(session *s, pesc_error *err)
     r->step_s = now - t0;
     r->tokens_per_s = (double)tokens / (now - t0);
     r->elapsed_s = elapsed;
-    /* the pace of this process's steps, not counting a resumed run's earlier ones */
-    r->eta_s = s->total_steps > 0 ? (double)(s->total_steps - s->step) * (now - s->t_start) /
+    /* the pace of this process's steps, not counting a resumed run's earlier ones nor the
+     * time it stood paused */
+    r->eta_s = s->total_steps > 0 ? (double)(s->total_steps - s->step) *
+                                        (now - s->t_start - s->paused_s) /
                                         (double)(s->step - s->start_step) : -1.0;
     r->rss_bytes = resident_bytes();
     backend_memory mem;

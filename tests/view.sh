@@ -176,6 +176,11 @@ tui_start 130 30 env PESC_VIEW_STALL_S=1 "$pesc" view "$tmp/quiet.jsonl"
 check "RUNNING .*step 60/60" "a quiet log is shown running"
 check "no new lines for [0-9]+ s; 2 malformed lines skipped" "the quiet log's note comes first, the count after it"
 keys q
+# a log a killed run left ten minutes ago is quiet since then, not since the view began
+touch -d '10 minutes ago' "$tmp/quiet.jsonl"
+tui_start 130 30 "$pesc" view "$tmp/quiet.jsonl"
+check "no new lines for (59[0-9]|6[0-9][0-9]) s" "a log written long ago is quiet since it was written"
+keys q
 PESC_VIEW_STALL_S=0 "$pesc" view "$tmp/quiet.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
 [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: PESC_VIEW_STALL_S=0: " "$tmp/err" \
   && pass "PESC_VIEW_STALL_S=0 is refused in one line" || fail "PESC_VIEW_STALL_S=0: exit $st: $(cat "$tmp/err")"
