@@ -102,12 +102,14 @@ static void test_format_plugin(tokenizer *t)
     CHECK(ds_formats_add(formats, "qa", "", qa->format, "again", &err) == -1 &&
           strstr(err.msg, "already defined"), "a taken name: %s", err.msg);
 
-    /* auto: qa records next to a built-in one; the source index travels with every record */
+    /* auto: qa records next to built-in ones (a JSON string is a text record; a plain line
+     * after JSON objects would be a broken record); the source index travels with every
+     * record */
     const char *data = write_file("mixed.jsonl",
         "{\"q\": \"hello\", \"a\": \"world\"}\n"
         "{\"q\": \"x\", \"a\": \"y\", \"context\": \"S\"}\n"
         "{\"query\": \"1+1\", \"response\": \"2\"}\n"
-        "a plain line\n");
+        "\"a plain line\"\n");
     ds_records d = {0};
     ds_load_options lo = {.format = DS_AUTO, .tok = t, .strict = 1, .formats = formats,
                           .source = 3};
