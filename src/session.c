@@ -140,6 +140,8 @@ struct session {
 
 static void publish_event(session *s, const char *kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+static void publish_answer_event(session *s, const char *prompt, const char *answer,
+                                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Shown to the front end only: a failing sink reports once, and the sink set itself logs
  * the failure to the sinks still working. */
@@ -167,17 +169,26 @@ static void sink_failed(void *ctx, const char *name, const char *message)
     show_event(s, &e);
 }
 
-static void publish_event(session *s, const char *kind, const char *fmt, ...)
+/* An event to the sinks and the screen; a generate event's prompt and answer go in the
+ * log's line (stats_event). */
+static void publish_with(session *s, const char *kind, const char *prompt, const char *answer,
+                         const char *fmt, va_list ap)
 {
-    stats_event e = {.step = s->step, .elapsed_s = s->elapsed_before + pesc_now() - s->t_start};
+    stats_event e = {.step = s->step, .elapsed_s = s->elapsed_before + pesc_now() - s->t_start,
+                     .prompt = prompt, .answer = answer};
     snprintf(e.kind, sizeof e.kind, "%s", kind);
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(e.text, sizeof e.text, fmt, ap);
-    va_end(ap);
     if (s->sinks)
         sinks_event(s->sinks, &e);
     show_event(s, &e);
+}
+
+static void publish_event(session *s, const char *kind, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    publish_with(s, kind, NULL, NULL, fmt, ap);
+    va_end(ap);
 }
 
 /* A headless run's line on stderr; on a terminal, below the progress line being rewritten
@@ -583,6 +594,15 @@ static void generation_append(session *s, const char *text, size_t len, int expe
     pthread_mutex_unlock(&s->lock);
 }
 
+static void publish_answer_event(session *s, const char *prompt, const char *answer,
+                                 const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    publish_with(s, "generate", prompt, answer, fmt, ap);
+    va_end(ap);
+}
+
 /* A generation's end: its event, with the prompt and the whole answer in the log's line (so
  * that pesc view shows them for a run without a screen), and a headless run's stderr. */
 static void publish_answer(session *s, const char *prompt, int produced, int context_full)
@@ -590,16 +610,11 @@ static void publish_answer(session *s, const char *prompt, int produced, int con
     pthread_mutex_lock(&s->lock);
     char *answer = xstrdup(s->shared->generated);
     pthread_mutex_unlock(&s->lock);
-    stats_event e = {.step = s->step, .elapsed_s = s->elapsed_before + pesc_now() - s->t_start,
-                     .prompt = prompt, .answer = answer};
-    snprintf(e.kind, sizeof e.kind, "generate");
-    snprintf(e.text, sizeof e.text, "%d tokens%s for: %.160s", produced,
-             context_full ? " (the model's context is full)" : "", prompt);
-    if (s->sinks)
-        sinks_event(s->sinks, &e);
-    show_event(s, &e);
+    const char *full = context_full ? " (the model's context is full)" : "";
+    publish_answer_event(s, prompt, answer, "%d tokens%s for: %.160s", produced, full, prompt);
     if (s->cfg.headless)
-        say_headless("step %ld, %s:\n%s", s->step, e.text, answer);
+        say_headless("step %ld, %d tokens%s for: %.160s:\n%s", s->step, produced, full, prompt,
+                     answer);
     free(answer);
 }
 
