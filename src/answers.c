@@ -333,10 +333,10 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
      * answer alone at its end). When every prompt is greedy the steps' picks are the
      * backend's, k ids back a step, not k rows of logits (a prompt's first pick is the
      * host's, from its logits). */
-    for (int done = 0, told = 0, ended;;) {
+    for (long told = a->made, ended;;) {
         if ((ended = fill(a, p, n, &next, held, slots, err)) < 0)
             return -1;
-        done += ended;
+        a->made += ended;
         int k = 0;
         for (int s = 0; s < slots; s++)
             if (held[s] >= 0) {
@@ -355,9 +355,9 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
         for (int i = 0; i < k; i++)
             if (!take(a, &p[at[i]], picks[i])) {
                 held[step[i]] = -1;
-                done++;
+                a->made++;
             }
-        if (done > told && a->answered && a->answered(a->ctx, told = done, n) != 0)
+        if (a->made > told && a->answered && a->answered(a->ctx, told = a->made) != 0)
             return 1;
     }
 }
@@ -392,33 +392,32 @@ static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o
 int ans_answer_many(ans_answerer *a, const ds_record *const *records, ans_tally *const *tallies,
                     const char *const *sources, int n, const ans_options *o, pesc_error *err)
 {
-    pending *p = xcalloc(n > 0 ? (size_t)n : 1, sizeof *p);
-    int queued = 0, rc = 0;
-    for (int i = 0; i < n; i++)
-        queued += queue(a, records[i], tallies[i], sources ? sources[i] : "", p, queued, o,
-                        &p[queued]);
-    if (queued > 0 && (rc = answer_group(a, p, queued, o, err)) < 0)
-        pesc_fail_prefix(err, "answering the records of lines %ld to %ld", p[0].r->line,
-                         p[queued - 1].r->line);
+    int window = a->batch * ANS_QUEUE, rc = 0;
+    pending *p = xcalloc((size_t)window, sizeof *p);
+    for (int i = 0; rc == 0 && i < n;) {
+        int queued = 0;
+        for (; i < n && queued < window; i++)
+            queued += queue(a, records[i], tallies[i], sources ? sources[i] : "", p, queued, o,
+                            &p[queued]);
+        if (queued > 0 && (rc = answer_group(a, p, queued, o, err)) < 0)
+            pesc_fail_prefix(err, "answering the records of lines %ld to %ld", p[0].r->line,
+                             p[queued - 1].r->line);
+    }
     free(p);
     return rc;
 }
 
-/* ans_run's progress on stderr, twice a second at most: the answers made before the records
- * being answered (first to last of total) and of them */
+/* ans_run's progress on stderr, twice a second at most */
 typedef struct progress {
     double shown;
-    int made, done, first, last, total;
+    int total;
 } progress;
 
-static int show_progress(void *ctx, int done, int n)
+static int show_progress(void *ctx, long made)
 {
     progress *pr = ctx;
-    (void)n;
-    pr->done = done;
     if (pesc_now() - pr->shown > 0.5) {
-        pesc_show_phase("pesc eval", "%d answers made; records %d to %d of %d", pr->made + done,
-                        pr->first, pr->last, pr->total);
+        pesc_show_phase("pesc eval", "%ld answers made of %d records", made, pr->total);
         pr->shown = pesc_now();
     }
     return 0;
@@ -432,23 +431,15 @@ int ans_run(model *m, tokenizer *tok, const chat_template *tpl, const ds_records
     progress pr = {.shown = 0.0, .total = d->n};
     a.answered = show_progress;
     a.ctx = &pr;
-    int window = a.batch * ANS_QUEUE, rc = 0;
-    const ds_record **records = xcalloc((size_t)window, sizeof *records);
-    ans_tally **tallies = xcalloc((size_t)window, sizeof *tallies);
-    const char **sources = xcalloc((size_t)window, sizeof *sources);
-    for (int first = 0; rc == 0 && first < d->n; first += window) {
-        int n = d->n - first < window ? d->n - first : window;
-        for (int i = 0; i < n; i++) {
-            records[i] = &d->items[first + i];
-            tallies[i] = &tally[records[i]->source];
-            sources[i] = o->names ? o->names[records[i]->source] : "";
-        }
-        pr.first = first + 1;
-        pr.last = first + n;
-        pr.done = 0;
-        rc = ans_answer_many(&a, records, tallies, sources, n, o, err);
-        pr.made += pr.done;
+    const ds_record **records = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *records);
+    ans_tally **tallies = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *tallies);
+    const char **sources = xcalloc(d->n > 0 ? (size_t)d->n : 1, sizeof *sources);
+    for (int i = 0; i < d->n; i++) {
+        records[i] = &d->items[i];
+        tallies[i] = &tally[records[i]->source];
+        sources[i] = o->names ? o->names[records[i]->source] : "";
     }
+    int rc = ans_answer_many(&a, records, tallies, sources, d->n, o, err);
     free(records);
     free(tallies);
     free(sources);

@@ -67,9 +67,9 @@ typedef struct ans_options {
 #define ANS_QUEUE 16
 
 /* What answering takes besides the prompts: the model, its tokenizer, the template's end
- * markers and a logits row a slot; and, when set, what is told as answers end (done of the n
- * prompts of an ans_generate, each time some more): nonzero stops them. Made and freed
- * around a run of prompts or records. */
+ * markers and a logits row a slot; the answers made so far; and, when set, what is told as
+ * answers end (made, each time some more): nonzero stops them. Made and freed around a run
+ * of prompts or records. */
 typedef struct ans_answerer {
     model *m;
     tokenizer *tok;
@@ -78,7 +78,8 @@ typedef struct ans_answerer {
     int batch;                   /* prompts answered at once */
     float *logits;               /* (batch, V) */
     sampler greedy;
-    int (*answered)(void *ctx, int done, int n);
+    long made;                   /* answers ended, over every ans_generate */
+    int (*answered)(void *ctx, long made);
     void *ctx;
 } ans_answerer;
 
@@ -106,7 +107,8 @@ typedef struct ans_prompt {
  * a->answered stopped it (the answers part made), or -1 when the model failed. */
 int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err);
 
-/* Answers n records and tallies each into tallies[i]: right and scored, or no_answer or
+/* Answers n records, ANS_QUEUE a slot of those queued at once (so that --samples lines go
+ * out as they come), and tallies each into tallies[i]: right and scored, or no_answer or
  * too_long, or nothing when o->limit records of its tally are scored already; its line of
  * o->samples too, under the name sources[i]. The greedy answers are those model_decode gives
  * one record at a time (within rounding: the products of a pass for several may round

@@ -561,7 +561,8 @@ static int count_prompt(void *ctx, const pr_prompt *p, pesc_error *err)
     batch *b = ctx;
     if (b->o->raw && (!p->plain || p->n_msgs > 1))
         return pesc_fail(err, "%s:%ld: --raw sends one text as it is; this prompt has %s",
-                         b->file->name, p->line, p->plain ? "a system message" : "a list of messages");
+                         b->file->name, p->line,
+                         p->plain ? "a system message" : "a list of messages");
     b->total++;
     return 0;
 }
@@ -644,10 +645,9 @@ static int write_line(batch *b, int i, pesc_error *err)
 
 /* The answerer's hook: the lines whose answers (and those before) are done, written; the
  * progress at a terminal, cleared while they are. Nonzero when standard output refused. */
-static int write_ready(void *ctx, int done, int n)
+static int write_ready(void *ctx, long made)
 {
     batch *b = ctx;
-    (void)n;
     int ready = b->written;
     while (ready < b->n && (!b->q[ready].g || b->q[ready].g->done))
         ready++;
@@ -661,8 +661,7 @@ static int write_ready(void *ctx, int done, int n)
             return 1;
         }
     if (pesc_now() - b->shown > 0.5) {
-        pesc_show_phase("pesc generate", "%ld of %ld prompts answered", b->done + done,
-                        b->total);
+        pesc_show_phase("pesc generate", "%ld of %ld prompts answered", made, b->total);
         b->shown = pesc_now();
     }
     return 0;
@@ -698,7 +697,7 @@ static int flush(batch *b, pesc_error *err)
     b->a.ctx = b;
     rc = ans_generate(&b->a, g, k, err);
     if (rc == 0)
-        rc = write_ready(b, k, k);
+        rc = write_ready(b, b->a.made);
     if (rc != 0 && b->write_failed) {
         *err = b->written_err;
         rc = -1;

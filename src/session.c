@@ -1135,10 +1135,9 @@ static void publish_answers_by_source(session *s, const ans_tally *by, int n)
 }
 
 /* ans_answerer's hook: a stop asked ends the answers */
-static int stop_answering(void *ctx, int done, int n)
+static int stop_answering(void *ctx, long made)
 {
-    (void)done;
-    (void)n;
+    (void)made;
     return stop_asked(ctx);
 }
 
@@ -1167,18 +1166,13 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
         eval_source_name(s, source, names[source], sizeof names[source]);
         sources[i] = names[source];
     }
-    /* ANS_QUEUE a slot at once (a slot whose answer ends takes the next record), a stop
-     * heard between steps */
+    /* a stop is heard between steps */
     a.answered = stop_answering;
     a.ctx = s;
-    for (long first = 0, n; rc == 0 && first < total; first += n) {
-        n = total - first < a.batch * ANS_QUEUE ? total - first : a.batch * ANS_QUEUE;
-        if (stop_asked(s))
-            rc = 1;
-        else if ((rc = ans_answer_many(&a, records + first, tallies + first, sources + first,
-                                       (int)n, &o, err)) < 0)
-            pesc_fail_prefix(err, "--eval-generate");
-    }
+    if (stop_asked(s))
+        rc = 1;
+    else if ((rc = ans_answer_many(&a, records, tallies, sources, (int)total, &o, err)) < 0)
+        pesc_fail_prefix(err, "--eval-generate");
     free(records);
     free(tallies);
     free(sources);
