@@ -285,7 +285,7 @@ int mc_load(mc_set *s, const char *path, long limit, pesc_error *err)
 {
     memset(s, 0, sizeof *s);
     loading l = {.s = s, .limit = limit, .path = path};
-    if (ds_each_json(path, take, &l, err) < 0) {
+    if (ds_each_json(path, NULL, take, &l, err) < 0) {
         mc_free(s);
         return -1;
     }

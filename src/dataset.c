@@ -1049,12 +1049,13 @@ static int item_put(reader *r, char c, pesc_error *err)
 }
 
 /* A reader of path from its first line; NULL after the stream's error. */
-static reader *rd_open(const char *path, pesc_error *err)
+/* path read, its messages calling it name */
+static reader *rd_open(const char *path, const char *name, pesc_error *err)
 {
     reader *r = xcalloc(1, sizeof *r);
-    r->path = path;
+    r->path = name;
     r->line = 1;
-    r->s = stream_open(path, err);
+    r->s = stream_open_as(path, name, err);
     if (!r->s) {
         free(r);
         return NULL;
@@ -1352,7 +1353,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
         return pesc_fail(err, "%s: format %d is not in this registry", path, (int)lo->format);
     /* plain (non-JSON) lines are documents for auto and for formats that take lines */
     int lines = lo->format == DS_AUTO || (named->ops->flags & PESC_FORMAT_LINES);
-    reader *r = rd_open(path, err);
+    reader *r = rd_open(path, path, err);
     if (!r)
         return -1;
     load_mark start = mark_load(d);
@@ -1417,9 +1418,10 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     return rc;
 }
 
-int ds_each_json(const char *path, ds_json_fn fn, void *ctx, pesc_error *err)
+int ds_each_json(const char *path, const char *name, ds_json_fn fn, void *ctx, pesc_error *err)
 {
-    reader *r = rd_open(path, err);
+    name = name ? name : path;
+    reader *r = rd_open(path, name, err);
     if (!r)
         return -1;
     int rc = 0, got;
@@ -1428,10 +1430,10 @@ int ds_each_json(const char *path, ds_json_fn fn, void *ctx, pesc_error *err)
         json_t *o = json_loadb(r->item, r->item_len, 0, &jerr);
         if (!o && strstr(jerr.text, "unable to decode byte"))
             rc = pesc_fail(err, "%s:%ld: not valid UTF-8 (column %d: %s); convert the file to "
-                           "UTF-8, e.g. iconv -f latin1 -t utf-8", path, r->item_line,
+                           "UTF-8, e.g. iconv -f latin1 -t utf-8", name, r->item_line,
                            jerr.column, jerr.text);
         else if (!o)
-            rc = pesc_fail(err, "%s:%ld: not a JSON object (column %d: %s)", path,
+            rc = pesc_fail(err, "%s:%ld: not a JSON object (column %d: %s)", name,
                            r->item_line, jerr.column, jerr.text);
         else
             rc = fn(ctx, o, r->item_line, err);

@@ -134,7 +134,8 @@ void dataset_free(ds_records *d);
  * with a message naming the file and line (fn's own, or bad JSON's). */
 struct json_t;
 typedef int (*ds_json_fn)(void *ctx, const struct json_t *o, long line, pesc_error *err);
-int ds_each_json(const char *path, ds_json_fn fn, void *ctx, pesc_error *err);
+/* name: what messages call the file (NULL: path) */
+int ds_each_json(const char *path, const char *name, ds_json_fn fn, void *ctx, pesc_error *err);
 
 /* One --data argument: PATH or PATH:WEIGHT (0 < weight <= DS_MAX_WEIGHT, default 1: each
  * record is taken W times an epoch, the fraction drawn at random). An epoch holds at most

@@ -302,26 +302,6 @@ static int each_line(const reading *r, const char *path, pesc_error *err)
     return rc;
 }
 
-/* err's message with each `from` in it (not followed by a digit: /dev/fd/6 is not in
- * /dev/fd/63) said as `to` */
-static void rename_in(pesc_error *err, const char *from, const char *to)
-{
-    char said[sizeof err->msg];
-    size_t n = 0, from_len = strlen(from), to_len = strlen(to);
-    for (const char *p = err->msg; *p && n + 1 < sizeof said;) {
-        if (!strncmp(p, from, from_len) && !isdigit((unsigned char)p[from_len])) {
-            size_t k = to_len < sizeof said - 1 - n ? to_len : sizeof said - 1 - n;
-            memcpy(said + n, to, k);
-            n += k;
-            p += from_len;
-        } else {
-            said[n++] = *p++;
-        }
-    }
-    said[n] = '\0';
-    memcpy(err->msg, said, n + 1);
-}
-
 int prompts_each(const pr_file *f, pr_fn fn, void *ctx, pesc_error *err)
 {
     reading r = {.name = f->name, .fn = fn, .ctx = ctx};
@@ -330,10 +310,13 @@ int prompts_each(const pr_file *f, pr_fn fn, void *ctx, pesc_error *err)
         return -1;
     if (plain)
         return each_line(&r, f->path, err);
-    int rc = ds_each_json(f->path, from_json, &r, err);
-    if (rc != 0 && f->fd >= 0)   /* the reader names what it opened */
-        rename_in(err, f->path, f->name);
-    return rc;
+    return ds_each_json(f->path, f->name, from_json, &r, err);
+}
+
+static int cannot_keep(const pr_file *f, const char *dir, int error, pesc_error *err)
+{
+    return pesc_fail(err, "cannot keep the prompts of %s in %s: %s; set TMPDIR to a writable "
+                     "directory with room", f->name, dir, strerror(error));
 }
 
 /* Standard input or a pipe (in, named name) into a temporary file, f->fd, removed at once. */
@@ -349,8 +332,7 @@ static int spool(pr_file *f, int in, pesc_error *err)
         unlink(path);
     free(path);
     if (f->fd < 0)
-        return pesc_fail(err, "cannot keep the prompts of %s in %s: %s; set TMPDIR to a "
-                         "writable directory with room", f->name, dir, strerror(saved));
+        return cannot_keep(f, dir, saved, err);
     if (isatty(in))
         fprintf(stderr, "pesc generate: reading prompts from the terminal, a line each; "
                 "Ctrl-D ends them\n");
@@ -367,12 +349,12 @@ static int spool(pr_file *f, int in, pesc_error *err)
         if (got < 0)
             return pesc_fail(err, "cannot read the prompts of %s: %s", f->name,
                              strerror(errno));
-        for (ssize_t put = 0, w; put < got; put += w)
-            if ((w = write(f->fd, buf + put, (size_t)(got - put))) < 0 && errno != EINTR)
-                return pesc_fail(err, "cannot keep the prompts of %s in %s: %s; set TMPDIR "
-                                 "to a writable directory with room", f->name, dir, strerror(errno));
-            else if (w < 0)
-                w = 0;
+        for (ssize_t put = 0; put < got;) {
+            ssize_t w = write(f->fd, buf + put, (size_t)(got - put));
+            if (w < 0 && errno != EINTR)
+                return cannot_keep(f, dir, errno, err);
+            put += w > 0 ? w : 0;
+        }
     }
     snprintf(f->fd_path, sizeof f->fd_path, "/dev/fd/%d", f->fd);
     f->path = f->fd_path;

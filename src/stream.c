@@ -48,17 +48,22 @@ static int fill_input(pesc_stream *s, pesc_error *err)
 
 pesc_stream *stream_open(const char *path, pesc_error *err)
 {
+    return stream_open_as(path, strcmp(path, "-") == 0 ? "standard input" : path, err);
+}
+
+pesc_stream *stream_open_as(const char *path, const char *name, pesc_error *err)
+{
     int fd = strcmp(path, "-") == 0 ? dup(0) : open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(errno));
+        pesc_fail(err, "%s: %s", pesc_path_shown(name), strerror(errno));
         return NULL;
     }
-    if (strcmp(path, "-") != 0 && pesc_refuse_device(fd, path, err) != 0) {
+    if (strcmp(path, "-") != 0 && pesc_refuse_device(fd, name, err) != 0) {
         close(fd);
         return NULL;
     }
     pesc_stream *s = xcalloc(1, sizeof *s);
-    s->path = xstrdup(strcmp(path, "-") == 0 ? "standard input" : path);
+    s->path = xstrdup(name);
     s->fd = fd;
     if (fill_input(s, err) != 0) {
         stream_close(s);

@@ -14,6 +14,9 @@ typedef struct pesc_stream pesc_stream;
 
 /* "-" reads standard input. */
 pesc_stream *stream_open(const char *path, pesc_error *err);
+/* As stream_open, its messages calling the file name (a temporary copy's path is no name to
+ * show). */
+pesc_stream *stream_open_as(const char *path, const char *name, pesc_error *err);
 void stream_close(pesc_stream *s);
 
 /* Up to n decompressed bytes; returns the count, 0 at the end, -1 on error (corrupt or
