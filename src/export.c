@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
@@ -211,7 +212,8 @@ static int write_config(const checkpoint_base *b, const checkpoint_state *st, co
     if (m->config.nested_text)
         root = text_model_config(root);
     static const char *const keys[] = {"num_experts", "topk", "adapter_dim", "moe_scaling",
-                                       "output_router_logits", "pesc_template"};
+                                       "output_router_logits", "pesc_template",
+                                       "pesc_base_fingerprint"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         json_object_del(root, keys[i]);
     if (m->crafted) {
@@ -224,6 +226,11 @@ static int write_config(const checkpoint_base *b, const checkpoint_state *st, co
     }
     if (st->template_name[0])   /* what generate, eval and training on take where none is given */
         json_object_set_new(root, "pesc_template", json_string(st->template_name));
+    if (st->base_fingerprint) {   /* so that its run's --adapters are not added to it again */
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016" PRIx64, st->base_fingerprint);
+        json_object_set_new(root, "pesc_base_fingerprint", json_string(hex));
+    }
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
                                       JSON_REAL_PRECISION(real_digits(root)));
     json_decref(root);

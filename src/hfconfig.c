@@ -567,6 +567,16 @@ static int parse_crafting(hf_config *c, json_t *root, const char *where, pesc_er
     return 0;
 }
 
+/* 16 hexadecimal digits (as checkpoints write fingerprints) into *out; -1 otherwise. */
+static int parse_fingerprint(const json_t *v, uint64_t *out)
+{
+    const char *text = json_is_string(v) ? json_string_value(v) : "";
+    if (strlen(text) != 16 || strspn(text, "0123456789abcdefABCDEF") != 16)
+        return -1;
+    *out = strtoull(text, NULL, 16);
+    return 0;
+}
+
 int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_error *err)
 {
     memset(c, 0, sizeof *c);
@@ -645,6 +655,13 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
         goto out;
     }
     snprintf(c->pesc_template, sizeof c->pesc_template, "%s", tpl ? json_string_value(tpl) : "");
+    json_t *fp = json_object_get(root, "pesc_base_fingerprint");
+    c->pesc_base_fingerprint = 0;
+    if (fp && parse_fingerprint(fp, &c->pesc_base_fingerprint) != 0) {
+        pesc_fail(err, "%s: \"pesc_base_fingerprint\" must be 16 hexadecimal digits (pesc export "
+                  "writes it; remove the key if the file was edited)", where);
+        goto out;
+    }
     rc = 0;
 out:
     json_decref(root);

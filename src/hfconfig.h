@@ -99,6 +99,9 @@ typedef struct hf_config {
     /* The chat template the exported model's run trained in (pesc export's "pesc_template":
      * its --template), which commands use where none is given; "": not recorded. */
     char pesc_template[32];
+    /* pesc export's "pesc_base_fingerprint": the base model its run trained on (whose
+     * checkpoints' --adapters the export already holds); 0: not an export */
+    uint64_t pesc_base_fingerprint;
 } hf_config;
 
 /* Parses config.json text; `where` names the file in messages. */

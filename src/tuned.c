@@ -52,6 +52,16 @@ int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pes
             goto out;
         other_base = found == 0 && st->base_fingerprint &&
                      checkpoint_fingerprint(m) != st->base_fingerprint;
+        /* an export whose weights the tuning changed (LoRA merged, a full run's) of a run on
+         * this checkpoint's base: the checkpoint's trainables would be applied a second
+         * time. An export that only added adapters has its base's weights: they replace. */
+        if (other_base && adapters && m->config.pesc_base_fingerprint == st->base_fingerprint) {
+            pesc_fail(err, "--model %s is an export of a run on the base %s was trained on, "
+                      "with that tuning merged into its weights: --adapters would apply it a "
+                      "second time (leave out --adapters to use the export, or --model to use "
+                      "%s on its own base)", t->dir, ckpt, ckpt);
+            goto out;
+        }
     } else if (!adapters) {
         pesc_fail(err, "--model DIR is required (or --adapters CHECKPOINT, whose base model "
                   "is used)");
