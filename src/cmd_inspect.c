@@ -16,6 +16,8 @@
 #include "hfconfig.h"
 #include "plugin.h"
 #include "safetensors.h"
+#include "template.h"
+#include "tokenizer.h"
 #include "train_options.h"
 
 static const char inspect_usage[] =
@@ -32,6 +34,7 @@ static const char inspect_usage[] =
     "                      tokens and lengths, as training reads them: text records through\n"
     "                      the chat template and the tokenizer of --model (or --tokenizer)\n"
     "  config.json, state.json  the model directory or checkpoint that holds it\n"
+    "  tokenizer.json      its vocabulary, special tokens, chat template and an example\n"
     "\n"
     "  --format F, --template NAME, --plugin FILE   as for pesc train\n";
 
@@ -258,6 +261,52 @@ static int inspect_checkpoint(const char *path, const char *dir)
     return rc;
 }
 
+static void print_token(const tokenizer *t, const char *what, int32_t id)
+{
+    printf("%-14s", what);
+    if (id >= 0 && tok_token(t, id))
+        printf("%s (%d)\n", tok_token(t, id), id);
+    else
+        printf("none\n");
+}
+
+/* A tokenizer.json (tokenizer_config.json beside it read too): what pesc makes of it. */
+static int inspect_tokenizer(const char *path)
+{
+    pesc_error err = {{0}};
+    tokenizer *t = tok_load(path, &err);
+    if (!t)
+        return cli_fail("inspect", &err);
+    int n = tok_vocab_size(t), special = 0;
+    for (int32_t id = 0; id < n; id++)
+        special += tok_is_special(t, id);
+    printf("tokenizer     %s\n", path);
+    printf("vocabulary    %d ids (%d special)\n", n, special);
+    print_token(t, "bos", tok_bos(t));
+    print_token(t, "eos", tok_eos(t));
+    print_token(t, "pad", tok_pad(t));
+    const char *jinja = tok_chat_template(t);
+    const char *own = template_suggest(jinja);
+    if (!jinja)
+        printf("chat template none (give --template NAME; --format text needs none)\n");
+    else if (own)
+        printf("chat template pesc's %s matches it (%zu bytes of Jinja)\n", own, strlen(jinja));
+    else
+        printf("chat template %zu bytes of Jinja that no pesc template matches: give --template "
+               "NAME (%s)\n", strlen(jinja), template_list());
+    static const char sample[] = "Hello, world! 12345";
+    tok_ids ids = {0};
+    if (tok_encode(t, sample, sizeof sample - 1, 0, &ids, &err) == 0) {
+        printf("example       \"%s\" -> %d tokens: ", sample, ids.n);
+        for (int i = 0; i < ids.n; i++)   /* | between them: a token may be a space */
+            printf("%s%s", i ? "|" : "", tok_token(t, ids.ids[i]) ? tok_token(t, ids.ids[i]) : "?");
+        printf("\n");
+    }
+    tok_ids_free(&ids);
+    tok_delete(t);
+    return 0;
+}
+
 static int inspect_directory(const char *path)
 {
     char *config = pesc_path_join(path, "config.json");
@@ -462,6 +511,8 @@ int cmd_inspect(int argc, char **argv)
     /* a model's config.json or a checkpoint's state.json stands for its directory: read as
      * a dataset, it was "a JSON object over several lines" */
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (!o.given && strcmp(base, "tokenizer.json") == 0)
+        return inspect_tokenizer(path);
     if (!o.given && (strcmp(base, "config.json") == 0 || strcmp(base, "state.json") == 0)) {
         char *dir = pesc_parent_dir(path);
         int rc = inspect_directory(dir);

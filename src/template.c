@@ -399,6 +399,10 @@ const char *template_suggest(const char *jinja)
         return "granite";
     if (strstr(jinja, "<start_of_turn>"))
         return "gemma";
+    if (strstr(jinja, "### Human:") && strstr(jinja, "### Assistant:"))   /* plain text */
+        return "camelidae";
+    if (strstr(jinja, "### Instruction:") && strstr(jinja, "### Response:"))
+        return "alpaca";
     return NULL;
 }
 

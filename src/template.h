@@ -67,8 +67,8 @@ int template_encode_prompt(const chat_template *tpl, tokenizer *t, const tpl_mes
                            int n, tok_ids *ids, pesc_error *err);
 
 /* The named template that writes the turn markers of a model's own chat template (the Jinja
- * text of its tokenizer_config.json): qwen3, chatml, llama3, llama2 or mistral; NULL when
- * none does. Read from the markers only, so a suggestion, not a proof. */
+ * text of its tokenizer_config.json): phi4, qwen3, chatml, llama3, phi3, phi4-mini, llama2,
+ * mistral, granite, gemma, camelidae or alpaca; NULL when none does. Read from the markers only, so a suggestion, not a proof. */
 const char *template_suggest(const char *jinja);
 /* The template that t's model writes its own turns in (template_suggest of its chat template)
  * when that is not `used`, for the note of a command that was given no --template; else NULL. */

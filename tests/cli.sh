@@ -631,6 +631,14 @@ expect 1 "tokenizer.json: post_processor: special_tokens\[\"<s>\"\].ids\[0\] = 9
 # inspect
 expect 0 "parameters" "inspect a model directory" -- "$pesc" inspect "$m"
 grep -q "LlamaForCausalLM" "$tmp/out" && grep -q "llama3" "$tmp/out" || fail "inspect: architecture or rope missing"
+expect 0 "chat template pesc's camelidae matches it" "inspect a tokenizer.json: its template" -- \
+  "$pesc" inspect "$top_srcdir/data/demo/tokenizer.json"
+grep -q "^vocabulary    418 ids (4 special)$" "$tmp/out" && grep -q "^eos           </s> (2)$" "$tmp/out" &&
+  grep -q '^example       "Hello, world! 12345" -> 19 tokens: H|e|l|l|o|,| |w|' "$tmp/out" ||
+  fail "inspect tokenizer.json: $(cat "$tmp/out")"
+printf '{"model": {"type": "Unigram"}}' >"$tmp/tokenizer.json"
+expect 1 "tokenizer.json.*Unigram" "inspect an unsupported tokenizer.json: one line naming it" -- \
+  "$pesc" inspect "$tmp/tokenizer.json"
 expect 0 "tensors       21 in 2 files" "inspect a sharded model" -- "$pesc" inspect "$m2"
 expect 0 "model.layers.0.mlp.down_proj.weight" "inspect a safetensors file" -- "$pesc" inspect "$m/model.safetensors"
 expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/records.jsonl"

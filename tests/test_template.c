@@ -272,6 +272,8 @@ int main(void)
         {"{{'<|im_start|>' + role}}", "chatml"}, {"<|im_start|>{{'<think>'}}", "qwen3"},
         {"[INST] <<SYS>>", "llama2"}, {"{{'[INST] '}}", "mistral"},
         {"<|start_header_id|>", "llama3"}, {"### Human:", NULL},
+        {"### Human:\n{{ message['content'] }}\n### Assistant:\n", "camelidae"},
+        {"### Instruction:\n{{ message['content'] }}\n\n### Response:\n", "alpaca"},
         {"{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}", "phi3"},
         {"{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}", "phi4-mini"},
         {"{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}", "phi4"},
