@@ -96,6 +96,7 @@ struct session {
     long long tokens;
     double lr_override, lr_scale, elapsed_before, t_start, last_save;
     double paused_at, paused_s;  /* when the pause began; the seconds paused (for the ETA) */
+    double stopped_at_start;     /* pesc_stopped_s() when the trainer began */
     /* what the last checkpoint holds: the step, and the live changes (lr, aux) made by then;
      * the final save is skipped when both still hold */
     long saved_step, live_changes, saved_changes;
@@ -1306,7 +1307,7 @@ static void add_routing(session *s, step_counts *sc)
 static int train_step(session *s, pesc_error *err)
 {
     model *m = &s->m;
-    double t0 = pesc_now(), ce = 0.0, aux = 0.0, z = 0.0;
+    double t0 = pesc_now(), stopped0 = pesc_stopped_s(), ce = 0.0, aux = 0.0, z = 0.0;
     long long tokens = 0;
     int micro = 0, L = m->config.n_layers, E = m->crafted ? m->pesc.experts : 0;
     step_counts sc = {0};
@@ -1408,13 +1409,16 @@ static int train_step(session *s, pesc_error *err)
     r->lr = lr;
     r->lr_overridden = s->lr_override >= 0;
     r->grad_norm = norm;
-    r->step_s = now - t0;
-    r->tokens_per_s = (double)tokens / (now - t0);
+    /* not the time a Ctrl-Z stopped the process */
+    double stopped = pesc_stopped_s(), busy = now - t0 - (stopped - stopped0);
+    r->step_s = busy > 0 ? busy : now - t0;
+    r->tokens_per_s = (double)tokens / r->step_s;
     r->elapsed_s = elapsed;
     /* the pace of this process's steps, not counting a resumed run's earlier ones nor the
-     * time it stood paused */
+     * time it stood paused or stopped */
     r->eta_s = s->total_steps > 0 ? (double)(s->total_steps - s->step) *
-                                        (now - s->t_start - s->paused_s) /
+                                        (now - s->t_start - s->paused_s -
+                                         (stopped - s->stopped_at_start)) /
                                         (double)(s->step - s->start_step) : -1.0;
     r->rss_bytes = resident_bytes();
     backend_memory mem;
@@ -1454,6 +1458,7 @@ static void *trainer_main(void *arg)
     session *s = arg;
     pesc_error err = {{0}};
     s->t_start = pesc_now();
+    s->stopped_at_start = pesc_stopped_s();
     s->start_step = s->step;
     set_state(s, MONITOR_RUNNING, "running");
     publish_event(s, "begin", "training from step %ld of %ld", s->step, s->total_steps);

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -620,4 +621,14 @@ double pesc_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static _Atomic long long stopped_us;   /* lock-free on the targets, so safe in a handler */
+
+double pesc_stopped_s(void) { return 1e-6 * (double)atomic_load(&stopped_us); }
+
+void pesc_note_stopped(double seconds)
+{
+    if (seconds > 0)
+        atomic_fetch_add(&stopped_us, (long long)(seconds * 1e6));
 }

@@ -132,6 +132,11 @@ double pesc_xorshift_uniform(uint64_t *state);   /* [0, 1); xorshift64, state mu
 
 /* Monotonic seconds. */
 double pesc_now(void);
+/* The seconds this process has stood stopped (Ctrl-Z) so far, as far as a front end that
+ * handles the stop has noted them (pesc_note_stopped, async-signal-safe, from any thread):
+ * step times, rates and ETAs leave them out. */
+double pesc_stopped_s(void);
+void pesc_note_stopped(double seconds);
 
 /* The index of x's first largest value (n of them), NaN never (all NaN: 0): the greedy pick,
  * as the backends' argmax_rows makes it. */

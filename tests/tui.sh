@@ -4,7 +4,8 @@
 # step counter stops; + raises the LR in the status line and in the JSONL log; a prompt gets
 # an answer, a pasted one of two lines is sent once with both; e while paused scores the
 # held-out data at once, its event under the answer; a resize to 40x12, to 80x24 (the loss
-# legend whole items) and back keeps it running; q asks, then saves and stops.
+# legend whole items) and back keeps it running; q asks, then saves and stops. A Ctrl-Z's stop
+# is left out of the ETA.
 # Skips (77) without tmux or before `pesc tui` exists. PESC_TUI_ARGS overrides the run's
 # options (default: the built-in demo), PESC_TUI_PROMPT the prompt (a run without a tokenizer
 # takes ids:1,2,3).
@@ -146,6 +147,29 @@ check "Stop the run\? \(no --save: nothing is kept\)" "q without --save says not
 keys y
 [ "$(wait_status "$tmp/status" 30)" = 0 ] && pass "y stops it and exits 0" ||
   fail "no --save, y: status '$(cat "$tmp/status" 2>/dev/null)'"
+
+# Ctrl-Z under a shell: the time stopped is left out of the ETA (it once counted as training
+# time, and an 8 s stop after 2 s of steps quintupled it)
+eta_of_last() { tail -n 1 "$tmp/z.jsonl" | sed -n 's/.*"eta_s":\([0-9.e+]*\).*/\1/p'; }
+tmux -L "$sock" kill-server 2>/dev/null
+sock="pesc-$win-$$-shell"
+tmux -L "$sock" -f /dev/null new-session -d -s "$win" -x 100 -y 30 "env PS1='$ ' sh -i"
+keys "$pesc tui --steps 1000000 --warmup 0 --log $tmp/z.jsonl" Enter
+check "step ([2-9]|[1-9][0-9])" "a run under an interactive shell takes steps" 60
+sleep 2
+before=$(eta_of_last)
+keys C-z
+check "Stopped" "Ctrl-Z stops the workbench"
+sleep 8
+keys fg Enter
+check "RUNNING" "fg brings it back"
+lines=$(wc -l <"$tmp/z.jsonl")
+i=0; while [ "$(wc -l <"$tmp/z.jsonl")" -le $((lines + 2)) ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+after=$(eta_of_last)
+awk -v a="$before" -v b="$after" 'BEGIN { exit !(a > 0 && b > 0 && b / a < 2.5) }' &&
+  pass "the ETA leaves out the 8 s stopped ($before s -> $after s)" ||
+  fail "the ETA after an 8 s Ctrl-Z: $before s -> $after s"
+keys q y
 
 if [ "$failures" -ne 0 ]; then
   echo "$failures failures"

@@ -70,13 +70,15 @@ static void restore_terminal_hook(void)
     ui_process.curses_on = 0;
 }
 
-/* Ctrl-Z: curses' handler leaves the screen, stops the process and redraws once continued.
- * Around it the paste mode goes off, so that the shell is not sent marked-up pastes, and on
+/* Ctrl-Z: curses' handler leaves the screen, stops the process and redraws once continued;
+ * the time stopped is noted for the run's clocks. Around it the paste mode goes off, so that the shell is not sent marked-up pastes, and on
  * again after fg (a shell's line editor turns it off when it has read a line). */
 static void on_suspend(int sig)
 {
     set_paste_mode(0);
+    double at = pesc_now();   /* clock_gettime: async-signal-safe */
     ui_process.curses_suspend.sa_handler(sig);
+    pesc_note_stopped(pesc_now() - at);   /* the run's rates and ETA leave it out */
     set_paste_mode(1);
 }
 
