@@ -44,6 +44,7 @@ int cmd_tui(int argc, char **argv)
     if (demo)
         train_config_demo(&c);
     pesc_error err = {{0}};
+    c.answer_after_end = 1;   /* the screen stays after training: its model can be prompted */
     c.command = "pesc tui";   /* a local model loads before the screen is drawn: say so */
     launcher *l = launcher_new(&c, &err);
     if (!l) {

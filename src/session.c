@@ -128,6 +128,7 @@ struct session {
     int generate_taken;          /* a generate is queued or running: another is refused */
     monitor_view *shared;
     int stop_requested;
+    int answering_after_end;     /* training has ended; generate is answered until a stop */
     session_progress progress;
 
     pthread_t thread;
@@ -548,7 +549,11 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
     if (c.kind == CMD_EVAL)   /* the trainer decides, after the commands queued before it */
         snprintf(reply, reply_len, "ok: eval after the next step, or at once when paused");
     pthread_mutex_lock(&s->lock);
-    if (s->shared->state >= MONITOR_FINISHED) {
+    int ended = s->shared->state >= MONITOR_FINISHED;
+    if (ended && s->answering_after_end && c.kind != CMD_GENERATE && c.kind != CMD_STOP) {
+        snprintf(reply, reply_len, "error: the run has ended; its model still answers prompts "
+                 "(generate)");
+    } else if (ended && !s->answering_after_end) {
         snprintf(reply, reply_len, "error: the run has ended");
     } else if (s->q_len == QUEUE) {
         snprintf(reply, reply_len, "error: too many commands waiting; try again");
@@ -1453,6 +1458,33 @@ out:
     return rc;
 }
 
+/* After training, in the workbench: the trained model answers prompts until a stop (the
+ * screen quits, or session_delete). A stop queued as training ended still ends this; other
+ * commands queued then are dropped, the run being over. */
+static void answer_until_stopped(session *s)
+{
+    for (;;) {
+        command c;
+        while (take_command(s, &c)) {
+            if (c.kind == CMD_STOP)
+                goto out;
+            if (c.kind == CMD_GENERATE)
+                generate(s, &c);
+        }
+        pthread_mutex_lock(&s->lock);
+        if (!s->stop_requested && s->q_len == 0)
+            pthread_cond_wait(&s->wake, &s->lock);
+        int stop = s->stop_requested;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+    }
+out:
+    pthread_mutex_lock(&s->lock);
+    s->answering_after_end = 0;
+    pthread_mutex_unlock(&s->lock);
+}
+
 static void *trainer_main(void *arg)
 {
     session *s = arg;
@@ -1502,8 +1534,16 @@ static void *trainer_main(void *arg)
     }
     publish_event(s, end == MONITOR_FINISHED ? "finish" : end == MONITOR_STOPPED ? "stop" : "error",
                   "at step %ld", s->step);
-    set_state(s, end, end == MONITOR_FAILED ? s->error : end == MONITOR_STOPPED ? "stopped" : "finished");
     s->status = end == MONITOR_FAILED ? 1 : 0;
+    if (s->cfg.answer_after_end && end != MONITOR_FAILED) {
+        pthread_mutex_lock(&s->lock);
+        s->answering_after_end = 1;   /* before the state, so that no prompt is refused */
+        s->stop_requested = 0;        /* the stop that ended training; the next one ends this */
+        pthread_mutex_unlock(&s->lock);
+    }
+    set_state(s, end, end == MONITOR_FAILED ? s->error : end == MONITOR_STOPPED ? "stopped" : "finished");
+    if (s->answering_after_end)
+        answer_until_stopped(s);
     return NULL;
 }
 

@@ -62,6 +62,9 @@ typedef struct train_config {
     int n_plugins;
     int nan_limit;               /* non-finite steps in a row before the LR is halved */
     int headless;
+    /* the workbench: once training ends (finished or stopped, not failed), the trainer stays
+     * to answer generate commands until a stop (the screen quits) */
+    int answer_after_end;
     /* "pesc train", "pesc tui": while the run is made (the model loads, the data is
      * tokenized), what it is doing shows on stderr when that is a terminal, in one line
      * cleared again; NULL: nothing */

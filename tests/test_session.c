@@ -6,7 +6,8 @@
  *     was saved;
  *   - commands: replies, lr and aux changes, malformed lines change nothing, a prompt's
  *     escaped line breaks and backslashes are decoded;
- *   - resuming on another base model or crafting is refused with what differs.
+ *   - resuming on another base model or crafting is refused with what differs;
+ *   - the workbench's ended run still answers prompts until a stop.
  * Exit 0 pass, 1 fail. */
 #include <math.h>
 #include <stdio.h>
@@ -113,6 +114,52 @@ static void test_generation_interleaved(void)
     monitor_view_delete(v);
     free(plain);
     free(mixed);
+    session_delete(s);
+}
+
+/* The workbench's run after its end: generate is answered (and logged), other commands are
+ * refused naming what still works, and a stop (here in the middle of an answer) ends it with
+ * the run's own status. Without answer_after_end an ended run refuses all. */
+static void test_answer_after_end(void)
+{
+    train_config c;
+    config(&c, 2);
+    c.answer_after_end = 1;
+    session *s = start(&c);
+    session_progress p;
+    do {
+        nap();
+        session_get_progress(s, &p);
+    } while (p.state < MONITOR_FINISHED);
+    char reply[256], lr[256], stop[256];
+    session_command(s, "generate max=400 temp=0.8 ids:1,2,3", reply, sizeof reply);
+    int ok = strncmp(reply, "ok", 2) == 0;
+    monitor_view *v = monitor_view_new();
+    long tokens = 0;
+    for (int i = 0; i < 20000 && tokens == 0; i++) {   /* the answer's first tokens, or 40 s */
+        nap();
+        monitor_snapshot(session_monitor(s), v);
+        tokens = v->n_generated_tokens;
+    }
+    session_command(s, "lr 1e-3", lr, sizeof lr);
+    session_command(s, "stop", stop, sizeof stop);
+    int status = session_wait(s);
+    monitor_snapshot(session_monitor(s), v);
+    REPORT(ok && tokens > 0 && v->state == MONITOR_FINISHED && status == 0 &&
+           strstr(lr, "error: the run has ended; its model still answers prompts") &&
+           strncmp(stop, "ok", 2) == 0,
+           "an ended workbench run answers a prompt (%ld tokens: %s), refuses lr (%s), "
+           "stops (%s), status %d", tokens, reply, lr, stop, status);
+    session_command(s, "generate max=5 ids:1", reply, sizeof reply);
+    REPORT(strcmp(reply, "error: the run has ended") == 0, "after the stop: %s", reply);
+    monitor_view_delete(v);
+    session_delete(s);
+
+    config(&c, 1);   /* pesc train: nothing waits once the run is over */
+    s = start(&c);
+    session_wait(s);
+    session_command(s, "generate max=5 ids:1", reply, sizeof reply);
+    REPORT(strcmp(reply, "error: the run has ended") == 0, "a headless run, ended: %s", reply);
     session_delete(s);
 }
 
@@ -400,6 +447,7 @@ int main(void)
     test_nan_after_save();
     test_commands();
     test_update_ratio();
+    test_answer_after_end();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0)

@@ -4,8 +4,9 @@
 # step counter stops; + raises the LR in the status line and in the JSONL log; a prompt gets
 # an answer, a pasted one of two lines is sent once with both; e while paused scores the
 # held-out data at once, its event under the answer; a resize to 40x12, to 80x24 (the loss
-# legend whole items) and back keeps it running; q asks, then saves and stops. A Ctrl-Z's stop
-# is left out of the ETA.
+# legend whole items) and back keeps it running; q asks, then saves and stops. A run that has
+# finished still answers a prompt, and q then leaves at once; a Ctrl-Z's stop is left out of
+# the ETA.
 # Skips (77) without tmux or before `pesc tui` exists. PESC_TUI_ARGS overrides the run's
 # options (default: the built-in demo), PESC_TUI_PROMPT the prompt (a run without a tokenizer
 # takes ids:1,2,3).
@@ -69,23 +70,26 @@ sleep 0.5; a=$(step_now); sleep 1.5; b=$(step_now)
 [ -n "$a" ] && [ "$a" = "$b" ] && pass "paused: the step counter stops at $a" || fail "paused, but steps moved ($a -> $b)"
 
 prompt=${PESC_TUI_PROMPT:-Hello}
+# answered DESCRIPTION: the answer to $prompt, a line in the console (between its frame and
+# the input line) that is neither the echoed prompt nor an event, within 30 s
+answered() {
+  for _ in $(seq 300); do
+    if screen | awk -v p="› $prompt" '
+        /┌─ Prompt/ { inside = 1; next }
+        inside && /❯/ { inside = 0 }
+        inside { line = $0; gsub(/│/, "", line); sub(/^ +/, "", line)
+                 if (length(line) > 0 && index($0, p) == 0 && line !~ /^step [0-9]/) found = 1 }
+        END { exit !found }'; then
+      pass "$1"
+      return
+    fi
+    sleep 0.1
+  done
+  fail "$1: no answer:"
+  screen | sed 's/^/    | /'
+}
 keys / "$prompt" Enter
-# the answer: a line in the console (between its frame and the input line) that is neither
-# the echoed prompt nor an event
-answered=0
-for _ in $(seq 300); do
-  if screen | awk -v p="› $prompt" '
-      /┌─ Prompt/ { inside = 1; next }
-      inside && /❯/ { inside = 0 }
-      inside { line = $0; gsub(/│/, "", line); sub(/^ +/, "", line)
-               if (length(line) > 0 && index($0, p) == 0 && line !~ /^step [0-9]/) found = 1 }
-      END { exit !found }'; then
-    answered=1
-    break
-  fi
-  sleep 0.1
-done
-[ $answered = 1 ] && pass "a prompt gets an answer" || { fail "no answer to the prompt:"; screen | sed 's/^/    | /'; }
+answered "a prompt gets an answer"
 # a paste (bracketed, which the workbench turns on) of two lines is one prompt: its line break
 # stays in it, shown as ⏎, and the Enter after it sends both lines; the console echoes them on
 # two lines and the run logs one generate for them
@@ -170,6 +174,18 @@ awk -v a="$before" -v b="$after" 'BEGIN { exit !(a > 0 && b > 0 && b / a < 2.5) 
   pass "the ETA leaves out the 8 s stopped ($before s -> $after s)" ||
   fail "the ETA after an 8 s Ctrl-Z: $before s -> $after s"
 keys q y
+
+# a run that has finished still answers prompts until q (which then asks nothing)
+tui_start 100 30 "$pesc" tui --steps 3 --log "$tmp/done.jsonl"
+check "FINISHED" "a short run finishes" 60
+keys / "$prompt" Enter
+answered "the finished run's model answers a prompt"
+i=0; while ! grep -q '"event":"generate"' "$tmp/done.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+grep -q '"event":"generate"' "$tmp/done.jsonl" && pass "the answer after the finish is in the log" ||
+  fail "no generate event after the finish in the log"
+keys Escape q
+[ "$(wait_status "$tmp/status" 30)" = 0 ] && pass "q leaves a finished run at once, status 0" ||
+  fail "a finished run, q: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
 
 if [ "$failures" -ne 0 ]; then
   echo "$failures failures"

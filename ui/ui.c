@@ -190,7 +190,7 @@ void ui_notice(ui_context *ui, const char *fmt, ...)
     ui->message_at = pesc_now();
 }
 
-void ui_send(ui_context *ui, const char *fmt, ...)
+int ui_send(ui_context *ui, const char *fmt, ...)
 {
     char line[1024], reply[256] = "";
     va_list ap;
@@ -199,6 +199,7 @@ void ui_send(ui_context *ui, const char *fmt, ...)
     va_end(ap);
     monitor_command(ui->m, line, reply, sizeof reply);
     ui_notice(ui, "%s", reply[0] ? reply : "ok");
+    return strncmp(reply, "error", 5) == 0 ? -1 : 0;
 }
 
 static int message_fresh(const ui_context *ui)
@@ -535,8 +536,8 @@ static void draw_help(ui_context *ui)
         "s          save a checkpoint now",
         "e          score the held-out data after the next step, or now",
         "           when paused",
-        "/  p       type a prompt for the live model; a paste keeps its",
-        "           line breaks, and Enter sends it whole",
+        "/  p       prompt the model, live or (once the run ends) trained;",
+        "           a paste keeps its line breaks; Enter sends it whole",
         ":          type any control command",
         "Tab  1-5   next panel / routing, loss, norms, console, downloads",
         "f          the focused panel full screen; Esc back",
@@ -701,8 +702,8 @@ static void send_prompt(ui_context *ui)
         return;
     }
     lineedit_remember(&ui->prompt);
-    ui_send(ui, "%s", line);
-    lineedit_clear(&ui->prompt);
+    if (ui_send(ui, "%s", line) == 0)   /* refused (busy, say), it stays to be sent again */
+        lineedit_clear(&ui->prompt);
 }
 
 static void send_mini(ui_context *ui)

@@ -112,8 +112,8 @@ struct ui_context {
     int colour_tokens;
 };
 
-/* Sends a command line and shows its reply. */
-void ui_send(ui_context *ui, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Sends a command line and shows its reply; -1 when the reply is an error. */
+int ui_send(ui_context *ui, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ui_notice(ui_context *ui, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- drawing helpers ---------------------------------------------------------------------- */
