@@ -1531,6 +1531,7 @@ static void *trainer_main(void *arg)
         /* the run's result would be lost without a word: the run fails, naming why */
         end = MONITOR_FAILED;
         snprintf(s->error, sizeof s->error, "the final checkpoint was not saved: %.900s", err.msg);
+        publish_event(s, "error", "%s", s->error);
     }
     publish_event(s, end == MONITOR_FINISHED ? "finish" : end == MONITOR_STOPPED ? "stop" : "error",
                   "at step %ld", s->step);

@@ -62,6 +62,8 @@ quit_confirmed "q saves, stops and exits 0" 60
 tui_start 100 30 "$pesc" tui --data "$base/f/nothing.jsonl" $run
 check "FAILED" "a 404 fails the run" 20
 check "nothing\\.jsonl" "the failure names the file"
+# the reason is on the status line, after the badge (it was only on stderr, after quitting)
+check "FAILED +.*nothing\\.jsonl.*404" "the status line says why the run failed"
 keys q
 status=$(wait_status "$tmp/status" 10)
 if [ "$status" = 1 ] && grep -q "$base/f/nothing.jsonl" "$tmp/stderr" && \

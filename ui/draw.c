@@ -70,6 +70,32 @@ int draw_text(WINDOW *w, int y, int x, int width, int attr, const char *s)
     return used;
 }
 
+int draw_text_wrapped(WINDOW *w, int y, int x, int rows, int attr, const char *s)
+{
+    int end = getmaxx(w) - 1, used = 0, line = 0, bytes;
+    wattron(w, attr);
+    wmove(w, y, x);
+    while (*s) {
+        int c = next_char(s, &bytes), odd = c < 0 || *s == '\n';
+        c = odd ? 1 : c;
+        if (x + used + c > end) {   /* on at the next row's second column */
+            if (++line == rows)
+                break;
+            x = 1;
+            used = 0;
+            wmove(w, y + line, x);
+        }
+        if (odd)
+            waddch(w, '?');
+        else
+            waddnstr(w, s, bytes);
+        used += c;
+        s += bytes;
+    }
+    wattroff(w, attr);
+    return line + (line < rows);
+}
+
 int draw_frame(ui_context *ui, WINDOW *w, const char *title, const char *right, int focused)
 {
     int h, wd;

@@ -363,10 +363,16 @@ static void draw_status(ui_context *ui, WINDOW *w)
     const char *badge = state_badge(ui, ui->have_view ? v->state : MONITOR_STARTING, &pair);
     row_put(&rw, theme_attr(&ui->theme, pair, A_REVERSE) | (int)A_BOLD, "%s", badge);
     row_put(&rw, 0, " ");
-    if (!r) {
-        row_put(&rw, dim, "%s", !ui->have_view ? "connecting"
-                                : v->state == MONITOR_STARTING && v->message[0] ? v->message
-                                                                                : "waiting for the first step");
+    if (!r && ui->have_view && v->state == MONITOR_FAILED && v->message[0]) {
+        /* why it failed before a step (a download, say): on both rows if it needs them */
+        draw_text_wrapped(w, 0, rw.x, h, theme_attr(&ui->theme, PAIR_BAD, A_BOLD) | (int)A_BOLD,
+                          v->message);
+        return;
+    } else if (!r) {
+        /* before a step: what is happening */
+        int said = ui->have_view && v->message[0] && v->state != MONITOR_RUNNING;
+        row_put(&rw, dim, "%s", !ui->have_view ? "connecting" : said ? v->message
+                                                                     : "waiting for the first step");
     } else {
         long total = r->total_steps > 0 ? r->total_steps : v->run.total_steps;
         row_put(&rw, dim, "step ");
@@ -442,6 +448,8 @@ static void draw_status(ui_context *ui, WINDOW *w)
         int bad = strncmp(ui->message, "error", 5) == 0;
         row_put_reply(&rw, stops, n_stops, theme_attr(&ui->theme, bad ? PAIR_BAD : PAIR_GOOD, A_BOLD),
                       ui->message);
+    } else if (r && v->state == MONITOR_FAILED && v->message[0]) {   /* why, until quitting */
+        row_put_reply(&rw, stops, n_stops, theme_attr(&ui->theme, PAIR_BAD, A_BOLD), v->message);
     } else if (ui->have_view && v->note[0]) {
         row_put_right(&rw, theme_attr(&ui->theme, PAIR_WARN, A_BOLD), v->note);
     }
@@ -496,9 +504,9 @@ static void draw_keys(ui_context *ui, WINDOW *w)
     }
     if (ui->mode == MODE_PROMPT) {
         static const key_label k[] = {{"Enter", "Send"}, {"Esc", "Back"}, {"\u2191\u2193", "History"},
-                                      {"^U", "Clear"}, {"Tab", "Panel"}};
+                                      {"^U", "Cut left"}, {"Tab", "Panel"}};
         static const key_label ka[] = {{"Enter", "Send"}, {"Esc", "Back"}, {"Up/Dn", "History"},
-                                       {"^U", "Clear"}, {"Tab", "Panel"}};
+                                       {"^U", "Cut left"}, {"Tab", "Panel"}};
         draw_keys_list(ui, w, ui->theme.utf8 ? k : ka, 5, NULL);
         return;
     }
@@ -559,8 +567,22 @@ static void draw_help(ui_context *ui)
         return;
     werase(w);
     draw_frame(ui, w, "Help", "pesc workbench", 1);
-    for (int i = 0; i < n; i++)
-        draw_text(w, 2 + i, 3, getmaxx(w) - 5, i == n - 1 ? theme_attr(&ui->theme, PAIR_DIM, A_NORMAL) : 0, lines[i]);
+    /* on a short terminal: a window of the lines, Up/Down moving it, and the last row says so */
+    int room = getmaxy(w) - 4 > 2 ? getmaxy(w) - 4 : 2;
+    ui->help_scrolls = n > room;
+    int shown = ui->help_scrolls ? room - 1 : n;
+    ui->help_top = ui->help_top < 0 ? 0 : ui->help_top > n - shown ? n - shown : ui->help_top;
+    int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    for (int i = 0; i < shown; i++) {
+        int k = ui->help_top + i;
+        draw_text(w, 2 + i, 3, getmaxx(w) - 5, k == n - 1 ? dim : 0, lines[k]);
+    }
+    if (ui->help_scrolls) {
+        char more[80];
+        snprintf(more, sizeof more, "%d-%d/%d  Up/Down: more  other: close",
+                 ui->help_top + 1, ui->help_top + shown, n);
+        draw_text(w, 2 + shown, 3, getmaxx(w) - 5, dim, more);
+    }
     wnoutrefresh(w);
     delwin(w);
 }
@@ -760,7 +782,7 @@ static int global_key(ui_context *ui, int is_code, wint_t ch)
 {
     if (is_code) {
         switch (ch) {
-        case KEY_F(1): ui->mode = MODE_HELP; return 1;
+        case KEY_F(1): ui->mode = MODE_HELP; ui->help_top = 0; return 1;
         case KEY_F(10): ask_quit(ui); return 1;
         case KEY_BTAB: focus_panel(ui, layout_next_panel(ui->focus, -1, have_downloads(ui))); return 1;
         default: return 0;
@@ -782,12 +804,18 @@ static int global_key(ui_context *ui, int is_code, wint_t ch)
         ui->mode = MODE_PROMPT;
         return 1;
     case '\t': focus_panel(ui, layout_next_panel(ui->focus, 1, have_downloads(ui))); return 1;
-    case '1': case '2': case '3': case '4': case '5':
+    case '1': case '2': case '3': case '4':
         focus_panel(ui, (ui_panel_id)(ch - '1'));
+        return 1;
+    case '5':   /* the Downloads panel, only while there is one */
+        if (have_downloads(ui))
+            focus_panel(ui, PANEL_DOWNLOADS);
+        else
+            ui_notice(ui, "error: no downloads in this run (5 is the Downloads panel)");
         return 1;
     case 'f': ui->maximised = !ui->maximised; return 1;
     case KEY_ESC: ui->maximised = 0; return 1;
-    case '?': case 'h': ui->mode = MODE_HELP; return 1;
+    case '?': case 'h': ui->mode = MODE_HELP; ui->help_top = 0; return 1;
     case 'q': ask_quit(ui); return 1;
     case CTRL_KEY('l'): clearok(curscr, TRUE); return 1;
     default: return 0;
@@ -886,6 +914,12 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
         return;
     switch (ui->mode) {
     case MODE_HELP:
+        if (ui->help_scrolls && is_code && (ch == KEY_UP || ch == KEY_DOWN || ch == KEY_PPAGE ||
+                                            ch == KEY_NPAGE)) {
+            int page = ui->rows / 2 > 1 ? ui->rows / 2 : 1;
+            ui->help_top += ch == KEY_UP ? -1 : ch == KEY_DOWN ? 1 : ch == KEY_PPAGE ? -page : page;
+            return;   /* draw_help keeps it in range */
+        }
         ui->mode = MODE_NORMAL;
         return;
     case MODE_CONFIRM_QUIT:

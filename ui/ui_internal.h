@@ -79,6 +79,7 @@ struct ui_context {
     ui_panel_id focus;
     int maximised;
     ui_mode mode;
+    int help_top, help_scrolls;  /* the help's first line shown; 1 when it does not fit */
     ui_mini_kind mini;
     lineedit prompt;             /* the console's prompt, with its history */
     lineedit mini_line;          /* LR, aux or a raw command */
@@ -128,6 +129,9 @@ int draw_rows_window(ui_context *ui, WINDOW *w, int total, int shown, int select
                      const char *unit);
 /* Writes at most `width` columns of s at (y, x) with attr (UTF-8 aware). Returns columns written. */
 int draw_text(WINDOW *w, int y, int x, int width, int attr, const char *s);
+/* s from (y, x) to the window's right edge, going on at the next rows' second column, up to
+ * `rows` rows in all; returns the rows written on. */
+int draw_text_wrapped(WINDOW *w, int y, int x, int rows, int attr, const char *s);
 /* One heat cell of `width` columns for t in [0, 1] (colour or shade), with an optional label. */
 void draw_heat_cell(ui_context *ui, WINDOW *w, int y, int x, int width, double t, const char *label);
 /* A horizontal bar of `width` columns filled to t in [0, 1]. */
