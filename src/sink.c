@@ -67,6 +67,22 @@ static void exists_unnamed(char *err, size_t errlen, const char *path)
              "the file (--sink jsonl:FILE), remove it, or continue its run with --resume", path);
 }
 
+static void being_written(char *err, size_t errlen, const char *path)
+{
+    snprintf(err, errlen, "the run log %s is being written by another pesc run: name another "
+             "file, or let that run end first", path);
+}
+
+/* Whether a live run holds path's lock (jsonl_open takes it for as long as it writes). */
+static int log_in_use(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    int held = fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    if (fd >= 0)
+        close(fd);
+    return held;
+}
+
 static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, char *err,
                         size_t errlen)
 {
@@ -85,8 +101,7 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
     /* one run a log: locked before it is emptied, so a second run on it truncates nothing */
     struct stat st;
     if (flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
-        snprintf(err, errlen, "the run log %s is being written by another pesc run: name "
-                 "another file, or let that run end first", j->path);
+        being_written(err, errlen, j->path);
         close(fd);
         free(j);
         return NULL;
@@ -361,6 +376,13 @@ static int check_log_output(const sink_set *s, const char *target, char *why, si
     if (stat(path, &st) == 0) {
         if (!target && !s->opt.resume)
             exists_unnamed(why, n, path);
+        else if (log_in_use(path))
+            being_written(why, n, path);
+        else if (!s->opt.resume && S_ISREG(st.st_mode) && st.st_size > 0)
+            /* named, but another run's log is no less lost: a fresh run starts on none */
+            snprintf(why, n, "%s already holds a log (%lld bytes), which a fresh run would "
+                     "replace: remove it, name another file, or continue its run with "
+                     "--resume", path, (long long)st.st_size);
         else if (S_ISDIR(st.st_mode))
             snprintf(why, n, "%s is a directory; name a file for the run log", path);
         else if (access(path, W_OK) != 0)

@@ -525,19 +525,29 @@ fi
 # is not replaced by a fresh run; the refusal comes before the log is truncated, and a log
 # that cannot be made is found before a named sink's file is truncated
 cp "$tmp/s.csv" "$tmp/s.csv.before" && cp "$tmp/s.jsonl" "$tmp/s.jsonl.before"
+# a named --log that already holds a log is another run's too: a fresh run refuses it
+# shellcheck disable=SC2086
+expect 1 "\-\-log: $tmp/s.jsonl already holds a log ([0-9]* bytes), which a fresh run would replace: remove it, name another file, or continue its run with \-\-resume" \
+  "a fresh run refuses a --log FILE that already holds a log" -- \
+  "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl"
+cmp -s "$tmp/s.jsonl" "$tmp/s.jsonl.before" || fail "a run refused for its --log truncated it"
+: >"$tmp/empty.jsonl"
+# shellcheck disable=SC2086
+expect 0 "step 1/1" "an empty --log FILE is taken" -- "$pesc" train --headless $common --steps 1 --log "$tmp/empty.jsonl"
+mv "$tmp/s.jsonl" "$tmp/s2.jsonl"   # s.csv stays: BASE.csv of --log s.jsonl, made anew
 # shellcheck disable=SC2086
 expect 1 "\-\-sink csv: $tmp/s.csv is already there, and this run was not told to replace it: name the file (\-\-sink csv:FILE), remove it, or continue its run with \-\-resume" \
   "--sink csv refuses an existing BASE.csv it was not named" -- \
   "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl" --sink csv
-cmp -s "$tmp/s.csv" "$tmp/s.csv.before" && cmp -s "$tmp/s.jsonl" "$tmp/s.jsonl.before" ||
-  fail "a run refused for its --sink csv changed the csv or truncated the log"
+cmp -s "$tmp/s.csv" "$tmp/s.csv.before" && [ ! -s "$tmp/s.jsonl" ] ||
+  fail "a run refused for its --sink csv changed the csv or wrote the log"
 # --sink jsonl beside --log writes the log's own file: refused, saying so (it once blamed an
 # "already there" file, the log itself)
 # shellcheck disable=SC2086
 expect 1 "\-\-sink jsonl: it would write $tmp/s.jsonl, which \-\-log already writes" \
   "--sink jsonl on the --log file is refused, naming --log" -- \
   "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl" --sink jsonl
-cmp -s "$tmp/s.jsonl" "$tmp/s.jsonl.before" || fail "a run refused for --sink jsonl truncated the log"
+[ ! -s "$tmp/s.jsonl" ] || fail "a run refused for --sink jsonl wrote the log"
 mkdir "$tmp/cwd" && echo precious >"$tmp/cwd/pesc-run.csv"
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
 expect 1 "\-\-sink csv: pesc-run.csv is already there" "--sink csv refuses an existing ./pesc-run.csv" -- \

@@ -71,8 +71,9 @@ static void restore_terminal_hook(void)
 }
 
 /* Ctrl-Z: curses' handler leaves the screen, stops the process and redraws once continued;
- * the time stopped is noted for the run's clocks. Around it the paste mode goes off, so that the shell is not sent marked-up pastes, and on
- * again after fg (a shell's line editor turns it off when it has read a line). */
+ * the time stopped is noted for the run's clocks. Around it the paste mode goes off, so that
+ * the shell is not sent marked-up pastes, and on again after fg (a shell's line editor turns
+ * it off when it has read a line). */
 static void on_suspend(int sig)
 {
     set_paste_mode(0);
