@@ -1107,6 +1107,47 @@ static int eval_source(const session *s, int i)
     return f;
 }
 
+static int compare_indices(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* --eval-generate M:N: which N (want; 0 all) of the held-out records are answered, into out
+ * in file order: in each source a share of N in proportion to its records, drawn at random
+ * there with a fixed seed, so the same ones at every evaluation and in every run on this
+ * data. Every k-th record instead would follow a pattern of the file's order (the demo's
+ * families come round-robin: N = 50 of 300 took one family alone). */
+static long answered_sample(const session *s, int n_sources, long want, int *out)
+{
+    long n = s->n_eval, cum = 0, got = 0;
+    if (want <= 0 || want >= n) {
+        for (long i = 0; i < n; i++)
+            out[i] = (int)i;
+        return n;
+    }
+    int *pool = xmalloc((size_t)n * sizeof *pool);
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    for (int source = 0; source < n_sources; source++) {
+        long m = 0;
+        for (long i = 0; i < n; i++)
+            if (eval_source(s, (int)i) == source)
+                pool[m++] = (int)i;
+        long quota = want * (cum + m) / n - want * cum / n;
+        cum += m;
+        for (long k = 0; k < quota; k++) {   /* a partial Fisher-Yates shuffle */
+            long j = k + (long)(pesc_splitmix_uniform(&rng) * (double)(m - k));
+            int t = pool[k];
+            pool[k] = pool[j];
+            pool[j] = t;
+            out[got++] = pool[k];
+        }
+    }
+    free(pool);
+    qsort(out, (size_t)got, sizeof *out, compare_indices);
+    return got;
+}
+
 static void eval_source_name(const session *s, int source, char *out, size_t n)
 {
     const char *path = s->cfg.eval_split > 0 ? s->cfg.sources[source].path
@@ -1159,14 +1200,13 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     char names[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL][64];
     ans_tally by[STATS_MAX_SOURCES > TRAIN_MAX_EVAL ? STATS_MAX_SOURCES : TRAIN_MAX_EVAL] = {{0}};
     int rc = 0, n_sources = s->cfg.eval_split > 0 ? s->cfg.n_sources : s->cfg.n_eval;
-    /* --eval-generate M:N: N records spread evenly over them all, the same each time */
-    long total = s->cfg.eval_answers > 0 && s->cfg.eval_answers < s->n_eval
-                 ? s->cfg.eval_answers : s->n_eval;
+    int *picked = xmalloc((size_t)s->n_eval * sizeof *picked);
+    long total = answered_sample(s, n_sources, s->cfg.eval_answers, picked);
     const ds_record **records = xcalloc((size_t)total, sizeof *records);
     ans_tally **tallies = xcalloc((size_t)total, sizeof *tallies);
     const char **sources = xcalloc((size_t)total, sizeof *sources);
     for (long i = 0; i < total; i++) {
-        int at = (int)(i * s->n_eval / total), source = eval_source(s, at);
+        int at = picked[i], source = eval_source(s, at);
         records[i] = &s->eval[at];
         tallies[i] = &by[source];
         eval_source_name(s, source, names[source], sizeof names[source]);
@@ -1179,6 +1219,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
         rc = 1;
     else if ((rc = ans_answer_many(&a, records, tallies, sources, (int)total, &o, err)) < 0)
         pesc_fail_prefix(err, "--eval-generate");
+    free(picked);
     free(records);
     free(tallies);
     free(sources);

@@ -50,7 +50,7 @@ const char train_options_help[] =
     "                       records, chosen by --seed, and score them so\n"
     "  --eval-choices FILE|URL  multiple-choice questions (as pesc eval --choices reads\n"
     "                       them) scored at each evaluation too: the accuracy, live\n"
-    "  --eval-generate M[:N]  answer the held-out records (N of them, spread) greedily at\n"
+    "  --eval-generate M[:N]  answer the held-out records (or N drawn from them) greedily at\n"
     "                       each evaluation (as pesc eval --generate), M exact (the text)\n"
     "                       or number (the final number) matching theirs: the share\n"
     "                       right, live (the demo: exact)\n"

@@ -226,6 +226,18 @@ if [ "$(grep -c '^{"step": 2, "source": "[a-z]*", "line": [0-9]*, "reference": "
 else
   fail "--eval-samples: $(wc -l <"$ans" 2>/dev/null) lines, event $said right: $(head -n 2 "$ans" 2>/dev/null) $(head -c 300 "$tmp/err")"
 fi
+# from one --eval-data file whose families come round-robin (demo-data's): a random draw in
+# it, not every k-th record (every 6th was one family alone); the same at each evaluation
+"$pesc" demo-data -o "$tmp/rr.jsonl" --records 300 --seed 4 >/dev/null
+"$pesc" train --headless --steps 2 --eval-every 1 --eval-data "$tmp/rr.jsonl" --eval-generate exact:50 \
+  --eval-samples "$tmp/rr-ans.jsonl" >/dev/null 2>"$tmp/err"
+lines_at() { grep "^{\"step\": $1," "$tmp/rr-ans.jsonl" | sed -n 's/.*"line": \([0-9]*\),.*/\1/p'; }
+residues=$(lines_at 1 | awk '{ print $1 % 6 }' | sort -u | wc -l)
+if [ "$(lines_at 1 | wc -l)" = 50 ] && [ "$residues" -ge 5 ] && [ "$(lines_at 1)" = "$(lines_at 2)" ]; then
+  pass "--eval-generate exact:50 of one round-robin file: drawn from $residues of its 6 families, the same twice"
+else
+  fail "--eval-generate exact:50 of one file: $(lines_at 1 | wc -l) answers, lines mod 6 in $residues classes: $(head -c 300 "$tmp/err")"
+fi
 expect 1 "\-\-eval-samples $tmp/none/a.jsonl: No such file or directory" \
   "--eval-samples in a directory that is not there" -- \
   "$pesc" train --headless --steps 2 --eval-samples "$tmp/none/a.jsonl"
