@@ -2025,6 +2025,45 @@ out:
     return rc;
 }
 
+/* A resumed run whose learning rate at its next step is not what the checkpoint's run would
+ * have taken: another --lr, --schedule or --warmup, or --steps given a cosine or linear
+ * schedule another length (from one step to the next, the LR may jump by much). Noted with
+ * what changed; a rate set live, which carries on, stands above the schedule. */
+static void note_schedule_change(session *s)
+{
+    const checkpoint_state *st = s->resumed;
+    if (!st || s->lr_override >= 0 || st->run_lr <= 0 || st->schedule < 0 || st->warmup < 0 ||
+        st->total_steps <= 0)
+        return;   /* a checkpoint from before these were recorded */
+    const optim_config *now = &s->cfg.optim;
+    optim_config was = *now;
+    was.lr = (float)st->run_lr;
+    was.schedule = (optim_schedule)st->schedule;
+    was.warmup = st->warmup;
+    was.total_steps = st->total_steps;
+    double before = optim_lr_at(&was, s->step), after = optim_lr_at(now, s->step);
+    if (fabs(after - before) <= 1e-6 * fmax(fabs(before), fabs(after)))
+        return;
+    char what[256] = "";
+    size_t at = 0;
+    if (was.lr != now->lr)
+        at += (size_t)snprintf(what + at, sizeof what - at, ", --lr %g (was %g)",
+                               (double)now->lr, (double)was.lr);
+    if (was.schedule != now->schedule && at < sizeof what)
+        at += (size_t)snprintf(what + at, sizeof what - at, ", --schedule %s (was %s)",
+                               optim_schedule_name(now->schedule),
+                               optim_schedule_name(was.schedule));
+    if (was.warmup != now->warmup && at < sizeof what)
+        at += (size_t)snprintf(what + at, sizeof what - at, ", --warmup %ld (was %ld)",
+                               now->warmup, was.warmup);
+    if (was.total_steps != now->total_steps && at < sizeof what)
+        snprintf(what + at, sizeof what - at, ", %ld steps in all (was %ld)", now->total_steps,
+                 was.total_steps);
+    publish_warning(s, "note", "the learning rate at step %ld is %.3g, where the run resumed "
+                    "would have taken %.3g: %s", s->step + 1, after, before,
+                    what[0] ? what + 2 : "its schedule differs");
+}
+
 static void describe_run(session *s)
 {
     stats_run *r = &s->run;
@@ -2581,6 +2620,7 @@ int session_start(session *s, pesc_error *err)
     }
     if (*s->resume_note)
         publish_warning(s, "note", "%s", s->resume_note);
+    note_schedule_change(s);
     if (s->outputs_taken)   /* where the checkpoints and the log go was not given: say it */
         publish_warning(s, "note", "resumed from the run's newest checkpoint: it saves on to "
                         "%s%s%s, as the run did (--save DIR elsewhere branches off)",

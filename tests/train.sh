@@ -984,6 +984,24 @@ else
   fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/same.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
 fi
 
+# a resumed run's learning rate that is not what the run would have taken next is noted with
+# what moved it: --steps under a cosine schedule (it once jumped 60x without a word), --lr
+# shellcheck disable=SC2086
+"$pesc" train --headless $nolr --lr 1e-3 --schedule cosine --warmup 0 --steps 4 --save-every 2 --save "$tmp/cos" \
+  >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect 0 "the learning rate at step 5 is 0.0005, where the run resumed would have taken 0: 8 steps in all (was 4)" \
+  "resume with more --steps under cosine: the learning rate's jump noted" -- \
+  "$pesc" train --headless $nolr --steps 8 --resume "$tmp/cos/step-00000004" --save "$tmp/cos8"
+# shellcheck disable=SC2086
+expect 0 "the learning rate at step 3 is 0.001, where the run resumed would have taken 0.0005: --lr 0.002 (was 0.001)" \
+  "resume with another --lr: the learning rate's change noted" -- \
+  "$pesc" train --headless $nolr --steps 4 --lr 2e-3 --resume "$tmp/cos/step-00000002" --save "$tmp/cos2"
+# shellcheck disable=SC2086
+"$pesc" train --headless $nolr --steps 4 --resume "$tmp/cos/step-00000002" --save "$tmp/cos3" 2>"$tmp/err" >/dev/null
+grep -q "learning rate at step" "$tmp/err" && fail "resume as the run was: a learning-rate note: $(cat "$tmp/err")" ||
+  pass "resume as the run was: no learning-rate note"
+
 # a skipped bad record is said on stderr and in the log (where the workbench and pesc view
 # show it: the workbench's stderr is its screen)
 { head -n 5 "$tmp/data.jsonl"; echo '{"input_ids": "x"}'; tail -n +6 "$tmp/data.jsonl"; } >"$tmp/bad.jsonl"
