@@ -94,7 +94,8 @@ struct session {
     /* trainer state */
     long step, start_step, total_steps, nan_skipped, nan_run;
     long long tokens;
-    double lr_override, lr_scale, elapsed_before, t_start, last_save;
+    double lr_override, lr_scale, elapsed_before, t_start;
+    double last_save;            /* pesc_now() of the last checkpoint; < 0 none (under lock) */
     double paused_at, paused_s;  /* when the pause began; the seconds paused (for the ETA) */
     double stopped_at_start;     /* pesc_stopped_s() when the trainer began */
     /* what the last checkpoint holds: the step, and the live changes (lr, aux) made by then;
@@ -271,7 +272,6 @@ static void publish_step(session *s, const stats_record *r)
         memcpy(v->loads + (size_t)v->n_loads * le, r->load, le * sizeof *v->loads);
         v->load_steps[v->n_loads++] = r->step;
     }
-    v->since_save_s = s->last_save > 0 ? pesc_now() - s->last_save : -1.0;
     session_progress *p = &s->progress;
     p->step = r->step;
     p->total_steps = r->total_steps;
@@ -872,7 +872,9 @@ static int save_now(session *s, pesc_error *err)
         }
         return -1;
     }
+    pthread_mutex_lock(&s->lock);   /* read by snapshots, which count from it */
     s->last_save = pesc_now();
+    pthread_mutex_unlock(&s->lock);
     s->saved_step = s->step;
     s->saved_changes = s->live_changes;
     if (s->best_due) {
@@ -2742,6 +2744,8 @@ static int view_snapshot(void *ctx, monitor_view *v)
             v->loads = xcalloc(MONITOR_LOAD_HISTORY * le, sizeof *v->loads);
         memcpy(v->loads, src->loads, (size_t)src->n_loads * le * sizeof *v->loads);
     }
+    /* counted now, not at the last step: a save while paused, or the final one, is shown */
+    v->since_save_s = s->last_save > 0 ? pesc_now() - s->last_save : -1.0;
     pthread_mutex_unlock(&s->lock);
     return 0;
 }
