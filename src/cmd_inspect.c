@@ -230,6 +230,15 @@ static int inspect_checkpoint(const char *path, const char *dir)
     if (st.run_lr >= 0 && st.schedule >= 0)
         printf("optimizer     lr %g %s, warmup %ld, weight decay %g, clip %g\n", st.run_lr,
                optim_schedule_name(st.schedule), st.warmup, st.weight_decay, st.clip);
+    /* what the run trains at from here when that is not its schedule's (--resume keeps it) */
+    if (st.lr_override >= 0)
+        printf("lr now        %g, set while it ran%s (the schedule's no longer applies)\n",
+               st.lr_override * st.lr_scale, st.lr_scale != 1.0 ? ", then halved" : "");
+    else if (st.lr_scale > 0 && st.lr_scale != 1.0)
+        printf("lr now        the schedule's x %g, halved after non-finite steps\n", st.lr_scale);
+    if (st.aux_coef >= 0 && st.run_aux_coef >= 0 && (float)st.aux_coef != (float)st.run_aux_coef)
+        printf("aux now       %g, set while it ran (the run's --aux-coef %g)\n", st.aux_coef,
+               st.run_aux_coef);
     if (st.neftune > 0)
         printf("neftune       %g: the embeddings' noise while training\n", st.neftune);
     if (st.best_step >= 0)   /* --keep-best: the best evaluation up to this step */

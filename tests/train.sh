@@ -967,6 +967,9 @@ expect 1 "was saved with \-\-seed 1; this run asks for \-\-seed 3: give \-\-seed
 # given after a divergence); left out, or the run's own repeated, the live values carry on
 cp -r "$tmp/ck/step-00000006" "$tmp/live"
 sed -i 's/"lr_override": null/"lr_override": 0.004/' "$tmp/live/state.json"
+expect 0 "^lr now        0.004, set while it ran (the schedule's no longer applies)$" \
+  "inspect a checkpoint: the learning rate set while it ran, which a resume keeps" -- \
+  "$pesc" inspect "$tmp/live"
 nolr=$(printf '%s' "$common" | sed 's/ --lr [^ ]*//')
 # shellcheck disable=SC2086
 "$pesc" train --headless $nolr --steps 7 --resume "$tmp/live" --log "$tmp/carry.jsonl" >/dev/null 2>&1
