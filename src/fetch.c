@@ -1178,9 +1178,11 @@ static void judge_http_status(fetcher *f, transfer *t, double now)
         publish_state(f, t, FETCH_ABSENT, "not on the server");
         return;
     }
-    if (s == 404 || s == 410)
+    if ((s == 404 || s == 410) && starts_with(t->url, "hf://"))
         pesc_fail(&err, "not found (HTTP %ld); check the repository, file name and "
                   "revision", s);
+    else if (s == 404 || s == 410)
+        pesc_fail(&err, "not found (HTTP %ld); check the URL", s);
     else if (s == 401 || s == 403)
         pesc_fail(&err, "HTTP %ld, access denied; %s", s,
                   !t->hop_is_hub ? "the server refused the request"
@@ -1225,6 +1227,17 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, dou
     }
     t->offset += t->received;
     const char *detail = why ? why : t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
+    long os_errno = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &os_errno);
+    if (rc == CURLE_COULDNT_CONNECT && os_errno == ECONNREFUSED && t->failures >= 1) {
+        /* refused twice (a second apart): nothing listens there; a dead link would time out,
+         * and the whole budget of retries took half a minute to say so */
+        pesc_fail(&err, "%s: connection refused twice (check the host and port, and that the "
+                  "server, or proxy, is running)", detail);
+        close_part(t);
+        fail_transfer(f, t, &err);
+        return;
+    }
     if (retryable_curl_error(rc)) {
         schedule_retry(f, t, detail, now);
         return;

@@ -142,7 +142,12 @@ expect 0 "$tmp/mine.txt" "--sha256 replaces an existing file that does not match
 cmp -s "$tmp/mine.txt" "$files/small.txt" && pass "--sha256 replacement content" \
   || fail "--sha256 replacement content"
 
-expect 1 "$base/f/nothing.txt" "404 names the URL" -- "$pesc" fetch "$base/f/nothing.txt"
+expect 1 "$base/f/nothing.txt: not found (HTTP 404); check the URL$" "404 names the URL (and no hub's repository)" -- \
+  "$pesc" fetch "$base/f/nothing.txt"
+# a port nothing listens on: refused twice, a second apart, not the whole budget of retries
+# (which took half a minute); "-o" keeps the cache out of it
+expect 1 "http://127.0.0.1:1/x: .*connection refused twice (check the host and port" \
+  "a refused connection gives up after a second try" -- "$pesc" fetch -q -o "$tmp/refused" "http://127.0.0.1:1/x"
 expect 1 "$base/f/nothing.txt" "a URL given twice fails in one line" -- "$pesc" fetch \
   "$base/f/nothing.txt" "$base/f/nothing.txt"
 
