@@ -1270,6 +1270,12 @@ static int finish_load(ds_records *d, load_mark start, const skips *skipped, con
     else if (rc == 0 && d->n == start.records)
         rc = pesc_fail(err, "%s: no usable records (all %ld were skipped; the first: %s)", path,
                        skipped->count, skipped->first.msg);
+    else if (rc == 0 && skipped->count >= 4 && skipped->count > d->n - start.records)
+        /* a binary file, or another format: the few lines that pass are no dataset either */
+        rc = pesc_fail(err, "%s: %ld of its %ld records were skipped (the first: %s): it is not "
+                       "a dataset pesc reads as it stands; fix or convert it", path,
+                       skipped->count, skipped->count + (d->n - start.records),
+                       skipped->first.msg);
     if (rc == 0 && map_records(d, err) == 0)
         return 0;
     d->n = start.records;

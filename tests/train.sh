@@ -1005,6 +1005,13 @@ expect 0 "the learning rate at step 3 is 0.001, where the run resumed would have
 grep -q "learning rate at step" "$tmp/err" && fail "resume as the run was: a learning-rate note: $(cat "$tmp/err")" ||
   pass "resume as the run was: no learning-rate note"
 
+# a file whose records are mostly skipped (a binary file, say, of which a few lines pass as
+# text) is refused, not trained on what passed
+{ head -n 2 "$tmp/data.jsonl"; for _ in 1 2 3 4 5 6; do printf '\377\376 not text\n'; done; } >"$tmp/binary.jsonl"
+# shellcheck disable=SC2086
+expect 1 "binary.jsonl: 6 of its 8 records were skipped (the first: .*binary.jsonl:3: not valid UTF-8 .*): it is not a dataset pesc reads as it stands" \
+  "a file of mostly skipped records is refused" -- "$pesc" train --headless $common --data "$tmp/binary.jsonl" --steps 1
+
 # a skipped bad record is said on stderr and in the log (where the workbench and pesc view
 # show it: the workbench's stderr is its screen)
 { head -n 5 "$tmp/data.jsonl"; echo '{"input_ids": "x"}'; tail -n +6 "$tmp/data.jsonl"; } >"$tmp/bad.jsonl"
