@@ -156,7 +156,7 @@ typedef struct state_reader {
 static void bad_value(state_reader *r, const char *key, const char *what)
 {
     if (!r->failed)
-        pesc_fail(r->err, "%s: \"%s\" %s (the file is damaged: resume from another checkpoint)",
+        pesc_fail(r->err, "%s: \"%s\" %s (the file is damaged: use another checkpoint)",
                   r->path, key, what);
     r->failed = 1;
 }
@@ -286,7 +286,7 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     json_t *o = json_load_file(path, 0, &jerr);
     if (!o || !json_is_object(o)) {
         /* a hand edit or a copy cut short: said as the key checks below say it */
-        pesc_fail(err, "%s: %s (the file is damaged, or not a pesc checkpoint's: resume from "
+        pesc_fail(err, "%s: %s (the file is damaged, or not a pesc checkpoint's: use "
                   "another checkpoint)", path, o ? "not a JSON object" : jerr.text);
         json_decref(o);
         free(path);

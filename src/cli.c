@@ -83,17 +83,36 @@ static int edits(const char *a, const char *b)
     return d[n][m];
 }
 
-/* The option whose name is nearest name, within two edits and fewer than half its length
- * (no name is a typo of "lr"); NULL when none is. */
+/* Whether d edits make a typo of a name this long: within two, and fewer than half its length
+ * (no name is a typo of "lr"). */
+static int typo_edits(const char *name, int d)
+{
+    return d < (strlen(name) < 6 ? (int)strlen(name) / 2 + 1 : 3);
+}
+
 const char *cli_nearest_option(const struct option *table, const char *name)
 {
     const char *best = NULL;
-    int fewest = strlen(name) < 6 ? (int)strlen(name) / 2 + 1 : 3;
+    int fewest = INT_MAX;
     for (const struct option *o = table; o->name; o++) {
         int d = edits(name, o->name);
-        if (d < fewest) {
+        if (d < fewest && typo_edits(name, d)) {
             fewest = d;
             best = o->name;
+        }
+    }
+    return best;
+}
+
+const char *cli_nearest_word(const char *const *words, size_t n, const char *name)
+{
+    const char *best = NULL;
+    int fewest = INT_MAX;
+    for (size_t i = 0; i < n; i++) {
+        int d = edits(name, words[i]);
+        if (d < fewest && typo_edits(name, d)) {
+            fewest = d;
+            best = words[i];
         }
     }
     return best;

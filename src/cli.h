@@ -35,6 +35,8 @@ const char *cli_other_name(const struct option *table, const char *name);
 /* The long option whose name is nearest name (a typo's: two edits at most, and fewer than
  * half the name's length); NULL when none is. */
 const char *cli_nearest_option(const struct option *longopts, const char *name);
+/* The same among n words (a command's name, say). */
+const char *cli_nearest_word(const char *const *words, size_t n, const char *name);
 
 /* --backend NAME: auto, cpu or cuda; 0, or EXIT_USAGE after a usage error line. */
 int cli_backend(const char *cmd, const char *name);

@@ -23,7 +23,7 @@ static const char train_usage[] =
     "Ctrl-C exits at once, the last checkpoint intact.\n"
     "\n";
 
-static volatile sig_atomic_t interrupts, hung_up;
+static volatile sig_atomic_t interrupts, hung_up, first_signal;
 
 static void on_signal(int sig)
 {
@@ -31,6 +31,8 @@ static void on_signal(int sig)
         _exit(130);   /* the second Ctrl-C: leave now; checkpoints are written atomically */
     if (sig == SIGHUP)
         hung_up = 1;
+    if (!interrupts)
+        first_signal = sig;
     interrupts++;
 }
 
@@ -137,8 +139,9 @@ int cmd_train(int argc, char **argv)
         if (interrupts && !stopping) {
             char reply[128];
             session_command(s, "stop", reply, sizeof reply);
-            fprintf(stderr, "\npesc train: stopping after this step%s (Ctrl-C again to quit now)\n",
-                    c.save_dir ? " and saving" : "");
+            fprintf(stderr, "\npesc train: %sstopping after this step%s (Ctrl-C again to quit "
+                    "now)\n", first_signal == SIGTERM ? "SIGTERM: " : first_signal == SIGHUP
+                    ? "hang-up: " : "", c.save_dir ? " and saving" : "");
             stopping = 1;
         }
         session_get_progress(s, &p);

@@ -106,6 +106,13 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (strcmp(argv[1], commands[i].name) == 0)
             return finish_output(argv[1], commands[i].run(argc - 1, argv + 1));
-    fprintf(stderr, "pesc: unknown command '%s' (see pesc --help)\n", argv[1]);
+    const char *names[sizeof commands / sizeof *commands];
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        names[i] = commands[i].name;
+    const char *near = cli_nearest_word(names, sizeof names / sizeof *names, argv[1]);
+    if (near)
+        fprintf(stderr, "pesc: unknown command '%s': did you mean pesc %s?\n", argv[1], near);
+    else
+        fprintf(stderr, "pesc: unknown command '%s' (see pesc --help)\n", argv[1]);
     return EXIT_USAGE;
 }

@@ -42,7 +42,8 @@ for page in "$top_srcdir"/man/*.[157]; do
     grep -q "man/$(basename "$page")" ||
     fail "$(basename "$page") is in no dist_man_MANS (Makefile.am, mk/*.am): make install leaves it out"
 done
-expect 2 "unknown command 'frobnicate'" "unknown command" -- "$pesc" frobnicate
+expect 2 "unknown command 'frobnicate' (see pesc --help)" "unknown command" -- "$pesc" frobnicate
+expect 2 "unknown command 'trian': did you mean pesc train?" "a typo of a command: the nearest named" -- "$pesc" trian
 expect 2 "that is pesc train \-\-headless" "tui --headless points to train" -- "$pesc" tui --headless
 # the workbench's own errors name it, as every command's do
 expect 1 "^pesc tui: the workbench needs a terminal" "tui without a terminal names 'pesc tui:'" -- \

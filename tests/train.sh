@@ -858,7 +858,7 @@ done
 rm -rf "$tmp/cut" && cp -r "$tmp/ck/step-00000006" "$tmp/cut"
 head -c 200 "$tmp/ck/step-00000006/state.json" >"$tmp/cut/state.json"
 # shellcheck disable=SC2086
-expect 1 "$tmp/cut/state.json: .*(the file is damaged, or not a pesc checkpoint's: resume from another checkpoint)" \
+expect 1 "$tmp/cut/state.json: .*(the file is damaged, or not a pesc checkpoint's: use another checkpoint)" \
   "a state.json cut short is refused, saying what to do" -- \
   "$pesc" train --headless $common --steps 10 --resume "$tmp/cut"
 
