@@ -551,9 +551,10 @@ static void draw_help(ui_context *ui)
         "Tab  1-5   next panel / routing, loss, norms, console, downloads",
         "f          the focused panel full screen; Esc back",
         "q  F10     quit (a live run is stopped first, saved with --save)",
+        "Ctrl-C     stop the run (saved with --save) and quit; again: now",
         "",
-        "Routing    Up/Down layer, v view: all / 1st / 2nd / per source /",
-        "           one layer's history; Left/Right layer",
+        "Routing    Up/Down layer; v view: all / 1st / 2nd / per source /",
+        "           one layer's history (Enter too), Left/Right its layer",
         "Loss       z recent window / whole run (of the first run's steps,",
         "           when pesc view compares runs)",
         "Norms      v |U| heatmap / |D| heatmap / bars with trend",
@@ -725,8 +726,11 @@ static void send_prompt(ui_context *ui)
         return;
     }
     lineedit_remember(&ui->prompt);
-    if (ui_send(ui, "%s", line) == 0)   /* refused (busy, say), it stays to be sent again */
+    if (ui_send(ui, "%s", line) == 0) {   /* refused (busy, say), it stays to be sent again */
         lineedit_clear(&ui->prompt);
+        /* the run's reply points a socket's client to the log; here the answer is below */
+        ui_notice(ui, "ok: answering in the console (up to %d tokens)", ui->gen_max_tokens);
+    }
 }
 
 static void send_mini(ui_context *ui)
