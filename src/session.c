@@ -2015,10 +2015,11 @@ static int resume(session *s, pesc_error *err)
     }
     if (st->best_step >= 0 && own && !best_kept_beatable(s) && s->cfg.keep_best && at < n) {
         snprintf(s->resume_note + at, n - at, "%s%s of the best so far (%s %.4f at step %ld): "
-                 "%.200s/best starts afresh from the next evaluation", at ? "; " : "",
-                 st->best_by != s->cfg.best_by ? "--best-by differs from that"
+                 "%.200s/best starts afresh from the next evaluation, and step-%08ld, kept "
+                 "until then, goes with the checkpoints --keep rotates out (copy it to keep it)",
+                 at ? "; " : "", st->best_by != s->cfg.best_by ? "--best-by differs from that"
                  : "the held-out data differ from those", best_what(st->best_by),
-                 st->best_value, st->best_step, s->cfg.save_dir);
+                 st->best_value, st->best_step, s->cfg.save_dir, st->best_step);
     }
     rc = 0;
 out:
