@@ -377,6 +377,7 @@ static int answer_group(ans_answerer *a, pending *p, int n, const ans_options *o
             int right = ans_matches(o->match, answer, p[i].reference);
             p[i].t->right += right;
             p[i].t->scored++;
+            p[i].t->cut += !g[i].ended;
             if (o->samples)
                 write_sample(o->samples, o->step, p[i].source, p[i].r->line, p[i].reference,
                              answer, right);

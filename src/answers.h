@@ -43,6 +43,8 @@ typedef struct ans_tally {
     long right, scored;
     long no_answer;              /* records without a prompt and an answer: not scored */
     long too_long;               /* prompts that fill the model's context: not scored */
+    long cut;                    /* answers that reached their token limit (max_tokens, or the
+                                  * context) before an end marker: scored as they stand */
 } ans_tally;
 
 typedef struct ans_options {

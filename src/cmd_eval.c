@@ -84,7 +84,8 @@ static const char eval_usage[] =
     "                   answer, right), a new file\n"
     "  --json           print {\"accuracy\", \"right\", \"answered\", \"match\",\n"
     "                   \"sources\": [{\"source\", \"accuracy\", \"right\", \"answered\",\n"
-    "                   \"no_answer\", \"too_long\"}, ...]}\n"
+    "                   \"no_answer\", \"too_long\", \"cut\"}, ...]}: too_long prompts fill\n"
+    "                   the context (not scored), cut answers reached their token limit\n"
     "\n"
     "Multiple-choice accuracy (instead of --data):\n"
     "  --choices FILE   questions with options and the right one: MMLU, ARC, OpenBookQA,\n"
@@ -854,6 +855,7 @@ static void print_answers(const eval_options *o, const eval_sources *s, const an
         all.scored += t[i].scored;
         all.no_answer += t[i].no_answer;
         all.too_long += t[i].too_long;
+        all.cut += t[i].cut;
     }
     if (o->json) {
         printf("{\"accuracy\": %.6g, \"right\": %ld, \"answered\": %ld, \"match\": \"%s\", "
@@ -863,10 +865,10 @@ static void print_answers(const eval_options *o, const eval_sources *s, const an
             json_t *name = json_string(s->names[i]);
             char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
             printf("%s{\"source\": %s, \"accuracy\": %.6g, \"right\": %ld, \"answered\": %ld, "
-                   "\"no_answer\": %ld, \"too_long\": %ld}", i ? ", " : "",
+                   "\"no_answer\": %ld, \"too_long\": %ld, \"cut\": %ld}", i ? ", " : "",
                    quoted ? quoted : "\"?\"",
                    t[i].scored ? (double)t[i].right / (double)t[i].scored : 0.0, t[i].right,
-                   t[i].scored, t[i].no_answer, t[i].too_long);
+                   t[i].scored, t[i].no_answer, t[i].too_long, t[i].cut);
             free(quoted);
             json_decref(name);
         }
@@ -888,6 +890,11 @@ static void print_answers(const eval_options *o, const eval_sources *s, const an
         fprintf(stderr, "pesc eval: note: %ld record%s whose prompt fills the model's context "
                 "(max_position_embeddings) not scored\n", all.too_long,
                 all.too_long == 1 ? "" : "s");
+    if (all.cut)
+        fprintf(stderr, "pesc eval: note: %ld of the answers reached their token limit (%s) "
+                "before an end marker, and were scored as they stand\n", all.cut,
+                o->max_tokens ? "--max-tokens" : "the default: twice the reference's tokens "
+                "and 16 more, or 512 for numbers; --max-tokens sets it");
 }
 
 /* --generate over the loaded records */

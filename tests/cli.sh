@@ -254,6 +254,12 @@ if [ -f "$top_builddir/data/demo/config.json" ]; then
   [ $ok -eq 1 ] && [ $n -eq 6 ] && grep -q "answers right, exact match" "$tmp/out" &&
     pass "eval --generate: each answer is pesc generate's for its prompt, judged against its reference" ||
     fail "eval --generate against pesc generate: $(head -n 2 "$tmp/answers.jsonl")"
+  # answers cut by --max-tokens are counted as cut, not as ordinary wrong ones
+  expect 0 "note: 6 of the answers reached their token limit (--max-tokens) before an end marker" \
+    "eval --generate --max-tokens 1: the cut answers are said" -- \
+    "$pesc" eval --model "$demo" --demo --records 1 --generate --max-tokens 1 --backend cpu
+  "$pesc" eval --model "$demo" --demo --records 1 --generate --max-tokens 1 --json --backend cpu >"$tmp/out"
+  [ "$(grep -o '"cut": 1}' "$tmp/out" | wc -l)" = 6 ] || fail "eval --generate --json: no cut counts: $(cat "$tmp/out")"
   printf '{"text": "all answer"}\n' >"$tmp/text.jsonl"
   expect 1 "no record has a prompt and an answer to score" "eval --generate on text records" -- \
     "$pesc" eval --model "$demo" --data "$tmp/text.jsonl" --generate
