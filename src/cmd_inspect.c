@@ -1,7 +1,10 @@
 /* cmd_inspect — `pesc inspect PATH`: what a model directory (dense or exported PESC), a
  * checkpoint, a safetensors file or a dataset holds. */
 #include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +38,7 @@ static const char inspect_usage[] =
     "                      the chat template and the tokenizer of --model (or --tokenizer)\n"
     "  config.json, state.json  the model directory or checkpoint that holds it\n"
     "  tokenizer.json      its vocabulary, special tokens, chat template and an example\n"
+    "  a run's JSONL log   the run, its steps, last losses and how it ended\n"
     "\n"
     "  --format F, --template NAME, --plugin FILE   as for pesc train\n";
 
@@ -336,6 +340,103 @@ static int inspect_directory(const char *path)
     return rc;
 }
 
+/* Whether path's first line is a pesc run log's start event (pesc-log(5)). */
+static int is_run_log(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[64] = "";
+    if (f) {
+        if (!fgets(line, sizeof line, f))
+            line[0] = '\0';
+        fclose(f);
+    }
+    static const char start[] = "{\"event\":\"start\"";
+    return strncmp(line, start, sizeof start - 1) == 0;
+}
+
+/* A run log read once (pesc view follows one on a terminal): the run, how far it got, its
+ * last losses and how it ended. */
+static int inspect_log(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        pesc_error err;
+        pesc_fail(&err, "%s: %s", path, strerror(errno));
+        return cli_fail("inspect", &err);
+    }
+    char run_model[256] = "?", backend[128] = "?", end[32] = "", end_text[256] = "";
+    long total = 0, step = -1, lines = 0, bad = 0, saves = 0, eval_step = -1;
+    double loss = NAN, elapsed = 0, eval_loss = NAN, answers = NAN;
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        lines++;
+        json_t *o = json_loads(line, 0, NULL);
+        const char *event = json_string_value(json_object_get(o, "event"));
+        if (!o || !json_is_object(o)) {
+            bad++;
+        } else if (event && strcmp(event, "start") == 0) {
+            const char *m = json_string_value(json_object_get(o, "model"));
+            const char *b = json_string_value(json_object_get(o, "backend"));
+            snprintf(run_model, sizeof run_model, "%s", m ? m : "?");
+            snprintf(backend, sizeof backend, "%s", b ? b : "?");
+            total = (long)json_integer_value(json_object_get(o, "total_steps"));
+        } else if (!event && json_is_integer(json_object_get(o, "step"))) {
+            step = (long)json_integer_value(json_object_get(o, "step"));   /* a step's record */
+            loss = json_number_value(json_object_get(o, "loss"));
+            elapsed = json_number_value(json_object_get(o, "elapsed_s"));
+            if (json_is_number(json_object_get(o, "eval_loss"))) {
+                eval_loss = json_number_value(json_object_get(o, "eval_loss"));
+                eval_step = step;
+            }
+            if (json_is_number(json_object_get(o, "eval_answer_accuracy")))
+                answers = json_number_value(json_object_get(o, "eval_answer_accuracy"));
+        } else if (event) {
+            saves += strcmp(event, "save") == 0;
+            if (!strcmp(event, "finish") || !strcmp(event, "stop") || !strcmp(event, "error")) {
+                const char *text = json_string_value(json_object_get(o, "text"));
+                snprintf(end, sizeof end, "%s", event);
+                snprintf(end_text, sizeof end_text, "%s", text ? text : "");
+            } else if (!strcmp(event, "begin")) {
+                end[0] = '\0';   /* resumed: it runs again */
+            }
+        }
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    printf("run log       %s (pesc view shows it; man pesc-log)\n", path);
+    printf("run           model %s, %s\n", run_model, backend);
+    printf("steps         %ld of %ld", step < 0 ? 0 : step, total);
+    if (step >= 0)
+        printf(", %.0f s", elapsed);
+    printf("; %s\n", !strcmp(end, "finish") ? "finished" : !strcmp(end, "stop") ? "stopped"
+                     : !strcmp(end, "error") ? "failed" : "no end in the log (running, or killed)");
+    if (!strcmp(end, "error") && end_text[0])
+        printf("error         %s\n", end_text);
+    if (step >= 0)
+        printf("loss          %.4f at step %ld\n", loss, step);
+    if (eval_step >= 0)
+        printf("eval loss     %.4f at step %ld%s", eval_loss, eval_step, isnan(answers) ? "\n" : "");
+    if (eval_step >= 0 && !isnan(answers))
+        printf(", answers %.4f right\n", answers);
+    printf("lines         %ld (%ld checkpoints saved%s)\n", lines, saves, bad ? ", some lines "
+           "not JSON" : "");
+    return 0;
+}
+
+/* Neither a safetensors file (an 8-byte header length, then a JSON object) nor anything else
+ * inspect reads by its name: said so, rather than what the safetensors reader makes of it. */
+static int looks_safetensors(const char *path)
+{
+    unsigned char head[9];
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(head, 1, sizeof head, f) : 0;
+    if (f)
+        fclose(f);
+    return got == sizeof head && head[8] == '{';
+}
+
 static int inspect_safetensors(const char *path)
 {
     pesc_error err = {{0}};
@@ -530,9 +631,18 @@ int cmd_inspect(int argc, char **argv)
     }
     if (ends_with(path, ".safetensors") && !o.given)
         return inspect_safetensors(path);
+    if (!o.given && (ends_with(path, ".jsonl") || ends_with(path, ".json")) && is_run_log(path))
+        return inspect_log(path);
     static const char *const data_names[] = {".jsonl", ".json", ".gz", ".zst"};
     for (size_t i = 0; i < sizeof data_names / sizeof *data_names; i++)
         if (ends_with(path, data_names[i]))
             return inspect_data(path, &o);
+    if (!o.given && !looks_safetensors(path)) {
+        pesc_error err;
+        pesc_fail(&err, "%s: not a file pesc inspect reads: a model directory, a checkpoint, a "
+                  ".safetensors file, a .jsonl or .json dataset (another name with --format), "
+                  "a tokenizer.json or a run log", path);
+        return cli_fail("inspect", &err);
+    }
     return o.given ? inspect_data(path, &o) : inspect_safetensors(path);
 }

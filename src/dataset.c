@@ -1401,6 +1401,14 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
             pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %s)", path, r->item_line,
                       jerr.column, jerr.text);
             ok = 0;
+        } else if (first && json_is_object(o) && json_object_get(o, "total_steps") &&
+                   json_is_string(json_object_get(o, "event")) &&
+                   !strcmp(json_string_value(json_object_get(o, "event")), "start")) {
+            /* its events' "text" would pass for text records */
+            json_decref(o);
+            rc = pesc_fail(err, "%s: a pesc run log (--log), not a dataset: pesc inspect or pesc "
+                           "view reads it; give the data a run trains on", path);
+            break;
         } else {
             objects |= json_is_object(o);
             ok = make_record(&t, o, lo, path, r->item_line, &rec_err) == 0;

@@ -546,6 +546,17 @@ cmp -s "$tmp/s.jsonl" "$tmp/s.jsonl.before" || fail "a run refused for its --log
 : >"$tmp/empty.jsonl"
 # shellcheck disable=SC2086
 expect 0 "step 1/1" "an empty --log FILE is taken" -- "$pesc" train --headless $common --steps 1 --log "$tmp/empty.jsonl"
+# a run log: inspect sums it up; as --data it is refused (its notes' "text" once trained)
+expect 0 "^steps         1 of 1, [0-9]* s; finished$" "inspect a run log: how far it got and how it ended" -- \
+  "$pesc" inspect "$tmp/empty.jsonl"
+grep -q "^run log       $tmp/empty.jsonl (pesc view shows it" "$tmp/out" && grep -q "^loss          [0-9.]* at step 1$" "$tmp/out" ||
+  fail "inspect a run log: $(cat "$tmp/out")"
+# shellcheck disable=SC2086
+expect 1 "empty.jsonl: a pesc run log (\-\-log), not a dataset" "a run log as --data is refused" -- \
+  "$pesc" train --headless $common --steps 1 --data "$tmp/empty.jsonl"
+printf 'lr: 1\n' >"$tmp/cfg.yaml"
+expect 1 "cfg.yaml: not a file pesc inspect reads: a model directory, a checkpoint" \
+  "inspect of a file it does not read says what it reads" -- "$pesc" inspect "$tmp/cfg.yaml"
 mv "$tmp/s.jsonl" "$tmp/s2.jsonl"   # s.csv stays: BASE.csv of --log s.jsonl, made anew
 # shellcheck disable=SC2086
 expect 1 "\-\-sink csv: $tmp/s.csv is already there, and this run was not told to replace it: name the file (\-\-sink csv:FILE), remove it, or continue its run with \-\-resume" \
