@@ -68,6 +68,8 @@ keys Space
 check "PAUSED" "Space pauses"
 sleep 0.5; a=$(step_now); sleep 1.5; b=$(step_now)
 [ -n "$a" ] && [ "$a" = "$b" ] && pass "paused: the step counter stops at $a" || fail "paused, but steps moved ($a -> $b)"
+screen | grep -q "PAUSED .* - tok/s" && pass "paused: no tokens per second shown" ||
+  fail "paused: a rate on the status line: $(screen | head -n 1)"
 # a save while paused is on the status line at once (it once waited for the next step)
 keys s
 check "saved 0:0[0-9] ago" "s while paused: the status line counts from that save"

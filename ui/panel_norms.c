@@ -32,6 +32,8 @@ static void record_trend(ui_context *ui, const stats_record *r)
     }
     if (r->step == ui->norm_trend_step)
         return;
+    if (r->step < ui->norm_trend_step)   /* resumed from an earlier checkpoint: those steps */
+        ui->norm_trend_count = ui->norm_trend_head = 0;   /* were taken again, and differ */
     ui->norm_trend_step = r->step;
     for (int l = 0; l < L; l++) {
         ui->norm_trend[(size_t)l * NORM_TREND + ui->norm_trend_head] =

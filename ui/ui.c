@@ -398,7 +398,8 @@ static void draw_status(ui_context *ui, WINDOW *w)
         row_put(&rw, dim, "  tok ");
         row_put(&rw, val, "%s", a);
         row_put(&rw, dim, "  ");
-        row_put(&rw, val, "%s", b);
+        /* paused, none flow: the last step's rate would stand there as if they did */
+        row_put(&rw, val, "%s", v->state == MONITOR_PAUSED ? "-" : b);
         row_put(&rw, dim, " tok/s");
         format_duration_short(r->eta_s, a, sizeof a);
         row_put(&rw, dim, "  ETA ");
