@@ -55,6 +55,12 @@ awk -v a="$lr_before" -v b="$lr_after" 'BEGIN { exit !(a > 0 && b / a > 1.2 && b
 i=0; while ! grep -q '"lr_overridden":true' "$tmp/run.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 grep -q '"lr_overridden":true' "$tmp/run.jsonl" && pass "the new LR is in the JSONL log" || fail "no overridden LR in the log"
 
+# a long reply is shown whole, on the key bar's row (the status line cut it after 'lr')
+keys l
+keys -- -1 Enter
+check "error: lr '-1': give a rate from 0 to 10 \(lr 1e-4\) or a factor above 0 up to 10 \(lr \*0\.5\)" \
+  "a refused value's whole reply is on screen"
+
 # e: the held-out data scored after the next step (a line through it on the loss chart)
 if [ -z "${PESC_TUI_ARGS:-}" ]; then
   keys e

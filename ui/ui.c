@@ -208,6 +208,14 @@ static int message_fresh(const ui_context *ui)
     return ui->message[0] && pesc_now() - ui->message_at < 6.0;
 }
 
+/* A fresh reply goes in the key bar's row, whole, where the status line has no room for it:
+ * one status row, or a reply longer than half the width (the second row's segments take the
+ * rest; an error's advice was cut there). */
+static int message_on_keys(const ui_context *ui)
+{
+    return message_fresh(ui) && (ui->lo.status.h < 2 || text_columns(ui->message) > ui->cols / 2);
+}
+
 /* ---- windows ------------------------------------------------------------------------------ */
 
 typedef struct ui_windows_extra {
@@ -446,7 +454,7 @@ static void draw_status(ui_context *ui, WINDOW *w)
             row_put(&rw, dim, " ago");
     }
     /* a reply for a few seconds, then the source's note again */
-    if (message_fresh(ui)) {
+    if (message_fresh(ui) && !message_on_keys(ui)) {
         int bad = strncmp(ui->message, "error", 5) == 0;
         row_put_reply(&rw, stops, n_stops, theme_attr(&ui->theme, bad ? PAIR_BAD : PAIR_GOOD, A_BOLD),
                       ui->message);
@@ -500,8 +508,10 @@ static void draw_keys(ui_context *ui, WINDOW *w)
         draw_mini_prompt(ui, w);
         return;
     }
-    if (ui->lo.status.h < 2 && message_fresh(ui)) {
-        draw_text(w, 0, 1, getmaxx(w) - 1, A_BOLD, ui->message);
+    if (message_on_keys(ui)) {
+        int bad = strncmp(ui->message, "error", 5) == 0;
+        draw_text(w, 0, 1, getmaxx(w) - 1, bad ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD) | (int)A_BOLD
+                                               : (int)A_BOLD, ui->message);
         return;
     }
     if (ui->mode == MODE_PROMPT) {
