@@ -64,6 +64,7 @@ check "FAILED" "a 404 fails the run" 20
 check "nothing\\.jsonl" "the failure names the file"
 # the reason is on the status line, after the badge (it was only on stderr, after quitting)
 check "FAILED +.*nothing\\.jsonl.*404" "the status line says why the run failed"
+check "the run failed before it began" "the console does not invite prompts to a run that never began"
 keys q
 status=$(wait_status "$tmp/status" 10)
 if [ "$status" = 1 ] && grep -q "$base/f/nothing.jsonl" "$tmp/stderr" && \

@@ -147,7 +147,10 @@ static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0
 {
     int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
     if (v->n_events == 0) {
-        draw_text(w, y0, 2, width, dim, "no events yet; press / to ask the model something");
+        /* a run that failed before it began (a download, say) has no model to ask */
+        draw_text(w, y0, 2, width, dim, v->state == MONITOR_FAILED
+                  ? "the run failed before it began (why: the status line); q leaves"
+                  : "no events yet; press / to ask the model something");
         return;
     }
     int first = v->n_events, used = 0;
