@@ -508,7 +508,7 @@ static int inspect_data(const char *path, const data_options *o)
     if (tok_path && !(tok = tok_load(tok_path, &err)))
         goto out;
     lo.tok = tok;
-    lo.strict = !tok;   /* a text record is no bad record to skip: it needs the tokenizer */
+    lo.untokenized = !tok;   /* text records read and counted, their tokens not */
     lo.warn = stderr;
     if (dataset_load(&d, path, &lo, &err) != 0)
         goto out;
@@ -518,11 +518,12 @@ static int inspect_data(const char *path, const data_options *o)
     }
     lengths = xmalloc((size_t)d.n * sizeof *lengths);
     long long tokens = 0;
-    long over = 0;
+    long over = 0, untokenized = 0;
     for (int i = 0; i < d.n; i++) {
         lengths[i] = d.items[i].len;
         tokens += lengths[i];
         over += lengths[i] > seq;
+        untokenized += !tok && lengths[i] == 0;
     }
     qsort(lengths, (size_t)d.n, sizeof *lengths, compare_ints);
     printf("dataset       %s\n", path);
@@ -534,6 +535,13 @@ static int inspect_data(const char *path, const data_options *o)
     printf("records       %d", d.n);
     if (d.skipped)
         printf(" (%ld skipped)", d.skipped);
+    if (untokenized) {   /* text records: their tokens are a tokenizer's to count */
+        printf("\ntokens        not counted: %ld text record%s, which the tokenizer of a model "
+               "renders (give --model DIR or --tokenizer FILE)\n", untokenized,
+               untokenized == 1 ? "" : "s");
+        rc = 0;
+        goto out;
+    }
     printf("\ntokens        %lld (%lld predicted)\n", tokens, d.predicted);
     /* nearest rank: the shortest length at least 95% of the records have at most */
     printf("length        min %d, median %d, mean %.1f, p95 %d, max %d\n", lengths[0],

@@ -907,6 +907,8 @@ static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const c
         out->ids = out->labels = NULL;
         return 0;
     }
+    if (!lo->tok && lo->untokenized)
+        return 0;   /* t stays empty: a record of no tokens */
     if (!lo->tok)
         return pesc_fail(err, "%s records need a tokenizer (--tokenizer or a model "
                          "directory with tokenizer.json)", format);

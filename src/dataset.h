@@ -119,6 +119,8 @@ typedef struct ds_load_options {
     FILE *warn;                  /* where skip warnings go (the first few); NULL: silent */
     int source;                  /* recorded in every record */
     const ds_formats *formats;   /* where `format` points; NULL: the built-ins */
+    int untokenized;             /* with no tok: text and message records are kept with no
+                                    tokens (read, not rendered: pesc inspect's look at a file) */
 } ds_load_options;
 
 /* Reads a tokens-format JSONL file. vocab_size > 0 makes an id or label outside
