@@ -190,7 +190,10 @@ static int entry_line(reader *r, const char *s)
         f->entries = xrealloc(f->entries, r->cap_entries * sizeof *f->entries);
         r->first = xrealloc(r->first, r->cap_entries * sizeof *r->first);
     }
-    f->entries[f->n] = (optfile_entry){.line = r->line, .name = name};
+    char *written = xmalloc(len + 1);
+    memcpy(written, s, len);
+    written[len] = '\0';
+    f->entries[f->n] = (optfile_entry){.line = r->line, .name = name, .written = written};
     r->first[f->n++] = r->n_pool;
     const char *v = s + len + 1;
     while (*v == ' ' || *v == '\t')
@@ -299,6 +302,7 @@ void optfile_delete(optfile *f)
         return;
     for (int i = 0; i < f->n; i++) {
         free(f->entries[i].name);
+        free(f->entries[i].written);
         for (int j = 0; j < f->entries[i].n_values; j++)
             free(f->entries[i].values[j]);
     }

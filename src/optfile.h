@@ -26,6 +26,7 @@
 typedef struct optfile_entry {
     int line;                 /* where the name is, from 1 */
     char *name;               /* as written, each '_' turned '-' */
+    char *written;            /* as written, for messages */
     char **values;            /* n_values of them, unquoted (in the pool) */
     int n_values;
     int is_list;              /* written as a list (maybe of one item, or none) */

@@ -521,15 +521,16 @@ static int apply_file(train_config *c, const char *cmd, const char *path,
         if (!o->name && !other)
             near = cli_nearest_option(table, e->name);
         if (o->name && (o->val == OPT_HELP || o->val == OPT_CONFIG))
-            rc = cli_usage_error(cmd, "a config file cannot give '%s'", e->name);
+            rc = cli_usage_error(cmd, "a config file cannot give '%s'", e->written);
         else if (other)
             rc = cli_usage_error(cmd, "unknown option '%s': pesc's name for it is '%s'",
-                                 e->name, other);
+                                 e->written, other);
         else if (near)
-            rc = cli_usage_error(cmd, "unknown option '%s': did you mean '%s'?", e->name, near);
+            rc = cli_usage_error(cmd, "unknown option '%s': did you mean '%s'?", e->written,
+                                 near);
         else if (!o->name)
             rc = cli_usage_error(cmd, "unknown option '%s': names are pesc train's long options "
-                                 "without their --", e->name);
+                                 "without their --", e->written);
         if (rc == 0 && !given_on_command_line(given, n, o->val))
             rc = apply_entry(c, cmd, e, o);
     }

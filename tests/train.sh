@@ -123,12 +123,12 @@ sed -e 's/^lr: .*/lr: 5e-2/' -e 's/^steps: .*/steps: 9/' -e "s|^  - .*|  - $tmp/
 expect 0 '^log: "-x: y #z"$' "--print-config quotes what YAML would misread" -- \
   "$pesc" train --headless --log "-x: y #z" --print-config
 printf 'steps: 2\nexperts: 4\nlearning_rate: 1e-3\n' >"$tmp/bad.yaml"
-expect 2 "bad.yaml:3: unknown option 'learning-rate': pesc's name for it is 'lr'" \
+expect 2 "bad.yaml:3: unknown option 'learning_rate': pesc's name for it is 'lr'" \
   "--config: an option of another trainer's name is refused at its line, with pesc's" -- \
   "$pesc" train --headless --config "$tmp/bad.yaml" --log "$tmp/bad.jsonl"
 [ -e "$tmp/bad.jsonl" ] && fail "a refused --config run made its log"
 printf 'neftune_noise_alpha: 5\n' >"$tmp/bad.yaml"
-expect 2 "bad.yaml:1: unknown option 'neftune-noise-alpha': pesc's name for it is 'neftune'" \
+expect 2 "bad.yaml:1: unknown option 'neftune_noise_alpha': pesc's name for it is 'neftune'" \
   "--config: LLaMA-Factory's NEFTune name is told pesc's" -- \
   "$pesc" train --headless --config "$tmp/bad.yaml"
 expect 0 "^neftune: 5$" "--print-config writes --neftune" -- \
