@@ -578,7 +578,7 @@ static void test_unnamed_outputs(const pesc_plugins *plugins)
         if (f)
             fclose(f);
     }
-    /* the log is named first but opens last: the csv refused, it is still whole */
+    /* a fresh run's named log that holds one is refused whole, before any sink opens */
     snprintf(log, sizeof log, "jsonl:%s/kept.jsonl", dir);
     FILE *f = fopen(log + 6, "w");
     fputs("precious\n", f);
@@ -586,14 +586,22 @@ static void test_unnamed_outputs(const pesc_plugins *plugins)
     const char *specs[] = {log, "csv"};
     o.resume = 0;
     o.first_is_log = 1;
-    CHECK(!sinks_open(specs, 2, &run, &o, &err) && strstr(err.msg, "--sink csv: "),
-          "the csv refused beside a log: %s", err.msg);
+    CHECK(!sinks_open(specs, 2, &run, &o, &err) && strstr(err.msg, "--log: ") &&
+          strstr(err.msg, "kept.jsonl already holds a log (9 bytes)"),
+          "a log that holds one refused: %s", err.msg);
     f = fopen(log + 6, "r");
     char line[64] = "";
     CHECK(f && fgets(line, sizeof line, f) && strcmp(line, "precious\n") == 0,
-          "a run refused for its csv truncated the log: '%s'", line);
+          "a run refused for its log truncated it: '%s'", line);
     if (f)
         fclose(f);
+    /* the log is named first but opens last: the csv refused, nothing is written to it */
+    f = fopen(log + 6, "w");
+    fclose(f);
+    CHECK(!sinks_open(specs, 2, &run, &o, &err) && strstr(err.msg, "--sink csv: "),
+          "the csv refused beside a log: %s", err.msg);
+    struct stat st;
+    CHECK(stat(log + 6, &st) == 0 && st.st_size == 0, "a run refused for its csv wrote the log");
 }
 
 /* The outputs' directories: made as mkdir -p does; a file in the way refused, naming it so */

@@ -58,9 +58,10 @@ grep -q "^cuda:0  CUDA emulator (CPU)" "$tmp/devices" &&
 # packing and recomputation, on the fused and the gemm attention (this model's heads of 16 are
 # below flash attention's 32, and its products too narrow for bf16: test_cuda_step covers
 # those)
-train() {   # log, backend, environment...
+train() {   # log (made anew), backend, environment...
   log=$1 backend=$2
   shift 2
+  rm -f "$log"   # a fresh run refuses a log that holds one
   env "$@" "$pesc" train --headless --model "$m" --data "$m/records.jsonl" --format tokens \
     --seq 16 --batch 2 --pack --recompute --experts 4 --adapter-dim 8 --steps 4 \
     --backend "$backend" --log "$log" >/dev/null 2>"$tmp/err"
@@ -158,9 +159,10 @@ status=$?
 # --eval-generate between steps on the emulated GPU: the demo's held-out loss and greedy
 # answers after 2 steps, as the CPU's (in fp32 products: TF32's rounding flipped a near tie in
 # a longer run, 11 answers of 24 right against the CPU's 12)
-heldout() {   # log, backend, environment...
+heldout() {   # log (made anew), backend, environment...
   log=$1 backend=$2
   shift 2
+  rm -f "$log"
   env "$@" "$pesc" train --headless --eval-data demo:arithmetic,seed=1235,records=12 \
     --eval-data demo:sort,seed=1235,records=12 --eval-generate exact --steps 2 --batch 4 \
     --eval-every 2 --lr 3e-2 --warmup 0 --backend "$backend" --log "$log" >/dev/null 2>"$tmp/err"
@@ -213,6 +215,7 @@ awk 'BEGIN { srand(7); for (r = 0; r < 16; r++) { printf "{\"input_ids\": [";
 fit() {   # KiB of GPU memory, math, attention, pesc train options...
   kb=$1 math=$2 attention=$3
   shift 3
+  rm -f "$tmp/fit.jsonl"
   PESC_EMU_MEMORY_KB=$kb PESC_EMU_REPORT="$tmp/report" PESC_CUDA_MATH=$math \
     PESC_CUDA_ATTENTION=$attention "$pesc" train --headless --model "$demo" \
     --data "$tmp/rows.jsonl" --format tokens --seq 128 --batch 4 --steps 1 --backend cuda \
