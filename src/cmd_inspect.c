@@ -509,6 +509,7 @@ static int inspect_data(const char *path, const data_options *o)
         goto out;
     lo.tok = tok;
     lo.untokenized = !tok;   /* text records read and counted, their tokens not */
+    lo.strict = !tok;        /* a file looked at without a model: its first bad record says why */
     lo.warn = stderr;
     if (dataset_load(&d, path, &lo, &err) != 0)
         goto out;
