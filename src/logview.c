@@ -360,6 +360,7 @@ static int logview_snapshot(void *ctx, monitor_view *v)
     v->state = lv->state;
     snprintf(v->message, sizeof v->message, "%s", lv->message);
     write_note(lv, v->note, sizeof v->note);
+    v->quiet = lv->state == MONITOR_RUNNING && pesc_now() - lv->last_growth > lv->stall_s;
     v->run = lv->run;
     if (lv->last) {
         if (!lv->have_run) {

@@ -61,6 +61,8 @@ typedef struct monitor_view {
     char note[256];              /* what the status line keeps showing about the source while
                                     it holds: a log gone quiet, malformed lines skipped; "" when
                                     nothing (a live run has none) */
+    int quiet;                   /* a running log with no new line for a while: the run may
+                                    be dead (killed) or hung; its ETA is not to be trusted */
     stats_run run;               /* model, backend, sources, shape */
     stats_record *last;          /* the latest step; NULL before the first */
     double since_save_s;         /* < 0: never saved */

@@ -173,8 +173,11 @@ keys q
 { head -n 3 "$tmp/done.jsonl"; echo 'not a record'; tail -n +4 "$tmp/done.jsonl" | grep -v '"event":"finish"'
   echo '{"event":'; } >"$tmp/quiet.jsonl"
 tui_start 130 30 env PESC_VIEW_STALL_S=1 "$pesc" view "$tmp/quiet.jsonl"
-check "RUNNING .*step 60/60" "a quiet log is shown running"
+check "(RUNNING|QUIET) .*step 60/60" "a quiet log is shown"
 check "no new lines for [0-9]+ s; 2 malformed lines skipped" "the quiet log's note comes first, the count after it"
+# quiet past the stall time, the badge says so and the ETA is not promised (a killed run's
+# view said RUNNING with an ETA for as long as it was left open)
+check "QUIET .*step 60/60.*ETA --" "a quiet log: QUIET on the badge, no ETA"
 keys q
 # a log a killed run left ten minutes ago is quiet since then, not since the view began
 touch -d '10 minutes ago' "$tmp/quiet.jsonl"

@@ -370,6 +370,10 @@ static void draw_status(ui_context *ui, WINDOW *w)
     row_put(&rw, theme_attr(&ui->theme, PAIR_TITLE, A_BOLD) | (int)A_BOLD, " pesc ");
     int pair;
     const char *badge = state_badge(ui, ui->have_view ? v->state : MONITOR_STARTING, &pair);
+    if (ui->have_view && v->quiet) {   /* a log gone quiet: running, or killed, or hung */
+        badge = ui->theme.utf8 ? " \u25b6? QUIET " : " >? QUIET ";
+        pair = PAIR_PAUSE;
+    }
     row_put(&rw, theme_attr(&ui->theme, pair, A_REVERSE) | (int)A_BOLD, "%s", badge);
     row_put(&rw, 0, " ");
     if (!r && ui->have_view && v->state == MONITOR_FAILED && v->message[0]) {
@@ -409,7 +413,7 @@ static void draw_status(ui_context *ui, WINDOW *w)
         /* paused, none flow: the last step's rate would stand there as if they did */
         row_put(&rw, val, "%s", v->state == MONITOR_PAUSED ? "-" : b);
         row_put(&rw, dim, " tok/s");
-        format_duration_short(r->eta_s, a, sizeof a);
+        format_duration_short(v->quiet ? -1.0 : r->eta_s, a, sizeof a);
         row_put(&rw, dim, "  ETA ");
         row_put(&rw, val, "%s", a);
         if (h == 1) {
