@@ -521,6 +521,17 @@ void checkpoint_unlock(int lock)
         close(lock);   /* releases the flock */
 }
 
+void checkpoint_unlock_unused(int lock, const char *save_dir)
+{
+    if (lock < 0)
+        return;
+    char *path = pesc_path_join(save_dir, LOCK_FILE);
+    unlink(path);   /* held: no other run can have taken it meanwhile */
+    free(path);
+    close(lock);
+    rmdir(save_dir);
+}
+
 int checkpoint_prepare(const char *save_dir, pesc_error *err)
 {
     struct stat st;

@@ -89,6 +89,10 @@ int checkpoint_prepare(const char *save_dir, pesc_error *err);
  * leaves nothing that blocks the next; the file stays, and is no checkpoint. Returns the
  * lock, or -1 with err. */
 int checkpoint_lock(const char *save_dir, pesc_error *err);
+/* A run refused (or stopped) before its first checkpoint, in a save_dir it made itself: the
+ * lock file goes while still held, then the lock, then the directory when it is empty (a
+ * directory that holds anything else stays). */
+void checkpoint_unlock_unused(int lock, const char *save_dir);
 void checkpoint_unlock(int lock);   /* accepts -1 */
 /* Refuses a save_dir that holds checkpoints this run does not continue: those of another run
  * (when the run is not resumed from save_dir itself), or, when it is, those past the resumed

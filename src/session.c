@@ -90,6 +90,7 @@ struct session {
     ds_formats *formats;         /* built-in and plugin dataset formats */
     sink_set *sinks;             /* the JSONL log and --sink outputs */
     int save_lock;               /* checkpoint_lock of --save DIR; -1: none */
+    int made_save_dir;           /* --save DIR was not there: this run made it */
 
     /* trainer state */
     long step, start_step, total_steps, nan_skipped, nan_run;
@@ -2248,6 +2249,8 @@ static int check_memory(session *s, pesc_error *err)
 static int check_save_dir(session *s, pesc_error *err)
 {
     const train_config *c = &s->cfg;
+    struct stat st;
+    s->made_save_dir = stat(c->save_dir, &st) != 0;
     if (checkpoint_prepare(c->save_dir, err) != 0 ||
         (s->save_lock = checkpoint_lock(c->save_dir, err)) < 0)
         return -1;
@@ -2710,7 +2713,10 @@ void session_delete(session *s)
     free(s->tokenizer_path);
     free(s->last_checkpoint);
     monitor_view_delete(s->shared);
-    checkpoint_unlock(s->save_lock);
+    if (s->made_save_dir && s->last_save < 0)   /* refused before it saved: none left */
+        checkpoint_unlock_unused(s->save_lock, s->cfg.save_dir);
+    else
+        checkpoint_unlock(s->save_lock);
     plugins_delete(s->plugins);   /* last: sinks and formats may live in its modules */
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->lock);

@@ -569,8 +569,11 @@ cmp -s "$tmp/s.csv" "$tmp/s.csv.before" && [ ! -s "$tmp/s.jsonl" ] ||
 # shellcheck disable=SC2086
 expect 1 "\-\-sink jsonl: it would write $tmp/s.jsonl, which \-\-log already writes" \
   "--sink jsonl on the --log file is refused, naming --log" -- \
-  "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl" --sink jsonl
+  "$pesc" train --headless $common --steps 1 --log "$tmp/s.jsonl" --sink jsonl --save "$tmp/refused-save"
 [ ! -s "$tmp/s.jsonl" ] || fail "a run refused for --sink jsonl wrote the log"
+# the --save directory it made for the run it was refused is not left behind (with its .lock)
+[ ! -e "$tmp/refused-save" ] && pass "a refused run leaves no --save directory it made" ||
+  fail "a refused run left $(ls -A "$tmp/refused-save")"
 mkdir "$tmp/cwd" && echo precious >"$tmp/cwd/pesc-run.csv"
 absolute() { (cd "$(dirname "$1")" && printf '%s/%s' "$(pwd)" "$(basename "$1")"); }
 expect 1 "\-\-sink csv: pesc-run.csv is already there" "--sink csv refuses an existing ./pesc-run.csv" -- \
