@@ -183,13 +183,14 @@ static int compared_attr(ui_context *ui, int i)
     return theme_attr(&ui->theme, PAIR_COMPARE0 + i, plain[i]);
 }
 
-/* name in at most room columns: without its .jsonl, then with its middle cut out, so that
- * both the start and the end of names that differ in either still show. */
-static void shorten_name(const char *name, int room, int utf8, char *out, size_t cap)
+/* name in at most room columns: without its .jsonl (also when it fits, with strip: the
+ * names side by side read alike), then with its middle cut out, so that both the start and
+ * the end of names that differ in either still show. */
+static void shorten_name(const char *name, int room, int utf8, int strip, char *out, size_t cap)
 {
     snprintf(out, cap, "%s", name);
     size_t len = strlen(out);
-    if (text_columns(out) <= room)
+    if (text_columns(out) <= room && !strip)
         return;
     if (len > 6 && strcmp(out + len - 6, ".jsonl") == 0)
         out[len -= 6] = '\0';
@@ -213,22 +214,27 @@ static void shorten_name(const char *name, int room, int utf8, char *out, size_t
 static void draw_compared_legend(ui_context *ui, WINDOW *w, int y, int width,
                                  const monitor_view *v, const run_curves *curves)
 {
-    int room = (width - 1) / v->n_compared, x = 2;
+    int room = (width - 1) / v->n_compared, x = 2, strip = 0;
+    char value[MONITOR_COMPARED][32];
     for (int i = 0; i < v->n_compared; i++) {
-        char value[32], name[sizeof v->compared[i].name];
         const run_curves *c = &curves[i];
         if (c->n > 0)
-            snprintf(value, sizeof value, " %.3f", c->smoothed[c->n - 1]);
+            snprintf(value[i], sizeof value[i], " %.3f", c->smoothed[c->n - 1]);
         else
-            snprintf(value, sizeof value, " --");
-        int name_room = room - 2 - (int)strlen(value) - 2;   /* mark, value, gap */
-        shorten_name(v->compared[i].name, name_room, ui->theme.utf8, name, sizeof name);
+            snprintf(value[i], sizeof value[i], " --");
+        /* one name without room for its .jsonl: none keeps it */
+        strip |= text_columns(v->compared[i].name) > room - 2 - (int)strlen(value[i]) - 2;
+    }
+    for (int i = 0; i < v->n_compared; i++) {
+        char name[sizeof v->compared[i].name];
+        int name_room = room - 2 - (int)strlen(value[i]) - 2;   /* mark, value, gap */
+        shorten_name(v->compared[i].name, name_room, ui->theme.utf8, strip, name, sizeof name);
         int at = x;
         const char *mark = ui->theme.utf8 ? "\u2501" : "=";
         x += draw_text(w, y, x, width - x + 1, compared_attr(ui, i), mark);
         x += draw_text(w, y, x, width - x + 1, 0, " ");
         x += draw_text(w, y, x, width - x + 1, 0, name);
-        x += draw_text(w, y, x, width - x + 1, (int)A_BOLD, value);
+        x += draw_text(w, y, x, width - x + 1, (int)A_BOLD, value[i]);
         x = at + room > x + 2 ? at + room : x + 2;
     }
 }
