@@ -23,7 +23,8 @@ static const char demo_usage[] =
     "  -o, --output FILE  where to write (- for standard output); a file already there is\n"
     "                     refused unless --force\n"
     "  --force            replace FILE when it is already there\n"
-    "  --records N        how many records (default 1000 per family written)\n"
+    "  --records N        how many records in all, dealt among the families (default:\n"
+    "                     1000 for each family written; pesc eval --demo counts per family)\n"
     "  --seed S           generator seed (default 1234, the demo's)\n"
     "  --family NAME      only this family (repeatable); records are dealt round-robin\n";
 
