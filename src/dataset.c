@@ -1400,8 +1400,11 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                       jerr.text);
             ok = 0;
         } else if (!o) {
-            pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %s)", path, r->item_line,
-                      jerr.column, jerr.text);
+            /* jansson reads the one line as a whole text: its "end of file" is the line's */
+            const char *eof = strstr(jerr.text, "near end of file");
+            pesc_fail(&rec_err, "%s:%ld: not valid JSON (column %d: %.*s%s)", path, r->item_line,
+                      jerr.column, eof ? (int)(eof - jerr.text) : (int)strlen(jerr.text),
+                      jerr.text, eof ? "at the end of the line: cut short?" : "");
             ok = 0;
         } else if (first && json_is_object(o) && json_object_get(o, "total_steps") &&
                    json_is_string(json_object_get(o, "event")) &&

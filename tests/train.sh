@@ -1026,6 +1026,14 @@ grep -q "learning rate at step" "$tmp/err" && fail "resume as the run was: a lea
 expect 1 "binary.jsonl: 6 of its 8 records were skipped (the first: .*binary.jsonl:3: not valid UTF-8 .*): it is not a dataset pesc reads as it stands" \
   "a file of mostly skipped records is refused" -- "$pesc" train --headless $common --data "$tmp/binary.jsonl" --steps 1
 
+# a line cut short is said so: its end is the line's, not the file's (jansson's "near end of
+# file" read as if the whole file had been cut)
+{ head -n 2 "$tmp/data.jsonl"; head -n 1 "$tmp/data.jsonl" | cut -c 1-20; tail -n +3 "$tmp/data.jsonl"; } >"$tmp/cut.jsonl"
+# shellcheck disable=SC2086
+expect 1 "cut.jsonl:3: not valid JSON (column [0-9]*: .* at the end of the line: cut short?)" \
+  "a line cut short in the middle of a file: named at its line" -- \
+  "$pesc" train --headless $common --data "$tmp/cut.jsonl" --steps 1 --strict
+
 # a skipped bad record is said on stderr and in the log (where the workbench and pesc view
 # show it: the workbench's stderr is its screen)
 { head -n 5 "$tmp/data.jsonl"; echo '{"input_ids": "x"}'; tail -n +6 "$tmp/data.jsonl"; } >"$tmp/bad.jsonl"
