@@ -119,6 +119,14 @@ sleep 1
 [ "$(generates)" -eq $((before + 1)) ] && pass "a paste of two lines, then Enter: one generate" \
   || fail "a paste of two lines: $(($(generates) - before)) generate events"
 keys Escape
+# under an answer the console shows only what came after it; v shows every recent event, and
+# PgUp goes back to the run's first (the memory estimate)
+keys v
+check "Prompt: events" "v in the console: the recent events"
+for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13; do keys PPage; done
+check "training needs [0-9.]+ [KMG]iB more memory" "PgUp in the events goes back to the run's first"
+keys v
+check "─ Prompt ─" "v again: the answer"
 # wide characters take two columns each: 60 of them once ran past the frame onto the line below
 keys / C-u
 keys -l "$(printf '世%.0s' $(seq 60))end"

@@ -142,8 +142,10 @@ static int event_rows(ui_context *ui, const stats_event *e, int width)
     return flow(ui, NULL, e->text, NULL, 0, width + 2 - x, 0, &col, 0, 0, 0, 0) + 1;
 }
 
-/* The newest events that fit, oldest first; the newest is drawn even when it does not. */
-static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0, int rows, int width)
+/* The newest events that fit, oldest first, the newest `back` left out (the events view
+ * scrolled back); the newest shown is drawn even when it does not fit. */
+static void draw_events_from(ui_context *ui, WINDOW *w, const monitor_view *v, int back, int y0,
+                             int rows, int width)
 {
     int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
     if (v->n_events == 0) {
@@ -153,7 +155,7 @@ static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0
                   : "no events yet; press / to ask the model something");
         return;
     }
-    int first = v->n_events, used = 0;
+    int end = v->n_events - back, first = end, used = 0;
     while (first > 0) {
         int need = event_rows(ui, &v->events[first - 1], width);
         if (used > 0 && used + need > rows)
@@ -161,7 +163,7 @@ static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0
         used += need;
         first--;
     }
-    for (int i = first, y = y0; i < v->n_events && y < y0 + rows; i++) {
+    for (int i = first, y = y0; i < end && y < y0 + rows; i++) {
         const stats_event *e = &v->events[i];
         char step[32], kind[32];
         int tx = event_prefix(e, step, sizeof step, kind, sizeof kind);
@@ -179,6 +181,11 @@ static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0
     }
 }
 
+static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0, int rows, int width)
+{
+    draw_events_from(ui, w, v, 0, y0, rows, width);
+}
+
 static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
 {
     int h = getmaxy(w);
@@ -191,10 +198,19 @@ static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     if (ui->colour_tokens)
         snprintf(right + strlen(right), sizeof right - strlen(right), " at L%d", ui->gen_layer);
     int focused = ui->focus == PANEL_CONSOLE;
-    int width = draw_frame(ui, w, v->generating ? "Prompt: generating" : "Prompt", right, focused);
+    if (ui->console_back > v->n_events - 1)   /* the events view: at least the oldest shows */
+        ui->console_back = v->n_events > 0 ? v->n_events - 1 : 0;
+    char title[64];
+    if (ui->console_events)
+        snprintf(title, sizeof title, "Prompt: events%s", ui->console_back ? ", scrolled back" : "");
+    else
+        snprintf(title, sizeof title, "%s", v->generating ? "Prompt: generating" : "Prompt");
+    int width = draw_frame(ui, w, title, right, focused);
     int rows = h - 3;
     if (rows > 0) {
-        if (v->prompt[0] || v->generated[0]) {
+        if (ui->console_events) {   /* the run's recent events, whatever was asked since */
+            draw_events_from(ui, w, v, ui->console_back, 1, rows, width - 2);
+        } else if (v->prompt[0] || v->generated[0]) {
             /* the events after the answer's own (its generate event ends it), up to a third of
              * the rows, under it past a blank line (none in four rows or fewer: the answer's
              * lines come first) */
@@ -245,13 +261,28 @@ static int console_key(ui_context *ui, int key, const monitor_view *v)
     case '<': case KEY_LEFT: if (ui->gen_layer > 0) ui->gen_layer--; return UI_HANDLED;
     case '>': case KEY_RIGHT: if (ui->gen_layer + 1 < L) ui->gen_layer++; return UI_HANDLED;
     case 'c': ui->colour_tokens = !ui->colour_tokens; return UI_HANDLED;
+    case 'v':   /* the answer and the events after it / every recent event */
+        ui->console_events = !ui->console_events;
+        ui->console_back = 0;
+        return UI_HANDLED;
+    case KEY_UP: case KEY_PPAGE:   /* the events view: further back, one or a few */
+        if (!ui->console_events)
+            return UI_IGNORED;
+        ui->console_back += key == KEY_UP ? 1 : 5;   /* console_draw keeps it in range */
+        return UI_HANDLED;
+    case KEY_DOWN: case KEY_NPAGE:
+        if (!ui->console_events)
+            return UI_IGNORED;
+        ui->console_back -= key == KEY_DOWN ? 1 : 5;
+        ui->console_back = ui->console_back < 0 ? 0 : ui->console_back;
+        return UI_HANDLED;
     default: return UI_IGNORED;
     }
 }
 
 const ui_panel_class console_panel_class = {
     .title = "Prompt",
-    .hint = "Enter type  tT oO mM <> c",
+    .hint = "Enter type  tT oO mM <> c  v events",
     .draw = console_draw,
     .key = console_key,
 };

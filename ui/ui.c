@@ -574,7 +574,8 @@ static void draw_help(ui_context *ui)
         "           when pesc view compares runs)",
         "Norms      v |U| heatmap / |D| heatmap / bars with trend",
         "Console    t T temperature, o O top-p, m M max tokens,",
-        "           < > layer for colours, c colour tokens by expert",
+        "           < > layer for colours, c colour tokens by expert,",
+        "           v every recent event (Up/Down, PgUp/PgDn go back)",
         "",
         "any key closes this help",
     };

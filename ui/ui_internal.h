@@ -111,6 +111,8 @@ struct ui_context {
     double gen_temperature, gen_top_p;
     int gen_layer;
     int colour_tokens;
+    int console_events;          /* the console shows every recent event, not the answer */
+    int console_back;            /* events left out at the newest end (scrolled back) */
 };
 
 /* Sends a command line and shows its reply; -1 when the reply is an error. */
