@@ -365,6 +365,8 @@ static int inspect_log(const char *path)
         return cli_fail("inspect", &err);
     }
     char run_model[256] = "?", backend[128] = "?", end[32] = "", end_text[256] = "";
+    char last_error[256] = "";   /* the reason before the closing "at step N" */
+    int failed_for_now = 0;      /* the last event an error that is not the closing one */
     long total = 0, step = -1, lines = 0, bad = 0, saves = 0, eval_step = -1;
     double loss = NAN, elapsed = 0, eval_loss = NAN, answers = NAN;
     char *line = NULL;
@@ -383,7 +385,11 @@ static int inspect_log(const char *path)
             total = (long)json_integer_value(json_object_get(o, "total_steps"));
         } else if (!event && json_is_integer(json_object_get(o, "step"))) {
             step = (long)json_integer_value(json_object_get(o, "step"));   /* a step's record */
-            loss = json_number_value(json_object_get(o, "loss"));
+            if (failed_for_now)   /* the run went on after that error (a save's, say) */
+                end[0] = '\0';
+            failed_for_now = 0;
+            loss = json_is_number(json_object_get(o, "loss"))   /* null: not finite */
+                       ? json_number_value(json_object_get(o, "loss")) : NAN;
             elapsed = json_number_value(json_object_get(o, "elapsed_s"));
             if (json_is_number(json_object_get(o, "eval_loss"))) {
                 eval_loss = json_number_value(json_object_get(o, "eval_loss"));
@@ -392,13 +398,24 @@ static int inspect_log(const char *path)
             if (json_is_number(json_object_get(o, "eval_answer_accuracy")))
                 answers = json_number_value(json_object_get(o, "eval_answer_accuracy"));
         } else if (event) {
+            const char *text = json_string_value(json_object_get(o, "text"));
+            text = text ? text : "";
+            /* the run's end is its last event, "at step N"; an error before it is the reason
+             * (or one the run went on after: a save, an evaluation) */
+            int closing = strncmp(text, "at step ", 8) == 0;
             saves += strcmp(event, "save") == 0;
-            if (!strcmp(event, "finish") || !strcmp(event, "stop") || !strcmp(event, "error")) {
-                const char *text = json_string_value(json_object_get(o, "text"));
+            if (!strcmp(event, "error") && !closing) {   /* the end, unless a step follows */
+                snprintf(last_error, sizeof last_error, "%s", text);
+                snprintf(end, sizeof end, "error");
+                snprintf(end_text, sizeof end_text, "%s", text);
+                failed_for_now = 1;
+            } else if (!strcmp(event, "finish") || !strcmp(event, "stop") ||
+                       !strcmp(event, "error")) {
+                failed_for_now = 0;
                 snprintf(end, sizeof end, "%s", event);
-                snprintf(end_text, sizeof end_text, "%s", text ? text : "");
+                snprintf(end_text, sizeof end_text, "%s", last_error[0] ? last_error : text);
             } else if (!strcmp(event, "begin")) {
-                end[0] = '\0';   /* resumed: it runs again */
+                end[0] = last_error[0] = '\0';   /* resumed: it runs again */
             }
         }
         json_decref(o);

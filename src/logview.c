@@ -37,6 +37,8 @@ struct logview {
     /* what has been read */
     monitor_state state;
     char message[256];
+    char last_error[256];        /* the latest error event's text before the closing one */
+    int failed_for_now;          /* FAILED by an error event that is not the closing one */
     int have_run;
     stats_run run;
     stats_record *last;          /* the latest step */
@@ -62,6 +64,8 @@ static void forget_history(logview *lv)
 {
     lv->state = MONITOR_STARTING;
     lv->message[0] = '\0';
+    lv->last_error[0] = '\0';
+    lv->failed_for_now = 0;
     lv->have_run = 0;
     memset(&lv->run, 0, sizeof lv->run);
     stats_record_delete(lv->last);
@@ -166,6 +170,8 @@ static void add_event(logview *lv, const stats_event *logged)
         lv->last->lr = lr;
         lv->last->lr_overridden |= by_hand;
     }
+    if (strcmp(k, "begin") == 0)   /* (again, resumed): an earlier failure's reason is old */
+        lv->last_error[0] = '\0';
     if (strcmp(k, "pause") == 0)
         lv->state = MONITOR_PAUSED;
     else if (strcmp(k, "resume") == 0)
@@ -177,8 +183,15 @@ static void add_event(logview *lv, const stats_event *logged)
     else if (strcmp(k, "finish") == 0 || strcmp(k, "done") == 0 || strcmp(k, "end") == 0)
         lv->state = MONITOR_FINISHED;
     else if (strcmp(k, "error") == 0 || strcmp(k, "fail") == 0) {
+        /* pesc's closing event says only "at step N", after the reason; an error the run goes
+         * on after (a save, an evaluation) is undone by the next step (parse_line) */
+        int closing = strncmp(e->text, "at step ", 8) == 0;
         lv->state = MONITOR_FAILED;
-        pesc_show_controls(lv->message, sizeof lv->message, e->text);   /* one line */
+        lv->failed_for_now = !closing;
+        if (!closing)
+            pesc_show_controls(lv->last_error, sizeof lv->last_error, e->text);   /* one line */
+        pesc_show_controls(lv->message, sizeof lv->message,
+                           closing && lv->last_error[0] ? lv->last_error : e->text);
     } else if (strcmp(k, "generate") == 0) {   /* the answer, or (older logs) what it was */
         snprintf(lv->prompt, sizeof lv->prompt, "%s", logged->prompt ? logged->prompt : "");
         snprintf(lv->generated, sizeof lv->generated, "%s",
@@ -208,6 +221,9 @@ static void parse_line(logview *lv, const char *line)
         stats_record_derive(lv->last);   /* imbalance and cv, also for logs that leave them out */
         add_point(lv, lv->last);
         add_loads(lv, lv->last);
+        if (lv->state == MONITOR_FAILED && lv->failed_for_now)   /* it went on after it */
+            lv->state = MONITOR_RUNNING;
+        lv->failed_for_now = 0;
         if (!run_over(lv->state) && lv->state != MONITOR_PAUSED)
             lv->state = MONITOR_RUNNING;
     } else {

@@ -551,6 +551,15 @@ expect 0 "^steps         1 of 1, [0-9]* s; finished$" "inspect a run log: how fa
   "$pesc" inspect "$tmp/empty.jsonl"
 grep -q "^run log       $tmp/empty.jsonl (pesc view shows it" "$tmp/out" && grep -q "^loss          [0-9.]* at step 1$" "$tmp/out" ||
   fail "inspect a run log: $(cat "$tmp/out")"
+# a failed run: its reason is the error before the closing "at step N"; an error the run went
+# on after (a save's) is no end
+printf '%s\n' '{"event":"start","model":"m","backend":"b","total_steps":5}' \
+  '{"event":"error","step":1,"elapsed_s":1,"text":"cannot save: disk full"}' '{"step":2,"loss":1.5,"elapsed_s":2}' \
+  '{"event":"error","step":2,"elapsed_s":2,"text":"out of memory"}' \
+  '{"event":"error","step":2,"elapsed_s":2,"text":"at step 2"}' >"$tmp/failed.jsonl"
+expect 0 "^error         out of memory$" "inspect a failed run's log: the reason, not 'at step N'" -- \
+  "$pesc" inspect "$tmp/failed.jsonl"
+grep -q "^steps         2 of 5, 2 s; failed$" "$tmp/out" || fail "inspect a failed run's log: $(cat "$tmp/out")"
 # shellcheck disable=SC2086
 expect 1 "empty.jsonl: a pesc run log (\-\-log), not a dataset" "a run log as --data is refused" -- \
   "$pesc" train --headless $common --steps 1 --data "$tmp/empty.jsonl"
