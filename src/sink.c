@@ -368,7 +368,8 @@ int sinks_check_spec(const pesc_plugins *plugins, const char *spec, pesc_error *
  * refused for one of its outputs has truncated no other (plugin sinks, whose files only they
  * know, open before the log: what they refuse, they refuse before the log is touched).
  * 0, or -1 with the reason in why. */
-static int check_log_output(const sink_set *s, const char *target, char *why, size_t n)
+static int check_log_output(const sink_set *s, const char *target, int is_log, char *why,
+                            size_t n)
 {
     char path[4096];
     jsonl_path(path, sizeof path, target, s->base);
@@ -378,7 +379,7 @@ static int check_log_output(const sink_set *s, const char *target, char *why, si
             exists_unnamed(why, n, path);
         else if (log_in_use(path))
             being_written(why, n, path);
-        else if (!s->opt.resume && S_ISREG(st.st_mode) && st.st_size > 0)
+        else if (is_log && !s->opt.resume && S_ISREG(st.st_mode) && st.st_size > 0)
             /* named, but another run's log is no less lost: a fresh run starts on none */
             snprintf(why, n, "%s already holds a log (%lld bytes), which a fresh run would "
                      "replace: remove it, name another file, or continue its run with "
@@ -469,7 +470,8 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
                 rc = open_failed(s, i, why, err);
             }
         }
-        if (rc == 0 && check_log_output(s, colon ? colon + 1 : NULL, why, sizeof why) != 0)
+        if (rc == 0 && check_log_output(s, colon ? colon + 1 : NULL,
+                                        i == 0 && s->opt.first_is_log, why, sizeof why) != 0)
             rc = open_failed(s, i, why, err);
     }
     /* plugins first, the log last (see check_log_output) */
