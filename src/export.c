@@ -197,7 +197,7 @@ static json_t *text_model_config(json_t *root)
 }
 
 static int write_config(const checkpoint_base *b, const checkpoint_state *st, const model *m,
-                        const char *path, pesc_error *err)
+                        int lora_rank, const char *path, pesc_error *err)
 {
     char *base_text;
     size_t base_len;
@@ -213,7 +213,7 @@ static int write_config(const checkpoint_base *b, const checkpoint_state *st, co
         root = text_model_config(root);
     static const char *const keys[] = {"num_experts", "topk", "adapter_dim", "moe_scaling",
                                        "output_router_logits", "pesc_template",
-                                       "pesc_base_fingerprint"};
+                                       "pesc_base_fingerprint", "pesc_tuning_merged"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         json_object_del(root, keys[i]);
     if (m->crafted) {
@@ -231,6 +231,8 @@ static int write_config(const checkpoint_base *b, const checkpoint_state *st, co
         snprintf(hex, sizeof hex, "%016" PRIx64, st->base_fingerprint);
         json_object_set_new(root, "pesc_base_fingerprint", json_string(hex));
     }
+    if (lora_rank > 0 || m->pesc.mode == TRAIN_FULL)   /* the tuning is in the weights */
+        json_object_set_new(root, "pesc_tuning_merged", json_true());
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
                                       JSON_REAL_PRECISION(real_digits(root)));
     json_decref(root);
@@ -396,7 +398,7 @@ static int write_dir(const export_options *o, const checkpoint_base *b, const ch
     char *config = pesc_path_join(tmp, "config.json");
     char *weights = pesc_path_join(tmp, "model.safetensors");
     int rc = -1;
-    if (write_config(b, st, m, config, err) == 0 &&
+    if (write_config(b, st, m, lora_rank, config, err) == 0 &&
         write_weights(m, base, lora_rank, lora_sites, weights, r, err) == 0 &&
         copy_side_files(b, st, tmp, err) == 0 && pesc_dir_commit(tmp, o->out, err) == 0)
         rc = 0;

@@ -657,6 +657,13 @@ int hfconfig_parse(hf_config *c, const char *json_text, const char *where, pesc_
     snprintf(c->pesc_template, sizeof c->pesc_template, "%s", tpl ? json_string_value(tpl) : "");
     json_t *fp = json_object_get(root, "pesc_base_fingerprint");
     c->pesc_base_fingerprint = 0;
+    json_t *merged = json_object_get(root, "pesc_tuning_merged");
+    if (merged && !json_is_boolean(merged)) {
+        pesc_fail(err, "%s: \"pesc_tuning_merged\" must be true or false (pesc export writes "
+                  "it)", where);
+        goto out;
+    }
+    c->pesc_tuning_merged = json_is_true(merged);
     if (fp && parse_fingerprint(fp, &c->pesc_base_fingerprint) != 0) {
         pesc_fail(err, "%s: \"pesc_base_fingerprint\" must be 16 hexadecimal digits (pesc export "
                   "writes it; remove the key if the file was edited)", where);

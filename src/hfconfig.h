@@ -102,6 +102,7 @@ typedef struct hf_config {
     /* pesc export's "pesc_base_fingerprint": the base model its run trained on (whose
      * checkpoints' --adapters the export already holds); 0: not an export */
     uint64_t pesc_base_fingerprint;
+    int pesc_tuning_merged;      /* pesc export's: LoRA or a full run's weights are in it */
 } hf_config;
 
 /* Parses config.json text; `where` names the file in messages. */

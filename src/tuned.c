@@ -52,14 +52,16 @@ int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pes
             goto out;
         other_base = found == 0 && st->base_fingerprint &&
                      checkpoint_fingerprint(m) != st->base_fingerprint;
-        /* an export whose weights the tuning changed (LoRA merged, a full run's) of a run on
-         * this checkpoint's base: the checkpoint's trainables would be applied a second
-         * time. An export that only added adapters has its base's weights: they replace. */
-        if (other_base && adapters && m->config.pesc_base_fingerprint == st->base_fingerprint) {
-            pesc_fail(err, "--model %s is an export of a run on the base %s was trained on, "
-                      "with that tuning merged into its weights: --adapters would apply it a "
-                      "second time (leave out --adapters to use the export, or --model to use "
-                      "%s on its own base)", t->dir, ckpt, ckpt);
+        /* an export whose weights hold its run's tuning (LoRA merged, a full run's), of the
+         * base this checkpoint was trained on: its trainables would go on top of that tuning
+         * (twice over, when it is that run's). An export that only added adapters has its
+         * base's weights: another checkpoint's adapters replace its own. */
+        if (adapters && found == 0 && m->config.pesc_tuning_merged && st->base_fingerprint &&
+            m->config.pesc_base_fingerprint == st->base_fingerprint) {
+            pesc_fail(err, "--model %s is an export with its run's tuning merged into its "
+                      "weights, of the base %s was trained on: --adapters would apply that "
+                      "checkpoint's on top of it (leave out --adapters to use the export, or "
+                      "--model to use %s on its own base)", t->dir, ckpt, ckpt);
             goto out;
         }
     } else if (!adapters) {

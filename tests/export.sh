@@ -175,7 +175,7 @@ fi
 # the merged weights really moved (their fingerprint is no longer the base's), so the run's
 # checkpoint onto the export, which would merge the LoRA twice, is refused; an export that
 # only added adapters keeps its base's weights and takes another run's (above)
-expect 1 "\-\-model .*outl is an export of a run on the base .*step-00000004 was trained on, with that tuning merged into its weights: .*leave out --adapters" \
+expect 1 "\-\-model .*outl is an export with its run's tuning merged into its weights, of the base .*step-00000004 was trained on: .*leave out --adapters" \
   "--model EXPORT --adapters of its own LoRA run: refused, both ways out named" -- \
   "$pesc" eval --model "$tmp/outl" --adapters "$tmp/ckl" --data "$tmp/d.jsonl"
 a=$(greedy --model "$demo" --adapters "$tmp/ckl/step-00000004/trainables.safetensors")
