@@ -494,6 +494,7 @@ typedef struct transfer {
     char *current_url;           /* this hop */
     int hop_is_hub;              /* this hop goes to the hub's origin */
     int redirects;
+    int refusals;                /* tries in a row whose connection was refused */
     int fd;                      /* the .part file, open (and locked) while in progress */
     fetch_sha256 hash;           /* of the part's first `offset + received` bytes */
     int64_t offset;              /* part bytes before this try */
@@ -1205,6 +1206,10 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, dou
     f->running--;
     if (t->status == 0)
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->status);
+    long os_errno = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &os_errno);
+    int refused = rc == CURLE_COULDNT_CONNECT && os_errno == ECONNREFUSED;
+    t->refusals = refused ? t->refusals + 1 : 0;   /* in a row: any other outcome starts over */
     pesc_error err;
     if (t->write_errno) {
         t->offset += t->received;
@@ -1227,9 +1232,7 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, dou
     }
     t->offset += t->received;
     const char *detail = why ? why : t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
-    long os_errno = 0;
-    curl_easy_getinfo(t->easy, CURLINFO_OS_ERRNO, &os_errno);
-    if (rc == CURLE_COULDNT_CONNECT && os_errno == ECONNREFUSED && t->failures >= 1) {
+    if (t->refusals >= 2) {
         /* refused twice (a second apart): nothing listens there; a dead link would time out,
          * and the whole budget of retries took half a minute to say so */
         pesc_fail(&err, "%s: connection refused twice (check the host and port, and that the "
