@@ -489,10 +489,26 @@ static void record_holder(int fd)
         return;
 }
 
+/* Whether the file fd has locked is still the one at path: a run that gave up an unused
+ * directory (checkpoint_unlock_unused) unlinks its lock file, and a lock taken on it since
+ * holds nothing. */
+static int lock_still_linked(int fd, const char *path)
+{
+    struct stat held, named;
+    return fstat(fd, &held) == 0 && stat(path, &named) == 0 && held.st_dev == named.st_dev &&
+           held.st_ino == named.st_ino;
+}
+
 int checkpoint_lock(const char *save_dir, pesc_error *err)
 {
     char *path = pesc_path_join(save_dir, LOCK_FILE);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    for (int tries = 0; fd >= 0 && tries < 8 && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+                        !lock_still_linked(fd, path); tries++) {
+        close(fd);   /* locked after its holder unlinked it: again, made anew */
+        pesc_make_dirs(save_dir);
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    }
     if (fd < 0) {
         pesc_fail(err, "--save %s: cannot create its lock file %s: %s", save_dir, path,
                   strerror(errno));

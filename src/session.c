@@ -99,6 +99,7 @@ struct session {
     double last_save;            /* pesc_now() of the last checkpoint; < 0 none (under lock) */
     double paused_at, paused_s;  /* when the pause began; the seconds paused (for the ETA) */
     double stopped_at_start;     /* pesc_stopped_s() when the trainer began */
+    double stopped_at_pause;     /* pesc_stopped_s() when the pause began */
     /* what the last checkpoint holds: the step, and the live changes (lr, aux) made by then;
      * the final save is skipped when both still hold */
     long saved_step, live_changes, saved_changes;
@@ -131,6 +132,7 @@ struct session {
     monitor_view *shared;
     int stop_requested;
     int answering_after_end;     /* training has ended; generate is answered until a stop */
+    int closing;                 /* session_wait or session_delete: nothing more is answered */
     session_progress progress;
 
     pthread_t thread;
@@ -759,6 +761,9 @@ static uint64_t best_data(const session *s)
     if (s->cfg.best_by != TRAIN_BEST_ANSWERS || !s->eval_hash)
         return s->eval_hash;
     uint64_t state = s->eval_hash + ((uint64_t)s->cfg.eval_answers << 2) + s->cfg.eval_match;
+    if (s->cfg.eval_answers > 0 && s->cfg.eval_answers < s->n_eval)
+        state ^= 0x5e1ec7edull;   /* N drawn by source, not every k-th: another sample than a
+                                     checkpoint's from before answered_sample */
     uint64_t h = pesc_splitmix64(&state);
     return h ? h : 1;
 }
@@ -931,6 +936,7 @@ static void process_command(session *s, const command *c)
         if (!s->paused) {
             s->paused = 1;
             s->paused_at = pesc_now();
+            s->stopped_at_pause = pesc_stopped_s();
             set_state(s, MONITOR_PAUSED, "paused");
             publish_event(s, "pause", "paused at step %ld", s->step);
         }
@@ -938,7 +944,8 @@ static void process_command(session *s, const command *c)
     case CMD_RESUME:
         if (s->paused) {
             s->paused = 0;
-            s->paused_s += pesc_now() - s->paused_at;
+            /* a Ctrl-Z while paused is counted once, as stopped time */
+            s->paused_s += pesc_now() - s->paused_at - (pesc_stopped_s() - s->stopped_at_pause);
             set_state(s, MONITOR_RUNNING, "running");
             publish_event(s, "resume", "resumed at step %ld", s->step);
         }
@@ -1504,21 +1511,26 @@ out:
 
 /* After training, in the workbench: the trained model answers prompts until a stop (the
  * screen quits, or session_delete). A stop queued as training ended still ends this; other
- * commands queued then are dropped, the run being over. */
+ * commands queued then are dropped with a note, the run being over. */
 static void answer_until_stopped(session *s)
 {
     for (;;) {
         command c;
         while (take_command(s, &c)) {
+            static const char *const names[] = {"pause", "resume", "lr", "lr", "aux", "save",
+                                                "eval", "stop", "generate"};
             if (c.kind == CMD_STOP)
                 goto out;
             if (c.kind == CMD_GENERATE)
                 generate(s, &c);
+            else   /* replied "ok" while the last step ran: said, not done without a word */
+                publish_event(s, "note", "%s came as the run ended, and was not done",
+                              names[c.kind]);
         }
         pthread_mutex_lock(&s->lock);
-        if (!s->stop_requested && s->q_len == 0)
+        if (!s->stop_requested && !s->closing && s->q_len == 0)
             pthread_cond_wait(&s->wake, &s->lock);
-        int stop = s->stop_requested;
+        int stop = s->stop_requested || s->closing;
         pthread_mutex_unlock(&s->lock);
         if (stop)
             break;
@@ -1580,12 +1592,13 @@ static void *trainer_main(void *arg)
     publish_event(s, end == MONITOR_FINISHED ? "finish" : end == MONITOR_STOPPED ? "stop" : "error",
                   "at step %ld", s->step);
     s->status = end == MONITOR_FAILED ? 1 : 0;
-    if (s->cfg.answer_after_end && end != MONITOR_FAILED) {
-        pthread_mutex_lock(&s->lock);
-        s->answering_after_end = 1;   /* before the state, so that no prompt is refused */
-        s->stop_requested = 0;        /* the stop that ended training; the next one ends this */
-        pthread_mutex_unlock(&s->lock);
-    }
+    pthread_mutex_lock(&s->lock);
+    /* before the state, so that no prompt is refused; not when the session is being closed,
+     * whose stop ended training */
+    s->answering_after_end = s->cfg.answer_after_end && end != MONITOR_FAILED && !s->closing;
+    if (s->answering_after_end)
+        s->stop_requested = 0;   /* the stop that ended training; the next one ends this */
+    pthread_mutex_unlock(&s->lock);
     set_state(s, end, end == MONITOR_FAILED ? s->error : end == MONITOR_STOPPED ? "stopped" : "finished");
     if (s->answering_after_end)
         answer_until_stopped(s);
@@ -2660,6 +2673,15 @@ int session_start(session *s, pesc_error *err)
 
 int session_wait(session *s)
 {
+    if (s->started && s->cfg.answer_after_end) {
+        /* the workbench waits only as it quits: training stops, nothing more is answered
+         * (also when its stop command found the queue full) */
+        pthread_mutex_lock(&s->lock);
+        s->closing = 1;
+        s->stop_requested = 1;
+        pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+    }
     if (s->started) {
         pthread_join(s->thread, NULL);
         s->started = 0;
@@ -2676,6 +2698,7 @@ void session_delete(session *s)
     if (s->started) {
         pthread_mutex_lock(&s->lock);
         s->stop_requested = 1;
+        s->closing = 1;
         pthread_cond_signal(&s->wake);
         pthread_mutex_unlock(&s->lock);
         session_wait(s);

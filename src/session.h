@@ -27,7 +27,9 @@ session *session_new(const train_config *c, pesc_error *err);
  * was truncated), then starts the trainer. */
 int session_start(session *s, pesc_error *err);
 /* Waits for the trainer to end (finished, stopped or failed); returns the exit status:
- * 0 finished or stopped cleanly, 1 failed (session_error says why). */
+ * 0 finished or stopped cleanly, 1 failed (session_error says why). With answer_after_end
+ * (the workbench, which waits only as it quits) it stops the run first, and the trainer
+ * answers no more prompts. */
 int session_wait(session *s);
 void session_delete(session *s);
 const char *session_error(const session *s);
