@@ -357,16 +357,19 @@ static void copy_history(const logview *lv, monitor_view *v)
 
 /* The status line's standing note: a quiet log first (the run may be stuck), then the
  * malformed lines skipped, so that a narrow screen cuts the lesser of the two. */
-static void write_note(const logview *lv, char *note, size_t cap)
+/* The note, and whether a running log has gone quiet (returned). */
+static int write_note(const logview *lv, char *note, size_t cap)
 {
     size_t used = 0;
-    double quiet = pesc_now() - lv->last_growth;
+    double quiet_s = pesc_now() - lv->last_growth;
+    int quiet = lv->state == MONITOR_RUNNING && quiet_s > lv->stall_s;
     note[0] = '\0';
-    if (lv->state == MONITOR_RUNNING && quiet > lv->stall_s)
-        used = (size_t)snprintf(note, cap, "no new lines for %.0f s", quiet);
+    if (quiet)
+        used = (size_t)snprintf(note, cap, "no new lines for %.0f s", quiet_s);
     if (lv->bad_lines && used < cap)
         snprintf(note + used, cap - used, "%s%ld malformed line%s skipped", used ? "; " : "",
                  lv->bad_lines, lv->bad_lines == 1 ? "" : "s");
+    return quiet;
 }
 
 static int logview_snapshot(void *ctx, monitor_view *v)
@@ -375,8 +378,7 @@ static int logview_snapshot(void *ctx, monitor_view *v)
     read_more(lv);
     v->state = lv->state;
     snprintf(v->message, sizeof v->message, "%s", lv->message);
-    write_note(lv, v->note, sizeof v->note);
-    v->quiet = lv->state == MONITOR_RUNNING && pesc_now() - lv->last_growth > lv->stall_s;
+    v->quiet = write_note(lv, v->note, sizeof v->note);
     v->run = lv->run;
     if (lv->last) {
         if (!lv->have_run) {
