@@ -19,6 +19,7 @@
 #include "hfconfig.h"
 #include "plugin.h"
 #include "safetensors.h"
+#include "stats.h"
 #include "template.h"
 #include "tokenizer.h"
 #include "train_options.h"
@@ -400,19 +401,16 @@ static int inspect_log(const char *path)
         } else if (event) {
             const char *text = json_string_value(json_object_get(o, "text"));
             text = text ? text : "";
-            /* the run's end is its last event, "at step N"; an error before it is the reason
-             * (or one the run went on after: a save, an evaluation) */
-            int closing = strncmp(text, "at step ", 8) == 0;
+            stats_end is = stats_event_end(event, text);
             saves += strcmp(event, "save") == 0;
-            if (!strcmp(event, "error") && !closing) {   /* the end, unless a step follows */
+            if (is == STATS_END_ERROR) {   /* the end, unless a step follows */
                 snprintf(last_error, sizeof last_error, "%s", text);
                 snprintf(end, sizeof end, "error");
                 snprintf(end_text, sizeof end_text, "%s", text);
                 failed_for_now = 1;
-            } else if (!strcmp(event, "finish") || !strcmp(event, "stop") ||
-                       !strcmp(event, "error")) {
+            } else if (is == STATS_END_CLOSING) {
                 failed_for_now = 0;
-                snprintf(end, sizeof end, "%s", event);
+                snprintf(end, sizeof end, "%s", strcmp(event, "fail") ? event : "error");
                 snprintf(end_text, sizeof end_text, "%s", last_error[0] ? last_error : text);
             } else if (!strcmp(event, "begin")) {
                 end[0] = last_error[0] = '\0';   /* resumed: it runs again */

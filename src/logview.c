@@ -183,9 +183,9 @@ static void add_event(logview *lv, const stats_event *logged)
     else if (strcmp(k, "finish") == 0 || strcmp(k, "done") == 0 || strcmp(k, "end") == 0)
         lv->state = MONITOR_FINISHED;
     else if (strcmp(k, "error") == 0 || strcmp(k, "fail") == 0) {
-        /* pesc's closing event says only "at step N", after the reason; an error the run goes
+        /* the closing event says only "at step N", after the reason; an error the run goes
          * on after (a save, an evaluation) is undone by the next step (parse_line) */
-        int closing = strncmp(e->text, "at step ", 8) == 0;
+        int closing = stats_event_end(k, e->text) == STATS_END_CLOSING;
         lv->state = MONITOR_FAILED;
         lv->failed_for_now = !closing;
         if (!closing)

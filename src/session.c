@@ -1590,7 +1590,7 @@ static void *trainer_main(void *arg)
         publish_event(s, "error", "%s", s->error);
     }
     publish_event(s, end == MONITOR_FINISHED ? "finish" : end == MONITOR_STOPPED ? "stop" : "error",
-                  "at step %ld", s->step);
+                  STATS_END_TEXT, s->step);
     s->status = end == MONITOR_FAILED ? 1 : 0;
     pthread_mutex_lock(&s->lock);
     /* before the state, so that no prompt is refused; not when the session is being closed,

@@ -214,6 +214,14 @@ int stats_lr_event(const stats_event *e, double *lr, int *by_hand)
     return 0;
 }
 
+stats_end stats_event_end(const char *kind, const char *text)
+{
+    int error = strcmp(kind, "error") == 0 || strcmp(kind, "fail") == 0;
+    if (!error && strcmp(kind, "finish") != 0 && strcmp(kind, "stop") != 0)
+        return STATS_END_NONE;
+    return strncmp(text, "at step ", 8) == 0 || !error ? STATS_END_CLOSING : STATS_END_ERROR;
+}
+
 char *stats_run_json(const stats_run *run)
 {
     json_t *o = json_object();

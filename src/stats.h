@@ -103,6 +103,14 @@ typedef struct stats_run {
  * such an event. */
 int stats_lr_event(const stats_event *e, double *lr, int *by_hand);
 
+/* A run's last event is "finish", "stop" or "error" with the text STATS_END_TEXT; an "error"
+ * before it is the reason it failed, or an error the run went on after (a failed save), which
+ * a step's record that follows undoes. What an event is to the run's end, for a log's readers
+ * (pesc view, pesc inspect). */
+#define STATS_END_TEXT "at step %ld"
+typedef enum stats_end { STATS_END_NONE, STATS_END_ERROR, STATS_END_CLOSING } stats_end;
+stats_end stats_event_end(const char *kind, const char *text);
+
 char *stats_record_json(const stats_record *r);            /* malloc'd, no newline */
 char *stats_event_json(const stats_event *e);
 char *stats_run_json(const stats_run *run);
