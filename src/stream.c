@@ -86,6 +86,17 @@ pesc_stream *stream_open_as(const char *path, const char *name, pesc_error *err)
             return NULL;
         }
     }
+    /* a name that says compressed over data that is not: a download cut at its first bytes,
+     * or a file renamed; read as text it would pass for records */
+    size_t n = strlen(name);
+    int gz = n > 3 && strcmp(name + n - 3, ".gz") == 0, zst = n > 4 && strcmp(name + n - 4, ".zst") == 0;
+    if ((gz && s->kind != KIND_GZIP) || (zst && s->kind != KIND_ZSTD)) {
+        pesc_fail(err, "%s: named %s, but it is not %s data (a download cut short, or a file "
+                  "renamed? decompress or rename it)", s->path, gz ? ".gz" : ".zst",
+                  gz ? "gzip" : "zstd");
+        stream_close(s);
+        return NULL;
+    }
     return s;
 }
 

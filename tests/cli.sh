@@ -652,6 +652,11 @@ expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/rec
 # a text dataset, read as training reads it: the predicted tokens are the ones eval scores
 "$pesc" demo-data -o "$tmp/chat.jsonl" --records 30 --seed 4 >/dev/null
 gzip -c "$tmp/chat.jsonl" >"$tmp/chat.jsonl.gz"
+# a .gz that is not gzip data (a file renamed, a download cut at its first bytes) was read as
+# plain text, its lines passing for records
+cp "$tmp/chat.jsonl" "$tmp/plain.jsonl.gz"
+expect 1 "plain.jsonl.gz: named .gz, but it is not gzip data" "a .gz name over plain data is refused" -- \
+  "$pesc" inspect "$tmp/plain.jsonl.gz"
 expect 0 "^tokens        not counted: 30 text records, which the tokenizer of a model renders (give \-\-model DIR or \-\-tokenizer FILE)$" \
   "inspect a text dataset without a tokenizer: its records, and what counts their tokens" -- \
   "$pesc" inspect "$tmp/chat.jsonl"
