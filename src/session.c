@@ -650,6 +650,15 @@ static int prompt_ids(session *s, const char *prompt, tok_ids *ids, pesc_error *
 
 static void process_command(session *s, const command *c);
 
+/* A command the run replied "ok" to while its last step ran, taken once it had ended: said,
+ * rather than dropped without a word. */
+static void not_after_end(session *s, const command *c)
+{
+    static const char *const names[] = {"pause", "resume", "lr", "lr", "aux", "save", "eval",
+                                        "stop", "generate"};
+    publish_event(s, "note", "%s came as the run ended, and was not done", names[c->kind]);
+}
+
 /* Runs one prompt to its end: the current weights, no dropout, the sampler's own RNG, so the
  * training that follows is exactly what it would have been without it. */
 static void generate(session *s, const command *c)
@@ -707,8 +716,12 @@ static void generate(session *s, const command *c)
             len = (size_t)snprintf(text, sizeof text, " %d", next);
         generation_append(s, piece, len, expert);
         command c2;
-        while (take_command(s, &c2))   /* commands are taken between generated tokens too */
-            process_command(s, &c2);
+        while (take_command(s, &c2)) {   /* commands are taken between generated tokens too */
+            if (s->answering_after_end && c2.kind != CMD_STOP)
+                not_after_end(s, &c2);
+            else
+                process_command(s, &c2);
+        }
         if (s->stop_requested)
             break;
     }
@@ -1517,15 +1530,12 @@ static void answer_until_stopped(session *s)
     for (;;) {
         command c;
         while (take_command(s, &c)) {
-            static const char *const names[] = {"pause", "resume", "lr", "lr", "aux", "save",
-                                                "eval", "stop", "generate"};
             if (c.kind == CMD_STOP)
                 goto out;
             if (c.kind == CMD_GENERATE)
                 generate(s, &c);
-            else   /* replied "ok" while the last step ran: said, not done without a word */
-                publish_event(s, "note", "%s came as the run ended, and was not done",
-                              names[c.kind]);
+            else
+                not_after_end(s, &c);
         }
         pthread_mutex_lock(&s->lock);
         if (!s->stop_requested && !s->closing && s->q_len == 0)
