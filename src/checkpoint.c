@@ -502,18 +502,20 @@ static int lock_still_linked(int fd, const char *path)
 int checkpoint_lock(const char *save_dir, pesc_error *err)
 {
     char *path = pesc_path_join(save_dir, LOCK_FILE);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    for (int tries = 0; fd >= 0 && tries < 8 && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
-                        !lock_still_linked(fd, path); tries++) {
-        close(fd);   /* locked after its holder unlinked it: again, made anew */
-        pesc_make_dirs(save_dir);
+    int fd, locked;
+    for (int tries = 1;; tries++) {
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        locked = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0;
+        if (!locked || lock_still_linked(fd, path) || tries == 8)
+            break;
+        close(fd);   /* locked after its holder unlinked it: again, on the file made anew */
+        pesc_make_dirs(save_dir);
     }
     if (fd < 0) {
         pesc_fail(err, "--save %s: cannot create its lock file %s: %s", save_dir, path,
                   strerror(errno));
-    } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        int error = errno;
+    } else if (!locked) {
+        int error = errno;   /* flock's */
         char recorded[24] = "", holder[32] = "";
         if (pread(fd, recorded, sizeof recorded - 1, 0) > 0 && strtol(recorded, NULL, 10) > 0)
             snprintf(holder, sizeof holder, " (pid %ld)", strtol(recorded, NULL, 10));
