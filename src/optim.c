@@ -13,6 +13,19 @@ void optim_config_default(optim_config *c)
 
 static const char *const schedule_names[] = {"constant", "cosine", "linear"};
 
+int optim_check_lr(const char *what, double lr, double weight_decay, pesc_error *err)
+{
+    if (!(lr <= OPTIM_LR_MAX))
+        return pesc_fail(err, "%s: a learning rate of %.3g is past the largest, %g", what, lr,
+                         OPTIM_LR_MAX);
+    if (lr * weight_decay >= 1)
+        return pesc_fail(err, "%s %g with --weight-decay %g: AdamW scales the weights by 1 - lr x "
+                         "decay each step, here %g, which wipes them out; give a product below 1 "
+                         "(the usual decay is 0 to 0.1)", what, lr, weight_decay,
+                         1 - lr * weight_decay);
+    return 0;
+}
+
 int optim_parse_schedule(const char *name, optim_schedule *out, pesc_error *err)
 {
     for (int i = 0; i < 3; i++)

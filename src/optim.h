@@ -36,6 +36,13 @@ typedef struct optimizer {
 
 void optim_config_default(optim_config *c);
 int optim_parse_schedule(const char *name, optim_schedule *out, pesc_error *err);
+
+#define OPTIM_LR_MAX 10.0        /* the largest learning rate --lr and the live lr take */
+
+/* Refuses a learning rate past OPTIM_LR_MAX, or one whose product with the weight decay is 1
+ * or more: AdamW scales the weights by 1 - lr x decay each step, and that wipes them out.
+ * The message calls the rate `what` ("--lr", "lr *10"). */
+int optim_check_lr(const char *what, double lr, double weight_decay, pesc_error *err);
 const char *optim_schedule_name(optim_schedule s);
 
 /* The schedule's learning rate for update number `step` (0-based), as Hugging Face's

@@ -551,6 +551,7 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
     }
     if (c.kind == CMD_EVAL)   /* the trainer decides, after the commands queued before it */
         snprintf(reply, reply_len, "ok: eval after the next step, or at once when paused");
+    pesc_error refused;
     pthread_mutex_lock(&s->lock);
     int ended = s->shared->state >= MONITOR_FINISHED;
     if (ended && s->answering_after_end && c.kind != CMD_GENERATE && c.kind != CMD_STOP) {
@@ -560,6 +561,11 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
         snprintf(reply, reply_len, "error: the run has ended");
     } else if (s->q_len == QUEUE) {
         snprintf(reply, reply_len, "error: too many commands waiting; try again");
+    } else if ((c.kind == CMD_LR || c.kind == CMD_LR_SCALE) &&
+               optim_check_lr("lr", c.kind == CMD_LR ? c.value
+                                                                    : s->progress.lr * c.value,
+                              s->cfg.optim.weight_decay, &refused) != 0) {
+        snprintf(reply, reply_len, "error: %s", refused.msg);   /* the trainer checks again */
     } else if (c.kind == CMD_GENERATE && s->generate_taken) {
         snprintf(reply, reply_len, "error: busy: a generate is already running; send it again "
                  "once its answer is in");
@@ -965,9 +971,15 @@ static void process_command(session *s, const command *c)
         break;
     case CMD_LR:
     case CMD_LR_SCALE: {
-        s->live_changes++;
         double before = current_lr(s) / s->lr_scale;
-        s->lr_override = c->kind == CMD_LR ? c->value : before * c->value;
+        double after = c->kind == CMD_LR ? c->value : before * c->value;
+        pesc_error refused;   /* factors queued together can go past what each one was */
+        if (optim_check_lr("lr", after, s->cfg.optim.weight_decay, &refused)) {
+            publish_warning(s, "note", "%s; the rate stays %g", refused.msg, before * s->lr_scale);
+            break;
+        }
+        s->live_changes++;
+        s->lr_override = after;
         publish_event(s, "lr", STATS_LR_SET, s->lr_override * s->lr_scale, before * s->lr_scale);
         publish_lr(s);
         break;

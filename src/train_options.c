@@ -278,7 +278,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->epochs = (int)v; return 0;
     case OPT_STRICT: c->strict = 1; return 0;
     case OPT_LR:
-        if (number(cmd, "--lr", arg, 0, 10, &x)) return EXIT_USAGE;
+        if (number(cmd, "--lr", arg, 0, OPTIM_LR_MAX, &x)) return EXIT_USAGE;
         c->optim.lr = (float)x;
         c->given |= TRAIN_GIVEN_LR;
         return 0;
@@ -724,12 +724,6 @@ static int parse_options(train_config *c, const char *cmd, int argc, char **argv
                                "model)");
     if (c->steps && c->epochs)
         return cli_usage_error(cmd, "give --steps or --epochs, not both");
-    if ((double)c->optim.lr * c->optim.weight_decay >= 1)
-        return cli_usage_error(cmd, "--lr %g with --weight-decay %g: AdamW scales the weights by "
-                               "1 - lr x decay each step, here %g, which wipes them out; give a "
-                               "product below 1 (the usual decay is 0 to 0.1)",
-                               (double)c->optim.lr, (double)c->optim.weight_decay,
-                               1 - (double)c->optim.lr * c->optim.weight_decay);
     if (!c->model && !c->init_config && c->n_sources == 0 && !c->resume &&
         (c->given & TRAIN_GIVEN_FORMAT))
         return cli_usage_error(cmd, "--format %s describes --data files; the built-in demo "
@@ -814,5 +808,6 @@ int train_config_check_needs(const train_config *c, pesc_error *err)
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return pesc_fail(err, "%s needs --save DIR, the directory checkpoints go to",
                          c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
-    return 0;
+    /* after a resume, either may be the checkpoint's */
+    return optim_check_lr("--lr", c->optim.lr, c->optim.weight_decay, err);
 }

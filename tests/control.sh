@@ -130,6 +130,19 @@ refused "lr 11" "lr '11': .*0 to 10"
 refused "lr -1" "lr '-1': .*0 to 10"
 refused "lr 1e-4x" "lr '1e-4x'"
 refused "lr *0" "lr '\*0': .*factor above 0"
+# a factor is checked against the rate it makes (8 x 2 is past 10), paused so that no step
+# takes the rate of 8; sent with the rate it scales, before the run has taken that, the
+# trainer refuses it in a note
+timeout 30 "$sockcmd" "$csock" pause "lr 8" >/dev/null
+for _ in $(seq 300); do grep -q '"event":"lr".*learning rate 8 ' "$tmp/run.jsonl" && break; sleep 0.1; done
+refused "lr *2" "lr: a learning rate of 16 is past the largest, 10"
+timeout 30 "$sockcmd" "$csock" "lr 0.004" >/dev/null
+for _ in $(seq 300); do grep -q '"event":"lr".*learning rate 0.004 (was 8)' "$tmp/run.jsonl" && break; sleep 0.1; done
+timeout 30 "$sockcmd" "$csock" "lr 5" "lr *10" "lr 0.004" resume >/dev/null
+for _ in $(seq 300); do grep -q '"event":"lr".*learning rate 0.004 (was 5)' "$tmp/run.jsonl" && break; sleep 0.1; done
+grep -q '"event":"note".*lr: a learning rate of 50 is past the largest, 10; the rate stays 5' \
+  "$tmp/run.jsonl" && pass "factors queued together: the one past 10 is refused in a note" \
+  || fail "lr 5, *10: $(grep '"event":"\(lr\|note\)"' "$tmp/run.jsonl" | tail -n 4)"
 refused "aux -0.5" "aux '-0.5': .*0 to 1000"
 refused "aux 2000" "aux '2000': .*0 to 1000"
 refused "pause now" "pause takes no argument"

@@ -298,6 +298,14 @@ expect 0 "step 13/13" "--resume of the newest checkpoint with --save-every alone
   "$pesc" train --headless --resume "$tmp/alone" --steps 13 --save-every 1 --keep 10
 [ -d "$tmp/alone/step-00000013" ] && pass "... saved step 13 in the run's directory" ||
   fail "--resume --save-every 1: $(ls "$tmp/alone")"
+# a checkpoint's --lr 0.3 with a --weight-decay 10 given on resuming: a product past 1,
+# refused as it is on one command line
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 \
+  --backend cpu --steps 1 --lr 0.3 --save "$tmp/wd" >/dev/null 2>&1
+expect 1 "\-\-lr 0.3 with \-\-weight-decay 10: .*wipes them out" \
+  "--resume: lr x weight decay is checked with the checkpoint's rate" -- \
+  "$pesc" train --headless --resume "$tmp/wd" --steps 2 --weight-decay 10
+[ ! -d "$tmp/wd/step-00000002" ] || fail "a refused --resume saved step 2"
 # a save directory moved (here copied) elsewhere: saved on there; the log, not beside it, is not
 cp -r "$tmp/alone" "$tmp/moved"
 before=$(losses "$tmp/alone.jsonl" | wc -l)
