@@ -75,7 +75,7 @@ static int dot_y(const chart_canvas *c, double value, double lo, double hi)
 {
     int height = c->rows * c->dots_y;
     double t = (value - lo) / (hi > lo ? hi - lo : 1.0);
-    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    t = t < 0 ? 0 : t > 1 ? 1 : t == t ? t : 0;   /* NaN: the bottom */
     return (height - 1) - (int)(t * (height - 1) + 0.5);
 }
 

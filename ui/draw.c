@@ -223,7 +223,8 @@ void draw_bar(ui_context *ui, WINDOW *w, int y, int x, int width, double t, int 
     wattroff(w, attr);
 }
 
-void draw_sparkline(ui_context *ui, WINDOW *w, int y, int x, int width, const double *v, int n, int attr)
+void draw_sparkline(ui_context *ui, WINDOW *w, int y, int x, int width, const double *v, int n,
+                    double min_span, int attr)
 {
     static const char *const ticks[] = {"\u2581", "\u2582", "\u2583", "\u2584", "\u2585",
                                         "\u2586", "\u2587", "\u2588"};
@@ -231,15 +232,26 @@ void draw_sparkline(ui_context *ui, WINDOW *w, int y, int x, int width, const do
     if (width <= 0 || n <= 0)
         return;
     int first = n > width ? n - width : 0;
-    double lo = v[first], hi = v[first];
-    for (int i = first; i < n; i++) {
-        lo = v[i] < lo ? v[i] : lo;
-        hi = v[i] > hi ? v[i] : hi;
+    double lo = INFINITY, hi = -INFINITY;
+    for (int i = first; i < n; i++)
+        if (isfinite(v[i])) {
+            lo = v[i] < lo ? v[i] : lo;
+            hi = v[i] > hi ? v[i] : hi;
+        }
+    if (hi - lo < min_span) {   /* a change smaller than that is drawn as small as it is */
+        double mid = (hi + lo) / 2;
+        lo = mid - min_span / 2;
+        hi = mid + min_span / 2;
     }
     wattron(w, attr);
     wmove(w, y, x);
     for (int i = first; i < n; i++) {
+        if (!isfinite(v[i])) {   /* a diverged value: marked, not scaled */
+            waddch(w, '!');
+            continue;
+        }
         double t = hi > lo ? (v[i] - lo) / (hi - lo) : 0.5;
+        t = !(t >= 0) ? 0 : t > 1 ? 1 : t;   /* NaN from an infinite span: the bottom */
         if (ui->theme.utf8)
             waddstr(w, ticks[(int)(t * 7 + 0.5)]);
         else

@@ -72,7 +72,7 @@ static void legend_accuracy(ui_context *ui, WINDOW *w, int *x, int *row, int wid
     snprintf(s, sizeof s, "%.3f", t[n - 1]);
     if (legend_item(w, x, row, width, attr, answers ? "answers" : "accuracy", s) && n >= 2 &&
         *x + n <= width + 1) {
-        draw_sparkline(ui, w, *row, *x, n, t, n, attr);
+        draw_sparkline(ui, w, *row, *x, n, t, n, 0.05, attr);   /* 5 points of 100 */
         *x += n + 1;
     }
 }

@@ -63,7 +63,9 @@ static void draw_trend(ui_context *ui, WINDOW *w, int y, int x, int width, int m
     if (n < 2 || width < 4)
         return;
     int spark = width - 2;
-    draw_sparkline(ui, w, y, x, spark, t, n, theme_attr(&ui->theme, PAIR_SMOOTH, A_NORMAL));
+    /* the arrow's threshold: 0.1% */
+    draw_sparkline(ui, w, y, x, spark, t, n, 1e-3 * fabs(t[n - 1]),
+                   theme_attr(&ui->theme, PAIR_SMOOTH, A_NORMAL));
     double change = t[n - 1] - t[0];
     const char *arrow = fabs(change) <= 1e-3 * fabs(t[0]) + 1e-12 ? (ui->theme.utf8 ? "\u2192" : "=")
                       : change > 0 ? (ui->theme.utf8 ? "\u2197" : "+") : (ui->theme.utf8 ? "\u2198" : "-");
@@ -113,7 +115,9 @@ static void norms_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
                     draw_heat_cell(ui, w, y, 1 + label_w + e * cw, cw, most > 0 ? row[e] / most : 0, NULL);
             }
         }
-        snprintf(s, sizeof s, "%7.3g", mean);
+        /* 7 columns at most, so a gap is left before the trend: 3.3e+03, not 3.32e+03 */
+        if (snprintf(s, sizeof s, "%7.3g", mean) > value_w - 1)
+            snprintf(s, sizeof s, "%7.2g", mean);
         draw_text(w, y, 1 + label_w + room, value_w, 0, s);
         if (trend_w)
             draw_trend(ui, w, y, 1 + label_w + room + value_w, trend_w, metric, l);

@@ -83,7 +83,7 @@ struct ui_context {
     ui_mini_kind mini;
     lineedit prompt;             /* the console's prompt, with its history */
     lineedit mini_line;          /* LR, aux or a raw command */
-    char message[256];           /* the last reply or notice, shown for a while */
+    char message[512];           /* the last reply or notice, shown for a while */
     double message_at;
     double stop_asked_at;
     int quit;
@@ -139,7 +139,11 @@ void draw_heat_cell(ui_context *ui, WINDOW *w, int y, int x, int width, double t
 /* A horizontal bar of `width` columns filled to t in [0, 1]. */
 void draw_bar(ui_context *ui, WINDOW *w, int y, int x, int width, double t, int attr);
 /* A sparkline of n values in `width` columns. */
-void draw_sparkline(ui_context *ui, WINDOW *w, int y, int x, int width, const double *v, int n, int attr);
+/* v's last `width` values, each as a tick from the lowest to the highest; a range narrower
+ * than min_span is widened to it, around its middle, so that noise is not drawn as a climb.
+ * A value that is not finite is drawn as '!'. */
+void draw_sparkline(ui_context *ui, WINDOW *w, int y, int x, int width, const double *v, int n,
+                    double min_span, int attr);
 /* The heat scale's legend: "lo ░▒▓█ hi". */
 void draw_heat_legend(ui_context *ui, WINDOW *w, int y, int x, int width, const char *lo, const char *hi);
 
