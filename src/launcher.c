@@ -26,7 +26,7 @@ struct launcher {
 
     pthread_mutex_t lock;
     monitor_state state;         /* before the session: STARTING, then STOPPED or FAILED */
-    char message[256];           /* what is happening, or why it failed */
+    char message[512];           /* what is happening, or why it failed */
     session *session;            /* set once made; then the session speaks for itself */
     int started;                 /* the session's trainer runs */
     int stopping;                /* stop asked: make no session */

@@ -136,7 +136,7 @@ static int run_over(monitor_state s)
  * within cap bytes. */
 static void show_controls(char *text, size_t cap, int keep_newlines)
 {
-    char shown[256];
+    char shown[1024];   /* the largest field it is given: an event's text, the run's message */
     size_t n = 0;
     assert(cap <= sizeof shown);
     for (char *line = text;;) {

@@ -57,7 +57,7 @@ typedef struct monitor_series {
 /* A private copy of everything the screen shows; allocate with monitor_view_new. */
 typedef struct monitor_view {
     monitor_state state;
-    char message[256];           /* why it stopped or failed; the last command's reply */
+    char message[512];           /* why it stopped or failed; the last command's reply */
     char note[256];              /* what the status line keeps showing about the source while
                                     it holds: a log gone quiet, malformed lines skipped; "" when
                                     nothing (a live run has none) */

@@ -71,7 +71,7 @@ typedef struct stats_event {
     long step;
     double elapsed_s;
     char kind[16];
-    char text[240];
+    char text[512];              /* a failure's reason with its advice fits whole */
     /* a generate event's prompt and whole answer, NULL in others: borrowed for the call that
      * publishes it (the log line carries them), NULL in the copies kept after it */
     const char *prompt, *answer;

@@ -193,7 +193,7 @@ void ui_notice(ui_context *ui, const char *fmt, ...)
 
 int ui_send(ui_context *ui, const char *fmt, ...)
 {
-    char line[1024], reply[256] = "";
+    char line[1024], reply[512] = "";
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
