@@ -181,6 +181,18 @@ static void draw_events_from(ui_context *ui, WINDOW *w, const monitor_view *v, i
     }
 }
 
+/* Scrolled back no further than where the oldest event is at the top of a full panel: Up past
+ * it would only leave blank rows under it (and take as many Downs to come back). */
+static int clamp_back(ui_context *ui, const monitor_view *v, int back, int rows, int width)
+{
+    int fit = 0, used = 0;
+    while (fit < v->n_events && used + event_rows(ui, &v->events[fit], width) <= rows)
+        used += event_rows(ui, &v->events[fit++], width);
+    int most = v->n_events - (fit > 0 ? fit : 1);
+    most = most < 0 ? 0 : most;
+    return back < 0 ? 0 : back > most ? most : back;
+}
+
 static void draw_events(ui_context *ui, WINDOW *w, const monitor_view *v, int y0, int rows, int width)
 {
     draw_events_from(ui, w, v, 0, y0, rows, width);
@@ -198,15 +210,15 @@ static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     if (ui->colour_tokens)
         snprintf(right + strlen(right), sizeof right - strlen(right), " at L%d", ui->gen_layer);
     int focused = ui->focus == PANEL_CONSOLE;
-    if (ui->console_back > v->n_events - 1)   /* the events view: at least the oldest shows */
-        ui->console_back = v->n_events > 0 ? v->n_events - 1 : 0;
+    int rows = h - 3;
+    if (ui->console_events)   /* draw_frame's inner width, less the events' margins */
+        ui->console_back = clamp_back(ui, v, ui->console_back, rows, getmaxx(w) - 4);
     char title[64];
     if (ui->console_events)
         snprintf(title, sizeof title, "Prompt: events%s", ui->console_back ? ", scrolled back" : "");
     else
         snprintf(title, sizeof title, "%s", v->generating ? "Prompt: generating" : "Prompt");
     int width = draw_frame(ui, w, title, right, focused);
-    int rows = h - 3;
     if (rows > 0) {
         if (ui->console_events) {   /* the run's recent events, whatever was asked since */
             draw_events_from(ui, w, v, ui->console_back, 1, rows, width - 2);

@@ -744,6 +744,7 @@ static void send_prompt(ui_context *ui)
     lineedit_remember(&ui->prompt);
     if (ui_send(ui, "%s", line) == 0) {   /* refused (busy, say), it stays to be sent again */
         lineedit_clear(&ui->prompt);
+        ui->console_events = ui->console_back = 0;   /* the answer, not the events, comes next */
         /* the run's reply points a socket's client to the log; here the answer is below */
         ui_notice(ui, "ok: answering in the console (up to %d tokens)", ui->gen_max_tokens);
     }
