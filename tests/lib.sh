@@ -77,11 +77,11 @@ wait_status() {
   cat "$1" 2>/dev/null
 }
 
-# quit_confirmed DESCRIPTION [SECONDS]: q, its question on screen, y; then the exit status
-# must be 0
+# quit_confirmed DESCRIPTION [SECONDS [QUESTION]]: q, its question on screen (a run with
+# --save: whether to save and stop), y; then the exit status must be 0
 quit_confirmed() {
   keys q
-  check "Save a checkpoint and stop the run" "q asks first"
+  check "${3:-Save a checkpoint and stop the run}" "q asks first"
   keys y
   [ "$(wait_status "$tmp/status" "${2:-30}")" = 0 ] && pass "$1" \
     || fail "$1: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"

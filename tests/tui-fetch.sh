@@ -40,7 +40,9 @@ tui_start 100 30 "$pesc" tui --data "'$base/f/tasks.jsonl?rate=$rate'" $run
 check "Downloads" "the Downloads panel opens" 20
 check "tasks\\.jsonl .*[0-9]+%" "the transfer is shown with its progress"
 check "STARTING .*downloading" "the status line says it is downloading"
-quit_confirmed "stopping during the download exits 0"
+# nothing to save yet: the question says the partial file stays
+quit_confirmed "stopping during the download exits 0" 30 \
+  "Stop the run before it begins\\? \\(a download keeps its partial file"
 part=$(cache_file "tasks.jsonl*.part")
 [ -n "$part" ] && [ -s "$part" ] && [ -z "$(cache_file tasks.jsonl)" ] \
   && pass "the partial download is kept ($(wc -c <"$part" | tr -d ' ') of $size bytes)" \

@@ -70,6 +70,27 @@ int draw_text(WINDOW *w, int y, int x, int width, int attr, const char *s)
     return used;
 }
 
+int draw_text_words(ui_context *ui, WINDOW *w, int y, int x, int width, int attr, const char *s)
+{
+    if (text_columns(s) <= width)
+        return draw_text(w, y, x, width, attr, s);
+    /* the longest run of whole words that leaves a column for the mark */
+    int used = 0, bytes, cut = 0;
+    for (const char *p = s; *p; p += bytes) {
+        int c = next_char(p, &bytes);
+        c = c < 0 ? 1 : c;
+        if (used + c > width - 1)
+            break;
+        if (*p == ' ')
+            cut = (int)(p - s);
+        used += c;
+    }
+    char text[1024];
+    snprintf(text, sizeof text, "%.*s", cut, s);
+    int drawn = draw_text(w, y, x, width - 1, attr, text);
+    return drawn + draw_text(w, y, x + drawn, 1, attr, ui->theme.utf8 ? "\u2026" : "~");
+}
+
 int draw_text_wrapped(WINDOW *w, int y, int x, int rows, int attr, const char *s)
 {
     int end = getmaxx(w) - 1, used = 0, line = 0, bytes;

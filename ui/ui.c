@@ -310,6 +310,17 @@ static void row_put(row_writer *rw, int attr, const char *fmt, ...)
     rw->x += draw_text(rw->w, rw->y, rw->x, cols, attr, s);
 }
 
+/* A label and its value, both or neither: a label without its number ("  ep" at the edge)
+ * reads as if the value were missing. */
+static void row_put_pair(row_writer *rw, int label_attr, const char *label, int value_attr,
+                         const char *value)
+{
+    if (!rw->full && rw->x + text_columns(label) + text_columns(value) > rw->end)
+        rw->full = 1;
+    row_put(rw, label_attr, "%s", label);
+    row_put(rw, value_attr, "%s", value);
+}
+
 /* Text at the row's right end, or cut short after its segments when it does not fit there. */
 static void row_put_right(const row_writer *rw, int attr, const char *s)
 {
@@ -338,6 +349,11 @@ static void row_put_reply(const row_writer *rw, const int *stops, int n_stops, i
     int x = rw->end - 1 - cols < from + 2 ? from + 2 : rw->end - 1 - cols;
     mvwhline(rw->w, rw->y, from, ' ', rw->end - from);
     draw_text(rw->w, rw->y, x, rw->end - 1 - x, attr, s);
+}
+
+static int run_is_over(const monitor_view *v)
+{
+    return v->state == MONITOR_FINISHED || v->state == MONITOR_STOPPED || v->state == MONITOR_FAILED;
 }
 
 static const char *state_badge(const ui_context *ui, monitor_state s, int *pair)
@@ -402,23 +418,24 @@ static void draw_status(ui_context *ui, WINDOW *w)
         } else {
             row_put(&rw, val, "%ld", r->step);
         }
-        char a[32], b[32];
+        char a[48], b[32];
+        snprintf(a, sizeof a, "%.2f", r->epoch);
+        row_put_pair(&rw, dim, "  ep ", val, a);
         format_si((double)r->tokens, a, sizeof a);
+        row_put_pair(&rw, dim, "  tok ", val, a);
+        /* paused or over, none flow: the last step's rate and ETA would stand there as if
+         * they did */
+        int flowing = v->state != MONITOR_PAUSED && !run_is_over(v);
         format_si(r->tokens_per_s, b, sizeof b);
-        row_put(&rw, dim, "  ep ");
-        row_put(&rw, val, "%.2f", r->epoch);
-        row_put(&rw, dim, "  tok ");
-        row_put(&rw, val, "%s", a);
-        row_put(&rw, dim, "  ");
-        /* paused, none flow: the last step's rate would stand there as if they did */
-        row_put(&rw, val, "%s", v->state == MONITOR_PAUSED ? "-" : b);
-        row_put(&rw, dim, " tok/s");
-        format_duration_short(v->quiet ? -1.0 : r->eta_s, a, sizeof a);
-        row_put(&rw, dim, "  ETA ");
-        row_put(&rw, val, "%s", a);
+        snprintf(a, sizeof a, "%s tok/s", flowing ? b : "-");
+        row_put_pair(&rw, dim, "  ", val, a);
+        if (!run_is_over(v)) {
+            format_duration_short(v->quiet ? -1.0 : r->eta_s, a, sizeof a);
+            row_put_pair(&rw, dim, "  ETA ", val, a);
+        }
         if (h == 1) {
-            row_put(&rw, dim, "  lr ");
-            row_put(&rw, val, "%.2e%s", r->lr, r->lr_overridden ? "*" : "");
+            snprintf(a, sizeof a, "%.2e%s", r->lr, r->lr_overridden ? "*" : "");
+            row_put_pair(&rw, dim, "  lr ", val, a);
         }
     }
     if (h < 2)
@@ -514,8 +531,9 @@ static void draw_keys(ui_context *ui, WINDOW *w)
     }
     if (message_on_keys(ui)) {
         int bad = strncmp(ui->message, "error", 5) == 0;
-        draw_text(w, 0, 1, getmaxx(w) - 1, bad ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD) | (int)A_BOLD
-                                               : (int)A_BOLD, ui->message);
+        draw_text_words(ui, w, 0, 1, getmaxx(w) - 2,
+                        bad ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD) | (int)A_BOLD : (int)A_BOLD,
+                        ui->message);
         return;
     }
     if (ui->mode == MODE_PROMPT) {
@@ -535,8 +553,14 @@ static void draw_keys(ui_context *ui, WINDOW *w)
     const char *tail = panel_classes[ui->focus]->hint;
     if (ui->lo.status.h < 2 && ui->have_view && ui->view->note[0])
         tail = ui->view->note;
-    if (ui->opt->read_only)
+    /* a run that has ended takes prompts and nothing else (and one that failed, not those) */
+    static const key_label ended[] = {{"?", "Help"}, {"/", "Prompt"}, {"Tab", "Panel"},
+                                      {"f", "Full"}, {"q", "Quit"}};
+    int over = ui->have_view && run_is_over(ui->view);
+    if (ui->opt->read_only || (over && ui->view->state == MONITOR_FAILED))
         draw_keys_list(ui, w, watch, 5, tail);
+    else if (over)
+        draw_keys_list(ui, w, ended, 5, tail);
     else
         draw_keys_list(ui, w, steer, 10, tail);
 }
@@ -550,42 +574,87 @@ static WINDOW *centred(ui_context *ui, int h, int w)
     return newwin(h, w, (ui->rows - h) / 2, (ui->cols - w) / 2);
 }
 
+/* The next row of text wrapped at width columns (ASCII, as the help and the dialogs are):
+ * its length, breaking at the last double space that fits, else at the last space (or
+ * mid-word when there is none); *next
+ * is where the row after it starts, its spaces skipped. */
+static int wrap_row(const char *text, int width, const char **next)
+{
+    int len = (int)strlen(text), cut = len;
+    if (len > width) {   /* at a double space (between a dialog's keys) where there is one */
+        cut = width;
+        while (cut > 0 && !(text[cut] == ' ' && text[cut - 1] == ' '))
+            cut--;
+        if (cut == 0) {
+            cut = width;
+            while (cut > 0 && text[cut] != ' ')
+                cut--;
+        }
+        cut = cut > 0 ? cut : width;
+    }
+    const char *rest = text + cut;
+    while (*rest == ' ')
+        rest++;
+    *next = rest;
+    while (cut > 0 && text[cut - 1] == ' ')
+        cut--;
+    return cut;
+}
+
+#define HELP_KEYS 11             /* the key column: "Space      " */
+
 static void draw_help(ui_context *ui)
 {
-    static const char *const lines[] = {
-        "Space      pause / resume the run",
-        "+  -       learning rate x1.25 / /1.25",
-        "l          type an exact learning rate (or *factor)",
-        "a          aux loss coefficient",
-        "s          save a checkpoint now",
-        "e          score the held-out data after the next step, or now",
-        "           when paused",
-        "/  p       prompt the model, live or (once the run ends) trained;",
-        "           a paste keeps its line breaks; Enter sends it whole",
-        ":          type any control command",
-        "Tab  1-5   next panel / routing, loss, norms, console, downloads",
-        "f          the focused panel full screen; Esc back",
-        "q  F10     quit (a live run is stopped first, saved with --save)",
-        "Ctrl-C     stop the run (saved with --save) and quit; again: now",
-        "",
-        "Routing    Up/Down layer; v view: all / 1st / 2nd / per source /",
-        "           one layer's history (Enter too), Left/Right its layer",
-        "Loss       z recent window / whole run (of the first run's steps,",
-        "           when pesc view compares runs)",
-        "Norms      v |U| heatmap / |D| heatmap / bars with trend",
-        "Console    t T temperature, o O top-p, m M max tokens,",
-        "           < > layer for colours, c colour tokens by expert,",
-        "           v every recent event (Up/Down, PgUp/PgDn go back)",
-        "",
-        "any key closes this help",
+    /* a key (or a panel's name) and what it does, wrapped to the window under the text */
+    static const char *const entries[][2] = {
+        {"Space", "pause / resume the run"},
+        {"+  -", "learning rate x1.25 / /1.25"},
+        {"l", "type an exact learning rate (or *factor)"},
+        {"a", "aux loss coefficient"},
+        {"s", "save a checkpoint now"},
+        {"e", "score the held-out data after the next step, or now when paused"},
+        {"/  p", "prompt the model, live or (once the run ends) trained; a paste keeps its line "
+                 "breaks; Enter sends it whole"},
+        {":", "type any control command"},
+        {"Tab  1-5", "next panel / routing, loss, norms, console, downloads"},
+        {"f", "the focused panel full screen; Esc back"},
+        {"q  F10", "quit (a live run is stopped first, saved with --save)"},
+        {"Ctrl-C", "stop the run (saved with --save) and quit; again: now"},
+        {"", ""},
+        {"Routing", "Up/Down layer; v view: all / 1st / 2nd / per source / one layer's history "
+                    "(Enter too), Left/Right its layer"},
+        {"Loss", "z recent window / whole run (of the first run's steps, when pesc view compares "
+                 "runs)"},
+        {"Norms", "v |U| heatmap / |D| heatmap / bars with trend"},
+        {"Console", "t T temperature, o O top-p, m M max tokens, < > layer for colours, c colour "
+                    "tokens by expert, v every recent event (Up/Down, PgUp/PgDn go back)"},
+        {"", ""},
+        {NULL, "any key closes this help"},
     };
-    int n = (int)(sizeof lines / sizeof *lines);
+    int n_entries = (int)(sizeof entries / sizeof *entries);
+    int text_w = (ui->cols < 70 ? ui->cols : 70) - 5 - HELP_KEYS;
+    text_w = text_w > 8 ? text_w : 8;
+    /* the wrapped rows: the entry and where in its text each starts */
+    struct { int entry; const char *text; int len; } rows[128];
+    int n = 0;
+    for (int i = 0; i < n_entries && n < (int)(sizeof rows / sizeof *rows); i++) {
+        const char *t = entries[i][1];
+        int width = entries[i][0] ? text_w : text_w + HELP_KEYS;
+        do {
+            const char *next;
+            rows[n].entry = i;
+            rows[n].text = t;
+            rows[n].len = wrap_row(t, width, &next);
+            n++;
+            t = next;
+        } while (*t && n < (int)(sizeof rows / sizeof *rows));
+    }
     WINDOW *w = centred(ui, n + 4, 70);
     if (!w)
         return;
     werase(w);
     draw_frame(ui, w, "Help", "pesc workbench", 1);
-    /* on a short terminal: a window of the lines, Up/Down moving it, and the last row says so */
+    /* on a short terminal: a window of the rows, Up/Down moving it, and the last row says so */
     int room = getmaxy(w) - 4 > 2 ? getmaxy(w) - 4 : 2;
     ui->help_scrolls = n > room;
     int shown = ui->help_scrolls ? room - 1 : n;
@@ -593,7 +662,16 @@ static void draw_help(ui_context *ui)
     int dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
     for (int i = 0; i < shown; i++) {
         int k = ui->help_top + i;
-        draw_text(w, 2 + i, 3, getmaxx(w) - 5, k == n - 1 ? dim : 0, lines[k]);
+        const char *key = entries[rows[k].entry][0];
+        char text[128];
+        snprintf(text, sizeof text, "%.*s", rows[k].len, rows[k].text);
+        if (!key) {
+            draw_text(w, 2 + i, 3, getmaxx(w) - 5, dim, text);
+            continue;
+        }
+        if (rows[k].text == entries[rows[k].entry][1])   /* its first row names the key */
+            draw_text(w, 2 + i, 3, HELP_KEYS, 0, key);
+        draw_text(w, 2 + i, 3 + HELP_KEYS, getmaxx(w) - 5 - HELP_KEYS, 0, text);
     }
     if (ui->help_scrolls) {
         char more[80];
@@ -605,20 +683,51 @@ static void draw_help(ui_context *ui)
     delwin(w);
 }
 
+/* A dialog of two texts, each wrapped to the terminal's width (so that on a narrow one the
+ * way back, at the end of the second, is still there): the question in bold, then its keys. */
 static void draw_dialog(ui_context *ui, const char *title, const char *line1, const char *line2)
 {
     int width = text_columns(line1) + 6;
     if (text_columns(line2) + 6 > width)
         width = text_columns(line2) + 6;
-    WINDOW *w = centred(ui, 6, width);
+    width = width < ui->cols ? width : ui->cols;
+    int text_w = width - 6 > 8 ? width - 6 : 8;
+    const char *texts[2] = {line1, line2}, *next;
+    int rows = 0;
+    for (int i = 0; i < 2; i++)
+        for (const char *t = texts[i]; *t; t = next, rows++)
+            wrap_row(t, text_w, &next);
+    WINDOW *w = centred(ui, rows + 4, width);
     if (!w)
         return;
     werase(w);
     draw_frame(ui, w, title, NULL, 1);
-    draw_text(w, 2, 3, getmaxx(w) - 4, A_BOLD, line1);
-    draw_text(w, 3, 3, getmaxx(w) - 4, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), line2);
+    int y = 2, dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    for (int i = 0; i < 2; i++)
+        for (const char *t = texts[i]; *t && y < getmaxy(w) - 1; t = next, y++) {
+            char row[256];
+            snprintf(row, sizeof row, "%.*s", wrap_row(t, text_w, &next), t);
+            draw_text(w, y, 3, getmaxx(w) - 4, i == 0 ? (int)A_BOLD : dim, row);
+        }
     wnoutrefresh(w);
     delwin(w);
+}
+
+/* q's question: what stopping keeps, and the keys; q again goes back, so that a key held
+ * down cannot also pass the Stopping dialog (where q leaves without waiting for the save). */
+static void draw_confirm_quit(ui_context *ui)
+{
+    const monitor_view *v = ui->view;
+    int starting = v->state == MONITOR_STARTING;
+    const char *question = starting ? "Stop the run before it begins? (a download keeps its "
+                                      "partial file, to go on from)"
+                         : v->can_save ? "Save a checkpoint and stop the run?"
+                         : "Stop the run? (no --save: nothing is kept)";
+    char keys[128];
+    snprintf(keys, sizeof keys, "y / Enter: %s and quit     n / q / Esc: %s",
+             v->can_save && !starting ? "save" : "stop",
+             v->state == MONITOR_RUNNING ? "keep training" : "go back");
+    draw_dialog(ui, "Quit", question, keys);
 }
 
 /* ---- drawing a frame ---------------------------------------------------------------------- */
@@ -651,10 +760,7 @@ static void draw_all(ui_context *ui, ui_windows_extra *x)
     if (ui->mode == MODE_HELP)
         draw_help(ui);
     else if (ui->mode == MODE_CONFIRM_QUIT)
-        draw_dialog(ui, "Quit", ui->view->can_save ? "Save a checkpoint and stop the run?"
-                                : "Stop the run? (no --save: nothing is kept)",
-                    ui->view->can_save ? "y / Enter: save and quit     n / Esc: keep training"
-                                       : "y / Enter: stop and quit     n / Esc: keep training");
+        draw_confirm_quit(ui);
     else if (ui->mode == MODE_STOPPING)
         draw_dialog(ui, "Stopping", ui->view->can_save ? "Saving and stopping the run..."
                                                        : "Stopping the run...",
@@ -674,8 +780,9 @@ static void draw_all(ui_context *ui, ui_windows_extra *x)
 #define KEY_ESC 27
 #define CTRL_KEY(c) ((c) & 0x1f)
 
-/* Shared by the two line prompts; returns 1 when the key was an editing key. */
-static int edit_key(lineedit *e, int is_code, wint_t ch)
+/* Shared by the two line prompts; returns 1 when the key was an editing key. A character
+ * past the line's room is refused with a notice, as a paste past it is. */
+static int edit_key(ui_context *ui, lineedit *e, int is_code, wint_t ch)
 {
     if (is_code) {
         switch (ch) {
@@ -704,7 +811,8 @@ static int edit_key(lineedit *e, int is_code, wint_t ch)
     case CTRL_KEY('n'): lineedit_key_press(e, LE_HISTORY_DOWN); return 1;
     default:
         if (ch >= 32 && ch != 127) {
-            lineedit_insert(e, (wchar_t)ch);
+            if (lineedit_insert(e, (wchar_t)ch) != 0)
+                ui_notice(ui, "error: the line is full (%d characters)", LINEEDIT_MAX);
             return 1;
         }
         return 0;
@@ -762,11 +870,6 @@ static void send_mini(ui_context *ui)
         ui_send(ui, "aux %s", text);
     else
         ui_send(ui, "%s", text);
-}
-
-static int run_is_over(const monitor_view *v)
-{
-    return v->state == MONITOR_FINISHED || v->state == MONITOR_STOPPED || v->state == MONITOR_FAILED;
 }
 
 static void begin_stop(ui_context *ui)
@@ -936,6 +1039,8 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
         return;
     switch (ui->mode) {
     case MODE_HELP:
+        if (is_code && ch == KEY_RESIZE)   /* not a key: the help is drawn anew for the size */
+            return;
         if (ui->help_scrolls && is_code && (ch == KEY_UP || ch == KEY_DOWN || ch == KEY_PPAGE ||
                                             ch == KEY_NPAGE)) {
             int page = ui->rows / 2 > 1 ? ui->rows / 2 : 1;
@@ -961,7 +1066,7 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
         } else if (!is_code && ch == KEY_ESC) {
             ui->mode = MODE_NORMAL;
         } else {
-            edit_key(&ui->mini_line, is_code, ch);
+            edit_key(ui, &ui->mini_line, is_code, ch);
         }
         return;
     case MODE_PROMPT:
@@ -976,7 +1081,7 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
         else if (is_code && (ch == KEY_F(1) || ch == KEY_F(10)))
             global_key(ui, is_code, ch);
         else
-            edit_key(&ui->prompt, is_code, ch);
+            edit_key(ui, &ui->prompt, is_code, ch);
         return;
     case MODE_NORMAL:
         break;

@@ -133,6 +133,9 @@ int draw_rows_window(ui_context *ui, WINDOW *w, int total, int shown, int select
 int draw_text(WINDOW *w, int y, int x, int width, int attr, const char *s);
 /* s from (y, x) to the window's right edge, going on at the next rows' second column, up to
  * `rows` rows in all; returns the rows written on. */
+/* As draw_text, but a text too long for width is cut after its last whole word, with a mark
+ * (a number cut in half reads as another number). */
+int draw_text_words(ui_context *ui, WINDOW *w, int y, int x, int width, int attr, const char *s);
 int draw_text_wrapped(WINDOW *w, int y, int x, int rows, int attr, const char *s);
 /* One heat cell of `width` columns for t in [0, 1] (colour or shade), with an optional label. */
 void draw_heat_cell(ui_context *ui, WINDOW *w, int y, int x, int width, double t, const char *label);
