@@ -170,6 +170,18 @@ static void add_event(logview *lv, const stats_event *logged)
         lv->last->lr = lr;
         lv->last->lr_overridden |= by_hand;
     }
+    /* one made while paused: its step's point shows it, as the live workbench's does (one
+     * at a step's end comes with the step's record, which fills it as well) */
+    double loss, accuracy, answers;
+    if (lv->n_points > 0 && stats_eval_event(e, &loss, &accuracy, &answers) == 0) {
+        monitor_point *p = &lv->points[lv->n_points - 1];
+        if (p->step == e->step && isnan(p->eval_loss) && !isnan(loss))
+            p->eval_loss = (float)loss;
+        if (p->step == e->step && isnan(p->eval_accuracy) && !isnan(accuracy))
+            p->eval_accuracy = (float)accuracy;
+        if (p->step == e->step && isnan(p->eval_answers) && !isnan(answers))
+            p->eval_answers = (float)answers;
+    }
     if (strcmp(k, "begin") == 0)   /* (again, resumed): an earlier failure's reason is old */
         lv->last_error[0] = '\0';
     if (strcmp(k, "pause") == 0)

@@ -249,7 +249,8 @@ static void set_state(session *s, monitor_state state, const char *message)
     s->shared->state = state;
     s->progress.state = state;
     if (message)
-        snprintf(s->shared->message, sizeof s->shared->message, "%.255s", message);
+        snprintf(s->shared->message, sizeof s->shared->message, "%.*s",
+                 (int)sizeof s->shared->message - 1, message);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -1075,7 +1076,7 @@ static int evaluate_loss(session *s, stats_record *r, pesc_error *err)
         return pesc_fail(err, "held-out data: no trained token within --seq %d", s->cfg.seq);
     r->eval_loss = nll / (double)count;
     r->eval_tokens = count;
-    publish_result(s, "eval loss %.4f over %lld tokens of %d records (%.1f s)",
+    publish_result(s, STATS_EVAL_LOSS " over %lld tokens of %d records (%.1f s)",
                   r->eval_loss, count, s->n_eval, pesc_now() - t0);
     return 0;
 }
@@ -1123,7 +1124,7 @@ static int evaluate_choices(session *s, stats_record *r, pesc_error *err)
     r->eval_questions = tally.questions;
     r->eval_accuracy = (double)tally.right / (double)tally.questions;
     r->eval_accuracy_norm = (double)tally.right_norm / (double)tally.questions;
-    publish_result(s, "eval accuracy %.4f (%.4f a byte) on %ld questions, chance %.4f "
+    publish_result(s, STATS_EVAL_ACCURACY " (%.4f a byte) on %ld questions, chance %.4f "
                   "(%.1f s)", r->eval_accuracy, r->eval_accuracy_norm, tally.questions,
                   tally.chance / (double)tally.questions, pesc_now() - t0);
     return 0;
@@ -1287,7 +1288,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     if (tally.scored < total)
         snprintf(unscored, sizeof unscored, "; %ld without an answer to match, %ld too long",
                  tally.no_answer, tally.too_long);
-    publish_result(s, "eval answers %.4f right (%ld of %ld, %s match%s) (%.1f s)",
+    publish_result(s, STATS_EVAL_ANSWERS " (%ld of %ld, %s match%s) (%.1f s)",
                   r->eval_answer_accuracy, tally.right, tally.scored,
                   ans_match_name(s->cfg.eval_match), unscored, pesc_now() - t0);
     publish_answers_by_source(s, by, n_sources);

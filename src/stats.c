@@ -214,6 +214,26 @@ int stats_lr_event(const stats_event *e, double *lr, int *by_hand)
     return 0;
 }
 
+int stats_eval_event(const stats_event *e, double *loss, double *accuracy, double *answers)
+{
+    *loss = *accuracy = *answers = NAN;
+    if (strcmp(e->kind, "eval") != 0)
+        return -1;
+    /* %n after the literal: the whole form matched, not only its number */
+    double x;
+    int n = 0;
+    if (sscanf(e->text, "eval loss %lf%n", &x, &n) == 1 && n > 0 && isfinite(x))
+        *loss = x;
+    else if (n = 0, sscanf(e->text, "eval accuracy %lf%n", &x, &n) == 1 && n > 0 && isfinite(x))
+        *accuracy = x;
+    else if (n = 0, sscanf(e->text, "eval answers %lf right%n", &x, &n) == 1 && n > 0 &&
+             isfinite(x))
+        *answers = x;
+    else
+        return -1;
+    return 0;
+}
+
 stats_end stats_event_end(const char *kind, const char *text)
 {
     int error = strcmp(kind, "error") == 0 || strcmp(kind, "fail") == 0;

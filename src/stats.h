@@ -103,6 +103,15 @@ typedef struct stats_run {
  * such an event. */
 int stats_lr_event(const stats_event *e, double *lr, int *by_hand);
 
+/* An "eval" event's text begins with what it scored, in one of these forms, so that a reader
+ * of the log (pesc view) shows an evaluation made while paused, which no step record carries. */
+#define STATS_EVAL_LOSS "eval loss %.4f"
+#define STATS_EVAL_ACCURACY "eval accuracy %.4f"
+#define STATS_EVAL_ANSWERS "eval answers %.4f right"
+/* The held-out loss, accuracy or answers' share an "eval" event reports (the other two NAN):
+ * 0, or -1 when e is not such an event. */
+int stats_eval_event(const stats_event *e, double *loss, double *accuracy, double *answers);
+
 /* A run's last event is "finish", "stop" or "error" with the text STATS_END_TEXT; an "error"
  * before it is the reason it failed, or an error the run went on after (a failed save), which
  * a step's record that follows undoes. What an event is to the run's end, for a log's readers

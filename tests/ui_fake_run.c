@@ -1,8 +1,8 @@
 /* ui_fake_run — a stand-in for a headless run, for the `pesc view` tests: writes a run log
  * with the stats writers (a start line, step records with recognisable routing and a held-out
  * loss every 20 steps or --eval-every N, events) and, with --control, answers the control
- * socket's commands the way a run does (pause, resume, lr, aux, save, stop, generate), logging
- * each as an event.
+ * socket's commands the way a run does (pause, resume, lr, aux, eval, save, stop, generate),
+ * logging each as an event.
  *
  *   ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]
  *                   [--layers L] [--experts E] [--sources S] [--eval-every N]
@@ -161,6 +161,11 @@ static void answer(fake_run *f, const char *line, char *reply, size_t cap)
         snprintf(text, sizeof text, "%.3g", f->aux_coef);
         event(f, "aux", text);
         snprintf(reply, cap, "ok: aux %.3g", f->aux_coef);
+    } else if (strcmp(line, "eval") == 0) {   /* at once, as a paused run scores */
+        snprintf(text, sizeof text, STATS_EVAL_LOSS " over 512 tokens of 8 records (0.1 s)",
+                 0.7771);
+        event(f, "eval", text);
+        snprintf(reply, cap, "ok: eval after the next step, or at once when paused");
     } else if (strcmp(line, "save") == 0) {
         event(f, "save", "checkpoint written");
         snprintf(reply, cap, "ok: saved");

@@ -300,6 +300,12 @@ check "PAUSED" "Space pauses the run"
 sleep 0.3; a=$(step_now); sleep 0.8; b=$(step_now)
 [ -n "$a" ] && [ "$a" = "$b" ] && pass "paused: the step counter stops at $a" || fail "paused but steps moved ($a -> $b)"
 grep -q '"event":"pause"' "$tmp/live.jsonl" && pass "pause reached the run" || fail "no pause event in the log"
+# an evaluation made while paused has no step record to carry it: its event does (the fake
+# run's scores 0.7771; a step the schedule evaluates already has its own)
+keys e
+if [ $((a % 20)) -ne 0 ]; then
+  check "eval 0\\.777" "e while paused: the evaluation shows in the legend at once"
+fi
 keys +
 check "ok: lr 0.00025" "+ gets the run's reply"
 check "lr 2.50e-04\\*" "+ shows the new LR while paused, marked as set by hand"
