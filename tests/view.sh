@@ -334,8 +334,17 @@ tmux -L "$sock" resize-window -t view -x 100 -y 30
 check "Adapter norms" "resize to 40x12 and back while following"
 keys Escape
 sleep 0.2
+# leaving a paused run asks first (nobody may be left to resume it); r resumes it and leaves
+keys Space
+check "PAUSED" "paused again before leaving"
 keys q
-[ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q detaches with status 0" || fail "q: status '$(cat "$tmp/status" 2>/dev/null)'"
+check "The run is paused, and stays paused once this view has left" "q on a paused run asks first"
+resumes=$(grep -c '"event":"resume"' "$tmp/live.jsonl")
+keys r
+[ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "r resumes the run and detaches with status 0" \
+  || fail "q r: status '$(cat "$tmp/status" 2>/dev/null)'"
+[ "$(grep -c '"event":"resume"' "$tmp/live.jsonl")" -gt "$resumes" ] \
+  && pass "... and the run got the resume" || fail "q r: no resume event in the log"
 # the terminal echoes a paste now: without its markers, once the view has turned the mode off
 paste_text "pasted after the view"
 check "pasted after the view" "a paste after the view reaches the terminal"

@@ -761,6 +761,9 @@ static void draw_all(ui_context *ui, ui_windows_extra *x)
         draw_help(ui);
     else if (ui->mode == MODE_CONFIRM_QUIT)
         draw_confirm_quit(ui);
+    else if (ui->mode == MODE_CONFIRM_LEAVE)
+        draw_dialog(ui, "Leave", "The run is paused, and stays paused once this view has left.",
+                    "r: resume it and leave     y / Enter: leave it paused     n / q / Esc: stay");
     else if (ui->mode == MODE_STOPPING)
         draw_dialog(ui, "Stopping", ui->view->can_save ? "Saving and stopping the run..."
                                                        : "Stopping the run...",
@@ -882,8 +885,11 @@ static void begin_stop(ui_context *ui)
 
 static void ask_quit(ui_context *ui)
 {
+    int attached = !ui->opt->live && !ui->opt->read_only;
     if (ui->opt->live && ui->have_view && !run_is_over(ui->view))
         ui->mode = MODE_CONFIRM_QUIT;
+    else if (attached && ui->have_view && ui->view->state == MONITOR_PAUSED)
+        ui->mode = MODE_CONFIRM_LEAVE;   /* nobody may be left to resume it */
     else
         ui->quit = 1;
 }
@@ -1054,6 +1060,17 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
             begin_stop(ui);
         else if ((!is_code && (ch == 'n' || ch == 'N' || ch == KEY_ESC || ch == 'q')))
             ui->mode = MODE_NORMAL;
+        return;
+    case MODE_CONFIRM_LEAVE:
+        if (!is_code && (ch == 'r' || ch == 'R')) {
+            ui_send(ui, "resume");
+            ui->quit = 1;
+        } else if ((!is_code && (ch == 'y' || ch == 'Y' || ch == '\n' || ch == '\r')) ||
+                   (is_code && ch == KEY_F(10))) {
+            ui->quit = 1;
+        } else if (!is_code && (ch == 'n' || ch == 'N' || ch == KEY_ESC || ch == 'q')) {
+            ui->mode = MODE_NORMAL;
+        }
         return;
     case MODE_STOPPING:
         if (!is_code && (ch == 'q' || ch == 'Q'))

@@ -60,7 +60,8 @@ typedef enum routing_view_kind {
 } routing_view_kind;
 
 typedef enum ui_mode {
-    MODE_NORMAL, MODE_PROMPT, MODE_MINI, MODE_HELP, MODE_CONFIRM_QUIT, MODE_STOPPING
+    MODE_NORMAL, MODE_PROMPT, MODE_MINI, MODE_HELP, MODE_CONFIRM_QUIT, MODE_STOPPING,
+    MODE_CONFIRM_LEAVE           /* an attached view leaving a paused run */
 } ui_mode;
 
 typedef enum ui_mini_kind { MINI_LR, MINI_AUX, MINI_COMMAND } ui_mini_kind;
