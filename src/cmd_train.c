@@ -66,25 +66,12 @@ static void catch_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
-static void format_eta(char *buf, size_t n, double s)
-{
-    if (s < 0)
-        snprintf(buf, n, "?");
-    else if (s < 120)
-        snprintf(buf, n, "%.0fs", s);
-    else if (s < 7200)
-        snprintf(buf, n, "%.0fm%02.0fs", s / 60 - 0.5 < 0 ? 0 : (double)(long)(s / 60),
-                 s - 60.0 * (long)(s / 60));
-    else
-        snprintf(buf, n, "%.1fh", s / 3600);
-}
-
 /* The progress line: rewritten in place on a terminal, else a line each time (but not the
  * same step's twice, as when the last report was already the final step's). */
 static void print_progress(const session_progress *p, int tty, int final, long *printed)
 {
     char eta[32];
-    format_eta(eta, sizeof eta, p->eta_s);
+    pesc_format_duration(p->eta_s, eta, sizeof eta);
     if (p->step == 0 || ferror(stdout) || (!tty && p->step == *printed))
         return;
     *printed = p->step;

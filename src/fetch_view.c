@@ -23,16 +23,6 @@ struct fetch_view {
     int n_seen;
 };
 
-static void format_duration(double s, char *out, size_t cap)
-{
-    if (s < 0)
-        snprintf(out, cap, "--:--");
-    else if (s < 3600)
-        snprintf(out, cap, "%d:%02d", (int)s / 60, (int)s % 60);
-    else
-        snprintf(out, cap, "%dh%02d", (int)(s / 3600), (int)s % 3600 / 60);
-}
-
 static int terminal_columns(void)
 {
     struct winsize ws;
@@ -60,7 +50,7 @@ static void print_plain_progress(const fetch_progress *p)
     pesc_format_bytes((double)p->done, done, sizeof done);
     pesc_format_bytes((double)p->total, total, sizeof total);
     pesc_format_bytes(p->rate, rate, sizeof rate);
-    format_duration(p->eta_s, eta, sizeof eta);
+    pesc_format_duration(p->eta_s, eta, sizeof eta);
     if (p->total > 0)
         fprintf(stderr, "pesc: %s: %s of %s (%d%%), %s/s, %s left\n", p->name, done, total,
                 (int)(100.0 * (double)p->done / (double)p->total), rate, eta);
@@ -74,7 +64,7 @@ static void print_bar(const fetch_progress *p, int columns)
     pesc_format_bytes((double)p->done, done, sizeof done);
     pesc_format_bytes((double)p->total, total, sizeof total);
     pesc_format_bytes(p->rate, rate, sizeof rate);
-    format_duration(p->eta_s, eta, sizeof eta);
+    pesc_format_duration(p->eta_s, eta, sizeof eta);
     enum { tail_width = 44, bar_width = 20 };
     char numbers[192];
     snprintf(numbers, sizeof numbers, "%10s / %-10s %10s/s %6s", done,

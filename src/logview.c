@@ -31,7 +31,9 @@ struct logview {
     char *pending;               /* a line read in part */
     size_t pending_len, pending_cap;
     int overlong;   /* the pending line passed LINE_MAX_BYTES: skipped to its newline */
-    double last_growth;          /* when a line last arrived (monotonic) */
+    double last_growth;          /* when a record last arrived (monotonic): lines that are
+                                    none (junk appended to a dead run's log) leave it quiet */
+    int took_record;             /* parse_line read a record since read_more looked */
     double stall_s;              /* a running log quiet this long says so */
     long bad_lines;
     /* what has been read */
@@ -219,6 +221,7 @@ static void parse_line(logview *lv, const char *line)
     stats_run run;
     pesc_error err;
     int kind = stats_parse_line(line, &lv->last, &e, &run, &err);
+    lv->took_record |= kind >= 1 && kind <= 3;
     if (kind == 3) {
         lv->run = run;
         lv->have_run = 1;
@@ -321,8 +324,10 @@ static void read_more(logview *lv)
         if (n <= 0)
             break;
         lv->offset += n;
+        lv->took_record = 0;
         take_lines(lv, buf, (size_t)n);
-        lv->last_growth = written_at(lv->fd);
+        if (lv->took_record)
+            lv->last_growth = written_at(lv->fd);
         if (pesc_now() - start > READ_BUDGET_S)
             break;
     }

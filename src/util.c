@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -614,6 +615,20 @@ int pesc_argmax(const float *x, int n)
         if (x[i] == x[i] && (best < 0 || x[i] > x[best]))
             best = i;
     return best < 0 ? 0 : best;
+}
+
+void pesc_format_duration(double s, char *out, size_t cap)
+{
+    if (!isfinite(s) || s < 0 || s > 1e9)
+        snprintf(out, cap, "--");
+    else if (s < 60)
+        snprintf(out, cap, "%ds", (int)s);
+    else if (s < 3600)
+        snprintf(out, cap, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else if (s < 86400)
+        snprintf(out, cap, "%dh%02dm", (int)(s / 3600), (int)s % 3600 / 60);
+    else
+        snprintf(out, cap, "%dd%02dh", (int)(s / 86400), (int)s % 86400 / 3600);
 }
 
 double pesc_now(void)

@@ -132,6 +132,9 @@ double pesc_xorshift_uniform(uint64_t *state);   /* [0, 1); xorshift64, state mu
 
 /* Monotonic seconds. */
 double pesc_now(void);
+/* A duration the one way every front end writes it (ETAs, "saved ... ago"): 45s, 14m07s,
+ * 2h46m, 3d05h; "--" when unknown (negative or not finite). */
+void pesc_format_duration(double s, char *out, size_t cap);
 /* The seconds this process has stood stopped (Ctrl-Z) so far, as far as a front end that
  * handles the stop has noted them (pesc_note_stopped, async-signal-safe, from any thread):
  * step times, rates and ETAs leave them out. */

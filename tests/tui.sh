@@ -78,7 +78,7 @@ screen | grep -q "PAUSED .* - tok/s" && pass "paused: no tokens per second shown
   fail "paused: a rate on the status line: $(screen | head -n 1)"
 # a save while paused is on the status line at once (it once waited for the next step)
 keys s
-check "saved 0:0[0-9] ago" "s while paused: the status line counts from that save"
+check "saved [0-9]s ago" "s while paused: the status line counts from that save"
 
 prompt=${PESC_TUI_PROMPT:-Hello}
 # answered DESCRIPTION: the answer to $prompt, a line in the console (between its frame and

@@ -183,6 +183,9 @@ keys q
 touch -d '10 minutes ago' "$tmp/quiet.jsonl"
 tui_start 130 30 "$pesc" view "$tmp/quiet.jsonl"
 check "no new lines for (59[0-9]|6[0-9][0-9]) s" "a log written long ago is quiet since it was written"
+# a line that is no record is no sign of life: the log stays quiet since its last record
+echo 'not a record' >>"$tmp/quiet.jsonl"
+check "no new lines for (59[0-9]|6[0-9][0-9]) s; 3 malformed" "a junk line appended leaves the log quiet"
 keys q
 PESC_VIEW_STALL_S=0 "$pesc" view "$tmp/quiet.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
 [ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^pesc view: PESC_VIEW_STALL_S=0: " "$tmp/err" \

@@ -308,18 +308,6 @@ void format_bytes_short(double v, char *out, size_t cap)
     snprintf(out, cap, i == 0 || v >= 100 ? "%.0f%c" : "%.1f%c", v, suffix[i]);
 }
 
-void format_duration_short(double s, char *out, size_t cap)
-{
-    if (!isfinite(s) || s < 0)
-        snprintf(out, cap, "--");
-    else if (s < 3600)
-        snprintf(out, cap, "%d:%02d", (int)s / 60, (int)s % 60);
-    else if (s < 86400)
-        snprintf(out, cap, "%dh%02d", (int)(s / 3600), (int)s % 3600 / 60);
-    else
-        snprintf(out, cap, "%dd%02d", (int)(s / 86400), (int)s % 86400 / 3600);
-}
-
 /* The terminal columns of text[a..b); a character wcwidth does not know takes one. */
 static int wide_columns(const wchar_t *text, int a, int b)
 {

@@ -323,7 +323,7 @@ static void download_row(ui_context *ui, WINDOW *w, int y, int width, const fetc
     format_bytes_short((double)p->done, done, sizeof done);
     format_bytes_short((double)p->total, total, sizeof total);
     format_bytes_short(p->rate, rate, sizeof rate);
-    format_duration_short(p->eta_s, eta, sizeof eta);
+    pesc_format_duration(p->eta_s, eta, sizeof eta);
     int attr = dim;
     if (p->state == FETCH_RUNNING) {
         if (p->total > 0)

@@ -430,7 +430,7 @@ static void draw_status(ui_context *ui, WINDOW *w)
         snprintf(a, sizeof a, "%s tok/s", flowing ? b : "-");
         row_put_pair(&rw, dim, "  ", val, a);
         if (!run_is_over(v)) {
-            format_duration_short(v->quiet ? -1.0 : r->eta_s, a, sizeof a);
+            pesc_format_duration(v->quiet ? -1.0 : r->eta_s, a, sizeof a);
             row_put_pair(&rw, dim, "  ETA ", val, a);
         }
         if (h == 1) {
@@ -468,7 +468,7 @@ static void draw_status(ui_context *ui, WINDOW *w)
     }
     if (ui->have_view) {
         char a[32];
-        format_duration_short(v->since_save_s, a, sizeof a);
+        pesc_format_duration(v->since_save_s, a, sizeof a);
         row_put(&rw, dim, "  saved ");
         row_put(&rw, val, "%s", v->since_save_s < 0 ? "never" : a);
         if (v->since_save_s >= 0)

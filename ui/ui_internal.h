@@ -154,8 +154,6 @@ void draw_heat_legend(ui_context *ui, WINDOW *w, int y, int x, int width, const 
 /* 1.2k, 3.4M, 5.6G */
 void format_si(double v, char *out, size_t cap);
 void format_bytes_short(double v, char *out, size_t cap);
-/* 4:05, 1h02, 3d04; "--" when negative */
-void format_duration_short(double s, char *out, size_t cap);
 /* Display columns of a UTF-8 string. */
 int text_columns(const char *s);
 /* Draws the line being edited at (y, x) in `room` columns, scrolled to show the cursor;
