@@ -2201,12 +2201,24 @@ static int check_output(const session *s, const char *what, const char *path, pe
     char *dir = pesc_parent_dir(path);
     if (!input && pesc_same_file(dir, s->model_dir))
         input = "a file of the model directory";
-    if (!input && (pesc_same_file(dir, s->cfg.resume) || pesc_same_file(path, s->cfg.resume)))
+    /* the checkpoint itself (a log in the --save directory above it is the run's to append) */
+    if (!input && s->resumed_dir &&
+        (pesc_same_file(dir, s->resumed_dir) || pesc_same_file(path, s->resumed_dir)))
         input = "a file of the resumed checkpoint";
+    char *state = pesc_path_join(dir, "state.json");
+    int in_checkpoint = !input && access(state, F_OK) == 0;
+    free(state);
     free(dir);
     if (input)
         return pesc_fail(err, "%s %s is %s of this run, and writing it would destroy it; name "
                          "another file", what, path, input);
+    if (in_checkpoint)
+        return pesc_fail(err, "%s %s is a file of a checkpoint (its directory holds state.json), "
+                         "and writing it would destroy it; name another file", what, path);
+    /* a sink replaces its file: never a run's log (the --log of one is refused in sink.c) */
+    if (strcmp(what, "--log") != 0 && sinks_log_of_run(path, NULL) == 0)
+        return pesc_fail(err, "%s %s is a pesc run log, which this sink would replace; name "
+                         "another file", what, path);
     return 0;
 }
 

@@ -364,16 +364,75 @@ int sinks_check_spec(const pesc_plugins *plugins, const char *spec, pesc_error *
     return rc;
 }
 
+/* Where a path's last component begins and its length, a trailing slash left out: "demo" of
+ * "/x/data/demo/". */
+static size_t last_name(const char *path, const char **name)
+{
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    size_t start = len;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    *name = path + start;
+    return len - start;
+}
+
+static int same_last_name(const char *a, const char *b)
+{
+    const char *na, *nb;
+    size_t la = last_name(a, &na), lb = last_name(b, &nb);
+    return la == lb && memcmp(na, nb, la) == 0;
+}
+
+int sinks_log_of_run(const char *path, const stats_run *run)
+{
+    /* a regular file only (/dev/full reads zeros for ever), and its first line within 64 KiB
+     * (a start line is a few hundred bytes) */
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+        return -1;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t cap = 65536;
+    char *line = xmalloc(cap);
+    int got = fgets(line, (int)cap, f) != NULL && strchr(line, '\n');
+    fclose(f);
+    stats_record *r = NULL;
+    stats_event e;
+    stats_run logged;
+    pesc_error ignored;
+    int kind = got ? stats_parse_line(line, &r, &e, &logged, &ignored) : -1;
+    free(line);
+    stats_record_delete(r);
+    if (kind != 3)
+        return -1;
+    if (!run)
+        return 0;
+    const stats_shape *a = &logged.shape, *b = &run->shape;
+    /* by the model's directory name: a resumed run names the directory its checkpoint
+     * recorded (absolute; the demo's own, where the first run said "demo") */
+    int same = same_last_name(logged.model, run->model) &&
+               a->n_layers == b->n_layers &&
+               a->n_experts == b->n_experts && a->top_k == b->top_k &&
+               a->n_sources == b->n_sources && logged.adapter_dim == run->adapter_dim;
+    for (int i = 0; same && i < a->n_sources && i < STATS_MAX_SOURCES; i++)
+        same = strcmp(logged.sources[i], run->sources[i]) == 0;
+    return same;
+}
+
 /* What opening the built-in log would refuse, asked before any sink opens, so that a run
  * refused for one of its outputs has truncated no other (plugin sinks, whose files only they
  * know, open before the log: what they refuse, they refuse before the log is touched).
  * 0, or -1 with the reason in why. */
-static int check_log_output(const sink_set *s, const char *target, int is_log, char *why,
-                            size_t n)
+static int check_log_output(const sink_set *s, const stats_run *run, const char *target,
+                            int is_log, char *why, size_t n)
 {
     char path[4096];
     jsonl_path(path, sizeof path, target, s->base);
     struct stat st;
+    int mine;
     if (stat(path, &st) == 0) {
         if (!target && !s->opt.resume)
             exists_unnamed(why, n, path);
@@ -384,6 +443,13 @@ static int check_log_output(const sink_set *s, const char *target, int is_log, c
             snprintf(why, n, "%s already holds a log (%lld bytes), which a fresh run would "
                      "replace: remove it, name another file, or continue its run with "
                      "--resume", path, (long long)st.st_size);
+        else if (is_log && S_ISREG(st.st_mode) && st.st_size > 0 &&
+                 (mine = sinks_log_of_run(path, run)) != 1)
+            /* a resumed run appends: to its own log, never to data or to another run's */
+            snprintf(why, n, "%s %s: a resumed run appends to its own log only; name a new "
+                     "file, or leave --log out to go on in the run's own", path,
+                     mine < 0 ? "is not a pesc run log (it holds other data)"
+                              : "is another run's log (its model, shape or data differ)");
         else if (S_ISDIR(st.st_mode))
             snprintf(why, n, "%s is a directory; name a file for the run log", path);
         else if (access(path, W_OK) != 0)
@@ -470,7 +536,7 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
                 rc = open_failed(s, i, why, err);
             }
         }
-        if (rc == 0 && check_log_output(s, colon ? colon + 1 : NULL,
+        if (rc == 0 && check_log_output(s, run, colon ? colon + 1 : NULL,
                                         i == 0 && s->opt.first_is_log, why, sizeof why) != 0)
             rc = open_failed(s, i, why, err);
     }

@@ -51,6 +51,11 @@ typedef struct sink_options {
  * log). The "start" line of the log is written here. */
 sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run,
                      const sink_options *o, pesc_error *err);
+/* Whether the file at path is run's log, to append to on resuming: 1 when its start line
+ * names run's model, shape and data, 0 when it names another run's (or run is NULL), -1 when
+ * it is no run log at all (a dataset, notes). */
+int sinks_log_of_run(const char *path, const stats_run *run);
+
 /* Every working sink gets the record / event. */
 void sinks_record(sink_set *s, const stats_record *r);
 void sinks_event(sink_set *s, const stats_event *e);

@@ -306,6 +306,26 @@ expect 1 "\-\-lr 0.3 with \-\-weight-decay 10: .*wipes them out" \
   "--resume: lr x weight decay is checked with the checkpoint's rate" -- \
   "$pesc" train --headless --resume "$tmp/wd" --steps 2 --weight-decay 10
 [ ! -d "$tmp/wd/step-00000002" ] || fail "a refused --resume saved step 2"
+# outputs that would destroy something: a resumed run's --log that is data, or another run's
+# log, and a sink's target in a checkpoint or on a run log; a log in the --save directory is
+# the run's own and resumes
+cp "$tmp/data.jsonl" "$tmp/data-copy.jsonl"
+expect 1 "data-copy.jsonl is not a pesc run log" "--resume --log of a dataset is refused" -- \
+  "$pesc" train --headless --resume "$tmp/wd" --steps 2 --log "$tmp/data-copy.jsonl"
+cmp -s "$tmp/data.jsonl" "$tmp/data-copy.jsonl" || fail "a refused --log changed the data"
+expect 1 "alone.jsonl is another run's log" "--resume --log of another run's log is refused" -- \
+  "$pesc" train --headless --resume "$tmp/wd" --steps 2 --log "$tmp/alone.jsonl"
+expect 1 "is a file of a checkpoint" "--sink into a checkpoint's directory is refused" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --backend cpu --steps 1 \
+  --sink "csv:$tmp/wd/step-00000001/state.json"
+expect 1 "alone.jsonl is a pesc run log" "--sink onto a run log is refused" -- \
+  "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --backend cpu --steps 1 \
+  --sink "csv:$tmp/alone.jsonl"
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 \
+  --backend cpu --steps 1 --save "$tmp/inlog" --log "$tmp/inlog/run.jsonl" >/dev/null 2>&1
+expect 0 "step 2/2" "a run whose log is in its --save directory resumes from that directory" -- \
+  "$pesc" train --headless --resume "$tmp/inlog" --steps 2
+[ "$(losses "$tmp/inlog/run.jsonl" | wc -l)" = 2 ] || fail "the log in the save directory: $(losses "$tmp/inlog/run.jsonl" | wc -l) steps"
 # a save directory moved (here copied) elsewhere: saved on there; the log, not beside it, is not
 cp -r "$tmp/alone" "$tmp/moved"
 before=$(losses "$tmp/alone.jsonl" | wc -l)
