@@ -346,9 +346,27 @@ static int compare_spans(const void *a, const void *b)
     return (x->end > y->end) - (x->end < y->end);
 }
 
-/* Two tensors sharing bytes mean a corrupt header (the reference reader refuses them too). Empty
- * tensors occupy no bytes and cannot overlap anything. */
-static int check_overlaps(const st_file *f, const data_region *region, pesc_error *err)
+/* Bytes [begin, end) of the data region that no tensor covers: "before tensor X", "after the
+ * last tensor X", or in a file without tensors. */
+static int hole_fail(pesc_error *err, const st_file *f, const data_region *region, size_t begin,
+                     size_t end, const char *where, const char *neighbour)
+{
+    char shown[128], context[160] = "";
+    if (neighbour)
+        snprintf(context, sizeof context, " (%s tensor \"%s\")", where,
+                 printable(neighbour, shown, sizeof shown));
+    return pesc_fail(err, "%s: bytes [%zu, %zu) of the data region%s are not part of any tensor "
+                     "(the data region starts at byte %zu, right after the header): the file is "
+                     "corrupt or was written by a broken tool; re-download or re-export it",
+                     f->path, begin, end, context,
+                     (size_t)(region->start - (const uint8_t *)f->map));
+}
+
+/* The tensors must tile the data region exactly, as the format requires and the reference reader
+ * checks: two tensors sharing bytes mean a corrupt header, and a hole or trailing bytes mean
+ * offsets that count from somewhere else (bytes inserted after the header would otherwise load
+ * with every weight shifted). Empty tensors occupy no bytes and are left out. */
+static int check_tiling(const st_file *f, const data_region *region, pesc_error *err)
 {
     byte_span *spans = xcalloc((size_t)f->n_tensors, sizeof *spans);
     int n = 0;
@@ -360,19 +378,26 @@ static int check_overlaps(const st_file *f, const data_region *region, pesc_erro
         spans[n++] = (byte_span){begin, begin + t->nbytes, i};
     }
     qsort(spans, (size_t)n, sizeof *spans, compare_spans);
-    int rc = 0, widest = 0;    /* span reaching furthest so far */
-    for (int i = 1; i < n && rc == 0; i++) {
-        if (spans[i].begin < spans[widest].end) {
+    /* Spans [0, i) tile [0, covered), so span i-1 is the one that reaches `covered`. */
+    size_t covered = 0;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const char *name = f->tensors[spans[i].tensor].name;
+        if (spans[i].begin < covered) {
             char other[128];
-            rc = tensor_fail(err, f->path, f->tensors[spans[i].tensor].name,
+            rc = tensor_fail(err, f->path, name,
                              "bytes [%zu, %zu) overlap tensor \"%s\"; the header is corrupt",
                              spans[i].begin, spans[i].end,
-                             printable(f->tensors[spans[widest].tensor].name, other,
+                             printable(f->tensors[spans[i - 1].tensor].name, other,
                                        sizeof other));
+        } else if (spans[i].begin > covered) {
+            rc = hole_fail(err, f, region, covered, spans[i].begin, "before", name);
         }
-        if (spans[i].end > spans[widest].end)
-            widest = i;
+        covered = spans[i].end;
     }
+    if (rc == 0 && covered != region->len)
+        rc = hole_fail(err, f, region, covered, region->len, "after the last",
+                       n ? f->tensors[spans[n - 1].tensor].name : NULL);
     free(spans);
     return rc;
 }
@@ -389,7 +414,7 @@ int st_open(st_file *f, const char *path, pesc_error *err)
     if (rc == 0)
         rc = parse_entries(f, root, &region, err);
     if (rc == 0)
-        rc = check_overlaps(f, &region, err);
+        rc = check_tiling(f, &region, err);
     json_decref(root);
     if (rc != 0)
         st_close(f);

@@ -7,8 +7,10 @@
  *
  * A file is refused, with a one-line reason that names the file (and the tensor where there
  * is one), when its header length runs past the file, the header is not a JSON object,
- * a tensor's offsets are out of range or overlap another's, shape x dtype size differs from
- * the byte span, or a dtype is unknown. No input may crash the parser. */
+ * a tensor's offsets are out of range or overlap another's, the tensors leave bytes of the data
+ * region uncovered (a hole between them or bytes after the last: the format requires them to
+ * tile it exactly), shape x dtype size differs from the byte span, or a dtype is unknown. No
+ * input may crash the parser. */
 #ifndef PESC_SAFETENSORS_H
 #define PESC_SAFETENSORS_H
 

@@ -534,6 +534,18 @@ static const corrupt_case corrupt_cases[] = {
      "{\"weight_a\":" ENTRY("\"F32\"", "[4]", "[0,16]") ",\"weight_b\":" ENTRY("\"U8\"", "[2]",
                                                                               "[4,6]") "}",
      0, 16, 0, 0, -1, "overlap"},
+    /* The tensors must tile the data region: bytes inserted after the header would otherwise
+     * shift every weight without a word. */
+    {"bytes after the last tensor", VALID, 0, 12, 0, 0, -1, "bytes [8, 12) of the data region"},
+    {"bytes before the first tensor", ONE(ENTRY("\"F32\"", "[2]", "[4,12]")), 0, 12, 0, 0, -1,
+     "bytes [0, 4) of the data region (before tensor \"weight_a\") are not part of any tensor"},
+    {"hole between two tensors",
+     "{\"weight_a\":" ENTRY("\"F32\"", "[2]", "[0,8]") ",\"weight_b\":" ENTRY("\"F32\"", "[2]",
+                                                                              "[12,20]") "}",
+     0, 20, 0, 0, -1, "bytes [8, 12) of the data region (before tensor \"weight_b\")"},
+    {"data bytes but no tensors", "{}", 0, 4, 0, 0, -1, "bytes [0, 4)"},
+    {"only an empty tensor, then bytes", ONE(ENTRY("\"F32\"", "[0]", "[0,0]")), 0, 4, 0, 0, -1,
+     "not part of any tensor"},
     {"metadata not an object", "{\"__metadata__\": [1]}", 0, 0, 0, 0, -1, "__metadata__"},
     {"metadata value not a string", "{\"__metadata__\": {\"k\": 1}}", 0, 0, 0, 0, -1,
      "__metadata__"},
@@ -567,6 +579,40 @@ static void expect_open_refused(const char *label, const char *path, const char 
     st_close(&f);
 }
 
+/* Files that tile their data region exactly open, however the header is padded: the data
+ * starts right after the 8 + N header bytes, trailing spaces in the JSON included, and empty
+ * tensors may sit at any offset inside the region. */
+static void test_tiled_files(const char *dir)
+{
+    static const char *const headers[] = {
+        "{\"a\":" ENTRY("\"F32\"", "[2]", "[0,8]") ",\"b\":" ENTRY("\"F32\"", "[1]", "[8,12]")
+        "}     ",
+        "{\"b\":" ENTRY("\"F32\"", "[1]", "[8,12]") ",\"e\":" ENTRY("\"F32\"", "[0]", "[4,4]")
+        ",\"a\":" ENTRY("\"F32\"", "[2]", "[0,8]") ",\"z\":" ENTRY("\"U8\"", "[0]", "[12,12]")
+        "}",
+    };
+    static const float values[3] = {1, 2, 3};
+    for (int i = 0; i < 2; i++) {
+        size_t header_bytes = strlen(headers[i]), len;
+        uint8_t *bytes = build_file(headers[i], header_bytes, sizeof values, 0, 0, &len);
+        memcpy(bytes + 8 + header_bytes, values, sizeof values);
+        char *path = path_printf("%s/tiled-%d.safetensors", dir, i);
+        write_bytes(path, bytes, len);
+        st_file f;
+        pesc_error err = {{0}};
+        CHECK(st_open(&f, path, &err) == 0, "tiled file %d refused: %s", i, err.msg);
+        const st_tensor *b = st_find(&f, "b");
+        float out = 0;
+        CHECK(b && b->data == (const uint8_t *)f.map + 8 + header_bytes + 8,
+              "tiled file %d: b does not start at byte 8 + N + 8", i);
+        CHECK(b && st_to_f32(b, &out, &err) == 0 && out == 3, "tiled file %d: b is %g", i,
+              (double)out);
+        st_close(&f);
+        free(path);
+        free(bytes);
+    }
+}
+
 static void test_corrupt_files(const char *dir)
 {
     int n = (int)(sizeof corrupt_cases / sizeof corrupt_cases[0]);
@@ -598,6 +644,8 @@ static void test_corrupt_files(const char *dir)
     free(path);
     free(bytes);
     free(deep);
+
+    test_tiled_files(dir);
 
     path = pesc_path_join(dir, "does-not-exist.safetensors");
     expect_open_refused("missing file", path, "cannot open");
