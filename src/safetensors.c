@@ -749,12 +749,54 @@ static int shard_file(st_set *s, const char *index, const char **shard_names, co
     return s->n_files++;
 }
 
+static int compare_entries(const void *a, const void *b)
+{
+    const st_set_entry *x = a, *y = b;
+    return strcmp(x->name, y->name);
+}
+
+/* The file name of a shard, for messages (the set's files are opened as dir/name). */
+static const char *shard_shown(const st_file *f)
+{
+    const char *slash = strrchr(f->path, '/');
+    return slash ? slash + 1 : f->path;
+}
+
+/* A tensor in two shards is read from one of them by chance of order (transformers takes the
+ * last shard it loads): the two copies may differ, so the set is refused. */
+static int check_shared_names(const st_set *s, const char *index, pesc_error *err)
+{
+    size_t n = 0;
+    for (int i = 0; i < s->n_files; i++)
+        n += (size_t)s->files[i].n_tensors;
+    st_set_entry *all = xcalloc(n, sizeof *all);
+    n = 0;
+    for (int i = 0; i < s->n_files; i++)
+        for (int t = 0; t < s->files[i].n_tensors; t++)
+            all[n++] = (st_set_entry){s->files[i].tensors[t].name, i};
+    qsort(all, n, sizeof *all, compare_entries);
+    int rc = 0;
+    for (size_t i = 1; i < n && rc == 0; i++) {
+        if (strcmp(all[i - 1].name, all[i].name) != 0)
+            continue;
+        char shown[128];
+        rc = pesc_fail(err, "%s: tensor \"%s\" is in two shards, %s and %s (index and shards "
+                       "are out of sync; re-download the model)", index,
+                       printable(all[i].name, shown, sizeof shown),
+                       shard_shown(&s->files[all[i - 1].file]),
+                       shard_shown(&s->files[all[i].file]));
+    }
+    free(all);
+    return rc;
+}
+
 static int open_shards(st_set *s, const char *index, json_t *weight_map, pesc_error *err)
 {
     size_t n = json_object_size(weight_map);
     if (n == 0)
         return pesc_fail(err, "%s: weight_map names no tensors", index);
     s->files = xcalloc(n, sizeof *s->files);    /* at most one shard per tensor */
+    s->weight_map = xcalloc(n, sizeof *s->weight_map);
     const char **shard_names = xcalloc(n, sizeof *shard_names);
     const char *tensor;
     json_t *shard;
@@ -773,9 +815,14 @@ static int open_shards(st_set *s, const char *index, json_t *weight_map, pesc_er
                            index, printable(tensor, shown, sizeof shown), shard_names[k]);
             break;
         }
+        s->weight_map[s->n_weight_map++] = (st_set_entry){xstrdup(tensor), k};
     }
     free(shard_names);
-    return rc;
+    if (rc != 0)
+        return rc;
+    /* JSON_REJECT_DUPLICATES keeps the names unique, so bsearch finds the one entry. */
+    qsort(s->weight_map, (size_t)s->n_weight_map, sizeof *s->weight_map, compare_entries);
+    return check_shared_names(s, index, err);
 }
 
 static int open_index(st_set *s, const char *index, pesc_error *err)
@@ -825,6 +872,9 @@ void st_set_close(st_set *s)
 {
     for (int i = 0; i < s->n_files; i++)
         st_close(&s->files[i]);
+    for (int i = 0; i < s->n_weight_map; i++)
+        free(s->weight_map[i].name);
+    free(s->weight_map);
     free(s->files);
     free(s->dir);
     memset(s, 0, sizeof *s);
@@ -832,6 +882,18 @@ void st_set_close(st_set *s)
 
 const st_tensor *st_set_find(const st_set *s, const char *name, const st_file **file)
 {
+    st_set_entry key = {(char *)name, 0};
+    const st_set_entry *named =
+        s->n_weight_map ? bsearch(&key, s->weight_map, (size_t)s->n_weight_map,
+                                  sizeof *s->weight_map, compare_entries)
+                        : NULL;
+    if (named) {
+        if (file)
+            *file = &s->files[named->file];
+        return st_find(&s->files[named->file], name);    /* st_set_open made sure it is there */
+    }
+    /* Not in the index (or no index): open_shards refused names in two shards, so the first
+     * file that holds it is the only one. */
     for (int i = 0; i < s->n_files; i++) {
         const st_tensor *t = st_find(&s->files[i], name);
         if (t) {

@@ -90,17 +90,27 @@ int st_write_streamed(const char *path, const st_write_tensor *tensors, int n_te
                       const char *const *meta_values, int n_meta, pesc_error *err);
 
 /* A checkpoint directory: model.safetensors, or model.safetensors.index.json and its shards.
- * Every tensor the index names must be in the shard it names. */
+ * Every tensor the index names must be in the shard it names, and no tensor may be in two
+ * shards (which copy a reader took would depend on the order it opened them in). */
+typedef struct st_set_entry {
+    char *name;
+    int file;                    /* index into files */
+} st_set_entry;
+
 typedef struct st_set {
     char *dir;
     st_file *files;
     int n_files;
+    st_set_entry *weight_map;    /* the index's, sorted by name; empty for a single file */
+    int n_weight_map;
 } st_set;
 
 int st_set_open(st_set *s, const char *dir, pesc_error *err);
 void st_set_close(st_set *s);
 
-/* Looks a tensor up across the set; *file (optional) receives the file that holds it. */
+/* Looks a tensor up across the set, in the shard the index names for it (a tensor a shard
+ * holds but the index leaves out is found in that shard, as transformers loads it); *file
+ * (optional) receives the file that holds it. */
 const st_tensor *st_set_find(const st_set *s, const char *name, const st_file **file);
 size_t st_set_count(const st_set *s);
 

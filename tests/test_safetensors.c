@@ -394,6 +394,10 @@ static void test_sharded_dir(const char *root)
     CHECK(c && holder && strcmp(holder->path, s2) == 0, "c not found in shard 2");
     CHECK(c && st_to_f32(c, out, &err) == 0 && out[0] == 1 && out[1] == 2, "c values");
     CHECK(st_set_find(&s, "b", &holder) && strcmp(holder->path, s1) == 0, "b not in shard 1");
+    /* a tensor the index leaves out is still found in the one shard that holds it */
+    CHECK(st_set_find(&s, "extra", &holder) && strcmp(holder->path, s2) == 0,
+          "extra not in shard 2");
+    CHECK(st_set_find(&s, "absent", NULL) == NULL, "absent tensor found");
     st_set_close(&s);
     free(index);
     free(s2);
@@ -401,12 +405,17 @@ static void test_sharded_dir(const char *root)
     free(dir);
 }
 
+/* shards for expect_set_refused: s1.safetensors holds a and b, or is corrupt; SECOND_SHARD
+ * adds s2.safetensors holding b and c. */
+enum { GOOD_SHARD = 0, CORRUPT_SHARD = 1, SECOND_SHARD = 2 };
+
 /* An index with one defect; the message must name `expect_path` (index or shard). */
 static void expect_set_refused(const char *root, const char *label, const char *index_json,
-                               int corrupt_shard, const char *expect)
+                               int shards, const char *expect)
 {
     static const float v[4] = {1, 2, 3, 4};
     static int counter;
+    int corrupt_shard = shards & CORRUPT_SHARD;
     char *dir = path_printf("%s/badset-%d", root, counter++);
     make_dir(dir);
     char *shard = pesc_path_join(dir, "s1.safetensors");
@@ -415,6 +424,11 @@ static void expect_set_refused(const char *root, const char *label, const char *
         write_bytes(shard, "\x02\0\0\0\0\0\0\0{]", 10);
     else
         write_two(shard, "a", "b", v);
+    if (shards & SECOND_SHARD) {
+        char *second = pesc_path_join(dir, "s2.safetensors");
+        write_two(second, "b", "c", v);
+        free(second);
+    }
     write_text(index, index_json);
     st_set s;
     pesc_error err = {{0}};
@@ -449,8 +463,17 @@ static void test_bad_sets(const char *root)
     expect_set_refused(root, "duplicate index key",
                        "{\"weight_map\": {\"a\": \"s1.safetensors\", \"a\": \"s1.safetensors\"}}",
                        0, "duplicate");
-    expect_set_refused(root, "corrupt shard", "{\"weight_map\": {\"a\": \"s1.safetensors\"}}", 1,
-                       "JSON");
+    expect_set_refused(root, "corrupt shard", "{\"weight_map\": {\"a\": \"s1.safetensors\"}}",
+                       CORRUPT_SHARD, "JSON");
+    /* b is in both shards: which copy a reader takes must not depend on the order of files. */
+    expect_set_refused(root, "tensor in two shards",
+                       "{\"weight_map\": {\"a\": \"s1.safetensors\", \"b\": \"s2.safetensors\", "
+                       "\"c\": \"s2.safetensors\"}}",
+                       SECOND_SHARD, "tensor \"b\" is in two shards, s1.safetensors and "
+                       "s2.safetensors");
+    expect_set_refused(root, "tensor in two shards, not in the index",
+                       "{\"weight_map\": {\"a\": \"s1.safetensors\", \"c\": \"s2.safetensors\"}}",
+                       SECOND_SHARD, "\"b\" is in two shards");
 
     char *empty = pesc_path_join(root, "not-a-model");
     make_dir(empty);
