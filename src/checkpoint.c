@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "safetensors.h"
+#include "train_options.h"
 
 #define STATE_FILE "state.json"
 #define TRAINABLES_FILE "trainables.safetensors"
@@ -161,30 +162,48 @@ static void bad_value(state_reader *r, const char *key, const char *what)
     r->failed = 1;
 }
 
-static long read_integer(state_reader *r, json_t *obj, const char *key, long min, double fallback)
+/* An integer from min to max: the range its command-line flag accepts where it has one, so
+ * that no value is cut down to an int (grad_accum 2^31 would train nothing, experts 2^32 + 8
+ * would be 8). */
+static long read_integer(state_reader *r, json_t *obj, const char *key, long min, long max,
+                         double fallback)
 {
     json_t *v = json_object_get(obj, key);
     if (!v && fallback != REQUIRED)
         return (long)fallback;
-    if (!json_is_integer(v) || json_integer_value(v) < min) {
-        char what[64];
-        snprintf(what, sizeof what, "must be an integer, at least %ld", min);
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        char what[80];
+        if (max == LONG_MAX)
+            snprintf(what, sizeof what, "must be an integer, at least %ld", min);
+        else
+            snprintf(what, sizeof what, "must be an integer from %ld to %ld", min, max);
         bad_value(r, key, what);
         return min;
     }
     return (long)json_integer_value(v);
 }
 
-static double read_number(state_reader *r, json_t *obj, const char *key, double fallback)
+/* A finite number from 0 to max (INFINITY: no bound but finiteness). The bounded ones were
+ * floats when written, so they are compared as floats: --adapter-dropout 0.99 comes back as
+ * 0.9900000095 and must pass as the flag did, while 1e39 (inf as a float) must not. */
+static double read_number(state_reader *r, json_t *obj, const char *key, double max,
+                          double fallback)
 {
     json_t *v = json_object_get(obj, key);
     if (!v && fallback != REQUIRED)
         return fallback;
-    if (!json_is_number(v) || !(json_number_value(v) >= 0) || !isfinite(json_number_value(v))) {
-        bad_value(r, key, "must be a finite number, at least 0");
+    double x = json_number_value(v);
+    if (!json_is_number(v) || !(x >= 0) || !isfinite(x) ||
+        (isfinite(max) && !((float)x <= (float)max))) {
+        char what[80];
+        if (isfinite(max))
+            snprintf(what, sizeof what, "must be a number from 0 to %g", max);
+        else
+            snprintf(what, sizeof what, "must be a finite number, at least 0");
+        bad_value(r, key, what);
         return 0.0;
     }
-    return json_number_value(v);
+    return x;
 }
 
 static uint64_t read_hex(state_reader *r, json_t *obj, const char *key)
@@ -235,7 +254,7 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
         json_t *source = json_array_get(data, i);
         ds_source *d = &st->data[st->n_data++];
         read_string(r, source, "path", d->path, sizeof d->path);
-        d->weight = read_number(r, source, "weight", REQUIRED);
+        d->weight = read_number(r, source, "weight", DS_MAX_WEIGHT, REQUIRED);
         if (!d->path[0] || !(d->weight > 0))
             bad_value(r, "data", "must name each source's path, with a weight above 0");
     }
@@ -263,15 +282,15 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
         bad_value(r, "schedule", "must be constant, cosine or linear");
     else if (schedule[0])
         st->schedule = (int)parsed;
-    st->warmup = read_integer(r, run, "warmup", 0, -1);
-    st->weight_decay = read_number(r, run, "weight_decay", -1.0);
-    st->clip = read_number(r, run, "clip", -1.0);
-    st->neftune = read_number(r, run, "neftune", -1.0);
+    st->warmup = read_integer(r, run, "warmup", 0, TRAIN_MAX_STEPS, -1);
+    st->weight_decay = read_number(r, run, "weight_decay", TRAIN_MAX_LR, -1.0);
+    st->clip = read_number(r, run, "clip", TRAIN_MAX_CLIP, -1.0);
+    st->neftune = read_number(r, run, "neftune", TRAIN_MAX_NEFTUNE, -1.0);
     read_string(r, run, "save", st->save_dir, sizeof st->save_dir);
     read_string(r, run, "log", st->log, sizeof st->log);
-    st->save_every = read_integer(r, run, "save_every", 0, -1);
-    st->eval_every = read_integer(r, run, "eval_every", 0, -1);
-    st->keep = (int)read_integer(r, run, "keep", 1, -1);
+    st->save_every = read_integer(r, run, "save_every", 0, TRAIN_MAX_STEPS, -1);
+    st->eval_every = read_integer(r, run, "eval_every", 0, TRAIN_MAX_STEPS, -1);
+    st->keep = (int)read_integer(r, run, "keep", 1, TRAIN_MAX_KEEP, -1);
     json_t *best = json_object_get(run, "keep_best");
     if (best && !json_is_boolean(best))
         bad_value(r, "keep_best", "must be true or false");
@@ -294,29 +313,32 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     }
     state_reader r = {.path = path, .err = err};
     memset(st, 0, sizeof *st);
-    st->step = read_integer(&r, o, "step", 0, REQUIRED);
-    st->total_steps = read_integer(&r, o, "total_steps", 0, REQUIRED);
+    st->step = read_integer(&r, o, "step", 0, LONG_MAX, REQUIRED);
+    st->total_steps = read_integer(&r, o, "total_steps", 0, LONG_MAX, REQUIRED);
     json_t *lr = json_object_get(o, "lr_override");
-    st->lr_override = json_is_null(lr) || !lr ? -1.0 : read_number(&r, o, "lr_override", REQUIRED);
-    st->lr_scale = read_number(&r, o, "lr_scale", 1.0);
-    st->aux_coef = read_number(&r, o, "aux_coef", REQUIRED);
+    /* the live lr can be multiplied past --lr's bound (lr *10, twice): only finite */
+    st->lr_override = json_is_null(lr) || !lr ? -1.0
+                      : read_number(&r, o, "lr_override", INFINITY, REQUIRED);
+    st->lr_scale = read_number(&r, o, "lr_scale", INFINITY, 1.0);
+    st->aux_coef = read_number(&r, o, "aux_coef", PESC_MAX_COEF, REQUIRED);
     st->model_rng = read_hex(&r, o, "model_rng");
     json_t *cur = json_object_get(o, "data_cursor");
     if (!json_is_object(cur))
         bad_value(&r, "data_cursor", "must be an object");
-    st->cursor.epoch = read_integer(&r, cur, "epoch", 0, REQUIRED);
-    st->cursor.position = read_integer(&r, cur, "position", 0, REQUIRED);
+    st->cursor.epoch = read_integer(&r, cur, "epoch", 0, LONG_MAX, REQUIRED);
+    st->cursor.position = read_integer(&r, cur, "position", 0, LONG_MAX, REQUIRED);
     st->cursor.fingerprint = read_hex(&r, cur, "fingerprint");
     /* absent from checkpoints written before it was kept: such a cursor is not checked on it */
     st->cursor.content = json_object_get(cur, "content") ? read_hex(&r, cur, "content") : 0;
-    st->tokens = read_integer(&r, o, "tokens", 0, 0);
-    st->elapsed_s = read_number(&r, o, "elapsed_s", 0.0);
-    st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, 0);
-    st->best_step = json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, 0) : -1;
+    st->tokens = read_integer(&r, o, "tokens", 0, LONG_MAX, 0);
+    st->elapsed_s = read_number(&r, o, "elapsed_s", INFINITY, 0.0);
+    st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, LONG_MAX, 0);
+    st->best_step =
+        json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, LONG_MAX, 0) : -1;
     st->best_by = read_best_by(&r, o);
     st->best_value = st->best_step < 0 ? 0.0
                      : read_number(&r, o, st->best_by ? "best_eval_answers" : "best_eval_loss",
-                                   REQUIRED);
+                                   INFINITY, REQUIRED);
     st->best_eval_data = st->best_step >= 0 && json_object_get(o, "best_eval_data")
                              ? read_hex(&r, o, "best_eval_data") : 0;
     st->base_fingerprint = read_hex(&r, o, "base_fingerprint");
@@ -331,25 +353,32 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
         bad_value(&r, "train", "must be \"pesc\" or \"full\"");
     p->mode = json_is_string(mode) && !strcmp(json_string_value(mode), "full") ? TRAIN_FULL
                                                                                 : TRAIN_PESC;
-    p->experts = (int)read_integer(&r, run, "experts", 0, REQUIRED);
-    p->top_k = (int)read_integer(&r, run, "top_k", 0, REQUIRED);
-    p->adapter_dim = (int)read_integer(&r, run, "adapter_dim", 0, REQUIRED);
-    p->adapter_scale = (float)read_number(&r, run, "adapter_scale", REQUIRED);
-    p->adapter_dropout = (float)read_number(&r, run, "adapter_dropout", 0.0);
-    p->z_coef = (float)read_number(&r, run, "z_coef", 0.0);
-    p->lora_rank = (int)read_integer(&r, run, "lora_rank", 0, 0);
-    p->lora_alpha = (float)read_number(&r, run, "lora_alpha", p->lora_alpha);
-    p->lora_targets = (unsigned)read_integer(&r, run, "lora_targets", 0, p->lora_targets);
-    st->seq = (int)read_integer(&r, run, "seq", 1, REQUIRED);
-    st->batch = (int)read_integer(&r, run, "batch", 1, REQUIRED);
-    st->grad_accum = (int)read_integer(&r, run, "grad_accum", 1, REQUIRED);
+    p->experts = (int)read_integer(&r, run, "experts", 1, PESC_MAX_EXPERTS, REQUIRED);
+    p->top_k = (int)read_integer(&r, run, "top_k", 1, PESC_MAX_EXPERTS, REQUIRED);
+    p->adapter_dim = (int)read_integer(&r, run, "adapter_dim", 1, PESC_MAX_ADAPTER_DIM, REQUIRED);
+    p->adapter_scale = (float)read_number(&r, run, "adapter_scale", PESC_MAX_COEF, REQUIRED);
+    p->adapter_dropout = (float)read_number(&r, run, "adapter_dropout", PESC_MAX_DROPOUT, 0.0);
+    p->z_coef = (float)read_number(&r, run, "z_coef", PESC_MAX_COEF, 0.0);
+    p->lora_rank = (int)read_integer(&r, run, "lora_rank", 0, PESC_MAX_LORA_RANK, 0);
+    p->lora_alpha = (float)read_number(&r, run, "lora_alpha", PESC_MAX_COEF, p->lora_alpha);
+    p->lora_targets = (unsigned)read_integer(&r, run, "lora_targets", 1,
+                                             (1 << LORA_SITES) - 1, p->lora_targets);
+    st->seq = (int)read_integer(&r, run, "seq", 2, TRAIN_MAX_SEQ, REQUIRED);
+    st->batch = (int)read_integer(&r, run, "batch", 1, TRAIN_MAX_BATCH, REQUIRED);
+    st->grad_accum = (int)read_integer(&r, run, "grad_accum", 1, TRAIN_MAX_BATCH, REQUIRED);
+    if ((long)st->batch * st->seq > TRAIN_MAX_TOKENS) {
+        char what[96];
+        snprintf(what, sizeof what, "x \"seq\" must be at most %d tokens per micro-batch, as "
+                 "--batch x --seq", TRAIN_MAX_TOKENS);
+        bad_value(&r, "batch", what);
+    }
     json_t *pack = json_object_get(run, "pack");
     if (pack && !json_is_boolean(pack))
         bad_value(&r, "pack", "must be true or false");
     st->pack = pack ? json_is_true(pack) : -1;
-    st->eval_split = read_number(&r, run, "eval_split", 0.0);
-    st->run_lr = read_number(&r, run, "lr", -1.0);
-    st->run_aux_coef = read_number(&r, run, "aux_coef", -1.0);
+    st->eval_split = read_number(&r, run, "eval_split", TRAIN_MAX_EVAL_SPLIT, 0.0);
+    st->run_lr = read_number(&r, run, "lr", TRAIN_MAX_LR, -1.0);
+    st->run_aux_coef = read_number(&r, run, "aux_coef", PESC_MAX_COEF, -1.0);
     st->seed = read_hex(&r, run, "seed");
     copy_string(st->base_model, sizeof st->base_model, json_object_get(run, "model"));
     copy_string(st->init_config, sizeof st->init_config, json_object_get(run, "init_config"));

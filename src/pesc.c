@@ -121,31 +121,32 @@ int pesc_apply_option(pesc_options *o, int val, const char *arg, pesc_error *err
     switch (val) {
     case OPT_EXPERTS:
         o->given |= PESC_GIVEN_EXPERTS;
-        return parse_int("--experts", arg, 1, 256, &o->experts, err);
+        return parse_int("--experts", arg, 1, PESC_MAX_EXPERTS, &o->experts, err);
     case OPT_TOP_K:
         o->given |= PESC_GIVEN_TOP_K;
-        return parse_int("--top-k", arg, 1, 256, &o->top_k, err);
+        return parse_int("--top-k", arg, 1, PESC_MAX_EXPERTS, &o->top_k, err);
     case OPT_ADAPTER_DIM:
         o->given |= PESC_GIVEN_ADAPTER_DIM;
-        return parse_int("--adapter-dim", arg, 1, 65536, &o->adapter_dim, err);
+        return parse_int("--adapter-dim", arg, 1, PESC_MAX_ADAPTER_DIM, &o->adapter_dim, err);
     case OPT_ADAPTER_SCALE:
         o->given |= PESC_GIVEN_ADAPTER_SCALE;
-        return parse_float("--adapter-scale", arg, 0.0, 1e6, &o->adapter_scale, err);
+        return parse_float("--adapter-scale", arg, 0.0, PESC_MAX_COEF, &o->adapter_scale, err);
     case OPT_ADAPTER_DROPOUT:
         o->given |= PESC_GIVEN_ADAPTER_DROPOUT;
-        return parse_float("--adapter-dropout", arg, 0.0, 0.99, &o->adapter_dropout, err);
+        return parse_float("--adapter-dropout", arg, 0.0, PESC_MAX_DROPOUT, &o->adapter_dropout,
+                           err);
     case OPT_AUX_COEF:
         o->given |= PESC_GIVEN_AUX_COEF;
-        return parse_float("--aux-coef", arg, 0.0, 1e6, &o->aux_coef, err);
+        return parse_float("--aux-coef", arg, 0.0, PESC_MAX_COEF, &o->aux_coef, err);
     case OPT_Z_COEF:
         o->given |= PESC_GIVEN_Z_COEF;
-        return parse_float("--z-coef", arg, 0.0, 1e6, &o->z_coef, err);
+        return parse_float("--z-coef", arg, 0.0, PESC_MAX_COEF, &o->z_coef, err);
     case OPT_LORA_RANK:
         o->given |= PESC_GIVEN_LORA_RANK;
-        return parse_int("--lora-rank", arg, 0, 65536, &o->lora_rank, err);
+        return parse_int("--lora-rank", arg, 0, PESC_MAX_LORA_RANK, &o->lora_rank, err);
     case OPT_LORA_ALPHA:
         o->given |= PESC_GIVEN_LORA_ALPHA;
-        return parse_float("--lora-alpha", arg, 0.0, 1e6, &o->lora_alpha, err);
+        return parse_float("--lora-alpha", arg, 0.0, PESC_MAX_COEF, &o->lora_alpha, err);
     case OPT_LORA_TARGETS:
         o->given |= PESC_GIVEN_LORA_TARGETS;
         return pesc_parse_lora_targets(arg, &o->lora_targets, err);

@@ -40,6 +40,16 @@ enum {
     PESC_GIVEN_Z_COEF = 1u << 9, PESC_GIVEN_MODE = 1u << 10
 };
 
+/* The ranges the crafting flags accept. Files that record the options (a checkpoint's
+ * state.json, a trainables file's metadata) are held to them too: a damaged or hand-edited
+ * value is refused as the flag would refuse it, not wrapped into an int or an infinity. */
+#define PESC_MAX_EXPERTS 256          /* --experts, --top-k: 1 to this */
+#define PESC_MAX_ADAPTER_DIM 65536    /* --adapter-dim: 1 to this */
+#define PESC_MAX_LORA_RANK 65536      /* --lora-rank: 0 (off) to this */
+#define PESC_MAX_COEF 1e6             /* --adapter-scale, --aux-coef, --z-coef, --lora-alpha:
+                                         0 to this */
+#define PESC_MAX_DROPOUT 0.99         /* --adapter-dropout: 0 to this */
+
 void pesc_options_default(pesc_options *o);
 
 /* "q,k,v,o,gate,up,down" (any subset) into a bit mask. */

@@ -253,17 +253,17 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_TOKENIZER:
         return cli_path(cmd, "--tokenizer", arg, "a tokenizer.json or its URL", &c->tokenizer);
     case OPT_SEQ:
-        if (integer(cmd, "--seq", arg, 2, 1 << 20, &v)) return EXIT_USAGE;
+        if (integer(cmd, "--seq", arg, 2, TRAIN_MAX_SEQ, &v)) return EXIT_USAGE;
         c->seq = (int)v;
         c->given |= TRAIN_GIVEN_SEQ;
         return 0;
     case OPT_BATCH:
-        if (integer(cmd, "--batch", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
+        if (integer(cmd, "--batch", arg, 1, TRAIN_MAX_BATCH, &v)) return EXIT_USAGE;
         c->batch = (int)v;
         c->given |= TRAIN_GIVEN_BATCH;
         return 0;
     case OPT_ACCUM:
-        if (integer(cmd, "--grad-accum", arg, 1, 1 << 16, &v)) return EXIT_USAGE;
+        if (integer(cmd, "--grad-accum", arg, 1, TRAIN_MAX_BATCH, &v)) return EXIT_USAGE;
         c->grad_accum = (int)v;
         c->given |= TRAIN_GIVEN_GRAD_ACCUM;
         return 0;
@@ -272,13 +272,14 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->given |= TRAIN_GIVEN_PACK;
         return 0;
     case OPT_RECOMPUTE: c->recompute = 1; return 0;
-    case OPT_STEPS: return integer(cmd, "--steps", arg, 1, 1L << 40, &c->steps) ? EXIT_USAGE : 0;
+    case OPT_STEPS:
+        return integer(cmd, "--steps", arg, 1, TRAIN_MAX_STEPS, &c->steps) ? EXIT_USAGE : 0;
     case OPT_EPOCHS:
         if (integer(cmd, "--epochs", arg, 1, 1 << 20, &v)) return EXIT_USAGE;
         c->epochs = (int)v; return 0;
     case OPT_STRICT: c->strict = 1; return 0;
     case OPT_LR:
-        if (number(cmd, "--lr", arg, 0, OPTIM_LR_MAX, &x)) return EXIT_USAGE;
+        if (number(cmd, "--lr", arg, 0, TRAIN_MAX_LR, &x)) return EXIT_USAGE;
         c->optim.lr = (float)x;
         c->given |= TRAIN_GIVEN_LR;
         return 0;
@@ -288,21 +289,21 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->given |= TRAIN_GIVEN_SCHEDULE;
         return 0;
     case OPT_WARMUP:
-        if (integer(cmd, "--warmup", arg, 0, 1L << 40, &c->optim.warmup)) return EXIT_USAGE;
+        if (integer(cmd, "--warmup", arg, 0, TRAIN_MAX_STEPS, &c->optim.warmup)) return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_WARMUP;
         return 0;
     case OPT_WD:
-        if (number(cmd, "--weight-decay", arg, 0, 10, &x)) return EXIT_USAGE;
+        if (number(cmd, "--weight-decay", arg, 0, TRAIN_MAX_LR, &x)) return EXIT_USAGE;
         c->optim.weight_decay = (float)x;
         c->given |= TRAIN_GIVEN_WEIGHT_DECAY;
         return 0;
     case OPT_CLIP:
-        if (number(cmd, "--clip", arg, 0, 1e9, &x)) return EXIT_USAGE;
+        if (number(cmd, "--clip", arg, 0, TRAIN_MAX_CLIP, &x)) return EXIT_USAGE;
         c->optim.clip = (float)x;
         c->given |= TRAIN_GIVEN_CLIP;
         return 0;
     case OPT_NEFTUNE:
-        if (number(cmd, "--neftune", arg, 0, 1e4, &x)) return EXIT_USAGE;
+        if (number(cmd, "--neftune", arg, 0, TRAIN_MAX_NEFTUNE, &x)) return EXIT_USAGE;
         c->neftune = (float)x;
         c->given |= TRAIN_GIVEN_NEFTUNE;
         return 0;
@@ -317,11 +318,12 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_SAVE:
         return cli_path(cmd, "--save", arg, "the directory for checkpoints", &c->save_dir);
     case OPT_SAVE_EVERY:
-        if (integer(cmd, "--save-every", arg, 1, 1L << 40, &c->save_every)) return EXIT_USAGE;
+        if (integer(cmd, "--save-every", arg, 1, TRAIN_MAX_STEPS, &c->save_every))
+            return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_SAVE_EVERY;
         return 0;
     case OPT_KEEP:
-        if (integer(cmd, "--keep", arg, 1, 1000, &v)) return EXIT_USAGE;
+        if (integer(cmd, "--keep", arg, 1, TRAIN_MAX_KEEP, &v)) return EXIT_USAGE;
         c->keep = (int)v;
         c->given |= TRAIN_GIVEN_KEEP;
         return 0;
@@ -352,7 +354,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->n_eval++;
         return 0;
     case OPT_EVAL_SPLIT:
-        if (number(cmd, "--eval-split", arg, 0, 1e9, &x)) return EXIT_USAGE;
+        if (number(cmd, "--eval-split", arg, 0, TRAIN_MAX_EVAL_SPLIT, &x)) return EXIT_USAGE;
         if (x <= 0 || (x >= 1 && x != floor(x)))
             return cli_usage_error(cmd, "--eval-split %s: give a fraction of the records above 0 "
                                    "and below 1 (0.05), or a whole count of them (200)", arg);
@@ -382,7 +384,8 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->given |= TRAIN_GIVEN_KEEP_BEST;
         return 0;
     case OPT_EVAL_EVERY:
-        if (integer(cmd, "--eval-every", arg, 1, 1L << 40, &c->eval_every)) return EXIT_USAGE;
+        if (integer(cmd, "--eval-every", arg, 1, TRAIN_MAX_STEPS, &c->eval_every))
+            return EXIT_USAGE;
         c->given |= TRAIN_GIVEN_EVAL_EVERY;
         return 0;
     case OPT_NAN:

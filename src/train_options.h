@@ -18,6 +18,17 @@
 /* Tokens in one micro-batch (--batch x --seq) at most: index arithmetic stays in int. */
 #define TRAIN_MAX_TOKENS (1 << 24)
 
+/* The ranges of the flags a checkpoint's state.json records too; checkpoint.c holds the file
+ * to them, so that a resumed run gets no value its command line could not have given. */
+#define TRAIN_MAX_SEQ (1 << 20)        /* --seq: 2 to this */
+#define TRAIN_MAX_BATCH (1 << 16)      /* --batch, --grad-accum: 1 to this */
+#define TRAIN_MAX_STEPS (1L << 40)     /* --steps, --warmup, --save-every, --eval-every */
+#define TRAIN_MAX_KEEP 1000            /* --keep: 1 to this */
+#define TRAIN_MAX_LR OPTIM_LR_MAX      /* --lr, --weight-decay: 0 to this */
+#define TRAIN_MAX_CLIP 1e9             /* --clip */
+#define TRAIN_MAX_NEFTUNE 1e4          /* --neftune */
+#define TRAIN_MAX_EVAL_SPLIT 1e9       /* --eval-split: a fraction or a count up to this */
+
 typedef struct train_config {
     const char *model;           /* directory or URL; NULL: the built-in demo */
     const char *init_config;     /* a config.json: start from random weights of that shape */

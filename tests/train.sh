@@ -894,9 +894,14 @@ expect 1 "model.safetensors: tensor .* holds NaN at element 1" "eval: a NaN weig
   "$pesc" eval --model "$tmp/nanbase" --data "$tmp/data.jsonl" --backend cpu
 
 # a damaged state.json is refused, naming the key, rather than resumed at step 0 or with a
-# negative coefficient (or read past a number where a name belongs)
+# negative coefficient (or read past a number where a name belongs), or with a value outside
+# its flag's range cut down to an int (grad_accum 2^31 trained nothing, experts 2^32 + 4 was 4)
 for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"train": "bogus",/' \
-            's/"train": .*/"train": 5,/' 's/"step": 6/"step": "six"/' 's/"pack": false/"pack": 3/'; do
+            's/"train": .*/"train": 5,/' 's/"step": 6/"step": "six"/' 's/"pack": false/"pack": 3/' \
+            's/"grad_accum": 1/"grad_accum": 2147483648/' 's/"seq": 24/"seq": 2147483648/' \
+            's/"batch": 4/"batch": 2147483648/' 's/"experts": 4/"experts": 4294967300/' \
+            's/"adapter_scale": .*/"adapter_scale": 1e39,/' \
+            's/"batch": 4/"batch": 65536/; s/"seq": 24/"seq": 1048576/'; do
   rm -rf "$tmp/bad" && cp -r "$tmp/ck/step-00000006" "$tmp/bad"
   sed "$edit" "$tmp/ck/step-00000006/state.json" >"$tmp/bad/state.json"
   key=$(printf '%s' "$edit" | sed 's/^[^"]*"\([a-z_]*\)".*/\1/')
@@ -904,6 +909,14 @@ for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"tra
   expect 1 "state.json: \"$key\" .*the file is damaged" "a state.json with $edit is refused" -- \
     "$pesc" train --headless $common --steps 10 --resume "$tmp/bad"
 done
+
+# a value at its flag's bound resumes as the flag allowed it: --adapter-dropout 0.99 is saved
+# as the float's 0.9900000095
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 1 --adapter-dropout 0.99 --save "$tmp/edge" >/dev/null 2>&1
+# shellcheck disable=SC2086
+expect 0 "step 2/2" "a checkpoint of --adapter-dropout 0.99 resumes" -- \
+  "$pesc" train --headless $common --steps 2 --resume "$tmp/edge/step-00000001"
 
 # a state.json cut short (a copy interrupted, a hand edit) is named, with what to do
 rm -rf "$tmp/cut" && cp -r "$tmp/ck/step-00000006" "$tmp/cut"
