@@ -821,6 +821,38 @@ void checkpoint_base_free(checkpoint_base *b)
     *b = (checkpoint_base){0};
 }
 
+/* adam_step: the updates the moments have seen, which AdamW's bias correction divides by
+ * (1 - beta^step): a plain decimal from 0, not strtol's best guess at one ("abc" was step 0,
+ * "-3" a negative step). */
+static int read_adam_step(const char *path, const char *text, long *step, pesc_error *err)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = isdigit((unsigned char)text[0]) ? strtol(text, &end, 10) : -1;
+    if (v < 0 || errno || *end) {
+        char shown[48];
+        pesc_show_controls(shown, sizeof shown, text);
+        return pesc_fail(err, "%s: metadata adam_step \"%s\" is not a count of steps (digits, "
+                         "0 or more, that fit a long): the file is damaged (use another "
+                         "checkpoint)", path, shown);
+    }
+    *step = v;
+    return 0;
+}
+
+/* AdamW divides by sqrt(v): a NaN or inf in either moment, or a negative second moment (a
+ * mean of squares cannot be one), makes every update from the first step non-finite. */
+static int check_moment(const char *path, const char *name, const float *x, size_t n,
+                        int squares, pesc_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]) || (squares && x[i] < 0))
+            return pesc_fail(err, "%s: %s holds %s at element %zu: the file is damaged (use "
+                             "another checkpoint)", path, name,
+                             isnan(x[i]) ? "NaN" : isinf(x[i]) ? "inf" : "a negative value", i);
+    return 0;
+}
+
 int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err)
 {
     char *trainables = pesc_path_join(dir, TRAINABLES_FILE);
@@ -837,14 +869,22 @@ int checkpoint_load(const char *dir, model *m, optimizer *opt, pesc_error *err)
                   "expected)", moments, opt->n);
         goto out;
     }
+    long step_count = 0;
+    if (read_adam_step(moments, step, &step_count, err) != 0)
+        goto out;
     float *host = xmalloc(opt->n * sizeof *host);
     st_to_f32(mt, host, err);
-    backend_upload(m->backend, opt->m, host, opt->n * sizeof *host);
-    st_to_f32(vt, host, err);
-    backend_upload(m->backend, opt->v, host, opt->n * sizeof *host);
+    rc = check_moment(moments, "adam_m", host, opt->n, 0, err);
+    if (rc == 0) {
+        backend_upload(m->backend, opt->m, host, opt->n * sizeof *host);
+        st_to_f32(vt, host, err);
+        rc = check_moment(moments, "adam_v", host, opt->n, 1, err);
+    }
+    if (rc == 0) {
+        backend_upload(m->backend, opt->v, host, opt->n * sizeof *host);
+        opt->step = step_count;
+    }
     free(host);
-    opt->step = strtol(step, NULL, 10);
-    rc = 0;
 out:
     st_close(&f);
     free(moments);

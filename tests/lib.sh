@@ -38,6 +38,32 @@ tty_lines() { tr '\r' '\n' <"$1" | sed 's/^.\[K//' | grep -v '^$'; }
 # close A B TOL: |A - B| <= TOL * |B|
 close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; exit !(d <= t * m) }'; }
 
+# st_edit FILE EDIT...: rewrites a .safetensors file with each EDIT made, as a damaged or
+# hand-edited file would have it while still being a well-formed file: KEY=VALUE sets a
+# __metadata__ string, NAME[I]=X float32 element I of tensor NAME (nan, inf, -1, ...). The
+# header is padded again as pesc pads it, so only the edited values differ.
+st_edit() {
+  /usr/bin/python3 - "$@" <<'PY'
+import json, struct, sys
+path = sys.argv[1]
+data = open(path, 'rb').read()
+n = struct.unpack('<Q', data[:8])[0]
+header = json.loads(data[8:8 + n])
+body = bytearray(data[8 + n:])
+for edit in sys.argv[2:]:
+    key, value = edit.split('=', 1)
+    if key.endswith(']'):
+        name, index = key[:-1].split('[')
+        at = header[name]['data_offsets'][0] + 4 * int(index)
+        body[at:at + 4] = struct.pack('<f', float(value))
+    else:
+        header.setdefault('__metadata__', {})[key] = value
+text = json.dumps(header, separators=(',', ':')).encode()
+text += b' ' * (-len(text) % 8)
+open(path, 'wb').write(struct.pack('<Q', len(text)) + text + bytes(body))
+PY
+}
+
 # ---- the workbench under tmux (tui.sh, tui-fetch.sh, view.sh) ----------------------------------
 # $sock names a private tmux server, $win the session the workbench runs in.
 screen() { tmux -L "$sock" capture-pane -p -t "$win" 2>/dev/null; }

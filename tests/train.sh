@@ -910,6 +910,24 @@ for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"tra
     "$pesc" train --headless $common --steps 10 --resume "$tmp/bad"
 done
 
+# damaged AdamW moments are refused at load, naming the file, rather than resumed at step 0
+# ("abc"), with a negative step, or with moments that make every update non-finite; the same
+# file rewritten unchanged resumes, so the edits are what is refused
+for edit in 'adam_step=6' 'adam_step=-1' 'adam_step=abc' 'adam_step=99999999999999999999' \
+            'adam_step=' 'adam_step= 6' 'adam_v[3]=nan' 'adam_v[3]=-1' 'adam_v[3]=inf' \
+            'adam_m[3]=nan' 'adam_m[3]=-inf'; do
+  rm -rf "$tmp/bad" && cp -r "$tmp/ck/step-00000006" "$tmp/bad"
+  st_edit "$tmp/bad/optimizer.safetensors" "$edit" || fail "st_edit $edit"
+  case $edit in
+    adam_step=6) want=0 pattern="step 7/7" ;;
+    adam_step*) want=1 pattern="optimizer.safetensors: metadata adam_step .* is not a count of steps" ;;
+    *) want=1 pattern="optimizer.safetensors: adam_[mv] holds .* at element 3: the file is damaged" ;;
+  esac
+  # shellcheck disable=SC2086
+  expect $want "$pattern" "optimizer.safetensors with $edit" -- \
+    "$pesc" train --headless $common --steps 7 --resume "$tmp/bad"
+done
+
 # a value at its flag's bound resumes as the flag allowed it: --adapter-dropout 0.99 is saved
 # as the float's 0.9900000095
 # shellcheck disable=SC2086
