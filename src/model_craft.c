@@ -1,5 +1,6 @@
 /* model_craft — PESC crafting: routers, expert adapters and LoRA pairs added to a loaded dense
  * model, their initialisation, names and files (Camelidae tensor names, DESIGN section 1). */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -379,20 +380,34 @@ void model_zero_grad(model *m)
 
 /* ---- files -------------------------------------------------------------------------------- */
 
-static int meta_int(const st_file *f, const char *key, int *out, pesc_error *err)
+/* The crafting metadata is held to the ranges of the flags that set it (pesc.h): a damaged
+ * num_experts of 1000000 would otherwise reach the allocator and fail as "out of memory"
+ * without naming the file, and 300 experts or moe_scaling 1e38 would load as no run could
+ * have trained them. */
+static int meta_int(const st_file *f, const char *key, const char *flag, int min, int max,
+                    int *out, pesc_error *err)
 {
     const char *v = st_meta(f, key);
+    if (!v)
+        return pesc_fail(err, "%s: __metadata__ has no \"%s\" (is this a pesc adapter file?)",
+                         f->path, key);
     char *end;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || end == v || *end || x < 0 || x > 1 << 20)
-        return pesc_fail(err, "%s: __metadata__ has no valid \"%s\" (is this a pesc adapter "
-                         "file?)", f->path, key);
-    *out = (int)x;
-    return 0;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end != v && !*end && !errno && x >= min && x <= max) {
+        *out = (int)x;
+        return 0;
+    }
+    char shown[48];
+    pesc_show_controls(shown, sizeof shown, v);
+    return pesc_fail(err, "%s: __metadata__ \"%s\" = \"%s\" must be an integer from %d to %d, as "
+                     "%s takes (the file is damaged: use another checkpoint)", f->path, key,
+                     shown, min, max, flag);
 }
 
-static int meta_float(const st_file *f, const char *key, float fallback, float *out,
-                      pesc_error *err)
+/* A number from 0 to max, compared as the float it was saved from (%.9g of a float). */
+static int meta_float(const st_file *f, const char *key, const char *flag, double max,
+                      float fallback, float *out, pesc_error *err)
 {
     const char *v = st_meta(f, key);
     if (!v) {
@@ -401,10 +416,15 @@ static int meta_float(const st_file *f, const char *key, float fallback, float *
     }
     char *end;
     double x = strtod(v, &end);
-    if (end == v || *end || !isfinite(x))
-        return pesc_fail(err, "%s: __metadata__ \"%s\" = \"%s\" is not a number", f->path, key, v);
-    *out = (float)x;
-    return 0;
+    if (end != v && !*end && x >= 0 && (float)x <= (float)max) {
+        *out = (float)x;
+        return 0;
+    }
+    char shown[48];
+    pesc_show_controls(shown, sizeof shown, v);
+    return pesc_fail(err, "%s: __metadata__ \"%s\" = \"%s\" must be a number from 0 to %g, as "
+                     "%s takes (the file is damaged: use another checkpoint)", f->path, key,
+                     shown, max, flag);
 }
 
 /* 1 when f holds a router or an adapter: a crafted model's weights. */
@@ -436,12 +456,16 @@ static int options_from_file(const st_file *f, pesc_options *o, pesc_error *err)
         o->mode = TRAIN_FULL;
         return 0;
     }
-    if (meta_int(f, "num_experts", &o->experts, err) || meta_int(f, "topk", &o->top_k, err) ||
-        meta_int(f, "adapter_dim", &o->adapter_dim, err) ||
-        meta_float(f, "moe_scaling", 0.25f, &o->adapter_scale, err))
+    if (meta_int(f, "num_experts", "--experts", 1, PESC_MAX_EXPERTS, &o->experts, err) ||
+        meta_int(f, "topk", "--top-k", 1, PESC_MAX_EXPERTS, &o->top_k, err) ||
+        meta_int(f, "adapter_dim", "--adapter-dim", 1, PESC_MAX_ADAPTER_DIM, &o->adapter_dim,
+                 err) ||
+        meta_float(f, "moe_scaling", "--adapter-scale", PESC_MAX_COEF, 0.25f, &o->adapter_scale,
+                   err))
         return -1;
-    if (st_meta(f, "lora_rank") && (meta_int(f, "lora_rank", &o->lora_rank, err) ||
-                                    meta_float(f, "lora_alpha", 16.0f, &o->lora_alpha, err)))
+    if (st_meta(f, "lora_rank") &&
+        (meta_int(f, "lora_rank", "--lora-rank", 0, PESC_MAX_LORA_RANK, &o->lora_rank, err) ||
+         meta_float(f, "lora_alpha", "--lora-alpha", PESC_MAX_COEF, 16.0f, &o->lora_alpha, err)))
         return -1;
     if (st_meta(f, "lora_targets") &&
         pesc_parse_lora_targets(st_meta(f, "lora_targets"), &o->lora_targets, err) != 0)

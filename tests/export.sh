@@ -335,6 +335,23 @@ sed -i 's/"adapter_dim": 8/"adapter_dim": 16/' "$tmp/bad2/config.json"
 expect 1 "adapter_down.weight has shape \[8, 128\] but config.json implies \[16, 128\]" "a misshapen adapter" -- \
   "$pesc" generate --model "$tmp/bad2" --prompt hi
 
+# the crafting in a trainables file's metadata is held to its flags' ranges, naming the file
+# and the key: num_experts 1000000 failed as "out of memory" without either, 300 experts and a
+# scale of -5 or 1e38 loaded; the file rewritten with its own value loads, so the edits are
+# what is refused
+for edit in num_experts=4 num_experts=1000000 num_experts=300 topk=0 adapter_dim=70000 \
+            moe_scaling=-5 moe_scaling=1e38 moe_scaling=nan lora_rank=70000; do
+  cp "$ck/trainables.safetensors" "$tmp/meta.safetensors"
+  st_edit "$tmp/meta.safetensors" "$edit" || fail "st_edit $edit"
+  if [ "$edit" = num_experts=4 ]; then
+    want=0 pattern='"loss"'
+  else
+    want=1 pattern="meta.safetensors: __metadata__ \"${edit%%=*}\" = \"${edit#*=}\" must be .* as \-\-"
+  fi
+  expect $want "$pattern" "trainables metadata $edit" -- \
+    "$pesc" eval --model "$demo" --adapters "$tmp/meta.safetensors" --data "$tmp/d.jsonl" --json
+done
+
 # the export's model.safetensors is a model, not a trainables file: --adapters refuses it (taken
 # as --train full weights, its routers and adapters were dropped without a word)
 expect 1 "$tmp/exp/model.safetensors is an exported PESC model.*give its directory as \-\-model $tmp/exp, without \-\-adapters" \
