@@ -128,7 +128,7 @@ int cmd_train(int argc, char **argv)
             session_command(s, "stop", reply, sizeof reply);
             fprintf(stderr, "\npesc train: %sstopping after this step%s (Ctrl-C again to quit "
                     "now)\n", first_signal == SIGTERM ? "SIGTERM: " : first_signal == SIGHUP
-                    ? "hang-up: " : "", c.save_dir ? " and saving" : "");
+                    ? "hang-up: " : "", session_saves(s) ? " and saving" : "");
             stopping = 1;
         }
         session_get_progress(s, &p);

@@ -908,7 +908,7 @@ static int save_now(session *s, pesc_error *err)
          * rotation also when DIR/best cannot point at it, as the error event says */
         pesc_error failed;
         if (checkpoint_mark_best(s->cfg.save_dir, s->cfg.keep, s->step, &failed) != 0)
-            publish_event(s, "error", "%s", failed.msg);
+            publish_warning(s, "error", "%s", failed.msg);
         s->best_kept = s->step;
         s->best_kept_score = s->best_score;
         s->best_kept_by = s->cfg.best_by;
@@ -1261,7 +1261,7 @@ static int evaluate_answers(session *s, stats_record *r, pesc_error *err)
     free(sources);
     /* a full disk is said, and the run goes on (the answers are in the log's tallies) */
     if (s->samples && (fflush(s->samples) != 0 || ferror(s->samples))) {
-        publish_event(s, "error", "--eval-samples %s: %s; the answers of step %ld are not all "
+        publish_warning(s, "error", "--eval-samples %s: %s; the answers of step %ld are not all "
                       "there", s->cfg.eval_samples, strerror(errno), s->step);
         clearerr(s->samples);
     }
@@ -1337,7 +1337,7 @@ static void eval_paused(session *s)
     pesc_error err = {{0}};
     int rc = evaluate(s, &r, &err);
     if (rc < 0)
-        publish_event(s, "error", "eval: %s", err.msg);
+        publish_warning(s, "error", "eval: %s", err.msg);
     if (rc != 0)
         return;
     pthread_mutex_lock(&s->lock);
@@ -1960,6 +1960,22 @@ static void inputs_given_otherwise(const session *s, const checkpoint_state *st,
         snprintf(buf + at, n - at, " --tokenizer %.500s", st->tokenizer);
 }
 
+/* The first --data file written after the checkpoint in dir was (its state.json), or NULL. */
+static const char *data_changed_since(const session *s, const char *dir)
+{
+    char *state = pesc_path_join(dir, "state.json");
+    struct stat saved, data;
+    int have = stat(state, &saved) == 0;
+    free(state);
+    for (int i = 0; have && i < s->cfg.n_sources; i++)
+        if (s->data_paths[i] && stat(s->data_paths[i], &data) == 0 &&
+            (data.st_mtim.tv_sec > saved.st_mtim.tv_sec ||
+             (data.st_mtim.tv_sec == saved.st_mtim.tv_sec &&
+              data.st_mtim.tv_nsec > saved.st_mtim.tv_nsec)))
+            return s->sources[i].path;
+    return NULL;
+}
+
 /* After a checkpoint that --resume SAVE_DIR took as its newest could not be read: the older
  * one to resume from instead, in err. */
 static void older_checkpoint_hint(const train_config *c, const char *dir, pesc_error *err)
@@ -1989,9 +2005,14 @@ static int resume(session *s, pesc_error *err)
     if (dataset_seek(s->data, &st->cursor, err) != 0) {
         char had[1024];
         inputs_given_otherwise(s, st, had, sizeof had);
+        const char *changed = had[0] ? NULL : data_changed_since(s, dir);
         if (had[0])   /* the likely reason */
             pesc_fail_suffix(err, " (the run had%s: leave out what differs to read what it "
                              "read)", had);
+        else if (changed)   /* the same files, one written since: that is the reason */
+            pesc_fail(err, "%s was changed after this checkpoint was saved, and its records are "
+                      "no longer those the run read: restore it, or start a new run on it",
+                      changed);
         pesc_fail_prefix(err, "--resume %s", dir);
         goto out;
     }
@@ -2813,6 +2834,11 @@ static int view_snapshot(void *ctx, monitor_view *v)
     v->since_save_s = s->last_save > 0 ? pesc_now() - s->last_save : -1.0;
     pthread_mutex_unlock(&s->lock);
     return 0;
+}
+
+int session_saves(const session *s)
+{
+    return s->cfg.save_dir != NULL;
 }
 
 void session_get_progress(session *s, session_progress *p)

@@ -33,6 +33,8 @@ int session_start(session *s, pesc_error *err);
 int session_wait(session *s);
 void session_delete(session *s);
 const char *session_error(const session *s);
+/* Whether stopping saves a checkpoint: a --save directory, given or (on --resume) the run's. */
+int session_saves(const session *s);
 
 /* The command language of monitor.h; the reply is one line, "ok: ..." or "error: ...". */
 void session_command(session *s, const char *line, char *reply, size_t reply_len);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cli.h"
 #include "dataset.h"
@@ -38,7 +39,7 @@ const char train_options_help[] =
     "  --seq T --batch B    tokens per row and rows per micro-batch (512 or the model's\n"
     "                       context when shorter, 8)\n"
     "  --grad-accum N       micro-batches per optimizer step (1)\n"
-    "  --pack               pack several records into a row\n"
+    "  --pack, --no-pack    pack several records into a row (the demo packs), or not\n"
     "  --recompute          keep only each layer's input for the backward pass and run the\n"
     "                       layer again there: activation memory / layers, ~1/3 more compute\n"
     "  --steps N | --epochs N   length of the run (default: one epoch)\n"
@@ -128,7 +129,8 @@ void train_config_demo(train_config *c)
         }
     }
     c->format = "demo";
-    c->pack = 1;
+    if (!(c->given & TRAIN_GIVEN_PACK))
+        c->pack = 1;
     if (!(c->given & TRAIN_GIVEN_SEQ))
         c->seq = 64;
     if (!(c->given & TRAIN_GIVEN_BATCH))
@@ -143,7 +145,7 @@ void train_config_demo(train_config *c)
 
 enum {
     OPT_MODEL = 1, OPT_INIT, OPT_DATA, OPT_FORMAT, OPT_TEMPLATE, OPT_TOKENIZER, OPT_SEQ, OPT_BATCH,
-    OPT_ACCUM, OPT_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
+    OPT_ACCUM, OPT_PACK, OPT_NO_PACK, OPT_RECOMPUTE, OPT_STEPS, OPT_EPOCHS, OPT_STRICT, OPT_LR, OPT_SCHEDULE, OPT_WARMUP,
     OPT_WD, OPT_CLIP, OPT_SEED, OPT_BACKEND, OPT_SAVE, OPT_SAVE_EVERY, OPT_KEEP, OPT_RESUME,
     OPT_LOG, OPT_CONTROL, OPT_SINK, OPT_PLUGIN, OPT_NAN, OPT_HEADLESS, OPT_EVAL_DATA,
     OPT_EVAL_EVERY, OPT_EVAL_SPLIT, OPT_EVAL_CHOICES, OPT_EVAL_GENERATE, OPT_EVAL_SAMPLES,
@@ -159,6 +161,7 @@ static const struct option train_options_own[] = {
     {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
     {"seq", required_argument, NULL, OPT_SEQ}, {"batch", required_argument, NULL, OPT_BATCH},
     {"grad-accum", required_argument, NULL, OPT_ACCUM}, {"pack", no_argument, NULL, OPT_PACK},
+    {"no-pack", no_argument, NULL, OPT_NO_PACK},
     {"recompute", no_argument, NULL, OPT_RECOMPUTE},
     {"steps", required_argument, NULL, OPT_STEPS},
     {"epochs", required_argument, NULL, OPT_EPOCHS},
@@ -268,7 +271,8 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
         c->given |= TRAIN_GIVEN_GRAD_ACCUM;
         return 0;
     case OPT_PACK:
-        c->pack = 1;
+    case OPT_NO_PACK:
+        c->pack = opt == OPT_PACK;
         c->given |= TRAIN_GIVEN_PACK;
         return 0;
     case OPT_RECOMPUTE: c->recompute = 1; return 0;
@@ -429,13 +433,17 @@ static int check_plugin_names(const train_config *c, const char *cmd)
     return rc;
 }
 
-/* --keep-best and --no-keep-best set one thing: the command line's either overrides the
- * file's either. */
+/* A flag and its --no- twin: what a config file's "NAME: false" means. */
+static int negated(int opt)
+{
+    return opt == OPT_KEEP_BEST ? OPT_NO_KEEP_BEST : opt == OPT_PACK ? OPT_NO_PACK : -1;
+}
+
+/* --keep-best and --no-keep-best set one thing (so do --pack and --no-pack): the command
+ * line's either overrides the file's either. */
 static int same_setting(int a, int b)
 {
-    int best_a = a == OPT_KEEP_BEST || a == OPT_NO_KEEP_BEST;
-    int best_b = b == OPT_KEEP_BEST || b == OPT_NO_KEEP_BEST;
-    return a == b || (best_a && best_b);
+    return a == b || negated(a) == b || negated(b) == a;
 }
 
 static int repeatable(int opt)
@@ -468,14 +476,14 @@ static int apply_entry(train_config *c, const char *cmd, const optfile_entry *e,
 {
     if (o->has_arg == no_argument) {
         const char *v = e->n_values == 1 && !e->is_list ? e->values[0] : NULL;
-        int yes = v && (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
-        int no = v && (strcmp(v, "false") == 0 || strcmp(v, "no") == 0);
+        /* YAML's spellings: true, True, TRUE, yes (and their false ones) */
+        int yes = v && (strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0);
+        int no = v && (strcasecmp(v, "false") == 0 || strcasecmp(v, "no") == 0);
         if (!yes && !no)
             return cli_usage_error(cmd, "%s takes true or false%s%s%s", e->name,
                                    v ? ", not '" : "", v ? v : "", v ? "'" : "");
-        if (o->val == OPT_KEEP_BEST || o->val == OPT_NO_KEEP_BEST)
-            return apply(c, cmd, (o->val == OPT_KEEP_BEST) == yes ? OPT_KEEP_BEST
-                                                                  : OPT_NO_KEEP_BEST, NULL);
+        if (negated(o->val) >= 0)   /* false is a setting too: its --no- twin */
+            return apply(c, cmd, yes ? o->val : negated(o->val), NULL);
         return yes ? apply(c, cmd, o->val, NULL) : 0;
     }
     if (e->is_list && !repeatable(o->val))
@@ -590,8 +598,8 @@ static void yaml_value(text_out *y, const char *v)
 /* name: value, or name: and its items, or a flag's true or false. */
 static void yaml_option(text_out *y, const struct option *o, const char *const *values, int n)
 {
-    if (o->val == OPT_NO_KEEP_BEST) {
-        text_put(y, "keep-best: false\n");
+    if (o->val == OPT_NO_KEEP_BEST || o->val == OPT_NO_PACK) {
+        text_put(y, "%s: false\n", o->val == OPT_NO_PACK ? "pack" : "keep-best");
         return;
     }
     text_put(y, "%s:", o->name);

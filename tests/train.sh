@@ -122,6 +122,14 @@ sed -e 's/^lr: .*/lr: 5e-2/' -e 's/^steps: .*/steps: 9/' -e "s|^  - .*|  - $tmp/
   fail "--print-config: losses $(losses "$tmp/printed.jsonl" | tr "\n" " "), reprinted: $(diff "$tmp/printed.yaml" "$tmp/reprinted.yaml" | head -c 300)"
 expect 0 '^log: "-x: y #z"$' "--print-config quotes what YAML would misread" -- \
   "$pesc" train --headless --log "-x: y #z" --print-config
+# pack: False in a file is --no-pack, which the demo (packing by default) obeys; printed back
+printf 'pack: False\nsteps: 1\n' >"$tmp/nopack.yaml"
+"$pesc" train --headless --config "$tmp/nopack.yaml" --save "$tmp/nopack" >/dev/null 2>&1
+grep -q '"pack": false' "$tmp/nopack/step-00000001/state.json" &&
+  [ "$("$pesc" train --headless --config "$tmp/nopack.yaml" --print-config | grep pack)" = "pack: False" ] &&
+  [ "$("$pesc" train --headless --no-pack --print-config | grep pack)" = "pack: false" ] &&
+  pass "pack: False (and --no-pack) turns the demo's packing off" ||
+  fail "pack: False: $(grep -o '"pack": [a-z]*' "$tmp/nopack/step-00000001/state.json")"
 printf 'steps: 2\nexperts: 4\nlearning_rate: 1e-3\n' >"$tmp/bad.yaml"
 expect 2 "bad.yaml:3: unknown option 'learning_rate': pesc's name for it is 'lr'" \
   "--config: an option of another trainer's name is refused at its line, with pesc's" -- \
@@ -226,6 +234,11 @@ if [ "$(grep -c '^{"step": 2, "source": "[a-z]*", "line": [0-9]*, "reference": "
 else
   fail "--eval-samples: $(wc -l <"$ans" 2>/dev/null) lines, event $said right: $(head -n 2 "$ans" 2>/dev/null) $(head -c 300 "$tmp/err")"
 fi
+# answers that cannot be written are said on stderr, not only in the log (there may be none),
+# and the run goes on
+expect 0 "^pesc train: \-\-eval-samples /dev/full: No space left on device; the answers of step 1" \
+  "--eval-samples on a full disk: said on stderr, the run goes on" -- \
+  "$pesc" train --headless --steps 1 --eval-generate exact:6 --eval-samples /dev/full
 # from one --eval-data file whose families come round-robin (demo-data's): a random draw in
 # it, not every k-th record (every 6th was one family alone); the same at each evaluation
 "$pesc" demo-data -o "$tmp/rr.jsonl" --records 300 --seed 4 >/dev/null
@@ -306,6 +319,14 @@ expect 1 "\-\-lr 0.3 with \-\-weight-decay 10: .*wipes them out" \
   "--resume: lr x weight decay is checked with the checkpoint's rate" -- \
   "$pesc" train --headless --resume "$tmp/wd" --steps 2 --weight-decay 10
 [ ! -d "$tmp/wd/step-00000002" ] || fail "a refused --resume saved step 2"
+# a --data file changed after the checkpoint: named as the reason, not the batch options
+cp "$tmp/data.jsonl" "$tmp/grown.jsonl"
+"$pesc" train --headless --model "$base" --data "$tmp/grown.jsonl" --seq 24 --batch 4 \
+  --backend cpu --steps 1 --save "$tmp/grown" >/dev/null 2>&1
+head -n 1 "$tmp/data.jsonl" >>"$tmp/grown.jsonl"
+expect 1 "grown.jsonl was changed after this checkpoint was saved" \
+  "--resume after a --data file changed names the file" -- \
+  "$pesc" train --headless --resume "$tmp/grown" --steps 2
 # outputs that would destroy something: a resumed run's --log that is data, or another run's
 # log, and a sink's target in a checkpoint or on a run log; a log in the --save directory is
 # the run's own and resumes
