@@ -220,6 +220,11 @@ int fetch_view_url_to_cache(const char *url, char **path, pesc_error *err)
 
 int fetch_view_resolve_model(const char *url, char **dir, pesc_error *err)
 {
+    /* "demo": the built-in demo's model, unless a directory here is called so */
+    if (strcmp(url, "demo") == 0 && access("demo/config.json", F_OK) != 0) {
+        *dir = pesc_demo_model_dir();
+        return 0;
+    }
     return with_view(url, dir, FETCH_MODEL, err);
 }
 

@@ -1630,27 +1630,6 @@ static void *trainer_main(void *arg)
 
 /* ---- setting up --------------------------------------------------------------------------- */
 
-/* The built-in demo's model: PESC_DEMO_DIR, the build tree's data/demo beside the program
- * when pesc runs from there (from any working directory), or the one installed under the
- * package data directory. */
-static char *demo_dir(void)
-{
-    const char *env = getenv("PESC_DEMO_DIR");
-    if (env)
-        return xstrdup(env);
-    char *dir = pesc_program_dir();
-    if (dir) {
-        char *demo = pesc_path_join(dir, "data/demo"), *config = pesc_path_join(demo, "config.json");
-        int here = access(config, R_OK) == 0;
-        free(config);
-        free(dir);
-        if (here)
-            return demo;
-        free(demo);
-    }
-    return xstrdup(PESC_DATADIR "/demo");
-}
-
 static int load_tokenizer(session *s, pesc_error *err)
 {
     if (s->cfg.tokenizer) {
@@ -2549,7 +2528,7 @@ static int setup(session *s, pesc_error *err)
         else
             strcpy(s->model_dir, ".");
     } else {
-        s->model_dir = demo_dir();
+        s->model_dir = pesc_demo_model_dir();
     }
     if (!(s->plugins = plugins_open(c->plugins, c->n_plugins, err)) ||
         !(s->formats = plugins_formats(s->plugins, err)))

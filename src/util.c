@@ -617,6 +617,24 @@ int pesc_argmax(const float *x, int n)
     return best < 0 ? 0 : best;
 }
 
+char *pesc_demo_model_dir(void)
+{
+    const char *env = getenv("PESC_DEMO_DIR");
+    if (env)
+        return xstrdup(env);
+    char *dir = pesc_program_dir();
+    if (dir) {
+        char *demo = pesc_path_join(dir, "data/demo"), *config = pesc_path_join(demo, "config.json");
+        int here = access(config, R_OK) == 0;
+        free(config);
+        free(dir);
+        if (here)
+            return demo;
+        free(demo);
+    }
+    return xstrdup(PESC_DATADIR "/demo");
+}
+
 void pesc_format_duration(double s, char *out, size_t cap)
 {
     if (!isfinite(s) || s < 0 || s > 1e9)

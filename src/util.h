@@ -132,6 +132,10 @@ double pesc_xorshift_uniform(uint64_t *state);   /* [0, 1); xorshift64, state mu
 
 /* Monotonic seconds. */
 double pesc_now(void);
+/* The built-in demo's model: PESC_DEMO_DIR, the build tree's data/demo beside the program
+ * when pesc runs from there (from any working directory), or the one installed under the
+ * package data directory. */
+char *pesc_demo_model_dir(void);
 /* A duration the one way every front end writes it (ETAs, "saved ... ago"): 45s, 14m07s,
  * 2h46m, 3d05h; "--" when unknown (negative or not finite). */
 void pesc_format_duration(double s, char *out, size_t cap);

@@ -27,6 +27,12 @@ else
   fail "demo ignored the command line: $tokens tokens (wanted <= 256), lr '$lr' (wanted 1e-3)"
 fi
 
+# --model demo names the built-in demo's model (from any directory without one called demo)
+(cd "$tmp" && "$OLDPWD/$pesc" generate --model demo --prompt 'upper: abc' --max-tokens 4) \
+  >"$tmp/out" 2>&1
+[ "$(cat "$tmp/out")" = "ABC" ] && pass "--model demo is the demo's model" ||
+  fail "--model demo: $(head -c 300 "$tmp/out")"
+
 expect 2 "\-\-format alpaca describes \-\-data files" "demo training refuses a --format it would ignore" -- \
   "$pesc" train --headless --steps 1 --format alpaca
 
