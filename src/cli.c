@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -210,6 +211,16 @@ int cli_path(const char *cmd, const char *flag, const char *arg, const char *wha
         return cli_usage_error(cmd, "%s '': the path is empty; name %s", flag, what);
     *out = arg;
     return 0;
+}
+
+cli_json_text cli_json_number(double v, int digits)
+{
+    cli_json_text t;
+    if (isfinite(v))
+        snprintf(t.text, sizeof t.text, "%.*g", digits, v);
+    else
+        snprintf(t.text, sizeof t.text, "null");
+    return t;
 }
 
 int cli_parse_long(const char *s, long min, long max, long *out)

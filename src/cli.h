@@ -50,6 +50,16 @@ pesc_backend *cli_backend_new(const char *cmd, const char *name);
 int cli_path(const char *cmd, const char *flag, const char *arg, const char *what,
              const char **out);
 
+/* A number of a command's --json output: v as printf's %.*g writes it (digits significant),
+ * or null when v is not finite, since JSON has no NaN or infinity (the run log writes null
+ * too). The text lives in the returned struct until the end of the full expression that
+ * called it, so that several go into one printf:
+ * printf("{\"ppl\": %s}", cli_json_number(ppl, 9).text). */
+typedef struct cli_json_text {
+    char text[32];
+} cli_json_text;
+cli_json_text cli_json_number(double v, int digits);
+
 /* Strict integer parsing: the whole string, within [min, max]. 0 or -1. */
 int cli_parse_long(const char *s, long min, long max, long *out);
 

@@ -438,9 +438,10 @@ static int decode_bench(model *m, const bench_options *o, pesc_error *err)
         double prompt_rate = (double)S * o->prompt_tokens / prompt_s;
         first_rate = i == 0 ? rate : first_rate;
         if (o->json)
-            printf("%s{\"sequences\": %d, \"tokens_per_s\": %.1f, \"step_ms\": %.6f, "
-                   "\"prompt_tokens_per_s\": %.1f}", i ? ", " : "", S, rate,
-                   steps_s / o->answer_tokens * 1e3, prompt_rate);
+            printf("%s{\"sequences\": %d, \"tokens_per_s\": %s, \"step_ms\": %.6f, "
+                   "\"prompt_tokens_per_s\": %s}", i ? ", " : "", S,
+                   cli_json_number(rate, 9).text, steps_s / o->answer_tokens * 1e3,
+                   cli_json_number(prompt_rate, 9).text);
         else
             printf("  %4d at once: %10.0f tokens/s (%.2fx %d at once), %8.2f ms a step; "
                    "prompts %10.0f tokens/s\n", S, rate, rate / first_rate, o->decode[0],
@@ -502,19 +503,21 @@ int cmd_bench(int argc, char **argv)
     double tokens = (double)o.seq * o.batch, fpt = flops_per_token(&o);
     double tps = tokens / step_s, gflops = tps * fpt / 1e9;
     if (o.json)
-        printf("{\"tokens_per_s\": %.1f, \"step_ms\": %.3f, \"flops_per_token\": %.0f, "
-               "\"gflops\": %.2f, \"peak_gflops\": %.2f, \"mfu\": %.4f, \"backend\": \"%s\", "
+        printf("{\"tokens_per_s\": %s, \"step_ms\": %.3f, \"flops_per_token\": %.0f, "
+               "\"gflops\": %s, \"peak_gflops\": %s, \"mfu\": %s, \"backend\": \"%s\", "
                "\"device\": \"%s\", \"dim\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, "
                "\"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"experts\": %d, "
                "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
                "\"recompute\": %s, \"activation_bytes\": %zu, \"device_used_bytes\": %zu, "
-               "\"memory_estimate_bytes\": %zu, \"memory_taken_bytes\": %zu, \"loss\": %.6f",
-               tps, step_s * 1e3, fpt, gflops, peak, gflops / peak, backend_name(b),
+               "\"memory_estimate_bytes\": %zu, \"memory_taken_bytes\": %zu, \"loss\": %s",
+               cli_json_number(tps, 9).text, step_s * 1e3, fpt, cli_json_number(gflops, 9).text,
+               cli_json_number(peak, 9).text, cli_json_number(gflops / peak, 4).text,
+               backend_name(b),
                backend_device(b), o.shape.hidden_size, o.shape.n_layers, o.shape.n_heads,
                o.shape.n_kv_heads, o.shape.intermediate_size, o.shape.vocab_size, o.seq, o.batch,
                o.pesc.experts, o.pesc.top_k, o.pesc.adapter_dim,
                o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, o.recompute ? "true" : "false",
-               m.act.bytes, used, estimate, taken, losses.ce);
+               m.act.bytes, used, estimate, taken, cli_json_number(losses.ce, 7).text);
     else
         printf("%s: %.0f tokens/s, %.1f ms/step, %.2f MFLOP/token, %.1f GFLOP/s of %.1f peak "
                "(MFU %.1f%%), activations %.1f MiB%s%s\n", backend_device(b), tps, step_s * 1e3,

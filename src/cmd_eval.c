@@ -537,7 +537,7 @@ static void print_routing_json(const routing_tally *t, const eval_sources *s)
         for (int l = 0; l < t->L; l++) {
             printf("%s[", l ? ", " : "");
             for (int e = 0; e < t->E; e++)
-                printf("%s%.6g", e ? ", " : "", tally_share(t, i, l, e));
+                printf("%s%s", e ? ", " : "", cli_json_number(tally_share(t, i, l, e), 6).text);
             printf("]");
         }
         printf("]}");
@@ -548,17 +548,15 @@ static void print_routing_json(const routing_tally *t, const eval_sources *s)
     for (int l = 0; l < t->L; l++) {
         double js = tally_divergence(t, l);
         if (js >= 0) {
-            printf("%s%.6g", l ? ", " : "", js);
+            printf("%s%s", l ? ", " : "", cli_json_number(js, 6).text);
             mean += js;
             layers_with++;
         } else {
             printf("%snull", l ? ", " : "");
         }
     }
-    if (layers_with)
-        printf("], \"mean_divergence\": %.6g}", mean / layers_with);
-    else
-        printf("], \"mean_divergence\": null}");
+    printf("], \"mean_divergence\": %s}",
+           cli_json_number(layers_with ? mean / layers_with : NAN, 6).text);
 }
 
 /* ---- multiple choice ------------------------------------------------------------------ */
@@ -708,7 +706,7 @@ static void write_sample(FILE *f, const char *name, const mc_question *q, const 
             "\"scores\": [", quoted ? quoted : "\"?\"", q->line, q->answer,
             mc_pick(score, NULL, q->n_options), mc_pick(score, bytes, q->n_options));
     for (int i = 0; i < q->n_options; i++)
-        fprintf(f, "%s%.9g", i ? ", " : "", score[i]);
+        fprintf(f, "%s%s", i ? ", " : "", cli_json_number(score[i], 9).text);
     fprintf(f, "], \"bytes\": [");
     for (int i = 0; i < q->n_options; i++)
         fprintf(f, "%s%zu", i ? ", " : "", bytes[i]);
@@ -766,10 +764,12 @@ static void print_tally_json(const char *key, const char *name, const mc_tally *
     double norm = (double)t->right_norm / (double)t->questions;
     json_t *s = json_string(name);
     char *quoted = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
-    printf("{\"%s\": %s, \"questions\": %ld, \"accuracy\": %.6g, \"accuracy_stderr\": %.6g, "
-           "\"accuracy_norm\": %.6g, \"accuracy_norm_stderr\": %.6g, \"chance\": %.6g", key,
-           quoted ? quoted : "\"?\"", t->questions, acc, mc_stderr(acc, t->questions), norm,
-           mc_stderr(norm, t->questions), t->chance / (double)t->questions);
+    printf("{\"%s\": %s, \"questions\": %ld, \"accuracy\": %s, \"accuracy_stderr\": %s, "
+           "\"accuracy_norm\": %s, \"accuracy_norm_stderr\": %s, \"chance\": %s", key,
+           quoted ? quoted : "\"?\"", t->questions, cli_json_number(acc, 6).text,
+           cli_json_number(mc_stderr(acc, t->questions), 6).text, cli_json_number(norm, 6).text,
+           cli_json_number(mc_stderr(norm, t->questions), 6).text,
+           cli_json_number(t->chance / (double)t->questions, 6).text);
     free(quoted);
     json_decref(s);
 }
@@ -798,7 +798,7 @@ static void print_choices(const eval_options *o, const choices_result *r, int n,
                 printf("}");
             }
             if (subjects)
-                printf("], \"subject_mean\": %.6g", subject_mean(&r[i]));
+                printf("], \"subject_mean\": %s", cli_json_number(subject_mean(&r[i]), 6).text);
             printf("}");
             continue;
         }
@@ -859,16 +859,17 @@ static void print_answers(const eval_options *o, const eval_sources *s, const an
         all.cut += t[i].cut;
     }
     if (o->json) {
-        printf("{\"accuracy\": %.6g, \"right\": %ld, \"answered\": %ld, \"match\": \"%s\", "
-               "\"sources\": [", (double)all.right / (double)all.scored, all.right, all.scored,
-               match);
+        printf("{\"accuracy\": %s, \"right\": %ld, \"answered\": %ld, \"match\": \"%s\", "
+               "\"sources\": [", cli_json_number((double)all.right / (double)all.scored, 6).text,
+               all.right, all.scored, match);
         for (int i = 0; i < s->n; i++) {
             json_t *name = json_string(s->names[i]);
             char *quoted = name ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
-            printf("%s{\"source\": %s, \"accuracy\": %.6g, \"right\": %ld, \"answered\": %ld, "
+            printf("%s{\"source\": %s, \"accuracy\": %s, \"right\": %ld, \"answered\": %ld, "
                    "\"no_answer\": %ld, \"too_long\": %ld, \"cut\": %ld}", i ? ", " : "",
                    quoted ? quoted : "\"?\"",
-                   t[i].scored ? (double)t[i].right / (double)t[i].scored : 0.0, t[i].right,
+                   cli_json_number(t[i].scored ? (double)t[i].right / (double)t[i].scored : 0.0,
+                                   6).text, t[i].right,
                    t[i].scored, t[i].no_answer, t[i].too_long, t[i].cut);
             free(quoted);
             json_decref(name);
@@ -1085,7 +1086,8 @@ int cmd_eval(int argc, char **argv)
         goto out;
     }
     if (o.json) {
-        printf("{\"loss\": %.9g, \"tokens\": %lld, \"ppl\": %.9g", loss, count, exp(loss));
+        printf("{\"loss\": %s, \"tokens\": %lld, \"ppl\": %s", cli_json_number(loss, 9).text,
+               count, cli_json_number(exp(loss), 9).text);
         if (o.routing)
             print_routing_json(&tally, &sources);
         printf("}\n");

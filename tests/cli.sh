@@ -142,6 +142,15 @@ if [ -n "$loss" ] && close "$loss" 4.728069026134456 1e-5 && [ "$tokens" = 48 ];
 else
   fail "eval loss '$loss' tokens '$tokens' (wanted 4.728069026134456, 48; expected.json says $want)"
 fi
+# --json output stays JSON where a figure is not finite: a final norm that scales by 1e6
+# leaves the loss finite and the perplexity past a double, which is written null (as the run
+# log writes such numbers), not "inf"
+mkdir "$tmp/big-norm" && cp "$top_srcdir/data/demo/"* "$tmp/big-norm/"
+set_tensor "$tmp/big-norm/model.safetensors" model.norm.weight 1e6
+expect 0 '"ppl": null' "eval --json: a perplexity past a double is null" -- \
+  "$pesc" eval --model "$tmp/big-norm" --demo --records 4 --json --backend cpu
+strict_json "$tmp/out" && pass "eval --json of an infinite perplexity is JSON" ||
+  fail "eval --json of an infinite perplexity is not JSON: $(cat "$tmp/out")"
 # a record without end (a pipe of zeros, a file without newlines) is refused at a bound,
 # before it takes the machine's memory; a device (a link to /dev/zero) is refused at once
 expect 1 "/dev/stdin:1: a record longer than 64 MiB; a JSONL file holds one record a line" \

@@ -21,6 +21,30 @@ expect() {
   fi
 }
 
+# set_tensor FILE NAME VALUE: every value of the float32 tensor NAME of the safetensors FILE
+# set to VALUE, in place (a model whose numbers overflow, made from a sound one)
+set_tensor() {
+  /usr/bin/python3 - "$@" <<'PY'
+import json, struct, sys
+path, name, value = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with open(path, "r+b") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    t = json.loads(f.read(n))[name]
+    assert t["dtype"] == "F32", t["dtype"]
+    a, b = t["data_offsets"]
+    f.seek(8 + n + a)
+    f.write(struct.pack("<f", value) * ((b - a) // 4))
+PY
+}
+
+# strict_json FILE: whether FILE is one JSON document as the standard has it (no NaN, no
+# Infinity, which Python's reader would otherwise take)
+strict_json() {
+  /usr/bin/python3 -c 'import json, sys
+def refuse(c): raise ValueError(c)
+json.load(open(sys.argv[1]), parse_constant=refuse)' "$1" 2>/dev/null
+}
+
 # on_tty COMMAND...: runs it with a terminal (script(1), a pseudo-terminal) on standard input
 # and output and its stderr still ours, for a command that wants a terminal before anything
 # else (pesc tui). Stopped after 60 s, so a workbench that did start cannot hang the test.
