@@ -1160,6 +1160,19 @@ static int rd_next(reader *r, pesc_error *err)
     }
 }
 
+/* -1 with a message naming the place when the current item holds a NUL byte: a plain line
+ * would be cut there (a C string ends at it) and JSON calls it an invalid token, neither of
+ * which says what is wrong. Text holds none; a file in UTF-16, or a binary one, does. */
+static int nul_byte(const reader *r, pesc_error *err)
+{
+    const char *nul = memchr(r->item, '\0', r->item_len);
+    if (!nul)
+        return 0;
+    return pesc_fail(err, "%s:%ld: a NUL byte (column %td): a dataset is text, and a file in "
+                     "UTF-16 or a binary one holds them; convert it to UTF-8 text", r->path,
+                     r->item_line, nul - r->item + 1);
+}
+
 enum { MAX_WARNINGS_SHOWN = 10 };
 
 /* The records a load skipped, and why it skipped the first (the error of a load that kept
@@ -1375,6 +1388,10 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                     r->item[strspn(r->item, " \t")] != '"';
         json_error_t jerr;
         pesc_error rec_err = {{0}};
+        if (nul_byte(r, err) != 0) {
+            rc = -1;
+            break;
+        }
         if (plain && lines)
             o = json_string(r->item);   /* a plain line is one string record */
         else
@@ -1446,8 +1463,11 @@ int ds_each_json(const char *path, const char *name, ds_json_fn fn, void *ctx, p
     int rc = 0, got;
     while (rc == 0 && (got = rd_next(r, err)) > 0) {
         json_error_t jerr;
-        json_t *o = json_loadb(r->item, r->item_len, 0, &jerr);
-        if (!o && strstr(jerr.text, "unable to decode byte"))
+        json_t *o = NULL;
+        if (nul_byte(r, err) != 0)
+            rc = -1;
+        else if (!(o = json_loadb(r->item, r->item_len, 0, &jerr)) &&
+                 strstr(jerr.text, "unable to decode byte"))
             rc = pesc_fail(err, "%s:%ld: not valid UTF-8 (column %d: %s); convert the file to "
                            "UTF-8, e.g. iconv -f latin1 -t utf-8", name, r->item_line,
                            jerr.column, jerr.text);

@@ -540,6 +540,50 @@ static void test_bom(tokenizer *t)
     }
 }
 
+/* A NUL byte stops a load, naming file, line and column: a plain line was cut there (a C
+ * string ends at it), and JSON called it an invalid token at the end of the line. */
+static int count_object(void *ctx, const struct json_t *o, long line, pesc_error *err)
+{
+    (void)o, (void)line, (void)err;
+    ++*(int *)ctx;
+    return 0;
+}
+
+static void test_nul_bytes(tokenizer *t)
+{
+    static const struct {
+        const char *name;
+        const char body[40];
+        size_t len;
+        const char *want;
+    } cases[] = {
+        {"nul.txt", "abc\0def ghi\n", 12, "nul.txt:1: a NUL byte (column 4)"},
+        {"nul.jsonl", "{\"text\": \"a\"}\n\0\0\0\n", 18, "nul.jsonl:2: a NUL byte (column 1)"},
+        {"nul.json", "[{\"text\": \"a\"},\n {\"text\": \"b\0\"}]", 32,
+         "nul.json:2: a NUL byte (column 12)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, cases[i].name);
+        FILE *f = fopen(path, "wb");
+        fwrite(cases[i].body, 1, cases[i].len, f);
+        fclose(f);
+        ds_records d = {0};
+        pesc_error err = {{0}};
+        ds_load_options lo = {.format = DS_AUTO, .tok = t};   /* not strict: the file is bad */
+        int rc = dataset_load(&d, path, &lo, &err);
+        CHECK(rc == -1 && strstr(err.msg, cases[i].want) &&
+                  strstr(err.msg, "convert it to UTF-8"),
+              "%s: wanted '%s': %s", cases[i].name, cases[i].want, rc ? err.msg : "loaded");
+        dataset_free(&d);
+        int objects = 0;
+        rc = ds_each_json(path, NULL, count_object, &objects, &err);
+        CHECK(i == 0 || (rc == -1 && strstr(err.msg, cases[i].want)),
+              "ds_each_json %s: wanted '%s': %s", cases[i].name, cases[i].want,
+              rc ? err.msg : "read");
+    }
+}
+
 /* Only the answers in a row's first --seq tokens are learnt: data with none there is refused
  * with a message naming --seq, and records that lose all theirs are counted. */
 static void test_answers_within_seq(void)
@@ -899,6 +943,7 @@ int main(void)
     test_batches();
     test_trim();
     test_bom(t);
+    test_nul_bytes(t);
     test_answers_within_seq();
     test_source_hints();
     test_empty_paths();
