@@ -341,20 +341,6 @@ static int inspect_directory(const char *path)
     return rc;
 }
 
-/* Whether path's first line is a pesc run log's start event (pesc-log(5)). */
-static int is_run_log(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char line[64] = "";
-    if (f) {
-        if (!fgets(line, sizeof line, f))
-            line[0] = '\0';
-        fclose(f);
-    }
-    static const char start[] = "{\"event\":\"start\"";
-    return strncmp(line, start, sizeof start - 1) == 0;
-}
-
 /* A run log read once (pesc view follows one on a terminal): the run, how far it got, its
  * last losses and how it ended. */
 static int inspect_log(const char *path)
@@ -368,13 +354,14 @@ static int inspect_log(const char *path)
     char run_model[256] = "?", backend[128] = "?", end[32] = "", end_text[256] = "";
     char last_error[256] = "";   /* the reason before the closing "at step N" */
     int failed_for_now = 0;      /* the last event an error that is not the closing one */
+    int started = 0;             /* the start line was read */
     long total = 0, step = -1, lines = 0, bad = 0, saves = 0, eval_step = -1;
     double loss = NAN, elapsed = 0, eval_loss = NAN, answers = NAN;
     char *line = NULL;
     size_t cap = 0;
     while (getline(&line, &cap, f) > 0) {
-        lines++;
-        json_t *o = json_loads(line, 0, NULL);
+        /* a byte order mark before the first line, as stats_is_log_file allows */
+        json_t *o = json_loads(lines++ ? line : pesc_skip_bom(line, NULL), 0, NULL);
         const char *event = json_string_value(json_object_get(o, "event"));
         if (!o || !json_is_object(o)) {
             bad++;
@@ -384,8 +371,11 @@ static int inspect_log(const char *path)
             snprintf(run_model, sizeof run_model, "%s", m ? m : "?");
             snprintf(backend, sizeof backend, "%s", b ? b : "?");
             total = (long)json_integer_value(json_object_get(o, "total_steps"));
+            started = 1;
         } else if (!event && json_is_integer(json_object_get(o, "step"))) {
             step = (long)json_integer_value(json_object_get(o, "step"));   /* a step's record */
+            if (json_integer_value(json_object_get(o, "total_steps")) > 0)   /* no start line */
+                total = (long)json_integer_value(json_object_get(o, "total_steps"));
             if (failed_for_now)   /* the run went on after that error (a save's, say) */
                 end[0] = '\0';
             failed_for_now = 0;
@@ -421,7 +411,10 @@ static int inspect_log(const char *path)
     free(line);
     fclose(f);
     printf("run log       %s (pesc view shows it; man pesc-log)\n", path);
-    printf("run           model %s, %s\n", run_model, backend);
+    if (started)
+        printf("run           model %s, %s\n", run_model, backend);
+    else   /* the end of a log (tail -n): stats_is_log_file knows it by its records */
+        printf("run           not said: the log lacks its first line, the start event\n");
     printf("steps         %ld of %ld", step < 0 ? 0 : step, total);
     if (step >= 0)
         printf(", %.0f s", elapsed);
@@ -655,7 +648,12 @@ int cmd_inspect(int argc, char **argv)
     }
     if (ends_with(path, ".safetensors") && !o.given)
         return inspect_safetensors(path);
-    if (!o.given && (ends_with(path, ".jsonl") || ends_with(path, ".json")) && is_run_log(path))
+    /* by its first record, whatever its name: what a dataset's options would read is not
+     * data (the dataset loader refuses it in the same words) */
+    if (stats_is_log_file(path) && o.given)
+        return cli_usage_error("inspect", "--model, --tokenizer, --format, --template and "
+                               "--plugin read a dataset; %s is a pesc run log (--log)", path);
+    if (stats_is_log_file(path))
         return inspect_log(path);
     static const char *const data_names[] = {".jsonl", ".json", ".gz", ".zst"};
     for (size_t i = 0; i < sizeof data_names / sizeof *data_names; i++)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "demo.h"
+#include "stats.h"
 #include "stream.h"
 
 /* ===================================================== the host side of a format ===== */
@@ -1423,10 +1424,9 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                       jerr.column, eof ? (int)(eof - jerr.text) : (int)strlen(jerr.text),
                       jerr.text, eof ? "at the end of the line: cut short?" : "");
             ok = 0;
-        } else if (first && json_is_object(o) && json_object_get(o, "total_steps") &&
-                   json_is_string(json_object_get(o, "event")) &&
-                   !strcmp(json_string_value(json_object_get(o, "event")), "start")) {
-            /* its events' "text" would pass for text records */
+        } else if (!objects && stats_is_log_record(o)) {
+            /* its events' "text" would pass for text records; its first object tells (a log
+             * cut at its start, by tail say, begins with an event or a step's record) */
             json_decref(o);
             rc = pesc_fail(err, "%s: a pesc run log (--log), not a dataset: pesc inspect or pesc "
                            "view reads it; give the data a run trains on", path);

@@ -411,6 +411,83 @@ int stats_parse_line(const char *line, stats_record **r, stats_event *e, stats_r
     return kind;
 }
 
+/* The event kinds a log holds (pesc-log(5)); "fail" is an older name of "error". */
+static const char *const event_kinds[] = {
+    "start", "begin", "memory", "pause", "resume", "lr", "aux", "save", "eval", "nan-skip",
+    "generate", "sink", "note", "error", "fail", "stop", "finish"};
+
+static int known_event(const char *kind)
+{
+    for (size_t i = 0; i < sizeof event_kinds / sizeof *event_kinds; i++)
+        if (strcmp(kind, event_kinds[i]) == 0)
+            return 1;
+    return 0;
+}
+
+int stats_is_log_record(const json_t *o)
+{
+    json_t *obj = (json_t *)o;   /* jansson's getters take no const */
+    if (!json_is_object(obj))
+        return 0;
+    const char *event = json_string_value(json_object_get(obj, "event"));
+    int step = json_is_integer(json_object_get(obj, "step"));
+    if (event && strcmp(event, "start") == 0)
+        return json_is_integer(json_object_get(obj, "total_steps"));
+    if (event)
+        return step && known_event(event);
+    static const char *const step_keys[] = {"loss", "lr", "grad_norm", "tokens_per_s"};
+    for (size_t i = 0; i < sizeof step_keys / sizeof *step_keys; i++)
+        if (!json_object_get(obj, step_keys[i]))   /* null counts: a number not finite */
+            return 0;
+    return step;
+}
+
+/* A log's lines are short but for a step's routing arrays (a few kB a layer): a first line
+ * past this is no log's, and a file without newlines (a binary one) is not read whole. */
+#define FIRST_LINE_MAX ((size_t)16 << 20)
+
+/* The next line of f (its newline kept) into *line, grown as needed: 0, or -1 at the end or
+ * past FIRST_LINE_MAX. */
+static int bounded_line(FILE *f, char **line, size_t *cap)
+{
+    size_t n = 0;
+    do {
+        if (*cap - n < 4096) {
+            if (*cap >= FIRST_LINE_MAX)
+                return -1;
+            *cap = *cap ? 2 * *cap : 4096;
+            *line = xrealloc(*line, *cap);
+        }
+        if (!fgets(*line + n, (int)(*cap - n), f))
+            return n ? 0 : -1;
+        n += strlen(*line + n);
+    } while (n == 0 || (*line)[n - 1] != '\n');
+    return 0;
+}
+
+int stats_is_log_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char *line = NULL;
+    size_t cap = 0;
+    int is_log = 0, first = 1;
+    while (bounded_line(f, &line, &cap) == 0) {
+        const char *text = first ? pesc_skip_bom(line, NULL) : line;
+        first = 0;
+        if (text[strspn(text, " \t\r\n")] == '\0')
+            continue;   /* a blank line */
+        json_t *o = json_loads(text, 0, NULL);   /* white space (a CR) around it is JSON's */
+        is_log = stats_is_log_record(o);
+        json_decref(o);
+        break;
+    }
+    free(line);
+    fclose(f);
+    return is_log;
+}
+
 /* ---- monitor views ------------------------------------------------------------------------ */
 
 monitor_point monitor_point_of(const stats_record *r)

@@ -130,4 +130,16 @@ char *stats_run_json(const stats_run *run);
 int stats_parse_line(const char *line, stats_record **r, stats_event *e, stats_run *run,
                      pesc_error *err);
 
+/* Whether o (a parsed JSON value) is a line of a run log, by its fields: the start line
+ * ("event": "start" with "total_steps"), an event ("event" one of the kinds pesc writes,
+ * with an integer "step") or a step's record (an integer "step" with "loss", "lr",
+ * "grad_norm" and "tokens_per_s"). How it is spaced or ordered does not matter, so a log
+ * that went through a JSON tool is one too. A dataset record has none of these shapes. */
+struct json_t;
+int stats_is_log_record(const struct json_t *o);
+/* Whether the first record of the file at path (past a UTF-8 byte order mark and blank
+ * lines; CRLF line ends allowed) is a line of a run log: a whole log, or its end (tail -n).
+ * The one test of pesc inspect, which reads a log, and the dataset loader, which refuses one. */
+int stats_is_log_file(const char *path);
+
 #endif

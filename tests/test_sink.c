@@ -527,6 +527,50 @@ static void test_sinks(const pesc_plugins *plugins)
     check_tensorboard(path, t0);
 }
 
+/* A run log is told by its first record's fields, not its bytes: the log the sink wrote, the
+ * same re-serialised with spaces (json.dumps), after a byte order mark, with CRLF line ends
+ * and without its start line (tail -n) is one; datasets, also ones with a "step" or an
+ * "event" of their own, are not. */
+static int log_file_of(const char *name, const char *text)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    fputs(text, f);
+    fclose(f);
+    return stats_is_log_file(path);
+}
+
+static void test_log_detection(void)
+{
+    char path[700], line[1 << 14], *second = NULL;
+    snprintf(path, sizeof path, "%s/run.jsonl", dir);
+    CHECK(stats_is_log_file(path), "the log the jsonl sink wrote is a log");
+    FILE *f = fopen(path, "r");
+    for (int i = 0; f && i < 2 && fgets(line, sizeof line, f); i++)
+        second = i == 1 ? strdup(line) : NULL;   /* the first step's record */
+    if (f)
+        fclose(f);
+    CHECK(second && log_file_of("tail.jsonl", second), "a log without its start line is one: %s",
+          second ? second : "(no second line)");
+    free(second);
+    static const struct { const char *name, *text; int is_log; } cases[] = {
+        {"spaced.jsonl", "{\"event\": \"start\", \"model\": \"m\", \"total_steps\": 5}\n", 1},
+        {"bom.jsonl", "\xef\xbb\xbf\n{\"event\":\"start\",\"total_steps\":5}\r\n", 1},
+        {"crlf.jsonl", "{ \"step\": 3, \"event\": \"save\", \"text\": \"saved\" }\r\n", 1},
+        {"step.jsonl", "{\"loss\": null, \"step\": 7, \"lr\": 0.1, \"grad_norm\": null, "
+         "\"tokens_per_s\": 9}\n", 1},
+        {"text.jsonl", "{\"text\": \"{\\\"event\\\":\\\"start\\\"\"}\n", 0},
+        {"steps.jsonl", "{\"step\": 1, \"text\": \"add the flour\"}\n", 0},
+        {"events.jsonl", "{\"event\": \"concert\", \"step\": 2, \"text\": \"x\"}\n", 0},
+        {"started.jsonl", "{\"event\": \"start\", \"text\": \"a race\"}\n", 0},
+        {"array.json", "[{\"event\": \"start\", \"total_steps\": 5}]\n", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        CHECK(log_file_of(cases[i].name, cases[i].text) == cases[i].is_log, "%s must%s be a log",
+              cases[i].name, cases[i].is_log ? "" : " not");
+}
+
 static void test_bad_specs(const pesc_plugins *plugins)
 {
     stats_run run = {.shape = {.n_layers = L, .n_experts = E, .top_k = 2}};
@@ -651,6 +695,7 @@ int main(void)
     }
     test_make_dirs();
     test_sinks(plugins);
+    test_log_detection();
     test_bad_specs(plugins);
     test_unnamed_outputs(plugins);
     plugins_delete(plugins);

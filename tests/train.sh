@@ -612,6 +612,19 @@ grep -q "^steps         2 of 5, 2 s; failed$" "$tmp/out" || fail "inspect a fail
 # shellcheck disable=SC2086
 expect 1 "empty.jsonl: a pesc run log (\-\-log), not a dataset" "a run log as --data is refused" -- \
   "$pesc" train --headless $common --steps 1 --data "$tmp/empty.jsonl"
+# ... known by its records, not its bytes: re-serialised with spaces (json.dumps), or without
+# its start line (tail -n), it is still a log to inspect and no dataset to train on
+sed 's/":/": /g; s/,"/, "/g' "$tmp/empty.jsonl" >"$tmp/spaced.jsonl"
+expect 0 "^steps         1 of 1, [0-9]* s; finished$" "inspect a log written with spaces" -- \
+  "$pesc" inspect "$tmp/spaced.jsonl"
+tail -n 2 "$tmp/empty.jsonl" >"$tmp/tail.jsonl"
+expect 0 "^run           not said: the log lacks its first line" "inspect the end of a log" -- \
+  "$pesc" inspect "$tmp/tail.jsonl"
+# shellcheck disable=SC2086
+expect 1 "tail.jsonl: a pesc run log (\-\-log), not a dataset" "the end of a log as --data is refused" -- \
+  "$pesc" train --headless $common --steps 1 --data "$tmp/tail.jsonl"
+expect 2 "read a dataset; $tmp/spaced.jsonl is a pesc run log" "inspect LOG --model is a usage error" -- \
+  "$pesc" inspect "$tmp/spaced.jsonl" --model "$base"
 printf 'lr: 1\n' >"$tmp/cfg.yaml"
 expect 1 "cfg.yaml: not a file pesc inspect reads: a model directory, a checkpoint" \
   "inspect of a file it does not read says what it reads" -- "$pesc" inspect "$tmp/cfg.yaml"
