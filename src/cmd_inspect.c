@@ -43,6 +43,19 @@ static const char inspect_usage[] =
     "\n"
     "  --format F, --template NAME, --plugin FILE   as for pesc train\n";
 
+/* Text the inspected file supplies (a tensor name, a metadata value, a token, a path a
+ * checkpoint recorded, a log's error) on standard output as a terminal may show it
+ * (pesc_show_controls): an escape sequence or a line break in it cannot recolour, retitle or
+ * clear the terminal, nor forge lines of this summary. Whole: a byte becomes 4 at most. */
+static void put_shown(const char *text)
+{
+    size_t cap = 4 * strlen(text) + 1;
+    char *shown = xmalloc(cap);
+    pesc_show_controls(shown, cap, text);
+    fputs(shown, stdout);
+    free(shown);
+}
+
 static const char *rope_name(hf_rope_type t)
 {
     return t == HF_ROPE_LINEAR ? "linear" : t == HF_ROPE_LLAMA3 ? "llama3"
@@ -70,8 +83,9 @@ static int inspect_model(const char *dir)
     if (hfconfig_load(&c, dir, &err) != 0 || st_set_open(&set, dir, &err) != 0)
         return cli_fail("inspect", &err);
     printf("model         %s\n", dir);
-    printf("architecture  %s%s\n", c.architecture,
-           c.nested_text ? " (its text model; the vision tower is not read)" : "");
+    printf("architecture  ");
+    put_shown(c.architecture);
+    printf("%s\n", c.nested_text ? " (its text model; the vision tower is not read)" : "");
     printf("layers        %d\n", c.n_layers);
     printf("d_model       %d\n", c.hidden_size);
     printf("ffn           %d\n", c.intermediate_size);
@@ -123,8 +137,11 @@ static int inspect_model(const char *dir)
                c.moe_scaling, crafted);
         params += crafted;
     }
-    if (c.pesc_template[0])
-        printf("template      %s (its run's, recorded by pesc export)\n", c.pesc_template);
+    if (c.pesc_template[0]) {
+        printf("template      ");
+        put_shown(c.pesc_template);
+        printf(" (its run's, recorded by pesc export)\n");
+    }
     printf("parameters    %lld (%.2f M)\n", params, (double)params / 1e6);
     printf("tensors       %zu in %d file%s\n", st_set_count(&set), set.n_files,
            set.n_files == 1 ? "" : "s");
@@ -175,7 +192,8 @@ static void print_saved(const char *save_dir)
     ssize_t len = readlink(best, target, sizeof target - 1);
     if (len > 0) {
         target[len] = '\0';
-        printf("; best -> %s", target);
+        printf("; best -> ");
+        put_shown(target);
     }
     free(best);
     printf("\n");
@@ -214,22 +232,33 @@ static int inspect_checkpoint(const char *path, const char *dir)
         printf(", --eval-split %g", st.eval_split);
     printf("\n");
     for (int i = 0; i < st.n_data; i++) {   /* what --resume alone reads again */
-        printf("%-14s%s", i ? "" : "data", st.data[i].path);
+        printf("%-14s", i ? "" : "data");
+        put_shown(st.data[i].path);
         if (st.n_data > 1)
             printf(" (weight %g)", st.data[i].weight);
-        if (i == st.n_data - 1)
-            printf(", --format %s, --template %s", st.format, st.template_name);
+        if (i == st.n_data - 1) {
+            printf(", --format ");
+            put_shown(st.format);
+            printf(", --template ");
+            put_shown(st.template_name);
+        }
         printf("\n");
     }
-    for (int i = 0; i < st.n_eval; i++)
-        printf("%-14s%s\n", i ? "" : "held out", st.eval_data[i]);
+    for (int i = 0; i < st.n_eval; i++) {
+        printf("%-14s", i ? "" : "held out");
+        put_shown(st.eval_data[i]);
+        printf("\n");
+    }
     if (st.save_dir[0]) {
-        printf("saved to      %s", st.save_dir);
+        printf("saved to      ");
+        put_shown(st.save_dir);
         if (st.save_every > 0)
             printf(" every %ld steps", st.save_every);
         printf(", keeping %d%s", st.keep, st.keep_best == 1 ? " and the best" : "");
-        if (st.log[0])
-            printf("; log %s", st.log);
+        if (st.log[0]) {
+            printf("; log ");
+            put_shown(st.log);
+        }
         printf("\n");
     }
     if (st.run_lr >= 0 && st.schedule >= 0)
@@ -249,12 +278,15 @@ static int inspect_checkpoint(const char *path, const char *dir)
     if (st.best_step >= 0)   /* --keep-best: the best evaluation up to this step */
         printf("best          step-%08ld: %s %.4f\n", st.best_step,
                st.best_by ? "answers right" : "held-out loss", st.best_value);
-    if (st.base_model[0])
-        printf("base          %s", st.base_model);
-    else if (st.init_config[0])
-        printf("base          random weights of %s", st.init_config);
-    else
+    if (st.base_model[0]) {
+        printf("base          ");
+        put_shown(st.base_model);
+    } else if (st.init_config[0]) {
+        printf("base          random weights of ");
+        put_shown(st.init_config);
+    } else {
         printf("base          not recorded (saved before pesc export: give pesc export --model)");
+    }
     printf(" (fingerprint %016" PRIx64 ")\n", st.base_fingerprint);
     char *trainables = pesc_path_join(dir, "trainables.safetensors");
     st_file f = {0};
@@ -278,10 +310,12 @@ static int inspect_checkpoint(const char *path, const char *dir)
 static void print_token(const tokenizer *t, const char *what, int32_t id)
 {
     printf("%-14s", what);
-    if (id >= 0 && tok_token(t, id))
-        printf("%s (%d)\n", tok_token(t, id), id);
-    else
+    if (id >= 0 && tok_token(t, id)) {
+        put_shown(tok_token(t, id));
+        printf(" (%d)\n", id);
+    } else {
         printf("none\n");
+    }
 }
 
 /* A tokenizer.json (tokenizer_config.json beside it read too): what pesc makes of it. */
@@ -312,8 +346,10 @@ static int inspect_tokenizer(const char *path)
     tok_ids ids = {0};
     if (tok_encode(t, sample, sizeof sample - 1, 0, &ids, &err) == 0) {
         printf("example       \"%s\" -> %d tokens: ", sample, ids.n);
-        for (int i = 0; i < ids.n; i++)   /* | between them: a token may be a space */
-            printf("%s%s", i ? "|" : "", tok_token(t, ids.ids[i]) ? tok_token(t, ids.ids[i]) : "?");
+        for (int i = 0; i < ids.n; i++) {   /* | between them: a token may be a space */
+            printf("%s", i ? "|" : "");
+            put_shown(tok_token(t, ids.ids[i]) ? tok_token(t, ids.ids[i]) : "?");
+        }
         printf("\n");
     }
     tok_ids_free(&ids);
@@ -411,17 +447,25 @@ static int inspect_log(const char *path)
     free(line);
     fclose(f);
     printf("run log       %s (pesc view shows it; man pesc-log)\n", path);
-    if (started)
-        printf("run           model %s, %s\n", run_model, backend);
-    else   /* the end of a log (tail -n): stats_is_log_file knows it by its records */
+    if (started) {
+        printf("run           model ");
+        put_shown(run_model);
+        printf(", ");
+        put_shown(backend);
+        printf("\n");
+    } else {   /* the end of a log (tail -n): stats_is_log_file knows it by its records */
         printf("run           not said: the log lacks its first line, the start event\n");
+    }
     printf("steps         %ld of %ld", step < 0 ? 0 : step, total);
     if (step >= 0)
         printf(", %.0f s", elapsed);
     printf("; %s\n", !strcmp(end, "finish") ? "finished" : !strcmp(end, "stop") ? "stopped"
                      : !strcmp(end, "error") ? "failed" : "no end in the log (running, or killed)");
-    if (!strcmp(end, "error") && end_text[0])
-        printf("error         %s\n", end_text);
+    if (!strcmp(end, "error") && end_text[0]) {
+        printf("error         ");
+        put_shown(end_text);
+        printf("\n");
+    }
     if (step >= 0)
         printf("loss          %.4f at step %ld\n", loss, step);
     if (eval_step >= 0)
@@ -455,14 +499,21 @@ static int inspect_safetensors(const char *path)
     for (int i = 0; i < f.n_tensors; i++)
         bytes += f.tensors[i].nbytes;
     printf("%s: %d tensors, %.2f MiB\n", path, f.n_tensors, (double)bytes / (1 << 20));
-    for (int i = 0; i < f.n_meta; i++)
-        printf("  metadata %s = %s\n", f.meta_keys[i], f.meta_values[i]);
+    for (int i = 0; i < f.n_meta; i++) {
+        printf("  metadata ");
+        put_shown(f.meta_keys[i]);
+        printf(" = ");
+        put_shown(f.meta_values[i]);
+        printf("\n");
+    }
     for (int i = 0; i < f.n_tensors; i++) {
         const st_tensor *t = &f.tensors[i];
         printf("  %-5s [", st_dtype_name(t->dtype));
         for (int d = 0; d < t->ndim; d++)
             printf("%s%" PRId64, d ? ", " : "", t->shape[d]);
-        printf("]  %s\n", t->name);
+        printf("]  ");
+        put_shown(t->name);
+        printf("\n");
     }
     st_close(&f);
     return 0;

@@ -658,6 +658,37 @@ expect 1 "tokenizer.json.*Unigram" "inspect an unsupported tokenizer.json: one l
 expect 0 "tensors       21 in 2 files" "inspect a sharded model" -- "$pesc" inspect "$m2"
 expect 0 "model.layers.0.mlp.down_proj.weight" "inspect a safetensors file" -- "$pesc" inspect "$m/model.safetensors"
 expect 0 "records       5" "inspect a tokens dataset" -- "$pesc" inspect "$m/records.jsonl"
+# what a file supplies reaches the terminal with its control characters shown as \xNN: a
+# tensor name, a metadata value, a token or a log's error cannot clear the screen, retitle
+# it or forge a line of the summary
+mkdir "$tmp/evil"
+/usr/bin/python3 - "$tmp/evil" <<'PY'
+import json, struct, sys
+d = sys.argv[1]
+name = "w\x1b[2J\x1b]0;title\x07\nFORGED tensor"
+header = json.dumps({"__metadata__": {"k\x1b[31m": "v\nFORGED metadata"},
+                     name: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+open(d + "/evil.safetensors", "wb").write(struct.pack("<Q", len(header)) + header + bytes(4))
+bos = "<s>\x1b[31m\nFORGED token"
+json.dump({"model": {"type": "BPE", "vocab": {bos: 0, "a": 1}, "merges": []}},
+          open(d + "/tokenizer.json", "w"))
+json.dump({"bos_token": bos}, open(d + "/tokenizer_config.json", "w"))
+with open(d + "/run.jsonl", "w") as f:
+    for o in [{"event": "start", "model": "m\x1b[2J", "backend": "b\nFORGED backend", "total_steps": 2},
+              {"event": "error", "step": 1, "elapsed_s": 1, "text": "boom\x1b[1A\nFORGED error"},
+              {"event": "error", "step": 1, "elapsed_s": 1, "text": "at step 1"}]:
+        f.write(json.dumps(o) + "\n")
+PY
+for f in evil.safetensors tokenizer.json run.jsonl; do
+  "$pesc" inspect "$tmp/evil/$f" >"$tmp/out" 2>&1
+  if grep -q "$(printf '\033')" "$tmp/out" || grep -q "^FORGED" "$tmp/out"; then
+    fail "inspect $f passes control characters from the file to the terminal: $(od -c "$tmp/out" | head -5)"
+  elif ! grep -q '\\x1b' "$tmp/out"; then
+    fail "inspect $f: the escape is not shown as \\x1b: $(cat "$tmp/out")"
+  else
+    pass "inspect $f shows the file's control characters as \\xNN"
+  fi
+done
 # a text dataset, read as training reads it: the predicted tokens are the ones eval scores
 "$pesc" demo-data -o "$tmp/chat.jsonl" --records 30 --seed 4 >/dev/null
 gzip -c "$tmp/chat.jsonl" >"$tmp/chat.jsonl.gz"
