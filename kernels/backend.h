@@ -192,8 +192,9 @@ void geglu_forward(pesc_backend *b, float *out, const float *gate, const float *
 void residual_forward(pesc_backend *b, float *out, const float *x, const float *y, size_t n);
 
 /* out (rows, backend memory) = the index of each row's largest value (x: rows x cols), the
- * lowest of equals; NaN is never the largest (a row of NaN gives 0). The greedy pick of a
- * generated token without the logits leaving the device. */
+ * lowest of equals; NaN is never the largest. -1 when that value is not finite (a row of NaN,
+ * or an infinity at the top): a model that overflows, told by the max it finds anyway. The
+ * greedy pick of a generated token without the logits leaving the device. */
 void argmax_rows(pesc_backend *b, int32_t *out, const float *x, int rows, int cols);
 
 /* losses (N) = logsumexp(y[n]) - y[n][targets[n]], from logits (N, V): y = logits, or when

@@ -214,8 +214,10 @@ static int queue(ans_answerer *a, const ds_record *r, ans_tally *t, const char *
 
 /* The next tokens of the k answers p[at[i]] from rows 0 to k - 1 of a->logits into picks:
  * each drawn by its own sampler (or greedily), the rows at once on the host's threads, so
- * that sampling many answers does not wait on one core. */
-static void draw(ans_answerer *a, const ans_prompt *p, const int *at, int k, int32_t *picks)
+ * that sampling many answers does not wait on one core. 0, or -1 when a row's logits have
+ * no finite largest value (the model overflows: an answer of garbage would be scored). */
+static int draw(ans_answerer *a, const ans_prompt *p, const int *at, int k, int32_t *picks,
+                pesc_error *err)
 {
     int V = a->m->config.vocab_size;
 #pragma omp parallel for schedule(dynamic, 1) if (k > 1)
@@ -223,6 +225,10 @@ static void draw(ans_answerer *a, const ans_prompt *p, const int *at, int k, int
         sampler *s = p[at[i]].s ? p[at[i]].s : &a->greedy;   /* greedy: no state */
         picks[i] = sampler_next(s, a->logits + (size_t)i * V, V);
     }
+    for (int i = 0; i < k; i++)
+        if (picks[i] < 0)
+            return model_fail_logits(a->m, err);
+    return 0;
 }
 
 /* id, the next token of q's answer: 1 while the answer goes on, 0 when an end marker or its
@@ -298,9 +304,8 @@ static int fill(ans_answerer *a, ans_prompt *p, int n, int *next, int *held, int
                 to[j - 1] = t;
             }
         int32_t picks[ANS_BATCH_MAX];
-        if (prompts(a, p, at, to, k, err) != 0)
+        if (prompts(a, p, at, to, k, err) != 0 || draw(a, p, at, k, picks, err) != 0)
             return -1;
-        draw(a, p, at, k, picks);
         for (int i = 0; i < k; i++)
             if (!take(a, &p[at[i]], picks[i])) {
                 held[to[i]] = -1;
@@ -350,8 +355,8 @@ int ans_generate(ans_answerer *a, ans_prompt *p, int n, pesc_error *err)
         if ((greedy ? model_decode_step_greedy(a->m, step, ids, k, picks, err)
                     : model_decode_step(a->m, step, ids, k, a->logits, err)) != 0)
             return -1;
-        if (!greedy)
-            draw(a, p, at, k, picks);
+        if (!greedy && draw(a, p, at, k, picks, err) != 0)
+            return -1;
         for (int i = 0; i < k; i++)
             if (!take(a, &p[at[i]], picks[i])) {
                 held[step[i]] = -1;

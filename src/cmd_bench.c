@@ -387,7 +387,8 @@ static int decode_run(model *m, int S, int P, int N, int steps, double *prompt_s
                                  err);
     }
     for (int i = 0; rc == 0 && i < S; i++)   /* the prompts' picks, as answering's */
-        next[i] = sampler_next(&greedy, logits + (size_t)i * V, V);
+        if ((next[i] = sampler_next(&greedy, logits + (size_t)i * V, V)) < 0)
+            rc = model_fail_logits(m, err);
     backend_synchronize(m->backend);
     double t1 = pesc_now();
     for (int step = 0; rc == 0 && step < steps; step++) {   /* then the backend's */

@@ -313,6 +313,10 @@ static int answer(answerer *a, long max_tokens, tok_ids *fed, char **text, long 
         *text = xstrdup("");
     for (*produced = 0; *produced < max_tokens && !interrupted; (*produced)++) {
         int32_t next = sampler_next(&a->s, a->logits, a->m->config.vocab_size);
+        if (next < 0) {   /* an overflowing model's NaN: no token, rather than garbage */
+            model_fail_logits(a->m, err);
+            goto out;
+        }
         int stop = 0;
         for (int i = 0; i < a->n_stops; i++)
             stop |= next == a->stops[i];

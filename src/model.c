@@ -421,6 +421,7 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
 {
     memset(m, 0, sizeof *m);
     m->backend = b;
+    snprintf(m->source, sizeof m->source, "%s", dir);
     if (hfconfig_load(&m->config, dir, err) != 0)
         return -1;
     m->layers = xcalloc((size_t)m->config.n_layers, sizeof *m->layers);

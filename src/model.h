@@ -162,6 +162,7 @@ typedef struct model {
      * Gemma3ForConditionalGeneration's text model language_model.model. (the hub's files) or
      * model.language_model. (transformers' since 4.52); model_file_name */
     char text_prefix[32];
+    char source[1024];           /* the directory model_load read, "" otherwise: messages name it */
     model_layer *layers;         /* (n_layers) */
     model_tensor *base_tensors;  /* named views of every base weight, checkpoint order */
     int n_base_tensors;
@@ -345,7 +346,8 @@ int model_decode_step(model *m, const int *slots, const int32_t *tokens, int n, 
 /* As model_decode_step, but the greedy pick of each slot's next token (the lowest id of the
  * largest logit, as sampler_next's greedy) goes into picks (n, host) instead of the logits:
  * argmax_rows on the backend, so on a GPU n ids reach the host, not n x V logits (but for a
- * final softcap, applied on the host: those logits are picked there). */
+ * final softcap, applied on the host: those logits are picked there). A slot whose logits
+ * have no finite largest value fails it (model_fail_logits). */
 int model_decode_step_greedy(model *m, const int *slots, const int32_t *tokens, int n,
                              int32_t *picks, pesc_error *err);
 /* n prompts at once into slots[0, n) (distinct; any order, any others going on): row i of
@@ -353,6 +355,10 @@ int model_decode_step_greedy(model *m, const int *slots, const int32_t *tokens, 
  * then holds its prompt alone, whatever it held before. */
 int model_decode_prompts(model *m, const int *slots, const int32_t *tokens, const int *lens,
                          int n, int T, float *logits, pesc_error *err);
+/* -1 with the message for logits with no finite largest value while generating (a pick of
+ * -1 from sampler_next, or from model_decode_step_greedy, which returns this): m's weights,
+ * or its adapters, overflow on this input. It names the model and what to try. */
+int model_fail_logits(const model *m, pesc_error *err);
 /* Frees the cache (a training run's evaluations give its memory back to the steps). */
 void model_cache_release(model *m);
 /* The slots of capacity tokens that fit in a share of the backend's free memory (1 to max). */

@@ -1297,7 +1297,8 @@ static int last_picks(model *m, int n, int32_t *picks, pesc_error *err)
         float *logits = xmalloc((size_t)n * V * sizeof *logits);
         int rc = last_logits(m, 0, n, logits, err);
         for (int r = 0; rc == 0 && r < n; r++)
-            picks[r] = pesc_argmax(logits + (size_t)r * V, V);
+            if ((picks[r] = pesc_argmax(logits + (size_t)r * V, V)) < 0)
+                rc = model_fail_logits(m, err);
         free(logits);
         return rc;
     }
@@ -1315,7 +1316,20 @@ static int last_picks(model *m, int n, int32_t *picks, pesc_error *err)
         argmax_rows(m->backend, m->picks + start, m->act.logits, rows, V);
     }
     backend_download(m->backend, picks, m->picks, (size_t)n * sizeof *picks);
-    return backend_check(m->backend, err);
+    if (backend_check(m->backend, err) != 0)
+        return -1;
+    for (int r = 0; r < n; r++)   /* argmax_rows' -1: no finite largest logit */
+        if (picks[r] < 0)
+            return model_fail_logits(m, err);
+    return 0;
+}
+
+int model_fail_logits(const model *m, pesc_error *err)
+{
+    return pesc_fail(err, "the model%s%s gives logits that are not finite (NaN or infinity): "
+                     "its weights, or adapters, overflow on this input; check them (a "
+                     "conversion to float16 or another dtype can break them) or try --backend "
+                     "cpu to rule out the device", m->source[0] ? " " : "", m->source);
 }
 
 /* model_decode_step's pass, its logits or its greedy picks after (one of them NULL). */

@@ -101,15 +101,16 @@ static float threshold(const sampler *s, int V, int want, double sum)
 
 int sampler_next(sampler *s, const float *logits, int V)
 {
-    if (s->temperature <= 0.0f)
-        return pesc_argmax(logits, V);
+    int top = pesc_argmax(logits, V);   /* -1: no finite largest logit */
+    if (s->temperature <= 0.0f || top < 0)
+        return top;
     if (V > s->capacity) {
         s->probs = xrealloc(s->probs, (size_t)V * sizeof *s->probs);
         s->order = xrealloc(s->order, (size_t)V * sizeof *s->order);
         s->keys = xrealloc(s->keys, 2 * (size_t)V * sizeof *s->keys);
         s->capacity = V;
     }
-    float m = logits[pesc_argmax(logits, V)];
+    float m = logits[top];
     double sum = 0.0;
     for (int i = 0; i < V; i++) {
         s->probs[i] = expf((logits[i] - m) / s->temperature);
@@ -138,8 +139,8 @@ int sampler_next(sampler *s, const float *logits, int V)
             if (cut || n >= want || t == 0.0f)
                 break;
         }
-        if (keep == 0)   /* no number among the logits */
-            return pesc_argmax(logits, V);
+        if (keep == 0)   /* none is a number: ruled out above (the largest has 1) */
+            return top;
         sum = 0.0;
         for (int i = 0; i < keep; i++)
             sum += s->probs[s->order[i]];

@@ -20,7 +20,9 @@ typedef struct sampler {
 
 void sampler_init(sampler *s, float temperature, int top_k, float top_p, uint64_t seed);
 void sampler_free(sampler *s);
-/* Next token from logits (V). Ties in greedy mode go to the lower id. */
+/* Next token from logits (V). Ties in greedy mode go to the lower id. -1 when the largest
+ * logit is not finite (all NaN, or an infinity): a model that overflows, found at no cost by
+ * the max every mode takes; the caller fails (model_fail_logits) rather than pick at random. */
 int sampler_next(sampler *s, const float *logits, int V);
 
 #endif

@@ -703,6 +703,11 @@ static void generate(session *s, const command *c)
     int produced = 0;
     for (; produced < max_tokens; produced++) {
         int32_t next = sampler_next(&s->sampler, logits, m->config.vocab_size);
+        if (next < 0) {   /* an overflowing model's NaN: no token, rather than garbage */
+            model_fail_logits(m, &err);
+            publish_event(s, "generate", "error: %s", err.msg);
+            break;
+        }
         int stop = 0;
         for (int i = 0; i < n_stops; i++)
             stop |= next == stops[i];

@@ -614,7 +614,7 @@ int pesc_argmax(const float *x, int n)
     for (int i = 0; i < n; i++)
         if (x[i] == x[i] && (best < 0 || x[i] > x[best]))
             best = i;
-    return best < 0 ? 0 : best;
+    return best >= 0 && isfinite(x[best]) ? best : -1;
 }
 
 char *pesc_demo_model_dir(void)

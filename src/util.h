@@ -145,8 +145,9 @@ void pesc_format_duration(double s, char *out, size_t cap);
 double pesc_stopped_s(void);
 void pesc_note_stopped(double seconds);
 
-/* The index of x's first largest value (n of them), NaN never (all NaN: 0): the greedy pick,
- * as the backends' argmax_rows makes it. */
+/* The index of x's first largest value (n of them), NaN never: the greedy pick, as the
+ * backends' argmax_rows makes it. -1 when that value is not finite (all NaN, or an infinity):
+ * logits of a model that overflows, no token to pick. */
 int pesc_argmax(const float *x, int n);
 
 #endif

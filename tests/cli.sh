@@ -151,6 +151,21 @@ expect 0 '"ppl": null' "eval --json: a perplexity past a double is null" -- \
   "$pesc" eval --model "$tmp/big-norm" --demo --records 4 --json --backend cpu
 strict_json "$tmp/out" && pass "eval --json of an infinite perplexity is JSON" ||
   fail "eval --json of an infinite perplexity is not JSON: $(cat "$tmp/out")"
+# a final norm of 3e38 overflows to NaN logits: generating from them fails in one line that
+# names the model, where greedy decoding once printed id 0's text (or nothing) with exit 0,
+# and eval --generate scored those answers
+mkdir "$tmp/nan-norm" && cp "$top_srcdir/data/demo/"* "$tmp/nan-norm/"
+set_tensor "$tmp/nan-norm/model.safetensors" model.norm.weight 3e38
+for temperature in 0 0.8; do
+  expect 1 "the model $tmp/nan-norm gives logits that are not finite (NaN or infinity)" \
+    "generate --temperature $temperature: NaN logits are refused" -- \
+    "$pesc" generate --model "$tmp/nan-norm" --prompt hi --max-tokens 4 --temperature $temperature --backend cpu
+done
+printf 'hi\nho\n' >"$tmp/two-prompts.txt"
+expect 1 "the model $tmp/nan-norm gives logits that are not finite" "generate --prompts: NaN logits are refused" -- \
+  "$pesc" generate --model "$tmp/nan-norm" --prompts "$tmp/two-prompts.txt" --max-tokens 4 --backend cpu
+expect 1 "the model $tmp/nan-norm gives logits that are not finite" "eval --generate: NaN logits are refused" -- \
+  "$pesc" eval --model "$tmp/nan-norm" --demo --records 4 --generate --json --backend cpu
 # a record without end (a pipe of zeros, a file without newlines) is refused at a bound,
 # before it takes the machine's memory; a device (a link to /dev/zero) is refused at once
 expect 1 "/dev/stdin:1: a record longer than 64 MiB; a JSONL file holds one record a line" \

@@ -489,7 +489,8 @@ static void test_crossentropy(pesc_backend *b, int N, int V, float cap)
 
 /* argmax_rows against a scan written here: rows of random values, rows whose largest value
  * comes twice (the first counts) or late in the row, a row with NaN first and among the
- * values, a row all NaN (0), a row of -inf (0, the first). */
+ * values; and -1 for a row all NaN, a row of -inf and a row with +inf among its values
+ * (no finite largest: a model that overflows). */
 static void test_argmax_rows(pesc_backend *b, int rows, int cols)
 {
     float *x = alloc_floats(b, (size_t)rows * cols);
@@ -498,12 +499,13 @@ static void test_argmax_rows(pesc_backend *b, int rows, int cols)
     for (int r = 0; r < rows; r++) {
         float *row = x + (size_t)r * cols;
         int a = (int)(uniform() * cols) % cols, c = (int)(uniform() * cols) % cols;
-        switch (r % 6) {
+        switch (r % 7) {
         case 1: row[a] = row[c] = 9.0f; break;                 /* a tie */
         case 2: row[cols - 1] = 9.0f; break;                   /* the last */
         case 3: row[0] = NAN; row[a] = NAN; row[c] = 9.0f; break;
         case 4: for (int i = 0; i < cols; i++) row[i] = NAN; break;
         case 5: for (int i = 0; i < cols; i++) row[i] = -INFINITY; break;
+        case 6: row[a] = INFINITY; break;
         }
     }
     argmax_rows(b, out, x, rows, cols);
@@ -514,7 +516,7 @@ static void test_argmax_rows(pesc_backend *b, int rows, int cols)
         for (int i = 0; i < cols; i++)
             if (!isnan(row[i]) && (best < 0 || row[i] > row[best]))
                 best = i;
-        wrong += out[r] != (best < 0 ? 0 : best);
+        wrong += out[r] != (best >= 0 && isfinite(row[best]) ? best : -1);
     }
     printf("%-4s argmax_rows %d x %-32d %d of %d rows wrong\n", wrong ? "FAIL" : "ok", rows, cols,
            wrong, rows);

@@ -713,6 +713,24 @@ static void test_sampler(void)
     REPORT(greedy == 1 && fabs(ones / 20000.0 - 0.75) < 0.02 && only_first && never_third,
            "sampler: greedy, temperature 1 frequency %.3f (0.75), top-p 0.5, top-k 2",
            ones / 20000.0);
+    /* logits with no finite largest value (a model that overflows) give no token, -1, in
+     * every mode: greedy once picked id 0 of all-NaN logits, sampling garbage */
+    float nan_row[3] = {NAN, NAN, NAN}, inf_row[3] = {1.0f, INFINITY, NAN};
+    static const struct { float temperature; int top_k; float top_p; } modes[] = {
+        {0.0f, 0, 1.0f}, {1.0f, 0, 1.0f}, {0.7f, 2, 1.0f}, {0.7f, 0, 0.9f}};
+    int refused = 0;
+    for (size_t i = 0; i < sizeof modes / sizeof *modes; i++) {
+        sampler_init(&s, modes[i].temperature, modes[i].top_k, modes[i].top_p, 5);
+        refused += sampler_next(&s, nan_row, 3) == -1 && sampler_next(&s, inf_row, 3) == -1;
+        sampler_free(&s);
+    }
+    float some_nan[3] = {NAN, 2.0f, 1.0f};
+    sampler_init(&s, 0.0f, 0, 1.0f, 1);
+    int past_nan = sampler_next(&s, some_nan, 3);
+    sampler_free(&s);
+    REPORT(refused == 4 && past_nan == 1, "sampler: NaN or infinite logits give -1 in all %d "
+           "modes (%d did); a NaN among finite logits is passed over (%d)", 4, refused,
+           past_nan);
 }
 
 /* The sampler as it was, sorting every id for top-k and top-p: what sampler_next's sort of a

@@ -425,7 +425,7 @@ void cpu_argmax_rows(void *ctx, int32_t *out, const float *x, int rows, int cols
         for (int i = 0; i < cols; i++)
             if (row[i] == row[i] && (best < 0 || row[i] > row[best]))
                 best = i;
-        out[r] = best < 0 ? 0 : best;
+        out[r] = best >= 0 && isfinite(row[best]) ? best : -1;
     }
 }
 

@@ -540,7 +540,8 @@ __global__ void crossentropy_backward_kernel(values_out dlogits, float *losses,
 
 // argmax_rows: a block a row. Each thread keeps the first of the largest of its stride (NaN
 // never; index -1 while it has seen none), then the warps and the block keep the larger of
-// two, the lower index of equals: the row's first largest, as the CPU's scan finds it.
+// two, the lower index of equals: the row's first largest, as the CPU's scan finds it; -1
+// when it is not finite (a row of NaN, an infinity), as the CPU's.
 __device__ __forceinline__ bool argmax_better(float v, int i, float than, int than_i)
 {
     return i >= 0 && (than_i < 0 || v > than || (v == than && i < than_i));
@@ -584,7 +585,7 @@ __global__ void argmax_rows_kernel(int32_t *out, const float *x, int cols)
         idx = lane < warps ? shared_i[lane] : -1;
         warp_argmax(&v, &idx);
         if (lane == 0)
-            out[blockIdx.x] = idx < 0 ? 0 : idx;
+            out[blockIdx.x] = idx >= 0 && isfinite(v) ? idx : -1;
     }
 }
 

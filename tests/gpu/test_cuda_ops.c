@@ -715,19 +715,21 @@ static void test_elementwise(size_t n)
 
 /* argmax_rows: the CPU's picks exactly, over a vocabulary's rows: ties (the first of equals
  * counts, across threads and warps of the block), the largest last, NaN first and among the
- * values, a row all NaN, a row of -inf. */
+ * values, a row all NaN, a row of -inf, a row with +inf (the last three -1: no finite
+ * largest value). */
 static void test_argmax_rows(int rows, int cols)
 {
     twin x = twin_random((size_t)rows * cols, 6.0), out = twin_ints(rows, 0, 0);
     for (int r = 0; r < rows; r++) {
         float *row = F(x) + (size_t)r * cols;
         int a = (int)(gpu_test_uniform() * cols) % cols, c = (int)(gpu_test_uniform() * cols) % cols;
-        switch (r % 6) {
+        switch (r % 7) {
         case 1: row[a] = row[c] = 9.0f; break;
         case 2: row[cols - 1] = 9.0f; break;
         case 3: row[0] = NAN; row[a] = NAN; row[c] = 9.0f; break;
         case 4: for (int i = 0; i < cols; i++) row[i] = NAN; break;
         case 5: for (int i = 0; i < cols; i++) row[i] = -INFINITY; break;
+        case 6: row[a] = INFINITY; break;
         }
     }
     twin_sync(x);
