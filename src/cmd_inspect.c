@@ -329,7 +329,11 @@ static int inspect_tokenizer(const char *path)
     for (int32_t id = 0; id < n; id++)
         special += tok_is_special(t, id);
     printf("tokenizer     %s\n", path);
-    printf("vocabulary    %d ids (%d special)\n", n, special);
+    int missing = tok_vocab_missing(t);
+    printf("vocabulary    %d ids (%d special", n, special);
+    if (missing)   /* ids a model may still produce: pesc generate shows them as <id N> */
+        printf("; %d missing: gaps in tokenizer.json's numbering, ids with no token", missing);
+    printf(")\n");
     print_token(t, "bos", tok_bos(t));
     print_token(t, "eos", tok_eos(t));
     print_token(t, "pad", tok_pad(t));

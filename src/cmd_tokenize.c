@@ -118,11 +118,19 @@ static int parse_ids(const tokenizer *t, json_t *array, long line_no, tok_ids *i
             free(text);
             return -1;
         }
-        if (id < 0 || id >= n_vocab || !tok_token(t, (int32_t)id))
-            return pesc_fail(err, "stdin:%ld: entry %zu, id %lld, is not in the vocabulary: ids "
-                             "run from 0 to %d (a vocabulary of %d)", line_no, i, (long long)id,
-                             n_vocab - 1, n_vocab);
-        tok_ids_push(ids, (int32_t)id);
+        if (id >= 0 && id < n_vocab && tok_token(t, (int32_t)id)) {
+            tok_ids_push(ids, (int32_t)id);
+            continue;
+        }
+        int missing = tok_vocab_missing(t);   /* a pass over the vocabulary: only here */
+        if (id >= 0 && id < n_vocab)   /* inside the range: a gap in its numbering */
+            return pesc_fail(err, "stdin:%ld: entry %zu, id %lld, has no token in tokenizer.json "
+                             "(the vocabulary has gaps: %d id%s missing between 0 and %d)",
+                             line_no, i, (long long)id, missing, missing == 1 ? "" : "s",
+                             n_vocab - 1);
+        return pesc_fail(err, "stdin:%ld: entry %zu, id %lld, is not in the vocabulary: ids run "
+                         "from 0 to %d (a vocabulary of %d%s)", line_no, i, (long long)id,
+                         n_vocab - 1, n_vocab - missing, missing ? ", with gaps" : "");
     }
     return 0;
 }

@@ -1650,6 +1650,12 @@ const char *tok_stream_push(tok_stream *s, int32_t id, size_t *len)
             sb_put(&bytes, tok, strlen(tok));
         }
         s->n_tokens++;
+    } else if (!tok && id >= 0) {   /* as it is, not through the decoders */
+        char shown[32];
+        int n = snprintf(shown, sizeof shown, "<id %d>", (int)id);
+        if (!s->t->has_decoder && s->n_tokens) sb_putc(&bytes, ' ');
+        sb_put(&bytes, shown, (size_t)n);
+        s->n_tokens++;
     }
     sb_reserve(&out, 0);
     out.s[0] = '\0';
@@ -1696,6 +1702,14 @@ const char *tok_stream_flush(tok_stream *s, size_t *len)
 /* ========================================================================= queries ===== */
 
 int tok_vocab_size(const tokenizer *t) { return t->n_ids; }
+
+int tok_vocab_missing(const tokenizer *t)
+{
+    int missing = 0;
+    for (int i = 0; i < t->n_ids; i++)
+        missing += !t->id_text[i];
+    return missing;
+}
 
 const char *tok_token(const tokenizer *t, int32_t id)
 {

@@ -69,14 +69,19 @@ typedef struct tok_stream {
 } tok_stream;
 
 void tok_stream_init(tok_stream *s, const tokenizer *t, int skip_special);
-/* Text completed by id (possibly empty), valid until the next call; length in *len. */
+/* Text completed by id (possibly empty), valid until the next call; length in *len. An id
+ * with no token (a gap in the vocabulary, or past it: a model's padded rows) comes out as
+ * "<id N>", so that what a model generated is seen rather than silently dropped. */
 const char *tok_stream_push(tok_stream *s, int32_t id, size_t *len);
 /* Whatever is still held back, as U+FFFD. */
 const char *tok_stream_flush(tok_stream *s, size_t *len);
 void tok_stream_free(tok_stream *s);
 
-/* Vocabulary: ids run 0..tok_vocab_size()-1 (model vocabulary and added tokens). */
+/* Vocabulary: ids run 0..tok_vocab_size()-1 (model vocabulary and added tokens), the largest
+ * id tokenizer.json names and one; tok_vocab_missing of them have no token there (gaps in its
+ * numbering), and tok_token gives NULL for those. */
 int tok_vocab_size(const tokenizer *t);
+int tok_vocab_missing(const tokenizer *t);
 /* Token string of an id (the vocabulary's spelling, e.g. "Ġthe"), or NULL. */
 const char *tok_token(const tokenizer *t, int32_t id);
 /* Id of an exact token string (vocabulary or added token), or -1. */

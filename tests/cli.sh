@@ -650,6 +650,25 @@ expect 1 "entry 0, id 4294967297, is not in the vocabulary" "tokenize --decode, 
 expect 1 'stdin:1: entry 0, "12abc", is not a token id: ids are integers from 0 to [0-9]* (a vocabulary of' \
   "tokenize --decode, a string id" -- decode '["12abc"]'
 expect 1 "entry 1, 1.5, is not a token id" "tokenize --decode, a fractional id" -- decode '[1, 1.5]'
+# a vocabulary with gaps (the entries A to Z taken out of tokenizer.json): an id in a gap
+# has no token, which is said as such (not "not in the vocabulary: ids run from 0 to 417");
+# inspect counts the gaps; a model that generates such an id shows it as <id N>
+mkdir "$tmp/gaps" && cp "$demo/"* "$tmp/gaps/"
+/usr/bin/python3 - "$tmp/gaps/tokenizer.json" <<'PY'
+import json, string, sys
+t = json.load(open(sys.argv[1]))
+for c in string.ascii_uppercase:
+    del t["model"]["vocab"][c]
+json.dump(t, open(sys.argv[1], "w"))
+PY
+gap=$(sed -n 's/.*"B": \([0-9]*\).*/\1/p' "$demo/tokenizer.json")
+expect 1 "stdin:1: entry 0, id $gap, has no token in tokenizer.json (the vocabulary has gaps: 26 ids missing between 0 and 417)" \
+  "tokenize --decode, an id in a gap of the vocabulary" -- \
+  sh -c 'echo "[$3]" | "$1" tokenize --model "$2" --decode' sh "$pesc" "$tmp/gaps" "$gap"
+expect 0 "^vocabulary    418 ids (4 special; 26 missing: gaps in tokenizer.json's numbering" \
+  "inspect a tokenizer.json with gaps counts them" -- "$pesc" inspect "$tmp/gaps/tokenizer.json"
+expect 0 "<id [0-9]*>" "generate shows an id with no token as <id N>" -- \
+  "$pesc" generate --model "$tmp/gaps" --prompt "upper: hello" --max-tokens 5 --backend cpu
 # what tokenize prints, ids separated by spaces, decodes back
 expect 0 '^"<s>hello world' "tokenize | tokenize --decode gives the text back" -- \
   sh -c 'echo "hello world" | "$1" tokenize --model "$2" | "$1" tokenize --model "$2" --decode' \

@@ -181,6 +181,36 @@ static void test_stream_partial(void)
     tok_delete(t);
 }
 
+/* A vocabulary with gaps in its ids (entries taken out of tokenizer.json): its size is the
+ * largest id and one, the missing ids are counted, and a stream shows an id with no token
+ * (a gap, or past the vocabulary: a model's padded rows) as "<id N>" rather than drop it. */
+static void test_vocabulary_gaps(void)
+{
+    static const char json[] =
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"<s>\": 0, \"a\": 1, \"c\": 4},"
+        " \"merges\": []}}";
+    pesc_error err = {{0}};
+    tokenizer *t = json_tokenizer(json, &err);
+    CHECK(t != NULL, "a vocabulary with gaps loads: %s", err.msg);
+    if (!t)
+        return;
+    CHECK(tok_vocab_size(t) == 5 && tok_vocab_missing(t) == 2 && !tok_token(t, 2),
+          "ids 0 to 4, 2 of them missing: size %d, missing %d", tok_vocab_size(t),
+          tok_vocab_missing(t));
+    tok_stream s;
+    tok_stream_init(&s, t, 1);
+    static const int32_t ids[] = {1, 2, 4, 9};
+    char text[64] = "";
+    size_t n, used = 0;
+    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
+        const char *piece = tok_stream_push(&s, ids[i], &n);
+        used += (size_t)snprintf(text + used, sizeof text - used, "%.*s", (int)n, piece);
+    }
+    tok_stream_free(&s);
+    CHECK(strcmp(text, "a <id 2> c <id 9>") == 0, "ids with no token are shown: '%s'", text);
+    tok_delete(t);
+}
+
 static void test_load_errors(void)
 {
     char *path = path_in(scratch, "tokenizer.json");
@@ -416,6 +446,7 @@ int main(void)
     }
     test_normalization(srcdir);
     test_stream_partial();
+    test_vocabulary_gaps();
     test_load_errors();
     test_space_split();
     test_regex_limits();
