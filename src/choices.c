@@ -232,6 +232,25 @@ static int read_answer(mc_question *q, const json_t *o, const char **labels, pes
                      "\"answerKey\" (ARC, OpenBookQA) or \"label\" (HellaSwag, PIQA)");
 }
 
+/* An option without text has nothing to score: raw, it scored as the best of them (no
+ * token, no loss); in a chat template it failed as "no assistant message with text to train
+ * on", naming neither question nor option. 0, or -1 (q freed) naming both. */
+static int empty_option(mc_question *q, pesc_error *err)
+{
+    for (int i = 0; i < q->n_options; i++) {
+        if (q->options[i][0])
+            continue;
+        char shown[64];
+        size_t n = pesc_show_controls(shown, sizeof shown, q->text);
+        pesc_fail(err, "option %c (index %d) of the question \"%s%s\" is empty: every option "
+                  "needs text to be scored; give it its text or leave the question out",
+                  'A' + i, i, shown, n < strlen(q->text) ? "..." : "");
+        mc_question_free(q);
+        return -1;
+    }
+    return 0;
+}
+
 int mc_question_read(mc_question *q, const json_t *o, pesc_error *err)
 {
     memset(q, 0, sizeof *q);
@@ -246,7 +265,7 @@ int mc_question_read(mc_question *q, const json_t *o, pesc_error *err)
     }
     for (int i = 0; json_object_get(o, "endings") && i < q->n_options; i++)
         hellaswag_clean(q->options[i]);
-    return 0;
+    return empty_option(q, err);
 }
 
 void mc_question_free(mc_question *q)

@@ -103,6 +103,9 @@ static void test_refusals(void)
         {"[1, 2]", "must be a JSON object"},
         {"{\"ctx\": \"C\", \"endings\": [\"a\", \"b\"], \"label\": \"\"}", "\"label\" is empty: "
                                                                           "a test split"},
+        /* raw it scored best (no token, no loss), in a template it was "no assistant message" */
+        {"{\"question\": \"Q?\", \"choices\": [\"a\", \"\"], \"answer\": 0}",
+         "option B (index 1) of the question \"Q?\" is empty"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         mc_question q;
