@@ -2227,8 +2227,11 @@ static void build_byte_alphabet(tokenizer *t)
 }
 
 /* bos/eos/pad: tokenizer_config.json names them as a string, {"content": ...} (an
- * AddedToken) or null; *id is -1 when the name is absent or not a token. Any other value is
- * refused rather than passed over, since a BOS silently lost changes every encoding. */
+ * AddedToken) or null; *id is -1 when the name is absent, or (pad) not a token. Any other
+ * value is refused rather than passed over, since a BOS silently lost changes every
+ * encoding; so is a BOS or EOS that names no token, which the usual spellings (<s>, </s>)
+ * stood in for: a model whose turns end at its own marker would never stop, or stop at
+ * another. A pad token that is no token is HF's to add; pesc pads with ids of its own. */
 static int config_token(tokenizer *t, json_t *cfg, const char *key, const char *cfg_path,
                         int32_t *id, pesc_error *err)
 {
@@ -2242,6 +2245,13 @@ static int config_token(tokenizer *t, json_t *cfg, const char *key, const char *
                          "{\"content\": \"<s>\"}, or null", cfg_path, key, json_kind(v),
                          json_is_object(v) ? " without a \"content\" string" : "");
     *id = tok_token_id(t, name);
+    if (*id < 0 && strcmp(key, "pad_token") != 0) {
+        char shown[64];
+        size_t n = pesc_show_controls(shown, sizeof shown, name);
+        return pesc_fail(err, "%s: \"%s\" is \"%s%s\", which is no token of the tokenizer's "
+                         "vocabulary or added tokens; name one of them, or null for none",
+                         cfg_path, key, shown, n < strlen(name) ? "..." : "");
+    }
     return 0;
 }
 

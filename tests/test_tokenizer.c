@@ -340,6 +340,11 @@ static void test_config(void)
         {"{\"eos_token\": [\"</s>\"]}", "\"eos_token\" is an array"},
         {"{\"pad_token\": {\"id\": 1}}", "\"pad_token\" is an object without a \"content\""},
         {"{\"chat_template\": true}", "\"chat_template\" is a boolean"},
+        /* a BOS or EOS that names no token: <s> and </s> once stood in for it unsaid */
+        {"{\"eos_token\": \"<|eot_id|>\"}", "tokenizer_config.json: \"eos_token\" is \"<|eot_id|>\", "
+                                          "which is no token"},
+        {"{\"bos_token\": {\"content\": \"<bos>\"}}", "\"bos_token\" is \"<bos>\", which is no"},
+        {"{\"pad_token\": \"<pad>\"}", NULL},   /* HF's to add, not pesc's to use */
         {"{\"chat_template\": [\"x\"]}", "\"chat_template\"[0] is not {\"name\""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
