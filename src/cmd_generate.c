@@ -767,6 +767,12 @@ static int run_prompts(batch *b, pesc_error *err)
     if (rc == 0 && b->done != b->total)
         rc = pesc_fail(err, "%s changed while it was read: %ld prompts, then %ld", b->file->name,
                        b->total, b->done);
+    if (rc == 0 && b->total > 0 && b->too_long == b->total)   /* not one answer: a failure */
+        rc = pesc_fail(err, "%s: %s prompt%s fill%s the model's context of %d tokens "
+                       "(max_position_embeddings), so none was answered; shorten %s",
+                       b->file->name, b->total == 1 ? "its one" : "all its",
+                       b->total == 1 ? "" : "s", b->total == 1 ? "s" : "",
+                       b->m->config.max_position_embeddings, b->total == 1 ? "it" : "them");
     pesc_show_phase("pesc generate", NULL);
     model_cache_release(b->m);
     for (int i = 0; i < b->n; i++) {   /* left by a failure */

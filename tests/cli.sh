@@ -562,6 +562,14 @@ status=$?
   grep -q "note: 1 of 2 prompts (the first on line 1) fill the model's context of 128 tokens" "$tmp/err" &&
   pass "generate --prompts: a prompt past the context has its error line, the rest are answered" ||
   fail "generate --prompts past the context: exit $status $(cat "$tmp/out" "$tmp/err" | head -c 400)"
+# ... and when every prompt fills it, nothing was answered: a failure (it once exited 0),
+# each prompt's error line written all the same
+printf '%s\n%s\n' "$long_prompt$long_prompt" "$long_prompt$long_prompt" >"$tmp/all-long.txt"
+expect 1 "all-long.txt: all its prompts fill the model's context of 128 tokens (max_position_embeddings), so none was answered" \
+  "generate --prompts where every prompt is too long fails" -- \
+  "$pesc" generate --model "$demo" --raw --prompts "$tmp/all-long.txt"
+[ "$(grep -c '"error":"the prompt is' "$tmp/out")" = 2 ] ||
+  fail "generate --prompts, every prompt too long: the error lines: $(head -c 300 "$tmp/out")"
 "$pesc" generate --model "$demo" --prompts "$tmp/held.jsonl" --max-tokens 1 >"$tmp/out" 2>/dev/null
 [ "$(grep -c '"tokens":1,"finish":"length"' "$tmp/out")" -gt 0 ] &&
   pass "generate --prompts --max-tokens 1: answers cut say finish length" ||
