@@ -1174,6 +1174,37 @@ static int nul_byte(const reader *r, pesc_error *err)
                      r->item_line, nul - r->item + 1);
 }
 
+/* The table a name says path holds (.csv, .parquet, ..., compressed or not), or NULL: read
+ * as lines, a CSV file passed for text (its header a record), a Parquet one failed as "not
+ * valid UTF-8 text". pesc reads no table; its csv plugin writes metrics, and a plugin that
+ * reads tables would be chosen before this is asked. */
+static const char *table_kind(const char *path)
+{
+    static const char *const kinds[][2] = {
+        {".csv", "CSV"}, {".tsv", "TSV"}, {".parquet", "Parquet"}, {".arrow", "Arrow"},
+        {".feather", "Feather"}, {".xlsx", "Excel"}, {".xls", "Excel"}};
+    size_t n = strlen(path);
+    if (n > 3 && strcmp(path + n - 3, ".gz") == 0)
+        n -= 3;
+    else if (n > 4 && strcmp(path + n - 4, ".zst") == 0)
+        n -= 4;
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
+        size_t k = strlen(kinds[i][0]);
+        if (n > k && strncasecmp(path + n - k, kinds[i][0], k) == 0)
+            return kinds[i][1];
+    }
+    return NULL;
+}
+
+static int table_refused(const char *path, const char *kind, int as_data, pesc_error *err)
+{
+    return pesc_fail(err, "%s: a %s file, which pesc does not read%s; convert it to JSONL, a "
+                     "record a line (pandas: to_json(orient=\"records\", lines=True))", path,
+                     kind, as_data ? " as a dataset (a plugin's format may: name it with "
+                     "--format; pesc plugins lists them, and its csv plugin writes metrics)"
+                     : "");
+}
+
 enum { MAX_WARNINGS_SHOWN = 10 };
 
 /* The records a load skipped, and why it skipped the first (the error of a load that kept
@@ -1373,6 +1404,8 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     const ds_format_info *named = ds_formats_get(lo->formats, lo->format);
     if (!named)
         return pesc_fail(err, "%s: format %d is not in this registry", path, (int)lo->format);
+    if (lo->format == DS_AUTO && table_kind(path))   /* named --format text reads lines */
+        return table_refused(path, table_kind(path), 1, err);
     /* plain (non-JSON) lines are documents for auto and for formats that take lines */
     int lines = lo->format == DS_AUTO || (named->ops->flags & PESC_FORMAT_LINES);
     reader *r = rd_open(path, path, err);
@@ -1457,6 +1490,8 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
 int ds_each_json(const char *path, const char *name, ds_json_fn fn, void *ctx, pesc_error *err)
 {
     name = name ? name : path;
+    if (table_kind(name))
+        return table_refused(name, table_kind(name), 0, err);
     reader *r = rd_open(path, name, err);
     if (!r)
         return -1;

@@ -6,7 +6,8 @@
  * PATH:WEIGHT is read, truncation and the answers it leaves, packing (positions and document
  * ids), seeded order and an exact cursor round trip; messages for empty paths and negative ids;
  * the token store: records read back exactly, batches the same as before it, and one-line
- * errors for a TMPDIR that is missing or full. */
+ * errors for a TMPDIR that is missing or full; a NUL byte and a table (.csv, .parquet)
+ * refused, naming the place or what to do. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -584,6 +585,42 @@ static void test_nul_bytes(tokenizer *t)
     }
 }
 
+/* A table (.csv, .parquet, compressed or not) is refused by its name under auto, saying what
+ * to do: a CSV file passed for text, its header a record, and a Parquet one failed as "not
+ * valid UTF-8 text". A format named (--format text) reads its lines as asked. */
+static void test_tables(tokenizer *t)
+{
+    static const struct { const char *name, *kind; } cases[] = {
+        {"table.csv", "CSV"}, {"table.TSV", "TSV"}, {"table.parquet", "Parquet"},
+        {"table.csv.gz", "CSV"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *path = write_file(cases[i].name, "instruction,output\nhi,there\n",
+                                      strstr(cases[i].name, ".gz") != NULL);
+        char want[600];
+        snprintf(want, sizeof want, "%s: a %s file, which pesc does not read", path,
+                 cases[i].kind);
+        ds_records d = {0};
+        pesc_error err = {{0}};
+        ds_load_options lo = {.format = DS_AUTO, .tok = t};
+        int rc = dataset_load(&d, path, &lo, &err);
+        CHECK(rc == -1 && strstr(err.msg, want) && strstr(err.msg, "as a dataset") &&
+                  strstr(err.msg, "--format") && strstr(err.msg, "convert it to JSONL"),
+              "%s: wanted '%s': %s", cases[i].name, want, rc ? err.msg : "loaded");
+        dataset_free(&d);
+        int objects = 0;
+        rc = ds_each_json(path, NULL, count_object, &objects, &err);
+        CHECK(rc == -1 && strstr(err.msg, want) && strstr(err.msg, "convert it to JSONL"),
+              "ds_each_json %s: %s", cases[i].name, rc ? err.msg : "read");
+    }
+    ds_records d = {0};
+    pesc_error err = {{0}};
+    ds_load_options lo = {.format = DS_TEXT, .tok = t};
+    CHECK(dataset_load(&d, write_file("lines.csv", "a,b\nc,d\n", 0), &lo, &err) == 0 && d.n == 2,
+          "--format text reads a .csv's lines as asked: %s", err.msg);
+    dataset_free(&d);
+}
+
 /* Only the answers in a row's first --seq tokens are learnt: data with none there is refused
  * with a message naming --seq, and records that lose all theirs are counted. */
 static void test_answers_within_seq(void)
@@ -944,6 +981,7 @@ int main(void)
     test_trim();
     test_bom(t);
     test_nul_bytes(t);
+    test_tables(t);
     test_answers_within_seq();
     test_source_hints();
     test_empty_paths();
