@@ -390,8 +390,11 @@ int sinks_log_of_run(const char *path, const stats_run *run)
     /* a regular file only (/dev/full reads zeros for ever), and its first line within 64 KiB
      * (a start line is a few hundred bytes) */
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0 ||
+        !stats_is_log_file(path))
         return -1;
+    if (!run)
+        return 0;
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -406,9 +409,7 @@ int sinks_log_of_run(const char *path, const stats_run *run)
     int kind = got ? stats_parse_line(line, &r, &e, &logged, &ignored) : -1;
     free(line);
     stats_record_delete(r);
-    if (kind != 3)
-        return -1;
-    if (!run)
+    if (kind != 3)   /* a log's end (tail -n): whose, it does not say */
         return 0;
     const stats_shape *a = &logged.shape, *b = &run->shape;
     /* by the model's directory name: a resumed run names the directory its checkpoint
