@@ -528,6 +528,30 @@ static int lock_still_linked(int fd, const char *path)
            held.st_ino == named.st_ino;
 }
 
+/* " (pid N)" of the run that holds the lock fd is open on, as record_holder wrote it; ""
+ * when it is not known. */
+static void holder_of(int fd, char *holder, size_t n)
+{
+    char recorded[24] = "";
+    holder[0] = '\0';
+    if (pread(fd, recorded, sizeof recorded - 1, 0) > 0 && strtol(recorded, NULL, 10) > 0)
+        snprintf(holder, n, " (pid %ld)", strtol(recorded, NULL, 10));
+}
+
+/* Whether a live run holds dir's lock (saves into it); its holder_of in holder. */
+static int lock_held(const char *dir, char *holder, size_t n)
+{
+    char *path = pesc_path_join(dir, LOCK_FILE);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    free(path);
+    int held = fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    if (held)
+        holder_of(fd, holder, n);
+    if (fd >= 0)
+        close(fd);
+    return held;
+}
+
 int checkpoint_lock(const char *save_dir, pesc_error *err)
 {
     char *path = pesc_path_join(save_dir, LOCK_FILE);
@@ -545,9 +569,8 @@ int checkpoint_lock(const char *save_dir, pesc_error *err)
                   strerror(errno));
     } else if (!locked) {
         int error = errno;   /* flock's */
-        char recorded[24] = "", holder[32] = "";
-        if (pread(fd, recorded, sizeof recorded - 1, 0) > 0 && strtol(recorded, NULL, 10) > 0)
-            snprintf(holder, sizeof holder, " (pid %ld)", strtol(recorded, NULL, 10));
+        char holder[32] = "";
+        holder_of(fd, holder, sizeof holder);
         if (error == EWOULDBLOCK)
             pesc_fail(err, "--save %s is in use by another run%s; wait for it to end, or save "
                       "in another directory", save_dir, holder);
@@ -732,10 +755,15 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
             unfinished |= strncmp(e->d_name, ".tmp-step-", 10) == 0;
         if (d)
             closedir(d);
-        pesc_fail(err, "%s: no checkpoint here (expected state.json, or step-N directories "
-                  "written by --save)%s", path, unfinished ? "; only an unfinished save "
-                  "(.tmp-step-...), stopped before its end: start the run again without "
-                  "--resume" : "");
+        char holder[32];
+        if (lock_held(path, holder, sizeof holder))   /* a run is at work in it */
+            pesc_fail(err, "%s: no checkpoint yet: a run%s saves into it and has saved none; "
+                      "wait for its first save", path, holder);
+        else
+            pesc_fail(err, "%s: no checkpoint here (expected state.json, or step-N directories "
+                      "written by --save)%s", path, unfinished ? "; only an unfinished save "
+                      "(.tmp-step-...), stopped before its end: start the run again without "
+                      "--resume" : "");
         return CHECKPOINT_NONE;
     }
     *dir = checkpoint_dir(path, best);

@@ -162,7 +162,16 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
     const char *arg = optind - 1 >= before && optind - 1 < argc ? argv[optind - 1] : "?";
     /* getopt reports a missing value by setting optopt to the option it belongs to */
     int known = optopt && (strncmp(arg, "--", 2) == 0 || strchr(shortopts, optopt));
-    if (known && strncmp(arg, "--", 2) == 0)
+    /* --pack=true: a value given to a flag, which getopt reports as it does a missing one */
+    const char *eq = strncmp(arg, "--", 2) == 0 ? strchr(arg, '=') : NULL;
+    const struct option *flag = NULL;
+    for (const struct option *o = longopts; eq && known && o->name; o++)
+        if (strlen(o->name) == (size_t)(eq - arg - 2) && strncmp(o->name, arg + 2, eq - arg - 2) == 0)
+            flag = o->has_arg == no_argument ? o : NULL;
+    if (flag)
+        cli_usage_error(cmd, "option --%s takes no value: it is a flag (give --%s alone)",
+                        flag->name, flag->name);
+    else if (known && strncmp(arg, "--", 2) == 0)
         cli_usage_error(cmd, "option %s needs a value", arg);
     else if (known)
         cli_usage_error(cmd, "option -%c needs a value", optopt);

@@ -2305,8 +2305,12 @@ static int check_save_dir(session *s, pesc_error *err)
     struct stat st;
     s->made_save_dir = stat(c->save_dir, &st) != 0;
     if (checkpoint_prepare(c->save_dir, err) != 0 ||
-        (s->save_lock = checkpoint_lock(c->save_dir, err)) < 0)
+        (s->save_lock = checkpoint_lock(c->save_dir, err)) < 0) {
+        if (s->outputs_taken)   /* not the user's --save: the run's, from its checkpoint */
+            pesc_fail_suffix(err, " (the run's own --save, which --resume of its newest "
+                             "checkpoint goes on in: give --save DIR to save elsewhere)");
         return -1;
+    }
     if (!c->resume)
         return checkpoint_claim(c->save_dir, NULL, 0, err);
     return checkpoint_claim(c->save_dir, s->resumed_dir, s->resumed->step, err);

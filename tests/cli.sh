@@ -68,6 +68,8 @@ fi
 expect 2 "unknown option" "unknown option" -- "$pesc" eval --frobnicate
 expect 2 "unknown option --max-tokns=3: did you mean --max-tokens?" \
   "a typo of an option is told the nearest one" -- "$pesc" generate --max-tokns=3
+expect 2 "option \-\-pack takes no value: it is a flag (give \-\-pack alone)" \
+  "a value given to a flag is told so, not asked for" -- "$pesc" train --headless --pack=true
 expect 2 "unknown option --lrr: did you mean --lr?" "a typo of a short name too" -- \
   "$pesc" train --headless --lrr 1
 expect 2 "option --temp is ambiguous: --temperature or --template?" \

@@ -84,6 +84,7 @@ if command -v tmux >/dev/null 2>&1; then
   check "PAUSED" "the pause shows in the log"
   keys Space
   check "ok: resume" "and the one after it"
+  check "RUNNING" "the resume shows in the log"   # q on a paused run would ask first
   keys q
   [ "$(wait_status "$tmp/status" 10)" = 0 ] && pass "q leaves the view with status 0" \
     || fail "q: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"

@@ -319,6 +319,15 @@ expect 1 "\-\-lr 0.3 with \-\-weight-decay 10: .*wipes them out" \
   "--resume: lr x weight decay is checked with the checkpoint's rate" -- \
   "$pesc" train --headless --resume "$tmp/wd" --steps 2 --weight-decay 10
 [ ! -d "$tmp/wd/step-00000002" ] || fail "a refused --resume saved step 2"
+# --resume of a directory a live run saves into and has not saved in yet: that run is named
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 \
+  --backend cpu --steps 1000000 --save "$tmp/unsaved" >/dev/null 2>&1 &
+unsaved_pid=$!
+for _ in $(seq 100); do [ -e "$tmp/unsaved/.lock" ] && break; sleep 0.1; done
+expect 1 "unsaved: no checkpoint yet: a run.* saves into it and has saved none" \
+  "--resume of a live run's directory with no checkpoint yet names the run" -- \
+  "$pesc" train --headless --resume "$tmp/unsaved"
+kill "$unsaved_pid"; wait "$unsaved_pid" 2>/dev/null
 # a --data file changed after the checkpoint: named as the reason, not the batch options
 cp "$tmp/data.jsonl" "$tmp/grown.jsonl"
 "$pesc" train --headless --model "$base" --data "$tmp/grown.jsonl" --seq 24 --batch 4 \
