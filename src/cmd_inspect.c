@@ -573,8 +573,24 @@ static int inspect_data(const char *path, const data_options *o)
     lo.tok = tok;
     lo.untokenized = !tok;   /* text records read and counted, their tokens not */
     lo.strict = !tok;        /* a file looked at without a model: its first bad record says why */
-    lo.warn = stderr;
-    if (dataset_load(&d, path, &lo, &err) != 0)
+    /* the skipped records' warnings, kept: a file refused says why in its one line, and
+     * only one that loads shows them */
+    char *warned = NULL;
+    size_t warned_len = 0;
+    lo.warn = open_memstream(&warned, &warned_len);
+    int loaded = dataset_load(&d, path, &lo, &err);
+    if (lo.warn)
+        fclose(lo.warn);
+    for (char *line = warned, *nl; loaded == 0 && line && *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        fprintf(stderr, "pesc inspect: %s\n", line);
+        if (!nl)
+            break;
+    }
+    free(warned);
+    if (loaded != 0)
         goto out;
     if (d.n == 0) {
         pesc_fail(&err, "%s: no records to train on (%ld skipped)", path, d.skipped);

@@ -27,6 +27,12 @@ else
   fail "demo ignored the command line: $tokens tokens (wanted <= 256), lr '$lr' (wanted 1e-3)"
 fi
 
+# a dataset inspect refuses says why in one line (not ten warnings first), and --model demo
+# reads the demo's tokenizer
+"$pesc" demo-data -o "$tmp/demo20.jsonl" --records 20 >/dev/null 2>&1
+expect 1 "demo20.jsonl: no usable records (all 20 were skipped" \
+  "inspect of a file refused for its format: one line" -- \
+  "$pesc" inspect "$tmp/demo20.jsonl" --model demo --format alpaca
 # --model demo names the built-in demo's model (from any directory without one called demo)
 (cd "$tmp" && "$OLDPWD/$pesc" generate --model demo --prompt 'upper: abc' --max-tokens 4) \
   >"$tmp/out" 2>&1
