@@ -1,6 +1,7 @@
 /* main — `pesc` command dispatch. Nothing else lives here (DESIGN section 3). */
 #include <errno.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,6 +73,12 @@ static int finish_output(const char *cmd, int rc)
     /* a pipe whose reader has gone (| head, a tee ended by a hang-up) fails with no errno
      * left when the failed write was earlier: poll tells it */
     int error = errno;
+    /* the write that failed was earlier (a progress line, flushed then): one byte more, on
+     * output already broken, says why */
+    struct stat st;
+    if (error == 0 && fstat(STDOUT_FILENO, &st) == 0 && !S_ISFIFO(st.st_mode) &&
+        !S_ISSOCK(st.st_mode) && write(STDOUT_FILENO, "\n", 1) < 0)   /* a pipe: poll says */
+        error = errno;
     struct pollfd out = {.fd = STDOUT_FILENO, .events = POLLOUT};
     if (error == EPIPE || (poll(&out, 1, 0) == 1 && (out.revents & POLLERR)))
         fprintf(stderr, "pesc%s%s: cannot write to standard output: its reader closed it "

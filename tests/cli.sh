@@ -191,6 +191,13 @@ if [ -w /dev/full ]; then
     expect 1 "cannot write to standard output: No space left on device" "pesc $args >/dev/full fails" -- \
       sh -c '"$0" "$@" </dev/null >/dev/full' "$pesc" $args
   done
+  # headless progress lines fail as they are flushed, long before the end: still said why
+  "$pesc" train --headless --model "$m" --data "$m/records.jsonl" --steps 1 --backend cpu \
+    >/dev/full 2>"$tmp/err"
+  st=$?
+  [ $st -eq 1 ] && tail -n 1 "$tmp/err" | grep -q "cannot write to standard output: No space left" \
+    && pass "train --headless >/dev/full fails, saying why" \
+    || fail "train --headless >/dev/full: exit $st: $(tail -n 1 "$tmp/err")"
 fi
 # eval --choices: multiple-choice questions on the demo model, in the record shapes of MMLU
 # (an index, a letter, an option's text) and ARC; it answers every one, and the same
