@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "checkpoint.h"
@@ -39,8 +40,17 @@ int tuned_load(const char *cmd, const char *model_arg, const char *adapters, pes
             goto out;
         }
         if (found == CHECKPOINT_NONE && !model_arg) {
-            pesc_fail(err, "--model DIR is required: %s is a trainables file outside a "
-                      "checkpoint, which does not say what it was trained on", adapters);
+            /* a model directory's weights (pesc export's come with their adapters) */
+            char *dir = pesc_parent_dir(adapters), *config = pesc_path_join(dir, "config.json");
+            if (access(config, R_OK) == 0)
+                pesc_fail(err, "--adapters %s is the weights of the model directory %s: give "
+                          "--model %s (an export of pesc's holds its routers and adapters)",
+                          adapters, dir, dir);
+            else
+                pesc_fail(err, "--model DIR is required: %s is a trainables file outside a "
+                          "checkpoint, which does not say what it was trained on", adapters);
+            free(config);
+            free(dir);
             goto out;
         }
     }

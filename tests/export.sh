@@ -91,6 +91,10 @@ fi
 cp "$ck/trainables.safetensors" "$tmp/loose.safetensors"
 expect 1 "\-\-model DIR is required: .*loose.safetensors is a trainables file outside a checkpoint" \
   "--adapters FILE alone, outside a checkpoint" -- "$pesc" eval --adapters "$tmp/loose.safetensors" --data "$tmp/d.jsonl"
+# a model directory's weights given as --adapters: that directory is the --model to give
+expect 1 "\-\-adapters .*/demo/model.safetensors is the weights of the model directory .*/demo: give \-\-model" \
+  "--adapters of a model directory's model.safetensors points to --model" -- \
+  "$pesc" generate --adapters "$top_srcdir/data/demo/model.safetensors" --prompt "x"
 expect 1 "has shape .* (.*step-00000004 trained on .*data/demo, not on .*llama-gqa-f32: leave out --model)" \
   "--adapters CHECKPOINT on another --model that it does not fit: why, in one line" -- \
   "$pesc" generate --model "$top_srcdir/tests/reference/data/llama-gqa-f32" --adapters "$ck" --prompt "x"
