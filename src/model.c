@@ -417,6 +417,28 @@ static int upload_inv_freq(model *m, pesc_error *err)
     return 0;
 }
 
+/* Weights of layers past config.json's num_hidden_layers: the config does not describe the
+ * file, and a model built from it would compute something else without a word (transformers
+ * says "weights not used"). */
+static int check_no_extra_layers(const model *m, const st_set *set, pesc_error *err)
+{
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "%slayers.", m->text_prefix[0] ? m->text_prefix : "model.");
+    size_t n = strlen(prefix);
+    for (int f = 0; f < set->n_files; f++)
+        for (int i = 0; i < set->files[f].n_tensors; i++) {
+            const char *name = set->files[f].tensors[i].name;
+            char *end;
+            long layer = strncmp(name, prefix, n) == 0 ? strtol(name + n, &end, 10) : -1;
+            if (layer >= m->config.n_layers && *end == '.')
+                return pesc_fail(err, "%s holds %s, a weight of layer %ld, and %s/config.json's "
+                                 "num_hidden_layers is %d: the config does not describe these "
+                                 "weights (use the config.json that came with them)",
+                                 set->files[f].path, name, layer, set->dir, m->config.n_layers);
+        }
+    return 0;
+}
+
 int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
 {
     memset(m, 0, sizeof *m);
@@ -429,6 +451,8 @@ int model_load(model *m, const char *dir, pesc_backend *b, pesc_error *err)
     int rc = st_set_open(&set, dir, err);
     if (rc == 0)
         rc = find_text_prefix(m, &set, err);
+    if (rc == 0)
+        rc = check_no_extra_layers(m, &set, err);
     if (rc == 0)
         rc = load_weights(m, &set, err);
     if (rc == 0)

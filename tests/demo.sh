@@ -33,6 +33,13 @@ fi
 expect 1 "demo20.jsonl: no usable records (all 20 were skipped" \
   "inspect of a file refused for its format: one line" -- \
   "$pesc" inspect "$tmp/demo20.jsonl" --model demo --format alpaca
+# a config.json with fewer layers than its weights hold is refused, naming a weight left over
+cp -r "$top_srcdir/data/demo" "$tmp/two-layers"
+sed 's/"num_hidden_layers": *4/"num_hidden_layers": 2/' "$top_srcdir/data/demo/config.json" \
+  >"$tmp/two-layers/config.json"
+expect 1 "holds model.layers.2.*num_hidden_layers is 2: the config does not describe" \
+  "weights of layers past num_hidden_layers are refused" -- \
+  "$pesc" generate --model "$tmp/two-layers" --prompt x --max-tokens 1
 # --model demo names the built-in demo's model (from any directory without one called demo)
 (cd "$tmp" && "$OLDPWD/$pesc" generate --model demo --prompt 'upper: abc' --max-tokens 4) \
   >"$tmp/out" 2>&1
