@@ -18,6 +18,7 @@
 
 #include "safetensors.h"
 #include "train_options.h"
+#include "template.h"
 
 #define STATE_FILE "state.json"
 #define TRAINABLES_FILE "trainables.safetensors"
@@ -273,6 +274,8 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     read_string(r, run, "eval_samples", st->eval_samples, sizeof st->eval_samples);
     read_string(r, run, "format", st->format, sizeof st->format);
     read_string(r, run, "template", st->template_name, sizeof st->template_name);
+    if (st->template_name[0] && !template_find(st->template_name))
+        bad_value(r, "template", "must name a template pesc knows (see pesc train --help)");
     char schedule[32];
     read_string(r, run, "schedule", schedule, sizeof schedule);
     optim_schedule parsed;

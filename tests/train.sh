@@ -944,7 +944,8 @@ for edit in '/"step":/d' 's/"aux_coef": .*/"aux_coef": -1,/' 's/"train": .*/"tra
             's/"grad_accum": 1/"grad_accum": 2147483648/' 's/"seq": 24/"seq": 2147483648/' \
             's/"batch": 4/"batch": 2147483648/' 's/"experts": 4/"experts": 4294967300/' \
             's/"adapter_scale": .*/"adapter_scale": 1e39,/' \
-            's/"batch": 4/"batch": 65536/; s/"seq": 24/"seq": 1048576/'; do
+            's/"batch": 4/"batch": 65536/; s/"seq": 24/"seq": 1048576/' \
+            's/"template": "[a-z0-9_-]*"/"template": "nosuch"/'; do
   rm -rf "$tmp/bad" && cp -r "$tmp/ck/step-00000006" "$tmp/bad"
   sed "$edit" "$tmp/ck/step-00000006/state.json" >"$tmp/bad/state.json"
   key=$(printf '%s' "$edit" | sed 's/^[^"]*"\([a-z_]*\)".*/\1/')
