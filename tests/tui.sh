@@ -134,6 +134,14 @@ check "世end +│$" "a line of wide characters scrolls inside the frame"
 screen | grep -q "^世" && { fail "wide characters spilled out of the prompt line:"; screen | sed 's/^/    | /'; } ||
   pass "nothing spills below the prompt line"
 keys C-u Escape
+# a prompt the model refuses (past its context) comes back into the line, to be shortened
+if [ -z "${PESC_TUI_ARGS:-}" ]; then
+  keys / "$(printf 'word %.0s' $(seq 130))" Enter
+  check "the prompt is back in the line" "a prompt past the context is refused, and kept"
+  screen | grep -q "❯ word word" && pass "... in the prompt line" \
+    || { fail "the refused prompt is not in the line:"; screen | sed 's/^/    | /'; }
+  keys C-u Escape
+fi
 
 # e while paused: the held-out data scored at once, and the eval event shown in the console
 # under the answer (which came before it)

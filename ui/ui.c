@@ -856,6 +856,10 @@ static void send_prompt(ui_context *ui)
     if (ui_send(ui, "%s", line) == 0) {   /* refused (busy, say), it stays to be sent again */
         lineedit_clear(&ui->prompt);
         ui->console_events = ui->console_back = 0;   /* the answer, not the events, comes next */
+        const monitor_view *v = ui->view;
+        ui->awaiting_answer = ui->have_view;
+        ui->sent_after = ui->have_view && v->n_events > 0 ? v->events[v->n_events - 1].elapsed_s
+                                                          : -1.0;
         /* the run's reply points a socket's client to the log; here the answer is below */
         ui_notice(ui, "ok: answering in the console (up to %d tokens)", ui->gen_max_tokens);
     }
@@ -1139,6 +1143,23 @@ static void context_free(ui_context *ui)
     free(ui->norm_trend);
 }
 
+/* The answer to the prompt last sent: when the run refused it (too long for the model's
+ * context, say), the prompt comes back into an empty line to be shortened, not retyped. */
+static void watch_answer(ui_context *ui)
+{
+    const monitor_view *v = ui->view;
+    for (int i = 0; ui->awaiting_answer && i < v->n_events; i++) {
+        const stats_event *e = &v->events[i];
+        if (strcmp(e->kind, "generate") != 0 || !(e->elapsed_s > ui->sent_after))
+            continue;
+        ui->awaiting_answer = 0;
+        if (strncmp(e->text, "error: ", 7) == 0 && ui->prompt.len == 0) {
+            lineedit_key_press(&ui->prompt, LE_HISTORY_UP);
+            ui_notice(ui, "error (the prompt is back in the line): %s", e->text + 7);
+        }
+    }
+}
+
 static int take_snapshot(ui_context *ui)
 {
     if (monitor_snapshot(ui->m, ui->view) != 0) {
@@ -1149,6 +1170,7 @@ static int take_snapshot(ui_context *ui)
         return -1;
     }
     ui->have_view = 1;
+    watch_answer(ui);
     return 0;
 }
 

@@ -114,6 +114,8 @@ struct ui_context {
     int colour_tokens;
     int console_events;          /* the console shows every recent event, not the answer */
     int console_back;            /* events left out at the newest end (scrolled back) */
+    int awaiting_answer;         /* a prompt was sent: its generate event is watched for */
+    double sent_after;           /* the run's clock (events' elapsed_s) when it was sent */
 };
 
 /* Sends a command line and shows its reply; -1 when the reply is an error. */
