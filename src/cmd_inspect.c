@@ -391,8 +391,9 @@ static int inspect_log(const char *path)
         pesc_fail(&err, "%s: %s", path, strerror(errno));
         return cli_fail("inspect", &err);
     }
-    char run_model[256] = "?", backend[128] = "?", end[32] = "", end_text[256] = "";
-    char last_error[256] = "";   /* the reason before the closing "at step N" */
+    char run_model[256] = "?", backend[128] = "?", end[32] = "", end_text[sizeof ((stats_event *)0)->text] = "";
+    char last_error[sizeof ((stats_event *)0)->text] = "";   /* the reason before the closing
+                                                                "at step N" */
     int failed_for_now = 0;      /* the last event an error that is not the closing one */
     int started = 0;             /* the start line was read */
     long total = 0, step = -1, lines = 0, bad = 0, saves = 0, eval_step = -1;

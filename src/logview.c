@@ -38,8 +38,9 @@ struct logview {
     long bad_lines;
     /* what has been read */
     monitor_state state;
-    char message[256];
-    char last_error[256];        /* the latest error event's text before the closing one */
+    char message[sizeof ((stats_event *)0)->text];
+    char last_error[sizeof ((stats_event *)0)->text];   /* the latest error event's text
+                                                           before the closing one */
     int failed_for_now;          /* FAILED by an error event that is not the closing one */
     int have_run;
     stats_run run;

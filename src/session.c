@@ -134,6 +134,8 @@ struct session {
     int answering_after_end;     /* training has ended; generate is answered until a stop */
     int closing;                 /* session_wait or session_delete: nothing more is answered */
     session_progress progress;
+    double lr_scale_shown;       /* lr_scale as of progress.lr, under lock: a factor's check
+                                    (session_command) works on the rate set, not the scaled */
 
     pthread_t thread;
     int started;
@@ -282,6 +284,7 @@ static void publish_step(session *s, const stats_record *r)
     p->loss = r->loss;
     p->aux_loss = r->aux_loss;
     p->lr = r->lr;
+    s->lr_scale_shown = s->lr_scale;
     p->tokens_per_s = r->tokens_per_s;
     p->eta_s = r->eta_s;
     p->elapsed_s = r->elapsed_s;
@@ -564,7 +567,7 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
         snprintf(reply, reply_len, "error: too many commands waiting; try again");
     } else if ((c.kind == CMD_LR || c.kind == CMD_LR_SCALE) &&
                optim_check_lr("lr", c.kind == CMD_LR ? c.value
-                                                                    : s->progress.lr * c.value,
+                                                     : s->progress.lr / s->lr_scale_shown * c.value,
                               s->cfg.optim.weight_decay, &refused) != 0) {
         snprintf(reply, reply_len, "error: %s", refused.msg);   /* the trainer checks again */
     } else if (c.kind == CMD_GENERATE && s->generate_taken) {
@@ -706,7 +709,7 @@ static void generate(session *s, const command *c)
         if (next < 0) {   /* an overflowing model's NaN: no token, rather than garbage */
             model_fail_logits(m, &err);
             publish_event(s, "generate", "error: %s", err.msg);
-            break;
+            goto out;   /* the error is the answer: no empty one after it */
         }
         int stop = 0;
         for (int i = 0; i < n_stops; i++)
@@ -715,7 +718,7 @@ static void generate(session *s, const command *c)
             break;
         if (model_decode(m, &next, 1, logits, experts, &err) != 0) {
             publish_event(s, "generate", "error: %s", err.msg);
-            break;
+            goto out;
         }
         /* the expert shown is the one that picked this token at the chosen layer */
         int expert = m->crafted ? experts[layer * K] : -1;
@@ -949,6 +952,7 @@ static void publish_lr(session *s)
         s->shared->last->lr_overridden = s->lr_override >= 0;
     }
     s->progress.lr = lr;
+    s->lr_scale_shown = s->lr_scale;
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -981,7 +985,7 @@ static void process_command(session *s, const command *c)
         double after = c->kind == CMD_LR ? c->value : before * c->value;
         pesc_error refused;   /* factors queued together can go past what each one was */
         if (optim_check_lr("lr", after, s->cfg.optim.weight_decay, &refused)) {
-            publish_warning(s, "note", "%s; the rate stays %g", refused.msg, before * s->lr_scale);
+            publish_warning(s, "note", "%s; the rate stays %g", refused.msg, before);
             break;
         }
         s->live_changes++;
@@ -2023,6 +2027,12 @@ static int resume(session *s, pesc_error *err)
     int new_lr = (c->given & TRAIN_GIVEN_LR) && (float)st->run_lr != c->optim.lr;
     int new_aux = (c->pesc.given & PESC_GIVEN_AUX_COEF) && (float)st->run_aux_coef != c->pesc.aux_coef;
     size_t n = sizeof s->resume_note, at = 0;
+    if (!new_lr && st->lr_override >= 0 &&
+        optim_check_lr("the learning rate set while the run went,", st->lr_override,
+                       c->optim.weight_decay, err) != 0) {
+        pesc_fail_suffix(err, " (give --lr to replace it)");
+        goto out;
+    }
     if (!new_lr) {
         s->lr_override = st->lr_override;
         s->lr_scale = st->lr_scale > 0 ? st->lr_scale : 1.0;
@@ -2220,8 +2230,9 @@ static int check_output(const session *s, const char *what, const char *path, pe
     if (in_checkpoint)
         return pesc_fail(err, "%s %s is a file of a checkpoint (its directory holds state.json), "
                          "and writing it would destroy it; name another file", what, path);
-    /* a sink replaces its file: never a run's log (the --log of one is refused in sink.c) */
-    if (strcmp(what, "--log") != 0 && sinks_log_of_run(path, NULL) == 0)
+    /* a fresh run's sink replaces its file: never a run's log (a resumed run's appends, to
+     * its own --sink jsonl:FILE too; the --log is checked in sink.c) */
+    if (!s->cfg.resume && strcmp(what, "--log") != 0 && sinks_log_of_run(path, NULL) == 0)
         return pesc_fail(err, "%s %s is a pesc run log, which this sink would replace; name "
                          "another file", what, path);
     return 0;
@@ -2617,7 +2628,7 @@ session *session_new(const train_config *c, pesc_error *err)
     session *s = xcalloc(1, sizeof *s);
     s->cfg = *c;
     s->lr_override = -1.0;
-    s->lr_scale = 1.0;
+    s->lr_scale = s->lr_scale_shown = 1.0;
     s->status = 1;
     s->last_save = -1.0;
     s->saved_step = -1;

@@ -364,27 +364,6 @@ int sinks_check_spec(const pesc_plugins *plugins, const char *spec, pesc_error *
     return rc;
 }
 
-/* Where a path's last component begins and its length, a trailing slash left out: "demo" of
- * "/x/data/demo/". */
-static size_t last_name(const char *path, const char **name)
-{
-    size_t len = strlen(path);
-    while (len > 1 && path[len - 1] == '/')
-        len--;
-    size_t start = len;
-    while (start > 0 && path[start - 1] != '/')
-        start--;
-    *name = path + start;
-    return len - start;
-}
-
-static int same_last_name(const char *a, const char *b)
-{
-    const char *na, *nb;
-    size_t la = last_name(a, &na), lb = last_name(b, &nb);
-    return la == lb && memcmp(na, nb, la) == 0;
-}
-
 int sinks_log_of_run(const char *path, const stats_run *run)
 {
     /* a regular file only (/dev/full reads zeros for ever), and its first line within 64 KiB
@@ -406,16 +385,16 @@ int sinks_log_of_run(const char *path, const stats_run *run)
     stats_event e;
     stats_run logged;
     pesc_error ignored;
-    int kind = got ? stats_parse_line(line, &r, &e, &logged, &ignored) : -1;
+    int kind = got ? stats_parse_line(pesc_skip_bom(line, NULL), &r, &e, &logged, &ignored)
+                   : -1;
     free(line);
     stats_record_delete(r);
     if (kind != 3)   /* a log's end (tail -n): whose, it does not say */
         return 0;
     const stats_shape *a = &logged.shape, *b = &run->shape;
-    /* by the model's directory name: a resumed run names the directory its checkpoint
-     * recorded (absolute; the demo's own, where the first run said "demo") */
-    int same = same_last_name(logged.model, run->model) &&
-               a->n_layers == b->n_layers &&
+    /* not by the model's name: a resumed run names the directory its checkpoint recorded
+     * (the cache's for an hf:// model, the demo's own where the first run said "demo") */
+    int same = a->n_layers == b->n_layers &&
                a->n_experts == b->n_experts && a->top_k == b->top_k &&
                a->n_sources == b->n_sources && logged.adapter_dim == run->adapter_dim;
     for (int i = 0; same && i < a->n_sources && i < STATS_MAX_SOURCES; i++)
@@ -450,7 +429,7 @@ static int check_log_output(const sink_set *s, const stats_run *run, const char 
             snprintf(why, n, "%s %s: a resumed run appends to its own log only; name a new "
                      "file, or leave --log out to go on in the run's own", path,
                      mine < 0 ? "is not a pesc run log (it holds other data)"
-                              : "is another run's log (its model, shape or data differ)");
+                              : "is another run's log (its shape or data differ)");
         else if (S_ISDIR(st.st_mode))
             snprintf(why, n, "%s is a directory; name a file for the run log", path);
         else if (access(path, W_OK) != 0)

@@ -52,7 +52,7 @@ typedef struct sink_options {
 sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run,
                      const sink_options *o, pesc_error *err);
 /* Whether the file at path is run's log, to append to on resuming: 1 when its start line
- * names run's model, shape and data, 0 when it names another run's (or run is NULL), -1 when
+ * names run's shape (layers, experts, top-k, adapter width) and data, 0 when it names another run's (or run is NULL), -1 when
  * it is no run log at all (a dataset, notes). */
 int sinks_log_of_run(const char *path, const stats_run *run);
 

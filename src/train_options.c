@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "dataset.h"
@@ -731,6 +732,11 @@ static int parse_options(train_config *c, const char *cmd, int argc, char **argv
                                TRAIN_MAX_TOKENS);
     if (c->init_config && c->model)
         return cli_usage_error(cmd, "give --model or --init-config, not both");
+    /* --model demo without data: the built-in demo, as with no --model (a directory here
+     * called demo is a model like any other) */
+    if (c->model && strcmp(c->model, "demo") == 0 && c->n_sources == 0 &&
+        access("demo/config.json", F_OK) != 0)
+        c->model = NULL;
     if ((c->model || c->init_config) && c->n_sources == 0 && !c->resume)
         return cli_usage_error(cmd, "--model needs --data (the demo data fits only the demo "
                                "model)");

@@ -132,18 +132,25 @@ refused "lr -1" "lr '-1': .*0 to 10"
 refused "lr 1e-4x" "lr '1e-4x'"
 refused "lr *0" "lr '\*0': .*factor above 0"
 # a factor is checked against the rate it makes (8 x 2 is past 10), paused so that no step
-# takes the rate of 8; sent with the rate it scales, before the run has taken that, the
-# trainer refuses it in a note
+# takes the rate of 8: refused in the reply, or, when the run has not yet taken the rate it
+# scales (sent together, or the reply raced the trainer), by the trainer in a note
+past_ten() {   # past_ten REPLIES RATE: refused in a reply or in a note of the log
+  grep -q "^error: lr: a learning rate of $2 is past the largest, 10" "$1" ||
+    grep -q "\"event\":\"note\".*lr: a learning rate of $2 is past the largest, 10; the rate stays" \
+      "$tmp/run.jsonl"
+}
 timeout 30 "$sockcmd" "$csock" pause "lr 8" >/dev/null
 for _ in $(seq 300); do grep -q '"event":"lr".*learning rate 8 ' "$tmp/run.jsonl" && break; sleep 0.1; done
-refused "lr *2" "lr: a learning rate of 16 is past the largest, 10"
+timeout 30 "$sockcmd" "$csock" "lr *2" >"$tmp/replies"
+for _ in $(seq 50); do past_ten "$tmp/replies" 16 && break; sleep 0.1; done
+past_ten "$tmp/replies" 16 && pass "lr 8, then *2: refused, past 10" \
+  || fail "lr 8, *2: '$(cat "$tmp/replies")': $(grep '"event":"\(lr\|note\)"' "$tmp/run.jsonl" | tail -n 3)"
 timeout 30 "$sockcmd" "$csock" "lr 0.004" >/dev/null
 for _ in $(seq 300); do grep -q '"event":"lr".*learning rate 0.004 (was 8)' "$tmp/run.jsonl" && break; sleep 0.1; done
-timeout 30 "$sockcmd" "$csock" "lr 5" "lr *10" "lr 0.004" resume >/dev/null
+timeout 30 "$sockcmd" "$csock" "lr 5" "lr *10" "lr 0.004" resume >"$tmp/replies"
 for _ in $(seq 300); do grep -q '"event":"lr".*learning rate 0.004 (was 5)' "$tmp/run.jsonl" && break; sleep 0.1; done
-grep -q '"event":"note".*lr: a learning rate of 50 is past the largest, 10; the rate stays 5' \
-  "$tmp/run.jsonl" && pass "factors queued together: the one past 10 is refused in a note" \
-  || fail "lr 5, *10: $(grep '"event":"\(lr\|note\)"' "$tmp/run.jsonl" | tail -n 4)"
+past_ten "$tmp/replies" "[0-9.e+]*" && pass "lr 5 and *10 sent together: *10 is refused, past 10" \
+  || fail "lr 5, *10: '$(tr '\n' '|' <"$tmp/replies")': $(grep '"event":"\(lr\|note\)"' "$tmp/run.jsonl" | tail -n 4)"
 refused "aux -0.5" "aux '-0.5': .*0 to 1000"
 refused "aux 2000" "aux '2000': .*0 to 1000"
 refused "pause now" "pause takes no argument"

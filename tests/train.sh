@@ -319,6 +319,13 @@ expect 1 "\-\-lr 0.3 with \-\-weight-decay 10: .*wipes them out" \
   "--resume: lr x weight decay is checked with the checkpoint's rate" -- \
   "$pesc" train --headless --resume "$tmp/wd" --steps 2 --weight-decay 10
 [ ! -d "$tmp/wd/step-00000002" ] || fail "a refused --resume saved step 2"
+# the same for a rate set while the run went, which a resume carries on with
+rm -rf "$tmp/wdlive" && cp -r "$tmp/wd" "$tmp/wdlive"
+sed 's/"lr_override": null/"lr_override": 5/' "$tmp/wd/step-00000001/state.json" \
+  >"$tmp/wdlive/step-00000001/state.json"
+expect 1 "the learning rate set while the run went, 5 with \-\-weight-decay 0.5: .*give \-\-lr" \
+  "--resume: a live rate x weight decay past 1 is refused" -- \
+  "$pesc" train --headless --resume "$tmp/wdlive" --steps 2 --weight-decay 0.5
 # --resume of a directory a live run saves into and has not saved in yet: that run is named
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 \
   --backend cpu --steps 1000000 --save "$tmp/unsaved" >/dev/null 2>&1 &

@@ -1067,8 +1067,10 @@ static void handle_key(ui_context *ui, int is_code, wint_t ch)
         return;
     case MODE_CONFIRM_LEAVE:
         if (!is_code && (ch == 'r' || ch == 'R')) {
-            ui_send(ui, "resume");
-            ui->quit = 1;
+            if (ui_send(ui, "resume") == 0)   /* refused, the reply stays on screen */
+                ui->quit = 1;
+            else
+                ui->mode = MODE_NORMAL;
         } else if ((!is_code && (ch == 'y' || ch == 'Y' || ch == '\n' || ch == '\r')) ||
                    (is_code && ch == KEY_F(10))) {
             ui->quit = 1;
