@@ -216,6 +216,7 @@ static void add_event(logview *lv, const stats_event *logged)
 
 static void parse_line(logview *lv, const char *line)
 {
+    line = pesc_skip_bom(line, NULL);   /* a log saved by an editor that adds one */
     if (line[0] == '\0')
         return;
     stats_event e;

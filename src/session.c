@@ -171,7 +171,7 @@ static void sink_failed(void *ctx, const char *name, const char *message)
     session *s = ctx;
     stats_event e = {.step = s->step};
     snprintf(e.kind, sizeof e.kind, "sink");
-    snprintf(e.text, sizeof e.text, "%.40s disabled: %.180s", name, message);
+    snprintf(e.text, sizeof e.text, "%.40s disabled: %.400s", name, message);
     if (s->cfg.headless)
         fprintf(stderr, "pesc train: sink %s: %s\n", name, message);
     show_event(s, &e);
@@ -2220,16 +2220,21 @@ static int check_output(const session *s, const char *what, const char *path, pe
     if (!input && s->resumed_dir &&
         (pesc_same_file(dir, s->resumed_dir) || pesc_same_file(path, s->resumed_dir)))
         input = "a file of the resumed checkpoint";
-    char *state = pesc_path_join(dir, "state.json");
-    int in_checkpoint = !input && access(state, F_OK) == 0;
+    /* a checkpoint's directory: its state and its trainables (a state.json alone may be
+     * any tool's) */
+    char *state = pesc_path_join(dir, "state.json"),
+         *trainables = pesc_path_join(dir, "trainables.safetensors");
+    int in_checkpoint = !input && access(state, F_OK) == 0 && access(trainables, F_OK) == 0;
     free(state);
+    free(trainables);
     free(dir);
     if (input)
         return pesc_fail(err, "%s %s is %s of this run, and writing it would destroy it; name "
                          "another file", what, path, input);
     if (in_checkpoint)
-        return pesc_fail(err, "%s %s is a file of a checkpoint (its directory holds state.json), "
-                         "and writing it would destroy it; name another file", what, path);
+        return pesc_fail(err, "%s %s is a file of a checkpoint (its directory holds state.json "
+                         "and trainables.safetensors), and writing it would destroy it; name "
+                         "another file", what, path);
     /* a fresh run's sink replaces its file: never a run's log (a resumed run's appends, to
      * its own --sink jsonl:FILE too; the --log is checked in sink.c) */
     if (!s->cfg.resume && strcmp(what, "--log") != 0 && sinks_log_of_run(path, NULL) == 0)

@@ -446,22 +446,26 @@ int stats_is_log_record(const json_t *o)
  * past this is no log's, and a file without newlines (a binary one) is not read whole. */
 #define FIRST_LINE_MAX ((size_t)16 << 20)
 
-/* The next line of f (its newline kept) into *line, grown as needed: 0, or -1 at the end or
- * past FIRST_LINE_MAX. */
+/* The next line of f (its newline kept) into *line, grown as needed: 0, or -1 at the end,
+ * past FIRST_LINE_MAX or at a NUL byte (no log holds one; a zero-filled file is not read
+ * whole). */
 static int bounded_line(FILE *f, char **line, size_t *cap)
 {
     size_t n = 0;
-    do {
-        if (*cap - n < 4096) {
-            if (*cap >= FIRST_LINE_MAX)
-                return -1;
+    for (int c; (c = getc(f)) != EOF;) {
+        if (c == '\0' || n + 2 > FIRST_LINE_MAX)
+            return -1;
+        if (n + 2 > *cap) {
             *cap = *cap ? 2 * *cap : 4096;
             *line = xrealloc(*line, *cap);
         }
-        if (!fgets(*line + n, (int)(*cap - n), f))
-            return n ? 0 : -1;
-        n += strlen(*line + n);
-    } while (n == 0 || (*line)[n - 1] != '\n');
+        (*line)[n++] = (char)c;
+        if (c == '\n')
+            break;
+    }
+    if (n == 0)
+        return -1;
+    (*line)[n] = '\0';
     return 0;
 }
 

@@ -40,6 +40,10 @@ sed 's/"num_hidden_layers": *4/"num_hidden_layers": 2/' "$top_srcdir/data/demo/c
 expect 1 "holds model.layers.2.*num_hidden_layers is 2: the config does not describe" \
   "weights of layers past num_hidden_layers are refused" -- \
   "$pesc" generate --model "$tmp/two-layers" --prompt x --max-tokens 1
+# a large file of zeros is no log and no text: refused at its first byte, not read whole
+truncate -s 20M "$tmp/zeros.jsonl"
+expect 1 "zeros.jsonl:1: a NUL byte" "inspect of a zero-filled file: refused at once" -- \
+  "$pesc" inspect "$tmp/zeros.jsonl"
 # --model demo names the built-in demo's model (from any directory without one called demo)
 (cd "$tmp" && "$OLDPWD/$pesc" generate --model demo --prompt 'upper: abc' --max-tokens 4) \
   >"$tmp/out" 2>&1
