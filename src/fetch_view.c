@@ -218,15 +218,9 @@ int fetch_view_url_to_cache(const char *url, char **path, pesc_error *err)
     return with_view(url, path, FETCH_FILE, err);
 }
 
-/* "demo": the built-in demo's model, unless a directory here is called so. */
-static int is_demo(const char *url)
-{
-    return strcmp(url, "demo") == 0 && access("demo/config.json", F_OK) != 0;
-}
-
 int fetch_view_resolve_model(const char *url, char **dir, pesc_error *err)
 {
-    if (is_demo(url)) {
+    if (pesc_names_demo(url)) {
         *dir = pesc_demo_model_dir();
         return 0;
     }
@@ -235,7 +229,7 @@ int fetch_view_resolve_model(const char *url, char **dir, pesc_error *err)
 
 int fetch_view_resolve_tokenizer(const char *url, char **dir, pesc_error *err)
 {
-    if (is_demo(url)) {
+    if (pesc_names_demo(url)) {
         *dir = pesc_demo_model_dir();
         return 0;
     }

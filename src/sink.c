@@ -366,30 +366,15 @@ int sinks_check_spec(const pesc_plugins *plugins, const char *spec, pesc_error *
 
 int sinks_log_of_run(const char *path, const stats_run *run)
 {
-    /* a regular file only (/dev/full reads zeros for ever), and its first line within 64 KiB
-     * (a start line is a few hundred bytes) */
+    /* a regular file only: /dev/full reads zeros for ever */
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0 ||
-        !stats_is_log_file(path))
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
         return -1;
-    if (!run)
-        return 0;
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t cap = 65536;
-    char *line = xmalloc(cap);
-    int got = fgets(line, (int)cap, f) != NULL && strchr(line, '\n');
-    fclose(f);
-    stats_record *r = NULL;
-    stats_event e;
     stats_run logged;
-    pesc_error ignored;
-    int kind = got ? stats_parse_line(pesc_skip_bom(line, NULL), &r, &e, &logged, &ignored)
-                   : -1;
-    free(line);
-    stats_record_delete(r);
-    if (kind != 3)   /* a log's end (tail -n): whose, it does not say */
+    int start = stats_log_file_start(path, run ? &logged : NULL);
+    if (start < 0)
+        return -1;
+    if (!run || start == 0)   /* a log's end (tail -n): whose, it does not say */
         return 0;
     const stats_shape *a = &logged.shape, *b = &run->shape;
     /* not by the model's name: a resumed run names the directory its checkpoint recorded

@@ -469,27 +469,49 @@ static int bounded_line(FILE *f, char **line, size_t *cap)
     return 0;
 }
 
-int stats_is_log_file(const char *path)
+/* The start line's run, when text is one (run may be NULL: only whether it is). */
+static int start_line(const char *text, const json_t *o, stats_run *run)
+{
+    const char *event = json_string_value(json_object_get((json_t *)o, "event"));
+    if (!event || strcmp(event, "start") != 0)
+        return 0;
+    if (!run)
+        return 1;
+    stats_record *r = NULL;
+    stats_event e;
+    pesc_error ignored;
+    int kind = stats_parse_line(text, &r, &e, run, &ignored);
+    stats_record_delete(r);
+    return kind == 3;
+}
+
+int stats_log_file_start(const char *path, stats_run *run)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return 0;
+        return -1;
     char *line = NULL;
     size_t cap = 0;
-    int is_log = 0, first = 1;
+    int found = -1, first = 1;
     while (bounded_line(f, &line, &cap) == 0) {
         const char *text = first ? pesc_skip_bom(line, NULL) : line;
         first = 0;
         if (text[strspn(text, " \t\r\n")] == '\0')
             continue;   /* a blank line */
         json_t *o = json_loads(text, 0, NULL);   /* white space (a CR) around it is JSON's */
-        is_log = stats_is_log_record(o);
+        if (stats_is_log_record(o))
+            found = start_line(text, o, run);
         json_decref(o);
         break;
     }
     free(line);
     fclose(f);
-    return is_log;
+    return found;
+}
+
+int stats_is_log_file(const char *path)
+{
+    return stats_log_file_start(path, NULL) >= 0;
 }
 
 /* ---- monitor views ------------------------------------------------------------------------ */

@@ -141,5 +141,8 @@ int stats_is_log_record(const struct json_t *o);
  * lines; CRLF line ends allowed) is a line of a run log: a whole log, or its end (tail -n).
  * The one test of pesc inspect, which reads a log, and the dataset loader, which refuses one. */
 int stats_is_log_file(const char *path);
+/* The same file's first record as a run log: 1 when it is the start line (its run read into
+ * run, when not NULL), 0 a log's other record (a log's end), -1 no log at all. */
+int stats_log_file_start(const char *path, stats_run *run);
 
 #endif

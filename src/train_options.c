@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "dataset.h"
@@ -734,8 +733,7 @@ static int parse_options(train_config *c, const char *cmd, int argc, char **argv
         return cli_usage_error(cmd, "give --model or --init-config, not both");
     /* --model demo without data: the built-in demo, as with no --model (a directory here
      * called demo is a model like any other) */
-    if (c->model && strcmp(c->model, "demo") == 0 && c->n_sources == 0 &&
-        access("demo/config.json", F_OK) != 0)
+    if (c->model && pesc_names_demo(c->model) && c->n_sources == 0)
         c->model = NULL;
     if ((c->model || c->init_config) && c->n_sources == 0 && !c->resume)
         return cli_usage_error(cmd, "--model needs --data (the demo data fits only the demo "

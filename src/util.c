@@ -635,6 +635,11 @@ char *pesc_demo_model_dir(void)
     return xstrdup(PESC_DATADIR "/demo");
 }
 
+int pesc_names_demo(const char *arg)
+{
+    return strcmp(arg, "demo") == 0 && access("demo/config.json", F_OK) != 0;
+}
+
 void pesc_format_duration(double s, char *out, size_t cap)
 {
     if (!isfinite(s) || s < 0 || s > 1e9)

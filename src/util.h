@@ -136,6 +136,9 @@ double pesc_now(void);
  * when pesc runs from there (from any working directory), or the one installed under the
  * package data directory. */
 char *pesc_demo_model_dir(void);
+/* Whether a --model argument names the built-in demo: "demo", unless a model directory here
+ * is called so. */
+int pesc_names_demo(const char *arg);
 /* A duration the one way every front end writes it (ETAs, "saved ... ago"): 45s, 14m07s,
  * 2h46m, 3d05h; "--" when unknown (negative or not finite). */
 void pesc_format_duration(double s, char *out, size_t cap);

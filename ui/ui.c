@@ -576,8 +576,7 @@ static WINDOW *centred(ui_context *ui, int h, int w)
 
 /* The next row of text wrapped at width columns (ASCII, as the help and the dialogs are):
  * its length, breaking at the last double space that fits, else at the last space (or
- * mid-word when there is none); *next
- * is where the row after it starts, its spaces skipped. */
+ * mid-word when there is none); *next is where the row after it starts, its spaces skipped. */
 static int wrap_row(const char *text, int width, const char **next)
 {
     int len = (int)strlen(text), cut = len;
