@@ -545,14 +545,13 @@ static void holder_of(int fd, char *holder, size_t n)
 static int lock_held(const char *dir, char *holder, size_t n)
 {
     char *path = pesc_path_join(dir, LOCK_FILE);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = pesc_open_if_locked(path);
     free(path);
-    int held = fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-    if (held)
-        holder_of(fd, holder, n);
-    if (fd >= 0)
-        close(fd);
-    return held;
+    if (fd < 0)
+        return 0;
+    holder_of(fd, holder, n);
+    close(fd);
+    return 1;
 }
 
 int checkpoint_lock(const char *save_dir, pesc_error *err)

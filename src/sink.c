@@ -76,11 +76,10 @@ static void being_written(char *err, size_t errlen, const char *path)
 /* Whether a live run holds path's lock (jsonl_open takes it for as long as it writes). */
 static int log_in_use(const char *path)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    int held = fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    int fd = pesc_open_if_locked(path);
     if (fd >= 0)
         close(fd);
-    return held;
+    return fd >= 0;
 }
 
 static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, char *err,

@@ -92,6 +92,10 @@ int pesc_copy_file(const char *from, const char *to, pesc_error *err);
 
 /* 1 when a and b name the same existing file or directory (NULL names none). */
 int pesc_same_file(const char *a, const char *b);
+/* path opened read-only when a live process holds an exclusive flock on it (a run writing
+ * its log or saving into its directory), so that what it recorded there can be read; -1
+ * when nothing holds it or it cannot be opened. */
+int pesc_open_if_locked(const char *path);
 /* The directory path lies in ("." when it names none), malloc'd. */
 char *pesc_parent_dir(const char *path);
 /* Creates directory dir and those above it that are missing (mkdir -p, mode 0755). 0, or -1
