@@ -2,10 +2,12 @@
  * and prints where each one is. Progress goes to stderr: bars on a terminal, plain lines
  * otherwise; the paths go to stdout, one a line, in the order of the arguments. */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -28,7 +30,9 @@ static const char fetch_usage[] =
     "\n"
     "  -o PATH         with one URL: the file to write (or a directory to write it into:\n"
     "                  one that exists, or PATH/ to make it);\n"
-    "                  with several: a directory. A file already there is refused unless\n"
+    "                  with several: a directory; -o - writes the one file's content to\n"
+    "                  standard output (it is kept in the cache). A file already there is\n"
+    "                  refused unless\n"
     "                  --sha256 or --force says what to do with it (never a device or\n"
     "                  FIFO)\n"
     "  --sha256 HEX    expected SHA-256 of the file (one URL); a mismatch deletes the\n"
@@ -48,6 +52,7 @@ static const char fetch_usage[] =
 typedef struct fetch_cli {
     const char *output, *sha256;
     int jobs, quiet, force;
+    int to_stdout;                /* -o -: the file's content on stdout, not its path */
     int retries;                  /* -1 when not given: the environment, then 5 */
     char **urls;
     int n_urls;
@@ -69,7 +74,12 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
             if (cli_path("fetch", "-o", optarg, "the file to write", &o->output))
                 return EXIT_USAGE;
             break;
-        case 's': o->sha256 = optarg; break;
+        case 's':
+            o->sha256 = optarg;
+            if (strlen(optarg) != 64 || strspn(optarg, "0123456789abcdefABCDEF") != 64)
+                return cli_usage_error("fetch", "--sha256 %s: expected 64 hex digits%s", optarg,
+                                       fetch_is_url(optarg) ? " (the hash is missing)" : "");
+            break;
         case 'j':
             if (cli_parse_long(optarg, 1, 64, &jobs) != 0)
                 return cli_usage_error("fetch", "--jobs %s: expected a number from 1 to 64",
@@ -90,6 +100,9 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
     }
     o->urls = argv + optind;
     o->n_urls = argc - optind;
+    if (o->n_urls == 0 && o->output && fetch_is_url(o->output))
+        return cli_usage_error("fetch", "no URL given: -o took %s as the file to write (-o "
+                               "PATH URL)", o->output);
     if (o->n_urls == 0)
         return cli_usage_error("fetch", "no URL given");
     int files = 0;
@@ -112,12 +125,14 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
         free(request);
         free(cached);
     }
-    if (o->sha256) {
-        if (files != 1)
-            return cli_usage_error("fetch", "--sha256 needs exactly one file URL");
-        size_t n = strlen(o->sha256);
-        if (n != 64 || strspn(o->sha256, "0123456789abcdefABCDEF") != n)
-            return cli_usage_error("fetch", "--sha256 %s: expected 64 hex digits", o->sha256);
+    if (o->sha256 && files != 1)
+        return cli_usage_error("fetch", "--sha256 needs exactly one file URL");
+    if (o->output && strcmp(o->output, "-") == 0) {
+        if (o->n_urls != 1)
+            return cli_usage_error("fetch", "-o - writes one file to standard output: give one "
+                                   "URL");
+        o->output = NULL;   /* into the cache, then out */
+        o->to_stdout = 1;
     }
     return -1;   /* go on */
 }
@@ -244,6 +259,33 @@ static void collect_results(const fetch_cli *o, fetcher *f, fetch_item *items)
     }
 }
 
+/* What the interrupted download leaves (its .part) is resumed by the same command: said in
+ * one line, with the shell's status for the signal. */
+static void on_interrupt(int sig)
+{
+    static const char said[] = "\npesc fetch: interrupted; what was downloaded is kept: run "
+                               "the same command again to resume\n";
+    ssize_t ignored = write(STDERR_FILENO, said, sizeof said - 1);
+    (void)ignored;
+    _exit(128 + sig);
+}
+
+/* -o -: the downloaded file's content to standard output. 0, or -1 with err set. */
+static int print_content(const char *path, pesc_error *err)
+{
+    FILE *in = fopen(path, "rb");
+    if (!in)
+        return pesc_fail(err, "%s: %s", path, strerror(errno));
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, stdout) != n)
+            break;   /* main reports standard output's error */
+    int failed = ferror(in);
+    fclose(in);
+    return failed ? pesc_fail(err, "%s: read error", path) : 0;
+}
+
 int cmd_fetch(int argc, char **argv)
 {
     fetch_cli o;
@@ -267,6 +309,10 @@ int cmd_fetch(int argc, char **argv)
         return EXIT_USAGE;
     }
     find_repeats(&o, items);
+    struct sigaction stop = {.sa_handler = on_interrupt}, was;
+    for (int sig = SIGINT; sig; sig = sig == SIGINT ? SIGTERM : 0)   /* what was ignored stays */
+        if (sigaction(sig, NULL, &was) == 0 && was.sa_handler != SIG_IGN)
+            sigaction(sig, &stop, NULL);
     fetch_view *view = o.quiet ? NULL : fetch_view_start(f);
     collect_results(&o, f, items);
     fetch_view_stop(view);
@@ -277,6 +323,11 @@ int cmd_fetch(int argc, char **argv)
             if (result == &items[i])   /* one line per download, not per argument */
                 cli_fail("fetch", &result->err);
             status = 1;
+        } else if (o.to_stdout) {
+            if (print_content(result->path, &err) != 0) {
+                cli_fail("fetch", &err);
+                status = 1;
+            }
         } else {
             printf("%s\n", result->path);
         }

@@ -97,6 +97,12 @@ expect 2 "64 hex" "fetch --sha256 bad" -- "$pesc" fetch --sha256 abc "$base/f/sm
 expect 2 "OWNER/NAME" "fetch of a malformed hf URL" -- "$pesc" fetch hf://justone
 expect 2 "whole model" "-o with a whole model" -- "$pesc" fetch -o "$tmp/x" hf://tester/single
 expect 2 "whole model" "--force with a whole model" -- "$pesc" fetch --force hf://tester/single
+expect 2 "--sha256 $base/f/small.txt: expected 64 hex digits (the hash is missing)" \
+  "--sha256 without its hash names the URL it took" -- "$pesc" fetch --sha256 "$base/f/small.txt"
+expect 2 "no URL given: -o took $base/f/small.txt as the file to write" \
+  "-o without its path says it took the URL" -- "$pesc" fetch -o "$base/f/small.txt"
+expect 2 "-o - writes one file to standard output" "-o - with two URLs" -- \
+  "$pesc" fetch -o - "$base/f/small.txt" "$base/f/big.bin"
 
 expect 0 "$XDG_CACHE_HOME/pesc/url/" "fetch prints the cached path" -- \
   "$pesc" fetch "$base/f/small.txt?k=cli"
@@ -105,6 +111,26 @@ else fail "cached file content"; fi
 
 expect 0 "$tmp/one.txt" "fetch -o FILE" -- "$pesc" fetch -q -o "$tmp/one.txt" "$base/f/small.txt"
 cmp -s "$tmp/one.txt" "$files/small.txt" && pass "-o FILE content" || fail "-o FILE content"
+"$pesc" fetch -q -o - "$base/f/small.txt?k=stdout" >"$tmp/stdout.txt" &&
+  cmp -s "$tmp/stdout.txt" "$files/small.txt" && [ ! -e ./- ] &&
+  pass "-o - writes the content to standard output" ||
+  fail "-o -: $(head -c 200 "$tmp/stdout.txt")"
+
+# Stopped (a slow link, SIGTERM; a script's background job ignores SIGINT): one line says the download is kept, and the same
+# command resumes it
+"$pesc" fetch -q -o "$tmp/slow.bin" "$base/f/big.bin?rate=20000&k=slow" >/dev/null \
+  2>"$tmp/int.err" &
+slow=$!
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$tmp/slow.bin.part" ] && break; sleep 0.2; done
+kill -TERM $slow
+wait $slow
+rc=$?
+[ $rc -eq 143 ] && grep -q "interrupted; what was downloaded is kept" "$tmp/int.err" &&
+  [ -s "$tmp/slow.bin.part" ] && pass "an interrupted fetch says its download is kept" ||
+  fail "interrupted fetch: exit $rc: $(cat "$tmp/int.err"), part: $(ls -l "$tmp/slow.bin.part")"
+expect 0 "$tmp/slow.bin" "the interrupted download resumes" -- "$pesc" fetch -q \
+  -o "$tmp/slow.bin" "$base/f/big.bin?k=slow"
+cmp -s "$tmp/slow.bin" "$files/big.bin" && pass "resumed content" || fail "resumed content"
 
 expect 0 "big.bin" "fetch -o DIR --jobs 2 of three URLs" -- "$pesc" fetch --jobs 2 \
   -o "$tmp/dir" "$base/f/small.txt" "$base/f/big.bin" "hf://datasets/tester/chat/train.jsonl@v1"
