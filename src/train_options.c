@@ -532,8 +532,14 @@ static int apply_file(train_config *c, const char *cmd, const char *path,
         const char *other = o->name ? NULL : cli_other_name(table, e->name), *near = NULL;
         if (!o->name && !other)
             near = cli_nearest_option(table, e->name);
-        if (o->name && (o->val == OPT_HELP || o->val == OPT_CONFIG))
-            rc = cli_usage_error(cmd, "a config file cannot give '%s'", e->written);
+        if (o->name && (o->val == OPT_HELP || o->val == OPT_CONFIG ||
+                        o->val == OPT_PRINT_CONFIG))
+            rc = cli_usage_error(cmd, "a config file cannot give '%s'%s", e->written,
+                                 o->val == OPT_PRINT_CONFIG ? ": give --print-config on the "
+                                 "command line" : "");
+        else if (o->name && o->val == OPT_HEADLESS && strcmp(cmd, "tui") == 0)
+            rc = cli_usage_error(cmd, "'%s' is a run without the workbench: remove it from the "
+                                 "file, or run pesc train --config %s", e->written, path);
         else if (other)
             rc = cli_usage_error(cmd, "unknown option '%s': pesc's name for it is '%s'",
                                  e->written, other);

@@ -150,6 +150,14 @@ expect 2 "bad.yaml:2: --top-k 0" "--config: a bad value is refused at its line" 
   "$pesc" train --headless --config "$tmp/bad.yaml"
 expect 2 "pesc train: --config $tmp/none.yaml: No such file" "--config: a missing file" -- \
   "$pesc" train --headless --config "$tmp/none.yaml"
+printf 'steps: 2\nprint-config: true\n' >"$tmp/bad.yaml"
+expect 2 "bad.yaml:2: a config file cannot give 'print-config': give --print-config on the" \
+  "--config: print-config in the file is refused at its line" -- \
+  "$pesc" train --headless --config "$tmp/bad.yaml"
+printf 'headless: true\n' >"$tmp/bad.yaml"
+expect 2 "bad.yaml:1: 'headless' is a run without the workbench" \
+  "--config: headless in a file pesc tui is given is refused at its line" -- \
+  "$pesc" tui --config "$tmp/bad.yaml"
 
 # --eval-choices: multiple-choice questions scored at each evaluation (the built-in demo's
 # model answers its tasks'), their accuracy in the log's step records and an eval event, the
