@@ -305,7 +305,7 @@ int demo_write_jsonl(FILE *f, const demo_spec *s, const char *name, pesc_error *
         int bad = fputs(line, f) < 0 || fputc('\n', f) == EOF;
         free(line);
         if (bad)
-            return pesc_fail(err, "%s: %s (is the disk full?)", name, strerror(errno));
+            return pesc_fail(err, "%s: %s%s", name, strerror(errno), pesc_write_fix(errno));
     }
     return 0;
 }

@@ -1,6 +1,7 @@
 /* main — `pesc` command dispatch. Nothing else lives here (DESIGN section 3). */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
@@ -86,13 +87,15 @@ static int finish_output(const char *cmd, int rc)
     else
         fprintf(stderr, "pesc%s%s: cannot write to standard output%s%s%s\n", cmd ? " " : "",
                 cmd ? cmd : "", error ? ": " : "", error ? strerror(error) : "",
-                error == ENOSPC || error == EDQUOT ? "; free space on its device or send it "
-                                                     "elsewhere" : "");
+                pesc_write_fix(error));
     return 1;
 }
 
 int main(int argc, char **argv)
 {
+    /* a file past ulimit -f fails its write (EFBIG), which its writer reports, rather than
+     * killing pesc with no word */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         char *demo[] = {(char *)"tui", NULL};
         return finish_output(NULL, cmd_tui(1, demo));

@@ -607,10 +607,11 @@ static int write_all(int fd, const void *buf, size_t len, const char *path, pesc
         ssize_t done = write(fd, p, len);
         if (done < 0 && errno == EINTR)
             continue;
-        if (done <= 0)
-            return pesc_fail(err, "%s: write failed: %s; nothing was written under this name "
-                             "(free some disk space and retry)", path,
-                             strerror(done < 0 ? errno : ENOSPC));
+        if (done <= 0) {
+            int error = done < 0 ? errno : ENOSPC;
+            return pesc_fail(err, "%s: write failed: %s; nothing was written under this "
+                             "name%s", path, strerror(error), pesc_write_fix(error));
+        }
         p += done;
         len -= (size_t)done;
     }

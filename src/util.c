@@ -264,7 +264,7 @@ int pesc_write_file(const char *path, const void *data, size_t len, pesc_error *
     if (!f)
         return -1;
     if (fwrite(data, 1, len, f) != len) {
-        pesc_fail(err, "%s: %s (is the disk full?)", path, strerror(errno));
+        pesc_fail(err, "%s: %s%s", path, strerror(errno), pesc_write_fix(errno));
         pesc_file_abort(f, tmp);
         free(tmp);
         return -1;
@@ -348,6 +348,19 @@ int pesc_open_if_locked(const char *path)
         fd = -1;
     }
     return fd;
+}
+
+const char *pesc_write_fix(int error)
+{
+    switch (error) {
+    case ENOSPC:
+    case EDQUOT: return "; free some space on its disk and retry";
+    case EFBIG:
+        return "; the file size limit (ulimit -f) or the file system's largest file is "
+               "reached: raise the limit, or write it elsewhere";
+    case EROFS: return "; its file system is read-only: write it elsewhere";
+    default: return "";
+    }
 }
 
 int pesc_make_dirs(const char *dir)
@@ -555,8 +568,9 @@ int pesc_file_commit(FILE *f, const char *tmp, const char *final, pesc_error *er
         return ok ? 0 : pesc_fail(err, "%s: %s", final, strerror(saved ? saved : errno));
     if (!ok) {
         unlink(tmp);
-        return pesc_fail(err, "%s: %s (is the disk full?); the old file, if any, is untouched",
-                         final, strerror(saved ? saved : errno));
+        saved = saved ? saved : errno;
+        return pesc_fail(err, "%s: %s; the old file, if any, is untouched%s", final,
+                         strerror(saved), pesc_write_fix(saved));
     }
     if (rename(tmp, final) != 0) {
         saved = errno;

@@ -96,6 +96,9 @@ int pesc_same_file(const char *a, const char *b);
  * its log or saving into its directory), so that what it recorded there can be read; -1
  * when nothing holds it or it cannot be opened. */
 int pesc_open_if_locked(const char *path);
+/* "; what to do" after a failed write's strerror(error): free space (ENOSPC, EDQUOT), raise
+ * the file size limit (EFBIG), write elsewhere (EROFS); "" for what has no advice. */
+const char *pesc_write_fix(int error);
 /* The directory path lies in ("." when it names none), malloc'd. */
 char *pesc_parent_dir(const char *path);
 /* Creates directory dir and those above it that are missing (mkdir -p, mode 0755). 0, or -1

@@ -175,10 +175,12 @@ done
 expect 1 "again.jsonl is already there (.* bytes): give \-\-force to replace it" \
   "demo-data refuses to replace a file" -- "$pesc" demo-data -o "$tmp/again.jsonl" --seed 3
 cmp -s "$tmp/all.jsonl" "$tmp/again.jsonl" || fail "a refused demo-data changed the file"
-# a full disk (a file size limit fails writes as one does) leaves an existing FILE whole
+# a failed write (past a file size limit, which pesc does not die of: it fails the write as a
+# full disk does) leaves an existing FILE whole
 mkdir "$tmp/full" && cp "$tmp/all.jsonl" "$tmp/full/d.jsonl"
-expect 1 "$tmp/full/d.jsonl: .*is the disk full" "a full disk is one line that names the file" -- \
-  sh -c 'ulimit -f 64; trap "" XFSZ; exec "$@"' sh "$pesc" demo-data -o "$tmp/full/d.jsonl" --seed 3 --force
+expect 1 "$tmp/full/d.jsonl: File too large; the file size limit (ulimit -f)" \
+  "a file past ulimit -f is one line that names the file and the limit" -- \
+  sh -c 'ulimit -f 64; exec "$@"' sh "$pesc" demo-data -o "$tmp/full/d.jsonl" --seed 3 --force
 cmp -s "$tmp/all.jsonl" "$tmp/full/d.jsonl" && [ "$(ls -A "$tmp/full")" = d.jsonl ] &&
   pass "... and the existing file is untouched, no temporary left" ||
   fail "a full disk changed the existing file or left $(ls -A "$tmp/full")"
