@@ -431,6 +431,18 @@ int checkpoint_name_step(const char *name, long *step)
     return strcmp(name, canonical) == 0;
 }
 
+/* Puts back what a save of a step that was there already left aside when its process died
+ * between its two renames (".tmp-step-N-PID.old", the whole old copy, with no step-N). */
+static void restore_interrupted(const char *save_dir)
+{
+    DIR *d = opendir(save_dir);
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strncmp(e->d_name, ".tmp-step-", 10) == 0)
+            pesc_dir_restore_aside(save_dir, e->d_name);
+    if (d)
+        closedir(d);
+}
+
 /* Removes stale temporary checkpoints (".tmp-step-N-PID" and its ".old", from
  * pesc_dir_begin / pesc_dir_commit; ".tmp-best-PID") and all but the newest `keep` of those
  * up to step `upto` and the one of step `kept` (--keep-best's):
@@ -438,6 +450,7 @@ int checkpoint_name_step(const char *name, long *step)
  * own step is never touched. */
 static void prune(const char *save_dir, int keep, long upto, long kept)
 {
+    restore_interrupted(save_dir);
     DIR *d = opendir(save_dir);
     if (!d)
         return;
@@ -485,6 +498,15 @@ static long newest_step_after(const char *dir, long after)
     return best;
 }
 
+/* 0 when dir/state.json can be read, else the errno that says why not. */
+static int state_unreadable(const char *dir)
+{
+    char *state = pesc_path_join(dir, STATE_FILE);
+    int error = access(state, R_OK) == 0 ? 0 : errno;
+    free(state);
+    return error;
+}
+
 int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_step,
                      pesc_error *err)
 {
@@ -502,10 +524,20 @@ int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_ste
     long other = newest_step_after(save_dir, from_here ? resumed_step : -1);
     if (other < 0)
         return 0;
+    char name[32];
+    snprintf(name, sizeof name, "step-%08ld", other);
+    char *other_dir = pesc_path_join(save_dir, name);
+    int incomplete = state_unreadable(other_dir) == ENOENT;
+    free(other_dir);
+    if (from_here && incomplete)
+        return pesc_fail(err, "--save %s holds %s, past the resumed step %ld, with no "
+                         STATE_FILE ": a save that did not finish; remove it to go on from "
+                         "step %ld, or save this branch of the run in another directory",
+                         save_dir, name, resumed_step, resumed_step);
     if (from_here)
-        return pesc_fail(err, "--save %s holds step-%08ld, past the resumed step %ld, and this "
-                         "run would overwrite it; save this branch of the run in another "
-                         "directory", save_dir, other, resumed_step);
+        return pesc_fail(err, "--save %s holds %s, past the resumed step %ld, and this run "
+                         "would overwrite it; save this branch of the run in another "
+                         "directory", save_dir, name, resumed_step);
     return pesc_fail(err, "--save %s already holds another run's checkpoints (step-%08ld), and "
                      "this run continues %s; name an empty directory, or save where it was "
                      "saved", save_dir, other, resumed);
@@ -676,15 +708,6 @@ int checkpoint_mark_best(const char *save_dir, int keep, long step, pesc_error *
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
-/* 0 when dir/state.json can be read, else the errno that says why not. */
-static int state_unreadable(const char *dir)
-{
-    char *state = pesc_path_join(dir, STATE_FILE);
-    int error = access(state, R_OK) == 0 ? 0 : errno;
-    free(state);
-    return error;
-}
-
 /* The newest step-N in save_dir below `below` whose state.json reads (-1: none; -2, errno
  * set, when save_dir cannot be listed), and the newest that does not, with why (*bad -1:
  * none). */
@@ -737,6 +760,7 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err)
     if (error != ENOENT && error != ENOTDIR)   /* a checkpoint, or a directory, not readable */
         return pesc_fail(err, "%s/" STATE_FILE ": %s (make it readable)", path,
                          strerror(error));
+    restore_interrupted(path);
     /* the newest readable checkpoint, and the newest that is not (with why) */
     long bad;
     int bad_error = 0;

@@ -1,4 +1,5 @@
 /* util — see util.h. */
+#define _GNU_SOURCE   /* renameat2 */
 #include "util.h"
 
 #include <dirent.h>
@@ -431,6 +432,34 @@ char *pesc_parent_dir(const char *path)
 
 /* Removes ".tmp-NAME-PID" (and ".old") directories in parent left by processes that are gone:
  * a write killed half-way leaves one. A live process's are its own business. */
+/* Whether pid names no live process (one of another user's is alive). */
+static int process_gone(long pid)
+{
+    return pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+int pesc_dir_restore_aside(const char *parent, const char *entry)
+{
+    size_t len = strlen(entry);
+    if (strncmp(entry, ".tmp-", 5) != 0 || len < 5 + 4 || strcmp(entry + len - 4, ".old") != 0)
+        return 0;
+    char *name = xstrdup(entry + 5);
+    name[len - 5 - 4] = '\0';   /* NAME-PID */
+    char *dash = strrchr(name, '-'), *end;
+    long pid = dash ? strtol(dash + 1, &end, 10) : 0;
+    int restored = 0;
+    if (dash && dash > name && end != dash + 1 && !*end && pid > 0 && process_gone(pid)) {
+        *dash = '\0';
+        char *from = pesc_path_join(parent, entry), *to = pesc_path_join(parent, name);
+        struct stat st;
+        restored = lstat(to, &st) != 0 && errno == ENOENT && rename(from, to) == 0;
+        free(from);
+        free(to);
+    }
+    free(name);
+    return restored;
+}
+
 static void remove_stale(const char *parent, const char *name)
 {
     DIR *d = opendir(parent);
@@ -446,7 +475,8 @@ static void remove_stale(const char *parent, const char *name)
         char *end;
         long pid = strtol(e->d_name + prefix_len, &end, 10);
         if (end == e->d_name + prefix_len || (*end && strcmp(end, ".old") != 0) || pid <= 0 ||
-            (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH)))
+            (pid != (long)getpid() && !process_gone(pid)) ||
+            pesc_dir_restore_aside(parent, e->d_name))
             continue;
         char *path = pesc_path_join(parent, e->d_name);
         pesc_remove_tree(path);
@@ -504,10 +534,18 @@ int pesc_dir_commit(const char *tmp, const char *final, pesc_error *err)
     snprintf(aside, len, "%s.old", tmp);
     struct stat st;
     int replacing = lstat(final, &st) == 0;
-    int rc = 0;
-    if (replacing && rename(final, aside) != 0) {
-        rc = pesc_fail(err, "%s: cannot move the existing one aside: %s", final, strerror(errno));
-    } else if (rename(tmp, final) != 0) {
+    int rc = 0, swapped = 0;
+#ifdef RENAME_EXCHANGE
+    /* in one step where the file system can, with no moment without a whole final: tmp then
+     * holds the old one */
+    swapped = replacing && renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) == 0;
+#endif
+    if (!swapped && replacing && rename(final, aside) != 0) {
+        int error = errno;
+        rc = pesc_fail(err, "%s: cannot move the existing one aside: %s%s", final,
+                       strerror(error), error == EBUSY ? " (it is the working directory or a "
+                       "mount point: name another directory)" : "");
+    } else if (!swapped && rename(tmp, final) != 0) {
         rc = pesc_fail(err, "%s: cannot rename %s into place: %s", final, tmp, strerror(errno));
         if (replacing)
             rename(aside, final);   /* put the old one back */
@@ -518,7 +556,7 @@ int pesc_dir_commit(const char *tmp, const char *final, pesc_error *err)
         free(parent);
         free(name);
         if (replacing)
-            pesc_remove_tree(aside);
+            pesc_remove_tree(swapped ? tmp : aside);
     }
     free(aside);
     return rc;

@@ -99,6 +99,11 @@ int pesc_open_if_locked(const char *path);
 /* "; what to do" after a failed write's strerror(error): free space (ENOSPC, EDQUOT), raise
  * the file size limit (EFBIG), write elsewhere (EROFS); "" for what has no advice. */
 const char *pesc_write_fix(int error);
+/* parent/entry, a ".tmp-NAME-PID.old" that pesc_dir_commit had moved aside when its process
+ * died before the new NAME took its place, renamed back to parent/NAME: the last whole copy.
+ * 1 when it was; 0 when entry is not one, its process lives, NAME is there, or it cannot be
+ * renamed. */
+int pesc_dir_restore_aside(const char *parent, const char *entry);
 /* The directory path lies in ("." when it names none), malloc'd. */
 char *pesc_parent_dir(const char *path);
 /* Creates directory dir and those above it that are missing (mkdir -p, mode 0755). 0, or -1

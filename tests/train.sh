@@ -1010,6 +1010,22 @@ mkdir -p "$tmp/incomplete/step-00000001"
 expect 1 "$tmp/incomplete/step-00000001/state.json: No such file or directory (not a complete checkpoint" \
   "--resume of a save directory whose only step-N lacks state.json names it" -- \
   "$pesc" train --headless $common --steps 10 --resume "$tmp/incomplete"
+# a save of a step that was there already, killed between its two renames: the old copy it
+# had moved aside comes back (it was taken for an unfinished save, and the advice lost it)
+dead=$(sh -c 'echo $$')   # a process that has ended
+mkdir "$tmp/aside" && cp -r "$tmp/ck/step-00000003" "$tmp/aside/" &&
+  cp -r "$tmp/ck/step-00000006" "$tmp/aside/.tmp-step-00000006-$dead.old" &&
+  mkdir "$tmp/aside/.tmp-step-00000006-$dead"   # the new copy, half written
+expect 0 "checkpoint *$tmp/aside/step-00000006" \
+  "a checkpoint moved aside by a save killed mid-replace is put back" -- "$pesc" inspect "$tmp/aside"
+[ -f "$tmp/aside/step-00000006/state.json" ] && ! ls -A "$tmp/aside" | grep -q 'old$' ||
+  fail "the moved-aside checkpoint: $(ls -A "$tmp/aside")"
+mkdir "$tmp/nostate" && cp -r "$tmp/ck/step-00000003" "$tmp/ck/step-00000006" "$tmp/nostate/" &&
+  rm "$tmp/nostate/step-00000006/state.json"
+# shellcheck disable=SC2086
+expect 1 "holds step-00000006, past the resumed step 3, with no state.json: a save that did not finish; remove it" \
+  "--resume past a newest step-N without state.json says it is unfinished" -- \
+  "$pesc" train --headless $common --steps 10 --resume "$tmp/nostate"
 mkdir -p "$tmp/mixed/step-00000009" && cp -r "$tmp/ck/step-00000003" "$tmp/mixed/" &&
   ln -s state.json "$tmp/mixed/step-00000009/state.json"   # a link to itself: never readable
 # shellcheck disable=SC2086
