@@ -25,7 +25,7 @@ static const char view_usage[] =
     "  --no-color       character shades instead of colours (as NO_COLOR=1 does)\n"
     "  --refresh HZ     snapshots per second, 1 to 10 (default 10)\n"
     "\n"
-    "Keys: ? help, Tab or 1-5 panels, f full screen, q quit. See pesc-view(1).\n";
+    "Keys: ? help, Tab or 1-4 panels, f full screen, q quit. See pesc-view(1).\n";
 
 int cmd_view(int argc, char **argv)
 {
