@@ -20,7 +20,8 @@ static const char train_usage[] =
     "Crafts the model into a PESC Mixture-of-Experts (or trains every weight with --train\n"
     "full) and instruction-tunes it without a screen. Ctrl-C, SIGTERM or a hang-up (SIGHUP:\n"
     "the SSH session gone) finishes the step, saves (with --save) and exits 0; a second\n"
-    "Ctrl-C exits at once, the last checkpoint intact.\n"
+    "Ctrl-C exits at once, the last checkpoint intact. train is always headless: --headless\n"
+    "may be left out.\n"
     "\n";
 
 static volatile sig_atomic_t interrupts, hung_up, first_signal;
