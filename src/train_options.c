@@ -33,7 +33,7 @@ const char train_options_help[] =
     "                       (pre-training a base model, as tools/make-demo-base does)\n"
     "  --data PATH|URL[:W]  dataset, repeatable; W = mixture weight (default 1)\n"
     "  --format F           auto, camelidae, alpaca, sharegpt, openai, metamath, magicoder,\n"
-    "                       text, tokens, completion (auto)\n"
+    "                       text, tokens, completion, demo (auto)\n"
     "  --template NAME      camelidae (default), alpaca, chatml, qwen3, llama2, llama3,\n"
     "                       mistral, phi3, phi4-mini, phi4, granite, gemma, plain\n"
     "  --tokenizer FILE|URL tokenizer.json (default: the model's)\n"
