@@ -56,7 +56,7 @@ const char train_options_help[] =
     "                       each evaluation (as pesc eval --generate), M exact (the text)\n"
     "                       or number (the final number) matching theirs: the share\n"
     "                       right, live (the demo: exact)\n"
-    "  --eval-samples FILE  and append each answer to FILE: step, source, reference,\n"
+    "  --eval-samples FILE  and append each answer to FILE: step, source, line, reference,\n"
     "                       answer, right (JSON lines)\n"
     "optimizer:\n"
     "  --lr X               peak learning rate (2e-4)\n"
