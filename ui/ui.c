@@ -604,8 +604,10 @@ static int wrap_row(const char *text, int width, const char **next)
 
 static void draw_help(ui_context *ui)
 {
-    /* a key (or a panel's name) and what it does, wrapped to the window under the text */
-    static const char *const entries[][2] = {
+    /* a key (or a panel's name) and what it does, wrapped to the window under the text; 5
+     * only while there is a Downloads panel */
+    int downloads = have_downloads(ui);
+    const char *const entries[][2] = {
         {"Space", "pause / resume the run"},
         {"+  -", "learning rate x1.25 / /1.25"},
         {"l", "type an exact learning rate (or *factor)"},
@@ -615,7 +617,9 @@ static void draw_help(ui_context *ui)
         {"/  p", "prompt the model, live or (once the run ends) trained; a paste keeps its line "
                  "breaks; Enter sends it whole"},
         {":", "type any control command"},
-        {"Tab  1-5", "next panel / routing, loss, norms, console, downloads"},
+        {downloads ? "Tab  1-5" : "Tab  1-4",
+         downloads ? "next panel / routing, loss, norms, console, downloads"
+                   : "next panel / routing, loss, norms, console"},
         {"f", "the focused panel full screen; Esc back"},
         {"q  F10", "quit (a live run is stopped first, saved with --save)"},
         {"Ctrl-C", "stop the run (saved with --save) and quit; again: now"},
