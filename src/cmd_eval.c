@@ -23,12 +23,13 @@
 #include "plugin.h"
 #include "template.h"
 #include "tokenizer.h"
+#include "train_options.h"
 #include "tuned.h"
 
 static const char eval_usage[] =
     "usage: pesc eval (--model DIR|URL [--adapters FILE] | --adapters CHECKPOINT)\n"
     "                 (--data FILE|URL... | --demo | --choices FILE|URL...)\n"
-    "                 [--format F] [--template NAME] [--tokenizer FILE|URL]\n"
+    "                 [--format F] [--template NAME] [--tokenizer FILE|URL] [--seq N]\n"
     "                 [--backend auto|cpu|cuda] [--routing] [--records N] [--plugin FILE]...\n"
     "                 [--generate [--match exact|number] [--max-tokens N] [--limit N]\n"
     "                 [--batch N] [--samples FILE]] [--json]\n"
@@ -62,6 +63,9 @@ static const char eval_usage[] =
     "                   exported);\n"
     "                   only assistant tokens are scored\n"
     "  --tokenizer FILE tokenizer.json for text formats (default: DIR/tokenizer.json)\n"
+    "  --seq N          a record longer than N tokens is scored on its first N, as a run\n"
+    "                   cuts it at its --seq (default: the model's context). A note says\n"
+    "                   when an --adapters checkpoint's run cut records shorter\n"
     "  --backend B      auto (default), cpu or cuda\n"
     "  --routing        for a crafted model: each source's share of the (token, slot) expert\n"
     "                   assignments per layer, over every token of its records, and the mean\n"
@@ -138,6 +142,7 @@ typedef struct eval_options {
     int match_given;
     long max_tokens;
     long batch;                              /* answers made at once (--generate) */
+    long seq;                                /* --seq; 0: the run's, else the context */
 } eval_options;
 
 static int parse_eval(eval_options *o, int argc, char **argv)
@@ -156,7 +161,7 @@ static int parse_eval(eval_options *o, int argc, char **argv)
         {"samples", required_argument, NULL, 'W'},
         {"generate", no_argument, NULL, 'G'}, {"match", required_argument, NULL, 'M'},
         {"max-tokens", required_argument, NULL, 'X'}, {"batch", required_argument, NULL, 'B'},
-        {NULL, 0, NULL, 0}};
+        {"seq", required_argument, NULL, 'Q'}, {NULL, 0, NULL, 0}};
     *o = (eval_options){.format = "auto", .backend = "auto", .template_name = "camelidae",
                         .demo_records = EVAL_DEMO_RECORDS};
     int c;
@@ -253,6 +258,11 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                 return cli_usage_error("eval", "--batch %s: a whole number of records from 1 to "
                                        "%d", optarg, ANS_BATCH_MAX);
             break;
+        case 'Q':
+            if (cli_parse_long(optarg, 2, TRAIN_MAX_SEQ, &o->seq) != 0)
+                return cli_usage_error("eval", "--seq %s: a whole number of tokens from 2 to %d",
+                                       optarg, TRAIN_MAX_SEQ);
+            break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: return EXIT_USAGE;
         }
@@ -268,6 +278,9 @@ static int parse_eval(eval_options *o, int argc, char **argv)
                                "no %s (the loss over a dataset's)", o->n_data ? "--data"
                                : o->demo ? "--demo" : o->routing ? "--routing"
                                : o->records_given ? "--records" : "--format");
+    if (o->seq && (o->generate || o->n_choices))
+        return cli_usage_error("eval", "--seq cuts the records the loss is taken over; %s "
+                               "takes none", o->generate ? "--generate" : "--choices");
     if (o->generate && (o->n_choices || o->routing))
         return cli_usage_error("eval", "--generate answers --data or --demo records and takes "
                                "no %s", o->n_choices ? "--choices" : "--routing");
@@ -376,21 +389,21 @@ static double tally_divergence(const routing_tally *t, int l)
 }
 
 /* Scores every record; one record at a time keeps memory to the longest record. Records past
- * the model's context (max_position_embeddings) are scored on their first context's worth of
- * tokens, as training cuts them at --seq; *cut counts them. */
-static int score_records(model *m, const ds_records *d, routing_tally *tally, double *nll,
-                         long long *count, int *cut, pesc_error *err)
+ * limit tokens (--seq, or the model's context) are scored on their first limit tokens, as
+ * training cuts them at its --seq; *cut counts them. */
+static int score_records(model *m, const ds_records *d, int limit, routing_tally *tally,
+                         double *nll, long long *count, int *cut, pesc_error *err)
 {
     *nll = 0.0;
     *count = 0;
     *cut = 0;
     int32_t *targets = NULL;
-    int cap = 0, context = m->config.max_position_embeddings;
+    int cap = 0;
     for (int i = 0; i < d->n; i++) {
         const ds_record *r = &d->items[i];
         int len = r->len;
-        if (context > 0 && len > context) {
-            len = context;
+        if (limit > 0 && len > limit) {
+            len = limit;
             (*cut)++;
         }
         if (len > cap)
@@ -1054,8 +1067,16 @@ int cmd_eval(int argc, char **argv)
     pesc_show_phase("pesc eval", "scoring %d record%s", d.n, d.n == 1 ? "" : "s");
     if (o.routing)
         tally_init(&tally, &m, sources.n);
+    /* where records are cut: --seq, else the model's context (and never past it) */
+    int context = m.config.max_position_embeddings, limit = (int)o.seq;
+    const char *limit_is = "--seq", *why = "";
+    if (limit <= 0 || (context > 0 && limit > context)) {
+        limit = context;
+        limit_is = "the model's context";
+        why = " (max_position_embeddings)";
+    }
     int cut = 0;
-    if (score_records(&m, &d, o.routing ? &tally : NULL, &nll, &count, &cut, &err) != 0)
+    if (score_records(&m, &d, limit, o.routing ? &tally : NULL, &nll, &count, &cut, &err) != 0)
         goto out;
     pesc_show_phase("pesc eval", NULL);
     if (count == 0) {
@@ -1064,21 +1085,26 @@ int cmd_eval(int argc, char **argv)
         for (int i = 0; i < sources.n && used < (int)sizeof what; i++)
             used += snprintf(what + used, sizeof what - (size_t)used, "%s%s",
                              i == 0 ? "" : i + 1 == sources.n ? " and " : ", ", sources.names[i]);
-        if (cut)   /* the answers may well be there, past what the model can see */
-            pesc_fail(&err, "%s: no token is predicted within the model's context of %d tokens "
-                      "(max_position_embeddings): %d of %d records are longer and cut there, and "
-                      "any answer they hold lies past it; shorten their prompts",
-                      what, m.config.max_position_embeddings, cut, d.n);
+        if (cut)   /* the answers may well be there, past what is scored */
+            pesc_fail(&err, "%s: no token is predicted within %s of %d tokens%s: %d of %d "
+                      "records are longer and cut there, and any answer they hold lies past "
+                      "it; shorten their prompts%s", what, limit_is, limit, why, cut, d.n,
+                      limit != context ? ", or raise --seq" : "");
         else
             pesc_fail(&err, "%s: no token is predicted (every record is one token long or fully "
                       "masked with -100)", what);
         goto out;
     }
     if (cut)
-        fprintf(stderr, "pesc eval: note: %d record%s longer than the model's context of %d "
-                "tokens (max_position_embeddings) scored on the first %d\n", cut,
-                cut == 1 ? "" : "s", m.config.max_position_embeddings,
-                m.config.max_position_embeddings);
+        fprintf(stderr, "pesc eval: note: %d record%s longer than %s of %d tokens%s scored on "
+                "the first %d\n", cut, cut == 1 ? "" : "s", limit_is, limit, why, limit);
+    int past_run = 0;   /* records the checkpoint's run cut shorter than they are scored here */
+    for (int i = 0; !o.seq && t.seq > 0 && t.seq < limit && i < d.n; i++)
+        past_run += d.items[i].len > t.seq;
+    if (past_run)
+        fprintf(stderr, "pesc eval: note: %d record%s longer than the run's --seq of %d tokens, "
+                "where its held-out loss cut them: --seq %d scores as it did\n", past_run,
+                past_run == 1 ? " is" : "s are", t.seq, t.seq);
     double loss = nll / (double)count;
     if (!isfinite(loss)) {
         pesc_fail(&err, "the loss is %g: the model overflows on this data (its weights or "

@@ -16,6 +16,7 @@ static void take_run_inputs(tuned_model *t, const checkpoint_state *st)
     if (st->tokenizer[0])
         t->tokenizer = xstrdup(st->tokenizer);
     snprintf(t->template_name, sizeof t->template_name, "%s", st->template_name);
+    t->seq = st->seq;
 }
 
 static const char *run_base(const checkpoint_state *st)

@@ -17,6 +17,7 @@ typedef struct tuned_model {
     char *tokenizer;             /* the run's --tokenizer; NULL: the model's own */
     char template_name[32];      /* the run's --template (the checkpoint's, or what pesc
                                     export recorded in config.json); "": not known */
+    int seq;                     /* the run's --seq (a checkpoint's); 0: not known */
 } tuned_model;
 
 /* Loads model_arg (a directory or URL; NULL: the checkpoint's base) crafted with adapters (a

@@ -47,6 +47,18 @@ scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
 [ -n "$logged" ] && [ -n "$scored" ] && close "$logged" "$scored" 1e-5 &&
   pass "the held-out loss logged at step 6 ($logged) is pesc eval's of the step-6 checkpoint" ||
   fail "held-out loss at step 6: logged '$logged', pesc eval '$scored' $(head -c 200 "$tmp/eval.err")"
+# ... and of the uncut records: eval of the checkpoint says how its run cut them, and --seq
+# cuts there
+"$pesc" eval --adapters "$tmp/ck/step-00000006" --data "$tmp/heldout.jsonl" --format tokens \
+  --backend cpu --json >"$tmp/eval.json" 2>"$tmp/eval.err"
+grep -q "note: 3 records are longer than the run's --seq of 24 tokens, where its held-out loss cut them: --seq 24" "$tmp/eval.err" &&
+  pass "pesc eval of the checkpoint names the run's --seq that cut records" ||
+  fail "eval of the checkpoint: $(cat "$tmp/eval.err")"
+"$pesc" eval --model "$base" --adapters "$tmp/ck/step-00000006/trainables.safetensors" \
+  --data "$tmp/heldout.jsonl" --format tokens --backend cpu --seq 24 --json >"$tmp/eval.json" 2>/dev/null
+scored=$(sed 's/.*"loss":\([^,}]*\).*/\1/' "$tmp/eval.json")
+[ -n "$scored" ] && close "$logged" "$scored" 1e-5 && pass "pesc eval --seq 24 cuts as the run did" ||
+  fail "eval --seq 24: logged '$logged', pesc eval '$scored'"
 
 # csv: an eval_loss column, empty on the steps without an evaluation
 col=$(head -n 1 "$tmp/run.csv" | tr ',' '\n' | grep -n '^eval_loss$' | cut -d: -f1)
