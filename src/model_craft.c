@@ -444,6 +444,13 @@ static int options_from_file(const st_file *f, pesc_options *o, pesc_error *err)
      * and adapters: then it is the model.safetensors of pesc export, whose crafting (top-k,
      * scale) is in the config.json beside it; taken as full weights, they would be dropped */
     const char *mode = st_meta(f, "pesc_mode");
+    if (st_meta(f, "adam_step")) {   /* the optimizer's moments, beside the trainables */
+        char *dir = pesc_parent_dir(f->path);
+        pesc_fail(err, "%s holds the optimizer's state (AdamW moments), not trainables: give "
+                  "the checkpoint %s, or its trainables.safetensors", f->path, dir);
+        free(dir);
+        return -1;
+    }
     if (!mode && !st_meta(f, "num_experts") && holds_crafted(f)) {
         char *dir = pesc_parent_dir(f->path);
         pesc_fail(err, "%s is an exported PESC model (base weights, routers and adapters), not "

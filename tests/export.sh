@@ -305,6 +305,9 @@ expect 1 "afile is a file, not a directory" "-o naming a file is refused, even w
 mkdir "$tmp/real" && ln -s real "$tmp/link"
 expect 1 "link is a symbolic link; name the directory itself" "-o naming a link to a directory" -- \
   "$pesc" export "$ck" -o "$tmp/link"
+expect 1 "optimizer.safetensors holds the optimizer's state (AdamW moments), not trainables: give the checkpoint" \
+  "--adapters naming a checkpoint's optimizer file says which file to give" -- \
+  "$pesc" eval --adapters "$ck/optimizer.safetensors" --data "$tmp/d.jsonl"
 expect 1 "lies inside the checkpoint" "-o inside the checkpoint is refused" -- \
   "$pesc" export "$ck" -o "$ck/exported"
 [ ! -e "$ck/exported" ] && pass "nothing written inside the checkpoint" || fail "$ck/exported was written"
