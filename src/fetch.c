@@ -646,6 +646,18 @@ static void close_part(transfer *t)
     t->fd = -1;
 }
 
+/* The .part of a transfer that failed, closed; removed with its ETag when nothing of the
+ * file was received (and it is this process's: held open, locked), as there is nothing in
+ * it to resume. */
+static void close_failed_part(transfer *t)
+{
+    if (t->fd >= 0 && t->offset == 0) {
+        unlink(t->part);
+        unlink(t->etag_path);
+    }
+    close_part(t);
+}
+
 /* Opens and locks NAME.part and works out how much of it can be resumed. 1 when another
  * process holds the lock (try again later). */
 static int open_part(fetcher *f, transfer *t, pesc_error *err)
@@ -1014,7 +1026,7 @@ static void give_up(fetcher *f, transfer *t, const char *why)
     else
         pesc_fail(&err, "%s; gave up after %s; check the URL and the network, then run "
                   "again (PESC_FETCH_RETRIES sets the number of retries)", why, count);
-    close_part(t);
+    close_failed_part(t);
     fail_transfer(f, t, &err);
 }
 
@@ -1065,13 +1077,13 @@ static void finish_download(fetcher *f, transfer *t)
     if (fsync(t->fd) != 0) {
         pesc_fail(&err, "writing %s: %s (the partial download is kept; run again to resume)",
                   t->part, strerror(errno));
-        close_part(t);
+        close_failed_part(t);
         fail_transfer(f, t, &err);
         return;
     }
     if (rename(t->part, t->dest) != 0) {
         pesc_fail(&err, "cannot rename %s to %s: %s", t->part, t->dest, strerror(errno));
-        close_part(t);
+        close_failed_part(t);
         fail_transfer(f, t, &err);
         return;
     }
@@ -1099,13 +1111,13 @@ static void follow_redirect(fetcher *f, transfer *t)
     if (!location || !(starts_with(location, "http://") || starts_with(location, "https://"))) {
         pesc_fail(&err, "HTTP %ld redirect to %s, which is not an http(s) URL", t->status,
                   location ? "a location" : "nowhere");
-        close_part(t);
+        close_failed_part(t);
         fail_transfer(f, t, &err);
         return;
     }
     if (++t->redirects > MAX_REDIRECTS) {
         pesc_fail(&err, "more than %d redirects", MAX_REDIRECTS);
-        close_part(t);
+        close_failed_part(t);
         fail_transfer(f, t, &err);
         return;
     }
@@ -1192,9 +1204,7 @@ static void judge_http_status(fetcher *f, transfer *t, double now)
                                  : "set HF_TOKEN to a hub token that can read this repository");
     else
         pesc_fail(&err, "HTTP %ld", s);
-    if (t->offset == 0)
-        unlink(t->part);
-    close_part(t);
+    close_failed_part(t);
     fail_transfer(f, t, &err);
 }
 
@@ -1215,7 +1225,7 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, dou
         t->offset += t->received;
         pesc_fail(&err, "writing %s: %s (the partial download is kept; free space and run "
                   "again to resume)", t->part, strerror(t->write_errno));
-        close_part(t);
+        close_failed_part(t);
         fail_transfer(f, t, &err);
         return;
     }
@@ -1237,7 +1247,7 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, dou
          * and the whole budget of retries took half a minute to say so */
         pesc_fail(&err, "%s: connection refused twice (check the host and port, and that the "
                   "server, or proxy, is running)", detail);
-        close_part(t);
+        close_failed_part(t);
         fail_transfer(f, t, &err);
         return;
     }
@@ -1252,7 +1262,7 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, dou
         pesc_fail(&err, "%s (check the URL, the network and proxy settings)", detail);
     else
         pesc_fail(&err, "%s", detail);
-    close_part(t);
+    close_failed_part(t);
     fail_transfer(f, t, &err);
 }
 

@@ -174,6 +174,7 @@ expect 1 "$base/f/nothing.txt: not found (HTTP 404); check the URL$" "404 names 
 # (which took half a minute); "-o" keeps the cache out of it
 expect 1 "http://127.0.0.1:1/x: .*connection refused twice (check the host and port" \
   "a refused connection gives up after a second try" -- "$pesc" fetch -q -o "$tmp/refused" "http://127.0.0.1:1/x"
+[ ! -e "$tmp/refused.part" ] && pass "... and leaves no empty .part" || fail "a refused fetch left $tmp/refused.part"
 expect 1 "$base/f/nothing.txt" "a URL given twice fails in one line" -- "$pesc" fetch \
   "$base/f/nothing.txt" "$base/f/nothing.txt"
 
