@@ -1396,6 +1396,40 @@ static int load_source(ds_records *d, const char *path, const ds_format_info *in
     return finish_load(d, start, &skipped, path, lo, rc, err);
 }
 
+/* 1 when a line starts as a JSON record does: '{' before a key, a '}' or the line's end, or
+ * '[' before '{'. Prose seldom does ("{curly} braces", "[INST]"), and a JSONL line cut short
+ * always does. */
+static int starts_like_json(const char *line)
+{
+    const char *p = line + strspn(line, " \t");
+    char open = *p;
+    if (open != '{' && open != '[')
+        return 0;
+    p += 1 + strspn(p + 1, " \t");
+    return open == '{' ? *p == '"' || *p == '}' || *p == '\0' : *p == '{';
+}
+
+/* Whether a line of a file read in lines (parsed: the line as JSON, NULL when it is not) is a
+ * document of plain text, to be trained on as it stands. Before any line was a JSON object,
+ * a line that is no JSON record is plain text: prose may start with a quote or a brace, and
+ * be a number ("1984") or true. Once one was, the file is JSONL, and a line that is not JSON
+ * is a broken record, not a document; so is one that starts as a record does, wherever it
+ * is: a JSONL file's first line cut short is not text to train on. A JSON string is a text
+ * record, unless a line before it was plain text: then it is prose that quotes someone, and
+ * keeps its quotes. */
+static int plain_line(const char *line, const json_t *parsed, int objects, int plain_before)
+{
+    if (objects)
+        return 0;
+    if (!parsed)
+        return !starts_like_json(line);
+    if (json_is_object(parsed))
+        return 0;
+    if (json_is_string(parsed))
+        return plain_before;
+    return !(json_is_array(parsed) && json_is_object(json_array_get(parsed, 0)));
+}
+
 int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pesc_error *err)
 {
     const ds_format_info *source = source_format(lo, path);
@@ -1412,27 +1446,25 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     if (!r)
         return -1;
     load_mark start = mark_load(d);
-    int capacity = d->n, rc = 0, got, first = 1, objects = 0;
+    int capacity = d->n, rc = 0, got, first = 1, objects = 0, plain_before = 0;
     skips skipped = {0};
     while ((got = rd_next(r, err)) > 0) {
-        json_t *o = NULL;
-        /* once a line was a JSON object, the file is JSONL: a plain line is bad JSON (a line
-         * broken or cut), not a document of its own */
-        int plain = !r->array && !objects && r->item[strspn(r->item, " \t")] != '{' &&
-                    r->item[strspn(r->item, " \t")] != '"';
         json_error_t jerr;
         pesc_error rec_err = {{0}};
         if (nul_byte(r, err) != 0) {
             rc = -1;
             break;
         }
-        if (plain && lines)
+        json_t *o = json_loadb(r->item, r->item_len, JSON_DECODE_ANY, &jerr);
+        int plain = lines && !r->array && plain_line(r->item, o, objects, plain_before);
+        if (plain) {
+            json_decref(o);
             o = json_string(r->item);   /* a plain line is one string record */
-        else
-            o = json_loadb(r->item, r->item_len, JSON_DECODE_ANY, &jerr);
+            plain_before = 1;
+        }
         record_tokens t = {0};
         int ok;
-        if (!o && plain && lines) {   /* json_string refuses only invalid UTF-8 */
+        if (!o && plain) {   /* json_string refuses only invalid UTF-8 */
             pesc_fail(&rec_err, "%s:%ld: not valid UTF-8 text; convert the file to UTF-8",
                       path, r->item_line);
             ok = 0;

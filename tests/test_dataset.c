@@ -541,6 +541,44 @@ static void test_bom(tokenizer *t)
     }
 }
 
+/* Plain text read as lines: every line is a document as it stands, also one that starts
+ * with a quote or a brace, is a number or is all one quotation (after a line of prose), under
+ * auto and --format text; and a JSONL file's first line cut short is a broken record, not
+ * a document. */
+static void test_plain_lines(tokenizer *t)
+{
+    static const char *const lines[] = {"It was a dark night.", "\"Hello,\" she said.",
+                                        "{curly} braces start this line", "\"Quoted whole.\"",
+                                        "1984", "last line"};
+    char body[512] = "";
+    for (size_t i = 0; i < sizeof lines / sizeof *lines; i++)
+        snprintf(body + strlen(body), sizeof body - strlen(body), "%s\n", lines[i]);
+    const char *path = write_file("novel.txt", body, 0);
+    for (ds_format f = DS_AUTO; f <= DS_TEXT; f += DS_TEXT) {
+        ds_records d = {0};
+        pesc_error err = {{0}};
+        ds_load_options lo = {.format = f, .tok = t, .strict = 1};
+        int rc = dataset_load(&d, path, &lo, &err);
+        CHECK(rc == 0 && d.n == 6, "%s: plain lines: %s", ds_format_name(f), err.msg);
+        for (int i = 0; rc == 0 && i < d.n; i++) {
+            char want[128], *text = decode_record(t, &d.items[i]);
+            snprintf(want, sizeof want, "<s>%s</s>", lines[i]);
+            CHECK(strcmp(text, want) == 0, "%s: line %d reads as %s", ds_format_name(f), i + 1,
+                  text);
+            free(text);
+        }
+        dataset_free(&d);
+    }
+    ds_records d = {0};
+    pesc_error err = {{0}};
+    ds_load_options lo = {.format = DS_AUTO, .tok = t};
+    path = write_file("cut.jsonl", "{\"text\": \"cut sh\n{\"text\": \"whole\"}\n", 0);
+    CHECK(dataset_load(&d, path, &lo, &err) == 0 && d.n == 1 && d.skipped == 1,
+          "a first JSONL line cut short is skipped, not text: %d records, %ld skipped: %s", d.n,
+          d.skipped, err.msg);
+    dataset_free(&d);
+}
+
 /* A NUL byte stops a load, naming file, line and column: a plain line was cut there (a C
  * string ends at it), and JSON called it an invalid token at the end of the line. */
 static int count_object(void *ctx, const struct json_t *o, long line, pesc_error *err)
@@ -980,6 +1018,7 @@ int main(void)
     test_batches();
     test_trim();
     test_bom(t);
+    test_plain_lines(t);
     test_nul_bytes(t);
     test_tables(t);
     test_answers_within_seq();
