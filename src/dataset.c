@@ -938,10 +938,17 @@ static int finish_record(record_tokens *t, pesc_record_out *out, int rc, const c
     return 0;
 }
 
+/* A chat message on its own: {"role", "content"} (OpenAI) or {"from", "value"} (ShareGPT). */
+static int is_message(const json_t *o)
+{
+    return (json_object_get(o, "role") && json_object_get(o, "content")) ||
+           (json_object_get(o, "from") && json_object_get(o, "value"));
+}
+
 /* Why auto found no format for o: preference data says what it is for (before the wrapper
- * test: its "chosen" may be a list of messages); a wrapper around the records ({"data":
- * [...]}) says how to take them out; anything else names its keys, to be renamed to a
- * format's. */
+ * test: its "chosen" may be a list of messages); a message or a list of them (a JSON array a
+ * line), and a wrapper around the records ({"data": [...]}), say how to make records of them;
+ * anything else names its keys, to be renamed to a format's. */
 static int no_format(const json_t *o, const char *path, long line, pesc_error *err)
 {
     const char *key;
@@ -951,6 +958,12 @@ static int no_format(const json_t *o, const char *path, long line, pesc_error *e
     int shown = 0;
     if (preference_data(&format_host, (const pesc_json *)o, why, sizeof why))
         return pesc_fail(err, "%s:%ld: %s", path, line, why);
+    if (is_message(o) || (json_is_array(o) && is_message(json_array_get(o, 0))))
+        return pesc_fail(err, "%s:%ld: %s, not a record: a record holds a conversation's "
+                         "messages as {\"messages\": [...]}; if each line of the file (or the "
+                         "file) is one conversation's list of messages, make it a record: "
+                         "jq -c '{messages: .}' %s > records.jsonl", path, line,
+                         json_is_array(o) ? "a list of messages" : "a message", path);
     json_object_foreach((json_t *)o, key, value) {
         if (json_is_array(value) && json_is_object(json_array_get(value, 0)))
             return pesc_fail(err, "%s:%ld: an object holding an array \"%s\" of records, not a "
@@ -1004,6 +1017,7 @@ typedef struct reader {
     size_t pos, len;
     int eof, array, started;
     long line;                   /* current line (1-based) */
+    long array_line;             /* where the top-level array opened */
     char *item;                  /* the current JSON text */
     size_t item_len, item_cap;
     long item_line;
@@ -1089,12 +1103,47 @@ static int rd_skip_bom(reader *r, pesc_error *err)
     return 0;
 }
 
+/* The byte k places after r->pos, read ahead without taking it: -1 past the end of the
+ * file (or of what the buffer can hold), -2 on a read error. */
+static int rd_peek(reader *r, size_t k, pesc_error *err)
+{
+    while (r->pos + k >= r->len && !r->eof) {
+        memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+        r->len -= r->pos;
+        r->pos = 0;
+        if (r->len == sizeof r->buf)
+            return -1;
+        ssize_t got = stream_read(r->s, r->buf + r->len, sizeof r->buf - r->len, err);
+        if (got < 0)
+            return -2;
+        r->eof = got == 0;
+        r->len += (size_t)got;
+    }
+    return r->pos + k < r->len ? (unsigned char)r->buf[r->pos + k] : -1;
+}
+
+/* Whether the '[' at r->pos opens the file's one JSON array, told by what follows it on its
+ * line: the line's end (an array written over lines), '{', '[', '"' or ']'. Anything else
+ * ("[INST] hello [/INST]", "[my notes]", "[1] a footnote") starts a line of text. 1, 0, or
+ * -1 on a read error. */
+static int rd_opens_array(reader *r, pesc_error *err)
+{
+    for (size_t k = 1;; k++) {
+        int c = rd_peek(r, k, err);
+        if (c == -2)
+            return -1;
+        if (c != ' ' && c != '\t')
+            return c == -1 || c == '\r' || c == '\n' || c == '{' || c == '[' || c == '"' ||
+                   c == ']';
+    }
+}
+
 /* The next JSON text (or plain line) into r->item: 1, 0 at the end, -1 on error. */
 static int rd_next(reader *r, pesc_error *err)
 {
     int c;
     r->item_len = 0;
-    if (!r->started) {   /* '[' first means one JSON array; anything else is lines */
+    if (!r->started) {   /* a JSON array first means one JSON array; anything else is lines */
         r->started = 1;
         if (rd_skip_bom(r, err) != 0)
             return -1;
@@ -1102,8 +1151,15 @@ static int rd_next(reader *r, pesc_error *err)
             ;
         if (c == -2) return -1;
         if (c == -1) return 0;
-        if (c == '[') r->array = 1;
-        else r->pos--, r->line -= c == '\n';
+        r->pos--;   /* rd_byte took c from the buffer: it is still there */
+        int array = c == '[' ? rd_opens_array(r, err) : 0;
+        if (array < 0)
+            return -1;
+        if (array) {
+            r->pos++;
+            r->array = 1;
+            r->array_line = r->line;
+        }
     }
     if (!r->array) {
         for (;;) {
@@ -1128,12 +1184,19 @@ static int rd_next(reader *r, pesc_error *err)
         return pesc_fail(err, "%s:%ld: the JSON array is not closed", r->path, r->line);
     if (c == ']') {
         /* only blanks may follow: a second array (files joined with cat) would be lost */
+        long closed = r->line;
         while ((c = rd_byte(r, err)) == ' ' || c == '\t' || c == '\r' || c == '\n')
             ;
         if (c == -2) return -1;
-        return c == -1 ? 0 : pesc_fail(err, "%s:%ld: more after the JSON array's closing ']': a "
-                                       "file holds one array (to join arrays: jq -s add)",
-                                       r->path, r->line);
+        if (c == -1) return 0;
+        if (closed == r->array_line)   /* a JSON array a line: its lines may be conversations */
+            return pesc_fail(err, "%s:%ld: more after the JSON array's closing ']': a file holds "
+                             "one array, or a record a line; if each line is one conversation's "
+                             "list of messages, make each a record: jq -c '{messages: .}' %s > "
+                             "records.jsonl (to join arrays of records: jq -s add)", r->path,
+                             r->line, r->path);
+        return pesc_fail(err, "%s:%ld: more after the JSON array's closing ']': a file holds one "
+                         "array (to join arrays of records: jq -s add)", r->path, r->line);
     }
     r->item_line = r->line;
     int depth = 0, in_string = 0, escape = 0;

@@ -314,8 +314,16 @@ static void test_file_shapes(tokenizer *t)
         {"latin1", "{\"instruction\": \"caf\xe9\", \"output\": \"y\"}\n",
          {"wrapped.json:1: not valid UTF-8", "convert the file to UTF-8"}, 1},
         /* two arrays, as cat joins two files: the second would be lost */
-        {"two arrays", "[{\"text\": \"a\"}]\n[{\"text\": \"b\"}]\n",
-         {"wrapped.json:2: more after the JSON array's closing ']'", "jq -s add"}, 0},
+        {"two arrays", "[\n{\"text\": \"a\"}\n]\n[{\"text\": \"b\"}]\n",
+         {"wrapped.json:4: more after the JSON array's closing ']'", "jq -s add"}, 0},
+        /* a conversation's messages a line: jq -s add would make one conversation of all */
+        {"arrays a line", "[{\"role\": \"user\", \"content\": \"hi\"}]\n[{\"role\": \"user\", "
+         "\"content\": \"yo\"}]\n",
+         {"wrapped.json:2: more after the JSON array's closing ']'",
+          "if each line is one conversation's list of messages, make each a record: "
+          "jq -c '{messages: .}'"}, 0},
+        {"a message", "[{\"role\": \"user\", \"content\": \"hi\"}]\n",
+         {"wrapped.json:1: a message, not a record", "jq -c '{messages: .}'"}, 1},
         {"keys", "{\"source\": \"q\", \"target\": \"a\"}\n",
          {"no known format reads a record with the keys \"source\", \"target\"",
           "pesc plugins"}, 1},
@@ -542,37 +550,44 @@ static void test_bom(tokenizer *t)
 }
 
 /* Plain text read as lines: every line is a document as it stands, also one that starts
- * with a quote or a brace, is a number or is all one quotation (after a line of prose), under
+ * with a quote or a brace, is a number or is all one quotation (after a line of prose), and
+ * a file whose first line starts with '[' but no JSON array (Llama 2's [INST], notes), under
  * auto and --format text; and a JSONL file's first line cut short is a broken record, not
  * a document. */
 static void test_plain_lines(tokenizer *t)
 {
-    static const char *const lines[] = {"It was a dark night.", "\"Hello,\" she said.",
-                                        "{curly} braces start this line", "\"Quoted whole.\"",
-                                        "1984", "last line"};
-    char body[512] = "";
-    for (size_t i = 0; i < sizeof lines / sizeof *lines; i++)
-        snprintf(body + strlen(body), sizeof body - strlen(body), "%s\n", lines[i]);
-    const char *path = write_file("novel.txt", body, 0);
-    for (ds_format f = DS_AUTO; f <= DS_TEXT; f += DS_TEXT) {
-        ds_records d = {0};
-        pesc_error err = {{0}};
-        ds_load_options lo = {.format = f, .tok = t, .strict = 1};
-        int rc = dataset_load(&d, path, &lo, &err);
-        CHECK(rc == 0 && d.n == 6, "%s: plain lines: %s", ds_format_name(f), err.msg);
-        for (int i = 0; rc == 0 && i < d.n; i++) {
-            char want[128], *text = decode_record(t, &d.items[i]);
-            snprintf(want, sizeof want, "<s>%s</s>", lines[i]);
-            CHECK(strcmp(text, want) == 0, "%s: line %d reads as %s", ds_format_name(f), i + 1,
-                  text);
-            free(text);
+    static const char *const files[][7] = {
+        {"novel.txt", "It was a dark night.", "\"Hello,\" she said.",
+         "{curly} braces start this line", "\"Quoted whole.\"", "1984", "last line"},
+        {"inst.txt", "[INST] hello [/INST] there", "[my notes]", "[1] a footnote"},
+    };
+    for (size_t k = 0; k < sizeof files / sizeof *files; k++) {
+        char body[512] = "";
+        int n = 0;
+        for (; n < 6 && files[k][n + 1]; n++)
+            snprintf(body + strlen(body), sizeof body - strlen(body), "%s\n", files[k][n + 1]);
+        const char *path = write_file(files[k][0], body, 0);
+        for (ds_format f = DS_AUTO; f <= DS_TEXT; f += DS_TEXT) {
+            ds_records d = {0};
+            pesc_error err = {{0}};
+            ds_load_options lo = {.format = f, .tok = t, .strict = 1};
+            int rc = dataset_load(&d, path, &lo, &err);
+            CHECK(rc == 0 && d.n == n, "%s, %s: plain lines: %s", files[k][0], ds_format_name(f),
+                  err.msg);
+            for (int i = 0; rc == 0 && i < d.n; i++) {
+                char want[128], *text = decode_record(t, &d.items[i]);
+                snprintf(want, sizeof want, "<s>%s</s>", files[k][i + 1]);
+                CHECK(strcmp(text, want) == 0, "%s, %s: line %d reads as %s", files[k][0],
+                      ds_format_name(f), i + 1, text);
+                free(text);
+            }
+            dataset_free(&d);
         }
-        dataset_free(&d);
     }
     ds_records d = {0};
     pesc_error err = {{0}};
     ds_load_options lo = {.format = DS_AUTO, .tok = t};
-    path = write_file("cut.jsonl", "{\"text\": \"cut sh\n{\"text\": \"whole\"}\n", 0);
+    const char *path = write_file("cut.jsonl", "{\"text\": \"cut sh\n{\"text\": \"whole\"}\n", 0);
     CHECK(dataset_load(&d, path, &lo, &err) == 0 && d.n == 1 && d.skipped == 1,
           "a first JSONL line cut short is skipped, not text: %d records, %ld skipped: %s", d.n,
           d.skipped, err.msg);
