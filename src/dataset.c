@@ -1087,22 +1087,6 @@ static void rd_close(reader *r)
     free(r);
 }
 
-/* Reads the file's first bytes and steps over a UTF-8 byte order mark there: otherwise the
- * first record would be a plain line (or bad JSON) that starts with it. 0, or -1 on error. */
-static int rd_skip_bom(reader *r, pesc_error *err)
-{
-    while (r->len < 3 && !r->eof) {
-        ssize_t got = stream_read(r->s, r->buf + r->len, sizeof r->buf - r->len, err);
-        if (got < 0)
-            return -1;
-        r->eof = got == 0;
-        r->len += (size_t)got;
-    }
-    if (r->len >= 3 && memcmp(r->buf, PESC_BOM, 3) == 0)
-        r->pos = 3;
-    return 0;
-}
-
 /* The byte k places after r->pos, read ahead without taking it: -1 past the end of the
  * file (or of what the buffer can hold), -2 on a read error. */
 static int rd_peek(reader *r, size_t k, pesc_error *err)
@@ -1120,6 +1104,23 @@ static int rd_peek(reader *r, size_t k, pesc_error *err)
         r->len += (size_t)got;
     }
     return r->pos + k < r->len ? (unsigned char)r->buf[r->pos + k] : -1;
+}
+
+/* Steps over a UTF-8 byte order mark at r->pos, the start of the file or of a line (files
+ * from Windows joined with cat carry one at each start): otherwise the record would be a
+ * plain line that starts with it, or bad JSON whose invalid token cannot be seen. 0, or -1
+ * on a read error. */
+static int rd_skip_bom(reader *r, pesc_error *err)
+{
+    for (size_t k = 0; k < 3; k++) {
+        int c = rd_peek(r, k, err);
+        if (c == -2)
+            return -1;
+        if (c != (unsigned char)PESC_BOM[k])
+            return 0;
+    }
+    r->pos += 3;
+    return 0;
 }
 
 /* Whether the '[' at r->pos opens the file's one JSON array, told by what follows it on its
@@ -1165,6 +1166,8 @@ static int rd_next(reader *r, pesc_error *err)
         for (;;) {
             r->item_len = 0;
             r->item_line = r->line;
+            if (rd_skip_bom(r, err) != 0)
+                return -1;
             while ((c = rd_byte(r, err)) >= 0 && c != '\n')
                 if (item_put(r, (char)c, err) != 0)
                     return -1;

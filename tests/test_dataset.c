@@ -525,12 +525,16 @@ static void test_batches(void)
 }
 
 /* A UTF-8 byte order mark before the first record (JSONL or a JSON array) is not part of it:
- * the record keeps its format instead of becoming a plain line of text. */
+ * the record keeps its format instead of becoming a plain line of text. So is one at the
+ * start of a later line (files with one joined by cat): the line is not bad JSON. */
 static void test_bom(tokenizer *t)
 {
     static const char *const files[][2] = {
         {"bom.jsonl", "\xef\xbb\xbf{\"query\": \"1+1\", \"response\": \"2\"}\n{\"text\": \"x\"}\n"},
         {"bom.json", "\xef\xbb\xbf[{\"query\": \"1+1\", \"response\": \"2\"}, {\"text\": \"x\"}]"},
+        {"boms.jsonl", "\xef\xbb\xbf{\"query\": \"1+1\", \"response\": \"2\"}\r\n"
+                       "\xef\xbb\xbf{\"text\": \"x\"}\r\n"},
+        {"bom-string.jsonl", "\xef\xbb\xbf{\"query\": \"1+1\", \"response\": \"2\"}\n\xef\xbb\xbf\"x\"\n"},
     };
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         const char *path = write_file(files[i][0], files[i][1], 0);
@@ -543,6 +547,10 @@ static void test_bom(tokenizer *t)
             char *text = decode_record(t, &d.items[0]);
             CHECK(strcmp(text, "<s>### Human:\n1+1\n### Assistant:\n2</s>") == 0,
                   "%s: the first record after a BOM reads as %s", files[i][0], text);
+            free(text);
+            text = decode_record(t, &d.items[1]);
+            CHECK(strcmp(text, "<s>x</s>") == 0, "%s: the second record reads as %s",
+                  files[i][0], text);
             free(text);
         }
         dataset_free(&d);
