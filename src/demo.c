@@ -372,11 +372,13 @@ static int demo_format_next(const pesc_format_host *h, void *source, pesc_record
 
 static void demo_format_close(void *source) { free(source); }
 
-/* A --data argument like "demo:sort" is ours unless a file by that name exists. */
+/* A --data argument "demo" or "demo:..." is ours unless a file by that name exists, also one
+ * that does not parse: open says what is wrong with it ("'arith' is not a family"), where a
+ * file reader would only find no such file. */
 static int demo_format_probe(const char *path)
 {
-    demo_spec s;
-    return demo_spec_parse(&s, path, NULL) == 0 && access(path, F_OK) != 0 ? 100 : 0;
+    return strncmp(path, "demo", 4) == 0 && (path[4] == '\0' || path[4] == ':') &&
+           access(path, F_OK) != 0 ? 100 : 0;
 }
 
 const pesc_format_ops demo_format_ops = {

@@ -101,8 +101,9 @@ int demo_encode(const demo_record *r, tokenizer *t, const chat_template *tpl, to
 int demo_load(ds_records *d, const char *spec, const ds_load_options *o, pesc_error *err);
 
 /* The same source as a dataset format (plugins/pesc-plugin.h, a source format: open takes
- * the --data argument as demo_spec_parse reads it; probe claims "demo..." arguments that
- * parse and are not files). Register it with ds_formats as
+ * the --data argument as demo_spec_parse reads it; probe claims "demo" and "demo:..."
+ * arguments that are not files, also those that do not parse, which open then names).
+ * Register it with ds_formats as
  *     {"demo", DEMO_FORMAT_DESCRIPTION, BUILTIN, &demo_format_ops} */
 extern const pesc_format_ops demo_format_ops;
 #define DEMO_FORMAT_DESCRIPTION \

@@ -52,6 +52,13 @@ expect 1 "zeros.jsonl:1: a NUL byte" "inspect of a zero-filled file: refused at 
 
 expect 2 "\-\-format alpaca describes \-\-data files" "demo training refuses a --format it would ignore" -- \
   "$pesc" train --headless --steps 1 --format alpaca
+# a typo in a demo: source says what is wrong with it, not that no such file exists
+expect 1 "demo:arith: .*'arith' is not a family (arithmetic, " "train --data demo:arith" -- \
+  "$pesc" train --headless --model demo --data demo:arith --steps 1
+expect 1 "demo:records=0: .*records must be 1\.\.100000000" "eval --data demo:records=0" -- \
+  "$pesc" eval --model demo --data demo:records=0
+expect 1 "demo:seed=x: .*seed must be a non-negative integer" "train --data demo:seed=x" -- \
+  "$pesc" train --headless --model demo --data demo:seed=x --steps 1
 
 # ---- inputs a user gets wrong, on the demo model ----
 d="$top_srcdir/data/demo"

@@ -326,8 +326,10 @@ static void test_format_ops(void)
     pesc_format_host host = {.size = sizeof host, .message = host_message};
     char err[256] = "";
     CHECK(ops->size == sizeof *ops && ops->open && ops->next && ops->close, "format table");
+    /* a demo: argument that does not parse is claimed too, so that open says what is wrong */
     CHECK(ops->probe("demo:sort") == 100 && ops->probe("demo") == 100 &&
-          ops->probe("data.jsonl") == 0 && ops->probe("demo:nope") == 0, "probe");
+          ops->probe("data.jsonl") == 0 && ops->probe("demo:nope") == 100 &&
+          ops->probe("demonstration.jsonl") == 0, "probe");
     CHECK(!ops->open("demo:nope", err, sizeof err) && strstr(err, "nope"), "open: %s", err);
     void *src = ops->open("demo:case,lookup,records=7,seed=3", err, sizeof err);
     CHECK(src, "open: %s", err);
