@@ -1788,6 +1788,10 @@ static int hold_out(dataset *ds, pesc_error *err)
     double h = ds->opt.holdout;
     int n = ds->rec.n;
     long k = h < 1 ? lround(h * n) : (long)h;
+    if (n < 2)   /* no X would do: say so rather than raise it, then lower it */
+        return pesc_fail(err, "--eval-split %g: the --data holds one record, which cannot be "
+                         "split into training and held-out records; give held-out data with "
+                         "--eval-data PATH", h);
     if (k < 1)
         return pesc_fail(err, "--eval-split %g of %d records holds out none: raise it (a "
                          "fraction, or a count of records)", h, n);
@@ -1845,6 +1849,11 @@ static int check_answers(dataset *ds, int seq, pesc_error *err)
             ds->stats.answers_cut++;
         needed = first + 1 < needed ? first + 1 : needed;
     }
+    if (ds->rec.n > 0 && answered == 0 && needed > DS_MAX_SEQ)   /* raising --seq cannot help */
+        return pesc_fail(err, "the --data records have no token to learn within --seq %d: every "
+                         "answer lies past the first %d tokens of its record, the nearest %d "
+                         "tokens in, past any --seq (%d at most): shorten the prompts before "
+                         "the answers, or split the records", seq, seq, needed - 1, DS_MAX_SEQ);
     if (ds->rec.n > 0 && answered == 0)
         return pesc_fail(err, "the --data records have no token to learn within --seq %d: every "
                          "answer lies past the first %d tokens of its record; raise --seq (to "

@@ -154,6 +154,9 @@ int ds_source_parse(ds_source *s, const char *arg, pesc_error *err);
 
 /* ------------------------------------------------------------------ batches ---------- */
 
+/* The longest row (--seq) a batch lays out. */
+#define DS_MAX_SEQ (1 << 20)
+
 typedef struct ds_options {
     int batch;                   /* B rows */
     int seq;                     /* T tokens a row */

@@ -20,7 +20,7 @@
 
 /* The ranges of the flags a checkpoint's state.json records too; checkpoint.c holds the file
  * to them, so that a resumed run gets no value its command line could not have given. */
-#define TRAIN_MAX_SEQ (1 << 20)        /* --seq: 2 to this */
+#define TRAIN_MAX_SEQ DS_MAX_SEQ       /* --seq: 2 to this */
 #define TRAIN_MAX_BATCH (1 << 16)      /* --batch, --grad-accum: 1 to this */
 #define TRAIN_MAX_STEPS (1L << 40)     /* --steps, --warmup, --save-every, --eval-every */
 #define TRAIN_MAX_KEEP 1000            /* --keep: 1 to this */

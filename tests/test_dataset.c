@@ -714,6 +714,42 @@ static void test_answers_within_seq(void)
           "one record without an answer within --seq: %s, %ld", ds ? "" : err.msg,
           ds ? dataset_stats(ds)->answers_cut : -1);
     dataset_delete(ds);
+    /* an answer past the longest --seq there is: raising --seq cannot reach it */
+    snprintf(src.path, sizeof src.path, "%s/past-any-seq.jsonl", dir);
+    FILE *f = fopen(src.path, "w");
+    int n = DS_MAX_SEQ + 8;
+    fputs("{\"input_ids\": [", f);
+    for (int i = 0; i < n; i++)
+        fputs(i ? ", 1" : "1", f);
+    fputs("], \"labels\": [", f);
+    for (int i = 0; i < n; i++)
+        fputs(i < n - 2 ? (i ? ", -100" : "-100") : ", 1", f);
+    fputs("]}\n", f);
+    fclose(f);
+    ds = dataset_open(&src, 1, &lo, &o, &err);
+    CHECK(!ds && strstr(err.msg, "past any --seq") && strstr(err.msg, "split the records") &&
+              !strstr(err.msg, "raise --seq"),
+          "an answer no --seq reaches: %s", ds ? "accepted" : err.msg);
+    dataset_delete(ds);
+}
+
+/* --eval-split of a single record: no X splits it, so the message says so and names
+ * --eval-data, rather than "raise it" for one X and "lower it" for another. */
+static void test_holdout_of_one(void)
+{
+    ds_source src = {.weight = 1.0};
+    snprintf(src.path, sizeof src.path, "%s",
+             write_file("one.jsonl", "{\"input_ids\": [1, 2, 3]}\n", 0));
+    ds_load_options lo = {.format = DS_TOKENS};
+    const double splits[] = {0.1, 0.5, 1, 2};
+    for (size_t i = 0; i < sizeof splits / sizeof *splits; i++) {
+        pesc_error err = {{0}};
+        ds_options o = {.batch = 1, .seq = 4, .seed = 1, .epochs = 1, .holdout = splits[i]};
+        dataset *ds = dataset_open(&src, 1, &lo, &o, &err);
+        CHECK(!ds && strstr(err.msg, "cannot be split") && strstr(err.msg, "--eval-data"),
+              "--eval-split %g of one record: %s", splits[i], ds ? "accepted" : err.msg);
+        dataset_delete(ds);
+    }
 }
 
 /* --data PATH:W reads a number after the last ':' as a weight; where a file's own name ends so,
@@ -1045,6 +1081,7 @@ int main(void)
     test_nul_bytes(t);
     test_tables(t);
     test_answers_within_seq();
+    test_holdout_of_one();
     test_source_hints();
     test_empty_paths();
     test_negative_ids();
