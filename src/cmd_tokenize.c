@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "dataset.h"
 #include "fetch_view.h"
 #include "stream.h"
 #include "tokenizer.h"
@@ -86,7 +87,10 @@ static int encode_line(tokenizer *t, const char *line, size_t len, long line_no,
                        pesc_error *err)
 {
     json_error_t jerr;
+    char why[PESC_ERROR_MAX / 2];
     json_t *v = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (!v && ds_json_text_problem(&jerr, why, sizeof why))   /* a string, of bytes not UTF-8 */
+        return pesc_fail(err, "stdin:%ld: %s", line_no, why);
     if (!json_is_string(v)) {
         json_decref(v);
         return pesc_fail(err, "stdin:%ld: expected a JSON string per line", line_no);

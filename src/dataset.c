@@ -1227,6 +1227,24 @@ static int rd_next(reader *r, pesc_error *err)
     }
 }
 
+const char *ds_json_text_problem(const json_error_t *jerr, char *buf, size_t n)
+{
+    const char *near = strstr(jerr->text, " near ");
+    switch (json_error_code(jerr)) {
+    case json_error_invalid_utf8:   /* position: the bytes before the bad one */
+        snprintf(buf, n, "not valid UTF-8 (byte %d of the line: %.*s); convert the file to "
+                 "UTF-8, e.g. iconv -f latin1 -t utf-8", jerr->position + 1,
+                 near ? (int)(near - jerr->text) : (int)strlen(jerr->text), jerr->text);
+        return buf;
+    case json_error_null_character:
+        snprintf(buf, n, "a NUL character (\\u0000) in a string (column %d): text cannot hold "
+                 "one; remove it", jerr->column);
+        return buf;
+    default:
+        return NULL;
+    }
+}
+
 /* -1 with a message naming the place when the current item holds a NUL byte: a plain line
  * would be cut there (a C string ends at it) and JSON calls it an invalid token, neither of
  * which says what is wrong. Text holds none; a file in UTF-16, or a binary one, does. */
@@ -1517,6 +1535,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
     while ((got = rd_next(r, err)) > 0) {
         json_error_t jerr;
         pesc_error rec_err = {{0}};
+        char why[PESC_ERROR_MAX / 2];
         if (nul_byte(r, err) != 0) {
             rc = -1;
             break;
@@ -1542,11 +1561,8 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                            "jq -c '.data[]' %s > records.jsonl for {\"data\": [...]}", path,
                            r->item_line, path);
             break;
-        } else if (!o && strstr(jerr.text, "unable to decode byte")) {
-            /* jansson's words for bytes that are not UTF-8: the JSON may be fine */
-            pesc_fail(&rec_err, "%s:%ld: not valid UTF-8 (column %d: %s); convert the file to "
-                      "UTF-8, e.g. iconv -f latin1 -t utf-8", path, r->item_line, jerr.column,
-                      jerr.text);
+        } else if (!o && ds_json_text_problem(&jerr, why, sizeof why)) {
+            pesc_fail(&rec_err, "%s:%ld: %s", path, r->item_line, why);   /* the JSON may be fine */
             ok = 0;
         } else if (!o) {
             /* jansson reads the one line as a whole text: its "end of file" is the line's */
@@ -1597,13 +1613,12 @@ int ds_each_json(const char *path, const char *name, ds_json_fn fn, void *ctx, p
     while (rc == 0 && (got = rd_next(r, err)) > 0) {
         json_error_t jerr;
         json_t *o = NULL;
+        char why[PESC_ERROR_MAX / 2];
         if (nul_byte(r, err) != 0)
             rc = -1;
         else if (!(o = json_loadb(r->item, r->item_len, 0, &jerr)) &&
-                 strstr(jerr.text, "unable to decode byte"))
-            rc = pesc_fail(err, "%s:%ld: not valid UTF-8 (column %d: %s); convert the file to "
-                           "UTF-8, e.g. iconv -f latin1 -t utf-8", name, r->item_line,
-                           jerr.column, jerr.text);
+                 ds_json_text_problem(&jerr, why, sizeof why))
+            rc = pesc_fail(err, "%s:%ld: %s", name, r->item_line, why);
         else if (!o)
             rc = pesc_fail(err, "%s:%ld: not a JSON object (column %d: %s)", name,
                            r->item_line, jerr.column, jerr.text);

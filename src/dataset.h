@@ -131,6 +131,12 @@ int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_er
 int dataset_load(ds_records *d, const char *path, const ds_load_options *o, pesc_error *err);
 void dataset_free(ds_records *d);
 
+/* What is wrong with a JSON text jansson refused (jerr) when it is not the JSON's syntax, in
+ * words a user can act on, into buf: bytes that are not UTF-8 (which byte of the line), or a
+ * \u0000 in a string (text holds none: refused on purpose). NULL for anything else. */
+struct json_error_t;
+const char *ds_json_text_problem(const struct json_error_t *jerr, char *buf, size_t n);
+
 /* Each JSON object of a file read as dataset_load reads one (JSONL lines or a top-level
  * array's elements; plain, .gz or .zst), given to fn with its line, until fn fails. 0, or -1
  * with a message naming the file and line (fn's own, or bad JSON's). */

@@ -100,6 +100,9 @@ marked=$(eval_json --model "$tmp/shards" --data "$sharded/records.jsonl")
 a=$(printf '"hi"\n' | "$pesc" tokenize --model "$d" --jsonl)
 b=$(printf '%s"hi"\n' "$bom" | "$pesc" tokenize --model "$d" --jsonl 2>&1)
 [ -n "$a" ] && [ "$a" = "$b" ] && pass "tokenize --jsonl skips a byte order mark" || fail "tokenize --jsonl after a BOM: '$b', wanted '$a'"
+printf '"h\377i"\n' >"$tmp/latin.jsonl"
+expect 1 "stdin:1: not valid UTF-8 (byte 3 of the line" "tokenize --jsonl says a string is not UTF-8" \
+  -- sh -c "'$pesc' tokenize --model '$d' --jsonl <'$tmp/latin.jsonl'"
 
 # tokenize --jsonl and --decode keep one output line per input line, blank ones too
 printf '"a"\n\n"b"\n \n' | "$pesc" tokenize --model "$d" --jsonl >"$tmp/ids.jsonl" 2>"$tmp/err"

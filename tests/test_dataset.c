@@ -312,7 +312,10 @@ static void test_file_shapes(tokenizer *t)
         {"pretty", "{\n  \"instruction\": \"do\",\n  \"output\": \"y\"\n}\n",
          {"wrapped.json:1: a JSON object over several lines", "a record a line"}, 0},
         {"latin1", "{\"instruction\": \"caf\xe9\", \"output\": \"y\"}\n",
-         {"wrapped.json:1: not valid UTF-8", "convert the file to UTF-8"}, 1},
+         {"wrapped.json:1: not valid UTF-8 (byte 21 of the line", "convert the file to UTF-8"}, 1},
+        /* refused on purpose, in words, not the JSON library's flag */
+        {"nul escape", "{\"text\": \"a\\u0000b\"}\n",
+         {"wrapped.json:1: a NUL character (\\u0000) in a string", "remove it"}, 1},
         /* two arrays, as cat joins two files: the second would be lost */
         {"two arrays", "[\n{\"text\": \"a\"}\n]\n[{\"text\": \"b\"}]\n",
          {"wrapped.json:4: more after the JSON array's closing ']'", "jq -s add"}, 0},
