@@ -36,7 +36,9 @@ static const char inspect_usage[] =
     "  a .safetensors file every tensor's name, dtype and shape, and the metadata\n"
     "  a dataset           (.jsonl or .json, plain, .gz or .zst) records, tokens, predicted\n"
     "                      tokens and lengths, as training reads them: text records through\n"
-    "                      the chat template and the tokenizer of --model (or --tokenizer)\n"
+    "                      the chat template and the tokenizer of --model (or --tokenizer);\n"
+    "                      demo:FAMILY,... too (the built-in demo data, as --data takes it).\n"
+    "                      A URL is pesc fetch's to download first: inspect reads local files\n"
     "  config.json, state.json  the model directory or checkpoint that holds it\n"
     "  tokenizer.json      its vocabulary, special tokens, chat template and an example\n"
     "  a run's JSONL log   the run, its steps, last losses and how it ended\n"
@@ -539,7 +541,8 @@ static int compare_ints(const void *a, const void *b)
 
 /* The records as training reads them: text records through the template and the tokenizer
  * (--tokenizer, or --model's), bad ones skipped with warnings; without a tokenizer only
- * token-id records can be read, and a text record says what to give. */
+ * token-id records can be read, and a text record says what to give. A path that is no file
+ * is read when a source format claims it (demo:sort), as pesc train would. */
 static int inspect_data(const char *path, const data_options *o)
 {
     pesc_error err = {{0}};
@@ -554,6 +557,12 @@ static int inspect_data(const char *path, const data_options *o)
     int *lengths = NULL, rc = 1, seq = defaults.seq;
     if (!formats || ds_formats_parse(formats, o->format, &lo.format, &err) != 0)
         goto out;
+    const ds_format_info *source = ds_source_format(formats, lo.format, path);
+    struct stat st;
+    if (!source && stat(path, &st) != 0) {
+        pesc_fail(&err, "%s: no such file or directory", path);
+        goto out;
+    }
     if (o->tokenizer) {
         if (fetch_view_url_to_cache(o->tokenizer, &tok_path, &err) != 0)
             goto out;
@@ -608,7 +617,8 @@ static int inspect_data(const char *path, const data_options *o)
     }
     qsort(lengths, (size_t)d.n, sizeof *lengths, compare_ints);
     printf("dataset       %s\n", path);
-    printf("format        %s%s\n", o->format, lo.format == DS_AUTO ? " (per record)" : "");
+    printf("format        %s%s\n", source ? source->name : o->format,
+           lo.format == DS_AUTO && !source ? " (per record)" : "");
     if (tok) {
         printf("template      %s\n", o->template_name);
         printf("tokenizer     %s\n", tok_path);
@@ -691,11 +701,12 @@ int cmd_inspect(int argc, char **argv)
                  ".safetensors file or a .jsonl dataset", &path))
         return EXIT_USAGE;
     struct stat st;
-    if (stat(path, &st) != 0) {
-        pesc_error err;
-        pesc_fail(&err, "%s: no such file or directory", path);
-        return cli_fail("inspect", &err);
-    }
+    if (stat(path, &st) != 0 && fetch_is_url(path))   /* train and eval download data, inspect not */
+        return cli_usage_error("inspect", "%s: pesc inspect reads local files; download it "
+                               "first with pesc fetch %s (it prints the local path) and "
+                               "inspect that", path, path);
+    if (stat(path, &st) != 0)   /* demo:sort, a plugin's source; else no such file */
+        return inspect_data(path, &o);
     if (S_ISDIR(st.st_mode) && o.given)
         return cli_usage_error("inspect", "--model, --tokenizer, --format, --template and "
                                "--plugin read a dataset; %s is a directory", path);

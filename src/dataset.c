@@ -1416,16 +1416,15 @@ static int finish_load(ds_records *d, load_mark start, const skips *skipped, con
     return -1;
 }
 
-/* The source format that reads path itself: the one named, or (auto) the surest probe. */
-static const ds_format_info *source_format(const ds_load_options *lo, const char *path)
+const ds_format_info *ds_source_format(const ds_formats *f, ds_format format, const char *path)
 {
-    const ds_format_info *info = ds_formats_get(lo->formats, lo->format);
-    if (lo->format != DS_AUTO)
+    const ds_format_info *info = ds_formats_get(f, format);
+    if (format != DS_AUTO)
         return info && info->ops && info->ops->open ? info : NULL;
-    int best = 0, n = ds_formats_count(lo->formats);
+    int best = 0, n = ds_formats_count(f);
     const ds_format_info *chosen = NULL;
     for (int i = 1; i < n; i++) {
-        info = ds_formats_get(lo->formats, (ds_format)i);
+        info = ds_formats_get(f, (ds_format)i);
         int score = info->ops->open && info->ops->probe ? info->ops->probe(path) : 0;
         if (score > best) {
             best = score;
@@ -1516,7 +1515,7 @@ static int plain_line(const char *line, const json_t *parsed, int objects, int p
 
 int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pesc_error *err)
 {
-    const ds_format_info *source = source_format(lo, path);
+    const ds_format_info *source = ds_source_format(lo->formats, lo->format, path);
     if (source)
         return load_source(d, path, source, lo, err);
     const ds_format_info *named = ds_formats_get(lo->formats, lo->format);

@@ -123,6 +123,11 @@ typedef struct ds_load_options {
                                     tokens (read, not rendered: pesc inspect's look at a file) */
 } ds_load_options;
 
+/* The source format that reads path itself, no file (demo:..., a plugin's source): format
+ * when it is one, or under auto the one whose probe claims path surest; NULL: path is a
+ * file to read. */
+const ds_format_info *ds_source_format(const ds_formats *f, ds_format format, const char *path);
+
 /* Reads a tokens-format JSONL file. vocab_size > 0 makes an id or label outside
  * [0, vocab_size) an error naming the line. Blank lines are skipped. */
 int dataset_load_tokens(ds_records *d, const char *path, int vocab_size, pesc_error *err);

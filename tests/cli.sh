@@ -767,6 +767,14 @@ grep -q "^longer        1 of 2 records over 512 tokens" "$tmp/out" \
 expect 2 "read a dataset; .* is a directory" "inspect a directory with dataset options" -- \
   "$pesc" inspect "$m" --format alpaca
 expect 1 "no such file" "inspect a missing path" -- "$pesc" inspect "$tmp/nothing"
+# data train and eval take that is no file: the demo's is read, a URL is pesc fetch's first
+expect 0 "^records       500$" "inspect demo:sort,records=500" -- \
+  "$pesc" inspect demo:sort,records=500 --model "$top_srcdir/data/demo"
+expect 1 "'arith' is not a family" "inspect demo:arith names the bad item" -- "$pesc" inspect demo:arith
+for url in http://host/data.jsonl hf://datasets/owner/name/data.jsonl; do
+  expect 2 "reads local files; download it first with pesc fetch $url (it prints the local path)" \
+    "inspect $url says to fetch it" -- "$pesc" inspect "$url"
+done
 mkfifo "$tmp/fifo.jsonl"   # its open would block; /dev/zero as a dataset would fill memory
 expect 1 "fifo.jsonl: not a regular file" "inspect a FIFO" -- timeout 10 "$pesc" inspect "$tmp/fifo.jsonl"
 ln -sf /dev/zero "$tmp/zero.jsonl"
