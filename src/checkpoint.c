@@ -77,6 +77,8 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(run, "seq", json_integer(st->seq));
     json_object_set_new(run, "batch", json_integer(st->batch));
     json_object_set_new(run, "grad_accum", json_integer(st->grad_accum));
+    if (st->epochs > 0)
+        json_object_set_new(run, "epochs", json_integer(st->epochs));
     if (st->pack >= 0)
         json_object_set_new(run, "pack", json_boolean(st->pack));
     if (st->eval_split > 0)
@@ -289,6 +291,7 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     st->weight_decay = read_number(r, run, "weight_decay", TRAIN_MAX_LR, -1.0);
     st->clip = read_number(r, run, "clip", TRAIN_MAX_CLIP, -1.0);
     st->neftune = read_number(r, run, "neftune", TRAIN_MAX_NEFTUNE, -1.0);
+    st->epochs = (int)read_integer(r, run, "epochs", 1, TRAIN_MAX_EPOCHS, 0);
     read_string(r, run, "save", st->save_dir, sizeof st->save_dir);
     read_string(r, run, "log", st->log, sizeof st->log);
     st->save_every = read_integer(r, run, "save_every", 0, TRAIN_MAX_STEPS, -1);

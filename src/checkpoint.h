@@ -20,6 +20,9 @@ enum { CHECKPOINT_MAX_DATA = 16, CHECKPOINT_MAX_EVAL = 8 };
 typedef struct checkpoint_state {
     long step;                   /* optimizer steps done */
     long total_steps;
+    int epochs;                  /* the run's length in epochs, whose last step ends at the
+                                    data's end; 0: a --steps run (or a checkpoint from before
+                                    it was recorded), which reads on into the next epoch */
     double lr_override;          /* < 0: none */
     double lr_scale;             /* halvings after non-finite steps */
     double aux_coef;             /* live value (may be overridden) */

@@ -815,11 +815,19 @@ static const char *best_what(int best_by)
     return best_by == TRAIN_BEST_ANSWERS ? "answers right" : "held-out loss";
 }
 
+/* The epochs the run reads, the last step ending at the data's end; 0: a --steps run, which
+ * reads on into the next epoch for as long as it goes. */
+static int run_epochs(const train_config *c)
+{
+    return c->steps ? 0 : (c->epochs ? c->epochs : 1);
+}
+
 static void fill_state(session *s, checkpoint_state *st)
 {
     memset(st, 0, sizeof *st);
     st->step = s->step;
     st->total_steps = s->total_steps;
+    st->epochs = run_epochs(&s->cfg);
     st->lr_override = s->lr_override;
     st->lr_scale = s->lr_scale;
     st->aux_coef = s->m.pesc.aux_coef;
@@ -1671,7 +1679,7 @@ static int open_data(session *s, pesc_error *err)
         return -1;
     ds_options o = {.batch = c->batch, .seq = c->seq, .pack = c->pack, .shuffle = 1,
                     .holdout = c->eval_split,
-                    .seed = c->seed, .epochs = c->steps ? 0 : (c->epochs ? c->epochs : 1)};
+                    .seed = c->seed, .epochs = run_epochs(c)};
     s->data = dataset_open(s->sources, c->n_sources, &lo, &o, err);
     if (!s->data)
         return pesc_fail_prefix(err, "--data");
@@ -2511,7 +2519,11 @@ static int adopt_resumed(session *s, pesc_error *err)
     if (take & TRAIN_GIVEN_CLIP) c->optim.clip = (float)st->clip;
     if (take & TRAIN_GIVEN_NEFTUNE) c->neftune = (float)st->neftune;
     c->given |= take;
-    if (!c->steps && !c->epochs)
+    /* a run by epochs goes on by them, so that its last step ends where the data do, as it
+     * would have; one by --steps (or from before epochs were recorded) for as many steps */
+    if (!c->steps && !c->epochs && st->epochs > 0)
+        c->epochs = st->epochs;
+    else if (!c->steps && !c->epochs)
         c->steps = st->total_steps;
     if (!(c->given & TRAIN_GIVEN_EVAL_EVERY) && st->eval_every >= 0)
         c->eval_every = st->eval_every;

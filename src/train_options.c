@@ -280,7 +280,7 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     case OPT_STEPS:
         return integer(cmd, "--steps", arg, 1, TRAIN_MAX_STEPS, &c->steps) ? EXIT_USAGE : 0;
     case OPT_EPOCHS:
-        if (integer(cmd, "--epochs", arg, 1, 1 << 20, &v)) return EXIT_USAGE;
+        if (integer(cmd, "--epochs", arg, 1, TRAIN_MAX_EPOCHS, &v)) return EXIT_USAGE;
         c->epochs = (int)v; return 0;
     case OPT_STRICT: c->strict = 1; return 0;
     case OPT_LR:

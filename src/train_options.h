@@ -23,6 +23,7 @@
 #define TRAIN_MAX_SEQ DS_MAX_SEQ       /* --seq: 2 to this */
 #define TRAIN_MAX_BATCH (1 << 16)      /* --batch, --grad-accum: 1 to this */
 #define TRAIN_MAX_STEPS (1L << 40)     /* --steps, --warmup, --save-every, --eval-every */
+#define TRAIN_MAX_EPOCHS (1 << 20)     /* --epochs: 1 to this */
 #define TRAIN_MAX_KEEP 1000            /* --keep: 1 to this */
 #define TRAIN_MAX_LR OPTIM_LR_MAX      /* --lr, --weight-decay: 0 to this */
 #define TRAIN_MAX_CLIP 1e9             /* --clip */

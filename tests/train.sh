@@ -306,6 +306,29 @@ else
   fail "--resume alone: losses $(losses "$tmp/alone2.jsonl" | tr '\n' ' ') vs" \
     "$(losses "$tmp/alone.jsonl" | tail -n 4 | tr '\n' ' '): $(head -c 300 "$tmp/out")"
 fi
+# a run sized by epochs (one by default, or --epochs 2) resumed goes on by them: its last step,
+# short of a whole accumulation, ends at the data's end as the uninterrupted run's does, not
+# filled from the next epoch; the final trainables are the same to the bit (50 records: 13
+# batches an epoch, 3 to a step)
+awk 'BEGIN { srand(11); for (r = 0; r < 50; r++) { printf "{\"input_ids\": ["; for (t = 0; t < 20; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); print "]}" } }' >"$tmp/epoch-data.jsonl"
+for length in "" "--epochs 2"; do
+  name=epochs${length#--epochs }
+  # shellcheck disable=SC2086
+  "$pesc" train --headless --model "$base" --data "$tmp/epoch-data.jsonl" --seq 24 --batch 4 \
+    --grad-accum 3 --experts 4 --adapter-dim 8 --lr 1e-2 --backend cpu $length \
+    --save "$tmp/$name-whole" --save-every 2 --keep 10 >/dev/null 2>&1
+  last=$(ls "$tmp/$name-whole" | grep step- | tail -n 1)
+  mkdir -p "$tmp/$name-resumed" && cp -r "$tmp/$name-whole/step-00000002" "$tmp/$name-resumed/"
+  "$pesc" train --headless --resume "$tmp/$name-resumed" >/dev/null 2>"$tmp/err"
+  if [ -n "$last" ] && [ "$last" != step-00000002 ] &&
+     cmp -s "$tmp/$name-whole/$last/trainables.safetensors" \
+       "$tmp/$name-resumed/$last/trainables.safetensors"; then
+    pass "--resume of a run by epochs${length:+ ($length)}: the same trainables at its end ($last)"
+  else
+    fail "--resume of a run by epochs${length:+ ($length)}: $last differs or is missing" \
+      "($(ls "$tmp/$name-resumed")): $(head -c 300 "$tmp/err")"
+  fi
+done
 # from the newest checkpoint without --save or --log, it saves on in the run's directory (as
 # often, keeping as many) and appends to the run's log, and says so
 "$pesc" train --headless --resume "$tmp/alone" --steps 12 >"$tmp/out" 2>&1
