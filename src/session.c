@@ -103,7 +103,7 @@ struct session {
     /* what the last checkpoint holds: the step, and the live changes (lr, aux) made by then;
      * the final save is skipped when both still hold */
     long saved_step, live_changes, saved_changes;
-    char resume_note[512];       /* live values of the checkpoint a flag replaced, for a note */
+    char resume_notes[2048];     /* what a flag replaced of the checkpoint's run, a line a note */
     char memory_note[320];       /* check_memory's estimate against what is free, for the log */
     /* the data's warnings of skipped records, kept until the log is open: notes there and,
      * headless, on stderr, also in the workbench, where stderr is the screen */
@@ -1987,6 +1987,77 @@ static void older_checkpoint_hint(const train_config *c, const char *dir, pesc_e
     free(older);
 }
 
+/* A line of resume_notes, each a note once the log is open (an event's text is one line of
+ * at most its size: each note apart fits whole). */
+static void add_resume_note(session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_resume_note(session *s, const char *fmt, ...)
+{
+    size_t n = sizeof s->resume_notes, at = strlen(s->resume_notes);
+    if (at + 1 >= n)
+        return;
+    if (at)
+        s->resume_notes[at++] = '\n';
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->resume_notes + at, n - at, fmt, ap);
+    va_end(ap);
+}
+
+static void note_replaced(session *s, const char *flag, const char *now, const char *was)
+{
+    add_resume_note(s, "%s %s replaces the checkpoint's %s (leave %s out to keep it)", flag, now,
+                    was, flag);
+}
+
+/* The held-out files as a flag's value ("a.jsonl b.jsonl"), or "none". */
+static void held_out_files(char *buf, size_t n, const char *const *paths, int count)
+{
+    size_t at = 0;
+    snprintf(buf, n, "none");
+    for (int i = 0; i < count && at < n; i++)
+        at += (size_t)snprintf(buf + at, n - at, "%s%.300s", i ? " " : "", paths[i]);
+}
+
+/* Each setting the command line gives again with another value than the checkpoint's run had
+ * (not --lr, whose note says what it replaces of the live rate): noted, as the new value is
+ * the run's from here on. aux_replaced: --aux-coef replaces the live coefficient. */
+static void note_replaced_settings(session *s, const checkpoint_state *st, int aux_replaced)
+{
+    const train_config *c = &s->cfg;
+    const unsigned given = c->given, crafting = c->pesc.given;
+    /* -1: not recorded, taken from the command line (a run before --neftune had none) */
+    const struct { const char *flag; int given; double now, was; } numbers[] = {
+        {"--aux-coef", aux_replaced, s->m.pesc.aux_coef, st->aux_coef},
+        {"--weight-decay", (given & TRAIN_GIVEN_WEIGHT_DECAY) && st->weight_decay >= 0,
+         c->optim.weight_decay, st->weight_decay},
+        {"--clip", (given & TRAIN_GIVEN_CLIP) && st->clip >= 0, c->optim.clip, st->clip},
+        {"--neftune", given & TRAIN_GIVEN_NEFTUNE, c->neftune, fmax(st->neftune, 0)},
+        {"--adapter-dropout", crafting & PESC_GIVEN_ADAPTER_DROPOUT, c->pesc.adapter_dropout,
+         st->pesc.adapter_dropout},
+        {"--z-coef", crafting & PESC_GIVEN_Z_COEF, c->pesc.z_coef, st->pesc.z_coef}};
+    for (size_t i = 0; i < sizeof numbers / sizeof *numbers; i++) {
+        char now[32], was[32];
+        if (!numbers[i].given || (float)numbers[i].now == (float)numbers[i].was)
+            continue;
+        snprintf(now, sizeof now, "%g", numbers[i].now);
+        snprintf(was, sizeof was, "%g", numbers[i].was);
+        note_replaced(s, numbers[i].flag, now, was);
+    }
+    /* held-out data the checkpoint's are not: their losses do not continue the run's */
+    int eval_differs = c->n_eval != st->n_eval;
+    for (int i = 0; i < c->n_eval && !eval_differs; i++)
+        eval_differs = !pesc_same_file(st->eval_data[i], s->eval_paths[i]);
+    if (eval_differs && st->n_data > 0) {   /* (a checkpoint before inputs were recorded: no) */
+        char now[1024], was[1024];
+        const char *recorded[CHECKPOINT_MAX_EVAL];
+        for (int i = 0; i < st->n_eval; i++)
+            recorded[i] = st->eval_data[i];
+        held_out_files(now, sizeof now, c->eval_paths, c->n_eval);
+        held_out_files(was, sizeof was, recorded, st->n_eval);
+        note_replaced(s, "--eval-data", now, was);
+    }
+}
+
 static int resume(session *s, pesc_error *err)
 {
     const char *dir = s->resumed_dir;   /* adopt_resumed's */
@@ -2029,12 +2100,11 @@ static int resume(session *s, pesc_error *err)
     free(parent);
     /* the live values carry on, unless the command line asks for another --lr or --aux-coef
      * than the run had (a lower --lr after a divergence, say): then the flag's is the run's,
-     * and what it replaces is noted once the log is open. The run's own value repeated (the
+     * and what it replaces is noted once the log is open, as is any other setting given anew. The run's own value repeated (the
      * same command with --resume added) keeps what was set while it went. */
     const train_config *c = &s->cfg;
     int new_lr = (c->given & TRAIN_GIVEN_LR) && (float)st->run_lr != c->optim.lr;
     int new_aux = (c->pesc.given & PESC_GIVEN_AUX_COEF) && (float)st->run_aux_coef != c->pesc.aux_coef;
-    size_t n = sizeof s->resume_note, at = 0;
     if (!new_lr && st->lr_override >= 0 &&
         optim_check_lr("the learning rate set while the run went,", st->lr_override,
                        c->optim.weight_decay, err) != 0) {
@@ -2045,18 +2115,15 @@ static int resume(session *s, pesc_error *err)
         s->lr_override = st->lr_override;
         s->lr_scale = st->lr_scale > 0 ? st->lr_scale : 1.0;
     } else if (st->lr_override >= 0 || st->lr_scale != 1.0) {
-        at += (size_t)snprintf(s->resume_note, n, "--lr %g replaces the checkpoint's %s %g "
-                               "(leave --lr out to keep it)", (double)c->optim.lr,
-                               st->lr_override >= 0 ? "learning rate set while it ran,"
-                                                   : "learning-rate factor after non-finite steps,",
-                               st->lr_override >= 0 ? st->lr_override * st->lr_scale : st->lr_scale);
+        add_resume_note(s, "--lr %g replaces the checkpoint's %s %g (leave --lr out to keep it)",
+                        (double)c->optim.lr,
+                        st->lr_override >= 0 ? "learning rate set while it ran,"
+                                             : "learning-rate factor after non-finite steps,",
+                        st->lr_override >= 0 ? st->lr_override * st->lr_scale : st->lr_scale);
     }
     if (!new_aux)
         s->m.pesc.aux_coef = (float)st->aux_coef;
-    else if ((float)st->aux_coef != s->m.pesc.aux_coef && at < n)
-        at += (size_t)snprintf(s->resume_note + at, n - at, "%s--aux-coef %g replaces the "
-                               "checkpoint's %g (leave --aux-coef out to keep it)",
-                               at ? "; " : "", (double)s->m.pesc.aux_coef, st->aux_coef);
+    note_replaced_settings(s, st, new_aux);
     s->m.rng = st->model_rng;
     s->tokens = st->tokens;
     s->elapsed_before = st->elapsed_s;
@@ -2073,13 +2140,14 @@ static int resume(session *s, pesc_error *err)
         if (best_kept_beatable(s))
             s->best_score = s->best_kept_score;
     }
-    if (st->best_step >= 0 && own && !best_kept_beatable(s) && s->cfg.keep_best && at < n) {
-        snprintf(s->resume_note + at, n - at, "%s%s of the best so far (%s %.4f at step %ld): "
-                 "%.200s/best starts afresh from the next evaluation, and step-%08ld, kept "
-                 "until then, goes with the checkpoints --keep rotates out (copy it to keep it)",
-                 at ? "; " : "", st->best_by != s->cfg.best_by ? "--best-by differs from that"
-                 : "the held-out data differ from those", best_what(st->best_by),
-                 st->best_value, st->best_step, s->cfg.save_dir, st->best_step);
+    if (st->best_step >= 0 && own && !best_kept_beatable(s) && s->cfg.keep_best) {
+        add_resume_note(s, "%s of the best so far (%s %.4f at step %ld): %.200s/best starts "
+                        "afresh from the next evaluation, and step-%08ld, kept until then, goes "
+                        "with the checkpoints --keep rotates out (copy it to keep it)",
+                        st->best_by != s->cfg.best_by ? "--best-by differs from that"
+                                                      : "the held-out data differ from those",
+                        best_what(st->best_by), st->best_value, st->best_step, s->cfg.save_dir,
+                        st->best_step);
     }
     rc = 0;
 out:
@@ -2709,8 +2777,11 @@ int session_start(session *s, pesc_error *err)
                 break;
         }
     }
-    if (*s->resume_note)
-        publish_warning(s, "note", "%s", s->resume_note);
+    for (const char *line = s->resume_notes; *line;) {
+        int length = (int)strcspn(line, "\n");
+        publish_warning(s, "note", "%.*s", length, line);
+        line += length + (line[length] == '\n');
+    }
     note_schedule_change(s);
     if (s->outputs_taken)   /* where the checkpoints and the log go was not given: say it */
         publish_warning(s, "note", "resumed from the run's newest checkpoint: it saves on to "

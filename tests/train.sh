@@ -1161,10 +1161,40 @@ nolr=$(printf '%s' "$common" | sed 's/ --lr [^ ]*//')
 if grep -q '"step":7,.*"lr":0.004' "$tmp/carry.jsonl" && grep -q '"step":7,.*"lr":0.004' "$tmp/same.jsonl" &&
    grep -q '"step":7,.*"lr":0.001' "$tmp/given.jsonl" &&
    grep -q '"aux_coef": 0.05' "$tmp/given/step-00000007/state.json" &&
-   grep -q "^pesc train: \-\-lr 0.001 replaces the checkpoint's learning rate set while it ran, 0.004 (leave \-\-lr out to keep it); \-\-aux-coef 0.05 replaces" "$tmp/given.err"; then
+   grep -q "^pesc train: \-\-lr 0.001 replaces the checkpoint's learning rate set while it ran, 0.004 (leave \-\-lr out to keep it)$" "$tmp/given.err" &&
+   grep -q "^pesc train: \-\-aux-coef 0.05 replaces the checkpoint's 0.01 (leave \-\-aux-coef out to keep it)$" "$tmp/given.err"; then
   pass "resume: the live lr carries on, also under the run's own --lr; another --lr and --aux-coef replace it, noted"
 else
   fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/same.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
+fi
+
+# every other setting given anew on resuming is noted too, a line each, on stderr and in the
+# log (they were once taken without a word); the run's own values given again are not
+head -n 8 "$tmp/data.jsonl" >"$tmp/anew-heldout.jsonl"
+head -n 6 "$tmp/data.jsonl" >"$tmp/anew-heldout6.jsonl"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 2 --clip 0.3 --eval-data "$tmp/anew-heldout.jsonl" \
+  --save "$tmp/anew" >/dev/null 2>&1
+"$pesc" train --headless --resume "$tmp/anew" --steps 3 --save "$tmp/anew-branch" \
+  --neftune 5 --clip 0.5 --weight-decay 0.2 --adapter-dropout 0.2 --z-coef 0.01 \
+  --eval-data "$tmp/anew-heldout6.jsonl" --log "$tmp/anew.jsonl" >/dev/null 2>"$tmp/anew.err"
+"$pesc" train --headless --resume "$tmp/anew" --steps 3 --save "$tmp/anew-same" --clip 0.3 \
+  --eval-data "$tmp/anew-heldout.jsonl" >/dev/null 2>"$tmp/anew-same.err"
+missing=""
+for note in "--neftune 5 replaces the checkpoint's 0 (leave --neftune out to keep it)" \
+    "--clip 0.5 replaces the checkpoint's 0.3 (leave --clip out to keep it)" \
+    "--weight-decay 0.2 replaces the checkpoint's 0 (leave --weight-decay out to keep it)" \
+    "--adapter-dropout 0.2 replaces the checkpoint's 0.1 (leave --adapter-dropout out to keep it)" \
+    "--z-coef 0.01 replaces the checkpoint's 0 (leave --z-coef out to keep it)" \
+    "--eval-data $tmp/anew-heldout6.jsonl replaces the checkpoint's $tmp/anew-heldout.jsonl (leave --eval-data out to keep it)"; do
+  grep -qxF "pesc train: $note" "$tmp/anew.err" &&
+    grep -F "\"text\":\"$note\"}" "$tmp/anew.jsonl" | grep -q '"event":"note"' ||
+    missing="$missing [$note]"
+done
+if [ -z "$missing" ] && [ -d "$tmp/anew-branch/step-00000003" ] && ! grep -q "replaces" "$tmp/anew-same.err"; then
+  pass "resume: --neftune, --clip, --weight-decay, --adapter-dropout, --z-coef, --eval-data given anew are noted"
+else
+  fail "resume with settings anew: lacks$missing: $(head -c 600 "$tmp/anew.err") / same: $(head -c 300 "$tmp/anew-same.err")"
 fi
 
 # a resumed run's learning rate that is not what the run would have taken next is noted with
