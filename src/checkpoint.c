@@ -653,6 +653,33 @@ int checkpoint_prepare(const char *save_dir, pesc_error *err)
     return 0;
 }
 
+int checkpoint_relock(int *lock, const char *save_dir, pesc_error *err)
+{
+    char *path = pesc_path_join(save_dir, LOCK_FILE);
+    int linked = lock_still_linked(*lock, path);
+    free(path);
+    if (linked)
+        return 0;
+    char holder[32] = "";
+    if (lock_held(save_dir, holder, sizeof holder))
+        return pesc_fail(err, "--save %s was removed while the run was on, and another run%s "
+                         "saves there now: this run does not save there (nor rotates that "
+                         "run's checkpoints out) while it does", save_dir, holder);
+    int fresh;   /* when neither can be, its error says why (a file there now, say) */
+    if (checkpoint_prepare(save_dir, err) != 0 || (fresh = checkpoint_lock(save_dir, err)) < 0)
+        return -1;
+    long other = newest_step_after(save_dir, -1);
+    if (other >= 0) {
+        checkpoint_unlock(fresh);
+        return pesc_fail(err, "--save %s was removed while the run was on, and holds another "
+                         "run's checkpoints (step-%08ld) now: this run does not save there (nor "
+                         "rotates them out)", save_dir, other);
+    }
+    checkpoint_unlock(*lock);
+    *lock = fresh;
+    return CHECKPOINT_RELOCKED;
+}
+
 int checkpoint_save(const char *save_dir, int keep, long kept, model *m, optimizer *opt,
                     const checkpoint_state *st, char **saved, pesc_error *err)
 {

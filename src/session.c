@@ -890,6 +890,18 @@ static void fill_state(session *s, checkpoint_state *st)
 _Static_assert(STATS_MAX_SOURCES <= CHECKPOINT_MAX_DATA && TRAIN_MAX_EVAL <= CHECKPOINT_MAX_EVAL,
                "a checkpoint records every --data and --eval-data file");
 
+/* --save DIR was removed while the run went, and is this run's again (checkpoint_relock):
+ * the checkpoints it kept there, its best among them, are gone, so the next evaluation's is
+ * the best to beat (unless this save is for one). */
+static void save_dir_made_again(session *s)
+{
+    publish_warning(s, "note", "--save %s was removed while the run was on: made again (the "
+                    "checkpoints saved there before went with it)", s->cfg.save_dir);
+    s->best_kept = -1;
+    if (!s->best_due)
+        s->best_score = INFINITY;
+}
+
 /* 0, or -1 with the reason in *err (and in the log's events). */
 static int save_now(session *s, pesc_error *err)
 {
@@ -900,9 +912,12 @@ static int save_now(session *s, pesc_error *err)
     checkpoint_state st;
     char *where = NULL;
     set_state(s, MONITOR_SAVING, NULL);
+    int lock = checkpoint_relock(&s->save_lock, s->cfg.save_dir, err);
+    if (lock == CHECKPOINT_RELOCKED)
+        save_dir_made_again(s);
     fill_state(s, &st);
-    int rc = checkpoint_save(s->cfg.save_dir, s->cfg.keep, s->best_kept, &s->m, &s->opt, &st,
-                             &where, err);
+    int rc = lock < 0 ? -1 : checkpoint_save(s->cfg.save_dir, s->cfg.keep, s->best_kept, &s->m,
+                                             &s->opt, &st, &where, err);
     set_state(s, s->paused ? MONITOR_PAUSED : MONITOR_RUNNING, NULL);
     if (rc != 0) {
         publish_event(s, "error", "save failed: %s", err->msg);

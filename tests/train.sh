@@ -506,6 +506,61 @@ expect 1 "\-\-save $tmp/busy is in use by another run (pid $pid); wait for it to
   fail "a run refused for a --save DIR in use wrote: $(ls -A "$tmp/busy" "$tmp/busy.jsonl" 2>&1)"
 "$sockcmd" "$tmp/busy.sock" stop >/dev/null
 wait $pid
+# a --save DIR removed while its run goes on: a second run may take it then, and the first
+# once made it again at its next save and rotated out the second's checkpoints. Now the first
+# sees its lock is gone: while another run holds DIR, or DIR holds another run's checkpoints,
+# its save fails, naming why, and the other's checkpoints stay; with neither, DIR is made
+# again, locked anew, noted, and saved in
+in_log() {   # in_log FILE PATTERN: until FILE has a line matching PATTERN (10 s)
+  for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --save "$tmp/removed/ck" --save-every 1 --keep 2 \
+  --control "$tmp/removed-a.sock" --log "$tmp/removed-a.jsonl" >/dev/null 2>"$tmp/removed-a.err" &
+pid_a=$!
+pids="$pids $pid_a"
+in_log "$tmp/removed-a.jsonl" '"event":"save","step":2,' && "$sockcmd" "$tmp/removed-a.sock" pause >/dev/null &&
+  in_log "$tmp/removed-a.jsonl" '"event":"pause"'
+rm -rf "$tmp/removed/ck"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --save "$tmp/removed/ck" --save-every 1 --keep 10 \
+  --control "$tmp/removed-b.sock" --log "$tmp/removed-b.jsonl" >/dev/null 2>&1 &
+pid_b=$!
+pids="$pids $pid_b"
+in_log "$tmp/removed-b.jsonl" '"event":"save","step":3,' && "$sockcmd" "$tmp/removed-b.sock" pause >/dev/null &&
+  in_log "$tmp/removed-b.jsonl" '"event":"pause"'
+b_saved=$(ls "$tmp/removed/ck")
+"$sockcmd" "$tmp/removed-a.sock" save >/dev/null
+in_log "$tmp/removed-a.jsonl" '"event":"error"' &&
+  grep -q "\"event\":\"error\".*save failed: \-\-save $tmp/removed/ck was removed while the run was on, and another run (pid $pid_b) saves there now" "$tmp/removed-a.jsonl" &&
+  [ "$(ls "$tmp/removed/ck")" = "$b_saved" ] &&
+  pass "a --save DIR removed and taken by another run: the first's save there fails, naming the other" ||
+  fail "a --save DIR removed, another run in it: $(grep '"error"' "$tmp/removed-a.jsonl" | head -c 400) / $(ls "$tmp/removed/ck")"
+"$sockcmd" "$tmp/removed-b.sock" stop >/dev/null
+wait $pid_b
+b_saved=$(ls "$tmp/removed/ck")
+"$sockcmd" "$tmp/removed-a.sock" save >/dev/null
+in_log "$tmp/removed-a.jsonl" "holds another run's checkpoints" &&
+  grep -q "\"event\":\"error\".*save failed: \-\-save $tmp/removed/ck was removed while the run was on, and holds another run's checkpoints (step-0000000[0-9]) now" "$tmp/removed-a.jsonl" &&
+  [ "$(ls "$tmp/removed/ck")" = "$b_saved" ] &&
+  pass "... and once it ended: the first does not save among its checkpoints, nor rotates them out" ||
+  fail "a --save DIR removed, another run's checkpoints in it: $(grep '"error"' "$tmp/removed-a.jsonl" | tail -n 1 | head -c 400) / $(ls "$tmp/removed/ck")"
+rm -rf "$tmp/removed/ck"
+"$sockcmd" "$tmp/removed-a.sock" save >/dev/null
+in_log "$tmp/removed-a.jsonl" 'removed/ck was removed while the run was on: made again'
+"$sockcmd" "$tmp/removed-a.sock" stop >/dev/null
+wait $pid_a
+status=$?
+if [ $status -eq 0 ] && [ -f "$tmp/removed/ck/$(ls "$tmp/removed/ck" | grep step- | head -n 1)/state.json" ] &&
+   [ "$(cat "$tmp/removed/ck/.lock")" = "$pid_a" ] &&
+   grep -qx "pesc train: \-\-save $tmp/removed/ck was removed while the run was on: made again (the checkpoints saved there before went with it)" "$tmp/removed-a.err" &&
+   grep -q '"event":"note".*removed/ck was removed while the run was on: made again' "$tmp/removed-a.jsonl"; then
+  pass "... and removed again, with no run in it: made again, locked anew, noted and saved in"
+else
+  fail "a --save DIR removed, made again: exit $status, $(ls -A "$tmp/removed/ck" 2>&1): $(head -c 400 "$tmp/removed-a.err")"
+fi
+
 # a final checkpoint that cannot be written fails the run, saying so (its result is not lost
 # without a word): the save directory is replaced by a file while the run trains
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 --save "$tmp/gone" \
