@@ -52,6 +52,8 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(o, "tokens", json_integer(st->tokens));
     json_object_set_new(o, "elapsed_s", json_real(st->elapsed_s));
     json_object_set_new(o, "nan_skipped", json_integer(st->nan_skipped));
+    if (st->eval_pending)
+        json_object_set_new(o, "eval_pending", json_true());
     if (st->best_by == 1)   /* by answers (by loss, as before it could be otherwise: absent) */
         json_object_set_new(o, "best_by", json_string("answers"));
     if (st->best_step >= 0) {
@@ -339,6 +341,10 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     st->tokens = read_integer(&r, o, "tokens", 0, LONG_MAX, 0);
     st->elapsed_s = read_number(&r, o, "elapsed_s", INFINITY, 0.0);
     st->nan_skipped = read_integer(&r, o, "nan_skipped", 0, LONG_MAX, 0);
+    json_t *pending = json_object_get(o, "eval_pending");
+    if (pending && !json_is_boolean(pending))
+        bad_value(&r, "eval_pending", "must be true or false");
+    st->eval_pending = json_is_true(pending);
     st->best_step =
         json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, LONG_MAX, 0) : -1;
     st->best_by = read_best_by(&r, o);

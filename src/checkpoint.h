@@ -31,6 +31,8 @@ typedef struct checkpoint_state {
     long long tokens;
     double elapsed_s;
     long nan_skipped;
+    int eval_pending;            /* the evaluation due after this step was cut short by a stop:
+                                    the resumed run does it first, as this step's */
     uint64_t base_fingerprint;
     /* Where the base came from, so that export finds it without --model: an absolute model
      * directory, or the --init-config file of a run that started from random weights (the

@@ -76,6 +76,8 @@ struct session {
     char *choices_path;
     long eval_every;
     int eval_requested;          /* the eval command while running: after the next step */
+    int eval_pending;            /* the evaluation due after this step was cut short by a stop
+                                    (saved so; a resumed run does it before its first step) */
     /* --keep-best: the best score so far (lower is better: best_of); the step of
      * save_dir/best (-1: none), kept out of rotation, its score, what it is by and the
      * held-out data it is on (best_data); a save due for a new best */
@@ -836,6 +838,7 @@ static void fill_state(session *s, checkpoint_state *st)
     st->tokens = s->tokens;
     st->elapsed_s = s->elapsed_before + pesc_now() - s->t_start;
     st->nan_skipped = s->nan_skipped;
+    st->eval_pending = s->eval_pending;
     st->base_fingerprint = s->fingerprint;
     st->pesc = s->m.pesc;
     st->seq = s->cfg.seq;
@@ -979,7 +982,7 @@ static void publish_lr(session *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-static void eval_paused(session *s);
+static int eval_paused(session *s);
 
 static void process_command(session *s, const command *c)
 {
@@ -1362,8 +1365,9 @@ static void note_best(session *s, const stats_record *r)
 /* The eval command while paused: at once, with the weights of the step the run stands at. The
  * loss goes to the eval event, onto that step's point of the loss chart when it had none, and
  * to --keep-best (a new lowest is saved now, as that step's checkpoint); the step's record is
- * written already, so the sinks do not see it. */
-static void eval_paused(session *s)
+ * written already, so the sinks do not see it. evaluate's 0 or 1 (a stop came first), or -1
+ * (said in an error event). */
+static int eval_paused(session *s)
 {
     stats_record r = {0};
     pesc_error err = {{0}};
@@ -1371,7 +1375,7 @@ static void eval_paused(session *s)
     if (rc < 0)
         publish_warning(s, "error", "eval: %s", err.msg);
     if (rc != 0)
-        return;
+        return rc;
     pthread_mutex_lock(&s->lock);
     monitor_view *v = s->shared;
     monitor_point *last = v->n_points > 0 ? &v->points[v->n_points - 1] : NULL;
@@ -1386,6 +1390,20 @@ static void eval_paused(session *s)
     pesc_error failed;   /* an event, and the run goes on, as after a step */
     if (s->best_due)
         save_now(s, &failed);
+    return 0;
+}
+
+/* A resumed run whose checkpoint was saved by a stop during its step's evaluation: that
+ * evaluation, with the step's weights, before the next step, as the paused one is (its events
+ * are the step's). Done, the run's next checkpoint says so, also when it is of this step. */
+static void eval_pending(session *s)
+{
+    s->eval_pending = 0;   /* before a new best's save in eval_paused */
+    int rc = eval_paused(s);
+    if (rc == 1)
+        s->eval_pending = 1;   /* stopped again */
+    else
+        s->live_changes++;     /* the saved state (pending) is this one's no longer */
 }
 
 /* After this step: every eval_every steps, after the last, and when the eval command asked. */
@@ -1544,10 +1562,16 @@ static int train_step(session *s, pesc_error *err)
     r->eval_answers = 0;
     if (eval_due(s)) {
         s->eval_requested = 0;
-        if (evaluate(s, r, err) < 0) {
+        int evaluated = evaluate(s, r, err);
+        if (evaluated < 0) {
             rc = -1;
             goto out;
         }
+        s->eval_pending = evaluated == 1;
+        if (s->eval_pending)
+            publish_warning(s, "note", "the stop cut step %ld's evaluation short: %s", s->step,
+                            s->cfg.save_dir ? "its checkpoint says so, and --resume evaluates "
+                            "it first" : "with no --save DIR, no resume can do it");
         note_best(s, r);
     }
     if (s->sinks)
@@ -1605,6 +1629,8 @@ static void *trainer_main(void *arg)
     s->start_step = s->step;
     set_state(s, MONITOR_RUNNING, "running");
     publish_event(s, "begin", "training from step %ld of %ld", s->step, s->total_steps);
+    if (s->eval_pending)
+        eval_pending(s);
     monitor_state end = MONITOR_FINISHED;
     for (;;) {
         command c;
@@ -2098,7 +2124,10 @@ static int resume(session *s, pesc_error *err)
         pesc_fail_prefix(err, "--resume %s", dir);
         goto out;
     }
-    if (s->total_steps > 0 && st->step >= s->total_steps) {
+    /* a checkpoint of the last step whose evaluation a stop cut short: this run does that */
+    s->eval_pending = st->eval_pending && (s->n_eval > 0 || s->choices.n > 0);
+    if (s->total_steps > 0 && st->step >= s->total_steps &&
+        !(s->eval_pending && st->step == s->total_steps)) {
         pesc_fail(err, "--resume %s is at step %ld, and this run ends at step %ld: raise --steps "
                   "(or --epochs) to train further", dir, st->step, s->total_steps);
         goto out;

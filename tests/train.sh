@@ -561,6 +561,38 @@ else
   fail "a --save DIR removed, made again: exit $status, $(ls -A "$tmp/removed/ck" 2>&1): $(head -c 400 "$tmp/removed-a.err")"
 fi
 
+# a stop during the evaluation after the last step: the checkpoint records it as pending (the
+# stop once threw it away, and --resume of it was refused: the run ended at that step), and
+# --resume alone does it first, logged as that step's, with the loss the whole run had
+awk 'BEGIN { srand(5); for (r = 0; r < 12000; r++) { printf "{\"input_ids\": ["; for (t = 0; t < 20; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); print "]}" } }' >"$tmp/cut-heldout.jsonl"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 3 --eval-every 3 --eval-data "$tmp/cut-heldout.jsonl" \
+  --log "$tmp/cut-whole.jsonl" >/dev/null 2>&1
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 3 --eval-every 3 --eval-data "$tmp/cut-heldout.jsonl" \
+  --save "$tmp/cut" --log "$tmp/cut.jsonl" >/dev/null 2>"$tmp/cut.err" &
+pid=$!
+pids="$pids $pid"
+# a background job ignores SIGINT until pesc installs its handler: after step 2, it has; the
+# stop then comes in step 3 or its evaluation of 12000 records (seconds), which it cuts short
+for _ in $(seq 200); do grep -q '"step":2,' "$tmp/cut.jsonl" 2>/dev/null && break; sleep 0.05; done
+sleep 0.2
+kill -INT $pid
+wait $pid
+cut_status=$?
+"$pesc" train --headless --resume "$tmp/cut" >/dev/null 2>"$tmp/cut-resumed.err"
+status=$?
+eval_of() { grep '"event":"eval","step":3,' "$1" | sed -n 's/.*"text":"\(eval loss [0-9.]*\) .*/\1/p'; }
+if [ $cut_status -eq 0 ] && grep -q "the stop cut step 3's evaluation short: its checkpoint says so, and \-\-resume evaluates it first" "$tmp/cut.err" &&
+   [ $status -eq 0 ] && [ -n "$(eval_of "$tmp/cut-whole.jsonl")" ] &&
+   [ "$(eval_of "$tmp/cut.jsonl")" = "$(eval_of "$tmp/cut-whole.jsonl")" ] &&
+   ! grep -q eval_pending "$tmp/cut/step-00000003/state.json"; then
+  pass "a stop during the last step's evaluation: --resume does it first, as that step's"
+else
+  fail "a stop during an evaluation: exit $cut_status then $status, eval '$(eval_of "$tmp/cut.jsonl")' vs" \
+    "'$(eval_of "$tmp/cut-whole.jsonl")': $(head -c 300 "$tmp/cut.err") / $(head -c 300 "$tmp/cut-resumed.err")"
+fi
+
 # a final checkpoint that cannot be written fails the run, saying so (its result is not lost
 # without a word): the save directory is replaced by a file while the run trains
 "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 100000 --save "$tmp/gone" \
