@@ -1,7 +1,9 @@
 /* csv — a metric sink plugin: one row per optimizer step, one column per scalar.
  *
- * `--sink csv[:FILE]` (default BASE.csv, which a fresh run refuses to replace when it is already
- * there: only a FILE named for it is truncated). Columns: step, wall_time, elapsed_s, then every
+ * `--sink csv[:FILE]` (default BASE.csv). A fresh run writes a new or empty file only: it
+ * refuses a BASE.csv that is already there, and a FILE with content (another run's csv, which
+ * it would replace, as a fresh run refuses a --log that holds one; or any other data, which it
+ * would destroy); nothing is ever truncated. Columns: step, wall_time, elapsed_s, then every
  * scalar of the step in the order pesc gives them (loss, aux_loss, z_loss, lr, grad_norm,
  * tokens_per_s, step_s, epoch, tokens, eval_loss, eval_accuracy, eval_answer_accuracy,
  * entropy/layer_NN, imbalance/layer_NN, load/layer_NN/expert_E); a value not measured at a
@@ -34,6 +36,7 @@ typedef struct csv_sink {
     FILE *f;
     char path[4096];
     int header_done;
+    int created;                 /* the open made the file: a run that wrote no row removes it */
     char **cols;                 /* the header's scalar columns, after the fixed three */
     size_t n_cols;
     size_t *map;                 /* the step scalar each column holds, or NONE */
@@ -123,32 +126,75 @@ static void put_header(FILE *f, char *const *cols, size_t n)
     fputc('\n', f);
 }
 
+/* The scalar columns of the pesc csv at path (its header after the fixed three): 1 with
+ * *cols (free_fields) and *n, 0 when its first line is no pesc csv header, -1 with errno when
+ * it cannot be read or memory is short. */
+static int read_columns(const char *path, char ***cols, size_t *n)
+{
+    FILE *f = fopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    char **fields = NULL;
+    *n = 0;
+    if (!f)
+        return -1;
+    errno = 0;
+    if (getline(&line, &cap, f) > 0 && !(fields = split_fields(line, n)))
+        errno = ENOMEM;
+    int failed = errno != 0 && !fields;
+    fclose(f);
+    free(line);
+    if (failed)
+        return -1;
+    if (!fields || *n < FIXED || strcmp(fields[0], "step") || strcmp(fields[1], "wall_time") ||
+        strcmp(fields[2], "elapsed_s")) {
+        free_fields(fields, *n);
+        *n = 0;
+        return 0;
+    }
+    free(fields[0]), free(fields[1]), free(fields[2]);
+    memmove(fields, fields + FIXED, (*n - FIXED) * sizeof *fields);
+    *cols = fields;
+    *n -= FIXED;
+    return 1;
+}
+
 /* Reads the header of the file a resumed run appends to into c->cols: 0, or -1 with err. */
 static int read_header(csv_sink *c, char *err, size_t errlen)
 {
-    FILE *f = fopen(c->path, "r");
-    char *line = NULL;
-    size_t cap = 0, n = 0;
-    char **fields = NULL;
-    if (!f)
+    int is_csv = read_columns(c->path, &c->cols, &c->n_cols);
+    if (is_csv < 0)
         return io_error(c->path, err, errlen);
-    if (getline(&line, &cap, f) > 0)
-        fields = split_fields(line, &n);
-    fclose(f);
-    free(line);
-    if (!fields || n < FIXED || strcmp(fields[0], "step") || strcmp(fields[1], "wall_time") ||
-        strcmp(fields[2], "elapsed_s")) {
-        free_fields(fields, n);
+    if (is_csv == 0) {
         snprintf(err, errlen, "%s: its first line is not a pesc csv header (step,wall_time,"
                  "elapsed_s,...), so its columns are unknown: name a new file, --sink csv:FILE",
                  c->path);
         return -1;
     }
-    free(fields[0]), free(fields[1]), free(fields[2]);
-    memmove(fields, fields + FIXED, (n - FIXED) * sizeof *fields);
-    c->cols = fields;
-    c->n_cols = n - FIXED;
     return 0;
+}
+
+/* A fresh run's named FILE that has content: a pesc csv is another run's rows, which it
+ * would replace; anything else is data it would destroy. Either is refused (-1 with err), as
+ * a fresh run's --log is; an empty file is taken (0). */
+static int refuse_content(const csv_sink *c, int fd, char *err, size_t errlen)
+{
+    struct stat st;
+    char **cols = NULL;
+    size_t n = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+        return 0;
+    int is_csv = read_columns(c->path, &cols, &n);
+    free_fields(cols, n);
+    if (is_csv > 0)
+        snprintf(err, errlen, "%s already holds a pesc csv (%lld bytes), which a fresh run "
+                 "would replace: remove it, name another file, or continue its run with "
+                 "--resume", c->path, (long long)st.st_size);
+    else
+        snprintf(err, errlen, "%s is not a pesc csv (its first line is not step,wall_time,"
+                 "elapsed_s,...), and this sink would destroy it: name another file, "
+                 "--sink csv:FILE", c->path);
+    return -1;
 }
 
 static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, char *err,
@@ -164,13 +210,14 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
         snprintf(c->path, sizeof c->path, "%s", config->target);
     else
         snprintf(c->path, sizeof c->path, "%s.csv", config->base ? config->base : "pesc-run");
-    if (config->resume || config->target) {
-        c->f = fopen(c->path, config->resume ? "a" : "w");
-    } else {   /* a BASE.csv already there may be another run's: a fresh run does not replace it */
-        int fd = open(c->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        c->f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    }
-    if (!c->f) {
+    /* never truncated: a fresh run takes a new or empty file, a resumed one appends; a BASE.csv
+     * already there may be another run's, so a fresh run does not take it even empty */
+    int flags = O_WRONLY | O_CLOEXEC | (config->resume ? O_APPEND : 0);
+    int fd = open(c->path, flags | O_CREAT | O_EXCL, 0666);
+    c->created = fd >= 0;
+    if (fd < 0 && errno == EEXIST && (config->resume || config->target))
+        fd = open(c->path, flags);
+    if (fd < 0) {
         if (errno == EEXIST)
             snprintf(err, errlen, "%s is already there, and this run was not told to replace it: "
                      "name the file (--sink csv:FILE), remove it, or continue its run with "
@@ -180,8 +227,21 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
         free(c);
         return NULL;
     }
-    /* appending to rows already there: under their header, by column name */
-    c->header_done = config->resume && ftell(c->f) > 0;
+    if (!config->resume && refuse_content(c, fd, err, errlen) != 0) {
+        close(fd);
+        free(c);
+        return NULL;
+    }
+    if (!(c->f = fdopen(fd, config->resume ? "a" : "w"))) {
+        io_error(c->path, err, errlen);
+        close(fd);
+        free(c);
+        return NULL;
+    }
+    /* appending to rows already there: under their header, by column name (fdopen does not
+     * seek to the end, so ftell would read 0) */
+    struct stat st;
+    c->header_done = config->resume && fstat(fd, &st) == 0 && st.st_size > 0;
     if (c->header_done && read_header(c, err, errlen) != 0) {
         fclose(c->f);
         free(c);
@@ -401,6 +461,10 @@ static int csv_close(void *self, char *err, size_t errlen)
     errno = 0;
     if (c->f && fclose(c->f) != 0)
         rc = io_error(c->path, err, errlen);
+    /* a run refused for another output, or stopped before its first step, leaves no empty
+     * BASE.csv behind that its next run would be refused for */
+    if (c->created && !c->header_done)
+        unlink(c->path);
     free_fields(c->cols, c->n_cols);
     free(c->map);
     free(c);

@@ -2,7 +2,9 @@
  *
  * `--sink tensorboard[:DIR]` (default BASE.tb/); then `tensorboard --logdir DIR`. Each open
  * starts a new file DIR/events.out.tfevents.TIME.HOST.PID (TensorBoard reads every such file of
- * a directory, so a resumed run adds one).
+ * a directory as one run, so a resumed run adds one, and a fresh run refuses a DIR that holds
+ * one: its steps would be drawn as the other run's). A file that got no step is removed at
+ * close.
  *
  * The file is TFRecord framing around Event protocol buffers, written by hand here:
  *   record  = uint64 length (little-endian), uint32 masked_crc32c(length bytes), data,
@@ -18,6 +20,7 @@
  * (adapter norms).
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -118,6 +121,7 @@ static void pb_string(pb *b, unsigned field, const void *s, size_t n)
 typedef struct tb_sink {
     FILE *f;
     char path[4200];
+    long steps;                  /* written; a run that wrote none removes its file */
     uint32_t crc_table[256];     /* Castagnoli, reflected (0x82f63b78) */
     pb event, summary, value, histo;   /* scratch, reused every step */
 } tb_sink;
@@ -191,6 +195,20 @@ static int make_dirs(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
+/* Whether dir holds an event file already (TensorBoard reads every one of a directory as
+ * one run, so a fresh run's would be merged into another's). */
+static int holds_events(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int found = 0;
+    while (d && !found && (e = readdir(d)))
+        found = strncmp(e->d_name, "events.out.tfevents.", 20) == 0;
+    if (d)
+        closedir(d);
+    return found;
+}
+
 static double now_wall(void)
 {
     struct timespec ts;
@@ -218,6 +236,12 @@ static void *tb_open(const pesc_sink_config *config, const pesc_run_info *run, c
         snprintf(dir, sizeof dir, "%s.tb", config->base ? config->base : "pesc-run");
     if (make_dirs(dir, err, errlen) != 0)
         return NULL;
+    if (!config->resume && holds_events(dir)) {
+        snprintf(err, errlen, "%s already holds TensorBoard event files, which TensorBoard "
+                 "would merge with this run's: name another directory (--sink tensorboard:DIR), "
+                 "remove them, or continue its run with --resume", dir);
+        return NULL;
+    }
     tb_sink *t = calloc(1, sizeof *t);
     if (!t) {
         snprintf(err, errlen, "out of memory");
@@ -320,7 +344,10 @@ static int tb_record(void *self, const pesc_step *step, char *err, size_t errlen
     pb_string(&t->event, 5, t->summary.p, t->summary.n);
     if (t->value.oom || t->summary.oom || t->histo.oom)
         t->event.oom = 1;
-    return write_record(t, &t->event, err, errlen);
+    if (write_record(t, &t->event, err, errlen) != 0)
+        return -1;
+    t->steps++;
+    return 0;
 }
 
 static int tb_close(void *self, char *err, size_t errlen)
@@ -332,6 +359,10 @@ static int tb_close(void *self, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", t->path, strerror(errno ? errno : EIO));
         rc = -1;
     }
+    /* a run refused for another output, or stopped before its first step, leaves no event
+     * file behind that its next run would be refused for */
+    if (t->steps == 0)
+        unlink(t->path);
     tb_free(t);
     return rc;
 }

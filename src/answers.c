@@ -3,8 +3,10 @@
 
 #include <ctype.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 
 int ans_match_parse(const char *name, ans_match *out, pesc_error *err)
@@ -148,6 +150,36 @@ static void write_sample(FILE *f, long step, const char *source, long line,
         fprintf(f, "{\"line\": %ld, \"right\": %s}\n", line, right ? "true" : "false");
     free(text);
     json_decref(o);
+}
+
+/* A samples line is short next to this; a first line past it (a file without line ends) is
+ * not read whole. */
+#define SAMPLE_LINE_MAX ((size_t)4 << 20)
+
+int ans_samples_file(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+        return 1;   /* nothing there to lose (a device or FIFO is the open's to judge) */
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 1;   /* the open that follows says why */
+    size_t cap = 4096, n = 0;
+    char *line = xmalloc(cap);
+    for (int c; (c = getc(f)) != EOF && c != '\n' && n < SAMPLE_LINE_MAX;) {
+        if (n + 2 > cap)
+            line = xrealloc(line, cap *= 2);
+        line[n++] = (char)c;
+    }
+    line[n] = '\0';
+    fclose(f);
+    json_t *o = json_loads(line, 0, NULL);
+    /* its line and verdict: write_sample's fallback for text that is not UTF-8 has no more */
+    int ours = json_is_object(o) && json_is_integer(json_object_get(o, "line")) &&
+               json_is_boolean(json_object_get(o, "right"));
+    json_decref(o);
+    free(line);
+    return ours;
 }
 
 void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl,

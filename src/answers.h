@@ -39,6 +39,12 @@ int ans_number(const char *text, char *out, size_t n);
 /* Whether answer matches reference. */
 int ans_matches(ans_match m, const char *answer, const char *reference);
 
+/* Whether the file at path may have samples lines appended (--samples, --eval-samples): 1
+ * when it is not there, empty, or not a regular file, or its first line is a samples line
+ * (an object with an integer "line" and a boolean "right"); 0 when it holds other data (a dataset,
+ * a log), which appending would spoil. */
+int ans_samples_file(const char *path);
+
 typedef struct ans_tally {
     long right, scored;
     long no_answer;              /* records without a prompt and an answer: not scored */

@@ -1853,6 +1853,10 @@ static int open_eval(session *s, pesc_error *err)
                          "or instruction records)", what);
     if (c->eval_samples && check_output(s, "--eval-samples", c->eval_samples, err) != 0)
         return -1;
+    if (c->eval_samples && !ans_samples_file(c->eval_samples))
+        return pesc_fail(err, "--eval-samples %s holds other data (its first line is no answer "
+                         "line of --eval-samples), which the answers appended would spoil: name "
+                         "another file", c->eval_samples);
     if (c->eval_samples && !(s->samples = fopen(c->eval_samples, "a")))
         return pesc_fail(err, "--eval-samples %s: %s (name a file in a writable directory)",
                          c->eval_samples, strerror(errno));

@@ -1,0 +1,87 @@
+#!/bin/sh
+# sinks.sh — the metric sinks' outputs across runs, as a user meets them: a fresh run refuses a
+# csv FILE, a tensorboard DIR or an --eval-samples FILE that holds something else (a dataset, a
+# model's config.json, another run's rows or events) and leaves it as it was, and a run refused
+# leaves no file behind that its next try would be refused for.
+set -u
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+pesc="$top_builddir/pesc"
+base="$top_srcdir/tests/reference/data/llama-gqa-f32"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-sinks.XXXXXX") || exit 99
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+. "$top_srcdir/tests/lib.sh"
+
+# 64 records of 20 random ids below the model's vocabulary of 64
+awk 'BEGIN { srand(7); for (r = 0; r < 64; r++) { printf "{\"input_ids\": ["; for (t = 0; t < 20; t++) printf "%s%d", t ? ", " : "", int(rand() * 64); print "]}" } }' >"$tmp/data.jsonl"
+common="--model $base --data $tmp/data.jsonl --seq 24 --batch 4 --experts 4 --adapter-dim 8 --lr 1e-2 --backend cpu"
+
+# unchanged FILE COPY WHAT: the refused run left FILE as COPY has it
+unchanged() { cmp -s "$1" "$2" || fail "$3 changed $1: $(head -c 200 "$1")"; }
+
+# ---- a fresh run writes new or empty outputs only -----------------------------------------------
+# a dataset and an exported model's config.json named as the csv: other data, never written
+"$pesc" demo-data -o "$tmp/demo.jsonl" --records 50 --seed 3 >/dev/null || exit 99
+cp "$tmp/demo.jsonl" "$tmp/demo.before"
+mkdir "$tmp/exp" && printf '{"model_type": "llama", "hidden_size": 64}\n' >"$tmp/exp/config.json"
+cp "$tmp/exp/config.json" "$tmp/config.before"
+# shellcheck disable=SC2086
+expect 1 "\-\-sink csv:$tmp/demo.jsonl: $tmp/demo.jsonl is not a pesc csv (its first line is not step,wall_time,elapsed_s,...), and this sink would destroy it: name another file" \
+  "--sink csv onto a dataset is refused" -- \
+  "$pesc" train --headless $common --steps 1 --sink "csv:$tmp/demo.jsonl"
+unchanged "$tmp/demo.jsonl" "$tmp/demo.before" "a run refused for --sink csv:DATASET"
+# shellcheck disable=SC2086
+expect 1 "$tmp/exp/config.json is not a pesc csv" "--sink csv onto a model's config.json is refused" -- \
+  "$pesc" train --headless $common --steps 1 --sink "csv:$tmp/exp/config.json"
+unchanged "$tmp/exp/config.json" "$tmp/config.before" "a run refused for --sink csv:config.json"
+
+# another run's csv is that run's rows: refused as a fresh run's --log FILE holding a log is
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 2 --sink "csv:$tmp/a.csv" --sink "tensorboard:$tmp/a.tb" \
+  >/dev/null 2>"$tmp/err" || fail "run a: $(cat "$tmp/err")"
+cp "$tmp/a.csv" "$tmp/a.before"
+# shellcheck disable=SC2086
+expect 1 "\-\-sink csv:$tmp/a.csv: $tmp/a.csv already holds a pesc csv ([0-9]* bytes), which a fresh run would replace: remove it, name another file, or continue its run with \-\-resume" \
+  "--sink csv onto another run's csv is refused" -- \
+  "$pesc" train --headless $common --steps 1 --sink "csv:$tmp/a.csv"
+unchanged "$tmp/a.csv" "$tmp/a.before" "a run refused for another run's csv"
+: >"$tmp/empty.csv"
+# shellcheck disable=SC2086
+expect 0 "step 1/1" "an empty --sink csv FILE is taken" -- \
+  "$pesc" train --headless $common --steps 1 --sink "csv:$tmp/empty.csv"
+[ "$(cut -d, -f1 "$tmp/empty.csv" | tr '\n' ' ')" = "step 1 " ] || fail "the empty csv got $(cat "$tmp/empty.csv")"
+
+# a tensorboard DIR with another run's event files: TensorBoard would merge the two runs
+# shellcheck disable=SC2086
+expect 1 "\-\-sink tensorboard:$tmp/a.tb: $tmp/a.tb already holds TensorBoard event files, which TensorBoard would merge with this run's: name another directory (\-\-sink tensorboard:DIR), remove them, or continue its run with \-\-resume" \
+  "--sink tensorboard onto another run's directory is refused" -- \
+  "$pesc" train --headless $common --steps 1 --sink "tensorboard:$tmp/a.tb"
+[ "$(find "$tmp/a.tb" -name 'events.out.tfevents.*' | wc -l)" = 1 ] ||
+  fail "a run refused for its tensorboard DIR added to it: $(ls "$tmp/a.tb")"
+
+# a run refused for one sink leaves no file of the others (a BASE.csv, an event file) that
+# would refuse its next try
+# shellcheck disable=SC2086
+expect 1 "$tmp/exp/config.json is not a pesc csv" "a run refused for its second sink" -- \
+  "$pesc" train --headless $common --steps 1 --log "$tmp/b.jsonl" --sink csv --sink "tensorboard:$tmp/b.tb" \
+  --sink "csv:$tmp/exp/config.json"
+[ ! -e "$tmp/b.csv" ] && [ -z "$(find "$tmp/b.tb" -name 'events.out.tfevents.*' 2>/dev/null)" ] ||
+  fail "a refused run left $(ls "$tmp/b.csv" "$tmp/b.tb" 2>&1)"
+# shellcheck disable=SC2086
+expect 0 "step 1/1" "its next try, without the bad sink, runs" -- \
+  "$pesc" train --headless $common --steps 1 --log "$tmp/b.jsonl" --sink csv --sink "tensorboard:$tmp/b.tb"
+
+# --eval-samples appends: to answers, never to a dataset
+expect 1 "\-\-eval-samples $tmp/demo.jsonl holds other data (its first line is no answer line of \-\-eval-samples), which the answers appended would spoil: name another file" \
+  "--eval-samples onto a dataset is refused" -- \
+  "$pesc" train --headless --steps 1 --eval-generate exact:6 --eval-samples "$tmp/demo.jsonl"
+unchanged "$tmp/demo.jsonl" "$tmp/demo.before" "a run refused for --eval-samples DATASET"
+expect 0 "step 1/1" "--eval-samples: a first run" -- \
+  "$pesc" train --headless --steps 1 --eval-generate exact:6 --eval-samples "$tmp/ans.jsonl"
+expect 0 "step 1/1" "--eval-samples: a second run appends to the first's answers" -- \
+  "$pesc" train --headless --steps 1 --eval-generate exact:6 --eval-samples "$tmp/ans.jsonl"
+[ "$(wc -l <"$tmp/ans.jsonl")" = 12 ] || fail "--eval-samples twice: $(wc -l <"$tmp/ans.jsonl") lines, wanted 12"
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]
