@@ -214,6 +214,23 @@ static void add_event(logview *lv, const stats_event *logged)
     }
 }
 
+/* A resumed run's start line: the run goes on from its checkpoint's step, running again the
+ * steps a crashed run logged past it; those records are dropped from the history, so that no
+ * step is drawn twice (a 40-step run shows 40, not 40 and the repeats). Its events stay: they
+ * happened. */
+static void rewind_to(logview *lv, long step)
+{
+    while (lv->n_points > 0 && lv->points[lv->n_points - 1].step > step)
+        lv->n_points--;
+    while (lv->n_loads > 0) {
+        int newest = (lv->load_head - 1 + MONITOR_LOAD_HISTORY) % MONITOR_LOAD_HISTORY;
+        if (lv->load_steps[newest] <= step)
+            break;
+        lv->load_head = newest;
+        lv->n_loads--;
+    }
+}
+
 static void parse_line(logview *lv, const char *line)
 {
     line = pesc_skip_bom(line, NULL);   /* a log saved by an editor that adds one */
@@ -225,6 +242,8 @@ static void parse_line(logview *lv, const char *line)
     int kind = stats_parse_line(line, &lv->last, &e, &run, &err);
     lv->took_record |= kind >= 1 && kind <= 3;
     if (kind == 3) {
+        if (run.resumed_step > 0)
+            rewind_to(lv, run.resumed_step);
         lv->run = run;
         lv->have_run = 1;
         lv->state = MONITOR_RUNNING;

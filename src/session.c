@@ -2259,6 +2259,7 @@ static void describe_run(session *s)
                  slash ? slash + 1 : s->cfg.sources[i].path);
     }
     r->total_steps = s->total_steps;
+    r->resumed_step = s->cfg.resume ? s->step : 0;   /* resume() set the checkpoint's */
     r->data_records = dataset_stats(s->data)->records;
     r->data_tokens = dataset_stats(s->data)->tokens;
     r->adapter_dim = m->pesc.adapter_dim;

@@ -262,6 +262,8 @@ char *stats_run_json(const stats_run *run)
     json_object_set_new(o, "sources", sources);
     if (run->control[0])
         json_object_set_new(o, "control", json_string(run->control));
+    if (run->resumed_step > 0)
+        json_object_set_new(o, "resumed_step", json_integer(run->resumed_step));
     return dump(o);
 }
 
@@ -313,6 +315,7 @@ static int parse_run(json_t *o, stats_run *run)
     run->total_steps = (long)int_or(o, "total_steps", 0);
     run->data_records = (long)int_or(o, "data_records", 0);
     run->data_tokens = int_or(o, "data_tokens", 0);
+    run->resumed_step = (long)int_or(o, "resumed_step", 0);
     json_t *sources = json_object_get(o, "sources");
     size_t n = json_is_array(sources) ? json_array_size(sources) : 0;
     run->shape.n_sources = (int)(n < STATS_MAX_SOURCES ? n : STATS_MAX_SOURCES);

@@ -92,6 +92,8 @@ typedef struct stats_run {
     long long data_tokens;
     char control[256];           /* its --control socket (absolute), "" when none: what a
                                     view of the log names for steering the run */
+    long resumed_step;           /* a resumed run: its checkpoint's step, from which it runs
+                                    again the steps a crashed run logged past it; 0: fresh */
 } stats_run;
 
 /* An "lr" event's text begins with the rate in force from then on, so that a reader of the

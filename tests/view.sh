@@ -5,7 +5,8 @@
 # the run (pause, LR, prompt, a pasted prompt of two lines), a logged answer is shown, resizing to 40x12 and back keeps it
 # running, more layers than lines scroll and the frames say which are shown, q leaves with 0
 # and bracketed paste off, as Ctrl-Z does until fg;
-# malformed lines are counted on the status line, after the note of a log gone quiet;
+# malformed lines are counted on the status line, after the note of a log gone quiet; a run
+# resumed after a crash shows each step once;
 # a failed run's reason reaches stderr under "pesc view:" with the log's control characters
 # shown as escapes; further logs are runs compared on the loss panel, each named with its latest
 # smoothed loss, followed as they grow, and a compared log that is missing or no run log is an
@@ -101,6 +102,22 @@ check "Prompt" "resized back to 100x30: console again"
 keys q
 [ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q leaves with status 0" \
   || fail "q: status '$(cat "$tmp/status" 2>/dev/null)' $(cat "$tmp/stderr")"
+
+# ---- a run resumed after a crash: killed in step 25's record after its save at 20, resumed
+# there; the steps it runs again replace those logged past the save (the start line's
+# resumed_step), and the record cut short is one malformed line -----------------------------------
+"$fake" "$tmp/crashed.jsonl" --steps 40 || exit 99
+cut=$(grep -n '^{"step":24,' "$tmp/crashed.jsonl" | cut -d: -f1)
+from=$(grep -n '^{"step":21,' "$tmp/crashed.jsonl" | cut -d: -f1)
+{ head -n "$cut" "$tmp/crashed.jsonl"
+  echo '{"step":25,"loss":'
+  head -n 1 "$tmp/crashed.jsonl" | sed 's/}$/,"resumed_step":20}/'
+  tail -n +"$from" "$tmp/crashed.jsonl"
+} >"$tmp/resumed.jsonl"
+tui_start 100 30 "$pesc" view "$tmp/resumed.jsonl"
+check "layer 0, last 40 steps" "a 40-step run resumed at 20 after a crash at 24: 40 steps in the history, not 44"
+check "1 malformed line skipped" "the record cut short by the crash is one malformed line, skipped"
+keys q
 
 # ---- --eval-generate's answers: the latest share right in the loss legend with a sparkline of
 # the evaluations, on a second row when the first is full (at 100x30 it is) -----------------
