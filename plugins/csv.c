@@ -12,7 +12,9 @@
  * in the column its tag names; when the run has a tag the header lacks (a file of a pesc
  * before eval_loss, eval_accuracy or eval_answer_accuracy), the file is rewritten once, through
  * a file beside it renamed over it, with the column added and the rows before it empty there,
- * so no row lands under the wrong column and none is lost. Rows are flushed as written, so a
+ * so no row lands under the wrong column and none is lost. A resumed run goes on from its
+ * checkpoint's step (config->resumed_step): the rows past it, which a run that crashed later
+ * wrote and this one writes again, are dropped the same way. Rows are flushed as written, so a
  * spreadsheet or `tail -F` sees them live. Events are not written (they are in the JSONL log).
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
@@ -174,6 +176,136 @@ static int read_header(csv_sink *c, char *err, size_t errlen)
     return 0;
 }
 
+/* The step of a row (its first field), or LONG_MIN when it has none: kept whatever it is. */
+static long row_step(const char *row)
+{
+    char *end;
+    errno = 0;
+    long step = strtol(row, &end, 10);
+    return end == row || errno || (*end != ',' && *end != '\n' && *end != '\0') ? LONG_MIN : step;
+}
+
+/* Rewrites the file beside itself and renames it over the old one: the header cols (n_cols),
+ * then every row with its fixed fields and, in column k, the old column from[k] (NONE: an empty
+ * cell), leaving out the rows past last_step (LONG_MAX: none). Appends go to the new file
+ * after; on a failure the old file is left as it was. 0, or -1 with err. */
+static int rewrite(csv_sink *c, char *const *cols, const size_t *from, size_t n_cols,
+                   long last_step, char *err, size_t errlen)
+{
+    char tmp[PATH_MAX + 16], real[PATH_MAX];
+    /* beside the file a link names, so the link stays one */
+    const char *file = realpath(c->path, real) ? real : c->path;
+    FILE *in = NULL, *out = NULL;
+    char *line = NULL;
+    size_t cap = 0;
+    int rc = -1, fd = -1, made_tmp = 0;
+    struct stat st;
+    errno = 0;
+    if (fflush(c->f) != 0 || !(in = fopen(c->path, "r")) || fstat(fileno(in), &st) != 0) {
+        io_error(c->path, err, errlen);
+        goto done;
+    }
+    snprintf(tmp, sizeof tmp, "%s.XXXXXX", file);
+    if ((fd = mkstemp(tmp)) >= 0)
+        made_tmp = 1;
+    if (fd < 0 || !(out = fdopen(fd, "w"))) {
+        io_error(tmp, err, errlen);
+        goto done;
+    }
+    fd = -1;
+    fchmod(fileno(out), st.st_mode & 07777);
+    put_header(out, cols, n_cols);
+    for (int first = 1; getline(&line, &cap, in) > 0; first = 0) {
+        size_t n;
+        char **fields;
+        if (first)
+            continue;                     /* the old header */
+        long step = row_step(line);
+        if (step != LONG_MIN && step > last_step)
+            continue;
+        if (!(fields = split_fields(line, &n))) {
+            snprintf(err, errlen, "out of memory");
+            goto done;
+        }
+        for (size_t k = 0; k < FIXED; k++) {
+            if (k)
+                fputc(',', out);
+            put_field(out, k < n ? fields[k] : "");
+        }
+        for (size_t k = 0; k < n_cols; k++) {
+            fputc(',', out);
+            if (from[k] != NONE && FIXED + from[k] < n)
+                put_field(out, fields[FIXED + from[k]]);
+        }
+        fputc('\n', out);
+        free_fields(fields, n);
+    }
+    errno = 0;
+    if (ferror(in)) {
+        io_error(c->path, err, errlen);
+        goto done;
+    }
+    if (ferror(out) || fflush(out) != 0 || fsync(fileno(out)) != 0) {
+        io_error(tmp, err, errlen);
+        goto done;
+    }
+    int closed = fclose(out);
+    out = NULL;
+    if (closed != 0 || rename(tmp, file) != 0) {
+        io_error(tmp, err, errlen);
+        goto done;
+    }
+    made_tmp = 0;
+    fclose(c->f);
+    if (!(c->f = fopen(c->path, "a"))) {   /* csv_close knows a NULL f */
+        io_error(c->path, err, errlen);
+        goto done;
+    }
+    rc = 0;
+done:
+    if (out)
+        fclose(out);
+    if (fd >= 0)
+        close(fd);
+    if (made_tmp)
+        unlink(tmp);
+    if (in)
+        fclose(in);
+    free(line);
+    return rc;
+}
+
+/* A resumed run goes on from its checkpoint's step: the rows past it, which a run that
+ * crashed later logged and this one runs again, are dropped (the file rewritten as
+ * add_columns does), so that no step has two rows. 0, or -1 with err. */
+static int drop_rows_after(csv_sink *c, long last_step, char *err, size_t errlen)
+{
+    FILE *in = fopen(c->path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    int past = 0;
+    if (!in)
+        return io_error(c->path, err, errlen);
+    for (int first = 1; !past && getline(&line, &cap, in) > 0; first = 0) {
+        long step = first ? LONG_MIN : row_step(line);
+        past = step != LONG_MIN && step > last_step;
+    }
+    fclose(in);
+    free(line);
+    if (!past)
+        return 0;
+    size_t *same = malloc((c->n_cols ? c->n_cols : 1) * sizeof *same);
+    if (!same) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t k = 0; k < c->n_cols; k++)
+        same[k] = k;
+    int rc = rewrite(c, c->cols, same, c->n_cols, last_step, err, errlen);
+    free(same);
+    return rc;
+}
+
 /* A fresh run's named FILE that has content: a pesc csv is another run's rows, which it
  * would replace; anything else is data it would destroy. Either is refused (-1 with err), as
  * a fresh run's --log is; an empty file is taken (0). */
@@ -242,8 +374,14 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
      * seek to the end, so ftell would read 0) */
     struct stat st;
     c->header_done = config->resume && fstat(fd, &st) == 0 && st.st_size > 0;
-    if (c->header_done && read_header(c, err, errlen) != 0) {
-        fclose(c->f);
+    long resumed_step = PESC_PLUGIN_HAS(config, pesc_sink_config, resumed_step)
+                            ? config->resumed_step : 0;
+    if (c->header_done && (read_header(c, err, errlen) != 0 ||
+                           (resumed_step > 0 &&
+                            drop_rows_after(c, resumed_step, err, errlen) != 0))) {
+        if (c->f)
+            fclose(c->f);
+        free_fields(c->cols, c->n_cols);
         free(c);
         return NULL;
     }
@@ -286,22 +424,14 @@ static int map_holds(const csv_sink *c, const pesc_step *step)
     return mapped == step->n_scalars;
 }
 
-/* The header gains the step's tags it lacks: the file is rewritten beside itself, every row
- * under the new header with an empty cell in each new column, and renamed over the old one;
- * on a failure the old file is left as it was. 0, or -1 with err. */
+/* The header gains the step's tags it lacks: the file is rewritten, every row under the new
+ * header with an empty cell in each new column. 0, or -1 with err. */
 static int add_columns(csv_sink *c, const pesc_step *step, char *err, size_t errlen)
 {
     size_t n_new = 0;
     char **cols = malloc((c->n_cols + step->n_scalars) * sizeof *cols);
     size_t *from = malloc((c->n_cols + step->n_scalars) * sizeof *from); /* old column or NONE */
-    char tmp[PATH_MAX + 16], real[PATH_MAX];
-    /* beside the file a link names, so the link stays one */
-    const char *file = realpath(c->path, real) ? real : c->path;
-    FILE *in = NULL, *out = NULL;
-    char *line = NULL;
-    size_t cap = 0;
-    int rc = -1, fd = -1, made_tmp = 0;
-    struct stat st;
+    int rc = -1;
     if (!cols || !from) {
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -322,65 +452,8 @@ static int add_columns(csv_sink *c, const pesc_step *step, char *err, size_t err
         if (i == step->n_scalars)
             cols[n_new] = c->cols[j], from[n_new++] = j;
     }
-    errno = 0;
-    if (fflush(c->f) != 0 || !(in = fopen(c->path, "r")) || fstat(fileno(in), &st) != 0) {
-        io_error(c->path, err, errlen);
+    if (rewrite(c, cols, from, n_new, LONG_MAX, err, errlen) != 0)
         goto done;
-    }
-    snprintf(tmp, sizeof tmp, "%s.XXXXXX", file);
-    if ((fd = mkstemp(tmp)) >= 0)
-        made_tmp = 1;
-    if (fd < 0 || !(out = fdopen(fd, "w"))) {
-        io_error(tmp, err, errlen);
-        goto done;
-    }
-    fd = -1;
-    fchmod(fileno(out), st.st_mode & 07777);
-    put_header(out, cols, n_new);
-    for (int first = 1; getline(&line, &cap, in) > 0; first = 0) {
-        size_t n;
-        char **fields;
-        if (first)
-            continue;                     /* the old header */
-        if (!(fields = split_fields(line, &n))) {
-            snprintf(err, errlen, "out of memory");
-            goto done;
-        }
-        for (size_t k = 0; k < FIXED; k++) {
-            if (k)
-                fputc(',', out);
-            put_field(out, k < n ? fields[k] : "");
-        }
-        for (size_t k = 0; k < n_new; k++) {
-            fputc(',', out);
-            if (from[k] != NONE && FIXED + from[k] < n)
-                put_field(out, fields[FIXED + from[k]]);
-        }
-        fputc('\n', out);
-        free_fields(fields, n);
-    }
-    errno = 0;
-    if (ferror(in)) {
-        io_error(c->path, err, errlen);
-        goto done;
-    }
-    if (ferror(out) || fflush(out) != 0 || fsync(fileno(out)) != 0) {
-        io_error(tmp, err, errlen);
-        goto done;
-    }
-    int closed = fclose(out);
-    out = NULL;
-    if (closed != 0 || rename(tmp, file) != 0) {
-        io_error(tmp, err, errlen);
-        goto done;
-    }
-    made_tmp = 0;
-    /* appends go to the new file now */
-    fclose(c->f);
-    if (!(c->f = fopen(c->path, "a"))) {   /* csv_close knows a NULL f */
-        io_error(c->path, err, errlen);
-        goto done;
-    }
     for (size_t k = 0; k < n_new; k++)   /* the old columns' strings, and copies of the new */
         if (from[k] != NONE)
             cols[k] = c->cols[from[k]];
@@ -396,15 +469,6 @@ static int add_columns(csv_sink *c, const pesc_step *step, char *err, size_t err
     c->n_cols = n_new;
     rc = 0;
 done:
-    if (out)
-        fclose(out);
-    if (fd >= 0)
-        close(fd);
-    if (made_tmp)
-        unlink(tmp);
-    if (in)
-        fclose(in);
-    free(line);
     free(cols);
     free(from);
     return rc;

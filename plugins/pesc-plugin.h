@@ -34,6 +34,10 @@ extern "C" {
 #define PESC_PLUGIN_ENTRY_SYMBOL "pesc_plugin_entry"
 #define PESC_PLUGIN_NAME_MAX 31          /* [a-z0-9_-], starting with a letter */
 
+/* Whether the host's structure *s of type T has the appended field f (its size says so):
+ * PESC_PLUGIN_HAS(config, pesc_sink_config, resumed_step). */
+#define PESC_PLUGIN_HAS(s, T, f) ((s)->size >= offsetof(T, f) + sizeof (s)->f)
+
 typedef enum pesc_plugin_kind {
     PESC_PLUGIN_FORMAT = 1,              /* a dataset format: records -> conversations/tokens */
     PESC_PLUGIN_SINK = 2,                /* a metric sink: step records and events -> somewhere */
@@ -128,12 +132,18 @@ typedef struct pesc_run_info {
 typedef struct pesc_sink_config {
     size_t size;
     /* NAME:TARGET of --sink, or NULL when only NAME was given: then derive the output from
-     * base (a path stem: csv writes BASE.csv, tensorboard BASE.tb/). A derived file that is
-     * already there is not the user's to lose: a fresh run (resume 0) refuses it, naming it,
-     * rather than truncate it (open it with O_EXCL). */
+     * base (a path stem: csv writes BASE.csv, tensorboard BASE.tb/). A fresh run (resume 0)
+     * replaces nothing: a derived file that is already there, and a TARGET with content, may
+     * be another run's or other data, so refuse it, naming it, rather than truncate it (open
+     * a derived file with O_EXCL). */
     const char *target;
     const char *base;
     int resume;                          /* a resumed run: append to what is there */
+    /* Appended (read it only when size says it is there): a resumed run's checkpoint step S.
+     * A run that crashed after S had logged steps past it, which this one runs again from
+     * S + 1: drop or mark your records past S (csv drops its rows, tensorboard writes a
+     * SessionLog START at S + 1). 0: a fresh run, or a host that does not say. */
+    long resumed_step;
 } pesc_sink_config;
 
 /* A named scalar: "loss", "lr", "load/layer_03/expert_5", ... */

@@ -10,7 +10,9 @@
  *   record  = uint64 length (little-endian), uint32 masked_crc32c(length bytes), data,
  *             uint32 masked_crc32c(data);  masked(c) = ((c >> 15) | (c << 17)) + 0xa282ead8
  *   Event   = wall_time (1, double), step (2, int64), file_version (3, "brain.Event:2", the
- *             first record only) or summary (5)
+ *             first record only), summary (5) or session_log (6: SessionLog, status (1) START
+ *             = 1; a resumed run's second record, at its checkpoint's step + 1, so that
+ *             TensorBoard drops the steps a crashed run wrote past the checkpoint)
  *   Summary = repeated Value (1): tag (1), simple_value (2, float) or histo (5, HistogramProto:
  *             min 1, max 2, num 3, sum 4, sum_squares 5, bucket_limit 6 and bucket 7, packed
  *             doubles; bucket i counts values in (bucket_limit[i-1], bucket_limit[i]])
@@ -33,6 +35,7 @@
 #include "pesc-plugin.h"
 
 enum { HISTOGRAM_BUCKETS = 30 };
+enum { SESSION_START = 1 };      /* SessionLog.SessionStatus START */
 
 /* ============================================================== protobuf writing ===== */
 
@@ -264,6 +267,23 @@ static void *tb_open(const pesc_sink_config *config, const pesc_run_info *run, c
     pb_varint(&first, 0);
     pb_string(&first, 3, "brain.Event:2", 13);
     int rc = write_record(t, &first, err, errlen);
+    long resumed_step = PESC_PLUGIN_HAS(config, pesc_sink_config, resumed_step)
+                            ? config->resumed_step : 0;
+    if (rc == 0 && config->resume && resumed_step > 0) {
+        /* TensorBoard purges the run's events at or past a START's step: those a crashed run
+         * wrote after the checkpoint, which this one writes again */
+        pb pb_session = {0}, start = {0};
+        pb_key(&pb_session, 1, WIRE_VARINT);
+        pb_varint(&pb_session, SESSION_START);
+        pb_double(&start, 1, wall);
+        pb_key(&start, 2, WIRE_VARINT);
+        pb_varint(&start, (uint64_t)resumed_step + 1);
+        pb_string(&start, 6, pb_session.p, pb_session.n);
+        start.oom |= pb_session.oom;
+        rc = write_record(t, &start, err, errlen);
+        free(pb_session.p);
+        free(start.p);
+    }
     free(first.p);
     if (rc != 0) {
         fclose(t->f);

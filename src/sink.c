@@ -87,7 +87,8 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
 {
     jsonl_sink *j = xcalloc(1, sizeof *j);
     jsonl_path(j->path, sizeof j->path, c->target, c->base);
-    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (c->resume ? O_APPEND : 0);
+    /* a resumed run reads its last byte (see below) */
+    int flags = O_CREAT | O_CLOEXEC | (c->resume ? O_RDWR | O_APPEND : O_WRONLY);
     int fd = open(j->path, flags | (c->resume || c->target ? 0 : O_EXCL), 0666);
     if (fd < 0) {
         if (errno == EEXIST)
@@ -112,7 +113,13 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
         return NULL;
     }
     j->f = fdopen(fd, c->resume ? "a" : "w");
-    if (jsonl_line(j, run->json, err, errlen) != 0) {
+    /* a line cut short (a kill or a full disk mid-record) stays one bad line of its own: the
+     * start line does not join it */
+    char last;
+    int cut = c->resume && fstat(fd, &st) == 0 && st.st_size > 0 &&
+              pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
+    if ((cut && jsonl_line(j, "", err, errlen) != 0) ||
+        jsonl_line(j, run->json, err, errlen) != 0) {
         char ignored[64];
         jsonl_close(j, ignored, sizeof ignored);
         return NULL;
@@ -512,7 +519,8 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
                 continue;
             const char *colon = strchr(slot->spec, ':');
             pesc_sink_config config = {.size = sizeof config, .target = colon ? colon + 1 : NULL,
-                                       .base = s->base, .resume = s->opt.resume};
+                                       .base = s->base, .resume = s->opt.resume,
+                                       .resumed_step = s->opt.resume ? run->resumed_step : 0};
             char why[256] = "";
             /* the directory a target or BASE.x lies in, made as --save's is (a failure is
              * the sink's to report, naming its file) */

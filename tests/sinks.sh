@@ -2,7 +2,9 @@
 # sinks.sh — the metric sinks' outputs across runs, as a user meets them: a fresh run refuses a
 # csv FILE, a tensorboard DIR or an --eval-samples FILE that holds something else (a dataset, a
 # model's config.json, another run's rows or events) and leaves it as it was, and a run refused
-# leaves no file behind that its next try would be refused for.
+# leaves no file behind that its next try would be refused for; a run resumed after a crash
+# writes each step once to the csv and to what TensorBoard shows, and its log's line cut
+# short by the crash stays a line of its own.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -82,6 +84,79 @@ expect 0 "step 1/1" "--eval-samples: a first run" -- \
 expect 0 "step 1/1" "--eval-samples: a second run appends to the first's answers" -- \
   "$pesc" train --headless --steps 1 --eval-generate exact:6 --eval-samples "$tmp/ans.jsonl"
 [ "$(wc -l <"$tmp/ans.jsonl")" = 12 ] || fail "--eval-samples twice: $(wc -l <"$tmp/ans.jsonl") lines, wanted 12"
+
+# ---- a resume after a crash: the steps past the checkpoint are run again, and drawn once -------
+# tb_steps DIR: the steps TensorBoard shows of the run in DIR, one a line: its event files read
+# in name order, each SessionLog START purging the steps at or past its own, as TensorBoard's
+# event accumulator does
+tb_steps() {
+  /usr/bin/python3 - "$1" <<'PY'
+import glob, os, struct, sys
+def varint(b, i):
+    v = s = 0
+    while True:
+        c = b[i]; i += 1; v |= (c & 0x7f) << s; s += 7
+        if c < 0x80:
+            return v, i
+def fields(b):
+    i, out = 0, []
+    while i < len(b):
+        key, i = varint(b, i)
+        wire = key & 7
+        if wire == 0:
+            v, i = varint(b, i)
+        elif wire == 1:
+            v = b[i:i + 8]; i += 8
+        elif wire == 5:
+            v = b[i:i + 4]; i += 4
+        else:
+            n, i = varint(b, i); v = b[i:i + n]; i += n
+        out.append((key >> 3, v))
+    return out
+steps = []
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "events.out.tfevents.*"))):
+    data = open(path, "rb").read()
+    at = 0
+    while at < len(data):
+        n = struct.unpack("<Q", data[at:at + 8])[0]
+        event = dict(fields(data[at + 12:at + 12 + n]))
+        at += 16 + n
+        if 6 in event and dict(fields(event[6])).get(1) == 1:
+            steps = [s for s in steps if s < event.get(2, 0)]
+        elif 5 in event:
+            steps.append(event[2])
+print("\n".join(map(str, steps)))
+PY
+}
+# a run that saves at step 5 and is killed during step 9's record: its checkpoint of step 8
+# never made, its log and csv past the checkpoint, the log's last line cut short
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 8 --save "$tmp/ck" --save-every 5 --log "$tmp/run.jsonl" \
+  --sink csv --sink tensorboard >/dev/null 2>"$tmp/err" || fail "the run to crash: $(cat "$tmp/err")"
+rm -r "$tmp/ck/step-00000008"
+sed -i '/"event":"\(save\|finish\)","step":8/d' "$tmp/run.jsonl"
+printf '{"step":9,"loss":' >>"$tmp/run.jsonl"
+"$pesc" train --headless --resume "$tmp/ck" --steps 12 --sink csv --sink tensorboard >/dev/null 2>"$tmp/err"
+status=$?
+csv_steps=$(cut -d, -f1 "$tmp/run.csv" | tr '\n' ' ')
+tb=$(tb_steps "$tmp/run.tb" | tr '\n' ' ')
+[ $status -eq 0 ] && [ "$csv_steps" = "step 1 2 3 4 5 6 7 8 9 10 11 12 " ] &&
+  pass "--resume after a crash: the csv's rows past the checkpoint are dropped, every step once" ||
+  fail "--resume after a crash: exit $status, csv steps $csv_steps $(head -c 300 "$tmp/err")"
+[ "$tb" = "1 2 3 4 5 6 7 8 9 10 11 12 " ] &&
+  pass "--resume after a crash: a SessionLog START at step 6 has TensorBoard draw every step once" ||
+  fail "--resume after a crash: TensorBoard draws steps $tb"
+grep -q '^{"step":9,"loss":$' "$tmp/run.jsonl" &&
+  [ "$(grep -c '^{"event":"start",.*"resumed_step":5[,}]' "$tmp/run.jsonl")" = 1 ] &&
+  pass "--resume after a crash: the log's cut line stays one line; the start line says resumed_step 5" ||
+  fail "--resume after a crash: the log reads $(grep -n 'start\|"step":9,' "$tmp/run.jsonl" | cut -c1-120)"
+# a pesc before resumed_step, or the same run resumed again with nothing past its checkpoint
+# shellcheck disable=SC2086
+"$pesc" train --headless --resume "$tmp/ck" --steps 14 --sink csv --sink tensorboard >/dev/null 2>"$tmp/err"
+[ "$(cut -d, -f1 "$tmp/run.csv" | tr '\n' ' ')" = "step 1 2 3 4 5 6 7 8 9 10 11 12 13 14 " ] &&
+  [ "$(tb_steps "$tmp/run.tb" | tr '\n' ' ')" = "1 2 3 4 5 6 7 8 9 10 11 12 13 14 " ] &&
+  pass "--resume from the newest checkpoint: rows appended, none dropped" ||
+  fail "--resume again: csv $(cut -d, -f1 "$tmp/run.csv" | tr '\n' ' '), tb $(tb_steps "$tmp/run.tb" | tr '\n' ' ') $(head -c 300 "$tmp/err")"
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
