@@ -175,7 +175,8 @@ typedef struct sink_slot {
     void *self;                  /* NULL: never opened or disabled */
 } sink_slot;
 
-enum { MAX_PENDING = 8 };
+/* A sink's error: room for a path and its advice (an event's text holds 512 bytes of it) */
+enum { MAX_PENDING = 8, SINK_WHY = 1024 };
 
 struct sink_set {
     sink_slot *slots;
@@ -189,7 +190,7 @@ struct sink_set {
     char *tags;                  /* every tag, NUL-separated */
     pesc_histogram histograms[2];
     /* reports not yet sent as events (sent after the dispatch that caused them) */
-    char pending[MAX_PENDING][400];
+    char pending[MAX_PENDING][SINK_WHY + 64 + PESC_PLUGIN_NAME_MAX + 3];   /* NAME: message */
     int n_pending;
     long last_step;
     double last_elapsed;
@@ -205,11 +206,11 @@ static double wall_clock(void)
 /* Reported once: the callback (or stderr) now, a "sink" event to the others afterwards. */
 static void disable(sink_set *s, sink_slot *slot, const char *why)
 {
-    char message[320];
+    char message[SINK_WHY + 64];
     snprintf(message, sizeof message, "%s; the sink is disabled and the run goes on",
              why[0] ? why : "failed without a reason");
     if (slot->self) {
-        char ignored[256];
+        char ignored[SINK_WHY];
         slot->ops->close(slot->self, ignored, sizeof ignored);
         slot->self = NULL;
         s->live--;
@@ -232,7 +233,7 @@ static void dispatch_event(sink_set *s, const stats_event *e)
                         .json = json};
     for (int i = 0; i < s->n; i++) {
         sink_slot *slot = &s->slots[i];
-        char why[256] = "";
+        char why[SINK_WHY] = "";
         if (slot->self && slot->ops->event && slot->ops->event(slot->self, &event, why,
                                                               sizeof why) != 0)
             disable(s, slot, why);
@@ -521,7 +522,7 @@ sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run
             pesc_sink_config config = {.size = sizeof config, .target = colon ? colon + 1 : NULL,
                                        .base = s->base, .resume = s->opt.resume,
                                        .resumed_step = s->opt.resume ? run->resumed_step : 0};
-            char why[256] = "";
+            char why[SINK_WHY] = "";
             /* the directory a target or BASE.x lies in, made as --save's is (a failure is
              * the sink's to report, naming its file) */
             char *dir = pesc_parent_dir(config.target ? config.target : config.base);
@@ -561,7 +562,7 @@ void sinks_record(sink_set *s, const stats_record *r)
                       .json = json};
     for (int i = 0; i < s->n; i++) {
         sink_slot *slot = &s->slots[i];
-        char why[256] = "";
+        char why[SINK_WHY] = "";
         if (slot->self && slot->ops->record(slot->self, &step, why, sizeof why) != 0)
             disable(s, slot, why);
     }
@@ -585,7 +586,7 @@ void sinks_close(sink_set *s)
         return;
     for (int i = 0; i < s->n; i++) {
         sink_slot *slot = &s->slots[i];
-        char why[256] = "";
+        char why[SINK_WHY] = "";
         if (slot->self) {
             void *self = slot->self;
             slot->self = NULL;
