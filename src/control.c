@@ -60,6 +60,21 @@ static void client_drop(control_client *cl)
     cl->used = 0;
 }
 
+/* Answers one command line of len bytes (line[len] is its NUL). 0, or -1 when the reply
+ * cannot go out. */
+static int client_answer(control_server *c, control_client *cl, char *line, size_t len)
+{
+    char reply[CONTROL_REPLY], shown[4 * CONTROL_REPLY + 2];
+    line[len] = '\0';
+    monitor_command(c->m, line, reply, sizeof reply);
+    /* a reply may quote what the client sent ("error: unknown command 'X'"), and a client
+     * can send escape sequences that would redraw or retitle the terminal of whoever reads
+     * the reply: it goes out as one line with its control bytes shown */
+    size_t shown_len = pesc_show_controls(shown, sizeof shown - 1, reply);
+    shown[shown_len++] = '\n';
+    return send_line(cl->fd, shown, shown_len);
+}
+
 /* Reads what the client sent and answers each whole line. -1: the client is done (it hung
  * up, sent an endless line, or stopped reading its replies) and is to be dropped. */
 static int client_read(control_server *c, control_client *cl)
@@ -67,20 +82,19 @@ static int client_read(control_server *c, control_client *cl)
     ssize_t got = read(cl->fd, cl->line + cl->used, sizeof cl->line - 1 - cl->used);
     if (got < 0 && errno == EINTR)
         return 0;
-    if (got <= 0)
+    if (got < 0)
         return -1;
+    if (got == 0) {
+        /* the client closed its end: a last line without its newline (printf pause | socat)
+         * is a command all the same, answered before the connection ends */
+        if (cl->used > 0)
+            client_answer(c, cl, cl->line, cl->used);
+        return -1;
+    }
     cl->used += (size_t)got;
     char *nl;
     while ((nl = memchr(cl->line, '\n', cl->used))) {
-        *nl = '\0';
-        /* a reply may quote what the client sent ("error: unknown command 'X'"), and a
-         * client can send escape sequences that would redraw or retitle the terminal of
-         * whoever reads the reply: it goes out as one line with its control bytes shown */
-        char reply[CONTROL_REPLY], shown[4 * CONTROL_REPLY + 2];
-        monitor_command(c->m, cl->line, reply, sizeof reply);
-        size_t len = pesc_show_controls(shown, sizeof shown - 1, reply);
-        shown[len++] = '\n';
-        if (send_line(cl->fd, shown, len) != 0)
+        if (client_answer(c, cl, cl->line, (size_t)(nl - cl->line)) != 0)
             return -1;
         cl->used -= (size_t)(nl + 1 - cl->line);
         memmove(cl->line, nl + 1, cl->used);

@@ -3,8 +3,8 @@
 # view's open connection does not lock out other clients, a client past the limit is refused
 # in one line (a view so refused gets in once there is room), arguments out of range are
 # refused naming their range, a second generate is refused while one runs, and the run stops
-# cleanly while clients are still connected. The view part runs under tmux when it is
-# installed.
+# cleanly while clients are still connected. A client's last line without its newline is
+# answered. The view part runs under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -103,6 +103,13 @@ reply=$(timeout 30 "$sockcmd" --half-close "$csock" "aux 0.02" "lr *1")
 [ "$reply" = "ok: aux 0.02
 ok: lr *1" ] && pass "commands then a half-close: both replies, then the socket closes" \
   || fail "half-closed client got '$reply'"
+# raw: what `printf BYTES | socat - UNIX-CONNECT:SOCKET` gets back (the bytes as printf has
+# them, then the client's end closed); the connection must end in a close, not a reset
+raw() { printf "$1" | timeout 30 "$sockcmd" --stdin "$csock" 2>&1; }
+reply=$(raw 'aux 0.02\nlr *1')
+[ "$reply" = "ok: aux 0.02
+ok: lr *1" ] && pass "a last line without its newline is answered as the client closes its end" \
+  || fail "'aux 0.02\\\\nlr *1', then a half-close, got '$reply'"
 
 # out-of-range and malformed arguments are refused, naming the argument and its range
 refused() {   # refused LINE PATTERN: the reply to LINE is an error matching PATTERN (grep -E)

@@ -9,7 +9,13 @@
  *                                   are held open until it is killed
  *   sockcmd --half-close SOCKET LINE...   the lines, then its end closed, as
  *                                   `echo LINE | socat - UNIX-CONNECT:SOCKET` does: what
- *                                   comes back until the server closes, on stdout */
+ *                                   comes back until the server closes, on stdout
+ *   sockcmd --stdin SOCKET          the bytes of stdin as they are (no newline added, NUL
+ *                                   bytes kept), then its end closed, as
+ *                                   `printf pause | socat - UNIX-CONNECT:SOCKET` does: what
+ *                                   comes back on stdout; exit 1 when the connection ends in
+ *                                   an error (a reset) rather than the server's close */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +100,30 @@ static int half_close(const char *path, char **lines, int n)
     return ok ? 0 : 1;
 }
 
+static int from_stdin(const char *path)
+{
+    int fd = connect_to(path);
+    if (fd < 0)
+        return 1;
+    char buf[4096];
+    size_t n;
+    int ok = 1;
+    while (ok && (n = fread(buf, 1, sizeof buf, stdin)) > 0)
+        ok = write(fd, buf, n) == (ssize_t)n;
+    if (!ok)
+        perror("sockcmd: write");
+    ok = ok && shutdown(fd, SHUT_WR) == 0;
+    ssize_t got = 0;
+    while (ok && (got = read(fd, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, (size_t)got, stdout);
+    if (ok && got < 0) {
+        fprintf(stderr, "sockcmd: read: %s\n", strerror(errno));
+        ok = 0;
+    }
+    close(fd);
+    return ok ? 0 : 1;
+}
+
 static int hold(int n, const char *path, const char *line)
 {
     for (int i = 0; i < n; i++) {
@@ -114,9 +144,11 @@ int main(int argc, char **argv)
         return hold(atoi(argv[2]), argv[3], argv[4]);
     if (argc >= 4 && strcmp(argv[1], "--half-close") == 0)
         return half_close(argv[2], argv + 3, argc - 3);
+    if (argc == 3 && strcmp(argv[1], "--stdin") == 0)
+        return from_stdin(argv[2]);
     if (argc < 3 || argv[1][0] == '-') {
         fprintf(stderr, "usage: sockcmd [--hang-up | --hold N] SOCKET LINE | "
-                        "[--half-close] SOCKET LINE...\n");
+                        "[--half-close] SOCKET LINE... | --stdin SOCKET\n");
         return 2;
     }
     if (argc > 3)
