@@ -18,10 +18,13 @@
 #define CONTROL_CLIENTS 16
 #define CONTROL_LINE 1024        /* bytes of one command line, with its newline */
 #define CONTROL_REPLY 512        /* bytes of the monitor's reply, with its NUL */
+#define CONTROL_SKIP (64 * 1024) /* bytes of a refused long line read past before its
+                                    client is dropped */
 
 typedef struct control_client {
     int fd;                      /* -1: a free slot */
     size_t used;
+    size_t skipped;              /* > 0: a line too long, refused, read past to its newline */
     char line[CONTROL_LINE];
 } control_client;
 
@@ -57,7 +60,7 @@ static void client_drop(control_client *cl)
 {
     close(cl->fd);
     cl->fd = -1;
-    cl->used = 0;
+    cl->used = cl->skipped = 0;
 }
 
 /* Answers one command line of len bytes (line[len] is its NUL). 0, or -1 when the reply
@@ -75,6 +78,22 @@ static int client_answer(control_server *c, control_client *cl, char *line, size
     return send_line(cl->fd, shown, shown_len);
 }
 
+/* Past a refused long line: what was read up to its newline goes. 0, or -1 when the line
+ * goes on past CONTROL_SKIP bytes (no command line is that long: the client is dropped). */
+static int client_skip(control_client *cl)
+{
+    char *nl = memchr(cl->line, '\n', cl->used);
+    if (!nl) {
+        cl->skipped += cl->used;
+        cl->used = 0;
+        return cl->skipped > CONTROL_SKIP ? -1 : 0;
+    }
+    cl->used -= (size_t)(nl + 1 - cl->line);
+    memmove(cl->line, nl + 1, cl->used);
+    cl->skipped = 0;
+    return 0;
+}
+
 /* Reads what the client sent and answers each whole line. -1: the client is done (it hung
  * up, sent an endless line, or stopped reading its replies) and is to be dropped. */
 static int client_read(control_server *c, control_client *cl)
@@ -87,22 +106,28 @@ static int client_read(control_server *c, control_client *cl)
     if (got == 0) {
         /* the client closed its end: a last line without its newline (printf pause | socat)
          * is a command all the same, answered before the connection ends */
-        if (cl->used > 0)
+        if (cl->used > 0 && !cl->skipped)
             client_answer(c, cl, cl->line, cl->used);
         return -1;
     }
     cl->used += (size_t)got;
+    if (cl->skipped && client_skip(cl) != 0)
+        return -1;
     char *nl;
-    while ((nl = memchr(cl->line, '\n', cl->used))) {
+    while (!cl->skipped && (nl = memchr(cl->line, '\n', cl->used))) {
         if (client_answer(c, cl, cl->line, (size_t)(nl - cl->line)) != 0)
             return -1;
         cl->used -= (size_t)(nl + 1 - cl->line);
         memmove(cl->line, nl + 1, cl->used);
     }
-    if (cl->used == sizeof cl->line - 1) {   /* an endless line: refuse it and drop the client */
+    if (cl->used == sizeof cl->line - 1) {
+        /* refused, and the rest of the line read and let go: closing with it unread would
+         * reset the connection, and the client would see that instead of the reply */
         static const char too_long[] = "error: command line too long\n";
-        send_line(cl->fd, too_long, sizeof too_long - 1);
-        return -1;
+        if (send_line(cl->fd, too_long, sizeof too_long - 1) != 0)
+            return -1;
+        cl->skipped = cl->used;
+        cl->used = 0;
     }
     return 0;
 }
@@ -115,7 +140,7 @@ static void client_accept(control_server *c)
     for (int i = 0; i < CONTROL_CLIENTS; i++)
         if (c->clients[i].fd < 0) {
             c->clients[i].fd = fd;
-            c->clients[i].used = 0;
+            c->clients[i].used = c->clients[i].skipped = 0;
             return;
         }
     char full[128];

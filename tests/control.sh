@@ -4,7 +4,8 @@
 # in one line (a view so refused gets in once there is room), arguments out of range are
 # refused naming their range, a second generate is refused while one runs, and the run stops
 # cleanly while clients are still connected. A client's last line without its newline is
-# answered. The view part runs under tmux when it is installed.
+# answered; a line too long is refused in a reply, and the lines after it are served. The view
+# part runs under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -110,6 +111,13 @@ reply=$(raw 'aux 0.02\nlr *1')
 [ "$reply" = "ok: aux 0.02
 ok: lr *1" ] && pass "a last line without its newline is answered as the client closes its end" \
   || fail "'aux 0.02\\\\nlr *1', then a half-close, got '$reply'"
+# a line past 1023 bytes is refused, the rest of it read and let go, the lines after it served
+long=$(head -c 3000 /dev/zero | tr '\0' x)
+reply=$(raw "$long\\naux 0.02\\n$long")
+[ "$reply" = "error: command line too long
+ok: aux 0.02
+error: command line too long" ] && pass "lines of 3000 bytes are refused in a reply, not a reset" \
+  || fail "3000-byte lines around 'aux 0.02' got '$reply'"
 
 # out-of-range and malformed arguments are refused, naming the argument and its range
 refused() {   # refused LINE PATTERN: the reply to LINE is an error matching PATTERN (grep -E)
