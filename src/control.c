@@ -69,7 +69,11 @@ static int client_answer(control_server *c, control_client *cl, char *line, size
 {
     char reply[CONTROL_REPLY], shown[4 * CONTROL_REPLY + 2];
     line[len] = '\0';
-    monitor_command(c->m, line, reply, sizeof reply);
+    /* the monitor takes a C string: "resume\0junk" would pass for resume */
+    if (memchr(line, '\0', len))
+        snprintf(reply, sizeof reply, "error: a NUL byte in the command");
+    else
+        monitor_command(c->m, line, reply, sizeof reply);
     /* a reply may quote what the client sent ("error: unknown command 'X'"), and a client
      * can send escape sequences that would redraw or retitle the terminal of whoever reads
      * the reply: it goes out as one line with its control bytes shown */

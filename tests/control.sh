@@ -4,8 +4,8 @@
 # in one line (a view so refused gets in once there is room), arguments out of range are
 # refused naming their range, a second generate is refused while one runs, and the run stops
 # cleanly while clients are still connected. A client's last line without its newline is
-# answered; a line too long is refused in a reply, and the lines after it are served. The view
-# part runs under tmux when it is installed.
+# answered; a line too long, or one with a NUL byte, is refused in a reply, and the lines after
+# it are served. The view part runs under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -118,6 +118,10 @@ reply=$(raw "$long\\naux 0.02\\n$long")
 ok: aux 0.02
 error: command line too long" ] && pass "lines of 3000 bytes are refused in a reply, not a reset" \
   || fail "3000-byte lines around 'aux 0.02' got '$reply'"
+reply=$(raw 'resume\000\npause\000junk\n')
+[ "$reply" = "error: a NUL byte in the command
+error: a NUL byte in the command" ] && pass "a NUL byte in a command line is refused" \
+  || fail "'resume\\\\000' and 'pause\\\\000junk' got '$reply'"
 
 # out-of-range and malformed arguments are refused, naming the argument and its range
 refused() {   # refused LINE PATTERN: the reply to LINE is an error matching PATTERN (grep -E)
