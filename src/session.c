@@ -624,17 +624,23 @@ static void publish_answer_event(session *s, const char *prompt, const char *ans
     va_end(ap);
 }
 
+typedef enum answer_end { ANSWER_WHOLE, ANSWER_CONTEXT_FULL, ANSWER_STOPPED } answer_end;
+
 /* A generation's end: its event, with the prompt and the whole answer in the log's line (so
- * that pesc view shows them for a run without a screen), and a headless run's stderr. */
-static void publish_answer(session *s, const char *prompt, int produced, int context_full)
+ * that pesc view shows them for a run without a screen), and a headless run's stderr. One a
+ * stop cut short says so: its few tokens (none, when the stop came first) are not what the
+ * model would have answered. */
+static void publish_answer(session *s, const char *prompt, int produced, answer_end end)
 {
     pthread_mutex_lock(&s->lock);
     char *answer = xstrdup(s->shared->generated);
     pthread_mutex_unlock(&s->lock);
-    const char *full = context_full ? " (the model's context is full)" : "";
-    publish_answer_event(s, prompt, answer, "%d tokens%s for: %.160s", produced, full, prompt);
+    const char *why = end == ANSWER_CONTEXT_FULL ? " (the model's context is full)"
+                      : end == ANSWER_STOPPED    ? " (cut short by the stop)"
+                                                 : "";
+    publish_answer_event(s, prompt, answer, "%d tokens%s for: %.160s", produced, why, prompt);
     if (s->cfg.headless)
-        say_headless("step %ld, %d tokens%s for: %.160s:\n%s", s->step, produced, full, prompt,
+        say_headless("step %ld, %d tokens%s for: %.160s:\n%s", s->step, produced, why, prompt,
                      answer);
     free(answer);
 }
@@ -706,7 +712,12 @@ static void generate(session *s, const command *c)
     sampler_free(&s->sampler);
     sampler_init(&s->sampler, c->temperature, 0, c->top_p, s->cfg.seed ^ 0x6a09e667f3bcc909ull);
     int produced = 0;
+    answer_end end = ANSWER_WHOLE;
     for (; produced < max_tokens; produced++) {
+        if (s->stop_requested) {   /* here, so that the token made before it is counted */
+            end = ANSWER_STOPPED;
+            break;
+        }
         int32_t next = sampler_next(&s->sampler, logits, m->config.vocab_size);
         if (next < 0) {   /* an overflowing model's NaN: no token, rather than garbage */
             model_fail_logits(m, &err);
@@ -739,8 +750,6 @@ static void generate(session *s, const command *c)
             else
                 process_command(s, &c2);
         }
-        if (s->stop_requested)
-            break;
     }
     if (s->tok) {
         size_t len = 0;
@@ -748,8 +757,9 @@ static void generate(session *s, const command *c)
         if (len)
             generation_append(s, rest, len, -1);
     }
-    publish_answer(s, c->prompt, produced, max_tokens < c->max_tokens &&
-                                           produced == max_tokens);
+    if (end == ANSWER_WHOLE && max_tokens < c->max_tokens && produced == max_tokens)
+        end = ANSWER_CONTEXT_FULL;
+    publish_answer(s, c->prompt, produced, end);
 out:
     if (s->tok)
         tok_stream_free(&stream);

@@ -5,7 +5,8 @@
 # refused naming their range, a second generate is refused while one runs, and the run stops
 # cleanly while clients are still connected. A client's last line without its newline is
 # answered; a line too long, or one with a NUL byte, is refused in a reply, and the lines after
-# it are served. The view part runs under tmux when it is installed.
+# it are served. A generate a stop cuts short says so. The view part runs under tmux when it
+# is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -222,8 +223,9 @@ done
   && pass "5 generates at once: $oks taken and answered, $busy refused as busy" \
   || fail "5 generates at once: replies '$(tr '\n' '|' <"$tmp/gen")', $answers answers and $busy_events busy events in the log"
 
-# stop with a client still connected: the run ends, the socket is removed
-reply=$(timeout 30 "$sockcmd" "$csock" stop)
+# stop with a client still connected: the run ends, the socket is removed; a generate sent
+# with it is cut short, and its answer says so rather than pass for all the model had to say
+reply=$(timeout 30 "$sockcmd" "$csock" "generate max=4096 ids:5,6" stop | tail -n 1)
 status=
 for _ in $(seq 300); do kill -0 "$run" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$run" 2>/dev/null; then
@@ -235,6 +237,10 @@ else
     && pass "stop with a client connected: the run ends (exit 0) and removes its socket" \
     || fail "stop with a client connected: reply '$reply', exit $status: $(cat "$tmp/run.err")"
 fi
+grep -q '"event":"generate".*"text":"[0-9]* tokens (cut short by the stop) for: ids:5,6"' "$tmp/run.jsonl" &&
+  grep -q "^pesc train: step [0-9]*, [0-9]* tokens (cut short by the stop) for: ids:5,6:$" "$tmp/run.err" \
+  && pass "a generate the stop cut short says so, in the log and on stderr" \
+  || fail "a generate sent with stop: $(grep '"event":"generate".*ids:5,6' "$tmp/run.jsonl")"
 
 if [ "$failures" -ne 0 ]; then
   echo "$failures failures"
