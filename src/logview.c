@@ -20,6 +20,7 @@
 
 #define READ_BUDGET_S 0.03       /* per snapshot, so a long log loads over a few frames */
 #define REPLY_TIMEOUT_MS 2000
+#define PROBE_INTERVAL_S 1.0     /* how often a paused or quiet run's socket is looked at */
 
 typedef struct logview logview;
 
@@ -35,6 +36,11 @@ struct logview {
                                     none (junk appended to a dead run's log) leave it quiet */
     int took_record;             /* parse_line read a record since read_more looked */
     double stall_s;              /* a running log quiet this long says so */
+    int gone;                    /* the run's control socket refuses connections: nothing
+                                    listens, the run is dead (killed) though its log never
+                                    said it ended */
+    double next_probe;           /* when the socket of a run paused, quiet or gone is looked
+                                    at next */
     long bad_lines;
     /* what has been read */
     monitor_state state;
@@ -393,28 +399,46 @@ static void copy_history(const logview *lv, monitor_view *v)
         v->events[i] = lv->events[(lv->event_head - lv->n_events + i + MONITOR_EVENTS) % MONITOR_EVENTS];
 }
 
-/* The status line's standing note: a quiet log first (the run may be stuck), then the
- * malformed lines skipped, so that a narrow screen cuts the lesser of the two. */
-/* The note, and whether a running log has gone quiet (returned). */
+/* Whether the run died without its log saying it ended (its socket refused a connection). */
+static int run_gone(const logview *lv)
+{
+    return lv->gone && !run_over(lv->state);
+}
+
+/* Whether a running log has gone quiet: no record for longer than the stall time. */
+static int log_quiet(const logview *lv)
+{
+    return lv->state == MONITOR_RUNNING && pesc_now() - lv->last_growth > lv->stall_s;
+}
+
+/* The status line's standing note: a run gone or a quiet log first (the run may be stuck),
+ * then the malformed lines skipped, so that a narrow screen cuts the lesser of the two.
+ * Returns whether the log is to be shown as quiet. */
 static int write_note(const logview *lv, char *note, size_t cap)
 {
     size_t used = 0;
-    double quiet_s = pesc_now() - lv->last_growth;
-    int quiet = lv->state == MONITOR_RUNNING && quiet_s > lv->stall_s;
+    int quiet = !run_gone(lv) && log_quiet(lv);
     note[0] = '\0';
-    if (quiet)
-        used = (size_t)snprintf(note, cap, "no new lines for %.0f s", quiet_s);
+    if (run_gone(lv))
+        used = (size_t)snprintf(note, cap, "the run is gone: its socket is closed");
+    else if (quiet)
+        used = (size_t)snprintf(note, cap, "no new lines for %.0f s",
+                                pesc_now() - lv->last_growth);
     if (lv->bad_lines && used < cap)
         snprintf(note + used, cap - used, "%s%ld malformed line%s skipped", used ? "; " : "",
                  lv->bad_lines, lv->bad_lines == 1 ? "" : "s");
     return quiet;
 }
 
+static void probe_control(logview *lv);
+
 static int logview_snapshot(void *ctx, monitor_view *v)
 {
     logview *lv = ctx;
     read_more(lv);
-    v->state = lv->state;
+    probe_control(lv);
+    /* a run gone is shown as one stopped: the leave dialog no longer offers to resume it */
+    v->state = run_gone(lv) ? MONITOR_STOPPED : lv->state;
     snprintf(v->message, sizeof v->message, "%s", lv->message);
     v->quiet = write_note(lv, v->note, sizeof v->note);
     v->run = lv->run;
@@ -458,9 +482,13 @@ static int connect_control(logview *lv, pesc_error *err)
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
         int e = errno;
         close(fd);
+        /* refused, or the socket removed: no run listens there any more (one that ended as
+         * it should says so in its log first, and that stands) */
+        lv->gone = e == ECONNREFUSED || e == ENOENT;
         return pesc_fail(err, "control socket %s: %s", lv->socket_path, strerror(e));
     }
     lv->sock = fd;
+    lv->gone = 0;
     return 0;
 }
 
@@ -512,6 +540,25 @@ static void disconnect_control(logview *lv)
     if (lv->sock >= 0)
         close(lv->sock);
     lv->sock = -1;
+}
+
+/* Whether a paused or quiet run is still there, looked at once a PROBE_INTERVAL_S, as a
+ * paused run's log says nothing more: the connection held is hung up on when the run dies,
+ * and then a new one is refused (which sets gone). A log that grows says enough. A run gone
+ * is looked for again: one started again on the socket takes the view back. */
+static void probe_control(logview *lv)
+{
+    double now = pesc_now();
+    if (!lv->socket_path || run_over(lv->state) || now < lv->next_probe ||
+        (!lv->gone && lv->state != MONITOR_PAUSED && !log_quiet(lv)))
+        return;
+    lv->next_probe = now + PROBE_INTERVAL_S;
+    struct pollfd p = {.fd = lv->sock, .events = 0};   /* a hang-up is reported unasked */
+    if (lv->sock >= 0 && poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
+        disconnect_control(lv);
+    pesc_error ignored;   /* a refusal is the note's, a failure of another kind no one's */
+    if (lv->sock < 0)
+        connect_control(lv, &ignored);
 }
 
 /* One line out, one line back. A connection the run has hung up on (it had no room for

@@ -6,11 +6,11 @@
 # running, more layers than lines scroll and the frames say which are shown, q leaves with 0
 # and bracketed paste off, as Ctrl-Z does until fg;
 # malformed lines are counted on the status line, after the note of a log gone quiet; a run
-# resumed after a crash shows each step once;
-# a failed run's reason reaches stderr under "pesc view:" with the log's control characters
-# shown as escapes; further logs are runs compared on the loss panel, each named with its latest
-# smoothed loss, followed as they grow, and a compared log that is missing or no run log is an
-# error at start.
+# resumed after a crash shows each step once; a run killed under an attached view is shown
+# gone (a command refused, or a paused run's socket found dead); a failed run's reason reaches
+# stderr under "pesc view:" with the log's control characters shown as escapes; further logs
+# are runs compared on the loss panel, each named with its latest smoothed loss, followed as
+# they grow, and a compared log that is missing or no run log is an error at start.
 # Needs no terminal of its own: tmux runs detached on a private socket, killed at the end.
 set -u
 top_srcdir=${top_srcdir:-.}
@@ -21,9 +21,11 @@ command -v tmux >/dev/null 2>&1 || { echo "SKIP: tmux is not installed (tools/in
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pesc-view.XXXXXX") || exit 99
 sock=
 fake_pid=""
+killed_pids=""
 cleanup() {
   tmux -L "$sock" kill-server 2>/dev/null
   [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null
+  for p in $killed_pids; do kill -9 "$p" 2>/dev/null; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -371,6 +373,39 @@ check "pasted after the view" "a paste after the view reaches the terminal"
 screen | grep -q "200~" && fail "the view left bracketed paste on: $(screen | grep "200~")" \
   || pass "the view turns bracketed paste off as it leaves"
 kill -0 "$fake_pid" 2>/dev/null && pass "the run goes on after the view leaves" || fail "the run ended with the view"
+
+# ---- a run killed under an attached view: shown gone (stopped), not paused or running forever --
+# killed_run NAME: a fake run steered through $tmp/NAME.sock, logging to $tmp/NAME.jsonl, viewed
+# attached; its pid in $killed
+killed_run() {
+  "$fake" "$tmp/$1.jsonl" --steps 2000 --interval-ms 40 --control "$tmp/$1.sock" &
+  killed=$!
+  killed_pids="$killed_pids $killed"
+  i=0; while [ ! -S "$tmp/$1.sock" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  tui_start 100 30 "$pesc" view "$tmp/$1.jsonl" --attach "$tmp/$1.sock"
+  check "RUNNING" "$1: attached"
+}
+# paused, its log says nothing more: the view looks at the socket while it waits
+killed_run paused-killed
+keys Space
+check "PAUSED" "paused-killed: paused"
+kill -KILL "$killed"
+wait "$killed" 2>/dev/null
+check "STOPPED" "paused-killed: the view shows the run stopped, within seconds"
+check "the run is gone: its socket is closed" \
+  "a paused run killed: the view says it is gone, within seconds"
+keys q
+[ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q on it leaves at once, offering no resume" \
+  || { fail "q on a paused run killed: status '$(cat "$tmp/status" 2>/dev/null)'"; screen | sed 's/^/    | /'; }
+# running, not yet quiet: the first command refused says it
+killed_run running-killed
+kill -KILL "$killed"
+wait "$killed" 2>/dev/null
+keys Space
+check "Connection refused" "a running run killed: Space gets the refusal"
+check "STOPPED" "... and the view shows the run stopped"
+check "the run is gone: its socket is closed" "... and gone"
+keys q
 
 if [ "$failures" -ne 0 ]; then
   echo "$failures failures"
