@@ -53,6 +53,12 @@ double optim_lr_at(const optim_config *c, long step)
     return c->lr * (1.0 - progress);
 }
 
+int optim_schedule_ahead(const optim_config *c, long step)
+{
+    return (step < c->warmup ? OPTIM_AHEAD_WARMUP : 0) |
+           (c->schedule != SCHEDULE_CONSTANT && step < c->total_steps ? OPTIM_AHEAD_DECAY : 0);
+}
+
 int optim_init(optimizer *o, pesc_backend *b, size_t n, const optim_config *c, pesc_error *err)
 {
     memset(o, 0, sizeof *o);

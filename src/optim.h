@@ -48,6 +48,11 @@ const char *optim_schedule_name(optim_schedule s);
 /* The schedule's learning rate for update number `step` (0-based), as Hugging Face's
  * get_{constant,cosine,linear}_schedule_with_warmup: during warmup lr * step / warmup. */
 double optim_lr_at(const optim_config *c, long step);
+/* What of the schedule still moves the rate from update `step` on: OPTIM_AHEAD_WARMUP (its
+ * warmup is not over) and OPTIM_AHEAD_DECAY (a cosine or linear schedule not at its end), or
+ * 0 for a constant rate from there. */
+enum { OPTIM_AHEAD_WARMUP = 1, OPTIM_AHEAD_DECAY = 2 };
+int optim_schedule_ahead(const optim_config *c, long step);
 
 int optim_init(optimizer *o, pesc_backend *b, size_t n, const optim_config *c, pesc_error *err);
 void optim_free(optimizer *o);

@@ -138,6 +138,8 @@ struct session {
     session_progress progress;
     double lr_scale_shown;       /* lr_scale as of progress.lr, under lock: a factor's check
                                     (session_command) works on the rate set, not the scaled */
+    int lr_by_hand_shown;        /* under lock: the rate was set by an lr command as of
+                                    progress, or one is queued, so another ends no schedule */
 
     pthread_t thread;
     int started;
@@ -287,6 +289,7 @@ static void publish_step(session *s, const stats_record *r)
     p->aux_loss = r->aux_loss;
     p->lr = r->lr;
     s->lr_scale_shown = s->lr_scale;
+    s->lr_by_hand_shown = s->lr_override >= 0;
     p->tokens_per_s = r->tokens_per_s;
     p->eta_s = r->eta_s;
     p->elapsed_s = r->elapsed_s;
@@ -541,6 +544,27 @@ static int parse_command(const char *line, int n_layers, command *c, char *reply
     return -1;
 }
 
+/* What an lr command at update `step` ends, for its reply and its event: a rate set by hand
+ * holds from then on, in place of what the --schedule and its --warmup would still have
+ * made of it. "" when they would have made nothing more (a constant schedule past its
+ * warmup) or a rate set by hand already held. */
+static void lr_schedule_ended(const session *s, long step, int by_hand, char *out, size_t n)
+{
+    const optim_config *c = &s->cfg.optim;
+    int ahead = by_hand ? 0 : optim_schedule_ahead(c, step);
+    const char *constant = "; the rate is constant from now on:";
+    if (ahead == (OPTIM_AHEAD_DECAY | OPTIM_AHEAD_WARMUP))
+        snprintf(out, n, "%s --schedule %s and the rest of --warmup no longer apply", constant,
+                 optim_schedule_name(c->schedule));
+    else if (ahead == OPTIM_AHEAD_DECAY)
+        snprintf(out, n, "%s --schedule %s no longer applies", constant,
+                 optim_schedule_name(c->schedule));
+    else if (ahead == OPTIM_AHEAD_WARMUP)
+        snprintf(out, n, "%s the rest of --warmup no longer applies", constant);
+    else
+        out[0] = '\0';
+}
+
 void session_command(session *s, const char *line, char *reply, size_t reply_len)
 {
     command c;
@@ -577,6 +601,12 @@ void session_command(session *s, const char *line, char *reply, size_t reply_len
                  "once its answer is in");
     } else {
         s->queue[(s->q_head + s->q_len++) % QUEUE] = c;
+        if (c.kind == CMD_LR || c.kind == CMD_LR_SCALE) {   /* the trainer's event says it too */
+            size_t used = strlen(reply);
+            lr_schedule_ended(s, s->progress.step, s->lr_by_hand_shown, reply + used,
+                              reply_len - used);
+            s->lr_by_hand_shown = 1;
+        }
         if (c.kind == CMD_STOP)
             s->stop_requested = 1;
         if (c.kind == CMD_GENERATE)
@@ -989,6 +1019,7 @@ static void publish_lr(session *s)
     }
     s->progress.lr = lr;
     s->lr_scale_shown = s->lr_scale;
+    s->lr_by_hand_shown = s->lr_override >= 0;
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -1024,9 +1055,12 @@ static void process_command(session *s, const command *c)
             publish_warning(s, "note", "%s; the rate stays %g", refused.msg, before);
             break;
         }
+        char ended[160];
+        lr_schedule_ended(s, s->step, s->lr_override >= 0, ended, sizeof ended);
         s->live_changes++;
         s->lr_override = after;
-        publish_event(s, "lr", STATS_LR_SET, s->lr_override * s->lr_scale, before * s->lr_scale);
+        publish_event(s, "lr", STATS_LR_SET "%s", s->lr_override * s->lr_scale,
+                      before * s->lr_scale, ended);
         publish_lr(s);
         break;
     }
@@ -2866,6 +2900,9 @@ int session_start(session *s, pesc_error *err)
         publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "
                         "answers lie past it); they train nothing, raise --seq to learn them",
                         s->cfg.seq, data->answers_cut, data->records);
+    pthread_mutex_lock(&s->lock);   /* the control socket may already be taking commands */
+    s->lr_by_hand_shown = s->lr_override >= 0;
+    pthread_mutex_unlock(&s->lock);
     int rc = pthread_create(&s->thread, NULL, trainer_main, s);
     if (rc != 0)
         return pesc_fail(err, "cannot start the trainer thread: %s", strerror(rc));

@@ -97,8 +97,8 @@ typedef struct stats_run {
 } stats_run;
 
 /* An "lr" event's text begins with the rate in force from then on, so that a reader of the
- * log (pesc view) shows it before the next step record: set by hand, or halved after steps
- * that were not finite. */
+ * log (pesc view) shows it before the next step record: set by hand (then maybe followed by
+ * what of the schedule it ends), or halved after steps that were not finite. */
 #define STATS_LR_SET "learning rate %.6g (was %.6g)"
 #define STATS_LR_HALVED "learning rate %.6g, halved after %d non-finite steps"
 /* The rate an "lr" event put in force, and whether it was set by hand: 0, or -1 when e is not

@@ -5,8 +5,8 @@
 # refused naming their range, a second generate is refused while one runs, and the run stops
 # cleanly while clients are still connected. A client's last line without its newline is
 # answered; a line too long, or one with a NUL byte, is refused in a reply, and the lines after
-# it are served. A generate a stop cuts short says so. The view part runs under tmux when it
-# is installed.
+# it are served. A generate a stop cuts short says so; an lr that ends a schedule says so. The
+# view part runs under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -171,6 +171,24 @@ timeout 30 "$sockcmd" "$csock" "lr 5" "lr *10" "lr 0.004" resume >"$tmp/replies"
 for _ in $(seq 300); do grep -q '"event":"lr".*learning rate 0.004 (was 5)' "$tmp/run.jsonl" && break; sleep 0.1; done
 past_ten "$tmp/replies" "[0-9.e+]*" && pass "lr 5 and *10 sent together: *10 is refused, past 10" \
   || fail "lr 5, *10: '$(tr '\n' '|' <"$tmp/replies")': $(grep '"event":"\(lr\|note\)"' "$tmp/run.jsonl" | tail -n 4)"
+# a rate set live takes the place of the schedule for good: said when a schedule or warmup was
+# still to move it (here cosine in its warmup), not by the next lr nor for a constant rate
+# (the replies above)
+cos_sock="$tmp/cosine.sock"
+"$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --seq 24 --batch 4 \
+  --backend cpu --steps 100000 --schedule cosine --warmup 1000 --log "$tmp/cosine.jsonl" \
+  --control "$cos_sock" >/dev/null 2>"$tmp/cosine.err" &
+cos_run=$!
+pids="$pids $cos_run"
+for _ in $(seq 300); do [ -S "$cos_sock" ] && break; sleep 0.1; done
+timeout 30 "$sockcmd" "$cos_sock" pause "lr 0.001" "lr *2" stop >"$tmp/replies"
+ended="the rate is constant from now on: --schedule cosine and the rest of --warmup no longer apply"
+for _ in $(seq 300); do kill -0 "$cos_run" 2>/dev/null || break; sleep 0.1; done
+[ "$(sed -n 2,3p "$tmp/replies")" = "ok: lr 0.001; $ended
+ok: lr *2" ] && grep -q "\"event\":\"lr\".*\"text\":\"learning rate 0.001 (was [0-9.e-]*); $ended\"" "$tmp/cosine.jsonl" &&
+  grep -q '"event":"lr".*"text":"learning rate 0.002 (was 0.001)"' "$tmp/cosine.jsonl" \
+  && pass "lr on a cosine schedule in its warmup says the rate is constant from then on, once" \
+  || fail "lr on a cosine schedule: '$(tr '\n' '|' <"$tmp/replies")': $(grep '"event":"lr"' "$tmp/cosine.jsonl")"
 refused "aux -0.5" "aux '-0.5': .*0 to 1000"
 refused "aux 2000" "aux '2000': .*0 to 1000"
 refused "pause now" "pause takes no argument"

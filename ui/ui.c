@@ -609,8 +609,8 @@ static void draw_help(ui_context *ui)
     int downloads = have_downloads(ui);
     const char *const entries[][2] = {
         {"Space", "pause / resume the run"},
-        {"+  -", "learning rate x1.25 / /1.25"},
-        {"l", "type an exact learning rate (or *factor)"},
+        {"+  -", "learning rate x1.25 / /1.25; constant from then on"},
+        {"l", "type an exact learning rate (or *factor); constant too"},
         {"a", "aux loss coefficient"},
         {"s", "save a checkpoint now"},
         {"e", "score the held-out data after the next step, or now when paused"},
