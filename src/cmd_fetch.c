@@ -260,14 +260,15 @@ static void collect_results(const fetch_cli *o, fetcher *f, fetch_item *items)
 }
 
 /* What the interrupted download leaves (its .part) is resumed by the same command: said in
- * one line, with the shell's status for the signal. */
+ * one line; then pesc dies of the signal, so that a shell script stops there too. */
 static void on_interrupt(int sig)
 {
-    static const char said[] = "\npesc fetch: interrupted; what was downloaded is kept: run "
-                               "the same command again to resume\n";
+    static const char said[] = "\npesc fetch: interrupted; what was downloaded so far is "
+                               "kept: run the same command again to resume\n";
     ssize_t ignored = write(STDERR_FILENO, said, sizeof said - 1);
     (void)ignored;
-    _exit(128 + sig);
+    signal(sig, SIG_DFL);
+    raise(sig);
 }
 
 /* -o -: the downloaded file's content to standard output. 0, or -1 with err set. */

@@ -125,7 +125,7 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$tmp/slow.bin.part" ] && break; sleep 0.
 kill -TERM $slow
 wait $slow
 rc=$?
-[ $rc -eq 143 ] && grep -q "interrupted; what was downloaded is kept" "$tmp/int.err" &&
+[ $rc -eq 143 ] && grep -q "interrupted; what was downloaded so far is kept" "$tmp/int.err" &&
   [ -s "$tmp/slow.bin.part" ] && pass "an interrupted fetch says its download is kept" ||
   fail "interrupted fetch: exit $rc: $(cat "$tmp/int.err"), part: $(ls -l "$tmp/slow.bin.part")"
 expect 0 "$tmp/slow.bin" "the interrupted download resumes" -- "$pesc" fetch -q \
