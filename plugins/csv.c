@@ -275,6 +275,40 @@ done:
     return rc;
 }
 
+/* A row a run killed (or out of space) cut short ends the file without its newline: it is
+ * cut off, so that the next row starts a line of its own. 0, or -1 with err. */
+static int cut_partial_row(const csv_sink *c, char *err, size_t errlen)
+{
+    int fd = open(c->path, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return io_error(c->path, err, errlen);
+    }
+    off_t end = st.st_size;
+    char buf[4096];
+    int rc = 0;
+    while (end > 0) {   /* back to the last newline */
+        size_t n = end < (off_t)sizeof buf ? (size_t)end : sizeof buf;
+        ssize_t got = pread(fd, buf, n, end - (off_t)n);
+        if (got != (ssize_t)n) {
+            rc = io_error(c->path, err, errlen);
+            break;
+        }
+        size_t at = n;
+        while (at > 0 && buf[at - 1] != '\n')
+            at--;
+        end -= (off_t)(n - at);
+        if (at > 0)
+            break;
+    }
+    if (rc == 0 && end < st.st_size && ftruncate(fd, end) != 0)
+        rc = io_error(c->path, err, errlen);
+    close(fd);
+    return rc;
+}
+
 /* A resumed run goes on from its checkpoint's step: the rows past it, which a run that
  * crashed later logged and this one runs again, are dropped (the file rewritten as
  * add_columns does), so that no step has two rows. 0, or -1 with err. */
@@ -373,12 +407,13 @@ static void *csv_open(const pesc_sink_config *config, const pesc_run_info *run, 
     /* appending to rows already there: under their header, by column name (fdopen does not
      * seek to the end, so ftell would read 0) */
     struct stat st;
+    int failed = config->resume && cut_partial_row(c, err, errlen) != 0;
     c->header_done = config->resume && fstat(fd, &st) == 0 && st.st_size > 0;
     long resumed_step = PESC_PLUGIN_HAS(config, pesc_sink_config, resumed_step)
                             ? config->resumed_step : 0;
-    if (c->header_done && (read_header(c, err, errlen) != 0 ||
-                           (resumed_step > 0 &&
-                            drop_rows_after(c, resumed_step, err, errlen) != 0))) {
+    if (failed || (c->header_done &&
+                   (read_header(c, err, errlen) != 0 ||
+                    (resumed_step > 0 && drop_rows_after(c, resumed_step, err, errlen) != 0)))) {
         if (c->f)
             fclose(c->f);
         free_fields(c->cols, c->n_cols);
