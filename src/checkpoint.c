@@ -459,7 +459,6 @@ static void restore_interrupted(const char *save_dir)
  * own step is never touched. */
 static void prune(const char *save_dir, int keep, long upto, long kept)
 {
-    restore_interrupted(save_dir);
     DIR *d = opendir(save_dir);
     if (!d)
         return;
@@ -519,6 +518,7 @@ static int state_unreadable(const char *dir)
 int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_step,
                      pesc_error *err)
 {
+    restore_interrupted(save_dir);   /* a checkpoint put back counts as any other */
     if (!resumed) {
         long other = newest_step_after(save_dir, -1);
         if (other >= 0)
@@ -639,10 +639,15 @@ void checkpoint_unlock_unused(int lock, const char *save_dir)
     if (lock < 0)
         return;
     char *path = pesc_path_join(save_dir, LOCK_FILE);
-    unlink(path);   /* held: no other run can have taken it meanwhile */
+    /* held, and still the directory's: no other run can have taken it meanwhile (removed
+     * while the run went, the directory may be another run's now) */
+    int ours = lock_still_linked(lock, path);
+    if (ours)
+        unlink(path);
     free(path);
     close(lock);
-    rmdir(save_dir);
+    if (ours)
+        rmdir(save_dir);
 }
 
 int checkpoint_prepare(const char *save_dir, pesc_error *err)
@@ -659,7 +664,7 @@ int checkpoint_prepare(const char *save_dir, pesc_error *err)
     return 0;
 }
 
-int checkpoint_relock(int *lock, const char *save_dir, pesc_error *err)
+int checkpoint_relock(int *lock, const char *save_dir, struct stat *dir, pesc_error *err)
 {
     char *path = pesc_path_join(save_dir, LOCK_FILE);
     int linked = lock_still_linked(*lock, path);
@@ -671,10 +676,13 @@ int checkpoint_relock(int *lock, const char *save_dir, pesc_error *err)
         return pesc_fail(err, "--save %s was removed while the run was on, and another run%s "
                          "saves there now: this run does not save there (nor rotates that "
                          "run's checkpoints out) while it does", save_dir, holder);
+    struct stat now;
+    int same = stat(save_dir, &now) == 0 && now.st_dev == dir->st_dev &&
+               now.st_ino == dir->st_ino;   /* only the lock file went */
     int fresh;   /* when neither can be, its error says why (a file there now, say) */
     if (checkpoint_prepare(save_dir, err) != 0 || (fresh = checkpoint_lock(save_dir, err)) < 0)
         return -1;
-    long other = newest_step_after(save_dir, -1);
+    long other = same ? -1 : newest_step_after(save_dir, -1);
     if (other >= 0) {
         checkpoint_unlock(fresh);
         return pesc_fail(err, "--save %s was removed while the run was on, and holds another "
@@ -683,7 +691,8 @@ int checkpoint_relock(int *lock, const char *save_dir, pesc_error *err)
     }
     checkpoint_unlock(*lock);
     *lock = fresh;
-    return CHECKPOINT_RELOCKED;
+    stat(save_dir, dir);
+    return same ? CHECKPOINT_LOCK_RENEWED : CHECKPOINT_RELOCKED;
 }
 
 int checkpoint_save(const char *save_dir, int keep, long kept, model *m, optimizer *opt,

@@ -9,6 +9,7 @@
 #define PESC_CHECKPOINT_H
 
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include "dataset.h"
 #include "model.h"
@@ -105,15 +106,17 @@ void checkpoint_unlock(int lock);   /* accepts -1 */
  * none). Saving then rotates out only the run's own checkpoints. */
 int checkpoint_claim(const char *save_dir, const char *resumed, long resumed_step,
                      pesc_error *err);
-/* Before a save: whether the lock this run holds (*lock, checkpoint_lock's) is still
- * save_dir's. Removed while the run went (the directory, or its lock file), save_dir may have
- * been made again by another run, whose checkpoints this run must neither write among nor
- * rotate out. 0: the lock holds; CHECKPOINT_RELOCKED: save_dir was made again and locked
- * anew, *lock replaced (what the run saved there before is gone); -1 with err: another run
- * holds it now, or it holds checkpoints this run did not write (*lock is kept: the next save
- * tries again). */
-enum { CHECKPOINT_RELOCKED = 1 };
-int checkpoint_relock(int *lock, const char *save_dir, pesc_error *err);
+/* Before a save: whether the lock this run holds (*lock, checkpoint_lock's, taken in the
+ * directory *dir is the stat of) is still save_dir's. Removed while the run went (the
+ * directory, or its lock file), save_dir may have been made again by another run, whose
+ * checkpoints this run must neither write among nor rotate out. 0: the lock holds;
+ * CHECKPOINT_LOCK_RENEWED: only the lock file had gone, and is taken anew in the same
+ * directory; CHECKPOINT_RELOCKED: save_dir was made again and locked anew (what the run saved
+ * there before is gone); both replace *lock and *dir. -1 with err: another run holds it now,
+ * or it holds checkpoints this run did not write (*lock is kept: the next save tries
+ * again). */
+enum { CHECKPOINT_RELOCKED = 1, CHECKPOINT_LOCK_RENEWED = 2 };
+int checkpoint_relock(int *lock, const char *save_dir, struct stat *dir, pesc_error *err);
 /* Saves (preparing save_dir first) and rotates out all but the newest `keep` of the run's
  * checkpoints, and the one of step `kept` (-1: none), which stays; *saved (optional) receives
  * the checkpoint's directory (malloc'd). */

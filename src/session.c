@@ -92,6 +92,7 @@ struct session {
     ds_formats *formats;         /* built-in and plugin dataset formats */
     sink_set *sinks;             /* the JSONL log and --sink outputs */
     int save_lock;               /* checkpoint_lock of --save DIR; -1: none */
+    struct stat save_dir_id;     /* the directory it was taken in (checkpoint_relock's) */
     int made_save_dir;           /* --save DIR was not there: this run made it */
 
     /* trainer state */
@@ -105,7 +106,7 @@ struct session {
     /* what the last checkpoint holds: the step, and the live changes (lr, aux) made by then;
      * the final save is skipped when both still hold */
     long saved_step, live_changes, saved_changes;
-    char resume_notes[2048];     /* what a flag replaced of the checkpoint's run, a line a note */
+    char resume_notes[4096];     /* what a flag replaced of the checkpoint's run, a line a note */
     char memory_note[320];       /* check_memory's estimate against what is free, for the log */
     /* the data's warnings of skipped records, kept until the log is open: notes there and,
      * headless, on stderr, also in the workbench, where stderr is the screen */
@@ -955,9 +956,12 @@ static int save_now(session *s, pesc_error *err)
     checkpoint_state st;
     char *where = NULL;
     set_state(s, MONITOR_SAVING, NULL);
-    int lock = checkpoint_relock(&s->save_lock, s->cfg.save_dir, err);
+    int lock = checkpoint_relock(&s->save_lock, s->cfg.save_dir, &s->save_dir_id, err);
     if (lock == CHECKPOINT_RELOCKED)
         save_dir_made_again(s);
+    else if (lock == CHECKPOINT_LOCK_RENEWED)
+        publish_warning(s, "note", "the lock file of --save %s was removed while the run was "
+                        "on: taken again", s->cfg.save_dir);
     fill_state(s, &st);
     int rc = lock < 0 ? -1 : checkpoint_save(s->cfg.save_dir, s->cfg.keep, s->best_kept, &s->m,
                                              &s->opt, &st, &where, err);
@@ -1443,11 +1447,13 @@ static int eval_paused(session *s)
 static void eval_pending(session *s)
 {
     s->eval_pending = 0;   /* before a new best's save in eval_paused */
+    double saved_before = s->last_save;   /* (this thread's to write) */
     int rc = eval_paused(s);
     if (rc == 1)
         s->eval_pending = 1;   /* stopped again */
-    else
-        s->live_changes++;     /* the saved state (pending) is this one's no longer */
+    else if (s->last_save == saved_before)
+        s->live_changes++;     /* the saved state (pending) is this one's no longer; a new
+                                  best's save has written this one already */
 }
 
 /* After this step: every eval_every steps, after the last, and when the eval command asked. */
@@ -2098,13 +2104,16 @@ static void note_replaced(session *s, const char *flag, const char *now, const c
                     was, flag);
 }
 
-/* The held-out files as a flag's value ("a.jsonl b.jsonl"), or "none". */
+/* The held-out files as a flag's value ("a.jsonl b.jsonl"), or "none"; "..." ends what n
+ * bytes could not hold. */
 static void held_out_files(char *buf, size_t n, const char *const *paths, int count)
 {
     size_t at = 0;
     snprintf(buf, n, "none");
     for (int i = 0; i < count && at < n; i++)
-        at += (size_t)snprintf(buf + at, n - at, "%s%.300s", i ? " " : "", paths[i]);
+        at += (size_t)snprintf(buf + at, n - at, "%s%s", i ? " " : "", paths[i]);
+    if (at >= n && n > 4)
+        memcpy(buf + n - 4, "...", 4);
 }
 
 /* Each setting the command line gives again with another value than the checkpoint's run had
@@ -2137,7 +2146,7 @@ static void note_replaced_settings(session *s, const checkpoint_state *st, int a
     for (int i = 0; i < c->n_eval && !eval_differs; i++)
         eval_differs = !pesc_same_file(st->eval_data[i], s->eval_paths[i]);
     if (eval_differs && st->n_data > 0) {   /* (a checkpoint before inputs were recorded: no) */
-        char now[1024], was[1024];
+        char now[180], was[180];   /* the note fits an event's text whole */
         const char *recorded[CHECKPOINT_MAX_EVAL];
         for (int i = 0; i < st->n_eval; i++)
             recorded[i] = st->eval_data[i];
@@ -2496,6 +2505,7 @@ static int check_save_dir(session *s, pesc_error *err)
                              "checkpoint goes on in: give --save DIR to save elsewhere)");
         return -1;
     }
+    stat(c->save_dir, &s->save_dir_id);   /* unknown (zero): taken for another one */
     if (!c->resume)
         return checkpoint_claim(c->save_dir, NULL, 0, err);
     return checkpoint_claim(c->save_dir, s->resumed_dir, s->resumed->step, err);

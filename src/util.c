@@ -432,10 +432,12 @@ char *pesc_parent_dir(const char *path)
 
 /* Removes ".tmp-NAME-PID" (and ".old") directories in parent left by processes that are gone:
  * a write killed half-way leaves one. A live process's are its own business. */
-/* Whether pid names no live process (one of another user's is alive). */
+/* Whether what process pid left is a dead one's: no live process has the id (one of another
+ * user's is alive), or it is this process's, whose own are never left while it runs: an
+ * earlier process had the id (a container's pesc is often pid 1 each time). */
 static int process_gone(long pid)
 {
-    return pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+    return pid == (long)getpid() || (kill((pid_t)pid, 0) != 0 && errno == ESRCH);
 }
 
 int pesc_dir_restore_aside(const char *parent, const char *entry)
@@ -475,8 +477,7 @@ static void remove_stale(const char *parent, const char *name)
         char *end;
         long pid = strtol(e->d_name + prefix_len, &end, 10);
         if (end == e->d_name + prefix_len || (*end && strcmp(end, ".old") != 0) || pid <= 0 ||
-            (pid != (long)getpid() && !process_gone(pid)) ||
-            pesc_dir_restore_aside(parent, e->d_name))
+            !process_gone(pid) || pesc_dir_restore_aside(parent, e->d_name))
             continue;
         char *path = pesc_path_join(parent, e->d_name);
         pesc_remove_tree(path);

@@ -549,6 +549,13 @@ in_log "$tmp/removed-a.jsonl" "holds another run's checkpoints" &&
 rm -rf "$tmp/removed/ck"
 "$sockcmd" "$tmp/removed-a.sock" save >/dev/null
 in_log "$tmp/removed-a.jsonl" 'removed/ck was removed while the run was on: made again'
+# only its lock file removed: the directory, and what was saved there, is still the run's
+rm "$tmp/removed/ck/.lock"
+"$sockcmd" "$tmp/removed-a.sock" save >/dev/null
+in_log "$tmp/removed-a.jsonl" 'the lock file of --save .*removed/ck was removed while the run was on: taken again' &&
+  ! grep -q "holds another run's checkpoints.*removed/ck\|removed/ck.*holds another run's checkpoints" "$tmp/removed-a.err" &&
+  pass "... and only its lock file removed: taken again, and the run's checkpoints are its own" ||
+  fail "a --save DIR's lock file removed: $(tail -n 2 "$tmp/removed-a.err")"
 "$sockcmd" "$tmp/removed-a.sock" stop >/dev/null
 wait $pid_a
 status=$?
@@ -560,6 +567,29 @@ if [ $status -eq 0 ] && [ -f "$tmp/removed/ck/$(ls "$tmp/removed/ck" | grep step
 else
   fail "a --save DIR removed, made again: exit $status, $(ls -A "$tmp/removed/ck" 2>&1): $(head -c 400 "$tmp/removed-a.err")"
 fi
+# a run that made its --save DIR and saved nothing, which another run took once it was
+# removed: on its way out it leaves the other's lock file (and directory) alone
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --save "$tmp/removed2/ck" --save-every 100000 \
+  --control "$tmp/removed-c.sock" --log "$tmp/removed-c.jsonl" >/dev/null 2>&1 &
+pid_c=$!
+pids="$pids $pid_c"
+in_log "$tmp/removed-c.jsonl" '"step":2,' && "$sockcmd" "$tmp/removed-c.sock" pause >/dev/null &&
+  in_log "$tmp/removed-c.jsonl" '"event":"pause"'
+rm -rf "$tmp/removed2/ck"
+# shellcheck disable=SC2086
+"$pesc" train --headless $common --steps 100000 --save "$tmp/removed2/ck" --save-every 100000 \
+  --control "$tmp/removed-d.sock" --log "$tmp/removed-d.jsonl" >/dev/null 2>&1 &
+pid_d=$!
+pids="$pids $pid_d"
+in_log "$tmp/removed-d.jsonl" '"step":1,'
+"$sockcmd" "$tmp/removed-c.sock" stop >/dev/null
+wait $pid_c
+[ "$(cat "$tmp/removed2/ck/.lock" 2>&1)" = "$pid_d" ] &&
+  pass "... and a run that saved nothing there leaves the other run's lock file on its way out" ||
+  fail "the other run's lock file after the first ended: $(ls -A "$tmp/removed2/ck" 2>&1)"
+"$sockcmd" "$tmp/removed-d.sock" stop >/dev/null
+wait $pid_d
 
 # a stop during the evaluation after the last step: the checkpoint records it as pending (the
 # stop once threw it away, and --resume of it was refused: the run ended at that step), and
@@ -1130,6 +1160,13 @@ expect 0 "checkpoint *$tmp/aside/step-00000006" \
   "a checkpoint moved aside by a save killed mid-replace is put back" -- "$pesc" inspect "$tmp/aside"
 [ -f "$tmp/aside/step-00000006/state.json" ] && ! ls -A "$tmp/aside" | grep -q 'old$' ||
   fail "the moved-aside checkpoint: $(ls -A "$tmp/aside")"
+# ... also when a run resumes an older step there: put back first, it is not overwritten
+mkdir "$tmp/aside2" && cp -r "$tmp/ck/step-00000003" "$tmp/aside2/" &&
+  cp -r "$tmp/ck/step-00000006" "$tmp/aside2/.tmp-step-00000006-$dead.old"
+# shellcheck disable=SC2086
+expect 1 "holds step-00000006, past the resumed step 3, and this run would overwrite it" \
+  "a moved-aside checkpoint past the resumed step is put back before the run claims the directory" -- \
+  "$pesc" train --headless $common --steps 8 --resume "$tmp/aside2/step-00000003" --save "$tmp/aside2"
 mkdir "$tmp/nostate" && cp -r "$tmp/ck/step-00000003" "$tmp/ck/step-00000006" "$tmp/nostate/" &&
   rm "$tmp/nostate/step-00000006/state.json"
 # shellcheck disable=SC2086
