@@ -217,7 +217,9 @@ static char *read_prompt(const generate_options *o, pesc_error *err)
                         "(or give --prompt TEXT)");
     size_t cap = 4096, n = 0, got;
     char *text = xmalloc(cap);
-    while ((got = fread(text + n, 1, cap - n - 1, stdin)) > 0) {
+    /* stopped at the first end of input: a terminal's Ctrl-D, which another fread would wait
+     * past for a second one */
+    while (!feof(stdin) && (got = fread(text + n, 1, cap - n - 1, stdin)) > 0) {
         if (memchr(text + n, '\0', got)) {
             pesc_fail(err, "standard input holds a NUL byte: the prompt must be text");
             goto fail;

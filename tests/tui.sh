@@ -201,6 +201,13 @@ awk -v a="$before" -v b="$after" 'BEGIN { exit !(a > 0 && b > 0 && b / a < 2.5) 
   pass "the ETA leaves out the 8 s stopped ($before s -> $after s)" ||
   fail "the ETA after an 8 s Ctrl-Z: $before s -> $after s"
 keys q y
+# pesc generate at a terminal: one Ctrl-D on a line of its own ends the prompt (a second one
+# was needed)
+check '^\$ *$' "the shell is back after the workbench" 30
+keys "clear; $pesc generate --model demo" Enter
+check "type the prompt, then Ctrl-D" "pesc generate at a terminal asks for the prompt" 30
+keys "sort: 312" Enter C-d
+check "^123$" "one Ctrl-D ends the prompt of pesc generate, and it answers" 30
 
 # a run that has finished still answers prompts until q (which then asks nothing)
 tui_start 100 30 "$pesc" tui --steps 3 --log "$tmp/done.jsonl"
