@@ -46,8 +46,8 @@ static const char bench_usage[] =
     "                     do it, with S sequences at once in slots of one KV cache: their\n"
     "                     prompts, then a pass a token for all of them, each token the greedy\n"
     "                     pick of the last (made on the backend); per S, the answers'\n"
-    "                     tokens/s and ms a step, and the prompts' tokens/s (--seq,\n"
-    "                     --batch and --steps do not apply)\n"
+    "                     tokens/s and ms a step, and the prompts' tokens/s (it takes no\n"
+    "                     --seq, --batch or --steps)\n"
     "  --prompt-tokens P --answer-tokens N   with --decode: a prompt's tokens and an\n"
     "                     answer's (128, 64)\n"
     "crafting options:\n";
@@ -58,6 +58,7 @@ typedef struct bench_options {
     int seq, batch, steps, json, recompute, profile;
     const char *backend;
     int decode[16], n_decode;          /* --decode's sequence counts */
+    unsigned shape_given;              /* 1 << OPT_DIM ...: the shape flags given */
     int prompt_tokens, answer_tokens;
 } bench_options;
 
@@ -107,8 +108,10 @@ static int shape_flag(bench_options *o, int c, const char *arg)
                     &o->seq, &o->batch, &o->steps};
     long v;
     if (cli_parse_long(arg, 1, 1 << 24, &v) != 0)
-        return cli_usage_error("bench", "%s %s: expected a positive integer", names[c], arg);
+        return cli_usage_error("bench", "%s %s: expected a whole number from 1 to %d", names[c],
+                               arg, 1 << 24);
     *slots[c] = (int)v;
+    o->shape_given |= 1u << c;
     return 0;
 }
 
@@ -174,17 +177,23 @@ static int parse_bench(bench_options *o, int argc, char **argv)
     if ((o->prompt_tokens || o->answer_tokens) && !o->n_decode)
         return cli_usage_error("bench", "%s is for --decode S,...: give it",
                                o->prompt_tokens ? "--prompt-tokens" : "--answer-tokens");
-    if (o->n_decode && (o->profile || o->recompute))
+    const unsigned step_shape = 1u << OPT_SEQ | 1u << OPT_BATCH | 1u << OPT_STEPS;
+    if (o->n_decode && (o->profile || o->recompute || (o->shape_given & step_shape)))
         return cli_usage_error("bench", "--decode times answering, and %s is for training "
-                               "steps: leave it out", o->profile ? "--profile" : "--recompute");
+                               "steps: leave it out (--prompt-tokens and --answer-tokens size "
+                               "the answers)", o->profile ? "--profile" : o->recompute
+                               ? "--recompute" : o->shape_given & 1u << OPT_SEQ ? "--seq"
+                               : o->shape_given & 1u << OPT_BATCH ? "--batch" : "--steps");
     o->prompt_tokens = o->prompt_tokens ? o->prompt_tokens : 128;
     o->answer_tokens = o->answer_tokens ? o->answer_tokens : 64;
     hf_config *s = &o->shape;
     s->n_kv_heads = s->n_kv_heads ? s->n_kv_heads : s->n_heads;
-    if (s->hidden_size % s->n_heads || s->n_heads % s->n_kv_heads || (s->hidden_size / s->n_heads) % 2)
-        return cli_usage_error("bench", "--dim %d must split into --heads %d even head sizes, "
-                               "and --heads into --kv-heads %d groups", s->hidden_size, s->n_heads,
-                               s->n_kv_heads);
+    if (s->hidden_size % s->n_heads || (s->hidden_size / s->n_heads) % 2)
+        return cli_usage_error("bench", "--dim %d must split into --heads %d heads of an even "
+                               "size", s->hidden_size, s->n_heads);
+    if (s->n_heads % s->n_kv_heads)
+        return cli_usage_error("bench", "--heads %d must split into --kv-heads %d groups (a "
+                               "divisor of it)", s->n_heads, s->n_kv_heads);
     s->head_dim = s->hidden_size / s->n_heads;
     if ((long)o->batch * o->seq > TRAIN_MAX_TOKENS)   /* as pesc train: indices stay in int */
         return cli_usage_error("bench", "--batch %d x --seq %d: at most %d tokens per step",

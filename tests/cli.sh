@@ -782,6 +782,10 @@ expect 1 "zero.jsonl: not a regular file" "inspect a device" -- timeout 10 "$pes
 
 # bench --profile: every op of the step has its row, products by shape, counted per step
 small="--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 --seq 32 --batch 2"
+expect 2 "\-\-decode times answering, and \-\-batch is for training steps" \
+  "bench --decode refuses --batch (it was ignored)" -- "$pesc" bench --decode 1 --batch 3
+expect 2 "\-\-heads 8 must split into \-\-kv-heads 3 groups" \
+  "bench: a bad --kv-heads is named alone" -- "$pesc" bench --heads 8 --kv-heads 3
 expect 0 '"heads": 2, "kv_heads": 2,' "bench --heads alone: as many key/value heads (it once kept 8)" -- \
   "$pesc" bench --dim 64 --layers 1 --heads 2 --ffn 64 --vocab 64 --seq 8 --batch 1 --steps 1 --json --backend cpu
 expect 0 "^profile of 2 steps" "bench --profile" -- "$pesc" bench $small --steps 1 --profile --backend cpu
@@ -828,7 +832,7 @@ expect 1 "^pesc inspect: --bogus: no such file" "inspect -- --bogus is a path" -
 
 # bench --decode: answering speed a count of sequences, each rate what its step time gives
 # (sequences x 1000 / step_ms, within the rounding of the printed figures)
-"$pesc" bench $small --decode 1,3 --prompt-tokens 8 --answer-tokens 4 --json --backend cpu >"$tmp/out" 2>"$tmp/err"
+"$pesc" bench ${small% --seq*} --decode 1,3 --prompt-tokens 8 --answer-tokens 4 --json --backend cpu >"$tmp/out" 2>"$tmp/err"
 status=$?
 rates=$(sed 's/}, {/\n/g' "$tmp/out" | sed -n 's/.*"sequences": \([0-9]*\), "tokens_per_s": \([0-9.]*\), "step_ms": \([0-9.]*\), "prompt_tokens_per_s": \([0-9.]*\).*/\1 \2 \3 \4/p')
 if [ $status -eq 0 ] && [ "$(printf '%s\n' "$rates" | cut -d' ' -f1 | tr '\n' ' ')" = "1 3 " ] &&
