@@ -205,7 +205,7 @@ typedef struct pesc_plugin {
     int kind;                            /* pesc_plugin_kind */
     const char *name;                    /* --format NAME / --sink NAME */
     const char *version;                 /* the module's own version, shown by pesc plugins */
-    const char *description;             /* one line */
+    const char *description;             /* one line (no control characters) */
     const pesc_format_ops *format;       /* kind == PESC_PLUGIN_FORMAT */
     const pesc_sink_ops *sink;           /* kind == PESC_PLUGIN_SINK */
 } pesc_plugin;

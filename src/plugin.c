@@ -109,6 +109,15 @@ static int copy_string(const module_view *m, const char *s, char *out, size_t ca
     return 0;
 }
 
+/* Whether s holds a byte below ' ' or DEL: a line break or a terminal's escape. */
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < ' ' || *s == 0x7f)
+            return 1;
+    return 0;
+}
+
 static int valid_name(const char *s)
 {
     if (!(s[0] >= 'a' && s[0] <= 'z'))
@@ -205,6 +214,12 @@ static int check_module(plugin_entry *e, char *problem, size_t cap)
         snprintf(problem, cap, "its version (under %zu bytes) or description (under %zu) is "
                  "too long or not inside the module", sizeof info->version,
                  sizeof info->description);
+        return -1;
+    }
+    if (has_control(info->version) || has_control(info->description)) {
+        snprintf(problem, cap, "its %s holds a control character (a line break, an escape): "
+                 "it is shown as one line of text", has_control(info->version) ? "version"
+                 : "description");
         return -1;
     }
     info->kind = e->desc.kind;

@@ -185,6 +185,13 @@ static int parse_header(const st_file *f, json_t **root_out, data_region *region
 {
     const uint8_t *bytes = f->map;
     uint64_t header_len = load_u64(bytes);
+    if (header_len > f->map_len - 8 && (bytes[0] == '{' || bytes[0] == '[')) {
+        const char *base = strrchr(f->path, '/');
+        base = base ? base + 1 : f->path;
+        return pesc_fail(err, "%s is JSON text, not a safetensors file%s", f->path,
+                         strcmp(base, "state.json") == 0 || strcmp(base, "config.json") == 0
+                             ? ": give the directory it is in" : "");
+    }
     if (header_len > f->map_len - 8)
         return pesc_fail(err, "%s: header length %llu runs past the end of the file (%zu bytes "
                          "follow the length field); the file is truncated or not safetensors",

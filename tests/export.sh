@@ -308,6 +308,9 @@ expect 1 "link is a symbolic link; name the directory itself" "-o naming a link 
 expect 1 "optimizer.safetensors holds the optimizer's state (AdamW moments), not trainables: give the checkpoint" \
   "--adapters naming a checkpoint's optimizer file says which file to give" -- \
   "$pesc" eval --adapters "$ck/optimizer.safetensors" --data "$tmp/d.jsonl"
+expect 1 "state.json is JSON text, not a safetensors file: give the directory it is in" \
+  "--adapters naming a checkpoint's state.json says to give its directory" -- \
+  "$pesc" eval --adapters "$ck/state.json" --data "$tmp/d.jsonl"
 expect 1 "lies inside the checkpoint" "-o inside the checkpoint is refused" -- \
   "$pesc" export "$ck" -o "$ck/exported"
 [ ! -e "$ck/exported" ] && pass "nothing written inside the checkpoint" || fail "$ck/exported was written"

@@ -28,6 +28,7 @@ static void test_refusals(void)
         {"undefined_symbol", "undefined symbol: pesc_function_nobody_defines"},
         {"stray_pointer", "outside the module"},
         {"bad_name", "name must be 1 to 31"},
+        {"control_description", "its description holds a control character"},
         {"not_there", "cannot load it"},
     };
     pesc_plugins *p = plugins_new();
@@ -41,7 +42,7 @@ static void test_refusals(void)
               err.msg);
         CHECK(strchr(err.msg, '\n') == NULL, "%s: one line", cases[i].name);
     }
-    CHECK(plugins_count(p) == 6, "refused modules are listed: %d", plugins_count(p));
+    CHECK(plugins_count(p) == 7, "refused modules are listed: %d", plugins_count(p));
     for (int i = 0; i < plugins_count(p); i++)
         CHECK(plugins_get(p, i)->plugin == NULL && plugins_get(p, i)->problem[0],
               "refused module %d has a problem and no descriptor", i);
@@ -51,7 +52,7 @@ static void test_refusals(void)
     char tests_dir[4096];
     snprintf(tests_dir, sizeof tests_dir, "%s/tests/plugins", builddir);
     p = plugins_new();
-    CHECK(plugins_scan_dir(p, tests_dir, "test") == 0 && plugins_count(p) == 5,
+    CHECK(plugins_scan_dir(p, tests_dir, "test") == 0 && plugins_count(p) == 6,
           "scan: %d listed", plugins_count(p));
     plugins_delete(p);
 }
