@@ -91,6 +91,9 @@ static int encode_line(tokenizer *t, const char *line, size_t len, long line_no,
     json_t *v = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (!v && ds_json_text_problem(&jerr, why, sizeof why))   /* a string, of bytes not UTF-8 */
         return pesc_fail(err, "stdin:%ld: %s", line_no, why);
+    if (!v)   /* not JSON: say where and why (a lone surrogate \ud800, a stray quote) */
+        return pesc_fail(err, "stdin:%ld: not valid JSON (column %d: %s): expected a JSON string "
+                         "per line", line_no, jerr.column, jerr.text);
     if (!json_is_string(v)) {
         json_decref(v);
         return pesc_fail(err, "stdin:%ld: expected a JSON string per line", line_no);

@@ -1259,7 +1259,7 @@ static int check_utf8(const char *s, size_t len, pesc_error *err)
         if (u[i] < 0x80) { i++; continue; }
         int n = utf8_valid_char(u + i, len - i);
         if (n <= 0)
-            return pesc_fail(err, "text is not valid UTF-8 (byte %zu: 0x%02x)", i, u[i]);
+            return pesc_fail(err, "text is not valid UTF-8 (byte %zu: 0x%02x)", i + 1, u[i]);
         i += (size_t)n;
     }
     return 0;
@@ -2392,8 +2392,12 @@ tokenizer *tok_load_dir(const char *model_dir, pesc_error *err)
 {
     char *path = pesc_path_join(model_dir, "tokenizer.json");
     tokenizer *t = NULL;
+    struct stat st;
     if (access(model_dir, F_OK) != 0)
         pesc_fail(err, "%s: %s", pesc_path_shown(model_dir), strerror(errno));
+    else if (stat(model_dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        pesc_fail(err, "%s is a file, not a model directory: give a tokenizer.json with "
+                  "--tokenizer FILE", pesc_path_shown(model_dir));
     else if (access(path, F_OK) != 0)   /* weights and config only: a tokenizer to give */
         pesc_fail(err, "%s has no tokenizer.json: give the model's tokenizer with --tokenizer "
                   "FILE|URL", pesc_path_shown(model_dir));

@@ -648,6 +648,13 @@ expect 2 "\-\-no-special is for encoding" "tokenize --decode with --no-special" 
   sh -c 'echo "[1]" | "$1" tokenize --model "$2" --decode --no-special' sh "$pesc" "$demo"
 
 # tokenize: bad tokenizer files and bad input, one line naming the file or the id
+expect 1 "text is not valid UTF-8 (byte 3: 0xff)" "tokenize counts a bad byte from 1, as --jsonl does" -- \
+  sh -c 'printf "ab\377cd" | "$1" tokenize --model "$2"' sh "$pesc" "$demo"
+expect 1 "tokenizer.json is a file, not a model directory: give a tokenizer.json with \-\-tokenizer" \
+  "tokenize --model naming the tokenizer file says to give it with --tokenizer" -- \
+  sh -c '"$1" tokenize --model "$2/tokenizer.json" </dev/null' sh "$pesc" "$demo"
+expect 1 "stdin:1: not valid JSON (column 9: invalid Unicode" "tokenize --jsonl names a lone surrogate" -- \
+  sh -c 'printf "\"\\\\ud800x\"\n" | "$1" tokenize --model "$2" --jsonl' sh "$pesc" "$demo"
 expect 1 "demo is a directory, not a file: name the tokenizer.json file itself" "tokenize --tokenizer DIR" -- \
   sh -c 'echo hi | "$1" tokenize --tokenizer "$2"' sh "$pesc" "$demo"
 mkdir "$tmp/tok"
