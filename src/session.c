@@ -1003,6 +1003,15 @@ static int save_now(session *s, pesc_error *err)
     return 0;
 }
 
+/* A save the run goes on after, failed or not (the next one may succeed): a failure is an
+ * event, and a headless run says it on stderr too. */
+static void save_going_on(session *s)
+{
+    pesc_error failed;
+    if (save_now(s, &failed) != 0 && s->cfg.headless)
+        fprintf(stderr, "pesc train: save failed, training goes on: %s\n", failed.msg);
+}
+
 /* ---- the trainer ------------------------------------------------------------------------- */
 
 static double current_lr(session *s)
@@ -1073,11 +1082,9 @@ static void process_command(session *s, const command *c)
         publish_event(s, "aux", "aux coefficient %.6g (was %.6g)", c->value, s->m.pesc.aux_coef);
         s->m.pesc.aux_coef = (float)c->value;
         break;
-    case CMD_SAVE: {
-        pesc_error ignored;   /* reported as an event; the run goes on */
-        save_now(s, &ignored);
+    case CMD_SAVE:
+        save_going_on(s);
         break;
-    }
     case CMD_EVAL:
         /* not inside a generation: --eval-generate's answers take the KV cache it decodes
          * on; one paused meanwhile is scored when it ends */
@@ -1435,10 +1442,23 @@ static int eval_paused(session *s)
         last->eval_answers = (float)r.eval_answer_accuracy;
     pthread_mutex_unlock(&s->lock);
     note_best(s, &r);
-    pesc_error failed;   /* an event, and the run goes on, as after a step */
     if (s->best_due)
-        save_now(s, &failed);
+        save_going_on(s);
     return 0;
+}
+
+/* Whether the checkpoint saved of this step is still there: --save DIR removed since (the run
+ * paused, say), it is saved again. */
+static int saved_still_there(const session *s)
+{
+    char name[32];
+    snprintf(name, sizeof name, "step-%08ld", s->step);
+    char *dir = pesc_path_join(s->cfg.save_dir, name);
+    char *state = pesc_path_join(dir, "state.json");
+    int there = access(state, F_OK) == 0;
+    free(state);
+    free(dir);
+    return there;
 }
 
 /* A resumed run whose checkpoint was saved by a stop during its step's evaluation: that
@@ -1628,9 +1648,7 @@ static int train_step(session *s, pesc_error *err)
         sinks_record(s->sinks, r);
     publish_step(s, r);
     if ((s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0) || s->best_due) {
-        pesc_error failed;   /* an event, and the run goes on: the next one may succeed */
-        if (save_now(s, &failed) != 0 && s->cfg.headless)
-            fprintf(stderr, "pesc train: save failed, training goes on: %s\n", failed.msg);
+        save_going_on(s);
     }
 out:
     free(sc.counts);
@@ -1713,7 +1731,8 @@ static void *trainer_main(void *arg)
     }
     /* the final checkpoint, unless the last one already holds this very state (a periodic
      * save on the last step: a second would double a write as large as the trainables) */
-    int saved = s->saved_step == s->step && s->saved_changes == s->live_changes;
+    int saved = s->saved_step == s->step && s->saved_changes == s->live_changes &&
+                saved_still_there(s);
     if (end != MONITOR_FAILED && s->cfg.save_dir && !saved && save_now(s, &err) != 0) {
         /* the run's result would be lost without a word: the run fails, naming why */
         end = MONITOR_FAILED;
