@@ -2286,6 +2286,8 @@ static void note_schedule_change(session *s)
     if (!st || s->lr_override >= 0 || st->run_lr <= 0 || st->schedule < 0 || st->warmup < 0 ||
         st->total_steps <= 0)
         return;   /* a checkpoint from before these were recorded */
+    if (st->lr_override >= 0)
+        return;   /* the run's rate was set live: the --lr note says what --lr replaces */
     const optim_config *now = &s->cfg.optim;
     optim_config was = *now;
     was.lr = (float)st->run_lr;

@@ -1290,7 +1290,8 @@ if grep -q '"step":7,.*"lr":0.004' "$tmp/carry.jsonl" && grep -q '"step":7,.*"lr
    grep -q '"step":7,.*"lr":0.001' "$tmp/given.jsonl" &&
    grep -q '"aux_coef": 0.05' "$tmp/given/step-00000007/state.json" &&
    grep -q "^pesc train: \-\-lr 0.001 replaces the checkpoint's learning rate set while it ran, 0.004 (leave \-\-lr out to keep it)$" "$tmp/given.err" &&
-   grep -q "^pesc train: \-\-aux-coef 0.05 replaces the checkpoint's 0.01 (leave \-\-aux-coef out to keep it)$" "$tmp/given.err"; then
+   grep -q "^pesc train: \-\-aux-coef 0.05 replaces the checkpoint's 0.01 (leave \-\-aux-coef out to keep it)$" "$tmp/given.err" &&
+   ! grep -q "would have taken" "$tmp/given.err"; then
   pass "resume: the live lr carries on, also under the run's own --lr; another --lr and --aux-coef replace it, noted"
 else
   fail "resume with --lr/--aux-coef: $(grep -o '"lr":[^,]*' "$tmp/carry.jsonl" "$tmp/same.jsonl" "$tmp/given.jsonl") $(grep aux_coef "$tmp/given/step-00000007/state.json" 2>&1)"
