@@ -25,7 +25,7 @@ typedef struct control_client {
     int fd;                      /* -1: a free slot */
     size_t used;
     size_t skipped;              /* > 0: a line too long, refused, read past to its newline */
-    char line[CONTROL_LINE];
+    char line[CONTROL_LINE + 1]; /* and a NUL after it */
 } control_client;
 
 struct control_server {

@@ -119,6 +119,13 @@ reply=$(raw "$long\\naux 0.02\\n$long")
 ok: aux 0.02
 error: command line too long" ] && pass "lines of 3000 bytes are refused in a reply, not a reset" \
   || fail "3000-byte lines around 'aux 0.02' got '$reply'"
+# 1023 bytes and the newline are a line (refused as too long once); 1024 are one too many
+reply=$(raw "$(head -c 1023 /dev/zero | tr '\0' x)\n$(head -c 1024 /dev/zero | tr '\0' x)\n")
+printf '%s\n' "$reply" | head -n 1 | grep -q "^error: unknown command 'xxx" &&
+  [ "$(printf '%s\n' "$reply" | sed -n 2p)" = "error: command line too long" ] &&
+  [ "$(printf '%s\n' "$reply" | wc -l)" = 2 ] &&
+  pass "a line of 1023 bytes is a command, one of 1024 too long" \
+  || fail "lines of 1023 and 1024 bytes got '$(printf '%s' "$reply" | cut -c1-60)'"
 reply=$(raw 'resume\000\npause\000junk\n')
 [ "$reply" = "error: a NUL byte in the command
 error: a NUL byte in the command" ] && pass "a NUL byte in a command line is refused" \
