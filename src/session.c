@@ -1036,7 +1036,7 @@ static void publish_lr(session *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-static int eval_paused(session *s);
+static void eval_asked(session *s);
 
 static void process_command(session *s, const command *c)
 {
@@ -1089,7 +1089,7 @@ static void process_command(session *s, const command *c)
         /* not inside a generation: --eval-generate's answers take the KV cache it decodes
          * on; one paused meanwhile is scored when it ends */
         if (s->paused && !s->generating)
-            eval_paused(s);
+            eval_asked(s);
         else
             s->eval_requested = 1;
         break;
@@ -1098,7 +1098,7 @@ static void process_command(session *s, const command *c)
         generate(s, c);
         if (s->paused && s->eval_requested) {
             s->eval_requested = 0;
-            eval_paused(s);
+            eval_asked(s);
         }
         break;
     }
@@ -1461,6 +1461,15 @@ static int saved_still_there(const session *s)
     return there;
 }
 
+/* The eval command's evaluation while paused; one a stop cuts short is said to be lost (the
+ * command is the user's to give again). */
+static void eval_asked(session *s)
+{
+    if (eval_paused(s) == 1)
+        publish_warning(s, "note", "the stop cut the evaluation asked for at step %ld short",
+                        s->step);
+}
+
 /* A resumed run whose checkpoint was saved by a stop during its step's evaluation: that
  * evaluation, with the step's weights, before the next step, as the paused one is (its events
  * are the step's). Done, the run's next checkpoint says so, also when it is of this step. */
@@ -1469,8 +1478,12 @@ static void eval_pending(session *s)
     s->eval_pending = 0;   /* before a new best's save in eval_paused */
     double saved_before = s->last_save;   /* (this thread's to write) */
     int rc = eval_paused(s);
-    if (rc == 1)
+    if (rc == 1) {
         s->eval_pending = 1;   /* stopped again */
+        publish_warning(s, "note", "the stop cut step %ld's evaluation short again: %s",
+                        s->step, s->cfg.save_dir ? "its checkpoint still says so" :
+                        "with no --save DIR, no resume can do it");
+    }
     else if (s->last_save == saved_before)
         s->live_changes++;     /* the saved state (pending) is this one's no longer; a new
                                   best's save has written this one already */
