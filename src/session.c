@@ -2570,14 +2570,34 @@ static void adopt_crafting_of(pesc_options *want, const pesc_options *had)
 }
 
 /* A file the checkpoint recorded and the resumed run reads: 0, or why it cannot, with the
- * flag that names another place. demo:FAMILY is the demo's generated data, no file. */
+ * flag that names another place. */
 static int recorded_file(const char *ckpt, const char *what, const char *flag, const char *path,
                          pesc_error *err)
 {
-    if (strncmp(path, "demo:", 5) == 0 || access(path, R_OK) == 0)
+    if (access(path, R_OK) == 0)
         return 0;
     return pesc_fail(err, "%s/state.json: the run's %s %s cannot be read (%s): give %s with its "
                      "new place", ckpt, what, path, strerror(errno), flag);
+}
+
+/* A --data source the checkpoint recorded: a file, or one a format opens itself (demo,
+ * demo:FAMILY, a plugin's generated source), as --data decides: the format given again, else
+ * the run's. A format this run does not know is named (its plugin was not given again). */
+static int recorded_source(const session *s, const checkpoint_state *st, const char *ckpt,
+                           const char *path, pesc_error *err)
+{
+    const train_config *c = &s->cfg;
+    const char *name = c->given & TRAIN_GIVEN_FORMAT ? c->format
+                       : st->format[0]                ? st->format
+                                                      : "auto";
+    ds_format format;
+    if (ds_formats_parse(s->formats, name, &format, err) != 0)
+        return pesc_fail_prefix(err, "%s/state.json: the run's data %s", ckpt, path);
+    if (ds_source_format(s->formats, format, path) || access(path, R_OK) == 0)
+        return 0;
+    return pesc_fail(err, "%s/state.json: the run's data %s cannot be read (%s), and no format "
+                     "here opens it: give --data FILE with its new place, or the --plugin FILE "
+                     "whose format read it", ckpt, path, strerror(errno));
 }
 
 /* Resumed from the newest checkpoint of a directory its run saved checkpoints in, and given no
@@ -2668,7 +2688,7 @@ static int adopt_resumed(session *s, pesc_error *err)
     }
     int data_taken = c->n_sources == 0 && st->n_data > 0;
     for (int i = 0; data_taken && i < st->n_data; i++)
-        if (recorded_file(dir, "data", "--data FILE", st->data[i].path, err) != 0)
+        if (recorded_source(s, st, dir, st->data[i].path, err) != 0)
             goto out;
     if (data_taken) {
         memcpy(c->sources, st->data, (size_t)st->n_data * sizeof *st->data);
@@ -2752,6 +2772,10 @@ out:
 static int setup(session *s, pesc_error *err)
 {
     train_config *c = &s->cfg;
+    /* before resuming: the run's data may be a source a plugin's format opens */
+    if (!(s->plugins = plugins_open(c->plugins, c->n_plugins, err)) ||
+        !(s->formats = plugins_formats(s->plugins, err)))
+        return -1;
     if (c->resume && (adopt_resumed(s, err) != 0 || train_config_check_needs(c, err) != 0))
         return -1;
     if (c->save_dir && check_save_dir(s, err) != 0)
@@ -2772,9 +2796,6 @@ static int setup(session *s, pesc_error *err)
     } else {
         s->model_dir = pesc_demo_model_dir();
     }
-    if (!(s->plugins = plugins_open(c->plugins, c->n_plugins, err)) ||
-        !(s->formats = plugins_formats(s->plugins, err)))
-        return -1;
     pesc_show_phase(c->command, "loading the model from %s", pesc_path_shown(s->model_dir));
     if (load_model(s, err) != 0)
         return -1;

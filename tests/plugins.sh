@@ -79,5 +79,18 @@ printf '{"q": 1, "a": "x"}\n' >"$tmp/bad.jsonl"
 expect 1 'bad.jsonl:1: qa: "q" and "a" must be strings' "a bad qa record names file and line" -- \
   env PESC_PLUGIN_PATH="$plugins" "$pesc" eval --model "$model" --tokenizer "$tmp/tokenizer.json" --data "$tmp/bad.jsonl" --format qa
 
+# a run whose --data no file holds (the demo's, a format plugin's source) resumes from its
+# checkpoint alone; gen:6:1 is the source gen:6, weight 1, and is recorded as that
+gen="$broken/.libs/gen_source.so"
+train="$pesc train --model demo --steps 2 --seq 64 --batch 2"
+expect 0 "step 2/2" "train --data demo" -- $train --data demo --save "$tmp/r6/ck"
+expect 0 "step 3/3" "resume a run on --data demo" -- "$pesc" train --resume "$tmp/r6/ck" --steps 3
+expect 0 "step 2/2" "train on a plugin's source gen:6" -- \
+  $train --plugin "$gen" --data gen:6:1 --save "$tmp/r7"
+expect 0 "step 3/3" "resume a run on a plugin's source" -- \
+  "$pesc" train --plugin "$gen" --resume "$tmp/r7" --steps 3
+expect 1 "the run's data gen:6 cannot be read.*--plugin FILE" "resume without the source's plugin" -- \
+  "$pesc" train --resume "$tmp/r7" --steps 4
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
