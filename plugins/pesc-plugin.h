@@ -84,7 +84,8 @@ typedef struct pesc_format_host {
 
 enum {
     /* A line that is not JSON (or a bare JSON string) reaches convert as a string value, so a
-     * format can read TSV, plain text or any line-oriented schema. Without the flag such a
+     * format can read TSV, plain text or any line-oriented schema; also after JSON records,
+     * so convert says what is wrong with a broken one. Without the flag such a
      * record is refused before convert is called. */
     PESC_FORMAT_LINES = 1u << 0,
 };

@@ -1493,15 +1493,20 @@ static int starts_like_json(const char *line)
 }
 
 /* Whether a line of a file read in lines (parsed: the line as JSON, NULL when it is not) is a
- * document of plain text, to be trained on as it stands. Before any line was a JSON object,
+ * document of plain text, to be trained on as it stands. A plugin's format that takes lines
+ * was promised every line that is not JSON (pesc-plugin(7)): its convert says what is wrong
+ * with one, wherever it is (every_line). For the built-ins, before any line was a JSON object,
  * a line that is no JSON record is plain text: prose may start with a quote or a brace, and
  * be a number ("1984") or true. Once one was, the file is JSONL, and a line that is not JSON
  * is a broken record, not a document; so is one that starts as a record does, wherever it
  * is: a JSONL file's first line cut short is not text to train on. A JSON string is a text
  * record, unless a line before it was plain text: then it is prose that quotes someone, and
  * keeps its quotes. */
-static int plain_line(const char *line, const json_t *parsed, int objects, int plain_before)
+static int plain_line(const char *line, const json_t *parsed, int objects, int plain_before,
+                      int every_line)
 {
+    if (!parsed && every_line)
+        return 1;
     if (objects)
         return 0;
     if (!parsed)
@@ -1525,6 +1530,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
         return table_refused(path, table_kind(path), 1, err);
     /* plain (non-JSON) lines are documents for auto and for formats that take lines */
     int lines = lo->format == DS_AUTO || (named->ops->flags & PESC_FORMAT_LINES);
+    int every_line = lines && (int)lo->format >= N_BUILTIN_FORMATS;
     reader *r = rd_open(path, path, err);
     if (!r)
         return -1;
@@ -1540,7 +1546,8 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
             break;
         }
         json_t *o = json_loadb(r->item, r->item_len, JSON_DECODE_ANY, &jerr);
-        int plain = lines && !r->array && plain_line(r->item, o, objects, plain_before);
+        int plain = lines && !r->array && plain_line(r->item, o, objects, plain_before,
+                                                 every_line);
         if (plain) {
             json_decref(o);
             o = json_string(r->item);   /* a plain line is one string record */

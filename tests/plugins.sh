@@ -75,6 +75,10 @@ expect 0 '"tokens"' "eval --format qa reads QUESTION<TAB>ANSWER lines" -- \
   env PESC_PLUGIN_PATH="$plugins" "$pesc" eval --model "$model" --tokenizer "$tmp/tokenizer.json" --data "$tmp/qa.tsv" --format qa --json
 expect 2 "\-\-format qa: not a known format" "--format qa without the plugin" -- \
   env PESC_PLUGIN_PATH="" "$pesc" eval --model "$model" --data "$tmp/qa.jsonl" --format qa
+# a format that takes lines gets every line that is not JSON, also after JSON records
+{ cat "$tmp/qa.jsonl"; cat "$tmp/qa.tsv"; } >"$tmp/mixed.jsonl"
+expect 0 '"tokens"' "eval --format qa reads a QUESTION<TAB>ANSWER line after JSON records" -- \
+  env PESC_PLUGIN_PATH="$plugins" "$pesc" eval --model "$model" --tokenizer "$tmp/tokenizer.json" --data "$tmp/mixed.jsonl" --format qa --json
 printf '{"q": 1, "a": "x"}\n' >"$tmp/bad.jsonl"
 expect 1 'bad.jsonl:1: qa: "q" and "a" must be strings' "a bad qa record names file and line" -- \
   env PESC_PLUGIN_PATH="$plugins" "$pesc" eval --model "$model" --tokenizer "$tmp/tokenizer.json" --data "$tmp/bad.jsonl" --format qa
