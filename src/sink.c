@@ -204,6 +204,18 @@ static double wall_clock(void)
 }
 
 /* Reported once: the callback (or stderr) now, a "sink" event to the others afterwards. */
+static void report(sink_set *s, const sink_slot *slot, const char *message)
+{
+    s->failed++;
+    if (s->opt.report)
+        s->opt.report(s->opt.report_ctx, slot->name, message);
+    else
+        fprintf(stderr, "pesc: sink %s: %s\n", slot->name, message);
+    if (s->n_pending < MAX_PENDING)
+        snprintf(s->pending[s->n_pending++], sizeof s->pending[0], "%s: %s", slot->name,
+                 message);
+}
+
 static void disable(sink_set *s, sink_slot *slot, const char *why)
 {
     char message[SINK_WHY + 64];
@@ -215,14 +227,22 @@ static void disable(sink_set *s, sink_slot *slot, const char *why)
         slot->self = NULL;
         s->live--;
     }
-    s->failed++;
-    if (s->opt.report)
-        s->opt.report(s->opt.report_ctx, slot->name, message);
-    else
-        fprintf(stderr, "pesc: sink %s: %s\n", slot->name, message);
-    if (s->n_pending < MAX_PENDING)
-        snprintf(s->pending[s->n_pending++], sizeof s->pending[0], "%s: %s", slot->name,
-                 message);
+    report(s, slot, message);
+}
+
+/* At the run's end: a failure to close is the output's last words lost, not a sink left out
+ * of a run that goes on. */
+static void close_slot(sink_set *s, sink_slot *slot)
+{
+    void *self = slot->self;
+    char why[SINK_WHY] = "", message[SINK_WHY + 64];
+    slot->self = NULL;
+    s->live--;
+    if (slot->ops->close(self, why, sizeof why) == 0)
+        return;
+    snprintf(message, sizeof message, "failed to close: %s; its output may be incomplete",
+             why[0] ? why : "no reason given");
+    report(s, slot, message);
 }
 
 static void dispatch_event(sink_set *s, const stats_event *e)
@@ -584,18 +604,15 @@ void sinks_close(sink_set *s)
 {
     if (!s)
         return;
-    for (int i = 0; i < s->n; i++) {
-        sink_slot *slot = &s->slots[i];
-        char why[SINK_WHY] = "";
-        if (slot->self) {
-            void *self = slot->self;
-            slot->self = NULL;
-            s->live--;
-            if (slot->ops->close(self, why, sizeof why) != 0)
-                disable(s, slot, why);
-        }
-    }
-    s->n_pending = 0;   /* nobody is left to hear them */
+    /* the logs last, so that they record the others' failures to close */
+    for (int i = 0; i < s->n; i++)
+        if (s->slots[i].self && s->slots[i].ops != &jsonl_ops)
+            close_slot(s, &s->slots[i]);
+    send_pending(s);
+    for (int i = 0; i < s->n; i++)
+        if (s->slots[i].self)
+            close_slot(s, &s->slots[i]);
+    s->n_pending = 0;   /* nobody is left to hear a log's own */
     free(s->slots);
     free(s->scalars);
     free(s->tags);

@@ -59,7 +59,9 @@ int sinks_log_of_run(const char *path, const stats_run *run);
 /* Every working sink gets the record / event. */
 void sinks_record(sink_set *s, const stats_record *r);
 void sinks_event(sink_set *s, const stats_event *e);
-/* Closes every sink (flushing); a failure there is reported like any other. Accepts NULL. */
+/* Closes every sink (flushing), the jsonl logs last: a failure to close is reported (its
+ * output may be incomplete) and, from a sink other than a log, logged as a "sink" event.
+ * Accepts NULL. */
 void sinks_close(sink_set *s);
 
 /* Sinks still working. */

@@ -527,6 +527,42 @@ static void test_sinks(const pesc_plugins *plugins)
     check_tensorboard(path, t0);
 }
 
+/* A sink that cannot close at the run's end is reported in words for the end, and the log,
+ * closed after it, records that as a "sink" event. */
+static void test_close_failure(const pesc_plugins *plugins)
+{
+    stats_run run = {.shape = {.n_layers = L, .n_experts = E, .top_k = 2, .n_sources = 1},
+                     .total_steps = STEPS, .adapter_dim = 8, .adapter_scale = 0.25};
+    snprintf(run.sources[0], sizeof run.sources[0], "data.jsonl");
+    char jsonl[620], path[600];   /* "jsonl:" and the path */
+    snprintf(path, sizeof path, "%s/close.jsonl", dir);
+    snprintf(jsonl, sizeof jsonl, "jsonl:%s", path);
+    const char *specs[] = {jsonl, "closefail"};
+    reports rep = {0};
+    sink_options o = {.plugins = plugins, .report = on_report, .report_ctx = &rep};
+    pesc_error err = {{0}};
+    sink_set *s = sinks_open(specs, 2, &run, &o, &err);
+    CHECK(s != NULL, "sinks_open: %s", err.msg);
+    if (!s)
+        return;
+    stats_record *r = stats_record_new(run.shape);
+    fill(r, 1);
+    sinks_record(s, r);
+    stats_record_delete(r);
+    sinks_close(s);
+    CHECK(rep.n == 1 && strstr(rep.last, "failed to close: closefail: its last write failed; "
+                                         "its output may be incomplete"),
+          "a failed close is reported for the run's end: %d, %s", rep.n, rep.last);
+    FILE *f = fopen(path, "r");
+    char line[1 << 14];
+    int logged = 0;
+    while (f && fgets(line, sizeof line, f))
+        logged += strstr(line, "\"sink\"") && strstr(line, "closefail: failed to close") != NULL;
+    if (f)
+        fclose(f);
+    CHECK(logged == 1, "the log records the failed close once: %d", logged);
+}
+
 /* A run log is told by its first record's fields, not its bytes: the log the sink wrote, the
  * same re-serialised with spaces (json.dumps), after a byte order mark, with CRLF line ends
  * and without its start line (tail -n) is one; datasets, also ones with a "step" or an
@@ -698,6 +734,12 @@ int main(void)
     test_log_detection();
     test_bad_specs(plugins);
     test_unnamed_outputs(plugins);
+    char closefail[2100];
+    snprintf(closefail, sizeof closefail, "%s/tests/plugins/.libs/close_fails.so", b ? b : ".");
+    pesc_error err = {{0}};
+    CHECK(plugins_load_file(plugins, closefail, "test", &err) == 0, "%s", err.msg);
+    if (!err.msg[0])
+        test_close_failure(plugins);
     plugins_delete(plugins);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
