@@ -1664,6 +1664,7 @@ static int exists(const char *path)
 int ds_source_parse(ds_source *s, const char *arg, pesc_error *err)
 {
     s->weight = 1.0;
+    s->weight_text[0] = '\0';
     const char *colon = strrchr(arg, ':');
     size_t n = strlen(arg);
     if (colon && colon[1]) {
@@ -1690,6 +1691,7 @@ int ds_source_parse(ds_source *s, const char *arg, pesc_error *err)
                                  DS_MAX_WEIGHT, file ? "; to read the file, give " : "",
                                  file ? file : "", file ? ":1" : "");
             s->weight = w;
+            snprintf(s->weight_text, sizeof s->weight_text, "%s", colon + 1);
             n = (size_t)(colon - arg);
         } else if (prefix_exists && !strchr(colon, '/') && !exists(arg)) {
             /* PATH:W with a W that is no number: PATH exists, the whole does not */
@@ -1703,6 +1705,20 @@ int ds_source_parse(ds_source *s, const char *arg, pesc_error *err)
     memcpy(s->path, arg, n);
     s->path[n] = '\0';
     return 0;
+}
+
+int ds_source_check(const ds_formats *f, ds_format format, const ds_source *s,
+                    pesc_error *err)
+{
+    if (!s->weight_text[0] || exists(s->path) || ds_source_format(f, format, s->path))
+        return 0;
+    char whole[sizeof s->path + sizeof s->weight_text + 1];
+    snprintf(whole, sizeof whole, "%s:%s", s->path, s->weight_text);
+    if (ds_source_format(f, format, whole))
+        return pesc_fail(err, "--data %s: no file %s (%s:1 is the source %s with weight 1)",
+                         whole, s->path, whole, whole);
+    return pesc_fail(err, "--data %s: no file %s (the number after the last ':' is read as "
+                     "its weight)", whole, s->path);
 }
 
 /* ================================================================= batches =========== */

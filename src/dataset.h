@@ -160,8 +160,14 @@ int ds_each_json(const char *path, const char *name, ds_json_fn fn, void *ctx, p
 typedef struct ds_source {
     char path[4096];
     double weight;
+    char weight_text[32];        /* as given after the last ':'; "" when none was */
 } ds_source;
 int ds_source_parse(ds_source *s, const char *arg, pesc_error *err);
+/* Once formats are known: a PATH:WEIGHT whose PATH is no file and no source of a format is
+ * an error that says how the argument was read, and how to give PATH:WEIGHT itself as the
+ * source when a format opens that (gen:6 is gen, weight 6; gen:6:1 the source gen:6). */
+int ds_source_check(const ds_formats *f, ds_format format, const ds_source *s,
+                    pesc_error *err);
 
 /* ------------------------------------------------------------------ batches ---------- */
 

@@ -1800,6 +1800,9 @@ static int open_data(session *s, pesc_error *err)
                           .formats = s->formats};
     if (ds_formats_parse(s->formats, c->format, &lo.format, err) != 0)
         return -1;
+    for (int i = 0; i < c->n_sources; i++)
+        if (ds_source_check(s->formats, lo.format, &s->sources[i], err) != 0)
+            return -1;
     ds_options o = {.batch = c->batch, .seq = c->seq, .pack = c->pack, .shuffle = 1,
                     .holdout = c->eval_split,
                     .seed = c->seed, .epochs = run_epochs(c)};

@@ -93,6 +93,11 @@ expect 0 "step 2/2" "train on a plugin's source gen:6" -- \
   $train --plugin "$gen" --data gen:6:1 --save "$tmp/r7"
 expect 0 "step 3/3" "resume a run on a plugin's source" -- \
   "$pesc" train --plugin "$gen" --resume "$tmp/r7" --steps 3
+expect 1 "\-\-data gen:6: no file gen (gen:6:1 is the source gen:6 with weight 1)" \
+  "--data gen:6 a format claims is read as gen, weight 6: the message says so" -- \
+  $train --plugin "$gen" --data gen:6
+expect 1 "\-\-data nothere.jsonl:2: no file nothere.jsonl (the number after" \
+  "--data FILE:WEIGHT with no FILE" -- $train --data nothere.jsonl:2
 expect 1 "the run's data gen:6 cannot be read.*--plugin FILE" "resume without the source's plugin" -- \
   "$pesc" train --resume "$tmp/r7" --steps 4
 
