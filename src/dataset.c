@@ -835,8 +835,9 @@ int ds_formats_parse(const ds_formats *f, const char *name, ds_format *out, pesc
     for (int i = 0; i < n && used < sizeof names; i++)
         used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
                                  ds_formats_get(f, (ds_format)i)->name);
-    return pesc_fail(err, "--format %s: not a known format (%s%s)", name, names,
-                     f ? "" : "; plugins add more, see pesc plugins");
+    /* a plugin's format named without its module loaded: say where formats come from */
+    return pesc_fail(err, "--format %s: not a known format (%s; see pesc plugins, and "
+                     "PESC_PLUGIN_PATH or --plugin FILE for others)", name, names);
 }
 
 int ds_format_parse(const char *name, ds_format *out, pesc_error *err)

@@ -73,7 +73,7 @@ expect 0 '"loss"' "eval --format auto picks qa from PESC_PLUGIN_PATH" -- \
 [ "$(cat "$tmp/out")" = "$reference" ] || fail "auto scored $(cat "$tmp/out"), camelidae $reference"
 expect 0 '"tokens"' "eval --format qa reads QUESTION<TAB>ANSWER lines" -- \
   env PESC_PLUGIN_PATH="$plugins" "$pesc" eval --model "$model" --tokenizer "$tmp/tokenizer.json" --data "$tmp/qa.tsv" --format qa --json
-expect 2 "\-\-format qa: not a known format" "--format qa without the plugin" -- \
+expect 2 "\-\-format qa: not a known format (.*PESC_PLUGIN_PATH or \-\-plugin FILE" "--format qa without the plugin" -- \
   env PESC_PLUGIN_PATH="" "$pesc" eval --model "$model" --data "$tmp/qa.jsonl" --format qa
 # a format that takes lines gets every line that is not JSON, also after JSON records
 { cat "$tmp/qa.jsonl"; cat "$tmp/qa.tsv"; } >"$tmp/mixed.jsonl"
