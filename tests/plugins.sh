@@ -85,7 +85,7 @@ expect 1 'bad.jsonl:1: qa: "q" and "a" must be strings' "a bad qa record names f
 
 # a run whose --data no file holds (the demo's, a format plugin's source) resumes from its
 # checkpoint alone; gen:6:1 is the source gen:6, weight 1, and is recorded as that
-gen="$broken/.libs/gen_source.so"
+gen="$broken/working/.libs/gen_source.so"
 train="$pesc train --model demo --steps 2 --seq 64 --batch 2"
 expect 0 "step 2/2" "train --data demo" -- $train --data demo --save "$tmp/r6/ck"
 expect 0 "step 3/3" "resume a run on --data demo" -- "$pesc" train --resume "$tmp/r6/ck" --steps 3

@@ -735,7 +735,8 @@ int main(void)
     test_bad_specs(plugins);
     test_unnamed_outputs(plugins);
     char closefail[2100];
-    snprintf(closefail, sizeof closefail, "%s/tests/plugins/.libs/close_fails.so", b ? b : ".");
+    snprintf(closefail, sizeof closefail, "%s/tests/plugins/working/.libs/close_fails.so",
+             b ? b : ".");
     pesc_error err = {{0}};
     CHECK(plugins_load_file(plugins, closefail, "test", &err) == 0, "%s", err.msg);
     if (!err.msg[0])
