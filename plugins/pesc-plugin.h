@@ -105,9 +105,10 @@ typedef struct pesc_format_ops {
      * file) instead of pesc reading JSON records from the file; detect/convert may then be
      * NULL. open gets the --data argument less a ":WEIGHT" after its last ':' (a path, or
      * whatever the format accepts, e.g. "demo:sort,records=100"; a name with a ':' is given
-     * with a weight: --data gen:6:1 opens "gen:6"); next gives one record through h and returns 1, 0 at the end,
-     * or -1 after h->fail for a bad record (skipped with a warning, or fatal with --strict),
-     * or -2 after h->fail when the source cannot go on; close frees the source. */
+     * with a weight: --data gen:6:1 opens "gen:6"); next gives one record through h and
+     * returns 1, 0 at the end, or -1 after h->fail for a bad record (skipped with a warning,
+     * or fatal with --strict), or -2 after h->fail when the source cannot go on; close frees
+     * the source. */
     void *(*open)(const char *path, char *err, size_t errlen);
     int (*next)(const pesc_format_host *h, void *source, pesc_record_out *out);
     void (*close)(void *source);
