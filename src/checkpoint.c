@@ -34,6 +34,17 @@ static json_t *hex64(uint64_t v)
     return json_string(buf);
 }
 
+/* key: the n strings, left out when there are none */
+static void add_strings(json_t *obj, const char *key, const char (*items)[4096], int n)
+{
+    if (n == 0)
+        return;
+    json_t *list = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(list, json_string(items[i]));
+    json_object_set_new(obj, key, list);
+}
+
 static char *state_json(const checkpoint_state *st)
 {
     json_t *o = json_object();
@@ -103,6 +114,8 @@ static char *state_json(const checkpoint_state *st)
                                                   "weight", st->data[i].weight));
         json_object_set_new(run, "data", data);
     }
+    add_strings(run, "sinks", st->sinks, st->n_sinks);
+    add_strings(run, "plugins", st->plugins, st->n_plugins);
     if (st->n_eval > 0) {
         json_t *eval = json_array();
         for (int i = 0; i < st->n_eval; i++)
@@ -227,6 +240,25 @@ static void copy_string(char *buf, size_t n, json_t *v)
     snprintf(buf, n, "%s", json_is_string(v) ? json_string_value(v) : "");
 }
 
+/* An array of strings (sinks, plugins) that must be one when it is there; n 0 when absent. */
+static void read_strings(state_reader *r, json_t *obj, const char *key,
+                         char (*items)[4096], int max, int *n)
+{
+    json_t *v = json_object_get(obj, key);
+    *n = 0;
+    if (v && (!json_is_array(v) || json_array_size(v) > (size_t)max)) {
+        bad_value(r, key, "must be an array of at most 8 strings");
+        return;
+    }
+    for (size_t i = 0; v && i < json_array_size(v) && !r->failed; i++) {
+        json_t *item = json_array_get(v, i);
+        if (!json_is_string(item) || strlen(json_string_value(item)) >= sizeof items[0])
+            bad_value(r, key, "must be an array of strings shorter than 4096 bytes");
+        else
+            copy_string(items[(*n)++], sizeof items[0], item);
+    }
+}
+
 /* A string that must be one when it is there; its value in buf, "" when absent. */
 static void read_string(state_reader *r, json_t *obj, const char *key, char *buf, size_t n)
 {
@@ -296,6 +328,8 @@ static void read_inputs(state_reader *r, json_t *run, checkpoint_state *st)
     st->epochs = (int)read_integer(r, run, "epochs", 1, TRAIN_MAX_EPOCHS, 0);
     read_string(r, run, "save", st->save_dir, sizeof st->save_dir);
     read_string(r, run, "log", st->log, sizeof st->log);
+    read_strings(r, run, "sinks", st->sinks, CHECKPOINT_MAX_SINKS, &st->n_sinks);
+    read_strings(r, run, "plugins", st->plugins, CHECKPOINT_MAX_SINKS, &st->n_plugins);
     st->save_every = read_integer(r, run, "save_every", 0, TRAIN_MAX_STEPS, -1);
     st->eval_every = read_integer(r, run, "eval_every", 0, TRAIN_MAX_STEPS, -1);
     st->keep = (int)read_integer(r, run, "keep", 1, TRAIN_MAX_KEEP, -1);

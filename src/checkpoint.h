@@ -16,7 +16,7 @@
 #include "optim.h"
 #include "util.h"
 
-enum { CHECKPOINT_MAX_DATA = 16, CHECKPOINT_MAX_EVAL = 8 };
+enum { CHECKPOINT_MAX_DATA = 16, CHECKPOINT_MAX_EVAL = 8, CHECKPOINT_MAX_SINKS = 8 };
 
 typedef struct checkpoint_state {
     long step;                   /* optimizer steps done */
@@ -83,6 +83,10 @@ typedef struct checkpoint_state {
     long save_every, eval_every;
     int keep, keep_best;
     int keep_best_by;            /* --best-by: 0 loss, 1 answers (the best kept: best_by) */
+    /* the run's --sink specs as given and --plugin files (absolute): not taken on resuming
+     * (a module is code to run: given again, not found in a file), only named when missing */
+    char sinks[CHECKPOINT_MAX_SINKS][4096], plugins[CHECKPOINT_MAX_SINKS][4096];
+    int n_sinks, n_plugins;
 } checkpoint_state;
 
 /* Makes save_dir (one level) or checks that it is a directory this process can write in: a run

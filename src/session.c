@@ -929,10 +929,17 @@ static void fill_state(session *s, checkpoint_state *st)
     st->keep = c->keep;
     st->keep_best = c->keep_best;
     st->keep_best_by = c->best_by;
+    st->n_sinks = c->n_sinks;
+    for (int i = 0; i < c->n_sinks; i++)
+        snprintf(st->sinks[i], sizeof st->sinks[i], "%s", c->sinks[i]);
+    st->n_plugins = c->n_plugins;
+    for (int i = 0; i < c->n_plugins; i++)
+        absolute_path(st->plugins[i], sizeof st->plugins[i], c->plugins[i]);
 }
 
-_Static_assert(STATS_MAX_SOURCES <= CHECKPOINT_MAX_DATA && TRAIN_MAX_EVAL <= CHECKPOINT_MAX_EVAL,
-               "a checkpoint records every --data and --eval-data file");
+_Static_assert(STATS_MAX_SOURCES <= CHECKPOINT_MAX_DATA && TRAIN_MAX_EVAL <= CHECKPOINT_MAX_EVAL &&
+               TRAIN_MAX_SINKS <= CHECKPOINT_MAX_SINKS,
+               "a checkpoint records every --data, --eval-data, --sink and --plugin");
 
 /* --save DIR was removed while the run went, and is this run's again (checkpoint_relock):
  * the checkpoints it kept there, its best among them, are gone, so the next evaluation's is
@@ -2603,6 +2610,40 @@ static int recorded_source(const session *s, const checkpoint_state *st, const c
                      "whose format read it", ckpt, path, strerror(errno));
 }
 
+/* The run's sinks this run was not given (by name), as a note: --resume takes no --sink or
+ * --plugin from the checkpoint (a module is code to run, named on the command line), and a
+ * sink left out would stop getting rows without a word. */
+static void note_sinks_left_out(session *s, const checkpoint_state *st)
+{
+    const train_config *c = &s->cfg;
+    char missing[1024] = "", plugins[1024] = "";
+    size_t used = 0;
+    for (int i = 0; i < st->n_sinks; i++) {
+        size_t name = strcspn(st->sinks[i], ":");
+        int given = 0;
+        for (int j = 0; j < c->n_sinks && !given; j++)
+            given = strncmp(c->sinks[j], st->sinks[i], name) == 0 &&
+                    (c->sinks[j][name] == '\0' || c->sinks[j][name] == ':');
+        if (!given && used < sizeof missing)
+            used += (size_t)snprintf(missing + used, sizeof missing - used, " --sink %s",
+                                     st->sinks[i]);
+    }
+    if (!missing[0])
+        return;
+    used = 0;
+    for (int i = 0; i < st->n_plugins; i++) {
+        int given = 0;
+        for (int j = 0; j < c->n_plugins && !given; j++)
+            given = pesc_same_file(c->plugins[j], st->plugins[i]);
+        if (!given && used < sizeof plugins)
+            used += (size_t)snprintf(plugins + used, sizeof plugins - used, "%s--plugin %s",
+                                     used ? " " : " (with ", st->plugins[i]);
+    }
+    add_resume_note(s, "the run also wrote to%s, not given here: --resume takes no --sink or "
+                    "--plugin from the checkpoint; give them again%s%s to go on writing there",
+                    missing, plugins, plugins[0] ? ")" : "");
+}
+
 /* Resumed from the newest checkpoint of a directory its run saved checkpoints in, and given no
  * --save, the run saves on there (also when the directory was moved since) as often as it
  * did, keeping as many, and appends to its log when no --log is given and the directory is
@@ -2756,6 +2797,7 @@ static int adopt_resumed(session *s, pesc_error *err)
     if (!(c->given & TRAIN_GIVEN_EVAL_EVERY) && st->eval_every >= 0)
         c->eval_every = st->eval_every;
     take_outputs(s, st, dir);
+    note_sinks_left_out(s, st);
     /* the run's flag value; the live one carries on as resume() decides */
     if (!(c->pesc.given & PESC_GIVEN_AUX_COEF) && st->run_aux_coef >= 0)
         c->pesc.aux_coef = (float)st->run_aux_coef;

@@ -86,6 +86,7 @@ const char train_options_help[] =
     "  --sink NAME[:FILE]   metric sink (csv, tensorboard, ...), repeatable; without FILE it\n"
     "                       writes beside the log; a fresh run refuses a FILE with content\n"
     "                       (a tensorboard DIR with event files), --resume appends to it\n"
+    "                       (--resume takes no --sink or --plugin: give them again)\n"
     "  --plugin FILE        load a plugin module, repeatable\n"
     "  --nan-limit N        non-finite steps in a row before the LR is halved (3); the run\n"
     "                       fails when they go on after 10 halvings\n"

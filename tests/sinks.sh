@@ -163,6 +163,8 @@ grep -q '^{"step":9,"loss":$' "$tmp/run.jsonl" &&
   [ "$(tb_steps "$tmp/run.tb" 14 | tr '\n' ' ')" = "1 2 3 4 5 6 7 8 9 10 11 12 13 14 " ] &&
   pass "--resume from the newest checkpoint: rows appended, none dropped" ||
   fail "--resume again: csv $(cut -d, -f1 "$tmp/run.csv" | tr '\n' ' '), tb $(tb_steps "$tmp/run.tb" 14 | tr '\n' ' ') $(head -c 300 "$tmp/err")"
+grep -q "also wrote to" "$tmp/err" &&
+  fail "--resume given the run's sinks again still notes them: $(cat "$tmp/err")"
 # a row cut short (the csv sink failed mid-row, the run went on and saved later): the resumed
 # run's first row starts a line of its own, and the cut one is gone
 printf '14,17' >>"$tmp/run.csv"
@@ -171,6 +173,10 @@ printf '14,17' >>"$tmp/run.csv"
   [ "$(awk -F, '{ print NF }' "$tmp/run.csv" | sort -u | wc -l)" = 1 ] &&
   pass "--resume after a csv row cut short: it is dropped, and every row is whole" ||
   fail "--resume after a cut row: csv $(cut -d, -f1 "$tmp/run.csv" | tr '\n' ' ') $(head -c 300 "$tmp/err")"
+# --resume takes no sinks from the checkpoint: one the run had and this run lacks is named
+grep -q "the run also wrote to --sink tensorboard, not given here: --resume takes no --sink or --plugin from the checkpoint; give them again to go on writing there" "$tmp/err" &&
+  pass "--resume without one of the run's sinks says so" ||
+  fail "--resume without --sink tensorboard: $(head -c 300 "$tmp/err")"
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
