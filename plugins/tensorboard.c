@@ -198,18 +198,23 @@ static int make_dirs(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-/* Whether dir holds an event file already (TensorBoard reads every one of a directory as
- * one run, so a fresh run's would be merged into another's). */
-static int holds_events(const char *dir)
+/* The latest TIME of the event files dir holds, -1 for none. TensorBoard reads every one of a
+ * directory as one run (a fresh run's would be merged into another's), in the order of their
+ * names: a resumed run's file, whose SessionLog START purges what its crash left, must sort
+ * after them, also when it is made in the same second. */
+static long newest_events(const char *dir)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
-    int found = 0;
-    while (d && !found && (e = readdir(d)))
-        found = strncmp(e->d_name, "events.out.tfevents.", 20) == 0;
+    long newest = -1;
+    while (d && (e = readdir(d)))
+        if (strncmp(e->d_name, "events.out.tfevents.", 20) == 0) {
+            long time = strtol(e->d_name + 20, NULL, 10);
+            newest = time > newest ? time : newest;
+        }
     if (d)
         closedir(d);
-    return found;
+    return newest;
 }
 
 static double now_wall(void)
@@ -239,7 +244,8 @@ static void *tb_open(const pesc_sink_config *config, const pesc_run_info *run, c
         snprintf(dir, sizeof dir, "%s.tb", config->base ? config->base : "pesc-run");
     if (make_dirs(dir, err, errlen) != 0)
         return NULL;
-    if (!config->resume && holds_events(dir)) {
+    long newest = newest_events(dir);
+    if (!config->resume && newest >= 0) {
         snprintf(err, errlen, "%s already holds TensorBoard event files, which TensorBoard "
                  "would merge with this run's: name another directory (--sink tensorboard:DIR), "
                  "remove them, or continue its run with --resume", dir);
@@ -252,8 +258,9 @@ static void *tb_open(const pesc_sink_config *config, const pesc_run_info *run, c
     }
     gethostname(host, sizeof host - 1);
     double wall = now_wall();
-    snprintf(t->path, sizeof t->path, "%s/events.out.tfevents.%010ld.%s.%ld", dir,
-             (long)wall, host, (long)getpid());
+    long stamp = (long)wall > newest ? (long)wall : newest + 1;
+    snprintf(t->path, sizeof t->path, "%s/events.out.tfevents.%010ld.%s.%ld", dir, stamp, host,
+             (long)getpid());
     crc_init(t->crc_table);
     t->f = fopen(t->path, "wb");
     if (!t->f) {

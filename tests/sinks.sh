@@ -177,6 +177,16 @@ printf '14,17' >>"$tmp/run.csv"
 grep -q "the run also wrote to --sink tensorboard, not given here: --resume takes no --sink or --plugin from the checkpoint; give them again to go on writing there" "$tmp/err" &&
   pass "--resume without one of the run's sinks says so" ||
   fail "--resume without --sink tensorboard: $(head -c 300 "$tmp/err")"
+# a resumed run's event file sorts after those there, also after one of a later second (two
+# runs in one second, a clock set back): TensorBoard reads them in the order of their names
+: >"$tmp/run.tb/events.out.tfevents.9999999990.later.1"
+"$pesc" train --headless --resume "$tmp/ck" --steps 16 --sink csv --sink tensorboard >/dev/null 2>"$tmp/err"
+last=$(ls "$tmp/run.tb" | sort | tail -n 1)
+case $last in
+  events.out.tfevents.9999999991.*) [ -s "$tmp/run.tb/$last" ] ;;
+  *) false ;;
+esac && pass "a resumed run's event file is named to be read after those there" ||
+  fail "the event files, in name order: $(ls "$tmp/run.tb" | sort | tr '\n' ' ') $(head -c 300 "$tmp/err")"
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
