@@ -821,6 +821,14 @@ static char *checkpoint_dir(const char *save_dir, long step)
     return pesc_path_join(save_dir, name);
 }
 
+int checkpoint_there(const char *save_dir, long step)
+{
+    char *dir = checkpoint_dir(save_dir, step);
+    int there = state_unreadable(dir) != ENOENT;
+    free(dir);
+    return there;
+}
+
 char *checkpoint_older(const char *save_dir, long step)
 {
     long bad;

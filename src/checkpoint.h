@@ -141,6 +141,8 @@ int checkpoint_find(const char *path, char **dir, pesc_error *err);
 /* The newest checkpoint in save_dir before step whose state.json can be read (malloc'd), or
  * NULL: where a run whose newest checkpoint is damaged can go on from. */
 char *checkpoint_older(const char *save_dir, long step);
+/* Whether save_dir holds the checkpoint of step (its state.json is there). */
+int checkpoint_there(const char *save_dir, long step);
 /* model_load_trainables of what --adapters names: a trainables file, or a checkpoint or a
  * save directory (its newest checkpoint's trainables.safetensors). */
 int checkpoint_load_adapters(model *m, const char *path, pesc_error *err);

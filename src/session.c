@@ -1454,20 +1454,6 @@ static int eval_paused(session *s)
     return 0;
 }
 
-/* Whether the checkpoint saved of this step is still there: --save DIR removed since (the run
- * paused, say), it is saved again. */
-static int saved_still_there(const session *s)
-{
-    char name[32];
-    snprintf(name, sizeof name, "step-%08ld", s->step);
-    char *dir = pesc_path_join(s->cfg.save_dir, name);
-    char *state = pesc_path_join(dir, "state.json");
-    int there = access(state, F_OK) == 0;
-    free(state);
-    free(dir);
-    return there;
-}
-
 /* The eval command's evaluation while paused; one a stop cuts short is said to be lost (the
  * command is the user's to give again). */
 static void eval_asked(session *s)
@@ -1751,8 +1737,9 @@ static void *trainer_main(void *arg)
     }
     /* the final checkpoint, unless the last one already holds this very state (a periodic
      * save on the last step: a second would double a write as large as the trainables) */
+    /* (and still there: --save DIR removed since, the paused run's say, it is saved again) */
     int saved = s->saved_step == s->step && s->saved_changes == s->live_changes &&
-                saved_still_there(s);
+                checkpoint_there(s->cfg.save_dir, s->step);
     if (end != MONITOR_FAILED && s->cfg.save_dir && !saved && save_now(s, &err) != 0) {
         /* the run's result would be lost without a word: the run fails, naming why */
         end = MONITOR_FAILED;
@@ -2590,11 +2577,13 @@ static int recorded_file(const char *ckpt, const char *what, const char *flag, c
                      "new place", ckpt, what, path, strerror(errno), flag);
 }
 
-/* A --data source the checkpoint recorded: a file, or one a format opens itself (demo,
- * demo:FAMILY, a plugin's generated source), as --data decides: the format given again, else
- * the run's. A format this run does not know is named (its plugin was not given again). */
+/* A --data or --eval-data source the checkpoint recorded (what: "data", "held-out data"; flag:
+ * where to give it anew): a file, or one a format opens itself (demo, demo:FAMILY, a plugin's
+ * generated source), as --data decides: the format given again, else the run's. A format this
+ * run does not know is named (its plugin was not given again). */
 static int recorded_source(const session *s, const checkpoint_state *st, const char *ckpt,
-                           const char *path, pesc_error *err)
+                           const char *what, const char *flag, const char *path,
+                           pesc_error *err)
 {
     const train_config *c = &s->cfg;
     const char *name = c->given & TRAIN_GIVEN_FORMAT ? c->format
@@ -2602,12 +2591,12 @@ static int recorded_source(const session *s, const checkpoint_state *st, const c
                                                       : "auto";
     ds_format format;
     if (ds_formats_parse(s->formats, name, &format, err) != 0)
-        return pesc_fail_prefix(err, "%s/state.json: the run's data %s", ckpt, path);
+        return pesc_fail_prefix(err, "%s/state.json: the run's %s %s", ckpt, what, path);
     if (ds_source_format(s->formats, format, path) || access(path, R_OK) == 0)
         return 0;
-    return pesc_fail(err, "%s/state.json: the run's data %s cannot be read (%s), and no format "
-                     "here opens it: give --data FILE with its new place, or the --plugin FILE "
-                     "whose format read it", ckpt, path, strerror(errno));
+    return pesc_fail(err, "%s/state.json: the run's %s %s cannot be read (%s), and no format "
+                     "here opens it: give %s with its new place, or the --plugin FILE whose "
+                     "format read it", ckpt, what, path, strerror(errno), flag);
 }
 
 /* The run's sinks this run was not given (by name), as a note: --resume takes no --sink or
@@ -2732,7 +2721,7 @@ static int adopt_resumed(session *s, pesc_error *err)
     }
     int data_taken = c->n_sources == 0 && st->n_data > 0;
     for (int i = 0; data_taken && i < st->n_data; i++)
-        if (recorded_source(s, st, dir, st->data[i].path, err) != 0)
+        if (recorded_source(s, st, dir, "data", "--data FILE", st->data[i].path, err) != 0)
             goto out;
     if (data_taken) {
         memcpy(c->sources, st->data, (size_t)st->n_data * sizeof *st->data);
@@ -2746,8 +2735,8 @@ static int adopt_resumed(session *s, pesc_error *err)
     }
     if (c->n_eval == 0 && c->eval_split == 0) {
         for (int i = 0; i < st->n_eval; i++) {
-            if (recorded_file(dir, "held-out data", "--eval-data FILE", st->eval_data[i],
-                              err) != 0)
+            if (recorded_source(s, st, dir, "held-out data", "--eval-data FILE",
+                                st->eval_data[i], err) != 0)
                 goto out;
             c->eval_paths[c->n_eval++] = st->eval_data[i];
         }
