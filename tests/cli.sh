@@ -105,6 +105,9 @@ for cmd in train tui; do
     "$pesc" "$cmd" --sink nope
   expect 2 "\-\-sink jsonl is given twice" "$cmd: a --sink given twice is a usage error" -- \
     "$pesc" "$cmd" --sink jsonl --sink jsonl
+  expect 2 "\-\-sink csv:$tmp/./a.csv writes where \-\-sink csv:$tmp/a.csv does: give it once" \
+    "$cmd: one --sink TARGET spelled two ways is a usage error (two writers of one file)" -- \
+    "$pesc" "$cmd" --sink "csv:$tmp/a.csv" --sink "csv:$tmp/./a.csv"
   for spec in "" "csv:" ":x"; do
     expect 2 "\-\-sink '$spec': expected NAME or NAME:TARGET, neither empty" "$cmd --sink '$spec' is a usage error" -- \
       "$pesc" "$cmd" --sink "$spec"
