@@ -221,6 +221,25 @@ keys Escape q
 [ "$(wait_status "$tmp/status" 30)" = 0 ] && pass "q leaves a finished run at once, status 0" ||
   fail "a finished run, q: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
 
+# ssh without LANG: the C locale under TERM=xterm, from a UTF-8 terminal. Typed and pasted
+# UTF-8 reaches the model whole (ncurses dropped the rest of the line at its first byte); Home
+# and End as PuTTY, screen and tmux send them (ESC[1~, ESC[4~, which TERM=xterm's entry lacks)
+# move in the line instead of closing it; Alt-Space is no Esc and Space
+tui_start 100 30 env LC_ALL=C LANG=C TERM=xterm "$pesc" tui --steps 3 --log "$tmp/c.jsonl"
+check "FINISHED" "a run in the C locale under TERM=xterm finishes" 60
+keys /
+keys -l "say é "
+paste_text "and — ü"
+keys -l "$(printf '\033[1~')" ">" "$(printf '\033 ')" "$(printf '\033[4~')" "!"
+check "> >say \? and \? \?!" "C locale: each character it cannot show is one ?, Home and End edit"
+keys Enter
+i=0; while ! grep -q '"event":"generate"' "$tmp/c.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+grep -q '"prompt":">say é and — ü!"' "$tmp/c.jsonl" && pass "C locale: the prompt reaches the model whole" ||
+  fail "C locale: the prompt sent: $(grep -o '"prompt":"[^"]*"' "$tmp/c.jsonl")"
+keys Escape q
+[ "$(wait_status "$tmp/status" 30)" = 0 ] && pass "C locale: q leaves, status 0" ||
+  fail "C locale, q: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
+
 if [ "$failures" -ne 0 ]; then
   echo "$failures failures"
   exit 1

@@ -12,16 +12,27 @@ int theme_attr(const ui_theme *t, int pair, int fallback)
     return t->colour ? (int)COLOR_PAIR(pair) : fallback;
 }
 
-/* Length in bytes and width in columns of the UTF-8 character at s (a bad byte counts as one
- * column and is shown as '?'). */
+size_t unshown_bytes(const char *s, size_t len)
+{
+    unsigned char lead = (unsigned char)s[0];
+    size_t n = lead >= 0xf0 && lead < 0xf5 ? 4 : lead >= 0xe0 && lead < 0xf0 ? 3
+             : lead >= 0xc2 && lead < 0xe0 ? 2 : 1;
+    for (size_t i = 1; i < n; i++)
+        if (i >= len || ((unsigned char)s[i] & 0xc0) != 0x80)
+            return 1;
+    return n;
+}
+
+/* Length in bytes and width in columns of the UTF-8 character at s (one the locale cannot
+ * show counts as one column and is shown as '?'). */
 static int next_char(const char *s, int *bytes)
 {
     mbstate_t st;
     memset(&st, 0, sizeof st);
     wchar_t wc;
-    size_t n = mbrtowc(&wc, s, strlen(s), &st);
+    size_t len = strlen(s), n = mbrtowc(&wc, s, len, &st);
     if (n == (size_t)-1 || n == (size_t)-2 || n == 0) {
-        *bytes = 1;
+        *bytes = (int)unshown_bytes(s, len);
         return -1;
     }
     *bytes = (int)n;
@@ -333,7 +344,9 @@ int draw_lineedit(ui_context *ui, WINDOW *w, int y, int x, int room, const linee
     }
     wmove(w, y, x);
     for (int i = first; i < first + n; i++) {
-        if (e->text[i] != L'\n')
+        if (e->text[i] != L'\n' && wcwidth(e->text[i]) < 0)
+            waddch(w, '?');   /* one the locale cannot show (the C locale: all but ASCII) */
+        else if (e->text[i] != L'\n')
             waddnwstr(w, &e->text[i], 1);
         else if (ui->theme.utf8)
             waddwstr(w, L"\u23ce");

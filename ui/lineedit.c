@@ -122,13 +122,22 @@ void lineedit_remember(lineedit *e)
 
 int lineedit_utf8(const lineedit *e, char *out, size_t cap)
 {
-    mbstate_t st;
-    memset(&st, 0, sizeof st);
-    const wchar_t *src = e->text;
-    size_t n = wcsrtombs(out, &src, cap - 1, &st);
-    if (n == (size_t)-1) {
-        out[0] = '\0';
-        return -1;
+    size_t n = 0;
+    for (int i = 0; i < e->len; i++) {
+        unsigned long c = (unsigned long)e->text[i];
+        int bytes = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+        if (c > 0x10ffff || (c >= 0xd800 && c < 0xe000) || n + (size_t)bytes >= cap) {
+            out[0] = '\0';
+            return -1;
+        }
+        if (bytes == 1) {
+            out[n++] = (char)c;
+            continue;
+        }
+        static const unsigned char lead[] = {0, 0, 0xc0, 0xe0, 0xf0};
+        out[n++] = (char)(lead[bytes] | c >> 6 * (bytes - 1));
+        for (int k = bytes - 2; k >= 0; k--)
+            out[n++] = (char)(0x80 | (c >> 6 * k & 0x3f));
     }
     out[n] = '\0';
     return (int)n;

@@ -36,8 +36,9 @@ int lineedit_insert(lineedit *e, wchar_t c);
 void lineedit_key_press(lineedit *e, lineedit_key k);
 /* Appends the text to the history (not when empty or the same as the last entry). */
 void lineedit_remember(lineedit *e);
-/* The text as UTF-8 (the locale's multibyte encoding); returns the byte length, -1 when a
- * character cannot be encoded. */
+/* The text as UTF-8 (whatever the locale: the characters are Unicode code points, as glibc's
+ * wchar_t is); returns the byte length, -1 when a character is no code point or out has no
+ * room. */
 int lineedit_utf8(const lineedit *e, char *out, size_t cap);
 
 #endif

@@ -8,20 +8,20 @@
 
 #include "ui_internal.h"
 
-/* The columns of the word at text (up to a space, a line break or the end). */
-/* The character at text (len bytes left) in *wc, '?' for a byte that starts none; returns its
- * bytes. */
+/* The character at text (len bytes left) in *wc, '?' for one the locale cannot show; returns
+ * its bytes. */
 static size_t next_char(const char *text, size_t len, mbstate_t *st, wchar_t *wc)
 {
     size_t n = mbrtowc(wc, text, len, st);
     if (n == (size_t)-1 || n == (size_t)-2 || n == 0) {
         memset(st, 0, sizeof *st);
         *wc = L'?';
-        return 1;
+        return unshown_bytes(text, len);
     }
     return n;
 }
 
+/* The columns of the word at text (up to a space, a line break or the end). */
 static int word_columns(const char *text, size_t len)
 {
     mbstate_t st;

@@ -2,6 +2,7 @@
  * the status line, the key bar, the help and quit dialogs, and key dispatch (see ui.h). */
 #include "ui.h"
 
+#include <langinfo.h>
 #include <locale.h>
 #include <math.h>
 #include <signal.h>
@@ -800,7 +801,12 @@ static int edit_key(ui_context *ui, lineedit *e, int is_code, wint_t ch)
         case KEY_DC: lineedit_key_press(e, LE_DELETE); return 1;
         case KEY_UP: lineedit_key_press(e, LE_HISTORY_UP); return 1;
         case KEY_DOWN: lineedit_key_press(e, LE_HISTORY_DOWN); return 1;
-        default: return 0;
+        default:
+            if ((int)ch == ui->word_left_key || (int)ch == ui->word_right_key) {
+                lineedit_key_press(e, (int)ch == ui->word_left_key ? LE_WORD_LEFT : LE_WORD_RIGHT);
+                return 1;
+            }
+            return 0;
         }
     }
     switch (ch) {
@@ -973,22 +979,25 @@ static int unused_key_code(int from)
     }
 }
 
-/* Makes a paste marker a key of its own (ncurses 6.4 binds none), so that keypad mode turns
- * its escape sequence into one key instead of Esc and four more keys. */
-static int paste_marker_key(const char *marker, int from)
+/* Makes an escape sequence a key of its own where terminfo binds it to none (ncurses 6.4 binds
+ * no paste marker), so that keypad mode turns it into one key instead of Esc and more keys. */
+static int sequence_key(const char *seq, int from)
 {
-    int code = key_defined(marker);
+    int code = key_defined(seq);
     if (code > 0)
         return code;
     code = unused_key_code(from);
-    define_key(marker, code);
+    define_key(seq, code);
     return code;
 }
 
-static void define_paste_keys(ui_context *ui)
+static void define_own_keys(ui_context *ui)
 {
-    ui->paste_begin_key = paste_marker_key("\033[200~", KEY_MAX + 1);
-    ui->paste_end_key = paste_marker_key("\033[201~", ui->paste_begin_key + 1);
+    ui->paste_begin_key = sequence_key("\033[200~", KEY_MAX + 1);
+    ui->paste_end_key = sequence_key("\033[201~", ui->paste_begin_key + 1);
+    /* and the word keys: Ctrl-Left and Ctrl-Right as xterm sends them (Alt-b, Alt-f too) */
+    ui->word_left_key = sequence_key("\033[1;5D", ui->paste_end_key + 1);
+    ui->word_right_key = sequence_key("\033[1;5C", ui->word_left_key + 1);
 }
 
 /* Takes the keys of a bracketed paste: the markers, and all between them, which is text for
@@ -1042,6 +1051,131 @@ static void paste_idle(ui_context *ui)
 {
     if (ui->pasting && pesc_now() - ui->paste_last_at > 1.0)
         ui->pasting = 0;
+}
+
+/* ---- reading keys ------------------------------------------------------------------------- */
+
+/* Keys that terminals send otherwise than their terminfo entry says: PuTTY, screen and tmux
+ * send ESC[1~ and ESC[4~ for Home and End under TERM=xterm, whose entry has ESC OH and ESC OF.
+ * Each is made the key it means where the entry binds the sequence to nothing. */
+static void define_usual_keys(void)
+{
+    static const struct { const char *seq; int key; } usual[] = {
+        {"\033[1~", KEY_HOME}, {"\033[7~", KEY_HOME}, {"\033[H", KEY_HOME}, {"\033OH", KEY_HOME},
+        {"\033[4~", KEY_END}, {"\033[8~", KEY_END}, {"\033[F", KEY_END}, {"\033OF", KEY_END},
+        {"\033[3~", KEY_DC}, {"\033[2~", KEY_IC}, {"\033[5~", KEY_PPAGE}, {"\033[6~", KEY_NPAGE},
+        {"\033[A", KEY_UP}, {"\033[B", KEY_DOWN}, {"\033[C", KEY_RIGHT}, {"\033[D", KEY_LEFT},
+        {"\033OA", KEY_UP}, {"\033OB", KEY_DOWN}, {"\033OC", KEY_RIGHT}, {"\033OD", KEY_LEFT},
+        {"\033[Z", KEY_BTAB},
+    };
+    for (size_t i = 0; i < sizeof usual / sizeof *usual; i++)
+        if (key_defined(usual[i].seq) == 0)
+            define_key(usual[i].seq, usual[i].key);
+}
+
+/* The next byte or key already waiting, ERR when none is. */
+static int waiting_key(ui_context *ui, wint_t *ch)
+{
+    wtimeout(stdscr, 0);
+    if (ui->byte_keys) {
+        int c = wgetch(stdscr);
+        *ch = (wint_t)c;
+        return c == ERR ? ERR : c >= KEY_MIN ? KEY_CODE_YES : OK;
+    }
+    return wget_wch(stdscr, ch);
+}
+
+/* Puts back a key waiting_key took. */
+static void unread_key(const ui_context *ui, int r, wint_t c)
+{
+    if (r == KEY_CODE_YES || ui->byte_keys)
+        ungetch((int)c);
+    else
+        unget_wch((wchar_t)c);
+}
+
+/* In the C locale ncurses takes only ASCII, and drops the rest of what was typed or pasted at
+ * the first other byte; there the keys are read as bytes and UTF-8 decoded here (what a
+ * terminal sends when LANG was not passed on by ssh). A byte that starts no character is a
+ * '?'. lead is the first byte, >= 0x80. */
+static wint_t utf8_key(ui_context *ui, int lead)
+{
+    int more = lead >= 0xf0 && lead < 0xf5 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc2 ? 1 : -1;
+    if (more < 0 || lead >= 0xf5)
+        return L'?';
+    wint_t cp = (wint_t)(lead & (0x3f >> more));
+    for (int i = 0; i < more; i++) {
+        wint_t c;
+        int r = waiting_key(ui, &c);
+        if (r == ERR)
+            return L'?';
+        if (r != OK || (c & 0xc0) != 0x80) {   /* no continuation: the key is read next */
+            unread_key(ui, r, c);
+            return L'?';
+        }
+        cp = cp << 6 | (c & 0x3f);
+    }
+    if ((more == 2 && (cp < 0x800 || (cp >= 0xd800 && cp < 0xe000))) ||
+        (more == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+        return L'?';
+    return cp;
+}
+
+/* After an Esc with more keys right behind it (sent together, so likely one key of the
+ * terminal's): the rest of an escape sequence no key matched (ESC [ ... final, ESC O x) is
+ * dropped, instead of being taken as Esc and then commands (the 1 of ESC[1~ switching panels),
+ * and so is Alt-Space (Esc, then Space pausing the run). In a line being edited, Alt-b and
+ * Alt-f are readline's word left and right, as key codes in *ch. Any other key stays to be
+ * read: Esc and then q, typed quickly, must still quit. Returns 0 when the Esc stands alone, 1
+ * when it and what followed are dropped, 2 when *ch is the key they make. */
+static int swallow_escape(ui_context *ui, wint_t *ch)
+{
+    wint_t c;
+    int r = waiting_key(ui, &c);
+    if (r == ERR)
+        return 0;
+    int editing = ui->mode == MODE_PROMPT || ui->mode == MODE_MINI;
+    if (r == OK && editing && (c == 'b' || c == 'f')) {
+        *ch = (wint_t)(c == 'b' ? ui->word_left_key : ui->word_right_key);
+        return 2;
+    }
+    if (r == OK && c == '[') {   /* CSI: parameters and intermediates, up to the final byte */
+        for (int n = 0; n < 32 && waiting_key(ui, &c) == OK; n++)
+            if (c >= 0x40 && c <= 0x7e)
+                break;
+        return 1;
+    }
+    if (r == OK && c == 'O') {
+        waiting_key(ui, &c);
+        return 1;
+    }
+    if (r == OK && c == ' ')
+        return 1;
+    unread_key(ui, r, c);
+    return 0;
+}
+
+/* One key within the wait: OK and a character in *ch, KEY_CODE_YES and a key code, or ERR
+ * when none came (or what came meant nothing). */
+static int read_key(ui_context *ui, int wait_ms, wint_t *ch)
+{
+    wtimeout(stdscr, wait_ms);
+    int r;
+    if (ui->byte_keys) {
+        int c = wgetch(stdscr);
+        *ch = (wint_t)c;
+        r = c == ERR ? ERR : c >= KEY_MIN ? KEY_CODE_YES : OK;
+        if (r == OK && c >= 0x80)
+            *ch = utf8_key(ui, c);
+    } else {
+        r = wget_wch(stdscr, ch);
+    }
+    if (r == OK && *ch == KEY_ESC && !ui->pasting) {
+        int how = swallow_escape(ui, ch);
+        if (how)
+            return how == 2 ? KEY_CODE_YES : ERR;
+    }
+    return r;
 }
 
 /* ---- dispatch ----------------------------------------------------------------------------- */
@@ -1209,6 +1343,8 @@ int ui_run(monitor *m, const ui_options *o)
     setlocale(LC_ALL, "");
     ui_context ui;
     context_init(&ui, m, o);
+    ui.byte_keys = MB_CUR_MAX == 1 && (strcmp(nl_langinfo(CODESET), "ANSI_X3.4-1968") == 0 ||
+                                       strcmp(nl_langinfo(CODESET), "US-ASCII") == 0);
     ui_process.interrupts = 0;
     ui_process.have_termios = tcgetattr(STDIN_FILENO, &ui_process.termios) == 0;
     struct sigaction old_int, old_term, old_hup;
@@ -1227,7 +1363,8 @@ int ui_run(monitor *m, const ui_options *o)
     noecho();
     nonl();
     keypad(stdscr, TRUE);
-    define_paste_keys(&ui);
+    define_own_keys(&ui);
+    define_usual_keys();
     set_paste_mode(1);
     wrap_suspend();
     set_escdelay(25);
@@ -1259,9 +1396,8 @@ int ui_run(monitor *m, const ui_options *o)
             dirty = 0;
         }
         int wait_ms = (int)((next_snapshot - pesc_now()) * 1000);
-        wtimeout(stdscr, wait_ms < 0 ? 0 : wait_ms > 100 ? 100 : wait_ms);
         wint_t ch;
-        int r = wget_wch(stdscr, &ch);
+        int r = read_key(&ui, wait_ms < 0 ? 0 : wait_ms > 100 ? 100 : wait_ms, &ch);
         if (r == ERR) {
             paste_idle(&ui);
             continue;

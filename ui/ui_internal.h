@@ -92,10 +92,12 @@ struct ui_context {
     int cursor_y, cursor_x;
     /* bracketed paste: the key codes its two markers were given, and the paste under way */
     int paste_begin_key, paste_end_key;
+    int word_left_key, word_right_key;   /* Ctrl-Left / Right, Alt-b / f: a word at a time */
     int pasting;                 /* between the markers: keys are text, never commands */
     int paste_after_cr;          /* the last pasted key was CR (CR LF is one line break) */
     int paste_dropped;           /* pasted characters the line had no room for */
     double paste_last_at;        /* when the paste's last key came */
+    int byte_keys;               /* an ASCII locale: keys read as bytes, UTF-8 decoded here */
     /* routing */
     routing_view_kind routing_view;
     int routing_layer;
@@ -156,6 +158,9 @@ void draw_heat_legend(ui_context *ui, WINDOW *w, int y, int x, int width, const 
 /* 1.2k, 3.4M, 5.6G */
 void format_si(double v, char *out, size_t cap);
 void format_bytes_short(double v, char *out, size_t cap);
+/* The bytes of the character at s (len left) that the locale cannot show, drawn as one '?':
+ * a whole UTF-8 sequence (the C locale shows only ASCII), else the one byte. */
+size_t unshown_bytes(const char *s, size_t len);
 /* Display columns of a UTF-8 string. */
 int text_columns(const char *s);
 /* Draws the line being edited at (y, x) in `room` columns, scrolled to show the cursor;
