@@ -86,6 +86,12 @@ keys 2 z
 check "whole run, z zoom" "2 z: loss over the whole run"
 keys '?'
 check "any key closes this help" "? shows the help"
+# a view's help gives a view's keys: q and Ctrl-C leave it, the run goes on (it once said they
+# stop the run), and without --attach there is nothing to steer
+check "Ctrl-C +leave the view; the run goes on" "the help: Ctrl-C leaves the view, the run goes on"
+check "pause, learning rate, save, prompt: pesc view --attach" "the help: steering needs --attach"
+screen | grep -q "Space  *pause" && fail "a read-only view's help offers Space" ||
+  pass "a read-only view's help leaves out the steering keys"
 keys x
 wait_for "any key closes" 1 && sleep 0.3
 screen | grep -q "any key closes" && fail "help did not close" || pass "help closes"
@@ -314,6 +320,10 @@ check "error: a read-only view: --attach $tmp/control.sock steers the run$" \
 keys q
 tui_start 100 30 "$pesc" view "$tmp/live.jsonl" --attach "$tmp/control.sock"
 check "RUNNING" "live log: RUNNING"
+keys '?'
+check "q  F10 +leave the view; the run goes on \\(asked first" "an attached view's help: q leaves it"
+check "Space +pause / resume the run" "an attached view's help has the steering keys"
+keys x
 a=$(step_now); sleep 1; b=$(step_now)
 [ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt "$a" ] && pass "the log is followed ($a -> $b)" \
   || fail "the step counter did not move ($a -> $b)"

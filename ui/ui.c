@@ -607,35 +607,50 @@ static void draw_help(ui_context *ui)
 {
     /* a key (or a panel's name) and what it does, wrapped to the window under the text; 5
      * only while there is a Downloads panel */
-    int downloads = have_downloads(ui);
-    const char *const entries[][2] = {
-        {"Space", "pause / resume the run"},
-        {"+  -", "learning rate x1.25 / /1.25; constant from then on"},
-        {"l", "type an exact learning rate (or *factor); constant too"},
-        {"a", "aux loss coefficient"},
-        {"s", "save a checkpoint now"},
-        {"e", "score the held-out data after the next step, or now when paused"},
-        {"/  p", "prompt the model, live or (once the run ends) trained; a paste keeps its line "
-                 "breaks; Enter sends it whole"},
-        {":", "type any control command"},
-        {downloads ? "Tab  1-5" : "Tab  1-4",
+    int downloads = have_downloads(ui), steers = !ui->opt->read_only, live = ui->opt->live;
+    /* a view leaves the run going: q and Ctrl-C only leave it; one without --attach steers
+     * nothing, and says how to */
+    const struct { int shown; const char *key, *text; } all[] = {
+        {steers, "Space", "pause / resume the run"},
+        {steers, "+  -", "learning rate x1.25 / /1.25; constant from then on"},
+        {steers, "l", "type an exact learning rate (or *factor); constant too"},
+        {steers, "a", "aux loss coefficient"},
+        {steers, "s", "save a checkpoint now"},
+        {steers, "e", "score the held-out data after the next step, or now when paused"},
+        {steers, "/  p", "prompt the model, live or (once the run ends) trained; a paste keeps "
+                         "its line breaks; Enter sends it whole"},
+        {steers, ":", "type any control command"},
+        {!steers, "", "pause, learning rate, save, prompt: pesc view --attach SOCKET "
+                      "(the run's --control)"},
+        {1, downloads ? "Tab  1-5" : "Tab  1-4",
          downloads ? "next panel / routing, loss, norms, console, downloads"
                    : "next panel / routing, loss, norms, console"},
-        {"f", "the focused panel full screen; Esc back"},
-        {"q  F10", "quit (a live run is stopped first, saved with --save)"},
-        {"Ctrl-C", "stop the run (saved with --save) and quit; again: now"},
-        {"", ""},
-        {"Routing", "Up/Down layer; v view: all / 1st / 2nd / per source / one layer's history "
-                    "(Enter too), Left/Right its layer"},
-        {"Loss", "z recent window / whole run (of the first run's steps, when pesc view compares "
-                 "runs)"},
-        {"Norms", "v |U| heatmap / |D| heatmap / bars with trend"},
-        {"Console", "t T temperature, o O top-p, m M max tokens, < > layer for colours, c colour "
-                    "tokens by expert, v every recent event (Up/Down, PgUp/PgDn go back)"},
-        {"", ""},
-        {NULL, "any key closes this help"},
+        {1, "f", "the focused panel full screen; Esc back"},
+        {1, "q  F10", live ? "quit (a live run is stopped first, saved with --save)"
+                      : steers ? "leave the view; the run goes on (asked first when it is paused)"
+                      : "leave the view; the run goes on"},
+        {1, "Ctrl-C", live ? "stop the run (saved with --save) and quit; again: now"
+                      : "leave the view; the run goes on"},
+        {1, "", ""},
+        {1, "Routing", "Up/Down layer; v view: all / 1st / 2nd / per source / one layer's "
+                       "history (Enter too), Left/Right its layer"},
+        {1, "Loss", "z recent window / whole run (of the first run's steps, when pesc view "
+                    "compares runs)"},
+        {1, "Norms", "v |U| heatmap / |D| heatmap / bars with trend"},
+        {1, "Console", steers ? "t T temperature, o O top-p, m M max tokens, < > layer for "
+                                "colours, c colour tokens by expert, v every recent event "
+                                "(Up/Down, PgUp/PgDn go back)"
+                              : "v every recent event (Up/Down, PgUp/PgDn go back)"},
+        {1, "", ""},
+        {1, NULL, "any key closes this help"},
     };
-    int n_entries = (int)(sizeof entries / sizeof *entries);
+    const char *entries[sizeof all / sizeof *all][2];   /* NULL key: a line of its own */
+    int n_entries = 0;
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        if (all[i].shown) {
+            entries[n_entries][0] = all[i].key;
+            entries[n_entries++][1] = all[i].text;
+        }
     int text_w = (ui->cols < 70 ? ui->cols : 70) - 5 - HELP_KEYS;
     text_w = text_w > 8 ? text_w : 8;
     /* the wrapped rows: the entry and where in its text each starts */
