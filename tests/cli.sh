@@ -56,6 +56,15 @@ expect 1 "^pesc tui: the workbench needs a terminal" "tui --log without a termin
 # on a terminal, which tui wants before anything else
 expect 1 "^pesc tui: the demo cannot start: " "tui without its demo names 'pesc tui:'" -- \
   on_tty env PESC_DEMO_DIR="$tmp/no-demo" "$pesc" tui
+# a terminal it cannot draw on is refused before the run starts, naming TERM (dumb once got
+# a blank screen and raw escape codes; unset, an empty name)
+expect 1 "^pesc tui: the terminal 'dumb' cannot move the cursor: set TERM" "tui on a dumb terminal" -- \
+  on_tty env TERM=dumb "$pesc" tui --log "$tmp/dumb.jsonl"
+[ -e "$tmp/dumb.jsonl" ] && fail "tui on a dumb terminal started its run" ||
+  pass "tui on a dumb terminal starts no run"
+expect 1 "^pesc tui: TERM is not set: set it" "tui with TERM unset" -- on_tty env -u TERM "$pesc" tui
+expect 1 "^pesc tui: cannot use the terminal 'pesc-no-such' (no terminfo entry)" "tui on an unknown TERM" -- \
+  on_tty env TERM=pesc-no-such "$pesc" tui
 # a --data that is missing is that, not the installation's fault
 expect 1 "^pesc tui: --data: $tmp/none.jsonl: No such file" "tui --data missing names the data alone" -- \
   on_tty "$pesc" tui --data "$tmp/none.jsonl"

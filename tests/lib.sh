@@ -48,8 +48,10 @@ json.load(open(sys.argv[1]), parse_constant=refuse)' "$1" 2>/dev/null
 # on_tty COMMAND...: runs it with a terminal (script(1), a pseudo-terminal) on standard input
 # and output and its stderr still ours, for a command that wants a terminal before anything
 # else (pesc tui). Stopped after 60 s, so a workbench that did start cannot hang the test.
+# TERM is a terminal's that the workbench can draw on (CI has none, or dumb), unless the
+# command sets its own with env.
 on_tty() {
-  cmdline=""
+  cmdline="TERM=xterm-256color; export TERM;"
   for a in "$@"; do cmdline="$cmdline '$(printf %s "$a" | sed "s/'/'\\\\''/g")'"; done
   timeout 60 script -qec "$cmdline 2>&3" /dev/null 3>&2 </dev/null
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <term.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -1343,11 +1344,35 @@ static void handle_interrupts(ui_context *ui, int *seen)
 
 int ui_terminal_check(const char *command)
 {
-    if (isatty(STDIN_FILENO) && isatty(STDOUT_FILENO))
-        return 0;
-    fprintf(stderr, "%s: the workbench needs a terminal on standard input and output\n",
-            command);
-    return 1;
+    /* a view is of a run made elsewhere; a workbench's run can go without a screen */
+    const char *instead = strcmp(command, "pesc view") == 0 ? "" : " (or: pesc train --headless)";
+    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
+        fprintf(stderr, "%s: the workbench needs a terminal on standard input and output%s\n",
+                command, instead);
+        return 1;
+    }
+    /* before a run starts: one that cannot draw here must not begin and then fail */
+    const char *term = getenv("TERM");
+    int found = 0;
+    if (!term || !*term) {
+        fprintf(stderr, "%s: TERM is not set: set it to the terminal's type (TERM=xterm-256color)"
+                "%s\n", command, instead);
+        return 1;
+    }
+    if (setupterm(NULL, STDOUT_FILENO, &found) != OK || found != 1) {
+        fprintf(stderr, "%s: cannot use the terminal '%s' (no terminfo entry): set TERM to the "
+                "terminal's type (TERM=xterm-256color)%s\n", command, term, instead);
+        return 1;
+    }
+    const char *cup = tigetstr("cup");   /* "dumb", say: a screen it cannot draw */
+    int moves = cup && cup != (char *)-1;
+    del_curterm(cur_term);
+    if (!moves) {
+        fprintf(stderr, "%s: the terminal '%s' cannot move the cursor: set TERM to the "
+                "terminal's type (TERM=xterm-256color)%s\n", command, term, instead);
+        return 1;
+    }
+    return 0;
 }
 
 int ui_run(monitor *m, const ui_options *o)
