@@ -156,6 +156,13 @@ fi
 tmux -L "$sock" resize-window -t tui -x 40 -y 12
 sleep 0.5
 check "PAUSED" "resized to 40x12: still drawing"
+# a narrow key bar leaves out the keys before q, not q (nothing said how to leave)
+check "qQuit *$" "at 40x12 the key bar still says q quits"
+# a dialog taller than the terminal cuts its question, not its keys (at 20x5 y and n were gone)
+tmux -L "$sock" resize-window -t tui -x 20 -y 5
+keys q
+check "y: save, quit" "q at 20x5: the dialog's keys are shown"
+keys n
 # at 80x24 the loss legend's last item does not fit: it is left out, not shown as a bare name
 tmux -L "$sock" resize-window -t tui -x 80 -y 24
 check "loss [0-9.]+ smoothed [0-9.]+" "resized to 80x24: the loss legend"
@@ -227,6 +234,7 @@ keys Escape q
 # move in the line instead of closing it; Alt-Space is no Esc and Space
 tui_start 100 30 env LC_ALL=C LANG=C TERM=xterm "$pesc" tui --steps 3 --log "$tmp/c.jsonl"
 check "FINISHED" "a run in the C locale under TERM=xterm finishes" 60
+check "v view  Up/Dn layer" "C locale: the routing keys' arrows are words (they were ??????)"
 keys /
 keys -l "say é "
 paste_text "and — ü"

@@ -499,13 +499,28 @@ static void draw_keys_list(ui_context *ui, WINDOW *w, const key_label *k, int n,
     int wd = getmaxx(w);
     int x = 0;
     int key_attr = theme_attr(&ui->theme, PAIR_KEY, A_REVERSE);
+    /* the last key (how to leave) is kept on a narrow terminal: those before it go first */
+    int last = text_columns(k[n - 1].key) + text_columns(k[n - 1].label) + 1;
     for (int i = 0; i < n; i++) {
         int need = text_columns(k[i].key) + text_columns(k[i].label) + 1;
-        if (x + need > wd)
-            break;
+        if (x + need + (i < n - 1 ? last : 0) > wd) {
+            if (i == n - 1)
+                break;
+            i = n - 2;   /* on to the last */
+            continue;
+        }
         x += draw_text(w, 0, x, wd - x, key_attr, k[i].key);
         x += draw_text(w, 0, x, wd - x, 0, k[i].label);
         x += draw_text(w, 0, x, wd - x, 0, " ");
+    }
+    char ascii[128];
+    if (tail && !ui->theme.utf8) {   /* the routing panel's arrows, which ASCII lacks */
+        const char *arrows = strstr(tail, "\u2191\u2193");
+        if (arrows) {
+            snprintf(ascii, sizeof ascii, "%.*sUp/Dn%s", (int)(arrows - tail), tail,
+                     arrows + strlen("\u2191\u2193"));
+            tail = ascii;
+        }
     }
     if (tail && x + text_columns(tail) + 2 <= wd)
         draw_text(w, 0, wd - text_columns(tail) - 1, wd, theme_attr(&ui->theme, PAIR_DIM, A_NORMAL), tail);
@@ -704,8 +719,11 @@ static void draw_help(ui_context *ui)
 }
 
 /* A dialog of two texts, each wrapped to the terminal's width (so that on a narrow one the
- * way back, at the end of the second, is still there): the question in bold, then its keys. */
-static void draw_dialog(ui_context *ui, const char *title, const char *line1, const char *line2)
+ * way back, at the end of the second, is still there): the question in bold, then its keys.
+ * On a terminal too short for both, the keys come first: the question is cut, and the keys
+ * shrink to brief when they alone would not fit. */
+static void draw_dialog(ui_context *ui, const char *title, const char *line1, const char *line2,
+                        const char *brief)
 {
     int width = text_columns(line1) + 6;
     if (text_columns(line2) + 6 > width)
@@ -713,22 +731,34 @@ static void draw_dialog(ui_context *ui, const char *title, const char *line1, co
     width = width < ui->cols ? width : ui->cols;
     int text_w = width - 6 > 8 ? width - 6 : 8;
     const char *texts[2] = {line1, line2}, *next;
-    int rows = 0;
+    int rows[2] = {0, 0};
     for (int i = 0; i < 2; i++)
-        for (const char *t = texts[i]; *t; t = next, rows++)
+        for (const char *t = texts[i]; *t; t = next, rows[i]++)
             wrap_row(t, text_w, &next);
-    WINDOW *w = centred(ui, rows + 4, width);
+    int pad = rows[0] + rows[1] + 4 <= ui->rows;   /* a blank row inside each border */
+    int room = ui->rows - 2 - 2 * pad;
+    if (rows[1] > room - 1) {
+        texts[1] = brief;
+        rows[1] = 0;
+        for (const char *t = brief; *t; t = next, rows[1]++)
+            wrap_row(t, text_w, &next);
+    }
+    int first = room - rows[1];
+    rows[0] = rows[0] < first ? rows[0] : first > 0 ? first : 0;
+    WINDOW *w = centred(ui, rows[0] + rows[1] + 2 + 2 * pad, width);
     if (!w)
         return;
     werase(w);
     draw_frame(ui, w, title, NULL, 1);
-    int y = 2, dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
-    for (int i = 0; i < 2; i++)
-        for (const char *t = texts[i]; *t && y < getmaxy(w) - 1; t = next, y++) {
+    int y = 1 + pad, dim = theme_attr(&ui->theme, PAIR_DIM, A_NORMAL);
+    for (int i = 0; i < 2; i++) {
+        const char *t = texts[i];
+        for (int r = 0; r < rows[i] && *t && y < getmaxy(w) - 1; t = next, y++, r++) {
             char row[256];
             snprintf(row, sizeof row, "%.*s", wrap_row(t, text_w, &next), t);
             draw_text(w, y, 3, getmaxx(w) - 4, i == 0 ? (int)A_BOLD : dim, row);
         }
+    }
     wnoutrefresh(w);
     delwin(w);
 }
@@ -747,7 +777,8 @@ static void draw_confirm_quit(ui_context *ui)
     snprintf(keys, sizeof keys, "y / Enter: %s and quit     n / q / Esc: %s",
              v->can_save && !starting ? "save" : "stop",
              v->state == MONITOR_RUNNING ? "keep training" : "go back");
-    draw_dialog(ui, "Quit", question, keys);
+    draw_dialog(ui, "Quit", question, keys, v->can_save && !starting ? "y: save, quit  n: back"
+                                                                      : "y: stop, quit  n: back");
 }
 
 /* ---- drawing a frame ---------------------------------------------------------------------- */
@@ -783,11 +814,12 @@ static void draw_all(ui_context *ui, ui_windows_extra *x)
         draw_confirm_quit(ui);
     else if (ui->mode == MODE_CONFIRM_LEAVE)
         draw_dialog(ui, "Leave", "The run is paused, and stays paused once this view has left.",
-                    "r: resume it and leave     y / Enter: leave it paused     n / q / Esc: stay");
+                    "r: resume it and leave     y / Enter: leave it paused     n / q / Esc: stay",
+                    "r: resume  y: leave  n: stay");
     else if (ui->mode == MODE_STOPPING)
         draw_dialog(ui, "Stopping", ui->view->can_save ? "Saving and stopping the run..."
                                                        : "Stopping the run...",
-                    "q: leave without waiting");
+                    "q: leave without waiting", "q: leave now");
     if (ui->cursor_win && (ui->mode == MODE_PROMPT || ui->mode == MODE_MINI)) {
         curs_set(1);
         wmove(ui->cursor_win, ui->cursor_y, ui->cursor_x);
