@@ -163,6 +163,13 @@ tmux -L "$sock" resize-window -t tui -x 20 -y 5
 keys q
 check "y: save, quit" "q at 20x5: the dialog's keys are shown"
 keys n
+# a reply longer than the key bar begins on the status line's second row, read whole (it was
+# cut with a ~ at 60 columns)
+tmux -L "$sock" resize-window -t tui -x 60 -y 20
+keys l
+keys abc Enter
+check "^ error: lr 'abc': give a rate from 0 to 10" "at 60x20 a long reply begins above the key bar"
+check "^ factor above 0 up to 10 \\(lr \\*0\\.5\\) *$" "... and ends on the key bar's row, whole"
 # at 80x24 the loss legend's last item does not fit: it is left out, not shown as a bare name
 tmux -L "$sock" resize-window -t tui -x 80 -y 24
 check "loss [0-9.]+ smoothed [0-9.]+" "resized to 80x24: the loss legend"

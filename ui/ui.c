@@ -218,6 +218,25 @@ static int message_on_keys(const ui_context *ui)
     return message_fresh(ui) && (ui->lo.status.h < 2 || text_columns(ui->message) > ui->cols / 2);
 }
 
+static int wrap_row(const char *text, int width, const char **next);
+
+/* A reply too long for the key bar's row begins on the status line's second row instead, in
+ * place of the LR and the rest for its few seconds (it was cut with a mark, unreadable).
+ * Returns where its part on the key bar's row begins: the whole message when it fits there. */
+static const char *message_on_keys_from(const ui_context *ui)
+{
+    const char *rest = ui->message;
+    if (message_on_keys(ui) && ui->lo.status.h >= 2 && text_columns(ui->message) > ui->cols - 2)
+        wrap_row(ui->message, ui->cols - 2, &rest);
+    return rest;
+}
+
+static int message_attr(ui_context *ui)
+{
+    return strncmp(ui->message, "error", 5) == 0
+               ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD) | (int)A_BOLD : (int)A_BOLD;
+}
+
 /* ---- windows ------------------------------------------------------------------------------ */
 
 typedef struct ui_windows_extra {
@@ -442,6 +461,13 @@ static void draw_status(ui_context *ui, WINDOW *w)
     }
     if (h < 2)
         return;
+    const char *rest = message_on_keys_from(ui);
+    if (rest != ui->message) {
+        char first[sizeof ui->message];
+        snprintf(first, sizeof first, "%.*s", (int)(rest - ui->message), ui->message);
+        draw_text(w, 1, 1, wd - 2, message_attr(ui), first);
+        return;
+    }
     rw = (row_writer){.w = w, .y = 1, .x = 0, .end = wd};
     int stops[4], n_stops = 0;   /* where a long reply may start: the segments' ends */
     if (r) {
@@ -547,10 +573,7 @@ static void draw_keys(ui_context *ui, WINDOW *w)
         return;
     }
     if (message_on_keys(ui)) {
-        int bad = strncmp(ui->message, "error", 5) == 0;
-        draw_text_words(ui, w, 0, 1, getmaxx(w) - 2,
-                        bad ? theme_attr(&ui->theme, PAIR_BAD, A_BOLD) | (int)A_BOLD : (int)A_BOLD,
-                        ui->message);
+        draw_text_words(ui, w, 0, 1, getmaxx(w) - 2, message_attr(ui), message_on_keys_from(ui));
         return;
     }
     if (ui->mode == MODE_PROMPT) {
