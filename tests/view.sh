@@ -147,6 +147,7 @@ check "Lima, on the Rimac" "the Prompt panel shows a generate event's answer"
 # ---- no colours: character shades --------------------------------------------------------------
 tui_start 100 30 env NO_COLOR=1 "$pesc" view "$tmp/done.jsonl"
 check "░|▒|▓|█" "NO_COLOR draws the heat scale in shades"
+check "max 128  colours none" "NO_COLOR: the console says tokens get no colours (it said on)"
 keys q
 
 # ---- more layers than lines: the frames say which are shown, and follow the selected layer ----
