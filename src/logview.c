@@ -20,7 +20,8 @@
 
 #define READ_BUDGET_S 0.03       /* per snapshot, so a long log loads over a few frames */
 #define REPLY_TIMEOUT_MS 2000
-#define PROBE_INTERVAL_S 1.0     /* how often a paused or quiet run's socket is looked at */
+#define PROBE_INTERVAL_S 1.0     /* how often a connection to the socket is tried while the
+                                    view has none */
 
 typedef struct logview logview;
 
@@ -39,8 +40,7 @@ struct logview {
     int gone;                    /* the run's control socket refuses connections: nothing
                                     listens, the run is dead (killed) though its log never
                                     said it ended */
-    double next_probe;           /* when the socket of a run paused, quiet or gone is looked
-                                    at next */
+    double next_probe;           /* when a connection is tried next, while there is none */
     long bad_lines;
     /* what has been read */
     monitor_state state;
@@ -542,23 +542,27 @@ static void disconnect_control(logview *lv)
     lv->sock = -1;
 }
 
-/* Whether a paused or quiet run is still there, looked at once a PROBE_INTERVAL_S, as a
- * paused run's log says nothing more: the connection held is hung up on when the run dies,
- * and then a new one is refused (which sets gone). A log that grows says enough. A run gone
- * is looked for again: one started again on the socket takes the view back. */
+/* Whether the run is still there, looked at on every snapshot whatever its state (a killed
+ * run's log just stops, as a slow step's does): the run's end of the connection the view holds
+ * closes when the run dies, and poll reports that hang-up unasked, at no cost; a connection
+ * made again is then refused (which sets gone). Without one (a command's failed, or the run
+ * is gone) one is tried once a PROBE_INTERVAL_S: a run started again on the socket takes the
+ * view back. A run that ended as it should wrote so before it closed its socket: the log is
+ * read again before the run is called gone. */
 static void probe_control(logview *lv)
 {
-    double now = pesc_now();
-    if (!lv->socket_path || run_over(lv->state) || now < lv->next_probe ||
-        (!lv->gone && lv->state != MONITOR_PAUSED && !log_quiet(lv)))
+    if (!lv->socket_path || run_over(lv->state))
         return;
-    lv->next_probe = now + PROBE_INTERVAL_S;
-    struct pollfd p = {.fd = lv->sock, .events = 0};   /* a hang-up is reported unasked */
+    struct pollfd p = {.fd = lv->sock, .events = 0};
     if (lv->sock >= 0 && poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
         disconnect_control(lv);
+    double now = pesc_now();
+    if (lv->sock >= 0 || now < lv->next_probe)
+        return;
+    lv->next_probe = now + PROBE_INTERVAL_S;
     pesc_error ignored;   /* a refusal is the note's, a failure of another kind no one's */
-    if (lv->sock < 0)
-        connect_control(lv, &ignored);
+    if (connect_control(lv, &ignored) != 0 && lv->gone)
+        read_more(lv);
 }
 
 /* One line out, one line back. A connection the run has hung up on (it had no room for

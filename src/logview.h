@@ -3,9 +3,9 @@
  * the start). History (losses, loads, events) is built from every line.
  *
  * With a control socket (`--attach`), commands go to the run: one line out, one line back.
- * Without one, commands are refused with a reply that says how to steer. A run whose socket
- * refuses connections (a command's, or a look while the run is paused or its log quiet) is
- * gone: killed, its log never to say it ended. It is shown stopped, with a note.
+ * Without one, commands are refused with a reply that says how to steer. A run that hangs up
+ * the connection the view holds, and whose socket then refuses a new one, is gone: killed,
+ * its log never to say it ended. It is shown stopped, with a note, within a second or so.
  *
  * Runs to compare (`pesc view RUN OTHER...`) are logs read the same way, their losses alone
  * passed on.

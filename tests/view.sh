@@ -7,7 +7,7 @@
 # and bracketed paste off, as Ctrl-Z does until fg;
 # malformed lines are counted on the status line, after the note of a log gone quiet; a run
 # resumed after a crash shows each step once; a run killed under an attached view is shown
-# gone (a command refused, or a paused run's socket found dead); a failed run's reason reaches
+# gone within seconds (paused or running, asked or not); a failed run's reason reaches
 # stderr under "pesc view:" with the log's control characters shown as escapes; further logs
 # are runs compared on the loss panel, each named with its latest smoothed loss, followed as
 # they grow, and a compared log that is missing or no run log is an error at start.
@@ -416,6 +416,14 @@ keys Space
 check "Connection refused" "a running run killed: Space gets the refusal"
 check "STOPPED" "... and the view shows the run stopped"
 check "the run is gone: its socket is closed" "... and gone"
+keys q
+# running, nothing sent: the run's end of the view's connection closes with it, and the view
+# says so unasked within a second or two (it once waited for the log to go quiet, 30 s)
+killed_run running-unasked
+kill -KILL "$killed"
+wait "$killed" 2>/dev/null
+check "STOPPED" "a running run killed: shown stopped unasked, within 3 s" 3
+check "the run is gone: its socket is closed" "... and said to be gone" 3
 keys q
 
 if [ "$failures" -ne 0 ]; then
