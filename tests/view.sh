@@ -205,6 +205,10 @@ check "no new lines for [0-9]+ s; 2 malformed lines skipped" "the quiet log's no
 # view said RUNNING with an ETA for as long as it was left open)
 check "QUIET .*step 60/60.*ETA --" "a quiet log: QUIET on the badge, no ETA"
 keys q
+# 80 columns: the note is read whole, over the row's last segments (it was cut, or not shown)
+tui_start 80 24 env PESC_VIEW_STALL_S=1 "$pesc" view "$tmp/quiet.jsonl"
+check "no new lines for [0-9]+ s; 2 malformed lines skipped *$" "a quiet log's note is read whole in 80 columns"
+keys q
 # a log a killed run left ten minutes ago is quiet since then, not since the view began
 touch -d '10 minutes ago' "$tmp/quiet.jsonl"
 tui_start 130 30 "$pesc" view "$tmp/quiet.jsonl"
@@ -386,14 +390,14 @@ screen | grep -q "200~" && fail "the view left bracketed paste on: $(screen | gr
 kill -0 "$fake_pid" 2>/dev/null && pass "the run goes on after the view leaves" || fail "the run ended with the view"
 
 # ---- a run killed under an attached view: shown gone (stopped), not paused or running forever --
-# killed_run NAME: a fake run steered through $tmp/NAME.sock, logging to $tmp/NAME.jsonl, viewed
-# attached; its pid in $killed
+# killed_run NAME [COLS ROWS]: a fake run steered through $tmp/NAME.sock, logging to
+# $tmp/NAME.jsonl, viewed attached (100x30); its pid in $killed
 killed_run() {
   "$fake" "$tmp/$1.jsonl" --steps 2000 --interval-ms 40 --control "$tmp/$1.sock" &
   killed=$!
   killed_pids="$killed_pids $killed"
   i=0; while [ ! -S "$tmp/$1.sock" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-  tui_start 100 30 "$pesc" view "$tmp/$1.jsonl" --attach "$tmp/$1.sock"
+  tui_start "${2:-100}" "${3:-30}" "$pesc" view "$tmp/$1.jsonl" --attach "$tmp/$1.sock"
   check "RUNNING" "$1: attached"
 }
 # paused, its log says nothing more: the view looks at the socket while it waits
@@ -418,8 +422,9 @@ check "STOPPED" "... and the view shows the run stopped"
 check "the run is gone: its socket is closed" "... and gone"
 keys q
 # running, nothing sent: the run's end of the view's connection closes with it, and the view
-# says so unasked within a second or two (it once waited for the log to go quiet, 30 s)
-killed_run running-unasked
+# says so unasked within a second or two (it once waited for the log to go quiet, 30 s); in 80
+# columns too, where the note once did not fit
+killed_run running-unasked 80 24
 kill -KILL "$killed"
 wait "$killed" 2>/dev/null
 check "STOPPED" "a running run killed: shown stopped unasked, within 3 s" 3

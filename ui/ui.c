@@ -509,8 +509,8 @@ static void draw_status(ui_context *ui, WINDOW *w)
                       ui->message);
     } else if (r && v->state == MONITOR_FAILED && v->message[0]) {   /* why, until quitting */
         row_put_reply(&rw, stops, n_stops, theme_attr(&ui->theme, PAIR_BAD, A_BOLD), v->message);
-    } else if (ui->have_view && v->note[0]) {
-        row_put_right(&rw, theme_attr(&ui->theme, PAIR_WARN, A_BOLD), v->note);
+    } else if (ui->have_view && v->note[0]) {   /* read whole: over the last segments */
+        row_put_reply(&rw, stops, n_stops, theme_attr(&ui->theme, PAIR_WARN, A_BOLD), v->note);
     }
 }
 
