@@ -35,6 +35,7 @@ struct logview {
     int overlong;   /* the pending line passed LINE_MAX_BYTES: skipped to its newline */
     double last_growth;          /* when a record last arrived (monotonic): lines that are
                                     none (junk appended to a dead run's log) leave it quiet */
+    double logged_elapsed;       /* the run's clock (elapsed_s) at its latest record */
     int took_record;             /* parse_line read a record since read_more looked */
     double stall_s;              /* a running log quiet this long says so */
     int gone;                    /* the run's control socket refuses connections: nothing
@@ -80,6 +81,7 @@ static void forget_history(logview *lv)
     stats_record_delete(lv->last);
     lv->last = NULL;
     lv->save_elapsed = -1;
+    lv->logged_elapsed = 0;
     lv->n_points = lv->skipped = 0;
     lv->stride = 1;
     lv->load_head = lv->n_loads = 0;
@@ -247,6 +249,8 @@ static void parse_line(logview *lv, const char *line)
     pesc_error err;
     int kind = stats_parse_line(line, &lv->last, &e, &run, &err);
     lv->took_record |= kind >= 1 && kind <= 3;
+    if (kind == 1 || kind == 2)
+        lv->logged_elapsed = kind == 1 ? lv->last->elapsed_s : e.elapsed_s;
     if (kind == 3) {
         if (run.resumed_step > 0)
             rewind_to(lv, run.resumed_step);
@@ -329,11 +333,16 @@ static void check_file(logview *lv)
 }
 
 /* When the file was last written, on pesc_now's clock: a log read whole at the start that a
- * killed run left long ago is quiet since then, not since the view began. */
+ * killed run left long ago is quiet since then, not since the view began. To the nanosecond
+ * the file system keeps: the clock since a save counts from it without jumps. */
 static double written_at(int fd)
 {
     struct stat st;
-    double age = fstat(fd, &st) == 0 ? difftime(time(NULL), st.st_mtime) : 0.0;
+    struct timespec now;
+    double age = 0.0;
+    if (fstat(fd, &st) == 0 && clock_gettime(CLOCK_REALTIME, &now) == 0)
+        age = difftime(now.tv_sec, st.st_mtim.tv_sec) +
+              (double)(now.tv_nsec - st.st_mtim.tv_nsec) * 1e-9;
     return pesc_now() - (age > 0 ? age : 0);
 }
 
@@ -405,6 +414,17 @@ static int run_gone(const logview *lv)
     return lv->gone && !run_over(lv->state);
 }
 
+/* Seconds since the last save, on the wall clock as a live run's workbench counts them: the
+ * run's clock from the save to its latest record, then the time since that record was
+ * written. It goes on counting while no line comes (paused, between slow steps, the run
+ * gone or over): the checkpoint only gets older. -1: never saved. */
+static double since_save(const logview *lv)
+{
+    if (lv->save_elapsed < 0)
+        return -1;
+    return fmax(lv->logged_elapsed - lv->save_elapsed, 0.0) + (pesc_now() - lv->last_growth);
+}
+
 /* Whether a running log has gone quiet: no record for longer than the stall time. */
 static int log_quiet(const logview *lv)
 {
@@ -449,11 +469,7 @@ static int logview_snapshot(void *ctx, monitor_view *v)
         }
         v->last = stats_record_fit(v->last, lv->last->shape);
         stats_record_copy(v->last, lv->last);
-        /* the final save comes after the last step's record: it is the newest thing, 0 s */
-        if (lv->save_elapsed >= 0)
-            v->since_save_s = fmax(lv->last->elapsed_s - lv->save_elapsed, 0.0);
-        else
-            v->since_save_s = -1;
+        v->since_save_s = since_save(lv);
     } else {
         stats_record_delete(v->last);
         v->last = NULL;

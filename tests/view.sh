@@ -346,6 +346,10 @@ fi
 keys +
 check "ok: lr 0.00025" "+ gets the run's reply"
 check "lr 2.50e-04\\*" "+ shows the new LR while paused, marked as set by hand"
+# a save while paused: its clock counts on though no line comes (it stood at 0 s)
+keys s
+check "saved 0s ago" "s while paused: saved just now"
+check "saved [2-9]s ago" "... and the clock since it counts on while paused" 6
 keys Space
 check "RUNNING" "Space resumes"
 at_new_lr() { grep -q '"lr":0.00025[,}]' "$tmp/live.jsonl"; }
