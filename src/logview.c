@@ -18,7 +18,12 @@
 
 #include "util.h"
 
-#define READ_BUDGET_S 0.03       /* per snapshot, so a long log loads over a few frames */
+/* Seconds of log read per snapshot: a long log loads over several frames, keys taken between
+ * them. The followed log's is most of a frame at 10 Hz (a 40 MB log is read in about a second
+ * and a half, where it was replayed over four); a compared log's is less, as there may be four,
+ * and so is the first look at a log, which the screen waits for. */
+#define READ_BUDGET_S 0.08
+#define SHORT_READ_BUDGET_S 0.03
 #define REPLY_TIMEOUT_MS 2000
 #define PROBE_INTERVAL_S 1.0     /* how often a connection to the socket is tried while the
                                     view has none */
@@ -43,6 +48,8 @@ struct logview {
                                     said it ended */
     double next_probe;           /* when a connection is tried next, while there is none */
     long bad_lines;
+    double reading;              /* the share of the log read, while a snapshot's budget ran
+                                    out before its end; 0 once caught up */
     /* what has been read */
     monitor_state state;
     char message[sizeof ((stats_event *)0)->text];
@@ -346,9 +353,11 @@ static double written_at(int fd)
     return pesc_now() - (age > 0 ? age : 0);
 }
 
-static void read_more(logview *lv)
+/* Reads what the log has gained, for at most budget_s; sets reading while there is more. */
+static void read_more(logview *lv, double budget_s)
 {
     check_file(lv);
+    lv->reading = 0;
     if (lv->fd < 0)
         return;
     char buf[65536];
@@ -364,8 +373,12 @@ static void read_more(logview *lv)
         take_lines(lv, buf, (size_t)n);
         if (lv->took_record)
             lv->last_growth = written_at(lv->fd);
-        if (pesc_now() - start > READ_BUDGET_S)
+        if (pesc_now() - start > budget_s) {
+            struct stat st;
+            if (fstat(lv->fd, &st) == 0 && st.st_size > lv->offset)
+                lv->reading = (double)lv->offset / (double)st.st_size;
             break;
+        }
     }
 }
 
@@ -379,7 +392,7 @@ static void copy_compared(logview *lv, monitor_view *v)
     for (int i = 0; i < lv->n_compared; i++) {
         logview *c = lv->compared[i];
         monitor_series *out = &v->compared[i];
-        read_more(c);
+        read_more(c, SHORT_READ_BUDGET_S);
         const char *slash = strrchr(c->path, '/');
         pesc_show_controls(out->name, sizeof out->name, slash && slash[1] ? slash + 1 : c->path);
         out->n_points = c->n_points;
@@ -455,12 +468,13 @@ static void probe_control(logview *lv);
 static int logview_snapshot(void *ctx, monitor_view *v)
 {
     logview *lv = ctx;
-    read_more(lv);
+    read_more(lv, READ_BUDGET_S);
     probe_control(lv);
     /* a run gone is shown as one stopped: the leave dialog no longer offers to resume it */
     v->state = run_gone(lv) ? MONITOR_STOPPED : lv->state;
     snprintf(v->message, sizeof v->message, "%s", lv->message);
     v->quiet = write_note(lv, v->note, sizeof v->note);
+    v->reading = lv->reading;
     v->run = lv->run;
     if (lv->last) {
         if (!lv->have_run) {
@@ -578,7 +592,7 @@ static void probe_control(logview *lv)
     lv->next_probe = now + PROBE_INTERVAL_S;
     pesc_error ignored;   /* a refusal is the note's, a failure of another kind no one's */
     if (connect_control(lv, &ignored) != 0 && lv->gone)
-        read_more(lv);
+        read_more(lv, READ_BUDGET_S);
 }
 
 /* One line out, one line back. A connection the run has hung up on (it had no room for
@@ -683,7 +697,7 @@ static logview *open_log(const char *log_path, double stall_s, pesc_error *err)
  * record (an empty log is a run yet to write its first line). 0, or -1 (lv closed). */
 static int first_lines(logview *lv, const char *log_path, pesc_error *err)
 {
-    read_more(lv);
+    read_more(lv, SHORT_READ_BUDGET_S);
     if (lv->bad_lines > 0 && !lv->have_run && lv->n_points == 0 && lv->n_events == 0) {
         pesc_fail(err, "%s: not a run log (no step record or event in its first lines); name "
                        "the --log file of pesc train --headless", log_path);

@@ -11,7 +11,8 @@
  * passed on.
  *
  * Owns: the file descriptors, the socket and everything read so far. Must not: block for long;
- * a snapshot reads at most a few tens of milliseconds of log, a command waits at most 2 s. */
+ * a snapshot reads at most 80 ms of log (a long one is read over several, said in the view's
+ * reading), a command waits at most 2 s. */
 #ifndef PESC_LOGVIEW_H
 #define PESC_LOGVIEW_H
 

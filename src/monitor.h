@@ -63,6 +63,10 @@ typedef struct monitor_view {
                                     nothing (a live run has none) */
     int quiet;                   /* a running log with no new line for a while: the run may
                                     be dead (killed) or hung; its ETA is not to be trusted */
+    double reading;              /* a log being caught up with, over several snapshots: the
+                                    share read (0 to 1), its steps come faster than they ran
+                                    and their rate and ETA are not the run's now; 0 when
+                                    caught up (a live run always is) */
     stats_run run;               /* model, backend, sources, shape */
     stats_record *last;          /* the latest step; NULL before the first */
     double since_save_s;         /* < 0: never saved */

@@ -8,7 +8,8 @@
 # malformed lines are counted on the status line, after the note of a log gone quiet; a run
 # resumed after a crash shows each step once; a run killed under an attached view is shown
 # gone within seconds (paused or running, asked or not); a failed run's reason reaches
-# stderr under "pesc view:" with the log's control characters shown as escapes; further logs
+# stderr under "pesc view:" with the log's control characters shown as escapes; a long log is
+# said to be read (READING, the share read) until it is, with no rate or ETA; further logs
 # are runs compared on the loss panel, each named with its latest smoothed loss, followed as
 # they grow, and a compared log that is missing or no run log is an error at start.
 # Needs no terminal of its own: tmux runs detached on a private socket, killed at the end.
@@ -188,6 +189,21 @@ else
   screen | sed 's/^/    | /'
 fi
 keys q
+
+# ---- a long log: read over several frames, said so, not replayed as if it ran ----------------
+# 1500 steps of 24 layers of 16 experts, 48 MB: the view once showed it RUNNING at the steps as
+# they were read, with their old rates, and took seconds more over it
+"$fake" "$tmp/long-run.jsonl" --steps 1500 --layers 24 --experts 16 || exit 99
+tui_start 100 30 "$pesc" view "$tmp/long-run.jsonl"
+if wait_for "READING .*step [0-9]+/1500 .* read [0-9]+%" 10; then
+  screen | head -n 1 | grep -q "tok/s\|ETA" && fail "a long log being read shows a rate or ETA: $(screen | head -n 1)" \
+    || pass "a long log being read says so, with no rate or ETA"
+else
+  fail "a long log being read: no 'READING ... read N%' on screen:"; screen | sed 's/^/    | /'
+fi
+check "FINISHED +step 1500/1500" "... and is shown whole once read" 30
+keys q
+rm -f "$tmp/long-run.jsonl"
 
 # ---- malformed lines: counted on the status line for the whole view, after a quiet log's note ---
 { head -n 3 "$tmp/done.jsonl"; echo 'not a record'; tail -n +4 "$tmp/done.jsonl"; } >"$tmp/bad.jsonl"

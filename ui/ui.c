@@ -407,7 +407,10 @@ static void draw_status(ui_context *ui, WINDOW *w)
     row_put(&rw, theme_attr(&ui->theme, PAIR_TITLE, A_BOLD) | (int)A_BOLD, " pesc ");
     int pair;
     const char *badge = state_badge(ui, ui->have_view ? v->state : MONITOR_STARTING, &pair);
-    if (ui->have_view && v->quiet) {   /* a log gone quiet: running, or killed, or hung */
+    if (ui->have_view && v->reading > 0) {   /* a long log read over several frames */
+        badge = ui->theme.utf8 ? " \u2026 READING " : " READING ";
+        pair = PAIR_PAUSE;
+    } else if (ui->have_view && v->quiet) {   /* a log gone quiet: running, or killed, or hung */
         badge = ui->theme.utf8 ? " \u25b6? QUIET " : " >? QUIET ";
         pair = PAIR_PAUSE;
     }
@@ -444,15 +447,22 @@ static void draw_status(ui_context *ui, WINDOW *w)
         row_put_pair(&rw, dim, "  ep ", val, a);
         format_si((double)r->tokens, a, sizeof a);
         row_put_pair(&rw, dim, "  tok ", val, a);
-        /* paused or over, none flow: the last step's rate and ETA would stand there as if
-         * they did */
-        int flowing = v->state != MONITOR_PAUSED && !run_is_over(v);
-        format_si(r->tokens_per_s, b, sizeof b);
-        snprintf(a, sizeof a, "%s tok/s", flowing ? b : "-");
-        row_put_pair(&rw, dim, "  ", val, a);
-        if (!run_is_over(v)) {
-            pesc_format_duration(v->quiet ? -1.0 : r->eta_s, a, sizeof a);
-            row_put_pair(&rw, dim, "  ETA ", val, a);
+        if (v->reading > 0) {
+            /* a log being read: its steps come faster than they ran, and the rate and ETA
+             * shown would be an old step's */
+            snprintf(a, sizeof a, "%.0f%%", floor(100.0 * v->reading));
+            row_put_pair(&rw, dim, "  read ", val, a);
+        } else {
+            /* paused or over, none flow: the last step's rate and ETA would stand there as
+             * if they did */
+            int flowing = v->state != MONITOR_PAUSED && !run_is_over(v);
+            format_si(r->tokens_per_s, b, sizeof b);
+            snprintf(a, sizeof a, "%s tok/s", flowing ? b : "-");
+            row_put_pair(&rw, dim, "  ", val, a);
+            if (!run_is_over(v)) {
+                pesc_format_duration(v->quiet ? -1.0 : r->eta_s, a, sizeof a);
+                row_put_pair(&rw, dim, "  ETA ", val, a);
+            }
         }
         if (h == 1) {
             snprintf(a, sizeof a, "%.2e%s", r->lr, r->lr_overridden ? "*" : "");
