@@ -129,6 +129,10 @@ struct session {
     /* shared with other threads */
     pthread_mutex_t lock;
     pthread_cond_t wake;
+    pthread_mutex_t tok_lock;    /* one encoder of tok at a time (tokenizer.h): once the run
+                                    has started, the trainer's (a generate's prompt, a
+                                    --eval-choices question) and a generate command's check
+                                    of its prompt (session_command's thread) */
     command queue[QUEUE];
     int q_head, q_len;
     int generate_taken;          /* a generate is queued or running: another is refused */
@@ -566,10 +570,52 @@ static void lr_schedule_ended(const session *s, long step, int by_hand, char *ou
         out[0] = '\0';
 }
 
+/* The ids of a prompt, in the run's template; the caller holds tok_lock. */
+static int prompt_ids(session *s, const char *prompt, tok_ids *ids, pesc_error *err)
+{
+    if (!s->tok) {
+        if (strncmp(prompt, "ids:", 4) != 0)
+            return pesc_fail(err, "this run has no tokenizer; give the prompt as ids:1,2,3");
+        for (const char *p = prompt + 4; *p;) {
+            char *end;
+            long id = strtol(p, &end, 10);
+            if (end == p || id < 0 || id >= s->m.config.vocab_size)
+                return pesc_fail(err, "prompt ids must be integers below %d",
+                                 s->m.config.vocab_size);
+            tok_ids_push(ids, (int32_t)id);
+            p = *end == ',' ? end + 1 : end;
+        }
+        return ids->n ? 0 : pesc_fail(err, "empty prompt");
+    }
+    tpl_message msg = {.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
+    return template_encode_prompt(s->tpl, s->tok, &msg, 1, ids, err);
+}
+
+/* A generate whose prompt cannot be answered (ids the model has not, more tokens than its
+ * context) is refused in its reply, where an "ok" had the error come in the log seconds
+ * later. Encoding a prompt of at most 511 bytes is quick; the trainer holds tok_lock as
+ * briefly. 0, or -1 with the reply written. */
+static int prompt_refused(session *s, const command *c, char *reply, size_t n)
+{
+    tok_ids ids = {0};
+    pesc_error err = {{0}};
+    pthread_mutex_lock(&s->tok_lock);
+    int rc = prompt_ids(s, c->prompt, &ids, &err);
+    pthread_mutex_unlock(&s->tok_lock);
+    if (rc == 0 && model_answer_room(&s->m, ids.n, c->max_tokens, &err) < 0)
+        rc = -1;
+    tok_ids_free(&ids);
+    if (rc != 0)
+        snprintf(reply, n, "error: %s", err.msg);
+    return rc;
+}
+
 void session_command(session *s, const char *line, char *reply, size_t reply_len)
 {
     command c;
     if (parse_command(line, s->m.config.n_layers, &c, reply, reply_len) != 0)
+        return;
+    if (c.kind == CMD_GENERATE && prompt_refused(s, &c, reply, reply_len) != 0)
         return;
     if (c.kind == CMD_SAVE && !s->cfg.save_dir) {   /* cfg is fixed once the session runs */
         snprintf(reply, reply_len, "error: save needs a run started with --save DIR");
@@ -677,26 +723,6 @@ static void publish_answer(session *s, const char *prompt, int produced, answer_
 }
 
 /* The prompt's ids: through the chat template when there is a tokenizer, else "ids:1,2,3". */
-static int prompt_ids(session *s, const char *prompt, tok_ids *ids, pesc_error *err)
-{
-    if (!s->tok) {
-        if (strncmp(prompt, "ids:", 4) != 0)
-            return pesc_fail(err, "this run has no tokenizer; give the prompt as ids:1,2,3");
-        for (const char *p = prompt + 4; *p;) {
-            char *end;
-            long id = strtol(p, &end, 10);
-            if (end == p || id < 0 || id >= s->m.config.vocab_size)
-                return pesc_fail(err, "prompt ids must be integers below %d",
-                                 s->m.config.vocab_size);
-            tok_ids_push(ids, (int32_t)id);
-            p = *end == ',' ? end + 1 : end;
-        }
-        return ids->n ? 0 : pesc_fail(err, "empty prompt");
-    }
-    tpl_message msg = {.role = ROLE_USER, .content = prompt, .len = strlen(prompt)};
-    return template_encode_prompt(s->tpl, s->tok, &msg, 1, ids, err);
-}
-
 static void process_command(session *s, const command *c);
 
 /* A command the run replied "ok" to while its last step ran, taken once it had ended: said,
@@ -733,7 +759,10 @@ static void generate(session *s, const command *c)
     pthread_mutex_unlock(&s->lock);
     int layer = c->layer < m->config.n_layers ? c->layer : 0;
     int max_tokens = -1;
-    if (prompt_ids(s, c->prompt, &ids, &err) != 0 ||
+    pthread_mutex_lock(&s->tok_lock);
+    int encoded = prompt_ids(s, c->prompt, &ids, &err);
+    pthread_mutex_unlock(&s->tok_lock);
+    if (encoded != 0 ||
         (max_tokens = model_answer_room(m, ids.n, c->max_tokens, &err)) < 0 ||
         model_cache_reset(m, ids.n + max_tokens, &err) != 0 ||
         model_decode(m, ids.ids, ids.n, logits, experts, &err) != 0) {
@@ -1186,7 +1215,10 @@ static int score_choice(session *s, const mc_question *q, double *score, size_t 
 {
     mc_layout l = {.tpl = s->tpl};
     mc_batch b;
-    if (mc_batch_make(&b, q, &l, s->tok, err) != 0)
+    pthread_mutex_lock(&s->tok_lock);
+    int made = mc_batch_make(&b, q, &l, s->tok, err);
+    pthread_mutex_unlock(&s->tok_lock);
+    if (made != 0)
         return -1;
     int rows = (int)((long)s->cfg.batch * s->cfg.seq / b.T), rc = 0;
     rows = rows < 1 ? 1 : rows > b.K ? b.K : rows;
@@ -2913,6 +2945,7 @@ session *session_new(const train_config *c, pesc_error *err)
     s->best_score = INFINITY;
     s->save_lock = -1;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->tok_lock, NULL);
     pthread_cond_init(&s->wake, NULL);
     s->shared = monitor_view_new();
     s->shared->state = MONITOR_STARTING;
@@ -3081,6 +3114,7 @@ void session_delete(session *s)
     plugins_delete(s->plugins);   /* last: sinks and formats may live in its modules */
     pthread_cond_destroy(&s->wake);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->tok_lock);
     free(s);
 }
 

@@ -2,11 +2,12 @@
 # control.sh — the --control socket of a headless run as several clients use it: an attached
 # view's open connection does not lock out other clients, a client past the limit is refused
 # in one line (a view so refused gets in once there is room), arguments out of range are
-# refused naming their range, a second generate is refused while one runs, and the run stops
-# cleanly while clients are still connected. A client's last line without its newline is
-# answered; a line too long, or one with a NUL byte, is refused in a reply, and the lines after
-# it are served. A generate a stop cuts short says so; an lr that ends a schedule says so. The
-# view part runs under tmux when it is installed.
+# refused naming their range, as is a prompt the model cannot take (past its context, ids it
+# has not), a second generate is refused while one runs, and the run stops cleanly while
+# clients are still connected. A client's last line without its newline is answered; a line
+# too long, or one with a NUL byte, is refused in a reply, and the lines after it are served.
+# A generate a stop cuts short says so; an lr that ends a schedule says so. The view part runs
+# under tmux when it is installed.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -154,6 +155,10 @@ refused "generate top_p=0 ids:1,2" "top_p=0 .*above 0, at most 1"
 refused "generate top_p=1e999 ids:1,2" "top_p=1e999 is not a number"
 refused "generate heat=1 ids:1,2" "unknown setting 'heat'"
 refused "generate ids:$(printf '1,%.0s' $(seq 300))1" "the prompt is 605 bytes; at most 511"
+# a prompt the model cannot answer is refused in the reply, not in the log seconds after an "ok"
+refused "generate ids:$(printf '1,%.0s' $(seq 127))1" \
+  "the prompt is 128 tokens, and the model's context \(max_position_embeddings\) is 128: shorten it"
+refused "generate ids:1,64" "prompt ids must be integers below 64"
 refused "lr 11" "lr '11': .*0 to 10"
 refused "lr -1" "lr '-1': .*0 to 10"
 refused "lr 1e-4x" "lr '1e-4x'"

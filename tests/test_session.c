@@ -404,15 +404,21 @@ static void test_commands(void)
     REPORT(fabs(v->last->lr - 0.001) < 1e-12 && v->last->lr_overridden &&
                fabs(p2.lr - 0.001) < 1e-12 && v->last->step == p1.step,
            "paused, lr 0.001 shows at once: %g (step %ld)", v->last->lr, v->last->step);
-    /* a command is one line: a prompt's line break travels as \n, a backslash as \\ */
-    session_command(s, "generate max=1 ids:1\\n2 \\\\n", reply, sizeof reply);
+    /* a command is one line: a prompt's line break travels as \n, a backslash as \\ (no
+     * prompt of ids has one: 510 of them are counted as the 514 bytes they decode to) */
+    session_command(s, "generate max=1 ids:1\\n2", reply, sizeof reply);
     for (int i = 0; i < 2000 && !v->prompt[0]; i++) {
         nap();
         monitor_snapshot(session_monitor(s), v);
     }
-    REPORT(strncmp(reply, "ok", 2) == 0 && strcmp(v->prompt, "ids:1\n2 \\n") == 0,
-           "generate decodes its prompt's \\n and \\\\ (reply '%s', prompt '%s')", reply,
-           v->prompt);
+    char backslashes[16 + 2 * 510] = "generate ids:", long_reply[256];
+    for (int i = 0; i < 510; i++)
+        strcat(backslashes, "\\\\");
+    session_command(s, backslashes, long_reply, sizeof long_reply);
+    REPORT(strncmp(reply, "ok", 2) == 0 && strcmp(v->prompt, "ids:1\n2") == 0 &&
+               strstr(long_reply, "the prompt is 514 bytes"),
+           "generate decodes its prompt's \\n and \\\\ (reply '%s', prompt '%s'; '%s')",
+           reply, v->prompt, long_reply);
     session_command(s, "stop", reply, sizeof reply);
     session_wait(s);
     session_get_progress(s, &p2);

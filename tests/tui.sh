@@ -134,10 +134,12 @@ check "世end +│$" "a line of wide characters scrolls inside the frame"
 screen | grep -q "^世" && { fail "wide characters spilled out of the prompt line:"; screen | sed 's/^/    | /'; } ||
   pass "nothing spills below the prompt line"
 keys C-u Escape
-# a prompt the model refuses (past its context) comes back into the line, to be shortened
+# a prompt the model refuses (past its context) is refused in the reply (it once got "ok" and
+# the error seconds later) and stays in the line, to be shortened
 if [ -z "${PESC_TUI_ARGS:-}" ]; then
   keys / "$(printf 'word %.0s' $(seq 130))" Enter
-  check "the prompt is back in the line" "a prompt past the context is refused, and kept"
+  check "error: the prompt is [0-9]+ tokens, and the model's context" \
+    "a prompt past the context is refused at once, and kept"
   screen | grep -q "❯ word word" && pass "... in the prompt line" \
     || { fail "the refused prompt is not in the line:"; screen | sed 's/^/    | /'; }
   keys C-u Escape
