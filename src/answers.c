@@ -2,11 +2,14 @@
 #include "answers.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 
 int ans_match_parse(const char *name, ans_match *out, pesc_error *err)
@@ -180,6 +183,88 @@ int ans_samples_file(const char *path)
     json_decref(o);
     free(line);
     return ours;
+}
+
+/* Where the file's whole lines end: after its last newline (0: there is none). -1 when it
+ * cannot be read. */
+static off_t whole_lines_end(int fd, off_t size)
+{
+    char buf[4096];
+    off_t end = size;
+    while (end > 0) {   /* back to the last newline */
+        size_t n = end < (off_t)sizeof buf ? (size_t)end : sizeof buf;
+        if (pread(fd, buf, n, end - (off_t)n) != (ssize_t)n)
+            return -1;
+        size_t at = n;
+        while (at > 0 && buf[at - 1] != '\n')
+            at--;
+        if (at > 0)
+            return end - (off_t)(n - at);
+        end -= (off_t)n;
+    }
+    return 0;
+}
+
+/* The step a samples line is of, or -1 when it names none (write_sample's verdict alone). */
+static long line_step(const char *line, size_t len)
+{
+    json_t *o = json_loadb(line, len, 0, NULL);
+    json_t *step = json_object_get(o, "step");
+    long value = json_is_integer(step) && json_integer_value(step) >= 0
+                     ? (long)json_integer_value(step) : -1;
+    json_decref(o);
+    return value;
+}
+
+/* The start of the first line in [from, whole) that is not of a step up to last_step (a line
+ * without a step goes with the one before it): whole when every line is. -1 when the file
+ * cannot be read. */
+static off_t first_line_past(FILE *f, off_t from, off_t whole, long last_step)
+{
+    if (fseeko(f, from, SEEK_SET) != 0)
+        return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    off_t at = from;
+    int kept = 0;
+    while (at < whole && (n = getline(&line, &cap, f)) > 0) {
+        long step = line_step(line, (size_t)n);
+        if (step >= 0)
+            kept = step <= last_step;
+        if (!kept)
+            break;
+        at += n;
+    }
+    int failed = ferror(f);
+    free(line);
+    return failed ? -1 : at;
+}
+
+int ans_samples_cut(const char *path, long long from, long last_step, pesc_error *err)
+{
+    FILE *f = fopen(path, "r+");
+    if (!f)
+        return errno == ENOENT ? 0 : pesc_fail(err, "%s: %s", path, strerror(errno));
+    int fd = fileno(f);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return 0;   /* a device or a FIFO: nothing there to cut */
+    }
+    errno = 0;
+    off_t whole = whole_lines_end(fd, st.st_size), keep = whole;
+    char before = '\n';
+    if (whole >= 0 && from >= 0 && from <= whole &&
+        (from == 0 || pread(fd, &before, 1, (off_t)from - 1) == 1) && before == '\n')
+        keep = first_line_past(f, (off_t)from, whole, last_step);
+    int rc = 0;
+    if (keep < 0)
+        rc = pesc_fail(err, "%s: %s", path, strerror(errno ? errno : EIO));
+    else if (keep < st.st_size && ftruncate(fd, keep) != 0)
+        rc = pesc_fail(err, "%s: %s", path, strerror(errno));
+    fclose(f);
+    return rc;
 }
 
 void ans_answerer_init(ans_answerer *a, model *m, tokenizer *tok, const chat_template *tpl,

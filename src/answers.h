@@ -6,7 +6,8 @@
  * after the last "####" (GSM8K's and MetaMath's final answers), else the last in the text,
  * commas and "$" aside, as lm-evaluation-harness's gsm8k reads them.
  *
- * Owns: the tallies it is given. Must not: read files (the records come loaded). */
+ * Owns: the tallies it is given, and the samples files' lines (--samples, --eval-samples).
+ * Must not: read the records' files (they come loaded). */
 #ifndef PESC_ANSWERS_H
 #define PESC_ANSWERS_H
 
@@ -44,6 +45,17 @@ int ans_matches(ans_match m, const char *answer, const char *reference);
  * (an object with an integer "line" and a boolean "right"); 0 when it holds other data (a dataset,
  * a log), which appending would spoil. */
 int ans_samples_file(const char *path);
+
+/* Before answers are appended to the samples file at path: a last line cut short (a run killed
+ * while writing it) is cut off, so that the next answer starts a line of its own. A resumed
+ * run gives from, where the file ended when its checkpoint was saved (-1: not known, a
+ * checkpoint from before it was recorded), and last_step, the last step whose answers it
+ * keeps: the lines after from, from the first that is not of a step up to last_step on, are
+ * cut too, since they are answers of the steps the run does again (the lines before from, of
+ * this run or of others appended to the same file, stay). A from past the file's whole lines,
+ * or not at a line's start, is not this file's: nothing is cut there. Not a regular file, or
+ * not there: nothing to do. 0, or -1 with a message naming path. */
+int ans_samples_cut(const char *path, long long from, long last_step, pesc_error *err);
 
 typedef struct ans_tally {
     long right, scored;

@@ -65,6 +65,8 @@ static char *state_json(const checkpoint_state *st)
     json_object_set_new(o, "nan_skipped", json_integer(st->nan_skipped));
     if (st->eval_pending)
         json_object_set_new(o, "eval_pending", json_true());
+    if (st->eval_samples_bytes >= 0)
+        json_object_set_new(o, "eval_samples_bytes", json_integer(st->eval_samples_bytes));
     if (st->best_by == 1)   /* by answers (by loss, as before it could be otherwise: absent) */
         json_object_set_new(o, "best_by", json_string("answers"));
     if (st->best_step >= 0) {
@@ -379,6 +381,7 @@ int checkpoint_read_state(const char *dir, checkpoint_state *st, pesc_error *err
     if (pending && !json_is_boolean(pending))
         bad_value(&r, "eval_pending", "must be true or false");
     st->eval_pending = json_is_true(pending);
+    st->eval_samples_bytes = read_integer(&r, o, "eval_samples_bytes", 0, LONG_MAX, -1);
     st->best_step =
         json_object_get(o, "best_step") ? read_integer(&r, o, "best_step", 1, LONG_MAX, 0) : -1;
     st->best_by = read_best_by(&r, o);

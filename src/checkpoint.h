@@ -70,6 +70,8 @@ typedef struct checkpoint_state {
     char eval_choices[4096];     /* --eval-choices's file; "" for none */
     char eval_generate[32];      /* --eval-generate's MATCH[:N]; "" for none */
     char eval_samples[4096];     /* --eval-samples's file; "" for none */
+    long long eval_samples_bytes; /* its length with the answers up to this step in it (not
+                                    those of an evaluation still pending); -1: not recorded */
     char format[64];
     char template_name[32];
     int schedule;                /* optim_schedule; -1: not recorded */

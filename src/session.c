@@ -71,6 +71,7 @@ struct session {
     int *eval_order;             /* the records longest first: a pass is as long as its first */
     uint64_t eval_hash;          /* ds_records_hash of them: which data a best is on */
     FILE *samples;               /* --eval-samples: the answers appended to it */
+    long long samples_at_eval;   /* its length when the last evaluation began (-1: none) */
     /* --eval-choices: multiple-choice questions scored with them (the file, downloaded) */
     mc_set choices;
     char *choices_path;
@@ -894,6 +895,19 @@ static int run_epochs(const train_config *c)
     return c->steps ? 0 : (c->epochs ? c->epochs : 1);
 }
 
+/* The --eval-samples file's length with every answer made so far in it; -1 without one (or
+ * with one that is no regular file: /dev/full). */
+static long long samples_length(session *s)
+{
+    struct stat st;
+    if (!s->samples)
+        return -1;
+    fflush(s->samples);   /* one that fails is said after the evaluation */
+    if (fstat(fileno(s->samples), &st) != 0 || !S_ISREG(st.st_mode))
+        return -1;
+    return (long long)st.st_size;
+}
+
 static void fill_state(session *s, checkpoint_state *st)
 {
     memset(st, 0, sizeof *st);
@@ -909,6 +923,8 @@ static void fill_state(session *s, checkpoint_state *st)
     st->elapsed_s = s->elapsed_before + pesc_now() - s->t_start;
     st->nan_skipped = s->nan_skipped;
     st->eval_pending = s->eval_pending;
+    /* a pending evaluation's answers are the resumed run's to write again */
+    st->eval_samples_bytes = s->eval_pending ? s->samples_at_eval : samples_length(s);
     st->base_fingerprint = s->fingerprint;
     st->pesc = s->m.pesc;
     st->seq = s->cfg.seq;
@@ -1431,6 +1447,7 @@ static int evaluate(session *s, stats_record *r, pesc_error *err)
     r->eval_tokens = 0;
     r->eval_questions = 0;
     r->eval_answers = 0;
+    s->samples_at_eval = samples_length(s);
     set_state(s, MONITOR_EVALUATING, NULL);   /* the step counter stands still meanwhile */
     int rc = s->n_eval > 0 ? evaluate_loss(s, r, err) : 0;
     if (rc == 0 && s->n_eval > 0 && s->cfg.eval_generate)
@@ -2944,6 +2961,7 @@ session *session_new(const train_config *c, pesc_error *err)
     s->best_kept = -1;
     s->best_score = INFINITY;
     s->save_lock = -1;
+    s->samples_at_eval = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->tok_lock, NULL);
     pthread_cond_init(&s->wake, NULL);
@@ -2964,12 +2982,32 @@ session *session_new(const train_config *c, pesc_error *err)
     return s;
 }
 
+/* --eval-samples before answers are appended: a last line a kill cut short is cut off, and a
+ * resumed run's file loses the answers a run that went past the checkpoint wrote after it of
+ * the steps this one does again (of a pending evaluation too): those after the length the
+ * checkpoint recorded. */
+static int cut_samples(session *s, pesc_error *err)
+{
+    const checkpoint_state *st = s->resumed;
+    long long from = -1;
+    long last_step = 0;
+    if (st && pesc_same_file(st->eval_samples, s->cfg.eval_samples)) {
+        from = st->eval_samples_bytes;
+        last_step = st->step - (st->eval_pending ? 1 : 0);
+    }
+    if (ans_samples_cut(s->cfg.eval_samples, from, last_step, err) != 0) {
+        pesc_fail_prefix(err, "--eval-samples");
+        return -1;
+    }
+    return 0;
+}
+
 int session_start(session *s, pesc_error *err)
 {
     /* the outputs last: whatever can refuse the run (and the front end's --control socket,
      * taken between session_new and here) has refused it before a file is truncated */
     s->t_start = pesc_now();   /* the notes below are at the run's start, not the epoch's */
-    if (open_sinks(s, err) != 0)
+    if (open_sinks(s, err) != 0 || (s->samples && cut_samples(s, err) != 0))
         return -1;
     if (*s->memory_note)
         publish_event(s, "memory", "%s", s->memory_note);

@@ -3,8 +3,8 @@
 # csv FILE, a tensorboard DIR or an --eval-samples FILE that holds something else (a dataset, a
 # model's config.json, another run's rows or events) and leaves it as it was, and a run refused
 # leaves no file behind that its next try would be refused for; a run resumed after a crash
-# writes each step once to the csv and to what TensorBoard shows, and its log's line cut
-# short by the crash stays a line of its own.
+# writes each step once to the csv, to what TensorBoard shows and to its --eval-samples, and its
+# log's line cut short by the crash stays a line of its own.
 set -u
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
@@ -187,6 +187,38 @@ case $last in
   *) false ;;
 esac && pass "a resumed run's event file is named to be read after those there" ||
   fail "the event files, in name order: $(ls "$tmp/run.tb" | sort | tr '\n' ' ') $(head -c 300 "$tmp/err")"
+
+# --eval-samples after a crash: another run's answers there first, then a run killed after its
+# checkpoint of step 2 (its step 3 and 4 answers written, the last line cut short); resumed, it
+# answers steps 3 and 4 again, and its file has each step's answers once, every line whole
+samples_steps() { sed 's/^{"step": \([0-9]*\),.*/\1/' "$1" | uniq -c | awk '{ printf "%s:%s ", $2, $1 }'; }
+"$pesc" train --headless --steps 4 --eval-every 2 --eval-generate exact:6 \
+  --eval-samples "$tmp/ans-crash.jsonl" >/dev/null 2>"$tmp/err" || fail "the other run: $(cat "$tmp/err")"
+"$pesc" train --headless --steps 4 --eval-every 1 --save-every 2 --eval-generate exact:6 \
+  --eval-samples "$tmp/ans-crash.jsonl" --save "$tmp/ans-ck" >/dev/null 2>"$tmp/err" ||
+  fail "the run to crash: $(cat "$tmp/err")"
+cp -r "$tmp/ans-ck/step-00000002" "$tmp/ans-step2"
+rm -r "$tmp/ans-ck/step-00000004"
+printf '{"step": 4, "source": "ari' >>"$tmp/ans-crash.jsonl"
+"$pesc" train --headless --resume "$tmp/ans-ck" --steps 4 >/dev/null 2>"$tmp/err"
+status=$?
+got=$(samples_steps "$tmp/ans-crash.jsonl")
+[ $status -eq 0 ] && [ "$got" = "2:6 4:6 1:6 2:6 3:6 4:6 " ] && [ "$(grep -vc '^{"step": [0-9]*, .*}$' "$tmp/ans-crash.jsonl")" = 0 ] &&
+  pass "--eval-samples resumed after a crash: the answers past the checkpoint dropped, the cut line too, the other run's kept" ||
+  fail "--eval-samples resumed after a crash: exit $status, steps $got $(head -c 300 "$tmp/err")"
+# a checkpoint saved by a stop during step 2's evaluation (pending, its length where that
+# evaluation began, as such a stop writes it): its answers of step 2 are dropped too
+rm -r "$tmp/ans-ck/step-00000002" "$tmp/ans-ck/step-00000004"
+cp -r "$tmp/ans-step2" "$tmp/ans-ck/step-00000002"
+before=$(head -n 18 "$tmp/ans-crash.jsonl" | wc -c)
+sed -i "s/\"eval_samples_bytes\": [0-9]*/\"eval_samples_bytes\": $before, \"eval_pending\": true/" \
+  "$tmp/ans-ck/step-00000002/state.json"
+"$pesc" train --headless --resume "$tmp/ans-ck" --steps 4 >/dev/null 2>"$tmp/err"
+status=$?
+got=$(samples_steps "$tmp/ans-crash.jsonl")
+[ $status -eq 0 ] && [ "$got" = "2:6 4:6 1:6 2:6 3:6 4:6 " ] &&
+  pass "--eval-samples resumed from a pending evaluation: its answers of that step given once" ||
+  fail "--eval-samples resumed from a pending evaluation: exit $status, steps $got $(head -c 300 "$tmp/err")"
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
