@@ -2522,10 +2522,7 @@ static int open_sinks(session *s, pesc_error *err)
     if (n == 0)
         return 0;
     char base[4096];
-    snprintf(base, sizeof base, "%s", c->log_path ? c->log_path : c->save_dir ? c->save_dir : "pesc-run");
-    char *dot = strrchr(base, '.');
-    if (c->log_path && dot && strcmp(dot, ".jsonl") == 0)
-        *dot = '\0';
+    sinks_base(base, sizeof base, c->log_path, c->save_dir);
     sink_options o = {.base = base, .plugins = s->plugins, .resume = c->resume != NULL,
                       .strict_open = 1, .first_is_log = c->log_path != NULL,
                       .report = sink_failed, .report_ctx = s};

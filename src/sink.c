@@ -472,6 +472,50 @@ static int same_target(const char *a, const char *b)
     return same;
 }
 
+void sinks_base(char *out, size_t n, const char *log_path, const char *save_dir)
+{
+    snprintf(out, n, "%s", log_path ? log_path : save_dir ? save_dir : "pesc-run");
+    char *dot = strrchr(out, '.');
+    if (log_path && dot && strcmp(dot, ".jsonl") == 0)
+        *dot = '\0';
+}
+
+/* What the sinks pesc ships write beside BASE when given no TARGET (a plugin's own is the
+ * plugin's to know). */
+static const struct {
+    const char *name, *suffix;
+} derived_outputs[] = {{"jsonl", ".jsonl"}, {"csv", ".csv"}, {"tensorboard", ".tb"}};
+
+/* spec's output into out: its TARGET, or BASE.x for a NAME alone that pesc knows, without a
+ * trailing '/' (a directory TARGET); 0, or -1 when it is not known. */
+static int spec_output(const char *spec, const char *base, char *out, size_t n)
+{
+    const char *colon = strchr(spec, ':');
+    size_t name = colon ? (size_t)(colon - spec) : strlen(spec);
+    out[0] = '\0';
+    if (colon)
+        snprintf(out, n, "%s", colon + 1);
+    for (size_t i = 0; !colon && base && i < sizeof derived_outputs / sizeof *derived_outputs;
+         i++)
+        if (strlen(derived_outputs[i].name) == name &&
+            strncmp(spec, derived_outputs[i].name, name) == 0)
+            snprintf(out, n, "%s%s", base, derived_outputs[i].suffix);
+    for (size_t len = strlen(out); len > 1 && out[len - 1] == '/'; len--)
+        out[len - 1] = '\0';
+    return out[0] ? 0 : -1;
+}
+
+int sinks_same_output(const char *a, const char *b, const char *base)
+{
+    size_t name = strcspn(a, ":");
+    if (strncmp(a, b, name) != 0 || (b[name] != ':' && b[name] != '\0'))
+        return 0;
+    char output_a[4200], output_b[4200];
+    return spec_output(a, base, output_a, sizeof output_a) == 0 &&
+           spec_output(b, base, output_b, sizeof output_b) == 0 &&
+           same_target(output_a, output_b);
+}
+
 /* The error of output i (strict_open): "--log: why" or "--sink SPEC: why". */
 static int open_failed(const sink_set *s, int i, const char *why, pesc_error *err)
 {

@@ -51,6 +51,14 @@ typedef struct sink_options {
  * log). The "start" line of the log is written here. */
 sink_set *sinks_open(const char *const *specs, int n_specs, const stats_run *run,
                      const sink_options *o, pesc_error *err);
+/* The stem of the outputs a --sink NAME without TARGET writes (BASE.csv): the --log FILE less
+ * its .jsonl, else the --save directory, else pesc-run (either may be NULL). */
+void sinks_base(char *out, size_t n, const char *log_path, const char *save_dir);
+/* Whether --sink specs a and b (NAME[:TARGET]) are one sink writing one output: the same NAME
+ * and one file, the TARGETs spelled two ways (a.csv and ./a.csv) or one of them the file a
+ * NAME alone writes beside base (csv: BASE.csv; base NULL: not known yet). */
+int sinks_same_output(const char *a, const char *b, const char *base);
+
 /* Whether the file at path is run's log, to append to on resuming: 1 when its start line
  * names run's shape (layers, experts, top-k, adapter width) and data, 0 when it names another run's (or run is NULL), -1 when
  * it is no run log at all (a dataset, notes). */

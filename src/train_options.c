@@ -410,24 +410,6 @@ static int apply(train_config *c, const char *cmd, int opt, const char *arg)
     }
 }
 
-/* Whether two --sink specs, NAME:TARGET, name one sink's TARGET spelled two ways (a.csv and
- * ./a.csv): two writers of one file. */
-static int same_sink(const char *a, const char *b)
-{
-    size_t n = strcspn(a, ":");
-    if (strncmp(a, b, n) != 0 || b[n] != ':' || a[n] != ':')
-        return 0;
-    const char *ta = a + n + 1, *tb = b + n + 1;
-    const char *base_a = strrchr(ta, '/'), *base_b = strrchr(tb, '/');
-    base_a = base_a ? base_a + 1 : ta;
-    base_b = base_b ? base_b + 1 : tb;
-    char *dir_a = pesc_parent_dir(ta), *dir_b = pesc_parent_dir(tb);
-    int same = strcmp(base_a, base_b) == 0 && pesc_same_file(dir_a, dir_b);
-    free(dir_a);
-    free(dir_b);
-    return same;
-}
-
 /* An unknown --format or --sink name is a usage error like any bad option value; they are
  * known only once the plugins are open (the run opens them again; a plugin that fails to open
  * is the run's error to report). -1, or EXIT_USAGE after the message. */
@@ -449,9 +431,6 @@ static int check_plugin_names(const train_config *c, const char *cmd)
         for (int j = 0; rc < 0 && j < i; j++)
             if (strcmp(c->sinks[j], c->sinks[i]) == 0)
                 rc = cli_usage_error(cmd, "--sink %s is given twice", c->sinks[i]);
-            else if (same_sink(c->sinks[j], c->sinks[i]))
-                rc = cli_usage_error(cmd, "--sink %s writes where --sink %s does: give it once",
-                                     c->sinks[i], c->sinks[j]);
     }
     ds_formats_delete(formats);
     plugins_delete(plugins);
@@ -854,6 +833,16 @@ int train_config_check_needs(const train_config *c, pesc_error *err)
     if (!c->save_dir && (c->given & (TRAIN_GIVEN_SAVE_EVERY | TRAIN_GIVEN_KEEP)))
         return pesc_fail(err, "%s needs --save DIR, the directory checkpoints go to",
                          c->given & TRAIN_GIVEN_SAVE_EVERY ? "--save-every" : "--keep");
+    /* two writers of one file: a TARGET spelled two ways, or the one a NAME alone writes
+     * beside the --log or --save (a resumed run's may be the checkpoint's) */
+    char base[4096];
+    sinks_base(base, sizeof base, c->log_path, c->save_dir);
+    for (int i = 0; i < c->n_sinks; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(c->sinks[j], c->sinks[i]) != 0 &&   /* given twice: said so */
+                sinks_same_output(c->sinks[j], c->sinks[i], base))
+                return pesc_fail(err, "--sink %s writes where --sink %s does: give it once",
+                                 c->sinks[i], c->sinks[j]);
     /* after a resume, either may be the checkpoint's */
     return optim_check_lr("--lr", c->optim.lr, c->optim.weight_decay, err);
 }

@@ -117,6 +117,13 @@ for cmd in train tui; do
   expect 2 "\-\-sink csv:$tmp/./a.csv writes where \-\-sink csv:$tmp/a.csv does: give it once" \
     "$cmd: one --sink TARGET spelled two ways is a usage error (two writers of one file)" -- \
     "$pesc" "$cmd" --sink "csv:$tmp/a.csv" --sink "csv:$tmp/./a.csv"
+  # ... or the file a NAME alone writes beside the --log or --save (not "already there")
+  expect 2 "\-\-sink csv:$tmp/s.csv writes where \-\-sink csv does: give it once" \
+    "$cmd: --sink csv and --sink csv:BASE.csv are a usage error (two writers of one file)" -- \
+    "$pesc" "$cmd" --steps 1 --log "$tmp/s.jsonl" --sink csv --sink "csv:$tmp/s.csv"
+  expect 2 "\-\-sink tensorboard writes where \-\-sink tensorboard:$tmp/s.tb/ does: give it once" \
+    "$cmd: --sink tensorboard:BASE.tb/ and --sink tensorboard are a usage error" -- \
+    "$pesc" "$cmd" --steps 1 --save "$tmp/s" --sink "tensorboard:$tmp/s.tb/" --sink tensorboard
   for spec in "" "csv:" ":x"; do
     expect 2 "\-\-sink '$spec': expected NAME or NAME:TARGET, neither empty" "$cmd --sink '$spec' is a usage error" -- \
       "$pesc" "$cmd" --sink "$spec"

@@ -177,6 +177,12 @@ printf '14,17' >>"$tmp/run.csv"
 grep -q "the run also wrote to --sink tensorboard, not given here: --resume takes no --sink or --plugin from the checkpoint; give them again to go on writing there" "$tmp/err" &&
   pass "--resume without one of the run's sinks says so" ||
   fail "--resume without --sink tensorboard: $(head -c 300 "$tmp/err")"
+# the run's own BASE.csv named besides --sink csv: one file, refused, not two writers of it
+cp "$tmp/run.csv" "$tmp/run.before"
+expect 1 "\-\-sink csv:$tmp/run.csv writes where \-\-sink csv does: give it once" \
+  "--resume with --sink csv and --sink csv:BASE.csv is refused" -- \
+  "$pesc" train --headless --resume "$tmp/ck" --steps 16 --sink csv --sink "csv:$tmp/run.csv"
+unchanged "$tmp/run.csv" "$tmp/run.before" "a resume refused for --sink csv twice"
 # a resumed run's event file sorts after those there, also after one of a later second (two
 # runs in one second, a clock set back): TensorBoard reads them in the order of their names
 : >"$tmp/run.tb/events.out.tfevents.9999999990.later.1"
