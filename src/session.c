@@ -2999,6 +2999,22 @@ static int cut_samples(session *s, pesc_error *err)
     return 0;
 }
 
+/* Whether raising --seq would let longer records in: 0 below the model's context and pesc's
+ * most; else -1 and, into limit (n bytes), which one it is at (the notes then say what helps:
+ * records that fit, or a model of a longer context). */
+static int seq_at_most(const session *s, char *limit, size_t n)
+{
+    int seq = s->cfg.seq, context = s->m.config.max_position_embeddings;
+    if (context > 0 && seq >= context)
+        snprintf(limit, n, "--seq %d is %s the model's context (%d tokens, "
+                 "max_position_embeddings)", seq, seq == context ? "all of" : "past", context);
+    else if (seq >= TRAIN_MAX_SEQ)
+        snprintf(limit, n, "--seq %d is the most pesc takes", seq);
+    else
+        return 0;
+    return -1;
+}
+
 int session_start(session *s, pesc_error *err)
 {
     /* the outputs last: whatever can refuse the run (and the front end's --control socket,
@@ -3055,18 +3071,33 @@ int session_start(session *s, pesc_error *err)
                         "writes checkpoints%s)", s->cfg.resume ? ", its own or the one resumed "
                         "from" : "");
     const ds_stats *data = dataset_stats(s->data);
-    if (data->truncated)   /* tokens no step will see: said, not lost without a word */
+    /* raising --seq is advice only while it can grow */
+    char limit[128], advice[256];
+    int seq_can_grow = seq_at_most(s, limit, sizeof limit) == 0;
+    if (data->truncated) {   /* tokens no step will see: said, not lost without a word */
+        if (seq_can_grow)
+            snprintf(advice, sizeof advice, "raise --seq to train on them");
+        else
+            snprintf(advice, sizeof advice, "%s: split or shorten the records to train on all "
+                     "of them, or take a model of a longer context", limit);
         publish_warning(s, "note", "records longer than --seq %d: %ld of %ld, cut to their first "
-                        "%d tokens (%lld of %lld tokens never trained on); raise --seq to "
-                        "train on them", s->cfg.seq, data->truncated, data->records, s->cfg.seq,
-                        data->truncated_tokens, data->tokens);
+                        "%d tokens (%lld of %lld tokens never trained on); %s", s->cfg.seq,
+                        data->truncated, data->records, s->cfg.seq, data->truncated_tokens,
+                        data->tokens, advice);
+    }
     if (s->cfg.eval_split > 0)
         publish_event(s, "note", "--eval-split %g: %d records held out of training, scored "
                       "every %ld steps", s->cfg.eval_split, s->n_eval, s->eval_every);
-    if (data->answers_cut)
+    if (data->answers_cut) {
+        if (seq_can_grow)
+            snprintf(advice, sizeof advice, ", raise --seq to learn them");
+        else
+            snprintf(advice, sizeof advice, "; %s: shorten their prompts to learn them, or "
+                     "take a model of a longer context", limit);
         publish_warning(s, "note", "records with no answer within --seq %d: %ld of %ld (their "
-                        "answers lie past it); they train nothing, raise --seq to learn them",
-                        s->cfg.seq, data->answers_cut, data->records);
+                        "answers lie past it); they train nothing%s", s->cfg.seq,
+                        data->answers_cut, data->records, advice);
+    }
     pthread_mutex_lock(&s->lock);   /* the control socket may already be taking commands */
     s->lr_by_hand_shown = s->lr_override >= 0;
     pthread_mutex_unlock(&s->lock);

@@ -154,6 +154,14 @@ awk -v t="$note_s" 'BEGIN { exit !(t != "" && t >= 0 && t < 600) }' &&
 awk 'BEGIN { q = ""; for (i = 0; i < 200; i++) q = q "ab "; printf "{\"instruction\": \"\", \"conversation\": [{\"input\": \"%s\", \"output\": \"yes\"}]}\n", q }' >"$tmp/beyond.jsonl"
 expect 1 "no token is predicted within the model's context of 128 tokens .*lies past it" \
   "eval of a record whose answer is past the context" -- "$pesc" eval --model "$d" --data "$tmp/beyond.jsonl"
+# ... and trained, at --seq cut to that context (the default): raising --seq is no advice there
+cat "$tmp/beyond.jsonl" "$tmp/eight.jsonl" >"$tmp/some-beyond.jsonl"
+expect 0 "records longer than \-\-seq 128: 1 of 9, .*; \-\-seq 128 is all of the model's context (128 tokens, max_position_embeddings): split or shorten the records" \
+  "records cut at the model's context: what helps is said, not 'raise --seq'" -- \
+  "$pesc" train --headless --model "$d" --data "$tmp/some-beyond.jsonl" --batch 4 --steps 1 --backend cpu
+grep -q "no answer within \-\-seq 128: 1 of 9 (their answers lie past it); they train nothing; \-\-seq 128 is all of the model's context (128 tokens, max_position_embeddings): shorten their prompts" "$tmp/err" &&
+  ! grep -q "raise \-\-seq" "$tmp/err" &&
+  pass "... and answers past it: shorten the prompts" || fail "answers past the context: $(cat "$tmp/err")"
 
 # inspect checks ids against no vocabulary: a negative one is no token id, with no "(0..-1)"
 printf '{"input_ids": [1, -5, 3]}\n' >"$tmp/negative.jsonl"
