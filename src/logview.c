@@ -472,6 +472,7 @@ static int logview_snapshot(void *ctx, monitor_view *v)
     probe_control(lv);
     /* a run gone is shown as one stopped: the leave dialog no longer offers to resume it */
     v->state = run_gone(lv) ? MONITOR_STOPPED : lv->state;
+    v->gone = run_gone(lv);
     snprintf(v->message, sizeof v->message, "%s", lv->message);
     v->quiet = write_note(lv, v->note, sizeof v->note);
     v->reading = lv->reading;

@@ -67,6 +67,9 @@ typedef struct monitor_view {
                                     share read (0 to 1), its steps come faster than they ran
                                     and their rate and ETA are not the run's now; 0 when
                                     caught up (a live run always is) */
+    int gone;                    /* the run's process is gone without its log ending (a
+                                    followed run killed: its socket refuses): shown stopped,
+                                    and it takes no command, a prompt neither */
     stats_run run;               /* model, backend, sources, shape */
     stats_record *last;          /* the latest step; NULL before the first */
     double since_save_s;         /* < 0: never saved */

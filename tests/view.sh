@@ -429,6 +429,12 @@ wait "$killed" 2>/dev/null
 check "STOPPED" "paused-killed: the view shows the run stopped, within seconds"
 check "the run is gone: its socket is closed" \
   "a paused run killed: the view says it is gone, within seconds"
+# nothing takes a prompt or a command there: the key bar offers none, only what still works
+if screen | tail -n 1 | grep -q "Go" && ! screen | tail -n 1 | grep -q "Prompt\|Pause\|Save"; then
+  pass "a run gone: the key bar leaves out / Prompt and the steering keys"
+else
+  fail "a run gone: the key bar reads '$(screen | tail -n 1)'"
+fi
 keys q
 [ "$(wait_status "$tmp/status" 5)" = 0 ] && pass "q on it leaves at once, offering no resume" \
   || { fail "q on a paused run killed: status '$(cat "$tmp/status" 2>/dev/null)'"; screen | sed 's/^/    | /'; }

@@ -603,11 +603,13 @@ static void draw_keys(ui_context *ui, WINDOW *w)
     const char *tail = panel_classes[ui->focus]->hint;
     if (ui->lo.status.h < 2 && ui->have_view && ui->view->note[0])
         tail = ui->view->note;
-    /* a run that has ended takes prompts and nothing else (and one that failed, not those) */
+    /* a run that has ended takes prompts and nothing else (and one that failed, or one whose
+     * process is gone, not those) */
     static const key_label ended[] = {{"?", "Help"}, {"/", "Prompt"}, {"Tab", "Panel"},
                                       {"f", "Full"}, {"q", "Quit"}};
     int over = ui->have_view && run_is_over(ui->view);
-    if (ui->opt->read_only || (over && ui->view->state == MONITOR_FAILED))
+    int gone = ui->have_view && ui->view->gone;
+    if (ui->opt->read_only || gone || (over && ui->view->state == MONITOR_FAILED))
         draw_keys_list(ui, w, watch, 5, tail);
     else if (over)
         draw_keys_list(ui, w, ended, 5, tail);
@@ -1385,6 +1387,7 @@ static int take_snapshot(ui_context *ui)
     if (monitor_snapshot(ui->m, ui->view) != 0) {
         if (ui->have_view && ui->view->state != MONITOR_FAILED && !run_is_over(ui->view)) {
             ui->view->state = MONITOR_STOPPED;
+            ui->view->gone = 1;
             ui_notice(ui, "the run is gone");
         }
         return -1;
