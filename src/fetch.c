@@ -512,7 +512,7 @@ typedef struct transfer {
     double next_try_at, started_at, published_at;
     double last_data_at;         /* when this request last received anything */
     double window_at;            /* start of the current stall window (see try_stalled) */
-    int64_t window_bytes;        /* bytes (headers and body) received since window_at */
+    int64_t window_bytes;        /* body bytes received since window_at (headers aside) */
     double rate_at[RATE_SAMPLES];   /* ring of (time, bytes on disk) every half second */
     int64_t rate_bytes[RATE_SAMPLES];
     int rate_next, rate_count;
@@ -858,11 +858,13 @@ static int start_try(fetcher *f, transfer *t, double now)
 
 /* ---- the worker: libcurl callbacks -------------------------------------------------------- */
 
-/* Every byte of a response, header or body, keeps the try alive (see try_stalled). */
-static void note_received(transfer *t, size_t n)
+/* Every byte of a response, header or body, keeps the try from falling silent; only its
+ * body_bytes count towards the data a stall window asks for, and that its message names (see
+ * try_stalled). */
+static void note_received(transfer *t, size_t body_bytes)
 {
     t->last_data_at = pesc_now();
-    t->window_bytes += (int64_t)n;
+    t->window_bytes += (int64_t)body_bytes;
 }
 
 /* "Name: value" when line starts with name (any case); the value trimmed into out. */
@@ -887,7 +889,7 @@ static size_t on_header(char *line, size_t size, size_t count, void *arg)
     transfer *t = arg;
     size_t n = size * count;
     char value[256];
-    note_received(t, n);
+    note_received(t, 0);
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
         /* a new response (a proxy's CONNECT reply comes first): forget the last one's */
         t->content_length = t->range_start = t->range_total = -1;
@@ -1280,9 +1282,9 @@ static int is_cancelled(fetcher *f, transfer *t)
  * Checked here rather than with CURLOPT_LOW_SPEED_*, whose speed is an average over several
  * seconds and which names no byte count. Two ways to stall:
  *   silence: nothing for stall_s seconds (a link that went dead);
- *   a trickle: fewer than STALL_MIN_BYTES in a window of stall_s seconds. A server or proxy
- *   that sends a byte every 30 s never falls silent, and would hold a multi-GB download for
- *   days. Windows follow one another from the request on, so a trickle is noticed at most
+ *   a trickle: fewer than STALL_MIN_BYTES of body in a window of stall_s seconds (headers
+ *   keep a try from silence, but are not the data it waits for). A server or proxy that
+ *   sends a byte every 30 s never falls silent, and would hold a multi-GB download for days. Windows follow one another from the request on, so a trickle is noticed at most
  *   2 * stall_s after it begins. 1 KiB a minute (17 bytes/s) is far below any real link,
  *   even a congested mobile one, which moves tens of KiB in that time; a lower stall_s
  *   asks for the same 1 KiB sooner (PESC_FETCH_STALL_S=1: 1 KiB/s). */

@@ -38,8 +38,8 @@
  * Tuning for tests and unusual links (environment, read by fetcher_new when the option is
  * left 0): PESC_FETCH_BACKOFF_MS (first retry delay, doubled each time, default 1000),
  * PESC_FETCH_RETRIES (retries after the first try without progress, default 5),
- * PESC_FETCH_STALL_S (a try that receives less than 1 KiB in this many seconds, a trickle or
- * nothing at all, is retried; default 60). */
+ * PESC_FETCH_STALL_S (a try that receives less than 1 KiB of body in this many seconds, a
+ * trickle or nothing at all, is retried; default 60). */
 #ifndef PESC_FETCH_H
 #define PESC_FETCH_H
 
@@ -81,7 +81,7 @@ typedef struct fetch_options {
     int retries;                 /* retries after the first try without progress (see
                                     above); <0 means none; default 5 */
     long backoff_ms;             /* first retry delay, doubled each retry; default 1000 */
-    long stall_s;                /* under 1 KiB in this long: retry; default 60 */
+    long stall_s;                /* under 1 KiB of body in this long: retry; default 60 */
     long connect_timeout_s;      /* default 30 */
 } fetch_options;
 
