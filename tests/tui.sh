@@ -237,6 +237,15 @@ keys Escape q
 [ "$(wait_status "$tmp/status" 30)" = 0 ] && pass "q leaves a finished run at once, status 0" ||
   fail "a finished run, q: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"
 
+# top-1 has no second choice: v passes its view over (it showed every expert idle)
+tui_start 100 30 "$pesc" tui --steps 3 --top-k 1
+check "FINISHED" "a top-1 run finishes" 60
+keys v
+check "Routing: first choice" "top-1: v shows the first choices"
+keys v
+check "Routing: per source" "top-1: the next v is per source, no second choice"
+keys q
+
 # ssh without LANG: the C locale under TERM=xterm, from a UTF-8 terminal. Typed and pasted
 # UTF-8 reaches the model whole (ncurses dropped the rest of the line at its first byte); Home
 # and End as PuTTY, screen and tmux send them (ESC[1~, ESC[4~, which TERM=xterm's entry lacks)

@@ -73,14 +73,16 @@ check "eval 4.265" "the loss legend shows the last held-out loss (step 60)"
 for panel in "Routing: all slots" "Loss" "Adapter norms" "Prompt"; do
   check "$panel" "panel '$panel' is shown"
 done
-check "L0 +33 .*▲1" "layer 0's hot expert is marked"
+check "L0 +3[0-9] .*▲1" "layer 0's hot expert is marked (the mean of the last 20 steps)"
+check "Routing: all slots, mean of 20 steps" "the routing title says its numbers are a mean of 20 steps"
 check "L3 .* 0 .*✕1" "layer 3's idle expert is marked"
 check "finish +all steps done" "events are listed"
 keys v
-check "Routing: first choice" "v: first-choice view"
+check "Routing: first choice, step 60" "v: first-choice view, of the latest step"
 keys v v
 check "source-a " "v: per-source view names the sources"
 check "source-b-dialogue +[0-9]" "v: a source's name of 17 characters is shown whole"
+check "v view  ↑↓ source  ←→ layer" "per source: the key bar says Up/Down moves the source"
 keys v
 check "Routing: layer history, layer 0" "v: one layer's history"
 keys 2 z

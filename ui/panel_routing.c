@@ -14,12 +14,37 @@
 static const char *const view_names[ROUTING_VIEWS] = {"all slots", "first choice", "second choice",
                                                       "per source", "layer history"};
 
-/* The (rows, E) matrix the view shows, into out; returns the number of rows. */
+#define LOAD_WINDOW 20             /* the all-slots view: the mean load over this many steps */
+
+/* The first of the kept loads (v->loads) in the last LOAD_WINDOW steps, when they end at the
+ * latest step; -1 when they do not (no history kept), and the view shows that step alone. */
+static int window_start(const monitor_view *v)
+{
+    if (!v->loads || v->n_loads == 0 || v->load_steps[v->n_loads - 1] != v->last->step)
+        return -1;
+    int first = v->n_loads - 1;
+    while (first > 0 && v->load_steps[first - 1] > v->last->step - LOAD_WINDOW)
+        first--;
+    return first;
+}
+
+/* The (rows, E) matrix the view shows, into out; returns the number of rows. One step's
+ * loads are noisy (at 800 tokens a step max/mean is about 1.2 from sampling alone): the
+ * all-slots view shows their mean over the last LOAD_WINDOW steps, the others that step's. */
 static int view_matrix(const ui_context *ui, const monitor_view *v, float *out, int max_rows)
 {
     const stats_record *r = v->last;
     int L = r->shape.n_layers, E = r->shape.n_experts;
     int k = v->run.shape.top_k > 0 ? v->run.shape.top_k : 2;
+    int first = window_start(v);
+    if (ui->routing_view == ROUTING_ALL && first >= 0) {
+        int rows = L < max_rows ? L : max_rows, n = v->n_loads - first;
+        memset(out, 0, (size_t)rows * E * sizeof *out);
+        for (int j = first; j < v->n_loads; j++)
+            for (size_t i = 0; i < (size_t)rows * E; i++)
+                out[i] += v->loads[(size_t)j * L * E + i] / (float)n;
+        return rows;
+    }
     switch (ui->routing_view) {
     case ROUTING_ALL:
     case ROUTING_FIRST:
@@ -183,14 +208,24 @@ static void routing_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     int h, wd;
     getmaxyx(w, h, wd);
     const stats_record *r = v->last;
-    char title[64], right[64] = "";
+    char title[128], right[64] = "";
     int L = r ? r->shape.n_layers : 0, E = r ? r->shape.n_experts : 0;
     if (ui->routing_layer >= L)
         ui->routing_layer = L > 0 ? L - 1 : 0;
+    /* which steps the numbers are of: a mean of the last ones, or the latest alone */
+    char steps[40] = "";
+    if (r && ui->routing_view == ROUTING_ALL && window_start(v) >= 0)
+        snprintf(steps, sizeof steps, ", mean of %ld steps",
+                 r->step - v->load_steps[window_start(v)] + 1);
+    else if (r && ui->routing_view != ROUTING_HISTORY)
+        snprintf(steps, sizeof steps, ", step %ld", r->step);
+    /* past top-2 the view is the mean of the choices after the first */
+    const char *name = ui->routing_view == ROUTING_SECOND && v->run.shape.top_k > 2
+                           ? "later choices" : view_names[ui->routing_view];
     if (ui->routing_view == ROUTING_SOURCE || ui->routing_view == ROUTING_HISTORY)
-        snprintf(title, sizeof title, "Routing: %s, layer %d", view_names[ui->routing_view], ui->routing_layer);
+        snprintf(title, sizeof title, "Routing: %s, layer %d%s", name, ui->routing_layer, steps);
     else
-        snprintf(title, sizeof title, "Routing: %s", view_names[ui->routing_view]);
+        snprintf(title, sizeof title, "Routing: %s%s", name, steps);
     if (E > 0)
         snprintf(right, sizeof right, "top-%d of %d", v->run.shape.top_k > 0 ? v->run.shape.top_k : 2, E);
     int width = draw_frame(ui, w, title, right, ui->focus == PANEL_ROUTING);
@@ -264,12 +299,13 @@ static int routing_key(ui_context *ui, int key, const monitor_view *v)
         if (ui->routing_layer + 1 < L)
             ui->routing_layer++;
         return UI_HANDLED;
-    case 'v':
-        ui->routing_view = (routing_view_kind)((ui->routing_view + 1) % ROUTING_VIEWS);
+    case 'v': case 'V': {   /* top-1 has no second choice: its view is passed over */
+        int step = key == 'v' ? 1 : ROUTING_VIEWS - 1;
+        do
+            ui->routing_view = (routing_view_kind)((ui->routing_view + step) % ROUTING_VIEWS);
+        while (ui->routing_view == ROUTING_SECOND && v && v->run.shape.top_k == 1);
         return UI_HANDLED;
-    case 'V':
-        ui->routing_view = (routing_view_kind)((ui->routing_view + ROUTING_VIEWS - 1) % ROUTING_VIEWS);
-        return UI_HANDLED;
+    }
     case '\n': case '\r': case KEY_ENTER:
         ui->routing_view = ui->routing_view == ROUTING_HISTORY ? ROUTING_ALL : ROUTING_HISTORY;
         return UI_HANDLED;

@@ -601,6 +601,9 @@ static void draw_keys(ui_context *ui, WINDOW *w)
                                       {"f", "Full"}, {"q", "Quit"}};
     /* with a one-row status area the source's note takes the place of the panel's keys */
     const char *tail = panel_classes[ui->focus]->hint;
+    if (ui->focus == PANEL_ROUTING && ui->routing_view == ROUTING_SOURCE)   /* Up/Down: sources */
+        tail = ui->theme.utf8 ? "v view  \u2191\u2193 source  \u2190\u2192 layer"
+                              : "v view  Up/Dn source  Lt/Rt layer";
     if (ui->lo.status.h < 2 && ui->have_view && ui->view->note[0])
         tail = ui->view->note;
     /* a run that has ended takes prompts and nothing else (and one that failed, or one whose
