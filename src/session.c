@@ -1665,6 +1665,9 @@ static int train_step(session *s, pesc_error *err)
     r->z_loss = z;
     r->lr = lr;
     r->lr_overridden = s->lr_override >= 0;
+    char coef[32];   /* the float as given (0.1, not 0.100000001) */
+    snprintf(coef, sizeof coef, "%.7g", (double)s->m.pesc.aux_coef);
+    r->aux_coef = strtod(coef, NULL);
     r->grad_norm = norm;
     /* not the time a Ctrl-Z stopped the process */
     double stopped = pesc_stopped_s(), busy = now - t0 - (stopped - stopped0);

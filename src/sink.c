@@ -280,7 +280,8 @@ static void send_pending(sink_set *s)
  * evaluation, without --eval-choices questions and without --eval-generate (pesc-plugin(7)) */
 static const char *const fixed_tags[] = {"loss", "aux_loss", "z_loss", "lr", "grad_norm",
                                          "tokens_per_s", "step_s", "epoch", "tokens",
-                                         "eval_loss", "eval_accuracy", "eval_answer_accuracy"};
+                                         "eval_loss", "eval_accuracy", "eval_answer_accuracy",
+                                         "aux_coef"};
 enum { N_FIXED = (int)(sizeof fixed_tags / sizeof *fixed_tags) };
 
 static void make_tags(sink_set *s, stats_shape shape)
@@ -317,7 +318,7 @@ static void fill_values(sink_set *s, const stats_record *r)
                              r->tokens_per_s, r->step_s, r->epoch, (double)r->tokens,
                              r->eval_tokens > 0 ? r->eval_loss : NAN,
                              r->eval_questions > 0 ? r->eval_accuracy : NAN,
-                             r->eval_answers > 0 ? r->eval_answer_accuracy : NAN};
+                             r->eval_answers > 0 ? r->eval_answer_accuracy : NAN, r->aux_coef};
     size_t k = 0;
     for (int i = 0; i < N_FIXED; i++)
         s->scalars[k++].value = fixed[i];

@@ -151,6 +151,7 @@ char *stats_record_json(const stats_record *r)
     set_real(o, "z_loss", r->z_loss);
     set_real(o, "lr", r->lr);
     json_object_set_new(o, "lr_overridden", json_boolean(r->lr_overridden));
+    set_real(o, "aux_coef", r->aux_coef);
     set_real(o, "grad_norm", r->grad_norm);
     set_real(o, "tokens_per_s", r->tokens_per_s);
     set_real(o, "step_s", r->step_s);
@@ -353,6 +354,7 @@ static int parse_step(json_t *o, stats_record **rp)
     r->z_loss = real_or(o, "z_loss", 0.0);
     r->lr = real_or(o, "lr", 0.0);
     r->lr_overridden = json_is_true(json_object_get(o, "lr_overridden"));
+    r->aux_coef = real_or(o, "aux_coef", NAN);
     r->grad_norm = real_or(o, "grad_norm", NAN);
     r->tokens_per_s = real_or(o, "tokens_per_s", 0.0);
     r->step_s = real_or(o, "step_s", 0.0);

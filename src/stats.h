@@ -29,6 +29,8 @@ typedef struct stats_record {
     double loss, aux_loss, z_loss;
     double lr;                   /* in effect for this step */
     int lr_overridden;           /* set from the keyboard or control socket */
+    double aux_coef;             /* the load-balancing coefficient in effect (aux_loss carries
+                                    it); NaN in a log from before it was logged */
     double grad_norm;            /* before clipping */
     double tokens_per_s, step_s, elapsed_s, eta_s;   /* eta < 0: unknown */
     double rss_bytes, device_bytes;

@@ -99,6 +99,11 @@ fi
 reply=$(timeout 30 "$sockcmd" "$csock" "aux 0.02")
 [ "$reply" = "ok: aux 0.02" ] && pass "clients that left make room for new ones" \
   || fail "after 15 clients left, 'aux 0.02' got '$reply'"
+# the steps after it log the coefficient they ran with (aux_loss carries it; it was said only
+# in the aux event)
+i=0; while ! grep -q '"aux_coef":0.02[,}]' "$tmp/run.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+grep -q '"aux_coef":0.02[,}]' "$tmp/run.jsonl" && pass "the step records log the new aux coefficient" ||
+  fail "no step record with aux_coef 0.02: $(tail -n 1 "$tmp/run.jsonl" | grep -o '"aux_coef":[^,]*')"
 
 # a client that closes its end after its commands (echo ... | socat, as pesc-train(1) shows)
 # gets every reply, then the end of the connection

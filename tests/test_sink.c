@@ -396,7 +396,7 @@ static void check_csv(const char *path)
     int rows = 0;
     const char *want_head = "step,wall_time,elapsed_s,loss,aux_loss,z_loss,lr,grad_norm,"
                             "tokens_per_s,step_s,epoch,tokens,eval_loss,eval_accuracy,"
-                            "eval_answer_accuracy,"
+                            "eval_answer_accuracy,aux_coef,"
                             "entropy/layer_00,"
                             "entropy/layer_01,imbalance/layer_00,imbalance/layer_01,"
                             "load/layer_00/expert_0,";
@@ -405,7 +405,7 @@ static void check_csv(const char *path)
     int columns = 1;
     for (char *c = line; *c; c++)
         columns += *c == ',';
-    CHECK(columns == 3 + 12 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
+    CHECK(columns == 3 + 13 + 2 * L + L * E && strstr(line, "load/layer_01/expert_3\n"),
           "csv: %d columns", columns);
     while (fgets(line, sizeof line, f)) {
         rows++;

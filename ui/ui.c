@@ -484,6 +484,10 @@ static void draw_status(ui_context *ui, WINDOW *w)
         row_put(&rw, dim, " lr ");
         row_put(&rw, r->lr_overridden ? theme_attr(&ui->theme, PAIR_WARN, A_BOLD) | (int)A_BOLD : val,
                 "%.2e%s", r->lr, r->lr_overridden ? "*" : "");
+        if (isfinite(r->aux_coef) && v->run.shape.n_experts > 0) {   /* aux_loss carries it */
+            row_put(&rw, dim, "  aux ");
+            row_put(&rw, val, "%.3g", r->aux_coef);
+        }
         stops[n_stops++] = rw.x;
         row_put(&rw, dim, "  gn ");
         row_put(&rw, val, "%.3g", r->grad_norm);
@@ -564,8 +568,12 @@ static void draw_keys_list(ui_context *ui, WINDOW *w, const key_label *k, int n,
 
 static void draw_mini_prompt(ui_context *ui, WINDOW *w)
 {
+    char aux[64] = " aux loss coefficient: ";
+    const stats_record *r = ui->have_view ? ui->view->last : NULL;
+    if (r && isfinite(r->aux_coef))   /* what it replaces */
+        snprintf(aux, sizeof aux, " aux loss coefficient (now %.3g): ", r->aux_coef);
     const char *label = ui->mini == MINI_LR ? " learning rate (e.g. 2e-4, *0.5): "
-                      : ui->mini == MINI_AUX ? " aux loss coefficient: " : " command: ";
+                      : ui->mini == MINI_AUX ? aux : " command: ";
     int wd = getmaxx(w);
     int x = draw_text(w, 0, 0, wd, theme_attr(&ui->theme, PAIR_KEY, A_REVERSE), label);
     int room = wd - x - 1;
