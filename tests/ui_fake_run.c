@@ -6,7 +6,8 @@
  *
  *   ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]
  *                   [--layers L] [--experts E] [--sources S] [--eval-every N]
- *                   [--loss-offset X] [--answers N]
+ *                   [--loss-offset X] [--answers N] [--tokenless-source S]
+ * --tokenless-source: source S has no tokens in any step (its per-source loads are 0).
  * --loss-offset shifts the training loss, so that runs to compare (pesc view A B) differ.
  * --answers: each evaluation also scores N generated answers (--eval-generate), their share
  * right rising from 0.25 to 0.75 at the last step.
@@ -33,6 +34,7 @@ typedef struct fake_run {
     double lr, aux_coef, elapsed;
     double loss_offset;
     long answers;
+    int tokenless_source;        /* -1: every source has tokens */
     int lr_overridden, paused, stopped;
 } fake_run;
 
@@ -104,8 +106,9 @@ static void fill_step(fake_run *f)
     for (int src = 0; src < s.n_sources; src++)
         for (int i = 0; i < L * E; i++) {
             int e = i % E;
-            r->source_load[(size_t)src * L * E + i] = (float)((e % s.n_sources == src ? 3.0 : 1.0) /
-                                                              (E + 2.0 * E / s.n_sources));
+            r->source_load[(size_t)src * L * E + i] =
+                src == f->tokenless_source ? 0.0f : (float)((e % s.n_sources == src ? 3.0 : 1.0) /
+                                                            (E + 2.0 * E / s.n_sources));
         }
     stats_record_derive(r);
     write_line(f, stats_record_json(r));
@@ -246,7 +249,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: ui_fake_run LOG [--steps N] [--interval-ms MS] [--control SOCKET]\n");
         return 2;
     }
-    fake_run f = {.total = 60, .eval_every = 20, .lr = 2e-4};
+    fake_run f = {.total = 60, .eval_every = 20, .lr = 2e-4, .tokenless_source = -1};
     long interval = 0;
     const char *control = NULL;
     stats_shape shape = {.n_layers = 4, .n_experts = 8, .top_k = 2, .n_sources = 2};
@@ -260,6 +263,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--eval-every") == 0) f.eval_every = atol(argv[i + 1]);
         else if (strcmp(argv[i], "--loss-offset") == 0) f.loss_offset = atof(argv[i + 1]);
         else if (strcmp(argv[i], "--answers") == 0) f.answers = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--tokenless-source") == 0) f.tokenless_source = atoi(argv[i + 1]);
     }
     f.log = fopen(argv[1], "w");
     if (!f.log) {

@@ -83,6 +83,19 @@ keys v v
 check "source-a " "v: per-source view names the sources"
 check "source-b-dialogue +[0-9]" "v: a source's name of 17 characters is shown whole"
 check "v view  ↑↓ source  ←→ layer" "per source: the key bar says Up/Down moves the source"
+keys q
+# a source none of the step's tokens came from is said so, not drawn as every expert idle
+"$fake" "$tmp/tokenless.jsonl" --steps 5 --tokenless-source 1 || exit 99
+tui_start 100 30 "$pesc" view "$tmp/tokenless.jsonl"
+check "FINISHED" "a run with a source of no tokens"
+keys v v v
+check "source-b-dialogue +no tokens at this step" "per source: a source without tokens says so"
+screen | grep -q "✕8" && fail "a source without tokens drawn as 8 idle experts" ||
+  pass "... and marks no idle experts"
+keys q
+tui_start 100 30 "$pesc" view "$tmp/done.jsonl"
+check "FINISHED" "the finished run again"
+keys v v v
 keys v
 check "Routing: layer history, layer 0" "v: one layer's history"
 keys 2 z

@@ -144,7 +144,11 @@ static void draw_matrix(ui_context *ui, WINDOW *w, const monitor_view *v, const 
             sum += x[e];
             most = x[e] > most ? x[e] : most;
         }
-        double even = sum > 0 ? sum / E : 1.0 / E;
+        if (sum <= 0) {   /* a source none of the step's tokens came from: not idle experts */
+            draw_text(w, y, 1 + label_w, width - label_w, dim, "no tokens at this step");
+            continue;
+        }
+        double even = sum / E;
         for (int e = 0; e < E; e++) {
             double ratio = x[e] / even;
             dead += ratio < DEAD_SHARE;
