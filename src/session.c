@@ -51,6 +51,11 @@ typedef struct command {
 
 struct session {
     train_config cfg;
+    /* routing watched for a collapse (watch_routing): each expert's share of its layer's
+     * assignments, averaged over about ROUTING_WATCH steps, and the layers already said */
+    float *load_mean;            /* (L, E) */
+    unsigned char *collapse_said;   /* (L) */
+    long load_mean_steps;
     char *model_dir;
     char *tokenizer_path;        /* --tokenizer, downloaded when it was a URL */
     char *data_paths[STATS_MAX_SOURCES];
@@ -377,6 +382,60 @@ static void fill_routing(session *s, stats_record *r, const int *counts, const i
     }
     free(sums);
     stats_record_derive(r);
+}
+
+/* A layer whose routing has collapsed (an expert past HOT_SHARE times an even share, or one
+ * under IDLE_SHARE of it, in the loads' mean over about ROUTING_WATCH steps, once that many
+ * have passed: a crafted router starts out uneven) is said once, with what to do, in a note
+ * event and, headless, on stderr; said again only after it has come back under RECOVERED.
+ * The workbench marks the same shares, step by step; this is for a run nobody watches. */
+#define ROUTING_WATCH 50
+#define HOT_SHARE 2.0
+#define IDLE_SHARE 0.05
+#define RECOVERED 1.5
+
+static void watch_routing(session *s, const stats_record *r)
+{
+    int L = r->shape.n_layers, E = r->shape.n_experts;
+    if (E < 2 || !r->load)
+        return;
+    if (!s->load_mean) {
+        s->load_mean = xcalloc((size_t)L * E, sizeof *s->load_mean);
+        s->collapse_said = xcalloc((size_t)L, 1);
+    }
+    s->load_mean_steps++;
+    float a = s->load_mean_steps < ROUTING_WATCH ? 1.0f / (float)s->load_mean_steps
+                                                 : 1.0f / ROUTING_WATCH;
+    for (int i = 0; i < L * E; i++)
+        s->load_mean[i] += a * (r->load[i] - s->load_mean[i]);
+    if (s->load_mean_steps < 2 * ROUTING_WATCH)
+        return;
+    for (int l = 0; l < L; l++) {
+        const float *x = s->load_mean + (size_t)l * E;
+        int most = 0, idle = 0;
+        for (int e = 0; e < E; e++) {
+            most = x[e] > x[most] ? e : most;
+            idle += x[e] * E < IDLE_SHARE;
+        }
+        double hot = x[most] * E;
+        if (s->collapse_said[l]) {
+            s->collapse_said[l] = hot >= RECOVERED || idle > 0;
+            continue;
+        }
+        if (hot <= HOT_SHARE && idle == 0)
+            continue;
+        s->collapse_said[l] = 1;
+        char what[96];
+        if (idle > 0)
+            snprintf(what, sizeof what, "%d of %d experts idle, expert %d at %.1fx an even share",
+                     idle, E, most, hot);
+        else
+            snprintf(what, sizeof what, "expert %d at %.1fx an even share", most, hot);
+        publish_warning(s, "note", "routing of layer %d is collapsing at step %ld: %s (the mean "
+                        "of the last %d steps); raise the aux coefficient (now %.3g: a key, the "
+                        "control socket's aux, or --aux-coef) or lower the learning rate", l,
+                        r->step, what, ROUTING_WATCH, (double)s->m.pesc.aux_coef);
+    }
 }
 
 /* ---- commands ----------------------------------------------------------------------------- */
@@ -1705,6 +1764,8 @@ static int train_step(session *s, pesc_error *err)
     if (s->sinks)
         sinks_record(s->sinks, r);
     publish_step(s, r);
+    if (E)
+        watch_routing(s, r);
     if ((s->cfg.save_every > 0 && s->step % s->cfg.save_every == 0) || s->best_due) {
         save_going_on(s);
     }
@@ -3146,6 +3207,8 @@ void session_delete(session *s)
     sinks_close(s->sinks);
     free(s->resumed);
     free(s->resumed_dir);
+    free(s->load_mean);
+    free(s->collapse_said);
     if (s->skips)
         fclose(s->skips);
     free(s->skipped_text);

@@ -731,6 +731,15 @@ expect 2 "\-\-lora-targets without \-\-lora-rank: .*add \-\-lora-rank R" "--lora
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --lora-targets q
 expect 2 "\-\-lora-rank shapes a PESC model; \-\-train full" "LoRA with --train full" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --train full --lora-rank 4
+# a collapsing router is said, once a layer, for a run nobody watches (aux 0, a high LR and
+# top-1 of 16: the demo's layers go to 3-6x an even share within 100 steps)
+"$pesc" train --headless --steps 110 --aux-coef 0 --lr 0.02 --top-k 1 --experts 16 \
+  --log "$tmp/collapse.jsonl" >/dev/null 2>"$tmp/collapse.err"
+said=$(grep -c "^pesc train: routing of layer [0-9] is collapsing at step 100: .*an even share (the mean of the last 50 steps); raise the aux coefficient (now 0" "$tmp/collapse.err")
+logged=$(grep -c '"event":"note".*routing of layer [0-9] is collapsing' "$tmp/collapse.jsonl")
+[ "$said" -ge 1 ] && [ "$said" = "$logged" ] && [ "$(grep -c collapsing "$tmp/collapse.err")" = "$said" ] &&
+  pass "a collapsing router is said once a layer, on stderr and in the log ($said layers)" ||
+  fail "collapse: $said on stderr, $logged in the log: $(grep collapsing "$tmp/collapse.err" | head -n 2)"
 expect 2 "\-\-aux-coef 0.05 acts on PESC routers and adapters; \-\-train full has none: drop \-\-aux-coef" \
   "a routing regulariser with --train full" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --train full --aux-coef 0.05
