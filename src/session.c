@@ -2285,8 +2285,9 @@ static void note_replaced_settings(session *s, const checkpoint_state *st, int a
     }
     /* held-out data the checkpoint's are not: their losses do not continue the run's */
     int eval_differs = c->n_eval != st->n_eval;
-    for (int i = 0; i < c->n_eval && !eval_differs; i++)
-        eval_differs = !pesc_same_file(st->eval_data[i], s->eval_paths[i]);
+    for (int i = 0; i < c->n_eval && !eval_differs; i++)   /* a file, or what a format makes */
+        eval_differs = strcmp(st->eval_data[i], s->eval_paths[i]) != 0 &&
+                       !pesc_same_file(st->eval_data[i], s->eval_paths[i]);
     if (eval_differs && st->n_data > 0) {   /* (a checkpoint before inputs were recorded: no) */
         char now[180], was[180];   /* the note fits an event's text whole */
         const char *recorded[CHECKPOINT_MAX_EVAL];

@@ -731,6 +731,13 @@ expect 2 "\-\-lora-targets without \-\-lora-rank: .*add \-\-lora-rank R" "--lora
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --lora-targets q
 expect 2 "\-\-lora-rank shapes a PESC model; \-\-train full" "LoRA with --train full" -- \
   "$pesc" train --headless --model "$base" --data "$tmp/data.jsonl" --steps 1 --train full --lora-rank 4
+# the demo resumed: its held-out demo: data is the checkpoint's, noted as replaced by itself
+# once (the comparison took it for a file)
+"$pesc" train --headless --steps 2 --save "$tmp/demo-ck" >/dev/null 2>&1 &&
+  "$pesc" train --headless --steps 3 --resume "$tmp/demo-ck" >/dev/null 2>"$tmp/demo-resume.err"
+[ -d "$tmp/demo-ck/step-00000003" ] && ! grep -q "replaces" "$tmp/demo-resume.err" &&
+  pass "the demo resumed: no note that its eval data replaces itself" ||
+  fail "the demo resumed: $(head -c 300 "$tmp/demo-resume.err")"
 # a collapsing router is said, once a layer, for a run nobody watches (aux 0, a high LR and
 # top-1 of 16: the demo's layers go to 3-6x an even share within 100 steps)
 "$pesc" train --headless --steps 110 --aux-coef 0 --lr 0.02 --top-k 1 --experts 16 \
