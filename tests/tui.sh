@@ -262,6 +262,7 @@ keys Enter
 i=0; while ! grep -q '"event":"generate"' "$tmp/c.jsonl" && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 grep -q '"prompt":">say é and — ü!"' "$tmp/c.jsonl" && pass "C locale: the prompt reaches the model whole" ||
   fail "C locale: the prompt sent: $(grep -o '"prompt":"[^"]*"' "$tmp/c.jsonl")"
+check "> >say \\? and \\? \\?! *x$" "C locale: the console's echo draws each one as ? too, in its column"
 keys Escape q
 [ "$(wait_status "$tmp/status" 30)" = 0 ] && pass "C locale: q leaves, status 0" ||
   fail "C locale, q: status '$(cat "$tmp/status" 2>/dev/null)': $(cat "$tmp/stderr")"

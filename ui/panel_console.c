@@ -83,7 +83,7 @@ static int flow(ui_context *ui, WINDOW *w, const char *text, const unsigned char
             if (colours && ui->colour_tokens && ui->theme.colour && colours[i] != 255)
                 a = (int)COLOR_PAIR(PAIR_EXPERT0 + colours[i] % 8);
             wattron(w, a);
-            if (wc == L'?' && n == 1 && text[i] != '?')
+            if (wc == L'?' && text[i] != '?')   /* one the locale cannot show, whole */
                 mvwaddch(w, y0 + line - first, x0 + *col, '?');
             else
                 mvwaddnstr(w, y0 + line - first, x0 + *col, text + i, (int)n);

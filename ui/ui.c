@@ -595,10 +595,11 @@ static void draw_keys(ui_context *ui, WINDOW *w)
         return;
     }
     if (ui->mode == MODE_PROMPT) {
-        static const key_label k[] = {{"Enter", "Send"}, {"Esc", "Back"}, {"\u2191\u2193", "History"},
-                                      {"^U", "Cut left"}, {"Tab", "Panel"}};
-        static const key_label ka[] = {{"Enter", "Send"}, {"Esc", "Back"}, {"Up/Dn", "History"},
-                                       {"^U", "Cut left"}, {"Tab", "Panel"}};
+        /* Esc last: draw_keys_list keeps the last key, the way out */
+        static const key_label k[] = {{"Enter", "Send"}, {"\u2191\u2193", "History"},
+                                      {"^U", "Cut left"}, {"Tab", "Panel"}, {"Esc", "Back"}};
+        static const key_label ka[] = {{"Enter", "Send"}, {"Up/Dn", "History"},
+                                       {"^U", "Cut left"}, {"Tab", "Panel"}, {"Esc", "Back"}};
         draw_keys_list(ui, w, ui->theme.utf8 ? k : ka, 5, NULL);
         return;
     }
@@ -1167,10 +1168,10 @@ static void define_usual_keys(void)
             define_key(usual[i].seq, usual[i].key);
 }
 
-/* The next byte or key already waiting, ERR when none is. */
-static int waiting_key(ui_context *ui, wint_t *ch)
+/* The next byte or key, ERR when none comes within wait_ms. */
+static int waiting_key(ui_context *ui, wint_t *ch, int wait_ms)
 {
-    wtimeout(stdscr, 0);
+    wtimeout(stdscr, wait_ms);
     if (ui->byte_keys) {
         int c = wgetch(stdscr);
         *ch = (wint_t)c;
@@ -1198,9 +1199,9 @@ static wint_t utf8_key(ui_context *ui, int lead)
     if (more < 0 || lead >= 0xf5)
         return L'?';
     wint_t cp = (wint_t)(lead & (0x3f >> more));
-    for (int i = 0; i < more; i++) {
+    for (int i = 0; i < more; i++) {   /* a character a slow link split: its rest comes soon */
         wint_t c;
-        int r = waiting_key(ui, &c);
+        int r = waiting_key(ui, &c, 25);
         if (r == ERR)
             return L'?';
         if (r != OK || (c & 0xc0) != 0x80) {   /* no continuation: the key is read next */
@@ -1225,7 +1226,7 @@ static wint_t utf8_key(ui_context *ui, int lead)
 static int swallow_escape(ui_context *ui, wint_t *ch)
 {
     wint_t c;
-    int r = waiting_key(ui, &c);
+    int r = waiting_key(ui, &c, 0);
     if (r == ERR)
         return 0;
     int editing = ui->mode == MODE_PROMPT || ui->mode == MODE_MINI;
@@ -1234,13 +1235,16 @@ static int swallow_escape(ui_context *ui, wint_t *ch)
         return 2;
     }
     if (r == OK && c == '[') {   /* CSI: parameters and intermediates, up to the final byte */
-        for (int n = 0; n < 32 && waiting_key(ui, &c) == OK; n++)
+        for (int n = 0; n < 32 && (r = waiting_key(ui, &c, 0)) == OK; n++)
             if (c >= 0x40 && c <= 0x7e)
                 break;
+        if (r == KEY_CODE_YES)   /* a key of its own behind the sequence */
+            unread_key(ui, r, c);
         return 1;
     }
     if (r == OK && c == 'O') {
-        waiting_key(ui, &c);
+        if ((r = waiting_key(ui, &c, 0)) == KEY_CODE_YES)
+            unread_key(ui, r, c);
         return 1;
     }
     if (r == OK && c == ' ')
