@@ -1192,6 +1192,10 @@ static void process_command(session *s, const command *c)
         s->live_changes++;
         publish_event(s, "aux", "aux coefficient %.6g (was %.6g)", c->value, s->m.pesc.aux_coef);
         s->m.pesc.aux_coef = (float)c->value;
+        pthread_mutex_lock(&s->lock);   /* shown at once, as the LR is, also while paused */
+        if (s->shared->last)
+            s->shared->last->aux_coef = c->value;
+        pthread_mutex_unlock(&s->lock);
         break;
     case CMD_SAVE:
         save_going_on(s);

@@ -155,6 +155,12 @@ if [ -z "${PESC_TUI_ARGS:-}" ]; then
   check "PAUSED" "still paused after the evaluation"
 fi
 
+# the aux coefficient beside the LR, a change shown at once while paused
+check " lr [0-9.e+-]+\\*?  aux 0\\.01 " "the status line shows the aux coefficient"
+keys a
+check "aux loss coefficient \\(now 0\\.01\\):" "a: the prompt shows the coefficient it replaces"
+keys 0.05 Enter
+check " lr [0-9.e+-]+\\*?  aux 0\\.05 " "a 0.05 while paused: shown at once"
 tmux -L "$sock" resize-window -t tui -x 40 -y 12
 sleep 0.5
 check "PAUSED" "resized to 40x12: still drawing"
