@@ -149,7 +149,10 @@ static void write_sample(FILE *f, long step, const char *source, long line,
     char *text = o ? json_dumps(o, JSON_PRESERVE_ORDER) : NULL;
     if (text)
         fprintf(f, "%s\n", text);
-    else   /* a text that is not UTF-8: the verdict alone */
+    else if (step >= 0)   /* a text that is not UTF-8: the verdict alone */
+        fprintf(f, "{\"step\": %ld, \"line\": %ld, \"right\": %s}\n", step, line,
+                right ? "true" : "false");
+    else
         fprintf(f, "{\"line\": %ld, \"right\": %s}\n", line, right ? "true" : "false");
     free(text);
     json_decref(o);
@@ -227,7 +230,7 @@ static off_t first_line_past(FILE *f, off_t from, off_t whole, long last_step)
     size_t cap = 0;
     ssize_t n;
     off_t at = from;
-    int kept = 0;
+    int kept = 1;   /* a stepless line at from goes with the kept lines before it */
     while (at < whole && (n = getline(&line, &cap, f)) > 0) {
         long step = line_step(line, (size_t)n);
         if (step >= 0)

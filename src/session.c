@@ -432,9 +432,11 @@ static void watch_routing(session *s, const stats_record *r)
         else
             snprintf(what, sizeof what, "expert %d at %.1fx an even share", most, hot);
         publish_warning(s, "note", "routing of layer %d is collapsing at step %ld: %s (the mean "
-                        "of the last %d steps); raise the aux coefficient (now %.3g: a key, the "
-                        "control socket's aux, or --aux-coef) or lower the learning rate", l,
-                        r->step, what, ROUTING_WATCH, (double)s->m.pesc.aux_coef);
+                        "of the last %d steps); raise the aux coefficient (now %.3g: %s) or lower "
+                        "the learning rate", l, r->step, what, ROUTING_WATCH,
+                        (double)s->m.pesc.aux_coef, s->cfg.headless
+                            ? "the control socket's aux, or --aux-coef on resuming"
+                            : "the a key");
     }
 }
 
@@ -983,7 +985,8 @@ static void fill_state(session *s, checkpoint_state *st)
     st->nan_skipped = s->nan_skipped;
     st->eval_pending = s->eval_pending;
     /* a pending evaluation's answers are the resumed run's to write again */
-    st->eval_samples_bytes = s->eval_pending ? s->samples_at_eval : samples_length(s);
+    st->eval_samples_bytes = s->eval_pending && s->samples_at_eval >= 0 ? s->samples_at_eval
+                                                                         : samples_length(s);
     st->base_fingerprint = s->fingerprint;
     st->pesc = s->m.pesc;
     st->seq = s->cfg.seq;
