@@ -555,10 +555,16 @@ static void draw_keys_list(ui_context *ui, WINDOW *w, const key_label *k, int n,
     }
     char ascii[128];
     if (tail && !ui->theme.utf8) {   /* the routing panel's arrows, which ASCII lacks */
-        const char *arrows = strstr(tail, "\u2191\u2193");
-        if (arrows) {
-            snprintf(ascii, sizeof ascii, "%.*sUp/Dn%s", (int)(arrows - tail), tail,
-                     arrows + strlen("\u2191\u2193"));
+        static const char *const arrows[][2] = {{"\u2191\u2193", "Up/Dn"}, {"\u2190\u2192", "Lt/Rt"}};
+        for (int i = 0; i < 2; i++) {
+            const char *at = strstr(tail, arrows[i][0]);
+            if (!at)
+                continue;
+            char was[sizeof ascii];
+            snprintf(was, sizeof was, "%s", tail);
+            at = was + (at - tail);
+            snprintf(ascii, sizeof ascii, "%.*s%s%s", (int)(at - was), was, arrows[i][1],
+                     at + strlen(arrows[i][0]));
             tail = ascii;
         }
     }
@@ -611,8 +617,7 @@ static void draw_keys(ui_context *ui, WINDOW *w)
     /* with a one-row status area the source's note takes the place of the panel's keys */
     const char *tail = panel_classes[ui->focus]->hint;
     if (ui->focus == PANEL_ROUTING && ui->routing_view == ROUTING_SOURCE)   /* Up/Down: sources */
-        tail = ui->theme.utf8 ? "v view  \u2191\u2193 source  \u2190\u2192 layer"
-                              : "v view  Up/Dn source  Lt/Rt layer";
+        tail = "v view  \u2191\u2193 source  \u2190\u2192 layer";
     if (ui->lo.status.h < 2 && ui->have_view && ui->view->note[0])
         tail = ui->view->note;
     /* a run that has ended takes prompts and nothing else (and one that failed, or one whose
@@ -1257,17 +1262,9 @@ static int swallow_escape(ui_context *ui, wint_t *ch)
  * when none came (or what came meant nothing). */
 static int read_key(ui_context *ui, int wait_ms, wint_t *ch)
 {
-    wtimeout(stdscr, wait_ms);
-    int r;
-    if (ui->byte_keys) {
-        int c = wgetch(stdscr);
-        *ch = (wint_t)c;
-        r = c == ERR ? ERR : c >= KEY_MIN ? KEY_CODE_YES : OK;
-        if (r == OK && c >= 0x80)
-            *ch = utf8_key(ui, c);
-    } else {
-        r = wget_wch(stdscr, ch);
-    }
+    int r = waiting_key(ui, ch, wait_ms);
+    if (ui->byte_keys && r == OK && *ch >= 0x80)
+        *ch = utf8_key(ui, (int)*ch);
     if (r == OK && *ch == KEY_ESC && !ui->pasting) {
         int how = swallow_escape(ui, ch);
         if (how)
