@@ -188,9 +188,8 @@ static void add_event(logview *lv, const stats_event *logged)
         lv->last->lr = lr;
         lv->last->lr_overridden |= by_hand;
     }
-    double coef;   /* "aux coefficient 0.05 (was 0.01)": shown before the next step too */
-    if (lv->last && strcmp(k, "aux") == 0 &&
-        sscanf(e->text, "aux coefficient %lf", &coef) == 1)
+    double coef;   /* shown before the next step too */
+    if (lv->last && stats_aux_event(e, &coef) == 0)
         lv->last->aux_coef = coef;
     /* one made while paused: its step's point shows it, as the live workbench's does (one
      * at a step's end comes with the step's record, which fills it as well) */

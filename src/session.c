@@ -1193,7 +1193,7 @@ static void process_command(session *s, const command *c)
     }
     case CMD_AUX:
         s->live_changes++;
-        publish_event(s, "aux", "aux coefficient %.6g (was %.6g)", c->value, s->m.pesc.aux_coef);
+        publish_event(s, "aux", STATS_AUX_SET, c->value, s->m.pesc.aux_coef);
         s->m.pesc.aux_coef = (float)c->value;
         pthread_mutex_lock(&s->lock);   /* shown at once, as the LR is, also while paused */
         if (s->shared->last)

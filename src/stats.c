@@ -215,6 +215,15 @@ int stats_lr_event(const stats_event *e, double *lr, int *by_hand)
     return 0;
 }
 
+int stats_aux_event(const stats_event *e, double *coef)
+{
+    int n = 0;
+    if (strcmp(e->kind, "aux") != 0 || sscanf(e->text, "aux coefficient %lf%n", coef, &n) != 1 ||
+        n == 0 || !isfinite(*coef) || *coef < 0)
+        return -1;
+    return 0;
+}
+
 int stats_eval_event(const stats_event *e, double *loss, double *accuracy, double *answers)
 {
     *loss = *accuracy = *answers = NAN;

@@ -106,6 +106,10 @@ typedef struct stats_run {
 /* The rate an "lr" event put in force, and whether it was set by hand: 0, or -1 when e is not
  * such an event. */
 int stats_lr_event(const stats_event *e, double *lr, int *by_hand);
+/* The aux event's text, as the session writes it, and its reading: the coefficient from then
+ * on; 0, or -1 when e is no such event. */
+#define STATS_AUX_SET "aux coefficient %.6g (was %.6g)"
+int stats_aux_event(const stats_event *e, double *coef);
 
 /* An "eval" event's text begins with what it scored, in one of these forms, so that a reader
  * of the log (pesc view) shows an evaluation made while paused, which no step record carries. */
