@@ -218,9 +218,9 @@ static void routing_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
         ui->routing_layer = L > 0 ? L - 1 : 0;
     /* which steps the numbers are of: a mean of the last ones, or the latest alone */
     char steps[40] = "";
-    if (r && ui->routing_view == ROUTING_ALL && window_start(v) >= 0)
-        snprintf(steps, sizeof steps, ", mean of %ld steps",
-                 r->step - v->load_steps[window_start(v)] + 1);
+    int from = r ? window_start(v) : -1;
+    if (ui->routing_view == ROUTING_ALL && from >= 0)
+        snprintf(steps, sizeof steps, ", mean of %ld steps", r->step - v->load_steps[from] + 1);
     else if (r && ui->routing_view != ROUTING_HISTORY)
         snprintf(steps, sizeof steps, ", step %ld", r->step);
     /* past top-2 the view is the mean of the choices after the first */
