@@ -6,9 +6,9 @@
  * would destroy); nothing is ever truncated. Columns: step, wall_time, elapsed_s, then every
  * scalar of the step in the order pesc gives them (loss, aux_loss, z_loss, lr, grad_norm,
  * tokens_per_s, step_s, epoch, tokens, eval_loss, eval_accuracy, eval_answer_accuracy,
- * aux_coef, entropy/layer_NN, imbalance/layer_NN, load/layer_NN/expert_E); a value not measured at a
- * step (eval_loss between evaluations) is an empty cell. The header is written with the first
- * step. A resumed run appends to a file that has content under that file's header, each value
+ * aux_coef, entropy/layer_NN, imbalance/layer_NN, load/layer_NN/expert_E); a value not
+ * measured at a step (eval_loss between evaluations) is an empty cell. The header is written
+ * with the first step. A resumed run appends to a file that has content under that file's header, each value
  * in the column its tag names; when the run has a tag the header lacks (a file of a pesc
  * before eval_loss, eval_accuracy or eval_answer_accuracy), the file is rewritten once, through
  * a file beside it renamed over it, with the column added and the rows before it empty there,

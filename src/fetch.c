@@ -1284,7 +1284,8 @@ static int is_cancelled(fetcher *f, transfer *t)
  *   silence: nothing for stall_s seconds (a link that went dead);
  *   a trickle: fewer than STALL_MIN_BYTES of body in a window of stall_s seconds (headers
  *   keep a try from silence, but are not the data it waits for). A server or proxy that
- *   sends a byte every 30 s never falls silent, and would hold a multi-GB download for days. Windows follow one another from the request on, so a trickle is noticed at most
+ *   sends a byte every 30 s never falls silent, and would hold a multi-GB download for days.
+ *   Windows follow one another from the request on, so a trickle is noticed at most
  *   2 * stall_s after it begins. 1 KiB a minute (17 bytes/s) is far below any real link,
  *   even a congested mobile one, which moves tens of KiB in that time; a lower stall_s
  *   asks for the same 1 KiB sooner (PESC_FETCH_STALL_S=1: 1 KiB/s). */

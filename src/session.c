@@ -384,14 +384,13 @@ static void fill_routing(session *s, stats_record *r, const int *counts, const i
     stats_record_derive(r);
 }
 
-/* A layer whose routing has collapsed (an expert past HOT_SHARE times an even share, or one
- * under IDLE_SHARE of it, in the loads' mean over about ROUTING_WATCH steps, once that many
- * have passed: a crafted router starts out uneven) is said once, with what to do, in a note
- * event and, headless, on stderr; said again only after it has come back under RECOVERED.
- * The workbench marks the same shares, step by step; this is for a run nobody watches. */
+/* A layer whose routing has collapsed (an expert past STATS_HOT_SHARE times an even share, or
+ * one under STATS_IDLE_SHARE of it, in the loads' mean over about ROUTING_WATCH steps, once
+ * that many have passed: a crafted router starts out uneven) is said once, with what to do,
+ * in a note event and, headless, on stderr; said again only after it has come back under
+ * RECOVERED. The workbench marks the same shares, step by step; this is for a run nobody
+ * watches. */
 #define ROUTING_WATCH 50
-#define HOT_SHARE 2.0
-#define IDLE_SHARE 0.05
 #define RECOVERED 1.5
 
 static void watch_routing(session *s, const stats_record *r)
@@ -415,14 +414,14 @@ static void watch_routing(session *s, const stats_record *r)
         int most = 0, idle = 0;
         for (int e = 0; e < E; e++) {
             most = x[e] > x[most] ? e : most;
-            idle += x[e] * E < IDLE_SHARE;
+            idle += x[e] * E < STATS_IDLE_SHARE;
         }
         double hot = x[most] * E;
         if (s->collapse_said[l]) {
             s->collapse_said[l] = hot >= RECOVERED || idle > 0;
             continue;
         }
-        if (hot <= HOT_SHARE && idle == 0)
+        if (hot <= STATS_HOT_SHARE && idle == 0)
             continue;
         s->collapse_said[l] = 1;
         char what[96];

@@ -106,6 +106,12 @@ typedef struct stats_run {
 /* The rate an "lr" event put in force, and whether it was set by hand: 0, or -1 when e is not
  * such an event. */
 int stats_lr_event(const stats_event *e, double *lr, int *by_hand);
+/* An expert's share of its layer's assignments over an even share (1/E): under IDLE it is idle,
+ * over HOT it is hot. The workbench marks each so; the trainer says a layer whose mean is
+ * either has collapsed. */
+#define STATS_IDLE_SHARE 0.05
+#define STATS_HOT_SHARE 2.0
+
 /* The aux event's text, as the session writes it, and its reading: the coefficient from then
  * on; 0, or -1 when e is no such event. */
 #define STATS_AUX_SET "aux coefficient %.6g (was %.6g)"

@@ -110,8 +110,9 @@ void train_config_demo(train_config *c);
 int train_config_parse(train_config *c, const char *cmd, int argc, char **argv);
 
 /* --eval-every, --keep-best, --save-every and --keep have what they act on (held-out data, a
- * --save directory), and no two --sink write one file: 0, or -1 with why. The parse checks it, but for a resumed run, whose
- * checkpoint may give them: its session checks once it has taken them. */
+ * --save directory), and no two --sink write one file: 0, or -1 with why. The parse checks it,
+ * but for a resumed run, whose checkpoint may give them: its session checks once it has taken
+ * them. */
 int train_config_check_needs(const train_config *c, pesc_error *err);
 
 /* --eval-generate's value, MATCH or MATCH:N (exact or number; N records at most): into

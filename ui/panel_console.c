@@ -208,7 +208,8 @@ static void console_draw(ui_context *ui, WINDOW *w, const monitor_view *v)
     /* without colours (NO_COLOR, --no-color, a monochrome terminal) tokens have none to get */
     int colours = ui->colour_tokens && ui->theme.colour;
     snprintf(right, sizeof right, "temp %.2g  top-p %.2g  max %d  colours %s", ui->gen_temperature,
-             ui->gen_top_p, ui->gen_max_tokens, !ui->theme.colour ? "none" : colours ? "on" : "off");
+             ui->gen_top_p, ui->gen_max_tokens,
+             !ui->theme.colour ? "none" : colours ? "on" : "off");
     if (colours)
         snprintf(right + strlen(right), sizeof right - strlen(right), " at L%d", ui->gen_layer);
     int focused = ui->focus == PANEL_CONSOLE;

@@ -8,8 +8,6 @@
 
 #include "ui_internal.h"
 
-#define DEAD_SHARE 0.05          /* below 5% of an even share: the expert is idle */
-#define HOT_SHARE 2.0            /* above twice an even share */
 
 static const char *const view_names[ROUTING_VIEWS] = {"all slots", "first choice", "second choice",
                                                       "per source", "layer history"};
@@ -151,8 +149,8 @@ static void draw_matrix(ui_context *ui, WINDOW *w, const monitor_view *v, const 
         double even = sum / E;
         for (int e = 0; e < E; e++) {
             double ratio = x[e] / even;
-            dead += ratio < DEAD_SHARE;
-            hot += ratio > HOT_SHARE;
+            dead += ratio < STATS_IDLE_SHARE;
+            hot += ratio > STATS_HOT_SHARE;
             char cell[8] = "";
             if (cw >= 3)
                 snprintf(cell, sizeof cell, "%.0f", 100.0 * x[e] / (sum > 0 ? sum : 1));

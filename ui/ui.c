@@ -555,7 +555,8 @@ static void draw_keys_list(ui_context *ui, WINDOW *w, const key_label *k, int n,
     }
     char ascii[128];
     if (tail && !ui->theme.utf8) {   /* the routing panel's arrows, which ASCII lacks */
-        static const char *const arrows[][2] = {{"\u2191\u2193", "Up/Dn"}, {"\u2190\u2192", "Lt/Rt"}};
+        static const char *const arrows[][2] = {{"\u2191\u2193", "Up/Dn"},
+                                                {"\u2190\u2192", "Lt/Rt"}};
         for (int i = 0; i < 2; i++) {
             const char *at = strstr(tail, arrows[i][0]);
             if (!at)
