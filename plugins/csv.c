@@ -1,21 +1,21 @@
 /* csv — a metric sink plugin: one row per optimizer step, one column per scalar.
  *
  * `--sink csv[:FILE]` (default BASE.csv). A fresh run writes a new or empty file only: it
- * refuses a BASE.csv that is already there, and a FILE with content (another run's csv, which
- * it would replace, as a fresh run refuses a --log that holds one; or any other data, which it
+ * refuses a BASE.csv that is already there, and a FILE with content (another run's csv, which it
+ * would replace, as a fresh run refuses a --log that holds one; or any other data, which it
  * would destroy); nothing is ever truncated. Columns: step, wall_time, elapsed_s, then every
  * scalar of the step in the order pesc gives them (loss, aux_loss, z_loss, lr, grad_norm,
- * tokens_per_s, step_s, epoch, tokens, eval_loss, eval_accuracy, eval_answer_accuracy,
- * aux_coef, entropy/layer_NN, imbalance/layer_NN, load/layer_NN/expert_E); a value not
- * measured at a step (eval_loss between evaluations) is an empty cell. The header is written
- * with the first step. A resumed run appends to a file that has content under that file's header, each value
- * in the column its tag names; when the run has a tag the header lacks (a file of a pesc
- * before eval_loss, eval_accuracy or eval_answer_accuracy), the file is rewritten once, through
- * a file beside it renamed over it, with the column added and the rows before it empty there,
- * so no row lands under the wrong column and none is lost. A resumed run goes on from its
- * checkpoint's step (config->resumed_step): the rows past it, which a run that crashed later
- * wrote and this one writes again, are dropped the same way. Rows are flushed as written, so a
- * spreadsheet or `tail -F` sees them live. Events are not written (they are in the JSONL log).
+ * tokens_per_s, step_s, epoch, tokens, eval_loss, eval_accuracy, eval_answer_accuracy, aux_coef,
+ * entropy/layer_NN, imbalance/layer_NN, load/layer_NN/expert_E); a value not measured at a step
+ * (eval_loss between evaluations) is an empty cell. The header is written with the first step. A
+ * resumed run appends to a file that has content under that file's header, each value in the
+ * column its tag names; when the run has a tag the header lacks (a file of a pesc before
+ * eval_loss, eval_accuracy or eval_answer_accuracy), the file is rewritten once, through a file
+ * beside it renamed over it, with the column added and the rows before it empty there, so no row
+ * lands under the wrong column and none is lost. A resumed run goes on from its checkpoint's
+ * step (config->resumed_step): the rows past it, which a run that crashed later wrote and this
+ * one writes again, are dropped the same way. Rows are flushed as written, so a spreadsheet or
+ * `tail -F` sees them live. Events are not written (they are in the JSONL log).
  *
  * Built as a libtool module; it links nothing of pesc (plugins/pesc-plugin.h only). */
 #include <errno.h>
