@@ -56,9 +56,10 @@ enum cuda_attention {
 // Experts a grouped adapter product takes (more run one product each).
 #define CUDA_GROUP_MAX 64
 
-// Blocks of the two-stage reductions (sums of squares, column sums): fixed, so every
-// reduction adds in the same order on every run (determinism).
-#define CUDA_REDUCE_BLOCKS 256
+// Blocks of the two-stage reductions (sums of squares: at most, as many as its length asks;
+// column sums: chunks): fixed by the shape, so every reduction adds in the same order on every
+// run (determinism).
+#define CUDA_REDUCE_BLOCKS 1024
 #define CUDA_COLSUM_CHUNKS 64
 // Regions kept in bf16 alone at once (cuda_context.packed): the model's two (frozen weights,
 // activations), and room for a test's own.

@@ -350,10 +350,19 @@ extern "C" void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n)
     CUDA_LAUNCHED(c);
 }
 
-// ---- sum of squares: fixed blocks of doubles, then the blocks in order -----------------------
+// ---- sum of squares: blocks of doubles fixed by the length, then the blocks in order -------
 
-// Chunk blockIdx.y of n consecutive chunks (one chunk: vector_sumsq): its partial sums go to
-// partials + blockIdx.y * CUDA_REDUCE_BLOCKS, the same for a chunk whatever the others.
+// The blocks a chunk of n values is summed in: one a 2,048 values, at most CUDA_REDUCE_BLOCKS
+// (enough to fill an H200: 256 left the 1.5 GB of TinyLlama's trainables at 2.2 ms, about a
+// fifth of its bandwidth). A function of n alone, so a chunk's sum is vector_sumsq's of it.
+static int sumsq_blocks(size_t n)
+{
+    size_t b = (n + 2047) / 2048;
+    return b < 1 ? 1 : b > CUDA_REDUCE_BLOCKS ? CUDA_REDUCE_BLOCKS : (int)b;
+}
+
+// Chunk blockIdx.y of consecutive chunks of n values (one chunk: vector_sumsq): its partial
+// sums go to partials + blockIdx.y * gridDim.x, the same for a chunk whatever the others.
 __global__ void sumsq_partial_kernel(double *partials, const float *x, size_t n)
 {
     __shared__ double shared[256];
@@ -368,32 +377,35 @@ __global__ void sumsq_partial_kernel(double *partials, const float *x, size_t n)
         __syncthreads();
     }
     if (threadIdx.x == 0)
-        partials[(size_t)blockIdx.y * CUDA_REDUCE_BLOCKS + blockIdx.x] = shared[0];
+        partials[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = shared[0];
 }
 
-// sums[i] = the partials of chunk i, in order; one thread a chunk.
-__global__ void sumsq_finish_kernel(double *sums, const double *partials, int chunks)
+// sums[i] = the `blocks` partials of chunk i, in order; one thread a chunk.
+__global__ void sumsq_finish_kernel(double *sums, const double *partials, int chunks,
+                                    int blocks)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= chunks)
         return;
     double s = 0.0;
-    for (int b = 0; b < CUDA_REDUCE_BLOCKS; b++)
-        s += partials[(size_t)i * CUDA_REDUCE_BLOCKS + b];
+    for (int b = 0; b < blocks; b++)
+        s += partials[(size_t)i * blocks + b];
     sums[i] = s;
 }
 
 // sums[i] = the sum of squares of x[i chunk .. (i + 1) chunk) for i < n; partials holds
-// n * CUDA_REDUCE_BLOCKS doubles. Nothing waits.
+// n * sumsq_blocks(chunk) doubles. Nothing waits.
 static bool launch_sumsq(cuda_context *c, double *sums, double *partials, const float *x,
                          size_t chunk, int n)
 {
+    int blocks = sumsq_blocks(chunk);
     for (int i0 = 0; i0 < n; i0 += 65535) {   // gridDim.y's limit
         int m = n - i0 < 65535 ? n - i0 : 65535;
-        CUDA_LAUNCH(sumsq_partial_kernel, dim3(CUDA_REDUCE_BLOCKS, m), 256, 0, c->stream,
-                    partials + (size_t)i0 * CUDA_REDUCE_BLOCKS, x + (size_t)i0 * chunk, chunk);
+        CUDA_LAUNCH(sumsq_partial_kernel, dim3(blocks, m), 256, 0, c->stream,
+                    partials + (size_t)i0 * blocks, x + (size_t)i0 * chunk, chunk);
     }
-    CUDA_LAUNCH(sumsq_finish_kernel, (n + 127) / 128, 128, 0, c->stream, sums, partials, n);
+    CUDA_LAUNCH(sumsq_finish_kernel, (n + 127) / 128, 128, 0, c->stream, sums, partials, n,
+                blocks);
     return CUDA_LAUNCHED(c);
 }
 
@@ -421,7 +433,8 @@ extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x,
     if (n <= 0)
         return;
     cuda_settle_grads(c, x, (size_t)n * chunk * sizeof *x);
-    double *partials = (double *)cuda_op_work(c, (size_t)n * CUDA_REDUCE_BLOCKS * sizeof(double));
+    double *partials =
+        (double *)cuda_op_work(c, (size_t)n * sumsq_blocks(chunk) * sizeof(double));
     if (partials)
         launch_sumsq(c, out, partials, x, chunk, n);
 }
