@@ -104,8 +104,10 @@ typedef struct cuda_context {
     // 12.5 and later; PESC_CUDA_GROUPED=0 turns it off): its device array of operand pointers,
     // and grouped_off, bit m set once cuBLAS has refused the call in math m (cuda_moe.cu's
     // grouped_math says which math a call tries).
-    // In bf16 math the operands are bf16 (cuda_moe.cu's adapters16), grouped while grouped16.
-    int grouped;
+    // In bf16 math the operands are bf16 (cuda_moe.cu's adapters16), grouped while grouped16;
+    // the weights' gradients there run one product an expert, in bf16 straight into the fp32
+    // gradients, but with grouped_grads (PESC_CUDA_GROUPED=all: grouped in bf16, then added).
+    int grouped, grouped_grads;
     void **group_ptrs;           // (3 * CUDA_GROUP_MAX)
     unsigned grouped_off;
     int grouped16;

@@ -384,15 +384,16 @@ int cuda_grouped_probe(cuda_context *c)
     return c->failed ? -1 : math;
 }
 
-// One product of bf16 operands and result (cuBLAS column-major, as cuda_gemm_math).
+// One product of bf16 operands, its result bf16 or (c_type CUDA_R_32F) fp32 (cuBLAS
+// column-major, as cuda_gemm_math).
 static void gemm16(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, float alpha,
                    const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
-                   __nv_bfloat16 *C, int ldc)
+                   void *C, cudaDataType_t c_type, int ldc)
 {
     CUBLAS_CHECK(c, cublasGemmEx(c->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                  trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
-                                 CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, CUDA_R_16BF,
-                                 ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                 CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, c_type, ldc,
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 static void expert_gemm_one(cuda_context *c, int ta, int tb, int M, int N, int K, float alpha,
@@ -406,7 +407,7 @@ static void expert_gemm_one(cuda_context *c, int ta, int tb, int M, int N, int K
                             const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb,
                             float beta, const __nv_bfloat16 *C, int ldc)
 {
-    gemm16(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, (__nv_bfloat16 *)C, ldc);
+    gemm16(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, (void *)C, CUDA_R_16BF, ldc);
 }
 
 template <class T>
@@ -427,13 +428,15 @@ static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *of
 
 // ---- the adapters ---------------------------------------------------------------------------
 //
-// In bf16 math the adapters run on bf16 (adapters16): the gather writes bf16 rows, both products
-// of a pass take bf16 operands and give bf16 results, the GELU and the pair kernel read and write
-// bf16. So gathered, pre and act hold bf16 values (what the backward reads back; the model sizes
-// them by backend_activation_bytes), and scratch and scratch_r, float-sized, hold bf16 too. The
-// weights' bf16 values are the ones the last update wrote (cuda_train_values), else converted in
-// the op; a weight's gradient is made in bf16 and added to its fp32 accumulator. In the other
-// maths everything stays fp32, products grouped as experts_gemm can.
+// In bf16 math the adapters run on bf16 (adapters16): the gather writes bf16 rows, the products
+// over the experts' rows take bf16 operands and give bf16 results, the GELU and the pair kernel
+// read and write bf16. So gathered, pre and act hold bf16 values (what the backward reads back;
+// the model sizes them by backend_activation_bytes), and scratch and scratch_r, float-sized,
+// hold bf16 too. The weights' bf16 values are the ones the last update wrote
+// (cuda_train_values), else converted in the op; a weight's gradient is made from bf16 operands
+// into its fp32 accumulator, one product an expert (or, PESC_CUDA_GROUPED=all, grouped in bf16
+// and then added). In the other maths everything stays fp32, products grouped as experts_gemm
+// can.
 
 // the format the model sized the saved rows by (backend_activation_bytes)
 static bool adapters16(const cuda_context *c)
@@ -446,14 +449,15 @@ static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 size_t cuda_adapter_work(const cuda_context *c, size_t slots, int E, int C, int R)
 {
     size_t inverse = aligned(slots * sizeof(int32_t));
-    // the weights in bf16 and, in the backward, a weight gradient
-    return adapters16(c) ? inverse + 3 * aligned((size_t)E * C * R * sizeof(__nv_bfloat16))
-                         : inverse;
+    // the weights in bf16 and, in the backward, a weight gradient grouped in bf16
+    size_t weights = (c->grouped_grads ? 3 : 2) * aligned((size_t)E * C * R * 2);
+    return adapters16(c) ? inverse + weights : inverse;
 }
 
 // The op's work: the inverse permutation of the N K slots (inverse[pair] = its place in the
 // grouped order, -1 for padding's, in no group) and, in bf16, the weights (*down16, *up16:
-// the trainables' values, or converted here) and room for a gradient (*grad16, when asked).
+// the trainables' values, or converted here) and room for a gradient (*grad16, when asked and
+// the gradients are grouped; else NULL).
 static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, size_t slots, int E,
                              int C, int R, const float *down, const float *up,
                              __nv_bfloat16 **down16, __nv_bfloat16 **up16, __nv_bfloat16 **grad16)
@@ -475,7 +479,7 @@ static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, si
     size_t n = (size_t)E * C * R;
     __nv_bfloat16 *room = (__nv_bfloat16 *)(work + inverse_bytes);
     if (grad16)
-        *grad16 = (__nv_bfloat16 *)(work + inverse_bytes + 2 * w);
+        *grad16 = c->grouped_grads ? (__nv_bfloat16 *)(work + inverse_bytes + 2 * w) : NULL;
     const float *weights[2] = {down, up};
     __nv_bfloat16 **values[2] = {down16, up16};
     for (int i = 0; i < 2; i++) {
@@ -541,16 +545,31 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
                                down, up, perm, inverse, offsets, topk_w, N, K, E, C, R, scale);
 }
 
-// A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's group: in fp32
-// onto the accumulator itself; in bf16 into grad16, which then adds to it (an expert without
-// rows, whose product does not run, adds zeros). Its first write since the gradients' zeroing
-// (backend_gradients) writes instead of adding.
+// A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's group: onto the
+// fp32 accumulator itself (bf16 operands: one product an expert); or, given grad16, grouped in
+// bf16 into grad16, which then adds to it (an expert without rows, whose product does not run,
+// adds zeros). Its first write since the gradients' zeroing (backend_gradients) writes instead
+// of adding.
 template <class T>
 static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
                             const T *a, const T *b, const int *offsets, int E)
 {
     size_t each = (size_t)g_rows * g_cols, n = E * each;
-    bool is16 = narrow<T>(), first = cuda_grads_first_write(c, grad, n);
+    bool is16 = narrow<T>() && grad16, first = cuda_grads_first_write(c, grad, n);
+    if (narrow<T>() && !grad16) {
+        typedef const __nv_bfloat16 *b16p;
+        for (int e = 0; e < E && !c->failed; e++) {
+            int rows = offsets[e + 1] - offsets[e];
+            float *g = grad + e * each;
+            if (rows > 0)
+                gemm16(c, 1, 0, g_rows, g_cols, rows, 1.0f, (b16p)a + (size_t)offsets[e] * g_rows,
+                       g_rows, (b16p)b + (size_t)offsets[e] * g_cols, g_cols, first ? 0.0f : 1.0f,
+                       g, CUDA_R_32F, g_cols);
+            else if (first)
+                CUDA_CHECK(c, cudaMemsetAsync(g, 0, each * sizeof(float), c->stream));
+        }
+        return;
+    }
     for (int e = 0; (is16 || first) && e < E; e++)   // experts whose product does not run
         if (offsets[e + 1] == offsets[e])
             CUDA_CHECK(c, cudaMemsetAsync(is16 ? (void *)(grad16 + e * each)

@@ -193,7 +193,7 @@ else
   fail "a bf16-math checkpoint resumes on the CPU: $(head -c 300 "$tmp/err")"
 fi
 train "$tmp/bad.jsonl" cuda PESC_CUDA_GROUPED=yes
-grep -qx "pesc train: --backend cuda: PESC_CUDA_GROUPED=yes: give 1 (grouped adapter products, the default) or 0 (one product an expert)" "$tmp/err" &&
+grep -qx "pesc train: --backend cuda: PESC_CUDA_GROUPED=yes: give 1 (grouped adapter products, the default), all (the bf16 weight gradients grouped too) or 0 (one product an expert)" "$tmp/err" &&
   pass "PESC_CUDA_GROUPED=yes is refused, naming the choices" ||
   fail "PESC_CUDA_GROUPED=yes: $(head -c 300 "$tmp/err")"
 train "$tmp/bad.jsonl" cuda PESC_CUDA_ATTENTION=flash2

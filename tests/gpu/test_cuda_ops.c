@@ -1127,6 +1127,15 @@ int main(void)
         test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
     test_moe(60, 4, 2, 40, 4, 1, bf16_tol);  /* rows of 4: too narrow to group, one an expert */
     gpu_finish();
+    /* the weights' gradients grouped in bf16 too, then added to the fp32 ones
+     * (PESC_CUDA_GROUPED=all; by default one product an expert straight into fp32) */
+    setenv("PESC_CUDA_GROUPED", "all", 1);
+    gpu_again();
+    test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
+    for (int i = 0; i < 2; i++)
+        test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
+    gpu_finish();
+    unsetenv("PESC_CUDA_GROUPED");
 
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
     setenv("PESC_CUDA_MATH", "fp32", 1);
