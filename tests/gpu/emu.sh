@@ -32,7 +32,11 @@ PESC_CUDA_MODULE=$module
 # rewritten under a pending copy aborts, and so does host code touching device memory),
 # except where a run says PESC_EMU_DEFER=0: the emulator's immediate mode, kept working.
 PESC_EMU_DEFER=1
-export PESC_CUDA_MODULE PESC_EMU_DEFER
+# The comparisons below keep TF32's bounds and the fused attention (the defaults until an
+# H200 measured bf16 and flash faster): runs in another math or path name it, and one run
+# checks the defaults themselves.
+PESC_CUDA_MATH=tf32 PESC_CUDA_ATTENTION=fused
+export PESC_CUDA_MODULE PESC_EMU_DEFER PESC_CUDA_MATH PESC_CUDA_ATTENTION
 
 run() {
   echo "== $*"
@@ -50,6 +54,14 @@ run env PESC_CUDA_MATH=bf16 "$top_builddir/tests/gpu/test_cuda_step"
 # the ops in the emulator's immediate mode
 run env PESC_EMU_DEFER=0 "$top_builddir/tests/gpu/test_cuda_ops"
 
+# the defaults: bf16 products, flash attention (on the mma kernels), the adapters grouped
+out=$(env -u PESC_CUDA_MATH -u PESC_CUDA_ATTENTION "$pesc" bench --backend cuda --dim 256 \
+  --layers 1 --ffn 704 --vocab 512 --seq 64 --batch 2 --steps 1 --json 2>"$tmp/err")
+case $out in
+  *'"device": "CUDA emulator'*' bf16 products (adapters grouped), flash (mma) attention, '*)
+    pass "the CUDA backend's defaults: bf16 products, flash attention" ;;
+  *) fail "the CUDA backend's defaults: $(echo "$out" | sed -n 's/.*"device": "\([^"]*\)".*/\1/p') $(head -c 300 "$tmp/err")" ;;
+esac
 "$pesc" devices >"$tmp/devices" 2>&1
 grep -q "^cuda:0  CUDA emulator (CPU)" "$tmp/devices" &&
   pass "pesc devices lists the emulated GPU" || fail "pesc devices: $(cat "$tmp/devices")"
@@ -197,7 +209,7 @@ grep -qx "pesc train: --backend cuda: PESC_CUDA_GROUPED=yes: give 1 (grouped ada
   pass "PESC_CUDA_GROUPED=yes is refused, naming the choices" ||
   fail "PESC_CUDA_GROUPED=yes: $(head -c 300 "$tmp/err")"
 train "$tmp/bad.jsonl" cuda PESC_CUDA_ATTENTION=flash2
-grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose fused, gemm, flash or flash-wmma" "$tmp/err" &&
+grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose flash, fused, gemm or flash-wmma" "$tmp/err" &&
   pass "PESC_CUDA_ATTENTION=flash2 is refused, naming the choices" ||
   fail "PESC_CUDA_ATTENTION=flash2: $(head -c 300 "$tmp/err")"
 demo="$top_srcdir/data/demo"

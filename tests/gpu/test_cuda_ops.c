@@ -1074,7 +1074,7 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
 int main(void)
 {
     gpu_test_seed();
-    setenv("PESC_CUDA_MATH", "bf16", 1);   /* the coarsest math first; the default is tf32 */
+    setenv("PESC_CUDA_MATH", "bf16", 1);   /* the coarsest math first, the default */
     setenv("PESC_CUDA_ATTENTION", "fused", 1);
     gpu = gpu_test_cuda_or_skip();
     pesc_error err;
