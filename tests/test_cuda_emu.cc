@@ -2,8 +2,9 @@
  *
  * bf16 rounding against hand-worked bit patterns; a wmma GEMM in every layout against a double
  * loop on the same bf16 inputs; a shared-memory reduction; warp shuffles; every (block, thread)
- * of a 3-D launch running once; mma.sync m16n8k16 by the PTX ISA's fragment table; cp.async copies
- * made at their wait, not before; and the preconditions aborting in a child process.
+ * of a 3-D launch running once; mma.sync m16n8k16 by the PTX ISA's fragment table; ldmatrix .x4
+ * (plain and .trans) by the ISA's table, and as mma's fragments; cp.async copies made at their
+ * wait, not before; and the preconditions aborting in a child process.
  * Exit 0 pass, 1 fail. */
 #include <atomic>
 #include <chrono>
@@ -399,6 +400,87 @@ template <class T> static void test_mma(void)
             element_name(T()), wrong);
 }
 
+/* ---- ldmatrix .x4 ---------------------------------------------------------------------------- */
+/* A 32 x 8 matrix of distinct bf16 bit patterns (rows LD apart in shared memory): lane l points
+ * at row l, so matrix i is rows 8i .. 8i + 7, and each lane's registers are checked against the
+ * PTX ISA's table. Then the loads a GEMM makes: A (16 x 16, row-major) as an mma A fragment, and
+ * B (16 x 16, k-major: row k holds 16 columns) through .trans as the B fragments of two 8-column
+ * chunks; their products against the loop's. */
+enum { LDM_LD = 24 };   /* a padded row: 48 bytes */
+
+static __global__ void ldmatrix_kernel(int *wrong, float *c, const uint16_t *m,
+                                       const __nv_bfloat16 *a, const __nv_bfloat16 *b)
+{
+    PESC_DYNAMIC_SHARED(smem);
+    uint16_t *tile = (uint16_t *)smem;                                 /* (32, LDM_LD) */
+    __nv_bfloat16 *as = (__nv_bfloat16 *)(smem + 32 * LDM_LD * 2);     /* (16, LDM_LD) */
+    __nv_bfloat16 *bs = as + 16 * LDM_LD;                              /* (16, LDM_LD) */
+    int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    for (int j = 0; j < 8; j++)
+        tile[lane * LDM_LD + j] = m[lane * 8 + j];
+    for (int j = 0; j < 16 && lane < 16; j++)
+        as[lane * LDM_LD + j] = a[lane * 16 + j], bs[lane * LDM_LD + j] = b[lane * 16 + j];
+    __syncwarp();
+    uint32_t r[4], rt[4];
+    emu_ldmatrix_x4(r, tile + lane * LDM_LD);
+    emu_ldmatrix_x4_trans(rt, tile + lane * LDM_LD);
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        const uint16_t *mi = m + 8 * i * 8;   /* matrix i, rows of 8 */
+        bad += r[i] != (mi[g * 8 + 2 * t] | (uint32_t)mi[g * 8 + 2 * t + 1] << 16);
+        bad += rt[i] != (mi[2 * t * 8 + g] | (uint32_t)mi[(2 * t + 1) * 8 + g] << 16);
+    }
+    wrong[lane] = bad;
+    /* A: lanes 0-15 rows 0-15 at column 0, lanes 16-31 the same rows at column 8;
+     * B: matrix i = lane / 8 is rows 8 (i % 2) .. of columns 8 (i / 2) .. */
+    uint32_t af[4], bf[4];
+    emu_ldmatrix_x4(af, as + (lane % 16) * LDM_LD + (lane / 16) * 8);
+    emu_ldmatrix_x4_trans(bf, bs + ((lane / 8) % 2 * 8 + lane % 8) * LDM_LD + (lane / 16) * 8);
+    for (int n = 0; n < 2; n++) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        emu_mma_m16n8k16<__nv_bfloat16>(acc, af, bf + 2 * n);
+        for (int e = 0; e < 4; e++)
+            c[(g + 8 * (e / 2)) * 16 + 8 * n + 2 * t + e % 2] = acc[e];
+    }
+}
+
+static void test_ldmatrix(void)
+{
+    uint16_t m[32 * 8];
+    for (int i = 0; i < 32 * 8; i++)
+        m[i] = (uint16_t)(i * 37 + 11);
+    __nv_bfloat16 a[16 * 16], b[16 * 16];
+    int ai[16 * 16], bi[16 * 16];
+    for (int i = 0; i < 16 * 16; i++) {
+        ai[i] = (int)(uniform() * 19) - 9, a[i] = element((float)ai[i], __nv_bfloat16());
+        bi[i] = (int)(uniform() * 19) - 9, b[i] = element((float)bi[i], __nv_bfloat16());
+    }
+    std::vector<int> wrong(32, 1);
+    std::vector<float> c(16 * 16, NAN);
+    emu_launch(dim3(1), dim3(32), (32 + 2 * 16) * LDM_LD * 2,
+               [&] { ldmatrix_kernel(wrong.data(), c.data(), m, a, b); });
+    int bad = 0, bad_product = 0;
+    for (int l = 0; l < 32; l++)
+        bad += wrong[l];
+    for (int r = 0; r < 16; r++)
+        for (int j = 0; j < 16; j++) {
+            int want = 0;
+            for (int k = 0; k < 16; k++)
+                want += ai[r * 16 + k] * bi[k * 16 + j];
+            bad_product += c[r * 16 + j] != (float)want;
+        }
+    verdict(!bad && !bad_product,
+            "ldmatrix .x4 and .x4.trans by the PTX ISA's table (%d of 256 registers wrong), as "
+            "mma's A and B fragments (%d of 256 products wrong)", bad, bad_product);
+}
+
+static void ldmatrix_misaligned(void)
+{
+    PESC_DYNAMIC_SHARED(smem);
+    uint32_t r[4];
+    emu_ldmatrix_x4(r, smem + 8);
+}
+
 /* ---- cp.async ------------------------------------------------------------------------------- */
 /* Each thread copies 16 bytes of src (or zeros, for odd threads in the second group) into shared
  * memory that holds 0x5a: before its wait the bytes are the old ones, after it the new. */
@@ -565,6 +647,7 @@ int main(void)
     test_shuffles();
     test_mma<__half>();
     test_mma<__nv_bfloat16>();
+    test_ldmatrix();
     test_cp_async();
     test_grid_3d(dim3(3, 2, 2), dim3(32, 2, 2));
     test_grid_3d(dim3(2, 3, 1), dim3(10, 3, 2));
@@ -583,6 +666,9 @@ int main(void)
                  "lane 5 of warp 0 in block (0,0,0) made wmma call 0 with other arguments");
     expect_abort("mma_sync with another fragment in one lane", on_one_warp<lane_changes_fragment>,
                  "mma_sync: lane 5 of warp 0");
+    expect_abort("ldmatrix from a row 8 bytes off a 16-byte boundary", [] {
+        emu_launch(dim3(1), dim3(32), 64, [] { ldmatrix_misaligned(); });
+    }, "ldmatrix .x4: lane 31's row at");
     expect_abort("cp.async never waited for", [] {
         emu_launch(dim3(1), dim3(32), 16 * 32, [] { cp_async_unwaited(); });
     }, "cp.async copies it never waited for");

@@ -21,17 +21,19 @@
 #endif
 
 // Four floats, or 16 bytes of anything, from or to a 16-byte aligned address in one access;
-// 4 bytes (two bf16 or half) from a 4-byte aligned one (the emulator checks the alignment).
+// 4 bytes (two bf16 or half) from or to a 4-byte aligned one (the emulator checks the alignment).
 #ifdef PESC_CUDA_EMU
 #define PESC_LOAD_FLOAT4(p) emu_detail::load_float4(p)
 #define PESC_LOAD_16(p) emu_detail::load_16(p)
 #define PESC_STORE_16(p, v) emu_detail::store_16(p, v)
 #define PESC_LOAD_4(p) emu_detail::load_4(p)
+#define PESC_STORE_4(p, v) emu_detail::store_4(p, v)
 #else
 #define PESC_LOAD_FLOAT4(p) (*(const float4 *)(p))
 #define PESC_LOAD_16(p) (*(const uint4 *)(p))
 #define PESC_STORE_16(p, v) (*(uint4 *)(p) = (v))
 #define PESC_LOAD_4(p) (*(const uint32_t *)(p))
+#define PESC_STORE_4(p, v) (*(uint32_t *)(p) = (v))
 #endif
 
 // A kernel's dynamic shared memory, 128-byte aligned bytes.

@@ -249,7 +249,7 @@ struct fiber {
     context ctx;
     std::vector<async_copy> copies;   /* its cp.async copies not yet waited for */
     unsigned groups = 0;              /* commit_group calls so far */
-    unsigned tid = 0, lane = 0, warp = 0, shuffle_round = 0, mma_round = 0;
+    unsigned tid = 0, lane = 0, warp = 0, shuffle_round = 0, mma_round = 0, ldmatrix_round = 0;
     bool done = false;
     wait_kind waiting = RUNNING;
     unsigned long generation = 0;   /* of the barrier it waits at */
@@ -276,6 +276,7 @@ struct warp_state {
     unsigned long generation = 0;
     uint64_t slots[2][32]; /* shuffle values; two sets so a round's writes miss the last's reads */
     uint32_t mma_slots[2][32][6]; /* mma m16n8k16 operands, a lane's A then B, two sets as well */
+    uint32_t ldmatrix_slots[2][32][4]; /* ldmatrix: the 16-byte row each lane pointed at */
     wmma_record *wmma_log = nullptr;   /* (wmma_log_size), the n-th call at n % size */
 };
 
@@ -409,6 +410,7 @@ inline void run_block(launch_state &l, stacks &pool)
     for (unsigned t = 0; t < l.threads; t++) {
         fiber &f = l.fibers[t];
         f.tid = t, f.lane = t % 32, f.warp = t / 32, f.shuffle_round = 0, f.mma_round = 0;
+        f.ldmatrix_round = 0;
         f.done = false, f.waiting = RUNNING, f.wmma_calls = 0;
         f.copies.clear(), f.groups = 0;
         context_make(f.ctx, pool.get(t), stacks::size, fiber_entry);
@@ -570,6 +572,13 @@ inline uint32_t load_4(const void *p)
     uint32_t v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+inline void store_4(void *p, uint32_t v)
+{
+    if ((uintptr_t)p % 4)
+        fail("a 4-byte store at %p, which is not 4-byte aligned", p);
+    memcpy(p, &v, sizeof v);
 }
 
 /* Where row r, column c of a tile lies in memory. */
@@ -765,6 +774,51 @@ inline void emu_mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2
         }
         c[e] += sum;
     }
+}
+
+/* ---- ldmatrix.sync.aligned.m8n8.x4{,.trans}.shared.b16 ----------------------------------------
+ * Not CUDA's names: kernels reach them through their own wrapper, inline PTX on a GPU. Four 8 x 8
+ * matrices of 2-byte values from shared memory, one register each: lane l gives the address of
+ * row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned). Then lane l (g = l / 4, t = l % 4)
+ * holds in r[i], lower-indexed value in the low half (PTX ISA, "Warp-level matrix load
+ * instruction: ldmatrix"):
+ *   plain:  matrix i's row g, columns 2t, 2t + 1   (the layout of an mma A or B fragment's pair)
+ *   .trans: matrix i's rows 2t, 2t + 1 of column g (the matrix transposed as it loads)
+ * A warp-collective call: every lane reads its row when it calls, then each assembles its own
+ * four registers from the warp's rows. */
+namespace emu_detail {
+inline void ldmatrix_x4(uint32_t r[4], const void *row, bool trans)
+{
+    const char *what = trans ? "ldmatrix .x4 .trans" : "ldmatrix .x4";
+    launch_state &l = current(what);
+    fiber *f = l.running;
+    const unsigned char *p = (const unsigned char *)row;
+    if ((uintptr_t)p % 16)
+        fail("%s: lane %u's row at %p is not 16-byte aligned", what, f->lane, row);
+    if (p < l.shared || p + 16 > l.shared + l.shared_bytes)
+        fail("%s: lane %u's row at %p is outside the block's dynamic shared memory", what,
+             f->lane, row);
+    uint32_t(*slots)[4] = l.warps[f->warp].ldmatrix_slots[f->ldmatrix_round++ & 1];
+    memcpy(slots[f->lane], p, 16);
+    arrive_and_wait(AT_SYNCWARP, what);
+    unsigned g = f->lane / 4, t = f->lane % 4;
+    auto half = [&](unsigned matrix, unsigned row_in, unsigned col) {
+        return (slots[8 * matrix + row_in][col / 2] >> (16 * (col % 2))) & 0xffffu;
+    };
+    for (unsigned i = 0; i < 4; i++)
+        r[i] = trans ? half(i, 2 * t, g) | half(i, 2 * t + 1, g) << 16
+                     : half(i, g, 2 * t) | half(i, g, 2 * t + 1) << 16;
+}
+} /* namespace emu_detail */
+
+inline void emu_ldmatrix_x4(uint32_t r[4], const void *row)
+{
+    emu_detail::ldmatrix_x4(r, row, false);
+}
+
+inline void emu_ldmatrix_x4_trans(uint32_t r[4], const void *row)
+{
+    emu_detail::ldmatrix_x4(r, row, true);
 }
 
 /* ---- wmma: bf16 or half m16n16k16 with fp32 accumulation ----------------------------------- */
