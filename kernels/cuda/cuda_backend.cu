@@ -1125,6 +1125,35 @@ static int parse_grouped(const char *s, int *grouped, int *grads, pesc_error *er
                      "an expert)", s);
 }
 
+// PESC_CUDA_EXPERTS: cublas (the default: the experts' row products as cuBLAS's grouped call)
+// or mma (in bf16 math, cuda_experts_mma.cuh's kernels; opt-in until timed on a GPU).
+static int parse_experts(const char *s, int *mma, pesc_error *err)
+{
+    *mma = s && strcmp(s, "mma") == 0;
+    if (*mma || !s || !*s || strcmp(s, "cublas") == 0)
+        return 0;
+    return pesc_fail(err, "PESC_CUDA_EXPERTS=%s: choose cublas or mma", s);
+}
+
+// Whether the experts' mma kernels run (PESC_CUDA_EXPERTS=mma asked): in bf16 math, on sm_80
+// or later, where the device's mma agrees with flash attention's fragment layout (probed there
+// already when attention is flash, else here). Else `why` says what stops them.
+static bool experts_mma_here(cuda_context *c, int cc_major, char *why, size_t why_size)
+{
+    char differs[100] = "";
+    bool probed = c->flash_ok && c->attention == CUDA_ATTENTION_FLASH;
+    if (c->math != CUDA_MATH_BF16)
+        snprintf(why, why_size, "mma kernels in bf16 math only");
+    else if (!cuda_flash_available(c, cc_major))
+        snprintf(why, why_size, "mma kernels need sm_80");
+    else if (probed ? !c->flash_mma : !cuda_flash_mma_probe(c, differs, sizeof differs))
+        snprintf(why, why_size, "the device's mma disagreed with the layout%s%s",
+                 *differs ? ", " : "", differs);
+    else
+        return true;
+    return false;
+}
+
 // PESC_CUDA_REUSE: 1 (the default: bf16 math keeps operand copies for the products after)
 // or 0 (every product converts its operands).
 static int parse_reuse(const char *s, int *reuse, pesc_error *err)
@@ -1160,7 +1189,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0 ||
         parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0 ||
         parse_grouped(getenv("PESC_CUDA_GROUPED"), &c->grouped, &c->grouped_grads, err) != 0 ||
-        parse_reuse(getenv("PESC_CUDA_REUSE"), &c->reuse, err) != 0) {
+        parse_reuse(getenv("PESC_CUDA_REUSE"), &c->reuse, err) != 0 ||
+        parse_experts(getenv("PESC_CUDA_EXPERTS"), &c->experts_asked, err) != 0) {
         free(c);
         return -1;
     }
@@ -1179,6 +1209,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double))) &&
         CUDA_CHECK(c, cudaMalloc(&c->group_ptrs, 3 * CUDA_GROUP_MAX * sizeof(void *)))) {
         c->max_shared = (int)prop.sharedMemPerBlockOptin;
+        c->multiprocessors = prop.multiProcessorCount;
         bool flash = c->attention == CUDA_ATTENTION_FLASH ||
                      c->attention == CUDA_ATTENTION_FLASH_WMMA;
         c->flash_ok = flash && cuda_flash_available(c, prop.major);
@@ -1196,12 +1227,22 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
             : c->flash_ok ? "flash (wmma)"
             : flash ? "fused (flash needs sm_80)"
                     : "fused";
+        char experts_off[200] = "";   // why PESC_CUDA_EXPERTS=mma does not apply
+        c->experts_mma = c->experts_asked &&
+                         experts_mma_here(c, prop.major, experts_off, sizeof experts_off);
         int grouped = cuda_grouped_probe(c);
-        char adapters[48] = "";   // grouped in another math: " (adapters grouped in tf32)"
+        // " (adapters grouped in tf32)", " (adapters grouped, mma kernels)", or what stops
+        // the mma kernels asked for: " (adapters grouped; cublas: mma kernels need sm_80)"
+        char adapters[256] = "";
         bool same = grouped == c->math;
-        if (grouped >= 0)
-            snprintf(adapters, sizeof adapters, " (adapters grouped%s%s)", same ? "" : " in ",
-                     same ? "" : math_names[grouped]);
+        if (c->experts_mma)
+            snprintf(adapters, sizeof adapters, " (adapters grouped, mma kernels)");
+        else if (grouped >= 0 || c->experts_asked)
+            snprintf(adapters, sizeof adapters, " (adapters %s%s%s%s%s)",
+                     grouped >= 0 ? "grouped" : "one product an expert",
+                     grouped >= 0 && !same ? " in " : "",
+                     grouped >= 0 && !same ? math_names[grouped] : "",
+                     c->experts_asked ? "; cublas: " : "", experts_off);
         int version = 0;   // the library loaded, which grouped products depend on
         CUBLAS_CHECK(c, cublasGetVersion(c->cublas, &version));
         snprintf(c->device_text, sizeof c->device_text,

@@ -88,6 +88,7 @@ typedef struct cuda_context {
     int flash_mma;               // ... as the mma.sync ones (else wmma)
     size_t att_tile_bytes;       // the gemm path's budget for a tile of scores
     int max_shared;              // opt-in dynamic shared memory per block, bytes
+    int multiprocessors;
     char device_text[640];
     int failed;                  // sticky: the first error, kept until the backend is deleted
     char error[480];
@@ -111,6 +112,10 @@ typedef struct cuda_context {
     void **group_ptrs;           // (3 * CUDA_GROUP_MAX)
     unsigned grouped_off;
     int grouped16;
+    // PESC_CUDA_EXPERTS=mma (experts_asked): in bf16 math the experts' row products run on
+    // cuda_experts_mma.cuh's kernels instead (experts_mma), where the device has sm_80 and
+    // its mma agrees with flash attention's fragment layout.
+    int experts_asked, experts_mma;
     // The frozen region (backend_freeze: the base weights in PESC mode) and its bf16 mirror,
     // which every product reading from the region uses instead of converting its operand.
     const float *frozen;         // NULL: none

@@ -491,7 +491,9 @@ flash_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *dv16
 
 // dk, dv (rows, Hkv, D) = the sums of their groups' parts (rows, Hq, D), query heads in order
 // (no atomics: the same sums every run); each in fp32, or in bf16 (dk16, dv16) where NULL.
-__global__ void flash_group_sum_kernel(float *dk, float *dv, __nv_bfloat16 *dk16,
+// Static: cuda_moe.cu includes this header too (for the mma pieces cuda_experts_mma.cuh
+// shares), and a kernel defined in two objects would not link.
+static __global__ void flash_group_sum_kernel(float *dk, float *dv, __nv_bfloat16 *dk16,
                                        __nv_bfloat16 *dv16, const float *dk_part,
                                        const float *dv_part, size_t rows, int Hq, int Hkv, int D)
 {

@@ -19,6 +19,7 @@
 // at twice TF32's rate.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_convert.cuh"
+#include "cuda/cuda_experts_mma.cuh"
 #include "cuda/cuda_group.cuh"
 #include "dropout_hash.h"
 #include "moe_route.h"
@@ -222,13 +223,8 @@ extern "C" void cuda_moe_group(void *ctx, int32_t *perm, double *stats, const in
 // (bf16 math: bf16 operands and results, fp32 accumulation; cuBLAS groups bf16 products only
 // with bf16 results).
 
-// One operand of an expert's product: expert e's starts at base + first_e row + e expert
-// (elements), first_e the expert's first row in the grouped order.
-template <class T> struct expert_operand {
-    const T *base;
-    size_t row, expert;
-    int ld;
-};
+// expert_operand, an operand of an expert's product, and expert_at, where expert e's starts:
+// cuda_experts_mma.cuh, whose kernels take them too.
 
 // Row-major C_e = alpha op(A_e) op(B_e) + beta C_e for each expert e with rows (as cuda_gemm);
 // a dimension of -1 is the expert's row count.
@@ -245,12 +241,6 @@ template <class T> struct expert_places {
     int expert[CUDA_GROUP_MAX], first[CUDA_GROUP_MAX];
     expert_operand<T> a, b, c;
 };
-
-template <class T>
-__host__ __device__ inline const T *expert_at(const expert_operand<T> &o, int first, int e)
-{
-    return o.base + (size_t)first * o.row + (size_t)e * o.expert;
-}
 
 // ptrs: cuBLAS's A, B, C arrays (column-major: cuBLAS's A is our B), count each.
 template <class T> __global__ void expert_pointers_kernel(void **ptrs, expert_places<T> p)
@@ -410,10 +400,81 @@ static void expert_gemm_one(cuda_context *c, int ta, int tb, int M, int N, int K
     gemm16(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, (void *)C, CUDA_R_16BF, ldc);
 }
 
+// PESC_CUDA_EXPERTS=mma: a row product (C_e (rows, n) = A_e (rows, k) op(B_e), alpha 1, beta 0)
+// of bf16 operands on experts_mma_kernel, one launch for every expert (cuda_experts_mma.cuh).
+// False, nothing done, where it does not apply: fp32 operands, a weight's gradient, N or K not
+// a multiple of 8, operands not 16-byte aligned, more experts than a launch takes, too little
+// shared memory; then cuBLAS runs it.
+static bool experts_mma(cuda_context *, const expert_gemm<float> &, const int *, int)
+{
+    return false;
+}
+
+template <int BN, bool B_K>
+static void experts_mma_launch(cuda_context *c, const expert_gemm<__nv_bfloat16> &g,
+                               const experts_tiles &tiles)
+{
+    size_t bytes = experts_shared(BN, B_K);
+    if (!cuda_shared_limit(c, (const void *)experts_mma_kernel<BN, B_K>, bytes))
+        return;
+    CUDA_LAUNCH((experts_mma_kernel<BN, B_K>), tiles.tile_end[tiles.count - 1],
+                experts_threads(BN), bytes, c->stream, g.c, g.a, g.b, g.n, g.k, tiles);
+    CUDA_LAUNCHED(c);
+}
+
+// The tiles of every expert with rows, BN columns wide.
+static int experts_tile_table(experts_tiles *tiles, const int *offsets, int E, int N, int BN)
+{
+    tiles->count = 0;
+    tiles->n_tiles = (N + BN - 1) / BN;
+    int total = 0;
+    for (int e = 0; e < E; e++) {
+        int rows = offsets[e + 1] - offsets[e], j = tiles->count;
+        if (rows == 0)
+            continue;
+        total += (rows + EM_BM - 1) / EM_BM * tiles->n_tiles;
+        tiles->expert[j] = e, tiles->first[j] = offsets[e], tiles->rows[j] = rows;
+        tiles->tile_end[j] = total;
+        tiles->count++;
+    }
+    return total;
+}
+
+static bool experts_mma(cuda_context *c, const expert_gemm<__nv_bfloat16> &g, const int *offsets,
+                        int E)
+{
+    if (!c->experts_mma || E > CUDA_GROUP_MAX || g.trans_a || g.m >= 0 || g.n <= 0 ||
+        g.k <= 0 || g.n % 8 || g.k % 8 || g.alpha != 1.0f || g.beta != 0.0f ||
+        !(aligned16(g.a) && aligned16(g.b) && aligned16(g.c)))
+        return false;
+    bool b_k = g.trans_b;   // B_e (n, k): the forward's; else (k, n), the backward's
+    // 128 columns a block where that makes at least 4 blocks a multiprocessor, else 64 (the
+    // forward's and backward's rows x R products at TinyLlama's shape: R 512 makes 4 tiles
+    // across, about 290 blocks of 128 x 128 for 132 multiprocessors)
+    experts_tiles tiles;
+    int BN = experts_tile_table(&tiles, offsets, E, g.n, 128) >= 4 * c->multiprocessors ? 128
+                                                                                          : 64;
+    if (BN == 64)
+        experts_tile_table(&tiles, offsets, E, g.n, 64);
+    if (experts_shared(BN, b_k) > (size_t)c->max_shared)
+        return false;
+    if (tiles.count == 0)
+        return true;
+    if (BN == 128 && b_k)
+        experts_mma_launch<128, true>(c, g, tiles);
+    else if (BN == 128)
+        experts_mma_launch<128, false>(c, g, tiles);
+    else if (b_k)
+        experts_mma_launch<64, true>(c, g, tiles);
+    else
+        experts_mma_launch<64, false>(c, g, tiles);
+    return true;
+}
+
 template <class T>
 static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *offsets, int E)
 {
-    if (experts_gemm_grouped(c, g, offsets, E) >= 0)
+    if (experts_mma(c, g, offsets, E) || experts_gemm_grouped(c, g, offsets, E) >= 0)
         return;
     for (int e = 0; e < E && !c->failed; e++) {
         int first = offsets[e], rows = offsets[e + 1] - first;

@@ -166,6 +166,18 @@ static void check_grouped(const char *math)
                          "device line");
 }
 
+/* PESC_CUDA_EXPERTS=mma: the device line says the experts' products run on the mma kernels; on
+ * a GPU it may instead say why not (an older device, an mma that disagrees with the layout). */
+static void check_experts_mma(void)
+{
+    const char *device = backend_device(gpu);
+    int on = strstr(device, "(adapters grouped, mma kernels)") != NULL;
+    gpu_test_verdict(on || (!gpu_test_emulated && strstr(device, "; cublas: ")),
+                     on ? "the experts' products on the mma kernels"
+                        : "the experts' mma kernels refused, the device line says why", 0.0,
+                     "device line");
+}
+
 /* ---- dense products ---------------------------------------------------------------------- */
 
 static void test_matmul(int N, int C, int OC, double tol, const char *tag)
@@ -970,6 +982,68 @@ static void test_attention_step(int Hq, int Hkv, int D, int window)
 
 /* ---- routing and adapters ------------------------------------------------------------------ */
 
+/* The adapters of one layer on the grouping perm, offsets (host), with gate weights w, against
+ * the CPU: forward (with and without x; y within y_tol), backward, and a product on dh after
+ * it. */
+static void test_adapters(twin perm, const int *offsets, twin w, int N, int K, int E, int C, int R,
+                          int with_dropout, double tol, double y_tol)
+{
+    int NK = N * K;
+    twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
+    twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
+    twin x = twin_random((size_t)N * C, 1.0);
+    twin gathered = twin_random((size_t)NK * C, 1.0), pre = twin_random((size_t)NK * R, 1.0);
+    twin act = twin_random((size_t)NK * R, 1.0), scratch = twin_random((size_t)NK * C, 1.0);
+    twin scratch_r = twin_random((size_t)NK * R, 1.0);
+    /* the rows after the routed pairs' are written by neither: alike on both from the start */
+    sync_saved(gathered); sync_saved(pre); sync_saved(act);
+    /* dropout: the mask both draw from the seed where they apply it */
+    float p = with_dropout ? 0.1f : 0.0f;
+    uint64_t seed = (uint64_t)(gpu_test_uniform() * 4e9);
+    moe_adapter_forward(cpu, F(y), F(x), F(gathered), F(pre), F(act), F(scratch), F(h), p,
+                        seed, F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_forward(gpu, G(y), G(x), G(gathered), G(pre), G(act), G(scratch), G(h), p,
+                        seed, G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
+    compare(with_dropout ? "moe_adapter_forward y = x + h + adapters (dropout)"
+                      : "moe_adapter_forward y = x + h + adapters", y, y_tol);
+    /* in bf16, gathered is the input rounded: 2^-9 relative at most */
+    compare_saved("moe_adapter_forward gathered", gathered, saved_in_bf16() ? 3e-3 : 1e-7);
+    compare_saved("moe_adapter_forward pre", pre, tol);
+    compare_saved("moe_adapter_forward act", act, tol);
+    /* without x (Gemma's FFN output, normed before the residual sum): y = h + adapters */
+    moe_adapter_forward(cpu, F(y), NULL, F(gathered), F(pre), F(act), F(scratch), F(h), p, seed,
+                        F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_forward(gpu, G(y), NULL, G(gathered), G(pre), G(act), G(scratch), G(h), p, seed,
+                        G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
+    compare(with_dropout ? "moe_adapter_forward y = h + adapters (dropout)"
+                      : "moe_adapter_forward y = h + adapters", y, y_tol);
+    sync_saved(gathered); sync_saved(pre); sync_saved(act);
+    twin dy = twin_random((size_t)N * C, 1.0), dh = twin_random((size_t)N * C, 1.0);
+    twin ddown = twin_random((size_t)E * R * C, 1.0), dup = twin_random((size_t)E * C * R, 1.0);
+    twin dtopk = twin_random(NK, 1.0);
+    /* for a product on dh after the backward */
+    twin pw = twin_random((size_t)C * C, 0.5), py = twin_alloc((size_t)N * C * sizeof(float));
+    moe_adapter_backward(cpu, F(dh), F(ddown), F(dup), F(dtopk), F(scratch), F(scratch_r), F(dy),
+                         F(gathered), F(pre), F(act), p, seed, F(down), F(up), FI(perm), offsets,
+                         F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_backward(gpu, G(dh), G(ddown), G(dup), G(dtopk), G(scratch), G(scratch_r), G(dy),
+                         G(gathered), G(pre), G(act), p, seed, G(down), G(up), GI(perm), offsets,
+                         G(w), N, K, E, C, R, 0.25f);
+    /* a product on dh next reads the bf16 copy the backward wrote (bf16 math) */
+    matmul_forward(cpu, F(py), F(dh), F(pw), NULL, N, C, C);
+    matmul_forward(gpu, G(py), G(dh), G(pw), NULL, N, C, C);
+    compare("moe_adapter_backward: a product on dh after it", py, tol);
+    twin_free(pw); twin_free(py);
+    compare("moe_adapter_backward dh = dy + adapters' part", dh, tol);
+    compare("moe_adapter_backward ddown (accumulated)", ddown, tol);
+    compare("moe_adapter_backward dup (accumulated)", dup, tol);
+    compare("moe_adapter_backward dtopk_w", dtopk, tol);
+    twin_free(h);
+    twin_free(down); twin_free(up); twin_free(y); twin_free(x); twin_free(gathered);
+    twin_free(pre); twin_free(act); twin_free(scratch); twin_free(scratch_r); twin_free(dy);
+    twin_free(dh); twin_free(ddown); twin_free(dup); twin_free(dtopk);
+}
+
 static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double tol)
 {
     int NK = N * K;
@@ -1012,63 +1086,58 @@ static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double
     int *offsets = calloc((size_t)E + 1, sizeof *offsets);
     for (int e = 0; e < E; e++)
         offsets[e + 1] = offsets[e] + (int)((double *)stats.c)[e];
-    twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
-    twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
-    twin x = twin_random((size_t)N * C, 1.0);
-    twin gathered = twin_random((size_t)NK * C, 1.0), pre = twin_random((size_t)NK * R, 1.0);
-    twin act = twin_random((size_t)NK * R, 1.0), scratch = twin_random((size_t)NK * C, 1.0);
-    twin scratch_r = twin_random((size_t)NK * R, 1.0);
-    /* the rows after the routed pairs' are written by neither: alike on both from the start */
-    sync_saved(gathered); sync_saved(pre); sync_saved(act);
-    /* dropout: the mask both draw from the seed where they apply it */
-    float p = with_dropout ? 0.1f : 0.0f;
-    uint64_t seed = (uint64_t)(gpu_test_uniform() * 4e9);
-    moe_adapter_forward(cpu, F(y), F(x), F(gathered), F(pre), F(act), F(scratch), F(h), p,
-                        seed, F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
-    moe_adapter_forward(gpu, G(y), G(x), G(gathered), G(pre), G(act), G(scratch), G(h), p,
-                        seed, G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
-    compare(with_dropout ? "moe_adapter_forward y = x + h + adapters (dropout)"
-                      : "moe_adapter_forward y = x + h + adapters", y, 1e-4 + tol / 10);
-    /* in bf16, gathered is the input rounded: 2^-9 relative at most */
-    compare_saved("moe_adapter_forward gathered", gathered, saved_in_bf16() ? 3e-3 : 1e-7);
-    compare_saved("moe_adapter_forward pre", pre, tol);
-    compare_saved("moe_adapter_forward act", act, tol);
-    /* without x (Gemma's FFN output, normed before the residual sum): y = h + adapters */
-    moe_adapter_forward(cpu, F(y), NULL, F(gathered), F(pre), F(act), F(scratch), F(h), p, seed,
-                        F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
-    moe_adapter_forward(gpu, G(y), NULL, G(gathered), G(pre), G(act), G(scratch), G(h), p, seed,
-                        G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
-    compare(with_dropout ? "moe_adapter_forward y = h + adapters (dropout)"
-                      : "moe_adapter_forward y = h + adapters", y, 1e-4 + tol / 10);
-    sync_saved(gathered); sync_saved(pre); sync_saved(act);
-    twin dy = twin_random((size_t)N * C, 1.0), dh = twin_random((size_t)N * C, 1.0);
-    twin ddown = twin_random((size_t)E * R * C, 1.0), dup = twin_random((size_t)E * C * R, 1.0);
-    twin dtopk = twin_random(NK, 1.0);
-    /* for a product on dh after the backward */
-    twin pw = twin_random((size_t)C * C, 0.5), py = twin_alloc((size_t)N * C * sizeof(float));
-    moe_adapter_backward(cpu, F(dh), F(ddown), F(dup), F(dtopk), F(scratch), F(scratch_r), F(dy),
-                         F(gathered), F(pre), F(act), p, seed, F(down), F(up), FI(perm), offsets,
-                         F(w), N, K, E, C, R, 0.25f);
-    moe_adapter_backward(gpu, G(dh), G(ddown), G(dup), G(dtopk), G(scratch), G(scratch_r), G(dy),
-                         G(gathered), G(pre), G(act), p, seed, G(down), G(up), GI(perm), offsets,
-                         G(w), N, K, E, C, R, 0.25f);
-    /* a product on dh next reads the bf16 copy the backward wrote (bf16 math) */
-    matmul_forward(cpu, F(py), F(dh), F(pw), NULL, N, C, C);
-    matmul_forward(gpu, G(py), G(dh), G(pw), NULL, N, C, C);
-    compare("moe_adapter_backward: a product on dh after it", py, tol);
-    twin_free(pw); twin_free(py);
-    compare("moe_adapter_backward dh = dy + adapters' part", dh, tol);
-    compare("moe_adapter_backward ddown (accumulated)", ddown, tol);
-    compare("moe_adapter_backward dup (accumulated)", dup, tol);
-    compare("moe_adapter_backward dtopk_w", dtopk, tol);
+    /* y = x + h + adapters, the adapters' part small beside x + h */
+    test_adapters(perm, offsets, w, N, K, E, C, R, with_dropout, tol, 1e-4 + tol / 10);
     free(offsets);
     twin_free(sources);
     twin_free(stats);
     twin_free(logits); twin_free(idx); twin_free(w); twin_free(probs); twin_free(lse);
-    twin_free(dw); twin_free(aux); twin_free(dlogits); twin_free(perm); twin_free(h);
-    twin_free(down); twin_free(up); twin_free(y); twin_free(x); twin_free(gathered);
-    twin_free(pre); twin_free(act); twin_free(scratch); twin_free(scratch_r); twin_free(dy);
-    twin_free(dh); twin_free(ddown); twin_free(dup); twin_free(dtopk);
+    twin_free(dw); twin_free(aux); twin_free(dlogits); twin_free(perm);
+}
+
+/* The experts' products over hand-made groups (perm, offsets: uneven, empty, a group of one
+ * row), through the adapters' ops, whose outputs show each product: pre (gathered D_e^T) and
+ * act directly, y (act U_e^T), dtopk_w and ddown (p = dy U_e), dh (p D_e). counts[e] rows for
+ * expert e; N tokens of K slots, the slots past the groups' padding, in no group. */
+static void test_expert_products(const int *counts, int E, int K, int C, int R, double tol)
+{
+    int pairs = 0;
+    for (int e = 0; e < E; e++)
+        pairs += counts[e];
+    int N = (pairs + 3 + K - 1) / K, NK = N * K;   /* a few padding slots */
+    int *offsets = calloc((size_t)E + 1, sizeof *offsets);
+    for (int e = 0; e < E; e++)
+        offsets[e + 1] = offsets[e] + counts[e];
+    /* perm: the pairs in a shuffled order, -1 past the groups */
+    twin perm = twin_alloc((size_t)NK * sizeof(int32_t)), w = twin_random(NK, 1.0);
+    for (int j = 0; j < NK; j++)
+        FI(perm)[j] = j;
+    for (int j = NK - 1; j > 0; j--) {
+        int i = (int)(gpu_test_uniform() * (j + 1)) % (j + 1), swap = FI(perm)[i];
+        FI(perm)[i] = FI(perm)[j], FI(perm)[j] = swap;
+    }
+    for (int j = pairs; j < NK; j++)
+        FI(perm)[j] = -1;
+    twin_sync(perm);
+    printf("experts' products: %d rows in %d groups, C %d, R %d\n", pairs, E, C, R);
+    /* at C 2048 and R 512 the adapters' part of y, summed from bf16 rows, is as large as
+     * x + h: y within tol (cuBLAS's grouped products too are 3e-3 off there) */
+    test_adapters(perm, offsets, w, N, K, E, C, R, 0, tol, tol);
+    free(offsets);
+    twin_free(perm); twin_free(w);
+}
+
+/* Groups that cut the mma kernels' tiles every way: rows past a 128-row tile, a group of one
+ * row, empty groups; N and K of 64, 512, 96 and 2048, and of 24 and 40, which end within a
+ * 32-wide step of K. */
+static void test_expert_shapes(double tol)
+{
+    static const int counts[] = {37, 0, 1, 130, 0, 19};
+    test_expert_products(counts, 6, 2, 96, 64, tol);
+    test_expert_products(counts, 6, 2, 2048, 512, tol);
+    test_expert_products(counts, 6, 1, 96, 512, tol);
+    test_expert_products(counts, 6, 1, 2048, 64, tol);
+    test_expert_products(counts, 6, 2, 40, 24, tol);
 }
 
 int main(void)
@@ -1126,6 +1195,7 @@ int main(void)
     for (int i = 0; i < 2; i++)
         test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
     test_moe(60, 4, 2, 40, 4, 1, bf16_tol);  /* rows of 4: too narrow to group, one an expert */
+    test_expert_shapes(bf16_tol);   /* cuBLAS's, for the mma kernels' below */
     gpu_finish();
     /* the weights' gradients grouped in bf16 too, then added to the fp32 ones
      * (PESC_CUDA_GROUPED=all; by default one product an expert straight into fp32) */
@@ -1136,6 +1206,19 @@ int main(void)
         test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
     gpu_finish();
     unsetenv("PESC_CUDA_GROUPED");
+    /* the experts' row products on our own mma kernels (PESC_CUDA_EXPERTS=mma): the bf16
+     * phase's cases and shapes */
+    setenv("PESC_CUDA_EXPERTS", "mma", 1);
+    gpu_again();
+    check_experts_mma();
+    test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
+    test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
+    for (int i = 0; i < 2; i++)
+        test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
+    test_moe(60, 4, 2, 40, 4, 1, bf16_tol);   /* R 4: not a multiple of 8, on cuBLAS */
+    test_expert_shapes(bf16_tol);
+    gpu_finish();
+    unsetenv("PESC_CUDA_EXPERTS");
 
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
     setenv("PESC_CUDA_MATH", "fp32", 1);

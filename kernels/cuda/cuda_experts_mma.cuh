@@ -1,0 +1,256 @@
+// cuda_experts_mma — the experts' row products of the adapters in bf16 (bf16 operands, fp32
+// accumulation, bf16 results) as one kernel launch over the tiles of every expert, on mma.sync
+// m16n8k16 (cuda_flash_mma.cuh's flash_mma and its fragment layout). PESC_CUDA_EXPERTS=mma
+// picks it over cuBLAS's grouped call (cuda_moe.cu's experts_gemm), which ran these products at
+// 63 to 140 TFLOP/s on an H200 where its dense bf16 products reach 430 to 700: its grouped
+// kernels at these shapes, and its host-side choice of a kernel for shapes that change every
+// call (each expert's rows, every layer and step).
+//
+// For each expert e with rows (first_e .. first_e + rows_e - 1 of the grouped order):
+//   out_e (rows_e, N) = A_e (rows_e, K) op(B_e),  A_e row-major (K-contiguous), and
+//   B_e (N, K) row-major, op = transpose (B_K: the forward's D_e^T and U_e^T), or
+//   B_e (K, N) row-major, op = none (the backward's U_e and D_e: rows run along N).
+// N and K are multiples of 8 (16-byte rows of bf16) and every row starts 16-byte aligned; the
+// caller checks and otherwise runs cuBLAS.
+//
+// The design known to run near peak on Ampere and Hopper without wgmma:
+//  - a block computes a BM x BN tile (128 x 128, or 128 x 64 where 128-wide tiles would leave
+//    the GPU's multiprocessors short of work), its warps 64 x 32 each: 8 warps (2 x 4), or 4
+//    (2 x 2). A warp's tile is 4 m-tiles of 16 rows by 4 chunks of 8 columns: 64 fp32
+//    accumulators a lane, and each fragment it loads serves 4 products;
+//  - K walks in steps of 32 through EM_STAGES (4) buffers in shared memory, filled with
+//    cp.async 16 bytes at a time: three steps' loads are in flight while one is multiplied;
+//  - fragments come from shared memory with ldmatrix .x4 (four 8 x 8 matrices a warp at once;
+//    .trans for a B that runs along N, which it transposes as it loads); rows are padded by 16
+//    bytes, so the 8 rows an ldmatrix reads fall in 8 distinct groups of 4 banks;
+//  - one launch: the grid is every expert's tiles, each block finding its expert in a table of
+//    tile counts passed by value (at most CUDA_GROUP_MAX experts); rows past an expert's last
+//    and columns past N load as zeros (cp.async's zero fill) and are not stored.
+//
+// The kernels keep to what tests/emu/cuda_emu.h runs; there the mma is emu_mma_m16n8k16 and
+// ldmatrix emu_ldmatrix_x4(_trans), both by the PTX ISA's layouts.
+#ifndef PESC_CUDA_EXPERTS_MMA_CUH
+#define PESC_CUDA_EXPERTS_MMA_CUH
+
+#include "cuda/cuda_common.cuh"
+#include "cuda/cuda_flash_mma.cuh"
+
+#define EM_BM 128          // rows a block
+#define EM_BK 32           // K a step
+#define EM_STAGES 4        // steps in shared memory at once
+#define EM_WARP_M 64       // a warp's rows
+#define EM_WARP_N 32       // a warp's columns
+#define EM_LDK (EM_BK + 8) // a K-contiguous row in shared memory: 32 values and 16 bytes
+
+// The experts of one launch, passed by value: expert[j], its first row and its rows, for the
+// experts with rows in order, and tile_end[j], the tiles of experts 0 .. j together (a block
+// b < tile_end[0] is expert[0]'s, and so on); each expert's tiles run along N first.
+struct experts_tiles {
+    int count, n_tiles;
+    int expert[CUDA_GROUP_MAX], first[CUDA_GROUP_MAX], rows[CUDA_GROUP_MAX];
+    int tile_end[CUDA_GROUP_MAX];
+};
+
+// One operand of an expert's product: expert e's starts at base + first_e row + e expert
+// (elements), first_e the expert's first row in the grouped order; its rows are ld apart.
+template <class T> struct expert_operand {
+    const T *base;
+    size_t row, expert;
+    int ld;
+};
+
+template <class T>
+__host__ __device__ inline const T *expert_at(const expert_operand<T> &o, int first, int e)
+{
+    return o.base + (size_t)first * o.row + (size_t)e * o.expert;
+}
+
+// The threads of a block with BN columns: one warp a 64 x 32 piece.
+__host__ __device__ constexpr int experts_threads(int BN)
+{
+    return 32 * (EM_BM / EM_WARP_M) * (BN / EM_WARP_N);
+}
+
+// A stage's B tile: BN rows of K (B_K), or EM_BK rows of BN columns and 16 bytes.
+__host__ __device__ constexpr int experts_b_elements(int BN, bool B_K)
+{
+    return B_K ? BN * EM_LDK : EM_BK * (BN + 8);
+}
+
+__host__ __device__ constexpr size_t experts_stage_bytes(int BN, bool B_K)
+{
+    return (size_t)(EM_BM * EM_LDK + experts_b_elements(BN, B_K)) * sizeof(__nv_bfloat16);
+}
+
+__host__ __device__ constexpr size_t experts_shared(int BN, bool B_K)
+{
+    return EM_STAGES * experts_stage_bytes(BN, B_K);
+}
+
+// The warp's four registers of four 8 x 8 matrices of 2-byte values in shared memory, lane l
+// giving row l % 8 of matrix l / 8 (cuda_emu.h's emu_ldmatrix_x4 spells out the layout);
+// transposed as they load with TRANS.
+template <bool TRANS>
+__device__ __forceinline__ void experts_ldmatrix(uint32_t r[4], const void *row)
+{
+#ifdef PESC_CUDA_EMU
+    if (TRANS)
+        emu_ldmatrix_x4_trans(r, row);
+    else
+        emu_ldmatrix_x4(r, row);
+#elif FLASH_BODY
+    unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#endif
+}
+
+// Step k0's tiles into a stage: A's EM_BM rows from row m0 (of `rows`), B's BN columns from n0,
+// each 16 bytes a cp.async, zeros past the ends. The whole block calls it.
+template <int BN, bool B_K>
+__device__ __forceinline__ void experts_load(__nv_bfloat16 *as, __nv_bfloat16 *bs,
+                                             const __nv_bfloat16 *a, int lda,
+                                             const __nv_bfloat16 *b, int ldb, int m0, int rows,
+                                             int n0, int N, int k0, int K)
+{
+    constexpr int THREADS = experts_threads(BN), VK = EM_BK / 8;
+    for (int i = threadIdx.x; i < EM_BM * VK; i += THREADS) {
+        int r = i / VK, k = k0 + 8 * (i % VK);
+        bool in = m0 + r < rows && k < K;
+        flash_cp16(as + r * EM_LDK + 8 * (i % VK), in ? a + (size_t)(m0 + r) * lda + k : a, in);
+    }
+    if (B_K) {
+        for (int i = threadIdx.x; i < BN * VK; i += THREADS) {
+            int n = i / VK, k = k0 + 8 * (i % VK);
+            bool in = n0 + n < N && k < K;
+            flash_cp16(bs + n * EM_LDK + 8 * (i % VK), in ? b + (size_t)(n0 + n) * ldb + k : b,
+                       in);
+        }
+    } else {
+        constexpr int VN = BN / 8;
+        for (int i = threadIdx.x; i < EM_BK * VN; i += THREADS) {
+            int k = i / VN, n = n0 + 8 * (i % VN);
+            bool in = k0 + k < K && n < N;
+            flash_cp16(bs + k * (BN + 8) + 8 * (i % VN), in ? b + (size_t)(k0 + k) * ldb + n : b,
+                       in);
+        }
+    }
+}
+
+// acc += the warp's 64 x 32 piece of a stage: A rows wm .., B columns wn .. (g, t: the lane's
+// fragment coordinates).
+template <int BN, bool B_K>
+__device__ __forceinline__ void experts_step(float (*acc)[4][4], const __nv_bfloat16 *as,
+                                             const __nv_bfloat16 *bs, int wm, int wn, int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < EM_BK; kk += 16) {
+        // A: lanes 0-15 give rows 0-15 at column kk, lanes 16-31 the same rows at kk + 8:
+        // matrices (rows 0-7, kk), (8-15, kk), (0-7, kk + 8), (8-15, kk + 8) are a[0 .. 3]
+        uint32_t af[4][4], bf[4][2];
+#pragma unroll
+        for (int m = 0; m < 4; m++)
+            experts_ldmatrix<false>(af[m], as + (wm + 16 * m + lane % 16) * EM_LDK + kk +
+                                               8 * (lane / 16));
+        // B, two 8-column chunks a load: matrix i = lane / 8 is k half i % 2 of chunk i / 2,
+        // so r[0], r[1] are the first chunk's b[0], b[1] and r[2], r[3] the second's
+#pragma unroll
+        for (int np = 0; np < 2; np++) {
+            uint32_t r[4];
+            int n = wn + 16 * np + 8 * (lane / 16), k = kk + 8 * (lane / 8 % 2);
+            if (B_K)   // B[k][n] at bs[n][k]: a fragment's pairs run along a row, as A's
+                experts_ldmatrix<false>(r, bs + (n + lane % 8) * EM_LDK + k);
+            else       // B[k][n] at bs[k][n]: rows along N, transposed as they load
+                experts_ldmatrix<true>(r, bs + (k + lane % 8) * (BN + 8) + n);
+            bf[2 * np][0] = r[0], bf[2 * np][1] = r[1];
+            bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int m = 0; m < 4; m++)
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+                flash_mma<__nv_bfloat16>(acc[m][n], af[m], bf[n]);
+    }
+}
+
+// out_e = A_e op(B_e) for every expert of `tiles` (the header says the shapes): block b takes
+// one BM x BN tile of one expert. Grid tiles.tile_end[tiles.count - 1], experts_threads(BN)
+// threads, experts_shared(BN, B_K) bytes.
+template <int BN, bool B_K>
+__global__ void __launch_bounds__(experts_threads(BN), 2)
+experts_mma_kernel(expert_operand<__nv_bfloat16> out, expert_operand<__nv_bfloat16> a,
+                   expert_operand<__nv_bfloat16> b, int N, int K,
+                   experts_tiles tiles)
+{
+#if FLASH_BODY
+    constexpr int WARPS_N = BN / EM_WARP_N;
+    PESC_DYNAMIC_SHARED(experts_smem);
+    int j = 0;
+    while ((int)blockIdx.x >= tiles.tile_end[j])
+        j++;
+    int e = tiles.expert[j], first = tiles.first[j], rows = tiles.rows[j];
+    int tile = blockIdx.x - (j ? tiles.tile_end[j - 1] : 0);
+    int m0 = tile / tiles.n_tiles * EM_BM, n0 = tile % tiles.n_tiles * BN;
+    const __nv_bfloat16 *ae = expert_at(a, first, e), *be = expert_at(b, first, e);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int wm = warp / WARPS_N * EM_WARP_M, wn = warp % WARPS_N * EM_WARP_N;
+
+    auto stage_a = [&](int s) {
+        return (__nv_bfloat16 *)(experts_smem + s * experts_stage_bytes(BN, B_K));
+    };
+    auto fetch = [&](int step) {   // step's tiles into stage step % EM_STAGES
+        __nv_bfloat16 *as = stage_a(step % EM_STAGES);
+        experts_load<BN, B_K>(as, as + EM_BM * EM_LDK, ae, a.ld, be, b.ld, m0, rows, n0, N,
+                              EM_BK * step, K);
+    };
+    float acc[4][4][4];
+    flash_zero<4, 4>(acc);
+    int steps = (K + EM_BK - 1) / EM_BK;
+    // EM_STAGES - 1 steps in flight before the first product; one group a step, empty past
+    // the last, so that the wait below always leaves the newest EM_STAGES - 2
+#pragma unroll
+    for (int s = 0; s < EM_STAGES - 1; s++) {
+        if (s < steps)
+            fetch(s);
+        flash_cp_commit();
+    }
+    for (int step = 0; step < steps; step++) {
+        flash_cp_wait<EM_STAGES - 2>();   // this thread's copies of `step` are made
+        __syncthreads();   // ... everyone's; and the stage step - 1 used is free again
+        if (step + EM_STAGES - 1 < steps)
+            fetch(step + EM_STAGES - 1);
+        flash_cp_commit();
+        const __nv_bfloat16 *as = stage_a(step % EM_STAGES);
+        experts_step<BN, B_K>(acc, as, as + EM_BM * EM_LDK, wm, wn, lane);
+    }
+    flash_cp_wait<0>();   // the empty groups' (none of their copies are left)
+
+    // each lane's pairs of adjacent columns, as one 4-byte store of two bf16
+    __nv_bfloat16 *oe = (__nv_bfloat16 *)expert_at(out, first, e);
+    int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int r = m0 + wm + 16 * m + g + 8 * i;
+            if (r >= rows)
+                continue;
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                int col = n0 + wn + 8 * n + 2 * t;
+                if (col < N)
+                    PESC_STORE_4(oe + (size_t)r * out.ld + col,
+                                 flash_pack<__nv_bfloat16>(acc[m][n][2 * i],
+                                                           acc[m][n][2 * i + 1]));
+            }
+        }
+#endif
+}
+
+#endif
