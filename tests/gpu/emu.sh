@@ -51,6 +51,8 @@ done
 run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/gpu/test_cuda_step"
 # bf16 math, where the crafted model's frozen product weights are kept in bf16 alone
 run env PESC_CUDA_MATH=bf16 "$top_builddir/tests/gpu/test_cuda_step"
+# ... with the experts' row products on pesc's own mma kernels (PESC_CUDA_EXPERTS=mma)
+run env PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERTS=mma "$top_builddir/tests/gpu/test_cuda_step"
 # the ops in the emulator's immediate mode
 run env PESC_EMU_DEFER=0 "$top_builddir/tests/gpu/test_cuda_ops"
 
