@@ -88,7 +88,7 @@ typedef struct cuda_context {
     int flash_mma;               // ... as the mma.sync ones (else wmma)
     size_t att_tile_bytes;       // the gemm path's budget for a tile of scores
     int max_shared;              // opt-in dynamic shared memory per block, bytes
-    int multiprocessors;
+    int multiprocessors;         // the experts' mma kernels pick their tile width by it
     char device_text[640];
     int failed;                  // sticky: the first error, kept until the backend is deleted
     char error[480];

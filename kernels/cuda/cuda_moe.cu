@@ -17,6 +17,8 @@
 // alone (about 1000 rows by 512 at TinyLlama's shape) is too few tiles to fill a large GPU. In
 // bf16 math the rows are bf16 throughout (see "the adapters" below): what cuBLAS groups in bf16,
 // at twice TF32's rate.
+// PESC_CUDA_EXPERTS=mma runs the row products (not the weights' gradients) of bf16 math on
+// kernels of our own instead, one launch over every expert's tiles (cuda_experts_mma.cuh).
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_convert.cuh"
 #include "cuda/cuda_experts_mma.cuh"
@@ -448,10 +450,10 @@ static bool experts_mma(cuda_context *c, const expert_gemm<__nv_bfloat16> &g, co
         !(aligned16(g.a) && aligned16(g.b) && aligned16(g.c)))
         return false;
     bool b_k = g.trans_b;   // B_e (n, k): the forward's; else (k, n), the backward's
-    // 128 columns a block where that makes at least 4 blocks a multiprocessor, else 64 (the
-    // forward's and backward's rows x R products at TinyLlama's shape: R 512 makes 4 tiles
-    // across, about 290 blocks of 128 x 128 for 132 multiprocessors)
-    experts_tiles tiles;
+    // 128 columns a block where that makes at least 4 blocks a multiprocessor, else 64: at
+    // TinyLlama's shape the rows x R products (R 512: 4 tiles across) make about 290 blocks of
+    // 128 x 128 for an H200's 132 multiprocessors, a second wave mostly idle
+    experts_tiles tiles = {};
     int BN = experts_tile_table(&tiles, offsets, E, g.n, 128) >= 4 * c->multiprocessors ? 128
                                                                                           : 64;
     if (BN == 64)
