@@ -26,12 +26,14 @@
 #define PESC_LOAD_FLOAT4(p) emu_detail::load_float4(p)
 #define PESC_LOAD_16(p) emu_detail::load_16(p)
 #define PESC_STORE_16(p, v) emu_detail::store_16(p, v)
+#define PESC_STORE_FLOAT4(p, v) emu_detail::store_float4(p, v)
 #define PESC_LOAD_4(p) emu_detail::load_4(p)
 #define PESC_STORE_4(p, v) emu_detail::store_4(p, v)
 #else
 #define PESC_LOAD_FLOAT4(p) (*(const float4 *)(p))
 #define PESC_LOAD_16(p) (*(const uint4 *)(p))
 #define PESC_STORE_16(p, v) (*(uint4 *)(p) = (v))
+#define PESC_STORE_FLOAT4(p, v) (*(float4 *)(p) = (v))
 #define PESC_LOAD_4(p) (*(const uint32_t *)(p))
 #define PESC_STORE_4(p, v) (*(uint32_t *)(p) = (v))
 #endif

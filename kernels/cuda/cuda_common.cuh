@@ -237,6 +237,44 @@ __nv_bfloat16 *cuda_keep_copy(cuda_context *c, const float *out, size_t n,
 
 // ---- tensors in fp32 or bf16, for the kernels ------------------------------------------------
 
+// The memory-bound kernels move 16 bytes an access where they can: 8 values (two float4 of
+// fp32, or one 16-byte word of bf16) from a 16-byte aligned address, p[0..7] <-> v[0..7].
+// Widening bf16 is exact (its bits are an fp32's top half), so v holds what p[k] reads as.
+__device__ __forceinline__ void load8(const float *p, float v[8])
+{
+    float4 a = PESC_LOAD_FLOAT4(p), b = PESC_LOAD_FLOAT4(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+__device__ __forceinline__ void load8(const __nv_bfloat16 *p, float v[8])
+{
+    uint4 u = PESC_LOAD_16(p);
+    unsigned w[4] = {u.x, u.y, u.z, u.w};
+    for (int k = 0; k < 4; k++) {
+        v[2 * k] = __uint_as_float(w[k] << 16);
+        v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ void store8(float *p, const float v[8])
+{
+    PESC_STORE_FLOAT4(p, make_float4(v[0], v[1], v[2], v[3]));
+    PESC_STORE_FLOAT4(p + 4, make_float4(v[4], v[5], v[6], v[7]));
+}
+
+// as operand_cvt rounds each value
+__device__ __forceinline__ void store8(__nv_bfloat16 *p, const float v[8])
+{
+    unsigned w[4];
+    for (int k = 0; k < 4; k++)
+        w[k] = (unsigned)__bfloat16_as_ushort(operand_cvt<__nv_bfloat16>(v[2 * k])) |
+               (unsigned)__bfloat16_as_ushort(operand_cvt<__nv_bfloat16>(v[2 * k + 1])) << 16;
+    PESC_STORE_16(p, make_uint4(w[0], w[1], w[2], w[3]));
+}
+
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 // A tensor an elementwise op reads: fp32, or bf16 alone (backend_alloc_compact's memory).
 struct values_in {
     const float *f;
@@ -245,6 +283,15 @@ struct values_in {
     {
         return h ? __bfloat162float(h[i]) : f[i];
     }
+    // values i .. i + 7, i a multiple of 8, in 16-byte loads (where `aligned`)
+    __device__ __forceinline__ void get8(size_t i, float v[8]) const
+    {
+        if (h)
+            load8(h + i, v);
+        else
+            load8(f + i, v);
+    }
+    bool aligned() const { return aligned16(f) && aligned16(h); }
     // the values from element off on
     __host__ __device__ __forceinline__ values_in operator+(size_t off) const
     {
@@ -268,6 +315,22 @@ struct values_out {
         if (h)
             h[i] = operand_cvt<__nv_bfloat16>(v);
     }
+    // get and put of values i .. i + 7, as values_in's get8
+    __device__ __forceinline__ void get8(size_t i, float v[8]) const
+    {
+        if (f)
+            load8(f + i, v);
+        else
+            load8(h + i, v);
+    }
+    __device__ __forceinline__ void put8(size_t i, const float v[8]) const
+    {
+        if (f)
+            store8(f + i, v);
+        if (h)
+            store8(h + i, v);
+    }
+    bool aligned() const { return aligned16(f) && aligned16(h); }
 };
 
 static inline values_in read_values(const cuda_context *c, const float *p, size_t n)
@@ -314,6 +377,20 @@ static inline unsigned cuda_blocks(size_t n, int threads)
 #define GRID_STRIDE(i, n)                                                                        \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                    \
          i += (size_t)gridDim.x * blockDim.x)
+
+// An elementwise kernel over n values in 16-byte accesses where its tensors are aligned
+// (vector8): GRID_STRIDE8 walks the whole 8-value units (u, the values 8u .. 8u + 7; none
+// without vector8), GRID_STRIDE_REST the values one at a time after them (all without).
+#define GRID_STRIDE8(u, n, vector8) GRID_STRIDE(u, (vector8) ? (n) / 8 : 0)
+#define GRID_STRIDE_REST(i, n, vector8)                                                          \
+    for (size_t i = ((vector8) ? (n) / 8 * 8 : 0) + blockIdx.x * (size_t)blockDim.x +          \
+                    threadIdx.x;                                                                 \
+         i < (n); i += (size_t)gridDim.x * blockDim.x)
+// Blocks of 256 threads for such a kernel: a unit, or a value, a thread.
+static inline unsigned cuda_blocks8(size_t n, bool vector8)
+{
+    return cuda_blocks(vector8 ? n / 8 + n % 8 : n, 256);
+}
 
 // Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB;
 // false (error recorded) when the device cannot give that much.

@@ -194,41 +194,104 @@ struct gelu_tanh_act {
     __device__ static float dz(float g) { return 1.5957691216057308f * (1.0f + 0.134145f * g * g); }
 };
 
-template <class A>
-__global__ void glu_forward_kernel(values_out out, values_in gate, values_in up, size_t n)
+// out = act(g) u, and the gradients of g and u from out's d: the same fp32 expressions
+// whichever way the kernels load the values.
+template <class A> __device__ __forceinline__ float glu_value(float g, float u)
 {
-    GRID_STRIDE(i, n)
+    return g / (1.0f + expf(-A::z(g))) * u;
+}
+
+template <class A>
+__device__ __forceinline__ void glu_grads(float d, float g, float u, float *dg, float *du)
+{
+    float sig = 1.0f / (1.0f + expf(-A::z(g)));
+    *du = d * g * sig;
+    *dg = d * u * (sig + g * sig * (1.0f - sig) * A::dz(g));
+}
+
+// In bf16 math every tensor here is bf16 (compact): TinyLlama's step moves 138 MB forward and
+// 230 MB backward a layer, 8 values an access where aligned (vector8).
+template <class A>
+__global__ void glu_forward_kernel(values_out out, values_in gate, values_in up, size_t n,
+                                   bool vector8)
+{
+    GRID_STRIDE8(u8, n, vector8)
     {
-        float g = gate[i];
-        out.put(i, g / (1.0f + expf(-A::z(g))) * up[i]);
+        float g[8], u[8], o[8];
+        gate.get8(8 * u8, g);
+        up.get8(8 * u8, u);
+        for (int k = 0; k < 8; k++)
+            o[k] = glu_value<A>(g[k], u[k]);
+        out.put8(8 * u8, o);
     }
+    GRID_STRIDE_REST(i, n, vector8) out.put(i, glu_value<A>(gate[i], up[i]));
 }
 
 template <class A>
 __global__ void glu_backward_kernel(values_out dgate, values_out dup, values_in dout,
-                                    values_in gate, values_in up, size_t n)
+                                    values_in gate, values_in up, size_t n, bool vector8)
 {
-    GRID_STRIDE(i, n)
+    GRID_STRIDE8(u8, n, vector8)
     {
-        float g = gate[i], sig = 1.0f / (1.0f + expf(-A::z(g))), d = dout[i], u = up[i];
-        dup.put(i, d * g * sig);
-        dgate.put(i, d * u * (sig + g * sig * (1.0f - sig) * A::dz(g)));
+        float d[8], g[8], u[8], dg[8], du[8];
+        dout.get8(8 * u8, d);
+        gate.get8(8 * u8, g);
+        up.get8(8 * u8, u);
+        for (int k = 0; k < 8; k++)
+            glu_grads<A>(d[k], g[k], u[k], &dg[k], &du[k]);
+        dup.put8(8 * u8, du);
+        dgate.put8(8 * u8, dg);
+    }
+    GRID_STRIDE_REST(i, n, vector8)
+    {
+        float dg, du;
+        glu_grads<A>(dout[i], gate[i], up[i], &dg, &du);
+        dup.put(i, du);
+        dgate.put(i, dg);
     }
 }
 
-__global__ void residual_kernel(float *out, const float *x, const float *y, size_t n)
+// TinyLlama's residual moves 100 MB (~23 us at 4.3 TB/s)
+__global__ void residual_kernel(float *out, const float *x, const float *y, size_t n,
+                                bool vector8)
 {
-    GRID_STRIDE(i, n) out[i] = x[i] + y[i];
+    GRID_STRIDE8(u, n, vector8)
+    {
+        float a[8], b[8];
+        load8(x + 8 * u, a);
+        load8(y + 8 * u, b);
+        for (int k = 0; k < 8; k++)
+            a[k] = a[k] + b[k];
+        store8(out + 8 * u, a);
+    }
+    GRID_STRIDE_REST(i, n, vector8) out[i] = x[i] + y[i];
 }
 
-__global__ void axpy_kernel(values_out y, values_in x, float alpha, size_t n)
+__global__ void axpy_kernel(values_out y, values_in x, float alpha, size_t n, bool vector8)
 {
-    GRID_STRIDE(i, n) y.put(i, y.get(i) + alpha * x[i]);
+    GRID_STRIDE8(u, n, vector8)
+    {
+        float a[8], b[8];
+        y.get8(8 * u, a);
+        x.get8(8 * u, b);
+        for (int k = 0; k < 8; k++)
+            a[k] = a[k] + alpha * b[k];
+        y.put8(8 * u, a);
+    }
+    GRID_STRIDE_REST(i, n, vector8) y.put(i, y.get(i) + alpha * x[i]);
 }
 
-__global__ void scale_kernel(float *x, float alpha, size_t n)
+__global__ void scale_kernel(float *x, float alpha, size_t n, bool vector8)
 {
-    GRID_STRIDE(i, n) x[i] *= alpha;
+    GRID_STRIDE8(u, n, vector8)
+    {
+        float a[8];
+        load8(x + 8 * u, a);
+        for (int k = 0; k < 8; k++)
+            a[k] *= alpha;
+        store8(x + 8 * u, a);
+    }
+    GRID_STRIDE_REST(i, n, vector8) x[i] *= alpha;
 }
 
 template <class A>
@@ -237,7 +300,9 @@ static void glu_forward(void *ctx, float *out, const float *gate, const float *u
     CUDA_OP(ctx);
     values_out to = write_values(c, out, n, true);
     values_in g = read_values(c, gate, n), u = read_values(c, up, n);
-    CUDA_LAUNCH(glu_forward_kernel<A>, cuda_blocks(n, 256), 256, 0, c->stream, to, g, u, n);
+    bool vector8 = to.aligned() && g.aligned() && u.aligned();
+    CUDA_LAUNCH(glu_forward_kernel<A>, cuda_blocks8(n, vector8), 256, 0, c->stream, to, g, u, n,
+                vector8);
     CUDA_LAUNCHED(c);
 }
 
@@ -250,8 +315,10 @@ static void glu_backward(void *ctx, float *dgate, float *dup, const float *dout,
     values_out to_dgate = write_values(c, dgate, n, true);
     values_out to_dup = write_values(c, dup, n, true, to_dgate.h);
     values_in d = read_values(c, dout, n), g = read_values(c, gate, n), u = read_values(c, up, n);
-    CUDA_LAUNCH(glu_backward_kernel<A>, cuda_blocks(n, 256), 256, 0, c->stream, to_dgate, to_dup,
-                d, g, u, n);
+    bool vector8 = to_dgate.aligned() && to_dup.aligned() && d.aligned() && g.aligned() &&
+                   u.aligned();
+    CUDA_LAUNCH(glu_backward_kernel<A>, cuda_blocks8(n, vector8), 256, 0, c->stream, to_dgate,
+                to_dup, d, g, u, n, vector8);
     CUDA_LAUNCHED(c);
 }
 
@@ -283,7 +350,9 @@ extern "C" void cuda_residual_forward(void *ctx, float *out, const float *x, con
                                       size_t n)
 {
     CUDA_OP(ctx);
-    CUDA_LAUNCH(residual_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, x, y, n);
+    bool vector8 = aligned16(out) && aligned16(x) && aligned16(y);
+    CUDA_LAUNCH(residual_kernel, cuda_blocks8(n, vector8), 256, 0, c->stream, out, x, y, n,
+                vector8);
     CUDA_LAUNCHED(c);
 }
 
@@ -310,7 +379,9 @@ extern "C" void cuda_vector_axpy(void *ctx, float *y, const float *x, float alph
     cuda_settle_grads(c, x, n * sizeof *x);
     values_out to = write_values(c, y, n, false);
     values_in add = read_values(c, x, n);
-    CUDA_LAUNCH(axpy_kernel, cuda_blocks(n, 256), 256, 0, c->stream, to, add, alpha, n);
+    bool vector8 = to.aligned() && add.aligned();
+    CUDA_LAUNCH(axpy_kernel, cuda_blocks8(n, vector8), 256, 0, c->stream, to, add, alpha, n,
+                vector8);
     CUDA_LAUNCHED(c);
 }
 
@@ -346,7 +417,9 @@ extern "C" void cuda_vector_scale(void *ctx, float *x, float alpha, size_t n)
 {
     CUDA_OP(ctx);
     cuda_settle_grads(c, x, n * sizeof *x);
-    CUDA_LAUNCH(scale_kernel, cuda_blocks(n, 256), 256, 0, c->stream, x, alpha, n);
+    bool vector8 = aligned16(x);
+    CUDA_LAUNCH(scale_kernel, cuda_blocks8(n, vector8), 256, 0, c->stream, x, alpha, n,
+                vector8);
     CUDA_LAUNCHED(c);
 }
 
@@ -441,26 +514,61 @@ extern "C" void cuda_vector_sumsq_chunks(void *ctx, double *out, const float *x,
 
 // ---- AdamW ----------------------------------------------------------------------------------
 
-// values: NULL, or the trainables' bf16 values to write with the new ones (cuda_trainables)
+// One value's step: AdamW's moments m and v and the parameter p, from its gradient g (scaled)
+struct adamw_step {
+    float lr, beta1, beta2, eps, weight_decay, step_size, sqrt_c2;
+    __device__ __forceinline__ void operator()(float g_in, float grad_scale, float *p, float *m,
+                                               float *v) const
+    {
+        float g = grad_scale == 1.0f ? g_in : g_in * grad_scale;
+        float q = *p * (1.0f - lr * weight_decay);
+        *m = beta1 * *m + (1.0f - beta1) * g;
+        *v = beta2 * *v + (1.0f - beta2) * g * g;
+        *p = q - step_size * *m / (sqrtf(*v) / sqrt_c2 + eps);
+    }
+};
+
+// values: NULL, or the trainables' bf16 values to write with the new ones (cuda_trainables).
+// TinyLlama's 369M trainables: 16 bytes read and 14 written a value, 11 GB (~2.6 ms at 4.3
+// TB/s); 8 values an access where every tensor is aligned (vector8).
 __global__ void adamw_kernel(float *params, __nv_bfloat16 *values, const float *grads,
                              float grad_scale, float *m, float *v, float *delta, size_t n,
-                             float lr, float beta1, float beta2, float eps, float weight_decay,
-                             float step_size, float sqrt_c2)
+                             adamw_step step, bool vector8)
 {
-    GRID_STRIDE(i, n)
+    GRID_STRIDE8(u, n, vector8)
     {
-        float g = grad_scale == 1.0f ? grads[i] : grads[i] * grad_scale;
-        float before = params[i], p = before * (1.0f - lr * weight_decay);
-        float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        size_t at = 8 * u;
+        float g[8], p[8], mi[8], vi[8], before[8];
+        load8(grads + at, g);
+        load8(params + at, p);
+        load8(m + at, mi);
+        load8(v + at, vi);
+        for (int k = 0; k < 8; k++) {
+            before[k] = p[k];
+            step(g[k], grad_scale, &p[k], &mi[k], &vi[k]);
+        }
+        store8(m + at, mi);
+        store8(v + at, vi);
+        store8(params + at, p);
+        if (values)
+            store8(values + at, p);
+        if (delta) {
+            for (int k = 0; k < 8; k++)
+                before[k] = before[k] - p[k];
+            store8(delta + at, before);
+        }
+    }
+    GRID_STRIDE_REST(i, n, vector8)
+    {
+        float before = params[i], p = before, mi = m[i], vi = v[i];
+        step(grads[i], grad_scale, &p, &mi, &vi);
         m[i] = mi;
         v[i] = vi;
-        float after = p - step_size * mi / (sqrtf(vi) / sqrt_c2 + eps);
-        params[i] = after;
+        params[i] = p;
         if (values)
-            values[i] = operand_cvt<__nv_bfloat16>(after);
+            values[i] = operand_cvt<__nv_bfloat16>(p);
         if (delta)
-            delta[i] = before - after;
+            delta[i] = before - p;
     }
 }
 
@@ -477,9 +585,12 @@ extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads,
     if (!all)
         cuda_forget_copies(c, params, n);
     __nv_bfloat16 *values = all ? (__nv_bfloat16 *)c->train16 : NULL;
-    CUDA_LAUNCH(adamw_kernel, cuda_blocks(n, 256), 256, 0, c->stream, params, values, grads,
-                grad_scale, m, v, delta, n, lr, beta1, beta2, eps, weight_decay,
-                (float)(lr / correction1), (float)sqrt(correction2));
+    adamw_step step_of = {lr, beta1, beta2, eps, weight_decay, (float)(lr / correction1),
+                          (float)sqrt(correction2)};
+    bool vector8 = aligned16(params) && aligned16(values) && aligned16(grads) && aligned16(m) &&
+                   aligned16(v) && aligned16(delta);
+    CUDA_LAUNCH(adamw_kernel, cuda_blocks8(n, vector8), 256, 0, c->stream, params, values, grads,
+                grad_scale, m, v, delta, n, step_of, vector8);
     if (CUDA_LAUNCHED(c) && all)
         c->train_valid = 1;
 }

@@ -161,6 +161,13 @@ inline float __half2float(__half h)
     return f;
 }
 
+inline float __uint_as_float(unsigned u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 inline unsigned short __half_as_ushort(__half h) { return h.bits; }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 
@@ -562,6 +569,12 @@ inline uint4 load_16(const void *p)
 inline void store_16(void *p, uint4 v)
 {
     check_16("16-byte store", p);
+    memcpy(p, &v, sizeof v);
+}
+
+inline void store_float4(float *p, float4 v)
+{
+    check_16("float4 store", p);
     memcpy(p, &v, sizeof v);
 }
 
