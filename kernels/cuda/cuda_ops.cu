@@ -287,13 +287,28 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
     }
 }
 
-// ---- RoPE (rotate-half): one thread per (token, frequency), all heads ------------------------
+// ---- RoPE (rotate-half) ------------------------------------------------------------------------
 
 // direction +1 rotates (forward), -1 rotates back (backward), the first R of each head's D
-// values, cos and sin times scale; a thread per (token, value past R) passes those through
-// (written, so that out's bf16 copy holds them too). The angle is formed in double, as on the
-// CPU: positions times frequencies reach thousands of radians. out may be inp (its bf16 copy
-// beside it or not).
+// values, cos and sin times scale; the values past R pass through (written, so that out's bf16
+// copy holds them too). The angle is formed in double, as on the CPU: positions times
+// frequencies reach thousands of radians. out may be inp (its bf16 copy beside it or not).
+__device__ __forceinline__ void rope_angle(int32_t pos, float inv_freq, float scale,
+                                           float direction, float *cs, float *sn)
+{
+    double angle = (double)pos * inv_freq;
+    *cs = scale * (float)cos(angle), *sn = scale * direction * (float)sin(angle);
+}
+
+// the pair (x1, x2) = values (i, i + R / 2) of a head, rotated
+__device__ __forceinline__ void rope_rotate(float x1, float x2, float cs, float sn, float *y1,
+                                            float *y2)
+{
+    *y1 = x1 * cs - x2 * sn;
+    *y2 = x2 * cs + x1 * sn;
+}
+
+// One thread per (token, frequency), all heads: any shape.
 __global__ void rope_kernel(values_out out, values_in inp, const int32_t *pos,
                             const float *inv_freq, int N, int H, int D, int R, float scale,
                             float direction)
@@ -310,15 +325,78 @@ __global__ void rope_kernel(values_out out, values_in inp, const int32_t *pos,
             }
             continue;
         }
-        double angle = (double)pos[n] * inv_freq[i];
-        float cs = scale * (float)cos(angle), sn = scale * direction * (float)sin(angle);
+        float cs, sn;
+        rope_angle(pos[n], inv_freq[i], scale, direction, &cs, &sn);
         for (int h = 0; h < H; h++) {
             size_t base = ((size_t)n * H + h) * D;
-            float x1 = inp[base + i], x2 = inp[base + i + half];
-            out.put(base + i, x1 * cs - x2 * sn);
-            out.put(base + i + half, x2 * cs + x1 * sn);
+            float y1, y2;
+            rope_rotate(inp[base + i], inp[base + i + half], cs, sn, &y1, &y2);
+            out.put(base + i, y1);
+            out.put(base + i + half, y2);
         }
     }
+}
+
+// R / 2 and D - R multiples of 8, every tensor aligned: a block takes `tokens` tokens. Their
+// angles' cos and sin go to shared memory (2 x tokens x R / 2 floats), each once, as above;
+// then a thread a unit of 8 values of one head (a rotated pair of units, or one passed
+// through), in 16-byte accesses, so that the block's loads are in flight together. TinyLlama's
+// q in bf16: 17 MB in, 17 MB out (~8 us at 4.3 TB/s), its k an eighth of that.
+#define ROPE_THREADS 256
+
+__global__ void __launch_bounds__(ROPE_THREADS)
+    rope8_kernel(values_out out, values_in inp, const int32_t *pos, const float *inv_freq, int N,
+                 int H, int D, int R, float scale, float direction, int tokens)
+{
+    PESC_DYNAMIC_SHARED(angle_bytes);
+    int half = R / 2, pairs = half / 8, units = pairs + (D - R) / 8;   // a head's
+    float *cs = (float *)angle_bytes, *sn = cs + tokens * half;        // (tokens, half)
+    int n0 = blockIdx.x * tokens;
+    for (int j = threadIdx.x; j < tokens * half; j += blockDim.x) {
+        int n = n0 + j / half;
+        if (n < N)
+            rope_angle(pos[n], inv_freq[j % half], scale, direction, &cs[j], &sn[j]);
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < tokens * H * units; j += blockDim.x) {
+        int t = j / (H * units), unit = j % units, n = n0 + t;
+        if (n >= N)
+            break;
+        size_t base = ((size_t)n * H + j / units % H) * D;
+        float x1[8], x2[8];
+        if (unit >= pairs) {   // values past the rotated ones
+            size_t at = base + R + 8 * (unit - pairs);
+            inp.get8(at, x1);
+            out.put8(at, x1);
+            continue;
+        }
+        int i = 8 * unit;
+        inp.get8(base + i, x1);
+        inp.get8(base + i + half, x2);
+        for (int k = 0; k < 8; k++)
+            rope_rotate(x1[k], x2[k], cs[t * half + i + k], sn[t * half + i + k], &x1[k], &x2[k]);
+        out.put8(base + i, x1);
+        out.put8(base + i + half, x2);
+    }
+}
+
+static void launch_rope(cuda_context *c, values_out out, values_in inp, const int32_t *pos,
+                        const float *inv_freq, int N, int H, int D, int R, float scale,
+                        float direction)
+{
+    int half = R / 2, head_units = (D - half) / 8;
+    if (half % 8 == 0 && (D - R) % 8 == 0 && out.aligned() && inp.aligned() && H > 0 &&
+        head_units > 0) {
+        // about a unit a thread; at least a token a block
+        int tokens = (ROPE_THREADS + H * head_units - 1) / (H * head_units);
+        CUDA_LAUNCH(rope8_kernel, (N + tokens - 1) / tokens, ROPE_THREADS,
+                    2 * (size_t)tokens * half * sizeof(float), c->stream, out, inp, pos, inv_freq,
+                    N, H, D, R, scale, direction, tokens);
+    } else {
+        CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D - R / 2), 256), 256, 0, c->stream,
+                    out, inp, pos, inv_freq, N, H, D, R, scale, direction);
+    }
+    CUDA_LAUNCHED(c);
 }
 
 extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const int32_t *pos,
@@ -327,9 +405,7 @@ extern "C" void cuda_rope_forward(void *ctx, float *out, const float *inp, const
     CUDA_OP(ctx);
     values_out to = write_values(c, out, (size_t)N * H * D, false);
     values_in from = read_values(c, inp, (size_t)N * H * D);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D - R / 2), 256), 256, 0, c->stream, to,
-                from, pos, inv_freq, N, H, D, R, scale, 1.0f);
-    CUDA_LAUNCHED(c);
+    launch_rope(c, to, from, pos, inv_freq, N, H, D, R, scale, 1.0f);
 }
 
 extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, const int32_t *pos,
@@ -341,9 +417,7 @@ extern "C" void cuda_rope_backward(void *ctx, float *dinp, const float *dout, co
     CUDA_OP_WRITING(ctx, dinp, n);
     values_out to = write_values(c, dinp, n, true);
     values_in from = read_values(c, dout, n);
-    CUDA_LAUNCH(rope_kernel, cuda_blocks((size_t)N * (D - R / 2), 256), 256, 0, c->stream, to,
-                from, pos, inv_freq, N, H, D, R, scale, -1.0f);
-    CUDA_LAUNCHED(c);
+    launch_rope(c, to, from, pos, inv_freq, N, H, D, R, scale, -1.0f);
 }
 
 // ---- elementwise ------------------------------------------------------------------------------
