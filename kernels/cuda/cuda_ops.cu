@@ -122,8 +122,7 @@ __global__ void rmsnorm_backward_kernel(values_out dx, const float *dout, const 
 // out (151 MB: ~35 us).
 #define RMSNORM_MAX_UNITS 4
 
-// The row's units for the thread: loads a tensor's, keeping them (v) and their values in shared
-// memory (stage, the row's; NULL: not kept there).
+// The thread's units of a row p: kept in v, and staged in shared memory (the row's, for the sum)
 template <int UNITS>
 __device__ __forceinline__ void rmsnorm_load(float (*v)[8], float *stage, const float *p, int C)
 {
@@ -132,9 +131,7 @@ __device__ __forceinline__ void rmsnorm_load(float (*v)[8], float *stage, const 
         int u = threadIdx.x + j * RMSNORM_THREADS;
         if (8 * u < C) {
             load8(p + 8 * u, v[j]);
-            if (stage) {
-                store8(stage + 8 * u, v[j]);
-            }
+            store8(stage + 8 * u, v[j]);
         }
     }
 }
