@@ -1126,7 +1126,8 @@ static int parse_grouped(const char *s, int *grouped, int *grads, pesc_error *er
 }
 
 // PESC_CUDA_EXPERTS: cublas (the default: the experts' row products as cuBLAS's grouped call)
-// or mma (in bf16 math, cuda_experts_mma.cuh's kernels; opt-in until timed on a GPU).
+// or mma (in bf16 math, cuda_experts_mma.cuh's kernels; opt-in: on an H200 a TinyLlama step
+// took 86.6 ms with them, 81.8 with cuBLAS's).
 static int parse_experts(const char *s, int *mma, pesc_error *err)
 {
     *mma = s && strcmp(s, "mma") == 0;
