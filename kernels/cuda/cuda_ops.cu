@@ -3,6 +3,8 @@
 // as kernels/cpu (the specification); fp32 throughout. Where several threads would add into
 // one element, the sums go through a fixed order instead of atomics, so two identical runs
 // give identical numbers.
+#include <type_traits>
+
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_convert.cuh"
 #include "dropout_hash.h"
@@ -218,29 +220,39 @@ static int rmsnorm_units(int C, bool aligned)
     return units <= RMSNORM_MAX_UNITS ? units : 0;
 }
 
+// f(std::integral_constant<int, U>()) for units U of 1, 2 or 4 (the 16-byte kernels'
+// instances); false for 0, where the scalar kernels run.
+template <class F> static bool rmsnorm_by_units(int units, F f)
+{
+    switch (units) {
+    case 1:
+        f(std::integral_constant<int, 1>());
+        return true;
+    case 2:
+        f(std::integral_constant<int, 2>());
+        return true;
+    case 4:
+        f(std::integral_constant<int, 4>());
+        return true;
+    default:
+        return false;
+    }
+}
+
 extern "C" void cuda_rmsnorm_forward(void *ctx, float *out, float *rstd, const float *inp,
                                      const float *weight, float offset, int N, int C, float eps)
 {
     CUDA_OP(ctx);
     values_out to = write_values(c, out, (size_t)N * C, true);
     size_t stage = (size_t)C * sizeof(float);
-    switch (rmsnorm_units(C, to.aligned() && aligned16(inp) && aligned16(weight))) {
-    case 1:
-        CUDA_LAUNCH(rmsnorm_forward8_kernel<1>, N, RMSNORM_THREADS, stage, c->stream, to, rstd,
-                    inp, weight, offset, C, eps);
-        break;
-    case 2:
-        CUDA_LAUNCH(rmsnorm_forward8_kernel<2>, N, RMSNORM_THREADS, stage, c->stream, to, rstd,
-                    inp, weight, offset, C, eps);
-        break;
-    case 4:
-        CUDA_LAUNCH(rmsnorm_forward8_kernel<4>, N, RMSNORM_THREADS, stage, c->stream, to, rstd,
-                    inp, weight, offset, C, eps);
-        break;
-    default:
+    int units = rmsnorm_units(C, to.aligned() && aligned16(inp) && aligned16(weight));
+    if (!rmsnorm_by_units(units, [&](auto u) {
+            constexpr int U = decltype(u)::value;
+            CUDA_LAUNCH(rmsnorm_forward8_kernel<U>, N, RMSNORM_THREADS, stage, c->stream, to,
+                        rstd, inp, weight, offset, C, eps);
+        }))
         CUDA_LAUNCH(rmsnorm_forward_kernel, N, RMSNORM_THREADS, 0, c->stream, to, rstd, inp,
                     weight, offset, C, eps);
-    }
     CUDA_LAUNCHED(c);
 }
 
@@ -255,28 +267,19 @@ extern "C" void cuda_rmsnorm_backward(void *ctx, float *dinp, float *dweight, co
     int units = rmsnorm_units(C, to.aligned() && aligned16(dout) && aligned16(inp) &&
                                      aligned16(weight));
     // rows past 6,144 values stage more than the default 48 KB
-    const void *kernel = units == 1   ? (const void *)rmsnorm_backward8_kernel<1>
-                         : units == 2 ? (const void *)rmsnorm_backward8_kernel<2>
-                                      : (const void *)rmsnorm_backward8_kernel<4>;
+    const void *kernel = NULL;
+    rmsnorm_by_units(units, [&](auto u) {
+        kernel = (const void *)rmsnorm_backward8_kernel<decltype(u)::value>;
+    });
     if (units && ((int)stage > c->max_shared || !cuda_shared_limit(c, kernel, stage)))
         units = 0;
-    switch (units) {
-    case 1:
-        CUDA_LAUNCH(rmsnorm_backward8_kernel<1>, N, RMSNORM_THREADS, stage, c->stream, to, dout,
-                    inp, weight, offset, rstd, C);
-        break;
-    case 2:
-        CUDA_LAUNCH(rmsnorm_backward8_kernel<2>, N, RMSNORM_THREADS, stage, c->stream, to, dout,
-                    inp, weight, offset, rstd, C);
-        break;
-    case 4:
-        CUDA_LAUNCH(rmsnorm_backward8_kernel<4>, N, RMSNORM_THREADS, stage, c->stream, to, dout,
-                    inp, weight, offset, rstd, C);
-        break;
-    default:
+    if (!rmsnorm_by_units(units, [&](auto u) {
+            constexpr int U = decltype(u)::value;
+            CUDA_LAUNCH(rmsnorm_backward8_kernel<U>, N, RMSNORM_THREADS, stage, c->stream, to,
+                        dout, inp, weight, offset, rstd, C);
+        }))
         CUDA_LAUNCH(rmsnorm_backward_kernel, N, RMSNORM_THREADS, 0, c->stream, to, dout, inp,
                     weight, offset, rstd, C);
-    }
     CUDA_LAUNCHED(c);
     if (dweight) {   // dw[c] += sum_n dy[n,c] x[n,c] r[n]
         cuda_settle_grads(c, dweight, (size_t)C * sizeof *dweight);
