@@ -668,7 +668,7 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
 //
 // PESC_CUDA_ATTENTION=gemm. The kernels above run in fp32 on the CUDA cores; at a TinyLlama
 // shape (T 2048) they took near two thirds of an H200 step. Here the four products of attention
-// run through cuBLAS in the context's math (tf32 by default) and only the softmax is a kernel
+// run through cuBLAS in the context's math (bf16 by default) and only the softmax is a kernel
 // of ours. Scores are materialised for a chunk of query rows at a time, against the keys that
 // chunk can see (k0 .. q1 - 1): the tile is at most PESC_CUDA_ATTENTION_TILE bytes (128 MiB;
 // more only where 16 rows of one head need it), and the backward holds two.

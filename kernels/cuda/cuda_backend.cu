@@ -1101,7 +1101,7 @@ static int parse_tile(const char *s, size_t *bytes, pesc_error *err)
 
 // PESC_CUDA_GROUPED: 1 (the default, where cuBLAS has grouped products), 0, or all (in bf16
 // math the weights' gradients grouped too, as bf16 results then added to the fp32 ones: on an
-// H200 the adapters' backward took 37 ms a TinyLlama step so, against 18 in TF32).
+// H200 a TinyLlama step took 85.9 ms so, against 81.8 with them one product an expert).
 static int parse_grouped(const char *s, int *grouped, int *grads, pesc_error *err)
 {
 #if CUBLAS_VERSION >= 120500
@@ -1168,8 +1168,9 @@ static int parse_reuse(const char *s, int *reuse, pesc_error *err)
 
 // The device is PESC_CUDA_DEVICE (default 0); products in PESC_CUDA_MATH, attention by
 // PESC_CUDA_ATTENTION. The defaults, bf16 and flash, were the fastest on an H200 at TinyLlama's
-// shape (2 x 2048 tokens: 91.6 ms a step, against 125.7 in TF32 with flash attention and 464.7
+// shape (2 x 2048 tokens: 81.8 ms a step, against 120.2 in TF32 with flash attention and 458.4
 // in TF32 with the fused kernels), within bf16's agreement with the CPU (1e-3; TF32's 1e-6).
+// Before sm_80, which has no bf16 tensor cores, the default math is TF32 (run there as fp32).
 extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error *err)
 {
     pesc_error why;
@@ -1198,8 +1199,10 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     c->device = (int)index;
     c->grouped16 = c->grouped;
     cudaDeviceProp prop;
+    const char *math = getenv("PESC_CUDA_MATH");
     if (CUDA_CHECK(c, cudaSetDevice(c->device)) &&
         CUDA_CHECK(c, cudaGetDeviceProperties(&prop, c->device)) &&
+        ((!math || !*math) && prop.major < 8 ? (c->math = CUDA_MATH_TF32, true) : true) &&
         CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) &&
         CUDA_CHECK(c, cudaEventCreateWithFlags(&c->downloaded, cudaEventDisableTiming)) &&
         CUBLAS_CHECK(c, cublasCreate(&c->cublas)) &&
@@ -1234,15 +1237,19 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         int grouped = cuda_grouped_probe(c);
         // " (adapters grouped in tf32)", " (adapters grouped, mma kernels)", or what stops
         // the mma kernels asked for: " (adapters grouped; cublas: mma kernels need sm_80)"
+        // (PESC_CUDA_GROUPED=all adds ", their gradients too")
         char adapters[256] = "";
         bool same = grouped == c->math;
+        const char *grads = grouped >= 0 && c->grouped_grads && c->math == CUDA_MATH_BF16
+                                ? ", their gradients too"
+                                : "";
         if (c->experts_mma)
-            snprintf(adapters, sizeof adapters, " (adapters grouped, mma kernels)");
+            snprintf(adapters, sizeof adapters, " (adapters grouped, mma kernels%s)", grads);
         else if (grouped >= 0 || c->experts_asked)
-            snprintf(adapters, sizeof adapters, " (adapters %s%s%s%s%s)",
+            snprintf(adapters, sizeof adapters, " (adapters %s%s%s%s%s%s)",
                      grouped >= 0 ? "grouped" : "one product an expert",
                      grouped >= 0 && !same ? " in " : "",
-                     grouped >= 0 && !same ? math_names[grouped] : "",
+                     grouped >= 0 && !same ? math_names[grouped] : "", grads,
                      c->experts_asked ? "; cublas: " : "", experts_off);
         int version = 0;   // the library loaded, which grouped products depend on
         CUBLAS_CHECK(c, cublasGetVersion(c->cublas, &version));

@@ -10,11 +10,12 @@
 // Precision: every tensor the interface passes is float32 in device memory, but for memory
 // kept in bf16 alone in bf16 math (the frozen weights of backend_alloc_frozen, the
 // activations of backend_alloc_compact: cuda_compact finds them). Dense products run on the
-// tensor cores: TF32 (the default), or bf16 operands with fp32 accumulation and fp32 results
-// (bf16 into compact memory; operands are converted inside the op, except those kept in bf16,
-// whose values are read as they are), or fp32 operands that cuBLAS rounds to bf16 in its own
-// kernels (CUBLAS_COMPUTE_32F_FAST_16BF: no conversion pass, no copies), or plain fp32
-// (PESC_CUDA_MATH=tf32|bf16|fast-bf16|fp32).
+// tensor cores: bf16 operands with fp32 accumulation and fp32 results (the default from sm_80
+// on; bf16 into compact memory; operands are converted inside the op, except those kept in
+// bf16, whose values are read as they are), or TF32 (the default before sm_80, which has no
+// bf16 tensor cores), or fp32 operands that cuBLAS rounds to bf16 in its own kernels
+// (CUBLAS_COMPUTE_32F_FAST_16BF: no conversion pass, no copies), or plain fp32
+// (PESC_CUDA_MATH=bf16|tf32|fast-bf16|fp32).
 // Products with at most 64 inputs or outputs (the router, both LoRA products) run in fp32.
 // In bf16 math the PESC adapters keep their rows (gathered, pre, act and their gradients) in
 // bf16, in the first half of the float buffers the model gives them (cuda_moe.cu).

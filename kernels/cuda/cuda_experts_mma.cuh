@@ -22,8 +22,9 @@
 //    accumulators a lane, and each fragment it loads serves 4 products;
 //  - K walks in steps of 32 through EM_STAGES (4) buffers in shared memory, filled with
 //    cp.async 16 bytes at a time: three steps' loads are in flight while one is multiplied
-//    (80 KiB a block at 128 columns, 60 at 64; ptxas, sm_90: 124 to 128 registers a thread at
-//    128 columns, 2 blocks of 256 threads a multiprocessor; 166 at 64, 3 blocks of 128);
+//    (80 KiB a block at 128 columns, 60 at 64, with the forward's B; 74 and 58 with the
+//    backward's; ptxas, sm_90: 124 to 128 registers a thread at 128 columns, 2 blocks of 256
+//    threads a multiprocessor; 166 at 64, 3 blocks of 128);
 //  - fragments come from shared memory with ldmatrix .x4 (four 8 x 8 matrices a warp at once;
 //    .trans for a B that runs along N, which it transposes as it loads); rows are padded by 16
 //    bytes, so the 8 rows an ldmatrix reads fall in 8 distinct groups of 4 banks;

@@ -494,8 +494,9 @@ flash_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *dv16
 // Static: cuda_moe.cu includes this header too (for the mma pieces cuda_experts_mma.cuh
 // shares), and a kernel defined in two objects would not link.
 static __global__ void flash_group_sum_kernel(float *dk, float *dv, __nv_bfloat16 *dk16,
-                                       __nv_bfloat16 *dv16, const float *dk_part,
-                                       const float *dv_part, size_t rows, int Hq, int Hkv, int D)
+                                              __nv_bfloat16 *dv16, const float *dk_part,
+                                              const float *dv_part, size_t rows, int Hq, int Hkv,
+                                              int D)
 {
     int group = Hq / Hkv;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < rows * Hkv * D;

@@ -385,6 +385,8 @@ static void launch_rope(cuda_context *c, values_out out, values_in inp, const in
                         float direction)
 {
     int half = R / 2, head_units = (D - half) / 8;
+    if (N <= 0)   // no tokens: no blocks to launch (a grid of none is refused)
+        return;
     if (half % 8 == 0 && (D - R) % 8 == 0 && out.aligned() && inp.aligned() && H > 0 &&
         head_units > 0) {
         // about a unit a thread; at least a token a block
