@@ -13,6 +13,7 @@
  * What the emulator adds to help a test find bugs a GPU would hide or report late:
  *   - PESC_EMU_SHARED_KB KiB of opt-in shared memory a block (default 227, sm_90's; 99 is an
  *     sm_86/sm_89 card's, 163 an A100's), so a test can see a kernel refused for it;
+ *   - PESC_EMU_SM, the compute capability the devices report (default 90);
  *   - PESC_EMU_DEVICES devices (default 1, at most 8), "CUDA emulator (CPU)", sm_90, 16 GiB
  *     together; the current device is per host thread, a stream belongs to the device current
  *     when it was made, and a kernel launched into another device's stream is refused, as on a
@@ -134,6 +135,14 @@ inline size_t device_total_bytes()
         return kb > 0 ? (size_t)kb << 10 : (size_t)16 << 30;
     }();
     return total;
+}
+/* The devices' compute capability: sm_90, or PESC_EMU_SM (30 to 120, e.g. 75) to stand for
+ * another GPU, so a test can see what the backend does before sm_80. */
+inline int device_sm()
+{
+    const char *s = getenv("PESC_EMU_SM");
+    int sm = s && *s ? atoi(s) : 90;
+    return sm >= 30 && sm <= 120 ? sm : 90;
 }
 constexpr size_t default_shared_bytes = 48 * 1024;
 /* The opt-in maximum of dynamic shared memory per block: sm_90's 227 KiB, or PESC_EMU_SHARED_KB
@@ -420,7 +429,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     prop->sharedMemPerBlockOptin = emu_detail::max_shared_bytes();
     prop->warpSize = 32;
     prop->maxThreadsPerBlock = 1024;
-    prop->major = 9, prop->minor = 0;
+    prop->major = emu_detail::device_sm() / 10, prop->minor = emu_detail::device_sm() % 10;
     prop->multiProcessorCount = 4;
     return cudaSuccess;
 }

@@ -49,8 +49,9 @@ for attention in fused gemm flash flash-wmma; do
   run env PESC_CUDA_ATTENTION=$attention "$top_builddir/tests/gpu/test_cuda_step"
 done
 run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/gpu/test_cuda_step"
-# bf16 math, where the crafted model's frozen product weights are kept in bf16 alone
-run env PESC_CUDA_MATH=bf16 "$top_builddir/tests/gpu/test_cuda_step"
+# bf16 math, where the crafted model's frozen product weights are kept in bf16 alone, with
+# flash attention: the defaults
+run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash "$top_builddir/tests/gpu/test_cuda_step"
 # ... with the experts' row products on pesc's own mma kernels (PESC_CUDA_EXPERTS=mma)
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERTS=mma "$top_builddir/tests/gpu/test_cuda_step"
 # the ops in the emulator's immediate mode
@@ -63,6 +64,14 @@ case $out in
   *'"device": "CUDA emulator'*' bf16 products (adapters grouped), flash (mma) attention, '*)
     pass "the CUDA backend's defaults: bf16 products, flash attention" ;;
   *) fail "the CUDA backend's defaults: $(echo "$out" | sed -n 's/.*"device": "\([^"]*\)".*/\1/p') $(head -c 300 "$tmp/err")" ;;
+esac
+# ... and before sm_80 (no bf16 tensor cores, no flash kernels): TF32 and the fused attention
+out=$(env -u PESC_CUDA_MATH -u PESC_CUDA_ATTENTION PESC_EMU_SM=75 "$pesc" bench --backend cuda \
+  --dim 256 --layers 1 --ffn 704 --vocab 512 --seq 64 --batch 2 --steps 1 --json 2>"$tmp/err")
+case $out in
+  *'(sm_75, '*' tf32 products (adapters grouped), fused (flash needs sm_80) attention, '*)
+    pass "the CUDA backend's defaults on sm_75: TF32 products, fused attention" ;;
+  *) fail "the CUDA backend's defaults on sm_75: $(echo "$out" | sed -n 's/.*"device": "\([^"]*\)".*/\1/p') $(head -c 300 "$tmp/err")" ;;
 esac
 "$pesc" devices >"$tmp/devices" 2>&1
 grep -q "^cuda:0  CUDA emulator (CPU)" "$tmp/devices" &&
