@@ -1199,10 +1199,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     c->device = (int)index;
     c->grouped16 = c->grouped;
     cudaDeviceProp prop;
-    const char *math = getenv("PESC_CUDA_MATH");
     if (CUDA_CHECK(c, cudaSetDevice(c->device)) &&
         CUDA_CHECK(c, cudaGetDeviceProperties(&prop, c->device)) &&
-        ((!math || !*math) && prop.major < 8 ? (c->math = CUDA_MATH_TF32, true) : true) &&
         CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) &&
         CUDA_CHECK(c, cudaEventCreateWithFlags(&c->downloaded, cudaEventDisableTiming)) &&
         CUBLAS_CHECK(c, cublasCreate(&c->cublas)) &&
@@ -1212,6 +1210,9 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                                                          : CUBLAS_DEFAULT_MATH)) &&
         CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double))) &&
         CUDA_CHECK(c, cudaMalloc(&c->group_ptrs, 3 * CUDA_GROUP_MAX * sizeof(void *)))) {
+        const char *math = getenv("PESC_CUDA_MATH");
+        if ((!math || !*math) && prop.major < 8)   // no bf16 tensor cores: TF32 by default
+            c->math = CUDA_MATH_TF32;
         c->max_shared = (int)prop.sharedMemPerBlockOptin;
         c->multiprocessors = prop.multiProcessorCount;
         bool flash = c->attention == CUDA_ATTENTION_FLASH ||
