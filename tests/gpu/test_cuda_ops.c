@@ -638,6 +638,71 @@ static void test_rope(int N, int H, int D, int R, float scale)
     twin_free(pos); twin_free(freq); twin_free(x); twin_free(xc);
 }
 
+/* The 16-byte kernels against the scalar ones, bit for bit: each memory-bound op on tensors
+ * that start 16-byte aligned (the 16-byte kernels) and on the same values one float further
+ * on (unaligned: the scalar kernels), rows of C (a multiple of 8). */
+static void test_vector_paths(int rows, int C)
+{
+    enum { A, B, D, OUT, DA, DB, M, V, W, INPUTS };
+    size_t n = (size_t)rows * C, sizes[INPUTS];
+    float *host[INPUTS], *dev[INPUTS];
+    pesc_error err;
+    for (int t = 0; t < INPUTS; t++) {
+        sizes[t] = t == W ? (size_t)C : n;
+        host[t] = malloc(sizes[t] * sizeof(float));
+        for (size_t i = 0; i < sizes[t]; i++) {   /* v, AdamW's second moment, positive */
+            double u = gpu_test_uniform();
+            host[t][i] = (float)(t == V ? 0.5 * u + 0.01 : 2.0 * u - 1.0);
+        }
+        if (!(dev[t] = backend_alloc(gpu, (sizes[t] + 1) * sizeof(float), &err)))
+            gpu_test_die(&err);
+    }
+    twin pos = twin_ints(rows, 0, 4000), freq = twin_alloc(32 * sizeof(float));
+    twin rstd = twin_alloc(rows * sizeof(float));
+    for (int i = 0; i < 32; i++)
+        F(freq)[i] = (float)pow(10000.0, -2.0 * i / 64);
+    twin_sync(freq);
+    enum { KEPT = 14 };   /* the outputs kept below, n values each */
+    float *got[2];
+    size_t kept[2];
+    for (int k = 0; k < 2; k++) {
+        got[k] = malloc(KEPT * n * sizeof(float));
+        float *p[INPUTS], *at = got[k];
+        for (int t = 0; t < INPUTS; t++) {
+            p[t] = dev[t] + k;
+            backend_upload(gpu, p[t], host[t], sizes[t] * sizeof(float));
+        }
+#define KEEP(t) (backend_download(gpu, at, p[t], n * sizeof(float)), at += n)
+        swiglu_forward(gpu, p[OUT], p[A], p[B], n), KEEP(OUT);
+        swiglu_backward(gpu, p[DA], p[DB], p[D], p[A], p[B], n), KEEP(DA), KEEP(DB);
+        geglu_forward(gpu, p[OUT], p[A], p[B], n), KEEP(OUT);
+        geglu_backward(gpu, p[DA], p[DB], p[D], p[A], p[B], n), KEEP(DA), KEEP(DB);
+        residual_forward(gpu, p[OUT], p[OUT], p[A], n), KEEP(OUT);
+        vector_axpy(gpu, p[OUT], p[B], -0.75f, n), vector_scale(gpu, p[OUT], 1.5f, n), KEEP(OUT);
+        rmsnorm_forward(gpu, p[OUT], G(rstd), p[A], p[W], 0.0f, rows, C, 1e-5f), KEEP(OUT);
+        rmsnorm_backward(gpu, p[DA], NULL, p[D], p[A], p[W], 0.0f, G(rstd), rows, C), KEEP(DA);
+        rope_forward(gpu, p[OUT], p[A], GI(pos), G(freq), rows, C / 64, 64, 64, 1.0f), KEEP(OUT);
+        adamw_update(gpu, p[A], p[B], 1.0f, p[M], p[V], NULL, n, 0.05f, 0.9f, 0.999f, 1e-8f,
+                     0.01f, 3);
+        KEEP(A), KEEP(M), KEEP(V);
+#undef KEEP
+        kept[k] = (size_t)(at - got[k]);
+    }
+    size_t differ = 0;
+    for (size_t i = 0; i < kept[0]; i++)
+        differ += memcmp(&got[0][i], &got[1][i], sizeof(float)) != 0;
+    gpu_test_verdict(differ == 0 && kept[0] == KEPT * n && kept[1] == KEPT * n,
+                     "16-byte kernels = scalar kernels, bit for bit (aligned, unaligned)",
+                     (double)differ, "values that differ, 10 ops");
+    for (int t = 0; t < INPUTS; t++) {
+        free(host[t]);
+        backend_free(gpu, dev[t]);
+    }
+    free(got[0]);
+    free(got[1]);
+    twin_free(pos); twin_free(freq); twin_free(rstd);
+}
+
 static void test_elementwise(size_t n)
 {
     twin a = twin_random(n, 4.0), b = twin_random(n, 2.0), out = twin_random(n, 1.0);
@@ -1183,6 +1248,7 @@ int main(void)
     test_rope(77, 6, 64, 48, 1.19f);   /* Phi-4-mini's 3/4, and its longrope's factor */
     test_rope(33, 2, 40, 20, 1.0f);    /* halves of 10: the scalar kernel */
     test_elementwise(100003);
+    test_vector_paths(8, 1024);
     test_crossentropy(37, 32000, 0.0f);
     test_crossentropy(37, 32000, 3.0f);   /* Gemma 2's softcap, biting on logits of +-6 */
     test_argmax_rows(37, 32000);
