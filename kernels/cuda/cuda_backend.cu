@@ -1187,7 +1187,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     cuda_context *c = (cuda_context *)calloc(1, sizeof *c);
     if (!c)
         return pesc_fail(err, "CUDA backend: out of host memory");
-    if (parse_math(getenv("PESC_CUDA_MATH"), &c->math, err) != 0 ||
+    const char *math = getenv("PESC_CUDA_MATH");   // unset: bf16, or TF32 before sm_80 (below)
+    if (parse_math(math, &c->math, err) != 0 ||
         parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0 ||
         parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0 ||
         parse_grouped(getenv("PESC_CUDA_GROUPED"), &c->grouped, &c->grouped_grads, err) != 0 ||
@@ -1210,7 +1211,6 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                                                          : CUBLAS_DEFAULT_MATH)) &&
         CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double))) &&
         CUDA_CHECK(c, cudaMalloc(&c->group_ptrs, 3 * CUDA_GROUP_MAX * sizeof(void *)))) {
-        const char *math = getenv("PESC_CUDA_MATH");
         if ((!math || !*math) && prop.major < 8)   // no bf16 tensor cores: TF32 by default
             c->math = CUDA_MATH_TF32;
         c->max_shared = (int)prop.sharedMemPerBlockOptin;

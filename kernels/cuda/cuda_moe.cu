@@ -264,7 +264,7 @@ template <class T> static bool narrow() { return sizeof(T) == sizeof(__nv_bfloat
 template <class T> static bool aligned16(const expert_operand<T> &o)
 {
     size_t unit = 16 / sizeof(T);
-    return ((uintptr_t)o.base & 15) == 0 && o.row % unit == 0 && o.expert % unit == 0 &&
+    return aligned16(o.base) && o.row % unit == 0 && o.expert % unit == 0 &&
            o.ld % unit == 0;
 }
 
