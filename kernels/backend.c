@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include "backend_impl.h"
+#include "moe_rows.h"
 #include "cuda/cuda.h"
 
 #include <stdio.h>
@@ -257,6 +258,30 @@ int backend_memory_info(pesc_backend *b, backend_memory *out)
 size_t backend_activation_bytes(pesc_backend *b)
 {
     return b->ops->activation_bytes ? b->ops->activation_bytes(b->context) : sizeof(float);
+}
+
+static void adapter_layout(pesc_backend *b, int *align, double *room)
+{
+    *align = 1, *room = 1.0;
+    if (b->ops->adapter_layout)
+        b->ops->adapter_layout(b->context, align, room);
+}
+
+size_t backend_adapter_rows(pesc_backend *b, size_t pairs, int E)
+{
+    int align;
+    double room;
+    adapter_layout(b, &align, &room);
+    return pesc_adapter_rows(pairs, E, align, room);
+}
+
+void backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int E,
+                            size_t pairs)
+{
+    int align;
+    double room;
+    adapter_layout(b, &align, &room);
+    pesc_adapter_starts(starts, offsets, E, align, room, pairs);
 }
 
 float *backend_alloc_compact(pesc_backend *b, size_t n, pesc_error *err)

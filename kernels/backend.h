@@ -255,11 +255,12 @@ void moe_route_backward(pesc_backend *b, float *dlogits, const float *dtopk_w,
  *   y[token] = x[token] + h[token] + sum over its slots of scale * topk_w[token, slot] U_e act_j
  * (a slot in no group, padding's, adds nothing).
  * x, h (N, C); y (N, C) may be x; x may be NULL, for y = h + the adapters' outputs (Gemma's
- * norm after the FFN comes before the residual sum); down (E, R, C); up (E, C, R); gathered (N*K, C), pre and act
- * (N*K, R) are saved for the backward pass, in the backend's own format (fp32, or bf16 in
- * CUDA's bf16 math: backend_activation_bytes), which only this backend's moe_adapter_backward
- * reads; scratch (N*K, C). The sum with x and h is the FFN's residual: made here, it costs the
- * GPU no pass of its own. */
+ * norm after the FFN comes before the residual sum); down (E, R, C); up (E, C, R); gathered
+ * (rows, C), pre and act (rows, R) are saved for the backward pass, in the backend's own format
+ * (fp32, or bf16 in CUDA's bf16 math: backend_activation_bytes) and layout
+ * (backend_adapter_starts), which only this backend's moe_adapter_backward reads; scratch
+ * (rows, C); rows = backend_adapter_rows(b, N*K, E). The sum with x and h is the FFN's
+ * residual: made here, it costs the GPU no pass of its own. */
 void moe_adapter_forward(pesc_backend *b, float *y, const float *x, float *gathered, float *pre,
                          float *act, float *scratch, const float *h, float dropout, uint64_t seed,
                          const float *down, const float *up, const int32_t *perm,
@@ -269,13 +270,25 @@ void moe_adapter_forward(pesc_backend *b, float *y, const float *x, float *gathe
 /* Backward of moe_adapter_forward (the same dropout and seed) from dy = d loss / d y: writes
  * dh = dy + the adapters' part (N, C; dh may be dy: the residual's gradient, which is also
  * x's), accumulates ddown (E, R, C) and dup (E, C, R) when not NULL, overwrites dtopk_w
- * (N, K; 0 for a slot in no group). scratch (N*K, C), scratch_r (N*K, R). */
+ * (N, K; 0 for a slot in no group). scratch (rows, C), scratch_r (rows, R), rows as the
+ * forward's. */
 void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, float *dtopk_w,
                           float *scratch, float *scratch_r, const float *dy,
                           const float *gathered, const float *pre, const float *act,
                           float dropout, uint64_t seed, const float *down, const float *up,
                           const int32_t *perm, const int *offsets, const float *topk_w, int N,
                           int K, int E, int C, int R, float scale);
+
+/* The rows moe_adapter_forward's and moe_adapter_backward's row buffers need for pairs (N*K)
+ * slots of E experts: pairs, or more where the backend lays each expert's rows out on a
+ * multiple of some rows, or all alike (CUDA: PESC_CUDA_EXPERT_ALIGN, PESC_CUDA_EXPERT_ROOM;
+ * moe_rows.h). */
+size_t backend_adapter_rows(pesc_backend *b, size_t pairs, int E);
+/* Where those rows put each expert's group, for the groups offsets (E + 1) bounds among pairs
+ * slots: expert e's pairs, in perm's order, on rows starts[e] on, then zero rows up to
+ * starts[e + 1] (starts = offsets where the backend keeps perm's order). */
+void backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int E,
+                            size_t pairs);
 
 /* ---- backward ops: gradients are ACCUMULATED (+=) unless the comment says overwritten;
  * a weight gradient pointer of NULL means the weight is frozen and its gradient is skipped. */

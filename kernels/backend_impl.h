@@ -57,6 +57,9 @@ typedef struct backend_ops {
     int (*memory)(void *ctx, backend_memory *out);
     /* optional: see backend_work_bytes */
     size_t (*work_bytes)(void *ctx, const backend_step_shape *s);
+    /* optional (align 1, room 1 without it): the adapters' row layout, moe_rows.h's
+     * settings (see backend_adapter_rows) */
+    void (*adapter_layout)(void *ctx, int *align, double *room);
     /* optional (4 without it): see backend_activation_bytes */
     size_t (*activation_bytes)(void *ctx);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */

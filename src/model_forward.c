@@ -13,6 +13,10 @@
 
 #include "model.h"
 #include "model_internal.h"
+#include "moe_rows.h"
+
+/* every expert count --experts takes has its adapters' rows laid out as the backend asks */
+_Static_assert(PESC_MAX_EXPERTS <= PESC_ADAPTER_ROWS_EXPERTS, "moe_rows.h takes fewer experts");
 
 /* ---- activation buffers ------------------------------------------------------------------- */
 
@@ -121,11 +125,12 @@ static void want_layer(model *m, carver *c, layer_acts *a, size_t N, layer_set s
         want(c, &a->topk_idx, N * K);
         want(c, &a->topk_w, N * K);
         want(c, &a->perm, N * K);
-        /* in the backend's own format: bf16 takes half (floats rounded up) */
+        /* in the backend's own format (bf16 takes half: floats rounded up) and layout */
         size_t rb = backend_activation_bytes(m->backend);
-        want(c, &a->gathered, (N * K * C * rb + 3) / 4);
-        want(c, &a->pre, (N * K * R * rb + 3) / 4);
-        want(c, &a->gelu, (N * K * R * rb + 3) / 4);
+        size_t rows = backend_adapter_rows(m->backend, N * K, (int)E);
+        want(c, &a->gathered, (rows * C * rb + 3) / 4);
+        want(c, &a->pre, (rows * R * rb + 3) / 4);
+        want(c, &a->gelu, (rows * R * rb + 3) / 4);
         for (int s = 0; s < LORA_SITES; s++)
             if (lora_at(m, s))
                 want(c, &a->lora_t[s], N * (size_t)m->pesc.lora_rank);
@@ -219,9 +224,11 @@ static size_t plan_activations(model *m, carver *c, model_activations *a, layer_
     want(c, &a->rstd, n);
     want(c, &a->logits, rows * V);
     want(c, &a->losses, n);
-    want(c, &a->scratch, n * K * widest);
+    /* the adapters' rows (moe_adapter_forward's), or K = 1 rows of the widest product */
+    size_t slots = m->crafted ? backend_adapter_rows(m->backend, n * K, m->pesc.experts) : n;
+    want(c, &a->scratch, slots * widest);
     if (m->crafted)
-        want(c, &a->scratch_r, n * K * (size_t)m->pesc.adapter_dim);
+        want(c, &a->scratch_r, slots * (size_t)m->pesc.adapter_dim);
     want(c, &a->tokens, n);
     want(c, &a->targets, n);
     want(c, &a->pos, n);

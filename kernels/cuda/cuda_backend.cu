@@ -635,6 +635,13 @@ static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
     return work + scratch_growth(c->gemm_work_bytes, s->narrow_compact_floats * sizeof(float));
 }
 
+// backend_adapter_rows's settings: PESC_CUDA_EXPERT_ALIGN and PESC_CUDA_EXPERT_ROOM
+static void cuda_adapter_layout(void *ctx, int *align, double *room)
+{
+    const cuda_context *c = (const cuda_context *)ctx;
+    *align = c->expert_align, *room = c->expert_room;
+}
+
 bool cuda_shared_limit(cuda_context *c, const void *kernel, size_t bytes)
 {
     if (bytes <= 48 * 1024)
@@ -1042,6 +1049,7 @@ static const backend_ops cuda_ops = {
     .gradients = cuda_gradients,
     .memory = cuda_memory,
     .work_bytes = cuda_work_bytes,
+    .adapter_layout = cuda_adapter_layout,
     .activation_bytes = cuda_activation_bytes,
     .check = cuda_check,
     .download_start = cuda_download_start,
@@ -1155,6 +1163,34 @@ static bool experts_mma_here(cuda_context *c, int cc_major, char *why, size_t wh
     return false;
 }
 
+// PESC_CUDA_EXPERT_ALIGN: the rows each expert's group of adapter rows is padded to a
+// multiple of, 1 to 1024 (default 1: none); PESC_CUDA_EXPERT_ROOM: the adapters' row buffers
+// as that many times the routed pairs, 1 to 4 (default 1), so that groups padded all alike fit
+// more often (moe_rows.h). Both opt-in until a GPU has measured them.
+static int parse_expert_rows(const char *align, const char *room, int *a, double *r,
+                             pesc_error *err)
+{
+    char *end = NULL;
+    *a = 1, *r = 1.0;
+    if (align && *align) {
+        errno = 0;
+        long v = strtol(align, &end, 10);
+        if (*end || errno || v < 1 || v > 1024)
+            return pesc_fail(err, "PESC_CUDA_EXPERT_ALIGN=%s: give the rows to pad each "
+                             "expert's group to a multiple of, 1 to 1024 (default 1)", align);
+        *a = (int)v;
+    }
+    if (room && *room) {
+        errno = 0;
+        double v = strtod(room, &end);
+        if (*end || errno || !(v >= 1.0 && v <= 4.0))
+            return pesc_fail(err, "PESC_CUDA_EXPERT_ROOM=%s: give the adapters' rows as a "
+                             "multiple of the routed pairs, 1 to 4 (default 1)", room);
+        *r = v;
+    }
+    return 0;
+}
+
 // PESC_CUDA_REUSE: 1 (the default: bf16 math keeps operand copies for the products after)
 // or 0 (every product converts its operands).
 static int parse_reuse(const char *s, int *reuse, pesc_error *err)
@@ -1193,7 +1229,9 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0 ||
         parse_grouped(getenv("PESC_CUDA_GROUPED"), &c->grouped, &c->grouped_grads, err) != 0 ||
         parse_reuse(getenv("PESC_CUDA_REUSE"), &c->reuse, err) != 0 ||
-        parse_experts(getenv("PESC_CUDA_EXPERTS"), &c->experts_asked, err) != 0) {
+        parse_experts(getenv("PESC_CUDA_EXPERTS"), &c->experts_asked, err) != 0 ||
+        parse_expert_rows(getenv("PESC_CUDA_EXPERT_ALIGN"), getenv("PESC_CUDA_EXPERT_ROOM"),
+                          &c->expert_align, &c->expert_room, err) != 0) {
         free(c);
         return -1;
     }
@@ -1244,13 +1282,22 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         const char *grads = grouped >= 0 && c->grouped_grads && c->math == CUDA_MATH_BF16
                                 ? ", their gradients too"
                                 : "";
+        // PESC_CUDA_EXPERT_ALIGN and _ROOM add ", rows on 128s", ", room 2x"
+        char rows[64] = "", room[24] = "";
+        if (c->expert_room > 1.0)
+            snprintf(room, sizeof room, ", room %.3gx", c->expert_room);
+        if (c->expert_align > 1)
+            snprintf(rows, sizeof rows, ", rows on %ds%s", c->expert_align, room);
+        else
+            snprintf(rows, sizeof rows, "%s", room);
         if (c->experts_mma)
-            snprintf(adapters, sizeof adapters, " (adapters grouped, mma kernels%s)", grads);
-        else if (grouped >= 0 || c->experts_asked)
-            snprintf(adapters, sizeof adapters, " (adapters %s%s%s%s%s%s)",
+            snprintf(adapters, sizeof adapters, " (adapters grouped, mma kernels%s%s)", grads,
+                     rows);
+        else if (grouped >= 0 || c->experts_asked || *rows)
+            snprintf(adapters, sizeof adapters, " (adapters %s%s%s%s%s%s%s)",
                      grouped >= 0 ? "grouped" : "one product an expert",
                      grouped >= 0 && !same ? " in " : "",
-                     grouped >= 0 && !same ? math_names[grouped] : "", grads,
+                     grouped >= 0 && !same ? math_names[grouped] : "", grads, rows,
                      c->experts_asked ? "; cublas: " : "", experts_off);
         int version = 0;   // the library loaded, which grouped products depend on
         CUBLAS_CHECK(c, cublasGetVersion(c->cublas, &version));

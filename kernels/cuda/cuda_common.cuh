@@ -117,6 +117,11 @@ typedef struct cuda_context {
     // cuda_experts_mma.cuh's kernels instead (experts_mma), where the device has sm_80 and
     // its mma agrees with flash attention's fragment layout.
     int experts_asked, experts_mma;
+    // The adapters' rows (moe_rows.h): each expert's group on a multiple of expert_align rows
+    // (PESC_CUDA_EXPERT_ALIGN), and expert_room times the pairs' rows for groups all alike
+    // (PESC_CUDA_EXPERT_ROOM), whose products are then strided batched calls.
+    int expert_align;
+    double expert_room;
     // The frozen region (backend_freeze: the base weights in PESC mode) and its bf16 mirror,
     // which every product reading from the region uses instead of converting its operand.
     const float *frozen;         // NULL: none

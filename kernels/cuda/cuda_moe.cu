@@ -19,12 +19,17 @@
 // at twice TF32's rate.
 // PESC_CUDA_EXPERTS=mma runs the row products (not the weights' gradients) of bf16 math on
 // kernels of our own instead, one launch over every expert's tiles (cuda_experts_mma.cuh).
+// PESC_CUDA_EXPERT_ALIGN and _ROOM lay the rows out by expert instead of in perm's order
+// (moe_rows.h): each group on a multiple of some rows, followed by rows of zeros, which the
+// gather writes and every product passes through as zeros; where the groups are padded all
+// alike, each product is one strided batched call (experts_batched).
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_convert.cuh"
 #include "cuda/cuda_experts_mma.cuh"
 #include "cuda/cuda_group.cuh"
 #include "dropout_hash.h"
 #include "moe_route.h"
+#include "moe_rows.h"
 
 
 // ---- routing --------------------------------------------------------------------------------
@@ -124,15 +129,46 @@ __device__ __forceinline__ float dropped(const dropout_draw &d, size_t i, float 
     return d.p > 0 ? v * pesc_dropout_value(d.seed, i, d.p, d.keep) : v;
 }
 
-// rows[j] = src[token of pair perm[j]] (times the mask's row j)
+// The adapters' rows of one layer (moe_rows.h): where each expert's group starts (host), how
+// many rows the products run over, S (every group's rows, when uniform; else 0), and on the
+// device the maps between a pair's place r in perm and its row: row_of (pairs) and pair_at
+// (rows; -1 for a row of zeros). Both NULL where the rows are perm's order.
+struct adapter_rows {
+    int starts[PESC_ADAPTER_ROWS_EXPERTS + 1];
+    int rows, uniform;
+    int32_t *row_of, *pair_at;
+};
+
+// The bounds of a layout, passed by value to rows_map_kernel.
+struct group_bounds {
+    int offsets[PESC_ADAPTER_ROWS_EXPERTS + 1], starts[PESC_ADAPTER_ROWS_EXPERTS + 1];
+};
+
+// Block e: expert e's rows, its pairs' places then -1s up to the next group.
+__global__ void rows_map_kernel(int32_t *row_of, int32_t *pair_at, group_bounds g)
+{
+    int e = blockIdx.x, first = g.offsets[e], n = g.offsets[e + 1] - first;
+    int start = g.starts[e], span = g.starts[e + 1] - start;
+    for (int i = threadIdx.x; i < span; i += blockDim.x) {
+        pair_at[start + i] = i < n ? first + i : -1;
+        if (i < n)
+            row_of[first + i] = start + i;
+    }
+}
+
+// rows[j] = src[token of pair perm[r]] (times the mask's row r), r = pair_at[j] (j without
+// the map; a row of zeros for -1), over the layout's rows
 template <class T>
 __global__ void gather_kernel(T *rows, const float *src, dropout_draw drop, const int32_t *perm,
-                              int pairs, int K, int C)
+                              const int32_t *pair_at, int n_rows, int K, int C)
 {
-    GRID_STRIDE(i, (size_t)pairs * C)
+    GRID_STRIDE(i, (size_t)n_rows * C)
     {
         size_t j = i / C, col = i % C;
-        rows[i] = operand_cvt<T>(dropped(drop, i, src[(size_t)(perm[j] / K) * C + col]));
+        int r = pair_at ? pair_at[j] : (int)j;
+        rows[i] = operand_cvt<T>(r < 0 ? 0.0f
+                                       : dropped(drop, (size_t)r * C + col,
+                                                 src[(size_t)(perm[r] / K) * C + col]));
     }
 }
 
@@ -141,15 +177,16 @@ template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
     GRID_STRIDE(i, n) act[i] = operand_cvt<T>(gelu(value_of(pre[i])));
 }
 
-// y[n] = base[n] (+ base2[n]) + sum over slots s of weight(n, s) * rows[inverse[n K + s]]
-// (times the mask's row there): weight = scale * topk_w in the forward (no mask; base x, base2
-// h: the FFN's residual), 1 in the backward (the weights are already in rows; base dy); a
-// slot in no group (inverse -1) adds nothing. y may be base; with its bf16 copy in the
-// backward (cuda_keep_copy).
+// y[n] = base[n] (+ base2[n]) + sum over slots s of weight(n, s) * rows[row_of[j]] (j
+// without the map), j = inverse[n K + s], times the mask's row j: weight = scale * topk_w in
+// the forward (no mask; base x, base2 h: the FFN's residual), 1 in the backward (the weights
+// are already in rows; base dy); a slot in no group (inverse -1) adds nothing. y may be base;
+// with its bf16 copy in the backward (cuda_keep_copy).
 template <class T>
 __global__ void combine_kernel(values_out y, const float *base, const float *base2,
                                const T *rows, dropout_draw drop, const int32_t *inverse,
-                               const float *topk_w, float scale, int N, int K, int C)
+                               const int32_t *row_of, const float *topk_w, float scale, int N,
+                               int K, int C)
 {
     GRID_STRIDE(i, (size_t)N * C)
     {
@@ -159,24 +196,28 @@ __global__ void combine_kernel(values_out y, const float *base, const float *bas
             size_t pair = n * K + slot;
             if (inverse[pair] < 0)
                 continue;
-            size_t j = (size_t)inverse[pair];
-            float v = dropped(drop, j * C + col, value_of(rows[j * C + col]));
+            size_t j = (size_t)inverse[pair], row = row_of ? (size_t)row_of[j] : j;
+            float v = dropped(drop, j * C + col, value_of(rows[row * C + col]));
             s += topk_w ? scale * topk_w[pair] * v : v;
         }
         y.put(i, (base2 ? base[i] + base2[i] : base[i]) + s);
     }
 }
 
-// One block per routed pair j (grouped order): dtopk_w[pair] = scale * p_j . act_j;
-// p_j becomes d pre_j = w p_j gelu'(pre_j), and dy_j becomes d out_j = w dy_j, w = scale * gate.
+// One block per row j of the layout, its pair's place in perm pair_at[j] (j without the map;
+// a row of zeros, -1, has nothing to do): dtopk_w[pair] = scale * p_j . act_j; p_j becomes
+// d pre_j = w p_j gelu'(pre_j), and dy_j becomes d out_j = w dy_j, w = scale * gate.
 template <class T>
 __global__ void adapter_pair_kernel(float *dtopk_w, T *p, T *dyg, const T *act, const T *pre,
-                                    const int32_t *perm, const float *topk_w, float scale, int C,
-                                    int R)
+                                    const int32_t *perm, const int32_t *pair_at,
+                                    const float *topk_w, float scale, int C, int R)
 {
     __shared__ float shared[32];
     size_t j = blockIdx.x;
-    int pair = perm[j];
+    int place = pair_at ? pair_at[j] : (int)j;
+    if (place < 0)   // the whole block's row
+        return;
+    int pair = perm[place];
     float w = scale * topk_w[pair];
     T *pj = p + j * R, *dyj = dyg + j * C;
     const T *sj = act + j * R, *aj = pre + j * R;
@@ -376,16 +417,30 @@ int cuda_grouped_probe(cuda_context *c)
     return c->failed ? -1 : math;
 }
 
+// count products at once, operand i of each `stride` elements after the one before (a
+// strided batched call; one product: a plain one)
+struct gemm_batch {
+    int count;
+    long long a, b, c;
+};
+
 // One product of bf16 operands, its result bf16 or (c_type CUDA_R_32F) fp32 (cuBLAS
-// column-major, as cuda_gemm_math).
+// column-major, as cuda_gemm_math), or a batch of them.
 static void gemm16(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, float alpha,
                    const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B, int ldb, float beta,
-                   void *C, cudaDataType_t c_type, int ldc)
+                   void *C, cudaDataType_t c_type, int ldc, gemm_batch batch = {1, 0, 0, 0})
 {
-    CUBLAS_CHECK(c, cublasGemmEx(c->cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                 trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
-                                 CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, c_type, ldc,
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (batch.count == 1)
+        CUBLAS_CHECK(c, cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF,
+                                     ldb, A, CUDA_R_16BF, lda, &beta, C, c_type, ldc,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+        CUBLAS_CHECK(c, cublasGemmStridedBatchedEx(
+                            c->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb, batch.b,
+                            A, CUDA_R_16BF, lda, batch.a, &beta, C, c_type, ldc, batch.c,
+                            batch.count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 static void expert_gemm_one(cuda_context *c, int ta, int tb, int M, int N, int K, float alpha,
@@ -473,10 +528,37 @@ static bool experts_mma(cuda_context *c, const expert_gemm<__nv_bfloat16> &g, co
     return true;
 }
 
-template <class T>
-static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const int *offsets, int E)
+// Experts' rows laid out alike (adapter_rows.uniform: every expert S rows, S apart): their
+// products of bf16 operands as one strided batched call. False, nothing done, otherwise.
+static bool experts_batched(cuda_context *, const expert_gemm<float> &, const adapter_rows &,
+                            int)
 {
-    if (experts_mma(c, g, offsets, E) || experts_gemm_grouped(c, g, offsets, E) >= 0)
+    return false;
+}
+
+static bool experts_batched(cuda_context *c, const expert_gemm<__nv_bfloat16> &g,
+                            const adapter_rows &L, int E)
+{
+    long long S = L.uniform;
+    if (S == 0)
+        return false;
+    auto stride = [S](const expert_operand<__nv_bfloat16> &o) {
+        return S * (long long)o.row + (long long)o.expert;
+    };
+    gemm16(c, g.trans_a, g.trans_b, g.m < 0 ? (int)S : g.m, g.n < 0 ? (int)S : g.n,
+           g.k < 0 ? (int)S : g.k, g.alpha, g.a.base, g.a.ld, g.b.base, g.b.ld, g.beta,
+           (void *)g.c.base, CUDA_R_16BF, g.c.ld, {E, stride(g.a), stride(g.b), stride(g.c)});
+    return true;
+}
+
+// The experts' products over the layout's rows: batched where they are alike, else on the
+// mma kernels (asked for), grouped, or one product an expert.
+template <class T>
+static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const adapter_rows &L, int E)
+{
+    const int *offsets = L.starts;
+    if (experts_batched(c, g, L, E) || experts_mma(c, g, offsets, E) ||
+        experts_gemm_grouped(c, g, offsets, E) >= 0)
         return;
     for (int e = 0; e < E && !c->failed; e++) {
         int first = offsets[e], rows = offsets[e + 1] - first;
@@ -509,23 +591,55 @@ static bool adapters16(const cuda_context *c)
 
 static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
+// The bytes of the rows' maps (row_of, pair_at) for slots pairs of E experts: none where the
+// rows keep perm's order.
+static size_t maps_bytes(const cuda_context *c, size_t slots, int E)
+{
+    if (!pesc_adapter_layout_on(E, c->expert_align, c->expert_room))
+        return 0;
+    size_t rows = pesc_adapter_rows(slots, E, c->expert_align, c->expert_room);
+    return aligned(slots * sizeof(int32_t)) + aligned(rows * sizeof(int32_t));
+}
+
 size_t cuda_adapter_work(const cuda_context *c, size_t slots, int E, int C, int R)
 {
-    size_t inverse = aligned(slots * sizeof(int32_t));
+    size_t inverse = aligned(slots * sizeof(int32_t)) + maps_bytes(c, slots, E);
     // the weights in bf16 and, in the backward, a weight gradient grouped in bf16
     size_t weights = (c->grouped_grads ? 3 : 2) * aligned((size_t)E * C * R * 2);
     return adapters16(c) ? inverse + weights : inverse;
 }
 
-// The op's work: the inverse permutation of the N K slots (inverse[pair] = its place in the
-// grouped order, -1 for padding's, in no group) and, in bf16, the weights (*down16, *up16:
-// the trainables' values, or converted here) and room for a gradient (*grad16, when asked and
-// the gradients are grouped; else NULL).
-static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, size_t slots, int E,
-                             int C, int R, const float *down, const float *up,
-                             __nv_bfloat16 **down16, __nv_bfloat16 **up16, __nv_bfloat16 **grad16)
+// The layout of the rows (L, moe_rows.h) and its maps, made in `maps`.
+static void adapter_layout(cuda_context *c, adapter_rows *L, char *maps, const int *offsets,
+                           size_t slots, int E)
 {
-    size_t inverse_bytes = aligned(slots * sizeof(int32_t));
+    L->uniform = pesc_adapter_starts(L->starts, offsets, E, c->expert_align, c->expert_room,
+                                     slots);
+    L->rows = L->starts[E];
+    L->row_of = L->pair_at = NULL;
+    if (!pesc_adapter_layout_on(E, c->expert_align, c->expert_room))
+        return;
+    L->row_of = (int32_t *)maps;
+    L->pair_at = (int32_t *)(maps + aligned(slots * sizeof(int32_t)));
+    group_bounds bounds;
+    memcpy(bounds.offsets, offsets, (size_t)(E + 1) * sizeof(int));
+    memcpy(bounds.starts, L->starts, (size_t)(E + 1) * sizeof(int));
+    if (L->rows > 0)
+        CUDA_LAUNCH(rows_map_kernel, E, 256, 0, c->stream, L->row_of, L->pair_at, bounds);
+    CUDA_LAUNCHED(c);
+}
+
+// The op's work: the inverse permutation of the N K slots (inverse[pair] = its place in
+// perm's order, -1 for padding's, in no group), the rows' layout (L), and in bf16 the weights
+// (*down16, *up16: the trainables' values, or converted here) and room for a gradient
+// (*grad16, when asked and the gradients are grouped; else NULL).
+static int32_t *adapter_work(cuda_context *c, adapter_rows *L, const int32_t *perm,
+                             const int *offsets, size_t slots, int E, int C, int R,
+                             const float *down, const float *up, __nv_bfloat16 **down16,
+                             __nv_bfloat16 **up16, __nv_bfloat16 **grad16)
+{
+    int pairs = offsets[E];
+    size_t inverse_bytes = aligned(slots * sizeof(int32_t)) + maps_bytes(c, slots, E);
     size_t w = aligned((size_t)E * C * R * sizeof(__nv_bfloat16));
     char *work = (char *)cuda_op_work(c, cuda_adapter_work(c, slots, E, C, R));
     if (!work)
@@ -535,6 +649,7 @@ static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, si
         CUDA_CHECK(c, cudaMemsetAsync(inverse, 0xff, slots * sizeof(int32_t), c->stream));
     if (pairs > 0)
         CUDA_LAUNCH(invert_kernel, (pairs + 255) / 256, 256, 0, c->stream, inverse, perm, pairs);
+    adapter_layout(c, L, work + aligned(slots * sizeof(int32_t)), offsets, slots, E);
     if (!CUDA_LAUNCHED(c))
         return NULL;
     if (!adapters16(c))
@@ -556,31 +671,30 @@ static int32_t *adapter_work(cuda_context *c, const int32_t *perm, int pairs, si
     return inverse;
 }
 
-// pre (n, R) = gathered (n, C) @ D_e^T per expert, GELU over every row at once,
-// out (n, C) = act (n, R) @ U_e^T per expert, then y = x + h + the weighted outputs.
+// pre (rows, R) = gathered (rows, C) @ D_e^T per expert, GELU over every row at once,
+// out (rows, C) = act (rows, R) @ U_e^T per expert, then y = x + h + the weighted outputs.
 template <class T>
 static void adapter_forward(cuda_context *c, float *y, const float *x, T *gathered, T *pre,
                             T *act, T *out, const float *h, dropout_draw drop, const T *down,
                             const T *up, const int32_t *perm, const int32_t *inverse,
-                            const int *offsets, const float *topk_w, int N, int K, int E, int C,
-                            int R, float scale)
+                            const adapter_rows &L, const float *topk_w, int N, int K, int E,
+                            int C, int R, float scale)
 {
-    int pairs = offsets[E];   // N K, but for padding's slots
     size_t CR = (size_t)C * R;
-    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream,
-                gathered, h, drop, perm, pairs, K, C);
+    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)L.rows * C, 256), 256, 0, c->stream,
+                gathered, h, drop, perm, L.pair_at, L.rows, K, C);
     CUDA_LAUNCHED(c);
     experts_gemm<T>(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
-                        {pre, (size_t)R, 0, R}}, offsets, E);
-    CUDA_LAUNCH(gelu_kernel<T>, cuda_blocks((size_t)pairs * R, 256), 256, 0, c->stream, act, pre,
-                (size_t)pairs * R);
+                        {pre, (size_t)R, 0, R}}, L, E);
+    CUDA_LAUNCH(gelu_kernel<T>, cuda_blocks((size_t)L.rows * R, 256), 256, 0, c->stream, act,
+                pre, (size_t)L.rows * R);
     CUDA_LAUNCHED(c);
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
-                        {out, (size_t)C, 0, C}}, offsets, E);
+                        {out, (size_t)C, 0, C}}, L, E);
     values_out to = write_values(c, y, (size_t)N * C, false);
     CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to,
-                x ? x : h, x ? h : NULL, out, dropout_of(0.0f, 0), inverse, topk_w, scale, N, K,
-                C);
+                x ? x : h, x ? h : NULL, out, dropout_of(0.0f, 0), inverse, L.row_of, topk_w,
+                scale, N, K, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -592,35 +706,44 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
                                          int E, int C, int R, float scale)
 {
     CUDA_OP(ctx);
-    int pairs = offsets[E];   // N K, but for padding's slots (none at all: y = x + h)
     __nv_bfloat16 *down16 = NULL, *up16 = NULL;
-    int32_t *inverse = adapter_work(c, perm, pairs, (size_t)N * K, E, C, R, down, up, &down16,
-                                    &up16, NULL);
+    adapter_rows L;   // no rows at all: y = x + h
+    int32_t *inverse = adapter_work(c, &L, perm, offsets, (size_t)N * K, E, C, R, down, up,
+                                    &down16, &up16, NULL);
     if (!inverse)
         return;
     typedef __nv_bfloat16 b16;
     if (adapters16(c))
         adapter_forward<b16>(c, y, x, (b16 *)gathered, (b16 *)pre, (b16 *)act, (b16 *)scratch,
-                             h, dropout_of(dropout, seed), down16, up16, perm, inverse, offsets,
+                             h, dropout_of(dropout, seed), down16, up16, perm, inverse, L,
                              topk_w, N, K, E, C, R, scale);
     else
         adapter_forward<float>(c, y, x, gathered, pre, act, scratch, h, dropout_of(dropout, seed),
-                               down, up, perm, inverse, offsets, topk_w, N, K, E, C, R, scale);
+                               down, up, perm, inverse, L, topk_w, N, K, E, C, R, scale);
 }
 
-// A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's group: onto the
-// fp32 accumulator itself (bf16 operands: one product an expert); or, given grad16, grouped in
-// bf16 into grad16, which then adds to it (an expert without rows, whose product does not run,
-// adds zeros). Its first write since the gradients' zeroing (backend_gradients) writes instead
-// of adding.
+// A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's rows (a row of
+// zeros adds nothing): onto the fp32 accumulator itself (bf16 operands: one product an expert,
+// or one batched call where the layout is uniform); or, given grad16, grouped in bf16 into
+// grad16, which then adds to it (an expert without rows, whose product does not run, adds
+// zeros). Its first write since the gradients' zeroing (backend_gradients) writes instead of
+// adding.
 template <class T>
 static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
-                            const T *a, const T *b, const int *offsets, int E)
+                            const T *a, const T *b, const adapter_rows &L, int E)
 {
     size_t each = (size_t)g_rows * g_cols, n = E * each;
+    const int *offsets = L.starts;
     bool is16 = narrow<T>() && grad16, first = cuda_grads_first_write(c, grad, n);
     if (narrow<T>() && !grad16) {
         typedef const __nv_bfloat16 *b16p;
+        long long S = L.uniform;
+        if (S > 0) {
+            gemm16(c, 1, 0, g_rows, g_cols, (int)S, 1.0f, (b16p)a, g_rows, (b16p)b, g_cols,
+                   first ? 0.0f : 1.0f, grad, CUDA_R_32F, g_cols,
+                   {E, S * g_rows, S * g_cols, (long long)each});
+            return;
+        }
         for (int e = 0; e < E && !c->failed; e++) {
             int rows = offsets[e + 1] - offsets[e];
             float *g = grad + e * each;
@@ -642,7 +765,7 @@ static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows,
     T *out = is16 ? grad16 : (T *)grad;
     experts_gemm<T>(c, {1, 0, g_rows, g_cols, -1, 1.0f, is16 || first ? 0.0f : 1.0f,
                         {a, (size_t)g_rows, 0, g_rows}, {b, (size_t)g_cols, 0, g_cols},
-                        {out, 0, (size_t)g_rows * g_cols, g_cols}}, offsets, E);
+                        {out, 0, (size_t)g_rows * g_cols, g_cols}}, L, E);
     if (is16) {
         CUDA_LAUNCH(accumulate_kernel, cuda_blocks(n, 256), 256, 0, c->stream, grad,
                     (const __nv_bfloat16 *)out, n, first);
@@ -655,35 +778,35 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
                              float *dtopk_w, T *dyg, T *p, T *grad16, const float *dy,
                              const T *gathered, const T *pre, const T *act, dropout_draw drop,
                              const T *down, const T *up, const int32_t *perm,
-                             const int32_t *inverse, const int *offsets, const float *topk_w,
-                             int N, int K, int E, int C, int R, float scale)
+                             const int32_t *inverse, const adapter_rows &L, int pairs,
+                             const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
-    int pairs = offsets[E];
     size_t CR = (size_t)C * R;
-    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)pairs * C, 256), 256, 0, c->stream, dyg, dy,
-                dropout_of(0.0f, 0), perm, pairs, K, C);
+    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)L.rows * C, 256), 256, 0, c->stream, dyg,
+                dy, dropout_of(0.0f, 0), perm, L.pair_at, L.rows, K, C);
     CUDA_LAUNCHED(c);
-    // p (n, R) = dy_g (n, C) @ U_e (C, R)
+    // p (rows, R) = dy_g (rows, C) @ U_e (C, R)
     experts_gemm<T>(c, {0, 0, -1, R, C, 1.0f, 0.0f, {dyg, (size_t)C, 0, C}, {up, 0, CR, R},
-                        {p, (size_t)R, 0, R}}, offsets, E);
+                        {p, (size_t)R, 0, R}}, L, E);
     if (pairs < N * K)   // padding's slots, which no pair writes
         CUDA_CHECK(c, cudaMemsetAsync(dtopk_w, 0, (size_t)N * K * sizeof(float), c->stream));
-    if (pairs > 0)
-        CUDA_LAUNCH(adapter_pair_kernel<T>, pairs, 256, 0, c->stream, dtopk_w, p, dyg, act, pre,
-                    perm, topk_w, scale, C, R);
+    if (L.rows > 0)
+        CUDA_LAUNCH(adapter_pair_kernel<T>, L.rows, 256, 0, c->stream, dtopk_w, p, dyg, act, pre,
+                    perm, L.pair_at, topk_w, scale, C, R);
     CUDA_LAUNCHED(c);
     // dout_g: dy_g; dpre_g: p
     if (dup)     // dU_e (C, R) += dout^T @ act
-        weight_gradient<T>(c, dup, grad16, C, R, dyg, act, offsets, E);
+        weight_gradient<T>(c, dup, grad16, C, R, dyg, act, L, E);
     if (ddown)   // dD_e (R, C) += dpre^T @ gathered
-        weight_gradient<T>(c, ddown, grad16, R, C, p, gathered, offsets, E);
-    // d gathered (n, C) = dpre @ D_e, over dout_g once its last reader above is queued
+        weight_gradient<T>(c, ddown, grad16, R, C, p, gathered, L, E);
+    // d gathered (rows, C) = dpre @ D_e, over dout_g once its last reader above is queued
     experts_gemm<T>(c, {0, 0, -1, C, R, 1.0f, 0.0f, {p, (size_t)R, 0, R}, {down, 0, CR, C},
-                        {dyg, (size_t)C, 0, C}}, offsets, E);
+                        {dyg, (size_t)C, 0, C}}, L, E);
     // dh is complete: its copy serves the down projection's product next (cuda_keep_copy)
     values_out to = write_values(c, dh, (size_t)N * C, true);
     CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, dy,
-                (const float *)NULL, dyg, drop, inverse, (const float *)NULL, 1.0f, N, K, C);
+                (const float *)NULL, dyg, drop, inverse, L.row_of, (const float *)NULL, 1.0f, N,
+                K, C);
     CUDA_LAUNCHED(c);
 }
 
@@ -699,8 +822,9 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
     CUDA_OP(ctx);
     int pairs = offsets[E];
     __nv_bfloat16 *down16 = NULL, *up16 = NULL, *grad16 = NULL;
-    int32_t *inverse = adapter_work(c, perm, pairs, (size_t)N * K, E, C, R, down, up, &down16,
-                                    &up16, &grad16);
+    adapter_rows L;
+    int32_t *inverse = adapter_work(c, &L, perm, offsets, (size_t)N * K, E, C, R, down, up,
+                                    &down16, &up16, &grad16);
     if (!inverse)
         return;
     typedef __nv_bfloat16 b16;
@@ -708,9 +832,9 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
         adapter_backward<b16>(c, dh, ddown, dup, dtopk_w, (b16 *)scratch, (b16 *)scratch_r,
                               grad16, dy, (const b16 *)gathered, (const b16 *)pre,
                               (const b16 *)act, dropout_of(dropout, seed), down16, up16, perm,
-                              inverse, offsets, topk_w, N, K, E, C, R, scale);
+                              inverse, L, pairs, topk_w, N, K, E, C, R, scale);
     else
         adapter_backward<float>(c, dh, ddown, dup, dtopk_w, scratch, scratch_r, NULL, dy,
                                 gathered, pre, act, dropout_of(dropout, seed), down, up, perm,
-                                inverse, offsets, topk_w, N, K, E, C, R, scale);
+                                inverse, L, pairs, topk_w, N, K, E, C, R, scale);
 }

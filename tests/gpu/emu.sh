@@ -54,6 +54,10 @@ run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash "$top_builddir/tests/gpu/test_cuda_step"
 # ... with the experts' row products on pesc's own mma kernels (PESC_CUDA_EXPERTS=mma)
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERTS=mma "$top_builddir/tests/gpu/test_cuda_step"
+# ... with the adapters' rows laid out by expert, on multiples of 128 rows, with room for
+# groups all alike (their products then strided batched calls)
+run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash PESC_CUDA_EXPERT_ALIGN=128 \
+  PESC_CUDA_EXPERT_ROOM=2 "$top_builddir/tests/gpu/test_cuda_step"
 # the ops in the emulator's immediate mode
 run env PESC_EMU_DEFER=0 "$top_builddir/tests/gpu/test_cuda_ops"
 
@@ -223,6 +227,14 @@ train "$tmp/bad.jsonl" cuda PESC_CUDA_EXPERTS=wgmma
 grep -qx "pesc train: --backend cuda: PESC_CUDA_EXPERTS=wgmma: choose cublas or mma" "$tmp/err" &&
   pass "PESC_CUDA_EXPERTS=wgmma is refused, naming the choices" ||
   fail "PESC_CUDA_EXPERTS=wgmma: $(head -c 300 "$tmp/err")"
+train "$tmp/bad.jsonl" cuda PESC_CUDA_EXPERT_ALIGN=0
+grep -qx "pesc train: --backend cuda: PESC_CUDA_EXPERT_ALIGN=0: give the rows to pad each expert's group to a multiple of, 1 to 1024 (default 1)" "$tmp/err" &&
+  pass "PESC_CUDA_EXPERT_ALIGN=0 is refused, naming the range" ||
+  fail "PESC_CUDA_EXPERT_ALIGN=0: $(head -c 300 "$tmp/err")"
+train "$tmp/bad.jsonl" cuda PESC_CUDA_EXPERT_ROOM=1.5x
+grep -qx "pesc train: --backend cuda: PESC_CUDA_EXPERT_ROOM=1.5x: give the adapters' rows as a multiple of the routed pairs, 1 to 4 (default 1)" "$tmp/err" &&
+  pass "PESC_CUDA_EXPERT_ROOM=1.5x is refused, naming the range" ||
+  fail "PESC_CUDA_EXPERT_ROOM=1.5x: $(head -c 300 "$tmp/err")"
 train "$tmp/bad.jsonl" cuda PESC_CUDA_ATTENTION=flash2
 grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose flash, fused, gemm or flash-wmma" "$tmp/err" &&
   pass "PESC_CUDA_ATTENTION=flash2 is refused, naming the choices" ||
@@ -305,6 +317,23 @@ if flops=$(echo "$out" | profile_flops 256); then
   pass "pesc bench --profile (bf16): the products' FLOPs are the MFU's, ${flops#* } a token"
 else
   fail "pesc bench --profile (bf16): FLOPs a token, the products' and the MFU's: $flops"
+fi
+# ... and so with the adapters' rows laid out by expert (more rows; the pad rows' products not
+# counted), which the device line names
+out=$(PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERT_ALIGN=128 PESC_CUDA_EXPERT_ROOM=2 "$pesc" bench \
+  --backend cuda --dim 256 --layers 2 --ffn 704 --vocab 1024 --seq 64 --batch 4 --steps 1 \
+  --json --profile 2>"$tmp/err")
+estimate=$(echo "$out" | sed -n 's/.*"memory_estimate_bytes": \([0-9]*\).*/\1/p')
+taken=$(echo "$out" | sed -n 's/.*"memory_taken_bytes": \([0-9]*\).*/\1/p')
+case $out in *'(adapters grouped, rows on 128s, room 2x)'*) named=1 ;; *) named=0 ;; esac
+[ $named -eq 1 ] && [ "${taken:-0}" -gt 0 ] && [ "$estimate" -ge "$taken" ] &&
+  [ "$estimate" -le $((taken / 20 * 21)) ] &&
+  pass "pesc bench (bf16, rows on 128s, room 2x): the steps took $taken bytes, estimated $estimate" ||
+  fail "pesc bench (bf16, rows on 128s, room 2x): took '$taken' bytes, estimated '$estimate': $(echo "$out" | head -c 600) $(head -c 300 "$tmp/err")"
+if flops=$(echo "$out" | profile_flops 256); then
+  pass "pesc bench --profile (bf16, rows on 128s): the products' FLOPs are the MFU's"
+else
+  fail "pesc bench --profile (bf16, rows on 128s): FLOPs a token, the products' and the MFU's: $flops"
 fi
 # bf16 math's operand copies kept for the products after (PESC_CUDA_REUSE, the default) give
 # the losses of converting every product's operands, bit for bit, with fewer kernels: gate and

@@ -76,45 +76,71 @@ static void compare(const char *what, twin t, double tol)
  * buffers: widened here, exactly, to compare with the CPU's floats. */
 static int saved_in_bf16(void) { return strstr(backend_device(gpu), "rows in bf16") != NULL; }
 
-static void compare_saved(const char *what, twin t, double tol)
+/* The adapters' rows as the GPU lays them out (backend_adapter_starts): row starts[e] + i
+ * holds perm's row offsets[e] + i of expert e, the rows after a group's pairs zeros. */
+typedef struct rows_layout {
+    const int *offsets, *starts;
+    int E;
+} rows_layout;
+
+/* The adapters' tests of a phase in each kind of layout: perm's order, packed, uniform. */
+static int layouts_seen[3];
+
+/* The CPU's rows of width floats (perm's order) in the GPU's layout: starts[E] rows. */
+static float *laid_out(const float *rows, rows_layout L, int width)
 {
-    if (!saved_in_bf16()) {
-        compare(what, t, tol);
-        return;
+    float *out = calloc((size_t)L.starts[L.E] * width + 1, sizeof *out);
+    for (int e = 0; e < L.E; e++)
+        memcpy(out + (size_t)L.starts[e] * width, rows + (size_t)L.offsets[e] * width,
+               (size_t)(L.offsets[e + 1] - L.offsets[e]) * width * sizeof *out);
+    return out;
+}
+
+/* A saved row buffer of the adapters against the CPU's rows, in the GPU's layout (the pad
+ * rows must be zeros) and format (bf16 widened, exactly). */
+static void compare_rows(const char *what, twin t, rows_layout L, int width, double tol)
+{
+    size_t n = (size_t)L.starts[L.E] * width;
+    float *want = laid_out(F(t), L, width), *got = malloc(t.bytes);
+    if (saved_in_bf16()) {
+        uint16_t *bits = malloc(n * sizeof *bits + 2);
+        backend_download(gpu, bits, t.g, n * sizeof *bits);
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)bits[i] << 16;
+            memcpy(&got[i], &u, sizeof u);
+        }
+        free(bits);
+    } else {
+        backend_download(gpu, got, t.g, n * sizeof *got);
     }
-    size_t n = t.bytes / sizeof(float);
-    uint16_t *bits = malloc(n * sizeof *bits);
-    float *got = malloc(t.bytes);
-    backend_download(gpu, bits, t.g, n * sizeof *bits);
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)bits[i] << 16;
-        memcpy(&got[i], &u, sizeof u);
-    }
-    double e = gpu_test_error(got, F(t), n);
+    double e = gpu_test_error(got, want, n);
     char bound[64];
-    snprintf(bound, sizeof bound, "normalized error in bf16, tolerance %.0e", tol);
+    snprintf(bound, sizeof bound, "normalized error%s, tolerance %.0e",
+             saved_in_bf16() ? " in bf16" : "", tol);
     gpu_test_verdict(e <= tol && isfinite(e), what, e, bound);
-    free(bits);
+    free(want);
     free(got);
 }
 
-/* The CPU's values of a saved buffer on the GPU too, in its format there (bf16: rounded to
- * nearest even, as the device rounds). */
-static void sync_saved(twin t)
+/* The CPU's rows on the GPU too, in its layout and format (bf16: rounded to nearest even, as
+ * the device rounds). */
+static void sync_rows(twin t, rows_layout L, int width)
 {
-    if (!saved_in_bf16()) {
-        twin_sync(t);
-        return;
+    size_t n = (size_t)L.starts[L.E] * width;
+    float *rows = laid_out(F(t), L, width);
+    if (saved_in_bf16()) {
+        uint16_t *bits = malloc(n * sizeof *bits + 2);
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &rows[i], sizeof u);
+            bits[i] = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+        }
+        backend_upload(gpu, t.g, bits, n * sizeof *bits);
+        free(bits);
+    } else {
+        backend_upload(gpu, t.g, rows, n * sizeof *rows);
     }
-    size_t n = t.bytes / sizeof(float);
-    uint16_t *bits = malloc(n * sizeof *bits);
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &F(t)[i], sizeof u);
-        bits[i] = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
-    }
-    backend_upload(gpu, t.g, bits, n * sizeof *bits);
-    free(bits);
+    free(rows);
 }
 
 static void compare_ints(const char *what, twin t)
@@ -1058,14 +1084,23 @@ static void test_adapters(twin perm, const int *offsets, twin w, int N, int K, i
                           int with_dropout, double tol, double y_tol)
 {
     int NK = N * K;
+    /* the rows (the GPU's may be more: its layout of each expert's group) */
+    size_t rows = backend_adapter_rows(gpu, (size_t)NK, E);
+    int *starts = calloc((size_t)E + 1, sizeof *starts);
+    backend_adapter_starts(gpu, starts, offsets, E, (size_t)NK);
+    rows_layout L = {offsets, starts, E};
+    int uniform = E > 1, same = 1;
+    for (int e = 0; e < E; e++) {
+        uniform &= starts[e + 1] - starts[e] == starts[1] && starts[1] > 0;
+        same &= starts[e + 1] == offsets[e + 1];
+    }
+    layouts_seen[same && !uniform ? 0 : uniform ? 2 : 1]++;
     twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
     twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
     twin x = twin_random((size_t)N * C, 1.0);
-    twin gathered = twin_random((size_t)NK * C, 1.0), pre = twin_random((size_t)NK * R, 1.0);
-    twin act = twin_random((size_t)NK * R, 1.0), scratch = twin_random((size_t)NK * C, 1.0);
-    twin scratch_r = twin_random((size_t)NK * R, 1.0);
-    /* the rows after the routed pairs' are written by neither: alike on both from the start */
-    sync_saved(gathered); sync_saved(pre); sync_saved(act);
+    twin gathered = twin_random(rows * C, 1.0), pre = twin_random(rows * R, 1.0);
+    twin act = twin_random(rows * R, 1.0), scratch = twin_random(rows * C, 1.0);
+    twin scratch_r = twin_random(rows * R, 1.0);
     /* dropout: the mask both draw from the seed where they apply it */
     float p = with_dropout ? 0.1f : 0.0f;
     uint64_t seed = (uint64_t)(gpu_test_uniform() * 4e9);
@@ -1076,9 +1111,9 @@ static void test_adapters(twin perm, const int *offsets, twin w, int N, int K, i
     compare(with_dropout ? "moe_adapter_forward y = x + h + adapters (dropout)"
                       : "moe_adapter_forward y = x + h + adapters", y, y_tol);
     /* in bf16, gathered is the input rounded: 2^-9 relative at most */
-    compare_saved("moe_adapter_forward gathered", gathered, saved_in_bf16() ? 3e-3 : 1e-7);
-    compare_saved("moe_adapter_forward pre", pre, tol);
-    compare_saved("moe_adapter_forward act", act, tol);
+    compare_rows("moe_adapter_forward gathered", gathered, L, C, saved_in_bf16() ? 3e-3 : 1e-7);
+    compare_rows("moe_adapter_forward pre", pre, L, R, tol);
+    compare_rows("moe_adapter_forward act", act, L, R, tol);
     /* without x (Gemma's FFN output, normed before the residual sum): y = h + adapters */
     moe_adapter_forward(cpu, F(y), NULL, F(gathered), F(pre), F(act), F(scratch), F(h), p, seed,
                         F(down), F(up), FI(perm), offsets, F(w), N, K, E, C, R, 0.25f);
@@ -1086,7 +1121,7 @@ static void test_adapters(twin perm, const int *offsets, twin w, int N, int K, i
                         G(down), G(up), GI(perm), offsets, G(w), N, K, E, C, R, 0.25f);
     compare(with_dropout ? "moe_adapter_forward y = h + adapters (dropout)"
                       : "moe_adapter_forward y = h + adapters", y, y_tol);
-    sync_saved(gathered); sync_saved(pre); sync_saved(act);
+    sync_rows(gathered, L, C); sync_rows(pre, L, R); sync_rows(act, L, R);
     twin dy = twin_random((size_t)N * C, 1.0), dh = twin_random((size_t)N * C, 1.0);
     twin ddown = twin_random((size_t)E * R * C, 1.0), dup = twin_random((size_t)E * C * R, 1.0);
     twin dtopk = twin_random(NK, 1.0);
@@ -1111,6 +1146,7 @@ static void test_adapters(twin perm, const int *offsets, twin w, int N, int K, i
     twin_free(down); twin_free(up); twin_free(y); twin_free(x); twin_free(gathered);
     twin_free(pre); twin_free(act); twin_free(scratch); twin_free(scratch_r); twin_free(dy);
     twin_free(dh); twin_free(ddown); twin_free(dup); twin_free(dtopk);
+    free(starts);
 }
 
 static void test_moe(int N, int E, int K, int C, int R, int with_dropout, double tol)
@@ -1300,6 +1336,32 @@ int main(void)
     test_expert_shapes(bf16_tol);
     gpu_finish();
     unsetenv("PESC_CUDA_EXPERTS");
+    /* the adapters' rows laid out by expert (moe_rows.h): groups on multiples of 16 rows
+     * (packed); of 128 with room for groups all alike (uniform: strided batched products;
+     * 64 experts of 40 tokens: most groups all zeros); alike with no rounding */
+    static const char *const layouts[][2] = {{"16", "1"}, {"128", "4"}, {"1", "2"}};
+    for (int i = 0; i < 3; i++) {
+        setenv("PESC_CUDA_EXPERT_ALIGN", layouts[i][0], 1);
+        setenv("PESC_CUDA_EXPERT_ROOM", layouts[i][1], 1);
+        gpu_again();
+        memset(layouts_seen, 0, sizeof layouts_seen);
+        test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
+        test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
+        test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
+        test_moe(60, 4, 2, 40, 4, 1, bf16_tol);
+        test_expert_shapes(bf16_tol);
+        gpu_finish();
+        /* the groups of 187 rows, one of 130, fit no uniform layout of room 4 or less (packed
+         * with align 1: perm's order) */
+        char what[96];
+        snprintf(what, sizeof what, "align %s, room %s: the layouts were packed and uniform",
+                 layouts[i][0], layouts[i][1]);
+        int other = layouts_seen[i == 2 ? 0 : 1];
+        gpu_test_verdict(other > 0 && layouts_seen[2] > 0, what, layouts_seen[2],
+                         "tests in a uniform layout");
+    }
+    unsetenv("PESC_CUDA_EXPERT_ALIGN");
+    unsetenv("PESC_CUDA_EXPERT_ROOM");
 
     /* the same products in plain fp32 must match the CPU closely: layouts, not rounding */
     setenv("PESC_CUDA_MATH", "fp32", 1);
@@ -1310,6 +1372,17 @@ int main(void)
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
     test_attention_shapes("gemm fp32", 1e-5, 1e-4);
     gpu_finish();
+    /* fp32 rows in the layouts: one product an expert, or grouped, never batched */
+    for (int i = 0; i < 2; i++) {
+        setenv("PESC_CUDA_EXPERT_ALIGN", layouts[i][0], 1);
+        setenv("PESC_CUDA_EXPERT_ROOM", layouts[i][1], 1);
+        gpu_again();
+        test_moe(300, 8, 2, 96, 16, 1, 1e-5);
+        test_moe(40, 64, 1, 64, 16, 0, 1e-5);
+        gpu_finish();
+    }
+    unsetenv("PESC_CUDA_EXPERT_ALIGN");
+    unsetenv("PESC_CUDA_EXPERT_ROOM");
     setenv("PESC_CUDA_ATTENTION_TILE", "65536", 1);
     gpu_again();
     test_attention_small_tiles("gemm fp32 64K tiles", 1e-5, 1e-4);
