@@ -117,6 +117,24 @@ for variant in "tf32 fused 1e-5 1 0 1 1" "tf32 gemm 1e-4 1 0 1 1" "tf32 fused 1e
     pass "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): the CPU's losses within $3 ($got)" ||
     fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): losses '$got', the CPU's '$want'"
 done
+# the adapters' rows laid out by expert (PESC_CUDA_EXPERT_ALIGN, _ROOM: packed on 8s, all
+# alike on 128s, all alike unrounded) give the losses of perm's order bit for bit on the
+# emulator, whose products sum each row alike wherever it lies: with the adapters' dropout,
+# packing and recomputation, in bf16
+layout_losses() {   # align room
+  rm -f "$tmp/layout.jsonl"
+  PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERT_ALIGN=$1 PESC_CUDA_EXPERT_ROOM=$2 "$pesc" train \
+    --headless --model "$m" --data "$m/records.jsonl" --format tokens --seq 16 --batch 2 --pack \
+    --recompute --experts 4 --adapter-dim 8 --adapter-dropout 0.1 --steps 4 --backend cuda \
+    --log "$tmp/layout.jsonl" >/dev/null 2>"$tmp/err" && losses "$tmp/layout.jsonl"
+}
+want=$(layout_losses 1 1)
+for layout in "8 1" "128 2" "1 3"; do
+  got=$(layout_losses $layout)
+  [ -n "$want" ] && [ "$got" = "$want" ] &&
+    pass "pesc train --backend cuda, rows laid out by expert ($layout): perm's order's losses ($got)" ||
+    fail "pesc train --backend cuda, rows laid out by expert ($layout): '$got', perm's order's '$want' $(head -c 300 "$tmp/err")"
+done
 # Gemma 3's and Gemma 2's models (head_dim 16, below flash's 32; Gemma 2's scores and logits
 # softcapped): a run's losses, with NEFTune's noise on the embeddings (the same draws on both),
 # and the loss of its checkpoint as pesc eval gives it (inference's one set of buffers for
