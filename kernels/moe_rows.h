@@ -23,18 +23,21 @@
  * PESC_MAX_EXPERTS against it). */
 #define PESC_ADAPTER_ROWS_EXPERTS 256
 
-/* The settings that apply to E experts: align 1 and room 1 past PESC_ADAPTER_ROWS_EXPERTS. */
-static inline int pesc_adapter_layout_on(int E, int align, double room)
+/* Whether pairs (N K) slots of E experts are laid out: settings other than align 1 and room
+ * 1, at most PESC_ADAPTER_ROWS_EXPERTS experts, and at least align slots an expert (fewer,
+ * as when a few sequences decode a token each, would be mostly rows of zeros). */
+static inline int pesc_adapter_layout_on(size_t pairs, int E, int align, double room)
 {
-    return E <= PESC_ADAPTER_ROWS_EXPERTS && (align > 1 || room > 1.0);
+    return E <= PESC_ADAPTER_ROWS_EXPERTS && (align > 1 || room > 1.0) &&
+           pairs >= (size_t)E * (size_t)align;
 }
 
-/* Rows of the adapters' buffers for pairs (N K) slots of E experts: the packed layout's most
- * (every group align - 1 rows past a multiple), and (room - 1) pairs more for the uniform
- * layout to fit in. */
+/* Rows of the adapters' buffers for pairs slots of E experts: where laid out, the packed
+ * layout's most (every group align - 1 rows past a multiple), and (room - 1) pairs more for
+ * the uniform layout to fit in. */
 static inline size_t pesc_adapter_rows(size_t pairs, int E, int align, double room)
 {
-    if (!pesc_adapter_layout_on(E, align, room))
+    if (!pesc_adapter_layout_on(pairs, E, align, room))
         return pairs;
     size_t rows = pairs + (size_t)E * (size_t)(align - 1);
     if (room > 1.0)
@@ -42,20 +45,24 @@ static inline size_t pesc_adapter_rows(size_t pairs, int E, int align, double ro
     return rows;
 }
 
-/* starts (E + 1) for the groups offsets (E + 1) bounds, in rows sized for pairs slots;
- * returns S, the rows of every group, when the layout is uniform, else 0. */
+/* starts (E + 1) for the groups offsets (E + 1) bounds, in rows sized for pairs slots (the
+ * offsets themselves where not laid out); returns S, the rows of every group, when the
+ * layout is uniform, else 0. */
 static inline int pesc_adapter_starts(int *starts, const int *offsets, int E, int align,
                                       double room, size_t pairs)
 {
+    starts[0] = 0;
+    if (!pesc_adapter_layout_on(pairs, E, align, room)) {
+        for (int e = 0; e < E; e++)
+            starts[e + 1] = offsets[e + 1];
+        return 0;
+    }
     int most = 0;
     for (int e = 0; e < E; e++)
         most = offsets[e + 1] - offsets[e] > most ? offsets[e + 1] - offsets[e] : most;
     int even = (most + align - 1) / align * align;
-    if (!pesc_adapter_layout_on(E, align, room))
-        align = 1, room = 1.0;
-    int uniform = pesc_adapter_layout_on(E, align, room) && most > 0 &&
-                  (size_t)E * (size_t)even <= pesc_adapter_rows(pairs, E, align, room);
-    starts[0] = 0;
+    int uniform = most > 0 && (size_t)E * (size_t)even <= pesc_adapter_rows(pairs, E, align,
+                                                                              room);
     for (int e = 0; e < E; e++) {
         int n = offsets[e + 1] - offsets[e];
         starts[e + 1] = starts[e] + (uniform ? even : (n + align - 1) / align * align);

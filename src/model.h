@@ -65,7 +65,9 @@ typedef struct layer_acts {
     float *topk_w;               /* (N, K) */
     int32_t *perm;               /* (N*K) (token, slot) pairs grouped by expert */
     int *offsets;                /* (E+1) host memory: group bounds */
-    float *gathered, *pre, *gelu;   /* (N*K, C), (N*K, R), (N*K, R): backend_activation_bytes */
+    /* (rows, C), (rows, R), (rows, R), rows = backend_adapter_rows(N*K, E), in the backend's
+     * format (backend_activation_bytes) and layout (backend_adapter_starts) */
+    float *gathered, *pre, *gelu;
     float *lora_t[LORA_SITES];   /* (N, rank) scaled LoRA inner activations */
 } layer_acts;
 
@@ -84,8 +86,8 @@ typedef struct model_activations {
     float *xn, *rstd;            /* (N, C), (N) final norm */
     float *logits;               /* (logit_rows, V) */
     float *losses;               /* (N) next-token loss of each row */
-    float *scratch;              /* (N*K or N, max(C, F, Hq*D)) */
-    float *scratch_r;            /* (N*K, R) */
+    float *scratch;              /* (rows as gathered's, or N, max(C, F, Hq*D)) */
+    float *scratch_r;            /* (rows as gathered's, R) */
     int32_t *tokens, *targets, *pos;   /* (N) */
     int32_t *seg;                /* (N) row position where each token's document starts */
     int packed;                  /* seg is in use */

@@ -2,8 +2,9 @@
 // accumulation, bf16 results) as one kernel launch over the tiles of every expert, on mma.sync
 // m16n8k16 (cuda_flash_mma.cuh's flash_mma and its fragment layout). PESC_CUDA_EXPERTS=mma
 // picks it over cuBLAS's grouped call (cuda_moe.cu's experts_gemm), which ran these products at
-// 59 to 140 TFLOP/s on an H200 where its dense bf16 products reach 420 to 700 (not its choice
-// of kernels for row counts that change every step: 20 steps ran as fast as 3). On that H200
+// 59 to 98 TFLOP/s on an H200 where its dense bf16 products reach 420 to 700 (whether its
+// choice of kernels for row counts that change every step is why, PESC_CUDA_EXPERT_ALIGN's
+// fixed shapes are there to tell). On that H200
 // these kernels passed the GPU tests but were slower still: a TinyLlama step took 86.6 ms with
 // them, 81.8 with cuBLAS, the adapters' forward 9.5 ms against 7.7 (profiled), and the
 // backward, whose B operands ldmatrix transposes, lost more. Hence opt-in.

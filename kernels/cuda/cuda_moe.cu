@@ -129,12 +129,14 @@ __device__ __forceinline__ float dropped(const dropout_draw &d, size_t i, float 
     return d.p > 0 ? v * pesc_dropout_value(d.seed, i, d.p, d.keep) : v;
 }
 
-// The adapters' rows of one layer (moe_rows.h): where each expert's group starts (host), how
-// many rows the products run over, S (every group's rows, when uniform; else 0), and on the
-// device the maps between a pair's place r in perm and its row: row_of (pairs) and pair_at
-// (rows; -1 for a row of zeros). Both NULL where the rows are perm's order.
+// The adapters' rows of one layer (moe_rows.h): where each expert's group starts (host: the
+// offsets themselves, or laid_out), how many rows the products run over, S (every group's
+// rows, when uniform; else 0), and on the device the maps between a pair's place r in perm and
+// its row: row_of (pairs) and pair_at (rows; -1 for a row of zeros). Both NULL where the rows
+// are perm's order.
 struct adapter_rows {
-    int starts[PESC_ADAPTER_ROWS_EXPERTS + 1];
+    const int *starts;   // never copied: starts may point into it
+    int laid_out[PESC_ADAPTER_ROWS_EXPERTS + 1];
     int rows, uniform;
     int32_t *row_of, *pair_at;
 };
@@ -529,7 +531,8 @@ static bool experts_mma(cuda_context *c, const expert_gemm<__nv_bfloat16> &g, co
 }
 
 // Experts' rows laid out alike (adapter_rows.uniform: every expert S rows, S apart): their
-// products of bf16 operands as one strided batched call. False, nothing done, otherwise.
+// products of bf16 operands as one strided batched call, where products may group
+// (PESC_CUDA_GROUPED=0 asks for one an expert). False, nothing done, otherwise.
 static bool experts_batched(cuda_context *, const expert_gemm<float> &, const adapter_rows &,
                             int)
 {
@@ -540,7 +543,7 @@ static bool experts_batched(cuda_context *c, const expert_gemm<__nv_bfloat16> &g
                             const adapter_rows &L, int E)
 {
     long long S = L.uniform;
-    if (S == 0)
+    if (S == 0 || !c->grouped)
         return false;
     auto stride = [S](const expert_operand<__nv_bfloat16> &o) {
         return S * (long long)o.row + (long long)o.expert;
@@ -551,13 +554,13 @@ static bool experts_batched(cuda_context *c, const expert_gemm<__nv_bfloat16> &g
     return true;
 }
 
-// The experts' products over the layout's rows: batched where they are alike, else on the
-// mma kernels (asked for), grouped, or one product an expert.
+// The experts' products over the layout's rows: on the mma kernels (asked for), else batched
+// where they are alike, grouped, or one product an expert.
 template <class T>
 static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const adapter_rows &L, int E)
 {
     const int *offsets = L.starts;
-    if (experts_batched(c, g, L, E) || experts_mma(c, g, offsets, E) ||
+    if (experts_mma(c, g, offsets, E) || experts_batched(c, g, L, E) ||
         experts_gemm_grouped(c, g, offsets, E) >= 0)
         return;
     for (int e = 0; e < E && !c->failed; e++) {
@@ -595,7 +598,7 @@ static size_t aligned(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 // rows keep perm's order.
 static size_t maps_bytes(const cuda_context *c, size_t slots, int E)
 {
-    if (!pesc_adapter_layout_on(E, c->expert_align, c->expert_room))
+    if (!pesc_adapter_layout_on(slots, E, c->expert_align, c->expert_room))
         return 0;
     size_t rows = pesc_adapter_rows(slots, E, c->expert_align, c->expert_room);
     return aligned(slots * sizeof(int32_t)) + aligned(rows * sizeof(int32_t));
@@ -613,12 +616,13 @@ size_t cuda_adapter_work(const cuda_context *c, size_t slots, int E, int C, int 
 static void adapter_layout(cuda_context *c, adapter_rows *L, char *maps, const int *offsets,
                            size_t slots, int E)
 {
-    L->uniform = pesc_adapter_starts(L->starts, offsets, E, c->expert_align, c->expert_room,
-                                     slots);
-    L->rows = L->starts[E];
+    L->starts = offsets, L->rows = offsets[E], L->uniform = 0;
     L->row_of = L->pair_at = NULL;
-    if (!pesc_adapter_layout_on(E, c->expert_align, c->expert_room))
-        return;
+    if (!pesc_adapter_layout_on(slots, E, c->expert_align, c->expert_room))
+        return;   // any E: no more than PESC_ADAPTER_ROWS_EXPERTS where laid out
+    L->uniform = pesc_adapter_starts(L->laid_out, offsets, E, c->expert_align, c->expert_room,
+                                     slots);
+    L->starts = L->laid_out, L->rows = L->laid_out[E];
     L->row_of = (int32_t *)maps;
     L->pair_at = (int32_t *)(maps + aligned(slots * sizeof(int32_t)));
     group_bounds bounds;
@@ -724,10 +728,10 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
 
 // A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's rows (a row of
 // zeros adds nothing): onto the fp32 accumulator itself (bf16 operands: one product an expert,
-// or one batched call where the layout is uniform); or, given grad16, grouped in bf16 into
-// grad16, which then adds to it (an expert without rows, whose product does not run, adds
-// zeros). Its first write since the gradients' zeroing (backend_gradients) writes instead of
-// adding.
+// or one batched call where the layout is uniform, as experts_batched); or, given grad16,
+// grouped (or batched) in bf16 into grad16, which then adds to it (an expert without rows,
+// whose product does not run, adds zeros). Its first write since the gradients' zeroing
+// (backend_gradients) writes instead of adding.
 template <class T>
 static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
                             const T *a, const T *b, const adapter_rows &L, int E)
@@ -738,7 +742,7 @@ static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows,
     if (narrow<T>() && !grad16) {
         typedef const __nv_bfloat16 *b16p;
         long long S = L.uniform;
-        if (S > 0) {
+        if (S > 0 && c->grouped) {   // experts_batched's, into fp32
             gemm16(c, 1, 0, g_rows, g_cols, (int)S, 1.0f, (b16p)a, g_rows, (b16p)b, g_cols,
                    first ? 0.0f : 1.0f, grad, CUDA_R_32F, g_cols,
                    {E, S * g_rows, S * g_cols, (long long)each});

@@ -54,9 +54,10 @@ run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash "$top_builddir/tests/gpu/test_cuda_step"
 # ... with the experts' row products on pesc's own mma kernels (PESC_CUDA_EXPERTS=mma)
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERTS=mma "$top_builddir/tests/gpu/test_cuda_step"
-# ... with the adapters' rows laid out by expert, on multiples of 128 rows, with room for
-# groups all alike (their products then strided batched calls)
-run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash PESC_CUDA_EXPERT_ALIGN=128 \
+# ... with the adapters' rows laid out by expert, on multiples of 32 rows (its 256 slots of 4
+# experts: at least 32 an expert), with room for groups all alike (their products then
+# strided batched calls)
+run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash PESC_CUDA_EXPERT_ALIGN=32 \
   PESC_CUDA_EXPERT_ROOM=2 "$top_builddir/tests/gpu/test_cuda_step"
 # the ops in the emulator's immediate mode
 run env PESC_EMU_DEFER=0 "$top_builddir/tests/gpu/test_cuda_ops"
@@ -118,7 +119,7 @@ for variant in "tf32 fused 1e-5 1 0 1 1" "tf32 gemm 1e-4 1 0 1 1" "tf32 fused 1e
     fail "pesc train --backend cuda ($1, $2, device $5 of $4, grouped $6, deferred $7): losses '$got', the CPU's '$want'"
 done
 # the adapters' rows laid out by expert (PESC_CUDA_EXPERT_ALIGN, _ROOM: packed on 8s, all
-# alike on 128s, all alike unrounded) give the losses of perm's order bit for bit on the
+# alike on 16s, all alike unrounded; 64 slots of 4 experts, 16 an expert) give the losses of perm's order bit for bit on the
 # emulator, whose products sum each row alike wherever it lies: with the adapters' dropout,
 # packing and recomputation, in bf16
 layout_losses() {   # align room
@@ -129,7 +130,7 @@ layout_losses() {   # align room
     --log "$tmp/layout.jsonl" >/dev/null 2>"$tmp/err" && losses "$tmp/layout.jsonl"
 }
 want=$(layout_losses 1 1)
-for layout in "8 1" "128 2" "1 3"; do
+for layout in "8 1" "16 2" "1 3"; do
   got=$(layout_losses $layout)
   [ -n "$want" ] && [ "$got" = "$want" ] &&
     pass "pesc train --backend cuda, rows laid out by expert ($layout): perm's order's losses ($got)" ||
@@ -338,20 +339,20 @@ else
 fi
 # ... and so with the adapters' rows laid out by expert (more rows; the pad rows' products not
 # counted), which the device line names
-out=$(PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERT_ALIGN=128 PESC_CUDA_EXPERT_ROOM=2 "$pesc" bench \
+out=$(PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERT_ALIGN=32 PESC_CUDA_EXPERT_ROOM=2 "$pesc" bench \
   --backend cuda --dim 256 --layers 2 --ffn 704 --vocab 1024 --seq 64 --batch 4 --steps 1 \
   --json --profile 2>"$tmp/err")
 estimate=$(echo "$out" | sed -n 's/.*"memory_estimate_bytes": \([0-9]*\).*/\1/p')
 taken=$(echo "$out" | sed -n 's/.*"memory_taken_bytes": \([0-9]*\).*/\1/p')
-case $out in *'(adapters grouped, rows on 128s, room 2x)'*) named=1 ;; *) named=0 ;; esac
+case $out in *'(adapters grouped, rows on 32s, room 2x)'*) named=1 ;; *) named=0 ;; esac
 [ $named -eq 1 ] && [ "${taken:-0}" -gt 0 ] && [ "$estimate" -ge "$taken" ] &&
   [ "$estimate" -le $((taken / 20 * 21)) ] &&
-  pass "pesc bench (bf16, rows on 128s, room 2x): the steps took $taken bytes, estimated $estimate" ||
-  fail "pesc bench (bf16, rows on 128s, room 2x): took '$taken' bytes, estimated '$estimate': $(echo "$out" | head -c 600) $(head -c 300 "$tmp/err")"
+  pass "pesc bench (bf16, rows on 32s, room 2x): the steps took $taken bytes, estimated $estimate" ||
+  fail "pesc bench (bf16, rows on 32s, room 2x): took '$taken' bytes, estimated '$estimate': $(echo "$out" | head -c 600) $(head -c 300 "$tmp/err")"
 if flops=$(echo "$out" | profile_flops 256); then
-  pass "pesc bench --profile (bf16, rows on 128s): the products' FLOPs are the MFU's"
+  pass "pesc bench --profile (bf16, rows on 32s): the products' FLOPs are the MFU's"
 else
-  fail "pesc bench --profile (bf16, rows on 128s): FLOPs a token, the products' and the MFU's: $flops"
+  fail "pesc bench --profile (bf16, rows on 32s): FLOPs a token, the products' and the MFU's: $flops"
 fi
 # bf16 math's operand copies kept for the products after (PESC_CUDA_REUSE, the default) give
 # the losses of converting every product's operands, bit for bit, with fewer kernels: gate and

@@ -1337,9 +1337,12 @@ int main(void)
     gpu_finish();
     unsetenv("PESC_CUDA_EXPERTS");
     /* the adapters' rows laid out by expert (moe_rows.h): groups on multiples of 16 rows
-     * (packed); of 128 with room for groups all alike (uniform: strided batched products;
-     * 64 experts of 40 tokens: most groups all zeros); alike with no rounding */
-    static const char *const layouts[][2] = {{"16", "1"}, {"128", "4"}, {"1", "2"}};
+     * (packed, or alike where that fits); of 32 with room for groups all alike (uniform:
+     * strided batched products); alike with no rounding. Hand-made groups make sure of each
+     * kind (balanced: alike in all three; the uneven shapes, one of 130 rows in 187, packed
+     * on 16s); 40 tokens of 64 experts, fewer slots than align an expert, keep perm's order. */
+    static const char *const layouts[][2] = {{"16", "1"}, {"32", "4"}, {"1", "2"}};
+    static const int balanced[] = {40, 37, 33, 39};
     for (int i = 0; i < 3; i++) {
         setenv("PESC_CUDA_EXPERT_ALIGN", layouts[i][0], 1);
         setenv("PESC_CUDA_EXPERT_ROOM", layouts[i][1], 1);
@@ -1349,17 +1352,34 @@ int main(void)
         test_moe(200, 4, 1, 64, 8, 1, bf16_tol);
         test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
         test_moe(60, 4, 2, 40, 4, 1, bf16_tol);
+        test_expert_products(balanced, 4, 1, 96, 64, bf16_tol);
         test_expert_shapes(bf16_tol);
         gpu_finish();
-        /* the groups of 187 rows, one of 130, fit no uniform layout of room 4 or less (packed
-         * with align 1: perm's order) */
         char what[96];
-        snprintf(what, sizeof what, "align %s, room %s: the layouts were packed and uniform",
+        snprintf(what, sizeof what, "align %s, room %s: the layouts each test was meant to get",
                  layouts[i][0], layouts[i][1]);
-        int other = layouts_seen[i == 2 ? 0 : 1];
-        gpu_test_verdict(other > 0 && layouts_seen[2] > 0, what, layouts_seen[2],
-                         "tests in a uniform layout");
+        int ok = layouts_seen[2] > 0 && (i != 0 || (layouts_seen[0] > 0 && layouts_seen[1] > 0));
+        gpu_test_verdict(ok, what, layouts_seen[2], "tests in a uniform layout");
     }
+    /* ... with the weights' gradients grouped in bf16 (PESC_CUDA_GROUPED=all: batched in bf16
+     * where alike, then added), and with the row products on the mma kernels */
+    setenv("PESC_CUDA_EXPERT_ALIGN", "32", 1);
+    setenv("PESC_CUDA_EXPERT_ROOM", "4", 1);
+    setenv("PESC_CUDA_GROUPED", "all", 1);
+    gpu_again();
+    for (int i = 0; i < 2; i++)
+        test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
+    test_expert_products(balanced, 4, 1, 96, 64, bf16_tol);
+    gpu_finish();
+    unsetenv("PESC_CUDA_GROUPED");
+    setenv("PESC_CUDA_EXPERT_ALIGN", "16", 1);
+    setenv("PESC_CUDA_EXPERTS", "mma", 1);
+    gpu_again();
+    test_moe(300, 8, 2, 96, 16, 0, bf16_tol);
+    test_expert_products(balanced, 4, 1, 96, 64, bf16_tol);
+    test_expert_shapes(bf16_tol);
+    gpu_finish();
+    unsetenv("PESC_CUDA_EXPERTS");
     unsetenv("PESC_CUDA_EXPERT_ALIGN");
     unsetenv("PESC_CUDA_EXPERT_ROOM");
 
@@ -1378,7 +1398,7 @@ int main(void)
         setenv("PESC_CUDA_EXPERT_ROOM", layouts[i][1], 1);
         gpu_again();
         test_moe(300, 8, 2, 96, 16, 1, 1e-5);
-        test_moe(40, 64, 1, 64, 16, 0, 1e-5);
+        test_expert_products(balanced, 4, 1, 96, 64, 1e-5);
         gpu_finish();
     }
     unsetenv("PESC_CUDA_EXPERT_ALIGN");
