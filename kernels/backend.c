@@ -275,13 +275,13 @@ size_t backend_adapter_rows(pesc_backend *b, size_t pairs, int E)
     return pesc_adapter_rows(pairs, E, align, room);
 }
 
-void backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int E,
-                            size_t pairs)
+int backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int E,
+                           size_t pairs)
 {
     int align;
     double room;
     adapter_layout(b, &align, &room);
-    pesc_adapter_starts(starts, offsets, E, align, room, pairs);
+    return pesc_adapter_starts(starts, offsets, E, align, room, pairs);
 }
 
 float *backend_alloc_compact(pesc_backend *b, size_t n, pesc_error *err)

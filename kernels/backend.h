@@ -286,9 +286,11 @@ void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, 
 size_t backend_adapter_rows(pesc_backend *b, size_t pairs, int E);
 /* Where those rows put each expert's group, for the groups offsets (E + 1) bounds among pairs
  * slots: expert e's pairs, in perm's order, on rows starts[e] on, then zero rows up to
- * starts[e + 1] (starts = offsets where the backend keeps perm's order). */
-void backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int E,
-                            size_t pairs);
+ * starts[e + 1] (starts = offsets where the backend keeps perm's order). Returns the rows of
+ * every group where they are all alike by the layout's choice (CUDA: one batched product),
+ * else 0. */
+int backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int E,
+                           size_t pairs);
 
 /* ---- backward ops: gradients are ACCUMULATED (+=) unless the comment says overwritten;
  * a weight gradient pointer of NULL means the weight is frozen and its gradient is skipped. */

@@ -39,9 +39,12 @@ static const char bench_usage[] =
     "                     peak_gflops, mfu, activation_bytes, device_used_bytes (the GPU's\n"
     "                     memory in use after the steps; 0 on the CPU), memory_taken_bytes\n"
     "                     (what the steps and AdamW added to it) beside memory_estimate_bytes\n"
-    "                     (what pesc train's estimate says they take), and the shape (with\n"
-    "                     --profile, profile_step_ms and profile: [{op, calls_per_step,\n"
-    "                     ms_per_step, flops_per_step}])\n"
+    "                     (what pesc train's estimate says they take), adapter_rows and\n"
+    "                     adapter_routed (the last step's rows of the adapters' products in\n"
+    "                     the backend's layout, and the routed pairs among them) and\n"
+    "                     adapter_layers_alike (its layers whose groups were padded alike),\n"
+    "                     and the shape (with --profile, profile_step_ms and profile: [{op,\n"
+    "                     calls_per_step, ms_per_step, flops_per_step}])\n"
     "  --decode S[,S...]  instead, time answering as eval --generate and generate --prompts\n"
     "                     do it, with S sequences at once in slots of one KV cache: their\n"
     "                     prompts, then a pass a token for all of them, each token the greedy\n"
@@ -279,6 +282,32 @@ static void randomize_trainables(model *m)
     }
 }
 
+/* The adapters' rows of the last step's layers as the backend laid them out
+ * (backend_adapter_starts): the layers whose groups were all alike, and the rows the
+ * products ran over against the routed pairs. */
+typedef struct adapter_layout_seen {
+    int alike, layers;
+    long long rows, routed;
+} adapter_layout_seen;
+
+static adapter_layout_seen adapter_layout_of(model *m, size_t slots)
+{
+    adapter_layout_seen seen = {0, m->crafted ? m->config.n_layers : 0, 0, 0};
+    int E = m->crafted ? m->pesc.experts : 0;
+    int *offsets = xcalloc((size_t)E + 1, sizeof *offsets);
+    int *starts = xcalloc((size_t)E + 1, sizeof *starts);
+    for (int l = 0; l < seen.layers; l++) {
+        for (int e = 0; e < E; e++)
+            offsets[e + 1] = offsets[e] + m->routing.counts[(size_t)l * E + e];
+        seen.alike += backend_adapter_starts(m->backend, starts, offsets, E, slots) > 0;
+        seen.rows += starts[E];
+        seen.routed += offsets[E];
+    }
+    free(offsets);
+    free(starts);
+    return seen;
+}
+
 static int run_steps(model *m, optimizer *opt, const bench_options *o, double *step_s,
                      model_losses *last, pesc_error *err)
 {
@@ -512,6 +541,12 @@ int cmd_bench(int argc, char **argv)
                  (double)taken / 1073741824.0, (double)estimate / 1073741824.0);
     double tokens = (double)o.seq * o.batch, fpt = flops_per_token(&o);
     double tps = tokens / step_s, gflops = tps * fpt / 1e9;
+    adapter_layout_seen seen = adapter_layout_of(&m, (size_t)tokens * o.pesc.top_k);
+    char rows_text[128] = "";
+    if (seen.rows > seen.routed)
+        snprintf(rows_text, sizeof rows_text, ", the adapters' rows %.2fx the routed (%d of %d "
+                 "layers alike)", (double)seen.rows / (double)seen.routed, seen.alike,
+                 seen.layers);
     if (o.json)
         printf("{\"tokens_per_s\": %s, \"step_ms\": %.3f, \"flops_per_token\": %.0f, "
                "\"gflops\": %s, \"peak_gflops\": %s, \"mfu\": %s, \"backend\": \"%s\", "
@@ -519,7 +554,8 @@ int cmd_bench(int argc, char **argv)
                "\"ffn\": %d, \"vocab\": %d, \"seq\": %d, \"batch\": %d, \"experts\": %d, "
                "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
                "\"recompute\": %s, \"activation_bytes\": %zu, \"device_used_bytes\": %zu, "
-               "\"memory_estimate_bytes\": %zu, \"memory_taken_bytes\": %zu, \"loss\": %s",
+               "\"memory_estimate_bytes\": %zu, \"memory_taken_bytes\": %zu, \"loss\": %s, "
+               "\"adapter_rows\": %lld, \"adapter_routed\": %lld, \"adapter_layers_alike\": %d",
                cli_json_number(tps, 9).text, step_s * 1e3, fpt, cli_json_number(gflops, 9).text,
                cli_json_number(peak, 9).text, cli_json_number(gflops / peak, 4).text,
                backend_name(b),
@@ -527,12 +563,14 @@ int cmd_bench(int argc, char **argv)
                o.shape.n_kv_heads, o.shape.intermediate_size, o.shape.vocab_size, o.seq, o.batch,
                o.pesc.experts, o.pesc.top_k, o.pesc.adapter_dim,
                o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, o.recompute ? "true" : "false",
-               m.act.bytes, used, estimate, taken, cli_json_number(losses.ce, 7).text);
+               m.act.bytes, used, estimate, taken, cli_json_number(losses.ce, 7).text,
+               seen.rows, seen.routed, seen.alike);
     else
         printf("%s: %.0f tokens/s, %.1f ms/step, %.2f MFLOP/token, %.1f GFLOP/s of %.1f peak "
-               "(MFU %.1f%%), activations %.1f MiB%s%s\n", backend_device(b), tps, step_s * 1e3,
-               fpt / 1e6, gflops, peak, 100.0 * gflops / peak, (double)m.act.bytes / 1048576.0,
-               o.recompute ? " (recomputed)" : "", used_text);
+               "(MFU %.1f%%), activations %.1f MiB%s%s%s\n", backend_device(b), tps,
+               step_s * 1e3, fpt / 1e6, gflops, peak, 100.0 * gflops / peak,
+               (double)m.act.bytes / 1048576.0, o.recompute ? " (recomputed)" : "", used_text,
+               rows_text);
     if (o.profile)
         print_profile(&prof, step_s, o.json);
     if (o.json)

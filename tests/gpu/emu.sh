@@ -345,6 +345,13 @@ out=$(PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERT_ALIGN=32 PESC_CUDA_EXPERT_ROOM=2 "$pe
 estimate=$(echo "$out" | sed -n 's/.*"memory_estimate_bytes": \([0-9]*\).*/\1/p')
 taken=$(echo "$out" | sed -n 's/.*"memory_taken_bytes": \([0-9]*\).*/\1/p')
 case $out in *'(adapters grouped, rows on 32s, room 2x)'*) named=1 ;; *) named=0 ;; esac
+# ... and says how many rows the adapters' products ran over: more than the routed pairs
+# (2 layers of 256 tokens, top-2)
+rows=$(echo "$out" | sed -n 's/.*"adapter_rows": \([0-9]*\).*/\1/p')
+routed=$(echo "$out" | sed -n 's/.*"adapter_routed": \([0-9]*\).*/\1/p')
+[ "${routed:-0}" -eq 1024 ] && [ "${rows:-0}" -gt "$routed" ] &&
+  pass "pesc bench (rows on 32s, room 2x): the adapters' products ran over $rows rows for $routed routed" ||
+  fail "pesc bench (rows on 32s, room 2x): adapter_rows '$rows', adapter_routed '$routed'"
 [ $named -eq 1 ] && [ "${taken:-0}" -gt 0 ] && [ "$estimate" -ge "$taken" ] &&
   [ "$estimate" -le $((taken / 20 * 21)) ] &&
   pass "pesc bench (bf16, rows on 32s, room 2x): the steps took $taken bytes, estimated $estimate" ||
