@@ -284,11 +284,11 @@ void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, 
  * multiple of some rows, or all alike (CUDA: PESC_CUDA_EXPERT_ALIGN, PESC_CUDA_EXPERT_ROOM;
  * moe_rows.h). */
 size_t backend_adapter_rows(pesc_backend *b, size_t pairs, int E);
-/* Where those rows put each expert's group, for the groups offsets (E + 1) bounds among pairs
- * slots: expert e's pairs, in perm's order, on rows starts[e] on, then zero rows up to
- * starts[e + 1] (starts = offsets where the backend keeps perm's order). Returns the rows of
- * every group where they are all alike by the layout's choice (CUDA: one batched product),
- * else 0. */
+/* Where those rows put each expert's pairs, for the groups offsets (E + 1) bounds among pairs
+ * slots (moe_rows.h): returns block, and fills starts (E + 1). Expert e's i-th pair, in perm's
+ * order, is on row e * block + i for i below block, else starts[e] + i - block
+ * (pesc_adapter_row); the other rows up to starts[E] are zeros. block 0 and starts = offsets
+ * where the backend keeps perm's order. */
 int backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int E,
                            size_t pairs);
 

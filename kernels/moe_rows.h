@@ -1,14 +1,16 @@
 /* moe_rows — where moe_adapter_forward puts each expert's rows (gathered, pre, act, and the
  * scratch rows of both passes), as backend.c and the CUDA backend compute it.
  *
- * The groups of routed pairs (perm's order, offsets' bounds) follow each other; expert e's
- * group takes rows starts[e] to starts[e + 1]: its pairs in order, then rows of zeros. With
- * align 1 and no room to spare the rows are perm's order itself (starts = offsets: the CPU
- * backend, and CUDA's default). Else:
- *  - uniform: every group padded to the same S rows, S the largest group rounded up to a
- *    multiple of align, where the E S rows fit in the rows sized (pesc_adapter_rows); then the
- *    experts' products are one strided batched product each;
- *  - packed: otherwise each group rounded up to a multiple of align rows, which always fit.
+ * With align 1 and no room to spare the rows are perm's order itself (the CPU backend, and
+ * CUDA's default): expert e's pairs on rows offsets[e] on. Else the rows are in two parts:
+ *  - a block: every expert's first pairs, `block` rows each, expert e's on rows e * block on
+ *    (the rest of them zeros where it has fewer): alike, so the experts' products over it are
+ *    one strided batched product each;
+ *  - after it, each expert's pairs past its block, on rows starts[e] on, the group rounded up
+ *    to a multiple of align rows with zeros (starts[0] = E * block).
+ * block is the largest multiple of align for which both parts fit in the rows sized
+ * (pesc_adapter_rows): the whole of every group where room allows (nothing after the block),
+ * none at all where even the smallest group would leave too many zeros (all packed after it).
  * The layout depends on nothing but the group sizes, the token count and the settings, so the
  * backward, and a recomputed forward, find the rows where the forward put them.
  * Included by C and by CUDA (host code). */
@@ -32,9 +34,8 @@ static inline int pesc_adapter_layout_on(size_t pairs, int E, int align, double 
            pairs >= (size_t)E * (size_t)align;
 }
 
-/* Rows of the adapters' buffers for pairs slots of E experts: where laid out, the packed
- * layout's most (every group align - 1 rows past a multiple), and (room - 1) pairs more for
- * the uniform layout to fit in. */
+/* Rows of the adapters' buffers for pairs slots of E experts: where laid out, every group's
+ * rounding up (align - 1 rows an expert), and (room - 1) pairs more for a larger block. */
 static inline size_t pesc_adapter_rows(size_t pairs, int E, int align, double room)
 {
     if (!pesc_adapter_layout_on(pairs, E, align, room))
@@ -45,9 +46,21 @@ static inline size_t pesc_adapter_rows(size_t pairs, int E, int align, double ro
     return rows;
 }
 
-/* starts (E + 1) for the groups offsets (E + 1) bounds, in rows sized for pairs slots (the
- * offsets themselves where not laid out); returns S, the rows of every group, when the
- * layout is uniform, else 0. */
+/* The rows of the part after a block of `block` rows an expert, for groups of the sizes
+ * offsets (E + 1) bounds, each rounded up to a multiple of align. */
+static inline size_t pesc_adapter_rest(const int *offsets, int E, int align, int block)
+{
+    size_t rows = 0;
+    for (int e = 0; e < E; e++) {
+        int past = offsets[e + 1] - offsets[e] - block;
+        rows += past > 0 ? (size_t)((past + align - 1) / align) * (size_t)align : 0;
+    }
+    return rows;
+}
+
+/* The layout of the groups offsets (E + 1) bounds among pairs slots: returns block, and
+ * starts (E + 1) of the groups after it (the offsets themselves, block 0, where the rows keep
+ * perm's order). */
 static inline int pesc_adapter_starts(int *starts, const int *offsets, int E, int align,
                                       double room, size_t pairs)
 {
@@ -60,14 +73,23 @@ static inline int pesc_adapter_starts(int *starts, const int *offsets, int E, in
     int most = 0;
     for (int e = 0; e < E; e++)
         most = offsets[e + 1] - offsets[e] > most ? offsets[e + 1] - offsets[e] : most;
-    int even = (most + align - 1) / align * align;
-    int uniform = most > 0 && (size_t)E * (size_t)even <= pesc_adapter_rows(pairs, E, align,
-                                                                              room);
+    size_t rows = pesc_adapter_rows(pairs, E, align, room);
+    int block = 0;   /* fits always: the packed groups alone */
+    for (int b = align; b < most + align; b += align)
+        if ((size_t)E * (size_t)b + pesc_adapter_rest(offsets, E, align, b) <= rows)
+            block = b;
+    starts[0] = E * block;
     for (int e = 0; e < E; e++) {
-        int n = offsets[e + 1] - offsets[e];
-        starts[e + 1] = starts[e] + (uniform ? even : (n + align - 1) / align * align);
+        int past = offsets[e + 1] - offsets[e] - block;
+        starts[e + 1] = starts[e] + (past > 0 ? (past + align - 1) / align * align : 0);
     }
-    return uniform ? even : 0;
+    return block;
+}
+
+/* The row of expert e's i-th pair in that layout. */
+static inline int pesc_adapter_row(const int *starts, int block, int e, int i)
+{
+    return i < block ? e * block + i : starts[e] + i - block;
 }
 
 #endif

@@ -42,7 +42,7 @@ static const char bench_usage[] =
     "                     (what pesc train's estimate says they take), adapter_rows and\n"
     "                     adapter_routed (the last step's rows of the adapters' products in\n"
     "                     the backend's layout, and the routed pairs among them) and\n"
-    "                     adapter_layers_alike (its layers whose groups were padded alike),\n"
+    "                     adapter_block_rows (those of them in blocks: batched products),\n"
     "                     and the shape (with --profile, profile_step_ms and profile: [{op,\n"
     "                     calls_per_step, ms_per_step, flops_per_step}])\n"
     "  --decode S[,S...]  instead, time answering as eval --generate and generate --prompts\n"
@@ -283,23 +283,24 @@ static void randomize_trainables(model *m)
 }
 
 /* The adapters' rows of the last step's layers as the backend laid them out
- * (backend_adapter_starts): the layers whose groups were all alike, and the rows the
- * products ran over against the routed pairs. */
+ * (backend_adapter_starts): the rows the products ran over against the routed pairs, and
+ * those in blocks (each product over them one batched call). */
 typedef struct adapter_layout_seen {
-    int alike, layers;
-    long long rows, routed;
+    int layers;
+    long long rows, routed, block;
 } adapter_layout_seen;
 
 static adapter_layout_seen adapter_layout_of(model *m, size_t slots)
 {
-    adapter_layout_seen seen = {0, m->crafted ? m->config.n_layers : 0, 0, 0};
+    adapter_layout_seen seen = {m->crafted ? m->config.n_layers : 0, 0, 0, 0};
     int E = m->crafted ? m->pesc.experts : 0;
     int *offsets = xcalloc((size_t)E + 1, sizeof *offsets);
     int *starts = xcalloc((size_t)E + 1, sizeof *starts);
     for (int l = 0; l < seen.layers; l++) {
         for (int e = 0; e < E; e++)
             offsets[e + 1] = offsets[e] + m->routing.counts[(size_t)l * E + e];
-        seen.alike += backend_adapter_starts(m->backend, starts, offsets, E, slots) > 0;
+        seen.block += (long long)E * backend_adapter_starts(m->backend, starts, offsets, E,
+                                                            slots);
         seen.rows += starts[E];
         seen.routed += offsets[E];
     }
@@ -544,9 +545,9 @@ int cmd_bench(int argc, char **argv)
     adapter_layout_seen seen = adapter_layout_of(&m, (size_t)tokens * o.pesc.top_k);
     char rows_text[128] = "";
     if (seen.rows > seen.routed)
-        snprintf(rows_text, sizeof rows_text, ", the adapters' rows %.2fx the routed (%d of %d "
-                 "layers alike)", (double)seen.rows / (double)seen.routed, seen.alike,
-                 seen.layers);
+        snprintf(rows_text, sizeof rows_text, ", the adapters' rows %.2fx the routed, %.0f%% "
+                 "of them in blocks", (double)seen.rows / (double)seen.routed,
+                 100.0 * (double)seen.block / (double)seen.rows);
     if (o.json)
         printf("{\"tokens_per_s\": %s, \"step_ms\": %.3f, \"flops_per_token\": %.0f, "
                "\"gflops\": %s, \"peak_gflops\": %s, \"mfu\": %s, \"backend\": \"%s\", "
@@ -555,7 +556,7 @@ int cmd_bench(int argc, char **argv)
                "\"top_k\": %d, \"adapter_dim\": %d, \"train\": \"%s\", \"steps\": %d, "
                "\"recompute\": %s, \"activation_bytes\": %zu, \"device_used_bytes\": %zu, "
                "\"memory_estimate_bytes\": %zu, \"memory_taken_bytes\": %zu, \"loss\": %s, "
-               "\"adapter_rows\": %lld, \"adapter_routed\": %lld, \"adapter_layers_alike\": %d",
+               "\"adapter_rows\": %lld, \"adapter_routed\": %lld, \"adapter_block_rows\": %lld",
                cli_json_number(tps, 9).text, step_s * 1e3, fpt, cli_json_number(gflops, 9).text,
                cli_json_number(peak, 9).text, cli_json_number(gflops / peak, 4).text,
                backend_name(b),
@@ -564,7 +565,7 @@ int cmd_bench(int argc, char **argv)
                o.pesc.experts, o.pesc.top_k, o.pesc.adapter_dim,
                o.pesc.mode == TRAIN_FULL ? "full" : "pesc", o.steps, o.recompute ? "true" : "false",
                m.act.bytes, used, estimate, taken, cli_json_number(losses.ce, 7).text,
-               seen.rows, seen.routed, seen.alike);
+               seen.rows, seen.routed, seen.block);
     else
         printf("%s: %.0f tokens/s, %.1f ms/step, %.2f MFLOP/token, %.1f GFLOP/s of %.1f peak "
                "(MFU %.1f%%), activations %.1f MiB%s%s%s\n", backend_device(b), tps,

@@ -20,9 +20,9 @@
 // PESC_CUDA_EXPERTS=mma runs the row products (not the weights' gradients) of bf16 math on
 // kernels of our own instead, one launch over every expert's tiles (cuda_experts_mma.cuh).
 // PESC_CUDA_EXPERT_ALIGN and _ROOM lay the rows out by expert instead of in perm's order
-// (moe_rows.h): each group on a multiple of some rows, followed by rows of zeros, which the
-// gather writes and every product passes through as zeros; where the groups are padded all
-// alike, each product is one strided batched call (experts_batched).
+// (moe_rows.h): a block of every expert's first rows, alike, whose products are strided
+// batched calls (experts_batched), then each expert's rest on a multiple of some rows; rows
+// of zeros fill both, which the gather writes and every product passes through as zeros.
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_convert.cuh"
 #include "cuda/cuda_experts_mma.cuh"
@@ -129,32 +129,34 @@ __device__ __forceinline__ float dropped(const dropout_draw &d, size_t i, float 
     return d.p > 0 ? v * pesc_dropout_value(d.seed, i, d.p, d.keep) : v;
 }
 
-// The adapters' rows of one layer (moe_rows.h): where each expert's group starts (host: the
-// offsets themselves, or laid_out), how many rows the products run over, S (every group's
-// rows, when uniform; else 0), and on the device the maps between a pair's place r in perm and
-// its row: row_of (pairs) and pair_at (rows; -1 for a row of zeros). Both NULL where the rows
-// are perm's order.
+// The adapters' rows of one layer (moe_rows.h), on the host: block (0: none), the block's
+// groups (block_starts: e * block) and those after it (starts: the offsets themselves where
+// the rows are perm's order, else rest), the rows the products run over; and on the device the
+// maps between a pair's place r in perm and its row: row_of (pairs) and pair_at (rows; -1 for
+// a row of zeros). Both NULL where the rows are perm's order.
 struct adapter_rows {
     const int *starts;   // never copied: starts may point into it
-    int laid_out[PESC_ADAPTER_ROWS_EXPERTS + 1];
-    int rows, uniform;
+    int block, rows;
+    int rest[PESC_ADAPTER_ROWS_EXPERTS + 1], block_starts[PESC_ADAPTER_ROWS_EXPERTS + 1];
     int32_t *row_of, *pair_at;
 };
 
 // The bounds of a layout, passed by value to rows_map_kernel.
 struct group_bounds {
     int offsets[PESC_ADAPTER_ROWS_EXPERTS + 1], starts[PESC_ADAPTER_ROWS_EXPERTS + 1];
+    int block;
 };
 
-// Block e: expert e's rows, its pairs' places then -1s up to the next group.
+// Block e: expert e's rows, in the block and after it: its pairs' places, then -1s.
 __global__ void rows_map_kernel(int32_t *row_of, int32_t *pair_at, group_bounds g)
 {
-    int e = blockIdx.x, first = g.offsets[e], n = g.offsets[e + 1] - first;
+    int e = blockIdx.x, first = g.offsets[e], n = g.offsets[e + 1] - first, B = g.block;
     int start = g.starts[e], span = g.starts[e + 1] - start;
-    for (int i = threadIdx.x; i < span; i += blockDim.x) {
-        pair_at[start + i] = i < n ? first + i : -1;
+    for (int i = threadIdx.x; i < B + span; i += blockDim.x) {
+        int row = i < B ? e * B + i : start + i - B;
+        pair_at[row] = i < n ? first + i : -1;
         if (i < n)
-            row_of[first + i] = start + i;
+            row_of[first + i] = row;
     }
 }
 
@@ -530,19 +532,18 @@ static bool experts_mma(cuda_context *c, const expert_gemm<__nv_bfloat16> &g, co
     return true;
 }
 
-// Experts' rows laid out alike (adapter_rows.uniform: every expert S rows, S apart): their
-// products of bf16 operands as one strided batched call, where products may group
+// Experts' rows laid out alike (a layout's block: every expert S rows, S apart; 0: not so):
+// their products of bf16 operands as one strided batched call, where products may group
 // (PESC_CUDA_GROUPED=0 asks for one an expert). False, nothing done, otherwise.
-static bool experts_batched(cuda_context *, const expert_gemm<float> &, const adapter_rows &,
-                            int)
+static bool experts_batched(cuda_context *, const expert_gemm<float> &, int, int)
 {
     return false;
 }
 
-static bool experts_batched(cuda_context *c, const expert_gemm<__nv_bfloat16> &g,
-                            const adapter_rows &L, int E)
+static bool experts_batched(cuda_context *c, const expert_gemm<__nv_bfloat16> &g, int alike,
+                            int E)
 {
-    long long S = L.uniform;
+    long long S = alike;
     if (S == 0 || !c->grouped)
         return false;
     auto stride = [S](const expert_operand<__nv_bfloat16> &o) {
@@ -554,13 +555,14 @@ static bool experts_batched(cuda_context *c, const expert_gemm<__nv_bfloat16> &g
     return true;
 }
 
-// The experts' products over the layout's rows: on the mma kernels (asked for), else batched
-// where they are alike, grouped, or one product an expert.
+// The experts' products over groups of rows (offsets, E + 1; alike: each of that many rows,
+// or 0): on the mma kernels (asked for), else batched where they are alike, grouped, or one
+// product an expert.
 template <class T>
-static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const adapter_rows &L, int E)
+static void experts_region(cuda_context *c, const expert_gemm<T> &g, const int *offsets,
+                           int alike, int E)
 {
-    const int *offsets = L.starts;
-    if (experts_mma(c, g, offsets, E) || experts_batched(c, g, L, E) ||
+    if (experts_mma(c, g, offsets, E) || experts_batched(c, g, alike, E) ||
         experts_gemm_grouped(c, g, offsets, E) >= 0)
         return;
     for (int e = 0; e < E && !c->failed; e++) {
@@ -571,6 +573,21 @@ static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const adapter
                         g.k < 0 ? rows : g.k, g.alpha, expert_at(g.a, first, e), g.a.ld,
                         expert_at(g.b, first, e), g.b.ld, g.beta, expert_at(g.c, first, e),
                         g.c.ld);
+    }
+}
+
+// The experts' products over the layout's rows: over the block, then over the groups after it
+// (a product that sums over the rows, a weight's gradient, adds the second part to the first).
+template <class T>
+static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const adapter_rows &L, int E)
+{
+    if (L.block > 0)
+        experts_region(c, g, L.block_starts, L.block, E);
+    if (L.block == 0 || L.starts[E] > L.starts[0]) {
+        expert_gemm<T> rest = g;
+        if (L.block > 0 && g.k < 0)
+            rest.beta = 1.0f;
+        experts_region(c, rest, L.starts, 0, E);
     }
 }
 
@@ -616,18 +633,20 @@ size_t cuda_adapter_work(const cuda_context *c, size_t slots, int E, int C, int 
 static void adapter_layout(cuda_context *c, adapter_rows *L, char *maps, const int *offsets,
                            size_t slots, int E)
 {
-    L->starts = offsets, L->rows = offsets[E], L->uniform = 0;
+    L->starts = offsets, L->rows = offsets[E], L->block = 0;
     L->row_of = L->pair_at = NULL;
     if (!pesc_adapter_layout_on(slots, E, c->expert_align, c->expert_room))
         return;   // any E: no more than PESC_ADAPTER_ROWS_EXPERTS where laid out
-    L->uniform = pesc_adapter_starts(L->laid_out, offsets, E, c->expert_align, c->expert_room,
-                                     slots);
-    L->starts = L->laid_out, L->rows = L->laid_out[E];
+    L->block = pesc_adapter_starts(L->rest, offsets, E, c->expert_align, c->expert_room, slots);
+    L->starts = L->rest, L->rows = L->rest[E];
+    for (int e = 0; e <= E; e++)
+        L->block_starts[e] = e * L->block;
     L->row_of = (int32_t *)maps;
     L->pair_at = (int32_t *)(maps + aligned(slots * sizeof(int32_t)));
     group_bounds bounds;
     memcpy(bounds.offsets, offsets, (size_t)(E + 1) * sizeof(int));
     memcpy(bounds.starts, L->starts, (size_t)(E + 1) * sizeof(int));
+    bounds.block = L->block;
     if (L->rows > 0)
         CUDA_LAUNCH(rows_map_kernel, E, 256, 0, c->stream, L->row_of, L->pair_at, bounds);
     CUDA_LAUNCHED(c);
@@ -726,12 +745,31 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
                                down, up, perm, inverse, L, topk_w, N, K, E, C, R, scale);
 }
 
+// G_e = beta G_e + A_e^T @ B_e over expert e's rows of groups (offsets, E + 1), bf16 operands
+// into the fp32 accumulator, one product an expert; an expert without rows there is zeroed
+// where `zero` (its first write), else left.
+static void gradient_each(cuda_context *c, float *grad, int g_rows, int g_cols,
+                          const __nv_bfloat16 *a, const __nv_bfloat16 *b, const int *offsets,
+                          int E, float beta, bool zero)
+{
+    size_t each = (size_t)g_rows * g_cols;
+    for (int e = 0; e < E && !c->failed; e++) {
+        int rows = offsets[e + 1] - offsets[e];
+        float *g = grad + e * each;
+        if (rows > 0)
+            gemm16(c, 1, 0, g_rows, g_cols, rows, 1.0f, a + (size_t)offsets[e] * g_rows, g_rows,
+                   b + (size_t)offsets[e] * g_cols, g_cols, beta, g, CUDA_R_32F, g_cols);
+        else if (zero)
+            CUDA_CHECK(c, cudaMemsetAsync(g, 0, each * sizeof(float), c->stream));
+    }
+}
+
 // A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's rows (a row of
 // zeros adds nothing): onto the fp32 accumulator itself (bf16 operands: one product an expert,
-// or one batched call where the layout is uniform, as experts_batched); or, given grad16,
-// grouped (or batched) in bf16 into grad16, which then adds to it (an expert without rows,
-// whose product does not run, adds zeros). Its first write since the gradients' zeroing
-// (backend_gradients) writes instead of adding.
+// or one batched call over a layout's block, as experts_batched); or, given grad16, grouped
+// (or batched) in bf16 into grad16, which then adds to it (an expert without rows, whose
+// product does not run, adds zeros). Its first write since the gradients' zeroing
+// (backend_gradients) writes instead of adding; a layout's rows after its block add to it.
 template <class T>
 static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
                             const T *a, const T *b, const adapter_rows &L, int E)
@@ -741,26 +779,23 @@ static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows,
     bool is16 = narrow<T>() && grad16, first = cuda_grads_first_write(c, grad, n);
     if (narrow<T>() && !grad16) {
         typedef const __nv_bfloat16 *b16p;
-        long long S = L.uniform;
-        if (S > 0 && c->grouped) {   // experts_batched's, into fp32
-            gemm16(c, 1, 0, g_rows, g_cols, (int)S, 1.0f, (b16p)a, g_rows, (b16p)b, g_cols,
-                   first ? 0.0f : 1.0f, grad, CUDA_R_32F, g_cols,
-                   {E, S * g_rows, S * g_cols, (long long)each});
+        float beta = first ? 0.0f : 1.0f;
+        long long S = L.block;
+        if (S == 0) {
+            gradient_each(c, grad, g_rows, g_cols, (b16p)a, (b16p)b, offsets, E, beta, first);
             return;
         }
-        for (int e = 0; e < E && !c->failed; e++) {
-            int rows = offsets[e + 1] - offsets[e];
-            float *g = grad + e * each;
-            if (rows > 0)
-                gemm16(c, 1, 0, g_rows, g_cols, rows, 1.0f, (b16p)a + (size_t)offsets[e] * g_rows,
-                       g_rows, (b16p)b + (size_t)offsets[e] * g_cols, g_cols, first ? 0.0f : 1.0f,
-                       g, CUDA_R_32F, g_cols);
-            else if (first)
-                CUDA_CHECK(c, cudaMemsetAsync(g, 0, each * sizeof(float), c->stream));
-        }
+        if (c->grouped)   // experts_batched's, into fp32
+            gemm16(c, 1, 0, g_rows, g_cols, (int)S, 1.0f, (b16p)a, g_rows, (b16p)b, g_cols,
+                   beta, grad, CUDA_R_32F, g_cols, {E, S * g_rows, S * g_cols, (long long)each});
+        else
+            gradient_each(c, grad, g_rows, g_cols, (b16p)a, (b16p)b, L.block_starts, E, beta,
+                          false);
+        gradient_each(c, grad, g_rows, g_cols, (b16p)a, (b16p)b, offsets, E, 1.0f, false);
         return;
     }
-    for (int e = 0; (is16 || first) && e < E; e++)   // experts whose product does not run
+    // experts whose product does not run (with a block, every expert's does)
+    for (int e = 0; L.block == 0 && (is16 || first) && e < E; e++)
         if (offsets[e + 1] == offsets[e])
             CUDA_CHECK(c, cudaMemsetAsync(is16 ? (void *)(grad16 + e * each)
                                                : (void *)(grad + e * each),

@@ -59,6 +59,12 @@ run env PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERTS=mma "$top_builddir/tests/gpu/test_
 # strided batched calls)
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash PESC_CUDA_EXPERT_ALIGN=32 \
   PESC_CUDA_EXPERT_ROOM=2 "$top_builddir/tests/gpu/test_cuda_step"
+# ... and on 16s with no room (a block and rows after it): in TF32, whose weight gradients
+# over the rows after the block add to the block's from the step's first write, and in bf16
+# with the weight gradients grouped (PESC_CUDA_GROUPED=all)
+run env PESC_CUDA_EXPERT_ALIGN=16 "$top_builddir/tests/gpu/test_cuda_step"
+run env PESC_CUDA_MATH=bf16 PESC_CUDA_GROUPED=all PESC_CUDA_EXPERT_ALIGN=16 \
+  "$top_builddir/tests/gpu/test_cuda_step"
 # the ops in the emulator's immediate mode
 run env PESC_EMU_DEFER=0 "$top_builddir/tests/gpu/test_cuda_ops"
 

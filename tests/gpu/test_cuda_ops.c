@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "gpu_test.h"
+#include "moe_rows.h"
 
 static pesc_backend *cpu, *gpu;
 
@@ -76,23 +77,26 @@ static void compare(const char *what, twin t, double tol)
  * buffers: widened here, exactly, to compare with the CPU's floats. */
 static int saved_in_bf16(void) { return strstr(backend_device(gpu), "rows in bf16") != NULL; }
 
-/* The adapters' rows as the GPU lays them out (backend_adapter_starts): row starts[e] + i
- * holds perm's row offsets[e] + i of expert e, the rows after a group's pairs zeros. */
+/* The adapters' rows as the GPU lays them out (backend_adapter_starts): expert e's i-th pair
+ * on row pesc_adapter_row(starts, block, e, i), the other rows up to starts[E] zeros. */
 typedef struct rows_layout {
     const int *offsets, *starts;
-    int E;
+    int E, block;
 } rows_layout;
 
-/* The adapters' tests of a phase in each kind of layout: perm's order, packed, uniform. */
-static int layouts_seen[3];
+/* The adapters' tests of a phase in each kind of layout: perm's order, packed (no block), all
+ * in a block, a block and rows after it. */
+enum { PERM_ORDER, PACKED, BLOCK_ONLY, BLOCK_AND_REST };
+static int layouts_seen[4];
 
 /* The CPU's rows of width floats (perm's order) in the GPU's layout: starts[E] rows. */
 static float *laid_out(const float *rows, rows_layout L, int width)
 {
     float *out = calloc((size_t)L.starts[L.E] * width + 1, sizeof *out);
     for (int e = 0; e < L.E; e++)
-        memcpy(out + (size_t)L.starts[e] * width, rows + (size_t)L.offsets[e] * width,
-               (size_t)(L.offsets[e + 1] - L.offsets[e]) * width * sizeof *out);
+        for (int i = 0; i < L.offsets[e + 1] - L.offsets[e]; i++)
+            memcpy(out + (size_t)pesc_adapter_row(L.starts, L.block, e, i) * width,
+                   rows + (size_t)(L.offsets[e] + i) * width, width * sizeof *out);
     return out;
 }
 
@@ -1087,14 +1091,12 @@ static void test_adapters(twin perm, const int *offsets, twin w, int N, int K, i
     /* the rows (the GPU's may be more: its layout of each expert's group) */
     size_t rows = backend_adapter_rows(gpu, (size_t)NK, E);
     int *starts = calloc((size_t)E + 1, sizeof *starts);
-    backend_adapter_starts(gpu, starts, offsets, E, (size_t)NK);
-    rows_layout L = {offsets, starts, E};
-    int uniform = E > 1, same = 1;
-    for (int e = 0; e < E; e++) {
-        uniform &= starts[e + 1] - starts[e] == starts[1] && starts[1] > 0;
+    int block = backend_adapter_starts(gpu, starts, offsets, E, (size_t)NK), same = 1;
+    rows_layout L = {offsets, starts, E, block};
+    for (int e = 0; e < E; e++)
         same &= starts[e + 1] == offsets[e + 1];
-    }
-    layouts_seen[same && !uniform ? 0 : uniform ? 2 : 1]++;
+    layouts_seen[block == 0 ? (same ? PERM_ORDER : PACKED)
+                 : starts[E] == starts[0] ? BLOCK_ONLY : BLOCK_AND_REST]++;
     twin h = twin_random((size_t)N * C, 1.0), down = twin_random((size_t)E * R * C, 0.2);
     twin up = twin_random((size_t)E * C * R, 0.2), y = twin_random((size_t)N * C, 1.0);
     twin x = twin_random((size_t)N * C, 1.0);
@@ -1336,11 +1338,11 @@ int main(void)
     test_expert_shapes(bf16_tol);
     gpu_finish();
     unsetenv("PESC_CUDA_EXPERTS");
-    /* the adapters' rows laid out by expert (moe_rows.h): groups on multiples of 16 rows
-     * (packed, or alike where that fits); of 32 with room for groups all alike (uniform:
-     * strided batched products); alike with no rounding. Hand-made groups make sure of each
-     * kind (balanced: alike in all three; the uneven shapes, one of 130 rows in 187, packed
-     * on 16s); 40 tokens of 64 experts, fewer slots than align an expert, keep perm's order. */
+    /* the adapters' rows laid out by expert (moe_rows.h): on multiples of 16 rows; of 32 with
+     * room 4; with no rounding and room 2. Hand-made groups make sure of each kind (balanced:
+     * all in a block in all three; the uneven shapes, one of 130 rows in 187, a block of 16
+     * and 50 and rows after it); 40 tokens of 64 experts, fewer slots than align an expert,
+     * keep perm's order. */
     static const char *const layouts[][2] = {{"16", "1"}, {"32", "4"}, {"1", "2"}};
     static const int balanced[] = {40, 37, 33, 39};
     for (int i = 0; i < 3; i++) {
@@ -1358,8 +1360,9 @@ int main(void)
         char what[96];
         snprintf(what, sizeof what, "align %s, room %s: the layouts each test was meant to get",
                  layouts[i][0], layouts[i][1]);
-        int ok = layouts_seen[2] > 0 && (i != 0 || (layouts_seen[0] > 0 && layouts_seen[1] > 0));
-        gpu_test_verdict(ok, what, layouts_seen[2], "tests in a uniform layout");
+        int ok = layouts_seen[BLOCK_ONLY] > 0 && (i == 1 || layouts_seen[BLOCK_AND_REST] > 0) &&
+                 (i != 0 || layouts_seen[PERM_ORDER] > 0);
+        gpu_test_verdict(ok, what, layouts_seen[BLOCK_AND_REST], "tests with a block and a rest");
     }
     /* ... with the weights' gradients grouped in bf16 (PESC_CUDA_GROUPED=all: batched in bf16
      * where alike, then added), and with the row products on the mma kernels */
