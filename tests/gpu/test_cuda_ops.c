@@ -135,9 +135,10 @@ static void sync_rows(twin t, rows_layout L, int width)
     if (saved_in_bf16()) {
         uint16_t *bits = malloc(n * sizeof *bits + 2);
         for (size_t i = 0; i < n; i++) {
+            float rounded = gpu_test_bf16(rows[i]);
             uint32_t u;
-            memcpy(&u, &rows[i], sizeof u);
-            bits[i] = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+            memcpy(&u, &rounded, sizeof u);
+            bits[i] = (uint16_t)(u >> 16);
         }
         backend_upload(gpu, t.g, bits, n * sizeof *bits);
         free(bits);
