@@ -52,6 +52,7 @@ static double profile_begin(pesc_backend *b)
 
 static void profile_end(pesc_backend *b, double t0, const char *op, double flops)
 {
+    double issued = pesc_now() - t0;   /* the op's own host time: its queue was empty at t0 */
     backend_synchronize(b);
     double dt = pesc_now() - t0;
     struct backend_profile *p = b->profile;
@@ -68,6 +69,7 @@ static void profile_end(pesc_backend *b, double t0, const char *op, double flops
         p->n++;
     }
     p->entries[i].seconds += dt;
+    p->entries[i].host_seconds += issued;
     p->entries[i].flops += flops;
     p->entries[i].calls++;
 }

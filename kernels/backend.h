@@ -118,12 +118,15 @@ int backend_check(pesc_backend *b, pesc_error *err);
 /* Per-op timing, for `pesc bench --profile`. While a profile runs, every op waits for the
  * backend's queued work before and after it, and its wall time adds to an entry named after
  * the op (a product also by its shape, "matmul_forward 2048x5632"): the sum shows where a step
- * goes, at the price of the overlap between host and device that the waits remove.
- * backend_profile_stop ends the run and returns its entries, slowest first (the caller frees
+ * goes, at the price of the overlap between host and device that the waits remove. Its
+ * host_seconds is the part before the wait after it: the host's own work to queue the op
+ * (launches, cuBLAS's choice of kernels, a wait inside the op), as its queue was empty when it
+ * began; on the CPU backend, all of it. backend_profile_stop ends the run and returns its entries, slowest first (the caller frees
  * them), or -1 when none ran. */
 typedef struct backend_profile_entry {
     char op[64];
     double seconds;
+    double host_seconds;   /* of seconds, the op's call before the wait after it */
     double flops;   /* the floating-point operations of its products; 0 for other ops */
     long calls;
 } backend_profile_entry;

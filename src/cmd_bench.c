@@ -33,8 +33,9 @@ static const char bench_usage[] =
     "  --backend B        auto, cpu or cuda\n"
     "  --recompute        activation recomputation (as pesc train --recompute)\n"
     "  --profile          then time every op of the same steps, waiting for the device around\n"
-    "                     each, and print where a step goes (ms and share per op; the\n"
-    "                     products' useful TFLOP/s for matmuls, attention and adapters)\n"
+    "                     each, and print where a step goes (ms and share per op; the host's\n"
+    "                     part, queueing its work; the products' useful TFLOP/s for\n"
+    "                     matmuls, attention and adapters)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
     "                     peak_gflops, mfu, activation_bytes, device_used_bytes (the GPU's\n"
     "                     memory in use after the steps; 0 on the CPU), memory_taken_bytes\n"
@@ -44,7 +45,7 @@ static const char bench_usage[] =
     "                     the backend's layout, and the routed pairs among them) and\n"
     "                     adapter_block_rows (those of them in blocks: batched products),\n"
     "                     and the shape (with --profile, profile_step_ms and profile: [{op,\n"
-    "                     calls_per_step, ms_per_step, flops_per_step}])\n"
+    "                     calls_per_step, ms_per_step, host_ms_per_step, flops_per_step}])\n"
     "  --decode S[,S...]  instead, time answering as eval --generate and generate --prompts\n"
     "                     do it, with S sequences at once in slots of one KV cache: their\n"
     "                     prompts, then a pass a token for all of them, each token the greedy\n"
@@ -371,21 +372,22 @@ static void print_profile(const bench_profile *p, double step_s, int json)
         printf(", \"profile_step_ms\": %.3f, \"profile\": [", p->step_s * 1e3);
         for (int i = 0; i < p->n; i++)
             printf("%s{\"op\": \"%s\", \"calls_per_step\": %.2f, \"ms_per_step\": %.4f, "
-                   "\"flops_per_step\": %.17g}",
+                   "\"host_ms_per_step\": %.4f, \"flops_per_step\": %.17g}",
                    i ? ", " : "", p->ops[i].op, (double)p->ops[i].calls / p->steps,
-                   p->ops[i].seconds / p->steps * 1e3, p->ops[i].flops / p->steps);
+                   p->ops[i].seconds / p->steps * 1e3, p->ops[i].host_seconds / p->steps * 1e3,
+                   p->ops[i].flops / p->steps);
         printf("]");
         return;
     }
     printf("profile of %d steps, every op waited for: %.1f ms/step (%.2fx the step above)\n",
            p->steps, p->step_s * 1e3, p->step_s / step_s);
-    printf("  %-40s %10s %10s %7s %9s\n", "op (a product: inputs x outputs)", "calls/step",
-           "ms/step", "share", "TFLOP/s");
+    printf("  %-40s %10s %10s %7s %8s %9s\n", "op (a product: inputs x outputs)", "calls/step",
+           "ms/step", "share", "host ms", "TFLOP/s");
     for (int i = 0; i < p->n; i++) {
         const backend_profile_entry *e = &p->ops[i];
         double ms = e->seconds / p->steps * 1e3;
-        printf("  %-40s %10.1f %10.2f %6.1f%%", e->op, (double)e->calls / p->steps, ms,
-               100.0 * ms / (p->step_s * 1e3));
+        printf("  %-40s %10.1f %10.2f %6.1f%% %8.2f", e->op, (double)e->calls / p->steps, ms,
+               100.0 * ms / (p->step_s * 1e3), e->host_seconds / p->steps * 1e3);
         if (e->flops > 0 && e->seconds > 0)   /* the rate of its products, waits included */
             printf(" %9.4g", e->flops / e->seconds * 1e-12);
         printf("\n");
@@ -393,6 +395,8 @@ static void print_profile(const bench_profile *p, double step_s, int json)
     double rest = p->step_s - ops_s;
     printf("  %-40s %10s %10.2f %6.1f%%\n", "between ops (host work, waits)", "", rest * 1e3,
            100.0 * rest / p->step_s);
+    printf("host ms: the op's call before the wait after it (queueing its work: launches, the "
+           "choice of kernels); near its ms/step, the host bounds the op\n");
 }
 
 /* --decode: S random prompts of P tokens into the slots of one cache (passes of up to 4096

@@ -815,7 +815,7 @@ expect 2 "\-\-heads 8 must split into \-\-kv-heads 3 groups" \
 expect 0 '"heads": 2, "kv_heads": 2,' "bench --heads alone: as many key/value heads (it once kept 8)" -- \
   "$pesc" bench --dim 64 --layers 1 --heads 2 --ffn 64 --vocab 64 --seq 8 --batch 1 --steps 1 --json --backend cpu
 expect 0 "^profile of 2 steps" "bench --profile" -- "$pesc" bench $small --steps 1 --profile --backend cpu
-# an op's row: calls/step, ms/step, share and, for products, TFLOP/s
+# an op's row: calls/step, ms/step, share, host ms and, for products, TFLOP/s
 row() {
   awk -v op="$1" 'substr($0, 3, 40) ~ "^" op " *$" { $0 = substr($0, 43); $1 = $1; print }' \
     "$tmp/out"
@@ -829,7 +829,10 @@ rest=$(awk '/between ops/ { print $(NF - 1) }' "$tmp/out")
 awk -v r="$rest" 'BEGIN { exit !(r != "" && r >= 0) }' ||
   fail "bench --profile: the ops add up to more than the step (between ops: '$rest' ms)"
 for op in "attention_backward" "moe_adapter_forward" "matmul_forward 64x128" "rmsnorm_forward"; do
-  rate=$(row "$op" | awk '{ print $4 }')
+  rate=$(row "$op" | awk '{ print $5 }')
+  # the host's part is part of the op's time; on the CPU backend, all of it (the last digit)
+  row "$op" | awk '{ exit !($4 != "" && $4 <= $2 && $4 >= $2 - 0.011) }' ||
+    fail "bench --profile: '$op' host ms not the op's own on the CPU: $(row "$op")"
   case $op in
     rmsnorm*) [ -z "$rate" ] || fail "bench --profile: '$op' has a TFLOP/s figure ($rate)" ;;
     *) awk -v r="$rate" 'BEGIN { exit !(r != "" && r > 0) }' ||
