@@ -885,7 +885,8 @@ extern "C" void cuda_matmul_forward(void *ctx, float *out, const float *inp, con
     if (bias && cuda_compact(c, out, (size_t)N * OC))
         return record_failure(c, "matmul_forward", __FILE__, __LINE__,
                               "a bias added to memory kept in bf16 (backend_alloc_compact)");
-    model_product(c, math_for(c, C, OC), 0, 1, N, OC, C, inp, C, weight, C, 0.0f, out, OC);
+    if (!cuda_narrow_forward(c, out, inp, weight, N, C, OC))
+        model_product(c, math_for(c, C, OC), 0, 1, N, OC, C, inp, C, weight, C, 0.0f, out, OC);
     if (bias) {
         CUDA_LAUNCH(add_bias_kernel, cuda_blocks((size_t)N * OC, 256), 256, 0, c->stream, out, bias,
                     (size_t)N, OC);
@@ -909,13 +910,15 @@ extern "C" void cuda_matmul_backward(void *ctx, float *dinp, float *dweight, flo
         c->zero_at = NULL;
     else
         cuda_settle_zero(c);
-    if (dinp)
+    if (dinp && !cuda_narrow_dinp(c, dinp, dout, weight, N, C, OC, !onto_zero))
         model_product(c, math, 0, 0, N, C, OC, dout, OC, weight, C, onto_zero ? 0.0f : 1.0f,
                       dinp, C);
-    if (dweight)   // a gradient's first write (backend_gradients) writes it
-        model_product(c, math, 1, 0, OC, C, N, dout, OC, inp, C,
-                      cuda_grads_first_write(c, dweight, (size_t)OC * C) ? 0.0f : 1.0f, dweight,
-                      C);
+    if (dweight) {   // a gradient's first write (backend_gradients) writes it
+        bool first = cuda_grads_first_write(c, dweight, (size_t)OC * C);
+        if (!cuda_narrow_dweight(c, dweight, dout, inp, N, C, OC, !first))
+            model_product(c, math, 1, 0, OC, C, N, dout, OC, inp, C, first ? 0.0f : 1.0f,
+                          dweight, C);
+    }
     if (dbias) {
         cuda_settle_grads(c, dbias, (size_t)OC * sizeof(float));
         cuda_column_sum(c, dbias, dout, NULL, NULL, N, OC);
@@ -991,6 +994,7 @@ static void cuda_free_context(void *ctx)
         cudaFree(c->copies[i].values);
     cudaFree(c->op_work);
     cudaFree(c->partials);
+    cudaFree(c->narrow_partials);
     cudaFree(c->group_ptrs);
     if (c->cublas)
         cublasDestroy(c->cublas);
@@ -1248,6 +1252,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
                                                          ? CUBLAS_PEDANTIC_MATH
                                                          : CUBLAS_DEFAULT_MATH)) &&
         CUDA_CHECK(c, cudaMalloc(&c->partials, (CUDA_REDUCE_BLOCKS + 1) * sizeof(double))) &&
+        CUDA_CHECK(c, cudaMalloc(&c->narrow_partials, NARROW_PARTIAL_FLOATS * sizeof(float))) &&
         CUDA_CHECK(c, cudaMalloc(&c->group_ptrs, 3 * CUDA_GROUP_MAX * sizeof(void *)))) {
         if ((!math || !*math) && prop.major < 8)   // no bf16 tensor cores: TF32 by default
             c->math = CUDA_MATH_TF32;

@@ -62,6 +62,8 @@ enum cuda_attention {
 // run (determinism).
 #define CUDA_REDUCE_BLOCKS 1024
 #define CUDA_COLSUM_CHUNKS 64
+// The partial sums of a narrow product's weight gradient (cuda_narrow.cu): 4 MiB.
+#define NARROW_PARTIAL_FLOATS (1 << 20)
 // Regions kept in bf16 alone at once (cuda_context.packed): the model's two (frozen weights,
 // activations), and room for a test's own.
 #define CUDA_PACKED_MAX 16
@@ -102,6 +104,7 @@ typedef struct cuda_context {
     void *op_work;
     size_t op_work_bytes;
     double *partials;            // (CUDA_REDUCE_BLOCKS + 1) doubles
+    float *narrow_partials;      // (NARROW_PARTIAL_FLOATS): cuda_narrow.cu's weight gradients
     // The experts' adapter products as one grouped call (cublasGemmGroupedBatchedEx, cuBLAS
     // 12.5 and later; PESC_CUDA_GROUPED=0 turns it off): its device array of operand pointers,
     // and grouped_off, bit m set once cuBLAS has refused the call in math m (cuda_moe.cu's
@@ -414,6 +417,16 @@ void cuda_gemm(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, f
 // norm-weight gradients, in a fixed order.
 void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b,
                      const float *row_scale, int N, int C);
+
+// The products with at most 16 outputs (cuda_narrow.cu), in fp32 arithmetic: false, nothing
+// done, where they do not apply (the caller runs cuBLAS). dinp and dweight are added to where
+// add, else written.
+bool cuda_narrow_forward(cuda_context *c, float *out, const float *inp, const float *weight,
+                         int N, int C, int OC);
+bool cuda_narrow_dinp(cuda_context *c, float *dinp, const float *dout, const float *weight,
+                      int N, int C, int OC, bool add);
+bool cuda_narrow_dweight(cuda_context *c, float *dweight, const float *dout, const float *inp,
+                         int N, int C, int OC, bool add);
 
 // ---- warp and block reductions (blockDim.x a multiple of 32, at most 1024) ------------------
 

@@ -8,3 +8,4 @@
 #include "cuda/cuda_attention.cu"
 #include "cuda/cuda_moe.cu"
 #include "cuda/cuda_bench.cu"
+#include "cuda/cuda_narrow.cu"

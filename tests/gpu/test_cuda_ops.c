@@ -482,9 +482,12 @@ static void test_compact(double tol)
  * products (written, then added to), the second once, the third not, then read back: the
  * third and the gap exactly zero. Zeroed again with only the first written: the second is
  * zero again where the sum of squares reads it. */
-static void test_gradients(double tol)
+/* OC 80: cuBLAS's weight gradients; 8: the narrow kernels' */
+static void test_gradients(int OC, double tol)
 {
-    enum { N = 30, C = 72, OC = 80, GAP = 16 };
+    enum { N = 30, C = 72, GAP = 16 };
+    char name[96];
+    const char *tag = OC <= 16 ? " (narrow)" : "";
     size_t w = (size_t)OC * C, n = 3 * w + GAP;
     twin x = twin_random((size_t)N * C, 1.0), dy = twin_random((size_t)N * OC, 1.0);
     twin wt = twin_random(w, 0.5), g = twin_random(n, 1.0);
@@ -503,9 +506,10 @@ static void test_gradients(double tol)
             matmul_backward(gpu, NULL, db, NULL, G(dy), G(x), G(wt), N, C, OC);
         }
         double want = vector_sumsq(cpu, F(g), n), got = vector_sumsq(gpu, G(g), n);
-        gpu_test_verdict(fabs(got - want) <= 2 * tol * want, round ? "gradients: zeroed again, "
-                         "one written: the sum of squares" : "gradients: the sum of squares",
-                         fabs(got - want) / want, "relative");
+        snprintf(name, sizeof name, "%s%s", round ? "gradients: zeroed again, one written: "
+                 "the sum of squares" : "gradients: the sum of squares", tag);
+        gpu_test_verdict(fabs(got - want) <= 2 * tol * want, name, fabs(got - want) / want,
+                         "relative");
     }
     /* round 2's state read back: a written once, the rest exactly zero */
     float *got = malloc(n * sizeof *got);
@@ -513,9 +517,10 @@ static void test_gradients(double tol)
     size_t nonzero = 0;
     for (size_t i = w; i < n; i++)
         nonzero += got[i] != 0.0f;
-    gpu_test_verdict(nonzero == 0, "gradients: the unwritten ones exactly zero",
-                     (double)nonzero, "nonzero entries");
-    compare("gradients: the written one", g, tol);
+    snprintf(name, sizeof name, "gradients: the unwritten ones exactly zero%s", tag);
+    gpu_test_verdict(nonzero == 0, name, (double)nonzero, "nonzero entries");
+    snprintf(name, sizeof name, "gradients: the written one%s", tag);
+    compare(name, g, tol);
     backend_gradients(gpu, NULL, 0);
     free(got);
     twin_free(x); twin_free(dy); twin_free(wt); twin_free(g);
@@ -552,10 +557,13 @@ static void test_download_later(void)
  * exactly the zeroed range writes it instead. Each stretch ends the deferral another way: the
  * product onto it, a zeroing of another size, an op adding into it, a product reading it, a
  * download, and a check. */
-static void test_deferred_zero(double tol)
+/* OC 56: cuBLAS's products; 8: the narrow kernels' (cuda_narrow.cu), a router's */
+static void test_deferred_zero(int OC, double tol)
 {
-    enum { N = 40, C = 48, OC = 56 };
+    enum { N = 40, C = 48 };
     size_t nc = (size_t)N * C;
+    char name[96];
+    const char *tag = OC <= 16 ? " (narrow)" : "";
     twin x = twin_random(nc, 1.0), w = twin_random((size_t)OC * C, 0.5);
     twin dout = twin_random((size_t)N * OC, 1.0), dx = twin_random(nc, 1.0);
     twin dw = twin_random((size_t)OC * C, 1.0), y = twin_random((size_t)N * OC, 1.0);
@@ -563,32 +571,40 @@ static void test_deferred_zero(double tol)
     vector_zero(gpu, G(dx), nc);
     matmul_backward(cpu, F(dx), F(dw), NULL, F(dout), F(x), F(w), N, C, OC);
     matmul_backward(gpu, G(dx), G(dw), NULL, G(dout), G(x), G(w), N, C, OC);
-    compare("zero: a product onto it writes it", dx, tol);
-    compare("zero: ... the weight's gradient still adds", dw, tol);
+    snprintf(name, sizeof name, "%s%s", "zero: a product onto it writes it", tag);
+    compare(name, dx, tol);
+    snprintf(name, sizeof name, "%s%s", "zero: ... the weight's gradient still adds", tag);
+    compare(name, dw, tol);
     vector_zero(cpu, F(dx), nc - C);   /* all but the last row: the product adds */
     vector_zero(gpu, G(dx), nc - C);
     matmul_backward(cpu, F(dx), NULL, NULL, F(dout), F(x), F(w), N, C, OC);
     matmul_backward(gpu, G(dx), NULL, NULL, G(dout), G(x), G(w), N, C, OC);
-    compare("zero: of fewer floats, a product adds onto it", dx, tol);
+    snprintf(name, sizeof name, "%s%s", "zero: of fewer floats, a product adds onto it", tag);
+    compare(name, dx, tol);
     vector_zero(cpu, F(dx), nc);
     vector_zero(gpu, G(dx), nc);
     vector_axpy(cpu, F(dx), F(x), 2.0f, nc);
     vector_axpy(gpu, G(dx), G(x), 2.0f, nc);
-    compare("zero: an op adds into it", dx, 0.0);
+    snprintf(name, sizeof name, "%s%s", "zero: an op adds into it", tag);
+    compare(name, dx, 0.0);
     vector_zero(cpu, F(x), nc);
     vector_zero(gpu, G(x), nc);
     both_matmul(y, x, w, N, C, OC, 0);
-    compare("zero: a product reads it", y, 0.0);
+    snprintf(name, sizeof name, "%s%s", "zero: a product reads it", tag);
+    compare(name, y, 0.0);
     twin_sync(x);
     vector_zero(cpu, F(x), nc);
     vector_zero(gpu, G(x), nc);
-    compare("zero: downloaded", x, 0.0);
+    snprintf(name, sizeof name, "%s%s", "zero: downloaded", tag);
+    compare(name, x, 0.0);
     vector_zero(cpu, F(dx), nc);
     vector_zero(gpu, G(dx), nc);
     pesc_error err;
     int checked = backend_check(gpu, &err);
-    compare("zero: after a check", dx, 0.0);
-    gpu_test_verdict(checked == 0, "zero: backend_check after it", (double)checked, "rc");
+    snprintf(name, sizeof name, "%s%s", "zero: after a check", tag);
+    compare(name, dx, 0.0);
+    snprintf(name, sizeof name, "zero: backend_check after it%s", tag);
+    gpu_test_verdict(checked == 0, name, (double)checked, "rc");
     twin_free(x); twin_free(w); twin_free(dout); twin_free(dx); twin_free(dw); twin_free(y);
 }
 
@@ -1269,12 +1285,22 @@ int main(void)
     test_matmul(300, 200, 150, bf16_tol, "bf16");
     test_matmul(1, 64, 4096, bf16_tol, "bf16");
     test_matmul(67, 93, 70, bf16_tol, "bf16");   /* operands of 4k + 3 and 4k + 2 floats */
+    /* the narrow kernels (cuda_narrow.cu), fp32 arithmetic whatever the math: a router's 8
+     * outputs, in a warp's 4 rows and past them; 3, 12 and 16 (their other instances); 6
+     * outputs of rows not of 8s (cuBLAS, in fp32 too) */
+    test_matmul(301, 200, 8, 1e-5, "bf16 narrow");
+    test_matmul(7, 64, 3, 1e-5, "bf16 narrow");
+    test_matmul(130, 520, 12, 1e-5, "bf16 narrow");
+    test_matmul(64, 2048, 16, 1e-5, "bf16 narrow");
+    test_matmul(33, 94, 6, 1e-5, "bf16 narrow");
     test_operand_copies(bf16_tol);
-    test_deferred_zero(bf16_tol);
+    test_deferred_zero(56, bf16_tol);
+    test_deferred_zero(8, bf16_tol);
     test_trainables(bf16_tol);
     test_compact(bf16_tol);
     test_download_later();
-    test_gradients(bf16_tol);
+    test_gradients(80, bf16_tol);
+    test_gradients(8, bf16_tol);
     test_embedding(257, 1000, 96);
     test_rmsnorm(129, 1000, 0.0f);
     test_rmsnorm(129, 1000, 1.0f);
@@ -1392,6 +1418,7 @@ int main(void)
     setenv("PESC_CUDA_ATTENTION", "gemm", 1);
     gpu_again();
     test_matmul(300, 200, 150, 1e-5, "fp32");
+    test_matmul(301, 200, 8, 1e-5, "fp32 narrow");
     test_compact(1e-5);   /* plain fp32 memory here */
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
     test_attention_shapes("gemm fp32", 1e-5, 1e-4);
