@@ -21,6 +21,8 @@ void backend_profile_start(pesc_backend *b)
     if (!b->profile)
         b->profile = xcalloc(1, sizeof *b->profile);
     b->profile->n = 0;
+    if (b->ops->parts_on)
+        b->ops->parts_on(b->context, 1);
 }
 
 static int slower_first(const void *x, const void *y)
@@ -36,12 +38,54 @@ int backend_profile_stop(pesc_backend *b, backend_profile_entry **entries)
     *entries = NULL;
     if (!p)
         return -1;
+    if (b->ops->parts_on)
+        b->ops->parts_on(b->context, 0);
     b->profile = NULL;
-    int n = p->n;
-    qsort(p->entries, (size_t)n, sizeof *p->entries, slower_first);
-    *entries = p->entries;
+    int n = p->n, ops = 0;
+    /* the ops, slowest first, each followed by its parts in the order they were first seen */
+    backend_profile_entry *out = xmalloc((size_t)(n ? n : 1) * sizeof *out);
+    for (int i = 0; i < n; i++)
+        if (!p->entries[i].part_of[0])
+            out[ops++] = p->entries[i];
+    qsort(out, (size_t)ops, sizeof *out, slower_first);
+    int at = ops;
+    for (int o = ops - 1; o >= 0; o--) {   /* from the back: each op's parts go after it */
+        int parts = 0;
+        for (int i = 0; i < n; i++)
+            parts += strcmp(p->entries[i].part_of, out[o].op) == 0;
+        if (!parts)
+            continue;
+        memmove(&out[o + 1 + parts], &out[o + 1], (size_t)(at - o - 1) * sizeof *out);
+        for (int i = 0, k = o + 1; i < n; i++)
+            if (strcmp(p->entries[i].part_of, out[o].op) == 0)
+                out[k++] = p->entries[i];
+        at += parts;
+    }
+    free(p->entries);
+    *entries = out;
     free(p);
-    return n;
+    return at;
+}
+
+/* The entry of an op (part_of "") or of one of its parts, made where there is none. */
+static backend_profile_entry *profile_entry(struct backend_profile *p, const char *op,
+                                            const char *part_of)
+{
+    int i = 0;
+    while (i < p->n &&
+           (strcmp(p->entries[i].op, op) != 0 || strcmp(p->entries[i].part_of, part_of) != 0))
+        i++;
+    if (i == p->n) {
+        if (p->n == p->cap) {
+            p->cap = p->cap ? 2 * p->cap : 32;
+            p->entries = xrealloc(p->entries, (size_t)p->cap * sizeof *p->entries);
+        }
+        memset(&p->entries[i], 0, sizeof p->entries[i]);
+        snprintf(p->entries[i].op, sizeof p->entries[i].op, "%s", op);
+        snprintf(p->entries[i].part_of, sizeof p->entries[i].part_of, "%s", part_of);
+        p->n++;
+    }
+    return &p->entries[i];
 }
 
 static double profile_begin(pesc_backend *b)
@@ -55,23 +99,19 @@ static void profile_end(pesc_backend *b, double t0, const char *op, double flops
     double issued = pesc_now() - t0;   /* the op's own host time: its queue was empty at t0 */
     backend_synchronize(b);
     double dt = pesc_now() - t0;
-    struct backend_profile *p = b->profile;
-    int i = 0;
-    while (i < p->n && strcmp(p->entries[i].op, op) != 0)
-        i++;
-    if (i == p->n) {
-        if (p->n == p->cap) {
-            p->cap = p->cap ? 2 * p->cap : 32;
-            p->entries = xrealloc(p->entries, (size_t)p->cap * sizeof *p->entries);
-        }
-        memset(&p->entries[i], 0, sizeof p->entries[i]);
-        snprintf(p->entries[i].op, sizeof p->entries[i].op, "%s", op);
-        p->n++;
+    backend_profile_entry *e = profile_entry(b->profile, op, "");
+    e->seconds += dt;
+    e->host_seconds += issued;
+    e->flops += flops;
+    e->calls++;
+    backend_part parts[32];
+    int n = b->ops->parts_take ? b->ops->parts_take(b->context, parts, 32) : 0;
+    for (int i = 0; i < n; i++) {
+        backend_profile_entry *part = profile_entry(b->profile, parts[i].label, op);
+        part->seconds += parts[i].device_seconds;
+        part->host_seconds += parts[i].host_seconds;
+        part->calls++;
     }
-    p->entries[i].seconds += dt;
-    p->entries[i].host_seconds += issued;
-    p->entries[i].flops += flops;
-    p->entries[i].calls++;
 }
 
 /* An op's call, timed into the running profile when there is one, with the floating-point

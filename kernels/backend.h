@@ -121,10 +121,14 @@ int backend_check(pesc_backend *b, pesc_error *err);
  * goes, at the price of the overlap between host and device that the waits remove. Its
  * host_seconds is the part before the wait after it: the host's own work to queue the op
  * (launches, cuBLAS's choice of kernels, a wait inside the op), as its queue was empty when it
- * began; on the CPU backend, all of it. backend_profile_stop ends the run and returns its entries, slowest first (the caller frees
- * them), or -1 when none ran. */
+ * began; on the CPU backend, all of it. Where a backend marks parts of an op's time (CUDA: the
+ * adapters' and attention's), each part has an entry too, by the device's clock between the
+ * marks (host_seconds: the host's over the same stretch), not counted in the step's sum.
+ * backend_profile_stop ends the run and returns its entries, the ops slowest first, each op's
+ * parts right after it in the order marked (the caller frees them), or -1 when none ran. */
 typedef struct backend_profile_entry {
-    char op[64];
+    char op[64];        /* a part's label, for a part */
+    char part_of[64];   /* "" for an op; a part's op */
     double seconds;
     double host_seconds;   /* of seconds, the op's call before the wait after it */
     double flops;   /* the floating-point operations of its products; 0 for other ops */

@@ -5,6 +5,14 @@
 
 #include "backend.h"
 
+/* A part of an op's time, for the profile (backend_profile_start): its label (static storage),
+ * the device's time from the mark before it to its own (the op's start for the first), and the
+ * host's over the same stretch. */
+typedef struct backend_part {
+    const char *label;
+    double device_seconds, host_seconds;
+} backend_part;
+
 typedef struct backend_ops {
     const char *name;
     void (*free_context)(void *ctx);
@@ -71,6 +79,11 @@ typedef struct backend_ops {
     float *(*alloc_frozen)(void *ctx, size_t n);
     /* optional (alloc without it): see backend_alloc_compact; NULL when out of memory */
     float *(*alloc_compact)(void *ctx, size_t n);
+    /* optional, together: while on, the ops that mark parts of their time keep them;
+     * parts_take returns those of the last op (at most max; the device has finished it) and
+     * forgets them */
+    void (*parts_on)(void *ctx, int on);
+    int (*parts_take)(void *ctx, backend_part *parts, int max);
 } backend_ops;
 
 struct backend_profile;   /* backend.c: the entries of a profile run (backend_profile_start) */

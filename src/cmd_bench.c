@@ -35,7 +35,8 @@ static const char bench_usage[] =
     "  --profile          then time every op of the same steps, waiting for the device around\n"
     "                     each, and print where a step goes (ms and share per op; the host's\n"
     "                     part, queueing its work; the products' useful TFLOP/s for\n"
-    "                     matmuls, attention and adapters)\n"
+    "                     matmuls, attention and adapters; on CUDA, the adapters' and\n"
+    "                     attention's parts by the GPU's clock)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
     "                     peak_gflops, mfu, activation_bytes, device_used_bytes (the GPU's\n"
     "                     memory in use after the steps; 0 on the CPU), memory_taken_bytes\n"
@@ -45,7 +46,8 @@ static const char bench_usage[] =
     "                     the backend's layout, and the routed pairs among them) and\n"
     "                     adapter_block_rows (those of them in blocks: batched products),\n"
     "                     and the shape (with --profile, profile_step_ms and profile: [{op,\n"
-    "                     calls_per_step, ms_per_step, host_ms_per_step, flops_per_step}])\n"
+    "                     calls_per_step, ms_per_step, host_ms_per_step, flops_per_step}],\n"
+    "                     an op's parts after it with part_of)\n"
     "  --decode S[,S...]  instead, time answering as eval --generate and generate --prompts\n"
     "                     do it, with S sequences at once in slots of one KV cache: their\n"
     "                     prompts, then a pass a token for all of them, each token the greedy\n"
@@ -367,15 +369,20 @@ static void print_profile(const bench_profile *p, double step_s, int json)
 {
     double ops_s = 0.0;
     for (int i = 0; i < p->n; i++)
-        ops_s += p->ops[i].seconds / p->steps;
+        if (!p->ops[i].part_of[0])   /* a part's time is its op's */
+            ops_s += p->ops[i].seconds / p->steps;
     if (json) {
         printf(", \"profile_step_ms\": %.3f, \"profile\": [", p->step_s * 1e3);
-        for (int i = 0; i < p->n; i++)
-            printf("%s{\"op\": \"%s\", \"calls_per_step\": %.2f, \"ms_per_step\": %.4f, "
+        for (int i = 0; i < p->n; i++) {
+            const backend_profile_entry *e = &p->ops[i];
+            printf("%s{\"op\": \"%s\", ", i ? ", " : "", e->op);
+            if (e->part_of[0])
+                printf("\"part_of\": \"%s\", ", e->part_of);
+            printf("\"calls_per_step\": %.2f, \"ms_per_step\": %.4f, "
                    "\"host_ms_per_step\": %.4f, \"flops_per_step\": %.17g}",
-                   i ? ", " : "", p->ops[i].op, (double)p->ops[i].calls / p->steps,
-                   p->ops[i].seconds / p->steps * 1e3, p->ops[i].host_seconds / p->steps * 1e3,
-                   p->ops[i].flops / p->steps);
+                   (double)e->calls / p->steps, e->seconds / p->steps * 1e3,
+                   e->host_seconds / p->steps * 1e3, e->flops / p->steps);
+        }
         printf("]");
         return;
     }
@@ -386,7 +393,9 @@ static void print_profile(const bench_profile *p, double step_s, int json)
     for (int i = 0; i < p->n; i++) {
         const backend_profile_entry *e = &p->ops[i];
         double ms = e->seconds / p->steps * 1e3;
-        printf("  %-40s %10.1f %10.2f %6.1f%% %8.2f", e->op, (double)e->calls / p->steps, ms,
+        char label[80];
+        snprintf(label, sizeof label, "%s%s", e->part_of[0] ? "  - " : "", e->op);
+        printf("  %-40s %10.1f %10.2f %6.1f%% %8.2f", label, (double)e->calls / p->steps, ms,
                100.0 * ms / (p->step_s * 1e3), e->host_seconds / p->steps * 1e3);
         if (e->flops > 0 && e->seconds > 0)   /* the rate of its products, waits included */
             printf(" %9.4g", e->flops / e->seconds * 1e-12);
@@ -397,6 +406,13 @@ static void print_profile(const bench_profile *p, double step_s, int json)
            100.0 * rest / p->step_s);
     printf("host ms: the op's call before the wait after it (queueing its work: launches, the "
            "choice of kernels); near its ms/step, the host bounds the op\n");
+    for (int i = 0; i < p->n; i++)
+        if (p->ops[i].part_of[0]) {
+            printf("- a part: the device's time from the mark before it in its op (the op's "
+                   "start) to its own, gaps waiting for the host included; host ms the host's "
+                   "over the same stretch\n");
+            break;
+        }
 }
 
 /* --decode: S random prompts of P tokens into the slots of one cache (passes of up to 4096

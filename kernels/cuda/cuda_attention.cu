@@ -247,6 +247,7 @@ extern "C" void cuda_attention_forward(void *ctx, float *out, float *lse, const 
                                        const int32_t *seg_start)
 {
     CUDA_OP(ctx);
+    cuda_parts_start(c);
     if (flash_takes(c, D, Hq, Hkv, softcap, q, k, v, NULL) && T > 0 && B > 0)
         flash_forward_any(c, out, lse, q, k, v, B, T, Hq, Hkv, D, window, seg_start);
     else if (c->attention == CUDA_ATTENTION_GEMM && head_dim_ok(c, D, Hq, Hkv) && T > 0 && B > 0)
@@ -635,6 +636,7 @@ extern "C" void cuda_attention_backward(void *ctx, float *dq, float *dk, float *
                                         float softcap, const int32_t *seg_start)
 {
     CUDA_OP(ctx);
+    cuda_parts_start(c);
     if (!head_dim_ok(c, D, Hq, Hkv) || T <= 0 || B <= 0)
         return;
     if (c->attention == CUDA_ATTENTION_GEMM) {
@@ -1216,9 +1218,11 @@ static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_par
     dim3 grid((T + rows - 1) / rows, Hq, B);
     CUDA_LAUNCH((flash_mma_dq_kernel<NCH, TQ>), grid, FL_THREADS, smem_dq, c->stream, dq.f, dq.h,
                 dout, q, k, v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+    cuda_part(c, "dq kernel");
     CUDA_LAUNCH((flash_mma_dkdv_kernel<NCH, TQ>), grid, FL_THREADS, smem_kv, c->stream, dk_part.f,
                 dv_part.f, dk_part.h, dv_part.h, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq,
                 Hkv, window, seg, scale);
+    cuda_part(c, "dk, dv kernel");
     CUDA_LAUNCHED(c);
 }
 
@@ -1285,10 +1289,12 @@ static void flash_backward(cuda_context *c, values_out dq, values_out dk_part, v
     dim3 grid_q((T + FL_TILE - 1) / FL_TILE, Hq, B);
     CUDA_LAUNCH(flash_dq_kernel<NCH>, grid_q, FL_THREADS, smem_dq, c->stream, dq.f, dq.h, dout, q,
                 k, k_b, v, lse, delta, T, Hq, Hkv, window, seg, scale);
+    cuda_part(c, "dq kernel");
     dim3 grid_kv((T + FL_TILE - 1) / FL_TILE, Hq, B);
     CUDA_LAUNCH(flash_dkdv_kernel<NCH>, grid_kv, FL_THREADS, smem_kv, c->stream, dk_part.f,
                 dv_part.f, dk_part.h, dv_part.h, dout, q, q_b, k, v, lse, delta, T, Hq, Hkv, window,
                 seg, scale);
+    cuda_part(c, "dk, dv kernel");
     CUDA_LAUNCHED(c);
 }
 
@@ -1314,17 +1320,21 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
     if (mma) {
         if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
             return;
+        cuda_part(c, "conversions (v transposed)");
         if (qk16)
             flash_mma_forward_d(c, D, out, lse, q16, k16, vh, B, T, Hq, Hkv, window, seg);
         else
             flash_mma_forward_d(c, D, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg);
+        cuda_part(c, "flash kernel");
         return;
     }
     if (!flash_convert(c, vh, v, nkv))
         return;
+    cuda_part(c, "conversions");
     auto run = D == 32 ? flash_forward<2> : D == 64 ? flash_forward<4>
              : D == 96 ? flash_forward<6> : flash_forward<8>;
     run(c, out, lse, qh, kh, vh, B, T, Hq, Hkv, window, seg);
+    cuda_part(c, "flash kernel");
 }
 
 static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
@@ -1370,6 +1380,7 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
             !flash_convert_t(c, dot, dout, B, T, Hq, D))
             return;
+        cuda_part(c, "delta, conversions (k, q, dout transposed)");
         flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta};
         if (qk16)
             flash_mma_backward_d(c, D, parts, q16, k16, B, T, Hq, Hkv, window, seg);
@@ -1382,6 +1393,7 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         const __nv_bfloat16 *kb = flash_bf16(c, kb_room, k, nkv);
         if (!qb || !kb)
             return;
+        cuda_part(c, "delta, conversions");
         auto run = D == 32 ? flash_backward<2> : D == 64 ? flash_backward<4>
                  : D == 96 ? flash_backward<6> : flash_backward<8>;
         run(c, to_dq, dk_part, dv_part, dob, qh, qb, kh, kb, vb, lse, delta, B, T, Hq, Hkv, window,
@@ -1391,5 +1403,6 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         CUDA_LAUNCH(flash_group_sum_kernel, cuda_blocks(nkv, 256), 256, 0, c->stream, to_dk.f,
                     to_dv.f, to_dk.h, to_dv.h, dk_part.f, dv_part.f, (size_t)B * T, Hq, Hkv, D);
         CUDA_LAUNCHED(c);
+        cuda_part(c, "dk, dv: the groups' sums");
     }
 }

@@ -967,6 +967,59 @@ void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b
     CUDA_LAUNCHED(c);
 }
 
+// ---- the parts of an op's time (pesc bench --profile) ----------------------------------------
+
+static void cuda_parts_on(void *ctx, int on)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    if (!cuda_device_current(c))
+        return;
+    if (on && !c->part_events[0])
+        for (int i = 0; i <= CUDA_PARTS; i++)
+            if (!CUDA_CHECK(c, cudaEventCreate(&c->part_events[i])))
+                return;
+    c->parts_on = on && c->part_events[CUDA_PARTS];
+    c->parts_n = 0;
+}
+
+void cuda_parts_start(cuda_context *c)
+{
+    c->parts_n = 0;
+    if (c->parts_on && !c->failed && CUDA_CHECK(c, cudaEventRecord(c->part_events[0], c->stream)))
+        c->part_host[0] = pesc_now();
+}
+
+void cuda_part(cuda_context *c, const char *label)
+{
+    if (!c->parts_on || c->failed || c->parts_n >= CUDA_PARTS)
+        return;
+    int i = c->parts_n + 1;
+    if (!CUDA_CHECK(c, cudaEventRecord(c->part_events[i], c->stream)))
+        return;
+    c->part_host[i] = pesc_now();
+    c->part_labels[i - 1] = label;
+    c->parts_n = i;
+}
+
+static int cuda_parts_take(void *ctx, backend_part *parts, int max)
+{
+    cuda_context *c = (cuda_context *)ctx;
+    int n = c->parts_n < max ? c->parts_n : max;
+    c->parts_n = 0;
+    if (n <= 0 || c->failed || !cuda_device_current(c) ||
+        !CUDA_CHECK(c, cudaEventSynchronize(c->part_events[n])))
+        return 0;
+    for (int i = 0; i < n; i++) {
+        float ms = 0.0f;
+        if (!CUDA_CHECK(c, cudaEventElapsedTime(&ms, c->part_events[i], c->part_events[i + 1])))
+            return 0;
+        parts[i].label = c->part_labels[i];
+        parts[i].device_seconds = ms * 1e-3;
+        parts[i].host_seconds = c->part_host[i + 1] - c->part_host[i];
+    }
+    return n;
+}
+
 // ---- the table ------------------------------------------------------------------------------
 
 static void cuda_free_context(void *ctx)
@@ -995,6 +1048,9 @@ static void cuda_free_context(void *ctx)
     cudaFree(c->op_work);
     cudaFree(c->partials);
     cudaFree(c->narrow_partials);
+    for (int i = 0; i <= CUDA_PARTS; i++)
+        if (c->part_events[i])
+            cudaEventDestroy(c->part_events[i]);
     cudaFree(c->group_ptrs);
     if (c->cublas)
         cublasDestroy(c->cublas);
@@ -1060,6 +1116,8 @@ static const backend_ops cuda_ops = {
     .download_wait = cuda_download_wait,
     .alloc_frozen = cuda_alloc_frozen,
     .alloc_compact = cuda_alloc_compact,
+    .parts_on = cuda_parts_on,
+    .parts_take = cuda_parts_take,
 };
 
 static int parse_math(const char *s, int *math, pesc_error *err)

@@ -62,6 +62,8 @@ enum cuda_attention {
 // run (determinism).
 #define CUDA_REDUCE_BLOCKS 1024
 #define CUDA_COLSUM_CHUNKS 64
+// The parts of one op's time that a profile keeps (cuda_part).
+#define CUDA_PARTS 16
 // The partial sums of a narrow product's weight gradient (cuda_narrow.cu): 4 MiB.
 #define NARROW_PARTIAL_FLOATS (1 << 20)
 // Regions kept in bf16 alone at once (cuda_context.packed): the model's two (frozen weights,
@@ -180,6 +182,13 @@ typedef struct cuda_context {
     // every op but the matmul ops (CUDA_OP), downloads, frees, checks.
     float *zero_at;
     size_t zero_n;               // floats
+    // pesc bench --profile's parts of an op (backend_ops.parts_on): while parts_on, an op that
+    // marks them (cuda_parts_start, cuda_part) records an event at its start and at each mark,
+    // with the host's clock beside it; parts_n marks so far.
+    int parts_on, parts_n;
+    cudaEvent_t part_events[CUDA_PARTS + 1];   // created when first turned on
+    double part_host[CUDA_PARTS + 1];
+    const char *part_labels[CUDA_PARTS];
 } cuda_context;
 
 bool cuda_check_rc(cuda_context *c, cudaError_t rc, const char *call, const char *file, int line);
@@ -194,6 +203,12 @@ bool cublas_check_rc(cuda_context *c, cublasStatus_t rc, const char *call, const
 // ops (the trainer's) is not the one that made the backend: every entry point makes the
 // backend's device current (a query when it already is). False, error recorded, if it cannot.
 bool cuda_device_current(cuda_context *c);
+
+// The parts of an op's time, for pesc bench --profile (cuda_context.parts_on; nothing
+// otherwise): cuda_parts_start at the op's start, then cuda_part after each part's work is
+// queued, labelled (static storage) by what it did.
+void cuda_parts_start(cuda_context *c);
+void cuda_part(cuda_context *c, const char *label);
 
 // Makes the deferred vector_zero, if any (cuda_context.zero_at).
 void cuda_settle_zero(cuda_context *c);

@@ -707,18 +707,23 @@ static void adapter_forward(cuda_context *c, float *y, const float *x, T *gather
     CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)L.rows * C, 256), 256, 0, c->stream,
                 gathered, h, drop, perm, L.pair_at, L.rows, K, C);
     CUDA_LAUNCHED(c);
+    cuda_part(c, "gather");
     experts_gemm<T>(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
                         {pre, (size_t)R, 0, R}}, L, E);
+    cuda_part(c, "down's products");
     CUDA_LAUNCH(gelu_kernel<T>, cuda_blocks((size_t)L.rows * R, 256), 256, 0, c->stream, act,
                 pre, (size_t)L.rows * R);
     CUDA_LAUNCHED(c);
+    cuda_part(c, "GELU");
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
                         {out, (size_t)C, 0, C}}, L, E);
+    cuda_part(c, "up's products");
     values_out to = write_values(c, y, (size_t)N * C, false);
     CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to,
                 x ? x : h, x ? h : NULL, out, dropout_of(0.0f, 0), inverse, L.row_of, topk_w,
                 scale, N, K, C);
     CUDA_LAUNCHED(c);
+    cuda_part(c, "combine");
 }
 
 extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
@@ -729,12 +734,14 @@ extern "C" void cuda_moe_adapter_forward(void *ctx, float *y, const float *x,
                                          int E, int C, int R, float scale)
 {
     CUDA_OP(ctx);
+    cuda_parts_start(c);
     __nv_bfloat16 *down16 = NULL, *up16 = NULL;
     adapter_rows L;   // no rows at all: y = x + h
     int32_t *inverse = adapter_work(c, &L, perm, offsets, (size_t)N * K, E, C, R, down, up,
                                     &down16, &up16, NULL);
     if (!inverse)
         return;
+    cuda_part(c, "setup: inverse, layout, weights");
     typedef __nv_bfloat16 b16;
     if (adapters16(c))
         adapter_forward<b16>(c, y, x, (b16 *)gathered, (b16 *)pre, (b16 *)act, (b16 *)scratch,
@@ -824,29 +831,36 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)L.rows * C, 256), 256, 0, c->stream, dyg,
                 dy, dropout_of(0.0f, 0), perm, L.pair_at, L.rows, K, C);
     CUDA_LAUNCHED(c);
+    cuda_part(c, "gather");
     // p (rows, R) = dy_g (rows, C) @ U_e (C, R)
     experts_gemm<T>(c, {0, 0, -1, R, C, 1.0f, 0.0f, {dyg, (size_t)C, 0, C}, {up, 0, CR, R},
                         {p, (size_t)R, 0, R}}, L, E);
+    cuda_part(c, "up's input gradient products");
     if (pairs < N * K)   // padding's slots, which no pair writes
         CUDA_CHECK(c, cudaMemsetAsync(dtopk_w, 0, (size_t)N * K * sizeof(float), c->stream));
     if (L.rows > 0)
         CUDA_LAUNCH(adapter_pair_kernel<T>, L.rows, 256, 0, c->stream, dtopk_w, p, dyg, act, pre,
                     perm, L.pair_at, topk_w, scale, C, R);
     CUDA_LAUNCHED(c);
+    cuda_part(c, "pair kernel (GELU's gradient, the gates')");
     // dout_g: dy_g; dpre_g: p
     if (dup)     // dU_e (C, R) += dout^T @ act
         weight_gradient<T>(c, dup, grad16, C, R, dyg, act, L, E);
+    cuda_part(c, "up's weight gradients");
     if (ddown)   // dD_e (R, C) += dpre^T @ gathered
         weight_gradient<T>(c, ddown, grad16, R, C, p, gathered, L, E);
+    cuda_part(c, "down's weight gradients");
     // d gathered (rows, C) = dpre @ D_e, over dout_g once its last reader above is queued
     experts_gemm<T>(c, {0, 0, -1, C, R, 1.0f, 0.0f, {p, (size_t)R, 0, R}, {down, 0, CR, C},
                         {dyg, (size_t)C, 0, C}}, L, E);
+    cuda_part(c, "down's input gradient products");
     // dh is complete: its copy serves the down projection's product next (cuda_keep_copy)
     values_out to = write_values(c, dh, (size_t)N * C, true);
     CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, dy,
                 (const float *)NULL, dyg, drop, inverse, L.row_of, (const float *)NULL, 1.0f, N,
                 K, C);
     CUDA_LAUNCHED(c);
+    cuda_part(c, "combine");
 }
 
 extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, float *dup,
@@ -859,6 +873,7 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
                                           float scale)
 {
     CUDA_OP(ctx);
+    cuda_parts_start(c);
     int pairs = offsets[E];
     __nv_bfloat16 *down16 = NULL, *up16 = NULL, *grad16 = NULL;
     adapter_rows L;
@@ -866,6 +881,7 @@ extern "C" void cuda_moe_adapter_backward(void *ctx, float *dh, float *ddown, fl
                                     &down16, &up16, &grad16);
     if (!inverse)
         return;
+    cuda_part(c, "setup: inverse, layout, weights");
     typedef __nv_bfloat16 b16;
     if (adapters16(c))
         adapter_backward<b16>(c, dh, ddown, dup, dtopk_w, (b16 *)scratch, (b16 *)scratch_r,

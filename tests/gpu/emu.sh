@@ -343,6 +343,26 @@ if flops=$(echo "$out" | profile_flops 256); then
 else
   fail "pesc bench --profile (bf16): FLOPs a token, the products' and the MFU's: $flops"
 fi
+# ... and the parts of the adapters' and attention's time, by the device's clock between marks:
+# each one marked, together no more than their op's wall time (the waits around it included)
+parts_of() {   # OP: the op's parts' labels and ms a step, a line each
+  echo "$out" | grep -o "{\"op\": \"[^\"]*\", \"part_of\": \"$1\", [^}]*}" |
+    sed 's/{"op": "\([^"]*\)".*"ms_per_step": \([0-9.]*\).*/\1\t\2/'
+}
+op_ms() {
+  echo "$out" | grep -o "{\"op\": \"$1\", \"calls_per_step\": [^}]*}" |
+    sed 's/.*"ms_per_step": \([0-9.]*\).*/\1/'
+}
+for want in "moe_adapter_forward:6" "moe_adapter_backward:8" "attention_forward:2" \
+            "attention_backward:3"; do
+  op=${want%:*}
+  got=$(parts_of "$op" | wc -l)
+  sum=$(parts_of "$op" | awk -F'\t' '{ s += $2 } END { print s + 0 }')
+  whole=$(op_ms "$op")
+  [ "$got" -eq "${want#*:}" ] && awk -v s="$sum" -v w="${whole:-0}" 'BEGIN { exit !(s > 0 && s <= w + 0.05) }' &&
+    pass "pesc bench --profile: $op's $got parts, $sum of its $whole ms" ||
+    fail "pesc bench --profile: $op: $got parts (wanted ${want#*:}), $sum ms of '$whole': $(parts_of "$op" | tr '\n' ' ')"
+done
 # ... and so with the adapters' rows laid out by expert (more rows; the pad rows' products not
 # counted), which the device line names
 out=$(PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERT_ALIGN=32 PESC_CUDA_EXPERT_ROOM=2 "$pesc" bench \
