@@ -122,7 +122,7 @@ int backend_check(pesc_backend *b, pesc_error *err);
  * host_seconds is the part before the wait after it: the host's own work to queue the op
  * (launches, cuBLAS's choice of kernels, a wait inside the op), as its queue was empty when it
  * began; on the CPU backend, all of it. Where a backend marks parts of an op's time (CUDA: the
- * adapters' and attention's), each part has an entry too, by the device's clock between the
+ * adapters' and flash attention's), each part has an entry too, by the device's clock between the
  * marks (host_seconds: the host's over the same stretch), not counted in the step's sum.
  * backend_profile_stop ends the run and returns its entries, the ops slowest first, each op's
  * parts right after it in the order marked (the caller frees them), or -1 when none ran. */

@@ -36,7 +36,7 @@ static const char bench_usage[] =
     "                     each, and print where a step goes (ms and share per op; the host's\n"
     "                     part, queueing its work; the products' useful TFLOP/s for\n"
     "                     matmuls, attention and adapters; on CUDA, the adapters' and\n"
-    "                     attention's parts by the GPU's clock)\n"
+    "                     flash attention's parts by the GPU's clock)\n"
     "  --json             one JSON object: tokens_per_s, step_ms, flops_per_token, gflops,\n"
     "                     peak_gflops, mfu, activation_bytes, device_used_bytes (the GPU's\n"
     "                     memory in use after the steps; 0 on the CPU), memory_taken_bytes\n"

@@ -1320,7 +1320,7 @@ static void flash_forward_any(cuda_context *c, float *out, float *lse, const flo
     if (mma) {
         if (!flash_convert_t(c, vh, v, B, T, Hkv, D))
             return;
-        cuda_part(c, "conversions (v transposed)");
+        cuda_part(c, "conversions");
         if (qk16)
             flash_mma_forward_d(c, D, out, lse, q16, k16, vh, B, T, Hq, Hkv, window, seg);
         else
@@ -1380,7 +1380,7 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
             !flash_convert_t(c, dot, dout, B, T, Hq, D))
             return;
-        cuda_part(c, "delta, conversions (k, q, dout transposed)");
+        cuda_part(c, "delta, conversions");
         flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta};
         if (qk16)
             flash_mma_backward_d(c, D, parts, q16, k16, B, T, Hq, Hkv, window, seg);

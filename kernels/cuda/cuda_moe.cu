@@ -842,7 +842,7 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
         CUDA_LAUNCH(adapter_pair_kernel<T>, L.rows, 256, 0, c->stream, dtopk_w, p, dyg, act, pre,
                     perm, L.pair_at, topk_w, scale, C, R);
     CUDA_LAUNCHED(c);
-    cuda_part(c, "pair kernel (GELU's gradient, the gates')");
+    cuda_part(c, "pair kernel: GELU', the gates'");
     // dout_g: dy_g; dpre_g: p
     if (dup)     // dU_e (C, R) += dout^T @ act
         weight_gradient<T>(c, dup, grad16, C, R, dyg, act, L, E);

@@ -1,8 +1,9 @@
 // cuda_narrow — the dense products with at most NARROW_MAX outputs: a router's (E experts) and
-// LoRA's A (its rank). cuBLAS ran the TinyLlama router's products (4096 x 2048 -> 8) at 46 us
-// forward and 88 us backward a layer on an H200 (profiled), for work that reads 33 MB once: 7 us
-// at the memory's speed. These kernels read each operand once, in fp32 arithmetic (the narrow
-// products' math, cuda_backend.cu's math_for), in a fixed order (the same sums on every run):
+// LoRA's A (its rank). cuBLAS ran the TinyLlama router's products (4096 x 2048 -> 8, batch 2)
+// at 46 us forward and 88 us backward a layer on an H200 (profiled), where the forward reads
+// 33 MB once: 7 us at the memory's speed (the backward moves three times that). These kernels
+// read each operand once, in fp32 arithmetic (the narrow products' math, cuda_backend.cu's
+// math_for), in a fixed order (the same sums on every run):
 //   forward   out (N, E) = x (N, C) W (E, C)^T: a warp takes NARROW_ROWS rows, each lane 8 of
 //             every 256 columns, then the lanes' sums reduce by shuffles;
 //   dinp      dinp (N, C) (+)= dout (N, E) W: 8 values a thread;
@@ -10,8 +11,9 @@
 //             in order (as cuda_column_sum).
 // x may be memory kept in bf16 alone (read as it is: widening is exact); everything else is
 // fp32. The weight gradient's partial sums have a fixed room, made with the context
-// (NARROW_PARTIAL_FLOATS: 4 MiB), so that no step's memory grows for them. The callers fall back to cuBLAS where a launcher returns false (more outputs, rows not
-// of 8 values, compact memory elsewhere, a weight gradient too wide for the partial sums).
+// (NARROW_PARTIAL_FLOATS: 4 MiB), so that no step's memory grows for them. The callers fall
+// back to cuBLAS where a launcher returns false (more outputs, rows not of 8 values, compact
+// memory elsewhere, a weight gradient too wide for the partial sums).
 #include "cuda/cuda_common.cuh"
 
 #define NARROW_MAX 16
@@ -115,8 +117,10 @@ __global__ void narrow_dweight_partial_kernel(float *partial, const float *dout,
             if (e < E)
                 acc[e] += dout[(size_t)n * E + e] * v;
     }
-    for (int e = 0; e < E; e++)
-        partial[((size_t)chunk * E + e) * C + col] = acc[e];
+#pragma unroll
+    for (int e = 0; e < EM; e++)   // unrolled: acc stays in registers
+        if (e < E)
+            partial[((size_t)chunk * E + e) * C + col] = acc[e];
 }
 
 // dW[e][col] = (add ? dW[e][col] : 0) + the chunks' sums in order

@@ -343,8 +343,13 @@ if flops=$(echo "$out" | profile_flops 256); then
 else
   fail "pesc bench --profile (bf16): FLOPs a token, the products' and the MFU's: $flops"
 fi
-# ... and the parts of the adapters' and attention's time, by the device's clock between marks:
-# each one marked, together no more than their op's wall time (the waits around it included)
+# ... and the parts of the adapters' and flash attention's time (the fused attention this
+# script runs otherwise marks none), by the device's clock between marks: each one marked,
+# together no more than their op's wall time (the waits around it included); grouped heads,
+# so that the backward's sums over a group's query heads are a part too
+out=$(PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash "$pesc" bench --backend cuda --dim 256 \
+  --layers 2 --heads 4 --kv-heads 2 --ffn 704 --vocab 1024 --seq 64 --batch 4 --steps 1 \
+  --json --profile 2>"$tmp/err")
 parts_of() {   # OP: the op's parts' labels and ms a step, a line each
   echo "$out" | grep -o "{\"op\": \"[^\"]*\", \"part_of\": \"$1\", [^}]*}" |
     sed 's/{"op": "\([^"]*\)".*"ms_per_step": \([0-9.]*\).*/\1\t\2/'
@@ -354,14 +359,16 @@ op_ms() {
     sed 's/.*"ms_per_step": \([0-9.]*\).*/\1/'
 }
 for want in "moe_adapter_forward:6" "moe_adapter_backward:8" "attention_forward:2" \
-            "attention_backward:3"; do
+            "attention_backward:4"; do
   op=${want%:*}
   got=$(parts_of "$op" | wc -l)
   sum=$(parts_of "$op" | awk -F'\t' '{ s += $2 } END { print s + 0 }')
   whole=$(op_ms "$op")
-  [ "$got" -eq "${want#*:}" ] && awk -v s="$sum" -v w="${whole:-0}" 'BEGIN { exit !(s > 0 && s <= w + 0.05) }' &&
+  [ "$got" -eq "${want#*:}" ] &&
+    awk -v s="$sum" -v w="${whole:-0}" 'BEGIN { exit !(s > 0 && s <= w + 0.05) }' &&
     pass "pesc bench --profile: $op's $got parts, $sum of its $whole ms" ||
-    fail "pesc bench --profile: $op: $got parts (wanted ${want#*:}), $sum ms of '$whole': $(parts_of "$op" | tr '\n' ' ')"
+    fail "pesc bench --profile: $op: $got parts (wanted ${want#*:}), $sum ms of" \
+      "'$whole': $(parts_of "$op" | tr '\n' ' ') $(head -c 300 "$tmp/err")"
 done
 # ... and so with the adapters' rows laid out by expert (more rows; the pad rows' products not
 # counted), which the device line names

@@ -481,8 +481,8 @@ static void test_compact(double tol)
 /* Three weight gradients in one region, with a gap: zeroed, the first written twice by
  * products (written, then added to), the second once, the third not, then read back: the
  * third and the gap exactly zero. Zeroed again with only the first written: the second is
- * zero again where the sum of squares reads it. */
-/* OC 80: cuBLAS's weight gradients; 8: the narrow kernels' */
+ * zero again where the sum of squares reads it. OC 80: cuBLAS's weight gradients; 8: the
+ * narrow kernels'. */
 static void test_gradients(int OC, double tol)
 {
     enum { N = 30, C = 72, GAP = 16 };
