@@ -41,26 +41,21 @@ int backend_profile_stop(pesc_backend *b, backend_profile_entry **entries)
     if (b->ops->parts_on)
         b->ops->parts_on(b->context, 0);
     b->profile = NULL;
-    int n = p->n, ops = 0;
+    int n = p->n, n_ops = 0, at = 0;
     /* the ops, slowest first, each followed by its parts in the order they were first seen */
+    backend_profile_entry *ops = xmalloc((size_t)(n ? n : 1) * sizeof *ops);
     backend_profile_entry *out = xmalloc((size_t)(n ? n : 1) * sizeof *out);
     for (int i = 0; i < n; i++)
         if (!p->entries[i].part_of[0])
-            out[ops++] = p->entries[i];
-    qsort(out, (size_t)ops, sizeof *out, slower_first);
-    int at = ops;
-    for (int o = ops - 1; o >= 0; o--) {   /* from the back: each op's parts go after it */
-        int parts = 0;
+            ops[n_ops++] = p->entries[i];
+    qsort(ops, (size_t)n_ops, sizeof *ops, slower_first);
+    for (int o = 0; o < n_ops; o++) {
+        out[at++] = ops[o];
         for (int i = 0; i < n; i++)
-            parts += strcmp(p->entries[i].part_of, out[o].op) == 0;
-        if (!parts)
-            continue;
-        memmove(&out[o + 1 + parts], &out[o + 1], (size_t)(at - o - 1) * sizeof *out);
-        for (int i = 0, k = o + 1; i < n; i++)
-            if (strcmp(p->entries[i].part_of, out[o].op) == 0)
-                out[k++] = p->entries[i];
-        at += parts;
+            if (strcmp(p->entries[i].part_of, ops[o].op) == 0)
+                out[at++] = p->entries[i];
     }
+    free(ops);
     free(p->entries);
     *entries = out;
     free(p);

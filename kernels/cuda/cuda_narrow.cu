@@ -14,6 +14,8 @@
 // (NARROW_PARTIAL_FLOATS: 4 MiB), so that no step's memory grows for them. The callers fall
 // back to cuBLAS where a launcher returns false (more outputs, rows not of 8 values, compact
 // memory elsewhere, a weight gradient too wide for the partial sums).
+#include <type_traits>
+
 #include "cuda/cuda_common.cuh"
 
 #define NARROW_MAX 16
@@ -141,25 +143,27 @@ static bool narrow_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
 // Whether a product of OC outputs from C inputs can run here at all: few outputs, rows of 8s.
 static bool narrow_shape(int C, int OC) { return OC >= 1 && OC <= NARROW_MAX && C % 8 == 0; }
 
-template <class T, int EM>
-static void narrow_forward_launch(cuda_context *c, float *out, const T *x, const float *w, int N,
-                                  int C, int E)
+// f(std::integral_constant<int, EM>()) for EM the fewest of 4, 8 or 16 accumulators that hold E
+// outputs: the kernels' instance for E.
+template <class F> static void narrow_accumulators(int E, const F &f)
 {
-    int warps = (N + NARROW_ROWS - 1) / NARROW_ROWS;
-    CUDA_LAUNCH((narrow_forward_kernel<T, EM>), (warps + 7) / 8, 256, 0, c->stream, out, x, w, N,
-                C, E);
+    if (E <= 4)
+        f(std::integral_constant<int, 4>());
+    else if (E <= 8)
+        f(std::integral_constant<int, 8>());
+    else
+        f(std::integral_constant<int, 16>());
 }
 
 template <class T>
 static void narrow_forward_of(cuda_context *c, float *out, const T *x, const float *w, int N,
                               int C, int E)
 {
-    if (E <= 4)
-        narrow_forward_launch<T, 4>(c, out, x, w, N, C, E);
-    else if (E <= 8)
-        narrow_forward_launch<T, 8>(c, out, x, w, N, C, E);
-    else
-        narrow_forward_launch<T, 16>(c, out, x, w, N, C, E);
+    unsigned blocks = (unsigned)(((N + NARROW_ROWS - 1) / NARROW_ROWS + 7) / 8);   // 8 warps
+    narrow_accumulators(E, [&](auto em) {
+        CUDA_LAUNCH((narrow_forward_kernel<T, decltype(em)::value>), blocks, 256, 0, c->stream,
+                    out, x, w, N, C, E);
+    });
 }
 
 bool cuda_narrow_forward(cuda_context *c, float *out, const float *inp, const float *weight,
@@ -194,25 +198,15 @@ bool cuda_narrow_dinp(cuda_context *c, float *dinp, const float *dout, const flo
     return true;
 }
 
-template <class T, int EM>
-static void narrow_partial_launch(cuda_context *c, float *partial, const float *dout, const T *x,
-                                  int N, int C, int E, int chunks)
-{
-    dim3 grid((C + 255) / 256, chunks);
-    CUDA_LAUNCH((narrow_dweight_partial_kernel<T, EM>), grid, 256, 0, c->stream, partial, dout, x,
-                N, C, E);
-}
-
 template <class T>
 static void narrow_partial_of(cuda_context *c, float *partial, const float *dout, const T *x,
                               int N, int C, int E, int chunks)
 {
-    if (E <= 4)
-        narrow_partial_launch<T, 4>(c, partial, dout, x, N, C, E, chunks);
-    else if (E <= 8)
-        narrow_partial_launch<T, 8>(c, partial, dout, x, N, C, E, chunks);
-    else
-        narrow_partial_launch<T, 16>(c, partial, dout, x, N, C, E, chunks);
+    dim3 grid((C + 255) / 256, chunks);
+    narrow_accumulators(E, [&](auto em) {
+        CUDA_LAUNCH((narrow_dweight_partial_kernel<T, decltype(em)::value>), grid, 256, 0,
+                    c->stream, partial, dout, x, N, C, E);
+    });
 }
 
 // The row chunks of a weight gradient of OC x C: as many as NARROW_CHUNKS and the partial
