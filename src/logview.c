@@ -601,9 +601,15 @@ static void probe_control(logview *lv)
 
 /* One line out, one line back. A connection the run has hung up on (it had no room for
  * another client, or it was restarted on the same socket) is given up and made afresh, once;
- * the line never reached the run, so sending it again repeats nothing. */
+ * the line never reached the run, so sending it again repeats nothing. One the run has
+ * already spoken on, or hung up on, before this line (probe_control's, refused while the run
+ * was full: its refusal waits unread) is given up before it is used: that word is not this
+ * line's reply, and the run may have room now. */
 static int exchange(logview *lv, const char *line, char *reply, size_t len, pesc_error *err)
 {
+    struct pollfd p = {.fd = lv->sock, .events = POLLIN};
+    if (lv->sock >= 0 && poll(&p, 1, 0) == 1)   /* the protocol speaks only when asked */
+        disconnect_control(lv);
     for (int attempt = 0;; attempt++) {
         if (lv->sock < 0 && connect_control(lv, err) != 0)
             return -1;
