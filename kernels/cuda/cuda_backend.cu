@@ -944,15 +944,24 @@ __global__ void column_partial_kernel(float *partial, const float *a, const floa
     partial[(size_t)chunk * C + col] = s;
 }
 
-__global__ void column_finish_kernel(float *out, const float *partial, int C)
+__global__ void chunk_sums_kernel(float *out, const float *partial, size_t n, int chunks,
+                                  bool add)
 {
-    int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (col >= C)
-        return;
-    double s = 0.0;
-    for (int chunk = 0; chunk < CUDA_COLSUM_CHUNKS; chunk++)
-        s += partial[(size_t)chunk * C + col];
-    out[col] += (float)s;
+    GRID_STRIDE(i, n)
+    {
+        double s = 0.0;
+        for (int chunk = 0; chunk < chunks; chunk++)
+            s += partial[(size_t)chunk * n + i];
+        out[i] = (add ? out[i] : 0.0f) + (float)s;
+    }
+}
+
+void cuda_chunk_sums(cuda_context *c, float *out, const float *partial, size_t n, int chunks,
+                     bool add)
+{
+    CUDA_LAUNCH(chunk_sums_kernel, cuda_blocks(n, 256), 256, 0, c->stream, out, partial, n,
+                chunks, add);
+    CUDA_LAUNCHED(c);
 }
 
 void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b,
@@ -963,8 +972,8 @@ void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b
         return;
     dim3 grid((C + 255) / 256, CUDA_COLSUM_CHUNKS);
     CUDA_LAUNCH(column_partial_kernel, grid, 256, 0, c->stream, partial, a, b, row_scale, N, C);
-    CUDA_LAUNCH(column_finish_kernel, (C + 255) / 256, 256, 0, c->stream, out, partial, C);
-    CUDA_LAUNCHED(c);
+    if (CUDA_LAUNCHED(c))
+        cuda_chunk_sums(c, out, partial, (size_t)C, CUDA_COLSUM_CHUNKS, true);
 }
 
 // ---- the parts of an op's time (pesc bench --profile) ----------------------------------------

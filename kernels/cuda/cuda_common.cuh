@@ -432,6 +432,10 @@ void cuda_gemm(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, f
 // norm-weight gradients, in a fixed order.
 void cuda_column_sum(cuda_context *c, float *out, const float *a, const float *b,
                      const float *row_scale, int N, int C);
+// out[i] = (add ? out[i] : 0) + the chunks' partial[chunk * n + i], in chunk order (in double):
+// the second stage of the fixed-order sums above and of cuda_narrow.cu's.
+void cuda_chunk_sums(cuda_context *c, float *out, const float *partial, size_t n, int chunks,
+                     bool add);
 
 // The products with at most 16 outputs (cuda_narrow.cu), in fp32 arithmetic: false, nothing
 // done, where they do not apply (the caller runs cuBLAS). dinp and dweight are added to where

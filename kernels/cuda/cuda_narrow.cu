@@ -22,9 +22,6 @@
 #define NARROW_ROWS 4             // rows a warp (forward)
 #define NARROW_CHUNKS 64          // row chunks of a weight gradient, at most
 
-__device__ __forceinline__ float narrow_float(float v) { return v; }
-__device__ __forceinline__ float narrow_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
 template <class T, int EM>
 __global__ void narrow_forward_kernel(float *out, const T *x, const float *w, int N, int C, int E)
 {
@@ -113,7 +110,7 @@ __global__ void narrow_dweight_partial_kernel(float *partial, const float *dout,
     for (int e = 0; e < EM; e++)
         acc[e] = 0.0f;
     for (int n = lo; n < hi; n++) {
-        float v = narrow_float(x[(size_t)n * C + col]);
+        float v = value_of(x[(size_t)n * C + col]);
 #pragma unroll
         for (int e = 0; e < EM; e++)
             if (e < E)
@@ -123,19 +120,6 @@ __global__ void narrow_dweight_partial_kernel(float *partial, const float *dout,
     for (int e = 0; e < EM; e++)   // unrolled: acc stays in registers
         if (e < E)
             partial[((size_t)chunk * E + e) * C + col] = acc[e];
-}
-
-// dW[e][col] = (add ? dW[e][col] : 0) + the chunks' sums in order
-__global__ void narrow_dweight_finish_kernel(float *dw, const float *partial, int C, int E,
-                                             int chunks, bool add)
-{
-    GRID_STRIDE(i, (size_t)E * C)
-    {
-        double s = 0.0;
-        for (int k = 0; k < chunks; k++)
-            s += partial[(size_t)k * E * C + i];
-        dw[i] = (add ? dw[i] : 0.0f) + (float)s;
-    }
 }
 
 static bool narrow_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
@@ -232,9 +216,8 @@ bool cuda_narrow_dweight(cuda_context *c, float *dweight, const float *dout, con
         narrow_partial_of(c, partial, dout, x16, N, C, OC, chunks);
     else
         narrow_partial_of(c, partial, dout, inp, N, C, OC, chunks);
-    CUDA_LAUNCH(narrow_dweight_finish_kernel, cuda_blocks((size_t)OC * C, 256), 256, 0, c->stream,
-                dweight, partial, C, OC, chunks, add);
-    CUDA_LAUNCHED(c);
+    if (CUDA_LAUNCHED(c))   // dW = (add ? dW : 0) + the chunks' sums in order
+        cuda_chunk_sums(c, dweight, partial, (size_t)OC * C, chunks, add);
     cuda_forget_copies(c, dweight, (size_t)OC * C);
     return true;
 }
