@@ -196,7 +196,18 @@ static int refuse_existing(const fetch_cli *o, const char *url, const char *dest
                      "to keep it when it matches", url, dest);
 }
 
-/* Queues every file; two URLs may not share one -o destination. */
+/* The first earlier argument with argument i's URL, or -1. */
+static int earlier_url(const fetch_cli *o, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (strcmp(o->urls[j], o->urls[i]) == 0)
+            return j;
+    return -1;
+}
+
+/* Queues every file once; two URLs may not share one -o destination. A URL given again is
+ * not queued a second time: the fetcher would queue it anew once the first had failed (its
+ * queue takes a failed download back), and its failure would be reported twice. */
 static int queue_files(const fetch_cli *o, fetcher *f, fetch_item *items)
 {
     for (int i = 0; i < o->n_urls; i++) {
@@ -214,8 +225,8 @@ static int queue_files(const fetch_cli *o, fetcher *f, fetch_item *items)
         items[i].path = dest;   /* held until the result replaces it */
     }
     for (int i = 0; i < o->n_urls; i++) {
-        if (fetch_is_model_url(o->urls[i]))
-            continue;
+        if (fetch_is_model_url(o->urls[i]) || earlier_url(o, i) >= 0)
+            continue;   /* a repeat shares the earlier one's result (find_repeats) */
         if (items[i].path && refuse_existing(o, o->urls[i], items[i].path, &items[i].err) != 0) {
             items[i].failed = 1;
         } else {
@@ -229,18 +240,20 @@ static int queue_files(const fetch_cli *o, fetcher *f, fetch_item *items)
     return 0;
 }
 
-/* An argument may name the same download as an earlier one (a URL given twice, or two
- * spellings of one hub file, which the fetcher queues once): it shares that one's result,
- * so that a failure is reported once. */
+/* An argument may name the same download as an earlier one (a URL given twice, which
+ * queue_files queues once, or two spellings of one hub file, which the fetcher queues once
+ * while the first is not yet done): it shares that one's result, so that a failure is
+ * reported once. */
 static void find_repeats(const fetch_cli *o, fetch_item *items)
 {
     for (int i = 0; i < o->n_urls; i++) {
-        items[i].repeats = -1;
-        int model = fetch_is_model_url(o->urls[i]);
+        items[i].repeats = earlier_url(o, i);
         for (int j = 0; j < i && items[i].repeats < 0; j++)
-            if ((items[i].id >= 0 && items[j].id == items[i].id) ||
-                (model && strcmp(o->urls[j], o->urls[i]) == 0))
+            if (items[i].id >= 0 && items[j].id == items[i].id)
                 items[i].repeats = j;
+        int r = items[i].repeats;   /* the first of them all (j's is settled already) */
+        if (r >= 0 && items[r].repeats >= 0)
+            items[i].repeats = items[r].repeats;
     }
 }
 
