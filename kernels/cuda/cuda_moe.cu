@@ -160,13 +160,34 @@ __global__ void rows_map_kernel(int32_t *row_of, int32_t *pair_at, group_bounds 
     }
 }
 
+// Whether rows of `width` values at these places (NULL: none) take the kernels' 8-value
+// accesses: width a multiple of 8, each place 16-byte aligned, so every row's are.
+static bool units8(int width, const void *a, const void *b = NULL, const void *c = NULL)
+{
+    return width % 8 == 0 && aligned16(a) && aligned16(b) && aligned16(c);
+}
+
 // rows[j] = src[token of pair perm[r]] (times the mask's row r), r = pair_at[j] (j without
-// the map; a row of zeros for -1), over the layout's rows
+// the map; a row of zeros for -1), over the layout's rows; 8 values a thread where vector8
+// (C a multiple of 8, rows and src 16-byte aligned: a row's 8 values are one unit)
 template <class T>
 __global__ void gather_kernel(T *rows, const float *src, dropout_draw drop, const int32_t *perm,
-                              const int32_t *pair_at, int n_rows, int K, int C)
+                              const int32_t *pair_at, int n_rows, int K, int C, bool vector8)
 {
-    GRID_STRIDE(i, (size_t)n_rows * C)
+    size_t n = (size_t)n_rows * C, units = vector8 ? C / 8 : 1;
+    GRID_STRIDE8(u, n, vector8)
+    {
+        size_t j = u / units, col = 8 * (u % units);
+        int r = pair_at ? pair_at[j] : (int)j;
+        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (r >= 0) {
+            load8(src + (size_t)(perm[r] / K) * C + col, v);
+            for (int k = 0; k < 8; k++)
+                v[k] = dropped(drop, (size_t)r * C + col + k, v[k]);
+        }
+        store8(rows + j * C + col, v);
+    }
+    GRID_STRIDE_REST(i, n, vector8)
     {
         size_t j = i / C, col = i % C;
         int r = pair_at ? pair_at[j] : (int)j;
@@ -176,23 +197,57 @@ __global__ void gather_kernel(T *rows, const float *src, dropout_draw drop, cons
     }
 }
 
-template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n)
+template <class T> __global__ void gelu_kernel(T *act, const T *pre, size_t n, bool vector8)
 {
-    GRID_STRIDE(i, n) act[i] = operand_cvt<T>(gelu(value_of(pre[i])));
+    GRID_STRIDE8(u, n, vector8)
+    {
+        float v[8];
+        load8(pre + 8 * u, v);
+        for (int k = 0; k < 8; k++)
+            v[k] = gelu(v[k]);
+        store8(act + 8 * u, v);
+    }
+    GRID_STRIDE_REST(i, n, vector8) act[i] = operand_cvt<T>(gelu(value_of(pre[i])));
 }
 
 // y[n] = base[n] (+ base2[n]) + sum over slots s of weight(n, s) * rows[row_of[j]] (j
 // without the map), j = inverse[n K + s], times the mask's row j: weight = scale * topk_w in
 // the forward (no mask; base x, base2 h: the FFN's residual), 1 in the backward (the weights
 // are already in rows; base dy); a slot in no group (inverse -1) adds nothing. y may be base;
-// with its bf16 copy in the backward (cuda_keep_copy).
+// with its bf16 copy in the backward (cuda_keep_copy). 8 values a thread where vector8 (C a
+// multiple of 8, every tensor 16-byte aligned).
 template <class T>
 __global__ void combine_kernel(values_out y, const float *base, const float *base2,
                                const T *rows, dropout_draw drop, const int32_t *inverse,
                                const int32_t *row_of, const float *topk_w, float scale, int N,
-                               int K, int C)
+                               int K, int C, bool vector8)
 {
-    GRID_STRIDE(i, (size_t)N * C)
+    size_t n_values = (size_t)N * C, units = vector8 ? C / 8 : 1;
+    GRID_STRIDE8(u, n_values, vector8)
+    {
+        size_t n = u / units, col = 8 * (u % units);
+        float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, v[8], b[8];
+        for (int slot = 0; slot < K; slot++) {
+            size_t pair = n * K + slot;
+            if (inverse[pair] < 0)
+                continue;
+            size_t j = (size_t)inverse[pair], row = row_of ? (size_t)row_of[j] : j;
+            load8(rows + row * C + col, v);
+            float w = topk_w ? scale * topk_w[pair] : 1.0f;
+            for (int k = 0; k < 8; k++)
+                s[k] += w * dropped(drop, j * C + col + k, v[k]);
+        }
+        load8(base + n * C + col, b);
+        if (base2) {
+            load8(base2 + n * C + col, v);
+            for (int k = 0; k < 8; k++)
+                b[k] = b[k] + v[k];
+        }
+        for (int k = 0; k < 8; k++)
+            b[k] = b[k] + s[k];
+        y.put8(n * C + col, b);
+    }
+    GRID_STRIDE_REST(i, n_values, vector8)
     {
         size_t n = i / C, col = i % C;
         float s = 0.0f;
@@ -210,11 +265,12 @@ __global__ void combine_kernel(values_out y, const float *base, const float *bas
 
 // One block per row j of the layout, its pair's place in perm pair_at[j] (j without the map;
 // a row of zeros, -1, has nothing to do): dtopk_w[pair] = scale * p_j . act_j; p_j becomes
-// d pre_j = w p_j gelu'(pre_j), and dy_j becomes d out_j = w dy_j, w = scale * gate.
+// d pre_j = w p_j gelu'(pre_j), and dy_j becomes d out_j = w dy_j, w = scale * gate. 8 values
+// a thread where vector8 (C and R multiples of 8, the rows 16-byte aligned).
 template <class T>
 __global__ void adapter_pair_kernel(float *dtopk_w, T *p, T *dyg, const T *act, const T *pre,
                                     const int32_t *perm, const int32_t *pair_at,
-                                    const float *topk_w, float scale, int C, int R)
+                                    const float *topk_w, float scale, int C, int R, bool vector8)
 {
     __shared__ float shared[32];
     size_t j = blockIdx.x;
@@ -225,13 +281,33 @@ __global__ void adapter_pair_kernel(float *dtopk_w, T *p, T *dyg, const T *act, 
     float w = scale * topk_w[pair];
     T *pj = p + j * R, *dyj = dyg + j * C;
     const T *sj = act + j * R, *aj = pre + j * R;
-    float dw = 0.0f;
-    for (int r = threadIdx.x; r < R; r += blockDim.x)
+    int r8 = vector8 ? R / 8 : 0, c8 = vector8 ? C / 8 : 0;   // the units; values past them
+    float dw = 0.0f, a[8], b[8];
+    for (int u = threadIdx.x; u < r8; u += blockDim.x) {
+        load8(pj + 8 * u, a);
+        load8(sj + 8 * u, b);
+        for (int k = 0; k < 8; k++)
+            dw += a[k] * b[k];
+    }
+    for (int r = 8 * r8 + threadIdx.x; r < R; r += blockDim.x)
         dw += value_of(pj[r]) * value_of(sj[r]);
     dw = block_sum(dw, shared);
-    for (int r = threadIdx.x; r < R; r += blockDim.x)
+    for (int u = threadIdx.x; u < r8; u += blockDim.x) {
+        load8(pj + 8 * u, a);
+        load8(aj + 8 * u, b);
+        for (int k = 0; k < 8; k++)
+            a[k] = w * a[k] * gelu_grad(b[k]);
+        store8(pj + 8 * u, a);
+    }
+    for (int r = 8 * r8 + threadIdx.x; r < R; r += blockDim.x)
         pj[r] = operand_cvt<T>(w * value_of(pj[r]) * gelu_grad(value_of(aj[r])));
-    for (int col = threadIdx.x; col < C; col += blockDim.x)
+    for (int u = threadIdx.x; u < c8; u += blockDim.x) {
+        load8(dyj + 8 * u, a);
+        for (int k = 0; k < 8; k++)
+            a[k] = a[k] * w;
+        store8(dyj + 8 * u, a);
+    }
+    for (int col = 8 * c8 + threadIdx.x; col < C; col += blockDim.x)
         dyj[col] = operand_cvt<T>(value_of(dyj[col]) * w);
     if (threadIdx.x == 0)
         dtopk_w[pair] = scale * dw;
@@ -704,24 +780,27 @@ static void adapter_forward(cuda_context *c, float *y, const float *x, T *gather
                             int C, int R, float scale)
 {
     size_t CR = (size_t)C * R;
-    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)L.rows * C, 256), 256, 0, c->stream,
-                gathered, h, drop, perm, L.pair_at, L.rows, K, C);
+    bool v8 = units8(C, gathered, h);
+    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks8((size_t)L.rows * C, v8), 256, 0, c->stream,
+                gathered, h, drop, perm, L.pair_at, L.rows, K, C, v8);
     CUDA_LAUNCHED(c);
     cuda_part(c, "gather");
     experts_gemm<T>(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
                         {pre, (size_t)R, 0, R}}, L, E);
     cuda_part(c, "down's products");
-    CUDA_LAUNCH(gelu_kernel<T>, cuda_blocks((size_t)L.rows * R, 256), 256, 0, c->stream, act,
-                pre, (size_t)L.rows * R);
+    v8 = units8(8, act, pre);
+    CUDA_LAUNCH(gelu_kernel<T>, cuda_blocks8((size_t)L.rows * R, v8), 256, 0, c->stream, act,
+                pre, (size_t)L.rows * R, v8);
     CUDA_LAUNCHED(c);
     cuda_part(c, "GELU");
     experts_gemm<T>(c, {0, 1, -1, C, R, 1.0f, 0.0f, {act, (size_t)R, 0, R}, {up, 0, CR, R},
                         {out, (size_t)C, 0, C}}, L, E);
     cuda_part(c, "up's products");
     values_out to = write_values(c, y, (size_t)N * C, false);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to,
+    v8 = units8(C, out, x, h) && to.aligned();
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks8((size_t)N * C, v8), 256, 0, c->stream, to,
                 x ? x : h, x ? h : NULL, out, dropout_of(0.0f, 0), inverse, L.row_of, topk_w,
-                scale, N, K, C);
+                scale, N, K, C, v8);
     CUDA_LAUNCHED(c);
     cuda_part(c, "combine");
 }
@@ -828,8 +907,9 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
                              const float *topk_w, int N, int K, int E, int C, int R, float scale)
 {
     size_t CR = (size_t)C * R;
-    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks((size_t)L.rows * C, 256), 256, 0, c->stream, dyg,
-                dy, dropout_of(0.0f, 0), perm, L.pair_at, L.rows, K, C);
+    bool v8 = units8(C, dyg, dy);
+    CUDA_LAUNCH(gather_kernel<T>, cuda_blocks8((size_t)L.rows * C, v8), 256, 0, c->stream, dyg,
+                dy, dropout_of(0.0f, 0), perm, L.pair_at, L.rows, K, C, v8);
     CUDA_LAUNCHED(c);
     cuda_part(c, "gather");
     // p (rows, R) = dy_g (rows, C) @ U_e (C, R)
@@ -839,8 +919,9 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     if (pairs < N * K)   // padding's slots, which no pair writes
         CUDA_CHECK(c, cudaMemsetAsync(dtopk_w, 0, (size_t)N * K * sizeof(float), c->stream));
     if (L.rows > 0)
-        CUDA_LAUNCH(adapter_pair_kernel<T>, L.rows, 256, 0, c->stream, dtopk_w, p, dyg, act, pre,
-                    perm, L.pair_at, topk_w, scale, C, R);
+        CUDA_LAUNCH(adapter_pair_kernel<T>, L.rows, 128, 0, c->stream, dtopk_w, p, dyg, act, pre,
+                    perm, L.pair_at, topk_w, scale, C, R,
+                    units8(C, dyg) && units8(R, p, act, pre));
     CUDA_LAUNCHED(c);
     cuda_part(c, "pair kernel: GELU', the gates'");
     // dout_g: dy_g; dpre_g: p
@@ -856,9 +937,10 @@ static void adapter_backward(cuda_context *c, float *dh, float *ddown, float *du
     cuda_part(c, "down's input gradient products");
     // dh is complete: its copy serves the down projection's product next (cuda_keep_copy)
     values_out to = write_values(c, dh, (size_t)N * C, true);
-    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks((size_t)N * C, 256), 256, 0, c->stream, to, dy,
+    v8 = units8(C, dyg, dy) && to.aligned();
+    CUDA_LAUNCH(combine_kernel<T>, cuda_blocks8((size_t)N * C, v8), 256, 0, c->stream, to, dy,
                 (const float *)NULL, dyg, drop, inverse, L.row_of, (const float *)NULL, 1.0f, N,
-                K, C);
+                K, C, v8);
     CUDA_LAUNCHED(c);
     cuda_part(c, "combine");
 }

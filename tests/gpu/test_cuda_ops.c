@@ -1362,6 +1362,7 @@ int main(void)
     for (int i = 0; i < 2; i++)
         test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
     test_moe(60, 4, 2, 40, 4, 1, bf16_tol);   /* R 4: not a multiple of 8, on cuBLAS */
+    test_moe(50, 4, 2, 36, 12, 1, bf16_tol);   /* rows not of 8s: a value a thread */
     test_expert_shapes(bf16_tol);
     gpu_finish();
     unsetenv("PESC_CUDA_EXPERTS");
@@ -1421,6 +1422,7 @@ int main(void)
     test_matmul(301, 200, 8, 1e-5, "fp32 narrow");
     test_compact(1e-5);   /* plain fp32 memory here */
     test_moe(300, 8, 2, 96, 16, 1, 1e-5);
+    test_moe(50, 4, 2, 36, 12, 1, 1e-5);
     test_attention_shapes("gemm fp32", 1e-5, 1e-4);
     gpu_finish();
     /* fp32 rows in the layouts: one product an expert, or grouped, never batched */
