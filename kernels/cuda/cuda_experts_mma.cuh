@@ -1,13 +1,15 @@
 // cuda_experts_mma — the experts' row products of the adapters in bf16 (bf16 operands, fp32
 // accumulation, bf16 results) as one kernel launch over the tiles of every expert, on mma.sync
-// m16n8k16 (cuda_flash_mma.cuh's flash_mma and its fragment layout). PESC_CUDA_EXPERTS=mma
+// m16n8k16 (cuda_flash_mma.cuh's flash_mma and its fragment layout); and their weights'
+// gradients, into fp32, the same way (experts_grad_kernel, at the end). PESC_CUDA_EXPERTS=mma
 // picks it over cuBLAS's grouped call (cuda_moe.cu's experts_gemm), which ran these products at
 // 59 to 98 TFLOP/s on an H200 where its dense bf16 products reach 420 to 700 (whether its
 // choice of kernels for row counts that change every step is why, PESC_CUDA_EXPERT_ALIGN's
 // fixed shapes are there to tell). On that H200
 // these kernels passed the GPU tests but were slower still: a TinyLlama step took 86.6 ms with
 // them, 81.8 with cuBLAS, the adapters' forward 9.5 ms against 7.7 (profiled), and the
-// backward, whose B operands ldmatrix transposes, lost more. Hence opt-in.
+// backward, whose B operands ldmatrix transposes, lost more. Hence opt-in. (The weights'
+// gradients were cuBLAS's then, one call an expert; experts_grad_kernel is not yet timed.)
 //
 // For each expert e with rows (first_e .. first_e + rows_e - 1 of the grouped order):
 //   out_e (rows_e, N) = A_e (rows_e, K) op(B_e),  A_e row-major (K-contiguous), and
@@ -117,6 +119,21 @@ __device__ __forceinline__ void experts_ldmatrix(uint32_t r[4], const void *row)
 #endif
 }
 
+// Rows k0 .. k0 + EM_BK - 1 (of `rows`) of a row-major operand p, W of its columns from c0 (of
+// `width`), into a stage's tile of those rows, W + 8 values apart; each 16 bytes a cp.async,
+// zeros past the ends. The whole block (THREADS) calls it.
+template <int W, int THREADS>
+__device__ __forceinline__ void experts_load_rows(__nv_bfloat16 *s, const __nv_bfloat16 *p,
+                                                  int ld, int k0, int rows, int c0, int width)
+{
+    constexpr int V = W / 8;
+    for (int i = threadIdx.x; i < EM_BK * V; i += THREADS) {
+        int k = i / V, col = c0 + 8 * (i % V);
+        bool in = k0 + k < rows && col < width;
+        flash_cp16(s + k * (W + 8) + 8 * (i % V), in ? p + (size_t)(k0 + k) * ld + col : p, in);
+    }
+}
+
 // Step k0's tiles into a stage: A's EM_BM rows from row m0 (of `rows`), B's BN columns from n0,
 // each 16 bytes a cp.async, zeros past the ends. The whole block calls it.
 template <int BN, bool B_K>
@@ -139,31 +156,33 @@ __device__ __forceinline__ void experts_load(__nv_bfloat16 *as, __nv_bfloat16 *b
                        in);
         }
     } else {
-        constexpr int VN = BN / 8;
-        for (int i = threadIdx.x; i < EM_BK * VN; i += THREADS) {
-            int k = i / VN, n = n0 + 8 * (i % VN);
-            bool in = k0 + k < K && n < N;
-            flash_cp16(bs + k * (BN + 8) + 8 * (i % VN), in ? b + (size_t)(k0 + k) * ldb + n : b,
-                       in);
-        }
+        experts_load_rows<BN, THREADS>(bs, b, ldb, k0, K, n0, N);
     }
 }
 
 // acc += the warp's 64 x 32 piece of a stage: A rows wm .., B columns wn .. (g, t: the lane's
-// fragment coordinates).
-template <int BN, bool B_K>
+// fragment coordinates). A's tile is its rows of EM_LDK (K-contiguous), or with A_KM EM_BK
+// rows of EM_BM + 8 (M-contiguous: a weight's gradient, A^T's rows along M).
+template <int BN, bool B_K, bool A_KM = false>
 __device__ __forceinline__ void experts_step(float (*acc)[4][4], const __nv_bfloat16 *as,
                                              const __nv_bfloat16 *bs, int wm, int wn, int lane)
 {
 #pragma unroll
     for (int kk = 0; kk < EM_BK; kk += 16) {
-        // A: lanes 0-15 give rows 0-15 at column kk, lanes 16-31 the same rows at kk + 8:
-        // matrices (rows 0-7, kk), (8-15, kk), (0-7, kk + 8), (8-15, kk + 8) are a[0 .. 3]
+        // A: matrices (rows 0-7, kk), (8-15, kk), (0-7, kk + 8), (8-15, kk + 8) are a[0 .. 3].
+        // K-contiguous: lanes 0-15 give rows 0-15 at column kk, lanes 16-31 the same rows at
+        // kk + 8. M-contiguous: lane l gives K row kk + 8 (l / 16) + l % 8 at column
+        // 8 (l / 8 % 2) of the 16, transposed as it loads
         uint32_t af[4][4], bf[4][2];
 #pragma unroll
         for (int m = 0; m < 4; m++)
-            experts_ldmatrix<false>(af[m], as + (wm + 16 * m + lane % 16) * EM_LDK + kk +
-                                               8 * (lane / 16));
+            if (A_KM)
+                experts_ldmatrix<true>(af[m], as + (kk + 8 * (lane / 16) + lane % 8) *
+                                                       (EM_BM + 8) +
+                                                   wm + 16 * m + 8 * (lane / 8 % 2));
+            else
+                experts_ldmatrix<false>(af[m], as + (wm + 16 * m + lane % 16) * EM_LDK + kk +
+                                                   8 * (lane / 16));
         // B, two 8-column chunks a load: matrix i = lane / 8 is k half i % 2 of chunk i / 2,
         // so r[0], r[1] are the first chunk's b[0], b[1] and r[2], r[3] the second's
 #pragma unroll
@@ -254,6 +273,99 @@ experts_mma_kernel(expert_operand<__nv_bfloat16> out, expert_operand<__nv_bfloat
                     PESC_STORE_4(oe + (size_t)r * out.ld + col,
                                  flash_pack<__nv_bfloat16>(acc[m][n][2 * i],
                                                            acc[m][n][2 * i + 1]));
+            }
+        }
+#endif
+}
+
+// ---- a weight's gradient --------------------------------------------------------------------
+//
+// G_e (M, N) = beta G_e + A_e^T B_e for every expert of `tiles`, A_e (rows_e, M) and B_e
+// (rows_e, N) row-major: the sum over the expert's rows is the product's K. G is fp32 (the
+// weights' gradient accumulator itself); each of its tiles is one block's, summed over K in
+// order, so the result is deterministic. Both operands' stage tiles are EM_BK rows along M or
+// N (experts_load_rows), A's fragments transposed as they load. beta is 0 (the first write:
+// the table then has every expert, those without rows writing zeros) or 1. M and N are
+// multiples of 8, A and B 16-byte aligned.
+
+__host__ __device__ constexpr size_t experts_grad_stage_bytes(int BN)
+{
+    return (size_t)EM_BK * ((EM_BM + 8) + (BN + 8)) * sizeof(__nv_bfloat16);
+}
+
+__host__ __device__ constexpr size_t experts_grad_shared(int BN)
+{
+    return EM_STAGES * experts_grad_stage_bytes(BN);
+}
+
+template <int BN>
+__global__ void __launch_bounds__(experts_threads(BN), 2)
+experts_grad_kernel(float *grad, expert_operand<__nv_bfloat16> a,
+                    expert_operand<__nv_bfloat16> b, int M, int N, float beta,
+                    experts_tiles tiles)
+{
+#if FLASH_BODY
+    constexpr int WARPS_N = BN / EM_WARP_N, THREADS = experts_threads(BN);
+    PESC_DYNAMIC_SHARED(experts_smem);
+    int j = 0;
+    while ((int)blockIdx.x >= tiles.tile_end[j])
+        j++;
+    int e = tiles.expert[j], first = tiles.first[j], rows = tiles.rows[j];
+    int tile = blockIdx.x - (j ? tiles.tile_end[j - 1] : 0);
+    int m0 = tile / tiles.n_tiles * EM_BM, n0 = tile % tiles.n_tiles * BN;
+    const __nv_bfloat16 *ae = expert_at(a, first, e), *be = expert_at(b, first, e);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int wm = warp / WARPS_N * EM_WARP_M, wn = warp % WARPS_N * EM_WARP_N;
+
+    auto stage_a = [&](int s) {
+        return (__nv_bfloat16 *)(experts_smem + s * experts_grad_stage_bytes(BN));
+    };
+    auto fetch = [&](int step) {   // step's tiles into stage step % EM_STAGES
+        __nv_bfloat16 *as = stage_a(step % EM_STAGES);
+        experts_load_rows<EM_BM, THREADS>(as, ae, a.ld, EM_BK * step, rows, m0, M);
+        experts_load_rows<BN, THREADS>(as + EM_BK * (EM_BM + 8), be, b.ld, EM_BK * step, rows,
+                                       n0, N);
+    };
+    float acc[4][4][4];
+    flash_zero<4, 4>(acc);
+    int steps = (rows + EM_BK - 1) / EM_BK;
+    // as experts_mma_kernel's pipeline
+#pragma unroll
+    for (int s = 0; s < EM_STAGES - 1; s++) {
+        if (s < steps)
+            fetch(s);
+        flash_cp_commit();
+    }
+    for (int step = 0; step < steps; step++) {
+        flash_cp_wait<EM_STAGES - 2>();
+        __syncthreads();
+        if (step + EM_STAGES - 1 < steps)
+            fetch(step + EM_STAGES - 1);
+        flash_cp_commit();
+        const __nv_bfloat16 *as = stage_a(step % EM_STAGES);
+        experts_step<BN, false, true>(acc, as, as + EM_BK * (EM_BM + 8), wm, wn, lane);
+    }
+    flash_cp_wait<0>();
+
+    float *ge = grad + (size_t)e * M * N;
+    int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int r = m0 + wm + 16 * m + g + 8 * i;
+            if (r >= M)
+                continue;
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                int col = n0 + wn + 8 * n + 2 * t;
+                if (col >= N)
+                    continue;
+                float *out = ge + (size_t)r * N + col;
+                float v0 = acc[m][n][2 * i], v1 = acc[m][n][2 * i + 1];
+                if (beta != 0.0f)
+                    v0 += beta * out[0], v1 += beta * out[1];
+                out[0] = v0, out[1] = v1;
             }
         }
 #endif

@@ -17,8 +17,9 @@
 // alone (about 1000 rows by 512 at TinyLlama's shape) is too few tiles to fill a large GPU. In
 // bf16 math the rows are bf16 throughout (see "the adapters" below): what cuBLAS groups in bf16,
 // at twice TF32's rate.
-// PESC_CUDA_EXPERTS=mma runs the row products (not the weights' gradients) of bf16 math on
-// kernels of our own instead, one launch over every expert's tiles (cuda_experts_mma.cuh).
+// PESC_CUDA_EXPERTS=mma runs the products of bf16 math on kernels of our own instead, one
+// launch over every expert's tiles (cuda_experts_mma.cuh): the row products, and the weights'
+// gradients straight into their fp32 sums.
 // PESC_CUDA_EXPERT_ALIGN and _ROOM lay the rows out by expert instead of in perm's order
 // (moe_rows.h): a block of every expert's first rows, alike, whose products are strided
 // batched calls (experts_batched), then each expert's rest on a multiple of some rows; rows
@@ -559,17 +560,19 @@ static void experts_mma_launch(cuda_context *c, const expert_gemm<__nv_bfloat16>
     CUDA_LAUNCHED(c);
 }
 
-// The tiles of every expert with rows, BN columns wide.
-static int experts_tile_table(experts_tiles *tiles, const int *offsets, int E, int N, int BN)
+// The tiles of every expert with rows (every expert, `all`), BN columns wide: by its rows (M
+// 0), or by M rows whatever its own (a weight's gradient).
+static int experts_tile_table(experts_tiles *tiles, const int *offsets, int E, int N, int BN,
+                              int M = 0, bool all = false)
 {
     tiles->count = 0;
     tiles->n_tiles = (N + BN - 1) / BN;
     int total = 0;
     for (int e = 0; e < E; e++) {
         int rows = offsets[e + 1] - offsets[e], j = tiles->count;
-        if (rows == 0)
+        if (rows == 0 && !all)
             continue;
-        total += (rows + EM_BM - 1) / EM_BM * tiles->n_tiles;
+        total += ((M ? M : rows) + EM_BM - 1) / EM_BM * tiles->n_tiles;
         tiles->expert[j] = e, tiles->first[j] = offsets[e], tiles->rows[j] = rows;
         tiles->tile_end[j] = total;
         tiles->count++;
@@ -605,6 +608,63 @@ static bool experts_mma(cuda_context *c, const expert_gemm<__nv_bfloat16> &g, co
         experts_mma_launch<64, true>(c, g, tiles);
     else
         experts_mma_launch<64, false>(c, g, tiles);
+    return true;
+}
+
+// PESC_CUDA_EXPERTS=mma: a weight's gradient, G_e (M, N) = beta G_e + A_e^T B_e over the
+// expert's rows of groups (offsets), bf16 operands into the fp32 accumulator, on
+// experts_grad_kernel (one launch, every expert's tiles; with beta 0 those of an expert
+// without rows too, which write its zeros). Tiles as experts_mma's.
+template <int BN>
+static void experts_grad_launch(cuda_context *c, float *grad, const __nv_bfloat16 *a,
+                                const __nv_bfloat16 *b, int M, int N, float beta,
+                                const experts_tiles &tiles)
+{
+    size_t bytes = experts_grad_shared(BN);
+    if (!cuda_shared_limit(c, (const void *)experts_grad_kernel<BN>, bytes))
+        return;
+    CUDA_LAUNCH(experts_grad_kernel<BN>, tiles.tile_end[tiles.count - 1], experts_threads(BN),
+                bytes, c->stream, grad, expert_operand<__nv_bfloat16>{a, (size_t)M, 0, M},
+                expert_operand<__nv_bfloat16>{b, (size_t)N, 0, N}, M, N, beta, tiles);
+    CUDA_LAUNCHED(c);
+}
+
+static void experts_grad(cuda_context *c, float *grad, const __nv_bfloat16 *a,
+                         const __nv_bfloat16 *b, int M, int N, const int *offsets, int E,
+                         float beta)
+{
+    experts_tiles tiles = {};
+    bool all = beta == 0.0f;
+    int BN = experts_tile_table(&tiles, offsets, E, N, 128, M, all) >= 4 * c->multiprocessors
+                 ? 128
+                 : 64;
+    if (BN == 64)
+        experts_tile_table(&tiles, offsets, E, N, 64, M, all);
+    if (tiles.count == 0)
+        return;
+    if (BN == 128)
+        experts_grad_launch<128>(c, grad, a, b, M, N, beta, tiles);
+    else
+        experts_grad_launch<64>(c, grad, a, b, M, N, beta, tiles);
+}
+
+// A weight's gradient over a layout's rows on experts_grad_kernel: its block, then its rows
+// after the block (adding). False, nothing done, where the kernel does not apply (as
+// experts_mma: not asked for, M or N not a multiple of 8, operands not 16-byte aligned, too
+// many experts or too little shared memory); then cuBLAS runs it.
+static bool experts_mma_gradient(cuda_context *c, float *grad, int M, int N,
+                                 const __nv_bfloat16 *a, const __nv_bfloat16 *b,
+                                 const adapter_rows &L, int E, float beta)
+{
+    if (!c->experts_mma || E > CUDA_GROUP_MAX || M % 8 || N % 8 || !aligned16(a) ||
+        !aligned16(b) || experts_grad_shared(128) > (size_t)c->max_shared)
+        return false;
+    if (L.block > 0) {
+        experts_grad(c, grad, a, b, M, N, L.block_starts, E, beta);
+        beta = 1.0f;
+    }
+    if (L.block == 0 || L.starts[E] > L.starts[0])
+        experts_grad(c, grad, a, b, M, N, L.starts, E, beta);
     return true;
 }
 
@@ -866,6 +926,8 @@ static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows,
     if (narrow<T>() && !grad16) {
         typedef const __nv_bfloat16 *b16p;
         float beta = first ? 0.0f : 1.0f;
+        if (experts_mma_gradient(c, grad, g_rows, g_cols, (b16p)a, (b16p)b, L, E, beta))
+            return;
         long long S = L.block;
         if (S == 0) {
             gradient_each(c, grad, g_rows, g_cols, (b16p)a, (b16p)b, offsets, E, beta, first);

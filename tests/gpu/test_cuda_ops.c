@@ -1161,6 +1161,22 @@ static void test_adapters(twin perm, const int *offsets, twin w, int N, int K, i
     compare("moe_adapter_backward ddown (accumulated)", ddown, tol);
     compare("moe_adapter_backward dup (accumulated)", dup, tol);
     compare("moe_adapter_backward dtopk_w", dtopk, tol);
+    /* ... and as the first write since the gradients' zeroing (backend_gradients): written,
+     * not added (an expert without rows: zeros over what the memory held) */
+    size_t nw = (size_t)E * R * C;
+    twin g = twin_random(2 * nw, 1.0);
+    backend_gradients(gpu, G(g), 2 * nw);
+    vector_zero(cpu, F(g), 2 * nw);
+    vector_zero(gpu, G(g), 2 * nw);
+    moe_adapter_backward(cpu, F(dh), F(g), F(g) + nw, F(dtopk), F(scratch), F(scratch_r), F(dy),
+                         F(gathered), F(pre), F(act), p, seed, F(down), F(up), FI(perm), offsets,
+                         F(w), N, K, E, C, R, 0.25f);
+    moe_adapter_backward(gpu, G(dh), G(g), G(g) + nw, G(dtopk), G(scratch), G(scratch_r), G(dy),
+                         G(gathered), G(pre), G(act), p, seed, G(down), G(up), GI(perm), offsets,
+                         G(w), N, K, E, C, R, 0.25f);
+    compare("moe_adapter_backward ddown, dup: the first write since their zeroing", g, tol);
+    backend_gradients(gpu, NULL, 0);
+    twin_free(g);
     twin_free(h);
     twin_free(down); twin_free(up); twin_free(y); twin_free(x); twin_free(gathered);
     twin_free(pre); twin_free(act); twin_free(scratch); twin_free(scratch_r); twin_free(dy);
