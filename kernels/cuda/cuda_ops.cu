@@ -836,24 +836,30 @@ extern "C" void cuda_adamw_update(void *ctx, float *params, const float *grads,
         c->train_valid = 1;
 }
 
-// ---- cross-entropy: one block per row, the logits read from device memory twice -------------
+// ---- cross-entropy: one block per row, the logits read from device memory once (twice where
+// the backward writes the gradient)
 
 #define CE_THREADS 512
 
 // The row's max and sum of exp(y - max), y the logits capped (soft_cap); every thread gets
-// both. The cap of the logits' max is the capped values' max.
+// both. One pass: each thread keeps its values' max and their sum relative to it (rescaled as
+// the max grows), then the block's sum rescales each thread's to the row's max.
 __device__ void row_softmax_stats(const float *row, int V, float cap, float *m_out,
                                   float *sum_out, float *shared)
 {
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-        m = fmaxf(m, row[i]);
-    m = soft_cap(block_max(m, shared), cap);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-        s += expf(soft_cap(row[i], cap) - m);
-    *sum_out = block_sum(s, shared);
-    *m_out = m;
+    float m = -INFINITY, s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float y = soft_cap(row[i], cap);
+        if (y > m) {
+            s = s * expf(m - y) + 1.0f;   // expf(-inf) is 0: the first value
+            m = y;
+        } else {
+            s += expf(y - m);
+        }
+    }
+    float row_m = block_max(m, shared);
+    *sum_out = block_sum(s > 0.0f ? s * expf(m - row_m) : 0.0f, shared);
+    *m_out = row_m;
 }
 
 __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
