@@ -853,12 +853,13 @@ __device__ void row_softmax_stats(const float *row, int V, float cap, float *m_o
         if (y > m) {
             s = s * expf(m - y) + 1.0f;   // expf(-inf) is 0: the first value
             m = y;
-        } else {
-            s += expf(y - m);
+        } else if (y != -INFINITY) {   // -inf adds nothing (and -inf - -inf would be NaN)
+            s += expf(y - m);   // a NaN stays in s, as the two passes kept it
         }
     }
     float row_m = block_max(m, shared);
-    *sum_out = block_sum(s > 0.0f ? s * expf(m - row_m) : 0.0f, shared);
+    // a thread with nothing (no values, or all -inf) adds 0; NaN and +inf give NaN as before
+    *sum_out = block_sum(s == 0.0f ? 0.0f : s * expf(m - row_m), shared);
     *m_out = row_m;
 }
 

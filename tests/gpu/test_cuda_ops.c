@@ -880,6 +880,38 @@ static void test_argmax_rows(int rows, int cols)
     twin_free(x); twin_free(out);
 }
 
+/* Logits of -inf (each thread's first values in row 0, all but one in row 1) add nothing to
+ * the softmax; a NaN (row 2) makes its row's loss NaN, as on the CPU. */
+static void test_crossentropy_edges(void)
+{
+    enum { N = 3, V = 3000 };
+    twin logits = twin_random((size_t)N * V, 6.0), targets = twin_ints(N, 0, 1);
+    twin dlogits = twin_random((size_t)N * V, 1.0), losses = twin_random(N, 1.0);
+    float *l = F(logits);
+    for (int i = 0; i < 1024; i++)   /* two a thread of 512 */
+        l[i] = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (i != 7)
+            l[V + i] = -INFINITY;
+    l[2 * V + 1234] = NAN;
+    FI(targets)[0] = 2000, FI(targets)[1] = 7, FI(targets)[2] = 5;
+    twin_sync(logits); twin_sync(targets);
+    crossentropy_backward(cpu, F(dlogits), F(losses), F(logits), FI(targets), 1.0f, N, V, 0.0f);
+    crossentropy_backward(gpu, G(dlogits), G(losses), G(logits), GI(targets), 1.0f, N, V, 0.0f);
+    float got[N], *d = malloc((size_t)N * V * sizeof *d);
+    backend_download(gpu, got, losses.g, sizeof got);
+    backend_download(gpu, d, dlogits.g, (size_t)N * V * sizeof *d);
+    double worst = gpu_test_error(d, F(dlogits), 2 * (size_t)V);
+    for (int n = 0; n < 2; n++)
+        worst = fmax(worst, fabs(got[n] - F(losses)[n]) / (1.0 + fabs(F(losses)[n])));
+    gpu_test_verdict(worst <= 1e-5, "crossentropy_backward: logits of -inf add nothing", worst,
+                     "normalized error, tolerance 1e-05");
+    gpu_test_verdict(isnan(got[2]) && isnan(F(losses)[2]), "crossentropy_backward: a NaN logit, "
+                     "a NaN loss", got[2], "the GPU's loss");
+    free(d);
+    twin_free(logits); twin_free(targets); twin_free(dlogits); twin_free(losses);
+}
+
 /* cap > 0: Gemma 2's softcap of the logits */
 static void test_crossentropy(int N, int V, float cap)
 {
@@ -1332,6 +1364,7 @@ int main(void)
     test_vector_paths(8, 1024);
     test_crossentropy(37, 32000, 0.0f);
     test_crossentropy(37, 32000, 3.0f);   /* Gemma 2's softcap, biting on logits of +-6 */
+    test_crossentropy_edges();
     test_argmax_rows(37, 32000);
     test_argmax_rows(13, 5);   /* fewer values than a warp */
     test_attention_shapes("fused", 1e-5, 1e-4);   /* fp32 on the CUDA cores, whatever the math */
@@ -1368,8 +1401,8 @@ int main(void)
         test_moe(40, 64, 1, 64, 16, 0, bf16_tol);
     gpu_finish();
     unsetenv("PESC_CUDA_GROUPED");
-    /* the experts' row products on our own mma kernels (PESC_CUDA_EXPERTS=mma): the bf16
-     * phase's cases and shapes */
+    /* the experts' products, rows and weight gradients, on our own mma kernels
+     * (PESC_CUDA_EXPERTS=mma): the bf16 phase's cases and shapes */
     setenv("PESC_CUDA_EXPERTS", "mma", 1);
     gpu_again();
     check_experts_mma();
