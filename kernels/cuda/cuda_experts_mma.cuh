@@ -204,41 +204,54 @@ __device__ __forceinline__ void experts_step(float (*acc)[4][4], const __nv_bflo
     }
 }
 
-// out_e = A_e op(B_e) for every expert of `tiles` (the header says the shapes): block b takes
-// one BM x BN tile of one expert. Grid tiles.tile_end[tiles.count - 1], experts_threads(BN)
-// threads, experts_shared(BN, B_K) bytes.
-template <int BN, bool B_K>
-__global__ void __launch_bounds__(experts_threads(BN), 2)
-experts_mma_kernel(expert_operand<__nv_bfloat16> out, expert_operand<__nv_bfloat16> a,
-                   expert_operand<__nv_bfloat16> b, int N, int K,
-                   experts_tiles tiles)
-{
-#if FLASH_BODY
-    constexpr int WARPS_N = BN / EM_WARP_N;
-    PESC_DYNAMIC_SHARED(experts_smem);
-    int j = 0;
-    while ((int)blockIdx.x >= tiles.tile_end[j])
-        j++;
-    int e = tiles.expert[j], first = tiles.first[j], rows = tiles.rows[j];
-    int tile = blockIdx.x - (j ? tiles.tile_end[j - 1] : 0);
-    int m0 = tile / tiles.n_tiles * EM_BM, n0 = tile % tiles.n_tiles * BN;
-    const __nv_bfloat16 *ae = expert_at(a, first, e), *be = expert_at(b, first, e);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int wm = warp / WARPS_N * EM_WARP_M, wn = warp % WARPS_N * EM_WARP_N;
+// What a block of the experts' kernels works on: the expert e of its tile (its rows from
+// `first` of the grouped order, `rows` of them), the tile's first row m0 and column n0 (tiles
+// BN wide, each expert's along N first), and the lane's warp's piece of it, from wm, wn.
+struct experts_block {
+    int e, first, rows, m0, n0, lane, wm, wn;
+};
 
-    auto stage_a = [&](int s) {
-        return (__nv_bfloat16 *)(experts_smem + s * experts_stage_bytes(BN, B_K));
-    };
-    auto fetch = [&](int step) {   // step's tiles into stage step % EM_STAGES
-        __nv_bfloat16 *as = stage_a(step % EM_STAGES);
-        experts_load<BN, B_K>(as, as + EM_BM * EM_LDK, ae, a.ld, be, b.ld, m0, rows, n0, N,
-                              EM_BK * step, K);
-    };
-    float acc[4][4][4];
-    flash_zero<4, 4>(acc);
-    int steps = (K + EM_BK - 1) / EM_BK;
-    // EM_STAGES - 1 steps in flight before the first product; one group a step, empty past
-    // the last, so that the wait below always leaves the newest EM_STAGES - 2
+template <int BN> __device__ __forceinline__ experts_block experts_block_of(const experts_tiles &t)
+{
+    int j = 0;
+    while ((int)blockIdx.x >= t.tile_end[j])
+        j++;
+    int tile = blockIdx.x - (j ? t.tile_end[j - 1] : 0), warp = threadIdx.x >> 5;
+    return {t.expert[j], t.first[j], t.rows[j], tile / t.n_tiles * EM_BM,
+            tile % t.n_tiles * BN, (int)threadIdx.x & 31,
+            warp / (BN / EM_WARP_N) * EM_WARP_M, warp % (BN / EM_WARP_N) * EM_WARP_N};
+}
+
+// f(r, col, v0, v1) for each pair of adjacent columns the lane holds of the warp's piece
+// (acc, from row r0 and column c0 of the product), r and col within `rows` and N (N even).
+template <class F>
+__device__ __forceinline__ void experts_each_pair(const float (*acc)[4][4], int r0, int c0,
+                                                  int lane, int rows, int N, F f)
+{
+    int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int r = r0 + 16 * m + g + 8 * i;
+            if (r >= rows)
+                continue;
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                int col = c0 + 8 * n + 2 * t;
+                if (col < N)
+                    f(r, col, acc[m][n][2 * i], acc[m][n][2 * i + 1]);
+            }
+        }
+}
+
+// The walk along K in `steps` steps of EM_BK: fetch(step) copies a step's tiles into stage
+// step % EM_STAGES, multiply(stage) takes one. EM_STAGES - 1 steps are in flight before the
+// first product; one copy group a step, empty past the last, so that the wait always leaves
+// the newest EM_STAGES - 2.
+template <class Fetch, class Multiply>
+__device__ __forceinline__ void experts_pipeline(int steps, Fetch fetch, Multiply multiply)
+{
 #pragma unroll
     for (int s = 0; s < EM_STAGES - 1; s++) {
         if (s < steps)
@@ -251,30 +264,47 @@ experts_mma_kernel(expert_operand<__nv_bfloat16> out, expert_operand<__nv_bfloat
         if (step + EM_STAGES - 1 < steps)
             fetch(step + EM_STAGES - 1);
         flash_cp_commit();
-        const __nv_bfloat16 *as = stage_a(step % EM_STAGES);
-        experts_step<BN, B_K>(acc, as, as + EM_BM * EM_LDK, wm, wn, lane);
+        multiply(step % EM_STAGES);
     }
     flash_cp_wait<0>();   // the empty groups' (none of their copies are left)
+}
 
-    // each lane's pairs of adjacent columns, as one 4-byte store of two bf16
-    __nv_bfloat16 *oe = (__nv_bfloat16 *)expert_at(out, first, e);
-    int g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int m = 0; m < 4; m++)
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int r = m0 + wm + 16 * m + g + 8 * i;
-            if (r >= rows)
-                continue;
-#pragma unroll
-            for (int n = 0; n < 4; n++) {
-                int col = n0 + wn + 8 * n + 2 * t;
-                if (col < N)
-                    PESC_STORE_4(oe + (size_t)r * out.ld + col,
-                                 flash_pack<__nv_bfloat16>(acc[m][n][2 * i],
-                                                           acc[m][n][2 * i + 1]));
-            }
-        }
+// out_e = A_e op(B_e) for every expert of `tiles` (the header says the shapes): block b takes
+// one BM x BN tile of one expert. Grid tiles.tile_end[tiles.count - 1], experts_threads(BN)
+// threads, experts_shared(BN, B_K) bytes.
+template <int BN, bool B_K>
+__global__ void __launch_bounds__(experts_threads(BN), 2)
+experts_mma_kernel(expert_operand<__nv_bfloat16> out, expert_operand<__nv_bfloat16> a,
+                   expert_operand<__nv_bfloat16> b, int N, int K,
+                   experts_tiles tiles)
+{
+#if FLASH_BODY
+    PESC_DYNAMIC_SHARED(experts_smem);
+    experts_block k = experts_block_of<BN>(tiles);
+    const __nv_bfloat16 *ae = expert_at(a, k.first, k.e), *be = expert_at(b, k.first, k.e);
+    auto stage_a = [&](int s) {
+        return (__nv_bfloat16 *)(experts_smem + s * experts_stage_bytes(BN, B_K));
+    };
+    float acc[4][4][4];
+    flash_zero<4, 4>(acc);
+    int rows = k.rows, m0 = k.m0, n0 = k.n0;
+    experts_pipeline(
+        (K + EM_BK - 1) / EM_BK,
+        [=](int step) {
+            __nv_bfloat16 *as = stage_a(step % EM_STAGES);
+            experts_load<BN, B_K>(as, as + EM_BM * EM_LDK, ae, a.ld, be, b.ld, m0, rows, n0, N,
+                                  EM_BK * step, K);
+        },
+        [&](int stage) {
+            const __nv_bfloat16 *as = stage_a(stage);
+            experts_step<BN, B_K>(acc, as, as + EM_BM * EM_LDK, k.wm, k.wn, k.lane);
+        });
+    // each pair as one 4-byte store of two bf16
+    __nv_bfloat16 *oe = (__nv_bfloat16 *)expert_at(out, k.first, k.e);
+    experts_each_pair(acc, m0 + k.wm, n0 + k.wn, k.lane, rows, N,
+                      [&](int r, int col, float v0, float v1) {
+        PESC_STORE_4(oe + (size_t)r * out.ld + col, flash_pack<__nv_bfloat16>(v0, v1));
+    });
 #endif
 }
 
@@ -305,69 +335,36 @@ experts_grad_kernel(float *grad, expert_operand<__nv_bfloat16> a,
                     experts_tiles tiles)
 {
 #if FLASH_BODY
-    constexpr int WARPS_N = BN / EM_WARP_N, THREADS = experts_threads(BN);
+    constexpr int THREADS = experts_threads(BN);
     PESC_DYNAMIC_SHARED(experts_smem);
-    int j = 0;
-    while ((int)blockIdx.x >= tiles.tile_end[j])
-        j++;
-    int e = tiles.expert[j], first = tiles.first[j], rows = tiles.rows[j];
-    int tile = blockIdx.x - (j ? tiles.tile_end[j - 1] : 0);
-    int m0 = tile / tiles.n_tiles * EM_BM, n0 = tile % tiles.n_tiles * BN;
-    const __nv_bfloat16 *ae = expert_at(a, first, e), *be = expert_at(b, first, e);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int wm = warp / WARPS_N * EM_WARP_M, wn = warp % WARPS_N * EM_WARP_N;
-
+    experts_block k = experts_block_of<BN>(tiles);
+    const __nv_bfloat16 *ae = expert_at(a, k.first, k.e), *be = expert_at(b, k.first, k.e);
     auto stage_a = [&](int s) {
         return (__nv_bfloat16 *)(experts_smem + s * experts_grad_stage_bytes(BN));
     };
-    auto fetch = [&](int step) {   // step's tiles into stage step % EM_STAGES
-        __nv_bfloat16 *as = stage_a(step % EM_STAGES);
-        experts_load_rows<EM_BM, THREADS>(as, ae, a.ld, EM_BK * step, rows, m0, M);
-        experts_load_rows<BN, THREADS>(as + EM_BK * (EM_BM + 8), be, b.ld, EM_BK * step, rows,
-                                       n0, N);
-    };
     float acc[4][4][4];
     flash_zero<4, 4>(acc);
-    int steps = (rows + EM_BK - 1) / EM_BK;
-    // as experts_mma_kernel's pipeline
-#pragma unroll
-    for (int s = 0; s < EM_STAGES - 1; s++) {
-        if (s < steps)
-            fetch(s);
-        flash_cp_commit();
-    }
-    for (int step = 0; step < steps; step++) {
-        flash_cp_wait<EM_STAGES - 2>();
-        __syncthreads();
-        if (step + EM_STAGES - 1 < steps)
-            fetch(step + EM_STAGES - 1);
-        flash_cp_commit();
-        const __nv_bfloat16 *as = stage_a(step % EM_STAGES);
-        experts_step<BN, false, true>(acc, as, as + EM_BK * (EM_BM + 8), wm, wn, lane);
-    }
-    flash_cp_wait<0>();
-
-    float *ge = grad + (size_t)e * M * N;
-    int g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int m = 0; m < 4; m++)
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            int r = m0 + wm + 16 * m + g + 8 * i;
-            if (r >= M)
-                continue;
-#pragma unroll
-            for (int n = 0; n < 4; n++) {
-                int col = n0 + wn + 8 * n + 2 * t;
-                if (col >= N)
-                    continue;
-                float *out = ge + (size_t)r * N + col;
-                float v0 = acc[m][n][2 * i], v1 = acc[m][n][2 * i + 1];
-                if (beta != 0.0f)
-                    v0 += beta * out[0], v1 += beta * out[1];
-                out[0] = v0, out[1] = v1;
-            }
-        }
+    int rows = k.rows, m0 = k.m0, n0 = k.n0;
+    experts_pipeline(
+        (rows + EM_BK - 1) / EM_BK,
+        [=](int step) {
+            __nv_bfloat16 *as = stage_a(step % EM_STAGES);
+            experts_load_rows<EM_BM, THREADS>(as, ae, a.ld, EM_BK * step, rows, m0, M);
+            experts_load_rows<BN, THREADS>(as + EM_BK * (EM_BM + 8), be, b.ld, EM_BK * step,
+                                           rows, n0, N);
+        },
+        [&](int stage) {
+            const __nv_bfloat16 *as = stage_a(stage);
+            experts_step<BN, false, true>(acc, as, as + EM_BK * (EM_BM + 8), k.wm, k.wn, k.lane);
+        });
+    float *ge = grad + (size_t)k.e * M * N;
+    experts_each_pair(acc, m0 + k.wm, n0 + k.wn, k.lane, M, N,
+                      [&](int r, int col, float v0, float v1) {
+        float *out = ge + (size_t)r * N + col;
+        if (beta != 0.0f)
+            v0 += beta * out[0], v1 += beta * out[1];
+        out[0] = v0, out[1] = v1;
+    });
 #endif
 }
 

@@ -735,9 +735,9 @@ static void experts_gemm(cuda_context *c, const expert_gemm<T> &g, const adapter
 // the model sizes them by backend_activation_bytes), and scratch and scratch_r, float-sized,
 // hold bf16 too. The weights' bf16 values are the ones the last update wrote
 // (cuda_train_values), else converted in the op; a weight's gradient is made from bf16 operands
-// into its fp32 accumulator, one product an expert (or, PESC_CUDA_GROUPED=all, grouped in bf16
-// and then added). In the other maths everything stays fp32, products grouped as experts_gemm
-// can.
+// into its fp32 accumulator, one product an expert (PESC_CUDA_EXPERTS=mma: one launch of
+// experts_grad_kernel; PESC_CUDA_GROUPED=all: grouped in bf16 and then added). In the other
+// maths everything stays fp32, products grouped as experts_gemm can.
 
 // the format the model sized the saved rows by (backend_activation_bytes)
 static bool adapters16(const cuda_context *c)
@@ -911,11 +911,12 @@ static void gradient_each(cuda_context *c, float *grad, int g_rows, int g_cols,
 }
 
 // A weight's gradient, G_e (g_rows, g_cols) += A_e^T @ B_e over the expert's rows (a row of
-// zeros adds nothing): onto the fp32 accumulator itself (bf16 operands: one product an expert,
-// or one batched call over a layout's block, as experts_batched); or, given grad16, grouped
-// (or batched) in bf16 into grad16, which then adds to it (an expert without rows, whose
-// product does not run, adds zeros). Its first write since the gradients' zeroing
-// (backend_gradients) writes instead of adding; a layout's rows after its block add to it.
+// zeros adds nothing): onto the fp32 accumulator itself (bf16 operands: on the mma kernel
+// where asked, else one product an expert, or one batched call over a layout's block, as
+// experts_batched); or, given grad16, grouped (or batched) in bf16 into grad16, which then
+// adds to it (an expert without rows, whose product does not run, adds zeros). Its first
+// write since the gradients' zeroing (backend_gradients) writes instead of adding; a layout's
+// rows after its block add to it.
 template <class T>
 static void weight_gradient(cuda_context *c, float *grad, T *grad16, int g_rows, int g_cols,
                             const T *a, const T *b, const adapter_rows &L, int E)
