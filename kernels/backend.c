@@ -321,6 +321,11 @@ int backend_adapter_starts(pesc_backend *b, int *starts, const int *offsets, int
     return pesc_adapter_starts(starts, offsets, E, align, room, pairs);
 }
 
+size_t backend_logit_bytes(pesc_backend *b)
+{
+    return b->ops->logit_bytes ? b->ops->logit_bytes(b->context) : (size_t)64 << 20;
+}
+
 float *backend_alloc_compact(pesc_backend *b, size_t n, pesc_error *err)
 {
     if (!b->ops->alloc_compact)

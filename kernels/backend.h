@@ -291,6 +291,10 @@ void moe_adapter_backward(pesc_backend *b, float *dh, float *ddown, float *dup, 
  * multiple of some rows, or all alike (CUDA: PESC_CUDA_EXPERT_ALIGN, PESC_CUDA_EXPERT_ROOM;
  * moe_rows.h). */
 size_t backend_adapter_rows(pesc_backend *b, size_t pairs, int E);
+/* The bytes of fp32 logits the model makes at a time, a slice of rows (at least 256 rows, as
+ * model_forward.c's logit_rows takes them): 64 MiB, or the backend's own (CUDA:
+ * PESC_CUDA_LOGITS_MIB). */
+size_t backend_logit_bytes(pesc_backend *b);
 /* Where those rows put each expert's pairs, for the groups offsets (E + 1) bounds among pairs
  * slots (moe_rows.h): returns block, and fills starts (E + 1). Expert e's i-th pair, in perm's
  * order, is on row e * block + i for i below block, else starts[e] + i - block

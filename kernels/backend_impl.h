@@ -68,6 +68,8 @@ typedef struct backend_ops {
     /* optional (align 1, room 1 without it): the adapters' row layout, moe_rows.h's
      * settings (see backend_adapter_rows) */
     void (*adapter_layout)(void *ctx, int *align, double *room);
+    /* optional (64 MiB without it): see backend_logit_bytes */
+    size_t (*logit_bytes)(void *ctx);
     /* optional (4 without it): see backend_activation_bytes */
     size_t (*activation_bytes)(void *ctx);
     /* optional: 0, or -1 with the first failure since the backend started (see backend_check) */

@@ -188,13 +188,14 @@ void model_free_activations(model *m)
     memset(a, 0, sizeof *a);
 }
 
-/* The rows of logits the head computes at a time, of n: ~64 MiB of them, but 256 rows at
- * least: each slice's products read the whole head (V x C), and on a GPU a slice of fewer rows
- * waits on that read rather than computing (Gemma 3's 262144 tokens: 256 rows, 256 MiB, where
- * 64 MiB would be 64 rows and four times the head's weight traffic). */
-static size_t logit_rows(size_t V, size_t n)
+/* The rows of logits the head computes at a time, of n: the backend's bytes of them
+ * (backend_logit_bytes: 64 MiB by default), but 256 rows at least: each slice's products read
+ * the whole head (V x C), and on a GPU a slice of fewer rows waits on that read rather than
+ * computing (Gemma 3's 262144 tokens: 256 rows, 256 MiB, where 64 MiB would be 64 rows and
+ * four times the head's weight traffic). */
+static size_t logit_rows(const model *m, size_t V, size_t n)
 {
-    size_t rows = (64u << 20) / (V * sizeof(float));
+    size_t rows = backend_logit_bytes(m->backend) / (V * sizeof(float));
     rows = rows < 256 ? 256 : rows;
     return rows > n ? n : rows;
 }
@@ -208,7 +209,7 @@ static size_t plan_activations(model *m, carver *c, model_activations *a, layer_
     const hf_config *cf = &m->config;
     size_t C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
     size_t K = m->crafted ? (size_t)m->pesc.top_k : 1;
-    size_t rows = logit_rows(V, n);
+    size_t rows = logit_rows(m, V, n);
     a->logit_rows = (int)rows;
     size_t widest = max3(C, (size_t)cf->intermediate_size, (size_t)cf->n_heads * cf->head_dim);
     for (int l = 0; l < (training ? cf->n_layers : 1); l++) {
@@ -282,7 +283,7 @@ static size_t product_operand_floats(const model *m, int B, int T, int all)
     size_t N = (size_t)B * T, C = (size_t)cf->hidden_size, V = (size_t)cf->vocab_size;
     size_t q = (size_t)cf->n_heads * cf->head_dim;
     size_t widest = max3(C, (size_t)cf->intermediate_size, q);
-    size_t rows = logit_rows(V, N);
+    size_t rows = logit_rows(m, V, N);
     /* an activation or its gradient (an adapter's or LoRA's operands are narrower), a slice of
      * the logits' gradient */
     size_t most = all ? max2(N * widest, rows * V) : N * max2(C, q);

@@ -635,6 +635,8 @@ static size_t cuda_work_bytes(void *ctx, const backend_step_shape *s)
     return work + scratch_growth(c->gemm_work_bytes, s->narrow_compact_floats * sizeof(float));
 }
 
+static size_t cuda_logit_bytes(void *ctx) { return ((const cuda_context *)ctx)->logit_bytes; }
+
 // backend_adapter_rows's settings: PESC_CUDA_EXPERT_ALIGN and PESC_CUDA_EXPERT_ROOM
 static void cuda_adapter_layout(void *ctx, int *align, double *room)
 {
@@ -1119,6 +1121,7 @@ static const backend_ops cuda_ops = {
     .memory = cuda_memory,
     .work_bytes = cuda_work_bytes,
     .adapter_layout = cuda_adapter_layout,
+    .logit_bytes = cuda_logit_bytes,
     .activation_bytes = cuda_activation_bytes,
     .check = cuda_check,
     .download_start = cuda_download_start,
@@ -1262,6 +1265,24 @@ static int parse_expert_rows(const char *align, const char *room, int *a, double
     return 0;
 }
 
+// PESC_CUDA_LOGITS_MIB: the fp32 logits the model makes at a time, 16 to 4096 MiB (default
+// 64). At TinyLlama's vocabulary 64 MiB is 524 rows, whose head backward (524 x 2048 outputs,
+// K 32000) gives a large GPU few tiles; 256 MiB makes it 2048. Opt-in until a GPU has timed it.
+static int parse_logits(const char *s, size_t *bytes, pesc_error *err)
+{
+    *bytes = (size_t)64 << 20;
+    if (!s || !*s)
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*end || errno || v < 16 || v > 4096)
+        return pesc_fail(err, "PESC_CUDA_LOGITS_MIB=%s: give the logits made at a time in MiB, "
+                         "16 to 4096 (default 64)", s);
+    *bytes = (size_t)v << 20;
+    return 0;
+}
+
 // PESC_CUDA_REUSE: 1 (the default: bf16 math keeps operand copies for the products after)
 // or 0 (every product converts its operands).
 static int parse_reuse(const char *s, int *reuse, pesc_error *err)
@@ -1302,7 +1323,8 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         parse_reuse(getenv("PESC_CUDA_REUSE"), &c->reuse, err) != 0 ||
         parse_experts(getenv("PESC_CUDA_EXPERTS"), &c->experts_asked, err) != 0 ||
         parse_expert_rows(getenv("PESC_CUDA_EXPERT_ALIGN"), getenv("PESC_CUDA_EXPERT_ROOM"),
-                          &c->expert_align, &c->expert_room, err) != 0) {
+                          &c->expert_align, &c->expert_room, err) != 0 ||
+        parse_logits(getenv("PESC_CUDA_LOGITS_MIB"), &c->logit_bytes, err) != 0) {
         free(c);
         return -1;
     }

@@ -127,6 +127,8 @@ typedef struct cuda_context {
     // (PESC_CUDA_EXPERT_ROOM), whose products are then strided batched calls.
     int expert_align;
     double expert_room;
+    // The logits' slices (backend_logit_bytes): PESC_CUDA_LOGITS_MIB, 64 MiB by default.
+    size_t logit_bytes;
     // The frozen region (backend_freeze: the base weights in PESC mode) and its bf16 mirror,
     // which every product reading from the region uses instead of converting its operand.
     const float *frozen;         // NULL: none

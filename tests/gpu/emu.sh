@@ -256,6 +256,10 @@ train "$tmp/bad.jsonl" cuda PESC_CUDA_EXPERT_ALIGN=0
 grep -qx "pesc train: --backend cuda: PESC_CUDA_EXPERT_ALIGN=0: give the rows to pad each expert's group to a multiple of, 1 to 1024 (default 1)" "$tmp/err" &&
   pass "PESC_CUDA_EXPERT_ALIGN=0 is refused, naming the range" ||
   fail "PESC_CUDA_EXPERT_ALIGN=0: $(head -c 300 "$tmp/err")"
+train "$tmp/bad.jsonl" cuda PESC_CUDA_LOGITS_MIB=8
+grep -qx "pesc train: --backend cuda: PESC_CUDA_LOGITS_MIB=8: give the logits made at a time in MiB, 16 to 4096 (default 64)" "$tmp/err" &&
+  pass "PESC_CUDA_LOGITS_MIB=8 is refused, naming the range" ||
+  fail "PESC_CUDA_LOGITS_MIB=8: $(head -c 300 "$tmp/err")"
 train "$tmp/bad.jsonl" cuda PESC_CUDA_EXPERT_ROOM=1.5x
 grep -qx "pesc train: --backend cuda: PESC_CUDA_EXPERT_ROOM=1.5x: give the adapters' rows as a multiple of the routed pairs, 1 to 4 (default 1)" "$tmp/err" &&
   pass "PESC_CUDA_EXPERT_ROOM=1.5x is refused, naming the range" ||
@@ -343,6 +347,26 @@ if flops=$(echo "$out" | profile_flops 256); then
 else
   fail "pesc bench --profile (bf16): FLOPs a token, the products' and the MFU's: $flops"
 fi
+# PESC_CUDA_LOGITS_MIB: the logits in larger slices. At vocabulary 70000, 512 tokens: slices
+# of 256 rows (the least) by default, all 512 at once with 256 MiB; the estimate and the memory
+# the steps took grow by at least those 256 rows of fp32 logits
+logits_run() {
+  env "$@" PESC_CUDA_MATH=bf16 "$pesc" bench --backend cuda --dim 64 --layers 1 --heads 4 \
+    --ffn 128 --vocab 70000 --seq 64 --batch 8 --steps 1 --json 2>"$tmp/err" |
+    sed -n 's/.*"memory_estimate_bytes": \([0-9]*\), "memory_taken_bytes": \([0-9]*\).*/\1 \2/p'
+}
+read -r est64 took64 <<END
+$(logits_run PESC_CUDA_LOGITS_MIB=)
+END
+read -r est256 took256 <<END
+$(logits_run PESC_CUDA_LOGITS_MIB=256)
+END
+more=$((256 * 70000 * 4))
+[ -n "$took64" ] && [ -n "$took256" ] && [ $((est256 - est64)) -ge $more ] &&
+  [ $((took256 - took64)) -ge $more ] &&
+  pass "PESC_CUDA_LOGITS_MIB=256: estimated $est64 -> $est256 bytes, took $took64 -> $took256" ||
+  fail "PESC_CUDA_LOGITS_MIB=256: estimated $est64 -> '$est256', took $took64 -> '$took256'" \
+    "(each to grow by $more): $(head -c 300 "$tmp/err")"
 # ... and the parts of the adapters' and flash attention's time (the fused attention this
 # script runs otherwise marks none), by the device's clock between marks: each one marked,
 # together no more than their op's wall time (the waits around it included); grouped heads,
