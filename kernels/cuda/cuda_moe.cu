@@ -848,7 +848,7 @@ static void adapter_forward(cuda_context *c, float *y, const float *x, T *gather
     experts_gemm<T>(c, {0, 1, -1, R, C, 1.0f, 0.0f, {gathered, (size_t)C, 0, C}, {down, 0, CR, C},
                         {pre, (size_t)R, 0, R}}, L, E);
     cuda_part(c, "down's products");
-    v8 = units8(8, act, pre);
+    v8 = aligned16(act) && aligned16(pre);   // one run of values: any count, its tail alone
     CUDA_LAUNCH(gelu_kernel<T>, cuda_blocks8((size_t)L.rows * R, v8), 256, 0, c->stream, act,
                 pre, (size_t)L.rows * R, v8);
     CUDA_LAUNCHED(c);
