@@ -75,6 +75,11 @@ typedef struct backend_memory {
 } backend_memory;
 int backend_memory_info(pesc_backend *b, backend_memory *out);
 /* A training step's shape, as the scratch a backend takes for it depends on it. */
+/* Products with at most this many inputs or outputs (routers, LoRA's, a small model's
+ * projections or head) may take a backend's slower, finer path: CUDA runs them in fp32, after
+ * widening any operand it keeps in bf16 alone (backend_step_shape's narrow_compact_floats). */
+#define BACKEND_NARROW_SIDE 64
+
 typedef struct backend_step_shape {
     int batch, seq, heads, kv_heads, head_dim;
     size_t operand_floats;   /* the most one product operand holds, frozen weights aside */
@@ -82,8 +87,9 @@ typedef struct backend_step_shape {
      * operand copies holds at a time) and the FFN's intermediates (never copied) */
     size_t other_operand_floats;
     int experts, top_k, hidden, adapter_dim;   /* the PESC adapters (experts 0: none) */
-    /* the most floats of backend_alloc_compact's memory that one product with at most 64
-     * inputs or outputs (LoRA's) reads or writes */
+    /* the most floats of bf16-alone memory (backend_alloc_compact's, or the frozen weights of
+     * backend_alloc_frozen) that one product with at most BACKEND_NARROW_SIDE inputs or outputs
+     * reads or writes */
     size_t narrow_compact_floats;
 } backend_step_shape;
 /* Bytes of scratch the backend still has to allocate for a training step of this shape,

@@ -292,6 +292,33 @@ static size_t product_operand_floats(const model *m, int B, int T, int all)
     return most;
 }
 
+/* The most floats of bf16-alone memory one narrow product (a side of at most
+ * BACKEND_NARROW_SIDE) reads or writes, which a backend may widen first: LoRA's products at the
+ * FFN, over its compact intermediates; and where the frozen weights are in the backend's format
+ * (packed), a narrow base product's weight, with its rows in and out (the head's: a slice of
+ * rows in; its logits are fp32). */
+static size_t narrow_widened_floats(const model *m, int B, int T)
+{
+    const hf_config *cf = &m->config;
+    size_t N = (size_t)B * T, most = 0;
+    if (m->crafted && (lora_at(m, LORA_GATE) || lora_at(m, LORA_UP) || lora_at(m, LORA_DOWN)))
+        most = N * (size_t)cf->intermediate_size;
+    if (!m->packed_floats)
+        return most;
+    size_t C = (size_t)cf->hidden_size, F = (size_t)cf->intermediate_size;
+    size_t Q = (size_t)cf->n_heads * cf->head_dim, KV = (size_t)cf->n_kv_heads * cf->head_dim;
+    size_t V = (size_t)cf->vocab_size, rows = logit_rows(m, V, N);
+    const size_t products[][3] = {   /* inputs, outputs, the rows' floats besides the weight */
+        {C, Q, N * (C + Q)}, {C, KV, N * (C + KV)}, {Q, C, N * (Q + C)}, {C, F, N * (C + F)},
+        {F, C, N * (F + C)}, {C, cf->tie_word_embeddings ? 0 : V, rows * C}};
+    for (size_t i = 0; i < sizeof products / sizeof *products; i++) {
+        size_t in = products[i][0], out = products[i][1];
+        if (out && (in <= BACKEND_NARROW_SIDE || out <= BACKEND_NARROW_SIDE))
+            most = max2(most, in * out + products[i][2]);
+    }
+    return most;
+}
+
 size_t model_step_bytes(model *m, int B, int T, int recompute)
 {
     const hf_config *cf = &m->config;
@@ -307,10 +334,8 @@ size_t model_step_bytes(model *m, int B, int T, int recompute)
         shape.experts = m->pesc.experts;
         shape.top_k = m->pesc.top_k;
         shape.adapter_dim = m->pesc.adapter_dim;
-        /* LoRA's narrow products at the FFN read or write its compact intermediates */
-        if (lora_at(m, LORA_GATE) || lora_at(m, LORA_UP) || lora_at(m, LORA_DOWN))
-            shape.narrow_compact_floats = (size_t)B * T * cf->intermediate_size;
     }
+    shape.narrow_compact_floats = narrow_widened_floats(m, B, T);
     return model_activation_bytes(m, B, T, 1, recompute) + backend_work_bytes(m->backend, &shape);
 }
 
