@@ -74,12 +74,11 @@ typedef struct backend_memory {
     size_t used, available, total;
 } backend_memory;
 int backend_memory_info(pesc_backend *b, backend_memory *out);
-/* A training step's shape, as the scratch a backend takes for it depends on it. */
 /* Products with at most this many inputs or outputs (routers, LoRA's, a small model's
  * projections or head) may take a backend's slower, finer path: CUDA runs them in fp32, after
  * widening any operand it keeps in bf16 alone (backend_step_shape's narrow_compact_floats). */
 #define BACKEND_NARROW_SIDE 64
-
+/* A training step's shape, as the scratch a backend takes for it depends on it. */
 typedef struct backend_step_shape {
     int batch, seq, heads, kv_heads, head_dim;
     size_t operand_floats;   /* the most one product operand holds, frozen weights aside */

@@ -854,10 +854,10 @@ void cuda_gemm(cuda_context *c, int trans_a, int trans_b, int M, int N, int K, f
 // Products with a narrow side (routers: E outputs; LoRA: rank inputs or outputs) run in plain
 // fp32: they cost little, the router's top-k choice flips on rounding that bf16 would add, and
 // bf16 on LoRA's thin products took its gradients below a 0.999 cosine with the CPU's (H200).
-#define CUDA_FP32_MAX_SIDE BACKEND_NARROW_SIDE
+// A narrow side is at most BACKEND_NARROW_SIDE, which the model's memory estimate knows too.
 static int math_for(const cuda_context *c, int C, int OC)
 {
-    return OC <= CUDA_FP32_MAX_SIDE || C <= CUDA_FP32_MAX_SIDE ? CUDA_MATH_FP32 : c->math;
+    return OC <= BACKEND_NARROW_SIDE || C <= BACKEND_NARROW_SIDE ? CUDA_MATH_FP32 : c->math;
 }
 
 __global__ void add_bias_kernel(float *out, const float *bias, size_t N, int OC)
