@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <vector>
 
 extern "C" {
@@ -24,6 +25,8 @@ static pesc_backend *cpu;
 static bool use_mma;   // the kernels under test: mma.sync, or wmma
 // mma: the scores' q and k in bf16 (as where they are kept in bf16) instead of half
 static bool bf16_scores;
+// mma: dQ from the dS the dK/dV kernel stores (PESC_CUDA_FLASH_DQ=stored), which then runs first
+static bool stored_ds;
 
 static float *host_alloc(size_t n)
 {
@@ -139,8 +142,15 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
     float scale = 1.0f / sqrtf((float)D);
     int rows = use_mma ? flash_mma_rows(D) : FL_TILE;   // a block's query rows, or keys
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    __nv_bfloat16 *q16 = NULL, *k16 = NULL;
-    if (use_mma && bf16_scores) {
+    __nv_bfloat16 *q16 = NULL, *k16 = NULL, *ds = NULL;
+    if (use_mma && stored_ds) {   // poisoned: a pair the dK/dV kernel leaves unwritten shows
+        size_t n = (size_t)B * Hq * flash_ds_tiles(T) * FL_DS_TILE;
+        ds = (__nv_bfloat16 *)aligned_alloc(64, (n * 2 + 63) & ~(size_t)63);
+        memset(ds, 0xff, n * 2);
+    }
+    if (ds) {
+        // made after dK and dV, below
+    } else if (use_mma && bf16_scores) {
         q16 = converted<__nv_bfloat16>(q, nq);
         k16 = converted<__nv_bfloat16>(k, nkv);
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
@@ -169,17 +179,22 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
             flash_mma_dkdv_kernel<NCH, __nv_bfloat16>(dk_part, dv_part, NULL, NULL, dob, q16, k16,
                                                       vb, qt, dot, lse, delta, T, tiles_of(T), Hq,
-                                                      Hkv, window, seg, scale);
+                                                      Hkv, window, seg, scale, ds);
         });
     else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
             flash_mma_dkdv_kernel<NCH>(dk_part, dv_part, NULL, NULL, dob, qh, kh, vb, qt, dot, lse,
-                                       delta, T, tiles_of(T), Hq, Hkv, window, seg, scale);
+                                       delta, T, tiles_of(T), Hq, Hkv, window, seg, scale, ds);
         });
     else
         emu_launch(grid, dim3(FL_THREADS), flash_dkdv_shared(D), [&] {
             flash_dkdv_kernel<NCH>(dk_part, dv_part, NULL, NULL, dob, qh, qb, kh, vb, lse, delta, T,
                                    Hq, Hkv, window, seg, scale);
+        });
+    if (ds)
+        emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_ds_shared(D), [&] {
+            flash_mma_dq_ds_kernel<NCH>(dq, NULL, ds, kt, T, tiles_of(T), Hq, Hkv, window, seg,
+                                        scale);
         });
     if (Hq != Hkv) {
         emu_launch(dim3(3), dim3(64), 0, [&] {
@@ -189,7 +204,7 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         free(dk_part);
         free(dv_part);
     }
-    void *all[] = {qh, kh, qb, kb, vb, dob, kt, qt, dot, q16, k16};
+    void *all[] = {qh, kh, qb, kb, vb, dob, kt, qt, dot, q16, k16, ds};
     for (void *p : all)
         free(p);
 }
@@ -202,6 +217,7 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
     char shape[96];
     snprintf(shape, sizeof shape, "%s B%d T%d H%d/%d D%d%s%s", use_mma ? "mma" : "wmma", B, T,
              Hq, Hkv, D, window ? " window" : "", packed ? " packed" : "");
+    stored_ds = false;
     float *q = random_tensor(nq), *k = random_tensor(nkv), *v = random_tensor(nkv);
     float *dout = random_tensor(nq);
     float *out = host_alloc(nq), *lse = host_alloc(rows), *got = host_alloc(nq);
@@ -242,6 +258,29 @@ static void test_shape(int B, int T, int Hq, int Hkv, int window, bool packed)
     compare("flash backward dq", shape, gdq, dq, nq, 2e-2);
     compare("flash backward dk", shape, gdk, dk, nkv, 2e-2);
     compare("flash backward dv", shape, gdv, dv, nkv, 2e-2);
+    if (use_mma) {
+        // dQ from the stored dS: against the CPU's as above, and against the dQ kernel's own
+        // (the same bf16 dS but for S and dP's order of sums: close); dK and dV unchanged
+        float *sdq = host_alloc(nq), *sdk = host_alloc(nkv), *sdv = host_alloc(nkv);
+        poison(sdq, nq);
+        poison(sdk, nkv);
+        poison(sdv, nkv);
+        stored_ds = true;
+        run_backward<NCH>(sdq, sdk, sdv, dout, q, k, v, lse, delta, B, T, Hq, Hkv, window, sp);
+        stored_ds = false;
+        compare("flash backward dq, dS stored", shape, sdq, dq, nq, 2e-2);
+        compare("flash backward dq, dS stored, against the dQ kernel's", shape, sdq, gdq, nq,
+                2e-3);
+        double same = 0.0;
+        for (size_t i = 0; i < nkv; i++)
+            same = std::max(same, sdk[i] == gdk[i] && sdv[i] == gdv[i] ? 0.0 : 1.0);
+        char name[160];
+        snprintf(name, sizeof name, "flash backward dk, dv with dS stored: the same %s", shape);
+        gpu_test_verdict(same == 0.0, name, same, "1 where any value differs");
+        float *more[] = {sdq, sdk, sdv};
+        for (float *p : more)
+            backend_free(cpu, p);
+    }
 
     float *all[] = {q, k, v, dout, out, lse, got, got_lse, dq, dk, dv, gdq, gdk, gdv, delta};
     for (float *p : all)

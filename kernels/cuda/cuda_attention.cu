@@ -963,17 +963,20 @@ static void gemm_backward(cuda_context *c, float *dq, float *dk, float *dv, cons
     CUDA_LAUNCHED(c);
 }
 
-static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D);
+static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D, size_t ds);
+static size_t flash_ds_bytes(const cuda_context *c, bool mma, int B, int T, int Hq);
 
 // The op scratch attention's backward takes (the forward's is smaller): a delta per row for
 // the fused kernels, gemm_backward's buffers for the gemm path, and for flash the delta with
-// the operands' half and bf16 copies.
+// the operands' half and bf16 copies (and the stored dS, PESC_CUDA_FLASH_DQ=stored).
 extern "C" size_t cuda_attention_work(void *ctx, int B, int T, int Hq, int Hkv, int D)
 {
     cuda_context *c = (cuda_context *)ctx;
     size_t rows_all = (size_t)B * Hq * T;
-    if (c->flash_ok && flash_shape_ok(D, Hq, Hkv) && flash_fits(c, D))
-        return flash_backward_work(flash_mma_here(c, D), B, T, Hq, Hkv, D);
+    if (c->flash_ok && flash_shape_ok(D, Hq, Hkv) && flash_fits(c, D)) {
+        bool mma = flash_mma_here(c, D);
+        return flash_backward_work(mma, B, T, Hq, Hkv, D, flash_ds_bytes(c, mma, B, T, Hq));
+    }
     if (c->attention != CUDA_ATTENTION_GEMM)
         return rows_all * sizeof(float);
     int C, nbh;
@@ -1107,10 +1110,22 @@ static void *flash_carve(flash_carver *w, size_t bytes)
 // Rows of the mma kernels' transposed operands: T rounded up to whole tiles.
 static int flash_tp(int T) { return (T + FL_TILE - 1) / FL_TILE * FL_TILE; }
 
+// The stored dS (cuda_flash_mma.cuh, PESC_CUDA_FLASH_DQ=stored) grows with T^2: past this the
+// dQ kernel makes S, P and dP again instead.
+#define FLASH_DS_MAX_BYTES ((size_t)1 << 30)
+
+// The bytes of the backward's stored dS: B Hq triangles of T's tiles in bf16; 0 where it is not
+// asked for, the mma kernels do not run, or it would take more than FLASH_DS_MAX_BYTES.
+static size_t flash_ds_bytes(const cuda_context *c, bool mma, int B, int T, int Hq)
+{
+    size_t bytes = (size_t)B * Hq * flash_ds_tiles(T) * FL_DS_TILE * sizeof(__nv_bfloat16);
+    return c->flash_ds && mma && bytes <= FLASH_DS_MAX_BYTES ? bytes : 0;
+}
+
 // The backward's scratch: delta (B Hq T floats); q, k in half; dout, v in bf16, and for the
 // wmma kernels q and k in bf16, for the mma kernels k, q and dout in bf16 transposed; with
 // grouped heads, each query head's part of dk and dv (fp32, q's size).
-static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D)
+static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D, size_t ds)
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, h = 2;
     size_t parts = Hq == Hkv ? 0 : 2 * flash_piece(nq * sizeof(float));
@@ -1118,7 +1133,7 @@ static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D
                     2 * flash_piece(nkv * h) + parts;
     if (mma) {
         size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
-        return common + 2 * flash_piece(tq * h) + flash_piece(tkv * h);
+        return common + 2 * flash_piece(tq * h) + flash_piece(tkv * h) + flash_piece(ds);
     }
     return common + flash_piece(nq * h) + flash_piece(nkv * h);
 }
@@ -1199,30 +1214,42 @@ static void flash_mma_forward(cuda_context *c, float *out, float *lse, const TQ 
     CUDA_LAUNCHED(c);
 }
 
-// dk_part, dv_part as for flash_backward; q and k as for flash_mma_forward.
+// dk_part, dv_part as for flash_backward; q and k as for flash_mma_forward. ds: NULL, or room
+// for the stored dS (flash_ds_bytes): then the dK/dV kernel runs first and stores it, and dQ
+// is made from it.
 template <int NCH, class TQ>
 static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_part,
                                values_out dv_part, const __nv_bfloat16 *dout, const TQ *q,
                                const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
                                const __nv_bfloat16 *qt, const __nv_bfloat16 *dot,
-                               const float *lse, const float *delta, int B, int T, int Hq,
-                               int Hkv, int window, const int32_t *seg)
+                               const float *lse, const float *delta, __nv_bfloat16 *ds, int B,
+                               int T, int Hq, int Hkv, int window, const int32_t *seg)
 {
     int D = NCH * 16, tp = flash_tp(T);
     float scale = 1.0f / sqrtf((float)D);
-    size_t smem_dq = flash_mma_dq_shared(D), smem_kv = flash_mma_dkdv_shared(D);
-    if (!cuda_shared_limit(c, (const void *)flash_mma_dq_kernel<NCH, TQ>, smem_dq) ||
+    size_t smem_dq = ds ? flash_mma_dq_ds_shared(D) : flash_mma_dq_shared(D);
+    size_t smem_kv = flash_mma_dkdv_shared(D);
+    const void *dq_kernel = ds ? (const void *)flash_mma_dq_ds_kernel<NCH>
+                               : (const void *)flash_mma_dq_kernel<NCH, TQ>;
+    if (!cuda_shared_limit(c, dq_kernel, smem_dq) ||
         !cuda_shared_limit(c, (const void *)flash_mma_dkdv_kernel<NCH, TQ>, smem_kv))
         return;
     int rows = flash_mma_rows(D);   // a block's query rows (dQ), or keys (dK, dV)
     dim3 grid((T + rows - 1) / rows, Hq, B);
-    CUDA_LAUNCH((flash_mma_dq_kernel<NCH, TQ>), grid, FL_THREADS, smem_dq, c->stream, dq.f, dq.h,
-                dout, q, k, v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
-    cuda_part(c, "dq kernel");
+    if (!ds) {
+        CUDA_LAUNCH((flash_mma_dq_kernel<NCH, TQ>), grid, FL_THREADS, smem_dq, c->stream, dq.f,
+                    dq.h, dout, q, k, v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
+        cuda_part(c, "dq kernel");
+    }
     CUDA_LAUNCH((flash_mma_dkdv_kernel<NCH, TQ>), grid, FL_THREADS, smem_kv, c->stream, dk_part.f,
                 dv_part.f, dk_part.h, dv_part.h, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq,
-                Hkv, window, seg, scale);
-    cuda_part(c, "dk, dv kernel");
+                Hkv, window, seg, scale, ds);
+    cuda_part(c, ds ? "dk, dv kernel (dS stored)" : "dk, dv kernel");
+    if (ds) {
+        CUDA_LAUNCH(flash_mma_dq_ds_kernel<NCH>, grid, FL_THREADS, smem_dq, c->stream, dq.f, dq.h,
+                    ds, kt, T, tp, Hq, Hkv, window, seg, scale);
+        cuda_part(c, "dq kernel (from the stored dS)");
+    }
     CUDA_LAUNCHED(c);
 }
 
@@ -1242,6 +1269,7 @@ struct flash_mma_parts {
     values_out dq, dk_part, dv_part;
     const __nv_bfloat16 *dout, *v, *kt, *qt, *dot;
     const float *lse, *delta;
+    __nv_bfloat16 *ds;   // the stored dS's room, or NULL
 };
 
 // flash_mma_backward at head dimension D
@@ -1252,8 +1280,8 @@ static void flash_mma_backward_d(cuda_context *c, int D, const flash_mma_parts &
 {
     auto run = D == 32 ? flash_mma_backward<2, TQ> : D == 64 ? flash_mma_backward<4, TQ>
              : D == 96 ? flash_mma_backward<6, TQ> : flash_mma_backward<8, TQ>;
-    run(c, p.dq, p.dk_part, p.dv_part, p.dout, q, k, p.v, p.kt, p.qt, p.dot, p.lse, p.delta, B,
-        T, Hq, Hkv, window, seg);
+    run(c, p.dq, p.dk_part, p.dv_part, p.dout, q, k, p.v, p.kt, p.qt, p.dot, p.lse, p.delta,
+        p.ds, B, T, Hq, Hkv, window, seg);
 }
 
 template <int NCH>
@@ -1344,7 +1372,8 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
 {
     size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D, rows = (size_t)B * T * Hq;
     bool mma = flash_mma_here(c, D);
-    size_t bytes = flash_backward_work(mma, B, T, Hq, Hkv, D);
+    size_t ds_bytes = flash_ds_bytes(c, mma, B, T, Hq);
+    size_t bytes = flash_backward_work(mma, B, T, Hq, Hkv, D, ds_bytes);
     flash_carver w = {(char *)cuda_op_work(c, bytes), 0};
     if (!w.at)
         return;
@@ -1377,11 +1406,12 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         __nv_bfloat16 *kt = (__nv_bfloat16 *)flash_carve(&w, 2 * tkv);
         __nv_bfloat16 *qt = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);
         __nv_bfloat16 *dot = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);
+        __nv_bfloat16 *ds = ds_bytes ? (__nv_bfloat16 *)flash_carve(&w, ds_bytes) : NULL;
         if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
             !flash_convert_t(c, dot, dout, B, T, Hq, D))
             return;
         cuda_part(c, "delta, conversions");
-        flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta};
+        flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta, ds};
         if (qk16)
             flash_mma_backward_d(c, D, parts, q16, k16, B, T, Hq, Hkv, window, seg);
         else

@@ -1163,6 +1163,16 @@ static int parse_attention(const char *s, int *attention, pesc_error *err)
     return 0;
 }
 
+// PESC_CUDA_FLASH_DQ: recompute (the default: the dQ kernel makes S, P and dP again) or
+// stored (the dK/dV kernel stores dS for it, up to 1 GiB a layer; cuda_flash_mma.cuh).
+static int parse_flash_dq(const char *s, int *stored, pesc_error *err)
+{
+    *stored = s && strcmp(s, "stored") == 0;
+    if (*stored || !s || !*s || strcmp(s, "recompute") == 0)
+        return 0;
+    return pesc_fail(err, "PESC_CUDA_FLASH_DQ=%s: choose recompute (the default) or stored", s);
+}
+
 // PESC_CUDA_ATTENTION_TILE: bytes of one tile of scores on the gemm path (128 MiB). Smaller
 // saves device memory at some speed; the tests make it tiny so small shapes cut their tiles
 // every way a long sequence does.
@@ -1318,6 +1328,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
     const char *math = getenv("PESC_CUDA_MATH");   // unset: bf16, or TF32 before sm_80 (below)
     if (parse_math(math, &c->math, err) != 0 ||
         parse_attention(getenv("PESC_CUDA_ATTENTION"), &c->attention, err) != 0 ||
+        parse_flash_dq(getenv("PESC_CUDA_FLASH_DQ"), &c->flash_ds, err) != 0 ||
         parse_tile(getenv("PESC_CUDA_ATTENTION_TILE"), &c->att_tile_bytes, err) != 0 ||
         parse_grouped(getenv("PESC_CUDA_GROUPED"), &c->grouped, &c->grouped_grads, err) != 0 ||
         parse_reuse(getenv("PESC_CUDA_REUSE"), &c->reuse, err) != 0 ||
@@ -1359,6 +1370,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         static const char *const math_names[] = {"bf16", "tf32", "fp32", "fast-bf16"};
         const char *attention =
             c->attention == CUDA_ATTENTION_GEMM ? "gemm"
+            : c->flash_mma && c->flash_ds ? "flash (mma, dQ from a stored dS)"
             : c->flash_mma ? "flash (mma)"
             : c->flash_ok && c->attention == CUDA_ATTENTION_FLASH ? disagreed
             : c->flash_ok ? "flash (wmma)"

@@ -91,6 +91,8 @@ typedef struct cuda_context {
     int attention;               // enum cuda_attention
     int flash_ok;                // the flash kernels run here (sm_80 or later, built for it)
     int flash_mma;               // ... as the mma.sync ones (else wmma)
+    int flash_ds;                // PESC_CUDA_FLASH_DQ=stored: the mma backward makes dQ from
+                                 // a stored dS (cuda_flash_mma.cuh)
     size_t att_tile_bytes;       // the gemm path's budget for a tile of scores
     int max_shared;              // opt-in dynamic shared memory per block, bytes
     int multiprocessors;         // the experts' mma kernels pick their tile width by it

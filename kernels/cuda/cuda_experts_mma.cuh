@@ -95,30 +95,6 @@ __host__ __device__ constexpr size_t experts_shared(int BN, bool B_K)
     return EM_STAGES * experts_stage_bytes(BN, B_K);
 }
 
-// The warp's four registers of four 8 x 8 matrices of 2-byte values in shared memory, lane l
-// giving row l % 8 of matrix l / 8 (cuda_emu.h's emu_ldmatrix_x4 spells out the layout);
-// transposed as they load with TRANS.
-template <bool TRANS>
-__device__ __forceinline__ void experts_ldmatrix(uint32_t r[4], const void *row)
-{
-#ifdef PESC_CUDA_EMU
-    if (TRANS)
-        emu_ldmatrix_x4_trans(r, row);
-    else
-        emu_ldmatrix_x4(r, row);
-#elif FLASH_BODY
-    unsigned a = (unsigned)__cvta_generic_to_shared(row);
-    if (TRANS)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-    else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-#endif
-}
-
 // Rows k0 .. k0 + EM_BK - 1 (of `rows`) of a row-major operand p, W of its columns from c0 (of
 // `width`), into a stage's tile of those rows, W + 8 values apart; each 16 bytes a cp.async,
 // zeros past the ends. The whole block (THREADS) calls it.
@@ -177,11 +153,11 @@ __device__ __forceinline__ void experts_step(float (*acc)[4][4], const __nv_bflo
 #pragma unroll
         for (int m = 0; m < 4; m++)
             if (A_KM)
-                experts_ldmatrix<true>(af[m], as + (kk + 8 * (lane / 16) + lane % 8) *
+                flash_ldmatrix<true>(af[m], as + (kk + 8 * (lane / 16) + lane % 8) *
                                                        (EM_BM + 8) +
                                                    wm + 16 * m + 8 * (lane / 8 % 2));
             else
-                experts_ldmatrix<false>(af[m], as + (wm + 16 * m + lane % 16) * EM_LDK + kk +
+                flash_ldmatrix<false>(af[m], as + (wm + 16 * m + lane % 16) * EM_LDK + kk +
                                                    8 * (lane / 16));
         // B, two 8-column chunks a load: matrix i = lane / 8 is k half i % 2 of chunk i / 2,
         // so r[0], r[1] are the first chunk's b[0], b[1] and r[2], r[3] the second's
@@ -190,9 +166,9 @@ __device__ __forceinline__ void experts_step(float (*acc)[4][4], const __nv_bflo
             uint32_t r[4];
             int n = wn + 16 * np + 8 * (lane / 16), k = kk + 8 * (lane / 8 % 2);
             if (B_K)   // B[k][n] at bs[n][k]: a fragment's pairs run along a row, as A's
-                experts_ldmatrix<false>(r, bs + (n + lane % 8) * EM_LDK + k);
+                flash_ldmatrix<false>(r, bs + (n + lane % 8) * EM_LDK + k);
             else       // B[k][n] at bs[k][n]: rows along N, transposed as they load
-                experts_ldmatrix<true>(r, bs + (k + lane % 8) * (BN + 8) + n);
+                flash_ldmatrix<true>(r, bs + (k + lane % 8) * (BN + 8) + n);
             bf[2 * np][0] = r[0], bf[2 * np][1] = r[1];
             bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
         }

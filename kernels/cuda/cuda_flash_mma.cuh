@@ -31,6 +31,9 @@
 // the same arithmetic without the tests (PTX at D 64: the forward's loop 621 instructions
 // shorter, 226 comparisons fewer, against 128 products).
 //
+// With PESC_CUDA_FLASH_DQ=stored the dK/dV kernel runs first and stores the dS it makes, and
+// dQ is one product a key tile from it (flash_mma_dq_ds_kernel; see "dQ from a stored dS").
+//
 // cuda_attention.cu checks at start that the device's mma agrees with this layout (a product
 // of known integers, flash_mma_probe_kernel) and otherwise runs the wmma kernels.
 //
@@ -236,6 +239,30 @@ template <int N> __device__ __forceinline__ void flash_cp_wait()
 #endif
 }
 
+// The warp's four registers of four 8 x 8 matrices of 2-byte values in shared memory, lane l
+// giving row l % 8 of matrix l / 8 (cuda_emu.h's emu_ldmatrix_x4 spells out the layout);
+// transposed as they load with TRANS.
+template <bool TRANS>
+__device__ __forceinline__ void flash_ldmatrix(uint32_t r[4], const void *row)
+{
+#ifdef PESC_CUDA_EMU
+    if (TRANS)
+        emu_ldmatrix_x4_trans(r, row);
+    else
+        emu_ldmatrix_x4(r, row);
+#elif FLASH_BODY
+    unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#endif
+}
+
 // rows row0 .. row0 + 63 of src (row i at src + i stride, 16-byte aligned, stride a multiple
 // of 8) into a (64, D + 8) tile, zeros past `rows`. The whole block calls it.
 template <int D, class T>
@@ -359,6 +386,32 @@ __host__ __device__ inline size_t flash_mma_dkdv_step(int D)   // q, dout, q^T, 
 __host__ __device__ inline size_t flash_mma_dkdv_shared(int D)
 {
     return 2 * flash_mma_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_dkdv_step(D);
+}
+
+// dQ from a stored dS (PESC_CUDA_FLASH_DQ=stored): the dK/dV kernel, which makes dS^T for its
+// own product, also stores it in bf16 (the values that product rounds to), and dQ = dS K is
+// then one product a key tile instead of S, P and dP made again with it. Per (sequence, query
+// head) the store holds the 64 x 64 tiles of the causal triangle, query tile i's key tiles
+// j <= i at index i (i + 1) / 2 + j, each its 64 keys' rows of 64 queries (dS^T: the dK/dV
+// kernel's fragment pairs run along a row). Masked pairs hold 0, and so does a warp's part of
+// a tile it skips, so the dQ kernel reads any tile it visits without masks.
+__host__ __device__ inline size_t flash_ds_tiles(int T)   // a (sequence, head)'s tiles
+{
+    size_t n = (size_t)(T + FL_TILE - 1) / FL_TILE;
+    return n * (n + 1) / 2;
+}
+#define FL_DS_TILE (FL_TILE * FL_TILE)   // values a tile
+__host__ __device__ inline size_t flash_ds_index(int qt, int kt)
+{
+    return (size_t)qt * (qt + 1) / 2 + kt;
+}
+__host__ __device__ inline size_t flash_mma_dq_ds_step(int D)   // MT dS^T tiles, k^T
+{
+    return flash_mma_mt(D) * flash_round((size_t)FL_TILE * FM_LDT * 2) + flash_ttile_bytes(D);
+}
+__host__ __device__ inline size_t flash_mma_dq_ds_shared(int D)
+{
+    return 2 * flash_mma_dq_ds_step(D);
 }
 
 // The keys this lane's rows (tw + 16 m + g + 8 i) see: lo .. hi, none (hi -1) past T.
@@ -679,6 +732,33 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
 #endif
 }
 
+// The warp's dS^T (C fragments: keys krow + 16 m + g + 8 i of a stored tile, queries
+// c0 + 8 n + 2 t and the next) into the tile, in bf16 as the dK product rounds it.
+template <int MT, int N>
+__device__ __forceinline__ void flash_store_ds(__nv_bfloat16 *tile, const float (*dst)[N][4],
+                                               int krow, int c0, int g, int t)
+{
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            __nv_bfloat16 *row = tile + (size_t)(krow + 16 * m + g + 8 * i) * FL_TILE + c0 + 2 * t;
+#pragma unroll
+            for (int n = 0; n < N; n++)
+                *(uint32_t *)(row + 8 * n) =
+                    flash_pack<__nv_bfloat16>(dst[m][n][2 * i], dst[m][n][2 * i + 1]);
+        }
+}
+
+// Zeros for the warp's WM keys from krow of a stored tile, every query: a tile the warp skips.
+template <int WM> __device__ __forceinline__ void flash_zero_ds(__nv_bfloat16 *tile, int krow,
+                                                                 int lane)
+{
+    for (int i = lane; i < WM * FL_TILE / 8; i += 32)
+        PESC_STORE_16(tile + (size_t)(krow + i / (FL_TILE / 8)) * FL_TILE + 8 * (i % (FL_TILE / 8)),
+                      make_uint4(0, 0, 0, 0));
+}
+
 // ---- dK, dV ---------------------------------------------------------------------------------
 
 // dk = scale sum_t dS q_t, dv = sum_t P dout_t over the rows t of query head h = blockIdx.y,
@@ -688,7 +768,8 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
 // dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
 // B operands are dout and q transposed. A query tile goes in two parts of 32 rows, one after
 // the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q
-// in TQ (the scores); v, dout bf16 (dP); qt, dot (B, Hq, D, Tp) bf16. Grid
+// in TQ (the scores); v, dout bf16 (dP); qt, dot (B, Hq, D, Tp) bf16. ds: NULL, or where dS^T
+// is stored for flash_mma_dq_ds_kernel (B, Hq, flash_ds_tiles(T) tiles of FL_DS_TILE). Grid
 // (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dkdv_shared(D) bytes.
 template <int NCH, class TQ = __half>
 __global__ void __launch_bounds__(FL_THREADS)
@@ -696,7 +777,8 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
                       const __nv_bfloat16 *dout, const TQ *q,
                       const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *qt,
                       const __nv_bfloat16 *dot, const float *lse, const float *delta, int T,
-                      int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale)
+                      int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale,
+                      __nv_bfloat16 *ds)
 {
 #if FLASH_BODY
     constexpr int D = NCH * 16, LDH = D + 8, ND = D / 8, MT = flash_mma_mt(D);
@@ -724,6 +806,12 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
     bool warp_live = sw < T;
     int warp_last = min(sw + WM - 1, T - 1);
     const float scale2 = scale * FM_LOG2E;
+    // the stored dS^T: the warp's keys are rows sw % 64 .. of key tile sw / 64 (within T's
+    // tiles: a block's last warps may lie past them)
+    int ds_kt = sw / FL_TILE, ds_row = sw % FL_TILE;
+    __nv_bfloat16 *ds_bh = ds && ds_kt < (T + FL_TILE - 1) / FL_TILE
+                               ? ds + ((size_t)b * Hq + h) * flash_ds_tiles(T) * FL_DS_TILE
+                               : NULL;
     float dk_acc[MT][ND][4], dv_acc[MT][ND][4];
     flash_zero<MT, ND>(dk_acc);
     flash_zero<MT, ND>(dv_acc);
@@ -771,9 +859,16 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
         const float *lse_s = (const float *)(t_at + 2 * flash_ttile_bytes(D));
         const float *delta_s = lse_s + FL_TILE;
         const int *lo_s = (const int *)(delta_s + FL_TILE);
+        // the stored tile of the warp's keys and these rows, where it is in the triangle
+        int ds_qt = r0 / FL_TILE;
+        __nv_bfloat16 *ds_tile =
+            ds_bh && ds_kt <= ds_qt ? ds_bh + flash_ds_index(ds_qt, ds_kt) * FL_DS_TILE : NULL;
         // warp-uniform: rows all before the warp's first key, or all starting past its last
-        if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last)
+        if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last) {
+            if (ds_tile)
+                flash_zero_ds<WM>(ds_tile, ds_row, lane);
             continue;
+        }
         // every key of the warp's before T, at or before the tile's first row, and at or after
         // its last row's first key (first keys only grow with the row): no masks
         bool full = sw + WM - 1 <= s_last && sw + WM - 1 <= r0 && lo_s[FL_TILE - 1] <= sw;
@@ -786,12 +881,100 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
                 flash_dkdv_ds<false, MT, QW / 8>(st, dpt, rows, sw, s_last, g, tq, scale2);
             else
                 flash_dkdv_ds<true, MT, QW / 8>(st, dpt, rows, sw, s_last, g, tq, scale2);
+            if (ds_tile)
+                flash_store_ds<MT, QW / 8>(ds_tile, dpt, ds_row, c0, g, tq);
             flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dv_acc, st, dots, c0, g, tq);
             flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
         }
     }
     flash_write_acc_to<MT, ND>(dk, dk16, q_off, q_stride, dk_acc, sw, T, scale, g, tq);
     flash_write_acc_to<MT, ND>(dv, dv16, q_off, q_stride, dv_acc, sw, T, 1.0f, g, tq);
+#endif
+}
+
+// ---- dQ from the stored dS ------------------------------------------------------------------
+
+// dq = scale sum_s dS k_s, dS^T from the tiles flash_mma_dkdv_kernel stored (ds): one product a
+// key tile, A (dS: query rows, keys along k) through ldmatrix .trans from the tile's key rows,
+// B from kt (B, Hkv, D, Tp) bf16. Masked pairs are stored as 0: no masks here. Overwrites dq
+// (or dq16 where dq is NULL). A block's rows and the key tiles it walks are
+// flash_mma_dq_kernel's. Grid (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dq_ds_shared(D)
+// bytes.
+template <int NCH>
+__global__ void __launch_bounds__(FL_THREADS)
+flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
+                       const __nv_bfloat16 *kt, int T, int Tp, int Hq, int Hkv, int window,
+                       const int32_t *seg_start, float scale)
+{
+#if FLASH_BODY
+    constexpr int D = NCH * 16, ND = D / 8, MT = flash_mma_mt(D);
+    constexpr int BM = flash_mma_rows(D), WM = 16 * MT;
+    const size_t ds_bytes = flash_round((size_t)FL_TILE * FM_LDT * 2);   // a dS^T tile's
+    PESC_DYNAMIC_SHARED(flash_smem);
+    unsigned char *smem = flash_smem;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+
+    int h = blockIdx.y, b = blockIdx.z, kvh = h / (Hq / Hkv);
+    int t0 = (gridDim.x - 1 - blockIdx.x) * BM, tw = t0 + WM * warp;   // the longest first
+    const int32_t *seg = seg_start ? seg_start + (size_t)b * T : NULL;
+    size_t q_stride = (size_t)Hq * D;
+    size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+    const __nv_bfloat16 *ktb = kt + ((size_t)b * Hkv + kvh) * D * Tp;
+    const __nv_bfloat16 *dsb = ds + ((size_t)b * Hq + h) * flash_ds_tiles(T) * FL_DS_TILE;
+
+    bool warp_live = tw < T;
+    int warp_lo = warp_live ? flash_first_key(tw, window, seg) : 0;
+    int warp_hi = min(tw + WM - 1, T - 1);
+    int key_lo = flash_tile_start(flash_first_key(t0, window, seg));
+    int key_hi = min(t0 + BM - 1, T - 1);
+    int qt0 = t0 / FL_TILE, cq = tw % FL_TILE;   // the block's first query tile; the warp's
+                                                 // first row in its tile
+    float acc[MT][ND][4];
+    flash_zero<MT, ND>(acc);
+
+    int tiles = (key_hi - key_lo) / FL_TILE + 1;
+    auto fetch = [&](int it) {   // key tile it: the block's query tiles' dS^T tiles, and k^T
+        unsigned char *at = smem + (it & 1) * flash_mma_dq_ds_step(D);
+        int s0 = key_lo + FL_TILE * it, kt_i = s0 / FL_TILE;
+        for (int m = 0; m < MT; m++)   // a tile past T or after the keys' is never read
+            if ((qt0 + m) * FL_TILE < T && kt_i <= qt0 + m)
+                flash_copy_tile_t<FL_TILE>((__nv_bfloat16 *)(at + m * ds_bytes),
+                                           dsb + flash_ds_index(qt0 + m, kt_i) * FL_DS_TILE,
+                                           FL_TILE);
+        flash_copy_tile_t<D>((__nv_bfloat16 *)(at + MT * ds_bytes), ktb + s0, Tp);
+    };
+    fetch(0);
+    flash_cp_commit();
+
+    for (int it = 0; it < tiles; it++) {
+        int s0 = key_lo + FL_TILE * it;
+        flash_next_tile(it, tiles, fetch);
+        if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
+            continue;
+        const unsigned char *at = smem + (it & 1) * flash_mma_dq_ds_step(D);
+        const __nv_bfloat16 *dst = (const __nv_bfloat16 *)(at + (tw - t0) / FL_TILE * ds_bytes);
+        const __nv_bfloat16 *kts = (const __nv_bfloat16 *)(at + MT * ds_bytes);
+#pragma unroll
+        for (int kk = 0; kk < FL_TILE; kk += 16) {
+            // A's four 8 x 8 matrices (queries 0-7, keys 0-7), (8-15, 0-7), (0-7, 8-15),
+            // (8-15, 8-15): lane l gives key row kk + 8 (l / 16) + l % 8 at query 8 (l / 8 % 2)
+            // of the m-tile's 16, transposed as it loads
+            uint32_t af[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; m++)
+                flash_ldmatrix<true>(af[m], dst + (kk + 8 * (lane / 16) + lane % 8) * FM_LDT +
+                                                cq + 16 * m + 8 * (lane / 8 % 2));
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                uint32_t bf[2];
+                flash_b_frag(bf, kts, FM_LDT, 8 * n, kk, g, tq);
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                    flash_mma<__nv_bfloat16>(acc[m][n], af[m], bf);
+            }
+        }
+    }
+    flash_write_acc_to<MT, ND>(dq, dq16, q_off, q_stride, acc, tw, T, scale, g, tq);
 #endif
 }
 

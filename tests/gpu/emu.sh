@@ -52,6 +52,9 @@ run env PESC_CUDA_ATTENTION=flash PESC_CUDA_MATH=fast-bf16 "$top_builddir/tests/
 # bf16 math, where the crafted model's frozen product weights are kept in bf16 alone, with
 # flash attention: the defaults
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash "$top_builddir/tests/gpu/test_cuda_step"
+# ... with dQ made from the dS the dK/dV kernel stores (PESC_CUDA_FLASH_DQ=stored)
+run env PESC_CUDA_MATH=bf16 PESC_CUDA_ATTENTION=flash PESC_CUDA_FLASH_DQ=stored \
+  "$top_builddir/tests/gpu/test_cuda_step"
 # ... with the experts' row products on pesc's own mma kernels (PESC_CUDA_EXPERTS=mma)
 run env PESC_CUDA_MATH=bf16 PESC_CUDA_EXPERTS=mma "$top_builddir/tests/gpu/test_cuda_step"
 # ... with the adapters' rows laid out by expert, on multiples of 32 rows (its 256 slots of 4
@@ -264,6 +267,10 @@ train "$tmp/bad.jsonl" cuda PESC_CUDA_EXPERT_ROOM=1.5x
 grep -qx "pesc train: --backend cuda: PESC_CUDA_EXPERT_ROOM=1.5x: give the adapters' rows as a multiple of the routed pairs, 1 to 4 (default 1)" "$tmp/err" &&
   pass "PESC_CUDA_EXPERT_ROOM=1.5x is refused, naming the range" ||
   fail "PESC_CUDA_EXPERT_ROOM=1.5x: $(head -c 300 "$tmp/err")"
+train "$tmp/bad.jsonl" cuda PESC_CUDA_FLASH_DQ=store
+grep -qx "pesc train: --backend cuda: PESC_CUDA_FLASH_DQ=store: choose recompute (the default) or stored" "$tmp/err" &&
+  pass "PESC_CUDA_FLASH_DQ=store is refused, naming the choices" ||
+  fail "PESC_CUDA_FLASH_DQ=store: $(head -c 300 "$tmp/err")"
 train "$tmp/bad.jsonl" cuda PESC_CUDA_ATTENTION=flash2
 grep -qx "pesc train: --backend cuda: PESC_CUDA_ATTENTION=flash2: choose flash, fused, gemm or flash-wmma" "$tmp/err" &&
   pass "PESC_CUDA_ATTENTION=flash2 is refused, naming the choices" ||
@@ -274,23 +281,26 @@ demo="$top_srcdir/data/demo"
 # at once, less what it held at the estimate): no less, and at most 5% more (the events' MiB
 # are rounded to 0.1). On a GPU a little smaller than the peak, the run is refused up front
 # with the numbers, not failed mid-step. With the scratch that differs most: attention's gemm
-# path, flash attention in bf16 math (the products' bf16 operand copies), recomputation,
+# path, flash attention in bf16 math (the products' bf16 operand copies; and with the stored
+# dS, PESC_CUDA_FLASH_DQ=stored, here as attention "flash-stored"), recomputation,
 # LoRA in bf16 math (its narrow products widen the FFN's bf16 activations to fp32), and
 # --train full in bf16 math (every weight an operand to copy).
 awk 'BEGIN { srand(7); for (r = 0; r < 16; r++) { printf "{\"input_ids\": [";
   for (i = 0; i < 128; i++) printf "%s%d", i ? ", " : "", int(rand() * 400); print "]}" } }' \
   >"$tmp/rows.jsonl"
 fit() {   # KiB of GPU memory, math, attention, pesc train options...
-  kb=$1 math=$2 attention=$3
+  kb=$1 math=$2 attention=${3%-stored} dq=recompute
+  [ "$3" = flash-stored ] && dq=stored
   shift 3
   rm -f "$tmp/fit.jsonl"
   PESC_EMU_MEMORY_KB=$kb PESC_EMU_REPORT="$tmp/report" PESC_CUDA_MATH=$math \
-    PESC_CUDA_ATTENTION=$attention "$pesc" train --headless --model "$demo" \
+    PESC_CUDA_ATTENTION=$attention PESC_CUDA_FLASH_DQ=$dq "$pesc" train --headless --model "$demo" \
     --data "$tmp/rows.jsonl" --format tokens --seq 128 --batch 4 --steps 1 --backend cuda \
     --log "$tmp/fit.jsonl" "$@" >/dev/null 2>"$tmp/err"
 }
 crafted="--experts 4 --adapter-dim 16"
-for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash $crafted --recompute" \
+for variant in "tf32 gemm $crafted" "bf16 flash $crafted" "bf16 flash-stored $crafted" \
+               "bf16 flash $crafted --recompute" \
                "bf16 flash $crafted --lora-rank 8" "bf16 fused --train full"; do
   set -- $variant
   if ! fit 1024000 "$@"; then   # 1000 MiB: the event's figures in MiB
