@@ -1058,9 +1058,11 @@ static size_t largest(size_t a, size_t b, size_t c)
     size_t ab = a > b ? a : b;
     return ab > c ? ab : c;
 }
-static size_t flash_mma_shared(int D)
+static size_t flash_mma_shared(int D)   // with PESC_CUDA_FLASH_DQ=stored's dQ kernel
 {
-    return largest(flash_mma_forward_shared(D), flash_mma_dq_shared(D), flash_mma_dkdv_shared(D));
+    size_t dq = flash_mma_dq_shared(D) > flash_mma_dq_ds_shared(D) ? flash_mma_dq_shared(D)
+                                                                     : flash_mma_dq_ds_shared(D);
+    return largest(flash_mma_forward_shared(D), dq, flash_mma_dkdv_shared(D));
 }
 static size_t flash_wmma_shared(int D)
 {
@@ -1231,8 +1233,9 @@ static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_par
     size_t smem_kv = flash_mma_dkdv_shared(D);
     const void *dq_kernel = ds ? (const void *)flash_mma_dq_ds_kernel<NCH>
                                : (const void *)flash_mma_dq_kernel<NCH, TQ>;
-    if (!cuda_shared_limit(c, dq_kernel, smem_dq) ||
-        !cuda_shared_limit(c, (const void *)flash_mma_dkdv_kernel<NCH, TQ>, smem_kv))
+    const void *kv_kernel = ds ? (const void *)flash_mma_dkdv_kernel<NCH, TQ, true>
+                               : (const void *)flash_mma_dkdv_kernel<NCH, TQ>;
+    if (!cuda_shared_limit(c, dq_kernel, smem_dq) || !cuda_shared_limit(c, kv_kernel, smem_kv))
         return;
     int rows = flash_mma_rows(D);   // a block's query rows (dQ), or keys (dK, dV)
     dim3 grid((T + rows - 1) / rows, Hq, B);
@@ -1241,9 +1244,10 @@ static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_par
                     dq.h, dout, q, k, v, kt, lse, delta, T, tp, Hq, Hkv, window, seg, scale);
         cuda_part(c, "dq kernel");
     }
-    CUDA_LAUNCH((flash_mma_dkdv_kernel<NCH, TQ>), grid, FL_THREADS, smem_kv, c->stream, dk_part.f,
-                dv_part.f, dk_part.h, dv_part.h, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq,
-                Hkv, window, seg, scale, ds);
+    auto dkdv = ds ? flash_mma_dkdv_kernel<NCH, TQ, true> : flash_mma_dkdv_kernel<NCH, TQ>;
+    CUDA_LAUNCH(dkdv, grid, FL_THREADS, smem_kv, c->stream, dk_part.f, dv_part.f, dk_part.h,
+                dv_part.h, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq, Hkv, window, seg, scale,
+                ds);
     cuda_part(c, ds ? "dk, dv kernel (dS stored)" : "dk, dv kernel");
     if (ds) {
         CUDA_LAUNCH(flash_mma_dq_ds_kernel<NCH>, grid, FL_THREADS, smem_dq, c->stream, dq.f, dq.h,

@@ -1370,7 +1370,7 @@ extern "C" int cuda_backend_init(const backend_ops **ops, void **ctx, pesc_error
         static const char *const math_names[] = {"bf16", "tf32", "fp32", "fast-bf16"};
         const char *attention =
             c->attention == CUDA_ATTENTION_GEMM ? "gemm"
-            : c->flash_mma && c->flash_ds ? "flash (mma, dQ from a stored dS)"
+            : c->flash_mma && c->flash_ds ? "flash (mma, dQ from a stored dS up to 1 GiB)"
             : c->flash_mma ? "flash (mma)"
             : c->flash_ok && c->attention == CUDA_ATTENTION_FLASH ? disagreed
             : c->flash_ok ? "flash (wmma)"

@@ -769,9 +769,11 @@ template <int WM> __device__ __forceinline__ void flash_zero_ds(__nv_bfloat16 *t
 // B operands are dout and q transposed. A query tile goes in two parts of 32 rows, one after
 // the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q
 // in TQ (the scores); v, dout bf16 (dP); qt, dot (B, Hq, D, Tp) bf16. ds: NULL, or where dS^T
-// is stored for flash_mma_dq_ds_kernel (B, Hq, flash_ds_tiles(T) tiles of FL_DS_TILE). Grid
+// is stored for flash_mma_dq_ds_kernel (B, Hq, flash_ds_tiles(T) tiles of FL_DS_TILE), read
+// only in the STORE_DS instance: the other's code is as without it, for at D 64 the kernel's
+// registers are at ptxas's limit (sm_90: the STORE_DS instance spills 16 bytes there). Grid
 // (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dkdv_shared(D) bytes.
-template <int NCH, class TQ = __half>
+template <int NCH, class TQ = __half, bool STORE_DS = false>
 __global__ void __launch_bounds__(FL_THREADS)
 flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *dv16,
                       const __nv_bfloat16 *dout, const TQ *q,
@@ -806,12 +808,6 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
     bool warp_live = sw < T;
     int warp_last = min(sw + WM - 1, T - 1);
     const float scale2 = scale * FM_LOG2E;
-    // the stored dS^T: the warp's keys are rows sw % 64 .. of key tile sw / 64 (within T's
-    // tiles: a block's last warps may lie past them)
-    int ds_kt = sw / FL_TILE, ds_row = sw % FL_TILE;
-    __nv_bfloat16 *ds_bh = ds && ds_kt < (T + FL_TILE - 1) / FL_TILE
-                               ? ds + ((size_t)b * Hq + h) * flash_ds_tiles(T) * FL_DS_TILE
-                               : NULL;
     float dk_acc[MT][ND][4], dv_acc[MT][ND][4];
     flash_zero<MT, ND>(dk_acc);
     flash_zero<MT, ND>(dv_acc);
@@ -859,14 +855,20 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
         const float *lse_s = (const float *)(t_at + 2 * flash_ttile_bytes(D));
         const float *delta_s = lse_s + FL_TILE;
         const int *lo_s = (const int *)(delta_s + FL_TILE);
-        // the stored tile of the warp's keys and these rows, where it is in the triangle
-        int ds_qt = r0 / FL_TILE;
+        // the stored dS^T: the warp's keys are rows sw % 64 .. of key tile sw / 64, in the
+        // tile of these rows where it is in the triangle (a key tile after every query tile,
+        // as a block's last warps past T's tiles are, is never stored); made from the
+        // parameters here, as the registers are short
+        int ds_kt = sw / FL_TILE, ds_qt = r0 / FL_TILE;
         __nv_bfloat16 *ds_tile =
-            ds_bh && ds_kt <= ds_qt ? ds_bh + flash_ds_index(ds_qt, ds_kt) * FL_DS_TILE : NULL;
+            STORE_DS && ds_kt <= ds_qt
+                ? ds + (((size_t)b * Hq + h) * flash_ds_tiles(T) + flash_ds_index(ds_qt, ds_kt)) *
+                           FL_DS_TILE
+                : NULL;
         // warp-uniform: rows all before the warp's first key, or all starting past its last
         if (!warp_live || r0 + FL_TILE - 1 < sw || lo_s[0] > warp_last) {
-            if (ds_tile)
-                flash_zero_ds<WM>(ds_tile, ds_row, lane);
+            if (STORE_DS && ds_tile)
+                flash_zero_ds<WM>(ds_tile, sw % FL_TILE, lane);
             continue;
         }
         // every key of the warp's before T, at or before the tile's first row, and at or after
@@ -881,10 +883,10 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
                 flash_dkdv_ds<false, MT, QW / 8>(st, dpt, rows, sw, s_last, g, tq, scale2);
             else
                 flash_dkdv_ds<true, MT, QW / 8>(st, dpt, rows, sw, s_last, g, tq, scale2);
-            if (ds_tile)
-                flash_store_ds<MT, QW / 8>(ds_tile, dpt, ds_row, c0, g, tq);
             flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dv_acc, st, dots, c0, g, tq);
             flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
+            if (STORE_DS && ds_tile)   // last: S^T is no longer held
+                flash_store_ds<MT, QW / 8>(ds_tile, dpt, sw % FL_TILE, c0, g, tq);
         }
     }
     flash_write_acc_to<MT, ND>(dk, dk16, q_off, q_stride, dk_acc, sw, T, scale, g, tq);
@@ -936,8 +938,10 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
     auto fetch = [&](int it) {   // key tile it: the block's query tiles' dS^T tiles, and k^T
         unsigned char *at = smem + (it & 1) * flash_mma_dq_ds_step(D);
         int s0 = key_lo + FL_TILE * it, kt_i = s0 / FL_TILE;
-        for (int m = 0; m < MT; m++)   // a tile past T or after the keys' is never read
-            if ((qt0 + m) * FL_TILE < T && kt_i <= qt0 + m)
+        // a tile past T, before the keys, or whose rows all start after them is never read
+        for (int m = 0; m < MT; m++)
+            if ((qt0 + m) * FL_TILE < T && kt_i <= qt0 + m &&
+                flash_first_key((qt0 + m) * FL_TILE, window, seg) <= s0 + FL_TILE - 1)
                 flash_copy_tile_t<FL_TILE>((__nv_bfloat16 *)(at + m * ds_bytes),
                                            dsb + flash_ds_index(qt0 + m, kt_i) * FL_DS_TILE,
                                            FL_TILE);
@@ -952,7 +956,7 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
         if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
             continue;
         const unsigned char *at = smem + (it & 1) * flash_mma_dq_ds_step(D);
-        const __nv_bfloat16 *dst = (const __nv_bfloat16 *)(at + (tw - t0) / FL_TILE * ds_bytes);
+        const __nv_bfloat16 *dsts = (const __nv_bfloat16 *)(at + (tw - t0) / FL_TILE * ds_bytes);
         const __nv_bfloat16 *kts = (const __nv_bfloat16 *)(at + MT * ds_bytes);
 #pragma unroll
         for (int kk = 0; kk < FL_TILE; kk += 16) {
@@ -962,8 +966,8 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
             uint32_t af[MT][4];
 #pragma unroll
             for (int m = 0; m < MT; m++)
-                flash_ldmatrix<true>(af[m], dst + (kk + 8 * (lane / 16) + lane % 8) * FM_LDT +
-                                                cq + 16 * m + 8 * (lane / 8 % 2));
+                flash_ldmatrix<true>(af[m], dsts + (kk + 8 * (lane / 16) + lane % 8) * FM_LDT +
+                                                 cq + 16 * m + 8 * (lane / 8 % 2));
 #pragma unroll
             for (int n = 0; n < ND; n++) {
                 uint32_t bf[2];
