@@ -1009,7 +1009,7 @@ static bool mma_probe_one(cuda_context *c, const char *type, char *why, size_t w
 {
     int ai[16 * 16], bi[16 * 8];
     T a[16 * 16], b[16 * 8];
-    float want[16 * 8], got[16 * 8];
+    float want[16 * 8], got[2 * 16 * 8];   // as documented, then through ldmatrix
     for (int i = 0; i < 16 * 16; i++)
         ai[i] = i * 7 % 11 - 5, a[i] = operand_cvt<T>((float)ai[i]);
     for (int i = 0; i < 16 * 8; i++)
@@ -1029,19 +1029,25 @@ static bool mma_probe_one(cuda_context *c, const char *type, char *why, size_t w
     if (!CUDA_CHECK(c, cudaMemcpyAsync(da, a, sizeof a, cudaMemcpyHostToDevice, c->stream)) ||
         !CUDA_CHECK(c, cudaMemcpyAsync(db, b, sizeof b, cudaMemcpyHostToDevice, c->stream)))
         return false;
-    CUDA_LAUNCH(flash_mma_probe_kernel<T>, 1, 32, 0, c->stream, dd, da, db);
+    CUDA_LAUNCH(flash_mma_probe_kernel<T>, 1, 32, FLASH_PROBE_SHARED, c->stream, dd, da, db);
     if (!CUDA_LAUNCHED(c) ||
         !CUDA_CHECK(c, cudaMemcpyAsync(got, dd, sizeof got, cudaMemcpyDeviceToHost, c->stream)) ||
         !CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
         return false;
-    int differ = 0, first = -1;
-    for (int i = 0; i < 16 * 8; i++)
-        if (got[i] != want[i] && differ++ == 0)
-            first = i;
-    if (differ)
-        snprintf(why, why_size, "%s: %d of 128 differ, first C[%d][%d] %g not %g", type, differ,
-                 first / 8, first % 8, (double)got[first], (double)want[first]);
-    return differ == 0;
+    for (int half = 0; half < 2; half++) {
+        int differ = 0, first = -1;
+        const float *d = got + 128 * half;
+        for (int i = 0; i < 16 * 8; i++)
+            if (d[i] != want[i] && differ++ == 0)
+                first = i;
+        if (differ) {
+            snprintf(why, why_size, "%s%s: %d of 128 differ, first C[%d][%d] %g not %g", type,
+                     half ? " through ldmatrix" : "", differ, first / 8, first % 8,
+                     (double)d[first], (double)want[first]);
+            return false;
+        }
+    }
+    return true;
 }
 
 bool cuda_flash_mma_probe(cuda_context *c, char *why, size_t why_size)

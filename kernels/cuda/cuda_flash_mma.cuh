@@ -16,7 +16,9 @@
 // B's pairs run along k: for S = Q K^T, B = K^T is K's rows as they are; for the products
 // whose B runs along keys or query rows (P V, dS K, P^T dO, dS^T Q) the launcher hands the
 // operand transposed (convert_transpose_kernel: a head's column as a row of Tp values), so
-// every fragment is a 4-byte load from a shared tile. Tiles start at multiples of 64 rows.
+// every fragment's register is a pair of a shared tile's row: the products load them with
+// ldmatrix .x4, four 8 x 8 matrices a warp (one A fragment, or the B fragments of two chunks
+// of 8) in one instruction where 4-byte loads took four. Tiles start at multiples of 64 rows.
 //
 // Work: 4 warps a block. A warp takes 16 rows (one m-tile) or, where the registers allow
 // (flash_mma_mt), 32 (two m-tiles, each B fragment read from shared memory once for both: with
@@ -34,8 +36,8 @@
 // With PESC_CUDA_FLASH_DQ=stored the dK/dV kernel runs first and stores the dS it makes, and
 // dQ is one product a key tile from it (flash_mma_dq_ds_kernel; see "dQ from a stored dS").
 //
-// cuda_attention.cu checks at start that the device's mma agrees with this layout (a product
-// of known integers, flash_mma_probe_kernel) and otherwise runs the wmma kernels.
+// cuda_attention.cu checks at start that the device's mma and ldmatrix agree with this layout
+// (a product of known integers, flash_mma_probe_kernel) and otherwise runs the wmma kernels.
 //
 // The kernels keep to the subset that tests/emu/cuda_emu.h runs on the CPU; there the mma is
 // emu_mma_m16n8k16, with the same layout (tests/test_flash_emu checks them against the CPU
@@ -91,6 +93,30 @@ template <class T> __device__ __forceinline__ uint32_t flash_pack(float lo, floa
     return flash_bits(operand_cvt<T>(lo)) | flash_bits(operand_cvt<T>(hi)) << 16;
 }
 
+// The warp's four registers of four 8 x 8 matrices of 2-byte values in shared memory, lane l
+// giving row l % 8 of matrix l / 8 (cuda_emu.h's emu_ldmatrix_x4 spells out the layout);
+// transposed as they load with TRANS.
+template <bool TRANS>
+__device__ __forceinline__ void flash_ldmatrix(uint32_t r[4], const void *row)
+{
+#ifdef PESC_CUDA_EMU
+    if (TRANS)
+        emu_ldmatrix_x4_trans(r, row);
+    else
+        emu_ldmatrix_x4(r, row);
+#elif FLASH_BODY
+    unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#endif
+}
+
 // The A fragment of rows row0 .. row0 + 15, columns k0 .. k0 + 15 of a tile with rows ld apart.
 template <class T>
 __device__ __forceinline__ void flash_a_frag(uint32_t a[4], const T *tile, int ld, int row0,
@@ -113,6 +139,29 @@ __device__ __forceinline__ void flash_b_frag(uint32_t b[2], const T *tile, int l
     b[1] = PESC_LOAD_4(p + 8);
 }
 
+// The products load their fragments from shared memory with ldmatrix instead, a quarter of
+// the load instructions for the same bytes (rows 16-byte aligned: ld a multiple of 8 values).
+// flash_a_frag's fragment: lanes 0-15 give rows row0 .. row0 + 15 at column k0, lanes 16-31
+// the same rows at k0 + 8, so matrix i is a[i] (rows + 8 (i % 2), columns + 8 (i / 2)).
+template <class T>
+__device__ __forceinline__ void flash_a_frag_ld(uint32_t a[4], const T *tile, int ld, int row0,
+                                                int k0, int lane)
+{
+    flash_ldmatrix<false>(a, tile + (size_t)(row0 + lane % 16) * ld + k0 + 8 * (lane / 16));
+}
+
+// flash_b_frag's fragments of chunks n0 (b0) and n0 + 8 (b1) in one ldmatrix: matrix i = lane
+// / 8 is chunk i / 2's rows at k0 + 8 (i % 2).
+template <class T>
+__device__ __forceinline__ void flash_b_frag2(uint32_t b0[2], uint32_t b1[2], const T *tile,
+                                              int ld, int n0, int k0, int lane)
+{
+    uint32_t r[4];
+    flash_ldmatrix<false>(r, tile + (size_t)(n0 + 8 * (lane / 16) + lane % 8) * ld + k0 +
+                                 8 * (lane / 8 % 2));
+    b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+
 // acc[m][n] (+)= rows row0 + 16 m .. of a (ld lda) times rows n0 + 8 n .. of b (ld ldb),
 // transposed, over NK chunks of 16: S = A B^T for MT m-tiles of 16 rows and N chunks of 8
 // columns. Each B fragment serves all MT m-tiles: a warp's shared-memory reads per product
@@ -121,19 +170,23 @@ template <class T, int MT, int N, int NK>
 __device__ __forceinline__ void flash_mma_abt(float (*acc)[N][4], const T *a, int lda, int row0,
                                               const T *b, int ldb, int n0, int g, int t)
 {
+    static_assert(N % 2 == 0, "B fragments load two chunks at a time");
+    int lane = 4 * g + t;
 #pragma unroll
     for (int kc = 0; kc < NK; kc++) {
         uint32_t af[MT][4];
 #pragma unroll
         for (int m = 0; m < MT; m++)
-            flash_a_frag(af[m], a, lda, row0 + 16 * m, 16 * kc, g, t);
+            flash_a_frag_ld(af[m], a, lda, row0 + 16 * m, 16 * kc, lane);
 #pragma unroll
-        for (int n = 0; n < N; n++) {
-            uint32_t bf[2];
-            flash_b_frag(bf, b, ldb, n0 + 8 * n, 16 * kc, g, t);
+        for (int n = 0; n < N; n += 2) {
+            uint32_t b0[2], b1[2];
+            flash_b_frag2(b0, b1, b, ldb, n0 + 8 * n, 16 * kc, lane);
 #pragma unroll
-            for (int m = 0; m < MT; m++)
-                flash_mma<T>(acc[m][n], af[m], bf);
+            for (int m = 0; m < MT; m++) {
+                flash_mma<T>(acc[m][n], af[m], b0);
+                flash_mma<T>(acc[m][n + 1], af[m], b1);
+            }
         }
     }
 }
@@ -145,6 +198,7 @@ template <class T, int MT, int KC, int N, int NP>
 __device__ __forceinline__ void flash_mma_pv(float (*acc)[N][4], const float (*p)[NP][4],
                                              const T *bt, int k0, int g, int t)
 {
+    static_assert(N % 2 == 0, "B fragments load two chunks at a time");
 #pragma unroll
     for (int j = 0; j < KC; j++) {
         uint32_t af[MT][4];
@@ -156,12 +210,14 @@ __device__ __forceinline__ void flash_mma_pv(float (*acc)[N][4], const float (*p
             af[m][3] = flash_pack<T>(p[m][2 * j + 1][2], p[m][2 * j + 1][3]);
         }
 #pragma unroll
-        for (int n = 0; n < N; n++) {
-            uint32_t bf[2];
-            flash_b_frag(bf, bt, FM_LDT, 8 * n, k0 + 16 * j, g, t);
+        for (int n = 0; n < N; n += 2) {
+            uint32_t b0[2], b1[2];
+            flash_b_frag2(b0, b1, bt, FM_LDT, 8 * n, k0 + 16 * j, 4 * g + t);
 #pragma unroll
-            for (int m = 0; m < MT; m++)
-                flash_mma<T>(acc[m][n], af[m], bf);
+            for (int m = 0; m < MT; m++) {
+                flash_mma<T>(acc[m][n], af[m], b0);
+                flash_mma<T>(acc[m][n + 1], af[m], b1);
+            }
         }
     }
 }
@@ -236,30 +292,6 @@ template <int N> __device__ __forceinline__ void flash_cp_wait()
     emu_cp_async_wait(N);
 #elif FLASH_BODY
     asm volatile("cp.async.wait_group %0;" ::"n"(N));
-#endif
-}
-
-// The warp's four registers of four 8 x 8 matrices of 2-byte values in shared memory, lane l
-// giving row l % 8 of matrix l / 8 (cuda_emu.h's emu_ldmatrix_x4 spells out the layout);
-// transposed as they load with TRANS.
-template <bool TRANS>
-__device__ __forceinline__ void flash_ldmatrix(uint32_t r[4], const void *row)
-{
-#ifdef PESC_CUDA_EMU
-    if (TRANS)
-        emu_ldmatrix_x4_trans(r, row);
-    else
-        emu_ldmatrix_x4(r, row);
-#elif FLASH_BODY
-    unsigned a = (unsigned)__cvta_generic_to_shared(row);
-    if (TRANS)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
-    else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(a));
 #endif
 }
 
@@ -902,8 +934,10 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
 // (or dq16 where dq is NULL). A block's rows and the key tiles it walks are
 // flash_mma_dq_kernel's. Grid (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dq_ds_shared(D)
 // bytes.
+// 4 blocks a multiprocessor, which their shared memory allows: at most 128 registers (ptxas,
+// sm_90: 8 bytes spilled at D 128, none below)
 template <int NCH>
-__global__ void __launch_bounds__(FL_THREADS)
+__global__ void __launch_bounds__(FL_THREADS, 4)
 flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
                        const __nv_bfloat16 *kt, int T, int Tp, int Hq, int Hkv, int window,
                        const int32_t *seg_start, float scale)
@@ -969,12 +1003,14 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
                 flash_ldmatrix<true>(af[m], dsts + (kk + 8 * (lane / 16) + lane % 8) * FM_LDT +
                                                  cq + 16 * m + 8 * (lane / 8 % 2));
 #pragma unroll
-            for (int n = 0; n < ND; n++) {
-                uint32_t bf[2];
-                flash_b_frag(bf, kts, FM_LDT, 8 * n, kk, g, tq);
+            for (int n = 0; n < ND; n += 2) {
+                uint32_t b0[2], b1[2];
+                flash_b_frag2(b0, b1, kts, FM_LDT, 8 * n, kk, lane);
 #pragma unroll
-                for (int m = 0; m < MT; m++)
-                    flash_mma<__nv_bfloat16>(acc[m][n], af[m], bf);
+                for (int m = 0; m < MT; m++) {
+                    flash_mma<__nv_bfloat16>(acc[m][n], af[m], b0);
+                    flash_mma<__nv_bfloat16>(acc[m][n + 1], af[m], b1);
+                }
             }
         }
     }
@@ -985,24 +1021,39 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
 // ---- the layout check ------------------------------------------------------------------------
 
 // One warp: d (16 x 8, row-major) = a (16 x 16, row-major) b (16 x 8, row-major) through
-// flash_mma in T, each lane loading and storing its fragments as documented above. The caller
-// compares d with the product it computes itself.
+// flash_mma in T, each lane loading and storing its fragments as documented above; and d + 128
+// the same product with the fragments from shared memory through ldmatrix, as the kernels load
+// them (flash_a_frag_ld, flash_b_frag2). The caller compares both with the product it computes
+// itself. FLASH_PROBE_SHARED bytes of shared memory.
+#define FLASH_PROBE_SHARED (2 * 16 * 24 * 2)
 template <class T>
 __global__ void flash_mma_probe_kernel(float *d, const T *a, const T *b)
 {
+    PESC_DYNAMIC_SHARED(flash_smem);
+    T *as = (T *)flash_smem, *bts = as + 16 * 24;   // a; b^T and 8 rows of zeros, rows of 24
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    uint32_t af[4], bf[2];
-    flash_a_frag(af, a, 16, 0, 0, g, t);
+    for (int i = lane; i < 16 * 16; i += 32) {
+        as[i / 16 * 24 + i % 16] = a[i];
+        bts[i / 16 * 24 + i % 16] = i / 16 < 8 ? b[i % 16 * 8 + i / 16] : operand_cvt<T>(0.0f);
+    }
+    __syncthreads();
+    uint32_t af[2][4], bf[2][2], spare[2];
+    flash_a_frag(af[0], a, 16, 0, 0, g, t);
     T col[4] = {b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g], b[(2 * t + 8) * 8 + g],
                 b[(2 * t + 9) * 8 + g]};
-    bf[0] = flash_bits(col[0]) | flash_bits(col[1]) << 16;
-    bf[1] = flash_bits(col[2]) | flash_bits(col[3]) << 16;
-    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    flash_mma<T>(c, af, bf);
-    d[g * 8 + 2 * t] = c[0];
-    d[g * 8 + 2 * t + 1] = c[1];
-    d[(g + 8) * 8 + 2 * t] = c[2];
-    d[(g + 8) * 8 + 2 * t + 1] = c[3];
+    bf[0][0] = flash_bits(col[0]) | flash_bits(col[1]) << 16;
+    bf[0][1] = flash_bits(col[2]) | flash_bits(col[3]) << 16;
+    flash_a_frag_ld(af[1], as, 24, 0, 0, lane);
+    flash_b_frag2(bf[1], spare, bts, 24, 0, 0, lane);
+    for (int i = 0; i < 2; i++) {
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        flash_mma<T>(c, af[i], bf[i]);
+        float *out = d + 128 * i;
+        out[g * 8 + 2 * t] = c[0];
+        out[g * 8 + 2 * t + 1] = c[1];
+        out[(g + 8) * 8 + 2 * t] = c[2];
+        out[(g + 8) * 8 + 2 * t + 1] = c[3];
+    }
 }
 
 #endif
