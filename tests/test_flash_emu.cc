@@ -129,12 +129,12 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
     __half *qh = converted<__half>(q, nq), *kh = converted<__half>(k, nkv);
     __nv_bfloat16 *vb = converted<__nv_bfloat16>(v, nkv);
     __nv_bfloat16 *dob = converted<__nv_bfloat16>(dout, nq);
-    // wmma: q and k in bf16 too; mma: k, q and dout in bf16, transposed
-    __nv_bfloat16 *qb = NULL, *kb = NULL, *kt = NULL, *qt = NULL, *dot = NULL;
+    // wmma: q and k in bf16 too; mma: k and q in bf16, transposed (q's not read with bf16
+    // scores: the dK/dV kernel takes q's rows)
+    __nv_bfloat16 *qb = NULL, *kb = NULL, *kt = NULL, *qt = NULL;
     if (use_mma) {
         kt = transposed<__nv_bfloat16>(k, B, T, Hkv, D);
         qt = transposed<__nv_bfloat16>(q, B, T, Hq, D);
-        dot = transposed<__nv_bfloat16>(dout, B, T, Hq, D);
     } else {
         qb = converted<__nv_bfloat16>(q, nq);
         kb = converted<__nv_bfloat16>(k, nkv);
@@ -183,13 +183,13 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
             auto dkdv = ds ? flash_mma_dkdv_kernel<NCH, __nv_bfloat16, true>
                            : flash_mma_dkdv_kernel<NCH, __nv_bfloat16>;
-            dkdv(dk_part, dv_part, NULL, NULL, dob, q16, k16, vb, qt, dot, lse, delta, T,
+            dkdv(dk_part, dv_part, NULL, NULL, dob, q16, k16, vb, NULL, lse, delta, T,
                  tiles_of(T), Hq, Hkv, window, seg, scale, ds);
         });
     else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dkdv_shared(D), [&] {
             auto dkdv = ds ? flash_mma_dkdv_kernel<NCH, __half, true> : flash_mma_dkdv_kernel<NCH>;
-            dkdv(dk_part, dv_part, NULL, NULL, dob, qh, kh, vb, qt, dot, lse, delta, T,
+            dkdv(dk_part, dv_part, NULL, NULL, dob, qh, kh, vb, qt, lse, delta, T,
                  tiles_of(T), Hq, Hkv, window, seg, scale, ds);
         });
     else
@@ -217,7 +217,7 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         free(dk_part);
         free(dv_part);
     }
-    void *all[] = {qh, kh, qb, kb, vb, dob, kt, qt, dot, q16, k16, ds};
+    void *all[] = {qh, kh, qb, kb, vb, dob, kt, qt, q16, k16, ds};
     for (void *p : all)
         free(p);
 }

@@ -1131,7 +1131,8 @@ static size_t flash_ds_bytes(const cuda_context *c, bool mma, int B, int T, int 
 }
 
 // The backward's scratch: delta (B Hq T floats); q, k in half; dout, v in bf16, and for the
-// wmma kernels q and k in bf16, for the mma kernels k, q and dout in bf16 transposed; with
+// wmma kernels q and k in bf16, for the mma kernels k and q in bf16 transposed (q's room
+// unused where q is in bf16 alone: the dK/dV kernel reads its rows); with
 // grouped heads, each query head's part of dk and dv (fp32, q's size).
 static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D, size_t ds)
 {
@@ -1141,7 +1142,7 @@ static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D
                     2 * flash_piece(nkv * h) + parts;
     if (mma) {
         size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
-        return common + 2 * flash_piece(tq * h) + flash_piece(tkv * h) + flash_piece(ds);
+        return common + flash_piece(tq * h) + flash_piece(tkv * h) + flash_piece(ds);
     }
     return common + flash_piece(nq * h) + flash_piece(nkv * h);
 }
@@ -1229,8 +1230,8 @@ template <int NCH, class TQ>
 static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_part,
                                values_out dv_part, const __nv_bfloat16 *dout, const TQ *q,
                                const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
-                               const __nv_bfloat16 *qt, const __nv_bfloat16 *dot,
-                               const float *lse, const float *delta, __nv_bfloat16 *ds, int B,
+                               const __nv_bfloat16 *qt, const float *lse, const float *delta,
+                               __nv_bfloat16 *ds, int B,
                                int T, int Hq, int Hkv, int window, const int32_t *seg)
 {
     int D = NCH * 16, tp = flash_tp(T);
@@ -1252,8 +1253,7 @@ static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_par
     }
     auto dkdv = ds ? flash_mma_dkdv_kernel<NCH, TQ, true> : flash_mma_dkdv_kernel<NCH, TQ>;
     CUDA_LAUNCH(dkdv, grid, FL_THREADS, smem_kv, c->stream, dk_part.f, dv_part.f, dk_part.h,
-                dv_part.h, dout, q, k, v, qt, dot, lse, delta, T, tp, Hq, Hkv, window, seg, scale,
-                ds);
+                dv_part.h, dout, q, k, v, qt, lse, delta, T, tp, Hq, Hkv, window, seg, scale, ds);
     cuda_part(c, ds ? "dk, dv kernel (dS stored)" : "dk, dv kernel");
     if (ds) {
         CUDA_LAUNCH(flash_mma_dq_ds_kernel<NCH>, grid, FL_THREADS, smem_dq, c->stream, dq.f, dq.h,
@@ -1277,7 +1277,7 @@ static void flash_mma_forward_d(cuda_context *c, int D, float *out, float *lse, 
 // The backward's operands and results but q and k, as flash_mma_backward takes them.
 struct flash_mma_parts {
     values_out dq, dk_part, dv_part;
-    const __nv_bfloat16 *dout, *v, *kt, *qt, *dot;
+    const __nv_bfloat16 *dout, *v, *kt, *qt;   // qt: NULL where q is bf16
     const float *lse, *delta;
     __nv_bfloat16 *ds;   // the stored dS's room, or NULL
 };
@@ -1290,8 +1290,8 @@ static void flash_mma_backward_d(cuda_context *c, int D, const flash_mma_parts &
 {
     auto run = D == 32 ? flash_mma_backward<2, TQ> : D == 64 ? flash_mma_backward<4, TQ>
              : D == 96 ? flash_mma_backward<6, TQ> : flash_mma_backward<8, TQ>;
-    run(c, p.dq, p.dk_part, p.dv_part, p.dout, q, k, p.v, p.kt, p.qt, p.dot, p.lse, p.delta,
-        p.ds, B, T, Hq, Hkv, window, seg);
+    run(c, p.dq, p.dk_part, p.dv_part, p.dout, q, k, p.v, p.kt, p.qt, p.lse, p.delta, p.ds, B,
+        T, Hq, Hkv, window, seg);
 }
 
 template <int NCH>
@@ -1415,13 +1415,13 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         size_t tq = (size_t)B * Hq * D * flash_tp(T), tkv = (size_t)B * Hkv * D * flash_tp(T);
         __nv_bfloat16 *kt = (__nv_bfloat16 *)flash_carve(&w, 2 * tkv);
         __nv_bfloat16 *qt = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);
-        __nv_bfloat16 *dot = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);
         __nv_bfloat16 *ds = ds_bytes ? (__nv_bfloat16 *)flash_carve(&w, ds_bytes) : NULL;
-        if (!flash_convert_t(c, kt, k, B, T, Hkv, D) || !flash_convert_t(c, qt, q, B, T, Hq, D) ||
-            !flash_convert_t(c, dot, dout, B, T, Hq, D))
+        if (!flash_convert_t(c, kt, k, B, T, Hkv, D) ||
+            (!qk16 && !flash_convert_t(c, qt, q, B, T, Hq, D)))
             return;
         cuda_part(c, "delta, conversions");
-        flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qt, dot, lse, delta, ds};
+        flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qk16 ? NULL : qt, lse,
+                                 delta, ds};
         if (qk16)
             flash_mma_backward_d(c, D, parts, q16, k16, B, T, Hq, Hkv, window, seg);
         else

@@ -45,6 +45,8 @@
 #ifndef PESC_CUDA_FLASH_MMA_CUH
 #define PESC_CUDA_FLASH_MMA_CUH
 
+#include <type_traits>
+
 #include "cuda/cuda_flash.cuh"
 
 #define FM_LDT (FL_TILE + 8)   // a transposed tile's row: 64 keys (or query rows) and padding
@@ -162,6 +164,19 @@ __device__ __forceinline__ void flash_b_frag2(uint32_t b0[2], uint32_t b1[2], co
     b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }
 
+// The same fragments where B's k runs along the tile's rows (B[k][j] = tile[(k0 + k) ld + n0 +
+// j]: a row tile of queries as dV's and dK's B), transposed as they load: matrix i = lane / 8
+// is rows k0 + 8 (i % 2) .. at columns n0 + 8 (i / 2) ...
+template <class T>
+__device__ __forceinline__ void flash_b_frag2_t(uint32_t b0[2], uint32_t b1[2], const T *tile,
+                                                int ld, int n0, int k0, int lane)
+{
+    uint32_t r[4];
+    flash_ldmatrix<true>(r, tile + (size_t)(k0 + 8 * (lane / 8 % 2) + lane % 8) * ld + n0 +
+                                8 * (lane / 16));
+    b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+
 // acc[m][n] (+)= rows row0 + 16 m .. of a (ld lda) times rows n0 + 8 n .. of b (ld ldb),
 // transposed, over NK chunks of 16: S = A B^T for MT m-tiles of 16 rows and N chunks of 8
 // columns. Each B fragment serves all MT m-tiles: a warp's shared-memory reads per product
@@ -192,11 +207,12 @@ __device__ __forceinline__ void flash_mma_abt(float (*acc)[N][4], const T *a, in
 }
 
 // acc[m][n] (+)= P (MT m-tiles of 16 rows by 16 KC columns, C fragments p[m][0 .. 2 KC)) times
-// the transposed tile bt (rows of FM_LDT, columns k0 ..): B[k][j] = bt[8 n + j][k0 + k].
+// the transposed tile bt (rows of FM_LDT, columns k0 ..): B[k][j] = bt[8 n + j][k0 + k]; or with
+// ROWS, times the row tile bt (rows of ld, rows k0 ..): B[k][j] = bt[k0 + k][8 n + j].
 // P's C fragments of two adjacent 8-column chunks, packed, are its A fragment.
-template <class T, int MT, int KC, int N, int NP>
+template <class T, int MT, int KC, int N, int NP, bool ROWS = false>
 __device__ __forceinline__ void flash_mma_pv(float (*acc)[N][4], const float (*p)[NP][4],
-                                             const T *bt, int k0, int g, int t)
+                                             const T *bt, int k0, int g, int t, int ld = FM_LDT)
 {
     static_assert(N % 2 == 0, "B fragments load two chunks at a time");
 #pragma unroll
@@ -212,7 +228,10 @@ __device__ __forceinline__ void flash_mma_pv(float (*acc)[N][4], const float (*p
 #pragma unroll
         for (int n = 0; n < N; n += 2) {
             uint32_t b0[2], b1[2];
-            flash_b_frag2(b0, b1, bt, FM_LDT, 8 * n, k0 + 16 * j, 4 * g + t);
+            if (ROWS)
+                flash_b_frag2_t(b0, b1, bt, ld, 8 * n, k0 + 16 * j, 4 * g + t);
+            else
+                flash_b_frag2(b0, b1, bt, FM_LDT, 8 * n, k0 + 16 * j, 4 * g + t);
 #pragma unroll
             for (int m = 0; m < MT; m++) {
                 flash_mma<T>(acc[m][n], af[m], b0);
@@ -411,9 +430,9 @@ __host__ __device__ inline size_t flash_mma_dq_shared(int D)
 {
     return 2 * flash_mma_mt(D) * flash_tile_bytes(D) + 2 * flash_mma_dq_step(D);
 }
-__host__ __device__ inline size_t flash_mma_dkdv_step(int D)   // q, dout, q^T, dout^T, row stats
+__host__ __device__ inline size_t flash_mma_dkdv_step(int D)   // q, dout, q^T, row stats
 {
-    return 2 * flash_tile_bytes(D) + 2 * flash_ttile_bytes(D) + flash_round(3 * FL_TILE * 4);
+    return 2 * flash_tile_bytes(D) + flash_ttile_bytes(D) + flash_round(3 * FL_TILE * 4);
 }
 __host__ __device__ inline size_t flash_mma_dkdv_shared(int D)
 {
@@ -798,9 +817,11 @@ template <int WM> __device__ __forceinline__ void flash_zero_ds(__nv_bfloat16 *t
 // (flash_group_sum_kernel adds a group's parts; cuda_flash.cuh says why a block takes one query
 // head). The warp's keys are the rows of S^T = K Q^T and
 // dP^T = V dO^T, so P^T and dS^T come out as A fragments for dV = P^T dO and dK = dS^T Q, whose
-// B operands are dout and q transposed. A query tile goes in two parts of 32 rows, one after
+// B operands are dout and q along their rows. A query tile goes in two parts of 32 rows, one after
 // the other (not unrolled), to keep S^T and dP^T to fewer registers beside dK and dV. k, q
-// in TQ (the scores); v, dout bf16 (dP); qt, dot (B, Hq, D, Tp) bf16. ds: NULL, or where dS^T
+// in TQ (the scores); v, dout bf16 (dP). dV's B is dout's row tile, transposed as it loads
+// (flash_b_frag2_t), and so is dK's, q's, where q is bf16; with half q, dK's B is qt (B, Hq, D,
+// Tp) bf16, q transposed (else not read). ds: NULL, or where dS^T
 // is stored for flash_mma_dq_ds_kernel (B, Hq, flash_ds_tiles(T) tiles of FL_DS_TILE), read
 // only in the STORE_DS instance: the other's code is as without it, for at D 64 the kernel's
 // registers are at ptxas's limit (sm_90: the STORE_DS instance spills 16 bytes there). Grid
@@ -810,7 +831,7 @@ __global__ void __launch_bounds__(FL_THREADS)
 flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *dv16,
                       const __nv_bfloat16 *dout, const TQ *q,
                       const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *qt,
-                      const __nv_bfloat16 *dot, const float *lse, const float *delta, int T,
+                      const float *lse, const float *delta, int T,
                       int Tp, int Hq, int Hkv, int window, const int32_t *seg_start, float scale,
                       __nv_bfloat16 *ds)
 {
@@ -821,7 +842,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
     unsigned char *smem = flash_smem;
     TQ *ks = flash_tile<TQ>(smem, D, 0);
     __nv_bfloat16 *vs = flash_tile(smem, D, MT);
-    // q, dout, q^T, dout^T and the rows' statistics: two query tiles' worth
+    // q, dout, q^T (where q is half) and the rows' statistics: two query tiles' worth
     unsigned char *steps = smem + 2 * MT * flash_tile_bytes(D);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
 
@@ -832,8 +853,8 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t kv_off = (size_t)b * T * kv_stride + (size_t)kvh * D;
     size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
-    const __nv_bfloat16 *qtb = qt + ((size_t)b * Hq + h) * D * Tp;
-    const __nv_bfloat16 *dotb = dot + ((size_t)b * Hq + h) * D * Tp;
+    constexpr bool Q16 = std::is_same<TQ, __nv_bfloat16>::value;   // dK's B from q's rows
+    const __nv_bfloat16 *qtb = Q16 ? NULL : qt + ((size_t)b * Hq + h) * D * Tp;
     const float *lse_h = lse + ((size_t)b * Hq + h) * T;
     const float *delta_h = delta + ((size_t)b * Hq + h) * T;
 
@@ -857,9 +878,9 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
         flash_copy_tile<D>((__nv_bfloat16 *)(at + flash_tile_bytes(D)), dout + q_off, q_stride,
                            r0, T);
         unsigned char *t_at = at + 2 * flash_tile_bytes(D);
-        flash_copy_tile_t<D>((__nv_bfloat16 *)t_at, qtb + r0, Tp);
-        flash_copy_tile_t<D>((__nv_bfloat16 *)(t_at + flash_ttile_bytes(D)), dotb + r0, Tp);
-        float *lse_s = (float *)(t_at + 2 * flash_ttile_bytes(D)), *delta_s = lse_s + FL_TILE;
+        if (!Q16)
+            flash_copy_tile_t<D>((__nv_bfloat16 *)t_at, qtb + r0, Tp);
+        float *lse_s = (float *)(t_at + flash_ttile_bytes(D)), *delta_s = lse_s + FL_TILE;
         int *lo_s = (int *)(delta_s + FL_TILE);
         for (int j = threadIdx.x; j < FL_TILE; j += FL_THREADS) {
             int t = r0 + j;
@@ -883,8 +904,7 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
         const __nv_bfloat16 *dos = (const __nv_bfloat16 *)(at + flash_tile_bytes(D));
         const unsigned char *t_at = at + 2 * flash_tile_bytes(D);
         const __nv_bfloat16 *qts = (const __nv_bfloat16 *)t_at;
-        const __nv_bfloat16 *dots = (const __nv_bfloat16 *)(t_at + flash_ttile_bytes(D));
-        const float *lse_s = (const float *)(t_at + 2 * flash_ttile_bytes(D));
+        const float *lse_s = (const float *)(t_at + flash_ttile_bytes(D));
         const float *delta_s = lse_s + FL_TILE;
         const int *lo_s = (const int *)(delta_s + FL_TILE);
         // the stored dS^T: the warp's keys are rows sw % 64 .. of key tile sw / 64, in the
@@ -915,8 +935,13 @@ flash_mma_dkdv_kernel(float *dk, float *dv, __nv_bfloat16 *dk16, __nv_bfloat16 *
                 flash_dkdv_ds<false, MT, QW / 8>(st, dpt, rows, sw, s_last, g, tq, scale2);
             else
                 flash_dkdv_ds<true, MT, QW / 8>(st, dpt, rows, sw, s_last, g, tq, scale2);
-            flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dv_acc, st, dots, c0, g, tq);
-            flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
+            flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8, true>(dv_acc, st, dos, c0, g, tq,
+                                                                       LDH);
+            if (Q16)
+                flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8, true>(
+                    dk_acc, dpt, (const __nv_bfloat16 *)qs, c0, g, tq, LDH);
+            else
+                flash_mma_pv<__nv_bfloat16, MT, QW / 16, ND, QW / 8>(dk_acc, dpt, qts, c0, g, tq);
             if (STORE_DS && ds_tile)   // last: S^T is no longer held
                 flash_store_ds<MT, QW / 8>(ds_tile, dpt, sw % FL_TILE, c0, g, tq);
         }
