@@ -1416,7 +1416,8 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
         __nv_bfloat16 *kt = (__nv_bfloat16 *)flash_carve(&w, 2 * tkv);
         __nv_bfloat16 *qt = (__nv_bfloat16 *)flash_carve(&w, 2 * tq);
         __nv_bfloat16 *ds = ds_bytes ? (__nv_bfloat16 *)flash_carve(&w, ds_bytes) : NULL;
-        if (!flash_convert_t(c, kt, k, B, T, Hkv, D) ||
+        // k^T for the dQ kernels but where it reads k's rows, q^T for dK where q is half
+        if ((!(qk16 && !ds) && !flash_convert_t(c, kt, k, B, T, Hkv, D)) ||
             (!qk16 && !flash_convert_t(c, qt, q, B, T, Hq, D)))
             return;
         cuda_part(c, "delta, conversions");

@@ -694,7 +694,8 @@ __device__ __forceinline__ void flash_dkdv_ds(float (*st)[N][4], float (*dpt)[N]
 
 // dq = scale sum_s dS k_s, dS = P (dP - delta), P = exp(q.k scale - lse), dP = dout.v.
 // Overwrites dq (or its bf16 values alone, dq16, where dq is NULL). q, k in TQ (the scores);
-// dout, v bf16 (dP); kt (B, Hkv, D, Tp) bf16 (dS K).
+// dout, v bf16 (dP); dS K's B is k's row tile, transposed as it loads, where k is bf16, else
+// kt (B, Hkv, D, Tp) bf16, k transposed (not read where k is bf16).
 // A key tile goes in two halves of 32 keys, to keep S and dP to fewer registers.
 // Grid (ceil(T / flash_mma_rows(D)), Hq, B), flash_mma_dq_shared(D) bytes.
 template <int NCH, class TQ = __half>
@@ -721,7 +722,8 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
     size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
     size_t kv_off = (size_t)b * T * kv_stride + (size_t)kvh * D;
-    const __nv_bfloat16 *ktb = kt + ((size_t)b * Hkv + kvh) * D * Tp;
+    constexpr bool K16 = std::is_same<TQ, __nv_bfloat16>::value;   // dS K's B from k's rows
+    const __nv_bfloat16 *ktb = K16 ? NULL : kt + ((size_t)b * Hkv + kvh) * D * Tp;
 
     int lo[MT][2], hi[MT][2];
     flash_lane_rows<MT>(lo, hi, tw, g, T, window, seg);
@@ -751,7 +753,8 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
         flash_copy_tile<D>((TQ *)at, k + kv_off, kv_stride, s0, T);
         flash_copy_tile<D>((__nv_bfloat16 *)(at + flash_tile_bytes(D)), v + kv_off, kv_stride, s0,
                            T);
-        flash_copy_tile_t<D>((__nv_bfloat16 *)(at + 2 * flash_tile_bytes(D)), ktb + s0, Tp);
+        if (!K16)
+            flash_copy_tile_t<D>((__nv_bfloat16 *)(at + 2 * flash_tile_bytes(D)), ktb + s0, Tp);
     };
     flash_copy_rows<D, MT>(qs, q + q_off, q_stride, t0, T);
     flash_copy_rows<D, MT>(dos, dout + q_off, q_stride, t0, T);
@@ -776,7 +779,11 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
                 flash_dq_ds<false, MT, KW / 8>(s, dp, lo, hi, lse_r, delta_r, s0 + c0, tq, scale2);
             else
                 flash_dq_ds<true, MT, KW / 8>(s, dp, lo, hi, lse_r, delta_r, s0 + c0, tq, scale2);
-            flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8>(acc, s, kts, c0, g, tq);
+            if (K16)
+                flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8, true>(
+                    acc, s, (const __nv_bfloat16 *)ks, c0, g, tq, LDH);
+            else
+                flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8>(acc, s, kts, c0, g, tq);
         }
     }
     flash_write_acc_to<MT, ND>(dq, dq16, q_off, q_stride, acc, tw, T, scale, g, tq);
