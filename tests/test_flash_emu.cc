@@ -158,8 +158,8 @@ static void run_backward(float *dq, float *dk, float *dv, const float *dout, con
         // made after dK and dV, below
     } else if (use_mma && bf16_scores) {
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
-            flash_mma_dq_kernel<NCH, __nv_bfloat16>(dq, NULL, dob, q16, k16, vb, kt, lse, delta, T,
-                                                    tiles_of(T), Hq, Hkv, window, seg, scale);
+            flash_mma_dq_kernel<NCH, __nv_bfloat16>(dq, NULL, dob, q16, k16, vb, NULL, lse, delta,
+                                                    T, tiles_of(T), Hq, Hkv, window, seg, scale);
         });
     } else if (use_mma)
         emu_launch(grid, dim3(FL_THREADS), flash_mma_dq_shared(D), [&] {
@@ -403,27 +403,28 @@ static void test_saturation(void)
 // random small integers, exact in T, against the product computed here.
 template <class T> static void test_probe(const char *name)
 {
-    T a[16 * 16], b[16 * 8];
-    float ai[16 * 16], bi[16 * 8], d[2 * 16 * 8];   // as documented, then through ldmatrix
+    T a[16 * 16], b[16 * 16];
+    float ai[16 * 16], bi[16 * 16], d[FLASH_PROBE_BLOCKS * 16 * 8];
     for (int i = 0; i < 16 * 16; i++)
         ai[i] = (float)(int)(gpu_test_uniform() * 17 - 8), a[i] = operand_cvt<T>(ai[i]);
-    for (int i = 0; i < 16 * 8; i++)
+    for (int i = 0; i < 16 * 16; i++)
         bi[i] = (float)(int)(gpu_test_uniform() * 17 - 8), b[i] = operand_cvt<T>(bi[i]);
-    poison(d, 2 * 16 * 8);
+    poison(d, FLASH_PROBE_BLOCKS * 16 * 8);
     emu_launch(dim3(1), dim3(32), FLASH_PROBE_SHARED,
                [&] { flash_mma_probe_kernel<T>(d, a, b); });
+    // blocks 0, 1 and 3: b's columns 0 .. 7; 2 and 4: 8 .. 15 (flash_mma_probe_kernel)
     double worst = 0.0;
-    for (int r = 0; r < 16; r++)
-        for (int j = 0; j < 8; j++) {
-            float want = 0.0f;
-            for (int k = 0; k < 16; k++)
-                want += ai[r * 16 + k] * bi[k * 8 + j];
-            for (int half = 0; half < 2; half++) {
-                float x = d[128 * half + r * 8 + j];
+    for (int blk = 0; blk < FLASH_PROBE_BLOCKS; blk++)
+        for (int r = 0; r < 16; r++)
+            for (int j = 0; j < 8; j++) {
+                int c0 = blk == 2 || blk == 4 ? 8 : 0;
+                float want = 0.0f;
+                for (int k = 0; k < 16; k++)
+                    want += ai[r * 16 + k] * bi[k * 16 + c0 + j];
+                float x = d[128 * blk + r * 8 + j];
                 double e = std::isfinite(x) ? fabs(x - want) : INFINITY;
                 worst = e > worst ? e : worst;
             }
-        }
     gpu_test_verdict(worst == 0.0, name, worst, "largest difference, exactly 0");
 }
 
@@ -453,7 +454,9 @@ int main(void)
         test_shape<4>(1, 200, 2, 1, 40, false);
         test_saturation();
     }
+    test_bf16_scores<2>(1, 130, 2, 1, 0, true);
     test_bf16_scores<4>(2, 200, 4, 1, 0, false);
+    test_bf16_scores<6>(1, 100, 2, 2, 20, false);
     test_bf16_scores<8>(1, 150, 4, 2, 40, true);
     backend_delete(cpu);
     printf("%s\n", gpu_test_failures ? "FAILED" : "all passed");

@@ -1007,19 +1007,19 @@ bool cuda_flash_available(cuda_context *c, int cc_major)
 template <class T>
 static bool mma_probe_one(cuda_context *c, const char *type, char *why, size_t why_size)
 {
-    int ai[16 * 16], bi[16 * 8];
-    T a[16 * 16], b[16 * 8];
-    float want[16 * 8], got[2 * 16 * 8];   // as documented, then through ldmatrix
-    for (int i = 0; i < 16 * 16; i++)
+    int ai[16 * 16], bi[16 * 16];
+    T a[16 * 16], b[16 * 16];
+    float want[16 * 16], got[FLASH_PROBE_BLOCKS * 16 * 8];   // C = A B, and the probe's blocks
+    for (int i = 0; i < 16 * 16; i++) {
         ai[i] = i * 7 % 11 - 5, a[i] = operand_cvt<T>((float)ai[i]);
-    for (int i = 0; i < 16 * 8; i++)
         bi[i] = i * 5 % 9 - 4, b[i] = operand_cvt<T>((float)bi[i]);
+    }
     for (int r = 0; r < 16; r++)
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < 16; j++) {
             int sum = 0;
             for (int k = 0; k < 16; k++)
-                sum += ai[r * 16 + k] * bi[k * 8 + j];
-            want[r * 8 + j] = (float)sum;
+                sum += ai[r * 16 + k] * bi[k * 16 + j];
+            want[r * 16 + j] = (float)sum;
         }
     unsigned char *w = (unsigned char *)cuda_op_work(c, sizeof a + sizeof b + sizeof got);
     if (!w)
@@ -1034,16 +1034,19 @@ static bool mma_probe_one(cuda_context *c, const char *type, char *why, size_t w
         !CUDA_CHECK(c, cudaMemcpyAsync(got, dd, sizeof got, cudaMemcpyDeviceToHost, c->stream)) ||
         !CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
         return false;
-    for (int half = 0; half < 2; half++) {
-        int differ = 0, first = -1;
-        const float *d = got + 128 * half;
+    static const char *const how[FLASH_PROBE_BLOCKS] = {
+        "", " through ldmatrix", " through ldmatrix", " through ldmatrix .trans",
+        " through ldmatrix .trans"};
+    for (int blk = 0; blk < FLASH_PROBE_BLOCKS; blk++) {
+        int differ = 0, first = -1, c0 = blk == 2 || blk == 4 ? 8 : 0;   // b's columns
+        const float *d = got + 128 * blk;
         for (int i = 0; i < 16 * 8; i++)
-            if (d[i] != want[i] && differ++ == 0)
+            if (d[i] != want[i / 8 * 16 + c0 + i % 8] && differ++ == 0)
                 first = i;
         if (differ) {
             snprintf(why, why_size, "%s%s: %d of 128 differ, first C[%d][%d] %g not %g", type,
-                     half ? " through ldmatrix" : "", differ, first / 8, first % 8,
-                     (double)d[first], (double)want[first]);
+                     how[blk], differ, first / 8, c0 + first % 8, (double)d[first],
+                     (double)want[first / 8 * 16 + c0 + first % 8]);
             return false;
         }
     }
@@ -1076,15 +1079,16 @@ static size_t flash_wmma_shared(int D)
 }
 
 // The mma kernels at D: the layout check passed, and this device has their shared memory (at
-// D = 64 their dK/dV takes 112 KiB, more than an sm_86 or sm_89 card's 99).
+// D = 64 their dK/dV takes 92 KiB, within an sm_86 or sm_89 card's 99; at D = 96 and 128 their
+// dQ and dK/dV take 105 to 140 KiB).
 static bool flash_mma_here(const cuda_context *c, int D)
 {
     return c->flash_mma && flash_mma_shared(D) <= (size_t)c->max_shared;
 }
 
-// Some flash kernels fit at D: the mma ones, else the wmma ones (98 KiB at D = 64). Where
-// neither does (D = 128 on those cards, or on an A100), the fused kernels run, as for the shapes
-// flash does not take.
+// Some flash kernels fit at D: the mma ones, else the wmma ones (which take more at every D:
+// they run for lack of room only where the mma ones would not either). Where neither does (D =
+// 96 and 128 on those cards), the fused kernels run, as for the shapes flash does not take.
 static bool flash_fits(const cuda_context *c, int D)
 {
     return flash_mma_here(c, D) || flash_wmma_shared(D) <= (size_t)c->max_shared;
@@ -1131,8 +1135,9 @@ static size_t flash_ds_bytes(const cuda_context *c, bool mma, int B, int T, int 
 }
 
 // The backward's scratch: delta (B Hq T floats); q, k in half; dout, v in bf16, and for the
-// wmma kernels q and k in bf16, for the mma kernels k and q in bf16 transposed (q's room
-// unused where q is in bf16 alone: the dK/dV kernel reads its rows); with
+// wmma kernels q and k in bf16, for the mma kernels k and q in bf16 transposed (rooms unused
+// where q and k are in bf16 alone: the kernels read their rows, but the stored-dS dQ kernel
+// k^T); with
 // grouped heads, each query head's part of dk and dv (fp32, q's size).
 static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D, size_t ds)
 {
@@ -1421,8 +1426,9 @@ static void flash_backward_any(cuda_context *c, float *dq, float *dk, float *dv,
             (!qk16 && !flash_convert_t(c, qt, q, B, T, Hq, D)))
             return;
         cuda_part(c, "delta, conversions");
-        flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, kt, qk16 ? NULL : qt, lse,
-                                 delta, ds};
+        // what is not made is passed as NULL: a read of it faults
+        flash_mma_parts parts = {to_dq, dk_part, dv_part, dob, vb, qk16 && !ds ? NULL : kt,
+                                 qk16 ? NULL : qt, lse, delta, ds};
         if (qk16)
             flash_mma_backward_d(c, D, parts, q16, k16, B, T, Hq, Hkv, window, seg);
         else

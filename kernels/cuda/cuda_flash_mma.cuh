@@ -15,10 +15,12 @@
 //   C (16 x 8):       c[0], c[1] = C[g][2t, 2t+1], c[2], c[3] = C[g+8][2t, 2t+1].
 // B's pairs run along k: for S = Q K^T, B = K^T is K's rows as they are; for the products
 // whose B runs along keys or query rows (P V, dS K, P^T dO, dS^T Q) the launcher hands the
-// operand transposed (convert_transpose_kernel: a head's column as a row of Tp values), so
-// every fragment's register is a pair of a shared tile's row: the products load them with
-// ldmatrix .x4, four 8 x 8 matrices a warp (one A fragment, or the B fragments of two chunks
-// of 8) in one instruction where 4-byte loads took four. Tiles start at multiples of 64 rows.
+// operand transposed (convert_transpose_kernel: a head's column as a row of Tp values), or,
+// where its rows are in shared memory already as bf16 (dout for dV; q for dK and k for dQ
+// where they are bf16 values), ldmatrix .trans transposes them as they load. The products
+// load every fragment with ldmatrix .x4, four 8 x 8 matrices a warp (one A fragment, or the B
+// fragments of two chunks of 8) in one instruction where 4-byte loads took four. Tiles start
+// at multiples of 64 rows.
 //
 // Work: 4 warps a block. A warp takes 16 rows (one m-tile) or, where the registers allow
 // (flash_mma_mt), 32 (two m-tiles, each B fragment read from shared memory once for both: with
@@ -208,7 +210,8 @@ __device__ __forceinline__ void flash_mma_abt(float (*acc)[N][4], const T *a, in
 
 // acc[m][n] (+)= P (MT m-tiles of 16 rows by 16 KC columns, C fragments p[m][0 .. 2 KC)) times
 // the transposed tile bt (rows of FM_LDT, columns k0 ..): B[k][j] = bt[8 n + j][k0 + k]; or with
-// ROWS, times the row tile bt (rows of ld, rows k0 ..): B[k][j] = bt[k0 + k][8 n + j].
+// ROWS, times the row tile bt (rows of ld, rows k0 ..): B[k][j] = bt[k0 + k][8 n + j] (ld is
+// read with ROWS alone).
 // P's C fragments of two adjacent 8-column chunks, packed, are its A fragment.
 template <class T, int MT, int KC, int N, int NP, bool ROWS = false>
 __device__ __forceinline__ void flash_mma_pv(float (*acc)[N][4], const float (*p)[NP][4],
@@ -1052,34 +1055,40 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
 
 // ---- the layout check ------------------------------------------------------------------------
 
-// One warp: d (16 x 8, row-major) = a (16 x 16, row-major) b (16 x 8, row-major) through
-// flash_mma in T, each lane loading and storing its fragments as documented above; and d + 128
-// the same product with the fragments from shared memory through ldmatrix, as the kernels load
-// them (flash_a_frag_ld, flash_b_frag2). The caller compares both with the product it computes
-// itself. FLASH_PROBE_SHARED bytes of shared memory.
-#define FLASH_PROBE_SHARED (2 * 16 * 24 * 2)
+// One warp: d (16 x 8, row-major) = a (16 x 16, row-major) times the first 8 columns of b (16 x
+// 16, row-major) through flash_mma in T, each lane loading and storing its fragments as
+// documented above; then from shared memory as the kernels load them, d + 128 c = a times
+// b's columns 8 c .. 8 c + 7: blocks 1 and 2 through ldmatrix from b^T's rows (flash_a_frag_ld,
+// flash_b_frag2), 3 and 4 through ldmatrix .trans from b's (flash_b_frag2_t). The caller
+// compares the 5 blocks with the products it computes itself. FLASH_PROBE_SHARED bytes of
+// shared memory.
+#define FLASH_PROBE_BLOCKS 5
+#define FLASH_PROBE_SHARED (3 * 16 * 24 * 2)
 template <class T>
 __global__ void flash_mma_probe_kernel(float *d, const T *a, const T *b)
 {
     PESC_DYNAMIC_SHARED(flash_smem);
-    T *as = (T *)flash_smem, *bts = as + 16 * 24;   // a; b^T and 8 rows of zeros, rows of 24
+    T *as = (T *)flash_smem, *bts = as + 16 * 24, *bs = bts + 16 * 24;   // rows of 24: a, b^T, b
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     for (int i = lane; i < 16 * 16; i += 32) {
-        as[i / 16 * 24 + i % 16] = a[i];
-        bts[i / 16 * 24 + i % 16] = i / 16 < 8 ? b[i % 16 * 8 + i / 16] : operand_cvt<T>(0.0f);
+        int r = i / 16, col = i % 16;
+        as[r * 24 + col] = a[i];
+        bts[r * 24 + col] = b[col * 16 + r];
+        bs[r * 24 + col] = b[i];
     }
     __syncthreads();
-    uint32_t af[2][4], bf[2][2], spare[2];
+    uint32_t af[2][4], bf[FLASH_PROBE_BLOCKS][2];
     flash_a_frag(af[0], a, 16, 0, 0, g, t);
-    T col[4] = {b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g], b[(2 * t + 8) * 8 + g],
-                b[(2 * t + 9) * 8 + g]};
+    T col[4] = {b[(2 * t) * 16 + g], b[(2 * t + 1) * 16 + g], b[(2 * t + 8) * 16 + g],
+                b[(2 * t + 9) * 16 + g]};
     bf[0][0] = flash_bits(col[0]) | flash_bits(col[1]) << 16;
     bf[0][1] = flash_bits(col[2]) | flash_bits(col[3]) << 16;
     flash_a_frag_ld(af[1], as, 24, 0, 0, lane);
-    flash_b_frag2(bf[1], spare, bts, 24, 0, 0, lane);
-    for (int i = 0; i < 2; i++) {
+    flash_b_frag2(bf[1], bf[2], bts, 24, 0, 0, lane);
+    flash_b_frag2_t(bf[3], bf[4], bs, 24, 0, 0, lane);
+    for (int i = 0; i < FLASH_PROBE_BLOCKS; i++) {
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        flash_mma<T>(c, af[i], bf[i]);
+        flash_mma<T>(c, af[i > 0], bf[i]);
         float *out = d + 128 * i;
         out[g * 8 + 2 * t] = c[0];
         out[g * 8 + 2 * t + 1] = c[1];

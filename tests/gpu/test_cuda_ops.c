@@ -1540,8 +1540,8 @@ int main(void)
     test_attention_flash("flash-wmma");
     gpu_finish();
     /* on the emulator, a device with an sm_86/sm_89 card's 99 KiB of shared memory a block:
-     * each head dimension runs the flash kernels that fit (mma at 32, wmma at 64), or the fused
-     * ones, instead of failing the launch */
+     * each head dimension runs the flash kernels that fit (mma at 32 and 64), or the fused ones
+     * (96, 128), instead of failing the launch */
     if (gpu_test_emulated) {
         setenv("PESC_CUDA_ATTENTION", "flash", 1);
         setenv("PESC_EMU_SHARED_KB", "99", 1);
