@@ -367,6 +367,24 @@ __device__ __forceinline__ void flash_next_tile(int it, int tiles, const Fetch &
     __syncthreads();
 }
 
+// A block of query rows walks its key tiles (forward, dQ): fetch(it) issues key tile it's
+// copies into buffer it & 1, and tile(it, s0) computes on tile it, from key s0, where the
+// warp's rows (warp_lo .. warp_hi; none where !live) see any of its keys (warp-uniform). Copies
+// issued before the walk (the rows' tiles) join the first tile's group. The whole block calls it.
+template <class Fetch, class Tile>
+__device__ __forceinline__ void flash_walk_keys(int key_lo, int tiles, bool live, int warp_lo,
+                                                int warp_hi, const Fetch &fetch, const Tile &tile)
+{
+    fetch(0);
+    flash_cp_commit();
+    for (int it = 0; it < tiles; it++) {
+        int s0 = key_lo + FL_TILE * it;
+        flash_next_tile(it, tiles, fetch);   // this tile's copies (and the rows') are here
+        if (live && s0 <= warp_hi && s0 + FL_TILE - 1 >= warp_lo)
+            tile(it, s0);
+    }
+}
+
 // dst's rows row0 + 16 m + g + 8 i below `rows` (rows stride values apart) = acc times mul, as
 // Out (operand_cvt), in the C fragments' columns 8 n + 2 t, 8 n + 2 t + 1.
 template <int MT, int ND, class Out>
@@ -607,14 +625,7 @@ flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const TQ *
         flash_copy_tile_t<D>((__half *)(at + flash_tile_bytes(D)), vtb + key_lo + FL_TILE * it, Tp);
     };
     flash_copy_rows<D, MT>(qs, q + (size_t)b * T * q_stride + (size_t)h * D, q_stride, t0, T);
-    fetch(0);
-    flash_cp_commit();
-
-    for (int it = 0; it < tiles; it++) {
-        int s0 = key_lo + FL_TILE * it;
-        flash_next_tile(it, tiles, fetch);   // this tile's copies (and q's) are here
-        if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
-            continue;   // warp-uniform: no row of this warp sees a key of the tile
+    flash_walk_keys(key_lo, tiles, warp_live, warp_lo, warp_hi, fetch, [&](int it, int s0) {
         const unsigned char *at = steps + (it & 1) * flash_mma_forward_step(D);
         const TQ *ks = (const TQ *)at;
         const __half *vts = (const __half *)(at + flash_tile_bytes(D));
@@ -627,7 +638,7 @@ flash_mma_forward_kernel(float *out, __nv_bfloat16 *keep, float *lse, const TQ *
             flash_online_softmax<true, MT, ND>(s, o, mrow, l, lo, hi, s0, tq, scale2);
         // P in half (in [0, 1])
         flash_mma_pv<__half, MT, FL_TILE / 16, ND, 8>(o, s, vts, 0, g, tq);
-    }
+    });
     // out = o / l; lse in base e
 #pragma unroll
     for (int m = 0; m < MT; m++)
@@ -761,14 +772,7 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
     };
     flash_copy_rows<D, MT>(qs, q + q_off, q_stride, t0, T);
     flash_copy_rows<D, MT>(dos, dout + q_off, q_stride, t0, T);
-    fetch(0);
-    flash_cp_commit();
-
-    for (int it = 0; it < tiles; it++) {
-        int s0 = key_lo + FL_TILE * it;
-        flash_next_tile(it, tiles, fetch);
-        if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
-            continue;
+    flash_walk_keys(key_lo, tiles, warp_live, warp_lo, warp_hi, fetch, [&](int it, int s0) {
         const unsigned char *at = steps + (it & 1) * flash_mma_dq_step(D);
         const TQ *ks = (const TQ *)at;
         const __nv_bfloat16 *vs = (const __nv_bfloat16 *)(at + flash_tile_bytes(D));
@@ -788,7 +792,7 @@ flash_mma_dq_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *dout, c
             else
                 flash_mma_pv<__nv_bfloat16, MT, KW / 16, ND, KW / 8>(acc, s, kts, c0, g, tq);
         }
-    }
+    });
     flash_write_acc_to<MT, ND>(dq, dq16, q_off, q_stride, acc, tw, T, scale, g, tq);
 #endif
 }
@@ -1016,14 +1020,7 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
                                            FL_TILE);
         flash_copy_tile_t<D>((__nv_bfloat16 *)(at + MT * ds_bytes), ktb + s0, Tp);
     };
-    fetch(0);
-    flash_cp_commit();
-
-    for (int it = 0; it < tiles; it++) {
-        int s0 = key_lo + FL_TILE * it;
-        flash_next_tile(it, tiles, fetch);
-        if (!warp_live || s0 > warp_hi || s0 + FL_TILE - 1 < warp_lo)
-            continue;
+    flash_walk_keys(key_lo, tiles, warp_live, warp_lo, warp_hi, fetch, [&](int it, int) {
         const unsigned char *at = smem + (it & 1) * flash_mma_dq_ds_step(D);
         const __nv_bfloat16 *dsts = (const __nv_bfloat16 *)(at + (tw - t0) / FL_TILE * ds_bytes);
         const __nv_bfloat16 *kts = (const __nv_bfloat16 *)(at + MT * ds_bytes);
@@ -1048,7 +1045,7 @@ flash_mma_dq_ds_kernel(float *dq, __nv_bfloat16 *dq16, const __nv_bfloat16 *ds,
                 }
             }
         }
-    }
+    });
     flash_write_acc_to<MT, ND>(dq, dq16, q_off, q_stride, acc, tw, T, scale, g, tq);
 #endif
 }
