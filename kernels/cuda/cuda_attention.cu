@@ -1135,8 +1135,8 @@ static size_t flash_ds_bytes(const cuda_context *c, bool mma, int B, int T, int 
 }
 
 // The backward's scratch: delta (B Hq T floats); q, k in half; dout, v in bf16, and for the
-// wmma kernels q and k in bf16, for the mma kernels k and q in bf16 transposed (rooms unused
-// where q and k are in bf16 alone: the kernels read their rows, but the stored-dS dQ kernel
+// wmma kernels q and k in bf16, for the mma kernels k and q in bf16 transposed (unused where
+// q and k are in bf16 alone, as the kernels read their rows, but for the stored-dS dQ kernel's
 // k^T); with
 // grouped heads, each query head's part of dk and dv (fp32, q's size).
 static size_t flash_backward_work(bool mma, int B, int T, int Hq, int Hkv, int D, size_t ds)
@@ -1236,8 +1236,8 @@ static void flash_mma_backward(cuda_context *c, values_out dq, values_out dk_par
                                values_out dv_part, const __nv_bfloat16 *dout, const TQ *q,
                                const TQ *k, const __nv_bfloat16 *v, const __nv_bfloat16 *kt,
                                const __nv_bfloat16 *qt, const float *lse, const float *delta,
-                               __nv_bfloat16 *ds, int B,
-                               int T, int Hq, int Hkv, int window, const int32_t *seg)
+                               __nv_bfloat16 *ds, int B, int T, int Hq, int Hkv, int window,
+                               const int32_t *seg)
 {
     int D = NCH * 16, tp = flash_tp(T);
     float scale = 1.0f / sqrtf((float)D);
