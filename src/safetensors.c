@@ -151,7 +151,8 @@ typedef struct data_region {
 
 static int map_file(st_file *f, pesc_error *err)
 {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO is refused below rather than hanging the open */
+    int fd = open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return pesc_fail(err, "%s: cannot open: %s", f->path, strerror(errno));
     struct stat st;

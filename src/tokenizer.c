@@ -136,6 +136,14 @@ static int utf8_valid_char(const unsigned char *s, size_t n)
     return 0;
 }
 
+/* Whether s is exactly one valid UTF-8 character (a Metaspace replacement, a Strip
+ * decoder's content: Hugging Face's `char`). */
+static int one_char(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && utf8_valid_char((const unsigned char *)s, n) == (int)n;
+}
+
 static uint64_t hash_bytes(const void *p, size_t n)
 {
     const unsigned char *s = p;
@@ -1921,6 +1929,9 @@ static int load_pretokenizer(tokenizer *t, json_t *p, pesc_error *err)
     } else if (strcmp(type, "Metaspace") == 0) {
         pt.kind = PRE_METASPACE;
         const char *r = jstr(p, "replacement");
+        if (r && !one_char(r))
+            return pesc_fail(err, "Metaspace pre-tokenizer: \"replacement\" must be one "
+                             "character, not \"%s\"", r);
         snprintf(pt.replacement, sizeof pt.replacement, "%s", r ? r : "\xe2\x96\x81");
         pt.split = jbool(p, "split", 1);
         if (parse_prepend(p, &pt.prepend) != 0)
@@ -1971,6 +1982,9 @@ static int load_decoder(tokenizer *t, json_t *d, int *fused, pesc_error *err)
     } else if (strcmp(type, "Strip") == 0) {
         dc.kind = DEC_STRIP;
         const char *c = jstr(d, "content");
+        if (c && !one_char(c))
+            return pesc_fail(err, "Strip decoder: \"content\" must be one character, not "
+                             "\"%s\"", c);
         snprintf(dc.content, sizeof dc.content, "%s", c ? c : " ");
         dc.start = (int)json_integer_value(json_object_get(d, "start"));
         dc.stop = (int)json_integer_value(json_object_get(d, "stop"));
@@ -1988,6 +2002,9 @@ static int load_decoder(tokenizer *t, json_t *d, int *fused, pesc_error *err)
     } else if (strcmp(type, "Metaspace") == 0) {
         dc.kind = DEC_METASPACE;
         const char *r = jstr(d, "replacement");
+        if (r && !one_char(r))
+            return pesc_fail(err, "Metaspace decoder: \"replacement\" must be one character, "
+                             "not \"%s\"", r);
         snprintf(dc.content, sizeof dc.content, "%s", r ? r : "\xe2\x96\x81");
         if (parse_prepend(d, &dc.prepend) != 0)
             return pesc_fail(err, "Metaspace decoder: unknown prepend_scheme");

@@ -130,10 +130,17 @@ int pesc_refuse_device(int fd, const char *path, pesc_error *err)
 
 int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(errno));
-    /* fopen opens a directory too; only the first read fails, with a bare "read error" */
+    /* not blocking in the open: a FIFO no writer has open reads as empty rather than
+     * hanging (then its reads block again, as a pipe's should) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    FILE *f = fd >= 0 && fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL;
+    if (!f) {
+        int saved = errno;
+        if (fd >= 0)
+            close(fd);
+        return pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(saved));
+    }
+    /* open opens a directory too; only the first read fails, with a bare "read error" */
     struct stat st;
     int known = fstat(fileno(f), &st) == 0;
     if (known && refuse_not_file(&st, path, err) != 0) {
@@ -167,6 +174,10 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
     if (failed) {
         free(buf);
         return pesc_fail(err, "%s: read error", path);
+    }
+    if (n == 0 && known && S_ISFIFO(st.st_mode)) {
+        free(buf);
+        return pesc_fail(err, "%s is a FIFO that nothing wrote to; name a file", path);
     }
     buf[n] = '\0';
     *out = buf;

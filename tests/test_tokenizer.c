@@ -244,7 +244,41 @@ static void test_load_errors(void)
     CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "is a directory, not a file"),
           "a directory named tokenizer.json must be called one: %s", err.msg);
     rmdir(path);
+    /* a FIFO nothing writes to: named at once (its open once waited for a writer forever) */
+    CHECK(mkfifo(path, 0600) == 0, "cannot make the FIFO %s", path);
+    t = tok_load(path, &err);
+    CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "is a FIFO that nothing wrote to"),
+          "a FIFO without a writer must be named, not waited on: %s", err.msg);
+    unlink(path);
     free(path);
+
+    /* a Metaspace replacement or a Strip decoder's content is one character (Hugging Face's
+     * char): an empty replacement split every text forever, until memory ran out */
+    static const char *const one_char[][2] = {
+        {"\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\"}",
+         "Metaspace pre-tokenizer: \"replacement\" must be one character, not \"\""},
+        {"\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"ab\"}",
+         "Metaspace pre-tokenizer: \"replacement\" must be one character, not \"ab\""},
+        {"\"decoder\": {\"type\": \"Metaspace\", \"replacement\": \"\"}",
+         "Metaspace decoder: \"replacement\" must be one character"},
+        {"\"decoder\": {\"type\": \"Strip\", \"content\": \"xy\", \"start\": 1, \"stop\": 0}",
+         "Strip decoder: \"content\" must be one character"},
+    };
+    for (size_t i = 0; i < sizeof one_char / sizeof *one_char; i++) {
+        char json[512];
+        snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
+                 "\"merges\": []}, %s}", one_char[i][0]);
+        t = json_tokenizer(json, &err);
+        CHECK(!t && strstr(err.msg, one_char[i][1]), "%s must be refused: %s", one_char[i][0],
+              err.msg);
+        tok_delete(t);
+    }
+    /* one character of three bytes, as real files have it, still loads */
+    t = json_tokenizer("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                       "\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": "
+                       "\"\\u2581\"}}", &err);
+    CHECK(t != NULL, "a one-character Metaspace replacement must load: %s", err.msg);
+    tok_delete(t);
 }
 
 /* The post-processors real files use load and add their tokens; anything else, or a
