@@ -17,6 +17,7 @@
 #include "fetch_view.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 #include "util.h"
 
 /* What travels with the weights when the base has it. */
@@ -388,6 +389,28 @@ static int copy_side_files(const checkpoint_base *b, const checkpoint_state *st,
     return rc != 0 ? pesc_fail_prefix(err, "the run's --tokenizer") : 0;
 }
 
+/* The tokenizer copy_side_files will copy (the run's --tokenizer, else the base's), read as
+ * eval and generate will read it from the export, so that a damaged one fails here, before
+ * anything is written, rather than in the exported model's first use. */
+static int check_tokenizer(const checkpoint_base *b, const checkpoint_state *st,
+                           pesc_error *err)
+{
+    char *path = st->tokenizer[0] ? xstrdup(st->tokenizer)
+                 : b->dir         ? pesc_path_join(b->dir, "tokenizer.json")
+                                  : NULL;
+    if (!path || (!st->tokenizer[0] && access(path, F_OK) != 0)) {
+        free(path);
+        return 0;   /* none to copy: the export has none either */
+    }
+    tokenizer *t = tok_load(path, err);
+    int rc = t ? 0 : pesc_fail_prefix(err, "%s, which export copies into the model directory",
+                                      st->tokenizer[0] ? "the run's --tokenizer"
+                                                       : "the base's tokenizer");
+    tok_delete(t);
+    free(path);
+    return rc;
+}
+
 static int write_dir(const export_options *o, const checkpoint_base *b, const checkpoint_state *st,
                      const model *m, const st_set *base, int lora_rank, unsigned lora_sites,
                      export_report *r, pesc_error *err)
@@ -429,7 +452,7 @@ int export_checkpoint(const export_options *o, export_report *r, pesc_error *err
     int rc = -1;
     if (checkpoint_find(o->checkpoint, &ckpt, err) != 0 ||
         checkpoint_read_state(ckpt, &st, err) != 0 || find_base(o, &st, ckpt, &b, err) != 0 ||
-        check_out(o, ckpt, &b, err) != 0)
+        check_out(o, ckpt, &b, err) != 0 || check_tokenizer(&b, &st, err) != 0)
         goto out;
     /* merging is a few products per layer: the CPU does it, whatever trained the model */
     pesc_show_phase(o->command, "loading the base model from %s", b.dir ? b.dir : b.config);

@@ -283,6 +283,12 @@ expect 0 "exported" "old checkpoint with --model" -- "$pesc" export "$tmp/old" -
   fail "old checkpoint + --model: a different model"
 expect 1 "trained on another base model" "--model names another base" -- \
   "$pesc" export "$ck" -o "$tmp/x" --model "$top_srcdir/tests/reference/data/llama-gqa-f32"
+# a damaged tokenizer.json of the base is refused before anything is written (it was copied
+# into the export, whose first use then failed)
+cp -r "$demo" "$tmp/badtok" && printf '{"version": "1.0",' >"$tmp/badtok/tokenizer.json"
+expect 1 "the base's tokenizer, which export copies into the model directory: .*badtok/tokenizer.json is not valid JSON" \
+  "a base with a damaged tokenizer.json is refused" -- "$pesc" export "$ck" -o "$tmp/xbt" --model "$tmp/badtok"
+[ ! -e "$tmp/xbt" ] || fail "a refused export left $tmp/xbt behind"
 # an existing, non-empty DIR is kept unless --force; --force replaces an earlier export (a
 # model directory) only, never a run's --save directory or a directory of other files
 mkdir "$tmp/taken" && echo keep >"$tmp/taken/marker" && echo '{}' >"$tmp/taken/config.json"
