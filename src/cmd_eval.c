@@ -1107,8 +1107,9 @@ int cmd_eval(int argc, char **argv)
                 past_run == 1 ? " is" : "s are", t.seq, t.seq);
     double loss = nll / (double)count;
     if (!isfinite(loss)) {
-        pesc_fail(&err, "the loss is %g: the model overflows on this data (its weights or "
-                  "--adapters are finite; try --backend cpu to rule out the device)", loss);
+        pesc_fail(&err, "the loss is %s: the model overflows on this data (its weights and "
+                  "--adapters are finite numbers, not what it makes of them)%s",
+                  isnan(loss) ? "NaN" : "infinite", model_device_advice(&m));
         goto out;
     }
     if (o.json) {

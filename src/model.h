@@ -361,6 +361,9 @@ int model_decode_prompts(model *m, const int *slots, const int32_t *tokens, cons
  * -1 from sampler_next, or from model_decode_step_greedy, which returns this): m's weights,
  * or its adapters, overflow on this input. It names the model and what to try. */
 int model_fail_logits(const model *m, pesc_error *err);
+/* "; try --backend cpu to rule out the device" where m runs on a device, else "": the end of a
+ * message that blames the model's values for not being finite. */
+const char *model_device_advice(const model *m);
 /* Frees the cache (a training run's evaluations give its memory back to the steps). */
 void model_cache_release(model *m);
 /* The slots of capacity tokens that fit in a share of the backend's free memory (1 to max). */

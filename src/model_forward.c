@@ -1357,12 +1357,19 @@ static int last_picks(model *m, int n, int32_t *picks, pesc_error *err)
     return 0;
 }
 
+const char *model_device_advice(const model *m)
+{
+    return strcmp(backend_name(m->backend), "cpu") == 0
+               ? ""
+               : "; try --backend cpu to rule out the device";
+}
+
 int model_fail_logits(const model *m, pesc_error *err)
 {
     return pesc_fail(err, "the model%s%s gives logits that are not finite (NaN or infinity): "
                      "its weights, or adapters, overflow on this input; check them (a "
-                     "conversion to float16 or another dtype can break them) or try --backend "
-                     "cpu to rule out the device", m->source[0] ? " " : "", m->source);
+                     "conversion to float16 or another dtype can break them)%s",
+                     m->source[0] ? " " : "", m->source, model_device_advice(m));
 }
 
 /* model_decode_step's pass, its logits or its greedy picks after (one of them NULL). */

@@ -1687,6 +1687,17 @@ static int train_step(session *s, pesc_error *err)
         s->nan_run++;
         publish_event(s, "nan-skip", "step %ld skipped: non-finite %s (%ld in a row)", s->step + 1,
                       isfinite(ce) ? "gradients" : "loss", s->nan_run);
+        int forward = !isfinite(ce) || !isfinite(aux) || !isfinite(z);
+        if (forward && s->step == s->start_step && s->nan_run >= s->cfg.nan_limit) {
+            /* nothing was updated yet: the model as loaded overflows, which no learning
+             * rate mends */
+            rc = pesc_fail(err, "step %ld: the loss was not finite on %ld batches in a row "
+                           "before any update: the model%s%s overflows on this data as loaded "
+                           "(its weights, or the adapters it resumed), not from the learning "
+                           "rate%s", s->step + 1, s->nan_run, m->source[0] ? " " : "",
+                           m->source, model_device_advice(m));
+            goto out;
+        }
         if (s->nan_run % s->cfg.nan_limit == 0) {
             /* a model or data that hold NaN or inf would skip steps forever */
             if (s->nan_run / s->cfg.nan_limit > NAN_HALVINGS) {

@@ -1111,6 +1111,20 @@ expect 1 "model.safetensors: tensor .* holds NaN at element 1: the file is damag
 expect 1 "model.safetensors: tensor .* holds NaN at element 1" "eval: a NaN weight is named at load" -- \
   "$pesc" eval --model "$tmp/nanbase" --data "$tmp/data.jsonl" --backend cpu
 
+# finite weights that overflow (every value 8.5e37): the first loss is not finite before any
+# update, which no learning rate mends; train says so after --nan-limit batches (not after
+# ten halvings), eval names NaN or infinity, and neither sends a CPU run to --backend cpu
+mkdir "$tmp/hugebase" && cp "$base/config.json" "$tmp/hugebase/"
+size=$(wc -c <"$base/model.safetensors")
+{ head -c $((8 + header)) "$base/model.safetensors"; head -c $((size - 8 - header)) /dev/zero | tr '\000' '\176'; } >"$tmp/hugebase/model.safetensors"
+expect 1 "step 1: the loss was not finite on 3 batches in a row before any update: the model .* overflows on this data as loaded (its weights, or the adapters it resumed), not from the learning rate$" \
+  "train: a base that overflows is blamed at once, not the learning rate" -- \
+  "$pesc" train --headless --model "$tmp/hugebase" --data "$tmp/data.jsonl" --steps 1 --backend cpu \
+    --save "$tmp/hugesave"
+expect 1 "the loss is \(NaN\|infinite\): the model overflows on this data (its weights and --adapters are finite numbers, not what it makes of them)$" \
+  "eval: a base that overflows is named, with no --backend cpu advice on the CPU" -- \
+  "$pesc" eval --model "$tmp/hugebase" --data "$tmp/data.jsonl" --backend cpu
+
 # a damaged state.json is refused, naming the key, rather than resumed at step 0 or with a
 # negative coefficient (or read past a number where a name belongs), or with a value outside
 # its flag's range cut down to an int (grad_accum 2^31 trained nothing, experts 2^32 + 4 was 4)
