@@ -13,6 +13,7 @@
 #include "backend.h"
 #include "cli.h"
 #include "commands.h"
+#include "hfconfig.h"
 #include "model.h"
 #include "optim.h"
 #include "pesc.h"
@@ -27,7 +28,8 @@ static const char bench_usage[] =
     "GEMM peak and MFU.\n"
     "\n"
     "  --dim C --layers L --heads H --kv-heads H --ffn F --vocab V   model shape\n"
-    "                     (256, 4, 8, as --heads, 704, 4096)\n"
+    "                     (256, 4, 8, as --heads, 704, 4096; at most 1024 layers and\n"
+    "                     1024 heads, as a config.json)\n"
     "  --seq T --batch B  tokens per step (256, 8; at most 16777216 in all)\n"
     "  --steps N          timed steps after one warm-up step; the median counts (5)\n"
     "  --backend B        auto, cpu or cuda\n"
@@ -112,10 +114,14 @@ static int shape_flag(bench_options *o, int c, const char *arg)
     int *slots[] = {NULL, &o->shape.hidden_size, &o->shape.n_layers, &o->shape.n_heads,
                     &o->shape.n_kv_heads, &o->shape.intermediate_size, &o->shape.vocab_size,
                     &o->seq, &o->batch, &o->steps};
+    /* layers and heads as a config.json may have them (hfconfig.c): a million layers once
+     * ran the host out of memory before the memory check */
+    int most = c == OPT_LAYERS ? HF_MAX_LAYERS : c == OPT_HEADS || c == OPT_KV_HEADS ? 1024
+                                                                                   : 1 << 24;
     long v;
-    if (cli_parse_long(arg, 1, 1 << 24, &v) != 0)
+    if (cli_parse_long(arg, 1, most, &v) != 0)
         return cli_usage_error("bench", "%s %s: expected a whole number from 1 to %d", names[c],
-                               arg, 1 << 24);
+                               arg, most);
     *slots[c] = (int)v;
     o->shape_given |= 1u << c;
     return 0;

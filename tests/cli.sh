@@ -810,6 +810,11 @@ expect 1 "zero.jsonl: not a regular file" "inspect a device" -- timeout 10 "$pes
 small="--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 --seq 32 --batch 2"
 expect 2 "\-\-decode times answering, and \-\-batch is for training steps" \
   "bench --decode refuses --batch (it was ignored)" -- "$pesc" bench --decode 1 --batch 3
+# layers and heads as a config.json caps them: 10 million layers ran the host out of memory
+expect 2 "\-\-layers 10000000: expected a whole number from 1 to 1024" \
+  "bench --layers past 1024 is refused before anything is allocated" -- "$pesc" bench --layers 10000000
+expect 2 "\-\-kv-heads 1025: expected a whole number from 1 to 1024" \
+  "bench --kv-heads past 1024 is refused" -- "$pesc" bench --kv-heads 1025
 expect 2 "\-\-heads 8 must split into \-\-kv-heads 3 groups" \
   "bench: a bad --kv-heads is named alone" -- "$pesc" bench --heads 8 --kv-heads 3
 expect 0 '"heads": 2, "kv_heads": 2,' "bench --heads alone: as many key/value heads (it once kept 8)" -- \
