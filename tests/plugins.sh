@@ -29,12 +29,16 @@ for name in "csv *1.0" "qa *1.0" "camelidae *built-in" "example_format.so (\$PES
   grep -q -- "$name" "$tmp/out" || fail "pesc plugins lacks '$name'"
 done
 expect 0 "refused modules" "broken modules on the path are listed, not fatal" -- env PESC_PLUGIN_PATH="$plugins:$broken" "$pesc" plugins
-grep -q "bad_abi.so.*ABI 999" "$tmp/out" && grep -q "undefined_symbol.so.*undefined symbol" "$tmp/out" ||
+grep -q "bad_abi.so.*ABI 999" "$tmp/out" && grep -q "undefined_symbol.so.*undefined symbol" "$tmp/out" &&
+  grep -q "data_entry.so.*is not a function" "$tmp/out" ||
   fail "refusals lack their reasons: $(cat "$tmp/out")"
 expect 1 "bad_abi.so: it was built for plugin ABI 999" "a --plugin of another ABI is an error" -- \
   "$pesc" plugins --plugin "$broken/.libs/bad_abi.so"
 expect 1 "no_entry.so: no pesc_plugin_entry symbol" "a --plugin without the entry symbol" -- \
   "$pesc" plugins --plugin "$broken/.libs/no_entry.so"
+expect 1 "data_entry.so: its pesc_plugin_entry is not a function" \
+  "a --plugin whose entry symbol is a variable is refused (it was called: a crash)" -- \
+  "$pesc" plugins --plugin "$broken/.libs/data_entry.so"
 # --plugin is the file named: a FIFO must not block dlopen's read, a bare name that is no file
 # here must not be looked up on the library path (libc.so.6 would be found there)
 mkfifo "$tmp/fifo.so"
