@@ -1317,16 +1317,19 @@ static int bad_record(const ds_load_options *lo, const pesc_error *rec_err, skip
 
 /* ================================================== records in the token store ===== */
 
+typedef struct load_mark load_mark;
+static void back_to(ds_records *d, load_mark start);
+
 /* Between a record's append and the mapping at the end of its load, ids is NULL and labels
  * is NULL or this marker (the record has labels); map_records points both into the store. */
 static const int32_t labels_pending[1];
 
 /* Where a load starts, so that a failed one can leave d as it found it. */
-typedef struct load_mark {
+struct load_mark {
     int records;
     int64_t values;              /* in the store */
     long long predicted;
-} load_mark;
+};
 
 static load_mark mark_load(const ds_records *d)
 {
@@ -1410,11 +1413,42 @@ static int finish_load(ds_records *d, load_mark start, const skips *skipped, con
                        skipped->first.msg);
     if (rc == 0 && map_records(d, err) == 0)
         return 0;
+    back_to(d, start);
+    return -1;
+}
+
+/* d as it was at start: the records kept since are gone. */
+static void back_to(ds_records *d, load_mark start)
+{
     d->n = start.records;
     d->predicted = start.predicted;
     if (d->store)
         token_store_truncate(d->store, start.values, NULL);
-    return -1;
+}
+
+/* The first JSON object of a file read in lines after lines of plain text (plain of them,
+ * from line first_plain, the only records kept so far): the file is JSONL, whose lines are
+ * records each, and those were broken ones, not documents (a stray first line was trained on
+ * as text, even with --strict). They go, as bad records do: fatal with strict, else skipped
+ * with a warning. */
+static int plain_before_records(ds_records *d, load_mark start, const char *path,
+                                long first_plain, long plain, long line,
+                                const ds_load_options *lo, skips *skipped, pesc_error *err)
+{
+    back_to(d, start);
+    pesc_error rec_err = {{0}};
+    char more[64] = "";
+    if (plain == 2)
+        snprintf(more, sizeof more, " (nor is the plain line after it)");
+    else if (plain > 2)
+        snprintf(more, sizeof more, " (nor are the %ld plain lines after it)", plain - 1);
+    pesc_fail(&rec_err, "%s:%ld: not a JSON record%s, though line %ld is one: a JSONL file's "
+              "lines are records each; fix or remove it (plain text is a file of its own)",
+              path, first_plain, more, line);
+    if (bad_record(lo, &rec_err, skipped, err) != 0)
+        return -1;
+    skipped->count += plain - 1;
+    return 0;
 }
 
 const ds_format_info *ds_source_format(const ds_formats *f, ds_format format, const char *path)
@@ -1537,6 +1571,7 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
         return -1;
     load_mark start = mark_load(d);
     int capacity = d->n, rc = 0, got, first = 1, objects = 0, plain_before = 0;
+    long plain_kept = 0, first_plain = 0;   /* records kept of plain lines before any object */
     skips skipped = {0};
     while ((got = rd_next(r, err)) > 0) {
         json_error_t jerr;
@@ -1586,6 +1621,13 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                            "view reads it; give the data a run trains on", path);
             break;
         } else {
+            if (!objects && json_is_object(o) && plain_kept > 0 &&
+                plain_kept == d->n - start.records &&
+                (rc = plain_before_records(d, start, path, first_plain, plain_kept,
+                                           r->item_line, lo, &skipped, err)) != 0) {
+                json_decref(o);
+                break;
+            }
             objects |= json_is_object(o);
             ok = make_record(&t, o, lo, path, r->item_line, &rec_err) == 0;
         }
@@ -1596,6 +1638,8 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
             record_tokens_free(&t);
             if (rc != 0)
                 break;
+            if (plain && !objects && plain_kept++ == 0)
+                first_plain = r->item_line;
             continue;
         }
         if ((rc = bad_record(lo, &rec_err, &skipped, err)) != 0)

@@ -603,6 +603,27 @@ static void test_plain_lines(tokenizer *t)
           "a first JSONL line cut short is skipped, not text: %d records, %ld skipped: %s", d.n,
           d.skipped, err.msg);
     dataset_free(&d);
+    /* plain lines before the first JSON object: the file is JSONL and they are broken records
+     * (a stray first line was trained on as text, also with strict) */
+    path = write_file("stray.jsonl", "a stray line\nanother\n{\"text\": \"whole\"}\n"
+                      "{\"text\": \"two\"}\n", 0);
+    CHECK(dataset_load(&d, path, &lo, &err) == 0 && d.n == 2 && d.skipped == 2,
+          "plain lines before JSONL records are skipped: %d records, %ld skipped: %s", d.n,
+          d.skipped, err.msg);
+    for (int i = 0; i < d.n; i++) {
+        char *text = decode_record(t, &d.items[i]);
+        CHECK(strcmp(text, i ? "<s>two</s>" : "<s>whole</s>") == 0, "stray.jsonl: record %d "
+              "reads as %s", i, text);
+        free(text);
+    }
+    dataset_free(&d);
+    lo.strict = 1;
+    CHECK(dataset_load(&d, path, &lo, &err) != 0 && d.n == 0 &&
+              strstr(err.msg, "stray.jsonl:1: not a JSON record (nor is the plain line after "
+                              "it), though line 3 is one"),
+          "strict: plain lines before JSONL records are an error naming the first: %s",
+          err.msg);
+    dataset_free(&d);
 }
 
 /* A NUL byte stops a load, naming file, line and column: a plain line was cut there (a C
