@@ -66,6 +66,14 @@ done
 
 # ---- a finished run ---------------------------------------------------------------------------
 "$fake" "$tmp/done.jsonl" --steps 60 || exit 99
+# --attach to no run: what the path is and how to get one (once "Connection refused" for a
+# regular file)
+"$pesc" view "$tmp/done.jsonl" --attach "$tmp/dataset.jsonl" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "dataset.jsonl: not a socket; give the path a running pesc train --control PATH made" "$tmp/err" \
+  && pass "--attach to a regular file: not a socket" || fail "--attach to a file: exit $st: $(cat "$tmp/err")"
+"$pesc" view "$tmp/done.jsonl" --attach "$tmp/nosock" </dev/null >/dev/null 2>"$tmp/err"; st=$?
+[ "$st" -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "nosock: no run is listening there (no such file)" "$tmp/err" \
+  && pass "--attach to nothing: no run is listening" || fail "--attach to nothing: exit $st: $(cat "$tmp/err")"
 tui_start 100 30 "$pesc" view "$tmp/done.jsonl"
 check "FINISHED" "finished run shows FINISHED"
 check "step 60/60" "status line shows the last step"
@@ -458,7 +466,7 @@ killed_run running-killed
 kill -KILL "$killed"
 wait "$killed" 2>/dev/null
 keys Space
-check "Connection refused" "a running run killed: Space gets the refusal"
+check "no run is listening there" "a running run killed: Space gets the refusal"
 check "STOPPED" "... and the view shows the run stopped"
 check "the run is gone: its socket is closed" "... and gone"
 keys q
