@@ -134,6 +134,10 @@ static int parse_fetch(fetch_cli *o, int argc, char **argv)
         o->output = NULL;   /* into the cache, then out */
         o->to_stdout = 1;
     }
+    struct stat st;   /* several files go into -o as a directory: one error, not one a URL */
+    if (o->output && o->n_urls > 1 && stat(o->output, &st) == 0 && !S_ISDIR(st.st_mode))
+        return cli_usage_error("fetch", "-o %s: several URLs go into a directory, and that is "
+                               "a file: name a directory (or fetch one URL to it)", o->output);
     return -1;   /* go on */
 }
 

@@ -95,6 +95,13 @@ expect 2 "not a URL" "fetch of a plain path" -- "$pesc" fetch data.jsonl
 expect 2 "--jobs" "fetch --jobs 0" -- "$pesc" fetch --jobs 0 "$base/f/small.txt"
 expect 2 "64 hex" "fetch --sha256 bad" -- "$pesc" fetch --sha256 abc "$base/f/small.txt"
 expect 2 "OWNER/NAME" "fetch of a malformed hf URL" -- "$pesc" fetch hf://justone
+# several URLs into a -o that is a file: one usage error before anything is fetched (it once
+# failed each URL in turn), the file untouched
+echo keep >"$tmp/afile.txt"
+expect 2 "\-o $tmp/afile.txt: several URLs go into a directory, and that is a file" \
+  "fetch of two URLs into a file is refused at once" -- \
+  "$pesc" fetch "$base/f/small.txt" "$base/f/small.txt?b" -o "$tmp/afile.txt"
+[ "$(cat "$tmp/afile.txt")" = keep ] || fail "two URLs into a file: the file was changed"
 expect 2 "whole model" "-o with a whole model" -- "$pesc" fetch -o "$tmp/x" hf://tester/single
 expect 2 "whole model" "--force with a whole model" -- "$pesc" fetch --force hf://tester/single
 expect 2 "--sha256 $base/f/small.txt: expected 64 hex digits (the hash is missing)" \
