@@ -2123,6 +2123,11 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
     if (st->base_fingerprint != s->fingerprint) {
         int from_model = *st->base_model != '\0';
         const char *from = from_model ? st->base_model : st->init_config;
+        const char *now = c->init_config ? c->init_config : s->model_dir;
+        if (*from && pesc_same_file(from, now))   /* the same path: its weights changed */
+            return pesc_fail(err, "--resume %s was trained on %s, whose weights have changed "
+                             "since (their fingerprint differs): put back the weights it was "
+                             "trained on, or start a new run without --resume", dir, from);
         if (*from)
             return pesc_fail(err, "--resume %s was trained on %s; this run loads %s, whose "
                              "weights differ: give %s %s to continue it", dir, from,

@@ -1125,6 +1125,16 @@ expect 1 "the loss is \(NaN\|infinite\): the model overflows on this data (its w
   "eval: a base that overflows is named, with no --backend cpu advice on the CPU" -- \
   "$pesc" eval --model "$tmp/hugebase" --data "$tmp/data.jsonl" --backend cpu
 
+# the base at the path the checkpoint names has other weights now: said so, not "give --model"
+# with the path already given
+rm -rf "$tmp/moved" && cp -r "$tmp/ck/step-00000006" "$tmp/moved"
+sed 's/"base_fingerprint": "[0-9a-f]*"/"base_fingerprint": "0123456789abcdef"/' \
+  "$tmp/ck/step-00000006/state.json" >"$tmp/moved/state.json"
+# shellcheck disable=SC2086
+expect 1 "was trained on .*llama-gqa-f32, whose weights have changed since (their fingerprint differs): put back the weights" \
+  "resume onto a base whose weights changed at the same path" -- \
+  "$pesc" train --headless $common --steps 10 --resume "$tmp/moved"
+
 # a damaged state.json is refused, naming the key, rather than resumed at step 0 or with a
 # negative coefficient (or read past a number where a name belongs), or with a value outside
 # its flag's range cut down to an int (grad_accum 2^31 trained nothing, experts 2^32 + 4 was 4)
