@@ -9,15 +9,18 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 /* ===================================================== the built-in jsonl sink ===== */
 
-/* The run log: the start line, then one line per step and per event, flushed as written so
- * that `pesc view` follows a live run. */
+/* The run log: the start line, then one line per step and per event, each written whole as
+ * it comes (no buffer between) so that `pesc view` follows a live run. A line that fails (a
+ * full disk) is cut back off: the log ends on its last whole line, still JSONL. */
 typedef struct jsonl_sink {
-    FILE *f;
+    int fd;
+    off_t good;                  /* the bytes up to the end of the last whole line */
     char path[4096];
 } jsonl_sink;
 
@@ -25,10 +28,23 @@ static int jsonl_line(jsonl_sink *j, const char *json, char *err, size_t errlen)
 {
     if (!json)
         return 0;
-    if (fputs(json, j->f) < 0 || fputc('\n', j->f) == EOF || fflush(j->f) != 0) {
-        snprintf(err, errlen, "%s: %s", j->path, strerror(errno));
-        return -1;
+    size_t n = strlen(json), done = 0;
+    while (done < n + 1) {
+        struct iovec part[2] = {{(void *)(json + done), done < n ? n - done : 0},
+                                {(void *)"\n", 1}};
+        ssize_t wrote = writev(j->fd, part, 2);
+        if (wrote < 0 && errno == EINTR)
+            continue;
+        if (wrote <= 0) {
+            int e = wrote < 0 ? errno : ENOSPC;
+            if (done > 0 || wrote < 0)   /* what of the line got there goes again */
+                (void)!ftruncate(j->fd, j->good);
+            snprintf(err, errlen, "%s: %s", j->path, strerror(e));
+            return -1;
+        }
+        done += (size_t)wrote;
     }
+    j->good += (off_t)(n + 1);
     return 0;
 }
 
@@ -36,7 +52,7 @@ static int jsonl_close(void *self, char *err, size_t errlen)
 {
     jsonl_sink *j = self;
     int rc = 0;
-    if (fclose(j->f) != 0) {
+    if (close(j->fd) != 0) {
         snprintf(err, errlen, "%s: %s", j->path, strerror(errno));
         rc = -1;
     }
@@ -112,12 +128,12 @@ static void *jsonl_open(const pesc_sink_config *c, const pesc_run_info *run, cha
         free(j);
         return NULL;
     }
-    j->f = fdopen(fd, c->resume ? "a" : "w");
-    /* a line cut short (a kill or a full disk mid-record) stays one bad line of its own: the
-     * start line does not join it */
+    j->fd = fd;
+    /* a line cut short (a kill mid-record) stays one bad line of its own: the start line
+     * does not join it */
     char last;
-    int cut = c->resume && fstat(fd, &st) == 0 && st.st_size > 0 &&
-              pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
+    j->good = c->resume && fstat(fd, &st) == 0 ? st.st_size : 0;
+    int cut = j->good > 0 && pread(fd, &last, 1, j->good - 1) == 1 && last != '\n';
     if ((cut && jsonl_line(j, "", err, errlen) != 0) ||
         jsonl_line(j, run->json, err, errlen) != 0) {
         char ignored[64];

@@ -226,5 +226,26 @@ got=$(samples_steps "$tmp/ans-crash.jsonl")
   pass "--eval-samples resumed from a pending evaluation: its answers of that step given once" ||
   fail "--eval-samples resumed from a pending evaluation: exit $status, steps $got $(head -c 300 "$tmp/err")"
 
+# ---- a log that cannot grow (a full disk; here the file size limit) ---------------------------
+# the sink stops and the run goes on; the log ends on its last whole line (a line cut short
+# was left at its end) and reads as a log to the end
+(
+  trap '' XFSZ
+  ulimit -f 16
+  # shellcheck disable=SC2086
+  exec "$pesc" train --headless $common --steps 60 --log "$tmp/full.jsonl"
+) >/dev/null 2>"$tmp/err"
+status=$?
+size=$(wc -c <"$tmp/full.jsonl")
+if [ "$status" -ne 0 ] || ! grep -q "sink jsonl: .*full.jsonl: File too large; the sink is disabled and the run goes on" "$tmp/err"; then
+  fail "a log past the file size limit: exit $status: $(head -c 300 "$tmp/err")"
+elif [ "$size" -ge 16384 ] || [ "$(tail -c 1 "$tmp/full.jsonl" | od -An -c | tr -d ' ')" != '\n' ]; then
+  fail "a log past the file size limit ends mid-line ($size bytes): $(tail -c 80 "$tmp/full.jsonl")"
+elif "$pesc" inspect "$tmp/full.jsonl" 2>&1 | grep -q "not JSON"; then
+  fail "a log past the file size limit has a line that is not JSON: $("$pesc" inspect "$tmp/full.jsonl" 2>&1 | head -c 300)"
+else
+  pass "a log past the file size limit stops on a whole line, and the run goes on"
+fi
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
