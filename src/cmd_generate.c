@@ -63,7 +63,6 @@ typedef struct generate_options {
     long max_tokens, top_k, seed, batch;
     double temperature, top_p;
     int raw, chat;
-    const char *cut_given;   /* --top-p or --top-k, when one was given */
     int template_given;
 } generate_options;
 
@@ -121,13 +120,11 @@ static int parse_generate(generate_options *o, int argc, char **argv)
             break;
         case 'P':
             if (number("--top-p", optarg, 1e-6, 1, &o->top_p)) return EXIT_USAGE;
-            o->cut_given = "--top-p";
             break;
         case 'k':
             if (cli_parse_long(optarg, 0, 1 << 20, &o->top_k) != 0)
                 return cli_usage_error("generate", "--top-k %s: a whole number from 0 to "
                                        "1048576", optarg);
-            o->cut_given = "--top-k";
             break;
         case 's':
             if (cli_parse_long(optarg, 0, 0x7fffffffffffffffL, &o->seed) != 0)
@@ -197,9 +194,11 @@ static int parse_generate(generate_options *o, int argc, char **argv)
     if (o->raw && o->template_given)
         return cli_usage_error("generate", "--raw sends the prompt as it is and --template %s "
                                "wraps it: choose one", o->template_name);
-    if (o->cut_given && o->temperature == 0.0)
+    /* a cut that is on (--top-k 0 and --top-p 1 are off, as the defaults) */
+    const char *cut = o->top_p < 1.0 ? "--top-p" : o->top_k > 0 ? "--top-k" : NULL;
+    if (cut && o->temperature == 0.0)
         return cli_usage_error("generate", "%s cuts what sampling draws from, but --temperature "
-                               "0 (the default) is greedy: add --temperature T", o->cut_given);
+                               "0 (the default) is greedy: add --temperature T", cut);
     return -1;
 }
 

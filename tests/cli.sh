@@ -484,6 +484,11 @@ expect 2 "\-\-system goes in the chat template.*choose one" "generate --system w
   "$pesc" generate --model "$demo" --prompt hi --system x --raw
 expect 2 "\-\-top-p cuts what sampling draws from.*add \-\-temperature T" "generate --top-p while greedy" -- \
   "$pesc" generate --model "$demo" --prompt hi --top-p 0.5
+# the cuts' off values (the defaults) cut nothing: greedy takes them (--top-k 0 was refused)
+expect 0 "" "generate --top-k 0 --top-p 1 while greedy: off, accepted" -- \
+  "$pesc" generate --model "$demo" --prompt hi --top-k 0 --top-p 1 --max-tokens 2
+expect 2 "\-\-top-p cuts what sampling draws from" "generate --top-p 0.5 then --top-k 0: the cut named" -- \
+  "$pesc" generate --model "$demo" --prompt hi --top-p 0.5 --top-k 0
 expect 2 "\-\-raw sends the prompt as it is.*choose one" "generate --raw with --template" -- \
   "$pesc" generate --model "$demo" --prompt hi --raw --template chatml
 # a plain-text line that is not UTF-8 is named as such (the message once read uninitialised memory)
