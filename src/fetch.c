@@ -1225,8 +1225,9 @@ static void judge_try(fetcher *f, transfer *t, CURLcode rc, const char *why, dou
     pesc_error err;
     if (t->write_errno) {
         t->offset += t->received;
-        pesc_fail(&err, "writing %s: %s (the partial download is kept; free space and run "
-                  "again to resume)", t->part, strerror(t->write_errno));
+        pesc_fail(&err, "writing %s: %s (%s; free space and run again)", t->part,
+                  strerror(t->write_errno), t->offset > 0 ? "the partial download is kept, "
+                  "to resume" : "nothing of it could be written");   /* none: close_failed_part */
         close_failed_part(t);
         fail_transfer(f, t, &err);
         return;

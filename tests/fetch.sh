@@ -102,6 +102,24 @@ expect 2 "\-o $tmp/afile.txt: several URLs go into a directory, and that is a fi
   "fetch of two URLs into a file is refused at once" -- \
   "$pesc" fetch "$base/f/small.txt" "$base/f/small.txt?b" -o "$tmp/afile.txt"
 [ "$(cat "$tmp/afile.txt")" = keep ] || fail "two URLs into a file: the file was changed"
+# a disk that takes nothing (here the file size limit 0): nothing is kept, and it is not said
+# to be (the message once promised a partial download it had just deleted)
+# (its messages through a pipe, which the limit does not stop)
+{
+  (
+    trap '' XFSZ
+    ulimit -f 0
+    exec "$pesc" fetch -o "$tmp/nothing.bin" "$base/f/big.bin?k=nothing"
+  ) 2>&1 >/dev/null
+  echo "exit $?"
+} | cat >"$tmp/err"
+status=$(sed -n 's/^exit //p' "$tmp/err")
+if [ "$status" = 1 ] && grep -q "nothing of it could be written; free space and run again" "$tmp/err" &&
+   [ ! -e "$tmp/nothing.bin.part" ] && [ ! -e "$tmp/nothing.bin" ]; then
+  pass "a download nothing of which could be written says so, and leaves nothing"
+else
+  fail "a download into no space: exit $status, $(ls "$tmp" | grep nothing): $(cat "$tmp/err")"
+fi
 expect 2 "whole model" "-o with a whole model" -- "$pesc" fetch -o "$tmp/x" hf://tester/single
 expect 2 "whole model" "--force with a whole model" -- "$pesc" fetch --force hf://tester/single
 expect 2 "--sha256 $base/f/small.txt: expected 64 hex digits (the hash is missing)" \
