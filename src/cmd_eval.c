@@ -853,8 +853,13 @@ static int open_samples(const eval_options *o, FILE **f, pesc_error *err)
     if (!*f) {
         if (fd >= 0)
             close(fd);
-        return pesc_fail(err, "--samples %s: %s%s", o->samples, strerror(errno),
-                         errno == EEXIST ? ": name a new file" : "");
+        int e = errno;
+        return pesc_fail(err, "--samples %s: %s%s", o->samples, strerror(e),
+                         e == EEXIST                ? ": name a new file"
+                         : e == EACCES || e == EROFS ? ": name a file in a directory you can "
+                                                       "write"
+                         : e == ENOENT               ? ": its directory does not exist"
+                                                     : "");
     }
     return 0;
 }

@@ -272,6 +272,9 @@ if [ -f "$top_builddir/data/demo/config.json" ]; then
   fi
   expect 1 "\-\-samples $tmp/shared.jsonl: File exists: name a new file" "eval --samples refuses an existing file" -- \
     "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --samples "$tmp/shared.jsonl"
+  expect 1 "\-\-samples $tmp/nodir/s.jsonl: No such file or directory: its directory does not exist" \
+    "eval --samples in a missing directory says so" -- \
+    "$pesc" eval --model "$demo" --choices "$tmp/mc.jsonl" --samples "$tmp/nodir/s.jsonl"
   printf '{"question": "q", "choices": ["a", "b"], "answer": "c"}\n' >"$tmp/bad-mc.jsonl"
   expect 1 "\-\-choices: $tmp/bad-mc.jsonl:1: \"answer\": \"c\" is none of the 2 options" \
     "eval --choices: a record whose answer is no option" -- \
