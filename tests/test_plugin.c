@@ -25,6 +25,7 @@ static void test_refusals(void)
     static const struct { const char *name, *problem; } cases[] = {
         {"bad_abi", "built for plugin ABI 999 and this pesc speaks ABI 1"},
         {"no_entry", "no pesc_plugin_entry symbol"},
+        {"data_entry", "its pesc_plugin_entry is not a function"},
         {"undefined_symbol", "undefined symbol: pesc_function_nobody_defines"},
         {"stray_pointer", "outside the module"},
         {"bad_name", "name must be 1 to 31"},
@@ -42,7 +43,7 @@ static void test_refusals(void)
               err.msg);
         CHECK(strchr(err.msg, '\n') == NULL, "%s: one line", cases[i].name);
     }
-    CHECK(plugins_count(p) == 7, "refused modules are listed: %d", plugins_count(p));
+    CHECK(plugins_count(p) == 8, "refused modules are listed: %d", plugins_count(p));
     for (int i = 0; i < plugins_count(p); i++)
         CHECK(plugins_get(p, i)->plugin == NULL && plugins_get(p, i)->problem[0],
               "refused module %d has a problem and no descriptor", i);
@@ -52,7 +53,7 @@ static void test_refusals(void)
     char tests_dir[4096];
     snprintf(tests_dir, sizeof tests_dir, "%s/tests/plugins", builddir);
     p = plugins_new();
-    CHECK(plugins_scan_dir(p, tests_dir, "test") == 0 && plugins_count(p) == 6,
+    CHECK(plugins_scan_dir(p, tests_dir, "test") == 0 && plugins_count(p) == 7,
           "scan: %d listed", plugins_count(p));
     plugins_delete(p);
 }
