@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -128,16 +129,39 @@ int pesc_refuse_device(int fd, const char *path, pesc_error *err)
     return 0;
 }
 
+/* Seconds a FIFO's reader waits for its writer to open it or write. */
+#define PESC_FIFO_WAIT_S 5
+
+/* For fd open without blocking: where it is a FIFO, waits until its writer wrote, or came and
+ * went (Linux reports no hang-up before a writer ever opened it): 0, or 1 when none did in
+ * PESC_FIFO_WAIT_S (-1 when poll failed, errno set). Anything else: 0 at once. */
+static int fifo_writer(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode))
+        return 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int ready;
+    while ((ready = poll(&p, 1, PESC_FIFO_WAIT_S * 1000)) < 0 && errno == EINTR)
+        continue;
+    return ready < 0 ? -1 : ready == 0;
+}
+
 int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
 {
-    /* not blocking in the open: a FIFO no writer has open reads as empty rather than
-     * hanging (then its reads block again, as a pipe's should) */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    FILE *f = fd >= 0 && fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL;
+    /* not blocking in the open, which waits for a FIFO's writer however long: the wait is
+     * fifo_writer's, bounded */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC), waited = 0;
+    FILE *f = fd >= 0 && (waited = fifo_writer(fd)) == 0 && fcntl(fd, F_SETFL, 0) == 0
+                  ? fdopen(fd, "rb")
+                  : NULL;
     if (!f) {
         int saved = errno;
         if (fd >= 0)
             close(fd);
+        if (waited > 0)
+            return pesc_fail(err, "%s is a FIFO that nothing wrote to in %d s; name a file, or "
+                             "start its writer first", path, PESC_FIFO_WAIT_S);
         return pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(saved));
     }
     /* open opens a directory too; only the first read fails, with a bare "read error" */
@@ -174,10 +198,6 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
     if (failed) {
         free(buf);
         return pesc_fail(err, "%s: read error", path);
-    }
-    if (n == 0 && known && S_ISFIFO(st.st_mode)) {
-        free(buf);
-        return pesc_fail(err, "%s is a FIFO that nothing wrote to; name a file", path);
     }
     buf[n] = '\0';
     *out = buf;

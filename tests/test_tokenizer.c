@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tokenizer.h"
@@ -244,11 +245,32 @@ static void test_load_errors(void)
     CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "is a directory, not a file"),
           "a directory named tokenizer.json must be called one: %s", err.msg);
     rmdir(path);
-    /* a FIFO nothing writes to: named at once (its open once waited for a writer forever) */
+    /* a FIFO nothing writes to: named after a wait of seconds (its open once waited for a
+     * writer forever; the alarm ends the test if it does again) */
     CHECK(mkfifo(path, 0600) == 0, "cannot make the FIFO %s", path);
+    alarm(60);
     t = tok_load(path, &err);
-    CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "is a FIFO that nothing wrote to"),
-          "a FIFO without a writer must be named, not waited on: %s", err.msg);
+    alarm(0);
+    CHECK(!t && strstr(err.msg, path) && strstr(err.msg, "is a FIFO that nothing wrote to in"),
+          "a FIFO without a writer must be named, not waited on forever: %s", err.msg);
+    /* one whose writer comes a moment later is read (process substitution, a generator) */
+    pid_t writer = fork();
+    if (writer == 0) {
+        usleep(300 * 1000);
+        FILE *w = fopen(path, "w");
+        if (w) {
+            fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}", w);
+            fclose(w);
+        }
+        _exit(0);
+    }
+    alarm(60);
+    t = tok_load(path, &err);
+    alarm(0);
+    CHECK(t != NULL, "a FIFO whose writer opens late must be read: %s", err.msg);
+    tok_delete(t);
+    if (writer > 0)
+        waitpid(writer, NULL, 0);
     unlink(path);
     free(path);
 
