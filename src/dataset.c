@@ -1427,11 +1427,12 @@ static void back_to(ds_records *d, load_mark start)
 }
 
 /* The first JSON object of a file the built-ins read in lines, after lines of plain text
- * (plain of them, from line first_plain, the only records kept so far): the file is JSONL,
- * whose lines are records each, and those were broken ones, not documents (a stray first line
- * was trained on as text, even with --strict). They go, as bad records do: fatal with strict,
- * else skipped with a warning. (A plugin's format that takes lines converts every line that
- * is not JSON, wherever it is: not for it.) */
+ * (plain of them, from line first_plain, the only records kept so far), once the object made
+ * a record (prose may hold a line of JSON that is none): the file is JSONL, whose lines are
+ * records each, and those were broken ones, not documents (a stray first line was trained on
+ * as text, even with --strict). They go, as bad records do: fatal with strict, else skipped
+ * with a warning. (A plugin's format that takes lines converts every line that is not JSON,
+ * wherever it is: not for it.) */
 static int plain_before_records(ds_records *d, load_mark start, const char *path,
                                 long first_plain, long plain, long line,
                                 const ds_load_options *lo, skips *skipped, pesc_error *err)
@@ -1622,15 +1623,18 @@ int dataset_load(ds_records *d, const char *path, const ds_load_options *lo, pes
                            "view reads it; give the data a run trains on", path);
             break;
         } else {
-            if (!objects && !every_line && json_is_object(o) && plain_kept > 0 &&
+            int first_object = !objects && json_is_object(o);
+            objects |= json_is_object(o);
+            ok = make_record(&t, o, lo, path, r->item_line, &rec_err) == 0;
+            /* a record, not prose that holds a JSON line: the plain lines go */
+            if (ok && first_object && !every_line && plain_kept > 0 &&
                 plain_kept == d->n - start.records &&
                 (rc = plain_before_records(d, start, path, first_plain, plain_kept,
                                            r->item_line, lo, &skipped, err)) != 0) {
+                record_tokens_free(&t);
                 json_decref(o);
                 break;
             }
-            objects |= json_is_object(o);
-            ok = make_record(&t, o, lo, path, r->item_line, &rec_err) == 0;
         }
         json_decref(o);
         first = 0;

@@ -624,6 +624,14 @@ static void test_plain_lines(tokenizer *t)
           "strict: plain lines before JSONL records are an error naming the first: %s",
           err.msg);
     dataset_free(&d);
+    /* a line of JSON that makes no record is not taken for the file's records: the prose
+     * before it stays */
+    lo.strict = 0;
+    path = write_file("prose.txt", "line one\nline two\n{\"k\": 1}\n", 0);
+    CHECK(dataset_load(&d, path, &lo, &err) == 0 && d.n == 2 && d.skipped == 1,
+          "prose with a JSON line that is no record keeps its lines: %d records, %ld skipped: "
+          "%s", d.n, d.skipped, err.msg);
+    dataset_free(&d);
 }
 
 /* A NUL byte stops a load, naming file, line and column: a plain line was cut there (a C
