@@ -1691,7 +1691,7 @@ static int train_step(session *s, pesc_error *err)
         if (forward && s->step == s->start_step && s->nan_run >= s->cfg.nan_limit) {
             /* nothing was updated yet: the model as loaded overflows, which no learning
              * rate mends */
-            rc = pesc_fail(err, "step %ld: the loss was not finite on %ld batches in a row "
+            rc = pesc_fail(err, "step %ld: the loss was not finite on %ld steps in a row "
                            "before any update: the model%s%s overflows on this data as loaded "
                            "(its weights, or the adapters it resumed), not from the learning "
                            "rate%s", s->step + 1, s->nan_run, m->source[0] ? " " : "",
@@ -2124,10 +2124,12 @@ static int check_resumable(session *s, const checkpoint_state *st, const char *d
         int from_model = *st->base_model != '\0';
         const char *from = from_model ? st->base_model : st->init_config;
         const char *now = c->init_config ? c->init_config : s->model_dir;
-        if (*from && pesc_same_file(from, now))   /* the same path: its weights changed */
-            return pesc_fail(err, "--resume %s was trained on %s, whose weights have changed "
-                             "since (their fingerprint differs): put back the weights it was "
-                             "trained on, or start a new run without --resume", dir, from);
+        if (*from && pesc_same_file(from, now))   /* the same path: what is there changed */
+            return pesc_fail(err, "--resume %s was trained on %s, whose %s changed since "
+                             "(the fingerprint differs): put back the %s it was trained on, or "
+                             "start a new run without --resume", dir, from,
+                             from_model ? "weights have" : "config has",
+                             from_model ? "weights" : "config");
         if (*from)
             return pesc_fail(err, "--resume %s was trained on %s; this run loads %s, whose "
                              "weights differ: give %s %s to continue it", dir, from,

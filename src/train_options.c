@@ -89,7 +89,8 @@ const char train_options_help[] =
     "                       (--resume takes no --sink or --plugin: give them again)\n"
     "  --plugin FILE        load a plugin module, repeatable\n"
     "  --nan-limit N        non-finite steps in a row before the LR is halved (3); the run\n"
-    "                       fails when they go on after 10 halvings\n"
+    "                       fails when they go on after 10 halvings, or at once when their\n"
+    "                       losses were before its first update (the model overflows)\n"
     "crafting:\n";
 
 void train_config_default(train_config *c)

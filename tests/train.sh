@@ -1117,7 +1117,7 @@ expect 1 "model.safetensors: tensor .* holds NaN at element 1" "eval: a NaN weig
 mkdir "$tmp/hugebase" && cp "$base/config.json" "$tmp/hugebase/"
 size=$(wc -c <"$base/model.safetensors")
 { head -c $((8 + header)) "$base/model.safetensors"; head -c $((size - 8 - header)) /dev/zero | tr '\000' '\176'; } >"$tmp/hugebase/model.safetensors"
-expect 1 "step 1: the loss was not finite on 3 batches in a row before any update: the model .* overflows on this data as loaded (its weights, or the adapters it resumed), not from the learning rate$" \
+expect 1 "step 1: the loss was not finite on 3 steps in a row before any update: the model .* overflows on this data as loaded (its weights, or the adapters it resumed), not from the learning rate$" \
   "train: a base that overflows is blamed at once, not the learning rate" -- \
   "$pesc" train --headless --model "$tmp/hugebase" --data "$tmp/data.jsonl" --steps 1 --backend cpu \
     --save "$tmp/hugesave"
@@ -1131,7 +1131,7 @@ rm -rf "$tmp/moved" && cp -r "$tmp/ck/step-00000006" "$tmp/moved"
 sed 's/"base_fingerprint": "[0-9a-f]*"/"base_fingerprint": "0123456789abcdef"/' \
   "$tmp/ck/step-00000006/state.json" >"$tmp/moved/state.json"
 # shellcheck disable=SC2086
-expect 1 "was trained on .*llama-gqa-f32, whose weights have changed since (their fingerprint differs): put back the weights" \
+expect 1 "was trained on .*llama-gqa-f32, whose weights have changed since (the fingerprint differs): put back the weights" \
   "resume onto a base whose weights changed at the same path" -- \
   "$pesc" train --headless $common --steps 10 --resume "$tmp/moved"
 
