@@ -116,8 +116,9 @@ static int shape_flag(bench_options *o, int c, const char *arg)
                     &o->seq, &o->batch, &o->steps};
     /* layers and heads as a config.json may have them (hfconfig.c): a million layers once
      * ran the host out of memory before the memory check */
-    int most = c == OPT_LAYERS ? HF_MAX_LAYERS : c == OPT_HEADS || c == OPT_KV_HEADS ? 1024
-                                                                                   : 1 << 24;
+    int most = c == OPT_LAYERS                       ? HF_MAX_LAYERS
+               : c == OPT_HEADS || c == OPT_KV_HEADS ? HF_MAX_HEADS
+                                                     : 1 << 24;
     long v;
     if (cli_parse_long(arg, 1, most, &v) != 0)
         return cli_usage_error("bench", "%s %s: expected a whole number from 1 to %d", names[c],

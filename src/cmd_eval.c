@@ -851,9 +851,11 @@ static int open_samples(const eval_options *o, FILE **f, pesc_error *err)
     int fd = open(o->samples, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (!*f) {
-        if (fd >= 0)
-            close(fd);
         int e = errno;
+        if (fd >= 0) {   /* the file it made would refuse the next try */
+            close(fd);
+            unlink(o->samples);
+        }
         return pesc_fail(err, "--samples %s: %s%s", o->samples, strerror(e),
                          e == EEXIST                ? ": name a new file"
                          : e == EACCES || e == EROFS ? ": name a file in a directory you can "

@@ -20,8 +20,8 @@ static const struct {
     int min, max;
 } int_limits[] = {
     {"vocab_size", 1, 1 << 22}, {"hidden_size", 1, 1 << 16}, {"intermediate_size", 1, 1 << 18},
-    {"num_hidden_layers", 1, HF_MAX_LAYERS}, {"num_attention_heads", 1, 1024},
-    {"num_key_value_heads", 1, 1024}, {"head_dim", 1, 1 << 12}, {"num_experts", 0, 1024},
+    {"num_hidden_layers", 1, HF_MAX_LAYERS}, {"num_attention_heads", 1, HF_MAX_HEADS},
+    {"num_key_value_heads", 1, HF_MAX_HEADS}, {"head_dim", 1, 1 << 12}, {"num_experts", 0, 1024},
     {"topk", 0, 1024}, {"adapter_dim", 0, 1 << 16},   /* 0: the crafting check says more */
 };
 

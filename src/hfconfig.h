@@ -23,6 +23,7 @@ typedef enum hf_rope_type {
 
 enum { HF_MAX_ROPE_FACTORS = 256 };   /* head_dim / 2 at most */
 enum { HF_MAX_LAYERS = 1024 };        /* num_hidden_layers at most */
+enum { HF_MAX_HEADS = 1024 };         /* num_attention_heads, num_key_value_heads */
 
 typedef struct hf_config {
     char architecture[64];       /* "LlamaForCausalLM" */

@@ -175,11 +175,12 @@ static int check_module(plugin_entry *e, char *problem, size_t cap)
                  "with PESC_PLUGIN_DEFINE)", PESC_PLUGIN_ENTRY_SYMBOL);
         return -1;
     }
-    /* a variable of that name (int pesc_plugin_entry = 5) would be called into: a crash */
+    /* a variable of that name (int pesc_plugin_entry = 5) would be called into: a crash. A
+     * data symbol always has its entry; an IFUNC's resolved address may have none */
     const ElfW(Sym) *sym = NULL;
-    if (dladdr1(symbol, &where, (void **)&sym, RTLD_DL_SYMENT) == 0 || !sym ||
-        (ELF64_ST_TYPE(sym->st_info) != STT_FUNC &&   /* the same in ELF32 */
-         ELF64_ST_TYPE(sym->st_info) != STT_GNU_IFUNC)) {
+    if (dladdr1(symbol, &where, (void **)&sym, RTLD_DL_SYMENT) != 0 && sym &&
+        ELF64_ST_TYPE(sym->st_info) != STT_FUNC &&   /* the same in ELF32 */
+        ELF64_ST_TYPE(sym->st_info) != STT_GNU_IFUNC) {
         snprintf(problem, cap, "its %s is not a function: not a pesc plugin (a module defines "
                  "it with PESC_PLUGIN_DEFINE)", PESC_PLUGIN_ENTRY_SYMBOL);
         return -1;
