@@ -398,6 +398,8 @@ struct tokenizer {
 
     normalizer *norm;
     int n_norm;
+    double norm_growth;            /* how many times longer the Replace normalizers may make
+                                      a text, at most (0: 1) */
     pretokenizer *pre;
     int n_pre;
     decoder *dec;
@@ -1832,6 +1834,10 @@ static void set_id(tokenizer *t, int32_t id, const char *text)
     t->id_text[id] = xstrdup(text);
 }
 
+/* The most the Replace normalizers may grow a text, all together: real files make it 3 times
+ * longer (" " to U+2581), a chain that multiplies it past this runs the memory out. */
+#define TOK_NORM_GROWTH_MAX 1024
+
 static int load_normalizer(tokenizer *t, json_t *n, pesc_error *err)
 {
     if (!n || json_is_null(n))
@@ -1854,6 +1860,19 @@ static int load_normalizer(tokenizer *t, json_t *n, pesc_error *err)
         nm.text = xstrdup(jstr(n, "prepend"));
     } else if (strcmp(type, "Replace") == 0 && jstr(n, "content")) {
         nm.kind = NORM_REPLACE;
+        /* each match of at least `least` bytes becomes the content (a regex, or an empty
+         * string, may match nothing: then each character keeps its place beside it) */
+        const char *literal = jstr(json_object_get(n, "pattern"), "String");
+        size_t grown = strlen(jstr(n, "content")), least = literal ? strlen(literal) : 0;
+        double each = !least ? 1.0 + (double)grown
+                      : grown > least ? (double)grown / (double)least
+                                      : 1.0;
+        double growth = (t->norm_growth > 0 ? t->norm_growth : 1.0) * each;
+        if (growth > TOK_NORM_GROWTH_MAX)
+            return pesc_fail(err, "Replace normalizer: the normalizers could make a text up to "
+                             "%.3g times longer (pesc takes %d): is the file right?", growth,
+                             TOK_NORM_GROWTH_MAX);
+        t->norm_growth = growth;
         if (load_pattern(json_object_get(n, "pattern"), &nm.pattern, "Replace normalizer", err))
             return -1;
         nm.text = xstrdup(jstr(n, "content"));

@@ -295,6 +295,28 @@ static void test_load_errors(void)
               err.msg);
         tok_delete(t);
     }
+    /* Replace normalizers that multiply a text past 1024 times are refused at load (six of
+     * "a" to 76 "a"s ran the memory out on the first text); " " to U+2581 loads */
+    char chain[2048] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                       "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [";
+    for (int i = 0; i < 6; i++) {
+        snprintf(chain + strlen(chain), sizeof chain - strlen(chain), "%s{\"type\": \"Replace\", "
+                 "\"pattern\": {\"String\": \"a\"}, \"content\": \"", i ? ", " : "");
+        for (int k = 0; k < 76; k++)
+            strcat(chain, "a");
+        strcat(chain, "\"}");
+    }
+    strcat(chain, "]}}");
+    t = json_tokenizer(chain, &err);
+    CHECK(!t && strstr(err.msg, "Replace normalizer: the normalizers could make a text up to "
+                                "5.78e+03 times longer (pesc takes 1024)"),
+          "a Replace chain that multiplies a text 76^6 times must be refused: %s", err.msg);
+    tok_delete(t);
+    t = json_tokenizer("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+                       "\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
+                       "\"content\": \"\\u2581\"}}", &err);
+    CHECK(t != NULL, "Replace \" \" with U+2581 must load: %s", err.msg);
+    tok_delete(t);
     /* one character of three bytes, as real files have it, still loads */
     t = json_tokenizer("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
                        "\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": "
