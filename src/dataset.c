@@ -1317,23 +1317,29 @@ static int bad_record(const ds_load_options *lo, const pesc_error *rec_err, skip
 
 /* ================================================== records in the token store ===== */
 
-typedef struct load_mark load_mark;
-static void back_to(ds_records *d, load_mark start);
-
 /* Between a record's append and the mapping at the end of its load, ids is NULL and labels
  * is NULL or this marker (the record has labels); map_records points both into the store. */
 static const int32_t labels_pending[1];
 
 /* Where a load starts, so that a failed one can leave d as it found it. */
-struct load_mark {
+typedef struct load_mark {
     int records;
     int64_t values;              /* in the store */
     long long predicted;
-};
+} load_mark;
 
 static load_mark mark_load(const ds_records *d)
 {
     return (load_mark){d->n, d->store ? token_store_length(d->store) : 0, d->predicted};
+}
+
+/* d as it was at start: the records kept since are gone. */
+static void back_to(ds_records *d, load_mark start)
+{
+    d->n = start.records;
+    d->predicted = start.predicted;
+    if (d->store)
+        token_store_truncate(d->store, start.values, NULL);
 }
 
 static ds_record *next_slot(ds_records *d, int *capacity)
@@ -1415,15 +1421,6 @@ static int finish_load(ds_records *d, load_mark start, const skips *skipped, con
         return 0;
     back_to(d, start);
     return -1;
-}
-
-/* d as it was at start: the records kept since are gone. */
-static void back_to(ds_records *d, load_mark start)
-{
-    d->n = start.records;
-    d->predicted = start.predicted;
-    if (d->store)
-        token_store_truncate(d->store, start.values, NULL);
 }
 
 /* The first JSON object of a file the built-ins read in lines, after lines of plain text

@@ -520,12 +520,12 @@ static int connect_control(logview *lv, pesc_error *err)
          * it should says so in its log first, and that stands) */
         lv->gone = e == ECONNREFUSED || e == ENOENT;
         struct stat st;
-        if (e == ENOENT || (e == ECONNREFUSED && stat(lv->socket_path, &st) == 0 &&
-                            S_ISSOCK(st.st_mode)))
+        int there = stat(lv->socket_path, &st) == 0, is_socket = there && S_ISSOCK(st.st_mode);
+        if (e == ENOENT || (e == ECONNREFUSED && is_socket))
             return pesc_fail(err, "control socket %s: no run is listening there (%s); give the "
                              "path a running pesc train --control PATH made",
                              lv->socket_path, e == ENOENT ? "no such file" : "it ended");
-        if (stat(lv->socket_path, &st) == 0 && !S_ISSOCK(st.st_mode))
+        if (there && !is_socket)
             return pesc_fail(err, "control socket %s: not a socket; give the path a running "
                              "pesc train --control PATH made", lv->socket_path);
         return pesc_fail(err, "control socket %s: %s", lv->socket_path, strerror(e));
