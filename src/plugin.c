@@ -169,17 +169,16 @@ static int check_module(plugin_entry *e, char *problem, size_t cap)
     dlerror();
     void *symbol = dlsym(e->handle, PESC_PLUGIN_ENTRY_SYMBOL);
     Dl_info where;
-    if (!symbol || dladdr(symbol, &where) == 0 || !where.dli_fname ||
-        strcmp(where.dli_fname, map->l_name) != 0) {
+    const ElfW(Sym) *sym = NULL;   /* its symbol table entry, where dladdr1 finds one */
+    if (!symbol || dladdr1(symbol, &where, (void **)&sym, RTLD_DL_SYMENT) == 0 ||
+        !where.dli_fname || strcmp(where.dli_fname, map->l_name) != 0) {
         snprintf(problem, cap, "no %s symbol of its own: not a pesc plugin (a module defines it "
                  "with PESC_PLUGIN_DEFINE)", PESC_PLUGIN_ENTRY_SYMBOL);
         return -1;
     }
     /* a variable of that name (int pesc_plugin_entry = 5) would be called into: a crash. A
      * data symbol always has its entry; an IFUNC's resolved address may have none */
-    const ElfW(Sym) *sym = NULL;
-    if (dladdr1(symbol, &where, (void **)&sym, RTLD_DL_SYMENT) != 0 && sym &&
-        ELF64_ST_TYPE(sym->st_info) != STT_FUNC &&   /* the same in ELF32 */
+    if (sym && ELF64_ST_TYPE(sym->st_info) != STT_FUNC &&   /* the same in ELF32 */
         ELF64_ST_TYPE(sym->st_info) != STT_GNU_IFUNC) {
         snprintf(problem, cap, "its %s is not a function: not a pesc plugin (a module defines "
                  "it with PESC_PLUGIN_DEFINE)", PESC_PLUGIN_ENTRY_SYMBOL);

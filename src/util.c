@@ -132,14 +132,11 @@ int pesc_refuse_device(int fd, const char *path, pesc_error *err)
 /* Seconds a FIFO's reader waits for its writer to open it or write. */
 #define PESC_FIFO_WAIT_S 5
 
-/* For fd open without blocking: where it is a FIFO, waits until its writer wrote, or came and
- * went (Linux reports no hang-up before a writer ever opened it): 0, or 1 when none did in
- * PESC_FIFO_WAIT_S (-1 when poll failed, errno set). Anything else: 0 at once. */
+/* For a FIFO open without blocking: waits until its writer wrote, or came and went (Linux
+ * reports no hang-up before a writer ever opened it): 0, or 1 when none did in
+ * PESC_FIFO_WAIT_S (-1 when poll failed, errno set). */
 static int fifo_writer(int fd)
 {
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode))
-        return 0;
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int ready;
     while ((ready = poll(&p, 1, PESC_FIFO_WAIT_S * 1000)) < 0 && errno == EINTR)
@@ -152,9 +149,11 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
     /* not blocking in the open, which waits for a FIFO's writer however long: the wait is
      * fifo_writer's, bounded */
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC), waited = 0;
-    FILE *f = fd >= 0 && (waited = fifo_writer(fd)) == 0 && fcntl(fd, F_SETFL, 0) == 0
-                  ? fdopen(fd, "rb")
-                  : NULL;
+    struct stat st;
+    int known = fd >= 0 && fstat(fd, &st) == 0;
+    if (known && S_ISFIFO(st.st_mode))
+        waited = fifo_writer(fd);
+    FILE *f = fd >= 0 && waited == 0 && fcntl(fd, F_SETFL, 0) == 0 ? fdopen(fd, "rb") : NULL;
     if (!f) {
         int saved = errno;
         if (fd >= 0)
@@ -165,8 +164,6 @@ int pesc_read_file(const char *path, char **out, size_t *len, pesc_error *err)
         return pesc_fail(err, "%s: %s", pesc_path_shown(path), strerror(saved));
     }
     /* open opens a directory too; only the first read fails, with a bare "read error" */
-    struct stat st;
-    int known = fstat(fileno(f), &st) == 0;
     if (known && refuse_not_file(&st, path, err) != 0) {
         int saved = errno;
         fclose(f);
